@@ -1,0 +1,182 @@
+"""Settings: defaults < config file (TOML) < environment (OUTLAST_*) < explicit arguments.
+
+Every value remembers where it came from, so ``outlast config`` can say. A bad config
+raises InvalidInput naming the file, the key and the problem in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .models import InvalidInput
+from .profiles import TimeoutProfile, profile_for
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_state_dir() -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state") / "outlast"
+
+
+def config_dir() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "outlast"
+
+
+def default_config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    store: str | None = None
+    """Store URL: None or a path for the local store, ``redis://...`` for Redis."""
+    namespace: str = Field(default="outlast", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    checkpoint_mirror: Path | None = None
+    max_concurrent: int = Field(default=3, ge=1, le=1000)
+    auto_resume: bool = False
+    """Resume operations found interrupted when an engine opens the store."""
+    checkpoints_keep: int = Field(default=5, ge=1, le=1000)
+    grace_period: float = Field(default=10.0, ge=0)
+    """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
+    aging_seconds: float = Field(default=300.0, gt=0)
+    """Queue aging: waiting this long lifts work by one priority level."""
+    control_poll_interval: float = Field(default=0.2, gt=0, le=5)
+    progress_flush_interval: float = Field(default=1.0, gt=0, le=60)
+    """How often live progress of running operations is written to the store for other processes."""
+    max_memory_percent: float | None = Field(default=None, gt=0, le=100)
+    """Admission control: start no new work while system memory use is above this."""
+    max_cpu_percent: float | None = Field(default=None, gt=0, le=100)
+    theme: str = "outlast-dark"
+    plugins: list[str] = Field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    origins: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def profile(self, type_: str) -> TimeoutProfile:
+        return profile_for(type_, self.profiles)
+
+
+_ENV_KEYS = {name: f"OUTLAST_{name.upper()}" for name in Settings.model_fields if name not in ("profiles", "origins")}
+
+
+def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, var in _ENV_KEYS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        if key == "plugins":
+            out[key] = [p.strip() for p in raw.split(",") if p.strip()]
+        elif key == "auto_resume":
+            low = raw.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise InvalidInput(f"environment {var}={raw!r}: expected true or false")
+            out[key] = low in ("1", "true", "yes", "on")
+        else:
+            out[key] = raw
+    return out
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the effective settings; ``overrides`` that are None are ignored (unset flags)."""
+    env = dict(os.environ) if env is None else env
+    explicit_file = config_file is not None or bool(env.get("OUTLAST_CONFIG"))
+    path = Path(config_file or env.get("OUTLAST_CONFIG") or default_config_file()).expanduser()
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path.exists() or explicit_file:
+        layers.append((str(path), _read_toml(path)))
+    try:
+        layers.append(("environment", _from_env(env)))
+    except InvalidInput:
+        raise
+    layers.append(("argument", {k: v for k, v in overrides.items() if v is not None}))
+
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, layer in layers:
+        for key, value in layer.items():
+            if key == "profiles" and isinstance(value, dict):
+                merged = dict(data.get("profiles", {}))
+                for t, prof in value.items():
+                    merged[t] = {**merged.get(t, {}), **(prof if isinstance(prof, dict) else {"?": prof})}
+                    origins[f"profiles.{t}"] = origin
+                data["profiles"] = merged
+            else:
+                data[key] = value
+                origins[key] = origin
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        where = origins.get(str(err["loc"][0]) if err["loc"] else "", "config")
+        if where == "environment" and err["loc"]:
+            where = f"environment {_ENV_KEYS.get(str(err['loc'][0]), '')}"
+        raise InvalidInput(f"{where}: key '{key}': {err['msg']}") from None
+    # Profiles are validated now, not at first use, so a bad one names its file.
+    for type_ in settings.profiles:
+        try:
+            settings.profile(type_)
+        except InvalidInput as e:
+            raise InvalidInput(f"{origins.get(f'profiles.{type_}', 'config')}: {e}") from None
+    settings.origins = {k: origins.get(k, "default") for k in Settings.model_fields if k != "origins"}
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: cannot read config file: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path}: invalid TOML: {e}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields) - {"origins"})
+    if unknown:
+        raise InvalidInput(f"{path}: key '{unknown[0]}': unknown setting")
+    return data
+
+
+_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
+
+
+def save_setting(key: str, value: str | int | float | bool, config_file: str | Path | None = None) -> Path:
+    """Set one top-level scalar in the config file, keeping the rest of the file as it is."""
+    if key not in Settings.model_fields:
+        raise InvalidInput(f"unknown setting {key!r}")
+    path = Path(config_file) if config_file else default_config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    rendered = f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
+    # Top-level keys live before the first [table]; replace there or insert before it.
+    first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    for i in range(first_table):
+        m = _TOML_KEY.match(lines[i])
+        if m and m.group(1) == key:
+            lines[i] = rendered
+            break
+    else:
+        lines.insert(first_table, rendered)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

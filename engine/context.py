@@ -1,0 +1,352 @@
+"""OperationContext: what a handler gets to report progress, keep state, checkpoint and stop.
+
+The hot path (``progress``, ``advance``, one turn of ``items``) touches a few
+attributes and never does I/O or builds a model: the engine samples the context
+on its own clock. Everything that needs the engine's attention (a checkpoint
+is due, a stop was asked for) raises one flag, ``_attention``, checked once per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .models import Checkpoint, LogRecord, Operation
+from .profiles import TimeoutProfile
+from .store.base import ItemDelta, Ledger
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+T = TypeVar("T")
+
+STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown")
+
+
+class OperationStopped(Exception):
+    """Raised inside a handler at a safe point after a stop was requested. Do not catch it."""
+
+    def __init__(self, reason: str, checkpointed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.checkpointed = checkpointed
+
+
+class TooManyFailures(Exception):
+    """More item failures than the profile's failure_threshold."""
+
+
+class TransientError(Exception):
+    """Raise (or subclass) to ask for a retry under the profile's retry policy."""
+
+
+class OperationLog:
+    """``ctx.log.info("message", key=value)``: into the operation's log, without blocking."""
+
+    __slots__ = ("_emit",)
+
+    def __init__(self, emit: Callable[[str, str, dict[str, Any]], None]) -> None:
+        self._emit = emit
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._emit("debug", message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("info", message, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._emit("warning", message, fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("error", message, fields)
+
+
+class OperationContext:
+    """Handed to every handler as its first argument."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        op: Operation,
+        profile: TimeoutProfile,
+        resume: tuple[Checkpoint, Ledger] | None,
+    ) -> None:
+        self._engine = engine
+        self.id = op.id
+        self.type = op.type
+        self.attempt = op.attempt
+        self.epoch = op.epoch
+        self.profile = profile
+        self.params: Any = None
+        # Progress, read by the engine's sampler.
+        self.done = 0
+        self.total: int | None = op.total_items
+        self.step: str | None = None
+        self.message: str | None = None
+        self.metrics: dict[str, Any] = {}
+        # Item ledger: what is done (for resume-skip) and what changed since the last checkpoint.
+        self._done_keys: set[str] = set()
+        self._failed_keys: dict[str, str] = {}
+        self._skipped_keys: set[str] = set()
+        self._new_done: list[str] = []
+        self._new_failed: dict[str, str] = {}
+        self._new_skipped: list[str] = []
+        self.failures = 0
+        """Item failures in this attempt (counted against failure_threshold)."""
+        self._current: str | None = None
+        """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
+        self._seq = op.checkpoint_seq or 0
+        self._attention = False
+        self._checkpoint_due = False
+        self._checkpoint_request: dict[str, Any] | None = None
+        self._stop: str | None = None
+        self._dirty = False
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self.state: dict[str, Any] = {}
+        self.resume_data: dict[str, Any] | None = None
+        """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
+        if resume is not None:
+            cp, ledger = resume
+            self.state = dict(cp.state)
+            self.resume_data = {
+                "seq": cp.seq,
+                "next_step": cp.next_step,
+                "context_data": cp.context_data,
+                "metadata": cp.metadata,
+                "processed_items": cp.processed_items,
+            }
+            self._done_keys = ledger.done
+            self._skipped_keys = ledger.skipped
+            self.done = cp.processed_items
+            self.total = cp.total_items if cp.total_items is not None else self.total
+            self._seq = cp.seq
+        self.log = OperationLog(self._emit_log)
+
+    # ---- state of the run ----------------------------------------------------------------------
+
+    @property
+    def resuming(self) -> bool:
+        """True when this run continues from a checkpoint."""
+        return self.resume_data is not None
+
+    @property
+    def cancelled(self) -> bool:
+        """A stop (cancel, pause, timeout, shutdown) was asked for: finish the item and return soon."""
+        return self._stop is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop
+
+    def is_done(self, key: str) -> bool:
+        return key in self._done_keys
+
+    @property
+    def done_keys(self) -> frozenset[str]:
+        return frozenset(self._done_keys)
+
+    # ---- progress: O(1), no I/O ----------------------------------------------------------------
+
+    def progress(
+        self,
+        done: int | None = None,
+        total: int | None = None,
+        step: str | None = None,
+        message: str | None = None,
+        **metrics: Any,
+    ) -> None:
+        """Report where the operation is. Raises OperationStopped outside an item when a stop is due."""
+        if done is not None:
+            self.done = done
+        if total is not None:
+            self.total = total
+        if step is not None:
+            self.step = step
+        if message is not None:
+            self.message = message
+        if metrics:
+            self.metrics.update(metrics)
+        if self._stop is not None and self._current is None:
+            raise OperationStopped(self._stop, checkpointed=False)
+
+    def advance(self, n: int = 1) -> None:
+        """``done += n``; the cheapest way to report progress from a tight loop."""
+        self.done += n
+        if self._stop is not None and self._current is None:
+            raise OperationStopped(self._stop, checkpointed=False)
+
+    # ---- items ---------------------------------------------------------------------------------
+
+    async def items(self, iterable: Iterable[T], key: Callable[[T], str] | None = None) -> AsyncIterator[T]:
+        """Iterate with progress, resume-skip, failure counting, checkpoints and cancellation.
+
+        An item is done when its loop body finishes; items done before a resume are not
+        yielded again. A body that raises records a failure of that item (the handler is
+        then called again with ``ctx.resuming`` True, and the item is not retried in this
+        attempt) until failure_threshold is exceeded.
+        """
+        keyf: Callable[[Any], str] = key or str
+        if self.total is None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)  # type: ignore[arg-type]
+        done_keys = self._done_keys
+        failed = self._failed_keys
+        skipped = self._skipped_keys
+        new_done = self._new_done
+        for item in iterable:
+            k = keyf(item)
+            if k in done_keys or k in failed or k in skipped:
+                continue
+            self._current = k
+            yield item
+            if self._current is not None:  # fail() or skip() in the body clears it: not done
+                self._current = None
+                done_keys.add(k)
+                new_done.append(k)
+                self.done += 1
+            if self._attention:
+                await self._at_boundary()
+
+    def fail(self, key: str, error: BaseException | str) -> None:
+        """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
+        msg = error if isinstance(error, str) else _describe(error)
+        self._failed_keys[key] = msg
+        self._new_failed[key] = msg
+        self.failures += 1
+        self._dirty = True
+        self._engine._item_failed(self, key, msg)
+        if self._current == key:
+            self._current = None
+        if self.failures > self.profile.failure_threshold:
+            raise TooManyFailures(
+                f"{self.failures} item failures exceed failure_threshold ({self.profile.failure_threshold});"
+                f" last: {key}: {msg}"
+            )
+
+    def skip(self, key: str, reason: str | None = None) -> None:
+        """Record ``key`` as skipped (not done, not failed); it is not offered again on resume."""
+        self._skipped_keys.add(key)
+        self._new_skipped.append(key)
+        self._dirty = True
+        if self._current == key:
+            self._current = None
+        if reason:
+            self.log.info(f"skipped {key}: {reason}")
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    async def checkpoint(self, next_step: str | None = None, **context_data: Any) -> None:
+        """Save a checkpoint now (inside an item body: at the end of that item).
+
+        ``next_step`` and ``context_data`` come back in ``ctx.resume_data`` on resume.
+        """
+        if self._current is not None:
+            self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
+            self._attention = True
+            return
+        await self._save(next_step, context_data)
+        if self._stop is not None:
+            raise OperationStopped(self._stop, checkpointed=True)
+
+    async def _at_boundary(self) -> None:
+        req, self._checkpoint_request = self._checkpoint_request, None
+        if req is not None or self._checkpoint_due or self._stop is not None:
+            await self._save(**(req or {}))
+        self._attention = self._checkpoint_request is not None or self._stop is not None
+        if self._stop is not None:
+            raise OperationStopped(self._stop, checkpointed=True)
+
+    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> None:
+        self._checkpoint_due = False
+        delta = ItemDelta(self._new_done, self._new_failed, self._new_skipped)
+        self._new_done, self._new_failed, self._new_skipped = [], {}, []
+        self._seq += 1
+        cp = Checkpoint.model_construct(
+            operation_id=self.id,
+            seq=self._seq,
+            epoch=self.epoch,
+            created_at=time.time(),
+            progress_percentage=(min(100.0, 100.0 * self.done / self.total) if self.total else None),
+            processed_items=self.done,
+            total_items=self.total,
+            done_count=len(self._done_keys),
+            state=self.state,
+            context_data=context_data or {},
+            next_step=next_step if next_step is not None else self.step,
+            metadata={"attempt": self.attempt, "failures": self.failures},
+            checksum="",
+            size=0,
+            valid=True,
+        )
+        self._dirty = False
+        try:
+            await self._engine._save_checkpoint(self, cp, delta)
+        except BaseException:
+            # Not saved: keep the delta for the next checkpoint.
+            self._seq -= 1
+            self._new_done[:0] = delta.done
+            self._new_failed = {**delta.failed, **self._new_failed}
+            self._new_skipped[:0] = delta.skipped
+            self._dirty = True
+            raise
+
+    def _has_unsaved(self) -> bool:
+        return self._dirty or bool(self._new_done or self._new_failed or self._new_skipped)
+
+    # ---- engine side ---------------------------------------------------------------------------
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop is None:
+            self._stop = reason
+            self._attention = True
+
+    def _mark_checkpoint_due(self) -> None:
+        self._checkpoint_due = True
+        self._attention = True
+
+    def _emit_log(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        self._engine._log(self.id, LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
+
+    # ---- subprocesses --------------------------------------------------------------------------
+
+    async def spawn(self, *argv: str, shell: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start a subprocess in its own process group; it is killed with its children on stop."""
+        kwargs.setdefault("start_new_session", True)
+        if shell:
+            if len(argv) != 1:
+                raise ValueError("shell=True takes one command string")
+            proc = await asyncio.create_subprocess_shell(argv[0], **kwargs)
+        else:
+            proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        self._procs.add(proc)
+        return proc
+
+    def child_pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.returncode is None]
+
+    def kill_children(self, sig: int = signal.SIGKILL) -> None:
+        for p in list(self._procs):
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, sig)
+            else:
+                self._procs.discard(p)
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return text
+
+
+def format_exception(exc: BaseException) -> str:
+    """One line for the record, the traceback's last frame included."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+    return _describe(exc) + where

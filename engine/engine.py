@@ -1,0 +1,841 @@
+"""The Engine: submit, run, supervise (timeouts, stalls, control requests), checkpoint and resume.
+
+One engine per process; any number of processes may share one store. Every
+transition is written to the store before it is announced on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings, load_settings
+from .context import OperationContext, OperationStopped, TooManyFailures, format_exception
+from .events import EventBus
+from .models import (
+    RESUMABLE,
+    SETTLED,
+    Checkpoint,
+    CheckpointSaved,
+    Conflict,
+    Event,
+    InvalidInput,
+    ItemFailed,
+    LogEmitted,
+    LogRecord,
+    Operation,
+    OperationSpec,
+    Priority,
+    Progress,
+    ProgressReported,
+    StaleAttempt,
+    Status,
+    StatusChanged,
+    TimeoutExtended,
+    WorkerInfo,
+    new_id,
+    validate_id,
+)
+from .profiles import TimeoutProfile
+from .registry import ensure_loaded, get_handler
+from .resources import Admission, ResourceMonitor
+from .store import Store, open_store
+from .store.base import ItemDelta
+
+log = logging.getLogger("outlast.engine")
+
+_STOP_STATUS = {
+    "cancel": Status.CANCELLED,
+    "pause": Status.PAUSED,
+    "shutdown": Status.PAUSED,
+    "timeout": Status.TIMED_OUT,
+    "stalled": Status.TIMED_OUT,
+}
+TICK = 0.1
+
+
+@dataclass
+class _Run:
+    """Supervision state of one operation this engine is running."""
+
+    op: Operation
+    ctx: OperationContext
+    task: asyncio.Task[Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+    start_done: int = 0
+    last_done: int = -1
+    last_change: float = field(default_factory=time.monotonic)
+    next_checkpoint: float = 0.0
+    next_report: float = 0.0
+    deadline: float = 0.0
+    """Monotonic deadline of this run."""
+    effective_timeout: float = 0.0
+    total_seen: int | None = None
+    stop_at: float | None = None
+    live_dirty: bool = True
+    extensions: int = 0
+
+    def rate(self, now: float) -> float | None:
+        elapsed = now - self.started
+        n = self.ctx.done - self.start_done
+        return n / elapsed if elapsed > 0.5 and n > 0 else None
+
+
+class Engine:
+    """``async with Engine(store=open_store(dir)) as engine: ...``"""
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        max_concurrent: int | None = None,
+        *,
+        settings: Settings | None = None,
+        run_queue: bool = True,
+        auto_resume: bool | None = None,
+        worker_name: str | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.store: Store = store or open_store(self.settings.store or self.settings.state_dir)
+        self.max_concurrent = max_concurrent if max_concurrent is not None else self.settings.max_concurrent
+        self.run_queue = run_queue
+        self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume
+        self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name)
+        self.bus = EventBus()
+        self.resources = ResourceMonitor()
+        self._admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
+        self._runs: dict[str, _Run] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._draining = False
+        self._loops: list[asyncio.Task[Any]] = []
+        self._log_buf: dict[str, list[LogRecord]] = defaultdict(list)
+        self._blocked_reason: str | None = None
+        self._finished = asyncio.Event()
+        self._signal_count = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        ensure_loaded(self.settings.plugins)
+        await self.store.open()
+        await self.recover()
+        self._loops = [asyncio.create_task(self._supervise(), name="outlast-supervisor")]
+        if self.run_queue:
+            self._loops.append(asyncio.create_task(self._schedule(), name="outlast-scheduler"))
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        grace = self.settings.grace_period if grace is None else grace
+        for run in list(self._runs.values()):
+            run.ctx._request_stop("shutdown")
+            run.stop_at = time.monotonic()
+        tasks = [r.task for r in self._runs.values() if r.task]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self._flush_logs()
+        await self.store.close()
+
+    def install_signal_handlers(
+        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    ) -> None:
+        """SIGINT/SIGTERM/SIGHUP pause running operations with a checkpoint and stop taking work.
+
+        A second signal stops waiting for handlers (force, after the grace period has been asked).
+        """
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signal_count += 1
+        log.info("signal %s: pausing running operations", signal.Signals(sig).name)
+        self.drain("shutdown")
+        if self._signal_count > 1:
+            for run in self._runs.values():
+                run.stop_at = time.monotonic() - self.settings.grace_period
+
+    def drain(self, reason: str = "pause") -> None:
+        """Take no more work and ask every running operation to stop with a checkpoint."""
+        self._draining = True
+        for run in self._runs.values():
+            run.ctx._request_stop(reason)
+            run.stop_at = run.stop_at or time.monotonic()
+        self._finished.set() if not self._runs else None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # ---- the public API ------------------------------------------------------------------------
+
+    async def submit(self, spec: OperationSpec | dict[str, Any]) -> Operation:
+        """Validate and queue an operation. Bad input raises InvalidInput and stores nothing."""
+        if not isinstance(spec, OperationSpec):
+            from pydantic import ValidationError
+
+            from .profiles import one_line
+
+            try:
+                spec = OperationSpec.model_validate(spec)
+            except ValidationError as e:
+                raise InvalidInput(f"operation spec: {one_line(e)}") from None
+        handler = get_handler(spec.type)
+        params = handler.parse_params(spec.params)
+        profile = self.settings.profile(spec.type).merged(spec.profile)
+        now = time.time()
+        op = Operation(
+            id=new_id(),
+            type=spec.type,
+            name=spec.name,
+            params=params.model_dump(mode="json"),
+            priority=spec.priority,
+            profile=profile.model_dump(mode="json"),
+            profile_overrides=spec.profile,
+            tags=spec.tags,
+            status=Status.QUEUED,
+            created_at=now,
+            queued_at=now,
+            updated_at=now,
+            total_items=spec.total_items,
+            timeout=spec.timeout,
+            effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
+            timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
+        )
+        try:
+            json.dumps(op.params)
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
+        await self.store.create(op)
+        self._publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
+        self._wake.set()
+        return op
+
+    async def get(self, op_id: str) -> Operation:
+        op = await self.store.get(op_id)
+        return self._with_live(op)
+
+    async def list(
+        self,
+        statuses: list[Status] | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Operation]:
+        return [self._with_live(o) for o in await self.store.list(statuses, types, limit, offset)]
+
+    async def resolve(self, prefix: str) -> str:
+        return await self.store.resolve(prefix)
+
+    async def checkpoints(self, op_id: str) -> list[Checkpoint]:
+        validate_id(op_id)
+        return await self.store.checkpoints(op_id)
+
+    async def logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+        await self._flush_logs()
+        return await self.store.read_logs(op_id, offset, limit)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from now on (status changes, progress reports, checkpoints, logs)."""
+        return self.bus.stream()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.bus.subscribe(callback)
+
+    def live(self, op_id: str) -> Progress | None:
+        """The current progress of an operation this engine runs, straight from its context (cheap)."""
+        run = self._runs.get(op_id)
+        return self._progress(run, time.monotonic()) if run else None
+
+    @property
+    def running_ids(self) -> list[str]:
+        return list(self._runs)
+
+    def child_pids(self) -> dict[str, list[int]]:
+        return {i: r.ctx.child_pids() for i, r in self._runs.items()}
+
+    async def wait(self, op_id: str, timeout: float | None = None, poll: float = 0.25) -> Operation:
+        """Wait until the operation is settled (not queued or running) and return its record."""
+        validate_id(op_id)
+        settled = asyncio.Event()
+
+        def on(ev: Event) -> None:
+            if ev.operation_id == op_id and isinstance(ev, StatusChanged) and ev.status in SETTLED:
+                settled.set()
+
+        unsub = self.bus.subscribe(on)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                op = await self.store.get(op_id)
+                if op.status in SETTLED:
+                    return op
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"operation {op_id} still {op.status.value} after {timeout}s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), poll if left is None else min(poll, left))
+        finally:
+            unsub()
+
+    async def cancel(self, op_id: str) -> Operation:
+        return await self._control(op_id, "cancel")
+
+    async def pause(self, op_id: str) -> Operation:
+        return await self._control(op_id, "pause")
+
+    async def _control(self, op_id: str, action: str) -> Operation:
+        op = await self.store.get(validate_id(op_id))
+        target = Status.CANCELLED if action == "cancel" else Status.PAUSED
+        if op.status is Status.QUEUED or (action == "cancel" and op.status in (Status.PAUSED, Status.INTERRUPTED)):
+            try:
+                new = await self.store.transition(
+                    op_id,
+                    target,
+                    expect=frozenset({op.status}),
+                    finished_at=time.time(),
+                    status_message=f"{target.value} by user",
+                )
+            except Conflict:
+                op = await self.store.get(op_id)  # claimed meanwhile: it is running now
+            else:
+                self._publish(StatusChanged(operation_id=op_id, status=target, previous=op.status))
+                return new
+        if op.status is Status.RUNNING:
+            run = self._runs.get(op_id)
+            if run is not None:
+                run.ctx._request_stop(action)
+                run.stop_at = run.stop_at or time.monotonic()
+            else:
+                await self.store.request_control(op_id, action)  # type: ignore[arg-type]
+            return op
+        raise Conflict(f"operation {op_id} is {op.status.value}: nothing to {action}")
+
+    async def resume(self, op_id: str, checkpoint: int | None = None) -> Operation:
+        """Queue a stopped operation again, from its newest valid checkpoint or the one given."""
+        op = await self.store.get(validate_id(op_id))
+        if op.status not in RESUMABLE:
+            allowed = ", ".join(sorted(s.value for s in RESUMABLE))
+            raise Conflict(f"operation {op_id} is {op.status.value}: only {allowed} operations resume")
+        if checkpoint is not None:
+            cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
+            if checkpoint not in cps:
+                have = ", ".join(str(s) for s in sorted(cps)) or "none"
+                raise InvalidInput(f"operation {op_id} has no checkpoint {checkpoint} (has: {have})")
+            if not cps[checkpoint].valid:
+                raise InvalidInput(f"checkpoint {checkpoint} of operation {op_id} fails its checksum")
+        now = time.time()
+        new = await self.store.transition(
+            op_id,
+            Status.QUEUED,
+            expect=frozenset({op.status}),
+            attempt=op.attempt + 1,
+            queued_at=now,
+            resume_seq=checkpoint,
+            not_before=None,
+            error=None,
+            status_message=(f"resuming from checkpoint {checkpoint}" if checkpoint is not None else "resuming"),
+            finished_at=None,
+        )
+        self._publish(StatusChanged(operation_id=op_id, status=Status.QUEUED, previous=op.status, message="resume"))
+        self._wake.set()
+        return new
+
+    async def run_now(self, op_id: str) -> Operation:
+        """Claim this queued operation for this engine (ahead of the queue) and run it; returns the
+        running record. With ``run_queue=False`` this is how ``outlast run`` runs exactly one operation."""
+        op = await self.store.claim(self.worker, time.time(), self.settings.aging_seconds, op_id=validate_id(op_id))
+        if op is None:
+            current = await self.store.get(op_id)
+            raise Conflict(f"operation {op_id} is {current.status.value}: only queued operations can be run here")
+        self._start(op)
+        return op
+
+    async def set_priority(self, op_id: str, priority: Priority) -> Operation:
+        op = await self.store.get(validate_id(op_id))
+        if op.status is not Status.QUEUED:
+            raise Conflict(f"operation {op_id} is {op.status.value}: only queued work can be re-prioritised")
+        new = await self.store.update(op_id, priority=priority)
+        self._wake.set()
+        return new
+
+    # ---- recovery ------------------------------------------------------------------------------
+
+    async def recover(self) -> list[Operation]:
+        """Mark operations left running by dead processes interrupted (and resume them if asked)."""
+        found = []
+        for op in await self.store.find_orphans():
+            try:
+                new = await self.store.transition(
+                    op.id,
+                    Status.INTERRUPTED,
+                    epoch=op.epoch,
+                    expect=frozenset({Status.RUNNING}),
+                    finished_at=time.time(),
+                    status_message=f"the process running it ({op.worker}) stopped",
+                )
+            except (Conflict, StaleAttempt):
+                continue
+            log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+            self._publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
+            found.append(new)
+            if self.auto_resume:
+                with contextlib.suppress(Conflict):
+                    await self.resume(op.id)
+        return found
+
+    # ---- scheduling ----------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                while not self._draining and not self._closing and len(self._runs) < self.max_concurrent:
+                    reason = self._admission.blocked()
+                    if reason:
+                        if reason != self._blocked_reason:
+                            log.warning("not starting new work: %s", reason)
+                        self._blocked_reason = reason
+                        break
+                    self._blocked_reason = None
+                    op = await self.store.claim(self.worker, time.time(), self.settings.aging_seconds)
+                    if op is None:
+                        break
+                    self._start(op)
+            except Exception:
+                log.exception("scheduler: claiming work failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+
+    def _start(self, op: Operation) -> None:
+        task = asyncio.create_task(self._execute(op), name=f"outlast-op-{op.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, op: Operation) -> None:
+        """Run one claimed operation to a settled status. Never raises."""
+        self._publish(StatusChanged(operation_id=op.id, status=Status.RUNNING, previous=Status.QUEUED))
+        try:
+            handler = get_handler(op.type)
+            params = handler.parse_params(op.params)
+            profile = TimeoutProfile.model_validate(op.profile)
+            resume = None
+            if op.checkpoint_seq or op.resume_seq is not None:
+                resume = await self.store.load_checkpoint(op.id, op.resume_seq)
+                if op.resume_seq is not None and resume is not None:
+                    await self.store.discard_checkpoints_after(op.id, resume[0].seq)
+        except Exception as e:
+            await self._settle(op, Status.FAILED, error=format_exception(e))
+            return
+        ctx = OperationContext(self, op, profile, resume)
+        ctx.params = params
+        now = time.monotonic()
+        run = _Run(op=op, ctx=ctx, start_done=ctx.done, last_done=ctx.done)
+        run.next_checkpoint = now + profile.checkpoint_interval
+        run.next_report = now + profile.progress_report_interval
+        self._set_deadline(run, now)
+        self._runs[op.id] = run
+        if self._draining or self._closing:
+            ctx._request_stop("shutdown")
+        if resume is not None:
+            ctx.log.info(f"resuming from checkpoint {resume[0].seq} ({ctx.done} items done)")
+        try:
+            await self._invoke(run, handler.fn, params)
+        finally:
+            self._runs.pop(op.id, None)
+            ctx.kill_children()
+            if not self._runs:
+                self._finished.set()
+            self._wake.set()
+
+    async def _invoke(self, run: _Run, fn: Callable[..., Any], params: Any) -> None:
+        ctx, op = run.ctx, run.op
+        while True:
+            run.task = asyncio.current_task()
+            try:
+                result = await fn(ctx, params)
+            except OperationStopped as stop:
+                await self._stopped(run, stop.reason, stop.checkpointed)
+                return
+            except asyncio.CancelledError:
+                # Forced: the handler did not reach a safe point within the grace period.
+                reason = ctx.stop_reason or "shutdown"
+                ctx.kill_children()
+                await self._settle(
+                    run.op,
+                    _STOP_STATUS[reason],
+                    message=f"{reason}: forced after {self.settings.grace_period:g}s grace period;"
+                    " resumes from the last checkpoint",
+                    ctx=ctx,
+                )
+                return
+            except TooManyFailures as e:
+                await self._final_checkpoint(run)
+                await self._settle(op, Status.FAILED, error=str(e), ctx=ctx)
+                return
+            except StaleAttempt as e:
+                log.warning("%s: %s; this attempt stops without writing", op.id, e)
+                return
+            except Exception as e:
+                if ctx._current is not None and ctx.stop_reason is None:
+                    key = ctx._current
+                    ctx._current = None
+                    try:
+                        ctx.fail(key, e)
+                    except TooManyFailures as tm:
+                        await self._final_checkpoint(run)
+                        await self._settle(op, Status.FAILED, error=str(tm), ctx=ctx)
+                        return
+                    ctx.resume_data = ctx.resume_data or {
+                        "seq": ctx._seq,
+                        "next_step": ctx.step,
+                        "context_data": {},
+                        "metadata": {},
+                        "processed_items": ctx.done,
+                    }
+                    continue  # the handler is entered again and skips the failed item
+                await self._failed(run, e)
+                return
+            else:
+                await self._completed(run, result)
+                return
+
+    async def _completed(self, run: _Run, result: Any) -> None:
+        ctx = run.ctx
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            result = json.loads(json.dumps(result, default=str))
+        if ctx._new_failed or ctx._new_skipped:
+            await self._final_checkpoint(run)  # keep the ledger of failures with the record
+        if ctx.total is None or ctx.done > ctx.total:
+            ctx.total = ctx.done
+        await self._settle(run.op, Status.COMPLETED, result=result, ctx=ctx)
+
+    async def _failed(self, run: _Run, e: Exception) -> None:
+        op, ctx = run.op, run.ctx
+        policy = ctx.profile.retry
+        error = format_exception(e)
+        ctx.log.error(f"attempt {op.attempt} failed: {error}")
+        if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self._closing:
+            delay = policy.delay(op.retries + 1, random.random())
+            msg = f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}"
+            ctx.log.warning(msg)
+            await self._settle(
+                op,
+                Status.QUEUED,
+                ctx=ctx,
+                message=msg,
+                retries=op.retries + 1,
+                attempt=op.attempt + 1,
+                not_before=time.time() + delay,
+                queued_at=time.time(),
+                resume_seq=None,
+                error=error,
+            )
+            return
+        await self._settle(op, Status.FAILED, error=error, ctx=ctx)
+
+    async def _stopped(self, run: _Run, reason: str, checkpointed: bool) -> None:
+        if not checkpointed:
+            await self._final_checkpoint(run)
+        status = _STOP_STATUS[reason]
+        msg = {
+            "cancel": "cancelled by user",
+            "pause": "paused by user",
+            "shutdown": "paused: the engine stopped",
+            "timeout": f"deadline passed ({run.effective_timeout:g}s)",
+            "stalled": f"stalled: no progress for {run.ctx.profile.stall_timeout:g}s",
+        }[reason]
+        await self._settle(run.op, status, ctx=run.ctx, message=msg + f"; checkpoint {run.ctx._seq}")
+
+    async def _final_checkpoint(self, run: _Run) -> None:
+        ctx = run.ctx
+        if ctx._current is None and ctx._has_unsaved():
+            try:
+                await ctx._save()
+            except StaleAttempt:
+                raise
+            except Exception as e:  # the store failing must not lose the status change too
+                log.error("%s: final checkpoint failed: %s", ctx.id, e)
+
+    async def _settle(
+        self,
+        op: Operation,
+        status: Status,
+        *,
+        ctx: OperationContext | None = None,
+        message: str | None = None,
+        error: str | None = None,
+        result: Any = None,
+        **fields: Any,
+    ) -> None:
+        """Write the final transition of this attempt (durable first), then announce it."""
+        now = time.time()
+        if ctx is not None:
+            run = self._runs.get(op.id)
+            fields["progress"] = self._progress(run, time.monotonic()) if run else _ctx_progress(ctx)
+            fields["total_items"] = ctx.total
+            fields["checkpoint_seq"] = ctx._seq or None
+        if status is not Status.QUEUED:
+            fields.setdefault("finished_at", now)
+        if status is Status.COMPLETED:
+            fields["result"] = result
+        if error is not None:
+            fields["error"] = error
+        try:
+            await self._flush_logs(op.id)
+            await self.store.transition(
+                op.id,
+                status,
+                epoch=op.epoch,
+                expect=frozenset({Status.RUNNING}),
+                status_message=message or error,
+                **fields,
+            )
+        except (StaleAttempt, Conflict) as e:
+            log.warning("%s: final status %s not written: %s", op.id, status.value, e)
+            return
+        except Exception:
+            log.exception("%s: final status %s not written", op.id, status.value)
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await self.store.release(op.id)
+        self._publish(
+            StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error)
+        )
+
+    # ---- supervision ---------------------------------------------------------------------------
+
+    def _set_deadline(self, run: _Run, now: float) -> None:
+        op, p = run.op, run.ctx.profile
+        run.total_seen = run.ctx.total
+        run.effective_timeout = op.timeout or p.effective_timeout(run.ctx.total)
+        run.deadline = run.started + run.effective_timeout
+        run.live_dirty = True
+
+    def _progress(self, run: _Run, now: float) -> Progress:
+        ctx = run.ctx
+        rate = run.rate(now)
+        eta = None
+        if rate and ctx.total is not None:
+            eta = max(0.0, (ctx.total - ctx.done) / rate)
+        return Progress.model_construct(
+            done=ctx.done,
+            total=ctx.total,
+            failed=len(ctx._failed_keys),
+            skipped=len(ctx._skipped_keys),
+            step=ctx.step,
+            message=ctx.message,
+            rate=rate,
+            eta=eta,
+            metrics=dict(ctx.metrics),
+            updated_at=time.time(),
+        )
+
+    async def _supervise(self) -> None:
+        """The engine's clock: deadlines, stalls, checkpoint timers, control polling, live writes."""
+        next_poll = next_flush = next_orphans = 0.0
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            try:
+                for run in list(self._runs.values()):
+                    self._check(run, now)
+                if now >= next_poll and self._runs:
+                    next_poll = now + self.settings.control_poll_interval
+                    for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
+                        run = self._runs.get(op_id)
+                        if run is not None and run.ctx.stop_reason is None:
+                            run.ctx._request_stop(action)
+                            run.stop_at = now
+                if now >= next_flush:
+                    next_flush = now + self.settings.progress_flush_interval
+                    await self._flush_live(now)
+                    await self._flush_logs()
+                    if self._runs:
+                        await self.store.heartbeat(list(self._runs))
+                if now >= next_orphans:
+                    next_orphans = now + 2.0
+                    await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor tick failed")
+
+    def _check(self, run: _Run, now: float) -> None:
+        ctx, p = run.ctx, run.ctx.profile
+        if ctx.done != run.last_done:
+            run.last_done = ctx.done
+            run.last_change = now
+            run.live_dirty = True
+        if ctx.total != run.total_seen and run.op.timeout is None:
+            self._set_deadline(run, now)
+        if now >= run.next_checkpoint:
+            run.next_checkpoint = now + p.checkpoint_interval
+            ctx._mark_checkpoint_due()
+        if now >= run.next_report:
+            run.next_report = now + p.progress_report_interval
+            self._publish(ProgressReported(operation_id=ctx.id, progress=self._progress(run, now)))
+        if ctx.stop_reason is None:
+            if now - run.last_change > p.stall_timeout:
+                ctx.log.warning(f"no progress for {p.stall_timeout:g}s: stopping as stalled")
+                ctx._request_stop("stalled")
+                run.stop_at = now
+            elif now >= run.deadline:
+                self._deadline_passed(run, now)
+        elif run.stop_at is not None and now - run.stop_at > self.settings.grace_period and run.task:
+            if not run.task.done():
+                ctx.log.warning(f"no safe point reached within {self.settings.grace_period:g}s: cancelling")
+                ctx.kill_children()
+                run.task.cancel()
+            run.stop_at = float("inf")
+
+    def _deadline_passed(self, run: _Run, now: float) -> None:
+        ctx, p = run.ctx, run.ctx.profile
+        rate = run.rate(now)
+        elapsed = now - run.started
+        if rate and ctx.total is not None and ctx.total > ctx.done:
+            needed = (ctx.total - ctx.done) / rate
+            if elapsed + needed <= p.max_timeout:
+                new_deadline = min(run.started + p.max_timeout, now + needed * 1.25 + 5)
+                run.deadline = new_deadline
+                run.extensions += 1
+                run.live_dirty = True
+                reason = (
+                    f"deadline extended by {new_deadline - now:.0f}s: {rate:.2f} items/s, "
+                    f"{ctx.total - ctx.done} to go, within max_timeout {p.max_timeout:g}s"
+                )
+                ctx.log.info(reason)
+                self._publish(
+                    TimeoutExtended(operation_id=ctx.id, deadline=time.time() + (new_deadline - now), reason=reason)
+                )
+                return
+        ctx.log.warning(f"deadline of {run.effective_timeout:g}s passed: stopping")
+        ctx._request_stop("timeout")
+        run.stop_at = now
+
+    async def _flush_live(self, now: float) -> None:
+        updates = []
+        wall = time.time()
+        for run in list(self._runs.values()):
+            if not run.live_dirty:
+                continue
+            run.live_dirty = False
+            fields = {
+                "progress": self._progress(run, now).model_dump(mode="json"),
+                "deadline": wall + (run.deadline - now),
+                "effective_timeout": run.effective_timeout,
+                "timeout_basis": ("fixed by --timeout" if run.op.timeout else run.ctx.profile.basis(run.ctx.total)),
+                "extensions": run.extensions,
+                "total_items": run.ctx.total,
+            }
+            updates.append((run.op.id, run.op.epoch, fields))
+        if updates:
+            await self.store.save_live(updates)
+
+    def _with_live(self, op: Operation) -> Operation:
+        run = self._runs.get(op.id)
+        if run is None or op.status is not Status.RUNNING:
+            return op
+        now = time.monotonic()
+        return op.model_copy(
+            update={
+                "progress": self._progress(run, now),
+                "deadline": time.time() + (run.deadline - now),
+                "effective_timeout": run.effective_timeout,
+                "total_items": run.ctx.total,
+            }
+        )
+
+    # ---- called by contexts --------------------------------------------------------------------
+
+    async def _save_checkpoint(self, ctx: OperationContext, cp: Checkpoint, delta: ItemDelta) -> None:
+        t0 = time.perf_counter()
+        saved = await self.store.save_checkpoint(cp, delta, self.settings.checkpoints_keep)
+        latency = time.perf_counter() - t0
+        run = self._runs.get(ctx.id)
+        if run is not None:
+            run.next_checkpoint = time.monotonic() + ctx.profile.checkpoint_interval
+        self._publish(
+            CheckpointSaved(
+                operation_id=ctx.id, seq=saved.seq, done=saved.processed_items, size=saved.size, latency=latency
+            )
+        )
+
+    def _item_failed(self, ctx: OperationContext, key: str, error: str) -> None:
+        ctx.log.warning(f"item failed: {key}: {error}")
+        self._publish(
+            ItemFailed(
+                operation_id=ctx.id,
+                key=key,
+                error=error,
+                failures=ctx.failures,
+                threshold=ctx.profile.failure_threshold,
+            )
+        )
+
+    def _log(self, op_id: str, record: LogRecord) -> None:
+        self._log_buf[op_id].append(record)
+        if self.bus._callbacks or self.bus._queues:
+            record.operation_id = op_id
+            self._publish(LogEmitted(operation_id=op_id, record=record))
+
+    async def _flush_logs(self, op_id: str | None = None) -> None:
+        ids = [op_id] if op_id else list(self._log_buf)
+        for i in ids:
+            recs = self._log_buf.pop(i, None)
+            if recs:
+                try:
+                    await self.store.append_logs(i, recs)
+                except Exception as e:
+                    log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+
+    def _publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+
+def _ctx_progress(ctx: OperationContext) -> Progress:
+    return Progress(
+        done=ctx.done,
+        total=ctx.total,
+        failed=ctx.failures,
+        step=ctx.step,
+        message=ctx.message,
+        metrics=dict(ctx.metrics),
+        updated_at=time.time(),
+    )

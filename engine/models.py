@@ -1,0 +1,376 @@
+"""Data models: what an operation is, how it moves through its lifecycle, what a checkpoint holds.
+
+Validation happens here, at the edges (specs, ids, stored records). The hot path
+(``ctx.progress``/``ctx.advance``) never builds these models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class OutlastError(Exception):
+    """Base of every error the engine raises on purpose; its message is one clear line."""
+
+
+class InvalidInput(OutlastError, ValueError):
+    """Bad params, spec, id or config: nothing was stored."""
+
+
+class NotFound(OutlastError, LookupError):
+    """No operation (or checkpoint) matches."""
+
+
+class Conflict(OutlastError):
+    """The operation is not in a state that allows the request (resume a running one, ...)."""
+
+
+class StaleAttempt(Conflict):
+    """A write from an attempt that was declared dead and replaced (fencing)."""
+
+
+class StoreError(OutlastError):
+    """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def resumable(self) -> bool:
+        return self in RESUMABLE
+
+
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
+"""Finished for good unless a user resumes (completed never resumes)."""
+RESUMABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.INTERRUPTED, Status.PAUSED})
+SETTLED = frozenset(set(Status) - ACTIVE)
+"""Not queued or running: what `wait` waits for."""
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.PAUSED}),
+    Status.RUNNING: frozenset(
+        {
+            Status.COMPLETED,
+            Status.FAILED,
+            Status.CANCELLED,
+            Status.TIMED_OUT,
+            Status.INTERRUPTED,
+            Status.PAUSED,
+            Status.QUEUED,  # a retry after a transient error goes back into the queue
+        }
+    ),
+    **{s: frozenset({Status.QUEUED}) for s in RESUMABLE},
+    # A paused or interrupted operation can be given up for good.
+    Status.PAUSED: frozenset({Status.QUEUED, Status.CANCELLED}),
+    Status.INTERRUPTED: frozenset({Status.QUEUED, Status.CANCELLED}),
+    Status.COMPLETED: frozenset(),
+}
+"""The lifecycle as one table: every status change the store accepts."""
+
+
+def check_transition(current: Status, target: Status) -> None:
+    if target not in TRANSITIONS[current]:
+        raise Conflict(f"cannot move an operation from {current.value} to {target.value}")
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def raised(self) -> Priority:
+        return _BY_RANK[max(0, self.rank - 1)]
+
+    def lowered(self) -> Priority:
+        return _BY_RANK[min(2, self.rank + 1)]
+
+
+_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+_BY_RANK = {v: k for k, v in _RANK.items()}
+
+
+# ---- ids -------------------------------------------------------------------------------------
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case: no i, l, o, u
+_ID_LEN = 13
+ID_RE = re.compile(rf"^[{_ALPHABET}]{{{_ID_LEN}}}$")
+ID_PREFIX_RE = re.compile(rf"^[{_ALPHABET}]{{1,{_ID_LEN}}}$")
+_EPOCH_MS = 1_577_836_800_000  # 2020-01-01: 9 base32 digits of ms last past the year 3000
+_id_lock = threading.Lock()
+_last_id: list[int] = [0, 0]
+
+
+def _b32(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(_ALPHABET[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def new_id() -> str:
+    """A 13-character id: 9 digits of milliseconds then 4 random ones; sorts by creation time.
+
+    Within one process ids are strictly increasing even inside one millisecond.
+    """
+    with _id_lock:
+        ms = max(int(time.time() * 1000) - _EPOCH_MS, _last_id[0])
+        rnd = int.from_bytes(os.urandom(3), "big") & 0xFFFFF
+        if ms == _last_id[0] and rnd <= _last_id[1]:
+            rnd = _last_id[1] + 1
+            if rnd > 0xFFFFF:
+                ms, rnd = ms + 1, 0
+        _last_id[0], _last_id[1] = ms, rnd
+    return _b32(ms, 9) + _b32(rnd, 4)
+
+
+def validate_id(value: str) -> str:
+    """A full operation id, or InvalidInput naming what is wrong (``../x`` never reaches a path)."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise InvalidInput(f"invalid operation id {value!r}: expected {_ID_LEN} characters of [0-9a-z]")
+    return value
+
+
+def validate_id_prefix(value: str) -> str:
+    if not isinstance(value, str) or not ID_PREFIX_RE.match(value):
+        raise InvalidInput(f"invalid operation id {value!r}: expected up to {_ID_LEN} characters of [0-9a-z]")
+    return value
+
+
+# ---- specs and records -----------------------------------------------------------------------
+
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+class OperationSpec(BaseModel):
+    """What a user asks for. Validated before anything is stored."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    profile: dict[str, Any] = Field(default_factory=dict)
+    """Per-operation overrides of the type's timeout profile (checked against TimeoutProfile)."""
+    name: str | None = Field(default=None, max_length=200)
+    total_items: int | None = Field(default=None, ge=0)
+    """An estimate of the item count, used for the timeout until the handler reports the real one."""
+    timeout: float | None = Field(default=None, gt=0)
+    """A fixed timeout in seconds: replaces the computed one (still extended while making progress)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _type_ok(cls, v: str) -> str:
+        if not _TYPE_RE.match(v):
+            raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
+        return v
+
+
+class Progress(BaseModel):
+    """A snapshot of how far an operation has come."""
+
+    done: int = 0
+    total: int | None = None
+    failed: int = 0
+    skipped: int = 0
+    step: str | None = None
+    message: str | None = None
+    rate: float | None = None
+    """Items per second over the current run."""
+    eta: float | None = None
+    """Seconds until done at the current rate."""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    updated_at: float | None = None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return 100.0 if self.total == 0 else None
+        return min(100.0, 100.0 * self.done / self.total)
+
+
+class WorkerInfo(BaseModel):
+    host: str
+    pid: int
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class ItemFailure(BaseModel):
+    key: str
+    error: str
+    attempt: int = 1
+    at: float = 0.0
+
+
+class Operation(BaseModel):
+    """The stored record of one operation: the single source of truth for its state."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    profile: dict[str, Any] = Field(default_factory=dict)
+    """The resolved timeout profile in force for this operation (type defaults + overrides)."""
+    profile_overrides: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    status: Status = Status.QUEUED
+    status_message: str | None = None
+    created_at: float
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
+    attempt: int = 1
+    """How many times the operation was started from the queue (1 on first run, +1 on each resume or retry)."""
+    epoch: int = 0
+    """Fencing token: increases at every claim; writes carrying an older epoch are refused."""
+    retries: int = 0
+    progress: Progress = Field(default_factory=Progress)
+    total_items: int | None = None
+    timeout: float | None = None
+    """A fixed timeout chosen by the user, if any."""
+    effective_timeout: float | None = None
+    timeout_basis: str | None = None
+    """How effective_timeout was computed, in words (shown by `show` and the dashboard)."""
+    deadline: float | None = None
+    extensions: int = 0
+    result: Any = None
+    error: str | None = None
+    item_failures: int = 0
+    worker: WorkerInfo | None = None
+    resume_seq: int | None = None
+    """The checkpoint a resume should start from (None: the newest valid one)."""
+    checkpoint_seq: int | None = None
+    """Newest checkpoint written."""
+    not_before: float | None = None
+    """A retry waits in the queue until then (backoff)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.status in SETTLED and self.finished_at else time.time()
+        return max(0.0, end - self.started_at)
+
+
+class Checkpoint(BaseModel):
+    """A durable point an operation can resume from."""
+
+    operation_id: str
+    seq: int
+    epoch: int = 0
+    created_at: float
+    progress_percentage: float | None = None
+    processed_items: int = 0
+    total_items: int | None = None
+    done_count: int = 0
+    """How many item keys are done as of this checkpoint (the keys live in incremental deltas)."""
+    state: dict[str, Any] = Field(default_factory=dict)
+    context_data: dict[str, Any] = Field(default_factory=dict)
+    next_step: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    checksum: str = ""
+    size: int = 0
+    """Bytes of the stored payload."""
+    valid: bool = True
+    """False when the stored checksum does not match (listing shows it; resume skips it)."""
+
+
+class LogRecord(BaseModel):
+    ts: float
+    level: str
+    message: str
+    operation_id: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    """Something that happened to an operation; published on the engine's bus after it is stored."""
+
+    kind: ClassVar[str] = "event"
+    operation_id: str
+    ts: float = Field(default_factory=time.time)
+
+
+class StatusChanged(Event):
+    kind: ClassVar[str] = "status"
+    status: Status
+    previous: Status | None = None
+    message: str | None = None
+
+
+class ProgressReported(Event):
+    kind: ClassVar[str] = "progress"
+    progress: Progress
+
+
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    seq: int
+    done: int
+    size: int
+    latency: float
+
+
+class TimeoutExtended(Event):
+    kind: ClassVar[str] = "timeout_extended"
+    deadline: float
+    reason: str
+
+
+class ItemFailed(Event):
+    kind: ClassVar[str] = "item_failed"
+    key: str
+    error: str
+    failures: int
+    threshold: int
+
+
+class LogEmitted(Event):
+    kind: ClassVar[str] = "log"
+    record: LogRecord
+
+
+ControlAction = Literal["cancel", "pause"]

@@ -1,0 +1,1 @@
+"""Built-in operation handlers, one module each (registered on import by engine.registry)."""

@@ -1,0 +1,159 @@
+"""Timeout profiles: how long each operation type may take, how often it checkpoints, when it stalls.
+
+effective timeout = min(max_timeout, base_timeout + per_item_timeout * total_items)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .models import InvalidInput
+
+
+class RetryPolicy(BaseModel):
+    """Automatic retries of an attempt that raised a transient error; each retry resumes from a checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base: float = Field(default=2.0, ge=0)
+    backoff_max: float = Field(default=300.0, ge=0)
+    jitter: float = Field(default=0.25, ge=0, le=1)
+    transient: list[str] = Field(
+        default_factory=lambda: ["ConnectionError", "TimeoutError", "BrokenPipeError", "TransientError"]
+    )
+    """Exception class names (or base class names) that are worth another attempt."""
+
+    def delay(self, retry_number: int, rnd: float) -> float:
+        """Backoff before retry ``retry_number`` (1-based); ``rnd`` in [0, 1) supplies the jitter."""
+        raw = min(self.backoff_max, self.backoff_base * (2 ** (retry_number - 1)))
+        return raw * (1 - self.jitter + 2 * self.jitter * rnd)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        names = {c.__name__ for c in type(exc).__mro__}
+        return bool(names & set(self.transient))
+
+
+class TimeoutProfile(BaseModel):
+    """Per-type limits. Seconds everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_timeout: float = Field(gt=0)
+    per_item_timeout: float = Field(ge=0)
+    max_timeout: float = Field(gt=0)
+    checkpoint_interval: float = Field(gt=0)
+    progress_report_interval: float = Field(gt=0)
+    failure_threshold: int = Field(ge=0)
+    """Item failures tolerated; one more fails the operation."""
+    stall_timeout: float = Field(gt=0)
+    """No progress for this long: timed out as stalled."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TimeoutProfile:
+        if self.max_timeout < self.base_timeout:
+            raise ValueError(f"max_timeout ({self.max_timeout}) is below base_timeout ({self.base_timeout})")
+        return self
+
+    def effective_timeout(self, total_items: int | None) -> float:
+        return min(self.max_timeout, self.base_timeout + self.per_item_timeout * (total_items or 0))
+
+    def basis(self, total_items: int | None) -> str:
+        """The timeout formula with this profile's numbers, for humans."""
+        n = total_items or 0
+        raw = self.base_timeout + self.per_item_timeout * n
+        s = f"min(max {self.max_timeout:g}s, base {self.base_timeout:g}s + {self.per_item_timeout:g}s x {n} items)"
+        return s + (" = max" if raw > self.max_timeout else f" = {raw:g}s")
+
+    def merged(self, overrides: dict[str, Any] | None) -> TimeoutProfile:
+        """This profile with ``overrides`` applied, validated (InvalidInput names the key)."""
+        if not overrides:
+            return self
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if key == "retry" and isinstance(value, dict):
+                data["retry"] = {**data["retry"], **value}
+            elif key.startswith("retry.") or key.startswith("retry_"):
+                data["retry"][key[6:]] = value
+            else:
+                data[key] = value
+        return parse_profile(data, where="profile")
+
+
+def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:
+    try:
+        return TimeoutProfile.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(f"{where}: {one_line(e)}") from None
+
+
+def one_line(e: ValidationError) -> str:
+    """A pydantic error as one line naming the field: ``priority: Input should be 'high', ...``."""
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    more = len(e.errors()) - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+H = 3600.0
+M = 60.0
+
+
+def _p(base, per, mx, ckpt, rep, fail, stall=None, attempts=3) -> TimeoutProfile:
+    return TimeoutProfile(
+        base_timeout=base,
+        per_item_timeout=per,
+        max_timeout=mx,
+        checkpoint_interval=ckpt,
+        progress_report_interval=rep,
+        failure_threshold=fail,
+        stall_timeout=stall if stall is not None else max(600.0, 2 * ckpt),
+        retry=RetryPolicy(max_attempts=attempts),
+    )
+
+
+SEED_PROFILES: dict[str, TimeoutProfile] = {
+    # The seed's own figures.
+    "codebase_indexing": _p(1 * H, 10, 4 * H, 300, 30, 5),
+    "comprehensive_test_suite": _p(40 * M, 120, 3 * H, 600, 60, 10, stall=30 * M),
+    "security_scan": _p(45 * M, 5, 3 * H, 300, 30, 10),
+    # Chosen in the same spirit: analysis is per-file, testing per-test, KB work per-document.
+    "code_analysis": _p(30 * M, 5, 2 * H, 300, 30, 10),
+    "dependency_analysis": _p(15 * M, 10, 1 * H, 120, 15, 5),
+    "performance_profiling": _p(30 * M, 60, 2 * H, 300, 30, 3),
+    "integration_testing": _p(30 * M, 120, 3 * H, 300, 30, 5, stall=30 * M),
+    "performance_testing": _p(1 * H, 300, 4 * H, 600, 60, 3, stall=30 * M),
+    "load_testing": _p(1 * H, 60, 6 * H, 300, 30, 3, stall=20 * M),
+    "kb_population": _p(1 * H, 2, 8 * H, 300, 30, 50),
+    "kb_optimization": _p(30 * M, 5, 4 * H, 300, 30, 10),
+    "vector_indexing": _p(1 * H, 1, 8 * H, 300, 30, 100),
+    "semantic_analysis": _p(30 * M, 10, 4 * H, 300, 30, 20),
+    "backup_operation": _p(1 * H, 2, 12 * H, 120, 15, 10),
+    "migration_operation": _p(1 * H, 30, 6 * H, 60, 15, 0, stall=30 * M, attempts=1),
+    "cleanup_operation": _p(15 * M, 1, 2 * H, 120, 15, 50),
+    "monitoring_collection": _p(5 * M, 1, 30 * M, 60, 10, 20),
+    # Outlast's own types.
+    "command": _p(1 * H, 0, 24 * H, 60, 5, 0, stall=1 * H, attempts=1),
+    "demo": _p(10 * M, 1, 1 * H, 5, 1, 3, stall=120),
+}
+
+DEFAULT_PROFILE = _p(1 * H, 10, 6 * H, 300, 30, 10)
+"""For types registered by plugins that the config does not describe."""
+
+
+def profile_for(type_: str, config_profiles: dict[str, dict[str, Any]] | None = None) -> TimeoutProfile:
+    """The profile of ``type_``: seed or default, then the config file's ``[profiles.TYPE]``."""
+    base = SEED_PROFILES.get(type_, DEFAULT_PROFILE)
+    overrides = (config_profiles or {}).get(type_)
+    if not overrides:
+        return base
+    try:
+        return base.merged(overrides)
+    except InvalidInput as e:
+        raise InvalidInput(f"[profiles.{type_}] {str(e).removeprefix('profile: ')}") from None

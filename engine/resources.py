@@ -1,0 +1,96 @@
+"""Resource sampling (psutil) and admission control: start no new work on a starved machine."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class ResourceSample:
+    ts: float
+    cpu_percent: float
+    """System-wide CPU use, percent of all cores."""
+    memory_percent: float
+    memory_used: int
+    memory_total: int
+    process_cpu_percent: float
+    """This process (the engine), percent of one core."""
+    process_rss: int
+    children: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Per operation id: CPU percent and RSS of the child processes it started."""
+
+
+class ResourceMonitor:
+    """Samples on demand and keeps a short history for sparklines."""
+
+    def __init__(self, history: int = 300) -> None:
+        self._proc = psutil.Process(os.getpid())
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        self.history: deque[ResourceSample] = deque(maxlen=history)
+        self._children: dict[int, psutil.Process] = {}
+
+    def sample(self, op_children: dict[str, list[int]] | None = None) -> ResourceSample:
+        vm = psutil.virtual_memory()
+        children: dict[str, tuple[float, int]] = {}
+        for op_id, pids in (op_children or {}).items():
+            cpu, rss = 0.0, 0
+            for pid in pids:
+                try:
+                    p = self._children.get(pid)
+                    if p is None:
+                        p = self._children[pid] = psutil.Process(pid)
+                        p.cpu_percent(None)
+                    procs = [p, *p.children(recursive=True)]
+                    for q in procs:
+                        cpu += q.cpu_percent(None) if q is not p else p.cpu_percent(None)
+                        rss += q.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    self._children.pop(pid, None)
+            children[op_id] = (cpu, rss)
+        with self._proc.oneshot():
+            s = ResourceSample(
+                ts=time.time(),
+                cpu_percent=psutil.cpu_percent(None),
+                memory_percent=vm.percent,
+                memory_used=vm.total - vm.available,
+                memory_total=vm.total,
+                process_cpu_percent=self._proc.cpu_percent(None),
+                process_rss=self._proc.memory_info().rss,
+                children=children,
+            )
+        self.history.append(s)
+        return s
+
+
+class Admission:
+    """Whether the machine has room for one more operation, by memory and CPU limits (percent)."""
+
+    def __init__(self, max_memory_percent: float | None, max_cpu_percent: float | None) -> None:
+        self.max_memory = max_memory_percent
+        self.max_cpu = max_cpu_percent
+        self._last = 0.0
+        self._cached: str | None = None
+        if max_cpu_percent:
+            psutil.cpu_percent(None)
+
+    def blocked(self) -> str | None:
+        """None when work may start, else the reason (checked at most once a second)."""
+        if not (self.max_memory or self.max_cpu):
+            return None
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            return self._cached
+        self._last = now
+        reason = None
+        if self.max_memory and (m := psutil.virtual_memory().percent) > self.max_memory:
+            reason = f"memory at {m:.0f}% (limit {self.max_memory:g}%)"
+        elif self.max_cpu and (c := psutil.cpu_percent(None)) > self.max_cpu:
+            reason = f"CPU at {c:.0f}% (limit {self.max_cpu:g}%)"
+        self._cached = reason
+        return reason

@@ -1,0 +1,35 @@
+"""Where state lives: ``open_store(path)`` for the embedded local store, ``open_store("redis://...")``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..models import InvalidInput
+from .base import ItemDelta, Ledger, Store
+from .local import LocalStore
+
+
+def open_store(target: str | Path | None = None, **options: Any) -> Store:
+    """A store for ``target``: a state directory path (default: the configured one) or a redis URL.
+
+    The store is returned unopened; the Engine (or ``async with store``) opens it.
+    """
+    if target is None:
+        from ..config import load_settings
+
+        settings = load_settings()
+        target = settings.store or settings.state_dir
+    text = str(target)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from .redis import RedisStore
+        except ImportError as e:  # pragma: no cover - until the redis store lands
+            raise InvalidInput(f"store {text.split('@')[-1]}: redis store unavailable ({e})") from None
+        return RedisStore(text, **options)
+    if "://" in text:
+        raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
+    return LocalStore(Path(text), **{k: v for k, v in options.items() if k in ("aging",)})
+
+
+__all__ = ["ItemDelta", "Ledger", "LocalStore", "Store", "open_store"]

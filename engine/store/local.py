@@ -1,0 +1,678 @@
+"""The embedded store: one SQLite database (WAL, synchronous=FULL) in a 0700 state directory.
+
+All SQLite calls run on one thread per store (never on the event loop). Several
+processes share one state directory: writes take SQLite's write lock with
+BEGIN IMMEDIATE, and a running operation is also held by an flock on
+``locks/ID.lock`` that the kernel releases when its process dies, so any
+engine can tell an orphan from a live operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles
+
+from ..models import (
+    ACTIVE,
+    Checkpoint,
+    Conflict,
+    ControlAction,
+    InvalidInput,
+    ItemFailure,
+    LogRecord,
+    NotFound,
+    Operation,
+    Priority,
+    StaleAttempt,
+    Status,
+    StoreError,
+    WorkerInfo,
+    check_transition,
+    validate_id,
+    validate_id_prefix,
+)
+from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+
+log = logging.getLogger("outlast.store")
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_RANK = {"high": 0, "normal": 1, "low": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations(
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    sched REAL NOT NULL,
+    not_before REAL,
+    created_at REAL NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    control TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ops_status_sched ON operations(status, sched);
+CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
+CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
+CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
+CREATE TABLE IF NOT EXISTS checkpoints(
+    op_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    info TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY(op_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deltas(
+    op_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    items BLOB NOT NULL,
+    PRIMARY KEY(op_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures(
+    op_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY(op_id, key)
+) WITHOUT ROWID;
+"""
+
+
+def sched_key(priority: Priority | str, queued_at: float, aging: float) -> float:
+    """Queue order: FIFO inside a priority; each level is worth ``aging`` seconds of waiting."""
+    rank = _RANK[priority.value if isinstance(priority, Priority) else priority]
+    return queued_at + rank * aging
+
+
+class LocalStore:
+    """The default store (see module doc)."""
+
+    def __init__(self, state_dir: str | Path, aging: float = 300.0) -> None:
+        self.state_dir = Path(state_dir).expanduser()
+        self.url = str(self.state_dir)
+        self.aging = aging
+        self.db_path = self.state_dir / "outlast.db"
+        self.log_dir = self.state_dir / "logs"
+        self.lock_dir = self.state_dir / "locks"
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._held: dict[str, int] = {}
+        self._log_locks: dict[str, asyncio.Lock] = {}
+        self._opened = 0
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._pool is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one IMMEDIATE transaction (the write lock across processes)."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return out
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self._opened > 1:
+            return
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="outlast-sqlite")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._opened = 0
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise
+
+    def _open_sync(self) -> None:
+        d = self.state_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
+            self.log_dir.mkdir(exist_ok=True, mode=0o700)
+            self.lock_dir.mkdir(exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(f"state dir {d}: {e.strerror or e}") from None
+        if not d.is_dir():
+            raise StoreError(f"state dir {d} is not a directory")
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            row = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
+            self._conn = conn
+            if row is None:
+                conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+                conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            ver = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._conn = None
+            raise StoreError(f"state dir {d}: {self.db_path.name} is not a usable Outlast database ({e})") from None
+        version = int(ver[0]) if ver else 0
+        if version > SCHEMA_VERSION:
+            conn.close()
+            self._conn = None
+            raise StoreError(
+                f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
+                f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
+            )
+
+    async def close(self) -> None:
+        self._opened = max(0, self._opened - 1)
+        if self._opened or self._pool is None:
+            return
+        for op_id in list(self._held):
+            self._unlock(op_id)
+        conn, self._conn = self._conn, None
+        pool, self._pool = self._pool, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+        pool.shutdown(wait=True)
+
+    async def __aenter__(self) -> LocalStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- records -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(raw: str) -> Operation:
+        return Operation.model_validate_json(raw)
+
+    def _row_op(self, conn: sqlite3.Connection, op_id: str) -> Operation:
+        row = conn.execute("SELECT record FROM operations WHERE id=?", (op_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no operation {op_id}")
+        try:
+            return self._load(row[0])
+        except ValueError as e:
+            raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+    def _put(self, conn: sqlite3.Connection, op: Operation) -> None:
+        conn.execute(
+            "UPDATE operations SET status=?, sched=?, not_before=?, epoch=?, record=? WHERE id=?",
+            (
+                op.status.value,
+                sched_key(op.priority, op.queued_at, self.aging),
+                op.not_before,
+                op.epoch,
+                op.model_dump_json(),
+                op.id,
+            ),
+        )
+
+    async def create(self, op: Operation) -> None:
+        validate_id(op.id)
+
+        def do(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO operations(id, type, status, sched, not_before, created_at, epoch, record)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (
+                    op.id,
+                    op.type,
+                    op.status.value,
+                    sched_key(op.priority, op.queued_at, self.aging),
+                    op.not_before,
+                    op.created_at,
+                    op.epoch,
+                    op.model_dump_json(),
+                ),
+            )
+
+        await self._run(self._write, do)
+
+    async def get(self, op_id: str) -> Operation:
+        validate_id(op_id)
+        return await self._run(lambda: self._row_op(self._conn, op_id))  # type: ignore[arg-type]
+
+    async def list(
+        self,
+        statuses: list[Status] | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Operation]:
+        where, args = [], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += [Status(s).value for s in statuses]
+        if types:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            args += list(types)
+        sql = "SELECT id, record FROM operations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+
+        def do() -> list[Operation]:
+            out = []
+            for op_id, raw in self._conn.execute(sql, args):  # type: ignore[union-attr]
+                try:
+                    out.append(self._load(raw))
+                except ValueError:
+                    log.warning("operation %s: stored record is malformed; skipped", op_id)
+            return out
+
+        return await self._run(do)
+
+    async def resolve(self, prefix: str) -> str:
+        validate_id_prefix(prefix)
+
+        def do() -> str:
+            rows = self._conn.execute(  # type: ignore[union-attr]
+                "SELECT id FROM operations WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
+                (prefix, prefix + "~"),
+            ).fetchall()
+            if not rows:
+                raise NotFound(f"no operation matches id {prefix!r}")
+            if len(rows) > 1:
+                shown = ", ".join(r[0] for r in rows[:5])
+                raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+            return rows[0][0]
+
+        return await self._run(do)
+
+    async def counts(self) -> dict[Status, int]:
+        rows = await self._run(
+            lambda: self._conn.execute("SELECT status, COUNT(*) FROM operations GROUP BY status").fetchall()  # type: ignore[union-attr]
+        )
+        return {Status(s): n for s, n in rows}
+
+    async def queue_depth(self) -> dict[Priority, int]:
+        def do() -> dict[Priority, int]:
+            out = {p: 0 for p in Priority}
+            for (raw,) in self._conn.execute(  # type: ignore[union-attr]
+                "SELECT json_extract(record, '$.priority') FROM operations WHERE status='queued'"
+            ):
+                out[Priority(raw)] += 1
+            return out
+
+        return await self._run(do)
+
+    @staticmethod
+    def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
+        data = op.model_dump()
+        data.update(fields)
+        data["updated_at"] = time.time()
+        return Operation.model_validate(data)
+
+    async def transition(
+        self,
+        op_id: str,
+        to: Status,
+        *,
+        epoch: int | None = None,
+        expect: frozenset[Status] | None = None,
+        **fields: Any,
+    ) -> Operation:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> Operation:
+            op = self._row_op(conn, op_id)
+            if epoch is not None and op.epoch != epoch:
+                raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {op.epoch}")
+            if expect is not None and op.status not in expect:
+                raise_conflict(op, to)
+            check_transition(op.status, to)
+            new = self._apply(op, {**fields, "status": to})
+            self._put(conn, new)
+            if to not in ACTIVE:
+                conn.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,))
+            return new
+
+        return await self._run(self._write, do)
+
+    async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> Operation:
+            op = self._row_op(conn, op_id)
+            if epoch is not None and op.epoch != epoch:
+                raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {op.epoch}")
+            new = self._apply(op, fields)
+            self._put(conn, new)
+            return new
+
+        return await self._run(self._write, do)
+
+    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+        self.aging = aging
+
+        def do(conn: sqlite3.Connection) -> Operation | None:
+            if op_id is not None:
+                rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id FROM operations WHERE status='queued' AND (not_before IS NULL OR not_before <= ?)"
+                    " ORDER BY sched, id LIMIT 8",
+                    (now,),
+                ).fetchall()
+            for (cand,) in rows:
+                if not self._lock(cand):
+                    continue  # another process is still finishing it
+                op = self._row_op(conn, cand)
+                new = self._apply(
+                    op,
+                    {
+                        "status": Status.RUNNING,
+                        "epoch": op.epoch + 1,
+                        "worker": worker,
+                        "started_at": now,
+                        "finished_at": None,
+                        "not_before": None,
+                        "error": None,
+                        "status_message": None,
+                    },
+                )
+                self._put(conn, new)
+                return new
+            return None
+
+        def run() -> Operation | None:
+            try:
+                return self._write(do)
+            except BaseException:
+                # A lock taken for a claim that did not commit must not linger.
+                for held in list(self._held):
+                    row = self._conn.execute("SELECT status FROM operations WHERE id=?", (held,)).fetchone()  # type: ignore[union-attr]
+                    if row is None or row[0] != "running":
+                        self._unlock(held)
+                raise
+
+        return await self._run(run)
+
+    async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
+        if not updates:
+            return
+        now = time.time()
+        rows = []
+        for op_id, epoch, fields in updates:
+            expr, args = ["record"], []
+            parts = ["'$.updated_at', ?"]
+            args.append(now)
+            for k, v in fields.items():
+                parts.append(f"'$.{k}', json(?)")
+                args.append(json.dumps(v))
+            rows.append((f"json_set(record, {', '.join(parts)})", [*args, op_id, epoch]))
+            del expr
+
+        def do(conn: sqlite3.Connection) -> None:
+            for expr, args in rows:
+                conn.execute(f"UPDATE operations SET record={expr} WHERE id=? AND epoch=? AND status='running'", args)
+
+        await self._run(self._write, do)
+
+    # ---- liveness ------------------------------------------------------------------------------
+
+    def _lock(self, op_id: str) -> bool:
+        if op_id in self._held:
+            return True
+        fd = os.open(self.lock_dir / f"{op_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._held[op_id] = fd
+        return True
+
+    def _unlock(self, op_id: str) -> None:
+        fd = self._held.pop(op_id, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_dir / f"{op_id}.lock")
+            os.close(fd)
+
+    async def release(self, op_id: str) -> None:
+        await self._run(self._unlock, op_id)
+
+    async def heartbeat(self, op_ids: list[str]) -> None:
+        return None  # the kernel keeps an flock alive as long as its process lives
+
+    async def find_orphans(self) -> list[Operation]:
+        def do() -> list[Operation]:
+            out = []
+            rows = self._conn.execute("SELECT id FROM operations WHERE status='running'").fetchall()  # type: ignore[union-attr]
+            for (op_id,) in rows:
+                if op_id in self._held:
+                    continue
+                if self._lock(op_id):
+                    try:
+                        row = self._conn.execute(  # type: ignore[union-attr]
+                            "SELECT status FROM operations WHERE id=?", (op_id,)
+                        ).fetchone()
+                        if row and row[0] == "running":
+                            out.append(self._row_op(self._conn, op_id))  # type: ignore[arg-type]
+                    finally:
+                        # Keep no lock: the caller marks it interrupted with the epoch it read.
+                        fd = self._held.pop(op_id)
+                        os.close(fd)
+            return out
+
+        return await self._run(do)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
+        payload = encode_payload(cp)
+        items = delta.encode()
+        cs = checksum(payload, items)
+        cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
+        info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
+        now = time.time()
+        fail_rows = [(cp.operation_id, k, e, cp.epoch, now) for k, e in delta.failed.items()]
+
+        def do(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT epoch FROM operations WHERE id=?", (cp.operation_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no operation {cp.operation_id}")
+            if row[0] != cp.epoch:
+                raise StaleAttempt(
+                    f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+                (cp.operation_id, cp.seq, cp.epoch, cp.created_at, info, payload, cs),
+            )
+            conn.execute("INSERT OR REPLACE INTO deltas VALUES(?,?,?)", (cp.operation_id, cp.seq, items))
+            if fail_rows:
+                conn.executemany("INSERT OR REPLACE INTO failures VALUES(?,?,?,?,?)", fail_rows)
+            has_failures = (
+                bool(fail_rows)
+                or conn.execute("SELECT 1 FROM failures WHERE op_id=? LIMIT 1", (cp.operation_id,)).fetchone()
+                is not None
+            )
+            if delta.done and has_failures:
+                # An item that failed before and is done now is no longer a failure.
+                conn.execute(
+                    "DELETE FROM failures WHERE op_id=? AND key IN (SELECT value FROM json_each(?))",
+                    (cp.operation_id, json.dumps(delta.done)),
+                )
+            n_fail = (
+                conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]
+                if has_failures
+                else 0
+            )
+            conn.execute(
+                "UPDATE operations SET record=json_set(record, '$.checkpoint_seq', ?, '$.item_failures', ?) WHERE id=?",
+                (cp.seq, n_fail, cp.operation_id),
+            )
+            conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
+
+        await self._run(self._write, do)
+        return cp
+
+    async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
+        validate_id(op_id)
+
+        def do() -> tuple[Checkpoint, Ledger] | None:
+            conn = self._conn
+            assert conn is not None
+            sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
+            args: list[Any] = [op_id]
+            if seq is not None:
+                sql += " AND seq <= ?"
+                args.append(seq)
+            for s, info, payload, cs in conn.execute(sql + " ORDER BY seq DESC", args).fetchall():
+                delta_row = conn.execute("SELECT items FROM deltas WHERE op_id=? AND seq=?", (op_id, s)).fetchone()
+                items = delta_row[0] if delta_row else b""
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                if isinstance(items, str):
+                    items = items.encode()
+                if checksum(payload, items) != cs:
+                    log.warning("operation %s: checkpoint %d fails its checksum; using an older one", op_id, s)
+                    continue
+                try:
+                    data = decode_payload(payload)
+                    cp = Checkpoint.model_validate_json(info)
+                    cp = cp.model_copy(
+                        update={k: data.get(k) or v for k, v in (("state", {}), ("context_data", {}), ("metadata", {}))}
+                        | {"next_step": data.get("next_step")}
+                    )
+                except ValueError as e:
+                    log.warning("operation %s: checkpoint %d cannot be decoded (%s); using an older one", op_id, s, e)
+                    continue
+                ledger = Ledger()
+                for (raw,) in conn.execute(
+                    "SELECT items FROM deltas WHERE op_id=? AND seq <= ? ORDER BY seq", (op_id, s)
+                ):
+                    ledger.apply(ItemDelta.decode(raw))
+                return cp, ledger
+            return None
+
+        return await self._run(do)
+
+    async def checkpoints(self, op_id: str) -> list[Checkpoint]:
+        validate_id(op_id)
+
+        def do() -> list[Checkpoint]:
+            out = []
+            for info, payload, items, cs in self._conn.execute(  # type: ignore[union-attr]
+                "SELECT c.info, c.payload, d.items, c.checksum FROM checkpoints c"
+                " LEFT JOIN deltas d ON d.op_id=c.op_id AND d.seq=c.seq WHERE c.op_id=? ORDER BY c.seq DESC",
+                (op_id,),
+            ):
+                try:
+                    cp = Checkpoint.model_validate_json(info)
+                except ValueError:
+                    continue
+                payload = payload.encode() if isinstance(payload, str) else payload
+                items = (items or b"").encode() if isinstance(items, str) else (items or b"")
+                valid = checksum(payload, items) == cs
+                next_step = None
+                if valid:
+                    with contextlib.suppress(ValueError):
+                        next_step = decode_payload(payload).get("next_step")
+                out.append(cp.model_copy(update={"valid": valid, "next_step": next_step}))
+            return out
+
+        return await self._run(do)
+
+    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq > ?", (op_id, seq))
+            conn.execute("DELETE FROM deltas WHERE op_id=? AND seq > ?", (op_id, seq))
+
+        await self._run(self._write, do)
+
+    async def item_failures(self, op_id: str) -> list[ItemFailure]:
+        rows = await self._run(
+            lambda: self._conn.execute(  # type: ignore[union-attr]
+                "SELECT key, error, attempt, at FROM failures WHERE op_id=? ORDER BY at", (op_id,)
+            ).fetchall()
+        )
+        return [ItemFailure(key=k, error=e, attempt=a, at=t) for k, e, a, t in rows]
+
+    # ---- control -------------------------------------------------------------------------------
+
+    async def request_control(self, op_id: str, action: ControlAction) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE operations SET control=? WHERE id=? AND status='running'", (action, op_id))
+
+        await self._run(self._write, do)
+
+    async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
+        if not op_ids:
+            return {}
+        wanted = set(op_ids)
+        rows = await self._run(
+            lambda: self._conn.execute(  # type: ignore[union-attr]
+                "SELECT id, control FROM operations WHERE control IS NOT NULL"
+            ).fetchall()
+        )
+        return {i: c for i, c in rows if i in wanted}
+
+    async def clear_control(self, op_id: str) -> None:
+        await self._run(self._write, lambda c: c.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,)))
+
+    # ---- logs ----------------------------------------------------------------------------------
+
+    def _log_path(self, op_id: str) -> Path:
+        return self.log_dir / f"{validate_id(op_id)}.jsonl"
+
+    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
+        if not records:
+            return
+        text = "".join(r.model_dump_json(exclude={"operation_id"}) + "\n" for r in records)
+        lock = self._log_locks.setdefault(op_id, asyncio.Lock())
+        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8") as f:
+            await f.write(text)
+
+    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+        path = self._log_path(op_id)
+        try:
+            async with aiofiles.open(path, "rb") as f:
+                await f.seek(offset)
+                data = await f.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1  # a partly written last line is read next time
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                rec = LogRecord.model_validate_json(line)
+            except ValueError:
+                continue
+            rec.operation_id = op_id
+            out.append(rec)
+        if limit is not None:
+            out = out[-limit:]
+        return out, offset + end
+
+
+def raise_conflict(op: Operation, to: Status) -> None:
+    raise Conflict(f"operation {op.id} is {op.status.value}: cannot make it {to.value}")
