@@ -263,8 +263,11 @@ class OperationContext:
 
     async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> None:
         self._checkpoint_due = False
-        delta = ItemDelta(self._new_done, self._new_failed, self._new_skipped)
-        self._new_done, self._new_failed, self._new_skipped = [], {}, []
+        # Cleared in place: items() holds a reference to _new_done.
+        delta = ItemDelta(self._new_done[:], dict(self._new_failed), self._new_skipped[:])
+        self._new_done.clear()
+        self._new_failed.clear()
+        self._new_skipped.clear()
         self._seq += 1
         cp = Checkpoint.model_construct(
             operation_id=self.id,
@@ -290,7 +293,7 @@ class OperationContext:
             # Not saved: keep the delta for the next checkpoint.
             self._seq -= 1
             self._new_done[:0] = delta.done
-            self._new_failed = {**delta.failed, **self._new_failed}
+            self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
             self._new_skipped[:0] = delta.skipped
             self._dirty = True
             raise

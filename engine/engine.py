@@ -89,7 +89,7 @@ class _Run:
     def rate(self, now: float) -> float | None:
         elapsed = now - self.started
         n = self.ctx.done - self.start_done
-        return n / elapsed if elapsed > 0.5 and n > 0 else None
+        return n / elapsed if elapsed >= 0.1 and n > 0 else None
 
 
 class Engine:

@@ -29,7 +29,7 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
         return RedisStore(text, **options)
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
-    return LocalStore(Path(text), **{k: v for k, v in options.items() if k in ("aging",)})
+    return LocalStore(Path(text))
 
 
 __all__ = ["ItemDelta", "Ledger", "LocalStore", "Store", "open_store"]

@@ -57,14 +57,15 @@ CREATE TABLE IF NOT EXISTS operations(
     id TEXT PRIMARY KEY,
     type TEXT NOT NULL,
     status TEXT NOT NULL,
-    sched REAL NOT NULL,
+    rank INTEGER NOT NULL,
+    queued_at REAL NOT NULL,
     not_before REAL,
     created_at REAL NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0,
     control TEXT,
     record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ops_status_sched ON operations(status, sched);
+CREATE INDEX IF NOT EXISTS ops_status_queued ON operations(status, queued_at);
 CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
 CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
 CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
@@ -95,19 +96,16 @@ CREATE TABLE IF NOT EXISTS failures(
 """
 
 
-def sched_key(priority: Priority | str, queued_at: float, aging: float) -> float:
-    """Queue order: FIFO inside a priority; each level is worth ``aging`` seconds of waiting."""
-    rank = _RANK[priority.value if isinstance(priority, Priority) else priority]
-    return queued_at + rank * aging
+def _rank(priority: Priority | str) -> int:
+    return _RANK[priority.value if isinstance(priority, Priority) else priority]
 
 
 class LocalStore:
     """The default store (see module doc)."""
 
-    def __init__(self, state_dir: str | Path, aging: float = 300.0) -> None:
+    def __init__(self, state_dir: str | Path) -> None:
         self.state_dir = Path(state_dir).expanduser()
         self.url = str(self.state_dir)
-        self.aging = aging
         self.db_path = self.state_dir / "outlast.db"
         self.log_dir = self.state_dir / "logs"
         self.lock_dir = self.state_dir / "locks"
@@ -219,10 +217,11 @@ class LocalStore:
 
     def _put(self, conn: sqlite3.Connection, op: Operation) -> None:
         conn.execute(
-            "UPDATE operations SET status=?, sched=?, not_before=?, epoch=?, record=? WHERE id=?",
+            "UPDATE operations SET status=?, rank=?, queued_at=?, not_before=?, epoch=?, record=? WHERE id=?",
             (
                 op.status.value,
-                sched_key(op.priority, op.queued_at, self.aging),
+                _rank(op.priority),
+                op.queued_at,
                 op.not_before,
                 op.epoch,
                 op.model_dump_json(),
@@ -235,13 +234,14 @@ class LocalStore:
 
         def do(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO operations(id, type, status, sched, not_before, created_at, epoch, record)"
-                " VALUES(?,?,?,?,?,?,?,?)",
+                "INSERT INTO operations(id, type, status, rank, queued_at, not_before, created_at, epoch, record)"
+                " VALUES(?,?,?,?,?,?,?,?,?)",
                 (
                     op.id,
                     op.type,
                     op.status.value,
-                    sched_key(op.priority, op.queued_at, self.aging),
+                    _rank(op.priority),
+                    op.queued_at,
                     op.not_before,
                     op.created_at,
                     op.epoch,
@@ -369,16 +369,16 @@ class LocalStore:
         return await self._run(self._write, do)
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
-        self.aging = aging
 
         def do(conn: sqlite3.Connection) -> Operation | None:
             if op_id is not None:
                 rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
             else:
                 rows = conn.execute(
+                    # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
                     "SELECT id FROM operations WHERE status='queued' AND (not_before IS NULL OR not_before <= ?)"
-                    " ORDER BY sched, id LIMIT 8",
-                    (now,),
+                    " ORDER BY queued_at + rank * ?, id LIMIT 8",
+                    (now, aging),
                 ).fetchall()
             for (cand,) in rows:
                 if not self._lock(cand):

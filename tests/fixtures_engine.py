@@ -1,0 +1,49 @@
+"""Fixtures for engine tests: settings with the test plugin, and an engine factory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, Event, Settings, load_settings, open_store
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Settings:
+    return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"], grace_period=2.0)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as e:
+        yield e
+
+
+def make_engine(settings: Settings, **kw: Any) -> Engine:
+    return Engine(store=open_store(settings.state_dir), settings=settings, **kw)
+
+
+def collect(engine: Engine, kinds: tuple[type[Event], ...] = (Event,)) -> list[Event]:
+    """Events of the given kinds, appended as they are published."""
+    out: list[Event] = []
+    engine.subscribe(lambda ev: out.append(ev) if isinstance(ev, kinds) else None)
+    return out
+
+
+async def until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.02) -> Any:
+    """Poll ``pred`` (sync or async) until truthy; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)

@@ -1,0 +1,70 @@
+"""Operation types used only by the tests (loaded as a plugin: ``plugins=["tests.ops_for_tests"]``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from engine import OperationContext, operation
+
+
+class LedgerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: int = 100
+    seconds: float = 0.0
+    log_file: str | None = None
+    """Every execution of an item body appends the item to this file (to detect double work)."""
+    explicit_every: int = 0
+    """Call ctx.checkpoint() every N items (0: only timed checkpoints)."""
+    fail_at: int | None = None
+    """Raise ConnectionError (transient) outside the items loop once item fail_at is reached."""
+    flaky_file: str | None = None
+    """With fail_at: fail only while this file does not exist (then create it): one transient failure."""
+
+
+@operation("ledger", params=LedgerParams)
+async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
+    """Sum item numbers; record every item body execution."""
+    ctx.state.setdefault("sum", 0)
+    ctx.progress(total=p.items)
+    split = p.items if p.fail_at is None else p.fail_at + 1
+    fh = open(p.log_file, "a", buffering=1) if p.log_file else None  # noqa: SIM115
+    try:
+        for part in (range(split), range(split, p.items)):
+            async for i in ctx.items(part, key=str):
+                if fh:
+                    fh.write(f"{i}\n")
+                if p.seconds:
+                    await asyncio.sleep(p.seconds)
+                ctx.state["sum"] += i
+                if p.explicit_every and (i + 1) % p.explicit_every == 0:
+                    await ctx.checkpoint(next_step=f"after {i}", last=i)
+            if part.stop == split and p.fail_at is not None:
+                flaky = Path(p.flaky_file) if p.flaky_file else None
+                if flaky is None or not flaky.exists():
+                    if flaky is not None:
+                        flaky.touch()
+                    raise ConnectionError("the backend went away")
+    finally:
+        if fh:
+            fh.close()
+    return {"sum": ctx.state["sum"]}
+
+
+class SilentParams(BaseModel):
+    items: int = 5
+    hang_after: int = 2
+
+
+@operation("silent", params=SilentParams)
+async def silent(ctx: OperationContext, p: SilentParams) -> dict:
+    """Reports progress, then goes quiet (but stays cooperative: checks ctx.cancelled)."""
+    for i in range(p.items):
+        ctx.advance()
+        if i + 1 == p.hang_after:
+            while True:
+                await asyncio.sleep(0.02)
+                ctx.progress()  # raises OperationStopped once a stop is asked for
+    return {}

@@ -1,0 +1,234 @@
+"""Lifecycle: transitions, control (cancel/pause/resume), retries, shutdown, failure threshold."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import (
+    Conflict,
+    Engine,
+    OperationSpec,
+    Settings,
+    Status,
+    StatusChanged,
+    TimeoutProfile,
+)
+from engine.models import RESUMABLE, TRANSITIONS, Operation, check_transition, new_id
+from tests.fixtures_engine import collect, make_engine, until
+
+
+@pytest.mark.parametrize("current", list(Status))
+@pytest.mark.parametrize("target", list(Status))
+def test_transition_table(current: Status, target: Status) -> None:
+    if target in TRANSITIONS[current]:
+        check_transition(current, target)
+    else:
+        with pytest.raises(Conflict):
+            check_transition(current, target)
+
+
+def test_table_shape() -> None:
+    assert TRANSITIONS[Status.COMPLETED] == frozenset()
+    for s in RESUMABLE:
+        assert Status.QUEUED in TRANSITIONS[s]
+    assert Status.RUNNING not in TRANSITIONS[Status.PAUSED]  # resume always goes through the queue
+
+
+async def test_store_refuses_illegal_transition(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": 3}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED
+    with pytest.raises(Conflict):
+        await engine.store.transition(op.id, Status.RUNNING)
+    with pytest.raises(Conflict):
+        await engine.resume(op.id)
+    assert (await engine.get(op.id)).status is Status.COMPLETED
+
+
+async def test_run_to_completion_with_checkpoints(engine: Engine) -> None:
+    events = collect(engine, (StatusChanged,))
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": 40, "explicit_every": 10}, name="sum"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED
+    assert final.result == {"sum": sum(range(40))}
+    assert final.progress.done == 40 and final.progress.total == 40
+    cps = await engine.checkpoints(op.id)
+    assert [c.seq for c in cps] == [4, 3, 2, 1]
+    assert cps[0].processed_items == 40 and cps[0].next_step == "after 39"
+    statuses = [e.status for e in events if e.operation_id == op.id]
+    assert statuses == [Status.QUEUED, Status.RUNNING, Status.COMPLETED]
+
+
+async def test_checkpoints_keep_newest_n(settings: Settings) -> None:
+    settings.checkpoints_keep = 3
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 50, "explicit_every": 5}))
+        await engine.wait(op.id, timeout=20)
+        assert [c.seq for c in await engine.checkpoints(op.id)] == [10, 9, 8]
+        # The done set survives pruning: it is stored as deltas per checkpoint.
+        _cp, ledger = await engine.store.load_checkpoint(op.id)
+        assert ledger.done == {str(i) for i in range(50)}
+
+
+async def test_cancel_pause_resume_in_process(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": 400, "seconds": 0.01}))
+    await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 5)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=20)
+    assert paused.status is Status.PAUSED
+    assert paused.checkpoint_seq is not None
+    _cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert len(ledger.done) == paused.progress.done >= 5
+
+    resumed = await engine.resume(op.id)
+    assert resumed.status is Status.QUEUED and resumed.attempt == 2
+    await until(lambda: engine.live(op.id) and engine.live(op.id).done > paused.progress.done)
+    await engine.cancel(op.id)
+    cancelled = await engine.wait(op.id, timeout=20)
+    assert cancelled.status is Status.CANCELLED
+
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(400))}
+    assert final.attempt == 3
+
+
+async def test_cancel_and_pause_of_queued_work(settings: Settings) -> None:
+    async with make_engine(settings, run_queue=False) as engine:
+        a = await engine.submit(OperationSpec(type="ledger"))
+        b = await engine.submit(OperationSpec(type="ledger"))
+        assert (await engine.cancel(a.id)).status is Status.CANCELLED
+        assert (await engine.pause(b.id)).status is Status.PAUSED
+        with pytest.raises(Conflict):
+            await engine.pause(a.id)
+        # A paused operation can be given up for good.
+        assert (await engine.cancel(b.id)).status is Status.CANCELLED
+
+
+async def test_control_from_another_engine(settings: Settings) -> None:
+    """cancel/pause written by another engine (as another process would) reach the runner."""
+    async with make_engine(settings) as runner, make_engine(settings, run_queue=False) as other:
+        op = await runner.submit(OperationSpec(type="ledger", params={"items": 1000, "seconds": 0.01}))
+        await until(lambda: runner.live(op.id) and runner.live(op.id).done >= 3)
+        t0 = time.monotonic()
+        await other.pause(op.id)
+        paused = await other.wait(op.id, timeout=10)
+        assert paused.status is Status.PAUSED
+        assert time.monotonic() - t0 < 5
+        await other.resume(op.id)
+        await until(lambda: runner.live(op.id) is not None)
+        await other.cancel(op.id)
+        assert (await other.wait(op.id, timeout=10)).status is Status.CANCELLED
+
+
+async def test_shutdown_pauses_running_work(settings: Settings) -> None:
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 300, "seconds": 0.01}))
+        await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 5)
+    async with make_engine(settings) as engine:
+        rec = await engine.get(op.id)
+        assert rec.status is Status.PAUSED and rec.checkpoint_seq
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(300))}
+
+
+async def test_failure_threshold(engine: Engine) -> None:
+    ok = await engine.submit(
+        OperationSpec(
+            type="demo", params={"items": 10, "seconds": 0, "fail_every": 2}, profile={"failure_threshold": 5}
+        )
+    )
+    final = await engine.wait(ok.id, timeout=20)
+    assert final.status is Status.COMPLETED
+    assert final.item_failures == 5
+    assert final.result["sum"] == sum(i for i in range(10) if (i + 1) % 2)
+    failures = await engine.store.item_failures(ok.id)
+    assert sorted(f.key for f in failures) == ["1", "3", "5", "7", "9"]
+    assert "failed on purpose" in failures[0].error
+
+    bad = await engine.submit(
+        OperationSpec(
+            type="demo", params={"items": 10, "seconds": 0, "fail_every": 2}, profile={"failure_threshold": 2}
+        )
+    )
+    final = await engine.wait(bad.id, timeout=20)
+    assert final.status is Status.FAILED
+    assert "exceed failure_threshold (2)" in final.error
+    # Resumable: the done items are kept, failed ones are offered again.
+    _cp, ledger = await engine.store.load_checkpoint(bad.id)
+    assert ledger.done == {"0", "2", "4"} and set(ledger.failed) == {"1", "3", "5"}
+
+
+async def test_transient_error_retries_from_checkpoint(engine: Engine, tmp_path) -> None:
+    log = tmp_path / "items.log"
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={
+                "items": 20,
+                "fail_at": 9,
+                "flaky_file": str(tmp_path / "flaky"),
+                "log_file": str(log),
+                "explicit_every": 5,
+            },
+            profile={"retry": {"backoff_base": 0.05, "max_attempts": 3}},
+        )
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.retries == 1 and final.attempt == 2
+    assert final.result == {"sum": sum(range(20))}
+    runs = log.read_text().split()
+    # Items 0..9 were checkpointed (explicit_every=5) before the failure: none is done twice.
+    assert sorted(runs, key=int) == [str(i) for i in range(20)]
+
+
+async def test_non_transient_error_fails(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="ledger", params={"items": 5, "fail_at": 2}, profile={"retry": {"transient": []}})
+    )
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED
+    assert final.error.startswith("ConnectionError: the backend went away")
+    assert final.status.resumable
+
+
+async def test_fencing_rejects_stale_attempt(engine: Engine) -> None:
+    from engine import StaleAttempt
+    from engine.models import Checkpoint
+    from engine.store import ItemDelta
+
+    store = engine.store
+    now = time.time()
+    op = Operation(
+        id=new_id(),
+        type="ledger",
+        created_at=now,
+        queued_at=now,
+        updated_at=now,
+        profile=TimeoutProfile.model_validate(engine.settings.profile("ledger").model_dump()).model_dump(),
+    )
+    await store.create(op)
+    await store.transition(op.id, Status.PAUSED)  # keep the engine's scheduler away from it
+    await store.transition(op.id, Status.QUEUED)
+    first = await store.claim(engine.worker, now, 300, op_id=op.id)
+    assert first is not None and first.epoch == 1
+    await store.release(op.id)
+    # The first attempt is declared dead and replaced.
+    await store.transition(op.id, Status.INTERRUPTED, epoch=1)
+    await store.transition(op.id, Status.QUEUED)
+    second = await store.claim(engine.worker, now, 300, op_id=op.id)
+    assert second.epoch == 2
+    cp = Checkpoint(operation_id=op.id, seq=1, epoch=1, created_at=now, state={"zombie": True})
+    with pytest.raises(StaleAttempt):
+        await store.save_checkpoint(cp, ItemDelta(done=["x"]), keep=5)
+    with pytest.raises(StaleAttempt):
+        await store.transition(op.id, Status.COMPLETED, epoch=1)
+    assert await store.load_checkpoint(op.id) is None
+    await store.save_checkpoint(cp.model_copy(update={"epoch": 2}), ItemDelta(done=["x"]), keep=5)
+    assert (await store.get(op.id)).status is Status.RUNNING
+    await store.transition(op.id, Status.COMPLETED, epoch=2)
+    await store.release(op.id)

@@ -1,0 +1,280 @@
+"""Recovery: SIGKILL of a real process, corrupt checkpoints, bad input, store versions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import (
+    Conflict,
+    Engine,
+    InvalidInput,
+    OperationSpec,
+    Settings,
+    Status,
+    StoreError,
+    load_settings,
+    open_store,
+)
+from engine.store.base import checksum
+from tests.conftest import REPO
+from tests.fixtures_engine import make_engine, until
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from engine import Engine, load_settings, open_store
+
+    async def main():
+        s = load_settings(state_dir=sys.argv[1], plugins=["tests.ops_for_tests"])
+        async with Engine(store=open_store(s.state_dir), settings=s) as e:
+            await e.wait(sys.argv[2])
+
+    asyncio.run(main())
+    """
+)
+
+
+def _count(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().split():
+            counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+async def test_sigkill_mid_run_then_resume(settings: Settings, tmp_path: Path) -> None:
+    """A child runs 300 items; SIGKILL mid-way; the op is found interrupted, resumes and finishes
+    with the uninterrupted result, every item done, none before the last checkpoint done twice."""
+    log = tmp_path / "items.log"
+    n = 300
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(
+            OperationSpec(
+                type="ledger",
+                params={"items": n, "seconds": 0.004, "log_file": str(log)},
+                profile={"checkpoint_interval": 0.1},
+            )
+        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
+    try:
+        async with make_engine(settings, run_queue=False) as watcher:
+            await until(lambda: sum(_count(log).values()) >= n // 2, timeout=60)
+            await until(lambda: watcher.checkpoints(op.id), timeout=30)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before_resume = _count(log)
+    assert sum(before_resume.values()) < n, "the child finished before it was killed"
+
+    async with make_engine(settings) as engine:  # opening the store finds the orphan
+        rec = await engine.get(op.id)
+        assert rec.status is Status.INTERRUPTED
+        assert "stopped" in rec.status_message
+        _cp, ledger = await engine.store.load_checkpoint(op.id)
+        checkpointed = set(ledger.done)
+        assert checkpointed and len(checkpointed) < n
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=60)
+
+    assert final.status is Status.COMPLETED
+    assert final.result == {"sum": sum(range(n))}  # what an uninterrupted run returns
+    counts = _count(log)
+    assert set(counts) == {str(i) for i in range(n)}
+    assert all(counts[k] == 1 for k in checkpointed), "an item before the last checkpoint was redone"
+    redone = [k for k, c in counts.items() if c > 1]
+    assert all(k not in checkpointed for k in redone)
+
+
+async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> None:
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(
+            OperationSpec(type="ledger", params={"items": 200, "seconds": 0.01}, profile={"checkpoint_interval": 0.1})
+        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
+    try:
+        async with make_engine(settings, run_queue=False) as watcher:
+            await until(lambda: watcher.checkpoints(op.id), timeout=60)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    async with make_engine(settings, auto_resume=True) as engine:
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and final.attempt == 2
+        assert final.result == {"sum": sum(range(200))}
+
+
+async def _two_checkpoints(engine: Engine) -> str:
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": 20, "explicit_every": 5}))
+    await engine.wait(op.id, timeout=20)
+    assert [c.seq for c in await engine.checkpoints(op.id)] == [4, 3, 2, 1]
+    return op.id
+
+
+@pytest.mark.parametrize("damage", ["checksum", "undecodable"])
+async def test_corrupt_newest_checkpoint_is_skipped(
+    engine: Engine, settings: Settings, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    op_id = await _two_checkpoints(engine)
+    db = sqlite3.connect(settings.state_dir / "outlast.db")
+    if damage == "checksum":
+        db.execute("UPDATE checkpoints SET payload=? WHERE op_id=? AND seq=4", (b'{"state":{"sum":-1}}', op_id))
+    else:  # a checksum that matches bytes that are not a checkpoint
+        garbage = b"\x00not json"
+        items = db.execute("SELECT items FROM deltas WHERE op_id=? AND seq=4", (op_id,)).fetchone()[0]
+        db.execute(
+            "UPDATE checkpoints SET payload=?, checksum=? WHERE op_id=? AND seq=4",
+            (garbage, checksum(garbage, items), op_id),
+        )
+    db.commit()
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="outlast.store"):
+        cp, ledger = await engine.store.load_checkpoint(op_id)
+    assert cp.seq == 3
+    assert ledger.done == {str(i) for i in range(15)}
+    assert cp.state == {"sum": sum(range(15))}
+    assert any("checkpoint 4" in r.getMessage() for r in caplog.records)
+    listing = {c.seq: c.valid for c in await engine.checkpoints(op_id)}
+    assert listing[3] is True and listing[4] is (damage != "checksum")
+
+
+async def test_resume_from_chosen_older_checkpoint(engine: Engine, tmp_path: Path) -> None:
+    log = tmp_path / "items.log"
+    op = await engine.submit(
+        OperationSpec(type="ledger", params={"items": 20, "explicit_every": 5, "log_file": str(log)})
+    )
+    await engine.wait(op.id, timeout=20)
+    with pytest.raises(Conflict, match="completed"):  # completed work never resumes
+        await engine.resume(op.id, checkpoint=2)
+    # Make it resumable the way a user would meet it: cancelled after running.
+    op2 = await engine.submit(
+        OperationSpec(type="ledger", params={"items": 400, "seconds": 0.01, "explicit_every": 20})
+    )
+    await until(lambda: engine.live(op2.id) and engine.live(op2.id).done >= 70)
+    await engine.cancel(op2.id)
+    await engine.wait(op2.id, timeout=20)
+    with pytest.raises(InvalidInput, match="no checkpoint 99"):
+        await engine.resume(op2.id, checkpoint=99)
+    await engine.resume(op2.id, checkpoint=2)
+    final = await engine.wait(op2.id, timeout=60)
+    assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(400))}
+    logs, _ = await engine.logs(op2.id)
+    assert any("resuming from checkpoint 2 (40 items done)" in r.message for r in logs)
+
+
+async def test_bad_input_stores_nothing(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    cases = [
+        ({"type": "no_such_type"}, "unknown operation type 'no_such_type'"),
+        ({"type": "demo", "params": {"items": -1}}, "items"),
+        ({"type": "demo", "params": {"bogus": 1}}, "bogus"),
+        ({"type": "demo", "timeout": -5}, "timeout"),
+        ({"type": "demo", "profile": {"checkpoint_interval": -1}}, "checkpoint_interval"),
+        ({"type": "Bad/Type"}, "type"),
+        ({"type": "demo", "priority": "urgent"}, "priority"),
+    ]
+    for spec, needle in cases:
+        with pytest.raises(InvalidInput) as exc:
+            await engine.submit(spec)
+        msg = str(exc.value)
+        assert needle in msg and "\n" not in msg, msg
+    for bad_id in ("../x", "", "ABC", "x" * 40, "0123456789abc/"):
+        with pytest.raises(InvalidInput, match="invalid operation id"):
+            await engine.get(bad_id)
+    assert await engine.list() == []
+    assert not any((settings.state_dir / "logs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("max_concurrent = 'lots'\n", "key 'max_concurrent'"),
+        ("max_concurrent = [\n", "invalid TOML"),
+        ("colour = 'red'\n", "key 'colour': unknown setting"),
+        ("[profiles.codebase_indexing]\nbase_timeout = -5\n", "base_timeout"),
+    ],
+)
+def test_malformed_config_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(InvalidInput) as exc:
+        load_settings(config_file=cfg, env={})
+    msg = str(exc.value)
+    assert str(cfg) in msg and needle in msg and "\n" not in msg, msg
+
+
+def test_bad_environment_names_the_variable() -> None:
+    with pytest.raises(InvalidInput, match="OUTLAST_MAX_CONCURRENT"):
+        load_settings(env={"OUTLAST_MAX_CONCURRENT": "0"})
+
+
+async def test_newer_schema_refused(settings: Settings) -> None:
+    async with make_engine(settings, run_queue=False):
+        pass
+    db = sqlite3.connect(settings.state_dir / "outlast.db")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer Outlast"):
+        async with make_engine(settings):
+            pass
+
+
+async def test_corrupt_database_is_one_line(settings: Settings) -> None:
+    settings.state_dir.mkdir(parents=True)
+    (settings.state_dir / "outlast.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable Outlast database"):
+        async with make_engine(settings):
+            pass
+
+
+async def test_state_dir_permissions(settings: Settings) -> None:
+    async with open_store(settings.state_dir):
+        pass
+    assert (settings.state_dir.stat().st_mode & 0o777) == 0o700
+
+
+async def test_logs_are_json_lines(engine: Engine, settings: Settings) -> None:
+    op = await engine.submit(OperationSpec(type="demo", params={"items": 4, "seconds": 0, "fail_every": 2}))
+    await engine.wait(op.id, timeout=20)
+    records, offset = await engine.logs(op.id)
+    assert any("item failed: 1" in r.message for r in records)
+    assert (settings.state_dir / "logs" / f"{op.id}.jsonl").stat().st_size == offset
+    more, offset2 = await engine.logs(op.id, offset=offset)
+    assert more == [] and offset2 == offset
+
+
+async def test_many_processes_share_one_state_dir(settings: Settings) -> None:
+    """Two engines in one state dir never run one operation twice."""
+    async with make_engine(settings, run_queue=False) as submitter:
+        ids = [
+            (await submitter.submit(OperationSpec(type="ledger", params={"items": 3, "seconds": 0.01}))).id
+            for _ in range(12)
+        ]
+    runners: dict[str, list[str]] = {"a": [], "b": []}
+    async with make_engine(settings) as a, make_engine(settings) as b:
+        for name, e in (("a", a), ("b", b)):
+            e.subscribe(
+                lambda ev, name=name: (
+                    runners[name].append(ev.operation_id) if getattr(ev, "status", None) is Status.RUNNING else None
+                )
+            )
+        for i in ids:
+            assert (await a.wait(i, timeout=30)).status is Status.COMPLETED
+    ran = runners["a"] + runners["b"]
+    assert sorted(ran) == sorted(ids)
+    await asyncio.sleep(0)

@@ -1,0 +1,249 @@
+"""Timeout profiles: the formula, extension while making progress, stall, deadline, priorities and aging."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import (
+    SEED_PROFILES,
+    Engine,
+    InvalidInput,
+    OperationSpec,
+    Priority,
+    Settings,
+    Status,
+    TimeoutExtended,
+    TimeoutProfile,
+    load_settings,
+)
+from engine.models import Operation, new_id
+from engine.profiles import DEFAULT_PROFILE, profile_for
+from tests.fixtures_engine import collect, make_engine
+
+SEED_TYPES = {
+    "codebase_indexing",
+    "code_analysis",
+    "dependency_analysis",
+    "security_scan",
+    "performance_profiling",
+    "comprehensive_test_suite",
+    "integration_testing",
+    "performance_testing",
+    "load_testing",
+    "kb_population",
+    "kb_optimization",
+    "vector_indexing",
+    "semantic_analysis",
+    "backup_operation",
+    "migration_operation",
+    "cleanup_operation",
+    "monitoring_collection",
+}
+
+
+def test_all_seed_types_have_profiles() -> None:
+    assert set(SEED_PROFILES) >= SEED_TYPES
+    ci = SEED_PROFILES["codebase_indexing"]
+    assert (
+        ci.base_timeout,
+        ci.per_item_timeout,
+        ci.max_timeout,
+        ci.checkpoint_interval,
+        ci.progress_report_interval,
+        ci.failure_threshold,
+    ) == (3600, 10, 14400, 300, 30, 5)
+    ts = SEED_PROFILES["comprehensive_test_suite"]
+    assert (
+        ts.base_timeout,
+        ts.per_item_timeout,
+        ts.max_timeout,
+        ts.checkpoint_interval,
+        ts.progress_report_interval,
+        ts.failure_threshold,
+    ) == (2400, 120, 10800, 600, 60, 10)
+    sec = SEED_PROFILES["security_scan"]
+    assert sec.base_timeout == 45 * 60 and sec.max_timeout == 3 * 3600
+    assert profile_for("some_plugin_type") == DEFAULT_PROFILE
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [(None, 3600), (0, 3600), (100, 3600 + 1000), (1079, 3600 + 10790), (1080, 14400), (10**6, 14400)],
+)
+def test_effective_timeout_formula(items: int | None, expected: float) -> None:
+    p = SEED_PROFILES["codebase_indexing"]
+    assert p.effective_timeout(items) == expected
+    assert ("= max" in p.basis(items)) == (expected == 14400 and (items or 0) * 10 + 3600 > 14400)
+
+
+def test_profile_overrides_validated() -> None:
+    p = SEED_PROFILES["demo"].merged({"checkpoint_interval": 2, "retry": {"max_attempts": 1}})
+    assert p.checkpoint_interval == 2 and p.retry.max_attempts == 1
+    with pytest.raises(InvalidInput, match="checkpoint_interval"):
+        SEED_PROFILES["demo"].merged({"checkpoint_interval": -1})
+    with pytest.raises(InvalidInput, match="nonsense"):
+        SEED_PROFILES["demo"].merged({"nonsense": 1})
+    with pytest.raises(InvalidInput, match="below base_timeout"):
+        SEED_PROFILES["demo"].merged({"max_timeout": 1, "base_timeout": 10})
+
+
+def test_config_file_profiles(tmp_path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_concurrent = 7\n[profiles.codebase_indexing]\ncheckpoint_interval = 12\n")
+    s = load_settings(config_file=cfg, env={})
+    assert s.max_concurrent == 7 and s.origins["max_concurrent"] == str(cfg)
+    assert s.profile("codebase_indexing").checkpoint_interval == 12
+    assert s.profile("codebase_indexing").base_timeout == 3600
+    s = load_settings(config_file=cfg, env={"OUTLAST_MAX_CONCURRENT": "2"}, max_concurrent=None)
+    assert s.max_concurrent == 2 and s.origins["max_concurrent"] == "environment"
+    s = load_settings(config_file=cfg, env={"OUTLAST_MAX_CONCURRENT": "2"}, max_concurrent=9)
+    assert s.max_concurrent == 9 and s.origins["max_concurrent"] == "argument"
+
+
+async def test_deadline_extended_while_making_progress(engine: Engine) -> None:
+    events = collect(engine, (TimeoutExtended,))
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 30, "seconds": 0.03},
+            profile={"base_timeout": 0.4, "per_item_timeout": 0, "max_timeout": 30},
+        )
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED
+    assert final.extensions >= 1 or any(e.operation_id == op.id for e in events)
+    assert any(e.operation_id == op.id for e in events)
+
+
+async def test_deadline_passed_when_max_timeout_too_short(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 200, "seconds": 0.02},
+            profile={"base_timeout": 0.4, "per_item_timeout": 0, "max_timeout": 0.6},
+        )
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT
+    assert "deadline passed" in final.status_message
+    # Stopped at a safe point with a final checkpoint: resumable without losing done items.
+    _cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert len(ledger.done) == final.progress.done > 0
+    await engine.store.update(op.id, profile={**final.profile, "max_timeout": 60})
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(200))}
+
+
+async def test_fixed_timeout(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 500, "seconds": 0.02},
+            timeout=0.3,
+            profile={"base_timeout": 0.1, "max_timeout": 0.5},
+        )
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT
+    assert final.timeout == 0.3
+
+
+async def test_stall_times_out(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="silent", params={"items": 5, "hang_after": 2}, profile={"stall_timeout": 0.5})
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT
+    assert final.status_message.startswith("stalled")
+    assert final.progress.done == 2
+
+
+async def test_uncooperative_handler_forced_after_grace(settings: Settings) -> None:
+    settings.grace_period = 0.3
+    async with make_engine(settings) as engine:
+        op = await engine.submit(
+            OperationSpec(
+                type="demo", params={"items": 10, "seconds": 0.01, "hang_at": 3}, profile={"stall_timeout": 0.4}
+            )
+        )
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.TIMED_OUT
+        assert "forced" in final.status_message
+
+
+def _queued(priority: Priority, queued_at: float) -> Operation:
+    return Operation(
+        id=new_id(),
+        type="ledger",
+        priority=priority,
+        created_at=queued_at,
+        queued_at=queued_at,
+        updated_at=queued_at,
+        profile=TimeoutProfile.model_validate(SEED_PROFILES["demo"].model_dump()).model_dump(),
+    )
+
+
+async def test_priority_order_fifo_and_aging(settings: Settings) -> None:
+    async with make_engine(settings, run_queue=False) as engine:
+        store = engine.store
+        t = 1_000_000.0
+        ops = [
+            _queued(Priority.LOW, t + 0),
+            _queued(Priority.NORMAL, t + 1),
+            _queued(Priority.HIGH, t + 2),
+            _queued(Priority.NORMAL, t + 3),
+            _queued(Priority.HIGH, t + 4),
+        ]
+        for o in ops:
+            await store.create(o)
+        order = []
+        while (c := await store.claim(engine.worker, t + 10, aging=300)) is not None:
+            order.append(c.id)
+        assert order == [ops[2].id, ops[4].id, ops[1].id, ops[3].id, ops[0].id]
+
+    # Aging: with 5 s per level, low work waiting 12 s beats high work queued just now.
+    settings2 = load_settings(state_dir=settings.state_dir.parent / "s2", plugins=["tests.ops_for_tests"])
+    async with make_engine(settings2, run_queue=False) as engine:
+        store = engine.store
+        old_low = _queued(Priority.LOW, t)
+        fresh_high = _queued(Priority.HIGH, t + 12)
+        for o in (fresh_high, old_low):
+            await store.create(o)
+        first = await store.claim(engine.worker, t + 12, aging=5)
+        assert first.id == old_low.id
+
+
+async def test_engine_runs_by_priority(settings: Settings) -> None:
+    settings.max_concurrent = 1
+    async with make_engine(settings, run_queue=False) as submitter:
+        low = await submitter.submit(OperationSpec(type="ledger", params={"items": 2}, priority=Priority.LOW))
+        normal = await submitter.submit(OperationSpec(type="ledger", params={"items": 2}))
+        high = await submitter.submit(OperationSpec(type="ledger", params={"items": 2}, priority=Priority.HIGH))
+    started: list[str] = []
+    async with make_engine(settings) as runner:
+        runner.subscribe(
+            lambda e: started.append(e.operation_id) if getattr(e, "status", None) is Status.RUNNING else None
+        )
+        for op in (low, normal, high):
+            assert (await runner.wait(op.id, timeout=20)).status is Status.COMPLETED
+    assert started == [high.id, normal.id, low.id]
+
+
+async def test_set_priority(settings: Settings) -> None:
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="ledger"))
+        assert (await engine.set_priority(op.id, Priority.HIGH)).priority is Priority.HIGH
+        assert Priority.LOW.raised() is Priority.NORMAL and Priority.HIGH.raised() is Priority.HIGH
+        depth = await engine.store.queue_depth()
+        assert depth[Priority.HIGH] == 1 and depth[Priority.NORMAL] == 0
+
+
+def test_new_ids_sortable_and_safe() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == 2000
+    assert all(len(i) == 13 and i.isalnum() and i.islower() for i in ids)
+    time.sleep(0.002)
+    assert new_id() > ids[-1]
