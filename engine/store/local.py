@@ -18,7 +18,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from ..models import (
     validate_id_prefix,
 )
 from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+from .sqlite_worker import SqliteWorker
 
 log = logging.getLogger("outlast.store")
 T = TypeVar("T")
@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS failures(
 """
 
 
+_CKPT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
+
+
 def _rank(priority: Priority | str) -> int:
     return _RANK[priority.value if isinstance(priority, Priority) else priority]
 
@@ -109,7 +112,7 @@ class LocalStore:
         self.db_path = self.state_dir / "outlast.db"
         self.log_dir = self.state_dir / "logs"
         self.lock_dir = self.state_dir / "locks"
-        self._pool: ThreadPoolExecutor | None = None
+        self._worker: SqliteWorker | None = None
         self._conn: sqlite3.Connection | None = None
         self._held: dict[str, int] = {}
         self._log_locks: dict[str, asyncio.Lock] = {}
@@ -118,33 +121,26 @@ class LocalStore:
     # ---- plumbing ----------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._pool is not None, "store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
+        assert self._worker is not None, "store is not open"
+        return await asyncio.wrap_future(self._worker.call(fn, *args))
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one IMMEDIATE transaction (the write lock across processes)."""
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return out
+    async def _txn(self, fn: Callable[[sqlite3.Connection], T], undo: Callable[[], None] | None = None) -> T:
+        """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
+        assert self._worker is not None, "store is not open"
+        return await asyncio.wrap_future(self._worker.transact(fn, undo))
 
     async def open(self) -> None:
         self._opened += 1
         if self._opened > 1:
             return
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="outlast-sqlite")
+        self._worker = SqliteWorker()
         try:
             await self._run(self._open_sync)
         except BaseException:
             self._opened = 0
-            self._pool.shutdown(wait=False)
-            self._pool = None
+            self._worker.stop()
+            self._worker = None
             raise
 
     def _open_sync(self) -> None:
@@ -165,6 +161,8 @@ class LocalStore:
             conn.execute("PRAGMA busy_timeout=30000")
             row = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
             self._conn = conn
+            assert self._worker is not None
+            self._worker.conn = conn
             if row is None:
                 conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
                 conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -183,15 +181,15 @@ class LocalStore:
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
-        if self._opened or self._pool is None:
+        if self._opened or self._worker is None:
             return
         for op_id in list(self._held):
             self._unlock(op_id)
+        worker, self._worker = self._worker, None
         conn, self._conn = self._conn, None
-        pool, self._pool = self._pool, None
         if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-        pool.shutdown(wait=True)
+            await asyncio.wrap_future(worker.call(conn.close))
+        await asyncio.to_thread(worker.stop)
 
     async def __aenter__(self) -> LocalStore:
         await self.open()
@@ -203,15 +201,17 @@ class LocalStore:
     # ---- records -------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(raw: str) -> Operation:
-        return Operation.model_validate_json(raw)
+    def _load(raw: str, ckpt_seq: int | None) -> Operation:
+        op = Operation.model_validate_json(raw)
+        op.checkpoint_seq = ckpt_seq  # derived, so a checkpoint does not rewrite the record
+        return op
 
     def _row_op(self, conn: sqlite3.Connection, op_id: str) -> Operation:
-        row = conn.execute("SELECT record FROM operations WHERE id=?", (op_id,)).fetchone()
+        row = conn.execute(f"SELECT record, {_CKPT_SEQ} FROM operations o WHERE id=?", (op_id,)).fetchone()
         if row is None:
             raise NotFound(f"no operation {op_id}")
         try:
-            return self._load(row[0])
+            return self._load(*row)
         except ValueError as e:
             raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
 
@@ -249,7 +249,7 @@ class LocalStore:
                 ),
             )
 
-        await self._run(self._write, do)
+        await self._txn(do)
 
     async def get(self, op_id: str) -> Operation:
         validate_id(op_id)
@@ -269,7 +269,7 @@ class LocalStore:
         if types:
             where.append(f"type IN ({','.join('?' * len(types))})")
             args += list(types)
-        sql = "SELECT id, record FROM operations"
+        sql = f"SELECT id, record, {_CKPT_SEQ} FROM operations o"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
@@ -279,9 +279,9 @@ class LocalStore:
 
         def do() -> list[Operation]:
             out = []
-            for op_id, raw in self._conn.execute(sql, args):  # type: ignore[union-attr]
+            for op_id, raw, seq in self._conn.execute(sql, args):  # type: ignore[union-attr]
                 try:
-                    out.append(self._load(raw))
+                    out.append(self._load(raw, seq))
                 except ValueError:
                     log.warning("operation %s: stored record is malformed; skipped", op_id)
             return out
@@ -353,7 +353,7 @@ class LocalStore:
                 conn.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,))
             return new
 
-        return await self._run(self._write, do)
+        return await self._txn(do)
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
         validate_id(op_id)
@@ -366,7 +366,7 @@ class LocalStore:
             self._put(conn, new)
             return new
 
-        return await self._run(self._write, do)
+        return await self._txn(do)
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
 
@@ -401,18 +401,14 @@ class LocalStore:
                 return new
             return None
 
-        def run() -> Operation | None:
-            try:
-                return self._write(do)
-            except BaseException:
-                # A lock taken for a claim that did not commit must not linger.
-                for held in list(self._held):
-                    row = self._conn.execute("SELECT status FROM operations WHERE id=?", (held,)).fetchone()  # type: ignore[union-attr]
-                    if row is None or row[0] != "running":
-                        self._unlock(held)
-                raise
+        def undo() -> None:
+            # A lock taken for a claim that did not commit must not linger.
+            for held in list(self._held):
+                row = self._conn.execute("SELECT status FROM operations WHERE id=?", (held,)).fetchone()  # type: ignore[union-attr]
+                if row is None or row[0] != "running":
+                    self._unlock(held)
 
-        return await self._run(run)
+        return await self._txn(do, undo)
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
         if not updates:
@@ -433,7 +429,7 @@ class LocalStore:
             for expr, args in rows:
                 conn.execute(f"UPDATE operations SET record={expr} WHERE id=? AND epoch=? AND status='running'", args)
 
-        await self._run(self._write, do)
+        await self._txn(do)
 
     # ---- liveness ------------------------------------------------------------------------------
 
@@ -521,18 +517,15 @@ class LocalStore:
                     "DELETE FROM failures WHERE op_id=? AND key IN (SELECT value FROM json_each(?))",
                     (cp.operation_id, json.dumps(delta.done)),
                 )
-            n_fail = (
-                conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]
-                if has_failures
-                else 0
-            )
-            conn.execute(
-                "UPDATE operations SET record=json_set(record, '$.checkpoint_seq', ?, '$.item_failures', ?) WHERE id=?",
-                (cp.seq, n_fail, cp.operation_id),
-            )
+            if has_failures:
+                n_fail = conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]
+                conn.execute(
+                    "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?",
+                    (n_fail, cp.operation_id),
+                )
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
 
-        await self._run(self._write, do)
+        await self._txn(do)
         return cp
 
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
@@ -607,7 +600,7 @@ class LocalStore:
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq > ?", (op_id, seq))
             conn.execute("DELETE FROM deltas WHERE op_id=? AND seq > ?", (op_id, seq))
 
-        await self._run(self._write, do)
+        await self._txn(do)
 
     async def item_failures(self, op_id: str) -> list[ItemFailure]:
         rows = await self._run(
@@ -623,7 +616,7 @@ class LocalStore:
         def do(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE operations SET control=? WHERE id=? AND status='running'", (action, op_id))
 
-        await self._run(self._write, do)
+        await self._txn(do)
 
     async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
         if not op_ids:
@@ -637,7 +630,7 @@ class LocalStore:
         return {i: c for i, c in rows if i in wanted}
 
     async def clear_control(self, op_id: str) -> None:
-        await self._run(self._write, lambda c: c.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,)))
+        await self._txn(lambda c: c.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,)))
 
     # ---- logs ----------------------------------------------------------------------------------
 
