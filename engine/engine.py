@@ -121,6 +121,7 @@ class Engine:
         self._draining = False
         self._loops: list[asyncio.Task[Any]] = []
         self._log_buf: dict[str, list[LogRecord]] = defaultdict(list)
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._blocked_reason: str | None = None
         self._finished = asyncio.Event()
         self._signal_count = 0
@@ -287,16 +288,15 @@ class Engine:
     def child_pids(self) -> dict[str, list[int]]:
         return {i: r.ctx.child_pids() for i, r in self._runs.items()}
 
-    async def wait(self, op_id: str, timeout: float | None = None, poll: float = 0.25) -> Operation:
-        """Wait until the operation is settled (not queued or running) and return its record."""
+    async def wait(self, op_id: str, timeout: float | None = None, poll: float = 1.0) -> Operation:
+        """Wait until the operation is settled (not queued or running) and return its record.
+
+        Operations this engine runs are seen settle at once (events); others by reading the
+        store every ``poll`` seconds, so thousands of waiters do not flood the store.
+        """
         validate_id(op_id)
         settled = asyncio.Event()
-
-        def on(ev: Event) -> None:
-            if ev.operation_id == op_id and isinstance(ev, StatusChanged) and ev.status in SETTLED:
-                settled.set()
-
-        unsub = self.bus.subscribe(on)
+        self._waiters[op_id].add(settled)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -309,7 +309,11 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(settled.wait(), poll if left is None else min(poll, left))
         finally:
-            unsub()
+            waiters = self._waiters.get(op_id)
+            if waiters is not None:
+                waiters.discard(settled)
+                if not waiters:
+                    del self._waiters[op_id]
 
     async def cancel(self, op_id: str) -> Operation:
         return await self._control(op_id, "cancel")
@@ -423,7 +427,7 @@ class Engine:
         while not self._closing:
             self._wake.clear()
             try:
-                while not self._draining and not self._closing and len(self._runs) < self.max_concurrent:
+                while not self._draining and not self._closing and len(self._tasks) < self.max_concurrent:
                     reason = self._admission.blocked()
                     if reason:
                         if reason != self._blocked_reason:
@@ -431,10 +435,17 @@ class Engine:
                         self._blocked_reason = reason
                         break
                     self._blocked_reason = None
-                    op = await self.store.claim(self.worker, time.time(), self.settings.aging_seconds)
-                    if op is None:
+                    # Claims asked for together are committed together (one fsync for the lot).
+                    free = min(32, self.max_concurrent - len(self._tasks))
+                    now = time.time()
+                    claimed = await asyncio.gather(
+                        *(self.store.claim(self.worker, now, self.settings.aging_seconds) for _ in range(free))
+                    )
+                    for op in claimed:
+                        if op is not None:
+                            self._start(op)
+                    if None in claimed:
                         break
-                    self._start(op)
             except Exception:
                 log.exception("scheduler: claiming work failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -826,6 +837,9 @@ class Engine:
                     log.error("%s: writing %d log records failed: %s", i, len(recs), e)
 
     def _publish(self, event: Event) -> None:
+        if isinstance(event, StatusChanged) and event.status in SETTLED:
+            for settled in self._waiters.get(event.operation_id, ()):
+                settled.set()
         self.bus.publish(event)
 
 

@@ -324,10 +324,12 @@ class LocalStore:
 
     @staticmethod
     def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
-        data = op.model_dump()
-        data.update(fields)
-        data["updated_at"] = time.time()
-        return Operation.model_validate(data)
+        """``op`` with ``fields`` set. Callers are the engine and stores, passing typed values, so no
+        re-validation here (it cost most of a transition); records are validated when read back."""
+        unknown = set(fields) - set(Operation.model_fields)
+        if unknown:
+            raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+        return op.model_copy(update={**fields, "updated_at": time.time()})
 
     async def transition(
         self,
