@@ -52,7 +52,8 @@ class Settings(BaseModel):
     """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
     aging_seconds: float = Field(default=300.0, gt=0)
     """Queue aging: waiting this long lifts work by one priority level."""
-    control_poll_interval: float = Field(default=0.2, gt=0, le=5)
+    control_poll_interval: float = Field(default=0.15, gt=0, le=5)
+    """Seconds between reads of cancel/pause requests written by other processes."""
     progress_flush_interval: float = Field(default=1.0, gt=0, le=60)
     """How often live progress of running operations is written to the store for other processes."""
     max_memory_percent: float | None = Field(default=None, gt=0, le=100)

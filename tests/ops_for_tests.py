@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from engine import OperationContext, operation
+from engine import OperationContext, migrate_timeout_operation, operation
 
 
 class LedgerParams(BaseModel):
@@ -68,3 +68,13 @@ async def silent(ctx: OperationContext, p: SilentParams) -> dict:
                 await asyncio.sleep(0.02)
                 ctx.progress()  # raises OperationStopped once a stop is asked for
     return {}
+
+
+@migrate_timeout_operation("kb_population", estimated_items=50)
+async def populate_kb(source: str, docs: int = 10, progress_callback=None) -> dict:
+    """A pre-Outlast function: reports through progress_callback, called as before by old code."""
+    for i in range(docs):
+        await asyncio.sleep(0)
+        if progress_callback:
+            progress_callback(i + 1, docs, message=f"doc {i}")
+    return {"source": source, "docs": docs}

@@ -1,0 +1,78 @@
+"""Registry: plugins by module and entry point, the seed's migration decorator, admission control."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, InvalidInput, OperationSpec, Settings, Status
+from engine.registry import get_handler, load_plugin
+from tests.conftest import REPO
+from tests.fixtures_engine import make_engine
+from tests.ops_for_tests import populate_kb
+
+
+async def test_migrated_function_keeps_its_call_sites() -> None:
+    seen: list[tuple] = []
+    out = await populate_kb("wiki", docs=3, progress_callback=lambda d, t, message=None: seen.append((d, t)))
+    assert out == {"source": "wiki", "docs": 3}
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert populate_kb.operation_type == "kb_population"
+
+
+async def test_migrated_function_runs_as_operation(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="kb_population", params={"source": "wiki", "docs": 4}))
+    assert op.timeout_basis is not None
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED
+    assert final.result == {"source": "wiki", "docs": 4}
+    assert final.progress.done == 4 and final.progress.total == 4 and final.progress.message == "doc 3"
+
+
+def test_plugin_by_module_name() -> None:
+    with pytest.raises(InvalidInput, match="plugin 'no_such_plugin_mod' cannot be imported"):
+        load_plugin("no_such_plugin_mod")
+    load_plugin("tests.ops_for_tests")
+    assert get_handler("ledger").source == "tests.ops_for_tests"
+
+
+def test_plugin_by_entry_point(tmp_path: Path) -> None:
+    (tmp_path / "fakeplug_ops.py").write_text(
+        textwrap.dedent("""
+        from engine import operation
+
+        @operation("fake_plugin_type")
+        async def fake(ctx, params):
+            return {"ok": True}
+    """)
+    )
+    dist = tmp_path / "fakeplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[outlast.operations]\nfake = fakeplug_ops\n")
+    code = "import engine.registry as r; print('fake_plugin_type' in r.handlers())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "True", out.stderr
+
+
+async def test_admission_control_holds_work(settings: Settings) -> None:
+    settings.max_memory_percent = 0.001  # any machine is above this
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+        await asyncio.sleep(1.0)
+        assert (await engine.get(op.id)).status is Status.QUEUED
+        engine._admission.max_memory = None
+        engine._wake.set()
+        assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
