@@ -418,14 +418,12 @@ class LocalStore:
         now = time.time()
         rows = []
         for op_id, epoch, fields in updates:
-            expr, args = ["record"], []
-            parts = ["'$.updated_at', ?"]
-            args.append(now)
-            for k, v in fields.items():
-                parts.append(f"'$.{k}', json(?)")
-                args.append(json.dumps(v))
-            rows.append((f"json_set(record, {', '.join(parts)})", [*args, op_id, epoch]))
-            del expr
+            unknown = set(fields) - set(Operation.model_fields)
+            if unknown:  # names go into the SQL text below: only known field names pass
+                raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+            paths = "".join(f", '$.{k}', json(?)" for k in fields)
+            args = [now, *(json.dumps(v) for v in fields.values()), op_id, epoch]
+            rows.append((f"json_set(record, '$.updated_at', ?{paths})", args))
 
         def do(conn: sqlite3.Connection) -> None:
             for expr, args in rows:
