@@ -1,0 +1,211 @@
+"""``outlast``: the headless command line, scriptable over SSH; the composition root.
+
+Commands that run work are here; read commands live in cli_read, control requests in
+cli_control. Errors are turned into one line and an exit code in one place (``main``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import click
+
+from . import __version__
+from . import cli_format as fmt
+from .cli_common import App, build_spec, pass_app, spec_options
+from .cli_exit import ExitCode, code_for_error, exit_codes_help
+from .cli_run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
+
+HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
+
+Without a command, opens the dashboard on a terminal (prints this help otherwise).
+
+\b
+Examples:
+  outlast run demo -p items=500 -p seconds=0.02     follow it live; Ctrl-C pauses
+  outlast run codebase_indexing -p root=. --detach  in the background; prints the id
+  outlast ls --status running --status paused
+  outlast watch 0kf3                                any unique id prefix works
+  outlast resume 0kf3                               on from the newest checkpoint
+  outlast worker --concurrency 4                    run what is queued
+  outlast cancel 0kf3
+
+\b
+Exit codes:
+{exit_codes_help()}
+"""
+
+
+@click.group(help=HELP, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", type=click.Path(file_okay=False), envvar=None, help="State directory (local store).")
+@click.option("--store", "store_url", metavar="URL", help="Store: a directory or redis://host:port/db.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config file (TOML).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import a module of operations.")
+@click.option("--json", "json_", is_flag=True, help="Machine output: JSON (lines for watch/logs --follow).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and ids); rely on exit codes.")
+@click.version_option(__version__, "--version", "-V", prog_name="outlast")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    state_dir: str | None,
+    store_url: str | None,
+    config_file: str | None,
+    plugins: tuple[str, ...],
+    json_: bool,
+    quiet: bool,
+) -> int | None:
+    ctx.obj = App(state_dir, store_url, config_file, plugins, json_, quiet)
+    if ctx.invoked_subcommand is None:
+        if sys.stdout.isatty() and sys.stdin.isatty():
+            return open_dashboard(ctx.obj)
+        click.echo(ctx.get_help())
+    return None
+
+
+def open_dashboard(app: App) -> int:
+    """The Textual dashboard, imported only now (the headless commands never load textual)."""
+    settings = app.settings
+    try:
+        import tui.app as tui_app
+    except ImportError as e:
+        fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
+        return ExitCode.USAGE
+    return int(tui_app.main(settings) or 0)
+
+
+@cli.command()
+@pass_app
+def tui(app: App) -> int:
+    """Open the dashboard (the same as `outlast` on a terminal)."""
+    return open_dashboard(app)
+
+
+@cli.command()
+@spec_options
+@click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
+@pass_app
+def run(app: App, detach: bool, **spec_args: object) -> int:
+    """Submit an operation and follow it until it settles.
+
+    \b
+    On a terminal: a live progress display. In a pipe: one line per progress report.
+    Ctrl-C, SIGTERM and SIGHUP pause it with a checkpoint; `outlast resume ID` goes on.
+    The exit code says how it ended (see `outlast --help`).
+    """
+    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    if detach:
+        op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+        return _detach(app, op.id)
+    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec))
+
+
+def _detach(app: App, op_id: str) -> int:
+    pid = spawn_detached(app.settings, app.global_args(), op_id)
+    if app.json:
+        fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
+    else:
+        fmt.echo(op_id)
+        if not app.quiet:
+            fmt.echo(f"running in the background (pid {pid}); follow with: outlast watch {op_id}", err=True)
+    return ExitCode.OK
+
+
+@cli.command()
+@spec_options
+@pass_app
+def submit(app: App, **spec_args: object) -> int:
+    """Queue an operation for a worker; print its id."""
+    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+    fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
+    return ExitCode.OK
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Operations at once [config: max_concurrent].")
+@click.option("--exit-when-idle", is_flag=True, help="Stop when nothing is queued or running.")
+@pass_app
+def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
+    """Run queued operations: for tmux, systemd, or many machines sharing one store.
+
+    SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0.
+    """
+    mode = "json" if app.json else ("quiet" if app.quiet else "plain")
+    return asyncio.run(run_worker(app.settings, concurrency, exit_when_idle, mode))
+
+
+@cli.command("_run-one", hidden=True)
+@click.argument("op_id")
+@pass_app
+def run_one_cmd(app: App, op_id: str) -> int:
+    """Run one queued operation (the detached process)."""
+    return asyncio.run(run_one(app.settings, op_id))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the API token.")
+@click.option("--allow-commands", is_flag=True, help="Allow submitting `command` operations over the API.")
+@pass_app
+def serve(app: App, host: str, port: int, token_file: str | None, allow_commands: bool) -> int:
+    """Serve the HTTP API."""
+    settings = app.settings
+    try:
+        from .api.server import serve as serve_api
+    except ImportError as e:
+        fmt.echo(
+            f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
+        )
+        return ExitCode.USAGE
+    return int(serve_api(settings, host, port, token_file, allow_commands) or 0)
+
+
+def _register() -> None:
+    from . import cli_control, cli_read
+
+    for command in (*cli_read.COMMANDS, *cli_control.COMMANDS):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run a command, map every outcome to an exit code, never a traceback for
+    a user's mistake."""
+    try:
+        rv = cli.main(args=argv, prog_name="outlast", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "outlast"
+        fmt.echo(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)", err=True)
+        code = ExitCode.USAGE
+    except click.ClickException as e:
+        fmt.echo(f"outlast: error: {e.format_message()}", err=True)
+        code = ExitCode.USAGE
+    except (click.Abort, KeyboardInterrupt):
+        fmt.echo("outlast: stopped", err=True)
+        code = ExitCode.WATCH_STOPPED
+    except Exception as e:
+        known = code_for_error(e)
+        if known is None:
+            if os.environ.get("OUTLAST_DEBUG"):
+                raise
+            fmt.echo(
+                f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)", err=True
+            )
+            code = ExitCode.INTERNAL
+        else:
+            fmt.echo(f"outlast: {e}", err=True)
+            code = known
+    else:
+        code = int(rv) if isinstance(rv, int) else ExitCode.OK
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""What every ``outlast`` command shares: global options, settings, output mode, a store session, specs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from .cli_follow import Mode
+from .config import Settings, load_settings
+from .models import InvalidInput, OperationSpec, Priority
+
+F = TypeVar("F", bound=Callable[..., Any])
+PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
+
+
+@dataclass
+class App:
+    """The global options; settings are loaded on first use (``--help`` never reads a config)."""
+
+    state_dir: str | None = None
+    store: str | None = None
+    config: str | None = None
+    plugins: tuple[str, ...] = ()
+    json: bool = False
+    quiet: bool = False
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(
+                self.config,
+                state_dir=self.state_dir,
+                store=self.store,
+                plugins=list(self.plugins) or None,
+            )
+        return self._settings
+
+    def global_args(self) -> list[str]:
+        """The global options again, for a detached child process (the environment is inherited)."""
+        args: list[str] = []
+        if self.state_dir:
+            args += ["--state-dir", self.state_dir]
+        if self.store:
+            args += ["--store", self.store]
+        if self.config:
+            args += ["--config", self.config]
+        for p in self.plugins:
+            args += ["--plugin", p]
+        return args
+
+    @property
+    def mode(self) -> Mode:
+        """How to show a followed operation: the live panel on a terminal, plain lines otherwise."""
+        if self.json:
+            return "json"
+        if self.quiet:
+            return "quiet"
+        return "live" if sys.stdout.isatty() else "plain"
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def json_option(f: F) -> F:
+    """``--json`` on a read command (the same as the global ``outlast --json``)."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(App).json = True
+
+    return click.option(
+        "--json", "json_", is_flag=True, expose_value=False, callback=callback, help="Print JSON for machines."
+    )(f)
+
+
+@contextlib.asynccontextmanager
+async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any]:
+    """An engine on the open store, without running anything (reads and control requests).
+
+    ``recover`` first marks operations left running by dead processes interrupted, so what a
+    command shows is the truth.
+    """
+    from .cli_run import make_engine
+
+    engine = make_engine(settings, run_queue=False)
+    await engine.store.open()
+    try:
+        if recover:
+            await engine.recover()
+        yield engine
+    finally:
+        await engine.store.close()
+
+
+def parse_value(raw: str) -> Any:
+    """A ``--param`` value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint=option)
+        out[key] = parse_value(value)
+    return out
+
+
+def build_spec(
+    type_: str,
+    params: tuple[str, ...],
+    params_json: str | None,
+    priority: str,
+    profile: tuple[str, ...],
+    items: int | None,
+    timeout: float | None,
+    name: str | None,
+) -> OperationSpec:
+    """The spec from command-line options; InvalidInput (one line) when it does not validate."""
+    from pydantic import ValidationError
+
+    from .profiles import one_line
+
+    data: dict[str, Any] = {}
+    if params_json is not None:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as e:
+            raise click.BadParameter(f"not valid JSON ({e})", param_hint="--params-json") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("expected a JSON object", param_hint="--params-json")
+        data.update(loaded)
+    data.update(parse_pairs(params, "--param"))
+    try:
+        return OperationSpec(
+            type=type_,
+            params=data,
+            priority=Priority(priority.lower()),
+            profile=parse_pairs(profile, "--profile"),
+            total_items=items,
+            timeout=timeout,
+            name=name,
+        )
+    except ValidationError as e:
+        raise InvalidInput(f"operation spec: {one_line(e)}") from None
+
+
+def spec_options(f: F) -> F:
+    """The options of ``run`` and ``submit`` that describe the operation."""
+    for deco in reversed(
+        [
+            click.argument("type_", metavar="TYPE"),
+            click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="A param (JSON value)."),
+            click.option("--params-json", metavar="JSON", help="All params as one JSON object."),
+            click.option("--priority", type=PRIORITIES, default="normal", show_default=True),
+            click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Override the timeout profile."),
+            click.option("--items", type=click.IntRange(min=0), help="Estimated item count (sets the timeout)."),
+            click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="A fixed timeout, seconds."),
+            click.option("--name", help="A name to show instead of the type."),
+        ]
+    ):
+        f = deco(f)
+    return f

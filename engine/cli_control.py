@@ -1,0 +1,138 @@
+"""Control commands: cancel, pause, resume, priority. They work from any process: the store carries
+the request to whatever process runs the operation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from . import cli_format as fmt
+from .cli_common import PRIORITIES, App, pass_app, session
+from .cli_exit import ExitCode
+from .cli_run import run_foreground, spawn_detached, submit_or_resume, wait_settled
+from .models import SETTLED, NotFound, Operation, Priority, Status
+
+_TARGET = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}
+
+
+def _control(action: str):
+    target = _TARGET[action]
+
+    @click.command(action)
+    @click.argument("op_id", metavar="ID")
+    @click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0),
+        default=10.0,
+        show_default=True,
+        metavar="S",
+        help="Seconds to wait for the operation to stop.",
+    )
+    @click.option("--no-wait", is_flag=True, help="Only ask; do not wait for it to stop.")
+    @pass_app
+    def command(app: App, op_id: str, wait_s: float, no_wait: bool) -> int:
+        async def go() -> tuple[Operation, bool]:
+            async with session(app.settings) as engine:
+                full = await engine.resolve(op_id)
+                op = await getattr(engine, action)(full)
+                if op.status in SETTLED or no_wait:
+                    return op, op.status in SETTLED
+                return await wait_settled(engine, full, wait_s), True
+
+        op, waited = asyncio.run(go())
+        if app.json:
+            fmt.echo(fmt.dumps(fmt.op_json(op)))
+        if op.status is target:
+            if not app.json and not app.quiet:
+                cp = f" at checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else ""
+                fmt.echo(
+                    f"{op.id} {target.value}{cp}"
+                    + (f"; resume with: outlast resume {op.id}" if target is Status.PAUSED else "")
+                )
+            return ExitCode.OK
+        if op.status in SETTLED:
+            fmt.echo(f"outlast: {op.id} became {op.status.value} before the {action} took effect", err=True)
+            return ExitCode.CONFLICT
+        if not app.json and not app.quiet:
+            where = f" in {op.worker}" if op.worker else ""
+            still = f" (still running after {wait_s:g}s)" if waited else ""
+            fmt.echo(f"{op.id}: {action} requested{where}{still}; it stops at its next safe point")
+        return ExitCode.OK
+
+    command.help = f"{action.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
+        "It stops at its next item boundary with a checkpoint and can be resumed."
+        if action == "pause"
+        else "A cancelled operation keeps its checkpoints and can still be resumed."
+    )
+    return command
+
+
+cancel = _control("cancel")
+pause = _control("pause")
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@click.option("--checkpoint", "seq", type=int, metavar="SEQ", help="Resume from this checkpoint (see `checkpoints`).")
+@click.option("--detach", "-d", is_flag=True, help="Go on in a background process; print the id.")
+@click.option("--queue", is_flag=True, help="Only put it back in the queue, for a running worker.")
+@pass_app
+def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> int:
+    """Go on with a stopped operation from its newest valid checkpoint (or --checkpoint SEQ).
+
+    In the foreground with the live display by default, like `run`.
+    """
+    if detach and queue:
+        raise click.UsageError("--detach and --queue exclude each other")
+
+    async def check() -> str:
+        async with session(app.settings) as engine:
+            full = await engine.resolve(op_id)
+            if seq is not None:
+                have = {c.seq for c in await engine.checkpoints(full)}
+                if seq not in have:
+                    listed = ", ".join(map(str, sorted(have))) or "none"
+                    raise NotFound(f"operation {full} has no checkpoint {seq} (has: {listed})")
+            return full
+
+    full = asyncio.run(check())
+    if not detach and not queue:
+        return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq))
+    op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
+    if detach:
+        pid = spawn_detached(app.settings, app.global_args(), op.id)
+        if app.json:
+            fmt.echo(fmt.dumps({"id": op.id, "pid": pid}))
+        else:
+            fmt.echo(op.id)
+            if not app.quiet:
+                fmt.echo(f"resuming in the background (pid {pid}); follow with: outlast watch {op.id}", err=True)
+    elif app.json:
+        fmt.echo(fmt.dumps(fmt.op_json(op)))
+    elif not app.quiet:
+        fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `outlast worker` picks it up")
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@click.argument("level", metavar="high|normal|low", type=PRIORITIES)
+@pass_app
+def priority(app: App, op_id: str, level: str) -> int:
+    """Re-prioritise queued work."""
+
+    async def go() -> Operation:
+        async with session(app.settings) as engine:
+            return await engine.set_priority(await engine.resolve(op_id), Priority(level.lower()))
+
+    op = asyncio.run(go())
+    if app.json:
+        fmt.echo(fmt.dumps(fmt.op_json(op)))
+    elif not app.quiet:
+        fmt.echo(f"{op.id} priority {op.priority.value}")
+    return ExitCode.OK
+
+
+COMMANDS = [cancel, pause, resume, priority]

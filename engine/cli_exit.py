@@ -1,0 +1,86 @@
+"""Exit codes of the ``outlast`` command: one table, one mapping from status or error to code.
+
+Scripts rely on these numbers; they are printed by ``outlast --help`` and listed in the README.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .models import Conflict, InvalidInput, NotFound, Status, StoreError
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    """The command did what was asked; for run/resume/watch: the operation completed."""
+    FAILED = 1
+    """The operation failed (an error, or more item failures than its failure_threshold)."""
+    USAGE = 2
+    """Bad usage or input: unknown option or type, bad --param, bad JSON, bad config, ambiguous id."""
+    NOT_FOUND = 3
+    """No operation (or checkpoint) matches the id."""
+    CANCELLED = 4
+    """The operation was cancelled."""
+    TIMED_OUT = 5
+    """The operation passed its deadline or stalled (resumable)."""
+    PAUSED = 6
+    """The operation is paused or interrupted (Ctrl-C, SIGTERM, SIGHUP, pause): resume it."""
+    CONFLICT = 7
+    """The operation is not in a state that allows the request (resume a completed one, ...)."""
+    STORE = 8
+    """The store cannot be opened or read (corrupt state dir, newer schema, unreachable Redis)."""
+    INTERNAL = 70
+    """A bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)."""
+    WATCH_STOPPED = 130
+    """You stopped watching or following with Ctrl-C; the operation was left as it was."""
+
+
+_BY_STATUS = {
+    Status.COMPLETED: ExitCode.OK,
+    Status.FAILED: ExitCode.FAILED,
+    Status.CANCELLED: ExitCode.CANCELLED,
+    Status.TIMED_OUT: ExitCode.TIMED_OUT,
+    Status.PAUSED: ExitCode.PAUSED,
+    Status.INTERRUPTED: ExitCode.PAUSED,
+    # Not settled: a follow that ends on these did not see the end (should not happen).
+    Status.QUEUED: ExitCode.PAUSED,
+    Status.RUNNING: ExitCode.PAUSED,
+}
+
+_BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (NotFound, ExitCode.NOT_FOUND),
+    (Conflict, ExitCode.CONFLICT),
+    (InvalidInput, ExitCode.USAGE),
+    (StoreError, ExitCode.STORE),
+)
+
+
+def code_for_status(status: Status) -> ExitCode:
+    """The exit code of a command that followed an operation until it settled with ``status``."""
+    return _BY_STATUS[status]
+
+
+def code_for_error(exc: BaseException) -> ExitCode | None:
+    """The exit code for an error the engine raises on purpose; None for an unexpected one."""
+    for kind, code in _BY_ERROR:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+def exit_codes_help() -> str:
+    """The table for ``outlast --help`` and the README."""
+    rows = [
+        (ExitCode.OK, "completed (or the command succeeded)"),
+        (ExitCode.FAILED, "the operation failed"),
+        (ExitCode.USAGE, "bad usage or input (option, type, --param, JSON, config, ambiguous id)"),
+        (ExitCode.NOT_FOUND, "no operation or checkpoint matches the id"),
+        (ExitCode.CANCELLED, "the operation was cancelled"),
+        (ExitCode.TIMED_OUT, "the operation timed out or stalled (resumable)"),
+        (ExitCode.PAUSED, "paused or interrupted (Ctrl-C, SIGTERM, SIGHUP): resume it"),
+        (ExitCode.CONFLICT, "not allowed in the operation's current state"),
+        (ExitCode.STORE, "the store cannot be opened (corrupt state dir, Redis down)"),
+        (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
+        (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
+    ]
+    return "\n".join(f"{int(c):>5}  {text}" for c, text in rows)

@@ -1,0 +1,213 @@
+"""Following operations until they settle: in this process (events) or in another one (polling the store).
+
+A *view* turns what is seen into output: the rich panel on a terminal, one plain line per
+progress report in a pipe, JSON lines for machines, or nothing (``--quiet``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Literal, Protocol
+
+from . import cli_format as fmt
+from .engine import Engine
+from .models import (
+    ACTIVE,
+    SETTLED,
+    Conflict,
+    Event,
+    LogEmitted,
+    LogRecord,
+    Operation,
+    ProgressReported,
+    Status,
+    TimeoutExtended,
+)
+
+Mode = Literal["live", "plain", "json", "quiet"]
+LOCAL_TICK = 0.15
+REMOTE_POLL = 0.5
+
+
+class WatchStopped(Exception):
+    """The user stopped watching (Ctrl-C) an operation that runs elsewhere."""
+
+
+class View(Protocol):
+    stopping: bool
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def update(self, op: Operation) -> None: ...
+    def log(self, rec: LogRecord) -> None: ...
+
+
+class PlainView:
+    """One line per progress report or status change; log lines as they come. For pipes and log files."""
+
+    def __init__(self, json_lines: bool = False, quiet: bool = False) -> None:
+        self.json_lines = json_lines
+        self.quiet = quiet
+        self.stopping = False
+        self._status: Status | None = None
+        self._last_line = 0.0
+        self._last_done: int | None = None
+        self.reports_from_events = False
+
+    def __enter__(self) -> PlainView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, op: Operation) -> None:
+        """A snapshot: printed on a status change, or (when no events drive it) once per report interval."""
+        if op.status != self._status:
+            self._status = op.status
+            self.emit(op)
+            return
+        if self.reports_from_events or op.status is not Status.RUNNING:
+            return
+        interval = float(op.profile.get("progress_report_interval", 5.0))
+        if time.monotonic() - self._last_line >= interval and op.progress.done != self._last_done:
+            self.emit(op)
+
+    def emit(self, op: Operation) -> None:
+        self._last_line = time.monotonic()
+        self._last_done = op.progress.done
+        if self.quiet:
+            return
+        if self.json_lines:
+            fmt.echo(fmt.dumps({"event": "operation", "operation": fmt.op_json(op)}))
+        else:
+            fmt.echo(fmt.progress_line(op))
+
+    def log(self, rec: LogRecord) -> None:
+        if self.quiet:
+            return
+        if self.json_lines:
+            fmt.echo(fmt.dumps({"event": "log", "record": rec.model_dump(mode="json")}))
+        else:
+            fmt.echo(fmt.log_line(rec))
+
+    def note(self, text: str) -> None:
+        if not self.quiet and not self.json_lines:
+            fmt.echo(f"{fmt.clock(time.time())} {text}")
+
+
+def make_view(mode: Mode, hint: str) -> View:
+    if mode == "live":
+        from .cli_live import LiveView
+
+        return LiveView(hint)
+    return PlainView(quiet=mode in ("quiet", "json"))
+
+
+async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operation:
+    """Show one operation until it settles and return its final record.
+
+    ``local``: this engine runs it (events, and a retry waiting in the queue is run here
+    again). Otherwise the store is polled; Ctrl-C (the engine draining) raises WatchStopped.
+    """
+    last: dict[str, Operation] = {}
+
+    def on_event(ev: Event) -> None:
+        if ev.operation_id != op_id:
+            return
+        if isinstance(ev, LogEmitted):
+            view.log(ev.record)
+        elif isinstance(ev, ProgressReported) and isinstance(view, PlainView) and op_id in last:
+            if last[op_id].status is Status.RUNNING:
+                view.emit(last[op_id].model_copy(update={"progress": ev.progress}))
+        elif isinstance(ev, TimeoutExtended) and isinstance(view, PlainView):
+            view.note(ev.reason)
+
+    unsubscribe = engine.subscribe(on_event) if local else None
+    if isinstance(view, PlainView):
+        view.reports_from_events = local
+    offset = 0
+    try:
+        with view:
+            while True:
+                op = await engine.get(op_id)
+                last[op_id] = op
+                view.stopping = engine.draining
+                if not local:
+                    records, offset = await engine.store.read_logs(op_id, offset)
+                    for rec in records:
+                        view.log(rec)
+                view.update(op)
+                if op.status in SETTLED:
+                    return op
+                if not local and engine.draining:
+                    raise WatchStopped()
+                due = (op.not_before or 0) <= time.time()
+                if local and op.status is Status.QUEUED and not engine.draining and due:
+                    # A retry after a transient error waits in the queue: run it here again when due.
+                    try:
+                        await engine.run_now(op_id)
+                    except Conflict:
+                        local = False  # a worker took it: follow it there
+                        if unsubscribe:
+                            unsubscribe()
+                            unsubscribe = None
+                await asyncio.sleep(LOCAL_TICK if local else REMOTE_POLL)
+    finally:
+        if unsubscribe:
+            unsubscribe()
+
+
+async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> list[Operation]:
+    """Show several operations (all active ones when ``op_ids`` is None) until they settle or Ctrl-C.
+
+    With ids, returns their final records; without, runs until Ctrl-C (WatchStopped).
+    """
+    seen: dict[str, Operation] = {}
+    plain = PlainView(json_lines=mode == "json", quiet=mode == "quiet")
+    live = None
+    if mode == "live":
+        from .cli_live import LiveTable
+
+        live = LiveTable()
+    with live if live is not None else contextlib.nullcontext():
+        while True:
+            if op_ids is None:
+                ops = await engine.list(statuses=sorted(ACTIVE))
+                for op in ops:
+                    seen[op.id] = op
+                # Operations that settled since the last look are shown once more, settled.
+                gone = [i for i, o in seen.items() if o.status in ACTIVE and i not in {x.id for x in ops}]
+                for i in gone:
+                    with contextlib.suppress(Exception):
+                        seen[i] = await engine.get(i)
+            else:
+                for i in op_ids:
+                    seen[i] = await engine.get(i)
+            current = sorted(seen.values(), key=lambda o: o.id)
+            if live is not None:
+                live.update(current if op_ids is not None else [o for o in current if o.status in ACTIVE])
+            else:
+                for op in current:
+                    _plain_update(plain, op)
+            if op_ids is not None and all(seen[i].status in SETTLED for i in op_ids):
+                return [seen[i] for i in op_ids]
+            if op_ids is None:
+                seen = {i: o for i, o in seen.items() if o.status in ACTIVE}
+            if engine.draining:
+                raise WatchStopped()
+            await asyncio.sleep(REMOTE_POLL)
+
+
+_plain_state: dict[str, tuple[Status, float, int]] = {}
+
+
+def _plain_update(view: PlainView, op: Operation) -> None:
+    """Per-operation rate limiting for many operations through one plain view."""
+    status, at, done = _plain_state.get(op.id, (None, 0.0, -1))
+    interval = float(op.profile.get("progress_report_interval", 5.0))
+    now = time.monotonic()
+    if op.status != status or (op.status is Status.RUNNING and now - at >= interval and op.progress.done != done):
+        _plain_state[op.id] = (op.status, now, op.progress.done)
+        view.emit(op)

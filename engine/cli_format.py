@@ -1,0 +1,202 @@
+"""Plain-text rendering for the command line: durations, one-line progress, tables, details.
+
+No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .models import Checkpoint, LogRecord, Operation, Progress, Status
+
+STATUS_COLOUR = {
+    Status.QUEUED: "cyan",
+    Status.RUNNING: "blue",
+    Status.PAUSED: "yellow",
+    Status.COMPLETED: "green",
+    Status.FAILED: "red",
+    Status.CANCELLED: "magenta",
+    Status.TIMED_OUT: "red",
+    Status.INTERRUPTED: "yellow",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds) + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def clock(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    return "-" if ts is None else duration((now or time.time()) - ts) + " ago"
+
+
+def rate(value: float | None) -> str:
+    if not value:
+        return "-"
+    return f"{value:.1f}/s" if value >= 1 else f"{value * 60:.1f}/min"
+
+
+def items(p: Progress) -> str:
+    return f"{p.done}/{p.total}" if p.total is not None else str(p.done)
+
+
+def percent(p: Progress) -> str:
+    pct = p.percent
+    return "-" if pct is None else f"{pct:.1f}%"
+
+
+def time_left(op: Operation, now: float | None = None) -> float | None:
+    """Seconds before the deadline of a running operation."""
+    if op.status is not Status.RUNNING or op.deadline is None:
+        return None
+    return op.deadline - (now or time.time())
+
+
+def progress_line(op: Operation, now: float | None = None) -> str:
+    """One line per progress report, for logs and pipes."""
+    p = op.progress
+    parts = [clock(now or time.time()), op.id, op.label, op.status.value, percent(p), f"{items(p)} items"]
+    if p.failed:
+        parts.append(f"{p.failed} failed")
+    if op.status is Status.RUNNING:
+        parts += [f"rate {rate(p.rate)}", f"eta {duration(p.eta)}"]
+        left = time_left(op, now)
+        if left is not None:
+            parts.append(f"deadline in {duration(left)}")
+    if p.step:
+        parts.append(f"step {p.step}")
+    return "  ".join(parts)
+
+
+def log_line(rec: LogRecord) -> str:
+    return f"{clock(rec.ts)} {rec.level.upper():<7} {rec.message}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    """Columns padded to their widest cell; the last column is not padded."""
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        out = []
+        for i, c in enumerate(cells):
+            last = i == len(cells) - 1
+            out.append(c.rjust(widths[i]) if i in right else (c if last else c.ljust(widths[i])))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([fmt(headers), *(fmt(r) for r in rows)])
+
+
+def ls_table(ops: list[Operation]) -> str:
+    now = time.time()
+    rows = []
+    for op in ops:
+        p = op.progress
+        note = op.error or op.status_message or ""
+        rows.append(
+            [
+                op.id,
+                op.status.value,
+                op.label,
+                percent(p),
+                items(p),
+                op.priority.value,
+                ago(op.created_at, now),
+                note[:60],
+            ]
+        )
+    return table(["ID", "STATUS", "TYPE", "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"], rows, frozenset({3, 4}))
+
+
+def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:
+    """Everything a person wants to know about one operation."""
+    p = op.progress
+    rows: list[tuple[str, Any]] = [
+        ("id", op.id),
+        ("type", op.type + (f"  ({op.name})" if op.name else "")),
+        ("status", op.status.value + (f": {op.status_message}" if op.status_message else "")),
+        ("priority", op.priority.value),
+        ("attempt", op.attempt),
+        ("progress", f"{percent(p)}  {items(p)} items" + (f", {p.failed} failed" if p.failed else "")),
+        ("step", p.step or "-"),
+        ("rate", rate(p.rate)),
+        ("eta", duration(p.eta) if op.status is Status.RUNNING else "-"),
+        ("created", when(op.created_at)),
+        ("started", when(op.started_at)),
+        ("finished", when(op.finished_at)),
+        ("elapsed", duration(op.elapsed)),
+        ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})"),
+        ("time left", duration(time_left(op))),
+        ("worker", str(op.worker) if op.worker else "-"),
+        ("params", json.dumps(op.params, sort_keys=True)),
+    ]
+    if op.profile_overrides:
+        rows.append(("profile", json.dumps(op.profile_overrides, sort_keys=True)))
+    if op.tags:
+        rows.append(("tags", json.dumps(op.tags, sort_keys=True)))
+    if op.error:
+        rows.append(("error", op.error))
+    if op.result is not None:
+        rows.append(("result", json.dumps(op.result, sort_keys=True)))
+    if checkpoints:
+        newest = checkpoints[0]
+        rows.append(("checkpoints", f"{len(checkpoints)}, newest #{newest.seq} at {newest.processed_items} items"))
+    else:
+        rows.append(("checkpoints", "none"))
+    width = max(len(k) for k, _ in rows)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    if op.status.resumable:
+        text += f"\n\nresume with: outlast resume {op.id}"
+    return text
+
+
+def checkpoints_table(cps: list[Checkpoint]) -> str:
+    rows = [
+        [
+            str(c.seq),
+            when(c.created_at),
+            "-" if c.progress_percentage is None else f"{c.progress_percentage:.1f}%",
+            str(c.processed_items),
+            c.next_step or "-",
+            f"{c.size} B",
+            "ok" if c.valid else "CORRUPT",
+        ]
+        for c in cps
+    ]
+    return table(["SEQ", "CREATED", "DONE", "ITEMS", "NEXT STEP", "SIZE", "CHECKSUM"], rows, frozenset({0, 2, 3, 5}))
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def op_json(op: Operation) -> dict[str, Any]:
+    return op.model_dump(mode="json")
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    """Print and flush (lines reach a log file or pipe as they happen)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()

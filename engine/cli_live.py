@@ -1,0 +1,199 @@
+"""The rich live display of ``outlast run`` / ``resume`` / ``watch`` on a terminal.
+
+Only imported when stdout is a terminal, so pipes, ``ls`` and ``show`` never load rich.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections import deque
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from . import cli_format as fmt
+from .models import LogRecord, Operation, Status
+
+_LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+
+
+class LiveView:
+    """One operation in a panel: bar, items, rate, ETA, step, time left, checkpoint, last log lines."""
+
+    def __init__(self, hint: str, log_lines: int = 5) -> None:
+        self.console = Console()
+        self.hint = hint
+        self.logs: deque[LogRecord] = deque(maxlen=log_lines)
+        self.op: Operation | None = None
+        self.stopping = False
+        self._live = Live(console=self.console, auto_refresh=False, transient=False, redirect_stderr=False)
+
+    def __enter__(self) -> LiveView:
+        self._echo = _EchoOff()
+        self._echo.__enter__()
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.op is not None:
+            self._live.update(self.render(self.op), refresh=True)
+        self._live.__exit__(None, None, None)
+        self._echo.__exit__()
+
+    def log(self, rec: LogRecord) -> None:
+        self.logs.append(rec)
+
+    def update(self, op: Operation) -> None:
+        self.op = op
+        self._live.update(self.render(op), refresh=True)
+
+    def render(self, op: Operation) -> RenderableType:
+        now = time.time()
+        p = op.progress
+        colour = fmt.STATUS_COLOUR[op.status]
+        pct = p.percent
+        bar = ProgressBar(
+            total=float(p.total) if p.total else 100.0,
+            completed=float(p.done) if p.total else (100.0 if op.status is Status.COMPLETED else 0.0),
+            pulse=p.total is None and op.status is Status.RUNNING,
+            complete_style=colour,
+            finished_style=colour,
+        )
+        top = Table.grid(expand=True, padding=(0, 1))
+        top.add_column(ratio=1)
+        top.add_column(justify="right", width=7)
+        top.add_row(bar, Text("-" if pct is None else f"{pct:5.1f}%", style="bold"))
+
+        facts = Table.grid(padding=(0, 3))
+        for _ in range(4):
+            facts.add_column()
+        items = fmt.items(p)
+        if p.failed:
+            items += f" ({p.failed} failed)"
+        running = op.status is Status.RUNNING
+        facts.add_row(
+            _fact("items", items),
+            _fact("rate", fmt.rate(p.rate) if running else "-"),
+            _fact("eta", fmt.duration(p.eta) if running else "-"),
+            _fact("elapsed", fmt.duration(op.elapsed)),
+        )
+        left = fmt.time_left(op, now)
+        deadline = fmt.duration(left) if left is not None else "-"
+        if left is not None and left < 60:
+            deadline = f"[bold red]{deadline}[/]"
+        checkpoint = f"#{op.checkpoint_seq}" if op.checkpoint_seq else "none yet"
+        facts.add_row(
+            _fact("step", p.step or "-"),
+            _fact("deadline in", deadline),
+            _fact("checkpoint", checkpoint),
+            _fact("attempt", str(op.attempt)),
+        )
+        parts: list[RenderableType] = [top, facts]
+        if p.message:
+            parts.append(Text(p.message, style="italic"))
+        if self.logs:
+            log_text = Text()
+            for rec in self.logs:
+                line = Text(f"{fmt.clock(rec.ts)} ", style="dim")
+                line.append(rec.message, style=_LEVEL_STYLE.get(rec.level, ""))
+                log_text.append_text(line)
+                log_text.append("\n")
+            log_text.rstrip()
+            parts.append(Text(""))
+            parts.append(log_text)
+        title = Text.assemble((op.label, "bold"), "  ", (op.id, "dim"), "  ", (op.status.value, f"bold {colour}"))
+        if self.stopping and op.status is Status.RUNNING:
+            subtitle = "[yellow]pausing: taking a checkpoint...[/]"
+        elif op.status is Status.RUNNING:
+            subtitle = f"[dim]{self.hint}[/]"
+        else:
+            subtitle = f"[{colour}]{op.status_message or op.status.value}[/]"
+        return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, border_style=colour)
+
+
+class _EchoOff:
+    """Stop the terminal echoing keys (``^C``) into the live display; restored on exit."""
+
+    def __enter__(self) -> None:
+        self._saved = None
+        try:
+            import termios
+
+            fd = sys.stdin.fileno()
+            if os.isatty(fd):
+                self._saved = termios.tcgetattr(fd)
+                attrs = termios.tcgetattr(fd)
+                attrs[3] &= ~(termios.ECHO | termios.ECHOCTL)
+                termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (ImportError, OSError, ValueError):
+            self._saved = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            import termios
+
+            with contextlib.suppress(OSError, ValueError):
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self._saved)
+
+
+def _fact(label: str, value: str) -> Text:
+    return Text.from_markup(f"[dim]{label}[/] {value}")
+
+
+class LiveTable:
+    """Many operations (``outlast watch``): one row each."""
+
+    def __init__(self) -> None:
+        self.console = Console()
+        self._live = Live(console=self.console, auto_refresh=False, transient=False)
+
+    def __enter__(self) -> LiveTable:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def update(self, ops: list[Operation]) -> None:
+        t = Table(expand=True, title="outlast watch  [dim](Ctrl-C stops watching)[/]", title_justify="left")
+        for name, kw in (
+            ("id", {"no_wrap": True}),
+            ("type", {}),
+            ("status", {}),
+            ("progress", {"ratio": 1}),
+            ("items", {"justify": "right"}),
+            ("rate", {"justify": "right"}),
+            ("eta", {"justify": "right"}),
+            ("deadline in", {"justify": "right"}),
+        ):
+            t.add_column(name, **kw)
+        for op in ops:
+            p = op.progress
+            colour = fmt.STATUS_COLOUR[op.status]
+            running = op.status is Status.RUNNING
+            bar = ProgressBar(
+                total=float(p.total) if p.total else 100.0,
+                completed=float(p.done) if p.total else 0.0,
+                complete_style=colour,
+                finished_style=colour,
+            )
+            t.add_row(
+                op.id,
+                op.label,
+                Text(op.status.value, style=colour),
+                bar,
+                fmt.items(p),
+                fmt.rate(p.rate) if running else "-",
+                fmt.duration(p.eta) if running else "-",
+                fmt.duration(fmt.time_left(op)),
+            )
+        if not ops:
+            t.caption = "no active operations"
+        self._live.update(t, refresh=True)

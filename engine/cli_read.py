@@ -1,0 +1,221 @@
+"""Read commands: ls, show, watch, logs, checkpoints, types, config (``--json`` on each)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import click
+
+from . import cli_format as fmt
+from .cli_common import App, json_option, pass_app, session
+from .cli_exit import ExitCode, code_for_status
+from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
+from .models import SETTLED, Status
+
+STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
+
+
+@click.command("ls")
+@click.option("--status", "-s", "statuses", multiple=True, type=STATUSES, help="Only these statuses (repeatable).")
+@click.option("--type", "-t", "types", multiple=True, metavar="TYPE", help="Only these types (repeatable).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@pass_app
+def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
+    """List operations, newest first."""
+
+    async def go() -> list:
+        async with session(app.settings) as engine:
+            return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
+
+    ops = asyncio.run(go())
+    if app.json:
+        fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
+    elif ops:
+        fmt.echo(fmt.ls_table(ops))
+    elif not app.quiet:
+        fmt.echo("no operations", err=True)
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@json_option
+@pass_app
+def show(app: App, op_id: str) -> int:
+    """Everything about one operation (ID: any unique prefix)."""
+
+    async def go():
+        async with session(app.settings) as engine:
+            full = await engine.resolve(op_id)
+            return await engine.get(full), await engine.checkpoints(full)
+
+    op, cps = asyncio.run(go())
+    if app.json:
+        fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [c.model_dump(mode="json") for c in cps]}))
+    else:
+        fmt.echo(fmt.show_text(op, cps))
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("op_ids", metavar="[ID]...", nargs=-1)
+@json_option
+@pass_app
+def watch(app: App, op_ids: tuple[str, ...]) -> int:
+    """Follow operations live, wherever they run (all active ones when no id is given).
+
+    \b
+    Exits when the operations settle, with the code of the first one that did not complete;
+    Ctrl-C stops watching (exit 130) and leaves them running.
+    """
+    mode = app.mode
+
+    async def go() -> int:
+        async with session(app.settings) as engine:
+            engine.install_signal_handlers()
+            ids = [await engine.resolve(i) for i in op_ids]
+            try:
+                if len(ids) == 1:
+                    view = PlainView(json_lines=True) if mode == "json" else make_view(mode, "Ctrl-C stops watching")
+                    finals = [await follow(engine, ids[0], view, local=False)]
+                else:
+                    finals = await watch_many(engine, list(dict.fromkeys(ids)) or None, mode)
+            except WatchStopped:
+                return ExitCode.WATCH_STOPPED
+        codes = [code_for_status(o.status) for o in finals]
+        return next((c for c in codes if c != ExitCode.OK), ExitCode.OK)
+
+    return asyncio.run(go())
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing new records until the operation settles.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Only the last N records.")
+@json_option
+@pass_app
+def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
+    """An operation's log. With --follow, exits with the operation's code when it settles."""
+
+    def emit(records: list, lines: bool) -> None:
+        for rec in records:
+            fmt.echo(fmt.dumps(rec.model_dump(mode="json")) if lines else fmt.log_line(rec))
+
+    async def go() -> int:
+        async with session(app.settings) as engine:
+            full = await engine.resolve(op_id)
+            records, offset = await engine.logs(full)
+            if limit is not None:
+                records = records[-limit:]
+            if not follow_:
+                if app.json:
+                    fmt.echo(fmt.dumps([r.model_dump(mode="json") for r in records]))
+                else:
+                    emit(records, False)
+                return ExitCode.OK
+            engine.install_signal_handlers()
+            emit(records, app.json)
+            while True:
+                op = await engine.get(full)
+                records, offset = await engine.store.read_logs(full, offset)
+                emit(records, app.json)
+                if op.status in SETTLED:
+                    return code_for_status(op.status)
+                if engine.draining:
+                    return ExitCode.WATCH_STOPPED
+                await asyncio.sleep(0.5)
+
+    return asyncio.run(go())
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@json_option
+@pass_app
+def checkpoints(app: App, op_id: str) -> int:
+    """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
+
+    async def go():
+        async with session(app.settings) as engine:
+            return await engine.checkpoints(await engine.resolve(op_id))
+
+    cps = asyncio.run(go())
+    if app.json:
+        fmt.echo(fmt.dumps([c.model_dump(mode="json") for c in cps]))
+    elif cps:
+        fmt.echo(fmt.checkpoints_table(cps))
+    elif not app.quiet:
+        fmt.echo("no checkpoints", err=True)
+    return ExitCode.OK
+
+
+@click.command()
+@json_option
+@pass_app
+def types(app: App) -> int:
+    """Every operation type with its timeout profile (after the config file's overrides)."""
+    from .profiles import SEED_PROFILES
+    from .registry import ensure_loaded, handlers
+
+    settings = app.settings
+    ensure_loaded(settings.plugins)
+    hs = handlers()
+    names = sorted(set(hs) | set(SEED_PROFILES))
+    out = []
+    for name in names:
+        h = hs.get(name)
+        out.append(
+            {
+                "type": name,
+                "runnable": h is not None,
+                "source": h.source if h else "profile only",
+                "description": h.description if h else "",
+                "profile": settings.profile(name).model_dump(mode="json"),
+            }
+        )
+    if app.json:
+        fmt.echo(fmt.dumps(out))
+        return ExitCode.OK
+    rows = []
+    for t in out:
+        p = t["profile"]
+        rows.append(
+            [
+                t["type"],
+                "yes" if t["runnable"] else "no",
+                fmt.duration(p["base_timeout"]),
+                f"{p['per_item_timeout']:g}s",
+                fmt.duration(p["max_timeout"]),
+                fmt.duration(p["checkpoint_interval"]),
+                fmt.duration(p["progress_report_interval"]),
+                str(p["failure_threshold"]),
+                fmt.duration(p["stall_timeout"]),
+                t["description"][:50],
+            ]
+        )
+    headers = ["TYPE", "RUN", "BASE", "PER ITEM", "MAX", "CHECKPOINT", "REPORT", "FAILURES", "STALL", "DESCRIPTION"]
+    fmt.echo(fmt.table(headers, rows))
+    return ExitCode.OK
+
+
+@click.command()
+@json_option
+@pass_app
+def config(app: App) -> int:
+    """The effective configuration and where each value came from."""
+    s = app.settings
+    data = s.model_dump(mode="json")
+    if app.json:
+        fmt.echo(fmt.dumps({"settings": data, "origins": s.origins}))
+        return ExitCode.OK
+    rows = []
+    for key, value in data.items():
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        rows.append([key, shown, s.origins.get(key, "default")])
+    fmt.echo(fmt.table(["SETTING", "VALUE", "FROM"], rows))
+    return ExitCode.OK
+
+
+COMMANDS = [ls_cmd, show, watch, logs, checkpoints, types, config]

@@ -1,0 +1,184 @@
+"""Running operations from the command line: in the foreground, detached, or as a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import cli_format as fmt
+from .cli_exit import ExitCode, code_for_status
+from .cli_follow import Mode, PlainView, WatchStopped, follow, make_view
+from .config import Settings
+from .engine import Engine
+from .models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
+from .store import open_store
+
+PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
+
+
+def make_engine(settings: Settings, **kw: object) -> Engine:
+    return Engine(open_store(settings.store or settings.state_dir), settings=settings, **kw)  # type: ignore[arg-type]
+
+
+async def run_foreground(
+    settings: Settings,
+    mode: Mode,
+    spec: OperationSpec | None = None,
+    op_id: str | None = None,
+    checkpoint: int | None = None,
+) -> ExitCode:
+    """Submit (or resume) one operation and run it in this process until it settles.
+
+    SIGINT, SIGTERM and SIGHUP pause it with a checkpoint (a second one forces the stop).
+    """
+    async with make_engine(settings, run_queue=False) as engine:
+        engine.install_signal_handlers()
+        if spec is not None:
+            op = await engine.submit(spec)
+        else:
+            assert op_id is not None
+            op = await engine.resume(op_id, checkpoint)
+        if mode == "plain":
+            fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; outlast resume {op.id}")
+        try:
+            await engine.run_now(op.id)
+            local = True
+        except Conflict:
+            local = False  # a worker claimed it first: follow it there
+            if mode != "quiet":
+                fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
+        try:
+            final = await follow(engine, op.id, make_view(mode, f"{PAUSE_HINT} · outlast resume {op.id[:8]}"), local)
+        except WatchStopped:
+            fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
+            return ExitCode.WATCH_STOPPED
+    report_final(final, mode)
+    return code_for_status(final.status)
+
+
+def report_final(op: Operation, mode: Mode) -> None:
+    """The end of a foreground run: the record (--json) or a line, and how to resume."""
+    if mode == "json":
+        fmt.echo(fmt.dumps(fmt.op_json(op)))
+    elif mode != "quiet":
+        p = op.progress
+        status = op.status.value
+        line = f"{op.id} {status} at {fmt.items(p)} items after {fmt.duration(op.elapsed)}"
+        detail = op.error or op.status_message or ""
+        detail = detail.removeprefix(status).removeprefix(" by user").lstrip(":; ")
+        if op.status is Status.COMPLETED and op.result is not None:
+            line += f"; result {fmt.dumps(op.result)}"
+        elif detail:
+            line += f" ({detail})"
+        fmt.echo(line)
+    if op.status.resumable and mode != "quiet":
+        where = f" (checkpoint {op.checkpoint_seq})" if op.checkpoint_seq else ""
+        fmt.echo(f"resume{where} with: outlast resume {op.id}", err=mode == "json")
+
+
+# ---- detached -------------------------------------------------------------------------------------
+
+
+def detach_log(settings: Settings, op_id: str) -> Path:
+    d = Path(settings.state_dir).expanduser() / "detached"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d / f"{op_id}.log"
+
+
+def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> int:
+    """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid."""
+    log_path = detach_log(settings, op_id)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=os.getcwd(),
+        )
+    return proc.pid
+
+
+async def submit_or_resume(
+    settings: Settings, spec: OperationSpec | None, op_id: str | None, checkpoint: int | None
+) -> Operation:
+    """Queue an operation (new, or a resume) without running it."""
+    async with make_engine(settings, run_queue=False) as engine:
+        if spec is not None:
+            return await engine.submit(spec)
+        assert op_id is not None
+        return await engine.resume(op_id, checkpoint)
+
+
+async def run_one(settings: Settings, op_id: str) -> ExitCode:
+    """The detached process: run one queued operation with plain output to its log file."""
+    async with make_engine(settings, run_queue=False) as engine:
+        engine.install_signal_handlers()
+        try:
+            await engine.run_now(op_id)
+        except Conflict as e:
+            fmt.echo(f"not run here: {e}")
+            return ExitCode.CONFLICT
+        final = await follow(engine, op_id, PlainView(), local=True)
+    report_final(final, "plain")
+    return code_for_status(final.status)
+
+
+# ---- worker ---------------------------------------------------------------------------------------
+
+
+async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle: bool, mode: Mode) -> ExitCode:
+    """Run queued work until a signal (drain: running work is paused with a checkpoint) or, with
+    ``exit_when_idle``, until nothing is queued or running."""
+    engine = make_engine(settings, max_concurrent=concurrency, run_queue=True)
+
+    def on_event(ev: Event) -> None:
+        if isinstance(ev, StatusChanged) and mode != "quiet":
+            if mode == "json":
+                fmt.echo(fmt.dumps({"event": "status", **ev.model_dump(mode="json")}))
+            else:
+                extra = f": {ev.message}" if ev.message else ""
+                fmt.echo(f"{fmt.clock(ev.ts)} {ev.operation_id} {ev.status.value}{extra}")
+
+    async with engine:
+        engine.install_signal_handlers()
+        engine.subscribe(on_event)
+        if mode == "plain":
+            fmt.echo(
+                f"{fmt.clock(time.time())} worker {engine.worker} on {engine.store.url}: "
+                f"{engine.max_concurrent} slots; Ctrl-C or SIGTERM pauses running work with a checkpoint"
+            )
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(0.25)
+            if engine.draining:
+                if not engine.running_ids:
+                    break
+                continue
+            if exit_when_idle:
+                busy = bool(engine.running_ids) or any((await engine.store.queue_depth()).values())
+                if busy:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= 1.0:  # twice idle, a second apart: not a gap
+                    break
+    if mode == "plain":
+        fmt.echo(f"{fmt.clock(time.time())} worker stopped")
+    return ExitCode.OK
+
+
+async def wait_settled(engine: Engine, op_id: str, timeout: float) -> Operation:
+    """Poll until the operation is settled or ``timeout`` passes; the newest record either way."""
+    end = time.monotonic() + timeout
+    while True:
+        op = await engine.get(op_id)
+        if op.status in SETTLED or time.monotonic() >= end:
+            return op
+        await asyncio.sleep(0.1)

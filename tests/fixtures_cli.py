@@ -1,0 +1,144 @@
+"""Fixtures for CLI tests: the real console script in subprocesses, against an isolated state dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Operation, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "engine.cli"]
+
+
+def until(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.1, what: str = "condition") -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(every)
+
+
+class Proc:
+    """A running ``outlast`` with its output collected line by line in the background."""
+
+    def __init__(self, args: list[str], env: dict[str, str], **kw: Any) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            [*CLI, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+            **kw,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.popen.stdout, self.out), daemon=True),
+            threading.Thread(target=self._pump, args=(self.popen.stderr, self.err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def wait_line(self, pred: Callable[[str], bool], timeout: float = 30.0) -> str:
+        found = lambda: next((ln for ln in list(self.out) if pred(ln)), None)  # noqa: E731
+        return until(found, timeout, what=f"line in {self.args}")
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        rc = self.popen.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+
+class Cli:
+    """``cli("ls", "--json")`` runs the console script to the end; ``cli.start(...)`` runs it in the background."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.procs: list[Proc] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("OUTLAST_DEBUG", None)
+        return env
+
+    def __call__(
+        self, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CLI, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env or self.env,
+            cwd=REPO,
+        )
+
+    def start(self, *args: str) -> Proc:
+        p = Proc(list(args), self.env)
+        self.procs.append(p)
+        return p
+
+    def op(self, op_id: str) -> Operation:
+        """The stored record, read straight from the store (cheaper than a subprocess per poll)."""
+
+        async def go() -> Operation:
+            store = open_store(self.state_dir)
+            await store.open()
+            try:
+                return await store.get(op_id)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    def wait_status(self, op_id: str, statuses: set[str], timeout: float = 40.0) -> Operation:
+        return until(
+            lambda: (op := self.op(op_id)).status.value in statuses and op,
+            timeout,
+            every=0.1,
+            what=f"{op_id} in {statuses}",
+        )
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
+@pytest.fixture
+def cli(state_dir: Path) -> Cli:
+    c = Cli(state_dir)
+    yield c
+    c.close()

@@ -1,0 +1,130 @@
+"""`outlast run` / `resume` / `worker` driven as real processes: completion, plain output, signals, detach."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from tests.fixtures_cli import Cli, until
+
+DEMO = ["run", "demo", "-p", "seconds=0.03"]
+
+
+def test_run_to_completion_with_json(cli: Cli) -> None:
+    r = cli("--json", "run", "demo", "-p", "items=20", "-p", "seconds=0.01")
+    assert r.returncode == 0, r.stderr
+    op = json.loads(r.stdout)
+    assert op["status"] == "completed"
+    assert op["result"]["sum"] == sum(range(20))
+    assert op["progress"]["done"] == 20
+
+
+def test_run_without_terminal_prints_plain_lines(cli: Cli) -> None:
+    r = cli(*DEMO, "-p", "items=40", "--profile", "progress_report_interval=0.2", "--name", "plain-run")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stdout  # no escape codes in a pipe
+    lines = r.stdout.splitlines()
+    running = [ln for ln in lines if " running " in ln and "items" in ln]
+    assert len(running) >= 2, r.stdout  # one line per progress report
+    assert any(re.search(r"\d+\.\d%\s+\d+/40 items", ln) for ln in running)
+    assert "plain-run" in lines[-2] or "plain-run" in r.stdout
+    assert re.search(r"completed at 40/40 items", lines[-1]), lines[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
+    n = 120
+    proc = cli.start(*DEMO, "-p", f"items={n}", "--profile", "progress_report_interval=0.2")
+    line = proc.wait_line(lambda ln: bool(re.search(r" running .* ([1-9]\d*)/120 items", ln)))
+    op_id = line.split()[1]
+    proc.signal(sig)
+    assert proc.wait() == 6, proc.err  # paused
+    assert f"outlast resume {op_id}" in "\n".join(proc.out + proc.err)
+    paused = cli.op(op_id)
+    assert paused.status.value == "paused"
+    assert paused.checkpoint_seq and paused.progress.done < n
+    done_before = paused.progress.done
+
+    if sig == signal.SIGINT:  # in the foreground, by id prefix
+        r = cli("--json", "resume", op_id[:10])
+    else:  # back into the queue, for a worker that stops when idle
+        r = cli("resume", op_id, "--queue")
+        assert r.returncode == 0 and "queued again" in r.stdout, r.stderr
+        r = cli("worker", "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    final = cli.op(op_id)
+    assert final.status.value == "completed"
+    assert final.result["sum"] == sum(range(n))
+    assert final.attempt == 2
+    logs = cli("logs", op_id)
+    assert f"resuming from checkpoint {paused.checkpoint_seq}" in logs.stdout
+    assert done_before > 0
+
+
+def test_cancel_and_pause_from_other_processes_stop_a_running_operation(cli: Cli) -> None:
+    # One operation run in the foreground by `outlast run`, two more by a worker.
+    runner = cli.start(*DEMO, "-p", "items=2000", "--profile", "progress_report_interval=0.2")
+    run_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    a = cli("submit", "demo", "-p", "items=2000", "-p", "seconds=0.03").stdout.strip()
+    b = cli("submit", "demo", "-p", "items=2000", "-p", "seconds=0.03").stdout.strip()
+    worker = cli.start("worker", "--concurrency", "2")
+    cli.wait_status(a, {"running"})
+    cli.wait_status(b, {"running"})
+
+    r = cli("cancel", a)
+    assert r.returncode == 0, r.stderr
+    assert f"{a} cancelled" in r.stdout
+    r = cli("--json", "pause", b)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "paused"
+    assert cli.op(b).checkpoint_seq
+
+    r = cli("cancel", run_id)
+    assert r.returncode == 0, r.stderr
+    assert runner.wait() == 4  # the foreground run reports cancelled
+
+    assert worker.popen.poll() is None  # the worker goes on
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert any(f"{a} cancelled" in ln for ln in worker.out)
+
+
+def test_pause_from_another_process_ends_a_foreground_run_with_the_paused_code(cli: Cli) -> None:
+    runner = cli.start(*DEMO, "-p", "items=2000")
+    run_id = runner.wait_line(lambda ln: "submitted" in ln).split()[1]
+    cli.wait_status(run_id, {"running"})
+    r = cli("pause", run_id)
+    assert r.returncode == 0 and "resume with" in r.stdout, r.stderr
+    assert runner.wait() == 6
+
+
+def test_detach_returns_at_once_and_the_operation_completes_without_a_terminal(cli: Cli) -> None:
+    r = cli("--json", "run", "demo", "-p", "items=60", "-p", "seconds=0.03", "--detach")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    op_id, pid = out["id"], out["pid"]
+    try:
+        # Returned while the operation still has most of its work ahead.
+        assert cli.op(op_id).status.value in ("queued", "running")
+        assert os.getsid(pid) == pid  # its own session: no controlling terminal, survives a hang-up
+        w = cli("watch", op_id)  # followed from here by polling the store
+        assert w.returncode == 0, w.stderr
+        assert any(" running " in ln for ln in w.stdout.splitlines())
+        assert cli.op(op_id).status.value == "completed"
+        log = cli.state_dir / "detached" / f"{op_id}.log"
+        assert "completed" in log.read_text()
+    finally:
+        until(lambda: not _alive(pid), 30, what="detached process exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
