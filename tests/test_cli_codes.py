@@ -1,0 +1,219 @@
+"""Exit codes, bad input, id prefixes, read commands, and what the headless face imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli_exit import ExitCode
+from tests.fixtures_cli import CLI, REPO, Cli
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_help_documents_every_exit_code(cli: Cli) -> None:
+    r = cli("--help")
+    assert r.returncode == 0
+    for code in ExitCode:
+        assert re.search(rf"^\s+{int(code)}  \S", r.stdout, re.M), code
+    readme = (REPO / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} |" in readme, f"README lacks exit code {int(code)}"
+
+
+def test_without_a_terminal_no_arguments_print_help(cli: Cli) -> None:
+    r = cli()
+    assert r.returncode == 0
+    assert "Exit codes:" in r.stdout
+
+
+def test_outcome_codes_failed_timed_out_conflict(cli: Cli) -> None:
+    fail = ["-p", "seconds=0", "-p", "fail_every=1", "--profile", "failure_threshold=0"]
+    r = cli("run", "demo", "-p", "items=10", *fail)
+    assert r.returncode == ExitCode.FAILED, r.stdout + r.stderr
+    r = cli(
+        "--json",
+        "run",
+        "demo",
+        "-p",
+        "items=200",
+        "-p",
+        "seconds=0.05",
+        "--profile",
+        "base_timeout=0.3",
+        "--profile",
+        "max_timeout=0.5",
+        "--profile",
+        "per_item_timeout=0",
+    )
+    assert r.returncode == ExitCode.TIMED_OUT, r.stdout + r.stderr
+    op = json.loads(r.stdout)
+    assert op["status"] == "timed_out"
+    assert "outlast resume" in r.stderr  # the hint goes to stderr so stdout stays one JSON document
+
+    done = json.loads(cli("--json", "run", "demo", "-p", "items=1", "-p", "seconds=0").stdout)
+    r = cli("resume", done["id"])
+    assert r.returncode == ExitCode.CONFLICT
+    assert "completed" in one_line_error(r)
+    r = cli("cancel", done["id"])
+    assert r.returncode == ExitCode.CONFLICT
+    one_line_error(r)
+
+
+def test_queued_work_is_cancelled_paused_reprioritised_and_resumed_without_a_worker(cli: Cli) -> None:
+    a = cli("submit", "demo", "-p", "items=5").stdout.strip()
+    b = cli("submit", "--priority", "low", "demo").stdout.strip()
+    r = cli("--json", "priority", b, "HIGH")
+    assert r.returncode == 0 and json.loads(r.stdout)["priority"] == "high"
+    assert cli("pause", a).returncode == 0
+    assert cli.op(a).status.value == "paused"
+    r = cli("cancel", b)
+    assert r.returncode == 0 and cli.op(b).status.value == "cancelled"
+    r = cli("priority", b, "low")
+    assert r.returncode == ExitCode.CONFLICT
+    one_line_error(r)
+    r = cli("--json", "resume", a, "--queue")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "queued"
+    ls = json.loads(cli("ls", "--json", "--status", "queued").stdout)
+    assert [o["id"] for o in ls] == [a]
+
+
+def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
+    # An operation with log lines, queued again with no worker to run it.
+    r = cli("--json", "run", "demo", "-p", "items=5", "-p", "seconds=0", "-p", "fail_every=1")
+    op_id = json.loads(r.stdout)["id"]
+    assert cli("resume", "--queue", op_id).returncode == 0
+    for args, ready in ((["watch", op_id], " queued "), (["logs", "--follow", op_id], "failed on purpose")):
+        p = cli.start(*args)
+        p.wait_line(lambda ln, ready=ready: ready in ln)  # it is up and following
+        p.signal(signal.SIGINT)
+        assert p.wait() == ExitCode.WATCH_STOPPED, (args, p.err)
+    assert cli.op(op_id).status.value == "queued"  # left alone
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["run", "demo", "--param", "items"], ExitCode.USAGE, "KEY=VALUE"),
+        (["submit", "no_such_type"], ExitCode.USAGE, "unknown operation type"),
+        (["submit", "demo", "--params-json", "{not json"], ExitCode.USAGE, "not valid JSON"),
+        (["submit", "demo", "--params-json", "[1]"], ExitCode.USAGE, "JSON object"),
+        (["submit", "demo", "--priority", "urgent"], ExitCode.USAGE, "urgent"),
+        (["submit", "demo", "-p", "items=-3"], ExitCode.USAGE, "items"),
+        (["submit", "demo", "-p", "colour=red"], ExitCode.USAGE, "colour"),
+        (["submit", "demo", "--profile", "checkpoint_interval=-1"], ExitCode.USAGE, "checkpoint_interval"),
+        (["submit", "demo", "--timeout", "0"], ExitCode.USAGE, "--timeout"),
+        (["ls", "--status", "sleeping"], ExitCode.USAGE, "sleeping"),
+        (["show", "ABC!"], ExitCode.USAGE, "invalid operation id"),
+        (["show", "0000000000000"], ExitCode.NOT_FOUND, "no operation"),
+        (["nonsense"], ExitCode.USAGE, "nonsense"),
+        (["--config", "missing.toml", "ls"], ExitCode.USAGE, "missing.toml"),
+    ],
+)
+def test_bad_input_is_one_line_a_code_and_stores_nothing(cli: Cli, args: list[str], code: int, says: str) -> None:
+    r = cli(*args)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert says in one_line_error(r)
+    assert json.loads(cli("ls", "--json").stdout) == []
+
+
+def test_bad_config_file_and_environment(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_concurrent = 'many'\n")
+    r = cli("--config", str(bad), "ls")
+    assert r.returncode == ExitCode.USAGE
+    assert "max_concurrent" in one_line_error(r)
+    r = cli("ls", env={**cli.env, "OUTLAST_AUTO_RESUME": "perhaps"})
+    assert r.returncode == ExitCode.USAGE
+    assert "OUTLAST_AUTO_RESUME" in one_line_error(r)
+
+
+def test_corrupt_state_dir_is_a_store_error(cli: Cli, tmp_path: Path) -> None:
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    (d / "outlast.db").write_bytes(b"this is not a database" * 100)
+    for args in (["ls"], ["submit", "demo"], ["run", "demo"]):
+        r = cli("--state-dir", str(d), *args)
+        assert r.returncode == ExitCode.STORE, r.stderr
+        assert "not a usable Outlast database" in one_line_error(r)
+
+
+def test_id_prefixes_resolve_like_git(cli: Cli) -> None:
+    ids = [cli("submit", "demo").stdout.strip() for _ in range(3)]
+    assert len(set(ids)) == 3
+    for op_id in ids:
+        others = [o for o in ids if o != op_id]
+        n = next(k for k in range(1, 14) if all(not o.startswith(op_id[:k]) for o in others))
+        r = cli("--json", "show", op_id[:n])
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["id"] == op_id
+    common = next(ids[0][:k] for k in range(13, 0, -1) if all(i.startswith(ids[0][:k]) for i in ids))
+    r = cli("show", common)
+    assert r.returncode == ExitCode.USAGE
+    assert "ambiguous" in one_line_error(r)
+    r = cli("cancel", "zzzz")
+    assert r.returncode == ExitCode.NOT_FOUND
+    one_line_error(r)
+
+
+def test_read_commands(cli: Cli) -> None:
+    r = cli("--json", "run", "demo", "-p", "items=30", "-p", "seconds=0", "-p", "fail_every=10")
+    op = json.loads(r.stdout)
+    assert r.returncode == 0, r.stderr
+    text = cli("show", op["id"][:9]).stdout
+    assert "completed" in text and "27/30 items, 3 failed" in text and "result" in text
+    shown = json.loads(cli("show", "--json", op["id"]).stdout)
+    assert shown["checkpoints"] and shown["checkpoints"][0]["valid"]
+    logs = json.loads(cli("logs", "--json", op["id"]).stdout)
+    assert any("failed on purpose" in rec["message"] for rec in logs)
+    assert "SEQ" in cli("checkpoints", op["id"]).stdout
+    assert op["id"] in cli("ls").stdout
+    types = {t["type"]: t for t in json.loads(cli("types", "--json").stdout)}
+    assert types["demo"]["runnable"] and types["codebase_indexing"]["profile"]["base_timeout"] == 3600
+    cfg = json.loads(cli("--state-dir", str(cli.state_dir), "config", "--json").stdout)
+    assert cfg["origins"]["state_dir"] == "argument" and cfg["origins"]["max_concurrent"] == "default"
+    assert "FROM" in cli("config").stdout
+
+
+def test_dashboard_unavailable_is_one_clear_line(cli: Cli, tmp_path: Path) -> None:
+    fake = tmp_path / "shadow" / "tui"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")  # a tui package without app.py
+    env = {**cli.env, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(REPO)])}
+    r = cli("tui", env=env)
+    assert r.returncode == ExitCode.USAGE
+    assert "the dashboard is not available" in one_line_error(r)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls"], ["show", "PREFIX"], ["ls", "--json"]])
+def test_headless_commands_import_neither_textual_nor_rich(cli: Cli, args: list[str]) -> None:
+    op_id = cli("submit", "demo").stdout.strip()
+    args = [op_id[:8] if a == "PREFIX" else a for a in args]
+    code = (
+        "import sys\n"
+        "from engine.cli import main\n"
+        f"sys.argv = ['outlast', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'tui'))\n"
+        "print('RC', rc, 'BAD', bad)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli.env, cwd=REPO)
+    assert r.stdout.strip().splitlines()[-1] == "RC 0 BAD []", r.stdout + r.stderr
+
+
+def test_console_script_is_installed_and_versioned(cli: Cli) -> None:
+    r = cli("--version")
+    assert r.returncode == 0 and "outlast" in r.stdout
+    assert CLI[-1] == "engine.cli"
