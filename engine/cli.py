@@ -7,6 +7,7 @@ cli_control. Errors are turned into one line and an exit code in one place (``ma
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
@@ -58,7 +59,7 @@ def cli(
 ) -> int | None:
     ctx.obj = App(state_dir, store_url, config_file, plugins, json_, quiet)
     if ctx.invoked_subcommand is None:
-        if sys.stdout.isatty() and sys.stdin.isatty():
+        if sys.stdout.isatty():
             return open_dashboard(ctx.obj)
         click.echo(ctx.get_help())
     return None
@@ -173,9 +174,19 @@ def _register() -> None:
 _register()
 
 
+def _configure_logging() -> None:
+    """Engine warnings (an orphan found, a checkpoint skipped) as one line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
+    root = logging.getLogger("outlast")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if os.environ.get("OUTLAST_DEBUG") else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: run a command, map every outcome to an exit code, never a traceback for
     a user's mistake."""
+    _configure_logging()
     try:
         rv = cli.main(args=argv, prog_name="outlast", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -89,6 +89,12 @@ def progress_line(op: Operation, now: float | None = None) -> str:
     return "  ".join(parts)
 
 
+def status_text(status: Status, message: str | None) -> str:
+    """``paused: the engine stopped`` without saying ``paused`` twice."""
+    detail = (message or "").removeprefix(status.value).removeprefix(" by user").lstrip(":; ")
+    return f"{status.value}: {detail}" if detail else status.value
+
+
 def log_line(rec: LogRecord) -> str:
     return f"{clock(rec.ts)} {rec.level.upper():<7} {rec.message}"
 

@@ -72,8 +72,8 @@ class LiveView:
         top.add_row(bar, Text("-" if pct is None else f"{pct:5.1f}%", style="bold"))
 
         facts = Table.grid(padding=(0, 3))
-        for _ in range(4):
-            facts.add_column()
+        for width in (24, 20, 22, 12):  # fixed minimums: the columns do not jump as numbers grow
+            facts.add_column(min_width=width)
         items = fmt.items(p)
         if p.failed:
             items += f" ({p.failed} failed)"
@@ -155,11 +155,14 @@ class LiveTable:
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
 
     def __enter__(self) -> LiveTable:
+        self._echo = _EchoOff()
+        self._echo.__enter__()
         self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(None, None, None)
+        self._echo.__exit__()
 
     def update(self, ops: list[Operation]) -> None:
         t = Table(expand=True, title="outlast watch  [dim](Ctrl-C stops watching)[/]", title_justify="left")

@@ -143,8 +143,7 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
             if mode == "json":
                 fmt.echo(fmt.dumps({"event": "status", **ev.model_dump(mode="json")}))
             else:
-                extra = f": {ev.message}" if ev.message else ""
-                fmt.echo(f"{fmt.clock(ev.ts)} {ev.operation_id} {ev.status.value}{extra}")
+                fmt.echo(f"{fmt.clock(ev.ts)} {ev.operation_id} {fmt.status_text(ev.status, ev.message)}")
 
     async with engine:
         engine.install_signal_handlers()

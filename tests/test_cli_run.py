@@ -37,9 +37,11 @@ def test_run_without_terminal_prints_plain_lines(cli: Cli) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
-    n = 120
-    proc = cli.start(*DEMO, "-p", f"items={n}", "--profile", "progress_report_interval=0.2")
-    line = proc.wait_line(lambda ln: bool(re.search(r" running .* ([1-9]\d*)/120 items", ln)))
+    n = 200
+    proc = cli.start(
+        "run", "demo", "-p", "seconds=0.02", "-p", f"items={n}", "--profile", "progress_report_interval=0.2"
+    )
+    line = proc.wait_line(lambda ln: bool(re.search(r" running .* ([1-9]\d*)/200 items", ln)))
     op_id = line.split()[1]
     proc.signal(sig)
     assert proc.wait() == 6, proc.err  # paused
@@ -103,7 +105,7 @@ def test_pause_from_another_process_ends_a_foreground_run_with_the_paused_code(c
 
 
 def test_detach_returns_at_once_and_the_operation_completes_without_a_terminal(cli: Cli) -> None:
-    r = cli("--json", "run", "demo", "-p", "items=60", "-p", "seconds=0.03", "--detach")
+    r = cli("--json", "run", "demo", "-p", "items=100", "-p", "seconds=0.03", "--detach")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     op_id, pid = out["id"], out["pid"]
