@@ -202,7 +202,25 @@ def op_json(op: Operation) -> dict[str, Any]:
 
 
 def echo(text: str = "", err: bool = False) -> None:
-    """Print and flush (lines reach a log file or pipe as they happen)."""
+    """Print and flush (lines reach a log file or pipe as they happen).
+
+    A reader that went away (closed pipe, hung-up terminal) must not stop the work: output to
+    that stream is dropped from then on.
+    """
     stream = sys.stderr if err else sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except OSError:
+        drop_stream(err)
+
+
+def drop_stream(err: bool) -> None:
+    """Send the rest of this stream's output nowhere (its reader is gone)."""
+    import os
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if err:
+        sys.stderr = devnull
+    else:
+        sys.stdout = devnull

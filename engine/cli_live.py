@@ -33,6 +33,7 @@ class LiveView:
         self.logs: deque[LogRecord] = deque(maxlen=log_lines)
         self.op: Operation | None = None
         self.stopping = False
+        self._gone = False
         self._live = Live(console=self.console, auto_refresh=False, transient=False, redirect_stderr=False)
 
     def __enter__(self) -> LiveView:
@@ -42,17 +43,26 @@ class LiveView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.op is not None:
-            self._live.update(self.render(self.op), refresh=True)
-        self._live.__exit__(None, None, None)
-        self._echo.__exit__()
+        try:
+            if self.op is not None and not self._gone:
+                self._live.update(self.render(self.op), refresh=True)
+            self._live.__exit__(None, None, None)
+        except OSError:
+            self._gone = True
+        finally:
+            self._echo.__exit__()
 
     def log(self, rec: LogRecord) -> None:
         self.logs.append(rec)
 
     def update(self, op: Operation) -> None:
         self.op = op
-        self._live.update(self.render(op), refresh=True)
+        if self._gone:
+            return
+        try:
+            self._live.update(self.render(op), refresh=True)
+        except OSError:  # the terminal hung up: the work goes on (SIGHUP pauses it)
+            self._gone = True
 
     def render(self, op: Operation) -> RenderableType:
         now = time.time()

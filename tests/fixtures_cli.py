@@ -58,8 +58,11 @@ class Proc:
 
     @staticmethod
     def _pump(stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
+        try:
+            for line in stream:
+                sink.append(line.rstrip("\n"))
+        except (ValueError, OSError):  # the test closed the pipe on purpose
+            return
 
     def wait_line(self, pred: Callable[[str], bool], timeout: float = 30.0) -> str:
         found = lambda: next((ln for ln in list(self.out) if pred(ln)), None)  # noqa: E731

@@ -130,3 +130,12 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(cli: Cli) -> None:
+    proc = cli.start(*DEMO, "-p", "items=40", "--profile", "progress_report_interval=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    proc.popen.stdout.close()  # like `outlast run ... | head -1`
+    assert proc.wait() == 0, proc.err
+    assert cli.op(op_id).status.value == "completed"
+    assert not [ln for ln in proc.err if "Traceback" in ln or "Exception" in ln], proc.err
