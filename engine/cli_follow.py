@@ -133,6 +133,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
             while True:
                 op = await engine.get(op_id)
                 last[op_id] = op
+                if engine.draining and not view.stopping and local and isinstance(view, PlainView):
+                    view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")
                 view.stopping = engine.draining
                 if not local:
                     records, offset = await engine.store.read_logs(op_id, offset)

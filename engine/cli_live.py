@@ -120,7 +120,7 @@ class LiveView:
             parts.append(log_text)
         title = Text.assemble((op.label, "bold"), "  ", (op.id, "dim"), "  ", (op.status.value, f"bold {colour}"))
         if self.stopping and op.status is Status.RUNNING:
-            subtitle = "[yellow]pausing: taking a checkpoint...[/]"
+            subtitle = "[yellow]pausing at the next safe point with a checkpoint · Ctrl-C again forces[/]"
         elif op.status is Status.RUNNING:
             subtitle = f"[dim]{self.hint}[/]"
         else:

@@ -120,6 +120,8 @@ def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
         (["show", "0000000000000"], ExitCode.NOT_FOUND, "no operation"),
         (["nonsense"], ExitCode.USAGE, "nonsense"),
         (["--config", "missing.toml", "ls"], ExitCode.USAGE, "missing.toml"),
+        (["--plugin", "no_such_plugin_module", "submit", "demo"], ExitCode.USAGE, "no_such_plugin_module"),
+        (["resume", "--checkpoint", "x", "0000"], ExitCode.USAGE, "--checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_a_code_and_stores_nothing(cli: Cli, args: list[str], code: int, says: str) -> None:
@@ -182,6 +184,8 @@ def test_read_commands(cli: Cli) -> None:
     assert op["id"] in cli("ls").stdout
     types = {t["type"]: t for t in json.loads(cli("types", "--json").stdout)}
     assert types["demo"]["runnable"] and types["codebase_indexing"]["profile"]["base_timeout"] == 3600
+    with_plugin = {t["type"] for t in json.loads(cli("--plugin", "tests.ops_for_tests", "types", "--json").stdout)}
+    assert {"ledger", "silent"} <= with_plugin
     cfg = json.loads(cli("--state-dir", str(cli.state_dir), "config", "--json").stdout)
     assert cfg["origins"]["state_dir"] == "argument" and cfg["origins"]["max_concurrent"] == "default"
     assert "FROM" in cli("config").stdout
