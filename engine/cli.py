@@ -94,6 +94,13 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     On a terminal: a live progress display. In a pipe: one line per progress report.
     Ctrl-C, SIGTERM and SIGHUP pause it with a checkpoint; `outlast resume ID` goes on.
     The exit code says how it ended (see `outlast --help`).
+
+    \b
+    Examples:
+      outlast run demo -p items=500 -p seconds=0.02
+      outlast run codebase_indexing -p root=. --profile checkpoint_interval=30
+      outlast run demo --params-json '{"items": 1000, "seconds": 0.01}' --priority high --detach
+      ID=$(outlast -q run demo --detach) && outlast watch $ID
     """
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
     if detach:
@@ -132,6 +139,12 @@ def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
     """Run queued operations: for tmux, systemd, or many machines sharing one store.
 
     SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0.
+
+    \b
+    Examples:
+      outlast worker --concurrency 4
+      outlast --store redis://queue-host:6379/0 worker      # one of many machines
+      outlast worker --exit-when-idle                      # drain the queue, e.g. from cron
     """
     mode = "json" if app.json else ("quiet" if app.quiet else "plain")
     return asyncio.run(run_worker(app.settings, concurrency, exit_when_idle, mode))

@@ -83,6 +83,13 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
     """Go on with a stopped operation from its newest valid checkpoint (or --checkpoint SEQ).
 
     In the foreground with the live display by default, like `run`.
+
+    \b
+    Examples:
+      outlast resume 06b2                    # any unique id prefix
+      outlast resume 06b2 --checkpoint 3     # from an older checkpoint (see `checkpoints`)
+      outlast resume 06b2 --detach           # in the background
+      outlast resume 06b2 --queue            # for a running `outlast worker`
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
