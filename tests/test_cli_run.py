@@ -77,15 +77,15 @@ def test_cancel_and_pause_from_other_processes_stop_a_running_operation(cli: Cli
     cli.wait_status(a, {"running"})
     cli.wait_status(b, {"running"})
 
-    r = cli("cancel", a)
+    r = cli("cancel", "--wait", "60", a)
     assert r.returncode == 0, r.stderr
     assert f"{a} cancelled" in r.stdout
-    r = cli("--json", "pause", b)
+    r = cli("--json", "pause", "--wait", "60", b)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "paused"
     assert cli.op(b).checkpoint_seq
 
-    r = cli("cancel", run_id)
+    r = cli("cancel", "--wait", "60", run_id)
     assert r.returncode == 0, r.stderr
     assert runner.wait() == 4  # the foreground run reports cancelled
 
@@ -99,7 +99,7 @@ def test_pause_from_another_process_ends_a_foreground_run_with_the_paused_code(c
     runner = cli.start(*DEMO, "-p", "items=2000")
     run_id = runner.wait_line(lambda ln: "submitted" in ln).split()[1]
     cli.wait_status(run_id, {"running"})
-    r = cli("pause", run_id)
+    r = cli("pause", "--wait", "60", run_id)
     assert r.returncode == 0 and "resume with" in r.stdout, r.stderr
     assert runner.wait() == 6
 
