@@ -81,30 +81,31 @@ class LiveView:
         top.add_column(justify="right", width=7)
         top.add_row(bar, Text("-" if pct is None else f"{pct:5.1f}%", style="bold"))
 
-        facts = Table.grid(padding=(0, 3))
-        for width in (24, 20, 22, 12):  # fixed minimums: the columns do not jump as numbers grow
-            facts.add_column(min_width=width)
         items = fmt.items(p)
         if p.failed:
             items += f" ({p.failed} failed)"
         running = op.status is Status.RUNNING
-        facts.add_row(
-            _fact("items", items),
-            _fact("rate", fmt.rate(p.rate) if running else "-"),
-            _fact("eta", fmt.duration(p.eta) if running else "-"),
-            _fact("elapsed", fmt.duration(op.elapsed)),
-        )
         left = fmt.time_left(op, now)
         deadline = fmt.duration(left) if left is not None else "-"
         if left is not None and left < 60:
             deadline = f"[bold red]{deadline}[/]"
-        checkpoint = f"#{op.checkpoint_seq}" if op.checkpoint_seq else "none yet"
-        facts.add_row(
+        cells = [
+            _fact("items", items),
+            _fact("rate", fmt.rate(p.rate) if running else "-"),
+            _fact("eta", fmt.duration(p.eta) if running else "-"),
+            _fact("elapsed", fmt.duration(op.elapsed)),
             _fact("step", p.step or "-"),
             _fact("deadline in", deadline),
-            _fact("checkpoint", checkpoint),
+            _fact("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else "none yet"),
             _fact("attempt", str(op.attempt)),
-        )
+        ]
+        # Fixed minimum widths so the columns do not jump as numbers grow; two columns when narrow.
+        widths = (24, 20, 22, 12) if self.console.width >= 100 else (30, 24)
+        facts = Table.grid(padding=(0, 3))
+        for width in widths:
+            facts.add_column(min_width=width)
+        for i in range(0, len(cells), len(widths)):
+            facts.add_row(*cells[i : i + len(widths)])
         parts: list[RenderableType] = [top, facts]
         if p.message:
             parts.append(Text(p.message, style="italic"))
