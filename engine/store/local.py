@@ -311,6 +311,13 @@ class LocalStore:
         )
         return {Status(s): n for s, n in rows}
 
+    async def counts_by_type(self) -> dict[tuple[Status, str], int]:
+        """Operations per (status, type), for metrics (one indexed GROUP BY)."""
+        rows = await self._run(
+            lambda: self._conn.execute("SELECT status, type, COUNT(*) FROM operations GROUP BY status, type").fetchall()  # type: ignore[union-attr]
+        )
+        return {(Status(s), t): n for s, t, n in rows}
+
     async def queue_depth(self) -> dict[Priority, int]:
         def do() -> dict[Priority, int]:
             out = {p: 0 for p in Priority}

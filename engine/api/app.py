@@ -1,0 +1,168 @@
+"""The FastAPI application: ``create_app(engine, token=None, allow_commands=False)``.
+
+The engine is started and stopped by whoever owns it (``serve`` does); the app adds the
+progress hub and the metrics recorder for its lifetime. Errors the engine raises on purpose
+map to one status each and a body ``{"detail": "one line"}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import __version__
+from ..engine import Engine
+from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
+from .metrics import Metrics
+from .progress import ProgressHub
+from .routes import Forbidden, metrics_router, router
+from .ws import ws_router
+
+log = logging.getLogger("outlast.api")
+
+DESCRIPTION = """Start, watch, cancel, pause and resume Outlast operations.
+
+Every operation submitted here is stored like any other: `outlast ls` and the dashboard show it.
+Live progress: open a WebSocket on `/api/operations/{id}/progress` (one operation; closes after
+its `final` message) or `/api/operations/progress` (all operations). Prometheus metrics: `/metrics`.
+"""
+
+_STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidInput, 422),
+    (Forbidden, 403),
+    (StoreError, 503),
+)
+
+
+class BearerAuth:
+    """Every HTTP request and WebSocket needs ``Authorization: Bearer TOKEN`` (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def allowed(self, scope: Scope) -> bool:
+        header = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                header = value
+        scheme, _, given = header.partition(b" ")
+        # compare_digest runs in time independent of where the values differ.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "a bearer token is required"})
+            return
+        body = json.dumps({"detail": "a valid bearer token is required (Authorization: Bearer TOKEN)"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Bearer realm="outlast"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _validation_line(exc: RequestValidationError) -> str:
+    """FastAPI's list of errors as one line naming the field: ``body.params: Field required``."""
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ".".join(loc) or "request"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            msg = f"invalid JSON ({err.get('ctx', {}).get('error', 'cannot parse')})"
+        parts.append(f"{where}: {msg}")
+    more = len(exc.errors()) - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _install_errors(app: FastAPI) -> None:
+    async def outlast_error(request: Request, exc: Exception) -> JSONResponse:
+        status = next((code for cls, code in _STATUS_OF if isinstance(exc, cls)), 500)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _validation_line(exc)}, status_code=422)
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:  # a body that is not even text: invalid input like any other
+            return JSONResponse({"detail": f"body: {exc.detail}"}, status_code=422)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(OutlastError, outlast_error)
+    app.add_exception_handler(Forbidden, outlast_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def create_app(engine: Engine, token: str | None = None, allow_commands: bool = False) -> FastAPI:
+    """The API on ``engine`` (started by the caller). With ``token``, every request must carry it."""
+    hub = ProgressHub(engine)
+    metrics = Metrics(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.start()
+        metrics.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await metrics.stop()
+
+    app = FastAPI(title="Outlast", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.engine = engine
+    app.state.hub = hub
+    app.state.metrics = metrics
+    app.state.allow_commands = allow_commands
+    app.include_router(router)
+    app.include_router(metrics_router)
+    app.include_router(ws_router)
+    _install_errors(app)
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+        _document_bearer(app)
+    return app
+
+
+def _document_bearer(app: FastAPI) -> None:
+    """Say in /openapi.json that every endpoint needs the bearer token."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

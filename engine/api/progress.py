@@ -1,0 +1,234 @@
+"""The progress hub: one place that turns engine events and store polls into WebSocket messages.
+
+Operations this server's engine runs are seen at once through its events; operations run by
+any other process sharing the store (``outlast worker``, ``outlast run``) are seen by reading
+the store every ``poll`` seconds. One hub serves every WebSocket, so many clients cost one poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine import Engine
+from ..models import (
+    ACTIVE,
+    SETTLED,
+    CheckpointSaved,
+    Event,
+    ItemFailed,
+    LogEmitted,
+    NotFound,
+    Operation,
+    ProgressReported,
+    Status,
+    StatusChanged,
+    TimeoutExtended,
+)
+from .schemas import FinalMessage, ProgressOut, ProgressUpdate, StatusMessage
+
+log = logging.getLogger("outlast.api")
+Message = dict[str, Any]
+_SEEN_MAX = 10_000
+_ACTIVE_MAX = 1000
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One WebSocket: all operations (``op_id`` None) or one. Slow readers lose their oldest messages."""
+
+    op_id: str | None
+    queue: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(2000))
+
+    def put(self, msg: Message) -> None:
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+        self.queue.put_nowait(msg)
+
+    def wants(self, op_id: str, kind: str) -> bool:
+        if self.op_id is None:
+            return kind != "log"  # logs only on one operation's stream
+        return self.op_id == op_id
+
+
+def progress_key(op: Operation) -> tuple[Any, ...]:
+    p = op.progress
+    return (op.status, p.done, p.total, p.failed, p.step, p.message)
+
+
+def progress_message(op: Operation) -> Message:
+    return ProgressUpdate(
+        operation_id=op.id, status=op.status, progress=ProgressOut.of(op.progress), timestamp=time.time()
+    ).model_dump(mode="json")
+
+
+def final_message(op: Operation) -> Message:
+    return FinalMessage(
+        operation_id=op.id,
+        status=op.status,
+        result=op.result,
+        error=op.error,
+        message=op.status_message,
+        resumable=op.status.resumable,
+        progress=ProgressOut.of(op.progress),
+        timestamp=time.time(),
+    ).model_dump(mode="json")
+
+
+def event_message(ev: Event) -> Message:
+    """Lifecycle events other than status changes, as plain JSON messages."""
+    name = {
+        CheckpointSaved: "checkpoint_saved",
+        TimeoutExtended: "timeout_extended",
+        ItemFailed: "item_failed",
+        LogEmitted: "log",
+    }[type(ev)]
+    body = ev.model_dump(mode="json")
+    body["timestamp"] = body.pop("ts")
+    if isinstance(ev, LogEmitted):
+        body.update(body.pop("record"))
+        body.pop("ts", None)
+    return {"type": name, **body}
+
+
+class ProgressHub:
+    """Fans messages out to subscribers; knows the last status and progress it announced per operation."""
+
+    def __init__(self, engine: Engine, poll: float = 0.5) -> None:
+        self.engine = engine
+        self.poll = poll
+        self._subs: set[Subscriber] = set()
+        self._seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._events: asyncio.Queue[Event] = asyncio.Queue(10_000)
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe = None
+        self._since = time.time()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = self.engine.subscribe(self._on_event)
+        self._task = asyncio.create_task(self._run(), name="outlast-api-progress")
+
+    async def stop(self) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def add(self, sub: Subscriber) -> None:
+        if not self._subs:
+            self._seen.clear()
+            self._since = time.time()
+        self._subs.add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    # ---- input -------------------------------------------------------------------------------------
+
+    def _on_event(self, ev: Event) -> None:
+        if not self._subs or isinstance(ev, ProgressReported):
+            return  # progress is sampled by the poll (live for this engine's operations)
+        if isinstance(ev, LogEmitted) and not any(s.op_id == ev.operation_id for s in self._subs):
+            return
+        if self._events.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._events.get_nowait()
+        self._events.put_nowait(ev)
+
+    async def _run(self) -> None:
+        next_poll = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            timeout = max(0.0, next_poll - loop.time())
+            try:
+                ev = await asyncio.wait_for(self._events.get(), timeout)
+            except TimeoutError:
+                ev = None
+            try:
+                if ev is not None:
+                    await self._handle_event(ev)
+                elif self._subs:
+                    await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("progress hub: update failed")
+            if ev is None:
+                next_poll = loop.time() + self.poll
+
+    # ---- output ------------------------------------------------------------------------------------
+
+    def _send(self, op_id: str, kind: str, msg: Message) -> None:
+        for sub in list(self._subs):
+            if sub.wants(op_id, kind):
+                sub.put(msg)
+
+    async def _handle_event(self, ev: Event) -> None:
+        if isinstance(ev, StatusChanged):
+            try:
+                op = await self.engine.get(ev.operation_id)
+            except NotFound:
+                return
+            self._observe(op, previous=ev.previous, message=ev.message, status=ev.status)
+        else:
+            self._send(ev.operation_id, "event", event_message(ev))
+
+    def _observe(
+        self,
+        op: Operation,
+        previous: Status | None = None,
+        message: str | None = None,
+        status: Status | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """Announce what changed about ``op`` since it was last seen."""
+        old = self._seen.get(op.id)
+        key = progress_key(op)
+        self._seen[op.id] = key
+        self._seen.move_to_end(op.id)
+        while len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+        if old is None and fresh and op.status in SETTLED:
+            return  # settled before anyone was watching: nothing to announce
+        if old is None or old[0] != op.status:
+            msg = StatusMessage(
+                operation_id=op.id,
+                status=op.status,
+                previous=old[0] if old is not None else previous,
+                message=message if status is op.status else op.status_message,
+                timestamp=time.time(),
+            )
+            self._send(op.id, "status", msg.model_dump(mode="json"))
+        if op.status in SETTLED:
+            if old is None or old[0] != op.status:
+                self._send(op.id, "final", final_message(op))
+        elif old != key:
+            self._send(op.id, "progress", progress_message(op))
+
+    async def _poll(self) -> None:
+        seen: dict[str, Operation] = {}
+        if any(s.op_id is None for s in self._subs):
+            for op in await self.engine.list(statuses=list(ACTIVE), limit=_ACTIVE_MAX):
+                seen[op.id] = op
+            for op in await self.engine.list(limit=20):  # what started and ended between two polls
+                seen.setdefault(op.id, op)
+            gone = [i for i, k in self._seen.items() if k[0] in ACTIVE and i not in seen]
+        else:
+            gone = []
+        wanted = {s.op_id for s in self._subs if s.op_id is not None} | set(gone)
+        for op_id in wanted - set(seen):
+            with contextlib.suppress(NotFound):
+                seen[op_id] = await self.engine.get(op_id)
+        for op in seen.values():
+            fresh = op.id not in self._seen and (op.finished_at or op.updated_at) < self._since
+            self._observe(op, fresh=fresh)

@@ -1,0 +1,292 @@
+"""The REST endpoints: submit, read, list, control, checkpoints, logs, types, health, metrics.
+
+Handlers call only the engine's public API; its errors become statuses in ``app.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import Path as PathParam
+
+from .. import __version__
+from ..engine import Engine
+from ..models import ID_RE, SETTLED, Operation, OperationSpec, Status
+from ..registry import handlers
+from .metrics import CONTENT_TYPE
+from .schemas import (
+    CheckpointList,
+    ControlOut,
+    ErrorOut,
+    Health,
+    LogPage,
+    OperationOut,
+    OperationPage,
+    ResumeIn,
+    SubmitIn,
+    SubmitOut,
+    TypeOut,
+)
+
+COMMAND_TYPE = "command"
+SEED_ENDPOINTS = {
+    "codebase/index": "codebase_indexing",
+    "testing/comprehensive": "comprehensive_test_suite",
+    "knowledge-base/populate": "kb_population",
+    "security/scan": "security_scan",
+}
+"""The seed's typed submit endpoints and the operation type each one queues."""
+
+
+class Forbidden(Exception):
+    """The server was not started to allow this (``command`` operations without --allow-commands)."""
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    words = {
+        403: "Not allowed on this server",
+        404: "No operation matches the id",
+        409: "The operation's state does not allow this",
+        422: "Invalid input (the field or id is named)",
+    }
+    return {c: {"model": ErrorOut, "description": words[c]} for c in codes}
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+OpId = Annotated[
+    str,
+    PathParam(
+        description="An operation id, or a unique prefix of one",
+        examples=["06b2w5rv"],
+        json_schema_extra={"pattern": "^[0-9a-hjkmnp-tv-z]{1,13}$"},  # documented; the engine says what is wrong
+    ),
+]
+
+router = APIRouter(prefix="/api")
+
+
+async def resolve(engine: Engine, raw: str) -> str:
+    """A full id, or the one id a prefix names (NotFound / InvalidInput otherwise)."""
+    return raw if ID_RE.match(raw) else await engine.resolve(raw)
+
+
+def _forbid_command(request: Request, type_: str) -> None:
+    if type_ == COMMAND_TYPE and not request.app.state.allow_commands:
+        raise Forbidden("command operations are disabled on this server (start it with --allow-commands)")
+
+
+async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
+    _forbid_command(request, spec.type)
+    op = await engine.submit(spec)
+    url = f"/api/operations/{op.id}"
+    response.headers["Location"] = url
+    return SubmitOut(operation_id=op.id, type=op.type, status=op.status, url=url)
+
+
+@router.post(
+    "/operations",
+    status_code=202,
+    response_model=SubmitOut,
+    responses=_errors(403, 422),
+    summary="Queue an operation of any registered type",
+    tags=["operations"],
+)
+async def submit(request: Request, response: Response, engine: EngineDep, spec: OperationSpec) -> SubmitOut:
+    return await _submit(request, response, engine, spec)
+
+
+def _typed_endpoint(path: str, type_: str) -> None:
+    async def endpoint(
+        request: Request, response: Response, engine: EngineDep, body: Annotated[SubmitIn | None, Body()] = None
+    ) -> SubmitOut:
+        return await _submit(request, response, engine, (body or SubmitIn()).spec(type_))
+
+    router.add_api_route(
+        f"/operations/{path}",
+        endpoint,
+        methods=["POST"],
+        status_code=202,
+        response_model=SubmitOut,
+        responses=_errors(422),
+        summary=f"Queue a {type_} operation",
+        operation_id=f"submit_{type_}",
+        tags=["operations"],
+    )
+
+
+for _path, _type in SEED_ENDPOINTS.items():
+    _typed_endpoint(_path, _type)
+
+
+@router.get(
+    "/operations/",
+    response_model=OperationPage,
+    responses=_errors(422),
+    summary="List operations, newest first",
+    tags=["operations"],
+)
+async def list_operations(
+    engine: EngineDep,
+    status: Annotated[list[Status] | None, Query(description="Only these statuses (repeat for several)")] = None,
+    types: Annotated[list[str] | None, Query(alias="type", description="Only these types (repeat for several)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> OperationPage:
+    ops = await engine.list(statuses=status, types=types, limit=limit + 1, offset=offset)
+    more = len(ops) > limit
+    return OperationPage(
+        items=[OperationOut.of(o) for o in ops[:limit]],
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if more else None,
+    )
+
+
+router.add_api_route(
+    "/operations",
+    list_operations,
+    methods=["GET"],
+    response_model=OperationPage,
+    responses=_errors(422),
+    summary="List operations, newest first (the same as /api/operations/)",
+    operation_id="list_operations_no_slash",
+    tags=["operations"],
+)
+
+
+@router.get(
+    "/operations/{op_id}",
+    response_model=OperationOut,
+    responses=_errors(404, 422),
+    summary="One operation's record",
+    tags=["operations"],
+)
+async def get_operation(engine: EngineDep, op_id: OpId) -> OperationOut:
+    return OperationOut.of(await engine.get(await resolve(engine, op_id)))
+
+
+def _control_out(op: Operation, action: str) -> ControlOut:
+    pending = op.status not in SETTLED and not (action == "resume" and op.status is Status.QUEUED)
+    if action == "resume":
+        message = op.status_message or "queued again"
+    elif pending:
+        message = f"{action} requested: the operation stops at its next safe point, with a checkpoint"
+    else:
+        message = op.status_message or op.status.value
+    return ControlOut(operation_id=op.id, action=action, status=op.status, pending=pending, message=message)  # type: ignore[arg-type]
+
+
+_PENDING = "Requested: a running operation stops at its next safe point"
+
+
+def _control_route(action: str) -> None:
+    async def endpoint(engine: EngineDep, op_id: OpId, response: Response) -> ControlOut:
+        full = await resolve(engine, op_id)
+        op = await (engine.cancel(full) if action == "cancel" else engine.pause(full))
+        out = _control_out(op, action)
+        response.status_code = 202 if out.pending else 200
+        return out
+
+    router.add_api_route(
+        f"/operations/{{op_id}}/{action}",
+        endpoint,
+        methods=["POST"],
+        response_model=ControlOut,
+        responses={202: {"model": ControlOut, "description": _PENDING}, **_errors(404, 409, 422)},
+        summary=f"{action.capitalize()} an operation (a running one stops at its next safe point, with a checkpoint)",
+        operation_id=f"{action}_operation",
+        tags=["control"],
+    )
+
+
+for _action in ("cancel", "pause"):
+    _control_route(_action)
+
+
+@router.post(
+    "/operations/{op_id}/resume",
+    status_code=202,
+    response_model=ControlOut,
+    responses=_errors(403, 404, 409, 422),
+    summary="Queue a stopped operation again, from its newest valid checkpoint or the one given",
+    tags=["control"],
+)
+async def resume_operation(
+    request: Request, engine: EngineDep, op_id: OpId, body: Annotated[ResumeIn | None, Body()] = None
+) -> ControlOut:
+    full = await resolve(engine, op_id)
+    _forbid_command(request, (await engine.get(full)).type)
+    op = await engine.resume(full, (body or ResumeIn()).checkpoint)
+    return _control_out(op, "resume")
+
+
+@router.get(
+    "/operations/{op_id}/checkpoints",
+    response_model=CheckpointList,
+    responses=_errors(404, 422),
+    summary="An operation's checkpoints, newest first (without their state)",
+    tags=["operations"],
+)
+async def list_checkpoints(engine: EngineDep, op_id: OpId) -> CheckpointList:
+    full = await resolve(engine, op_id)
+    await engine.get(full)  # NotFound for an id that is well formed but unknown
+    return CheckpointList(operation_id=full, checkpoints=await engine.checkpoints(full))
+
+
+@router.get(
+    "/operations/{op_id}/logs",
+    response_model=LogPage,
+    responses=_errors(404, 422),
+    summary="An operation's log records from an offset (pass next_offset back to follow)",
+    tags=["operations"],
+)
+async def read_logs(
+    engine: EngineDep,
+    op_id: OpId,
+    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> LogPage:
+    full = await resolve(engine, op_id)
+    await engine.get(full)
+    records, next_offset = await engine.logs(full, offset, limit)
+    return LogPage(operation_id=full, records=records, next_offset=next_offset)
+
+
+@router.get("/types", response_model=list[TypeOut], summary="Registered operation types", tags=["meta"])
+async def list_types(engine: EngineDep) -> list[TypeOut]:
+    return [
+        TypeOut(
+            type=t,
+            description=h.description,
+            source=h.source,
+            params_schema=h.params.model_json_schema(),
+            profile=engine.settings.profile(t).model_dump(mode="json"),
+        )
+        for t, h in handlers().items()
+    ]
+
+
+@router.get("/health", response_model=Health, summary="The server is up; its store and slots", tags=["meta"])
+async def health(engine: EngineDep) -> Health:
+    store = engine.store.url.rsplit("@", 1)[-1]  # never a password from a redis URL
+    return Health(version=__version__, store=store, slots=engine.max_concurrent, running=len(engine.running_ids))
+
+
+metrics_router = APIRouter()
+
+
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+    tags=["meta"],
+)
+async def metrics(request: Request) -> Response:
+    body = await request.app.state.metrics.render()
+    return Response(body, media_type=CONTENT_TYPE)

@@ -1,0 +1,176 @@
+"""Request and response bodies of the HTTP API, and the WebSocket messages (pydantic, no FastAPI).
+
+Request bodies reuse the engine's own models (``OperationSpec``) so the API accepts exactly what
+the CLI does and names the same field when something is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models import Checkpoint, LogRecord, Operation, OperationSpec, Priority, Progress, Status
+
+
+class ErrorOut(BaseModel):
+    """Every error: one line saying what is wrong (the field, the id, the state)."""
+
+    detail: str
+
+
+class SubmitIn(BaseModel):
+    """The body of the typed submit endpoints: an OperationSpec without its type (set by the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    profile: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(default=None, max_length=200)
+    total_items: int | None = Field(default=None, ge=0)
+    timeout: float | None = Field(default=None, gt=0)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    def spec(self, type_: str) -> OperationSpec:
+        return OperationSpec(type=type_, **self.model_dump())
+
+
+class SubmitOut(BaseModel):
+    operation_id: str
+    type: str
+    status: Status
+    url: str
+    """Where the record is: ``GET`` it, or open ``{url}/progress`` as a WebSocket."""
+
+
+class ResumeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: int | None = Field(default=None, ge=0)
+    """The checkpoint seq to resume from (default: the newest valid one)."""
+
+
+class ControlOut(BaseModel):
+    """The answer to cancel, pause and resume."""
+
+    operation_id: str
+    action: Literal["cancel", "pause", "resume"]
+    status: Status
+    """The status now. A running operation stops at its next safe point: ``pending`` is then true."""
+    pending: bool
+    message: str
+
+
+class ProgressOut(BaseModel):
+    """Progress as the WebSocket and the records show it: ``percent`` is computed."""
+
+    percent: float | None = None
+    done: int = 0
+    total: int | None = None
+    failed: int = 0
+    skipped: int = 0
+    rate: float | None = None
+    eta: float | None = None
+    step: str | None = None
+    message: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    updated_at: float | None = None
+
+    @classmethod
+    def of(cls, p: Progress) -> ProgressOut:
+        return cls(
+            percent=p.percent,
+            done=p.done,
+            total=p.total,
+            failed=p.failed,
+            skipped=p.skipped,
+            rate=p.rate,
+            eta=p.eta,
+            step=p.step,
+            message=p.message,
+            metrics=dict(p.metrics),
+            updated_at=p.updated_at,
+        )
+
+
+class OperationOut(Operation):
+    """The stored record, with its progress as ``ProgressOut`` (percent included)."""
+
+    progress: ProgressOut = Field(default_factory=ProgressOut)  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, op: Operation) -> OperationOut:
+        data = {k: getattr(op, k) for k in Operation.model_fields if k != "progress"}
+        return cls.model_construct(**data, progress=ProgressOut.of(op.progress))
+
+
+class OperationPage(BaseModel):
+    items: list[OperationOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+    """The offset of the next page, or null when this page is the last."""
+
+
+class CheckpointList(BaseModel):
+    operation_id: str
+    checkpoints: list[Checkpoint]
+    """Newest first; ``state`` is left out of listings."""
+
+
+class LogPage(BaseModel):
+    operation_id: str
+    records: list[LogRecord]
+    next_offset: int
+    """Pass as ``offset`` to read what was written after this page."""
+
+
+class TypeOut(BaseModel):
+    type: str
+    description: str
+    source: str
+    params_schema: dict[str, Any]
+    profile: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    store: str
+    slots: int
+    running: int
+
+
+# ---- WebSocket messages (documented here; WebSockets are not part of OpenAPI) --------------------
+
+
+class ProgressUpdate(BaseModel):
+    type: Literal["progress_update"] = "progress_update"
+    operation_id: str
+    status: Status
+    progress: ProgressOut
+    timestamp: float
+
+
+class StatusMessage(BaseModel):
+    type: Literal["status_changed"] = "status_changed"
+    operation_id: str
+    status: Status
+    previous: Status | None = None
+    message: str | None = None
+    timestamp: float
+
+
+class FinalMessage(BaseModel):
+    """Sent once when an operation settles (completed, failed, cancelled, timed out, paused, interrupted)."""
+
+    type: Literal["final"] = "final"
+    operation_id: str
+    status: Status
+    result: Any = None
+    error: str | None = None
+    message: str | None = None
+    resumable: bool
+    progress: ProgressOut
+    timestamp: float

@@ -1,0 +1,160 @@
+"""``outlast serve``: the HTTP API and an engine that runs queued work, on one event loop.
+
+Loopback by default; any other address needs a bearer token (``--token-file`` or
+OUTLAST_API_TOKEN). SIGINT, SIGTERM and SIGHUP stop taking requests and pause running
+operations with a checkpoint, as ``outlast worker`` does; a second signal forces the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..cli_exit import ExitCode
+from ..config import Settings
+from ..models import InvalidInput, OutlastError, StoreError
+
+TOKEN_ENV = "OUTLAST_API_TOKEN"
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything, so it counts as exposed
+
+
+def load_token(host: str, token_file: str | None, env: dict[str, str] | None = None) -> str | None:
+    """The bearer token from the file or the environment; InvalidInput when one is needed and missing."""
+    env = dict(os.environ) if env is None else env
+    token: str | None
+    if token_file:
+        try:
+            token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"--token-file {token_file}: cannot read it ({e})") from None
+        if not token:
+            raise InvalidInput(f"--token-file {token_file}: the file is empty")
+    else:
+        token = env.get(TOKEN_ENV, "").strip() or None
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidInput(
+            f"the API token is too short ({len(token)} characters): use at least {MIN_TOKEN_LENGTH}, e.g. from "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if token is None and not is_loopback(host):
+        raise InvalidInput(
+            f"--host {host} is not a loopback address: a bearer token is required (--token-file FILE or {TOKEN_ENV})"
+        )
+    return token
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now so a busy port is one clear line before anything starts."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InvalidInput(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise InvalidInput(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    token_file: str | None = None,
+    allow_commands: bool = False,
+) -> int:
+    """Run the API until a signal; returns the exit code. Errors are one line on stderr."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"outlast serve: the API needs the api extra ({e}): pip install 'outlast[api]'", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        token = load_token(host, token_file)
+        sock = bind(host, port)
+    except InvalidInput as e:
+        print(f"outlast serve: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return asyncio.run(_serve(settings, sock, token, allow_commands))
+    except StoreError as e:
+        print(f"outlast serve: {e}", file=sys.stderr)
+        return ExitCode.STORE
+    except OutlastError as e:
+        print(f"outlast serve: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    finally:
+        sock.close()
+
+
+async def _serve(settings: Settings, sock: socket.socket, token: str | None, allow_commands: bool) -> int:
+    import uvicorn
+
+    from ..engine import Engine
+    from ..store import open_store
+    from .app import create_app
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # signals are handled below, on the loop, so the engine gets to pause its work
+
+    engine = Engine(open_store(settings.store or settings.state_dir), settings=settings, worker_name="api")
+    app = create_app(engine, token=token, allow_commands=allow_commands)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, ws_ping_interval=20, proxy_headers=False
+    )
+    server = Server(config)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    async with engine:
+        _install_signals(server, engine)
+        print(
+            f"outlast: API on http://{shown}:{port} ({'bearer token required' if token else 'no token'}; "
+            f"{engine.max_concurrent} slots; store {engine.store.url.rsplit('@', 1)[-1]}); "
+            "Ctrl-C or SIGTERM pauses running work with a checkpoint",
+            flush=True,
+        )
+        await server.serve(sockets=[sock])
+    print("outlast: API stopped", flush=True)
+    return ExitCode.OK
+
+
+def _install_signals(server: Any, engine: Any) -> None:
+    loop = asyncio.get_running_loop()
+    count = [0]
+
+    def on_signal(sig: int) -> None:
+        count[0] += 1
+        server.should_exit = True
+        engine.drain("shutdown")
+        if count[0] > 1:
+            server.force_exit = True
+            engine.settings.grace_period = 0
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
