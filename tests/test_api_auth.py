@@ -1,0 +1,91 @@
+"""Security of ``outlast serve``: loopback by default, a bearer token for anything wider, clean start-up errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_api import CLI, REPO, TOKEN, Server, api_env, free_port
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+ws_client = pytest.importorskip("websockets.sync.client")
+InvalidStatus = pytest.importorskip("websockets.exceptions").InvalidStatus
+pytestmark = pytest.mark.timeout(120)
+
+
+def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "serve", "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=api_env(tmp_path, **env),
+        cwd=REPO,
+    )
+
+
+def test_wide_bind_without_token_refuses_to_start(tmp_path: Path) -> None:
+    r = serve(tmp_path, "--host", "0.0.0.0")
+    assert r.returncode == 2
+    assert "0.0.0.0 is not a loopback address" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    r = serve(tmp_path, "--host", "0.0.0.0", "--token-file", str(short))
+    assert r.returncode == 2 and "too short" in r.stderr
+    r = serve(tmp_path, "--token-file", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "cannot read" in r.stderr
+    assert not (tmp_path / "state").exists()  # nothing was opened or stored
+
+
+def test_busy_port_is_one_line(tmp_path: Path, api: Server) -> None:
+    r = subprocess.run(
+        [*CLI, "serve", "--port", str(api.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=api_env(tmp_path),
+        cwd=REPO,
+    )
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{api.port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_token_required_on_a_wide_bind(tmp_path: Path, start_server) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    srv = start_server("--host", "0.0.0.0", "--token-file", str(token_file), token=TOKEN)
+    bare = httpx.Client(base_url=srv.url, timeout=30)
+    for path in ("/api/operations/", "/api/health", "/metrics", "/openapi.json"):
+        r = bare.get(path)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), path
+    r = bare.get("/api/operations/", headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})
+    assert r.status_code == 401
+    r = bare.post("/api/operations", json={"type": "demo"})
+    assert r.status_code == 401
+    assert srv.http.get("/api/operations/").json()["items"] == []  # the refused submit stored nothing
+
+    with pytest.raises(InvalidStatus) as refused:
+        ws_client.connect(f"{srv.ws_url}/api/operations/progress", open_timeout=30)
+    assert refused.value.response.status_code == 403
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with ws_client.connect(f"{srv.ws_url}/api/operations/progress", additional_headers=headers) as ws:
+        assert '"snapshot"' in ws.recv(timeout=20)
+    assert "bearer" in srv.http.get("/openapi.json").json()["components"]["securitySchemes"]
+
+
+def test_sigterm_pauses_running_work_with_a_checkpoint(start_server) -> None:
+    srv = start_server(token=TOKEN, OUTLAST_API_TOKEN=TOKEN)  # the token from the environment, on loopback
+    op_id = srv.submit(params={"items": 1000, "seconds": 0.02}, profile={"checkpoint_interval": 60})
+    srv.wait_status(op_id, {"running"})
+    assert srv.stop(signal.SIGTERM) == 0
+    assert "API stopped" in srv.output()
+    again = Server(srv.root, token=TOKEN, OUTLAST_API_TOKEN=TOKEN, OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    try:
+        op = again.op(op_id)
+        assert op["status"] == "paused" and op["checkpoint_seq"] and op["progress"]["done"] > 0
+    finally:
+        again.stop(signal.SIGKILL)

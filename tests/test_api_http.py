@@ -1,0 +1,191 @@
+"""The REST endpoints against a real ``outlast serve``: submit, read, list, control, errors, metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.fixtures_api import CLI, REPO, Server, poll
+
+pytest.importorskip("fastapi")
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_submit_get_list_and_outlast_ls(api: Server) -> None:
+    r = api.http.post("/api/operations", json={"type": "demo", "params": {"items": 5, "seconds": 0.01}, "name": "web"})
+    assert r.status_code == 202
+    op_id = r.json()["operation_id"]
+    assert r.headers["location"] == f"/api/operations/{op_id}"
+    final = api.wait_status(op_id, {"completed"})
+    assert final["result"]["items"] == 5 and final["progress"]["percent"] == 100.0
+    assert api.op(op_id[:9])["id"] == op_id  # a unique prefix works too
+    # Submitted over HTTP, it is an operation like any other: the CLI lists it.
+    ls = subprocess.run([*CLI, "ls", "--json"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
+    assert ls.returncode == 0, ls.stderr
+    assert op_id in ls.stdout
+
+    listed = api.http.get("/api/operations/", params={"status": "completed", "type": "demo"}).json()
+    assert op_id in [o["id"] for o in listed["items"]]
+    assert all(o["status"] == "completed" for o in listed["items"])
+    assert api.http.get("/api/operations", params={"type": "nope"}).json()["items"] == []
+
+
+def test_pagination(api: Server) -> None:
+    ids = [api.submit(params={"items": 1, "seconds": 0}, tags={"page": "yes"}) for _ in range(3)]
+    first = api.http.get("/api/operations/", params={"limit": 2}).json()
+    assert first["next_offset"] == 2 and len(first["items"]) == 2
+    second = api.http.get("/api/operations/", params={"limit": 2, "offset": 2}).json()
+    seen = [o["id"] for o in first["items"] + second["items"]]
+    assert ids[2] == seen[0] and ids[1] == seen[1] and ids[0] == seen[2]  # newest first, no overlap
+
+
+def test_errors_name_what_is_wrong(api: Server) -> None:
+    h = api.http
+    r = h.get("/api/operations/zzzzzzzzzzzzz")
+    assert r.status_code == 404 and "zzzzzzzzzzzzz" in r.json()["detail"]
+    r = h.get("/api/operations/NOT-AN-ID")
+    assert r.status_code == 422 and "invalid operation id" in r.json()["detail"]
+    for path in ("cancel", "pause", "resume"):
+        assert h.post(f"/api/operations/zzzzzzzzzzzzz/{path}").status_code == 404
+    assert h.get("/api/operations/zzzzzzzzzzzzz/checkpoints").status_code == 404
+    assert h.get("/api/operations/zzzzzzzzzzzzz/logs").status_code == 404
+
+    r = h.post("/api/operations", json={"type": "demo", "params": {"items": -1}})
+    assert r.status_code == 422 and "items" in r.json()["detail"]
+    r = h.post("/api/operations", json={"type": "demo", "priority": "urgent"})
+    assert r.status_code == 422 and "priority" in r.json()["detail"]
+    r = h.post("/api/operations", json={"type": "demo", "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["detail"]
+    r = h.post("/api/operations", json={"type": "demo", "profile": {"checkpoint_interval": -1}})
+    assert r.status_code == 422 and "checkpoint_interval" in r.json()["detail"]
+    r = h.post("/api/operations", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    r = h.get("/api/operations/", params={"status": "sleeping"})
+    assert r.status_code == 422 and "status" in r.json()["detail"]
+    r = h.get("/api/operations/", params={"limit": 0})
+    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    # Nothing of the above was stored.
+    assert all(
+        o["params"].get("items") != -1 for o in h.get("/api/operations/", params={"limit": 1000}).json()["items"]
+    )
+
+
+def test_command_operations_need_allow_commands(api: Server) -> None:
+    before = len(api.http.get("/api/operations/", params={"limit": 1000}).json()["items"])
+    r = api.http.post("/api/operations", json={"type": "command", "params": {"argv": ["true"]}})
+    assert r.status_code == 403 and "--allow-commands" in r.json()["detail"]
+    assert len(api.http.get("/api/operations/", params={"limit": 1000}).json()["items"]) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "type_"),
+    [
+        ("codebase/index", "codebase_indexing"),
+        ("testing/comprehensive", "comprehensive_test_suite"),
+        ("knowledge-base/populate", "kb_population"),
+        ("security/scan", "security_scan"),
+    ],
+)
+def test_typed_endpoints_queue_their_type(api: Server, path: str, type_: str) -> None:
+    # Bad params never reach a handler: an unknown top-level field is refused by name.
+    r = api.http.post(f"/api/operations/{path}", json={"colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["detail"]
+    registered = {t["type"] for t in api.http.get("/api/types").json()}
+    r = api.http.post(f"/api/operations/{path}", json={"priority": "low", "params": {}})
+    if type_ in registered:
+        assert r.status_code in (202, 422), r.text  # 422 only for params the handler requires
+        if r.status_code == 202:
+            assert api.op(r.json()["operation_id"])["type"] == type_
+            api.http.post(f"/api/operations/{r.json()['operation_id']}/cancel")
+    else:
+        assert r.status_code == 422 and type_ in r.json()["detail"]
+
+
+def test_pause_checkpoints_resume_logs(api: Server) -> None:
+    op_id = api.submit(params={"items": 400, "seconds": 0.02}, profile={"checkpoint_interval": 0.3})
+    api.wait_status(op_id, {"running"})
+    poll(lambda: api.op(op_id)["progress"]["done"] >= 20, what="progress")
+    r = api.http.post(f"/api/operations/{op_id}/resume")
+    assert r.status_code == 409 and "running" in r.json()["detail"]  # resume of a running operation
+
+    r = api.http.post(f"/api/operations/{op_id}/pause")
+    assert r.status_code in (200, 202) and r.json()["action"] == "pause"
+    paused = api.wait_status(op_id, {"paused"})
+    cps = api.http.get(f"/api/operations/{op_id}/checkpoints").json()["checkpoints"]
+    assert cps and cps[0]["seq"] == paused["checkpoint_seq"] and "state" in cps[0]
+    oldest = cps[-1]["seq"]
+
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint": 9999})
+    assert r.status_code == 422 and "9999" in r.json()["detail"]
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint": oldest})
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    final = api.wait_status(op_id, {"completed"}, timeout=60)
+    assert final["attempt"] == 2 and final["result"]["sum"] == sum(range(400))
+
+    page = api.http.get(f"/api/operations/{op_id}/logs").json()
+    assert any("resuming from checkpoint" in rec["message"] for rec in page["records"])
+    rest = api.http.get(f"/api/operations/{op_id}/logs", params={"offset": page["next_offset"]}).json()
+    assert rest["records"] == [] and rest["next_offset"] == page["next_offset"]
+
+    r = api.http.post(f"/api/operations/{op_id}/cancel")
+    assert r.status_code == 409 and "completed" in r.json()["detail"]
+
+
+def test_cancel_queued_is_immediate(observer: Server) -> None:
+    op_id = observer.submit(params={"items": 10})  # the observer's engine never starts it
+    r = observer.http.post(f"/api/operations/{op_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["pending"] is False
+    assert observer.op(op_id)["status"] == "cancelled"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    m = re.search(r"^" + pattern + "$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics(api: Server) -> None:
+    op_id = api.submit(params={"items": 10, "seconds": 0.01, "fail_every": 4}, profile={"checkpoint_interval": 0.05})
+    api.wait_status(op_id, {"completed", "failed"})
+    r = api.http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert _metric(text, "outlast_operations", status="completed", type="demo") >= 1
+    assert _metric(text, "outlast_item_failures_total", type="demo") >= 2
+    assert _metric(text, "outlast_checkpoint_seconds_count", type="demo") >= 1
+    assert _metric(text, "outlast_checkpoint_bytes_count", type="demo") >= 1
+    assert _metric(text, "outlast_operations_settled_total", status="completed", type="demo") >= 1
+    for prio in ("high", "normal", "low"):
+        assert f'outlast_queue_depth{{priority="{prio}"}}' in text
+    assert _metric(text, "outlast_slots") == 3
+    assert "outlast_slots_in_use" in text and "# TYPE outlast_timeouts_total counter" in text
+
+
+def test_openapi_documents_every_endpoint(api: Server) -> None:
+    doc = api.http.get("/openapi.json").json()
+    paths = doc["paths"]
+    for path, method in [
+        ("/api/operations", "post"),
+        ("/api/operations/", "get"),
+        ("/api/operations/codebase/index", "post"),
+        ("/api/operations/testing/comprehensive", "post"),
+        ("/api/operations/knowledge-base/populate", "post"),
+        ("/api/operations/security/scan", "post"),
+        ("/api/operations/{op_id}", "get"),
+        ("/api/operations/{op_id}/cancel", "post"),
+        ("/api/operations/{op_id}/pause", "post"),
+        ("/api/operations/{op_id}/resume", "post"),
+        ("/api/operations/{op_id}/checkpoints", "get"),
+        ("/api/operations/{op_id}/logs", "get"),
+        ("/metrics", "get"),
+    ]:
+        responses = paths[path][method]["responses"]
+        ok = next(c for c in responses if c.startswith("2"))
+        assert responses[ok].get("content"), f"{method} {path} documents no response body"
+    assert "404" in paths["/api/operations/{op_id}"]["get"]["responses"]
+    assert "409" in paths["/api/operations/{op_id}/resume"]["post"]["responses"]
+    assert json.dumps(doc)  # serialisable as served

@@ -1,0 +1,116 @@
+"""WebSocket progress, and control of operations run by another process (``outlast worker``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.fixtures_api import CLI, REPO, Server, poll
+
+pytest.importorskip("fastapi")
+ws_client = pytest.importorskip("websockets.sync.client")
+_wsx = pytest.importorskip("websockets.exceptions")
+ConnectionClosed, ConnectionClosedOK = _wsx.ConnectionClosed, _wsx.ConnectionClosedOK
+pytestmark = pytest.mark.timeout(120)
+
+
+def read_until(ws: Any, pred: Any, timeout: float = 40.0) -> list[dict[str, Any]]:
+    """Messages up to and including the first one ``pred`` accepts."""
+    got: list[dict[str, Any]] = []
+    while True:
+        msg = json.loads(ws.recv(timeout=timeout))
+        got.append(msg)
+        if pred(msg):
+            return got
+
+
+def test_one_operation_progress_then_final_and_close(api: Server) -> None:
+    op_id = api.submit(params={"items": 40, "seconds": 0.05}, profile={"checkpoint_interval": 0.5})
+    with ws_client.connect(f"{api.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
+        msgs = read_until(ws, lambda m: m["type"] == "final")
+        with pytest.raises(ConnectionClosedOK) as closed:
+            ws.recv(timeout=10)  # the server closes the socket after the final message
+        assert closed.value.rcvd.code == 1000
+    assert msgs[0]["type"] == "snapshot" and msgs[0]["operation"]["id"] == op_id
+    updates = [m for m in msgs if m["type"] == "progress_update"]
+    assert updates and all(m["operation_id"] == op_id for m in updates)
+    p = updates[-1]["progress"]
+    assert {"percent", "done", "total", "rate", "eta", "step", "message"} <= set(p)
+    assert p["total"] == 40 and 0 < p["done"] <= 40
+    assert any(m["type"] == "checkpoint_saved" for m in msgs)
+    final = msgs[-1]
+    assert final["status"] == "completed" and final["result"]["items"] == 40 and final["resumable"] is False
+
+
+def test_settled_operation_gets_snapshot_and_final(api: Server) -> None:
+    op_id = api.submit(params={"items": 2, "seconds": 0})
+    api.wait_status(op_id, {"completed"})
+    with ws_client.connect(f"{api.ws_url}/api/operations/{op_id[:10]}/progress", open_timeout=30) as ws:
+        msgs = read_until(ws, lambda m: m["type"] == "final")
+    assert [m["type"] for m in msgs] == ["snapshot", "final"]
+
+
+def test_unknown_and_malformed_ids_close_with_a_reason(api: Server) -> None:
+    for raw, code in (("zzzzzzzzzzzzz", 4404), ("BAD!", 4422)):
+        with ws_client.connect(f"{api.ws_url}/api/operations/{raw}/progress", open_timeout=30) as ws:
+            msg = json.loads(ws.recv(timeout=20))
+            assert msg["type"] == "error" and msg["detail"]
+            with pytest.raises(ConnectionClosed) as exc:
+                ws.recv(timeout=20)
+            assert exc.value.rcvd.code == code
+
+
+def test_all_operations_stream(api: Server) -> None:
+    with ws_client.connect(f"{api.ws_url}/api/operations/progress", open_timeout=30) as ws:
+        first = json.loads(ws.recv(timeout=20))
+        assert first["type"] == "snapshot" and isinstance(first["operations"], list)
+        a = api.submit(params={"items": 10, "seconds": 0.05})
+        b = api.submit(params={"items": 3, "seconds": 0.01})
+        finals: dict[str, dict[str, Any]] = {}
+
+        def both_final(m: dict[str, Any]) -> bool:
+            if m["type"] == "final":
+                finals[m["operation_id"]] = m
+            return {a, b} <= set(finals)
+
+        msgs = read_until(ws, both_final)
+    assert finals[a]["status"] == finals[b]["status"] == "completed"
+    statuses = [m for m in msgs if m["type"] == "status_changed" and m["operation_id"] == a]
+    assert statuses and statuses[-1]["status"] == "completed"
+
+
+def test_cancel_over_http_stops_an_operation_run_by_a_worker(observer: Server) -> None:
+    worker = subprocess.Popen(
+        [*CLI, "worker"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**observer.env, "OUTLAST_MAX_MEMORY_PERCENT": ""},
+        cwd=REPO,
+    )
+    try:
+        op_id = observer.submit(params={"items": 2000, "seconds": 0.02}, profile={"checkpoint_interval": 0.5})
+        running = observer.wait_status(op_id, {"running"})
+        assert running["worker"]["pid"] == worker.pid  # run by the other process, not the server
+        with ws_client.connect(f"{observer.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
+            # Progress of another process's operation arrives through the store.
+            read_until(ws, lambda m: m["type"] == "progress_update" and m["progress"]["done"] > 0)
+            r = observer.http.post(f"/api/operations/{op_id}/cancel")
+            assert r.status_code == 202 and r.json()["pending"] is True
+            msgs = read_until(ws, lambda m: m["type"] == "final")
+        assert msgs[-1]["status"] == "cancelled" and msgs[-1]["resumable"] is True
+        op = observer.op(op_id)
+        assert op["status"] == "cancelled" and 0 < op["progress"]["done"] < 2000
+        assert worker.poll() is None  # the worker goes on; only the operation stopped
+        # Resume over HTTP: the worker picks it up again from its checkpoint.
+        r = observer.http.post(f"/api/operations/{op_id}/resume")
+        assert r.status_code == 202
+        poll(lambda: observer.op(op_id)["attempt"] == 2 and observer.op(op_id)["status"] == "running", 40)
+        observer.http.post(f"/api/operations/{op_id}/cancel")
+        observer.wait_status(op_id, {"cancelled"})
+    finally:
+        worker.terminate()
+        worker.wait(30)
