@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -150,7 +151,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def test_metrics(api: Server) -> None:
     op_id = api.submit(params={"items": 10, "seconds": 0.01, "fail_every": 4}, profile={"checkpoint_interval": 0.05})
+    stalls = api.submit(params={"items": 10, "seconds": 0.01, "hang_at": 2}, profile={"stall_timeout": 0.5})
     api.wait_status(op_id, {"completed", "failed"})
+    assert api.wait_status(stalls, {"timed_out"})["status_message"].startswith("stalled")
     r = api.http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
@@ -162,7 +165,19 @@ def test_metrics(api: Server) -> None:
     for prio in ("high", "normal", "low"):
         assert f'outlast_queue_depth{{priority="{prio}"}}' in text
     assert _metric(text, "outlast_slots") == 3
-    assert "outlast_slots_in_use" in text and "# TYPE outlast_timeouts_total counter" in text
+    assert "outlast_slots_in_use" in text
+    assert _metric(text, "outlast_timeouts_total", type="demo") >= 1
+    assert _metric(text, "outlast_operations", status="timed_out", type="demo") >= 1
+
+
+def test_the_engine_imports_no_web_stack() -> None:
+    code = (
+        "import sys, engine, engine.api, engine.api.schemas, engine.api.progress, engine.api.server; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_openapi_documents_every_endpoint(api: Server) -> None:
