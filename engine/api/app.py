@@ -24,9 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__
 from ..engine import Engine
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
+from ..registry import ensure_loaded
 from .metrics import Metrics
 from .progress import ProgressHub
-from .routes import Forbidden, metrics_router, router
+from .routes import Forbidden, metrics_router, router, typed_router
 from .ws import ws_router
 
 log = logging.getLogger("outlast.api")
@@ -144,7 +145,9 @@ def create_app(engine: Engine, token: str | None = None, allow_commands: bool = 
     app.state.hub = hub
     app.state.metrics = metrics
     app.state.allow_commands = allow_commands
+    ensure_loaded(engine.settings.plugins)  # plugins' types document the typed endpoints
     app.include_router(router)
+    app.include_router(typed_router())
     app.include_router(metrics_router)
     app.include_router(ws_router)
     _install_errors(app)

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi import Path as PathParam
+from pydantic import Field, create_model
 
 from .. import __version__
 from ..engine import Engine
 from ..models import ID_RE, SETTLED, Operation, OperationSpec, Status
-from ..registry import handlers
+from ..registry import AnyParams, HandlerSpec, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
     CheckpointList,
@@ -100,13 +101,32 @@ async def submit(request: Request, response: Response, engine: EngineDep, spec: 
     return await _submit(request, response, engine, spec)
 
 
-def _typed_endpoint(path: str, type_: str) -> None:
-    async def endpoint(
-        request: Request, response: Response, engine: EngineDep, body: Annotated[SubmitIn | None, Body()] = None
-    ) -> SubmitOut:
-        return await _submit(request, response, engine, (body or SubmitIn()).spec(type_))
+def typed_router() -> APIRouter:
+    """The seed's typed submit endpoints. Built when the app is (after plugins are loaded), so a
+    registered handler's params model documents the body in /openapi.json."""
+    r = APIRouter(prefix="/api")
+    known = handlers()
+    for path, type_ in SEED_ENDPOINTS.items():
+        _typed_endpoint(r, path, type_, _body_model(type_, known.get(type_)))
+    return r
 
-    router.add_api_route(
+
+def _body_model(type_: str, spec: HandlerSpec | None) -> type[SubmitIn]:
+    if spec is None or spec.params is AnyParams:
+        return SubmitIn
+    required = any(f.is_required() for f in spec.params.model_fields.values())
+    default = Field(...) if required else Field(default_factory=spec.params)
+    name = "".join(w.capitalize() for w in type_.split("_")) + "Submit"
+    return create_model(name, __base__=SubmitIn, params=(spec.params, default))
+
+
+def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) -> None:
+    async def endpoint(request: Request, response: Response, engine: EngineDep, body=None) -> SubmitOut:
+        spec = body.spec(type_) if body is not None else OperationSpec(type=type_)
+        return await _submit(request, response, engine, spec)
+
+    endpoint.__annotations__["body"] = Annotated[model | None, Body()]
+    r.add_api_route(
         f"/operations/{path}",
         endpoint,
         methods=["POST"],
@@ -117,10 +137,6 @@ def _typed_endpoint(path: str, type_: str) -> None:
         operation_id=f"submit_{type_}",
         tags=["operations"],
     )
-
-
-for _path, _type in SEED_ENDPOINTS.items():
-    _typed_endpoint(_path, _type)
 
 
 @router.get(

@@ -33,7 +33,7 @@ class SubmitIn(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
     def spec(self, type_: str) -> OperationSpec:
-        return OperationSpec(type=type_, **self.model_dump())
+        return OperationSpec(type=type_, **self.model_dump(mode="json"))
 
 
 class SubmitOut(BaseModel):
