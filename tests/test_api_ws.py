@@ -95,13 +95,17 @@ def test_cancel_over_http_stops_an_operation_run_by_a_worker(observer: Server) -
         op_id = observer.submit(params={"items": 2000, "seconds": 0.02}, profile={"checkpoint_interval": 0.5})
         running = observer.wait_status(op_id, {"running"})
         assert running["worker"]["pid"] == worker.pid  # run by the other process, not the server
-        with ws_client.connect(f"{observer.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
-            # Progress of another process's operation arrives through the store.
+        all_ws = ws_client.connect(f"{observer.ws_url}/api/operations/progress", open_timeout=30)
+        with all_ws, ws_client.connect(f"{observer.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
+            # Progress of another process's operation arrives through the store, on both streams.
             read_until(ws, lambda m: m["type"] == "progress_update" and m["progress"]["done"] > 0)
+            read_until(all_ws, lambda m: m["type"] == "progress_update" and m["operation_id"] == op_id)
             r = observer.http.post(f"/api/operations/{op_id}/cancel")
             assert r.status_code == 202 and r.json()["pending"] is True
             msgs = read_until(ws, lambda m: m["type"] == "final")
+            seen_all = read_until(all_ws, lambda m: m["type"] == "final" and m["operation_id"] == op_id)
         assert msgs[-1]["status"] == "cancelled" and msgs[-1]["resumable"] is True
+        assert seen_all[-1]["status"] == "cancelled"
         op = observer.op(op_id)
         assert op["status"] == "cancelled" and 0 < op["progress"]["done"] < 2000
         assert worker.poll() is None  # the worker goes on; only the operation stopped

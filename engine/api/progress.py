@@ -212,7 +212,7 @@ class ProgressHub:
         if op.status in SETTLED:
             if old is None or old[0] != op.status:
                 self._send(op.id, "final", final_message(op))
-        elif old != key:
+        elif op.status is Status.RUNNING and old != key:
             self._send(op.id, "progress", progress_message(op))
 
     async def _poll(self) -> None:
