@@ -90,6 +90,26 @@ def _print_table(rows: list[Row]) -> None:
             print(f"- {r.figure}: {r.note}")
 
 
+def markdown(rows: list[Row], info: dict[str, object]) -> str:
+    """The table as Markdown, for the README's Performance section."""
+    out = [
+        "| figure | value | floor / anchor (same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r.available:
+            out.append(f"| {r.figure} | {r.note} | | | {r.target} | - |")
+            continue
+        anchor = "-" if r.anchor is None else f"{fmt_value(r.anchor, r.anchor_unit)} {r.anchor_desc}".strip()
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        out.append(f"| {r.figure} | {fmt_value(r.value, r.unit)} | {anchor} | {ratio} | {r.target} | {met} |")
+    m = info["machine"]
+    out.append("")
+    out.append(f"Measured on {m['cores']} cores, {m['cpu']}, Python {m['python']}.")  # type: ignore[index]
+    return "\n".join(out) + "\n"
+
+
 async def _run_all(names: list[str], quick: bool, root: Path) -> tuple[list[Row], list[str]]:
     reg = _registry()
     rows: list[Row] = []
@@ -117,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller data (CI smoke, < 30 s)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(reg_names)}")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
     ap.add_argument("--list", action="store_true", help="list the benchmark names and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -147,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, report))
     if broken:
         print(f"bench: broken: {', '.join(broken)}", file=sys.stderr)
         return 1
