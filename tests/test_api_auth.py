@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_api import CLI, REPO, TOKEN, Server, api_env, free_port
+from tests.fixtures_api import CLI, REPO, TOKEN, Server, api_env, free_port, poll
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -81,6 +81,7 @@ def test_sigterm_pauses_running_work_with_a_checkpoint(start_server) -> None:
     srv = start_server(token=TOKEN, OUTLAST_API_TOKEN=TOKEN)  # the token from the environment, on loopback
     op_id = srv.submit(params={"items": 1000, "seconds": 0.02}, profile={"checkpoint_interval": 60})
     srv.wait_status(op_id, {"running"})
+    poll(lambda: srv.op(op_id)["progress"]["done"] > 0, what="progress")
     assert srv.stop(signal.SIGTERM) == 0
     assert "API stopped" in srv.output()
     again = Server(srv.root, token=TOKEN, OUTLAST_API_TOKEN=TOKEN, OUTLAST_MAX_MEMORY_PERCENT="0.01")

@@ -107,6 +107,8 @@ class Metrics:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(10_000)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
+        self._recording = asyncio.Lock()
+        """Held while an event is recorded, so a scrape waits for one in flight."""
 
     def start(self) -> None:
         self._unsubscribe = self.engine.subscribe(self._on_event)
@@ -133,15 +135,20 @@ class Metrics:
     async def _run(self) -> None:
         while True:
             ev = await self._queue.get()
-            try:
-                await self._record(ev)
-            except Exception:
-                log.exception("metrics: recording %s failed", type(ev).__name__)
+            async with self._recording:
+                await self._record_safely(ev)
 
     async def _drain(self) -> None:
-        """Record what is queued, so a scrape right after an event sees it."""
-        while not self._queue.empty():
-            await self._record(self._queue.get_nowait())
+        """Record what is queued (or being recorded), so a scrape right after an event sees it."""
+        async with self._recording:
+            while not self._queue.empty():
+                await self._record_safely(self._queue.get_nowait())
+
+    async def _record_safely(self, ev: Event) -> None:
+        try:
+            await self._record(ev)
+        except Exception:
+            log.exception("metrics: recording %s failed", type(ev).__name__)
 
     async def _type_of(self, op_id: str) -> str:
         t = self._types.get(op_id)
