@@ -118,8 +118,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose embedded engine runs queued work (3 slots)."""
-    s = Server(tmp_path_factory.mktemp("api"))
+    """A server whose embedded engine runs queued work (3 slots), with the tests' operation types."""
+    s = Server(tmp_path_factory.mktemp("api"), OUTLAST_PLUGINS="tests.ops_for_tests")
     yield s
     s.stop()
 

@@ -152,7 +152,14 @@ def _metric(text: str, name: str, **labels: str) -> float:
 def test_metrics(api: Server) -> None:
     op_id = api.submit(params={"items": 10, "seconds": 0.01, "fail_every": 4}, profile={"checkpoint_interval": 0.05})
     stalls = api.submit(params={"items": 10, "seconds": 0.01, "hang_at": 2}, profile={"stall_timeout": 0.5})
+    flaky = api.root / "flaky-once"
+    retried = api.submit(
+        type="ledger",
+        params={"items": 6, "fail_at": 2, "flaky_file": str(flaky)},  # one transient ConnectionError
+        profile={"retry": {"backoff_base": 0.05}},
+    )
     api.wait_status(op_id, {"completed", "failed"})
+    assert api.wait_status(retried, {"completed"})["retries"] == 1
     assert api.wait_status(stalls, {"timed_out"})["status_message"].startswith("stalled")
     r = api.http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -167,6 +174,7 @@ def test_metrics(api: Server) -> None:
     assert _metric(text, "outlast_slots") == 3
     assert "outlast_slots_in_use" in text
     assert _metric(text, "outlast_timeouts_total", type="demo") >= 1
+    assert _metric(text, "outlast_retries_total", type="ledger") == 1
     assert _metric(text, "outlast_operations", status="timed_out", type="demo") >= 1
 
 
