@@ -74,6 +74,11 @@ def test_token_required_on_a_wide_bind(tmp_path: Path, start_server) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with ws_client.connect(f"{srv.ws_url}/api/operations/progress", additional_headers=headers) as ws:
         assert '"snapshot"' in ws.recv(timeout=20)
+    # A browser cannot set headers on a WebSocket: the token may come as subprotocols ["bearer", TOKEN].
+    with ws_client.connect(f"{srv.ws_url}/api/operations/progress", subprotocols=["bearer", TOKEN]) as ws:
+        assert ws.subprotocol == "bearer" and '"snapshot"' in ws.recv(timeout=20)
+    with pytest.raises(InvalidStatus):
+        ws_client.connect(f"{srv.ws_url}/api/operations/progress", subprotocols=["bearer", "x" * len(TOKEN)])
     assert "bearer" in srv.http.get("/openapi.json").json()["components"]["securitySchemes"]
 
 

@@ -61,6 +61,10 @@ class BearerAuth:
             if name == b"authorization":
                 header = value
         scheme, _, given = header.partition(b" ")
+        protocols = scope.get("subprotocols") or []
+        if scope["type"] == "websocket" and len(protocols) >= 2 and protocols[0] == "bearer":
+            # Browsers cannot set headers on a WebSocket: new WebSocket(url, ["bearer", token]).
+            scheme, given = b"bearer", str(protocols[1]).encode()
         # compare_digest runs in time independent of where the values differ.
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
 

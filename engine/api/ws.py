@@ -31,6 +31,11 @@ def _parts(ws: WebSocket) -> tuple[Engine, ProgressHub]:
     return ws.app.state.engine, ws.app.state.hub
 
 
+async def _accept(ws: WebSocket) -> None:
+    """Accept; a client that sent its token as subprotocols ``["bearer", TOKEN]`` gets "bearer" back."""
+    await ws.accept(subprotocol="bearer" if "bearer" in (ws.scope.get("subprotocols") or []) else None)
+
+
 def _record(op: Any) -> dict[str, Any]:
     return OperationOut.of(op).model_dump(mode="json")
 
@@ -64,7 +69,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
 @ws_router.websocket("/api/operations/progress")
 async def all_progress(ws: WebSocket) -> None:
     engine, hub = _parts(ws)
-    await ws.accept()
+    await _accept(ws)
     sub = Subscriber(None)
     hub.add(sub)
     try:
@@ -80,7 +85,7 @@ async def all_progress(ws: WebSocket) -> None:
 @ws_router.websocket("/api/operations/{op_id}/progress")
 async def one_progress(ws: WebSocket, op_id: str) -> None:
     engine, hub = _parts(ws)
-    await ws.accept()
+    await _accept(ws)
     try:
         full = await resolve(engine, op_id)
         op = await engine.get(full)
