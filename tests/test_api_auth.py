@@ -95,3 +95,19 @@ def test_sigterm_pauses_running_work_with_a_checkpoint(start_server) -> None:
         assert op["status"] == "paused" and op["checkpoint_seq"] and op["progress"]["done"] > 0
     finally:
         again.stop(signal.SIGKILL)
+
+
+def test_allowed_origins() -> None:
+    from engine.api.app import SameOrigin
+
+    guard = SameOrigin(None, allowed=("https://ops.example.org/",))  # type: ignore[arg-type]
+
+    def scope(method: str, origin: str, kind: str = "http") -> dict:
+        headers = [(b"host", b"127.0.0.1:8001"), (b"origin", origin.encode())]
+        return {"type": kind, "method": method, "headers": headers}
+
+    assert not guard.refused(scope("POST", "https://ops.example.org"))
+    assert not guard.refused(scope("POST", "http://127.0.0.1:8001"))
+    assert not guard.refused(scope("GET", "https://evil.example"))  # reads: the browser keeps them from the page
+    assert guard.refused(scope("POST", "https://evil.example"))
+    assert guard.refused(scope("GET", "https://evil.example", kind="websocket"))

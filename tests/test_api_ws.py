@@ -118,3 +118,20 @@ def test_cancel_over_http_stops_an_operation_run_by_a_worker(observer: Server) -
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_pages_on_other_sites_cannot_use_the_api_from_a_browser(observer: Server) -> None:
+    op_id = observer.submit(params={"items": 10})  # stays queued: the observer starts nothing
+    evil = {"Origin": "http://evil.example"}
+    r = observer.http.post(f"/api/operations/{op_id}/cancel", headers=evil)
+    assert r.status_code == 403 and "cross-origin" in r.json()["detail"]
+    r = observer.http.post("/api/operations", json={"type": "demo"}, headers=evil)
+    assert r.status_code == 403
+    assert observer.op(op_id)["status"] == "queued"
+    with pytest.raises(_wsx.InvalidStatus):
+        ws_client.connect(f"{observer.ws_url}/api/operations/progress", origin="http://evil.example")
+    # The server's own origin (a page it is proxied behind) is fine.
+    same = {"Origin": observer.url}
+    assert observer.http.post(f"/api/operations/{op_id}/cancel", headers=same).status_code == 200
+    with ws_client.connect(f"{observer.ws_url}/api/operations/progress", origin=observer.url) as ws:
+        assert '"snapshot"' in ws.recv(timeout=20)

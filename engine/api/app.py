@@ -90,6 +90,41 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": body})
 
 
+class SameOrigin:
+    """Refuse what a web page on another site could make a browser send: WebSockets and requests
+    that change something, carrying an ``Origin`` that is not this server (or an allowed origin).
+
+    Clients other than browsers send no Origin and are not affected. Without this, any page open in
+    a browser on this machine could follow and cancel operations through a loopback server.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allowed = {o.rstrip("/").lower() for o in allowed}
+
+    def refused(self, scope: Scope) -> bool:
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return False
+        headers = dict(scope.get("headers", ()))
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
+        if not origin or origin in self.allowed:
+            return False
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return origin.split("://", 1)[-1] != host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or not self.refused(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "cross-origin WebSocket refused"})
+            return
+        body = json.dumps({"detail": "cross-origin request refused (see OUTLAST_API_ORIGINS)"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _validation_line(exc: RequestValidationError) -> str:
     """FastAPI's list of errors as one line naming the field: ``body.params: Field required``."""
     parts = []
@@ -129,8 +164,11 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-def create_app(engine: Engine, token: str | None = None, allow_commands: bool = False) -> FastAPI:
-    """The API on ``engine`` (started by the caller). With ``token``, every request must carry it."""
+def create_app(
+    engine: Engine, token: str | None = None, allow_commands: bool = False, allowed_origins: tuple[str, ...] = ()
+) -> FastAPI:
+    """The API on ``engine`` (started by the caller). With ``token``, every request must carry it.
+    Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``."""
     hub = ProgressHub(engine)
     metrics = Metrics(engine)
 
@@ -158,6 +196,7 @@ def create_app(engine: Engine, token: str | None = None, allow_commands: bool = 
     if token:
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)
+    app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))  # added last: runs first
     return app
 
 

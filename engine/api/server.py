@@ -23,6 +23,8 @@ from ..config import Settings
 from ..models import InvalidInput, OutlastError, StoreError
 
 TOKEN_ENV = "OUTLAST_API_TOKEN"
+ORIGINS_ENV = "OUTLAST_API_ORIGINS"
+"""Comma-separated origins (``https://ops.example.org``) whose pages may use the API from a browser."""
 MIN_TOKEN_LENGTH = 16
 
 
@@ -124,7 +126,8 @@ async def _serve(settings: Settings, sock: socket.socket, token: str | None, all
             yield  # signals are handled below, on the loop, so the engine gets to pause its work
 
     engine = Engine(open_store(settings.store or settings.state_dir), settings=settings, worker_name="api")
-    app = create_app(engine, token=token, allow_commands=allow_commands)
+    origins = tuple(o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip())
+    app = create_app(engine, token=token, allow_commands=allow_commands, allowed_origins=origins)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, ws_ping_interval=20, proxy_headers=False
     )
