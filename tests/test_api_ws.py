@@ -135,3 +135,10 @@ def test_pages_on_other_sites_cannot_use_the_api_from_a_browser(observer: Server
     assert observer.http.post(f"/api/operations/{op_id}/cancel", headers=same).status_code == 200
     with ws_client.connect(f"{observer.ws_url}/api/operations/progress", origin=observer.url) as ws:
         assert '"snapshot"' in ws.recv(timeout=20)
+
+
+def test_a_loopback_server_answers_only_to_loopback_names(observer: Server) -> None:
+    # DNS rebinding: a page at http://evil.example:PORT whose name now points to 127.0.0.1.
+    r = observer.http.get("/api/operations/", headers={"Host": f"evil.example:{observer.port}"})
+    assert r.status_code == 400
+    assert observer.http.get("/api/health", headers={"Host": f"localhost:{observer.port}"}).status_code == 200

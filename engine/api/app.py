@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
@@ -164,11 +165,19 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def create_app(
-    engine: Engine, token: str | None = None, allow_commands: bool = False, allowed_origins: tuple[str, ...] = ()
+    engine: Engine,
+    token: str | None = None,
+    allow_commands: bool = False,
+    allowed_origins: tuple[str, ...] = (),
+    trusted_hosts: tuple[str, ...] | None = None,
 ) -> FastAPI:
     """The API on ``engine`` (started by the caller). With ``token``, every request must carry it.
-    Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``."""
+    Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``;
+    with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server)."""
     hub = ProgressHub(engine)
     metrics = Metrics(engine)
 
@@ -196,7 +205,9 @@ def create_app(
     if token:
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)
-    app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))  # added last: runs first
+    app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))
+    if trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(trusted_hosts))  # added last: runs first
     return app
 
 

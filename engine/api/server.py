@@ -118,7 +118,7 @@ async def _serve(settings: Settings, sock: socket.socket, token: str | None, all
 
     from ..engine import Engine
     from ..store import open_store
-    from .app import create_app
+    from .app import LOOPBACK_HOSTS, create_app
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -127,7 +127,10 @@ async def _serve(settings: Settings, sock: socket.socket, token: str | None, all
 
     engine = Engine(open_store(settings.store or settings.state_dir), settings=settings, worker_name="api")
     origins = tuple(o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip())
-    app = create_app(engine, token=token, allow_commands=allow_commands, allowed_origins=origins)
+    # Without a token, a loopback server answers only to loopback host names: a page whose own name
+    # was rebound to 127.0.0.1 (DNS rebinding) is refused.
+    hosts = LOOPBACK_HOSTS if token is None else None
+    app = create_app(engine, token=token, allow_commands=allow_commands, allowed_origins=origins, trusted_hosts=hosts)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, ws_ping_interval=20, proxy_headers=False
     )
