@@ -1,0 +1,46 @@
+"""Helpers shared by the built-in operations: where outputs go, path checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        "site-packages",
+    }
+)
+
+
+def output_dir(ctx: Any) -> Path:
+    """The state directory of the engine running ``ctx`` (the store's, else the settings')."""
+    store_dir = getattr(ctx._engine.store, "state_dir", None)
+    base = Path(store_dir) if store_dir else Path(ctx._engine.settings.state_dir).expanduser()
+    d = base / "outputs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def existing_dir(value: str, name: str) -> str:
+    """``value`` as an absolute path to an existing directory, or a ValueError naming ``name``."""
+    p = Path(value).expanduser()
+    if not p.is_dir():
+        raise ValueError(f"{name} {value!r} is not an existing directory")
+    return str(p.resolve())
+
+
+def is_venv(d: Path) -> bool:
+    """A virtualenv directory has a pyvenv.cfg."""
+    return (d / "pyvenv.cfg").exists()

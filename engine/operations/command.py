@@ -1,0 +1,193 @@
+"""command: run any executable as an operation, with progress, steps and checkpoints from its output.
+
+The child runs in its own process group (``ctx.spawn``), so a cancel, pause or timeout kills it with
+its children. Lines on stdout/stderr go to the operation's log. Progress is read from the output:
+``::outlast progress 42/100``, ``::outlast step Compiling``, ``::outlast checkpoint {"offset": 42}``,
+else a user regex (named groups ``done``/``total`` or ``pct``), else ``N/M`` or ``NN%``. On resume
+the child gets the last checkpoint's data in ``OUTLAST_CHECKPOINT`` (JSON) and ``OUTLAST_RESUME=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..context import OperationContext
+from ..registry import operation
+
+_FRACTION = re.compile(r"(?<![\w/.])(\d+)\s*/\s*(\d+)(?![\w/.])")
+_PERCENT = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d+)?)\s*%")
+_DIRECTIVE = re.compile(r"^\s*::outlast\s+(progress|step|checkpoint|message)\s*(.*?)\s*$")
+
+
+class CommandParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[str] | None = Field(default=None, description="the program and its arguments (no shell)")
+    command: str | None = Field(default=None, description="a command line; run by /bin/sh only with shell=true")
+    shell: bool = Field(default=False, description="run `command` through /bin/sh")
+    cwd: str | None = Field(default=None, description="working directory (default: the current one)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    progress_regex: str | None = Field(
+        default=None, description="regex for progress lines: named groups done and total, or pct"
+    )
+    tail: int = Field(default=20, ge=1, le=1000, description="last output lines quoted in a failure")
+
+    @field_validator("progress_regex")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                rx = re.compile(v)
+            except re.error as e:
+                raise ValueError(f"progress_regex does not compile: {e}") from None
+            if not ({"done", "total"} <= set(rx.groupindex) or "pct" in rx.groupindex or rx.groups >= 1):
+                raise ValueError("progress_regex needs groups: (?P<done>..) and (?P<total>..), or (?P<pct>..)")
+        return v
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError(f"cwd {v!r} is not an existing directory")
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CommandParams:
+        if bool(self.argv) == bool(self.command):
+            raise ValueError("give either argv (a list) or command (a string)")
+        if self.command is not None and not self.shell:
+            self.argv = shlex.split(self.command)
+            if not self.argv:
+                raise ValueError("command is empty")
+        if self.argv is not None and self.shell:
+            raise ValueError("shell=true takes `command`, not argv")
+        return self
+
+
+class _Parser:
+    """Turns output lines into progress calls; returns a checkpoint payload when the line asks for one."""
+
+    def __init__(self, ctx: OperationContext, regex: str | None) -> None:
+        self.ctx = ctx
+        self.rx = re.compile(regex) if regex else None
+        self.percent_mode = False
+
+    def feed(self, line: str) -> dict | None:
+        ctx = self.ctx
+        m = _DIRECTIVE.match(line)
+        if m:
+            kind, arg = m.groups()
+            if kind == "progress":
+                f = re.match(r"(\d+)\s*(?:/\s*(\d+))?", arg)
+                if f:
+                    ctx.progress(int(f.group(1)), total=int(f.group(2)) if f.group(2) else None)
+            elif kind == "step":
+                ctx.progress(step=arg)
+            elif kind == "message":
+                ctx.progress(message=arg)
+            else:
+                try:
+                    data = json.loads(arg or "{}")
+                except json.JSONDecodeError:
+                    ctx.log.warning(f"::outlast checkpoint with invalid JSON ignored: {arg[:80]}")
+                    return None
+                return data if isinstance(data, dict) else {"value": data}
+            return None
+        if self.rx is not None:
+            r = self.rx.search(line)
+            if r:
+                g = r.groupdict()
+                if g.get("pct") is not None:
+                    self._pct(float(g["pct"]))
+                elif g.get("done") is not None:
+                    ctx.progress(int(g["done"]), total=int(g["total"]) if g.get("total") else None)
+                elif r.groups():
+                    ctx.progress(int(float(r.group(1))))
+            return None
+        f = _FRACTION.search(line)
+        if f and int(f.group(2)) > 0 and int(f.group(1)) <= int(f.group(2)):
+            ctx.progress(int(f.group(1)), total=int(f.group(2)))
+            return None
+        p = _PERCENT.search(line)
+        if p and float(p.group(1)) <= 100:
+            self._pct(float(p.group(1)))
+        return None
+
+    def _pct(self, pct: float) -> None:
+        self.ctx.progress(round(pct * 10), total=1000)
+
+
+@operation("command", params=CommandParams, description="run any command; progress and checkpoints from its output")
+async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
+    """Run the command to its end; a non-zero exit fails the operation with the code and the last lines."""
+    env = {**os.environ, **p.env, "OUTLAST_OPERATION_ID": ctx.id, "PYTHONUNBUFFERED": "1"}
+    last_cp = ctx.state.get("checkpoint")
+    if ctx.resuming and last_cp is not None:
+        env["OUTLAST_RESUME"] = "1"
+        env["OUTLAST_CHECKPOINT"] = json.dumps(last_cp)
+    else:
+        env.pop("OUTLAST_RESUME", None)
+        env.pop("OUTLAST_CHECKPOINT", None)
+    cwd = str(Path(p.cwd).expanduser()) if p.cwd else None
+    argv = [p.command] if p.shell else list(p.argv or [])
+    ctx.progress(step=argv[0] if not p.shell else "sh -c")
+    try:
+        proc = await ctx.spawn(
+            *argv,
+            shell=p.shell,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=1 << 20,
+        )
+    except (FileNotFoundError, PermissionError) as e:
+        raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+    parser = _Parser(ctx, p.progress_regex)
+    tail: collections.deque[str] = collections.deque(maxlen=p.tail)
+    lines = 0
+    assert proc.stdout is not None
+    try:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line longer than the limit
+                raw = await proc.stdout.read(1 << 20)
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines += 1
+            tail.append(line)
+            ctx.log.info(line)
+            data = parser.feed(line)
+            if data is not None:
+                ctx.state["checkpoint"] = data
+                await ctx.checkpoint(**{"command": data})
+            elif ctx.cancelled:
+                break
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            await proc.wait()
+    ctx.progress()  # raises OperationStopped when a stop was asked for
+    if code != 0:
+        last = " | ".join(tail)[-1500:]
+        raise RuntimeError(f"exit code {code}; last output: {last}" if last else f"exit code {code}")
+    return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
