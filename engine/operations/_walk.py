@@ -1,0 +1,89 @@
+"""File listing shared by indexing and scanning: git's view of a work tree, else a walk with .gitignore rules."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+from ._common import SKIP_DIRS, is_venv
+
+
+def _ignore_rules(root: Path) -> list[tuple[str, bool, bool]]:
+    """(pattern, negated, dir_only) from root's .gitignore: a reasonable subset of gitignore syntax."""
+    rules: list[tuple[str, bool, bool]] = []
+    try:
+        text = (root / ".gitignore").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return rules
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        neg = line.startswith("!")
+        line = line.lstrip("!")
+        dir_only = line.endswith("/")
+        rules.append((line.strip("/") if "/" in line.strip("/") else line.rstrip("/"), neg, dir_only))
+    return rules
+
+
+def _ignored(rel: str, is_dir: bool, rules: list[tuple[str, bool, bool]]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    hit = False
+    for pat, neg, dir_only in rules:
+        if dir_only and not is_dir:
+            continue
+        anchored = "/" in pat
+        if fnmatch.fnmatchcase(rel, pat.lstrip("/")) if anchored else fnmatch.fnmatchcase(name, pat):
+            hit = not neg
+    return hit
+
+
+def _walk(root: Path) -> list[str]:
+    rules = _ignore_rules(root)
+    out: list[str] = []
+    for d, dirs, files in os.walk(root):
+        base = Path(d)
+        rel_d = base.relative_to(root).as_posix()
+        prefix = "" if rel_d == "." else rel_d + "/"
+        dirs[:] = [
+            x for x in dirs if x not in SKIP_DIRS and not is_venv(base / x) and not _ignored(prefix + x, True, rules)
+        ]
+        out += [prefix + f for f in files if not _ignored(prefix + f, False, rules)]
+    return out
+
+
+async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[str]) -> list[str]:
+    """Relative POSIX paths of the files under ``root`` to look at, sorted."""
+    files: list[str] | None = None
+    if (root / ".git").exists():
+        proc = await ctx.spawn(
+            "git",
+            "-C",
+            str(root),
+            "ls-files",
+            "-co",
+            "--exclude-standard",
+            "-z",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode == 0:
+            files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
+            files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1]))]
+    if files is None:
+        files = await asyncio.to_thread(_walk, root)
+    if patterns:
+        files = [
+            f for f in files if any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in patterns)
+        ]
+    if exclude:
+        files = [
+            f
+            for f in files
+            if not any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in exclude)
+        ]
+    return sorted(files)

@@ -1,0 +1,182 @@
+"""codebase_indexing: a queryable SQLite index of a source tree (files, hashes, languages, lines, symbols, imports).
+
+Incremental: a file whose size, mtime and sha256 match the previous index keeps its analysis. Resumable per
+file: results are committed to the index database in batches before the files count as done, so a resume
+redoes at most one batch (idempotently). Binary files are indexed without line counts; unreadable or
+undecodable files are item failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..context import OperationContext
+from ..registry import operation
+from ._common import existing_dir, output_dir
+from ._lang import count_lines, language_of, symbols_and_imports
+from ._walk import list_files
+
+BATCH = 64
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER, mtime REAL, sha256 TEXT, language TEXT, binary INTEGER,
+    code INTEGER, comment INTEGER, blank INTEGER, symbols TEXT, imports TEXT, seen TEXT
+);
+CREATE INDEX IF NOT EXISTS files_language ON files(language);
+CREATE TABLE IF NOT EXISTS symbols (path TEXT, kind TEXT, name TEXT);
+CREATE INDEX IF NOT EXISTS symbols_name ON symbols(name);
+CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT);
+CREATE INDEX IF NOT EXISTS imports_module ON imports(module);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class IndexParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(description="directory to index")
+    patterns: list[str] = Field(default_factory=list, description="glob patterns of files to include (default all)")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
+    output: str | None = Field(default=None, description="SQLite index path (default: in the state dir)")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return existing_dir(v, "root")
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().resolve().parent.is_dir():
+            raise ValueError(f"output {v!r}: its directory does not exist")
+        return v
+
+
+def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
+    """One file's row (or None) and an error message (or None)."""
+    p = root / rel
+    try:
+        st = os.stat(p)
+        with open(p, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    sha = hashlib.sha256(data).hexdigest()
+    lang = language_of(rel)
+    if prev is not None and prev[0] == len(data) and prev[1] == st.st_mtime and prev[2] == sha:
+        return ("reuse", len(data), st.st_mtime, sha), None
+    if b"\0" in data[:8192]:
+        return (rel, len(data), st.st_mtime, sha, lang, 1, None, None, None, "[]", "[]"), None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text: byte {e.start}"
+    code, comment, blank = count_lines(text, lang)
+    syms, imps = symbols_and_imports(text, lang) if lang != "other" else ([], [])
+    return (rel, len(data), st.st_mtime, sha, lang, 0, code, comment, blank, json.dumps(syms), json.dumps(imps)), None
+
+
+def _process_batch(db: str, root: Path, rels: list[str], seen: str) -> list[tuple[str, int, str | None]]:
+    """Analyse and store a batch in one transaction; returns (path, bytes, error) for each file."""
+    con = sqlite3.connect(db)
+    try:
+        q = ",".join("?" * len(rels))
+        prev = {
+            r[0]: r[1:] for r in con.execute(f"SELECT path, size, mtime, sha256 FROM files WHERE path IN ({q})", rels)
+        }
+        out: list[tuple[str, int, str | None]] = []
+        with con:
+            for rel in rels:
+                row, err = _analyze(root, rel, prev.get(rel))
+                if row is None:
+                    con.execute("DELETE FROM files WHERE path=?", (rel,))
+                    out.append((rel, 0, err))
+                    continue
+                if row[0] == "reuse":
+                    con.execute("UPDATE files SET seen=? WHERE path=?", (seen, rel))
+                    out.append((rel, row[1], None))
+                    continue
+                con.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (*row, seen))
+                con.execute("DELETE FROM symbols WHERE path=?", (rel,))
+                con.execute("DELETE FROM imports WHERE path=?", (rel,))
+                con.executemany(
+                    "INSERT INTO symbols VALUES (?,?,?)", [(rel, *s.split(" ", 1)) for s in json.loads(row[9])]
+                )
+                con.executemany("INSERT INTO imports VALUES (?,?)", [(rel, m) for m in json.loads(row[10])])
+                out.append((rel, row[1], None))
+        return out
+    finally:
+        con.close()
+
+
+def _open(db: str, root: str) -> None:
+    con = sqlite3.connect(db)
+    try:
+        con.executescript(SCHEMA)
+        with con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (root,))
+    finally:
+        con.close()
+
+
+def _finish(db: str, seen: str) -> dict:
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            gone = con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,)).fetchall()
+            for (p,) in gone:
+                for t in ("files", "symbols", "imports"):
+                    con.execute(f"DELETE FROM {t} WHERE path=?", (p,))
+        langs = dict(con.execute("SELECT language, COUNT(*) FROM files GROUP BY language ORDER BY 2 DESC").fetchall())
+        lines = con.execute("SELECT SUM(code), SUM(comment), SUM(blank), SUM(size) FROM files").fetchone()
+        nsym = con.execute("SELECT COUNT(*) FROM symbols").fetchone()[0]
+        return {
+            "languages": langs,
+            "code": lines[0] or 0,
+            "comment": lines[1] or 0,
+            "blank": lines[2] or 0,
+            "bytes": lines[3] or 0,
+            "symbols": nsym,
+            "removed": len(gone),
+        }
+    finally:
+        con.close()
+
+
+@operation("codebase_indexing", params=IndexParams, description="index a source tree into SQLite")
+async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
+    """Walk, analyse each file, store it; the result summarises the index and says where it is."""
+    root = Path(p.root)
+    db = (
+        str(Path(p.output).expanduser().resolve())
+        if p.output
+        else str(output_dir(ctx) / f"index-{hashlib.sha1(p.root.encode()).hexdigest()[:12]}.sqlite")
+    )
+    ctx.progress(step="listing files")
+    await asyncio.to_thread(_open, db, p.root)
+    files = await list_files(ctx, root, p.patterns, p.exclude)
+    ctx.progress(total=len(files), step="indexing")
+    st = ctx.state
+    st.setdefault("bytes", 0)
+    st.setdefault("reused", 0)
+    seen = f"{ctx.id}"
+    pending = [f for f in files if not ctx.is_done(f)]
+    for i in range(0, len(pending), BATCH):
+        results = await asyncio.to_thread(_process_batch, db, root, pending[i : i + BATCH], seen)
+        async for rel, size, err in ctx.items(results, key=lambda r: r[0]):
+            if err is not None:
+                ctx.fail(rel, err)
+                continue
+            st["bytes"] += size
+            ctx.step = rel
+            ctx.metrics["bytes"] = st["bytes"]
+    ctx.progress(step="finishing")
+    summary = await asyncio.to_thread(_finish, db, seen)
+    return {"index": db, "files": len(files) - ctx.failures, "failures": ctx.failures, **summary}
