@@ -416,7 +416,8 @@ class Engine:
             log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
             self._publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
             found.append(new)
-            if self.auto_resume:
+            # A store whose workers come and go (Redis leases) asks for orphans to be queued again.
+            if self.auto_resume or getattr(self.store, "resume_orphans", False):
                 with contextlib.suppress(Conflict):
                     await self.resume(op.id)
         return found

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.fixtures_engine", "tests.fixtures_cli", "tests.fixtures_api"]
+pytest_plugins: list[str] = ["tests.fixtures_engine", "tests.fixtures_cli", "tests.fixtures_api", "tests.fixtures_redis"]
 
 REPO = Path(__file__).resolve().parent.parent
 

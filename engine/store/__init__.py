@@ -13,6 +13,8 @@ from .local import LocalStore
 def open_store(target: str | Path | None = None, **options: Any) -> Store:
     """A store for ``target``: a state directory path (default: the configured one) or a redis URL.
 
+    For Redis, ``options`` are RedisStore's (namespace, checkpoint_mirror, lease_ttl, retry_for);
+    namespace and checkpoint_mirror default to the settings (config file, OUTLAST_* environment).
     The store is returned unopened; the Engine (or ``async with store``) opens it.
     """
     if target is None:
@@ -24,8 +26,15 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
     if text.startswith(("redis://", "rediss://", "unix://")):
         try:
             from .redis import RedisStore
-        except ImportError as e:  # pragma: no cover - until the redis store lands
+        except ImportError as e:  # pragma: no cover - the redis package is a dependency
             raise InvalidInput(f"store {text.split('@')[-1]}: redis store unavailable ({e})") from None
+        if "namespace" not in options or "checkpoint_mirror" not in options:
+            # Callers that pass only the URL still get the configured namespace and mirror.
+            from ..config import load_settings
+
+            settings = load_settings()
+            options.setdefault("namespace", settings.namespace)
+            options.setdefault("checkpoint_mirror", settings.checkpoint_mirror)
         return RedisStore(text, **options)
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")

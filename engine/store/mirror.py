@@ -1,0 +1,248 @@
+"""The checkpoint mirror: Redis for speed, the filesystem for persistence.
+
+With ``--checkpoint-mirror DIR`` every checkpoint the Redis store accepts is also written
+here, and so is every operation record at each status change, each file atomically
+(temp file, fsync, rename, directory fsync). When Redis is lost or restarts empty, the
+store restores the records from here and resumes from the checkpoints found here. A
+failing mirror never stops the work: its errors are logged (once per outage) and survived.
+
+Layout (one directory per namespace)::
+
+    DIR/NAMESPACE/ops/ID.json                      the operation record
+    DIR/NAMESPACE/checkpoints/ID/SEQ.ckpt.json     info, payload and checksum (newest N kept)
+    DIR/NAMESPACE/checkpoints/ID/SEQ.delta.json    the items done since the previous one (all kept)
+
+Files are JSON, validated when read back; a bad one is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..models import Checkpoint, Operation, validate_id
+from .base import checksum
+
+log = logging.getLogger("outlast.store.mirror")
+T = TypeVar("T")
+FORMAT = 1
+_CKPT_RE = re.compile(r"^(\d{10})\.(ckpt|delta)\.json$")
+
+
+def atomic_write(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MirrorCheckpoint:
+    """One checkpoint as read back from the mirror (its delta is looked up separately)."""
+
+    __slots__ = ("info", "payload", "seq")
+
+    def __init__(self, seq: int, info: Checkpoint, payload: bytes) -> None:
+        self.seq, self.info, self.payload = seq, info, payload
+
+
+class CheckpointMirror:
+    """Checkpoints and records as files in ``root/namespace`` (see module doc)."""
+
+    def __init__(self, root: str | Path, namespace: str) -> None:
+        self.root = Path(root).expanduser()
+        self.dir = self.root / namespace
+        self.ops_dir = self.dir / "ops"
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.healthy = True
+        """False after a write failed, until one succeeds again (for the dashboard and logs)."""
+
+    def __repr__(self) -> str:
+        return f"CheckpointMirror({str(self.root)!r})"
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def open_sync(self) -> None:
+        """Create the directories (0700); raises OSError when the mirror cannot be used at all."""
+        for d in (self.root, self.dir, self.ops_dir, self.ckpt_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+
+    async def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Run a write off the event loop; log a failure (once until the mirror works again), never raise."""
+        try:
+            out = await asyncio.to_thread(fn)
+        except Exception as e:  # OSError mostly; the mirror must never stop the work
+            if self.healthy:
+                log.error(
+                    "checkpoint mirror %s: %s failed: %s (Redis goes on; retried at the next write)", self.root, what, e
+                )
+            self.healthy = False
+            return None
+        if not self.healthy:
+            log.warning("checkpoint mirror %s works again", self.root)
+            self.healthy = True
+        return out
+
+    def _op_ckpt_dir(self, op_id: str) -> Path:
+        return self.ckpt_dir / validate_id(op_id)
+
+    # ---- records -------------------------------------------------------------------------------
+
+    async def save_record(self, op: Operation) -> None:
+        data = op.model_dump_json().encode()
+        await self._guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
+
+    def load_records_sync(self) -> list[Operation]:
+        """Every readable record; a malformed file is skipped with a warning."""
+        out = []
+        try:
+            names = sorted(os.listdir(self.ops_dir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = self.ops_dir / name
+            try:
+                op = Operation.model_validate_json(path.read_bytes())
+                if op.id != name.removesuffix(".json"):
+                    raise ValueError(f"holds operation {op.id}")
+            except (OSError, ValueError) as e:
+                log.warning(
+                    "checkpoint mirror: %s is not a valid operation record (%s); skipped", path, str(e).splitlines()[0]
+                )
+                continue
+            out.append(op)
+        return out
+
+    def record_ids_sync(self) -> list[str]:
+        try:
+            names = os.listdir(self.ops_dir)
+        except FileNotFoundError:
+            return []
+        return [n.removesuffix(".json") for n in names if n.endswith(".json") and not n.startswith(".")]
+
+    def load_record_sync(self, op_id: str) -> Operation | None:
+        path = self.ops_dir / f"{validate_id(op_id)}.json"
+        try:
+            return Operation.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning(
+                "checkpoint mirror: %s is not a valid operation record (%s); skipped", path, str(e).splitlines()[0]
+            )
+            return None
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    async def save_checkpoint(self, cp: Checkpoint, payload: bytes, delta: bytes, keep: int) -> None:
+        """Write the delta, then the checkpoint, then prune checkpoints older than the newest ``keep``."""
+        info = cp.model_dump(mode="json", exclude={"state", "context_data", "metadata", "next_step", "valid"})
+        ckpt = json.dumps(
+            {"format": FORMAT, "info": info, "payload": payload.decode(), "checksum": cp.checksum},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+        delta_doc = json.dumps({"format": FORMAT, "seq": cp.seq, "delta": delta.decode()}, ensure_ascii=False).encode()
+
+        def write() -> None:
+            d = self._op_ckpt_dir(cp.operation_id)
+            d.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(d / f"{cp.seq:010d}.delta.json", delta_doc, sync_dir=False)
+            atomic_write(d / f"{cp.seq:010d}.ckpt.json", ckpt, sync_dir=False)
+            fsync_dir(d)
+            for seq, kind in self._files(d):
+                if kind == "ckpt" and seq <= cp.seq - keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(d / f"{seq:010d}.ckpt.json")
+
+        await self._guard(f"checkpoint {cp.seq} of {cp.operation_id}", write)
+
+    @staticmethod
+    def _files(d: Path) -> list[tuple[int, str]]:
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            m = _CKPT_RE.match(n)
+            if m:
+                out.append((int(m.group(1)), m.group(2)))
+        return out
+
+    def checkpoints_sync(self, op_id: str) -> tuple[dict[int, MirrorCheckpoint], dict[int, bytes]]:
+        """All readable checkpoints and deltas of ``op_id`` by seq (checksums are not checked here)."""
+        d = self._op_ckpt_dir(op_id)
+        cps: dict[int, MirrorCheckpoint] = {}
+        deltas: dict[int, bytes] = {}
+        for seq, kind in self._files(d):
+            path = d / f"{seq:010d}.{kind}.json"
+            try:
+                doc = json.loads(path.read_bytes())
+                if not isinstance(doc, dict):
+                    raise ValueError("not an object")
+                if kind == "delta":
+                    deltas[seq] = _text(doc, "delta").encode()
+                else:
+                    info = Checkpoint.model_validate({**(doc.get("info") or {}), "checksum": _text(doc, "checksum")})
+                    if info.seq != seq or info.operation_id != op_id:
+                        raise ValueError(f"holds checkpoint {info.seq} of {info.operation_id}")
+                    cps[seq] = MirrorCheckpoint(seq, info, _text(doc, "payload").encode())
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+            except (OSError, ValueError) as e:
+                log.warning("checkpoint mirror: %s is unreadable (%s); skipped", path, str(e).splitlines()[0])
+        return cps, deltas
+
+    def newest_seq_sync(self, op_id: str) -> int | None:
+        seqs = [s for s, k in self._files(self._op_ckpt_dir(op_id)) if k == "ckpt"]
+        return max(seqs) if seqs else None
+
+    async def discard_after(self, op_id: str, seq: int) -> None:
+        def do() -> None:
+            d = self._op_ckpt_dir(op_id)
+            for s, kind in self._files(d):
+                if s > seq:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(d / f"{s:010d}.{kind}.json")
+
+        await self._guard(f"discarding checkpoints of {op_id} after {seq}", do)
+
+
+def _text(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} is not a string")
+    return value
+
+
+def verify(cp: MirrorCheckpoint, delta: bytes) -> bool:
+    return checksum(cp.payload, delta) == cp.info.checksum

@@ -1,0 +1,178 @@
+"""Checkpoints and item failures of the Redis store (mixed into RedisStore).
+
+A checkpoint is three hash fields under its seq: ``ck:ID`` (the listing info with its
+checksum), ``cp:ID`` (the payload: state, context_data, next_step, metadata) and
+``cd:ID`` (the items done, failed or skipped since the previous checkpoint). The newest
+N infos and payloads are kept; deltas are all kept, since the resume point's done set is
+their union. With a mirror, what Redis lacks (it restarted empty) is read from the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
+from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+
+if TYPE_CHECKING:
+    from .mirror import CheckpointMirror
+    from .redis_conn import RedisLink
+
+log = logging.getLogger("outlast.store.redis")
+
+_Candidate = tuple[int, str, Checkpoint, bytes]
+"""(seq, where from, info, payload)"""
+
+
+class CheckpointsMixin:
+    link: RedisLink
+    mirror: CheckpointMirror | None
+
+    def _k(self, kind: str, op_id: str = "") -> str:  # pragma: no cover - provided by RedisStore
+        raise NotImplementedError
+
+    async def _script(self, name: str, keys: list[str], args: list[Any], what: str) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    async def _restored(self) -> bool:  # pragma: no cover - provided by RedisStore
+        raise NotImplementedError
+
+    def _ckpt_keys(self, op_id: str) -> list[str]:
+        return [self._k("op", op_id), self._k("ck", op_id), self._k("cp", op_id), self._k("cd", op_id)]
+
+    async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
+        payload = encode_payload(cp)
+        items = delta.encode()
+        cs = checksum(payload, items)
+        cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
+        info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
+        now = time.time()
+        fails: list[str] = []
+        for key, error in delta.failed.items():
+            fails += [key, json.dumps({"error": error, "attempt": cp.epoch, "at": now}, ensure_ascii=False)]
+        op_id = cp.operation_id
+        keys = [*self._ckpt_keys(op_id), self._k("fail", op_id)]
+        args = [str(cp.epoch), str(cp.seq), info, payload, items, str(keep), str(len(fails) // 2), *fails]
+        what = f"checkpoint {cp.seq} of {op_id}"
+        res = await self._script("SAVE_CHECKPOINT", keys, args, what)
+        tag = res[0].decode()
+        if tag == "missing" and await self._restored():
+            res = await self._script("SAVE_CHECKPOINT", keys, args, what)
+            tag = res[0].decode()
+        if tag == "missing":
+            raise NotFound(f"no operation {op_id}")
+        if tag == "stale":
+            raise StaleAttempt(f"operation {op_id}: checkpoint from epoch {cp.epoch}, held by epoch {res[1].decode()}")
+        if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
+            await self.mirror.save_checkpoint(cp, payload, items, keep)
+        return cp
+
+    async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
+        keys = self._ckpt_keys(op_id)[1:]
+
+        async def do(c: Any) -> list[dict[bytes, bytes]]:
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            return await pipe.execute()
+
+        infos, payloads, deltas = await self.link.call(do, f"reading checkpoints of {op_id}")
+        return infos, payloads, deltas
+
+    async def _candidates(self, op_id: str) -> tuple[list[_Candidate], dict[int, bytes]]:
+        """Every checkpoint found (Redis first, then the mirror's for the same or other seqs), newest
+        first, and the deltas by seq (Redis's, completed from the mirror)."""
+        infos, payloads, raw_deltas = await self._read_all(op_id)
+        cands: list[_Candidate] = []
+        for raw_seq, raw_info in infos.items():
+            try:
+                seq = int(raw_seq)
+                info = Checkpoint.model_validate_json(raw_info)
+            except ValueError as e:
+                log.warning("operation %s: checkpoint %r in redis is unreadable (%s); skipped", op_id, raw_seq, e)
+                continue
+            cands.append((seq, "redis", info, payloads.get(raw_seq, b"")))
+        deltas: dict[int, bytes] = {}
+        for raw_seq, d in raw_deltas.items():
+            with contextlib.suppress(ValueError):
+                deltas[int(raw_seq)] = d
+        if self.mirror is not None:
+            try:
+                m_cps, m_deltas = await asyncio.to_thread(self.mirror.checkpoints_sync, op_id)
+            except OSError as e:
+                log.error("checkpoint mirror %s: reading checkpoints of %s failed: %s", self.mirror.root, op_id, e)
+            else:
+                cands += [(s, "mirror", m.info, m.payload) for s, m in m_cps.items()]
+                for s, d in m_deltas.items():
+                    deltas.setdefault(s, d)
+        cands.sort(key=lambda c: (-c[0], c[1] != "redis"))
+        return cands, deltas
+
+    async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
+        validate_id(op_id)
+        cands, deltas = await self._candidates(op_id)
+        for s, source, info, payload in cands:
+            if seq is not None and s > seq:
+                continue
+            if checksum(payload, deltas.get(s, b"")) != info.checksum:
+                log.warning("operation %s: checkpoint %d (%s) fails its checksum; using an older one", op_id, s, source)
+                continue
+            try:
+                data = decode_payload(payload)
+                cp = info.model_copy(
+                    update={k: data.get(k) or v for k, v in (("state", {}), ("context_data", {}), ("metadata", {}))}
+                    | {"next_step": data.get("next_step")}
+                )
+                ledger = Ledger()
+                for d_seq in sorted(d for d in deltas if d <= s):
+                    ledger.apply(ItemDelta.decode(deltas[d_seq]))
+            except ValueError as e:
+                log.warning(
+                    "operation %s: checkpoint %d (%s) cannot be decoded (%s); using an older one", op_id, s, source, e
+                )
+                continue
+            if source == "mirror":
+                log.warning("operation %s: resuming from checkpoint %d found in the checkpoint mirror", op_id, s)
+            return cp, ledger
+        return None
+
+    async def checkpoints(self, op_id: str) -> list[Checkpoint]:
+        validate_id(op_id)
+        cands, deltas = await self._candidates(op_id)
+        out: list[Checkpoint] = []
+        seen: set[int] = set()
+        for s, _source, info, payload in cands:
+            if s in seen:
+                continue
+            seen.add(s)
+            valid = checksum(payload, deltas.get(s, b"")) == info.checksum
+            next_step = None
+            if valid:
+                with contextlib.suppress(ValueError):
+                    next_step = decode_payload(payload).get("next_step")
+            out.append(info.model_copy(update={"valid": valid, "next_step": next_step}))
+        return out
+
+    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
+        validate_id(op_id)
+        await self._script("DISCARD_AFTER", self._ckpt_keys(op_id), [str(seq)], f"discarding checkpoints of {op_id}")
+        if self.mirror is not None:
+            await self.mirror.discard_after(op_id, seq)
+
+    async def item_failures(self, op_id: str) -> list[ItemFailure]:
+        validate_id(op_id)
+        key = self._k("fail", op_id)
+        raw = await self.link.call(lambda c: c.hgetall(key), f"reading item failures of {op_id}")
+        out = []
+        for k, v in raw.items():
+            try:
+                data = json.loads(v)
+                out.append(ItemFailure(key=k.decode(), **data))
+            except (ValueError, TypeError):
+                log.warning("operation %s: item failure %r in redis is unreadable; skipped", op_id, k)
+        return sorted(out, key=lambda f: f.at)

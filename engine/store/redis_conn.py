@@ -1,0 +1,191 @@
+"""The Redis connection of the Redis store: URL parsing, one-line errors, retries through outages.
+
+Every command goes through :meth:`RedisLink.call`. A connection error is retried with
+backoff for up to ``retry_for`` seconds (the store is marked disconnected meanwhile, and
+it says so once in the log), then becomes a StoreError. Errors never show the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..models import InvalidInput, StoreError
+
+log = logging.getLogger("outlast.store.redis")
+T = TypeVar("T")
+
+STORE_PARAMS = ("lease_ttl", "retry_for", "namespace")
+"""Query parameters of a store URL that are Outlast's, not redis-py's."""
+_ERRNO = re.compile(r"^Error\s+(-?\d+)\s")
+_ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d+\.\s*", re.IGNORECASE)
+
+
+def parse_store_url(url: str) -> tuple[str, dict[str, str], str, str]:
+    """``(url for redis-py, Outlast's own params, where for messages, url safe to show)``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.scheme != "unix" else None
+    except ValueError as e:
+        raise InvalidInput(f"store URL: {e}") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = {k: v for k, v in query if k in STORE_PARAMS}
+    rest = urlencode([(k, v) for k, v in query if k not in STORE_PARAMS])
+    base = url.split("?", 1)[0].split("#", 1)[0]
+    clean = base + (f"?{rest}" if rest else "")
+    where = (parts.path or "?") if parts.scheme == "unix" else f"{parts.hostname or 'localhost'}:{port or 6379}"
+    shown = clean
+    if parts.password is not None:
+        hidden = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[-1]}"
+        shown = clean.replace(parts.netloc, hidden, 1)
+    return clean, own, where, shown
+
+
+def _reason(e: BaseException) -> str:
+    """The cause of a Redis error in a few words: ``connection refused``, ``name or service not known``."""
+    text = str(e).strip() or type(e).__name__
+    m = _ERRNO.match(text)
+    if m and int(m.group(1)) > 0:
+        text = os.strerror(int(m.group(1)))
+    else:
+        text = _ERRNO_PREFIX.sub("", text).strip().rstrip(".")
+    text = text.splitlines()[0] if text else type(e).__name__
+    return text[:1].lower() + text[1:]
+
+
+class RedisLink:
+    """One redis.asyncio client and the policy around it (see module doc)."""
+
+    def __init__(self, url: str, *, retry_for: float = 30.0, connect_timeout: float = 3.0, timeout: float = 10.0):
+        self.raw_url = url
+        clean, self.params, self.where, self.shown_url = parse_store_url(url)
+        self._clean_url = clean
+        self._password = urlsplit(url).password
+        self.retry_for = float(self.params.get("retry_for", retry_for))
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.client: aioredis.Redis | None = None
+        self.connected = False
+        """False while Redis cannot be reached (the dashboard shows it); True again once it answers."""
+        self.reconnects = 0
+        """How many times the connection came back after an outage (a restarted Redis may be empty)."""
+        self.on_reconnect: Callable[[], None] | None = None
+
+    def _client(self) -> aioredis.Redis:
+        try:
+            return aioredis.from_url(
+                self._clean_url,
+                socket_connect_timeout=self.connect_timeout,
+                socket_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, logged, idempotent
+                decode_responses=False,
+            )
+        except ValueError as e:
+            raise InvalidInput(f"store URL: {self._scrub(str(e))}") from None
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def error(self, e: BaseException) -> StoreError:
+        """A one-line StoreError for a Redis error (never with the password)."""
+        w = self.where
+        text = str(e)
+        no_password = self._password is None and urlsplit(self.raw_url).username is None
+        if "NOAUTH" in text or (isinstance(e, AuthenticationError) and no_password):
+            msg = f"redis {w}: authentication required: put the password in the store URL (redis://:PASSWORD@HOST:PORT/DB)"
+        elif isinstance(e, AuthenticationError) or "WRONGPASS" in text:
+            msg = f"redis {w}: authentication failed: check the user and password in the store URL"
+        elif isinstance(e, AuthorizationError | NoPermissionError):
+            msg = f"redis {w}: permission denied for this user ({_reason(e)})"
+        elif isinstance(e, ReadOnlyError):
+            msg = f"redis {w} is a read-only replica: point the store URL at the primary"
+        elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
+            msg = f"redis {w}: cannot connect: {_reason(e)}"
+        else:
+            msg = f"redis {w}: {_reason(e)}"
+        return StoreError(self._scrub(msg))
+
+    async def open(self) -> None:
+        """Connect and PING once (no retries): an unreachable Redis at start is one clear line."""
+        self.client = self._client()
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as e:
+            await self.close()
+            raise self.error(e) from None
+        self.connected = True
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    @staticmethod
+    def _transient(e: BaseException) -> bool:
+        if isinstance(e, AuthenticationError | AuthorizationError):
+            return False
+        if isinstance(e, RedisConnectionError | RedisTimeoutError | OSError | asyncio.TimeoutError):
+            return True
+        return isinstance(e, ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))
+
+    async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str = "request") -> T:
+        """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds."""
+        client = self.client
+        if client is None:
+            raise StoreError(f"redis {self.where}: the store is not open")
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                result = await fn(client)
+            except (RedisError, OSError) as e:
+                if not self._transient(e):
+                    raise self.error(e) from None
+                if self.connected:
+                    self.connected = False
+                    log.warning(
+                        "redis %s: connection lost (%s); retrying for up to %gs",
+                        self.where,
+                        self._scrub(_reason(e)),
+                        self.retry_for,
+                    )
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"redis {self.where}: unreachable for {self.retry_for:g}s ({self._scrub(_reason(e))});"
+                        f" {what} not done"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if not self.connected:
+                self.connected = True
+                self.reconnects += 1
+                log.warning("redis %s: connected again", self.where)
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
+            return result
+
+    async def script(self, script: Any, keys: list[str], args: list[Any], what: str) -> Any:
+        return await self.call(lambda c: script(keys=keys, args=args, client=c), what)

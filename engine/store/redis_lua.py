@@ -1,0 +1,240 @@
+"""The Lua scripts of the Redis store: every check-then-write runs atomically inside Redis.
+
+Records are hashes with one field per Operation field, each value JSON-encoded by
+Python, so the scripts compare and copy values but never parse or build JSON (cjson
+would mangle user data); only status, epoch and priority are compared, as their JSON
+text (``"running"``, ``7``, ``"high"``). Fields starting with ``_`` are internal:
+``_tx`` (the last write's token, so a write retried after a lost reply is not applied
+twice) and ``_ctl`` (a pending cancel or pause).
+
+Keys, under the namespace prefix P: ``op:ID`` record, ``ids`` (lex index), ``all`` and
+``st:STATUS`` (by created_at), ``q:RANK`` (queued, by queued_at), ``dq:RANK`` (retries
+waiting for not_before), ``lease:ID`` (holder token with a TTL), ``ck:ID`` / ``cp:ID`` /
+``cd:ID`` (checkpoint info / payload / item delta by seq), ``fail:ID`` (item failures),
+``log:ID`` (a capped stream), ``meta`` (generation), channel ``events``.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = r"""
+local P = ARGV[1]
+local RANK = {['"high"'] = 0, ['"normal"'] = 1, ['"low"'] = 2}
+local function bare(s) return string.sub(s, 2, -2) end
+local function event(id, st, prev, epoch)
+  redis.call('PUBLISH', P .. 'events', '{"kind":"status","op":"' .. id .. '","status":' .. st ..
+    ',"previous":' .. (prev or 'null') .. ',"epoch":' .. (epoch or 'null') .. '}')
+end
+local function reindex(id, k, old, now)
+  local f = redis.call('HMGET', k, 'status', 'priority', 'queued_at', 'not_before', 'created_at')
+  local st = f[1]
+  if old ~= st then
+    if old then redis.call('ZREM', P .. 'st:' .. bare(old), id) end
+    redis.call('ZADD', P .. 'st:' .. bare(st), tonumber(f[5]) and f[5] or 0, id)
+  end
+  for r = 0, 2 do
+    redis.call('ZREM', P .. 'q:' .. r, id)
+    redis.call('ZREM', P .. 'dq:' .. r, id)
+  end
+  if st == '"queued"' then
+    local r = RANK[f[2]] or 1
+    local nb = tonumber(f[4])
+    if nb and nb > now then
+      redis.call('ZADD', P .. 'dq:' .. r, f[4], id)
+    else
+      redis.call('ZADD', P .. 'q:' .. r, tonumber(f[3]) and f[3] or 0, id)
+    end
+  end
+end
+"""
+
+CREATE = (
+    _PRELUDE
+    + r"""
+-- KEYS[1] op key; ARGV: P, id, now, tx, field, value, ...
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 1 then
+  if ARGV[4] ~= '' and redis.call('HGET', k, '_tx') == ARGV[4] then return 1 end
+  return 0
+end
+redis.call('HSET', k, '_tx', ARGV[4], unpack(ARGV, 5))
+local f = redis.call('HMGET', k, 'created_at', 'status', 'epoch')
+redis.call('ZADD', P .. 'ids', 0, ARGV[2])
+redis.call('ZADD', P .. 'all', tonumber(f[1]) and f[1] or 0, ARGV[2])
+reindex(ARGV[2], k, false, tonumber(ARGV[3]))
+event(ARGV[2], f[2], nil, f[3])
+return 1
+"""
+)
+
+WRITE = (
+    _PRELUDE
+    + r"""
+-- transition / update. KEYS[1] op key, KEYS[2] lease key.
+-- ARGV: P, id, now, epoch ('' any), allowed statuses ('' any; else "a","b"), tx, field, value, ...
+local k = KEYS[1]
+local cur = redis.call('HMGET', k, 'status', 'epoch', '_tx')
+if not cur[1] then return {'missing'} end
+if ARGV[6] ~= '' and cur[3] == ARGV[6] then return {'ok', redis.call('HGETALL', k)} end
+if ARGV[4] ~= '' and cur[2] ~= ARGV[4] then return {'stale', cur[2]} end
+if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. cur[1] .. ',', 1, true) then
+  return {'conflict', cur[1]}
+end
+local to = nil
+for i = 7, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
+if to == '"interrupted"' and cur[1] == '"running"' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
+end
+redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 7))
+local st = redis.call('HGET', k, 'status')
+if st ~= '"queued"' and st ~= '"running"' then redis.call('HDEL', k, '_ctl') end
+reindex(ARGV[2], k, cur[1], tonumber(ARGV[3]))
+if st ~= cur[1] then event(ARGV[2], st, cur[1], cur[2]) end
+return {'ok', redis.call('HGETALL', k)}
+"""
+)
+
+CLAIM = (
+    _PRELUDE
+    + r"""
+-- ARGV: P, now, aging, worker JSON, lease ttl ms, tx, holder, op id ('' for the queue's next)
+local now = tonumber(ARGV[2])
+local again = redis.call('GET', P .. 'claimtx:' .. ARGV[6])
+if again then return {again, redis.call('HGETALL', P .. 'op:' .. again)} end
+for r = 0, 2 do  -- retries whose backoff has passed join their queue
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', ARGV[2], 'LIMIT', 0, 100)) do
+    redis.call('ZREM', P .. 'dq:' .. r, id)
+    local qa = redis.call('HGET', P .. 'op:' .. id, 'queued_at')
+    if tonumber(qa) then redis.call('ZADD', P .. 'q:' .. r, qa, id) end
+  end
+end
+local id, epoch = nil, nil
+local function usable(cand)
+  local f = redis.call('HMGET', P .. 'op:' .. cand, 'status', 'epoch')
+  if f[1] == '"queued"' and tonumber(f[2]) then epoch = tostring(tonumber(f[2]) + 1) return true end
+  return false
+end
+if ARGV[8] ~= '' then
+  if usable(ARGV[8]) then id = ARGV[8] end
+else
+  local aging = tonumber(ARGV[3])
+  for _ = 1, 64 do
+    local best, bestkey, bestr = nil, nil, nil
+    for r = 0, 2 do  -- the heads of the three queues; each level is worth `aging` seconds of waiting
+      local h = redis.call('ZRANGE', P .. 'q:' .. r, 0, 0, 'WITHSCORES')
+      if h[1] then
+        local key = tonumber(h[2]) + r * aging
+        if not best or key < bestkey or (key == bestkey and h[1] < best) then best, bestkey, bestr = h[1], key, r end
+      end
+    end
+    if not best then break end
+    if usable(best) then id = best break end
+    redis.call('ZREM', P .. 'q:' .. bestr, best)  -- an index entry that no longer matches its record
+  end
+end
+if not id then return false end
+local k = P .. 'op:' .. id
+redis.call('HSET', k, 'status', '"running"', 'epoch', epoch, 'worker', ARGV[4], 'started_at', ARGV[2],
+  'finished_at', 'null', 'not_before', 'null', 'error', 'null', 'status_message', 'null', 'updated_at', ARGV[2],
+  '_tx', ARGV[6])
+reindex(id, k, '"queued"', now)
+redis.call('SET', P .. 'lease:' .. id, ARGV[7] .. ':' .. epoch, 'PX', ARGV[5])
+redis.call('SET', P .. 'claimtx:' .. ARGV[6], id, 'EX', 120)
+event(id, '"running"', '"queued"', epoch)
+return {id, redis.call('HGETALL', k)}
+"""
+)
+
+HEARTBEAT = r"""
+-- ARGV: P, lease ttl ms, holder, id, epoch, id, epoch, ...  Returns the ids whose lease is lost.
+local P = ARGV[1]
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local id, e = ARGV[i], ARGV[i + 1]
+  local f = redis.call('HMGET', P .. 'op:' .. id, 'status', 'epoch')
+  if f[1] == '"running"' and f[2] == e then
+    redis.call('SET', P .. 'lease:' .. id, ARGV[3] .. ':' .. e, 'PX', ARGV[2])
+  else
+    table.insert(lost, id)
+  end
+end
+return lost
+"""
+
+RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+SAVE_LIVE = r"""
+-- ARGV: P, now, then per operation: id, epoch, n, field, value (n pairs)
+local P = ARGV[1]
+local i = 3
+while i <= #ARGV do
+  local id, e, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local k = P .. 'op:' .. id
+  local f = redis.call('HMGET', k, 'status', 'epoch')
+  if f[1] == '"running"' and f[2] == e and n > 0 then
+    redis.call('HSET', k, 'updated_at', ARGV[2], unpack(ARGV, i + 3, i + 2 + 2 * n))
+  end
+  i = i + 3 + 2 * n
+end
+return 1
+"""
+
+SAVE_CHECKPOINT = r"""
+-- KEYS: op, ck, cp, cd, fail. ARGV: epoch, seq, info, payload, delta, keep, nfail, key, failure JSON, ...
+local e = redis.call('HGET', KEYS[1], 'epoch')
+if not e then return {'missing'} end
+if e ~= ARGV[1] then return {'stale', e} end
+local seq = ARGV[2]
+redis.call('HSET', KEYS[2], seq, ARGV[3])
+redis.call('HSET', KEYS[3], seq, ARGV[4])
+redis.call('HSET', KEYS[4], seq, ARGV[5])
+local nf = tonumber(ARGV[7])
+if nf > 0 then redis.call('HSET', KEYS[5], unpack(ARGV, 8, 7 + 2 * nf)) end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local done = cjson.decode(ARGV[5])['d']  -- a list of strings: decoded only, never re-encoded
+  if type(done) == 'table' then  -- an item that failed before and is done now is no longer a failure
+    for j = 1, #done, 500 do redis.call('HDEL', KEYS[5], unpack(done, j, math.min(j + 499, #done))) end
+  end
+  redis.call('HSET', KEYS[1], 'item_failures', tostring(redis.call('HLEN', KEYS[5])))
+end
+local cutoff = tonumber(seq) - tonumber(ARGV[6])
+for _, s in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if tonumber(s) <= cutoff then
+    redis.call('HDEL', KEYS[2], s)
+    redis.call('HDEL', KEYS[3], s)
+  end
+end
+redis.call('HSET', KEYS[1], 'checkpoint_seq', seq)
+return {'ok'}
+"""
+
+DISCARD_AFTER = r"""
+-- KEYS: op, ck, cp, cd. ARGV: seq
+local limit = tonumber(ARGV[1])
+for i = 2, 4 do
+  for _, s in ipairs(redis.call('HKEYS', KEYS[i])) do
+    if tonumber(s) > limit then redis.call('HDEL', KEYS[i], s) end
+  end
+end
+local newest = nil
+for _, s in ipairs(redis.call('HKEYS', KEYS[2])) do
+  local n = tonumber(s)
+  if n and (not newest or n > newest) then newest = n end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'checkpoint_seq', newest and tostring(newest) or 'null')
+end
+return 1
+"""
+
+CONTROL = r"""
+-- KEYS: op. ARGV: P, id, action
+local f = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+if f[1] ~= '"running"' then return 0 end
+redis.call('HSET', KEYS[1], '_ctl', ARGV[3])
+redis.call('PUBLISH', ARGV[1] .. 'events',
+  '{"kind":"control","op":"' .. ARGV[2] .. '","action":"' .. ARGV[3] .. '","epoch":' .. f[2] .. '}')
+return 1
+"""

@@ -1,0 +1,260 @@
+"""The Redis store against a real redis-server, in process: queue order, leases, fencing, checkpoints,
+control, logs, validation of what is read back, errors as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine.models import Checkpoint, Conflict, LogRecord, NotFound, StaleAttempt, StoreError, WorkerInfo
+from engine.store.base import ItemDelta
+from engine.store.redis import RedisStore
+from tests.fixtures_engine import until
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+W = WorkerInfo(host="test", pid=1)
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Settings:
+    return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"], grace_period=2.0)
+
+
+def store_for(server: RedisServer, **kw: object) -> RedisStore:
+    kw.setdefault("namespace", "t")
+    kw.setdefault("checkpoint_mirror", None)
+    return open_store(server.url, **kw)  # type: ignore[return-value]
+
+
+async def submit(engine: Engine, priority: str = "normal", **params: object) -> str:
+    spec = OperationSpec(type="ledger", params=params or {"items": 3}, priority=priority)  # type: ignore[arg-type]
+    return (await engine.submit(spec)).id
+
+
+async def test_claim_order_is_priority_then_fifo_with_aging(redis_server: RedisServer, settings: Settings) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        order = [("low", 0), ("normal", 1), ("high", 2), ("low", 3), ("high", 4), ("normal", 5)]
+        ids = {n: await submit(engine, p) for p, n in order}
+        store = engine.store
+        assert await store.queue_depth() == {"high": 2, "normal": 2, "low": 2}
+        claimed = [await store.claim(W, time.time(), 300.0) for _ in range(6)]
+        assert [c.id for c in claimed] == [ids[n] for n in (2, 4, 1, 5, 0, 3)]  # type: ignore[union-attr]
+        assert all(c.status is Status.RUNNING and c.epoch == 1 and c.worker == W for c in claimed)  # type: ignore[union-attr]
+        assert await store.claim(W, time.time(), 300.0) is None
+
+        old_low = await submit(engine, "low")
+        await asyncio.sleep(0.1)
+        new_high = await submit(engine, "high")
+        # Aging: 0.01 s of waiting is worth a priority level, so the low one waited long enough.
+        first = await store.claim(W, time.time(), 0.01)
+        assert first is not None and first.id == old_low
+        assert (await store.claim(W, time.time(), 0.01)).id == new_high  # type: ignore[union-attr]
+
+
+async def test_retry_backoff_waits_for_not_before(redis_server: RedisServer, settings: Settings) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        store = engine.store
+        op_id = await submit(engine)
+        op = await store.claim(W, time.time(), 300.0)
+        assert op is not None
+        await store.transition(
+            op_id, Status.QUEUED, epoch=op.epoch, not_before=time.time() + 0.5, queued_at=time.time()
+        )
+        assert await store.queue_depth() == {"high": 0, "normal": 1, "low": 0}
+        assert await store.claim(W, time.time(), 300.0) is None
+        again = await until(lambda: store.claim(W, time.time(), 300.0), timeout=10)
+        assert again.id == op_id and again.epoch == 2
+
+
+async def test_lease_fencing_and_orphans(redis_server: RedisServer, settings: Settings) -> None:
+    """A worker that stops renewing its lease is found orphaned; after another attempt takes over, the
+    old one can write neither a checkpoint nor a transition (checked inside Redis)."""
+    a = store_for(redis_server, lease_ttl=1.0)
+    async with Engine(store=store_for(redis_server, lease_ttl=1.0), settings=settings, run_queue=False) as b:
+        op_id = await submit(b)
+        async with a:
+            op = await a.claim(W, time.time(), 300.0, op_id=op_id)
+            assert op is not None and op.epoch == 1
+            with pytest.raises(Conflict, match="holds its lease"):
+                await b.store.transition(op_id, Status.INTERRUPTED, epoch=1, expect=frozenset({Status.RUNNING}))
+            for _ in range(3):  # heartbeats keep it held past its TTL
+                await a.heartbeat([op_id])
+                assert await b.store.find_orphans() == []
+                await asyncio.sleep(0.5)
+            # a stops renewing (paused by the kernel, cut off): b sees an orphan and requeues it
+            orphans = await until(b.store.find_orphans, timeout=10)
+            assert [o.id for o in orphans] == [op_id]
+            found = await b.recover()
+            assert [o.id for o in found] == [op_id]
+            assert (await b.get(op_id)).status is Status.QUEUED  # resume_orphans
+            taken = await b.store.claim(W, time.time(), 300.0)
+            assert taken is not None and taken.epoch == 2
+
+            cp = Checkpoint(operation_id=op_id, seq=1, epoch=1, created_at=time.time())
+            with pytest.raises(StaleAttempt):
+                await a.save_checkpoint(cp, ItemDelta(done=["x"]), keep=5)
+            with pytest.raises(StaleAttempt):
+                await a.transition(op_id, Status.COMPLETED, epoch=1, expect=frozenset({Status.RUNNING}))
+            await a.heartbeat([op_id])  # the lost lease is noticed, not renewed
+            assert (await b.get(op_id)).epoch == 2
+            assert await b.store.load_checkpoint(op_id) is None
+
+
+async def test_checkpoints_keep_newest_and_skip_corrupt(
+    redis_server: RedisServer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        store = engine.store
+        op_id = await submit(engine)
+        op = await store.claim(W, time.time(), 300.0)
+        assert op is not None
+        for seq in range(1, 8):
+            cp = Checkpoint(
+                operation_id=op_id,
+                seq=seq,
+                epoch=op.epoch,
+                created_at=time.time(),
+                state={"n": seq},
+                processed_items=seq,
+                next_step=f"step {seq}",
+            )
+            await store.save_checkpoint(cp, ItemDelta(done=[f"k{seq}"], failed={"bad": "boom"} if seq == 2 else {}), 3)
+        listed = await store.checkpoints(op_id)
+        assert [c.seq for c in listed] == [7, 6, 5] and all(c.valid for c in listed)
+        assert listed[0].next_step == "step 7"
+        assert (await store.get(op_id)).checkpoint_seq == 7
+        assert [f.key for f in await store.item_failures(op_id)] == ["bad"]
+        cp, ledger = await store.load_checkpoint(op_id)  # type: ignore[misc]
+        assert cp.seq == 7 and cp.state == {"n": 7} and ledger.done == {f"k{i}" for i in range(1, 8)}
+
+        redis_server.client().hset(f"t:cp:{op_id}", "7", b'{"state":{"n":666}}')  # tampered
+        with caplog.at_level(logging.WARNING, "outlast"):
+            cp, ledger = await store.load_checkpoint(op_id)  # type: ignore[misc]
+        assert cp.seq == 6 and cp.state == {"n": 6} and "k7" not in ledger.done
+        assert "checkpoint 7 (redis) fails its checksum" in caplog.text
+        assert [c.valid for c in await store.checkpoints(op_id)] == [False, True, True]
+        cp5, _ = await store.load_checkpoint(op_id, seq=5)  # type: ignore[misc]
+        assert cp5.seq == 5
+        await store.discard_checkpoints_after(op_id, 5)
+        assert [c.seq for c in await store.checkpoints(op_id)] == [5]
+        assert (await store.get(op_id)).checkpoint_seq == 5
+
+
+async def test_engine_runs_pauses_resumes_on_redis(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    log = tmp_path / "items.log"
+    async with Engine(store=store_for(redis_server), settings=settings) as engine:
+        spec = OperationSpec(
+            type="ledger",
+            params={"items": 200, "seconds": 0.005, "log_file": str(log)},
+            profile={"checkpoint_interval": 0.1},
+        )
+        op = await engine.submit(spec)
+        await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 20)
+        await engine.pause(op.id)
+        paused = await engine.wait(op.id, timeout=30)
+        assert paused.status is Status.PAUSED and paused.checkpoint_seq
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(200))}
+        assert final.attempt == 2 and final.worker is not None
+        lines = log.read_text().split()
+        assert sorted(map(int, lines)) == list(range(200))  # a pause checkpoints: nothing done twice
+        records, offset = await engine.logs(op.id)
+        assert any("resuming from checkpoint" in r.message for r in records)
+        more, offset2 = await engine.logs(op.id, offset)
+        assert more == [] and offset2 == offset
+        assert await engine.resolve(op.id[:10]) == op.id
+        with pytest.raises(NotFound):
+            await engine.resolve("zzzz")
+        assert (await engine.store.counts())[Status.COMPLETED] == 1
+        assert [o.id for o in await engine.list(statuses=[Status.COMPLETED], types=["ledger"])] == [op.id]
+
+
+async def test_logs_are_a_capped_stream_read_by_offset(redis_server: RedisServer, settings: Settings) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        op_id = await submit(engine)
+        recs = [LogRecord(ts=time.time(), level="info", message=f"m{i}") for i in range(5)]
+        await engine.store.append_logs(op_id, recs[:3])
+        got, off = await engine.store.read_logs(op_id)
+        assert [r.message for r in got] == ["m0", "m1", "m2"] and got[0].operation_id == op_id
+        await engine.store.append_logs(op_id, recs[3:])
+        got, off2 = await engine.store.read_logs(op_id, off)
+        assert [r.message for r in got] == ["m3", "m4"] and off2 > off
+        last, _ = await engine.store.read_logs(op_id, 0, limit=2)
+        assert [r.message for r in last] == ["m3", "m4"]
+
+
+async def test_control_is_stored_and_published(redis_server: RedisServer, settings: Settings) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        store = engine.store
+        op_id = await submit(engine)
+        await store.request_control(op_id, "cancel")  # queued: nothing to ask
+        assert await store.pending_controls([op_id]) == {}
+        op = await store.claim(W, time.time(), 300.0)
+        assert op is not None
+        pubsub = redis_server.client().pubsub()
+        pubsub.subscribe("t:events")
+        await store.request_control(op_id, "pause")
+        assert await store.pending_controls([op_id, "0" * 13]) == {op_id: "pause"}
+        messages = []
+        for _ in range(50):
+            m = await asyncio.to_thread(pubsub.get_message, timeout=0.1)
+            if m and m["type"] == "message":
+                messages.append(json.loads(m["data"]))
+            if messages:
+                break
+        assert messages == [{"kind": "control", "op": op_id, "action": "pause", "epoch": 1}]
+        pubsub.close()
+        await store.transition(op_id, Status.PAUSED, epoch=op.epoch)
+        assert await store.pending_controls([op_id]) == {}
+
+
+async def test_tampered_record_is_reported_and_skipped(
+    redis_server: RedisServer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        good, bad, worse = [await submit(engine) for _ in range(3)]
+        c = redis_server.client()
+        c.hset(f"t:op:{bad}", "progress", "{not json")
+        c.hset(f"t:op:{worse}", "status", '"exploded"')
+        with pytest.raises(StoreError) as err:
+            await engine.get(bad)
+        assert str(err.value) == f"operation {bad}: stored record in redis is malformed: field 'progress' is not JSON"
+        with pytest.raises(StoreError, match=r"status: Input should be"):
+            await engine.get(worse)
+        with caplog.at_level(logging.WARNING, "outlast"):
+            assert [o.id for o in await engine.list()] == [good]
+        assert f"operation {bad}: stored record in redis is malformed" in caplog.text
+        claimed = [await engine.store.claim(W, time.time(), 300.0) for _ in range(3)]
+        assert [o.id for o in claimed if o] == [good]  # a tampered record is never run
+
+
+async def test_unreachable_wrong_password_one_line(redis_factory, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    server = redis_factory(password="s3cret-pass")
+    url = server.url.replace("s3cret-pass", "wrong-pass")
+    for target, expected in (
+        (url, f"redis 127.0.0.1:{server.port}: authentication failed: check the user and password in the store URL"),
+        (
+            server.url.replace(":s3cret-pass@", ""),
+            f"redis 127.0.0.1:{server.port}: authentication required: put the password in the store URL"
+            " (redis://:PASSWORD@HOST:PORT/DB)",
+        ),
+        ("redis://127.0.0.1:1/0", "redis 127.0.0.1:1: cannot connect: connection refused"),
+    ):
+        store = open_store(target, namespace="t", checkpoint_mirror=None)
+        with pytest.raises(StoreError) as err:
+            await store.open()
+        assert str(err.value) == expected
+        assert "wrong-pass" not in str(err.value) and "\n" not in str(err.value)
+        assert "wrong-pass" not in store.url
+    async with store_for(server) as ok:
+        assert ok.connected and ":***@" in ok.url
