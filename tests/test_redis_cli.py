@@ -1,0 +1,70 @@
+"""The command line against Redis: what goes wrong is one clear line and exit code 8 (STORE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, load_settings, open_store
+from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+def outlast(*args: str, ns: str = "cli") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OUTLAST_NAMESPACE": ns, "PYTHONPATH": str(REPO)}
+    env.pop("OUTLAST_DEBUG", None)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL
+    )
+
+
+def submit(url: str, n: int) -> list[str]:
+    async def go() -> list[str]:
+        settings = load_settings(plugins=["tests.ops_for_tests"])
+        store = open_store(url, namespace="cli", checkpoint_mirror=None)
+        async with Engine(store=store, settings=settings, run_queue=False) as engine:
+            return [(await engine.submit(OperationSpec(type="ledger"))).id for _ in range(n)]
+
+    return asyncio.run(go())
+
+
+def test_wrong_password_and_wrong_host_are_one_line(redis_factory, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    server: RedisServer = redis_factory(password="right-one")
+    bad = server.url.replace("right-one", "not-it")
+    for args, expected in (
+        (["--store", bad, "ls"], f"redis 127.0.0.1:{server.port}: authentication failed"),
+        (["--store", bad, "worker"], f"redis 127.0.0.1:{server.port}: authentication failed"),
+        (["--store", "redis://127.0.0.1:1/0", "ls"], "redis 127.0.0.1:1: cannot connect: connection refused"),
+        (["--store", "redis://127.0.0.1:1/0", "worker"], "redis 127.0.0.1:1: cannot connect: connection refused"),
+    ):
+        r = outlast(*args)
+        assert r.returncode == 8, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], r.stderr
+        assert "not-it" not in r.stderr + r.stdout
+    ok = outlast("--store", server.url, "ls")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_tampered_record_is_one_line_and_skipped_in_listings(redis_server: RedisServer, state_dir: Path) -> None:
+    good, bad = submit(redis_server.url, 2)
+    redis_server.client().hset(f"cli:op:{bad}", "priority", '"urgent!!"')
+    r = outlast("--store", redis_server.url, "show", bad)
+    assert r.returncode == 8
+    assert r.stderr.strip().splitlines() == [
+        f"outlast: operation {bad}: stored record in redis is malformed: priority: Input should be 'high',"
+        " 'normal' or 'low'"
+    ]
+    listing = outlast("--store", redis_server.url, "--json", "ls")
+    assert listing.returncode == 0, listing.stderr
+    assert [op["id"] for op in json.loads(listing.stdout)] == [good]
+    assert f"operation {bad}: stored record in redis is malformed" in listing.stderr
+    assert len(listing.stderr.strip().splitlines()) == 1
+    assert redis_server.client().hget(f"cli:op:{bad}", "priority") == b'"urgent!!"'  # nothing changed
