@@ -25,14 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from ..models import (
     TRANSITIONS,
     Conflict,
-    ControlAction,
     InvalidInput,
-    LogRecord,
     NotFound,
     Operation,
     Priority,
@@ -44,59 +40,21 @@ from ..models import (
     validate_id,
     validate_id_prefix,
 )
-from ..profiles import one_line
 from . import redis_lua as lua
 from .mirror import CheckpointMirror
 from .redis_checkpoints import CheckpointsMixin
+from .redis_codec import decode_record, enc, pairs
 from .redis_conn import RedisLink
+from .redis_liveness import LivenessMixin
+from .redis_logs import ControlLogsMixin
 
 log = logging.getLogger("outlast.store.redis")
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _RANKS = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-_FIELDS = frozenset(Operation.model_fields)
-LOG_MAXLEN = 10_000
-"""Log records kept per operation (a capped stream; the oldest are trimmed)."""
 
 
-def enc(value: Any) -> str:
-    """One field's stored form: JSON (models as their JSON dump)."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
-    """A record read back from Redis, validated; ValueError naming the bad field otherwise."""
-    data: dict[str, Any] = {}
-    for k, v in raw.items():
-        name = k.decode("utf-8", "replace")
-        if name.startswith("_"):
-            continue
-        try:
-            data[name] = json.loads(v)
-        except ValueError:
-            raise ValueError(f"field {name!r} is not JSON") from None
-    try:
-        op = Operation.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(one_line(e)) from None
-    if op.id != op_id:
-        raise ValueError(f"field 'id' holds {op.id!r}")
-    return op
-
-
-def _pairs(fields: dict[str, Any]) -> list[str]:
-    unknown = set(fields) - _FIELDS
-    if unknown:
-        raise ValueError(f"unknown operation fields: {sorted(unknown)}")
-    out: list[str] = []
-    for k, v in fields.items():
-        out += [k, enc(v)]
-    return out
-
-
-class RedisStore(CheckpointsMixin):
+class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
     """``RedisStore("redis://:PASSWORD@host:6379/0", namespace="team-a", checkpoint_mirror="/srv/ckpt")``."""
 
     resume_orphans = True
@@ -113,7 +71,7 @@ class RedisStore(CheckpointsMixin):
     ) -> None:
         self.link = RedisLink(url) if retry_for is None else RedisLink(url, retry_for=retry_for)
         params = self.link.params
-        ns = namespace or params.get("namespace") or "outlast"
+        ns = namespace or "outlast"
         if not _NAMESPACE_RE.match(ns):
             raise InvalidInput(f"namespace {ns!r}: expected 1-64 characters of letters, digits, _ . : -")
         self.namespace = ns
@@ -203,79 +161,15 @@ class RedisStore(CheckpointsMixin):
     def _reconnected(self) -> None:
         self._check_generation = True
 
-    async def _ensure_generation(self, force_restore: bool = False) -> None:
-        """Notice a Redis that lost everything (restarted empty): restore from the mirror if there is one."""
-        key = self._k("meta")
-        gen = await self.link.call(lambda c: c.hget(key, "generation"), "reading the store generation")
-        changed = gen is None or (self._generation is not None and gen != self._generation)
-        if changed and self._generation is not None:
-            log.warning("redis %s: the store was emptied or replaced since this process connected", self.link.where)
-        if self.mirror is not None and (changed or force_restore):
-            await self._restore_from_mirror()
-        if gen is None:
-            await self.link.call(lambda c: c.hsetnx(key, "generation", secrets.token_hex(8)), "marking the store")
-            gen = await self.link.call(lambda c: c.hget(key, "generation"), "reading the store generation")
-        self._generation = gen
-        self._check_generation = False
-
-    async def _restore_from_mirror(self) -> None:
-        mirror = self.mirror
-        assert mirror is not None
-        ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if _valid_id(i)]
-        if not ids:
-            return
-        missing: list[str] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-
-            async def exists(c: Any, chunk: list[str] = chunk) -> list[int]:
-                pipe = c.pipeline(transaction=False)
-                for i in chunk:
-                    pipe.exists(self._k("op", i))
-                return await pipe.execute()
-
-            found = await self.link.call(exists, "checking records against the mirror")
-            missing += [i for i, n in zip(chunk, found, strict=True) if not n]
-        restored = 0
-        for op_id in missing:
-            op = await asyncio.to_thread(mirror.load_record_sync, op_id)
-            if op is None:
-                continue
-            newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
-            if newest is not None and (op.checkpoint_seq or 0) < newest:
-                op.checkpoint_seq = newest
-            restored += await self._create(op, tx="restore")
-        if restored:
-            log.warning(
-                "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
-            )
-
-    async def _restored(self) -> bool:
-        """After a record was found missing: True when Redis had been emptied and the mirror restored it."""
-        if self.mirror is None:
-            return False
-        before = self._generation
-        await self._ensure_generation()
-        return self._generation != before
-
-    def _report_malformed(self, op_id: str, e: Exception) -> None:
-        """Warn once per record and process: a listing every second must not flood the log."""
-        if op_id not in self._malformed:
-            self._malformed.add(op_id)
-            log.warning("operation %s: stored record in redis is malformed (%s); skipped", op_id, e)
-
     async def _mirror_record(self, op: Operation) -> None:
         if self.mirror is not None:
             await self.mirror.save_record(op)
-
-    def _token(self, op_id: str) -> str:
-        return f"{self.holder}:{self._held.get(op_id, 0)}"
 
     # ---- records -------------------------------------------------------------------------------
 
     async def _create(self, op: Operation, tx: str) -> int:
         fields = op.model_dump(mode="json")
-        args = [self.P, op.id, repr(time.time()), tx, *_pairs(fields)]
+        args = [self.P, op.id, repr(time.time()), tx, *pairs(fields)]
         return int(await self._script("CREATE", [self._k("op", op.id)], args, f"creating {op.id}"))
 
     async def create(self, op: Operation) -> None:
@@ -395,7 +289,7 @@ class RedisStore(CheckpointsMixin):
             "" if epoch is None else str(epoch),
             "" if allowed is None else ",".join(enc(s.value) for s in allowed),
             secrets.token_hex(8),
-            *_pairs(fields),
+            *pairs(fields),
         ]
         keys = [self._k("op", op_id), self._k("lease", op_id)]
         res = await self._script("WRITE", keys, args, what)
@@ -480,139 +374,6 @@ class RedisStore(CheckpointsMixin):
             return
         args: list[Any] = [self.P, repr(time.time())]
         for op_id, epoch, fields in updates:
-            pairs = _pairs(fields)
-            args += [op_id, str(epoch), len(pairs) // 2, *pairs]
+            kv = pairs(fields)
+            args += [op_id, str(epoch), len(kv) // 2, *kv]
         await self._script("SAVE_LIVE", [], args, "saving live progress")
-
-    # ---- liveness ------------------------------------------------------------------------------
-
-    async def release(self, op_id: str) -> None:
-        if op_id not in self._held:
-            return
-        token = self._token(op_id)
-        self._held.pop(op_id, None)
-        await self._script("RELEASE", [self._k("lease", op_id)], [token], f"releasing {op_id}")
-
-    async def heartbeat(self, op_ids: list[str]) -> None:
-        held = [(i, self._held[i]) for i in op_ids if i in self._held]
-        if not held:
-            return
-        args: list[Any] = [self.P, int(self.lease_ttl * 1000), self.holder]
-        for i, e in held:
-            args += [i, str(e)]
-        lost = await self._script("HEARTBEAT", [], args, "renewing leases")
-        for raw in lost or []:
-            op_id = raw.decode()
-            self._held.pop(op_id, None)
-            log.warning(
-                "operation %s: this worker's lease is lost (another attempt holds it or it was stopped);"
-                " its further writes are refused",
-                op_id,
-            )
-
-    async def find_orphans(self) -> list[Operation]:
-        if self._check_generation:
-            await self._ensure_generation()
-        else:
-            await self._ensure_generation_cheap()
-        info = await self.link.call(lambda c: c.info("server"), "reading server info")
-        if float(info.get("uptime_in_seconds", 1e9)) < self.lease_ttl + 1:
-            return []  # Redis just (re)started: live workers have not renewed their leases yet
-        ids = [m.decode() for m in await self.link.call(lambda c: c.zrange(self._k("st", "running"), 0, -1), "")]
-        ids = [i for i in ids if i not in self._held and _valid_id(i)]
-        if not ids:
-            return []
-
-        async def leases(c: Any) -> list[int]:
-            pipe = c.pipeline(transaction=False)
-            for i in ids:
-                pipe.exists(self._k("lease", i))
-            return await pipe.execute()
-
-        gone = [i for i, n in zip(ids, await self.link.call(leases, "checking leases"), strict=True) if not n]
-        return [op for op in await self._fetch(gone) if op.status is Status.RUNNING]
-
-    async def _ensure_generation_cheap(self) -> None:
-        gen = await self.link.call(lambda c: c.hget(self._k("meta"), "generation"), "reading the store generation")
-        if gen != self._generation:
-            await self._ensure_generation()
-
-    # ---- control -------------------------------------------------------------------------------
-
-    async def request_control(self, op_id: str, action: ControlAction) -> None:
-        validate_id(op_id)
-        if action not in ("cancel", "pause"):
-            raise InvalidInput(f"unknown control action {action!r}")
-        await self._script("CONTROL", [self._k("op", op_id)], [self.P, op_id, action], f"asking {op_id} to {action}")
-
-    async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
-        if not op_ids:
-            return {}
-
-        async def do(c: Any) -> list[bytes | None]:
-            pipe = c.pipeline(transaction=False)
-            for i in op_ids:
-                pipe.hget(self._k("op", i), "_ctl")
-            return await pipe.execute()
-
-        out: dict[str, ControlAction] = {}
-        for i, raw in zip(op_ids, await self.link.call(do, "reading control requests"), strict=True):
-            if raw in (b"cancel", b"pause"):
-                out[i] = raw.decode()  # type: ignore[assignment]
-        return out
-
-    async def clear_control(self, op_id: str) -> None:
-        validate_id(op_id)
-        await self.link.call(lambda c: c.hdel(self._k("op", op_id), "_ctl"), f"clearing control of {op_id}")
-
-    # ---- logs ----------------------------------------------------------------------------------
-
-    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
-        if not records:
-            return
-        key = self._k("log", validate_id(op_id))
-        rows = [r.model_dump_json(exclude={"operation_id"}) for r in records]
-
-        async def do(c: Any) -> None:
-            pipe = c.pipeline(transaction=False)
-            for row in rows:
-                pipe.xadd(key, {"r": row}, maxlen=LOG_MAXLEN, approximate=True)
-            await pipe.execute()
-
-        await self.link.call(do, f"writing logs of {op_id}")
-
-    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
-        """``offset`` is the stream position of the last record read, as an int (0: from the start)."""
-        key = self._k("log", validate_id(op_id))
-        start = "-" if offset <= 0 else f"({offset >> 24}-{offset & 0xFFFFFF}"
-        if limit is not None:
-            rows = await self.link.call(lambda c: c.xrevrange(key, "+", start, count=limit), "reading logs")
-            rows = list(reversed(rows))
-        else:
-            rows = []
-            while True:
-                chunk = await self.link.call(lambda c, s=start: c.xrange(key, s, "+", count=1000), "reading logs")
-                rows += chunk
-                if len(chunk) < 1000:
-                    break
-                start = "(" + chunk[-1][0].decode()
-        out = []
-        for _sid, fields in rows:
-            try:
-                rec = LogRecord.model_validate_json(fields[b"r"])
-            except (KeyError, ValueError):
-                continue
-            rec.operation_id = op_id
-            out.append(rec)
-        if rows:
-            ms, _, seq = rows[-1][0].decode().partition("-")
-            offset = (int(ms) << 24) | int(seq)
-        return out, offset
-
-
-def _valid_id(op_id: str) -> bool:
-    try:
-        validate_id(op_id)
-    except InvalidInput:
-        return False
-    return True

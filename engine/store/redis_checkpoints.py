@@ -14,14 +14,11 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
 from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
-
-if TYPE_CHECKING:
-    from .mirror import CheckpointMirror
-    from .redis_conn import RedisLink
+from .redis_codec import RedisParts
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -29,17 +26,8 @@ _Candidate = tuple[int, str, Checkpoint, bytes]
 """(seq, where from, info, payload)"""
 
 
-class CheckpointsMixin:
-    link: RedisLink
-    mirror: CheckpointMirror | None
-
-    def _k(self, kind: str, op_id: str = "") -> str:  # pragma: no cover - provided by RedisStore
-        raise NotImplementedError
-
-    async def _script(self, name: str, keys: list[str], args: list[Any], what: str) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
-    async def _restored(self) -> bool:  # pragma: no cover - provided by RedisStore
+class CheckpointsMixin(RedisParts):
+    async def _restored(self) -> bool:  # pragma: no cover - provided by LivenessMixin
         raise NotImplementedError
 
     def _ckpt_keys(self, op_id: str) -> list[str]:

@@ -1,0 +1,86 @@
+"""Control requests and logs of the Redis store.
+
+A cancel or pause is stored on the record (``_ctl``, read by the running engine's poll,
+so a missed message is never a lost cancel) and published on the ``events`` channel.
+Logs are a capped stream per operation (``log:ID``, the newest LOG_MAXLEN records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import ControlAction, InvalidInput, LogRecord, validate_id
+from .redis_codec import RedisParts
+
+LOG_MAXLEN = 10_000
+"""Log records kept per operation (a capped stream; the oldest are trimmed)."""
+
+
+class ControlLogsMixin(RedisParts):
+    async def request_control(self, op_id: str, action: ControlAction) -> None:
+        validate_id(op_id)
+        if action not in ("cancel", "pause"):
+            raise InvalidInput(f"unknown control action {action!r}")
+        await self._script("CONTROL", [self._k("op", op_id)], [self.P, op_id, action], f"asking {op_id} to {action}")
+
+    async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
+        if not op_ids:
+            return {}
+
+        async def do(c: Any) -> list[bytes | None]:
+            pipe = c.pipeline(transaction=False)
+            for i in op_ids:
+                pipe.hget(self._k("op", i), "_ctl")
+            return await pipe.execute()
+
+        out: dict[str, ControlAction] = {}
+        for i, raw in zip(op_ids, await self.link.call(do, "reading control requests"), strict=True):
+            if raw in (b"cancel", b"pause"):
+                out[i] = raw.decode()  # type: ignore[assignment]
+        return out
+
+    async def clear_control(self, op_id: str) -> None:
+        validate_id(op_id)
+        await self.link.call(lambda c: c.hdel(self._k("op", op_id), "_ctl"), f"clearing control of {op_id}")
+
+    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
+        if not records:
+            return
+        key = self._k("log", validate_id(op_id))
+        rows = [r.model_dump_json(exclude={"operation_id"}) for r in records]
+
+        async def do(c: Any) -> None:
+            pipe = c.pipeline(transaction=False)
+            for row in rows:
+                pipe.xadd(key, {"r": row}, maxlen=LOG_MAXLEN, approximate=True)
+            await pipe.execute()
+
+        await self.link.call(do, f"writing logs of {op_id}")
+
+    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+        """``offset`` is the stream position of the last record read, as an int (0: from the start)."""
+        key = self._k("log", validate_id(op_id))
+        start = "-" if offset <= 0 else f"({offset >> 24}-{offset & 0xFFFFFF}"
+        if limit is not None:
+            rows = await self.link.call(lambda c: c.xrevrange(key, "+", start, count=limit), "reading logs")
+            rows = list(reversed(rows))
+        else:
+            rows = []
+            while True:
+                chunk = await self.link.call(lambda c, s=start: c.xrange(key, s, "+", count=1000), "reading logs")
+                rows += chunk
+                if len(chunk) < 1000:
+                    break
+                start = "(" + chunk[-1][0].decode()
+        out = []
+        for _sid, fields in rows:
+            try:
+                rec = LogRecord.model_validate_json(fields[b"r"])
+            except (KeyError, ValueError):
+                continue
+            rec.operation_id = op_id
+            out.append(rec)
+        if rows:
+            ms, _, seq = rows[-1][0].decode().partition("-")
+            offset = (int(ms) << 24) | int(seq)
+        return out, offset
