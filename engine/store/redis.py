@@ -331,6 +331,8 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
             check_transition(current, to)
             raise Conflict(f"operation {op_id} is {current.value}: cannot make it {to.value}")
         op = self._from_reply(op_id, data)
+        if epoch is not None and to is not Status.RUNNING:
+            self._held.pop(op_id, None)  # the script let go of the lease
         await self._mirror_record(op)
         return op
 

@@ -37,6 +37,8 @@ log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
 
 STORE_PARAMS = ("lease_ttl", "retry_for")
+MAX_CONNECTIONS = 32
+"""Connections to Redis per process at most."""
 """Query parameters of a store URL that are Outlast's, not redis-py's."""
 _ERRNO = re.compile(r"^Error\s+(-?\d+)\s")
 _ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d+\.\s*", re.IGNORECASE)
@@ -94,13 +96,17 @@ class RedisLink:
 
     def _client(self) -> aioredis.Redis:
         try:
-            return aioredis.from_url(
+            # Bounded connections per process; a burst of requests waits for one instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self._clean_url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=self.retry_for,
                 socket_connect_timeout=self.connect_timeout,
                 socket_timeout=self.timeout,
                 retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, logged, idempotent
                 decode_responses=False,
             )
+            return aioredis.Redis.from_pool(pool)
         except ValueError as e:
             raise InvalidInput(f"store URL: {self._scrub(str(e))}") from None
 

@@ -102,14 +102,17 @@ class LivenessMixin(RedisParts):
         args: list[Any] = [self.P, int(self.lease_ttl * 1000), self.holder]
         for i, e in held:
             args += [i, str(e)]
-        lost = await self._script("HEARTBEAT", [], args, "renewing leases")
-        for raw in lost or []:
-            op_id = raw.decode()
-            self._held.pop(op_id, None)
+        lost = await self._script("HEARTBEAT", [], args, "renewing leases") or []
+        for k in range(0, len(lost), 3):
+            op_id, status, epoch = (x.decode() for x in lost[k : k + 3])
+            mine = self._held.pop(op_id, None)
+            if mine is None or (epoch == str(mine) and status not in ('"running"', '"interrupted"')):
+                continue  # this attempt settled it meanwhile
             log.warning(
-                "operation %s: this worker's lease is lost (another attempt holds it or it was stopped);"
-                " its further writes are refused",
+                "operation %s: this worker lost its lease (now %s, epoch %s); its further writes are refused",
                 op_id,
+                status.strip('"'),
+                epoch,
             )
 
     async def find_orphans(self) -> list[Operation]:

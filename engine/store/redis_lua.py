@@ -87,6 +87,11 @@ end
 redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 7))
 local st = redis.call('HGET', k, 'status')
 if st ~= '"queued"' and st ~= '"running"' then redis.call('HDEL', k, '_ctl') end
+if ARGV[4] ~= '' and cur[1] == '"running"' and st ~= '"running"' then
+  local lease = redis.call('GET', KEYS[2])  -- the attempt that settles lets go of its lease
+  local suffix = ':' .. ARGV[4]
+  if lease and string.sub(lease, -#suffix) == suffix then redis.call('DEL', KEYS[2]) end
+end
 reindex(ARGV[2], k, cur[1], tonumber(ARGV[3]))
 if st ~= cur[1] then event(ARGV[2], st, cur[1], cur[2]) end
 return {'ok', redis.call('HGETALL', k)}
@@ -145,7 +150,8 @@ return {id, redis.call('HGETALL', k)}
 )
 
 HEARTBEAT = r"""
--- ARGV: P, lease ttl ms, holder, id, epoch, id, epoch, ...  Returns the ids whose lease is lost.
+-- ARGV: P, lease ttl ms, holder, id, epoch, id, epoch, ...
+-- Returns id, status, epoch of each operation this attempt no longer holds.
 local P = ARGV[1]
 local lost = {}
 for i = 4, #ARGV, 2 do
@@ -155,6 +161,8 @@ for i = 4, #ARGV, 2 do
     redis.call('SET', P .. 'lease:' .. id, ARGV[3] .. ':' .. e, 'PX', ARGV[2])
   else
     table.insert(lost, id)
+    table.insert(lost, f[1] or 'null')
+    table.insert(lost, f[2] or 'null')
   end
 end
 return lost

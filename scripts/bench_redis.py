@@ -1,0 +1,142 @@
+"""Measure the Redis store: trivial operations per second through 1 and 3 ``outlast worker`` processes,
+and checkpoint latency to Redis (p50, p99), with and without the checkpoint mirror.
+
+    python scripts/bench_redis.py [--ops 3000] [--concurrency 8] [--checkpoints 1000]
+
+Starts its own redis-server (no persistence, and append-only with fsync every second) on a
+free port in a temporary directory. Throughput is counted from the first claim to the last
+completion as stored in the records (worker start-up is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+for p in (str(REPO), str(SCRIPTS)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from engine import Engine, OperationSpec, Status, WorkerInfo, load_settings, open_store  # noqa: E402
+from engine.models import Checkpoint  # noqa: E402
+from engine.store.base import ItemDelta  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(d: Path, aof: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def throughput(url: str, ns: str, n: int, workers: int, concurrency: int) -> float:
+    settings = load_settings(plugins=["bench_ops"])
+    async with Engine(
+        store=open_store(url, namespace=ns, checkpoint_mirror=None), settings=settings, run_queue=False
+    ) as engine:
+        for start in range(0, n, 200):
+            await asyncio.gather(*(engine.submit(OperationSpec(type="bench_noop")) for _ in range(min(200, n - start))))
+        env = {**os.environ, "PYTHONPATH": f"{REPO}:{SCRIPTS}", "OUTLAST_NAMESPACE": ns}
+        argv = [sys.executable, "-m", "engine.cli", "--store", url, "--plugin", "bench_ops", "-q", "worker"]
+        procs = [
+            subprocess.Popen([*argv, "-c", str(concurrency)], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+            for _ in range(workers)
+        ]
+        try:
+            while (await engine.store.counts()).get(Status.COMPLETED, 0) < n:
+                await asyncio.sleep(0.2)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+        ops = await engine.list(statuses=[Status.COMPLETED])
+    first = min(o.started_at for o in ops if o.started_at)
+    last = max(o.finished_at for o in ops if o.finished_at)
+    return n / (last - first)
+
+
+async def checkpoint_latency(url: str, ns: str, n: int, mirror: Path | None) -> tuple[float, float, int]:
+    settings = load_settings(plugins=["bench_ops"])
+    store = open_store(url, namespace=ns, checkpoint_mirror=mirror)
+    async with Engine(store=store, settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="bench_noop"))
+        claimed = await store.claim(WorkerInfo(host="bench", pid=os.getpid()), time.time(), 300.0, op_id=op.id)
+        assert claimed is not None
+        state = {"index": {f"file{i}.py": {"lines": i, "hash": "x" * 16} for i in range(100)}}  # ~5 KB
+        lats = []
+        for seq in range(1, n + 1):
+            cp = Checkpoint(operation_id=op.id, seq=seq, epoch=claimed.epoch, created_at=time.time(), state=state)
+            delta = ItemDelta(done=[f"s{seq}-{i}" for i in range(100)])
+            t0 = time.perf_counter()
+            saved = await store.save_checkpoint(cp, delta, 5)
+            lats.append(time.perf_counter() - t0)
+        await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch)
+        await store.release(op.id)
+    return statistics.median(lats), pct(lats, 0.99), saved.size
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--checkpoints", type=int, default=1000)
+    a = ap.parse_args()
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is not on the PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        for aof in (False, True):
+            d = Path(tmp) / ("aof" if aof else "plain")
+            d.mkdir()
+            proc, url = start_redis(d, aof)
+            label = "append-only, fsync every second" if aof else "no persistence"
+            try:
+                for workers in (1, 3):
+                    rate = await throughput(url, f"tp{workers}", a.ops, workers, a.concurrency)
+                    print(
+                        f"redis ({label}): {a.ops} trivial ops, {workers} worker(s) x {a.concurrency}: "
+                        f"{rate:,.0f} ops/s"
+                    )
+                p50, p99, size = await checkpoint_latency(url, "ck", a.checkpoints, None)
+                print(f"redis ({label}): checkpoint of {size:,} bytes: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
+                p50, p99, _ = await checkpoint_latency(url, "ckm", a.checkpoints // 4, d / "mirror")
+                print(f"redis ({label}) + mirror: checkpoint p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
+            finally:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
