@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from engine.models import Checkpoint, Conflict, LogRecord, NotFound, StaleAttempt, StoreError, WorkerInfo
 from engine.store.base import ItemDelta
 from engine.store.redis import RedisStore
@@ -48,6 +48,12 @@ async def test_claim_order_is_priority_then_fifo_with_aging(redis_server: RedisS
         assert [c.id for c in claimed] == [ids[n] for n in (2, 4, 1, 5, 0, 3)]  # type: ignore[union-attr]
         assert all(c.status is Status.RUNNING and c.epoch == 1 and c.worker == W for c in claimed)  # type: ignore[union-attr]
         assert await store.claim(W, time.time(), 300.0) is None
+
+        moved = await submit(engine, "low")
+        await submit(engine, "normal")
+        await engine.set_priority(moved, Priority.HIGH)  # moves it to the high queue
+        assert (await store.claim(W, time.time(), 300.0)).id == moved  # type: ignore[union-attr]
+        assert (await store.claim(W, time.time(), 300.0)) is not None
 
         old_low = await submit(engine, "low")
         await asyncio.sleep(0.1)
@@ -258,3 +264,24 @@ async def test_unreachable_wrong_password_one_line(redis_factory, settings: Sett
         assert "wrong-pass" not in store.url
     async with store_for(server) as ok:
         assert ok.connected and ":***@" in ok.url
+
+
+async def test_a_failing_mirror_is_logged_once_and_survived(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings) as engine:
+        ckpts = mirror / "t" / "checkpoints"
+        ckpts.rmdir()
+        ckpts.write_text("not a directory: every checkpoint write to the mirror fails")
+        spec = OperationSpec(
+            type="ledger", params={"items": 60, "seconds": 0.01}, profile={"checkpoint_interval": 0.05}
+        )
+        with caplog.at_level(logging.WARNING, "outlast"):
+            op = await engine.submit(spec)
+            final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and (final.checkpoint_seq or 0) >= 2
+        failures = [r for r in caplog.records if "checkpoint mirror" in r.getMessage() and "failed" in r.getMessage()]
+        assert len(failures) == 1 and "Redis goes on" in failures[0].getMessage()
+        assert len(await engine.checkpoints(op.id)) >= 2  # Redis has them
+        assert (mirror / "t" / "ops" / f"{op.id}.json").exists()  # records still mirrored
