@@ -240,12 +240,15 @@ class OperationContext:
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
-    async def checkpoint(self, next_step: str | None = None, **context_data: Any) -> None:
-        """Save a checkpoint now (inside an item body: at the end of that item).
+    async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None:
+        """Save a checkpoint (inside an item body: at the end of that item, unless ``now``).
 
-        ``next_step`` and ``context_data`` come back in ``ctx.resume_data`` on resume.
+        ``now=True`` saves at once from inside an item body, with the item not yet done:
+        for work inside one large item (a byte offset in ``ctx.state``), so a resume
+        re-enters that item and goes on from the saved state. ``next_step`` and
+        ``context_data`` come back in ``ctx.resume_data`` on resume.
         """
-        if self._current is not None:
+        if self._current is not None and not now:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return

@@ -255,12 +255,8 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
         offset += n
         st["partial"] = {"path": rel, "offset": offset}
         ctx.metrics["bytes"] = base + offset
-        # Outside the item's body bookkeeping: a checkpoint now records the offset, not the file as done.
-        ctx._current, cur = None, ctx._current
-        try:
-            await ctx.checkpoint(next_step=f"copying {rel}")
-        finally:
-            ctx._current = cur
+        # Saved at once with the file not yet done: a resume re-enters it at this offset.
+        await ctx.checkpoint(next_step=f"copying {rel}", now=True)
     sha = await asyncio.to_thread(_seal, src / rel, dst / rel, _partial(dst / rel), h.hexdigest(), p.verify)
     st.pop("partial", None)
     st["bytes"] = base + offset
