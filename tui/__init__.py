@@ -1,0 +1,1 @@
+"""Outlast's Textual dashboard."""
