@@ -428,7 +428,12 @@ class Engine:
         while not self._closing:
             self._wake.clear()
             try:
-                while not self._draining and not self._closing and len(self._tasks) < self.max_concurrent:
+                while (
+                    self.run_queue
+                    and not self._draining
+                    and not self._closing
+                    and len(self._tasks) < self.max_concurrent
+                ):
                     reason = self._admission.blocked()
                     if reason:
                         if reason != self._blocked_reason:
