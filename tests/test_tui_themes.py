@@ -1,0 +1,104 @@
+"""Theme files: the built-ins load, a user's file is added, a bad file is warned about and skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import Label
+
+from tui.themes import BUILTIN_DIR, DEFAULT_THEME, load_themes, next_theme, register_themes
+
+BUILTINS = ["outlast-dark", "outlast-light", "outlast-high-contrast"]
+
+
+def test_builtins_load_in_cycle_order_with_no_warning(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    themes = load_themes(tmp_path / "none", warn=warnings.append)
+    assert [t.name for t in themes][:3] == BUILTINS
+    assert DEFAULT_THEME in {t.name for t in themes}
+    assert warnings == []
+    light = next(t for t in themes if t.name == "outlast-light")
+    assert light.dark is False and light.background == "#f6f7f9"
+    assert sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))[:3] == ["dark", "high-contrast", "light"]
+
+
+def test_user_theme_added_and_overrides_by_name(tmp_path: Path) -> None:
+    (tmp_path / "sunset.toml").write_text('primary = "#ff8800"\nbackground = "#201010"\n[variables]\nborder = "red"\n')
+    (tmp_path / "mine.toml").write_text('name = "outlast-light"\nprimary = "green"\ndark = false\n')
+    (tmp_path / "notes.txt").write_text("not a theme")
+    warnings: list[str] = []
+    themes = {t.name: t for t in load_themes(tmp_path, warn=warnings.append)}
+    assert warnings == []
+    assert list(themes)[:4] == [*BUILTINS, "sunset"]
+    assert themes["sunset"].primary == "#ff8800" and themes["sunset"].variables == {"border": "red"}
+    assert themes["outlast-light"].primary == "green"  # the user's file replaced the built-in
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('primary = "#ff0000"\nbackgrund = "#000000"\n', ["backgrund", "unknown key"]),
+        ('primary = "not-a-colour"\n', ["primary", "not a colour"]),
+        ('background = "#000000"\n', ["primary", "missing"]),
+        ('primary = "red"\ndark = "yes"\n', ["dark", "true or false"]),
+        ('primary = "red"\ntext_alpha = 3\n', ["text_alpha", "0 to 1"]),
+        ('primary = "red"\n[variables]\nborder = 3\n', ["variables.border"]),
+        ('primary = "#ff0000\n', ["not valid TOML"]),
+    ],
+)
+def test_bad_file_is_one_warning_naming_file_and_key_and_skipped(tmp_path: Path, text: str, names: list[str]) -> None:
+    (tmp_path / "broken.toml").write_text(text)
+    (tmp_path / "good.toml").write_text('primary = "#123456"\n')
+    warnings: list[str] = []
+    themes = [t.name for t in load_themes(tmp_path, warn=warnings.append)]
+    assert themes == [*BUILTINS, "good"]
+    assert len(warnings) == 1, warnings
+    assert "\n" not in warnings[0] and str(tmp_path / "broken.toml") in warnings[0]
+    for part in names:
+        assert part in warnings[0]
+
+
+def test_default_user_dir_is_the_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "outlast" / "themes").mkdir(parents=True)
+    (tmp_path / "outlast" / "themes" / "ocean.toml").write_text('primary = "#0077be"\n')
+    assert "ocean" in [t.name for t in load_themes()]
+
+
+def test_next_theme_wraps_and_recovers_from_unknown() -> None:
+    assert next_theme(BUILTINS, "outlast-dark") == "outlast-light"
+    assert next_theme(BUILTINS, "outlast-high-contrast") == "outlast-dark"
+    assert next_theme(BUILTINS, "textual-dark") == "outlast-dark"
+
+
+class ThemedApp(App[None]):
+    """A tiny app that registers the themes the way the dashboard does."""
+
+    def __init__(self, user_dir: Path) -> None:
+        super().__init__()
+        self.user_dir = user_dir
+        self.names: list[str] = []
+
+    def on_mount(self) -> None:
+        self.names = register_themes(self, self.user_dir)
+        self.theme = DEFAULT_THEME
+
+    def compose(self) -> ComposeResult:
+        yield Label("themed")
+
+
+async def test_registered_themes_apply_to_a_running_app(tmp_path: Path) -> None:
+    (tmp_path / "ocean.toml").write_text('primary = "#0077be"\nbackground = "#001122"\n')
+    app = ThemedApp(tmp_path)
+    async with app.run_test() as pilot:
+        assert app.names == [*BUILTINS, "ocean"]
+        for _ in app.names:
+            app.theme = next_theme(app.names, app.theme)
+            await pilot.pause()
+            assert app.current_theme.name == app.theme
+        assert app.theme == DEFAULT_THEME  # one full cycle
+        app.theme = "ocean"
+        await pilot.pause()
+        assert app.screen.styles.background.hex.lower() == "#001122"
