@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS operations(
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ops_status_queued ON operations(status, queued_at);
+CREATE INDEX IF NOT EXISTS ops_claim ON operations(status, rank, queued_at, id);
 CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
 CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
 CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
@@ -123,12 +124,17 @@ class LocalStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
         assert self._worker is not None, "store is not open"
-        return await asyncio.wrap_future(self._worker.call(fn, *args))
+        return await self._worker.run(fn, *args)
 
-    async def _txn(self, fn: Callable[[sqlite3.Connection], T], undo: Callable[[], None] | None = None) -> T:
+    async def _txn(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        undo: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
         assert self._worker is not None, "store is not open"
-        return await asyncio.wrap_future(self._worker.transact(fn, undo))
+        return await self._worker.run_txn(fn, undo, after)
 
     async def open(self) -> None:
         self._opened += 1
@@ -362,7 +368,10 @@ class LocalStore:
                 conn.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,))
             return new
 
-        return await self._txn(do)
+        # Leaving `running` makes this process's lock on it stale: let go once that is durable
+        # (before the commit, another process would see it running and unlocked: an orphan).
+        after = None if to is Status.RUNNING else (lambda: self._unlock(op_id))
+        return await self._txn(do, after=after)
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
         validate_id(op_id)
@@ -383,12 +392,21 @@ class LocalStore:
             if op_id is not None:
                 rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
             else:
-                rows = conn.execute(
-                    # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
-                    "SELECT id FROM operations WHERE status='queued' AND (not_before IS NULL OR not_before <= ?)"
-                    " ORDER BY queued_at + rank * ?, id LIMIT 8",
-                    (now, aging),
-                ).fetchall()
+                # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
+                # One indexed head query per level (aging is constant within a level), merged here:
+                # ordering the whole queue by the expression would sort every queued row per claim.
+                heads: list[tuple[float, str]] = []
+                for rank in _RANK.values():
+                    heads += [
+                        (queued_at + rank * aging, cand)
+                        for queued_at, cand in conn.execute(
+                            "SELECT queued_at, id FROM operations INDEXED BY ops_claim"
+                            " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?)"
+                            " ORDER BY queued_at, id LIMIT 8",
+                            (rank, now),
+                        )
+                    ]
+                rows = [(cand,) for _, cand in sorted(heads)[:8]]
             for (cand,) in rows:
                 if not self._lock(cand):
                     continue  # another process is still finishing it
@@ -460,7 +478,8 @@ class LocalStore:
             os.close(fd)
 
     async def release(self, op_id: str) -> None:
-        await self._run(self._unlock, op_id)
+        if op_id in self._held:  # usually let go already by the final transition's commit
+            await self._run(self._unlock, op_id)
 
     async def heartbeat(self, op_ids: list[str]) -> None:
         return None  # the kernel keeps an flock alive as long as its process lives

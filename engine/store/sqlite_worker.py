@@ -4,10 +4,14 @@ Every write job runs in its own SAVEPOINT inside one ``BEGIN IMMEDIATE`` transac
 with whatever other writes are waiting, so N operations finishing at once cost one
 fsync, not N. A job that raises is rolled back alone; a failed COMMIT fails the group.
 Reads run alone, in arrival order, and never see another job's uncommitted writes.
+
+Results reach asyncio callers in one ``call_soon_threadsafe`` per group (one wake-up
+of the event loop for a whole group), not one per job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import sqlite3
@@ -26,8 +30,10 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     write: bool
-    future: Future[Any]
+    future: Future[Any] | asyncio.Future[Any]
     undo: Callable[[], None] | None = None
+    after: Callable[[], None] | None = None
+    """Runs on the thread once the job's group committed (e.g. let go of a lock the commit made stale)."""
 
 
 class SqliteWorker:
@@ -49,6 +55,23 @@ class SqliteWorker:
         self._q.put(_Job(fn, (), True, fut, undo))
         return fut
 
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``call`` for the running event loop: an asyncio future, resolved without a thread-safe chain."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._q.put(_Job(fn, args, False, fut))
+        return fut
+
+    def run_txn(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        undo: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """``transact`` for the running event loop (see ``run``)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._q.put(_Job(fn, (), True, fut, undo, after))
+        return fut
+
     def stop(self) -> None:
         self._q.put(None)
         self._thread.join(timeout=30)
@@ -62,7 +85,7 @@ class SqliteWorker:
             if job is None:
                 return
             if not job.write:
-                _settle(job, *_attempt(job.fn, *job.args))
+                _deliver([(job, *_attempt(job.fn, *job.args))])
                 continue
             group = [job]
             while len(group) < MAX_GROUP and not pending:
@@ -84,7 +107,7 @@ class SqliteWorker:
         except sqlite3.Error as e:
             for job in group:
                 _undo(job)
-                _settle(job, None, e)
+            _deliver([(job, None, e) for job in group])
             return
         outcomes: list[tuple[Any, BaseException | None]] = []
         for job in group:
@@ -105,10 +128,13 @@ class SqliteWorker:
             for job, (_r, err) in zip(group, outcomes, strict=True):
                 if err is None:
                     _undo(job)
-                _settle(job, None, err or e)
+            _deliver([(job, None, err or e) for job, (_r, err) in zip(group, outcomes, strict=True)])
             return
-        for job, (result, error) in zip(group, outcomes, strict=True):
-            _settle(job, result, error)
+        for job, (_r, err) in zip(group, outcomes, strict=True):
+            if err is None and job.after is not None:
+                with contextlib.suppress(Exception):
+                    job.after()
+        _deliver([(job, result, error) for job, (result, error) in zip(group, outcomes, strict=True)])
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
@@ -124,9 +150,33 @@ def _undo(job: _Job) -> None:
             job.undo()
 
 
-def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
-    if job.future.set_running_or_notify_cancel():
+Outcome = tuple[_Job, Any, BaseException | None]
+
+
+def _deliver(outcomes: list[Outcome]) -> None:
+    """Resolve the jobs' futures: concurrent ones here, asyncio ones in one hop per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for o in outcomes:
+        fut = o[0].future
+        if isinstance(fut, asyncio.Future):
+            by_loop.setdefault(fut.get_loop(), []).append(o)
+        elif fut.set_running_or_notify_cancel():
+            if o[2] is not None:
+                fut.set_exception(o[2])
+            else:
+                fut.set_result(o[1])
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed while the job ran: nobody waits
+            loop.call_soon_threadsafe(_resolve, batch)
+
+
+def _resolve(batch: list[Outcome]) -> None:
+    """On the event loop: set each asyncio future (one a caller gave up on stays cancelled)."""
+    for job, result, error in batch:
+        fut = job.future
+        if fut.done():
+            continue
         if error is not None:
-            job.future.set_exception(error)
+            fut.set_exception(error)  # type: ignore[union-attr]
         else:
-            job.future.set_result(result)
+            fut.set_result(result)  # type: ignore[union-attr]
