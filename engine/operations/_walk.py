@@ -73,7 +73,8 @@ async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[st
         out, _ = await proc.communicate()
         if proc.returncode == 0:
             files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
-            files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1]))]
+            venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
+            files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1])) and not f.startswith(venvs)]
     if files is None:
         files = await asyncio.to_thread(_walk, root)
     if patterns:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +25,8 @@ from ._lang import count_lines, language_of, symbols_and_imports
 from ._walk import list_files
 
 BATCH = 64
+MAX_TEXT = 4 << 20
+"""Files larger than this are hashed and listed, not analysed for lines and symbols."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime REAL, sha256 TEXT, language TEXT, binary INTEGER,
@@ -60,48 +63,68 @@ class IndexParams(BaseModel):
 
 
 def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
-    """One file's row (or None) and an error message (or None)."""
+    """One file's row, ("reuse", size) or ("skip", reason) (or None), and an error message (or None)."""
     p = root / rel
     try:
-        st = os.stat(p)
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
+            return ("skip", "not a regular file"), None
+        h = hashlib.sha256()
+        head = b""
         with open(p, "rb") as fh:
-            data = fh.read()
+            data = fh.read(MAX_TEXT + 1)
+            h.update(data)
+            if len(data) > MAX_TEXT:
+                head, data = data[:8192], b""
+                while b := fh.read(1 << 20):
+                    h.update(b)
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
-    sha = hashlib.sha256(data).hexdigest()
+    size = st.st_size
+    sha = h.hexdigest()
     lang = language_of(rel)
-    if prev is not None and prev[0] == len(data) and prev[1] == st.st_mtime and prev[2] == sha:
-        return ("reuse", len(data), st.st_mtime, sha), None
+    if prev is not None and prev[0] == size and prev[1] == st.st_mtime and prev[2] == sha:
+        return ("reuse", size, prev[3]), None
+    if head:  # too large to analyse: hashed and listed without line counts
+        binary = int(b"\0" in head)
+        return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, "[]", "[]"), None
     if b"\0" in data[:8192]:
-        return (rel, len(data), st.st_mtime, sha, lang, 1, None, None, None, "[]", "[]"), None
+        return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, "[]", "[]"), None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 text: byte {e.start}"
     code, comment, blank = count_lines(text, lang)
     syms, imps = symbols_and_imports(text, lang) if lang != "other" else ([], [])
-    return (rel, len(data), st.st_mtime, sha, lang, 0, code, comment, blank, json.dumps(syms), json.dumps(imps)), None
+    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, json.dumps(syms), json.dumps(imps)), None
 
 
-def _process_batch(db: str, root: Path, rels: list[str], seen: str) -> list[tuple[str, int, str | None]]:
-    """Analyse and store a batch in one transaction; returns (path, bytes, error) for each file."""
+def _process_batch(db: str, root: Path, rels: list[str], seen: str) -> list[tuple[str, int, str, str | None]]:
+    """Analyse and store a batch in one transaction; (path, bytes, outcome, error or skip reason) per file.
+
+    outcome: "indexed", "reused" (unchanged since an earlier run), "skipped" or "failed". A file that this
+    same operation stored before a crash is "indexed" again, not "reused", so a resumed run reports what an
+    uninterrupted one does.
+    """
     con = sqlite3.connect(db)
     try:
         q = ",".join("?" * len(rels))
         prev = {
-            r[0]: r[1:] for r in con.execute(f"SELECT path, size, mtime, sha256 FROM files WHERE path IN ({q})", rels)
+            r[0]: r[1:]
+            for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", rels)
         }
-        out: list[tuple[str, int, str | None]] = []
+        out: list[tuple[str, int, str, str | None]] = []
         with con:
             for rel in rels:
                 row, err = _analyze(root, rel, prev.get(rel))
-                if row is None:
-                    con.execute("DELETE FROM files WHERE path=?", (rel,))
-                    out.append((rel, 0, err))
+                if row is None or row[0] == "skip":
+                    for t in ("files", "symbols", "imports"):
+                        con.execute(f"DELETE FROM {t} WHERE path=?", (rel,))
+                    out.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
                     continue
                 if row[0] == "reuse":
                     con.execute("UPDATE files SET seen=? WHERE path=?", (seen, rel))
-                    out.append((rel, row[1], None))
+                    out.append((rel, row[1], "indexed" if row[2] == seen else "reused", None))
                     continue
                 con.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (*row, seen))
                 con.execute("DELETE FROM symbols WHERE path=?", (rel,))
@@ -110,7 +133,7 @@ def _process_batch(db: str, root: Path, rels: list[str], seen: str) -> list[tupl
                     "INSERT INTO symbols VALUES (?,?,?)", [(rel, *s.split(" ", 1)) for s in json.loads(row[9])]
                 )
                 con.executemany("INSERT INTO imports VALUES (?,?)", [(rel, m) for m in json.loads(row[10])])
-                out.append((rel, row[1], None))
+                out.append((rel, row[1], "indexed", None))
         return out
     finally:
         con.close()
@@ -138,6 +161,7 @@ def _finish(db: str, seen: str) -> dict:
         lines = con.execute("SELECT SUM(code), SUM(comment), SUM(blank), SUM(size) FROM files").fetchone()
         nsym = con.execute("SELECT COUNT(*) FROM symbols").fetchone()[0]
         return {
+            "files": con.execute("SELECT COUNT(*) FROM files").fetchone()[0],
             "languages": langs,
             "code": lines[0] or 0,
             "comment": lines[1] or 0,
@@ -170,13 +194,17 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     pending = [f for f in files if not ctx.is_done(f)]
     for i in range(0, len(pending), BATCH):
         results = await asyncio.to_thread(_process_batch, db, root, pending[i : i + BATCH], seen)
-        async for rel, size, err in ctx.items(results, key=lambda r: r[0]):
-            if err is not None:
-                ctx.fail(rel, err)
+        async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
+            if outcome == "failed":
+                ctx.fail(rel, why or "failed")
+                continue
+            if outcome == "skipped":
+                ctx.skip(rel, why)
                 continue
             st["bytes"] += size
+            st["reused"] += outcome == "reused"
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
     ctx.progress(step="finishing")
     summary = await asyncio.to_thread(_finish, db, seen)
-    return {"index": db, "files": len(files) - ctx.failures, "failures": ctx.failures, **summary}
+    return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}

@@ -1,0 +1,75 @@
+"""Helpers for the built-in operations' tests: generated trees, a SIGKILLed worker, runs through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine import Operation
+from tests.fixtures_cli import Cli, until
+
+
+def run_json(cli: Cli, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
+    """``outlast --json ARGS`` to the end: (exit code, the final record, stderr)."""
+    r = cli("--json", *args, timeout=timeout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    return r.returncode, (json.loads(lines[-1]) if lines else {}), r.stderr
+
+
+def submit(cli: Cli, type_: str, params: dict[str, Any], *profile: str) -> str:
+    """Queue an operation; its id."""
+    args = ["-q", "submit", type_, "--params-json", json.dumps(params)]
+    for p in profile:
+        args += ["--profile", p]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def kill_worker_when(cli: Cli, op_id: str, ready: Callable[[Operation], bool], timeout: float = 60.0) -> Operation:
+    """Start ``outlast worker``, SIGKILL it once ``ready(record)`` holds; the record as the kill found it."""
+    worker = cli.start("worker", "--concurrency", "1")
+    try:
+        seen = until(lambda: (op := cli.op(op_id)) and ready(op) and op, timeout, every=0.02, what="ready to kill")
+        os.kill(worker.popen.pid, signal.SIGKILL)
+        worker.popen.wait(10)
+    finally:
+        worker.kill()
+    return seen
+
+
+def resume(cli: Cli, op_id: str) -> dict[str, Any]:
+    """``outlast resume ID`` in the foreground (it finds the orphan first); the final record."""
+    code, rec, err = run_json(cli, "resume", op_id)
+    assert rec, f"no final record (exit {code}): {err}"
+    assert rec["attempt"] >= 2, rec
+    return rec
+
+
+def nothing_stored(cli: Cli) -> None:
+    r = cli("--json", "ls")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout
+
+
+def bad_params(cli: Cli, type_: str, params: dict[str, Any], expect: str) -> None:
+    """``outlast run`` with invalid params: one line naming the problem, exit 2, nothing stored."""
+    r = cli("run", type_, "--params-json", json.dumps(params))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    nothing_stored(cli)
+
+
+def unreadable(path: Path) -> bool:
+    """chmod 000 ``path``; True when that really makes it unreadable (not for root)."""
+    path.chmod(0)
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True

@@ -1,0 +1,196 @@
+"""codebase_indexing on real trees: this repository, a generated tree with awkward files, incremental re-index,
+a SIGKILLed worker resumed to the same index as an uninterrupted run, bad params."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, OperationSpec, Status
+from tests.conftest import REPO
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit, unreadable
+
+SOURCES = {
+    "src/app.py": "import os\nfrom . import util\n\n# a comment\nclass App:\n    pass\n\n\ndef main():\n    return 1\n",
+    "src/broken.py": "def ok():\n    pass\n\ndef broken(:\n",
+    "web/index.ts": "import { x } from './x';\nexport class Widget {}\nexport function render() {}\n// done\n",
+    "go/main.go": 'package main\n\nimport (\n\t"fmt"\n\t"os"\n)\n\nfunc main() {}\ntype Server struct{}\n',
+    "rs/lib.rs": "use std::io;\n/* block\n comment */\npub fn run() {}\npub struct Config;\n",
+    "java/App.java": "import java.util.List;\npublic class App {}\n",
+    "c/main.c": "#include <stdio.h>\n#define MAX 3\nint main(void) {\n  return 0;\n}\n",
+}
+
+
+def make_tree(root: Path, git: bool) -> dict[str, Path]:
+    """A source tree with binary, non-UTF-8, ignored, vendored and special files; the awkward ones by role."""
+    for rel, text in SOURCES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / ".gitignore").write_text("*.log\nbuild/\n!keep.log\n")
+    (root / "debug.log").write_text("ignored\n")
+    (root / "keep.log").write_text("kept: negated rule\n")
+    (root / "build").mkdir()
+    (root / "build" / "out.py").write_text("x = 1\n")
+    (root / "node_modules" / "dep").mkdir(parents=True)
+    (root / "node_modules" / "dep" / "index.js").write_text("module.exports = 1\n")
+    (root / "myenv" / "lib").mkdir(parents=True)
+    (root / "myenv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (root / "myenv" / "lib" / "site.py").write_text("x = 1\n")
+    roles = {
+        "binary": root / "assets" / "logo.png",
+        "latin1": root / "docs" / "latin.txt",
+        "secret": root / "secret.py",
+        "fifo": root / "pipe",
+    }
+    roles["binary"].parent.mkdir()
+    roles["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0" + bytes(range(256)))
+    roles["latin1"].parent.mkdir()
+    roles["latin1"].write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    roles["secret"].write_text("x = 1\n")
+    os.mkfifo(roles["fifo"])  # reading it would block forever: must be skipped, not read
+    (root / "link.py").symlink_to("src/app.py")
+    if git:
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return roles
+
+
+def rows(db: str) -> dict[str, tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT path, size, sha256, language, binary, code, comment, blank, symbols, imports FROM files"
+            )
+        }
+    finally:
+        con.close()
+
+
+async def run_index(engine: Engine, **params: Any) -> Any:
+    op = await engine.submit(OperationSpec(type="codebase_indexing", params=params))
+    return await engine.wait(op.id, timeout=120)
+
+
+async def test_index_this_repository(engine: Engine, tmp_path: Path) -> None:
+    db = tmp_path / "repo.sqlite"
+    final = await run_index(engine, root=str(REPO), output=str(db))
+    assert final.status is Status.COMPLETED, final.error
+    con = sqlite3.connect(db)
+    paths = {p for (p,) in con.execute("SELECT path FROM files")}
+    assert "engine/context.py" in paths and "pyproject.toml" in paths
+    assert not any(p.startswith(".git/") or "/__pycache__/" in p for p in paths)
+    lang, code, comment, blank = con.execute(
+        "SELECT language, code, comment, blank FROM files WHERE path='engine/context.py'"
+    ).fetchone()
+    text = (REPO / "engine/context.py").read_text()
+    assert lang == "python" and code + comment + blank == len(text.splitlines())
+    assert ("class", "OperationContext") in set(
+        con.execute("SELECT kind, name FROM symbols WHERE path='engine/context.py'")
+    )
+    importers = {p for (p,) in con.execute("SELECT path FROM imports WHERE module='asyncio'")}
+    assert "engine/context.py" in importers and "engine/engine.py" in importers
+    assert final.result["files"] == len(paths) and final.result["symbols"] > 100
+    assert (
+        final.result["languages"]["python"]
+        == con.execute("SELECT COUNT(*) FROM files WHERE language='python'").fetchone()[0]
+    )
+
+
+@pytest.mark.parametrize("git", [False, True], ids=["walk", "git"])
+async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path, git: bool) -> None:
+    root = tmp_path / "tree"
+    roles = make_tree(root, git)
+    cannot_read = unreadable(roles["secret"])
+    db = str(tmp_path / "index.sqlite")
+    final = await run_index(engine, root=str(root), output=db)
+    assert final.status is Status.COMPLETED, final.error
+    got = rows(db)
+    failures = {f.key: f.error for f in await engine.store.item_failures(final.id)}
+    assert "not UTF-8" in failures.pop("docs/latin.txt")
+    if cannot_read:
+        assert "unreadable" in failures.pop("secret.py")
+    else:
+        assert "secret.py" in got
+    assert failures == {}
+    assert final.progress.skipped == (1 if git else 2)  # the symlink, and the FIFO (git does not list it)
+    assert set(got) == {*SOURCES, ".gitignore", "keep.log", "assets/logo.png"} | (
+        set() if cannot_read else {"secret.py"}
+    )
+    assert got["assets/logo.png"][3] == 1 and got["assets/logo.png"][4] is None  # binary: no line counts
+    symbols = {p: set(json.loads(r[7])) for p, r in got.items()}
+    imports = {p: set(json.loads(r[8])) for p, r in got.items()}
+    assert symbols["src/app.py"] == {"class App", "def main"} and imports["src/app.py"] == {"os", "."}
+    assert symbols["src/broken.py"] == {"def ok", "def broken"}  # a syntax error: the fallback patterns
+    assert {"class Widget", "def render"} <= symbols["web/index.ts"] and imports["web/index.ts"] == {"./x"}
+    assert {"def main", "type Server"} <= symbols["go/main.go"] and imports["go/main.go"] == {"fmt", "os"}
+    assert {"def run", "type Config"} <= symbols["rs/lib.rs"] and imports["rs/lib.rs"] == {"std::io"}
+    assert symbols["java/App.java"] == {"class App"} and imports["java/App.java"] == {"java.util.List"}
+    assert {"def main", "macro MAX"} <= symbols["c/main.c"] and imports["c/main.c"] == {"stdio.h"}
+    assert got["src/app.py"][4:7] == (6, 1, 3)  # code, comment, blank
+    assert got["rs/lib.rs"][4:7] == (3, 2, 0)
+
+
+async def test_incremental_reindex(engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    make_tree(root, git=False)
+    (root / "docs" / "latin.txt").unlink()
+    db = str(tmp_path / "index.sqlite")
+    first = await run_index(engine, root=str(root), output=db)
+    assert first.status is Status.COMPLETED and first.result["reused"] == 0
+    before = rows(db)
+    (root / "src" / "app.py").write_text("def renamed():\n    pass\n")
+    (root / "java" / "App.java").unlink()
+    (root / "src" / "new.py").write_text("class New:\n    pass\n")
+    second = await run_index(engine, root=str(root), output=db)
+    assert second.status is Status.COMPLETED, second.error
+    after = rows(db)
+    assert second.result["removed"] == 1 and "java/App.java" not in after
+    assert json.loads(after["src/app.py"][7]) == ["def renamed"] and after["src/app.py"][1] != before["src/app.py"][1]
+    assert json.loads(after["src/new.py"][7]) == ["class New"]
+    unchanged = set(before) - {"src/app.py", "java/App.java"}
+    assert second.result["reused"] == len(unchanged)
+    assert all(after[p] == before[p] for p in unchanged)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT path FROM symbols WHERE name='App'").fetchall() == []  # old symbols gone
+    assert con.execute("SELECT path FROM symbols WHERE name='renamed'").fetchall() == [("src/app.py",)]
+
+
+def test_sigkilled_worker_resumes_to_the_uninterrupted_index(cli: Cli, tmp_path: Path) -> None:
+    """A worker is SIGKILLed after its first checkpoint; `outlast resume` finishes the index, and the index
+    and the result equal those of an uninterrupted run over the same tree."""
+    root = tmp_path / "tree"
+    body = "".join(f"def f{i}(x):\n    # note {i}\n    return x + {i}\n\n" for i in range(40))
+    for i in range(1500):
+        d = root / f"pkg{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"m{i:04d}.py").write_text(f"import os\n{body}class C{i}:\n    pass\n")
+    (root / "pkg07" / "latin.txt").write_bytes(b"caf\xe9\n")
+    code, whole, err = run_json(cli, "run", "codebase_indexing", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db")
+    assert code == 0, err
+    op_id = submit(
+        cli, "codebase_indexing", {"root": str(root), "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.2"
+    )
+    killed = kill_worker_when(cli, op_id, lambda op: (op.checkpoint_seq or 0) >= 1)
+    assert killed.status is Status.RUNNING and 0 < killed.progress.done < 1501
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert rows(f"{tmp_path}/b.db") == rows(f"{tmp_path}/a.db")
+    drop = ("index",)
+    assert {k: v for k, v in final["result"].items() if k not in drop} == {
+        k: v for k, v in whole["result"].items() if k not in drop
+    }
+    assert final["result"]["files"] == 1500 and final["result"]["failures"] == 1
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    bad_params(cli, "codebase_indexing", {"root": str(tmp_path / "nope")}, "root")
+    bad_params(cli, "codebase_indexing", {}, "root")
+    bad_params(cli, "codebase_indexing", {"root": str(tmp_path), "output": str(tmp_path / "x" / "i.db")}, "output")
