@@ -17,7 +17,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
@@ -44,16 +44,16 @@ class BackupParams(BaseModel):
     def _source(cls, v: str) -> str:
         return existing_dir(v, "source")
 
-    @model_validator(mode="after")
-    def _dest(self) -> BackupParams:
-        dest = Path(self.destination).expanduser().resolve()
-        src = Path(self.source)
-        if dest == src or dest.is_relative_to(src):
-            raise ValueError(f"destination {self.destination!r} is inside source {self.source!r}")
+    @field_validator("destination")
+    @classmethod
+    def _dest(cls, v: str, info: ValidationInfo) -> str:
+        dest = Path(v).expanduser().resolve()
+        src = info.data.get("source")
+        if src is not None and (dest == Path(src) or dest.is_relative_to(src)):
+            raise ValueError(f"{v!r} is inside source {src!r}")
         if dest.exists() and not dest.is_dir():
-            raise ValueError(f"destination {self.destination!r} exists and is not a directory")
-        self.destination = str(dest)
-        return self
+            raise ValueError(f"{v!r} exists and is not a directory")
+        return str(dest)
 
 
 def _list(src: Path) -> tuple[list[str], list[str], dict[str, int]]:
@@ -99,6 +99,7 @@ def _copy_small(src: Path, dst: Path, verify: bool) -> tuple[int, str]:
         tmp = _partial(dst)
         tmp.unlink(missing_ok=True)
         os.symlink(os.readlink(src), tmp)
+        shutil.copystat(src, tmp, follow_symlinks=False)  # the link's own times
         os.replace(tmp, dst)
         return 0, "symlink"
     tmp = _partial(dst)
@@ -226,23 +227,26 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             st["bytes"] += n
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
-    for d in reversed(dirs):  # directory times after their contents are written
-        await asyncio.to_thread(shutil.copystat, src / d, dst / d)
-    await asyncio.to_thread(shutil.copystat, src, dst)
     copied = await asyncio.to_thread(_read_journal, dst)
     manifest = {rel: {"sha256": copied[rel], "size": sizes.get(rel, 0)} for rel in entries if rel in copied}
     mpath = dst / MANIFEST
     text = json.dumps({"source": p.source, "files": manifest}, indent=1)
     await asyncio.to_thread(_write_atomic, mpath, text)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
+    for d in reversed(dirs):  # modes and times of directories last: writing into one changes its mtime
+        await asyncio.to_thread(shutil.copystat, src / d, dst / d)
+    await asyncio.to_thread(shutil.copystat, src, dst)
     return {"files": len(manifest), "bytes": st["bytes"], "failures": ctx.failures, "manifest": str(mpath)}
 
 
 async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str, size: int) -> None:
     """Copy one large file in chunks, saving the offset with a checkpoint every chunk_checkpoint bytes."""
     st = ctx.state
+    sst = await asyncio.to_thread(os.stat, src / rel)
+    ident = [rel, sst.st_size, sst.st_mtime_ns]
     part = st.get("partial") or {}
-    offset = part.get("offset", 0) if part.get("path") == rel else 0
+    # Go on from the saved offset only if the source is the file it was taken from.
+    offset = part.get("offset", 0) if part.get("source") == ident else 0
     offset, h = await asyncio.to_thread(_open_partial, src / rel, dst / rel, offset)
     if offset:
         ctx.log.info(f"resuming {rel} at byte {offset}")
@@ -253,7 +257,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
         if n == 0:
             break
         offset += n
-        st["partial"] = {"path": rel, "offset": offset}
+        st["partial"] = {"source": ident, "offset": offset}
         ctx.metrics["bytes"] = base + offset
         # Saved at once with the file not yet done: a resume re-enters it at this offset.
         await ctx.checkpoint(next_step=f"copying {rel}", now=True)
