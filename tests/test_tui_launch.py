@@ -1,0 +1,165 @@
+"""The launch form, driven with keys through Textual's pilot in a tiny app of its own.
+
+Bad values show one message under their field and dismiss nothing; a good form yields the
+OperationSpec the engine then accepts as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.widgets import Input, Label, Static
+
+from engine import Engine, OperationSpec, Priority, Settings, Status, handlers
+from engine.registry import HandlerSpec
+from tui.screens.launch import LaunchScreen
+
+
+class LaunchApp(App[None]):
+    """Pushes the launch form on start and keeps what it dismisses with."""
+
+    def __init__(self, types: dict[str, HandlerSpec], initial_type: str | None = "demo") -> None:
+        super().__init__()
+        self.types = types
+        self.initial_type = initial_type
+        self.results: list[OperationSpec | None] = []
+
+    def compose(self) -> ComposeResult:
+        yield Label("main screen")
+
+    def on_mount(self) -> None:
+        self.push_screen(LaunchScreen(self.types, self.initial_type), self.results.append)
+
+
+def demo_only() -> dict[str, HandlerSpec]:
+    return {"demo": handlers()["demo"]}
+
+
+async def replace(pilot: Pilot[Any], selector: str, text: str) -> None:
+    """Focus an input, clear it with a backspace per character and type ``text``.
+
+    Long values are set up to their last character, which is typed (pilot key presses are slow).
+    """
+    widget = pilot.app.screen.query_one(selector, Input)
+    widget.focus()
+    if len(text) > 8:
+        widget.value = text[:-1]
+        await pilot.press("end", text[-1])
+    else:
+        await pilot.press("end", *["backspace"] * len(widget.value), *text)
+
+
+def error_text(app: App[Any], key: str) -> str:
+    widget = app.screen.query_one(f"#error-{key}", Static)
+    return str(widget.render()) if widget.has_class("-shown") else ""
+
+
+async def test_bad_value_shows_its_message_and_submits_nothing_then_a_good_form_yields_the_spec(
+    settings: Settings,
+) -> None:
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-items", "-3")
+        await replace(pilot, "#param-seconds", "0")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        assert isinstance(app.screen, LaunchScreen)
+        assert error_text(app, "items") == "Input should be greater than or equal to 0"
+        assert app.screen.query_one("#param-items").has_class("-error")
+        assert error_text(app, "seconds") == ""
+
+        await replace(pilot, "#param-items", "12")  # fixing it clears the message as it is typed
+        await pilot.pause()
+        assert error_text(app, "items") == ""
+        await replace(pilot, "#launch-items", "12")
+        await replace(pilot, "#launch-name", "nightly")
+        app.screen.query_one("#launch-priority").value = "high"
+        await pilot.press("enter")  # enter in any input launches
+        await pilot.pause()
+    assert app.results == [
+        OperationSpec(
+            type="demo", params={"items": 12, "seconds": 0.0}, priority=Priority.HIGH, total_items=12, name="nightly"
+        )
+    ]
+    spec = app.results[0]
+    assert spec is not None
+    async with Engine(settings=settings, run_queue=False) as engine:
+        op = await engine.submit(spec)  # the engine takes the form's spec as it is
+        stored = await engine.get(op.id)
+    assert stored.status is Status.QUEUED and stored.params["items"] == 12 and stored.total_items == 12
+
+
+async def test_required_fields_are_marked_and_named_until_filled(tmp_path: Path) -> None:
+    app = LaunchApp(handlers(), initial_type="codebase_indexing")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        labels = [str(label.render()) for label in app.screen.query(".field-label.-required").results(Label)]
+        assert "root *" in labels
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        assert error_text(app, "root") == "Field required"
+        await replace(pilot, "#param-root", str(tmp_path / "missing"))
+        await pilot.pause()
+        assert "is not an existing directory" in error_text(app, "root")
+        await replace(pilot, "#param-root", str(tmp_path))
+        await replace(pilot, "#param-patterns", "*.py, *.md")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert app.results == [
+        OperationSpec(type="codebase_indexing", params={"root": str(tmp_path.resolve()), "patterns": ["*.py", "*.md"]})
+    ]
+
+
+async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() -> None:
+    app = LaunchApp(handlers())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#launch-type").value = "command"
+        await pilot.pause()
+        assert not app.screen.query("#param-items")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        form = app.screen.query_one("#launch-form-error", Static)
+        assert form.has_class("-shown") and "argv" in str(form.render())
+        await replace(pilot, "#param-argv", "echo, hi")
+        await replace(pilot, "#param-env", "A=1, B")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        assert error_text(app, "env") == "'B': expected KEY=VALUE"
+        await replace(pilot, "#param-env", '{"A": "1"}')
+        await replace(pilot, "#launch-items", "-1")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert error_text(app, "spec-items") == "Input should be greater than or equal to 0"
+        await replace(pilot, "#launch-items", "")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert app.results == [OperationSpec(type="command", params={"argv": ["echo", "hi"], "env": {"A": "1"}})]
+
+
+async def test_escape_dismisses_with_none() -> None:
+    app = LaunchApp(demo_only())
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-items", "-1")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.results == [None]
+        assert not isinstance(app.screen, LaunchScreen)
+
+
+def test_snapshot_launch_form_with_a_validation_error(snap_compare: Any) -> None:
+    async def bad_items(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        await replace(pilot, "#param-items", "-3")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    assert snap_compare(LaunchApp(demo_only()), terminal_size=(80, 24), run_before=bad_items)

@@ -1,0 +1,524 @@
+"""The launch form (``n``): operation type, its params generated from the handler's model, priority.
+
+Each param gets one control chosen by its annotation (text, number, switch, choice, list,
+mapping), filled with its default, marked when required, with the field's description as help.
+Validation is the engine's own (the handler's pydantic model, then ``OperationSpec``): every
+error is shown as one line under the field it names, and nothing is submitted while any remain.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, Select, Static, Switch
+
+from engine import OperationSpec, Priority
+from engine.registry import HandlerSpec
+
+Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
+JSON_FIELD = "__json__"
+"""The one field of a handler without a params model: all params as a JSON object."""
+
+
+class FieldError(ValueError):
+    """A value that cannot even be handed to pydantic (bad JSON, a pair without '=')."""
+
+
+@dataclass(frozen=True)
+class ParamField:
+    """One param of a handler's model, and how the form edits it."""
+
+    name: str
+    kind: Kind
+    required: bool
+    nullable: bool
+    default: Any
+    description: str
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def hint(self) -> str:
+        return {"list": "comma-separated or JSON list", "dict": "k=v, k2=v2 or JSON", "json": "JSON"}.get(self.kind, "")
+
+    def initial_text(self) -> str:
+        """The default as the text shown in the control."""
+        v = self.default
+        if v is None:
+            return ""
+        if self.kind == "list":
+            items = list(v)
+            if all(isinstance(i, str) and "," not in i for i in items):
+                return ", ".join(items)
+            return json.dumps(items)
+        if self.kind == "dict":
+            return json.dumps(v) if v else ""
+        if self.kind == "json":
+            return json.dumps(v)
+        return str(v.value if isinstance(v, Enum) else v)
+
+    def raw(self, text: str) -> Any:
+        """The value handed to pydantic for ``text``; ``_UNSET`` leaves the field to its default."""
+        text = text.strip()
+        if not text:
+            return _UNSET
+        if self.kind == "list":
+            if text.startswith("["):
+                return _json(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        if self.kind == "dict":
+            if text.startswith("{"):
+                return _json(text)
+            out: dict[str, str] = {}
+            for pair in text.split(","):
+                key, sep, value = pair.partition("=")
+                if not sep or not key.strip():
+                    raise FieldError(f"{pair.strip()!r}: expected KEY=VALUE")
+                out[key.strip()] = value.strip()
+            return out
+        if self.kind == "json":
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        return text  # str, int and float: pydantic's lax mode converts "5" and "0.5"
+
+
+_UNSET: Any = object()
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise FieldError(f"not valid JSON ({e.args[0].split(':')[0]})") from None
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(annotation))
+        if len(args) == 1:
+            return args[0], nullable
+        return annotation, nullable
+    return annotation, False
+
+
+def _kind(annotation: Any) -> tuple[Kind, tuple[Any, ...]]:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return "bool", ()
+    if annotation is int:
+        return "int", ()
+    if annotation is float:
+        return "float", ()
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, PurePath)):
+        return "str", ()
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "choice", tuple(annotation)
+    if origin is Literal:
+        return "choice", typing.get_args(annotation)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple, set):
+        return "list", ()
+    if origin is dict or annotation is dict:
+        return "dict", ()
+    return "json", ()
+
+
+def param_fields(model: type[BaseModel]) -> list[ParamField]:
+    """The form's fields for a params model, in declaration order."""
+    out = []
+    for name, info in model.model_fields.items():
+        annotation, nullable = _unwrap_optional(info.annotation)
+        kind, choices = _kind(annotation)
+        out.append(
+            ParamField(
+                name=name,
+                kind=kind,
+                required=info.is_required(),
+                nullable=nullable,
+                default=None if info.is_required() else _default(info),
+                description=(info.description or "").strip(),
+                choices=choices,
+            )
+        )
+    if not out and model.model_config.get("extra") == "allow":
+        out.append(ParamField(JSON_FIELD, "json", False, True, None, "all params as one JSON object"))
+    return out
+
+
+def _default(info: FieldInfo) -> Any:
+    try:
+        return info.get_default(call_default_factory=True, validated_data={})
+    except TypeError:
+        return None
+
+
+def _choice_value(choice: Any) -> Any:
+    return choice.value if isinstance(choice, Enum) else choice
+
+
+class LaunchScreen(ModalScreen[OperationSpec | None]):
+    """A modal form that dismisses with a validated ``OperationSpec``, or None on escape."""
+
+    DEFAULT_CSS = """
+    LaunchScreen {
+        align: center middle;
+    }
+    #launch-dialog {
+        width: 90;
+        max-width: 100%;
+        height: auto;
+        max-height: 100%;
+        border: round $primary;
+        border-title-style: bold;
+        background: $surface;
+        padding: 0 1;
+    }
+    #launch-dialog .row {
+        height: auto;
+    }
+    #launch-dialog .field-label {
+        width: 18;
+        height: 1;
+    }
+    #launch-dialog .field-label.-required {
+        text-style: bold;
+    }
+    #launch-dialog .field-control {
+        width: 1fr;
+    }
+    #launch-dialog Switch.field-control {
+        width: auto;
+        height: 1;
+        border: none;
+        padding: 0;
+    }
+    #launch-dialog .field-help {
+        color: $text-muted;
+        padding-left: 18;
+        height: auto;
+    }
+    #launch-dialog .field-error {
+        color: $text-error;
+        padding-left: 18;
+        height: auto;
+        display: none;
+    }
+    #launch-dialog .field-error.-shown {
+        display: block;
+    }
+    #launch-dialog .-error {
+        background: $error 25%;
+    }
+    #launch-type-help {
+        color: $text-muted;
+        padding-left: 18;
+    }
+    #launch-params {
+        height: auto;
+        max-height: 14;
+        border-top: solid $panel-lighten-1;
+        border-bottom: solid $panel-lighten-1;
+    }
+    #launch-form-error {
+        color: $text-error;
+        height: auto;
+        display: none;
+    }
+    #launch-form-error.-shown {
+        display: block;
+    }
+    #launch-buttons {
+        height: 1;
+        align-horizontal: right;
+        margin-top: 1;
+    }
+    #launch-buttons Button {
+        margin-left: 2;
+    }
+    #launch-note {
+        color: $text-muted;
+        width: 1fr;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "launch", "Launch", priority=True),
+    ]
+
+    def __init__(self, handlers: dict[str, HandlerSpec], initial_type: str | None = None) -> None:
+        super().__init__()
+        self.handlers = dict(handlers)
+        first = next(iter(self.handlers), None)
+        self.op_type: str | None = initial_type if initial_type in self.handlers else first
+        self.fields: list[ParamField] = self._fields_for(self.op_type)
+        self._tried = False
+        """After a first submit, every change re-validates so messages clear as they are fixed."""
+
+    # ---- layout ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="launch-dialog") as dialog:
+            dialog.border_title = "Launch an operation"
+            with Horizontal(classes="row"):
+                yield Label("type", classes="field-label -required")
+                yield Select(
+                    [(f"{t}", t) for t in self.handlers],
+                    value=self.op_type if self.op_type else Select.NULL,
+                    allow_blank=self.op_type is None,
+                    prompt="no operation types registered" if not self.handlers else "choose a type",
+                    compact=True,
+                    classes="field-control",
+                    id="launch-type",
+                )
+            yield Static(self._type_help(), id="launch-type-help", markup=False)
+            with VerticalScroll(id="launch-params"):
+                yield from self._param_widgets()
+            yield from self._spec_widgets()
+            yield Static("", id="launch-form-error", markup=False)
+            with Horizontal(id="launch-buttons"):
+                yield Static("* required · ctrl+s launch · esc cancel", id="launch-note")
+                yield Button("Launch", variant="primary", compact=True, id="launch-submit")
+                yield Button("Cancel", compact=True, id="launch-cancel")
+
+    def _fields_for(self, op_type: str | None) -> list[ParamField]:
+        return param_fields(self.handlers[op_type].params) if op_type else []
+
+    def _type_help(self) -> str:
+        if not self.op_type:
+            return "no operation types are registered" if not self.handlers else ""
+        return self.handlers[self.op_type].description or ""
+
+    def _param_widgets(self) -> list[Widget]:
+        if self.op_type and not self.fields:
+            return [Static("this type takes no params", classes="field-help")]
+        out: list[Widget] = []
+        for f in self.fields:
+            label = ("params" if f.name == JSON_FIELD else f.name) + (" *" if f.required else "")
+            out.append(
+                Horizontal(
+                    Label(label, classes="field-label" + (" -required" if f.required else ""), markup=False),
+                    self._control(f),
+                    classes="row",
+                )
+            )
+            help_text = "; ".join(p for p in (f.description, f.hint) if p)
+            if help_text:
+                out.append(Static(help_text, classes="field-help", markup=False))
+            out.append(Static("", classes="field-error", id=f"error-{_wid(f.name)}", markup=False))
+        return out
+
+    def _control(self, f: ParamField) -> Widget:
+        wid = f"param-{_wid(f.name)}"
+        if f.kind == "bool":
+            return Switch(bool(f.default), id=wid, classes="field-control")
+        if f.kind == "choice":
+            default = _choice_value(f.default) if f.default is not None else Select.NULL
+            return Select(
+                [(str(_choice_value(c)), _choice_value(c)) for c in f.choices],
+                value=default,
+                allow_blank=default is Select.NULL or f.nullable,
+                compact=True,
+                id=wid,
+                classes="field-control",
+            )
+        input_type = {"int": "integer", "float": "number"}.get(f.kind, "text")
+        return Input(
+            f.initial_text(),
+            placeholder="required" if f.required else ("none" if f.nullable else ""),
+            type=input_type,  # type: ignore[arg-type]
+            compact=True,
+            id=wid,
+            classes="field-control",
+        )
+
+    def _spec_widgets(self) -> ComposeResult:
+        with Horizontal(classes="row"):
+            yield Label("priority", classes="field-label")
+            yield Select(
+                [(p.value, p.value) for p in Priority],
+                value=Priority.NORMAL.value,
+                allow_blank=False,
+                compact=True,
+                id="launch-priority",
+                classes="field-control",
+            )
+        with Horizontal(classes="row"):
+            yield Label("item estimate", classes="field-label")
+            yield Input(placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control")
+        yield Static("", classes="field-error", id="error-spec-items", markup=False)
+        with Horizontal(classes="row"):
+            yield Label("name", classes="field-label")
+            yield Input(placeholder="optional label", compact=True, id="launch-name", classes="field-control")
+        yield Static("", classes="field-error", id="error-spec-name", markup=False)
+
+    # ---- events ----------------------------------------------------------------------------
+
+    @on(Select.Changed, "#launch-type")
+    async def _type_changed(self, event: Select.Changed) -> None:
+        value = event.value
+        new_type = None if value is Select.NULL else str(value)
+        if new_type == self.op_type:
+            return
+        self.op_type = new_type
+        self.fields = self._fields_for(new_type)
+        self._tried = False
+        self._show({}, [])
+        self.query_one("#launch-type-help", Static).update(self._type_help())
+        params = self.query_one("#launch-params", VerticalScroll)
+        await params.remove_children()
+        await params.mount_all(self._param_widgets())
+
+    @on(Input.Changed)
+    @on(Switch.Changed)
+    @on(Select.Changed)
+    def _revalidate(self, event: Input.Changed | Switch.Changed | Select.Changed) -> None:
+        if self._tried and getattr(event.control, "id", None) != "launch-type":
+            self._show(*self.validate()[1:])
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_launch()
+
+    @on(Button.Pressed, "#launch-submit")
+    def _launch_pressed(self) -> None:
+        self.action_launch()
+
+    @on(Button.Pressed, "#launch-cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_launch(self) -> None:
+        """Dismiss with the spec when the form validates; otherwise show every message."""
+        self._tried = True
+        spec, field_errors, form_errors = self.validate()
+        self._show(field_errors, form_errors)
+        if spec is not None:
+            self.dismiss(spec)
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def validate(self) -> tuple[OperationSpec | None, dict[str, str], list[str]]:
+        """The spec, or the messages: by error-widget key (``items``, ``spec-name``) and for the form."""
+        field_errors: dict[str, str] = {}
+        form_errors: list[str] = []
+        if not self.op_type:
+            return None, {}, ["choose an operation type"]
+        handler = self.handlers[self.op_type]
+        raw: dict[str, Any] = {}
+        for f in self.fields:
+            try:
+                value = self._read(f)
+            except FieldError as e:
+                field_errors[f.name] = str(e)
+                continue
+            if value is _UNSET:
+                continue
+            if f.name == JSON_FIELD:
+                if not isinstance(value, dict):
+                    field_errors[f.name] = "expected a JSON object"
+                else:
+                    raw.update(value)
+            else:
+                raw[f.name] = value
+        params: dict[str, Any] = {}
+        try:
+            params = handler.params.model_validate(raw).model_dump(mode="json", exclude_defaults=True)
+        except ValidationError as e:
+            names = {f.name for f in self.fields}
+            for err in e.errors():
+                loc = err["loc"]
+                msg = _message(err)
+                if loc and loc[0] in names:
+                    field_errors.setdefault(str(loc[0]), msg)
+                elif JSON_FIELD in names:
+                    field_errors.setdefault(JSON_FIELD, f"{'.'.join(map(str, loc))}: {msg}" if loc else msg)
+                else:
+                    where = ".".join(map(str, loc))
+                    form_errors.append(f"{where}: {msg}" if where else msg)
+        items_text = self.query_one("#launch-items", Input).value.strip()
+        total: int | None = None
+        if items_text:
+            try:
+                total = int(items_text)
+            except ValueError:
+                field_errors["spec-items"] = f"{items_text!r} is not a whole number"
+        if field_errors or form_errors:
+            return None, field_errors, form_errors
+        priority = self.query_one("#launch-priority", Select).value
+        name = self.query_one("#launch-name", Input).value.strip() or None
+        try:
+            spec = OperationSpec(
+                type=self.op_type, params=params, priority=Priority(priority), total_items=total, name=name
+            )
+        except ValidationError as e:
+            for err in e.errors():
+                key = {"total_items": "spec-items", "name": "spec-name"}.get(str(err["loc"][0]) if err["loc"] else "")
+                if key:
+                    field_errors.setdefault(key, _message(err))
+                else:
+                    form_errors.append(f"{'.'.join(map(str, err['loc']))}: {_message(err)}")
+            return None, field_errors, form_errors
+        return spec, {}, []
+
+    def _read(self, f: ParamField) -> Any:
+        control = self.query_one(f"#param-{_wid(f.name)}")
+        if isinstance(control, Switch):
+            return control.value
+        if isinstance(control, Select):
+            value = control.value
+            if value is Select.NULL:
+                return None if f.nullable and not f.required else _UNSET
+            return value
+        assert isinstance(control, Input)
+        return f.raw(control.value)
+
+    def _show(self, field_errors: dict[str, str], form_errors: list[str]) -> None:
+        """Put each message under its field (one line each) and mark the controls."""
+        for widget in self.query(".field-error").results(Static):
+            key = (widget.id or "").removeprefix("error-")
+            message = field_errors.get(_unwid(key), field_errors.get(key, ""))
+            widget.update(message)
+            widget.set_class(bool(message), "-shown")
+        for control in self.query(".field-control"):
+            cid = control.id or ""
+            key = {"launch-items": "spec-items", "launch-name": "spec-name"}.get(
+                cid, _unwid(cid.removeprefix("param-"))
+            )
+            control.set_class(key in field_errors, "-error")
+        form = self.query_one("#launch-form-error", Static)
+        form.update("\n".join(form_errors))
+        form.set_class(bool(form_errors), "-shown")
+
+
+def _message(err: Any) -> str:
+    return str(err["msg"]).removeprefix("Value error, ").replace("\n", " ")
+
+
+def _wid(name: str) -> str:
+    """A widget id for a field name (ids may not start with '_')."""
+    return "json-params" if name == JSON_FIELD else name
+
+
+def _unwid(key: str) -> str:
+    return JSON_FIELD if key == "json-params" else key
