@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine import Operation
+from engine import Operation, open_store
 from tests.fixtures_cli import Cli, until
 
 
@@ -28,6 +29,21 @@ def submit(cli: Cli, type_: str, params: dict[str, Any], *profile: str) -> str:
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+def checkpoint_state(cli: Cli, op_id: str) -> dict[str, Any]:
+    """``ctx.state`` of the newest valid checkpoint ({} when there is none), read from the store."""
+
+    async def go() -> dict[str, Any]:
+        store = open_store(cli.state_dir)
+        await store.open()
+        try:
+            got = await store.load_checkpoint(op_id)
+            return dict(got[0].state) if got else {}
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def kill_worker_when(cli: Cli, op_id: str, ready: Callable[[Operation], bool], timeout: float = 60.0) -> Operation:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import re
 import shlex
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
@@ -33,7 +36,9 @@ class CommandParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     argv: list[str] | None = Field(default=None, description="the program and its arguments (no shell)")
-    command: str | None = Field(default=None, description="a command line; run by /bin/sh only with shell=true")
+    command: str | None = Field(
+        default=None, validate_default=True, description="a command line; run by /bin/sh only with shell=true"
+    )
     shell: bool = Field(default=False, description="run `command` through /bin/sh")
     cwd: str | None = Field(default=None, description="working directory (default: the current one)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
@@ -61,17 +66,21 @@ class CommandParams(BaseModel):
             raise ValueError(f"cwd {v!r} is not an existing directory")
         return v
 
-    @model_validator(mode="after")
-    def _one_form(self) -> CommandParams:
-        if bool(self.argv) == bool(self.command):
+    @field_validator("command")
+    @classmethod
+    def _one_form(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if bool(info.data.get("argv")) == bool(v):
             raise ValueError("give either argv (a list) or command (a string)")
-        if self.command is not None and not self.shell:
-            self.argv = shlex.split(self.command)
-            if not self.argv:
-                raise ValueError("command is empty")
-        if self.argv is not None and self.shell:
+        if v is not None and not v.strip():
+            raise ValueError("command is empty")
+        return v
+
+    @field_validator("shell")
+    @classmethod
+    def _shell_takes_command(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("argv"):
             raise ValueError("shell=true takes `command`, not argv")
-        return self
+        return v
 
 
 class _Parser:
@@ -139,7 +148,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         env.pop("OUTLAST_RESUME", None)
         env.pop("OUTLAST_CHECKPOINT", None)
     cwd = str(Path(p.cwd).expanduser()) if p.cwd else None
-    argv = [p.command] if p.shell else list(p.argv or [])
+    argv = [p.command] if p.shell else (list(p.argv) if p.argv else shlex.split(p.command or ""))
     ctx.progress(step=argv[0] if not p.shell else "sh -c")
     try:
         proc = await ctx.spawn(
@@ -151,12 +160,15 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             limit=1 << 20,
+            preexec_fn=_die_with_parent,
         )
     except (FileNotFoundError, PermissionError) as e:
         raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
     parser = _Parser(ctx, p.progress_regex)
     tail: collections.deque[str] = collections.deque(maxlen=p.tail)
-    lines = 0
+    # Output lines (not ::outlast ones) as of the checkpoint resumed from: a resumed run counts what an
+    # uninterrupted one does.
+    lines = ctx.state.get("lines", 0) if ctx.resuming else 0
     assert proc.stdout is not None
     try:
         while True:
@@ -167,12 +179,13 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             if not raw:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            lines += 1
+            lines += not line.lstrip().startswith("::outlast")  # output, not the protocol
             tail.append(line)
             ctx.log.info(line)
             data = parser.feed(line)
             if data is not None:
                 ctx.state["checkpoint"] = data
+                ctx.state["lines"] = lines
                 await ctx.checkpoint(**{"command": data})
             elif ctx.cancelled:
                 break
@@ -186,6 +199,26 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         last = " | ".join(tail)[-1500:]
         raise RuntimeError(f"exit code {code}; last output: {last}" if last else f"exit code {code}")
     return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the process running the engine dies (Linux), so a
+    SIGKILLed worker leaves no command behind to run on beside its resumed self."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _libc_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL = _libc_prctl()
 
 
 def _kill_group(pid: int) -> None:

@@ -1,0 +1,119 @@
+"""command: progress, steps and checkpoints from a real child's output; a SIGKILLed worker takes its child with
+it and the resumed child goes on from OUTLAST_CHECKPOINT; cancel kills the whole process group; bad params."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from engine import Engine, OperationSpec, Status
+from tests.fixtures_cli import Cli, until
+from tests.fixtures_engine import until as until_async
+from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
+
+# A resumable script in the only protocol it knows: ::outlast lines out, OUTLAST_CHECKPOINT in.
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    ledger, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    with open(ledger + ".pid", "w") as fh:
+        fh.write(str(os.getpid()))
+    cp = json.loads(os.environ.get("OUTLAST_CHECKPOINT") or "{}")
+    start = cp.get("next", 0) if os.environ.get("OUTLAST_RESUME") == "1" else 0
+    total = cp.get("sum", 0)
+    print("::outlast step crunching", flush=True)
+    for i in range(start, n):
+        time.sleep(pause)
+        total += i
+        with open(ledger, "a") as fh:
+            fh.write(f"{i}\\n")
+        print(f"::outlast progress {i + 1}/{n}", flush=True)
+        if (i + 1) % 10 == 0:
+            print("::outlast checkpoint " + json.dumps({"next": i + 1, "sum": total}), flush=True)
+    print(f"sum {total}", flush=True)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_sigkilled_worker_then_resume_from_outlast_checkpoint(cli: Cli, tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(WORKER_SCRIPT)
+    n = 100
+    whole_ledger, ledger = tmp_path / "whole.ledger", tmp_path / "job.ledger"
+    code, whole, err = run_json(
+        cli,
+        "run",
+        "command",
+        "--params-json",
+        json.dumps({"argv": [sys.executable, str(script), str(whole_ledger), str(n), "0"]}),
+    )
+    assert code == 0, err
+    op_id = submit(cli, "command", {"argv": [sys.executable, str(script), str(ledger), str(n), "0.03"]})
+    killed = kill_worker_when(
+        cli, op_id, lambda op: checkpoint_state(cli, op_id).get("checkpoint", {}).get("next", 0) >= 20
+    )
+    assert killed.progress.step == "crunching" and killed.progress.total == n
+    checkpointed = checkpoint_state(cli, op_id)["checkpoint"]["next"]
+    child = int((tmp_path / "job.ledger.pid").read_text())
+    until(lambda: not _alive(child), 10, what="the command died with its worker")
+    before = ledger.read_text().split()
+    assert len(before) < n
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    items = ledger.read_text().split()
+    assert sorted(set(items), key=int) == [str(i) for i in range(n)]
+    assert all(items.count(str(i)) == 1 for i in range(checkpointed)), "an item before the checkpoint was redone"
+    assert final["result"] == whole["result"]
+    assert final["result"]["checkpoint"] == {"next": n, "sum": sum(range(n))}
+    assert f"sum {sum(range(n))}" in cli("logs", op_id).stdout
+
+
+async def test_progress_from_output_and_failure_with_last_lines(engine: Engine, tmp_path: Path) -> None:
+    code = "import sys\nfor i in range(1, 5): print(f'step {i} of 4')\nprint('boom', file=sys.stderr)\nsys.exit(3)"
+    op = await engine.submit(
+        OperationSpec(
+            type="command",
+            params={"argv": [sys.executable, "-c", code], "progress_regex": r"step (?P<done>\d+) of (?P<total>\d+)"},
+        )
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.FAILED
+    assert "exit code 3" in final.error and "boom" in final.error and "step 4 of 4" in final.error
+    assert (final.progress.done, final.progress.total) == (4, 4)
+    line = "printf '%s\\n' 'files 7/20' '[ 45%]'"  # a command string without a shell: split like one
+    op = await engine.submit(OperationSpec(type="command", params={"command": line}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.result["lines"] == 2
+    assert (final.progress.done, final.progress.total) == (450, 1000)  # the last line wins: 45.0 %
+
+
+async def test_cancel_kills_the_process_group(engine: Engine, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! > {pids}; echo started; sleep 300"
+    op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
+    await until_async(lambda: pids.exists() and pids.read_text().strip(), timeout=20)
+    grandchild = int(pids.read_text())
+    await engine.cancel(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.CANCELLED, final
+    await until_async(lambda: not _alive(grandchild), timeout=10)
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    bad_params(cli, "command", {"argv": ["true"], "progress_regex": "(unclosed"}, "progress_regex does not compile")
+    bad_params(cli, "command", {"argv": ["true"], "command": "true"}, "either argv")
+    bad_params(cli, "command", {"argv": ["true"], "cwd": str(tmp_path / "nope")}, "cwd")
