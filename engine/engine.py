@@ -116,6 +116,8 @@ class Engine:
         self._admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._settling = 0
+        """Tasks whose handler has returned and whose final status write is queued: their slots are free."""
         self._wake = asyncio.Event()
         self._closing = False
         self._draining = False
@@ -432,7 +434,7 @@ class Engine:
                     self.run_queue
                     and not self._draining
                     and not self._closing
-                    and len(self._tasks) < self.max_concurrent
+                    and len(self._tasks) - self._settling < self.max_concurrent
                 ):
                     reason = self._admission.blocked()
                     if reason:
@@ -442,7 +444,7 @@ class Engine:
                         break
                     self._blocked_reason = None
                     # Claims asked for together are committed together (one fsync for the lot).
-                    free = min(32, self.max_concurrent - len(self._tasks))
+                    free = min(32, self.max_concurrent - len(self._tasks) + self._settling)
                     now = time.time()
                     claimed = await asyncio.gather(
                         *(self.store.claim(self.worker, now, self.settings.aging_seconds) for _ in range(free))
@@ -635,7 +637,7 @@ class Engine:
             fields["error"] = error
         try:
             await self._flush_logs(op.id)
-            await self.store.transition(
+            write = self.store.transition(
                 op.id,
                 status,
                 epoch=op.epoch,
@@ -643,6 +645,14 @@ class Engine:
                 status_message=message or error,
                 **fields,
             )
+            # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
+            # write (the same group commit, usually), never ahead of it on the local store.
+            self._settling += 1
+            self._wake.set()
+            try:
+                await write
+            finally:
+                self._settling -= 1
         except (StaleAttempt, Conflict) as e:
             log.warning("%s: final status %s not written: %s", op.id, status.value, e)
             return

@@ -118,7 +118,8 @@ def test_detach_returns_at_once_and_the_operation_completes_without_a_terminal(c
         assert any(" running " in ln for ln in w.stdout.splitlines())
         assert cli.op(op_id).status.value == "completed"
         log = cli.state_dir / "detached" / f"{op_id}.log"
-        assert "completed" in log.read_text()
+        # The worker writes its last line after the status is durable (which `watch` saw): wait for it.
+        until(lambda: "completed" in log.read_text(), 30, what="the detached log's final line")
     finally:
         until(lambda: not _alive(pid), 30, what="detached process exit")
 
