@@ -1,0 +1,103 @@
+"""The resources pane and the help screen, each in a tiny app of its own, driven by the pilot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.widgets import Label
+
+from engine import Priority
+from engine.resources import ResourceMonitor, ResourceSample
+from tui.screens.help import HelpScreen
+from tui.widgets.resources import ResourcesPane, sparkline
+
+DEPTH = {Priority.HIGH: 2, Priority.NORMAL: 5, Priority.LOW: 0}
+
+
+class PaneApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield ResourcesPane(id="resources")
+
+
+def text_of(pane: ResourcesPane) -> str:
+    return pane.render().plain
+
+
+def test_sparkline_keeps_spikes_and_the_newest_value_at_the_end() -> None:
+    assert sparkline([0, 50, 100], 4) == " ▁▅█"
+    assert sparkline([0.0] * 50 + [100.0] + [0.0] * 49, 10).count("█") == 1  # a 1 s spike survives bucketing
+    assert len(sparkline([float(i % 100) for i in range(300)], 37)) == 37
+    assert sparkline([], 10) == "" and sparkline([50.0], 0) == ""
+
+
+async def test_pane_shows_real_samples_of_this_process_and_its_children() -> None:
+    """A real sample from psutil with a real child process, as the dashboard takes it."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monitor = ResourceMonitor()
+        op_id = "0abcdefghjkmn"
+        for _ in range(3):
+            sample = monitor.sample({op_id: [child.pid]})
+        app = PaneApp()
+        async with app.run_test(size=(70, 16)) as pilot:
+            pane = app.query_one(ResourcesPane)
+            assert text_of(pane) == "sampling…"
+            pane.update_data(sample, list(monitor.history), 1, 4, DEPTH, True)
+            await pilot.pause()
+            text = text_of(pane)
+    finally:
+        child.kill()
+        child.wait()
+    rss_m = sample.process_rss / 2**20
+    assert f"{sample.cpu_percent:3.0f}%" in text and f"{rss_m:.0f}M" in text
+    assert "Slots   1/4" in text and "high 2 · normal 5 · low 0" in text
+    assert op_id[:8] in text and "DISCONNECTED" not in text
+    assert sample.children[op_id][1] > 0  # the child's RSS was measured
+
+
+async def test_store_disconnected_is_plain_and_clears_when_back() -> None:
+    sample = ResourceSample(
+        ts=1.0,
+        cpu_percent=95.0,
+        memory_percent=50.0,
+        memory_used=2**33,
+        memory_total=2**34,
+        process_cpu_percent=5.0,
+        process_rss=80 * 2**20,
+    )
+    app = PaneApp()
+    async with app.run_test(size=(70, 16)) as pilot:
+        pane = app.query_one(ResourcesPane)
+        pane.update_data(sample, [sample], 0, 4, {p: 0 for p in Priority}, False)
+        await pilot.pause()
+        assert "STORE DISCONNECTED" in text_of(pane) and pane.has_class("-disconnected")
+        assert pane.border_subtitle == "store disconnected"
+        assert "nothing waiting" in text_of(pane)
+        pane.update_data(sample, [sample], 0, 4, {p: 0 for p in Priority}, True)
+        await pilot.pause()
+        assert "DISCONNECTED" not in text_of(pane) and not pane.has_class("-disconnected")
+
+
+class HelpApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield Label("main")
+
+
+async def test_help_lists_every_key_and_closes_with_escape_or_question_mark() -> None:
+    keys = [("n", "Launch an operation"), ("c", "Cancel"), ("?", "Help")]
+    app = HelpApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        for close in ("escape", "question_mark"):
+            closed: list[Any] = []
+            app.push_screen(HelpScreen(keys), closed.append)
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            assert isinstance(app.screen, HelpScreen)
+            rendered = "".join(seg.text for seg in app.console.render(app.screen.key_table()))
+            assert all(k in rendered and d in rendered for k, d in keys)
+            await pilot.press(close)
+            await pilot.pause()
+            assert closed == [None] and not isinstance(app.screen, HelpScreen)
