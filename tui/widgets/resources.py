@@ -8,7 +8,6 @@ dashboard's 1 Hz that is a fraction of a millisecond per second.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rich.style import Style
 from rich.text import Text
@@ -35,10 +34,7 @@ def sparkline(values: Sequence[float], width: int, top: float = 100.0) -> str:
     if width <= 0 or not values:
         return ""
     n = len(values)
-    if n > width:
-        cols = [max(values[i * n // width : (i + 1) * n // width]) for i in range(width)]
-    else:
-        cols = list(values)
+    cols = [max(values[i * n // width : (i + 1) * n // width]) for i in range(width)] if n > width else values
     top = top or 1.0
     last = len(SPARK) - 1
     line = "".join(SPARK[max(0, min(last, round(v / top * last)))] for v in cols)
