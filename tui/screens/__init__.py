@@ -1,1 +1,1 @@
-"""Modal and full screens of the dashboard."""
+"""Modal screens of the dashboard: confirmations, quit, launch form, help."""

@@ -1,1 +1,1 @@
-"""Widgets of the dashboard."""
+"""The dashboard's panes: operations table, detail, checkpoints, logs (and resources)."""

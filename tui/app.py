@@ -1,0 +1,692 @@
+"""The dashboard: a Textual app that embeds an engine and shows everything in the store.
+
+Data flow, built for 10,000 operations with 100 of them reporting progress:
+
+- records live in one dict (``ops``); the full list is read once in the background, then
+  only active operations are polled every second (plus those the engine's events name),
+  and everything is read again rarely, to see what other processes finished;
+- progress of what this engine runs is read straight from the engine (``engine.live``);
+- the screen is refreshed by one timer at a fixed frame rate: events only mark things
+  dirty, so a burst of progress never turns into a burst of repaints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from textual import events, on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static, Tab, Tabs
+
+from engine import (
+    ACTIVE,
+    RESUMABLE,
+    CheckpointSaved,
+    Engine,
+    Event,
+    LogEmitted,
+    Operation,
+    OutlastError,
+    Priority,
+    Progress,
+    Settings,
+    Status,
+    StatusChanged,
+    TimeoutExtended,
+)
+from engine.config import save_setting
+from engine.resources import ResourceSample
+
+from .screens.confirm import ConfirmScreen, QuitScreen
+from .widgets.checkpoints import CheckpointsPane
+from .widgets.detail import DetailPane
+from .widgets.logs import LogsPane
+from .widgets.operations import SORTS, OperationsTable
+
+log = logging.getLogger("outlast.tui")
+
+FRAME = 0.2
+"""Seconds between refreshes of the screen (5 Hz)."""
+POLL = 1.0
+"""Seconds between reads of active operations from the store."""
+FULL_RELOAD = 30.0
+"""Seconds between reads of every operation (to see what other processes did to stopped ones)."""
+NARROW_WIDTH = 120
+NARROW_HEIGHT = 32
+PANES = ("detail", "checkpoints", "logs", "resources")
+
+Sampler = Callable[[dict[str, list[int]]], ResourceSample]
+
+
+class _ResourcesFallback(Static):
+    """Shown until the resources pane exists: the same ``update_data`` in a few plain lines."""
+
+    def update_data(
+        self,
+        sample: ResourceSample,
+        history: Any,
+        slots_used: int,
+        slots_max: int,
+        queue_depth: dict[Priority, int],
+        store_ok: bool,
+    ) -> None:
+        queued = " ".join(f"{p.value} {n}" for p, n in queue_depth.items())
+        self.update(
+            f"cpu {sample.cpu_percent:.0f}%  mem {sample.memory_percent:.0f}%\n"
+            f"engine cpu {sample.process_cpu_percent:.0f}%  rss {sample.process_rss // 2**20}M\n"
+            f"slots {slots_used}/{slots_max}\nqueued: {queued}\nstore {'ok' if store_ok else 'UNREACHABLE'}"
+        )
+
+
+def _resources_widget() -> Any:
+    try:
+        from .widgets.resources import ResourcesPane
+    except ImportError:
+        return _ResourcesFallback
+    return ResourcesPane
+
+
+class OutlastApp(App[int]):
+    """``OutlastApp(settings).run()``; ``engine``, ``clock`` and ``sampler`` are seams for tests."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "Outlast"
+    AUTO_FOCUS = "#ops"
+
+    BINDINGS = [
+        Binding("n", "launch", "Launch"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("p", "pause", "Pause"),
+        Binding("r", "resume", "Resume"),
+        Binding("plus", "raise_priority", "Prio+", key_display="+"),
+        Binding("minus", "lower_priority", "Prio-", key_display="-"),
+        Binding("enter", "detail", "Detail", show=False),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("l", "logs", "Logs"),
+        Binding("t", "cycle_theme", "Theme", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "back", "Back", show=False),
+    ]
+
+    ACTIONS_HELP = {
+        "launch": ("Launch operation", "A form: type, params, priority, item estimate"),
+        "cancel": ("Cancel operation", "Cancel the selected operation (asks first)"),
+        "pause": ("Pause operation", "Pause the selected operation with a checkpoint"),
+        "resume": ("Resume operation", "Resume the selected operation from its newest checkpoint"),
+        "raise_priority": ("Raise priority", "Queued work: one priority level up"),
+        "lower_priority": ("Lower priority", "Queued work: one priority level down"),
+        "detail": ("Show detail", "The selected operation's detail pane"),
+        "filter": ("Filter operations", "Show only operations whose id, name, type or status match"),
+        "sort": ("Sort operations", "Cycle the sort column"),
+        "logs": ("Focus logs", "The logs pane (a toggles one operation / all)"),
+        "checkpoints": ("Show checkpoints", "The checkpoints pane; enter resumes from the chosen one"),
+        "cycle_theme": ("Next theme", "Cycle through the themes (remembered in the config)"),
+        "help": ("Help", "Every key"),
+        "quit": ("Quit", "Quit (asks what to do with running work)"),
+    }
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+        sampler: Sampler | None = None,
+        frame: float = FRAME,
+        poll: float = POLL,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.engine = engine or Engine(settings=settings)
+        self.clock = clock
+        self.sampler: Sampler = sampler or self.engine.resources.sample
+        self.frame = frame
+        self.poll_every = poll
+        self.ops: dict[str, Operation] = {}
+        self.engine_started = False
+        self.engine_error: str | None = None
+        self.store_ok = True
+        self.waiting_to_quit = False
+        self._active: set[str] = set()
+        self._refetch: set[str] = set()
+        self._structure_dirty = False
+        self._checkpoints_dirty = False
+        self._pending_logs: list[Any] = []
+        self._selected: str | None = None
+        self._binding_state: tuple[Any, ...] = ()
+        self._history: deque[ResourceSample] = deque(maxlen=300)
+        self._last_full = 0.0
+        self._theme_names: list[str] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._narrow: bool | None = None
+        self._tab = "detail"
+        self._boot_task: asyncio.Task[None] | None = None
+
+    # ---- layout ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="statusline")
+        yield OperationsTable(self.ops, self._live, self.clock, id="ops")
+        yield Input(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
+        yield Tabs(*(Tab(name.capitalize(), id=f"tab-{name}") for name in PANES), id="pane-tabs")
+        with Container(id="panes"):
+            yield DetailPane(self.clock, id="detail", classes="pane")
+            yield CheckpointsPane(id="checkpoints", classes="pane")
+            yield LogsPane(id="logs", classes="pane")
+            yield _resources_widget()(id="resources", classes="pane")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self._setup_themes()
+        for name, title in (
+            ("detail", "Detail"),
+            ("checkpoints", "Checkpoints (enter resumes)"),
+            ("resources", "Resources"),
+            ("logs", "Logs"),
+        ):
+            self.query_one(f"#{name}").border_title = title
+        self._apply_layout(self.size.width, self.size.height)
+        self.call_after_refresh(self.query_one(OperationsTable).focus)
+        self._update_statusline()
+        self.set_interval(self.frame, self._on_frame, name="frame")
+        self._boot_task = asyncio.create_task(self._boot())
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_layout(event.size.width, event.size.height)
+
+    def _apply_layout(self, width: int, height: int) -> None:
+        """Side by side when there is room; otherwise the panes share one area under tabs."""
+        narrow = width < NARROW_WIDTH or height < NARROW_HEIGHT
+        if narrow == self._narrow:
+            return
+        self._narrow = narrow
+        self.screen.set_class(narrow, "-narrow")
+        self._show_tab(self._tab)
+
+    def _show_tab(self, name: str) -> None:
+        self._tab = name
+        for pane in PANES:
+            self.query_one(f"#{pane}").set_class(pane == name, "-active")
+        tabs = self.query_one("#pane-tabs", Tabs)
+        if tabs.active != f"tab-{name}":
+            tabs.active = f"tab-{name}"
+
+    @on(Tabs.TabActivated, "#pane-tabs")
+    def _tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id:
+            self._show_tab(event.tab.id.removeprefix("tab-"))
+
+    def _setup_themes(self) -> None:
+        try:
+            from .themes import DEFAULT_THEME, register_themes
+        except ImportError:
+            self._theme_names = ["textual-dark", "textual-light"]
+            default = "textual-dark"
+        else:
+            self._theme_names = register_themes(self, warn=lambda msg: log.warning("%s", msg))
+            default = DEFAULT_THEME
+        wanted = self.settings.theme
+        if wanted not in self.available_themes:
+            wanted = default if default in self.available_themes else self._theme_names[0]
+        self.theme = wanted
+
+    # ---- the engine ------------------------------------------------------------------------
+
+    async def _boot(self) -> None:
+        """Start the engine and read every operation, off the first paint."""
+        try:
+            await self.engine.start()
+        except Exception as e:
+            self.engine_error = str(e)
+            self.store_ok = False
+            self.notify(f"the engine did not start: {e}", severity="error", timeout=30)
+            self._update_statusline()
+            return
+        self.engine_started = True
+        self._unsubscribe = self.engine.subscribe(self._on_event)
+        await self._reload_all()
+        self.query_one(OperationsTable).loading = False
+        self._structure_dirty = True
+        self.set_interval(self.poll_every, self._poll, name="poll")
+        self._poll()
+
+    async def _reload_all(self) -> None:
+        try:
+            ops = await self.engine.list()
+        except Exception as e:
+            self._store_failed(e)
+            return
+        self.store_ok = True
+        self._last_full = time.monotonic()
+        fresh = {op.id: op for op in ops}
+        for gone in set(self.ops) - set(fresh):
+            del self.ops[gone]
+        self.ops.update(fresh)
+        self._active = {op.id for op in ops if op.status in ACTIVE}
+        self._structure_dirty = True
+
+    def _store_failed(self, e: Exception) -> None:
+        if self.store_ok:
+            self.notify(f"store: {e}", severity="error")
+        self.store_ok = False
+
+    @work(exclusive=True, group="poll")
+    async def _poll(self) -> None:
+        """Active operations every second; everything every FULL_RELOAD seconds; a resource sample."""
+        if not self.engine_started or self.engine._closing:
+            return
+        self._sample_resources()
+        if time.monotonic() - self._last_full > FULL_RELOAD:
+            await self._reload_all()
+            return
+        try:
+            active = await self.engine.list(statuses=list(ACTIVE))
+        except Exception as e:
+            self._store_failed(e)
+            return
+        self.store_ok = True
+        now_active = {op.id for op in active}
+        for op in active:
+            self._store(op)
+        await self._fetch((self._active - now_active) | self._refetch)
+        self._active = now_active
+        if self._selected and self.ops.get(self._selected, None) and self._selected not in self.engine.running_ids:
+            self._load_side_panes(self._selected, poll=True)
+
+    async def _fetch(self, ids: Iterable[str]) -> None:
+        for op_id in list(ids):
+            self._refetch.discard(op_id)
+            try:
+                self._store(await self.engine.get(op_id))
+            except OutlastError:
+                if self.ops.pop(op_id, None) is not None:
+                    self._structure_dirty = True
+            except Exception as e:
+                self._store_failed(e)
+
+    def _store(self, op: Operation) -> None:
+        old = self.ops.get(op.id)
+        if old is None or old.status is not op.status or old.priority is not op.priority or old.name != op.name:
+            self._structure_dirty = True
+        self.ops[op.id] = op
+        if op.status in ACTIVE:
+            self._active.add(op.id)
+
+    def _on_event(self, event: Event) -> None:
+        """Called by the engine's bus, in the loop: only remember what changed."""
+        if isinstance(event, StatusChanged | TimeoutExtended):
+            self._refetch.add(event.operation_id)
+        elif isinstance(event, CheckpointSaved):
+            if event.operation_id == self._selected:
+                self._checkpoints_dirty = True
+        elif isinstance(event, LogEmitted):
+            logs = self.query_one(LogsPane)
+            if logs.mode == "all":
+                self._pending_logs.append(event.record)
+
+    def _live(self, op_id: str) -> Progress | None:
+        return self.engine.live(op_id) if self.engine_started else None
+
+    def _sample_resources(self) -> None:
+        try:
+            sample = self.sampler(self.engine.child_pids())
+        except Exception as e:
+            log.debug("resource sample failed: %s", e)
+            return
+        self._history.append(sample)
+        depth = {p: 0 for p in Priority}
+        for op_id in self._active:
+            op = self.ops.get(op_id)
+            if op is not None and op.status is Status.QUEUED:
+                depth[op.priority] += 1
+        pane = self.query_one("#resources")
+        pane.update_data(  # type: ignore[attr-defined]
+            sample, list(self._history), len(self.engine.running_ids), self.engine.max_concurrent, depth, self.store_ok
+        )
+
+    # ---- the frame -------------------------------------------------------------------------
+
+    def _on_frame(self) -> None:
+        """Everything the screen shows, refreshed at most once per frame."""
+        table = self.query_one(OperationsTable)
+        if self._refetch and self.engine_started:
+            self._refetch_now()
+        if self._structure_dirty:
+            self._structure_dirty = False
+            table.rebuild()
+            self._update_statusline()
+        elif self.engine.running_ids or table.loading:
+            table.refresh()
+        selected = table.selected_id
+        if selected != self._selected:
+            self._selected = selected
+            self._load_side_panes(selected)
+        op = self.ops.get(selected) if selected else None
+        if self._tab == "detail" or not self._narrow:
+            self.query_one(DetailPane).show(op, self._live(selected) if selected else None)
+        if self._checkpoints_dirty and selected:
+            self._checkpoints_dirty = False
+            self._load_side_panes(selected, logs=False)
+        if self._pending_logs:
+            self.query_one(LogsPane).add(self._pending_logs, with_id=True)
+            self._pending_logs = []
+        state = (selected, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
+        if state != self._binding_state:
+            self._binding_state = state
+            self.refresh_bindings()
+        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
+            self.waiting_to_quit = False
+            self.run_worker(self._quit_now())
+
+    @work(exclusive=True, group="refetch")
+    async def _refetch_now(self) -> None:
+        await self._fetch(set(self._refetch))
+
+    @work(exclusive=True, group="side")
+    async def _load_side_panes(self, op_id: str | None, logs: bool = True, poll: bool = False) -> None:
+        """Checkpoints and log of the selected operation (new lines only when polling)."""
+        await asyncio.sleep(0 if poll else 0.05)  # a held arrow key does not read every row's files
+        cps_pane = self.query_one(CheckpointsPane)
+        logs_pane = self.query_one(LogsPane)
+        if op_id is None:
+            cps_pane.show(None, [])
+            if logs_pane.mode == "selected":
+                logs_pane.reset(None)
+            return
+        if not self.engine_started:
+            return
+        try:
+            cps_pane.show(op_id, await self.engine.checkpoints(op_id))
+            if logs and logs_pane.mode == "selected":
+                if logs_pane.op_id != op_id:
+                    logs_pane.reset(op_id)
+                    _, end = await self.engine.logs(op_id, 0, 0)
+                    logs_pane.log_offset = max(0, end - 64_000)  # the tail: enough for a screen of history
+                    records, logs_pane.log_offset = await self.engine.logs(op_id, logs_pane.log_offset, 500)
+                else:
+                    records, logs_pane.log_offset = await self.engine.logs(op_id, logs_pane.log_offset)
+                logs_pane.add(records)
+        except Exception as e:
+            log.debug("side panes of %s: %s", op_id, e)
+
+    def _update_statusline(self) -> None:
+        counts: dict[Status, int] = {}
+        for op in self.ops.values():
+            counts[op.status] = counts.get(op.status, 0) + 1
+        table = self.query_one(OperationsTable)
+        parts = [f"[b]Outlast[/b]  {len(self.ops)} operations"]
+        for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
+            if counts.get(status):
+                parts.append(f"{counts[status]} {status.value}")
+        if table.filter_words:
+            parts.append(f"filter [b]{' '.join(table.filter_words)}[/b] ({len(table.ids)} shown)")
+        parts.append(f"sort {table.sort}")
+        if self.waiting_to_quit:
+            parts.append("[b]waiting for running work to finish, then quitting[/b]")
+        if self.engine_error:
+            parts.append(f"[b]engine stopped: {self.engine_error}[/b]")
+        elif not self.store_ok:
+            parts.append("[b]store unreachable[/b]")
+        self.query_one("#statusline", Static).update(" · ".join(parts))
+
+    # ---- actions ---------------------------------------------------------------------------
+
+    @property
+    def selected_op(self) -> Operation | None:
+        op_id = self.query_one(OperationsTable).selected_id
+        return self.ops.get(op_id) if op_id else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Only the keys that apply to the selected operation are active (and shown in the footer)."""
+        if not isinstance(self.screen, Screen) or self.screen is not self.screen_stack[0]:
+            return True
+        op = self.selected_op
+        status = op.status if op else None
+        if action == "cancel":
+            return status in (Status.QUEUED, Status.RUNNING, Status.PAUSED, Status.INTERRUPTED)
+        if action == "pause":
+            return status in ACTIVE
+        if action == "resume":
+            return status in RESUMABLE
+        if action == "raise_priority":
+            return status is Status.QUEUED and op is not None and op.priority is not Priority.HIGH
+        if action == "lower_priority":
+            return status is Status.QUEUED and op is not None and op.priority is not Priority.LOW
+        if action in ("detail", "checkpoints"):
+            return op is not None
+        return True
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every dashboard action that applies now, then Textual's own commands."""
+        for action, (title, help_) in self.ACTIONS_HELP.items():
+            if self.check_action(action, ()):
+                yield SystemCommand(title, help_, getattr(self, f"action_{action}"))
+        yield from super().get_system_commands(screen)
+
+    def _act(self, what: str, op_id: str, call: Callable[[], Any]) -> None:
+        """Run an engine call in the background; a refusal is one notification line."""
+
+        async def go() -> None:
+            try:
+                await call()
+            except OutlastError as e:
+                self.notify(str(e), severity="warning")
+            else:
+                self.notify(f"{what}: {op_id}", timeout=3)
+            self._refetch.add(op_id)
+
+        self.run_worker(go(), group="act")
+
+    def action_cancel(self) -> None:
+        op = self.selected_op
+        if op is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._act("cancelled", op.id, lambda: self.engine.cancel(op.id))
+
+        self.push_screen(ConfirmScreen(f"Cancel {op.label} ({op.id})?", yes="Cancel it"), answer)
+
+    def action_pause(self) -> None:
+        if op := self.selected_op:
+            self._act("pausing", op.id, lambda: self.engine.pause(op.id))
+
+    def action_resume(self) -> None:
+        if op := self.selected_op:
+            self._act("resumed", op.id, lambda: self.engine.resume(op.id))
+
+    @on(CheckpointsPane.ResumeFrom)
+    def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
+        op = self.ops.get(event.op_id)
+        if op is not None and op.status not in RESUMABLE:
+            self.notify(f"{op.id} is {op.status.value}: pause it first to resume from a checkpoint", severity="warning")
+            return
+        self._act(
+            f"resumed from checkpoint {event.seq}",
+            event.op_id,
+            lambda: self.engine.resume(event.op_id, checkpoint=event.seq),
+        )
+
+    def _reprioritise(self, up: bool) -> None:
+        op = self.selected_op
+        if op is None:
+            return
+        new = op.priority.raised() if up else op.priority.lowered()
+        self._act(f"priority {new.value}", op.id, lambda: self.engine.set_priority(op.id, new))
+
+    def action_raise_priority(self) -> None:
+        self._reprioritise(True)
+
+    def action_lower_priority(self) -> None:
+        self._reprioritise(False)
+
+    def action_detail(self) -> None:
+        self._show_tab("detail")
+        if not self._narrow:
+            self.query_one(DetailPane).focus()
+
+    def action_checkpoints(self) -> None:
+        self._show_tab("checkpoints")
+        self.query_one(CheckpointsPane).focus()
+
+    def action_logs(self) -> None:
+        self._show_tab("logs")
+        self.query_one(LogsPane).focus()
+
+    def action_sort(self) -> None:
+        table = self.query_one(OperationsTable)
+        table.sort = SORTS[(SORTS.index(table.sort) + 1) % len(SORTS)]
+        self._structure_dirty = True
+        self._on_frame()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        table = self.query_one(OperationsTable)
+        table.filter_words = event.value.lower().split()
+        self._structure_dirty = True
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value.strip():
+            box.display = False
+        self.query_one(OperationsTable).focus()
+
+    def action_back(self) -> None:
+        """Escape: clear the filter when typing one, else go back to the table."""
+        box = self.query_one("#filter", Input)
+        if box.has_focus or (box.display and self.focused is self.query_one(OperationsTable)):
+            box.value = ""
+            box.display = False
+        self.query_one(OperationsTable).focus()
+
+    def action_cycle_theme(self) -> None:
+        try:
+            from .themes import next_theme
+        except ImportError:
+            names = self._theme_names
+            new = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        else:
+            new = next_theme(self._theme_names, self.theme)
+        self.theme = new
+        try:
+            save_setting("theme", new, os.environ.get("OUTLAST_CONFIG") or None)
+        except (OSError, OutlastError) as e:
+            self.notify(f"theme not saved: {e}", severity="warning")
+        self.notify(f"theme: {new}", timeout=2)
+
+    def action_help(self) -> None:
+        keys = [
+            (b.key_display or b.key, b.description)
+            for b in self.BINDINGS
+            if isinstance(b, Binding) and b.description and b.action != "back"
+        ]
+        keys += [("a", "logs: one operation / all"), ("ctrl+p", "command palette"), ("tab", "next pane")]
+        try:
+            from .screens.help import HelpScreen
+        except ImportError:
+            self.notify("\n".join(f"{k:>7}  {d}" for k, d in keys), title="Keys", timeout=10)
+            return
+        self.push_screen(HelpScreen(keys))
+
+    def action_launch(self) -> None:
+        try:
+            from .screens.launch import LaunchScreen
+        except ImportError:
+            self.notify("launch form not available", severity="warning")
+            return
+        from engine import handlers
+
+        op = self.selected_op
+
+        def launched(spec: Any) -> None:
+            if spec is not None:
+                self._submit(spec)
+
+        self.push_screen(LaunchScreen(handlers(), initial_type=op.type if op else None), launched)
+
+    @work(group="act")
+    async def _submit(self, spec: Any) -> None:
+        try:
+            op = await self.engine.submit(spec)
+        except OutlastError as e:
+            self.notify(str(e), severity="error")
+            return
+        self._store(op)
+        self.notify(f"queued {op.label}: {op.id}", timeout=3)
+        self._on_frame()
+        self.query_one(OperationsTable).select(op.id)
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "a" and self.focused is self.query_one(LogsPane):
+            logs = self.query_one(LogsPane)
+            logs.mode = "all" if logs.mode == "selected" else "selected"
+            logs.border_title = "Logs: all operations" if logs.mode == "all" else "Logs"
+            logs.reset(None)
+            if logs.mode == "selected":
+                self._load_side_panes(self._selected)
+            event.stop()
+
+    # ---- quitting --------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        running = len(self.engine.running_ids) if self.engine_started else 0
+        if not running:
+            await self._quit_now()
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "pause":
+                self.run_worker(self._quit_now())
+            elif choice == "wait":
+                self.engine.run_queue = False
+                self.waiting_to_quit = True
+                self._update_statusline()
+                self.notify("starting nothing new; quitting when the running operations finish", timeout=5)
+
+        self.push_screen(QuitScreen(running), chosen)
+
+    async def _quit_now(self) -> None:
+        """Pause what still runs (a checkpoint each), close the store, exit."""
+        await self.stop_engine()
+        self.exit(0)
+
+    async def stop_engine(self) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._boot_task and not self._boot_task.done():
+            self._boot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._boot_task
+        if self.engine_started:
+            self.engine_started = False
+            await self.engine.shutdown()
+
+    async def on_unmount(self) -> None:
+        await self.stop_engine()
+
+
+def main(settings: Settings) -> int:
+    """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code."""
+    app = OutlastApp(settings)
+    rv = app.run()
+    return int(rv or 0)

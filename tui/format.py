@@ -1,0 +1,63 @@
+"""Short human formats for the dashboard's cells: durations, counts, rates, sizes."""
+
+from __future__ import annotations
+
+from engine import Status
+
+STATUS_ORDER = {
+    Status.RUNNING: 0,
+    Status.QUEUED: 1,
+    Status.PAUSED: 2,
+    Status.INTERRUPTED: 3,
+    Status.FAILED: 4,
+    Status.TIMED_OUT: 5,
+    Status.CANCELLED: 6,
+    Status.COMPLETED: 7,
+}
+"""Active and stopped work first: what a user may need to act on."""
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds) + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def count(n: int | None) -> str:
+    """``999``, ``1.2k``, ``12k``, ``3.4M``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1000:.1f}k"
+    if n < 1_000_000:
+        return f"{n // 1000}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def rate(r: float | None) -> str:
+    """Items per second: ``12/s``, ``0.4/s``; ``-`` when unknown."""
+    if not r:
+        return "-"
+    return f"{r:.0f}/s" if r >= 10 else f"{r:.1f}/s"
+
+
+def size(n: int | None) -> str:
+    """Bytes: ``512B``, ``12.3K``, ``4.5M``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"

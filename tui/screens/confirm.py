@@ -1,0 +1,79 @@
+"""Small modal questions: confirm an action; what to do with running work on quit."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no; y/enter confirms, n/escape declines."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="question")
+            with Horizontal(classes="buttons"):
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button("No (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class QuitScreen(ModalScreen[str | None]):
+    """Operations still run in this process: pause them (checkpoint each) or wait until they finish."""
+
+    BINDINGS = [
+        Binding("p", "choose('pause')", "Pause and quit"),
+        Binding("w", "choose('wait')", "Wait, then quit"),
+        Binding("escape", "choose(None)", "Stay"),
+    ]
+
+    def __init__(self, running: int) -> None:
+        super().__init__()
+        self.running = running
+
+    def compose(self) -> ComposeResult:
+        n = self.running
+        with Vertical(classes="dialog"):
+            yield Label(
+                f"{n} operation{'s' if n != 1 else ''} still run{'s' if n == 1 else ''} in this dashboard.",
+                classes="question",
+            )
+            yield Label(
+                "Pause: each saves a checkpoint and stops; `outlast resume ID` goes on later.\n"
+                "Wait: start nothing new, quit when they have finished.",
+                classes="explain",
+            )
+            with Horizontal(classes="buttons"):
+                yield Button("Pause and quit (p)", variant="warning", id="pause")
+                yield Button("Wait (w)", variant="primary", id="wait")
+                yield Button("Stay (esc)", id="stay")
+
+    def on_mount(self) -> None:
+        self.query_one("#pause", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "stay" else event.button.id)
+
+    def action_choose(self, choice: str | None) -> None:
+        self.dismiss(choice)

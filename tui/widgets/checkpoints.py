@@ -1,0 +1,65 @@
+"""The checkpoints pane: the selected operation's checkpoints; enter resumes from the one chosen."""
+
+from __future__ import annotations
+
+from textual.message import Message
+from textual.widgets import DataTable
+
+from engine import Checkpoint
+
+from .. import format as fmt
+from .detail import local_time
+
+
+class CheckpointsPane(DataTable[str]):
+    """A few rows at most (the store keeps the newest N), so a DataTable is the right tool here."""
+
+    class ResumeFrom(Message):
+        """The user chose a checkpoint to resume from."""
+
+        def __init__(self, op_id: str, seq: int) -> None:
+            super().__init__()
+            self.op_id = op_id
+            self.seq = seq
+
+    def __init__(self, *, id: str | None = None, classes: str = "") -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=False)
+        self.op_id: str | None = None
+        self.shown: list[Checkpoint] = []
+
+    def on_mount(self) -> None:
+        self.add_columns("seq", "time", "%", "items", "size", "next step")
+
+    def show(self, op_id: str | None, checkpoints: list[Checkpoint]) -> None:
+        """Replace the rows (newest first), keeping the cursor on the same checkpoint."""
+        if op_id == self.op_id and [(c.seq, c.checksum) for c in checkpoints] == [
+            (c.seq, c.checksum) for c in self.shown
+        ]:
+            return
+        keep = self.shown[self.cursor_row].seq if op_id == self.op_id and self.shown and self.row_count else None
+        self.op_id = op_id
+        self.shown = sorted(checkpoints, key=lambda c: -c.seq)
+        self.clear()
+        for cp in self.shown:
+            pct = f"{cp.progress_percentage:.0f}" if cp.progress_percentage is not None else "-"
+            items = f"{fmt.count(cp.processed_items)}/{fmt.count(cp.total_items)}"
+            seq = f"{cp.seq}" if cp.valid else f"{cp.seq} ✗"
+            self.add_row(
+                seq, local_time(cp.created_at), pct, items, fmt.size(cp.size), cp.next_step or "", key=str(cp.seq)
+            )
+        if keep is not None:
+            for i, cp in enumerate(self.shown):
+                if cp.seq == keep:
+                    self.move_cursor(row=i)
+
+    @property
+    def chosen(self) -> Checkpoint | None:
+        if not self.shown or not (0 <= self.cursor_row < len(self.shown)):
+            return None
+        return self.shown[self.cursor_row]
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        cp = self.chosen
+        if cp is not None and self.op_id is not None:
+            self.post_message(self.ResumeFrom(self.op_id, cp.seq))

@@ -1,0 +1,130 @@
+"""The detail pane: everything about the selected operation, including how its timeout was computed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from engine import Operation, Progress, Status
+
+from .. import format as fmt
+
+STATUS_COLOUR = {
+    Status.RUNNING: "$success",
+    Status.QUEUED: "$accent",
+    Status.PAUSED: "$warning",
+    Status.INTERRUPTED: "$warning",
+    Status.COMPLETED: "$success",
+    Status.FAILED: "$error",
+    Status.TIMED_OUT: "$error",
+    Status.CANCELLED: "$text-muted",
+}
+
+
+def local_time(ts: float | None) -> str:
+    """``HH:MM:SS`` in local time (the date too when it is not today)."""
+    if ts is None:
+        return "-"
+    lt = time.localtime(ts)
+    if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", lt)
+    return time.strftime("%Y-%m-%d %H:%M", lt)
+
+
+class DetailPane(VerticalScroll, can_focus=True):
+    """Shows one operation; ``show`` is called at the app's frame rate while it runs."""
+
+    def __init__(self, clock: Callable[[], float], *, id: str | None = None, classes: str = "") -> None:
+        super().__init__(id=id, classes=classes)
+        self.clock = clock
+        self._body = Static("", id="detail-body", markup=False)
+        self._shape: tuple[object, ...] = ()
+        """Lengths of what was shown last: a new layout only when they change, not every frame."""
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield self._body
+
+    def show(self, op: Operation | None, live: Progress | None) -> None:
+        if op is None:
+            self._shape = ()
+            self._body.update(Text("no operation selected", style="dim"))
+            return
+        renderable, shape = self.render_op(op, live)
+        self._body.update(renderable, layout=shape != self._shape)
+        self._shape = shape
+
+    def render_op(self, op: Operation, live: Progress | None) -> tuple[RenderableType, tuple[object, ...]]:
+        """The renderable, and its shape (what decides its height)."""
+        p = live or op.progress
+        now = self.clock()
+        theme = self.app.current_theme
+        colours = {
+            "$success": theme.success,
+            "$accent": theme.accent,
+            "$warning": theme.warning,
+            "$error": theme.error,
+        }
+        status_colour = colours.get(STATUS_COLOUR[op.status]) or "grey50"
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+
+        shape: list[object] = []
+
+        def row(key: str, value: str | Text | None) -> None:
+            if value not in (None, ""):
+                grid.add_row(key, value)
+                shape.append(len(value))  # type: ignore[arg-type]
+
+        status = Text(op.status.value, style=f"bold {status_colour}")
+        if op.status_message:
+            status.append(f"  {op.status_message}", style="")
+        row("status", status)
+        row("id", op.id)
+        row("type", op.type + (f"  ({op.name})" if op.name else ""))
+        row("step", p.step)
+        row("message", p.message)
+        total = p.total if p.total is not None else op.total_items
+        pct = f" ({p.percent:.1f}%)" if p.percent is not None else ""
+        row("items", f"{p.done:,} of {total:,}{pct}" if total is not None else f"{p.done:,} of ?")
+        if op.status is Status.RUNNING:
+            row("rate", f"{fmt.rate(p.rate)}   eta {fmt.duration(p.eta)}")
+        timeout = Text(f"{fmt.duration(op.effective_timeout)}" if op.effective_timeout else "-")
+        if op.timeout_basis:
+            timeout.append(f"  = {op.timeout_basis}", style="dim")
+        row("timeout", timeout)
+        if op.deadline and op.status is Status.RUNNING:
+            ext = f"  (extended {op.extensions}x)" if op.extensions else ""
+            row("deadline", f"{local_time(op.deadline)}, {fmt.duration(op.deadline - now)} left{ext}")
+        threshold = op.profile.get("failure_threshold")
+        failed = max(p.failed, op.item_failures)
+        fail = Text(f"{failed}" + (f" of {threshold} allowed" if threshold is not None else ""))
+        if threshold is not None and failed and failed >= threshold:
+            fail.stylize(f"bold {colours['$error']}")
+        row("failures", fail)
+        row("attempt", f"{op.attempt}" + (f"  ({op.retries} retries)" if op.retries else ""))
+        row("priority", op.priority.value)
+        row("worker", str(op.worker) if op.worker else None)
+        row("created", local_time(op.created_at))
+        row("started", local_time(op.started_at) if op.started_at else None)
+        if op.started_at:
+            end = op.finished_at if op.status is not Status.RUNNING and op.finished_at else now
+            row("elapsed", fmt.duration(end - op.started_at))
+        row("finished", local_time(op.finished_at) if op.finished_at and op.status.value != "running" else None)
+        row("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else None)
+        for k, v in sorted(p.metrics.items()):
+            row(f"· {k}", str(v))
+        parts: list[RenderableType] = [grid]
+        if op.error:
+            parts.append(Text(f"error: {op.error}", style=f"bold {colours['$error']}"))
+        if op.result is not None and op.status is Status.COMPLETED:
+            parts.append(Text(f"result: {op.result}", style="dim", overflow="fold"))
+            shape.append(len(str(op.result)))
+        shape.append(len(op.error or ""))
+        return Group(*parts), tuple(shape)

@@ -1,0 +1,39 @@
+"""The logs pane: the selected operation's log, or every operation's, following live."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from engine import LogRecord
+
+LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red", "debug": "dim"}
+
+
+class LogsPane(RichLog):
+    """``mode`` is ``selected`` (one operation, read from the store) or ``all`` (this engine's events)."""
+
+    def __init__(self, *, id: str | None = None, classes: str = "") -> None:
+        super().__init__(id=id, classes=classes, max_lines=2000, wrap=False, markup=False, auto_scroll=True)
+        self.mode = "selected"
+        self.op_id: str | None = None
+        self.log_offset = 0
+        """Byte offset in the selected operation's log up to which it has been read."""
+
+    def reset(self, op_id: str | None) -> None:
+        self.op_id = op_id
+        self.log_offset = 0
+        self.clear()
+
+    def add(self, records: list[LogRecord], with_id: bool = False) -> None:
+        for rec in records:
+            line = Text(no_wrap=True)
+            line.append(time.strftime("%H:%M:%S ", time.localtime(rec.ts)), style="dim")
+            if with_id and rec.operation_id:
+                line.append(f"{rec.operation_id[-4:]} ", style="cyan")
+            level = rec.level.lower()
+            line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
+            line.append(rec.message)
+            self.write(line)

@@ -1,0 +1,387 @@
+"""The operations table: a virtual table (Line API) that renders only the rows on screen.
+
+Textual's DataTable measures every cell when rows are added and repaints on every change,
+which froze the loop for about a second with 10,000 operations. This table keeps an
+ordered list of ids over the app's dict of records and builds a line only when it is
+painted, so the cost of a frame is the rows visible, not the rows stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from engine import Operation, Progress, Status
+
+from .. import format as fmt
+from ..format import STATUS_ORDER
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    width: int
+    right: bool = False
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "ID", 13),
+    Column("name", "NAME", 0),
+    Column("type", "TYPE", 16),
+    Column("status", "STATUS", 11),
+    Column("progress", "PROGRESS", 15),
+    Column("items", "ITEMS", 11, right=True),
+    Column("rate", "RATE", 7, right=True),
+    Column("eta", "ETA", 7, right=True),
+    Column("elapsed", "ELAPSED", 7, right=True),
+    Column("left", "LEFT", 7, right=True),
+    Column("priority", "PRIO", 6),
+)
+DROP_ORDER = ("type", "elapsed", "rate", "left", "items", "eta")
+"""Columns given up, in this order, when the terminal is too narrow for all of them."""
+NAME_MIN = 10
+BAR = 9
+
+SORTS: tuple[str, ...] = ("status", "created", "priority", "progress", "name", "type")
+"""Sort keys cycled by the sort action; ``status`` puts work a user may act on first."""
+
+_PRIO = {"high": 0, "normal": 1, "low": 2}
+
+
+def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Operation], tuple]:
+    """The key function for one sort; every sort ends with newest first, so the order is total."""
+
+    def created(op: Operation) -> float:
+        return -op.created_at
+
+    if name == "status":
+        return lambda op: (STATUS_ORDER[op.status], created(op))
+    if name == "priority":
+        return lambda op: (_PRIO[op.priority.value], STATUS_ORDER[op.status], created(op))
+    if name == "progress":
+
+        def by_progress(op: Operation) -> tuple:
+            p = live(op.id) or op.progress
+            return (-(p.percent or 0.0), created(op))
+
+        return by_progress
+    if name == "name":
+        return lambda op: (op.label.lower(), created(op))
+    if name == "type":
+        return lambda op: (op.type, created(op))
+    return lambda op: (created(op), op.id)
+
+
+def matches(op: Operation, words: list[str]) -> bool:
+    """Every word of the filter appears in the id, name, type, status or priority."""
+    hay = f"{op.id} {op.name or ''} {op.type} {op.status.value} {op.priority.value}".lower()
+    return all(w in hay for w in words)
+
+
+class OperationsTable(ScrollView, can_focus=True):
+    """Every operation in the store, one line each; ``ids`` is the filtered, sorted view."""
+
+    COMPONENT_CLASSES = {
+        "ops--header",
+        "ops--cursor",
+        "ops--cursor-blur",
+        "ops--dim",
+        "ops--bar",
+        "ops--bar-empty",
+        "ops--running",
+        "ops--queued",
+        "ops--paused",
+        "ops--completed",
+        "ops--failed",
+        "ops--cancelled",
+        "ops--high",
+        "ops--low",
+    }
+
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "First", show=False),
+        Binding("end", "jump(-1)", "Last", show=False),
+    ]
+
+    cursor: reactive[int] = reactive(0, always_update=False, repaint=False)
+
+    class Highlighted(Message):
+        """The cursor moved to another operation (or to none)."""
+
+        def __init__(self, op_id: str | None) -> None:
+            super().__init__()
+            self.op_id = op_id
+
+    def __init__(
+        self,
+        ops: dict[str, Operation],
+        live: Callable[[str], Progress | None],
+        clock: Callable[[], float],
+        *,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(id=id)
+        self.ops = ops
+        self.live = live
+        self.clock = clock
+        self.ids: list[str] = []
+        self.sort = SORTS[0]
+        self.filter_words: list[str] = []
+        self.loading = True
+        self._styles: dict[str, Style] = {}
+        self._styles_theme: str | None = None
+        self._last_highlight: str | None = None
+        self._columns: dict[int, list[tuple[Column, int]]] = {}
+
+    # ---- the view --------------------------------------------------------------------------
+
+    @property
+    def selected_id(self) -> str | None:
+        return self.ids[self.cursor] if 0 <= self.cursor < len(self.ids) else None
+
+    def rebuild(self) -> None:
+        """Filter and sort again (after records came or went, or the filter or sort changed)."""
+        keep = self.selected_id
+        ops = self.ops.values()
+        if self.filter_words:
+            ops = [op for op in ops if matches(op, self.filter_words)]
+        self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
+        if keep is not None:
+            try:
+                self.cursor = self.ids.index(keep)
+            except ValueError:
+                self.cursor = min(self.cursor, max(0, len(self.ids) - 1))
+        else:
+            self.cursor = 0
+        self.virtual_size = Size(self.size.width, len(self.ids) + 1)
+        self._scroll_to_cursor()
+        self._announce()
+        self.refresh()
+
+    def select(self, op_id: str) -> bool:
+        """Put the cursor on this operation if it is in the view."""
+        try:
+            self.cursor = self.ids.index(op_id)
+        except ValueError:
+            return False
+        self._scroll_to_cursor()
+        self._announce()
+        self.refresh()
+        return True
+
+    def _announce(self) -> None:
+        current = self.selected_id
+        if current != self._last_highlight:
+            self._last_highlight = current
+            self.post_message(self.Highlighted(current))
+
+    def _scroll_to_cursor(self) -> None:
+        rows = max(1, self.size.height - 1)
+        top = int(self.scroll_y)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+        elif self.cursor >= top + rows:
+            self.scroll_to(y=self.cursor - rows + 1, animate=False, immediate=True)
+
+    # ---- keys and mouse --------------------------------------------------------------------
+
+    def action_cursor(self, delta: int) -> None:
+        self._move(self.cursor + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move(self.cursor + direction * max(1, self.size.height - 2))
+
+    def action_jump(self, where: int) -> None:
+        self._move(0 if where == 0 else len(self.ids) - 1)
+
+    def _move(self, row: int) -> None:
+        if not self.ids:
+            return
+        row = max(0, min(len(self.ids) - 1, row))
+        if row != self.cursor:
+            self.cursor = row
+            self._scroll_to_cursor()
+            self._announce()
+            self.refresh()
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y >= 1:
+            self._move(int(self.scroll_y) + event.y - 1)
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.virtual_size = Size(event.size.width, len(self.ids) + 1)
+
+    # ---- painting --------------------------------------------------------------------------
+
+    def _style(self, name: str) -> Style:
+        theme = self.app.theme
+        if theme != self._styles_theme:
+            self._styles = {c: self.get_component_rich_style(c, partial=True) for c in self.COMPONENT_CLASSES}
+            self._styles_theme = theme
+        return self._styles[name]
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles_theme = None
+
+    def columns(self, width: int) -> list[tuple[Column, int]]:
+        """The columns that fit ``width``, with the name column taking what is left."""
+        cached = self._columns.get(width)
+        if cached is None:
+            cached = self._columns[width] = self._fit(width)
+        return cached
+
+    @staticmethod
+    def _fit(width: int) -> list[tuple[Column, int]]:
+        cols = list(COLUMNS)
+        while True:
+            fixed = sum(c.width for c in cols if c.key != "name") + len(cols) - 1
+            left = width - fixed
+            if left >= NAME_MIN or not any(c.key in DROP_ORDER for c in cols):
+                break
+            drop = next(k for k in DROP_ORDER if any(c.key == k for c in cols))
+            cols = [c for c in cols if c.key != drop]
+        return [(c, max(NAME_MIN, left) if c.key == "name" else c.width) for c in cols]
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if y == 0:
+            return self._header(width, base)
+        row = int(self.scroll_y) + y - 1
+        if row >= len(self.ids):
+            if row == 0:
+                msg = "loading operations..." if self.loading else "no operations match" if self.ops else ""
+                if not self.ops and not self.loading:
+                    msg = "no operations yet: press n to launch one"
+                return Strip([Segment(f" {msg}".ljust(width)[:width], base + self._style("ops--dim"))], width)
+            return Strip.blank(width, base)
+        op = self.ops.get(self.ids[row])
+        if op is None:
+            return Strip.blank(width, base)
+        segments = self._row(op, width).render(self.app.console)
+        cursor = None
+        if row == self.cursor:
+            cursor = self._style("ops--cursor" if self.has_focus else "ops--cursor-blur")
+        return Strip(Segment.apply_style(segments, base, cursor), width).adjust_cell_length(
+            width, base + (cursor or Style())
+        )
+
+    def _header(self, width: int, base: Style) -> Strip:
+        style = base + self._style("ops--header")
+        parts = []
+        for col, w in self.columns(width):
+            title = col.title + ("▼" if col.key == _SORT_COLUMN.get(self.sort) else "")
+            parts.append(title.rjust(w) if col.right else title.ljust(w))
+        line = " ".join(parts)
+        return Strip([Segment(line.ljust(width)[:width], style)], width)
+
+    def _row(self, op: Operation, width: int) -> Text:
+        p = self.live(op.id) if op.status is Status.RUNNING else None
+        p = p or op.progress
+        now = self.clock()
+        text = Text(no_wrap=True, overflow="crop", end="")
+        first = True
+        for col, w in self.columns(width):
+            if not first:
+                text.append(" ")
+            first = False
+            self._cell(text, col, w, op, p, now)
+        return text
+
+    def _cell(self, text: Text, col: Column, w: int, op: Operation, p: Progress, now: float) -> None:
+        key = col.key
+        style: Style | str = ""
+        if key == "id":
+            value = op.id
+            style = self._style("ops--dim")
+        elif key == "name":
+            value = op.label
+        elif key == "type":
+            value = op.type
+        elif key == "status":
+            value = op.status.value
+            style = self._style(_STATUS_STYLE[op.status])
+        elif key == "progress":
+            self._bar(text, p, w)
+            return
+        elif key == "items":
+            value = f"{fmt.count(p.done)}/{fmt.count(p.total if p.total is not None else op.total_items)}"
+        elif key == "rate":
+            value = fmt.rate(p.rate) if op.status is Status.RUNNING else "-"
+        elif key == "eta":
+            value = fmt.duration(p.eta) if op.status is Status.RUNNING else "-"
+        elif key == "elapsed":
+            value = fmt.duration(_elapsed(op, now))
+        elif key == "left":
+            value = fmt.duration(op.deadline - now) if op.deadline and op.status is Status.RUNNING else "-"
+        else:
+            value = op.priority.value
+            style = self._style("ops--high") if value == "high" else self._style("ops--low") if value == "low" else ""
+        value = value[:w]
+        text.append(value.rjust(w) if col.right else value.ljust(w), style)
+
+    def _bar(self, text: Text, p: Progress, w: int) -> None:
+        pct = p.percent
+        bar = max(1, w - 5)
+        if pct is None:
+            text.append("─" * bar, self._style("ops--bar-empty"))
+            text.append("    ?")
+            return
+        filled = pct / 100 * bar
+        full = int(filled)
+        text.append("━" * full, self._style("ops--bar"))
+        if full < bar:
+            half = filled - full >= 0.5
+            text.append("╸" if half else "━", self._style("ops--bar") if half else self._style("ops--bar-empty"))
+            text.append("━" * (bar - full - 1), self._style("ops--bar-empty"))
+        text.append(f"{pct:4.0f}%"[-5:].rjust(5))
+
+
+def _elapsed(op: Operation, now: float) -> float | None:
+    if op.started_at is None:
+        return None
+    end = op.finished_at if op.status is not Status.RUNNING and op.finished_at else now
+    return max(0.0, end - op.started_at)
+
+
+_STATUS_STYLE = {
+    Status.RUNNING: "ops--running",
+    Status.QUEUED: "ops--queued",
+    Status.PAUSED: "ops--paused",
+    Status.INTERRUPTED: "ops--paused",
+    Status.COMPLETED: "ops--completed",
+    Status.FAILED: "ops--failed",
+    Status.TIMED_OUT: "ops--failed",
+    Status.CANCELLED: "ops--cancelled",
+}
+_SORT_COLUMN = {
+    "status": "status",
+    "created": "id",
+    "priority": "priority",
+    "progress": "progress",
+    "name": "name",
+    "type": "type",
+}
