@@ -1,0 +1,29 @@
+"""demo: a process that crashes hard mid-run (os._exit) resumes to the result of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, resume, run_json
+
+
+def test_crash_then_resume_equals_uninterrupted(cli: Cli) -> None:
+    params = ["-p", "items=60", "-p", "seconds=0.01", "-p", "fail_every=7", "--profile", "checkpoint_interval=0.05"]
+    params += ["--profile", "failure_threshold=20"]
+    code, whole, err = run_json(cli, "run", "demo", *params)
+    assert code == 0 and whole["status"] == "completed", err
+    code, crashed, _ = run_json(cli, "run", "demo", *params, "-p", "crash_at=40")
+    assert code == 137 and crashed == {}  # gone without a word, as a killed process is
+    op_id = next(o["id"] for o in json.loads(cli("--json", "ls").stdout) if o["id"] != whole["id"])
+    assert cli.op(op_id).checkpoint_seq, "no checkpoint before the crash to resume from"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert (
+        final["result"] == whole["result"] == {"sum": sum(range(60)) - sum(range(6, 60, 7)), "items": 60, "failures": 8}
+    )
+
+
+def test_bad_params(cli: Cli) -> None:
+    bad_params(cli, "demo", {"items": -1}, "items")
+    bad_params(cli, "demo", {"itemz": 3}, "itemz")
