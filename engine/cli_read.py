@@ -155,7 +155,12 @@ def checkpoints(app: App, op_id: str) -> int:
 @json_option
 @pass_app
 def types(app: App) -> int:
-    """Every operation type with its timeout profile (after the config file's overrides)."""
+    """Every operation type: whether it has a handler (built-in or plugin) and its timeout profile.
+
+    \b
+    HANDLER: built-in (ships with Outlast), plugin (--plugin or the outlast.operations entry points),
+    or "-" (a seed type with a profile only: it runs once a plugin registers a handler for it).
+    """
     from .profiles import SEED_PROFILES
     from .registry import ensure_loaded, handlers
 
@@ -170,6 +175,7 @@ def types(app: App) -> int:
             {
                 "type": name,
                 "runnable": h is not None,
+                "builtin": h is not None and h.source == "builtin",
                 "source": h.source if h else "profile only",
                 "description": h.description if h else "",
                 "profile": settings.profile(name).model_dump(mode="json"),
@@ -184,7 +190,7 @@ def types(app: App) -> int:
         rows.append(
             [
                 t["type"],
-                "yes" if t["runnable"] else "no",
+                "built-in" if t["builtin"] else ("plugin" if t["runnable"] else "-"),
                 fmt.duration(p["base_timeout"]),
                 f"{p['per_item_timeout']:g}s",
                 fmt.duration(p["max_timeout"]),
@@ -195,7 +201,7 @@ def types(app: App) -> int:
                 t["description"][:50],
             ]
         )
-    headers = ["TYPE", "RUN", "BASE", "PER ITEM", "MAX", "CHECKPOINT", "REPORT", "FAILURES", "STALL", "DESCRIPTION"]
+    headers = ["TYPE", "HANDLER", "BASE", "PER ITEM", "MAX", "CHECKPOINT", "REPORT", "FAILURES", "STALL", "DESCRIPTION"]
     fmt.echo(fmt.table(headers, rows))
     return ExitCode.OK
 
