@@ -41,6 +41,13 @@ def existing_dir(value: str, name: str) -> str:
     return str(p.resolve())
 
 
+def output_in_existing_dir(value: str | None, name: str = "output") -> str | None:
+    """``value`` unchanged when its directory exists (or it is None), else a ValueError naming ``name``."""
+    if value is not None and not Path(value).expanduser().resolve().parent.is_dir():
+        raise ValueError(f"{name} {value!r}: its directory does not exist")
+    return value
+
+
 def is_venv(d: Path) -> bool:
     """A virtualenv directory has a pyvenv.cfg."""
     return (d / "pyvenv.cfg").exists()
