@@ -24,8 +24,8 @@ BUILTIN_MODULES = (
     "engine.operations.demo",
     "engine.operations.command",
     "engine.operations.indexing",
-    "engine.operations.testing",
-    "engine.operations.security",
+    "engine.operations.test_suite",
+    "engine.operations.security_scan",
     "engine.operations.backup",
 )
 

@@ -1,0 +1,276 @@
+"""security_scan: hard-coded secrets and risky code in a source tree, reported as JSON and SARIF 2.1.0.
+
+Files come from git's view of the tree when ``root`` is a work tree, else a walk honouring .gitignore
+(``_walk.list_files``). Rules live in ``_scan_rules``; ``rules`` picks ids or categories (``secrets``,
+``code``, ``python``). Snippets are redacted before they leave the rules module, so no secret reaches
+the report, the result or the log.
+
+Resumable per file: each file's findings are kept in ``ctx.state`` (by path) with the file marked done,
+so a resumed scan reports exactly what an uninterrupted one would. Binary files, files larger than
+``max_file_size``, symlinks and non-regular files are skipped (counted by reason); a file that cannot be
+read is an item failure; text that is not UTF-8 is scanned as Latin-1 (secrets are ASCII).
+
+Reports go to ``output`` (``format=both``: ``output`` with the suffixes .json and .sarif) or, by default,
+to ``outputs/scan-ID.json`` and ``.sarif`` in the state directory; the result says where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import __version__
+from ..context import OperationContext
+from ..registry import operation
+from ._common import existing_dir, output_dir, output_in_existing_dir
+from ._lang import language_of
+from ._scan_rules import RULES, SEVERITIES, scan_text, select_rules
+from ._walk import list_files
+
+BATCH = 64
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
+SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
+TOP = 20
+
+
+class ScanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(description="directory to scan")
+    rules: list[str] = Field(
+        default_factory=list, description="rule ids or categories (secrets, code, python); default all"
+    )
+    format: Literal["json", "sarif", "both"] = Field(default="both", description="report format(s)")
+    output: str | None = Field(
+        default=None, description="report path (with format=both: its .json and .sarif siblings); default state dir"
+    )
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
+    max_file_size: int = Field(default=5 << 20, ge=1, description="bytes; larger files are skipped")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return existing_dir(v, "root")
+
+    @field_validator("rules", "exclude", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        """``--param rules=secrets,py-shell`` from the command line is one string."""
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("rules")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        select_rules(v)
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str | None) -> str | None:
+        return output_in_existing_dir(v)
+
+
+def scan_file(root: Path, rel: str, selected: frozenset[str], max_size: int) -> tuple[str, str, Any]:
+    """(rel, kind, payload): ('ok', (bytes, findings, latin1)), ('skip', reason) or ('fail', message)."""
+    path = root / rel
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return rel, "skip", "symlink"
+        if not stat.S_ISREG(st.st_mode):
+            return rel, "skip", "not a regular file"
+        if st.st_size > max_size:
+            return rel, "skip", "too large"
+        with open(path, "rb") as fh:
+            data = fh.read(max_size + 1)
+    except OSError as e:
+        return rel, "fail", f"unreadable: {e.strerror or e}"
+    if b"\0" in data[:8192]:
+        return rel, "skip", "binary"
+    latin1 = False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, latin1 = data.decode("latin-1"), True
+    try:
+        findings = scan_text(rel, text, language_of(rel), selected)
+    except RecursionError:  # a pathologically nested file
+        return rel, "fail", "too deeply nested to parse"
+    return rel, "ok", (len(data), findings, latin1)
+
+
+def _scan_batch(root: Path, rels: list[str], selected: frozenset[str], max_size: int) -> list[tuple[str, str, Any]]:
+    return [scan_file(root, rel, selected, max_size) for rel in rels]
+
+
+def _sort_key(f: dict) -> tuple:
+    return (f["file"], f["line"], f["column"], f["rule"])
+
+
+def sarif_report(findings: list[dict], selected: frozenset[str], root: str, failures: dict[str, str]) -> dict:
+    """A SARIF 2.1.0 log: one run, the selected rules in the driver, one result per finding."""
+    rule_ids = sorted(selected)
+    index = {r: i for i, r in enumerate(rule_ids)}
+    rules = [
+        {
+            "id": r,
+            "name": "".join(w.capitalize() for w in r.split("-")),
+            "shortDescription": {"text": RULES[r].title},
+            "fullDescription": {"text": RULES[r].help},
+            "help": {"text": RULES[r].help},
+            "defaultConfiguration": {"level": SARIF_LEVEL[RULES[r].severity]},
+            "properties": {
+                "tags": ["security", RULES[r].category],
+                "security-severity": SECURITY_SEVERITY[RULES[r].severity],
+                "severity": RULES[r].severity,
+            },
+        }
+        for r in rule_ids
+    ]
+    results = [
+        {
+            "ruleId": f["rule"],
+            "ruleIndex": index[f["rule"]],
+            "level": SARIF_LEVEL[f["severity"]],
+            "message": {"text": f["message"]},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": f["file"], "uriBaseId": "SRCROOT"},
+                        "region": {
+                            "startLine": f["line"],
+                            "startColumn": f["column"],
+                            "snippet": {"text": f["snippet"]},
+                        },
+                    }
+                }
+            ],
+            "partialFingerprints": {"outlastFinding/v1": f"{f['rule']}:{f['file']}:{f['snippet']}"},
+            "properties": {"severity": f["severity"], "category": f["category"]},
+        }
+        for f in findings
+    ]
+    notes = [
+        {
+            "level": "warning",
+            "message": {"text": f"{rel}: {msg}"},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": rel, "uriBaseId": "SRCROOT"}}}],
+        }
+        for rel, msg in sorted(failures.items())
+    ]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {"driver": {"name": "outlast-security-scan", "version": __version__, "rules": rules}},
+                "originalUriBaseIds": {"SRCROOT": {"uri": Path(root).as_uri() + "/"}},
+                "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notes}],
+                "results": results,
+            }
+        ],
+    }
+
+
+def _write(path: Path, data: dict) -> None:
+    """Atomically: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _targets(ctx: OperationContext, p: ScanParams) -> dict[str, Path]:
+    if p.output:
+        out = Path(p.output).expanduser().resolve()
+        if p.format != "both":
+            return {p.format: out}
+        return {"json": out.with_suffix(".json"), "sarif": out.with_suffix(".sarif")}
+    base = output_dir(ctx) / f"scan-{ctx.id}"
+    kinds = ("json", "sarif") if p.format == "both" else (p.format,)
+    return {k: base.with_suffix("." + k) for k in kinds}
+
+
+@operation("security_scan", params=ScanParams, description="find hard-coded secrets and risky code; JSON and SARIF")
+async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
+    """Scan every file once; findings, skips and failures add up to the report written at the end."""
+    root = Path(p.root)
+    selected = select_rules(p.rules)
+    ctx.progress(step="listing files")
+    files = await list_files(ctx, root, [], p.exclude)
+    ctx.progress(total=len(files), step="scanning")
+    st = ctx.state
+    found: dict[str, list[dict]] = st.setdefault("findings", {})
+    skipped: dict[str, str] = st.setdefault("skipped", {})
+    failed: dict[str, str] = st.setdefault("failed", {})
+    st.setdefault("bytes", 0)
+    st.setdefault("latin1", 0)
+    ctx.metrics["findings"] = sum(map(len, found.values()))
+    pending = [f for f in files if not ctx.is_done(f)]
+    for i in range(0, len(pending), BATCH):
+        results = await asyncio.to_thread(_scan_batch, root, pending[i : i + BATCH], selected, p.max_file_size)
+        async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
+            ctx.step = rel
+            if kind == "skip":
+                skipped[rel] = payload
+                ctx.skip(rel)
+            elif kind == "fail":
+                failed[rel] = payload
+                ctx.fail(rel, payload)
+            else:
+                size, findings, latin1 = payload
+                failed.pop(rel, None)
+                st["bytes"] += size
+                st["latin1"] += latin1
+                if findings:
+                    found[rel] = findings
+                    ctx.metrics["findings"] += len(findings)
+    ctx.progress(step="writing reports")
+    findings = sorted((f for fs in found.values() for f in fs), key=_sort_key)
+    by_sev = Counter(f["severity"] for f in findings)
+    summary = {
+        "files": len(files),
+        "scanned": len(files) - len(skipped) - len(failed),
+        "bytes": st["bytes"],
+        "findings": len(findings),
+        "by_severity": {s: by_sev[s] for s in SEVERITIES if by_sev[s]},
+        "by_rule": dict(sorted(Counter(f["rule"] for f in findings).items())),
+        "skipped": dict(sorted(Counter(skipped.values()).items())),
+        "decoded_as_latin1": st["latin1"],
+        "failures": dict(sorted(failed.items())[:TOP]),
+    }
+    targets = _targets(ctx, p)
+    reports: dict[str, dict] = {}
+    if "json" in targets:
+        reports["json"] = {
+            "tool": {"name": "outlast-security-scan", "version": __version__},
+            "root": p.root,
+            "rules": sorted(selected),
+            "summary": summary,
+            "findings": findings,
+            "skipped": dict(sorted(skipped.items())),
+            "failures": dict(sorted(failed.items())),
+        }
+    if "sarif" in targets:
+        reports["sarif"] = sarif_report(findings, selected, p.root, failed)
+    for kind, data in reports.items():
+        await asyncio.to_thread(_write, targets[kind], data)
+    ctx.log.info(
+        f"{len(findings)} findings in {summary['scanned']} files"
+        f" ({', '.join(f'{n} {s}' for s, n in summary['by_severity'].items()) or 'none'})",
+        reports={k: str(v) for k, v in targets.items()},
+    )
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    top = sorted(findings, key=lambda f: (rank[f["severity"]], *_sort_key(f)))[:TOP]
+    return {**summary, "top": top, "reports": {k: str(v) for k, v in targets.items()}}

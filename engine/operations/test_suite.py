@@ -1,0 +1,334 @@
+"""comprehensive_test_suite: run a pytest suite test by test, resumable, with hung and crashed tests contained.
+
+1. Collect: ``python -m pytest --collect-only -q PATH ARGS`` with our plugin (``_pytest_plugin``), which
+   streams the node ids; they are kept in ``ctx.state`` so a resume runs the same list.
+2. Run: pytest with the plugin, which streams each test's outcome as a JSON line through a pipe as soon as
+   the test has finished (setup, call, teardown). Every outcome goes into ``ctx.state["results"]`` as one
+   item of ``ctx.items``, so a checkpoint holds every finished test; a resume writes the node ids not yet
+   finished to a file and the plugin deselects every other test.
+
+A failing test is a result (the operation completes and counts it). A test that runs longer than
+``timeout_per_test`` (default: the profile's per_item_timeout) has its pytest process group killed and is
+an item failure ("hung"); a pytest process that dies inside a test makes that test an item failure
+("crashed"). Either way a new pytest process goes on with the tests that remain. Cancel, pause and
+timeouts kill the process group (``ctx.spawn``).
+
+The plugin is copied into the run's directory (``outputs/tests-ID/`` in the state dir, with pytest's
+output per process and ``report.json``) and loaded as ``-p _outlast_pytest_plugin``: it needs only pytest,
+so ``python`` may be a project's own virtualenv interpreter, and the engine is not imported into the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..context import OperationContext
+from ..registry import operation
+from ._common import existing_dir, output_dir
+
+PLUGIN = "_outlast_pytest_plugin"
+BAD = ("failed", "error", "hung", "crashed")
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "hung", "crashed", "not_run")
+LIST_MAX = 50
+SLOWEST = 10
+POLL = 0.25
+_DOTS = re.compile(r"^[.sSFExX]+\s*(\[\s*\d+%\])?\s*$")
+
+
+class TestSuiteParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="test file or directory given to pytest")
+    args: list[str] = Field(default_factory=list, description="more pytest arguments (e.g. -k expr, -m marker)")
+    max_failures: int | None = Field(default=None, ge=1, description="stop after this many failing tests")
+    timeout_per_test: float | None = Field(
+        default=None, gt=0, description="seconds before a test counts as hung (default: per_item_timeout)"
+    )
+    collect_timeout: float = Field(default=600, gt=0, description="seconds pytest may take to collect")
+    python: str = Field(default=sys.executable, description="interpreter with pytest installed")
+    cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        p = Path(v).expanduser()
+        if not p.exists():
+            raise ValueError(f"path {v!r} does not exist")
+        return str(p.resolve())
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        """``--param args='-k fast'`` from the command line is one string."""
+        return shlex.split(v) if isinstance(v, str) else v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        found = shutil.which(v)
+        if found is None:
+            raise ValueError(f"python {v!r} is not an executable")
+        return found
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, v: str | None) -> str | None:
+        return None if v is None else existing_dir(v, "cwd")
+
+
+class _Pytest:
+    """One pytest process with our plugin: its event stream (a pipe) and its output (a file)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, log: Path) -> None:
+        self.proc = proc
+        self.reader = reader
+        self.log = log
+        self.eof = False
+        self._transport: asyncio.BaseTransport | None = None
+
+    @classmethod
+    async def start(cls, ctx: OperationContext, argv: list[str], cwd: str, env: dict[str, str], log: Path) -> _Pytest:
+        rfd, wfd = os.pipe()
+        try:
+            with open(log, "wb") as out:
+                proc = await ctx.spawn(
+                    *argv,
+                    cwd=cwd,
+                    env={**env, "OUTLAST_PYTEST_FD": str(wfd)},
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    pass_fds=(wfd,),
+                )
+        except BaseException:
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        reader = asyncio.StreamReader(limit=1 << 24)
+        self = cls(proc, reader, log)
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb", 0)
+        )
+        return self
+
+    async def event(self, timeout: float) -> dict | None:
+        """The next event, or None after ``timeout`` seconds or at the end of the stream (``self.eof``)."""
+        while not self.eof:
+            try:
+                line = await asyncio.wait_for(self.reader.readline(), timeout)
+            except TimeoutError:
+                return None
+            if not line:
+                self.eof = True
+                return None
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if isinstance(ev, dict):
+                    return ev
+        return None
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+
+    async def close(self) -> None:
+        await self.kill()
+        if self._transport is not None:
+            self._transport.close()
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(self.log) - 16384))
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        lines = [ln for ln in lines if ln.strip() and not _DOTS.match(ln)]  # pytest -q progress: no news
+        return "\n".join(lines[-n:])
+
+
+class _Suite:
+    """The run of one operation attempt: argv, environment, results in ``ctx.state``."""
+
+    def __init__(self, ctx: OperationContext, p: TestSuiteParams) -> None:
+        self.ctx = ctx
+        self.p = p
+        self.dir = output_dir(ctx) / f"tests-{ctx.id}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(__file__).with_name("_pytest_plugin.py"), self.dir / f"{PLUGIN}.py")
+        self.cwd = p.cwd or (p.path if Path(p.path).is_dir() else str(Path(p.path).parent))
+        pythonpath = os.pathsep.join(x for x in (str(self.dir), os.environ.get("PYTHONPATH", "")) if x)
+        self.env = {**os.environ, "PYTHONPATH": pythonpath}
+        for var in ("OUTLAST_PYTEST_FD", "OUTLAST_PYTEST_SELECT"):
+            self.env.pop(var, None)
+        self.timeout = p.timeout_per_test or ctx.profile.per_item_timeout
+        self.results: dict[str, dict] = ctx.state.setdefault("results", {})
+        self.runs = int(ctx.state.get("runs", 0))
+
+    def argv(self, *extra: str) -> list[str]:
+        tb = [] if any(a.startswith("--tb") for a in self.p.args) else ["--tb=short"]
+        return [self.p.python, "-m", "pytest", "-p", PLUGIN, *tb, *extra, self.p.path, *self.p.args]
+
+    def log_path(self, what: str) -> Path:
+        self.runs += 1
+        self.ctx.state["runs"] = self.runs
+        return self.dir / f"pytest-{self.runs}-{what}.log"
+
+    def failures(self) -> int:
+        return sum(r["outcome"] in BAD for r in self.results.values())
+
+    # ---- collection ----------------------------------------------------------------------------
+
+    async def collect(self) -> None:
+        ctx = self.ctx
+        ctx.progress(step="collecting")
+        tests: list[str] = []
+        errors: list[dict] = []
+        pt = await _Pytest.start(ctx, self.argv("--collect-only", "-q"), self.cwd, self.env, self.log_path("collect"))
+        deadline = time.monotonic() + self.p.collect_timeout
+        try:
+            while not pt.eof:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"collection did not finish within {self.p.collect_timeout:g}s")
+                ev = await pt.event(POLL)
+                ctx.progress()  # raises OperationStopped when a stop was asked for
+                if ev is None:
+                    continue
+                if ev["e"] == "item":
+                    tests.append(ev["id"])
+                elif ev["e"] == "collect_error":
+                    errors.append(ev)
+            code = await pt.proc.wait()
+        finally:
+            await pt.close()
+        if code not in (0, 1, 2, 5) or (code == 2 and not errors):
+            raise RuntimeError(f"pytest could not collect (exit code {code}): {pt.tail(8)}")
+        ctx.state["tests"] = tests
+        ctx.progress(total=len(tests) + len(errors), step="collected")
+        ctx.log.info(f"collected {len(tests)} tests" + (f", {len(errors)} collection errors" if errors else ""))
+        async for ev in ctx.items(errors, key=lambda e: e["id"] or "<session>"):
+            self.record(ev["id"] or "<session>", "error", 0.0, ev)
+        await ctx.checkpoint(next_step="running")
+
+    def record(self, nodeid: str, outcome: str, duration: float, ev: dict) -> None:
+        entry: dict[str, Any] = {"outcome": outcome, "duration": duration}
+        if outcome in BAD:
+            entry["message"] = ev.get("message", "")
+            entry["traceback"] = ev.get("traceback", "")
+            if outcome in ("failed", "error"):  # hung and crashed tests are logged as item failures
+                self.ctx.log.warning(f"{outcome.upper()} {nodeid}: {entry['message']}")
+        self.results[nodeid] = entry
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def remaining(self) -> list[str]:
+        return [t for t in self.ctx.state["tests"] if t not in self.results]
+
+    async def run(self) -> bool:
+        """Run the remaining tests in one pytest process; True when it ended early and should be followed."""
+        ctx = self.ctx
+        todo = self.remaining()
+        select = self.dir / "select.txt"
+        select.write_text("".join(t + "\n" for t in todo), encoding="utf-8")
+        extra = ["--continue-on-collection-errors", "-q"]
+        if self.p.max_failures:
+            extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
+        env = {**self.env, "OUTLAST_PYTEST_SELECT": str(select)}
+        pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"))
+        current: str | None = None
+        since = time.monotonic()
+        try:
+            while not pt.eof:
+                ev = await pt.event(POLL)
+                now = time.monotonic()
+                ctx.progress()  # raises OperationStopped when a stop was asked for
+                if ev is None:
+                    if current is not None and now - since > self.timeout:
+                        await pt.kill()
+                        await self.lost(current, "hung", f"no outcome after {self.timeout:g}s; process group killed")
+                        return True
+                    if current is None and now - since > self.p.collect_timeout:
+                        raise RuntimeError(f"pytest reported nothing for {self.p.collect_timeout:g}s: {pt.tail(8)}")
+                    continue
+                if ev["e"] == "start":
+                    current, since = ev["id"], now
+                    ctx.progress(step=current)
+                elif ev["e"] == "done":
+                    current, since = None, now
+                    async for e in ctx.items([ev], key=lambda e: e["id"]):
+                        self.record(e["id"], e["outcome"], e.get("duration", 0.0), e)
+            code = await pt.proc.wait()
+            if current is not None:
+                await self.lost(current, "crashed", f"pytest died (exit code {code}) inside the test: {pt.tail(8)}")
+                return True
+            left = len(self.remaining())
+            if left and code not in (0, 1, 5) and len(todo) == left:
+                raise RuntimeError(f"pytest exited with code {code} before running a test: {pt.tail(8)}")
+            return False
+        finally:
+            await pt.close()
+
+    async def lost(self, nodeid: str, outcome: str, why: str) -> None:
+        """A test whose process hung or died: an item failure, recorded so a resume does not run it again."""
+        self.record(nodeid, outcome, 0.0, {"message": why, "traceback": ""})
+        self.ctx.fail(nodeid, f"{outcome}: {why}")
+        self.ctx.advance()
+
+    def summary(self) -> dict:
+        tests = self.ctx.state["tests"]
+        counts = collections.Counter(r["outcome"] for r in self.results.values())
+        not_run = len(self.remaining())
+        counts["not_run"] = not_run
+        order = {t: i for i, t in enumerate(tests)}
+        bad = sorted(
+            ((k, r) for k, r in self.results.items() if r["outcome"] in BAD), key=lambda kr: order.get(kr[0], -1)
+        )
+        slowest = sorted(self.results.items(), key=lambda kr: (-kr[1]["duration"], kr[0]))[:SLOWEST]
+        report = {
+            "tests": len(tests),
+            "counts": {o: counts[o] for o in OUTCOMES if counts[o]},
+            "ok": not bad and not not_run,
+            "stopped_early": bool(not_run and self.p.max_failures and len(bad) >= self.p.max_failures),
+            "failed": [
+                {"id": k, "outcome": r["outcome"], "message": r["message"], "traceback": r["traceback"]} for k, r in bad
+            ],
+            "slowest": [{"id": k, "duration": round(r["duration"], 3)} for k, r in slowest if r["duration"] > 0],
+            "duration": round(sum(r["duration"] for r in self.results.values()), 3),
+        }
+        path = self.dir / "report.json"
+        path.write_text(json.dumps({**report, "results": self.results}, indent=1) + "\n", encoding="utf-8")
+        return {**report, "failed": report["failed"][:LIST_MAX], "report": str(path)}
+
+
+@operation("comprehensive_test_suite", params=TestSuiteParams, description="run a pytest suite test by test")
+async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
+    """Collect once, then run the tests not yet finished until none remain (or max_failures is reached)."""
+    suite = _Suite(ctx, p)
+    if "tests" not in ctx.state:
+        await suite.collect()
+    while suite.remaining():
+        if p.max_failures and suite.failures() >= p.max_failures:
+            break
+        before = len(suite.remaining())
+        if not await suite.run() and len(suite.remaining()) in (0, before):
+            break  # pytest ran what it could: the rest is gone from the suite or stopped by --maxfail
+    ctx.progress(step="summarising")
+    return await asyncio.to_thread(suite.summary)
