@@ -37,6 +37,7 @@ BenchFn = Callable[[Bench], Awaitable[list[Row]]]
 
 def _registry() -> dict[str, BenchFn]:
     import bench_engine
+    import bench_redis
     import bench_surface
     import bench_workloads
 
@@ -47,7 +48,7 @@ def _registry() -> dict[str, BenchFn]:
         "checkpoint_each": bench_engine.bench_checkpoint_each,
         "checkpoint_big": bench_engine.bench_checkpoint_big,
         "throughput": bench_engine.bench_throughput,
-        "redis": bench_workloads.bench_redis,
+        "redis": bench_redis.bench_rows,
         "resume": bench_engine.bench_resume,
         "cli": bench_surface.bench_cli,
         "dashboard": bench_surface.bench_dashboard,
