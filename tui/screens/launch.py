@@ -203,10 +203,18 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         width: 1fr;
     }
     #launch-dialog Switch.field-control {
-        width: auto;
+        width: 6;
         height: 1;
         border: none;
-        padding: 0;
+        padding: 0 1;
+    }
+    #launch-dialog Switch.field-control:focus {
+        border: none;
+        background-tint: $foreground 15%;
+    }
+    #launch-dialog .switch-state {
+        width: 1fr;
+        padding-left: 1;
     }
     #launch-dialog .field-help {
         color: $text-muted;
@@ -311,13 +319,13 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         out: list[Widget] = []
         for f in self.fields:
             label = ("params" if f.name == JSON_FIELD else f.name) + (" *" if f.required else "")
-            out.append(
-                Horizontal(
-                    Label(label, classes="field-label" + (" -required" if f.required else ""), markup=False),
-                    self._control(f),
-                    classes="row",
-                )
-            )
+            row: list[Widget] = [
+                Label(label, classes="field-label" + (" -required" if f.required else ""), markup=False),
+                self._control(f),
+            ]
+            if f.kind == "bool":
+                row.append(Label(_on_off(bool(f.default)), classes="switch-state", id=f"state-{_wid(f.name)}"))
+            out.append(Horizontal(*row, classes="row"))
             help_text = "; ".join(p for p in (f.description, f.hint) if p)
             if help_text:
                 out.append(Static(help_text, classes="field-help", markup=False))
@@ -391,6 +399,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _revalidate(self, event: Input.Changed | Switch.Changed | Select.Changed) -> None:
         if self._tried and getattr(event.control, "id", None) != "launch-type":
             self._show(*self.validate()[1:])
+
+    @on(Switch.Changed)
+    def _switch_state(self, event: Switch.Changed) -> None:
+        name = (event.switch.id or "").removeprefix("param-")
+        self.query_one(f"#state-{name}", Label).update(_on_off(event.value))
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -509,6 +522,10 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         form = self.query_one("#launch-form-error", Static)
         form.update("\n".join(form_errors))
         form.set_class(bool(form_errors), "-shown")
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
 
 
 def _message(err: Any) -> str:

@@ -171,7 +171,8 @@ class ResourcesPane(Widget, can_focus=True):
         out.append(f"{'Queued':<{LABEL}}", self._style("label"))
         parts = sorted(self.queue_depth.items(), key=lambda kv: kv[0].rank)
         if not any(n for _, n in parts):
-            out.append("nothing waiting", self._style("dim"))
+            out.append("nothing waiting\n", self._style("dim"))
+            return
         for i, (priority, n) in enumerate(parts):
             if i:
                 out.append(" · ", self._style("dim"))
