@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, model_validator
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, Static
@@ -125,8 +126,7 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
         assert not app.screen.query("#param-items")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        form = app.screen.query_one("#launch-form-error", Static)
-        assert form.has_class("-shown") and "argv" in str(form.render())
+        assert error_text(app, "command") == "give either argv (a list) or command (a string)"
         await replace(pilot, "#param-argv", "echo, hi")
         await replace(pilot, "#param-env", "A=1, B")
         await pilot.press("ctrl+s")
@@ -142,6 +142,43 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert app.results == [OperationSpec(type="command", params={"argv": ["echo", "hi"], "env": {"A": "1"}})]
+
+
+class Window(BaseModel):
+    """A params model with a check across fields: its error names no field."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: int = 0
+    end: int = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end < self.start:
+            raise ValueError("end comes before start")
+        return self
+
+
+async def window_handler(ctx: Any, p: Window) -> None:
+    """Never run: the form only reads the params model."""
+
+
+async def test_an_error_naming_no_field_is_shown_for_the_form() -> None:
+    types = {"window": HandlerSpec("window", window_handler, Window, "a window", "test")}
+    app = LaunchApp(types, initial_type="window")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-start", "20")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        form = app.screen.query_one("#launch-form-error", Static)
+        assert form.has_class("-shown") and str(form.render()) == "end comes before start"
+        assert app.results == []
+        await replace(pilot, "#param-end", "30")
+        await pilot.pause()
+        assert not form.has_class("-shown")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert app.results == [OperationSpec(type="window", params={"start": 20, "end": 30})]
 
 
 async def test_escape_dismisses_with_none() -> None:
