@@ -1,0 +1,329 @@
+"""security_scan on real trees: this repository (SARIF checked against its structure), a generated tree with
+planted secrets and risky calls beside binary, unreadable, non-UTF-8 and special files, a SIGKILLed worker
+resumed to the uninterrupted report, and bad params through the CLI.
+
+Planted secrets are assembled at run time, so this file itself holds none for a scanner to find."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from engine import Engine, OperationSpec, Status
+from tests.conftest import REPO
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit, unreadable
+
+RNG = random.Random(4)
+
+
+def rand(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(RNG.choice(alphabet) for _ in range(n))
+
+
+UPPER = string.ascii_uppercase + string.digits
+S = {
+    "aws_id": "AK" + "IA" + rand(16, UPPER),
+    "aws_secret": rand(20) + "/" + rand(19),
+    "password": "Hunter" + "2" + rand(6),
+    "api_token": rand(30),
+    "github": "gh" + "p_" + rand(36),
+    "gitlab": "gl" + "pat-" + rand(20),
+    "slack": "xo" + "xb-" + "1234567890-" + rand(24),
+    "gcp": "AI" + "za" + rand(35),
+    "azure": rand(86) + "==",
+    "stripe": "sk" + "_live_" + rand(24),
+    "gcp_key_id": rand(40, "0123456789abcdef"),
+    "pem_body": rand(64, string.ascii_letters + string.digits + "+/"),
+    "latin_pw": "Tr0ub4d" + "or3x",
+    "locked": "gh" + "p_" + rand(36),
+}
+PEM = "-----BEGIN RSA " + "PRIVATE KEY-----"
+
+FILES: dict[str, str] = {
+    "config/settings.py": f"""AWS_ACCESS_KEY_ID = "{S["aws_id"]}"
+aws_secret_access_key = "{S["aws_secret"]}"
+DB_PASSWORD = "{S["password"]}"
+api_token = "{S["api_token"]}"
+password = ""
+password = os.environ["DB_PASSWORD"]
+GITHUB = "{S["github"]}"
+debug_password = "{S["password"]}"  # nosec: a local fixture
+help_text = "Enter your password here"
+""",
+    "keys/id_rsa": f"{PEM}\n{S['pem_body']}\n{S['pem_body']}\n-----END RSA PRIVATE KEY-----\n",
+    "web/app.js": f"""const token = "{S["gitlab"]}";
+const out = eval(userInput);
+require('child_process').exec(cmd);
+https.request({{host, rejectUnauthorized: false}});
+const hook = "{S["slack"]}";
+const n = JSON.parse(text); // eval() in a comment is still flagged above, not here
+""",
+    "svc/main.go": f"""package main
+var cfg = &tls.Config{{InsecureSkipVerify: true}}
+var c = exec.Command("sh", "-c", userCmd)
+const key = "{S["gcp"]}"
+""",
+    "risky.py": """import ast, hashlib, os, pickle, ssl, subprocess
+import yaml
+eval(expr)
+exec(code)
+subprocess.run(cmd, shell=True)
+os.system(cmd)
+pickle.loads(data)
+yaml.load(f)
+yaml.load(f, Loader=yaml.SafeLoader)
+requests.get(url, verify=False)
+ctx = ssl._create_unverified_context()
+digest = hashlib.md5(password.encode()).hexdigest()
+etag = hashlib.md5(data).hexdigest()
+ast.literal_eval(x)
+eval("1 + 1")
+subprocess.run(["ls", "-l"])
+""",
+    "deploy/azure.env": f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={S['azure']};\n",
+    "svc/sa.json": f'{{"type": "service_account", "private_key_id": "{S["gcp_key_id"]}"}}\n',
+    "billing.rb": f'Stripe.api_key = "{S["stripe"]}"\n',
+    "broken.py": "def f(:\n    eval(x)\n",
+}
+EXPECTED = {
+    ("config/settings.py", "aws-access-key-id", 1),
+    ("config/settings.py", "aws-secret-access-key", 2),
+    ("config/settings.py", "hardcoded-password", 3),
+    ("config/settings.py", "high-entropy-secret", 4),
+    ("config/settings.py", "github-token", 7),
+    ("keys/id_rsa", "private-key", 1),
+    ("web/app.js", "gitlab-token", 1),
+    ("web/app.js", "js-eval", 2),
+    ("web/app.js", "js-child-process-exec", 3),
+    ("web/app.js", "js-tls-disabled", 4),
+    ("web/app.js", "slack-token", 5),
+    ("svc/main.go", "go-tls-insecure", 2),
+    ("svc/main.go", "go-shell-exec", 3),
+    ("svc/main.go", "gcp-api-key", 4),
+    ("risky.py", "py-eval-exec", 3),
+    ("risky.py", "py-eval-exec", 4),
+    ("risky.py", "py-shell", 5),
+    ("risky.py", "py-shell", 6),
+    ("risky.py", "py-pickle-load", 7),
+    ("risky.py", "py-yaml-load", 8),
+    ("risky.py", "py-tls-disabled", 10),
+    ("risky.py", "py-tls-disabled", 11),
+    ("risky.py", "py-weak-password-hash", 12),
+    ("deploy/azure.env", "azure-storage-key", 1),
+    ("svc/sa.json", "gcp-service-account-key", 1),
+    ("billing.rb", "stripe-secret-key", 1),
+    ("latin.cfg", "hardcoded-password", 2),
+}
+
+# The parts of SARIF 2.1.0 code-scanning tools read, as a JSON schema.
+_MESSAGE = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}}
+_LEVEL = {"enum": ["none", "note", "warning", "error"]}
+_LOCATION = {
+    "type": "object",
+    "required": ["physicalLocation"],
+    "properties": {
+        "physicalLocation": {
+            "type": "object",
+            "required": ["artifactLocation", "region"],
+            "properties": {
+                "artifactLocation": {
+                    "type": "object",
+                    "required": ["uri"],
+                    "properties": {"uri": {"type": "string", "pattern": "^[^/]"}},
+                },
+                "region": {
+                    "type": "object",
+                    "required": ["startLine"],
+                    "properties": {
+                        "startLine": {"type": "integer", "minimum": 1},
+                        "startColumn": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+        }
+    },
+}
+SARIF_SHAPE = {
+    "type": "object",
+    "required": ["version", "$schema", "runs"],
+    "properties": {
+        "version": {"const": "2.1.0"},
+        "$schema": {"type": "string", "pattern": "sarif-2\\.1\\.0"},
+        "runs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["tool", "results"],
+                "properties": {
+                    "tool": {
+                        "type": "object",
+                        "required": ["driver"],
+                        "properties": {
+                            "driver": {
+                                "type": "object",
+                                "required": ["name", "rules"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "rules": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "shortDescription", "defaultConfiguration"],
+                                            "properties": {
+                                                "id": {"type": "string"},
+                                                "shortDescription": _MESSAGE,
+                                                "defaultConfiguration": {
+                                                    "type": "object",
+                                                    "properties": {"level": _LEVEL},
+                                                },
+                                            },
+                                        },
+                                    },
+                                },
+                            }
+                        },
+                    },
+                    "results": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["ruleId", "level", "message", "locations"],
+                            "properties": {
+                                "ruleId": {"type": "string"},
+                                "ruleIndex": {"type": "integer", "minimum": 0},
+                                "level": _LEVEL,
+                                "message": _MESSAGE,
+                                "locations": {"type": "array", "minItems": 1, "items": _LOCATION},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def check_sarif(sarif: dict, root: Path) -> list[dict]:
+    """Valid against SARIF_SHAPE, every result's rule declared at its index and its file under root."""
+    jsonschema.validate(sarif, SARIF_SHAPE)
+    run = sarif["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    for r in run["results"]:
+        assert rules[r["ruleIndex"]]["id"] == r["ruleId"]
+        assert (root / r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]).is_file()
+    return run["results"]
+
+
+async def scan(engine: Engine, **params: Any) -> Any:
+    op = await engine.submit(OperationSpec(type="security_scan", params=params))
+    return await engine.wait(op.id, timeout=120)
+
+
+async def test_scan_this_repository(engine: Engine) -> None:
+    op = await scan(engine, root=str(REPO))
+    assert op.status is Status.COMPLETED, op.error
+    res = op.result
+    assert res["files"] > 50 and res["scanned"] > 50
+    report = json.loads(Path(res["reports"]["json"]).read_text())
+    results = check_sarif(json.loads(Path(res["reports"]["sarif"]).read_text()), REPO)
+    assert len(results) == len(report["findings"]) == res["findings"]
+    assert sum(res["by_rule"].values()) == sum(res["by_severity"].values()) == res["findings"]
+    assert res["scanned"] + sum(res["skipped"].values()) + len(res["failures"]) == res["files"]
+
+
+def make_tree(root: Path) -> dict[str, Path]:
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "latin.cfg").write_bytes(f"# r\xe9glages\npassword = '{S['latin_pw']}'\n".encode("latin-1"))
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + S["github"].encode() + bytes(range(256)))
+    locked = root / "locked.py"
+    locked.write_text(f'TOKEN = "{S["locked"]}"\n')
+    os.mkfifo(root / "pipe")  # reading it would block forever: skipped, never opened
+    (root / "link.py").symlink_to("risky.py")
+    return {"locked": locked}
+
+
+async def test_planted_secrets_and_risky_code(engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    roles = make_tree(root)
+    locked = unreadable(roles["locked"])
+    out = tmp_path / "report.sarif"
+    op = await scan(engine, root=str(root), output=str(out))
+    assert op.status is Status.COMPLETED, op.error
+    res = op.result
+    report = json.loads(out.with_suffix(".json").read_text())
+    found = {(f["file"], f["rule"], f["line"]) for f in report["findings"]}
+    expected = EXPECTED | (set() if locked else {("locked.py", "github-token", 1)})
+    assert found == expected, (found - expected, expected - found)
+    # Never the secret itself: not in either report, the result, the snippets or the log.
+    logs, _ = await engine.logs(op.id)
+    sarif_text = out.read_text()
+    texts = [sarif_text, json.dumps(report), json.dumps(res), json.dumps([r.model_dump() for r in logs])]
+    for name, secret in S.items():
+        for t in texts:
+            assert secret not in t, name
+    snippets = {(f["file"], f["line"]): f["snippet"] for f in report["findings"]}
+    assert snippets[("config/settings.py", 1)] == 'AWS_ACCESS_KEY_ID = "AKIA[REDACTED]"'
+    assert snippets[("risky.py", 5)] == "subprocess.run(cmd, shell=True)"
+    check_sarif(json.loads(sarif_text), root)
+    assert res["skipped"] == {"binary": 1, "not a regular file": 1, "symlink": 1}
+    assert res["decoded_as_latin1"] == 1
+    if locked:
+        assert res["failures"] == {"locked.py": "unreadable: Permission denied"}
+        assert op.progress.failed == 1
+    assert res["findings"] == len(expected)
+    assert res["by_severity"]["critical"] == 5  # private key, AWS secret, GCP service account, Azure, Stripe
+
+    # rules picks categories and ids; format picks the report.
+    op = await scan(engine, root=str(root), rules=["code", "private-key"], format="json")
+    assert op.status is Status.COMPLETED, op.error
+    assert set(op.result["reports"]) == {"json"}
+    only = {
+        (f["file"], f["rule"], f["line"])
+        for f in json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    }
+    assert only == {f for f in expected if f[1] == "private-key" or f[1].startswith(("py-", "js-", "go-"))}
+
+
+def test_sigkilled_worker_resumes_to_the_uninterrupted_report(cli: Cli, tmp_path: Path) -> None:
+    """A worker is SIGKILLed after its first checkpoint; `outlast resume` finishes the scan, and its
+    findings and result equal those of an uninterrupted scan of the same tree."""
+    root = tmp_path / "tree"
+    body = "".join(f"def f{i}(x, verify=True):\n    return call(x, timeout={i})\n\n" for i in range(30))
+    for i in range(3000):
+        d = root / f"pkg{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        extra = f'eval(src)\nDB_PASSWORD = "{S["password"]}{i}"\n' if i % 150 == 7 else ""
+        (d / f"m{i:04d}.py").write_text(f"import os\n{extra}{body}")
+    (root / "pkg07" / "blob.bin").write_bytes(b"\0" * 64)
+    code, whole, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}/a.json")
+    assert code == 0, err
+    op_id = submit(cli, "security_scan", {"root": str(root), "output": f"{tmp_path}/b.json"}, "checkpoint_interval=0.2")
+    killed = kill_worker_when(cli, op_id, lambda op: (op.checkpoint_seq or 0) >= 1)
+    assert killed.status is Status.RUNNING and 0 < killed.progress.done < 3001
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["findings"] == a["findings"] and b["summary"] == a["summary"]
+    drop = ("reports",)
+    assert {k: v for k, v in final["result"].items() if k not in drop} == {
+        k: v for k, v in whole["result"].items() if k not in drop
+    }
+    assert whole["result"]["findings"] == 40 and whole["result"]["skipped"] == {"binary": 1}
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    bad_params(cli, "security_scan", {"root": str(tmp_path / "nope")}, "root")
+    bad_params(cli, "security_scan", {}, "root")
+    bad_params(cli, "security_scan", {"root": str(tmp_path), "rules": ["secrets", "no-such-rule"]}, "no-such-rule")
