@@ -71,9 +71,9 @@ def nothing_stored(cli: Cli) -> None:
     assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout
 
 
-def bad_params(cli: Cli, type_: str, params: dict[str, Any], expect: str) -> None:
+def bad_params(cli: Cli, type_: str, params: dict[str, Any], expect: str, *global_args: str) -> None:
     """``outlast run`` with invalid params: one line naming the problem, exit 2, nothing stored."""
-    r = cli("run", type_, "--params-json", json.dumps(params))
+    r = cli(*global_args, "run", type_, "--params-json", json.dumps(params))
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0], r.stderr

@@ -1,9 +1,15 @@
-"""demo: a process that crashes hard mid-run (os._exit) resumes to the result of an uninterrupted run."""
+"""demo: a process that crashes hard mid-run (os._exit) resumes to the result of an uninterrupted run; the seed's
+scripts/demo.py does what it says."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+from tests.conftest import REPO
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import bad_params, resume, run_json
 
@@ -27,3 +33,19 @@ def test_crash_then_resume_equals_uninterrupted(cli: Cli) -> None:
 def test_bad_params(cli: Cli) -> None:
     bad_params(cli, "demo", {"items": -1}, "items")
     bad_params(cli, "demo", {"itemz": 3}, "itemz")
+
+
+def test_demo_script_checkpoint(tmp_path: Path) -> None:
+    """The seed's demo script: a worker SIGKILLed after a checkpoint, resumed to the uninterrupted result."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--demo-type", "checkpoint"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SIGKILL worker pid" in r.stdout and "[resumed] completed 100.0% 200/200" in r.stdout
+    assert "FAIL" not in r.stdout and r.stdout.rstrip().endswith("demo: everything behaved")

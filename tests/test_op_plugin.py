@@ -1,0 +1,58 @@
+"""The example plugin under scripts/: loaded with --plugin and through its entry point, run through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, run_json
+
+PLUGIN_DIR = REPO / "scripts" / "example_plugin"
+MODULE = "outlast_example.operations"
+
+
+@pytest.fixture
+def plugin_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(PLUGIN_DIR))
+
+
+def test_plugin_with_flag(cli: Cli, tmp_path: Path, plugin_path: None) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("the cat and the dog\n")
+    (tmp_path / "b.md").write_text("The end. the END\n")
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "skip.py").write_text("the the the the\n")
+    code, rec, err = run_json(cli, "--plugin", MODULE, "run", "wordcount", "-p", f"root={tmp_path}", "-p", "top=2")
+    assert code == 0, err
+    assert rec["result"] == {"files": 2, "words": 9, "top": [["the", 4], ["end", 2]]}
+    assert rec["item_failures"] == 1
+    code, rec, err = run_json(cli, "--plugin", MODULE, "run", "kb_population", "--params-json", '{"docs": ["A", "b"]}')
+    assert code == 0 and rec["result"] == {"added": 2, "documents": ["a", "b"]}, err
+    assert (rec["progress"]["done"], rec["progress"]["total"]) == (2, 2)
+    types = {t["type"]: t for t in json.loads(cli("--plugin", MODULE, "--json", "types").stdout)}
+    assert types["wordcount"]["runnable"] and not types["wordcount"]["builtin"]
+    assert types["codebase_indexing"]["builtin"] and types["backup_operation"]["builtin"]
+    assert not types["cleanup_operation"]["runnable"]
+    r = cli("run", "wordcount", "-p", f"root={tmp_path}")  # without --plugin
+    assert r.returncode == 2 and "unknown operation type 'wordcount'" in r.stderr, r.stderr
+
+
+def test_plugin_bad_params(cli: Cli, tmp_path: Path, plugin_path: None) -> None:
+    bad_params(cli, "wordcount", {"root": str(tmp_path / "nope")}, "is not an existing directory", "--plugin", MODULE)
+
+
+def test_plugin_through_its_entry_point(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `pip install scripts/example_plugin` leaves behind: a dist-info with the entry point."""
+    dist = tmp_path / "site" / "outlast_example_plugin-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outlast-example-plugin\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(f"[outlast.operations]\nexample = {MODULE}\n")
+    monkeypatch.setenv("PYTHONPATH", f"{PLUGIN_DIR}:{tmp_path / 'site'}")
+    types = {t["type"]: t for t in json.loads(cli("--json", "types").stdout)}
+    assert types["wordcount"]["runnable"] and types["kb_population"]["runnable"]
+    r = cli("-q", "run", "wordcount", "-p", f"root={PLUGIN_DIR}")
+    assert r.returncode == 0, r.stderr
