@@ -265,6 +265,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     }
     """
 
+    AUTO_FOCUS = "#launch-type"
+    """Named here: the app's own AUTO_FOCUS (its table) matches nothing on this screen."""
+
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "launch", "Launch", priority=True),
@@ -296,7 +299,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                     id="launch-type",
                 )
             yield Static(self._type_help(), id="launch-type-help", markup=False)
-            with VerticalScroll(id="launch-params"):
+            with VerticalScroll(id="launch-params", can_focus=False):
                 yield from self._param_widgets()
             yield from self._spec_widgets()
             yield Static("", id="launch-form-error", markup=False)

@@ -1,0 +1,97 @@
+"""The dashboard in a real terminal (tmux): keys launch a demo, cancel it, resume it to completion.
+
+The screen is read with ``capture-pane -p`` (polling with a deadline); the outcome is checked
+in the store through ``outlast ls --json``: the operation completed on its second attempt with
+the sum of every item exactly once (nothing redone, nothing lost across the cancel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.fixtures_cli import REPO, Cli, until
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+ITEMS = 150
+"""At 0.05 s an item (the demo's default) the work takes 7.5 s: time to cancel it on the way."""
+
+
+class Terminal:
+    """A private tmux server running one command in a 120x40 window."""
+
+    def __init__(self, command: str) -> None:
+        self.tmux = ["tmux", "-L", f"outlast-tui-{uuid.uuid4().hex[:10]}"]
+        subprocess.run([*self.tmux, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(REPO), command], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run([*self.tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        """One key at a time, as a person types (a burst can split an escape sequence's timing)."""
+        for key in keys:
+            subprocess.run([*self.tmux, "send-keys", key], check=True)
+            time.sleep(0.1)
+
+    def wait(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """The first match of ``pattern`` on the screen, polling until ``timeout``."""
+        return until(lambda: re.search(pattern, self.screen()), timeout, every=0.1, what=f"screen shows {pattern!r}")
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
+
+
+def test_dashboard_launches_cancels_and_resumes_a_demo_to_completion(cli: Cli) -> None:
+    env = " ".join(
+        f"{k}={shlex.quote(v)}" for k, v in os.environ.items() if k.startswith(("OUTLAST_", "XDG_")) or k == "PATH"
+    )
+    state = shlex.quote(str(cli.state_dir))
+    outlast = f"{shlex.quote(sys.executable)} -m engine.cli --state-dir {state} tui"
+    term = Terminal(f"env {env} {outlast}; echo EXIT=$?; sleep 60")
+    try:
+        term.wait("press n to launch")
+        term.keys("n")
+        term.wait("Launch an operation")
+        term.keys("Enter")  # open the type list, find demo by typing, pick it
+        term.keys("d", "e", "Enter")
+        term.wait(r"type\s+demo")
+        term.keys("Tab", "End", "BSpace", "BSpace", "BSpace", *str(ITEMS))
+        term.wait(rf"items\s+{ITEMS}\s")
+        term.keys("Enter")  # enter in a field launches
+
+        row = rf"([0-9a-z]{{13}}) demo\s+running .*?(\d+)/{ITEMS}"
+        op_id = term.wait(row).group(1)
+        until(lambda: (m := re.search(row, term.screen())) and int(m.group(2)) >= 3, 30, what="progress shown")
+        term.keys("c")
+        term.wait(rf"Cancel demo \({op_id}\)\?")
+        term.keys("y")
+        term.wait(rf"{op_id} demo\s+cancelled")
+        cancelled = cli.op(op_id)
+        assert cancelled.status.value == "cancelled" and 0 < cancelled.progress.done < ITEMS
+
+        term.keys("r")
+        term.wait(rf"{op_id} demo\s+running", 20)
+        term.wait(rf"{op_id} demo\s+completed .*{ITEMS}/{ITEMS}", 40)
+        assert "Traceback" not in term.screen()
+
+        listed = cli("ls", "--json")
+        assert listed.returncode == 0, listed.stderr
+        ops = json.loads(listed.stdout)
+        (op,) = [o for o in ops if o["id"] == op_id]
+        assert op["status"] == "completed" and op["attempt"] == 2
+        assert op["result"] == {"sum": sum(range(ITEMS)), "items": ITEMS, "failures": 0}
+
+        term.keys("q")  # nothing runs any more: quits without asking
+        term.wait(r"EXIT=0", 20)
+    finally:
+        term.close()
