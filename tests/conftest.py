@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.fixtures_engine", "tests.fixtures_cli", "tests.fixtures_api", "tests.fixtures_redis"]
+pytest_plugins: list[str] = [
+    "tests.fixtures_engine",
+    "tests.fixtures_cli",
+    "tests.fixtures_api",
+    "tests.fixtures_redis",
+    "tests.fixtures_tui",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -480,10 +480,12 @@ class OutlastApp(App[int]):
 
         async def go() -> None:
             try:
-                await call()
+                result = await call()
             except OutlastError as e:
                 self.notify(str(e), severity="warning")
             else:
+                if isinstance(result, Operation) and result.id == op_id:
+                    self._store(result)
                 self.notify(f"{what}: {op_id}", timeout=3)
             self._refetch.add(op_id)
 
@@ -525,6 +527,7 @@ class OutlastApp(App[int]):
         if op is None:
             return
         new = op.priority.raised() if up else op.priority.lowered()
+        self._store(op.model_copy(update={"priority": new}))  # a second key press builds on this one
         self._act(f"priority {new.value}", op.id, lambda: self.engine.set_priority(op.id, new))
 
     def action_raise_priority(self) -> None:

@@ -1,0 +1,189 @@
+"""The dashboard driven with keys through Textual's pilot; every test checks what the engine stored.
+
+The app embeds a real engine over a real SQLite store in a temp state dir; the operations are
+the tests' ``ledger`` type (sleeps per item, records every item it executes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import Engine, Priority, Settings, Status, open_store
+from tui.app import OutlastApp
+from tui.screens.confirm import ConfirmScreen, QuitScreen
+from tui.widgets.checkpoints import CheckpointsPane
+from tui.widgets.operations import OperationsTable
+
+from .fixtures_tui import make_app, select, status_of, wait_for
+
+
+async def _running(pilot, app: OutlastApp, **params: object) -> str:  # type: ignore[no-untyped-def]
+    """Submit a ledger operation through the app's engine and wait until it runs here."""
+    await wait_for(pilot, lambda: app.engine_started)
+    op = await app.engine.submit({"type": "ledger", "name": "slow", "params": params})
+    await wait_for(pilot, lambda: op.id in app.engine.running_ids)
+    await select(pilot, op.id)
+    return op.id
+
+
+async def test_cancel_asks_first_and_no_keeps_it_running(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=2000, seconds=0.01)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert await status_of(app, op_id) is Status.RUNNING
+        await pilot.press("c", "y")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.CANCELLED))
+        record = await app.engine.store.get(op_id)
+        assert record.checkpoint_seq is not None  # cancelled cooperatively, work kept
+        await wait_for(pilot, lambda: "c" not in _keys(app))  # nothing left to cancel: the key is gone
+
+
+async def test_pause_then_resume_goes_on_to_completion(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=60, seconds=0.02)
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 5)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
+        paused = await app.engine.store.get(op_id)
+        assert paused.checkpoint_seq is not None and 0 < paused.progress.done < 60
+        await wait_for(pilot, lambda: "r" in _keys(app))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.COMPLETED))
+        done = await app.engine.store.get(op_id)
+        assert done.attempt == 2
+        assert done.result == {"sum": sum(range(60))}
+
+
+async def test_resume_from_an_older_checkpoint_redoes_the_items_after_it(
+    tui_settings: Settings, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    app = make_app(tui_settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        op_id = await _running(pilot, app, items=150, seconds=0.01, explicit_every=10, log_file=str(ledger))
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 45)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
+        cps = await app.engine.checkpoints(op_id)
+        assert len(cps) >= 3
+        pane = app.query_one(CheckpointsPane)
+        await wait_for(pilot, lambda: pane.op_id == op_id and len(pane.shown) == len(cps))
+        pane.focus()
+        await pilot.press(*["down"] * (len(cps) - 1))  # to the oldest kept (newest first in the pane)
+        chosen = pane.chosen
+        assert chosen is not None and chosen.seq == min(c.seq for c in cps)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.COMPLETED), timeout=30)
+        record = await app.engine.store.get(op_id)
+        assert record.attempt == 2 and record.result == {"sum": sum(range(150))}
+        executed = [int(x) for x in ledger.read_text().split()]
+        redone = {i for i in set(executed) if executed.count(i) > 1}
+        # Items after the chosen checkpoint ran twice; none before it did.
+        assert chosen.processed_items in redone
+        assert min(redone) == chosen.processed_items
+
+
+async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_settings: Settings) -> None:
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for name in ("alpha one", "beta", "alpha two", "gamma"):
+            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 4)
+        await pilot.press("slash", *"alpha", "enter")
+        alphas = {op.id for op in await engine.list() if "alpha" in (op.name or "")}
+        await wait_for(pilot, lambda: set(table.ids) == alphas)
+        assert app.focused is table
+        await pilot.press("c", "y")  # cancels the selected one: an alpha
+        await wait_for(pilot, lambda: _count(app, Status.CANCELLED, 1))
+        cancelled = [op for op in await engine.list() if op.status is Status.CANCELLED]
+        assert cancelled[0].id in alphas
+        await pilot.press("slash", "escape")
+        await wait_for(pilot, lambda: len(table.ids) == 4)
+
+
+async def test_priority_keys_move_queued_work_and_ignore_running_work(tui_settings: Settings) -> None:
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        queued = await engine.submit({"type": "ledger", "name": "waiting", "params": {"items": 5}})
+        await select(pilot, queued.id)
+        await pilot.press("plus")
+        await wait_for(pilot, lambda: _priority(app, queued.id, Priority.HIGH))
+        await wait_for(pilot, lambda: "plus" not in _keys(app))  # already at the top
+        await pilot.press("minus", "minus")
+        await wait_for(pilot, lambda: _priority(app, queued.id, Priority.LOW))
+        running = await engine.submit({"type": "ledger", "name": "busy", "params": {"items": 500, "seconds": 0.01}})
+        await engine.run_now(running.id)
+        await select(pilot, running.id)
+        await wait_for(pilot, lambda: "plus" not in _keys(app) and "minus" not in _keys(app))
+        await pilot.press("plus")
+        await pilot.pause(0.3)
+        assert (await engine.store.get(running.id)).priority is Priority.NORMAL
+
+
+async def test_quit_with_running_work_pause_checkpoints_it(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=2000, seconds=0.01)
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: not app.is_running)
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        record = await store.get(op_id)
+        assert record.status is Status.PAUSED
+        assert record.checkpoint_seq is not None and record.progress.done > 0
+    finally:
+        await store.close()
+
+
+async def test_quit_with_running_work_wait_finishes_it_and_starts_nothing_new(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=40, seconds=0.03)
+        await pilot.press("q")
+        await pilot.press("w")
+        assert app.is_running and app.waiting_to_quit
+        later = await app.engine.submit({"type": "ledger", "name": "later", "params": {"items": 3}})
+        await wait_for(pilot, lambda: not app.is_running)
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        assert (await store.get(op_id)).status is Status.COMPLETED
+        assert (await store.get(later.id)).status is Status.QUEUED
+    finally:
+        await store.close()
+
+
+def _keys(app: OutlastApp) -> set[str]:
+    """The keys the footer shows now."""
+    return {key for key, b in app.screen.active_bindings.items() if b.enabled and b.binding.show}
+
+
+async def _is(app: OutlastApp, op_id: str, status: Status) -> bool:
+    return await status_of(app, op_id) is status
+
+
+async def _priority(app: OutlastApp, op_id: str, priority: Priority) -> bool:
+    return (await app.engine.store.get(op_id)).priority is priority
+
+
+async def _count(app: OutlastApp, status: Status, n: int) -> bool:
+    return len(await app.engine.store.list([status])) == n
+
+
+def _zero():  # type: ignore[no-untyped-def]
+    from engine import Progress
+
+    return Progress()
