@@ -426,13 +426,14 @@ class OutlastApp(App[int]):
         for op in self.ops.values():
             counts[op.status] = counts.get(op.status, 0) + 1
         table = self.query_one(OperationsTable)
-        parts = [f"[b]Outlast[/b]  {len(self.ops)} operations"]
+        parts = [f"[b]Outlast[/b]  {len(self.ops):,} operations"]
         for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
             if counts.get(status):
                 parts.append(f"{counts[status]} {status.value}")
         if table.filter_words:
             parts.append(f"filter [b]{' '.join(table.filter_words)}[/b] ({len(table.ids)} shown)")
-        parts.append(f"sort {table.sort}")
+        if table.sort != SORTS[0]:
+            parts.append(f"sort {table.sort}")
         if self.waiting_to_quit:
             parts.append("[b]waiting for running work to finish, then quitting[/b]")
         if self.engine_error:

@@ -39,7 +39,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("id", "ID", 13),
     Column("name", "NAME", 0),
-    Column("type", "TYPE", 16),
+    Column("type", "TYPE", 24),
     Column("status", "STATUS", 11),
     Column("progress", "PROGRESS", 15),
     Column("items", "ITEMS", 11, right=True),
