@@ -20,6 +20,7 @@ from textual.pilot import Pilot
 from engine import (
     Checkpoint,
     Engine,
+    LogRecord,
     Operation,
     Priority,
     Progress,
@@ -173,6 +174,8 @@ RUNNING: list[tuple[Operation, Progress, float]] = [
     ),
 ]
 CHECKPOINTED = "06b4000000003"
+SELECTED = "06b4000000009"
+"""The first row (running, newest): what the main-screen snapshots show in their panes."""
 
 
 async def _seed(state_dir: Path) -> Any:
@@ -181,26 +184,48 @@ async def _seed(state_dir: Path) -> Any:
     for op in SEED + [op for op, _, _ in RUNNING]:
         await store.create(op)
     worker = WorkerInfo(host="build-7", pid=4242, name="worker")
+    epochs: dict[str, int] = {}
     for op, progress, started in RUNNING:
         claimed = await store.claim(worker, NOW, 300.0, op_id=op.id)
         assert claimed is not None
+        epochs[op.id] = claimed.epoch
         await store.update(op.id, epoch=claimed.epoch, started_at=started)
         await store.save_live(
             [(op.id, claimed.epoch, {"progress": progress.model_dump(mode="json"), "deadline": started + 3600})]
         )
-    for seq in (1, 2, 3):
-        done = seq * 1800
-        cp = Checkpoint(
-            operation_id=CHECKPOINTED,
-            seq=seq,
-            created_at=NOW - 2400 + seq * 190,
-            progress_percentage=100 * done / 12000,
-            processed_items=done,
-            total_items=12000,
-            state={"copied": done},
-            next_step="copy" if seq < 3 else "verify",
-        )
-        await store.save_checkpoint(cp, ItemDelta(), keep=5)
+    for op_id, total, per, steps, at in (
+        (CHECKPOINTED, 12000, 1800, ("copy", "copy", "verify"), NOW - 2400),
+        (SELECTED, 412, 30, ("tests/test_api.py", "tests/test_store.py"), NOW - 40),
+    ):
+        for seq, step in enumerate(steps, 1):
+            done = seq * per
+            cp = Checkpoint(
+                operation_id=op_id,
+                seq=seq,
+                epoch=epochs.get(op_id, 0),
+                created_at=at + seq * 15,
+                progress_percentage=100 * done / total,
+                processed_items=done,
+                total_items=total,
+                state={"done": done},
+                next_step=step,
+            )
+            await store.save_checkpoint(cp, ItemDelta(), keep=5)
+    await store.append_logs(
+        SELECTED,
+        [
+            LogRecord(ts=NOW - 40 + i * 7, level=level, message=msg)
+            for i, (level, msg) in enumerate(
+                (
+                    ("info", "collected 412 tests in 9 files"),
+                    ("info", "tests/test_api.py: 30 passed"),
+                    ("warning", "tests/test_api.py::test_ws_reconnect took 12.4s"),
+                    ("info", "checkpoint 2 saved (60 tests done)"),
+                    ("info", "tests/test_store.py: running"),
+                )
+            )
+        ],
+    )
     return store
 
 

@@ -127,10 +127,10 @@ class OutlastApp(App[int]):
         "resume": ("Resume operation", "Resume the selected operation from its newest checkpoint"),
         "raise_priority": ("Raise priority", "Queued work: one priority level up"),
         "lower_priority": ("Lower priority", "Queued work: one priority level down"),
-        "detail": ("Show detail", "The selected operation's detail pane"),
+        "detail": ("Show detail", "The selected operation's detail: step, timeout and why, failures"),
         "filter": ("Filter operations", "Show only operations whose id, name, type or status match"),
-        "sort": ("Sort operations", "Cycle the sort column"),
-        "logs": ("Focus logs", "The logs pane (a toggles one operation / all)"),
+        "sort": ("Sort operations", "Cycle the sort: status, created, priority, progress, name, type"),
+        "logs": ("Focus logs", "The logs pane, following live (a: one operation / all)"),
         "checkpoints": ("Show checkpoints", "The checkpoints pane; enter resumes from the chosen one"),
         "cycle_theme": ("Next theme", "Cycle through the themes (remembered in the config)"),
         "help": ("Help", "Every key"),
@@ -173,6 +173,8 @@ class OutlastApp(App[int]):
         self._narrow: bool | None = None
         self._tab = "detail"
         self._boot_task: asyncio.Task[None] | None = None
+        self.warnings: deque[str] = deque()
+        """Log lines to show as notifications (filled by main's logging handler)."""
 
     # ---- layout ----------------------------------------------------------------------------
 
@@ -302,7 +304,7 @@ class OutlastApp(App[int]):
             self._store(op)
         await self._fetch((self._active - now_active) | self._refetch)
         self._active = now_active
-        if self._selected and self.ops.get(self._selected, None) and self._selected not in self.engine.running_ids:
+        if self._selected and self._selected in self.ops:
             self._load_side_panes(self._selected, poll=True)
 
     async def _fetch(self, ids: Iterable[str]) -> None:
@@ -379,6 +381,8 @@ class OutlastApp(App[int]):
         if self._checkpoints_dirty and selected:
             self._checkpoints_dirty = False
             self._load_side_panes(selected, logs=False)
+        while self.warnings:
+            self.notify(self.warnings.popleft(), severity="warning", timeout=8)
         if self._pending_logs:
             self.query_one(LogsPane).add(self._pending_logs, with_id=True)
             self._pending_logs = []
@@ -426,7 +430,8 @@ class OutlastApp(App[int]):
         for op in self.ops.values():
             counts[op.status] = counts.get(op.status, 0) + 1
         table = self.query_one(OperationsTable)
-        parts = [f"[b]Outlast[/b]  {len(self.ops):,} operations"]
+        n = len(self.ops)
+        parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
         for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
             if counts.get(status):
                 parts.append(f"{counts[status]} {status.value}")
@@ -451,8 +456,8 @@ class OutlastApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the keys that apply to the selected operation are active (and shown in the footer)."""
-        if not isinstance(self.screen, Screen) or self.screen is not self.screen_stack[0]:
-            return True
+        if self.screen is not self.screen_stack[0]:
+            return action not in self.ACTIONS_HELP  # a dialog is open: its keys, not the dashboard's
         op = self.selected_op
         status = op.status if op else None
         if action == "cancel":
@@ -599,11 +604,16 @@ class OutlastApp(App[int]):
 
     def action_help(self) -> None:
         keys = [
-            (b.key_display or b.key, b.description)
+            (b.key_display or b.key, self.ACTIONS_HELP[b.action][1])
             for b in self.BINDINGS
-            if isinstance(b, Binding) and b.description and b.action != "back"
+            if isinstance(b, Binding) and b.action in self.ACTIONS_HELP
         ]
-        keys += [("a", "logs: one operation / all"), ("ctrl+p", "command palette"), ("tab", "next pane")]
+        keys += [
+            ("esc", "Back to the table (clears the filter)"),
+            ("tab", "Next pane (at 80 columns: the pane tabs, then left/right)"),
+            ("a", "In the logs pane: one operation's log / every operation's"),
+            ("ctrl+p", "Command palette: every action by name"),
+        ]
         try:
             from .screens.help import HelpScreen
         except ImportError:
@@ -689,8 +699,28 @@ class OutlastApp(App[int]):
         await self.stop_engine()
 
 
+class _Warnings(logging.Handler):
+    """Engine warnings while the dashboard owns the terminal: kept for the app to show as notifications
+    (a line written to stderr would tear the screen). Any thread may log; a deque append is atomic."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: deque[str] = deque(maxlen=100)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def main(settings: Settings) -> int:
     """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code."""
     app = OutlastApp(settings)
-    rv = app.run()
+    logger = logging.getLogger("outlast")
+    saved = logger.handlers[:]
+    handler = _Warnings()
+    app.warnings = handler.lines
+    logger.handlers = [handler]
+    try:
+        rv = app.run()
+    finally:
+        logger.handlers = saved
     return int(rv or 0)

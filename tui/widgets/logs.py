@@ -19,6 +19,7 @@ class LogsPane(RichLog):
         super().__init__(id=id, classes=classes, max_lines=2000, wrap=False, markup=False, auto_scroll=True)
         self.mode = "selected"
         self.op_id: str | None = None
+        self.empty = True
         self.log_offset = 0
         """Byte offset in the selected operation's log up to which it has been read."""
 
@@ -26,8 +27,17 @@ class LogsPane(RichLog):
         self.op_id = op_id
         self.log_offset = 0
         self.clear()
+        self.empty = True
 
     def add(self, records: list[LogRecord], with_id: bool = False) -> None:
+        if records and self.empty:
+            self.clear()
+            self.empty = False
+        elif not records and self.empty and not self.lines:
+            self.write(Text("no log lines yet", style="dim"))
+        self._add(records, with_id)
+
+    def _add(self, records: list[LogRecord], with_id: bool) -> None:
         for rec in records:
             line = Text(no_wrap=True)
             line.append(time.strftime("%H:%M:%S ", time.localtime(rec.ts)), style="dim")
