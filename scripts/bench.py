@@ -36,6 +36,7 @@ BenchFn = Callable[[Bench], Awaitable[list[Row]]]
 
 
 def _registry() -> dict[str, BenchFn]:
+    import bench_dashboard
     import bench_engine
     import bench_redis
     import bench_surface
@@ -51,7 +52,7 @@ def _registry() -> dict[str, BenchFn]:
         "redis": bench_redis.bench_rows,
         "resume": bench_engine.bench_resume,
         "cli": bench_surface.bench_cli,
-        "dashboard": bench_surface.bench_dashboard,
+        "dashboard": bench_dashboard.bench_dashboard,
         "memory": bench_surface.bench_memory,
         "indexing": bench_workloads.bench_indexing,
         "backup": bench_workloads.bench_backup,

@@ -1,4 +1,4 @@
-"""Surface figures: the command line and the dashboard, in real subprocesses."""
+"""Surface figures: the command line and peak memory, in real subprocesses (the dashboard: bench_dashboard.py)."""
 
 from __future__ import annotations
 
@@ -83,20 +83,6 @@ async def bench_cli(bench: Bench) -> list[Row]:
             )
         )
     return rows
-
-
-async def bench_dashboard(bench: Bench) -> list[Row]:
-    why = (
-        "tui/app.py not in the repository yet"
-        if not module_exists("tui/app.py")
-        else ("the dashboard landed after this bench was written: measurement not wired yet")
-    )
-    return [
-        unavailable("dashboard", "dashboard key press to repaint, 10,000 ops, 100 reporting (p99)", "< 100 ms", why),
-        unavailable("dashboard", "dashboard start to first paint, 10,000 ops", "< 1 s", why),
-        unavailable("dashboard", "dashboard CPU while 100 operations report progress", "< 25% of a core", why),
-        unavailable("dashboard", "peak memory, dashboard with 10,000 ops", "< 150 MB", why),
-    ]
 
 
 _PEAK = "import re; print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"

@@ -1,0 +1,302 @@
+"""Dashboard figures: key press to repaint, start to first paint, CPU and peak memory.
+
+The real app (``tui.app.OutlastApp`` with its embedded engine) runs in a fresh child process,
+headless through Textual's pilot at 160x50, over a store of 10,000 operations of which 100
+run in that engine and report progress 20 times a second. Times come from the app's own
+repaints: a hook on ``App._display`` stamps every frame after encoding it for the terminal
+exactly as a real terminal would get it (only the final write is skipped). The anchor for CPU
+is the same engine running the same 100 operations with no dashboard, in its own child.
+
+    python scripts/bench_dashboard.py --child dashboard STATE_DIR N_LIVE PRESSES WINDOW
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+for _p in (str(SCRIPTS.parent), str(SCRIPTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from bench_common import PLUGIN, Bench, Row, module_exists, python, summarize, unavailable  # noqa: E402
+from bench_surface import populate  # noqa: E402
+
+SIZE = (160, 50)
+FIGURES = {
+    "keys": ("dashboard key press to repaint, {ops} ops, {live} reporting (p99)", "< 100 ms"),
+    "start": ("dashboard start to first paint, {ops} ops", "< 1 s"),
+    "cpu": ("dashboard CPU while {live} operations report progress", "< 25% of a core"),
+    "memory": ("peak memory, dashboard with {ops} ops", "< 150 MB"),
+}
+
+
+def _figure(key: str, ops: int, live: int) -> tuple[str, str]:
+    label, target = FIGURES[key]
+    return label.format(ops=f"{ops:,}", live=live), target
+
+
+# ---- the parent: data, children, rows ----------------------------------------------------------
+
+
+async def _submit_reporters(bench: Bench, state: Path, n: int) -> None:
+    """``n`` high-priority bench_report operations: claimed before the store's queued history."""
+    from engine import OperationSpec, Priority
+
+    async with bench.engine(state, run_queue=False) as engine:
+        for i in range(n):
+            spec = OperationSpec(type="bench_report", name=f"reporter {i}", priority=Priority.HIGH)
+            await engine.submit(spec)
+
+
+def _child(bench: Bench, mode: str, state: Path, live: int, presses: int, window: float) -> dict[str, Any]:
+    argv = [python(), str(Path(__file__)), "--child", mode, str(state), str(live), str(presses), str(window)]
+    r = subprocess.run(argv, env=bench.env(state), capture_output=True, text=True, timeout=180, check=False)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{mode} child exited {r.returncode}: {err}")
+    return json.loads(lines[-1])
+
+
+async def bench_dashboard(bench: Bench) -> list[Row]:
+    n_ops, live, presses, window = bench.pick((10_000, 100, 20, 1.0), (10_000, 100, 200, 8.0))
+    if not module_exists("tui/app.py"):
+        why = "tui/app.py not in the repository yet"
+        return [unavailable("dashboard", *_figure(k, n_ops, live), why) for k in FIGURES]
+    state = bench.fresh_dir()
+    await populate(state, n_ops)
+    await _submit_reporters(bench, state, live)
+    dash = await asyncio.to_thread(_child, bench, "dashboard", state, live, presses, window)
+    anchor_state = bench.fresh_dir()
+    await _submit_reporters(bench, anchor_state, live)
+    engine_only = await asyncio.to_thread(_child, bench, "engine", anchor_state, live, 0, window)
+
+    keys = summarize(dash["keys"])
+    detail = summarize(dash["detail"]) if dash["detail"] else None
+    label, target = _figure("keys", n_ops, live)
+    rows = [
+        Row(
+            "dashboard",
+            label,
+            keys["p99"],
+            "s",
+            target=target,
+            met=keys["p99"] < 0.1,
+            stats={"cursor": keys, "detail": detail, "frames_per_s": dash["fps"]},
+            note=(
+                f"{keys['n']} presses of down (scrolling 10,000 rows), p50 {keys['p50'] * 1e3:.1f} ms; "
+                "first frame that shows the moved cursor, encoded for the terminal"
+                + (f"; the detail pane follows at the next frame, p99 {detail['p99'] * 1e3:.0f} ms" if detail else "")
+            ),
+        )
+    ]
+    label, target = _figure("start", n_ops, live)
+    rows.append(
+        Row(
+            "dashboard",
+            label,
+            dash["first_rows"],
+            "s",
+            target=target,
+            met=dash["first_rows"] < 1.0,
+            stats={k: dash[k] for k in ("first_frame", "first_rows", "import")},
+            note=(
+                f"from process start to the first frame listing operations (first frame at "
+                f"{dash['first_frame'] * 1e3:.0f} ms; imports {dash['import'] * 1e3:.0f} ms)"
+            ),
+        )
+    )
+    label, target = _figure("cpu", n_ops, live)
+    rows.append(
+        Row(
+            "dashboard",
+            label,
+            dash["cpu"],
+            "%",
+            anchor=engine_only["cpu"] or None,
+            anchor_unit="%",
+            anchor_desc="the same engine and operations, no dashboard",
+            ratio=dash["cpu"] / engine_only["cpu"] if engine_only["cpu"] else None,
+            target=target,
+            met=dash["cpu"] < 25.0,
+            stats={"dashboard": dash["cpu"], "engine_only": engine_only["cpu"], "window_s": window},
+            note=(
+                f"process CPU over {window:g} s, all threads, percent of one core, including the engine running "
+                f"the {live} operations; the dashboard's own share is {dash['cpu'] - engine_only['cpu']:.1f} points"
+            ),
+        )
+    )
+    label, target = _figure("memory", n_ops, live)
+    rows.append(
+        Row(
+            "dashboard",
+            label,
+            dash["peak_kb"] * 1024,
+            "B",
+            anchor=engine_only["peak_kb"] * 1024,
+            anchor_unit="B",
+            anchor_desc="engine alone",
+            ratio=dash["peak_kb"] / engine_only["peak_kb"],
+            target=target,
+            met=dash["peak_kb"] * 1024 < 150 * 2**20,
+            stats={"peak_kb": dash["peak_kb"], "engine_only_kb": engine_only["peak_kb"]},
+            note="VmHWM of the dashboard process at the end (every operation loaded, the reporters running)",
+        )
+    )
+    return rows
+
+
+# ---- the children ------------------------------------------------------------------------------
+
+
+def _peak_kb() -> int:
+    m = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(m.group(1)) if m else 0
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _until(pred: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise RuntimeError(f"{what} not reached within {timeout:g}s")
+        await asyncio.sleep(0.02)
+
+
+async def _cpu_over(window: float) -> float:
+    c0, w0 = _cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(window)
+    return 100 * (_cpu_seconds() - c0) / (time.perf_counter() - w0)
+
+
+async def child_engine(state: Path, live: int, window: float) -> dict[str, Any]:
+    """The anchor: the engine alone running the reporters."""
+    from engine import Engine, load_settings, open_store
+
+    settings = load_settings(state_dir=state, plugins=[PLUGIN], max_concurrent=live)
+    engine = Engine(store=open_store(state), settings=settings)
+    await engine.start()
+    await _until(lambda: len(engine.running_ids) >= live, 60, f"{live} running")
+    await asyncio.sleep(0.5)
+    cpu = await _cpu_over(window)
+    return {"cpu": cpu, "peak_kb": _peak_kb()}
+
+
+async def child_dashboard(state: Path, live: int, presses: int, window: float, started: float) -> dict[str, Any]:
+    """The real app, headless; every figure from its own frames."""
+    from rich.console import Console
+    from textual import events
+    from textual._compositor import CompositorUpdate
+
+    from engine import load_settings
+    from tui.app import OutlastApp
+    from tui.widgets.operations import OperationsTable
+
+    imported = time.time() - started
+    settings = load_settings(state_dir=state, plugins=[PLUGIN], max_concurrent=live)
+    app = OutlastApp(settings)
+    frames: list[float] = []
+    first: dict[str, float] = {}
+    waiting: dict[str, Any] = {}
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=SIZE[0])
+    display = app._display
+
+    def hooked(screen: Any, renderable: Any) -> None:
+        display(screen, renderable)
+        if renderable is None or app._batch_count:
+            return
+        if isinstance(renderable, CompositorUpdate):
+            renderable.render_segments(console)  # what a terminal would be sent
+        now = time.perf_counter()
+        frames.append(now)
+        first.setdefault("frame", time.time())
+        table = app.query_one(OperationsTable)
+        if table.ids and not table.loading:
+            first.setdefault("rows", time.time())
+        if waiting.get("cursor") is not None and table.cursor != waiting["cursor"] and "cursor_at" not in waiting:
+            waiting["cursor_at"] = now
+        if waiting.get("detail") is not None and "detail_at" not in waiting:
+            shown = getattr(app, "_selected", None)  # what the side panes were last given
+            if shown == table.selected_id and shown != waiting["detail"]:
+                waiting["detail_at"] = now
+
+    app._display = hooked  # type: ignore[method-assign]
+    keys: list[float] = []
+    detail: list[float] = []
+    async with app.run_test(size=SIZE, headless=True) as pilot:
+        await _until(lambda: "rows" in first, 60, "first frame with operations")
+        await _until(lambda: len(app.engine.running_ids) >= live, 60, f"{live} running")
+        await pilot.pause(0.5)
+        n0 = len(frames)
+        cpu = await _cpu_over(window)
+        fps = (len(frames) - n0) / window
+        table = app.query_one(OperationsTable)
+        focus_lost = app.focused is not table
+        if focus_lost:  # as a person would press tab: the keys go to the table
+            table.focus()
+            await pilot.pause(0.3)
+        driver = app._driver
+        assert driver is not None
+        for _ in range(presses):
+            waiting.clear()
+            waiting["cursor"] = table.cursor
+            waiting["detail"] = table.selected_id
+            t0 = time.perf_counter()
+            driver.send_message(events.Key("down", None))
+            await _until(lambda: "cursor_at" in waiting, 10, "repaint after a key")
+            keys.append(waiting["cursor_at"] - t0)
+            await pilot.pause(0.15)  # a held key's pace; the side panes catch up at the next frame
+            if "detail_at" in waiting:
+                detail.append(waiting["detail_at"] - t0)
+        result = {
+            "import": imported,
+            "first_frame": first["frame"] - started,
+            "first_rows": first["rows"] - started,
+            "cpu": cpu,
+            "fps": fps,
+            "keys": keys,
+            "detail": detail,
+            "peak_kb": _peak_kb(),
+            "focus_lost": focus_lost,
+        }
+        print(json.dumps(result), flush=True)
+        os._exit(0)  # the figures are out; pausing 100 operations on the way out is not measured
+    return result
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), from /proc: the figure includes interpreter start-up."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 7 or argv[1] != "--child":
+        print(__doc__, file=sys.stderr)
+        return 2
+    mode, state, live, presses, window = argv[2], Path(argv[3]), int(argv[4]), int(argv[5]), float(argv[6])
+    if mode == "engine":
+        result = asyncio.run(child_engine(state, live, window))
+    else:
+        result = asyncio.run(child_dashboard(state, live, presses, window, _process_start()))
+    print(json.dumps(result), flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
