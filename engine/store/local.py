@@ -370,7 +370,7 @@ class LocalStore:
 
         # Leaving `running` makes this process's lock on it stale: let go once that is durable
         # (before the commit, another process would see it running and unlocked: an orphan).
-        after = None if to is Status.RUNNING else (lambda: self._unlock(op_id))
+        after = None if to is Status.RUNNING else (lambda: self._unlock_unless_running(op_id))
         return await self._txn(do, after=after)
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
@@ -476,6 +476,14 @@ class LocalStore:
             with contextlib.suppress(OSError):
                 os.unlink(self.lock_dir / f"{op_id}.lock")
             os.close(fd)
+
+    def _unlock_unless_running(self, op_id: str) -> None:
+        """Let go after a commit, unless a later job of the same commit group claimed the operation
+        again (a resume and the scheduler's claim committed together): that lock is the new attempt's."""
+        if op_id in self._held:
+            row = self._conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()  # type: ignore[union-attr]
+            if row is None or row[0] != "running":
+                self._unlock(op_id)
 
     async def release(self, op_id: str) -> None:
         if op_id in self._held:  # usually let go already by the final transition's commit
