@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import Engine, Priority, Settings, Status, open_store
+from engine import Engine, Priority, Settings, Status, load_settings, open_store
 from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
+from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
 
@@ -187,3 +188,30 @@ def _zero():  # type: ignore[no-untyped-def]
     from engine import Progress
 
     return Progress()
+
+
+async def test_launch_form_submits_to_the_engine_and_selects_the_new_operation(tui_settings: Settings) -> None:
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        first = await engine.submit({"type": "ledger", "name": "first", "params": {"items": 7}})
+        await select(pilot, first.id)
+        await pilot.press("n")
+        assert isinstance(app.screen, LaunchScreen)
+        await pilot.press("ctrl+s")  # the form opens on the selected operation's type, defaults valid
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        ops = await engine.list()
+        new = next(op for op in ops if op.id != first.id)
+        assert new.type == "ledger" and new.status is Status.QUEUED
+        await wait_for(pilot, lambda: table.selected_id == new.id)
+
+
+async def test_theme_key_switches_and_remembers_the_theme(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        before = app.theme
+        await pilot.press("t")
+        assert app.theme != before
+        assert load_settings().theme == app.theme
