@@ -661,7 +661,7 @@ class Engine:
             return
         finally:
             with contextlib.suppress(Exception):
-                await self.store.release(op.id)
+                await self.store.release(op.id, op.epoch)
         self._publish(
             StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error)
         )

@@ -145,8 +145,11 @@ class Store(Protocol):
         ...
 
     # ---- liveness
-    async def release(self, op_id: str) -> None:
-        """Drop this process's hold on an operation (after its final transition)."""
+    async def release(self, op_id: str, epoch: int | None = None) -> None:
+        """Drop this process's hold on an operation (after its final transition).
+
+        With ``epoch``, only that attempt's hold: a newer attempt claimed by this same process
+        (a resume that raced the settle) keeps its own."""
         ...
 
     async def heartbeat(self, op_ids: list[str]) -> None: ...

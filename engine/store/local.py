@@ -477,17 +477,22 @@ class LocalStore:
                 os.unlink(self.lock_dir / f"{op_id}.lock")
             os.close(fd)
 
-    def _unlock_unless_running(self, op_id: str) -> None:
+    def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
         """Let go after a commit, unless a later job of the same commit group claimed the operation
-        again (a resume and the scheduler's claim committed together): that lock is the new attempt's."""
+        again (a resume and the scheduler's claim committed together): that lock is the new attempt's.
+
+        With ``epoch``: keep it only for a running attempt other than that one (a final status that
+        failed to be written leaves the record running with our epoch: let go, so it is found orphaned)."""
         if op_id in self._held:
-            row = self._conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()  # type: ignore[union-attr]
-            if row is None or row[0] != "running":
+            row = self._conn.execute("SELECT status, epoch FROM operations WHERE id=?", (op_id,)).fetchone()  # type: ignore[union-attr]
+            if row is None or row[0] != "running" or (epoch is not None and row[1] == epoch):
                 self._unlock(op_id)
 
-    async def release(self, op_id: str) -> None:
-        if op_id in self._held:  # usually let go already by the final transition's commit
-            await self._run(self._unlock, op_id)
+    async def release(self, op_id: str, epoch: int | None = None) -> None:
+        # Usually let go already by the final transition's commit; a running record is a newer
+        # attempt's (the flock carries no epoch), so the lock stays with it.
+        if op_id in self._held:
+            await self._run(self._unlock_unless_running, op_id, epoch)
 
     async def heartbeat(self, op_ids: list[str]) -> None:
         return None  # the kernel keeps an flock alive as long as its process lives

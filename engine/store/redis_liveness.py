@@ -88,8 +88,8 @@ class LivenessMixin(RedisParts):
     def _token(self, op_id: str) -> str:
         return f"{self.holder}:{self._held.get(op_id, 0)}"
 
-    async def release(self, op_id: str) -> None:
-        if op_id not in self._held:
+    async def release(self, op_id: str, epoch: int | None = None) -> None:
+        if op_id not in self._held or (epoch is not None and self._held[op_id] != epoch):
             return
         token = self._token(op_id)
         self._held.pop(op_id, None)
