@@ -2,7 +2,7 @@
 
     python scripts/demo.py [--demo-type indexing|testing|checkpoint|all] [--keep]
 
-- indexing:   codebase_indexing of a generated tree of 2,000 files; paused after a checkpoint and resumed;
+- indexing:   codebase_indexing of a generated tree of 4,000 files; paused after a checkpoint and resumed;
               the index equals an uninterrupted run's; a second run reuses the unchanged files.
 - testing:    comprehensive_test_suite on a generated pytest suite (passing, failing and skipped tests),
               progress per test; the counts and the failing ids are checked.
@@ -76,18 +76,21 @@ async def follow(
 ) -> Operation:
     """Print progress until the operation settles; pause it (once) when ``stop_when`` says so."""
     paused = False
+    next_line = 0.0
     while True:
         op = await engine.get(op_id)
         live = engine.live(op_id)
         if op.status not in (Status.RUNNING, Status.QUEUED):
             line(label, op.progress, op.status.value)
             return op
-        line(label, live or op.progress)
+        if time.monotonic() >= next_line:
+            next_line = time.monotonic() + TICK
+            line(label, live or op.progress)
         if stop_when and not paused and live is not None and stop_when(live, op):
             await engine.pause(op_id)
             paused = True
             print(f"  [{label}] pause asked at {live.done}/{live.total}", flush=True)
-        await asyncio.sleep(TICK)
+        await asyncio.sleep(0.02)
 
 
 # ---- indexing -------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def index_rows(db: str) -> list[tuple]:
 
 
 async def demo_indexing(tmp: Path, check: Checks) -> None:
-    n = 2000
+    n = 4000
     root = tmp / "tree"
     make_source_tree(root, n)
     profile = {"checkpoint_interval": 0.3, "progress_report_interval": 0.25}

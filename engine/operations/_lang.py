@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
-from pathlib import PurePath
+from operator import methodcaller
 
 LANGUAGES: dict[str, str] = {
     ".py": "python",
@@ -76,13 +77,18 @@ for _l in ("javascript", "typescript", "go", "rust", "java", "c", "cpp", "kotlin
 
 def language_of(path: str) -> str:
     """The language of a file by its name and extension ("other" when unknown)."""
-    p = PurePath(path)
-    return _NAMES.get(p.name) or LANGUAGES.get(p.suffix.lower(), "other")
+    name = path.rsplit("/", 1)[-1]
+    return _NAMES.get(name) or LANGUAGES.get(os.path.splitext(name)[1].lower(), "other")
 
 
 def count_lines(text: str, language: str) -> tuple[int, int, int]:
     """(code, comment, blank) line counts; a line with code and a comment counts as code."""
     line_prefixes, block = _COMMENTS.get(language, ((), None))
+    if block is None:  # the common case, without a per-line Python loop
+        stripped = [ln.strip() for ln in text.splitlines()]
+        blank = stripped.count("")
+        comment = sum(map(methodcaller("startswith", line_prefixes), stripped)) if line_prefixes else 0
+        return len(stripped) - blank - comment, comment, blank
     code = comment = blank = 0
     in_block = False
     for raw in text.splitlines():
@@ -112,7 +118,6 @@ def _python(text: str) -> tuple[list[str], list[str]] | None:
     except (SyntaxError, ValueError):
         return None
     symbols: list[str] = []
-    imports: list[str] = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             symbols.append(f"def {node.name}")
@@ -122,12 +127,26 @@ def _python(text: str) -> tuple[list[str], list[str]] | None:
             symbols += [f"var {t.id}" for t in node.targets if isinstance(t, ast.Name)]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             symbols.append(f"var {node.target.id}")
-    for node in ast.walk(tree):
+    imports: set[str] = set()
+    _imports(tree.body, imports)
+    return symbols, sorted(imports)
+
+
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _imports(stmts: list[ast.stmt], out: set[str]) -> None:
+    """Imports anywhere in nested statement bodies; expressions (most of a tree) are not visited."""
+    for node in stmts:
         if isinstance(node, ast.Import):
-            imports += [a.name for a in node.names]
+            out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            imports.append("." * node.level + (node.module or ""))
-    return symbols, sorted(set(imports))
+            out.add("." * node.level + (node.module or ""))
+        else:
+            for field in _BODIES:
+                sub = getattr(node, field, None)
+                if sub:
+                    _imports(sub, out)
 
 
 _M = re.MULTILINE

@@ -24,7 +24,8 @@ from ._common import existing_dir, output_dir
 from ._lang import count_lines, language_of, symbols_and_imports
 from ._walk import list_files
 
-BATCH = 64
+BATCH = 256
+"""Files analysed and committed in one transaction (a resume redoes at most one batch)."""
 MAX_TEXT = 4 << 20
 """Files larger than this are hashed and listed, not analysed for lines and symbols."""
 SCHEMA = """
@@ -33,9 +34,9 @@ CREATE TABLE IF NOT EXISTS files (
     code INTEGER, comment INTEGER, blank INTEGER, symbols TEXT, imports TEXT, seen TEXT
 );
 CREATE INDEX IF NOT EXISTS files_language ON files(language);
-CREATE TABLE IF NOT EXISTS symbols (path TEXT, kind TEXT, name TEXT);
+CREATE TABLE IF NOT EXISTS symbols (path TEXT, kind TEXT, name TEXT, PRIMARY KEY (path, kind, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS symbols_name ON symbols(name);
-CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT);
+CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT, PRIMARY KEY (path, module)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS imports_module ON imports(module);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -87,104 +88,115 @@ def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, st
         return ("reuse", size, prev[3]), None
     if head:  # too large to analyse: hashed and listed without line counts
         binary = int(b"\0" in head)
-        return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, "[]", "[]"), None
+        return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, [], []), None
     if b"\0" in data[:8192]:
-        return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, "[]", "[]"), None
+        return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, [], []), None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 text: byte {e.start}"
     code, comment, blank = count_lines(text, lang)
     syms, imps = symbols_and_imports(text, lang) if lang != "other" else ([], [])
-    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, json.dumps(syms), json.dumps(imps)), None
+    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
 
 
-def _process_batch(db: str, root: Path, rels: list[str], seen: str) -> list[tuple[str, int, str, str | None]]:
+def _process_batch(
+    con: sqlite3.Connection, root: Path, rels: list[str], seen: str
+) -> list[tuple[str, int, str, str | None]]:
     """Analyse and store a batch in one transaction; (path, bytes, outcome, error or skip reason) per file.
 
     outcome: "indexed", "reused" (unchanged since an earlier run), "skipped" or "failed". A file that this
     same operation stored before a crash is "indexed" again, not "reused", so a resumed run reports what an
     uninterrupted one does.
     """
-    con = sqlite3.connect(db)
-    try:
-        q = ",".join("?" * len(rels))
-        prev = {
-            r[0]: r[1:]
-            for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", rels)
-        }
-        out: list[tuple[str, int, str, str | None]] = []
-        with con:
-            for rel in rels:
-                row, err = _analyze(root, rel, prev.get(rel))
-                if row is None or row[0] == "skip":
-                    for t in ("files", "symbols", "imports"):
-                        con.execute(f"DELETE FROM {t} WHERE path=?", (rel,))
-                    out.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
-                    continue
-                if row[0] == "reuse":
-                    con.execute("UPDATE files SET seen=? WHERE path=?", (seen, rel))
-                    out.append((rel, row[1], "indexed" if row[2] == seen else "reused", None))
-                    continue
-                con.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (*row, seen))
-                con.execute("DELETE FROM symbols WHERE path=?", (rel,))
-                con.execute("DELETE FROM imports WHERE path=?", (rel,))
-                con.executemany(
-                    "INSERT INTO symbols VALUES (?,?,?)", [(rel, *s.split(" ", 1)) for s in json.loads(row[9])]
-                )
-                con.executemany("INSERT INTO imports VALUES (?,?)", [(rel, m) for m in json.loads(row[10])])
-                out.append((rel, row[1], "indexed", None))
-        return out
-    finally:
-        con.close()
+    q = ",".join("?" * len(rels))
+    prev = {
+        r[0]: r[1:] for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", rels)
+    }
+    out: list[tuple[str, int, str, str | None]] = []
+    gone: list[tuple[str]] = []
+    rows: list[tuple] = []
+    symbols: list[tuple[str, ...]] = []
+    imports: list[tuple[str, str]] = []
+    for rel in rels:
+        row, err = _analyze(root, rel, prev.get(rel))
+        if row is None or row[0] == "skip":
+            gone.append((rel,))
+            out.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
+        elif row[0] == "reuse":
+            out.append((rel, row[1], "indexed" if row[2] == seen else "reused", None))
+        else:
+            if rel in prev:
+                gone.append((rel,))  # its old symbols and imports go
+            rows.append((*row[:9], json.dumps(row[9]), json.dumps(row[10]), seen))
+            symbols += [(rel, *s.split(" ", 1)) for s in row[9]]
+            imports += [(rel, m) for m in row[10]]
+            out.append((rel, row[1], "indexed", None))
+    with con:  # one transaction per batch: the batch is in the index before its files count as done
+        for t in ("files", "symbols", "imports"):
+            con.executemany(f"DELETE FROM {t} WHERE path=?", gone)
+        con.executemany("UPDATE files SET seen=? WHERE path=?", [(seen, r) for r, _, o, _ in out if o == "reused"])
+        con.executemany("INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        con.executemany("INSERT OR IGNORE INTO symbols VALUES (?,?,?)", symbols)
+        con.executemany("INSERT OR IGNORE INTO imports VALUES (?,?)", imports)
+    return out
 
 
-def _open(db: str, root: str) -> None:
-    con = sqlite3.connect(db)
+def _open(db: str, root: str) -> sqlite3.Connection:
+    """The index database, created if new; one connection for the whole run, used by one thread at a time."""
+    con = sqlite3.connect(db, check_same_thread=False)
     try:
+        con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer
+        con.execute("PRAGMA cache_size=-65536")  # 64 MB: the symbol index of a large tree stays in memory
         con.executescript(SCHEMA)
         with con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (root,))
-    finally:
+    except BaseException:
         con.close()
+        raise
+    return con
 
 
-def _finish(db: str, seen: str) -> dict:
-    con = sqlite3.connect(db)
-    try:
-        with con:
-            gone = con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,)).fetchall()
-            for (p,) in gone:
-                for t in ("files", "symbols", "imports"):
-                    con.execute(f"DELETE FROM {t} WHERE path=?", (p,))
-        langs = dict(con.execute("SELECT language, COUNT(*) FROM files GROUP BY language ORDER BY 2 DESC").fetchall())
-        lines = con.execute("SELECT SUM(code), SUM(comment), SUM(blank), SUM(size) FROM files").fetchone()
-        nsym = con.execute("SELECT COUNT(*) FROM symbols").fetchone()[0]
-        return {
-            "files": con.execute("SELECT COUNT(*) FROM files").fetchone()[0],
-            "languages": langs,
-            "code": lines[0] or 0,
-            "comment": lines[1] or 0,
-            "blank": lines[2] or 0,
-            "bytes": lines[3] or 0,
-            "symbols": nsym,
-            "removed": len(gone),
-        }
-    finally:
-        con.close()
+def _finish(con: sqlite3.Connection, seen: str) -> dict:
+    """Drop files no longer in the tree; the summary of the index."""
+    with con:
+        gone = con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,)).fetchall()
+        for (p,) in gone:
+            for t in ("files", "symbols", "imports"):
+                con.execute(f"DELETE FROM {t} WHERE path=?", (p,))
+    langs = dict(con.execute("SELECT language, COUNT(*) FROM files GROUP BY language ORDER BY 2 DESC").fetchall())
+    lines = con.execute("SELECT SUM(code), SUM(comment), SUM(blank), SUM(size) FROM files").fetchone()
+    nsym = con.execute("SELECT COUNT(*) FROM symbols").fetchone()[0]
+    return {
+        "files": con.execute("SELECT COUNT(*) FROM files").fetchone()[0],
+        "languages": langs,
+        "code": lines[0] or 0,
+        "comment": lines[1] or 0,
+        "blank": lines[2] or 0,
+        "bytes": lines[3] or 0,
+        "symbols": nsym,
+        "removed": len(gone),
+    }
 
 
 @operation("codebase_indexing", params=IndexParams, description="index a source tree into SQLite")
 async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     """Walk, analyse each file, store it; the result summarises the index and says where it is."""
-    root = Path(p.root)
     db = (
         str(Path(p.output).expanduser().resolve())
         if p.output
         else str(output_dir(ctx) / f"index-{hashlib.sha1(p.root.encode()).hexdigest()[:12]}.sqlite")
     )
     ctx.progress(step="listing files")
-    await asyncio.to_thread(_open, db, p.root)
+    con = await asyncio.to_thread(_open, db, p.root)
+    try:
+        return await _index(ctx, p, con, db)
+    finally:
+        await asyncio.to_thread(con.close)
+
+
+async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str) -> dict:
+    root = Path(p.root)
     files = await list_files(ctx, root, p.patterns, p.exclude)
     ctx.progress(total=len(files), step="indexing")
     st = ctx.state
@@ -193,7 +205,7 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     seen = f"{ctx.id}"
     pending = [f for f in files if not ctx.is_done(f)]
     for i in range(0, len(pending), BATCH):
-        results = await asyncio.to_thread(_process_batch, db, root, pending[i : i + BATCH], seen)
+        results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen)
         async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
             if outcome == "failed":
                 ctx.fail(rel, why or "failed")
@@ -206,5 +218,5 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
     ctx.progress(step="finishing")
-    summary = await asyncio.to_thread(_finish, db, seen)
+    summary = await asyncio.to_thread(_finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}
