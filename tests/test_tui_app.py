@@ -98,7 +98,9 @@ async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_setting
             await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: len(table.ids) == 4)
-        await pilot.press("slash", *"alpha", "enter")
+        await pilot.press("slash")
+        await wait_for(pilot, lambda: app.focused is app.query_one("#filter"))
+        await pilot.press(*"alpha", "enter")
         alphas = {op.id for op in await engine.list() if "alpha" in (op.name or "")}
         await wait_for(pilot, lambda: set(table.ids) == alphas)
         assert app.focused is table

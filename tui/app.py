@@ -162,6 +162,7 @@ class OutlastApp(App[int]):
         self._active: set[str] = set()
         self._refetch: set[str] = set()
         self._structure_dirty = False
+        self._repaint = False
         self._checkpoints_dirty = False
         self._pending_logs: list[Any] = []
         self._selected: str | None = None
@@ -323,6 +324,7 @@ class OutlastApp(App[int]):
         if old is None or old.status is not op.status or old.priority is not op.priority or old.name != op.name:
             self._structure_dirty = True
         self.ops[op.id] = op
+        self._repaint = True
         if op.status in ACTIVE:
             self._active.add(op.id)
 
@@ -367,32 +369,42 @@ class OutlastApp(App[int]):
             self._refetch_now()
         if self._structure_dirty:
             self._structure_dirty = False
+            self._repaint = False
             table.rebuild()
             self._update_statusline()
-        elif self.engine.running_ids or table.loading:
+        elif self._repaint or self.engine.running_ids or table.loading:
+            self._repaint = False
             table.refresh()
-        selected = table.selected_id
+        self._show_selected()
+        if self._checkpoints_dirty and self._selected:
+            self._checkpoints_dirty = False
+            self._load_side_panes(self._selected, logs=False)
+        while self.warnings:
+            self.notify(self.warnings.popleft(), severity="warning", timeout=8)
+        if self._pending_logs:
+            self.query_one(LogsPane).add(self._pending_logs, with_id=True)
+            self._pending_logs = []
+        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
+            self.waiting_to_quit = False
+            self.run_worker(self._quit_now())
+
+    def _show_selected(self) -> None:
+        """The detail of the selected operation, its side panes when it changed, the keys that apply."""
+        selected = self.query_one(OperationsTable).selected_id
         if selected != self._selected:
             self._selected = selected
             self._load_side_panes(selected)
         op = self.ops.get(selected) if selected else None
         if self._tab == "detail" or not self._narrow:
             self.query_one(DetailPane).show(op, self._live(selected) if selected else None)
-        if self._checkpoints_dirty and selected:
-            self._checkpoints_dirty = False
-            self._load_side_panes(selected, logs=False)
-        while self.warnings:
-            self.notify(self.warnings.popleft(), severity="warning", timeout=8)
-        if self._pending_logs:
-            self.query_one(LogsPane).add(self._pending_logs, with_id=True)
-            self._pending_logs = []
         state = (selected, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
         if state != self._binding_state:
             self._binding_state = state
             self.refresh_bindings()
-        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
-            self.waiting_to_quit = False
-            self.run_worker(self._quit_now())
+
+    @on(OperationsTable.Highlighted)
+    def _highlighted(self) -> None:
+        self._show_selected()  # at once, not at the next frame: the key press is answered now
 
     @work(exclusive=True, group="refetch")
     async def _refetch_now(self) -> None:
