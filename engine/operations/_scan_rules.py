@@ -12,7 +12,7 @@ import bisect
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -38,6 +38,9 @@ class Rule:
     """Leading characters of a secret kept in the snippet: a public prefix like ``ghp_`` names the token kind."""
     check: Callable[[str], bool] | None = field(default=None, compare=False)
     """A further test of the matched value (entropy, placeholders)."""
+    fold: bool = False
+    """The pattern is written in lower case and runs on the lower-cased text: case-insensitive, and many
+    times faster than ``re.IGNORECASE`` on Python's regex engine."""
 
 
 def entropy(s: str) -> float:
@@ -81,7 +84,7 @@ _ASSIGN = r"""["']?\s*(?::=|=>|=(?!=)|:)\s*(?P<q>["'`])"""
 
 
 def _named(names: str, value: str) -> re.Pattern[str]:
-    return re.compile(rf"(?i)(?<![\w])[\w.\-]*(?:{names})[\w\-]*{_ASSIGN}(?P<value>{value})(?P=q)")
+    return re.compile(rf"(?:{names})[\w\-]*{_ASSIGN}(?P<value>{value})(?P=q)")
 
 
 SECRET_RULES: tuple[Rule, ...] = (
@@ -114,10 +117,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         "critical",
         "AWS secret access key",
         "An AWS secret access key is committed: rotate it and use a role or the environment.",
-        pattern=re.compile(
-            r"(?i)aws[\w\-]{0,20}?(?:secret|sk)[\w\-]{0,20}" + _ASSIGN + r"(?P<value>[A-Za-z0-9/+]{40})(?P=q)"
-        ),
+        pattern=re.compile(r"aws[\w\-]{0,20}?(?:secret|sk)[\w\-]{0,20}" + _ASSIGN + r"(?P<value>[a-z0-9/+]{40})(?P=q)"),
         hints=("aws",),
+        fold=True,
         check=_random_value,
     ),
     Rule(
@@ -145,8 +147,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         "critical",
         "Azure storage account key",
         "An Azure storage key (AccountKey=) is committed: rotate it and use a managed identity or Key Vault.",
-        pattern=re.compile(r"(?i)AccountKey=(?P<value>[A-Za-z0-9+/]{86}==)"),
+        pattern=re.compile(r"accountkey=(?P<value>[a-z0-9+/]{86}==)"),
         hints=("accountkey=",),
+        fold=True,
     ),
     Rule(
         "github-token",
@@ -200,6 +203,7 @@ SECRET_RULES: tuple[Rule, ...] = (
         pattern=_named(r"password|passwd|passphrase|pwd", r"[^\"'`\n]{1,200}"),
         hints=("pass", "pwd"),
         check=_password_value,
+        fold=True,
     ),
     Rule(
         "high-entropy-secret",
@@ -210,10 +214,11 @@ SECRET_RULES: tuple[Rule, ...] = (
         pattern=_named(
             r"secret|token|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential"
             r"|signing[_\-]?key|encryption[_\-]?key",
-            r"[A-Za-z0-9+/=_\-.~]{16,}",
+            r"[a-z0-9+/=_\-.~]{16,}",
         ),
         hints=("secret", "token", "key", "credential"),
         check=_random_value,
+        fold=True,
     ),
 )
 # Rules whose match only says "a secret-like name has a literal": a specific rule on the same value wins.
@@ -335,27 +340,34 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "code": tuple(r.id for r in (*CODE_REGEX_RULES, *PY_RULES)),
     "python": tuple(r.id for r in PY_RULES),
 }
-_PY_HINTS = (
-    "eval",
-    "exec",
-    "shell",
-    "system",
-    "popen",
-    "getoutput",
-    "pickle",
-    "dill",
-    "shelve",
-    "marshal",
-    "joblib",
-    "torch",
-    "yaml",
-    "verify",
-    "unverified",
-    "cert_none",
-    "check_hostname",
-    "md5",
-    "sha1",
+# A Python file is parsed only when one of these occurs in it (lower-cased), and the regex, if any, agrees:
+# parsing is most of a scan's cost.
+_PY_TRIGGERS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
+    ("eval", re.compile(r"(?<![\w.])eval\s*\(")),
+    ("exec", re.compile(r"(?<![\w.])exec\s*\(")),
+    ("shell", re.compile(r"shell\s*=\s*[^f\s]")),
+    ("system", re.compile(r"(?<![\w])system\b")),
+    ("popen", None),
+    ("create_subprocess_shell", None),
+    ("getoutput", None),
+    ("pickle", None),
+    ("dill", None),
+    ("shelve", None),
+    ("marshal", None),
+    ("joblib", None),
+    ("torch", None),
+    ("yaml", None),
+    ("verify", re.compile(r"verify\s*=\s*false")),
+    ("unverified", None),
+    ("cert_none", None),
+    ("check_hostname", None),
+    ("md5", None),
+    ("sha1", None),
 )
+
+
+def _py_triggered(low: str) -> bool:
+    return any(h in low and (rx is None or rx.search(low) is not None) for h, rx in _PY_TRIGGERS)
 
 
 def select_rules(names: list[str]) -> frozenset[str]:
@@ -384,14 +396,37 @@ def _mask(value: str, keep: int) -> str:
 def redact(line: str) -> str:
     """``line`` with every secret any rule recognises masked, cut to SNIPPET_MAX characters."""
     low = line.lower()
+    found: list[tuple[bool, int, int, int]] = []  # (generic, start, end, kept prefix)
     for rule in SECRET_RULES:
-        if rule.pattern is None or not any(h in low for h in rule.hints):
-            continue
-        line = rule.pattern.sub(lambda m, r=rule: _sub_value(m, r.keep), line)
+        if any(h in low for h in rule.hints):
+            found += [(rule.id in _GENERIC, s, e, rule.keep) for _m, s, e in _spans(rule, line, low)]
+    spans: list[tuple[int, int, int]] = []
+    for _generic, s, e, keep in sorted(found):  # a specific rule's span wins over a generic one on the same value
+        if all(e <= s2 or e2 <= s for s2, e2, _k in spans):
+            spans.append((s, e, keep))
+    for s, e, keep in sorted(spans, reverse=True):
+        line = line[:s] + _mask(line[s:e], keep) + line[e:]
     # A secret value spread over lines (a PEM body) still shows on its own line: mask long base64 runs.
     line = _LONG_RUN.sub(_mask_random, line)
     line = line.strip()
     return line if len(line) <= SNIPPET_MAX else line[: SNIPPET_MAX - 3] + "..."
+
+
+_IGNORECASE: dict[str, re.Pattern[str]] = {}
+
+
+def _spans(rule: Rule, text: str, low: str) -> Iterator[tuple[int, int, int]]:
+    """(match start, value start, value end) of each match of ``rule`` in ``text``."""
+    assert rule.pattern is not None
+    if not rule.fold:
+        source, rx = text, rule.pattern
+    elif len(low) == len(text):  # lower-casing kept every offset
+        source, rx = low, rule.pattern
+    else:  # a character that lower-cases to two: offsets moved, search the original without folding
+        rx = _IGNORECASE.get(rule.id) or _IGNORECASE.setdefault(rule.id, re.compile(rule.pattern.pattern, re.I))
+        source = text
+    for m in rx.finditer(source):
+        yield (m.start(), *m.span("value"))
 
 
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
@@ -400,13 +435,6 @@ _LONG_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
 def _mask_random(m: re.Match[str]) -> str:
     s = m.group(0)
     return _mask(s, 0) if any(c.isdigit() for c in s) and entropy(s) >= 3.5 else s
-
-
-def _sub_value(m: re.Match[str], keep: int) -> str:
-    s, e = m.span("value")
-    text = m.group(0)
-    base = m.start()
-    return text[: s - base] + _mask(m.group("value"), keep) + text[e - base :]
 
 
 # ---- scanning -----------------------------------------------------------------------------------
@@ -446,18 +474,16 @@ def scan_text(rel: str, text: str, language: str, selected: frozenset[str]) -> l
     for rule in SECRET_RULES:
         if rule.id not in selected or not any(h in low for h in rule.hints):
             continue
-        assert rule.pattern is not None
-        for m in rule.pattern.finditer(text):
-            value = m.group("value")
+        for start, vs, ve in _spans(rule, text, low):
+            value = text[vs:ve]
             if rule.check is not None and not rule.check(value):
                 continue
-            span = m.span("value")
             if rule.id in _GENERIC:
-                if any(s < span[1] and span[0] < e for s, e in taken):
+                if any(s < ve and vs < e for s, e in taken):
                     continue
             else:
-                taken.append(span)
-            line, col = lines.line_of(m.start())
+                taken.append((vs, ve))
+            line, col = lines.line_of(start)
             found.append((rule.id, line, col, f"{rule.title} ({len(value)} characters, redacted)"))
     for rule in CODE_REGEX_RULES:
         if rule.id not in selected or language not in rule.languages or not any(h in low for h in rule.hints):
@@ -466,7 +492,7 @@ def scan_text(rel: str, text: str, language: str, selected: frozenset[str]) -> l
         for m in rule.pattern.finditer(text):
             line, col = lines.line_of(m.start())
             found.append((rule.id, line, col, rule.title))
-    if language == "python" and not selected.isdisjoint(CATEGORIES["python"]) and any(h in low for h in _PY_HINTS):
+    if language == "python" and not selected.isdisjoint(CATEGORIES["python"]) and _py_triggered(low):
         found += [f for f in python_findings(text) if f[0] in selected]
     out: list[dict] = []
     seen: set[tuple[str, int]] = set()
@@ -508,11 +534,15 @@ _SAFE_YAML = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader", "FullLoa
 _PASSWORDISH = re.compile(r"pass(?:word|wd|phrase)?|pwd", re.I)
 
 
-class _PyVisitor(ast.NodeVisitor):
-    def __init__(self) -> None:
+class _Py:
+    """Risky calls in one module: one flat pass over its nodes, imports resolved to qualified names."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.tree = tree
+        self.nodes = list(ast.walk(tree))
         self.aliases: dict[str, str] = {}
         self.found: list[tuple[str, int, int, str]] = []
-        self.context: list[str] = []  # enclosing function names and assignment targets
+        self._parents: dict[ast.AST, ast.AST] | None = None
 
     def add(self, rule: str, node: ast.AST, msg: str) -> None:
         self.found.append((rule, node.lineno, node.col_offset + 1, msg))  # type: ignore[attr-defined]
@@ -527,46 +557,28 @@ class _PyVisitor(ast.NodeVisitor):
         parts.append(self.aliases.get(node.id, node.id))
         return ".".join(reversed(parts))
 
-    def visit_Import(self, node: ast.Import) -> None:
-        for a in node.names:
-            if a.asname:
-                self.aliases[a.asname] = a.name
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.module and not node.level:
-            for a in node.names:
-                self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-
-    def _scoped(self, name: str, node: ast.AST) -> None:
-        self.context.append(name)
-        self.generic_visit(node)
-        self.context.pop()
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        self._scoped(node.name, node)
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
-        self._scoped(node.name, node)
-
-    def visit_Assign(self, node: ast.Assign) -> None:
-        for t in node.targets:
-            if isinstance(t, ast.Attribute) and t.attr == "check_hostname" and _is_const(node.value, False):
+    def run(self) -> list[tuple[str, int, int, str]]:
+        for node in self.nodes:
+            if isinstance(node, ast.Import):
+                self.aliases.update({a.asname: a.name for a in node.names if a.asname})
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                self.aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+        for node in self.nodes:
+            if isinstance(node, ast.Call):
+                self.call(node)
+            elif isinstance(node, ast.Attribute):
+                q = self.qualname(node)
+                if q in ("ssl.CERT_NONE", "ssl._create_unverified_context"):
+                    self.add("py-tls-disabled", node, f"{q} accepts any certificate")
+            elif (
+                isinstance(node, ast.Assign)
+                and _is_const(node.value, False)
+                and any(isinstance(t, ast.Attribute) and t.attr == "check_hostname" for t in node.targets)
+            ):
                 self.add("py-tls-disabled", node, "check_hostname set to False")
-        names = [
-            n.id if isinstance(n, ast.Name) else n.attr
-            for t in node.targets
-            for n in ast.walk(t)
-            if isinstance(n, (ast.Name, ast.Attribute))
-        ]
-        self._scoped(" ".join(names), node)
+        return self.found
 
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        q = self.qualname(node)
-        if q in ("ssl.CERT_NONE", "ssl._create_unverified_context"):
-            self.add("py-tls-disabled", node, f"{q} accepts any certificate")
-        self.generic_visit(node)
-
-    def visit_Call(self, node: ast.Call) -> None:
+    def call(self, node: ast.Call) -> None:
         q = self.qualname(node.func) or ""
         kw = {k.arg: k.value for k in node.keywords if k.arg}
         first = node.args[0] if node.args else None
@@ -587,11 +599,11 @@ class _PyVisitor(ast.NodeVisitor):
                 self.add("py-yaml-load", node, f"{q}() with {'Loader=' + name if name else 'no Loader'}")
         if _is_const(kw.get("verify"), False):
             self.add("py-tls-disabled", node, f"{q or 'call'}(..., verify=False)")
-        if self._weak_hash(q, node, kw, first):
+        if self.weak_hash(q, node, kw, first):
             self.add("py-weak-password-hash", node, f"{q}() of a password")
-        self.generic_visit(node)
 
-    def _weak_hash(self, q: str, node: ast.Call, kw: dict[str, ast.expr], first: ast.expr | None) -> bool:
+    def weak_hash(self, q: str, node: ast.Call, kw: dict[str | None, ast.expr], first: ast.expr | None) -> bool:
+        """MD5 or SHA-1 of something named like a password, or inside a function or assignment so named."""
         if q in ("hashlib.md5", "hashlib.sha1"):
             args = node.args
         elif q == "hashlib.new" and isinstance(first, ast.Constant) and str(first.value).lower() in ("md5", "sha1"):
@@ -600,9 +612,22 @@ class _PyVisitor(ast.NodeVisitor):
             return False
         if _is_const(kw.get("usedforsecurity"), False):
             return False
-        mentioned = [n.id for a in args for n in ast.walk(a) if isinstance(n, ast.Name)]
-        mentioned += [n.attr for a in args for n in ast.walk(a) if isinstance(n, ast.Attribute)]
-        return any(_PASSWORDISH.search(x) for x in (*mentioned, *self.context))
+        names = [_name(n) for a in args for n in ast.walk(a)]
+        if self._parents is None:
+            self._parents = {c: p for p in self.nodes for c in ast.iter_child_nodes(p)}
+        up: ast.AST | None = node
+        while up is not None:
+            if isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.append(up.name)
+            elif isinstance(up, (ast.Assign, ast.AnnAssign)):
+                targets = up.targets if isinstance(up, ast.Assign) else [up.target]
+                names += [_name(n) for t in targets for n in ast.walk(t)]
+            up = self._parents.get(up)
+        return any(x and _PASSWORDISH.search(x) for x in names)
+
+
+def _name(node: ast.AST) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
 
 
 def _is_const(node: ast.AST | None, value: object) -> bool:
@@ -621,6 +646,4 @@ def python_findings(text: str) -> list[tuple[str, int, int, str]]:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
-    v = _PyVisitor()
-    v.visit(tree)
-    return v.found
+    return _Py(tree).run()

@@ -61,6 +61,7 @@ class TestSuiteParams(BaseModel):
     collect_timeout: float = Field(default=600, gt=0, description="seconds pytest may take to collect")
     python: str = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
 
     @field_validator("path")
     @classmethod
@@ -175,8 +176,9 @@ class _Suite:
         self.dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(__file__).with_name("_pytest_plugin.py"), self.dir / f"{PLUGIN}.py")
         self.cwd = p.cwd or (p.path if Path(p.path).is_dir() else str(Path(p.path).parent))
-        pythonpath = os.pathsep.join(x for x in (str(self.dir), os.environ.get("PYTHONPATH", "")) if x)
-        self.env = {**os.environ, "PYTHONPATH": pythonpath}
+        inherited = p.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        pythonpath = os.pathsep.join(x for x in (str(self.dir), inherited) if x)
+        self.env = {**os.environ, **p.env, "PYTHONPATH": pythonpath}
         for var in ("OUTLAST_PYTEST_FD", "OUTLAST_PYTEST_SELECT"):
             self.env.pop(var, None)
         self.timeout = p.timeout_per_test or ctx.profile.per_item_timeout

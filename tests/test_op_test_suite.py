@@ -1,0 +1,156 @@
+"""comprehensive_test_suite on a generated pytest suite with passing, failing, skipped, xfailing, hanging and
+crashing tests: counts, failing ids with tracebacks, hung and crashed tests as item failures; a run paused
+mid-way (its pytest process group killed) and resumed runs only the unfinished tests, to the same result."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, OperationSpec, Status
+from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
+from tests.fixtures_ops import bad_params
+
+SUITE = textwrap.dedent(
+    """
+    import os, time, pytest
+
+    def mark(name):
+        with open(os.environ["SUITE_LOG"], "a") as fh:
+            fh.write(name + "\\n")
+
+    @pytest.fixture(autouse=True)
+    def _ran(request):
+        mark(request.node.nodeid)
+
+    @pytest.mark.parametrize("n", range(4))
+    def test_early(n):
+        time.sleep(0.25)
+
+    def test_fails():
+        assert 1 + 1 == 3
+
+    @pytest.mark.skip(reason="not today")
+    def test_skipped():
+        pass
+
+    @pytest.mark.xfail(reason="known")
+    def test_known_bug():
+        assert False
+
+    def test_hangs():
+        time.sleep(120)
+
+    def test_crashes():
+        os._exit(3)
+
+    @pytest.fixture
+    def broken():
+        raise RuntimeError("fixture broke")
+
+    def test_setup_error(broken):
+        pass
+
+    @pytest.mark.parametrize("n", range(2))
+    def test_late(n):
+        pass
+    """
+)
+HANG = "test_gen.py::test_hangs"
+CRASH = "test_gen.py::test_crashes"
+COUNTS = {"passed": 6, "failed": 1, "error": 1, "skipped": 1, "xfailed": 1, "hung": 1, "crashed": 1}
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without what timing decides (durations, the slowest tests, where the report is)."""
+    return {
+        **{k: v for k, v in result.items() if k not in ("slowest", "duration", "report")},
+        "failed": [{k: v for k, v in f.items() if k != "traceback"} for f in result["failed"]],
+    }
+
+
+async def run_suite(engine: Engine, suite: Path, log: Path) -> str:
+    # The generated suite needs no third-party pytest plugin: not loading them saves seconds per pytest process.
+    env = {"SUITE_LOG": str(log), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    op = await engine.submit(
+        OperationSpec(
+            type="comprehensive_test_suite",
+            params={"path": str(suite), "timeout_per_test": 1.5, "env": env},
+            profile={"progress_report_interval": 0.2},
+        )
+    )
+    return op.id
+
+
+async def test_suite_outcomes_and_resume_runs_only_unfinished_tests(engine: Engine, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_gen.py").write_text(SUITE)
+
+    # Uninterrupted.
+    whole = await engine.wait(await run_suite(engine, suite, tmp_path / "whole.log"), timeout=120)
+    assert whole.status is Status.COMPLETED, whole.error
+    res = whole.result
+    assert res["tests"] == 12 and res["counts"] == COUNTS and res["ok"] is False
+    failed = {f["id"]: f for f in res["failed"]}
+    assert list(failed) == ["test_gen.py::test_fails", HANG, CRASH, "test_gen.py::test_setup_error"]
+    assert failed["test_gen.py::test_fails"]["message"] == "assert (1 + 1) == 3"
+    assert "in test_fails\n    assert 1 + 1 == 3" in failed["test_gen.py::test_fails"]["traceback"]
+    assert "fixture broke" in failed["test_gen.py::test_setup_error"]["message"]
+    assert "exit code 3" in failed[CRASH]["message"]
+    _cp, ledger = await engine.store.load_checkpoint(whole.id)
+    assert set(ledger.failed) == {HANG, CRASH}  # item failures; a failing test is a result
+    assert whole.progress.failed == 2
+    assert res["slowest"][0]["id"].startswith("test_gen.py::test_early")
+    assert sorted(lines(tmp_path / "whole.log")) == sorted(
+        [f"test_gen.py::test_early[{n}]" for n in range(4)]
+        + [f"test_gen.py::test_late[{n}]" for n in range(2)]
+        + ["test_gen.py::" + t for t in ("test_fails", "test_known_bug", "test_hangs", "test_crashes")]
+        + ["test_gen.py::test_setup_error"]
+    )
+
+    # Paused while the third test runs (its pytest process group killed), then resumed.
+    log = tmp_path / "parts.log"
+    op_id = await run_suite(engine, suite, log)
+    steps: set[str] = set()
+
+    def third_running() -> bool:
+        live = engine.live(op_id)
+        if live is not None and live.step:
+            steps.add(live.step)
+        return live is not None and live.done >= 2 and bool(engine.child_pids().get(op_id))
+
+    await until(third_running, timeout=60, every=0.01)
+    pids = engine.child_pids()[op_id]
+    await engine.pause(op_id)
+    paused = await engine.wait(op_id, timeout=30)
+    assert paused.status is Status.PAUSED, paused.status_message
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert {"test_gen.py::test_early[0]", "test_gen.py::test_early[1]"} <= steps
+    cp, _ = await engine.store.load_checkpoint(op_id)
+    finished = set(cp.state["results"])
+    assert 2 <= len(finished) < 12
+    before = lines(log)
+    await engine.resume(op_id)
+    final = await engine.wait(op_id, timeout=120)
+    assert final.status is Status.COMPLETED, final.error
+    assert comparable(final.result) == comparable(res)
+    after = lines(log)[len(before) :]
+    assert not finished & set(after), "a test finished before the pause ran again"
+    assert set(before) | set(after) == set(lines(tmp_path / "whole.log"))
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path / "nope")}, "path")
+    bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path), "max_failures": 0}, "max_failures")
