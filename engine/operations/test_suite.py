@@ -46,6 +46,7 @@ OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "hung"
 LIST_MAX = 50
 SLOWEST = 10
 POLL = 0.25
+EXIT_GRACE = 30.0
 _DOTS = re.compile(r"^[.sSFExX]+\s*(\[\s*\d+%\])?\s*$")
 
 
@@ -155,7 +156,16 @@ class _Pytest:
         if self._transport is not None:
             self._transport.close()
 
-    def tail(self, n: int = 15) -> str:
+    async def exit_code(self, grace: float) -> int | None:
+        """The exit code once the stream has ended; a process still there after ``grace`` seconds (a thread
+        a test left behind) is killed: every outcome is in by then."""
+        try:
+            return await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            await self.kill()
+            return None
+
+    def tail(self, n: int = 15, prefix: str = "") -> str:
         try:
             with open(self.log, "rb") as fh:
                 fh.seek(max(0, os.path.getsize(self.log) - 16384))
@@ -163,7 +173,7 @@ class _Pytest:
         except OSError:
             return ""
         lines = [ln for ln in lines if ln.strip() and not _DOTS.match(ln)]  # pytest -q progress: no news
-        return "\n".join(lines[-n:])
+        return prefix + "\n".join(lines[-n:]) if lines else ""
 
 
 class _Suite:
@@ -218,11 +228,11 @@ class _Suite:
                     tests.append(ev["id"])
                 elif ev["e"] == "collect_error":
                     errors.append(ev)
-            code = await pt.proc.wait()
+            code = await pt.exit_code(EXIT_GRACE)
         finally:
             await pt.close()
         if code not in (0, 1, 2, 5) or (code == 2 and not errors):
-            raise RuntimeError(f"pytest could not collect (exit code {code}): {pt.tail(8)}")
+            raise RuntimeError(f"pytest could not collect (exit code {code}){pt.tail(8, ': ')}")
         ctx.state["tests"] = tests
         ctx.progress(total=len(tests) + len(errors), step="collected")
         ctx.log.info(f"collected {len(tests)} tests" + (f", {len(errors)} collection errors" if errors else ""))
@@ -255,35 +265,39 @@ class _Suite:
             extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
         env = {**self.env, "OUTLAST_PYTEST_SELECT": str(select)}
         pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"))
-        current: str | None = None
-        since = time.monotonic()
+        running: dict[str, float] = {}  # node id -> when it started (several at once under pytest-xdist)
+        idle_since = time.monotonic()
         try:
             while not pt.eof:
                 ev = await pt.event(POLL)
                 now = time.monotonic()
                 ctx.progress()  # raises OperationStopped when a stop was asked for
                 if ev is None:
-                    if current is not None and now - since > self.timeout:
-                        await pt.kill()
-                        await self.lost(current, "hung", f"no outcome after {self.timeout:g}s; process group killed")
-                        return True
-                    if current is None and now - since > self.p.collect_timeout:
+                    if running:
+                        nodeid, started = min(running.items(), key=lambda kv: kv[1])
+                        if now - started > self.timeout:
+                            await pt.kill()
+                            await self.lost(nodeid, "hung", f"no outcome after {self.timeout:g}s; process group killed")
+                            return True
+                    elif now - idle_since > self.p.collect_timeout:
                         raise RuntimeError(f"pytest reported nothing for {self.p.collect_timeout:g}s: {pt.tail(8)}")
                     continue
                 if ev["e"] == "start":
-                    current, since = ev["id"], now
-                    ctx.progress(step=current)
+                    running[ev["id"]] = now
+                    ctx.progress(step=ev["id"])
                 elif ev["e"] == "done":
-                    current, since = None, now
+                    running.pop(ev["id"], None)
+                    idle_since = now
                     async for e in ctx.items([ev], key=lambda e: e["id"]):
                         self.record(e["id"], e["outcome"], e.get("duration", 0.0), e)
-            code = await pt.proc.wait()
-            if current is not None:
-                await self.lost(current, "crashed", f"pytest died (exit code {code}) inside the test: {pt.tail(8)}")
+            code = await pt.exit_code(EXIT_GRACE)
+            if running:
+                nodeid = min(running, key=running.__getitem__)
+                await self.lost(nodeid, "crashed", f"pytest died (exit code {code}) inside the test{pt.tail(8, ': ')}")
                 return True
             left = len(self.remaining())
             if left and code not in (0, 1, 5) and len(todo) == left:
-                raise RuntimeError(f"pytest exited with code {code} before running a test: {pt.tail(8)}")
+                raise RuntimeError(f"pytest exited with code {code} before running a test{pt.tail(8, ': ')}")
             return False
         finally:
             await pt.close()
