@@ -31,7 +31,7 @@ UPPER = string.ascii_uppercase + string.digits
 S = {
     "aws_id": "AK" + "IA" + rand(16, UPPER),
     "aws_secret": rand(20) + "/" + rand(19),
-    "password": "Hunter" + "2" + rand(6),
+    "password": "Hu" + "nter2" + rand(6),
     "api_token": rand(30),
     "github": "gh" + "p_" + rand(36),
     "gitlab": "gl" + "pat-" + rand(20),
