@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,30 @@ def output_in_existing_dir(value: str | None, name: str = "output") -> str | Non
 def is_venv(d: Path) -> bool:
     """A virtualenv directory has a pyvenv.cfg."""
     return (d / "pyvenv.cfg").exists()
+
+
+def _libc_syncfs() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def sync_tree(path: Path) -> None:
+    """Flush everything written to ``path``'s file system to disk: one syncfs(2) on Linux, else sync(2).
+
+    Cheaper than an fsync per file when many small files were written (one journal commit for all).
+    """
+    if _SYNCFS is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
