@@ -260,7 +260,7 @@ class OutlastApp(App[int]):
         self.engine_started = True
         self._unsubscribe = self.engine.subscribe(self._on_event)
         await self._reload_all()
-        self.query_one(OperationsTable).loading = False
+        self.query_one(OperationsTable).fetched = True
         self._structure_dirty = True
         self.set_interval(self.poll_every, self._poll, name="poll")
         self._poll()
@@ -372,7 +372,7 @@ class OutlastApp(App[int]):
             self._repaint = False
             table.rebuild()
             self._update_statusline()
-        elif self._repaint or self.engine.running_ids or table.loading:
+        elif self._repaint or self.engine.running_ids or not table.fetched:
             self._repaint = False
             table.refresh()
         self._show_selected()
@@ -397,7 +397,8 @@ class OutlastApp(App[int]):
         op = self.ops.get(selected) if selected else None
         if self._tab == "detail" or not self._narrow:
             self.query_one(DetailPane).show(op, self._live(selected) if selected else None)
-        state = (selected, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
+        # The footer is rebuilt only when the keys that apply change, not at every cursor move.
+        state = (op is None, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
         if state != self._binding_state:
             self._binding_state = state
             self.refresh_bindings()

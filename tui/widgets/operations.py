@@ -143,7 +143,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self.ids: list[str] = []
         self.sort = SORTS[0]
         self.filter_words: list[str] = []
-        self.loading = True
+        self.fetched = False
+        """True once the first full list has been read (until then the table says it is loading)."""
         self._styles: dict[str, Style] = {}
         self._styles_theme: str | None = None
         self._last_highlight: str | None = None
@@ -273,8 +274,8 @@ class OperationsTable(ScrollView, can_focus=True):
         row = int(self.scroll_y) + y - 1
         if row >= len(self.ids):
             if row == 0:
-                msg = "loading operations..." if self.loading else "no operations match" if self.ops else ""
-                if not self.ops and not self.loading:
+                msg = "loading operations..." if not self.fetched else "no operations match" if self.ops else ""
+                if not self.ops and self.fetched:
                     msg = "no operations yet: press n to launch one"
                 return Strip([Segment(f" {msg}".ljust(width)[:width], base + self._style("ops--dim"))], width)
             return Strip.blank(width, base)
