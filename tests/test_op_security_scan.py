@@ -10,6 +10,7 @@ import json
 import os
 import random
 import string
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,25 @@ async def test_planted_secrets_and_risky_code(engine: Engine, tmp_path: Path) ->
         for f in json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
     }
     assert only == {f for f in expected if f[1] == "private-key" or f[1].startswith(("py-", "js-", "go-"))}
+
+
+async def test_git_tree_file_deleted_after_commit_is_skipped(engine: Engine, tmp_path: Path) -> None:
+    """git lists a tracked file deleted from the work tree: skipped as gone, not an item failure."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "kept.py").write_text(FILES["risky.py"])
+    (root / "deleted.py").write_text("x = 1\n")
+    (root / "ignored.py").write_text(FILES["risky.py"])
+    (root / ".gitignore").write_text("ignored.py\n")
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "add", "kept.py", "deleted.py", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    (root / "deleted.py").unlink()
+    op = await scan(engine, root=str(root), rules=["python"])
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["skipped"] == {"gone": 1} and op.result["failures"] == {}
+    assert {f["file"] for f in op.result["top"]} == {"kept.py"} and op.result["findings"] == 9
 
 
 def test_sigkilled_worker_resumes_to_the_uninterrupted_report(cli: Cli, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ the report, the result or the log.
 Resumable per file: each file's findings are kept in ``ctx.state`` (by path) with the file marked done,
 so a resumed scan reports exactly what an uninterrupted one would. Binary files, files larger than
 ``max_file_size``, symlinks and non-regular files are skipped (counted by reason); a file that cannot be
-read is an item failure; text that is not UTF-8 is scanned as Latin-1 (secrets are ASCII).
+read is an item failure (one deleted since it was listed is skipped); text that is not UTF-8 is scanned
+as Latin-1 (secrets are ASCII).
 
 Reports go to ``output`` (``format=both``: ``output`` with the suffixes .json and .sarif) or, by default,
 to ``outputs/scan-ID.json`` and ``.sarif`` in the state directory; the result says where.
@@ -91,6 +92,8 @@ def scan_file(root: Path, rel: str, selected: frozenset[str], max_size: int) -> 
             return rel, "skip", "too large"
         with open(path, "rb") as fh:
             data = fh.read(max_size + 1)
+    except FileNotFoundError:  # listed by git but deleted in the work tree, or removed during the scan
+        return rel, "skip", "gone"
     except OSError as e:
         return rel, "fail", f"unreadable: {e.strerror or e}"
     if b"\0" in data[:8192]:
