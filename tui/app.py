@@ -118,6 +118,7 @@ class OutlastApp(App[int]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("escape", "back", "Back", show=False),
+        *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
     ]
 
     ACTIONS_HELP = {
@@ -183,7 +184,9 @@ class OutlastApp(App[int]):
         yield Static("", id="statusline")
         yield OperationsTable(self.ops, self._live, self.clock, id="ops")
         yield Input(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
-        yield Tabs(*(Tab(name.capitalize(), id=f"tab-{name}") for name in PANES), id="pane-tabs")
+        yield Tabs(
+            *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)), id="pane-tabs"
+        )
         with Container(id="panes"):
             yield DetailPane(self.clock, id="detail", classes="pane")
             yield CheckpointsPane(id="checkpoints", classes="pane")
@@ -564,6 +567,13 @@ class OutlastApp(App[int]):
         self._show_tab("checkpoints")
         self.query_one(CheckpointsPane).focus()
 
+    def action_pane(self, name: str) -> None:
+        """1-4: show (and focus) a pane; at 80 columns this is how the tabs are switched."""
+        self._show_tab(name)
+        pane = self.query_one(f"#{name}")
+        if pane.can_focus:
+            pane.focus()
+
     def action_logs(self) -> None:
         self._show_tab("logs")
         self.query_one(LogsPane).focus()
@@ -622,6 +632,7 @@ class OutlastApp(App[int]):
             if isinstance(b, Binding) and b.action in self.ACTIONS_HELP
         ]
         keys += [
+            ("1-4", "Show the detail, checkpoints, logs or resources pane"),
             ("esc", "Back to the table (clears the filter)"),
             ("tab", "Next pane (at 80 columns: the pane tabs, then left/right)"),
             ("a", "In the logs pane: one operation's log / every operation's"),

@@ -167,7 +167,7 @@ class OperationsTable(ScrollView, can_focus=True):
             try:
                 self.cursor = self.ids.index(keep)
             except ValueError:
-                self.cursor = min(self.cursor, max(0, len(self.ids) - 1))
+                self.cursor = 0  # the selected operation was filtered out: back to the top
         else:
             self.cursor = 0
         self.virtual_size = Size(self.size.width, len(self.ids) + 1)
