@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -208,6 +209,14 @@ class OutlastApp(App[int]):
         self._update_statusline()
         self.set_interval(self.frame, self._on_frame, name="frame")
         self._boot_task = asyncio.create_task(self._boot())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
+        self.run_worker(self._quit_now(), group="quit", exclusive=True)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width, event.size.height)
