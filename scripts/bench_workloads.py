@@ -27,15 +27,15 @@ async def bench_redis(bench: Bench) -> list[Row]:
 
 
 async def bench_indexing(bench: Bench) -> list[Row]:
-    why = _missing("engine/operations/indexing.py", "engine/operations/security.py")
-    why = why or "the operations landed after this bench was written: measurement not wired yet"
-    return [
-        unavailable("indexing", "codebase_indexing of a 20,000-file tree", ">= 0.8x bare loop", why),
-        unavailable("indexing", "security_scan of a 20,000-file tree", ">= 0.8x bare loop", why),
-    ]
+    import bench_builtins
+
+    rows = await bench_builtins.bench_indexing(bench)
+    why = _missing("engine/operations/security_scan.py")
+    why = why or "the operation landed after this bench was written: measurement not wired yet"
+    return [*rows, unavailable("indexing", "security_scan of a 20,000-file tree", ">= 0.8x bare loop", why)]
 
 
 async def bench_backup(bench: Bench) -> list[Row]:
-    why = _missing("engine/operations/backup.py")
-    why = why or "the operation landed after this bench was written: measurement not wired yet"
-    return [unavailable("backup", "backup_operation of large and small files, verified", ">= 0.5x cp -a", why)]
+    import bench_builtins
+
+    return await bench_builtins.bench_backup(bench)
