@@ -7,7 +7,7 @@ repaints: a hook on ``App._display`` stamps every frame after encoding it for th
 exactly as a real terminal would get it (only the final write is skipped). The anchor for CPU
 is the same engine running the same 100 operations with no dashboard, in its own child.
 
-    python scripts/bench_dashboard.py --child dashboard STATE_DIR N_LIVE PRESSES WINDOW
+    python scripts/bench_dashboard.py --child dashboard|engine STATE_DIR N_LIVE PRESSES WINDOW SPAWNED_AT
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ async def _submit_reporters(bench: Bench, state: Path, n: int) -> None:
 
 def _child(bench: Bench, mode: str, state: Path, live: int, presses: int, window: float) -> dict[str, Any]:
     argv = [python(), str(Path(__file__)), "--child", mode, str(state), str(live), str(presses), str(window)]
+    argv.append(repr(time.time()))  # the child's start, for start to first paint (fork and interpreter included)
     r = subprocess.run(argv, env=bench.env(state), capture_output=True, text=True, timeout=180, check=False)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
@@ -83,77 +84,61 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
 
     keys = summarize(dash["keys"])
     detail = summarize(dash["detail"]) if dash["detail"] else None
-    label, target = _figure("keys", n_ops, live)
-    rows = [
-        Row(
-            "dashboard",
-            label,
+    cpu, cpu_anchor = dash["cpu"], engine_only["cpu"]
+    peak, peak_anchor = dash["peak_kb"] * 1024, engine_only["peak_kb"] * 1024
+    focus = "; the table had no focus once loaded, so the bench focused it first" if dash["focus_lost"] else ""
+
+    def row(key: str, value: float, unit: str, met: bool, note: str, **kw: Any) -> Row:
+        label, target = _figure(key, n_ops, live)
+        return Row("dashboard", label, value, unit, target=target, met=met, note=note, **kw)
+
+    return [
+        row(
+            "keys",
             keys["p99"],
             "s",
-            target=target,
-            met=keys["p99"] < 0.1,
+            keys["p99"] < 0.1,
+            f"{keys['n']} presses of down (scrolling 10,000 rows), p50 {keys['p50'] * 1e3:.1f} ms; "
+            "first frame that shows the moved cursor, encoded for the terminal"
+            + (f"; the detail pane follows at the next frame, p99 {detail['p99'] * 1e3:.0f} ms" if detail else "")
+            + focus,
             stats={"cursor": keys, "detail": detail, "frames_per_s": dash["fps"]},
-            note=(
-                f"{keys['n']} presses of down (scrolling 10,000 rows), p50 {keys['p50'] * 1e3:.1f} ms; "
-                "first frame that shows the moved cursor, encoded for the terminal"
-                + (f"; the detail pane follows at the next frame, p99 {detail['p99'] * 1e3:.0f} ms" if detail else "")
-            ),
-        )
-    ]
-    label, target = _figure("start", n_ops, live)
-    rows.append(
-        Row(
-            "dashboard",
-            label,
+        ),
+        row(
+            "start",
             dash["first_rows"],
             "s",
-            target=target,
-            met=dash["first_rows"] < 1.0,
+            dash["first_rows"] < 1.0,
+            f"from process start to the first frame listing operations (first frame at "
+            f"{dash['first_frame'] * 1e3:.0f} ms; imports {dash['import'] * 1e3:.0f} ms)",
             stats={k: dash[k] for k in ("first_frame", "first_rows", "import")},
-            note=(
-                f"from process start to the first frame listing operations (first frame at "
-                f"{dash['first_frame'] * 1e3:.0f} ms; imports {dash['import'] * 1e3:.0f} ms)"
-            ),
-        )
-    )
-    label, target = _figure("cpu", n_ops, live)
-    rows.append(
-        Row(
-            "dashboard",
-            label,
-            dash["cpu"],
+        ),
+        row(
+            "cpu",
+            cpu,
             "%",
-            anchor=engine_only["cpu"] or None,
+            cpu < 25.0,
+            f"process CPU over {window:g} s, all threads, percent of one core, including the engine running "
+            f"the {live} operations; the dashboard's own share is {cpu - cpu_anchor:.1f} points",
+            anchor=cpu_anchor or None,
             anchor_unit="%",
             anchor_desc="the same engine and operations, no dashboard",
-            ratio=dash["cpu"] / engine_only["cpu"] if engine_only["cpu"] else None,
-            target=target,
-            met=dash["cpu"] < 25.0,
-            stats={"dashboard": dash["cpu"], "engine_only": engine_only["cpu"], "window_s": window},
-            note=(
-                f"process CPU over {window:g} s, all threads, percent of one core, including the engine running "
-                f"the {live} operations; the dashboard's own share is {dash['cpu'] - engine_only['cpu']:.1f} points"
-            ),
-        )
-    )
-    label, target = _figure("memory", n_ops, live)
-    rows.append(
-        Row(
-            "dashboard",
-            label,
-            dash["peak_kb"] * 1024,
+            ratio=cpu / cpu_anchor if cpu_anchor else None,
+            stats={"dashboard": cpu, "engine_only": cpu_anchor, "window_s": window},
+        ),
+        row(
+            "memory",
+            peak,
             "B",
-            anchor=engine_only["peak_kb"] * 1024,
+            peak < 150 * 2**20,
+            "VmHWM of the dashboard process at the end (every operation loaded, the reporters running)",
+            anchor=peak_anchor or None,
             anchor_unit="B",
             anchor_desc="engine alone",
-            ratio=dash["peak_kb"] / engine_only["peak_kb"],
-            target=target,
-            met=dash["peak_kb"] * 1024 < 150 * 2**20,
+            ratio=peak / peak_anchor if peak_anchor else None,
             stats={"peak_kb": dash["peak_kb"], "engine_only_kb": engine_only["peak_kb"]},
-            note="VmHWM of the dashboard process at the end (every operation loaded, the reporters running)",
-        )
-    )
-    return rows
+        ),
+    ]
 
 
 # ---- the children ------------------------------------------------------------------------------
@@ -251,6 +236,7 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
             await pilot.pause(0.3)
         driver = app._driver
         assert driver is not None
+        profiler = _profiler()
         for _ in range(presses):
             waiting.clear()
             waiting["cursor"] = table.cursor
@@ -262,6 +248,10 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
             await pilot.pause(0.15)  # a held key's pace; the side panes catch up at the next frame
             if "detail_at" in waiting:
                 detail.append(waiting["detail_at"] - t0)
+        if profiler is not None:
+            profiler.stop()
+            show_all = os.environ.get("BENCH_PROFILE_ALL") == "1"
+            Path(os.environ["BENCH_PROFILE"]).write_text(profiler.output_text(color=False, show_all=show_all))
         result = {
             "import": imported,
             "first_frame": first["frame"] - started,
@@ -278,22 +268,27 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
     return result
 
 
-def _process_start() -> float:
-    """When this process started (wall clock), from /proc: the figure includes interpreter start-up."""
-    import psutil
+def _profiler() -> Any:
+    """With BENCH_PROFILE=FILE: pyinstrument over the key presses, written to FILE (every frame with
+    BENCH_PROFILE_ALL=1)."""
+    if not os.environ.get("BENCH_PROFILE"):
+        return None
+    from pyinstrument import Profiler
 
-    return psutil.Process().create_time()
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    return profiler
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 7 or argv[1] != "--child":
+    if len(argv) != 8 or argv[1] != "--child":
         print(__doc__, file=sys.stderr)
         return 2
     mode, state, live, presses, window = argv[2], Path(argv[3]), int(argv[4]), int(argv[5]), float(argv[6])
     if mode == "engine":
         result = asyncio.run(child_engine(state, live, window))
     else:
-        result = asyncio.run(child_dashboard(state, live, presses, window, _process_start()))
+        result = asyncio.run(child_dashboard(state, live, presses, window, float(argv[7])))
     print(json.dumps(result), flush=True)
     os._exit(0)
 
