@@ -68,6 +68,9 @@ def cli(
 def open_dashboard(app: App) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
     settings = app.settings
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
+        return ExitCode.USAGE
     try:
         import tui.app as tui_app
     except ImportError as e:

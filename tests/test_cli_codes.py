@@ -191,12 +191,29 @@ def test_read_commands(cli: Cli) -> None:
     assert "FROM" in cli("config").stdout
 
 
-def test_dashboard_unavailable_is_one_clear_line(cli: Cli, tmp_path: Path) -> None:
-    fake = tmp_path / "shadow" / "tui"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("")  # a tui package without app.py
-    env = {**cli.env, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(REPO)])}
-    r = cli("tui", env=env)
+def test_dashboard_without_a_terminal_is_one_clear_line(cli: Cli) -> None:
+    r = cli("tui")  # stdin and stdout are not terminals here
+    assert r.returncode == ExitCode.USAGE
+    assert "the dashboard needs a terminal" in one_line_error(r)
+
+
+def test_dashboard_that_cannot_be_imported_is_one_clear_line(cli: Cli) -> None:
+    # On a real terminal (a pty), the import itself fails, as with a broken install.
+    code = "import sys, engine.cli as c\nsys.modules['tui.app'] = None\nc.main(['--state-dir', sys.argv[1], 'tui'])\n"
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(cli.state_dir)],
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
     assert r.returncode == ExitCode.USAGE
     assert "the dashboard is not available" in one_line_error(r)
 
