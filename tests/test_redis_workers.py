@@ -243,7 +243,14 @@ def test_redis_lost_without_persistence_resumes_from_the_mirror(
     url = redis_server.url + "?lease_ttl=2"
     [op_id] = c.submit([ledger(0, 80, 0.04, logs)])
     first = c.worker(1, url)
-    until(lambda: (c.ops([op_id])[0].checkpoint_seq or 0) >= 3, 60, every=0.05, what="three checkpoints")
+    # The mirror is written after Redis accepts a checkpoint: wait until it holds the third one too.
+    mirrored = mirror / "mi" / "checkpoints" / op_id
+    until(
+        lambda: (c.ops([op_id])[0].checkpoint_seq or 0) >= 3 and len(list(mirrored.glob("*.ckpt.json"))) >= 3,
+        60,
+        every=0.05,
+        what="three checkpoints, in Redis and in the mirror",
+    )
     first.kill()
     redis_server.kill()  # no persistence: everything in Redis is gone
     before = item_counts(logs / "0.log")
