@@ -322,7 +322,7 @@ class _Suite:
             "tests": len(tests),
             "counts": {o: counts[o] for o in OUTCOMES if counts[o]},
             "ok": not bad and not not_run,
-            "stopped_early": bool(not_run and self.p.max_failures and len(bad) >= self.p.max_failures),
+            "stopped_early": bool(not_run),
             "failed": [
                 {"id": k, "outcome": r["outcome"], "message": r["message"], "traceback": r["traceback"]} for k, r in bad
             ],
@@ -343,8 +343,7 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
     while suite.remaining():
         if p.max_failures and suite.failures() >= p.max_failures:
             break
-        before = len(suite.remaining())
-        if not await suite.run() and len(suite.remaining()) in (0, before):
-            break  # pytest ran what it could: the rest is gone from the suite or stopped by --maxfail
+        if not await suite.run():
+            break  # pytest ended on its own: what it left it chose to leave (-x, --maxfail, pytest.exit)
     ctx.progress(step="summarising")
     return await asyncio.to_thread(suite.summary)
