@@ -181,6 +181,11 @@ class OutlastApp(App[int]):
 
     # ---- layout ----------------------------------------------------------------------------
 
+    @property
+    def dashboard(self) -> Screen[Any]:
+        """The dashboard's own screen: queries must not look into a dialog open on top of it."""
+        return self.screen_stack[0] if self.screen_stack else self.screen
+
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
         yield OperationsTable(self.ops, self._live, self.clock, id="ops")
@@ -203,9 +208,9 @@ class OutlastApp(App[int]):
             ("resources", "Resources"),
             ("logs", "Logs"),
         ):
-            self.query_one(f"#{name}").border_title = title
+            self.dashboard.query_one(f"#{name}").border_title = title
         self._apply_layout(self.size.width, self.size.height)
-        self.call_after_refresh(self.query_one(OperationsTable).focus)
+        self.call_after_refresh(self.dashboard.query_one(OperationsTable).focus)
         self._update_statusline()
         self.set_interval(self.frame, self._on_frame, name="frame")
         self._boot_task = asyncio.create_task(self._boot())
@@ -233,8 +238,8 @@ class OutlastApp(App[int]):
     def _show_tab(self, name: str) -> None:
         self._tab = name
         for pane in PANES:
-            self.query_one(f"#{pane}").set_class(pane == name, "-active")
-        tabs = self.query_one("#pane-tabs", Tabs)
+            self.dashboard.query_one(f"#{pane}").set_class(pane == name, "-active")
+        tabs = self.dashboard.query_one("#pane-tabs", Tabs)
         if tabs.active != f"tab-{name}":
             tabs.active = f"tab-{name}"
 
@@ -272,7 +277,7 @@ class OutlastApp(App[int]):
         self.engine_started = True
         self._unsubscribe = self.engine.subscribe(self._on_event)
         await self._reload_all()
-        self.query_one(OperationsTable).fetched = True
+        self.dashboard.query_one(OperationsTable).fetched = True
         self._structure_dirty = True
         self.set_interval(self.poll_every, self._poll, name="poll")
         self._poll()
@@ -348,7 +353,7 @@ class OutlastApp(App[int]):
             if event.operation_id == self._selected:
                 self._checkpoints_dirty = True
         elif isinstance(event, LogEmitted):
-            logs = self.query_one(LogsPane)
+            logs = self.dashboard.query_one(LogsPane)
             if logs.mode == "all":
                 self._pending_logs.append(event.record)
 
@@ -367,7 +372,7 @@ class OutlastApp(App[int]):
             op = self.ops.get(op_id)
             if op is not None and op.status is Status.QUEUED:
                 depth[op.priority] += 1
-        pane = self.query_one("#resources")
+        pane = self.dashboard.query_one("#resources")
         pane.update_data(  # type: ignore[attr-defined]
             sample, list(self._history), len(self.engine.running_ids), self.engine.max_concurrent, depth, self.store_ok
         )
@@ -376,7 +381,7 @@ class OutlastApp(App[int]):
 
     def _on_frame(self) -> None:
         """Everything the screen shows, refreshed at most once per frame."""
-        table = self.query_one(OperationsTable)
+        table = self.dashboard.query_one(OperationsTable)
         if self._refetch and self.engine_started:
             self._refetch_now()
         if self._structure_dirty:
@@ -394,7 +399,7 @@ class OutlastApp(App[int]):
         while self.warnings:
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
         if self._pending_logs:
-            self.query_one(LogsPane).add(self._pending_logs, with_id=True)
+            self.dashboard.query_one(LogsPane).add(self._pending_logs, with_id=True)
             self._pending_logs = []
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
             self.waiting_to_quit = False
@@ -402,13 +407,13 @@ class OutlastApp(App[int]):
 
     def _show_selected(self) -> None:
         """The detail of the selected operation, its side panes when it changed, the keys that apply."""
-        selected = self.query_one(OperationsTable).selected_id
+        selected = self.dashboard.query_one(OperationsTable).selected_id
         if selected != self._selected:
             self._selected = selected
             self._load_side_panes(selected)
         op = self.ops.get(selected) if selected else None
         if self._tab == "detail" or not self._narrow:
-            self.query_one(DetailPane).show(op, self._live(selected) if selected else None)
+            self.dashboard.query_one(DetailPane).show(op, self._live(selected) if selected else None)
         # The footer is rebuilt only when the keys that apply change, not at every cursor move.
         state = (op is None, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
         if state != self._binding_state:
@@ -427,8 +432,8 @@ class OutlastApp(App[int]):
     async def _load_side_panes(self, op_id: str | None, logs: bool = True, poll: bool = False) -> None:
         """Checkpoints and log of the selected operation (new lines only when polling)."""
         await asyncio.sleep(0 if poll else 0.05)  # a held arrow key does not read every row's files
-        cps_pane = self.query_one(CheckpointsPane)
-        logs_pane = self.query_one(LogsPane)
+        cps_pane = self.dashboard.query_one(CheckpointsPane)
+        logs_pane = self.dashboard.query_one(LogsPane)
         if op_id is None:
             cps_pane.show(None, [])
             if logs_pane.mode == "selected":
@@ -454,7 +459,7 @@ class OutlastApp(App[int]):
         counts: dict[Status, int] = {}
         for op in self.ops.values():
             counts[op.status] = counts.get(op.status, 0) + 1
-        table = self.query_one(OperationsTable)
+        table = self.dashboard.query_one(OperationsTable)
         n = len(self.ops)
         parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
         for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
@@ -470,13 +475,13 @@ class OutlastApp(App[int]):
             parts.append(f"[b]engine stopped: {self.engine_error}[/b]")
         elif not self.store_ok:
             parts.append("[b]store unreachable[/b]")
-        self.query_one("#statusline", Static).update(" · ".join(parts))
+        self.dashboard.query_one("#statusline", Static).update(" · ".join(parts))
 
     # ---- actions ---------------------------------------------------------------------------
 
     @property
     def selected_op(self) -> Operation | None:
-        op_id = self.query_one(OperationsTable).selected_id
+        op_id = self.dashboard.query_one(OperationsTable).selected_id
         return self.ops.get(op_id) if op_id else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -570,54 +575,54 @@ class OutlastApp(App[int]):
     def action_detail(self) -> None:
         self._show_tab("detail")
         if not self._narrow:
-            self.query_one(DetailPane).focus()
+            self.dashboard.query_one(DetailPane).focus()
 
     def action_checkpoints(self) -> None:
         self._show_tab("checkpoints")
-        self.query_one(CheckpointsPane).focus()
+        self.dashboard.query_one(CheckpointsPane).focus()
 
     def action_pane(self, name: str) -> None:
         """1-4: show (and focus) a pane; at 80 columns this is how the tabs are switched."""
         self._show_tab(name)
-        pane = self.query_one(f"#{name}")
+        pane = self.dashboard.query_one(f"#{name}")
         if pane.can_focus:
             pane.focus()
 
     def action_logs(self) -> None:
         self._show_tab("logs")
-        self.query_one(LogsPane).focus()
+        self.dashboard.query_one(LogsPane).focus()
 
     def action_sort(self) -> None:
-        table = self.query_one(OperationsTable)
+        table = self.dashboard.query_one(OperationsTable)
         table.sort = SORTS[(SORTS.index(table.sort) + 1) % len(SORTS)]
         self._structure_dirty = True
         self._on_frame()
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.dashboard.query_one("#filter", Input)
         box.display = True
         box.focus()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        table = self.query_one(OperationsTable)
+        table = self.dashboard.query_one(OperationsTable)
         table.filter_words = event.value.lower().split()
         self._structure_dirty = True
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.dashboard.query_one("#filter", Input)
         if not box.value.strip():
             box.display = False
-        self.query_one(OperationsTable).focus()
+        self.dashboard.query_one(OperationsTable).focus()
 
     def action_back(self) -> None:
         """Escape: clear the filter when typing one, else go back to the table."""
-        box = self.query_one("#filter", Input)
-        if box.has_focus or (box.display and self.focused is self.query_one(OperationsTable)):
+        box = self.dashboard.query_one("#filter", Input)
+        if box.has_focus or (box.display and self.focused is self.dashboard.query_one(OperationsTable)):
             box.value = ""
             box.display = False
-        self.query_one(OperationsTable).focus()
+        self.dashboard.query_one(OperationsTable).focus()
 
     def action_cycle_theme(self) -> None:
         try:
@@ -680,11 +685,11 @@ class OutlastApp(App[int]):
         self._store(op)
         self.notify(f"queued {op.label}: {op.id}", timeout=3)
         self._on_frame()
-        self.query_one(OperationsTable).select(op.id)
+        self.dashboard.query_one(OperationsTable).select(op.id)
 
     def on_key(self, event: events.Key) -> None:
-        if event.key == "a" and self.focused is self.query_one(LogsPane):
-            logs = self.query_one(LogsPane)
+        if event.key == "a" and self.focused is self.dashboard.query_one(LogsPane):
+            logs = self.dashboard.query_one(LogsPane)
             logs.mode = "all" if logs.mode == "selected" else "selected"
             logs.border_title = "Logs: all operations" if logs.mode == "all" else "Logs"
             logs.reset(None)
