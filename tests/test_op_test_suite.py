@@ -18,7 +18,7 @@ from tests.fixtures_ops import bad_params
 
 SUITE = textwrap.dedent(
     """
-    import os, time, pytest
+    import os, subprocess, time, pytest
 
     def mark(name):
         with open(os.environ["SUITE_LOG"], "a") as fh:
@@ -44,6 +44,9 @@ SUITE = textwrap.dedent(
         assert False
 
     def test_hangs():
+        sleeper = subprocess.Popen(["sleep", "120"])  # a grandchild of the engine: dies with the group
+        with open(os.environ["SUITE_LOG"] + ".sleeper", "w") as fh:
+            fh.write(str(sleeper.pid))
         time.sleep(120)
 
     def test_crashes():
@@ -64,6 +67,15 @@ SUITE = textwrap.dedent(
 HANG = "test_gen.py::test_hangs"
 CRASH = "test_gen.py::test_crashes"
 COUNTS = {"passed": 6, "failed": 1, "error": 1, "skipped": 1, "xfailed": 1, "hung": 1, "crashed": 1}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def lines(path: Path) -> list[str]:
@@ -111,6 +123,8 @@ async def test_suite_outcomes_and_resume_runs_only_unfinished_tests(engine: Engi
     assert set(ledger.failed) == {HANG, CRASH}  # item failures; a failing test is a result
     assert whole.progress.failed == 2
     assert res["slowest"][0]["id"].startswith("test_gen.py::test_early")
+    sleeper = int((tmp_path / "whole.log.sleeper").read_text())
+    await until(lambda: not alive(sleeper), timeout=10)  # the hung test's process group was killed
     assert sorted(lines(tmp_path / "whole.log")) == sorted(
         [f"test_gen.py::test_early[{n}]" for n in range(4)]
         + [f"test_gen.py::test_late[{n}]" for n in range(2)]
