@@ -139,7 +139,8 @@ async def bench_rows(bench: Any) -> list[Any]:
     bench._procs.append(proc)
     rows = []
     anchor = await set_round_trip(url, 2000)
-    for workers, target in ((1, None), (3, 3000)):
+    # 3 workers: the target; 1 worker and checkpoint latency: ours (a third of it; a few round trips).
+    for workers, target in ((1, 1000), (3, 3000)):
         rate = await throughput(url, f"tp{workers}", n, workers, conc)
         rows.append(
             Row(
@@ -151,14 +152,14 @@ async def bench_rows(bench: Any) -> list[Any]:
                 anchor_unit="SET/s",
                 anchor_desc="one redis SET round trip",
                 ratio=rate / anchor,
-                target=f">= {target:,} ops/s" if target else "",
-                met=rate >= target if target else None,
+                target=f">= {target:,} ops/s",
+                met=rate >= target,
                 note=f"{n:,} ops, {workers} `outlast worker` process(es) x {conc} slots, Redis without persistence;"
                 " first claim to last completion",
             )
         )
     p50, p99, size = await checkpoint_latency(url, "ck", n_cp, None)
-    for label, v in (("p50", p50), ("p99", p99)):
+    for label, v, most in (("p50", p50, 3), ("p99", p99, 10)):
         rows.append(
             Row(
                 "redis",
@@ -169,6 +170,8 @@ async def bench_rows(bench: Any) -> list[Any]:
                 anchor_unit="s",
                 anchor_desc="one SET round trip (p50)",
                 ratio=v * anchor,
+                target=f"<= {most}x SET",
+                met=v * anchor <= most,
                 note="store.save_checkpoint with 100 new done keys; fenced by epoch inside Redis",
             )
         )
