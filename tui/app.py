@@ -60,8 +60,11 @@ FRAME = 0.2
 """Seconds between refreshes of the screen (5 Hz)."""
 POLL = 1.0
 """Seconds between reads of active operations from the store."""
-FULL_RELOAD = 30.0
-"""Seconds between reads of every operation (to see what other processes did to stopped ones)."""
+STOPPED_POLL = 10.0
+"""Seconds between reads of paused and interrupted operations (another process may cancel them)."""
+FULL_RELOAD = 300.0
+"""Seconds between reads of every operation (records deleted or changed behind our back)."""
+PAGE = 2000
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
@@ -168,9 +171,12 @@ class OutlastApp(App[int]):
         self._checkpoints_dirty = False
         self._pending_logs: list[Any] = []
         self._selected: str | None = None
+        self._full: Operation | None = None
+        """The selected operation's whole record (the table holds slim ones): params, result."""
         self._binding_state: tuple[Any, ...] = ()
         self._history: deque[ResourceSample] = deque(maxlen=300)
-        self._last_full = 0.0
+        self._last_full = time.monotonic()
+        self._last_stopped = 0.0
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._narrow: bool | None = None
@@ -276,26 +282,39 @@ class OutlastApp(App[int]):
             return
         self.engine_started = True
         self._unsubscribe = self.engine.subscribe(self._on_event)
-        await self._reload_all()
-        self.dashboard.query_one(OperationsTable).fetched = True
-        self._structure_dirty = True
+        table = self.dashboard.query_one(OperationsTable)
+        try:  # what the first screen shows (status sort: active work on top) before the rest
+            for op in await self.engine.list(statuses=list(ACTIVE)):
+                self._store(op)
+        except Exception as e:
+            self._store_failed(e)
+        table.fetched = True
+        self._on_frame()
         self.set_interval(self.poll_every, self._poll, name="poll")
+        await self._reload_all()
         self._poll()
 
     async def _reload_all(self) -> None:
-        try:
-            ops = await self.engine.list()
-        except Exception as e:
-            self._store_failed(e)
-            return
+        """Every operation, in pages (a page at a time in memory, the loop free between pages)."""
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            try:
+                page = await self.engine.list(limit=PAGE, offset=offset)
+            except Exception as e:
+                self._store_failed(e)
+                return
+            for op in page:
+                self._store(op)
+                seen.add(op.id)
+            if len(page) < PAGE:
+                break
+            offset += PAGE
         self.store_ok = True
         self._last_full = time.monotonic()
-        fresh = {op.id: op for op in ops}
-        for gone in set(self.ops) - set(fresh):
+        for gone in set(self.ops) - seen - self._active:
             del self.ops[gone]
-        self.ops.update(fresh)
-        self._active = {op.id for op in ops if op.status in ACTIVE}
-        self._structure_dirty = True
+            self._structure_dirty = True
 
     def _store_failed(self, e: Exception) -> None:
         if self.store_ok:
@@ -304,15 +323,21 @@ class OutlastApp(App[int]):
 
     @work(exclusive=True, group="poll")
     async def _poll(self) -> None:
-        """Active operations every second; everything every FULL_RELOAD seconds; a resource sample."""
-        if not self.engine_started or self.engine._closing:
+        """Active operations every second, stopped ones every STOPPED_POLL, everything every FULL_RELOAD
+        seconds (what leaves the active set is read by id); a resource sample."""
+        if not self.engine_started:
             return
         self._sample_resources()
-        if time.monotonic() - self._last_full > FULL_RELOAD:
+        now = time.monotonic()
+        if now - self._last_full > FULL_RELOAD:
             await self._reload_all()
             return
         try:
             active = await self.engine.list(statuses=list(ACTIVE))
+            if now - self._last_stopped > STOPPED_POLL:
+                self._last_stopped = now
+                for op in await self.engine.list(statuses=[Status.PAUSED, Status.INTERRUPTED]):
+                    self._store(op)
         except Exception as e:
             self._store_failed(e)
             return
@@ -337,7 +362,11 @@ class OutlastApp(App[int]):
                 self._store_failed(e)
 
     def _store(self, op: Operation) -> None:
+        """Keep a record (unless an older read than the one held), without what the table never shows."""
         old = self.ops.get(op.id)
+        if old is not None and op.updated_at < old.updated_at:
+            return
+        op = _slim(op)
         if old is None or old.status is not op.status or old.priority is not op.priority or old.name != op.name:
             self._structure_dirty = True
         self.ops[op.id] = op
@@ -413,7 +442,8 @@ class OutlastApp(App[int]):
             self._load_side_panes(selected)
         op = self.ops.get(selected) if selected else None
         if self._tab == "detail" or not self._narrow:
-            self.dashboard.query_one(DetailPane).show(op, self._live(selected) if selected else None)
+            full = self._full if self._full is not None and self._full.id == selected else None
+            self.dashboard.query_one(DetailPane).show(op, self._live(selected) if selected else None, full)
         # The footer is rebuilt only when the keys that apply change, not at every cursor move.
         state = (op is None, op.status if op else None, op.priority if op else None, self.waiting_to_quit)
         if state != self._binding_state:
@@ -442,13 +472,14 @@ class OutlastApp(App[int]):
         if not self.engine_started:
             return
         try:
+            full = self._full
+            if full is None or full.id != op_id or full.status is not self.ops[op_id].status:
+                self._full = await self.engine.get(op_id)
             cps_pane.show(op_id, await self.engine.checkpoints(op_id))
             if logs and logs_pane.mode == "selected":
                 if logs_pane.op_id != op_id:
                     logs_pane.reset(op_id)
-                    _, end = await self.engine.logs(op_id, 0, 0)
-                    logs_pane.log_offset = max(0, end - 64_000)  # the tail: enough for a screen of history
-                    records, logs_pane.log_offset = await self.engine.logs(op_id, logs_pane.log_offset, 500)
+                    records, logs_pane.log_offset = await self.engine.logs(op_id, 0, 500)  # the tail
                 else:
                     records, logs_pane.log_offset = await self.engine.logs(op_id, logs_pane.log_offset)
                 logs_pane.add(records)
@@ -735,6 +766,18 @@ class OutlastApp(App[int]):
 
     async def on_unmount(self) -> None:
         await self.stop_engine()
+
+
+def _slim(op: Operation) -> Operation:
+    """The record without params, result and most of the profile: 10,000 of them held in memory
+    cost half as much. The detail pane reads the full record of the selected operation."""
+    if not (op.params or op.result is not None or len(op.profile) > 1 or op.profile_overrides or op.tags):
+        return op
+    threshold = op.profile.get("failure_threshold")
+    op = op.model_copy()
+    op.params, op.result, op.profile_overrides, op.tags = {}, None, {}, {}
+    op.profile = {} if threshold is None else {"failure_threshold": threshold}
+    return op
 
 
 class _Warnings(logging.Handler):

@@ -50,16 +50,19 @@ class DetailPane(VerticalScroll, can_focus=True):
     def compose(self):  # type: ignore[no-untyped-def]
         yield self._body
 
-    def show(self, op: Operation | None, live: Progress | None) -> None:
+    def show(self, op: Operation | None, live: Progress | None, full: Operation | None = None) -> None:
+        """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result)."""
         if op is None:
             self._shape = ()
             self._body.update(Text("no operation selected", style="dim"))
             return
-        renderable, shape = self.render_op(op, live)
+        renderable, shape = self.render_op(op, live, full)
         self._body.update(renderable, layout=shape != self._shape)
         self._shape = shape
 
-    def render_op(self, op: Operation, live: Progress | None) -> tuple[RenderableType, tuple[object, ...]]:
+    def render_op(
+        self, op: Operation, live: Progress | None, full: Operation | None = None
+    ) -> tuple[RenderableType, tuple[object, ...]]:
         """The renderable, and its shape (what decides its height)."""
         p = live or op.progress
         now = self.clock()
@@ -88,6 +91,8 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("status", status)
         row("id", op.id)
         row("type", op.type + (f"  ({op.name})" if op.name else ""))
+        if full is not None and full.params:
+            row("params", " ".join(f"{k}={v}" for k, v in full.params.items()))
         row("step", p.step)
         row("message", p.message)
         total = p.total if p.total is not None else op.total_items
@@ -123,8 +128,9 @@ class DetailPane(VerticalScroll, can_focus=True):
         parts: list[RenderableType] = [grid]
         if op.error:
             parts.append(Text(f"error: {op.error}", style=f"bold {colours['$error']}"))
-        if op.result is not None and op.status is Status.COMPLETED:
-            parts.append(Text(f"result: {op.result}", style="dim", overflow="fold"))
-            shape.append(len(str(op.result)))
+        result = full.result if full is not None else op.result
+        if result is not None and op.status is Status.COMPLETED:
+            parts.append(Text(f"result: {result}", style="dim", overflow="fold"))
+            shape.append(len(str(result)))
         shape.append(len(op.error or ""))
         return Group(*parts), tuple(shape)
