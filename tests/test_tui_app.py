@@ -6,6 +6,8 @@ the tests' ``ledger`` type (sleeps per item, records every item it executes).
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from engine import Engine, Priority, Settings, Status, load_settings, open_store
@@ -15,6 +17,8 @@ from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
 
+from .conftest import REPO
+from .fixtures_cli import CLI
 from .fixtures_tui import make_app, select, status_of, wait_for
 
 
@@ -217,3 +221,25 @@ async def test_theme_key_switches_and_remembers_the_theme(tui_settings: Settings
         await pilot.press("t")
         assert app.theme != before
         assert load_settings().theme == app.theme
+
+
+async def test_operations_run_by_another_process_show_with_their_progress(tui_settings: Settings) -> None:
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.3)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        worker = await asyncio.create_subprocess_exec(
+            *CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "-q",
+            "run", "ledger", "-p", "items=40", "-p", "seconds=0.05", "--name", "elsewhere",
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        try:
+            table = app.query_one(OperationsTable)
+            await wait_for(pilot, lambda: table.ids)
+            op_id = table.ids[0]
+            await wait_for(pilot, lambda: app.ops[op_id].status is Status.RUNNING and app.ops[op_id].progress.done > 0)
+            assert op_id not in engine.running_ids  # not run here: read back from the store
+            await wait_for(pilot, lambda: app.ops[op_id].status is Status.COMPLETED)
+            assert (await engine.store.get(op_id)).result == {"sum": sum(range(40))}
+        finally:
+            await worker.wait()
