@@ -228,9 +228,11 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
             if kind == "skip":
                 skipped[rel] = payload
                 ctx.skip(rel)
+                ctx.advance()  # looked at: progress reaches 100% however many files are skipped or fail
             elif kind == "fail":
                 failed[rel] = payload
                 ctx.fail(rel, payload)
+                ctx.advance()
             else:
                 size, findings, latin1 = payload
                 failed.pop(rel, None)
