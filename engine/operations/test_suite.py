@@ -100,6 +100,7 @@ class _Pytest:
         self.reader = reader
         self.log = log
         self.eof = False
+        self._partial = b""
         self._transport: asyncio.BaseTransport | None = None
 
     @classmethod
@@ -129,21 +130,27 @@ class _Pytest:
         )
         return self
 
-    async def event(self, timeout: float) -> dict | None:
-        """The next event, or None after ``timeout`` seconds or at the end of the stream (``self.eof``)."""
-        while not self.eof:
-            try:
-                line = await asyncio.wait_for(self.reader.readline(), timeout)
-            except TimeoutError:
-                return None
-            if not line:
-                self.eof = True
-                return None
+    async def events(self, timeout: float) -> list[dict]:
+        """The events that have arrived (waiting up to ``timeout`` seconds for the first); [] at the end
+        of the stream (``self.eof``). One read takes every complete line: a fast suite sends thousands."""
+        if self.eof:
+            return []
+        try:
+            chunk = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
+        except TimeoutError:
+            return []
+        data = self._partial + chunk
+        if chunk:
+            data, _, self._partial = data.rpartition(b"\n")
+        else:
+            self.eof, self._partial = True, b""
+        out: list[dict] = []
+        for line in data.split(b"\n"):
             with contextlib.suppress(ValueError):
-                ev = json.loads(line)
+                ev = json.loads(line) if line.strip() else None
                 if isinstance(ev, dict):
-                    return ev
-        return None
+                    out.append(ev)
+        return out
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
@@ -220,14 +227,12 @@ class _Suite:
             while not pt.eof:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"collection did not finish within {self.p.collect_timeout:g}s")
-                ev = await pt.event(POLL)
+                for ev in await pt.events(POLL):
+                    if ev["e"] == "item":
+                        tests.append(ev["id"])
+                    elif ev["e"] == "collect_error":
+                        errors.append(ev)
                 ctx.progress()  # raises OperationStopped when a stop was asked for
-                if ev is None:
-                    continue
-                if ev["e"] == "item":
-                    tests.append(ev["id"])
-                elif ev["e"] == "collect_error":
-                    errors.append(ev)
             code = await pt.exit_code(EXIT_GRACE)
         finally:
             await pt.close()
@@ -269,27 +274,29 @@ class _Suite:
         idle_since = time.monotonic()
         try:
             while not pt.eof:
-                ev = await pt.event(POLL)
+                events = await pt.events(POLL)
                 now = time.monotonic()
                 ctx.progress()  # raises OperationStopped when a stop was asked for
-                if ev is None:
-                    if running:
-                        nodeid, started = min(running.items(), key=lambda kv: kv[1])
-                        if now - started > self.timeout:
-                            await pt.kill()
-                            await self.lost(nodeid, "hung", f"no outcome after {self.timeout:g}s; process group killed")
-                            return True
-                    elif now - idle_since > self.p.collect_timeout:
-                        raise RuntimeError(f"pytest reported nothing for {self.p.collect_timeout:g}s: {pt.tail(8)}")
-                    continue
-                if ev["e"] == "start":
-                    running[ev["id"]] = now
-                    ctx.progress(step=ev["id"])
-                elif ev["e"] == "done":
-                    running.pop(ev["id"], None)
+                finished: list[dict] = []
+                for ev in events:
+                    if ev["e"] == "start":
+                        running[ev["id"]] = now
+                        ctx.step = ev["id"]
+                    elif ev["e"] == "done":
+                        running.pop(ev["id"], None)
+                        finished.append(ev)
+                if finished:
                     idle_since = now
-                    async for e in ctx.items([ev], key=lambda e: e["id"]):
+                    async for e in ctx.items(finished, key=lambda e: e["id"]):
                         self.record(e["id"], e["outcome"], e.get("duration", 0.0), e)
+                if running:
+                    nodeid, started = min(running.items(), key=lambda kv: kv[1])
+                    if now - started > self.timeout:
+                        await pt.kill()
+                        await self.lost(nodeid, "hung", f"no outcome after {self.timeout:g}s; process group killed")
+                        return True
+                elif now - idle_since > self.p.collect_timeout:
+                    raise RuntimeError(f"pytest reported nothing for {self.p.collect_timeout:g}s{pt.tail(8, ': ')}")
             code = await pt.exit_code(EXIT_GRACE)
             if running:
                 nodeid = min(running, key=running.__getitem__)
