@@ -84,7 +84,7 @@ def language_of(path: str) -> str:
 def count_lines(text: str, language: str) -> tuple[int, int, int]:
     """(code, comment, blank) line counts; a line with code and a comment counts as code."""
     line_prefixes, block = _COMMENTS.get(language, ((), None))
-    if block is None:  # the common case, without a per-line Python loop
+    if block is None or block[0] not in text:  # the common case, without a per-line Python loop
         stripped = [ln.strip() for ln in text.splitlines()]
         blank = stripped.count("")
         comment = sum(map(methodcaller("startswith", line_prefixes), stripped)) if line_prefixes else 0
