@@ -303,9 +303,12 @@ class _Suite:
                 await self.lost(nodeid, "crashed", f"pytest died (exit code {code}) inside the test{pt.tail(8, ': ')}")
                 return True
             left = len(self.remaining())
-            if left and code not in (0, 1, 5) and len(todo) == left:
+            if not left or code in (0, 1, 2, 5):  # done, or stopped on purpose (-x, --maxfail, pytest.exit)
+                return False
+            if left == len(todo):
                 raise RuntimeError(f"pytest exited with code {code} before running a test{pt.tail(8, ': ')}")
-            return False
+            ctx.log.warning(f"pytest exited with code {code} between tests; a new one goes on with {left} tests")
+            return True  # killed from outside or an internal error: it made progress, so go on
         finally:
             await pt.close()
 
