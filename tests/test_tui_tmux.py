@@ -45,7 +45,10 @@ class Terminal:
 
     def wait(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """The first match of ``pattern`` on the screen, polling until ``timeout``."""
-        return until(lambda: re.search(pattern, self.screen()), timeout, every=0.1, what=f"screen shows {pattern!r}")
+        try:
+            return until(lambda: re.search(pattern, self.screen()), timeout, every=0.1, what=f"screen shows {pattern}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the screen:\n{self.screen()}") from None
 
     def close(self) -> None:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True)
@@ -63,6 +66,7 @@ def test_dashboard_launches_cancels_and_resumes_a_demo_to_completion(cli: Cli) -
         term.keys("n")
         term.wait("Launch an operation")
         term.keys("Enter")  # open the type list, find demo by typing, pick it
+        term.wait(r"codebase_indexing")  # the list is open (the closed form shows only the first type)
         term.keys("d", "e", "Enter")
         term.wait(r"type\s+demo")
         term.keys("Tab", "End", "BSpace", "BSpace", "BSpace", *str(ITEMS))
