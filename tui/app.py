@@ -38,6 +38,7 @@ from engine import (
     Event,
     LogEmitted,
     Operation,
+    OperationSpec,
     OutlastError,
     Priority,
     Progress,
@@ -45,15 +46,20 @@ from engine import (
     Status,
     StatusChanged,
     TimeoutExtended,
+    handlers,
 )
 from engine.config import save_setting
 from engine.resources import ResourceSample
 
 from .screens.confirm import ConfirmScreen, QuitScreen
+from .screens.help import HelpScreen
+from .screens.launch import LaunchScreen
+from .themes import DEFAULT_THEME, next_theme, register_themes
 from .widgets.checkpoints import CheckpointsPane
 from .widgets.detail import DetailPane
 from .widgets.logs import LogsPane
 from .widgets.operations import SORTS, OperationsTable
+from .widgets.resources import ResourcesPane
 
 log = logging.getLogger("outlast.tui")
 
@@ -71,34 +77,6 @@ NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
 
 Sampler = Callable[[dict[str, list[int]]], ResourceSample]
-
-
-class _ResourcesFallback(Static):
-    """Shown until the resources pane exists: the same ``update_data`` in a few plain lines."""
-
-    def update_data(
-        self,
-        sample: ResourceSample,
-        history: Any,
-        slots_used: int,
-        slots_max: int,
-        queue_depth: dict[Priority, int],
-        store_ok: bool,
-    ) -> None:
-        queued = " ".join(f"{p.value} {n}" for p, n in queue_depth.items())
-        self.update(
-            f"cpu {sample.cpu_percent:.0f}%  mem {sample.memory_percent:.0f}%\n"
-            f"engine cpu {sample.process_cpu_percent:.0f}%  rss {sample.process_rss // 2**20}M\n"
-            f"slots {slots_used}/{slots_max}\nqueued: {queued}\nstore {'ok' if store_ok else 'UNREACHABLE'}"
-        )
-
-
-def _resources_widget() -> Any:
-    try:
-        from .widgets.resources import ResourcesPane
-    except ImportError:
-        return _ResourcesFallback
-    return ResourcesPane
 
 
 class OutlastApp(App[int]):
@@ -204,7 +182,7 @@ class OutlastApp(App[int]):
             yield DetailPane(self.clock, id="detail", classes="pane")
             yield CheckpointsPane(id="checkpoints", classes="pane")
             yield LogsPane(id="logs", classes="pane")
-            yield _resources_widget()(id="resources", classes="pane")
+            yield ResourcesPane(id="resources", classes="pane")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -256,17 +234,12 @@ class OutlastApp(App[int]):
             self._show_tab(event.tab.id.removeprefix("tab-"))
 
     def _setup_themes(self) -> None:
-        try:
-            from .themes import DEFAULT_THEME, register_themes
-        except ImportError:
-            self._theme_names = ["textual-dark", "textual-light"]
-            default = "textual-dark"
-        else:
-            self._theme_names = register_themes(self, warn=lambda msg: log.warning("%s", msg))
-            default = DEFAULT_THEME
+        """Register the theme files; the configured theme, or the default when it is not known."""
+        self._theme_names = register_themes(self, warn=lambda msg: log.warning("%s", msg))
         wanted = self.settings.theme
         if wanted not in self.available_themes:
-            wanted = default if default in self.available_themes else self._theme_names[0]
+            log.warning("theme %r not found; using %s", wanted, DEFAULT_THEME)
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else self._theme_names[0]
         self.theme = wanted
 
     # ---- the engine ------------------------------------------------------------------------
@@ -670,13 +643,7 @@ class OutlastApp(App[int]):
         self.dashboard.query_one(OperationsTable).focus()
 
     def action_cycle_theme(self) -> None:
-        try:
-            from .themes import next_theme
-        except ImportError:
-            names = self._theme_names
-            new = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
-        else:
-            new = next_theme(self._theme_names, self.theme)
+        new = next_theme(self._theme_names, self.theme)
         self.theme = new
         try:
             save_setting("theme", new, os.environ.get("OUTLAST_CONFIG") or None)
@@ -697,31 +664,19 @@ class OutlastApp(App[int]):
             ("a", "In the logs pane: one operation's log / every operation's"),
             ("ctrl+p", "Command palette: every action by name"),
         ]
-        try:
-            from .screens.help import HelpScreen
-        except ImportError:
-            self.notify("\n".join(f"{k:>7}  {d}" for k, d in keys), title="Keys", timeout=10)
-            return
         self.push_screen(HelpScreen(keys))
 
     def action_launch(self) -> None:
-        try:
-            from .screens.launch import LaunchScreen
-        except ImportError:
-            self.notify("launch form not available", severity="warning")
-            return
-        from engine import handlers
-
         op = self.selected_op
 
-        def launched(spec: Any) -> None:
+        def launched(spec: OperationSpec | None) -> None:
             if spec is not None:
                 self._submit(spec)
 
         self.push_screen(LaunchScreen(handlers(), initial_type=op.type if op else None), launched)
 
     @work(group="act")
-    async def _submit(self, spec: Any) -> None:
+    async def _submit(self, spec: OperationSpec) -> None:
         try:
             op = await self.engine.submit(spec)
         except OutlastError as e:
