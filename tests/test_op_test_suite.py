@@ -90,13 +90,13 @@ def comparable(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def run_suite(engine: Engine, suite: Path, log: Path) -> str:
+async def run_suite(engine: Engine, suite: Path, log: Path, **params: Any) -> str:
     # The generated suite needs no third-party pytest plugin: not loading them saves seconds per pytest process.
     env = {"SUITE_LOG": str(log), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     op = await engine.submit(
         OperationSpec(
             type="comprehensive_test_suite",
-            params={"path": str(suite), "timeout_per_test": 1.5, "env": env},
+            params={"path": str(suite), "timeout_per_test": 1.5, "env": env, **params},
             profile={"progress_report_interval": 0.2},
         )
     )
@@ -163,6 +163,17 @@ async def test_suite_outcomes_and_resume_runs_only_unfinished_tests(engine: Engi
     after = lines(log)[len(before) :]
     assert not finished & set(after), "a test finished before the pause ran again"
     assert set(before) | set(after) == set(lines(tmp_path / "whole.log"))
+
+
+async def test_max_failures_stops_early(engine: Engine, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_gen.py").write_text(SUITE)
+    op = await engine.wait(await run_suite(engine, suite, tmp_path / "log", max_failures=1), timeout=60)
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["counts"] == {"passed": 4, "failed": 1, "not_run": 7}
+    assert op.result["stopped_early"] is True and [f["id"] for f in op.result["failed"]] == ["test_gen.py::test_fails"]
+    assert "test_gen.py::test_hangs" not in lines(tmp_path / "log")
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
