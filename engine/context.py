@@ -90,6 +90,8 @@ class OperationContext:
         self.step: str | None = None
         self.message: str | None = None
         self.metrics: dict[str, Any] = {}
+        self._beat = 0
+        """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
         # Item ledger: what is done (for resume-skip) and what changed since the last checkpoint.
         self._done_keys: set[str] = set()
         self._failed_keys: dict[str, str] = {}
@@ -172,6 +174,7 @@ class OperationContext:
             self.message = message
         if metrics:
             self.metrics.update(metrics)
+            self._beat += 1  # progress inside one long item (bytes copied): not stalled
         if self._stop is not None and self._current is None:
             raise OperationStopped(self._stop, checkpointed=False)
 

@@ -75,6 +75,7 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     start_done: int = 0
     last_done: int = -1
+    last_beat: int = 0
     last_change: float = field(default_factory=time.monotonic)
     next_checkpoint: float = 0.0
     next_report: float = 0.0
@@ -726,8 +727,8 @@ class Engine:
 
     def _check(self, run: _Run, now: float) -> None:
         ctx, p = run.ctx, run.ctx.profile
-        if ctx.done != run.last_done:
-            run.last_done = ctx.done
+        if ctx.done != run.last_done or ctx._beat != run.last_beat:
+            run.last_done, run.last_beat = ctx.done, ctx._beat
             run.last_change = now
             run.live_dirty = True
         if ctx.total != run.total_seen and run.op.timeout is None:

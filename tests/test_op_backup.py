@@ -100,8 +100,15 @@ def test_sigkill_inside_a_large_file_resumes_at_its_offset(cli: Cli, tmp_path: P
     src, whole, resumed = tmp_path / "src", tmp_path / "whole", tmp_path / "resumed"
     make_tree(src, big_mb=160)
     params: dict[str, Any] = {"source": str(src), "chunk_checkpoint": 4 * MB}
+    # stall_timeout below the large file's copy time: bytes reported inside the item keep it alive.
     code, ref, err = run_json(
-        cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": str(whole)})
+        cli,
+        "run",
+        "backup_operation",
+        "--params-json",
+        json.dumps({**params, "destination": str(whole)}),
+        "--profile",
+        "stall_timeout=0.5",
     )
     assert code == 0, err
     op_id = submit(cli, "backup_operation", {**params, "destination": str(resumed)}, "checkpoint_interval=3600")

@@ -275,7 +275,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
             break
         offset += n
         st["partial"] = {"source": ident, "offset": offset}
-        ctx.metrics["bytes"] = base + offset
+        ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
         # Saved at once with the file not yet done: a resume re-enters it at this offset.
         await ctx.checkpoint(next_step=f"copying {rel}", now=True)
     sha = await asyncio.to_thread(_seal, src / rel, dst / rel, _partial(dst / rel), h.hexdigest(), p.verify)
