@@ -101,6 +101,15 @@ async def test_progress_from_output_and_failure_with_last_lines(engine: Engine, 
     assert (final.progress.done, final.progress.total) == (450, 1000)  # the last line wins: 45.0 %
 
 
+async def test_output_is_a_sign_of_life(engine: Engine) -> None:
+    """A command that prints without progress patterns for longer than stall_timeout is not stalled."""
+    code = "import time\nfor i in range(12):\n    print('working', flush=True)\n    time.sleep(0.1)"
+    spec = OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}, profile={"stall_timeout": 0.6})
+    final = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert final.status is Status.COMPLETED, final.status_message
+    assert final.result["lines"] == 12 and final.progress.metrics["lines"] == 12
+
+
 async def test_cancel_kills_the_process_group(engine: Engine, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     cmd = f"sleep 300 & echo $! > {pids}; echo started; sleep 300"

@@ -173,13 +173,14 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     try:
         while True:
             try:
-                raw = await proc.stdout.readline()
+                raw = await _next_line(proc.stdout, ctx)
             except ValueError:  # a line longer than the limit
                 raw = await proc.stdout.read(1 << 20)
+            if raw is None:  # a stop was asked for: the group is killed below, at once
+                break
             if not raw:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            lines += not line.lstrip().startswith("::outlast")  # output, not the protocol
             tail.append(line)
             ctx.log.info(line)
             data = parser.feed(line)
@@ -187,8 +188,11 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 ctx.state["checkpoint"] = data
                 ctx.state["lines"] = lines
                 await ctx.checkpoint(**{"command": data})
-            elif ctx.cancelled:
-                break
+            elif not line.lstrip().startswith("::outlast"):  # output, not the protocol
+                lines += 1
+                ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
+        if ctx.cancelled:
+            _kill_group(proc.pid)
         code = await proc.wait()
     finally:
         if proc.returncode is None:
@@ -199,6 +203,21 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         last = " | ".join(tail)[-1500:]
         raise RuntimeError(f"exit code {code}; last output: {last}" if last else f"exit code {code}")
     return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
+
+
+async def _next_line(stream: asyncio.StreamReader, ctx: OperationContext) -> bytes | None:
+    """The next line of output (b"" at the end), or None as soon as a stop is asked for, even if the
+    command is silent."""
+    task = asyncio.ensure_future(stream.readline())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.2)
+        if done:
+            return task.result()
+        if ctx.cancelled:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
 
 
 def _die_with_parent() -> None:
