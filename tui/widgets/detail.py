@@ -45,6 +45,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         self.clock = clock
         self._body = Static("", id="detail-body", markup=False)
         self._shape: tuple[object, ...] = ()
+        self._last: tuple[object, ...] = ()
         """Lengths of what was shown last: a new layout only when they change, not every frame."""
 
     def compose(self):  # type: ignore[no-untyped-def]
@@ -54,8 +55,14 @@ class DetailPane(VerticalScroll, can_focus=True):
         """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result)."""
         if op is None:
             self._shape = ()
+            self._last = ()
             self._body.update(Text("no operation selected", style="dim"))
             return
+        p = live or op.progress
+        key = (op.id, op.updated_at, p.done, p.step, p.message, int(self.clock()), full is not None, self.app.theme)
+        if key == self._last:
+            return  # nothing shown would change: no new layout, no repaint
+        self._last = key
         renderable, shape = self.render_op(op, live, full)
         self._body.update(renderable, layout=shape != self._shape)
         self._shape = shape
