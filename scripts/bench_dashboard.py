@@ -70,7 +70,7 @@ def _child(bench: Bench, mode: str, state: Path, live: int, presses: int, window
 
 
 async def bench_dashboard(bench: Bench) -> list[Row]:
-    n_ops, live, presses, window = bench.pick((10_000, 100, 20, 1.0), (10_000, 100, 200, 8.0))
+    n_ops, live, presses, window = bench.pick((10_000, 100, 12, 0.7), (10_000, 100, 200, 8.0))
     if not module_exists("tui/app.py"):
         why = "tui/app.py not in the repository yet"
         return [unavailable("dashboard", *_figure(k, n_ops, live), why) for k in FIGURES]
