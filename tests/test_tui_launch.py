@@ -72,6 +72,7 @@ async def test_bad_value_shows_its_message_and_submits_nothing_then_a_good_form_
         assert isinstance(app.screen, LaunchScreen)
         assert error_text(app, "items") == "Input should be greater than or equal to 0"
         assert app.screen.query_one("#param-items").has_class("-error")
+        assert app.focused is app.screen.query_one("#param-items")  # straight to the first thing to fix
         assert error_text(app, "seconds") == ""
 
         await replace(pilot, "#param-items", "12")  # fixing it clears the message as it is typed

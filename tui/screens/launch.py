@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -30,6 +30,9 @@ from engine import OperationSpec, Priority
 from engine.registry import HandlerSpec
 
 Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
+RESERVED_ROWS = 14
+"""Rows of the form outside the params: borders, type and its help, the params' rules, priority
+and estimate, name, a message under each of those, and the buttons."""
 JSON_FIELD = "__json__"
 """The one field of a handler without a params model: all params as a JSON object."""
 
@@ -254,7 +257,13 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     #launch-buttons {
         height: 1;
         align-horizontal: right;
-        margin-top: 1;
+    }
+    #launch-priority {
+        width: 14;
+    }
+    #launch-items-label {
+        width: auto;
+        padding: 0 1 0 2;
     }
     #launch-buttons Button {
         margin-left: 2;
@@ -308,6 +317,10 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 yield Button("Launch", variant="primary", compact=True, id="launch-submit")
                 yield Button("Cancel", compact=True, id="launch-cancel")
 
+    def on_resize(self, event: events.Resize) -> None:
+        """The params scroll within what the rest of the form leaves, so the buttons stay on screen."""
+        self.query_one("#launch-params").styles.max_height = max(4, event.size.height - RESERVED_ROWS)
+
     def _fields_for(self, op_type: str | None) -> list[ParamField]:
         return param_fields(self.handlers[op_type].params) if op_type else []
 
@@ -360,7 +373,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         )
 
     def _spec_widgets(self) -> ComposeResult:
-        with Horizontal(classes="row"):
+        with Horizontal(classes="row"):  # one row for both: the form fits 80x24
             yield Label("priority", classes="field-label")
             yield Select(
                 [(p.value, p.value) for p in Priority],
@@ -370,8 +383,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 id="launch-priority",
                 classes="field-control",
             )
-        with Horizontal(classes="row"):
-            yield Label("item estimate", classes="field-label")
+            yield Label("item estimate", classes="field-label", id="launch-items-label")
             yield Input(placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control")
         yield Static("", classes="field-error", id="error-spec-items", markup=False)
         with Horizontal(classes="row"):
@@ -431,6 +443,10 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         self._show(field_errors, form_errors)
         if spec is not None:
             self.dismiss(spec)
+            return
+        first_bad = next(iter(self.query(".field-control.-error")), None)
+        if first_bad is not None and first_bad.focusable:
+            first_bad.focus()  # straight to the first thing to fix
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -473,27 +489,26 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                     where = ".".join(map(str, loc))
                     form_errors.append(f"{where}: {msg}" if where else msg)
         items_text = self.query_one("#launch-items", Input).value.strip()
-        total: int | None = None
+        total: Any = None
         if items_text:
             try:
                 total = int(items_text)
             except ValueError:
                 field_errors["spec-items"] = f"{items_text!r} is not a whole number"
-        if field_errors or form_errors:
-            return None, field_errors, form_errors
-        priority = self.query_one("#launch-priority", Select).value
+                total = None
+        priority = Priority(self.query_one("#launch-priority", Select).value)
         name = self.query_one("#launch-name", Input).value.strip() or None
-        try:
-            spec = OperationSpec(
-                type=self.op_type, params=params, priority=Priority(priority), total_items=total, name=name
-            )
+        try:  # checked even while params are wrong, so every message shows at once
+            spec = OperationSpec(type=self.op_type, params=params, priority=priority, total_items=total, name=name)
         except ValidationError as e:
+            spec = None
             for err in e.errors():
                 key = {"total_items": "spec-items", "name": "spec-name"}.get(str(err["loc"][0]) if err["loc"] else "")
                 if key:
                     field_errors.setdefault(key, _message(err))
                 else:
                     form_errors.append(f"{'.'.join(map(str, err['loc']))}: {_message(err)}")
+        if spec is None or field_errors or form_errors:
             return None, field_errors, form_errors
         return spec, {}, []
 
