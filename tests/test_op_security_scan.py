@@ -285,6 +285,11 @@ async def test_planted_secrets_and_risky_code(engine: Engine, tmp_path: Path) ->
     assert res["findings"] == len(expected)
     assert res["by_severity"]["critical"] == 5  # private key, AWS secret, GCP service account, Azure, Stripe
 
+    # fail_on: the reports are written, then the operation fails, for a CI step.
+    op = await scan(engine, root=str(root), output=str(tmp_path / "ci.json"), format="json", fail_on="critical")
+    assert op.status is Status.FAILED and "5 findings of severity critical or worse" in op.error
+    assert json.loads((tmp_path / "ci.json").read_text())["summary"]["findings"] == len(expected)
+
     # rules picks categories and ids; format picks the report.
     op = await scan(engine, root=str(root), rules=["code", "private-key"], format="json")
     assert op.status is Status.COMPLETED, op.error

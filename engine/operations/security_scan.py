@@ -12,7 +12,8 @@ read is an item failure (one deleted since it was listed is skipped); text that 
 as Latin-1 (secrets are ASCII).
 
 Reports go to ``output`` (``format=both``: ``output`` with the suffixes .json and .sarif) or, by default,
-to ``outputs/scan-ID.json`` and ``.sarif`` in the state directory; the result says where.
+to ``outputs/scan-ID.json`` and ``.sarif`` in the state directory; the result says where. With
+``fail_on``, findings of that severity or worse fail the operation once the reports are written (CI).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ScanParams(BaseModel):
     )
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
     max_file_size: int = Field(default=5 << 20, ge=1, description="bytes; larger files are skipped")
+    fail_on: Literal["critical", "high", "medium", "low"] | None = Field(
+        default=None, description="fail (after writing the reports) when a finding has this severity or worse: for CI"
+    )
 
     @field_validator("root")
     @classmethod
@@ -277,5 +281,10 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
         reports={k: str(v) for k, v in targets.items()},
     )
     rank = {s: i for i, s in enumerate(SEVERITIES)}
+    if p.fail_on is not None:
+        worse = sum(rank[f["severity"]] <= rank[p.fail_on] for f in findings)
+        if worse:
+            where = ", ".join(str(v) for v in targets.values())
+            raise RuntimeError(f"{worse} findings of severity {p.fail_on} or worse (fail_on); reports: {where}")
     top = sorted(findings, key=lambda f: (rank[f["severity"]], *_sort_key(f)))[:TOP]
     return {**summary, "top": top, "reports": {k: str(v) for k, v in targets.items()}}
