@@ -72,6 +72,8 @@ STOPPED_POLL = 10.0
 FULL_RELOAD = 300.0
 """Seconds between reads of every operation (records deleted or changed behind our back)."""
 PAGE = 2000
+SIDE_DEBOUNCE = 0.25
+"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
@@ -448,7 +450,8 @@ class OutlastApp(App[int]):
     @work(exclusive=True, group="side")
     async def _load_side_panes(self, op_id: str | None, logs: bool = True, poll: bool = False) -> None:
         """Checkpoints and log of the selected operation (new lines only when polling)."""
-        await asyncio.sleep(0 if poll else 0.05)  # a held arrow key does not read every row's files
+        # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
+        await asyncio.sleep(0 if poll else SIDE_DEBOUNCE)
         cps_pane = self.dashboard.query_one(CheckpointsPane)
         logs_pane = self.dashboard.query_one(LogsPane)
         if op_id is None:
@@ -462,16 +465,23 @@ class OutlastApp(App[int]):
             full = self._full
             if full is None or full.id != op_id or full.status is not self.ops[op_id].status:
                 self._full = await self.engine.get(op_id)
-            cps_pane.show(op_id, await self.engine.checkpoints(op_id))
-            if logs and logs_pane.mode == "selected":
-                if logs_pane.op_id != op_id:
-                    logs_pane.reset(op_id)
-                    records, logs_pane.log_offset = await self.engine.logs(op_id, 0, 500)  # the tail
-                else:
-                    records, logs_pane.log_offset = await self.engine.logs(op_id, logs_pane.log_offset)
-                logs_pane.add(records)
+            checkpoints = await self.engine.checkpoints(op_id)
+            records: list[Any] = []
+            fresh = logs and logs_pane.mode == "selected" and logs_pane.op_id != op_id
+            if fresh:
+                records, offset = await self.engine.logs(op_id, 0, 500)  # the tail
+            elif logs and logs_pane.mode == "selected":
+                records, offset = await self.engine.logs(op_id, logs_pane.log_offset)
         except Exception as e:
             log.debug("side panes of %s: %s", op_id, e)
+            return
+        # Every change to the panes in one go: one layout, not one per pane.
+        cps_pane.show(op_id, checkpoints)
+        if fresh:
+            logs_pane.reset(op_id)
+        if logs and logs_pane.mode == "selected":
+            logs_pane.log_offset = offset
+            logs_pane.add(records)
 
     def _update_statusline(self) -> None:
         counts: dict[Status, int] = {}

@@ -44,7 +44,8 @@ class DetailPane(VerticalScroll, can_focus=True):
         super().__init__(id=id, classes=classes)
         self.clock = clock
         self._body = Static("", id="detail-body", markup=False)
-        self._shape: tuple[object, ...] = ()
+        self._height = 0
+        """Lines given to the body: changed (a new layout) only when the content outgrows it or shrinks a lot."""
         self._last: tuple[object, ...] = ()
         """Lengths of what was shown last: a new layout only when they change, not every frame."""
 
@@ -54,7 +55,8 @@ class DetailPane(VerticalScroll, can_focus=True):
     def show(self, op: Operation | None, live: Progress | None, full: Operation | None = None) -> None:
         """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result)."""
         if op is None:
-            self._shape = ()
+            self._height = 0
+            self._body.styles.height = "auto"
             self._last = ()
             self._body.update(Text("no operation selected", style="dim"))
             return
@@ -63,14 +65,20 @@ class DetailPane(VerticalScroll, can_focus=True):
         if key == self._last:
             return  # nothing shown would change: no new layout, no repaint
         self._last = key
-        renderable, shape = self.render_op(op, live, full)
-        self._body.update(renderable, layout=shape != self._shape)
-        self._shape = shape
+        renderable, lengths = self.render_op(op, live, full)
+        # Estimated lines (values wrap in the column right of the keys); a layout of the whole screen
+        # only when the estimate leaves the height held now, not at every operation the cursor passes.
+        width = max(10, self.size.width - 16)
+        lines = sum(max(1, -(-n // width)) for n in lengths)
+        if not (lines < self._height <= lines + 6):
+            self._height = lines + 3
+            self._body.styles.height = self._height
+        self._body.update(renderable, layout=False)
 
     def render_op(
         self, op: Operation, live: Progress | None, full: Operation | None = None
-    ) -> tuple[RenderableType, tuple[object, ...]]:
-        """The renderable, and its shape (what decides its height)."""
+    ) -> tuple[RenderableType, list[int]]:
+        """The renderable, and the length of each line it holds before wrapping (what decides its height)."""
         p = live or op.progress
         now = self.clock()
         theme = self.app.current_theme
@@ -85,12 +93,12 @@ class DetailPane(VerticalScroll, can_focus=True):
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column(overflow="fold")
 
-        shape: list[object] = []
+        shape: list[int] = []
 
         def row(key: str, value: str | Text | None) -> None:
             if value not in (None, ""):
                 grid.add_row(key, value)
-                shape.append(len(value))  # type: ignore[arg-type]
+                shape.append(len(value) + 1)
 
         status = Text(op.status.value, style=f"bold {status_colour}")
         if op.status_message:
@@ -138,6 +146,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         result = full.result if full is not None else op.result
         if result is not None and op.status is Status.COMPLETED:
             parts.append(Text(f"result: {result}", style="dim", overflow="fold"))
-            shape.append(len(str(result)))
-        shape.append(len(op.error or ""))
-        return Group(*parts), tuple(shape)
+            shape.append(len(str(result)) + 8)
+        if op.error:
+            shape.append(len(op.error) + 7)
+        return Group(*parts), shape
