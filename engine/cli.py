@@ -165,7 +165,7 @@ def run_one_cmd(app: App, op_id: str) -> int:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the API token.")
-@click.option("--allow-commands", is_flag=True, help="Allow submitting `command` operations over the API.")
+@click.option("--allow-commands", is_flag=True, help="Allow code-running types (command, test suites).")
 @pass_app
 def serve(app: App, host: str, port: int, token_file: str | None, allow_commands: bool) -> int:
     """Serve the HTTP API."""

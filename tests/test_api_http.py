@@ -78,6 +78,9 @@ def test_command_operations_need_allow_commands(api: Server) -> None:
     before = len(api.http.get("/api/operations/", params={"limit": 1000}).json()["items"])
     r = api.http.post("/api/operations", json={"type": "command", "params": {"argv": ["true"]}})
     assert r.status_code == 403 and "--allow-commands" in r.json()["detail"]
+    # pytest runs whatever conftest.py lies under the path it is given: code too.
+    r = api.http.post("/api/operations/testing/comprehensive", json={"params": {"path": str(REPO)}})
+    assert r.status_code == 403 and "--allow-commands" in r.json()["detail"]
     assert len(api.http.get("/api/operations/", params={"limit": 1000}).json()["items"]) == before
 
 
@@ -96,7 +99,9 @@ def test_typed_endpoints_queue_their_type(api: Server, path: str, type_: str) ->
     assert r.status_code == 422 and "colour" in r.json()["detail"]
     registered = {t["type"] for t in api.http.get("/api/types").json()}
     r = api.http.post(f"/api/operations/{path}", json={"priority": "low", "params": {}})
-    if type_ in registered:
+    if type_ == "comprehensive_test_suite":
+        assert r.status_code in (403, 422), r.text  # runs code: only with --allow-commands
+    elif type_ in registered:
         assert r.status_code in (202, 422), r.text  # 422 only for params the handler requires
         if r.status_code == 202:
             assert api.op(r.json()["operation_id"])["type"] == type_

@@ -30,7 +30,9 @@ from .schemas import (
     TypeOut,
 )
 
-COMMAND_TYPE = "command"
+CODE_TYPES = frozenset({"command", "comprehensive_test_suite"})
+"""Types that run code a client chooses (a command; pytest runs the conftest.py files under any path,
+with any interpreter): refused unless the server was started with --allow-commands."""
 SEED_ENDPOINTS = {
     "codebase/index": "codebase_indexing",
     "testing/comprehensive": "comprehensive_test_suite",
@@ -41,7 +43,7 @@ SEED_ENDPOINTS = {
 
 
 class Forbidden(Exception):
-    """The server was not started to allow this (``command`` operations without --allow-commands)."""
+    """The server was not started to allow this (code-running operations without --allow-commands)."""
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -77,8 +79,8 @@ async def resolve(engine: Engine, raw: str) -> str:
 
 
 def _forbid_command(request: Request, type_: str) -> None:
-    if type_ == COMMAND_TYPE and not request.app.state.allow_commands:
-        raise Forbidden("command operations are disabled on this server (start it with --allow-commands)")
+    if type_ in CODE_TYPES and not request.app.state.allow_commands:
+        raise Forbidden(f"{type_} operations run code and are disabled on this server (start it with --allow-commands)")
 
 
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
@@ -132,7 +134,7 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         methods=["POST"],
         status_code=202,
         response_model=SubmitOut,
-        responses=_errors(422),
+        responses=_errors(403, 422) if type_ in CODE_TYPES else _errors(422),
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],
