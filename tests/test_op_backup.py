@@ -32,6 +32,8 @@ def snapshot(root: Path, skip: tuple[str, ...] = (".outlast-manifest.json",)) ->
                 what: Any = ("link", os.readlink(p))
             elif stat.S_ISDIR(st.st_mode):
                 what = ("dir",)
+            elif not stat.S_ISREG(st.st_mode):
+                what = ("special",)
             else:
                 what = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
             out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
@@ -73,12 +75,15 @@ async def test_backup_keeps_modes_times_symlinks_and_checksums(engine: Engine, t
     secret = src / "docs" / "secret"
     secret.write_text("s\n")
     cannot_read = unreadable(secret)
+    os.mkfifo(src / "docs" / "pipe")  # reading it would block: skipped, not copied
     op = await engine.submit(
         OperationSpec(type="backup_operation", params={"source": str(src), "destination": str(dst)})
     )
     final = await engine.wait(op.id, timeout=60)
     assert final.status is Status.COMPLETED, final.error
     want = snapshot(src)
+    del want["docs/pipe"]
+    assert final.progress.skipped == 1 and not (dst / "docs" / "pipe").exists()
     if cannot_read:
         failures = await engine.store.item_failures(op.id)
         assert [f.key for f in failures] == ["docs/secret"] and "Permission" in failures[0].error

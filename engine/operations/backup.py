@@ -57,11 +57,13 @@ class BackupParams(BaseModel):
         return str(dest)
 
 
-def _list(src: Path) -> tuple[list[str], list[str], dict[str, int]]:
-    """(directories, entries, sizes): relative paths of dirs, of files and symlinks, and file sizes."""
+def _list(src: Path) -> tuple[list[str], list[str], dict[str, int], list[str]]:
+    """(directories, entries, sizes, special): relative paths of dirs, of files and symlinks, file sizes,
+    and of what is none of these (FIFOs, sockets, devices: not copied)."""
     dirs: list[str] = []
     entries: list[str] = []
     sizes: dict[str, int] = {}
+    special: list[str] = []
     for d, dnames, fnames in os.walk(src):
         rel_d = Path(d).relative_to(src)
         for x in list(dnames):
@@ -78,7 +80,15 @@ def _list(src: Path) -> tuple[list[str], list[str], dict[str, int]]:
                 entries.append(rel)
             elif stat.S_ISLNK(st.st_mode):
                 entries.append(rel)
-    return sorted(dirs), sorted(entries), sizes
+            else:
+                special.append(rel)
+    return sorted(dirs), sorted(entries), sizes, sorted(special)
+
+
+def _make_dirs(dst: Path, dirs: list[str]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        (dst / d).mkdir(parents=True, exist_ok=True)
 
 
 def _partial(dst: Path) -> Path:
@@ -213,13 +223,13 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     """Copy source to destination; the result gives files, bytes and the manifest path."""
     src, dst = Path(p.source), Path(p.destination)
     ctx.progress(step="listing")
-    dirs, entries, sizes = await asyncio.to_thread(_list, src)
+    dirs, entries, sizes, special = await asyncio.to_thread(_list, src)
     total_bytes = sum(sizes.values())
-    for d in dirs:
-        await asyncio.to_thread((dst / d).mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(_make_dirs, dst, dirs)
+    for rel in special:
+        ctx.skip(rel, "not a regular file, directory or symlink")
     st = ctx.state
     st.setdefault("bytes", 0)
-    await asyncio.to_thread(dst.mkdir, parents=True, exist_ok=True)
     if not ctx.resuming:
         await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
     ctx.progress(total=len(entries), step="copying", bytes_total=total_bytes, bytes=st["bytes"])
