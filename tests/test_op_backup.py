@@ -146,3 +146,14 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(
         cli, "backup_operation", {"source": str(tmp_path / "nope"), "destination": str(tmp_path / "b")}, "source"
     )
+
+
+def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
+    from engine.operations.backup import GONE, _copy_batch
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "here").write_text("x")
+    out = _copy_batch(tmp_path / "src", tmp_path / "dst", ["gone", "here"], True)
+    assert [(r, err) for r, _, err, _ in out] == [("gone", GONE), ("here", None)]
+    assert (tmp_path / "dst" / "here").read_text() == "x" and partials(tmp_path / "dst") == []

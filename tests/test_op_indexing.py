@@ -194,3 +194,13 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "codebase_indexing", {"root": str(tmp_path / "nope")}, "root")
     bad_params(cli, "codebase_indexing", {}, "root")
     bad_params(cli, "codebase_indexing", {"root": str(tmp_path), "output": str(tmp_path / "x" / "i.db")}, "output")
+
+
+def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
+    """A busy work tree loses files between listing and reading: skipped, not a failure."""
+    from engine.operations.indexing import _analyze
+
+    assert _analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
+    (tmp_path / "locked").mkdir()
+    row, err = _analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
+    assert row == ("skip", "not a regular file") and err is None

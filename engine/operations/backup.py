@@ -28,6 +28,7 @@ CHUNK = 4 << 20
 MANIFEST = ".outlast-manifest.json"
 JOURNAL = ".outlast-manifest.partial"
 SMALL_BATCH = 128
+GONE = "gone since the listing"
 
 
 class BackupParams(BaseModel):
@@ -150,7 +151,8 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tup
                 n, sha = _write_partial(str(src / rel), tmp)
             written.append((rel, n, sha))
         except OSError as e:
-            out.append((rel, 0, f"{type(e).__name__}: {e}", ""))
+            gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
+            out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
     sync_tree(dst)
     for rel, n, sha in written:
         try:
@@ -248,6 +250,9 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             i += 1
         results = await asyncio.to_thread(_copy_batch, src, dst, batch, p.verify)
         async for rel, n, err, _sha in ctx.items(results, key=lambda r: r[0]):
+            if err == GONE:  # deleted since the listing: not a failure
+                ctx.skip(rel, err)
+                continue
             if err is not None:
                 ctx.fail(rel, err)
                 continue

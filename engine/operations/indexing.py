@@ -79,6 +79,8 @@ def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, st
                 head, data = data[:8192], b""
                 while b := fh.read(1 << 20):
                     h.update(b)
+    except FileNotFoundError:  # deleted since the listing (a busy work tree): not a failure
+        return ("skip", "gone since the listing"), None
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
     size = st.st_size
