@@ -28,7 +28,9 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, OutlastApp)
     table = app.query_one(OperationsTable)
-    await wait_for(pilot, lambda: len(table.ids) == 9 and app._history and app._selected == table.selected_id)
+    panes = app.query_one(CheckpointsPane)
+    # The side panes are read once the cursor has rested (SIDE_DEBOUNCE): wait for them too.
+    await wait_for(pilot, lambda: len(table.ids) == 9 and app._history and panes.op_id == table.selected_id)
     await pilot.pause(0.3)
 
 
