@@ -702,6 +702,8 @@ class OutlastApp(App[int]):
             logs = self.dashboard.query_one(LogsPane)
             logs.mode = "all" if logs.mode == "selected" else "selected"
             logs.border_title = "Logs: all operations" if logs.mode == "all" else "Logs"
+            tab = self.dashboard.query_one("#tab-logs", Tab)
+            tab.label = "3 Logs: all" if logs.mode == "all" else "3 Logs"  # at 80 columns the tab is the title
             logs.reset(None)
             if logs.mode == "selected":
                 self._load_side_panes(self._selected)
