@@ -243,3 +243,14 @@ async def test_operations_run_by_another_process_show_with_their_progress(tui_se
             assert (await engine.store.get(op_id)).result == {"sum": sum(range(40))}
         finally:
             await worker.wait()
+
+
+async def test_command_palette_runs_dashboard_actions(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=2000, seconds=0.01)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"pause operation")
+        await pilot.pause(0.5)  # the palette searches in the background
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))

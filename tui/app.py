@@ -516,6 +516,10 @@ class OutlastApp(App[int]):
         """Only the keys that apply to the selected operation are active (and shown in the footer)."""
         if self.screen is not self.screen_stack[0]:
             return action not in self.ACTIONS_HELP  # a dialog is open: its keys, not the dashboard's
+        return self._applies(action)
+
+    def _applies(self, action: str) -> bool:
+        """Whether a dashboard action makes sense for the selected operation."""
         op = self.selected_op
         status = op.status if op else None
         if action == "cancel":
@@ -535,7 +539,7 @@ class OutlastApp(App[int]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every dashboard action that applies now, then Textual's own commands."""
         for action, (title, help_) in self.ACTIONS_HELP.items():
-            if self.check_action(action, ()):
+            if self._applies(action):
                 yield SystemCommand(title, help_, getattr(self, f"action_{action}"))
         yield from super().get_system_commands(screen)
 
