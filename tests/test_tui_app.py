@@ -163,6 +163,8 @@ async def test_quit_with_running_work_wait_finishes_it_and_starts_nothing_new(tu
         await pilot.press("w")
         assert app.is_running and app.waiting_to_quit
         later = await app.engine.submit({"type": "ledger", "name": "later", "params": {"items": 3}})
+        await pilot.pause(0.3)
+        assert await status_of(app, later.id) is Status.QUEUED  # nothing new starts while waiting
         await wait_for(pilot, lambda: not app.is_running)
     store = open_store(tui_settings.state_dir)
     await store.open()

@@ -729,6 +729,10 @@ class OutlastApp(App[int]):
                 self.waiting_to_quit = True
                 self._update_statusline()
                 self.notify("starting nothing new; quitting when the running operations finish", timeout=5)
+            elif self.waiting_to_quit:  # asked again while waiting, and chose to stay: back to work
+                self.engine.run_queue = True
+                self.waiting_to_quit = False
+                self._update_statusline()
 
         self.push_screen(QuitScreen(running), chosen)
 
