@@ -33,7 +33,11 @@ def make_tree(root: Path, git: bool) -> dict[str, Path]:
     for rel, text in SOURCES.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    (root / ".gitignore").write_text("*.log\nbuild/\n!keep.log\n")
+    (root / ".gitignore").write_text("*.log\nbuild/\n!keep.log\n**/cache\n")
+    (root / "web" / ".gitignore").write_text("*.gen.ts\n/local/\n")  # a nested one, anchored to web/
+    for rel in ("web/api.gen.ts", "web/local/a.ts", "src/cache/c.py", "src/local/b.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
     (root / "debug.log").write_text("ignored\n")
     (root / "keep.log").write_text("kept: negated rule\n")
     (root / "build").mkdir()
@@ -121,9 +125,8 @@ async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path,
         assert "secret.py" in got
     assert failures == {}
     assert final.progress.skipped == (1 if git else 2)  # the symlink, and the FIFO (git does not list it)
-    assert set(got) == {*SOURCES, ".gitignore", "keep.log", "assets/logo.png"} | (
-        set() if cannot_read else {"secret.py"}
-    )
+    kept = {*SOURCES, ".gitignore", "web/.gitignore", "keep.log", "assets/logo.png", "src/local/b.py"}
+    assert set(got) == kept | (set() if cannot_read else {"secret.py"})
     assert got["assets/logo.png"][3] == 1 and got["assets/logo.png"][4] is None  # binary: no line counts
     symbols = {p: set(json.loads(r[7])) for p, r in got.items()}
     imports = {p: set(json.loads(r[8])) for p, r in got.items()}

@@ -10,14 +10,17 @@ from typing import Any
 
 from ._common import SKIP_DIRS, is_venv
 
+Rule = tuple[str, str, bool, bool, bool]
+"""(directory prefix the rule is relative to, pattern, anchored, negated, directory only)"""
 
-def _ignore_rules(root: Path) -> list[tuple[str, bool, bool]]:
-    """(pattern, negated, dir_only) from root's .gitignore: a reasonable subset of gitignore syntax."""
-    rules: list[tuple[str, bool, bool]] = []
+
+def _ignore_rules(directory: Path, prefix: str) -> list[Rule]:
+    """The rules of ``directory``'s .gitignore, if it has one: a reasonable subset of gitignore syntax."""
     try:
-        text = (root / ".gitignore").read_text(encoding="utf-8", errors="replace")
+        text = (directory / ".gitignore").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return rules
+        return []
+    rules: list[Rule] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -25,32 +28,42 @@ def _ignore_rules(root: Path) -> list[tuple[str, bool, bool]]:
         neg = line.startswith("!")
         line = line.lstrip("!")
         dir_only = line.endswith("/")
-        rules.append((line.strip("/") if "/" in line.strip("/") else line.rstrip("/"), neg, dir_only))
+        pat = line.strip("/")
+        # A slash at the start or inside anchors the pattern to the .gitignore's directory; "**/name" does not.
+        anchored = line.startswith("/") or "/" in pat
+        if pat.startswith("**/") and "/" not in pat[3:]:
+            pat, anchored = pat[3:], False
+        rules.append((prefix, pat, anchored, neg, dir_only))
     return rules
 
 
-def _ignored(rel: str, is_dir: bool, rules: list[tuple[str, bool, bool]]) -> bool:
+def _ignored(rel: str, is_dir: bool, rules: list[Rule]) -> bool:
+    """The last rule that matches decides (a deeper .gitignore's rules come after its parents')."""
     name = rel.rsplit("/", 1)[-1]
     hit = False
-    for pat, neg, dir_only in rules:
+    for prefix, pat, anchored, neg, dir_only in rules:
         if dir_only and not is_dir:
             continue
-        anchored = "/" in pat
-        if fnmatch.fnmatchcase(rel, pat.lstrip("/")) if anchored else fnmatch.fnmatchcase(name, pat):
+        matched = fnmatch.fnmatchcase(rel[len(prefix) :] if anchored else name, pat)
+        if matched:
             hit = not neg
     return hit
 
 
 def _walk(root: Path) -> list[str]:
-    rules = _ignore_rules(root)
+    """Every file under root but SKIP_DIRS, virtualenvs and what the .gitignore files (at any depth) ignore."""
+    rules_of: dict[str, list[Rule]] = {"": _ignore_rules(root, "")}
     out: list[str] = []
     for d, dirs, files in os.walk(root):
         base = Path(d)
         rel_d = base.relative_to(root).as_posix()
         prefix = "" if rel_d == "." else rel_d + "/"
+        rules = rules_of.pop(prefix, [])
         dirs[:] = [
             x for x in dirs if x not in SKIP_DIRS and not is_venv(base / x) and not _ignored(prefix + x, True, rules)
         ]
+        for x in dirs:
+            rules_of[prefix + x + "/"] = rules + _ignore_rules(base / x, prefix + x + "/")
         out += [prefix + f for f in files if not _ignored(prefix + f, False, rules)]
     return out
 
