@@ -204,11 +204,17 @@ class OutlastApp(App[int]):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(sig, self._on_signal, sig)
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
-        self.run_worker(self._quit_now(), group="quit", exclusive=True)
+        self.run_worker(self._hang_up() if sig == signal.SIGHUP else self._quit_now(), group="quit", exclusive=True)
+
+    async def _hang_up(self) -> None:
+        """The terminal is gone: pause the work, then leave at once. Restoring a terminal that no longer
+        exists blocked Textual's writer for good (the process stayed behind after the SSH session)."""
+        await self.stop_engine()
+        os._exit(128 + signal.SIGHUP)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width, event.size.height)
