@@ -7,7 +7,15 @@ the tests' ``ledger`` type (sleeps per item, records every item it executes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import pty
+import signal
+import struct
+import subprocess
+import termios
+import threading
 from pathlib import Path
 
 from engine import Engine, Priority, Settings, Status, load_settings, open_store
@@ -19,6 +27,7 @@ from tui.widgets.operations import OperationsTable
 
 from .conftest import REPO
 from .fixtures_cli import CLI
+from .fixtures_engine import until
 from .fixtures_tui import make_app, select, status_of, wait_for
 
 
@@ -256,3 +265,47 @@ async def test_command_palette_runs_dashboard_actions(tui_settings: Settings) ->
         await pilot.pause(0.5)  # the palette searches in the background
         await pilot.press("enter")
         await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
+
+
+async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Settings) -> None:
+    """An SSH session dropping: SIGHUP to the dashboard in a real pseudo-terminal, which then goes away."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "hup", "params": {"items": 3000, "seconds": 0.01}})
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        proc = subprocess.Popen(
+            [*CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"],
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},
+        )  # fmt: skip
+        os.close(slave)
+        drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+        drain.start()
+        try:
+            await until(lambda: _stored(engine, op.id, Status.RUNNING), timeout=30)
+            await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
+            proc.send_signal(signal.SIGHUP)
+            os.close(master)  # the terminal is gone too
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert code == 128 + signal.SIGHUP
+        record = await engine.store.get(op.id)
+        assert record.status is Status.PAUSED and record.checkpoint_seq is not None
+
+
+def _drain(fd: int) -> None:
+    """Read what the app writes to its terminal, so that it never blocks on a full buffer."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
+
+
+async def _stored(engine: Engine, op_id: str, status: Status) -> bool:
+    return (await engine.store.get(op_id)).status is status
+
+
+async def _done_at_least(engine: Engine, op_id: str, n: int) -> bool:
+    return (await engine.store.get(op_id)).progress.done >= n
