@@ -115,8 +115,7 @@ async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_setting
         await wait_for(pilot, lambda: app.focused is app.query_one("#filter"))
         await pilot.press(*"alpha", "enter")
         alphas = {op.id for op in await engine.list() if "alpha" in (op.name or "")}
-        await wait_for(pilot, lambda: set(table.ids) == alphas)
-        assert app.focused is table
+        await wait_for(pilot, lambda: set(table.ids) == alphas and app.focused is table)
         await pilot.press("c", "y")  # cancels the selected one: an alpha
         await wait_for(pilot, lambda: _count(app, Status.CANCELLED, 1))
         cancelled = [op for op in await engine.list() if op.status is Status.CANCELLED]
@@ -167,7 +166,7 @@ async def test_quit_with_running_work_pause_checkpoints_it(tui_settings: Setting
 async def test_quit_with_running_work_wait_finishes_it_and_starts_nothing_new(tui_settings: Settings) -> None:
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:
-        op_id = await _running(pilot, app, items=40, seconds=0.03)
+        op_id = await _running(pilot, app, items=80, seconds=0.03)
         await pilot.press("q")
         await pilot.press("w")
         assert app.is_running and app.waiting_to_quit
