@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -27,6 +28,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, Tab, Tabs
 
@@ -79,6 +81,25 @@ NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
 
 Sampler = Callable[[dict[str, list[int]]], ResourceSample]
+
+
+def _while_mounted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For timers and workers: once the panes are gone (the app is closing) they stop quietly."""
+    if asyncio.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kw: Any) -> Any:
+            with contextlib.suppress(NoMatches):
+                return await fn(*args, **kw)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kw: Any) -> Any:
+        with contextlib.suppress(NoMatches):
+            return fn(*args, **kw)
+
+    return run
 
 
 class OutlastApp(App[int]):
@@ -317,6 +338,7 @@ class OutlastApp(App[int]):
         self.store_ok = False
 
     @work(exclusive=True, group="poll")
+    @_while_mounted
     async def _poll(self) -> None:
         """Active operations every second, stopped ones every STOPPED_POLL, everything every FULL_RELOAD
         seconds (what leaves the active set is read by id); a resource sample."""
@@ -403,6 +425,7 @@ class OutlastApp(App[int]):
 
     # ---- the frame -------------------------------------------------------------------------
 
+    @_while_mounted
     def _on_frame(self) -> None:
         """Everything the screen shows, refreshed at most once per frame."""
         table = self.dashboard.query_one(OperationsTable)
@@ -429,6 +452,7 @@ class OutlastApp(App[int]):
             self.waiting_to_quit = False
             self.run_worker(self._quit_now())
 
+    @_while_mounted
     def _show_selected(self) -> None:
         """The detail of the selected operation, its side panes when it changed, the keys that apply."""
         selected = self.dashboard.query_one(OperationsTable).selected_id
@@ -454,6 +478,7 @@ class OutlastApp(App[int]):
         await self._fetch(set(self._refetch))
 
     @work(exclusive=True, group="side")
+    @_while_mounted
     async def _load_side_panes(self, op_id: str | None, logs: bool = True, poll: bool = False) -> None:
         """Checkpoints and log of the selected operation (new lines only when polling)."""
         # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
@@ -696,6 +721,7 @@ class OutlastApp(App[int]):
         self.push_screen(LaunchScreen(handlers(), initial_type=op.type if op else None), launched)
 
     @work(group="act")
+    @_while_mounted
     async def _submit(self, spec: OperationSpec) -> None:
         try:
             op = await self.engine.submit(spec)
