@@ -210,7 +210,7 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
         frames.append(now)
         first.setdefault("frame", time.time())
         table = app.query_one(OperationsTable)
-        if table.ids and not table.loading:
+        if table.ids:  # the first frame that lists operations (the rest load in pages after it)
             first.setdefault("rows", time.time())
         if waiting.get("cursor") is not None and table.cursor != waiting["cursor"] and "cursor_at" not in waiting:
             waiting["cursor_at"] = now

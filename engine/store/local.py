@@ -702,7 +702,7 @@ class LocalStore:
             rec.operation_id = op_id
             out.append(rec)
         if limit is not None:
-            out = out[-limit:]
+            out = out[-limit:] if limit > 0 else []
         return out, offset + end
 
 
