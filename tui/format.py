@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine import Status
+from engine.cli_format import duration  # noqa: F401  (one rendering of durations for both faces)
 
 STATUS_ORDER = {
     Status.RUNNING: 0,
@@ -15,20 +16,6 @@ STATUS_ORDER = {
     Status.COMPLETED: 7,
 }
 """Active and stopped work first: what a user may need to act on."""
-
-
-def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    s = int(max(0.0, seconds) + 0.5)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def count(n: int | None) -> str:
