@@ -56,16 +56,17 @@ def is_venv(d: Path) -> bool:
     return (d / "pyvenv.cfg").exists()
 
 
-def _libc_syncfs() -> Any:
+def libc_function(name: str) -> Any:
+    """A Linux libc function by name (syncfs, prctl), or None elsewhere or when it is missing."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).syncfs
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
 
 
-_SYNCFS = _libc_syncfs()
+_SYNCFS = libc_function("syncfs")
 
 
 def sync_tree(path: Path) -> None:

@@ -12,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import os
 import re
 import shlex
 import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
+from ._common import libc_function
 
 _FRACTION = re.compile(r"(?<![\w/.])(\d+)\s*/\s*(\d+)(?![\w/.])")
 _PERCENT = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d+)?)\s*%")
@@ -227,17 +225,8 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _libc_prctl() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 _PR_SET_PDEATHSIG = 1
-_PRCTL = _libc_prctl()
+_PRCTL = libc_function("prctl")
 
 
 def _kill_group(pid: int) -> None:

@@ -194,7 +194,7 @@ class LocalStore:
         worker, self._worker = self._worker, None
         conn, self._conn = self._conn, None
         if conn is not None:
-            await asyncio.wrap_future(worker.call(conn.close))
+            await worker.run(conn.close)
         await asyncio.to_thread(worker.stop)
 
     async def __aenter__(self) -> LocalStore:

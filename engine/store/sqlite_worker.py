@@ -18,7 +18,6 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +29,14 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     write: bool
-    future: Future[Any] | asyncio.Future[Any]
+    future: asyncio.Future[Any]
     undo: Callable[[], None] | None = None
     after: Callable[[], None] | None = None
     """Runs on the thread once the job's group committed (e.g. let go of a lock the commit made stale)."""
 
 
 class SqliteWorker:
-    """``call(fn, *args)`` runs ``fn(*args)`` on the worker; ``transact(fn)`` runs ``fn(conn)`` in a group commit."""
+    """``run(fn, *args)`` runs ``fn(*args)`` on the thread; ``run_txn(fn)`` runs ``fn(conn)`` in a group commit."""
 
     def __init__(self, name: str = "outlast-sqlite") -> None:
         self.conn: sqlite3.Connection | None = None
@@ -45,18 +44,8 @@ class SqliteWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._q.put(_Job(fn, args, False, fut))
-        return fut
-
-    def transact(self, fn: Callable[[sqlite3.Connection], Any], undo: Callable[[], None] | None = None) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._q.put(_Job(fn, (), True, fut, undo))
-        return fut
-
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """``call`` for the running event loop: an asyncio future, resolved without a thread-safe chain."""
+        """Run ``fn(*args)`` on the thread (a read, or plumbing); an asyncio future of the running loop."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._q.put(_Job(fn, args, False, fut))
         return fut
@@ -67,7 +56,7 @@ class SqliteWorker:
         undo: Callable[[], None] | None = None,
         after: Callable[[], None] | None = None,
     ) -> asyncio.Future[Any]:
-        """``transact`` for the running event loop (see ``run``)."""
+        """Run ``fn(conn)`` as a durable write in the next group commit; ``after`` runs once it committed."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._q.put(_Job(fn, (), True, fut, undo, after))
         return fut
@@ -154,17 +143,10 @@ Outcome = tuple[_Job, Any, BaseException | None]
 
 
 def _deliver(outcomes: list[Outcome]) -> None:
-    """Resolve the jobs' futures: concurrent ones here, asyncio ones in one hop per event loop."""
+    """Resolve the jobs' futures in one hop per event loop (one wake-up for a whole group)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for o in outcomes:
-        fut = o[0].future
-        if isinstance(fut, asyncio.Future):
-            by_loop.setdefault(fut.get_loop(), []).append(o)
-        elif fut.set_running_or_notify_cancel():
-            if o[2] is not None:
-                fut.set_exception(o[2])
-            else:
-                fut.set_result(o[1])
+        by_loop.setdefault(o[0].future.get_loop(), []).append(o)
     for loop, batch in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop closed while the job ran: nobody waits
             loop.call_soon_threadsafe(_resolve, batch)
@@ -177,6 +159,6 @@ def _resolve(batch: list[Outcome]) -> None:
         if fut.done():
             continue
         if error is not None:
-            fut.set_exception(error)  # type: ignore[union-attr]
+            fut.set_exception(error)
         else:
-            fut.set_result(result)  # type: ignore[union-attr]
+            fut.set_result(result)
