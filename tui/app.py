@@ -222,6 +222,7 @@ class OutlastApp(App[int]):
         self._update_statusline()
         self.set_interval(self.frame, self._on_frame, name="frame")
         self._boot_task = asyncio.create_task(self._boot())
+        self._boot_task.add_done_callback(self._boot_done)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -273,6 +274,13 @@ class OutlastApp(App[int]):
 
     # ---- the engine ------------------------------------------------------------------------
 
+    def _boot_done(self, task: asyncio.Task[None]) -> None:
+        """A start-up that raised must say so: unobserved, the table would say "loading" forever."""
+        if not task.cancelled() and task.exception() is not None:
+            e = task.exception()
+            log.error("dashboard start-up failed: %r", e)
+            self.notify(f"start-up failed: {e!r}", severity="error", timeout=60)
+
     async def _boot(self) -> None:
         """Start the engine and read every operation, off the first paint."""
         try:
@@ -292,6 +300,7 @@ class OutlastApp(App[int]):
         except Exception as e:
             self._store_failed(e)
         table.fetched = True
+        table.refresh()  # an empty store changes no row: without this the table would say "loading" forever
         self._on_frame()
         self.set_interval(self.poll_every, self._poll, name="poll")
         await self._reload_all()
