@@ -201,3 +201,23 @@ def test_snapshot_launch_form_with_a_validation_error(snap_compare: Any) -> None
         await pilot.pause()
 
     assert snap_compare(LaunchApp(demo_only()), terminal_size=(80, 24), run_before=bad_items)
+
+
+async def test_keys_and_submit_in_one_burst_launch_what_was_typed(settings: Settings) -> None:
+    """Keys that arrive together (a slow SSH link, a paste) and ctrl+s or enter right behind them:
+    the form submits the text typed, not the value validated before the last keys were handled."""
+    from textual import events
+
+    for submit in ("ctrl+s", "enter"):
+        app = LaunchApp(demo_only())
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            field = app.screen.query_one("#param-items", Input)
+            field.focus()
+            field.value = ""
+            await pilot.pause()
+            for key in [*"4711", submit]:  # posted at once: nothing waits for a key to be handled
+                app.post_message(events.Key(key, key if len(key) == 1 else None))
+            await pilot.pause()
+            await pilot.pause()
+        assert [s.params.get("items") if s else None for s in app.results] == [4711], submit

@@ -437,7 +437,20 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         self.dismiss(None)
 
     def action_launch(self) -> None:
+        """Submit once the keys already sent to the focused field are in its value.
+
+        ctrl+s is a priority binding: it runs as soon as it arrives, while keys typed just before it
+        (a burst over SSH, a paste) may still wait in the focused Input's queue. A callback posted to
+        that queue runs after them, so the form is read as typed, never as validated a moment ago.
+        """
+        target = self.focused
+        if target is None or not target.call_later(self._launch_now):
+            self._launch_now()
+
+    def _launch_now(self) -> None:
         """Dismiss with the spec when the form validates; otherwise show every message."""
+        if not self.is_active:
+            return  # dismissed meanwhile (a second submit in the same burst)
         self._tried = True
         spec, field_errors, form_errors = self.validate()
         self._show(field_errors, form_errors)
