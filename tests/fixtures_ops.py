@@ -6,12 +6,16 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine import Operation, open_store
-from tests.fixtures_cli import Cli, until
+from tests.fixtures_cli import CLI, Cli, until
 
 
 def run_json(cli: Cli, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
@@ -89,3 +93,28 @@ def unreadable(path: Path) -> bool:
             return False
     except PermissionError:
         return True
+
+
+def _drop_read_override() -> None:
+    """In a child about to exec: give up CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so that even root
+    meets file modes (chmod 000 then really means unreadable). PR_CAPBSET_DROP is prctl option 24."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if prctl(24, cap, 0, 0, 0) != 0 and os.geteuid() == 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+def as_user_who_cannot_read(cmd: list[str], locked: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` so that ``locked`` (mode 000) cannot be listed, even when the tests run as root;
+    pytest.skip when this machine allows no such thing."""
+    locked.chmod(0)
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import os; os.listdir({str(locked)!r})"],
+        preexec_fn=_drop_read_override,
+        capture_output=True,
+    )
+    if probe.returncode == 0:
+        pytest.skip("cannot make a directory unreadable here (capabilities not droppable)")
+    return subprocess.run(cmd, preexec_fn=_drop_read_override, capture_output=True, text=True, **kw)

@@ -14,8 +14,17 @@ import pytest
 
 from engine import Engine, OperationSpec, Status
 from tests.conftest import REPO
-from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit, unreadable
+from tests.fixtures_cli import CLI, Cli
+from tests.fixtures_ops import (
+    as_user_who_cannot_read,
+    bad_params,
+    checkpoint_state,
+    kill_worker_when,
+    resume,
+    run_json,
+    submit,
+    unreadable,
+)
 
 SOURCES = {
     "src/app.py": "import os\nfrom . import util\n\n# a comment\nclass App:\n    pass\n\n\ndef main():\n    return 1\n",
@@ -207,3 +216,33 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "locked").mkdir()
     row, err = _analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
     assert row == ("skip", "not a regular file") and err is None
+
+
+def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed_run(
+    tmp_path: Path, cli: Cli
+) -> None:
+    """`outlast run codebase_indexing -p root=/proc/1` failed at "listing files" on one directory it
+    could not list; the walk now leaves such a directory out, counts it and says so in one log line."""
+    root = tmp_path / "tree"
+    (root / "ok").mkdir(parents=True)
+    (root / "ok" / "a.py").write_text("def a():\n    pass\n")
+    (root / "b.py").write_text("x = 1\n")
+    locked = root / "locked"
+    (locked / "inner").mkdir(parents=True)
+    (locked / "inner" / "c.py").write_text("y = 2\n")
+    try:
+        r = as_user_who_cannot_read(
+            [*CLI, "--json", "--state-dir", str(cli.state_dir), "run", "codebase_indexing", "-p", f"root={root}"],
+            locked,
+            env=cli.env,
+            timeout=90,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    final = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+    assert final["status"] == "completed"
+    assert final["progress"]["done"] == 2 and final["progress"]["failed"] == 0
+    assert final["progress"]["metrics"]["unreadable_dirs"] == 1
+    logs = cli("logs", final["id"]).stdout
+    assert logs.count("unreadable") == 1 and "locked: Permission denied" in logs

@@ -52,8 +52,11 @@ def output_in_existing_dir(value: str | None, name: str = "output") -> str | Non
 
 
 def is_venv(d: Path) -> bool:
-    """A virtualenv directory has a pyvenv.cfg."""
-    return (d / "pyvenv.cfg").exists()
+    """A virtualenv directory has a pyvenv.cfg (a directory we may not look into is not one)."""
+    try:
+        return (d / "pyvenv.cfg").exists()
+    except OSError:
+        return False
 
 
 def libc_function(name: str) -> Any:

@@ -50,11 +50,20 @@ def _ignored(rel: str, is_dir: bool, rules: list[Rule]) -> bool:
     return hit
 
 
-def _walk(root: Path) -> list[str]:
-    """Every file under root but SKIP_DIRS, virtualenvs and what the .gitignore files (at any depth) ignore."""
+def _walk(root: Path, unreadable: list[str]) -> list[str]:
+    """Every file under root but SKIP_DIRS, virtualenvs and what the .gitignore files (at any depth) ignore.
+
+    A directory that cannot be listed is left out and named in ``unreadable`` (with why): one
+    unreadable directory must not fail the whole listing.
+    """
     rules_of: dict[str, list[Rule]] = {"": _ignore_rules(root, "")}
     out: list[str] = []
-    for d, dirs, files in os.walk(root):
+
+    def cannot_read(e: OSError) -> None:
+        where = Path(e.filename).relative_to(root).as_posix() if e.filename else "?"
+        unreadable.append(f"{where}: {e.strerror or e}")
+
+    for d, dirs, files in os.walk(root, onerror=cannot_read):
         base = Path(d)
         rel_d = base.relative_to(root).as_posix()
         prefix = "" if rel_d == "." else rel_d + "/"
@@ -89,7 +98,13 @@ async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[st
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
             files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1])) and not f.startswith(venvs)]
     if files is None:
-        files = await asyncio.to_thread(_walk, root)
+        unreadable: list[str] = []
+        files = await asyncio.to_thread(_walk, root, unreadable)
+        if unreadable:
+            n = len(unreadable)
+            ctx.metrics["unreadable_dirs"] = n
+            more = f" (and {n - 1} more)" if n > 1 else ""
+            ctx.log.warning(f"skipped {n} unreadable director{'y' if n == 1 else 'ies'}: {unreadable[0]}{more}")
     if patterns:
         files = [
             f for f in files if any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in patterns)
