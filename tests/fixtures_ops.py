@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine import Operation, open_store
-from tests.fixtures_cli import CLI, Cli, until
+from tests.fixtures_cli import Cli, until
 
 
 def run_json(cli: Cli, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
