@@ -218,9 +218,7 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     assert row == ("skip", "not a regular file") and err is None
 
 
-def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed_run(
-    tmp_path: Path, cli: Cli
-) -> None:
+def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed_run(tmp_path: Path, cli: Cli) -> None:
     """`outlast run codebase_indexing -p root=/proc/1` failed at "listing files" on one directory it
     could not list; the walk now leaves such a directory out, counts it and says so in one log line."""
     root = tmp_path / "tree"
