@@ -91,7 +91,19 @@ async def test_resume_from_an_older_checkpoint_redoes_the_items_after_it(
         await pilot.press(*["down"] * (len(cps) - 1))  # to the oldest kept (newest first in the pane)
         chosen = pane.chosen
         assert chosen is not None and chosen.seq == min(c.seq for c in cps)
-        await pilot.press("enter")
+        await pilot.press("enter")  # asks first, saying what will be done again
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        question = app.screen.question
+        done = (await app.engine.store.get(op_id)).progress.done
+        again = done - chosen.processed_items
+        assert f"from checkpoint {chosen.seq}" in question and f"{again} items will be done again" in question
+        assert f"{len(cps) - 1} newer checkpoints dropped" in question
+        await pilot.press("n")  # declined: nothing changes
+        await pilot.pause()
+        assert (await app.engine.store.get(op_id)).status is Status.PAUSED
+        assert len(await app.engine.checkpoints(op_id)) == len(cps)
+        pane.focus()
+        await pilot.press("enter", "y")
         await wait_for(pilot, lambda: _is(app, op_id, Status.COMPLETED), timeout=30)
         record = await app.engine.store.get(op_id)
         assert record.attempt == 2 and record.result == {"sum": sum(range(150))}

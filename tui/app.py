@@ -53,6 +53,7 @@ from engine import (
 from engine.config import save_setting
 from engine.resources import ResourceSample
 
+from . import format as fmt
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.help import HelpScreen
 from .screens.launch import LaunchScreen
@@ -624,11 +625,24 @@ class OutlastApp(App[int]):
         if op is not None and op.status not in RESUMABLE:
             self.notify(f"{op.id} is {op.status.value}: pause it first to resume from a checkpoint", severity="warning")
             return
-        self._act(
-            f"resumed from checkpoint {event.seq}",
-            event.op_id,
-            lambda: self.engine.resume(event.op_id, checkpoint=event.seq),
+        done = op.progress.done if op is not None and op.progress is not None else event.items
+        again = max(0, done - event.items)
+        dropped = f"; {event.newer} newer checkpoint{'s' if event.newer != 1 else ''} dropped" if event.newer else ""
+        question = (
+            f"Resume {op.label if op else event.op_id} from checkpoint {event.seq} "
+            f"({fmt.count(event.items)} items done)? {fmt.count(again)} item{'s' if again != 1 else ''} "
+            f"will be done again{dropped}."
         )
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._act(
+                    f"resumed from checkpoint {event.seq}",
+                    event.op_id,
+                    lambda: self.engine.resume(event.op_id, checkpoint=event.seq),
+                )
+
+        self.push_screen(ConfirmScreen(question, yes="Resume"), answer)
 
     def _reprioritise(self, up: bool) -> None:
         op = self.selected_op

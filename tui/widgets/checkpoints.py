@@ -17,10 +17,14 @@ class CheckpointsPane(DataTable[str]):
     class ResumeFrom(Message):
         """The user chose a checkpoint to resume from."""
 
-        def __init__(self, op_id: str, seq: int) -> None:
+        def __init__(self, op_id: str, seq: int, items: int, newer: int) -> None:
             super().__init__()
             self.op_id = op_id
             self.seq = seq
+            self.items = items
+            """Items done as of the chosen checkpoint."""
+            self.newer = newer
+            """How many newer checkpoints a resume from it drops."""
 
     def __init__(self, *, id: str | None = None, classes: str = "") -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=False)
@@ -62,4 +66,5 @@ class CheckpointsPane(DataTable[str]):
         event.stop()
         cp = self.chosen
         if cp is not None and self.op_id is not None:
-            self.post_message(self.ResumeFrom(self.op_id, cp.seq))
+            newer = sum(1 for c in self.shown if c.seq > cp.seq)
+            self.post_message(self.ResumeFrom(self.op_id, cp.seq, cp.processed_items, newer))
