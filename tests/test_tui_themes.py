@@ -142,3 +142,72 @@ def test_snapshot_main_screen_in_each_theme(seeded: Settings, snap_compare: Any,
     # 80x24 shows the table, the detail pane and the tabs; side by side (120 columns and more) the
     # checkpoints table now and then sizes its columns a frame late, which would make the SVG vary.
     assert snap_compare(_themed_app(seeded, theme), terminal_size=(80, 24), run_before=_loaded)
+
+
+# ---- contrast: every text cell the user sees, in every built-in theme --------------------------------
+
+
+def _luminance(c: Any) -> float:
+    def channel(v: int) -> float:
+        x = v / 255
+        return x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4
+
+    r, g, b = c.triplet
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(fg: Any, bg: Any) -> float:
+    """WCAG 2 contrast ratio of two Rich colours (1 to 21)."""
+    a, b = sorted((_luminance(fg), _luminance(bg)))
+    return (b + 0.05) / (a + 0.05)
+
+
+BAR = "━╸"
+"""A progress bar's filled part: a graphic, held to WCAG's 3:1 for non-text (the rest is decoration)."""
+
+
+def low_contrast_cells(app: App[Any]) -> list[str]:
+    """Every run of text on the current screen whose colours read below WCAG AA (4.5:1; 3:1 for the
+    bar), as it is drawn: the widgets' own rendered lines, colours resolved by Textual."""
+    from textual.geometry import Region
+
+    bad: set[str] = set()
+    for widget in app.screen.query("*"):
+        region = widget.region
+        if not widget.display or not region.area:
+            continue
+        for strip in widget.render_lines(Region(0, 0, region.width, region.height)):
+            for seg in strip:
+                style = seg.style
+                text = seg.text.strip()
+                is_bar = bool(text) and set(text) <= set(BAR) and type(widget).__name__ == "OperationsTable"
+                if not (any(ch.isalnum() for ch in text) or is_bar) or style is None:
+                    continue
+                fg, bg = (style.bgcolor, style.color) if style.reverse else (style.color, style.bgcolor)
+                if fg is None or bg is None:
+                    continue
+                need = 3.0 if is_bar else 4.5
+                ratio = contrast(fg, bg)
+                if ratio < need:
+                    name = f"{type(widget).__name__}#{widget.id}" if widget.id else type(widget).__name__
+                    bad.add(f"{name}: {text[:24]!r} {fg.triplet.hex} on {bg.triplet.hex} = {ratio:.2f}")
+    return sorted(bad)
+
+
+@pytest.mark.parametrize("theme", BUILTINS)
+async def test_every_text_on_the_main_screen_and_the_launch_form_reads_at_wcag_aa(seeded: Settings, theme: str) -> None:
+    """The light theme's table header, ID column and `cancelled` were white on near-white; the
+    high-contrast theme's selected row white on yellow. Checked at both layouts, with the table
+    focused (cursor colours) and blurred, and on the launch form."""
+    for size in ((80, 24), (160, 50)):
+        app = _themed_app(seeded, theme)
+        async with app.run_test(size=size) as pilot:
+            await _loaded(pilot)
+            found = low_contrast_cells(app)
+            app.query_one(OperationsTable).blur()
+            await pilot.pause()
+            found += low_contrast_cells(app)
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            found += low_contrast_cells(app)
+        assert not found, f"{theme} at {size[0]}x{size[1]}:\n" + "\n".join(sorted(set(found)))

@@ -285,10 +285,14 @@ class OperationsTable(ScrollView, can_focus=True):
         if op is None:
             return Strip.blank(width, base)
         line = base
+        cells = self._row(op, width, on_cursor=row == self.cursor)
         if row == self.cursor:
+            # The cursor's own colours for every cell: a status or bar colour chosen to read on the
+            # background need not read on the cursor (red on blue, yellow on yellow). Bold is kept.
             line = base + self._style("ops--cursor" if self.has_focus else "ops--cursor-blur")
+            cells = [(text, Style(bold=True) if style and style.bold else None) for text, style in cells]
         # Segments built directly (no rich Text to lay out): a line costs a third of what it did.
-        segments = [Segment(text, line + style if style else line) for text, style in self._row(op, width)]
+        segments = [Segment(text, line + style if style else line) for text, style in cells]
         return Strip(segments, width).adjust_cell_length(width, line)
 
     def _header(self, width: int, base: Style) -> Strip:
@@ -300,7 +304,7 @@ class OperationsTable(ScrollView, can_focus=True):
         line = " ".join(parts)
         return Strip([Segment(line.ljust(width)[:width], style)], width)
 
-    def _row(self, op: Operation, width: int) -> list[tuple[str, Style | None]]:
+    def _row(self, op: Operation, width: int, on_cursor: bool = False) -> list[tuple[str, Style | None]]:
         """The pieces of one line: text and its style (None: the line's own)."""
         p = self.live(op.id) if op.status is Status.RUNNING else None
         p = p or op.progress
@@ -310,7 +314,7 @@ class OperationsTable(ScrollView, can_focus=True):
             if out:
                 out.append((" ", None))
             if col.key == "progress":
-                self._bar(out, p, w)
+                self._bar(out, p, w, on_cursor)
                 continue
             value, style = self._cell(col.key, op, p, now)
             value = set_cell_size(value, w) if col.key in ("name", "type") else value[:w]
@@ -342,10 +346,12 @@ class OperationsTable(ScrollView, can_focus=True):
             "ops--low"
         ) if value == "low" else None
 
-    def _bar(self, out: list[tuple[str, Style | None]], p: Progress, w: int) -> None:
+    def _bar(self, out: list[tuple[str, Style | None]], p: Progress, w: int, on_cursor: bool = False) -> None:
+        """On the cursor's row the bar is in the cursor's colour, the part to go a thin line."""
         pct = p.percent
         bar = max(1, w - 5)
         done, todo = self._style("ops--bar"), self._style("ops--bar-empty")
+        rest = "─" if on_cursor else "━"
         if pct is None:
             out += [("─" * bar, todo), ("    ?", None)]
             return
@@ -354,7 +360,7 @@ class OperationsTable(ScrollView, can_focus=True):
         out.append(("━" * full, done))
         if full < bar:
             half = filled - full >= 0.5
-            out += [("╸" if half else "━", done if half else todo), ("━" * (bar - full - 1), todo)]
+            out += [("╸" if half else rest, done if half else todo), (rest * (bar - full - 1), todo)]
         out.append((f"{pct:4.0f}%"[-5:].rjust(5), None))
 
 
