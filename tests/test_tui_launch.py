@@ -221,3 +221,21 @@ async def test_keys_and_submit_in_one_burst_launch_what_was_typed(settings: Sett
             await pilot.pause()
             await pilot.pause()
         assert [s.params.get("items") if s else None for s in app.results] == [4711], submit
+
+
+async def test_editing_keys_and_tab_in_a_burst_apply_in_the_order_typed(settings: Settings) -> None:
+    """Textual runs an Input's editing keys (backspace, end) as bindings after the event bubbles up,
+    so in a burst they applied after the characters typed behind them ("backspace x3, 421789" gave
+    "421"), and keys typed after a tab landed in the field being left."""
+    from textual import events
+
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#param-items", Input).focus()
+        await pilot.pause(0.2)
+        keys = ["end", *["backspace"] * 5, *"4217", "tab", "end", *["backspace"] * 6, *"0.001", "ctrl+s"]
+        for key in keys:
+            app.post_message(events.Key(key, key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+    assert [s.params if s else None for s in app.results] == [{"items": 4217, "seconds": 0.001}]

@@ -30,9 +30,10 @@ ITEMS = 150
 class Terminal:
     """A private tmux server running one command in a 120x40 window."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, size: tuple[int, int] = (120, 40)) -> None:
         self.tmux = ["tmux", "-L", f"outlast-tui-{uuid.uuid4().hex[:10]}"]
-        subprocess.run([*self.tmux, "new-session", "-d", "-x", "120", "-y", "40", "-c", str(REPO), command], check=True)
+        x, y = (str(n) for n in size)
+        subprocess.run([*self.tmux, "new-session", "-d", "-x", x, "-y", y, "-c", str(REPO), command], check=True)
 
     def screen(self) -> str:
         return subprocess.run([*self.tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
@@ -42,6 +43,10 @@ class Terminal:
         for key in keys:
             subprocess.run([*self.tmux, "send-keys", key], check=True)
             time.sleep(0.1)
+
+    def burst(self, *keys: str) -> None:
+        """Every key in one send-keys: they reach the dashboard together, as over a slow SSH link."""
+        subprocess.run([*self.tmux, "send-keys", *keys], check=True)
 
     def wait(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """The first match of ``pattern`` on the screen, polling until ``timeout``."""
@@ -54,13 +59,17 @@ class Terminal:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
-def test_dashboard_launches_cancels_and_resumes_a_demo_to_completion(cli: Cli) -> None:
+def dashboard(cli: Cli, size: tuple[int, int] = (120, 40)) -> Terminal:
     env = " ".join(
         f"{k}={shlex.quote(v)}" for k, v in os.environ.items() if k.startswith(("OUTLAST_", "XDG_")) or k == "PATH"
     )
     state = shlex.quote(str(cli.state_dir))
     outlast = f"{shlex.quote(sys.executable)} -m engine.cli --state-dir {state} tui"
-    term = Terminal(f"env {env} {outlast}; echo EXIT=$?; sleep 60")
+    return Terminal(f"env {env} {outlast}; echo EXIT=$?; sleep 60", size)
+
+
+def test_dashboard_launches_cancels_and_resumes_a_demo_to_completion(cli: Cli) -> None:
+    term = dashboard(cli)
     try:
         term.wait("press n to launch")
         term.keys("n")
@@ -97,5 +106,33 @@ def test_dashboard_launches_cancels_and_resumes_a_demo_to_completion(cli: Cli) -
 
         term.keys("q")  # nothing runs any more: quits without asking
         term.wait(r"EXIT=0", 20)
+    finally:
+        term.close()
+
+
+def test_launch_form_typed_in_one_burst_at_80x24_stores_what_was_typed(cli: Cli) -> None:
+    """The form submitted the value validated before the last keys when the submit key came in the
+    same burst (root=/ launched instead of the typed path). Typed here in one send-keys, submit included."""
+    term = dashboard(cli, (80, 24))
+    try:
+        term.wait("press n to launch")
+        term.keys("n")
+        term.wait("Launch an operation")
+        term.keys("Enter")
+        term.wait(r"codebase_indexing")
+        term.keys("d", "e", "Enter")
+        term.wait(r"type\s+demo")
+        term.keys("Tab")  # the first param (items) has the focus
+        term.burst("End", *["BSpace"] * 6, *"4217", "Tab", "End", *["BSpace"] * 6, *"0.001", "C-s")
+
+        def stored() -> dict | None:
+            ops = json.loads(cli("ls", "--json").stdout or "[]")
+            return ops[0] if ops else None
+
+        op = until(stored, 20, what="an operation stored")
+        assert op["type"] == "demo"
+        assert op["params"]["items"] == 4217 and op["params"]["seconds"] == 0.001, op["params"]
+        term.wait(r"demo\s+(running|completed)", 20)
+        assert "Traceback" not in term.screen()
     finally:
         term.close()

@@ -175,6 +175,46 @@ def _choice_value(choice: Any) -> Any:
     return choice.value if isinstance(choice, Enum) else choice
 
 
+class FormInput(Input):
+    """An Input that applies every key in the order it arrived, even when keys come in one burst.
+
+    Textual inserts a printable key at once but runs an editing key (backspace, end, enter...) as a
+    binding after the event has bubbled up to the app: in a burst (a slow SSH link, a paste, tmux
+    send-keys) "backspace x3, 421789" gave "421", and keys typed after a tab landed in the field
+    being left. Here the Input's own bindings and tab run in the key's turn, and a key that reaches
+    this field after the focus moved on is handed to the field that has it now.
+    """
+
+    _KEYS: dict[str, str] = {
+        key.strip(): b.action
+        for b in Input.BINDINGS
+        if isinstance(b, Binding)
+        for key in b.key.split(",")
+    }
+
+    async def on_key(self, event: events.Key) -> None:
+        """Runs before Input's own key handler; prevent_default keeps that one from running too."""
+        focused = self.screen.focused if self.is_attached else None
+        if focused is not None and focused is not self:
+            event.stop()
+            event.prevent_default()
+            focused.post_message(events.Key(event.key, event.character))
+            return
+        if event.key in ("tab", "shift+tab"):
+            event.stop()
+            event.prevent_default()
+            if event.key == "tab":
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        action = self._KEYS.get(event.key)
+        if action is not None:
+            event.stop()
+            event.prevent_default()
+            await self.run_action(action)
+
+
 class LaunchScreen(ModalScreen[OperationSpec | None]):
     """A modal form that dismisses with a validated ``OperationSpec``, or None on escape."""
 
@@ -363,7 +403,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 classes="field-control",
             )
         input_type = {"int": "integer", "float": "number"}.get(f.kind, "text")
-        return Input(
+        return FormInput(
             f.initial_text(),
             placeholder="required" if f.required else ("none" if f.nullable else ""),
             type=input_type,  # type: ignore[arg-type]
@@ -384,11 +424,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 classes="field-control",
             )
             yield Label("item estimate", classes="field-label", id="launch-items-label")
-            yield Input(placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control")
+            yield FormInput(placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control")
         yield Static("", classes="field-error", id="error-spec-items", markup=False)
         with Horizontal(classes="row"):
             yield Label("name", classes="field-label")
-            yield Input(placeholder="optional label", compact=True, id="launch-name", classes="field-control")
+            yield FormInput(placeholder="optional label", compact=True, id="launch-name", classes="field-control")
         yield Static("", classes="field-error", id="error-spec-name", markup=False)
 
     # ---- events ----------------------------------------------------------------------------
@@ -443,14 +483,20 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         (a burst over SSH, a paste) may still wait in the focused Input's queue. A callback posted to
         that queue runs after them, so the form is read as typed, never as validated a moment ago.
         """
-        target = self.focused
-        if target is None or not target.call_later(self._launch_now):
-            self._launch_now()
+        self._launch_after_keys(self.focused)
 
-    def _launch_now(self) -> None:
+    def _launch_after_keys(self, target: Widget | None) -> None:
+        if target is None or not target.call_later(self._launch_now, target):
+            self._launch_now(target)
+
+    def _launch_now(self, waited_on: Widget | None = None) -> None:
         """Dismiss with the spec when the form validates; otherwise show every message."""
         if not self.is_active:
             return  # dismissed meanwhile (a second submit in the same burst)
+        if self.focused is not waited_on and self.focused is not None:
+            # A tab in the burst moved the focus: the keys after it went to the new field's queue.
+            self._launch_after_keys(self.focused)
+            return
         self._tried = True
         spec, field_errors, form_errors = self.validate()
         self._show(field_errors, form_errors)
