@@ -186,10 +186,7 @@ class FormInput(Input):
     """
 
     _KEYS: dict[str, str] = {
-        key.strip(): b.action
-        for b in Input.BINDINGS
-        if isinstance(b, Binding)
-        for key in b.key.split(",")
+        key.strip(): b.action for b in Input.BINDINGS if isinstance(b, Binding) for key in b.key.split(",")
     }
 
     async def on_key(self, event: events.Key) -> None:
@@ -424,7 +421,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 classes="field-control",
             )
             yield Label("item estimate", classes="field-label", id="launch-items-label")
-            yield FormInput(placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control")
+            yield FormInput(
+                placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control"
+            )
         yield Static("", classes="field-error", id="error-spec-items", markup=False)
         with Horizontal(classes="row"):
             yield Label("name", classes="field-label")
