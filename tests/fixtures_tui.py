@@ -114,6 +114,12 @@ SEED: list[Operation] = [
         started_at=NOW - 3500,
         finished_at=NOW - 2900,
         progress=Progress(done=4210, total=4210),
+        result={
+            "index": "/srv/idx/monorepo.sqlite",
+            "files": 4210,
+            "failures": 0,
+            "languages": {"py": 3000, "go": 1210},
+        },
     ),
     _op(
         2,

@@ -28,7 +28,7 @@ from tui.widgets.operations import OperationsTable
 from .conftest import REPO
 from .fixtures_cli import CLI
 from .fixtures_engine import until
-from .fixtures_tui import make_app, select, status_of, wait_for
+from .fixtures_tui import NOW, make_app, select, status_of, wait_for
 
 
 async def _running(pilot, app: OutlastApp, **params: object) -> str:  # type: ignore[no-untyped-def]
@@ -320,3 +320,42 @@ async def _stored(engine: Engine, op_id: str, status: Status) -> bool:
 
 async def _done_at_least(engine: Engine, op_id: str, n: int) -> bool:
     return (await engine.store.get(op_id)).progress.done >= n
+
+
+async def test_at_80x24_keys_1_to_4_switch_tabs_and_the_arrows_still_move_through_operations(
+    seeded: Settings,
+) -> None:
+    """After 2 (checkpoints) the arrows scrolled the pane and only esc (told only in ?) gave them back."""
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        for key in "2341":
+            before = table.selected_id
+            await pilot.press(key, "down")
+            await pilot.pause()
+            assert app.focused is table, key
+            assert table.selected_id != before, key
+
+
+async def test_detail_of_a_finished_operation_starts_with_its_result_for_people(seeded: Settings) -> None:
+    from rich.console import Console
+
+    from tui.widgets.detail import DetailPane
+
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await select(pilot, "06b4000000001")
+        op = await app.engine.get("06b4000000001")
+        console = Console(width=76, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(app.query_one(DetailPane).render_op(op, None, op)[0])
+        lines = console.export_text().splitlines()
+    assert lines[0].startswith("status") and lines[1].startswith("result")
+    text = " ".join(" ".join(lines[1:4]).split())
+    assert "index: /srv/idx/monorepo.sqlite · files: 4,210 · failures: 0 · languages: 2 entries" in text
+    assert not any("{'" in line for line in lines)  # no Python dict
+    assert any(line.startswith("· languages") and '{"py": 3000, "go": 1210}' in line for line in lines)

@@ -668,11 +668,10 @@ class OutlastApp(App[int]):
         self.dashboard.query_one(CheckpointsPane).focus()
 
     def action_pane(self, name: str) -> None:
-        """1-4: show (and focus) a pane; at 80 columns this is how the tabs are switched."""
+        """1-4: show a pane (at 80 columns this is how the tabs are switched). The focus stays where
+        it is, so the arrows still move through the operations and the pane follows; tab or the
+        pane's own key (enter, l) goes into it."""
         self._show_tab(name)
-        pane = self.dashboard.query_one(f"#{name}")
-        if pane.can_focus:
-            pane.focus()
 
     def action_logs(self) -> None:
         self._show_tab("logs")

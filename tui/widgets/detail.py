@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,31 @@ STATUS_COLOUR = {
     Status.TIMED_OUT: "$error",
     Status.CANCELLED: "$text-muted",
 }
+
+
+def result_summary(result: object) -> str:
+    """A finished operation's result for people: its plain values (counts with separators, paths,
+    words) on one line, and how many entries each nested value has; the nested ones follow below."""
+    if not isinstance(result, dict):
+        return _plain(result)
+    parts = []
+    for k, v in result.items():
+        if isinstance(v, dict | list):
+            parts.append(f"{k}: {len(v):,} {'entry' if len(v) == 1 else 'entries'}")
+        else:
+            parts.append(f"{k}: {_plain(v)}")
+    return " · ".join(parts) or "(empty)"
+
+
+def _plain(v: object) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "-"}[v]
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    text = str(v)
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def local_time(ts: float | None) -> str:
@@ -104,6 +130,9 @@ class DetailPane(VerticalScroll, can_focus=True):
         if op.status_message:
             status.append(f"  {op.status_message}", style="")
         row("status", status)
+        result = full.result if full is not None else op.result
+        if result is not None and op.status is Status.COMPLETED:
+            row("result", result_summary(result))
         row("id", op.id)
         row("type", op.type + (f"  ({op.name})" if op.name else ""))
         if full is not None and full.params:
@@ -143,10 +172,11 @@ class DetailPane(VerticalScroll, can_focus=True):
         parts: list[RenderableType] = [grid]
         if op.error:
             parts.append(Text(f"error: {op.error}", style=f"bold {colours['$error']}"))
-        result = full.result if full is not None else op.result
-        if result is not None and op.status is Status.COMPLETED:
-            parts.append(Text(f"result: {result}", style="dim", overflow="fold"))
-            shape.append(len(str(result)) + 8)
+        if isinstance(result, dict) and op.status is Status.COMPLETED:
+            for k, v in result.items():
+                if isinstance(v, dict | list):
+                    text = json.dumps(v, default=str)
+                    row(f"· {k}", text if len(text) <= 400 else text[:399] + "…")
         if op.error:
             shape.append(len(op.error) + 7)
         return Group(*parts), shape
