@@ -237,12 +237,19 @@ async def test_launch_form_submits_to_the_engine_and_selects_the_new_operation(t
 
 
 async def test_theme_key_switches_and_remembers_the_theme(tui_settings: Settings) -> None:
+    from engine.config import default_config_file
+
     app = make_app(tui_settings)
+    said: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append(str(message)), notify(message, **kw))[1]  # type: ignore[method-assign]
     async with app.run_test(size=(80, 24)) as pilot:
         before = app.theme
         await pilot.press("t")
         assert app.theme != before
         assert load_settings().theme == app.theme
+        # Saved in the user's config file even with --state-dir elsewhere, and it says where.
+        assert f"theme {app.theme}, saved in {default_config_file()}" in said
 
 
 async def test_operations_run_by_another_process_show_with_their_progress(tui_settings: Settings) -> None:

@@ -713,10 +713,12 @@ class OutlastApp(App[int]):
         new = next_theme(self._theme_names, self.theme)
         self.theme = new
         try:
-            save_setting("theme", new, os.environ.get("OUTLAST_CONFIG") or None)
+            saved = save_setting("theme", new, os.environ.get("OUTLAST_CONFIG") or None)
         except (OSError, OutlastError) as e:
-            self.notify(f"theme not saved: {e}", severity="warning")
-        self.notify(f"theme: {new}", timeout=2)
+            self.notify(f"theme {new}, not saved: {e}", severity="warning")
+        else:
+            # The user's config file, whatever --state-dir says: a theme is the person's, not the store's.
+            self.notify(f"theme {new}, saved in {saved}", timeout=3)
 
     def action_help(self) -> None:
         keys = [
