@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import threading
 from pathlib import Path
@@ -366,3 +368,39 @@ async def test_detail_of_a_finished_operation_starts_with_its_result_for_people(
     assert "index: /srv/idx/monorepo.sqlite · files: 4,210 · failures: 0 · languages: 2 entries" in text
     assert not any("{'" in line for line in lines)  # no Python dict
     assert any(line.startswith("· languages") and '{"py": 3000, "go": 1210}' in line for line in lines)
+
+
+async def test_all_operations_log_shows_lines_logged_by_another_process_wrapped_at_the_pane_width(
+    tui_settings: Settings,
+) -> None:
+    """`a` in the logs pane showed only this dashboard's own operations (empty when a worker ran them),
+    and long lines were cut at 160x50."""
+    from tui.widgets.logs import LogsPane
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.3)
+    long = "x" * 150 + " END"
+    script = f"import time\nfor i in range(3):\n    print('line', i, {long!r}, flush=True)\n    time.sleep(0.2)\n"
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        worker = await asyncio.create_subprocess_exec(
+            *CLI, "--state-dir", str(tui_settings.state_dir), "-q", "run", "command",
+            "--params-json", json.dumps({"argv": [sys.executable, "-c", script]}),
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        try:
+            assert await worker.wait() == 0
+            table = app.query_one(OperationsTable)
+            await wait_for(pilot, lambda: table.ids)
+            op_id = table.ids[0]
+            await pilot.press("l", "a")
+            pane = app.query_one(LogsPane)
+            assert pane.mode == "all"
+            text = lambda: "\n".join(strip.text for strip in pane.lines)  # noqa: E731
+            await wait_for(pilot, lambda: "END" in text() and text().count("line 2") == 1)
+            shown = text()
+            assert f"{op_id[-4:]} " in shown  # each line names its operation
+            assert all(len(strip.text.rstrip()) <= pane.size.width for strip in pane.lines)  # wrapped, not cut
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()

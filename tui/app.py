@@ -38,7 +38,7 @@ from engine import (
     CheckpointSaved,
     Engine,
     Event,
-    LogEmitted,
+    LogRecord,
     Operation,
     OperationSpec,
     OutlastError,
@@ -76,6 +76,10 @@ FULL_RELOAD = 300.0
 """Seconds between reads of every operation (records deleted or changed behind our back)."""
 PAGE = 2000
 SIDE_DEBOUNCE = 0.25
+ALL_LOGS_OPS = 20
+"""In the logs pane's all-operations mode: the running operations and this many last updated."""
+ALL_LOGS_TAIL = 50
+"""Lines of each operation's log shown when the all-operations mode starts."""
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
@@ -172,7 +176,6 @@ class OutlastApp(App[int]):
         self._structure_dirty = False
         self._repaint = False
         self._checkpoints_dirty = False
-        self._pending_logs: list[Any] = []
         self._selected: str | None = None
         self._full: Operation | None = None
         """The selected operation's whole record (the table holds slim ones): params, result."""
@@ -376,6 +379,32 @@ class OutlastApp(App[int]):
         self._active = now_active
         if self._selected and self._selected in self.ops:
             self._load_side_panes(self._selected, poll=True)
+        if self.dashboard.query_one(LogsPane).mode == "all":
+            self._load_all_logs()
+
+    @work(exclusive=True, group="all-logs")
+    @_while_mounted
+    async def _load_all_logs(self) -> None:
+        """Every operation's log lines, merged by time: those that run now and the last ones updated,
+        whichever process runs them (the engine's own events would show only this dashboard's)."""
+        pane = self.dashboard.query_one(LogsPane)
+        recent = sorted(self.ops.values(), key=lambda o: o.updated_at or 0, reverse=True)[:ALL_LOGS_OPS]
+        records: list[LogRecord] = []
+        for op_id in dict.fromkeys([*self._active, *(o.id for o in recent)]):
+            try:
+                if op_id in pane.offsets:
+                    got, offset = await self.engine.logs(op_id, pane.offsets[op_id])
+                else:
+                    got, offset = await self.engine.logs(op_id, 0, ALL_LOGS_TAIL)
+            except Exception as e:
+                log.debug("log of %s: %s", op_id, e)
+                continue
+            pane.offsets[op_id] = offset
+            for rec in got:
+                rec.operation_id = op_id
+            records += got
+        if pane.mode == "all":
+            pane.add(sorted(records, key=lambda r: r.ts), with_id=True)
 
     async def _fetch(self, ids: Iterable[str]) -> None:
         for op_id in list(ids):
@@ -405,13 +434,8 @@ class OutlastApp(App[int]):
         """Called by the engine's bus, in the loop: only remember what changed."""
         if isinstance(event, StatusChanged | TimeoutExtended):
             self._refetch.add(event.operation_id)
-        elif isinstance(event, CheckpointSaved):
-            if event.operation_id == self._selected:
-                self._checkpoints_dirty = True
-        elif isinstance(event, LogEmitted):
-            logs = self.dashboard.query_one(LogsPane)
-            if logs.mode == "all":
-                self._pending_logs.append(event.record)
+        elif isinstance(event, CheckpointSaved) and event.operation_id == self._selected:
+            self._checkpoints_dirty = True
 
     def _live(self, op_id: str) -> Progress | None:
         return self.engine.live(op_id) if self.engine_started else None
@@ -455,9 +479,6 @@ class OutlastApp(App[int]):
             self._load_side_panes(self._selected, logs=False)
         while self.warnings:
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
-        if self._pending_logs:
-            self.dashboard.query_one(LogsPane).add(self._pending_logs, with_id=True)
-            self._pending_logs = []
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
             self.waiting_to_quit = False
             self.run_worker(self._quit_now())
@@ -767,6 +788,8 @@ class OutlastApp(App[int]):
             logs.reset(None)
             if logs.mode == "selected":
                 self._load_side_panes(self._selected)
+            else:
+                self._load_all_logs()
             event.stop()
 
     # ---- quitting --------------------------------------------------------------------------

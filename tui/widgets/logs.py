@@ -13,19 +13,25 @@ LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red",
 
 
 class LogsPane(RichLog):
-    """``mode`` is ``selected`` (one operation, read from the store) or ``all`` (this engine's events)."""
+    """``mode`` is ``selected`` (one operation) or ``all`` (the operations that run or ran last, by
+    whichever process): both read from the store. Long lines wrap at the pane's width."""
 
     def __init__(self, *, id: str | None = None, classes: str = "") -> None:
-        super().__init__(id=id, classes=classes, max_lines=2000, wrap=False, markup=False, auto_scroll=True)
+        super().__init__(
+            id=id, classes=classes, max_lines=2000, wrap=True, min_width=20, markup=False, auto_scroll=True
+        )
         self.mode = "selected"
         self.op_id: str | None = None
         self.empty = True
         self.log_offset = 0
         """Byte offset in the selected operation's log up to which it has been read."""
+        self.offsets: dict[str, int] = {}
+        """In ``all`` mode: each operation's offset read up to."""
 
     def reset(self, op_id: str | None) -> None:
         self.op_id = op_id
         self.log_offset = 0
+        self.offsets = {}
         self.clear()
         self.empty = True
 
@@ -39,7 +45,7 @@ class LogsPane(RichLog):
 
     def _add(self, records: list[LogRecord], with_id: bool) -> None:
         for rec in records:
-            line = Text(no_wrap=True)
+            line = Text()
             line.append(time.strftime("%H:%M:%S ", time.localtime(rec.ts)), style="dim")
             if with_id and rec.operation_id:
                 line.append(f"{rec.operation_id[-4:]} ", style="cyan")
