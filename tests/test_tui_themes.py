@@ -3,6 +3,7 @@ and an SVG snapshot of the real main screen (fixed records and clock) in each bu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,41 @@ async def test_every_text_on_the_main_screen_and_the_launch_form_reads_at_wcag_a
             await pilot.pause(0.3)
             found += low_contrast_cells(app)
         assert not found, f"{theme} at {size[0]}x{size[1]}:\n" + "\n".join(sorted(set(found)))
+
+
+def test_a_wheel_installed_not_editable_carries_the_built_in_themes(tmp_path: Path) -> None:
+    """Installed from a wheel (pipx, pip install *.whl) the themes were missing: only tui/app.tcss was
+    package data. The wheel is built and installed into a directory of its own; the dashboard runs
+    headless from there and must load the three built-ins."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True)
+    (wheel,) = wheels.glob("outlast-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    script = """
+import asyncio, sys, tui
+from engine import load_settings
+from tui.app import OutlastApp
+async def main():
+    app = OutlastApp(load_settings(state_dir=sys.argv[1]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        print(tui.__file__)
+        print(" ".join(sorted(n for n in app.available_themes if n.startswith("outlast-"))))
+        print(app.theme)
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": str(target), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "state")], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    where, names, current = r.stdout.split("\n")[:3]
+    assert where.startswith(str(target))  # the wheel's copy ran, not the source tree
+    assert names.split() == sorted(BUILTINS) and current == DEFAULT_THEME
+    assert "not found" not in r.stderr

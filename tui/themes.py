@@ -1,4 +1,5 @@
-"""Theme files: the built-ins in ``themes/`` and the user's own in the config directory.
+"""Theme files: the built-ins in ``tui/theme_files/`` (package data: in the wheel too) and the user's
+own in the config directory.
 
 A theme file is TOML whose keys are the fields of ``textual.theme.Theme``. A file that does
 not parse or names an unknown key or a bad colour is skipped with one warning line naming the
@@ -25,8 +26,8 @@ DEFAULT_THEME = "outlast-dark"
 BUILTIN_ORDER = ("dark", "light", "high-contrast")
 """The built-ins first in this order when cycling with ``t``; other files follow by name."""
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "themes"
-"""``themes/`` beside the ``tui`` package: the source tree, and what ``pip install -e .`` points at."""
+BUILTIN_DIR = Path(__file__).resolve().parent / "theme_files"
+"""Inside the ``tui`` package, so that a wheel (pipx, pip install *.whl) carries them as package data."""
 
 _COLOURS = ("primary", "secondary", "accent", "foreground", "background", "surface", "panel", "boost")
 _COLOURS += ("warning", "error", "success")
