@@ -76,11 +76,11 @@ FULL_RELOAD = 300.0
 """Seconds between reads of every operation (records deleted or changed behind our back)."""
 PAGE = 2000
 SIDE_DEBOUNCE = 0.25
+"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
 ALL_LOGS_OPS = 20
 """In the logs pane's all-operations mode: the running operations and this many last updated."""
 ALL_LOGS_TAIL = 50
 """Lines of each operation's log shown when the all-operations mode starts."""
-"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
