@@ -30,7 +30,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     table = app.query_one(OperationsTable)
     panes = app.query_one(CheckpointsPane)
     # The side panes are read once the cursor has rested (SIDE_DEBOUNCE): wait for them too.
-    await wait_for(pilot, lambda: len(table.ids) == 9 and app._history and panes.op_id == table.selected_id)
+    await wait_for(pilot, lambda: len(table.ids) == 9 and app.model.history and panes.op_id == table.selected_id)
     await pilot.pause(0.3)
 
 

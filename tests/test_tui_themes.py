@@ -131,7 +131,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, OutlastApp)
     table = app.query_one(OperationsTable)
-    await wait_for(pilot, lambda: len(table.ids) == 9 and app._history)
+    await wait_for(pilot, lambda: len(table.ids) == 9 and app.model.history)
     await select(pilot, FAILED_OP)
     await wait_for(pilot, lambda: app._selected == FAILED_OP)
     await pilot.pause(0.3)

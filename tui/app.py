@@ -1,13 +1,10 @@
 """The dashboard: a Textual app that embeds an engine and shows everything in the store.
 
-Data flow, built for 10,000 operations with 100 of them reporting progress:
-
-- records live in one dict (``ops``); the full list is read once in the background, then
-  only active operations are polled every second (plus those the engine's events name),
-  and everything is read again rarely, to see what other processes finished;
-- progress of what this engine runs is read straight from the engine (``engine.live``);
-- the screen is refreshed by one timer at a fixed frame rate: events only mark things
-  dirty, so a burst of progress never turns into a burst of repaints.
+The records and how they are kept fresh live in ``model.OperationsModel`` (no Textual there);
+this module holds the screen: layout, keys and actions, themes, the frame timer and quitting.
+Progress of what this engine runs is read straight from the engine (``engine.live``); the screen
+is refreshed by one timer at a fixed frame rate: events only mark things dirty in the model, so a
+burst of progress never turns into a burst of repaints.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -35,9 +31,7 @@ from textual.widgets import Footer, Input, Static, Tab, Tabs
 from engine import (
     ACTIVE,
     RESUMABLE,
-    CheckpointSaved,
     Engine,
-    Event,
     LogRecord,
     Operation,
     OperationSpec,
@@ -46,14 +40,13 @@ from engine import (
     Progress,
     Settings,
     Status,
-    StatusChanged,
-    TimeoutExtended,
     handlers,
 )
 from engine.config import save_setting
 from engine.resources import ResourceSample
 
 from . import format as fmt
+from .model import OperationsModel
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.help import HelpScreen
 from .screens.launch import LaunchScreen
@@ -70,11 +63,6 @@ FRAME = 0.2
 """Seconds between refreshes of the screen (5 Hz)."""
 POLL = 1.0
 """Seconds between reads of active operations from the store."""
-STOPPED_POLL = 10.0
-"""Seconds between reads of paused and interrupted operations (another process may cancel them)."""
-FULL_RELOAD = 300.0
-"""Seconds between reads of every operation (records deleted or changed behind our back)."""
-PAGE = 2000
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
 ALL_LOGS_OPS = 20
@@ -166,23 +154,16 @@ class OutlastApp(App[int]):
         self.sampler: Sampler = sampler or self.engine.resources.sample
         self.frame = frame
         self.poll_every = poll
-        self.ops: dict[str, Operation] = {}
+        self.model = OperationsModel(self.engine)
+        self.ops = self.model.ops
+        """Every record shown, by id (the model's dict)."""
         self.engine_started = False
         self.engine_error: str | None = None
-        self.store_ok = True
         self.waiting_to_quit = False
-        self._active: set[str] = set()
-        self._refetch: set[str] = set()
-        self._structure_dirty = False
-        self._repaint = False
-        self._checkpoints_dirty = False
         self._selected: str | None = None
         self._full: Operation | None = None
         """The selected operation's whole record (the table holds slim ones): params, result."""
         self._binding_state: tuple[Any, ...] = ()
-        self._history: deque[ResourceSample] = deque(maxlen=300)
-        self._last_full = time.monotonic()
-        self._last_stopped = 0.0
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._narrow: bool | None = None
@@ -291,92 +272,33 @@ class OutlastApp(App[int]):
             await self.engine.start()
         except Exception as e:
             self.engine_error = str(e)
-            self.store_ok = False
+            self.model.store_ok = False
             self.notify(f"the engine did not start: {e}", severity="error", timeout=30)
             self._update_statusline()
             return
         self.engine_started = True
-        self._unsubscribe = self.engine.subscribe(self._on_event)
+        self._unsubscribe = self.engine.subscribe(self.model.on_event)
         table = self.dashboard.query_one(OperationsTable)
         try:  # what the first screen shows (status sort: active work on top) before the rest
             for op in await self.engine.list(statuses=list(ACTIVE)):
-                self._store(op)
+                self.model.keep(op)
         except Exception as e:
-            self._store_failed(e)
+            self.model.failed(e)
         table.fetched = True
         table.refresh()  # an empty store changes no row: without this the table would say "loading" forever
         self._on_frame()
         self.set_interval(self.poll_every, self._poll, name="poll")
-        await self._reload_all()
+        await self.model.reload_all()
         self._poll()
-
-    async def _reload_all(self) -> None:
-        """Every operation, in pages (a page at a time in memory, the loop free between pages)."""
-        seen: set[str] = set()
-        gc.disable()  # reading 10,000 records would set off full collections, ~80 ms each
-        try:
-            complete = await self._read_pages(seen)
-        finally:
-            # A million long-lived objects: frozen, the collector no longer scans them (nor the imports),
-            # so a full collection in the steady state costs ~10 ms instead of ~80 (the slowest key presses).
-            gc.freeze()
-            gc.enable()
-        if not complete:
-            return
-        self.store_ok = True
-        self._last_full = time.monotonic()
-        for gone in set(self.ops) - seen - self._active:
-            del self.ops[gone]
-            self._structure_dirty = True
-
-    async def _read_pages(self, seen: set[str]) -> bool:
-        """Store every page; False when the store failed on the way."""
-        offset = 0
-        while True:
-            try:
-                page = await self.engine.list(limit=PAGE, offset=offset)
-            except Exception as e:
-                self._store_failed(e)
-                return False
-            for op in page:
-                self._store(op)
-                seen.add(op.id)
-            if len(page) < PAGE:
-                return True
-            offset += PAGE
-
-    def _store_failed(self, e: Exception) -> None:
-        if self.store_ok:
-            self.notify(f"store: {e}", severity="error")
-        self.store_ok = False
 
     @work(exclusive=True, group="poll")
     @_while_mounted
     async def _poll(self) -> None:
-        """Active operations every second, stopped ones every STOPPED_POLL, everything every FULL_RELOAD
-        seconds (what leaves the active set is read by id); a resource sample."""
+        """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
         if not self.engine_started:
             return
         self._sample_resources()
-        now = time.monotonic()
-        if now - self._last_full > FULL_RELOAD:
-            await self._reload_all()
-            return
-        try:
-            active = await self.engine.list(statuses=list(ACTIVE))
-            if now - self._last_stopped > STOPPED_POLL:
-                self._last_stopped = now
-                for op in await self.engine.list(statuses=[Status.PAUSED, Status.INTERRUPTED]):
-                    self._store(op)
-        except Exception as e:
-            self._store_failed(e)
-            return
-        self.store_ok = True
-        now_active = {op.id for op in active}
-        for op in active:
-            self._store(op)
-        await self._fetch((self._active - now_active) | self._refetch)
-        self._active = now_active
+        await self.model.poll()
         if self._selected and self._selected in self.ops:
             self._load_side_panes(self._selected, poll=True)
         if self.dashboard.query_one(LogsPane).mode == "all":
@@ -388,9 +310,8 @@ class OutlastApp(App[int]):
         """Every operation's log lines, merged by time: those that run now and the last ones updated,
         whichever process runs them (the engine's own events would show only this dashboard's)."""
         pane = self.dashboard.query_one(LogsPane)
-        recent = sorted(self.ops.values(), key=lambda o: o.updated_at or 0, reverse=True)[:ALL_LOGS_OPS]
         records: list[LogRecord] = []
-        for op_id in dict.fromkeys([*self._active, *(o.id for o in recent)]):
+        for op_id in dict.fromkeys([*self.model.active, *(o.id for o in self.model.recent(ALL_LOGS_OPS))]):
             try:
                 if op_id in pane.offsets:
                     got, offset = await self.engine.logs(op_id, pane.offsets[op_id])
@@ -406,37 +327,6 @@ class OutlastApp(App[int]):
         if pane.mode == "all":
             pane.add(sorted(records, key=lambda r: r.ts), with_id=True)
 
-    async def _fetch(self, ids: Iterable[str]) -> None:
-        for op_id in list(ids):
-            self._refetch.discard(op_id)
-            try:
-                self._store(await self.engine.get(op_id))
-            except OutlastError:
-                if self.ops.pop(op_id, None) is not None:
-                    self._structure_dirty = True
-            except Exception as e:
-                self._store_failed(e)
-
-    def _store(self, op: Operation) -> None:
-        """Keep a record (unless an older read than the one held), without what the table never shows."""
-        old = self.ops.get(op.id)
-        if old is not None and op.updated_at < old.updated_at:
-            return
-        op = _slim(op)
-        if old is None or old.status is not op.status or old.priority is not op.priority or old.name != op.name:
-            self._structure_dirty = True
-        self.ops[op.id] = op
-        self._repaint = True
-        if op.status in ACTIVE:
-            self._active.add(op.id)
-
-    def _on_event(self, event: Event) -> None:
-        """Called by the engine's bus, in the loop: only remember what changed."""
-        if isinstance(event, StatusChanged | TimeoutExtended):
-            self._refetch.add(event.operation_id)
-        elif isinstance(event, CheckpointSaved) and event.operation_id == self._selected:
-            self._checkpoints_dirty = True
-
     def _live(self, op_id: str) -> Progress | None:
         return self.engine.live(op_id) if self.engine_started else None
 
@@ -446,15 +336,15 @@ class OutlastApp(App[int]):
         except Exception as e:
             log.debug("resource sample failed: %s", e)
             return
-        self._history.append(sample)
-        depth = {p: 0 for p in Priority}
-        for op_id in self._active:
-            op = self.ops.get(op_id)
-            if op is not None and op.status is Status.QUEUED:
-                depth[op.priority] += 1
-        pane = self.dashboard.query_one("#resources")
-        pane.update_data(  # type: ignore[attr-defined]
-            sample, list(self._history), len(self.engine.running_ids), self.engine.max_concurrent, depth, self.store_ok
+        history = self.model.history
+        history.append(sample)
+        self.dashboard.query_one(ResourcesPane).update_data(
+            sample,
+            list(history),
+            len(self.engine.running_ids),
+            self.engine.max_concurrent,
+            self.model.queue_depth(),
+            self.model.store_ok,
         )
 
     # ---- the frame -------------------------------------------------------------------------
@@ -462,21 +352,24 @@ class OutlastApp(App[int]):
     @_while_mounted
     def _on_frame(self) -> None:
         """Everything the screen shows, refreshed at most once per frame."""
+        model = self.model
         table = self.dashboard.query_one(OperationsTable)
-        if self._refetch and self.engine_started:
+        if model.refetch and self.engine_started:
             self._refetch_now()
-        if self._structure_dirty:
-            self._structure_dirty = False
-            self._repaint = False
+        if model.structure_dirty:
+            model.structure_dirty = False
+            model.repaint = False
             table.rebuild()
             self._update_statusline()
-        elif self._repaint or self.engine.running_ids or not table.fetched:
-            self._repaint = False
+        elif model.repaint or self.engine.running_ids or not table.fetched:
+            model.repaint = False
             table.refresh()
         self._show_selected()
-        if self._checkpoints_dirty and self._selected:
-            self._checkpoints_dirty = False
+        if self._selected in model.checkpointed:
             self._load_side_panes(self._selected, logs=False)
+        model.checkpointed.clear()
+        while model.errors:  # the store failing, said once when it begins
+            self.notify(model.errors.popleft(), severity="error")
         while self.warnings:
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
@@ -506,7 +399,7 @@ class OutlastApp(App[int]):
 
     @work(exclusive=True, group="refetch")
     async def _refetch_now(self) -> None:
-        await self._fetch(set(self._refetch))
+        await self.model.fetch(set(self.model.refetch))
 
     @work(exclusive=True, group="side")
     @_while_mounted
@@ -546,9 +439,7 @@ class OutlastApp(App[int]):
             logs_pane.add(records)
 
     def _update_statusline(self) -> None:
-        counts: dict[Status, int] = {}
-        for op in self.ops.values():
-            counts[op.status] = counts.get(op.status, 0) + 1
+        counts = self.model.counts()
         table = self.dashboard.query_one(OperationsTable)
         n = len(self.ops)
         parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
@@ -563,7 +454,7 @@ class OutlastApp(App[int]):
             parts.append("[b]waiting for running work to finish, then quitting[/b]")
         if self.engine_error:
             parts.append(f"[b]engine stopped: {self.engine_error}[/b]")
-        elif not self.store_ok:
+        elif not self.model.store_ok:
             parts.append("[b]store unreachable[/b]")
         self.dashboard.query_one("#statusline", Static).update(" · ".join(parts))
 
@@ -615,9 +506,9 @@ class OutlastApp(App[int]):
                 self.notify(str(e), severity="warning")
             else:
                 if isinstance(result, Operation) and result.id == op_id:
-                    self._store(result)
+                    self.model.keep(result)
                 self.notify(f"{what}: {op_id}", timeout=3)
-            self._refetch.add(op_id)
+            self.model.refetch.add(op_id)
 
         self.run_worker(go(), group="act")
 
@@ -670,7 +561,7 @@ class OutlastApp(App[int]):
         if op is None:
             return
         new = op.priority.raised() if up else op.priority.lowered()
-        self._store(op.model_copy(update={"priority": new}))  # a second key press builds on this one
+        self.model.keep(op.model_copy(update={"priority": new}))  # a second key press builds on this one
         self._act(f"priority {new.value}", op.id, lambda: self.engine.set_priority(op.id, new))
 
     def action_raise_priority(self) -> None:
@@ -701,7 +592,7 @@ class OutlastApp(App[int]):
     def action_sort(self) -> None:
         table = self.dashboard.query_one(OperationsTable)
         table.sort = SORTS[(SORTS.index(table.sort) + 1) % len(SORTS)]
-        self._structure_dirty = True
+        self.model.structure_dirty = True
         self._on_frame()
 
     def action_filter(self) -> None:
@@ -713,7 +604,7 @@ class OutlastApp(App[int]):
     def _filter_changed(self, event: Input.Changed) -> None:
         table = self.dashboard.query_one(OperationsTable)
         table.filter_words = event.value.lower().split()
-        self._structure_dirty = True
+        self.model.structure_dirty = True
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
@@ -773,7 +664,7 @@ class OutlastApp(App[int]):
         except OutlastError as e:
             self.notify(str(e), severity="error")
             return
-        self._store(op)
+        self.model.keep(op)
         self.notify(f"queued {op.label}: {op.id}", timeout=3)
         self._on_frame()
         self.dashboard.query_one(OperationsTable).select(op.id)
@@ -834,18 +725,6 @@ class OutlastApp(App[int]):
 
     async def on_unmount(self) -> None:
         await self.stop_engine()
-
-
-def _slim(op: Operation) -> Operation:
-    """The record without params, result and most of the profile: 10,000 of them held in memory
-    cost half as much. The detail pane reads the full record of the selected operation."""
-    if not (op.params or op.result is not None or len(op.profile) > 1 or op.profile_overrides or op.tags):
-        return op
-    threshold = op.profile.get("failure_threshold")
-    op = op.model_copy()
-    op.params, op.result, op.profile_overrides, op.tags = {}, None, {}, {}
-    op.profile = {} if threshold is None else {"failure_threshold": threshold}
-    return op
 
 
 class _Warnings(logging.Handler):
