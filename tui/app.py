@@ -116,7 +116,7 @@ class OutlastApp(App[int]):
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("escape", "back", "Back", show=False),
+        Binding("escape", "to_table", "Back", show=False),
         *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
     ]
 
@@ -613,7 +613,7 @@ class OutlastApp(App[int]):
             box.display = False
         self.dashboard.query_one(OperationsTable).focus()
 
-    def action_back(self) -> None:
+    def action_to_table(self) -> None:
         """Escape: clear the filter when typing one, else go back to the table."""
         box = self.dashboard.query_one("#filter", Input)
         if box.has_focus or (box.display and self.focused is self.dashboard.query_one(OperationsTable)):

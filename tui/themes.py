@@ -8,6 +8,7 @@ file and the key; it never stops the dashboard from starting.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tomllib
 from collections.abc import Callable
@@ -29,7 +30,7 @@ BUILTIN_ORDER = ("dark", "light", "high-contrast")
 BUILTIN_DIR = Path(__file__).resolve().parent / "theme_files"
 """Inside the ``tui`` package, so that a wheel (pipx, pip install *.whl) carries them as package data."""
 
-_COLOURS = ("primary", "secondary", "accent", "foreground", "background", "surface", "panel", "boost")
+_COLOURS: tuple[str, ...] = ("primary", "secondary", "accent", "foreground", "background", "surface", "panel", "boost")
 _COLOURS += ("warning", "error", "success")
 _FLOATS = ("luminosity_spread", "text_alpha")
 _KEYS = frozenset({"name", "dark", "variables", *_COLOURS, *_FLOATS})
@@ -70,7 +71,7 @@ def theme_from_dict(data: dict[str, Any], default_name: str, where: str) -> Them
     kw: dict[str, Any] = {}
     for key in _COLOURS:
         if key in data:
-            kw[key] = _colour(data[key], lambda why, key=key: bad(key, why))
+            kw[key] = _colour(data[key], functools.partial(bad, key))
     for key in _FLOATS:
         if key in data:
             value = data[key]

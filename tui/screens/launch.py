@@ -554,7 +554,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             except ValueError:
                 field_errors["spec-items"] = f"{items_text!r} is not a whole number"
                 total = None
-        priority = Priority(self.query_one("#launch-priority", Select).value)
+        priority = Priority(str(self.query_one("#launch-priority", Select).value))
         name = self.query_one("#launch-name", Input).value.strip() or None
         try:  # checked even while params are wrong, so every message shows at once
             spec = OperationSpec(type=self.op_type, params=params, priority=priority, total_items=total, name=name)

@@ -8,7 +8,7 @@ painted, so the cost of a frame is the rows visible, not the rows stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from rich.cells import set_cell_size
@@ -159,7 +159,7 @@ class OperationsTable(ScrollView, can_focus=True):
     def rebuild(self) -> None:
         """Filter and sort again (after records came or went, or the filter or sort changed)."""
         keep = self.selected_id
-        ops = self.ops.values()
+        ops: Iterable[Operation] = self.ops.values()
         if self.filter_words:
             ops = [op for op in ops if matches(op, self.filter_words)]
         self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
