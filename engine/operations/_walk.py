@@ -1,53 +1,66 @@
-"""File listing shared by indexing and scanning: git's view of a work tree, else a walk with .gitignore rules."""
+"""File listing shared by indexing and scanning: git's view of a work tree, else a walk that reads
+.gitignore files as git does (pathspec's gitignore flavour, nested files taking precedence)."""
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+from pathspec import GitIgnoreSpec
+
 from ._common import SKIP_DIRS, is_venv
 
-Rule = tuple[str, str, bool, bool, bool]
-"""(directory prefix the rule is relative to, pattern, anchored, negated, directory only)"""
+Rules = list[tuple[str, GitIgnoreSpec]]
+"""The .gitignore files that apply in a directory: (the directory's prefix, its patterns), outermost first."""
 
 
-def _ignore_rules(directory: Path, prefix: str) -> list[Rule]:
-    """The rules of ``directory``'s .gitignore, if it has one: a reasonable subset of gitignore syntax."""
+def _ignore_rules(directory: Path) -> GitIgnoreSpec | None:
+    """The patterns of ``directory``'s .gitignore, read as git reads them (pathspec's gitignore flavour)."""
     try:
         text = (directory / ".gitignore").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return []
-    rules: list[Rule] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        neg = line.startswith("!")
-        line = line.lstrip("!")
-        dir_only = line.endswith("/")
-        pat = line.strip("/")
-        # A slash at the start or inside anchors the pattern to the .gitignore's directory; "**/name" does not.
-        anchored = line.startswith("/") or "/" in pat
-        if pat.startswith("**/") and "/" not in pat[3:]:
-            pat, anchored = pat[3:], False
-        rules.append((prefix, pat, anchored, neg, dir_only))
-    return rules
+        return None
+    spec = GitIgnoreSpec.from_lines(text.splitlines())
+    return spec if len(spec) else None
 
 
-def _ignored(rel: str, is_dir: bool, rules: list[Rule]) -> bool:
-    """The last rule that matches decides (a deeper .gitignore's rules come after its parents')."""
-    name = rel.rsplit("/", 1)[-1]
-    hit = False
-    for prefix, pat, anchored, neg, dir_only in rules:
-        if dir_only and not is_dir:
+def _ignored(rel: str, is_dir: bool, rules: Rules) -> bool:
+    """Git's precedence: a deeper .gitignore decides before its parents; in a file the last match wins."""
+    for prefix, spec in reversed(rules):
+        decided = _decide(spec, rel[len(prefix) :], is_dir)
+        if decided is not None:
+            return decided
+    return False
+
+
+def _decide(spec: GitIgnoreSpec, path: str, is_dir: bool) -> bool | None:
+    """Whether ``spec`` ignores ``path`` itself (True), re-includes it (False) or says nothing (None).
+
+    A pathspec pattern also matches everything below a directory it matches (its ``ps_d`` group
+    marks where). The walk never enters an ignored directory, so only a match of the path itself
+    counts here: "!keep" must not re-include "keep/a.py" that "*.py" ignores, as git does not.
+    """
+    for pattern in reversed(spec.patterns):
+        if pattern.include is None or pattern.regex is None:
             continue
-        matched = fnmatch.fnmatchcase(rel[len(prefix) :] if anchored else name, pat)
-        if matched:
-            hit = not neg
-    return hit
+        if _own_match(pattern.regex, path) or (is_dir and _own_match(pattern.regex, path + "/", at_end=True)):
+            return bool(pattern.include)
+    return None
+
+
+def _own_match(regex: re.Pattern[str], text: str, at_end: bool = False) -> bool:
+    """``regex`` matches ``text`` itself: with no directory mark (``ps_d``: a match of a parent
+    directory), or, ``at_end``, with the mark on the trailing slash (a directory-only pattern)."""
+    for m in regex.finditer(text):  # an unanchored "**/" matches at each slash: the last may be ours
+        mark = m.groupdict().get("ps_d")
+        if (mark is not None and m.start("ps_d") == len(text) - 1) if at_end else mark is None:
+            return True
+    return False
 
 
 def _walk(root: Path, unreadable: list[str]) -> list[str]:
@@ -56,7 +69,8 @@ def _walk(root: Path, unreadable: list[str]) -> list[str]:
     A directory that cannot be listed is left out and named in ``unreadable`` (with why): one
     unreadable directory must not fail the whole listing.
     """
-    rules_of: dict[str, list[Rule]] = {"": _ignore_rules(root, "")}
+    top = _ignore_rules(root)
+    rules_of: dict[str, Rules] = {"": [("", top)] if top else []}
     out: list[str] = []
 
     def cannot_read(e: OSError) -> None:
@@ -72,7 +86,8 @@ def _walk(root: Path, unreadable: list[str]) -> list[str]:
             x for x in dirs if x not in SKIP_DIRS and not is_venv(base / x) and not _ignored(prefix + x, True, rules)
         ]
         for x in dirs:
-            rules_of[prefix + x + "/"] = rules + _ignore_rules(base / x, prefix + x + "/")
+            spec = _ignore_rules(base / x)
+            rules_of[prefix + x + "/"] = [*rules, (prefix + x + "/", spec)] if spec else rules
         out += [prefix + f for f in files if not _ignored(prefix + f, False, rules)]
     return out
 
@@ -80,7 +95,10 @@ def _walk(root: Path, unreadable: list[str]) -> list[str]:
 async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[str]) -> list[str]:
     """Relative POSIX paths of the files under ``root`` to look at, sorted."""
     files: list[str] | None = None
-    if (root / ".git").exists():
+    # Inside any git work tree (root itself or a folder of one), git's own view: it also honours the
+    # parents' .gitignore files, .git/info/exclude and core.excludesFile. An empty answer (root is
+    # itself ignored, or outside a work tree) falls back to the walk.
+    if shutil.which("git"):
         proc = await ctx.spawn(
             "git",
             "-C",
@@ -97,7 +115,7 @@ async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[st
             files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
             files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1])) and not f.startswith(venvs)]
-    if files is None:
+    if not files:
         unreadable: list[str] = []
         files = await asyncio.to_thread(_walk, root, unreadable)
         if unreadable:
