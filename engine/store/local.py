@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,7 @@ from ..models import (
     validate_id,
     validate_id_prefix,
 )
-from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
 from .sqlite_worker import SqliteWorker
 
 log = logging.getLogger("outlast.store")
@@ -523,12 +523,9 @@ class LocalStore:
 
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
         payload = encode_payload(cp)
-        items = delta.encode()
-        cs = checksum(payload, items)
-        cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
-        info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
         now = time.time()
         fail_rows = [(cp.operation_id, k, e, cp.epoch, now) for k, e in delta.failed.items()]
+        saved: list[Checkpoint] = []
 
         def do(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT epoch FROM operations WHERE id=?", (cp.operation_id,)).fetchone()
@@ -538,6 +535,17 @@ class LocalStore:
                 raise StaleAttempt(
                     f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
                 )
+            # Link this delta to the one before it (read in this transaction: the attempt holds the op).
+            prev = ROOT
+            if cp.seq > 1:
+                before = conn.execute(
+                    "SELECT items FROM deltas WHERE op_id=? AND seq=?", (cp.operation_id, cp.seq - 1)
+                ).fetchone()
+                prev = link(_as_bytes(before[0])) if before else "missing"
+            items = delta.encode(prev)
+            cs = checksum(payload, items)
+            done = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
+            info = done.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
                 (cp.operation_id, cp.seq, cp.epoch, cp.created_at, info, payload, cs),
@@ -563,48 +571,87 @@ class LocalStore:
                     (n_fail, cp.operation_id),
                 )
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
+            saved[:] = [done]
 
         await self._txn(do)
-        return cp
+        return saved[0]
+
+    def _chain(self, op_id: str) -> Chain:
+        """The operation's deltas, followed from seq 1 until a link breaks (or a page cannot be read)."""
+        conn = self._conn
+        assert conn is not None
+
+        def rows() -> Iterator[tuple[Any, Any]]:
+            try:
+                yield from conn.execute("SELECT seq, items FROM deltas WHERE op_id=? ORDER BY seq", (op_id,))
+            except sqlite3.DatabaseError as e:
+                log.warning("operation %s: item deltas unreadable after some point (%s)", op_id, e)
+
+        return Chain(rows())
+
+    def _checkpoint_rows(self, op_id: str, seq: int | None) -> list[tuple[Any, ...]]:
+        """(seq, info, payload, checksum) newest first; rows on an unreadable page are left out."""
+        conn = self._conn
+        assert conn is not None
+        sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
+        args: list[Any] = [op_id]
+        if seq is not None:
+            sql += " AND seq <= ?"
+            args.append(seq)
+        try:
+            return conn.execute(sql + " ORDER BY seq DESC", args).fetchall()
+        except sqlite3.DatabaseError:
+            pass
+        # A damaged page: read the seqs one by one, keeping what is readable.
+        out = []
+        top = seq if seq is not None else self._max_seq(op_id)
+        for s in range(top, 0, -1):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                out += conn.execute(
+                    "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?", (op_id, s)
+                ).fetchall()
+        return out
+
+    def _max_seq(self, op_id: str) -> int:
+        conn = self._conn
+        assert conn is not None
+        for table in ("checkpoints", "deltas"):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                row = conn.execute(f"SELECT MAX(seq) FROM {table} WHERE op_id=?", (op_id,)).fetchone()
+                if row and isinstance(row[0], int):
+                    return row[0]
+        return 0
 
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
         validate_id(op_id)
 
         def do() -> tuple[Checkpoint, Ledger] | None:
-            conn = self._conn
-            assert conn is not None
-            sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
-            args: list[Any] = [op_id]
-            if seq is not None:
-                sql += " AND seq <= ?"
-                args.append(seq)
-            for s, info, payload, cs in conn.execute(sql + " ORDER BY seq DESC", args).fetchall():
-                delta_row = conn.execute("SELECT items FROM deltas WHERE op_id=? AND seq=?", (op_id, s)).fetchone()
-                items = delta_row[0] if delta_row else b""
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                if isinstance(items, str):
-                    items = items.encode()
-                if checksum(payload, items) != cs:
-                    log.warning("operation %s: checkpoint %d fails its checksum; using an older one", op_id, s)
+            rows = self._checkpoint_rows(op_id, seq)
+            if not rows:
+                return None
+            chain = self._chain(op_id)
+            skipped: list[str] = []
+            found: tuple[Checkpoint, Ledger] | None = None
+            for s, info, payload, cs in rows:
+                if not chain.verifies(s, payload, cs):
+                    why = (
+                        f"follows a broken chain ({chain.broken})"
+                        if isinstance(s, int) and s > len(chain) and chain.broken
+                        else "fails its checksum"
+                    )
+                    skipped.append(f"checkpoint {s} {why}")
                     continue
                 try:
-                    data = decode_payload(payload)
-                    cp = Checkpoint.model_validate_json(info)
-                    cp = cp.model_copy(
-                        update={k: data.get(k) or v for k, v in (("state", {}), ("context_data", {}), ("metadata", {}))}
-                        | {"next_step": data.get("next_step")}
-                    )
+                    cp = restore(Checkpoint.model_validate_json(info), payload)
+                    if cp.seq != s or cp.operation_id != op_id:
+                        raise ValueError("checkpoint info names another checkpoint")
+                    found = cp, chain.ledger(s)
+                    break
                 except ValueError as e:
-                    log.warning("operation %s: checkpoint %d cannot be decoded (%s); using an older one", op_id, s, e)
-                    continue
-                ledger = Ledger()
-                for (raw,) in conn.execute(
-                    "SELECT items FROM deltas WHERE op_id=? AND seq <= ? ORDER BY seq", (op_id, s)
-                ):
-                    ledger.apply(ItemDelta.decode(raw))
-                return cp, ledger
-            return None
+                    skipped.append(f"checkpoint {s} is unreadable ({_plain(e)})")
+            if skipped:
+                log.warning(resume_note(op_id, skipped, found[0].seq if found else None))
+            return found
 
         return await self._run(do)
 
@@ -613,18 +660,13 @@ class LocalStore:
 
         def do() -> list[Checkpoint]:
             out = []
-            for info, payload, items, cs in self._conn.execute(  # type: ignore[union-attr]
-                "SELECT c.info, c.payload, d.items, c.checksum FROM checkpoints c"
-                " LEFT JOIN deltas d ON d.op_id=c.op_id AND d.seq=c.seq WHERE c.op_id=? ORDER BY c.seq DESC",
-                (op_id,),
-            ):
+            chain = self._chain(op_id)
+            for s, info, payload, cs in self._checkpoint_rows(op_id, None):
                 try:
                     cp = Checkpoint.model_validate_json(info)
                 except ValueError:
                     continue
-                payload = payload.encode() if isinstance(payload, str) else payload
-                items = (items or b"").encode() if isinstance(items, str) else (items or b"")
-                valid = checksum(payload, items) == cs
+                valid = chain.verifies(s, payload, cs)
                 next_step = None
                 if valid:
                     with contextlib.suppress(ValueError):
@@ -704,6 +746,16 @@ class LocalStore:
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
         return out, offset + end
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _plain(e: BaseException) -> str:
+    """An error's message fit for one log line: printable, short (stored bytes may be anything)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(e).splitlines()[0] if str(e)) or type(e).__name__
+    return text[:120]
 
 
 def raise_conflict(op: Operation, to: Status) -> None:

@@ -1,0 +1,233 @@
+"""Fault suite (b): corrupt what the local store reads, then resume with the real command line.
+
+Every case ends in one of two ways: a correct resume (the counted-item operation completes with the
+result of an uninterrupted run: every item counted exactly once), or one clear line on stderr with
+a documented exit code. Never a wrong "completed", never a traceback.
+
+Randomised cases are seeded; the seed is printed (and named in every assertion). ``OUTLAST_SOAK=1``
+runs many rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, Operation, OperationSpec, Settings, open_store
+from engine.cli_exit import ExitCode
+from engine.models import Checkpoint, WorkerInfo
+from engine.store.base import ItemDelta
+from tests.fixtures_cli import Cli, until
+
+P = ["--plugin", "tests.ops_for_tests"]
+SOAK = bool(os.environ.get("OUTLAST_SOAK"))
+DOCUMENTED = {int(c) for c in ExitCode}
+EVERY = 10
+"""Items per explicit checkpoint: checkpoint k holds items 0 .. k*EVERY-1."""
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02) -> str:
+    """A counted-item operation that checkpoints every EVERY items (and not on a timer)."""
+    r = cli(
+        *P,
+        "submit",
+        "ledger",
+        "-p",
+        f"items={n}",
+        "-p",
+        f"seconds={seconds}",
+        "-p",
+        f"explicit_every={EVERY}",
+        "-p",
+        f"log_file={tmp_path / 'items.log'}",
+        "--profile",
+        "checkpoint_interval=3600",
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def db(cli: Cli) -> sqlite3.Connection:
+    return sqlite3.connect(cli.state_dir / "outlast.db", timeout=30)
+
+
+def epoch(cli: Cli, op_id: str) -> int:
+    with db(cli) as conn:
+        return conn.execute("SELECT epoch FROM operations WHERE id=?", (op_id,)).fetchone()[0]
+
+
+def attempt_checkpoints(cli: Cli, op_id: str, after_epoch: int) -> int:
+    """Checkpoints written by the operation's running attempt, if that is newer than ``after_epoch``."""
+    with db(cli) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM checkpoints c JOIN operations o ON o.id = c.op_id"
+            " WHERE c.op_id=? AND c.epoch = o.epoch AND o.status='running' AND o.epoch > ?",
+            (op_id, after_epoch),
+        ).fetchone()
+    return row[0]
+
+
+def run_and_kill(cli: Cli, args: list[str], op_id: str, checkpoints: int) -> None:
+    """Run ``args`` in the background and SIGKILL it once its attempt wrote ``checkpoints`` checkpoints."""
+    before = epoch(cli, op_id)
+    proc = cli.start(*P, *args)
+    try:
+        until(
+            lambda: attempt_checkpoints(cli, op_id, before) >= checkpoints or proc.popen.poll() is not None,
+            60,
+            0.02,
+            f"{checkpoints} checkpoints of {op_id}",
+        )
+        assert proc.popen.poll() is None, f"{args} ended early: {proc.err}"
+    finally:
+        proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(10)
+
+
+def resume(cli: Cli, op_id: str) -> subprocess.CompletedProcess:
+    return cli(*P, "resume", op_id, timeout=120)
+
+
+def assert_correct_or_one_line(
+    cli: Cli, r: subprocess.CompletedProcess, op_id: str, n: int, why: str
+) -> Operation | None:
+    """The outcome contract: completed with the uninterrupted result, or one clear line and a documented code."""
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{why}\n{r.stderr}"
+    assert r.returncode in DOCUMENTED, f"{why}: exit {r.returncode}\n{r.stderr}"
+    if r.returncode == ExitCode.OK:
+        op = cli.op(op_id)
+        assert op.status.value == "completed", f"{why}: {op.status}"
+        assert op.result == {"sum": sum(range(n))}, f"{why}: wrong result {op.result} (an item lost or counted twice)"
+        assert op.progress.done == n and op.total_items == n, f"{why}: completed at {op.progress.done}/{op.total_items}"
+        return op
+    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+    assert last.startswith("outlast: ") or r.returncode in (ExitCode.FAILED, ExitCode.PAUSED), f"{why}: {r.stderr}"
+    assert all(ch.isprintable() for ch in last), f"{why}: raw bytes in {last!r}"
+    return None
+
+
+def kill_after(cli: Cli, op_id: str, checkpoints: int) -> None:
+    run_and_kill(cli, ["_run-one", op_id], op_id, checkpoints)
+
+
+# ---- item 1: one chain only ---------------------------------------------------------------------
+
+
+def test_restart_from_scratch_abandons_the_old_chain(cli: Cli, tmp_path: Path) -> None:
+    """Every checkpoint fails to verify: the resume restarts from scratch. Killed again, the next resume
+    must follow the new chain only (it merged the abandoned deltas: 'completed at 90/120', exit 0)."""
+    n = 120
+    op_id = submit_ledger(cli, n, tmp_path)
+    kill_after(cli, op_id, 5)  # old chain: >= 50 items
+    with db(cli) as conn:
+        conn.execute("UPDATE checkpoints SET payload=? WHERE op_id=?", (b'{"state":{"sum":"garbage"}}', op_id))
+    run_and_kill(cli, ["resume", op_id], op_id, 2)  # new chain from scratch: ~20 items
+    r = resume(cli, op_id)
+    assert r.returncode == 0, r.stderr
+    assert_correct_or_one_line(cli, r, op_id, n, "restart from scratch, killed, resumed")
+
+
+# ---- item 2: the checksum covers the whole chain -------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["edit", "garbage", "delete", "edit_newest_info"])
+def test_damaged_delta_falls_back_to_an_intact_checkpoint(cli: Cli, tmp_path: Path, damage: str) -> None:
+    """An older checkpoint's delta edited, garbled or deleted: resume from the newest checkpoint whose
+    whole chain verifies (or from scratch, said in one line), and complete with the right result."""
+    n = 100
+    op_id = submit_ledger(cli, n, tmp_path)
+    kill_after(cli, op_id, 4)
+    with db(cli) as conn:
+        if damage == "edit":  # valid JSON, two items fewer
+            (raw,) = conn.execute("SELECT items FROM deltas WHERE op_id=? AND seq=2", (op_id,)).fetchone()
+            edited = bytes(raw).replace(b'"10","11",', b"")
+            assert edited != bytes(raw)
+            conn.execute("UPDATE deltas SET items=? WHERE op_id=? AND seq=2", (edited, op_id))
+        elif damage == "garbage":
+            conn.execute("UPDATE deltas SET items=? WHERE op_id=? AND seq=2", (b"\x00\xff{[garbage", op_id))
+        elif damage == "delete":
+            conn.execute("DELETE FROM deltas WHERE op_id=? AND seq=2", (op_id,))
+        else:  # the newest checkpoint says fewer items were processed
+            conn.execute(
+                "UPDATE checkpoints SET info=json_set(info, '$.processed_items', 3) WHERE op_id=?"
+                " AND seq=(SELECT MAX(seq) FROM checkpoints WHERE op_id=?)",
+                (op_id, op_id),
+            )
+    r = resume(cli, op_id)
+    assert r.returncode == 0, r.stderr
+    assert_correct_or_one_line(cli, r, op_id, n, f"delta damage {damage}")
+    warned = [ln for ln in r.stderr.splitlines() if "checkpoint" in ln]
+    # One line says what was skipped and where the resume starts (the listing info is not read).
+    assert len(warned) == (damage != "edit_newest_info"), r.stderr
+
+
+# ---- both stores: the same chain rules ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["local", "redis"])
+@pytest.mark.parametrize("damage", ["edit", "garbage", "delete", "restart"])
+async def test_both_stores_follow_one_chain(
+    request: pytest.FixtureRequest, settings: Settings, kind: str, damage: str
+) -> None:
+    """Five checkpoints; delta 3 edited (still valid JSON), garbled or deleted: checkpoints 3-5 no longer
+    verify and the resume point is 2 with exactly the items of deltas 1-2. ``restart``: a new chain
+    (seq 1 again) over the old one: the old checkpoints 2-5 are fenced off, not merged."""
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        store = open_store(server.url, namespace="t", checkpoint_mirror=None)
+    else:
+        store = open_store(settings.state_dir)
+    async with Engine(store=store, settings=settings, run_queue=False) as engine:
+        op_id = (await engine.submit(OperationSpec(type="ledger", params={"items": 3}))).id
+        claimed = await store.claim(WorkerInfo(host="t", pid=1), time.time(), 300.0, op_id=op_id)
+        assert claimed is not None
+
+        async def save(seq: int, keys: list[str]) -> None:
+            cp = Checkpoint(
+                operation_id=op_id,
+                seq=seq,
+                epoch=claimed.epoch,
+                created_at=time.time(),
+                state={"seq": seq},
+                processed_items=2 * seq,
+            )
+            await store.save_checkpoint(cp, ItemDelta(done=keys), 10)
+
+        for seq in range(1, 6):
+            await save(seq, [f"k{seq}a", f"k{seq}b"])
+        if damage == "restart":
+            await save(1, ["new"])
+        elif kind == "local":
+            with sqlite3.connect(settings.state_dir / "outlast.db") as conn:
+                if damage == "delete":
+                    conn.execute("DELETE FROM deltas WHERE op_id=? AND seq=3", (op_id,))
+                else:
+                    (raw,) = conn.execute("SELECT items FROM deltas WHERE op_id=? AND seq=3", (op_id,)).fetchone()
+                    bad = bytes(raw).replace(b"k3a", b"k3z") if damage == "edit" else b"\x00\xff{"
+                    conn.execute("UPDATE deltas SET items=? WHERE op_id=? AND seq=3", (bad, op_id))
+        else:
+            client = server.client()
+            if damage == "delete":
+                client.hdel(f"t:cd:{op_id}", "3")
+            else:
+                raw = client.hget(f"t:cd:{op_id}", "3")
+                client.hset(f"t:cd:{op_id}", "3", raw.replace(b"k3a", b"k3z") if damage == "edit" else b"\x00\xff{")
+        loaded = await store.load_checkpoint(op_id)
+        assert loaded is not None
+        cp, ledger = loaded
+        listing = {c.seq: c.valid for c in await store.checkpoints(op_id)}
+        if damage == "restart":
+            assert (cp.seq, ledger.done, cp.state) == (1, {"new"}, {"seq": 1})
+            assert listing == {1: True, 2: False, 3: False, 4: False, 5: False}
+        else:
+            assert (cp.seq, ledger.done, cp.state) == (2, {"k1a", "k1b", "k2a", "k2b"}, {"seq": 2})
+            assert listing == {1: True, 2: True, 3: False, 4: False, 5: False}
