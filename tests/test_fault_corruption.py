@@ -10,7 +10,9 @@ runs many rounds.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -23,10 +25,12 @@ from engine import Engine, Operation, OperationSpec, Settings, open_store
 from engine.cli_exit import ExitCode
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
-from tests.fixtures_cli import Cli, until
+from tests.fixtures_cli import CLI, Cli, until
 
 P = ["--plugin", "tests.ops_for_tests"]
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
+SEED = int(os.environ.get("OUTLAST_SEED") or random.randrange(1 << 30))
+"""One seed for the randomised cases of a run (OUTLAST_SEED=N repeats a run)."""
 DOCUMENTED = {int(c) for c in ExitCode}
 EVERY = 10
 """Items per explicit checkpoint: checkpoint k holds items 0 .. k*EVERY-1."""
@@ -231,3 +235,149 @@ async def test_both_stores_follow_one_chain(
         else:
             assert (cp.seq, ledger.done, cp.state) == (2, {"k1a", "k1b", "k2a", "k2b"}, {"seq": 2})
             assert listing == {1: True, 2: True, 3: False, 4: False, 5: False}
+
+
+# ---- item 12: a damaged database file -------------------------------------------------------------
+
+
+def one_line(r: subprocess.CompletedProcess, why: str) -> str:
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{why}\n{r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, f"{why}: {r.stderr}"
+    assert all(ch.isprintable() for ch in lines[0]), f"{why}: raw bytes in {lines[0]!r}"
+    return lines[0]
+
+
+def test_zero_length_database_is_refused(cli: Cli) -> None:
+    """A 0-byte outlast.db is not a new store: every record would be gone without a word."""
+    assert cli("submit", "demo").returncode == 0
+    db_path = cli.state_dir / "outlast.db"
+    db_path.write_bytes(b"")
+    for args in (["ls"], ["submit", "demo"], ["worker", "--exit-when-idle"]):
+        r = cli(*args)
+        assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
+        assert "not a usable Outlast database" in one_line(r, str(args))
+        assert db_path.stat().st_size == 0  # left as found
+
+
+def test_a_new_state_dir_is_created_by_racing_processes(cli: Cli) -> None:
+    """Refusing an empty file must not refuse a store that another process is creating right now."""
+    procs = [
+        subprocess.Popen([*CLI, "ls"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+
+
+def interrupted_store(cli: Cli, tmp_path: Path, n: int = 60) -> tuple[str, bytes]:
+    """A state dir with two completed operations and an interrupted counted-item one with checkpoints;
+    the database file's bytes (its WAL folded in)."""
+    for _ in range(2):
+        assert cli("run", "demo", "-p", "items=3", "-p", "seconds=0").returncode == 0
+    op_id = submit_ledger(cli, n, tmp_path)
+    kill_after(cli, op_id, 3)
+    assert cli("ls").returncode == 0  # marks it interrupted
+    conn = sqlite3.connect(cli.state_dir / "outlast.db")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    wal = cli.state_dir / "outlast.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # everything is in the database file
+    return op_id, (cli.state_dir / "outlast.db").read_bytes()
+
+
+def put_back(cli: Cli, image: bytes) -> Path:
+    path = cli.state_dir / "outlast.db"
+    for extra in ("-wal", "-shm"):
+        path.with_name(path.name + extra).unlink(missing_ok=True)
+    path.write_bytes(image)
+    return path
+
+
+def resume_json(cli: Cli, op_id: str) -> subprocess.CompletedProcess:
+    return cli("--json", *P, "resume", op_id, timeout=120)
+
+
+def assert_outcome(r: subprocess.CompletedProcess, n: int, why: str) -> None:
+    """Completed with the right result, or stopped with one clear last line and a documented code."""
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{why}\n{r.stderr}"
+    assert r.returncode in DOCUMENTED, f"{why}: exit {r.returncode}\n{r.stderr}"
+    if r.returncode == ExitCode.OK:
+        op = json.loads(r.stdout)
+        assert op["status"] == "completed", f"{why}: {op}"
+        assert op["result"] == {"sum": sum(range(n))}, f"{why}: wrong result {op['result']}"
+        assert op["progress"]["done"] == n, f"{why}: completed at {op['progress']['done']}/{n}"
+    else:
+        lines = r.stderr.strip().splitlines()
+        assert lines, f"{why}: exit {r.returncode} and nothing said"
+        assert all(ch.isprintable() for ch in lines[-1]), f"{why}: raw bytes in {lines[-1]!r}"
+
+
+def test_garbage_inside_checkpoint_rows_is_skipped(cli: Cli, tmp_path: Path) -> None:
+    """Bytes changed inside the stored checkpoints (not SQLite's own structure): the newest one's
+    info is no longer UTF-8, the one before has garbage in its payload. The resume skips both and
+    completes correctly (it marked the operation failed, with the raw bytes in its error line)."""
+    n = 60
+    op_id, image = interrupted_store(cli, tmp_path, n)
+    with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
+        rows = conn.execute(
+            "SELECT CAST(info AS BLOB), payload FROM checkpoints WHERE op_id=? ORDER BY seq DESC LIMIT 2", (op_id,)
+        ).fetchall()
+    (newest_info, _), (_, older_payload) = rows
+    damaged = bytearray(image)
+    for needle, garbage in ((bytes(newest_info), b"\xff\xfe\x00\x80"), (bytes(older_payload), b"\x00\x9c\xff")):
+        at = image.find(needle)
+        assert at > 0 and image.find(needle, at + 1) < 0
+        damaged[at + 20 : at + 20 + len(garbage)] = garbage
+    put_back(cli, bytes(damaged))
+    r = resume_json(cli, op_id)
+    assert r.returncode == 0, r.stderr
+    assert_outcome(r, n, "garbage in checkpoint rows")
+    assert any("skipped checkpoint" in ln for ln in r.stderr.splitlines()), r.stderr
+
+
+def test_damaged_checkpoint_page_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    """The cells of the checkpoints table garbled, SQLite's structure with them: the resume completes
+    correctly or stops with one clear line (exit 8), never raw bytes, never 'internal error'."""
+    n = 60
+    op_id, image = interrupted_store(cli, tmp_path, n)
+    with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
+        pages = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE name='checkpoints'")]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    rng = random.Random(SEED)
+    path = put_back(cli, image)
+    with open(path, "r+b") as f:
+        for page in pages:  # the cell content area ends the page: overwrite its last quarter
+            f.seek(page * page_size - page_size // 4)
+            f.write(bytes(rng.randrange(256) for _ in range(page_size // 4)))
+    r = resume_json(cli, op_id)
+    assert_outcome(r, n, f"checkpoint cells garbled, seed {SEED}")
+    assert r.returncode in (ExitCode.OK, ExitCode.STORE), r.stderr
+
+
+@pytest.mark.timeout(7200 if SOAK else 120)
+def test_random_bytes_in_the_database(cli: Cli, tmp_path: Path) -> None:
+    """Random bytes at seeded offsets (mostly pages 4-8, where the tables live in a small store):
+    every command reads it and ends correctly or with one clear line; never internal error (70)."""
+    n = 60
+    op_id, image = interrupted_store(cli, tmp_path, n)
+    seed = SEED
+    rounds = 200 if SOAK else 4
+    print(f"seed {seed}, {rounds} rounds")
+    rng = random.Random(seed)
+    for rnd in range(rounds):
+        path = put_back(cli, image)
+        hi = min(32768, len(image)) if rng.random() < 0.8 else len(image)
+        with open(path, "r+b") as f:
+            for _ in range(rng.choice([1, 8, 64])):
+                f.seek(rng.randrange(12288 if hi > 12288 else 100, hi))
+                f.write(bytes(rng.randrange(256) for _ in range(rng.choice([1, 16, 512]))))
+        why = f"seed {seed} round {rnd}"
+        for args in (["ls"], ["show", op_id], ["checkpoints", op_id], ["logs", op_id]):
+            r = cli(*P, *args)
+            assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{why} {args}\n{r.stderr}"
+            assert r.returncode in (ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.STORE), f"{why} {args}\n{r.stderr}"
+            if r.returncode:
+                one_line(r, f"{why} {args}")
+        assert_outcome(resume_json(cli, op_id), n, why)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,6 +98,9 @@ CREATE TABLE IF NOT EXISTS failures(
 """
 
 
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+"""SQLite's primary result codes for a damaged database file."""
+
 _CKPT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
 
 
@@ -124,7 +128,10 @@ class LocalStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
         assert self._worker is not None, "store is not open"
-        return await self._worker.run(fn, *args)
+        try:
+            return await self._worker.run(fn, *args)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
 
     async def _txn(
         self,
@@ -134,7 +141,17 @@ class LocalStore:
     ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
         assert self._worker is not None, "store is not open"
-        return await self._worker.run_txn(fn, undo, after)
+        try:
+            return await self._worker.run_txn(fn, undo, after)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+
+    def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
+        """A damaged database file as the one-line store error; other SQLite errors (locked, full,
+        read-only, I/O) as they are."""
+        if type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED:
+            return StoreError(f"state dir {self.state_dir}: {self.db_path.name} is not a usable Outlast database ({e})")
+        return e
 
     async def open(self) -> None:
         self._opened += 1
@@ -161,19 +178,27 @@ class LocalStore:
         if not d.is_dir():
             raise StoreError(f"state dir {d} is not a directory")
         try:
+            if not self.db_path.exists():
+                self._create_db()
+            elif self.db_path.stat().st_size == 0:
+                # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
+                raise sqlite3.DatabaseError("the file is empty (0 bytes)")
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
-            row = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
+            conn.text_factory = _lenient_text
             self._conn = conn
             assert self._worker is not None
             self._worker.conn = conn
-            if row is None:
-                conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
-                conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
+                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                    raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+                self._init_schema(conn)  # a database file with nothing in it: nothing to lose
             ver = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
             self._conn = None
             raise StoreError(f"state dir {d}: {self.db_path.name} is not a usable Outlast database ({e})") from None
         version = int(ver[0]) if ver else 0
@@ -184,6 +209,35 @@ class LocalStore:
                 f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
                 f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
             )
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+        conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _create_db(self) -> None:
+        """A new database, built beside the path and linked into place whole: a process that finds
+        ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
+        tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                self._init_schema(conn)
+            finally:
+                conn.close()  # the last connection folds the WAL into the file and removes it
+            with contextlib.suppress(FileExistsError):  # another process made it first: use that one
+                os.link(tmp, self.db_path)
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
@@ -746,6 +800,12 @@ class LocalStore:
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
         return out, offset + end
+
+
+def _lenient_text(raw: bytes) -> str:
+    """TEXT as str; bytes that are not UTF-8 (a damaged page) become U+FFFD instead of an error
+    that quotes them raw, so the validation of what was read decides (and says it in one line)."""
+    return raw.decode("utf-8", "replace")
 
 
 def _as_bytes(value: Any) -> bytes:
