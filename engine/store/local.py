@@ -515,11 +515,8 @@ class LocalStore:
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
             return True
-        fd = os.open(self.lock_dir / f"{op_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self.lock_dir / f"{op_id}.lock")
+        if fd is None:
             return False
         self._held[op_id] = fd
         return True
@@ -527,9 +524,7 @@ class LocalStore:
     def _unlock(self, op_id: str) -> None:
         fd = self._held.pop(op_id, None)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.lock_dir / f"{op_id}.lock")
-            os.close(fd)
+            unlock(self.lock_dir / f"{op_id}.lock", fd)
 
     def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
         """Let go after a commit, unless a later job of the same commit group claimed the operation
@@ -800,6 +795,40 @@ class LocalStore:
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
         return out, offset + end
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on the lock file at ``path`` (made if missing): its fd, or None while
+    another process holds it.
+
+    The lock is the file *at the path*: the holder deletes it when letting go (``unlock``), so a
+    process that opened the path just before may get the flock on the deleted file while another
+    makes and locks a new one. Such a lock is checked for (the open file is no longer the one at
+    the path) and taken again on the file that is."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            here, mine = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass  # let go of and deleted since we opened it
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def unlock(path: Path, fd: int) -> None:
+    """Let go of a lock taken with ``try_lock``: delete the file while still holding it, then close."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
 
 
 def _lenient_text(raw: bytes) -> str:
