@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -287,6 +288,35 @@ def interrupted_store(cli: Cli, tmp_path: Path, n: int = 60) -> tuple[str, bytes
     return op_id, (cli.state_dir / "outlast.db").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, bytes]:
+    """One interrupted store per module (building it costs several processes): its state dir, the
+    interrupted operation's id and the database file's bytes. Tests copy it."""
+    base = tmp_path_factory.mktemp("pristine")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in list(os.environ):
+            if var.startswith("OUTLAST_") and var != "OUTLAST_REQUIRE_REDIS":
+                mp.delenv(var)
+        mp.setenv("OUTLAST_STATE_DIR", str(base / "state"))
+        mp.setenv("XDG_CONFIG_HOME", str(base / "config"))
+        builder = Cli(base / "state")
+        try:
+            op_id, image = interrupted_store(builder, base, PRISTINE_ITEMS)
+        finally:
+            builder.close()
+    return base / "state", op_id, image
+
+
+PRISTINE_ITEMS = 40
+
+
+def from_pristine(cli: Cli, pristine: tuple[Path, str, bytes]) -> tuple[str, bytes]:
+    """A copy of the module's interrupted store in this test's state dir."""
+    src, op_id, image = pristine
+    shutil.copytree(src, cli.state_dir)
+    return op_id, image
+
+
 def put_back(cli: Cli, image: bytes) -> Path:
     path = cli.state_dir / "outlast.db"
     for extra in ("-wal", "-shm"):
@@ -314,12 +344,12 @@ def assert_outcome(r: subprocess.CompletedProcess, n: int, why: str) -> None:
         assert all(ch.isprintable() for ch in lines[-1]), f"{why}: raw bytes in {lines[-1]!r}"
 
 
-def test_garbage_inside_checkpoint_rows_is_skipped(cli: Cli, tmp_path: Path) -> None:
+def test_garbage_inside_checkpoint_rows_is_skipped(cli: Cli, pristine: tuple[Path, str, bytes]) -> None:
     """Bytes changed inside the stored checkpoints (not SQLite's own structure): the newest one's
     info is no longer UTF-8, the one before has garbage in its payload. The resume skips both and
     completes correctly (it marked the operation failed, with the raw bytes in its error line)."""
-    n = 60
-    op_id, image = interrupted_store(cli, tmp_path, n)
+    n = PRISTINE_ITEMS
+    op_id, image = from_pristine(cli, pristine)
     with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
         rows = conn.execute(
             "SELECT CAST(info AS BLOB), payload FROM checkpoints WHERE op_id=? ORDER BY seq DESC LIMIT 2", (op_id,)
@@ -337,11 +367,11 @@ def test_garbage_inside_checkpoint_rows_is_skipped(cli: Cli, tmp_path: Path) -> 
     assert any("skipped checkpoint" in ln for ln in r.stderr.splitlines()), r.stderr
 
 
-def test_damaged_checkpoint_page_is_one_line(cli: Cli, tmp_path: Path) -> None:
+def test_damaged_checkpoint_page_is_one_line(cli: Cli, pristine: tuple[Path, str, bytes]) -> None:
     """The cells of the checkpoints table garbled, SQLite's structure with them: the resume completes
     correctly or stops with one clear line (exit 8), never raw bytes, never 'internal error'."""
-    n = 60
-    op_id, image = interrupted_store(cli, tmp_path, n)
+    n = PRISTINE_ITEMS
+    op_id, image = from_pristine(cli, pristine)
     with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
         pages = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE name='checkpoints'")]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -357,11 +387,11 @@ def test_damaged_checkpoint_page_is_one_line(cli: Cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(7200 if SOAK else 120)
-def test_random_bytes_in_the_database(cli: Cli, tmp_path: Path) -> None:
+def test_random_bytes_in_the_database(cli: Cli, pristine: tuple[Path, str, bytes]) -> None:
     """Random bytes at seeded offsets (mostly pages 4-8, where the tables live in a small store):
     every command reads it and ends correctly or with one clear line; never internal error (70)."""
-    n = 60
-    op_id, image = interrupted_store(cli, tmp_path, n)
+    n = PRISTINE_ITEMS
+    op_id, image = from_pristine(cli, pristine)
     seed = SEED
     rounds = 200 if SOAK else 4
     print(f"seed {seed}, {rounds} rounds")
@@ -381,3 +411,80 @@ def test_random_bytes_in_the_database(cli: Cli, tmp_path: Path) -> None:
             if r.returncode:
                 one_line(r, f"{why} {args}")
         assert_outcome(resume_json(cli, op_id), n, why)
+
+
+# ---- every row type and file ----------------------------------------------------------------------
+
+
+def _sql(cli: Cli, sql: str, *args: object) -> None:
+    with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
+        conn.execute(sql, args)
+
+
+def _with_log(cli: Cli, op_id: str) -> Path:
+    path = cli.state_dir / "logs" / f"{op_id}.jsonl"
+    line = b'{"ts": 1.0, "level": "info", "message": "a line of the log that is cut in its middle"}\n'
+    with open(path, "ab") as f:
+        f.write(line * 3)
+    return path
+
+
+def _truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGES = {
+    # operations rows
+    "record garbage": lambda cli, i: _sql(cli, "UPDATE operations SET record=? WHERE id=?", b"\x00\xff{", i),
+    "record not json": lambda cli, i: _sql(cli, "UPDATE operations SET record='{\"id\": 1' WHERE id=?", i),
+    "record wrong status": lambda cli, i: _sql(
+        cli, "UPDATE operations SET record=json_set(record, '$.status', 'exploded') WHERE id=?", i
+    ),
+    "status column garbage": lambda cli, i: _sql(cli, "UPDATE operations SET status='exploded' WHERE id=?", i),
+    "priority garbage": lambda cli, i: _sql(
+        cli, "UPDATE operations SET record=json_set(record, '$.priority', 'urgent') WHERE id=?", i
+    ),
+    # checkpoint rows
+    "checkpoint info garbage": lambda cli, i: _sql(cli, "UPDATE checkpoints SET info=x'00ff7b' WHERE op_id=?", i),
+    "checkpoint checksum empty": lambda cli, i: _sql(cli, "UPDATE checkpoints SET checksum='' WHERE op_id=?", i),
+    "checkpoint seq shifted": lambda cli, i: _sql(cli, "UPDATE checkpoints SET seq=seq+100 WHERE op_id=?", i),
+    "checkpoints deleted": lambda cli, i: _sql(cli, "DELETE FROM checkpoints WHERE op_id=?", i),
+    "checkpoint payload truncated": lambda cli, i: _sql(
+        cli, "UPDATE checkpoints SET payload=substr(payload, 1, 10) WHERE op_id=?", i
+    ),
+    # delta rows
+    "deltas zero-length": lambda cli, i: _sql(cli, "UPDATE deltas SET items=x'' WHERE op_id=?", i),
+    "deltas text type": lambda cli, i: _sql(cli, "UPDATE deltas SET items=CAST(items AS TEXT) || 'x' WHERE op_id=?", i),
+    "deltas all deleted": lambda cli, i: _sql(cli, "DELETE FROM deltas WHERE op_id=?", i),
+    "delta done is a string": lambda cli, i: _sql(
+        cli, "UPDATE deltas SET items=json_set(items, '$.d', 'abc') WHERE op_id=? AND seq=1", i
+    ),
+    # files
+    "log file garbage": lambda cli, i: (cli.state_dir / "logs" / f"{i}.jsonl").write_bytes(b"\x00\xff\n{]\n" * 50),
+    "log file truncated": lambda cli, i: _truncate(_with_log(cli, i), 0.5),
+    "log file zero-length": lambda cli, i: (cli.state_dir / "logs" / f"{i}.jsonl").write_bytes(b""),
+    "lock file garbage": lambda cli, i: (cli.state_dir / "locks" / f"{i}.lock").write_bytes(os.urandom(100)),
+    "lock file zero-length": lambda cli, i: (cli.state_dir / "locks" / f"{i}.lock").write_bytes(b""),
+    "database truncated": lambda cli, i: _truncate(cli.state_dir / "outlast.db", 0.5),
+    "database header only": lambda cli, i: _truncate(
+        cli.state_dir / "outlast.db", 100 / (cli.state_dir / "outlast.db").stat().st_size
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_every_row_type_and_file(cli: Cli, pristine: tuple[Path, str, bytes], damage: str) -> None:
+    """Each kind of damage to what the store reads ends in a correct resume or one clear line."""
+    n = PRISTINE_ITEMS
+    op_id, _ = from_pristine(cli, pristine)
+    DAMAGES[damage](cli, op_id)
+    reader = {"log": ["logs", op_id], "che": ["checkpoints", op_id], "del": ["checkpoints", op_id]}
+    commands = [["ls"], ["show", op_id], ["checkpoints", op_id], ["logs", op_id]] if SOAK else [["ls"]]
+    for args in [*commands, reader.get(damage[:3], ["show", op_id])]:
+        r = cli(*P, *args)
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{damage} {args}\n{r.stderr}"
+        assert r.returncode in (ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.STORE), f"{damage} {args}\n{r.stderr}"
+        if r.returncode:
+            one_line(r, f"{damage} {args}")
+    assert_outcome(resume_json(cli, op_id), n, damage)
