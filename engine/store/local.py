@@ -227,8 +227,13 @@ class LocalStore:
                 self._init_schema(conn)
             finally:
                 conn.close()  # the last connection folds the WAL into the file and removes it
-            with contextlib.suppress(FileExistsError):  # another process made it first: use that one
+            try:
                 os.link(tmp, self.db_path)
+            except FileExistsError:
+                pass  # another process made it first: use that one
+            except OSError:  # a file system without hard links
+                if not self.db_path.exists():
+                    os.rename(tmp, self.db_path)
             dir_fd = os.open(self.state_dir, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
