@@ -217,7 +217,8 @@ def resume_note(op_id: str, skipped: list[str], chosen: int | None) -> str:
         if chosen is not None
         else "no checkpoint verifies: restarting from scratch"
     )
-    return f"operation {op_id}: {where}; skipped {shown}"
+    line = f"operation {op_id}: {where}; skipped {shown}"
+    return "".join(ch if ch.isprintable() else "?" for ch in line)  # stored bytes may be anything
 
 
 @runtime_checkable
