@@ -410,7 +410,9 @@ def test_random_bytes_in_the_database(cli: Cli, pristine: tuple[Path, str, bytes
             assert r.returncode in (ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.STORE), f"{why} {args}\n{r.stderr}"
             if r.returncode:
                 one_line(r, f"{why} {args}")
-        assert_outcome(resume_json(cli, op_id), n, why)
+        r = resume_json(cli, op_id)
+        assert_outcome(r, n, why)
+        print(f"{why}: resume exit {r.returncode}")
 
 
 # ---- every row type and file ----------------------------------------------------------------------
