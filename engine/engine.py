@@ -475,8 +475,12 @@ class Engine:
             resume = None
             if op.checkpoint_seq or op.resume_seq is not None:
                 resume = await self.store.load_checkpoint(op.id, op.resume_seq)
-                if op.resume_seq is not None and resume is not None:
-                    await self.store.discard_checkpoints_after(op.id, resume[0].seq)
+                base = resume[0].seq if resume is not None else 0
+                if base != (op.checkpoint_seq or 0):
+                    # One chain only: what follows the resume point is abandoned, and this attempt's
+                    # checkpoints take its numbers (merged with its deltas, items went uncounted).
+                    await self.store.discard_checkpoints_after(op.id, base)
+                    op = op.model_copy(update={"checkpoint_seq": base or None})
         except Exception as e:
             await self._settle(op, Status.FAILED, error=format_exception(e))
             return

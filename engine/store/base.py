@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,24 @@ from ..models import (
     WorkerInfo,
 )
 
+ROOT = ""
+"""The link the first delta of a chain names (there is no delta before it)."""
+_LINK_HEAD = b'{"p":"'
+
+
+def link(raw_delta: bytes) -> str:
+    """The link the next delta names: a hash of this delta's bytes, which hold the link before it.
+
+    So a checkpoint's checksum, which covers its own delta, covers the whole chain of deltas a
+    resume through it reads: a changed, missing or foreign delta anywhere breaks it."""
+    return hashlib.sha256(raw_delta).hexdigest()
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{what} is not a list of strings")
+    return value
+
 
 @dataclass
 class ItemDelta:
@@ -33,15 +52,26 @@ class ItemDelta:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
-    def encode(self) -> bytes:
+    def encode(self, prev: str = ROOT) -> bytes:
+        """Canonical bytes, led by ``prev``: the link of the delta before this one (``ROOT`` for seq 1)."""
         return json.dumps(
-            {"d": self.done, "f": self.failed, "s": self.skipped}, separators=(",", ":"), ensure_ascii=False
+            {"p": prev, "d": self.done, "f": self.failed, "s": self.skipped}, separators=(",", ":"), ensure_ascii=False
         ).encode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ItemDelta:
+        """The delta in ``raw``; ValueError for anything that is not one (wrong JSON, wrong types)."""
         data = json.loads(raw)
-        return cls(done=list(data.get("d", [])), failed=dict(data.get("f", {})), skipped=list(data.get("s", [])))
+        if not isinstance(data, dict):
+            raise ValueError("item delta is not an object")
+        failed = data.get("f", {})
+        if not isinstance(failed, dict) or not all(isinstance(v, str) for v in failed.values()):
+            raise ValueError("item delta failures are not a map of strings")
+        return cls(
+            done=list(_strings(data.get("d", []), "done items")),
+            failed=dict(failed),
+            skipped=list(_strings(data.get("s", []), "skipped items")),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.done or self.failed or self.skipped)
@@ -63,10 +93,78 @@ class Ledger:
         self.skipped.update(delta.skipped)
 
 
+def _named_link(raw: bytes) -> str | None:
+    """The link a delta names (None: a delta written before links existed)."""
+    if not raw.startswith(_LINK_HEAD):
+        return None
+    end = raw.find(b'"', len(_LINK_HEAD))
+    return raw[len(_LINK_HEAD) : end].decode("ascii", "replace") if end > 0 else "?"
+
+
+class Chain:
+    """The item deltas of one operation, followed from seq 1 for as long as every link holds.
+
+    Both stores resume by the same rules: a checkpoint is valid when its seq is within the intact
+    chain and its checksum matches its payload and its own delta; its done set is the union of the
+    deltas up to it. A delta after a break (edited, garbled, missing, or left by an abandoned
+    attempt) is never read."""
+
+    def __init__(self, rows: Iterable[tuple[Any, Any]]) -> None:
+        """``rows``: (seq, delta bytes) in ascending seq order; reading stops at the first break."""
+        self._raw: list[bytes] = []
+        self.broken: str | None = None
+        """Why the chain stops before its last delta (for the log line), or None."""
+        expect: str = ROOT
+        legacy = True  # deltas without links (older versions) may only lead the chain
+        for seq, raw in rows:
+            want = len(self._raw) + 1
+            if seq != want:
+                self.broken = f"delta {want} is missing"
+                break
+            raw = raw.encode() if isinstance(raw, str) else bytes(raw) if isinstance(raw, (bytes, memoryview)) else b""
+            named = _named_link(raw)
+            if (named is None and not legacy) or (named is not None and named != expect):
+                self.broken = f"delta {seq} does not follow delta {seq - 1}" if seq > 1 else "delta 1 starts no chain"
+                break
+            legacy = legacy and named is None
+            self._raw.append(raw)
+            expect = link(raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def delta(self, seq: int) -> bytes:
+        """The bytes of delta ``seq`` (within the chain)."""
+        return self._raw[seq - 1]
+
+    def verifies(self, seq: int, payload: bytes | str, cs: str) -> bool:
+        """Whether checkpoint ``seq`` with this payload and checksum is resumable through this chain."""
+        if not isinstance(seq, int) or not 1 <= seq <= len(self._raw):
+            return False
+        payload = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
+        return checksum(payload, self._raw[seq - 1]) == cs
+
+    def ledger(self, seq: int) -> Ledger:
+        """The done set as of checkpoint ``seq``; ValueError when a delta up to it is not readable."""
+        ledger = Ledger()
+        for i, raw in enumerate(self._raw[:seq], 1):
+            try:
+                ledger.apply(ItemDelta.decode(raw))
+            except ValueError as e:
+                raise ValueError(f"delta {i} is unreadable ({e.__class__.__name__})") from None
+        return ledger
+
+
 def encode_payload(cp: Checkpoint) -> bytes:
-    """The checkpoint's resumable content as canonical JSON."""
+    """The checkpoint's resumable content as canonical JSON (with the counts a resume takes from it)."""
     return json.dumps(
-        {"state": cp.state, "context_data": cp.context_data, "next_step": cp.next_step, "metadata": cp.metadata},
+        {
+            "state": cp.state,
+            "context_data": cp.context_data,
+            "next_step": cp.next_step,
+            "metadata": cp.metadata,
+            "counts": [cp.processed_items, cp.total_items, cp.done_count],
+        },
         separators=(",", ":"),
         ensure_ascii=False,
         sort_keys=False,
@@ -85,6 +183,42 @@ def decode_payload(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("state", {}), dict):
         raise ValueError("checkpoint payload is not an object")
     return data
+
+
+def restore(info: Checkpoint, payload: bytes | str) -> Checkpoint:
+    """The checkpoint ``info`` describes, with what its (verified) payload holds; ValueError if unreadable.
+
+    The counts come from the payload, which the checksum covers, not from the listing info."""
+    data = decode_payload(payload)
+    update: dict[str, Any] = {k: data.get(k) or {} for k in ("state", "context_data", "metadata")}
+    update["next_step"] = data.get("next_step")
+    for k in ("context_data", "metadata"):
+        if not isinstance(update[k], dict):
+            raise ValueError(f"checkpoint {k} is not an object")
+    counts = data.get("counts")
+    if counts is not None:
+        if (
+            not isinstance(counts, list)
+            or len(counts) != 3
+            or not all(c is None or (isinstance(c, int) and c >= 0) for c in counts)
+            or counts[0] is None
+        ):
+            raise ValueError("checkpoint counts are malformed")
+        update |= {"processed_items": counts[0], "total_items": counts[1], "done_count": counts[2] or 0}
+    return info.model_copy(update=update)
+
+
+def resume_note(op_id: str, skipped: list[str], chosen: int | None) -> str:
+    """The one line saying which checkpoints a resume skipped (``skipped``: "checkpoint N (why)"), and
+    where it starts."""
+    shown = "; ".join(skipped[:4]) + (f"; {len(skipped) - 4} more" if len(skipped) > 4 else "")
+    where = (
+        f"resuming from checkpoint {chosen}"
+        if chosen is not None
+        else "no checkpoint verifies: restarting from scratch"
+    )
+    line = f"operation {op_id}: {where}; skipped {shown}"
+    return "".join(ch if ch.isprintable() else "?" for ch in line)  # stored bytes may be anything
 
 
 @runtime_checkable

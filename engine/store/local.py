@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +43,7 @@ from ..models import (
     validate_id,
     validate_id_prefix,
 )
-from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
 from .sqlite_worker import SqliteWorker
 
 log = logging.getLogger("outlast.store")
@@ -97,6 +98,9 @@ CREATE TABLE IF NOT EXISTS failures(
 """
 
 
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+"""SQLite's primary result codes for a damaged database file."""
+
 _CKPT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
 
 
@@ -124,7 +128,10 @@ class LocalStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
         assert self._worker is not None, "store is not open"
-        return await self._worker.run(fn, *args)
+        try:
+            return await self._worker.run(fn, *args)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
 
     async def _txn(
         self,
@@ -134,7 +141,17 @@ class LocalStore:
     ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
         assert self._worker is not None, "store is not open"
-        return await self._worker.run_txn(fn, undo, after)
+        try:
+            return await self._worker.run_txn(fn, undo, after)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+
+    def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
+        """A damaged database file as the one-line store error; other SQLite errors (locked, full,
+        read-only, I/O) as they are."""
+        if type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED:
+            return StoreError(f"state dir {self.state_dir}: {self.db_path.name} is not a usable Outlast database ({e})")
+        return e
 
     async def open(self) -> None:
         self._opened += 1
@@ -161,19 +178,27 @@ class LocalStore:
         if not d.is_dir():
             raise StoreError(f"state dir {d} is not a directory")
         try:
+            if not self.db_path.exists():
+                self._create_db()
+            elif self.db_path.stat().st_size == 0:
+                # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
+                raise sqlite3.DatabaseError("the file is empty (0 bytes)")
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
-            row = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
+            conn.text_factory = _lenient_text
             self._conn = conn
             assert self._worker is not None
             self._worker.conn = conn
-            if row is None:
-                conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
-                conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
+                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                    raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+                self._init_schema(conn)  # a database file with nothing in it: nothing to lose
             ver = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
             self._conn = None
             raise StoreError(f"state dir {d}: {self.db_path.name} is not a usable Outlast database ({e})") from None
         version = int(ver[0]) if ver else 0
@@ -184,6 +209,40 @@ class LocalStore:
                 f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
                 f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
             )
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+        conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _create_db(self) -> None:
+        """A new database, built beside the path and linked into place whole: a process that finds
+        ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
+        tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                self._init_schema(conn)
+            finally:
+                conn.close()  # the last connection folds the WAL into the file and removes it
+            try:
+                os.link(tmp, self.db_path)
+            except FileExistsError:
+                pass  # another process made it first: use that one
+            except OSError:  # a file system without hard links
+                if not self.db_path.exists():
+                    os.rename(tmp, self.db_path)
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
@@ -461,11 +520,8 @@ class LocalStore:
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
             return True
-        fd = os.open(self.lock_dir / f"{op_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self.lock_dir / f"{op_id}.lock")
+        if fd is None:
             return False
         self._held[op_id] = fd
         return True
@@ -473,9 +529,7 @@ class LocalStore:
     def _unlock(self, op_id: str) -> None:
         fd = self._held.pop(op_id, None)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.lock_dir / f"{op_id}.lock")
-            os.close(fd)
+            unlock(self.lock_dir / f"{op_id}.lock", fd)
 
     def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
         """Let go after a commit, unless a later job of the same commit group claimed the operation
@@ -523,12 +577,9 @@ class LocalStore:
 
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
         payload = encode_payload(cp)
-        items = delta.encode()
-        cs = checksum(payload, items)
-        cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
-        info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
         now = time.time()
         fail_rows = [(cp.operation_id, k, e, cp.epoch, now) for k, e in delta.failed.items()]
+        saved: list[Checkpoint] = []
 
         def do(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT epoch FROM operations WHERE id=?", (cp.operation_id,)).fetchone()
@@ -538,6 +589,17 @@ class LocalStore:
                 raise StaleAttempt(
                     f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
                 )
+            # Link this delta to the one before it (read in this transaction: the attempt holds the op).
+            prev = ROOT
+            if cp.seq > 1:
+                before = conn.execute(
+                    "SELECT items FROM deltas WHERE op_id=? AND seq=?", (cp.operation_id, cp.seq - 1)
+                ).fetchone()
+                prev = link(_as_bytes(before[0])) if before else "missing"
+            items = delta.encode(prev)
+            cs = checksum(payload, items)
+            done = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
+            info = done.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
                 (cp.operation_id, cp.seq, cp.epoch, cp.created_at, info, payload, cs),
@@ -563,48 +625,87 @@ class LocalStore:
                     (n_fail, cp.operation_id),
                 )
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
+            saved[:] = [done]
 
         await self._txn(do)
-        return cp
+        return saved[0]
+
+    def _chain(self, op_id: str) -> Chain:
+        """The operation's deltas, followed from seq 1 until a link breaks (or a page cannot be read)."""
+        conn = self._conn
+        assert conn is not None
+
+        def rows() -> Iterator[tuple[Any, Any]]:
+            try:
+                yield from conn.execute("SELECT seq, items FROM deltas WHERE op_id=? ORDER BY seq", (op_id,))
+            except sqlite3.DatabaseError as e:
+                log.warning("operation %s: item deltas unreadable after some point (%s)", op_id, e)
+
+        return Chain(rows())
+
+    def _checkpoint_rows(self, op_id: str, seq: int | None) -> list[tuple[Any, ...]]:
+        """(seq, info, payload, checksum) newest first; rows on an unreadable page are left out."""
+        conn = self._conn
+        assert conn is not None
+        sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
+        args: list[Any] = [op_id]
+        if seq is not None:
+            sql += " AND seq <= ?"
+            args.append(seq)
+        try:
+            return conn.execute(sql + " ORDER BY seq DESC", args).fetchall()
+        except sqlite3.DatabaseError:
+            pass
+        # A damaged page: read the seqs one by one, keeping what is readable.
+        out = []
+        top = seq if seq is not None else self._max_seq(op_id)
+        for s in range(top, 0, -1):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                out += conn.execute(
+                    "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?", (op_id, s)
+                ).fetchall()
+        return out
+
+    def _max_seq(self, op_id: str) -> int:
+        conn = self._conn
+        assert conn is not None
+        for table in ("checkpoints", "deltas"):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                row = conn.execute(f"SELECT MAX(seq) FROM {table} WHERE op_id=?", (op_id,)).fetchone()
+                if row and isinstance(row[0], int):
+                    return row[0]
+        return 0
 
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
         validate_id(op_id)
 
         def do() -> tuple[Checkpoint, Ledger] | None:
-            conn = self._conn
-            assert conn is not None
-            sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
-            args: list[Any] = [op_id]
-            if seq is not None:
-                sql += " AND seq <= ?"
-                args.append(seq)
-            for s, info, payload, cs in conn.execute(sql + " ORDER BY seq DESC", args).fetchall():
-                delta_row = conn.execute("SELECT items FROM deltas WHERE op_id=? AND seq=?", (op_id, s)).fetchone()
-                items = delta_row[0] if delta_row else b""
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                if isinstance(items, str):
-                    items = items.encode()
-                if checksum(payload, items) != cs:
-                    log.warning("operation %s: checkpoint %d fails its checksum; using an older one", op_id, s)
+            rows = self._checkpoint_rows(op_id, seq)
+            if not rows:
+                return None
+            chain = self._chain(op_id)
+            skipped: list[str] = []
+            found: tuple[Checkpoint, Ledger] | None = None
+            for s, info, payload, cs in rows:
+                if not chain.verifies(s, payload, cs):
+                    why = (
+                        f"follows a broken chain ({chain.broken})"
+                        if isinstance(s, int) and s > len(chain) and chain.broken
+                        else "fails its checksum"
+                    )
+                    skipped.append(f"checkpoint {s} {why}")
                     continue
                 try:
-                    data = decode_payload(payload)
-                    cp = Checkpoint.model_validate_json(info)
-                    cp = cp.model_copy(
-                        update={k: data.get(k) or v for k, v in (("state", {}), ("context_data", {}), ("metadata", {}))}
-                        | {"next_step": data.get("next_step")}
-                    )
+                    cp = restore(Checkpoint.model_validate_json(info), payload)
+                    if cp.seq != s or cp.operation_id != op_id:
+                        raise ValueError("checkpoint info names another checkpoint")
+                    found = cp, chain.ledger(s)
+                    break
                 except ValueError as e:
-                    log.warning("operation %s: checkpoint %d cannot be decoded (%s); using an older one", op_id, s, e)
-                    continue
-                ledger = Ledger()
-                for (raw,) in conn.execute(
-                    "SELECT items FROM deltas WHERE op_id=? AND seq <= ? ORDER BY seq", (op_id, s)
-                ):
-                    ledger.apply(ItemDelta.decode(raw))
-                return cp, ledger
-            return None
+                    skipped.append(f"checkpoint {s} is unreadable ({_plain(e)})")
+            if skipped:
+                log.warning(resume_note(op_id, skipped, found[0].seq if found else None))
+            return found
 
         return await self._run(do)
 
@@ -613,18 +714,13 @@ class LocalStore:
 
         def do() -> list[Checkpoint]:
             out = []
-            for info, payload, items, cs in self._conn.execute(  # type: ignore[union-attr]
-                "SELECT c.info, c.payload, d.items, c.checksum FROM checkpoints c"
-                " LEFT JOIN deltas d ON d.op_id=c.op_id AND d.seq=c.seq WHERE c.op_id=? ORDER BY c.seq DESC",
-                (op_id,),
-            ):
+            chain = self._chain(op_id)
+            for s, info, payload, cs in self._checkpoint_rows(op_id, None):
                 try:
                     cp = Checkpoint.model_validate_json(info)
                 except ValueError:
                     continue
-                payload = payload.encode() if isinstance(payload, str) else payload
-                items = (items or b"").encode() if isinstance(items, str) else (items or b"")
-                valid = checksum(payload, items) == cs
+                valid = chain.verifies(s, payload, cs)
                 next_step = None
                 if valid:
                     with contextlib.suppress(ValueError):
@@ -704,6 +800,56 @@ class LocalStore:
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
         return out, offset + end
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on the lock file at ``path`` (made if missing): its fd, or None while
+    another process holds it.
+
+    The lock is the file *at the path*: the holder deletes it when letting go (``unlock``), so a
+    process that opened the path just before may get the flock on the deleted file while another
+    makes and locks a new one. Such a lock is checked for (the open file is no longer the one at
+    the path) and taken again on the file that is."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            here, mine = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass  # let go of and deleted since we opened it
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def unlock(path: Path, fd: int) -> None:
+    """Let go of a lock taken with ``try_lock``: delete the file while still holding it, then close."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+def _lenient_text(raw: bytes) -> str:
+    """TEXT as str; bytes that are not UTF-8 (a damaged page) become U+FFFD instead of an error
+    that quotes them raw, so the validation of what was read decides (and says it in one line)."""
+    return raw.decode("utf-8", "replace")
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _plain(e: BaseException) -> str:
+    """An error's message fit for one log line: printable, short (stored bytes may be anything)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(e).splitlines()[0] if str(e)) or type(e).__name__
+    return text[:120]
 
 
 def raise_conflict(op: Operation, to: Status) -> None:

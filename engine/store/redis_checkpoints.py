@@ -4,7 +4,8 @@ A checkpoint is three hash fields under its seq: ``ck:ID`` (the listing info wit
 checksum), ``cp:ID`` (the payload: state, context_data, next_step, metadata) and
 ``cd:ID`` (the items done, failed or skipped since the previous checkpoint). The newest
 N infos and payloads are kept; deltas are all kept, since the resume point's done set is
-their union. With a mirror, what Redis lacks (it restarted empty) is read from the mirror.
+their union, followed by the same chain rules as the local store (base.Chain). With a mirror,
+what Redis lacks (it restarted empty) is read from the mirror.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from ..models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
-from .base import ItemDelta, Ledger, checksum, decode_payload, encode_payload
+from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
 from .redis_codec import RedisParts
 
 log = logging.getLogger("outlast.store.redis")
@@ -35,7 +36,7 @@ class CheckpointsMixin(RedisParts):
 
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
         payload = encode_payload(cp)
-        items = delta.encode()
+        items = delta.encode(await self._prev_link(cp.operation_id, cp.seq))
         cs = checksum(payload, items)
         cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
         info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
@@ -59,6 +60,18 @@ class CheckpointsMixin(RedisParts):
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
             await self.mirror.save_checkpoint(cp, payload, items, keep)
         return cp
+
+    async def _prev_link(self, op_id: str, seq: int) -> str:
+        """The link of delta ``seq - 1``, which delta ``seq`` names (the attempt holds the operation:
+        nobody else writes its deltas meanwhile)."""
+        if seq <= 1:
+            return ROOT
+        key = self._k("cd", op_id)
+        raw = await self.link.call(lambda c: c.hget(key, str(seq - 1)), f"reading checkpoint {seq - 1} of {op_id}")
+        if raw is None and self.mirror is not None:
+            with contextlib.suppress(OSError):
+                raw = (await asyncio.to_thread(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
+        return link(raw) if raw is not None else "missing"
 
     async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
         keys = self._ckpt_keys(op_id)[1:]
@@ -104,41 +117,46 @@ class CheckpointsMixin(RedisParts):
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
         validate_id(op_id)
         cands, deltas = await self._candidates(op_id)
+        chain = Chain(sorted(deltas.items()))
+        skipped: list[str] = []
+        found: tuple[Checkpoint, Ledger] | None = None
         for s, source, info, payload in cands:
             if seq is not None and s > seq:
                 continue
-            if checksum(payload, deltas.get(s, b"")) != info.checksum:
-                log.warning("operation %s: checkpoint %d (%s) fails its checksum; using an older one", op_id, s, source)
+            if not chain.verifies(s, payload, info.checksum):
+                why = (
+                    f"follows a broken chain ({chain.broken})"
+                    if s > len(chain) and chain.broken
+                    else "fails its checksum"
+                )
+                skipped.append(f"checkpoint {s} ({source}) {why}")
                 continue
             try:
-                data = decode_payload(payload)
-                cp = info.model_copy(
-                    update={k: data.get(k) or v for k, v in (("state", {}), ("context_data", {}), ("metadata", {}))}
-                    | {"next_step": data.get("next_step")}
-                )
-                ledger = Ledger()
-                for d_seq in sorted(d for d in deltas if d <= s):
-                    ledger.apply(ItemDelta.decode(deltas[d_seq]))
+                cp = restore(info, payload)
+                if cp.seq != s or cp.operation_id != op_id:
+                    raise ValueError("checkpoint info names another checkpoint")
+                found = cp, chain.ledger(s)
             except ValueError as e:
-                log.warning(
-                    "operation %s: checkpoint %d (%s) cannot be decoded (%s); using an older one", op_id, s, source, e
-                )
+                skipped.append(f"checkpoint {s} ({source}) is unreadable ({e.__class__.__name__})")
                 continue
             if source == "mirror":
                 log.warning("operation %s: resuming from checkpoint %d found in the checkpoint mirror", op_id, s)
-            return cp, ledger
-        return None
+            break
+        if skipped:
+            log.warning(resume_note(op_id, skipped, found[0].seq if found else None))
+        return found
 
     async def checkpoints(self, op_id: str) -> list[Checkpoint]:
         validate_id(op_id)
         cands, deltas = await self._candidates(op_id)
+        chain = Chain(sorted(deltas.items()))
         out: list[Checkpoint] = []
         seen: set[int] = set()
         for s, _source, info, payload in cands:
             if s in seen:
                 continue
             seen.add(s)
-            valid = checksum(payload, deltas.get(s, b"")) == info.checksum
+            valid = chain.verifies(s, payload, info.checksum)
             next_step = None
             if valid:
                 with contextlib.suppress(ValueError):
