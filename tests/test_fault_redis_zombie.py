@@ -1,0 +1,278 @@
+"""Fault suite (d): Redis zombies. A real ``outlast worker`` is stopped (SIGSTOP) past its lease while
+it runs an operation, the world moves on (the operation is interrupted and re-queued, cancelled, or
+taken over by another worker, or nobody notices), then the worker is continued (SIGCONT).
+
+What must hold: no write of the stale attempt is accepted (checkpoints, progress, logs, status), the
+stale attempt stops running items at once, and the operation still ends with the result of an
+uninterrupted run, item by item.
+
+Seeded: the seed is printed (``OUTLAST_SEED=N`` replays it). ``OUTLAST_SOAK=1`` runs many rounds
+(``OUTLAST_SOAK_ROUNDS``, 100 by default) of every scenario. Needs redis-server
+(``OUTLAST_REQUIRE_REDIS=1`` makes its absence a failure).
+
+This module is also the plugin that defines the operation the workers run (``--plugin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import secrets
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from engine import Engine, OperationContext, OperationSpec, Status, load_settings, open_store, operation
+from engine.models import Checkpoint
+from engine.store.redis import RedisStore
+from tests.fixtures_cli import REPO, Proc, until
+from tests.fixtures_redis import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+T = TypeVar("T")
+
+PLUGIN = "tests.test_fault_redis_zombie"
+SOAK = os.environ.get("OUTLAST_SOAK") == "1"
+ROUNDS = int(os.environ.get("OUTLAST_SOAK_ROUNDS", "100")) if SOAK else 1
+SEED = int(os.environ.get("OUTLAST_SEED") or secrets.randbits(32))
+LEASE_TTL = 2.0
+MAX_AFTER = 5
+"""Items the stale attempt may start after SIGCONT: the one it was in, and the few the event loop runs
+before the supervisor's first tick notices (one Redis round trip)."""
+
+
+# ---- the operation the workers run ---------------------------------------------------------------
+
+
+class ZombieParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: int = 80
+    seconds: float = 0.04
+    trace: str
+    """Every item body started appends ``PID ITEM`` to this file (who ran what, how often)."""
+    checkpoint_every: int = 5
+    checkpoint_until: int = 1_000_000
+    """Explicit checkpoints only for items below this (timed ones come every checkpoint_interval)."""
+
+
+@operation("zombie_squares", params=ZombieParams)
+async def zombie_squares(ctx: OperationContext, p: ZombieParams) -> dict:
+    """Square every item into ctx.state, tracing each item body with this process's pid."""
+    squares: dict[str, int] = ctx.state.setdefault("squares", {})
+    pid = os.getpid()
+    with open(p.trace, "a", buffering=1) as fh:
+        async for i in ctx.items(range(p.items), key=str):
+            fh.write(f"{pid} {i}\n")
+            await asyncio.sleep(p.seconds)
+            squares[str(i)] = i * i
+            if i < p.checkpoint_until and (i + 1) % p.checkpoint_every == 0:
+                await ctx.checkpoint()
+    return {"squares": squares}
+
+
+def uninterrupted(items: int) -> dict[str, Any]:
+    """What an uninterrupted run returns."""
+    return {"squares": {str(i): i * i for i in range(items)}}
+
+
+# ---- harness -------------------------------------------------------------------------------------
+
+
+def trace(path: Path) -> list[tuple[int, int]]:
+    if not path.exists():
+        return []
+    return [(int(a), int(b)) for a, b in (line.split() for line in path.read_text().splitlines() if line.strip())]
+
+
+class Round:
+    """One operation, one stopped worker, one redis-server namespace."""
+
+    def __init__(self, server: RedisServer, tmp: Path, ns: str) -> None:
+        self.server, self.ns = server, ns
+        self.url = f"{server.url}?lease_ttl={LEASE_TTL:g}"
+        self.dir = tmp / ns
+        self.dir.mkdir()
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OUTLAST_NAMESPACE": ns,
+            "OUTLAST_PROGRESS_FLUSH_INTERVAL": "0.2",
+            "OUTLAST_CHECKPOINTS_KEEP": "1000",  # every checkpoint stays listed: a stale one is seen
+            "OUTLAST_GRACE_PERIOD": "3",
+        }
+        self.env.pop("OUTLAST_DEBUG", None)
+        self.workers: list[Proc] = []
+        self.redis = server.client()
+
+    def worker(self) -> Proc:
+        p = Proc(["--store", self.url, "--plugin", PLUGIN, "worker", "-c", "1"], self.env)
+        self.workers.append(p)
+        return p
+
+    def engine(self, fn: Callable[[Engine], Awaitable[T]]) -> T:
+        """Run ``fn`` with an engine that runs nothing itself (starting it recovers orphans)."""
+
+        async def go() -> T:
+            store = open_store(self.url, namespace=self.ns, checkpoint_mirror=None)
+            async with Engine(store=store, settings=load_settings(plugins=[PLUGIN]), run_queue=False) as engine:
+                return await fn(engine)
+
+        return asyncio.run(go())
+
+    def read(self, fn: Callable[[RedisStore], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with open_store(self.url, namespace=self.ns, checkpoint_mirror=None) as store:  # type: ignore[attr-defined]
+                return await fn(store)
+
+        return asyncio.run(go())
+
+    def submit(self, params: dict[str, Any], checkpoint_interval: float) -> str:
+        spec = OperationSpec(type="zombie_squares", params=params, profile={"checkpoint_interval": checkpoint_interval})
+
+        async def go(engine: Engine) -> str:
+            return (await engine.submit(spec)).id
+
+        return self.engine(go)
+
+    def op(self, op_id: str) -> Any:
+        return self.read(lambda s: s.get(op_id))
+
+    def checkpoints(self, op_id: str) -> dict[int, Checkpoint]:
+        raw = self.redis.hgetall(f"{self.ns}:ck:{op_id}")
+        return {int(k): Checkpoint.model_validate_json(v) for k, v in raw.items()}
+
+    def dump(self, op_id: str) -> dict[str, Any]:
+        """Everything stored about one operation."""
+        r, k = self.redis, f"{self.ns}:%s:{op_id}"
+        out: dict[str, Any] = {kind: r.hgetall(k % kind) for kind in ("op", "ck", "cp", "cd", "fail")}
+        out["log"] = r.xrange(k % "log")
+        out["lease"] = r.get(k % "lease")
+        return out
+
+    def lease_gone(self, op_id: str) -> bool:
+        return not self.redis.exists(f"{self.ns}:lease:{op_id}")
+
+    def resumed_from(self, op_id: str) -> list[int]:
+        records, _ = self.read(lambda s: s.read_logs(op_id))
+        return [int(m.group(1)) for r in records if (m := re.match(r"resuming from checkpoint (\d+)", r.message))]
+
+    def close(self) -> None:
+        for p in self.workers:
+            if p.popen.poll() is None:
+                p.signal(signal.SIGCONT)
+                p.kill()
+        self.redis.close()
+
+
+@pytest.fixture
+def rounds(redis_server: RedisServer, tmp_path: Path, state_dir: Path) -> Iterator[Callable[[str], Round]]:
+    made: list[Round] = []
+
+    def make(ns: str) -> Round:
+        r = Round(redis_server, tmp_path, ns)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+STOPPED = r"{id}(: attempt \d+ stopped|: .*stops without writing|: final status \w+ not written| completed)"
+"""The stale attempt's last word: stopped on losing its lease (or, before the fix: refused, or ran to the end)."""
+
+SCENARIOS = ("cancel", "requeued", "takeover", "unnoticed")
+
+
+def zombie_round(
+    rounds: Callable[[str], Round], rng: random.Random, scenario: str, checkpoints_throughout: bool
+) -> dict[str, int]:
+    """One SIGSTOP/SIGCONT round; asserts the guarantees and returns its figures."""
+    rd = rounds(f"z{rng.randrange(10**9)}")
+    items = rng.randrange(70, 110)
+    every = rng.randrange(3, 7)
+    stop_after = rng.randrange(2, 5)  # checkpoints before SIGSTOP
+    params = {
+        "items": items,
+        "seconds": 0.04,
+        "trace": str(rd.dir / "trace"),
+        "checkpoint_every": every,
+        "checkpoint_until": items if checkpoints_throughout else every * stop_after,
+    }
+    print(f"round: {scenario}, {items} items, checkpoint every {every} (throughout: {checkpoints_throughout})")
+    op_id = rd.submit(params, checkpoint_interval=60.0)
+    a = rd.worker()
+    a_pid = a.popen.pid
+    until(
+        lambda: (op := rd.op(op_id)).status is Status.RUNNING and (op.checkpoint_seq or 0) >= stop_after,
+        60,
+        every=0.02,
+        what="the worker running the operation with its checkpoints",
+    )
+    a.signal(signal.SIGSTOP)
+    try:
+        until(lambda: rd.lease_gone(op_id), 30, every=0.1, what="the stopped worker's lease to expire")
+        stale = rd.op(op_id)
+        assert stale.status is Status.RUNNING and stale.epoch == 1
+        if scenario in ("cancel", "requeued"):
+
+            async def interrupted(e: Engine) -> Status:
+                await e.recover()
+                return (await e.get(op_id)).status
+
+            until(lambda: rd.engine(interrupted) is Status.QUEUED, 30, every=0.3, what="interrupted and re-queued")
+            if scenario == "cancel":
+                rd.engine(lambda e: e.cancel(op_id))
+                assert rd.op(op_id).status is Status.CANCELLED
+        elif scenario == "takeover":
+            rd.worker()
+            until(lambda: rd.op(op_id).epoch == 2, 60, every=0.05, what="another worker taking the operation over")
+        before = rd.dump(op_id)
+        before_cps = rd.checkpoints(op_id)
+        ran_before = sum(1 for pid, _ in trace(rd.dir / "trace") if pid == a_pid)
+    finally:
+        a.signal(signal.SIGCONT)
+    pattern = re.compile(STOPPED.format(id=op_id))
+    until(lambda: any(pattern.search(ln) for ln in [*a.err, *a.out]), 60, what="the stale attempt to end")
+    after = sum(1 for pid, _ in trace(rd.dir / "trace") if pid == a_pid) - ran_before
+
+    # No write of the stale attempt accepted.
+    stale_cps = {s: c for s, c in rd.checkpoints(op_id).items() if c.epoch == 1}
+    assert stale_cps == {s: c for s, c in before_cps.items() if c.epoch == 1}, "a stale checkpoint was accepted"
+    if scenario == "cancel":
+        assert rd.dump(op_id) == before, "the stale attempt changed the stored operation"
+    assert after <= MAX_AFTER, f"the stale attempt ran {after} items after SIGCONT"
+
+    # The operation goes on to the result of an uninterrupted run.
+    if scenario == "cancel":
+        rd.engine(lambda e: e.resume(op_id))
+    done = until(lambda: (op := rd.op(op_id)).status is Status.COMPLETED and op, 90, every=0.1, what="completion")
+    assert done.result == uninterrupted(items)
+    resume_seq = max(s for s in before_cps if before_cps[s].epoch == 1)
+    assert rd.resumed_from(op_id)[0] == resume_seq, "the next attempt did not resume from the last good checkpoint"
+    counts = Counter(i for _, i in trace(rd.dir / "trace"))
+    assert set(counts) == set(range(items))
+    loaded = rd.read(lambda s: s.load_checkpoint(op_id, resume_seq))
+    assert loaded is not None
+    safe = loaded[1].done
+    assert all(counts[int(k)] == 1 for k in safe), "an item before the resumed checkpoint ran twice"
+    return {"after_sigcont": after, "repeated": sum(n - 1 for n in counts.values())}
+
+
+def _print_seed(name: str) -> None:
+    print(f"{name}: OUTLAST_SEED={SEED}")
+
+
+def test_cancelled_while_stopped_refuses_every_stale_write(rounds: Callable[[str], Round]) -> None:
+    """Issue 12 item 3: interrupted, re-queued and cancelled while its worker was stopped; the worker's
+    checkpoints (taken every few items) must all be refused and nothing stored may change."""
+    _print_seed("item 3")
+    figures = zombie_round(rounds, random.Random(f"{SEED}-item3"), "cancel", checkpoints_throughout=True)
+    print(figures)
