@@ -21,6 +21,7 @@ import random
 import re
 import secrets
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -216,6 +217,7 @@ def zombie_round(
         every=0.02,
         what="the worker running the operation with its checkpoints",
     )
+    time.sleep(rng.uniform(0, 0.4))  # a few items past the checkpoint, some in flight
     a.signal(signal.SIGSTOP)
     try:
         until(lambda: rd.lease_gone(op_id), 30, every=0.1, what="the stopped worker's lease to expire")
@@ -276,3 +278,28 @@ def test_cancelled_while_stopped_refuses_every_stale_write(rounds: Callable[[str
     _print_seed("item 3")
     figures = zombie_round(rounds, random.Random(f"{SEED}-item3"), "cancel", checkpoints_throughout=True)
     print(figures)
+
+
+def test_lost_lease_stops_the_handler_at_once(rounds: Callable[[str], Round]) -> None:
+    """Issue 12 item 4: with no checkpoint due for a minute, only the lease-loss notice can stop the
+    stale attempt; it must stop at the next item boundary instead of running the remaining items."""
+    _print_seed("item 4")
+    figures = zombie_round(rounds, random.Random(f"{SEED}-item4"), "takeover", checkpoints_throughout=False)
+    print(figures)
+
+
+@pytest.mark.timeout(0 if SOAK else 300)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_zombie_rounds(rounds: Callable[[str], Round], scenario: str) -> None:
+    _print_seed(scenario)
+    totals: Counter[str] = Counter()
+    for n in range(ROUNDS):
+        rng = random.Random(f"{SEED}-{scenario}-{n}")
+        try:
+            figures = zombie_round(rounds, rng, scenario, checkpoints_throughout=rng.random() < 0.5)
+        except BaseException:
+            print(f"failed in round {n}: OUTLAST_SEED={SEED}")
+            raise
+        totals.update(figures)
+        totals["rounds"] += 1
+    print(f"{scenario}: {dict(totals)} (OUTLAST_SEED={SEED})")
