@@ -57,10 +57,14 @@ class ZombieParams(BaseModel):
     items: int = 80
     seconds: float = 0.04
     trace: str
-    """Every item body started appends ``PID ITEM`` to this file (who ran what, how often)."""
+    """Every item body started appends ``PID ATTEMPT ITEM`` to this file (who ran what, how often)."""
     checkpoint_every: int = 5
     checkpoint_until: int = 1_000_000
     """Explicit checkpoints only for items below this (timed ones come every checkpoint_interval)."""
+    stuck_at: int = -1
+    """In the first attempt, this item takes ``stuck_seconds`` without reaching a safe point, then
+    touches ``TRACE.end``."""
+    stuck_seconds: float = 0.0
 
 
 @operation("zombie_squares", params=ZombieParams)
@@ -70,8 +74,13 @@ async def zombie_squares(ctx: OperationContext, p: ZombieParams) -> dict:
     pid = os.getpid()
     with open(p.trace, "a", buffering=1) as fh:
         async for i in ctx.items(range(p.items), key=str):
-            fh.write(f"{pid} {i}\n")
+            fh.write(f"{pid} {ctx.attempt} {i}\n")
             await asyncio.sleep(p.seconds)
+            if i == p.stuck_at and ctx.attempt == 1:
+                end = time.monotonic() + p.stuck_seconds
+                while time.monotonic() < end:
+                    await asyncio.sleep(0.05)
+                Path(p.trace + ".end").touch()
             squares[str(i)] = i * i
             if i < p.checkpoint_until and (i + 1) % p.checkpoint_every == 0:
                 await ctx.checkpoint()
@@ -86,10 +95,12 @@ def uninterrupted(items: int) -> dict[str, Any]:
 # ---- harness -------------------------------------------------------------------------------------
 
 
-def trace(path: Path) -> list[tuple[int, int]]:
+def trace(path: Path) -> list[tuple[int, int, int]]:
+    """(pid, attempt, item) of every item body started."""
     if not path.exists():
         return []
-    return [(int(a), int(b)) for a, b in (line.split() for line in path.read_text().splitlines() if line.strip())]
+    rows = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return [(int(pid), int(attempt), int(item)) for pid, attempt, item in rows]
 
 
 class Round:
@@ -169,7 +180,7 @@ class Round:
             if p.popen.poll() is None:
                 p.signal(signal.SIGCONT)
                 p.kill()
-        self.redis.close()
+        self.workers.clear()
 
 
 @pytest.fixture
@@ -184,6 +195,7 @@ def rounds(redis_server: RedisServer, tmp_path: Path, state_dir: Path) -> Iterat
     yield make
     for r in made:
         r.close()
+        r.redis.close()
 
 
 STOPPED = r"{id}(: attempt \d+ stopped|: .*stops without writing|: final status \w+ not written| completed)"
@@ -238,12 +250,12 @@ def zombie_round(
             until(lambda: rd.op(op_id).epoch == 2, 60, every=0.05, what="another worker taking the operation over")
         before = rd.dump(op_id)
         before_cps = rd.checkpoints(op_id)
-        ran_before = sum(1 for pid, _ in trace(rd.dir / "trace") if pid == a_pid)
+        ran_before = sum(1 for pid, attempt, _ in trace(rd.dir / "trace") if (pid, attempt) == (a_pid, 1))
     finally:
         a.signal(signal.SIGCONT)
     pattern = re.compile(STOPPED.format(id=op_id))
     until(lambda: any(pattern.search(ln) for ln in [*a.err, *a.out]), 60, what="the stale attempt to end")
-    after = sum(1 for pid, _ in trace(rd.dir / "trace") if pid == a_pid) - ran_before
+    after = sum(1 for pid, attempt, _ in trace(rd.dir / "trace") if (pid, attempt) == (a_pid, 1)) - ran_before
 
     # No write of the stale attempt accepted.
     stale_cps = {s: c for s, c in rd.checkpoints(op_id).items() if c.epoch == 1}
@@ -259,12 +271,13 @@ def zombie_round(
     assert done.result == uninterrupted(items)
     resume_seq = max(s for s in before_cps if before_cps[s].epoch == 1)
     assert rd.resumed_from(op_id)[0] == resume_seq, "the next attempt did not resume from the last good checkpoint"
-    counts = Counter(i for _, i in trace(rd.dir / "trace"))
+    counts = Counter(i for _, _, i in trace(rd.dir / "trace"))
     assert set(counts) == set(range(items))
     loaded = rd.read(lambda s: s.load_checkpoint(op_id, resume_seq))
     assert loaded is not None
     safe = loaded[1].done
     assert all(counts[int(k)] == 1 for k in safe), "an item before the resumed checkpoint ran twice"
+    rd.close()  # no idle workers piling up over a soak
     return {"after_sigcont": after, "repeated": sum(n - 1 for n in counts.values())}
 
 
@@ -288,6 +301,33 @@ def test_lost_lease_stops_the_handler_at_once(rounds: Callable[[str], Round]) ->
     print(figures)
 
 
+def test_lost_lease_inside_a_long_item_is_cancelled_after_the_grace_period(rounds: Callable[[str], Round]) -> None:
+    """Issue 12 item 4: a stale attempt stuck inside one item (no safe point) is cancelled by force once
+    the grace period has passed, instead of finishing the item."""
+    rd = rounds("stuck")
+    trace_file = rd.dir / "trace"
+    params = {"items": 40, "seconds": 0.04, "trace": str(trace_file), "stuck_at": 17, "stuck_seconds": 60.0}
+    op_id = rd.submit(params, checkpoint_interval=60.0)
+    a = rd.worker()
+    until(lambda: (a.popen.pid, 1, 17) in trace(trace_file), 60, every=0.02, what="the worker inside the long item")
+    a.signal(signal.SIGSTOP)
+    try:
+        until(lambda: rd.lease_gone(op_id), 30, every=0.1, what="the stopped worker's lease to expire")
+        rd.worker()
+        until(lambda: rd.op(op_id).epoch == 2, 60, every=0.05, what="another worker taking the operation over")
+        before_cps = rd.checkpoints(op_id)
+    finally:
+        a.signal(signal.SIGCONT)
+    pattern = re.compile(STOPPED.format(id=op_id))
+    until(lambda: any(pattern.search(ln) for ln in a.err), 40, what="the stale attempt to end")
+    assert not Path(f"{trace_file}.end").exists(), "the stale attempt finished its long item"
+    done = until(lambda: (op := rd.op(op_id)).status is Status.COMPLETED and op, 90, every=0.1, what="completion")
+    assert done.result == uninterrupted(40) and done.worker is not None and done.worker.pid != a.popen.pid
+    assert {s: c for s, c in rd.checkpoints(op_id).items() if c.epoch == 1} == {
+        s: c for s, c in before_cps.items() if c.epoch == 1
+    }
+
+
 @pytest.mark.timeout(0 if SOAK else 300)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_zombie_rounds(rounds: Callable[[str], Round], scenario: str) -> None:
@@ -302,4 +342,5 @@ def test_zombie_rounds(rounds: Callable[[str], Round], scenario: str) -> None:
             raise
         totals.update(figures)
         totals["rounds"] += 1
+        totals["most_after_sigcont"] = max(totals["most_after_sigcont"], figures["after_sigcont"])
     print(f"{scenario}: {dict(totals)} (OUTLAST_SEED={SEED})")

@@ -340,7 +340,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
         if settling:
-            self._settling.add(op_id)  # the heartbeat must not take this attempt's own settle for a lost lease
+            self._settling.add(op_id)  # a heartbeat meanwhile must not take this settle for a lost lease
         try:
             tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, f"{op_id} -> {to.value}")
         finally:

@@ -90,6 +90,9 @@ class RedisParts:
     """The attempts this process holds: operation id -> epoch."""
     _lost: dict[str, int]
     """Attempts of this process refused by Redis (lease gone, operation moved on) and not yet released."""
+    _settling: set[str]
+    """Operations whose attempt's final transition this process is writing: a write refused meanwhile
+    (the settle let go of the lease) is no loss."""
     _s: dict[str, Any]
     _malformed: set[str]
     on_lease_lost: Callable[[str, int], None] | None
@@ -121,7 +124,7 @@ class RedisParts:
 
     def _lose(self, op_id: str, epoch: int, reason: str) -> None:
         """This process's attempt no longer holds the operation: refuse its writes from now on, tell the engine."""
-        if self._held.get(op_id) != epoch:
+        if self._held.get(op_id) != epoch or op_id in self._settling:
             return
         del self._held[op_id]
         self._lost[op_id] = epoch

@@ -26,8 +26,6 @@ log = logging.getLogger("outlast.store.redis")
 class LivenessMixin(RedisParts):
     _generation: bytes | None
     _check_generation: bool
-    _settling: set[str]
-    """Operations whose attempt's final transition is being written by this process."""
 
     async def _create(self, op: Operation, tx: str) -> int:  # pragma: no cover - provided by RedisStore
         raise NotImplementedError
@@ -113,8 +111,7 @@ class LivenessMixin(RedisParts):
         lost = await self._script("HEARTBEAT", [], args, "renewing leases") or []
         for k in range(0, len(lost), 4):
             op_id = lost[k].decode()
-            if op_id not in self._settling:  # this attempt's own final transition let go of it
-                self._refused(op_id, held[op_id], lost[k : k + 4])
+            self._refused(op_id, held[op_id], lost[k : k + 4])
 
     async def find_orphans(self) -> list[Operation]:
         if self._check_generation:
