@@ -31,7 +31,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from engine import Engine, OperationContext, OperationSpec, Status, load_settings, open_store, operation
-from engine.models import Checkpoint
+from engine.models import Checkpoint, Conflict, LogRecord, StaleAttempt, WorkerInfo
+from engine.store.base import ItemDelta
 from engine.store.redis import RedisStore
 from tests.fixtures_cli import REPO, Proc, until
 from tests.fixtures_redis import RedisServer
@@ -196,6 +197,82 @@ def rounds(redis_server: RedisServer, tmp_path: Path, state_dir: Path) -> Iterat
     for r in made:
         r.close()
         r.redis.close()
+
+
+WRITES = ("checkpoint", "live", "log", "update", "settle", "heartbeat")
+
+
+async def _write(store: RedisStore, kind: str, op_id: str) -> None:
+    """One write of attempt epoch 1 of ``op_id``, of the given kind."""
+    if kind == "checkpoint":
+        cp = Checkpoint(operation_id=op_id, seq=9, epoch=1, created_at=0.0, state={"zombie": True})
+        await store.save_checkpoint(cp, ItemDelta(done=["x"]), keep=5)
+    elif kind == "live":
+        await store.save_live([(op_id, 1, {"total_items": 666})])
+    elif kind == "log":
+        await store.append_logs(op_id, [LogRecord(ts=0.0, level="info", message="zombie")])
+    elif kind == "update":
+        await store.update(op_id, epoch=1, total_items=666)
+    elif kind == "settle":
+        await store.transition(op_id, Status.COMPLETED, epoch=1, expect=frozenset({Status.RUNNING}), result=666)
+    else:
+        await store.heartbeat([op_id])
+
+
+@pytest.mark.parametrize("world", ["lease expired", "cancelled"])
+@pytest.mark.parametrize("kind", WRITES)
+async def test_no_write_of_an_attempt_past_its_lease_is_accepted(
+    redis_server: RedisServer, state_dir: Path, kind: str, world: str
+) -> None:
+    """Issue 12 item 3, write by write: once the lease of attempt 1 expired (the operation still running
+    at epoch 1, or meanwhile interrupted, re-queued and cancelled), Redis refuses every write of it,
+    the engine is told once, and any further write is refused too."""
+    ns = f"f{secrets.token_hex(4)}"
+    zombie = open_store(redis_server.url, namespace=ns, checkpoint_mirror=None, lease_ttl=0.5)
+    assert isinstance(zombie, RedisStore)
+    told: list[tuple[str, int]] = []
+    zombie.on_lease_lost = lambda op_id, epoch: told.append((op_id, epoch))
+    r = redis_server.client()
+    other = open_store(redis_server.url, namespace=ns, checkpoint_mirror=None, lease_ttl=0.5)
+    async with zombie, Engine(store=other, settings=load_settings(plugins=[PLUGIN]), run_queue=False) as engine:
+        spec = OperationSpec(type="zombie_squares", params={"trace": str(state_dir / "unused")})
+        op_id = (await engine.submit(spec)).id
+        claimed = await zombie.claim(WorkerInfo(host="zombie", pid=1), 0.0, 300.0, op_id=op_id)
+        assert claimed is not None and claimed.epoch == 1
+        await zombie.heartbeat([op_id])
+        assert told == []
+        while r.exists(f"{ns}:lease:{op_id}"):  # stopped: no heartbeat
+            await asyncio.sleep(0.05)
+        if world == "cancelled":
+
+            async def requeued() -> bool:
+                await engine.recover()
+                return (await engine.get(op_id)).status is Status.QUEUED
+
+            await until_async(requeued, what="interrupted and re-queued")
+            await engine.cancel(op_id)
+        before = {k: r.dump(k) for k in sorted(r.keys(f"{ns}:*:{op_id}"))}
+        refusals: dict[str, type] = {}
+        for write in (kind, *(w for w in WRITES if w != kind)):
+            try:
+                await _write(zombie, write, op_id)
+            except Conflict as e:
+                refusals[write] = type(e)
+        assert {k: r.dump(k) for k in sorted(r.keys(f"{ns}:*:{op_id}"))} == before, "a stale write was accepted"
+        # Those that return nothing are dropped quietly; the others say the attempt is stale.
+        assert refusals == dict.fromkeys(["checkpoint", "update", "settle"], StaleAttempt)
+        assert told == [(op_id, 1)]
+        assert (await zombie.get(op_id)).status is (Status.RUNNING if world == "lease expired" else Status.CANCELLED)
+    r.close()
+
+
+async def until_async(fn: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
+    end = asyncio.get_running_loop().time() + timeout
+    while not (value := await fn()):
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.1)
+    return value
 
 
 STOPPED = r"{id}(: attempt \d+ stopped|: .*stops without writing|: final status \w+ not written| completed)"
