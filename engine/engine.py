@@ -61,6 +61,7 @@ _STOP_STATUS = {
     "shutdown": Status.PAUSED,
     "timeout": Status.TIMED_OUT,
     "stalled": Status.TIMED_OUT,
+    "lost": Status.INTERRUPTED,  # never written: see _lease_lost
 }
 TICK = 0.1
 
@@ -86,6 +87,8 @@ class _Run:
     stop_at: float | None = None
     live_dirty: bool = True
     extensions: int = 0
+    lost: bool = False
+    """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
 
     def rate(self, now: float) -> float | None:
         elapsed = now - self.started
@@ -128,6 +131,7 @@ class Engine:
         self._blocked_reason: str | None = None
         self._finished = asyncio.Event()
         self._signal_count = 0
+        self._watch_leases()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -501,6 +505,8 @@ class Engine:
         finally:
             self._runs.pop(op.id, None)
             ctx.kill_children()
+            if run.lost:
+                await self._lost_attempt_ended(run)
             if not self._runs:
                 self._finished.set()
             self._wake.set()
@@ -594,6 +600,8 @@ class Engine:
         await self._settle(op, Status.FAILED, error=error, ctx=ctx)
 
     async def _stopped(self, run: _Run, reason: str, checkpointed: bool) -> None:
+        if run.lost:
+            return  # nothing to write: see _lease_lost
         if not checkpointed:
             await self._final_checkpoint(run)
         status = _STOP_STATUS[reason]
@@ -608,7 +616,7 @@ class Engine:
 
     async def _final_checkpoint(self, run: _Run) -> None:
         ctx = run.ctx
-        if ctx._current is None and ctx._has_unsaved():
+        if not run.lost and ctx._current is None and ctx._has_unsaved():
             try:
                 await ctx._save()
             except StaleAttempt:
@@ -628,6 +636,9 @@ class Engine:
         **fields: Any,
     ) -> None:
         """Write the final transition of this attempt (durable first), then announce it."""
+        lost = self._runs.get(op.id)
+        if lost is not None and lost.lost and lost.op.epoch == op.epoch:
+            return  # another attempt owns the operation now
         now = time.time()
         if ctx is not None:
             run = self._runs.get(op.id)
@@ -813,6 +824,33 @@ class Engine:
                 "total_items": run.ctx.total,
             }
         )
+
+    # ---- lease loss (a store whose attempts can be fenced off, like Redis's, says when) -------------
+
+    def _watch_leases(self) -> None:
+        """Ask the store to tell this engine when one of its attempts lost its hold on its operation."""
+        if hasattr(self.store, "on_lease_lost"):
+            self.store.on_lease_lost = self._lease_lost
+
+    def _lease_lost(self, op_id: str, epoch: int) -> None:
+        """Another attempt owns the operation now (or may, its lease having expired): stop this attempt's
+        handler at its next item boundary (by force after the grace period), write nothing more (the
+        store refuses it anyway), and do not settle the operation."""
+        run = self._runs.get(op_id)
+        if run is None or run.op.epoch != epoch or run.lost:
+            return
+        run.lost = True
+        run.ctx._request_stop("lost")
+        run.stop_at = run.stop_at or time.monotonic()
+
+    async def _lost_attempt_ended(self, run: _Run) -> None:
+        log.warning(
+            "%s: attempt %d stopped after losing its lease; nothing of it is written any more",
+            run.op.id,
+            run.op.attempt,
+        )
+        with contextlib.suppress(Exception):
+            await self.store.release(run.op.id, run.op.epoch)  # lets this engine recover it like any orphan
 
     # ---- called by contexts --------------------------------------------------------------------
 

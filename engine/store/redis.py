@@ -4,10 +4,14 @@ points at one Redis and shares operations, the queue, checkpoints, logs and cont
 Records are hashes of JSON-encoded fields, validated with pydantic whenever they are read
 back (a malformed one is reported and skipped; nothing stored is ever unpickled or
 evaluated). Every check-then-write runs as one Lua script inside Redis (redis_lua): the
-claim, the epoch fencing of transitions and checkpoints, the control requests. A running
+claim, the fencing of every write of an attempt, the control requests. A running
 operation is held by a lease key with a TTL that the engine's heartbeat renews; an
 operation marked running whose lease expired is an orphan, which any engine marks
 interrupted and (``resume_orphans``) queues again to resume from its newest checkpoint.
+A write of an attempt (checkpoint, live progress, log, transition) is applied only while
+the operation is running under that attempt's epoch and its lease still holds that
+attempt's token; the first refusal ends the attempt in this process (``on_lease_lost``
+tells the engine, which stops the handler), and it writes nothing more.
 With a checkpoint mirror, checkpoints and records are also kept as files (mirror.py) and
 restored from there when Redis comes back empty.
 """
@@ -22,6 +26,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
 
     resume_orphans = True
     """An operation whose worker lost its lease is queued again (by any engine that notices)."""
+    on_lease_lost: Callable[[str, int], None] | None = None
 
     def __init__(
         self,
@@ -86,6 +92,8 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
         self.mirror = CheckpointMirror(checkpoint_mirror, ns) if checkpoint_mirror else None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._held: dict[str, int] = {}
+        self._lost: dict[str, int] = {}
+        self._settling: set[str] = set()
         self._opened = 0
         self._generation: bytes | None = None
         self._check_generation = True
@@ -126,6 +134,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
             "SAVE_CHECKPOINT",
             "DISCARD_AFTER",
             "CONTROL",
+            "LOG",
         ):
             self._s[name] = client.register_script(getattr(lua, name))
         self.link.on_reconnect = self._reconnected
@@ -149,6 +158,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
             except Exception:
                 break
         self._held.clear()
+        self._lost.clear()
         await self.link.close()
 
     async def __aenter__(self) -> RedisStore:
@@ -281,6 +291,10 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
     async def _write(
         self, op_id: str, fields: dict[str, Any], epoch: int | None, allowed: list[Status] | None, what: str
     ) -> tuple[str, Any]:
+        """A record write; one of this process's own attempts (``epoch`` held here) is fenced by its lease,
+        any other with an ``epoch`` only compares it."""
+        own = epoch is not None and epoch in (self._held.get(op_id), self._lost.get(op_id))
+        token = self._attempt_token(op_id, epoch) if own and epoch is not None else ""
         fields = {**fields, "updated_at": time.time()}
         args = [
             self.P,
@@ -289,6 +303,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
             "" if epoch is None else str(epoch),
             "" if allowed is None else ",".join(enc(s.value) for s in allowed),
             secrets.token_hex(8),
+            token,
             *pairs(fields),
         ]
         keys = [self._k("op", op_id), self._k("lease", op_id)]
@@ -299,6 +314,8 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
             tag = res[0].decode()
         if tag == "missing":
             raise NotFound(f"no operation {op_id}")
+        if tag == "fenced" and epoch is not None:
+            raise self._refused(op_id, epoch, res)
         if tag == "stale":
             raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {res[1].decode()}")
         return tag, res[1]
@@ -321,7 +338,14 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
     ) -> Operation:
         validate_id(op_id)
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
-        tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, f"{op_id} -> {to.value}")
+        settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
+        if settling:
+            self._settling.add(op_id)  # a heartbeat meanwhile must not take this settle for a lost lease
+        try:
+            tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, f"{op_id} -> {to.value}")
+        finally:
+            if settling:
+                self._settling.discard(op_id)
         if tag in ("conflict", "held"):
             current = Status(json.loads(data))
             if tag == "held":
@@ -372,10 +396,15 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
         return op
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
+        updates = [u for u in updates if self._lost.get(u[0]) != u[1]]  # a lost attempt writes nothing
         if not updates:
             return
-        args: list[Any] = [self.P, repr(time.time())]
+        args: list[Any] = [self.P, repr(time.time()), self.holder]
         for op_id, epoch, fields in updates:
             kv = pairs(fields)
             args += [op_id, str(epoch), len(kv) // 2, *kv]
-        await self._script("SAVE_LIVE", [], args, "saving live progress")
+        refused = await self._script("SAVE_LIVE", [], args, "saving live progress") or []
+        epochs = {op_id: epoch for op_id, epoch, _ in updates}
+        for k in range(0, len(refused), 4):
+            op_id = refused[k].decode()
+            self._refused(op_id, epochs[op_id], refused[k : k + 4])

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from ..models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
+from ..models import Checkpoint, ItemFailure, NotFound, validate_id
 from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
 from .redis_codec import RedisParts
 
@@ -45,8 +45,9 @@ class CheckpointsMixin(RedisParts):
         for key, error in delta.failed.items():
             fails += [key, json.dumps({"error": error, "attempt": cp.epoch, "at": now}, ensure_ascii=False)]
         op_id = cp.operation_id
-        keys = [*self._ckpt_keys(op_id), self._k("fail", op_id)]
-        args = [str(cp.epoch), str(cp.seq), info, payload, items, str(keep), str(len(fails) // 2), *fails]
+        token = self._attempt_token(op_id, cp.epoch)  # fencing: written only while this attempt holds its lease
+        keys = [*self._ckpt_keys(op_id), self._k("fail", op_id), self._k("lease", op_id)]
+        args = [str(cp.epoch), str(cp.seq), info, payload, items, str(keep), token, str(len(fails) // 2), *fails]
         what = f"checkpoint {cp.seq} of {op_id}"
         res = await self._script("SAVE_CHECKPOINT", keys, args, what)
         tag = res[0].decode()
@@ -55,8 +56,8 @@ class CheckpointsMixin(RedisParts):
             tag = res[0].decode()
         if tag == "missing":
             raise NotFound(f"no operation {op_id}")
-        if tag == "stale":
-            raise StaleAttempt(f"operation {op_id}: checkpoint from epoch {cp.epoch}, held by epoch {res[1].decode()}")
+        if tag == "fenced":
+            raise self._refused(op_id, cp.epoch, res)
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
             await self.mirror.save_checkpoint(cp, payload, items, keep)
         return cp

@@ -2,9 +2,12 @@
 
 A running operation is held by ``lease:ID`` (holder token and epoch) with a TTL the engine's
 heartbeat renews. An operation marked running without a lease is an orphan: its worker died
-or was cut off for longer than the TTL. Right after Redis (re)started, leases are not trusted
-for one TTL, so live workers can renew theirs first. A Redis that comes back empty (no
-persistence) is noticed by its missing generation mark, and restored from the mirror.
+or was cut off for longer than the TTL. A lease that expired is never renewed: the heartbeat
+that finds it gone (or the operation moved on) ends that attempt in this process, which then
+writes nothing more. Right after Redis (re)started, orphans are not looked for during one TTL,
+so that live workers renew the leases that survived first. A Redis that comes back empty (no
+persistence) is noticed by its missing generation mark, and restored from the mirror (the
+attempts that ran then have lost their leases and are resumed from their checkpoints).
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class LivenessMixin(RedisParts):
         return f"{self.holder}:{self._held.get(op_id, 0)}"
 
     async def release(self, op_id: str, epoch: int | None = None) -> None:
+        if op_id in self._lost and (epoch is None or self._lost[op_id] == epoch):
+            del self._lost[op_id]  # that attempt has ended: its operation is an orphan like any other now
+            return
         if op_id not in self._held or (epoch is not None and self._held[op_id] != epoch):
             return
         token = self._token(op_id)
@@ -96,24 +102,16 @@ class LivenessMixin(RedisParts):
         await self._script("RELEASE", [self._k("lease", op_id)], [token], f"releasing {op_id}")
 
     async def heartbeat(self, op_ids: list[str]) -> None:
-        held = [(i, self._held[i]) for i in op_ids if i in self._held]
+        held = {i: self._held[i] for i in op_ids if i in self._held}
         if not held:
             return
         args: list[Any] = [self.P, int(self.lease_ttl * 1000), self.holder]
-        for i, e in held:
+        for i, e in held.items():
             args += [i, str(e)]
         lost = await self._script("HEARTBEAT", [], args, "renewing leases") or []
-        for k in range(0, len(lost), 3):
-            op_id, status, epoch = (x.decode() for x in lost[k : k + 3])
-            mine = self._held.pop(op_id, None)
-            if mine is None or (epoch == str(mine) and status not in ('"running"', '"interrupted"')):
-                continue  # this attempt settled it meanwhile
-            log.warning(
-                "operation %s: this worker lost its lease (now %s, epoch %s); its further writes are refused",
-                op_id,
-                status.strip('"'),
-                epoch,
-            )
+        for k in range(0, len(lost), 4):
+            op_id = lost[k].decode()
+            self._refused(op_id, held[op_id], lost[k : k + 4])
 
     async def find_orphans(self) -> list[Operation]:
         if self._check_generation:
@@ -123,7 +121,7 @@ class LivenessMixin(RedisParts):
         if await self._uptime() < self.lease_ttl + 1:
             return []  # Redis just (re)started: live workers have not renewed their leases yet
         ids = [m.decode() for m in await self.link.call(lambda c: c.zrange(self._k("st", "running"), 0, -1), "")]
-        ids = [i for i in ids if i not in self._held and valid_id(i)]
+        ids = [i for i in ids if i not in self._held and i not in self._lost and valid_id(i)]
         if not ids:
             return []
 

@@ -2,7 +2,9 @@
 
 A cancel or pause is stored on the record (``_ctl``, read by the running engine's poll,
 so a missed message is never a lost cancel) and published on the ``events`` channel.
-Logs are a capped stream per operation (``log:ID``, the newest LOG_MAXLEN records).
+Logs are a capped stream per operation (``log:ID``, the newest LOG_MAXLEN records). The records
+of an operation this process runs are appended only while its attempt holds the operation (a
+script checks its lease, as for every other write of an attempt); those of a lost attempt are dropped.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class ControlLogsMixin(RedisParts):
             return
         key = self._k("log", validate_id(op_id))
         rows = [r.model_dump_json(exclude={"operation_id"}) for r in records]
+        epoch = self._held.get(op_id)
+        if epoch is None and op_id in self._lost:
+            return  # the records of an attempt that lost its lease are not written
+        if epoch is not None:
+            keys = [self._k("op", op_id), self._k("lease", op_id), key]
+            args = [str(epoch), self._attempt_token(op_id, epoch), str(LOG_MAXLEN), *rows]
+            res = await self._script("LOG", keys, args, f"writing logs of {op_id}")
+            if res[0] == b"fenced":
+                self._refused(op_id, epoch, res)
+            return
 
         async def do(c: Any) -> None:
             pipe = c.pipeline(transaction=False)

@@ -12,11 +12,32 @@ Keys, under the namespace prefix P: ``op:ID`` record, ``ids`` (lex index), ``all
 waiting for not_before), ``lease:ID`` (holder token with a TTL), ``ck:ID`` / ``cp:ID`` /
 ``cd:ID`` (checkpoint info / payload / item delta by seq), ``fail:ID`` (item failures),
 ``log:ID`` (a capped stream), ``meta`` (generation), channel ``events``.
+
+Fencing: every write of an attempt (checkpoint, live progress, log, transition, heartbeat) carries
+the attempt's epoch and lease token (``HOLDER:EPOCH``) and is applied only while the operation is
+still running under that epoch and its lease key still holds that token (``_FENCE``). A lease that
+expired is never renewed: the attempt is over, whether or not anyone noticed yet.
 """
 
 from __future__ import annotations
 
-_PRELUDE = r"""
+_FENCE = r"""
+-- nil while the attempt (epoch e, lease token tok) holds the operation; else {why, status, epoch}
+local function fence(opk, leasek, e, tok)
+  local f = redis.call('HMGET', opk, 'status', 'epoch')
+  local why = nil
+  if not f[1] then why = 'missing'
+  elseif f[2] ~= e then why = 'epoch'
+  elseif f[1] ~= '"running"' then why = 'status'
+  elseif redis.call('GET', leasek) ~= tok then why = 'lease' end
+  if why then return {why, f[1] or 'null', f[2] or 'null'} end
+  return nil
+end
+"""
+
+_PRELUDE = (
+    _FENCE
+    + r"""
 local P = ARGV[1]
 local RANK = {['"high"'] = 0, ['"normal"'] = 1, ['"low"'] = 2}
 local function bare(s) return string.sub(s, 2, -2) end
@@ -46,6 +67,7 @@ local function reindex(id, k, old, now)
   end
 end
 """
+)
 
 CREATE = (
     _PRELUDE
@@ -70,21 +92,26 @@ WRITE = (
     _PRELUDE
     + r"""
 -- transition / update. KEYS[1] op key, KEYS[2] lease key.
--- ARGV: P, id, now, epoch ('' any), allowed statuses ('' any; else "a","b"), tx, field, value, ...
+-- ARGV: P, id, now, epoch ('' any), allowed statuses ('' any; else "a","b"), tx,
+--       lease token ('': not a write of the attempt, the epoch is only compared), field, value, ...
 local k = KEYS[1]
 local cur = redis.call('HMGET', k, 'status', 'epoch', '_tx')
 if not cur[1] then return {'missing'} end
 if ARGV[6] ~= '' and cur[3] == ARGV[6] then return {'ok', redis.call('HGETALL', k)} end
+if ARGV[7] ~= '' then
+  local no = fence(k, KEYS[2], ARGV[4], ARGV[7])
+  if no then return {'fenced', no[1], no[2], no[3]} end
+end
 if ARGV[4] ~= '' and cur[2] ~= ARGV[4] then return {'stale', cur[2]} end
 if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. cur[1] .. ',', 1, true) then
   return {'conflict', cur[1]}
 end
 local to = nil
-for i = 7, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
+for i = 8, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
 if to == '"interrupted"' and cur[1] == '"running"' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
 end
-redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 7))
+redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 8))
 local st = redis.call('HGET', k, 'status')
 if st ~= '"queued"' and st ~= '"running"' then redis.call('HDEL', k, '_ctl') end
 if ARGV[4] ~= '' and cur[1] == '"running"' and st ~= '"running"' then
@@ -149,57 +176,71 @@ return {id, redis.call('HGETALL', k)}
 """
 )
 
-HEARTBEAT = r"""
+HEARTBEAT = (
+    _FENCE
+    + r"""
 -- ARGV: P, lease ttl ms, holder, id, epoch, id, epoch, ...
--- Returns id, status, epoch of each operation this attempt no longer holds.
+-- Renews the leases this holder still holds; returns id, why, status, epoch of each it lost.
 local P = ARGV[1]
 local lost = {}
 for i = 4, #ARGV, 2 do
   local id, e = ARGV[i], ARGV[i + 1]
-  local f = redis.call('HMGET', P .. 'op:' .. id, 'status', 'epoch')
-  if f[1] == '"running"' and f[2] == e then
-    redis.call('SET', P .. 'lease:' .. id, ARGV[3] .. ':' .. e, 'PX', ARGV[2])
+  local leasek = P .. 'lease:' .. id
+  local no = fence(P .. 'op:' .. id, leasek, e, ARGV[3] .. ':' .. e)
+  if no then
+    for _, v in ipairs({id, no[1], no[2], no[3]}) do table.insert(lost, v) end
   else
-    table.insert(lost, id)
-    table.insert(lost, f[1] or 'null')
-    table.insert(lost, f[2] or 'null')
+    redis.call('PEXPIRE', leasek, ARGV[2])
   end
 end
 return lost
 """
+)
 
 RELEASE = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-SAVE_LIVE = r"""
--- ARGV: P, now, then per operation: id, epoch, n, field, value (n pairs)
+SAVE_LIVE = (
+    _FENCE
+    + r"""
+-- ARGV: P, now, holder, then per operation: id, epoch, n, field, value (n pairs)
+-- Returns id, why, status, epoch of each operation whose attempt no longer holds it (not written).
 local P = ARGV[1]
-local i = 3
+local refused = {}
+local i = 4
 while i <= #ARGV do
   local id, e, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local k = P .. 'op:' .. id
-  local f = redis.call('HMGET', k, 'status', 'epoch')
-  if f[1] == '"running"' and f[2] == e and n > 0 then
+  local no = fence(k, P .. 'lease:' .. id, e, ARGV[3] .. ':' .. e)
+  if no then
+    for _, v in ipairs({id, no[1], no[2], no[3]}) do table.insert(refused, v) end
+  elseif n > 0 then
     redis.call('HSET', k, 'updated_at', ARGV[2], unpack(ARGV, i + 3, i + 2 + 2 * n))
   end
   i = i + 3 + 2 * n
 end
-return 1
+return refused
 """
+)
 
-SAVE_CHECKPOINT = r"""
--- KEYS: op, ck, cp, cd, fail. ARGV: epoch, seq, info, payload, delta, keep, nfail, key, failure JSON, ...
-local e = redis.call('HGET', KEYS[1], 'epoch')
-if not e then return {'missing'} end
-if e ~= ARGV[1] then return {'stale', e} end
+SAVE_CHECKPOINT = (
+    _FENCE
+    + r"""
+-- KEYS: op, ck, cp, cd, fail, lease.
+-- ARGV: epoch, seq, info, payload, delta, keep, lease token, nfail, key, failure JSON, ...
+local no = fence(KEYS[1], KEYS[6], ARGV[1], ARGV[7])
+if no then
+  if no[1] == 'missing' then return {'missing'} end
+  return {'fenced', no[1], no[2], no[3]}
+end
 local seq = ARGV[2]
 redis.call('HSET', KEYS[2], seq, ARGV[3])
 redis.call('HSET', KEYS[3], seq, ARGV[4])
 redis.call('HSET', KEYS[4], seq, ARGV[5])
-local nf = tonumber(ARGV[7])
-if nf > 0 then redis.call('HSET', KEYS[5], unpack(ARGV, 8, 7 + 2 * nf)) end
+local nf = tonumber(ARGV[8])
+if nf > 0 then redis.call('HSET', KEYS[5], unpack(ARGV, 9, 8 + 2 * nf)) end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   local done = cjson.decode(ARGV[5])['d']  -- a list of strings: decoded only, never re-encoded
   if type(done) == 'table' then  -- an item that failed before and is done now is no longer a failure
@@ -217,6 +258,19 @@ end
 redis.call('HSET', KEYS[1], 'checkpoint_seq', seq)
 return {'ok'}
 """
+)
+
+LOG = (
+    _FENCE
+    + r"""
+-- KEYS: op, lease, log. ARGV: epoch, lease token, maxlen, record, ...
+-- The log records of a running attempt, appended only while it holds the operation.
+local no = fence(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if no then return {'fenced', no[1], no[2], no[3]} end
+for i = 4, #ARGV do redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[i]) end
+return {'ok'}
+"""
+)
 
 DISCARD_AFTER = r"""
 -- KEYS: op, ck, cp, cd. ARGV: seq
