@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .models import Checkpoint, LogRecord, Operation
@@ -103,6 +105,8 @@ class OperationContext:
         """Item failures in this attempt (counted against failure_threshold)."""
         self._current: str | None = None
         """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
+        self._left: tuple[str, int, int] | None = None
+        """(key, frame id, instruction) where the handler left an item body without finishing it."""
         self._seq = op.checkpoint_seq or 0
         self._attention = False
         self._checkpoint_due = False
@@ -186,34 +190,19 @@ class OperationContext:
 
     # ---- items ---------------------------------------------------------------------------------
 
-    async def items(self, iterable: Iterable[T], key: Callable[[T], str] | None = None) -> AsyncIterator[T]:
+    def items(self, iterable: Iterable[T], key: Callable[[T], str] | None = None) -> AsyncIterator[T]:
         """Iterate with progress, resume-skip, failure counting, checkpoints and cancellation.
 
         An item is done when its loop body finishes; items done before a resume are not
         yielded again. A body that raises records a failure of that item (the handler is
         then called again with ``ctx.resuming`` True, and the item is not retried in this
-        attempt) until failure_threshold is exceeded.
+        attempt) until failure_threshold is exceeded. A body left by ``break`` is not done
+        (a resume offers it again), and the handler is outside the loop from then on:
+        checkpoints, stops and the final checkpoint work as anywhere else.
         """
-        keyf: Callable[[Any], str] = key or str
         if self.total is None and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
-        done_keys = self._done_keys
-        failed = self._failed_keys
-        skipped = self._skipped_keys
-        new_done = self._new_done
-        for item in iterable:
-            k = keyf(item)
-            if k in done_keys or k in failed or k in skipped:
-                continue
-            self._current = k
-            yield item
-            if self._current is not None:  # fail() or skip() in the body clears it: not done
-                self._current = None
-                done_keys.add(k)
-                new_done.append(k)
-                self.done += 1
-            if self._attention:
-                await self._at_boundary()
+        return _Items(self, iter(iterable), key or str)
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
@@ -345,6 +334,81 @@ class OperationContext:
                     os.killpg(p.pid, sig)
             else:
                 self._procs.discard(p)
+
+
+class _Items(AsyncIterator[T]):
+    """The iterator behind ``ctx.items``: marks an item done when the next one is asked for.
+
+    A class, not an async generator, so that leaving the loop (``break``, an exception) is seen at
+    once: the loop drops its only reference, ``__del__`` runs there and then, and the context is no
+    longer inside an item body (an async generator would only be closed later by the event loop).
+    """
+
+    __slots__ = ("_ctx", "_it", "_key", "_keyf")
+
+    def __init__(self, ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]) -> None:
+        self._ctx = ctx
+        self._it = it
+        self._keyf = keyf
+        self._key: str | None = None
+
+    def __aiter__(self) -> _Items[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        ctx = self._ctx
+        k = self._key
+        if k is not None:  # the body of k finished
+            self._key = None
+            if ctx._current is not None:  # fail() or skip() in the body clears it: not done
+                ctx._current = None
+                ctx._done_keys.add(k)
+                ctx._new_done.append(k)
+                ctx.done += 1
+            if ctx._attention:
+                await ctx._at_boundary()
+        done_keys, failed, skipped, keyf = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, self._keyf
+        for item in self._it:
+            k = keyf(item)
+            if k in done_keys or k in failed or k in skipped:
+                continue
+            self._key = ctx._current = k
+            ctx._left = None
+            return item
+        raise StopAsyncIteration
+
+    def _leave(self, frame: FrameType | None) -> None:
+        """The handler left the body of the current item without finishing it: not done."""
+        k, self._key = self._key, None
+        ctx = self._ctx
+        if k is not None and ctx._current == k:
+            ctx._current = None
+            ctx._left = (k, id(frame), frame.f_lasti) if frame is not None else None
+
+    async def aclose(self) -> None:
+        self._leave(None)
+
+    def __del__(self) -> None:
+        # Called where the loop dropped the iterator: frame 1 is the handler, at its ``break`` or at the
+        # instruction an exception is leaving the body from (the engine matches it to the traceback).
+        with contextlib.suppress(Exception):
+            self._leave(sys._getframe(1))
+
+
+def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
+    """The item whose body raised ``exc``: the current one, or the one the exception left by."""
+    if ctx._current is not None:
+        return ctx._current
+    left, ctx._left = ctx._left, None
+    if left is None:
+        return None
+    key, frame_id, lasti = left
+    tb = exc.__traceback__
+    while tb is not None:
+        if id(tb.tb_frame) == frame_id and tb.tb_lasti == lasti:
+            return key
+        tb = tb.tb_next
+    return None  # raised after a ``break``: not the item's failure
 
 
 def _describe(exc: BaseException) -> str:

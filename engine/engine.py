@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings, load_settings
-from .context import OperationContext, OperationStopped, TooManyFailures, format_exception
+from .context import OperationContext, OperationStopped, TooManyFailures, format_exception, item_of
 from .events import EventBus
 from .models import (
     RESUMABLE,
@@ -530,8 +530,8 @@ class Engine:
                 log.warning("%s: %s; this attempt stops without writing", op.id, e)
                 return
             except Exception as e:
-                if ctx._current is not None and ctx.stop_reason is None:
-                    key = ctx._current
+                key = item_of(ctx, e)
+                if key is not None and ctx.stop_reason is None:
                     ctx._current = None
                     try:
                         ctx.fail(key, e)

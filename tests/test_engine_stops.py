@@ -1,0 +1,68 @@
+"""Every stop leaves a consistent, resumable checkpoint: a handler that leaves ``ctx.items`` with ``break``,
+a stall, a forced stop, a fixed timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+
+from engine import Engine, ItemFailed, OperationContext, OperationSpec, Status, operation
+from tests.fixtures_engine import collect, until
+
+
+class BreakParams(BaseModel):
+    items: int = 50
+    break_at: int = 7
+    checkpoint_after: bool = True
+    raise_after: bool = False
+
+
+@operation("test_break_then_wait", params=BreakParams)
+async def break_then_wait(ctx: OperationContext, p: BreakParams) -> dict:
+    """Leaves the items loop with ``break``, then checkpoints (or not) and waits cooperatively."""
+    ctx.state.setdefault("sum", 0)
+    async for i in ctx.items(range(p.items), key=str):
+        if i == p.break_at:
+            break
+        ctx.state["sum"] += i
+    if p.raise_after:
+        raise ValueError("after the loop")
+    if p.checkpoint_after:
+        await ctx.checkpoint(next_step="after the loop")
+    while True:
+        await asyncio.sleep(0.02)
+        ctx.progress(message="waiting")  # a safe point: raises OperationStopped once a stop is asked for
+
+
+async def test_break_then_explicit_checkpoint_and_pause(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 7}))
+    cps = await until(lambda: engine.checkpoints(op.id), timeout=20)
+    assert cps[-1].processed_items == 7 and cps[-1].next_step == "after the loop"
+    _cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert ledger.done == {str(i) for i in range(7)}  # the item the body broke out of is not done
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED, final.status_message
+    assert "forced" not in (final.status_message or "")
+
+
+async def test_break_then_pause_saves_final_checkpoint(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="test_break_then_wait", params={"break_at": 9, "checkpoint_after": False})
+    )
+    await until(lambda: (r := engine.live(op.id)) is not None and r.message == "waiting", timeout=20)
+    assert await engine.checkpoints(op.id) == []
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final.status_message
+    cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert ledger.done == {str(i) for i in range(9)} and cp.state == {"sum": sum(range(9))}
+
+
+async def test_error_after_break_is_not_blamed_on_an_item(engine: Engine) -> None:
+    failed = collect(engine, (ItemFailed,))
+    op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 3, "raise_after": True}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED and "after the loop" in final.error
+    assert failed == [] and final.progress.failed == 0
