@@ -514,13 +514,7 @@ class Engine:
                 # Forced: the handler did not reach a safe point within the grace period.
                 reason = ctx.stop_reason or "shutdown"
                 ctx.kill_children()
-                await self._settle(
-                    run.op,
-                    _STOP_STATUS[reason],
-                    message=f"{reason}: forced after {self.settings.grace_period:g}s grace period;"
-                    " resumes from the last checkpoint",
-                    ctx=ctx,
-                )
+                await self._stopped(run, reason, checkpointed=False, forced=True)
                 return
             except TooManyFailures as e:
                 await self._final_checkpoint(run)
@@ -589,9 +583,10 @@ class Engine:
             return
         await self._settle(op, Status.FAILED, error=error, ctx=ctx)
 
-    async def _stopped(self, run: _Run, reason: str, checkpointed: bool) -> None:
+    async def _stopped(self, run: _Run, reason: str, checkpointed: bool, forced: bool = False) -> None:
+        """Every stop saves a final checkpoint (unless the handler's last act was one), then settles."""
         if not checkpointed:
-            await self._final_checkpoint(run)
+            await self._final_checkpoint(run, always=True)
         status = _STOP_STATUS[reason]
         msg = {
             "cancel": "cancelled by user",
@@ -600,11 +595,18 @@ class Engine:
             "timeout": f"deadline passed ({run.effective_timeout:g}s)",
             "stalled": f"stalled: no progress for {run.ctx.profile.stall_timeout:g}s",
         }[reason]
-        await self._settle(run.op, status, ctx=run.ctx, message=msg + f"; checkpoint {run.ctx._seq}")
+        if forced:
+            msg += f" (forced after {self.settings.grace_period:g}s grace period)"
+        seq = run.ctx._seq
+        where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
+        await self._settle(run.op, status, ctx=run.ctx, message=f"{msg}; {where}")
 
-    async def _final_checkpoint(self, run: _Run) -> None:
+    async def _final_checkpoint(self, run: _Run, always: bool = False) -> None:
+        """Save what is done. ``always``: even when no item changed (a stop: progress, ``ctx.state`` and
+        the step are saved too). A body cut off by force is not done; the items before it are saved."""
         ctx = run.ctx
-        if ctx._current is None and ctx._has_unsaved():
+        ctx._current = None
+        if always or ctx._has_unsaved():
             try:
                 await ctx._save()
             except StaleAttempt:

@@ -7,8 +7,8 @@ import asyncio
 
 from pydantic import BaseModel
 
-from engine import Engine, ItemFailed, OperationContext, OperationSpec, Status, operation
-from tests.fixtures_engine import collect, until
+from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation
+from tests.fixtures_engine import collect, make_engine, until
 
 
 class BreakParams(BaseModel):
@@ -66,3 +66,41 @@ async def test_error_after_break_is_not_blamed_on_an_item(engine: Engine) -> Non
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.FAILED and "after the loop" in final.error
     assert failed == [] and final.progress.failed == 0
+
+
+async def _newest(engine: Engine, op_id: str) -> tuple[int, set[str]]:
+    got = await engine.store.load_checkpoint(op_id)
+    assert got is not None, "no checkpoint was saved"
+    return got[0].processed_items, got[1].done
+
+
+async def test_cooperative_stall_saves_final_checkpoint(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="silent", params={"items": 5, "hang_after": 2}, profile={"stall_timeout": 0.5})
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT and final.status_message.startswith("stalled"), final.status_message
+    assert (await _newest(engine, op.id))[0] == 2
+    assert final.checkpoint_seq is not None and f"checkpoint {final.checkpoint_seq}" in final.status_message
+
+
+async def test_forced_stall_saves_final_checkpoint_and_resumes_past_it(settings: Settings) -> None:
+    """A body that hangs past the grace period is cancelled: the items before it are saved, it is not."""
+    settings.grace_period = 0.3
+    async with make_engine(settings) as engine:
+        op = await engine.submit(
+            OperationSpec(
+                type="demo", params={"items": 20, "seconds": 0.01, "hang_at": 6}, profile={"stall_timeout": 0.5}
+            )
+        )
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.TIMED_OUT and "forced" in final.status_message, final.status_message
+        done, keys = await _newest(engine, op.id)
+        assert done == 6 and keys == {str(i) for i in range(6)}
+        assert f"checkpoint {final.checkpoint_seq}" in final.status_message
+        # The resume starts at item 6, not 0: it hangs there again, so the next checkpoint has the same items.
+        await engine.resume(op.id)
+        again = await engine.wait(op.id, timeout=30)
+        assert again.status is Status.TIMED_OUT and (await _newest(engine, op.id))[0] == 6
+        logs, _ = await engine.logs(op.id)
+        assert any("resuming from checkpoint" in r.message and "6 items done" in r.message for r in logs)
