@@ -759,7 +759,7 @@ class Engine:
         ctx, p = run.ctx, run.ctx.profile
         rate = run.rate(now)
         elapsed = now - run.started
-        if rate and ctx.total is not None and ctx.total > ctx.done:
+        if run.op.timeout is None and rate and ctx.total is not None and ctx.total > ctx.done:  # fixed is fixed
             needed = (ctx.total - ctx.done) / rate
             if elapsed + needed <= p.max_timeout:
                 new_deadline = min(run.started + p.max_timeout, now + needed * 1.25 + 5)

@@ -104,3 +104,19 @@ async def test_forced_stall_saves_final_checkpoint_and_resumes_past_it(settings:
         assert again.status is Status.TIMED_OUT and (await _newest(engine, op.id))[0] == 6
         logs, _ = await engine.logs(op.id)
         assert any("resuming from checkpoint" in r.message and "6 items done" in r.message for r in logs)
+
+
+async def test_fixed_timeout_is_not_extended(engine: Engine) -> None:
+    """A rate that would finish well within max_timeout extends a profile's deadline, never a fixed one."""
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 400, "seconds": 0.02},
+            timeout=0.5,
+            profile={"base_timeout": 0.1, "per_item_timeout": 0, "max_timeout": 600},
+        )
+    )
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.TIMED_OUT, final.status_message
+    assert final.extensions == 0 and final.progress.done < 400
+    assert (await _newest(engine, op.id))[0] == final.progress.done
