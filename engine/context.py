@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown")
+ENV_OPERATION = "OUTLAST_OPERATION_ID"
+ENV_ATTEMPT = "OUTLAST_ATTEMPT"
 
 
 class OperationStopped(Exception):
@@ -114,6 +116,7 @@ class OperationContext:
         self._stop: str | None = None
         self._dirty = False
         self._procs: set[asyncio.subprocess.Process] = set()
+        self._swept = False
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
@@ -313,8 +316,26 @@ class OperationContext:
     # ---- subprocesses --------------------------------------------------------------------------
 
     async def spawn(self, *argv: str, shell: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
-        """Start a subprocess in its own process group; it is killed with its children on stop."""
+        """Start a subprocess in its own process group; it is killed with its children on stop.
+
+        Its environment carries the operation id and attempt, so that the first spawn of a later
+        attempt finds and kills what an earlier one left running (its engine SIGKILLed: a shell's
+        children outlive it with parent 1) instead of running the work twice side by side.
+        """
         kwargs.setdefault("start_new_session", True)
+        env = dict(kwargs.get("env") or os.environ)
+        env[ENV_OPERATION], env[ENV_ATTEMPT] = self.id, str(self.attempt)
+        kwargs["env"] = env
+        if not self._swept and self.attempt > 1:
+            self._swept = True
+            killed = await asyncio.to_thread(kill_leftovers, self.id, self.attempt)
+            if killed:
+                attempts = ", ".join(sorted({a for _p, a, _g in killed}))
+                groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
+                self.log.warning(
+                    f"killed {len(killed)} process(es) left running by attempt {attempts}"
+                    f" (process group {groups}) before starting this one"
+                )
         if shell:
             if len(argv) != 1:
                 raise ValueError("shell=True takes one command string")
@@ -409,6 +430,55 @@ def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
             return key
         tb = tb.tb_next
     return None  # raised after a ``break``: not the item's failure
+
+
+def kill_leftovers(op_id: str, attempt: int, wait: float = 5.0) -> list[tuple[int, str, int]]:
+    """SIGKILL every process (and its process group) whose environment says it was started for
+    ``op_id`` by an attempt other than ``attempt``; wait until they are gone. (pid, attempt, pgid)
+    of each; [] where there is no /proc (not Linux)."""
+    mark = f"{ENV_OPERATION}={op_id}".encode()
+    own = {os.getpid(), os.getpgrp()}
+    found: list[tuple[int, str, int]] = []
+    for pid in _pids():
+        if pid in own:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            pgid = os.getpgid(pid)
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+        if mark not in env:
+            continue
+        prefix = f"{ENV_ATTEMPT}=".encode()
+        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
+        if theirs != str(attempt):
+            found.append((pid, theirs, pgid))
+    for pid, _a, pgid in found:
+        with contextlib.suppress(OSError):
+            if pgid not in own:
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + wait
+    while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
+        time.sleep(0.02)
+    return found
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _describe(exc: BaseException) -> str:
