@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown")
+STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown", "store")
 ENV_OPERATION = "OUTLAST_OPERATION_ID"
 ENV_ATTEMPT = "OUTLAST_ATTEMPT"
 
@@ -247,19 +247,22 @@ class OperationContext:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return
-        await self._save(next_step, context_data)
+        saved = await self._save(next_step, context_data)
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=True)
+            raise OperationStopped(self._stop, checkpointed=saved)
 
     async def _at_boundary(self) -> None:
         req, self._checkpoint_request = self._checkpoint_request, None
+        saved = False
         if req is not None or self._checkpoint_due or self._stop is not None:
-            await self._save(**(req or {}))
+            saved = await self._save(**(req or {}))
         self._attention = self._checkpoint_request is not None or self._stop is not None
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=True)
+            raise OperationStopped(self._stop, checkpointed=saved)
 
-    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> None:
+    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> bool:
+        """Save a checkpoint; False when the store could not write it (the engine says so once, the
+        work goes on, and what it held is kept for the next one). A handler never sees a store error."""
         self._checkpoint_due = False
         # Cleared in place: items() holds a reference to _new_done.
         delta = ItemDelta(self._new_done[:], dict(self._new_failed), self._new_skipped[:])
@@ -286,15 +289,21 @@ class OperationContext:
         )
         self._dirty = False
         try:
-            await self._engine._save_checkpoint(self, cp, delta)
+            if await self._engine._save_checkpoint(self, cp, delta):
+                return True
         except BaseException:
-            # Not saved: keep the delta for the next checkpoint.
-            self._seq -= 1
-            self._new_done[:0] = delta.done
-            self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
-            self._new_skipped[:0] = delta.skipped
-            self._dirty = True
+            self._unsave(delta)
             raise
+        self._unsave(delta)
+        return False
+
+    def _unsave(self, delta: ItemDelta) -> None:
+        """Not saved: keep the delta for the next checkpoint."""
+        self._seq -= 1
+        self._new_done[:0] = delta.done
+        self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
+        self._new_skipped[:0] = delta.skipped
+        self._dirty = True
 
     def _has_unsaved(self) -> bool:
         return self._dirty or bool(self._new_done or self._new_failed or self._new_skipped)

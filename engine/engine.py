@@ -14,9 +14,10 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from .models import (
     StaleAttempt,
     Status,
     StatusChanged,
+    StoreError,
     TimeoutExtended,
     WorkerInfo,
     new_id,
@@ -61,8 +63,29 @@ _STOP_STATUS = {
     "shutdown": Status.PAUSED,
     "timeout": Status.TIMED_OUT,
     "stalled": Status.TIMED_OUT,
+    "store": Status.INTERRUPTED,
 }
 TICK = 0.1
+STORE_RETRY = 0.5
+LOG_BUFFER_MAX = 10_000
+
+
+class StoreUnwritable(StoreError):
+    """This engine gave up writing to its store: the attempts it ran stay ``running`` under its lock
+    until the process exits, and the next engine to open the store finds them interrupted."""
+
+
+def store_failure(e: BaseException) -> bool:
+    """An error of the store itself (disk full, read-only, I/O, connection), not of the request."""
+    if isinstance(e, (StaleAttempt, Conflict, InvalidInput, LookupError)):
+        return False
+    return isinstance(e, (OSError, sqlite3.Error, StoreError)) or type(e).__module__.split(".")[0] == "redis"
+
+
+def _why(e: BaseException) -> str:
+    """The store error in a few words: "No space left on device", "database or disk is full"."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return text.splitlines()[0][:200]
 
 
 @dataclass
@@ -86,6 +109,8 @@ class _Run:
     stop_at: float | None = None
     live_dirty: bool = True
     extensions: int = 0
+    settling: bool = False
+    """The handler is done and its final status is being written (retried while the store fails)."""
 
     def rate(self, now: float) -> float | None:
         elapsed = now - self.started
@@ -128,6 +153,14 @@ class Engine:
         self._blocked_reason: str | None = None
         self._finished = asyncio.Event()
         self._signal_count = 0
+        self._failing: dict[str, float] = {}
+        """Store channels ("database", "logs", "locks") failing to write, and since when (monotonic)."""
+        self._outage_began = 0.0
+        self._outage_why = ""
+        self.store_stopped: set[str] = set()
+        """Operations this engine stopped (interrupted) because the store could not be written."""
+        self.abandoned: dict[str, str] = {}
+        """Operations whose final status this engine could not write (their attempt ends with this process)."""
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -171,7 +204,51 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self._flush_logs()
-        await self.store.close()
+        try:
+            await self.store.close()
+        except Exception as e:
+            if not (store_failure(e) and (self.abandoned or self._outage_since is not None)):
+                raise
+
+    @property
+    def store_failed(self) -> str | None:
+        """Why this engine gave up writing (its attempts were left to the next engine), else None."""
+        if not self.abandoned:
+            return None
+        return f"the store cannot be written ({self._outage_why}); {len(self.abandoned)} operation(s) left interrupted"
+
+    @property
+    def _outage_since(self) -> float | None:
+        """When the longest-failing store channel began failing; None while every write works."""
+        return min(self._failing.values()) if self._failing else None
+
+    def _store_failed(self, e: BaseException, channel: str = "database") -> None:
+        """A write failed: the first failure of an outage is said in one line, the rest are not."""
+        if not self._failing:
+            self._outage_began = time.monotonic()
+            self._outage_why = _why(e)
+            what = "running work goes on in memory" if self._runs else "nothing is running"
+            log.error(
+                "the store cannot be written (%s): %s; it stops as interrupted (resumable) if the store is"
+                " not back within %gs",
+                self._outage_why,
+                what,
+                self.settings.store_outage_limit,
+            )
+        self._failing.setdefault(channel, time.monotonic())
+
+    def _store_ok(self, channel: str = "database") -> None:
+        """A write on ``channel`` succeeded: when no channel fails any more, the outage is over (one line)."""
+        if self._failing.pop(channel, None) is not None and not self._failing:
+            took = time.monotonic() - self._outage_began
+            log.warning("the store can be written again after %.1fs: work goes on", took)
+
+    def _give_up_writing(self) -> bool:
+        """Stop retrying a final status: the outage outlasted its limit, or this engine is stopping."""
+        since = self._outage_since
+        return since is not None and (
+            self._draining or self._closing or time.monotonic() - since >= self.settings.store_outage_limit
+        )
 
     def install_signal_handlers(
         self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -303,6 +380,8 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
+                if op_id in self.abandoned:
+                    raise StoreUnwritable(self.store_failed or "the store cannot be written")
                 op = await self.store.get(op_id)
                 if op.status in SETTLED:
                     return op
@@ -455,8 +534,11 @@ class Engine:
                             self._start(op)
                     if None in claimed:
                         break
-            except Exception:
-                log.exception("scheduler: claiming work failed; retrying")
+            except Exception as e:
+                if store_failure(e):
+                    self._store_failed(e)
+                else:
+                    log.exception("scheduler: claiming work failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
 
@@ -594,7 +676,11 @@ class Engine:
             "shutdown": "paused: the engine stopped",
             "timeout": f"deadline passed ({run.effective_timeout:g}s)",
             "stalled": f"stalled: no progress for {run.ctx.profile.stall_timeout:g}s",
+            "store": f"interrupted: the store could not be written for {self.settings.store_outage_limit:g}s"
+            f" ({self._outage_why})",
         }[reason]
+        if reason == "store":
+            self.store_stopped.add(run.op.id)
         if forced:
             msg += f" (forced after {self.settings.grace_period:g}s grace period)"
         seq = run.ctx._seq
@@ -607,12 +693,7 @@ class Engine:
         ctx = run.ctx
         ctx._current = None
         if always or ctx._has_unsaved():
-            try:
-                await ctx._save()
-            except StaleAttempt:
-                raise
-            except Exception as e:  # the store failing must not lose the status change too
-                log.error("%s: final checkpoint failed: %s", ctx.id, e)
+            await ctx._save()  # a store that fails is said once (and the status write is still tried)
 
     async def _settle(
         self,
@@ -638,36 +719,53 @@ class Engine:
             fields["result"] = result
         if error is not None:
             fields["error"] = error
+        run = self._runs.get(op.id)
+        if run is not None:
+            run.settling = True
+        await self._flush_logs(op.id)
+        # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
+        # write (the same group commit, usually), never ahead of it on the local store.
+        self._settling += 1
+        self._wake.set()
         try:
-            await self._flush_logs(op.id)
-            write = self.store.transition(
-                op.id,
-                status,
-                epoch=op.epoch,
-                expect=frozenset({Status.RUNNING}),
-                status_message=message or error,
-                **fields,
-            )
-            # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
-            # write (the same group commit, usually), never ahead of it on the local store.
-            self._settling += 1
-            self._wake.set()
-            try:
-                await write
-            finally:
-                self._settling -= 1
-        except (StaleAttempt, Conflict) as e:
-            log.warning("%s: final status %s not written: %s", op.id, status.value, e)
-            return
-        except Exception:
-            log.exception("%s: final status %s not written", op.id, status.value)
-            return
+            while True:
+                try:
+                    await self.store.transition(
+                        op.id,
+                        status,
+                        epoch=op.epoch,
+                        expect=frozenset({Status.RUNNING}),
+                        status_message=message or error,
+                        **fields,
+                    )
+                    break
+                except (StaleAttempt, Conflict) as e:
+                    log.warning("%s: final status %s not written: %s", op.id, status.value, e)
+                    await self._release(op)
+                    return
+                except Exception as e:
+                    if not store_failure(e):
+                        log.exception("%s: final status %s not written", op.id, status.value)
+                        await self._release(op)
+                        return
+                    self._store_failed(e)
+                    if self._give_up_writing():
+                        # Keep the lock: this process exits, and the next engine finds the attempt
+                        # orphaned (our own recover() must not declare it dead while we live).
+                        self.abandoned[op.id] = f"{status.value} not written: {_why(e)}"
+                        return
+                    await asyncio.sleep(STORE_RETRY)
         finally:
-            with contextlib.suppress(Exception):
-                await self.store.release(op.id, op.epoch)
+            self._settling -= 1
+        self._store_ok()
+        await self._release(op)
         self._publish(
             StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error)
         )
+
+    async def _release(self, op: Operation) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.release(op.id, op.epoch)
 
     # ---- supervision ---------------------------------------------------------------------------
 
@@ -704,30 +802,64 @@ class Engine:
             await asyncio.sleep(TICK)
             now = time.monotonic()
             try:
-                for run in list(self._runs.values()):
-                    self._check(run, now)
-                if now >= next_poll and self._runs:
-                    next_poll = now + self.settings.control_poll_interval
-                    for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
-                        run = self._runs.get(op_id)
-                        if run is not None and run.ctx.stop_reason is None:
-                            run.ctx._request_stop(action)
-                            run.stop_at = now
-                if now >= next_flush:
-                    next_flush = now + self.settings.progress_flush_interval
-                    await self._flush_live(now)
-                    await self._flush_logs()
-                    if self._runs:
-                        await self.store.heartbeat(list(self._runs))
-                if now >= next_orphans:
-                    next_orphans = now + 2.0
-                    await self.recover()
+                await self._tick(now, next_poll, next_flush, next_orphans)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("supervisor tick failed")
+            if now >= next_poll and self._runs:
+                next_poll = now + self.settings.control_poll_interval
+            if now >= next_flush:
+                next_flush = now + self.settings.progress_flush_interval
+            if now >= next_orphans:
+                next_orphans = now + 2.0
+
+    async def _tick(self, now: float, next_poll: float, next_flush: float, next_orphans: float) -> None:
+        """One turn of the supervisor; the steps whose time has come (``now >= next_*``) run."""
+        for run in list(self._runs.values()):
+            self._check(run, now)
+        if self._outage_since is not None and now - self._outage_since >= self.settings.store_outage_limit:
+            for run in self._runs.values():
+                if run.ctx.stop_reason is None:
+                    run.ctx._request_stop("store")
+                    run.stop_at = now
+        # Each step on its own: a store that fails is said once (_store_failed), never a traceback per tick.
+        if now >= next_poll and self._runs:
+            await self._tick_step(self._poll_controls(now))
+        if now >= next_flush:
+            await self._tick_step(self._flush_live(now))  # says itself when a write worked
+            await self._flush_logs()
+            if self._runs:
+                await self._tick_step(self.store.heartbeat(list(self._runs)))
+        if now >= next_orphans:
+            await self._tick_step(self.recover(), "locks", wrote=True)
+
+    async def _tick_step(self, step: Awaitable[Any], channel: str = "database", wrote: bool = False) -> None:
+        """Run one step of the tick; a store failure is recorded on ``channel`` (no traceback), and
+        with ``wrote`` a success tells that channel works again."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if store_failure(e):
+                self._store_failed(e, channel)
+            else:
+                log.exception("supervisor tick failed")
+        else:
+            if wrote:
+                self._store_ok(channel)
+
+    async def _poll_controls(self, now: float) -> None:
+        for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
+            run = self._runs.get(op_id)
+            if run is not None and run.ctx.stop_reason is None:
+                run.ctx._request_stop(action)
+                run.stop_at = now
 
     def _check(self, run: _Run, now: float) -> None:
+        if run.settling:
+            return
         ctx, p = run.ctx, run.ctx.profile
         if ctx.done != run.last_done or ctx._beat != run.last_beat:
             run.last_done, run.last_beat = ctx.done, ctx._beat
@@ -797,6 +929,7 @@ class Engine:
             updates.append((run.op.id, run.op.epoch, fields))
         if updates:
             await self.store.save_live(updates)
+            self._store_ok()
 
     def _with_live(self, op: Operation) -> Operation:
         run = self._runs.get(op.id)
@@ -814,11 +947,21 @@ class Engine:
 
     # ---- called by contexts --------------------------------------------------------------------
 
-    async def _save_checkpoint(self, ctx: OperationContext, cp: Checkpoint, delta: ItemDelta) -> None:
+    async def _save_checkpoint(self, ctx: OperationContext, cp: Checkpoint, delta: ItemDelta) -> bool:
+        """Write a checkpoint; False when the store failed (said once; retried a second later)."""
         t0 = time.perf_counter()
-        saved = await self.store.save_checkpoint(cp, delta, self.settings.checkpoints_keep)
-        latency = time.perf_counter() - t0
         run = self._runs.get(ctx.id)
+        try:
+            saved = await self.store.save_checkpoint(cp, delta, self.settings.checkpoints_keep)
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            self._store_failed(e)
+            if run is not None:
+                run.next_checkpoint = time.monotonic() + min(1.0, ctx.profile.checkpoint_interval)
+            return False
+        self._store_ok()
+        latency = time.perf_counter() - t0
         if run is not None:
             run.next_checkpoint = time.monotonic() + ctx.profile.checkpoint_interval
         self._publish(
@@ -826,6 +969,7 @@ class Engine:
                 operation_id=ctx.id, seq=saved.seq, done=saved.processed_items, size=saved.size, latency=latency
             )
         )
+        return True
 
     def _item_failed(self, ctx: OperationContext, key: str, error: str) -> None:
         ctx.log.warning(f"item failed: {key}: {error}")
@@ -852,8 +996,15 @@ class Engine:
             if recs:
                 try:
                     await self.store.append_logs(i, recs)
+                    self._store_ok("logs")
                 except Exception as e:
-                    log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+                    if not store_failure(e):
+                        log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+                        continue
+                    self._store_failed(e, "logs")
+                    # Kept for the next flush (the newest, when the outage is long).
+                    self._log_buf[i][:0] = recs[-LOG_BUFFER_MAX:]
+                    del self._log_buf[i][: -LOG_BUFFER_MAX or None]
 
     def _publish(self, event: Event) -> None:
         if isinstance(event, StatusChanged) and event.status in SETTLED:
