@@ -339,12 +339,7 @@ class OperationContext:
             self._swept = True
             killed = await asyncio.to_thread(kill_leftovers, self.id, self.attempt)
             if killed:
-                attempts = ", ".join(sorted({a for _p, a, _g in killed}))
-                groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
-                self.log.warning(
-                    f"killed {len(killed)} process(es) left running by attempt {attempts}"
-                    f" (process group {groups}) before starting this one"
-                )
+                self.log.warning(describe_leftovers(killed) + " before starting this one")
         if shell:
             if len(argv) != 1:
                 raise ValueError("shell=True takes one command string")
@@ -441,10 +436,10 @@ def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
     return None  # raised after a ``break``: not the item's failure
 
 
-def kill_leftovers(op_id: str, attempt: int, wait: float = 5.0) -> list[tuple[int, str, int]]:
+def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[tuple[int, str, int]]:
     """SIGKILL every process (and its process group) whose environment says it was started for
-    ``op_id`` by an attempt other than ``attempt``; wait until they are gone. (pid, attempt, pgid)
-    of each; [] where there is no /proc (not Linux)."""
+    ``op_id`` by an attempt other than ``attempt`` (None: by any); wait until they are gone.
+    (pid, attempt, pgid) of each; [] where there is no /proc (not Linux)."""
     mark = f"{ENV_OPERATION}={op_id}".encode()
     own = {os.getpid(), os.getpgrp()}
     found: list[tuple[int, str, int]] = []
@@ -472,6 +467,13 @@ def kill_leftovers(op_id: str, attempt: int, wait: float = 5.0) -> list[tuple[in
     while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
         time.sleep(0.02)
     return found
+
+
+def describe_leftovers(killed: list[tuple[int, str, int]]) -> str:
+    """One log line for what ``kill_leftovers`` killed."""
+    attempts = ", ".join(sorted({a for _p, a, _g in killed}))
+    groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
+    return f"killed {len(killed)} process(es) left running by attempt {attempts} (process group {groups})"
 
 
 def _pids() -> list[int]:

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings, load_settings
-from .context import OperationContext, OperationStopped, TooManyFailures, format_exception, item_of
+from .context import (
+    OperationContext,
+    OperationStopped,
+    TooManyFailures,
+    describe_leftovers,
+    format_exception,
+    item_of,
+    kill_leftovers,
+)
 from .events import EventBus
 from .models import (
     RESUMABLE,
@@ -496,6 +504,7 @@ class Engine:
             except (Conflict, StaleAttempt):
                 continue
             log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+            await self._kill_leftovers(op)
             self._publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
             found.append(new)
             # A store whose workers come and go (Redis leases) asks for orphans to be queued again.
@@ -503,6 +512,13 @@ class Engine:
                 with contextlib.suppress(Conflict):
                     await self.resume(op.id)
         return found
+
+    async def _kill_leftovers(self, op: Operation) -> None:
+        """Kill on this host what the dead attempt started (a shell's children outlive their engine)."""
+        killed = await asyncio.to_thread(kill_leftovers, op.id, None)
+        if killed:
+            self._log(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
+            await self._flush_logs(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
 
     # ---- scheduling ----------------------------------------------------------------------------
 

@@ -154,16 +154,18 @@ def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(c
     until(lambda: not _alive(old), 10, what="the shell died with its worker")
     assert _group(old), "the grandchild sleep should have outlived its worker (else this test tests nothing)"
     resumed = cli.start("resume", op_id)
+    new = 0
     try:
         until(lambda: len(pgfile.read_text().split()) == 2, 40, what="the resumed command started")
         assert _group(old) == [], "a process of the killed attempt still runs beside the resume"
         new = int(pgfile.read_text().split()[1])
         assert _group(new), "the resumed command runs"
-        assert any("left running by attempt 1" in ln for ln in cli("logs", op_id).stdout.splitlines())
+        said = lambda: any("left running by attempt 1" in ln for ln in cli("logs", op_id).stdout.splitlines())  # noqa: E731
+        until(said, 20, what=f"one log line says what was killed: {cli('logs', op_id).stdout}")
         assert cli("cancel", op_id).returncode == 0
         assert resumed.wait(30) == 4
         until(lambda: not _group(new), 10, what="the cancelled command's group is gone")
     finally:
         resumed.kill()
-        for pid in _group(old):  # never leave a sleep behind, even when the test fails
+        for pid in _group(old) + (_group(new) if new else []):  # never leave a sleep behind
             os.kill(pid, signal.SIGKILL)
