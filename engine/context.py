@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -362,49 +362,29 @@ class OperationContext:
 
 
 class _Items(AsyncIterator[T]):
-    """The iterator behind ``ctx.items``: marks an item done when the next one is asked for.
-
-    A class, not an async generator, so that leaving the loop (``break``, an exception) is seen at
-    once: the loop drops its only reference, ``__del__`` runs there and then, and the context is no
-    longer inside an item body (an async generator would only be closed later by the event loop).
+    """The iterator behind ``ctx.items``: an async generator does the work; this wrapper sees the loop
+    being left (``break``, an exception) at once: the loop drops its only reference and ``__del__``
+    runs there and then, so the context is no longer inside an item body (the generator itself is
+    only closed later, by the event loop).
     """
 
-    __slots__ = ("_ctx", "_it", "_key", "_keyf")
+    __slots__ = ("_ctx", "_current", "_gen")
 
     def __init__(self, ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]) -> None:
         self._ctx = ctx
-        self._it = it
-        self._keyf = keyf
-        self._key: str | None = None
+        self._current: list[str | None] = [None]
+        """The key whose body runs, shared with the generator (which must not refer to this object)."""
+        self._gen = _iterate(self._current, ctx, it, keyf)
 
     def __aiter__(self) -> _Items[T]:
         return self
 
-    async def __anext__(self) -> T:
-        ctx = self._ctx
-        k = self._key
-        if k is not None:  # the body of k finished
-            self._key = None
-            if ctx._current is not None:  # fail() or skip() in the body clears it: not done
-                ctx._current = None
-                ctx._done_keys.add(k)
-                ctx._new_done.append(k)
-                ctx.done += 1
-            if ctx._attention:
-                await ctx._at_boundary()
-        done_keys, failed, skipped, keyf = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, self._keyf
-        for item in self._it:
-            k = keyf(item)
-            if k in done_keys or k in failed or k in skipped:
-                continue
-            self._key = ctx._current = k
-            ctx._left = None
-            return item
-        raise StopAsyncIteration
+    def __anext__(self) -> Awaitable[T]:
+        return self._gen.__anext__()
 
     def _leave(self, frame: FrameType | None) -> None:
         """The handler left the body of the current item without finishing it: not done."""
-        k, self._key = self._key, None
+        k, self._current[0] = self._current[0], None
         ctx = self._ctx
         if k is not None and ctx._current == k:
             ctx._current = None
@@ -412,12 +392,35 @@ class _Items(AsyncIterator[T]):
 
     async def aclose(self) -> None:
         self._leave(None)
+        await self._gen.aclose()
 
     def __del__(self) -> None:
         # Called where the loop dropped the iterator: frame 1 is the handler, at its ``break`` or at the
         # instruction an exception is leaving the body from (the engine matches it to the traceback).
         with contextlib.suppress(Exception):
             self._leave(sys._getframe(1))
+
+
+async def _iterate(
+    current: list[str | None], ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]
+) -> AsyncIterator[T]:
+    """The work of ``ctx.items``: skip what is done, mark an item done when its body finished."""
+    done_keys, failed, skipped, new_done = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, ctx._new_done
+    for item in it:
+        k = keyf(item)
+        if k in done_keys or k in failed or k in skipped:
+            continue
+        current[0] = ctx._current = k
+        ctx._left = None
+        yield item
+        current[0] = None
+        if ctx._current is not None:  # fail() or skip() in the body clears it: not done
+            ctx._current = None
+            done_keys.add(k)
+            new_done.append(k)
+            ctx.done += 1
+        if ctx._attention:
+            await ctx._at_boundary()
 
 
 def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
