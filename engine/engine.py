@@ -235,14 +235,14 @@ class Engine:
         if not self._failing:
             self._outage_began = time.monotonic()
             self._outage_why = _why(e)
-            what = "running work goes on in memory" if self._runs else "nothing is running"
-            log.error(
-                "the store cannot be written (%s): %s; it stops as interrupted (resumable) if the store is"
-                " not back within %gs",
-                self._outage_why,
-                what,
-                self.settings.store_outage_limit,
-            )
+            if self._runs:
+                what = (
+                    "running work goes on in memory, and stops as interrupted (resumable) unless the store"
+                    f" is back within {self.settings.store_outage_limit:g}s"
+                )
+            else:
+                what = "nothing is running; retrying"
+            log.error("the store cannot be written (%s): %s", self._outage_why, what)
         self._failing.setdefault(channel, time.monotonic())
 
     def _store_ok(self, channel: str = "database") -> None:
