@@ -24,7 +24,7 @@ import pytest
 
 from engine.cli_exit import ExitCode
 from tests.fixtures_cli import Cli, Proc, until
-from tests.fixtures_ops import checkpoint_state, resume, run_json
+from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT
 
 N = 150
@@ -189,4 +189,22 @@ def test_short_outage_one_line_each_way_and_no_loss(cli: Cli, small_fs: Path, tm
             if os.path.ismount(state):
                 subprocess.run(["umount", str(state)], capture_output=True, timeout=30)
         proc.kill()
+        fs.close()
+
+
+def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
+    """``outlast worker`` on a full disk: one line, exit 8, and its work is found interrupted afterwards."""
+    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    op_id = submit(fs, "demo", {"items": 3000, "seconds": 0.01})
+    worker = fs.start("worker")
+    try:
+        until(lambda: fs.op(op_id).progress.done > 20, 60, what="the worker runs it")
+        fill = _fill(small_fs)
+        assert worker.wait(60) == ExitCode.STORE
+        _one_line(worker, "the store cannot be written")
+        fill.unlink()
+        r = fs("--json", "show", op_id)
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "interrupted", r.stdout
+    finally:
+        worker.kill()
         fs.close()
