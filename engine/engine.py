@@ -164,6 +164,8 @@ class Engine:
         self._failing: dict[str, float] = {}
         """Store channels ("database", "logs", "locks") failing to write, and since when (monotonic)."""
         self._outage_began = 0.0
+        self._said_down = False
+        self._said_up = float("-inf")
         self._outage_why = ""
         self.store_stopped: set[str] = set()
         """Operations this engine stopped (interrupted) because the store could not be written."""
@@ -231,24 +233,29 @@ class Engine:
         return min(self._failing.values()) if self._failing else None
 
     def _store_failed(self, e: BaseException, channel: str = "database") -> None:
-        """A write failed: the first failure of an outage is said in one line, the rest are not."""
+        """A write failed: the first failure of an outage is said in one line, the rest are not (nor a
+        new outage within a minute of the last one ending: a store that flaps says so twice a minute at most)."""
         if not self._failing:
             self._outage_began = time.monotonic()
             self._outage_why = _why(e)
-            if self._runs:
-                what = (
-                    "running work goes on in memory, and stops as interrupted (resumable) unless the store"
-                    f" is back within {self.settings.store_outage_limit:g}s"
-                )
-            else:
-                what = "nothing is running; retrying"
-            log.error("the store cannot be written (%s): %s", self._outage_why, what)
+            if not self._said_down and time.monotonic() - self._said_up >= 60.0:
+                self._said_down = True
+                if self._runs:
+                    what = (
+                        "running work goes on in memory, and stops as interrupted (resumable) unless the store"
+                        f" is back within {self.settings.store_outage_limit:g}s"
+                    )
+                else:
+                    what = "nothing is running; retrying"
+                log.error("the store cannot be written (%s): %s", self._outage_why, what)
         self._failing.setdefault(channel, time.monotonic())
 
     def _store_ok(self, channel: str = "database") -> None:
         """A write on ``channel`` succeeded: when no channel fails any more, the outage is over (one line)."""
-        if self._failing.pop(channel, None) is not None and not self._failing:
-            took = time.monotonic() - self._outage_began
+        if self._failing.pop(channel, None) is not None and not self._failing and self._said_down:
+            self._said_down = False
+            self._said_up = time.monotonic()
+            took = self._said_up - self._outage_began
             log.warning("the store can be written again after %.1fs: work goes on", took)
 
     def _give_up_writing(self) -> bool:

@@ -121,7 +121,9 @@ def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: 
         fill = _fill(small_fs)
         assert proc.wait(60) == ExitCode.STORE
         _one_line(proc, "the store cannot be written")
-        assert fs.op(op_id).status.value == "running"  # left for the next engine: it is not alive any more
+        # Left running for the next engine (the process holding it is gone), or interrupted if the last
+        # write got through.
+        assert fs.op(op_id).status.value in ("running", "interrupted")
         fill.unlink()
         _resumes_to_the_same_result(fs, op_id, tmp_path, whole)
     finally:
