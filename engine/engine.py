@@ -162,10 +162,11 @@ class Engine:
         self._finished = asyncio.Event()
         self._signal_count = 0
         self._failing: dict[str, float] = {}
-        """Store channels ("database", "logs", "locks") failing to write, and since when (monotonic)."""
+        """Store channels ("database", "logs") failing to write, and since when (monotonic)."""
         self._outage_began = 0.0
         self._said_down = False
         self._said_up = float("-inf")
+        self._recover_failing = False
         self._outage_why = ""
         self.store_stopped: set[str] = set()
         """Operations this engine stopped (interrupted) because the store could not be written."""
@@ -855,23 +856,35 @@ class Engine:
             if self._runs:
                 await self._tick_step(self.store.heartbeat(list(self._runs)))
         if now >= next_orphans:
-            await self._tick_step(self.recover(), "locks", wrote=True)
+            await self._recover_quietly()
 
-    async def _tick_step(self, step: Awaitable[Any], channel: str = "database", wrote: bool = False) -> None:
-        """Run one step of the tick; a store failure is recorded on ``channel`` (no traceback), and
-        with ``wrote`` a success tells that channel works again."""
+    async def _tick_step(self, step: Awaitable[Any]) -> None:
+        """Run one step of the tick; a store failure is recorded (said once), never a traceback."""
         try:
             await step
         except asyncio.CancelledError:
             raise
         except Exception as e:
             if store_failure(e):
-                self._store_failed(e, channel)
+                self._store_failed(e)
             else:
                 log.exception("supervisor tick failed")
+
+    async def _recover_quietly(self) -> None:
+        """``recover()`` on the clock. Its failing (a lock file it cannot open) is not this engine's work
+        failing to be saved: said once (unless the store is already said to fail), and never stops work."""
+        try:
+            await self.recover()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            if not self._recover_failing and not self._failing:
+                log.warning("looking for work left by stopped processes failed (%s); retrying", _why(e))
+            self._recover_failing = True
         else:
-            if wrote:
-                self._store_ok(channel)
+            self._recover_failing = False
 
     async def _poll_controls(self, now: float) -> None:
         for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
