@@ -241,7 +241,9 @@ class OperationContext:
         ``now=True`` saves at once from inside an item body, with the item not yet done:
         for work inside one large item (a byte offset in ``ctx.state``), so a resume
         re-enters that item and goes on from the saved state. ``next_step`` and
-        ``context_data`` come back in ``ctx.resume_data`` on resume.
+        ``context_data`` come back in ``ctx.resume_data`` on resume. A store that cannot
+        write raises nothing here: the engine says so once, and the next checkpoint saves
+        what this one held.
         """
         if self._current is not None and not now:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
