@@ -154,7 +154,6 @@ def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(c
     until(lambda: not _alive(old), 10, what="the shell died with its worker")
     assert _group(old), "the grandchild sleep should have outlived its worker (else this test tests nothing)"
     resumed = cli.start("resume", op_id)
-    new = 0
     try:
         until(lambda: len(pgfile.read_text().split()) == 2, 40, what="the resumed command started")
         assert _group(old) == [], "a process of the killed attempt still runs beside the resume"
@@ -167,5 +166,6 @@ def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(c
         until(lambda: not _group(new), 10, what="the cancelled command's group is gone")
     finally:
         resumed.kill()
-        for pid in _group(old) + (_group(new) if new else []):  # never leave a sleep behind
-            os.kill(pid, signal.SIGKILL)
+        for pgid in map(int, pgfile.read_text().split()):  # never leave a sleep behind, even on failure
+            for pid in _group(pgid):
+                os.kill(pid, signal.SIGKILL)
