@@ -28,7 +28,8 @@ class ExitCode(IntEnum):
     CONFLICT = 7
     """The operation is not in a state that allows the request (resume a completed one, ...)."""
     STORE = 8
-    """The store cannot be opened or read (corrupt state dir, newer schema, unreachable Redis)."""
+    """The store cannot be opened, read or written (corrupt state dir, newer schema, unreachable Redis, disk
+    full or read-only: the running operation was left interrupted, resumable)."""
     INTERNAL = 70
     """A bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)."""
     WATCH_STOPPED = 130
@@ -79,7 +80,7 @@ def exit_codes_help() -> str:
         (ExitCode.TIMED_OUT, "the operation timed out or stalled (resumable)"),
         (ExitCode.PAUSED, "paused or interrupted (Ctrl-C, SIGTERM, SIGHUP): resume it"),
         (ExitCode.CONFLICT, "not allowed in the operation's current state"),
-        (ExitCode.STORE, "the store cannot be opened (corrupt state dir, Redis down)"),
+        (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
         (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
     ]

@@ -12,7 +12,7 @@ import time
 from typing import Any, Literal, Protocol
 
 from . import cli_format as fmt
-from .engine import Engine
+from .engine import Engine, StoreUnwritable, store_failure
 from .models import (
     ACTIVE,
     SETTLED,
@@ -110,6 +110,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
 
     ``local``: this engine runs it (events, and a retry waiting in the queue is run here
     again). Otherwise the store is polled; Ctrl-C (the engine draining) raises WatchStopped.
+    StoreUnwritable when this engine gave up writing the operation's final status.
     """
     last: dict[str, Operation] = {}
 
@@ -131,7 +132,16 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
     try:
         with view:
             while True:
-                op = await engine.get(op_id)
+                if local and op_id in engine.abandoned:
+                    raise StoreUnwritable(engine.store_failed or "the store cannot be written")
+                try:
+                    op = await engine.get(op_id)
+                except Exception as e:
+                    if not (local and store_failure(e) and op_id in last):
+                        raise
+                    # The engine says so once; the view goes on from what this engine knows.
+                    live = engine.live(op_id)
+                    op = last[op_id] if live is None else last[op_id].model_copy(update={"progress": live})
                 last[op_id] = op
                 if engine.draining and not view.stopping and local and isinstance(view, PlainView):
                     view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")

@@ -13,7 +13,7 @@ from . import cli_format as fmt
 from .cli_exit import ExitCode, code_for_status
 from .cli_follow import Mode, PlainView, WatchStopped, follow, make_view
 from .config import Settings
-from .engine import Engine
+from .engine import Engine, StoreUnwritable
 from .models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
 from .store import open_store
 
@@ -56,8 +56,11 @@ async def run_foreground(
         except WatchStopped:
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
             return ExitCode.WATCH_STOPPED
+        except StoreUnwritable:
+            return ExitCode.STORE  # said in one line when the store failed; the next engine finds it interrupted
+        stopped_by_store = op.id in engine.store_stopped
     report_final(final, mode)
-    return code_for_status(final.status)
+    return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
 
 
 def report_final(op: Operation, mode: Mode) -> None:
@@ -125,7 +128,10 @@ async def run_one(settings: Settings, op_id: str) -> ExitCode:
         except Conflict as e:
             fmt.echo(f"not run here: {e}")
             return ExitCode.CONFLICT
-        final = await follow(engine, op_id, PlainView(), local=True)
+        try:
+            final = await follow(engine, op_id, PlainView(), local=True)
+        except StoreUnwritable:
+            return ExitCode.STORE
     report_final(final, "plain")
     return code_for_status(final.status)
 
@@ -145,6 +151,7 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
             else:
                 fmt.echo(f"{fmt.clock(ev.ts)} {ev.operation_id} {fmt.status_text(ev.status, ev.message)}")
 
+    failed = False
     async with engine:
         engine.install_signal_handlers()
         engine.subscribe(on_event)
@@ -156,6 +163,9 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
         idle_since: float | None = None
         while True:
             await asyncio.sleep(0.25)
+            if engine.store_failed:  # said when the store failed: exit, so the next engine can recover the work
+                engine.drain("shutdown")
+                failed = True
             if engine.draining:
                 if not engine.running_ids:
                     break
@@ -170,7 +180,7 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
                     break
     if mode == "plain":
         fmt.echo(f"{fmt.clock(time.time())} worker stopped")
-    return ExitCode.OK
+    return ExitCode.STORE if failed else ExitCode.OK
 
 
 async def wait_settled(engine: Engine, op_id: str, timeout: float) -> Operation:

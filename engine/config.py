@@ -50,6 +50,8 @@ class Settings(BaseModel):
     checkpoints_keep: int = Field(default=5, ge=1, le=1000)
     grace_period: float = Field(default=10.0, ge=0)
     """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
+    store_outage_limit: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds the store may fail to write (disk full, read-only) before running work stops as interrupted."""
     aging_seconds: float = Field(default=300.0, gt=0)
     """Queue aging: waiting this long lifts work by one priority level."""
     control_poll_interval: float = Field(default=0.15, gt=0, le=5)

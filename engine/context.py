@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .models import Checkpoint, LogRecord, Operation
@@ -26,7 +28,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown")
+STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown", "store")
+ENV_OPERATION = "OUTLAST_OPERATION_ID"
+ENV_ATTEMPT = "OUTLAST_ATTEMPT"
 
 
 class OperationStopped(Exception):
@@ -103,6 +107,8 @@ class OperationContext:
         """Item failures in this attempt (counted against failure_threshold)."""
         self._current: str | None = None
         """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
+        self._left: tuple[str, int, int] | None = None
+        """(key, frame id, instruction) where the handler left an item body without finishing it."""
         self._seq = op.checkpoint_seq or 0
         self._attention = False
         self._checkpoint_due = False
@@ -110,6 +116,7 @@ class OperationContext:
         self._stop: str | None = None
         self._dirty = False
         self._procs: set[asyncio.subprocess.Process] = set()
+        self._swept = False
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
@@ -186,34 +193,19 @@ class OperationContext:
 
     # ---- items ---------------------------------------------------------------------------------
 
-    async def items(self, iterable: Iterable[T], key: Callable[[T], str] | None = None) -> AsyncIterator[T]:
+    def items(self, iterable: Iterable[T], key: Callable[[T], str] | None = None) -> AsyncIterator[T]:
         """Iterate with progress, resume-skip, failure counting, checkpoints and cancellation.
 
         An item is done when its loop body finishes; items done before a resume are not
         yielded again. A body that raises records a failure of that item (the handler is
         then called again with ``ctx.resuming`` True, and the item is not retried in this
-        attempt) until failure_threshold is exceeded.
+        attempt) until failure_threshold is exceeded. A body left by ``break`` is not done
+        (a resume offers it again), and the handler is outside the loop from then on:
+        checkpoints, stops and the final checkpoint work as anywhere else.
         """
-        keyf: Callable[[Any], str] = key or str
         if self.total is None and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
-        done_keys = self._done_keys
-        failed = self._failed_keys
-        skipped = self._skipped_keys
-        new_done = self._new_done
-        for item in iterable:
-            k = keyf(item)
-            if k in done_keys or k in failed or k in skipped:
-                continue
-            self._current = k
-            yield item
-            if self._current is not None:  # fail() or skip() in the body clears it: not done
-                self._current = None
-                done_keys.add(k)
-                new_done.append(k)
-                self.done += 1
-            if self._attention:
-                await self._at_boundary()
+        return _Items(self, iter(iterable), key or str)
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
@@ -249,25 +241,30 @@ class OperationContext:
         ``now=True`` saves at once from inside an item body, with the item not yet done:
         for work inside one large item (a byte offset in ``ctx.state``), so a resume
         re-enters that item and goes on from the saved state. ``next_step`` and
-        ``context_data`` come back in ``ctx.resume_data`` on resume.
+        ``context_data`` come back in ``ctx.resume_data`` on resume. A store that cannot
+        write raises nothing here: the engine says so once, and the next checkpoint saves
+        what this one held.
         """
         if self._current is not None and not now:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return
-        await self._save(next_step, context_data)
+        saved = await self._save(next_step, context_data)
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=True)
+            raise OperationStopped(self._stop, checkpointed=saved)
 
     async def _at_boundary(self) -> None:
         req, self._checkpoint_request = self._checkpoint_request, None
+        saved = False
         if req is not None or self._checkpoint_due or self._stop is not None:
-            await self._save(**(req or {}))
+            saved = await self._save(**(req or {}))
         self._attention = self._checkpoint_request is not None or self._stop is not None
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=True)
+            raise OperationStopped(self._stop, checkpointed=saved)
 
-    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> None:
+    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> bool:
+        """Save a checkpoint; False when the store could not write it (the engine says so once, the
+        work goes on, and what it held is kept for the next one). A handler never sees a store error."""
         self._checkpoint_due = False
         # Cleared in place: items() holds a reference to _new_done.
         delta = ItemDelta(self._new_done[:], dict(self._new_failed), self._new_skipped[:])
@@ -294,15 +291,21 @@ class OperationContext:
         )
         self._dirty = False
         try:
-            await self._engine._save_checkpoint(self, cp, delta)
+            if await self._engine._save_checkpoint(self, cp, delta):
+                return True
         except BaseException:
-            # Not saved: keep the delta for the next checkpoint.
-            self._seq -= 1
-            self._new_done[:0] = delta.done
-            self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
-            self._new_skipped[:0] = delta.skipped
-            self._dirty = True
+            self._unsave(delta)
             raise
+        self._unsave(delta)
+        return False
+
+    def _unsave(self, delta: ItemDelta) -> None:
+        """Not saved: keep the delta for the next checkpoint."""
+        self._seq -= 1
+        self._new_done[:0] = delta.done
+        self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
+        self._new_skipped[:0] = delta.skipped
+        self._dirty = True
 
     def _has_unsaved(self) -> bool:
         return self._dirty or bool(self._new_done or self._new_failed or self._new_skipped)
@@ -324,8 +327,21 @@ class OperationContext:
     # ---- subprocesses --------------------------------------------------------------------------
 
     async def spawn(self, *argv: str, shell: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
-        """Start a subprocess in its own process group; it is killed with its children on stop."""
+        """Start a subprocess in its own process group; it is killed with its children on stop.
+
+        Its environment carries the operation id and attempt, so that the first spawn of a later
+        attempt finds and kills what an earlier one left running (its engine SIGKILLed: a shell's
+        children outlive it with parent 1) instead of running the work twice side by side.
+        """
         kwargs.setdefault("start_new_session", True)
+        env = dict(kwargs.get("env") or os.environ)
+        env[ENV_OPERATION], env[ENV_ATTEMPT] = self.id, str(self.attempt)
+        kwargs["env"] = env
+        if not self._swept and self.attempt > 1:
+            self._swept = True
+            killed = await asyncio.to_thread(kill_leftovers, self.id, self.attempt)
+            if killed:
+                self.log.warning(describe_leftovers(killed) + " before starting this one")
         if shell:
             if len(argv) != 1:
                 raise ValueError("shell=True takes one command string")
@@ -345,6 +361,140 @@ class OperationContext:
                     os.killpg(p.pid, sig)
             else:
                 self._procs.discard(p)
+
+
+class _Items(AsyncIterator[T]):
+    """The iterator behind ``ctx.items``: an async generator does the work; this wrapper sees the loop
+    being left (``break``, an exception) at once: the loop drops its only reference and ``__del__``
+    runs there and then, so the context is no longer inside an item body (the generator itself is
+    only closed later, by the event loop).
+    """
+
+    __slots__ = ("_ctx", "_current", "_gen")
+
+    def __init__(self, ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]) -> None:
+        self._ctx = ctx
+        self._current: list[str | None] = [None]
+        """The key whose body runs, shared with the generator (which must not refer to this object)."""
+        self._gen = _iterate(self._current, ctx, it, keyf)
+
+    def __aiter__(self) -> _Items[T]:
+        return self
+
+    def __anext__(self) -> Awaitable[T]:
+        return self._gen.__anext__()
+
+    def _leave(self, frame: FrameType | None) -> None:
+        """The handler left the body of the current item without finishing it: not done."""
+        k, self._current[0] = self._current[0], None
+        ctx = self._ctx
+        if k is not None and ctx._current == k:
+            ctx._current = None
+            ctx._left = (k, id(frame), frame.f_lasti) if frame is not None else None
+
+    async def aclose(self) -> None:
+        self._leave(None)
+        await self._gen.aclose()
+
+    def __del__(self) -> None:
+        # Called where the loop dropped the iterator: frame 1 is the handler, at its ``break`` or at the
+        # instruction an exception is leaving the body from (the engine matches it to the traceback).
+        with contextlib.suppress(Exception):
+            self._leave(sys._getframe(1))
+
+
+async def _iterate(
+    current: list[str | None], ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]
+) -> AsyncIterator[T]:
+    """The work of ``ctx.items``: skip what is done, mark an item done when its body finished."""
+    done_keys, failed, skipped, new_done = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, ctx._new_done
+    for item in it:
+        k = keyf(item)
+        if k in done_keys or k in failed or k in skipped:
+            continue
+        current[0] = ctx._current = k
+        ctx._left = None
+        yield item
+        current[0] = None
+        if ctx._current is not None:  # fail() or skip() in the body clears it: not done
+            ctx._current = None
+            done_keys.add(k)
+            new_done.append(k)
+            ctx.done += 1
+        if ctx._attention:
+            await ctx._at_boundary()
+
+
+def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
+    """The item whose body raised ``exc``: the current one, or the one the exception left by."""
+    if ctx._current is not None:
+        return ctx._current
+    left, ctx._left = ctx._left, None
+    if left is None:
+        return None
+    key, frame_id, lasti = left
+    tb = exc.__traceback__
+    while tb is not None:
+        if id(tb.tb_frame) == frame_id and tb.tb_lasti == lasti:
+            return key
+        tb = tb.tb_next
+    return None  # raised after a ``break``: not the item's failure
+
+
+def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[tuple[int, str, int]]:
+    """SIGKILL every process (and its process group) whose environment says it was started for
+    ``op_id`` by an attempt other than ``attempt`` (None: by any); wait until they are gone.
+    (pid, attempt, pgid) of each; [] where there is no /proc (not Linux)."""
+    mark = f"{ENV_OPERATION}={op_id}".encode()
+    own = {os.getpid(), os.getpgrp()}
+    found: list[tuple[int, str, int]] = []
+    for pid in _pids():
+        if pid in own:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            pgid = os.getpgid(pid)
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+        if mark not in env:
+            continue
+        prefix = f"{ENV_ATTEMPT}=".encode()
+        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
+        if theirs != str(attempt):
+            found.append((pid, theirs, pgid))
+    for pid, _a, pgid in found:
+        with contextlib.suppress(OSError):
+            if pgid not in own:
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + wait
+    while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
+        time.sleep(0.02)
+    return found
+
+
+def describe_leftovers(killed: list[tuple[int, str, int]]) -> str:
+    """One log line for what ``kill_leftovers`` killed."""
+    attempts = ", ".join(sorted({a for _p, a, _g in killed}))
+    groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
+    return f"killed {len(killed)} process(es) left running by attempt {attempts} (process group {groups})"
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _describe(exc: BaseException) -> str:

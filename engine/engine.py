@@ -14,14 +14,23 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings, load_settings
-from .context import OperationContext, OperationStopped, TooManyFailures, format_exception
+from .context import (
+    OperationContext,
+    OperationStopped,
+    TooManyFailures,
+    describe_leftovers,
+    format_exception,
+    item_of,
+    kill_leftovers,
+)
 from .events import EventBus
 from .models import (
     RESUMABLE,
@@ -42,6 +51,7 @@ from .models import (
     StaleAttempt,
     Status,
     StatusChanged,
+    StoreError,
     TimeoutExtended,
     WorkerInfo,
     new_id,
@@ -62,8 +72,29 @@ _STOP_STATUS = {
     "timeout": Status.TIMED_OUT,
     "stalled": Status.TIMED_OUT,
     "lost": Status.INTERRUPTED,  # never written: see _lease_lost
+    "store": Status.INTERRUPTED,
 }
 TICK = 0.1
+STORE_RETRY = 0.5
+LOG_BUFFER_MAX = 10_000
+
+
+class StoreUnwritable(StoreError):
+    """This engine gave up writing to its store: the attempts it ran stay ``running`` under its lock
+    until the process exits, and the next engine to open the store finds them interrupted."""
+
+
+def store_failure(e: BaseException) -> bool:
+    """An error of the store itself (disk full, read-only, I/O, connection), not of the request."""
+    if isinstance(e, (StaleAttempt, Conflict, InvalidInput, LookupError)):
+        return False
+    return isinstance(e, (OSError, sqlite3.Error, StoreError)) or type(e).__module__.split(".")[0] == "redis"
+
+
+def _why(e: BaseException) -> str:
+    """The store error in a few words: "No space left on device", "database or disk is full"."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return text.splitlines()[0][:200]
 
 
 @dataclass
@@ -89,6 +120,8 @@ class _Run:
     extensions: int = 0
     lost: bool = False
     """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
+    settling: bool = False
+    """The handler is done and its final status is being written (retried while the store fails)."""
 
     def rate(self, now: float) -> float | None:
         elapsed = now - self.started
@@ -131,6 +164,17 @@ class Engine:
         self._blocked_reason: str | None = None
         self._finished = asyncio.Event()
         self._signal_count = 0
+        self._failing: dict[str, float] = {}
+        """Store channels ("database", "logs") failing to write, and since when (monotonic)."""
+        self._outage_began = 0.0
+        self._said_down = False
+        self._said_up = float("-inf")
+        self._recover_failing = False
+        self._outage_why = ""
+        self.store_stopped: set[str] = set()
+        """Operations this engine stopped (interrupted) because the store could not be written."""
+        self.abandoned: dict[str, str] = {}
+        """Operations whose final status this engine could not write (their attempt ends with this process)."""
         self._watch_leases()
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -175,7 +219,56 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self._flush_logs()
-        await self.store.close()
+        try:
+            await self.store.close()
+        except Exception as e:
+            if not (store_failure(e) and (self.abandoned or self._outage_since is not None)):
+                raise
+
+    @property
+    def store_failed(self) -> str | None:
+        """Why this engine gave up writing (its attempts were left to the next engine), else None."""
+        if not self.abandoned:
+            return None
+        return f"the store cannot be written ({self._outage_why}); {len(self.abandoned)} operation(s) left interrupted"
+
+    @property
+    def _outage_since(self) -> float | None:
+        """When the longest-failing store channel began failing; None while every write works."""
+        return min(self._failing.values()) if self._failing else None
+
+    def _store_failed(self, e: BaseException, channel: str = "database") -> None:
+        """A write failed: the first failure of an outage is said in one line, the rest are not (nor a
+        new outage within a minute of the last one ending: a store that flaps says so twice a minute at most)."""
+        if not self._failing:
+            self._outage_began = time.monotonic()
+            self._outage_why = _why(e)
+            if not self._said_down and time.monotonic() - self._said_up >= 60.0:
+                self._said_down = True
+                if self._runs:
+                    what = (
+                        "running work goes on in memory, and stops as interrupted (resumable) unless the store"
+                        f" is back within {self.settings.store_outage_limit:g}s"
+                    )
+                else:
+                    what = "nothing is running; retrying"
+                log.error("the store cannot be written (%s): %s", self._outage_why, what)
+        self._failing.setdefault(channel, time.monotonic())
+
+    def _store_ok(self, channel: str = "database") -> None:
+        """A write on ``channel`` succeeded: when no channel fails any more, the outage is over (one line)."""
+        if self._failing.pop(channel, None) is not None and not self._failing and self._said_down:
+            self._said_down = False
+            self._said_up = time.monotonic()
+            took = self._said_up - self._outage_began
+            log.warning("the store can be written again after %.1fs: work goes on", took)
+
+    def _give_up_writing(self) -> bool:
+        """Stop retrying a final status: the outage outlasted its limit, or this engine is stopping."""
+        since = self._outage_since
+        return since is not None and (
+            self._draining or self._closing or time.monotonic() - since >= self.settings.store_outage_limit
+        )
 
     def install_signal_handlers(
         self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -307,6 +400,8 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
+                if op_id in self.abandoned:
+                    raise StoreUnwritable(self.store_failed or "the store cannot be written")
                 op = await self.store.get(op_id)
                 if op.status in SETTLED:
                     return op
@@ -421,6 +516,7 @@ class Engine:
             except (Conflict, StaleAttempt):
                 continue
             log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+            await self._kill_leftovers(op)
             self._publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
             found.append(new)
             # A store whose workers come and go (Redis leases) asks for orphans to be queued again.
@@ -428,6 +524,13 @@ class Engine:
                 with contextlib.suppress(Conflict):
                     await self.resume(op.id)
         return found
+
+    async def _kill_leftovers(self, op: Operation) -> None:
+        """Kill on this host what the dead attempt started (a shell's children outlive their engine)."""
+        killed = await asyncio.to_thread(kill_leftovers, op.id, None)
+        if killed:
+            self._log(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
+            await self._flush_logs(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
 
     # ---- scheduling ----------------------------------------------------------------------------
 
@@ -459,8 +562,11 @@ class Engine:
                             self._start(op)
                     if None in claimed:
                         break
-            except Exception:
-                log.exception("scheduler: claiming work failed; retrying")
+            except Exception as e:
+                if store_failure(e):
+                    self._store_failed(e)
+                else:
+                    log.exception("scheduler: claiming work failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
 
@@ -524,13 +630,7 @@ class Engine:
                 # Forced: the handler did not reach a safe point within the grace period.
                 reason = ctx.stop_reason or "shutdown"
                 ctx.kill_children()
-                await self._settle(
-                    run.op,
-                    _STOP_STATUS[reason],
-                    message=f"{reason}: forced after {self.settings.grace_period:g}s grace period;"
-                    " resumes from the last checkpoint",
-                    ctx=ctx,
-                )
+                await self._stopped(run, reason, checkpointed=False, forced=True)
                 return
             except TooManyFailures as e:
                 await self._final_checkpoint(run)
@@ -540,8 +640,8 @@ class Engine:
                 log.warning("%s: %s; this attempt stops without writing", op.id, e)
                 return
             except Exception as e:
-                if ctx._current is not None and ctx.stop_reason is None:
-                    key = ctx._current
+                key = item_of(ctx, e)
+                if key is not None and ctx.stop_reason is None:
                     ctx._current = None
                     try:
                         ctx.fail(key, e)
@@ -599,11 +699,12 @@ class Engine:
             return
         await self._settle(op, Status.FAILED, error=error, ctx=ctx)
 
-    async def _stopped(self, run: _Run, reason: str, checkpointed: bool) -> None:
+    async def _stopped(self, run: _Run, reason: str, checkpointed: bool, forced: bool = False) -> None:
+        """Every stop saves a final checkpoint (unless the handler's last act was one), then settles."""
         if run.lost:
             return  # nothing to write: see _lease_lost
         if not checkpointed:
-            await self._final_checkpoint(run)
+            await self._final_checkpoint(run, always=True, forced=forced)
         status = _STOP_STATUS[reason]
         msg = {
             "cancel": "cancelled by user",
@@ -611,18 +712,33 @@ class Engine:
             "shutdown": "paused: the engine stopped",
             "timeout": f"deadline passed ({run.effective_timeout:g}s)",
             "stalled": f"stalled: no progress for {run.ctx.profile.stall_timeout:g}s",
+            "store": f"interrupted: the store could not be written for {self.settings.store_outage_limit:g}s"
+            f" ({self._outage_why})",
         }[reason]
-        await self._settle(run.op, status, ctx=run.ctx, message=msg + f"; checkpoint {run.ctx._seq}")
+        if reason == "store":
+            self.store_stopped.add(run.op.id)
+        if forced:
+            msg += f" (forced after {self.settings.grace_period:g}s grace period)"
+        seq = run.ctx._seq
+        where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
+        await self._settle(run.op, status, ctx=run.ctx, message=f"{msg}; {where}")
 
-    async def _final_checkpoint(self, run: _Run) -> None:
+    async def _final_checkpoint(self, run: _Run, always: bool = False, forced: bool = False) -> None:
+        """Save what is done. ``always``: even when no item changed (a stop: progress, ``ctx.state`` and
+        the step are saved too). ``forced``: the handler was cancelled where it stood."""
         ctx = run.ctx
-        if not run.lost and ctx._current is None and ctx._has_unsaved():
-            try:
-                await ctx._save()
-            except StaleAttempt:
-                raise
-            except Exception as e:  # the store failing must not lose the status change too
-                log.error("%s: final checkpoint failed: %s", ctx.id, e)
+        if run.lost:
+            return  # the store refused this attempt: nothing more is written (see _lease_lost)
+        cut = ctx._current or (ctx._left[0] if forced and ctx._left else None)
+        if cut is not None:
+            # A body cut off by force may have changed ctx.state half-way: saving it would let the
+            # done-set and the state disagree (part of that item counted twice). The newest durable
+            # checkpoint stays the resume point: at most one checkpoint interval is done again.
+            ctx.log.warning(f"final checkpoint skipped: item {cut!r} was cut off mid-body")
+            ctx._current = None
+            return
+        if always or ctx._has_unsaved():
+            await ctx._save()  # a store that fails is said once (and the status write is still tried)
 
     async def _settle(
         self,
@@ -651,36 +767,53 @@ class Engine:
             fields["result"] = result
         if error is not None:
             fields["error"] = error
+        run = self._runs.get(op.id)
+        if run is not None:
+            run.settling = True
+        await self._flush_logs(op.id)
+        # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
+        # write (the same group commit, usually), never ahead of it on the local store.
+        self._settling += 1
+        self._wake.set()
         try:
-            await self._flush_logs(op.id)
-            write = self.store.transition(
-                op.id,
-                status,
-                epoch=op.epoch,
-                expect=frozenset({Status.RUNNING}),
-                status_message=message or error,
-                **fields,
-            )
-            # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
-            # write (the same group commit, usually), never ahead of it on the local store.
-            self._settling += 1
-            self._wake.set()
-            try:
-                await write
-            finally:
-                self._settling -= 1
-        except (StaleAttempt, Conflict) as e:
-            log.warning("%s: final status %s not written: %s", op.id, status.value, e)
-            return
-        except Exception:
-            log.exception("%s: final status %s not written", op.id, status.value)
-            return
+            while True:
+                try:
+                    await self.store.transition(
+                        op.id,
+                        status,
+                        epoch=op.epoch,
+                        expect=frozenset({Status.RUNNING}),
+                        status_message=message or error,
+                        **fields,
+                    )
+                    break
+                except (StaleAttempt, Conflict) as e:
+                    log.warning("%s: final status %s not written: %s", op.id, status.value, e)
+                    await self._release(op)
+                    return
+                except Exception as e:
+                    if not store_failure(e):
+                        log.exception("%s: final status %s not written", op.id, status.value)
+                        await self._release(op)
+                        return
+                    self._store_failed(e)
+                    if self._give_up_writing():
+                        # Keep the lock: this process exits, and the next engine finds the attempt
+                        # orphaned (our own recover() must not declare it dead while we live).
+                        self.abandoned[op.id] = f"{status.value} not written: {_why(e)}"
+                        return
+                    await asyncio.sleep(STORE_RETRY)
         finally:
-            with contextlib.suppress(Exception):
-                await self.store.release(op.id, op.epoch)
+            self._settling -= 1
+        self._store_ok()
+        await self._release(op)
         self._publish(
             StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error)
         )
+
+    async def _release(self, op: Operation) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.release(op.id, op.epoch)
 
     # ---- supervision ---------------------------------------------------------------------------
 
@@ -717,30 +850,76 @@ class Engine:
             await asyncio.sleep(TICK)
             now = time.monotonic()
             try:
-                for run in list(self._runs.values()):
-                    self._check(run, now)
-                if now >= next_poll and self._runs:
-                    next_poll = now + self.settings.control_poll_interval
-                    for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
-                        run = self._runs.get(op_id)
-                        if run is not None and run.ctx.stop_reason is None:
-                            run.ctx._request_stop(action)
-                            run.stop_at = now
-                if now >= next_flush:
-                    next_flush = now + self.settings.progress_flush_interval
-                    await self._flush_live(now)
-                    await self._flush_logs()
-                    if self._runs:
-                        await self.store.heartbeat(list(self._runs))
-                if now >= next_orphans:
-                    next_orphans = now + 2.0
-                    await self.recover()
+                await self._tick(now, next_poll, next_flush, next_orphans)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("supervisor tick failed")
+            if now >= next_poll and self._runs:
+                next_poll = now + self.settings.control_poll_interval
+            if now >= next_flush:
+                next_flush = now + self.settings.progress_flush_interval
+            if now >= next_orphans:
+                next_orphans = now + 2.0
+
+    async def _tick(self, now: float, next_poll: float, next_flush: float, next_orphans: float) -> None:
+        """One turn of the supervisor; the steps whose time has come (``now >= next_*``) run."""
+        for run in list(self._runs.values()):
+            self._check(run, now)
+        if self._outage_since is not None and now - self._outage_since >= self.settings.store_outage_limit:
+            for run in self._runs.values():
+                if run.ctx.stop_reason is None:
+                    run.ctx._request_stop("store")
+                    run.stop_at = now
+        # Each step on its own: a store that fails is said once (_store_failed), never a traceback per tick.
+        if now >= next_poll and self._runs:
+            await self._tick_step(self._poll_controls(now))
+        if now >= next_flush:
+            await self._tick_step(self._flush_live(now))  # says itself when a write worked
+            await self._flush_logs()
+            if self._runs:
+                await self._tick_step(self.store.heartbeat(list(self._runs)))
+        if now >= next_orphans:
+            await self._recover_quietly()
+
+    async def _tick_step(self, step: Awaitable[Any]) -> None:
+        """Run one step of the tick; a store failure is recorded (said once), never a traceback."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if store_failure(e):
+                self._store_failed(e)
+            else:
+                log.exception("supervisor tick failed")
+
+    async def _recover_quietly(self) -> None:
+        """``recover()`` on the clock. Its failing (a lock file it cannot open) is not this engine's work
+        failing to be saved: said once (unless the store is already said to fail), and never stops work."""
+        try:
+            await self.recover()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            if not self._recover_failing and not self._failing:
+                log.warning("looking for work left by stopped processes failed (%s); retrying", _why(e))
+            self._recover_failing = True
+        else:
+            self._recover_failing = False
+
+    async def _poll_controls(self, now: float) -> None:
+        for op_id, action in (await self.store.pending_controls(list(self._runs))).items():
+            run = self._runs.get(op_id)
+            if run is not None and run.ctx.stop_reason is None:
+                run.ctx._request_stop(action)
+                run.stop_at = now
 
     def _check(self, run: _Run, now: float) -> None:
+        if run.settling:
+            return
         ctx, p = run.ctx, run.ctx.profile
         if ctx.done != run.last_done or ctx._beat != run.last_beat:
             run.last_done, run.last_beat = ctx.done, ctx._beat
@@ -772,7 +951,7 @@ class Engine:
         ctx, p = run.ctx, run.ctx.profile
         rate = run.rate(now)
         elapsed = now - run.started
-        if rate and ctx.total is not None and ctx.total > ctx.done:
+        if run.op.timeout is None and rate and ctx.total is not None and ctx.total > ctx.done:  # fixed is fixed
             needed = (ctx.total - ctx.done) / rate
             if elapsed + needed <= p.max_timeout:
                 new_deadline = min(run.started + p.max_timeout, now + needed * 1.25 + 5)
@@ -810,6 +989,7 @@ class Engine:
             updates.append((run.op.id, run.op.epoch, fields))
         if updates:
             await self.store.save_live(updates)
+            self._store_ok()
 
     def _with_live(self, op: Operation) -> Operation:
         run = self._runs.get(op.id)
@@ -854,11 +1034,21 @@ class Engine:
 
     # ---- called by contexts --------------------------------------------------------------------
 
-    async def _save_checkpoint(self, ctx: OperationContext, cp: Checkpoint, delta: ItemDelta) -> None:
+    async def _save_checkpoint(self, ctx: OperationContext, cp: Checkpoint, delta: ItemDelta) -> bool:
+        """Write a checkpoint; False when the store failed (said once; retried a second later)."""
         t0 = time.perf_counter()
-        saved = await self.store.save_checkpoint(cp, delta, self.settings.checkpoints_keep)
-        latency = time.perf_counter() - t0
         run = self._runs.get(ctx.id)
+        try:
+            saved = await self.store.save_checkpoint(cp, delta, self.settings.checkpoints_keep)
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            self._store_failed(e)
+            if run is not None:
+                run.next_checkpoint = time.monotonic() + min(1.0, ctx.profile.checkpoint_interval)
+            return False
+        self._store_ok()
+        latency = time.perf_counter() - t0
         if run is not None:
             run.next_checkpoint = time.monotonic() + ctx.profile.checkpoint_interval
         self._publish(
@@ -866,6 +1056,7 @@ class Engine:
                 operation_id=ctx.id, seq=saved.seq, done=saved.processed_items, size=saved.size, latency=latency
             )
         )
+        return True
 
     def _item_failed(self, ctx: OperationContext, key: str, error: str) -> None:
         ctx.log.warning(f"item failed: {key}: {error}")
@@ -892,8 +1083,15 @@ class Engine:
             if recs:
                 try:
                     await self.store.append_logs(i, recs)
+                    self._store_ok("logs")
                 except Exception as e:
-                    log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+                    if not store_failure(e):
+                        log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+                        continue
+                    self._store_failed(e, "logs")
+                    # Kept for the next flush (the newest, when the outage is long).
+                    self._log_buf[i][:0] = recs[-LOG_BUFFER_MAX:]
+                    del self._log_buf[i][: -LOG_BUFFER_MAX or None]
 
     def _publish(self, event: Event) -> None:
         if isinstance(event, StatusChanged) and event.status in SETTLED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -126,3 +127,45 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "command", {"argv": ["true"], "progress_regex": "(unclosed"}, "progress_regex does not compile")
     bad_params(cli, "command", {"argv": ["true"], "command": "true"}, "either argv")
     bad_params(cli, "command", {"argv": ["true"], "cwd": str(tmp_path / "nope")}, "cwd")
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                state, _ppid, pgrp = (d / "stat").read_text().rsplit(") ", 1)[1].split()[:3]
+            except (OSError, IndexError, ValueError):
+                continue
+            if int(pgrp) == pgid and state != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(cli: Cli, tmp_path: Path) -> None:
+    """``sh -c 'sleep; echo'``: the shell dies with its SIGKILLed worker, but its ``sleep`` lives on with
+    parent 1; the resume must not start a second copy beside it (the old group is killed first)."""
+    pgfile = tmp_path / "pgid"
+    cmd = f"echo $$ >> {pgfile}; sleep 777; echo done"
+    op_id = submit(cli, "command", {"command": cmd, "shell": True})
+    kill_worker_when(cli, op_id, lambda op: pgfile.exists() and any(_group(int(pgfile.read_text().split()[0]))))
+    old = int(pgfile.read_text().split()[0])
+    until(lambda: not _alive(old), 10, what="the shell died with its worker")
+    assert _group(old), "the grandchild sleep should have outlived its worker (else this test tests nothing)"
+    resumed = cli.start("resume", op_id)
+    try:
+        until(lambda: len(pgfile.read_text().split()) == 2, 40, what="the resumed command started")
+        assert _group(old) == [], "a process of the killed attempt still runs beside the resume"
+        new = int(pgfile.read_text().split()[1])
+        assert _group(new), "the resumed command runs"
+        said = lambda: any("left running by attempt 1" in ln for ln in cli("logs", op_id).stdout.splitlines())  # noqa: E731
+        until(said, 20, what=f"one log line says what was killed: {cli('logs', op_id).stdout}")
+        assert cli("cancel", op_id).returncode == 0
+        assert resumed.wait(30) == 4
+        until(lambda: not _group(new), 10, what="the cancelled command's group is gone")
+    finally:
+        resumed.kill()
+        for pgid in map(int, pgfile.read_text().split()):  # never leave a sleep behind, even on failure
+            for pid in _group(pgid):
+                os.kill(pid, signal.SIGKILL)

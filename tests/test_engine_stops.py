@@ -1,0 +1,122 @@
+"""Every stop leaves a consistent, resumable checkpoint: a handler that leaves ``ctx.items`` with ``break``,
+a stall, a forced stop, a fixed timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+
+from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation
+from tests.fixtures_engine import collect, make_engine, until
+
+
+class BreakParams(BaseModel):
+    items: int = 50
+    break_at: int = 7
+    checkpoint_after: bool = True
+    raise_after: bool = False
+
+
+@operation("test_break_then_wait", params=BreakParams)
+async def break_then_wait(ctx: OperationContext, p: BreakParams) -> dict:
+    """Leaves the items loop with ``break``, then checkpoints (or not) and waits cooperatively."""
+    ctx.state.setdefault("sum", 0)
+    async for i in ctx.items(range(p.items), key=str):
+        if i == p.break_at:
+            break
+        ctx.state["sum"] += i
+    if p.raise_after:
+        raise ValueError("after the loop")
+    if p.checkpoint_after:
+        await ctx.checkpoint(next_step="after the loop")
+    while True:
+        await asyncio.sleep(0.02)
+        ctx.progress(message="waiting")  # a safe point: raises OperationStopped once a stop is asked for
+
+
+async def test_break_then_explicit_checkpoint_and_pause(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 7}))
+    cps = await until(lambda: engine.checkpoints(op.id), timeout=20)
+    assert cps[-1].processed_items == 7 and cps[-1].next_step == "after the loop"
+    _cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert ledger.done == {str(i) for i in range(7)}  # the item the body broke out of is not done
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED, final.status_message
+    assert "forced" not in (final.status_message or "")
+
+
+async def test_break_then_pause_saves_final_checkpoint(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="test_break_then_wait", params={"break_at": 9, "checkpoint_after": False})
+    )
+    await until(lambda: (r := engine.live(op.id)) is not None and r.message == "waiting", timeout=20)
+    assert await engine.checkpoints(op.id) == []
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final.status_message
+    cp, ledger = await engine.store.load_checkpoint(op.id)
+    assert ledger.done == {str(i) for i in range(9)} and cp.state == {"sum": sum(range(9))}
+
+
+async def test_error_after_break_is_not_blamed_on_an_item(engine: Engine) -> None:
+    failed = collect(engine, (ItemFailed,))
+    op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 3, "raise_after": True}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED and "after the loop" in final.error
+    assert failed == [] and final.progress.failed == 0
+
+
+async def _newest(engine: Engine, op_id: str) -> tuple[int, set[str]]:
+    got = await engine.store.load_checkpoint(op_id)
+    assert got is not None, "no checkpoint was saved"
+    return got[0].processed_items, got[1].done
+
+
+async def test_cooperative_stall_saves_final_checkpoint(engine: Engine) -> None:
+    op = await engine.submit(
+        OperationSpec(type="silent", params={"items": 5, "hang_after": 2}, profile={"stall_timeout": 0.5})
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT and final.status_message.startswith("stalled"), final.status_message
+    assert (await _newest(engine, op.id))[0] == 2
+    assert final.checkpoint_seq is not None and f"checkpoint {final.checkpoint_seq}" in final.status_message
+
+
+async def test_forced_stall_saves_final_checkpoint_and_resumes_past_it(settings: Settings) -> None:
+    """A body that hangs past the grace period is cancelled: the items before it are saved, it is not."""
+    settings.grace_period = 0.3
+    async with make_engine(settings) as engine:
+        op = await engine.submit(
+            OperationSpec(
+                type="demo", params={"items": 20, "seconds": 0.01, "hang_at": 6}, profile={"stall_timeout": 0.5}
+            )
+        )
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.TIMED_OUT and "forced" in final.status_message, final.status_message
+        done, keys = await _newest(engine, op.id)
+        assert done == 6 and keys == {str(i) for i in range(6)}
+        assert f"checkpoint {final.checkpoint_seq}" in final.status_message
+        # The resume starts at item 6, not 0: it hangs there again, so the next checkpoint has the same items.
+        await engine.resume(op.id)
+        again = await engine.wait(op.id, timeout=30)
+        assert again.status is Status.TIMED_OUT and (await _newest(engine, op.id))[0] == 6
+        logs, _ = await engine.logs(op.id)
+        assert any("resuming from checkpoint" in r.message and "6 items done" in r.message for r in logs)
+
+
+async def test_fixed_timeout_is_not_extended(engine: Engine) -> None:
+    """A rate that would finish well within max_timeout extends a profile's deadline, never a fixed one."""
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 400, "seconds": 0.02},
+            timeout=0.5,
+            profile={"base_timeout": 0.1, "per_item_timeout": 0, "max_timeout": 600},
+        )
+    )
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.TIMED_OUT, final.status_message
+    assert final.extensions == 0 and final.progress.done < 400
+    assert (await _newest(engine, op.id))[0] == final.progress.done

@@ -1,0 +1,212 @@
+"""Fault suite (c): a full file system and a read-only state dir, mid-run, on a real small tmpfs.
+
+The state dir lives on a 5 MB tmpfs (CI runs as root; skipped with the reason where mounting is not
+permitted). Checked: the foreground run exits by itself with one line on stderr and the documented code
+(8: the store cannot be written), no traceback; signals work while the store fails; a short outage costs
+one line when it starts and one when it is over; and after space is freed (or the mount is writable
+again) ``outlast resume`` finishes with the result of an uninterrupted run, item by item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.cli_exit import ExitCode
+from tests.fixtures_cli import Cli, Proc, until
+from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
+from tests.test_op_command import WORKER_SCRIPT
+
+N = 150
+
+
+class _CliAt(Cli):
+    """The console script against ``state_dir``, with extra environment."""
+
+    def __init__(self, state_dir: Path, **env: str) -> None:
+        super().__init__(state_dir)
+        self.extra = env
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "OUTLAST_STATE_DIR": str(self.state_dir), **self.extra}
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 5 MB tmpfs, unmounted (with anything mounted on it) afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = _mount("-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt))
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        for target in (mnt / "state", mnt):
+            if os.path.ismount(target):
+                subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
+
+
+def _fill(mnt: Path) -> Path:
+    """Write zeros until the file system is full; the file to delete to free the space."""
+    fill = mnt / "fill"
+    chunk = b"\0" * (1 << 16)
+    fd = os.open(fill, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return fill
+
+
+def _params(tmp_path: Path, ledger: str, pause: float) -> str:
+    script = tmp_path / "job.py"
+    script.write_text(WORKER_SCRIPT)
+    return json.dumps({"argv": [sys.executable, str(script), str(tmp_path / ledger), str(N), str(pause)]})
+
+
+def _uninterrupted(cli: Cli, tmp_path: Path) -> dict:
+    code, rec, err = run_json(cli, "run", "command", "--params-json", _params(tmp_path, "whole.ledger", 0))
+    assert code == 0, err
+    return rec["result"]
+
+
+def _start(fs: Cli, tmp_path: Path) -> tuple[Proc, str]:
+    """``outlast run command`` on the small fs; the process and the operation id, once it checkpointed."""
+    proc = fs.start("run", "command", "--params-json", _params(tmp_path, "job.ledger", 0.04))
+    op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+    until(lambda: checkpoint_state(fs, op_id).get("checkpoint", {}).get("next", 0) >= 20, 60, what="checkpoints")
+    return proc, op_id
+
+
+def _one_line(proc: Proc, needle: str) -> None:
+    err = [ln for ln in proc.err if ln.strip()]
+    assert len(err) == 1 and needle in err[0], err
+    assert not any("Traceback" in ln for ln in proc.err)
+
+
+def _resumes_to_the_same_result(fs: Cli, op_id: str, tmp_path: Path, whole: dict) -> None:
+    checkpointed = checkpoint_state(fs, op_id)["checkpoint"]["next"]
+    final = resume(fs, op_id)
+    assert final["status"] == "completed", final
+    assert final["result"] == whole
+    items = (tmp_path / "job.ledger").read_text().split()
+    assert sorted(set(items), key=int) == [str(i) for i in range(N)], "an item was lost"
+    assert all(items.count(str(i)) == 1 for i in range(checkpointed)), "an item before the checkpoint was redone"
+
+
+def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    whole = _uninterrupted(cli, tmp_path)
+    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    proc, op_id = _start(fs, tmp_path)
+    try:
+        fill = _fill(small_fs)
+        assert proc.wait(60) == ExitCode.STORE
+        _one_line(proc, "the store cannot be written")
+        # Left running for the next engine (the process holding it is gone), or interrupted if the last
+        # write got through.
+        assert fs.op(op_id).status.value in ("running", "interrupted")
+        fill.unlink()
+        _resumes_to_the_same_result(fs, op_id, tmp_path, whole)
+    finally:
+        proc.kill()
+        fs.close()
+
+
+def test_signals_work_while_the_store_cannot_write(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """SIGTERM while the disk is full ends the run at once (the outage limit is far away)."""
+    whole = _uninterrupted(cli, tmp_path)
+    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="600")
+    proc, op_id = _start(fs, tmp_path)
+    try:
+        fill = _fill(small_fs)
+        until(lambda: any("cannot be written" in ln for ln in proc.err), 60, what="the store failure said")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == ExitCode.STORE
+        _one_line(proc, "the store cannot be written")
+        fill.unlink()
+        _resumes_to_the_same_result(fs, op_id, tmp_path, whole)
+    finally:
+        proc.kill()
+        fs.close()
+
+
+def test_read_only_state_dir_mid_run(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """A read-only mount over the state dir (chmod does not stop root): the run stops interrupted, exit 8."""
+    whole = _uninterrupted(cli, tmp_path)
+    state = small_fs / "state"
+    fs = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="2")
+    proc, op_id = _start(fs, tmp_path)
+    try:
+        r = _mount("--bind", "-o", "ro", str(state), str(state))
+        assert r.returncode == 0, r.stderr
+        assert proc.wait(60) == ExitCode.STORE
+        _one_line(proc, "Read-only file system")
+        assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
+        _resumes_to_the_same_result(fs, op_id, tmp_path, whole)
+    finally:
+        proc.kill()
+        fs.close()
+
+
+def test_short_outage_one_line_each_way_and_no_loss(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """A state dir read-only for a few seconds: one line when writes fail, one when they work again."""
+    whole = _uninterrupted(cli, tmp_path)
+    state = small_fs / "state"
+    fs = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="120")
+    proc, op_id = _start(fs, tmp_path)
+    try:
+        assert _mount("--bind", "-o", "ro", str(state), str(state)).returncode == 0
+        until(lambda: any("cannot be written" in ln for ln in proc.err), 60, what="the store failure said")
+        time.sleep(1.0)
+        assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
+        assert proc.wait(120) == 0, proc.err
+        err = [ln for ln in proc.err if ln.strip()]
+        assert len(err) == 2 and "cannot be written" in err[0] and "written again" in err[1], err
+        assert not any("stopped" in ln for ln in proc.out + proc.err), "its own live process called stopped"
+        rec = fs.op(op_id)
+        assert rec.status.value == "completed" and rec.result == whole
+        items = (tmp_path / "job.ledger").read_text().split()
+        assert items == [str(i) for i in range(N)]
+    finally:
+        with contextlib.suppress(Exception):
+            if os.path.ismount(state):
+                subprocess.run(["umount", str(state)], capture_output=True, timeout=30)
+        proc.kill()
+        fs.close()
+
+
+def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
+    """``outlast worker`` on a full disk: one line, exit 8, and its work is found interrupted afterwards."""
+    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    op_id = submit(fs, "demo", {"items": 3000, "seconds": 0.01})
+    worker = fs.start("worker")
+    try:
+        until(lambda: fs.op(op_id).progress.done > 20, 60, what="the worker runs it")
+        fill = _fill(small_fs)
+        assert worker.wait(60) == ExitCode.STORE
+        _one_line(worker, "the store cannot be written")
+        fill.unlink()
+        r = fs("--json", "show", op_id)
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "interrupted", r.stdout
+    finally:
+        worker.kill()
+        fs.close()
