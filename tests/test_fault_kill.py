@@ -9,11 +9,11 @@ Three kinds of work, each run through the console script as a subprocess with ``
 - ``backup_operation``: the copy (modes, times, links, checksums) and its manifest equal an uninterrupted copy's.
 - ``codebase_indexing``: every table of the index equals an uninterrupted index's.
 
-Each round kills 1 to 3 times, at a random moment within the length of an uninterrupted run (so anywhere from the
-interpreter's start-up to the last write), then runs to the end. The seed is random unless OUTLAST_FAULT_SEED is set,
-and is printed (and attached to the failure) so a failing sequence can be replayed; the kill moments are times, so a
-replay hits about, not exactly, the same points. By default a few rounds (seconds); OUTLAST_SOAK=1 runs
-OUTLAST_SOAK_ROUNDS rounds of each kind (default 100) and prints the figures.
+Each round aims 1 to 3 kills, each at a random moment of an uninterrupted run's length (a third anywhere from the
+interpreter's start-up on, the rest while the operation runs), then runs to the end. The seed is random unless
+OUTLAST_FAULT_SEED is set, and is attached to the failure so a failing sequence can be replayed; the kill moments
+are times, so a replay hits about, not exactly, the same points. By default a few rounds (seconds); OUTLAST_SOAK=1
+runs OUTLAST_SOAK_ROUNDS rounds of each kind (default 100) and prints the figures (with -s).
 """
 
 from __future__ import annotations
@@ -138,8 +138,10 @@ class Kind:
     """``outlast run ...`` arguments for a round whose private directory is the argument."""
     reference: dict[str, Any]
     """What the uninterrupted run produced (compared by ``check``)."""
-    seconds: float
-    """How long the uninterrupted run took, start-up included: kills land within it."""
+    startup: float
+    """Seconds from the uninterrupted run's process start to its operation's start (interpreter, store, claim)."""
+    work: float
+    """Seconds its operation ran."""
     check: Callable[[Path, dict[str, Any], dict[str, Any], Figures], list[str]]
     """(round dir, final record, reference, figures) -> problems; updates the figures."""
 
@@ -159,7 +161,10 @@ def one_round(kind: Kind, rnd: random.Random, base: Path, env: dict[str, str], f
             args = ["worker", "--exit-when-idle", "--concurrency", "1"]
         else:  # running (an orphan the next engine finds) or stopped: resume it
             args = ["resume", op.id]
-        kill_after = rnd.uniform(0, kind.seconds) if kills_left else None
+        kill_after = None
+        if kills_left:  # a third anywhere (start-up included), the rest while the work runs
+            whole = kind.startup + kind.work
+            kill_after = rnd.uniform(0, whole) if rnd.random() < 1 / 3 else kind.startup + rnd.uniform(0, kind.work)
         log_before = _lines(base / "items.log")
         code = outlast(state, args, out, kill_after, env)
         if code is None:
@@ -297,43 +302,43 @@ def make_index_tree(root: Path) -> None:
     (root / "pkg03" / "latin.txt").write_bytes(b"caf\xe9\n")  # an item failure, counted the same every time
 
 
-def reference(name: str, base: Path, env: dict[str, str], args: list[str]) -> tuple[dict[str, Any], float]:
-    """An uninterrupted run in ``base``: its final record and how long it took."""
-    t0 = time.monotonic()
+def reference(name: str, base: Path, env: dict[str, str], args: list[str]) -> tuple[dict[str, Any], float, float]:
+    """An uninterrupted run in ``base``: its final record, its start-up and its work in seconds."""
+    t0 = time.time()
     code = outlast(base / "state", args, base / "outlast.out", None, env)
-    seconds = time.monotonic() - t0
     op, _ = stored(base / "state")
     assert code == 0 and op is not None and op.status is Status.COMPLETED, f"{name}: {_tail(base / 'outlast.out')}"
-    return op.model_dump(mode="json"), seconds
+    assert op.started_at is not None and op.finished_at is not None
+    return op.model_dump(mode="json"), max(0.0, op.started_at - t0), op.finished_at - op.started_at
 
 
 def make_kind(name: str, tmp: Path, env: dict[str, str]) -> Kind:
     ref_dir = tmp / "reference"
     ref_dir.mkdir()
     if name == "ledger":
-        final, seconds = reference(name, ref_dir, env, ledger_args(ref_dir))
+        final, startup, work = reference(name, ref_dir, env, ledger_args(ref_dir))
         assert final["result"] == {"sum": sum(range(LEDGER_ITEMS))}
-        return Kind(name, ledger_args, {"result": final["result"]}, seconds, ledger_check)
+        return Kind(name, ledger_args, {"result": final["result"]}, startup, work, ledger_check)
     if name == "backup":
         src = tmp / "src"
-        make_backup_tree(src, big_mb=12)
-        final, seconds = reference(name, ref_dir, env, backup_args(ref_dir, src))
+        make_backup_tree(src, big_mb=40)
+        final, startup, work = reference(name, ref_dir, env, backup_args(ref_dir, src))
         assert snapshot(ref_dir / "copy") == snapshot(src)
         ref = {
             "snapshot": snapshot(ref_dir / "copy"),
             "manifest": json.loads((ref_dir / "copy" / ".outlast-manifest.json").read_text()),
             "result": {k: v for k, v in final["result"].items() if k != "manifest"},
         }
-        return Kind(name, lambda b: backup_args(b, src), ref, seconds, backup_check)
+        return Kind(name, lambda b: backup_args(b, src), ref, startup, work, backup_check)
     root = tmp / "tree"
     make_index_tree(root)
-    final, seconds = reference(name, ref_dir, env, index_args(ref_dir, root))
+    final, startup, work = reference(name, ref_dir, env, index_args(ref_dir, root))
     ref = {
         "tables": index_tables(ref_dir / "index.db"),
         "result": {k: v for k, v in final["result"].items() if k != "index"},
     }
     assert ref["result"]["files"] == 700 and ref["result"]["failures"] == 1
-    return Kind(name, lambda b: index_args(b, root), ref, seconds, index_check)
+    return Kind(name, lambda b: index_args(b, root), ref, startup, work, index_check)
 
 
 @pytest.mark.slow
@@ -350,10 +355,16 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(
     for r in range(ROUNDS[name]):
         base = tmp_path / f"round{r:04d}"
         base.mkdir()
-        problems = one_round(kind, rnd, base, env, figures)
+        try:
+            problems = one_round(kind, rnd, base, env, figures)
+        except Exception as exc:  # a hang, an unreadable store: this round's problem, not the end of the loop
+            problems = [f"{type(exc).__name__}: {exc}"]
         figures.rounds += 1
         if problems:
             failed.append(f"round {r} ({base}): " + "; ".join(problems))
+            if SOAK:
+                with capsys.disabled():
+                    print(f"\nFAILED {failed[-1]}", flush=True)
         else:
             shutil.rmtree(base)  # a soak of hundreds of rounds keeps only what failed
         if SOAK and (r + 1) % 10 == 0:
@@ -363,3 +374,43 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(
         with capsys.disabled():
             print(f"\n{figures.line()}", flush=True)
     assert not failed, f"{figures.line()}\nreplay with OUTLAST_FAULT_SEED={SEED}\n" + "\n".join(failed[:10])
+
+
+def _schema(tmp: Path, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, SQL) of every table and index of a store the real CLI created, in creation order."""
+    state = tmp / "whole"
+    assert outlast(state, ["ls"], tmp / "whole.out", None, env) == 0, _tail(tmp / "whole.out")
+    con = sqlite3.connect(state / "outlast.db")
+    try:
+        return con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/store/local.py creates its schema one autocommitted statement at a time and skips creating it "
+    "once `meta` exists, so a kill in between leaves a store that every later command fails on (exit 70, or an "
+    "operation marked failed at its first checkpoint): found by the kill loop above, to be fixed in the store",
+)
+@pytest.mark.parametrize("killed_after", ["meta", "operations", "deltas"])
+def test_a_kill_while_the_store_is_created_leaves_a_usable_store(
+    killed_after: str, tmp_path: Path, state_dir: Path
+) -> None:
+    """The first ``outlast`` in a new state dir is SIGKILLed while it creates the database: what the kill leaves is
+    the schema up to some statement (each CREATE is its own transaction). The next ``outlast run`` must work."""
+    env = {k: v for k, v in os.environ.items() if k != "OUTLAST_DEBUG"}
+    schema = _schema(tmp_path, env)
+    names = [name for name, _ in schema]
+    state = tmp_path / "state-killed"
+    state.mkdir(mode=0o700)
+    con = sqlite3.connect(state / "outlast.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    for _name, sql in schema[: names.index(killed_after) + 1]:
+        con.execute(sql)
+    con.close()
+    log = tmp_path / "items.log"
+    params = {"items": 20, "log_file": str(log), "explicit_every": 5}
+    code = outlast(state, ["run", "ledger", "--params-json", json.dumps(params)], tmp_path / "run.out", None, env)
+    assert code == 0, _tail(tmp_path / "run.out")
+    assert sorted(map(int, log.read_text().split())) == list(range(20))
