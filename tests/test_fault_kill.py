@@ -124,7 +124,17 @@ def stored(state: Path) -> tuple[Operation | None, set[str]]:
         finally:
             await store.close()
 
-    if not (state / "outlast.db").exists():
+    db = state / "outlast.db"
+    if not db.exists():
+        return None, set()
+    # Read-only first: opening through the store would create the schema in a database a kill left empty, and so
+    # hide from the next `outlast` what the kill left.
+    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        con.close()
+    if "operations" not in tables:
         return None, set()
     return asyncio.run(go())
 
