@@ -3,8 +3,10 @@
 The real app (``tui.app.OutlastApp`` with its embedded engine) runs in a fresh child process,
 headless through Textual's pilot at 160x50, over a store of 10,000 operations of which 100
 run in that engine and report progress 20 times a second. Times come from the app's own
-repaints: a hook on ``App._display`` stamps every frame after encoding it for the terminal
-exactly as a real terminal would get it (only the final write is skipped). The anchor for CPU
+repaints: the app runs with a driver of ours (Textual's public ``Driver`` API) that reads no
+input and discards the output, but is not headless, so Textual encodes every frame for the
+terminal exactly as a real terminal would get it, hands it to the driver and flushes; each
+flush is a frame. The anchor for CPU
 is the same engine running the same 100 operations with no dashboard, in its own child.
 
     python scripts/bench_dashboard.py --child dashboard|engine STATE_DIR N_LIVE PRESSES WINDOW SPAWNED_AT
@@ -13,7 +15,6 @@ is the same engine running the same 100 operations with no dashboard, in its own
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import re
@@ -183,9 +184,10 @@ async def child_engine(state: Path, live: int, window: float) -> dict[str, Any]:
 
 async def child_dashboard(state: Path, live: int, presses: int, window: float, started: float) -> dict[str, Any]:
     """The real app, headless; every figure from its own frames."""
-    from rich.console import Console
+    # Frames encoded as for a truecolor terminal whatever the environment says (read at Textual's import).
+    os.environ["TEXTUAL_COLOR_SYSTEM"] = "truecolor"
     from textual import events
-    from textual._compositor import CompositorUpdate
+    from textual.drivers.headless_driver import HeadlessDriver
 
     from engine import load_settings
     from tui.app import OutlastApp
@@ -193,19 +195,12 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
 
     imported = time.time() - started
     settings = load_settings(state_dir=state, plugins=[PLUGIN], max_concurrent=live)
-    app = OutlastApp(settings)
     frames: list[float] = []
     first: dict[str, float] = {}
     waiting: dict[str, Any] = {}
-    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=SIZE[0])
-    display = app._display
+    drivers: list[HeadlessDriver] = []
 
-    def hooked(screen: Any, renderable: Any) -> None:
-        display(screen, renderable)
-        if renderable is None or app._batch_count:
-            return
-        if isinstance(renderable, CompositorUpdate):
-            renderable.render_segments(console)  # what a terminal would be sent
+    def on_frame() -> None:
         now = time.perf_counter()
         frames.append(now)
         first.setdefault("frame", time.time())
@@ -219,10 +214,29 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
             if shown == table.selected_id and shown != waiting["detail"]:
                 waiting["detail_at"] = now
 
-    app._display = hooked  # type: ignore[method-assign]
+    class FrameDriver(HeadlessDriver):
+        """No terminal in or out, but not headless: Textual renders and encodes every frame (batched
+        updates and empty frames are never handed over), writes it here and flushes once per frame."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            drivers.append(self)
+
+        @property
+        def is_headless(self) -> bool:
+            return False
+
+        def write(self, data: str) -> None:
+            """The encoded frame: what a terminal would be sent; dropped."""
+
+        def flush(self) -> None:
+            on_frame()
+
+    app = OutlastApp(settings)
+    app.driver_class = FrameDriver  # what App(driver_class=...) sets; run_test(headless=False) uses it
     keys: list[float] = []
     detail: list[float] = []
-    async with app.run_test(size=SIZE, headless=True) as pilot:
+    async with app.run_test(size=SIZE, headless=False) as pilot:
         await _until(lambda: "rows" in first, 60, "first frame with operations")
         await _until(lambda: len(app.engine.running_ids) >= live, 60, f"{live} running")
         await pilot.pause(0.5)
@@ -234,8 +248,7 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
         if focus_lost:  # as a person would press tab: the keys go to the table
             table.focus()
             await pilot.pause(0.3)
-        driver = app._driver
-        assert driver is not None
+        [driver] = drivers
         profiler = _profiler()
         for _ in range(presses):
             waiting.clear()
@@ -263,7 +276,9 @@ async def child_dashboard(state: Path, live: int, presses: int, window: float, s
             "peak_kb": _peak_kb(),
             "focus_lost": focus_lost,
         }
-        print(json.dumps(result), flush=True)
+        # Not print(): a running app that is not headless takes over sys.stdout.
+        sys.__stdout__.write(json.dumps(result) + "\n")
+        sys.__stdout__.flush()
         os._exit(0)  # the figures are out; pausing 100 operations on the way out is not measured
     return result
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench.py"
 
@@ -27,6 +29,8 @@ def _run(args: list[str], tmp_path: Path, timeout: float = 240) -> subprocess.Co
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # every benchmark: over 120 s on a loaded machine; the bench itself is cut at 240 s
 def test_quick_bench_reports_every_figure(tmp_path: Path, state_dir: Path) -> None:
     out = tmp_path / "bench.json"
     r = _run(["--quick", "--json", str(out)], tmp_path)

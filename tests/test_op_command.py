@@ -64,8 +64,14 @@ def test_sigkilled_worker_then_resume_from_outlast_checkpoint(cli: Cli, tmp_path
     )
     assert code == 0, err
     op_id = submit(cli, "command", {"argv": [sys.executable, str(script), str(ledger), str(n), "0.03"]})
+    # The record's progress is written at the engine's progress flush (every second), not at each checkpoint:
+    # wait for both before the kill, so the assertion below is about what was parsed, not about timing.
     killed = kill_worker_when(
-        cli, op_id, lambda op: checkpoint_state(cli, op_id).get("checkpoint", {}).get("next", 0) >= 20
+        cli,
+        op_id,
+        lambda op: (
+            op.progress.total is not None and checkpoint_state(cli, op_id).get("checkpoint", {}).get("next", 0) >= 20
+        ),
     )
     assert killed.progress.step == "crunching" and killed.progress.total == n
     checkpointed = checkpoint_state(cli, op_id)["checkpoint"]["next"]
