@@ -13,7 +13,7 @@ import click
 
 from .cli_follow import Mode
 from .config import Settings, load_settings
-from .models import InvalidInput, OperationSpec, Priority
+from .models import MAX_JSON_DEPTH, InvalidInput, OperationSpec, Priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
@@ -33,13 +33,19 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """The settings; plugins are imported here, so every command refuses a broken one alike."""
         if self._settings is None:
-            self._settings = load_settings(
+            from .registry import load_plugin
+
+            settings = load_settings(
                 self.config,
                 state_dir=self.state_dir,
                 store=self.store,
                 plugins=list(self.plugins) or None,
             )
+            for plugin in settings.plugins:
+                load_plugin(plugin)
+            self._settings = settings
         return self._settings
 
     def global_args(self) -> list[str]:
@@ -99,10 +105,21 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
         await engine.store.close()
 
 
-def parse_value(raw: str) -> Any:
+def loads(text: str, option: str) -> Any:
+    """JSON from an option; ValueError when it is not JSON, one-line BadParameter when it nests too deep
+    to parse (the model's limit on depth is far below that)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise click.BadParameter(
+            f"JSON nested deeper than {MAX_JSON_DEPTH} levels (the limit)", param_hint=option
+        ) from None
+
+
+def parse_value(raw: str, option: str = "--param") -> Any:
     """A ``--param`` value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string."""
     try:
-        return json.loads(raw)
+        return loads(raw, option)
     except ValueError:
         return raw
 
@@ -114,7 +131,7 @@ def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint=option)
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, option)
     return out
 
 
@@ -136,7 +153,7 @@ def build_spec(
     data: dict[str, Any] = {}
     if params_json is not None:
         try:
-            loaded = json.loads(params_json)
+            loaded = loads(params_json, "--params-json")
         except ValueError as e:
             raise click.BadParameter(f"not valid JSON ({e})", param_hint="--params-json") from None
         if not isinstance(loaded, dict):
