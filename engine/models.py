@@ -186,18 +186,20 @@ _MAX_INT = 2**63
 """Integers in params beyond 64 bits are refused: stores and clients cannot all keep them exact."""
 
 
-def check_json(value: Any, where: str = "", max_depth: int = MAX_JSON_DEPTH) -> None:
-    """ValueError (naming ``where`` if given) when ``value`` nests too deep or holds a non-finite or
-    huge number. Iterative, so a hostile depth cannot overflow the stack.
+def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """ValueError naming the key when ``value`` nests too deep or holds a non-finite or huge number.
+
+    Iterative, so a hostile depth cannot overflow the stack.
     """
-    where = f"{where}: " if where else ""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
     while stack:
-        v, depth = stack.pop()
+        v, depth, path = stack.pop()
+        where = f"{path[1:]}: " if path else ""
         if isinstance(v, dict | list | tuple):
             if depth >= max_depth:
                 raise ValueError(f"{where}nested deeper than {max_depth} levels (the limit)")
-            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+            pairs = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((c, depth + 1, f"{path}.{k}") for k, c in pairs)
         elif isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{where}{v} is not a finite number")
         elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _MAX_INT:

@@ -73,3 +73,75 @@ def test_a_broken_plugin_from_the_environment_is_refused_too(cli: Cli, tmp_path:
     (tmp_path / "bad_raise.py").write_text(PLUGINS["bad_raise"])
     env = {**cli.env, "PYTHONPATH": str(tmp_path), "OUTLAST_PLUGINS": "bad_raise"}
     assert "bad_raise" in one_line(cli("ls", env=env))
+
+
+# ---- 4: non-finite and absurd numbers -------------------------------------------------------------
+
+BAD_NUMBERS = [
+    ["--profile", "max_timeout=1e999"],
+    ["--profile", "checkpoint_interval=NaN"],
+    ["--profile", "stall_timeout=-Infinity"],
+    ["--profile", "retry.backoff_max=1e999"],
+    ["--profile", "base_timeout=1e15"],
+    ["--timeout", "inf"],
+    ["--timeout", "1e999"],
+    ["--timeout", "nan"],
+    ["--timeout", "1e12"],
+    ["--items", "1000000000000000000"],
+    ["-p", "seconds=1e999"],
+    ["-p", "items=1e999"],
+    ["--params-json", '{"seconds": NaN}'],
+    ["--params-json", '{"x": [1, Infinity]}'],
+]
+
+
+@pytest.mark.parametrize("args", BAD_NUMBERS, ids=lambda a: " ".join(a))
+def test_non_finite_and_absurd_numbers_are_one_line(cli: Cli, args: list[str]) -> None:
+    one_line(cli("submit", "demo", *args))
+    nothing_stored(cli)
+
+
+def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")
+    line = one_line(cli("--config", str(cfg), "submit", "demo"))
+    assert "max_timeout" in line and "c.toml" in line
+
+
+# ---- 9: limits on fields --------------------------------------------------------------------------
+
+
+def _nest(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "args, limit",
+    [
+        (["--name", "n" * 201], "200"),
+        (["--params-json", json.dumps({"blob": "x" * 70_000})], "65536"),
+        (["--params-json", json.dumps({"a": _nest(40)})], "32"),
+        ([arg for i in range(40) for arg in ("--profile", f"k{i}=1")], "32"),
+        (["--profile", "k" * 65 + "=1"], "64"),
+    ],
+    ids=["name", "params size", "params depth", "profile keys", "profile key length"],
+)
+def test_field_limits_are_one_line_naming_the_limit(cli: Cli, args: list[str], limit: str) -> None:
+    line = one_line(cli("submit", "demo", *args))
+    assert limit in line, line
+    nothing_stored(cli)
+
+
+def test_tag_limits_in_the_model() -> None:
+    from pydantic import ValidationError
+
+    from engine.models import MAX_TAG_CHARS, MAX_TAGS, OperationSpec
+
+    OperationSpec(type="demo", tags={f"k{i}": "v" for i in range(MAX_TAGS)})
+    with pytest.raises(ValidationError, match=str(MAX_TAGS)):
+        OperationSpec(type="demo", tags={f"k{i}": "v" for i in range(MAX_TAGS + 1)})
+    with pytest.raises(ValidationError, match=str(MAX_TAG_CHARS)):
+        OperationSpec(type="demo", tags={"k": "v" * (MAX_TAG_CHARS + 1)})
