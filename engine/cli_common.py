@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,12 +50,17 @@ class App:
         return self._settings
 
     def global_args(self) -> list[str]:
-        """The global options again, for a detached child process (the environment is inherited)."""
+        """The global options again, for a detached child process, which inherits the environment.
+
+        The store URL may hold a password and a command line is readable by every user (``ps``), so
+        it goes to the child as OUTLAST_STORE in this process's environment instead (readable by the
+        same user only); for the child it ranks as --store did here (environment over config file).
+        """
         args: list[str] = []
         if self.state_dir:
             args += ["--state-dir", self.state_dir]
         if self.store:
-            args += ["--store", self.store]
+            os.environ["OUTLAST_STORE"] = self.store
         if self.config:
             args += ["--config", self.config]
         for p in self.plugins:

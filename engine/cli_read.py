@@ -212,7 +212,7 @@ def types(app: App) -> int:
 def config(app: App) -> int:
     """The effective configuration and where each value came from."""
     s = app.settings
-    data = s.model_dump(mode="json")
+    data = s.shown()
     if app.json:
         fmt.echo(fmt.dumps({"settings": data, "origins": s.origins}))
         return ExitCode.OK

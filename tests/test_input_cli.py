@@ -108,6 +108,86 @@ def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path:
     assert "max_timeout" in line and "c.toml" in line
 
 
+# ---- 5: store URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "redis://127.0.0.1:1/abc",
+        "redis://127.0.0.1:1/0/1",
+        "redis://127.0.0.1:1/-1",
+        "redis://127.0.0.1:1/0?retry_for=-1",
+        "redis://127.0.0.1:1/0?retry_for=nan",
+        "redis://127.0.0.1:1/0?retry_for=inf",
+        "redis://127.0.0.1:1/0?lease_ttl=0",
+        "redis://127.0.0.1:1/0?lease_ttl=abc",
+        "redis://127.0.0.1:99999/0",
+        "redis://:sekrit@127.0.0.1:1/abc",
+    ],
+)
+def test_a_bad_store_url_is_one_line(cli: Cli, url: str) -> None:
+    for env_too in (False, True):
+        if env_too:
+            if not url:
+                continue  # an empty environment variable means unset
+            r = cli("ls", env={**cli.env, "OUTLAST_STORE": url})
+        else:
+            r = cli("--store", url, "ls")
+        line = one_line(r)
+        assert "store" in line, line
+        assert "sekrit" not in line
+
+
+# ---- 6: secrets -----------------------------------------------------------------------------------
+
+
+def test_the_redis_password_is_never_printed(cli: Cli, tmp_path: Path) -> None:
+    url = "redis://user:sekrit-pw@127.0.0.1:1/0?retry_for=0"
+    for env, args in (
+        (cli.env, ["--store", url, "config"]),
+        (cli.env, ["--store", url, "--json", "config"]),
+        ({**cli.env, "OUTLAST_STORE": url}, ["config"]),
+        ({**cli.env, "OUTLAST_STORE": url}, ["--json", "config"]),
+        (cli.env, ["--store", url, "ls"]),
+        (cli.env, ["--store", url, "submit", "demo"]),
+    ):
+        r = cli(*args, env=env)
+        assert "sekrit" not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+        if args[-1] == "config":
+            assert r.returncode == 0 and "127.0.0.1:1" in r.stdout, r.stdout + r.stderr
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_detached_child_gets_the_password_in_its_environment_not_its_command_line(cli: Cli, redis_factory) -> None:
+    server = redis_factory(password="sekrit-pw")
+    url = server.url
+    assert "sekrit-pw" in url
+    r = cli("--store", url, "--json", "run", "demo", "-p", "items=400", "-p", "seconds=0.05", "--detach")
+    assert r.returncode == 0, r.stderr
+    pid, op_id = json.loads(r.stdout)["pid"], json.loads(r.stdout)["id"]
+    try:
+        cmd = until(lambda: _cmdline(pid), 10, what="child command line")
+        assert "_run-one" in cmd and "sekrit" not in cmd, cmd
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"sekrit-pw" in environ  # how the child reaches the store
+        until(lambda: cli("--store", url, "show", op_id).stdout.count("running"), 30, what="running")
+        shown = cli("--store", url, "show", op_id)
+        assert "sekrit" not in shown.stdout + shown.stderr
+    finally:
+        cli("--store", url, "cancel", op_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
 # ---- 9: limits on fields --------------------------------------------------------------------------
 
 
