@@ -75,6 +75,72 @@ def test_a_broken_plugin_from_the_environment_is_refused_too(cli: Cli, tmp_path:
     assert "bad_raise" in one_line(cli("ls", env=env))
 
 
+# ---- 3: outputs checked before anything is stored -------------------------------------------------
+
+
+def _bad_outputs(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.py").write_text("x = 1\n")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, not a report\n")
+    file_dest = tmp_path / "plain-file"
+    file_dest.write_text("x")
+    return {
+        "index into a directory": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={tmp_path}"]),
+        "index over a text file": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={text}"]),
+        "index under a file": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={text}/x.db"]),
+        "scan into a directory": ("output", ["security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}"]),
+        "scan over a text file": (
+            "output",
+            ["security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={text}"],
+        ),
+        "backup over a file": (
+            "destination",
+            ["backup_operation", "-p", f"source={root}", "-p", f"destination={file_dest}"],
+        ),
+        "backup under a file": (
+            "destination",
+            ["backup_operation", "-p", f"source={root}", "-p", f"destination={file_dest}/sub"],
+        ),
+    }
+
+
+def test_outputs_of_the_wrong_kind_are_refused_before_anything_is_stored(cli: Cli, tmp_path: Path) -> None:
+    for what, (field, args) in _bad_outputs(tmp_path).items():
+        line = one_line(cli("submit", *args))
+        assert field in line, (what, line)
+    assert (tmp_path / "notes.txt").read_text() == "not a database, not a report\n"
+    nothing_stored(cli)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_output_directory_is_refused(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for args in (
+        ["codebase_indexing", "-p", f"root={root}", "-p", f"output={locked}/i.db"],
+        ["security_scan", "-p", f"root={root}", "-p", f"output={locked}/r"],
+        ["backup_operation", "-p", f"source={root}", "-p", f"destination={locked}/b"],
+    ):
+        assert "writable" in one_line(cli("submit", *args))
+    nothing_stored(cli)
+
+
+def test_an_existing_index_and_report_are_accepted(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    db = tmp_path / "index.sqlite"
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
+    report = tmp_path / "report.json"
+    report.write_text("{}\n")
+    assert cli("submit", "codebase_indexing", "-p", f"root={root}", "-p", f"output={db}").returncode == 0
+    r = cli("submit", "security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={report}")
+    assert r.returncode == 0, r.stderr
+
+
 # ---- 4: non-finite and absurd numbers -------------------------------------------------------------
 
 BAD_NUMBERS = [

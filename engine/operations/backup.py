@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..registry import operation
-from ._common import existing_dir, sync_tree
+from ._common import check_output_dir, existing_dir, sync_tree
 
 CHUNK = 4 << 20
 MANIFEST = ".outlast-manifest.json"
@@ -49,12 +49,10 @@ class BackupParams(BaseModel):
     @field_validator("destination")
     @classmethod
     def _dest(cls, v: str, info: ValidationInfo) -> str:
-        dest = Path(v).expanduser().resolve()
+        dest = Path(check_output_dir(v, "destination"))
         src = info.data.get("source")
         if src is not None and (dest == Path(src) or dest.is_relative_to(src)):
             raise ValueError(f"{v!r} is inside source {src!r}")
-        if dest.exists() and not dest.is_dir():
-            raise ValueError(f"{v!r} exists and is not a directory")
         return str(dest)
 
 

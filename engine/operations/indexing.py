@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
-from ._common import existing_dir, output_dir
+from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import count_lines, language_of, symbols_and_imports
 from ._walk import list_files
 
@@ -58,9 +58,7 @@ class IndexParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().resolve().parent.is_dir():
-            raise ValueError(f"output {v!r}: its directory does not exist")
-        return v
+        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
 
 
 def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
