@@ -6,6 +6,7 @@ No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,29 @@ STATUS_COLOUR = {
     Status.TIMED_OUT: "red",
     Status.INTERRUPTED: "yellow",
 }
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_OUTPUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: object, keep_newlines: bool = False) -> str:
+    """``text`` safe to show on a terminal: every control character as a visible escape (``\\x1b``).
+
+    Names, messages, steps and errors are stored text that anyone able to submit or write the store
+    chose; raw, an escape sequence could retitle, clear or rewrite the terminal, a newline or carriage
+    return fake a line. Every face (CLI, live panel, dashboard) shows stored text through this.
+    """
+    s = str(text)
+    if keep_newlines:
+        return "\n".join(_UNSAFE.sub(_escape, line) for line in s.split("\n"))
+    return _UNSAFE.sub(_escape, s)
 
 
 def duration(seconds: float | None) -> str:
@@ -76,7 +100,7 @@ def time_left(op: Operation, now: float | None = None) -> float | None:
 def progress_line(op: Operation, now: float | None = None) -> str:
     """One line per progress report, for logs and pipes."""
     p = op.progress
-    parts = [clock(now or time.time()), op.id, op.label, op.status.value, percent(p), f"{items(p)} items"]
+    parts = [clock(now or time.time()), op.id, printable(op.label), op.status.value, percent(p), f"{items(p)} items"]
     if p.failed:
         parts.append(f"{p.failed} failed")
     if op.status is Status.RUNNING:
@@ -85,23 +109,23 @@ def progress_line(op: Operation, now: float | None = None) -> str:
         if left is not None:
             parts.append(f"deadline in {duration(left)}")
     if p.step:
-        parts.append(f"step {p.step}")
+        parts.append(f"step {printable(p.step)}")
     return "  ".join(parts)
 
 
 def status_text(status: Status, message: str | None) -> str:
     """``paused: the engine stopped`` without saying ``paused`` twice."""
     detail = (message or "").removeprefix(status.value).removeprefix(" by user").lstrip(":; ")
-    return f"{status.value}: {detail}" if detail else status.value
+    return f"{status.value}: {printable(detail)}" if detail else status.value
 
 
 def log_line(rec: LogRecord) -> str:
-    return f"{clock(rec.ts)} {rec.level.upper():<7} {rec.message}"
+    return f"{clock(rec.ts)} {printable(rec.level.upper()):<7} {printable(rec.message)}"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
     """Columns padded to their widest cell; the last column is not padded."""
-    rows = [list(map(str, r)) for r in rows]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def fmt(cells: Sequence[str]) -> str:
@@ -171,7 +195,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:
     else:
         rows.append(("checkpoints", "none"))
     width = max(len(k) for k, _ in rows)
-    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"{k:<{width}}  {printable(v)}" for k, v in rows)
     if op.status.resumable:
         text += f"\n\nresume with: outlast resume {op.id}"
     return text
@@ -194,7 +218,8 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
+    """JSON (UTF-8 kept); json escapes C0 controls itself, DEL, C1 and bidi controls get \\u escapes too."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, default=str))
 
 
 def op_json(op: Operation) -> dict[str, Any]:
@@ -208,6 +233,7 @@ def echo(text: str = "", err: bool = False) -> None:
     that stream is dropped from then on.
     """
     stream = sys.stderr if err else sys.stdout
+    text = _UNSAFE_IN_OUTPUT.sub(_escape, text)  # the last guard: whatever a caller forgot to escape
     try:
         stream.write(text + "\n")
         stream.flush()

@@ -254,6 +254,50 @@ def test_a_detached_child_gets_the_password_in_its_environment_not_its_command_l
             os.kill(pid, 9)
 
 
+# ---- 7: terminal escapes --------------------------------------------------------------------------
+
+EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[Hfake\rline\nnext\x9b31m\x00\x7f"
+
+
+def _no_raw_controls(text: str) -> None:
+    bad = [c for c in text if (ord(c) < 32 and c not in "\n") or 0x7F <= ord(c) <= 0x9F]
+    assert not bad, repr(text)
+
+
+def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli, state_dir: Path) -> None:
+    r = cli("submit", "demo", "--name", EVIL.replace("\x00", ""), "-p", "items=1", "-p", "seconds=0")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    # Stored strings the CLI did not choose: written behind its back, as another client could.
+    db = sqlite3.connect(state_dir / "outlast.db")
+    raw = json.loads(db.execute("select record from operations where id=?", (op_id,)).fetchone()[0])
+    raw.update(status="failed", error=EVIL, status_message=EVIL, finished_at=raw["created_at"])
+    raw["progress"]["step"] = EVIL
+    db.execute("update operations set record=?, status='failed' where id=?", (json.dumps(raw), op_id))
+    db.commit()
+    db.close()
+    logs = state_dir / "logs" / f"{op_id}.jsonl"
+    logs.write_text(json.dumps({"ts": 1.0, "level": "info", "message": EVIL, "operation_id": op_id}) + "\n")
+    for args in (["ls"], ["show", op_id], ["logs", op_id], ["ls", "--json"], ["show", op_id, "--json"]):
+        r = cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        _no_raw_controls(r.stdout)
+        _no_raw_controls(r.stderr)
+        assert "owned" in r.stdout, r.stdout  # escaped, not dropped
+    ls = cli("ls").stdout.splitlines()
+    assert len(ls) == 2, ls  # the newline in the name does not fake a row
+
+
+def test_one_escape_function_for_every_face() -> None:
+    from engine.cli_format import printable
+
+    assert printable("plain é 名") == "plain é 名"
+    assert printable("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert printable("a\nb\tc") == "a\\nb\\tc"
+    assert printable("a\nb", keep_newlines=True) == "a\nb"
+    assert printable("\x9b\x7f") == "\\x9b\\x7f"
+
+
 # ---- 9: limits on fields --------------------------------------------------------------------------
 
 

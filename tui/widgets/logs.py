@@ -9,6 +9,8 @@ from textual.widgets import RichLog
 
 from engine import LogRecord
 
+from .. import format as fmt
+
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red", "debug": "dim"}
 
 
@@ -45,5 +47,5 @@ class LogsPane(RichLog):
                 line.append(f"{rec.operation_id[-4:]} ", style="cyan")
             level = rec.level.lower()
             line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
-            line.append(rec.message)
+            line.append(fmt.printable(rec.message))
             self.write(line)
