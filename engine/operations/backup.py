@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
+from ..files import private_opener
 from ..registry import operation
 from ._common import check_output_dir, existing_dir, sync_tree
 
@@ -165,7 +166,7 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tup
 
 def _journal(dst: Path, done: list[tuple[str, str]]) -> None:
     """Append copied files to the manifest journal (the checkpoint stays small; duplicates: last wins)."""
-    with open(dst / JOURNAL, "a") as fh:
+    with open(dst / JOURNAL, "a", opener=private_opener) as fh:
         fh.writelines(json.dumps(x) + "\n" for x in done)
 
 
@@ -299,7 +300,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w", opener=private_opener) as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

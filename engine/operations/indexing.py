@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
+from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import count_lines, language_of, symbols_and_imports
@@ -144,6 +145,7 @@ def _process_batch(
 
 def _open(db: str, root: str) -> sqlite3.Connection:
     """The index database, created if new; one connection for the whole run, used by one thread at a time."""
+    create_private(Path(db))  # its journal files take its mode
     con = sqlite3.connect(db, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .. import __version__
 from ..context import OperationContext
+from ..files import private_opener
 from ..registry import operation
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import language_of
@@ -194,7 +195,7 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
 def _write(path: Path, data: dict) -> None:
     """Atomically: a reader never sees half a report."""
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", encoding="utf-8", opener=private_opener) as fh:
         json.dump(data, fh, indent=1)
         fh.write("\n")
         fh.flush()

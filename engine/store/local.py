@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiofiles
 
+from ..files import create_private, make_private, private_opener
 from ..models import (
     ACTIVE,
     Checkpoint,
@@ -160,6 +161,12 @@ class LocalStore:
             raise StoreError(f"state dir {d}: {e.strerror or e}") from None
         if not d.is_dir():
             raise StoreError(f"state dir {d} is not a directory")
+        try:
+            # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+            create_private(self.db_path)
+            make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
+        except OSError as e:
+            raise StoreError(f"state dir {d}: {e.strerror or e}") from None
         try:
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -681,7 +688,7 @@ class LocalStore:
             return
         text = "".join(r.model_dump_json(exclude={"operation_id"}) + "\n" for r in records)
         lock = self._log_locks.setdefault(op_id, asyncio.Lock())
-        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8") as f:
+        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=private_opener) as f:
             await f.write(text)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
