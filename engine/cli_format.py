@@ -6,6 +6,7 @@ No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -50,9 +51,11 @@ def printable(text: object, keep_newlines: bool = False) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None:
+    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number)."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds >= 1e9:
+        return ">30y"  # only garbage in a stored record gets here
     s = int(max(0.0, seconds) + 0.5)
     if s < 60:
         return f"{s}s"
@@ -63,12 +66,25 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def local_time(ts: float | None) -> time.struct_time | None:
+    """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
+    record's garbage must not crash a listing)."""
+    if ts is None:
+        return None
+    try:
+        return time.localtime(ts)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def clock(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%H:%M:%S", lt)
 
 
 def when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%Y-%m-%d %H:%M:%S", lt)
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -76,7 +92,7 @@ def ago(ts: float | None, now: float | None = None) -> str:
 
 
 def rate(value: float | None) -> str:
-    if not value:
+    if not value or not math.isfinite(value):
         return "-"
     return f"{value:.1f}/s" if value >= 1 else f"{value * 60:.1f}/min"
 

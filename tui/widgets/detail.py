@@ -29,9 +29,9 @@ STATUS_COLOUR = {
 
 def local_time(ts: float | None) -> str:
     """``HH:MM:SS`` in local time (the date too when it is not today)."""
-    if ts is None:
+    lt = fmt.local_time(ts)
+    if lt is None:
         return "-"
-    lt = time.localtime(ts)
     if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
         return time.strftime("%H:%M:%S", lt)
     return time.strftime("%Y-%m-%d %H:%M", lt)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual.widgets import RichLog
 
@@ -42,7 +40,7 @@ class LogsPane(RichLog):
     def _add(self, records: list[LogRecord], with_id: bool) -> None:
         for rec in records:
             line = Text(no_wrap=True)
-            line.append(time.strftime("%H:%M:%S ", time.localtime(rec.ts)), style="dim")
+            line.append(f"{fmt.clock(rec.ts)} ", style="dim")
             if with_id and rec.operation_id:
                 line.append(f"{rec.operation_id[-4:]} ", style="cyan")
             level = rec.level.lower()
