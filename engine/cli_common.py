@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,10 +15,28 @@ import click
 
 from .cli_follow import Mode
 from .config import Settings, load_settings
-from .models import MAX_JSON_DEPTH, InvalidInput, OperationSpec, Priority
+from .models import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, InvalidInput, OperationSpec, Priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
+COUNT = click.IntRange(1, 10**9)
+"""A count on the command line (--limit): big enough for anything stored, small enough for SQLite."""
+SEQ = click.IntRange(0, 2**62)
+
+
+class Seconds(click.FloatRange):
+    """Seconds on the command line: finite and at most a year (click's FloatRange lets nan and inf by)."""
+
+    name = "seconds"
+
+    def __init__(self, min_open: bool = False) -> None:
+        super().__init__(min=0, max=MAX_SECONDS, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return rv
 
 
 @dataclass
@@ -189,8 +208,8 @@ def spec_options(f: F) -> F:
             click.option("--params-json", metavar="JSON", help="All params as one JSON object."),
             click.option("--priority", type=PRIORITIES, default="normal", show_default=True),
             click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Override the timeout profile."),
-            click.option("--items", type=click.IntRange(min=0), help="Estimated item count (sets the timeout)."),
-            click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="A fixed timeout, seconds."),
+            click.option("--items", type=click.IntRange(0, MAX_ITEMS), help="Estimated item count (sets the timeout)."),
+            click.option("--timeout", type=Seconds(min_open=True), help="A fixed timeout, seconds."),
             click.option("--name", help="A name to show instead of the type."),
         ]
     ):

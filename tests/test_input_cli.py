@@ -167,6 +167,22 @@ def test_non_finite_and_absurd_numbers_are_one_line(cli: Cli, args: list[str]) -
     nothing_stored(cli)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", "--limit", str(2**63)],
+        ["logs", "0", "--limit", str(2**63)],
+        ["resume", "0", "--queue", "--checkpoint", str(2**64)],
+        ["cancel", "0", "--wait", "nan"],
+        ["pause", "0", "--wait", "inf"],
+    ],
+    ids=lambda a: " ".join(a[:1] + a[-2:]),
+)
+def test_absurd_numbers_in_other_commands_are_one_line(cli: Cli, args: list[str]) -> None:
+    """Found by the fuzzer: ls --limit 2**63 reached SQLite and exited 70 (OverflowError)."""
+    assert "Invalid value" in one_line(cli(*args))
+
+
 def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import random
 import sqlite3
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 from engine.cli import main as cli_main
 from engine.cli_exit import ExitCode
+from engine.models import MAX_SECONDS
 from engine.profiles import RetryPolicy, TimeoutProfile
 from engine.registry import handlers
 from tests.fixtures_cli import Cli
@@ -68,6 +70,29 @@ def check_answer(args: tuple[str, ...], code: int, out: str, err: str, notes: bo
     assert not raw_controls(out) and not raw_controls(err)
     if code != 0:
         assert len(err.strip().splitlines()) == 1, err
+
+
+def _numbers(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+def accepted_sanely(args: tuple[str, ...], op: dict[str, Any]) -> None:
+    """An accepted submission is stored as asked: a --timeout kept (not null), finite numbers, and an
+    output that is neither a directory nor an existing file of another kind."""
+    opts = dict(zip(args[2::2], args[3::2], strict=False))
+    if "--timeout" in opts:
+        assert op["timeout"] is not None and math.isfinite(op["timeout"]) and op["timeout"] <= MAX_SECONDS, op
+        assert op["timeout"] == float(opts["--timeout"]), op
+    for n in _numbers(op["params"]) + _numbers(op["profile"]):
+        assert math.isfinite(n) and abs(n) < 2**63, op
+    output = op["params"].get("output")
+    if output and op["type"] == "codebase_indexing":
+        p = Path(output).expanduser()
+        assert not p.is_dir() and (not p.exists() or not p.stat().st_size or p.read_bytes()[:6] == b"SQLite"), op
 
 
 def listing() -> Any:
@@ -149,7 +174,8 @@ PROFILE_KEYS = [*TimeoutProfile.model_fields, *(f"retry.{k}" for k in RetryPolic
 @st.composite
 def submit_args(draw: st.DrawFn, types: list[str], fields: dict[str, list[str]]) -> tuple[str, ...]:
     """``submit TYPE`` with generated params (by -p and --params-json) and options."""
-    type_ = draw(st.sampled_from([*types, "nosuch_type", "BAD TYPE", ""]))
+    runnable = sorted(fields)
+    type_ = draw(st.one_of(st.sampled_from(runnable), st.sampled_from([*types, "nosuch_type", "BAD TYPE", ""])))
     keys = [*fields.get(type_, []), "unknown_key"]
     params = draw(st.dictionaries(st.sampled_from(keys), json_values, max_size=4))
     args: list[str] = ["submit", type_]
@@ -211,7 +237,7 @@ def other_args(draw: st.DrawFn) -> tuple[str, ...]:
                     "",
                     "redis://",
                     "redis://h/abc",
-                    "redis://:pw@127.0.0.1:1/0?retry_for=0",
+                    "redis://:sekrit@127.0.0.1:1/0?retry_for=0",
                     "redis://127.0.0.1:1/0?retry_for=-1",
                     "redis://127.0.0.1:99999/0",
                     "ftp://x",
@@ -256,6 +282,7 @@ def test_generated_submissions_are_answered_in_one_line_and_store_nothing_when_r
         after = listing()
         if code == 0:
             assert [o["id"] for o in after if o not in before] == [out.strip()]
+            accepted_sanely(args, next(o for o in after if o["id"] == out.strip()))
         else:
             assert after == before
 
@@ -276,6 +303,11 @@ def test_generated_commands_and_options_are_answered_in_one_line(fuzz_home: Path
         check_answer(args, code, out, err)
         if code != 0:
             assert listing() == before
+        if "--plugin" in args:  # every plugin generated is broken: every command must say so
+            assert code == ExitCode.USAGE, err
+        if "--store" in args:  # every store generated is malformed, or unreachable with a password
+            assert code in (ExitCode.USAGE, ExitCode.STORE), err
+            assert "sekrit" not in out + err
 
     prop()
 
