@@ -113,7 +113,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
 
 
 def _detach(app: App, op_id: str) -> int:
-    pid = spawn_detached(app.settings, app.global_args(), op_id)
+    pid = spawn_detached(app.settings, app.prepare_child(), op_id)
     if app.json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
     else:

@@ -68,8 +68,8 @@ class App:
             self._settings = settings
         return self._settings
 
-    def global_args(self) -> list[str]:
-        """The global options again, for a detached child process, which inherits the environment.
+    def prepare_child(self) -> list[str]:
+        """The global options for a detached child process, which inherits this process's environment.
 
         The store URL may hold a password and a command line is readable by every user (``ps``), so
         it goes to the child as OUTLAST_STORE in this process's environment instead (readable by the

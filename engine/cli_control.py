@@ -109,7 +109,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
         return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq))
     op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
     if detach:
-        pid = spawn_detached(app.settings, app.global_args(), op.id)
+        pid = spawn_detached(app.settings, app.prepare_child(), op.id)
         if app.json:
             fmt.echo(fmt.dumps({"id": op.id, "pid": pid}))
         else:
