@@ -183,6 +183,22 @@ def test_absurd_numbers_in_other_commands_are_one_line(cli: Cli, args: list[str]
     assert "Invalid value" in one_line(cli(*args))
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["comprehensive_test_suite", "-p", "path=tests", "-p", "collect_timeout=1e300"],
+        ["comprehensive_test_suite", "-p", "path=tests", "-p", "timeout_per_test=1e12"],
+        ["security_scan", "-p", "root=.", "-p", "max_file_size=1e15"],
+        ["backup_operation", "-p", "source=tests", "-p", "destination=/nonexistent-x", "-p", "chunk_checkpoint=1e15"],
+    ],
+    ids=lambda a: a[-1],
+)
+def test_absurd_params_of_the_builtins_are_one_line(cli: Cli, args: list[str]) -> None:
+    key = args[-1].split("=")[0]
+    assert key in one_line(cli("submit", *args))
+    nothing_stored(cli)
+
+
 def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")

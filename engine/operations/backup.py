@@ -39,7 +39,7 @@ class BackupParams(BaseModel):
     destination: str = Field(description="directory to copy into (created; must not be inside source)")
     verify: bool = Field(default=True, description="re-read every copy and compare its sha256")
     chunk_checkpoint: int = Field(
-        default=64 << 20, ge=CHUNK, description="bytes between checkpoints inside one large file"
+        default=64 << 20, ge=CHUNK, le=1 << 40, description="bytes between checkpoints inside one large file"
     )
 
     @field_validator("source")

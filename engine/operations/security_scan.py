@@ -56,7 +56,7 @@ class ScanParams(BaseModel):
         default=None, description="report path (with format=both: its .json and .sarif siblings); default state dir"
     )
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
-    max_file_size: int = Field(default=5 << 20, ge=1, description="bytes; larger files are skipped")
+    max_file_size: int = Field(default=5 << 20, ge=1, le=1 << 40, description="bytes; larger files are skipped")
     fail_on: Literal["critical", "high", "medium", "low"] | None = Field(
         default=None, description="fail (after writing the reports) when a finding has this severity or worse: for CI"
     )

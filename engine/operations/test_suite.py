@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..files import private_opener, write_private
+from ..models import MAX_SECONDS
 from ..registry import operation
 from ._common import existing_dir, output_dir
 
@@ -59,9 +60,12 @@ class TestSuiteParams(BaseModel):
     args: list[str] = Field(default_factory=list, description="more pytest arguments (e.g. -k expr, -m marker)")
     max_failures: int | None = Field(default=None, ge=1, description="stop after this many failing tests")
     timeout_per_test: float | None = Field(
-        default=None, gt=0, description="seconds before a test counts as hung (default: per_item_timeout)"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="seconds before a test counts as hung (default: per_item_timeout)",
     )
-    collect_timeout: float = Field(default=600, gt=0, description="seconds pytest may take to collect")
+    collect_timeout: float = Field(default=600, gt=0, le=MAX_SECONDS, description="seconds pytest may take to collect")
     python: str = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
