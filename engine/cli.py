@@ -113,7 +113,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
 
 
 def _detach(app: App, op_id: str) -> int:
-    pid = spawn_detached(app.settings, app.global_args(), op_id)
+    pid = spawn_detached(app.settings, app.prepare_child(), op_id)
     if app.json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
     else:
@@ -190,12 +190,22 @@ def _register() -> None:
 _register()
 
 
+class _StderrLines(logging.Handler):
+    """Engine warnings (an orphan found, a checkpoint skipped) as one escaped line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fmt.echo(fmt.printable(self.format(record)), err=True)
+        except Exception:  # a log line must never be what breaks a command
+            self.handleError(record)
+
+
 def _configure_logging() -> None:
-    """Engine warnings (an orphan found, a checkpoint skipped) as one line each on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
     root = logging.getLogger("outlast")
-    root.addHandler(handler)
+    if not any(isinstance(h, _StderrLines) for h in root.handlers):  # main() may run more than once
+        handler = _StderrLines()
+        handler.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.DEBUG if os.environ.get("OUTLAST_DEBUG") else logging.WARNING)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -13,10 +15,28 @@ import click
 
 from .cli_follow import Mode
 from .config import Settings, load_settings
-from .models import InvalidInput, OperationSpec, Priority
+from .models import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, InvalidInput, OperationSpec, Priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
+COUNT = click.IntRange(1, 10**9)
+"""A count on the command line (--limit): big enough for anything stored, small enough for SQLite."""
+SEQ = click.IntRange(0, 2**62)
+
+
+class Seconds(click.FloatRange):
+    """Seconds on the command line: finite and at most a year (click's FloatRange lets nan and inf by)."""
+
+    name = "seconds"
+
+    def __init__(self, min_open: bool = False) -> None:
+        super().__init__(min=0, max=MAX_SECONDS, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return rv
 
 
 @dataclass
@@ -33,22 +53,33 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """The settings; plugins are imported here, so every command refuses a broken one alike."""
         if self._settings is None:
-            self._settings = load_settings(
+            from .registry import load_plugin
+
+            settings = load_settings(
                 self.config,
                 state_dir=self.state_dir,
                 store=self.store,
                 plugins=list(self.plugins) or None,
             )
+            for plugin in settings.plugins:
+                load_plugin(plugin)
+            self._settings = settings
         return self._settings
 
-    def global_args(self) -> list[str]:
-        """The global options again, for a detached child process (the environment is inherited)."""
+    def prepare_child(self) -> list[str]:
+        """The global options for a detached child process, which inherits this process's environment.
+
+        The store URL may hold a password and a command line is readable by every user (``ps``), so
+        it goes to the child as OUTLAST_STORE in this process's environment instead (readable by the
+        same user only); for the child it ranks as --store did here (environment over config file).
+        """
         args: list[str] = []
         if self.state_dir:
             args += ["--state-dir", self.state_dir]
         if self.store:
-            args += ["--store", self.store]
+            os.environ["OUTLAST_STORE"] = self.store
         if self.config:
             args += ["--config", self.config]
         for p in self.plugins:
@@ -99,10 +130,21 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
         await engine.store.close()
 
 
-def parse_value(raw: str) -> Any:
+def loads(text: str, option: str) -> Any:
+    """JSON from an option; ValueError when it is not JSON, one-line BadParameter when it nests too deep
+    to parse (the model's limit on depth is far below that)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise click.BadParameter(
+            f"JSON nested deeper than {MAX_JSON_DEPTH} levels (the limit)", param_hint=option
+        ) from None
+
+
+def parse_value(raw: str, option: str = "--param") -> Any:
     """A ``--param`` value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string."""
     try:
-        return json.loads(raw)
+        return loads(raw, option)
     except ValueError:
         return raw
 
@@ -114,7 +156,7 @@ def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint=option)
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, option)
     return out
 
 
@@ -136,7 +178,7 @@ def build_spec(
     data: dict[str, Any] = {}
     if params_json is not None:
         try:
-            loaded = json.loads(params_json)
+            loaded = loads(params_json, "--params-json")
         except ValueError as e:
             raise click.BadParameter(f"not valid JSON ({e})", param_hint="--params-json") from None
         if not isinstance(loaded, dict):
@@ -166,8 +208,8 @@ def spec_options(f: F) -> F:
             click.option("--params-json", metavar="JSON", help="All params as one JSON object."),
             click.option("--priority", type=PRIORITIES, default="normal", show_default=True),
             click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Override the timeout profile."),
-            click.option("--items", type=click.IntRange(min=0), help="Estimated item count (sets the timeout)."),
-            click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="A fixed timeout, seconds."),
+            click.option("--items", type=click.IntRange(0, MAX_ITEMS), help="Estimated item count (sets the timeout)."),
+            click.option("--timeout", type=Seconds(min_open=True), help="A fixed timeout, seconds."),
             click.option("--name", help="A name to show instead of the type."),
         ]
     ):

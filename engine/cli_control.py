@@ -8,7 +8,7 @@ import asyncio
 import click
 
 from . import cli_format as fmt
-from .cli_common import PRIORITIES, App, pass_app, session
+from .cli_common import PRIORITIES, SEQ, App, Seconds, pass_app, session
 from .cli_exit import ExitCode
 from .cli_run import run_foreground, spawn_detached, submit_or_resume, wait_settled
 from .models import SETTLED, NotFound, Operation, Priority, Status
@@ -24,7 +24,7 @@ def _control(action: str):
     @click.option(
         "--wait",
         "wait_s",
-        type=click.FloatRange(min=0),
+        type=Seconds(),
         default=10.0,
         show_default=True,
         metavar="S",
@@ -75,7 +75,7 @@ pause = _control("pause")
 
 @click.command()
 @click.argument("op_id", metavar="ID")
-@click.option("--checkpoint", "seq", type=int, metavar="SEQ", help="Resume from this checkpoint (see `checkpoints`).")
+@click.option("--checkpoint", "seq", type=SEQ, metavar="SEQ", help="Resume from this checkpoint (see `checkpoints`).")
 @click.option("--detach", "-d", is_flag=True, help="Go on in a background process; print the id.")
 @click.option("--queue", is_flag=True, help="Only put it back in the queue, for a running worker.")
 @pass_app
@@ -109,7 +109,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
         return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq))
     op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
     if detach:
-        pid = spawn_detached(app.settings, app.global_args(), op.id)
+        pid = spawn_detached(app.settings, app.prepare_child(), op.id)
         if app.json:
             fmt.echo(fmt.dumps({"id": op.id, "pid": pid}))
         else:

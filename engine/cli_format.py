@@ -6,6 +6,8 @@ No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -25,10 +27,35 @@ STATUS_COLOUR = {
 }
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_OUTPUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: object, keep_newlines: bool = False) -> str:
+    """``text`` safe to show on a terminal: every control character as a visible escape (``\\x1b``).
+
+    Names, messages, steps and errors are stored text that anyone able to submit or write the store
+    chose; raw, an escape sequence could retitle, clear or rewrite the terminal, a newline or carriage
+    return fake a line. Every face (CLI, live panel, dashboard) shows stored text through this.
+    """
+    s = str(text)
+    if keep_newlines:
+        return "\n".join(_UNSAFE.sub(_escape, line) for line in s.split("\n"))
+    return _UNSAFE.sub(_escape, s)
+
+
 def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None:
+    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number)."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds >= 1e9:
+        return ">30y"  # only garbage in a stored record gets here
     s = int(max(0.0, seconds) + 0.5)
     if s < 60:
         return f"{s}s"
@@ -39,12 +66,25 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def local_time(ts: float | None) -> time.struct_time | None:
+    """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
+    record's garbage must not crash a listing)."""
+    if ts is None:
+        return None
+    try:
+        return time.localtime(ts)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def clock(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%H:%M:%S", lt)
 
 
 def when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%Y-%m-%d %H:%M:%S", lt)
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -52,7 +92,7 @@ def ago(ts: float | None, now: float | None = None) -> str:
 
 
 def rate(value: float | None) -> str:
-    if not value:
+    if not value or not math.isfinite(value):
         return "-"
     return f"{value:.1f}/s" if value >= 1 else f"{value * 60:.1f}/min"
 
@@ -76,7 +116,7 @@ def time_left(op: Operation, now: float | None = None) -> float | None:
 def progress_line(op: Operation, now: float | None = None) -> str:
     """One line per progress report, for logs and pipes."""
     p = op.progress
-    parts = [clock(now or time.time()), op.id, op.label, op.status.value, percent(p), f"{items(p)} items"]
+    parts = [clock(now or time.time()), op.id, printable(op.label), op.status.value, percent(p), f"{items(p)} items"]
     if p.failed:
         parts.append(f"{p.failed} failed")
     if op.status is Status.RUNNING:
@@ -85,23 +125,23 @@ def progress_line(op: Operation, now: float | None = None) -> str:
         if left is not None:
             parts.append(f"deadline in {duration(left)}")
     if p.step:
-        parts.append(f"step {p.step}")
+        parts.append(f"step {printable(p.step)}")
     return "  ".join(parts)
 
 
 def status_text(status: Status, message: str | None) -> str:
     """``paused: the engine stopped`` without saying ``paused`` twice."""
     detail = (message or "").removeprefix(status.value).removeprefix(" by user").lstrip(":; ")
-    return f"{status.value}: {detail}" if detail else status.value
+    return f"{status.value}: {printable(detail)}" if detail else status.value
 
 
 def log_line(rec: LogRecord) -> str:
-    return f"{clock(rec.ts)} {rec.level.upper():<7} {rec.message}"
+    return f"{clock(rec.ts)} {printable(rec.level.upper()):<7} {printable(rec.message)}"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
     """Columns padded to their widest cell; the last column is not padded."""
-    rows = [list(map(str, r)) for r in rows]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def fmt(cells: Sequence[str]) -> str:
@@ -171,7 +211,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:
     else:
         rows.append(("checkpoints", "none"))
     width = max(len(k) for k, _ in rows)
-    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"{k:<{width}}  {printable(v)}" for k, v in rows)
     if op.status.resumable:
         text += f"\n\nresume with: outlast resume {op.id}"
     return text
@@ -194,7 +234,8 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
+    """JSON (UTF-8 kept); json escapes C0 controls itself, DEL, C1 and bidi controls get \\u escapes too."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, default=str))
 
 
 def op_json(op: Operation) -> dict[str, Any]:
@@ -208,6 +249,7 @@ def echo(text: str = "", err: bool = False) -> None:
     that stream is dropped from then on.
     """
     stream = sys.stderr if err else sys.stdout
+    text = _UNSAFE_IN_OUTPUT.sub(_escape, text)  # the last guard: whatever a caller forgot to escape
     try:
         stream.write(text + "\n")
         stream.flush()

@@ -13,6 +13,7 @@ from collections import deque
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -94,7 +95,7 @@ class LiveView:
             _fact("rate", fmt.rate(p.rate) if running else "-"),
             _fact("eta", fmt.duration(p.eta) if running else "-"),
             _fact("elapsed", fmt.duration(op.elapsed)),
-            _fact("step", p.step or "-"),
+            _fact("step", escape(fmt.printable(p.step or "-"))),
             _fact("deadline in", deadline),
             _fact("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else "none yet"),
             _fact("attempt", str(op.attempt)),
@@ -108,24 +109,26 @@ class LiveView:
             facts.add_row(*cells[i : i + len(widths)])
         parts: list[RenderableType] = [top, facts]
         if p.message:
-            parts.append(Text(p.message, style="italic"))
+            parts.append(Text(fmt.printable(p.message), style="italic"))
         if self.logs:
             log_text = Text()
             for rec in self.logs:
                 line = Text(f"{fmt.clock(rec.ts)} ", style="dim")
-                line.append(rec.message, style=_LEVEL_STYLE.get(rec.level, ""))
+                line.append(fmt.printable(rec.message), style=_LEVEL_STYLE.get(rec.level, ""))
                 log_text.append_text(line)
                 log_text.append("\n")
             log_text.rstrip()
             parts.append(Text(""))
             parts.append(log_text)
-        title = Text.assemble((op.label, "bold"), "  ", (op.id, "dim"), "  ", (op.status.value, f"bold {colour}"))
+        title = Text.assemble(
+            (fmt.printable(op.label), "bold"), "  ", (op.id, "dim"), "  ", (op.status.value, f"bold {colour}")
+        )
         if self.stopping and op.status is Status.RUNNING:
             subtitle = "[yellow]pausing at the next safe point with a checkpoint · Ctrl-C again forces[/]"
         elif op.status is Status.RUNNING:
             subtitle = f"[dim]{self.hint}[/]"
         else:
-            subtitle = f"[{colour}]{op.status_message or op.status.value}[/]"
+            subtitle = f"[{colour}]{escape(fmt.printable(op.status_message or op.status.value))}[/]"
         return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, border_style=colour)
 
 
@@ -200,7 +203,7 @@ class LiveTable:
             )
             t.add_row(
                 op.id,
-                op.label,
+                Text(fmt.printable(op.label)),
                 Text(op.status.value, style=colour),
                 bar,
                 fmt.items(p),

@@ -8,7 +8,7 @@ import json
 import click
 
 from . import cli_format as fmt
-from .cli_common import App, json_option, pass_app, session
+from .cli_common import COUNT, App, json_option, pass_app, session
 from .cli_exit import ExitCode, code_for_status
 from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
 from .models import SETTLED, Status
@@ -19,7 +19,7 @@ STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 @click.command("ls")
 @click.option("--status", "-s", "statuses", multiple=True, type=STATUSES, help="Only these statuses (repeatable).")
 @click.option("--type", "-t", "types", multiple=True, metavar="TYPE", help="Only these types (repeatable).")
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", "-n", type=COUNT, default=50, show_default=True)
 @json_option
 @pass_app
 def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
@@ -93,7 +93,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
 @click.command()
 @click.argument("op_id", metavar="ID")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing new records until the operation settles.")
-@click.option("--limit", "-n", type=click.IntRange(min=1), help="Only the last N records.")
+@click.option("--limit", "-n", type=COUNT, help="Only the last N records.")
 @json_option
 @pass_app
 def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
@@ -212,7 +212,7 @@ def types(app: App) -> int:
 def config(app: App) -> int:
     """The effective configuration and where each value came from."""
     s = app.settings
-    data = s.model_dump(mode="json")
+    data = s.shown()
     if app.json:
         fmt.echo(fmt.dumps({"settings": data, "origins": s.origins}))
         return ExitCode.OK

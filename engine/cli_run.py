@@ -14,6 +14,7 @@ from .cli_exit import ExitCode, code_for_status
 from .cli_follow import Mode, PlainView, WatchStopped, follow, make_view
 from .config import Settings
 from .engine import Engine, StoreUnwritable
+from .files import private_opener
 from .models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
 from .store import open_store
 
@@ -95,7 +96,7 @@ def detach_log(settings: Settings, op_id: str) -> Path:
 def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> int:
     """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid."""
     log_path = detach_log(settings, op_id)
-    with open(log_path, "ab") as out:
+    with open(log_path, "ab", opener=private_opener) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
             stdin=subprocess.DEVNULL,

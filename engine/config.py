@@ -7,15 +7,17 @@ raises InvalidInput naming the file, the key and the problem in one line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .models import InvalidInput
+from .models import MAX_SECONDS, InvalidInput
 from .profiles import TimeoutProfile, profile_for
 
 
@@ -36,8 +38,66 @@ def default_config_file() -> Path:
     return config_dir() / "config.toml"
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_BOUNDS = {"retry_for": (0.0, MAX_SECONDS), "lease_ttl": (0.5, 3600.0)}
+"""Outlast's own query parameters of a Redis URL and their ranges, in seconds."""
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***``: the only form of a store URL that is ever shown."""
+    if not url or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
+    if parts.password is None:
+        return url
+    hidden = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[-1]}"
+    return url.replace(parts.netloc, hidden, 1)
+
+
+def check_store_url(url: str) -> str:
+    """A store value that can be opened: a directory path or a complete Redis URL, else ValueError in
+    one line (the password redacted). ``redis://host/abc`` used to mean database 0."""
+    shown = redact_url(url)
+    if not url.strip():
+        raise ValueError("empty: expected a directory or a redis:// URL")
+    if not url.startswith(REDIS_SCHEMES):
+        if "://" in url:
+            raise ValueError(f"{shown!r}: expected a directory or a redis://, rediss:// or unix:// URL")
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as e:
+        raise ValueError(f"{shown!r}: {e}") from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{shown!r}: no socket path")
+    else:
+        if not parts.hostname:
+            raise ValueError(f"{shown!r}: no host")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"{shown!r}: database {db!r} is not a number (redis://HOST:PORT/0)")
+    if "db" in query and not query["db"].isdigit():
+        raise ValueError(f"{shown!r}: database {query['db']!r} is not a number")
+    for key, (low, high) in _URL_BOUNDS.items():
+        if key not in query:
+            continue
+        try:
+            value = float(query[key])
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"{shown!r}: {key}={query[key]!r}: expected {low:g} to {high:.10g} seconds")
+    return url
+
+
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     state_dir: Path = Field(default_factory=default_state_dir)
     store: str | None = None
@@ -48,11 +108,11 @@ class Settings(BaseModel):
     auto_resume: bool = False
     """Resume operations found interrupted when an engine opens the store."""
     checkpoints_keep: int = Field(default=5, ge=1, le=1000)
-    grace_period: float = Field(default=10.0, ge=0)
+    grace_period: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
     """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
     store_outage_limit: float = Field(default=10.0, gt=0, le=3600)
     """Seconds the store may fail to write (disk full, read-only) before running work stops as interrupted."""
-    aging_seconds: float = Field(default=300.0, gt=0)
+    aging_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     """Queue aging: waiting this long lifts work by one priority level."""
     control_poll_interval: float = Field(default=0.15, gt=0, le=5)
     """Seconds between reads of cancel/pause requests written by other processes."""
@@ -66,6 +126,17 @@ class Settings(BaseModel):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     origins: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_store_url(v)
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as JSON for people and scripts, secrets redacted."""
+        data = self.model_dump(mode="json")
+        data["store"] = redact_url(data["store"])
+        return data
 
     def profile(self, type_: str) -> TimeoutProfile:
         return profile_for(type_, self.profiles)
@@ -129,9 +200,12 @@ def load_settings(
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         where = origins.get(str(err["loc"][0]) if err["loc"] else "", "config")
+        msg = err["msg"].removeprefix("Value error, ")
         if where == "environment" and err["loc"]:
             where = f"environment {_ENV_KEYS.get(str(err['loc'][0]), '')}"
-        raise InvalidInput(f"{where}: key '{key}': {err['msg']}") from None
+        if where == "argument":
+            raise InvalidInput(f"--{key.replace('_', '-')}: {msg}") from None
+        raise InvalidInput(f"{where}: key '{key}': {msg}") from None
     # Profiles are validated now, not at first use, so a bad one names its file.
     for type_ in settings.profiles:
         try:

@@ -6,6 +6,8 @@ Validation happens here, at the edges (specs, ids, stored records). The hot path
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import threading
@@ -165,6 +167,50 @@ def validate_id_prefix(value: str) -> str:
     return value
 
 
+# ---- limits on what a user may ask for (CLI and API alike) ------------------------------------
+
+MAX_NAME_CHARS = 200
+MAX_TAGS = 50
+MAX_TAG_CHARS = 200
+"""Each tag's key and value, at most."""
+MAX_PARAMS_BYTES = 64 * 1024
+"""Params as JSON text, at most."""
+MAX_JSON_DEPTH = 32
+"""Lists and objects inside params (or profile values) nest at most this deep."""
+MAX_PROFILE_KEYS = 32
+MAX_KEY_CHARS = 64
+MAX_SECONDS = 366 * 86400.0
+"""Any duration (timeout, profile value): at most a year. More is a typo, or an attempt to disable it."""
+MAX_ITEMS = 10**12
+_MAX_INT = 2**63
+"""Integers in params beyond 64 bits are refused: stores and clients cannot all keep them exact."""
+
+
+def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """ValueError naming the key when ``value`` nests too deep or holds a non-finite or huge number.
+
+    Iterative, so a hostile depth cannot overflow the stack.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        v, depth, path = stack.pop()
+        where = f"{path[1:]}: " if path else ""
+        if isinstance(v, dict | list | tuple):
+            if depth >= max_depth:
+                raise ValueError(f"{where}nested deeper than {max_depth} levels (the limit)")
+            pairs = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((c, depth + 1, f"{path}.{k}") for k, c in pairs)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{where}{v} is not a finite number")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _MAX_INT:
+            raise ValueError(f"{where}{v:.3g} is out of range (|n| < 2**63)")
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON."""
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
 # ---- specs and records -----------------------------------------------------------------------
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -180,18 +226,46 @@ class OperationSpec(BaseModel):
     priority: Priority = Priority.NORMAL
     profile: dict[str, Any] = Field(default_factory=dict)
     """Per-operation overrides of the type's timeout profile (checked against TimeoutProfile)."""
-    name: str | None = Field(default=None, max_length=200)
-    total_items: int | None = Field(default=None, ge=0)
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    total_items: int | None = Field(default=None, ge=0, le=MAX_ITEMS)
     """An estimate of the item count, used for the timeout until the handler reports the real one."""
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     """A fixed timeout in seconds: replaces the computed one (still extended while making progress)."""
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=MAX_TAGS)
 
     @field_validator("type")
     @classmethod
     def _type_ok(cls, v: str) -> str:
         if not _TYPE_RE.match(v):
             raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_json(v)
+        size = json_size(v)
+        if size > MAX_PARAMS_BYTES:
+            raise ValueError(f"{size} bytes of JSON, over the limit of {MAX_PARAMS_BYTES}")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(v) > MAX_PROFILE_KEYS:
+            raise ValueError(f"{len(v)} keys, over the limit of {MAX_PROFILE_KEYS}")
+        for key in v:
+            if len(key) > MAX_KEY_CHARS:
+                raise ValueError(f"key {key[:20]!r}...: longer than {MAX_KEY_CHARS} characters")
+        check_json(v, max_depth=2)
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
+                raise ValueError(f"tag {key[:20]!r}: key and value at most {MAX_TAG_CHARS} characters each")
         return v
 
 

@@ -9,17 +9,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models import InvalidInput
+from .models import MAX_SECONDS, InvalidInput
 
 
 class RetryPolicy(BaseModel):
     """Automatic retries of an attempt that raised a transient error; each retry resumes from a checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_attempts: int = Field(default=3, ge=1, le=100)
-    backoff_base: float = Field(default=2.0, ge=0)
-    backoff_max: float = Field(default=300.0, ge=0)
+    backoff_base: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
+    backoff_max: float = Field(default=300.0, ge=0, le=MAX_SECONDS)
     jitter: float = Field(default=0.25, ge=0, le=1)
     transient: list[str] = Field(
         default_factory=lambda: ["ConnectionError", "TimeoutError", "BrokenPipeError", "TransientError"]
@@ -39,16 +39,16 @@ class RetryPolicy(BaseModel):
 class TimeoutProfile(BaseModel):
     """Per-type limits. Seconds everywhere."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    base_timeout: float = Field(gt=0)
-    per_item_timeout: float = Field(ge=0)
-    max_timeout: float = Field(gt=0)
-    checkpoint_interval: float = Field(gt=0)
-    progress_report_interval: float = Field(gt=0)
-    failure_threshold: int = Field(ge=0)
+    base_timeout: float = Field(gt=0, le=MAX_SECONDS)
+    per_item_timeout: float = Field(ge=0, le=MAX_SECONDS)
+    max_timeout: float = Field(gt=0, le=MAX_SECONDS)
+    checkpoint_interval: float = Field(gt=0, le=MAX_SECONDS)
+    progress_report_interval: float = Field(gt=0, le=MAX_SECONDS)
+    failure_threshold: int = Field(ge=0, le=10**12)
     """Item failures tolerated; one more fails the operation."""
-    stall_timeout: float = Field(gt=0)
+    stall_timeout: float = Field(gt=0, le=MAX_SECONDS)
     """No progress for this long: timed out as stalled."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 

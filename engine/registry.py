@@ -6,9 +6,11 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -103,12 +105,35 @@ def load_entry_points() -> None:
                 obj()  # a register() hook
 
 
+_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 def load_plugin(module: str) -> None:
-    """Import a plugin module by name (``--plugin``); its ``@operation`` calls register handlers."""
+    """Import a plugin module by name (``--plugin``); its ``@operation`` calls register handlers.
+
+    Whatever goes wrong while importing it (a syntax error, an exception, even ``sys.exit``) is
+    InvalidInput naming the module and the error in one line, never a crash or a silent exit.
+    """
+    if not _MODULE_RE.match(module):
+        raise InvalidInput(f"plugin {module!r}: not a module name (dotted Python names, e.g. mypkg.operations)")
     try:
         importlib.import_module(module)
+    except SystemExit as e:
+        raise InvalidInput(f"plugin {module!r} called exit({e.code!r}) while being imported") from None
+    except SyntaxError as e:
+        where = f"{Path(e.filename).name}, line {e.lineno}" if e.filename else f"line {e.lineno}"
+        raise InvalidInput(f"plugin {module!r} has a syntax error: {e.msg} ({where})") from None
     except ImportError as e:
-        raise InvalidInput(f"plugin {module!r} cannot be imported: {e}") from None
+        raise InvalidInput(f"plugin {module!r} cannot be imported: {_first_line(e)}") from None
+    except Exception as e:
+        raise InvalidInput(
+            f"plugin {module!r} failed while being imported: {type(e).__name__}: {_first_line(e)}"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def ensure_loaded(plugins: list[str] | tuple[str, ...] = ()) -> None:

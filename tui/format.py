@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine import Status
-from engine.cli_format import duration  # noqa: F401  (one rendering of durations for both faces)
+from engine.cli_format import clock, duration, local_time, printable  # noqa: F401  (one rendering for both faces)
 
 STATUS_ORDER = {
     Status.RUNNING: 0,

@@ -32,7 +32,7 @@ def output_dir(ctx: Any) -> Path:
     store_dir = getattr(ctx._engine.store, "state_dir", None)
     base = Path(store_dir) if store_dir else Path(ctx._engine.settings.state_dir).expanduser()
     d = base / "outputs"
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
 
 
@@ -44,11 +44,59 @@ def existing_dir(value: str, name: str) -> str:
     return str(p.resolve())
 
 
-def output_in_existing_dir(value: str | None, name: str = "output") -> str | None:
-    """``value`` unchanged when its directory exists (or it is None), else a ValueError naming ``name``."""
-    if value is not None and not Path(value).expanduser().resolve().parent.is_dir():
+SQLITE_MAGIC = b"SQLite format 3\0"
+JSON_MAGIC = b"{"
+
+
+def check_output_file(value: str | None, name: str, magic: bytes | None = None, kind: str = "") -> str | None:
+    """``value`` when an output file can be written there, else a ValueError naming ``name``.
+
+    Checked before anything is stored: not a directory, a writable directory to go in, and an existing
+    file only when it is empty or of the expected ``kind`` (its first bytes are ``magic``), so a typo
+    cannot overwrite a source file or a document.
+    """
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{name} {value!r} is a directory: expected a file path")
+    parent = p.resolve().parent
+    if not parent.is_dir():
         raise ValueError(f"{name} {value!r}: its directory does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {value!r}: its directory is not writable")
+    if p.exists():
+        if not p.is_file():
+            raise ValueError(f"{name} {value!r} exists and is not a regular file")
+        if not os.access(p, os.W_OK):
+            raise ValueError(f"{name} {value!r} exists and is not writable")
+        if magic is not None and not _empty_or_starts_with(p, magic):
+            raise ValueError(f"{name} {value!r} exists and is not {kind}: remove it or choose another path")
     return value
+
+
+def check_output_dir(value: str, name: str) -> str:
+    """``value`` resolved when a directory can be created or written there, else a ValueError."""
+    dest = Path(value).expanduser().resolve()
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"{name} {value!r} exists and is not a directory")
+    nearest = dest
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ValueError(f"{name} {value!r}: {str(nearest)!r} is not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {value!r}: {str(nearest)!r} is not writable")
+    return str(dest)
+
+
+def _empty_or_starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256).lstrip()
+    except OSError:
+        return False
+    return not head or head.startswith(magic)
 
 
 def is_venv(d: Path) -> bool:

@@ -21,8 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
+from ..files import private_opener
 from ..registry import operation
-from ._common import existing_dir, sync_tree
+from ._common import check_output_dir, existing_dir, sync_tree
 
 CHUNK = 4 << 20
 MANIFEST = ".outlast-manifest.json"
@@ -38,7 +39,7 @@ class BackupParams(BaseModel):
     destination: str = Field(description="directory to copy into (created; must not be inside source)")
     verify: bool = Field(default=True, description="re-read every copy and compare its sha256")
     chunk_checkpoint: int = Field(
-        default=64 << 20, ge=CHUNK, description="bytes between checkpoints inside one large file"
+        default=64 << 20, ge=CHUNK, le=1 << 40, description="bytes between checkpoints inside one large file"
     )
 
     @field_validator("source")
@@ -49,12 +50,10 @@ class BackupParams(BaseModel):
     @field_validator("destination")
     @classmethod
     def _dest(cls, v: str, info: ValidationInfo) -> str:
-        dest = Path(v).expanduser().resolve()
+        dest = Path(check_output_dir(v, "destination"))
         src = info.data.get("source")
         if src is not None and (dest == Path(src) or dest.is_relative_to(src)):
             raise ValueError(f"{v!r} is inside source {src!r}")
-        if dest.exists() and not dest.is_dir():
-            raise ValueError(f"{v!r} exists and is not a directory")
         return str(dest)
 
 
@@ -167,7 +166,7 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tup
 
 def _journal(dst: Path, done: list[tuple[str, str]]) -> None:
     """Append copied files to the manifest journal (the checkpoint stays small; duplicates: last wins)."""
-    with open(dst / JOURNAL, "a") as fh:
+    with open(dst / JOURNAL, "a", opener=private_opener) as fh:
         fh.writelines(json.dumps(x) + "\n" for x in done)
 
 
@@ -301,7 +300,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w", opener=private_opener) as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

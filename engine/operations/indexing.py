@@ -19,8 +19,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
+from ..files import create_private
 from ..registry import operation
-from ._common import existing_dir, output_dir
+from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import count_lines, language_of, symbols_and_imports
 from ._walk import list_files
 
@@ -58,9 +59,7 @@ class IndexParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().resolve().parent.is_dir():
-            raise ValueError(f"output {v!r}: its directory does not exist")
-        return v
+        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
 
 
 def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
@@ -146,6 +145,7 @@ def _process_batch(
 
 def _open(db: str, root: str) -> sqlite3.Connection:
     """The index database, created if new; one connection for the whole run, used by one thread at a time."""
+    create_private(Path(db))  # its journal files take its mode
     con = sqlite3.connect(db, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer

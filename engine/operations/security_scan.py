@@ -26,12 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__
 from ..context import OperationContext
+from ..files import private_opener
 from ..registry import operation
-from ._common import existing_dir, output_dir, output_in_existing_dir
+from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import language_of
 from ._scan_rules import RULES, SEVERITIES, scan_text, select_rules
 from ._walk import list_files
@@ -55,7 +56,7 @@ class ScanParams(BaseModel):
         default=None, description="report path (with format=both: its .json and .sarif siblings); default state dir"
     )
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
-    max_file_size: int = Field(default=5 << 20, ge=1, description="bytes; larger files are skipped")
+    max_file_size: int = Field(default=5 << 20, ge=1, le=1 << 40, description="bytes; larger files are skipped")
     fail_on: Literal["critical", "high", "medium", "low"] | None = Field(
         default=None, description="fail (after writing the reports) when a finding has this severity or worse: for CI"
     )
@@ -77,10 +78,14 @@ class ScanParams(BaseModel):
         select_rules(v)
         return v
 
-    @field_validator("output")
-    @classmethod
-    def _output(cls, v: str | None) -> str | None:
-        return output_in_existing_dir(v)
+    @model_validator(mode="after")
+    def _outputs(self) -> ScanParams:
+        """The output itself and each report file it stands for (``format=both``: .json and .sarif)."""
+        if self.output is not None:
+            check_output_file(self.output, "output")
+            for path in _explicit_targets(self.output, self.format).values():
+                check_output_file(str(path), "output", JSON_MAGIC, "a JSON report")
+        return self
 
 
 def scan_file(root: Path, rel: str, selected: frozenset[str], max_size: int) -> tuple[str, str, Any]:
@@ -190,7 +195,7 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
 def _write(path: Path, data: dict) -> None:
     """Atomically: a reader never sees half a report."""
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", encoding="utf-8", opener=private_opener) as fh:
         json.dump(data, fh, indent=1)
         fh.write("\n")
         fh.flush()
@@ -198,12 +203,16 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _explicit_targets(output: str, format: str) -> dict[str, Path]:
+    out = Path(output).expanduser().resolve()
+    if format != "both":
+        return {format: out}
+    return {"json": out.with_suffix(".json"), "sarif": out.with_suffix(".sarif")}
+
+
 def _targets(ctx: OperationContext, p: ScanParams) -> dict[str, Path]:
     if p.output:
-        out = Path(p.output).expanduser().resolve()
-        if p.format != "both":
-            return {p.format: out}
-        return {"json": out.with_suffix(".json"), "sarif": out.with_suffix(".sarif")}
+        return _explicit_targets(p.output, p.format)
     base = output_dir(ctx) / f"scan-{ctx.id}"
     kinds = ("json", "sarif") if p.format == "both" else (p.format,)
     return {k: base.with_suffix("." + k) for k in kinds}

@@ -37,6 +37,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
+from ..files import private_opener, write_private
+from ..models import MAX_SECONDS
 from ..registry import operation
 from ._common import existing_dir, output_dir
 
@@ -58,9 +60,12 @@ class TestSuiteParams(BaseModel):
     args: list[str] = Field(default_factory=list, description="more pytest arguments (e.g. -k expr, -m marker)")
     max_failures: int | None = Field(default=None, ge=1, description="stop after this many failing tests")
     timeout_per_test: float | None = Field(
-        default=None, gt=0, description="seconds before a test counts as hung (default: per_item_timeout)"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="seconds before a test counts as hung (default: per_item_timeout)",
     )
-    collect_timeout: float = Field(default=600, gt=0, description="seconds pytest may take to collect")
+    collect_timeout: float = Field(default=600, gt=0, le=MAX_SECONDS, description="seconds pytest may take to collect")
     python: str = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
@@ -108,7 +113,7 @@ class _Pytest:
     async def start(cls, ctx: OperationContext, argv: list[str], cwd: str, env: dict[str, str], log: Path) -> _Pytest:
         rfd, wfd = os.pipe()
         try:
-            with open(log, "wb") as out:
+            with open(log, "wb", opener=private_opener) as out:
                 proc = await ctx.spawn(
                     *argv,
                     cwd=cwd,
@@ -191,8 +196,8 @@ class _Suite:
         self.ctx = ctx
         self.p = p
         self.dir = output_dir(ctx) / f"tests-{ctx.id}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(__file__).with_name("_pytest_plugin.py"), self.dir / f"{PLUGIN}.py")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.dir / f"{PLUGIN}.py", Path(__file__).with_name("_pytest_plugin.py").read_text("utf-8"))
         self.cwd = p.cwd or (p.path if Path(p.path).is_dir() else str(Path(p.path).parent))
         inherited = p.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         pythonpath = os.pathsep.join(x for x in (str(self.dir), inherited) if x)
@@ -265,7 +270,7 @@ class _Suite:
         ctx = self.ctx
         todo = self.remaining()
         select = self.dir / "select.txt"
-        select.write_text("".join(t + "\n" for t in todo), encoding="utf-8")
+        write_private(select, "".join(t + "\n" for t in todo))
         extra = ["--continue-on-collection-errors", "-q"]
         if self.p.max_failures:
             extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
@@ -341,7 +346,7 @@ class _Suite:
             "duration": round(sum(r["duration"] for r in self.results.values()), 3),
         }
         path = self.dir / "report.json"
-        path.write_text(json.dumps({**report, "results": self.results}, indent=1) + "\n", encoding="utf-8")
+        write_private(path, json.dumps({**report, "results": self.results}, indent=1) + "\n")
         return {**report, "failed": report["failed"][:LIST_MAX], "report": str(path)}
 
 

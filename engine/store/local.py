@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import aiofiles
 
+from ..files import create_private, make_private, private_opener
 from ..models import (
     ACTIVE,
     Checkpoint,
@@ -183,6 +184,8 @@ class LocalStore:
             elif self.db_path.stat().st_size == 0:
                 # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
                 raise sqlite3.DatabaseError("the file is empty (0 bytes)")
+            # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+            make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -196,6 +199,11 @@ class LocalStore:
                     raise sqlite3.DatabaseError("it holds other tables than Outlast's")
                 self._init_schema(conn)  # a database file with nothing in it: nothing to lose
             ver = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if ver is None:
+                # Made by an older version, whose schema was created statement by statement and could be
+                # cut off by a kill: the rest is created now (IF NOT EXISTS: nothing present is touched).
+                self._init_schema(conn)
+                ver = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
             if self._conn is not None:
                 self._conn.close()
@@ -212,14 +220,17 @@ class LocalStore:
 
     @staticmethod
     def _init_schema(conn: sqlite3.Connection) -> None:
-        conn.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
-        conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        """The whole schema in one transaction, the version row last: all of it or none."""
+        conn.executescript(  # idempotent: IF NOT EXISTS everywhere
+            f"BEGIN IMMEDIATE;{_SCHEMA};INSERT OR IGNORE INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+        )
 
     def _create_db(self) -> None:
         """A new database, built beside the path and linked into place whole: a process that finds
         ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
         tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
         try:
+            create_private(tmp)  # 0600 from the start; SQLite gives its -wal and -shm the same mode
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -777,7 +788,7 @@ class LocalStore:
             return
         text = "".join(r.model_dump_json(exclude={"operation_id"}) + "\n" for r in records)
         lock = self._log_locks.setdefault(op_id, asyncio.Lock())
-        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8") as f:
+        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=private_opener) as f:
             await f.write(text)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -49,7 +50,13 @@ class CheckpointsPane(DataTable[str]):
             items = f"{fmt.count(cp.processed_items)}/{fmt.count(cp.total_items)}"
             seq = f"{cp.seq}" if cp.valid else f"{cp.seq} ✗"
             self.add_row(
-                seq, local_time(cp.created_at), pct, items, fmt.size(cp.size), cp.next_step or "", key=str(cp.seq)
+                seq,
+                local_time(cp.created_at),
+                pct,
+                items,
+                fmt.size(cp.size),
+                Text(fmt.printable(cp.next_step or "")),
+                key=str(cp.seq),
             )
         if keep is not None:
             for i, cp in enumerate(self.shown):

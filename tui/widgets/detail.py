@@ -55,9 +55,9 @@ def _plain(v: object) -> str:
 
 def local_time(ts: float | None) -> str:
     """``HH:MM:SS`` in local time (the date too when it is not today)."""
-    if ts is None:
+    lt = fmt.local_time(ts)
+    if lt is None:
         return "-"
-    lt = time.localtime(ts)
     if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
         return time.strftime("%H:%M:%S", lt)
     return time.strftime("%Y-%m-%d %H:%M", lt)
@@ -123,12 +123,13 @@ class DetailPane(VerticalScroll, can_focus=True):
 
         def row(key: str, value: str | Text | None) -> None:
             if value not in (None, ""):
-                grid.add_row(key, value)
+                # Stored text as Text: never read as markup, its control characters escaped.
+                grid.add_row(key, Text(fmt.printable(value)) if isinstance(value, str) else value)
                 shape.append(len(value) + 1)
 
         status = Text(op.status.value, style=f"bold {status_colour}")
         if op.status_message:
-            status.append(f"  {op.status_message}", style="")
+            status.append(f"  {fmt.printable(op.status_message)}", style="")
         row("status", status)
         result = full.result if full is not None else op.result
         if result is not None and op.status is Status.COMPLETED:
@@ -146,7 +147,7 @@ class DetailPane(VerticalScroll, can_focus=True):
             row("rate", f"{fmt.rate(p.rate)}   eta {fmt.duration(p.eta)}")
         timeout = Text(f"{fmt.duration(op.effective_timeout)}" if op.effective_timeout else "-")
         if op.timeout_basis:
-            timeout.append(f"  = {op.timeout_basis}", style="dim")
+            timeout.append(f"  = {fmt.printable(op.timeout_basis)}", style="dim")
         row("timeout", timeout)
         if op.deadline and op.status is Status.RUNNING:
             ext = f"  (extended {op.extensions}x)" if op.extensions else ""
@@ -168,15 +169,17 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("finished", local_time(op.finished_at) if op.finished_at and op.status.value != "running" else None)
         row("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else None)
         for k, v in sorted(p.metrics.items()):
-            row(f"· {k}", str(v))
+            row(f"· {fmt.printable(k)}", str(v))
         parts: list[RenderableType] = [grid]
         if op.error:
-            parts.append(Text(f"error: {op.error}", style=f"bold {colours['$error']}"))
+            parts.append(
+                Text(f"error: {fmt.printable(op.error, keep_newlines=True)}", style=f"bold {colours['$error']}")
+            )
         if isinstance(result, dict) and op.status is Status.COMPLETED:
             for k, v in result.items():
                 if isinstance(v, dict | list):
-                    text = json.dumps(v, default=str)
-                    row(f"· {k}", text if len(text) <= 400 else text[:399] + "…")
+                    text = fmt.printable(json.dumps(v, default=str))
+                    row(f"· {fmt.printable(str(k))}", text if len(text) <= 400 else text[:399] + "…")
         if op.error:
             shape.append(len(op.error) + 7)
         return Group(*parts), shape

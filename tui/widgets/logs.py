@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual.widgets import RichLog
 
 from engine import LogRecord
+
+from .. import format as fmt
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red", "debug": "dim"}
 
@@ -46,10 +46,10 @@ class LogsPane(RichLog):
     def _add(self, records: list[LogRecord], with_id: bool) -> None:
         for rec in records:
             line = Text()
-            line.append(time.strftime("%H:%M:%S ", time.localtime(rec.ts)), style="dim")
+            line.append(f"{fmt.clock(rec.ts)} ", style="dim")
             if with_id and rec.operation_id:
                 line.append(f"{rec.operation_id[-4:]} ", style="cyan")
             level = rec.level.lower()
             line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
-            line.append(rec.message)
+            line.append(fmt.printable(rec.message))
             self.write(line)

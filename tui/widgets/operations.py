@@ -326,9 +326,9 @@ class OperationsTable(ScrollView, can_focus=True):
         if key == "id":
             return op.id, self._style("ops--dim")
         if key == "name":
-            return op.label, None
+            return fmt.printable(op.label), None
         if key == "type":
-            return op.type, None
+            return fmt.printable(op.type), None
         if key == "status":
             return op.status.value, self._style(_STATUS_STYLE[op.status])
         if key == "items":

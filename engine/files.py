@@ -1,0 +1,38 @@
+"""Private files: everything Outlast writes is its user's alone, 0600 files and 0700 directories.
+
+Modes are given where each file is created (never a process-wide umask: the commands an operation
+runs keep the user's own), so moving or sharing a state directory exposes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_opener(path: str | os.PathLike[str], flags: int) -> int:
+    """For ``open(path, mode, opener=private_opener)``: a file that is created is created 0600."""
+    return os.open(path, flags, FILE_MODE)
+
+
+def create_private(path: Path) -> None:
+    """``path`` exists afterwards, created 0600 if it did not (for files others open, like SQLite's)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+
+
+def make_private(*paths: Path) -> None:
+    """Narrow existing files to 0600 (a state dir written by an older version); missing ones are skipped."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, FILE_MODE)
+
+
+def write_private(path: Path, text: str) -> None:
+    """``path.write_text(text)``, created 0600."""
+    with open(path, "w", encoding="utf-8", opener=private_opener) as fh:
+        fh.write(text)

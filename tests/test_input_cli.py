@@ -1,0 +1,369 @@
+"""Bad input on the command line: one line naming what is wrong, an exit code from the table, nothing
+stored, nothing leaked, nothing printed raw to a terminal (issue 13)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli_exit import ExitCode
+from tests.fixtures_cli import Cli, until
+
+
+def one_line(r: subprocess.CompletedProcess, code: int = ExitCode.USAGE) -> str:
+    """The single stderr line of a refused command, after checking its exit code."""
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def nothing_stored(cli: Cli) -> None:
+    r = cli("ls", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+
+
+# ---- 1: deep JSON ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [30_000, 100])
+def test_params_json_nested_too_deep_is_one_line(cli: Cli, depth: int) -> None:
+    deep = "[" * depth + "]" * depth
+    line = one_line(cli("submit", "demo", "--params-json", f'{{"a": {deep}}}'))
+    assert "nested deeper than 32 levels" in line, line
+    nothing_stored(cli)
+
+
+# ---- 2: plugins -----------------------------------------------------------------------------------
+
+PLUGINS = {
+    "bad_raise": 'raise RuntimeError("boom at import")\n',
+    "bad_syntax": "def (:\n",
+    "bad_exit": "import sys\nsys.exit(3)\n",
+}
+
+
+@pytest.mark.parametrize("command", [["submit", "demo"], ["ls"], ["types"]])
+@pytest.mark.parametrize("module", ["bad_raise", "bad_syntax", "bad_exit", "", "../x", "no_such_module_here"])
+def test_a_broken_plugin_is_one_line_exit_2_everywhere(
+    cli: Cli, tmp_path: Path, module: str, command: list[str]
+) -> None:
+    for name, text in PLUGINS.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    env = {**cli.env, "PYTHONPATH": str(tmp_path)}
+    line = one_line(cli("--plugin", module, *command, env=env))
+    assert f"plugin {module!r}" in line, line
+    if module == "bad_raise":
+        assert "boom at import" in line
+    if module == "bad_exit":
+        assert "exit" in line
+    nothing_stored(cli)
+
+
+def test_a_broken_plugin_from_the_environment_is_refused_too(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "bad_raise.py").write_text(PLUGINS["bad_raise"])
+    env = {**cli.env, "PYTHONPATH": str(tmp_path), "OUTLAST_PLUGINS": "bad_raise"}
+    assert "bad_raise" in one_line(cli("ls", env=env))
+
+
+# ---- 3: outputs checked before anything is stored -------------------------------------------------
+
+
+def _bad_outputs(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.py").write_text("x = 1\n")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, not a report\n")
+    file_dest = tmp_path / "plain-file"
+    file_dest.write_text("x")
+    return {
+        "index into a directory": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={tmp_path}"]),
+        "index over a text file": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={text}"]),
+        "index under a file": ("output", ["codebase_indexing", "-p", f"root={root}", "-p", f"output={text}/x.db"]),
+        "scan into a directory": ("output", ["security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}"]),
+        "scan over a text file": (
+            "output",
+            ["security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={text}"],
+        ),
+        "backup over a file": (
+            "destination",
+            ["backup_operation", "-p", f"source={root}", "-p", f"destination={file_dest}"],
+        ),
+        "backup under a file": (
+            "destination",
+            ["backup_operation", "-p", f"source={root}", "-p", f"destination={file_dest}/sub"],
+        ),
+    }
+
+
+def test_outputs_of_the_wrong_kind_are_refused_before_anything_is_stored(cli: Cli, tmp_path: Path) -> None:
+    for what, (field, args) in _bad_outputs(tmp_path).items():
+        line = one_line(cli("submit", *args))
+        assert field in line, (what, line)
+    assert (tmp_path / "notes.txt").read_text() == "not a database, not a report\n"
+    nothing_stored(cli)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_output_directory_is_refused(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for args in (
+        ["codebase_indexing", "-p", f"root={root}", "-p", f"output={locked}/i.db"],
+        ["security_scan", "-p", f"root={root}", "-p", f"output={locked}/r"],
+        ["backup_operation", "-p", f"source={root}", "-p", f"destination={locked}/b"],
+    ):
+        assert "writable" in one_line(cli("submit", *args))
+    nothing_stored(cli)
+
+
+def test_an_existing_index_and_report_are_accepted(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    db = tmp_path / "index.sqlite"
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
+    report = tmp_path / "report.json"
+    report.write_text("{}\n")
+    assert cli("submit", "codebase_indexing", "-p", f"root={root}", "-p", f"output={db}").returncode == 0
+    r = cli("submit", "security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={report}")
+    assert r.returncode == 0, r.stderr
+
+
+# ---- 4: non-finite and absurd numbers -------------------------------------------------------------
+
+BAD_NUMBERS = [
+    ["--profile", "max_timeout=1e999"],
+    ["--profile", "checkpoint_interval=NaN"],
+    ["--profile", "stall_timeout=-Infinity"],
+    ["--profile", "retry.backoff_max=1e999"],
+    ["--profile", "base_timeout=1e15"],
+    ["--timeout", "inf"],
+    ["--timeout", "1e999"],
+    ["--timeout", "nan"],
+    ["--timeout", "1e12"],
+    ["--items", "1000000000000000000"],
+    ["-p", "seconds=1e999"],
+    ["-p", "items=1e999"],
+    ["--params-json", '{"seconds": NaN}'],
+    ["--params-json", '{"x": [1, Infinity]}'],
+]
+
+
+@pytest.mark.parametrize("args", BAD_NUMBERS, ids=lambda a: " ".join(a))
+def test_non_finite_and_absurd_numbers_are_one_line(cli: Cli, args: list[str]) -> None:
+    one_line(cli("submit", "demo", *args))
+    nothing_stored(cli)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", "--limit", str(2**63)],
+        ["logs", "0", "--limit", str(2**63)],
+        ["resume", "0", "--queue", "--checkpoint", str(2**64)],
+        ["cancel", "0", "--wait", "nan"],
+        ["pause", "0", "--wait", "inf"],
+    ],
+    ids=lambda a: " ".join(a[:1] + a[-2:]),
+)
+def test_absurd_numbers_in_other_commands_are_one_line(cli: Cli, args: list[str]) -> None:
+    """Found by the fuzzer: ls --limit 2**63 reached SQLite and exited 70 (OverflowError)."""
+    assert "Invalid value" in one_line(cli(*args))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["comprehensive_test_suite", "-p", "path=tests", "-p", "collect_timeout=1e300"],
+        ["comprehensive_test_suite", "-p", "path=tests", "-p", "timeout_per_test=1e12"],
+        ["security_scan", "-p", "root=.", "-p", "max_file_size=1e15"],
+        ["backup_operation", "-p", "source=tests", "-p", "destination=/nonexistent-x", "-p", "chunk_checkpoint=1e15"],
+    ],
+    ids=lambda a: a[-1],
+)
+def test_absurd_params_of_the_builtins_are_one_line(cli: Cli, args: list[str]) -> None:
+    key = args[-1].split("=")[0]
+    assert key in one_line(cli("submit", *args))
+    nothing_stored(cli)
+
+
+def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")
+    line = one_line(cli("--config", str(cfg), "submit", "demo"))
+    assert "max_timeout" in line and "c.toml" in line
+
+
+# ---- 5: store URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "redis://127.0.0.1:1/abc",
+        "redis://127.0.0.1:1/0/1",
+        "redis://127.0.0.1:1/-1",
+        "redis://127.0.0.1:1/0?retry_for=-1",
+        "redis://127.0.0.1:1/0?retry_for=nan",
+        "redis://127.0.0.1:1/0?retry_for=inf",
+        "redis://127.0.0.1:1/0?lease_ttl=0",
+        "redis://127.0.0.1:1/0?lease_ttl=abc",
+        "redis://127.0.0.1:99999/0",
+        "redis://:sekrit@127.0.0.1:1/abc",
+    ],
+)
+def test_a_bad_store_url_is_one_line(cli: Cli, url: str) -> None:
+    for env_too in (False, True):
+        if env_too:
+            if not url:
+                continue  # an empty environment variable means unset
+            r = cli("ls", env={**cli.env, "OUTLAST_STORE": url})
+        else:
+            r = cli("--store", url, "ls")
+        line = one_line(r)
+        assert "store" in line, line
+        assert "sekrit" not in line
+
+
+# ---- 6: secrets -----------------------------------------------------------------------------------
+
+
+def test_the_redis_password_is_never_printed(cli: Cli, tmp_path: Path) -> None:
+    url = "redis://user:sekrit-pw@127.0.0.1:1/0?retry_for=0"
+    for env, args in (
+        (cli.env, ["--store", url, "config"]),
+        (cli.env, ["--store", url, "--json", "config"]),
+        ({**cli.env, "OUTLAST_STORE": url}, ["config"]),
+        ({**cli.env, "OUTLAST_STORE": url}, ["--json", "config"]),
+        (cli.env, ["--store", url, "ls"]),
+        (cli.env, ["--store", url, "submit", "demo"]),
+    ):
+        r = cli(*args, env=env)
+        assert "sekrit" not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+        if args[-1] == "config":
+            assert r.returncode == 0 and "127.0.0.1:1" in r.stdout, r.stdout + r.stderr
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_detached_child_gets_the_password_in_its_environment_not_its_command_line(cli: Cli, redis_factory) -> None:
+    server = redis_factory(password="sekrit-pw")
+    url = server.url
+    assert "sekrit-pw" in url
+    r = cli("--store", url, "--json", "run", "demo", "-p", "items=400", "-p", "seconds=0.05", "--detach")
+    assert r.returncode == 0, r.stderr
+    pid, op_id = json.loads(r.stdout)["pid"], json.loads(r.stdout)["id"]
+    try:
+        cmd = until(lambda: _cmdline(pid), 10, what="child command line")
+        assert "_run-one" in cmd and "sekrit" not in cmd, cmd
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"sekrit-pw" in environ  # how the child reaches the store
+        until(lambda: cli("--store", url, "show", op_id).stdout.count("running"), 30, what="running")
+        shown = cli("--store", url, "show", op_id)
+        assert "sekrit" not in shown.stdout + shown.stderr
+    finally:
+        cli("--store", url, "cancel", op_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+# ---- 7: terminal escapes --------------------------------------------------------------------------
+
+EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[Hfake\rline\nnext\x9b31m\x00\x7f"
+
+
+def _no_raw_controls(text: str) -> None:
+    bad = [c for c in text if (ord(c) < 32 and c not in "\n") or 0x7F <= ord(c) <= 0x9F]
+    assert not bad, repr(text)
+
+
+def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli, state_dir: Path) -> None:
+    r = cli("submit", "demo", "--name", EVIL.replace("\x00", ""), "-p", "items=1", "-p", "seconds=0")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    # Stored strings the CLI did not choose: written behind its back, as another client could.
+    db = sqlite3.connect(state_dir / "outlast.db")
+    raw = json.loads(db.execute("select record from operations where id=?", (op_id,)).fetchone()[0])
+    raw.update(status="failed", error=EVIL, status_message=EVIL, finished_at=raw["created_at"])
+    raw["progress"]["step"] = EVIL
+    db.execute("update operations set record=?, status='failed' where id=?", (json.dumps(raw), op_id))
+    db.commit()
+    db.close()
+    logs = state_dir / "logs" / f"{op_id}.jsonl"
+    logs.write_text(json.dumps({"ts": 1.0, "level": "info", "message": EVIL, "operation_id": op_id}) + "\n")
+    for args in (["ls"], ["show", op_id], ["logs", op_id], ["ls", "--json"], ["show", op_id, "--json"]):
+        r = cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        _no_raw_controls(r.stdout)
+        _no_raw_controls(r.stderr)
+        assert "owned" in r.stdout, r.stdout  # escaped, not dropped
+    ls = cli("ls").stdout.splitlines()
+    assert len(ls) == 2, ls  # the newline in the name does not fake a row
+
+
+def test_one_escape_function_for_every_face() -> None:
+    from engine.cli_format import printable
+
+    assert printable("plain é 名") == "plain é 名"
+    assert printable("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert printable("a\nb\tc") == "a\\nb\\tc"
+    assert printable("a\nb", keep_newlines=True) == "a\nb"
+    assert printable("\x9b\x7f") == "\\x9b\\x7f"
+
+
+# ---- 9: limits on fields --------------------------------------------------------------------------
+
+
+def _nest(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "args, limit",
+    [
+        (["--name", "n" * 201], "200"),
+        (["--params-json", json.dumps({"blob": "x" * 70_000})], "65536"),
+        (["--params-json", json.dumps({"a": _nest(40)})], "32"),
+        ([arg for i in range(40) for arg in ("--profile", f"k{i}=1")], "32"),
+        (["--profile", "k" * 65 + "=1"], "64"),
+    ],
+    ids=["name", "params size", "params depth", "profile keys", "profile key length"],
+)
+def test_field_limits_are_one_line_naming_the_limit(cli: Cli, args: list[str], limit: str) -> None:
+    line = one_line(cli("submit", "demo", *args))
+    assert limit in line, line
+    nothing_stored(cli)
+
+
+def test_tag_limits_in_the_model() -> None:
+    from pydantic import ValidationError
+
+    from engine.models import MAX_TAG_CHARS, MAX_TAGS, OperationSpec
+
+    OperationSpec(type="demo", tags={f"k{i}": "v" for i in range(MAX_TAGS)})
+    with pytest.raises(ValidationError, match=str(MAX_TAGS)):
+        OperationSpec(type="demo", tags={f"k{i}": "v" for i in range(MAX_TAGS + 1)})
+    with pytest.raises(ValidationError, match=str(MAX_TAG_CHARS)):
+        OperationSpec(type="demo", tags={"k": "v" * (MAX_TAG_CHARS + 1)})
