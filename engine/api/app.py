@@ -26,6 +26,7 @@ from .. import __version__
 from ..engine import Engine
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
+from .confine import OutputRoots, outputs_dir
 from .metrics import Metrics
 from .progress import ProgressHub
 from .routes import Forbidden, metrics_router, router, typed_router
@@ -38,6 +39,11 @@ DESCRIPTION = """Start, watch, cancel, pause and resume Outlast operations.
 Every operation submitted here is stored like any other: `outlast ls` and the dashboard show it.
 Live progress: open a WebSocket on `/api/operations/{id}/progress` (one operation; closes after
 its `final` message) or `/api/operations/progress` (all operations). Prometheus metrics: `/metrics`.
+
+Paths a client names for what an operation writes (`codebase_indexing` and `security_scan` `output`,
+`backup_operation` `destination`) must resolve, symbolic links and `..` included, under the state
+directory's `outputs` or a directory the server allows (`outlast serve --allow-output-root DIR`);
+anything else is refused with 403 naming the field and the allowed directories.
 """
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
@@ -174,10 +180,12 @@ def create_app(
     allow_commands: bool = False,
     allowed_origins: tuple[str, ...] = (),
     trusted_hosts: tuple[str, ...] | None = None,
+    output_roots: tuple[str, ...] = (),
 ) -> FastAPI:
     """The API on ``engine`` (started by the caller). With ``token``, every request must carry it.
     Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``;
-    with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server)."""
+    with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server).
+    Outputs a client names must be under the state dir's outputs or one of ``output_roots``."""
     hub = ProgressHub(engine)
     metrics = Metrics(engine)
 
@@ -196,6 +204,7 @@ def create_app(
     app.state.hub = hub
     app.state.metrics = metrics
     app.state.allow_commands = allow_commands
+    app.state.output_roots = OutputRoots(outputs_dir(engine.store, engine.settings.state_dir), output_roots)
     ensure_loaded(engine.settings.plugins)  # plugins' types document the typed endpoints
     app.include_router(router)
     app.include_router(typed_router())

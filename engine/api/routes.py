@@ -14,7 +14,7 @@ from pydantic import Field, create_model
 from .. import __version__
 from ..engine import Engine
 from ..models import ID_RE, SETTLED, Operation, OperationSpec, Status
-from ..registry import AnyParams, HandlerSpec, handlers
+from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
     CheckpointList,
@@ -48,7 +48,8 @@ class Forbidden(Exception):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     words = {
-        403: "Not allowed on this server",
+        403: "Not allowed on this server: a code-running type without --allow-commands, or an output path "
+        "outside the directories API clients may write to",
         404: "No operation matches the id",
         409: "The operation's state does not allow this",
         422: "Invalid input (the field or id is named)",
@@ -83,9 +84,19 @@ def _forbid_command(request: Request, type_: str) -> None:
         raise Forbidden(f"{type_} operations run code and are disabled on this server (start it with --allow-commands)")
 
 
+def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
+    """``spec`` with its output paths resolved; Forbidden when one is outside the roots API clients may write to."""
+    roots = request.app.state.output_roots
+    params = get_handler(spec.type).parse_params(spec.params)  # InvalidInput (422) first, like the engine
+    refusal = roots.refusal(spec.type, params)
+    if refusal:
+        raise Forbidden(refusal)
+    return spec.model_copy(update={"params": {**spec.params, **roots.pinned(spec.type, params)}})
+
+
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
     _forbid_command(request, spec.type)
-    op = await engine.submit(spec)
+    op = await engine.submit(_confine_outputs(request, spec))
     url = f"/api/operations/{op.id}"
     response.headers["Location"] = url
     return SubmitOut(operation_id=op.id, type=op.type, status=op.status, url=url)
@@ -134,7 +145,7 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         methods=["POST"],
         status_code=202,
         response_model=SubmitOut,
-        responses=_errors(403, 422) if type_ in CODE_TYPES else _errors(422),
+        responses=_errors(403, 422),
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],

@@ -86,6 +86,7 @@ def serve(
     port: int = 8001,
     token_file: str | None = None,
     allow_commands: bool = False,
+    output_roots: tuple[str, ...] = (),
 ) -> int:
     """Run the API until a signal; returns the exit code. Errors are one line on stderr."""
     try:
@@ -102,7 +103,7 @@ def serve(
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        return asyncio.run(_serve(settings, sock, token, allow_commands))
+        return asyncio.run(_serve(settings, sock, token, allow_commands, output_roots))
     except StoreError as e:
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.STORE
@@ -113,7 +114,13 @@ def serve(
         sock.close()
 
 
-async def _serve(settings: Settings, sock: socket.socket, token: str | None, allow_commands: bool) -> int:
+async def _serve(
+    settings: Settings,
+    sock: socket.socket,
+    token: str | None,
+    allow_commands: bool,
+    output_roots: tuple[str, ...],
+) -> int:
     import uvicorn
 
     from ..engine import Engine
@@ -130,9 +137,21 @@ async def _serve(settings: Settings, sock: socket.socket, token: str | None, all
     # Without a token, a loopback server answers only to loopback host names: a page whose own name
     # was rebound to 127.0.0.1 (DNS rebinding) is refused.
     hosts = LOOPBACK_HOSTS if token is None else None
-    app = create_app(engine, token=token, allow_commands=allow_commands, allowed_origins=origins, trusted_hosts=hosts)
+    app = create_app(
+        engine,
+        token=token,
+        allow_commands=allow_commands,
+        allowed_origins=origins,
+        trusted_hosts=hosts,
+        output_roots=output_roots,
+    )
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, ws_ping_interval=20, proxy_headers=False
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws_ping_interval=20,
+        proxy_headers=False,
     )
     server = Server(config)
     host, port = sock.getsockname()[:2]
