@@ -173,6 +173,14 @@ def run_one_cmd(app: App, op_id: str) -> int:
     type=click.Path(exists=True, file_okay=False),
     help="A directory API clients may write outputs under, besides the state dir's outputs (repeatable).",
 )
+@click.option(
+    "--max-body-size",
+    "max_body",
+    type=click.IntRange(1024, 1 << 30),
+    default=1 << 20,
+    show_default=True,
+    help="Bytes: larger request bodies are refused (413) unread.",
+)
 @pass_app
 def serve(
     app: App,
@@ -181,6 +189,7 @@ def serve(
     token_file: str | None,
     allow_commands: bool,
     output_roots: tuple[str, ...],
+    max_body: int,
 ) -> int:
     """Serve the HTTP API."""
     settings = app.settings
@@ -191,7 +200,7 @@ def serve(
             f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
         )
         return ExitCode.USAGE
-    return int(serve_api(settings, host, port, token_file, allow_commands, output_roots) or 0)
+    return int(serve_api(settings, host, port, token_file, allow_commands, output_roots, max_body) or 0)
 
 
 def _register() -> None:

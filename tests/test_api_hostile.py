@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,130 @@ def test_serve_refuses_an_output_root_that_is_not_a_directory(tmp_path: Path) ->
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+# ---- 9. request size limits -------------------------------------------------------------------------
+
+
+def raw_request(srv: Server, head: str, chunks: list[bytes] = (), timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """Send a request by hand (a lying Content-Length, a chunked body); the status and JSON body answered.
+
+    The server may answer and close before the client has sent everything: that is the point.
+    """
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        s.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+                got = s.recv(65536)
+                if not got:
+                    break
+                data += got
+        except ConnectionResetError:
+            pass
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line, "no answer"
+    body = rest.split(b"\r\n\r\n", 1)[1]
+    return int(status_line.split()[1]), json.loads(body[: _length(data)])
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+def _head(srv: Server, framing: str) -> str:
+    return (
+        f"POST /api/operations HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+        f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(start_server) -> None:
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: what is accepted stays queued
+    before = listing(srv)
+    # A Content-Length of 300 MB and one byte sent: answered at once, not after waiting for the rest.
+    status, body = raw_request(srv, _head(srv, "Content-Length: 314572800"), [b"{"])
+    assert status == 413 and "1 MiB" in body["detail"], body
+    # A chunked body of valid JSON (a 4 MiB tag): refused once the bytes received pass the limit.
+    payload = b'{"type": "demo", "tags": {"big": "' + b"x" * (4 << 20) + b'"}}'
+    chunks = [b"%x\r\n%s\r\n" % (len(c), c) for c in (payload[i : i + 65536] for i in range(0, len(payload), 65536))]
+    status, body = raw_request(srv, _head(srv, "Transfer-Encoding: chunked"), [*chunks, b"0\r\n\r\n"])
+    assert status == 413 and "1 MiB" in body["detail"], body
+    # An ordinary client sending 2 MiB of JSON
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * (2 << 20)})
+    assert r.status_code == 413 and one_line_detail(r).startswith("the request body is larger than the limit")
+    assert listing(srv) == before
+    # Under the limit, a body is handled as before, and the server still answers.
+    r = srv.http.post("/api/operations", json={"type": "demo", "params": {"items": -1}, "name": "n" * 100})
+    assert r.status_code == 422 and "items" in r.json()["detail"]
+    assert srv.http.post("/api/operations", json={"type": "demo", "params": {"items": 1}}).status_code == 202
+
+
+def test_max_body_size_sets_the_limit(start_server) -> None:
+    srv = start_server("--max-body-size", "2048", OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * 3000})
+    assert r.status_code == 413 and "2 KiB" in one_line_detail(r)
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * 150})
+    assert r.status_code == 202, r.text
+
+
+def test_websocket_snapshot_frames_fit_the_client_default(start_server) -> None:
+    """1000 queued operations with names and tags well within the model limits make a snapshot of
+    more than 1 MiB: it comes in frames that a client with the default 1 MiB limit reads."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: all stay queued (active)
+    tags = {f"tag{i}": "v" * 100 for i in range(5)}
+
+    def submit(i: int) -> str:
+        return srv.submit(params={"items": 1}, name=f"{i:04d}-" + "n" * 150, tags=tags)
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(submit, range(1000)))
+    frames: list[str] = []
+    seen: list[str] = []
+    with ws_client.connect(f"{srv.ws_url}/api/operations/progress", open_timeout=30) as ws:  # max_size: 1 MiB
+        while True:
+            frames.append(ws.recv(timeout=60))
+            msg = json.loads(frames[-1])
+            assert msg["type"] == "snapshot"
+            seen += [o["id"] for o in msg["operations"]]
+            if not msg.get("more"):
+                break
+    assert set(seen) == ids and len(seen) == len(ids)
+    assert sum(len(f.encode()) for f in frames) > 1 << 20 and len(frames) > 1
+    assert all(len(f.encode()) <= 512 << 10 for f in frames)
+
+
+def test_messages_too_large_for_a_frame_are_trimmed_and_say_so() -> None:
+    from engine.api.ws import FRAME_MAX, snapshot_frames, trim
+
+    big = {"rows": ["r" * 1000] * 3000}  # 3 MB of result
+    record = {"id": "06b2w5rvzhmwb", "status": "completed", "params": {"p": 1}, "result": big, "progress": {}}
+    msg = trim({"type": "snapshot", "operation": record})
+    assert len(json.dumps(msg).encode()) <= FRAME_MAX
+    assert msg["truncated"] == ["operation.result"] and msg["operation"]["params"] == {"p": 1}
+    assert record["result"] is big  # the caller's record is left alone
+    final = trim(
+        {"type": "final", "operation_id": "06b2w5rvzhmwb", "status": "failed", "result": big, "error": "e" * 10}
+    )
+    assert final["result"] is None and final["error"] == "e" * 10 and final["truncated"] == ["result"]
+    small = {"type": "final", "operation_id": "x", "result": {"a": 1}}
+    assert trim(small) is small
+    frames = snapshot_frames([record, {**record, "id": "06b2w5rvzhmwc", "result": None}])
+    assert len(frames) == 1 and all(len(f.encode()) <= FRAME_MAX for f in frames)
+    ops = json.loads(frames[0])["operations"]
+    assert ops[0]["truncated"] == ["result"] and "truncated" not in ops[1]
+
+
 def test_every_builtin_param_is_known_to_write_or_not() -> None:
     """A new param of a built-in type fails this until it is classified: a place it writes is confined."""
     from engine.api.confine import WRITTEN
@@ -158,3 +283,9 @@ def test_openapi_documents_the_refusal(start_server) -> None:
     for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/codebase/index"):
         assert "403" in doc["paths"][path]["post"]["responses"], path
     assert "--allow-output-root" in doc["info"]["description"]
+
+
+def test_openapi_documents_the_body_limit(start_server) -> None:
+    doc = start_server().http.get("/openapi.json").json()
+    for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/{op_id}/resume"):
+        assert "413" in doc["paths"][path]["post"]["responses"], path

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine import Engine
@@ -43,7 +43,8 @@ its `final` message) or `/api/operations/progress` (all operations). Prometheus 
 Paths a client names for what an operation writes (`codebase_indexing` and `security_scan` `output`,
 `backup_operation` `destination`) must resolve, symbolic links and `..` included, under the state
 directory's `outputs` or a directory the server allows (`outlast serve --allow-output-root DIR`);
-anything else is refused with 403 naming the field and the allowed directories.
+anything else is refused with 403 naming the field and the allowed directories. A request body over
+the server's limit (1 MiB by default) is refused with 413 before it is read whole.
 """
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
@@ -132,6 +133,75 @@ class SameOrigin:
         await send({"type": "http.response.body", "body": body})
 
 
+MAX_BODY = 1 << 20
+"""The default limit of a request body, in bytes (``outlast serve --max-body-size``)."""
+
+
+def size_words(n: int) -> str:
+    """``1 MiB``, ``64 KiB`` or ``1500 bytes``: the limit as an error message names it."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413 before it is read whole: at once when its
+    Content-Length says so, else (a chunked body) as soon as the bytes received pass the limit.
+
+    The body is read here, counted, and handed on in one piece, so nothing behind this ever holds
+    more than ``limit`` bytes of one request.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self.refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self.refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: only the client's disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, send: Send) -> None:
+        detail = f"the request body is larger than the limit of {size_words(self.limit)} (--max-body-size)"
+        body = json.dumps({"detail": detail}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),  # the rest of the body is never read
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _validation_line(exc: RequestValidationError) -> str:
     """FastAPI's list of errors as one line naming the field: ``body.params: Field required``."""
     parts = []
@@ -181,11 +251,13 @@ def create_app(
     allowed_origins: tuple[str, ...] = (),
     trusted_hosts: tuple[str, ...] | None = None,
     output_roots: tuple[str, ...] = (),
+    max_body: int = MAX_BODY,
 ) -> FastAPI:
     """The API on ``engine`` (started by the caller). With ``token``, every request must carry it.
     Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``;
     with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server).
-    Outputs a client names must be under the state dir's outputs or one of ``output_roots``."""
+    Outputs a client names must be under the state dir's outputs or one of ``output_roots``; a request
+    body over ``max_body`` bytes is refused (413) before it is read whole."""
     hub = ProgressHub(engine)
     metrics = Metrics(engine)
 
@@ -211,6 +283,7 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(ws_router)
     _install_errors(app)
+    app.add_middleware(BodyLimit, limit=max_body)  # innermost: a client without the token is refused unread
     if token:
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)

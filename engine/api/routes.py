@@ -52,6 +52,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         "outside the directories API clients may write to",
         404: "No operation matches the id",
         409: "The operation's state does not allow this",
+        413: "The request body is over the server's limit (1 MiB unless --max-body-size says otherwise)",
         422: "Invalid input (the field or id is named)",
     }
     return {c: {"model": ErrorOut, "description": words[c]} for c in codes}
@@ -106,7 +107,7 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
     "/operations",
     status_code=202,
     response_model=SubmitOut,
-    responses=_errors(403, 422),
+    responses=_errors(403, 413, 422),
     summary="Queue an operation of any registered type",
     tags=["operations"],
 )
@@ -145,7 +146,7 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         methods=["POST"],
         status_code=202,
         response_model=SubmitOut,
-        responses=_errors(403, 422),
+        responses=_errors(403, 413, 422),
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],
@@ -241,7 +242,7 @@ for _action in ("cancel", "pause"):
     "/operations/{op_id}/resume",
     status_code=202,
     response_model=ControlOut,
-    responses=_errors(403, 404, 409, 422),
+    responses=_errors(403, 404, 409, 413, 422),
     summary="Queue a stopped operation again, from its newest valid checkpoint or the one given",
     tags=["control"],
 )

@@ -26,6 +26,8 @@ TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 """Comma-separated origins (``https://ops.example.org``) whose pages may use the API from a browser."""
 MIN_TOKEN_LENGTH = 16
+WS_MAX_RECEIVE = 64 << 10
+"""Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +89,7 @@ def serve(
     token_file: str | None = None,
     allow_commands: bool = False,
     output_roots: tuple[str, ...] = (),
+    max_body: int = 1 << 20,
 ) -> int:
     """Run the API until a signal; returns the exit code. Errors are one line on stderr."""
     try:
@@ -103,7 +106,7 @@ def serve(
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        return asyncio.run(_serve(settings, sock, token, allow_commands, output_roots))
+        return asyncio.run(_serve(settings, sock, token, allow_commands, output_roots, max_body))
     except StoreError as e:
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.STORE
@@ -120,6 +123,7 @@ async def _serve(
     token: str | None,
     allow_commands: bool,
     output_roots: tuple[str, ...],
+    max_body: int,
 ) -> int:
     import uvicorn
 
@@ -144,6 +148,7 @@ async def _serve(
         allowed_origins=origins,
         trusted_hosts=hosts,
         output_roots=output_roots,
+        max_body=max_body,
     )
     config = uvicorn.Config(
         app,
@@ -151,6 +156,7 @@ async def _serve(
         lifespan="on",
         timeout_graceful_shutdown=5,
         ws_ping_interval=20,
+        ws_max_size=WS_MAX_RECEIVE,
         proxy_headers=False,
     )
     server = Server(config)
