@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_api import CLI, REPO, Server
+from tests.fixtures_api import CLI, REPO, Server, poll
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.timeout(180)
@@ -289,3 +289,44 @@ def test_openapi_documents_the_body_limit(start_server) -> None:
     doc = start_server().http.get("/openapi.json").json()
     for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/{op_id}/resume"):
         assert "413" in doc["paths"][path]["post"]["responses"], path
+
+
+# ---- 7. stored strings in the server's own log lines --------------------------------------------------
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rfake line"
+
+
+def test_stored_strings_reach_the_server_log_escaped(start_server, tmp_path: Path) -> None:
+    """An operation left running by a worker whose stored host name is hostile: the server's recovery
+    warning names it, escaped, so the terminal running the server is not retitled or cleared."""
+    import asyncio
+    import time
+
+    from engine.models import Operation, Status, WorkerInfo, new_id
+    from engine.store import open_store
+
+    root = tmp_path / "srv0"
+
+    async def plant() -> str:
+        now = time.time()
+        op = Operation(
+            id=new_id(),
+            type="demo",
+            status=Status.RUNNING,
+            created_at=now,
+            queued_at=now,
+            started_at=now,
+            updated_at=now,
+            worker=WorkerInfo(host=HOSTILE, pid=2**22 + 1),
+        )
+        async with open_store(root / "state") as store:
+            await store.create(op)
+        return op.id
+
+    op_id = asyncio.run(plant())
+    srv = start_server()
+    assert srv.root == root
+    poll(lambda: "left running by" in srv.output(), 30, what="the recovery warning")
+    out = srv.output()
+    assert op_id in out and "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\rfake line" in out

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -28,6 +30,47 @@ ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 MIN_TOKEN_LENGTH = 16
 WS_MAX_RECEIVE = 64 << 10
 """Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``): a stored string in a log line
+    cannot move the cursor, retitle the terminal or forge another line."""
+
+    def one(m: re.Match[str]) -> str:
+        ch = m.group()
+        return ch if keep_newlines and ch == "\n" else ch.encode("unicode_escape").decode("ascii")
+
+    return _CONTROLS.sub(one, text)
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in every record a handler writes (message, and traceback but its newlines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = escape_controls(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = escape_controls(record.exc_text, keep_newlines=True)
+        return True
+
+
+def escape_log_lines() -> None:
+    """Put EscapeControls on the handlers that write this server's log: the engine's, uvicorn's and the
+    root's (given one here, so that no record falls through to logging's unfiltered last resort)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        fallback = logging.StreamHandler(sys.stderr)
+        fallback.setLevel(logging.WARNING)
+        fallback.setFormatter(logging.Formatter("outlast serve: %(name)s: %(levelname)s: %(message)s"))
+        root.addHandler(fallback)
+    for name in ("outlast", "uvicorn", "uvicorn.error", "uvicorn.access", ""):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, EscapeControls) for f in handler.filters):
+                handler.addFilter(EscapeControls())
 
 
 def is_loopback(host: str) -> bool:
@@ -159,7 +202,8 @@ async def _serve(
         ws_max_size=WS_MAX_RECEIVE,
         proxy_headers=False,
     )
-    server = Server(config)
+    server = Server(config)  # uvicorn's handlers exist from here on
+    escape_log_lines()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     async with engine:
