@@ -330,3 +330,22 @@ def test_stored_strings_reach_the_server_log_escaped(start_server, tmp_path: Pat
     out = srv.output()
     assert op_id in out and "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
     assert "\\x1b]0;pwned\\x07\\x1b[2J\\rfake line" in out
+
+
+def test_error_details_escape_what_the_client_sent(start_server) -> None:
+    """A field name or an id with a newline or an escape comes back escaped: the detail stays one line
+    (found by tests/test_api_fuzz.py)."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    before = listing(srv)
+    answers = [
+        srv.http.post("/api/operations/security/scan", json={"\n": None}),
+        srv.http.post("/api/operations", json={"type": "demo", "params": {"\x1b[2J\nfake": 1}}),
+        srv.http.post("/api/operations/codebase/index", json={"params": {"root": "/", "\r\x07": 1}}),
+        srv.http.get("/api/operations/%1B%5B2J%0Afake"),
+    ]
+    for r in answers:
+        assert 400 <= r.status_code < 500, r.text
+        detail = one_line_detail(r)
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in detail), repr(detail)
+    assert "\\x1b[2J\\nfake" in answers[1].json()["detail"]
+    assert listing(srv) == before

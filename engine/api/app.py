@@ -27,6 +27,7 @@ from ..engine import Engine
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
 from .confine import OutputRoots, outputs_dir
+from .escape import escape_controls
 from .metrics import Metrics
 from .progress import ProgressHub
 from .routes import Forbidden, metrics_router, router, typed_router
@@ -216,23 +217,29 @@ def _validation_line(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"detail": "one line"}``: control characters a client sent (a field name, an id) escaped, so
+    the line stays one line wherever it is printed."""
+    return JSONResponse({"detail": escape_controls(detail)}, status_code=status, headers=headers)
+
+
 def _install_errors(app: FastAPI) -> None:
     async def outlast_error(request: Request, exc: Exception) -> JSONResponse:
         status = next((code for cls, code in _STATUS_OF if isinstance(exc, cls)), 500)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(status, str(exc))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": _validation_line(exc)}, status_code=422)
+        return error_response(422, _validation_line(exc))
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 400:  # a body that is not even text: invalid input like any other
-            return JSONResponse({"detail": f"body: {exc.detail}"}, status_code=422)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+            return error_response(422, f"body: {exc.detail}")
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(OutlastError, outlast_error)

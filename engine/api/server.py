@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from ..cli_exit import ExitCode
 from ..config import Settings
 from ..models import InvalidInput, OutlastError, StoreError
+from .escape import escape_controls
 
 TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"
@@ -30,20 +30,6 @@ ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 MIN_TOKEN_LENGTH = 16
 WS_MAX_RECEIVE = 64 << 10
 """Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
-
-
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def escape_controls(text: str, keep_newlines: bool = False) -> str:
-    """``text`` with control characters written as escapes (``\\x1b``): a stored string in a log line
-    cannot move the cursor, retitle the terminal or forge another line."""
-
-    def one(m: re.Match[str]) -> str:
-        ch = m.group()
-        return ch if keep_newlines and ch == "\n" else ch.encode("unicode_escape").decode("ascii")
-
-    return _CONTROLS.sub(one, text)
 
 
 class EscapeControls(logging.Filter):

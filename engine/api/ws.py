@@ -24,6 +24,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..engine import Engine
 from ..models import ACTIVE, SETTLED, InvalidInput, NotFound
+from .escape import escape_controls
 from .progress import ProgressHub, Subscriber, final_message
 from .routes import resolve
 from .schemas import OperationOut
@@ -159,7 +160,7 @@ async def one_progress(ws: WebSocket, op_id: str) -> None:
         op = await engine.get(full)
     except (NotFound, InvalidInput) as e:
         with contextlib.suppress(*_CLOSED):
-            await send(ws, {"type": "error", "detail": str(e)})
+            await send(ws, {"type": "error", "detail": escape_controls(str(e))})
             await ws.close(4404 if isinstance(e, NotFound) else 4422)
         return
     sub = Subscriber(full)
