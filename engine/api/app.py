@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -57,6 +56,41 @@ _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+async def refuse(
+    scope: Scope, send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer from a middleware: ``{"detail": ...}`` with ``status``, or close a WebSocket (1008) saying why."""
+    detail = escape_controls(detail)
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+        return
+    body = json.dumps({"detail": detail}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+class KnownHosts:
+    """Answer only requests naming one of ``hosts`` in their Host header (the port aside): a loopback
+    server without a token refuses a page whose own name was rebound to 127.0.0.1 (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, hosts: tuple[str, ...]) -> None:
+        self.app = app
+        self.hosts = {h.lower() for h in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1").lower()
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]  # [::1]:8001, 127.0.0.1:8001
+        if name in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        names = ", ".join(sorted(self.hosts))
+        await refuse(scope, send, 400, f"host {host!r} is not one this server answers to ({names})")
+
+
 class BearerAuth:
     """Every HTTP request and WebSocket needs ``Authorization: Bearer TOKEN`` (constant-time compare)."""
 
@@ -81,22 +115,8 @@ class BearerAuth:
         if scope["type"] not in ("http", "websocket") or self.allowed(scope):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "a bearer token is required"})
-            return
-        body = json.dumps({"detail": "a valid bearer token is required (Authorization: Bearer TOKEN)"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="outlast"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = "a valid bearer token is required (Authorization: Bearer TOKEN)"
+        await refuse(scope, send, 401, detail, ((b"www-authenticate", b'Bearer realm="outlast"'),))
 
 
 class SameOrigin:
@@ -125,13 +145,7 @@ class SameOrigin:
         if scope["type"] not in ("http", "websocket") or not self.refused(scope):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "cross-origin WebSocket refused"})
-            return
-        body = json.dumps({"detail": "cross-origin request refused (see OUTLAST_API_ORIGINS)"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 403, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, 403, "cross-origin request refused (see OUTLAST_API_ORIGINS)")
 
 
 MAX_BODY = 1 << 20
@@ -164,7 +178,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
-            await self.refuse(send)
+            await self.refuse(scope, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -175,7 +189,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await self.refuse(send)
+                await self.refuse(scope, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -191,16 +205,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def refuse(self, send: Send) -> None:
+    async def refuse(self, scope: Scope, send: Send) -> None:
         detail = f"the request body is larger than the limit of {size_words(self.limit)} (--max-body-size)"
-        body = json.dumps({"detail": detail}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),  # the rest of the body is never read
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, 413, detail, ((b"connection", b"close"),))  # the rest is never read
 
 
 def _validation_line(exc: RequestValidationError) -> str:
@@ -296,7 +303,7 @@ def create_app(
         _document_bearer(app)
     app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))
     if trusted_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(trusted_hosts))  # added last: runs first
+        app.add_middleware(KnownHosts, hosts=tuple(trusted_hosts))  # added last: runs first
     return app
 
 
