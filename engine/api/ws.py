@@ -101,7 +101,10 @@ def snapshot_frames(records: list[dict[str, Any]], limit: int = FRAME_MAX) -> li
 
 async def send(ws: WebSocket, msg: dict[str, Any]) -> None:
     """Send ``msg`` in one frame that every client accepts (trimmed to FRAME_MAX bytes)."""
-    await ws.send_text(_encode(trim(msg)))
+    text = _encode(msg)
+    if len(text) * 4 > FRAME_MAX and len(text.encode()) > FRAME_MAX:  # 4: the most bytes a character takes
+        text = _encode(trim(msg))
+    await ws.send_text(text)
 
 
 def _record(op: Any) -> dict[str, Any]:
