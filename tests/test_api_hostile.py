@@ -349,3 +349,23 @@ def test_error_details_escape_what_the_client_sent(start_server) -> None:
         assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in detail), repr(detail)
     assert "\\x1b[2J\\nfake" in answers[1].json()["detail"]
     assert listing(srv) == before
+
+
+def test_metrics_text_escapes_stored_type_names(start_server, tmp_path: Path) -> None:
+    """A record whose stored type has terminal escapes (written by anyone who can write a shared store):
+    the Prometheus text a terminal may show carries them escaped."""
+    import asyncio
+    import time
+
+    from engine.models import Operation, new_id
+    from engine.store import open_store
+
+    async def plant() -> None:
+        now = time.time()
+        op = Operation(id=new_id(), type="x\x1b]0;pwned\x07\x1b[2J", created_at=now, queued_at=now, updated_at=now)
+        async with open_store(tmp_path / "srv0" / "state") as store:
+            await store.create(op)
+
+    asyncio.run(plant())
+    text = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01").http.get("/metrics").text
+    assert "pwned" in text and "\x1b" not in text and "\x07" not in text
