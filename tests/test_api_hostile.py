@@ -74,6 +74,9 @@ def test_outputs_outside_the_roots_are_refused_and_nothing_is_written(start_serv
             {"type": "backup_operation", "params": {"source": str(tree), "destination": f"{outputs}/escape/copy"}},
             "destination",
         ),
+        # refused before the params are validated: the answer tells nothing about what exists out there
+        ("/api/operations/security/scan", {"params": {"root": "/nonexistent", "output": "/nowhere/x.json"}}, "output"),
+        ("/api/operations", {"type": "backup_operation", "params": {"destination": "/nowhere"}}, "destination"),
         # format=both writes the .json and .sarif siblings of the output: here a link out of the outputs
         ("/api/operations/security/scan", {"params": {**scan, "output": f"{outputs}/out"}}, "output"),
     ]

@@ -13,11 +13,9 @@ refused without ``--allow-commands``, and with it the code they run can write an
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel
 
 WRITTEN: dict[str, tuple[str, ...]] = {
     "codebase_indexing": ("output",),
@@ -46,7 +44,7 @@ class OutputRoots:
     def describe(self) -> str:
         return ", ".join(str(r) for r in self.roots)
 
-    def pinned(self, type_: str, params: BaseModel) -> dict[str, str]:
+    def pinned(self, type_: str, params: Mapping[str, Any]) -> dict[str, str]:
         """The output params of ``type_`` that are set, as the real absolute paths that were checked.
 
         Stored that way, an operation writes where it was checked to write, whichever process runs it
@@ -54,15 +52,16 @@ class OutputRoots:
         """
         out = {}
         for f in WRITTEN.get(type_, ()):
-            value = getattr(params, f, None)
+            value = params.get(f)
             if isinstance(value, str) and value:
                 out[f] = os.path.realpath(Path(value).expanduser())
         return out
 
-    def refusal(self, type_: str, params: BaseModel) -> str | None:
-        """One line naming the field when a validated output of ``type_`` resolves outside every root."""
+    def refusal(self, type_: str, params: Mapping[str, Any]) -> str | None:
+        """One line naming the field when an output of ``type_`` in ``params`` (as sent, or as validated)
+        resolves outside every root."""
         for f in WRITTEN.get(type_, ()):
-            value = getattr(params, f, None)
+            value = params.get(f)
             if not isinstance(value, str) or not value:
                 continue
             target = Path(value).expanduser()

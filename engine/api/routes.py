@@ -5,6 +5,7 @@ Handlers call only the engine's public API; its errors become statuses in ``app.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -85,14 +86,38 @@ def _forbid_command(request: Request, type_: str) -> None:
         raise Forbidden(f"{type_} operations run code and are disabled on this server (start it with --allow-commands)")
 
 
-def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
-    """``spec`` with its output paths resolved; Forbidden when one is outside the roots API clients may write to."""
-    roots = request.app.state.output_roots
-    params = get_handler(spec.type).parse_params(spec.params)  # InvalidInput (422) first, like the engine
-    refusal = roots.refusal(spec.type, params)
+def _refuse_outputs(request: Request, type_: str, params: dict[str, Any]) -> None:
+    refusal = request.app.state.output_roots.refusal(type_, params)
     if refusal:
         raise Forbidden(refusal)
-    return spec.model_copy(update={"params": {**spec.params, **roots.pinned(spec.type, params)}})
+
+
+def _prechecked(type_: str | None) -> Any:
+    """A dependency of the submit routes: an output outside the roots is refused (403) from the body as
+    sent, before the params are validated, so the answer does not depend on what the validators check
+    first (nor tells whether a path outside the roots exists)."""
+
+    async def precheck(request: Request) -> None:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return  # not JSON: the validation says so
+        if not isinstance(body, dict):
+            return
+        kind = type_ if type_ is not None else body.get("type")
+        if isinstance(kind, str) and isinstance(body.get("params"), dict):
+            _refuse_outputs(request, kind, body["params"])
+
+    return Depends(precheck)
+
+
+def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
+    """``spec`` with its output paths resolved; Forbidden when one is outside the roots API clients may write to."""
+    params = get_handler(spec.type).parse_params(spec.params).model_dump()  # InvalidInput (422), like the engine
+    _refuse_outputs(request, spec.type, params)
+    return spec.model_copy(
+        update={"params": {**spec.params, **request.app.state.output_roots.pinned(spec.type, params)}}
+    )
 
 
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
@@ -110,6 +135,7 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
     responses=_errors(403, 413, 422),
     summary="Queue an operation of any registered type",
     tags=["operations"],
+    dependencies=[_prechecked(None)],
 )
 async def submit(request: Request, response: Response, engine: EngineDep, spec: OperationSpec) -> SubmitOut:
     return await _submit(request, response, engine, spec)
@@ -150,6 +176,7 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],
+        dependencies=[_prechecked(type_)],
     )
 
 
