@@ -100,8 +100,8 @@ def _prechecked(type_: str | None) -> Any:
     async def precheck(request: Request) -> None:
         try:
             body = json.loads(await request.body() or b"null")
-        except ValueError:
-            return  # not JSON: the validation says so
+        except (ValueError, RecursionError):
+            return  # not JSON (or nested past what can be parsed here): the validation says so
         if not isinstance(body, dict):
             return
         kind = type_ if type_ is not None else body.get("type")
