@@ -78,7 +78,10 @@ class Target:
         src = root / "src"
         src.mkdir(exist_ok=True)
         (src / "a.py").write_text("x = 1\n")
-        self.paths = [str(src), str(root / "elsewhere.json"), "/", "..", "../../x", "~/x", "out.json", "", "\x00"]
+        outputs = root / "state" / "outputs"
+        outputs.mkdir(parents=True, exist_ok=True)
+        self.paths = [str(src), str(root / "elsewhere.json"), f"{outputs}/x.json", f"{outputs}/../x", "/", ".", ".."]
+        self.paths += ["../../x", "~/x", "~nobody-here/x", "out.json", "", "\x00", "a\x00b"]
         queued = self.srv.submit(params={"items": 1})
         cancelled = self.srv.submit(params={"items": 1})
         assert self.srv.http.post(f"/api/operations/{cancelled}/cancel").status_code == 200
@@ -144,13 +147,18 @@ def op_id(draw: st.DrawFn, t: Target) -> str:
 @st.composite
 def params_for(draw: st.DrawFn, t: Target, type_: str) -> dict[str, Any]:
     """Params with the type's own field names (so validation goes deep), values plausible or not."""
+    from engine.api.confine import WRITTEN
     from engine.registry import handlers
 
     spec = handlers().get(type_)
     fields = list(spec.params.model_fields) if spec else []
     value = st.one_of(json_value, st.sampled_from(t.paths), st.lists(st.sampled_from(t.paths), max_size=3))
     keys = st.sampled_from(fields) if fields else st.text(max_size=10)
-    return draw(st.dictionaries(st.one_of(keys, st.text(max_size=10)), value, max_size=5))
+    params = draw(st.dictionaries(st.one_of(keys, st.text(max_size=10)), value, max_size=5))
+    for f in WRITTEN.get(type_, ()):  # where it writes: often a path, plausible or hostile
+        if draw(st.booleans()):
+            params[f] = draw(st.sampled_from(t.paths))
+    return params
 
 
 @st.composite

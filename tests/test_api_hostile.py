@@ -92,6 +92,27 @@ def test_outputs_outside_the_roots_are_refused_and_nothing_is_written(start_serv
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "victim.txt", "srv0"])
 
 
+def test_outputs_that_are_no_path_at_all_are_refused_in_one_line(start_server, tree: Path) -> None:
+    """The root directory (no name to add .json to), a NUL byte, an unknown ~user: refused, never a 500."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    before = listing(srv)
+    for value in ("/", ".", "\x00", "a\x00b", "~no-such-user-here/x", "/\x00/.."):
+        for path, body, field in (
+            ("/api/operations/security/scan", {"params": {"root": str(tree), "output": value}}, "output"),
+            ("/api/operations", {"type": "security_scan", "params": {"root": str(tree), "output": value}}, "output"),
+            ("/api/operations/codebase/index", {"params": {"root": str(tree), "output": value}}, "output"),
+            (
+                "/api/operations",
+                {"type": "backup_operation", "params": {"source": str(tree), "destination": value}},
+                "destination",
+            ),
+        ):
+            r = srv.http.post(path, json=body)
+            assert r.status_code == 403, (value, path, r.status_code, r.text)
+            assert f"params.{field}" in one_line_detail(r)
+    assert listing(srv) == before
+
+
 def test_outputs_under_the_roots_are_written(start_server, tmp_path: Path, tree: Path) -> None:
     allowed = tmp_path / "reports"
     allowed.mkdir()

@@ -52,28 +52,43 @@ class OutputRoots:
         """
         out = {}
         for f in WRITTEN.get(type_, ()):
-            value = params.get(f)
-            if isinstance(value, str) and value:
-                out[f] = os.path.realpath(Path(value).expanduser())
+            real = real_path(params.get(f))
+            if real is not None:
+                out[f] = str(real)
         return out
 
     def refusal(self, type_: str, params: Mapping[str, Any]) -> str | None:
         """One line naming the field when an output of ``type_`` in ``params`` (as sent, or as validated)
-        resolves outside every root."""
+        resolves outside every root (or cannot be resolved at all)."""
         for f in WRITTEN.get(type_, ()):
             value = params.get(f)
-            if not isinstance(value, str) or not value:
-                continue
-            target = Path(value).expanduser()
-            paths = [target, *(target.with_suffix(s) for s in SIBLING_SUFFIXES.get(type_, ()))]
-            if not all(self.inside(p) for p in paths):
+            if isinstance(value, str) and value and not self.allows(type_, value):
                 return (
-                    f"params.{f}: {value!r} is outside the directories API clients may write to ({self.describe()}); "
-                    "give a path under one of them, or start the server with --allow-output-root DIR"
+                    f"params.{f}: {value!r} is outside the directories API clients may write to "
+                    f"({self.describe()}); give a path under one of them, or start the server with "
+                    "--allow-output-root DIR"
                 )
         return None
 
-    def inside(self, path: Path) -> bool:
-        """``path``, with ``..`` and every symbolic link resolved, is one of the roots or under one."""
-        real = Path(os.path.realpath(path))
+    def allows(self, type_: str, value: str) -> bool:
+        """What ``type_`` writes for the output ``value`` (siblings included) is all under the roots."""
+        real = real_path(value)
+        if real is None or not self.inside(real):
+            return False
+        siblings = [real_path(str(real.with_suffix(s))) for s in SIBLING_SUFFIXES.get(type_, ())] if real.name else []
+        return all(p is not None and self.inside(p) for p in siblings)
+
+    def inside(self, real: Path) -> bool:
+        """``real`` (resolved) is one of the roots or under one."""
         return any(real == r or real.is_relative_to(r) for r in self.roots)
+
+
+def real_path(value: Any) -> Path | None:
+    """``value`` with ``~``, ``..`` and every symbolic link resolved; None when it is no path (not a
+    string, empty, a NUL byte, an unknown ``~user``)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return Path(os.path.realpath(Path(value).expanduser()))
+    except (ValueError, OSError, RuntimeError):
+        return None
