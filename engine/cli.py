@@ -166,8 +166,31 @@ def run_one_cmd(app: App, op_id: str) -> int:
 @click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the API token.")
 @click.option("--allow-commands", is_flag=True, help="Allow code-running types (command, test suites).")
+@click.option(
+    "--allow-output-root",
+    "output_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A directory API clients may write outputs under, besides the state dir's outputs (repeatable).",
+)
+@click.option(
+    "--max-body-size",
+    "max_body",
+    type=click.IntRange(1024, 1 << 30),
+    default=1 << 20,
+    show_default=True,
+    help="Bytes: larger request bodies are refused (413) unread.",
+)
 @pass_app
-def serve(app: App, host: str, port: int, token_file: str | None, allow_commands: bool) -> int:
+def serve(
+    app: App,
+    host: str,
+    port: int,
+    token_file: str | None,
+    allow_commands: bool,
+    output_roots: tuple[str, ...],
+    max_body: int,
+) -> int:
     """Serve the HTTP API."""
     settings = app.settings
     try:
@@ -177,7 +200,7 @@ def serve(app: App, host: str, port: int, token_file: str | None, allow_commands
             f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
         )
         return ExitCode.USAGE
-    return int(serve_api(settings, host, port, token_file, allow_commands) or 0)
+    return int(serve_api(settings, host, port, token_file, allow_commands, output_roots, max_body) or 0)
 
 
 def _register() -> None:

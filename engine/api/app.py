@@ -19,13 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine import Engine
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
+from .confine import OutputRoots, outputs_dir
+from .escape import escape_controls
 from .metrics import Metrics
 from .progress import ProgressHub
 from .routes import Forbidden, metrics_router, router, typed_router
@@ -38,6 +39,12 @@ DESCRIPTION = """Start, watch, cancel, pause and resume Outlast operations.
 Every operation submitted here is stored like any other: `outlast ls` and the dashboard show it.
 Live progress: open a WebSocket on `/api/operations/{id}/progress` (one operation; closes after
 its `final` message) or `/api/operations/progress` (all operations). Prometheus metrics: `/metrics`.
+
+Paths a client names for what an operation writes (`codebase_indexing` and `security_scan` `output`,
+`backup_operation` `destination`) must resolve, symbolic links and `..` included, under the state
+directory's `outputs` or a directory the server allows (`outlast serve --allow-output-root DIR`);
+anything else is refused with 403 naming the field and the allowed directories. A request body over
+the server's limit (1 MiB by default) is refused with 413 before it is read whole.
 """
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
@@ -47,6 +54,41 @@ _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, 403),
     (StoreError, 503),
 )
+
+
+async def refuse(
+    scope: Scope, send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer from a middleware: ``{"detail": ...}`` with ``status``, or close a WebSocket (1008) saying why."""
+    detail = escape_controls(detail)
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+        return
+    body = json.dumps({"detail": detail}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+class KnownHosts:
+    """Answer only requests naming one of ``hosts`` in their Host header (the port aside): a loopback
+    server without a token refuses a page whose own name was rebound to 127.0.0.1 (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, hosts: tuple[str, ...]) -> None:
+        self.app = app
+        self.hosts = {h.lower() for h in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1").lower()
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]  # [::1]:8001, 127.0.0.1:8001
+        if name in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        names = ", ".join(sorted(self.hosts))
+        await refuse(scope, send, 400, f"host {host!r} is not one this server answers to ({names})")
 
 
 class BearerAuth:
@@ -73,22 +115,8 @@ class BearerAuth:
         if scope["type"] not in ("http", "websocket") or self.allowed(scope):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "a bearer token is required"})
-            return
-        body = json.dumps({"detail": "a valid bearer token is required (Authorization: Bearer TOKEN)"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="outlast"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = "a valid bearer token is required (Authorization: Bearer TOKEN)"
+        await refuse(scope, send, 401, detail, ((b"www-authenticate", b'Bearer realm="outlast"'),))
 
 
 class SameOrigin:
@@ -117,13 +145,69 @@ class SameOrigin:
         if scope["type"] not in ("http", "websocket") or not self.refused(scope):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "cross-origin WebSocket refused"})
+        await refuse(scope, send, 403, "cross-origin request refused (see OUTLAST_API_ORIGINS)")
+
+
+MAX_BODY = 1 << 20
+"""The default limit of a request body, in bytes (``outlast serve --max-body-size``)."""
+
+
+def size_words(n: int) -> str:
+    """``1 MiB``, ``64 KiB`` or ``1500 bytes``: the limit as an error message names it."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413 before it is read whole: at once when its
+    Content-Length says so, else (a chunked body) as soon as the bytes received pass the limit.
+
+    The body is read here, counted, and handed on in one piece, so nothing behind this ever holds
+    more than ``limit`` bytes of one request.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": "cross-origin request refused (see OUTLAST_API_ORIGINS)"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 403, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self.refuse(scope, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self.refuse(scope, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: only the client's disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, scope: Scope, send: Send) -> None:
+        detail = f"the request body is larger than the limit of {size_words(self.limit)} (--max-body-size)"
+        await refuse(scope, send, 413, detail, ((b"connection", b"close"),))  # the rest is never read
 
 
 def _validation_line(exc: RequestValidationError) -> str:
@@ -140,23 +224,29 @@ def _validation_line(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"detail": "one line"}``: control characters a client sent (a field name, an id) escaped, so
+    the line stays one line wherever it is printed."""
+    return JSONResponse({"detail": escape_controls(detail)}, status_code=status, headers=headers)
+
+
 def _install_errors(app: FastAPI) -> None:
     async def outlast_error(request: Request, exc: Exception) -> JSONResponse:
         status = next((code for cls, code in _STATUS_OF if isinstance(exc, cls)), 500)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(status, str(exc))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": _validation_line(exc)}, status_code=422)
+        return error_response(422, _validation_line(exc))
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 400:  # a body that is not even text: invalid input like any other
-            return JSONResponse({"detail": f"body: {exc.detail}"}, status_code=422)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+            return error_response(422, f"body: {exc.detail}")
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(OutlastError, outlast_error)
@@ -174,10 +264,14 @@ def create_app(
     allow_commands: bool = False,
     allowed_origins: tuple[str, ...] = (),
     trusted_hosts: tuple[str, ...] | None = None,
+    output_roots: tuple[str, ...] = (),
+    max_body: int = MAX_BODY,
 ) -> FastAPI:
     """The API on ``engine`` (started by the caller). With ``token``, every request must carry it.
     Browsers' cross-origin WebSockets and writes are refused unless their origin is in ``allowed_origins``;
-    with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server)."""
+    with ``trusted_hosts``, requests naming another Host are refused (DNS rebinding of a loopback server).
+    Outputs a client names must be under the state dir's outputs or one of ``output_roots``; a request
+    body over ``max_body`` bytes is refused (413) before it is read whole."""
     hub = ProgressHub(engine)
     metrics = Metrics(engine)
 
@@ -196,18 +290,20 @@ def create_app(
     app.state.hub = hub
     app.state.metrics = metrics
     app.state.allow_commands = allow_commands
+    app.state.output_roots = OutputRoots(outputs_dir(engine.store, engine.settings.state_dir), output_roots)
     ensure_loaded(engine.settings.plugins)  # plugins' types document the typed endpoints
     app.include_router(router)
     app.include_router(typed_router())
     app.include_router(metrics_router)
     app.include_router(ws_router)
     _install_errors(app)
+    app.add_middleware(BodyLimit, limit=max_body)  # innermost: a client without the token is refused unread
     if token:
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)
     app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))
     if trusted_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(trusted_hosts))  # added last: runs first
+        app.add_middleware(KnownHosts, hosts=tuple(trusted_hosts))  # added last: runs first
     return app
 
 

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from ..engine import Engine
 from ..models import CheckpointSaved, Event, ItemFailed, NotFound, Priority, Status, StatusChanged, TimeoutExtended
+from .escape import escape_controls
 
 log = logging.getLogger("outlast.api")
 
@@ -60,7 +61,7 @@ class _StoreSnapshot(Collector):
             "outlast_operations", "Operations in the store by status and type", labels=["status", "type"]
         )
         for (status, type_), n in sorted(self.by_status_type.items()):
-            ops.add_metric([Status(status).value, type_], n)
+            ops.add_metric([Status(status).value, escape_controls(type_)], n)
         yield ops
         queue = GaugeMetricFamily("outlast_queue_depth", "Queued operations by priority", labels=["priority"])
         for prio in Priority:
@@ -154,7 +155,7 @@ class Metrics:
         t = self._types.get(op_id)
         if t is None:
             try:
-                t = (await self.engine.store.get(op_id)).type
+                t = escape_controls((await self.engine.store.get(op_id)).type)  # a stored string, into plain text
             except NotFound:
                 t = "unknown"
             self._types[op_id] = t

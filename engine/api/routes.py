@@ -5,6 +5,7 @@ Handlers call only the engine's public API; its errors become statuses in ``app.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -14,7 +15,7 @@ from pydantic import Field, create_model
 from .. import __version__
 from ..engine import Engine
 from ..models import ID_RE, SETTLED, Operation, OperationSpec, Status
-from ..registry import AnyParams, HandlerSpec, handlers
+from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
     CheckpointList,
@@ -48,9 +49,11 @@ class Forbidden(Exception):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     words = {
-        403: "Not allowed on this server",
+        403: "Not allowed on this server: a code-running type without --allow-commands, or an output path "
+        "outside the directories API clients may write to",
         404: "No operation matches the id",
         409: "The operation's state does not allow this",
+        413: "The request body is over the server's limit (1 MiB unless --max-body-size says otherwise)",
         422: "Invalid input (the field or id is named)",
     }
     return {c: {"model": ErrorOut, "description": words[c]} for c in codes}
@@ -83,9 +86,43 @@ def _forbid_command(request: Request, type_: str) -> None:
         raise Forbidden(f"{type_} operations run code and are disabled on this server (start it with --allow-commands)")
 
 
+def _refuse_outputs(request: Request, type_: str, params: dict[str, Any]) -> None:
+    refusal = request.app.state.output_roots.refusal(type_, params)
+    if refusal:
+        raise Forbidden(refusal)
+
+
+def _prechecked(type_: str | None) -> Any:
+    """A dependency of the submit routes: an output outside the roots is refused (403) from the body as
+    sent, before the params are validated, so the answer does not depend on what the validators check
+    first (nor tells whether a path outside the roots exists)."""
+
+    async def precheck(request: Request) -> None:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (ValueError, RecursionError):
+            return  # not JSON (or nested past what can be parsed here): the validation says so
+        if not isinstance(body, dict):
+            return
+        kind = type_ if type_ is not None else body.get("type")
+        if isinstance(kind, str) and isinstance(body.get("params"), dict):
+            _refuse_outputs(request, kind, body["params"])
+
+    return Depends(precheck)
+
+
+def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
+    """``spec`` with its output paths resolved; Forbidden when one is outside the roots API clients may write to."""
+    params = get_handler(spec.type).parse_params(spec.params).model_dump()  # InvalidInput (422), like the engine
+    _refuse_outputs(request, spec.type, params)
+    return spec.model_copy(
+        update={"params": {**spec.params, **request.app.state.output_roots.pinned(spec.type, params)}}
+    )
+
+
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
     _forbid_command(request, spec.type)
-    op = await engine.submit(spec)
+    op = await engine.submit(_confine_outputs(request, spec))
     url = f"/api/operations/{op.id}"
     response.headers["Location"] = url
     return SubmitOut(operation_id=op.id, type=op.type, status=op.status, url=url)
@@ -95,9 +132,10 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
     "/operations",
     status_code=202,
     response_model=SubmitOut,
-    responses=_errors(403, 422),
+    responses=_errors(403, 413, 422),
     summary="Queue an operation of any registered type",
     tags=["operations"],
+    dependencies=[_prechecked(None)],
 )
 async def submit(request: Request, response: Response, engine: EngineDep, spec: OperationSpec) -> SubmitOut:
     return await _submit(request, response, engine, spec)
@@ -134,10 +172,11 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         methods=["POST"],
         status_code=202,
         response_model=SubmitOut,
-        responses=_errors(403, 422) if type_ in CODE_TYPES else _errors(422),
+        responses=_errors(403, 413, 422),
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],
+        dependencies=[_prechecked(type_)],
     )
 
 
@@ -230,7 +269,7 @@ for _action in ("cancel", "pause"):
     "/operations/{op_id}/resume",
     status_code=202,
     response_model=ControlOut,
-    responses=_errors(403, 404, 409, 422),
+    responses=_errors(403, 404, 409, 413, 422),
     summary="Queue a stopped operation again, from its newest valid checkpoint or the one given",
     tags=["control"],
 )

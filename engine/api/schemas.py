@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ..models import Checkpoint, LogRecord, Operation, OperationSpec, Priority, Progress, Status
+from ..models import Checkpoint, InvalidInput, LogRecord, Operation, OperationSpec, Progress, Status
+from ..profiles import one_line
 
 
 class ErrorOut(BaseModel):
@@ -19,21 +20,24 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-class SubmitIn(BaseModel):
-    """The body of the typed submit endpoints: an OperationSpec without its type (set by the path)."""
-
+class _SubmitBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    params: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = Priority.NORMAL
-    profile: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = Field(default=None, max_length=200)
-    total_items: int | None = Field(default=None, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
-    tags: dict[str, str] = Field(default_factory=dict)
-
     def spec(self, type_: str) -> OperationSpec:
-        return OperationSpec(type=type_, **self.model_dump(mode="json"))
+        """The OperationSpec of ``type_``: InvalidInput (one line) when the engine's model refuses it."""
+        try:
+            return OperationSpec(type=type_, **self.model_dump())  # not mode="json": it would turn inf into null
+        except ValidationError as e:
+            raise InvalidInput(f"body: {one_line(e)}") from None
+
+
+SubmitIn = create_model(
+    "SubmitIn",
+    __base__=_SubmitBase,
+    __doc__="The body of the typed submit endpoints: an OperationSpec without its type (set by the path).",
+    **{name: (f.annotation, f) for name, f in OperationSpec.model_fields.items() if name != "type"},  # type: ignore[call-overload]
+)
+"""The fields, defaults and limits are OperationSpec's, so both endpoints accept the same bodies."""
 
 
 class SubmitOut(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -21,11 +22,41 @@ from typing import Any
 from ..cli_exit import ExitCode
 from ..config import Settings
 from ..models import InvalidInput, OutlastError, StoreError
+from .escape import escape_controls
 
 TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 """Comma-separated origins (``https://ops.example.org``) whose pages may use the API from a browser."""
 MIN_TOKEN_LENGTH = 16
+WS_MAX_RECEIVE = 64 << 10
+"""Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in every record a handler writes (message, and traceback but its newlines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = escape_controls(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = escape_controls(record.exc_text, keep_newlines=True)
+        return True
+
+
+def escape_log_lines() -> None:
+    """Put EscapeControls on the handlers that write this server's log: the engine's, uvicorn's and the
+    root's (given one here, so that no record falls through to logging's unfiltered last resort)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        fallback = logging.StreamHandler(sys.stderr)
+        fallback.setLevel(logging.WARNING)
+        fallback.setFormatter(logging.Formatter("outlast serve: %(name)s: %(levelname)s: %(message)s"))
+        root.addHandler(fallback)
+    for name in ("outlast", "uvicorn", "uvicorn.error", "uvicorn.access", ""):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, EscapeControls) for f in handler.filters):
+                handler.addFilter(EscapeControls())
 
 
 def is_loopback(host: str) -> bool:
@@ -86,6 +117,8 @@ def serve(
     port: int = 8001,
     token_file: str | None = None,
     allow_commands: bool = False,
+    output_roots: tuple[str, ...] = (),
+    max_body: int = 1 << 20,
 ) -> int:
     """Run the API until a signal; returns the exit code. Errors are one line on stderr."""
     try:
@@ -102,7 +135,7 @@ def serve(
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        return asyncio.run(_serve(settings, sock, token, allow_commands))
+        return asyncio.run(_serve(settings, sock, token, allow_commands, output_roots, max_body))
     except StoreError as e:
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.STORE
@@ -113,7 +146,14 @@ def serve(
         sock.close()
 
 
-async def _serve(settings: Settings, sock: socket.socket, token: str | None, allow_commands: bool) -> int:
+async def _serve(
+    settings: Settings,
+    sock: socket.socket,
+    token: str | None,
+    allow_commands: bool,
+    output_roots: tuple[str, ...],
+    max_body: int,
+) -> int:
     import uvicorn
 
     from ..engine import Engine
@@ -130,11 +170,26 @@ async def _serve(settings: Settings, sock: socket.socket, token: str | None, all
     # Without a token, a loopback server answers only to loopback host names: a page whose own name
     # was rebound to 127.0.0.1 (DNS rebinding) is refused.
     hosts = LOOPBACK_HOSTS if token is None else None
-    app = create_app(engine, token=token, allow_commands=allow_commands, allowed_origins=origins, trusted_hosts=hosts)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, ws_ping_interval=20, proxy_headers=False
+    app = create_app(
+        engine,
+        token=token,
+        allow_commands=allow_commands,
+        allowed_origins=origins,
+        trusted_hosts=hosts,
+        output_roots=output_roots,
+        max_body=max_body,
     )
-    server = Server(config)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws_ping_interval=20,
+        ws_max_size=WS_MAX_RECEIVE,
+        proxy_headers=False,
+    )
+    server = Server(config)  # uvicorn's handlers exist from here on
+    escape_log_lines()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     async with engine:

@@ -6,19 +6,25 @@ message when it settles; then the server closes the socket (code 1000). An unkno
 ``error`` message and close code 4404; a malformed one 4422.
 
 All operations: a ``snapshot`` of the active ones, then the same messages for every operation
-(no logs), with a ``final`` per operation as it settles; the socket stays open.
+(no logs), with a ``final`` per operation as it settles; the socket stays open. A large snapshot
+comes in several ``snapshot`` messages, ``more`` true on all but the last.
+
+Every message fits in FRAME_MAX bytes, well under the 1 MiB clients accept by default: fields too
+large for it are null and named in ``truncated``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..engine import Engine
 from ..models import ACTIVE, SETTLED, InvalidInput, NotFound
+from .escape import escape_controls
 from .progress import ProgressHub, Subscriber, final_message
 from .routes import resolve
 from .schemas import OperationOut
@@ -34,6 +40,71 @@ def _parts(ws: WebSocket) -> tuple[Engine, ProgressHub]:
 async def _accept(ws: WebSocket) -> None:
     """Accept; a client that sent its token as subprotocols ``["bearer", TOKEN]`` gets "bearer" back."""
     await ws.accept(subprotocol="bearer" if "bearer" in (ws.scope.get("subprotocols") or []) else None)
+
+
+FRAME_MAX = 512 << 10
+"""Bytes of one message the server sends: half the 1 MiB that WebSocket clients accept by default."""
+_KEEP = frozenset({"type", "operation_id", "id", "status", "timestamp", "truncated", "more"})
+"""Fields never left out of a message trimmed to fit a frame: what says what the message is about."""
+
+
+def _encode(msg: Any) -> str:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def trim(msg: dict[str, Any], limit: int = FRAME_MAX) -> dict[str, Any]:
+    """``msg``, or a copy whose JSON fits in ``limit`` bytes.
+
+    What does not fit (a large result, params, tags, metrics or error) is set to null, largest first,
+    and named in ``truncated`` (``"operation.params"``); the full record is at ``GET /api/operations/ID``.
+    """
+    if _size(msg) <= limit:
+        return msg
+    msg = dict(msg)
+    fields: list[tuple[int, tuple[str, ...]]] = []
+    for key, value in msg.items():
+        if key in _KEEP:
+            continue
+        if isinstance(value, dict) and key in ("operation", "progress"):
+            msg[key] = value = dict(value)
+            fields += [(_size(v), (key, k)) for k, v in value.items() if k not in _KEEP]
+        else:
+            fields.append((_size(value), (key,)))
+    msg["truncated"] = truncated = []
+    for _, path in sorted(fields, reverse=True):
+        holder = msg[path[0]] if len(path) == 2 else msg
+        holder[path[-1]] = None
+        truncated.append(".".join(path))
+        if _size(msg) <= limit:
+            break
+    return msg
+
+
+def snapshot_frames(records: list[dict[str, Any]], limit: int = FRAME_MAX) -> list[str]:
+    """The all-operations snapshot as frames of at most ``limit`` bytes: ``more`` is true on all but the last."""
+    frames: list[str] = []
+    batch: list[str] = []
+    room = limit - _size({"type": "snapshot", "more": False, "operations": []})
+    for record in records:
+        text = _encode(trim(record, limit // 2))
+        if batch and sum(len(t.encode()) + 1 for t in batch) + len(text.encode()) > room:
+            frames.append('{"type":"snapshot","more":true,"operations":[' + ",".join(batch) + "]}")
+            batch = []
+        batch.append(text)
+    frames.append('{"type":"snapshot","more":false,"operations":[' + ",".join(batch) + "]}")
+    return frames
+
+
+async def send(ws: WebSocket, msg: dict[str, Any]) -> None:
+    """Send ``msg`` in one frame that every client accepts (trimmed to FRAME_MAX bytes)."""
+    text = _encode(msg)
+    if len(text) * 4 > FRAME_MAX and len(text.encode()) > FRAME_MAX:  # 4: the most bytes a character takes
+        text = _encode(trim(msg))
+    await ws.send_text(text)
 
 
 def _record(op: Any) -> dict[str, Any]:
@@ -56,7 +127,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
                 nxt.cancel()
                 return
             msg = nxt.result()
-            await ws.send_json(msg)
+            await send(ws, msg)
             if close_on_final and msg["type"] == "final":
                 await ws.close(1000)
                 return
@@ -74,7 +145,8 @@ async def all_progress(ws: WebSocket) -> None:
     hub.add(sub)
     try:
         active = await engine.list(statuses=list(ACTIVE), limit=1000)
-        await ws.send_json({"type": "snapshot", "operations": [_record(o) for o in active]})
+        for frame in snapshot_frames([_record(o) for o in active]):
+            await ws.send_text(frame)
         await _pump(ws, sub, close_on_final=False)
     except _CLOSED:
         pass
@@ -91,16 +163,16 @@ async def one_progress(ws: WebSocket, op_id: str) -> None:
         op = await engine.get(full)
     except (NotFound, InvalidInput) as e:
         with contextlib.suppress(*_CLOSED):
-            await ws.send_json({"type": "error", "detail": str(e)})
+            await send(ws, {"type": "error", "detail": escape_controls(str(e))})
             await ws.close(4404 if isinstance(e, NotFound) else 4422)
         return
     sub = Subscriber(full)
     hub.add(sub)
     try:
         op = await engine.get(full)  # again, now that no change can slip between read and subscribe
-        await ws.send_json({"type": "snapshot", "operation": _record(op)})
+        await send(ws, {"type": "snapshot", "operation": _record(op)})
         if op.status in SETTLED:
-            await ws.send_json(final_message(op))
+            await send(ws, final_message(op))
             await ws.close(1000)
             return
         await _pump(ws, sub, close_on_final=True)

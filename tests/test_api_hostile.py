@@ -1,0 +1,395 @@
+"""A hostile API client against a real ``outlast serve``: where it may write, how much it may send."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures_api import CLI, REPO, Server, poll
+
+pytest.importorskip("fastapi")
+pytestmark = pytest.mark.timeout(180)
+
+
+def listing(srv: Server) -> list[dict[str, Any]]:
+    """What ``outlast ls --json`` would show, through the API: every record, newest first."""
+    r = srv.http.get("/api/operations", params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def one_line_detail(r: Any) -> str:
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail and "Traceback" not in detail, detail
+    return detail
+
+
+# ---- 8. outputs an API client names are confined ------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("API_KEY = 'AKIAABCDEFGHIJKLMNOP'\n")
+    return src
+
+
+def test_outputs_outside_the_roots_are_refused_and_nothing_is_written(start_server, tmp_path: Path, tree: Path) -> None:
+    srv = start_server()  # its engine runs work: anything accepted would be written at once
+    outputs = srv.root / "state" / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    (outputs / "escape").symlink_to(tmp_path, target_is_directory=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (outputs / "out.sarif").symlink_to(victim)
+    scan = {"root": str(tree)}
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("/api/operations", {"type": "security_scan", "params": {**scan, "output": str(victim)}}, "output"),
+        ("/api/operations/security/scan", {"params": {**scan, "output": str(victim), "format": "json"}}, "output"),
+        (
+            "/api/operations",
+            {"type": "codebase_indexing", "params": {**scan, "output": str(tmp_path / "i.db")}},
+            "output",
+        ),
+        ("/api/operations/codebase/index", {"params": {**scan, "output": str(tmp_path / "i.db")}}, "output"),
+        (
+            "/api/operations",
+            {"type": "backup_operation", "params": {"source": str(tree), "destination": str(tmp_path / "copy")}},
+            "destination",
+        ),
+        # `..` out of the outputs directory
+        ("/api/operations/security/scan", {"params": {**scan, "output": f"{outputs}/../../../victim.txt"}}, "output"),
+        # a relative path: resolved against the server's working directory, which is no output root
+        ("/api/operations/security/scan", {"params": {**scan, "output": "victim.json"}}, "output"),
+        # a symbolic link inside the outputs directory that points out of it
+        ("/api/operations/security/scan", {"params": {**scan, "output": f"{outputs}/escape/victim.txt"}}, "output"),
+        (
+            "/api/operations",
+            {"type": "backup_operation", "params": {"source": str(tree), "destination": f"{outputs}/escape/copy"}},
+            "destination",
+        ),
+        # refused before the params are validated: the answer tells nothing about what exists out there
+        ("/api/operations/security/scan", {"params": {"root": "/nonexistent", "output": "/nowhere/x.json"}}, "output"),
+        ("/api/operations", {"type": "backup_operation", "params": {"destination": "/nowhere"}}, "destination"),
+        # format=both writes the .json and .sarif siblings of the output: here a link out of the outputs
+        ("/api/operations/security/scan", {"params": {**scan, "output": f"{outputs}/out"}}, "output"),
+    ]
+    before = listing(srv)
+    for path, body, field in cases:
+        r = srv.http.post(path, json=body)
+        assert r.status_code == 403, (path, body, r.status_code, r.text)
+        detail = one_line_detail(r)
+        assert f"params.{field}" in detail and str(outputs.resolve()) in detail, detail
+        assert "--allow-output-root" in detail
+    assert listing(srv) == before  # nothing stored
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "victim.txt", "srv0"])
+
+
+def test_outputs_that_are_no_path_at_all_are_refused_in_one_line(start_server, tree: Path) -> None:
+    """The root directory (no name to add .json to), a NUL byte, an unknown ~user: refused, never a 500."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    before = listing(srv)
+    for value in ("/", ".", "\x00", "a\x00b", "~no-such-user-here/x", "/\x00/.."):
+        for path, body, field in (
+            ("/api/operations/security/scan", {"params": {"root": str(tree), "output": value}}, "output"),
+            ("/api/operations", {"type": "security_scan", "params": {"root": str(tree), "output": value}}, "output"),
+            ("/api/operations/codebase/index", {"params": {"root": str(tree), "output": value}}, "output"),
+            (
+                "/api/operations",
+                {"type": "backup_operation", "params": {"source": str(tree), "destination": value}},
+                "destination",
+            ),
+        ):
+            r = srv.http.post(path, json=body)
+            assert r.status_code == 403, (value, path, r.status_code, r.text)
+            assert f"params.{field}" in one_line_detail(r)
+    assert listing(srv) == before
+
+
+def test_outputs_under_the_roots_are_written(start_server, tmp_path: Path, tree: Path) -> None:
+    allowed = tmp_path / "reports"
+    allowed.mkdir()
+    srv = start_server("--allow-output-root", str(allowed))
+    outputs = (srv.root / "state" / "outputs").resolve()
+
+    def run(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = srv.http.post(path, json=body)
+        assert r.status_code == 202, r.text
+        op = srv.wait_status(r.json()["operation_id"], {"completed", "failed"}, timeout=90)
+        assert op["status"] == "completed", op
+        return op
+
+    outputs.mkdir(parents=True, exist_ok=True)
+    (outputs / "link").symlink_to(allowed, target_is_directory=True)
+    op = run("/api/operations/security/scan", {"params": {"root": str(tree), "output": f"{outputs}/one.json"}})
+    assert json.loads((outputs / "one.json").read_text()) and (outputs / "one.sarif").exists()
+    # Stored as the real path that was checked: whichever process runs it writes there.
+    op = run(
+        "/api/operations/codebase/index", {"params": {"root": str(tree), "output": f"{outputs}/../outputs/link/i.db"}}
+    )
+    assert op["params"]["output"] == str(allowed.resolve() / "i.db") and (allowed / "i.db").exists()
+    op = run("/api/operations/security/scan", {"params": {"root": str(tree), "output": str(allowed / "r")}})
+    assert (allowed / "r.json").exists() and (allowed / "r.sarif").exists()
+    backup = {"source": str(tree), "destination": f"{outputs}/copy"}
+    run("/api/operations", {"type": "backup_operation", "params": backup})
+    assert (outputs / "copy" / "a.py").read_text() == (tree / "a.py").read_text()
+    op = run("/api/operations/codebase/index", {"params": {"root": str(tree), "output": str(allowed / "i.sqlite")}})
+    assert (allowed / "i.sqlite").exists()
+    # Without an output, the defaults are in the outputs directory as before.
+    run("/api/operations/security/scan", {"params": {"root": str(tree)}})
+
+
+def test_serve_refuses_an_output_root_that_is_not_a_directory(tmp_path: Path) -> None:
+    from tests.fixtures_api import api_env
+
+    r = subprocess.run(
+        [*CLI, "serve", "--port", "1", "--allow-output-root", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=api_env(tmp_path),
+        cwd=REPO,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--allow-output-root" in r.stderr and "does not exist" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- 9. request size limits -------------------------------------------------------------------------
+
+
+def raw_request(srv: Server, head: str, chunks: list[bytes] = (), timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """Send a request by hand (a lying Content-Length, a chunked body); the status and JSON body answered.
+
+    The server may answer and close before the client has sent everything: that is the point.
+    """
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        s.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+                got = s.recv(65536)
+                if not got:
+                    break
+                data += got
+        except ConnectionResetError:
+            pass
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line, "no answer"
+    body = rest.split(b"\r\n\r\n", 1)[1]
+    return int(status_line.split()[1]), json.loads(body[: _length(data)])
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+def _head(srv: Server, framing: str) -> str:
+    return (
+        f"POST /api/operations HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+        f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(start_server) -> None:
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: what is accepted stays queued
+    before = listing(srv)
+    # A Content-Length of 300 MB and one byte sent: answered at once, not after waiting for the rest.
+    status, body = raw_request(srv, _head(srv, "Content-Length: 314572800"), [b"{"])
+    assert status == 413 and "1 MiB" in body["detail"], body
+    # A chunked body of valid JSON (a 4 MiB tag): refused once the bytes received pass the limit.
+    payload = b'{"type": "demo", "tags": {"big": "' + b"x" * (4 << 20) + b'"}}'
+    chunks = [b"%x\r\n%s\r\n" % (len(c), c) for c in (payload[i : i + 65536] for i in range(0, len(payload), 65536))]
+    status, body = raw_request(srv, _head(srv, "Transfer-Encoding: chunked"), [*chunks, b"0\r\n\r\n"])
+    assert status == 413 and "1 MiB" in body["detail"], body
+    # An ordinary client sending 2 MiB of JSON
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * (2 << 20)})
+    assert r.status_code == 413 and one_line_detail(r).startswith("the request body is larger than the limit")
+    assert listing(srv) == before
+    # Under the limit, a body is handled as before, and the server still answers.
+    r = srv.http.post("/api/operations", json={"type": "demo", "params": {"items": -1}, "name": "n" * 100})
+    assert r.status_code == 422 and "items" in r.json()["detail"]
+    assert srv.http.post("/api/operations", json={"type": "demo", "params": {"items": 1}}).status_code == 202
+
+
+def test_max_body_size_sets_the_limit(start_server) -> None:
+    srv = start_server("--max-body-size", "2048", OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * 3000})
+    assert r.status_code == 413 and "2 KiB" in one_line_detail(r)
+    r = srv.http.post("/api/operations", json={"type": "demo", "name": "n" * 150})
+    assert r.status_code == 202, r.text
+
+
+def test_websocket_snapshot_frames_fit_the_client_default(start_server) -> None:
+    """1000 queued operations with names and tags well within the model limits make a snapshot of
+    more than 1 MiB: it comes in frames that a client with the default 1 MiB limit reads."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: all stay queued (active)
+    tags = {f"tag{i}": "v" * 100 for i in range(5)}
+
+    def submit(i: int) -> str:
+        return srv.submit(params={"items": 1}, name=f"{i:04d}-" + "n" * 150, tags=tags)
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(submit, range(1000)))
+    frames: list[str] = []
+    seen: list[str] = []
+    with ws_client.connect(f"{srv.ws_url}/api/operations/progress", open_timeout=30) as ws:  # max_size: 1 MiB
+        while True:
+            frames.append(ws.recv(timeout=60))
+            msg = json.loads(frames[-1])
+            assert msg["type"] == "snapshot"
+            seen += [o["id"] for o in msg["operations"]]
+            if not msg.get("more"):
+                break
+    assert set(seen) == ids and len(seen) == len(ids)
+    assert sum(len(f.encode()) for f in frames) > 1 << 20 and len(frames) > 1
+    assert all(len(f.encode()) <= 512 << 10 for f in frames)
+
+
+def test_messages_too_large_for_a_frame_are_trimmed_and_say_so() -> None:
+    from engine.api.ws import FRAME_MAX, snapshot_frames, trim
+
+    big = {"rows": ["r" * 1000] * 3000}  # 3 MB of result
+    record = {"id": "06b2w5rvzhmwb", "status": "completed", "params": {"p": 1}, "result": big, "progress": {}}
+    msg = trim({"type": "snapshot", "operation": record})
+    assert len(json.dumps(msg).encode()) <= FRAME_MAX
+    assert msg["truncated"] == ["operation.result"] and msg["operation"]["params"] == {"p": 1}
+    assert record["result"] is big  # the caller's record is left alone
+    final = trim(
+        {"type": "final", "operation_id": "06b2w5rvzhmwb", "status": "failed", "result": big, "error": "e" * 10}
+    )
+    assert final["result"] is None and final["error"] == "e" * 10 and final["truncated"] == ["result"]
+    small = {"type": "final", "operation_id": "x", "result": {"a": 1}}
+    assert trim(small) is small
+    frames = snapshot_frames([record, {**record, "id": "06b2w5rvzhmwc", "result": None}])
+    assert len(frames) == 1 and all(len(f.encode()) <= FRAME_MAX for f in frames)
+    ops = json.loads(frames[0])["operations"]
+    assert ops[0]["truncated"] == ["result"] and "truncated" not in ops[1]
+
+
+def test_every_builtin_param_is_known_to_write_or_not() -> None:
+    """A new param of a built-in type fails this until it is classified: a place it writes is confined."""
+    from engine.api.confine import WRITTEN
+    from engine.api.routes import CODE_TYPES
+    from engine.registry import handlers
+
+    read_only = {
+        "backup_operation": {"source", "verify", "chunk_checkpoint"},
+        "codebase_indexing": {"root", "patterns", "exclude"},
+        "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on"},
+        "demo": {"items", "seconds", "fail_every", "crash_at", "hang_at"},
+    }
+    for type_, h in handlers().items():
+        if h.source == "builtin" and type_ not in CODE_TYPES:
+            assert set(h.params.model_fields) == read_only[type_] | set(WRITTEN.get(type_, ())), type_
+
+
+def test_openapi_documents_the_refusal(start_server) -> None:
+    doc = start_server().http.get("/openapi.json").json()
+    for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/codebase/index"):
+        assert "403" in doc["paths"][path]["post"]["responses"], path
+    assert "--allow-output-root" in doc["info"]["description"]
+
+
+def test_openapi_documents_the_body_limit(start_server) -> None:
+    doc = start_server().http.get("/openapi.json").json()
+    for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/{op_id}/resume"):
+        assert "413" in doc["paths"][path]["post"]["responses"], path
+
+
+# ---- 7. stored strings in the server's own log lines --------------------------------------------------
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rfake line"
+
+
+def test_stored_strings_reach_the_server_log_escaped(start_server, tmp_path: Path) -> None:
+    """An operation left running by a worker whose stored host name is hostile: the server's recovery
+    warning names it, escaped, so the terminal running the server is not retitled or cleared."""
+    import asyncio
+    import time
+
+    from engine.models import Operation, Status, WorkerInfo, new_id
+    from engine.store import open_store
+
+    root = tmp_path / "srv0"
+
+    async def plant() -> str:
+        now = time.time()
+        op = Operation(
+            id=new_id(),
+            type="demo",
+            status=Status.RUNNING,
+            created_at=now,
+            queued_at=now,
+            started_at=now,
+            updated_at=now,
+            worker=WorkerInfo(host=HOSTILE, pid=2**22 + 1),
+        )
+        async with open_store(root / "state") as store:
+            await store.create(op)
+        return op.id
+
+    op_id = asyncio.run(plant())
+    srv = start_server()
+    assert srv.root == root
+    poll(lambda: "left running by" in srv.output(), 30, what="the recovery warning")
+    out = srv.output()
+    assert op_id in out and "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\rfake line" in out
+
+
+def test_error_details_escape_what_the_client_sent(start_server) -> None:
+    """A field name or an id with a newline or an escape comes back escaped: the detail stays one line
+    (found by tests/test_api_fuzz.py)."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    before = listing(srv)
+    answers = [
+        srv.http.post("/api/operations/security/scan", json={"\n": None}),
+        srv.http.post("/api/operations", json={"type": "demo", "params": {"\x1b[2J\nfake": 1}}),
+        srv.http.post("/api/operations/codebase/index", json={"params": {"root": "/", "\r\x07": 1}}),
+        srv.http.get("/api/operations/%1B%5B2J%0Afake"),
+    ]
+    for r in answers:
+        assert 400 <= r.status_code < 500, r.text
+        detail = one_line_detail(r)
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in detail), repr(detail)
+    assert "\\x1b[2J\\nfake" in answers[1].json()["detail"]
+    assert listing(srv) == before
+
+
+def test_metrics_text_escapes_stored_type_names(start_server, tmp_path: Path) -> None:
+    """A record whose stored type has terminal escapes (written by anyone who can write a shared store):
+    the Prometheus text a terminal may show carries them escaped."""
+    import asyncio
+    import time
+
+    from engine.models import Operation, new_id
+    from engine.store import open_store
+
+    async def plant() -> None:
+        now = time.time()
+        op = Operation(id=new_id(), type="x\x1b]0;pwned\x07\x1b[2J", created_at=now, queued_at=now, updated_at=now)
+        async with open_store(tmp_path / "srv0" / "state") as store:
+            await store.create(op)
+
+    asyncio.run(plant())
+    text = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01").http.get("/metrics").text
+    assert "pwned" in text and "\x1b" not in text and "\x07" not in text
