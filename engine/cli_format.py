@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
 from .models import Checkpoint, LogRecord, Operation, Progress, Status
 
 STATUS_COLOUR = {
@@ -25,29 +25,6 @@ STATUS_COLOUR = {
     Status.TIMED_OUT: "red",
     Status.INTERRUPTED: "yellow",
 }
-
-
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_IN_OUTPUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(m: re.Match[str]) -> str:
-    c = m.group()
-    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-
-
-def printable(text: object, keep_newlines: bool = False) -> str:
-    """``text`` safe to show on a terminal: every control character as a visible escape (``\\x1b``).
-
-    Names, messages, steps and errors are stored text that anyone able to submit or write the store
-    chose; raw, an escape sequence could retitle, clear or rewrite the terminal, a newline or carriage
-    return fake a line. Every face (CLI, live panel, dashboard) shows stored text through this.
-    """
-    s = str(text)
-    if keep_newlines:
-        return "\n".join(_UNSAFE.sub(_escape, line) for line in s.split("\n"))
-    return _UNSAFE.sub(_escape, s)
 
 
 def duration(seconds: float | None) -> str:
@@ -235,7 +212,7 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
 
 def dumps(data: Any) -> str:
     """JSON (UTF-8 kept); json escapes C0 controls itself, DEL, C1 and bidi controls get \\u escapes too."""
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, default=str))
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, default=str))
 
 
 def op_json(op: Operation) -> dict[str, Any]:
@@ -249,7 +226,7 @@ def echo(text: str = "", err: bool = False) -> None:
     that stream is dropped from then on.
     """
     stream = sys.stderr if err else sys.stdout
-    text = _UNSAFE_IN_OUTPUT.sub(_escape, text)  # the last guard: whatever a caller forgot to escape
+    text = UNSAFE_IN_OUTPUT.sub(escape_char, text)  # the last guard: whatever a caller forgot to escape
     try:
         stream.write(text + "\n")
         stream.flush()

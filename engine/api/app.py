@@ -23,10 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine import Engine
+from ..humanize import escape_controls
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
 from .confine import OutputRoots, outputs_dir
-from .escape import escape_controls
 from .metrics import Metrics
 from .progress import ProgressHub
 from .routes import Forbidden, metrics_router, router, typed_router

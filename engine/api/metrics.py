@@ -22,8 +22,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..engine import Engine
+from ..humanize import escape_controls
 from ..models import CheckpointSaved, Event, ItemFailed, NotFound, Priority, Status, StatusChanged, TimeoutExtended
-from .escape import escape_controls
 
 log = logging.getLogger("outlast.api")
 

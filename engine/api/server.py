@@ -21,8 +21,8 @@ from typing import Any
 
 from ..cli_exit import ExitCode
 from ..config import Settings
+from ..humanize import escape_controls
 from ..models import InvalidInput, OutlastError, StoreError
-from .escape import escape_controls
 
 TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"

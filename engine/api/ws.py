@@ -23,8 +23,8 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..engine import Engine
+from ..humanize import escape_controls
 from ..models import ACTIVE, SETTLED, InvalidInput, NotFound
-from .escape import escape_controls
 from .progress import ProgressHub, Subscriber, final_message
 from .routes import resolve
 from .schemas import OperationOut
