@@ -20,7 +20,9 @@ import termios
 import threading
 from pathlib import Path
 
-from engine import Engine, Priority, Settings, Status, load_settings, open_store
+import pytest
+
+from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
 from tui.screens.launch import LaunchScreen
@@ -404,3 +406,40 @@ async def test_all_operations_log_shows_lines_logged_by_another_process_wrapped_
         finally:
             with contextlib.suppress(ProcessLookupError):
                 worker.kill()
+
+
+async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_text(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with markup and a terminal escape: the cancel question and the notifications show it as
+    text (``[/]`` made Textual's markup parser raise; an escape must not reach the terminal raw)."""
+    from textual.app import App
+    from textual.widgets import Label
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    shown: list[tuple[str, bool]] = []
+    textual_notify = App.notify
+    monkeypatch.setattr(
+        App,
+        "notify",
+        lambda self, message, **kw: (
+            shown.append((message, kw.get("markup", True))),
+            textual_notify(self, message, **kw),
+        )[1],
+    )
+    name = "[/]evil\x1b]0;pwned\x07"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit(OperationSpec(type="ledger", name=name, params={"items": 5}))
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: op.id in table.ids)
+        await select(pilot, op.id)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        label = app.screen.query_one(".question", Label)
+        assert "[/]evil\\x1b]0;pwned\\x07" in str(label.render())
+        await pilot.press("y")
+        app.notify(f"queued {name}")
+        await wait_for(pilot, lambda: any("queued" in m for m, _ in shown))
+    assert shown and all("\x1b" not in m and markup is False for m, markup in shown)

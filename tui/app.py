@@ -172,6 +172,12 @@ class OutlastApp(App[int]):
         self.warnings: deque[str] = deque()
         """Log lines to show as notifications (filled by main's logging handler)."""
 
+    def notify(self, message: str, **kw: Any) -> None:  # type: ignore[override]
+        """Every notification is plain text: names and errors are stored text (``[`` is no markup,
+        control characters are shown escaped)."""
+        kw.setdefault("markup", False)
+        super().notify(fmt.printable(message, keep_newlines=True), **kw)
+
     # ---- layout ----------------------------------------------------------------------------
 
     @property
