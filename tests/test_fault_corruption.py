@@ -30,8 +30,8 @@ from tests.fixtures_cli import CLI, Cli, until
 
 P = ["--plugin", "tests.ops_for_tests"]
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
-SEED = int(os.environ.get("OUTLAST_SEED") or random.randrange(1 << 30))
-"""One seed for the randomised cases of a run (OUTLAST_SEED=N repeats a run)."""
+SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.randrange(1 << 30))
+"""One seed for the randomised cases of a run (OUTLAST_FAULT_SEED=N repeats a run)."""
 DOCUMENTED = {int(c) for c in ExitCode}
 EVERY = 10
 """Items per explicit checkpoint: checkpoint k holds items 0 .. k*EVERY-1."""

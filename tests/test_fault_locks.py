@@ -27,7 +27,7 @@ from tests.conftest import REPO
 from tests.fixtures_engine import make_engine, until
 
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
-SEED = int(os.environ.get("OUTLAST_SEED") or random.randrange(1 << 30))
+SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.randrange(1 << 30))
 P = ["--plugin", "tests.ops_for_tests"]
 CLI_ARGS = ["-m", "engine.cli", *P]
 SECONDS = 60.0 if SOAK else 4.0

@@ -6,7 +6,7 @@ What must hold: no write of the stale attempt is accepted (checkpoints, progress
 stale attempt stops running items at once, and the operation still ends with the result of an
 uninterrupted run, item by item.
 
-Seeded: the seed is printed (``OUTLAST_SEED=N`` replays it, ``OUTLAST_ROUND=K`` from round K).
+Seeded: the seed is printed (``OUTLAST_FAULT_SEED=N`` replays it, ``OUTLAST_ROUND=K`` from round K).
 ``OUTLAST_SOAK=1`` runs many rounds (``OUTLAST_SOAK_ROUNDS``, 100 by default) of every scenario. Needs redis-server
 (``OUTLAST_REQUIRE_REDIS=1`` makes its absence a failure).
 
@@ -43,7 +43,7 @@ T = TypeVar("T")
 PLUGIN = "tests.test_fault_redis_zombie"
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
 ROUNDS = int(os.environ.get("OUTLAST_SOAK_ROUNDS", "100")) if SOAK else 1
-SEED = int(os.environ.get("OUTLAST_SEED") or secrets.randbits(32))
+SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or secrets.randbits(32))
 FIRST_ROUND = int(os.environ.get("OUTLAST_ROUND", "0"))
 LEASE_TTL = 2.0
 MAX_AFTER = 5
@@ -375,7 +375,7 @@ def _zombie_round(rd: Round, rng: random.Random, scenario: str, checkpoints_thro
 
 
 def _print_seed(name: str) -> None:
-    print(f"{name}: OUTLAST_SEED={SEED}")
+    print(f"{name}: OUTLAST_FAULT_SEED={SEED}")
 
 
 def test_cancelled_while_stopped_refuses_every_stale_write(rounds: Callable[[str], Round]) -> None:
@@ -433,9 +433,9 @@ def test_zombie_rounds(rounds: Callable[[str], Round], scenario: str) -> None:
         try:
             figures = zombie_round(rounds, rng, scenario, checkpoints_throughout=rng.random() < 0.5)
         except BaseException:
-            print(f"failed in round {n}: replay with OUTLAST_SEED={SEED} OUTLAST_ROUND={n}")
+            print(f"failed in round {n}: replay with OUTLAST_FAULT_SEED={SEED} OUTLAST_ROUND={n}")
             raise
         totals.update(figures)
         totals["rounds"] += 1
         totals["most_after_sigcont"] = max(totals["most_after_sigcont"], figures["after_sigcont"])
-    print(f"{scenario}: {dict(totals)} (OUTLAST_SEED={SEED})")
+    print(f"{scenario}: {dict(totals)} (OUTLAST_FAULT_SEED={SEED})")
