@@ -230,7 +230,7 @@ class OperationSpec(BaseModel):
     total_items: int | None = Field(default=None, ge=0, le=MAX_ITEMS)
     """An estimate of the item count, used for the timeout until the handler reports the real one."""
     timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
-    """A fixed timeout in seconds: replaces the computed one (still extended while making progress)."""
+    """A fixed timeout in seconds: replaces the computed one, and is never extended."""
     tags: dict[str, str] = Field(default_factory=dict, max_length=MAX_TAGS)
 
     @field_validator("type")
@@ -257,7 +257,7 @@ class OperationSpec(BaseModel):
         for key in v:
             if len(key) > MAX_KEY_CHARS:
                 raise ValueError(f"key {key[:20]!r}...: longer than {MAX_KEY_CHARS} characters")
-        check_json(v, max_depth=2)
+        check_json(v, max_depth=3)  # retry = {transient = [...]} is the deepest a profile goes
         return v
 
     @field_validator("tags")
