@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from . import cli_format as fmt
-from .cli_common import App, build_spec, pass_app, spec_options
+from .cli_common import App, build_spec, json_option, pass_app, spec_options
 from .cli_exit import ExitCode, code_for_error, exit_codes_help
 from .cli_run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
 
@@ -208,6 +208,11 @@ def _register() -> None:
 
     for command in (*cli_read.COMMANDS, *cli_control.COMMANDS):
         cli.add_command(command)
+    # ``--json`` after the command too (``outlast run demo --json``), on every command that takes it
+    # before (``outlast --json run demo``): people type it where the command's other options are.
+    for command in cli.commands.values():
+        if not any(p.name == "json_" for p in command.params):
+            json_option(command)
 
 
 _register()

@@ -42,6 +42,7 @@ class View(Protocol):
     def __exit__(self, *exc: object) -> None: ...
     def update(self, op: Operation) -> None: ...
     def log(self, rec: LogRecord) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class PlainView:
@@ -145,7 +146,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 last[op_id] = op
                 if engine.draining and not view.stopping and local and isinstance(view, PlainView):
                     view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")
-                view.stopping = engine.draining
+                view.stopping = engine.draining and local  # watching never pauses what runs elsewhere
                 if not local:
                     records, offset = await engine.store.read_logs(op_id, offset)
                     for rec in records:
@@ -154,6 +155,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 if op.status in SETTLED:
                     return op
                 if not local and engine.draining:
+                    view.note(f"stopped watching; {op_id} goes on running (outlast watch {op_id} follows it again)")
                     raise WatchStopped()
                 due = (op.not_before or 0) <= time.time()
                 if local and op.status is Status.QUEUED and not engine.draining and due:

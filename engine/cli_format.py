@@ -132,7 +132,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozense
 
 
 def ls_table(ops: list[Operation]) -> str:
+    """One row an operation: TYPE is the type (what ``ls -t`` filters on), NAME the ``--name`` (a column
+    only when some operation has one)."""
     now = time.time()
+    named = any(op.name for op in ops)
     rows = []
     for op in ops:
         p = op.progress
@@ -141,7 +144,8 @@ def ls_table(ops: list[Operation]) -> str:
             [
                 op.id,
                 op.status.value,
-                op.label,
+                op.type,
+                *([op.name or ""] if named else []),
                 percent(p),
                 items(p),
                 op.priority.value,
@@ -149,7 +153,8 @@ def ls_table(ops: list[Operation]) -> str:
                 note[:60],
             ]
         )
-    return table(["ID", "STATUS", "TYPE", "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"], rows, frozenset({3, 4}))
+    headers = ["ID", "STATUS", "TYPE", *(["NAME"] if named else []), "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"]
+    return table(headers, rows, frozenset({4, 5} if named else {3, 4}))
 
 
 def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:

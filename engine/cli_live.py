@@ -56,6 +56,14 @@ class LiveView:
     def log(self, rec: LogRecord) -> None:
         self.logs.append(rec)
 
+    def note(self, text: str) -> None:
+        """A line above the panel (the panel stays where it is)."""
+        if not self._gone:
+            try:
+                self._live.console.print(Text(fmt.printable(text), style="dim"))
+            except OSError:
+                self._gone = True
+
     def update(self, op: Operation) -> None:
         self.op = op
         if self._gone:
@@ -183,6 +191,7 @@ class LiveTable:
         for name, kw in (
             ("id", {"no_wrap": True}),
             ("type", {}),
+            ("name", {}),
             ("status", {}),
             ("progress", {"ratio": 1}),
             ("items", {"justify": "right"}),
@@ -203,7 +212,8 @@ class LiveTable:
             )
             t.add_row(
                 op.id,
-                Text(fmt.printable(op.label)),
+                op.type,
+                Text(fmt.printable(op.name or "")),
                 Text(op.status.value, style=colour),
                 bar,
                 fmt.items(p),

@@ -238,3 +238,51 @@ def test_console_script_is_installed_and_versioned(cli: Cli) -> None:
     r = cli("--version")
     assert r.returncode == 0 and "outlast" in r.stdout
     assert CLI[-1] == "engine.cli"
+
+
+def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
+    """`ls -t demo` listed TYPE `W1` (the --name), and `ls -t W1` found nothing: the column lied."""
+    assert cli("-q", "run", "demo", "-p", "items=2", "-p", "seconds=0", "--name", "W1").returncode == 0
+    header, row = cli("ls", "-t", "demo").stdout.splitlines()[:2]
+    cols = header.split()
+    assert cols[:4] == ["ID", "STATUS", "TYPE", "NAME"]
+    cells = row.split()
+    assert cells[2] == "demo" and cells[3] == "W1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "demo", "-p", "items=2", "-p", "seconds=0", "--json"],
+        ["submit", "demo", "-p", "items=2", "--json"],
+        ["ls", "--json"],
+    ],
+)
+def test_json_after_the_command_works_as_before_it(cli: Cli, args: list[str]) -> None:
+    """`outlast run demo ... --json` said "No such option"; only `outlast --json run ...` worked."""
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    assert isinstance(data, dict | list)
+
+
+def test_pause_resume_cancel_take_json_after_the_command(cli: Cli) -> None:
+    op_id = cli("-q", "submit", "demo", "-p", "items=5").stdout.strip()
+    for action in (["pause", op_id], ["resume", op_id, "--queue"], ["cancel", op_id]):
+        r = cli(*action, "--json")
+        assert r.returncode == 0, (action, r.stderr)
+        assert json.loads(r.stdout.strip().splitlines()[-1])["id"] == op_id
+
+
+def test_ctrl_c_on_watch_says_the_operation_goes_on_and_never_that_it_pauses(cli: Cli) -> None:
+    """Watching never pauses the job; the last line said "pausing at the next safe point"."""
+    op_id = cli("-q", "run", "demo", "-p", "items=400", "-p", "seconds=0.05", "--detach").stdout.strip()
+    watch = cli.start("watch", op_id)
+    watch.wait_line(lambda ln: op_id in ln)
+    watch.signal(signal.SIGINT)
+    assert watch.wait() == ExitCode.WATCH_STOPPED
+    out = "\n".join(watch.out)
+    assert "pausing" not in out
+    assert f"stopped watching; {op_id} goes on running" in out
+    assert cli.op(op_id).status.value == "running"
+    cli("cancel", op_id)
