@@ -109,7 +109,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     if detach:
         op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
         return _detach(app, op.id)
-    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec))
+    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
 
 def _detach(app: App, op_id: str) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,23 @@ class App:
         for p in self.plugins:
             args += ["--plugin", p]
         return args
+
+    def command(self, *words: str) -> str:
+        """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
+        store this command used (without --state-dir it would look in the default one and find nothing).
+        A store URL's password is left out (``***``): it is never printed."""
+        from .config import redact_url
+
+        parts = ["outlast"]
+        if self.state_dir:
+            parts += ["--state-dir", shlex.quote(self.state_dir)]
+        if self.store:
+            parts += ["--store", shlex.quote(redact_url(self.store) or "")]
+        if self.config:
+            parts += ["--config", shlex.quote(self.config)]
+        for plugin in self.plugins:
+            parts += ["--plugin", shlex.quote(plugin)]
+        return " ".join([*parts, *words])
 
     @property
     def mode(self) -> Mode:

@@ -49,7 +49,7 @@ def _control(action: str):
                 cp = f" at checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else ""
                 fmt.echo(
                     f"{op.id} {target.value}{cp}"
-                    + (f"; resume with: outlast resume {op.id}" if target is Status.PAUSED else "")
+                    + (f"; resume with: {app.command('resume', op.id)}" if target is Status.PAUSED else "")
                 )
             return ExitCode.OK
         if op.status in SETTLED:
@@ -106,7 +106,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
 
     full = asyncio.run(check())
     if not detach and not queue:
-        return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq))
+        return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command()))
     op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id)

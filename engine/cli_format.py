@@ -157,7 +157,7 @@ def ls_table(ops: list[Operation]) -> str:
     return table(headers, rows, frozenset({4, 5} if named else {3, 4}))
 
 
-def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:
+def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outlast") -> str:
     """Everything a person wants to know about one operation."""
     p = op.progress
     rows: list[tuple[str, Any]] = [
@@ -195,7 +195,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint]) -> str:
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {printable(v)}" for k, v in rows)
     if op.status.resumable:
-        text += f"\n\nresume with: outlast resume {op.id}"
+        text += f"\n\nresume with: {prefix} resume {op.id}"
     return text
 
 

@@ -55,7 +55,7 @@ def show(app: App, op_id: str) -> int:
     if app.json:
         fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [c.model_dump(mode="json") for c in cps]}))
     else:
-        fmt.echo(fmt.show_text(op, cps))
+        fmt.echo(fmt.show_text(op, cps, app.command()))
     return ExitCode.OK
 
 

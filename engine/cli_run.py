@@ -31,10 +31,12 @@ async def run_foreground(
     spec: OperationSpec | None = None,
     op_id: str | None = None,
     checkpoint: int | None = None,
+    prefix: str = "outlast",
 ) -> ExitCode:
     """Submit (or resume) one operation and run it in this process until it settles.
 
-    SIGINT, SIGTERM and SIGHUP pause it with a checkpoint (a second one forces the stop).
+    SIGINT, SIGTERM and SIGHUP pause it with a checkpoint (a second one forces the stop). ``prefix``:
+    ``outlast`` with the global options given, so that every hint printed can be pasted as it is.
     """
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
@@ -44,7 +46,7 @@ async def run_foreground(
             assert op_id is not None
             op = await engine.resume(op_id, checkpoint)
         if mode == "plain":
-            fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; outlast resume {op.id}")
+            fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; {prefix} resume {op.id}")
         try:
             await engine.run_now(op.id)
             local = True
@@ -53,19 +55,20 @@ async def run_foreground(
             if mode != "quiet":
                 fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
         try:
-            final = await follow(engine, op.id, make_view(mode, f"{PAUSE_HINT} · outlast resume {op.id[:8]}"), local)
+            final = await follow(engine, op.id, make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}"), local)
         except WatchStopped:
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
             return ExitCode.WATCH_STOPPED
         except StoreUnwritable:
             return ExitCode.STORE  # said in one line when the store failed; the next engine finds it interrupted
         stopped_by_store = op.id in engine.store_stopped
-    report_final(final, mode)
+    report_final(final, mode, prefix)
     return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
 
 
-def report_final(op: Operation, mode: Mode) -> None:
-    """The end of a foreground run: the record (--json) or a line, and how to resume."""
+def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
+    """The end of a foreground run: the record (--json) or a line, and how to resume (``prefix``: the
+    command with the global options this run was given)."""
     if mode == "json":
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif mode != "quiet":
@@ -81,7 +84,7 @@ def report_final(op: Operation, mode: Mode) -> None:
         fmt.echo(line)
     if op.status.resumable and mode != "quiet":
         where = f" (checkpoint {op.checkpoint_seq})" if op.checkpoint_seq else ""
-        fmt.echo(f"resume{where} with: outlast resume {op.id}", err=mode == "json")
+        fmt.echo(f"resume{where} with: {prefix} resume {op.id}", err=mode == "json")
 
 
 # ---- detached -------------------------------------------------------------------------------------

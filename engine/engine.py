@@ -75,6 +75,11 @@ _STOP_STATUS = {
     "store": Status.INTERRUPTED,
 }
 TICK = 0.1
+_SIGNAL_REASON = {
+    signal.SIGINT: "Ctrl-C (SIGINT)",
+    signal.SIGTERM: "the process was asked to stop (SIGTERM)",
+    signal.SIGHUP: "the terminal hung up (SIGHUP: a dropped SSH session?)",
+}
 STORE_RETRY = 0.5
 LOG_BUFFER_MAX = 10_000
 
@@ -164,6 +169,8 @@ class Engine:
         self._blocked_reason: str | None = None
         self._finished = asyncio.Event()
         self._signal_count = 0
+        self.shutdown_reason = "the engine stopped"
+        """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
         self._failing: dict[str, float] = {}
         """Store channels ("database", "logs") failing to write, and since when (monotonic)."""
         self._outage_began = 0.0
@@ -194,8 +201,13 @@ class Engine:
         if self.run_queue:
             self._loops.append(asyncio.create_task(self._schedule(), name="outlast-scheduler"))
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force."""
+    async def shutdown(self, grace: float | None = None, reason: str | None = None) -> None:
+        """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force.
+
+        ``reason`` ends the paused operations' status line ("paused: REASON"), so a person can tell a
+        Ctrl-C from a dropped session or a dashboard that quit."""
+        if reason is not None and self._signal_count == 0:
+            self.shutdown_reason = reason
         if self._closing:
             return
         self._closing = True
@@ -284,6 +296,8 @@ class Engine:
     def _on_signal(self, sig: int) -> None:
         self._signal_count += 1
         log.info("signal %s: pausing running operations", signal.Signals(sig).name)
+        if self._signal_count == 1:
+            self.shutdown_reason = _SIGNAL_REASON.get(sig, f"signal {signal.Signals(sig).name}")
         self.drain("shutdown")
         if self._signal_count > 1:
             for run in self._runs.values():
@@ -709,7 +723,7 @@ class Engine:
         msg = {
             "cancel": "cancelled by user",
             "pause": "paused by user",
-            "shutdown": "paused: the engine stopped",
+            "shutdown": f"paused: {self.shutdown_reason}",
             "timeout": f"deadline passed ({run.effective_timeout:g}s)",
             "stalled": f"stalled: no progress for {run.ctx.profile.stall_timeout:g}s",
             "store": f"interrupted: the store could not be written for {self.settings.store_outage_limit:g}s"

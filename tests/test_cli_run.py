@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,33 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(cli: Cli) -> None:
     assert proc.wait() == 0, proc.err
     assert cli.op(op_id).status.value == "completed"
     assert not [ln for ln in proc.err if "Traceback" in ln or "Exception" in ln], proc.err
+
+
+def test_the_resume_hint_pastes_as_printed_and_the_pause_says_why(cli: Cli, tmp_path: Path) -> None:
+    """With --state-dir elsewhere, the printed `outlast resume ID` looked in the default store and said
+    "no operation matches" without naming the store; and every pause said "the engine stopped"."""
+    other = tmp_path / "elsewhere"
+    proc = cli.start("--state-dir", str(other), "run", "demo", "-p", "seconds=0.02", "-p", "items=300")
+    line = proc.wait_line(lambda ln: "submitted" in ln)
+    op_id = line.split()[1]
+    proc.wait_line(lambda ln: " running " in ln)
+    proc.signal(signal.SIGINT)
+    assert proc.wait() == 6, proc.err
+    hint = next(ln for ln in proc.out + proc.err if ln.startswith("resume") and "with: " in ln).split("with: ", 1)[1]
+    assert hint == f"outlast --state-dir {other} resume {op_id}"
+    missing = cli("resume", op_id)  # the default store: the message names the store it searched
+    assert missing.returncode != 0 and f"in state dir {cli.state_dir}" in missing.stderr
+    pasted = cli(*shlex.split(hint)[1:], "--json")
+    assert pasted.returncode == 0, pasted.stderr
+    r = cli("--state-dir", str(other), "--json", "show", op_id)
+    record = json.loads(r.stdout)
+    assert record["status"] == "completed" and record["attempt"] == 2
+
+
+def test_a_pause_by_signal_says_which_signal(cli: Cli) -> None:
+    proc = cli.start("run", "demo", "-p", "seconds=0.02", "-p", "items=300")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    proc.wait_line(lambda ln: " running " in ln)
+    proc.signal(signal.SIGINT)
+    assert proc.wait() == 6, proc.err
+    assert cli.op(op_id).status_message.startswith("paused: Ctrl-C (SIGINT)")

@@ -175,6 +175,9 @@ async def test_quit_with_running_work_pause_checkpoints_it(tui_settings: Setting
         record = await store.get(op_id)
         assert record.status is Status.PAUSED
         assert record.checkpoint_seq is not None and record.progress.done > 0
+        assert record.status_message.startswith(
+            "paused: the dashboard quit (pause and quit)"
+        )  # not "the engine stopped"
     finally:
         await store.close()
 

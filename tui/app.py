@@ -221,12 +221,13 @@ class OutlastApp(App[int]):
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
-        self.run_worker(self._hang_up() if sig == signal.SIGHUP else self._quit_now(), group="quit", exclusive=True)
+        work = self._hang_up() if sig == signal.SIGHUP else self._quit_now("the dashboard was asked to stop (SIGTERM)")
+        self.run_worker(work, group="quit", exclusive=True)
 
     async def _hang_up(self) -> None:
         """The terminal is gone: pause the work, then leave at once. Restoring a terminal that no longer
         exists blocked Textual's writer for good (the process stayed behind after the SSH session)."""
-        await self.stop_engine()
+        await self.stop_engine("the dashboard's terminal hung up (SIGHUP: a dropped SSH session?)")
         os._exit(128 + signal.SIGHUP)
 
     def on_resize(self, event: events.Resize) -> None:
@@ -699,7 +700,7 @@ class OutlastApp(App[int]):
 
         def chosen(choice: str | None) -> None:
             if choice == "pause":
-                self.run_worker(self._quit_now())
+                self.run_worker(self._quit_now("the dashboard quit (pause and quit)"))
             elif choice == "wait":
                 self.engine.run_queue = False
                 self.waiting_to_quit = True
@@ -712,12 +713,13 @@ class OutlastApp(App[int]):
 
         self.push_screen(QuitScreen(running), chosen)
 
-    async def _quit_now(self) -> None:
+    async def _quit_now(self, reason: str = "the dashboard quit") -> None:
         """Pause what still runs (a checkpoint each), close the store, exit."""
-        await self.stop_engine()
+        await self.stop_engine(reason)
         self.exit(0)
 
-    async def stop_engine(self) -> None:
+    async def stop_engine(self, reason: str = "the dashboard quit") -> None:
+        """``reason`` ends the paused operations' status line: "paused: REASON"."""
         if self._unsubscribe:
             self._unsubscribe()
             self._unsubscribe = None
@@ -727,7 +729,7 @@ class OutlastApp(App[int]):
                 await self._boot_task
         if self.engine_started:
             self.engine_started = False
-            await self.engine.shutdown()
+            await self.engine.shutdown(reason=reason)
 
     async def on_unmount(self) -> None:
         await self.stop_engine()

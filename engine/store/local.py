@@ -373,7 +373,7 @@ class LocalStore:
                 (prefix, prefix + "~"),
             ).fetchall()
             if not rows:
-                raise NotFound(f"no operation matches id {prefix!r}")
+                raise NotFound(f"no operation matches id {prefix!r} in state dir {self.state_dir}")
             if len(rows) > 1:
                 shown = ", ".join(r[0] for r in rows[:5])
                 raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")

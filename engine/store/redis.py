@@ -262,7 +262,7 @@ class RedisStore(LivenessMixin, ControlLogsMixin, CheckpointsMixin):
         )
         found = [r.decode() for r in rows]
         if not found:
-            raise NotFound(f"no operation matches id {prefix!r}")
+            raise NotFound(f"no operation matches id {prefix!r} in {self.url}")
         if len(found) > 1:
             shown = ", ".join(found[:5])
             raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(found) > 5 else ''}")
