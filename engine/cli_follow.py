@@ -21,12 +21,13 @@ from .models import (
     LogEmitted,
     LogRecord,
     Operation,
-    ProgressReported,
     Status,
     TimeoutExtended,
 )
 
 Mode = Literal["live", "plain", "json", "quiet"]
+PIPE_EVERY = 1.0
+"""Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
 LOCAL_TICK = 0.15
 REMOTE_POLL = 0.5
 
@@ -55,7 +56,6 @@ class PlainView:
         self._status: Status | None = None
         self._last_line = 0.0
         self._last_done: int | None = None
-        self.reports_from_events = False
 
     def __enter__(self) -> PlainView:
         return self
@@ -64,15 +64,16 @@ class PlainView:
         return None
 
     def update(self, op: Operation) -> None:
-        """A snapshot: printed on a status change, or (when no events drive it) once per report interval."""
+        """A snapshot: printed on a status change, and while it runs every PIPE_EVERY seconds when it
+        moved: the same cadence for every type (an index whose profile reports every 30 s printed a
+        start and an end line in a pipe, the demo a line a second)."""
         if op.status != self._status:
             self._status = op.status
             self.emit(op)
             return
-        if self.reports_from_events or op.status is not Status.RUNNING:
+        if op.status is not Status.RUNNING:
             return
-        interval = float(op.profile.get("progress_report_interval", 5.0))
-        if time.monotonic() - self._last_line >= interval and op.progress.done != self._last_done:
+        if time.monotonic() - self._last_line >= PIPE_EVERY and op.progress.done != self._last_done:
             self.emit(op)
 
     def emit(self, op: Operation) -> None:
@@ -120,15 +121,10 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
             return
         if isinstance(ev, LogEmitted):
             view.log(ev.record)
-        elif isinstance(ev, ProgressReported) and isinstance(view, PlainView) and op_id in last:
-            if last[op_id].status is Status.RUNNING:
-                view.emit(last[op_id].model_copy(update={"progress": ev.progress}))
         elif isinstance(ev, TimeoutExtended) and isinstance(view, PlainView):
             view.note(ev.reason)
 
     unsubscribe = engine.subscribe(on_event) if local else None
-    if isinstance(view, PlainView):
-        view.reports_from_events = local
     offset = 0
     try:
         with view:

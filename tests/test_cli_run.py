@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,14 @@ def test_a_pause_by_signal_says_which_signal(cli: Cli) -> None:
     proc.signal(signal.SIGINT)
     assert proc.wait() == 6, proc.err
     assert cli.op(op_id).status_message.startswith("paused: Ctrl-C (SIGINT)")
+
+
+def test_every_type_reports_in_a_pipe_at_the_same_cadence(cli: Cli) -> None:
+    """An index (its profile reports every 30 s) printed only a start and an end line into a pipe over
+    19 s, while the demo printed a line a second: the pipe's cadence no longer follows the profile."""
+    proc = cli.start(
+        "run", "demo", "-p", "items=60", "-p", "seconds=0.05", "--profile", "progress_report_interval=30"
+    )  # fmt: skip
+    assert proc.wait() == 0, proc.err
+    running = [ln for ln in proc.out if " running " in ln]
+    assert len(running) >= 2, proc.out  # about 3 s of work: a line a second, not one every 30 s
