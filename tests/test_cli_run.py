@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import signal
-import time
 from pathlib import Path
 
 import pytest
