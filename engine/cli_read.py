@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import click
 
@@ -14,6 +15,10 @@ from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
 from .models import SETTLED, Status
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
+
+
+QUIET_NOTE = 3.0
+"""Seconds without a new line before ``logs --follow`` says what it waits for."""
 
 
 @click.command("ls")
@@ -117,14 +122,25 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                 return ExitCode.OK
             engine.install_signal_handlers()
             emit(records, app.json)
+            quiet_since = time.monotonic()
+            said = False
             while True:
                 op = await engine.get(full)
                 records, offset = await engine.store.read_logs(full, offset)
                 emit(records, app.json)
+                if records:
+                    quiet_since, said = time.monotonic(), False
                 if op.status in SETTLED:
                     return code_for_status(op.status)
                 if engine.draining:
                     return ExitCode.WATCH_STOPPED
+                if not said and time.monotonic() - quiet_since >= QUIET_NOTE and not app.quiet:
+                    # A quiet follow looked hung: say once what it waits for (stderr: stdout stays the log).
+                    fmt.echo(
+                        f"waiting for new log lines of {full} ({op.status.value}; exits when it settles, Ctrl-C stops)",
+                        err=True,
+                    )
+                    said = True
                 await asyncio.sleep(0.5)
 
     return asyncio.run(go())

@@ -175,3 +175,27 @@ def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(c
         for pgid in map(int, pgfile.read_text().split()):  # never leave a sleep behind, even on failure
             for pid in _group(pgid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_outlast_directives_are_protocol_not_log_lines(engine: Engine, tmp_path: Path) -> None:
+    """48 of ~50 log lines of one run were the command's own ::outlast directives, logged as output."""
+    ledger = tmp_path / "ledger"
+    op = await engine.submit(
+        OperationSpec(type="command", params={"argv": [sys.executable, "-c", WORKER_SCRIPT, str(ledger), "20", "0"]})
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.progress.done == 20
+    records, _ = await engine.logs(op.id)
+    messages = [r.message for r in records]
+    assert "sum 190" in messages
+    assert not any(m.lstrip().startswith("::outlast") for m in messages), messages
+
+
+def test_logs_follow_on_a_quiet_operation_says_what_it_waits_for(cli: Cli) -> None:
+    op_id = cli("-q", "submit", "demo", "-p", "items=5").stdout.strip()  # queued: nothing logs
+    follow = cli.start("logs", op_id, "--follow")
+    until(lambda: any("waiting for new log lines" in ln for ln in follow.err), 20, what="the waiting line")
+    assert follow.out == []  # stdout stays the log
+    cli("cancel", op_id)
+    assert follow.wait() != 0
+    assert sum("waiting for new log lines" in ln for ln in follow.err) == 1

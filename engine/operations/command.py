@@ -179,14 +179,16 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             if not raw:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            tail.append(line)
-            ctx.log.info(line)
+            protocol = _DIRECTIVE.match(line) is not None
+            if not protocol:  # ::outlast directives are protocol, not output: not in the log or the tail
+                tail.append(line)
+                ctx.log.info(line)
             data = parser.feed(line)
             if data is not None:
                 ctx.state["checkpoint"] = data
                 ctx.state["lines"] = lines
                 await ctx.checkpoint(**{"command": data})
-            elif not line.lstrip().startswith("::outlast"):  # output, not the protocol
+            elif not protocol:
                 lines += 1
                 ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
         if ctx.cancelled:
