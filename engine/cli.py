@@ -18,6 +18,7 @@ from . import cli_format as fmt
 from .cli_common import App, build_spec, json_option, pass_app, spec_options
 from .cli_exit import ExitCode, code_for_error, exit_codes_help
 from .cli_run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
+from .models import InvalidInput, OperationSpec
 
 HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
 
@@ -110,6 +111,57 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
         op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
         return _detach(app, op.id)
     return asyncio.run(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+
+
+@cli.command()
+@click.argument("op_id", metavar="ID")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Change a param (JSON value).")
+@click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Change the timeout profile.")
+@click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
+@click.option("--queue", is_flag=True, help="Only queue it, for a worker.")
+@pass_app
+def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...], detach: bool, queue: bool) -> int:
+    """Run an operation again as a new one: same type, params, priority, profile, name and tags.
+
+    \b
+    Any operation, finished or not (resume goes on with a stopped one; this starts afresh).
+    Examples:
+      outlast rerun 06b2                     # the same again, in the foreground
+      outlast rerun 06b2 -p root=../other    # with one param changed
+    """
+    if detach and queue:
+        raise click.UsageError("--detach and --queue exclude each other")
+    spec = asyncio.run(_rerun_spec(app, op_id, params, profile))
+    if detach or queue:
+        op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+        if queue:
+            fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
+            return ExitCode.OK
+        return _detach(app, op.id)
+    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+
+
+async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...]) -> OperationSpec:
+    """The spec of ``op_id`` again, with the params and profile keys given changed."""
+    from pydantic import ValidationError
+
+    from .cli_common import parse_pairs, session
+    from .profiles import one_line
+
+    async with session(app.settings, recover=False) as engine:
+        old = await engine.get(await engine.resolve(op_id))
+    try:
+        return OperationSpec(
+            type=old.type,
+            params={**old.params, **parse_pairs(params, "--param")},
+            priority=old.priority,
+            profile={**old.profile_overrides, **parse_pairs(profile, "--profile")},
+            timeout=old.timeout,
+            name=old.name,
+            tags=old.tags,
+        )
+    except ValidationError as e:
+        raise InvalidInput(f"operation spec: {one_line(e)}") from None
 
 
 def _detach(app: App, op_id: str) -> int:

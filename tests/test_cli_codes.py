@@ -286,3 +286,21 @@ def test_ctrl_c_on_watch_says_the_operation_goes_on_and_never_that_it_pauses(cli
     assert f"stopped watching; {op_id} goes on running" in out
     assert cli.op(op_id).status.value == "running"
     cli("cancel", op_id)
+
+
+def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli) -> None:
+    """`resume` of a completed operation is exit 7; rerun makes a new one from the same spec."""
+    first = json.loads(
+        cli("--json", "run", "demo", "-p", "items=3", "-p", "seconds=0", "--name", "n1", "--priority", "high").stdout
+    )
+    assert cli("resume", first["id"]).returncode == ExitCode.CONFLICT
+    r = cli("rerun", first["id"][:10], "-p", "items=4", "--json")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout.strip().splitlines()[-1])
+    assert again["id"] != first["id"] and again["status"] == "completed"
+    assert (again["type"], again["name"], again["priority"]) == ("demo", "n1", "high")
+    assert again["params"] == {**first["params"], "items": 4} and again["result"]["items"] == 4
+    before = cli("ls", "--json").stdout
+    bad = cli("rerun", first["id"], "-p", "items=-1")
+    assert bad.returncode == ExitCode.USAGE and len(bad.stderr.strip().splitlines()) == 1
+    assert cli("ls", "--json").stdout == before  # nothing stored
