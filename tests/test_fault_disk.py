@@ -77,9 +77,18 @@ def _fill(mnt: Path) -> Path:
     return fill
 
 
+JOB_SCRIPT = WORKER_SCRIPT.replace(
+    '    print(f"::outlast progress', '    print(f"item {i}", flush=True)\n    print(f"::outlast progress'
+)
+"""The resumable script of the command tests, with a line of output per item: a job that logs as it goes,
+so the store has log lines to write while the state dir is full or read-only (a read-only mount stops
+new opens, not writes through files already open)."""
+assert JOB_SCRIPT != WORKER_SCRIPT
+
+
 def _params(tmp_path: Path, ledger: str, pause: float) -> str:
     script = tmp_path / "job.py"
-    script.write_text(WORKER_SCRIPT)
+    script.write_text(JOB_SCRIPT)
     return json.dumps({"argv": [sys.executable, str(script), str(tmp_path / ledger), str(N), str(pause)]})
 
 
