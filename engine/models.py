@@ -17,86 +17,24 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
+from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition
 
-class OutlastError(Exception):
-    """Base of every error the engine raises on purpose; its message is one clear line."""
-
-
-class InvalidInput(OutlastError, ValueError):
-    """Bad params, spec, id or config: nothing was stored."""
-
-
-class NotFound(OutlastError, LookupError):
-    """No operation (or checkpoint) matches."""
-
-
-class Conflict(OutlastError):
-    """The operation is not in a state that allows the request (resume a running one, ...)."""
-
-
-class StaleAttempt(Conflict):
-    """A write from an attempt that was declared dead and replaced (fencing)."""
-
-
-class StoreError(OutlastError):
-    """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
-
-
-class Status(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def active(self) -> bool:
-        return self in ACTIVE
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-    @property
-    def resumable(self) -> bool:
-        return self in RESUMABLE
-
-
-ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
-TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
-"""Finished for good unless a user resumes (completed never resumes)."""
-RESUMABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.INTERRUPTED, Status.PAUSED})
-SETTLED = frozenset(set(Status) - ACTIVE)
-"""Not queued or running: what `wait` waits for."""
-
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.PAUSED}),
-    Status.RUNNING: frozenset(
-        {
-            Status.COMPLETED,
-            Status.FAILED,
-            Status.CANCELLED,
-            Status.TIMED_OUT,
-            Status.INTERRUPTED,
-            Status.PAUSED,
-            Status.QUEUED,  # a retry after a transient error goes back into the queue
-        }
-    ),
-    **{s: frozenset({Status.QUEUED}) for s in RESUMABLE},
-    # A paused or interrupted operation can be given up for good.
-    Status.PAUSED: frozenset({Status.QUEUED, Status.CANCELLED}),
-    Status.INTERRUPTED: frozenset({Status.QUEUED, Status.CANCELLED}),
-    Status.COMPLETED: frozenset(),
-}
-"""The lifecycle as one table: every status change the store accepts."""
-
-
-def check_transition(current: Status, target: Status) -> None:
-    if target not in TRANSITIONS[current]:
-        raise Conflict(f"cannot move an operation from {current.value} to {target.value}")
+__all__ = [
+    "ACTIVE",
+    "RESUMABLE",
+    "SETTLED",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Conflict",
+    "InvalidInput",
+    "NotFound",
+    "OutlastError",
+    "StaleAttempt",
+    "Status",
+    "StoreError",
+    "check_transition",
+]
 
 
 class Priority(StrEnum):

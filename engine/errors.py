@@ -1,0 +1,27 @@
+"""The errors the engine raises on purpose: each message is one clear line naming what is wrong."""
+
+from __future__ import annotations
+
+
+class OutlastError(Exception):
+    """Base of every error the engine raises on purpose; its message is one clear line."""
+
+
+class InvalidInput(OutlastError, ValueError):
+    """Bad params, spec, id or config: nothing was stored."""
+
+
+class NotFound(OutlastError, LookupError):
+    """No operation (or checkpoint) matches."""
+
+
+class Conflict(OutlastError):
+    """The operation is not in a state that allows the request (resume a running one, ...)."""
+
+
+class StaleAttempt(Conflict):
+    """A write from an attempt that was declared dead and replaced (fencing)."""
+
+
+class StoreError(OutlastError):
+    """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
