@@ -139,13 +139,13 @@ async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path,
     assert got["assets/logo.png"][3] == 1 and got["assets/logo.png"][4] is None  # binary: no line counts
     symbols = {p: set(json.loads(r[7])) for p, r in got.items()}
     imports = {p: set(json.loads(r[8])) for p, r in got.items()}
-    assert symbols["src/app.py"] == {"class App", "def main"} and imports["src/app.py"] == {"os", "."}
-    assert symbols["src/broken.py"] == {"def ok", "def broken"}  # a syntax error: the fallback patterns
-    assert {"class Widget", "def render"} <= symbols["web/index.ts"] and imports["web/index.ts"] == {"./x"}
-    assert {"def main", "type Server"} <= symbols["go/main.go"] and imports["go/main.go"] == {"fmt", "os"}
-    assert {"def run", "type Config"} <= symbols["rs/lib.rs"] and imports["rs/lib.rs"] == {"std::io"}
+    assert symbols["src/app.py"] == {"class App", "function main"} and imports["src/app.py"] == {"os", "."}
+    assert symbols["src/broken.py"] == {"function ok", "function broken"}  # a syntax error: the fallback
+    assert symbols["web/index.ts"] == {"class Widget", "function render"} and imports["web/index.ts"] == {"./x"}
+    assert symbols["go/main.go"] == {"function main", "type Server"} and imports["go/main.go"] == {"fmt", "os"}
+    assert symbols["rs/lib.rs"] == {"function run", "class Config"} and imports["rs/lib.rs"] == {"std::io"}
     assert symbols["java/App.java"] == {"class App"} and imports["java/App.java"] == {"java.util.List"}
-    assert {"def main", "macro MAX"} <= symbols["c/main.c"] and imports["c/main.c"] == {"stdio.h"}
+    assert symbols["c/main.c"] == {"function main", "macro MAX"} and imports["c/main.c"] == {"stdio.h"}
     assert got["src/app.py"][4:7] == (6, 1, 3)  # code, comment, blank
     assert got["rs/lib.rs"][4:7] == (3, 2, 0)
 
@@ -165,7 +165,8 @@ async def test_incremental_reindex(engine: Engine, tmp_path: Path) -> None:
     assert second.status is Status.COMPLETED, second.error
     after = rows(db)
     assert second.result["removed"] == 1 and "java/App.java" not in after
-    assert json.loads(after["src/app.py"][7]) == ["def renamed"] and after["src/app.py"][1] != before["src/app.py"][1]
+    assert json.loads(after["src/app.py"][7]) == ["function renamed"]
+    assert after["src/app.py"][1] != before["src/app.py"][1]
     assert json.loads(after["src/new.py"][7]) == ["class New"]
     unchanged = set(before) - {"src/app.py", "java/App.java"}
     assert second.result["reused"] == len(unchanged)

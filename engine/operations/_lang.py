@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import os
-import re
+import threading
 from operator import methodcaller
+
+from ..config import config_dir
+from ._parse import Parsers, Symbol, load_languages, python_fallback, python_symbols
+
+__all__ = ["LANGUAGES", "Symbol", "count_lines", "language_of", "parsers", "symbols_and_imports"]
 
 LANGUAGES: dict[str, str] = {
     ".py": "python",
@@ -15,7 +19,9 @@ LANGUAGES: dict[str, str] = {
     ".cjs": "javascript",
     ".jsx": "javascript",
     ".ts": "typescript",
-    ".tsx": "typescript",
+    ".tsx": "tsx",
+    ".mts": "typescript",
+    ".cts": "typescript",
     ".go": "go",
     ".rs": "rust",
     ".java": "java",
@@ -71,14 +77,15 @@ _COMMENTS: dict[str, tuple[tuple[str, ...], tuple[str, str] | None]] = {
     "css": ((), ("/*", "*/")),
     "php": (("//", "#"), ("/*", "*/")),
 }
-for _l in ("javascript", "typescript", "go", "rust", "java", "c", "cpp", "kotlin", "swift", "csharp", "scala"):
+for _l in ("javascript", "typescript", "tsx", "go", "rust", "java", "c", "cpp", "kotlin", "swift", "csharp", "scala"):
     _COMMENTS[_l] = _CLIKE
 
 
 def language_of(path: str) -> str:
     """The language of a file by its name and extension ("other" when unknown)."""
     name = path.rsplit("/", 1)[-1]
-    return _NAMES.get(name) or LANGUAGES.get(os.path.splitext(name)[1].lower(), "other")
+    ext = os.path.splitext(name)[1].lower()
+    return _NAMES.get(name) or LANGUAGES.get(ext) or parsers().by_extension.get(ext, "other")
 
 
 def count_lines(text: str, language: str) -> tuple[int, int, int]:
@@ -112,121 +119,26 @@ def count_lines(text: str, language: str) -> tuple[int, int, int]:
     return code, comment, blank
 
 
-def _python(text: str) -> tuple[list[str], list[str]] | None:
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-    symbols: list[str] = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            symbols.append(f"def {node.name}")
-        elif isinstance(node, ast.ClassDef):
-            symbols.append(f"class {node.name}")
-        elif isinstance(node, ast.Assign):
-            symbols += [f"var {t.id}" for t in node.targets if isinstance(t, ast.Name)]
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            symbols.append(f"var {node.target.id}")
-    imports: set[str] = set()
-    _imports(tree.body, imports)
-    return symbols, sorted(imports)
+_PARSERS: Parsers | None = None
+_PARSERS_LOCK = threading.Lock()
 
 
-_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+def parsers() -> Parsers:
+    """The configured tree-sitter languages (built in, plus the user's languages.toml), loaded once
+    per process. Raises InvalidInput, naming the file and the language, if the user's file is wrong."""
+    global _PARSERS
+    if _PARSERS is None:
+        with _PARSERS_LOCK:
+            if _PARSERS is None:
+                _PARSERS = Parsers(load_languages(config_dir() / "languages.toml"))
+    return _PARSERS
 
 
-def _imports(stmts: list[ast.stmt], out: set[str]) -> None:
-    """Imports anywhere in nested statement bodies; expressions (most of a tree) are not visited."""
-    for node in stmts:
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            out.add("." * node.level + (node.module or ""))
-        else:
-            for field in _BODIES:
-                sub = getattr(node, field, None)
-                if sub:
-                    _imports(sub, out)
-
-
-_M = re.MULTILINE
-_SYMBOL_RX: dict[str, list[tuple[str, re.Pattern[str]]]] = {
-    "javascript": [
-        ("def", re.compile(r"^(?:export\s+)?(?:default\s+)?(?:async\s+)?function\s*\*?\s*([A-Za-z_$][\w$]*)", _M)),
-        ("class", re.compile(r"^(?:export\s+)?(?:default\s+)?(?:abstract\s+)?class\s+([A-Za-z_$][\w$]*)", _M)),
-        ("var", re.compile(r"^(?:export\s+)?(?:const|let|var)\s+([A-Za-z_$][\w$]*)", _M)),
-        ("type", re.compile(r"^(?:export\s+)?(?:interface|type|enum)\s+([A-Za-z_$][\w$]*)", _M)),
-    ],
-    "go": [
-        ("def", re.compile(r"^func\s+(?:\([^)]*\)\s*)?([A-Za-z_]\w*)", _M)),
-        ("type", re.compile(r"^type\s+([A-Za-z_]\w*)", _M)),
-        ("var", re.compile(r"^(?:var|const)\s+([A-Za-z_]\w*)", _M)),
-    ],
-    "rust": [
-        ("def", re.compile(r"^(?:pub(?:\([^)]*\))?\s+)?(?:async\s+)?(?:unsafe\s+)?fn\s+([A-Za-z_]\w*)", _M)),
-        ("type", re.compile(r"^(?:pub(?:\([^)]*\))?\s+)?(?:struct|enum|trait|type|union)\s+([A-Za-z_]\w*)", _M)),
-        ("mod", re.compile(r"^(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_]\w*)", _M)),
-        ("impl", re.compile(r"^impl(?:<[^>]*>)?\s+(?:[\w:<>]+\s+for\s+)?([A-Za-z_]\w*)", _M)),
-    ],
-    "java": [
-        (
-            "class",
-            re.compile(
-                r"^(?:(?:public|protected|private|abstract|final|static)\s+)*(?:class|interface|enum|record)\s+(\w+)",
-                _M,
-            ),
-        ),
-    ],
-    "c": [
-        (
-            "def",
-            re.compile(
-                r"^(?:[A-Za-z_][\w*&:<>]*[ \t*&]+){1,6}\**([A-Za-z_]\w*(?:::\w+)*)\s*\([^;{)]*\)\s*(?:const\s*)?\{",
-                _M,
-            ),
-        ),
-        ("type", re.compile(r"^(?:typedef\s+)?(?:struct|union|enum|class|namespace)\s+([A-Za-z_]\w*)", _M)),
-        ("macro", re.compile(r"^#\s*define\s+([A-Za-z_]\w*)", _M)),
-    ],
-}
-_SYMBOL_RX["typescript"] = _SYMBOL_RX["javascript"]
-_SYMBOL_RX["cpp"] = _SYMBOL_RX["c"]
-
-_IMPORT_RX: dict[str, list[re.Pattern[str]]] = {
-    "javascript": [
-        re.compile(r"""^\s*import\s+(?:[^'";]*?\s+from\s+)?['"]([^'"]+)['"]""", _M),
-        re.compile(r"""\brequire\(\s*['"]([^'"]+)['"]\s*\)"""),
-        re.compile(r"""^\s*export\s+[^'";]*?\s+from\s+['"]([^'"]+)['"]""", _M),
-    ],
-    "go": [re.compile(r'^\s*import\s+(?:\w+\s+)?"([^"]+)"', _M), re.compile(r'^\s+(?:\w+\s+)?"([^"]+)"\s*$', _M)],
-    "rust": [re.compile(r"^\s*(?:pub\s+)?use\s+([\w:]+)", _M), re.compile(r"^\s*extern\s+crate\s+(\w+)", _M)],
-    "java": [re.compile(r"^\s*import\s+(?:static\s+)?([\w.]+(?:\.\*)?)\s*;", _M)],
-    "c": [re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', _M)],
-}
-_IMPORT_RX["typescript"] = _IMPORT_RX["javascript"]
-_IMPORT_RX["cpp"] = _IMPORT_RX["c"]
-_GO_IMPORT_BLOCK = re.compile(r"^import\s*\((.*?)^\)", _M | re.DOTALL)
-
-
-def symbols_and_imports(text: str, language: str) -> tuple[list[str], list[str]]:
-    """Top-level symbols ("def name", "class name", ...) and imported modules of a source file."""
+def symbols_and_imports(text: str, language: str, data: bytes | None = None) -> tuple[list[Symbol], list[str]]:
+    """Definitions (kind, name, lines, parent) and imported modules of a source file, from a real
+    parser; none for a language no parser is configured for (or whose grammar failed: see
+    ``parsers().problems``)."""
     if language == "python":
-        found = _python(text)
-        if found is not None:
-            return found
-        syms = [f"def {m}" for m in re.findall(r"^(?:async\s+)?def\s+(\w+)", text, _M)]
-        syms += [f"class {m}" for m in re.findall(r"^class\s+(\w+)", text, _M)]
-        imps = {a or b for a, b in re.findall(r"^(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", text, _M)}
-        return syms, sorted(imps)
-    symbols: list[str] = []
-    for kind, rx in _SYMBOL_RX.get(language, ()):
-        symbols += [f"{kind} {m}" for m in rx.findall(text) if m not in ("if", "for", "while", "switch", "return")]
-    imports: set[str] = set()
-    if language == "go":
-        for block in _GO_IMPORT_BLOCK.findall(text):
-            imports.update(re.findall(r'"([^"]+)"', block))
-        imports.update(_IMPORT_RX["go"][0].findall(text))
-    else:
-        for rx in _IMPORT_RX.get(language, ()):
-            imports.update(rx.findall(text))
-    return symbols, sorted(imports)
+        return python_symbols(text) or python_fallback(text)
+    found = parsers().parse(data if data is not None else text.encode("utf-8"), language)
+    return found if found is not None else ([], [])

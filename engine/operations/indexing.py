@@ -22,7 +22,7 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
-from ._lang import count_lines, language_of, symbols_and_imports
+from ._lang import count_lines, language_of, parsers, symbols_and_imports
 from ._walk import list_files
 
 BATCH = 256
@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS files (
     code INTEGER, comment INTEGER, blank INTEGER, symbols TEXT, imports TEXT, seen TEXT
 );
 CREATE INDEX IF NOT EXISTS files_language ON files(language);
-CREATE TABLE IF NOT EXISTS symbols (path TEXT, kind TEXT, name TEXT, PRIMARY KEY (path, kind, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS symbols (
+    path TEXT, kind TEXT, name TEXT, line INTEGER, end_line INTEGER, parent TEXT,
+    PRIMARY KEY (path, line, kind, name)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS symbols_name ON symbols(name);
 CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT, PRIMARY KEY (path, module)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS imports_module ON imports(module);
@@ -97,7 +100,7 @@ def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, st
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 text: byte {e.start}"
     code, comment, blank = count_lines(text, lang)
-    syms, imps = symbols_and_imports(text, lang) if lang != "other" else ([], [])
+    syms, imps = symbols_and_imports(text, lang, data) if lang != "other" else ([], [])
     return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
 
 
@@ -117,7 +120,7 @@ def _process_batch(
     out: list[tuple[str, int, str, str | None]] = []
     gone: list[tuple[str]] = []
     rows: list[tuple] = []
-    symbols: list[tuple[str, ...]] = []
+    symbols: list[tuple[str, str, str, int, int, str]] = []
     imports: list[tuple[str, str]] = []
     for rel in rels:
         row, err = _analyze(root, rel, prev.get(rel))
@@ -129,8 +132,8 @@ def _process_batch(
         else:
             if rel in prev:
                 gone.append((rel,))  # its old symbols and imports go
-            rows.append((*row[:9], json.dumps(row[9]), json.dumps(row[10]), seen))
-            symbols += [(rel, *s.split(" ", 1)) for s in row[9]]
+            rows.append((*row[:9], json.dumps([f"{s.kind} {s.name}" for s in row[9]]), json.dumps(row[10]), seen))
+            symbols += [(rel, *s) for s in row[9]]
             imports += [(rel, m) for m in row[10]]
             out.append((rel, row[1], "indexed", None))
     with con:  # one transaction per batch: the batch is in the index before its files count as done
@@ -138,7 +141,7 @@ def _process_batch(
             con.executemany(f"DELETE FROM {t} WHERE path=?", gone)
         con.executemany("UPDATE files SET seen=? WHERE path=?", [(seen, r) for r, _, o, _ in out if o == "reused"])
         con.executemany("INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        con.executemany("INSERT OR IGNORE INTO symbols VALUES (?,?,?)", symbols)
+        con.executemany("INSERT OR IGNORE INTO symbols VALUES (?,?,?,?,?,?)", symbols)
         con.executemany("INSERT OR IGNORE INTO imports VALUES (?,?)", imports)
     return out
 
@@ -150,6 +153,10 @@ def _open(db: str, root: str) -> sqlite3.Connection:
     try:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer
         con.execute("PRAGMA cache_size=-65536")  # 64 MB: the symbol index of a large tree stays in memory
+        cols = {r[1] for r in con.execute("PRAGMA table_info(symbols)")}
+        if cols and "parent" not in cols and con.execute("PRAGMA table_info(meta)").fetchone():
+            # An index from before symbols had lines and parents: it is derived data, built again.
+            con.executescript("DROP TABLE symbols; DROP TABLE imports; DROP TABLE files;")
         con.executescript(SCHEMA)
         with con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (root,))
@@ -190,6 +197,7 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
         else str(output_dir(ctx) / f"index-{hashlib.sha1(p.root.encode()).hexdigest()[:12]}.sqlite")
     )
     ctx.progress(step="listing files")
+    await asyncio.to_thread(parsers)  # a wrong languages.toml in the config dir is one line here, before any work
     con = await asyncio.to_thread(_open, db, p.root)
     try:
         return await _index(ctx, p, con, db)
@@ -201,6 +209,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     root = Path(p.root)
     files = await list_files(ctx, root, p.patterns, p.exclude)
     ctx.progress(total=len(files), step="indexing")
+    said: set[str] = set()
     st = ctx.state
     st.setdefault("bytes", 0)
     st.setdefault("reused", 0)
@@ -219,6 +228,10 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
             st["reused"] += outcome == "reused"
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
+        for language, why in parsers().problems.items():
+            if language not in said:  # a grammar that cannot be loaded: its files get no symbols
+                said.add(language)
+                ctx.log.warning(f"no symbols for {language} files: {why}")
     ctx.progress(step="finishing")
     summary = await asyncio.to_thread(_finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}
