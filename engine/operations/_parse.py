@@ -168,17 +168,21 @@ class Parsers:
             for cap, nodes in captures.items():
                 if cap.startswith("definition."):
                     node = _widen(nodes[0])
-                    key = (node.start_byte, node.end_byte, names[0].text.decode("utf-8", "replace"))
+                    key = (node.start_byte, node.end_byte, _text(names[0]))
                     if key not in found or pattern < found[key][0]:  # the first pattern wins (method, not function)
                         found[key] = (pattern, cap[len("definition.") :], node)
         symbols = _nest(found)
         imports: set[str] = set()
         if compiled.imports is not None:
-            for nodes in tree_sitter.QueryCursor(compiled.imports).captures(tree.root_node).get("import", []):
-                module = _module(nodes.text.decode("utf-8", "replace"))
+            for found_node in tree_sitter.QueryCursor(compiled.imports).captures(tree.root_node).get("import", []):
+                module = _module(_text(found_node))
                 if module:
                     imports.add(module)
         return symbols, sorted(imports)
+
+
+def _text(node: Any) -> str:
+    return bytes(node.text or b"").decode("utf-8", "replace")
 
 
 def _widen(node: Any) -> Any:
