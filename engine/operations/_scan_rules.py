@@ -1,19 +1,23 @@
-"""Rules of security_scan: hard-coded secrets (regex) and risky code (Python through ``ast``, others by regex).
+"""Outlast's own rules of security_scan, where bandit and detect-secrets (``_scan_libs``) have no
+coverage: risky JavaScript/TypeScript and Go code, and Google Cloud keys. The secret patterns of the
+providers detect-secrets covers stay here for one job: redacting snippets.
 
-``scan_text`` is pure: text in, findings out, each with a redacted snippet. A secret never leaves this
-module: every snippet goes through ``redact``, which replaces whatever any secret rule matches on the
-line, whichever rules were selected. A line with ``nosec`` or ``outlast: ignore`` reports nothing.
+``scan_text`` is pure: text in (with the libraries' findings), findings out, each with a redacted
+snippet. A secret never leaves this module: every snippet goes through ``redact``, which replaces
+whatever any secret rule (or detect-secrets) matched on the line, whichever rules were selected.
+A line with ``nosec`` or ``outlast: ignore`` reports nothing.
 """
 
 from __future__ import annotations
 
-import ast
 import bisect
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from ._scan_libs import BANDIT_SKIP, LibFinding, LibRule, bandit_rules, secret_rules
 
 SEVERITIES = ("critical", "high", "medium", "low")
 SNIPPET_MAX = 160
@@ -224,8 +228,7 @@ SECRET_RULES: tuple[Rule, ...] = (
 # Rules whose match only says "a secret-like name has a literal": a specific rule on the same value wins.
 _GENERIC = frozenset({"hardcoded-password", "high-entropy-secret"})
 
-_JS = frozenset({"javascript", "typescript"})
-_PY = frozenset({"python"})
+_JS = frozenset({"javascript", "typescript", "tsx"})
 CODE_REGEX_RULES: tuple[Rule, ...] = (
     Rule(
         "js-eval",
@@ -283,106 +286,48 @@ CODE_REGEX_RULES: tuple[Rule, ...] = (
     ),
 )
 
-PY_RULES: tuple[Rule, ...] = (
-    Rule(
-        "py-eval-exec",
-        "code",
-        "medium",
-        "eval or exec of a non-literal",
-        "eval/exec run whatever string reaches them: use ast.literal_eval, json, or explicit dispatch.",
-        languages=_PY,
-    ),
-    Rule(
-        "py-shell",
-        "code",
-        "high",
-        "Command run through a shell",
-        "shell=True, os.system and friends let shell metacharacters in data run commands: pass an argv list.",
-        languages=_PY,
-    ),
-    Rule(
-        "py-pickle-load",
-        "code",
-        "high",
-        "Deserialisation that can run code (pickle and kin)",
-        "Unpickling untrusted bytes runs arbitrary code: use JSON or another data-only format.",
-        languages=_PY,
-    ),
-    Rule(
-        "py-yaml-load",
-        "code",
-        "high",
-        "yaml.load with an unsafe loader",
-        "yaml.load without a safe Loader can build arbitrary objects: use yaml.safe_load.",
-        languages=_PY,
-    ),
-    Rule(
-        "py-tls-disabled",
-        "code",
-        "high",
-        "TLS certificate verification disabled",
-        "verify=False, ssl._create_unverified_context, CERT_NONE or check_hostname=False accept any certificate.",
-        languages=_PY,
-    ),
-    Rule(
-        "py-weak-password-hash",
-        "code",
-        "medium",
-        "MD5 or SHA-1 used for a password",
-        "Fast hashes are broken for passwords: use hashlib.scrypt, argon2 or bcrypt with a salt.",
-        languages=_PY,
-    ),
-)
+OWN_SECRET_RULES = frozenset({"gcp-api-key", "gcp-service-account-key"})
+"""The secret rules reported: detect-secrets has no plugin for these. The others are kept to redact."""
 
-RULES: dict[str, Rule] = {r.id: r for r in (*SECRET_RULES, *CODE_REGEX_RULES, *PY_RULES)}
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "secrets": tuple(r.id for r in SECRET_RULES),
-    "code": tuple(r.id for r in (*CODE_REGEX_RULES, *PY_RULES)),
-    "python": tuple(r.id for r in PY_RULES),
+RULES: dict[str, Rule] = {
+    r.id: r for r in (*SECRET_RULES, *CODE_REGEX_RULES) if r.category == "code" or r.id in OWN_SECRET_RULES
 }
-# A Python file is parsed only when one of these occurs in it (lower-cased), and the regex, if any, agrees:
-# parsing is most of a scan's cost.
-_PY_TRIGGERS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
-    ("eval", re.compile(r"(?<![\w.])eval\s*\(")),
-    ("exec", re.compile(r"(?<![\w.])exec\s*\(")),
-    ("shell", re.compile(r"shell\s*=\s*[^f\s]")),
-    ("system", re.compile(r"(?<![\w])system\b")),
-    ("popen", None),
-    ("create_subprocess_shell", None),
-    ("getoutput", None),
-    ("pickle", None),
-    ("dill", None),
-    ("shelve", None),
-    ("marshal", None),
-    ("joblib", None),
-    ("torch", None),
-    ("yaml", None),
-    ("verify", re.compile(r"verify\s*=\s*false")),
-    ("unverified", None),
-    ("cert_none", None),
-    ("check_hostname", None),
-    ("md5", None),
-    ("sha1", None),
-)
+"""Outlast's own reported rules: only where bandit and detect-secrets have no coverage."""
 
 
-def _py_triggered(low: str) -> bool:
-    return any(h in low and (rx is None or rx.search(low) is not None) for h, rx in _PY_TRIGGERS)
+def all_rules() -> dict[str, Rule | LibRule]:
+    """Every rule a scan can report: Outlast's own, bandit's tests, detect-secrets' plugins."""
+    return {**RULES, **bandit_rules(), **secret_rules()}
+
+
+def categories() -> dict[str, frozenset[str]]:
+    bandit = frozenset(bandit_rules())
+    secrets = frozenset(secret_rules())
+    own_code = frozenset(r.id for r in CODE_REGEX_RULES)
+    return {
+        "secrets": secrets | OWN_SECRET_RULES,
+        "code": bandit | own_code,
+        "python": bandit,
+        "bandit": bandit,
+        "detect-secrets": secrets,
+    }
 
 
 def select_rules(names: list[str]) -> frozenset[str]:
-    """Rule ids from ids and category names (``all`` or nothing: every rule); ValueError names an unknown one."""
+    """Rule ids from ids and category names (``all`` or nothing: every rule but bandit's B101, which
+    is selected by its id); ValueError names an unknown one."""
+    rules = all_rules()
     if not names or "all" in names:
-        return frozenset(RULES)
+        return frozenset(rules) - BANDIT_SKIP
+    groups = categories()
     out: set[str] = set()
     for n in names:
-        if n in CATEGORIES:
-            out.update(CATEGORIES[n])
-        elif n in RULES:
+        if n in groups:
+            out.update(groups[n] - BANDIT_SKIP)
+        elif n in rules:
             out.add(n)
         else:
-            known = ", ".join(["all", *CATEGORIES, *RULES])
-            raise ValueError(f"unknown rule {n!r} (known: {known})")
+            raise ValueError(f"unknown rule {n!r} (known: all, {', '.join(groups)}, or a rule id: outlast rules)")
     return frozenset(out)
 
 
@@ -430,6 +375,24 @@ def _spans(rule: Rule, text: str, low: str) -> Iterator[tuple[int, int, int]]:
 
 
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.~:")
+GENERIC_SECRET_PLUGINS = frozenset({"Base64HighEntropyString", "HexHighEntropyString", "KeywordDetector"})
+
+
+def _mask_token(line: str, value: str) -> str:
+    """``line`` with each token that contains ``value`` masked whole: a detector may match only a
+    token's prefix ("glpat"), and the rest of the token is the secret."""
+    start = line.find(value)
+    while start >= 0:
+        s, e = start, start + len(value)
+        while s > 0 and line[s - 1] in _TOKEN_CHARS:
+            s -= 1
+        while e < len(line) and line[e] in _TOKEN_CHARS:
+            e += 1
+        masked = _mask(line[s:e], 0)
+        line = line[:s] + masked + line[e:]
+        start = line.find(value, s + len(masked))
+    return line
 
 
 def _mask_random(m: re.Match[str]) -> str:
@@ -465,14 +428,26 @@ def _suppressed(line: str) -> bool:
     return "nosec" in low or "outlast: ignore" in low or "outlast:ignore" in low
 
 
-def scan_text(rel: str, text: str, language: str, selected: frozenset[str]) -> list[dict]:
-    """Findings in one file's text: rule, severity, line, column, message, redacted snippet."""
+def scan_text(
+    rel: str, text: str, language: str, selected: frozenset[str], libraries: Sequence[LibFinding] = ()
+) -> list[dict]:
+    """Findings in one file's text (Outlast's own rules, and the libraries' findings passed in): rule,
+    severity, line, column, message, redacted snippet."""
     low = text.lower()
     lines = _Lines(text)
     found: list[tuple[str, int, int, str]] = []  # (rule id, line, column, message)
+    severity = {f.rule: f.severity for f in libraries}
+    values: dict[int, list[str]] = {}  # secrets detect-secrets matched, by line: masked in the snippet
+    specific = {f.line for f in libraries if f.value is not None and f.rule not in GENERIC_SECRET_PLUGINS}
+    for f in libraries:
+        if f.value is not None and f.rule in GENERIC_SECRET_PLUGINS and f.line in specific:
+            continue  # "high entropy" or "keyword" says less than the provider's detector on the same line
+        found.append((f.rule, f.line, f.column, f.message))
+        if f.value:
+            values.setdefault(f.line, []).append(f.value)
     taken: list[tuple[int, int]] = []  # spans of specific secret values, so generic rules do not repeat them
     for rule in SECRET_RULES:
-        if rule.id not in selected or not any(h in low for h in rule.hints):
+        if rule.id not in selected or rule.id not in RULES or not any(h in low for h in rule.hints):
             continue
         for start, vs, ve in _spans(rule, text, low):
             value = text[vs:ve]
@@ -492,8 +467,8 @@ def scan_text(rel: str, text: str, language: str, selected: frozenset[str]) -> l
         for m in rule.pattern.finditer(text):
             line, col = lines.line_of(m.start())
             found.append((rule.id, line, col, rule.title))
-    if language == "python" and not selected.isdisjoint(CATEGORIES["python"]) and _py_triggered(low):
-        found += [f for f in python_findings(text) if f[0] in selected]
+    specific |= {line for rule_id, line, _c, _m in found if rule_id in OWN_SECRET_RULES}
+    found = [f for f in found if not (f[0] in GENERIC_SECRET_PLUGINS and f[1] in specific)]
     out: list[dict] = []
     seen: set[tuple[str, int]] = set()
     for rule_id, line, col, msg in sorted(found, key=lambda f: (f[1], f[2], f[0])):
@@ -501,149 +476,19 @@ def scan_text(rel: str, text: str, language: str, selected: frozenset[str]) -> l
         if (rule_id, line) in seen or _suppressed(src):
             continue
         seen.add((rule_id, line))
-        r = RULES[rule_id]
+        for value in values.get(line, ()):
+            src = _mask_token(src, value)
+        own = RULES.get(rule_id)
         out.append(
             {
                 "file": rel,
                 "line": line,
                 "column": col,
                 "rule": rule_id,
-                "category": r.category,
-                "severity": r.severity,
+                "category": own.category if own else ("code" if rule_id in bandit_rules() else "secrets"),
+                "severity": own.severity if own else severity[rule_id],
                 "message": msg,
                 "snippet": redact(src),
             }
         )
     return out
-
-
-# ---- Python through ast ---------------------------------------------------------------------------
-
-_PICKLE = {
-    f"{m}.{f}" for m in ("pickle", "cPickle", "_pickle", "dill", "cloudpickle") for f in ("load", "loads", "Unpickler")
-} | {"shelve.open", "marshal.load", "marshal.loads", "jsonpickle.decode", "joblib.load", "pandas.read_pickle"}
-_SHELL_FUNCS = {
-    "os.system",
-    "os.popen",
-    "subprocess.getoutput",
-    "subprocess.getstatusoutput",
-    "asyncio.create_subprocess_shell",
-    "commands.getoutput",
-}
-_SAFE_YAML = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader", "FullLoader"}
-_PASSWORDISH = re.compile(r"pass(?:word|wd|phrase)?|pwd", re.I)
-
-
-class _Py:
-    """Risky calls in one module: one flat pass over its nodes, imports resolved to qualified names."""
-
-    def __init__(self, tree: ast.Module) -> None:
-        self.tree = tree
-        self.nodes = list(ast.walk(tree))
-        self.aliases: dict[str, str] = {}
-        self.found: list[tuple[str, int, int, str]] = []
-        self._parents: dict[ast.AST, ast.AST] | None = None
-
-    def add(self, rule: str, node: ast.AST, msg: str) -> None:
-        self.found.append((rule, node.lineno, node.col_offset + 1, msg))  # type: ignore[attr-defined]
-
-    def qualname(self, node: ast.AST) -> str | None:
-        parts: list[str] = []
-        while isinstance(node, ast.Attribute):
-            parts.append(node.attr)
-            node = node.value
-        if not isinstance(node, ast.Name):
-            return None
-        parts.append(self.aliases.get(node.id, node.id))
-        return ".".join(reversed(parts))
-
-    def run(self) -> list[tuple[str, int, int, str]]:
-        for node in self.nodes:
-            if isinstance(node, ast.Import):
-                self.aliases.update({a.asname: a.name for a in node.names if a.asname})
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                self.aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
-        for node in self.nodes:
-            if isinstance(node, ast.Call):
-                self.call(node)
-            elif isinstance(node, ast.Attribute):
-                q = self.qualname(node)
-                if q in ("ssl.CERT_NONE", "ssl._create_unverified_context"):
-                    self.add("py-tls-disabled", node, f"{q} accepts any certificate")
-            elif (
-                isinstance(node, ast.Assign)
-                and _is_const(node.value, False)
-                and any(isinstance(t, ast.Attribute) and t.attr == "check_hostname" for t in node.targets)
-            ):
-                self.add("py-tls-disabled", node, "check_hostname set to False")
-        return self.found
-
-    def call(self, node: ast.Call) -> None:
-        q = self.qualname(node.func) or ""
-        kw = {k.arg: k.value for k in node.keywords if k.arg}
-        first = node.args[0] if node.args else None
-        if q in ("eval", "exec", "builtins.eval", "builtins.exec") and first is not None and not _literal(first):
-            self.add("py-eval-exec", node, f"{q}() of a non-literal")
-        if "shell" in kw and not _is_const(kw["shell"], False) and not _is_const(kw["shell"], None):
-            self.add("py-shell", node, f"{q or 'call'}(..., shell=True)")
-        elif q in _SHELL_FUNCS:
-            self.add("py-shell", node, f"{q}() runs a shell")
-        if q in _PICKLE or (q == "torch.load" and not _is_const(kw.get("weights_only"), True)):
-            self.add("py-pickle-load", node, f"{q}() can run code from its input")
-        if q in ("yaml.unsafe_load", "yaml.unsafe_load_all"):
-            self.add("py-yaml-load", node, f"{q}()")
-        elif q in ("yaml.load", "yaml.load_all"):
-            loader = kw.get("Loader") or (node.args[1] if len(node.args) > 1 else None)
-            name = (self.qualname(loader) or "").rsplit(".", 1)[-1] if loader is not None else ""
-            if name not in _SAFE_YAML:
-                self.add("py-yaml-load", node, f"{q}() with {'Loader=' + name if name else 'no Loader'}")
-        if _is_const(kw.get("verify"), False):
-            self.add("py-tls-disabled", node, f"{q or 'call'}(..., verify=False)")
-        if self.weak_hash(q, node, kw, first):
-            self.add("py-weak-password-hash", node, f"{q}() of a password")
-
-    def weak_hash(self, q: str, node: ast.Call, kw: dict[str | None, ast.expr], first: ast.expr | None) -> bool:
-        """MD5 or SHA-1 of something named like a password, or inside a function or assignment so named."""
-        if q in ("hashlib.md5", "hashlib.sha1"):
-            args = node.args
-        elif q == "hashlib.new" and isinstance(first, ast.Constant) and str(first.value).lower() in ("md5", "sha1"):
-            args = node.args[1:]
-        else:
-            return False
-        if _is_const(kw.get("usedforsecurity"), False):
-            return False
-        names = [_name(n) for a in args for n in ast.walk(a)]
-        if self._parents is None:
-            self._parents = {c: p for p in self.nodes for c in ast.iter_child_nodes(p)}
-        up: ast.AST | None = node
-        while up is not None:
-            if isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                names.append(up.name)
-            elif isinstance(up, (ast.Assign, ast.AnnAssign)):
-                targets = up.targets if isinstance(up, ast.Assign) else [up.target]
-                names += [_name(n) for t in targets for n in ast.walk(t)]
-            up = self._parents.get(up)
-        return any(x and _PASSWORDISH.search(x) for x in names)
-
-
-def _name(node: ast.AST) -> str | None:
-    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
-
-
-def _is_const(node: ast.AST | None, value: object) -> bool:
-    return isinstance(node, ast.Constant) and node.value is value
-
-
-def _literal(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) or (
-        isinstance(node, ast.JoinedStr) and all(isinstance(v, ast.Constant) for v in node.values)
-    )
-
-
-def python_findings(text: str) -> list[tuple[str, int, int, str]]:
-    """(rule, line, column, message) of risky calls in Python source; nothing for source that does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
-    return _Py(tree).run()

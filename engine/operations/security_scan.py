@@ -1,9 +1,12 @@
 """security_scan: hard-coded secrets and risky code in a source tree, reported as JSON and SARIF 2.1.0.
 
 Files come from git's view of the tree when ``root`` is a work tree, else a walk honouring .gitignore
-(``_walk.list_files``). Rules live in ``_scan_rules``; ``rules`` picks ids or categories (``secrets``,
-``code``, ``python``). Snippets are redacted before they leave the rules module, so no secret reaches
-the report, the result or the log.
+(``_walk.list_files``). Python code is checked by bandit, secrets in every text file by detect-secrets
+(``_scan_libs``: their rule ids, severities and help links; a detect-secrets ``baseline`` file silences
+known secrets), and Outlast's own rules (``_scan_rules``) cover what they do not: JavaScript/TypeScript
+and Go code, Google Cloud keys. ``rules`` picks ids or categories (``secrets``, ``code``, ``python``,
+``bandit``, ``detect-secrets``). Snippets are redacted before they leave the rules module, so no secret
+reaches the report, the result or the log.
 
 Resumable per file: each file's findings are kept in ``ctx.state`` (by path) with the file marked done,
 so a resumed scan reports exactly what an uninterrupted one would. Binary files, files larger than
@@ -30,11 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .. import __version__
 from ..context import OperationContext
+from ..errors import InvalidInput
 from ..files import private_opener
 from ..registry import operation
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import language_of
-from ._scan_rules import RULES, SEVERITIES, scan_text, select_rules
+from ._scan_libs import bandit_findings, bandit_rules, load_baseline, secret_findings, secret_rules
+from ._scan_rules import SEVERITIES, all_rules, scan_text, select_rules
 from ._walk import list_files
 
 BATCH = 64
@@ -57,6 +62,9 @@ class ScanParams(BaseModel):
     )
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
     max_file_size: int = Field(default=5 << 20, ge=1, le=1 << 40, description="bytes; larger files are skipped")
+    baseline: str | None = Field(
+        default=None, description="a detect-secrets baseline file: the secrets it lists stay quiet"
+    )
     fail_on: Literal["critical", "high", "medium", "low"] | None = Field(
         default=None, description="fail (after writing the reports) when a finding has this severity or worse: for CI"
     )
@@ -78,6 +86,17 @@ class ScanParams(BaseModel):
         select_rules(v)
         return v
 
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, v: str | None) -> str | None:
+        if v is not None:
+            v = str(Path(v).expanduser().resolve())
+            try:
+                load_baseline(v)
+            except InvalidInput as e:
+                raise ValueError(str(e)) from None
+        return v
+
     @model_validator(mode="after")
     def _outputs(self) -> ScanParams:
         """The output itself and each report file it stands for (``format=both``: .json and .sarif)."""
@@ -88,7 +107,9 @@ class ScanParams(BaseModel):
         return self
 
 
-def scan_file(root: Path, rel: str, selected: frozenset[str], max_size: int) -> tuple[str, str, Any]:
+def scan_file(
+    root: Path, rel: str, selected: frozenset[str], max_size: int, known: frozenset[tuple[str, str]] = frozenset()
+) -> tuple[str, str, Any]:
     """(rel, kind, payload): ('ok', (bytes, findings, latin1)), ('skip', reason) or ('fail', message)."""
     path = root / rel
     try:
@@ -112,15 +133,21 @@ def scan_file(root: Path, rel: str, selected: frozenset[str], max_size: int) -> 
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text, latin1 = data.decode("latin-1"), True
+    language = language_of(rel)
     try:
-        findings = scan_text(rel, text, language_of(rel), selected)
+        libraries = secret_findings(path, rel, selected, known) if not selected.isdisjoint(secret_rules()) else []
+        if language == "python" and not selected.isdisjoint(bandit_rules()):
+            libraries += bandit_findings(path, selected)
+        findings = scan_text(rel, text, language, selected, libraries)
     except RecursionError:  # a pathologically nested file
         return rel, "fail", "too deeply nested to parse"
     return rel, "ok", (len(data), findings, latin1)
 
 
-def _scan_batch(root: Path, rels: list[str], selected: frozenset[str], max_size: int) -> list[tuple[str, str, Any]]:
-    return [scan_file(root, rel, selected, max_size) for rel in rels]
+def _scan_batch(
+    root: Path, rels: list[str], selected: frozenset[str], max_size: int, known: frozenset[tuple[str, str]]
+) -> list[tuple[str, str, Any]]:
+    return [scan_file(root, rel, selected, max_size, known) for rel in rels]
 
 
 def _sort_key(f: dict) -> tuple:
@@ -131,18 +158,20 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
     """A SARIF 2.1.0 log: one run, the selected rules in the driver, one result per finding."""
     rule_ids = sorted(selected)
     index = {r: i for i, r in enumerate(rule_ids)}
+    table = all_rules()
     rules = [
         {
             "id": r,
             "name": "".join(w.capitalize() for w in r.split("-")),
-            "shortDescription": {"text": RULES[r].title},
-            "fullDescription": {"text": RULES[r].help},
-            "help": {"text": RULES[r].help},
-            "defaultConfiguration": {"level": SARIF_LEVEL[RULES[r].severity]},
+            "shortDescription": {"text": table[r].title},
+            "fullDescription": {"text": table[r].help},
+            "help": {"text": table[r].help},
+            **({"helpUri": uri} if (uri := getattr(table[r], "help_uri", None)) else {}),
+            "defaultConfiguration": {"level": SARIF_LEVEL[table[r].severity]},
             "properties": {
-                "tags": ["security", RULES[r].category],
-                "security-severity": SECURITY_SEVERITY[RULES[r].severity],
-                "severity": RULES[r].severity,
+                "tags": ["security", table[r].category],
+                "security-severity": SECURITY_SEVERITY[table[r].severity],
+                "severity": table[r].severity,
             },
         }
         for r in rule_ids
@@ -222,7 +251,8 @@ def _targets(ctx: OperationContext, p: ScanParams) -> dict[str, Path]:
 async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     """Scan every file once; findings, skips and failures add up to the report written at the end."""
     root = Path(p.root)
-    selected = select_rules(p.rules)
+    selected = await asyncio.to_thread(select_rules, p.rules)  # loads bandit's plugins: not on the loop
+    known = await asyncio.to_thread(load_baseline, p.baseline)
     ctx.progress(step="listing files")
     files = await list_files(ctx, root, [], p.exclude)
     ctx.progress(total=len(files), step="scanning")
@@ -235,7 +265,7 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     ctx.metrics["findings"] = sum(map(len, found.values()))
     pending = [f for f in files if not ctx.is_done(f)]
     for i in range(0, len(pending), BATCH):
-        results = await asyncio.to_thread(_scan_batch, root, pending[i : i + BATCH], selected, p.max_file_size)
+        results = await asyncio.to_thread(_scan_batch, root, pending[i : i + BATCH], selected, p.max_file_size, known)
         async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
             ctx.step = rel
             if kind == "skip":
