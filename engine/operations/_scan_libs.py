@@ -89,7 +89,8 @@ def secret_rules() -> dict[str, LibRule]:
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
     rules = {}
-    for secret_type, plugin in get_mapping_from_secret_type_to_class().items():
+    mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
+    for secret_type, plugin in mapping.items():
         name = plugin.__name__
         severity = _SECRET_SEVERITY.get(name, "high")
         rules[name] = LibRule(name, "secrets", severity, secret_type, f"detect-secrets: {secret_type}", _DS_DOCS)
