@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from engine import Engine, OperationSpec, Status
 from tests.conftest import REPO
-from tests.fixtures_cli import CLI, Cli
+from tests.fixtures_cli import CLI, Cli, until
 from tests.fixtures_ops import (
     as_user_who_cannot_read,
     bad_params,
     checkpoint_state,
-    kill_worker_when,
     resume,
     run_json,
     submit,
@@ -176,9 +177,12 @@ async def test_incremental_reindex(engine: Engine, tmp_path: Path) -> None:
     assert con.execute("SELECT path FROM symbols WHERE name='renamed'").fetchall() == [("src/app.py",)]
 
 
-def test_sigkilled_worker_resumes_to_the_uninterrupted_index(cli: Cli, tmp_path: Path) -> None:
-    """A worker is SIGKILLed after its first checkpoint; `outlast resume` finishes the index, and the index
-    and the result equal those of an uninterrupted run over the same tree."""
+def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker analysing in worker processes is SIGKILLed after its first checkpoint: its worker processes
+    exit with it, `outlast resume` finishes the index, and the index and the result equal those of an
+    uninterrupted run over the same tree in one thread."""
     root = tmp_path / "tree"
     body = "".join(f"def f{i}(x):\n    # note {i}\n    return x + {i}\n\n" for i in range(120))
     for i in range(1000):
@@ -186,13 +190,25 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(cli: Cli, tmp_path:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"m{i:04d}.py").write_text(f"import os\n{body}class C{i}:\n    pass\n")
     (root / "pkg07" / "latin.txt").write_bytes(b"caf\xe9\n")
+    monkeypatch.setenv("OUTLAST_WORKERS", "0")
     code, whole, err = run_json(cli, "run", "codebase_indexing", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db")
     assert code == 0, err
+    monkeypatch.setenv("OUTLAST_WORKERS", "2")
     op_id = submit(
         cli, "codebase_indexing", {"root": str(root), "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.2"
     )
-    killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("bytes", 0) > 0)
-    assert killed.status is Status.RUNNING, "the index was finished before the kill"
+    worker = cli.start("worker", "--concurrency", "1")
+    try:
+        until(lambda: checkpoint_state(cli, op_id).get("bytes", 0) > 0, 60, every=0.02, what="a checkpoint")
+        pool = psutil.Process(worker.popen.pid).children(recursive=True)
+        os.kill(worker.popen.pid, signal.SIGKILL)
+        worker.popen.wait(10)
+    finally:
+        worker.kill()
+    assert len(pool) >= 2, "the interrupted run did not analyse in worker processes"
+    _, alive = psutil.wait_procs(pool, timeout=20)
+    assert not alive, f"worker processes outlived the SIGKILLed engine: {alive}"
+    assert cli.op(op_id).status is Status.RUNNING, "the index was finished before the kill"
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert rows(f"{tmp_path}/b.db") == rows(f"{tmp_path}/a.db")

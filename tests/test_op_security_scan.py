@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from engine import Engine, OperationSpec, Status
 from tests.conftest import REPO
@@ -340,9 +341,12 @@ async def test_git_tree_file_deleted_after_commit_is_skipped(engine: Engine, tmp
     assert {f["file"] for f in op.result["top"]} == {"kept.py"} and op.result["findings"] == 15
 
 
-def test_sigkilled_worker_resumes_to_the_uninterrupted_report(cli: Cli, tmp_path: Path) -> None:
-    """A worker is SIGKILLed once a checkpoint holds scanned files; `outlast resume` finishes the scan, and
-    its findings and result equal those of an uninterrupted scan of the same tree."""
+def test_sigkilled_worker_resumes_to_the_uninterrupted_report(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker scanning in two worker processes is SIGKILLed once a checkpoint holds scanned files;
+    `outlast resume` finishes the scan, and its findings and result equal those of an uninterrupted scan
+    of the same tree in one thread."""
     root = tmp_path / "tree"
     # bandit parses every Python file and detect-secrets reads every line: slow enough to be killed mid-way.
     body = "".join(f"def f{i}(x):\n    return yaml.safe_load(x) or {i}\n\n" for i in range(10))
@@ -352,9 +356,11 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_report(cli: Cli, tmp_path
         extra = f'eval(src)\nDB_PASSWORD = "{S["password"]}{i}"\n' if i % 20 == 7 else ""
         (d / f"m{i:04d}.py").write_text(f"import yaml\n{extra}{body}")
     (root / "pkg07" / "blob.bin").write_bytes(b"\0" * 64)
+    monkeypatch.setenv("OUTLAST_WORKERS", "0")
     code, whole, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}/a.json")
     assert code == 0, err
     assert whole["result"]["findings"] == 30 and whole["result"]["skipped"] == {"binary": 1}  # B307, B105, keyword
+    monkeypatch.setenv("OUTLAST_WORKERS", "2")
     op_id = submit(cli, "security_scan", {"root": str(root), "output": f"{tmp_path}/b.json"}, "checkpoint_interval=0.2")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op.id).get("bytes", 0) > 0)
     assert killed.status is Status.RUNNING

@@ -143,6 +143,12 @@ class Parsers:
                     self.problems[language] = str(e)
             return self._compiled.get(language)
 
+    def check(self, languages: set[str]) -> dict[str, str]:
+        """Compile these languages now (those configured); the ones that cannot be parsed, with why."""
+        for language in languages:
+            self.compiled(language)
+        return {lang: why for lang, why in self.problems.items() if lang in languages}
+
     def _parser(self, language: str, compiled: _Compiled) -> Any:
         import tree_sitter
 

@@ -23,6 +23,7 @@ from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import count_lines, language_of, parsers, symbols_and_imports
+from ._pool import in_order, worker_count
 from ._walk import list_files
 
 BATCH = 256
@@ -104,26 +105,43 @@ def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, st
     return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
 
 
-def _process_batch(
-    con: sqlite3.Connection, root: Path, rels: list[str], seen: str
+def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple]) -> list[tuple[tuple | None, str | None]]:
+    """Each file's analysis (see ``_analyze``): pure, so it runs in a worker process as well as here."""
+    return [_analyze(root, rel, prev.get(rel)) for rel in rels]
+
+
+def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
+    """What the index holds for these files: (size, mtime, sha256, seen) by path."""
+    out: dict[str, tuple] = {}
+    for i in range(0, len(rels), 900):  # SQLite's limit on bound parameters
+        part = rels[i : i + 900]
+        q = ",".join("?" * len(part))
+        out.update(
+            (r[0], r[1:])
+            for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", part)
+        )
+    return out
+
+
+def _store_batch(
+    con: sqlite3.Connection,
+    rels: list[str],
+    analysed: list[tuple[tuple | None, str | None]],
+    prev: dict[str, tuple],
+    seen: str,
 ) -> list[tuple[str, int, str, str | None]]:
-    """Analyse and store a batch in one transaction; (path, bytes, outcome, error or skip reason) per file.
+    """Store a batch's analysis in one transaction; (path, bytes, outcome, error or skip reason) per file.
 
     outcome: "indexed", "reused" (unchanged since an earlier run), "skipped" or "failed". A file that this
     same operation stored before a crash is "indexed" again, not "reused", so a resumed run reports what an
     uninterrupted one does.
     """
-    q = ",".join("?" * len(rels))
-    prev = {
-        r[0]: r[1:] for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", rels)
-    }
     out: list[tuple[str, int, str, str | None]] = []
     gone: list[tuple[str]] = []
     rows: list[tuple] = []
     symbols: list[tuple[str, str, str, int, int, str]] = []
     imports: list[tuple[str, str]] = []
-    for rel in rels:
-        row, err = _analyze(root, rel, prev.get(rel))
+    for rel, (row, err) in zip(rels, analysed, strict=True):
         if row is None or row[0] == "skip":
             gone.append((rel,))
             out.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
@@ -209,14 +227,24 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     root = Path(p.root)
     files = await list_files(ctx, root, p.patterns, p.exclude)
     ctx.progress(total=len(files), step="indexing")
-    said: set[str] = set()
     st = ctx.state
     st.setdefault("bytes", 0)
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
     pending = [f for f in files if not ctx.is_done(f)]
-    for i in range(0, len(pending), BATCH):
-        results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen)
+    prev = await asyncio.to_thread(_previous, con, pending)
+    batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]
+    workers = worker_count(len(pending))
+    if workers:
+        ctx.log.info(f"analysing {len(pending)} files in {workers} worker processes")
+    languages = {language_of(f) for f in pending}
+    for language, problem in (await asyncio.to_thread(parsers().check, languages)).items():
+        ctx.log.warning(f"no symbols for {language} files: {problem}")  # a grammar that cannot be loaded
+    args = [(root, rels, {r: prev[r] for r in rels if r in prev}) for rels in batches]
+    done = 0
+    async for analysed in in_order(analyze_batch, args, workers):
+        rels, done = batches[done], done + 1
+        results = await asyncio.to_thread(_store_batch, con, rels, analysed, prev, seen)
         async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
             if outcome == "failed":
                 ctx.fail(rel, why or "failed")
@@ -228,10 +256,6 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
             st["reused"] += outcome == "reused"
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
-        for language, why in parsers().problems.items():
-            if language not in said:  # a grammar that cannot be loaded: its files get no symbols
-                said.add(language)
-                ctx.log.warning(f"no symbols for {language} files: {why}")
     ctx.progress(step="finishing")
     summary = await asyncio.to_thread(_finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}

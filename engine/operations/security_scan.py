@@ -38,6 +38,7 @@ from ..files import private_opener
 from ..registry import operation
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import language_of
+from ._pool import in_order, worker_count
 from ._scan_libs import bandit_findings, bandit_rules, load_baseline, secret_findings, secret_rules
 from ._scan_rules import SEVERITIES, all_rules, scan_text, select_rules
 from ._walk import list_files
@@ -264,8 +265,11 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     st.setdefault("latin1", 0)
     ctx.metrics["findings"] = sum(map(len, found.values()))
     pending = [f for f in files if not ctx.is_done(f)]
-    for i in range(0, len(pending), BATCH):
-        results = await asyncio.to_thread(_scan_batch, root, pending[i : i + BATCH], selected, p.max_file_size, known)
+    workers = worker_count(len(pending))
+    if workers:
+        ctx.log.info(f"scanning {len(pending)} files in {workers} worker processes")
+    batches = [(root, pending[i : i + BATCH], selected, p.max_file_size, known) for i in range(0, len(pending), BATCH)]
+    async for results in in_order(_scan_batch, batches, workers):
         async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
             ctx.step = rel
             if kind == "skip":

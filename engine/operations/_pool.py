@@ -1,0 +1,99 @@
+"""Per-file work on every core: batches of files analysed in worker processes, results in order.
+
+Parsing (tree-sitter, bandit, detect-secrets) is CPU-bound Python or C that holds the GIL, so threads
+do not scale it; processes do. The pool is sized to the machine (``OUTLAST_WORKERS`` overrides it) and
+is used only when a run has enough files to repay the workers' start-up (each imports the parsers);
+small runs and one-core machines stay in one thread.
+
+Workers are spawned (never a fork of the engine's process, whose threads may hold locks) and die with
+the engine: the pool is shut down when the operation stops, and a SIGKILLed engine's workers are
+killed by the kernel (PR_SET_PDEATHSIG on Linux) or, elsewhere, notice within a second that their
+parent is gone. A worker holds the task queue's write end, so it would not see the engine go by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MIN_FILES_PER_WORKER = 400
+"""Below this many files per extra worker, starting workers costs more than it gives back."""
+
+
+def worker_count(files: int) -> int:
+    """How many processes to analyse ``files`` files with: 0 means in the engine's own thread."""
+    env = os.environ.get("OUTLAST_WORKERS", "").strip()
+    if env.isdigit():  # said explicitly: as many as asked, up to one per file
+        wanted = min(int(env), files)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        wanted = min(cores, files // MIN_FILES_PER_WORKER)
+    return wanted if wanted >= 2 else 0
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """In each worker: be killed when ``parent`` (the engine) dies, however it dies."""
+    from ._common import libc_function
+
+    prctl = libc_function("prctl")
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+    if prctl is None:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="outlast-parent-watch").start()
+
+
+async def in_order(
+    fn: Callable[..., T], batches: Sequence[tuple[Any, ...]], workers: int, ahead: int = 2
+) -> AsyncIterator[T]:
+    """``fn(*args)`` for each batch's args, yielded in batch order. With ``workers`` processes, up to
+    ``workers * ahead`` batches are in flight; with 0, each runs in a thread as it is reached (so a
+    consumer that stops early leaves nothing running)."""
+    if workers < 2:
+        for args in batches:
+            yield await asyncio.to_thread(fn, *args)
+        return
+    loop = asyncio.get_running_loop()
+    pool: Executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with,
+        initargs=(os.getpid(),),
+    )
+    pending: deque[asyncio.Future[T]] = deque()
+    todo = iter(batches)
+    try:
+        for args in todo:
+            pending.append(loop.run_in_executor(pool, fn, *args))
+            if len(pending) >= workers * ahead:
+                break
+        while pending:
+            result = await pending.popleft()
+            for args in todo:
+                pending.append(loop.run_in_executor(pool, fn, *args))
+                break
+            yield result
+    finally:
+        for fut in pending:
+            fut.cancel()
+        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
