@@ -243,7 +243,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             async for big in ctx.items([rel]):
                 await _copy_large(ctx, p, src, dst, big, sizes[big])
             continue
-        batch = []
+        batch: list[str] = []
         while i < len(pending) and sizes.get(pending[i], 0) <= p.chunk_checkpoint and len(batch) < SMALL_BATCH:
             batch.append(pending[i])
             i += 1

@@ -187,7 +187,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             if data is not None:
                 ctx.state["checkpoint"] = data
                 ctx.state["lines"] = lines
-                await ctx.checkpoint(**{"command": data})
+                await ctx.checkpoint(command=data)
             elif not protocol:
                 lines += 1
                 ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
