@@ -112,6 +112,10 @@ async def test_a_failing_migration_is_rolled_back_with_its_record(engine: Engine
     assert [r[0] for r in con.execute("SELECT name FROM schema_migrations")] == ["1.sql"]
     assert con.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0  # the first INSERT went with the failure
     con.close()
+    (mig / "2.sql").write_text(f"ATTACH '{tmp_path}/other.sqlite' AS o; CREATE TABLE o.x (a);")  # another file
+    rec = await run(engine, {"directory": str(mig), "database": str(db)})
+    assert rec.status is Status.FAILED and "ATTACH and VACUUM INTO are refused" in rec.error, rec.error
+    assert not (tmp_path / "other.sqlite").exists()
 
 
 async def run(engine: Engine, params: dict) -> Operation:

@@ -7,7 +7,8 @@ transaction: a migration is applied and recorded together or not at all. The tab
 what is applied, so a run killed at any point (even between a commit and the checkpoint) resumes at the next
 unapplied migration and never applies one twice. A migration already applied whose file has changed since is
 refused before anything runs (one line naming it); so is a file that controls transactions itself (BEGIN,
-COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee.
+COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee. A migration writes its database only: ATTACH
+and VACUUM INTO (which would write other files) are refused by an SQLite authorizer.
 
 Built on the standard library's sqlite3: statements are split with ``sqlite3.complete_statement`` (SQLite's own
 tokenizer: triggers' ``BEGIN ... END`` and semicolons inside strings are handled). Databases other than SQLite
@@ -165,12 +166,18 @@ def check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> Non
             )
 
 
+def _no_other_files(action: int, *_args: object) -> int:
+    """SQLite authorizer: ATTACH (and VACUUM INTO, which attaches) would write files other than the database."""
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+
+
 def _connect(database: str, table: str) -> sqlite3.Connection:
     con = sqlite3.connect(database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
         " applied_at REAL NOT NULL, operation_id TEXT)"
     )
+    con.set_authorizer(_no_other_files)
     return con
 
 
@@ -220,7 +227,9 @@ async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
                 con.interrupt()  # a forced stop rolls the migration back instead of leaving it running
                 raise
             except sqlite3.Error as e:
-                raise RuntimeError(f"migration {m.name} failed and was rolled back: {e}") from None
+                hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
+                why = f"{e}{hint if 'authoriz' in str(e) else ''}"
+                raise RuntimeError(f"migration {m.name} failed and was rolled back: {why}") from None
             if outcome == "present":
                 ctx.log.info(f"{m.name} was already applied (by another run): not applied again")
         mine, total = await asyncio.to_thread(_summary, con, p.table, ctx.id)
