@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
+from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 
@@ -141,7 +142,7 @@ def read_applied(database: str, table: str) -> dict[str, str]:
     if not Path(database).exists() or Path(database).stat().st_size == 0:
         return {}
     try:
-        con = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        con = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
     except sqlite3.Error as e:
         raise ValueError(f"database {database!r}: {e}") from None
     try:
@@ -172,6 +173,7 @@ def _no_other_files(action: int, *_args: object) -> int:
 
 
 def _connect(database: str, table: str) -> sqlite3.Connection:
+    create_private(Path(database))  # a new database is its user's alone (its journal files take its mode)
     con = sqlite3.connect(database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
