@@ -75,3 +75,13 @@ def test_code_running_seed_endpoints_queue_with_allow_commands(start_server: Any
         )
         assert r.status_code == 202, r.text
         srv.http.post(f"/api/operations/{r.json()['operation_id']}/cancel")
+
+
+def test_a_remote_load_test_needs_allow_commands(plain: tuple[Server, Path]) -> None:
+    """Without --allow-commands a client may load this machine only, not make the server load another host."""
+    srv, _ = plain
+    body = {"type": "load_testing", "params": {"url": "http://192.0.2.1/", "allow_remote": True}}
+    r = srv.http.post("/api/operations", json=body)
+    assert r.status_code == 403 and "--allow-commands" in r.json()["detail"], r.text
+    r = srv.http.post("/api/operations", json={"type": "load_testing", "params": {"url": "http://192.0.2.1/"}})
+    assert r.status_code == 422 and "loopback" in r.json()["detail"], r.text
