@@ -29,6 +29,10 @@ BUILTIN_MODULES = (
     "engine.operations.test_suite",
     "engine.operations.security_scan",
     "engine.operations.backup",
+    "engine.operations.load_test",
+    "engine.operations.migration",
+    "engine.operations.cleanup",
+    "engine.operations.monitoring",
 )
 
 

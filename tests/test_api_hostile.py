@@ -296,6 +296,11 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
         "codebase_indexing": {"root", "patterns", "exclude"},
         "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on"},
         "demo": {"items", "seconds", "fail_every", "crash_at", "hang_at"},
+        "migration_operation": {"directory", "table"},
+        "cleanup_operation": {"patterns", "exclude", "older_than_days", "retention_days", "dry_run"},
+        "monitoring_collection": {"interval", "duration", "pids"},
+        "load_testing": {"allow_remote", "url", "method", "headers", "body", "rate", "concurrency", "duration"}
+        | {"requests", "slice_seconds", "timeout"},
     }
     for type_, h in handlers().items():
         if h.source == "builtin" and type_ not in CODE_TYPES:

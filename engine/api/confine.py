@@ -21,6 +21,9 @@ WRITTEN: dict[str, tuple[str, ...]] = {
     "codebase_indexing": ("output",),
     "security_scan": ("output",),
     "backup_operation": ("destination",),
+    "migration_operation": ("database",),
+    "cleanup_operation": ("root", "manifest", "state_dir"),  # root: where it deletes
+    "monitoring_collection": ("output",),
 }
 """The params of each built-in type that name a place the operation writes to."""
 

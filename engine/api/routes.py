@@ -122,6 +122,12 @@ def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
 
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
     _forbid_command(request, spec.type)
+    if (
+        spec.type == "load_testing"
+        and spec.params.get("allow_remote") not in (None, False, "false")
+        and not (request.app.state.allow_commands)
+    ):  # the server would load any host a client names
+        raise Forbidden("load_testing with allow_remote is disabled on this server (start it with --allow-commands)")
     op = await engine.submit(_confine_outputs(request, spec))
     url = f"/api/operations/{op.id}"
     response.headers["Location"] = url

@@ -1,0 +1,319 @@
+"""cleanup_operation: delete files matching patterns and age under a root, or Outlast's own old outputs and logs.
+
+Dry-run by default: nothing is deleted unless ``dry_run`` is false; the manifest then lists what would go.
+Two modes:
+
+- ``root``: files under it (symlinks are removed, never followed) whose path relative to the root matches
+  ``patterns`` (.gitignore syntax, through pathspec, already a dependency) and not ``exclude``, and whose
+  mtime is older than ``older_than_days``.
+- ``retention_days``: Outlast's own retention in a state directory (default: the one this engine uses): the
+  log files and outputs of operations that ended (completed, failed, cancelled, timed out) more than N days
+  ago, logs of operations no longer in the store, and outputs older than N days that no kept operation
+  refers to. Paused and interrupted operations keep theirs (a resume needs them). Operation records are not
+  deleted here. The store is read through its public API (``open_store``, ``list``).
+
+The age cutoff is fixed when the run starts (kept in ``ctx.state``), so a resume selects what the
+uninterrupted run would have. Files go in batches: the batch's manifest lines (JSON: path, size, mtime) are
+written and fsynced first, then the files are unlinked, so a kill at any point leaves no removed file
+missing from the manifest; a resume does not repeat a line already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from pathspec import GitIgnoreSpec
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..context import OperationContext
+from ..files import private_opener
+from ..models import TERMINAL, Operation
+from ..registry import operation
+from ..store import open_store
+from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
+
+BATCH = 256
+DAY = 86400.0
+
+
+class CleanupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str | None = Field(default=None, description="directory to clean (give root or retention_days)")
+    patterns: list[str] = Field(default_factory=list, description=".gitignore-style patterns of files to delete")
+    exclude: list[str] = Field(default_factory=list, description=".gitignore-style patterns of files to keep")
+    older_than_days: float = Field(default=0.0, ge=0, le=100_000, description="only files older than this")
+    retention_days: float | None = Field(
+        default=None, ge=0, le=100_000, description="Outlast's retention: outputs and logs older than this"
+    )
+    state_dir: str | None = Field(default=None, description="state directory for retention (default: this one)")
+    dry_run: bool = Field(default=True, description="list what would be deleted, delete nothing")
+    manifest: str | None = Field(default=None, description="JSON-lines manifest (default: outputs/cleanup-ID.jsonl)")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str | None) -> str | None:
+        return None if v is None else existing_dir(v, "root")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, v: str | None) -> str | None:
+        return None if v is None else existing_dir(v, "state_dir")
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest(cls, v: str | None) -> str | None:
+        return check_output_file(v, "manifest", JSON_MAGIC, "a JSON-lines manifest")
+
+    @field_validator("patterns", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        try:
+            GitIgnoreSpec.from_lines(v)
+        except Exception as e:
+            raise ValueError(f"pattern not understood: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> CleanupParams:
+        if (self.root is None) == (self.retention_days is None):
+            raise ValueError("give either root (with patterns) or retention_days (Outlast's own outputs and logs)")
+        if self.root is not None and not self.patterns:
+            raise ValueError("patterns is empty: name the files to delete (e.g. *.tmp, build/)")
+        if self.root is None and (self.patterns or self.exclude or self.older_than_days):
+            raise ValueError("patterns, exclude and older_than_days go with root, not with retention_days")
+        if self.state_dir is not None and self.root is not None:
+            raise ValueError("state_dir goes with retention_days, not with root")
+        if self.manifest is not None and self.root is not None:
+            m = Path(self.manifest).expanduser().resolve()
+            if m.is_relative_to(self.root):
+                raise ValueError(f"manifest {self.manifest!r} is inside root {self.root!r}")
+        return self
+
+
+def _entry(path: Path) -> tuple[int, float] | None:
+    """(size, mtime) of a regular file or symlink (not followed); None for anything else or a vanished one."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        return None
+    return st.st_size, st.st_mtime
+
+
+def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: float) -> list[str]:
+    """Relative paths under ``root`` matching ``patterns``, not ``exclude``, last modified before ``cutoff``."""
+    want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
+    out: list[str] = []
+    for d, dnames, fnames in os.walk(root):
+        rel_d = Path(d).relative_to(root)
+        for x in list(dnames):
+            if (Path(d) / x).is_symlink():  # a symlink to a directory: the link is a candidate, never followed
+                dnames.remove(x)
+                fnames.append(x)
+        for f in fnames:
+            rel = (rel_d / f).as_posix()
+            if not want.match_file(rel) or keep.match_file(rel):
+                continue
+            e = _entry(root / rel)
+            if e is not None and e[1] < cutoff:
+                out.append(rel)
+    return sorted(out)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON value (paths in a result or params)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> list[str]:
+    """Paths (relative to the state dir) of logs and outputs that retention removes."""
+    by_id = {o.id: o for o in ops}
+
+    def old(o: Operation) -> bool:
+        return o.status in TERMINAL and (o.finished_at or o.updated_at) < cutoff
+
+    kept = [o for o in ops if not old(o) or o.id == own_id]
+    keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
+    kept_ids = {o.id for o in kept}
+    out: list[str] = []
+    logs = state / "logs"
+    if logs.is_dir():
+        for log in sorted(logs.iterdir()):
+            o = by_id.get(log.name.split(".", 1)[0])
+            e = _entry(log)
+            if e is None:
+                continue
+            if (o is not None and old(o)) or (o is None and e[1] < cutoff):
+                out.append(f"logs/{log.name}")
+    outputs = state / "outputs"
+    for d, _dn, fnames in os.walk(outputs):
+        for name in fnames:
+            p = Path(d) / name
+            e = _entry(p)
+            if e is None or e[1] >= cutoff:
+                continue
+            rel = p.relative_to(state).as_posix()
+            if any(i in rel for i in kept_ids):
+                continue
+            chain = [str(p), *(str(a) for a in p.parents if a.is_relative_to(outputs) and a != outputs)]
+            if any(c in keep_paths for c in chain):
+                continue
+            out.append(rel)
+    return sorted(out)
+
+
+def read_manifest(path: Path) -> dict[str, int | None]:
+    """path -> size of each file in the manifest (None: its removal failed, the file is still there).
+
+    A torn last line (a kill while writing it) is ignored: its file was not yet removed.
+    """
+    out: dict[str, int | None] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                    out[rec["path"]] = None if "error" in rec else int(rec["size"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _remove_batch(
+    base: Path, rels: list[str], manifest: Path, seen: set[str], dry_run: bool
+) -> list[tuple[str, int, str | None]]:
+    """Record the batch in the manifest (fsynced), then unlink it; (path, bytes, error or None) per file."""
+    entries: list[tuple[str, int, float]] = []
+    out: list[tuple[str, int, str | None]] = []
+    for rel in rels:
+        e = _entry(base / rel)
+        if e is None:
+            out.append((rel, 0, "gone"))
+        else:
+            entries.append((rel, e[0], e[1]))
+    lines = [
+        json.dumps({"path": rel, "size": size, "mtime": mtime, **({"dry_run": True} if dry_run else {})}) + "\n"
+        for rel, size, mtime in entries
+        if rel not in seen
+    ]
+    if lines:
+        with open(manifest, "a", encoding="utf-8", opener=private_opener) as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+    failed: list[str] = []
+    for rel, size, _mtime in entries:
+        seen.add(rel)
+        if dry_run:
+            out.append((rel, size, None))
+            continue
+        try:
+            os.unlink(base / rel)
+            out.append((rel, size, None))
+        except FileNotFoundError:
+            out.append((rel, size, None))  # removed by the run that wrote its line before a crash
+        except OSError as e:
+            why = f"{type(e).__name__}: {e.strerror or e}"
+            out.append((rel, 0, why))
+            failed.append(json.dumps({"path": rel, "error": why}) + "\n")
+            seen.discard(rel)  # a later run that removes it writes its line again
+    if failed:
+        with open(manifest, "a", encoding="utf-8", opener=private_opener) as fh:
+            fh.writelines(failed)
+    return out
+
+
+def _prune_dirs(top: Path, cutoff: float, emptied: set[Path]) -> int:
+    """Remove empty directories under ``top`` (not ``top``) that this run emptied or that are unchanged since
+    ``cutoff``; how many. (A new empty one may be a running operation's, about to be written into.)"""
+    n = 0
+    for d, _dn, _fn in os.walk(top, topdown=False):
+        if Path(d) != top and (Path(d) in emptied or _entry_time(Path(d)) < cutoff):
+            try:
+                os.rmdir(d)
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _entry_time(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return float("inf")
+
+
+async def _list_operations(state: Path) -> list[Operation]:
+    store = open_store(state)
+    await store.open()
+    try:
+        return await store.list()
+    finally:
+        await store.close()
+
+
+@operation("cleanup_operation", params=CleanupParams, description="delete old files by pattern; Outlast's retention")
+async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
+    """Select the files, then record and remove them batch by batch; the result counts them."""
+    st = ctx.state
+    if "cutoff" not in st:
+        days = p.older_than_days if p.root is not None else (p.retention_days or 0.0)
+        st["cutoff"] = time.time() - days * DAY
+    cutoff = float(st["cutoff"])
+    manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
+    if not ctx.resuming:
+        await asyncio.to_thread(manifest.unlink, missing_ok=True)
+    ctx.progress(step="listing")
+    if p.root is not None:
+        base = Path(p.root)
+        rels = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff)
+    else:
+        base = Path(p.state_dir).resolve() if p.state_dir else output_dir(ctx).parent.resolve()
+        ops = await _list_operations(base)
+        rels = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
+        rels = [r for r in rels if base / r != manifest]
+    seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
+    pending = [r for r in rels if not ctx.is_done(r)]
+    ctx.progress(total=len(pending) + ctx.done, step="dry run" if p.dry_run else "removing")
+    for i in range(0, len(pending), BATCH):
+        results = await asyncio.to_thread(_remove_batch, base, pending[i : i + BATCH], manifest, seen, p.dry_run)
+        async for rel, size, err in ctx.items(results, key=lambda r: r[0]):
+            if err == "gone":
+                ctx.skip(rel, "gone since the listing")
+                continue
+            if err is not None:
+                ctx.fail(rel, err)
+                continue
+            ctx.progress(bytes=ctx.metrics.get("bytes", 0) + size)
+    pruned = 0
+    if not p.dry_run and p.root is None:
+        emptied = {a for r in rels for a in (base / r).parents if a.is_relative_to(base / "outputs")}
+        pruned = await asyncio.to_thread(_prune_dirs, base / "outputs", cutoff, emptied)
+    # Counted from the manifest: files removed before a kill, after their checkpoint, are gone from the
+    # listing of the resumed run but are in the manifest.
+    removed = [v for v in (await asyncio.to_thread(read_manifest, manifest)).values() if v is not None]
+    return {
+        "dry_run": p.dry_run,
+        "files": len(removed),
+        "bytes": sum(removed),
+        "failures": ctx.failures,
+        "manifest": str(manifest),
+        "directories_removed": pruned,
+    }

@@ -1,0 +1,240 @@
+"""migration_operation: apply an ordered folder of SQL migrations to a SQLite database, each exactly once.
+
+Migrations are the ``*.sql`` files of ``directory``, in natural order of their names (``2_x.sql`` before
+``10_y.sql``). Each one is an item, run in its own transaction (``BEGIN IMMEDIATE``), and the row that records
+it in the migrations table (name, sha256 checksum, applied_at, operation id) is written in that same
+transaction: a migration is applied and recorded together or not at all. The table, not the checkpoint, says
+what is applied, so a run killed at any point (even between a commit and the checkpoint) resumes at the next
+unapplied migration and never applies one twice. A migration already applied whose file has changed since is
+refused before anything runs (one line naming it); so is a file that controls transactions itself (BEGIN,
+COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee. A migration writes its database only: ATTACH
+and VACUUM INTO (which would write other files) are refused by an SQLite authorizer.
+
+Built on the standard library's sqlite3: statements are split with ``sqlite3.complete_statement`` (SQLite's own
+tokenizer: triggers' ``BEGIN ... END`` and semicolons inside strings are handled). Databases other than SQLite
+(a DB-API driver by URL) are not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from ..context import OperationContext
+from ..files import create_private
+from ..registry import operation
+from ._common import SQLITE_MAGIC, check_output_file, existing_dir
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_TXN = re.compile(r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+BUSY_TIMEOUT = 30.0
+"""Seconds to wait for another writer of the database before a migration fails."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    checksum: str
+    statements: tuple[str, ...]
+
+
+class MigrationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # directory last: its check reads the database's table (validated fields come in declaration order)
+    database: str = Field(description="SQLite database file (created if missing)")
+    table: str = Field(default="schema_migrations", description="table recording applied migrations")
+    directory: str = Field(description="folder of *.sql migration files, applied in natural order of their names")
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        checked = check_output_file(v, "database", SQLITE_MAGIC, "an SQLite database")
+        return str(Path(checked or v).expanduser().resolve())
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError(f"table {v!r} is not a plain SQL name (letters, digits, _)")
+        return v
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: str, info: ValidationInfo) -> str:
+        """Every file is fit to run, and no applied migration has changed since: refused before anything runs."""
+        v = existing_dir(v, "directory")
+        migrations = load_migrations(Path(v))
+        if "database" in info.data and "table" in info.data:
+            check_unchanged(migrations, read_applied(info.data["database"], info.data["table"]))
+        return v
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def split_statements(sql: str) -> list[str]:
+    """The complete SQL statements of a script, in order (SQLite's tokenizer decides where one ends)."""
+    out: list[str] = []
+    buf = ""
+    for piece in sql.split(";"):
+        buf = piece if not buf else buf + ";" + piece
+        if sqlite3.complete_statement(buf + ";"):
+            if buf.strip():
+                out.append(buf.strip() + ";")
+            buf = ""
+    if buf.strip() and not _only_comments(buf):
+        out.append(buf.strip())  # the last statement without its semicolon
+    return [s for s in out if not _only_comments(s)]
+
+
+def _only_comments(s: str) -> bool:
+    s = re.sub(r"/\*.*?\*/", "", s, flags=re.DOTALL)
+    return all(not ln.strip() or ln.strip().startswith("--") for ln in s.replace(";", "").splitlines())
+
+
+def _strip_leading_comments(s: str) -> str:
+    while True:
+        s = s.lstrip()
+        if s.startswith("--"):
+            s = s.split("\n", 1)[1] if "\n" in s else ""
+        elif s.startswith("/*") and "*/" in s:
+            s = s.split("*/", 1)[1]
+        else:
+            return s
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """The folder's migrations in natural order; ValueError (one line) for an unreadable or unfit file."""
+    out: list[Migration] = []
+    for p in sorted(directory.glob("*.sql"), key=lambda p: _natural(p.name)):
+        if not p.is_file():
+            continue
+        try:
+            raw = p.read_bytes()
+            text = raw.decode("utf-8")
+        except OSError as e:
+            raise ValueError(f"migration {p.name}: unreadable ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"migration {p.name}: not UTF-8 (byte {e.start})") from None
+        stmts = split_statements(text)
+        for s in stmts:
+            m = _TXN.match(_strip_leading_comments(s))
+            if m:
+                raise ValueError(
+                    f"migration {p.name} controls transactions itself ({m.group(1).upper()}): "
+                    "each migration already runs in its own transaction"
+                )
+        out.append(Migration(p.name, hashlib.sha256(raw).hexdigest(), tuple(stmts)))
+    return out
+
+
+def read_applied(database: str, table: str) -> dict[str, str]:
+    """name -> checksum of the migrations recorded in ``database`` ({} when it or the table does not exist)."""
+    if not Path(database).exists() or Path(database).stat().st_size == 0:
+        return {}
+    try:
+        con = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    except sqlite3.Error as e:
+        raise ValueError(f"database {database!r}: {e}") from None
+    try:
+        cols = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        if not cols:
+            return {}
+        if not {"name", "checksum"} <= cols:
+            raise ValueError(f"table {table!r} in {database!r} exists without the columns name and checksum")
+        return dict(con.execute(f"SELECT name, checksum FROM {table}").fetchall())
+    except sqlite3.Error as e:
+        raise ValueError(f"database {database!r}: {e}") from None
+    finally:
+        con.close()
+
+
+def check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> None:
+    for m in migrations:
+        if m.name in applied and applied[m.name] != m.checksum:
+            raise ValueError(
+                f"migration {m.name} was changed after it was applied (checksum {applied[m.name][:12]} recorded, "
+                f"{m.checksum[:12]} now): write a new migration instead"
+            )
+
+
+def _no_other_files(action: int, *_args: object) -> int:
+    """SQLite authorizer: ATTACH (and VACUUM INTO, which attaches) would write files other than the database."""
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+
+
+def _connect(database: str, table: str) -> sqlite3.Connection:
+    create_private(Path(database))  # a new database is its user's alone (its journal files take its mode)
+    con = sqlite3.connect(database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
+        " applied_at REAL NOT NULL, operation_id TEXT)"
+    )
+    con.set_authorizer(_no_other_files)
+    return con
+
+
+def _apply(con: sqlite3.Connection, table: str, m: Migration, op_id: str) -> str:
+    """Run one migration and record it in one transaction: "applied", or "present" when it already was."""
+    con.execute("BEGIN IMMEDIATE")  # the write lock first: no other runner can apply it meanwhile
+    try:
+        row = con.execute(f"SELECT checksum FROM {table} WHERE name=?", (m.name,)).fetchone()
+        if row is not None:
+            con.execute("ROLLBACK")
+            if row[0] != m.checksum:
+                raise ValueError(f"migration {m.name} was changed after it was applied")
+            return "present"
+        for stmt in m.statements:
+            con.execute(stmt)
+        con.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?)", (m.name, m.checksum, time.time(), op_id))
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    return "applied"
+
+
+def _summary(con: sqlite3.Connection, table: str, op_id: str) -> tuple[list[str], int]:
+    mine = [r[0] for r in con.execute(f"SELECT name FROM {table} WHERE operation_id=? ORDER BY rowid", (op_id,))]
+    total = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    return mine, total
+
+
+@operation("migration_operation", params=MigrationParams, description="apply SQL migrations to SQLite, each once")
+async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
+    """Apply the pending migrations in order; the result names those this operation applied."""
+    migrations = await asyncio.to_thread(load_migrations, Path(p.directory))
+    con = await asyncio.to_thread(_connect, p.database, p.table)
+    try:
+        applied = await asyncio.to_thread(read_applied, p.database, p.table)
+        check_unchanged(migrations, applied)  # again: a file may have changed since the submit
+        pending = [m for m in migrations if m.name not in applied]
+        ctx.progress(total=len(migrations), step="migrating")
+        ctx.progress(done=len(migrations) - len(pending))
+        async for m in ctx.items(pending, key=lambda m: m.name):
+            ctx.step = m.name
+            try:
+                outcome = await asyncio.to_thread(_apply, con, p.table, m, ctx.id)
+            except asyncio.CancelledError:
+                con.interrupt()  # a forced stop rolls the migration back instead of leaving it running
+                raise
+            except sqlite3.Error as e:
+                hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
+                why = f"{e}{hint if 'authoriz' in str(e) else ''}"
+                raise RuntimeError(f"migration {m.name} failed and was rolled back: {why}") from None
+            if outcome == "present":
+                ctx.log.info(f"{m.name} was already applied (by another run): not applied again")
+        mine, total = await asyncio.to_thread(_summary, con, p.table, ctx.id)
+    finally:
+        await asyncio.to_thread(con.close)
+    return {"database": p.database, "applied": mine, "pending": 0, "recorded": total, "migrations": len(migrations)}

@@ -1,0 +1,216 @@
+"""monitoring_collection: sample system and process metrics (psutil) every N seconds for a duration, into SQLite.
+
+``duration / interval`` samples, numbered from 0; each is an item, stored in its own transaction before it
+counts as done, keyed by (operation, sample number). The database, not the checkpoint, says which samples
+exist: a resume after a kill at any point takes the next number on, for the time that remains (a run stopped
+after 3 s of 10 s samples 7 s more), and never writes a sample twice. Rates (CPU %, disk and network bytes
+per second) cover the interval before each sample. The result summarises every metric: min, mean, max, p95.
+
+Built on psutil (already a dependency: the engine's resource sampling uses it), which reads the same
+counters on Linux, macOS and Windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..context import OperationContext
+from ..files import create_private
+from ..registry import operation
+from ._common import SQLITE_MAGIC, check_output_file, output_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    operation_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, attempt INTEGER NOT NULL,
+    PRIMARY KEY (operation_id, seq)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    operation_id TEXT NOT NULL, seq INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
+    PRIMARY KEY (operation_id, seq, metric)
+) WITHOUT ROWID;
+"""
+MAX_SAMPLES = 1_000_000
+
+
+class MonitoringParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval: float = Field(default=5.0, ge=0.01, le=86_400, description="seconds between samples")
+    duration: float = Field(default=60.0, gt=0, le=366 * 86_400, description="seconds to sample for in all")
+    pids: list[int] = Field(default_factory=list, description="processes to sample too (CPU, memory, threads, files)")
+    output: str | None = Field(default=None, description="SQLite database (default: outputs/monitor-ID.sqlite)")
+
+    @field_validator("pids")
+    @classmethod
+    def _pids(cls, v: list[int]) -> list[int]:
+        for pid in v:
+            if not psutil.pid_exists(pid):
+                raise ValueError(f"pids: no process {pid}")
+        return sorted(set(v))
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str | None) -> str | None:
+        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MonitoringParams:
+        if self.samples > MAX_SAMPLES:
+            raise ValueError(f"duration / interval is {self.samples} samples: at most {MAX_SAMPLES}")
+        return self
+
+    @property
+    def samples(self) -> int:
+        return max(1, round(self.duration / self.interval))
+
+
+class Sampler:
+    """Turns psutil's counters into one flat sample; rates cover the time since the previous sample."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs: dict[int, psutil.Process] = {}
+        for pid in pids:
+            try:
+                self.procs[pid] = psutil.Process(pid)
+            except psutil.Error:
+                continue
+        self.gone: list[int] = []
+        self._prev: tuple[float, Any, Any] | None = None
+        self.sample()  # primes cpu_percent and the counters: the first real sample covers one interval
+
+    def sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        m: dict[str, float] = {"cpu_percent": psutil.cpu_percent(None)}
+        vm = psutil.virtual_memory()
+        m["memory_percent"] = vm.percent
+        m["memory_used_bytes"] = float(vm.total - vm.available)
+        m["swap_percent"] = psutil.swap_memory().percent
+        with contextlib.suppress(AttributeError, OSError):
+            m["load_1m"] = psutil.getloadavg()[0]
+        disk = _safe(psutil.disk_io_counters)
+        net = _safe(psutil.net_io_counters)
+        if self._prev is not None:
+            t0, d0, n0 = self._prev
+            dt = max(now - t0, 1e-9)
+            if disk is not None and d0 is not None:
+                m["disk_read_bytes_per_s"] = max(0, disk.read_bytes - d0.read_bytes) / dt
+                m["disk_write_bytes_per_s"] = max(0, disk.write_bytes - d0.write_bytes) / dt
+            if net is not None and n0 is not None:
+                m["net_sent_bytes_per_s"] = max(0, net.bytes_sent - n0.bytes_sent) / dt
+                m["net_recv_bytes_per_s"] = max(0, net.bytes_recv - n0.bytes_recv) / dt
+        self._prev = (now, disk, net)
+        for pid, p in list(self.procs.items()):
+            try:
+                with p.oneshot():
+                    m[f"process.{pid}.cpu_percent"] = p.cpu_percent(None)
+                    m[f"process.{pid}.rss_bytes"] = float(p.memory_info().rss)
+                    m[f"process.{pid}.threads"] = float(p.num_threads())
+                    if hasattr(p, "num_fds"):
+                        m[f"process.{pid}.open_files"] = float(p.num_fds())
+            except psutil.Error:
+                del self.procs[pid]
+                self.gone.append(pid)
+        return m
+
+
+def _safe(fn: Any) -> Any:
+    try:
+        return fn()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _open(db: str) -> sqlite3.Connection:
+    create_private(Path(db))
+    con = sqlite3.connect(db, check_same_thread=False)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(SCHEMA)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _next_seq(con: sqlite3.Connection, op_id: str) -> int:
+    row = con.execute("SELECT MAX(seq) FROM samples WHERE operation_id=?", (op_id,)).fetchone()
+    return 0 if row[0] is None else row[0] + 1
+
+
+def _store(con: sqlite3.Connection, op_id: str, seq: int, attempt: int, m: dict[str, float]) -> None:
+    with con:  # the sample and its metrics together, before the item counts as done
+        con.execute("INSERT INTO samples VALUES (?, ?, ?, ?)", (op_id, seq, time.time(), attempt))
+        con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", [(op_id, seq, k, v) for k, v in m.items()])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted ``values``."""
+    return values[max(0, math.ceil(q / 100 * len(values)) - 1)]
+
+
+def summarize(con: sqlite3.Connection, op_id: str) -> tuple[int, dict[str, dict[str, float]]]:
+    n = con.execute("SELECT COUNT(*) FROM samples WHERE operation_id=?", (op_id,)).fetchone()[0]
+    by: dict[str, list[float]] = {}
+    for metric, value in con.execute(
+        "SELECT metric, value FROM metrics WHERE operation_id=? AND value IS NOT NULL ORDER BY metric, value", (op_id,)
+    ):
+        by.setdefault(metric, []).append(value)
+    return n, {
+        k: {
+            "min": round(v[0], 3),
+            "mean": round(sum(v) / len(v), 3),
+            "max": round(v[-1], 3),
+            "p95": round(percentile(v, 95), 3),
+            "samples": len(v),
+        }
+        for k, v in by.items()
+    }
+
+
+async def _wait_until(ctx: OperationContext, when: float) -> bool:
+    """Sleep until ``when`` (monotonic), waking each second to report (a long interval is not a stall) and
+    to see a stop; False when a stop was asked for."""
+    while (left := when - time.monotonic()) > 0:
+        if ctx.cancelled:
+            return False
+        await asyncio.sleep(min(left, 1.0))
+        ctx.progress(next_sample_in=round(max(0.0, when - time.monotonic()), 1))
+    return not ctx.cancelled
+
+
+@operation("monitoring_collection", params=MonitoringParams, description="sample system metrics into SQLite")
+async def monitor(ctx: OperationContext, p: MonitoringParams) -> dict:
+    """Take the samples not yet stored, one every interval; the result summarises each metric."""
+    db = str(Path(p.output).expanduser().resolve()) if p.output else str(output_dir(ctx) / f"monitor-{ctx.id}.sqlite")
+    con = await asyncio.to_thread(_open, db)
+    try:
+        total = p.samples
+        first = await asyncio.to_thread(_next_seq, con, ctx.id)
+        if first:
+            ctx.log.info(f"{first} samples stored before: {total - first} to go ({(total - first) * p.interval:g} s)")
+        ctx.progress(done=first, total=total, step="sampling")
+        sampler = Sampler(p.pids)
+        start = time.monotonic()
+        async for seq in ctx.items(range(first, total), key=str):
+            if not await _wait_until(ctx, start + (seq - first + 1) * p.interval):
+                break  # a stop was asked for: this sample is not taken (the progress call below stops)
+            m = sampler.sample()
+            for pid in sampler.gone:
+                ctx.log.warning(f"process {pid} is gone: no longer sampled")
+            sampler.gone.clear()
+            await asyncio.to_thread(_store, con, ctx.id, seq, ctx.attempt, m)
+            ctx.progress(cpu_percent=m["cpu_percent"], memory_percent=m["memory_percent"])
+        ctx.progress()
+        n, summary = await asyncio.to_thread(summarize, con, ctx.id)
+    finally:
+        await asyncio.to_thread(con.close)
+    return {"database": db, "samples": n, "interval": p.interval, "metrics": summary}

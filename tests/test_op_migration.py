@@ -1,0 +1,152 @@
+"""migration_operation: a worker SIGKILLed between (or inside) migrations resumes at the next unapplied one and
+never applies one twice (each is recorded in its own transaction); changed or unfit migrations are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, InvalidInput, Operation, OperationSpec, Status
+from engine.registry import get_handler
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
+
+COUNT = 24
+
+
+def make_migrations(d: Path) -> None:
+    """Migrations that fail if run twice (CREATE TABLE) and leave a trace of each run (the log table)."""
+    d.mkdir()
+    (d / "0001_log.sql").write_text("-- the log; of runs\nCREATE TABLE log (n INTEGER, note TEXT);\n")
+    for i in range(2, COUNT + 1):
+        (d / f"{i:04d}_t{i}.sql").write_text(
+            f"CREATE TABLE t{i} (x INTEGER);\n"
+            f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)\n"
+            f"  INSERT INTO t{i} SELECT x FROM c;\n"
+            f"INSERT INTO log VALUES ({i}, 'semi;colon');\n"
+            f"CREATE TRIGGER g{i} AFTER INSERT ON t{i} BEGIN INSERT INTO log VALUES (-1, 'x'); END;\n"
+        )
+
+
+def applied(db: Path) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def contents(db: Path) -> dict:
+    con = sqlite3.connect(db)
+    try:
+        return {
+            "migrations": con.execute("SELECT name, checksum FROM schema_migrations ORDER BY rowid").fetchall(),
+            "log": con.execute("SELECT n, note FROM log ORDER BY rowid").fetchall(),
+            "schema": con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+            "rows": [con.execute(f"SELECT COUNT(*), SUM(x) FROM t{i}").fetchone() for i in range(2, COUNT + 1)],
+        }
+    finally:
+        con.close()
+
+
+def test_sigkill_mid_run_resumes_at_the_next_unapplied_migration(cli: Cli, tmp_path: Path) -> None:
+    """No checkpoint is taken before the kill (checkpoint_interval=3600): what was applied is known from the
+    migrations table alone, and the resume applies exactly the rest, equal to an uninterrupted run."""
+    mig = tmp_path / "migrations"
+    make_migrations(mig)
+    whole, killed = tmp_path / "whole.sqlite", tmp_path / "killed.sqlite"
+    code, ref, err = run_json(
+        cli, "run", "migration_operation", "--params-json", json.dumps({"directory": str(mig), "database": str(whole)})
+    )
+    assert code == 0, err
+    op_id = submit(
+        cli, "migration_operation", {"directory": str(mig), "database": str(killed)}, "checkpoint_interval=3600"
+    )
+    kill_worker_when(cli, op_id, lambda op: applied(killed) >= 6)
+    before = applied(killed)
+    assert 6 <= before < COUNT, before
+    assert cli.op(op_id).checkpoint_seq is None  # the table, not a checkpoint, says what is applied
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert contents(killed) == contents(whole)
+    assert [n for n, _ in contents(killed)["log"]] == list(range(2, COUNT + 1))  # each applied once, in order
+    want = {k: v for k, v in ref["result"].items() if k != "database"}
+    assert {k: v for k, v in final["result"].items() if k != "database"} == want
+    assert want["applied"] == [p.name for p in sorted(mig.glob("*.sql"))] and want["recorded"] == COUNT
+
+
+async def test_natural_order_and_a_second_run_applies_only_new_ones(engine: Engine, tmp_path: Path) -> None:
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "10_b.sql").write_text("INSERT INTO t VALUES ('10');")
+    (mig / "2_a.sql").write_text("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('2');")
+    params = {"directory": str(mig), "database": str(db)}
+    rec = await run(engine, params)
+    assert rec.status is Status.COMPLETED and rec.result["applied"] == ["2_a.sql", "10_b.sql"], rec.error
+    (mig / "11_c.sql").write_text("INSERT INTO t VALUES ('11')")  # no final semicolon
+    rec = await run(engine, params)
+    assert rec.status is Status.COMPLETED and rec.result["applied"] == ["11_c.sql"], rec.error
+    assert rec.result["recorded"] == 3 and rec.progress.done == 3
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT v FROM t ORDER BY rowid")] == ["2", "10", "11"]
+    con.close()
+
+
+async def test_a_failing_migration_is_rolled_back_with_its_record(engine: Engine, tmp_path: Path) -> None:
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1.sql").write_text("CREATE TABLE t (v INTEGER);")
+    (mig / "2.sql").write_text("INSERT INTO t VALUES (1); INSERT INTO nowhere VALUES (2);")
+    rec = await run(engine, {"directory": str(mig), "database": str(db)})
+    assert rec.status is Status.FAILED and "2.sql" in rec.error and "nowhere" in rec.error, rec.error
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT name FROM schema_migrations")] == ["1.sql"]
+    assert con.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0  # the first INSERT went with the failure
+    con.close()
+    (mig / "2.sql").write_text(f"ATTACH '{tmp_path}/other.sqlite' AS o; CREATE TABLE o.x (a);")  # another file
+    rec = await run(engine, {"directory": str(mig), "database": str(db)})
+    assert rec.status is Status.FAILED and "ATTACH and VACUUM INTO are refused" in rec.error, rec.error
+    assert not (tmp_path / "other.sqlite").exists()
+
+
+async def run(engine: Engine, params: dict) -> Operation:
+    op = await engine.submit(OperationSpec(type="migration_operation", params=params))
+    return await engine.wait(op.id, timeout=60)
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    """One line, exit 2, nothing stored: a migration changed since it was applied (through the CLI), and
+    the other refusals (through the params model the CLI and the API both use)."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_a.sql").write_text("CREATE TABLE a (x);")
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, checksum TEXT, applied_at REAL)")
+    con.execute("INSERT INTO schema_migrations VALUES ('1_a.sql', ?, 0)", (hashlib.sha256(b"old").hexdigest(),))
+    con.commit()
+    con.close()
+    ok = {"directory": str(mig), "database": str(db)}
+    bad_params(cli, "migration_operation", ok, "migration 1_a.sql was changed after it was applied")
+    spec = get_handler("migration_operation")
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    (mig / "1_a.sql").write_bytes(b"old")  # unchanged now
+    spec.parse_params(ok)
+    for params, expect in [
+        ({**ok, "directory": str(tmp_path / "nope")}, "directory"),
+        ({**ok, "table": "x; DROP TABLE a"}, "table"),
+        ({**ok, "database": str(tmp_path / "notes.txt")}, "not an SQLite database"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(expect)):
+            spec.parse_params(params)
+    (mig / "2_b.sql").write_text("CREATE TABLE b (x);\n  commit;\n")
+    with pytest.raises(InvalidInput, match=re.escape("2_b.sql controls transactions itself (COMMIT)")):
+        spec.parse_params(ok)
