@@ -29,6 +29,10 @@ BUILTIN_MODULES = (
     "engine.operations.test_suite",
     "engine.operations.security_scan",
     "engine.operations.backup",
+    "engine.operations.kb_population",
+    "engine.operations.kb_optimization",
+    "engine.operations.vector_indexing",
+    "engine.operations.semantic_analysis",
 )
 
 
