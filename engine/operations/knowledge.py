@@ -65,6 +65,23 @@ def default_kb(state_dir: str | Path) -> Path:
     return Path(state_dir).expanduser() / "outputs" / KB_FILE
 
 
+def existing_kb(value: str | None, name: str = "kb") -> str | None:
+    """``value`` resolved when it is an existing SQLite file, else a ValueError naming ``name`` (None: the default)."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise ValueError(f"{name} {value!r} is not an existing file (make one: outlast run kb_population)")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise ValueError(f"{name} {value!r}: {e.strerror or e}") from None
+    if head != SQLITE_MAGIC:
+        raise ValueError(f"{name} {value!r} is not a knowledge base (not an SQLite database)")
+    return str(p.resolve())
+
+
 def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
     """A connection to the knowledge base at ``path`` (created with its schema when ``create``).
 
@@ -136,11 +153,17 @@ def drop_documents(con: sqlite3.Connection, doc_ids: list[int]) -> None:
                 con.execute("UPDATE chunks SET dup_of=NULL WHERE id=?", (heirs[0],))
                 con.execute("UPDATE chunks SET dup_of=? WHERE dup_of=? AND doc<>?", (heirs[0], cid, doc))
                 index_chunks(con, heirs[:1])
-        ids = [(r[0],) for r in rows]
-        if _has_table(con, "vec_terms"):
-            con.executemany("DELETE FROM vec_terms WHERE chunk=?", ids)
+        drop_vectors(con, [r[0] for r in rows])
         con.execute("DELETE FROM chunks WHERE doc=?", (doc,))
         con.execute("DELETE FROM documents WHERE id=?", (doc,))
+
+
+def drop_vectors(con: sqlite3.Connection, chunk_ids: list[int]) -> None:
+    """Delete the vectors of these chunks (when vector_indexing made any)."""
+    if _has_table(con, "vec_chunks"):
+        ids = [(i,) for i in chunk_ids]
+        con.executemany("DELETE FROM vec_terms WHERE chunk=?", ids)
+        con.executemany("DELETE FROM vec_chunks WHERE chunk=?", ids)
 
 
 def _has_table(con: sqlite3.Connection, name: str) -> bool:
