@@ -21,6 +21,10 @@ WRITTEN: dict[str, tuple[str, ...]] = {
     "codebase_indexing": ("output",),
     "security_scan": ("output",),
     "backup_operation": ("destination",),
+    "kb_population": ("kb",),
+    "kb_optimization": ("kb",),
+    "vector_indexing": ("kb",),
+    "semantic_analysis": ("kb", "output"),
 }
 """The params of each built-in type that name a place the operation writes to."""
 

@@ -5,7 +5,8 @@ keywords are the terms with the highest TF-IDF in a document (document frequenci
 topics are the keywords shared by the most documents; near-duplicates are found with bottom-k MinHash
 sketches of word 4-gram shingles (128 hashes per document: the Jaccard similarity of two documents is
 estimated from their sketches, with a standard error of about 0.03 at 0.8), candidate pairs from shared
-sketch values, pairs at or above ``threshold`` kept. A library (datasketch) would bring numpy and scipy for what is here sixty lines.
+sketch values, pairs at or above ``threshold`` kept. A library (datasketch) would bring numpy and scipy
+for what is here sixty lines.
 
 Two steps: per document (resumable, committed in batches before the documents count as done; a document
 whose sha256 is unchanged keeps its terms and sketch), then keywords, topics and pairs over all of them

@@ -108,9 +108,8 @@ def _weigh(con: sqlite3.Connection, min_df: int) -> dict[str, int]:
             " * COALESCE((SELECT ln((1.0 + ?) / (1.0 + df)) + 1.0 FROM vec_df WHERE vec_df.term=vec_terms.term), 0)",
             (n,),
         )
-        con.execute(
-            "CREATE TEMP TABLE norms AS SELECT chunk, sqrt(SUM(weight * weight)) AS norm FROM vec_terms GROUP BY chunk"
-        )
+        con.execute("CREATE TEMP TABLE norms (chunk INTEGER PRIMARY KEY, norm REAL)")
+        con.execute("INSERT INTO norms SELECT chunk, sqrt(SUM(weight * weight)) FROM vec_terms GROUP BY chunk")
         con.execute(
             "UPDATE vec_terms SET weight = weight / (SELECT norm FROM norms WHERE norms.chunk=vec_terms.chunk)"
             " WHERE (SELECT norm FROM norms WHERE norms.chunk=vec_terms.chunk) > 0"
