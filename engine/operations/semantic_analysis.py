@@ -261,8 +261,8 @@ def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: Semantic
 def _near_duplicates(docs: list[tuple[str, dict, list[int]]], threshold: float) -> list[tuple[str, str, float]]:
     """Pairs of documents whose estimated Jaccard similarity is at least ``threshold``, most similar first.
 
-    Candidates share at least threshold * SKETCH / 2 sketch values (the bottom-k sketches of sets with
-    Jaccard J share about 2J/(1+J) * k of them, never fewer than J * k / 2 on average)."""
+    Candidates share at least threshold / 2 of the values of the shorter sketch (the bottom-k sketches of
+    sets with Jaccard similarity J share about 2J/(1+J) of their k values: well above J/2)."""
     postings: dict[int, list[int]] = defaultdict(list)
     for i, (_, _, sk) in enumerate(docs):
         for h in sk:
@@ -273,10 +273,9 @@ def _near_duplicates(docs: list[tuple[str, dict, list[int]]], threshold: float) 
             for x in range(len(ids)):
                 for y in range(x + 1, len(ids)):
                     together[(ids[x], ids[y])] += 1
-    need = max(1, int(threshold * SKETCH / 2))
     out = []
     for (i, j), shared in together.items():
-        if shared >= need:
+        if shared >= threshold / 2 * min(len(docs[i][2]), len(docs[j][2])):
             s = jaccard(docs[i][2], docs[j][2])
             if s >= threshold:
                 out.append((docs[i][0], docs[j][0], round(s, 4)))
