@@ -11,6 +11,7 @@ are here too, so the command line and the handlers read the same schema.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -193,6 +194,7 @@ def words(text: str) -> list[str]:
     return [w for w in (m.lower().strip("'-") for m in _WORD.findall(text)) if w not in STOPWORDS and len(w) > 1]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def term_id(term: str) -> int:
     """A stable 63-bit id of a term (the hashing trick: no vocabulary table to build or keep in step)."""
     return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "big") >> 1
@@ -242,13 +244,10 @@ def search(con: sqlite3.Connection, query: str, limit: int = 10, raw: bool = Fal
     ]
 
 
-def idf(con: sqlite3.Connection, terms: list[int]) -> tuple[dict[int, float], int]:
-    """Inverse document frequencies of ``terms`` over the vectorised chunks, and their number."""
-    n_row = con.execute("SELECT value FROM meta WHERE key='vec_chunks'").fetchone()
-    n = int(n_row[0]) if n_row else 0
+def idf(con: sqlite3.Connection, terms: list[int]) -> dict[int, float]:
+    """Inverse document frequencies of ``terms`` over the vectorised chunks (those vector_indexing kept)."""
     q = ",".join("?" * len(terms))
-    dfs = dict(con.execute(f"SELECT term, df FROM vec_df WHERE term IN ({q})", terms).fetchall()) if terms else {}
-    return {t: math.log((1 + n) / (1 + dfs[t])) + 1.0 for t in terms if t in dfs}, n
+    return dict(con.execute(f"SELECT term, idf FROM vec_df WHERE term IN ({q})", terms).fetchall()) if terms else {}
 
 
 def tfidf(counts: Counter[int], weights: dict[int, float]) -> dict[int, float]:
@@ -269,16 +268,17 @@ def similar(con: sqlite3.Connection, query: str, limit: int = 10) -> list[dict[s
     counts = Counter(term_id(w) for w in words(query))
     if not counts:
         raise KbError(f"query {query!r} has no content words to compare")
-    weights, _ = idf(con, list(counts))
+    weights = idf(con, list(counts))
     qv = tfidf(counts, weights)
     if not qv:
         return []
+    # A chunk's weight of term t is w * idf(t) / norm: the query's side carries the idf factor.
     values = ",".join("(?,?)" for _ in qv)
     rows = con.execute(
         f"WITH q(term, w) AS (VALUES {values})"
-        " SELECT v.chunk, SUM(v.weight * q.w) AS s FROM vec_terms v JOIN q ON v.term=q.term"
-        " GROUP BY v.chunk ORDER BY s DESC, v.chunk LIMIT ?",
-        [x for tw in qv.items() for x in tw] + [limit],
+        " SELECT v.chunk, SUM(v.w * q.w) / c.norm AS s FROM q JOIN vec_terms v ON v.term=q.term"
+        " JOIN vec_chunks c ON c.chunk=v.chunk WHERE c.norm > 0 GROUP BY v.chunk ORDER BY s DESC, v.chunk LIMIT ?",
+        [x for t, w in qv.items() for x in (t, w * weights[t])] + [limit],
     ).fetchall()
     out = []
     for cid, score in rows:

@@ -2,9 +2,9 @@
 
 No model to download: terms are hashed to 63-bit ids (the hashing trick, so no vocabulary to build or keep
 in step), weighted by sublinear tf times smoothed idf and L2-normalised, so a dot product is the cosine.
-Pure Python and SQLite: a vector is a set of rows ``vec_terms(term, chunk, tf, weight)`` beside the
-chunks, keyed by term, so the nearest-neighbour query joins the query's few terms with that index and is
-exact (knowledge.similar). Why not numpy or a vector library: the vectors are sparse (a chunk has a
+Pure Python and SQLite: a vector is a set of rows ``vec_terms(chunk, term, w)`` beside the chunks, indexed
+by term, so the nearest-neighbour query joins the query's few terms with that index and is exact
+(knowledge.similar). Why not numpy or a vector library: the vectors are sparse (a chunk has a
 hundred terms out of a vocabulary of tens of thousands), and SQLite already holds them where the chunks
 are, transactionally.
 
@@ -29,13 +29,14 @@ from .knowledge import existing_kb, open_kb, term_id, words
 
 BATCH = 256
 VEC_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vec_chunks (chunk INTEGER PRIMARY KEY, sha256 TEXT, made_by TEXT);
-CREATE TABLE IF NOT EXISTS vec_terms (
-    term INTEGER, chunk INTEGER, tf INTEGER, weight REAL, PRIMARY KEY (term, chunk)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS vec_terms_chunk ON vec_terms(chunk);
-CREATE TABLE IF NOT EXISTS vec_df (term INTEGER PRIMARY KEY, df INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vec_chunks (chunk INTEGER PRIMARY KEY, sha256 TEXT, made_by TEXT, norm REAL);
+CREATE TABLE IF NOT EXISTS vec_terms (chunk INTEGER, term INTEGER, w REAL, PRIMARY KEY (chunk, term)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vec_terms_term ON vec_terms(term, chunk, w);
+CREATE TABLE IF NOT EXISTS vec_df (term INTEGER PRIMARY KEY, df INTEGER, idf REAL) WITHOUT ROWID;
 """
+"""A chunk's vector: weight(term) = w * idf(term) / norm, with w = 1 + ln(tf) stored per (chunk, term), idf
+per term and the L2 norm per chunk: when the corpus changes, only the idf and the norms are computed again
+(two scans), not every weight."""
 
 
 class VectorParams(BaseModel):
@@ -78,43 +79,39 @@ def _count_batch(con: sqlite3.Connection, ids: list[int], op_id: str) -> list[tu
     """Term counts of a batch of chunks, stored in one transaction; (chunk, distinct terms) per chunk."""
     q = ",".join("?" * len(ids))
     rows = con.execute(f"SELECT id, heading, text, sha256 FROM chunks WHERE id IN ({q})", ids).fetchall()
+    again = [(r[0],) for r in con.execute(f"SELECT chunk FROM vec_chunks WHERE chunk IN ({q})", ids)]
     out: list[tuple[int, int]] = []
-    terms: list[tuple[int, int, int]] = []
+    terms: list[tuple[int, int, float]] = []
     made: list[tuple[int, str, str]] = []
     for cid, heading, text, sha in rows:
         counts = Counter(term_id(w) for w in words(f"{heading or ''}\n{text}"))
-        terms += [(t, cid, c) for t, c in counts.items()]
+        terms += [(cid, t, 1.0 + math.log(c)) for t, c in sorted(counts.items())]
         made.append((cid, sha, op_id))
         out.append((cid, len(counts)))
     with con:
-        con.executemany("DELETE FROM vec_terms WHERE chunk=?", [(m[0],) for m in made])
-        con.executemany("INSERT INTO vec_terms(term, chunk, tf) VALUES (?,?,?)", terms)
-        con.executemany("INSERT OR REPLACE INTO vec_chunks VALUES (?,?,?)", made)
+        con.executemany("DELETE FROM vec_terms WHERE chunk=?", again)  # counted by an attempt that died
+        con.executemany("INSERT INTO vec_terms(chunk, term, w) VALUES (?,?,?)", terms)
+        con.executemany("INSERT OR REPLACE INTO vec_chunks(chunk, sha256, made_by) VALUES (?,?,?)", made)
     return out
 
 
 def _weigh(con: sqlite3.Connection, min_df: int) -> dict[str, int]:
-    """Document frequencies and the normalised weights of every vector, in one transaction."""
+    """The idf of every term and the norm of every vector, in one transaction."""
     con.create_function("ln", 1, math.log, deterministic=True)
-    con.create_function("sqrt", 1, math.sqrt, deterministic=True)
     with con:
         n = con.execute("SELECT COUNT(*) FROM vec_chunks").fetchone()[0]
         con.execute("DELETE FROM vec_df")
         con.execute(
-            "INSERT INTO vec_df SELECT term, COUNT(*) FROM vec_terms GROUP BY term HAVING COUNT(*) >= ?", (min_df,)
+            "INSERT INTO vec_df SELECT term, COUNT(*), ln((1.0 + ?) / (1.0 + COUNT(*))) + 1.0 FROM vec_terms"
+            " GROUP BY term HAVING COUNT(*) >= ?",
+            (n, min_df),
         )
-        con.execute(
-            "UPDATE vec_terms SET weight = (1.0 + ln(tf))"
-            " * COALESCE((SELECT ln((1.0 + ?) / (1.0 + df)) + 1.0 FROM vec_df WHERE vec_df.term=vec_terms.term), 0)",
-            (n,),
-        )
-        con.execute("CREATE TEMP TABLE norms (chunk INTEGER PRIMARY KEY, norm REAL)")
-        con.execute("INSERT INTO norms SELECT chunk, sqrt(SUM(weight * weight)) FROM vec_terms GROUP BY chunk")
-        con.execute(
-            "UPDATE vec_terms SET weight = weight / (SELECT norm FROM norms WHERE norms.chunk=vec_terms.chunk)"
-            " WHERE (SELECT norm FROM norms WHERE norms.chunk=vec_terms.chunk) > 0"
-        )
-        con.execute("DROP TABLE norms")
+        norms = con.execute(
+            "SELECT v.chunk, SUM(v.w * v.w * d.idf * d.idf) FROM vec_terms v JOIN vec_df d ON d.term=v.term"
+            " GROUP BY v.chunk"
+        ).fetchall()
+        con.execute("UPDATE vec_chunks SET norm=NULL")
+        con.executemany("UPDATE vec_chunks SET norm=? WHERE chunk=?", [(math.sqrt(s), c) for c, s in norms])
         con.execute("INSERT OR REPLACE INTO meta VALUES ('vec_chunks', ?)", (str(n),))
     return {"chunks": n, "terms": con.execute("SELECT COUNT(*) FROM vec_df").fetchone()[0]}
 
