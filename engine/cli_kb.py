@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +12,9 @@ from . import cli_format as fmt
 from .cli_common import COUNT, App, json_option, pass_app
 from .cli_exit import ExitCode
 from .models import InvalidInput
-from .operations.knowledge import KbError, default_kb, open_kb, search, similar
+
+if TYPE_CHECKING:
+    import sqlite3
 
 KB_OPTION = click.option(
     "--kb",
@@ -38,6 +39,8 @@ def kb() -> None:
 
 
 def _kb_file(app: App, kb_file: str | None) -> Path:
+    from .operations.knowledge import default_kb
+
     if kb_file:
         return Path(kb_file).expanduser()
     s = app.settings
@@ -46,6 +49,8 @@ def _kb_file(app: App, kb_file: str | None) -> Path:
 
 
 def _query(app: App, kb_file: str | None, run: Callable[[sqlite3.Connection], list[dict[str, Any]]]) -> int:
+    from .operations.knowledge import KbError, open_kb  # not at import: `outlast --help` stays quick
+
     path = _kb_file(app, kb_file)
     try:
         con = open_kb(path, create=False)
@@ -79,6 +84,8 @@ def _query(app: App, kb_file: str | None, run: Callable[[sqlite3.Connection], li
 @pass_app
 def search_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int, raw: bool) -> int:
     """Full-text search of the knowledge base: the best chunks, with where they are and a snippet."""
+    from .operations.knowledge import search
+
     text = " ".join(query)
     return _query(app, kb_file, lambda con: search(con, text, limit, raw))
 
@@ -91,6 +98,8 @@ def search_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int
 @pass_app
 def similar_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int) -> int:
     """The chunks nearest to QUERY by cosine similarity of TF-IDF vectors (made by vector_indexing)."""
+    from .operations.knowledge import similar
+
     text = " ".join(query)
     return _query(app, kb_file, lambda con: similar(con, text, limit))
 
