@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from engine import Engine, InvalidInput, Operation, OperationSpec, Status, load_settings, open_store
+from engine.operations._docs import NotADocument, chunk, sections
 from engine.operations.knowledge import KbError, open_kb, search, similar
 from engine.registry import get_handler
 from tests.fixtures_api import Server
@@ -88,6 +89,27 @@ def make_docs(root: Path) -> None:
     (root / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf at all")
     (root / "code.py").write_text("print('not a document kind')\n")
     os.mkfifo(root / "pipe.md")
+
+
+def test_sections_and_chunks_of_each_format() -> None:
+    """The text each format gives, cut at paragraph, sentence and word boundaries, never across a heading."""
+    title, secs = sections("markdown", b"# Title\n\nIntro.\n\n## Part\n\nBody one.\n\nBody two.\n")
+    assert title == "Title" and [(h, " ".join(t.split())) for h, t in secs] == [
+        ("Title", "Intro."),
+        ("Part", "Body one. Body two."),
+    ]
+    title, secs = sections("rst", b"=====\nTitle\n=====\n\nText.\n\nSub\n---\n\nMore.\n")
+    assert title == "Title" and [h for h, _ in secs] == ["Title", "Sub"] and "===" not in secs[0][1]
+    title, secs = sections("html", b"<title>T</title><nav>x</nav><h2>H</h2><p>a&lt;b</p><style>p{}</style>")
+    assert title == "T" and secs == [("H", secs[-1][1])] and "a<b" in secs[0][1] and "p{}" not in secs[0][1]
+    with pytest.raises(NotADocument, match="binary"):
+        sections("text", b"abc\0def")
+    long = "First sentence here. " * 30 + "x" * 250
+    pieces = chunk([("H", long + "\n\nShort para.")], 200)
+    assert all(h == "H" and len(t) <= 200 for h, t in pieces)
+    words = " ".join(t for _, t in pieces).split()
+    assert words == ["First", "sentence", "here."] * 30 + ["x" * 200, "x" * 50, "Short", "para."]
+    assert pieces[0][1].endswith("here.") and pieces[-1][1].endswith("Short para.")
 
 
 def kb_rows(db: str | Path) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Documents to text sections, and sections to chunks: what kb_population stores.
 
 Formats: Markdown, reStructuredText and plain text (headings recognised, the text kept as written: FTS5's
-tokenizer ignores the markup characters), HTML (the standard library's parser: script and style dropped,
-h1-h6 as headings) and PDF (pypdf: pure Python, no system library, the one well-kept reader that needs
-nothing else; one section per page).
+tokenizer ignores the markup characters), HTML (the standard library's parser: h1-h6 as headings; script,
+style, nav, aside and footer dropped as boilerplate) and PDF (pypdf: pure Python, no system library, the
+one well-kept reader that needs nothing else; one section per page).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def sections(kind: str, data: bytes) -> tuple[str | None, list[Section]]:
 
 
 class _Html(HTMLParser):
-    SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
+    SKIP = frozenset({"script", "style", "noscript", "template", "svg", "nav", "aside", "footer"})  # no boilerplate
     BLOCK = frozenset(
         {"p", "div", "br", "li", "tr", "pre", "blockquote", "section", "article", "table", "dd", "dt", "hr"}
     )

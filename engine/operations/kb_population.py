@@ -113,7 +113,7 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
         except NotADocument as e:
             out.append((rel, "failed", 0, str(e)))
             continue
-        chunks = chunk(secs, p.chunk_size)
+        chunks = chunk(secs, p.chunk_size) or ([(None, title)] if title else [])  # a title alone is findable
         new.append((rel, kind, title or Path(rel).stem, len(data), sha, chunks))
         out.append((rel, "added", len(chunks), None))
     with con:  # one transaction: the batch is in the knowledge base before its documents count as done
@@ -163,6 +163,8 @@ async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
         files = await list_files(ctx, Path(p.source), p.patterns, p.exclude)
         if not p.patterns:
             files = [f for f in files if kind_of(f)]
+        own = (db, db + "-wal", db + "-shm", db + "-journal")  # a kb kept inside its source is not a document
+        files = [f for f in files if str(Path(p.source) / f) not in own]
         ctx.progress(total=len(files), step="reading documents")
         st = ctx.state
         for k in ("added", "reused", "chunks"):
