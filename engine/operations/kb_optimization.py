@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from .kb_population import kb_path
-from .knowledge import drop_vectors, existing_kb, open_kb, unindex_chunks
+from .knowledge import beating, drop_vectors, existing_kb, open_kb, unindex_chunks
 
 BATCH = 500
 
@@ -118,9 +118,9 @@ async def optimize(ctx: OperationContext, p: KbOptimizeParams) -> dict:
                     n += 1
                     ctx.progress(merge_steps=n)  # work inside one item: not stalled
             elif step == "optimize":
-                await asyncio.to_thread(_optimize, con)
+                await beating(ctx, "optimize", _optimize, con)
             else:
-                await asyncio.to_thread(_vacuum, con)
+                await beating(ctx, "vacuum", _vacuum, con)
         dups, copies = con.execute(
             "SELECT COUNT(DISTINCT dup_of), COUNT(*) FROM chunks WHERE dup_of IS NOT NULL"
         ).fetchone()

@@ -11,18 +11,22 @@ are here too, so the command line and the handlers read the same schema.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import math
 import re
 import sqlite3
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..files import create_private
 from ._common import SQLITE_MAGIC
 
+T = TypeVar("T")
 KB_FILE = "kb.sqlite"
 """The default knowledge base: this file in the state directory's ``outputs``."""
 
@@ -113,6 +117,22 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
         con.close()
         raise
     return con
+
+
+async def beating(ctx: Any, label: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread, reporting its seconds so far every few seconds: one long SQLite step (a
+    VACUUM, the weighing of every vector) is progress, not a stall. A stop asked for meanwhile takes
+    effect after the step (the connection must not be closed under it)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    start = time.monotonic()
+    while not (await asyncio.wait({task}, timeout=BEAT))[0]:
+        if not ctx.cancelled:
+            ctx.progress(**{f"{label}_seconds": round(time.monotonic() - start)})
+    return task.result()
+
+
+BEAT = 5.0
+"""Seconds between the reports of a long step."""
 
 
 # ---- changing chunks while keeping the full-text index in step ----------------------------------------

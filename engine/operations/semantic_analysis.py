@@ -36,7 +36,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._walk import list_files
 from .kb_population import kb_path
-from .knowledge import existing_kb, open_kb, words
+from .knowledge import beating, existing_kb, open_kb, words
 
 BATCH = 128
 SKETCH = 128
@@ -319,7 +319,7 @@ async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
                     st[outcome] += 1
                     ctx.step = key
         ctx.progress(step="keywords, topics, duplicates")
-        summary = await asyncio.to_thread(_summarise, con, scope, keys, p)
+        summary = await beating(ctx, "summary", _summarise, con, scope, keys, p)
     finally:
         await asyncio.to_thread(con.close)
     return {"results": db, "analysed": st["analysed"], "reused": st["reused"], "failures": ctx.failures, **summary}

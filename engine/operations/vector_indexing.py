@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from .kb_population import kb_path
-from .knowledge import existing_kb, open_kb, term_id, words
+from .knowledge import beating, existing_kb, open_kb, term_id, words
 
 BATCH = 256
 VEC_SCHEMA = """
@@ -131,7 +131,7 @@ async def index_vectors(ctx: OperationContext, p: VectorParams) -> dict:
             async for _cid, _n in ctx.items(results, key=lambda r: str(r[0])):
                 pass
         ctx.progress(step="weighing")
-        summary = await asyncio.to_thread(_weigh, con, p.min_df)
+        summary = await beating(ctx, "weighing", _weigh, con, p.min_df)
         made = con.execute("SELECT COUNT(*) FROM vec_chunks WHERE made_by=?", (ctx.id,)).fetchone()[0]
     finally:
         await asyncio.to_thread(con.close)
