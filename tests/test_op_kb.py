@@ -203,7 +203,7 @@ def test_kb_population_sigkilled_resumes_to_the_uninterrupted_kb(cli: Cli, tmp_p
     many_docs(src, 700)
     (src / "bad.txt").write_bytes(b"\0binary")
     whole = run_here(tmp_path, "kb_population", source=str(src), kb=f"{tmp_path}/a.sqlite").result
-    op_id = submit(cli, "kb_population", {"source": str(src), "kb": f"{tmp_path}/b.sqlite"}, "checkpoint_interval=0.2")
+    op_id = submit(cli, "kb_population", {"source": str(src), "kb": f"{tmp_path}/b.sqlite"}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("added", 0) > 0)
     assert killed.status is Status.RUNNING, "the population finished before the kill"
     final = resume(cli, op_id)
@@ -242,7 +242,7 @@ def test_kb_optimization_dedupes_and_resumes_to_the_uninterrupted_result(cli: Cl
     dup = con.execute("SELECT d.path FROM chunks c JOIN documents d ON d.id=c.doc WHERE c.dup_of IS NULL").fetchall()
     assert not any(p.endswith("doc0002.md") for (p,) in dup)  # a copy: none of its chunks stays in the index
     con.close()
-    op_id = submit(cli, "kb_optimization", {"kb": b, "merge_pages": 16}, "checkpoint_interval=0.1")
+    op_id = submit(cli, "kb_optimization", {"kb": b, "merge_pages": 16}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)))
     assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
     final = resume(cli, op_id)
@@ -273,7 +273,7 @@ def test_vector_indexing_resumes_to_the_uninterrupted_vectors_and_answers_simila
     con.close()
     whole = run_here(tmp_path, "vector_indexing", kb=a).result
     assert whole["made"] == whole["chunks"] > 1000
-    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.1")
+    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
     assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
     final = resume(cli, op_id)
@@ -314,7 +314,7 @@ def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: 
     assert ("doc0003.md", "doc0004.md") not in pairs and res["duplicates"] == len(pairs) == 10
     kws = [t for _, k, _, t, _ in sem_tables(f"{tmp_path}/a.db")["sem_keywords"] if k == "d0/doc0017.md"]
     assert kws[0] == "n17" and len(kws) == 10  # the term no other document has
-    op_id = submit(cli, "semantic_analysis", {**params, "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.1")
+    op_id = submit(cli, "semantic_analysis", {**params, "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
     assert killed.status is Status.RUNNING, "the analysis finished before the kill"
     final = resume(cli, op_id)
