@@ -296,6 +296,10 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
         "codebase_indexing": {"root", "patterns", "exclude"},
         "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on"},
         "demo": {"items", "seconds", "fail_every", "crash_at", "hang_at"},
+        "kb_population": {"source", "patterns", "exclude", "chunk_size", "max_bytes"},
+        "kb_optimization": {"dedupe", "vacuum", "merge_pages"},
+        "vector_indexing": {"min_df"},
+        "semantic_analysis": {"root", "patterns", "exclude", "keywords", "topics", "threshold"},
     }
     for type_, h in handlers().items():
         if h.source == "builtin" and type_ not in CODE_TYPES:
