@@ -340,7 +340,7 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "kb_optimization", {"kb": str(tmp_path / "file.txt")}, "not a knowledge base")
     bad_params(cli, "vector_indexing", {"min_df": 0}, "min_df")
     bad_params(cli, "semantic_analysis", {"patterns": ["*.md"]}, "go with root")
-    for type_, params, expect in [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("kb_population", {}, "source"),
         ("kb_population", {"source": str(tmp_path), "kb": str(tmp_path / "file.txt")}, "kb"),
         ("kb_population", {"source": str(tmp_path), "chunk_size": 10}, "chunk_size"),
@@ -351,7 +351,8 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
         ("semantic_analysis", {"root": str(tmp_path / "nope")}, "root"),
         ("semantic_analysis", {"root": str(tmp_path), "kb": str(tmp_path / "file.txt")}, "kb"),
         ("semantic_analysis", {"root": str(tmp_path), "threshold": 2}, "threshold"),
-    ]:
+    ]
+    for type_, params, expect in cases:
         with pytest.raises(InvalidInput) as e:
             get_handler(type_).parse_params(params)
         assert expect in str(e.value) and "\n" not in str(e.value), (type_, params, e.value)

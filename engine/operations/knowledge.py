@@ -53,18 +53,6 @@ class KbError(ValueError):
     """The knowledge base cannot be used as asked (missing, not a knowledge base, a bad query)."""
 
 
-def has_fts5() -> bool:
-    """This Python's SQLite was built with FTS5 (CPython's builds are; a distribution's may not be)."""
-    con = sqlite3.connect(":memory:")
-    try:
-        con.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
-        return True
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        con.close()
-
-
 def default_kb(state_dir: str | Path) -> Path:
     """Where the knowledge base is when no ``kb`` is given: ``outputs/kb.sqlite`` in the state directory."""
     return Path(state_dir).expanduser() / "outputs" / KB_FILE
