@@ -256,9 +256,9 @@ def serve(
 
 
 def _register() -> None:
-    from . import cli_control, cli_read
+    from . import cli_control, cli_kb, cli_read
 
-    for command in (*cli_read.COMMANDS, *cli_control.COMMANDS):
+    for command in (*cli_read.COMMANDS, *cli_control.COMMANDS, *cli_kb.COMMANDS):
         cli.add_command(command)
     # ``--json`` after the command too (``outlast run demo --json``), on every command that takes it
     # before (``outlast --json run demo``): people type it where the command's other options are.

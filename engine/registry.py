@@ -33,6 +33,10 @@ BUILTIN_MODULES = (
     "engine.operations.migration",
     "engine.operations.cleanup",
     "engine.operations.monitoring",
+    "engine.operations.kb_population",
+    "engine.operations.kb_optimization",
+    "engine.operations.vector_indexing",
+    "engine.operations.semantic_analysis",
 )
 
 
@@ -120,6 +124,7 @@ def load_plugin(module: str) -> None:
     """
     if not _MODULE_RE.match(module):
         raise InvalidInput(f"plugin {module!r}: not a module name (dotted Python names, e.g. mypkg.operations)")
+    load_builtins()  # first, so a plugin's handler for a built-in type replaces it (as an entry point's does)
     try:
         importlib.import_module(module)
     except SystemExit as e:

@@ -1,6 +1,6 @@
 """Outlast's demos, headless: each runs real operations through the real engine in a temporary state dir.
 
-    python scripts/demo.py [--demo-type indexing|testing|checkpoint|all] [--keep]
+    python scripts/demo.py [--demo-type indexing|testing|checkpoint|knowledge-base|all] [--keep]
 
 - indexing:   codebase_indexing of a generated tree of 4,000 files; paused after a checkpoint and resumed;
               the index equals an uninterrupted run's; a second run reuses the unchanged files.
@@ -9,6 +9,10 @@
 - checkpoint: a `demo` operation run by an `outlast worker` subprocess, SIGKILLed after its second
               checkpoint; the next engine finds it interrupted, resumes it from that checkpoint, and the
               result equals an uninterrupted run's.
+- knowledge-base: kb_population of a generated folder of Markdown, reStructuredText, HTML and text documents,
+              paused after a checkpoint and resumed (the knowledge base equals an uninterrupted run's), then
+              searched; an edit re-reads one document only; kb_optimization takes the duplicated chunks out of
+              the index; vector_indexing and semantic_analysis answer "similar" and find the near-duplicates.
 
 Progress is printed as it happens. The exit code is 0 only when every check of every demo held.
 """
@@ -250,7 +254,103 @@ async def demo_checkpoint(tmp: Path, check: Checks) -> None:
     )
 
 
-DEMOS = {"indexing": demo_indexing, "testing": demo_testing, "checkpoint": demo_checkpoint}
+# ---- knowledge base --------------------------------------------------------------------------------------
+
+TOPICS = ["checkpoint", "resume", "timeout", "worker", "redis", "dashboard", "backup", "index"]
+
+
+def make_documents(root: Path, n: int) -> None:
+    """``n`` documents in four formats, each about one topic; every 50th a copy of the one before."""
+    import random
+
+    for i in range(n):
+        src = i - 1 if i % 50 == 0 and i else i
+        rnd = random.Random(src)
+        topic = TOPICS[src % len(TOPICS)]
+        filler = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "ru") for b in ("sa", "te", "vi", "bo", "da")]
+        paras = [" ".join(rnd.choices([topic] * 5 + filler, k=60)) + "." for _ in range(3)]
+        d = root / f"section{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        kind = i % 4
+        if kind == 0:
+            text = f"# Note {src} on {topic}\n\n" + "\n\n".join(paras) + "\n"
+            (d / f"note{i:04d}.md").write_text(text)
+        elif kind == 1:
+            title = f"Guide {src}"
+            text = f"{title}\n{'=' * len(title)}\n\n" + "\n\n".join(paras) + "\n"
+            (d / f"guide{i:04d}.rst").write_text(text)
+        elif kind == 2:
+            body = "".join(f"<p>{p}</p>" for p in paras)
+            (d / f"page{i:04d}.html").write_text(f"<html><title>Page {src}</title><h1>{topic}</h1>{body}</html>")
+        else:
+            (d / f"memo{i:04d}.txt").write_text("\n\n".join(paras) + "\n")
+
+
+def kb_rows(db: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT d.path, c.seq, c.heading, c.sha256 FROM chunks c JOIN documents d ON d.id=c.doc ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+async def demo_knowledge_base(tmp: Path, check: Checks) -> None:
+    from engine.operations.knowledge import open_kb, search, similar
+
+    n = 2000
+    docs = tmp / "docs"
+    make_documents(docs, n)
+    a, b = str(tmp / "kb.sqlite"), str(tmp / "whole.sqlite")
+    profile = {"checkpoint_interval": 0.3, "progress_report_interval": 0.25}
+    print(f"knowledge-base: {n} documents under {docs}, paused after a checkpoint and resumed", flush=True)
+    async with make_engine(tmp / "state") as engine:
+
+        async def run(type_: str, **params: Any) -> Operation:
+            op = await engine.submit(OperationSpec(type=type_, params=params))
+            final = await follow(engine, op.id, type_)
+            check(final.status is Status.COMPLETED, f"{type_} completed", final.error or final.status.value)
+            return final
+
+        spec = OperationSpec(type="kb_population", params={"source": str(docs), "kb": a}, profile=profile)
+        op = await engine.submit(spec)
+        first = await follow(engine, op.id, "kb", lambda p, o: p.done >= n // 4 and (o.checkpoint_seq or 0) >= 1)
+        check(first.status is Status.PAUSED, "paused with a checkpoint", f"{first.progress.done} documents done")
+        await engine.resume(op.id)
+        final = await follow(engine, op.id, "kb")
+        result = final.result or {}
+        check(result.get("added") == n, "resumed and completed: every document added", result.get("added"))
+        await run("kb_population", source=str(docs), kb=b)
+        check(kb_rows(a) == kb_rows(b), "the knowledge base equals an uninterrupted run's", f"{len(kb_rows(a))} chunks")
+        (docs / "section00" / "note0004.md").write_text("# Changed\n\nA note about a lighthouse keeper.\n")
+        again = (await run("kb_population", source=str(docs), kb=a)).result or {}
+        check((again.get("added"), again.get("reused")) == (1, n - 1), "incremental: one re-read, the rest reused")
+        con = open_kb(a, create=False)
+        hits = search(con, "lighthouse keeper", 3)
+        con.close()
+        check([h["path"] for h in hits] == ["section00/note0004.md"], "kb search finds the edit", hits[0]["snippet"])
+        opt = (await run("kb_optimization", kb=a)).result or {}
+        dups = f"{opt.get('duplicates')} of {opt.get('chunks')} chunks"
+        check(opt.get("duplicates", 0) > 0, "kb_optimization: duplicated chunks out of the index", dups)
+        vec = (await run("vector_indexing", kb=a)).result or {}
+        con = open_kb(a, create=False)
+        near = similar(con, "redis worker", 5)
+        con.close()
+        made = f"{vec.get('made')} vectors, {vec.get('terms')} terms"
+        check(bool(near) and vec.get("made") == opt.get("indexed"), "vectors for every indexed chunk", made)
+        sem = (await run("semantic_analysis", kb=a)).result or {}
+        pairs = f"{sem.get('duplicates')} pairs"
+        check(sem.get("duplicates", 0) >= n // 50 - 1, "semantic_analysis: the copies are near-duplicates", pairs)
+        print(f"  similar('redis worker'): {near[0]['path'] if near else None} (score {near[0]['score']})")
+
+
+DEMOS = {
+    "indexing": demo_indexing,
+    "testing": demo_testing,
+    "checkpoint": demo_checkpoint,
+    "knowledge-base": demo_knowledge_base,
+}
 
 
 async def run(names: list[str], base: Path) -> list[str]:

@@ -70,7 +70,7 @@ async def silent(ctx: OperationContext, p: SilentParams) -> dict:
     return {}
 
 
-@migrate_timeout_operation("kb_population", estimated_items=50)
+@migrate_timeout_operation("migrated_population", estimated_items=50)
 async def populate_kb(source: str, docs: int = 10, progress_callback=None) -> dict:
     """A pre-Outlast function: reports through progress_callback, called as before by old code."""
     for i in range(docs):

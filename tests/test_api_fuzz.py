@@ -63,6 +63,10 @@ BUILTIN_TYPES = (
     "comprehensive_test_suite",
     "demo",
     "security_scan",
+    "kb_population",
+    "kb_optimization",
+    "vector_indexing",
+    "semantic_analysis",
 )
 
 

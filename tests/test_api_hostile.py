@@ -294,13 +294,17 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
     read_only = {
         "backup_operation": {"source", "verify", "chunk_checkpoint"},
         "codebase_indexing": {"root", "patterns", "exclude"},
-        "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on"},
+        "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on", "baseline"},
         "demo": {"items", "seconds", "fail_every", "crash_at", "hang_at"},
         "migration_operation": {"directory", "table"},
         "cleanup_operation": {"patterns", "exclude", "older_than_days", "retention_days", "dry_run"},
         "monitoring_collection": {"interval", "duration", "pids"},
         "load_testing": {"allow_remote", "url", "method", "headers", "body", "rate", "concurrency", "duration"}
         | {"requests", "slice_seconds", "timeout"},
+        "kb_population": {"source", "patterns", "exclude", "chunk_size", "max_bytes"},
+        "kb_optimization": {"dedupe", "vacuum", "merge_pages"},
+        "vector_indexing": {"min_df"},
+        "semantic_analysis": {"root", "patterns", "exclude", "keywords", "topics", "threshold"},
     }
     for type_, h in handlers().items():
         if h.source == "builtin" and type_ not in CODE_TYPES:

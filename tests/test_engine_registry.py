@@ -22,11 +22,11 @@ async def test_migrated_function_keeps_its_call_sites() -> None:
     out = await populate_kb("wiki", docs=3, progress_callback=lambda d, t, message=None: seen.append((d, t)))
     assert out == {"source": "wiki", "docs": 3}
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    assert populate_kb.operation_type == "kb_population"
+    assert populate_kb.operation_type == "migrated_population"
 
 
 async def test_migrated_function_runs_as_operation(engine: Engine) -> None:
-    op = await engine.submit(OperationSpec(type="kb_population", params={"source": "wiki", "docs": 4}))
+    op = await engine.submit(OperationSpec(type="migrated_population", params={"source": "wiki", "docs": 4}))
     assert op.timeout_basis is not None
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.COMPLETED

@@ -24,6 +24,10 @@ WRITTEN: dict[str, tuple[str, ...]] = {
     "migration_operation": ("database",),
     "cleanup_operation": ("root", "manifest", "state_dir"),  # root: where it deletes
     "monitoring_collection": ("output",),
+    "kb_population": ("kb",),
+    "kb_optimization": ("kb",),
+    "vector_indexing": ("kb",),
+    "semantic_analysis": ("kb", "output"),
 }
 """The params of each built-in type that name a place the operation writes to."""
 

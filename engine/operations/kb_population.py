@@ -1,0 +1,201 @@
+"""kb_population: a local knowledge base from a folder of documents, searchable with ``outlast kb search``.
+
+Markdown, text, reStructuredText, HTML and PDF files are cut into chunks (at paragraph, sentence and word
+boundaries, never across a heading) and stored in SQLite with an FTS5 full-text index (see knowledge.py).
+Incremental: a document whose sha256 matches the stored one is reused as it is; documents gone from the
+folder are dropped at the end. Resumable per document: a batch is committed to the knowledge base in one
+transaction before its documents count as done, so a resume redoes at most one batch (idempotently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..context import OperationContext
+from ..registry import operation
+from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
+from ._docs import KINDS, NotADocument, chunk, kind_of, sections
+from ._walk import list_files
+from .knowledge import KB_FILE, drop_documents, index_chunks, open_kb, sha256_text
+
+BATCH = 64
+"""Documents parsed and committed in one transaction (a resume redoes at most one batch)."""
+
+
+class KbPopulationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="folder of documents (Markdown, text, reStructuredText, HTML, PDF)")
+    kb: str | None = Field(default=None, description="knowledge base file (default: kb.sqlite in the state dir)")
+    patterns: list[str] = Field(
+        default_factory=list, description="glob patterns of files to read (default: every known document suffix)"
+    )
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
+    chunk_size: int = Field(default=1500, ge=200, le=100_000, description="most characters in one chunk")
+    max_bytes: int = Field(default=64 << 20, ge=1, description="larger files are skipped")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return existing_dir(v, "source")
+
+    @field_validator("kb")
+    @classmethod
+    def _kb(cls, v: str | None) -> str | None:
+        return check_output_file(v, "kb", SQLITE_MAGIC, "an SQLite database")
+
+
+def kb_path(ctx: OperationContext, kb: str | None) -> str:
+    """The knowledge base a kb handler works on: ``kb`` resolved, else the state dir's default one."""
+    return str(Path(kb).expanduser().resolve()) if kb else str(output_dir(ctx) / KB_FILE)
+
+
+Outcome = tuple[str, str, int, str | None]
+"""(path, "added" | "reused" | "skipped" | "failed", chunks, reason)."""
+
+
+def _read(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or None and why it is skipped ("skip: ...") or failed."""
+    p = root / rel
+    try:
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block; a symlink may leave the folder
+            return None, "skip: not a regular file"
+        if st.st_size > max_bytes:
+            return None, f"skip: larger than max_bytes ({st.st_size} bytes)"
+        with open(p, "rb") as fh:
+            return fh.read(), None
+    except FileNotFoundError:
+        return None, "skip: gone since the listing"
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+
+
+def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[str], op_id: str) -> list[Outcome]:
+    """Read, parse and store a batch of documents in one transaction; an outcome per document.
+
+    A document this same operation stored before a crash is "added" again, not "reused", so a resumed
+    run reports what an uninterrupted one does.
+    """
+    root = Path(p.source)
+    q = ",".join("?" * len(rels))
+    prev = {
+        r[0]: r[1:]
+        for r in con.execute(
+            f"SELECT path, id, sha256, chunks, stored_by FROM documents WHERE source=? AND path IN ({q})",
+            [p.source, *rels],
+        )
+    }
+    out: list[Outcome] = []
+    new: list[tuple[str, str, str | None, int, str, list[tuple[str | None, str]]]] = []
+    seen: list[str] = []
+    for rel in rels:
+        data, why = _read(root, rel, p.max_bytes)
+        if data is None:
+            out.append((rel, "skipped", 0, why[6:]) if why and why.startswith("skip: ") else (rel, "failed", 0, why))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        old = prev.get(rel)
+        if old is not None and old[1] == sha:
+            seen.append(rel)
+            out.append((rel, "added" if old[3] == op_id else "reused", old[2], None))
+            continue
+        kind = kind_of(rel) or "text"
+        try:
+            title, secs = sections(kind, data)
+        except NotADocument as e:
+            out.append((rel, "failed", 0, str(e)))
+            continue
+        chunks = chunk(secs, p.chunk_size) or ([(None, title)] if title else [])  # a title alone is findable
+        new.append((rel, kind, title or Path(rel).stem, len(data), sha, chunks))
+        out.append((rel, "added", len(chunks), None))
+    with con:  # one transaction: the batch is in the knowledge base before its documents count as done
+        drop_documents(con, [prev[rel][0] for rel, *_ in new if rel in prev])  # changed since stored
+        con.executemany(
+            "UPDATE documents SET seen=? WHERE source=? AND path=?", [(op_id, p.source, rel) for rel in seen]
+        )
+        for rel, kind, title, size, sha, chunks in new:
+            cur = con.execute(
+                "INSERT INTO documents(source, path, kind, title, size, sha256, chunks, stored_by, seen)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (p.source, rel, kind, title, size, sha, len(chunks), op_id, op_id),
+            )
+            doc = cur.lastrowid
+            ids = []
+            for seq, (heading, text) in enumerate(chunks):
+                c = con.execute(
+                    "INSERT INTO chunks(doc, seq, heading, text, sha256) VALUES (?,?,?,?,?)",
+                    (doc, seq, heading, text, sha256_text(text)),
+                )
+                ids.append(c.lastrowid)
+            index_chunks(con, [i for i in ids if i is not None])
+    return out
+
+
+def _finish(con: sqlite3.Connection, source: str, op_id: str) -> dict:
+    """Drop this folder's documents that are gone; the summary of the knowledge base."""
+    with con:
+        gone = [r[0] for r in con.execute("SELECT id FROM documents WHERE source=? AND seen IS NOT ?", (source, op_id))]
+        drop_documents(con, gone)
+    kinds = dict(con.execute("SELECT kind, COUNT(*) FROM documents GROUP BY kind ORDER BY 2 DESC, 1").fetchall())
+    return {
+        "documents": con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+        "chunks": con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0],
+        "kinds": kinds,
+        "removed": len(gone),
+    }
+
+
+@operation("kb_population", params=KbPopulationParams, description="documents into a searchable knowledge base")
+async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
+    """Read every document under ``source`` into the knowledge base; the result says what changed."""
+    db = kb_path(ctx, p.kb)
+    ctx.progress(step="listing documents")
+    con = await asyncio.to_thread(open_kb, db)
+    try:
+        files = await list_files(ctx, Path(p.source), p.patterns, p.exclude)
+        if not p.patterns:
+            files = [f for f in files if kind_of(f)]
+        own = (db, db + "-wal", db + "-shm", db + "-journal")  # a kb kept inside its source is not a document
+        files = [f for f in files if str(Path(p.source) / f) not in own]
+        ctx.progress(total=len(files), step="reading documents")
+        st = ctx.state
+        for k in ("added", "reused", "chunks"):
+            st.setdefault(k, 0)
+        pending = [f for f in files if not ctx.is_done(f)]
+        for i in range(0, len(pending), BATCH):
+            results = await asyncio.to_thread(_process_batch, con, p, pending[i : i + BATCH], ctx.id)
+            async for rel, outcome, n, why in ctx.items(results, key=lambda r: r[0]):
+                if outcome == "failed":
+                    ctx.fail(rel, why or "failed")
+                    continue
+                if outcome == "skipped":
+                    ctx.skip(rel, why)
+                    continue
+                st[outcome] += 1
+                st["chunks"] += n if outcome == "added" else 0
+                ctx.step = rel
+                ctx.metrics["chunks"] = st["chunks"]
+        ctx.progress(step="finishing")
+        summary = await asyncio.to_thread(_finish, con, p.source, ctx.id)
+    finally:
+        await asyncio.to_thread(con.close)
+    return {
+        "kb": db,
+        "source": p.source,
+        "added": st["added"],
+        "reused": st["reused"],
+        "chunks_added": st["chunks"],
+        "failures": ctx.failures,
+        **summary,
+    }
+
+
+__all__ = ["KINDS", "KbPopulationParams", "kb_path", "populate"]

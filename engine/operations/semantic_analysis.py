@@ -1,0 +1,325 @@
+"""semantic_analysis: keywords per document, the corpus's main topics, and near-duplicate documents.
+
+Over the knowledge base (default) or over a source tree (``root``: every text file under it). Pure Python:
+keywords are the terms with the highest TF-IDF in a document (document frequencies over the corpus);
+topics are the keywords shared by the most documents; near-duplicates are found with bottom-k MinHash
+sketches of word 4-gram shingles (128 hashes per document: the Jaccard similarity of two documents is
+estimated from their sketches, with a standard error of about 0.03 at 0.8), candidate pairs from shared
+sketch values, pairs at or above ``threshold`` kept. A library (datasketch) would bring numpy and scipy
+for what is here sixty lines.
+
+Two steps: per document (resumable, committed in batches before the documents count as done; a document
+whose sha256 is unchanged keeps its terms and sketch), then keywords, topics and pairs over all of them
+in one transaction (redone whole if interrupted). Results are stored in ``sem_*`` tables: in the
+knowledge base, or for a tree in ``output`` (an SQLite file, by default in the state dir).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import json
+import math
+import sqlite3
+from array import array
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..context import OperationContext
+from ..files import create_private
+from ..registry import operation
+from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
+from ._docs import NotADocument, kind_of, sections
+from ._walk import list_files
+from .kb_population import kb_path
+from .knowledge import beating, existing_kb, open_kb, words
+
+BATCH = 128
+SKETCH = 128
+"""Hashes in a bottom-k MinHash sketch."""
+SHINGLE = 4
+TERMS_KEPT = 300
+"""Most frequent terms kept per document (document frequencies are counted over these)."""
+MAX_TEXT = 8 << 20
+SEM_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sem_docs (
+    scope TEXT, key TEXT, sha256 TEXT, words INTEGER, terms TEXT, sketch BLOB, made_by TEXT, PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS sem_keywords (scope TEXT, key TEXT, rank INTEGER, term TEXT, score REAL,
+    PRIMARY KEY (scope, key, rank));
+CREATE INDEX IF NOT EXISTS sem_keywords_term ON sem_keywords(term);
+CREATE TABLE IF NOT EXISTS sem_topics (
+    scope TEXT, rank INTEGER, term TEXT, documents INTEGER, PRIMARY KEY (scope, rank)
+);
+CREATE TABLE IF NOT EXISTS sem_duplicates (scope TEXT, a TEXT, b TEXT, similarity REAL, PRIMARY KEY (scope, a, b));
+"""
+
+
+class SemanticParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kb: str | None = Field(default=None, description="knowledge base to analyse (default: the state dir's)")
+    root: str | None = Field(default=None, description="analyse the text files of this tree instead of a kb")
+    output: str | None = Field(default=None, description="with root: SQLite results file (default: in the state dir)")
+    patterns: list[str] = Field(default_factory=list, description="with root: glob patterns of files to include")
+    exclude: list[str] = Field(default_factory=list, description="with root: glob patterns of files to leave out")
+    keywords: int = Field(default=10, ge=1, le=100, description="keywords kept per document")
+    topics: int = Field(default=20, ge=1, le=1000, description="topics in the summary")
+    threshold: float = Field(default=0.8, gt=0, le=1, description="estimated Jaccard similarity of near-duplicates")
+
+    @field_validator("kb")
+    @classmethod
+    def _kb(cls, v: str | None) -> str | None:
+        return existing_kb(v)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str | None) -> str | None:
+        return None if v is None else existing_dir(v, "root")
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str | None) -> str | None:
+        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+
+    @model_validator(mode="after")
+    def _one_corpus(self) -> SemanticParams:
+        if self.kb is not None and self.root is not None:
+            raise ValueError("give kb or root, not both")
+        if self.root is None and (self.output or self.patterns or self.exclude):
+            raise ValueError("output, patterns and exclude go with root (a tree), not with a knowledge base")
+        return self
+
+
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def sketch(tokens: list[str]) -> list[int]:
+    """Bottom-k MinHash of the word shingles: the SKETCH smallest 64-bit hashes, ascending."""
+    if len(tokens) < SHINGLE:
+        shingles = {" ".join(tokens)} if tokens else set()
+    else:
+        shingles = {" ".join(tokens[i : i + SHINGLE]) for i in range(len(tokens) - SHINGLE + 1)}
+    return heapq.nsmallest(SKETCH, {_h64(s.encode()) for s in shingles})
+
+
+def jaccard(a: list[int], b: list[int]) -> float:
+    """The bottom-k estimate: of the k smallest hashes of the union, the share found in both sketches."""
+    if not a or not b:
+        return 0.0
+    sa, sb = set(a), set(b)
+    union = heapq.nsmallest(min(SKETCH, len(sa | sb)), sa | sb)
+    return sum(1 for h in union if h in sa and h in sb) / len(union)
+
+
+def _analyse(text: str) -> tuple[int, dict[str, int], bytes]:
+    """(word count, the most frequent terms with counts, the packed sketch) of a document."""
+    toks = words(text)
+    terms = dict(Counter(toks).most_common(TERMS_KEPT))
+    return len(toks), terms, array("Q", sketch(toks)).tobytes()
+
+
+def _open(db: str, create: bool) -> sqlite3.Connection:
+    if create:
+        create_private(Path(db))
+        con = sqlite3.connect(db, timeout=60, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+    else:
+        con = open_kb(db, create=False)
+    con.executescript(SEM_SCHEMA)
+    return con
+
+
+# ---- the corpus: documents of the knowledge base, or files of a tree ---------------------------------------
+
+
+def _kb_docs(con: sqlite3.Connection) -> dict[str, tuple[int, str]]:
+    """Key (source/path) -> (document id, sha256)."""
+    return {
+        f"{src.rstrip('/')}/{path}": (doc, sha)
+        for doc, src, path, sha in con.execute("SELECT id, source, path, sha256 FROM documents ORDER BY source, path")
+    }
+
+
+def _kb_text(con: sqlite3.Connection, doc: int) -> str:
+    return "\n\n".join(
+        r[0]
+        for r in con.execute(
+            "SELECT COALESCE(heading, '') || '\n' || text FROM chunks WHERE doc=? ORDER BY seq", (doc,)
+        )
+    )
+
+
+def _tree_text(root: Path, rel: str) -> tuple[str | None, str, str | None]:
+    """(text or None, sha256, why skipped or failed: "skip: ..." for a binary file)."""
+    try:
+        p = root / rel
+        if not p.is_file() or p.is_symlink():
+            return None, "", "skip: not a regular file"
+        if p.stat().st_size > MAX_TEXT:
+            return None, "", "skip: larger than 8 MiB"
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return None, "", "skip: gone since the listing"
+    except OSError as e:
+        return None, "", f"unreadable: {e.strerror or e}"
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        _title, secs = sections(kind_of(rel) or "text", data)
+    except NotADocument as e:
+        return None, sha, f"skip: {e}"
+    return "\n\n".join(f"{h or ''}\n{t}" for h, t in secs), sha, None
+
+
+Outcome = tuple[str, str, str | None]
+"""(key, "analysed" | "reused" | "skipped" | "failed", why)."""
+
+
+def _batch(
+    con: sqlite3.Connection, scope: str, keys: list[str], corpus: dict[str, Any], root: Path | None, op_id: str
+) -> list[Outcome]:
+    """Analyse a batch of documents and store their terms and sketches in one transaction."""
+    q = ",".join("?" * len(keys))
+    prev = {
+        r[0]: (r[1], r[2])
+        for r in con.execute(
+            f"SELECT key, sha256, made_by FROM sem_docs WHERE scope=? AND key IN ({q})", [scope, *keys]
+        )
+    }
+    out: list[Outcome] = []
+    rows = []
+    for key in keys:
+        if root is None:
+            doc, sha = corpus[key]
+            if key in prev and prev[key][0] == sha:
+                out.append((key, "analysed" if prev[key][1] == op_id else "reused", None))
+                continue
+            text: str | None = _kb_text(con, doc)
+        else:
+            text, sha, why = _tree_text(root, key)
+            if text is None:
+                skipped = why is not None and why.startswith("skip: ")
+                out.append((key, "skipped" if skipped else "failed", why[6:] if skipped and why else why))
+                continue
+            if key in prev and prev[key][0] == sha:
+                out.append((key, "analysed" if prev[key][1] == op_id else "reused", None))
+                continue
+        n, terms, sk = _analyse(text or "")
+        rows.append((scope, key, sha, n, json.dumps(terms), sk, op_id))
+        out.append((key, "analysed", None))
+    with con:
+        con.executemany("INSERT OR REPLACE INTO sem_docs VALUES (?,?,?,?,?,?,?)", rows)
+        con.executemany(  # a file that no longer reads keeps no results of an earlier run
+            "DELETE FROM sem_docs WHERE scope=? AND key=?",
+            [(scope, k) for k, o, _ in out if o in ("skipped", "failed")],
+        )
+    return out
+
+
+def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: SemanticParams) -> dict[str, Any]:
+    """Keywords, topics and near-duplicate pairs over the analysed documents, stored in one transaction."""
+    with con:
+        have = set(keys)
+        gone = [(scope, k) for (k,) in con.execute("SELECT key FROM sem_docs WHERE scope=?", (scope,)) if k not in have]
+        con.executemany("DELETE FROM sem_docs WHERE scope=? AND key=?", gone)
+        docs = [
+            (k, json.loads(t), array("Q", sk).tolist())
+            for k, t, sk in con.execute("SELECT key, terms, sketch FROM sem_docs WHERE scope=? ORDER BY key", (scope,))
+        ]
+        n = len(docs)
+        df = Counter(t for _, terms, _ in docs for t in terms)
+        keywords: list[tuple[str, str, int, str, float]] = []
+        shared: Counter[str] = Counter()
+        for key, terms, _ in docs:
+            scored = sorted(((1 + math.log(c)) * (math.log((1 + n) / (1 + df[t])) + 1), t) for t, c in terms.items())
+            top = sorted(scored, key=lambda st: (-st[0], st[1]))[: p.keywords]
+            keywords += [(scope, key, i, t, round(s, 4)) for i, (s, t) in enumerate(top, 1)]
+            shared.update(t for _, t in top)
+        topics = sorted(shared.items(), key=lambda kv: (-kv[1], kv[0]))[: p.topics]
+        pairs = _near_duplicates(docs, p.threshold)
+        con.execute("DELETE FROM sem_keywords WHERE scope=?", (scope,))
+        con.execute("DELETE FROM sem_topics WHERE scope=?", (scope,))
+        con.execute("DELETE FROM sem_duplicates WHERE scope=?", (scope,))
+        con.executemany("INSERT INTO sem_keywords VALUES (?,?,?,?,?)", keywords)
+        con.executemany(
+            "INSERT INTO sem_topics VALUES (?,?,?,?)", [(scope, i, t, c) for i, (t, c) in enumerate(topics, 1)]
+        )
+        con.executemany("INSERT INTO sem_duplicates VALUES (?,?,?,?)", [(scope, *pair) for pair in pairs])
+    return {
+        "documents": n,
+        "topics": [[t, c] for t, c in topics[:10]],
+        "duplicates": len(pairs),
+        "duplicate_pairs": [list(x) for x in pairs[:10]],
+    }
+
+
+def _near_duplicates(docs: list[tuple[str, dict, list[int]]], threshold: float) -> list[tuple[str, str, float]]:
+    """Pairs of documents whose estimated Jaccard similarity is at least ``threshold``, most similar first.
+
+    Candidates share at least threshold / 2 of the values of the shorter sketch (the bottom-k sketches of
+    sets with Jaccard similarity J share about 2J/(1+J) of their k values: well above J/2)."""
+    postings: dict[int, list[int]] = defaultdict(list)
+    for i, (_, _, sk) in enumerate(docs):
+        for h in sk:
+            postings[h].append(i)
+    together: Counter[tuple[int, int]] = Counter()
+    for ids in postings.values():
+        if 1 < len(ids) <= 1000:  # a value in very many documents (empty or tiny ones): no evidence of a pair
+            for x in range(len(ids)):
+                for y in range(x + 1, len(ids)):
+                    together[(ids[x], ids[y])] += 1
+    out = []
+    for (i, j), shared in together.items():
+        if shared >= threshold / 2 * min(len(docs[i][2]), len(docs[j][2])):
+            s = jaccard(docs[i][2], docs[j][2])
+            if s >= threshold:
+                out.append((docs[i][0], docs[j][0], round(s, 4)))
+    return sorted(out, key=lambda x: (-x[2], x[0], x[1]))
+
+
+@operation("semantic_analysis", params=SemanticParams, description="keywords, topics and near-duplicates of documents")
+async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
+    """Analyse every document, then summarise; the result gives the topics and near-duplicate pairs."""
+    if p.root is not None:
+        db = (
+            str(Path(p.output).expanduser().resolve())
+            if p.output
+            else str(output_dir(ctx) / f"semantic-{hashlib.sha1(p.root.encode()).hexdigest()[:12]}.sqlite")
+        )
+        scope, root = p.root, Path(p.root)
+    else:
+        db, scope, root = kb_path(ctx, p.kb), "kb", None
+    ctx.progress(step="listing documents")
+    con = await asyncio.to_thread(_open, db, root is not None)
+    try:
+        corpus: dict[str, Any] = {}
+        if root is None:
+            corpus = await asyncio.to_thread(_kb_docs, con)
+            keys = list(corpus)
+        else:
+            keys = await list_files(ctx, root, p.patterns, p.exclude)
+        st = ctx.state
+        st.setdefault("analysed", 0)
+        st.setdefault("reused", 0)
+        ctx.progress(total=len(keys), step="analysing")
+        pending = [k for k in keys if not ctx.is_done(k)]
+        for i in range(0, len(pending), BATCH):
+            results = await asyncio.to_thread(_batch, con, scope, pending[i : i + BATCH], corpus, root, ctx.id)
+            async for key, outcome, why in ctx.items(results, key=lambda r: r[0]):
+                if outcome == "failed":
+                    ctx.fail(key, why or "failed")
+                elif outcome == "skipped":
+                    ctx.skip(key, why)
+                else:
+                    st[outcome] += 1
+                    ctx.step = key
+        ctx.progress(step="keywords, topics, duplicates")
+        summary = await beating(ctx, "summary", _summarise, con, scope, keys, p)
+    finally:
+        await asyncio.to_thread(con.close)
+    return {"results": db, "analysed": st["analysed"], "reused": st["reused"], "failures": ctx.failures, **summary}

@@ -1,0 +1,384 @@
+"""The knowledge-base family on real folders through the real CLI: kb_population (every format, incremental,
+search), kb_optimization, vector_indexing, semantic_analysis; each SIGKILLed mid-run and resumed to what an
+uninterrupted run gives; bad params; the seed's knowledge-base/populate endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, InvalidInput, Operation, OperationSpec, Status, load_settings, open_store
+from engine.operations._docs import NotADocument, chunk, sections
+from engine.operations.knowledge import KbError, open_kb, search, similar
+from engine.registry import get_handler
+from tests.fixtures_api import Server
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
+
+WORDS = (  # noqa: SIM905
+    "engine checkpoint resume worker queue timeout profile store redis sqlite index chunk search vector topic "
+    "document folder terminal dashboard progress operation stall deadline lease backup manifest"
+).split()
+
+
+def run_here(base: Path, type_: str, **params: Any) -> Operation:
+    """Run an operation to its end in this process, with an engine on its own state dir under ``base``
+    (no subprocess: the reference runs and the set-ups cost no interpreter start)."""
+
+    async def go() -> Operation:
+        settings = load_settings(state_dir=base / "ref-state", grace_period=2.0)
+        async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+            op = await engine.submit(OperationSpec(type=type_, params=params))
+            return await engine.wait(op.id, timeout=120)
+
+    final = asyncio.run(go())
+    assert final.status is Status.COMPLETED, final.error
+    return final
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A small valid PDF with one line of Helvetica text per page (pypdf reads it back)."""
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
+    objs.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>")
+    font = 3 + 2 * len(pages)
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R"
+            f" /Resources << /Font << /F1 {font} 0 R >> >> >>"
+        )
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    objs.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for n, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def make_docs(root: Path) -> None:
+    """One document of each kind, and the awkward ones: Latin-1 text, a binary .txt, a broken PDF, a FIFO."""
+    (root / "guide").mkdir(parents=True)
+    (root / "guide" / "install.md").write_text(
+        "# Installing\n\nRun pip to install the engine.\n\n## Checkpoints\n\nA checkpoint keeps the state.\n"
+    )
+    (root / "guide" / "resume.rst").write_text(
+        "======\nResume\n======\n\nIntro text.\n\nAfter a crash\n-------------\n\nThe worker resumes from the lease.\n"
+    )
+    (root / "page.html").write_text(
+        "<html><head><title>Dashboard</title><style>p {color: red}</style></head><body>"
+        "<h1>Keys</h1><p>Press p to pause &amp; r to resume.</p><script>var hidden = 1;</script></body></html>"
+    )
+    (root / "notes.txt").write_text("Plain notes about the redis store.\n")
+    (root / "manual.pdf").write_bytes(make_pdf(["Stall timeout explained", "Deadline extension rules"]))
+    (root / "legacy.txt").write_bytes("Caf\u00e9 cr\u00e8me in Latin-1.\n".encode("latin-1"))
+    (root / "image.txt").write_bytes(b"\x89PNG\0\0\0binary")
+    (root / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf at all")
+    (root / "code.py").write_text("print('not a document kind')\n")
+    os.mkfifo(root / "pipe.md")
+
+
+def test_sections_and_chunks_of_each_format() -> None:
+    """The text each format gives, cut at paragraph, sentence and word boundaries, never across a heading."""
+    title, secs = sections("markdown", b"# Title\n\nIntro.\n\n## Part\n\nBody one.\n\nBody two.\n")
+    assert title == "Title" and [(h, " ".join(t.split())) for h, t in secs] == [
+        ("Title", "Intro."),
+        ("Part", "Body one. Body two."),
+    ]
+    title, secs = sections("rst", b"=====\nTitle\n=====\n\nText.\n\nSub\n---\n\nMore.\n")
+    assert title == "Title" and [h for h, _ in secs] == ["Title", "Sub"] and "===" not in secs[0][1]
+    title, secs = sections("html", b"<title>T</title><nav>x</nav><h2>H</h2><p>a&lt;b</p><style>p{}</style>")
+    assert title == "T" and secs == [("H", secs[-1][1])] and "a<b" in secs[0][1] and "p{}" not in secs[0][1]
+    with pytest.raises(NotADocument, match="binary"):
+        sections("text", b"abc\0def")
+    long = "First sentence here. " * 30 + "x" * 250
+    pieces = chunk([("H", long + "\n\nShort para.")], 200)
+    assert all(h == "H" and len(t) <= 200 for h, t in pieces)
+    words = " ".join(t for _, t in pieces).split()
+    assert words == ["First", "sentence", "here."] * 30 + ["x" * 200, "x" * 50, "Short", "para."]
+    assert pieces[0][1].endswith("here.") and pieces[-1][1].endswith("Short para.")
+
+
+def kb_rows(db: str | Path) -> dict[str, Any]:
+    """Everything kb_population stores, by path (ids left out), and the full-text index's integrity."""
+    con = sqlite3.connect(db)
+    try:
+        con.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
+        docs = {r[0]: r[1:] for r in con.execute("SELECT path, kind, title, size, sha256, chunks FROM documents")}
+        chunks = con.execute(
+            "SELECT d.path, c.seq, c.heading, c.text, c.sha256, (SELECT x.seq || '@' || e.path FROM chunks x"
+            " JOIN documents e ON e.id=x.doc WHERE x.id=c.dup_of) FROM chunks c JOIN documents d ON d.id=c.doc"
+            " ORDER BY d.path, c.seq"
+        ).fetchall()
+        indexed = con.execute("SELECT COUNT(*) FROM chunks_fts_docsize").fetchone()[0]  # rows in the index itself
+        return {"documents": docs, "chunks": chunks, "indexed": indexed}
+    finally:
+        con.close()
+
+
+def hits(kb: str, query: str, raw: bool = False) -> list[tuple[str, str | None]]:
+    con = open_kb(kb, create=False)
+    try:
+        return [(h["path"], h["heading"]) for h in search(con, query, 10, raw)]
+    finally:
+        con.close()
+
+
+def test_every_format_searchable_then_incremental(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "docs"
+    make_docs(src)
+    kb = str(tmp_path / "kb.sqlite")
+    rec = run_here(tmp_path, "kb_population", source=str(src), kb=kb)
+    res = rec.result
+    assert res["added"] == 6 and res["reused"] == 0 and res["failures"] == 2, res
+    assert res["kinds"] == {"text": 2, "markdown": 1, "rst": 1, "html": 1, "pdf": 1}
+    assert rec.progress.skipped == 1  # the FIFO: never opened (it would block)
+    rows = kb_rows(kb)
+    assert rows["documents"]["guide/resume.rst"][1] == "Resume" and rows["documents"]["page.html"][1] == "Dashboard"
+    headings = {(p, h) for p, _, h, *_ in rows["chunks"]}
+    assert {
+        ("guide/install.md", "Checkpoints"),
+        ("guide/resume.rst", "After a crash"),
+        ("page.html", "Keys"),
+    } <= headings
+    assert {("manual.pdf", "page 1"), ("manual.pdf", "page 2")} <= headings
+    texts = " ".join(t for *_, t, _, _ in rows["chunks"])
+    assert "Café crème" in texts and "hidden" not in texts and "color" not in texts and "pause & r" in texts
+    assert hits(kb, "lease worker") == [("guide/resume.rst", "After a crash")]
+    assert hits(kb, "deadline") == [("manual.pdf", "page 2")]
+    assert set(hits(kb, "resum* NOT crash", raw=True)) == {("page.html", "Keys"), ("guide/resume.rst", "Resume")}
+
+    # The command: plain words, snippets; FTS5 syntax errors and a missing kb in one line, exit 2.
+    r = cli("kb", "search", "lease", "worker", "--kb", kb, "--json")
+    assert r.returncode == 0 and "[lease]" in json.loads(r.stdout)[0]["snippet"], r.stderr
+    r = cli("kb", "search", "pause", "--kb", kb)
+    assert r.returncode == 0 and "page.html > Keys" in r.stdout and "[pause]" in r.stdout, r.stderr
+    r = cli("kb", "search", '"unclosed', "--fts", "--kb", kb)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unterminated" in r.stderr
+    r = cli("kb", "search", "x", "--kb", str(tmp_path / "none.sqlite"))
+    assert r.returncode == 2 and "no knowledge base" in r.stderr
+
+    (src / "notes.txt").write_text("Plain notes about the sqlite store.\n")
+    (src / "guide" / "install.md").unlink()
+    (src / "new.md").write_text("# New\n\nA new document about topics.\n")
+    res2 = run_here(tmp_path, "kb_population", source=str(src), kb=kb).result
+    assert (res2["added"], res2["reused"], res2["removed"], res2["documents"]) == (2, 4, 1, 6), res2
+    after = kb_rows(kb)
+    assert "guide/install.md" not in after["documents"] and "new.md" in after["documents"]
+    assert hits(kb, "redis") == [] and hits(kb, "sqlite") == [("notes.txt", None)]
+    assert hits(kb, "checkpoint") == []  # the deleted document's chunks left the index
+
+
+SYLLABLES = "ka lo mi ne ru sa te vi bo da fe gu ha jo ki la mu no pe ri".split()  # noqa: SIM905
+VOCAB = WORDS + [x + y + z for x in SYLLABLES for y in SYLLABLES for z in SYLLABLES[:5]]
+
+
+def many_docs(root: Path, n: int, dup_every: int = 0) -> None:
+    """``n`` Markdown documents of four sections of words drawn at random (seeded by the document number)
+    from a vocabulary of 2,000; every ``dup_every``-th one a copy of the one before."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        src = i - 1 if dup_every and i % dup_every == 0 and i else i
+        rnd = random.Random(src)
+        body = "".join(f"## Part {s}\n\n" + " ".join(rnd.choices(VOCAB, k=40)) + f" n{src}.\n\n" for s in range(4))
+        (root / f"d{i // 100}").mkdir(exist_ok=True)
+        (root / f"d{i // 100}" / f"doc{i:04d}.md").write_text(f"# Document {src}\n\n{body}")
+
+
+def test_kb_population_sigkilled_resumes_to_the_uninterrupted_kb(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "docs"
+    many_docs(src, 700)
+    (src / "bad.txt").write_bytes(b"\0binary")
+    whole = run_here(tmp_path, "kb_population", source=str(src), kb=f"{tmp_path}/a.sqlite").result
+    op_id = submit(cli, "kb_population", {"source": str(src), "kb": f"{tmp_path}/b.sqlite"}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("added", 0) > 0)
+    assert killed.status is Status.RUNNING, "the population finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert kb_rows(f"{tmp_path}/b.sqlite") == kb_rows(f"{tmp_path}/a.sqlite")
+    strip = lambda r: {k: v for k, v in r.items() if k != "kb"}  # noqa: E731
+    assert strip(final["result"]) == strip(whole)
+    assert final["result"]["added"] == 700 and final["result"]["failures"] == 1
+
+
+def populated(tmp_path: Path, n: int, dup_every: int = 0, chunk_size: int = 1500) -> Path:
+    """A knowledge base of ``n`` generated documents (made once, then copied by the tests)."""
+    src = tmp_path / "docs"
+    many_docs(src, n, dup_every)
+    kb = tmp_path / "base.sqlite"
+    run_here(tmp_path, "kb_population", source=str(src), kb=str(kb), chunk_size=chunk_size)
+    return kb
+
+
+def copy_kb(kb: Path, to: Path) -> str:
+    src, dst = sqlite3.connect(kb), sqlite3.connect(to)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return str(to)
+
+
+def test_kb_optimization_dedupes_and_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path: Path) -> None:
+    kb = populated(tmp_path, 600, dup_every=2, chunk_size=200)
+    a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
+    before = kb_rows(a)
+    res = run_here(tmp_path, "kb_optimization", kb=a).result
+    assert res["duplicates"] > 0 and res["indexed"] == res["chunks"] - res["duplicates"]
+    assert res["indexed"] == kb_rows(a)["indexed"] < before["indexed"]
+    con = sqlite3.connect(a)
+    dup = con.execute("SELECT d.path FROM chunks c JOIN documents d ON d.id=c.doc WHERE c.dup_of IS NULL").fetchall()
+    assert not any(p.endswith("doc0002.md") for (p,) in dup)  # a copy: none of its chunks stays in the index
+    con.close()
+    op_id = submit(cli, "kb_optimization", {"kb": b, "merge_pages": 16}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)))
+    assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert kb_rows(b) == kb_rows(a)
+    keep = ("chunks", "indexed", "duplicate_groups", "duplicates", "failures")
+    assert {k: final["result"][k] for k in keep} == {k: res[k] for k in keep}
+
+
+def vectors(db: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return [
+            *con.execute("SELECT chunk, term, round(w, 9) FROM vec_terms ORDER BY chunk, term"),
+            *con.execute("SELECT chunk, sha256, round(norm, 9) FROM vec_chunks ORDER BY chunk"),
+            *con.execute("SELECT term, df, round(idf, 9) FROM vec_df ORDER BY term"),
+        ]
+    finally:
+        con.close()
+
+
+def test_vector_indexing_resumes_to_the_uninterrupted_vectors_and_answers_similar(cli: Cli, tmp_path: Path) -> None:
+    kb = populated(tmp_path, 250, chunk_size=200)
+    a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
+    con = open_kb(a, create=False)
+    with pytest.raises(KbError, match="no vectors yet"):
+        similar(con, "lease")
+    con.close()
+    whole = run_here(tmp_path, "vector_indexing", kb=a).result
+    assert whole["made"] == whole["chunks"] > 1000
+    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
+    assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert vectors(b) == vectors(a)
+    strip = lambda r: {k: v for k, v in r.items() if k != "kb"}  # noqa: E731
+    assert strip(final["result"]) == strip(whole)
+    r = cli("kb", "similar", "document", "17", "n17", "--kb", b, "--json", "--limit", "3")
+    hits = json.loads(r.stdout)
+    assert hits and hits[0]["path"] == "d0/doc0017.md", hits  # "n17" is in that document only
+    assert hits == sorted(hits, key=lambda h: -h["score"]) and 0 < hits[0]["score"] <= 1
+    again = run_here(tmp_path, "vector_indexing", kb=b).result
+    assert again["made"] == 0 and again["reused"] == whole["chunks"]
+
+
+def sem_tables(db: str) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(db)
+    try:
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall()
+            for t in ("sem_keywords", "sem_topics", "sem_duplicates")
+        } | {"docs": con.execute("SELECT key, sha256, words, terms, sketch FROM sem_docs ORDER BY key").fetchall()}
+    finally:
+        con.close()
+
+
+def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "docs"
+    many_docs(src, 500, dup_every=50)
+    (src / "d0" / "doc0002.md").write_text((src / "d0" / "doc0001.md").read_text() + "\nOne more line at the end.\n")
+    (src / "logo.png").write_bytes(b"\x89PNG\0\0")
+    params = {"root": str(src)}
+    res = run_here(tmp_path, "semantic_analysis", **params, output=f"{tmp_path}/a.db").result
+    pairs = {
+        (a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]) for _, a, b, _ in sem_tables(f"{tmp_path}/a.db")["sem_duplicates"]
+    }
+    assert ("doc0001.md", "doc0002.md") in pairs and ("doc0049.md", "doc0050.md") in pairs
+    assert ("doc0003.md", "doc0004.md") not in pairs and res["duplicates"] == len(pairs) == 10
+    kws = [t for _, k, _, t, _ in sem_tables(f"{tmp_path}/a.db")["sem_keywords"] if k == "d0/doc0017.md"]
+    assert kws[0] == "n17" and len(kws) == 10  # the term no other document has
+    op_id = submit(cli, "semantic_analysis", {**params, "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
+    assert killed.status is Status.RUNNING, "the analysis finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert sem_tables(f"{tmp_path}/b.db") == sem_tables(f"{tmp_path}/a.db")
+    strip = lambda r: {k: v for k, v in r.items() if k != "results"}  # noqa: E731
+    assert strip(final["result"]) == strip(res)
+    assert final["progress"]["skipped"] == 1  # the binary file
+
+
+def test_semantic_analysis_of_the_kb(tmp_path: Path) -> None:
+    kb = populated(tmp_path, 40, dup_every=10)
+    res = run_here(tmp_path, "semantic_analysis", kb=str(kb)).result
+    assert res["documents"] == 40 and res["duplicates"] == 3 and res["analysed"] == 40, res
+    again = run_here(tmp_path, "semantic_analysis", kb=str(kb)).result
+    assert again["reused"] == 40 and again["topics"] == res["topics"] and again["duplicates"] == 3
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    """One run through the command per type (one line, exit 2, nothing stored); the other cases in-process."""
+    (tmp_path / "file.txt").write_text("not a database\n")
+    bad_params(cli, "kb_population", {"source": str(tmp_path / "nope")}, "source")
+    bad_params(cli, "kb_optimization", {"kb": str(tmp_path / "file.txt")}, "not a knowledge base")
+    bad_params(cli, "vector_indexing", {"min_df": 0}, "min_df")
+    bad_params(cli, "semantic_analysis", {"patterns": ["*.md"]}, "go with root")
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("kb_population", {}, "source"),
+        ("kb_population", {"source": str(tmp_path), "kb": str(tmp_path / "file.txt")}, "kb"),
+        ("kb_population", {"source": str(tmp_path), "chunk_size": 10}, "chunk_size"),
+        ("kb_population", {"source": str(tmp_path), "colour": 1}, "colour"),
+        ("kb_optimization", {"kb": str(tmp_path / "none.sqlite")}, "kb"),
+        ("kb_optimization", {"merge_pages": 1}, "merge_pages"),
+        ("vector_indexing", {"kb": str(tmp_path / "none.sqlite")}, "kb"),
+        ("semantic_analysis", {"root": str(tmp_path / "nope")}, "root"),
+        ("semantic_analysis", {"root": str(tmp_path), "kb": str(tmp_path / "file.txt")}, "kb"),
+        ("semantic_analysis", {"root": str(tmp_path), "threshold": 2}, "threshold"),
+    ]
+    for type_, params, expect in cases:
+        with pytest.raises(InvalidInput) as e:
+            get_handler(type_).parse_params(params)
+        assert expect in str(e.value) and "\n" not in str(e.value), (type_, params, e.value)
+
+
+def test_the_seed_populate_endpoint_answers_202_and_the_kb_is_searchable(api: Server, tmp_path: Path) -> None:
+    src = tmp_path / "docs"
+    make_docs(src)
+    (src / "pipe.md").unlink()
+    r = api.http.post("/api/operations/knowledge-base/populate", json={"params": {"source": str(src)}})
+    assert r.status_code == 202, r.text
+    op = api.wait_status(r.json()["operation_id"], {"completed", "failed"}, timeout=60)
+    assert op["status"] == "completed" and op["result"]["added"] == 6, op
+    assert Path(op["result"]["kb"]).parent == api.root / "state" / "outputs"
+    r = api.http.post(
+        "/api/operations/knowledge-base/populate", json={"params": {"source": str(src), "kb": str(tmp_path / "x.db")}}
+    )
+    assert r.status_code == 403 and "params.kb" in r.json()["detail"]
+
+
+def test_the_types_are_built_in(cli: Cli) -> None:
+    types = {t["type"]: t for t in json.loads(cli("--json", "types").stdout)}
+    for t in ("kb_population", "kb_optimization", "vector_indexing", "semantic_analysis"):
+        assert types[t]["builtin"] and types[t]["runnable"], types[t]
+
+
+def test_a_missing_default_kb_fails_in_one_line(cli: Cli) -> None:
+    code, rec, _ = run_json(cli, "run", "vector_indexing")
+    assert code == 1 and rec["status"] == "failed" and "no knowledge base" in rec["error"], rec
