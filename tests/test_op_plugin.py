@@ -30,13 +30,13 @@ def test_plugin_with_flag(cli: Cli, tmp_path: Path, plugin_path: None) -> None:
     assert code == 0, err
     assert rec["result"] == {"files": 2, "words": 9, "top": [["the", 4], ["end", 2]]}
     assert rec["item_failures"] == 1
-    code, rec, err = run_json(cli, "--plugin", MODULE, "run", "kb_population", "--params-json", '{"docs": ["A", "b"]}')
+    code, rec, err = run_json(cli, "--plugin", MODULE, "run", "notes_population", "--params-json", '{"docs": ["A", "b"]}')
     assert code == 0 and rec["result"] == {"added": 2, "documents": ["a", "b"]}, err
     assert (rec["progress"]["done"], rec["progress"]["total"]) == (2, 2)
     types = {t["type"]: t for t in json.loads(cli("--plugin", MODULE, "--json", "types").stdout)}
     assert types["wordcount"]["runnable"] and not types["wordcount"]["builtin"]
     assert types["codebase_indexing"]["builtin"] and types["backup_operation"]["builtin"]
-    assert not types["cleanup_operation"]["runnable"]
+    assert types["cleanup_operation"]["runnable"] and types["cleanup_operation"]["builtin"]
     r = cli("run", "wordcount", "-p", f"root={tmp_path}")  # without --plugin
     assert r.returncode == 2 and "unknown operation type 'wordcount'" in r.stderr, r.stderr
 
@@ -53,6 +53,6 @@ def test_plugin_through_its_entry_point(cli: Cli, tmp_path: Path, monkeypatch: p
     (dist / "entry_points.txt").write_text(f"[outlast.operations]\nexample = {MODULE}\n")
     monkeypatch.setenv("PYTHONPATH", f"{PLUGIN_DIR}:{tmp_path / 'site'}")
     types = {t["type"]: t for t in json.loads(cli("--json", "types").stdout)}
-    assert types["wordcount"]["runnable"] and types["kb_population"]["runnable"]
+    assert types["wordcount"]["runnable"] and types["notes_population"]["runnable"]
     r = cli("-q", "run", "wordcount", "-p", f"root={PLUGIN_DIR}")
     assert r.returncode == 0, r.stderr

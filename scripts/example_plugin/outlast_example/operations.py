@@ -3,7 +3,7 @@
 ``wordcount`` is written for Outlast from the start: a params model, ``ctx.items`` for per-file progress and
 resume, ``ctx.state`` for results that survive a crash, ``ctx.fail`` for a file that cannot be read, and an
 explicit ``ctx.checkpoint`` each time it moves on to another directory. ``populate_kb`` is existing code with a
-``progress_callback``, turned into the seed's ``kb_population`` operation by ``@migrate_timeout_operation``
+``progress_callback``, turned into a ``notes_population`` operation by ``@migrate_timeout_operation``
 without changing its callers.
 
 Load it with ``outlast --plugin outlast_example.operations ...`` (the package directory on PYTHONPATH) or
@@ -92,14 +92,14 @@ class KbParams(BaseModel):
     seconds: float = Field(default=0.0, ge=0, le=60, description="time per document")
 
 
-@migrate_timeout_operation("kb_population", estimated_items=100, params=KbParams)
+@migrate_timeout_operation("notes_population", estimated_items=100, params=KbParams)
 async def populate_kb(
     docs: list[str], seconds: float = 0.0, progress_callback: Callable[..., None] | None = None
 ) -> dict:
     """Add documents to a knowledge base (existing code, migrated).
 
     Unchanged: it reports through ``progress_callback`` and its callers still call it directly; run as
-    ``outlast run kb_population`` it reports to the engine and gets the type's timeout profile."""
+    ``outlast run notes_population`` it reports to the engine and gets the type's timeout profile."""
     added = []
     for i, doc in enumerate(docs):
         await asyncio.sleep(seconds)
