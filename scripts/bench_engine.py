@@ -300,7 +300,7 @@ def _sqlite_floor(directory: Any, n: int) -> list[float]:
     """A durable SQLite commit (WAL, synchronous=FULL) of the rows a checkpoint writes, no engine, no thread hop."""
     import sqlite3
 
-    from engine.store.local import _SCHEMA
+    from engine.store.sqlite.store import _SCHEMA
 
     directory.mkdir(parents=True)
     conn = sqlite3.connect(directory / "floor.db", isolation_level=None)

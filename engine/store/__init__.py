@@ -7,7 +7,7 @@ from typing import Any
 
 from ..models import InvalidInput
 from .base import ItemDelta, Ledger, Store
-from .local import LocalStore
+from .sqlite import LocalStore
 
 
 def open_store(target: str | Path | None = None, **options: Any) -> Store:

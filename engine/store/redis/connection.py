@@ -31,7 +31,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..models import InvalidInput, StoreError
+from ...models import InvalidInput, StoreError
 
 log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")

@@ -17,9 +17,9 @@ import logging
 import time
 from typing import Any
 
-from ..models import Checkpoint, ItemFailure, NotFound, validate_id
-from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
-from .redis_codec import RedisParts
+from ...models import Checkpoint, ItemFailure, NotFound, validate_id
+from ..base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
+from .codec import RedisParts
 
 log = logging.getLogger("outlast.store.redis")
 

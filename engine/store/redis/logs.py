@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import ControlAction, InvalidInput, LogRecord, validate_id
-from .redis_codec import RedisParts
+from ...models import ControlAction, InvalidInput, LogRecord, validate_id
+from .codec import RedisParts
 
 LOG_MAXLEN = 10_000
 """Log records kept per operation (a capped stream; the oldest are trimmed)."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..models import (
+from ...models import (
     TRANSITIONS,
     Conflict,
     InvalidInput,
@@ -45,13 +45,13 @@ from ..models import (
     validate_id,
     validate_id_prefix,
 )
-from . import redis_lua as lua
-from .mirror import CheckpointMirror
-from .redis_checkpoints import CheckpointsMixin
-from .redis_codec import decode_record, enc, pairs
-from .redis_conn import RedisLink
-from .redis_liveness import LivenessMixin
-from .redis_logs import ControlLogsMixin
+from . import lua
+from ..mirror import CheckpointMirror
+from .checkpoints import CheckpointsMixin
+from .codec import decode_record, enc, pairs
+from .connection import RedisLink
+from .liveness import LivenessMixin
+from .logs import ControlLogsMixin
 
 log = logging.getLogger("outlast.store.redis")
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..models import InvalidInput, Operation, StaleAttempt, validate_id
-from ..profiles import one_line
+from ...models import InvalidInput, Operation, StaleAttempt, validate_id
+from ...profiles import one_line
 
 if TYPE_CHECKING:
-    from .mirror import CheckpointMirror
-    from .redis_conn import RedisLink
+    from ..mirror import CheckpointMirror
+    from .connection import RedisLink
 
 log = logging.getLogger("outlast.store.redis")
 _FIELDS = frozenset(Operation.model_fields)

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import aiofiles
 
-from ..files import create_private, make_private, private_opener
-from ..models import (
+from ...files import create_private, make_private, private_opener
+from ...models import (
     ACTIVE,
     Checkpoint,
     Conflict,
@@ -44,8 +44,8 @@ from ..models import (
     validate_id,
     validate_id_prefix,
 )
-from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
-from .sqlite_worker import SqliteWorker
+from ..base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
+from .worker import SqliteWorker
 
 log = logging.getLogger("outlast.store")
 T = TypeVar("T")

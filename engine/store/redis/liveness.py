@@ -17,8 +17,8 @@ import logging
 import secrets
 from typing import Any
 
-from ..models import Operation, Status, StoreError
-from .redis_codec import RedisParts, valid_id
+from ...models import Operation, Status, StoreError
+from .codec import RedisParts, valid_id
 
 log = logging.getLogger("outlast.store.redis")
 
