@@ -45,8 +45,8 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
-from . import lua
 from ..mirror import CheckpointMirror
+from . import lua
 from .checkpoints import CheckpointsMixin
 from .codec import decode_record, enc, pairs
 from .connection import RedisLink
