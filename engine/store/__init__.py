@@ -41,4 +41,13 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
     return LocalStore(Path(text))
 
 
+def __getattr__(name: str) -> Any:
+    """``engine.store.RedisStore``, imported when first asked for (the redis package is not loaded before)."""
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["ItemDelta", "Ledger", "LocalStore", "Store", "open_store"]

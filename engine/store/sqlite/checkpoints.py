@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
-from ..base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
+from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
 from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
@@ -41,21 +41,18 @@ class CheckpointsMixin(SqliteCore):
                     f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
                 )
             # Link this delta to the one before it (read in this transaction: the attempt holds the op).
-            prev = ROOT
+            before = None
             if cp.seq > 1:
                 before = conn.execute(
                     "SELECT items FROM deltas WHERE op_id=? AND seq=?", (cp.operation_id, cp.seq - 1)
                 ).fetchone()
-                prev = link(_as_bytes(before[0])) if before else "missing"
-            items = delta.encode(prev)
-            cs = checksum(payload, items)
-            done = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
-            info = done.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
+            sealed = seal(cp, delta, before[0] if before else None, payload)
+            done = sealed.checkpoint
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
-                (cp.operation_id, cp.seq, cp.epoch, cp.created_at, info, payload, cs),
+                (cp.operation_id, cp.seq, cp.epoch, cp.created_at, sealed.info, payload, done.checksum),
             )
-            conn.execute("INSERT OR REPLACE INTO deltas VALUES(?,?,?)", (cp.operation_id, cp.seq, items))
+            conn.execute("INSERT OR REPLACE INTO deltas VALUES(?,?,?)", (cp.operation_id, cp.seq, sealed.delta))
             if fail_rows:
                 conn.executemany("INSERT OR REPLACE INTO failures VALUES(?,?,?,?,?)", fail_rows)
             has_failures = (
@@ -192,10 +189,6 @@ class CheckpointsMixin(SqliteCore):
             ).fetchall()
         )
         return [ItemFailure(key=k, error=e, attempt=a, at=t) for k, e, a, t in rows]
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _plain(e: BaseException) -> str:

@@ -85,7 +85,7 @@ class RecordsMixin(SqliteCore):
         validate_id(op_id)
         return await self._run(lambda: self._row_op(self._db, op_id))
 
-    async def list(
+    async def list_operations(
         self,
         statuses: list[Status] | None = None,
         types: list[str] | None = None,
