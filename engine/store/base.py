@@ -310,6 +310,12 @@ class Store(Protocol):
         """Change fields without a status change (priority, deadline, total_items, ...)."""
         ...
 
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        """Remove the operation and all it owns (checkpoints, item deltas and failures, logs) in one
+        atomic step, only while its status is in ``expect``: else Conflict, and nothing is removed (a
+        resume or claim since the caller's read wins). NotFound when there is no such operation."""
+        ...
+
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
         """Atomically take the next due queued operation (priority with aging, FIFO), or ``op_id`` if it
         is queued, mark it running with a new epoch, and hold it (lock or lease) for this process."""

@@ -196,6 +196,20 @@ class RecordsMixin(RecoveryMixin):
         await self._mirror_record(op)
         return op
 
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        validate_id(op_id)
+        args = [self.keys.prefix, op_id, ",".join(enc(s.value) for s in expect)]
+        res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
+        if res[0] == b"missing" and await self._restored():
+            res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
+        if res[0] == b"missing":
+            raise NotFound(f"no operation {op_id}")
+        if res[0] == b"conflict":
+            raise Conflict(f"operation {op_id} is {res[1].decode().strip(chr(34))}: not deleted")
+        self._malformed.discard(op_id)
+        if self.mirror is not None:  # else a Redis that comes back empty would restore it from there
+            await self.mirror.delete(op_id)
+
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
         if op_id is not None:
             validate_id(op_id)

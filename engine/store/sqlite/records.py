@@ -6,8 +6,10 @@ takes the operation's flock (core), so several processes can share one state dir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from typing import Any
@@ -27,9 +29,13 @@ from ...models import (
     validate_id_prefix,
 )
 from .core import SqliteCore
+from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, RANKS
 
 log = logging.getLogger("outlast.store")
+
+_OWNED = (("operations", "id"), ("checkpoints", "op_id"), ("deltas", "op_id"), ("failures", "op_id"))
+"""The rows of one operation: what deleting it removes (with its log file)."""
 
 
 def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
@@ -201,6 +207,29 @@ class RecordsMixin(SqliteCore):
             return new
 
         return await self._txn(do)
+
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no operation {op_id}")
+            if row[0] not in {s.value for s in expect}:
+                raise Conflict(f"operation {op_id} is {row[0]}: not deleted")
+            for table, column in _OWNED:
+                conn.execute(f"DELETE FROM {table} WHERE {column}=?", (op_id,))
+
+        def after() -> None:
+            # Once the delete is durable: its log file, and a lock file a dead holder left.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.log_dir / f"{op_id}.jsonl")
+            lock = self.lock_dir / f"{op_id}.lock"
+            if op_id not in self._held and lock.exists() and (fd := try_lock(lock)) is not None:
+                unlock(lock, fd)
+
+        await self._txn(do, after=after)
+        self._log_locks.pop(op_id, None)
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
         def do(conn: sqlite3.Connection) -> Operation | None:
