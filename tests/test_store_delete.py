@@ -97,11 +97,11 @@ async def assert_gone(store: Store, op_id: str) -> None:
     assert (await store.read_logs(op_id))[0] == []
 
 
-@pytest.mark.parametrize("status", sorted(SETTLED, key=lambda s: s.value))
-async def test_delete_removes_a_settled_operation_and_all_it_owns(new_store: StoreFactory, status: Status) -> None:
+@pytest.mark.parametrize("status", sorted(s.value for s in SETTLED))
+async def test_delete_removes_a_settled_operation_and_all_it_owns(new_store: StoreFactory, status: str) -> None:
     store = new_store()
     await store.open()
-    op = await settled_op(store, status)
+    op = await settled_op(store, Status(status))
     keep = await settled_op(store)
     await store.delete(op.id, expect=SETTLED)
     await assert_gone(store, op.id)
