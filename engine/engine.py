@@ -370,7 +370,7 @@ class Engine:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Operation]:
-        return [self._with_live(o) for o in await self.store.list(statuses, types, limit, offset)]
+        return [self._with_live(o) for o in await self.store.list_operations(statuses, types, limit, offset)]
 
     async def resolve(self, prefix: str) -> str:
         return await self.store.resolve(prefix)

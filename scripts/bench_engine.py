@@ -300,14 +300,14 @@ def _sqlite_floor(directory: Any, n: int) -> list[float]:
     """A durable SQLite commit (WAL, synchronous=FULL) of the rows a checkpoint writes, no engine, no thread hop."""
     import sqlite3
 
-    from engine.store.local import _SCHEMA
+    from engine.store.sqlite.schema import SCHEMA
 
     directory.mkdir(parents=True)
     conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
+        conn.executescript(SCHEMA)
         payload = json.dumps({"state": state_5kb()}).encode()
         out = []
         for seq in range(1, n + 1):

@@ -116,7 +116,7 @@ def stored(state: Path) -> tuple[Operation | None, set[str]]:
         store = open_store(state)
         await store.open()
         try:
-            ops = await store.list()
+            ops = await store.list_operations()
             if not ops:
                 return None, set()
             got = await store.load_checkpoint(ops[0].id)

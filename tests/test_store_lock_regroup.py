@@ -21,7 +21,7 @@ async def test_resume_and_claim_in_one_commit_group_keep_the_lock(settings: Sett
         assert (await store.claim(me, time.time(), 0, op_id=op.id)) is not None
         await store.transition(op.id, Status.PAUSED, expect=frozenset({Status.RUNNING}))
         # Hold the writer thread so that the two writes below are committed as one group.
-        busy = store._txn(lambda conn: time.sleep(0.3))
+        busy = store.worker.run_txn(lambda conn: time.sleep(0.3))
         resumed = asyncio.ensure_future(store.transition(op.id, Status.QUEUED, expect=frozenset({Status.PAUSED})))
         claimed = asyncio.ensure_future(store.claim(me, time.time(), 0, op_id=op.id))
         await busy

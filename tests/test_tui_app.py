@@ -216,7 +216,7 @@ async def _priority(app: OutlastApp, op_id: str, priority: Priority) -> bool:
 
 
 async def _count(app: OutlastApp, status: Status, n: int) -> bool:
-    return len(await app.engine.store.list([status])) == n
+    return len(await app.engine.store.list_operations([status])) == n
 
 
 def _zero():  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ async def counts_by_status_and_type(engine: Engine) -> dict[tuple[Status, str], 
     if grouped is not None:
         return await grouped()
     out: Counter[tuple[Status, str]] = Counter()
-    for op in await engine.store.list(limit=100_000):
+    for op in await engine.store.list_operations(limit=100_000):
         out[(op.status, op.type)] += 1
     return dict(out)
 

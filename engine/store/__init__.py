@@ -7,7 +7,7 @@ from typing import Any
 
 from ..models import InvalidInput
 from .base import ItemDelta, Ledger, Store
-from .local import LocalStore
+from .sqlite import LocalStore
 
 
 def open_store(target: str | Path | None = None, **options: Any) -> Store:
@@ -39,6 +39,15 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
     return LocalStore(Path(text))
+
+
+def __getattr__(name: str) -> Any:
+    """``engine.store.RedisStore``, imported when first asked for (the redis package is not loaded before)."""
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ItemDelta", "Ledger", "LocalStore", "Store", "open_store"]

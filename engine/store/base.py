@@ -178,6 +178,47 @@ def checksum(payload: bytes, delta: bytes) -> str:
     return h.hexdigest()
 
 
+MISSING = "missing"
+"""The link a delta names when the delta before it cannot be found: it starts no chain (never resumable)."""
+
+LISTING_EXCLUDE = frozenset({"state", "context_data", "metadata", "next_step"})
+"""Checkpoint fields kept out of the listing info (they are the payload)."""
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A checkpoint ready to be written, the same for every store: what it stores and what it returns."""
+
+    checkpoint: Checkpoint
+    """The checkpoint with its checksum and size set."""
+    payload: bytes
+    """encode_payload(checkpoint): state, context_data, next_step, metadata and the counts."""
+    delta: bytes
+    """The item delta, led by the link of the delta before it."""
+    info: str
+    """The listing info: the checkpoint's JSON without the payload's fields."""
+
+
+def seal(
+    cp: Checkpoint, delta: ItemDelta, before: bytes | str | memoryview | None, payload: bytes | None = None
+) -> Sealed:
+    """Seal checkpoint ``cp`` with its items ``delta``: link the delta to ``before`` (the stored bytes of
+    delta ``cp.seq - 1``; None when it is missing; ignored for seq 1) and checksum the payload and the
+    delta together, so a resume through it verifies the whole chain (Chain). ``payload``: the checkpoint's
+    encode_payload, if the caller made it already."""
+    if cp.seq <= 1:
+        prev = ROOT
+    elif before is None:
+        prev = MISSING
+    else:
+        prev = link(before.encode() if isinstance(before, str) else bytes(before))
+    payload = encode_payload(cp) if payload is None else payload
+    items = delta.encode(prev)
+    cs = checksum(payload, items)
+    sealed = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
+    return Sealed(sealed, payload, items, sealed.model_dump_json(exclude=set(LISTING_EXCLUDE)))
+
+
 def decode_payload(raw: bytes | str) -> dict[str, Any]:
     data = json.loads(raw)
     if not isinstance(data, dict) or not isinstance(data.get("state", {}), dict):
@@ -236,7 +277,7 @@ class Store(Protocol):
         """The record, or NotFound."""
         ...
 
-    async def list(
+    async def list_operations(
         self,
         statuses: list[Status] | None = None,
         types: list[str] | None = None,
@@ -267,6 +308,12 @@ class Store(Protocol):
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
         """Change fields without a status change (priority, deadline, total_items, ...)."""
+        ...
+
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        """Remove the operation and all it owns (checkpoints, item deltas and failures, logs) in one
+        atomic step, only while its status is in ``expect``: else Conflict, and nothing is removed (a
+        resume or claim since the caller's read wins). NotFound when there is no such operation."""
         ...
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -235,6 +236,18 @@ class CheckpointMirror:
                         os.unlink(d / f"{s:010d}.{kind}.json")
 
         await self._guard(f"discarding checkpoints of {op_id} after {seq}", do)
+
+    async def delete(self, op_id: str) -> None:
+        """Remove the operation's record, then its checkpoints (the record first: without it, a restore
+        never brings the operation back, whatever checkpoint files a failure leaves)."""
+
+        def do() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.ops_dir / f"{validate_id(op_id)}.json")
+            fsync_dir(self.ops_dir)
+            shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
+
+        await self._guard(f"deleting {op_id}", do)
 
 
 def _text(doc: dict[str, Any], key: str) -> str:

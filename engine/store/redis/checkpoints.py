@@ -1,4 +1,4 @@
-"""Checkpoints and item failures of the Redis store (mixed into RedisStore).
+"""Checkpoints and item failures of the Redis store.
 
 A checkpoint is three hash fields under its seq: ``ck:ID`` (the listing info with its
 checksum), ``cp:ID`` (the payload: state, context_data, next_step, metadata) and
@@ -17,9 +17,9 @@ import logging
 import time
 from typing import Any
 
-from ..models import Checkpoint, ItemFailure, NotFound, validate_id
-from .base import ROOT, Chain, ItemDelta, Ledger, checksum, decode_payload, encode_payload, link, restore, resume_note
-from .redis_codec import RedisParts
+from ...models import Checkpoint, ItemFailure, NotFound, validate_id
+from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
+from .recovery import RecoveryMixin
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -27,27 +27,34 @@ _Candidate = tuple[int, str, Checkpoint, bytes]
 """(seq, where from, info, payload)"""
 
 
-class CheckpointsMixin(RedisParts):
-    async def _restored(self) -> bool:  # pragma: no cover - provided by LivenessMixin
-        raise NotImplementedError
+class CheckpointsMixin(RecoveryMixin):
+    """Saving, verifying and listing checkpoints (part of RedisStore)."""
 
     def _ckpt_keys(self, op_id: str) -> list[str]:
-        return [self._k("op", op_id), self._k("ck", op_id), self._k("cp", op_id), self._k("cd", op_id)]
+        k = self.keys
+        return [k.op(op_id), k.checkpoint_info(op_id), k.checkpoint_payload(op_id), k.checkpoint_delta(op_id)]
 
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
-        payload = encode_payload(cp)
-        items = delta.encode(await self._prev_link(cp.operation_id, cp.seq))
-        cs = checksum(payload, items)
-        cp = cp.model_copy(update={"checksum": cs, "size": len(payload) + len(items)})
-        info = cp.model_dump_json(exclude={"state", "context_data", "metadata", "next_step"})
+        sealed = seal(cp, delta, await self._delta_before(cp.operation_id, cp.seq))
+        cp = sealed.checkpoint
         now = time.time()
         fails: list[str] = []
         for key, error in delta.failed.items():
             fails += [key, json.dumps({"error": error, "attempt": cp.epoch, "at": now}, ensure_ascii=False)]
         op_id = cp.operation_id
         token = self._attempt_token(op_id, cp.epoch)  # fencing: written only while this attempt holds its lease
-        keys = [*self._ckpt_keys(op_id), self._k("fail", op_id), self._k("lease", op_id)]
-        args = [str(cp.epoch), str(cp.seq), info, payload, items, str(keep), token, str(len(fails) // 2), *fails]
+        keys = [*self._ckpt_keys(op_id), self.keys.failures(op_id), self.keys.lease(op_id)]
+        args = [
+            str(cp.epoch),
+            str(cp.seq),
+            sealed.info,
+            sealed.payload,
+            sealed.delta,
+            str(keep),
+            token,
+            str(len(fails) // 2),
+            *fails,
+        ]
         what = f"checkpoint {cp.seq} of {op_id}"
         res = await self._script("SAVE_CHECKPOINT", keys, args, what)
         tag = res[0].decode()
@@ -59,20 +66,22 @@ class CheckpointsMixin(RedisParts):
         if tag == "fenced":
             raise self._refused(op_id, cp.epoch, res)
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
-            await self.mirror.save_checkpoint(cp, payload, items, keep)
+            await self.mirror.save_checkpoint(cp, sealed.payload, sealed.delta, keep)
         return cp
 
-    async def _prev_link(self, op_id: str, seq: int) -> str:
-        """The link of delta ``seq - 1``, which delta ``seq`` names (the attempt holds the operation:
-        nobody else writes its deltas meanwhile)."""
+    async def _delta_before(self, op_id: str, seq: int) -> bytes | None:
+        """The stored delta ``seq - 1``, which delta ``seq`` links to (the attempt holds the operation:
+        nobody else writes its deltas meanwhile); None for seq 1 or when it is missing."""
         if seq <= 1:
-            return ROOT
-        key = self._k("cd", op_id)
-        raw = await self.link.call(lambda c: c.hget(key, str(seq - 1)), f"reading checkpoint {seq - 1} of {op_id}")
+            return None
+        key = self.keys.checkpoint_delta(op_id)
+        raw: bytes | None = await self.link.call(
+            lambda c: c.hget(key, str(seq - 1)), f"reading checkpoint {seq - 1} of {op_id}"
+        )
         if raw is None and self.mirror is not None:
             with contextlib.suppress(OSError):
                 raw = (await asyncio.to_thread(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
-        return link(raw) if raw is not None else "missing"
+        return raw
 
     async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
         keys = self._ckpt_keys(op_id)[1:]
@@ -81,7 +90,7 @@ class CheckpointsMixin(RedisParts):
             pipe = c.pipeline(transaction=False)
             for k in keys:
                 pipe.hgetall(k)
-            return await pipe.execute()
+            return list(await pipe.execute())
 
         infos, payloads, deltas = await self.link.call(do, f"reading checkpoints of {op_id}")
         return infos, payloads, deltas
@@ -173,8 +182,8 @@ class CheckpointsMixin(RedisParts):
 
     async def item_failures(self, op_id: str) -> list[ItemFailure]:
         validate_id(op_id)
-        key = self._k("fail", op_id)
-        raw = await self.link.call(lambda c: c.hgetall(key), f"reading item failures of {op_id}")
+        key = self.keys.failures(op_id)
+        raw: dict[bytes, bytes] = await self.link.call(lambda c: c.hgetall(key), f"reading item failures of {op_id}")
         out = []
         for k, v in raw.items():
             try:

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import ControlAction, InvalidInput, LogRecord, validate_id
-from .redis_codec import RedisParts
+from ...models import ControlAction, InvalidInput, LogRecord, validate_id
+from .core import RedisCore
+from .keys import CONTROL_FIELD
 
 LOG_MAXLEN = 10_000
 """Log records kept per operation (a capped stream; the oldest are trimmed)."""
 
 
-class ControlLogsMixin(RedisParts):
+class ControlLogsMixin(RedisCore):
+    """Control requests and log records (part of RedisStore)."""
+
     async def request_control(self, op_id: str, action: ControlAction) -> None:
         validate_id(op_id)
         if action not in ("cancel", "pause"):
             raise InvalidInput(f"unknown control action {action!r}")
-        await self._script("CONTROL", [self._k("op", op_id)], [self.P, op_id, action], f"asking {op_id} to {action}")
+        args = [self.keys.prefix, op_id, action]
+        await self._script("CONTROL", [self.keys.op(op_id)], args, f"asking {op_id} to {action}")
 
     async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
         if not op_ids:
@@ -32,29 +36,32 @@ class ControlLogsMixin(RedisParts):
         async def do(c: Any) -> list[bytes | None]:
             pipe = c.pipeline(transaction=False)
             for i in op_ids:
-                pipe.hget(self._k("op", i), "_ctl")
-            return await pipe.execute()
+                pipe.hget(self.keys.op(i), CONTROL_FIELD)
+            return list(await pipe.execute())
 
         out: dict[str, ControlAction] = {}
         for i, raw in zip(op_ids, await self.link.call(do, "reading control requests"), strict=True):
-            if raw in (b"cancel", b"pause"):
-                out[i] = raw.decode()  # type: ignore[assignment]
+            if raw == b"cancel":
+                out[i] = "cancel"
+            elif raw == b"pause":
+                out[i] = "pause"
         return out
 
     async def clear_control(self, op_id: str) -> None:
         validate_id(op_id)
-        await self.link.call(lambda c: c.hdel(self._k("op", op_id), "_ctl"), f"clearing control of {op_id}")
+        key = self.keys.op(op_id)
+        await self.link.call(lambda c: c.hdel(key, CONTROL_FIELD), f"clearing control of {op_id}")
 
     async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
         if not records:
             return
-        key = self._k("log", validate_id(op_id))
+        key = self.keys.log(validate_id(op_id))
         rows = [r.model_dump_json(exclude={"operation_id"}) for r in records]
         epoch = self._held.get(op_id)
         if epoch is None and op_id in self._lost:
             return  # the records of an attempt that lost its lease are not written
         if epoch is not None:
-            keys = [self._k("op", op_id), self._k("lease", op_id), key]
+            keys = [self.keys.op(op_id), self.keys.lease(op_id), key]
             args = [str(epoch), self._attempt_token(op_id, epoch), str(LOG_MAXLEN), *rows]
             res = await self._script("LOG", keys, args, f"writing logs of {op_id}")
             if res[0] == b"fenced":
@@ -71,15 +78,20 @@ class ControlLogsMixin(RedisParts):
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
         """``offset`` is the stream position of the last record read, as an int (0: from the start)."""
-        key = self._k("log", validate_id(op_id))
+        key = self.keys.log(validate_id(op_id))
         start = "-" if offset <= 0 else f"({offset >> 24}-{offset & 0xFFFFFF}"
+        rows: list[tuple[bytes, dict[bytes, bytes]]]
         if limit is not None:
             rows = await self.link.call(lambda c: c.xrevrange(key, "+", start, count=limit), "reading logs")
             rows = list(reversed(rows))
         else:
             rows = []
             while True:
-                chunk = await self.link.call(lambda c, s=start: c.xrange(key, s, "+", count=1000), "reading logs")
+
+                async def page(c: Any, s: str = start) -> list[tuple[bytes, dict[bytes, bytes]]]:
+                    return list(await c.xrange(key, s, "+", count=1000))
+
+                chunk = await self.link.call(page, "reading logs")
                 rows += chunk
                 if len(chunk) < 1000:
                     break

@@ -31,7 +31,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..models import InvalidInput, StoreError
+from ...models import InvalidInput, StoreError
 
 log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
@@ -156,8 +156,11 @@ class RedisLink:
             return True
         return isinstance(e, ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))
 
-    async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str = "request") -> T:
-        """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds."""
+    async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request") -> T:
+        """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds.
+
+        The client is typed Any: redis-py types every reply ``bytes | str`` whatever decode_responses
+        says, and this client never decodes (replies are bytes)."""
         client = self.client
         if client is None:
             raise StoreError(f"redis {self.where}: the store is not open")

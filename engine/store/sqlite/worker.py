@@ -68,7 +68,7 @@ class SqliteWorker:
     # ---- the thread ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        pending: deque[_Job] = deque()
+        pending: deque[_Job | None] = deque()  # None: the stop marker
         while True:
             job = pending.popleft() if pending else self._q.get()
             if job is None:

@@ -7,11 +7,7 @@ text (``"running"``, ``7``, ``"high"``). Fields starting with ``_`` are internal
 ``_tx`` (the last write's token, so a write retried after a lost reply is not applied
 twice) and ``_ctl`` (a pending cancel or pause).
 
-Keys, under the namespace prefix P: ``op:ID`` record, ``ids`` (lex index), ``all`` and
-``st:STATUS`` (by created_at), ``q:RANK`` (queued, by queued_at), ``dq:RANK`` (retries
-waiting for not_before), ``lease:ID`` (holder token with a TTL), ``ck:ID`` / ``cp:ID`` /
-``cd:ID`` (checkpoint info / payload / item delta by seq), ``fail:ID`` (item failures),
-``log:ID`` (a capped stream), ``meta`` (generation), channel ``events``.
+The keys, under the namespace prefix P (``ARGV[1]``), are described in keys.py.
 
 Fencing: every write of an attempt (checkpoint, live progress, log, transition, heartbeat) carries
 the attempt's epoch and lease token (``HOLDER:EPOCH``) and is applied only while the operation is
@@ -299,4 +295,28 @@ redis.call('HSET', KEYS[1], '_ctl', ARGV[3])
 redis.call('PUBLISH', ARGV[1] .. 'events',
   '{"kind":"control","op":"' .. ARGV[2] .. '","action":"' .. ARGV[3] .. '","epoch":' .. f[2] .. '}')
 return 1
+"""
+
+DELETE = r"""
+-- KEYS: op, lease, ck, cp, cd, fail, log. ARGV: P, id, allowed statuses ("a","b").
+-- Removes the operation and all it owns, only while its status is one of the allowed ones and no
+-- attempt holds a lease on it; else {'conflict', status}. One script: a resume or claim lands before
+-- it (and it refuses) or after it (and finds nothing).
+local P = ARGV[1]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if not string.find(',' .. ARGV[3] .. ',', ',' .. st .. ',', 1, true) or redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'conflict', st}
+end
+redis.call('DEL', unpack(KEYS))
+local id = ARGV[2]
+redis.call('ZREM', P .. 'ids', id)
+redis.call('ZREM', P .. 'all', id)
+redis.call('ZREM', P .. 'st:' .. string.sub(st, 2, -2), id)
+for r = 0, 2 do
+  redis.call('ZREM', P .. 'q:' .. r, id)
+  redis.call('ZREM', P .. 'dq:' .. r, id)
+end
+redis.call('PUBLISH', P .. 'events', '{"kind":"deleted","op":"' .. id .. '","previous":' .. st .. '}')
+return {'ok'}
 """

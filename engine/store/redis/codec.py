@@ -1,0 +1,70 @@
+"""How the Redis store encodes records: one JSON value per hash field, validated when read back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ...models import InvalidInput, Operation, validate_id
+from ...profiles import one_line
+
+_FIELDS = frozenset(Operation.model_fields)
+
+
+def enc(value: Any) -> str:
+    """One field's stored form: JSON (models as their JSON dump)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
+    """A record read back from Redis, validated; ValueError naming the bad field otherwise.
+
+    The field values are parsed as one JSON array (one C call instead of one per field);
+    a value that is not exactly one JSON value changes the count and is then found alone.
+    """
+    names: list[str] = []
+    values: list[bytes] = []
+    for k, v in raw.items():
+        if not k.startswith(b"_"):
+            names.append(k.decode("utf-8", "replace"))
+            values.append(v)
+    try:
+        parsed = json.loads(b"[" + b",".join(values) + b"]")
+        if len(parsed) != len(values):
+            raise ValueError("a value is not one JSON value")
+    except ValueError:
+        parsed = []
+        for name, v in zip(names, values, strict=True):
+            try:
+                parsed.append(json.loads(v))
+            except ValueError:
+                raise ValueError(f"field {name!r} is not JSON") from None
+    try:
+        op = Operation.model_validate(dict(zip(names, parsed, strict=True)))
+    except ValidationError as e:
+        raise ValueError(one_line(e)) from None
+    if op.id != op_id:
+        raise ValueError(f"field 'id' holds {op.id!r}")
+    return op
+
+
+def pairs(fields: dict[str, Any]) -> list[str]:
+    unknown = set(fields) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, enc(v)]
+    return out
+
+
+def valid_id(op_id: str) -> bool:
+    try:
+        validate_id(op_id)
+    except InvalidInput:
+        return False
+    return True

@@ -1,0 +1,159 @@
+"""What every part of the Redis store shares: the connection, the key layout, the scripts, and the
+attempts this process holds, with the fencing every write of an attempt goes through.
+
+The parts of RedisStore (recovery, records, liveness, checkpoints, control and logs) derive from
+RedisCore (or from a part they build on) and use only what is defined there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...models import InvalidInput, Operation, StaleAttempt, StoreError
+from ..mirror import CheckpointMirror
+from .codec import decode_record, pairs
+from .connection import RedisLink
+from .keys import Keys
+
+log = logging.getLogger("outlast.store.redis")
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class RedisCore:
+    """The shared state and fencing of RedisStore (see module doc)."""
+
+    resume_orphans = True
+    """An operation whose worker lost its lease is queued again (by any engine that notices)."""
+    on_lease_lost: Callable[[str, int], None] | None = None
+    """Told (operation id, epoch) once when an attempt of this process lost its hold: the engine stops it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str | None = None,
+        checkpoint_mirror: str | Path | None = None,
+        lease_ttl: float | None = None,
+        retry_for: float | None = None,
+    ) -> None:
+        self.link = RedisLink(url) if retry_for is None else RedisLink(url, retry_for=retry_for)
+        params = self.link.params
+        ns = namespace or "outlast"
+        if not _NAMESPACE_RE.match(ns):
+            raise InvalidInput(f"namespace {ns!r}: expected 1-64 characters of letters, digits, _ . : -")
+        self.namespace = ns
+        self.keys = Keys(ns)
+        try:
+            self.lease_ttl = float(lease_ttl if lease_ttl is not None else params.get("lease_ttl", 5.0))
+        except ValueError:
+            raise InvalidInput(f"store URL: lease_ttl={params.get('lease_ttl')!r} is not a number") from None
+        if not 0.5 <= self.lease_ttl <= 3600:
+            raise InvalidInput(f"lease_ttl {self.lease_ttl:g}: expected 0.5 to 3600 seconds")
+        self.url = self.link.shown_url
+        self.mirror = CheckpointMirror(checkpoint_mirror, ns) if checkpoint_mirror else None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """This process's part of every lease token (``HOLDER:EPOCH``)."""
+        self._held: dict[str, int] = {}
+        """The attempts this process holds: operation id -> epoch."""
+        self._lost: dict[str, int] = {}
+        """Attempts of this process refused by Redis (lease gone, operation moved on) and not yet released."""
+        self._settling: set[str] = set()
+        """Operations whose attempt's final transition this process is writing: a write refused meanwhile
+        (the settle let go of the lease) is no loss."""
+        self._scripts: dict[str, Any] = {}
+        """The registered Lua scripts by name (lua.py), once open."""
+        self._malformed: set[str] = set()
+        """Records reported malformed already (reported once per process)."""
+
+    @property
+    def connected(self) -> bool:
+        """False while Redis cannot be reached (writes are being retried)."""
+        return self.link.connected
+
+    async def _script(self, name: str, keys: list[str], args: list[Any], what: str) -> Any:
+        return await self.link.script(self._scripts[name], keys, args, what)
+
+    # ---- fencing the writes of an attempt --------------------------------------------------------
+
+    def _attempt_token(self, op_id: str, epoch: int) -> str:
+        """The lease token a write of this attempt carries (checked inside Redis); an attempt already
+        refused once gets StaleAttempt at once: it never writes again."""
+        if self._lost.get(op_id) == epoch:
+            raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} lost its lease; it writes nothing more")
+        return f"{self.holder}:{epoch}"
+
+    def _refused(self, op_id: str, epoch: int, reply: list[bytes]) -> StaleAttempt:
+        """A write of this attempt refused by a script (``fenced``, why, status, epoch): the attempt is over."""
+        why, status, current = (x.decode().strip('"') for x in reply[1:4])
+        reason = {
+            "epoch": f"was replaced by epoch {current}",
+            "status": f"is over: the operation is {status} now",
+            "lease": "is over: its lease expired",
+        }.get(why, "is over: the operation is gone")
+        self._lose(op_id, epoch, reason)
+        return StaleAttempt(f"operation {op_id}: attempt epoch {epoch} {reason}; its writes are refused")
+
+    def _lose(self, op_id: str, epoch: int, reason: str) -> None:
+        """This process's attempt no longer holds the operation: refuse its writes from now on, tell the engine."""
+        if self._held.get(op_id) != epoch or op_id in self._settling:
+            return
+        del self._held[op_id]
+        self._lost[op_id] = epoch
+        log.warning(
+            "operation %s: this worker lost its lease (attempt epoch %d %s); it stops and writes nothing more",
+            op_id,
+            epoch,
+            reason,
+        )
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(op_id, epoch)
+
+    # ---- records: the primitives every part reads and writes with ---------------------------------
+
+    async def _create(self, op: Operation, tx: str) -> int:
+        """Write a new record (1), or nothing if it exists (0; 1 again for a retry of the same ``tx``)."""
+        fields = op.model_dump(mode="json")
+        args = [self.keys.prefix, op.id, repr(time.time()), tx, *pairs(fields)]
+        return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))
+
+    async def _fetch(self, op_ids: list[str], strict: bool = False) -> list[Operation]:
+        """Records in the order asked; missing ones left out, malformed ones reported and skipped."""
+        out: list[Operation] = []
+        for start in range(0, len(op_ids), 500):
+            chunk = op_ids[start : start + 500]
+
+            async def get_all(c: Any, chunk: list[str] = chunk) -> list[dict[bytes, bytes]]:
+                pipe = c.pipeline(transaction=False)
+                for i in chunk:
+                    pipe.hgetall(self.keys.op(i))
+                return list(await pipe.execute())
+
+            for op_id, raw in zip(chunk, await self.link.call(get_all, "reading records"), strict=True):
+                if not raw:
+                    continue
+                try:
+                    out.append(decode_record(op_id, raw))
+                except ValueError as e:
+                    if strict:
+                        raise StoreError(f"operation {op_id}: stored record in redis is malformed: {e}") from None
+                    self._report_malformed(op_id, e)
+        return out
+
+    async def _mirror_record(self, op: Operation) -> None:
+        if self.mirror is not None:
+            await self.mirror.save_record(op)
+
+    def _report_malformed(self, op_id: str, e: Exception) -> None:
+        """Warn once per record and process: a listing every second must not flood the log."""
+        if op_id not in self._malformed:
+            self._malformed.add(op_id)
+            log.warning("operation %s: stored record in redis is malformed (%s); skipped", op_id, e)

@@ -1,0 +1,89 @@
+"""Liveness of the Redis store: leases, heartbeats, orphans.
+
+A running operation is held by ``lease:ID`` (holder token and epoch) with a TTL the engine's
+heartbeat renews. An operation marked running without a lease is an orphan: its worker died
+or was cut off for longer than the TTL. A lease that expired is never renewed: the heartbeat
+that finds it gone (or the operation moved on) ends that attempt in this process, which then
+writes nothing more. Right after Redis (re)started, orphans are not looked for during one TTL,
+so that live workers renew the leases that survived first; a Redis that came back empty is
+noticed first (recovery.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...models import Operation, Status, StoreError
+from .codec import valid_id
+from .recovery import RecoveryMixin
+
+
+class LivenessMixin(RecoveryMixin):
+    """Holding, letting go of, and finding orphaned operations (part of RedisStore)."""
+
+    def _token(self, op_id: str) -> str:
+        return f"{self.holder}:{self._held.get(op_id, 0)}"
+
+    async def release(self, op_id: str, epoch: int | None = None) -> None:
+        if op_id in self._lost and (epoch is None or self._lost[op_id] == epoch):
+            del self._lost[op_id]  # that attempt has ended: its operation is an orphan like any other now
+            return
+        if op_id not in self._held or (epoch is not None and self._held[op_id] != epoch):
+            return
+        token = self._token(op_id)
+        self._held.pop(op_id, None)
+        await self._script("RELEASE", [self.keys.lease(op_id)], [token], f"releasing {op_id}")
+
+    async def release_all(self) -> None:
+        """Best effort, when closing: lets other engines see this process's operations orphaned at once."""
+        for op_id in list(self._held):
+            try:
+                await self._scripts["RELEASE"](
+                    keys=[self.keys.lease(op_id)], args=[self._token(op_id)], client=self.link.client
+                )
+            except Exception:
+                break
+        self._held.clear()
+        self._lost.clear()
+
+    async def heartbeat(self, op_ids: list[str]) -> None:
+        held = {i: self._held[i] for i in op_ids if i in self._held}
+        if not held:
+            return
+        args: list[Any] = [self.keys.prefix, int(self.lease_ttl * 1000), self.holder]
+        for i, e in held.items():
+            args += [i, str(e)]
+        lost = await self._script("HEARTBEAT", [], args, "renewing leases") or []
+        for k in range(0, len(lost), 4):
+            op_id = lost[k].decode()
+            self._refused(op_id, held[op_id], lost[k : k + 4])
+
+    async def find_orphans(self) -> list[Operation]:
+        if self._check_generation:
+            await self._ensure_generation()
+        else:
+            await self._ensure_generation_cheap()
+        if await self._uptime() < self.lease_ttl + 1:
+            return []  # Redis just (re)started: live workers have not renewed their leases yet
+        running = self.keys.status(Status.RUNNING.value)
+        members = await self.link.call(lambda c: c.zrange(running, 0, -1), "")
+        ids = [i for i in (m.decode() for m in members) if i not in self._held and i not in self._lost and valid_id(i)]
+        if not ids:
+            return []
+
+        async def leases(c: Any) -> list[int]:
+            pipe = c.pipeline(transaction=False)
+            for i in ids:
+                pipe.exists(self.keys.lease(i))
+            return list(await pipe.execute())
+
+        gone = [i for i, n in zip(ids, await self.link.call(leases, "checking leases"), strict=True) if not n]
+        return [op for op in await self._fetch(gone) if op.status is Status.RUNNING]
+
+    async def _uptime(self) -> float:
+        """Seconds since Redis started (INFO may be forbidden by an ACL: then leases are trusted at once)."""
+        try:
+            info = await self.link.call(lambda c: c.info("server"), "reading server info")
+            return float(info.get("uptime_in_seconds", 1e9))
+        except (StoreError, ValueError, TypeError):
+            return 1e9

@@ -1,0 +1,253 @@
+"""Operation records of the Redis store: create, read, list, transition, claim, live fields.
+
+Every check-then-write is one Lua script (lua.py): the claim, the status change with its index
+updates, the fencing of a write of an attempt by its lease. A write that finds its record missing
+asks recovery whether Redis was emptied and restored from the mirror, and is retried once if so.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from ...models import (
+    TRANSITIONS,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Operation,
+    Priority,
+    StaleAttempt,
+    Status,
+    StoreError,
+    WorkerInfo,
+    check_transition,
+    validate_id,
+    validate_id_prefix,
+)
+from .codec import decode_record, enc, pairs
+from .recovery import RecoveryMixin
+
+
+class RecordsMixin(RecoveryMixin):
+    """Records, the queue and claims (part of RedisStore)."""
+
+    async def create(self, op: Operation) -> None:
+        validate_id(op.id)
+        if not await self._create(op, tx=secrets.token_hex(8)):
+            raise Conflict(f"operation {op.id} exists already")
+        await self._mirror_record(op)
+
+    async def get(self, op_id: str) -> Operation:
+        validate_id(op_id)
+        found = await self._fetch([op_id], strict=True)
+        if not found:
+            raise NotFound(f"no operation {op_id}")
+        return found[0]
+
+    async def list_operations(
+        self,
+        statuses: list[Status] | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Operation]:
+        keys = [self.keys.status(Status(s).value) for s in statuses] if statuses else [self.keys.all]
+        want = None if (limit is None or types) else offset + limit
+
+        async def ranked(c: Any) -> list[list[tuple[bytes, float]]]:
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.zrevrange(k, 0, -1 if want is None else want - 1, withscores=True)
+            return list(await pipe.execute())
+
+        merged = sorted(
+            ((score, member) for rows in await self.link.call(ranked, "listing") for member, score in rows),
+            reverse=True,
+        )
+        ids = [m.decode() for _, m in merged]
+        wanted_types = set(types) if types else None
+        out: list[Operation] = []
+        skip = offset
+        for start in range(0, len(ids), 500):
+            for op in await self._fetch(ids[start : start + 500]):
+                if wanted_types is not None and op.type not in wanted_types:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                out.append(op)
+                if limit is not None and len(out) >= limit:
+                    return out
+        return out
+
+    async def resolve(self, prefix: str) -> str:
+        validate_id_prefix(prefix)
+        key = self.keys.ids
+        rows = await self.link.call(
+            lambda c: c.zrangebylex(key, f"[{prefix}", f"({prefix}~", start=0, num=6), "resolving an id"
+        )
+        found = [r.decode() for r in rows]
+        if not found:
+            raise NotFound(f"no operation matches id {prefix!r} in {self.url}")
+        if len(found) > 1:
+            shown = ", ".join(found[:5])
+            raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(found) > 5 else ''}")
+        return found[0]
+
+    async def counts(self) -> dict[Status, int]:
+        async def do(c: Any) -> list[int]:
+            pipe = c.pipeline(transaction=False)
+            for s in Status:
+                pipe.zcard(self.keys.status(s.value))
+            return list(await pipe.execute())
+
+        return {s: n for s, n in zip(Status, await self.link.call(do, "counting"), strict=True) if n}
+
+    async def queue_depth(self) -> dict[Priority, int]:
+        async def do(c: Any) -> list[int]:
+            pipe = c.pipeline(transaction=False)
+            for p in Priority:
+                pipe.zcard(self.keys.queue(p.rank))
+                pipe.zcard(self.keys.delayed(p.rank))
+            return list(await pipe.execute())
+
+        n = await self.link.call(do, "reading queue depth")
+        return {p: n[2 * i] + n[2 * i + 1] for i, p in enumerate(Priority)}
+
+    async def _write(
+        self, op_id: str, fields: dict[str, Any], epoch: int | None, allowed: list[Status] | None, what: str
+    ) -> tuple[str, Any]:
+        """A record write; one of this process's own attempts (``epoch`` held here) is fenced by its lease,
+        any other with an ``epoch`` only compares it."""
+        own = epoch is not None and epoch in (self._held.get(op_id), self._lost.get(op_id))
+        token = self._attempt_token(op_id, epoch) if own and epoch is not None else ""
+        fields = {**fields, "updated_at": time.time()}
+        args = [
+            self.keys.prefix,
+            op_id,
+            repr(time.time()),
+            "" if epoch is None else str(epoch),
+            "" if allowed is None else ",".join(enc(s.value) for s in allowed),
+            secrets.token_hex(8),
+            token,
+            *pairs(fields),
+        ]
+        keys = [self.keys.op(op_id), self.keys.lease(op_id)]
+        res = await self._script("WRITE", keys, args, what)
+        tag = res[0].decode()
+        if tag == "missing" and await self._restored():
+            res = await self._script("WRITE", keys, args, what)
+            tag = res[0].decode()
+        if tag == "missing":
+            raise NotFound(f"no operation {op_id}")
+        if tag == "fenced" and epoch is not None:
+            raise self._refused(op_id, epoch, res)
+        if tag == "stale":
+            raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {res[1].decode()}")
+        return tag, res[1]
+
+    def _from_reply(self, op_id: str, flat: list[bytes]) -> Operation:
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        try:
+            return decode_record(op_id, raw)
+        except ValueError as e:
+            raise StoreError(f"operation {op_id}: stored record in redis is malformed: {e}") from None
+
+    async def transition(
+        self,
+        op_id: str,
+        to: Status,
+        *,
+        epoch: int | None = None,
+        expect: frozenset[Status] | None = None,
+        **fields: Any,
+    ) -> Operation:
+        validate_id(op_id)
+        allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
+        settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
+        if settling:
+            self._settling.add(op_id)  # a heartbeat meanwhile must not take this settle for a lost lease
+        try:
+            tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, f"{op_id} -> {to.value}")
+        finally:
+            if settling:
+                self._settling.discard(op_id)
+        if tag in ("conflict", "held"):
+            current = Status(json.loads(data))
+            if tag == "held":
+                raise Conflict(f"operation {op_id} is running and its worker holds its lease: not interrupted")
+            if expect is not None and current not in expect:
+                raise Conflict(f"operation {op_id} is {current.value}: cannot make it {to.value}")
+            check_transition(current, to)
+            raise Conflict(f"operation {op_id} is {current.value}: cannot make it {to.value}")
+        op = self._from_reply(op_id, data)
+        if epoch is not None and to is not Status.RUNNING:
+            self._held.pop(op_id, None)  # the script let go of the lease
+        await self._mirror_record(op)
+        return op
+
+    async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
+        validate_id(op_id)
+        _tag, data = await self._write(op_id, fields, epoch, None, f"updating {op_id}")
+        op = self._from_reply(op_id, data)
+        await self._mirror_record(op)
+        return op
+
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        validate_id(op_id)
+        args = [self.keys.prefix, op_id, ",".join(enc(s.value) for s in expect)]
+        res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
+        if res[0] == b"missing" and await self._restored():
+            res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
+        if res[0] == b"missing":
+            raise NotFound(f"no operation {op_id}")
+        if res[0] == b"conflict":
+            raise Conflict(f"operation {op_id} is {res[1].decode().strip(chr(34))}: not deleted")
+        self._malformed.discard(op_id)
+        if self.mirror is not None:  # else a Redis that comes back empty would restore it from there
+            await self.mirror.delete(op_id)
+
+    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+        if op_id is not None:
+            validate_id(op_id)
+        args = [
+            self.keys.prefix,
+            repr(now),
+            repr(float(aging)),
+            enc(worker),
+            int(self.lease_ttl * 1000),
+            secrets.token_hex(8),
+            self.holder,
+            op_id or "",
+        ]
+        res = await self._script("CLAIM", [], args, "claiming work")
+        if not res:
+            return None
+        claimed = res[0].decode()
+        raw = dict(zip(res[1][::2], res[1][1::2], strict=True))
+        try:
+            op = decode_record(claimed, raw)
+        except ValueError as e:
+            # Claimed but unreadable (tampered with): not run; its lease lapses and it stays reported.
+            self._report_malformed(claimed, e)
+            return None
+        self._held[claimed] = op.epoch
+        await self._mirror_record(op)
+        return op
+
+    async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
+        updates = [u for u in updates if self._lost.get(u[0]) != u[1]]  # a lost attempt writes nothing
+        if not updates:
+            return
+        args: list[Any] = [self.keys.prefix, repr(time.time()), self.holder]
+        for op_id, epoch, fields in updates:
+            kv = pairs(fields)
+            args += [op_id, str(epoch), len(kv) // 2, *kv]
+        refused = await self._script("SAVE_LIVE", [], args, "saving live progress") or []
+        epochs = {op_id: epoch for op_id, epoch, _ in updates}
+        for k in range(0, len(refused), 4):
+            op_id = refused[k].decode()
+            self._refused(op_id, epochs[op_id], refused[k : k + 4])

@@ -1,0 +1,99 @@
+"""Noticing a Redis that lost everything (restarted empty, or replaced), and restoring it from the mirror.
+
+The store marks Redis with a generation (``meta`` ``generation``). A missing or changed mark means
+everything this process knew is gone: with a checkpoint mirror, the records it holds are written
+back (the attempts that ran then have lost their leases and are resumed from their checkpoints).
+A write that finds its record missing asks ``_restored`` once, and is retried if it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from .codec import valid_id
+from .core import RedisCore
+from .keys import GENERATION_FIELD
+
+log = logging.getLogger("outlast.store.redis")
+
+
+class RecoveryMixin(RedisCore):
+    """The generation mark and restoring from the mirror (part of RedisStore)."""
+
+    _generation: bytes | None = None
+    """The mark this process saw last (None before the first look)."""
+    _check_generation = True
+    """Set after a reconnection: the next look for orphans first checks the mark."""
+
+    async def _read_generation(self) -> bytes | None:
+        key = self.keys.meta
+        gen: bytes | None = await self.link.call(
+            lambda c: c.hget(key, GENERATION_FIELD), "reading the store generation"
+        )
+        return gen
+
+    async def _ensure_generation(self, force_restore: bool = False) -> None:
+        """Notice a Redis that lost everything (restarted empty): restore from the mirror if there is one."""
+        gen = await self._read_generation()
+        changed = gen is None or (self._generation is not None and gen != self._generation)
+        if changed and self._generation is not None:
+            log.warning("redis %s: the store was emptied or replaced since this process connected", self.link.where)
+        if self.mirror is not None and (changed or force_restore):
+            await self._restore_from_mirror()
+        if gen is None:
+            key = self.keys.meta
+            await self.link.call(lambda c: c.hsetnx(key, GENERATION_FIELD, secrets.token_hex(8)), "marking the store")
+            gen = await self._read_generation()
+        self._generation = gen
+        self._check_generation = False
+
+    async def _ensure_generation_cheap(self) -> None:
+        if await self._read_generation() != self._generation:
+            await self._ensure_generation()
+
+    async def _restore_from_mirror(self) -> None:
+        mirror = self.mirror
+        assert mirror is not None
+        ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
+        if not ids:
+            return
+        missing: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+
+            async def exists(c: Any, chunk: list[str] = chunk) -> list[int]:
+                pipe = c.pipeline(transaction=False)
+                for i in chunk:
+                    pipe.exists(self.keys.op(i))
+                return list(await pipe.execute())
+
+            found = await self.link.call(exists, "checking records against the mirror")
+            missing += [i for i, n in zip(chunk, found, strict=True) if not n]
+        restored = 0
+        for op_id in missing:
+            op = await asyncio.to_thread(mirror.load_record_sync, op_id)
+            if op is None:
+                continue
+            newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
+            if newest is not None and (op.checkpoint_seq or 0) < newest:
+                op.checkpoint_seq = newest
+            restored += await self._create(op, tx="restore")
+        if restored:
+            log.warning(
+                "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
+            )
+
+    async def _restored(self) -> bool:
+        """After a record was found missing: True when Redis had been emptied and the mirror restored it."""
+        if self.mirror is None:
+            return False
+        before = self._generation
+        await self._ensure_generation()
+        return self._generation != before
+
+    def _reconnected(self) -> None:
+        """Called by the link when Redis answers again after an outage: it may have restarted empty."""
+        self._check_generation = True

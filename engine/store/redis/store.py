@@ -1,0 +1,92 @@
+"""The distributed store: every process (``outlast worker`` on many machines, the dashboard, the CLI)
+points at one Redis and shares operations, the queue, checkpoints, logs and control requests.
+
+Records are hashes of JSON-encoded fields, validated with pydantic whenever they are read
+back (a malformed one is reported and skipped; nothing stored is ever unpickled or
+evaluated). Every check-then-write runs as one Lua script inside Redis (lua.py): the
+claim, the fencing of every write of an attempt, the control requests. A running
+operation is held by a lease key with a TTL that the engine's heartbeat renews; an
+operation marked running whose lease expired is an orphan, which any engine marks
+interrupted and (``resume_orphans``) queues again to resume from its newest checkpoint.
+A write of an attempt (checkpoint, live progress, log, transition) is applied only while
+the operation is running under that attempt's epoch and its lease still holds that
+attempt's token; the first refusal ends the attempt in this process (``on_lease_lost``
+tells the engine, which stops the handler), and it writes nothing more.
+With a checkpoint mirror, checkpoints and records are also kept as files (mirror.py) and
+restored from there when Redis comes back empty.
+
+The parts, each a class derived from ``core.RedisCore`` (the link, the keys, the scripts, the
+attempts held and their fencing): ``recovery`` (a Redis that lost everything), ``records``
+(operations, the queue, claims), ``liveness`` (leases, heartbeats, orphans), ``checkpoints``,
+``logs`` (control requests and logs); ``keys`` is the key layout, public for tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import lua
+from .checkpoints import CheckpointsMixin
+from .liveness import LivenessMixin
+from .logs import ControlLogsMixin
+from .records import RecordsMixin
+
+log = logging.getLogger("outlast.store.redis")
+
+_SCRIPTS = (
+    "CREATE",
+    "WRITE",
+    "CLAIM",
+    "HEARTBEAT",
+    "RELEASE",
+    "SAVE_LIVE",
+    "SAVE_CHECKPOINT",
+    "DISCARD_AFTER",
+    "CONTROL",
+    "LOG",
+    "DELETE",
+)
+"""The Lua scripts (lua.py) registered when the store opens."""
+
+
+class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin):
+    """``RedisStore("redis://:PASSWORD@host:6379/0", namespace="team-a", checkpoint_mirror="/srv/ckpt")``."""
+
+    _opened = 0
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self._opened > 1:
+            return
+        try:
+            await self.link.open()
+        except BaseException:
+            self._opened = 0
+            raise
+        client = self.link.client
+        assert client is not None
+        for name in _SCRIPTS:
+            self._scripts[name] = client.register_script(getattr(lua, name))
+        self.link.on_reconnect = self._reconnected
+        if self.mirror is not None:
+            try:
+                await asyncio.to_thread(self.mirror.open_sync)
+            except OSError as e:
+                self.mirror.healthy = False
+                log.error("checkpoint mirror %s cannot be used: %s (Redis goes on without it)", self.mirror.root, e)
+        await self._ensure_generation(force_restore=True)
+
+    async def close(self) -> None:
+        self._opened = max(0, self._opened - 1)
+        if self._opened or self.link.client is None:
+            return
+        await self.release_all()
+        await self.link.close()
+
+    async def __aenter__(self) -> RedisStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

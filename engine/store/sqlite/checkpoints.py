@@ -1,0 +1,197 @@
+"""Checkpoints and item failures of the SQLite store.
+
+A checkpoint is a row of ``checkpoints`` (listing info, payload, checksum; the newest N kept) and
+one of ``deltas`` (its item delta, naming the one before it; all kept), written in one transaction
+by the attempt that holds the operation. A resume follows the chain of deltas by the rules both
+stores share (base.Chain); rows on a damaged page are skipped, not fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ...models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
+from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
+from .core import SqliteCore
+
+log = logging.getLogger("outlast.store")
+
+
+class CheckpointsMixin(SqliteCore):
+    """Saving, verifying and listing checkpoints (part of LocalStore)."""
+
+    async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
+        payload = encode_payload(cp)
+        now = time.time()
+        fail_rows = [(cp.operation_id, k, e, cp.epoch, now) for k, e in delta.failed.items()]
+        saved: list[Checkpoint] = []
+
+        def do(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT epoch FROM operations WHERE id=?", (cp.operation_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no operation {cp.operation_id}")
+            if row[0] != cp.epoch:
+                raise StaleAttempt(
+                    f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
+                )
+            # Link this delta to the one before it (read in this transaction: the attempt holds the op).
+            before = None
+            if cp.seq > 1:
+                before = conn.execute(
+                    "SELECT items FROM deltas WHERE op_id=? AND seq=?", (cp.operation_id, cp.seq - 1)
+                ).fetchone()
+            sealed = seal(cp, delta, before[0] if before else None, payload)
+            done = sealed.checkpoint
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
+                (cp.operation_id, cp.seq, cp.epoch, cp.created_at, sealed.info, payload, done.checksum),
+            )
+            conn.execute("INSERT OR REPLACE INTO deltas VALUES(?,?,?)", (cp.operation_id, cp.seq, sealed.delta))
+            if fail_rows:
+                conn.executemany("INSERT OR REPLACE INTO failures VALUES(?,?,?,?,?)", fail_rows)
+            has_failures = (
+                bool(fail_rows)
+                or conn.execute("SELECT 1 FROM failures WHERE op_id=? LIMIT 1", (cp.operation_id,)).fetchone()
+                is not None
+            )
+            if delta.done and has_failures:
+                # An item that failed before and is done now is no longer a failure.
+                conn.execute(
+                    "DELETE FROM failures WHERE op_id=? AND key IN (SELECT value FROM json_each(?))",
+                    (cp.operation_id, json.dumps(delta.done)),
+                )
+            if has_failures:
+                n_fail = conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]
+                conn.execute(
+                    "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?",
+                    (n_fail, cp.operation_id),
+                )
+            conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
+            saved[:] = [done]
+
+        await self._txn(do)
+        return saved[0]
+
+    def _chain(self, op_id: str) -> Chain:
+        """The operation's deltas, followed from seq 1 until a link breaks (or a page cannot be read)."""
+        conn = self._db
+
+        def rows() -> Iterator[tuple[Any, Any]]:
+            try:
+                yield from conn.execute("SELECT seq, items FROM deltas WHERE op_id=? ORDER BY seq", (op_id,))
+            except sqlite3.DatabaseError as e:
+                log.warning("operation %s: item deltas unreadable after some point (%s)", op_id, e)
+
+        return Chain(rows())
+
+    def _checkpoint_rows(self, op_id: str, seq: int | None) -> list[tuple[Any, ...]]:
+        """(seq, info, payload, checksum) newest first; rows on an unreadable page are left out."""
+        conn = self._db
+        sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
+        args: list[Any] = [op_id]
+        if seq is not None:
+            sql += " AND seq <= ?"
+            args.append(seq)
+        try:
+            return conn.execute(sql + " ORDER BY seq DESC", args).fetchall()
+        except sqlite3.DatabaseError:
+            pass
+        # A damaged page: read the seqs one by one, keeping what is readable.
+        out: list[tuple[Any, ...]] = []
+        top = seq if seq is not None else self._max_seq(op_id)
+        for s in range(top, 0, -1):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                out += conn.execute(
+                    "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?", (op_id, s)
+                ).fetchall()
+        return out
+
+    def _max_seq(self, op_id: str) -> int:
+        conn = self._db
+        for table in ("checkpoints", "deltas"):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                row = conn.execute(f"SELECT MAX(seq) FROM {table} WHERE op_id=?", (op_id,)).fetchone()
+                if row and isinstance(row[0], int):
+                    return row[0]
+        return 0
+
+    async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
+        validate_id(op_id)
+
+        def do() -> tuple[Checkpoint, Ledger] | None:
+            rows = self._checkpoint_rows(op_id, seq)
+            if not rows:
+                return None
+            chain = self._chain(op_id)
+            skipped: list[str] = []
+            found: tuple[Checkpoint, Ledger] | None = None
+            for s, info, payload, cs in rows:
+                if not chain.verifies(s, payload, cs):
+                    why = (
+                        f"follows a broken chain ({chain.broken})"
+                        if isinstance(s, int) and s > len(chain) and chain.broken
+                        else "fails its checksum"
+                    )
+                    skipped.append(f"checkpoint {s} {why}")
+                    continue
+                try:
+                    cp = restore(Checkpoint.model_validate_json(info), payload)
+                    if cp.seq != s or cp.operation_id != op_id:
+                        raise ValueError("checkpoint info names another checkpoint")
+                    found = cp, chain.ledger(s)
+                    break
+                except ValueError as e:
+                    skipped.append(f"checkpoint {s} is unreadable ({_plain(e)})")
+            if skipped:
+                log.warning(resume_note(op_id, skipped, found[0].seq if found else None))
+            return found
+
+        return await self._run(do)
+
+    async def checkpoints(self, op_id: str) -> list[Checkpoint]:
+        validate_id(op_id)
+
+        def do() -> list[Checkpoint]:
+            out = []
+            chain = self._chain(op_id)
+            for s, info, payload, cs in self._checkpoint_rows(op_id, None):
+                try:
+                    cp = Checkpoint.model_validate_json(info)
+                except ValueError:
+                    continue
+                valid = chain.verifies(s, payload, cs)
+                next_step = None
+                if valid:
+                    with contextlib.suppress(ValueError):
+                        next_step = decode_payload(payload).get("next_step")
+                out.append(cp.model_copy(update={"valid": valid, "next_step": next_step}))
+            return out
+
+        return await self._run(do)
+
+    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq > ?", (op_id, seq))
+            conn.execute("DELETE FROM deltas WHERE op_id=? AND seq > ?", (op_id, seq))
+
+        await self._txn(do)
+
+    async def item_failures(self, op_id: str) -> list[ItemFailure]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT key, error, attempt, at FROM failures WHERE op_id=? ORDER BY at", (op_id,)
+            ).fetchall()
+        )
+        return [ItemFailure(key=k, error=e, attempt=a, at=t) for k, e, a, t in rows]
+
+
+def _plain(e: BaseException) -> str:
+    """An error's message fit for one log line: printable, short (stored bytes may be anything)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(e).splitlines()[0] if str(e)) or type(e).__name__
+    return text[:120]

@@ -1,0 +1,246 @@
+"""What every part of the SQLite store shares: the state directory, the connection and its thread,
+the locks this process holds, and reading a record.
+
+All SQLite calls run on one thread per store (never on the event loop): reads with ``_run``,
+durable writes with ``_txn`` (group-committed by the worker). The parts of LocalStore
+(records, liveness, checkpoints, control and logs) derive from SqliteCore, and use only what
+it defines here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...files import create_private, make_private
+from ...models import NotFound, Operation, StoreError
+from .locks import try_lock, unlock
+from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, init_schema, schema_version
+from .worker import SqliteWorker
+
+T = TypeVar("T")
+
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+"""SQLite's primary result codes for a damaged database file."""
+
+
+class SqliteCore:
+    """The plumbing of LocalStore (see module doc)."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.state_dir = Path(state_dir).expanduser()
+        self.url = str(self.state_dir)
+        self.db_path = self.state_dir / "outlast.db"
+        self.log_dir = self.state_dir / "logs"
+        self.lock_dir = self.state_dir / "locks"
+        self._worker: SqliteWorker | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._held: dict[str, int] = {}
+        """The operations this process holds a lock on: operation id -> the lock file's fd."""
+        self._log_locks: dict[str, asyncio.Lock] = {}
+        self._opened = 0
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The open connection (to be used on the SQLite thread only)."""
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"state dir {self.state_dir}: the store is not open")
+        return conn
+
+    @property
+    def worker(self) -> SqliteWorker:
+        """The thread that runs this store's SQLite calls (see worker.py); the store must be open."""
+        if self._worker is None:
+            raise StoreError(f"state dir {self.state_dir}: the store is not open")
+        return self._worker
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
+        try:
+            result: T = await self.worker.run(fn, *args)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        return result
+
+    async def _txn(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        undo: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
+        try:
+            result: T = await self.worker.run_txn(fn, undo, after)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        return result
+
+    def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
+        """A damaged database file as the one-line store error; other SQLite errors (locked, full,
+        read-only, I/O) as they are."""
+        if type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED:
+            return StoreError(f"state dir {self.state_dir}: {self.db_path.name} is not a usable Outlast database ({e})")
+        return e
+
+    # ---- opening and closing -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self._opened > 1:
+            return
+        self._worker = worker = SqliteWorker()
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._opened = 0
+            worker.stop()
+            self._worker = None
+            raise
+
+    def _open_sync(self) -> None:
+        d = self.state_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
+            self.log_dir.mkdir(exist_ok=True, mode=0o700)
+            self.lock_dir.mkdir(exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(f"state dir {d}: {e.strerror or e}") from None
+        if not d.is_dir():
+            raise StoreError(f"state dir {d} is not a directory")
+        try:
+            if not self.db_path.exists():
+                self._create_db()
+            elif self.db_path.stat().st_size == 0:
+                # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
+                raise sqlite3.DatabaseError("the file is empty (0 bytes)")
+            # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+            make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.text_factory = _lenient_text
+            self._conn = conn
+            self.worker.conn = conn
+            if conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
+                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                    raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+                init_schema(conn)  # a database file with nothing in it: nothing to lose
+            version = schema_version(conn)
+            if version is None:
+                # Made by an older version, whose schema was created statement by statement and could be
+                # cut off by a kill: the rest is created now (IF NOT EXISTS: nothing present is touched).
+                init_schema(conn)
+                version = schema_version(conn)
+        except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            raise StoreError(f"state dir {d}: {self.db_path.name} is not a usable Outlast database ({e})") from None
+        if (version or 0) > SCHEMA_VERSION:
+            conn.close()
+            self._conn = None
+            raise StoreError(
+                f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
+                f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
+            )
+
+    def _create_db(self) -> None:
+        """A new database, built beside the path and linked into place whole: a process that finds
+        ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
+        tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
+        try:
+            create_private(tmp)  # 0600 from the start; SQLite gives its -wal and -shm the same mode
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                init_schema(conn)
+            finally:
+                conn.close()  # the last connection folds the WAL into the file and removes it
+            try:
+                os.link(tmp, self.db_path)
+            except FileExistsError:
+                pass  # another process made it first: use that one
+            except OSError:  # a file system without hard links
+                if not self.db_path.exists():
+                    os.rename(tmp, self.db_path)
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    async def close(self) -> None:
+        self._opened = max(0, self._opened - 1)
+        if self._opened or self._worker is None:
+            return
+        for op_id in list(self._held):
+            self._unlock(op_id)
+        worker, self._worker = self._worker, None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await worker.run(conn.close)
+        await asyncio.to_thread(worker.stop)
+
+    # ---- the locks this process holds ------------------------------------------------------------
+
+    def _lock(self, op_id: str) -> bool:
+        if op_id in self._held:
+            return True
+        fd = try_lock(self.lock_dir / f"{op_id}.lock")
+        if fd is None:
+            return False
+        self._held[op_id] = fd
+        return True
+
+    def _unlock(self, op_id: str) -> None:
+        fd = self._held.pop(op_id, None)
+        if fd is not None:
+            unlock(self.lock_dir / f"{op_id}.lock", fd)
+
+    def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
+        """Let go after a commit, unless a later job of the same commit group claimed the operation
+        again (a resume and the scheduler's claim committed together): that lock is the new attempt's.
+
+        With ``epoch``: keep it only for a running attempt other than that one (a final status that
+        failed to be written leaves the record running with our epoch: let go, so it is found orphaned)."""
+        if op_id in self._held:
+            row = self._db.execute("SELECT status, epoch FROM operations WHERE id=?", (op_id,)).fetchone()
+            if row is None or row[0] != "running" or (epoch is not None and row[1] == epoch):
+                self._unlock(op_id)
+
+    # ---- reading a record ------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(raw: str, ckpt_seq: int | None) -> Operation:
+        op = Operation.model_validate_json(raw)
+        op.checkpoint_seq = ckpt_seq  # derived, so a checkpoint does not rewrite the record
+        return op
+
+    def _row_op(self, conn: sqlite3.Connection, op_id: str) -> Operation:
+        row = conn.execute(f"SELECT record, {CHECKPOINT_SEQ} FROM operations o WHERE id=?", (op_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no operation {op_id}")
+        try:
+            return self._load(*row)
+        except ValueError as e:
+            raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+
+def _lenient_text(raw: bytes) -> str:
+    """TEXT as str; bytes that are not UTF-8 (a damaged page) become U+FFFD instead of an error
+    that quotes them raw, so the validation of what was read decides (and says it in one line)."""
+    return raw.decode("utf-8", "replace")

@@ -1,0 +1,43 @@
+"""The flock that holds a running operation of the SQLite store: ``locks/ID.lock``, released by the
+kernel when its process dies, so any engine can tell an orphan from a live operation."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on the lock file at ``path`` (made if missing): its fd, or None while
+    another process holds it.
+
+    The lock is the file *at the path*: the holder deletes it when letting go (``unlock``), so a
+    process that opened the path just before may get the flock on the deleted file while another
+    makes and locks a new one. Such a lock is checked for (the open file is no longer the one at
+    the path) and taken again on the file that is."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            here, mine = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass  # let go of and deleted since we opened it
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def unlock(path: Path, fd: int) -> None:
+    """Let go of a lock taken with ``try_lock``: delete the file while still holding it, then close."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)

@@ -1,0 +1,301 @@
+"""Operation records of the SQLite store: create, read, list, transition, claim, live fields.
+
+A write takes SQLite's write lock (BEGIN IMMEDIATE, group-committed by the worker); a claim also
+takes the operation's flock (core), so several processes can share one state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Any
+
+from ...models import (
+    ACTIVE,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Operation,
+    Priority,
+    StaleAttempt,
+    Status,
+    WorkerInfo,
+    check_transition,
+    validate_id,
+    validate_id_prefix,
+)
+from .core import SqliteCore
+from .locks import try_lock, unlock
+from .schema import CHECKPOINT_SEQ, RANKS
+
+log = logging.getLogger("outlast.store")
+
+_OWNED = (("operations", "id"), ("checkpoints", "op_id"), ("deltas", "op_id"), ("failures", "op_id"))
+"""The rows of one operation: what deleting it removes (with its log file)."""
+
+
+def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
+    """``op`` with ``fields`` set. Callers are the engine and stores, passing typed values, so no
+    re-validation here (it cost most of a transition); records are validated when read back."""
+    unknown = set(fields) - set(Operation.model_fields)
+    if unknown:
+        raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+    return op.model_copy(update={**fields, "updated_at": time.time()})
+
+
+def _put(conn: sqlite3.Connection, op: Operation) -> None:
+    conn.execute(
+        "UPDATE operations SET status=?, rank=?, queued_at=?, not_before=?, epoch=?, record=? WHERE id=?",
+        (
+            op.status.value,
+            Priority(op.priority).rank,
+            op.queued_at,
+            op.not_before,
+            op.epoch,
+            op.model_dump_json(),
+            op.id,
+        ),
+    )
+
+
+class RecordsMixin(SqliteCore):
+    """Records, the queue and claims (part of LocalStore)."""
+
+    async def create(self, op: Operation) -> None:
+        validate_id(op.id)
+
+        def do(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO operations(id, type, status, rank, queued_at, not_before, created_at, epoch, record)"
+                " VALUES(?,?,?,?,?,?,?,?,?)",
+                (
+                    op.id,
+                    op.type,
+                    op.status.value,
+                    Priority(op.priority).rank,
+                    op.queued_at,
+                    op.not_before,
+                    op.created_at,
+                    op.epoch,
+                    op.model_dump_json(),
+                ),
+            )
+
+        await self._txn(do)
+
+    async def get(self, op_id: str) -> Operation:
+        validate_id(op_id)
+        return await self._run(lambda: self._row_op(self._db, op_id))
+
+    async def list_operations(
+        self,
+        statuses: list[Status] | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Operation]:
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += [Status(s).value for s in statuses]
+        if types:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            args += list(types)
+        sql = f"SELECT id, record, {CHECKPOINT_SEQ} FROM operations o"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+
+        def do() -> list[Operation]:
+            out = []
+            for op_id, raw, seq in self._db.execute(sql, args):
+                try:
+                    out.append(self._load(raw, seq))
+                except ValueError:
+                    log.warning("operation %s: stored record is malformed; skipped", op_id)
+            return out
+
+        return await self._run(do)
+
+    async def resolve(self, prefix: str) -> str:
+        validate_id_prefix(prefix)
+
+        def do() -> str:
+            rows = self._db.execute(
+                "SELECT id FROM operations WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
+                (prefix, prefix + "~"),
+            ).fetchall()
+            if not rows:
+                raise NotFound(f"no operation matches id {prefix!r} in state dir {self.state_dir}")
+            if len(rows) > 1:
+                shown = ", ".join(r[0] for r in rows[:5])
+                raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+            return str(rows[0][0])
+
+        return await self._run(do)
+
+    async def counts(self) -> dict[Status, int]:
+        rows = await self._run(
+            lambda: self._db.execute("SELECT status, COUNT(*) FROM operations GROUP BY status").fetchall()
+        )
+        return {Status(s): n for s, n in rows}
+
+    async def counts_by_type(self) -> dict[tuple[Status, str], int]:
+        """Operations per (status, type), for metrics (one indexed GROUP BY)."""
+        rows = await self._run(
+            lambda: self._db.execute("SELECT status, type, COUNT(*) FROM operations GROUP BY status, type").fetchall()
+        )
+        return {(Status(s), t): n for s, t, n in rows}
+
+    async def queue_depth(self) -> dict[Priority, int]:
+        def do() -> dict[Priority, int]:
+            out = {p: 0 for p in Priority}
+            for (raw,) in self._db.execute(
+                "SELECT json_extract(record, '$.priority') FROM operations WHERE status='queued'"
+            ):
+                out[Priority(raw)] += 1
+            return out
+
+        return await self._run(do)
+
+    async def transition(
+        self,
+        op_id: str,
+        to: Status,
+        *,
+        epoch: int | None = None,
+        expect: frozenset[Status] | None = None,
+        **fields: Any,
+    ) -> Operation:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> Operation:
+            op = self._row_op(conn, op_id)
+            if epoch is not None and op.epoch != epoch:
+                raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {op.epoch}")
+            if expect is not None and op.status not in expect:
+                raise Conflict(f"operation {op.id} is {op.status.value}: cannot make it {to.value}")
+            check_transition(op.status, to)
+            new = _apply(op, {**fields, "status": to})
+            _put(conn, new)
+            if to not in ACTIVE:
+                conn.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,))
+            return new
+
+        # Leaving `running` makes this process's lock on it stale: let go once that is durable
+        # (before the commit, another process would see it running and unlocked: an orphan).
+        after = None if to is Status.RUNNING else (lambda: self._unlock_unless_running(op_id))
+        return await self._txn(do, after=after)
+
+    async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> Operation:
+            op = self._row_op(conn, op_id)
+            if epoch is not None and op.epoch != epoch:
+                raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {op.epoch}")
+            new = _apply(op, fields)
+            _put(conn, new)
+            return new
+
+        return await self._txn(do)
+
+    async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        validate_id(op_id)
+
+        def do(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no operation {op_id}")
+            if row[0] not in {s.value for s in expect}:
+                raise Conflict(f"operation {op_id} is {row[0]}: not deleted")
+            for table, column in _OWNED:
+                conn.execute(f"DELETE FROM {table} WHERE {column}=?", (op_id,))
+
+        def after() -> None:
+            # Once the delete is durable: its log file, and a lock file a dead holder left.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.log_dir / f"{op_id}.jsonl")
+            lock = self.lock_dir / f"{op_id}.lock"
+            if op_id not in self._held and lock.exists() and (fd := try_lock(lock)) is not None:
+                unlock(lock, fd)
+
+        await self._txn(do, after=after)
+        self._log_locks.pop(op_id, None)
+
+    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+        def do(conn: sqlite3.Connection) -> Operation | None:
+            if op_id is not None:
+                rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
+            else:
+                # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
+                # One indexed head query per level (aging is constant within a level), merged here:
+                # ordering the whole queue by the expression would sort every queued row per claim.
+                heads: list[tuple[float, str]] = []
+                for rank in RANKS:
+                    heads += [
+                        (queued_at + rank * aging, cand)
+                        for queued_at, cand in conn.execute(
+                            "SELECT queued_at, id FROM operations INDEXED BY ops_claim"
+                            " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?)"
+                            " ORDER BY queued_at, id LIMIT 8",
+                            (rank, now),
+                        )
+                    ]
+                rows = [(cand,) for _, cand in sorted(heads)[:8]]
+            for (cand,) in rows:
+                if not self._lock(cand):
+                    continue  # another process is still finishing it
+                op = self._row_op(conn, cand)
+                new = _apply(
+                    op,
+                    {
+                        "status": Status.RUNNING,
+                        "epoch": op.epoch + 1,
+                        "worker": worker,
+                        "started_at": now,
+                        "finished_at": None,
+                        "not_before": None,
+                        "error": None,
+                        "status_message": None,
+                    },
+                )
+                _put(conn, new)
+                return new
+            return None
+
+        def undo() -> None:
+            # A lock taken for a claim that did not commit must not linger.
+            for held in list(self._held):
+                row = self._db.execute("SELECT status FROM operations WHERE id=?", (held,)).fetchone()
+                if row is None or row[0] != "running":
+                    self._unlock(held)
+
+        return await self._txn(do, undo)
+
+    async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
+        if not updates:
+            return
+        now = time.time()
+        rows = []
+        for op_id, epoch, fields in updates:
+            unknown = set(fields) - set(Operation.model_fields)
+            if unknown:  # names go into the SQL text below: only known field names pass
+                raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+            paths = "".join(f", '$.{k}', json(?)" for k in fields)
+            args = [now, *(json.dumps(v) for v in fields.values()), op_id, epoch]
+            rows.append((f"json_set(record, '$.updated_at', ?{paths})", args))
+
+        def do(conn: sqlite3.Connection) -> None:
+            for expr, args in rows:
+                conn.execute(f"UPDATE operations SET record={expr} WHERE id=? AND epoch=? AND status='running'", args)
+
+        await self._txn(do)

@@ -1,0 +1,81 @@
+"""The SQLite store's schema: tables, indexes and the version a database file says it was written with.
+
+Public so that tools (benchmarks, an inspection script) build or read the same tables as the store.
+One row per operation holds the record as JSON (``record``) beside the columns the queue and listings
+sort and filter on; checkpoints keep their listing info, payload and checksum, and ``deltas`` every
+checkpoint's item delta (all kept: the resume point's done set is their union); ``failures`` the items
+that failed and are not done since.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ...models import Priority
+
+SCHEMA_VERSION = 1
+"""The newest schema this version reads and writes; a database file with a newer one is refused."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations(
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    queued_at REAL NOT NULL,
+    not_before REAL,
+    created_at REAL NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    control TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ops_status_queued ON operations(status, queued_at);
+CREATE INDEX IF NOT EXISTS ops_claim ON operations(status, rank, queued_at, id);
+CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
+CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
+CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
+CREATE TABLE IF NOT EXISTS checkpoints(
+    op_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    info TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY(op_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deltas(
+    op_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    items BLOB NOT NULL,
+    PRIMARY KEY(op_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures(
+    op_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY(op_id, key)
+) WITHOUT ROWID;
+"""
+
+CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
+"""The newest checkpoint's seq of operation ``o`` (derived when read: a checkpoint never rewrites the record)."""
+
+RANKS = sorted({p.rank for p in Priority})
+"""The ``rank`` column's values, highest priority first."""
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    """The whole schema in one transaction, the version row last: all of it or none (idempotent)."""
+    conn.executescript(
+        f"BEGIN IMMEDIATE;{SCHEMA};INSERT OR IGNORE INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+    )
+
+
+def schema_version(conn: sqlite3.Connection) -> int | None:
+    """The version the database says it was written with (None: no version row)."""
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row[0]) if row else None
