@@ -30,7 +30,9 @@ def test_plugin_with_flag(cli: Cli, tmp_path: Path, plugin_path: None) -> None:
     assert code == 0, err
     assert rec["result"] == {"files": 2, "words": 9, "top": [["the", 4], ["end", 2]]}
     assert rec["item_failures"] == 1
-    code, rec, err = run_json(cli, "--plugin", MODULE, "run", "notes_population", "--params-json", '{"docs": ["A", "b"]}')
+    code, rec, err = run_json(
+        cli, "--plugin", MODULE, "run", "notes_population", "--params-json", '{"docs": ["A", "b"]}'
+    )
     assert code == 0 and rec["result"] == {"added": 2, "documents": ["a", "b"]}, err
     assert (rec["progress"]["done"], rec["progress"]["total"]) == (2, 2)
     types = {t["type"]: t for t in json.loads(cli("--plugin", MODULE, "--json", "types").stdout)}

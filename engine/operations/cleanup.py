@@ -264,7 +264,7 @@ async def _list_operations(state: Path) -> list[Operation]:
     store = open_store(state)
     await store.open()
     try:
-        return await store.list()
+        return await store.list_operations()
     finally:
         await store.close()
 
