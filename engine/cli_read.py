@@ -9,6 +9,7 @@ import time
 import click
 
 from . import cli_format as fmt
+from .autobot import checkpoint_listing
 from .cli_common import COUNT, App, json_option, pass_app, session
 from .cli_exit import ExitCode, code_for_status
 from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
@@ -58,7 +59,7 @@ def show(app: App, op_id: str) -> int:
 
     op, cps = asyncio.run(go())
     if app.json:
-        fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [c.model_dump(mode="json") for c in cps]}))
+        fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [checkpoint_listing(c) for c in cps]}))
     else:
         fmt.echo(fmt.show_text(op, cps, app.command()))
     return ExitCode.OK
@@ -159,7 +160,7 @@ def checkpoints(app: App, op_id: str) -> int:
 
     cps = asyncio.run(go())
     if app.json:
-        fmt.echo(fmt.dumps([c.model_dump(mode="json") for c in cps]))
+        fmt.echo(fmt.dumps([checkpoint_listing(c) for c in cps]))
     elif cps:
         fmt.echo(fmt.checkpoints_table(cps))
     elif not app.quiet:

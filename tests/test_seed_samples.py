@@ -1,0 +1,154 @@
+"""The seed document's own code runs on Outlast unchanged apart from imports (issue 16).
+
+tests/seed_samples.py holds its samples as written there. They run in processes of their own (the
+decorator-based migration claims ``codebase_indexing``, as it does in the seed): a script that calls
+them directly and as operations, and ``outlast serve`` with them as a plugin, read by a WebSocket
+client doing what the seed's JavaScript does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures_api import Server
+
+pytestmark = pytest.mark.timeout(120)
+
+EXTS = ("py", "js", "vue", "ts")
+FILES = 250
+CRASH_AT = 150
+
+DRIVER = """
+import asyncio, json, sys
+from engine import Engine, OperationSpec, OperationType, load_settings, open_store
+from tests.seed_samples import index_codebase, long_operation
+
+async def main(state, tree):
+    out = {}
+    # "Usage (no changes needed)": the migrated functions called as before.
+    out["direct_index"] = await index_codebase(tree, ["*.py"])
+    out["direct_long"] = await long_operation()
+    calls = []
+    async def progress_callback(step, done, total):
+        calls.append([step, done, total])
+    out["direct_long_cb"] = await long_operation(progress_callback=progress_callback)
+    out["calls"] = [len(calls), calls[0], calls[-1]]
+    async with Engine(store=open_store(state), settings=load_settings(state_dir=state)) as engine:
+        async def run(spec):
+            op = await engine.submit(spec)
+            return (await engine.wait(op.id, timeout=60)).model_dump(mode="json")
+        out["analysis"] = await run(OperationSpec(type=OperationType.CODE_ANALYSIS))
+        out["index"] = await run(OperationSpec(type="codebase_indexing", params={"path": tree, "patterns": ["*.py"]}))
+        first = await run(OperationSpec(type="seed_indexing_example"))
+        out["example_first"] = first
+        out["example_checkpoints"] = [c.model_dump(mode="json") for c in await engine.checkpoints(first["id"])]
+        await engine.resume(first["id"])
+        out["example_resumed"] = (await engine.wait(first["id"], timeout=60)).model_dump(mode="json")
+    print(json.dumps(out))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def make_tree(root: Path) -> Path:
+    """FILES source files named in order (f000.py, f001.js, ...) and one the patterns leave out."""
+    tree = root / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    for i in range(FILES):
+        (tree / "pkg" / f"f{i:03d}.{EXTS[i % 4]}").write_text(f"x = {i}\n")
+    (tree / "README.txt").write_text("not indexed\n")
+    return tree
+
+
+def test_seed_samples_run_directly_and_as_operations(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    work_log = tmp_path / "work.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
+    env.update(
+        SEED_TREE=str(tree),
+        SEED_WORK_LOG=str(work_log),
+        SEED_CRASH_AT=f"f{CRASH_AT:03d}.{EXTS[CRASH_AT % 4]}",
+        SEED_CRASH_FLAG=str(tmp_path / "crashed-once"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "state"), str(tree)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+
+    # The decorator-based migration and Step 2, called directly: exactly as before.
+    assert out["direct_index"] == {"files": FILES // 4 + (FILES % 4 > 0), "patterns": ["*.py"]}
+    assert out["direct_long"] == out["direct_long_cb"] == {"analysed": 100}
+    assert out["calls"] == [101, ["Starting", 0, 100], ["Step 99", 99, 100]]
+
+    # Step 2 as an operation of OperationType.CODE_ANALYSIS: the seed's awaited callback is its progress.
+    a = out["analysis"]
+    assert a["type"] == "code_analysis" and a["status"] == "completed" and a["result"] == {"analysed": 100}
+    assert (a["progress"]["done"], a["progress"]["total"], a["progress"]["step"]) == (100, 100, "Step 99")
+
+    # The decorator-based migration as an operation: no progress_callback, one call of estimated_items.
+    ix = out["index"]
+    assert ix["status"] == "completed" and ix["result"] == out["direct_index"]
+    assert (ix["progress"]["done"], ix["progress"]["total"]) == (1000, 1000)  # estimated_items, then done
+
+    # The indexing example: fails at file 150, resumes from its own checkpoint "every 100 files".
+    first = out["example_first"]
+    assert first["status"] == "failed" and "lost the connection" in first["error"]
+    saved = [c for c in out["example_checkpoints"] if c["next_step"] == "file_100"]
+    assert saved and saved[0]["processed_items"] == 100
+    done = out["example_resumed"]
+    assert done["status"] == "completed" and done["attempt"] == 2 and done["result"] == {"indexed": FILES}
+    p = done["progress"]
+    assert (p["done"], p["total"], p["message"]) == (FILES, FILES, f"Processed {FILES} of {FILES} files")
+    assert p["step"] == f"Indexing f{FILES - 1:03d}.{EXTS[(FILES - 1) % 4]}" and "files_per_second" in p["metrics"]
+    runs = work_log.read_text().split()
+    twice = {n for n in runs if runs.count(n) == 2}
+    assert len(runs) == FILES + (CRASH_AT - 100) and twice == {f"f{i:03d}.{EXTS[i % 4]}" for i in range(100, CRASH_AT)}
+
+
+@pytest.fixture(scope="module")
+def seed_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("seed-api")
+    server = Server(root, OUTLAST_PLUGINS="tests.seed_samples", SEED_WORK_SECONDS="0.015", SEED_TREE=str(root))
+    yield server
+    server.stop()
+
+
+def test_seed_websocket_client_reads_progress(seed_server: Server) -> None:
+    """What the seed's frontend does: ``update.type``, ``update.data.progress_percentage``,
+    ``update.data.status_message`` on ``ws://HOST/api/operations/${operationId}/progress``."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    r = seed_server.http.post("/api/operations", json={"type": "code_analysis"})
+    assert r.status_code == 202, r.text
+    operation_id = r.json()["operation_id"]
+    bars: list[float] = []
+    statuses: list[str] = []
+    with ws_client.connect(f"{seed_server.ws_url}/api/operations/{operation_id}/progress", open_timeout=30) as ws:
+        while True:
+            update = json.loads(ws.recv(timeout=40))
+            if update["type"] == "progress_update":
+                bars.append(update["data"]["progress_percentage"])  # updateProgressBar(...)
+                statuses.append(update["data"]["status_message"])  # updateStatusMessage(...)
+                assert update["data"]["operation_id"] == operation_id
+                assert update["data"]["current_step"].startswith(("Starting", "Step "))
+            if update["type"] == "final":
+                break
+    assert bars and all(0 <= b <= 100 for b in bars) and bars == sorted(bars)
+    assert all(isinstance(s, str) for s in statuses)
+    record = seed_server.op(operation_id)
+    assert record["status"] == "completed" and record["progress"]["progress_percentage"] == 100.0
+    assert record["progress"]["current_step"] == "Step 99"
