@@ -120,7 +120,7 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
     total = op.progress.total if op.progress.total is not None else op.total_items
     return {
         "profile": profile.model_dump(mode="json"),
-        "profile_overrides": {**op.profile_overrides, **with_aliases(overrides)},
+        "profile_overrides": {**with_aliases(op.profile_overrides), **with_aliases(overrides)},
         "effective_timeout": op.timeout or profile.effective_timeout(total),
         "timeout_basis": "fixed by --timeout" if op.timeout else profile.basis(total),
     }
