@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -206,6 +207,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
     pending = [f for f in files if not ctx.is_done(f)]
+    started, done_at_start = time.monotonic(), ctx.done
     for i in range(0, len(pending), BATCH):
         results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen)
         async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
@@ -219,6 +221,10 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
             st["reused"] += outcome == "reused"
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
+            ctx.metrics["current_file"] = rel
+        elapsed = time.monotonic() - started
+        if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
+            ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
     ctx.progress(step="finishing")
     summary = await asyncio.to_thread(_finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}
