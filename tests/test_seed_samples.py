@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,91 @@ def test_seed_websocket_client_reads_progress(seed_server: Server) -> None:
     record = seed_server.op(operation_id)
     assert record["status"] == "completed" and record["progress"]["progress_percentage"] == 100.0
     assert record["progress"]["current_step"] == "Step 99"
+
+
+SEED_JS = """
+// Frontend WebSocket integration
+const ws = new WebSocket(`ws://localhost:8001/api/operations/${operationId}/progress`);
+
+ws.onmessage = (event) => {
+    const update = JSON.parse(event.data);
+    if (update.type === 'progress_update') {
+        updateProgressBar(update.data.progress_percentage);
+        updateStatusMessage(update.data.status_message);
+    }
+};
+"""
+"""The seed's JavaScript, as written there."""
+
+
+def node_with_websocket() -> list[str] | None:
+    """``node`` with a WebSocket global (Node 22 has one; 20 and 21 behind a flag), or None."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    for argv in ([node], [node, "--experimental-websocket"]):
+        r = subprocess.run([*argv, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], capture_output=True)
+        if r.returncode == 0:
+            return argv
+    return None
+
+
+def test_seed_javascript_runs_unchanged_in_node(seed_server: Server, tmp_path: Path) -> None:
+    node = node_with_websocket()
+    if node is None:
+        pytest.skip("no node with a WebSocket global")
+    r = seed_server.http.post("/api/operations", json={"type": "code_analysis"})
+    assert r.status_code == 202, r.text
+    operation_id = r.json()["operation_id"]
+    script = tmp_path / "seed.js"
+    script.write_text(
+        # not in the seed: the page's functions it calls, the id, and leaving when the server closes
+        f"const operationId = {json.dumps(operation_id)};\n"
+        "const updateProgressBar = (p) => console.log(JSON.stringify({bar: p}));\n"
+        "const updateStatusMessage = (m) => console.log(JSON.stringify({message: m}));\n"
+        + SEED_JS.replace("localhost:8001", f"127.0.0.1:{seed_server.port}")
+        + "ws.onclose = () => process.exit(0);\n"
+    )
+    out = subprocess.run([*node, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = [json.loads(line) for line in out.stdout.splitlines()]
+    bars = [c["bar"] for c in calls if "bar" in c]
+    messages = [c["message"] for c in calls if "message" in c]
+    assert bars and len(bars) == len(messages) and bars == sorted(bars) and all(0 <= b <= 100 for b in bars)
+    assert seed_server.op(operation_id)["status"] == "completed"
+
+
+def test_api_records_and_checkpoints_carry_the_seed_names(seed_server: Server) -> None:
+    api = seed_server
+    op_id = api.submit(params={"items": 25, "seconds": 0}, profile={"checkpoint_every": 10})
+    rec = api.wait_status(op_id, {"completed"})
+    p = rec["progress"]
+    assert (p["progress_percentage"], p["processed_items"], p["total_items"], p["current_step"]) == (
+        100.0,
+        25,
+        25,
+        "item 24",
+    )
+    assert {"estimated_completion", "performance_metrics", "status_message", "detailed_status"} <= set(p)
+    cps = api.http.get(f"/api/operations/{op_id}/checkpoints").json()["checkpoints"]
+    assert [c["checkpoint_id"] for c in cps] == ["2", "1"] and [c["processed_items"] for c in cps] == [20, 10]
+    newest = cps[0]
+    assert newest["timestamp"].endswith("+00:00") and newest["full"] is False
+    assert newest["intermediate_results"] is None and newest["context_data"] is None  # listed: left out
+    full = api.http.get(f"/api/operations/{op_id}/checkpoints/2").json()
+    assert full["full"] is True and full["intermediate_results"]["sum"] == sum(range(20))
+    assert full["state"] == full["intermediate_results"] and full["context_data"] == {}
+    assert api.http.get(f"/api/operations/{op_id}/checkpoints/9").status_code == 404
+
+
+def test_api_resume_with_a_profile(seed_server: Server) -> None:
+    api = seed_server
+    op_id = api.submit(params={"items": 40, "seconds": 0.02}, profile={"base_timeout": 0.2, "max_timeout": 0.2})
+    assert api.wait_status(op_id, {"timed_out", "completed"})["status"] == "timed_out"
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"profile": {"per_file_timeout": -1}})
+    assert r.status_code == 422 and "per_item_timeout" in r.json()["detail"], r.text
+    assert api.op(op_id)["status"] == "timed_out"
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"profile": {"max_timeout": 120}})
+    assert r.status_code == 202, r.text
+    rec = api.wait_status(op_id, {"completed", "timed_out", "failed"})
+    assert rec["status"] == "completed" and rec["attempt"] == 2 and rec["profile"]["max_timeout"] == 120
