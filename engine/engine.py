@@ -331,6 +331,8 @@ class Engine:
         handler = get_handler(spec.type)
         params = handler.parse_params(spec.params)
         profile = self.settings.profile(spec.type).merged(spec.profile)
+        if spec.total_items is None and handler.estimated_items is not None:
+            spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
         now = time.time()
         op = Operation(
             id=new_id(),

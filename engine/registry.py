@@ -48,6 +48,8 @@ class HandlerSpec:
     description: str
     source: str
     """'builtin', 'plugin:NAME' or the defining module."""
+    estimated_items: int | None = None
+    """The item count a submit without ``total_items`` is timed by (``@migrate_timeout_operation``'s)."""
 
     def parse_params(self, raw: dict[str, Any]) -> BaseModel:
         try:
@@ -62,7 +64,10 @@ _loaded_entry_points = False
 
 
 def operation(
-    type_: str, params: type[BaseModel] | None = None, description: str | None = None
+    type_: str,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+    estimated_items: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register ``async def handler(ctx, params)`` for an operation type (a string or an ``OperationType``).
 
@@ -77,7 +82,7 @@ def operation(
         module = fn.__module__
         source = "builtin" if module.startswith("engine.operations") else module
         call = _context_only(fn) if _positional_count(fn) == 1 else fn
-        _HANDLERS[type_] = HandlerSpec(type_, call, params or AnyParams, doc, source)
+        _HANDLERS[type_] = HandlerSpec(type_, call, params or AnyParams, doc, source, estimated_items)
         return fn
 
     return deco
@@ -232,7 +237,7 @@ def migrate_timeout_operation(
 
         handler.__module__ = fn.__module__
         handler.__doc__ = fn.__doc__
-        operation(type_, params=params)(handler)
+        operation(type_, params=params, estimated_items=estimated_items)(handler)
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:

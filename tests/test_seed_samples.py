@@ -101,10 +101,11 @@ def test_seed_samples_run_directly_and_as_operations(tmp_path: Path) -> None:
     assert a["type"] == "code_analysis" and a["status"] == "completed" and a["result"] == {"analysed": 100}
     assert (a["progress"]["done"], a["progress"]["total"], a["progress"]["step"]) == (100, 100, "Step 99")
 
-    # The decorator-based migration as an operation: no progress_callback, one call of estimated_items.
+    # The decorator-based migration as an operation: no progress_callback; timed by estimated_items.
     ix = out["index"]
     assert ix["status"] == "completed" and ix["result"] == out["direct_index"]
     assert (ix["progress"]["done"], ix["progress"]["total"]) == (1000, 1000)  # estimated_items, then done
+    assert ix["total_items"] == 1000 and ix["effective_timeout"] == 13600  # 1 h + 10 s x 1000 files (< 4 h)
 
     # The indexing example: fails at file 150, resumes from its own checkpoint "every 100 files".
     first = out["example_first"]
