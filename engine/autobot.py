@@ -129,7 +129,7 @@ def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[st
         "total_items": p.total if p.total is not None else 0,
         "estimated_completion": iso(eta),
         "performance_metrics": {**p.metrics, **({"items_per_second": round(p.rate, 3)} if p.rate else {})},
-        "status_message": p.message or "",
+        "status_message": p.message or p.step or "",  # a handler that gives no message: its step
         "detailed_status": {
             "status": status,
             "failed_items": p.failed,
