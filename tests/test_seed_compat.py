@@ -8,9 +8,11 @@ import json
 import pytest
 
 from engine import Engine, InvalidInput, OperationSpec, OperationType, Status
+from engine.cli_exit import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
 from tests.fixtures_cli import Cli
+from tests.fixtures_ops import run_json
 
 
 def test_operation_type_is_the_seeds_enum_and_accepted_as_a_type() -> None:
@@ -79,18 +81,22 @@ async def test_resume_with_a_profile_changes_the_new_attempts_deadline(engine: E
 
 
 def test_cli_per_file_timeout_and_resume_profile(cli: Cli) -> None:
-    r = cli("-q", "submit", "demo", "--items", "3", "--profile", "per_file_timeout=10", "--profile", "base_timeout=1")
-    assert r.returncode == 0, r.stderr
-    op_id = r.stdout.strip()
-    rec = json.loads(cli("--json", "show", op_id).stdout)
-    assert rec["profile"]["per_item_timeout"] == 10 and rec["effective_timeout"] == 31  # 1 s + 10 s x 3 items
-    assert rec["progress"]["progress_percentage"] == 0 and rec["progress"]["status_message"] == ""
-    assert cli("cancel", op_id).returncode == 0
+    """A run whose deadline is too tight times out; `resume --profile` gives the new attempt another one."""
+    tight = ("--profile", "per_file_timeout=0.01", "--profile", "base_timeout=0.2", "--profile", "max_timeout=0.2")
+    code, rec, err = run_json(cli, "run", "demo", "-p", "items=20", "-p", "seconds=0.03", "--items", "20", *tight)
+    assert code == ExitCode.TIMED_OUT and rec["status"] == "timed_out", err
+    op_id = rec["id"]
+    assert rec["profile"]["per_item_timeout"] == 0.01 and rec["effective_timeout"] == 0.2
     r = cli("resume", op_id, "--queue", "--profile", "max_timeout=bad")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "max_timeout" in r.stderr, r.stderr
-    assert cli.op(op_id).status is Status.CANCELLED
-    r = cli("resume", op_id, "--queue", "--profile", "max_timeout=20", "--profile", "failure_threshold=0")
-    assert r.returncode == 0, r.stderr
-    op = cli.op(op_id)
-    assert op.status is Status.QUEUED and op.profile["max_timeout"] == 20 and op.profile["failure_threshold"] == 0
-    assert op.effective_timeout == 20 and op.profile_overrides["per_item_timeout"] == 10
+    assert cli.op(op_id).status is Status.TIMED_OUT  # refused: nothing changed
+    wider = ("--profile", "base_timeout=30", "--profile", "max_timeout=60", "--profile", "failure_threshold=0")
+    code, rec, err = run_json(cli, "resume", op_id, *wider)
+    assert code == ExitCode.OK and rec["status"] == "completed" and rec["attempt"] == 2, err
+    assert rec["profile"]["max_timeout"] == 60 and rec["profile"]["failure_threshold"] == 0
+    assert rec["effective_timeout"] == 30.2 and rec["profile_overrides"]["per_item_timeout"] == 0.01
+    shown = json.loads(cli("--json", "show", op_id).stdout)
+    assert shown["progress"]["progress_percentage"] == 100 and shown["progress"]["current_step"] == "item 19"
+    assert shown["checkpoints"] and [c["checkpoint_id"] for c in shown["checkpoints"]] == [
+        str(c["seq"]) for c in shown["checkpoints"]
+    ]
