@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import Checkpoint, Operation, Progress
+    from .store.base import Store
 
 
 @dataclass
@@ -166,3 +167,16 @@ def seed_checkpoint(cp: Checkpoint, full: bool = False) -> dict[str, Any]:
 def checkpoint_listing(cp: Checkpoint) -> dict[str, Any]:
     """A listed checkpoint as JSON: Outlast's fields and the seed's, without the state it does not hold."""
     return {**cp.model_dump(mode="json"), "state": None, **seed_checkpoint(cp)}
+
+
+async def checkpoints_in_full(store: Store, cps: list[Checkpoint]) -> list[dict[str, Any]]:
+    """``cps`` (a listing) with each valid one's state and context_data read back (``checkpoints --full``);
+    one that cannot be read is listed as it was (``full`` false)."""
+    out = []
+    for cp in cps:
+        found = await store.load_checkpoint(cp.operation_id, cp.seq) if cp.valid else None
+        if found is not None and found[0].seq == cp.seq:
+            out.append({**found[0].model_dump(mode="json"), **seed_checkpoint(found[0], full=True)})
+        else:
+            out.append(checkpoint_listing(cp))
+    return out

@@ -100,3 +100,9 @@ def test_cli_per_file_timeout_and_resume_profile(cli: Cli) -> None:
     assert shown["checkpoints"] and [c["checkpoint_id"] for c in shown["checkpoints"]] == [
         str(c["seq"]) for c in shown["checkpoints"]
     ]
+    listed = json.loads(cli("--json", "checkpoints", op_id).stdout)
+    assert listed[0]["full"] is False and listed[0]["state"] is None and listed[0]["intermediate_results"] is None
+    in_full = json.loads(cli("checkpoints", op_id, "--full").stdout)
+    assert [c["checkpoint_id"] for c in in_full] == [c["checkpoint_id"] for c in listed]
+    newest = in_full[0]
+    assert newest["full"] is True and newest["intermediate_results"] == newest["state"] and "sum" in newest["state"]
