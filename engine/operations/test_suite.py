@@ -233,12 +233,9 @@ class _Suite:
         """Pass/fail counts and rate as metrics, while the suite runs (the current test is the step)."""
         c = self.counts
         passed, failed = c["passed"] + c["xpassed"], sum(c[o] for o in BAD)
-        self.ctx.metrics.update(
-            passed=passed,
-            failed=failed,
-            skipped=c["skipped"] + c["xfailed"],
-            pass_rate=round(passed / (passed + failed), 4) if passed + failed else None,
-        )
+        self.ctx.metrics.update(passed=passed, failed=failed, skipped=c["skipped"] + c["xfailed"])
+        if passed + failed:
+            self.ctx.metrics["pass_rate"] = round(passed / (passed + failed), 4)
 
     def argv(self, *extra: str) -> list[str]:
         tb = [] if any(a.startswith("--tb") for a in self.p.args) else ["--tb=short"]
