@@ -115,7 +115,10 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
     timeout they give. Empty for no overrides."""
     if not overrides:
         return {}
-    OperationSpec(type=op.type, profile=overrides)  # the same limits as at submit (keys, depth)
+    try:
+        OperationSpec(type=op.type, profile=overrides)  # the same limits as at submit (keys, depth)
+    except ValidationError as e:
+        raise InvalidInput(one_line(e)) from None
     profile = TimeoutProfile.model_validate(op.profile).merged(overrides)
     total = op.progress.total if op.progress.total is not None else op.total_items
     return {

@@ -237,6 +237,8 @@ def test_api_resume_with_a_profile(seed_server: Server) -> None:
     assert api.wait_status(op_id, {"timed_out", "completed"})["status"] == "timed_out"
     r = api.http.post(f"/api/operations/{op_id}/resume", json={"profile": {"per_file_timeout": -1}})
     assert r.status_code == 422 and "per_item_timeout" in r.json()["detail"], r.text
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"profile": {f"k{i}": 1 for i in range(40)}})
+    assert r.status_code == 422 and "over the limit of 32" in r.json()["detail"], r.text
     assert api.op(op_id)["status"] == "timed_out"
     r = api.http.post(f"/api/operations/{op_id}/resume", json={"profile": {"max_timeout": 120}})
     assert r.status_code == 202, r.text
