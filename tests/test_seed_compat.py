@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from engine import Engine, InvalidInput, OperationSpec, OperationType, Status
+from engine import Engine, InvalidInput, OperationSpec, OperationType, Settings, Status, open_store
 from engine.cli_exit import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import run_json
+from tests.fixtures_redis import RedisServer
 
 
 def test_operation_type_is_the_seeds_enum_and_accepted_as_a_type() -> None:
@@ -65,6 +66,16 @@ async def test_per_file_and_per_test_timeout_are_aliases(engine: Engine) -> None
 
 
 async def test_resume_with_a_profile_changes_the_new_attempts_deadline(engine: Engine) -> None:
+    await resume_with_a_profile(engine)
+
+
+async def test_resume_with_a_profile_on_redis(redis_server: RedisServer, settings: Settings) -> None:
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings) as engine:
+        await resume_with_a_profile(engine)
+
+
+async def resume_with_a_profile(engine: Engine) -> None:
     spec = OperationSpec(
         type="ledger", params={"items": 30, "seconds": 0.05}, profile={"base_timeout": 0.3, "max_timeout": 0.3}
     )
