@@ -125,7 +125,7 @@ def test_seed_samples_run_directly_and_as_operations(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def seed_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("seed-api")
-    server = Server(root, OUTLAST_PLUGINS="tests.seed_samples", SEED_WORK_SECONDS="0.015", SEED_TREE=str(root))
+    server = Server(root, OUTLAST_PLUGINS="tests.seed_samples", SEED_WORK_SECONDS="0.01", SEED_TREE=str(root))
     yield server
     server.stop()
 
