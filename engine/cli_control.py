@@ -8,10 +8,11 @@ import asyncio
 import click
 
 from . import cli_format as fmt
-from .cli_common import PRIORITIES, SEQ, App, Seconds, pass_app, session
+from .cli_common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, session
 from .cli_exit import ExitCode
 from .cli_run import run_foreground, spawn_detached, submit_or_resume, wait_settled
 from .models import SETTLED, NotFound, Operation, Priority, Status
+from .profiles import resume_fields
 
 _TARGET = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}
 
@@ -78,8 +79,9 @@ pause = _control("pause")
 @click.option("--checkpoint", "seq", type=SEQ, metavar="SEQ", help="Resume from this checkpoint (see `checkpoints`).")
 @click.option("--detach", "-d", is_flag=True, help="Go on in a background process; print the id.")
 @click.option("--queue", is_flag=True, help="Only put it back in the queue, for a running worker.")
+@click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Change the timeout profile from this attempt on.")
 @pass_app
-def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> int:
+def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, profile: tuple[str, ...]) -> int:
     """Go on with a stopped operation from its newest valid checkpoint (or --checkpoint SEQ).
 
     In the foreground with the live display by default, like `run`.
@@ -90,6 +92,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
       outlast resume 06b2 --checkpoint 3     # from an older checkpoint (see `checkpoints`)
       outlast resume 06b2 --detach           # in the background
       outlast resume 06b2 --queue            # for a running `outlast worker`
+      outlast resume 06b2 --profile max_timeout=28800 --profile failure_threshold=20
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
@@ -102,12 +105,17 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
                 if seq not in have:
                     listed = ", ".join(map(str, sorted(have))) or "none"
                     raise NotFound(f"operation {full} has no checkpoint {seq} (has: {listed})")
+            resume_fields(await engine.get(full), overrides)  # a bad key or value: one line, nothing stored
             return full
+
+    overrides = parse_pairs(profile, "--profile")
 
     full = asyncio.run(check())
     if not detach and not queue:
-        return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command()))
-    op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
+        return asyncio.run(
+            run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command(), profile=overrides)
+        )
+    op = asyncio.run(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id)
         if app.json:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .autobot import seed_operation
 from .humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
 from .models import Checkpoint, LogRecord, Operation, Progress, Status
 
@@ -221,7 +222,9 @@ def dumps(data: Any) -> str:
 
 
 def op_json(op: Operation) -> dict[str, Any]:
-    return op.model_dump(mode="json")
+    out = op.model_dump(mode="json")
+    out["progress"].update(seed_operation(op))  # the seed's field names beside Outlast's
+    return out
 
 
 def echo(text: str = "", err: bool = False) -> None:

@@ -9,6 +9,7 @@ import time
 import click
 
 from . import cli_format as fmt
+from .autobot import checkpoint_listing, checkpoints_in_full
 from .cli_common import COUNT, App, json_option, pass_app, session
 from .cli_exit import ExitCode, code_for_status
 from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
@@ -58,7 +59,7 @@ def show(app: App, op_id: str) -> int:
 
     op, cps = asyncio.run(go())
     if app.json:
-        fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [c.model_dump(mode="json") for c in cps]}))
+        fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [checkpoint_listing(c) for c in cps]}))
     else:
         fmt.echo(fmt.show_text(op, cps, app.command()))
     return ExitCode.OK
@@ -148,18 +149,21 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
 
 @click.command()
 @click.argument("op_id", metavar="ID")
+@click.option("--full", is_flag=True, help="JSON with each one's state (intermediate_results) and context_data.")
 @json_option
 @pass_app
-def checkpoints(app: App, op_id: str) -> int:
+def checkpoints(app: App, op_id: str, full: bool) -> int:
     """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
 
     async def go():
         async with session(app.settings) as engine:
-            return await engine.checkpoints(await engine.resolve(op_id))
+            full_id = await engine.resolve(op_id)
+            cps = await engine.checkpoints(full_id)
+            return cps, (await checkpoints_in_full(engine.store, cps) if full else None)
 
-    cps = asyncio.run(go())
-    if app.json:
-        fmt.echo(fmt.dumps([c.model_dump(mode="json") for c in cps]))
+    cps, in_full = asyncio.run(go())
+    if app.json or full:
+        fmt.echo(fmt.dumps(in_full if in_full is not None else [checkpoint_listing(c) for c in cps]))
     elif cps:
         fmt.echo(fmt.checkpoints_table(cps))
     elif not app.quiet:

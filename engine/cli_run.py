@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import cli_format as fmt
 from .cli_exit import ExitCode, code_for_status
@@ -32,6 +33,7 @@ async def run_foreground(
     op_id: str | None = None,
     checkpoint: int | None = None,
     prefix: str = "outlast",
+    profile: dict[str, Any] | None = None,
 ) -> ExitCode:
     """Submit (or resume) one operation and run it in this process until it settles.
 
@@ -44,7 +46,7 @@ async def run_foreground(
             op = await engine.submit(spec)
         else:
             assert op_id is not None
-            op = await engine.resume(op_id, checkpoint)
+            op = await engine.resume(op_id, checkpoint, profile)
         if mode == "plain":
             fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; {prefix} resume {op.id}")
         try:
@@ -113,14 +115,18 @@ def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> in
 
 
 async def submit_or_resume(
-    settings: Settings, spec: OperationSpec | None, op_id: str | None, checkpoint: int | None
+    settings: Settings,
+    spec: OperationSpec | None,
+    op_id: str | None,
+    checkpoint: int | None,
+    profile: dict[str, Any] | None = None,
 ) -> Operation:
     """Queue an operation (new, or a resume) without running it."""
     async with make_engine(settings, run_queue=False) as engine:
         if spec is not None:
             return await engine.submit(spec)
         assert op_id is not None
-        return await engine.resume(op_id, checkpoint)
+        return await engine.resume(op_id, checkpoint, profile)
 
 
 async def run_one(settings: Settings, op_id: str) -> ExitCode:

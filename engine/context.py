@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .autobot import SeedContextMethods
 from .models import Checkpoint, LogRecord, Operation
 from .profiles import TimeoutProfile
 from .store.base import ItemDelta, Ledger
@@ -71,7 +72,7 @@ class OperationLog:
         self._emit("error", message, fields)
 
 
-class OperationContext:
+class OperationContext(SeedContextMethods):
     """Handed to every handler as its first argument."""
 
     def __init__(
@@ -129,12 +130,15 @@ class OperationContext:
                 "context_data": cp.context_data,
                 "metadata": cp.metadata,
                 "processed_items": cp.processed_items,
+                "created_at": cp.created_at,
             }
             self._done_keys = ledger.done
             self._skipped_keys = ledger.skipped
             self.done = cp.processed_items
             self.total = cp.total_items if cp.total_items is not None else self.total
             self._seq = cp.seq
+        self._done_at_checkpoint = self.done
+        """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
         self.log = OperationLog(self._emit_log)
 
     # ---- state of the run ----------------------------------------------------------------------
@@ -266,6 +270,7 @@ class OperationContext:
         """Save a checkpoint; False when the store could not write it (the engine says so once, the
         work goes on, and what it held is kept for the next one). A handler never sees a store error."""
         self._checkpoint_due = False
+        self._done_at_checkpoint = self.done
         # Cleared in place: items() holds a reference to _new_done.
         delta = ItemDelta(self._new_done[:], dict(self._new_failed), self._new_skipped[:])
         self._new_done.clear()
@@ -408,6 +413,7 @@ async def _iterate(
 ) -> AsyncIterator[T]:
     """The work of ``ctx.items``: skip what is done, mark an item done when its body finished."""
     done_keys, failed, skipped, new_done = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, ctx._new_done
+    every = ctx.profile.checkpoint_every
     for item in it:
         k = keyf(item)
         if k in done_keys or k in failed or k in skipped:
@@ -421,6 +427,8 @@ async def _iterate(
             done_keys.add(k)
             new_done.append(k)
             ctx.done += 1
+        if every and ctx.done - ctx._done_at_checkpoint >= every:
+            ctx._mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
         if ctx._attention:
             await ctx._at_boundary()
 

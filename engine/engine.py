@@ -57,7 +57,7 @@ from .models import (
     new_id,
     validate_id,
 )
-from .profiles import TimeoutProfile
+from .profiles import TimeoutProfile, resume_fields
 from .registry import ensure_loaded, get_handler
 from .resources import Admission, ResourceMonitor
 from .store import Store, open_store
@@ -331,6 +331,8 @@ class Engine:
         handler = get_handler(spec.type)
         params = handler.parse_params(spec.params)
         profile = self.settings.profile(spec.type).merged(spec.profile)
+        if spec.total_items is None and handler.estimated_items is not None:
+            spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
         now = time.time()
         op = Operation(
             id=new_id(),
@@ -464,8 +466,11 @@ class Engine:
             return op
         raise Conflict(f"operation {op_id} is {op.status.value}: nothing to {action}")
 
-    async def resume(self, op_id: str, checkpoint: int | None = None) -> Operation:
-        """Queue a stopped operation again, from its newest valid checkpoint or the one given."""
+    async def resume(
+        self, op_id: str, checkpoint: int | None = None, profile: dict[str, Any] | None = None
+    ) -> Operation:
+        """Queue a stopped operation again, from its newest valid checkpoint or the one given;
+        ``profile`` changes its timeout profile (and failure threshold) from this attempt on."""
         op = await self.store.get(validate_id(op_id))
         if op.status not in RESUMABLE:
             allowed = ", ".join(sorted(s.value for s in RESUMABLE))
@@ -477,6 +482,7 @@ class Engine:
                 raise InvalidInput(f"operation {op_id} has no checkpoint {checkpoint} (has: {have})")
             if not cps[checkpoint].valid:
                 raise InvalidInput(f"checkpoint {checkpoint} of operation {op_id} fails its checksum")
+        changes = resume_fields(op, profile or {})  # InvalidInput before anything is written
         now = time.time()
         new = await self.store.transition(
             op_id,
@@ -489,6 +495,7 @@ class Engine:
             error=None,
             status_message=(f"resuming from checkpoint {checkpoint}" if checkpoint is not None else "resuming"),
             finished_at=None,
+            **changes,
         )
         self._publish(StatusChanged(operation_id=op_id, status=Status.QUEUED, previous=op.status, message="resume"))
         self._wake.set()

@@ -53,6 +53,34 @@ class Priority(StrEnum):
         return _BY_RANK[min(2, self.rank + 1)]
 
 
+class OperationType(StrEnum):
+    """The seed's 17 operation types (AutoBot's ``OperationType``). Accepted wherever a type string is;
+    plugins may register types beyond these."""
+
+    CODEBASE_INDEXING = "codebase_indexing"
+    CODE_ANALYSIS = "code_analysis"
+    DEPENDENCY_ANALYSIS = "dependency_analysis"
+    SECURITY_SCAN = "security_scan"
+    PERFORMANCE_PROFILING = "performance_profiling"
+    COMPREHENSIVE_TEST_SUITE = "comprehensive_test_suite"
+    INTEGRATION_TESTING = "integration_testing"
+    PERFORMANCE_TESTING = "performance_testing"
+    LOAD_TESTING = "load_testing"
+    KB_POPULATION = "kb_population"
+    KB_OPTIMIZATION = "kb_optimization"
+    VECTOR_INDEXING = "vector_indexing"
+    SEMANTIC_ANALYSIS = "semantic_analysis"
+    BACKUP_OPERATION = "backup_operation"
+    MIGRATION_OPERATION = "migration_operation"
+    CLEANUP_OPERATION = "cleanup_operation"
+    MONITORING_COLLECTION = "monitoring_collection"
+
+
+def type_name(type_: str) -> str:
+    """An operation type as its plain string (an ``OperationType`` member becomes its value)."""
+    return type_.value if isinstance(type_, OperationType) else type_
+
+
 _RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 _BY_RANK = {v: k for k, v in _RANK.items()}
 
@@ -174,6 +202,7 @@ class OperationSpec(BaseModel):
     @field_validator("type")
     @classmethod
     def _type_ok(cls, v: str) -> str:
+        v = type_name(v)
         if not _TYPE_RE.match(v):
             raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
         return v

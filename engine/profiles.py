@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models import MAX_SECONDS, InvalidInput
+from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec
 
 
 class RetryPolicy(BaseModel):
@@ -45,12 +45,19 @@ class TimeoutProfile(BaseModel):
     per_item_timeout: float = Field(ge=0, le=MAX_SECONDS)
     max_timeout: float = Field(gt=0, le=MAX_SECONDS)
     checkpoint_interval: float = Field(gt=0, le=MAX_SECONDS)
+    checkpoint_every: int | None = Field(default=None, ge=1, le=10**12)
+    """Also checkpoint every this many items done (the seed's "every 100 files"): whichever comes first."""
     progress_report_interval: float = Field(gt=0, le=MAX_SECONDS)
     failure_threshold: int = Field(ge=0, le=10**12)
     """Item failures tolerated; one more fails the operation."""
     stall_timeout: float = Field(gt=0, le=MAX_SECONDS)
     """No progress for this long: timed out as stalled."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        return with_aliases(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> TimeoutProfile:
@@ -73,7 +80,7 @@ class TimeoutProfile(BaseModel):
         if not overrides:
             return self
         data = self.model_dump()
-        for key, value in overrides.items():
+        for key, value in with_aliases(overrides).items():
             if key == "retry" and isinstance(value, dict):
                 data["retry"] = {**data["retry"], **value}
             elif key.startswith("retry.") or key.startswith("retry_"):
@@ -81,6 +88,45 @@ class TimeoutProfile(BaseModel):
             else:
                 data[key] = value
         return parse_profile(data, where="profile")
+
+
+ALIASES = {"per_file_timeout": "per_item_timeout", "per_test_timeout": "per_item_timeout"}
+"""The seed's names of profile keys, accepted as Outlast's."""
+
+
+def with_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the seed's key names (``per_file_timeout``, ``per_test_timeout``) as Outlast's;
+    InvalidInput when two of them name the same key."""
+    if not any(k in ALIASES for k in data):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        if name in out:
+            given = [k for k in data if ALIASES.get(k, k) == name]
+            raise InvalidInput(f"{' and '.join(given)} are the same key ({name}): give one")
+        out[name] = value
+    return out
+
+
+def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The record fields a resume with ``--profile KEY=VALUE`` changes: the profile in force (the old one
+    with ``overrides`` applied, validated: InvalidInput names the key), the overrides recorded, and the
+    timeout they give. Empty for no overrides."""
+    if not overrides:
+        return {}
+    try:
+        OperationSpec(type=op.type, profile=overrides)  # the same limits as at submit (keys, depth)
+    except ValidationError as e:
+        raise InvalidInput(one_line(e)) from None
+    profile = TimeoutProfile.model_validate(op.profile).merged(overrides)
+    total = op.progress.total if op.progress.total is not None else op.total_items
+    return {
+        "profile": profile.model_dump(mode="json"),
+        "profile_overrides": {**with_aliases(op.profile_overrides), **with_aliases(overrides)},
+        "effective_timeout": op.timeout or profile.effective_timeout(total),
+        "timeout_basis": "fixed by --timeout" if op.timeout else profile.basis(total),
+    }
 
 
 def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:
@@ -105,8 +151,9 @@ H = 3600.0
 M = 60.0
 
 
-def _p(base, per, mx, ckpt, rep, fail, stall=None, attempts=3) -> TimeoutProfile:
+def _p(base, per, mx, ckpt, rep, fail, stall=None, attempts=3, every=None) -> TimeoutProfile:
     return TimeoutProfile(
+        checkpoint_every=every,
         base_timeout=base,
         per_item_timeout=per,
         max_timeout=mx,
@@ -120,9 +167,9 @@ def _p(base, per, mx, ckpt, rep, fail, stall=None, attempts=3) -> TimeoutProfile
 
 SEED_PROFILES: dict[str, TimeoutProfile] = {
     # The seed's own figures.
-    "codebase_indexing": _p(1 * H, 10, 4 * H, 300, 30, 5),
-    "comprehensive_test_suite": _p(40 * M, 120, 3 * H, 600, 60, 10, stall=30 * M),
-    "security_scan": _p(45 * M, 5, 3 * H, 300, 30, 10),
+    "codebase_indexing": _p(1 * H, 10, 4 * H, 300, 30, 5, every=100),
+    "comprehensive_test_suite": _p(40 * M, 120, 3 * H, 600, 60, 10, stall=30 * M, every=10),
+    "security_scan": _p(45 * M, 5, 3 * H, 300, 30, 10, every=50),
     # Chosen in the same spirit: analysis is per-file, testing per-test, KB work per-document.
     "code_analysis": _p(30 * M, 5, 2 * H, 300, 30, 10),
     "dependency_analysis": _p(15 * M, 10, 1 * H, 120, 15, 5),

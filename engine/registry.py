@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .models import InvalidInput
+from .models import InvalidInput, type_name
 from .profiles import SEED_PROFILES, one_line
 
 log = logging.getLogger("outlast.registry")
@@ -54,6 +56,8 @@ class HandlerSpec:
     description: str
     source: str
     """'builtin', 'plugin:NAME' or the defining module."""
+    estimated_items: int | None = None
+    """The item count a submit without ``total_items`` is timed by (``@migrate_timeout_operation``'s)."""
 
     def parse_params(self, raw: dict[str, Any]) -> BaseModel:
         try:
@@ -68,9 +72,16 @@ _loaded_entry_points = False
 
 
 def operation(
-    type_: str, params: type[BaseModel] | None = None, description: str | None = None
+    type_: str,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+    estimated_items: int | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Register ``async def handler(ctx, params)`` for an operation type."""
+    """Register ``async def handler(ctx, params)`` for an operation type (a string or an ``OperationType``).
+
+    A handler of one argument, ``async def handler(ctx)`` (the seed's style), is registered too.
+    """
+    type_ = type_name(type_)
 
     def deco(fn: Handler) -> Handler:
         if not inspect.iscoroutinefunction(fn):
@@ -78,10 +89,25 @@ def operation(
         doc = description or (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
         module = fn.__module__
         source = "builtin" if module.startswith("engine.operations") else module
-        _HANDLERS[type_] = HandlerSpec(type_, fn, params or AnyParams, doc, source)
+        call = _context_only(fn) if _positional_count(fn) == 1 else fn
+        _HANDLERS[type_] = HandlerSpec(type_, call, params or AnyParams, doc, source, estimated_items)
         return fn
 
     return deco
+
+
+def _positional_count(fn: Handler) -> int:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())
+
+
+def _context_only(fn: Handler) -> Handler:
+    """``fn(ctx)`` called as a handler ``(ctx, params)``."""
+
+    async def call(ctx: Any, params: BaseModel) -> Any:
+        return await fn(ctx)
+
+    return call
 
 
 def load_builtins() -> None:
@@ -89,12 +115,14 @@ def load_builtins() -> None:
     if _loaded_builtins:
         return
     _loaded_builtins = True
+    earlier = dict(_HANDLERS)  # registered by the program before the built-ins loaded: its own win
     for name in BUILTIN_MODULES:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name != name:
                 raise
+    _HANDLERS.update(earlier)
 
 
 def load_entry_points() -> None:
@@ -185,30 +213,40 @@ class _suppress_all:
 def migrate_timeout_operation(
     type_: str, estimated_items: int | None = None, params: type[BaseModel] | None = None
 ) -> Callable[[Handler], Handler]:
-    """Turn ``async def f(..., progress_callback=None)`` into an operation, leaving its callers alone.
+    """Turn an existing ``async def f(...)`` into an operation of ``type_``, leaving its callers alone.
 
-    Called directly, ``f`` behaves exactly as before. Run as an operation (``outlast run TYPE``),
-    its params become keyword arguments and ``progress_callback(done, total=None, message=None)``
-    reports to the engine. ``estimated_items`` seeds the timeout until the real total is known.
+    Called directly, ``f`` behaves exactly as before. Run as an operation (``outlast run TYPE``), its
+    params become keyword arguments. A ``progress_callback`` parameter, if it has one, receives a
+    callback that reports to the engine in either style, awaited or not: the seed's
+    ``await progress_callback("Step i", i, 100)`` (step, done, total) or ``progress_callback(done,
+    total, message)``. A function without one runs as a single item under the type's timeout profile.
+    ``estimated_items`` seeds the timeout until the real total is known.
     """
-    type_ = getattr(type_, "value", type_)
+    type_ = type_name(type_)
 
     def deco(fn: Handler) -> Handler:
-        if "progress_callback" not in inspect.signature(fn).parameters:
-            raise TypeError(f"{fn.__qualname__} has no progress_callback parameter to migrate")
+        takes_callback = "progress_callback" in inspect.signature(fn).parameters
 
         async def handler(ctx: Any, p: BaseModel) -> Any:
-            if estimated_items is not None and ctx.total is None:
-                ctx.progress(0, total=estimated_items)
-
-            def progress_callback(done: float, total: float | None = None, message: str | None = None, **kw: Any):
-                ctx.progress(int(done), total=None if total is None else int(total), message=message, **kw)
-
-            return await fn(**p.model_dump(), progress_callback=progress_callback)
+            kwargs = p.model_dump()
+            first_total = estimated_items if estimated_items is not None else (None if takes_callback else 1)
+            if ctx.total is None and first_total is not None:
+                ctx.progress(0, total=first_total)
+            if takes_callback:
+                result = await fn(**kwargs, progress_callback=progress_reporter(ctx))
+            else:
+                beat = asyncio.create_task(_heartbeat(ctx))
+                try:
+                    result = await fn(**kwargs)
+                finally:
+                    beat.cancel()
+            if ctx.total is not None and ctx.done < ctx.total:
+                ctx.progress(ctx.total)  # it returned: all done (the seed's last call says i = 99 of 100)
+            return result
 
         handler.__module__ = fn.__module__
         handler.__doc__ = fn.__doc__
-        operation(type_, params=params)(handler)
+        operation(type_, params=params, estimated_items=estimated_items)(handler)
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -218,3 +256,59 @@ def migrate_timeout_operation(
         return wrapper
 
     return deco
+
+
+class _Reported:
+    """What a progress callback returns: awaiting it is a no-op, so callers may await it (the seed) or not."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_REPORTED = _Reported()
+
+
+def progress_reporter(ctx: Any) -> Callable[..., _Reported]:
+    """A ``progress_callback`` reporting to ``ctx`` in the seed's style, ``(step, done, total,
+    performance_metrics=None, status_message=None)``, or the plain one, ``(done, total=None,
+    message=None, **metrics)``: a first argument that is a string is a step name."""
+
+    def progress_callback(*args: Any, **kw: Any) -> _Reported:
+        if args and isinstance(args[0], str):
+            step, done, total, metrics, message = (*args, None, None, None, None)[:5]
+            metrics = {**(metrics or {}), **kw.pop("performance_metrics", {})}
+            message = kw.pop("status_message", message)
+            ctx.progress(
+                None if done is None else int(done),
+                total=None if total is None else int(total),
+                step=step,
+                message=message,
+                **metrics,
+            )
+        else:
+            done, total, message = (*args, None, None, None)[:3]
+            done, total = kw.pop("done", done), kw.pop("total", total)
+            message = kw.pop("message", message)
+            ctx.progress(
+                None if done is None else int(done), total=None if total is None else int(total), message=message, **kw
+            )
+        return _REPORTED
+
+    return progress_callback
+
+
+HEARTBEAT = 5.0
+"""Seconds between the signs of life of a migrated function that cannot report progress."""
+
+
+async def _heartbeat(ctx: Any) -> None:
+    """A migrated function without a progress callback cannot say it is alive: while it runs, the
+    elapsed seconds are its progress (so only its deadline ends it, never the stall timeout)."""
+    start = time.monotonic()
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        if ctx.cancelled:
+            return  # the stop reaches the function when the engine cancels it
+        ctx.progress(elapsed=round(time.monotonic() - start))

@@ -189,7 +189,9 @@ async def demo_testing(tmp: Path, check: Checks) -> None:
             return
         print(f"testing: comprehensive_test_suite on {suite} (16 pass, 2 fail, 1 skipped)", flush=True)
         spec = OperationSpec(
-            type="comprehensive_test_suite", params={"path": str(suite)}, profile={"progress_report_interval": 0.25}
+            type="comprehensive_test_suite",
+            params={"path": str(suite), "fail_on_test_failure": False},  # the default fails the run, for CI
+            profile={"progress_report_interval": 0.25},
         )
         op = await engine.submit(spec)
         final = await follow(engine, op.id, "tests")
@@ -199,6 +201,8 @@ async def demo_testing(tmp: Path, check: Checks) -> None:
         )
         counts = result.get("counts", {})
         check(counts == {"passed": 16, "failed": 2, "skipped": 1}, "counts per outcome", counts)
+        live = {k: final.progress.metrics.get(k) for k in ("passed", "failed", "skipped")}
+        check(live == {"passed": 16, "failed": 2, "skipped": 1}, "pass/fail counts as live metrics", live)
         failing = sorted(f["id"].split("::")[-1] for f in result.get("failed", []))
         check(failing == ["test_fails[3]", "test_fails[5]"], "failing test ids", failing)
         tb = " ".join(f.get("message", "") + f.get("traceback", "") for f in result.get("failed", []))

@@ -135,6 +135,7 @@ async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path,
         assert "secret.py" in got
     assert failures == {}
     assert final.progress.skipped == (1 if git else 2)  # the symlink, and the FIFO (git does not list it)
+    assert final.progress.metrics["files_per_second"] > 0 and final.progress.metrics["current_file"] in got
     kept = {*SOURCES, ".gitignore", "web/.gitignore", "keep.log", "assets/logo.png", "src/local/b.py"}
     assert set(got) == kept | (set() if cannot_read else {"secret.py"})
     assert got["assets/logo.png"][3] == 1 and got["assets/logo.png"][4] is None  # binary: no line counts

@@ -300,6 +300,8 @@ async def test_planted_secrets_and_risky_code(engine: Engine, tmp_path: Path) ->
         assert op.progress.failed == 1
     assert res["findings"] == len(expected)
     assert res["by_severity"]["critical"] == 2  # the private key, the GCP service account key
+    live = {k.removeprefix("findings_"): v for k, v in op.progress.metrics.items() if k.startswith("findings_") and v}
+    assert live == res["by_severity"]  # counted as the scan went (metrics), the same as the report's
 
     # fail_on: the reports are written, then the operation fails, for a CI step.
     op = await scan(engine, root=str(root), output=str(tmp_path / "ci.json"), format="json", fail_on="critical")

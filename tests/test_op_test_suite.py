@@ -96,7 +96,7 @@ async def run_suite(engine: Engine, suite: Path, log: Path, **params: Any) -> st
     op = await engine.submit(
         OperationSpec(
             type="comprehensive_test_suite",
-            params={"path": str(suite), "timeout_per_test": 1.5, "env": env, **params},
+            params={"path": str(suite), "timeout_per_test": 1.5, "env": env, "fail_on_test_failure": False, **params},
             profile={"progress_report_interval": 0.2},
         )
     )
@@ -179,3 +179,50 @@ async def test_max_failures_stops_early(engine: Engine, tmp_path: Path) -> None:
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path / "nope")}, "path")
     bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path), "max_failures": 0}, "max_failures")
+
+
+FLAKY = textwrap.dedent(
+    """
+    import os
+
+    def mark(name):
+        with open(os.environ["SUITE_LOG"], "a") as fh:
+            fh.write(name + "\\n")
+
+    def test_a():
+        mark("test_a")
+
+    def test_flaky():
+        mark("test_flaky")
+        assert os.path.exists(os.environ["FIXED"]), "not fixed yet"
+
+    def test_c():
+        mark("test_c")
+    """
+)
+
+
+async def test_failing_tests_fail_the_run_live_counts_and_resume_reruns_only_them(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """fail_on_test_failure (the default): failed with the counts; the resume runs only the failing test."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_flaky.py").write_text(FLAKY)
+    log, fixed = tmp_path / "log", tmp_path / "fixed"
+    env = {"SUITE_LOG": str(log), "FIXED": str(fixed), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    op = await engine.submit(OperationSpec(type="comprehensive_test_suite", params={"path": str(suite), "env": env}))
+    first = await engine.wait(op.id, timeout=60)
+    assert first.status is Status.FAILED and first.status.resumable
+    assert "1 of 3 tests failed (2 passed, 1 failed): test_flaky.py::test_flaky" in first.error
+    m = first.progress.metrics
+    assert (m["passed"], m["failed"], m["skipped"], m["pass_rate"]) == (2, 1, 0, 0.6667)
+    assert first.progress.done == 3  # a failing test is a finished test
+    fixed.touch()
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["counts"] == {"passed": 3} and final.result["ok"] is True
+    assert lines(log) == ["test_a", "test_flaky", "test_c", "test_flaky"]
+    assert (final.progress.metrics["passed"], final.progress.metrics["failed"]) == (3, 0)
+    assert (final.progress.done, final.progress.total) == (3, 3)

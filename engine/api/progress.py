@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..autobot import seed_progress
 from ..engine import Engine
 from ..models import (
     ACTIVE,
@@ -64,7 +65,11 @@ def progress_key(op: Operation) -> tuple[Any, ...]:
 
 def progress_message(op: Operation) -> Message:
     return ProgressUpdate(
-        operation_id=op.id, status=op.status, progress=ProgressOut.of(op.progress), timestamp=time.time()
+        operation_id=op.id,
+        status=op.status,
+        progress=ProgressOut.of(op.progress, op.id, op.status),
+        timestamp=time.time(),
+        data=seed_progress(op.id, op.progress, op.status.value),
     ).model_dump(mode="json")
 
 
@@ -76,7 +81,7 @@ def final_message(op: Operation) -> Message:
         error=op.error,
         message=op.status_message,
         resumable=op.status.resumable,
-        progress=ProgressOut.of(op.progress),
+        progress=ProgressOut.of(op.progress, op.id, op.status),
         timestamp=time.time(),
     ).model_dump(mode="json")
 

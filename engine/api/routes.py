@@ -14,11 +14,12 @@ from pydantic import Field, create_model
 
 from .. import __version__
 from ..engine import Engine
-from ..models import ID_RE, SETTLED, Operation, OperationSpec, Status
+from ..models import ID_RE, SETTLED, NotFound, Operation, OperationSpec, Status
 from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
     CheckpointList,
+    CheckpointOut,
     ControlOut,
     ErrorOut,
     Health,
@@ -284,7 +285,8 @@ async def resume_operation(
 ) -> ControlOut:
     full = await resolve(engine, op_id)
     _forbid_command(request, (await engine.get(full)).type)
-    op = await engine.resume(full, (body or ResumeIn()).checkpoint)
+    body = body or ResumeIn()
+    op = await engine.resume(full, body.checkpoint, body.profile)
     return _control_out(op, "resume")
 
 
@@ -292,13 +294,31 @@ async def resume_operation(
     "/operations/{op_id}/checkpoints",
     response_model=CheckpointList,
     responses=_errors(404, 422),
-    summary="An operation's checkpoints, newest first (without their state)",
+    summary="An operation's checkpoints, newest first (without their state: GET one checkpoint for it)",
     tags=["operations"],
 )
 async def list_checkpoints(engine: EngineDep, op_id: OpId) -> CheckpointList:
     full = await resolve(engine, op_id)
     await engine.get(full)  # NotFound for an id that is well formed but unknown
-    return CheckpointList(operation_id=full, checkpoints=await engine.checkpoints(full))
+    return CheckpointList(operation_id=full, checkpoints=[CheckpointOut.of(c) for c in await engine.checkpoints(full)])
+
+
+@router.get(
+    "/operations/{op_id}/checkpoints/{seq}",
+    response_model=CheckpointOut,
+    responses=_errors(404, 422),
+    summary="One checkpoint in full: its state (intermediate_results) and context_data",
+    tags=["operations"],
+)
+async def get_checkpoint(
+    engine: EngineDep, op_id: OpId, seq: Annotated[int, PathParam(ge=1, le=2**53)]
+) -> CheckpointOut:
+    full = await resolve(engine, op_id)
+    await engine.get(full)
+    found = await engine.store.load_checkpoint(full, seq)
+    if found is None or found[0].seq != seq:
+        raise NotFound(f"operation {full} has no valid checkpoint {seq}")
+    return CheckpointOut.of(found[0], full=True)
 
 
 @router.get(

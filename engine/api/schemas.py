@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..autobot import seed_checkpoint, seed_progress
 from ..models import Checkpoint, InvalidInput, LogRecord, Operation, OperationSpec, Progress, Status
 from ..profiles import one_line
 
@@ -53,6 +54,8 @@ class ResumeIn(BaseModel):
 
     checkpoint: int | None = Field(default=None, ge=0)
     """The checkpoint seq to resume from (default: the newest valid one)."""
+    profile: dict[str, Any] = Field(default_factory=dict)
+    """Timeout profile changes from this attempt on (``{"max_timeout": 28800, "failure_threshold": 20}``)."""
 
 
 class ControlOut(BaseModel):
@@ -67,7 +70,9 @@ class ControlOut(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    """Progress as the WebSocket and the records show it: ``percent`` is computed."""
+    """Progress as the WebSocket and the records show it: ``percent`` is computed; the seed's field names
+    (AutoBot's ``OperationProgress``: ``current_step``, ``progress_percentage``, ``status_message``, ...)
+    come beside Outlast's own."""
 
     percent: float | None = None
     done: int = 0
@@ -80,10 +85,22 @@ class ProgressOut(BaseModel):
     message: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     updated_at: float | None = None
+    current_step: str = ""
+    progress_percentage: float = 0.0
+    processed_items: int = 0
+    total_items: int = 0
+    estimated_completion: str | None = None
+    """ISO 8601, when the rate gives an ETA."""
+    performance_metrics: dict[str, Any] = Field(default_factory=dict)
+    status_message: str = ""
+    detailed_status: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, p: Progress) -> ProgressOut:
+    def of(cls, p: Progress, op_id: str = "", status: Status | None = None) -> ProgressOut:
+        seed = seed_progress(op_id, p, None if status is None else status.value)
+        del seed["operation_id"]
         return cls(
+            **seed,
             percent=p.percent,
             done=p.done,
             total=p.total,
@@ -106,7 +123,7 @@ class OperationOut(Operation):
     @classmethod
     def of(cls, op: Operation) -> OperationOut:
         data = {k: getattr(op, k) for k in Operation.model_fields if k != "progress"}
-        return cls.model_construct(**data, progress=ProgressOut.of(op.progress))
+        return cls.model_construct(**data, progress=ProgressOut.of(op.progress, op.id, op.status))
 
 
 class OperationPage(BaseModel):
@@ -117,10 +134,33 @@ class OperationPage(BaseModel):
     """The offset of the next page, or null when this page is the last."""
 
 
+class CheckpointOut(Checkpoint):
+    """A checkpoint, with the seed's field names beside Outlast's (AutoBot's ``OperationCheckpoint``):
+    ``checkpoint_id`` (the seq), ``timestamp`` (ISO 8601), ``intermediate_results`` (``state``).
+
+    A listing leaves ``state``/``intermediate_results`` and ``context_data`` out (null, ``full`` false):
+    they can be large; ``GET /api/operations/{id}/checkpoints/{seq}`` gives one checkpoint in full."""
+
+    state: dict[str, Any] | None = None  # type: ignore[assignment]
+    context_data: dict[str, Any] | None = None  # type: ignore[assignment]
+    checkpoint_id: str
+    timestamp: str | None = None
+    intermediate_results: dict[str, Any] | None = None
+    full: bool = False
+
+    @classmethod
+    def of(cls, cp: Checkpoint, full: bool = False) -> CheckpointOut:
+        data = {k: getattr(cp, k) for k in Checkpoint.model_fields}
+        data.update(seed_checkpoint(cp, full))
+        if not full:
+            data["state"] = data["context_data"] = None
+        return cls.model_construct(**data)
+
+
 class CheckpointList(BaseModel):
     operation_id: str
-    checkpoints: list[Checkpoint]
-    """Newest first; ``state`` is left out of listings."""
+    checkpoints: list[CheckpointOut]
+    """Newest first, without ``state``/``intermediate_results`` and ``context_data`` (see CheckpointOut)."""
 
 
 class LogPage(BaseModel):
@@ -150,11 +190,15 @@ class Health(BaseModel):
 
 
 class ProgressUpdate(BaseModel):
+    """``data`` is the seed's message body (AutoBot's ``OperationProgress``), so a client written for it
+    reads ``update.data.progress_percentage`` and ``update.data.status_message`` unchanged."""
+
     type: Literal["progress_update"] = "progress_update"
     operation_id: str
     status: Status
     progress: ProgressOut
     timestamp: float
+    data: dict[str, Any]
 
 
 class StatusMessage(BaseModel):

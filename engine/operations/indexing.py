@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -241,6 +242,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     for language, problem in (await asyncio.to_thread(parsers().check, languages)).items():
         ctx.log.warning(f"no symbols for {language} files: {problem}")  # a grammar that cannot be loaded
     args = [(root, rels, {r: prev[r] for r in rels if r in prev}) for rels in batches]
+    started, done_at_start = time.monotonic(), ctx.done
     done = 0
     async for analysed in in_order(analyze_batch, args, workers):
         rels, done = batches[done], done + 1
@@ -256,6 +258,10 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
             st["reused"] += outcome == "reused"
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
+            ctx.metrics["current_file"] = rel
+        elapsed = time.monotonic() - started
+        if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
+            ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
     ctx.progress(step="finishing")
     summary = await asyncio.to_thread(_finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}

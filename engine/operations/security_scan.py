@@ -264,6 +264,8 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     st.setdefault("bytes", 0)
     st.setdefault("latin1", 0)
     ctx.metrics["findings"] = sum(map(len, found.values()))
+    live = Counter(f["severity"] for fs in found.values() for f in fs)
+    ctx.metrics.update({f"findings_{s}": live[s] for s in SEVERITIES})  # by severity, live
     pending = [f for f in files if not ctx.is_done(f)]
     workers = worker_count(len(pending))
     if workers:
@@ -288,6 +290,8 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
                 if findings:
                     found[rel] = findings
                     ctx.metrics["findings"] += len(findings)
+                    for f in findings:
+                        ctx.metrics[f"findings_{f['severity']}"] += 1
     ctx.progress(step="writing reports")
     findings = sorted((f for fs in found.values() for f in fs), key=_sort_key)
     by_sev = Counter(f["severity"] for f in findings)

@@ -7,7 +7,10 @@
    item of ``ctx.items``, so a checkpoint holds every finished test; a resume writes the node ids not yet
    finished to a file and the plugin deselects every other test.
 
-A failing test is a result (the operation completes and counts it). A test that runs longer than
+A failing test is a result, counted live (``passed``, ``failed``, ``skipped``, ``pass_rate`` metrics; the
+current test is the step). With ``fail_on_test_failure`` (the default, for CI) a suite with failing tests
+ends ``failed`` with the counts, and a resume runs only the failing tests again; without it the operation
+completes and the result says which failed. A test that runs longer than
 ``timeout_per_test`` (default: the profile's per_item_timeout) has its pytest process group killed and is
 an item failure ("hung"); a pytest process that dies inside a test makes that test an item failure
 ("crashed"). Either way a new pytest process goes on with the tests that remain. Cancel, pause and
@@ -69,6 +72,10 @@ class TestSuiteParams(BaseModel):
     python: str = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
+    fail_on_test_failure: bool = Field(
+        default=True,
+        description="end failed when a test fails, with the counts (for CI); a resume re-runs only the failing tests",
+    )
 
     @field_validator("path")
     @classmethod
@@ -207,6 +214,28 @@ class _Suite:
         self.timeout = p.timeout_per_test or ctx.profile.per_item_timeout
         self.results: dict[str, dict] = ctx.state.setdefault("results", {})
         self.runs = int(ctx.state.get("runs", 0))
+        self.round = int(ctx.state.get("round", 0))
+        """How many times the failing tests were run again (a resume of a run that failed on them)."""
+        if ctx.state.pop("rerun_failures", False):
+            self.round = ctx.state["round"] = self.round + 1
+            tests = set(ctx.state.get("tests", ()))  # (a collection error stays: nothing to run again)
+            for nodeid in [k for k, r in self.results.items() if r["outcome"] in BAD and k in tests]:
+                del self.results[nodeid]
+            ctx.progress(len(self.results), step="re-running the failing tests")
+        self.counts = collections.Counter(r["outcome"] for r in self.results.values())
+        self.live()
+
+    def key(self, nodeid: str) -> str:
+        """The item key of a test: a re-run of the failing tests is a new item."""
+        return nodeid if not self.round else f"{nodeid} (re-run {self.round})"
+
+    def live(self) -> None:
+        """Pass/fail counts and rate as metrics, while the suite runs (the current test is the step)."""
+        c = self.counts
+        passed, failed = c["passed"] + c["xpassed"], sum(c[o] for o in BAD)
+        self.ctx.metrics.update(passed=passed, failed=failed, skipped=c["skipped"] + c["xfailed"])
+        if passed + failed:
+            self.ctx.metrics["pass_rate"] = round(passed / (passed + failed), 4)
 
     def argv(self, *extra: str) -> list[str]:
         tb = [] if any(a.startswith("--tb") for a in self.p.args) else ["--tb=short"]
@@ -258,7 +287,12 @@ class _Suite:
             entry["traceback"] = ev.get("traceback", "")
             if outcome in ("failed", "error"):  # hung and crashed tests are logged as item failures
                 self.ctx.log.warning(f"{outcome.upper()} {nodeid}: {entry['message']}")
+        old = self.results.get(nodeid)
+        if old is not None:
+            self.counts[old["outcome"]] -= 1
         self.results[nodeid] = entry
+        self.counts[outcome] += 1
+        self.live()
 
     # ---- running -------------------------------------------------------------------------------
 
@@ -293,7 +327,7 @@ class _Suite:
                         finished.append(ev)
                 if finished:
                     idle_since = now
-                    async for e in ctx.items(finished, key=lambda e: e["id"]):
+                    async for e in ctx.items(finished, key=lambda e: self.key(e["id"])):
                         self.record(e["id"], e["outcome"], e.get("duration", 0.0), e)
                 if running:
                     nodeid, started = min(running.items(), key=lambda kv: kv[1])
@@ -321,7 +355,7 @@ class _Suite:
     async def lost(self, nodeid: str, outcome: str, why: str) -> None:
         """A test whose process hung or died: an item failure, recorded so a resume does not run it again."""
         self.record(nodeid, outcome, 0.0, {"message": why, "traceback": ""})
-        self.ctx.fail(nodeid, f"{outcome}: {why}")
+        self.ctx.fail(self.key(nodeid), f"{outcome}: {why}")
         self.ctx.advance()
 
     def summary(self) -> dict:
@@ -362,4 +396,26 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
         if not await suite.run():
             break  # pytest ended on its own: what it left it chose to leave (-x, --maxfail, pytest.exit)
     ctx.progress(step="summarising")
-    return await asyncio.to_thread(suite.summary)
+    summary = await asyncio.to_thread(suite.summary)
+    if p.fail_on_test_failure and summary["failed"]:
+        ctx.state["rerun_failures"] = True  # a resume runs the failing tests again, and only them
+        await ctx.checkpoint(next_step="re-run the failing tests")
+        raise TestsFailed(_failed_line(summary))
+    return summary
+
+
+class TestsFailed(Exception):
+    """A suite with failing tests, under fail_on_test_failure: the operation ends failed, resumable."""
+
+    __test__ = False
+
+
+def _failed_line(summary: dict) -> str:
+    """One line: how many failed, the counts, the first failing tests, the report."""
+    n = sum(summary["counts"].get(o, 0) for o in BAD)
+    first = ", ".join(f["id"] for f in summary["failed"][:3]) + (f" and {n - 3} more" if n > 3 else "")
+    counts = ", ".join(f"{k} {o}" for o, k in summary["counts"].items())
+    return (
+        f"{n} of {summary['tests']} tests failed ({counts}): {first}; report: {summary['report']};"
+        " resume to run the failing tests again (fail_on_test_failure=false completes instead)"
+    )

@@ -1,0 +1,182 @@
+"""AutoBot's framework on Outlast: its names, field names and call styles, so code written for it runs.
+
+- ``OperationContext`` also answers the seed's ``OperationExecutionContext`` methods:
+  ``should_resume()``, ``get_resume_data()`` (an ``OperationCheckpoint``), ``await update_progress(...)``
+  and ``await save_checkpoint(intermediate_results, next_step)`` (``SeedContextMethods``).
+- ``seed_progress(op)`` and ``seed_checkpoint(cp)``: a record's progress and a checkpoint under the
+  seed's field names (``OperationProgress`` and ``OperationCheckpoint``), for the API and ``show --json``.
+
+Nothing here imports the context or the engine: the context inherits the methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Checkpoint, Operation, Progress
+    from .store.base import Store
+
+
+@dataclass
+class OperationCheckpoint:
+    """The seed's checkpoint: what ``ctx.get_resume_data()`` returns when a run resumes."""
+
+    operation_id: str
+    checkpoint_id: str
+    timestamp: datetime | None
+    progress_percentage: float
+    processed_items: int
+    total_items: int
+    intermediate_results: dict[str, Any] = field(default_factory=dict)
+    context_data: dict[str, Any] = field(default_factory=dict)
+    next_step: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class SeedContextMethods:
+    """The seed's ``OperationExecutionContext`` methods, on top of ``OperationContext``'s own."""
+
+    if TYPE_CHECKING:
+        id: str
+        total: int | None
+        state: dict[str, Any]
+        resume_data: dict[str, Any] | None
+
+        @property
+        def resuming(self) -> bool: ...
+
+        def progress(
+            self,
+            done: int | None = None,
+            total: int | None = None,
+            step: str | None = None,
+            message: str | None = None,
+            **metrics: Any,
+        ) -> None: ...
+
+        async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None: ...
+
+    def should_resume(self) -> bool:
+        """True when this run continues from a checkpoint (``ctx.resuming``)."""
+        return self.resuming
+
+    def get_resume_data(self) -> OperationCheckpoint | None:
+        """The checkpoint this run resumes from; ``intermediate_results`` is ``ctx.state`` as it was saved."""
+        data = self.resume_data
+        if data is None:
+            return None
+        done = int(data.get("processed_items") or 0)
+        total = self.total or 0
+        ts = data.get("created_at")
+        return OperationCheckpoint(
+            operation_id=self.id,
+            checkpoint_id=str(data.get("seq") or 0),
+            timestamp=datetime.fromtimestamp(ts, UTC) if ts else None,
+            progress_percentage=min(100.0, 100.0 * done / total) if total else 0.0,
+            processed_items=done,
+            total_items=total,
+            intermediate_results=self.state,
+            context_data=dict(data.get("context_data") or {}),
+            next_step=data.get("next_step") or "",
+            metadata=dict(data.get("metadata") or {}),
+        )
+
+    async def update_progress(
+        self,
+        current_step: str,
+        processed_items: int,
+        total_items: int | None = None,
+        performance_metrics: dict[str, Any] | None = None,
+        status_message: str | None = None,
+    ) -> None:
+        """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here)."""
+        self.progress(
+            processed_items, total=total_items, step=current_step, message=status_message, **(performance_metrics or {})
+        )
+        await asyncio.sleep(0)
+
+    async def save_checkpoint(
+        self, intermediate_results: dict[str, Any], next_step: str | None = None, **context_data: Any
+    ) -> None:
+        """The seed's checkpoint call: ``intermediate_results`` go into ``ctx.state``, then a checkpoint."""
+        self.state.update(intermediate_results)
+        await self.checkpoint(next_step, **context_data)
+
+
+# ---- the seed's field names for records and checkpoints --------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 in UTC (the seed's datetimes), or None."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[str, Any]:
+    """Progress as the seed's ``OperationProgress``: ``progress_percentage``, ``status_message``, ...
+
+    ``estimated_completion`` is ISO 8601 (when the rate gives an ETA); ``detailed_status`` carries what
+    the seed has no field for (failed and skipped items, the rate, the operation's status).
+    """
+    eta = None if p.eta is None else (p.updated_at or datetime.now(UTC).timestamp()) + p.eta
+    return {
+        "operation_id": op_id,
+        "current_step": p.step or "",
+        "progress_percentage": round(p.percent or 0.0, 2),
+        "processed_items": p.done,
+        "total_items": p.total if p.total is not None else 0,
+        "estimated_completion": iso(eta),
+        "performance_metrics": {**p.metrics, **({"items_per_second": round(p.rate, 3)} if p.rate else {})},
+        "status_message": p.message or p.step or "",  # a handler that gives no message: its step
+        "detailed_status": {
+            "status": status,
+            "failed_items": p.failed,
+            "skipped_items": p.skipped,
+            "eta_seconds": None if p.eta is None else round(p.eta, 1),
+            "updated_at": iso(p.updated_at),
+        },
+    }
+
+
+def seed_operation(op: Operation) -> dict[str, Any]:
+    """The seed's names for a record's progress, to sit beside Outlast's own fields."""
+    return seed_progress(op.id, op.progress, op.status.value)
+
+
+def seed_checkpoint(cp: Checkpoint, full: bool = False) -> dict[str, Any]:
+    """A checkpoint under the seed's names: ``checkpoint_id`` (the seq), ``timestamp`` (ISO 8601),
+    ``intermediate_results`` (``state``). A listing leaves ``intermediate_results`` and ``context_data``
+    out (null; ``full`` false): they are read one checkpoint at a time."""
+    return {
+        "checkpoint_id": str(cp.seq),
+        "timestamp": iso(cp.created_at),
+        "progress_percentage": cp.progress_percentage,
+        "processed_items": cp.processed_items,
+        "total_items": cp.total_items,
+        "intermediate_results": cp.state if full else None,
+        "context_data": cp.context_data if full else None,
+        "next_step": cp.next_step,
+        "metadata": cp.metadata,
+        "full": full,
+    }
+
+
+def checkpoint_listing(cp: Checkpoint) -> dict[str, Any]:
+    """A listed checkpoint as JSON: Outlast's fields and the seed's, without the state it does not hold."""
+    return {**cp.model_dump(mode="json"), "state": None, **seed_checkpoint(cp)}
+
+
+async def checkpoints_in_full(store: Store, cps: list[Checkpoint]) -> list[dict[str, Any]]:
+    """``cps`` (a listing) with each valid one's state and context_data read back (``checkpoints --full``);
+    one that cannot be read is listed as it was (``full`` false)."""
+    out = []
+    for cp in cps:
+        found = await store.load_checkpoint(cp.operation_id, cp.seq) if cp.valid else None
+        if found is not None and found[0].seq == cp.seq:
+            out.append({**found[0].model_dump(mode="json"), **seed_checkpoint(found[0], full=True)})
+        else:
+            out.append(checkpoint_listing(cp))
+    return out

@@ -1,0 +1,113 @@
+"""Issue 16: the seed's names and knobs: OperationType, per_file_timeout, checkpoint_every,
+resume with a changed profile, the seed's field names on records and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import Engine, InvalidInput, OperationSpec, OperationType, Settings, Status, open_store
+from engine.cli_exit import ExitCode
+from engine.models import type_name
+from engine.registry import progress_reporter
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import run_json
+from tests.fixtures_redis import RedisServer
+
+
+def test_operation_type_is_the_seeds_enum_and_accepted_as_a_type() -> None:
+    """(@operation and @migrate_timeout_operation with it: tests/test_seed_samples.py, in a process of its own.)"""
+    assert len(OperationType) == 17 and OperationType.CODEBASE_INDEXING == "codebase_indexing"
+    spec = OperationSpec(type=OperationType.SECURITY_SCAN)
+    assert spec.type == "security_scan" and type(spec.type) is str
+    assert type_name(OperationType.BACKUP_OPERATION) == "backup_operation" and type_name("x") == "x"
+
+
+async def test_migrated_callback_takes_both_styles_awaited_or_not() -> None:
+    class Ctx:
+        done, total, step, message, metrics = 0, None, None, None, {}
+
+        def progress(self, done=None, total=None, step=None, message=None, **metrics):
+            self.done, self.total = done if done is not None else self.done, total or self.total
+            self.step, self.message = step or self.step, message or self.message
+            self.metrics = {**self.metrics, **metrics}
+
+    ctx = Ctx()
+    cb = progress_reporter(ctx)
+    await cb("Step 3", 3, 100)  # the seed's
+    assert (ctx.done, ctx.total, ctx.step) == (3, 100, "Step 3")
+    cb(7, 10, "seven", rate=2)  # the plain one, not awaited
+    assert (ctx.done, ctx.total, ctx.message, ctx.metrics["rate"]) == (7, 10, "seven", 2)
+
+
+async def test_checkpoint_every_counts_items(engine: Engine) -> None:
+    """Checkpoints every 10 items (and never by the clock here): after items 10 and 20 of 25."""
+    spec = OperationSpec(type="ledger", params={"items": 25}, profile={"checkpoint_every": 10})
+    op = await engine.submit(spec)
+    assert op.profile["checkpoint_every"] == 10 and op.profile["checkpoint_interval"] == 300
+    assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+    assert [c.processed_items for c in await engine.checkpoints(op.id)] == [20, 10]
+
+
+def test_seed_checkpoint_every_defaults() -> None:
+    from engine import SEED_PROFILES
+
+    every = {t: SEED_PROFILES[t].checkpoint_every for t in ("codebase_indexing", "comprehensive_test_suite")}
+    assert every == {"codebase_indexing": 100, "comprehensive_test_suite": 10}
+    assert SEED_PROFILES["security_scan"].checkpoint_every == 50
+
+
+async def test_per_file_and_per_test_timeout_are_aliases(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": 0}, profile={"per_file_timeout": 7}))
+    assert op.profile["per_item_timeout"] == 7 and "per_file_timeout" not in op.profile
+    with pytest.raises(InvalidInput, match="per_test_timeout and per_item_timeout are the same key"):
+        await engine.submit(OperationSpec(type="ledger", profile={"per_test_timeout": 1, "per_item_timeout": 2}))
+
+
+async def test_resume_with_a_profile_changes_the_new_attempts_deadline(engine: Engine) -> None:
+    await resume_with_a_profile(engine)
+
+
+async def test_resume_with_a_profile_on_redis(redis_server: RedisServer, settings: Settings) -> None:
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings) as engine:
+        await resume_with_a_profile(engine)
+
+
+async def resume_with_a_profile(engine: Engine) -> None:
+    spec = OperationSpec(
+        type="ledger", params={"items": 30, "seconds": 0.05}, profile={"base_timeout": 0.3, "max_timeout": 0.3}
+    )
+    op = await engine.submit(spec)
+    first = await engine.wait(op.id, timeout=30)
+    assert first.status is Status.TIMED_OUT
+    with pytest.raises(InvalidInput, match="max_timeout"):
+        await engine.resume(op.id, profile={"max_timeout": -1})
+    assert (await engine.get(op.id)).status is Status.TIMED_OUT  # a refused change stores nothing
+    resumed = await engine.resume(op.id, profile={"max_timeout": 120})
+    assert resumed.profile["max_timeout"] == 120 and resumed.profile_overrides["max_timeout"] == 120
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.attempt == 2 and final.result == {"sum": sum(range(30))}
+
+
+def test_cli_per_file_timeout_and_resume_profile(cli: Cli) -> None:
+    """A run whose deadline is too tight times out; `resume --profile` gives the new attempt another one."""
+    tight = ("--profile", "per_file_timeout=0.01", "--profile", "base_timeout=0.2", "--profile", "max_timeout=0.2")
+    code, rec, err = run_json(cli, "run", "demo", "-p", "items=20", "-p", "seconds=0.03", "--items", "20", *tight)
+    assert code == ExitCode.TIMED_OUT and rec["status"] == "timed_out", err
+    op_id = rec["id"]
+    assert rec["profile"]["per_item_timeout"] == 0.01 and rec["effective_timeout"] == 0.2
+    r = cli("resume", op_id, "--queue", "--profile", "max_timeout=bad")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "max_timeout" in r.stderr, r.stderr
+    assert cli.op(op_id).status is Status.TIMED_OUT  # refused: nothing changed
+    wider = ("--profile", "base_timeout=30", "--profile", "max_timeout=60", "--profile", "failure_threshold=0")
+    code, rec, err = run_json(cli, "resume", op_id, *wider)
+    assert code == ExitCode.OK and rec["status"] == "completed" and rec["attempt"] == 2, err
+    assert rec["profile"]["max_timeout"] == 60 and rec["profile"]["failure_threshold"] == 0
+    assert rec["effective_timeout"] == 30.2 and rec["profile_overrides"]["per_item_timeout"] == 0.01
+    assert rec["progress"]["progress_percentage"] == 100 and rec["progress"]["current_step"] == "item 19"
+    in_full = json.loads(cli("checkpoints", op_id, "--full").stdout)  # what listings leave out
+    newest = in_full[0]
+    assert newest["checkpoint_id"] == str(newest["seq"]) and newest["full"] is True
+    assert newest["intermediate_results"] == newest["state"] and "sum" in newest["state"]
