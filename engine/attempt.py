@@ -63,8 +63,13 @@ class AttemptHost(Protocol):
     @property
     def log_buffer(self) -> LogBuffer: ...
     @property
+    def closing(self) -> bool:
+        """The engine is shutting down: a transient failure is not queued for a retry."""
+        ...
+
+    @property
     def stopping(self) -> bool:
-        """The engine is draining or shutting down: no retries, and a final status is not retried forever."""
+        """The engine is draining or shutting down: a final status is not retried through an outage."""
         ...
 
     @property
@@ -257,7 +262,7 @@ class Attempt:
         policy = ctx.profile.retry
         error = format_exception(e)
         ctx.log.error(f"attempt {op.attempt} failed: {error}")
-        if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self.host.stopping:
+        if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self.host.closing:
             delay = policy.delay(op.retries + 1, random.random())
             msg = f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}"
             ctx.log.warning(msg)

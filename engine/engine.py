@@ -94,7 +94,6 @@ class Engine:
         self._draining = False
         self._loops: list[asyncio.Task[Any]] = []
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._finished = asyncio.Event()
         self._signal_count = 0
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
@@ -188,7 +187,6 @@ class Engine:
         self._draining = True
         for attempt in self._runs.values():
             attempt.stop(StopReason(reason))
-        self._finished.set() if not self._runs else None
 
     @property
     def draining(self) -> bool:
@@ -201,7 +199,7 @@ class Engine:
 
     @property
     def stopping(self) -> bool:
-        """Draining or shutting down: no retries are queued, and a failing store is not waited for."""
+        """Draining or shutting down: a final status write is not retried through a store outage."""
         return self._draining or self._closing
 
     # ---- the public API ------------------------------------------------------------------------
@@ -426,8 +424,6 @@ class Engine:
         finally:
             self._runs.pop(op.id, None)
             await attempt.end()
-            if not self._runs:
-                self._finished.set()
             self._scheduler.wake()
 
     def settling(self) -> contextlib.AbstractContextManager[None]:

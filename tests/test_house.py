@@ -70,9 +70,13 @@ def _own_names(tree: ast.Module) -> tuple[set[str], set[str]]:
                                     for e in item.value.elts
                                     if isinstance(e, ast.Constant) and isinstance(e.value, str)
                                 )
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-                attrs.add(node.attr)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            attrs.add(node.attr)
     return module_names, attrs
 
 
