@@ -17,7 +17,7 @@ class OutputParams(BaseModel):
 
 
 @operation("seam_output", params=OutputParams)
-async def seam_output(ctx: OperationContext, p: OutputParams) -> dict:
+async def seam_output(ctx: OperationContext, p: OutputParams) -> dict[str, str]:
     path = ctx.output_dir / p.name
     path.write_text(ctx.id)
     return {"path": str(path)}
