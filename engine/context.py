@@ -1,9 +1,12 @@
 """OperationContext: what a handler gets to report progress, keep state, checkpoint and stop.
 
 The hot path (``progress``, ``advance``, one turn of ``items``) touches a few
-attributes and never does I/O or builds a model: the engine samples the context
-on its own clock. Everything that needs the engine's attention (a checkpoint
+attributes and never does I/O or builds a model: the attempt samples the context
+on the engine's clock. Everything that needs the attempt's attention (a checkpoint
 is due, a stop was asked for) raises one flag, ``_attention``, checked once per item.
+
+The context talks to its attempt through ``AttemptPort`` only; the attempt reads and drives the
+context through the public members under "attempt side" (never through a handler).
 """
 
 from __future__ import annotations
@@ -15,29 +18,47 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .autobot import SeedContextMethods
+from .items import ItemLedger
+from .lifecycle import StopReason
 from .models import Checkpoint, LogRecord, Operation
+from .processes import Children
 from .profiles import TimeoutProfile
 from .store.base import ItemDelta, Ledger
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
 T = TypeVar("T")
 
-STOP_REASONS = ("cancel", "pause", "timeout", "stalled", "shutdown", "store")
-ENV_OPERATION = "OUTLAST_OPERATION_ID"
-ENV_ATTEMPT = "OUTLAST_ATTEMPT"
+
+class AttemptPort(Protocol):
+    """What a context asks of the attempt it belongs to."""
+
+    async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta) -> bool:
+        """Write a checkpoint; False when the store could not (said once; the work goes on)."""
+        ...
+
+    def item_failed(self, key: str, error: str) -> None:
+        """An item failed (counted already): say so in the log and on the event bus."""
+        ...
+
+    def log(self, record: LogRecord) -> None:
+        """Add a record to the operation's log (buffered: never blocks, never raises)."""
+        ...
+
+    @property
+    def output_dir(self) -> Path:
+        """Where operations put what they make (the store's state directory, else the settings')."""
+        ...
 
 
 class OperationStopped(Exception):
     """Raised inside a handler at a safe point after a stop was requested. Do not catch it."""
 
-    def __init__(self, reason: str, checkpointed: bool) -> None:
+    def __init__(self, reason: StopReason, checkpointed: bool) -> None:
         super().__init__(reason)
         self.reason = reason
         self.checkpointed = checkpointed
@@ -77,12 +98,12 @@ class OperationContext(SeedContextMethods):
 
     def __init__(
         self,
-        engine: Engine,
+        attempt: AttemptPort,
         op: Operation,
         profile: TimeoutProfile,
         resume: tuple[Checkpoint, Ledger] | None,
     ) -> None:
-        self._engine = engine
+        self._attempt = attempt
         self.id = op.id
         self.type = op.type
         self.attempt = op.attempt
@@ -97,32 +118,19 @@ class OperationContext(SeedContextMethods):
         self.metrics: dict[str, Any] = {}
         self._beat = 0
         """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
-        # Item ledger: what is done (for resume-skip) and what changed since the last checkpoint.
-        self._done_keys: set[str] = set()
-        self._failed_keys: dict[str, str] = {}
-        self._skipped_keys: set[str] = set()
-        self._new_done: list[str] = []
-        self._new_failed: dict[str, str] = {}
-        self._new_skipped: list[str] = []
+        self._ledger = ItemLedger(resume[1] if resume is not None else None)
         self.failures = 0
         """Item failures in this attempt (counted against failure_threshold)."""
-        self._current: str | None = None
-        """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
-        self._left: tuple[str, int, int] | None = None
-        """(key, frame id, instruction) where the handler left an item body without finishing it."""
         self._seq = op.checkpoint_seq or 0
         self._attention = False
         self._checkpoint_due = False
         self._checkpoint_request: dict[str, Any] | None = None
-        self._stop: str | None = None
-        self._dirty = False
-        self._procs: set[asyncio.subprocess.Process] = set()
-        self._swept = False
+        self._stop: StopReason | None = None
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
         if resume is not None:
-            cp, ledger = resume
+            cp = resume[0]
             self.state = dict(cp.state)
             self.resume_data = {
                 "seq": cp.seq,
@@ -132,14 +140,13 @@ class OperationContext(SeedContextMethods):
                 "processed_items": cp.processed_items,
                 "created_at": cp.created_at,
             }
-            self._done_keys = ledger.done
-            self._skipped_keys = ledger.skipped
             self.done = cp.processed_items
             self.total = cp.total_items if cp.total_items is not None else self.total
             self._seq = cp.seq
         self._done_at_checkpoint = self.done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
         self.log = OperationLog(self._emit_log)
+        self._children = Children(op.id, op.attempt, self.log.warning)
 
     # ---- state of the run ----------------------------------------------------------------------
 
@@ -154,15 +161,20 @@ class OperationContext(SeedContextMethods):
         return self._stop is not None
 
     @property
-    def stop_reason(self) -> str | None:
+    def stop_reason(self) -> StopReason | None:
         return self._stop
 
+    @property
+    def output_dir(self) -> Path:
+        """A directory for what the operation makes (reports, indexes): ``outputs`` in the state directory."""
+        return self._attempt.output_dir
+
     def is_done(self, key: str) -> bool:
-        return key in self._done_keys
+        return key in self._ledger.done
 
     @property
     def done_keys(self) -> frozenset[str]:
-        return frozenset(self._done_keys)
+        return frozenset(self._ledger.done)
 
     # ---- progress: O(1), no I/O ----------------------------------------------------------------
 
@@ -186,13 +198,13 @@ class OperationContext(SeedContextMethods):
         if metrics:
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled
-        if self._stop is not None and self._current is None:
+        if self._stop is not None and self._ledger.current is None:
             raise OperationStopped(self._stop, checkpointed=False)
 
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
         self.done += n
-        if self._stop is not None and self._current is None:
+        if self._stop is not None and self._ledger.current is None:
             raise OperationStopped(self._stop, checkpointed=False)
 
     # ---- items ---------------------------------------------------------------------------------
@@ -209,18 +221,15 @@ class OperationContext(SeedContextMethods):
         """
         if self.total is None and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
-        return _Items(self, iter(iterable), key or str)
+        return _Items(self, self._ledger, iter(iterable), key or str)
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
         msg = error if isinstance(error, str) else _describe(error)
-        self._failed_keys[key] = msg
-        self._new_failed[key] = msg
+        self._ledger.fail(key, msg)
         self.failures += 1
-        self._dirty = True
-        self._engine._item_failed(self, key, msg)
-        if self._current == key:
-            self._current = None
+        self._attempt.item_failed(key, msg)
+        self._ledger.end_body(key)
         if self.failures > self.profile.failure_threshold:
             raise TooManyFailures(
                 f"{self.failures} item failures exceed failure_threshold ({self.profile.failure_threshold});"
@@ -229,11 +238,8 @@ class OperationContext(SeedContextMethods):
 
     def skip(self, key: str, reason: str | None = None) -> None:
         """Record ``key`` as skipped (not done, not failed); it is not offered again on resume."""
-        self._skipped_keys.add(key)
-        self._new_skipped.append(key)
-        self._dirty = True
-        if self._current == key:
-            self._current = None
+        self._ledger.skip(key)
+        self._ledger.end_body(key)
         if reason:
             self.log.info(f"skipped {key}: {reason}")
 
@@ -249,7 +255,7 @@ class OperationContext(SeedContextMethods):
         write raises nothing here: the engine says so once, and the next checkpoint saves
         what this one held.
         """
-        if self._current is not None and not now:
+        if self._ledger.current is not None and not now:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return
@@ -271,11 +277,7 @@ class OperationContext(SeedContextMethods):
         work goes on, and what it held is kept for the next one). A handler never sees a store error."""
         self._checkpoint_due = False
         self._done_at_checkpoint = self.done
-        # Cleared in place: items() holds a reference to _new_done.
-        delta = ItemDelta(self._new_done[:], dict(self._new_failed), self._new_skipped[:])
-        self._new_done.clear()
-        self._new_failed.clear()
-        self._new_skipped.clear()
+        delta = self._ledger.take()
         self._seq += 1
         cp = Checkpoint.model_construct(
             operation_id=self.id,
@@ -285,7 +287,7 @@ class OperationContext(SeedContextMethods):
             progress_percentage=(min(100.0, 100.0 * self.done / self.total) if self.total else None),
             processed_items=self.done,
             total_items=self.total,
-            done_count=len(self._done_keys),
+            done_count=len(self._ledger.done),
             state=self.state,
             context_data=context_data or {},
             next_step=next_step if next_step is not None else self.step,
@@ -294,9 +296,8 @@ class OperationContext(SeedContextMethods):
             size=0,
             valid=True,
         )
-        self._dirty = False
         try:
-            if await self._engine._save_checkpoint(self, cp, delta):
+            if await self._attempt.save_checkpoint(cp, delta):
                 return True
         except BaseException:
             self._unsave(delta)
@@ -307,27 +308,76 @@ class OperationContext(SeedContextMethods):
     def _unsave(self, delta: ItemDelta) -> None:
         """Not saved: keep the delta for the next checkpoint."""
         self._seq -= 1
-        self._new_done[:0] = delta.done
-        self._new_failed.update({k: v for k, v in delta.failed.items() if k not in self._new_failed})
-        self._new_skipped[:0] = delta.skipped
-        self._dirty = True
+        self._ledger.restore(delta)
 
-    def _has_unsaved(self) -> bool:
-        return self._dirty or bool(self._new_done or self._new_failed or self._new_skipped)
+    # ---- attempt side: called by the attempt running the handler, not by handlers -------------
 
-    # ---- engine side ---------------------------------------------------------------------------
+    @property
+    def beat(self) -> int:
+        """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
+        return self._beat
 
-    def _request_stop(self, reason: str) -> None:
+    @property
+    def failed_count(self) -> int:
+        """Items failed in this attempt."""
+        return len(self._ledger.failed)
+
+    @property
+    def skipped_count(self) -> int:
+        """Items skipped, this attempt and the ones before it."""
+        return len(self._ledger.skipped)
+
+    @property
+    def checkpoint_seq(self) -> int:
+        """The newest checkpoint saved (0: none): where a resume would start."""
+        return self._seq
+
+    @property
+    def outcomes_unsaved(self) -> bool:
+        """Item failures or skips not yet in a checkpoint (a completed run saves them with its record)."""
+        return self._ledger.outcomes_unsaved
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Ask the handler to stop at its next safe point (the first reason asked for wins)."""
         if self._stop is None:
             self._stop = reason
             self._attention = True
 
-    def _mark_checkpoint_due(self) -> None:
+    def mark_checkpoint_due(self) -> None:
+        """The checkpoint interval passed: save at the next item boundary."""
         self._checkpoint_due = True
         self._attention = True
 
+    async def final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
+        """Save what is done. ``always``: even when no item changed (a stop: progress, ``state`` and the
+        step are saved too). ``forced``: the handler was cancelled where it stood."""
+        cut = self._ledger.cut_off(forced)
+        if cut is not None:
+            # A body cut off by force may have changed ``state`` half-way: saving it would let the
+            # done-set and the state disagree (part of that item counted twice). The newest durable
+            # checkpoint stays the resume point: at most one checkpoint interval is done again.
+            self.log.warning(f"final checkpoint skipped: item {cut!r} was cut off mid-body")
+            self._ledger.current = None
+            return
+        if always or self._ledger.unsaved:
+            await self._save()  # a store that fails is said once (and the status write is still tried)
+
+    def failed_item(self, exc: BaseException) -> str | None:
+        """The item whose body raised ``exc`` (None: the handler raised it outside any item's body)."""
+        return self._ledger.failed_item(exc)
+
+    def reenter(self) -> None:
+        """The handler is called again after an item failed: it sees ``resuming`` and skips that item."""
+        self.resume_data = self.resume_data or {
+            "seq": self._seq,
+            "next_step": self.step,
+            "context_data": {},
+            "metadata": {},
+            "processed_items": self.done,
+        }
+
     def _emit_log(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        self._engine._log(self.id, LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
+        self._attempt.log(LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
 
     # ---- subprocesses --------------------------------------------------------------------------
 
@@ -338,34 +388,13 @@ class OperationContext(SeedContextMethods):
         attempt finds and kills what an earlier one left running (its engine SIGKILLed: a shell's
         children outlive it with parent 1) instead of running the work twice side by side.
         """
-        kwargs.setdefault("start_new_session", True)
-        env = dict(kwargs.get("env") or os.environ)
-        env[ENV_OPERATION], env[ENV_ATTEMPT] = self.id, str(self.attempt)
-        kwargs["env"] = env
-        if not self._swept and self.attempt > 1:
-            self._swept = True
-            killed = await asyncio.to_thread(kill_leftovers, self.id, self.attempt)
-            if killed:
-                self.log.warning(describe_leftovers(killed) + " before starting this one")
-        if shell:
-            if len(argv) != 1:
-                raise ValueError("shell=True takes one command string")
-            proc = await asyncio.create_subprocess_shell(argv[0], **kwargs)
-        else:
-            proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
-        self._procs.add(proc)
-        return proc
+        return await self._children.spawn(*argv, shell=shell, **kwargs)
 
     def child_pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.returncode is None]
+        return self._children.pids()
 
     def kill_children(self, sig: int = signal.SIGKILL) -> None:
-        for p in list(self._procs):
-            if p.returncode is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, sig)
-            else:
-                self._procs.discard(p)
+        self._children.kill(sig)
 
 
 class _Items(AsyncIterator[T]):
@@ -375,13 +404,13 @@ class _Items(AsyncIterator[T]):
     only closed later, by the event loop).
     """
 
-    __slots__ = ("_ctx", "_current", "_gen")
+    __slots__ = ("_current", "_gen", "_ledger")
 
-    def __init__(self, ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]) -> None:
-        self._ctx = ctx
+    def __init__(self, ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]) -> None:
+        self._ledger = ledger
         self._current: list[str | None] = [None]
         """The key whose body runs, shared with the generator (which must not refer to this object)."""
-        self._gen = _iterate(self._current, ctx, it, keyf)
+        self._gen = _iterate(self._current, ctx, ledger, it, keyf)
 
     def __aiter__(self) -> _Items[T]:
         return self
@@ -392,10 +421,10 @@ class _Items(AsyncIterator[T]):
     def _leave(self, frame: FrameType | None) -> None:
         """The handler left the body of the current item without finishing it: not done."""
         k, self._current[0] = self._current[0], None
-        ctx = self._ctx
-        if k is not None and ctx._current == k:
-            ctx._current = None
-            ctx._left = (k, id(frame), frame.f_lasti) if frame is not None else None
+        ledger = self._ledger
+        if k is not None and ledger.current == k:
+            ledger.current = None
+            ledger.left = (k, id(frame), frame.f_lasti) if frame is not None else None
 
     async def aclose(self) -> None:
         self._leave(None)
@@ -403,27 +432,27 @@ class _Items(AsyncIterator[T]):
 
     def __del__(self) -> None:
         # Called where the loop dropped the iterator: frame 1 is the handler, at its ``break`` or at the
-        # instruction an exception is leaving the body from (the engine matches it to the traceback).
+        # instruction an exception is leaving the body from (the attempt matches it to the traceback).
         with contextlib.suppress(Exception):
             self._leave(sys._getframe(1))
 
 
 async def _iterate(
-    current: list[str | None], ctx: OperationContext, it: Iterator[T], keyf: Callable[[T], str]
-) -> AsyncIterator[T]:
+    current: list[str | None], ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]
+) -> AsyncGenerator[T, None]:
     """The work of ``ctx.items``: skip what is done, mark an item done when its body finished."""
-    done_keys, failed, skipped, new_done = ctx._done_keys, ctx._failed_keys, ctx._skipped_keys, ctx._new_done
+    done_keys, failed, skipped, new_done = ledger.done, ledger.failed, ledger.skipped, ledger.new_done
     every = ctx.profile.checkpoint_every
     for item in it:
         k = keyf(item)
         if k in done_keys or k in failed or k in skipped:
             continue
-        current[0] = ctx._current = k
-        ctx._left = None
+        current[0] = ledger.current = k
+        ledger.left = None
         yield item
         current[0] = None
-        if ctx._current is not None:  # fail() or skip() in the body clears it: not done
-            ctx._current = None
+        if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+            ledger.current = None
             done_keys.add(k)
             new_done.append(k)
             ctx.done += 1
@@ -431,78 +460,6 @@ async def _iterate(
             ctx._mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
         if ctx._attention:
             await ctx._at_boundary()
-
-
-def item_of(ctx: OperationContext, exc: BaseException) -> str | None:
-    """The item whose body raised ``exc``: the current one, or the one the exception left by."""
-    if ctx._current is not None:
-        return ctx._current
-    left, ctx._left = ctx._left, None
-    if left is None:
-        return None
-    key, frame_id, lasti = left
-    tb = exc.__traceback__
-    while tb is not None:
-        if id(tb.tb_frame) == frame_id and tb.tb_lasti == lasti:
-            return key
-        tb = tb.tb_next
-    return None  # raised after a ``break``: not the item's failure
-
-
-def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[tuple[int, str, int]]:
-    """SIGKILL every process (and its process group) whose environment says it was started for
-    ``op_id`` by an attempt other than ``attempt`` (None: by any); wait until they are gone.
-    (pid, attempt, pgid) of each; [] where there is no /proc (not Linux)."""
-    mark = f"{ENV_OPERATION}={op_id}".encode()
-    own = {os.getpid(), os.getpgrp()}
-    found: list[tuple[int, str, int]] = []
-    for pid in _pids():
-        if pid in own:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-            pgid = os.getpgid(pid)
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read
-        if mark not in env:
-            continue
-        prefix = f"{ENV_ATTEMPT}=".encode()
-        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
-        if theirs != str(attempt):
-            found.append((pid, theirs, pgid))
-    for pid, _a, pgid in found:
-        with contextlib.suppress(OSError):
-            if pgid not in own:
-                os.killpg(pgid, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
-    end = time.monotonic() + wait
-    while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
-        time.sleep(0.02)
-    return found
-
-
-def describe_leftovers(killed: list[tuple[int, str, int]]) -> str:
-    """One log line for what ``kill_leftovers`` killed."""
-    attempts = ", ".join(sorted({a for _p, a, _g in killed}))
-    groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
-    return f"killed {len(killed)} process(es) left running by attempt {attempts} (process group {groups})"
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return []
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -27,6 +27,11 @@ class EventBus:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
+    @property
+    def has_subscribers(self) -> bool:
+        """Someone listens: events that cost something to build (a log line each) are worth publishing."""
+        return bool(self._callbacks or self._queues)
+
     def publish(self, event: Event) -> None:
         for cb in list(self._callbacks):
             try:

@@ -73,6 +73,5 @@ async def test_admission_control_holds_work(settings: Settings) -> None:
         op = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
         await asyncio.sleep(1.0)
         assert (await engine.get(op.id)).status is Status.QUEUED
-        engine._admission.max_memory = None
-        engine._wake.set()
+        engine.admission.max_memory = None  # the scheduler looks again within half a second
         assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED

@@ -223,9 +223,9 @@ class ProgressHub:
     async def _poll(self) -> None:
         seen: dict[str, Operation] = {}
         if any(s.op_id is None for s in self._subs):
-            for op in await self.engine.list(statuses=list(ACTIVE), limit=_ACTIVE_MAX):
+            for op in await self.engine.list_operations(statuses=list(ACTIVE), limit=_ACTIVE_MAX):
                 seen[op.id] = op
-            for op in await self.engine.list(limit=20):  # what started and ended between two polls
+            for op in await self.engine.list_operations(limit=20):  # what started and ended between two polls
                 seen.setdefault(op.id, op)
             gone = [i for i, k in self._seen.items() if k[0] in ACTIVE and i not in seen]
         else:

@@ -201,7 +201,7 @@ async def list_operations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> OperationPage:
-    ops = await engine.list(statuses=status, types=types, limit=limit + 1, offset=offset)
+    ops = await engine.list_operations(statuses=status, types=types, limit=limit + 1, offset=offset)
     more = len(ops) > limit
     return OperationPage(
         items=[OperationOut.of(o) for o in ops[:limit]],

@@ -144,7 +144,7 @@ async def all_progress(ws: WebSocket) -> None:
     sub = Subscriber(None)
     hub.add(sub)
     try:
-        active = await engine.list(statuses=list(ACTIVE), limit=1000)
+        active = await engine.list_operations(statuses=list(ACTIVE), limit=1000)
         for frame in snapshot_frames([_record(o) for o in active]):
             await ws.send_text(frame)
         await _pump(ws, sub, close_on_final=False)

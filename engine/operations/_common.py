@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..context import OperationContext
+
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -27,13 +29,9 @@ SKIP_DIRS = frozenset(
 )
 
 
-def output_dir(ctx: Any) -> Path:
-    """The state directory of the engine running ``ctx`` (the store's, else the settings')."""
-    store_dir = getattr(ctx._engine.store, "state_dir", None)
-    base = Path(store_dir) if store_dir else Path(ctx._engine.settings.state_dir).expanduser()
-    d = base / "outputs"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
+def output_dir(ctx: OperationContext) -> Path:
+    """Where an operation puts what it makes: ``ctx.output_dir`` (``outputs`` in the state directory)."""
+    return ctx.output_dir
 
 
 def existing_dir(value: str, name: str) -> str:

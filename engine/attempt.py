@@ -1,0 +1,377 @@
+"""One attempt at an operation, from claim to settled.
+
+``Attempt.open`` loads what the attempt needs (its handler, parameters, profile and resume point);
+``run`` invokes the handler and turns how it ended into the operation's next status: completed, failed,
+queued again for a retry, or stopped (cancel, pause, timeout, stall, shutdown, store outage), each
+stop after a final checkpoint unless the handler was cut off mid-item. ``settle`` writes that status
+(durable first, retried through a store outage), then announces it. An attempt whose lease was lost
+writes nothing more.
+
+The attempt is the ``AttemptPort`` its context talks to (checkpoints, item failures, logs, outputs);
+its ``watch`` is what the supervisor looks at on the engine's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import Settings
+from .context import OperationContext, OperationStopped, TooManyFailures, format_exception
+from .lifecycle import StopReason
+from .models import (
+    Checkpoint,
+    CheckpointSaved,
+    Conflict,
+    Event,
+    ItemFailed,
+    LogRecord,
+    Operation,
+    StaleAttempt,
+    Status,
+    StatusChanged,
+)
+from .outage import LogBuffer, StoreHealth, store_failure, why
+from .profiles import TimeoutProfile
+from .registry import HandlerSpec, get_handler
+from .store import Store
+from .store.base import ItemDelta, Ledger
+from .supervision import Watch
+
+log = logging.getLogger("outlast.engine")
+
+STORE_RETRY = 0.5
+"""Seconds between two tries of a final status write while the store fails."""
+
+
+class AttemptHost(Protocol):
+    """What an attempt needs of the engine running it."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def health(self) -> StoreHealth: ...
+    @property
+    def log_buffer(self) -> LogBuffer: ...
+    @property
+    def closing(self) -> bool:
+        """The engine is shutting down: a transient failure is not queued for a retry."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """The engine is draining or shutting down: a final status is not retried through an outage."""
+        ...
+
+    @property
+    def shutdown_reason(self) -> str: ...
+    @property
+    def abandoned(self) -> dict[str, str]:
+        """Operations whose final status could not be written, and why."""
+        ...
+
+    @property
+    def store_stopped(self) -> set[str]:
+        """Operations stopped (interrupted) because the store could not be written."""
+        ...
+
+    def publish(self, event: Event) -> None: ...
+    def settling(self) -> AbstractContextManager[None]:
+        """Held while the final status is written: the attempt's slot is free for the next claim."""
+        ...
+
+
+class Attempt:
+    """One claimed operation run to a settled status. Build it with ``Attempt.open``."""
+
+    def __init__(
+        self,
+        host: AttemptHost,
+        op: Operation,
+        handler: HandlerSpec,
+        params: Any,
+        profile: TimeoutProfile,
+        resume: tuple[Checkpoint, Ledger] | None,
+    ) -> None:
+        self.host = host
+        self.op = op
+        self._handler = handler
+        self._resumed_from = resume[0].seq if resume is not None else None
+        self.ctx = OperationContext(self, op, profile, resume)
+        self.ctx.params = params
+        self.watch = Watch(op, self.ctx, host.settings.grace_period, host.publish)
+        self.lost = False
+        """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
+
+    @classmethod
+    async def open(cls, host: AttemptHost, op: Operation) -> Attempt | None:
+        """The attempt, ready to run; None when it cannot start (settled as failed: no such handler,
+        bad parameters, an unreadable checkpoint)."""
+        try:
+            handler = get_handler(op.type)
+            params = handler.parse_params(op.params)
+            profile = TimeoutProfile.model_validate(op.profile)
+            resume = None
+            if op.checkpoint_seq or op.resume_seq is not None:
+                resume = await host.store.load_checkpoint(op.id, op.resume_seq)
+                base = resume[0].seq if resume is not None else 0
+                if base != (op.checkpoint_seq or 0):
+                    # One chain only: what follows the resume point is abandoned, and this attempt's
+                    # checkpoints take its numbers (merged with its deltas, items went uncounted).
+                    await host.store.discard_checkpoints_after(op.id, base)
+                    op = op.model_copy(update={"checkpoint_seq": base or None})
+        except Exception as e:
+            await settle(host, op, Status.FAILED, error=format_exception(e))
+            return None
+        return cls(host, op, handler, params, profile, resume)
+
+    # ---- the port the context talks to ---------------------------------------------------------
+
+    async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta) -> bool:
+        """Write a checkpoint; False when the store failed (said once; retried a second later)."""
+        t0 = time.perf_counter()
+        interval = self.ctx.profile.checkpoint_interval
+        try:
+            saved = await self.host.store.save_checkpoint(cp, delta, self.host.settings.checkpoints_keep)
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            self.host.health.failed(e)
+            self.watch.next_checkpoint = time.monotonic() + min(1.0, interval)
+            return False
+        self.host.health.ok()
+        latency = time.perf_counter() - t0
+        self.watch.next_checkpoint = time.monotonic() + interval
+        self.host.publish(
+            CheckpointSaved(
+                operation_id=self.op.id, seq=saved.seq, done=saved.processed_items, size=saved.size, latency=latency
+            )
+        )
+        return True
+
+    def item_failed(self, key: str, error: str) -> None:
+        ctx = self.ctx
+        ctx.log.warning(f"item failed: {key}: {error}")
+        self.host.publish(
+            ItemFailed(
+                operation_id=ctx.id,
+                key=key,
+                error=error,
+                failures=ctx.failures,
+                threshold=ctx.profile.failure_threshold,
+            )
+        )
+
+    def log(self, record: LogRecord) -> None:
+        self.host.log_buffer.append(self.op.id, record)
+
+    @property
+    def output_dir(self) -> Path:
+        store_dir = getattr(self.host.store, "state_dir", None)
+        base = Path(store_dir) if store_dir else Path(self.host.settings.state_dir).expanduser()
+        d = base / "outputs"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+    # ---- control -------------------------------------------------------------------------------
+
+    def stop(self, reason: StopReason, restart_grace: bool = False) -> None:
+        """Ask the handler to stop at its next safe point (by force after the grace period)."""
+        self.watch.stop(reason, time.monotonic(), restart_grace)
+
+    def lose(self) -> None:
+        """The lease is gone: stop, and write nothing more (not even the final status)."""
+        if not self.lost:
+            self.lost = True
+            self.stop(StopReason.LOST)
+
+    async def end(self) -> None:
+        """After ``run``: kill what the handler left running; a lost attempt lets go of its lock."""
+        self.ctx.kill_children()
+        if self.lost:
+            log.warning(
+                "%s: attempt %d stopped after losing its lease; nothing of it is written any more",
+                self.op.id,
+                self.op.attempt,
+            )
+            with contextlib.suppress(Exception):
+                await self.host.store.release(self.op.id, self.op.epoch)  # recovered like any orphan
+
+    # ---- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Invoke the handler until the attempt settles (again after an item failure). Never raises."""
+        ctx, op = self.ctx, self.op
+        if self._resumed_from is not None:
+            ctx.log.info(f"resuming from checkpoint {self._resumed_from} ({ctx.done} items done)")
+        while True:
+            self.watch.task = asyncio.current_task()
+            try:
+                result = await self._handler.fn(ctx, ctx.params)
+            except OperationStopped as stop:
+                await self._stopped(stop.reason, stop.checkpointed)
+            except asyncio.CancelledError:
+                # Forced: the handler did not reach a safe point within the grace period.
+                ctx.kill_children()
+                await self._stopped(ctx.stop_reason or StopReason.SHUTDOWN, checkpointed=False, forced=True)
+            except TooManyFailures as e:
+                await self._final_checkpoint()
+                await self._settle(Status.FAILED, error=str(e))
+            except StaleAttempt as e:
+                log.warning("%s: %s; this attempt stops without writing", op.id, e)
+            except Exception as e:
+                key = ctx.failed_item(e)
+                if key is not None and ctx.stop_reason is None:
+                    try:
+                        ctx.fail(key, e)
+                    except TooManyFailures as tm:
+                        await self._final_checkpoint()
+                        await self._settle(Status.FAILED, error=str(tm))
+                        return
+                    ctx.reenter()
+                    continue  # the handler is entered again and skips the failed item
+                await self._failed(e)
+            else:
+                await self._completed(result)
+            return
+
+    async def _completed(self, result: Any) -> None:
+        ctx = self.ctx
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            result = json.loads(json.dumps(result, default=str))
+        if ctx.outcomes_unsaved:
+            await self._final_checkpoint()  # keep the ledger of failures with the record
+        if ctx.total is None or ctx.done > ctx.total:
+            ctx.total = ctx.done
+        await self._settle(Status.COMPLETED, result=result)
+
+    async def _failed(self, e: Exception) -> None:
+        """Queued again when the profile's retry policy says ``e`` is transient and attempts are left."""
+        op, ctx = self.op, self.ctx
+        policy = ctx.profile.retry
+        error = format_exception(e)
+        ctx.log.error(f"attempt {op.attempt} failed: {error}")
+        if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self.host.closing:
+            delay = policy.delay(op.retries + 1, random.random())
+            msg = f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}"
+            ctx.log.warning(msg)
+            await self._settle(
+                Status.QUEUED,
+                message=msg,
+                retries=op.retries + 1,
+                attempt=op.attempt + 1,
+                not_before=time.time() + delay,
+                queued_at=time.time(),
+                resume_seq=None,
+                error=error,
+            )
+            return
+        await self._settle(Status.FAILED, error=error)
+
+    async def _stopped(self, reason: StopReason, checkpointed: bool, forced: bool = False) -> None:
+        """Every stop saves a final checkpoint (unless the handler's last act was one), then settles."""
+        if self.lost:
+            return  # nothing to write: see lose()
+        if not checkpointed:
+            await self._final_checkpoint(always=True, forced=forced)
+        settings = self.host.settings
+        detail = {
+            StopReason.SHUTDOWN: self.host.shutdown_reason,
+            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
+            StopReason.STALLED: f"{self.ctx.profile.stall_timeout:g}s",
+            StopReason.STORE: f"{settings.store_outage_limit:g}s ({self.host.health.why})",
+        }.get(reason, "")
+        msg = reason.message(detail)
+        if reason is StopReason.STORE:
+            self.host.store_stopped.add(self.op.id)
+        if forced:
+            msg += f" (forced after {settings.grace_period:g}s grace period)"
+        seq = self.ctx.checkpoint_seq
+        where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
+        await self._settle(reason.status, message=f"{msg}; {where}")
+
+    async def _final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
+        if not self.lost:  # the store refused this attempt: nothing more is written (see lose())
+            await self.ctx.final_checkpoint(always=always, forced=forced)
+
+    async def _settle(
+        self, status: Status, *, message: str | None = None, error: str | None = None, **fields: Any
+    ) -> None:
+        if self.lost:
+            return  # another attempt owns the operation now
+        ctx = self.ctx
+        fields["progress"] = self.watch.progress(time.monotonic())
+        fields["total_items"] = ctx.total
+        fields["checkpoint_seq"] = ctx.checkpoint_seq or None
+        self.watch.settling = True
+        await settle(self.host, self.op, status, message=message, error=error, **fields)
+
+
+async def settle(
+    host: AttemptHost,
+    op: Operation,
+    status: Status,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    result: Any = None,
+    **fields: Any,
+) -> None:
+    """Write the final transition of an attempt (durable first), then announce it. When the store fails
+    for too long, the attempt is left to the next engine (``host.abandoned`` says why)."""
+    if status is not Status.QUEUED:
+        fields.setdefault("finished_at", time.time())
+    if status is Status.COMPLETED:
+        fields["result"] = result
+    if error is not None:
+        fields["error"] = error
+    await host.log_buffer.flush(op.id)
+    # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
+    # write (the same group commit, usually), never ahead of it on the local store.
+    with host.settling():
+        while True:
+            try:
+                await host.store.transition(
+                    op.id,
+                    status,
+                    epoch=op.epoch,
+                    expect=frozenset({Status.RUNNING}),
+                    status_message=message or error,
+                    **fields,
+                )
+                break
+            except (StaleAttempt, Conflict) as e:
+                log.warning("%s: final status %s not written: %s", op.id, status.value, e)
+                await _release(host, op)
+                return
+            except Exception as e:
+                if not store_failure(e):
+                    log.exception("%s: final status %s not written", op.id, status.value)
+                    await _release(host, op)
+                    return
+                host.health.failed(e)
+                if host.health.give_up(host.stopping):
+                    # Keep the lock: this process exits, and the next engine finds the attempt
+                    # orphaned (our own recover() must not declare it dead while we live).
+                    host.abandoned[op.id] = f"{status.value} not written: {why(e)}"
+                    return
+                await asyncio.sleep(STORE_RETRY)
+    host.health.ok()
+    await _release(host, op)
+    host.publish(StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error))
+
+
+async def _release(host: AttemptHost, op: Operation) -> None:
+    with contextlib.suppress(Exception):
+        await host.store.release(op.id, op.epoch)

@@ -1,0 +1,136 @@
+"""Writing through a store outage: which write channels fail and since when (said once, not per write),
+and the operation logs, buffered in memory until the store takes them.
+
+Running work never sees a store error: the engine keeps going in memory and retries, and stops its
+attempts as interrupted only when an outage outlasts ``store_outage_limit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from .events import EventBus
+from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
+from .store import Store
+
+log = logging.getLogger("outlast.engine")
+
+LOG_BUFFER_MAX = 10_000
+"""Log records kept per operation while the store cannot take them (the newest)."""
+
+
+class StoreUnwritable(StoreError):
+    """This engine gave up writing to its store: the attempts it ran stay ``running`` under its lock
+    until the process exits, and the next engine to open the store finds them interrupted."""
+
+
+def store_failure(e: BaseException) -> bool:
+    """An error of the store itself (disk full, read-only, I/O, connection), not of the request."""
+    if isinstance(e, (StaleAttempt, Conflict, InvalidInput, LookupError)):
+        return False
+    return isinstance(e, (OSError, sqlite3.Error, StoreError)) or type(e).__module__.split(".")[0] == "redis"
+
+
+def why(e: BaseException) -> str:
+    """The store error in a few words: "No space left on device", "database or disk is full"."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+class StoreHealth:
+    """Which store channels ("database", "logs") fail to write, since when, and why.
+
+    The first failure of an outage is said in one line, the rest are not (nor a new outage within a
+    minute of the last one ending: a store that flaps says so twice a minute at most)."""
+
+    def __init__(self, outage_limit: float, busy: Callable[[], bool]) -> None:
+        self.outage_limit = outage_limit
+        self._busy = busy
+        """Whether work is running (the first line says what happens to it)."""
+        self._failing: dict[str, float] = {}
+        self._began = 0.0
+        self._said_down = False
+        self._said_up = float("-inf")
+        self.why = ""
+        """Why the current (or last) outage began, in a few words."""
+
+    @property
+    def since(self) -> float | None:
+        """When the longest-failing channel began failing (monotonic); None while every write works."""
+        return min(self._failing.values()) if self._failing else None
+
+    @property
+    def failing(self) -> bool:
+        return bool(self._failing)
+
+    def over_limit(self, now: float) -> bool:
+        """The outage has lasted ``store_outage_limit``: running work stops as interrupted."""
+        since = self.since
+        return since is not None and now - since >= self.outage_limit
+
+    def failed(self, e: BaseException, channel: str = "database") -> None:
+        """A write on ``channel`` failed with a store error."""
+        if not self._failing:
+            self._began = time.monotonic()
+            self.why = why(e)
+            if not self._said_down and time.monotonic() - self._said_up >= 60.0:
+                self._said_down = True
+                if self._busy():
+                    what = (
+                        "running work goes on in memory, and stops as interrupted (resumable) unless the store"
+                        f" is back within {self.outage_limit:g}s"
+                    )
+                else:
+                    what = "nothing is running; retrying"
+                log.error("the store cannot be written (%s): %s", self.why, what)
+        self._failing.setdefault(channel, time.monotonic())
+
+    def ok(self, channel: str = "database") -> None:
+        """A write on ``channel`` succeeded: when no channel fails any more, the outage is over (one line)."""
+        if self._failing.pop(channel, None) is not None and not self._failing and self._said_down:
+            self._said_down = False
+            self._said_up = time.monotonic()
+            log.warning("the store can be written again after %.1fs: work goes on", self._said_up - self._began)
+
+    def give_up(self, stopping: bool) -> bool:
+        """Stop retrying a final status: the outage outlasted its limit, or the engine is ``stopping``."""
+        return self.since is not None and (stopping or self.over_limit(time.monotonic()))
+
+
+class LogBuffer:
+    """Operation log records, kept in memory and written in batches on the engine's clock (and
+    announced at once on the bus, when anyone listens)."""
+
+    def __init__(self, store: Store, health: StoreHealth, bus: EventBus) -> None:
+        self._store = store
+        self._health = health
+        self._bus = bus
+        self._buf: dict[str, list[LogRecord]] = defaultdict(list)
+
+    def append(self, op_id: str, record: LogRecord) -> None:
+        self._buf[op_id].append(record)
+        if self._bus.has_subscribers:
+            record.operation_id = op_id
+            self._bus.publish(LogEmitted(operation_id=op_id, record=record))
+
+    async def flush(self, op_id: str | None = None) -> None:
+        """Write what is buffered (of one operation, or all); kept for the next flush while the store fails."""
+        for i in [op_id] if op_id else list(self._buf):
+            recs = self._buf.pop(i, None)
+            if not recs:
+                continue
+            try:
+                await self._store.append_logs(i, recs)
+                self._health.ok("logs")
+            except Exception as e:
+                if not store_failure(e):
+                    log.error("%s: writing %d log records failed: %s", i, len(recs), e)
+                    continue
+                self._health.failed(e, "logs")
+                # Kept for the next flush (the newest, when the outage is long).
+                self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
+                del self._buf[i][: -LOG_BUFFER_MAX or None]

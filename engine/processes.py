@@ -1,0 +1,120 @@
+"""The subprocesses of an attempt, and those an earlier attempt left running.
+
+Every subprocess a handler spawns runs in its own process group (killed with its children on stop) and
+carries the operation id and attempt in its environment: a SIGKILLed engine's shell children outlive it
+(parent 1), and the next attempt (or the engine that finds the orphan) finds and kills them instead of
+running the work twice side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+ENV_OPERATION = "OUTLAST_OPERATION_ID"
+ENV_ATTEMPT = "OUTLAST_ATTEMPT"
+
+
+class Children:
+    """The subprocesses one attempt spawned."""
+
+    def __init__(self, op_id: str, attempt: int, warn: Callable[[str], None]) -> None:
+        self.op_id = op_id
+        self.attempt = attempt
+        self._warn = warn
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self._swept = False
+
+    async def spawn(self, *argv: str, shell: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start a subprocess in its own process group, marked with the operation and attempt; the first
+        spawn of a later attempt first kills what earlier attempts left running."""
+        kwargs.setdefault("start_new_session", True)
+        env = dict(kwargs.get("env") or os.environ)
+        env[ENV_OPERATION], env[ENV_ATTEMPT] = self.op_id, str(self.attempt)
+        kwargs["env"] = env
+        if not self._swept and self.attempt > 1:
+            self._swept = True
+            killed = await asyncio.to_thread(kill_leftovers, self.op_id, self.attempt)
+            if killed:
+                self._warn(describe_leftovers(killed) + " before starting this one")
+        if shell:
+            if len(argv) != 1:
+                raise ValueError("shell=True takes one command string")
+            proc = await asyncio.create_subprocess_shell(argv[0], **kwargs)
+        else:
+            proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        self._procs.add(proc)
+        return proc
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.returncode is None]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every live child's process group (SIGKILL: they and their children are gone)."""
+        for p in list(self._procs):
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, sig)
+            else:
+                self._procs.discard(p)
+
+
+def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[tuple[int, str, int]]:
+    """SIGKILL every process (and its process group) whose environment says it was started for
+    ``op_id`` by an attempt other than ``attempt`` (None: by any); wait until they are gone.
+    (pid, attempt, pgid) of each; [] where there is no /proc (not Linux)."""
+    mark = f"{ENV_OPERATION}={op_id}".encode()
+    own = {os.getpid(), os.getpgrp()}
+    found: list[tuple[int, str, int]] = []
+    for pid in _pids():
+        if pid in own:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            pgid = os.getpgid(pid)
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+        if mark not in env:
+            continue
+        prefix = f"{ENV_ATTEMPT}=".encode()
+        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
+        if theirs != str(attempt):
+            found.append((pid, theirs, pgid))
+    for pid, _a, pgid in found:
+        with contextlib.suppress(OSError):
+            if pgid not in own:
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + wait
+    while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
+        time.sleep(0.02)
+    return found
+
+
+def describe_leftovers(killed: list[tuple[int, str, int]]) -> str:
+    """One log line for what ``kill_leftovers`` killed."""
+    attempts = ", ".join(sorted({a for _p, a, _g in killed}))
+    groups = ", ".join(str(g) for g in sorted({g for _p, _a, g in killed}))
+    return f"killed {len(killed)} process(es) left running by attempt {attempts} (process group {groups})"
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return False

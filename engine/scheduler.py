@@ -1,0 +1,122 @@
+"""The scheduler: claims queued operations from the store while this engine has free slots and the
+machine has room (memory and CPU limits), and starts an attempt for each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol
+
+from .config import Settings
+from .models import Operation, WorkerInfo
+from .outage import StoreHealth, store_failure
+from .resources import Admission
+from .store import Store
+
+log = logging.getLogger("outlast.engine")
+
+CLAIM_BATCH = 32
+"""Claims asked for at once: they are committed together (one fsync for the lot)."""
+
+
+class SchedulerHost(Protocol):
+    """What the scheduler reads of its engine (live: the dashboard turns ``run_queue`` on and off)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def worker(self) -> WorkerInfo: ...
+    @property
+    def max_concurrent(self) -> int: ...
+    @property
+    def run_queue(self) -> bool: ...
+    @property
+    def draining(self) -> bool:
+        """Take no more work (running work goes on)."""
+        ...
+
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def health(self) -> StoreHealth: ...
+
+
+class Scheduler:
+    """Runs ``execute(op)`` in a task of its own for each operation it claims (or is handed)."""
+
+    def __init__(
+        self,
+        host: SchedulerHost,
+        admission: Admission,
+        execute: Callable[[Operation], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._host = host
+        self._admission = admission
+        self._execute = execute
+        self.tasks: set[asyncio.Task[Any]] = set()
+        """Every attempt this engine runs (or is settling)."""
+        self._settling = 0
+        """Tasks whose handler has returned and whose final status write is queued: their slots are free."""
+        self._wake = asyncio.Event()
+        self._blocked_reason: str | None = None
+
+    def wake(self) -> None:
+        """Look at the queue now (something was queued, or a slot came free)."""
+        self._wake.set()
+
+    @contextlib.contextmanager
+    def settling(self) -> Iterator[None]:
+        """While a final status is written, the attempt's slot counts as free."""
+        self._settling += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._settling -= 1
+
+    def free(self) -> int:
+        return self._host.max_concurrent - len(self.tasks) + self._settling
+
+    def start(self, op: Operation) -> None:
+        task = asyncio.create_task(self._execute(op), name=f"outlast-op-{op.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        """Claim and start work until the engine stops; a store that fails is said once, and retried."""
+        host = self._host
+        while not host.closing:
+            self._wake.clear()
+            try:
+                while host.run_queue and not host.draining and not host.closing and self.free() > 0:
+                    reason = self._admission.blocked()
+                    if reason:
+                        if reason != self._blocked_reason:
+                            log.warning("not starting new work: %s", reason)
+                        self._blocked_reason = reason
+                        break
+                    self._blocked_reason = None
+                    now = time.time()
+                    claimed = await asyncio.gather(
+                        *(
+                            host.store.claim(host.worker, now, host.settings.aging_seconds)
+                            for _ in range(min(CLAIM_BATCH, self.free()))
+                        )
+                    )
+                    for op in claimed:
+                        if op is not None:
+                            self.start(op)
+                    if None in claimed:
+                        break
+            except Exception as e:
+                if store_failure(e):
+                    host.health.failed(e)
+                else:
+                    log.exception("scheduler: claiming work failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)

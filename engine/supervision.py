@@ -1,0 +1,337 @@
+"""Supervision: the engine's clock, and the watch it keeps on each running attempt.
+
+``Watch`` is one attempt's clock: its deadline (extended while the rate says the work finishes within
+``max_timeout``; a fixed ``--timeout`` is never extended), its stall clock, when a checkpoint and a
+progress report are due, and the grace period a stopped handler gets before it is cancelled by force.
+
+``Supervisor`` turns the clock: every tick it looks at each watch, stops the attempts when a store
+outage outlasts its limit, polls control requests from other processes, writes live progress, logs
+and heartbeats, and looks for work left by dead processes (``recover_orphans``). A lease lost (a
+store that fences attempts off, like Redis's, says so) stops the attempt, which then writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .context import OperationContext
+from .lifecycle import StopReason
+from .models import (
+    Conflict,
+    Event,
+    LogRecord,
+    Operation,
+    Progress,
+    ProgressReported,
+    StaleAttempt,
+    Status,
+    StatusChanged,
+    TimeoutExtended,
+)
+from .outage import LogBuffer, StoreHealth, store_failure, why
+from .processes import describe_leftovers, kill_leftovers
+from .store import Store
+
+if TYPE_CHECKING:
+    from .attempt import Attempt
+
+log = logging.getLogger("outlast.engine")
+
+TICK = 0.1
+FIXED = "fixed by --timeout"
+
+
+class Watch:
+    """The clock of one running attempt, sampled from its context (never from the handler)."""
+
+    def __init__(self, op: Operation, ctx: OperationContext, grace_period: float, publish: Callable[[Event], None]):
+        now = time.monotonic()
+        self.op, self.ctx = op, ctx
+        self._grace = grace_period
+        self._publish = publish
+        self.task: asyncio.Task[Any] | None = None
+        """The task running the handler: cancelled when it reaches no safe point within the grace period."""
+        self.started = now
+        self.start_done = ctx.done
+        self.last_done = ctx.done
+        self.last_beat = 0
+        self.last_change = now
+        self.next_checkpoint = now + ctx.profile.checkpoint_interval
+        self.next_report = now + ctx.profile.progress_report_interval
+        self.deadline = 0.0
+        """Monotonic deadline of this attempt."""
+        self.effective_timeout = 0.0
+        self.total_seen: int | None = None
+        self.stop_at: float | None = None
+        """When a stop was asked for: the grace period runs from here."""
+        self.live_dirty = True
+        self.extensions = 0
+        self.settling = False
+        """The handler is done and its final status is being written (retried while the store fails)."""
+        self.set_deadline()
+
+    def rate(self, now: float) -> float | None:
+        elapsed = now - self.started
+        n = self.ctx.done - self.start_done
+        return n / elapsed if elapsed >= 0.1 and n > 0 else None
+
+    def set_deadline(self) -> None:
+        """The deadline for the total known now (the profile's ``effective_timeout``, or the fixed one)."""
+        ctx = self.ctx
+        self.total_seen = ctx.total
+        self.effective_timeout = self.op.timeout or ctx.profile.effective_timeout(ctx.total)
+        self.deadline = self.started + self.effective_timeout
+        self.live_dirty = True
+
+    def progress(self, now: float) -> Progress:
+        ctx = self.ctx
+        rate = self.rate(now)
+        eta = max(0.0, (ctx.total - ctx.done) / rate) if rate and ctx.total is not None else None
+        return Progress.model_construct(
+            done=ctx.done,
+            total=ctx.total,
+            failed=ctx.failed_count,
+            skipped=ctx.skipped_count,
+            step=ctx.step,
+            message=ctx.message,
+            rate=rate,
+            eta=eta,
+            metrics=dict(ctx.metrics),
+            updated_at=time.time(),
+        )
+
+    def live_fields(self, now: float) -> dict[str, Any]:
+        """What the store's record shows of a running attempt (written on the clock when it changed)."""
+        return {
+            "progress": self.progress(now).model_dump(mode="json"),
+            "deadline": time.time() + (self.deadline - now),
+            "effective_timeout": self.effective_timeout,
+            "timeout_basis": (FIXED if self.op.timeout else self.ctx.profile.basis(self.ctx.total)),
+            "extensions": self.extensions,
+            "total_items": self.ctx.total,
+        }
+
+    def live_view(self, now: float) -> dict[str, Any]:
+        """What a read of the record shows of a running attempt, fresher than the store's copy."""
+        return {
+            "progress": self.progress(now),
+            "deadline": time.time() + (self.deadline - now),
+            "effective_timeout": self.effective_timeout,
+            "total_items": self.ctx.total,
+        }
+
+    def stop(self, reason: StopReason, now: float, restart_grace: bool = False) -> None:
+        """Ask the handler to stop; the grace period runs from the first ask (or from now: ``restart_grace``)."""
+        self.ctx.request_stop(reason)
+        self.stop_at = now if restart_grace else (self.stop_at or now)
+
+    def force(self, now: float) -> None:
+        """Stop waiting for a safe point: the handler is cancelled at the next tick."""
+        self.stop_at = now - self._grace
+
+    def tick(self, now: float) -> None:
+        """Progress moved? A checkpoint or a report due? Stalled, past the deadline, past the grace period?"""
+        if self.settling:
+            return
+        ctx, p = self.ctx, self.ctx.profile
+        if ctx.done != self.last_done or ctx.beat != self.last_beat:
+            self.last_done, self.last_beat = ctx.done, ctx.beat
+            self.last_change = now
+            self.live_dirty = True
+        if ctx.total != self.total_seen and self.op.timeout is None:
+            self.set_deadline()
+        if now >= self.next_checkpoint:
+            self.next_checkpoint = now + p.checkpoint_interval
+            ctx.mark_checkpoint_due()
+        if now >= self.next_report:
+            self.next_report = now + p.progress_report_interval
+            self._publish(ProgressReported(operation_id=ctx.id, progress=self.progress(now)))
+        if ctx.stop_reason is None:
+            if now - self.last_change > p.stall_timeout:
+                ctx.log.warning(f"no progress for {p.stall_timeout:g}s: stopping as stalled")
+                self.stop(StopReason.STALLED, now)
+            elif now >= self.deadline:
+                self._deadline_passed(now)
+        elif self.stop_at is not None and now - self.stop_at > self._grace and self.task:
+            if not self.task.done():
+                ctx.log.warning(f"no safe point reached within {self._grace:g}s: cancelling")
+                ctx.kill_children()
+                self.task.cancel()
+            self.stop_at = float("inf")
+
+    def _deadline_passed(self, now: float) -> None:
+        """Extend the deadline when the rate says the rest fits within ``max_timeout``; else stop."""
+        ctx, p = self.ctx, self.ctx.profile
+        rate = self.rate(now)
+        elapsed = now - self.started
+        if self.op.timeout is None and rate and ctx.total is not None and ctx.total > ctx.done:  # fixed is fixed
+            needed = (ctx.total - ctx.done) / rate
+            if elapsed + needed <= p.max_timeout:
+                new_deadline = min(self.started + p.max_timeout, now + needed * 1.25 + 5)
+                self.deadline = new_deadline
+                self.extensions += 1
+                self.live_dirty = True
+                reason = (
+                    f"deadline extended by {new_deadline - now:.0f}s: {rate:.2f} items/s, "
+                    f"{ctx.total - ctx.done} to go, within max_timeout {p.max_timeout:g}s"
+                )
+                ctx.log.info(reason)
+                self._publish(
+                    TimeoutExtended(operation_id=ctx.id, deadline=time.time() + (new_deadline - now), reason=reason)
+                )
+                return
+        ctx.log.warning(f"deadline of {self.effective_timeout:g}s passed: stopping")
+        self.stop(StopReason.TIMEOUT, now)
+
+
+class Supervisor:
+    """The engine's clock: deadlines, stalls, checkpoint timers, control polling, live writes, orphans."""
+
+    def __init__(
+        self,
+        runs: Mapping[str, Attempt],
+        store: Store,
+        settings: Settings,
+        health: StoreHealth,
+        logs: LogBuffer,
+        recover: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self._runs = runs
+        self._store = store
+        self._settings = settings
+        self._health = health
+        self._logs = logs
+        self._recover = recover
+        self._recover_failing = False
+        if hasattr(store, "on_lease_lost"):  # a store whose attempts can be fenced off says when
+            store.on_lease_lost = self.lease_lost
+
+    async def run(self) -> None:
+        next_poll = next_flush = next_orphans = 0.0
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            try:
+                await self._tick(now, next_poll, next_flush, next_orphans)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor tick failed")
+            if now >= next_poll and self._runs:
+                next_poll = now + self._settings.control_poll_interval
+            if now >= next_flush:
+                next_flush = now + self._settings.progress_flush_interval
+            if now >= next_orphans:
+                next_orphans = now + 2.0
+
+    async def _tick(self, now: float, next_poll: float, next_flush: float, next_orphans: float) -> None:
+        """One turn of the clock; the steps whose time has come (``now >= next_*``) run."""
+        for attempt in list(self._runs.values()):
+            attempt.watch.tick(now)
+        if self._health.over_limit(now):
+            for attempt in self._runs.values():
+                if attempt.ctx.stop_reason is None:
+                    attempt.watch.stop(StopReason.STORE, now)
+        # Each step on its own: a store that fails is said once (StoreHealth), never a traceback per tick.
+        if now >= next_poll and self._runs:
+            await self._step(self._poll_controls(now))
+        if now >= next_flush:
+            await self._step(self._flush_live(now))  # says itself when a write worked
+            await self._logs.flush()
+            if self._runs:
+                await self._step(self._store.heartbeat(list(self._runs)))
+        if now >= next_orphans:
+            await self._recover_quietly()
+
+    async def _step(self, step: Awaitable[Any]) -> None:
+        """Run one step of the tick; a store failure is recorded (said once), never a traceback."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if store_failure(e):
+                self._health.failed(e)
+            else:
+                log.exception("supervisor tick failed")
+
+    async def _recover_quietly(self) -> None:
+        """``recover()`` on the clock. Its failing (a lock file it cannot open) is not this engine's work
+        failing to be saved: said once (unless the store is already said to fail), and never stops work."""
+        try:
+            await self._recover()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not store_failure(e):
+                raise
+            if not self._recover_failing and not self._health.failing:
+                log.warning("looking for work left by stopped processes failed (%s); retrying", why(e))
+            self._recover_failing = True
+        else:
+            self._recover_failing = False
+
+    async def _poll_controls(self, now: float) -> None:
+        """Cancel and pause asked for by other processes (through the store)."""
+        for op_id, action in (await self._store.pending_controls(list(self._runs))).items():
+            attempt = self._runs.get(op_id)
+            if attempt is not None and attempt.ctx.stop_reason is None:
+                attempt.watch.stop(StopReason(action), now)
+
+    async def _flush_live(self, now: float) -> None:
+        updates = []
+        for attempt in list(self._runs.values()):
+            if attempt.watch.live_dirty:
+                attempt.watch.live_dirty = False
+                updates.append((attempt.op.id, attempt.op.epoch, attempt.watch.live_fields(now)))
+        if updates:
+            await self._store.save_live(updates)
+            self._health.ok()
+
+    def lease_lost(self, op_id: str, epoch: int) -> None:
+        """Another attempt owns the operation now (or may, its lease having expired): stop this attempt's
+        handler at its next item boundary (by force after the grace period), write nothing more (the
+        store refuses it anyway), and do not settle the operation."""
+        attempt = self._runs.get(op_id)
+        if attempt is not None and attempt.op.epoch == epoch:
+            attempt.lose()
+
+
+async def recover_orphans(
+    store: Store,
+    logs: LogBuffer,
+    publish: Callable[[Event], None],
+    resume: Callable[[str], Awaitable[Any]] | None,
+) -> list[Operation]:
+    """Mark operations left running by dead processes interrupted, kill on this host what their attempt
+    started (a shell's children outlive their engine), and ``resume`` each when given."""
+    found = []
+    for op in await store.find_orphans():
+        try:
+            new = await store.transition(
+                op.id,
+                Status.INTERRUPTED,
+                epoch=op.epoch,
+                expect=frozenset({Status.RUNNING}),
+                finished_at=time.time(),
+                status_message=f"the process running it ({op.worker}) stopped",
+            )
+        except (Conflict, StaleAttempt):
+            continue
+        log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+        killed = await asyncio.to_thread(kill_leftovers, op.id, None)
+        if killed:
+            logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
+            await logs.flush(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
+        publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
+        found.append(new)
+        if resume is not None:
+            with contextlib.suppress(Conflict):
+                await resume(op.id)
+    return found
