@@ -457,7 +457,7 @@ async def _iterate(
             new_done.append(k)
             ctx.done += 1
         if every and ctx.done - ctx._done_at_checkpoint >= every:
-            ctx._mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
+            ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
         if ctx._attention:
             await ctx._at_boundary()
 
