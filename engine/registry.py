@@ -29,6 +29,10 @@ BUILTIN_MODULES = (
     "engine.operations.test_suite",
     "engine.operations.security_scan",
     "engine.operations.backup",
+    "engine.operations.code_analysis",
+    "engine.operations.dependency_analysis",
+    "engine.operations.test_profiles",
+    "engine.operations.profiling",
 )
 
 
