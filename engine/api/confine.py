@@ -21,6 +21,8 @@ WRITTEN: dict[str, tuple[str, ...]] = {
     "codebase_indexing": ("output",),
     "security_scan": ("output",),
     "backup_operation": ("destination",),
+    "code_analysis": ("output",),
+    "dependency_analysis": ("output",),
 }
 """The params of each built-in type that name a place the operation writes to."""
 

@@ -21,9 +21,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import lizard
+import lizard  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from radon.metrics import mi_rank, mi_visit
+from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
 
 from ..context import OperationContext
 from ..registry import operation
@@ -55,11 +55,15 @@ class CodeAnalysisParams(BaseModel):
     patterns: list[str] = Field(default_factory=list, description="glob patterns of files to include (default all)")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
     output: str | None = Field(default=None, description="SQLite database path (default: in the state dir)")
-    complexity: int = Field(default=10, ge=1, le=1000, description="cyclomatic complexity above which a function is complex")
+    complexity: int = Field(
+        default=10, ge=1, le=1000, description="cyclomatic complexity over which a function is complex"
+    )
     long_function: int = Field(default=60, ge=1, le=100_000, description="lines of code above which a function is long")
-    low_mi: float = Field(default=20.0, ge=0, le=100, description="maintainability index below which a file is hard to maintain")
+    low_mi: float = Field(
+        default=20.0, ge=0, le=100, description="maintainability index under which a file is hard to keep"
+    )
     top: int = Field(default=10, ge=1, le=1000, description="offenders listed per category in the result")
-    max_file_size: int = Field(default=1 << 20, ge=1, description="bytes above which a file is skipped (generated code)")
+    max_file_size: int = Field(default=1 << 20, ge=1, description="bytes over which a file is skipped")
 
     @field_validator("root")
     @classmethod
@@ -70,6 +74,11 @@ class CodeAnalysisParams(BaseModel):
     @classmethod
     def _output(cls, v: str | None) -> str | None:
         return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+
+
+def _sizes(f: Any) -> tuple[int, int, int]:
+    """Tokens, parameters and length (lines, comments and blanks included) of a lizard function."""
+    return f.token_count, f.parameter_count, f.length
 
 
 def _analyze(analyzer: Any, root: Path, rel: str, max_size: int) -> tuple[str, Any]:
@@ -105,8 +114,7 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int) -> tuple[str, A
         except (SyntaxError, ValueError, RecursionError):
             pass  # radon needs a parse: a syntax error leaves the index empty, lizard's figures stay
     funcs = [
-        (rel, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, f.token_count)
-        + (f.parameter_count, f.length)
+        (rel, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, *_sizes(f))
         for f in info.function_list
     ]
     ccns = [f[6] for f in funcs]

@@ -62,7 +62,9 @@ class DependencyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field(description="the project's directory (with pyproject.toml or requirements*.txt)")
-    source_root: str | None = Field(default=None, description="directory modules are named from (default: src/ if present, else root)")
+    source_root: str | None = Field(
+        default=None, description="where module names start (default: src/ if any, else root)"
+    )
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to leave out")
     output: str | None = Field(default=None, description="SQLite database path (default: in the state dir)")
 
@@ -183,7 +185,8 @@ def _process_batch(
         con.executemany("DELETE FROM modules WHERE path=?", gone)
         con.executemany("DELETE FROM imports WHERE path=?", gone)
         con.executemany("INSERT INTO modules VALUES (?,?,?)", mods)
-        con.executemany("INSERT OR IGNORE INTO imports (path, module, target, line, import_time) VALUES (?,?,?,?,?)", imps)
+        sql = "INSERT OR IGNORE INTO imports (path, module, target, line, import_time) VALUES (?,?,?,?,?)"
+        con.executemany(sql, imps)
     return out
 
 
