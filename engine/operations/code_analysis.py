@@ -21,9 +21,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import lizard  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
 
 from ..context import OperationContext
 from ..registry import operation
@@ -63,6 +61,9 @@ class CodeAnalysisParams(BaseModel):
         default=20.0, ge=0, le=100, description="maintainability index under which a file is hard to keep"
     )
     top: int = Field(default=10, ge=1, le=1000, description="offenders listed per category in the result")
+    maintainability: bool = Field(
+        default=True, description="radon's maintainability index of Python files (3/4 of the time)"
+    )
     max_file_size: int = Field(default=1 << 20, ge=1, description="bytes over which a file is skipped")
 
     @field_validator("root")
@@ -81,8 +82,11 @@ def _sizes(f: Any) -> tuple[int, int, int]:
     return f.token_count, f.parameter_count, f.length
 
 
-def _analyze(analyzer: Any, root: Path, rel: str, max_size: int) -> tuple[str, Any]:
+def _analyze(analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = True) -> tuple[str, Any]:
     """("ok", (file row, function rows)), ("skip", reason) or ("fail", message) for one file."""
+    import lizard  # type: ignore[import-untyped]  # here, not at the top: every CLI start imports this module
+    from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
+
     p = root / rel
     try:
         st = os.lstat(p)
@@ -107,7 +111,7 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int) -> tuple[str, A
     language = reader.language_names[0] if reader is not None else "other"
     mi: float | None = None
     rank: str | None = None
-    if language == "python":
+    if language == "python" and mi_too:
         try:
             mi = round(float(mi_visit(text, multi=True)), 2)
             rank = mi_rank(mi)
@@ -135,15 +139,17 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int) -> tuple[str, A
 
 
 def _process_batch(
-    con: sqlite3.Connection, root: Path, rels: list[str], seen: str, max_size: int
+    con: sqlite3.Connection, root: Path, rels: list[str], seen: str, p: CodeAnalysisParams
 ) -> list[tuple[str, str, str | None]]:
     """Analyse and store a batch in one transaction; (path, outcome, reason) per file."""
+    import lizard  # type: ignore[import-untyped]
+
     analyzer = lizard.FileAnalyzer(lizard.get_extensions([]))
     out: list[tuple[str, str, str | None]] = []
     rows: list[Row] = []
     funcs: list[Row] = []
     for rel in rels:
-        outcome, got = _analyze(analyzer, root, rel, max_size)
+        outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability)
         if outcome == "ok":
             rows.append((*got[0], seen))
             funcs += got[1]
@@ -203,6 +209,8 @@ def _summary(con: sqlite3.Connection, seen: str, p: CodeAnalysisParams) -> dict[
 @operation("code_analysis", params=CodeAnalysisParams, description="complexity and maintainability of a source tree")
 async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str, Any]:
     """List the files lizard reads, measure them batch by batch, summarise the worst offenders."""
+    import lizard  # type: ignore[import-untyped]
+
     db = db_path(ctx, p.output, "code-analysis", p.root)
     ctx.progress(step="listing files")
     con = await asyncio.to_thread(open_db, db, SCHEMA, {"root": p.root})
@@ -213,7 +221,7 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
         seen = ctx.id
         pending = [f for f in files if not ctx.is_done(f)]
         for i in range(0, len(pending), BATCH):
-            results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p.max_file_size)
+            results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p)
             async for rel, outcome, why in ctx.items(results, key=lambda r: r[0]):
                 if outcome == "fail":
                     ctx.fail(rel, why or "failed")

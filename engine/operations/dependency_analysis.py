@@ -30,8 +30,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..context import OperationContext
@@ -195,6 +193,9 @@ def _process_batch(
 
 def declared_requirements(root: Path) -> tuple[dict[str, tuple[str, str]], list[str], str | None]:
     """{canonical name: (specifier as written, where)}, the problems met, and the project's own name."""
+    from packaging.requirements import InvalidRequirement, Requirement  # here: every CLI start imports this module
+    from packaging.utils import canonicalize_name
+
     found: dict[str, tuple[str, str]] = {}
     problems: list[str] = []
     own: str | None = None
@@ -300,6 +301,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _finish(con: sqlite3.Connection, root: Path, seen: str) -> dict[str, Any]:
     """Classify the imports, find cycles, compare declared with used; the summary."""
+    from packaging.utils import canonicalize_name
+
     with con:
         gone = [r[0] for r in con.execute("SELECT path FROM modules WHERE seen IS NOT ?", (seen,))]
         con.executemany("DELETE FROM modules WHERE path=?", [(g,) for g in gone])
