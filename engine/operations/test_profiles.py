@@ -261,7 +261,11 @@ async def performance_testing(ctx: OperationContext, p: PerformanceParams) -> di
         "failing": bad,
         **comparison,
     }
-    await asyncio.to_thread(write_private, run_dir / "report.json", json.dumps({**report, "per_test": tests}, indent=1))
+    await asyncio.to_thread(
+        write_private,
+        run_dir / "report.json",
+        json.dumps({**report, "per_test": tests, "per_run": st["runs"]}, indent=1),
+    )
     slowest = sorted(tests.items(), key=lambda kv: (-kv[1]["median"], kv[0]))[:LIST_MAX]
     if comparison["regressions"]:
         ctx.log.warning(f"{len(comparison['regressions'])} test(s) slower than the baseline")
