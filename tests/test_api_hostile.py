@@ -296,6 +296,9 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
         "codebase_indexing": {"root", "patterns", "exclude"},
         "security_scan": {"root", "rules", "format", "exclude", "max_file_size", "fail_on"},
         "demo": {"items", "seconds", "fail_every", "crash_at", "hang_at"},
+        "code_analysis": {"root", "patterns", "exclude", "complexity", "long_function", "low_mi", "top"}
+        | {"maintainability", "max_file_size"},
+        "dependency_analysis": {"root", "source_root", "exclude"},
     }
     for type_, h in handlers().items():
         if h.source == "builtin" and type_ not in CODE_TYPES:
