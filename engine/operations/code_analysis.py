@@ -18,6 +18,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from ._results_db import db_path, open_db
 from ._walk import list_files
 
 BATCH = 64
-"""Files analysed and committed in one transaction (a resume redoes at most one batch)."""
+"""Files analysed and committed in one transaction at most (a resume redoes at most one batch)."""
+BATCH_SECONDS = 1.0
+"""A batch ends sooner once it has taken this long (large files): a stop waits for the batch at most that."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, language TEXT, sha256 TEXT, nloc INTEGER, tokens INTEGER, functions INTEGER,
@@ -141,14 +144,18 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = 
 def _process_batch(
     con: sqlite3.Connection, root: Path, rels: list[str], seen: str, p: CodeAnalysisParams
 ) -> list[tuple[str, str, str | None]]:
-    """Analyse and store a batch in one transaction; (path, outcome, reason) per file."""
+    """Analyse and store the first files of ``rels`` (up to BATCH_SECONDS) in one transaction; (path, outcome,
+    reason) per file analysed."""
     import lizard  # type: ignore[import-untyped]
 
     analyzer = lizard.FileAnalyzer(lizard.get_extensions([]))
     out: list[tuple[str, str, str | None]] = []
     rows: list[Row] = []
     funcs: list[Row] = []
+    end = time.monotonic() + BATCH_SECONDS
     for rel in rels:
+        if out and time.monotonic() > end:
+            break
         outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability)
         if outcome == "ok":
             rows.append((*got[0], seen))
@@ -220,8 +227,10 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
         pending = [f for f in files if not ctx.is_done(f)]
-        for i in range(0, len(pending), BATCH):
+        i = 0
+        while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p)
+            i += len(results)
             async for rel, outcome, why in ctx.items(results, key=lambda r: r[0]):
                 if outcome == "fail":
                     ctx.fail(rel, why or "failed")

@@ -24,6 +24,7 @@ import re
 import sqlite3
 import stat
 import sys
+import time
 import tomllib
 from collections.abc import Iterable
 from importlib import metadata
@@ -39,6 +40,8 @@ from ._results_db import db_path, open_db
 from ._walk import list_files
 
 BATCH = 128
+BATCH_SECONDS = 1.0
+"""A batch ends sooner once it has taken this long: a stop waits for the batch at most that."""
 LIST_MAX = 50
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS modules (path TEXT PRIMARY KEY, module TEXT, seen TEXT);
@@ -169,7 +172,10 @@ def _process_batch(
     out: list[tuple[str, str, str | None]] = []
     mods: list[tuple[str, str, str]] = []
     imps: list[tuple[str, str, str, int, int]] = []
+    end = time.monotonic() + BATCH_SECONDS
     for rel in rels:
+        if out and time.monotonic() > end:
+            break
         outcome, got = _analyze(src_root, root, rel)
         if outcome == "ok":
             module, found = got
@@ -401,8 +407,10 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
         files = await list_files(ctx, root, ["*.py"], p.exclude)
         ctx.progress(total=len(files), step="parsing imports")
         pending = [f for f in files if not ctx.is_done(f)]
-        for i in range(0, len(pending), BATCH):
+        i = 0
+        while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, src, root, pending[i : i + BATCH], ctx.id)
+            i += len(results)
             async for rel, outcome, why in ctx.items(results, key=lambda r: r[0]):
                 if outcome == "fail":
                     ctx.fail(rel, why or "failed")
