@@ -57,11 +57,14 @@ class IntegrationParams(TestSuiteParams):
 @operation("integration_testing", params=IntegrationParams, description="run a suite's integration tests one by one")
 async def integration_testing(ctx: OperationContext, p: IntegrationParams) -> dict[str, Any]:
     """comprehensive_test_suite with ``-m MARKER`` under the integration_testing profile."""
-    suite = TestSuiteParams.model_validate({**p.model_dump(exclude={"marker"}), "args": _with_marker(p.args, p.marker)})
-    result = await run_test_suite(ctx, suite)
-    if result.get("tests") == 0 and p.marker:
-        ctx.log.warning(f"no test is marked {p.marker!r}: give marker='' to run every test under {p.path}")
-    return {"marker": p.marker or None, **result}
+    args = _with_marker(p.args, p.marker)
+    marker = p.marker if args != p.args else None  # None: no marker, or -m in args chose already
+    result = await run_test_suite(
+        ctx, TestSuiteParams.model_validate({**p.model_dump(exclude={"marker"}), "args": args})
+    )
+    if result.get("tests") == 0 and marker:
+        ctx.log.warning(f"no test is marked {marker!r}: give marker='' to run every test under {p.path}")
+    return {"marker": marker, **result}
 
 
 # ---- performance_testing ---------------------------------------------------------------------------
