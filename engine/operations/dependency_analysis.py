@@ -157,10 +157,10 @@ def _analyze(src_root: Path, root: Path, rel: str) -> tuple[str, Any]:
         return "fail", f"unreadable: {e.strerror or e}"
     try:
         tree = ast.parse(data, filename=rel)
-    except (SyntaxError, ValueError) as e:
-        return "fail", f"does not parse: {getattr(e, 'msg', e)} (line {getattr(e, 'lineno', '?')})"
+    except (SyntaxError, ValueError) as e:  # test data, Python 2, templates: skipped and counted, not a failure
+        return "skip", f"does not parse: {getattr(e, 'msg', e)} (line {getattr(e, 'lineno', '?')})"
     except RecursionError:
-        return "fail", "does not parse: nested too deeply"
+        return "skip", "does not parse: nested too deeply"
     mod_rel = p.relative_to(src_root) if p.is_relative_to(src_root) else Path(rel)
     module = module_name(mod_rel)
     return "ok", (module, imports_of(tree, module, mod_rel.name == "__init__.py"))
@@ -416,6 +416,9 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
                     ctx.fail(rel, why or "failed")
                 elif outcome == "skip":
                     ctx.skip(rel, why)
+                    ctx.state["skipped"] = ctx.state.get("skipped", 0) + 1
+                    if why and why.startswith("does not parse") and ctx.state["skipped"] <= 3:
+                        ctx.log.info(f"skipped {rel}: {why}")
                 else:
                     ctx.step = rel
         ctx.progress(step="graph and metadata")
@@ -426,4 +429,4 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
         ctx.log.warning(line)
     if summary["cycles"]:
         ctx.log.warning(f"{summary['cycles']} import cycle(s): " + json.dumps(summary["cycle_list"][:3]))
-    return {"database": db, "failures": ctx.failures, **summary}
+    return {"database": db, "failures": ctx.failures, "skipped": ctx.state.get("skipped", 0), **summary}
