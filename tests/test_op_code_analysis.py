@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import Status
+from engine import Engine, OperationSpec, Status
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
@@ -74,3 +74,27 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "code_analysis", {"root": str(tmp_path / "nope")}, "root")
     (tmp_path / "notes.md").write_text("# mine\n")
     bad_params(cli, "code_analysis", {"root": str(tmp_path), "output": str(tmp_path / "notes.md")}, "output")
+
+
+async def test_unchanged_files_are_reused_and_changed_ones_measured_again(engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.py").write_text(BRANCHY)
+    (root / "b.py").write_text("def b(x):\n    return x\n")
+    (root / "c.py").write_text("def c():\n    pass\n")
+    db = str(tmp_path / "m.db")
+
+    async def run() -> dict:
+        op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED, final.error
+        return final.result
+
+    first = await run()
+    assert first["reused"] == 0 and first["functions"] == 3
+    (root / "b.py").write_text("def b(x):\n    if x:\n        return 1\n    return x\n\n\ndef b2():\n    pass\n")
+    (root / "c.py").unlink()
+    second = await run()
+    assert second["reused"] == 1 and second["removed"] == 1 and second["files"] == 2
+    rows = tables(db, "functions")["functions"]
+    assert sorted((r[0], r[1], r[6]) for r in rows) == [("a.py", "branchy", 15), ("b.py", "b", 2), ("b.py", "b2", 1)]

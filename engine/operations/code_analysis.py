@@ -5,7 +5,8 @@ every language it reads (Python, C/C++, Java, JavaScript/TypeScript, Go, Rust, C
 PHP, ...); Python files also get radon's maintainability index (0-100, ranks A/B/C). Files lizard cannot
 read are not listed; a file over ``max_file_size`` or not UTF-8 is skipped with the reason.
 
-Resumable per file: each batch of files is analysed and committed in one transaction before its files
+Incremental: a file whose sha256 matches its row from an earlier analysis into the same database keeps its
+figures. Resumable per file: each batch of files is analysed and committed in one transaction before its files
 count as done, so a resume redoes at most one batch (replacing its rows). Files gone from the tree since
 an earlier analysis into the same database are dropped at the end. The summary is read back from the
 database, so a resumed run reports what an uninterrupted one does.
@@ -37,7 +38,7 @@ BATCH_SECONDS = 1.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, language TEXT, sha256 TEXT, nloc INTEGER, tokens INTEGER, functions INTEGER,
-    ccn_total INTEGER, ccn_max INTEGER, ccn_avg REAL, mi REAL, mi_rank TEXT, seen TEXT
+    ccn_total INTEGER, ccn_max INTEGER, ccn_avg REAL, mi REAL, mi_rank TEXT, seen TEXT, analysed_by TEXT
 );
 CREATE TABLE IF NOT EXISTS functions (
     path TEXT, name TEXT, long_name TEXT, start_line INTEGER, end_line INTEGER, nloc INTEGER, ccn INTEGER,
@@ -85,8 +86,12 @@ def _sizes(f: Any) -> tuple[int, int, int]:
     return f.token_count, f.parameter_count, f.length
 
 
-def _analyze(analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = True) -> tuple[str, Any]:
-    """("ok", (file row, function rows)), ("skip", reason) or ("fail", message) for one file."""
+def _analyze(
+    analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = True, prev: tuple | None = None
+) -> tuple[str, Any]:
+    """("ok", (file row, function rows)), ("reuse", None), ("skip", reason) or ("fail", message) for one
+    file. ``prev`` (sha256, language, mi) of its row from an earlier analysis: reused when the content is
+    the same and nothing is missing (a maintainability index now asked for)."""
     import lizard  # type: ignore[import-untyped]  # here, not at the top: every CLI start imports this module
     from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
 
@@ -102,6 +107,9 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = 
         return "skip", "gone since the listing"
     except OSError as e:
         return "fail", f"unreadable: {e.strerror or e}"
+    sha = hashlib.sha256(data).hexdigest()
+    if prev is not None and prev[0] == sha and not (mi_too and prev[1] == "python" and prev[2] is None):
+        return "reuse", None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -128,7 +136,7 @@ def _analyze(analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = 
     row = (
         rel,
         language,
-        hashlib.sha256(data).hexdigest(),
+        sha,
         info.nloc,
         info.token_count,
         len(funcs),
@@ -152,22 +160,34 @@ def _process_batch(
     out: list[tuple[str, str, str | None]] = []
     rows: list[Row] = []
     funcs: list[Row] = []
+    q = ",".join("?" * len(rels))
+    prev = {
+        r[0]: r[1:]
+        for r in con.execute(f"SELECT path, sha256, language, mi, analysed_by FROM files WHERE path IN ({q})", rels)
+    }
+    reused: list[tuple[str, str]] = []
     end = time.monotonic() + BATCH_SECONDS
     for rel in rels:
         if out and time.monotonic() > end:
             break
-        outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability)
-        if outcome == "ok":
-            rows.append((*got[0], seen))
+        outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability, prev.get(rel))
+        if outcome == "reuse":
+            reused.append((seen, rel))
+            # Analysed by this same operation before a crash: "ok", as an uninterrupted run says.
+            out.append((rel, "ok" if prev[rel][3] == seen else "reused", None))
+        elif outcome == "ok":
+            rows.append((*got[0], seen, seen))
             funcs += got[1]
             out.append((rel, "ok", None))
         else:
             out.append((rel, outcome, got))
     with con:  # the batch is in the database before its files count as done
-        gone = [(r,) for r, _o, _w in out]
+        kept = {r for _s, r in reused}
+        gone = [(r,) for r, _o, _w in out if r not in kept]
+        con.executemany("UPDATE files SET seen=? WHERE path=?", reused)
         con.executemany("DELETE FROM files WHERE path=?", gone)
         con.executemany("DELETE FROM functions WHERE path=?", gone)
-        con.executemany(f"INSERT INTO files VALUES ({','.join('?' * 12)})", rows)
+        con.executemany(f"INSERT INTO files VALUES ({','.join('?' * 13)})", rows)
         con.executemany(f"INSERT OR REPLACE INTO functions VALUES ({','.join('?' * 10)})", funcs)
     return out
 
@@ -238,6 +258,7 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
                 if outcome == "skip":
                     ctx.skip(rel, why)
                     continue
+                ctx.state["reused"] = ctx.state.get("reused", 0) + (outcome == "reused")
                 ctx.step = rel
         ctx.progress(step="summarising")
         summary = await asyncio.to_thread(_summary, con, seen, p)
@@ -247,4 +268,4 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
         f"{summary['files']} files, {summary['functions']} functions: {summary['complex_functions']} over "
         f"complexity {p.complexity}, {summary['long_functions']} over {p.long_function} lines"
     )
-    return {"database": db, "failures": ctx.failures, **summary}
+    return {"database": db, "failures": ctx.failures, "reused": ctx.state.get("reused", 0), **summary}
