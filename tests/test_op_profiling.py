@@ -5,15 +5,17 @@ mid-run and resumed gives the same calls as an uninterrupted run; bad params."""
 from __future__ import annotations
 
 import json
+import os
 import pstats
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from engine import Status
+from engine import Engine, OperationSpec, Status
 from engine.operations.profiling import py_spy
 from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
 from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
 
 SCRIPT = textwrap.dedent(
@@ -96,3 +98,26 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "performance_profiling", {}, "give script or module")
     bad_params(cli, "performance_profiling", {"script": str(tmp_path / "nope.py")}, "script")
     bad_params(cli, "performance_profiling", {"module": "not a module"}, "module")
+
+
+async def test_a_pause_kills_the_running_program_and_a_resume_runs_it_again(engine: Engine, tmp_path: Path) -> None:
+    """A pause does not wait for the program: its process group is killed at once and that run is not done."""
+    script = tmp_path / "work.py"
+    gate = tmp_path / "slow"
+    gate.write_text("")
+    script.write_text(f"import os, time\nif os.path.exists({str(gate)!r}):\n    time.sleep(120)\n")
+    params = {"script": str(script), "runs": 2, "sampler": "none"}
+    op = await engine.submit(OperationSpec(type="performance_profiling", params=params))
+    pids = await until(lambda: engine.child_pids().get(op.id), timeout=30)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=30)
+    assert paused.status is Status.PAUSED, paused.status_message
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert paused.progress.done == 0
+    gate.unlink()
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["runs"] == 2 and final.result["exit_codes"] == [0]
