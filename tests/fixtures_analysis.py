@@ -26,7 +26,9 @@ def checkpointed_items(cli: Cli, op_id: str) -> int:
     return asyncio.run(go())
 
 
-def tables(db: Path | str, *names: str, drop: tuple[str, ...] = ("seen", "analysed_by")) -> dict[str, list[tuple[Any, ...]]]:
+def tables(
+    db: Path | str, *names: str, drop: tuple[str, ...] = ("seen", "analysed_by")
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of each table, sorted, without the columns in ``drop`` (which operation wrote a row)."""
     con = sqlite3.connect(db)
     try:

@@ -4,6 +4,7 @@ database and result as an uninterrupted run; bad params."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status
@@ -74,6 +75,9 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "code_analysis", {"root": str(tmp_path / "nope")}, "root")
     (tmp_path / "notes.md").write_text("# mine\n")
     bad_params(cli, "code_analysis", {"root": str(tmp_path), "output": str(tmp_path / "notes.md")}, "output")
+    other = tmp_path / "index.sqlite"  # another program's database: not written into
+    sqlite3.connect(other).execute("CREATE TABLE files (path TEXT)").connection.commit()
+    bad_params(cli, "code_analysis", {"root": str(tmp_path), "output": str(other)}, "another program's database")
 
 
 async def test_unchanged_files_are_reused_and_changed_ones_measured_again(engine: Engine, tmp_path: Path) -> None:

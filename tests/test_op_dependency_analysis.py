@@ -5,6 +5,7 @@ and resumed gives the same database and result as an uninterrupted run; bad para
 
 from __future__ import annotations
 
+import sqlite3
 from importlib import metadata
 from pathlib import Path
 
@@ -96,3 +97,8 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_pa
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "dependency_analysis", {"root": str(tmp_path), "source_root": "nope"}, "source_root")
     bad_params(cli, "dependency_analysis", {"root": str(tmp_path / "nope")}, "root")
+    metrics = tmp_path / "metrics.db"
+    con = sqlite3.connect(metrics)
+    con.executescript("CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('kind', 'code_analysis');")
+    con.close()
+    bad_params(cli, "dependency_analysis", {"root": str(tmp_path), "output": str(metrics)}, "a code_analysis database")

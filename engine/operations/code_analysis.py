@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
-from ._results_db import db_path, open_db
+from ._results_db import check_kind, db_path, open_db
 from ._walk import list_files
 
 BATCH = 64
@@ -78,7 +78,7 @@ class CodeAnalysisParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+        return check_kind(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"), "output", "code_analysis")
 
 
 def _sizes(f: Any) -> tuple[int, int, int]:
@@ -240,7 +240,7 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
 
     db = db_path(ctx, p.output, "code-analysis", p.root)
     ctx.progress(step="listing files")
-    con = await asyncio.to_thread(open_db, db, SCHEMA, {"root": p.root})
+    con = await asyncio.to_thread(open_db, db, SCHEMA, {"kind": "code_analysis", "root": p.root})
     try:
         root = Path(p.root)
         files = [f for f in await list_files(ctx, root, p.patterns, p.exclude) if lizard.get_reader_for(f)]

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
-from ._results_db import db_path, open_db
+from ._results_db import check_kind, db_path, open_db
 from ._walk import list_files
 
 BATCH = 128
@@ -77,7 +77,9 @@ class DependencyParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+        return check_kind(
+            check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"), "output", "dependency_analysis"
+        )
 
     @model_validator(mode="after")
     def _source(self) -> DependencyParams:
@@ -402,7 +404,9 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
     src = Path(p.source_root) if p.source_root else (root / "src" if (root / "src").is_dir() else root)
     db = db_path(ctx, p.output, "dependencies", p.root)
     ctx.progress(step="listing files")
-    con = await asyncio.to_thread(open_db, db, SCHEMA, {"root": p.root, "source_root": str(src)})
+    con = await asyncio.to_thread(
+        open_db, db, SCHEMA, {"kind": "dependency_analysis", "root": p.root, "source_root": str(src)}
+    )
     try:
         files = await list_files(ctx, root, ["*.py"], p.exclude)
         ctx.progress(total=len(files), step="parsing imports")
