@@ -126,8 +126,8 @@ def _analyze(
         try:
             mi = round(float(mi_visit(text, multi=True)), 2)
             rank = mi_rank(mi)
-        except (SyntaxError, ValueError, RecursionError):
-            pass  # radon needs a parse: a syntax error leaves the index empty, lizard's figures stay
+        except Exception:  # radon needs a parse, and knows the Pythons of its release: lizard's figures stay
+            pass
     funcs = [
         (rel, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, *_sizes(f))
         for f in info.function_list
