@@ -39,6 +39,10 @@ BUILTIN_MODULES = (
     "engine.operations.kb_optimization",
     "engine.operations.vector_indexing",
     "engine.operations.semantic_analysis",
+    "engine.operations.code_analysis",
+    "engine.operations.dependency_analysis",
+    "engine.operations.test_profiles",
+    "engine.operations.profiling",
 )
 
 

@@ -305,6 +305,9 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
         "kb_optimization": {"dedupe", "vacuum", "merge_pages"},
         "vector_indexing": {"min_df"},
         "semantic_analysis": {"root", "patterns", "exclude", "keywords", "topics", "threshold"},
+        "code_analysis": {"root", "patterns", "exclude", "complexity", "long_function", "low_mi", "top"}
+        | {"maintainability", "max_file_size"},
+        "dependency_analysis": {"root", "source_root", "exclude"},
     }
     for type_, h in handlers().items():
         if h.source == "builtin" and type_ not in CODE_TYPES:

@@ -28,6 +28,8 @@ WRITTEN: dict[str, tuple[str, ...]] = {
     "kb_optimization": ("kb",),
     "vector_indexing": ("kb",),
     "semantic_analysis": ("kb", "output"),
+    "code_analysis": ("output",),
+    "dependency_analysis": ("output",),
 }
 """The params of each built-in type that name a place the operation writes to."""
 

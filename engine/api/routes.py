@@ -32,9 +32,11 @@ from .schemas import (
     TypeOut,
 )
 
-CODE_TYPES = frozenset({"command", "comprehensive_test_suite"})
+CODE_TYPES = frozenset(
+    {"command", "comprehensive_test_suite", "integration_testing", "performance_testing", "performance_profiling"}
+)
 """Types that run code a client chooses (a command; pytest runs the conftest.py files under any path,
-with any interpreter): refused unless the server was started with --allow-commands."""
+with any interpreter; a profiled program): refused unless the server was started with --allow-commands."""
 SEED_ENDPOINTS = {
     "codebase/index": "codebase_indexing",
     "testing/comprehensive": "comprehensive_test_suite",

@@ -1,0 +1,123 @@
+"""performance_profiling of a generated script: the top functions with exact call counts, pstats and
+speedscope files other tools read, py-spy's sampled stacks when it is installed; a worker SIGKILLed
+mid-run and resumed gives the same calls as an uninterrupted run; bad params."""
+
+from __future__ import annotations
+
+import json
+import os
+import pstats
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, Status
+from engine.operations.profiling import py_spy
+from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
+from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+
+    def leaf(i):
+        return i * i
+
+    def middle(n):
+        return sum(leaf(i) for i in range(n))
+
+    def main(seconds):
+        middle(5000)
+        time.sleep(seconds)  # long enough a run to be killed in
+        for _ in range(20):
+            middle(100)
+
+    main(float(sys.argv[1]))
+    """
+)
+
+
+def calls(result: dict) -> list[tuple[str, int, int]]:
+    """The table without what timing decides: (function, calls, primitive calls), in the table's order."""
+    return [(r["function"], r["calls"], r["primitive_calls"]) for r in result["top"]]
+
+
+def test_profile_table_and_files(cli: Cli, tmp_path: Path) -> None:
+    script = tmp_path / "work.py"
+    script.write_text(SCRIPT)
+    params = {"script": str(script), "args": ["0"], "sort": "calls", "top": 5, "sampler": "none"}
+    code, final, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
+    assert code == 0, err
+    res = final["result"]
+    assert res["exit_codes"] == [0] and res["sampler"] is None
+    top = {r["function"].rsplit("(", 1)[-1].rstrip(")"): r for r in res["top"]}
+    assert top["leaf"]["calls"] == 5000 + 20 * 100 and top["middle"]["calls"] == 21
+    st = pstats.Stats(res["pstats"])  # readable by pstats (and snakeviz, gprof2dot)
+    assert any(f[2] == "main" for f in st.stats)  # type: ignore[attr-defined]
+    scope = json.loads(Path(res["speedscope"]).read_text())
+    names = [f["name"] for f in scope["shared"]["frames"]]
+    stacks = [[names[i] for i in s] for s in scope["profiles"][0]["samples"]]
+    chain = ["<module>", "main", "middle", "<built-in method builtins.sum>", "<genexpr>", "leaf"]
+    assert any(s[-6:] == chain for s in stacks), stacks
+    assert len(scope["profiles"][0]["weights"]) == len(stacks)
+    assert "middle" in Path(res["table"]).read_text()
+
+
+@pytest.mark.skipif(py_spy() is None, reason="py-spy is not installed")
+def test_py_spy_samples_the_program(cli: Cli, tmp_path: Path) -> None:
+    script = tmp_path / "work.py"
+    script.write_text(SCRIPT)
+    params = {"script": str(script), "args": ["0.3"], "sampler": "py-spy", "rate": 200}
+    code, final, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
+    assert code == 0, err
+    res = final["result"]
+    assert res["sampler"] == "py-spy" and res["sampler_error"] is None, res
+    scope = json.loads(Path(res["sampled"][0]).read_text())
+    assert scope["profiles"] and any(f["name"] == "main" for f in scope["shared"]["frames"])
+
+
+def test_sigkilled_worker_resumes_to_the_uninterrupted_profile(cli: Cli, tmp_path: Path) -> None:
+    script = tmp_path / "work.py"
+    script.write_text(SCRIPT)
+    params = {"script": str(script), "args": ["0.3"], "runs": 3, "sort": "calls", "top": 8, "sampler": "none"}
+    code, whole, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
+    assert code == 0, err
+    assert whole["result"]["runs"] == 3
+    op_id = submit(cli, "performance_profiling", params, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: len(checkpoint_state(cli, op_id).get("runs", {})) >= 1)
+    assert killed.status is Status.RUNNING, "the runs were finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert final["result"]["runs"] == 3
+    assert calls(final["result"]) == calls(whole["result"])
+
+
+def test_bad_params(cli: Cli, tmp_path: Path) -> None:
+    bad_params(cli, "performance_profiling", {}, "give script or module")
+    bad_params(cli, "performance_profiling", {"script": str(tmp_path / "nope.py")}, "script")
+    bad_params(cli, "performance_profiling", {"module": "not a module"}, "module")
+
+
+async def test_a_pause_kills_the_running_program_and_a_resume_runs_it_again(engine: Engine, tmp_path: Path) -> None:
+    """A pause does not wait for the program: its process group is killed at once and that run is not done."""
+    script = tmp_path / "work.py"
+    gate = tmp_path / "slow"
+    gate.write_text("")
+    script.write_text(f"import os, time\nif os.path.exists({str(gate)!r}):\n    time.sleep(120)\n")
+    params = {"script": str(script), "runs": 2, "sampler": "none"}
+    op = await engine.submit(OperationSpec(type="performance_profiling", params=params))
+    pids = await until(lambda: engine.child_pids().get(op.id), timeout=30)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=30)
+    assert paused.status is Status.PAUSED, paused.status_message
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert paused.progress.done == 0
+    gate.unlink()
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["runs"] == 2 and final.result["exit_codes"] == [0]
