@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import importlib
 import inspect
@@ -54,9 +55,9 @@ class AnyParams(BaseModel):
 
 @dataclass(frozen=True)
 class HandlerSpec:
-    type: str
+    type: str  # the seed's name for it; ``builtins.type`` below is the class
     fn: Handler
-    params: type[BaseModel]
+    params: builtins.type[BaseModel]
     description: str
     source: str
     """'builtin', 'plugin:NAME' or the defining module."""

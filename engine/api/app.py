@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -224,7 +224,7 @@ def _validation_line(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """``{"detail": "one line"}``: control characters a client sent (a field name, an id) escaped, so
     the line stays one line wherever it is printed."""
     return JSONResponse({"detail": escape_controls(detail)}, status_code=status, headers=headers)

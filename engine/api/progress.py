@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,7 @@ class ProgressHub:
         self._seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._events: asyncio.Queue[Event] = asyncio.Queue(10_000)
         self._task: asyncio.Task[None] | None = None
-        self._unsubscribe = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._since = time.time()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
