@@ -21,10 +21,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.widgets import Static
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
+from tui.screens.help import HelpScreen
 from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
@@ -32,6 +34,7 @@ from tui.widgets.operations import OperationsTable
 from .conftest import REPO
 from .fixtures_cli import CLI
 from .fixtures_engine import until
+from .fixtures_redis import RedisServer
 from .fixtures_tui import NOW, make_app, select, status_of, wait_for
 
 
@@ -446,3 +449,29 @@ async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_tex
         app.notify(f"queued {name}")
         await wait_for(pilot, lambda: any("queued" in m for m, _ in shown))
     assert shown and all("\x1b" not in m and markup is False for m, markup in shown)
+
+
+async def test_a_store_that_goes_away_under_a_key_press_is_shown_and_the_dashboard_goes_on(
+    tui_settings: Settings, redis_server: RedisServer
+) -> None:
+    """Every background call's failure ends in one handler: the store failing under an action is said
+    once and shown in the status line (it used to be a warning that left the status line saying all is
+    well), and the dashboard goes on."""
+    store = open_store(redis_server.url, namespace="t", retry_for=0.5)
+    engine = Engine(store=store, settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=3600.0)
+    said: list[tuple[str, str]] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append((kw.get("severity", ""), str(message))), notify(message, **kw))[1]  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit({"type": "ledger", "name": "queued", "params": {"items": 3}})
+        await select(pilot, op.id)
+        redis_server.kill()
+        await pilot.press("p")
+        statusline = app.query_one("#statusline", Static)
+        await wait_for(pilot, lambda: "store unreachable" in str(statusline.render()))
+        assert app.is_running
+        assert [s for s in said if s[0] == "error" and s[1].startswith("store: ")], said
+        await pilot.press("question_mark")  # and the keys still answer
+        assert isinstance(app.screen, HelpScreen)
