@@ -475,3 +475,61 @@ async def test_a_store_that_goes_away_under_a_key_press_is_shown_and_the_dashboa
         assert [s for s in said if s[0] == "error" and s[1].startswith("store: ")], said
         await pilot.press("question_mark")  # and the keys still answer
         assert isinstance(app.screen, HelpScreen)
+
+
+async def test_watch_only_starts_no_queued_work_until_w_and_says_so(tui_settings: Settings) -> None:
+    """A second dashboard opened to watch must not run the store's queue (``outlast tui --watch-only``);
+    w toggles, the status line says which."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        statusline = app.query_one("#statusline", Static)
+        op = await app.engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
+        await select(pilot, op.id)
+        await pilot.pause(1.0)  # the scheduler looks twice a second
+        assert await status_of(app, op.id) is Status.QUEUED and not app.engine.running_ids
+        assert "watch only" in str(statusline.render())
+        await pilot.press("w")
+        await wait_for(pilot, lambda: _is(app, op.id, Status.COMPLETED))
+        assert "watch only" not in str(statusline.render())
+        await pilot.press("w")
+        later = await app.engine.submit({"type": "ledger", "name": "later", "params": {"items": 3}})
+        await pilot.pause(1.0)
+        assert await status_of(app, later.id) is Status.QUEUED
+
+
+async def test_quit_hand_over_leaves_the_work_to_a_background_worker_that_completes_it(
+    tui_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the dashboard never has to stop work: h pauses it here at a checkpoint and a detached
+    ``outlast worker`` on the same store resumes it from there after the app has exited."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the worker loads the tests' plugin
+    ledger = tmp_path / "ledger.txt"
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=150, seconds=0.02, log_file=str(ledger))
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 10)
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("h")
+        await wait_for(pilot, lambda: not app.is_running, timeout=30)
+    assert app.handed_over and "1 operation handed over to a background worker" in app.handed_over
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        record = await until(lambda: _settled(store, op_id), timeout=60)
+        assert record.status is Status.COMPLETED and record.attempt == 2
+        assert record.result == {"sum": sum(range(150))}
+        assert record.worker is not None and record.worker.pid != os.getpid()  # run by the worker
+        executed = [int(x) for x in ledger.read_text().split()]
+        assert sorted(set(executed)) == list(range(150))
+        assert len(executed) - 150 <= 1  # resumed from the hand-over checkpoint: at most the item in flight again
+    finally:
+        await store.close()
+    log_path = Path(app.handed_over.rsplit("its log: ", 1)[1])
+    await until(lambda: "worker stopped" in log_path.read_text(), timeout=30)  # it exits when idle
+
+
+async def _settled(store, op_id: str):  # type: ignore[no-untyped-def]
+    record = await store.get(op_id)
+    return record if record.status not in (Status.QUEUED, Status.RUNNING, Status.PAUSED) else None

@@ -86,6 +86,7 @@ def test_with_nothing_selected_only_the_keys_that_need_no_operation_apply() -> N
         "filter",
         "sort",
         "logs",
+        "toggle_run_queue",
         "cycle_theme",
         "help",
         "quit",

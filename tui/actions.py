@@ -39,9 +39,12 @@ KEY_ACTIONS: dict[str, KeyAction] = {
     "checkpoints": KeyAction(
         "Show checkpoints", "The checkpoints pane; enter resumes from the chosen one", needs_op=True
     ),
+    "toggle_run_queue": KeyAction(
+        "Watch only / run queued work", "Start no queued work here (only watch), or run it again"
+    ),
     "cycle_theme": KeyAction("Next theme", "Cycle through the themes (remembered in the config)"),
     "help": KeyAction("Help", "Every key"),
-    "quit": KeyAction("Quit", "Quit (asks what to do with running work)"),
+    "quit": KeyAction("Quit", "Quit (running work: hand over to a background worker, pause, or wait)"),
 }
 """Every dashboard action, in the order the help and the command palette list them."""
 

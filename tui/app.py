@@ -40,6 +40,8 @@ from engine import (
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, resume_question
+from .handover import REASON as HANDED_OVER
+from .handover import hand_over, spawn_worker
 from .model import OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import PANES, DashboardScreen
@@ -79,6 +81,7 @@ class OutlastApp(App[int]):
         Binding("s", "sort", "Sort", show=False),
         Binding("l", "logs", "Logs"),
         Binding("t", "cycle_theme", "Theme", show=False),
+        Binding("w", "toggle_run_queue", "Watch", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("escape", "to_table", "Back", show=False),
@@ -97,6 +100,7 @@ class OutlastApp(App[int]):
         sampler: Sampler | None = None,
         frame: float = FRAME,
         poll: float = POLL,
+        watch_only: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -111,6 +115,10 @@ class OutlastApp(App[int]):
         self.engine_started = False
         self.engine_error: str | None = None
         self.waiting_to_quit = False
+        self.watch_only = watch_only
+        """Start no queued work here (``outlast tui --watch-only``, or the w key): only show it."""
+        self.handed_over: str | None = None
+        """Said when the app has exited: what was handed over to which background worker."""
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._boot: Worker[None] | None = None
@@ -191,6 +199,8 @@ class OutlastApp(App[int]):
     async def _start_engine(self) -> None:
         """Start the engine and read every operation, off the first paint."""
         await self.engine.start()
+        if self.watch_only:  # set before the scheduler's first look (it runs at the next await at the earliest)
+            self.engine.run_queue = False
         self.engine_started = True
         self._unsubscribe = self.engine.subscribe(self.model.on_event)
         await self.model.first_read()
@@ -276,6 +286,8 @@ class OutlastApp(App[int]):
         notes = []
         if self.waiting_to_quit:
             notes.append("waiting for running work to finish, then quitting")
+        elif self.watch_only:
+            notes.append("watch only (w runs queued work)")
         if self.engine_error:
             notes.append(f"engine stopped: {self.engine_error}")
         elif not self.model.store_ok:
@@ -296,6 +308,8 @@ class OutlastApp(App[int]):
 
     def _applies(self, action: str) -> bool:
         """Whether a dashboard action makes sense for the selected operation (``actions.key_applies``)."""
+        if action == "toggle_run_queue" and self.waiting_to_quit:
+            return False
         return key_applies(action, self.dashboard.selected_op if self.screen_stack else None)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
@@ -383,6 +397,14 @@ class OutlastApp(App[int]):
     def action_to_table(self) -> None:
         self.dashboard.to_table()
 
+    def action_toggle_run_queue(self) -> None:
+        """Watch only, or run queued work here too: what runs goes on either way."""
+        self.watch_only = not self.watch_only
+        self.engine.run_queue = not self.watch_only
+        self._update_statusline()
+        say = "watch only: starting no queued work here" if self.watch_only else "running queued work here"
+        self.notify(say, timeout=3)
+
     def action_cycle_theme(self) -> None:
         new = next_theme(self._theme_names, self.theme)
         self.theme = new
@@ -426,7 +448,9 @@ class OutlastApp(App[int]):
             return
 
         def chosen(choice: str | None) -> None:
-            if choice == "pause":
+            if choice == "hand_over":
+                self._work(self._hand_over(), "quit", "handing over")
+            elif choice == "pause":
                 self._work(self._quit_now("the dashboard quit (pause and quit)"), "quit", "quitting")
             elif choice == "wait":
                 self.engine.run_queue = False
@@ -434,11 +458,25 @@ class OutlastApp(App[int]):
                 self._update_statusline()
                 self.notify("starting nothing new; quitting when the running operations finish", timeout=5)
             elif self.waiting_to_quit:  # asked again while waiting, and chose to stay: back to work
-                self.engine.run_queue = True
+                self.engine.run_queue = not self.watch_only
                 self.waiting_to_quit = False
                 self._update_statusline()
 
         self.push_screen(QuitScreen(running), chosen)
+
+    async def _hand_over(self) -> None:
+        """Quit, leaving the running work running: a background worker goes on with it."""
+        self.notify("handing the running operations over to a background worker...", timeout=30)
+        queued = await hand_over(self.engine, self.settings.grace_period + 10)
+        await self.stop_engine(HANDED_OVER)
+        if queued:
+            pid, log_path = spawn_worker(self.settings)
+            n = len(queued)
+            self.handed_over = (
+                f"{n} operation{'s' if n != 1 else ''} handed over to a background worker (pid {pid}), "
+                f"which exits when the queue is empty; its log: {log_path}"
+            )
+        self.exit(0)
 
     async def _quit_now(self, reason: str = "the dashboard quit") -> None:
         """Pause what still runs (a checkpoint each), close the store, exit."""
@@ -474,9 +512,9 @@ class _Warnings(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, watch_only: bool = False) -> int:
     """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code."""
-    app = OutlastApp(settings)
+    app = OutlastApp(settings, watch_only=watch_only)
     logger = logging.getLogger("outlast")
     saved = logger.handlers[:]
     handler = _Warnings()
@@ -486,4 +524,6 @@ def main(settings: Settings) -> int:
         rv = app.run()
     finally:
         logger.handlers = saved
+    if app.handed_over:
+        print(app.handed_over)
     return int(rv or 0)
