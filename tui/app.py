@@ -44,7 +44,7 @@ from .handover import REASON as HANDED_OVER
 from .handover import hand_over, spawn_worker
 from .model import OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
-from .screens.dashboard import PANES, DashboardScreen
+from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
 from .screens.launch import LaunchScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
@@ -56,8 +56,6 @@ FRAME = 0.2
 """Seconds between refreshes of the screen (5 Hz)."""
 POLL = 1.0
 """Seconds between reads of active operations from the store."""
-SIDE_DEBOUNCE = 0.25
-"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
 
 
 class OutlastApp(App[int]):
@@ -76,16 +74,12 @@ class OutlastApp(App[int]):
         Binding("r", "resume", "Resume"),
         Binding("plus", "raise_priority", "Prio+", key_display="+"),
         Binding("minus", "lower_priority", "Prio-", key_display="-"),
-        Binding("enter", "detail", "Detail", show=False),
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("s", "sort", "Sort", show=False),
         Binding("l", "logs", "Logs"),
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("w", "toggle_run_queue", "Watch", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("escape", "to_table", "Back", show=False),
-        *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
     ]
 
     ACTIONS_HELP = {name: (a.title, a.help) for name, a in KEY_ACTIONS.items()}
@@ -125,7 +119,7 @@ class OutlastApp(App[int]):
         self.warnings: deque[str] = deque()
         """Log lines to show as notifications (filled by main's logging handler)."""
         # A mode, not get_default_screen(): the app then waits for the screen's widgets to be mounted.
-        self.add_mode("dashboard", lambda: DashboardScreen(self.model, self._live, self.clock))
+        self.add_mode("dashboard", lambda: DashboardScreen(self.model, self._live, self.clock, self._work))
 
     def notify(self, message: str, **kw: Any) -> None:  # type: ignore[override]
         """Every notification is plain text: names and errors are stored text (``[`` is no markup,
@@ -201,7 +195,7 @@ class OutlastApp(App[int]):
         await self.engine.start()
         if self.watch_only:  # set before the scheduler's first look (it runs at the next await at the earliest)
             self.engine.run_queue = False
-        self.engine_started = True
+        self.engine_started = self.model.started = True
         self._unsubscribe = self.engine.subscribe(self.model.on_event)
         await self.model.first_read()
         table = self.dashboard.table
@@ -221,43 +215,8 @@ class OutlastApp(App[int]):
         sample = self.model.sample(self.sampler)
         self.dashboard.show_resources(sample, len(self.engine.running_ids), self.engine.max_concurrent)
         await self.model.poll()
-        selected = self.dashboard.selected
-        if selected and selected in self.ops:
-            self._load_side_panes(selected, poll=True)
-        if self.dashboard.all_logs_offsets() is not None:
-            self._load_all_logs()
-
-    def _load_side_panes(self, op_id: str | None, logs: bool = True, poll: bool = False) -> None:
-        self._work(self._side_panes(op_id, logs, poll), "side", "reading the selected operation", exclusive=True)
-
-    async def _side_panes(self, op_id: str | None, logs: bool, poll: bool) -> None:
-        """Checkpoints and log of the selected operation (new lines only when polling)."""
-        # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
-        await asyncio.sleep(0 if poll else SIDE_DEBOUNCE)
-        if op_id is None:
-            self.dashboard.show_side(None, None)
-        elif self.engine_started:
-            shown, offset = self.dashboard.log_wanted(op_id)
-            self.dashboard.show_side(op_id, await self.model.side(op_id, logs and shown, offset))
-
-    def _load_all_logs(self) -> None:
-        self._work(self._all_logs(), "all-logs", "reading the logs", exclusive=True)
-
-    async def _all_logs(self) -> None:
-        offsets = self.dashboard.all_logs_offsets()
-        if offsets is not None:
-            self.dashboard.show_all_logs(await self.model.all_logs(offsets))
-
-    @on(DashboardScreen.Selected)
-    def _selected(self, event: DashboardScreen.Selected) -> None:
-        self._load_side_panes(event.op_id)
-
-    @on(DashboardScreen.LogsMode)
-    def _logs_mode(self) -> None:
-        if self.dashboard.all_logs_offsets() is None:
-            self._load_side_panes(self.dashboard.selected)
-        else:
-            self._load_all_logs()
+        self.dashboard.load_side_panes(poll=True)
+        self.dashboard.load_all_logs()
 
     def _live(self, op_id: str) -> Progress | None:
         return self.engine.live(op_id) if self.engine_started else None
@@ -271,7 +230,7 @@ class OutlastApp(App[int]):
             self.dashboard.notes = self._notes()
             self.dashboard.refresh_view(bool(self.engine.running_ids))
             if self.dashboard.selected in model.checkpointed:
-                self._load_side_panes(self.dashboard.selected, logs=False)
+                self.dashboard.load_side_panes(logs=False)
         model.checkpointed.clear()
         while model.errors:  # the store failing, said once when it begins
             self.notify(model.errors.popleft(), severity="error")
@@ -316,7 +275,8 @@ class OutlastApp(App[int]):
         """Every dashboard action that applies now, then Textual's own commands."""
         for action, (title, help_) in self.ACTIONS_HELP.items():
             if self._applies(action):
-                yield SystemCommand(title, help_, getattr(self, f"action_{action}"))
+                run = getattr(self, f"action_{action}", None) or getattr(self.dashboard, f"action_{action}")
+                yield SystemCommand(title, help_, run)
         yield from super().get_system_commands(screen)
 
     def _act(self, what: str, action: str, op_id: str, **kw: object) -> None:
@@ -372,30 +332,11 @@ class OutlastApp(App[int]):
     def action_lower_priority(self) -> None:
         self._reprioritise(False)
 
-    def action_detail(self) -> None:
-        self.dashboard.show_tab("detail", focus=True)
-
-    def action_checkpoints(self) -> None:
-        self.dashboard.show_tab("checkpoints", focus=True)
-
     def action_logs(self) -> None:
         self.dashboard.show_tab("logs", focus=True)
 
-    def action_pane(self, name: str) -> None:
-        """1-4: show a pane (at 80 columns this is how the tabs are switched). The focus stays where
-        it is, so the arrows still move through the operations and the pane follows; tab or the
-        pane's own key (enter, l) goes into it."""
-        self.dashboard.show_tab(name)
-
-    def action_sort(self) -> None:
-        self.dashboard.cycle_sort()
-        self._on_frame()
-
     def action_filter(self) -> None:
-        self.dashboard.open_filter()
-
-    def action_to_table(self) -> None:
-        self.dashboard.to_table()
+        self.dashboard.action_filter()
 
     def action_toggle_run_queue(self) -> None:
         """Watch only, or run queued work here too: what runs goes on either way."""
@@ -419,7 +360,7 @@ class OutlastApp(App[int]):
     def action_help(self) -> None:
         keys = [
             (b.key_display or b.key, self.ACTIONS_HELP[b.action][1])
-            for b in self.BINDINGS
+            for b in [*self.BINDINGS, *DashboardScreen.BINDINGS]
             if isinstance(b, Binding) and b.action in self.ACTIONS_HELP
         ]
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
@@ -493,7 +434,7 @@ class OutlastApp(App[int]):
             with contextlib.suppress(Exception):
                 await self._boot.wait()
         if self.engine_started:
-            self.engine_started = False
+            self.engine_started = self.model.started = False
             await self.engine.shutdown(reason=reason)
 
     async def on_unmount(self) -> None:

@@ -87,6 +87,8 @@ class OperationsModel:
         self.history: deque[ResourceSample] = deque(maxlen=HISTORY)
         self.last_full = time.monotonic()
         self.last_stopped = 0.0
+        self.started = False
+        """The engine is started: the store can be read (the App sets it)."""
         self.full: Operation | None = None
         """The selected operation's whole record (``ops`` holds slim ones): params, result."""
 

@@ -6,18 +6,22 @@ the logs pane's mode changed; reading the store and acting on operations is the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from textual import events, on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Container
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, Tab, Tabs
+from textual.worker import Worker
 
-from engine import LogRecord, Operation, Progress, ResourceSample, Status
+from engine import Operation, Progress, ResourceSample, Status
 
-from ..model import OperationsModel, Side
+from ..actions import key_applies
+from ..model import OperationsModel
 from ..widgets.checkpoints import CheckpointsPane
 from ..widgets.detail import DetailPane
 from ..widgets.logs import LogsPane
@@ -27,6 +31,8 @@ from ..widgets.resources import ResourcesPane
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
+SIDE_DEBOUNCE = 0.25
+"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
 TITLES = {
     "detail": "Detail",
     "checkpoints": "Checkpoints (enter resumes)",
@@ -35,28 +41,34 @@ TITLES = {
 }
 
 
+Work = Callable[[Coroutine[Any, Any, Any], str, str, bool], Worker[Any]]
+"""``work(coroutine, group, what, exclusive)``."""
+
+
 class DashboardScreen(Screen[None]):
     """``model`` is what is shown; ``live(op_id)`` the progress of what this process runs."""
 
     AUTO_FOCUS = "#ops"
-
-    class Selected(Message):
-        """The cursor moved to another operation (None: no row): its side panes are to be read."""
-
-        def __init__(self, op_id: str | None) -> None:
-            super().__init__()
-            self.op_id = op_id
-
-    class LogsMode(Message):
-        """The logs pane switched between the selected operation's log and every operation's."""
+    BINDINGS = [
+        Binding("enter", "detail", "Detail", show=False),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("escape", "to_table", "Back", show=False),
+        *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
+    ]
 
     def __init__(
-        self, model: OperationsModel, live: Callable[[str], Progress | None], clock: Callable[[], float]
+        self,
+        model: OperationsModel,
+        live: Callable[[str], Progress | None],
+        clock: Callable[[], float],
+        work: Work,
     ) -> None:
         super().__init__()
         self.model = model
         self.live = live
         self.clock = clock
+        self.work = work
+        """Runs a coroutine in a worker whose failure the App handles (in one place)."""
         self.selected: str | None = None
         self.narrow: bool | None = None
         self.tab = "detail"
@@ -145,7 +157,7 @@ class DashboardScreen(Screen[None]):
         selected = self.table.selected_id
         if selected != self.selected:
             self.selected = selected
-            self.post_message(self.Selected(selected))
+            self.load_side_panes(debounce=True)
         op = self.model.ops.get(selected) if selected else None
         if self.tab == "detail" or not self.narrow:
             live = self.live(selected) if selected else None
@@ -160,36 +172,43 @@ class DashboardScreen(Screen[None]):
     def _highlighted(self) -> None:
         self.show_selected()  # at once, not at the next frame: the key press is answered now
 
-    def show_side(self, op_id: str | None, side: Side | None) -> None:
-        """The selected operation's checkpoints and new log lines (``side`` None: nothing selected)."""
+    def load_side_panes(self, logs: bool = True, poll: bool = False, debounce: bool = False) -> None:
+        """Read the selected operation's checkpoints and log (new lines only when polling)."""
+        if poll and not (self.selected and self.selected in self.model.ops):
+            return
+        self.work(self._side_panes(self.selected, logs, debounce), "side", "reading the selected operation", True)
+
+    def load_all_logs(self) -> None:
+        """In the logs pane's all-operations mode: every operation's new log lines."""
+        if self.query_one(LogsPane).mode == "all":
+            self.work(self._all_logs(), "all-logs", "reading the logs", True)
+
+    async def _side_panes(self, op_id: str | None, logs: bool, debounce: bool) -> None:
+        # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
+        await asyncio.sleep(SIDE_DEBOUNCE if debounce else 0)
         cps_pane = self.query_one(CheckpointsPane)
         logs_pane = self.query_one(LogsPane)
-        if op_id is None or side is None:
+        if op_id is None:
             cps_pane.show(None, [])
             if logs_pane.mode == "selected":
                 logs_pane.reset(None)
             return
+        if not self.model.started:
+            return
+        logs = logs and logs_pane.mode == "selected"
+        fresh = logs_pane.op_id != op_id
+        side = await self.model.side(op_id, logs, None if fresh else logs_pane.log_offset)
         # Every change to the panes in one go: one layout, not one per pane.
         cps_pane.show(op_id, side.checkpoints)
         if side.logs is not None and logs_pane.mode == "selected":
-            if logs_pane.op_id != op_id:
+            if fresh:
                 logs_pane.reset(op_id)
             logs_pane.log_offset = side.log_offset
             logs_pane.add(side.logs)
 
-    def log_wanted(self, op_id: str) -> tuple[bool, int | None]:
-        """Whether ``op_id``'s log is shown (not every operation's), and from where to read it: None when
-        it is newly selected (its tail), else the offset read up to."""
+    async def _all_logs(self) -> None:
         logs = self.query_one(LogsPane)
-        return logs.mode == "selected", None if logs.op_id != op_id else logs.log_offset
-
-    def all_logs_offsets(self) -> dict[str, int] | None:
-        """In the logs pane's all-operations mode: each operation's log offset read up to (else None)."""
-        logs = self.query_one(LogsPane)
-        return logs.offsets if logs.mode == "all" else None
-
-    def show_all_logs(self, records: list[LogRecord]) -> None:
-        logs = self.query_one(LogsPane)
+        records = await self.model.all_logs(logs.offsets)
         if logs.mode == "all":
             logs.add(records, with_id=True)
 
@@ -215,11 +234,27 @@ class DashboardScreen(Screen[None]):
 
     # ---- the table: sort and filter --------------------------------------------------------------
 
-    def cycle_sort(self) -> None:
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return key_applies(action, self.selected_op)
+
+    def action_detail(self) -> None:
+        self.show_tab("detail", focus=True)
+
+    def action_checkpoints(self) -> None:
+        self.show_tab("checkpoints", focus=True)
+
+    def action_pane(self, name: str) -> None:
+        """1-4: show a pane (at 80 columns this is how the tabs are switched). The focus stays where
+        it is, so the arrows still move through the operations and the pane follows; tab or the
+        pane's own key (enter, l) goes into it."""
+        self.show_tab(name)
+
+    def action_sort(self) -> None:
         self.table.sort = SORTS[(SORTS.index(self.table.sort) + 1) % len(SORTS)]
         self.model.structure_dirty = True
+        self.refresh_view(running=False)
 
-    def open_filter(self) -> None:
+    def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = True
         box.focus()
@@ -236,7 +271,7 @@ class DashboardScreen(Screen[None]):
             box.display = False
         self.table.focus()
 
-    def to_table(self) -> None:
+    def action_to_table(self) -> None:
         """Escape: clear the filter when typing one, else go back to the table."""
         box = self.query_one("#filter", Input)
         if box.has_focus or (box.display and self.focused is self.table):
@@ -253,5 +288,8 @@ class DashboardScreen(Screen[None]):
             tab = self.query_one("#tab-logs", Tab)
             tab.label = "3 Logs: all" if logs.mode == "all" else "3 Logs"  # at 80 columns the tab is the title
             logs.reset(None)
-            self.post_message(self.LogsMode())
+            if logs.mode == "all":
+                self.load_all_logs()
+            else:
+                self.load_side_panes()
             event.stop()
