@@ -130,8 +130,9 @@ class OutlastApp(App[int]):
     @property
     def dashboard(self) -> DashboardScreen:
         """The dashboard's own screen: queries must not look into a dialog open on top of it."""
-        screen = self.screen_stack[0] if self.screen_stack else self.screen
-        assert isinstance(screen, DashboardScreen)
+        screen = self.screen_stack[0] if self.screen_stack else None
+        if not isinstance(screen, DashboardScreen):
+            raise NoMatches("the dashboard is gone: the app is closing")
         return screen
 
     def on_mount(self) -> None:
