@@ -533,3 +533,41 @@ async def test_quit_hand_over_leaves_the_work_to_a_background_worker_that_comple
 async def _settled(store, op_id: str):  # type: ignore[no-untyped-def]
     record = await store.get(op_id)
     return record if record.status not in (Status.QUEUED, Status.RUNNING, Status.PAUSED) else None
+
+
+async def test_outlast_tui_watch_only_in_a_terminal_leaves_queued_work_queued(tui_settings: Settings) -> None:
+    """``outlast tui --watch-only`` from the command line, in a real pseudo-terminal."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        proc = subprocess.Popen(
+            [*CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests",
+             "tui", "--watch-only"],
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},
+        )  # fmt: skip
+        os.close(slave)
+        screen = bytearray()
+        reader = threading.Thread(target=_collect, args=(master, screen), daemon=True)
+        reader.start()
+        try:
+            await until(lambda: b"watch only" in screen, timeout=30)
+            await asyncio.sleep(1.5)  # the scheduler would have claimed it twice over by now
+            assert (await engine.store.get(op.id)).status is Status.QUEUED
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+        assert code == 0
+        assert (await engine.store.get(op.id)).status is Status.QUEUED
+
+
+def _collect(fd: int, into: bytearray) -> None:
+    """What the app writes to its terminal, kept (and read, so that it never blocks)."""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 65536):
+            into += chunk
