@@ -3,9 +3,10 @@
 The public API. Importing it pulls in no UI (neither textual nor tui).
 """
 
-from .config import Settings, load_settings
+from .config import Settings, config_dir, load_settings, save_setting
 from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
 from .engine import Engine
+from .lifecycle import ACTIONS, Action, applies
 from .models import (
     ACTIVE,
     RESUMABLE,
@@ -36,22 +37,26 @@ from .models import (
     WorkerInfo,
 )
 from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile
-from .registry import handlers, migrate_timeout_operation, operation
+from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
+from .resources import ResourceSample
 from .store import open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIONS",
     "ACTIVE",
     "RESUMABLE",
     "SEED_PROFILES",
     "SETTLED",
     "TERMINAL",
+    "Action",
     "Checkpoint",
     "CheckpointSaved",
     "Conflict",
     "Engine",
     "Event",
+    "HandlerSpec",
     "InvalidInput",
     "ItemFailed",
     "ItemFailure",
@@ -67,6 +72,7 @@ __all__ = [
     "Priority",
     "Progress",
     "ProgressReported",
+    "ResourceSample",
     "RetryPolicy",
     "Settings",
     "StaleAttempt",
@@ -79,9 +85,12 @@ __all__ = [
     "TransientError",
     "WorkerInfo",
     "__version__",
+    "applies",
+    "config_dir",
     "handlers",
     "load_settings",
     "migrate_timeout_operation",
     "open_store",
     "operation",
+    "save_setting",
 ]

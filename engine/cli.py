@@ -66,7 +66,7 @@ def cli(
     return None
 
 
-def open_dashboard(app: App) -> int:
+def open_dashboard(app: App, watch_only: bool = False) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
     settings = app.settings
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -77,14 +77,15 @@ def open_dashboard(app: App) -> int:
     except ImportError as e:
         fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
         return ExitCode.USAGE
-    return int(tui_app.main(settings) or 0)
+    return int(tui_app.main(settings, watch_only=watch_only) or 0)
 
 
 @cli.command()
+@click.option("--watch-only", is_flag=True, help="Show the store; start no queued work here (w toggles).")
 @pass_app
-def tui(app: App) -> int:
+def tui(app: App, watch_only: bool) -> int:
     """Open the dashboard (the same as `outlast` on a terminal)."""
-    return open_dashboard(app)
+    return open_dashboard(app, watch_only)
 
 
 @cli.command()

@@ -21,10 +21,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.widgets import Static
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
+from tui.screens.help import HelpScreen
 from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
@@ -32,6 +34,7 @@ from tui.widgets.operations import OperationsTable
 from .conftest import REPO
 from .fixtures_cli import CLI
 from .fixtures_engine import until
+from .fixtures_redis import RedisServer
 from .fixtures_tui import NOW, make_app, select, status_of, wait_for
 
 
@@ -446,3 +449,125 @@ async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_tex
         app.notify(f"queued {name}")
         await wait_for(pilot, lambda: any("queued" in m for m, _ in shown))
     assert shown and all("\x1b" not in m and markup is False for m, markup in shown)
+
+
+async def test_a_store_that_goes_away_under_a_key_press_is_shown_and_the_dashboard_goes_on(
+    tui_settings: Settings, redis_server: RedisServer
+) -> None:
+    """Every background call's failure ends in one handler: the store failing under an action is said
+    once and shown in the status line (it used to be a warning that left the status line saying all is
+    well), and the dashboard goes on."""
+    store = open_store(redis_server.url, namespace="t", retry_for=0.5)
+    engine = Engine(store=store, settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=3600.0)
+    said: list[tuple[str, str]] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append((kw.get("severity", ""), str(message))), notify(message, **kw))[1]  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit({"type": "ledger", "name": "queued", "params": {"items": 3}})
+        await select(pilot, op.id)
+        redis_server.kill()
+        await pilot.press("p")
+        statusline = app.query_one("#statusline", Static)
+        await wait_for(pilot, lambda: "store unreachable" in str(statusline.render()))
+        assert app.is_running
+        assert [s for s in said if s[0] == "error" and s[1].startswith("store: ")], said
+        await pilot.press("question_mark")  # and the keys still answer
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_watch_only_starts_no_queued_work_until_w_and_says_so(tui_settings: Settings) -> None:
+    """A second dashboard opened to watch must not run the store's queue (``outlast tui --watch-only``);
+    w toggles, the status line says which."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        statusline = app.query_one("#statusline", Static)
+        op = await app.engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
+        await select(pilot, op.id)
+        await pilot.pause(0.6)  # a submit wakes the scheduler, and it looks twice a second anyway
+        assert await status_of(app, op.id) is Status.QUEUED and not app.engine.running_ids
+        assert "watch only" in str(statusline.render())
+        await pilot.press("w")
+        await wait_for(pilot, lambda: _is(app, op.id, Status.COMPLETED))
+        assert "watch only" not in str(statusline.render())
+        await pilot.press("w")
+        later = await app.engine.submit({"type": "ledger", "name": "later", "params": {"items": 3}})
+        await pilot.pause(0.6)
+        assert await status_of(app, later.id) is Status.QUEUED
+
+
+async def test_quit_hand_over_leaves_the_work_to_a_background_worker_that_completes_it(
+    tui_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the dashboard never has to stop work: h pauses it here at a checkpoint and a detached
+    ``outlast worker`` on the same store resumes it from there after the app has exited."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the worker loads the tests' plugin
+    ledger = tmp_path / "ledger.txt"
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=80, seconds=0.02, log_file=str(ledger))
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 10)
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("h")
+        await wait_for(pilot, lambda: not app.is_running, timeout=30)
+    assert app.handed_over and "1 operation handed over to a background worker" in app.handed_over
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        record = await until(lambda: _settled(store, op_id), timeout=60)
+        assert record.status is Status.COMPLETED and record.attempt == 2
+        assert record.result == {"sum": sum(range(80))}
+        assert record.worker is not None and record.worker.pid != os.getpid()  # run by the worker
+        executed = [int(x) for x in ledger.read_text().split()]
+        assert sorted(set(executed)) == list(range(80))
+        assert len(executed) - 80 <= 1  # resumed from the hand-over checkpoint: at most the item in flight again
+    finally:
+        await store.close()
+    log_path = Path(app.handed_over.rsplit("its log: ", 1)[1])
+    await until(lambda: "worker stopped" in log_path.read_text(), timeout=30)  # it exits when idle
+
+
+async def _settled(store, op_id: str):  # type: ignore[no-untyped-def]
+    record = await store.get(op_id)
+    return record if record.status not in (Status.QUEUED, Status.RUNNING, Status.PAUSED) else None
+
+
+async def test_outlast_tui_watch_only_in_a_terminal_leaves_queued_work_queued(tui_settings: Settings) -> None:
+    """``outlast tui --watch-only`` from the command line, in a real pseudo-terminal."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        proc = subprocess.Popen(
+            [*CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests",
+             "tui", "--watch-only"],
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},
+        )  # fmt: skip
+        os.close(slave)
+        screen = bytearray()
+        reader = threading.Thread(target=_collect, args=(master, screen), daemon=True)
+        reader.start()
+        try:
+            await until(lambda: b"watch only" in screen, timeout=30)
+            await asyncio.sleep(1.0)  # the scheduler would have claimed it twice over by now
+            assert (await engine.store.get(op.id)).status is Status.QUEUED
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+        assert code == 0
+        assert (await engine.store.get(op.id)).status is Status.QUEUED
+
+
+def _collect(fd: int, into: bytearray) -> None:
+    """What the app writes to its terminal, kept (and read, so that it never blocks)."""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 65536):
+            into += chunk

@@ -37,7 +37,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
 async def _checkpoints(pilot: Pilot[Any]) -> None:
     await _loaded(pilot)
     await select(pilot, CHECKPOINTED)
-    pilot.app.action_checkpoints()  # type: ignore[attr-defined]
+    pilot.app.dashboard.action_checkpoints()  # type: ignore[attr-defined]
     pane = pilot.app.query_one(CheckpointsPane)
     await wait_for(pilot, lambda: pane.op_id == CHECKPOINTED and len(pane.shown) == 3)
     await pilot.pause(0.3)

@@ -133,7 +133,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     table = app.query_one(OperationsTable)
     await wait_for(pilot, lambda: len(table.ids) == 9 and app.model.history)
     await select(pilot, FAILED_OP)
-    await wait_for(pilot, lambda: app._selected == FAILED_OP)
+    await wait_for(pilot, lambda: app.dashboard.selected == FAILED_OP)
     await pilot.pause(0.3)
     assert app.theme == app.settings.theme  # the persisted choice was applied at start-up
 

@@ -15,21 +15,27 @@ from __future__ import annotations
 import gc
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from engine import (
     ACTIVE,
+    Checkpoint,
     CheckpointSaved,
     Engine,
     Event,
+    LogRecord,
+    NotFound,
     Operation,
+    OperationSpec,
     OutlastError,
     Priority,
+    ResourceSample,
     Status,
     StatusChanged,
+    StoreError,
     TimeoutExtended,
 )
-from engine.resources import ResourceSample
 
 STOPPED_POLL = 10.0
 """Seconds between reads of paused and interrupted operations (another process may cancel them)."""
@@ -39,6 +45,26 @@ PAGE = 2000
 """Records read at a time in a full reload (one page in memory, the event loop free between pages)."""
 HISTORY = 300
 """Resource samples kept for the sparklines."""
+LOG_TAIL = 500
+"""Lines of the selected operation's log shown when it is selected."""
+ALL_LOGS_OPS = 20
+"""In the logs pane's all-operations mode: the running operations and this many last updated."""
+ALL_LOGS_TAIL = 50
+"""Lines of each operation's log shown when the all-operations mode starts."""
+
+Sampler = Callable[[dict[str, list[int]]], ResourceSample]
+
+
+@dataclass
+class Side:
+    """What the side panes show of the selected operation, read in one go."""
+
+    op_id: str
+    checkpoints: list[Checkpoint]
+    logs: list[LogRecord] | None
+    """New log lines (None: the log was not read)."""
+    log_offset: int
+    """Where the log was read up to: the next read starts there."""
 
 
 class OperationsModel:
@@ -61,6 +87,10 @@ class OperationsModel:
         self.history: deque[ResourceSample] = deque(maxlen=HISTORY)
         self.last_full = time.monotonic()
         self.last_stopped = 0.0
+        self.started = False
+        """The engine is started: the store can be read (the App sets it)."""
+        self.full: Operation | None = None
+        """The selected operation's whole record (``ops`` holds slim ones): params, result."""
 
     # ---- records -----------------------------------------------------------------------------
 
@@ -104,7 +134,7 @@ class OperationsModel:
 
     # ---- reading the store -------------------------------------------------------------------
 
-    def failed(self, e: Exception) -> None:
+    def failed(self, e: BaseException) -> None:
         """The store failed: one line when it begins, the status line says so until it is back."""
         if self.store_ok:
             self.errors.append(f"store: {e}")
@@ -179,6 +209,92 @@ class OperationsModel:
                     self.structure_dirty = True
             except Exception as e:
                 self.failed(e)
+
+    async def first_read(self) -> None:
+        """What the first screen shows (status sort: active work on top), before every record is read."""
+        try:
+            for op in await self.engine.list(statuses=list(ACTIVE)):
+                self.keep(op)
+        except Exception as e:
+            self.failed(e)
+
+    # ---- the selected operation and the logs ----------------------------------------------------
+
+    def full_of(self, op_id: str | None) -> Operation | None:
+        """The whole record of ``op_id`` when it has been read."""
+        return self.full if self.full is not None and self.full.id == op_id else None
+
+    async def side(self, op_id: str, logs: bool, log_offset: int | None) -> Side:
+        """The selected operation's checkpoints and log, and its whole record when its status changed
+        since it was read. ``log_offset`` None: the log's tail (it was just selected); else the lines
+        after that offset."""
+        full = self.full
+        held = self.ops.get(op_id)
+        if full is None or full.id != op_id or (held is not None and full.status is not held.status):
+            self.full = await self.engine.get(op_id)
+        checkpoints = await self.engine.checkpoints(op_id)
+        records: list[LogRecord] | None = None
+        offset = log_offset or 0
+        if logs:
+            if log_offset is None:
+                records, offset = await self.engine.logs(op_id, 0, LOG_TAIL)
+            else:
+                records, offset = await self.engine.logs(op_id, log_offset)
+        return Side(op_id, checkpoints, records, offset)
+
+    async def all_logs(self, offsets: dict[str, int]) -> list[LogRecord]:
+        """Every operation's new log lines, merged by time: those that run now and the last ones updated,
+        whichever process runs them. ``offsets`` (each operation's offset read up to) is advanced; an
+        operation read for the first time gives its last ALL_LOGS_TAIL lines."""
+        records: list[LogRecord] = []
+        for op_id in dict.fromkeys([*self.active, *(o.id for o in self.recent(ALL_LOGS_OPS))]):
+            try:
+                if op_id in offsets:
+                    got, offsets[op_id] = await self.engine.logs(op_id, offsets[op_id])
+                else:
+                    got, offsets[op_id] = await self.engine.logs(op_id, 0, ALL_LOGS_TAIL)
+            except NotFound:  # removed meanwhile
+                continue
+            for rec in got:
+                rec.operation_id = op_id
+            records += got
+        return sorted(records, key=lambda r: r.ts)
+
+    def sample(self, sampler: Sampler) -> ResourceSample:
+        """A resource sample (this process and the work it runs), kept for the sparklines."""
+        sample = sampler(self.engine.child_pids())
+        self.history.append(sample)
+        return sample
+
+    # ---- acting on operations ---------------------------------------------------------------------
+
+    async def act(self, action: str, op_id: str, **kw: object) -> Operation:
+        """``cancel``, ``pause``, ``resume`` (``checkpoint=SEQ``) or ``set_priority`` (``priority=P``)
+        through the engine; the record it returns is kept, and read again at the next frame either way.
+        A refusal raises (Conflict, NotFound): the caller says it."""
+        try:
+            op: Operation = await getattr(self.engine, action)(op_id, **kw)
+        finally:
+            self.refetch.add(op_id)
+        self.keep(op)
+        return op
+
+    def reprioritise(self, op: Operation, up: bool) -> Priority:
+        """The next priority up or down, shown at once: a second key press builds on this one."""
+        new = op.priority.raised() if up else op.priority.lowered()
+        self.keep(op.model_copy(update={"priority": new}))
+        return new
+
+    async def submit(self, spec: OperationSpec) -> Operation:
+        op = await self.engine.submit(spec)
+        self.keep(op)
+        return op
+
+
+def is_refusal(e: BaseException) -> bool:
+    """An engine refusal (the operation is gone, or not in a status that allows it): one warning line,
+    not a store failure."""
+    return isinstance(e, OutlastError) and not isinstance(e, StoreError)
 
 
 def slim(op: Operation) -> Operation:

@@ -19,7 +19,7 @@ from textual.app import App
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
-from engine.config import config_dir
+from engine import config_dir
 
 log = logging.getLogger("outlast.tui.themes")
 

@@ -42,9 +42,11 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class QuitScreen(ModalScreen[str | None]):
-    """Operations still run in this process: pause them (checkpoint each) or wait until they finish."""
+    """Operations still run in this process: hand them over to a background worker, pause them (a
+    checkpoint each), or wait until they finish."""
 
     BINDINGS = [
+        Binding("h", "choose('hand_over')", "Hand over and quit"),
         Binding("p", "choose('pause')", "Pause and quit"),
         Binding("w", "choose('wait')", "Wait, then quit"),
         Binding("escape", "choose(None)", "Stay"),
@@ -62,17 +64,19 @@ class QuitScreen(ModalScreen[str | None]):
                 classes="question",
             )
             yield Label(
-                "Pause: each saves a checkpoint and stops; `outlast resume ID` goes on later.\n"
+                "Hand over: a background worker goes on, from a checkpoint each.\n"
+                "Pause: each stops at a checkpoint; `outlast resume ID` goes on later.\n"
                 "Wait: start nothing new, quit when they have finished.",
                 classes="explain",
             )
             with Horizontal(classes="buttons"):
-                yield Button("Pause and quit (p)", variant="warning", id="pause")
+                yield Button("Hand over (h)", variant="success", id="hand_over")
+                yield Button("Pause (p)", variant="warning", id="pause")
                 yield Button("Wait (w)", variant="primary", id="wait")
                 yield Button("Stay (esc)", id="stay")
 
     def on_mount(self) -> None:
-        self.query_one("#pause", Button).focus()
+        self.query_one("#hand_over", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "stay" else event.button.id)

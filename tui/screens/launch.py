@@ -26,8 +26,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
-from engine import OperationSpec, Priority
-from engine.registry import HandlerSpec
+from engine import HandlerSpec, OperationSpec, Priority
 
 Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
 RESERVED_ROWS = 14

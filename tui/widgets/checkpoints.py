@@ -12,7 +12,7 @@ from .. import format as fmt
 from .detail import local_time
 
 
-class CheckpointsPane(DataTable[str]):
+class CheckpointsPane(DataTable[str | Text]):
     """A few rows at most (the store keeps the newest N), so a DataTable is the right tool here."""
 
     class ResumeFrom(Message):

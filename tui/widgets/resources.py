@@ -13,8 +13,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from engine import Priority
-from engine.resources import ResourceSample
+from engine import Priority, ResourceSample
 
 SPARK = "▁▂▃▄▅▆▇█"
 LABEL = 8

@@ -1,0 +1,155 @@
+"""The dashboard's model and actions table, without Textual: a real engine over a real store.
+
+``tui.model`` (the records and how they are kept fresh) and ``tui.actions`` (which key applies to
+which operation) import no Textual, so they are tested here as plain objects.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import (
+    ACTIONS,
+    Action,
+    Conflict,
+    Engine,
+    LogRecord,
+    Operation,
+    Priority,
+    Progress,
+    Settings,
+    Status,
+    open_store,
+)
+from tui.actions import KEY_ACTIONS, key_applies, resume_question
+from tui.model import OperationsModel
+
+from .conftest import REPO
+
+
+def test_model_and_actions_import_no_textual() -> None:
+    code = (
+        "import sys, tui.model, tui.actions; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_dashboard_imports_only_engines_public_api() -> None:
+    """``from engine import ...`` only: no ``engine.x`` module, so no private name and no other face.
+    (tui/format.py re-exports the shared formatting; it moves to engine.humanize with the CLI package.)"""
+    bad = []
+    for path in sorted((REPO / "tui").rglob("*.py")):
+        if path.name == "format.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("engine.")]
+    assert not bad, bad
+
+
+def _op(status: Status, priority: Priority = Priority.NORMAL) -> Operation:
+    return Operation(
+        id="06b4000000001", type="ledger", status=status, priority=priority, created_at=0, queued_at=0, updated_at=0
+    )
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_keys_apply_as_the_lifecycle_table_says(status: Status) -> None:
+    for name, key in KEY_ACTIONS.items():
+        if key.action is not None and key.action is not Action.PRIORITY:
+            assert key_applies(name, _op(status)) is (status in ACTIONS[key.action]), name
+    queued = status is Status.QUEUED
+    assert key_applies("raise_priority", _op(status)) is queued
+    assert key_applies("raise_priority", _op(status, Priority.HIGH)) is False  # nowhere left to go
+    assert key_applies("lower_priority", _op(status, Priority.HIGH)) is queued
+    assert key_applies("lower_priority", _op(status, Priority.LOW)) is False
+    assert key_applies("detail", _op(status)) and key_applies("launch", _op(status))
+
+
+def test_with_nothing_selected_only_the_keys_that_need_no_operation_apply() -> None:
+    assert {n for n in KEY_ACTIONS if key_applies(n, None)} == {
+        "launch",
+        "filter",
+        "sort",
+        "logs",
+        "toggle_run_queue",
+        "cycle_theme",
+        "help",
+        "quit",
+    }
+
+
+def test_resume_question_says_what_will_be_done_again() -> None:
+    op = _op(Status.PAUSED).model_copy(update={"name": "big", "progress": Progress(done=1500, total=4000)})
+    assert resume_question(op, op.id, 2, 1000, 3) == (
+        "Resume big from checkpoint 2 (1.0k items done)? 500 items will be done again; 3 newer checkpoints dropped."
+    )
+
+
+async def test_model_reads_acts_and_forgets_what_the_store_no_longer_has(settings: Settings) -> None:
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        model = OperationsModel(engine)
+        a = await model.submit({"type": "ledger", "name": "a", "params": {"items": 3}})  # type: ignore[arg-type]
+        assert model.ops[a.id].status is Status.QUEUED and a.id in model.active and model.structure_dirty
+        b = await engine.submit({"type": "ledger", "name": "b", "params": {"items": 3}})  # by someone else
+        await model.poll()
+        assert b.id in model.ops
+
+        paused = await model.act("pause", a.id)
+        assert paused.status is Status.PAUSED and model.ops[a.id].status is Status.PAUSED
+        assert a.id in model.refetch  # read again at the next frame either way
+        with pytest.raises(Conflict, match="paused"):
+            await model.act("pause", a.id)  # a refusal is raised, for the one handler to say
+        await model.act("set_priority", b.id, priority=model.reprioritise(model.ops[b.id], up=True))
+        assert (await engine.get(b.id)).priority is Priority.HIGH
+
+        gone = _op(Status.PAUSED)  # a record held that the store no longer has (removed elsewhere)
+        model.keep(gone)
+        await model.fetch({gone.id, b.id})
+        assert gone.id not in model.ops and b.id in model.ops and model.store_ok
+
+
+async def test_model_reads_the_selected_log_from_its_tail_then_what_is_new_and_merges_all_logs(
+    settings: Settings,
+) -> None:
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        model = OperationsModel(engine)
+        ops = [await model.submit({"type": "ledger", "name": n}) for n in ("x", "y")]  # type: ignore[arg-type]
+        store = engine.store
+        for i, op in enumerate(ops):
+            await store.append_logs(
+                op.id, [LogRecord(ts=10 + 2 * j + i, level="info", message=f"{op.name} {j}") for j in range(3)]
+            )
+        side = await model.side(ops[0].id, logs=True, log_offset=None)
+        assert [r.message for r in side.logs or []] == ["x 0", "x 1", "x 2"] and side.checkpoints == []
+        assert model.full_of(ops[0].id) is not None and model.full_of(ops[1].id) is None
+        await store.append_logs(ops[0].id, [LogRecord(ts=20, level="info", message="x 3")])
+        again = await model.side(ops[0].id, logs=True, log_offset=side.log_offset)
+        assert [r.message for r in again.logs or []] == ["x 3"]
+
+        offsets: dict[str, int] = {}
+        merged = await model.all_logs(offsets)
+        assert [r.message for r in merged] == ["x 0", "y 0", "x 1", "y 1", "x 2", "y 2", "x 3"]
+        assert {r.operation_id for r in merged} == {op.id for op in ops}
+        assert await model.all_logs(offsets) == []  # offsets advanced: nothing new
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Settings:
+    from engine import load_settings
+
+    return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])

@@ -1,0 +1,85 @@
+"""The dashboard's actions as data: each key's title and help, and which operations it applies to.
+
+No Textual here. Which status an action applies to is the engine's lifecycle table
+(``engine.ACTIONS``); the dashboard adds only what a key itself needs (an operation selected; for
+the priority keys, a priority left to move to).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from engine import Action, Operation, Priority, applies
+
+from . import format as fmt
+
+
+class KeyAction(NamedTuple):
+    title: str
+    help: str
+    action: Action | None = None
+    """The lifecycle action behind the key (None: the key does not act on an operation's status)."""
+    needs_op: bool = False
+    """Applies only with an operation selected."""
+
+
+KEY_ACTIONS: dict[str, KeyAction] = {
+    "launch": KeyAction("Launch operation", "A form: type, params, priority, item estimate"),
+    "cancel": KeyAction("Cancel operation", "Cancel the selected operation (asks first)", Action.CANCEL),
+    "pause": KeyAction("Pause operation", "Pause the selected operation with a checkpoint", Action.PAUSE),
+    "resume": KeyAction("Resume operation", "Resume the selected operation from its newest checkpoint", Action.RESUME),
+    "raise_priority": KeyAction("Raise priority", "Queued work: one priority level up", Action.PRIORITY),
+    "lower_priority": KeyAction("Lower priority", "Queued work: one priority level down", Action.PRIORITY),
+    "detail": KeyAction(
+        "Show detail", "The selected operation's detail: step, timeout and why, failures", needs_op=True
+    ),
+    "filter": KeyAction("Filter operations", "Show only operations whose id, name, type or status match"),
+    "sort": KeyAction("Sort operations", "Cycle the sort: status, created, priority, progress, name, type"),
+    "logs": KeyAction("Focus logs", "The logs pane, following live (a: one operation / all)"),
+    "checkpoints": KeyAction(
+        "Show checkpoints", "The checkpoints pane; enter resumes from the chosen one", needs_op=True
+    ),
+    "toggle_run_queue": KeyAction(
+        "Watch only / run queued work", "Start no queued work here (only watch), or run it again"
+    ),
+    "cycle_theme": KeyAction("Next theme", "Cycle through the themes (remembered in the config)"),
+    "help": KeyAction("Help", "Every key"),
+    "quit": KeyAction("Quit", "Quit (running work: hand over to a background worker, pause, or wait)"),
+}
+"""Every dashboard action, in the order the help and the command palette list them."""
+
+OTHER_KEYS = [
+    ("1-4", "Show the detail, checkpoints, logs or resources pane"),
+    ("esc", "Back to the table (clears the filter)"),
+    ("tab", "Next pane (at 80 columns: the pane tabs, then left/right)"),
+    ("a", "In the logs pane: one operation's log / every operation's"),
+    ("ctrl+p", "Command palette: every action by name"),
+]
+"""Keys the help lists besides the actions'."""
+
+LIMIT = {"raise_priority": Priority.HIGH, "lower_priority": Priority.LOW}
+"""The priority keys: the priority at which there is nowhere left to move."""
+
+
+def key_applies(name: str, op: Operation | None) -> bool:
+    """Whether the dashboard action ``name`` makes sense for the selected operation ``op``."""
+    spec = KEY_ACTIONS.get(name)
+    if spec is None:
+        return True
+    if spec.action is not None:
+        if op is None or not applies(spec.action, op.status):
+            return False
+        return op.priority is not LIMIT[name] if name in LIMIT else True
+    return op is not None or not spec.needs_op
+
+
+def resume_question(op: Operation | None, op_id: str, seq: int, items: int, newer: int) -> str:
+    """What resuming ``op`` from checkpoint ``seq`` (``items`` done then, ``newer`` checkpoints after
+    it) will cost, asked before doing it."""
+    done = op.progress.done if op is not None and op.progress is not None else items
+    again = max(0, done - items)
+    dropped = f"; {newer} newer checkpoint{'s' if newer != 1 else ''} dropped" if newer else ""
+    return (
+        f"Resume {op.label if op else op_id} from checkpoint {seq} ({fmt.count(items)} items done)? "
+        f"{fmt.count(again)} item{'s' if again != 1 else ''} will be done again{dropped}."
+    )

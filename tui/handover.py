@@ -1,0 +1,74 @@
+"""Quitting the dashboard without stopping its work: hand it over to a background worker.
+
+No Textual here. What this dashboard's engine runs is paused at a checkpoint (its status line says
+it was handed over), queued again at once, and a detached ``outlast worker --exit-when-idle`` on the
+same store resumes it from that checkpoint; the worker exits when nothing is left to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import Engine, OutlastError, Settings
+
+log = logging.getLogger("outlast.tui")
+
+REASON = "handed over to a background worker"
+"""Ends the status line of what was handed over: "paused: handed over to a background worker"."""
+
+
+async def hand_over(engine: Engine, timeout: float) -> list[str]:
+    """Pause what ``engine`` runs (a checkpoint each) and queue it again for another process; the ids
+    queued. Nothing new starts here meanwhile; ``timeout``: how long to wait for the pauses."""
+    running: list[str] = list(engine.running_ids)
+    engine.run_queue = False
+    engine.shutdown_reason = REASON
+    engine.drain("shutdown")
+    end = time.monotonic() + timeout
+    while engine.running_ids and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    queued = []
+    for op_id in running:
+        try:
+            await engine.resume(op_id)
+        except OutlastError as e:  # finished meanwhile, or taken by another process: nothing to hand over
+            log.info("not handed over: %s", e)
+        else:
+            queued.append(op_id)
+    return queued
+
+
+def spawn_worker(settings: Settings) -> tuple[int, Path]:
+    """Start ``outlast worker --exit-when-idle`` on the same store in a new session (it outlives the
+    terminal); its pid and log file. A store URL goes through the environment (it may hold a password,
+    and a command line is readable by every user)."""
+    state_dir = Path(settings.state_dir).expanduser()
+    logs = state_dir / "detached"
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    args = ["--state-dir", str(state_dir)]
+    for plugin in settings.plugins:
+        args += ["--plugin", plugin]
+    env = dict(os.environ)
+    if settings.store:
+        env["OUTLAST_STORE"] = settings.store
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args, "worker", "--exit-when-idle"],
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    finally:
+        os.close(fd)
+    return proc.pid, log_path

@@ -1,0 +1,295 @@
+"""The dashboard's screen: the operations table over the side panes, the filter, the status line.
+
+A view: it shows what ``OperationsModel`` holds and says upward (messages) when the selection or
+the logs pane's mode changed; reading the store and acting on operations is the App's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from textual import events, on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static, Tab, Tabs
+from textual.worker import Worker
+
+from engine import Operation, Progress, ResourceSample, Status
+
+from ..actions import key_applies
+from ..model import OperationsModel
+from ..widgets.checkpoints import CheckpointsPane
+from ..widgets.detail import DetailPane
+from ..widgets.logs import LogsPane
+from ..widgets.operations import SORTS, OperationsTable
+from ..widgets.resources import ResourcesPane
+
+NARROW_WIDTH = 120
+NARROW_HEIGHT = 32
+PANES = ("detail", "checkpoints", "logs", "resources")
+SIDE_DEBOUNCE = 0.25
+"""Seconds the cursor rests on an operation before its checkpoints and log are read."""
+TITLES = {
+    "detail": "Detail",
+    "checkpoints": "Checkpoints (enter resumes)",
+    "resources": "Resources",
+    "logs": "Logs",
+}
+
+
+Work = Callable[[Coroutine[Any, Any, Any], str, str, bool], Worker[Any]]
+"""``work(coroutine, group, what, exclusive)``."""
+
+
+class DashboardScreen(Screen[None]):
+    """``model`` is what is shown; ``live(op_id)`` the progress of what this process runs."""
+
+    AUTO_FOCUS = "#ops"
+    BINDINGS = [
+        Binding("enter", "detail", "Detail", show=False),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("escape", "to_table", "Back", show=False),
+        *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
+    ]
+
+    def __init__(
+        self,
+        model: OperationsModel,
+        live: Callable[[str], Progress | None],
+        clock: Callable[[], float],
+        work: Work,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.live = live
+        self.clock = clock
+        self.work = work
+        """Runs a coroutine in a worker whose failure the App handles (in one place)."""
+        self.selected: str | None = None
+        self.narrow: bool | None = None
+        self.tab = "detail"
+        self.notes: list[str] = []
+        """What the App adds to the status line (quitting, engine stopped, watch only)."""
+        self._binding_state: tuple[object, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="statusline")
+        yield OperationsTable(self.model.ops, self.live, self.clock, id="ops")
+        yield Input(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
+        yield Tabs(
+            *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)), id="pane-tabs"
+        )
+        with Container(id="panes"):
+            yield DetailPane(self.clock, id="detail", classes="pane")
+            yield CheckpointsPane(id="checkpoints", classes="pane")
+            yield LogsPane(id="logs", classes="pane")
+            yield ResourcesPane(id="resources", classes="pane")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        for name, title in TITLES.items():
+            self.query_one(f"#{name}").border_title = title
+        self.apply_layout(self.app.size.width, self.app.size.height)
+        self.call_after_refresh(self.table.focus)
+        self.update_statusline()
+
+    @property
+    def table(self) -> OperationsTable:
+        return self.query_one(OperationsTable)
+
+    @property
+    def selected_op(self) -> Operation | None:
+        op_id = self.table.selected_id
+        return self.model.ops.get(op_id) if op_id else None
+
+    # ---- layout ----------------------------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.apply_layout(event.size.width, event.size.height)
+
+    def apply_layout(self, width: int, height: int) -> None:
+        """Side by side when there is room; otherwise the panes share one area under tabs."""
+        narrow = width < NARROW_WIDTH or height < NARROW_HEIGHT
+        if narrow == self.narrow:
+            return
+        self.narrow = narrow
+        self.set_class(narrow, "-narrow")
+        self.show_tab(self.tab)
+
+    def show_tab(self, name: str, focus: bool = False) -> None:
+        """Show one pane (at 80 columns the others hide under their tabs); ``focus``: and go into it."""
+        self.tab = name
+        for pane in PANES:
+            self.query_one(f"#{pane}").set_class(pane == name, "-active")
+        tabs = self.query_one("#pane-tabs", Tabs)
+        if tabs.active != f"tab-{name}":
+            tabs.active = f"tab-{name}"
+        if focus and (name != "detail" or not self.narrow):
+            self.query_one(f"#{name}").focus()
+
+    @on(Tabs.TabActivated, "#pane-tabs")
+    def _tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id:
+            self.show_tab(event.tab.id.removeprefix("tab-"))
+
+    # ---- the frame -------------------------------------------------------------------------------
+
+    def refresh_view(self, running: bool) -> None:
+        """What changed in the model since the last frame (``running``: this process runs work, whose
+        progress moves without the model knowing)."""
+        model, table = self.model, self.table
+        if model.structure_dirty:
+            model.structure_dirty = False
+            model.repaint = False
+            table.rebuild()
+            self.update_statusline()
+        elif model.repaint or running or not table.fetched:
+            model.repaint = False
+            table.refresh()
+        self.show_selected()
+
+    def show_selected(self) -> None:
+        """The detail of the selected operation, its side panes when it changed, the keys that apply."""
+        selected = self.table.selected_id
+        if selected != self.selected:
+            self.selected = selected
+            self.load_side_panes(debounce=True)
+        op = self.model.ops.get(selected) if selected else None
+        if self.tab == "detail" or not self.narrow:
+            live = self.live(selected) if selected else None
+            self.query_one(DetailPane).show(op, live, self.model.full_of(selected))
+        # The footer is rebuilt only when the keys that apply change, not at every cursor move.
+        state = (op is None, op.status if op else None, op.priority if op else None, *self.notes)
+        if state != self._binding_state:
+            self._binding_state = state
+            self.app.refresh_bindings()
+
+    @on(OperationsTable.Highlighted)
+    def _highlighted(self) -> None:
+        self.show_selected()  # at once, not at the next frame: the key press is answered now
+
+    def load_side_panes(self, logs: bool = True, poll: bool = False, debounce: bool = False) -> None:
+        """Read the selected operation's checkpoints and log (new lines only when polling)."""
+        if poll and not (self.selected and self.selected in self.model.ops):
+            return
+        self.work(self._side_panes(self.selected, logs, debounce), "side", "reading the selected operation", True)
+
+    def load_all_logs(self) -> None:
+        """In the logs pane's all-operations mode: every operation's new log lines."""
+        if self.query_one(LogsPane).mode == "all":
+            self.work(self._all_logs(), "all-logs", "reading the logs", True)
+
+    async def _side_panes(self, op_id: str | None, logs: bool, debounce: bool) -> None:
+        # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
+        await asyncio.sleep(SIDE_DEBOUNCE if debounce else 0)
+        cps_pane = self.query_one(CheckpointsPane)
+        logs_pane = self.query_one(LogsPane)
+        if op_id is None:
+            cps_pane.show(None, [])
+            if logs_pane.mode == "selected":
+                logs_pane.reset(None)
+            return
+        if not self.model.started:
+            return
+        logs = logs and logs_pane.mode == "selected"
+        fresh = logs_pane.op_id != op_id
+        side = await self.model.side(op_id, logs, None if fresh else logs_pane.log_offset)
+        # Every change to the panes in one go: one layout, not one per pane.
+        cps_pane.show(op_id, side.checkpoints)
+        if side.logs is not None and logs_pane.mode == "selected":
+            if fresh:
+                logs_pane.reset(op_id)
+            logs_pane.log_offset = side.log_offset
+            logs_pane.add(side.logs)
+
+    async def _all_logs(self) -> None:
+        logs = self.query_one(LogsPane)
+        records = await self.model.all_logs(logs.offsets)
+        if logs.mode == "all":
+            logs.add(records, with_id=True)
+
+    def show_resources(self, sample: ResourceSample, running: int, slots: int) -> None:
+        model = self.model
+        pane = self.query_one(ResourcesPane)
+        pane.update_data(sample, list(model.history), running, slots, model.queue_depth(), model.store_ok)
+
+    def update_statusline(self) -> None:
+        counts = self.model.counts()
+        table = self.table
+        n = len(self.model.ops)
+        parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
+        for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
+            if counts.get(status):
+                parts.append(f"{counts[status]} {status.value}")
+        if table.filter_words:
+            parts.append(f"filter [b]{' '.join(table.filter_words)}[/b] ({len(table.ids)} shown)")
+        if table.sort != SORTS[0]:
+            parts.append(f"sort {table.sort}")
+        parts += [f"[b]{note}[/b]" for note in self.notes]
+        self.query_one("#statusline", Static).update(" · ".join(parts))
+
+    # ---- the table: sort and filter --------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return key_applies(action, self.selected_op)
+
+    def action_detail(self) -> None:
+        self.show_tab("detail", focus=True)
+
+    def action_checkpoints(self) -> None:
+        self.show_tab("checkpoints", focus=True)
+
+    def action_pane(self, name: str) -> None:
+        """1-4: show a pane (at 80 columns this is how the tabs are switched). The focus stays where
+        it is, so the arrows still move through the operations and the pane follows; tab or the
+        pane's own key (enter, l) goes into it."""
+        self.show_tab(name)
+
+    def action_sort(self) -> None:
+        self.table.sort = SORTS[(SORTS.index(self.table.sort) + 1) % len(SORTS)]
+        self.model.structure_dirty = True
+        self.refresh_view(running=False)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.table.filter_words = event.value.lower().split()
+        self.model.structure_dirty = True
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value.strip():
+            box.display = False
+        self.table.focus()
+
+    def action_to_table(self) -> None:
+        """Escape: clear the filter when typing one, else go back to the table."""
+        box = self.query_one("#filter", Input)
+        if box.has_focus or (box.display and self.focused is self.table):
+            box.value = ""
+            box.display = False
+        self.table.focus()
+
+    def on_key(self, event: events.Key) -> None:
+        """``a`` in the logs pane: one operation's log / every operation's."""
+        logs = self.query_one(LogsPane)
+        if event.key == "a" and self.focused is logs:
+            logs.mode = "all" if logs.mode == "selected" else "selected"
+            logs.border_title = "Logs: all operations" if logs.mode == "all" else "Logs"
+            tab = self.query_one("#tab-logs", Tab)
+            tab.label = "3 Logs: all" if logs.mode == "all" else "3 Logs"  # at 80 columns the tab is the title
+            logs.reset(None)
+            if logs.mode == "all":
+                self.load_all_logs()
+            else:
+                self.load_side_panes()
+            event.stop()
