@@ -164,7 +164,7 @@ class OperationsModel:
         offset = 0
         while True:
             try:
-                page = await self.engine.list(limit=PAGE, offset=offset)
+                page = await self.engine.list_operations(limit=PAGE, offset=offset)
             except Exception as e:
                 self.failed(e)
                 return False
@@ -183,10 +183,10 @@ class OperationsModel:
             await self.reload_all()
             return
         try:
-            active = await self.engine.list(statuses=list(ACTIVE))
+            active = await self.engine.list_operations(statuses=list(ACTIVE))
             if now - self.last_stopped > STOPPED_POLL:
                 self.last_stopped = now
-                for op in await self.engine.list(statuses=[Status.PAUSED, Status.INTERRUPTED]):
+                for op in await self.engine.list_operations(statuses=[Status.PAUSED, Status.INTERRUPTED]):
                     self.keep(op)
         except Exception as e:
             self.failed(e)
@@ -213,7 +213,7 @@ class OperationsModel:
     async def first_read(self) -> None:
         """What the first screen shows (status sort: active work on top), before every record is read."""
         try:
-            for op in await self.engine.list(statuses=list(ACTIVE)):
+            for op in await self.engine.list_operations(statuses=list(ACTIVE)):
                 self.keep(op)
         except Exception as e:
             self.failed(e)
