@@ -427,6 +427,8 @@ SAMPLES = [
     ("--plugin", "../x", "ls"),
     ("show", "\x1b[2J"),
     ("submit", "demo", "--name", "n" * 201),
+    ("run", "codebase_indexing", "--params-json", '{"root": "/no/such/dir"}'),  # fixtures_ops.bad_params's way
+    ("run", "security_scan", "--params-json", '{"root": ".", "rules": ["no-such-rule"]}'),
 ]
 
 
