@@ -1,6 +1,6 @@
 """Measure what users feel, against the physical floor measured in the same run.
 
-    python scripts/bench.py [--quick] [--only NAME ...] [--json FILE] [--list]
+    python scripts/bench.py [--quick | --smoke] [--only NAME ...] [--json FILE] [--list]
 
 Prints a table (figure, value, floor or anchor, ratio, target, met) and writes the same
 rows as JSON. Every benchmark runs in a fresh temporary state directory (on the same file
@@ -112,12 +112,12 @@ def markdown(rows: list[Row], info: dict[str, object]) -> str:
     return "\n".join(out) + "\n"
 
 
-async def _run_all(names: list[str], quick: bool, root: Path) -> tuple[list[Row], list[str]]:
+async def _run_all(names: list[str], quick: bool, root: Path, smoke: bool = False) -> tuple[list[Row], list[str]]:
     reg = _registry()
     rows: list[Row] = []
     broken: list[str] = []
     for name in names:
-        bench = Bench(name=name, quick=quick, root=root / name)
+        bench = Bench(name=name, quick=quick or smoke, root=root / name, smoke=smoke)
         bench.root.mkdir(parents=True)
         t0 = time.perf_counter()
         try:
@@ -136,7 +136,8 @@ async def _run_all(names: list[str], quick: bool, root: Path) -> tuple[list[Row]
 def main(argv: list[str] | None = None) -> int:
     reg_names = list(_registry())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller data (CI smoke, < 30 s)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller data (a few minutes)")
+    ap.add_argument("--smoke", action="store_true", help="a tenth of --quick: checks every benchmark runs, measures nothing")
     ap.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(reg_names)}")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
@@ -157,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="outlast-bench-", dir=base) as tmp:
         root = Path(tmp)
         _isolate_env(root)
-        rows, broken = asyncio.run(_run_all(names, args.quick, root))
+        rows, broken = asyncio.run(_run_all(names, args.quick, root, args.smoke))
     _print_table(rows)
     report = {
-        "quick": args.quick,
+        "quick": args.quick or args.smoke,
+        "smoke": args.smoke,
         "started_at": started,
         "duration": time.time() - started,
         "machine": machine(),

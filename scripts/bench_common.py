@@ -94,6 +94,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _smaller(value: Any) -> Any:
+    """A size for --smoke: counts over 20 a tenth (at least 20), durations a quarter; the rest as is."""
+    if isinstance(value, tuple):
+        return tuple(_smaller(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, float):
+        return value / 4
+    return max(20, value // 10) if value > 20 else value
+
+
 @dataclass
 class Bench:
     """What a benchmark gets: its own temp root, the size switch, and cleanup of what it starts."""
@@ -101,11 +112,15 @@ class Bench:
     name: str
     quick: bool
     root: Path
+    smoke: bool = False
+    """Smaller still than quick: the test suite checks that every benchmark runs and reports."""
     _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     _counter: int = 0
 
     def pick(self, quick: Any, full: Any) -> Any:
-        return quick if self.quick else full
+        if not self.quick:
+            return full
+        return _smaller(quick) if self.smoke else quick
 
     def fresh_dir(self, label: str = "state") -> Path:
         """A new, empty state directory for one measurement."""
