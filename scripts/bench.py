@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     reg_names = list(_registry())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller data (a few minutes)")
-    ap.add_argument("--smoke", action="store_true", help="a tenth of --quick: checks every benchmark runs, measures nothing")
+    ap.add_argument("--smoke", action="store_true", help="a tenth of --quick: checks each benchmark runs")
     ap.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(reg_names)}")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
