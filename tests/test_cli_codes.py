@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import CLI, REPO, Cli
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine import Status
-from engine.cli_format import clock, duration, local_time  # noqa: F401  (one rendering for both faces)
+from engine.cli.format import clock, duration, local_time  # noqa: F401  (one rendering for both faces)
 from engine.humanize import printable  # noqa: F401  (stored text made safe: one rule for every face)
 
 STATUS_ORDER = {

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
-from .models import Checkpoint, LogRecord, Operation, Progress, Status
+from ..humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
+from ..models import Checkpoint, LogRecord, Operation, Progress, Status
 
 STATUS_COLOUR = {
     Status.QUEUED: "cyan",

@@ -8,11 +8,11 @@ import time
 
 import click
 
-from . import cli_format as fmt
-from .cli_common import COUNT, App, json_option, pass_app, session
-from .cli_exit import ExitCode, code_for_status
-from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
-from .models import SETTLED, Status
+from ..exitcodes import ExitCode, code_for_status
+from ..models import SETTLED, Status
+from . import format as fmt
+from .common import COUNT, App, json_option, pass_app, session
+from .follow import PlainView, WatchStopped, follow, make_view, watch_many
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 
@@ -177,8 +177,8 @@ def types(app: App) -> int:
     HANDLER: built-in (ships with Outlast), plugin (--plugin or the outlast.operations entry points),
     or "-" (a seed type with a profile only: it runs once a plugin registers a handler for it).
     """
-    from .profiles import SEED_PROFILES
-    from .registry import ensure_loaded, handlers
+    from ..profiles import SEED_PROFILES
+    from ..registry import ensure_loaded, handlers
 
     settings = app.settings
     ensure_loaded(settings.plugins)

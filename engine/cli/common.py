@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_follow import Mode
-from .config import Settings, load_settings
-from .models import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, InvalidInput, OperationSpec, Priority
+from ..config import Settings, load_settings
+from ..models import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, InvalidInput, OperationSpec, Priority
+from .follow import Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
@@ -56,7 +56,7 @@ class App:
     def settings(self) -> Settings:
         """The settings; plugins are imported here, so every command refuses a broken one alike."""
         if self._settings is None:
-            from .registry import load_plugin
+            from ..registry import load_plugin
 
             settings = load_settings(
                 self.config,
@@ -91,7 +91,7 @@ class App:
         """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
         store this command used (without --state-dir it would look in the default one and find nothing).
         A store URL's password is left out (``***``): it is never printed."""
-        from .config import redact_url
+        from ..config import redact_url
 
         parts = ["outlast"]
         if self.state_dir:
@@ -136,7 +136,7 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
     ``recover`` first marks operations left running by dead processes interrupted, so what a
     command shows is the truth.
     """
-    from .cli_run import make_engine
+    from .run import make_engine
 
     engine = make_engine(settings, run_queue=False)
     await engine.store.open()
@@ -191,7 +191,7 @@ def build_spec(
     """The spec from command-line options; InvalidInput (one line) when it does not validate."""
     from pydantic import ValidationError
 
-    from .profiles import one_line
+    from ..profiles import one_line
 
     data: dict[str, Any] = {}
     if params_json is not None:

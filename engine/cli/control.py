@@ -7,11 +7,11 @@ import asyncio
 
 import click
 
-from . import cli_format as fmt
-from .cli_common import PRIORITIES, SEQ, App, Seconds, pass_app, session
-from .cli_exit import ExitCode
-from .cli_run import run_foreground, spawn_detached, submit_or_resume, wait_settled
-from .models import SETTLED, NotFound, Operation, Priority, Status
+from ..exitcodes import ExitCode
+from ..models import SETTLED, NotFound, Operation, Priority, Status
+from . import format as fmt
+from .common import PRIORITIES, SEQ, App, Seconds, pass_app, session
+from .run import run_foreground, spawn_detached, submit_or_resume, wait_settled
 
 _TARGET = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}
 

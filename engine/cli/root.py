@@ -1,7 +1,7 @@
 """``outlast``: the headless command line, scriptable over SSH; the composition root.
 
-Commands that run work are here; read commands live in cli_read, control requests in
-cli_control. Errors are turned into one line and an exit code in one place (``main``).
+Commands that run work are here; read commands live in ``read``, control requests in
+``control``. Errors are turned into one line and an exit code in one place (``main``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import sys
 
 import click
 
-from . import __version__
-from . import cli_format as fmt
-from .cli_common import App, build_spec, json_option, pass_app, spec_options
-from .cli_exit import ExitCode, code_for_error, exit_codes_help
-from .cli_run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
-from .models import InvalidInput, OperationSpec
+from .. import __version__
+from ..exitcodes import ExitCode, code_for_error, exit_codes_help
+from ..models import InvalidInput, OperationSpec
+from . import format as fmt
+from .common import App, build_spec, json_option, pass_app, spec_options
+from .run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
 
 HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
 
@@ -145,8 +145,8 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     """The spec of ``op_id`` again, with the params and profile keys given changed."""
     from pydantic import ValidationError
 
-    from .cli_common import parse_pairs, session
-    from .profiles import one_line
+    from ..profiles import one_line
+    from .common import parse_pairs, session
 
     async with session(app.settings, recover=False) as engine:
         old = await engine.get(await engine.resolve(op_id))
@@ -246,7 +246,7 @@ def serve(
     """Serve the HTTP API."""
     settings = app.settings
     try:
-        from .api.server import serve as serve_api
+        from ..api.server import serve as serve_api
     except ImportError as e:
         fmt.echo(
             f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
@@ -256,9 +256,9 @@ def serve(
 
 
 def _register() -> None:
-    from . import cli_control, cli_read
+    from . import control, read
 
-    for command in (*cli_read.COMMANDS, *cli_control.COMMANDS):
+    for command in (*read.COMMANDS, *control.COMMANDS):
         cli.add_command(command)
     # ``--json`` after the command too (``outlast run demo --json``), on every command that takes it
     # before (``outlast --json run demo``): people type it where the command's other options are.
@@ -322,7 +322,3 @@ def main(argv: list[str] | None = None) -> None:
     else:
         code = int(rv) if isinstance(rv, int) else ExitCode.OK
     sys.exit(int(code))
-
-
-if __name__ == "__main__":
-    main()
