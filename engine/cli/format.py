@@ -1,4 +1,5 @@
-"""Plain-text rendering for the command line: durations, one-line progress, tables, details.
+"""Plain-text rendering for the command line: one-line progress, tables, details (durations, rates,
+counts and sizes come from ``engine.humanize``, shared with the dashboard).
 
 No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 """
@@ -6,13 +7,25 @@ No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
+from ..humanize import (  # noqa: F401  (re-exported: one rendering for every face)
+    UNSAFE,
+    UNSAFE_IN_OUTPUT,
+    ago,
+    clock,
+    count,
+    duration,
+    escape_char,
+    local_time,
+    printable,
+    rate,
+    size,
+    when,
+)
 from ..models import Checkpoint, LogRecord, Operation, Progress, Status
 
 STATUS_COLOUR = {
@@ -25,53 +38,6 @@ STATUS_COLOUR = {
     Status.TIMED_OUT: "red",
     Status.INTERRUPTED: "yellow",
 }
-
-
-def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds >= 1e9:
-        return ">30y"  # only garbage in a stored record gets here
-    s = int(max(0.0, seconds) + 0.5)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def local_time(ts: float | None) -> time.struct_time | None:
-    """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
-    record's garbage must not crash a listing)."""
-    if ts is None:
-        return None
-    try:
-        return time.localtime(ts)
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
-def clock(ts: float | None) -> str:
-    lt = local_time(ts)
-    return "-" if lt is None else time.strftime("%H:%M:%S", lt)
-
-
-def when(ts: float | None) -> str:
-    lt = local_time(ts)
-    return "-" if lt is None else time.strftime("%Y-%m-%d %H:%M:%S", lt)
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    return "-" if ts is None else duration((now or time.time()) - ts) + " ago"
-
-
-def rate(value: float | None) -> str:
-    if not value or not math.isfinite(value):
-        return "-"
-    return f"{value:.1f}/s" if value >= 1 else f"{value * 60:.1f}/min"
 
 
 def items(p: Progress) -> str:
@@ -207,7 +173,7 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
             "-" if c.progress_percentage is None else f"{c.progress_percentage:.1f}%",
             str(c.processed_items),
             c.next_step or "-",
-            f"{c.size} B",
+            size(c.size),
             "ok" if c.valid else "CORRUPT",
         ]
         for c in cps
