@@ -1,5 +1,8 @@
 """Control commands: cancel, pause, resume, priority. They work from any process: the store carries
-the request to whatever process runs the operation."""
+the request to whatever process runs the operation.
+
+Which action applies to which status, and the status a stop request ends in, are the lifecycle's
+(``engine.lifecycle``): a refused request is the same one-line Conflict (exit 7) in every face."""
 
 from __future__ import annotations
 
@@ -8,18 +11,18 @@ import asyncio
 import click
 
 from ..exitcodes import ExitCode
+from ..lifecycle import Action, StopReason, check_action
 from ..models import SETTLED, NotFound, Operation, Priority, Status
 from . import format as fmt
 from .common import PRIORITIES, SEQ, App, Seconds, pass_app, session
 from .run import run_foreground, spawn_detached, submit_or_resume, wait_settled
 
-_TARGET = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}
 
+def _control(action: Action) -> click.Command:
+    """``cancel`` or ``pause``: ask, then wait (``--wait``) for the status the lifecycle says it ends in."""
+    target = StopReason(action.value).status
 
-def _control(action: str):
-    target = _TARGET[action]
-
-    @click.command(action)
+    @click.command(action.value)
     @click.argument("op_id", metavar="ID")
     @click.option(
         "--wait",
@@ -36,7 +39,8 @@ def _control(action: str):
         async def go() -> tuple[Operation, bool]:
             async with session(app.settings) as engine:
                 full = await engine.resolve(op_id)
-                op = await getattr(engine, action)(full)
+                check_action(action, (await engine.get(full)).status, full)
+                op = await getattr(engine, action.value)(full)
                 if op.status in SETTLED or no_wait:
                     return op, op.status in SETTLED
                 return await wait_settled(engine, full, wait_s), True
@@ -61,16 +65,16 @@ def _control(action: str):
             fmt.echo(f"{op.id}: {action} requested{where}{still}; it stops at its next safe point")
         return ExitCode.OK
 
-    command.help = f"{action.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
+    command.help = f"{action.value.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
         "It stops at its next item boundary with a checkpoint and can be resumed."
-        if action == "pause"
+        if action is Action.PAUSE
         else "A cancelled operation keeps its checkpoints and can still be resumed."
     )
     return command
 
 
-cancel = _control("cancel")
-pause = _control("pause")
+cancel = _control(Action.CANCEL)
+pause = _control(Action.PAUSE)
 
 
 @click.command()
@@ -97,6 +101,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
     async def check() -> str:
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
+            check_action(Action.RESUME, (await engine.get(full)).status, full)
             if seq is not None:
                 have = {c.seq for c in await engine.checkpoints(full)}
                 if seq not in have:
@@ -132,7 +137,9 @@ def priority(app: App, op_id: str, level: str) -> int:
 
     async def go() -> Operation:
         async with session(app.settings) as engine:
-            return await engine.set_priority(await engine.resolve(op_id), Priority(level.lower()))
+            full = await engine.resolve(op_id)
+            check_action(Action.PRIORITY, (await engine.get(full)).status, full)
+            return await engine.set_priority(full, Priority(level.lower()))
 
     op = asyncio.run(go())
     if app.json:

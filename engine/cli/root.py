@@ -124,7 +124,7 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
     """Run an operation again as a new one: same type, params, priority, profile, name and tags.
 
     \b
-    Any operation, finished or not (resume goes on with a stopped one; this starts afresh).
+    A settled operation (resume goes on with a stopped one; this starts afresh).
     Examples:
       outlast rerun 06b2                     # the same again, in the foreground
       outlast rerun 06b2 -p root=../other    # with one param changed
@@ -145,11 +145,13 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     """The spec of ``op_id`` again, with the params and profile keys given changed."""
     from pydantic import ValidationError
 
+    from ..lifecycle import Action, check_action
     from ..profiles import one_line
     from .common import parse_pairs, session
 
-    async with session(app.settings, recover=False) as engine:
+    async with session(app.settings) as engine:
         old = await engine.get(await engine.resolve(op_id))
+    check_action(Action.RERUN, old.status, old.id)
     try:
         return OperationSpec(
             type=old.type,
