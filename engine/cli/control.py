@@ -6,16 +6,19 @@ Which action applies to which status, and the status a stop request ends in, are
 
 from __future__ import annotations
 
-import asyncio
+from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import NotFound
 from ..exitcodes import ExitCode
-from ..lifecycle import Action, StopReason, check_action
-from ..models import SETTLED, NotFound, Operation, Priority, Status
+from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
+from ..limits import Priority
 from . import format as fmt
-from .common import PRIORITIES, SEQ, App, Seconds, pass_app, session
-from .run import run_foreground, spawn_detached, submit_or_resume, wait_settled
+from .common import PRIORITIES, SEQ, App, Seconds, pass_app, run_async, session
+
+if TYPE_CHECKING:
+    from ..models import Operation
 
 
 def _control(action: Action) -> click.Command:
@@ -36,6 +39,8 @@ def _control(action: Action) -> click.Command:
     @click.option("--no-wait", is_flag=True, help="Only ask; do not wait for it to stop.")
     @pass_app
     def command(app: App, op_id: str, wait_s: float, no_wait: bool) -> int:
+        from .run import wait_settled
+
         async def go() -> tuple[Operation, bool]:
             async with session(app.settings) as engine:
                 full = await engine.resolve(op_id)
@@ -45,7 +50,7 @@ def _control(action: Action) -> click.Command:
                     return op, op.status in SETTLED
                 return await wait_settled(engine, full, wait_s), True
 
-        op, waited = asyncio.run(go())
+        op, waited = run_async(go())
         if app.json:
             fmt.echo(fmt.dumps(fmt.op_json(op)))
         if op.status is target:
@@ -97,6 +102,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
+    from .run import run_foreground, spawn_detached, submit_or_resume
 
     async def check() -> str:
         async with session(app.settings) as engine:
@@ -109,10 +115,10 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool) -> 
                     raise NotFound(f"operation {full} has no checkpoint {seq} (has: {listed})")
             return full
 
-    full = asyncio.run(check())
+    full = run_async(check())
     if not detach and not queue:
-        return asyncio.run(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command()))
-    op = asyncio.run(submit_or_resume(app.settings, None, full, seq))
+        return run_async(run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command()))
+    op = run_async(submit_or_resume(app.settings, None, full, seq))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id)
         if app.json:
@@ -141,7 +147,7 @@ def priority(app: App, op_id: str, level: str) -> int:
             check_action(Action.PRIORITY, (await engine.get(full)).status, full)
             return await engine.set_priority(full, Priority(level.lower()))
 
-    op = asyncio.run(go())
+    op = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from ..engine import Engine, StoreUnwritable, store_failure
 from ..models import (
@@ -24,8 +24,8 @@ from ..models import (
     TimeoutExtended,
 )
 from . import format as fmt
+from .common import Mode
 
-Mode = Literal["live", "plain", "json", "quiet"]
 PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
 LOCAL_TICK = 0.15

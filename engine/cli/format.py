@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..humanize import (  # noqa: F401  (re-exported: one rendering for every face)
     UNSAFE,
@@ -26,7 +26,10 @@ from ..humanize import (  # noqa: F401  (re-exported: one rendering for every fa
     size,
     when,
 )
-from ..models import Checkpoint, LogRecord, Operation, Progress, Status
+from ..lifecycle import Status
+
+if TYPE_CHECKING:  # ``ls`` and ``--help`` never load the models (pydantic)
+    from ..models import Checkpoint, LogRecord, Operation, Progress
 
 STATUS_COLOUR = {
     Status.QUEUED: "cyan",
@@ -97,28 +100,71 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozense
     return "\n".join([fmt(headers), *(fmt(r) for r in rows)])
 
 
-def ls_table(ops: list[Operation]) -> str:
+class LsRow(NamedTuple):
+    """What ``ls`` shows of one operation: from its model, or straight from its stored record."""
+
+    id: str
+    status: Status
+    type: str
+    name: str | None
+    done: int
+    total: int | None
+    percent: float | None
+    priority: str
+    created_at: float | None
+    note: str
+
+    @classmethod
+    def of(cls, op: Operation) -> LsRow:
+        p = op.progress
+        note = op.error or op.status_message or ""
+        return cls(
+            op.id, op.status, op.type, op.name, p.done, p.total, p.percent, op.priority.value, op.created_at, note
+        )
+
+    @classmethod
+    def of_record(cls, rec: Mapping[str, Any]) -> LsRow:
+        """From a stored record (a JSON object): KeyError, TypeError or ValueError when it does not
+        read as one (the caller then takes the validating path)."""
+        p = rec.get("progress") or {}
+        done, total = int(p.get("done", 0)), p.get("total")
+        if total is not None:
+            total = int(total)
+        pct = (100.0 if total == 0 else None) if not total else min(100.0, 100.0 * done / total)
+        created = rec.get("created_at")
+        return cls(
+            str(rec["id"]),
+            Status(rec["status"]),
+            str(rec["type"]),
+            None if rec.get("name") is None else str(rec["name"]),
+            done,
+            total,
+            pct,
+            str(rec.get("priority") or "normal"),
+            None if created is None else float(created),
+            str(rec.get("error") or rec.get("status_message") or ""),
+        )
+
+
+def ls_table(ops: Sequence[LsRow]) -> str:
     """One row an operation: TYPE is the type (what ``ls -t`` filters on), NAME the ``--name`` (a column
     only when some operation has one)."""
     now = time.time()
     named = any(op.name for op in ops)
-    rows = []
-    for op in ops:
-        p = op.progress
-        note = op.error or op.status_message or ""
-        rows.append(
-            [
-                op.id,
-                op.status.value,
-                op.type,
-                *([op.name or ""] if named else []),
-                percent(p),
-                items(p),
-                op.priority.value,
-                ago(op.created_at, now),
-                note[:60],
-            ]
-        )
+    rows = [
+        [
+            op.id,
+            op.status.value,
+            op.type,
+            *([op.name or ""] if named else []),
+            "-" if op.percent is None else f"{op.percent:.1f}%",
+            f"{op.done}/{op.total}" if op.total is not None else str(op.done),
+            op.priority,
+            ago(op.created_at, now),
+            op.note[:60],
+        ]
+        for op in ops
+    ]
     headers = ["ID", "STATUS", "TYPE", *(["NAME"] if named else []), "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"]
     return table(headers, rows, frozenset({4, 5} if named else {3, 4}))
 

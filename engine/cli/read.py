@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from ..exitcodes import ExitCode, code_for_status
-from ..models import SETTLED, Status
+from ..lifecycle import SETTLED, Status
 from . import format as fmt
-from .common import COUNT, App, json_option, pass_app, session
-from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+from .common import COUNT, App, json_option, pass_app, run_async, session
+
+if TYPE_CHECKING:
+    from ..models import Operation
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 
@@ -29,19 +31,44 @@ QUIET_NOTE = 3.0
 @pass_app
 def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
     """List operations, newest first."""
+    if not app.json:
+        rows = _quick_rows(app, list(statuses), list(types), limit)
+        if rows is not None:
+            if rows:
+                fmt.echo(fmt.ls_table(rows))
+            elif not app.quiet:
+                fmt.echo("no operations", err=True)
+            return ExitCode.OK
 
-    async def go() -> list:
+    async def go() -> list[Operation]:
         async with session(app.settings) as engine:
             return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
 
-    ops = asyncio.run(go())
+    ops = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
     elif ops:
-        fmt.echo(fmt.ls_table(ops))
+        fmt.echo(fmt.ls_table([fmt.LsRow.of(o) for o in ops]))
     elif not app.quiet:
         fmt.echo("no operations", err=True)
     return ExitCode.OK
+
+
+def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> list[fmt.LsRow] | None:
+    """The table's rows read straight from the local store with default settings (a start-up of a
+    bare interpreter's order, not an engine's); None: take the full path (see ``engine.store.quick``)."""
+    state_dir = app.quick_state_dir()
+    if state_dir is None:
+        return None
+    from ..store.quick import quick_list
+
+    records = quick_list(state_dir, [s.lower() for s in statuses], types, limit)
+    if records is None:
+        return None
+    try:
+        return [fmt.LsRow.of_record(r) for r in records]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a record that does not read: the full path skips it with a warning
 
 
 @click.command()
@@ -56,7 +83,7 @@ def show(app: App, op_id: str) -> int:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
 
-    op, cps = asyncio.run(go())
+    op, cps = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [c.model_dump(mode="json") for c in cps]}))
     else:
@@ -75,6 +102,8 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Exits when the operations settle, with the code of the first one that did not complete;
     Ctrl-C stops watching (exit 130) and leaves them running.
     """
+    from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+
     mode = app.mode
 
     async def go() -> int:
@@ -92,7 +121,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
         codes = [code_for_status(o.status) for o in finals]
         return next((c for c in codes if c != ExitCode.OK), ExitCode.OK)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 @click.command()
@@ -109,6 +138,8 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
             fmt.echo(fmt.dumps(rec.model_dump(mode="json")) if lines else fmt.log_line(rec))
 
     async def go() -> int:
+        import asyncio
+
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
             records, offset = await engine.logs(full)
@@ -143,7 +174,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                     said = True
                 await asyncio.sleep(0.5)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 @click.command()
@@ -157,7 +188,7 @@ def checkpoints(app: App, op_id: str) -> int:
         async with session(app.settings) as engine:
             return await engine.checkpoints(await engine.resolve(op_id))
 
-    cps = asyncio.run(go())
+    cps = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps([c.model_dump(mode="json") for c in cps]))
     elif cps:

@@ -16,7 +16,8 @@ from ..files import private_opener
 from ..models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
 from ..store import open_store
 from . import format as fmt
-from .follow import Mode, PlainView, WatchStopped, follow, make_view
+from .common import Mode
+from .follow import PlainView, WatchStopped, follow, make_view
 
 PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
 

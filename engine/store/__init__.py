@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import InvalidInput
-from .base import ItemDelta, Ledger, Store
-from .local import LocalStore
+from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .base import ItemDelta, Ledger, Store
+    from .local import LocalStore
+
+_WHERE = {"ItemDelta": "base", "Ledger": "base", "Store": "base", "LocalStore": "local"}
+
+
+def __getattr__(name: str) -> Any:
+    """The stores' classes on first use: ``engine.store.quick`` (``outlast ls``) loads no pydantic model."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def open_store(target: str | Path | None = None, **options: Any) -> Store:
@@ -38,6 +53,8 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
         return RedisStore(text, **options)
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
+    from .local import LocalStore
+
     return LocalStore(Path(text))
 
 

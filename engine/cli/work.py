@@ -1,0 +1,226 @@
+"""The commands that run work: run, rerun, submit, worker, the detached runner, serve, and the dashboard.
+
+Loaded only when one of them is invoked (or ``--help`` lists them): see ``root.LAZY``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import InvalidInput
+from ..exitcodes import ExitCode
+from . import format as fmt
+from .common import App, build_spec, pass_app, run_async, spec_options
+
+if TYPE_CHECKING:
+    from ..models import OperationSpec
+
+
+def open_dashboard(app: App) -> int:
+    """The Textual dashboard, imported only now (the headless commands never load textual)."""
+    settings = app.settings
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
+        return ExitCode.USAGE
+    try:
+        import tui.app as tui_app
+    except ImportError as e:
+        fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
+        return ExitCode.USAGE
+    return int(tui_app.main(settings) or 0)
+
+
+@click.command()
+@pass_app
+def tui(app: App) -> int:
+    """Open the dashboard (the same as `outlast` on a terminal)."""
+    return open_dashboard(app)
+
+
+@click.command()
+@spec_options
+@click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
+@pass_app
+def run(app: App, detach: bool, **spec_args: object) -> int:
+    """Submit an operation and follow it until it settles.
+
+    \b
+    On a terminal: a live progress display. In a pipe: one line per progress report.
+    Ctrl-C, SIGTERM and SIGHUP pause it with a checkpoint; `outlast resume ID` goes on.
+    The exit code says how it ended (see `outlast --help`).
+
+    \b
+    Examples:
+      outlast run demo -p items=500 -p seconds=0.02
+      outlast run codebase_indexing -p root=. --profile checkpoint_interval=30
+      outlast run demo --params-json '{"items": 1000, "seconds": 0.01}' --priority high --detach
+      ID=$(outlast -q run demo --detach) && outlast watch $ID
+    """
+    from .run import run_foreground, submit_or_resume
+
+    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    if detach:
+        op = run_async(submit_or_resume(app.settings, spec, None, None))
+        return _detach(app, op.id)
+    return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+
+
+@click.command()
+@click.argument("op_id", metavar="ID")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Change a param (JSON value).")
+@click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Change the timeout profile.")
+@click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
+@click.option("--queue", is_flag=True, help="Only queue it, for a worker.")
+@pass_app
+def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...], detach: bool, queue: bool) -> int:
+    """Run an operation again as a new one: same type, params, priority, profile, name and tags.
+
+    \b
+    A settled operation (resume goes on with a stopped one; this starts afresh).
+    Examples:
+      outlast rerun 06b2                     # the same again, in the foreground
+      outlast rerun 06b2 -p root=../other    # with one param changed
+    """
+    if detach and queue:
+        raise click.UsageError("--detach and --queue exclude each other")
+    from .run import run_foreground, submit_or_resume
+
+    spec = run_async(_rerun_spec(app, op_id, params, profile))
+    if detach or queue:
+        op = run_async(submit_or_resume(app.settings, spec, None, None))
+        if queue:
+            fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
+            return ExitCode.OK
+        return _detach(app, op.id)
+    return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+
+
+async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...]) -> OperationSpec:
+    """The spec of ``op_id`` again, with the params and profile keys given changed."""
+    from pydantic import ValidationError
+
+    from ..lifecycle import Action, check_action
+    from ..models import OperationSpec
+    from ..profiles import one_line
+    from .common import parse_pairs, session
+
+    async with session(app.settings) as engine:
+        old = await engine.get(await engine.resolve(op_id))
+    check_action(Action.RERUN, old.status, old.id)
+    try:
+        return OperationSpec(
+            type=old.type,
+            params={**old.params, **parse_pairs(params, "--param")},
+            priority=old.priority,
+            profile={**old.profile_overrides, **parse_pairs(profile, "--profile")},
+            timeout=old.timeout,
+            name=old.name,
+            tags=old.tags,
+        )
+    except ValidationError as e:
+        raise InvalidInput(f"operation spec: {one_line(e)}") from None
+
+
+def _detach(app: App, op_id: str) -> int:
+    from .run import spawn_detached
+
+    pid = spawn_detached(app.settings, app.prepare_child(), op_id)
+    if app.json:
+        fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
+    else:
+        fmt.echo(op_id)
+        if not app.quiet:
+            fmt.echo(f"running in the background (pid {pid}); follow with: outlast watch {op_id}", err=True)
+    return ExitCode.OK
+
+
+@click.command()
+@spec_options
+@pass_app
+def submit(app: App, **spec_args: object) -> int:
+    """Queue an operation for a worker; print its id."""
+    from .run import submit_or_resume
+
+    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    op = run_async(submit_or_resume(app.settings, spec, None, None))
+    fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
+    return ExitCode.OK
+
+
+@click.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Operations at once [config: max_concurrent].")
+@click.option("--exit-when-idle", is_flag=True, help="Stop when nothing is queued or running.")
+@pass_app
+def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
+    """Run queued operations: for tmux, systemd, or many machines sharing one store.
+
+    SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0.
+
+    \b
+    Examples:
+      outlast worker --concurrency 4
+      outlast --store redis://queue-host:6379/0 worker      # one of many machines
+      outlast worker --exit-when-idle                      # drain the queue, e.g. from cron
+    """
+    from .run import run_worker
+
+    mode = "json" if app.json else ("quiet" if app.quiet else "plain")
+    return run_async(run_worker(app.settings, concurrency, exit_when_idle, mode))
+
+
+@click.command("_run-one", hidden=True)
+@click.argument("op_id")
+@pass_app
+def run_one_cmd(app: App, op_id: str) -> int:
+    """Run one queued operation (the detached process)."""
+    from .run import run_one
+
+    return run_async(run_one(app.settings, op_id))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the API token.")
+@click.option("--allow-commands", is_flag=True, help="Allow code-running types (command, test suites).")
+@click.option(
+    "--allow-output-root",
+    "output_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A directory API clients may write outputs under, besides the state dir's outputs (repeatable).",
+)
+@click.option(
+    "--max-body-size",
+    "max_body",
+    type=click.IntRange(1024, 1 << 30),
+    default=1 << 20,
+    show_default=True,
+    help="Bytes: larger request bodies are refused (413) unread.",
+)
+@pass_app
+def serve(
+    app: App,
+    host: str,
+    port: int,
+    token_file: str | None,
+    allow_commands: bool,
+    output_roots: tuple[str, ...],
+    max_body: int,
+) -> int:
+    """Serve the HTTP API."""
+    settings = app.settings
+    try:
+        from ..api.server import serve as serve_api
+    except ImportError as e:
+        fmt.echo(
+            f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
+        )
+        return ExitCode.USAGE
+    return int(serve_api(settings, host, port, token_file, allow_commands, output_roots, max_body) or 0)
+
+
+COMMANDS = [tui, run, rerun, submit, worker, run_one_cmd, serve]
