@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -215,7 +215,7 @@ def types(app: App) -> int:
     ensure_loaded(settings.plugins)
     hs = handlers()
     names = sorted(set(hs) | set(SEED_PROFILES))
-    out = []
+    out: list[dict[str, Any]] = []
     for name in names:
         h = hs.get(name)
         out.append(

@@ -13,7 +13,7 @@ import click
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
 from . import format as fmt
-from .common import App, build_spec, pass_app, run_async, spec_options
+from .common import App, Mode, build_spec, pass_app, run_async, spec_options
 
 if TYPE_CHECKING:
     from ..models import OperationSpec
@@ -167,7 +167,7 @@ def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
     """
     from .run import run_worker
 
-    mode = "json" if app.json else ("quiet" if app.quiet else "plain")
+    mode: Mode = "json" if app.json else ("quiet" if app.quiet else "plain")
     return run_async(run_worker(app.settings, concurrency, exit_when_idle, mode))
 
 
