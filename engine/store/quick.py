@@ -2,9 +2,9 @@
 pydantic models or an engine (together they cost a start-up of 4-5x a bare ``python -c pass``).
 
 It answers only when its answer is what the full path (open an engine, recover orphans, list) would
-print, and returns None otherwise: when the store does not exist yet, was written by another schema
-version, holds a record it cannot read, or has a running operation whose process is gone (the full
-path marks that one interrupted first). It writes nothing.
+print, and returns None otherwise: when the store does not exist yet or is not private (the full path
+makes it so), was written by another schema version, holds a record it cannot read, or has a running
+operation whose process is gone (the full path marks that one interrupted first). It writes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def quick_list(
     state_dir = state_dir.expanduser()
     db = state_dir / DB_NAME
     try:
-        if db.stat().st_size == 0:
+        if db.stat().st_size == 0 or not _private(state_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             return None
         conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
     except (OSError, sqlite3.Error):
@@ -58,6 +58,18 @@ def quick_list(
     finally:
         conn.close()
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+def _private(*paths: Path) -> bool:
+    """Whether every one of ``paths`` that exists is its owner's alone (the local store makes its
+    directory 0700 and its database files 0600 when it opens them)."""
+    for path in paths:
+        try:
+            if path.stat().st_mode & 0o077:
+                return False
+        except FileNotFoundError:
+            continue
+    return True
 
 
 def _held(lock: Path) -> bool:
