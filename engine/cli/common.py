@@ -6,10 +6,8 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -55,17 +53,27 @@ class Seconds(click.FloatRange):
         return rv
 
 
-@dataclass
 class App:
-    """The global options; settings are loaded on first use (``--help`` never reads a config)."""
+    """The global options; settings are loaded on first use (``--help`` never reads a config).
 
-    state_dir: str | None = None
-    store: str | None = None
-    config: str | None = None
-    plugins: tuple[str, ...] = ()
-    json: bool = False
-    quiet: bool = False
-    _settings: Settings | None = field(default=None, repr=False)
+    A plain class, not a dataclass: ``dataclasses`` is one import more at every start-up."""
+
+    def __init__(
+        self,
+        state_dir: str | None = None,
+        store: str | None = None,
+        config: str | None = None,
+        plugins: tuple[str, ...] = (),
+        json: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.config = config
+        self.plugins = plugins
+        self.json = json
+        self.quiet = quiet
+        self._settings: Settings | None = None
 
     @property
     def settings(self) -> Settings:
@@ -121,6 +129,8 @@ class App:
         """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
         store this command used (without --state-dir it would look in the default one and find nothing).
         A store URL's password is left out (``***``): it is never printed."""
+        import shlex
+
         from ..config import redact_url
 
         parts = ["outlast"]
