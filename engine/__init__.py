@@ -3,43 +3,105 @@
 The public API. Importing it pulls in no UI (neither textual nor tui).
 """
 
-from .config import Settings, config_dir, load_settings, save_setting
-from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
-from .engine import Engine
-from .lifecycle import ACTIONS, Action, applies
-from .models import (
-    ACTIVE,
-    RESUMABLE,
-    SETTLED,
-    TERMINAL,
-    Checkpoint,
-    CheckpointSaved,
-    Conflict,
-    Event,
-    InvalidInput,
-    ItemFailed,
-    ItemFailure,
-    LogEmitted,
-    LogRecord,
-    NotFound,
-    Operation,
-    OperationSpec,
-    OperationType,
-    OutlastError,
-    Priority,
-    Progress,
-    ProgressReported,
-    StaleAttempt,
-    Status,
-    StatusChanged,
-    StoreError,
-    TimeoutExtended,
-    WorkerInfo,
-)
-from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile
-from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
-from .resources import ResourceSample
-from .store import open_store
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names below are, for type checkers; at run time they load on first use
+    from .config import Settings, config_dir, load_settings, save_setting
+    from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
+    from .engine import Engine
+    from .ids import unique_prefix_lengths
+    from .lifecycle import ACTIONS, Action, applies
+    from .models import (
+        ACTIVE,
+        RESUMABLE,
+        SETTLED,
+        TERMINAL,
+        Checkpoint,
+        CheckpointSaved,
+        Conflict,
+        Event,
+        InvalidInput,
+        ItemFailed,
+        ItemFailure,
+        LogEmitted,
+        LogRecord,
+        NotFound,
+        Operation,
+        OperationSpec,
+        OperationType,
+        OutlastError,
+        Priority,
+        Progress,
+        ProgressReported,
+        StaleAttempt,
+        Status,
+        StatusChanged,
+        StoreError,
+        TimeoutExtended,
+        WorkerInfo,
+    )
+    from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile
+    from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
+    from .resources import ResourceSample
+    from .store import open_store
+
+_WHERE = {
+    **dict.fromkeys(("Settings", "config_dir", "load_settings", "save_setting"), "config"),
+    **dict.fromkeys(("OperationContext", "OperationStopped", "TooManyFailures", "TransientError"), "context"),
+    "Engine": "engine",
+    **dict.fromkeys(
+        ("ACTIVE", "RESUMABLE", "SETTLED", "TERMINAL", "Status", "ACTIONS", "Action", "applies"), "lifecycle"
+    ),
+    "unique_prefix_lengths": "ids",
+    "ResourceSample": "resources",
+    "HandlerSpec": "registry",
+    **dict.fromkeys(("Conflict", "InvalidInput", "NotFound", "OutlastError", "StaleAttempt", "StoreError"), "errors"),
+    **dict.fromkeys(
+        (
+            "Checkpoint",
+            "CheckpointSaved",
+            "Event",
+            "ItemFailed",
+            "ItemFailure",
+            "LogEmitted",
+            "LogRecord",
+            "Operation",
+            "OperationSpec",
+            "OperationType",
+            "Priority",
+            "Progress",
+            "ProgressReported",
+            "StatusChanged",
+            "TimeoutExtended",
+            "WorkerInfo",
+        ),
+        "models",
+    ),
+    **dict.fromkeys(("SEED_PROFILES", "RetryPolicy", "TimeoutProfile"), "profiles"),
+    **dict.fromkeys(("handlers", "migrate_timeout_operation", "operation"), "registry"),
+    "open_store": "store",
+}
+"""Each public name and the module it lives in: imported on first use, so that ``outlast --help``
+(and anything else that needs one corner of the engine) does not pay for pydantic models, psutil,
+asyncio and the stores at start-up."""
+
+
+def __getattr__(name: str) -> Any:
+    """A public name on first use (PEP 562); cached in the module afterwards."""
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __version__ = "0.1.0"
 
@@ -93,4 +155,5 @@ __all__ = [
     "open_store",
     "operation",
     "save_setting",
+    "unique_prefix_lengths",
 ]

@@ -18,25 +18,9 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .models import MAX_SECONDS, InvalidInput
+from .paths import config_dir as config_dir  # re-exported: they were defined here
+from .paths import default_config_file, default_state_dir
 from .profiles import TimeoutProfile, profile_for
-
-
-def _xdg(var: str, fallback: str) -> Path:
-    value = os.environ.get(var)
-    return Path(value) if value else Path.home() / fallback
-
-
-def default_state_dir() -> Path:
-    return _xdg("XDG_STATE_HOME", ".local/state") / "outlast"
-
-
-def config_dir() -> Path:
-    return _xdg("XDG_CONFIG_HOME", ".config") / "outlast"
-
-
-def default_config_file() -> Path:
-    return config_dir() / "config.toml"
-
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _URL_BOUNDS = {"retry_for": (0.0, MAX_SECONDS), "lease_ttl": (0.5, 3600.0)}

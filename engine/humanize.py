@@ -1,4 +1,7 @@
-"""Stored text made safe for any face that shows it (terminal, dashboard, server log, plain text).
+"""Human formats shared by every face: stored text made safe, durations, times, rates, counts, sizes.
+
+One module, so that a rate, a duration or an ETA reads the same in ``outlast ls``, the live panel and
+the dashboard. No third-party import: the command line's ``--help`` and ``ls`` load this cheaply.
 
 Names, messages, steps, errors and types are text that anyone able to submit an operation or write
 the store chose. Raw, an escape sequence could retitle, clear or rewrite a terminal, and a newline or
@@ -8,7 +11,9 @@ Every face shows stored text through ``printable``: one rule, one function.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 
 UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides
     r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
@@ -41,3 +46,92 @@ def printable(text: object, keep_newlines: bool = False) -> str:
 def escape_controls(text: str, keep_newlines: bool = False) -> str:
     """``printable`` for text that is already a string (server log lines, error details)."""
     return printable(text, keep_newlines)
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number).
+
+    Elapsed time, ETA, time left and timeouts all read this way."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds >= 1e9:
+        return ">30y"  # only garbage in a stored record gets here
+    s = int(max(0.0, seconds) + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def local_time(ts: float | None) -> time.struct_time | None:
+    """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
+    record's garbage must not crash a listing)."""
+    if ts is None:
+        return None
+    try:
+        return time.localtime(ts)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def clock(ts: float | None) -> str:
+    """``HH:MM:SS`` in local time; ``-`` when unknown."""
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%H:%M:%S", lt)
+
+
+def when(ts: float | None) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in local time; ``-`` when unknown."""
+    lt = local_time(ts)
+    return "-" if lt is None else time.strftime("%Y-%m-%d %H:%M:%S", lt)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """``3m05s ago``; ``-`` when unknown."""
+    return "-" if ts is None else duration((now or time.time()) - ts) + " ago"
+
+
+def count(n: int | None) -> str:
+    """``999``, ``1.2k``, ``12k``, ``3.4M``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1000:.1f}k"
+    if n < 1_000_000:
+        return f"{n // 1000}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+_RATE_UNITS = (("/s", 1.0), ("/min", 60.0), ("/h", 3600.0))
+
+
+def rate(per_second: float | None) -> str:
+    """Items per second, in the largest unit that shows at least one: ``1.2k/s``, ``12/s``, ``2.5/s``,
+    ``24/min`` (0.4 a second), ``36/h``; two significant digits, at most 7 characters (the dashboard's
+    column); ``-`` when unknown, zero or not finite."""
+    if not per_second or not math.isfinite(per_second) or per_second < 0:
+        return "-"
+    for unit, scale in _RATE_UNITS:
+        value = per_second * scale
+        if value >= 1 or unit == "/h":
+            break
+    if value >= 999.5:
+        return f"{count(round(value))}{unit}"
+    return f"{value:.0f}{unit}" if value >= 9.95 else f"{value:.1f}{unit}"
+
+
+def size(n: int | None) -> str:
+    """Bytes: ``512B``, ``12.3K``, ``4.5M``; ``-`` when unknown."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"

@@ -101,11 +101,16 @@ def check_action(action: Action | str, status: Status, op_id: str) -> None:
     action = Action(action)
     if status not in ACTIONS[action]:
         allowed = ", ".join(s.value for s in Status if s in ACTIONS[action])
-        verb = _VERB.get(action, action.value)
-        raise Conflict(f"operation {op_id} is {status.value}: only {allowed} operations can {verb}")
+        raise Conflict(f"operation {op_id} is {status.value}: only {allowed} operations can {_VERB[action]}")
 
 
-_VERB = {Action.PRIORITY: "be re-prioritised", Action.RERUN: "be run again"}
+_VERB = {
+    Action.CANCEL: "be cancelled",
+    Action.PAUSE: "be paused",
+    Action.RESUME: "be resumed",
+    Action.PRIORITY: "be re-prioritised",
+    Action.RERUN: "be run again",
+}
 
 
 class StopReason(StrEnum):

@@ -19,9 +19,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
 from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition
+from .limits import (
+    MAX_ITEMS,
+    MAX_JSON_DEPTH,
+    MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PARAMS_BYTES,
+    MAX_PROFILE_KEYS,
+    MAX_SECONDS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    Priority,
+)
 
 __all__ = [
     "ACTIVE",
+    "MAX_ITEMS",
+    "MAX_JSON_DEPTH",
+    "MAX_KEY_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_PARAMS_BYTES",
+    "MAX_PROFILE_KEYS",
+    "MAX_SECONDS",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
     "RESUMABLE",
     "SETTLED",
     "TERMINAL",
@@ -30,27 +51,12 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "OutlastError",
+    "Priority",
     "StaleAttempt",
     "Status",
     "StoreError",
     "check_transition",
 ]
-
-
-class Priority(StrEnum):
-    HIGH = "high"
-    NORMAL = "normal"
-    LOW = "low"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    def raised(self) -> Priority:
-        return _BY_RANK[max(0, self.rank - 1)]
-
-    def lowered(self) -> Priority:
-        return _BY_RANK[min(2, self.rank + 1)]
 
 
 class OperationType(StrEnum):
@@ -79,10 +85,6 @@ class OperationType(StrEnum):
 def type_name(type_: str) -> str:
     """An operation type as its plain string (an ``OperationType`` member becomes its value)."""
     return type_.value if isinstance(type_, OperationType) else type_
-
-
-_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-_BY_RANK = {v: k for k, v in _RANK.items()}
 
 
 # ---- ids -------------------------------------------------------------------------------------
@@ -133,21 +135,6 @@ def validate_id_prefix(value: str) -> str:
     return value
 
 
-# ---- limits on what a user may ask for (CLI and API alike) ------------------------------------
-
-MAX_NAME_CHARS = 200
-MAX_TAGS = 50
-MAX_TAG_CHARS = 200
-"""Each tag's key and value, at most."""
-MAX_PARAMS_BYTES = 64 * 1024
-"""Params as JSON text, at most."""
-MAX_JSON_DEPTH = 32
-"""Lists and objects inside params (or profile values) nest at most this deep."""
-MAX_PROFILE_KEYS = 32
-MAX_KEY_CHARS = 64
-MAX_SECONDS = 366 * 86400.0
-"""Any duration (timeout, profile value): at most a year. More is a typo, or an attempt to disable it."""
-MAX_ITEMS = 10**12
 _MAX_INT = 2**63
 """Integers in params beyond 64 bits are refused: stores and clients cannot all keep them exact."""
 

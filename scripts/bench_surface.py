@@ -51,9 +51,9 @@ async def populate(state_dir: Path, n: int) -> None:
 
 
 async def bench_cli(bench: Bench) -> list[Row]:
-    target = "< 0.3 s"
-    if not module_exists("engine/cli.py"):
-        why = "engine/cli.py does not exist yet"
+    target = "<= 3x python -c pass"
+    if not module_exists("engine/cli/__init__.py"):
+        why = "engine/cli/ does not exist yet"
         return [
             unavailable("cli", "outlast --help", target, why),
             unavailable("cli", "outlast ls, 10,000 operations", target, why),
@@ -61,11 +61,31 @@ async def bench_cli(bench: Bench) -> list[Row]:
     n_ops, repeats = bench.pick((2000, 3), (10_000, 15))
     state = bench.fresh_dir()
     await populate(state, n_ops)
-    env = bench.env(state)
-    floor = summarize(await asyncio.to_thread(time_command, [python(), "-c", "pass"], repeats, env))
+    # As a user starts it: bytecode cached (a warm-up run writes it), no config file in the way of the
+    # quick ls (the last row: with one, ls loads and validates the settings and opens an engine).
+    no_config, config_dir = bench.fresh_dir("xdg-config"), bench.fresh_dir("config")
+    no_config.mkdir(parents=True)
+    config_dir.mkdir(parents=True)
+    config = config_dir / "config.toml"
+    config.write_text("max_concurrent = 3\n")
+    env = bench.env(state, XDG_CONFIG_HOME=str(no_config))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    commands = [
+        ("outlast --help", ["--help"], True),
+        (f"outlast ls, {n_ops:,} operations", ["ls"], True),
+        (f"outlast ls, {n_ops:,} operations, with a config file", ["--config", str(config), "ls"], False),
+    ]
+    argvs = [[python(), "-c", "pass"], *([python(), "-c", CLI, *args] for _, args, _ in commands)]
+    for argv in argvs:  # warm-up: bytecode written
+        await asyncio.to_thread(time_command, argv, 1, env)
+    samples: list[list[float]] = [[] for _ in argvs]
+    for _ in range(repeats):  # round-robin: the machine's load drifts alike for the floor and each command
+        for argv, out in zip(argvs, samples, strict=True):
+            out += await asyncio.to_thread(time_command, argv, 1, env)
+    floor = summarize(samples[0])
     rows = []
-    for label, args in (("outlast --help", ["--help"]), (f"outlast ls, {n_ops:,} operations", ["ls"])):
-        st = summarize(await asyncio.to_thread(time_command, [python(), "-c", CLI, *args], repeats, env))
+    for (label, _, goal), run in zip(commands, samples[1:], strict=True):
+        st = summarize(run)
         rows.append(
             Row(
                 "cli",
@@ -76,10 +96,11 @@ async def bench_cli(bench: Bench) -> list[Row]:
                 anchor_unit="s",
                 anchor_desc="python -c pass",
                 ratio=st["p50"] / floor["p50"],
-                target=target,
-                met=st["p50"] < 0.3,
+                target=target if goal else "- (settings validated, engine opened)",
+                met=st["p50"] <= 3 * floor["p50"] if goal else None,
                 stats={"run": st, "python": floor, "operations": n_ops},
-                note=f"wall time of a fresh process, p50 of {repeats}; p99 {st['p99'] * 1e3:.0f} ms",
+                note=f"wall time of a fresh process, p50 of {repeats} (round-robin with the floor); "
+                f"p99 {st['p99'] * 1e3:.0f} ms",
             )
         )
     return rows

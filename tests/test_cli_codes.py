@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import CLI, REPO, Cli
 
 
@@ -304,3 +304,31 @@ def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli)
     bad = cli("rerun", first["id"], "-p", "items=-1")
     assert bad.returncode == ExitCode.USAGE and len(bad.stderr.strip().splitlines()) == 1
     assert cli("ls", "--json").stdout == before  # nothing stored
+
+
+def test_control_commands_ask_the_lifecycle_which_action_applies(cli: Cli) -> None:
+    """Each refusal is the lifecycle's one line (exit 7) naming the statuses that allow the action, and
+    rerun applies to settled operations only (it made a second copy of queued work)."""
+    from engine.lifecycle import ACTIONS, Action, Status
+
+    queued = cli("submit", "demo", "-p", "items=3").stdout.strip()
+    before = cli("ls", "--json").stdout
+    r = cli("rerun", queued)
+    assert r.returncode == ExitCode.CONFLICT
+    assert one_line_error(r) == (
+        f"outlast: operation {queued} is queued: only paused, completed, failed, cancelled, timed_out, interrupted "
+        "operations can be run again"
+    )
+    r = cli("resume", queued)
+    assert r.returncode == ExitCode.CONFLICT and "can be resumed" in one_line_error(r)
+    assert cli("ls", "--json").stdout == before  # nothing stored
+    assert cli("cancel", queued).returncode == 0
+    for action, args, verb in (
+        ("pause", [], "paused"),
+        ("priority", ["high"], "re-prioritised"),
+        ("cancel", [], "cancelled"),
+    ):
+        r = cli(action, queued, *args)
+        allowed = ", ".join(s.value for s in Status if s in ACTIONS[Action(action)])
+        assert r.returncode == ExitCode.CONFLICT, (action, r.stderr)
+        assert one_line_error(r).endswith(f"is cancelled: only {allowed} operations can be {verb}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Operation, OperationSpec, Settings, open_store
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
 from tests.fixtures_cli import CLI, Cli, until

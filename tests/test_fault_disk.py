@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli, Proc, until
 from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT

@@ -9,7 +9,7 @@ import signal
 import stat
 from pathlib import Path
 
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli, until
 
 

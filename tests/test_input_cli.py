@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli, until
 
 
@@ -321,7 +321,7 @@ def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli,
 
 
 def test_one_escape_function_for_every_face() -> None:
-    from engine.cli_format import printable
+    from engine.humanize import printable
 
     assert printable("plain é 名") == "plain é 名"
     assert printable("a\x1b[2Jb") == "a\\x1b[2Jb"

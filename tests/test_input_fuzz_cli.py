@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 from engine.cli import main as cli_main
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from engine.models import MAX_SECONDS
 from engine.profiles import RetryPolicy, TimeoutProfile
 from engine.registry import handlers

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from engine import Engine, InvalidInput, OperationSpec, OperationType, Settings, Status, open_store
-from engine.cli_exit import ExitCode
+from engine.exitcodes import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
 from tests.fixtures_cli import Cli

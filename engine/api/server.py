@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..cli_exit import ExitCode
 from ..config import Settings
+from ..exitcodes import ExitCode
 from ..humanize import escape_controls
 from ..models import InvalidInput, OutlastError, StoreError
 

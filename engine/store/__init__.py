@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import InvalidInput
-from .base import ItemDelta, Ledger, Store
-from .sqlite import LocalStore
+from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .base import ItemDelta, Ledger, Store
+    from .redis import RedisStore
+    from .sqlite import LocalStore
+
+_WHERE = {"ItemDelta": "base", "Ledger": "base", "Store": "base", "LocalStore": "sqlite", "RedisStore": "redis"}
+
+
+def __getattr__(name: str) -> Any:
+    """The stores' classes on first use: ``engine.store.quick`` (``outlast ls``) loads no pydantic model,
+    and nothing loads the redis package before a Redis store is asked for."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def open_store(target: str | Path | None = None, **options: Any) -> Store:
@@ -38,16 +55,9 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
         return RedisStore(text, **options)
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
+    from .sqlite import LocalStore
+
     return LocalStore(Path(text))
 
 
-def __getattr__(name: str) -> Any:
-    """``engine.store.RedisStore``, imported when first asked for (the redis package is not loaded before)."""
-    if name == "RedisStore":
-        from .redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["ItemDelta", "Ledger", "LocalStore", "Store", "open_store"]
+__all__ = ["ItemDelta", "Ledger", "LocalStore", "RedisStore", "Store", "open_store"]

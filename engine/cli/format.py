@@ -1,4 +1,5 @@
-"""Plain-text rendering for the command line: durations, one-line progress, tables, details.
+"""Plain-text rendering for the command line: one-line progress, tables, details (durations, rates,
+counts and sizes come from ``engine.humanize``, shared with the dashboard).
 
 No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 """
@@ -6,15 +7,29 @@ No rich here: ``ls``, ``show`` and ``--help`` start fast and work in a pipe.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .autobot import seed_operation
-from .humanize import UNSAFE, UNSAFE_IN_OUTPUT, escape_char, printable
-from .models import Checkpoint, LogRecord, Operation, Progress, Status
+from ..humanize import (  # noqa: F401  (re-exported: one rendering for every face)
+    UNSAFE,
+    UNSAFE_IN_OUTPUT,
+    ago,
+    clock,
+    count,
+    duration,
+    escape_char,
+    local_time,
+    printable,
+    rate,
+    size,
+    when,
+)
+from ..lifecycle import Status
+
+if TYPE_CHECKING:  # ``ls`` and ``--help`` never load the models (pydantic)
+    from ..models import Checkpoint, LogRecord, Operation, Progress
 
 STATUS_COLOUR = {
     Status.QUEUED: "cyan",
@@ -26,53 +41,6 @@ STATUS_COLOUR = {
     Status.TIMED_OUT: "red",
     Status.INTERRUPTED: "yellow",
 }
-
-
-def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds >= 1e9:
-        return ">30y"  # only garbage in a stored record gets here
-    s = int(max(0.0, seconds) + 0.5)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def local_time(ts: float | None) -> time.struct_time | None:
-    """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
-    record's garbage must not crash a listing)."""
-    if ts is None:
-        return None
-    try:
-        return time.localtime(ts)
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
-def clock(ts: float | None) -> str:
-    lt = local_time(ts)
-    return "-" if lt is None else time.strftime("%H:%M:%S", lt)
-
-
-def when(ts: float | None) -> str:
-    lt = local_time(ts)
-    return "-" if lt is None else time.strftime("%Y-%m-%d %H:%M:%S", lt)
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    return "-" if ts is None else duration((now or time.time()) - ts) + " ago"
-
-
-def rate(value: float | None) -> str:
-    if not value or not math.isfinite(value):
-        return "-"
-    return f"{value:.1f}/s" if value >= 1 else f"{value * 60:.1f}/min"
 
 
 def items(p: Progress) -> str:
@@ -132,28 +100,71 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozense
     return "\n".join([fmt(headers), *(fmt(r) for r in rows)])
 
 
-def ls_table(ops: list[Operation]) -> str:
+class LsRow(NamedTuple):
+    """What ``ls`` shows of one operation: from its model, or straight from its stored record."""
+
+    id: str
+    status: Status
+    type: str
+    name: str | None
+    done: int
+    total: int | None
+    percent: float | None
+    priority: str
+    created_at: float | None
+    note: str
+
+    @classmethod
+    def of(cls, op: Operation) -> LsRow:
+        p = op.progress
+        note = op.error or op.status_message or ""
+        return cls(
+            op.id, op.status, op.type, op.name, p.done, p.total, p.percent, op.priority.value, op.created_at, note
+        )
+
+    @classmethod
+    def of_record(cls, rec: Mapping[str, Any]) -> LsRow:
+        """From a stored record (a JSON object): KeyError, TypeError or ValueError when it does not
+        read as one (the caller then takes the validating path)."""
+        p = rec.get("progress") or {}
+        done, total = int(p.get("done", 0)), p.get("total")
+        if total is not None:
+            total = int(total)
+        pct = (100.0 if total == 0 else None) if not total else min(100.0, 100.0 * done / total)
+        created = rec.get("created_at")
+        return cls(
+            str(rec["id"]),
+            Status(rec["status"]),
+            str(rec["type"]),
+            None if rec.get("name") is None else str(rec["name"]),
+            done,
+            total,
+            pct,
+            str(rec.get("priority") or "normal"),
+            None if created is None else float(created),
+            str(rec.get("error") or rec.get("status_message") or ""),
+        )
+
+
+def ls_table(ops: Sequence[LsRow]) -> str:
     """One row an operation: TYPE is the type (what ``ls -t`` filters on), NAME the ``--name`` (a column
     only when some operation has one)."""
     now = time.time()
     named = any(op.name for op in ops)
-    rows = []
-    for op in ops:
-        p = op.progress
-        note = op.error or op.status_message or ""
-        rows.append(
-            [
-                op.id,
-                op.status.value,
-                op.type,
-                *([op.name or ""] if named else []),
-                percent(p),
-                items(p),
-                op.priority.value,
-                ago(op.created_at, now),
-                note[:60],
-            ]
-        )
+    rows = [
+        [
+            op.id,
+            op.status.value,
+            op.type,
+            *([op.name or ""] if named else []),
+            "-" if op.percent is None else f"{op.percent:.1f}%",
+            f"{op.done}/{op.total}" if op.total is not None else str(op.done),
+            op.priority,
+            ago(op.created_at, now),
+            op.note[:60],
+        ]
+        for op in ops
+    ]
     headers = ["ID", "STATUS", "TYPE", *(["NAME"] if named else []), "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"]
     return table(headers, rows, frozenset({4, 5} if named else {3, 4}))
 
@@ -208,7 +219,7 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
             "-" if c.progress_percentage is None else f"{c.progress_percentage:.1f}%",
             str(c.processed_items),
             c.next_step or "-",
-            f"{c.size} B",
+            size(c.size),
             "ok" if c.valid else "CORRUPT",
         ]
         for c in cps
@@ -223,6 +234,8 @@ def dumps(data: Any) -> str:
 
 def op_json(op: Operation) -> dict[str, Any]:
     out = op.model_dump(mode="json")
+    from ..autobot import seed_operation
+
     out["progress"].update(seed_operation(op))  # the seed's field names beside Outlast's
     return out
 

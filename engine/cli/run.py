@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import cli_format as fmt
-from .cli_exit import ExitCode, code_for_status
-from .cli_follow import Mode, PlainView, WatchStopped, follow, make_view
-from .config import Settings
-from .engine import Engine, StoreUnwritable
-from .files import private_opener
-from .models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
-from .store import open_store
+from ..config import Settings
+from ..engine import Engine, StoreUnwritable
+from ..exitcodes import ExitCode, code_for_status
+from ..files import private_opener
+from ..models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
+from ..store import open_store
+from . import format as fmt
+from .common import Mode
+from .follow import PlainView, WatchStopped, follow, make_view
 
 PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
 

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import cli_format as fmt
-from .autobot import checkpoint_listing, checkpoints_in_full
-from .cli_common import COUNT, App, json_option, pass_app, session
-from .cli_exit import ExitCode, code_for_status
-from .cli_follow import PlainView, WatchStopped, follow, make_view, watch_many
-from .models import SETTLED, Status
+from ..exitcodes import ExitCode, code_for_status
+from ..lifecycle import SETTLED, Status
+from . import format as fmt
+from .common import COUNT, App, json_option, pass_app, run_async, session
+
+if TYPE_CHECKING:
+    from ..models import Operation
+
+
+def checkpoint_listing(cp: Any) -> dict[str, Any]:
+    """A checkpoint as listings show it (the seed's names beside Outlast's): see engine.autobot."""
+    from ..autobot import checkpoint_listing as listing
+
+    return dict(listing(cp))
+
+
+async def checkpoints_in_full(store: Any, cps: list[Any]) -> list[dict[str, Any]]:
+    from ..autobot import checkpoints_in_full as in_full
+
+    return list(await in_full(store, cps))
+
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 
@@ -30,19 +45,44 @@ QUIET_NOTE = 3.0
 @pass_app
 def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
     """List operations, newest first."""
+    if not app.json:
+        rows = _quick_rows(app, list(statuses), list(types), limit)
+        if rows is not None:
+            if rows:
+                fmt.echo(fmt.ls_table(rows))
+            elif not app.quiet:
+                fmt.echo("no operations", err=True)
+            return ExitCode.OK
 
-    async def go() -> list:
+    async def go() -> list[Operation]:
         async with session(app.settings) as engine:
             return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
 
-    ops = asyncio.run(go())
+    ops = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
     elif ops:
-        fmt.echo(fmt.ls_table(ops))
+        fmt.echo(fmt.ls_table([fmt.LsRow.of(o) for o in ops]))
     elif not app.quiet:
         fmt.echo("no operations", err=True)
     return ExitCode.OK
+
+
+def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> list[fmt.LsRow] | None:
+    """The table's rows read straight from the local store with default settings (a start-up of a
+    bare interpreter's order, not an engine's); None: take the full path (see ``engine.store.quick``)."""
+    state_dir = app.quick_state_dir()
+    if state_dir is None:
+        return None
+    from ..store.quick import quick_list
+
+    records = quick_list(state_dir, [s.lower() for s in statuses], types, limit)
+    if records is None:
+        return None
+    try:
+        return [fmt.LsRow.of_record(r) for r in records]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a record that does not read: the full path skips it with a warning
 
 
 @click.command()
@@ -57,7 +97,7 @@ def show(app: App, op_id: str) -> int:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
 
-    op, cps = asyncio.run(go())
+    op, cps = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps({**fmt.op_json(op), "checkpoints": [checkpoint_listing(c) for c in cps]}))
     else:
@@ -76,6 +116,8 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Exits when the operations settle, with the code of the first one that did not complete;
     Ctrl-C stops watching (exit 130) and leaves them running.
     """
+    from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+
     mode = app.mode
 
     async def go() -> int:
@@ -93,7 +135,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
         codes = [code_for_status(o.status) for o in finals]
         return next((c for c in codes if c != ExitCode.OK), ExitCode.OK)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 @click.command()
@@ -110,6 +152,8 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
             fmt.echo(fmt.dumps(rec.model_dump(mode="json")) if lines else fmt.log_line(rec))
 
     async def go() -> int:
+        import asyncio
+
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
             records, offset = await engine.logs(full)
@@ -144,7 +188,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                     said = True
                 await asyncio.sleep(0.5)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 @click.command()
@@ -161,7 +205,7 @@ def checkpoints(app: App, op_id: str, full: bool) -> int:
             cps = await engine.checkpoints(full_id)
             return cps, (await checkpoints_in_full(engine.store, cps) if full else None)
 
-    cps, in_full = asyncio.run(go())
+    cps, in_full = run_async(go())
     if app.json or full:
         fmt.echo(fmt.dumps(in_full if in_full is not None else [checkpoint_listing(c) for c in cps]))
     elif cps:
@@ -181,14 +225,14 @@ def types(app: App) -> int:
     HANDLER: built-in (ships with Outlast), plugin (--plugin or the outlast.operations entry points),
     or "-" (a seed type with a profile only: it runs once a plugin registers a handler for it).
     """
-    from .profiles import SEED_PROFILES
-    from .registry import ensure_loaded, handlers
+    from ..profiles import SEED_PROFILES
+    from ..registry import ensure_loaded, handlers
 
     settings = app.settings
     ensure_loaded(settings.plugins)
     hs = handlers()
     names = sorted(set(hs) | set(SEED_PROFILES))
-    out = []
+    out: list[dict[str, Any]] = []
     for name in names:
         h = hs.get(name)
         out.append(

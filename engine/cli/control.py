@@ -1,26 +1,31 @@
 """Control commands: cancel, pause, resume, priority. They work from any process: the store carries
-the request to whatever process runs the operation."""
+the request to whatever process runs the operation.
+
+Which action applies to which status, and the status a stop request ends in, are the lifecycle's
+(``engine.lifecycle``): a refused request is the same one-line Conflict (exit 7) in every face."""
 
 from __future__ import annotations
 
-import asyncio
+from typing import TYPE_CHECKING
 
 import click
 
-from . import cli_format as fmt
-from .cli_common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, session
-from .cli_exit import ExitCode
-from .cli_run import run_foreground, spawn_detached, submit_or_resume, wait_settled
-from .models import SETTLED, NotFound, Operation, Priority, Status
-from .profiles import resume_fields
+from ..errors import NotFound
+from ..exitcodes import ExitCode
+from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
+from ..limits import Priority
+from . import format as fmt
+from .common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, run_async, session
 
-_TARGET = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}
+if TYPE_CHECKING:
+    from ..models import Operation
 
 
-def _control(action: str):
-    target = _TARGET[action]
+def _control(action: Action) -> click.Command:
+    """``cancel`` or ``pause``: ask, then wait (``--wait``) for the status the lifecycle says it ends in."""
+    target = StopReason(action.value).status
 
-    @click.command(action)
+    @click.command(action.value)
     @click.argument("op_id", metavar="ID")
     @click.option(
         "--wait",
@@ -34,15 +39,18 @@ def _control(action: str):
     @click.option("--no-wait", is_flag=True, help="Only ask; do not wait for it to stop.")
     @pass_app
     def command(app: App, op_id: str, wait_s: float, no_wait: bool) -> int:
+        from .run import wait_settled
+
         async def go() -> tuple[Operation, bool]:
             async with session(app.settings) as engine:
                 full = await engine.resolve(op_id)
-                op = await getattr(engine, action)(full)
+                check_action(action, (await engine.get(full)).status, full)
+                op = await getattr(engine, action.value)(full)
                 if op.status in SETTLED or no_wait:
                     return op, op.status in SETTLED
                 return await wait_settled(engine, full, wait_s), True
 
-        op, waited = asyncio.run(go())
+        op, waited = run_async(go())
         if app.json:
             fmt.echo(fmt.dumps(fmt.op_json(op)))
         if op.status is target:
@@ -62,16 +70,16 @@ def _control(action: str):
             fmt.echo(f"{op.id}: {action} requested{where}{still}; it stops at its next safe point")
         return ExitCode.OK
 
-    command.help = f"{action.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
+    command.help = f"{action.value.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
         "It stops at its next item boundary with a checkpoint and can be resumed."
-        if action == "pause"
+        if action is Action.PAUSE
         else "A cancelled operation keeps its checkpoints and can still be resumed."
     )
     return command
 
 
-cancel = _control("cancel")
-pause = _control("pause")
+cancel = _control(Action.CANCEL)
+pause = _control(Action.PAUSE)
 
 
 @click.command()
@@ -96,10 +104,13 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
+    from ..profiles import resume_fields
+    from .run import run_foreground, spawn_detached, submit_or_resume
 
     async def check() -> str:
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
+            check_action(Action.RESUME, (await engine.get(full)).status, full)
             if seq is not None:
                 have = {c.seq for c in await engine.checkpoints(full)}
                 if seq not in have:
@@ -110,12 +121,12 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
 
     overrides = parse_pairs(profile, "--profile")
 
-    full = asyncio.run(check())
+    full = run_async(check())
     if not detach and not queue:
-        return asyncio.run(
+        return run_async(
             run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command(), profile=overrides)
         )
-    op = asyncio.run(submit_or_resume(app.settings, None, full, seq, overrides))
+    op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id)
         if app.json:
@@ -140,9 +151,11 @@ def priority(app: App, op_id: str, level: str) -> int:
 
     async def go() -> Operation:
         async with session(app.settings) as engine:
-            return await engine.set_priority(await engine.resolve(op_id), Priority(level.lower()))
+            full = await engine.resolve(op_id)
+            check_action(Action.PRIORITY, (await engine.get(full)).status, full)
+            return await engine.set_priority(full, Priority(level.lower()))
 
-    op = asyncio.run(go())
+    op = run_async(go())
     if app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:

@@ -6,23 +6,36 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from .cli_follow import Mode
-from .config import Settings, load_settings
-from .models import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, InvalidInput, OperationSpec, Priority
+from ..errors import InvalidInput
+from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
+from ..paths import default_config_file, default_state_dir
+
+if TYPE_CHECKING:  # loaded by the commands that use them: ``--help`` and ``ls`` start without pydantic
+    from ..config import Settings
+    from ..models import OperationSpec
+
+Mode = Literal["live", "plain", "json", "quiet"]
+"""How a followed operation is shown: the rich panel, plain lines, JSON lines, or nothing."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
 COUNT = click.IntRange(1, 10**9)
 """A count on the command line (--limit): big enough for anything stored, small enough for SQLite."""
 SEQ = click.IntRange(0, 2**62)
+SETTINGS_KEYS = (
+    *("state_dir", "store", "namespace", "checkpoint_mirror", "max_concurrent", "auto_resume"),
+    *("checkpoints_keep", "grace_period", "store_outage_limit", "aging_seconds", "control_poll_interval"),
+    *("progress_flush_interval", "max_memory_percent", "max_cpu_percent", "theme", "plugins"),
+)
+"""The settings an OUTLAST_* variable may set (``Settings``' fields; a test keeps them equal)."""
 
 
 class Seconds(click.FloatRange):
@@ -40,23 +53,35 @@ class Seconds(click.FloatRange):
         return rv
 
 
-@dataclass
 class App:
-    """The global options; settings are loaded on first use (``--help`` never reads a config)."""
+    """The global options; settings are loaded on first use (``--help`` never reads a config).
 
-    state_dir: str | None = None
-    store: str | None = None
-    config: str | None = None
-    plugins: tuple[str, ...] = ()
-    json: bool = False
-    quiet: bool = False
-    _settings: Settings | None = field(default=None, repr=False)
+    A plain class, not a dataclass: ``dataclasses`` is one import more at every start-up."""
+
+    def __init__(
+        self,
+        state_dir: str | None = None,
+        store: str | None = None,
+        config: str | None = None,
+        plugins: tuple[str, ...] = (),
+        json: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.config = config
+        self.plugins = plugins
+        self.json = json
+        self.quiet = quiet
+        self._settings: Settings | None = None
 
     @property
     def settings(self) -> Settings:
         """The settings; plugins are imported here, so every command refuses a broken one alike."""
         if self._settings is None:
-            from .registry import load_plugin
+            configure_logging()  # the engine may log from now on (``--help`` and ``ls`` never load logging)
+            from ..config import load_settings
+            from ..registry import load_plugin
 
             settings = load_settings(
                 self.config,
@@ -68,6 +93,19 @@ class App:
                 load_plugin(plugin)
             self._settings = settings
         return self._settings
+
+    def quick_state_dir(self) -> Path | None:
+        """The state dir, when every setting but it is a default (no --store, --config or --plugin, no
+        config file, no other OUTLAST_* setting): then a read-only command (``ls``) may read the local
+        store without loading and validating the settings. None: load them (``settings``)."""
+        env = os.environ
+        if self.store or self.config or self.plugins or self._settings is not None:
+            return None
+        if any(env.get(f"OUTLAST_{key.upper()}") for key in SETTINGS_KEYS if key != "state_dir"):
+            return None
+        if env.get("OUTLAST_CONFIG") or default_config_file().exists():
+            return None
+        return Path(self.state_dir or env.get("OUTLAST_STATE_DIR") or default_state_dir())
 
     def prepare_child(self) -> list[str]:
         """The global options for a detached child process, which inherits this process's environment.
@@ -91,7 +129,9 @@ class App:
         """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
         store this command used (without --state-dir it would look in the default one and find nothing).
         A store URL's password is left out (``***``): it is never printed."""
-        from .config import redact_url
+        import shlex
+
+        from ..config import redact_url
 
         parts = ["outlast"]
         if self.state_dir:
@@ -129,6 +169,13 @@ def json_option(f: F) -> F:
     )(f)
 
 
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, with asyncio imported only by the commands that need it (not ``--help``, ``ls``)."""
+    import asyncio
+
+    return asyncio.run(coro)
+
+
 @contextlib.asynccontextmanager
 async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any]:
     """An engine on the open store, without running anything (reads and control requests).
@@ -136,7 +183,7 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
     ``recover`` first marks operations left running by dead processes interrupted, so what a
     command shows is the truth.
     """
-    from .cli_run import make_engine
+    from .run import make_engine
 
     engine = make_engine(settings, run_queue=False)
     await engine.store.open()
@@ -191,7 +238,8 @@ def build_spec(
     """The spec from command-line options; InvalidInput (one line) when it does not validate."""
     from pydantic import ValidationError
 
-    from .profiles import one_line
+    from ..models import OperationSpec
+    from ..profiles import one_line
 
     data: dict[str, Any] = {}
     if params_json is not None:
@@ -233,3 +281,27 @@ def spec_options(f: F) -> F:
     ):
         f = deco(f)
     return f
+
+
+def configure_logging() -> None:
+    """Engine warnings (an orphan found, a checkpoint skipped) as one escaped line each on stderr;
+    DEBUG with OUTLAST_DEBUG. Called when a command first needs the settings (so the engine), never
+    by ``--help`` or a quick ``ls``, which do not load logging."""
+    import logging
+
+    from . import format as fmt
+
+    class StderrLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                fmt.echo(fmt.printable(self.format(record)), err=True)
+            except Exception:  # a log line must never be what breaks a command
+                self.handleError(record)
+
+    root = logging.getLogger("outlast")
+    if not any(h.get_name() == "outlast-stderr" for h in root.handlers):  # main() may run more than once
+        handler = StderrLines()
+        handler.set_name("outlast-stderr")
+        handler.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if os.environ.get("OUTLAST_DEBUG") else logging.WARNING)

@@ -1,69 +1,22 @@
-"""``outlast``: the headless command line, scriptable over SSH; the composition root.
+"""The commands that run work: run, rerun, submit, worker, the detached runner, serve, and the dashboard.
 
-Commands that run work are here; read commands live in cli_read, control requests in
-cli_control. Errors are turned into one line and an exit code in one place (``main``).
+Loaded only when one of them is invoked (or ``--help`` lists them): see ``root.LAZY``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
-from . import cli_format as fmt
-from .cli_common import App, build_spec, json_option, pass_app, spec_options
-from .cli_exit import ExitCode, code_for_error, exit_codes_help
-from .cli_run import run_foreground, run_one, run_worker, spawn_detached, submit_or_resume
-from .models import InvalidInput, OperationSpec
+from ..errors import InvalidInput
+from ..exitcodes import ExitCode
+from . import format as fmt
+from .common import App, Mode, build_spec, pass_app, run_async, spec_options
 
-HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
-
-Without a command, opens the dashboard on a terminal (prints this help otherwise).
-
-\b
-Examples:
-  outlast run demo -p items=500 -p seconds=0.02     follow it live; Ctrl-C pauses
-  outlast run codebase_indexing -p root=. --detach  in the background; prints the id
-  outlast ls --status running --status paused
-  outlast watch 0kf3                                any unique id prefix works
-  outlast resume 0kf3                               on from the newest checkpoint
-  outlast worker --concurrency 4                    run what is queued
-  outlast cancel 0kf3
-
-\b
-Exit codes:
-{exit_codes_help()}
-"""
-
-
-@click.group(help=HELP, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state-dir", type=click.Path(file_okay=False), envvar=None, help="State directory (local store).")
-@click.option("--store", "store_url", metavar="URL", help="Store: a directory or redis://host:port/db.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config file (TOML).")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import a module of operations.")
-@click.option("--json", "json_", is_flag=True, help="Machine output: JSON (lines for watch/logs --follow).")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and ids); rely on exit codes.")
-@click.version_option(__version__, "--version", "-V", prog_name="outlast")
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    state_dir: str | None,
-    store_url: str | None,
-    config_file: str | None,
-    plugins: tuple[str, ...],
-    json_: bool,
-    quiet: bool,
-) -> int | None:
-    ctx.obj = App(state_dir, store_url, config_file, plugins, json_, quiet)
-    if ctx.invoked_subcommand is None:
-        if sys.stdout.isatty():
-            return open_dashboard(ctx.obj)
-        click.echo(ctx.get_help())
-    return None
+if TYPE_CHECKING:
+    from ..models import OperationSpec
 
 
 def open_dashboard(app: App, watch_only: bool = False) -> int:
@@ -80,7 +33,7 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     return int(tui_app.main(settings, watch_only=watch_only) or 0)
 
 
-@cli.command()
+@click.command()
 @click.option("--watch-only", is_flag=True, help="Show the store; start no queued work here (w toggles).")
 @pass_app
 def tui(app: App, watch_only: bool) -> int:
@@ -88,7 +41,7 @@ def tui(app: App, watch_only: bool) -> int:
     return open_dashboard(app, watch_only)
 
 
-@cli.command()
+@click.command()
 @spec_options
 @click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
 @pass_app
@@ -107,14 +60,16 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
       outlast run demo --params-json '{"items": 1000, "seconds": 0.01}' --priority high --detach
       ID=$(outlast -q run demo --detach) && outlast watch $ID
     """
+    from .run import run_foreground, submit_or_resume
+
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
     if detach:
-        op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+        op = run_async(submit_or_resume(app.settings, spec, None, None))
         return _detach(app, op.id)
-    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+    return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
 
-@cli.command()
+@click.command()
 @click.argument("op_id", metavar="ID")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Change a param (JSON value).")
 @click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Change the timeout profile.")
@@ -125,32 +80,37 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
     """Run an operation again as a new one: same type, params, priority, profile, name and tags.
 
     \b
-    Any operation, finished or not (resume goes on with a stopped one; this starts afresh).
+    A settled operation (resume goes on with a stopped one; this starts afresh).
     Examples:
       outlast rerun 06b2                     # the same again, in the foreground
       outlast rerun 06b2 -p root=../other    # with one param changed
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
-    spec = asyncio.run(_rerun_spec(app, op_id, params, profile))
+    from .run import run_foreground, submit_or_resume
+
+    spec = run_async(_rerun_spec(app, op_id, params, profile))
     if detach or queue:
-        op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+        op = run_async(submit_or_resume(app.settings, spec, None, None))
         if queue:
             fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
             return ExitCode.OK
         return _detach(app, op.id)
-    return asyncio.run(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
+    return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
 
 async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...]) -> OperationSpec:
     """The spec of ``op_id`` again, with the params and profile keys given changed."""
     from pydantic import ValidationError
 
-    from .cli_common import parse_pairs, session
-    from .profiles import one_line
+    from ..lifecycle import Action, check_action
+    from ..models import OperationSpec
+    from ..profiles import one_line
+    from .common import parse_pairs, session
 
-    async with session(app.settings, recover=False) as engine:
+    async with session(app.settings) as engine:
         old = await engine.get(await engine.resolve(op_id))
+    check_action(Action.RERUN, old.status, old.id)
     try:
         return OperationSpec(
             type=old.type,
@@ -166,6 +126,8 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
 
 
 def _detach(app: App, op_id: str) -> int:
+    from .run import spawn_detached
+
     pid = spawn_detached(app.settings, app.prepare_child(), op_id)
     if app.json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
@@ -176,18 +138,20 @@ def _detach(app: App, op_id: str) -> int:
     return ExitCode.OK
 
 
-@cli.command()
+@click.command()
 @spec_options
 @pass_app
 def submit(app: App, **spec_args: object) -> int:
     """Queue an operation for a worker; print its id."""
+    from .run import submit_or_resume
+
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
-    op = asyncio.run(submit_or_resume(app.settings, spec, None, None))
+    op = run_async(submit_or_resume(app.settings, spec, None, None))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
     return ExitCode.OK
 
 
-@cli.command()
+@click.command()
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Operations at once [config: max_concurrent].")
 @click.option("--exit-when-idle", is_flag=True, help="Stop when nothing is queued or running.")
 @pass_app
@@ -202,19 +166,23 @@ def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
       outlast --store redis://queue-host:6379/0 worker      # one of many machines
       outlast worker --exit-when-idle                      # drain the queue, e.g. from cron
     """
-    mode = "json" if app.json else ("quiet" if app.quiet else "plain")
-    return asyncio.run(run_worker(app.settings, concurrency, exit_when_idle, mode))
+    from .run import run_worker
+
+    mode: Mode = "json" if app.json else ("quiet" if app.quiet else "plain")
+    return run_async(run_worker(app.settings, concurrency, exit_when_idle, mode))
 
 
-@cli.command("_run-one", hidden=True)
+@click.command("_run-one", hidden=True)
 @click.argument("op_id")
 @pass_app
 def run_one_cmd(app: App, op_id: str) -> int:
     """Run one queued operation (the detached process)."""
-    return asyncio.run(run_one(app.settings, op_id))
+    from .run import run_one
+
+    return run_async(run_one(app.settings, op_id))
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the API token.")
@@ -247,7 +215,7 @@ def serve(
     """Serve the HTTP API."""
     settings = app.settings
     try:
-        from .api.server import serve as serve_api
+        from ..api.server import serve as serve_api
     except ImportError as e:
         fmt.echo(
             f"outlast: the API is not available ({e}): install the api extra: pip install 'outlast[api]'", err=True
@@ -256,74 +224,4 @@ def serve(
     return int(serve_api(settings, host, port, token_file, allow_commands, output_roots, max_body) or 0)
 
 
-def _register() -> None:
-    from . import cli_control, cli_kb, cli_read
-
-    for command in (*cli_read.COMMANDS, *cli_control.COMMANDS, *cli_kb.COMMANDS):
-        cli.add_command(command)
-    # ``--json`` after the command too (``outlast run demo --json``), on every command that takes it
-    # before (``outlast --json run demo``): people type it where the command's other options are.
-    for command in cli.commands.values():
-        if not any(p.name == "json_" for p in command.params):
-            json_option(command)
-
-
-_register()
-
-
-class _StderrLines(logging.Handler):
-    """Engine warnings (an orphan found, a checkpoint skipped) as one escaped line each on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fmt.echo(fmt.printable(self.format(record)), err=True)
-        except Exception:  # a log line must never be what breaks a command
-            self.handleError(record)
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger("outlast")
-    if not any(isinstance(h, _StderrLines) for h in root.handlers):  # main() may run more than once
-        handler = _StderrLines()
-        handler.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if os.environ.get("OUTLAST_DEBUG") else logging.WARNING)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The console script: run a command, map every outcome to an exit code, never a traceback for
-    a user's mistake."""
-    _configure_logging()
-    try:
-        rv = cli.main(args=argv, prog_name="outlast", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except click.UsageError as e:
-        cmd = e.ctx.command_path if e.ctx else "outlast"
-        fmt.echo(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)", err=True)
-        code = ExitCode.USAGE
-    except click.ClickException as e:
-        fmt.echo(f"outlast: error: {e.format_message()}", err=True)
-        code = ExitCode.USAGE
-    except (click.Abort, KeyboardInterrupt):
-        fmt.echo("outlast: stopped", err=True)
-        code = ExitCode.WATCH_STOPPED
-    except Exception as e:
-        known = code_for_error(e)
-        if known is None:
-            if os.environ.get("OUTLAST_DEBUG"):
-                raise
-            fmt.echo(
-                f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)", err=True
-            )
-            code = ExitCode.INTERNAL
-        else:
-            fmt.echo(f"outlast: {e}", err=True)
-            code = known
-    else:
-        code = int(rv) if isinstance(rv, int) else ExitCode.OK
-    sys.exit(int(code))
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [tui, run, rerun, submit, worker, run_one_cmd, serve]

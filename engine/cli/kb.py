@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import cli_format as fmt
-from .cli_common import COUNT, App, json_option, pass_app
-from .cli_exit import ExitCode
-from .models import InvalidInput
+from ..errors import InvalidInput
+from ..exitcodes import ExitCode
+from . import format as fmt
+from .common import COUNT, App, json_option, pass_app
 
 if TYPE_CHECKING:
     import sqlite3
@@ -39,7 +39,7 @@ def kb() -> None:
 
 
 def _kb_file(app: App, kb_file: str | None) -> Path:
-    from .operations.knowledge import default_kb
+    from ..operations.knowledge import default_kb
 
     if kb_file:
         return Path(kb_file).expanduser()
@@ -49,7 +49,7 @@ def _kb_file(app: App, kb_file: str | None) -> Path:
 
 
 def _query(app: App, kb_file: str | None, run: Callable[[sqlite3.Connection], list[dict[str, Any]]]) -> int:
-    from .operations.knowledge import KbError, open_kb  # not at import: `outlast --help` stays quick
+    from ..operations.knowledge import KbError, open_kb  # not at import: `outlast --help` stays quick
 
     path = _kb_file(app, kb_file)
     try:
@@ -84,7 +84,7 @@ def _query(app: App, kb_file: str | None, run: Callable[[sqlite3.Connection], li
 @pass_app
 def search_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int, raw: bool) -> int:
     """Full-text search of the knowledge base: the best chunks, with where they are and a snippet."""
-    from .operations.knowledge import search
+    from ..operations.knowledge import search
 
     text = " ".join(query)
     return _query(app, kb_file, lambda con: search(con, text, limit, raw))
@@ -98,7 +98,7 @@ def search_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int
 @pass_app
 def similar_cmd(app: App, query: tuple[str, ...], kb_file: str | None, limit: int) -> int:
     """The chunks nearest to QUERY by cosine similarity of TF-IDF vectors (made by vector_indexing)."""
-    from .operations.knowledge import similar
+    from ..operations.knowledge import similar
 
     text = " ".join(query)
     return _query(app, kb_file, lambda con: similar(con, text, limit))

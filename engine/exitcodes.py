@@ -1,5 +1,7 @@
 """Exit codes of the ``outlast`` command: one table, one mapping from status or error to code.
 
+An engine module (not the CLI's): the command line and the HTTP server both map outcomes with it.
+
 Scripts rely on these numbers; they are printed by ``outlast --help`` and listed in the README.
 """
 
@@ -7,7 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .models import Conflict, InvalidInput, NotFound, Status, StoreError
+from .errors import Conflict, InvalidInput, NotFound, StoreError
+from .lifecycle import Status
 
 
 class ExitCode(IntEnum):

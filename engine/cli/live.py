@@ -19,8 +19,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_format as fmt
-from .models import LogRecord, Operation, Status
+from ..models import LogRecord, Operation, Status
+from . import format as fmt
 
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 

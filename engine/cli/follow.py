@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from . import cli_format as fmt
-from .engine import Engine, StoreUnwritable, store_failure
-from .models import (
+from ..engine import Engine, StoreUnwritable, store_failure
+from ..models import (
     ACTIVE,
     SETTLED,
     Conflict,
@@ -24,8 +23,9 @@ from .models import (
     Status,
     TimeoutExtended,
 )
+from . import format as fmt
+from .common import Mode
 
-Mode = Literal["live", "plain", "json", "quiet"]
 PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
 LOCAL_TICK = 0.15
@@ -101,7 +101,7 @@ class PlainView:
 
 def make_view(mode: Mode, hint: str) -> View:
     if mode == "live":
-        from .cli_live import LiveView
+        from .live import LiveView
 
         return LiveView(hint)
     return PlainView(quiet=mode in ("quiet", "json"))
@@ -178,7 +178,7 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
     plain = PlainView(json_lines=mode == "json", quiet=mode == "quiet")
     live = None
     if mode == "live":
-        from .cli_live import LiveTable
+        from .live import LiveTable
 
         live = LiveTable()
     with live if live is not None else contextlib.nullcontext():

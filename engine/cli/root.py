@@ -1,0 +1,129 @@
+"""``outlast``: the headless command line, scriptable over SSH; the composition root.
+
+The group and its global options are here, and ``main``, where errors become one line and an exit
+code. The commands live in ``work`` (run, worker, ...), ``read`` (ls, show, ...) and ``control``
+(cancel, pause, ...), each module imported only when one of its commands is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import import_module
+
+import click
+
+from .. import __version__
+from ..exitcodes import ExitCode, code_for_error, exit_codes_help
+from . import format as fmt
+from .common import App, json_option
+
+LAZY = {
+    **dict.fromkeys(("ls", "show", "watch", "logs", "checkpoints", "types", "config"), "read"),
+    **dict.fromkeys(("cancel", "pause", "resume", "priority"), "control"),
+    **dict.fromkeys(("tui", "run", "rerun", "submit", "worker", "_run-one", "serve"), "work"),
+    "kb": "kb",
+}
+"""Each command and the module (of this package) that defines it, in its ``COMMANDS``."""
+
+
+class _Commands(click.Group):
+    """A group whose commands are built when used: ``outlast ls`` imports and builds ``read`` alone,
+    not the engine or the other commands (``--help`` lists them all, so it builds them all)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY:
+            for command in import_module(f"{__package__}.{LAZY[cmd_name]}").COMMANDS:
+                # ``--json`` after the command too (``outlast run demo --json``), on every command that
+                # takes it before (``outlast --json run demo``): people type it where the other options are.
+                if not any(p.name == "json_" for p in command.params):
+                    json_option(command)
+                self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
+HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
+
+Without a command, opens the dashboard on a terminal (prints this help otherwise).
+
+\b
+Examples:
+  outlast run demo -p items=500 -p seconds=0.02     follow it live; Ctrl-C pauses
+  outlast run codebase_indexing -p root=. --detach  in the background; prints the id
+  outlast ls --status running --status paused
+  outlast watch 0kf3                                any unique id prefix works
+  outlast resume 0kf3                               on from the newest checkpoint
+  outlast worker --concurrency 4                    run what is queued
+  outlast cancel 0kf3
+
+\b
+Exit codes:
+{exit_codes_help()}
+"""
+
+
+@click.group(
+    cls=_Commands, help=HELP, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option("--state-dir", type=click.Path(file_okay=False), envvar=None, help="State directory (local store).")
+@click.option("--store", "store_url", metavar="URL", help="Store: a directory or redis://host:port/db.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config file (TOML).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import a module of operations.")
+@click.option("--json", "json_", is_flag=True, help="Machine output: JSON (lines for watch/logs --follow).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and ids); rely on exit codes.")
+@click.version_option(__version__, "--version", "-V", prog_name="outlast")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    state_dir: str | None,
+    store_url: str | None,
+    config_file: str | None,
+    plugins: tuple[str, ...],
+    json_: bool,
+    quiet: bool,
+) -> int | None:
+    ctx.obj = App(state_dir, store_url, config_file, plugins, json_, quiet)
+    if ctx.invoked_subcommand is None:
+        if sys.stdout.isatty():
+            from .work import open_dashboard
+
+            return open_dashboard(ctx.obj)
+        click.echo(ctx.get_help())
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run a command, map every outcome to an exit code, never a traceback for
+    a user's mistake."""
+    try:
+        rv = cli.main(args=argv, prog_name="outlast", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "outlast"
+        fmt.echo(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)", err=True)
+        code = ExitCode.USAGE
+    except click.ClickException as e:
+        fmt.echo(f"outlast: error: {e.format_message()}", err=True)
+        code = ExitCode.USAGE
+    except (click.Abort, KeyboardInterrupt):
+        fmt.echo("outlast: stopped", err=True)
+        code = ExitCode.WATCH_STOPPED
+    except Exception as e:
+        known = code_for_error(e)
+        if known is None:
+            if os.environ.get("OUTLAST_DEBUG"):
+                raise
+            fmt.echo(
+                f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)", err=True
+            )
+            code = ExitCode.INTERNAL
+        else:
+            fmt.echo(f"outlast: {e}", err=True)
+            code = known
+    else:
+        code = int(rv) if isinstance(rv, int) else ExitCode.OK
+    sys.exit(int(code))

@@ -1,0 +1,45 @@
+"""What a request may carry: the priority levels and the bounds on names, params, durations and counts
+(CLI and API alike).
+
+Plain constants and an enum, no pydantic: the command line builds its options from them without
+loading the models (``outlast --help`` starts in a few tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def raised(self) -> Priority:
+        return _BY_RANK[max(0, self.rank - 1)]
+
+    def lowered(self) -> Priority:
+        return _BY_RANK[min(2, self.rank + 1)]
+
+
+_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+_BY_RANK = {v: k for k, v in _RANK.items()}
+
+
+MAX_NAME_CHARS = 200
+MAX_TAGS = 50
+MAX_TAG_CHARS = 200
+"""Each tag's key and value, at most."""
+MAX_PARAMS_BYTES = 64 * 1024
+"""Params as JSON text, at most."""
+MAX_JSON_DEPTH = 32
+"""Lists and objects inside params (or profile values) nest at most this deep."""
+MAX_PROFILE_KEYS = 32
+MAX_KEY_CHARS = 64
+MAX_SECONDS = 366 * 86400.0
+"""Any duration (timeout, profile value): at most a year. More is a typo, or an attempt to disable it."""
+MAX_ITEMS = 10**12

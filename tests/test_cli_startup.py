@@ -1,0 +1,105 @@
+"""Start-up: ``outlast --help`` and ``ls`` load neither the engine nor pydantic, asyncio, psutil or the
+entry points (they took 10x a bare ``python -c pass``); what they print is what the full path prints."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import engine
+from tests.fixtures_cli import REPO, Cli
+
+HEAVY = ("pydantic", "asyncio", "psutil", "importlib.metadata", "engine.engine", "engine.models", "logging")
+
+
+def loaded_after(args: list[str], env: dict[str, str]) -> tuple[int, list[str], str]:
+    code = (
+        "import sys\n"
+        "from engine.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "print(f'RC={rc} HEAVY={\",\".join(heavy)}')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO)
+    rc, heavy = re.fullmatch(r"RC=(\d+) HEAVY=(.*)", r.stdout.strip().splitlines()[-1]).groups()  # type: ignore[union-attr]
+    return int(rc), [h for h in heavy.split(",") if h], r.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["ls"], ["ls", "-s", "queued", "-t", "demo", "-n", "3"], ["ls", "--help"]]
+)
+def test_help_and_ls_load_nothing_heavy(cli: Cli, args: list[str]) -> None:
+    assert cli("submit", "demo", "-p", "items=2").returncode == 0
+    rc, heavy, out = loaded_after(args, cli.env)
+    assert (rc, heavy) == (0, []), out
+
+
+def test_every_public_name_is_importable_and_import_engine_is_light() -> None:
+    for name in engine.__all__:
+        exec(f"from engine import {name}", {})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import engine, sys; print(sorted(m for m in ('pydantic', 'asyncio') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    with pytest.raises(AttributeError):
+        engine.NoSuchName  # noqa: B018
+
+
+def normalised(text: str) -> list[str]:
+    """Table lines with the CREATED column's age (which moves between two runs) and padding taken out."""
+    return [re.sub(r"\s+", " ", re.sub(r"\S+ ago", "AGO", line)).strip() for line in text.splitlines()]
+
+
+def test_quick_ls_prints_what_the_full_path_prints(cli: Cli, tmp_path: Path) -> None:
+    assert cli("-q", "run", "demo", "-p", "items=3", "-p", "seconds=0", "--name", "W1").returncode == 0
+    for i in range(3):
+        assert cli("submit", "demo", "-p", f"items={i}", "--priority", "low").returncode == 0
+    config = tmp_path / "empty.toml"
+    config.write_text("")  # a config file: the settings are loaded and validated, the engine lists
+    for args in (["ls"], ["ls", "-n", "2"], ["ls", "-s", "completed"], ["ls", "-t", "nothing"]):
+        quick, full = cli(*args), cli("--config", str(config), *args)
+        assert (quick.returncode, normalised(quick.stdout), quick.stderr) == (
+            full.returncode,
+            normalised(full.stdout),
+            full.stderr,
+        ), args
+
+
+def test_quick_ls_leaves_an_orphan_to_the_full_path(cli: Cli) -> None:
+    """A running operation whose process was SIGKILLed is shown interrupted, as every command shows it."""
+    p = cli.start("--state-dir", str(cli.state_dir), "run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
+    line = p.wait_line(lambda ln: " submitted: " in ln)
+    op_id = line.split()[1]
+    cli.wait_status(op_id, {"running"})
+    assert re.search(rf"^{op_id}\s+running\s", cli("ls").stdout, re.M)  # alive: the quick path
+    p.kill()
+    assert cli.op(op_id).status.value == "running"
+    assert re.search(rf"^{op_id}\s+interrupted\s", cli("ls").stdout, re.M)
+    assert cli.op(op_id).status.value == "interrupted"
+
+
+def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
+    from engine.store.local import SCHEMA_VERSION, LocalStore
+
+    from engine.cli.common import SETTINGS_KEYS
+    from engine.config import Settings
+    from engine.store import quick
+
+    assert set(SETTINGS_KEYS) == set(Settings.model_fields) - {"profiles", "origins"}
+    store = LocalStore(Path("/nonexistent-state"))
+    assert (
+        store.db_path.name,
+        store.lock_dir.name,
+        SCHEMA_VERSION,
+    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.SCHEMA_VERSION)

@@ -1,0 +1,54 @@
+"""Human formats: one rule per quantity, shared by every face (the CLI showed 0.4 a second as
+"24.0/min", the dashboard as "0.4/s")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import engine.cli.format as cli_format
+import tui.format as tui_format
+from engine import humanize
+
+
+@pytest.mark.parametrize(
+    ("per_second", "shown"),
+    [
+        (0.4, "24/min"),
+        (0.05, "3.0/min"),
+        (0.01, "36/h"),
+        (0.0001, "0.4/h"),
+        (1.0, "1.0/s"),
+        (2.5, "2.5/s"),
+        (12.0, "12/s"),
+        (999.6, "1.0k/s"),
+        (12_345.0, "12k/s"),
+        (0.0, "-"),
+        (None, "-"),
+        (math.nan, "-"),
+        (math.inf, "-"),
+        (-1.0, "-"),
+    ],
+)
+def test_rate_reads_in_the_largest_unit_that_shows_at_least_one(per_second: float | None, shown: str) -> None:
+    assert humanize.rate(per_second) == shown
+
+
+def test_rate_fits_the_dashboard_column_at_every_magnitude() -> None:
+    for exponent in range(-60, 80):
+        r = 10 ** (exponent / 10)
+        assert len(humanize.rate(r)) <= 7, (r, humanize.rate(r))
+
+
+@pytest.mark.parametrize("name", ["rate", "duration", "count", "size", "clock", "local_time", "printable"])
+def test_both_faces_format_with_the_same_function(name: str) -> None:
+    shared = getattr(humanize, name)
+    assert getattr(cli_format, name) is shared
+    assert getattr(tui_format, name) is shared
+
+
+def test_duration_count_size() -> None:
+    assert [humanize.duration(s) for s in (None, 42, 185, 7380, 277200)] == ["-", "42s", "3m05s", "2h03m", "3d05h"]
+    assert [humanize.count(n) for n in (None, 999, 1234, 12_345, 3_400_000)] == ["?", "999", "1.2k", "12k", "3.4M"]
+    assert [humanize.size(n) for n in (None, 512, 12_595, 4_718_592)] == ["-", "512B", "12.3K", "4.5M"]
