@@ -90,11 +90,11 @@ def test_quick_ls_leaves_an_orphan_to_the_full_path(cli: Cli) -> None:
 
 
 def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
-    from engine.store.local import SCHEMA_VERSION, LocalStore
-
     from engine.cli.common import SETTINGS_KEYS
     from engine.config import Settings
     from engine.store import quick
+    from engine.store.sqlite import LocalStore
+    from engine.store.sqlite.schema import SCHEMA_VERSION
 
     assert set(SETTINGS_KEYS) == set(Settings.model_fields) - {"profiles", "origins"}
     store = LocalStore(Path("/nonexistent-state"))
