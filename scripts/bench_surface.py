@@ -96,8 +96,8 @@ async def bench_cli(bench: Bench) -> list[Row]:
                 anchor_unit="s",
                 anchor_desc="python -c pass",
                 ratio=st["p50"] / floor["p50"],
-                target=target if goal else "- (settings validated, engine opened)",
-                met=st["p50"] <= 3 * floor["p50"] if goal else None,
+                target=target,  # a config file is what many users have: the same target, honestly missed
+                met=st["p50"] <= 3 * floor["p50"],
                 stats={"run": st, "python": floor, "operations": n_ops},
                 note=f"wall time of a fresh process, p50 of {repeats} (round-robin with the floor); "
                 f"p99 {st['p99'] * 1e3:.0f} ms",
