@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from engine.ids import unique_prefix_lengths
 from engine.models import new_id
+from tests.fixtures_cli import Cli
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -38,3 +39,31 @@ def test_real_ids_created_moments_apart_get_short_distinct_prefixes() -> None:
     assert len(set(prefixes)) == len(ids)
     for p in prefixes:  # each one names exactly one id
         assert sum(i.startswith(p) for i in ids) == 1
+
+
+def test_ls_on_a_terminal_shows_each_short_id_in_bold(cli: Cli) -> None:
+    """`outlast ls` on a terminal: the shortest unique prefix bold, the rest dim; piped, plain ids."""
+    import pty
+    import subprocess
+    import sys
+
+    ids = [cli("-q", "submit", "demo").stdout.strip() for _ in range(3)]
+    lengths = unique_prefix_lengths(ids)
+    main, sub = pty.openpty()
+    p = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--state-dir", str(cli.state_dir), "ls"],
+        stdout=sub,
+        stderr=subprocess.PIPE,
+        env={**cli.env, "NO_COLOR": ""},
+        timeout=60,
+        check=False,
+    )
+    os.close(sub)
+    out = os.read(main, 65536).decode()
+    os.close(main)
+    assert p.returncode == 0, p.stderr
+    for i in ids:
+        n = lengths[i]
+        assert f"\x1b[1m{i[:n]}\x1b[0m\x1b[2m{i[n:]}\x1b[0m" in out
+    piped = cli("ls").stdout
+    assert "\x1b" not in piped and all(i in piped for i in ids)

@@ -240,6 +240,43 @@ def op_json(op: Operation) -> dict[str, Any]:
     return out
 
 
+BOLD, DIM, PLAIN = "\x1b[1m", "\x1b[2m", "\x1b[0m"
+
+
+def with_short_ids(table_text: str, ids: Sequence[str]) -> str:
+    """``ls``'s table (already escaped) with each id's shortest unique prefix in bold and the rest
+    dim, as jj and git show them: what to type is what stands out. The ids are the first column."""
+    from ..ids import unique_prefix_lengths
+
+    lengths = unique_prefix_lengths(ids)
+    lines = table_text.split("\n")
+    for i, line in enumerate(lines[1:], 1):
+        op_id = line[:13]
+        n = lengths.get(op_id)
+        if n is not None:
+            lines[i] = f"{BOLD}{op_id[:n]}{PLAIN}{DIM}{op_id[n:]}{PLAIN}{line[13:]}"
+    return "\n".join(lines)
+
+
+def styled(stream: Any) -> bool:
+    """Whether to style output on ``stream``: a terminal, and NO_COLOR unset (no-color.org)."""
+    import os
+
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def echo_ls(rows: Sequence[LsRow]) -> None:
+    """``ls``'s table; on a terminal with the short ids standing out."""
+    text = UNSAFE_IN_OUTPUT.sub(escape_char, ls_table(rows))
+    if styled(sys.stdout):
+        text = with_short_ids(text, [r.id for r in rows])
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError:
+        drop_stream(False)
+
+
 def echo(text: str = "", err: bool = False) -> None:
     """Print and flush (lines reach a log file or pipe as they happen).
 

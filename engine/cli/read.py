@@ -49,7 +49,7 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
         rows = _quick_rows(app, list(statuses), list(types), limit)
         if rows is not None:
             if rows:
-                fmt.echo(fmt.ls_table(rows))
+                fmt.echo_ls(rows)
             elif not app.quiet:
                 fmt.echo("no operations", err=True)
             return ExitCode.OK
@@ -62,7 +62,7 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
     elif ops:
-        fmt.echo(fmt.ls_table([fmt.LsRow.of(o) for o in ops]))
+        fmt.echo_ls([fmt.LsRow.of(o) for o in ops])
     elif not app.quiet:
         fmt.echo("no operations", err=True)
     return ExitCode.OK

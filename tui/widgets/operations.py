@@ -22,7 +22,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from engine import Operation, Progress, Status
+from engine import Operation, Progress, Status, unique_prefix_lengths
 
 from .. import format as fmt
 from ..format import STATUS_ORDER
@@ -141,6 +141,7 @@ class OperationsTable(ScrollView, can_focus=True):
         self.live = live
         self.clock = clock
         self.ids: list[str] = []
+        self.short: dict[str, int] = {}
         self.sort = SORTS[0]
         self.filter_words: list[str] = []
         self.fetched = False
@@ -163,6 +164,7 @@ class OperationsTable(ScrollView, can_focus=True):
         if self.filter_words:
             ops = [op for op in ops if matches(op, self.filter_words)]
         self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
+        self.short = unique_prefix_lengths(self.ops)  # among every operation the dashboard knows
         if keep is not None:
             try:
                 self.cursor = self.ids.index(keep)
@@ -315,6 +317,11 @@ class OperationsTable(ScrollView, can_focus=True):
                 out.append((" ", None))
             if col.key == "progress":
                 self._bar(out, p, w, on_cursor)
+                continue
+            if col.key == "id":  # the shortest unique prefix stands out: what to type (as jj and git show it)
+                n = min(w, self.short.get(op.id, len(op.id)))
+                out.append((op.id[:n], Style(bold=True)))
+                out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
             value, style = self._cell(col.key, op, p, now)
             value = set_cell_size(value, w) if col.key in ("name", "type") else value[:w]
