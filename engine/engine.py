@@ -26,7 +26,7 @@ from typing import Any
 from .attempt import Attempt
 from .config import Settings, load_settings
 from .events import EventBus
-from .lifecycle import Action, StopReason, check_action
+from .lifecycle import ACTIONS, Action, StopReason, check_action
 from .models import (
     SETTLED,
     Checkpoint,
@@ -407,6 +407,13 @@ class Engine:
         new = await self.store.update(op_id, priority=priority)
         self._scheduler.wake()
         return new
+
+    async def remove(self, op_id: str) -> None:
+        """Delete a settled operation with its checkpoints, item records and logs (its outputs stay).
+        Fenced: a resume or claim that lands first wins, and nothing is removed (Conflict)."""
+        op = await self.store.get(validate_id(op_id))
+        check_action(Action.REMOVE, op.status, op_id)
+        await self.store.delete(op_id, expect=ACTIONS[Action.REMOVE])
 
     # ---- recovery ------------------------------------------------------------------------------
 

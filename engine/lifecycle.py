@@ -77,6 +77,7 @@ class Action(StrEnum):
     RESUME = "resume"
     PRIORITY = "priority"
     RERUN = "rerun"
+    REMOVE = "remove"
 
 
 ACTIONS: dict[Action, frozenset[Status]] = {
@@ -87,6 +88,7 @@ ACTIONS: dict[Action, frozenset[Status]] = {
     Action.RESUME: RESUMABLE,
     Action.PRIORITY: frozenset({Status.QUEUED}),  # only queued work waits in an order
     Action.RERUN: SETTLED,  # the same spec again, as a new operation
+    Action.REMOVE: SETTLED,  # gone from the store with its checkpoints and logs (its outputs stay)
 }
 """Which action applies to which status: everything else is refused with a Conflict."""
 
@@ -110,6 +112,7 @@ _VERB = {
     Action.RESUME: "be resumed",
     Action.PRIORITY: "be re-prioritised",
     Action.RERUN: "be run again",
+    Action.REMOVE: "be removed",
 }
 
 

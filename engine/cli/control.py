@@ -6,11 +6,12 @@ Which action applies to which status, and the status a stop request ends in, are
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import NotFound
+from ..errors import NotFound, OutlastError
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
@@ -163,4 +164,112 @@ def priority(app: App, op_id: str, level: str) -> int:
     return ExitCode.OK
 
 
-COMMANDS = [cancel, pause, resume, priority]
+@click.command("rm")
+@click.argument("op_ids", metavar="ID...", nargs=-1, required=True)
+@pass_app
+def rm(app: App, op_ids: tuple[str, ...]) -> int:
+    """Remove settled operations: their records, checkpoints and logs (their outputs stay).
+
+    Queued and running work is refused (cancel it first), and so is one that a resume reached first;
+    a paused or interrupted one is removed with its checkpoints (it can no longer be resumed). Each id is
+    removed or refused on its own: the exit code is the first refusal's.
+
+    \b
+    Examples:
+      outlast rm 06b2 06b3
+      outlast clean --older-than 7d        # every completed or cancelled one older than a week
+    """
+
+    async def go() -> list[tuple[str, BaseException | None]]:
+        out: list[tuple[str, BaseException | None]] = []
+        async with session(app.settings) as engine:
+            for raw in dict.fromkeys(op_ids):
+                try:
+                    full = await engine.resolve(raw)
+                    await engine.remove(full)
+                    out.append((full, None))
+                except OutlastError as e:
+                    out.append((raw, e))
+        return out
+
+    return _report_removed(app, run_async(go()))
+
+
+def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -> int:
+    from ..exitcodes import code_for_error
+
+    code = ExitCode.OK
+    for op_id, error in results:
+        if error is None:
+            if not app.quiet and not app.json:
+                fmt.echo(f"{op_id} removed")
+        else:
+            fmt.echo(f"outlast: {error}", err=True)
+            code = code or (code_for_error(error) or ExitCode.USAGE)
+    if app.json:
+        fmt.echo(fmt.dumps({"removed": [i for i, e in results if e is None]}))
+    return int(code)
+
+
+AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(value: str) -> float:
+    m = AGE.match(value.strip())
+    if m is None:
+        raise click.BadParameter(f"{value!r}: expected a number with s, m, h, d or w (7d, 12h, 90m)")
+    return float(m[1]) * _UNIT[m[2]]
+
+
+@click.command("clean")
+@click.option("--older-than", "older", metavar="AGE", help="Only those finished more than AGE ago (7d, 12h, 90m).")
+@click.option(
+    "--status",
+    "-s",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status if s in SETTLED], case_sensitive=False),
+    help="Only these statuses (repeatable; default: completed and cancelled).",
+)
+@click.option("--dry-run", "-n", is_flag=True, help="Only list what would be removed.")
+@pass_app
+def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool) -> int:
+    """Remove finished operations in bulk (records, checkpoints, logs; their outputs stay)."""
+    import time
+
+    cutoff = None if older is None else time.time() - _age(older)
+    wanted = [Status(s) for s in statuses] or [Status.COMPLETED, Status.CANCELLED]
+
+    async def go() -> list[tuple[str, BaseException | None]]:
+        out: list[tuple[str, BaseException | None]] = []
+        async with session(app.settings) as engine:
+            for op in await engine.list_operations(wanted):
+                ended = op.finished_at or op.created_at
+                if cutoff is not None and (ended is None or ended > cutoff):
+                    continue
+                if dry_run:
+                    out.append((op.id, None))
+                    continue
+                try:
+                    await engine.remove(op.id)
+                    out.append((op.id, None))
+                except OutlastError as e:  # resumed since the listing: it is not finished any more
+                    out.append((op.id, e))
+        return out
+
+    results = run_async(go())
+    if dry_run:
+        if app.json:
+            fmt.echo(fmt.dumps({"would_remove": [i for i, _ in results]}))
+        else:
+            for op_id, _ in results:
+                fmt.echo(f"{op_id} would be removed")
+        return ExitCode.OK
+    code = _report_removed(app, results)
+    if not app.quiet and not app.json:
+        fmt.echo(f"{sum(e is None for _, e in results)} removed", err=True)
+    return code
+
+
+COMMANDS = [cancel, pause, resume, priority, rm, clean]

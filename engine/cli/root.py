@@ -20,7 +20,7 @@ from .common import App, json_option
 
 LAZY = {
     **dict.fromkeys(("ls", "show", "watch", "logs", "checkpoints", "types", "config"), "read"),
-    **dict.fromkeys(("cancel", "pause", "resume", "priority"), "control"),
+    **dict.fromkeys(("cancel", "pause", "resume", "priority", "rm", "clean"), "control"),
     **dict.fromkeys(("tui", "run", "rerun", "submit", "worker", "_run-one", "serve"), "work"),
     "kb": "kb",
 }

@@ -1,0 +1,48 @@
+"""outlast rm and outlast clean: settled operations leave the store with all they own; queued and
+running work, unknown ids and bad ages are one line each and remove nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import in_process, run_json
+
+
+def _ids(cli: Cli) -> set[str]:
+    code, out, _ = in_process(cli, "--json", "ls")
+    assert code == 0
+    return {o["id"] for o in json.loads(out)}
+
+
+def test_rm_removes_settled_work_and_refuses_the_rest(cli: Cli) -> None:
+    code, done, err = run_json(cli, "run", "demo", "-p", "items=3", "-p", "seconds=0")
+    assert code == 0, err
+    queued = cli("-q", "submit", "demo").stdout.strip()
+    code, out, err = in_process(cli, "rm", done["id"][:9], queued)
+    assert code == 7 and err.count("\n") == 1 and f"operation {queued} is queued" in err, err
+    assert f"{done['id']} removed" in out
+    assert _ids(cli) == {queued}
+    code, _, err = in_process(cli, "rm", "zzzz")
+    assert code == 3 and "no operation matches id 'zzzz'" in err
+    assert _ids(cli) == {queued}
+
+
+def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:
+    a = cli("-q", "submit", "demo").stdout.strip()
+    b = cli("-q", "submit", "demo").stdout.strip()
+    c = cli("-q", "submit", "demo").stdout.strip()
+    for op in (a, b):
+        assert in_process(cli, "cancel", op)[0] == 0
+    code, out, _ = in_process(cli, "--json", "clean", "--dry-run")
+    assert code == 0 and set(json.loads(out)["would_remove"]) == {a, b}
+    assert _ids(cli) == {a, b, c}  # a dry run removes nothing
+    code, out, _ = in_process(cli, "clean", "--older-than", "1h")
+    assert code == 0 and _ids(cli) == {a, b, c}  # cancelled just now: not older than an hour
+    time.sleep(1.1)
+    code, out, err = in_process(cli, "clean", "--older-than", "1s", "--status", "cancelled")
+    assert code == 0 and "2 removed" in err, err
+    assert _ids(cli) == {c}
+    code, _, err = in_process(cli, "clean", "--older-than", "7x")
+    assert code == 2 and "'7x'" in err and err.count("\n") == 1
