@@ -121,7 +121,8 @@ def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[st
     ``estimated_completion`` is ISO 8601 (when the rate gives an ETA); ``detailed_status`` carries what
     the seed has no field for (failed and skipped items, the rate, the operation's status).
     """
-    eta = None if p.eta is None else (p.updated_at or datetime.now(UTC).timestamp()) + p.eta
+    # From when the ETA was measured: a record read twice gives the same answer (no "now" in it).
+    eta = None if p.eta is None or p.updated_at is None else p.updated_at + p.eta
     return {
         "operation_id": op_id,
         "current_step": p.step or "",

@@ -68,8 +68,11 @@ def test_profile_table_and_files(cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.skipif(py_spy() is None, reason="py-spy is not installed")
 def test_py_spy_samples_the_program(cli: Cli, tmp_path: Path) -> None:
     script = tmp_path / "work.py"
-    script.write_text(SCRIPT)
-    params = {"script": str(script), "args": ["0.3"], "sampler": "py-spy", "rate": 200}
+    # Busy, not asleep: py-spy records only running frames, and a loaded machine leaves few samples.
+    script.write_text(
+        SCRIPT.replace("time.sleep(seconds)", "end = time.time() + seconds\n    while time.time() < end: middle(200)")
+    )
+    params = {"script": str(script), "args": ["0.6"], "sampler": "py-spy", "rate": 200}
     code, final, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
     assert code == 0, err
     res = final["result"]
