@@ -84,7 +84,7 @@ async def bench_cli(bench: Bench) -> list[Row]:
             out += await asyncio.to_thread(time_command, argv, 1, env)
     floor = summarize(samples[0])
     rows = []
-    for (label, _, goal), run in zip(commands, samples[1:], strict=True):
+    for (label, _, _goal), run in zip(commands, samples[1:], strict=True):
         st = summarize(run)
         rows.append(
             Row(
