@@ -66,9 +66,11 @@ async def test_dry_run_by_default(engine: Engine, tmp_path: Path) -> None:
     )
 
 
-def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path: Path) -> None:
-    """Killed between batches or between a batch's manifest lines and its unlinks: the resumed run leaves the
-    tree, the manifest (each removed file once) and the result of an uninterrupted run."""
+@pytest.mark.parametrize("interval", ["0.05", "3600"], ids=["checkpointed", "killed-before-a-checkpoint"])
+def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path: Path, interval: str) -> None:
+    """Killed between batches or between a batch's manifest lines and its unlinks (with checkpoints, or
+    before the first one, when the resume starts over): the resumed run leaves the tree, the manifest
+    (each removed file once) and the result of an uninterrupted run."""
     n = 2000
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     make_tree(whole, n, age=False)  # older_than_days=0: whatever was there when the run started goes
@@ -86,7 +88,10 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path:
 
     out = tmp_path / "k.jsonl"
     op_id = submit(
-        cli, "cleanup_operation", params(killed, out, dry_run=False, older_than_days=0), "checkpoint_interval=0.05"
+        cli,
+        "cleanup_operation",
+        params(killed, out, dry_run=False, older_than_days=0),
+        f"checkpoint_interval={interval}",
     )
     worker = cli.start("worker", "--concurrency", "1")
     try:

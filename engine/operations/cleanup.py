@@ -278,7 +278,9 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
         st["cutoff"] = time.time() - days * DAY
     cutoff = float(st["cutoff"])
     manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
-    if not ctx.resuming:
+    if not ctx.resuming and ctx.attempt == 1:
+        # A new operation starts a new manifest. A later attempt keeps it even without a checkpoint: a
+        # run killed before its first checkpoint has already removed the files its lines name.
         await asyncio.to_thread(manifest.unlink, missing_ok=True)
     ctx.progress(step="listing")
     if p.root is not None:
