@@ -113,7 +113,7 @@ class Engine:
         await self.shutdown()
 
     async def start(self) -> None:
-        ensure_loaded(self.settings.plugins)
+        ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         await self.store.open()
         await self.recover()
         self._loops = [asyncio.create_task(self._supervisor.run(), name="outlast-supervisor")]

@@ -25,6 +25,29 @@ log = logging.getLogger("outlast.registry")
 
 Handler = Callable[..., Awaitable[Any]]
 ENTRY_POINT_GROUP = "outlast.operations"
+BUILTIN_TYPES = {
+    "demo": "engine.operations.demo",
+    "command": "engine.operations.command",
+    "codebase_indexing": "engine.operations.indexing",
+    "comprehensive_test_suite": "engine.operations.test_suite",
+    "security_scan": "engine.operations.security_scan",
+    "backup_operation": "engine.operations.backup",
+    "load_testing": "engine.operations.load_test",
+    "migration_operation": "engine.operations.migration",
+    "cleanup_operation": "engine.operations.cleanup",
+    "monitoring_collection": "engine.operations.monitoring",
+    "kb_population": "engine.operations.kb_population",
+    "kb_optimization": "engine.operations.kb_optimization",
+    "vector_indexing": "engine.operations.vector_indexing",
+    "semantic_analysis": "engine.operations.semantic_analysis",
+    "code_analysis": "engine.operations.code_analysis",
+    "dependency_analysis": "engine.operations.dependency_analysis",
+    "integration_testing": "engine.operations.test_profiles",
+    "performance_testing": "engine.operations.test_profiles",
+    "performance_profiling": "engine.operations.profiling",
+}
+"""Each built-in type and the module that registers it: a process that runs one type imports one module
+(each defines pydantic models, and all of them cost a command's start-up about 0.25 s)."""
 BUILTIN_MODULES = (
     "engine.operations.demo",
     "engine.operations.command",
@@ -115,19 +138,25 @@ def _context_only(fn: Handler) -> Handler:
     return call
 
 
+def _import_builtin(name: str) -> None:
+    """Import one built-in module; what was registered before it (the program's own handlers, plugins)
+    wins over what it registers."""
+    earlier = dict(_HANDLERS)
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+    _HANDLERS.update(earlier)
+
+
 def load_builtins() -> None:
     global _loaded_builtins
     if _loaded_builtins:
         return
     _loaded_builtins = True
-    earlier = dict(_HANDLERS)  # registered by the program before the built-ins loaded: its own win
     for name in BUILTIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-    _HANDLERS.update(earlier)
+        _import_builtin(name)
 
 
 def load_entry_points() -> None:
@@ -157,8 +186,7 @@ def load_plugin(module: str) -> None:
     """
     if not _MODULE_RE.match(module):
         raise InvalidInput(f"plugin {module!r}: not a module name (dotted Python names, e.g. mypkg.operations)")
-    load_builtins()  # first, so a plugin's handler for a built-in type replaces it (as an entry point's does)
-    try:
+    try:  # a built-in module imported later keeps what this registers (see _import_builtin)
         importlib.import_module(module)
     except SystemExit as e:
         raise InvalidInput(f"plugin {module!r} called exit({e.code!r}) while being imported") from None
@@ -178,16 +206,25 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def ensure_loaded(plugins: list[str] | tuple[str, ...] = ()) -> None:
-    load_builtins()
+def ensure_loaded(plugins: list[str] | tuple[str, ...] = (), builtins: bool = True) -> None:
+    """Plugins (entry points and ``plugins``), and every built-in type unless ``builtins`` is false:
+    then each built-in module loads when its type is first asked for (``get_handler``)."""
+    if builtins:
+        load_builtins()
     load_entry_points()
     for p in plugins:
         load_plugin(p)
 
 
 def get_handler(type_: str) -> HandlerSpec:
-    ensure_loaded()
+    load_entry_points()
     spec = _HANDLERS.get(type_)
+    if spec is None and type_ in BUILTIN_TYPES:
+        _import_builtin(BUILTIN_TYPES[type_])
+        spec = _HANDLERS.get(type_)
+    if spec is None:
+        load_builtins()  # every type, to name them
+        spec = _HANDLERS.get(type_)
     if spec is None:
         known = ", ".join(sorted(_HANDLERS)) or "none"
         raise InvalidInput(f"unknown operation type {type_!r} (known: {known})")

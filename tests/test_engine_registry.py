@@ -75,3 +75,32 @@ async def test_admission_control_holds_work(settings: Settings) -> None:
         assert (await engine.get(op.id)).status is Status.QUEUED
         engine.admission.max_memory = None  # the scheduler looks again within half a second
         assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+
+
+def test_each_builtin_type_names_the_module_that_registers_it() -> None:
+    """get_handler imports only the module a type needs: the table must say where each type is."""
+    import importlib
+
+    from engine.registry import BUILTIN_MODULES, BUILTIN_TYPES, handlers
+
+    assert set(BUILTIN_TYPES.values()) == set(BUILTIN_MODULES)
+    for type_, spec in handlers().items():
+        if spec.source == "builtin":
+            assert type_ in BUILTIN_TYPES, type_
+            module = importlib.import_module(BUILTIN_TYPES[type_])
+            assert spec.fn.__module__ == module.__name__ or spec.fn.__module__.startswith(module.__name__), type_
+
+
+def test_running_demo_loads_no_other_builtin_module() -> None:
+    code = (
+        "import sys\n"
+        "from engine.registry import get_handler\n"
+        "get_handler('demo')\n"
+        "ops = [m for m in sys.modules if m.startswith('engine.operations.')]\n"
+        "print(sorted(m for m in ops if not m.split('.')[-1].startswith('_')))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['engine.operations.demo']", out
