@@ -99,11 +99,14 @@ class App:
         config file, no other OUTLAST_* setting): then a read-only command (``ls``) may read the local
         store without loading and validating the settings. None: load them (``settings``)."""
         env = os.environ
-        if self.store or self.config or self.plugins or self._settings is not None:
+        # Given at all (even empty: the full path says what is wrong with it) means not the defaults.
+        if self.store is not None or self.config is not None or self.plugins or self._settings is not None:
             return None
-        if any(env.get(f"OUTLAST_{key.upper()}") for key in SETTINGS_KEYS if key != "state_dir"):
+        if any(f"OUTLAST_{key.upper()}" in env for key in SETTINGS_KEYS if key != "state_dir"):
             return None
-        if env.get("OUTLAST_CONFIG") or default_config_file().exists():
+        if "OUTLAST_CONFIG" in env or default_config_file().exists() or self.state_dir == "":
+            return None
+        if env.get("OUTLAST_STATE_DIR") == "":
             return None
         return Path(self.state_dir or env.get("OUTLAST_STATE_DIR") or default_state_dir())
 
