@@ -383,7 +383,7 @@ def test_damaged_checkpoint_page_is_one_line(cli: Cli, pristine: tuple[Path, str
             f.write(bytes(rng.randrange(256) for _ in range(page_size // 4)))
     r = resume_json(cli, op_id)
     assert_outcome(r, n, f"checkpoint cells garbled, seed {SEED}")
-    assert r.returncode in (ExitCode.OK, ExitCode.STORE), r.stderr
+    assert r.returncode in (ExitCode.OK, ExitCode.STORE), f"OUTLAST_FAULT_SEED={SEED}: {r.stderr}"
 
 
 @pytest.mark.timeout(7200 if SOAK else 120)
