@@ -116,6 +116,14 @@ class Settings(BaseModel):
     def _store_ok(cls, v: str | None) -> str | None:
         return None if v is None else check_store_url(v)
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_ok(cls, v: Any) -> Any:
+        """An empty path would be the working directory: a store written wherever the command ran."""
+        if isinstance(v, str | Path) and not str(v).strip():
+            raise ValueError("empty: expected a directory path")
+        return v
+
     def shown(self) -> dict[str, Any]:
         """The settings as JSON for people and scripts, secrets redacted."""
         data = self.model_dump(mode="json")

@@ -367,3 +367,16 @@ def test_tag_limits_in_the_model() -> None:
         OperationSpec(type="demo", tags={f"k{i}": "v" for i in range(MAX_TAGS + 1)})
     with pytest.raises(ValidationError, match=str(MAX_TAG_CHARS)):
         OperationSpec(type="demo", tags={"k": "v" * (MAX_TAG_CHARS + 1)})
+
+
+@pytest.mark.parametrize(
+    "args", [["--state-dir", "", "ls"], ["--store", "", "ls"], ["--state-dir", " ", "submit", "demo"]]
+)
+def test_an_empty_store_or_state_dir_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str]) -> None:
+    """An empty path is not the working directory: before, `--state-dir "" ls` made outlast.db there."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "empty" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
