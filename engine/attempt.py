@@ -37,6 +37,7 @@ from .models import (
     StaleAttempt,
     Status,
     StatusChanged,
+    StoreError,
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .profiles import TimeoutProfile
@@ -129,6 +130,12 @@ class Attempt:
                     # checkpoints take its numbers (merged with its deltas, items went uncounted).
                     await host.store.discard_checkpoints_after(op.id, base)
                     op = op.model_copy(update={"checkpoint_seq": base or None})
+        except StoreError as e:
+            # The store is damaged where the resume point is read or the old chain is cut: not the
+            # operation's fault. It stays resumable, and the command says store (exit 8).
+            host.store_stopped.add(op.id)
+            await settle(host, op, Status.INTERRUPTED, message=f"interrupted: {e}")
+            return None
         except Exception as e:
             await settle(host, op, Status.FAILED, error=format_exception(e))
             return None
@@ -228,6 +235,12 @@ class Attempt:
                 await self._settle(Status.FAILED, error=str(e))
             except StaleAttempt as e:
                 log.warning("%s: %s; this attempt stops without writing", op.id, e)
+            except StoreError as e:
+                # The store itself is damaged (a checkpoint page garbled on disk), not the handler wrong:
+                # the operation stays resumable from its newest good checkpoint, and the command says
+                # store (exit 8), as for an outage.
+                self.host.store_stopped.add(op.id)
+                await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
                 key = ctx.failed_item(e)
                 if key is not None and ctx.stop_reason is None:
