@@ -48,26 +48,8 @@ BUILTIN_TYPES = {
 }
 """Each built-in type and the module that registers it: a process that runs one type imports one module
 (each defines pydantic models, and all of them cost a command's start-up about 0.25 s)."""
-BUILTIN_MODULES = (
-    "engine.operations.demo",
-    "engine.operations.command",
-    "engine.operations.indexing",
-    "engine.operations.test_suite",
-    "engine.operations.security_scan",
-    "engine.operations.backup",
-    "engine.operations.load_test",
-    "engine.operations.migration",
-    "engine.operations.cleanup",
-    "engine.operations.monitoring",
-    "engine.operations.kb_population",
-    "engine.operations.kb_optimization",
-    "engine.operations.vector_indexing",
-    "engine.operations.semantic_analysis",
-    "engine.operations.code_analysis",
-    "engine.operations.dependency_analysis",
-    "engine.operations.test_profiles",
-    "engine.operations.profiling",
-)
+BUILTIN_MODULES = tuple(dict.fromkeys(BUILTIN_TYPES.values()))
+"""Every built-in module, each once (listing types, the API schema and the launch form load them all)."""
 
 
 class AnyParams(BaseModel):

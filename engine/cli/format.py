@@ -270,11 +270,7 @@ def echo_ls(rows: Sequence[LsRow]) -> None:
     text = UNSAFE_IN_OUTPUT.sub(escape_char, ls_table(rows))
     if styled(sys.stdout):
         text = with_short_ids(text, [r.id for r in rows])
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except OSError:
-        drop_stream(False)
+    _write(text, err=False)
 
 
 def echo(text: str = "", err: bool = False) -> None:
@@ -283,8 +279,11 @@ def echo(text: str = "", err: bool = False) -> None:
     A reader that went away (closed pipe, hung-up terminal) must not stop the work: output to
     that stream is dropped from then on.
     """
+    _write(UNSAFE_IN_OUTPUT.sub(escape_char, text), err)  # the last guard: whatever a caller forgot to escape
+
+
+def _write(text: str, err: bool) -> None:
     stream = sys.stderr if err else sys.stdout
-    text = UNSAFE_IN_OUTPUT.sub(escape_char, text)  # the last guard: whatever a caller forgot to escape
     try:
         stream.write(text + "\n")
         stream.flush()

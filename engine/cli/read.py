@@ -21,13 +21,13 @@ def checkpoint_listing(cp: Any) -> dict[str, Any]:
     """A checkpoint as listings show it (the seed's names beside Outlast's): see engine.autobot."""
     from ..autobot import checkpoint_listing as listing
 
-    return dict(listing(cp))
+    return listing(cp)
 
 
 async def checkpoints_in_full(store: Any, cps: list[Any]) -> list[dict[str, Any]]:
     from ..autobot import checkpoints_in_full as in_full
 
-    return list(await in_full(store, cps))
+    return await in_full(store, cps)
 
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)

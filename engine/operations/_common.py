@@ -42,6 +42,35 @@ def existing_dir(value: str, name: str) -> str:
     return str(p.resolve())
 
 
+def existing_path(value: str, name: str) -> str:
+    """``value`` as an absolute path to something that exists, or a ValueError naming ``name``."""
+    p = Path(value).expanduser()
+    if not p.exists():
+        raise ValueError(f"{name} {value!r} does not exist")
+    return str(p.resolve())
+
+
+def split_args(value: Any) -> Any:
+    """``-p args='-k fast'`` from the command line is one string: split as a shell would."""
+    import shlex
+
+    return shlex.split(value) if isinstance(value, str) else value
+
+
+def python_executable(value: str) -> str:
+    """An interpreter by name or path, resolved on PATH, or a ValueError."""
+    import shutil
+
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"python {value!r} is not an executable")
+    return found
+
+
+def optional_dir(value: str | None, name: str) -> str | None:
+    return None if value is None else existing_dir(value, name)
+
+
 SQLITE_MAGIC = b"SQLite format 3\0"
 JSON_MAGIC = b"{"
 

@@ -102,18 +102,22 @@ def _secret_types() -> dict[str, str]:
     return {r.title: r.id for r in secret_rules().values()}
 
 
+_secrets_ready = False
+
+
 def _configure_secrets() -> None:
     """Every plugin and the default filters, once per process (detect-secrets' settings are global)."""
-    if getattr(_configure_secrets, "done", False):
+    global _secrets_ready
+    if _secrets_ready:
         return
     with _lock:
-        if getattr(_configure_secrets, "done", False):
+        if _secrets_ready:
             return
         from detect_secrets.settings import cache_bust, configure_settings_from_baseline
 
         cache_bust()
         configure_settings_from_baseline({"plugins_used": [{"name": name} for name in secret_rules()]})
-        _configure_secrets.done = True  # type: ignore[attr-defined]
+        _secrets_ready = True
 
 
 def _bandit_manager() -> Any:

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import pstats
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..context import OperationContext
 from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import check_output_dir, existing_dir, output_dir
+from ._common import check_output_dir, optional_dir, output_dir, python_executable, split_args
 from ._runs import RunTimedOut, wait_or_stop
 
 Func = tuple[str, int, str]
@@ -77,20 +76,17 @@ class ProfileParams(BaseModel):
     @field_validator("args", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return shlex.split(v) if isinstance(v, str) else v
+        return split_args(v)
 
     @field_validator("python")
     @classmethod
     def _python(cls, v: str) -> str:
-        found = shutil.which(v)
-        if found is None:
-            raise ValueError(f"python {v!r} is not an executable")
-        return found
+        return python_executable(v)
 
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
-        return None if v is None else existing_dir(v, "cwd")
+        return optional_dir(v, "cwd")
 
     @field_validator("output")
     @classmethod

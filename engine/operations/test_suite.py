@@ -29,8 +29,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
-import shutil
 import signal
 import sys
 import time
@@ -43,7 +41,7 @@ from ..context import OperationContext
 from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import existing_dir, output_dir
+from ._common import existing_path, optional_dir, output_dir, python_executable, split_args
 
 PLUGIN = "_outlast_pytest_plugin"
 BAD = ("failed", "error", "hung", "crashed")
@@ -80,29 +78,22 @@ class TestSuiteParams(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        p = Path(v).expanduser()
-        if not p.exists():
-            raise ValueError(f"path {v!r} does not exist")
-        return str(p.resolve())
+        return existing_path(v, "path")
 
     @field_validator("args", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        """``--param args='-k fast'`` from the command line is one string."""
-        return shlex.split(v) if isinstance(v, str) else v
+        return split_args(v)
 
     @field_validator("python")
     @classmethod
     def _python(cls, v: str) -> str:
-        found = shutil.which(v)
-        if found is None:
-            raise ValueError(f"python {v!r} is not an executable")
-        return found
+        return python_executable(v)
 
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
-        return None if v is None else existing_dir(v, "cwd")
+        return optional_dir(v, "cwd")
 
 
 class _Pytest:
