@@ -204,6 +204,17 @@ def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash
     return 0, hashlib.sha256()
 
 
+def _hash_range(path: Path, offset: int, length: int, h: hashlib._Hash) -> int:
+    """Feed up to ``length`` bytes of ``path`` from ``offset`` into ``h``; returns bytes read (0 at the end)."""
+    n = 0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while n < length and (b := fh.read(min(CHUNK, length - n))):
+            h.update(b)
+            n += len(b)
+    return n
+
+
 def _append(src: Path, dst: Path, offset: int, length: int, h: hashlib._Hash) -> int:
     """Copy up to ``length`` bytes from ``offset`` into the partial (fsynced); returns bytes copied."""
     n = 0
@@ -292,7 +303,16 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
         ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
         # Saved at once with the file not yet done: a resume re-enters it at this offset.
         await ctx.checkpoint(next_step=f"copying {rel}", now=True)
-    sha = await asyncio.to_thread(_seal, src / rel, dst / rel, _partial(dst / rel), h.hexdigest(), p.verify)
+    sha, tmp = h.hexdigest(), _partial(dst / rel)
+    if p.verify:  # re-read in chunks, each reported: a long check of a large file is progress, not a stall
+        check, at = hashlib.sha256(), 0
+        while at < offset and (n := await asyncio.to_thread(_hash_range, tmp, at, p.chunk_checkpoint, check)):
+            at += n
+            ctx.progress(step=f"verifying {rel}", verified=at)
+        if check.hexdigest() != sha:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            raise OSError(f"verification failed: sha256 of the copy differs from {src / rel}")
+    await asyncio.to_thread(_seal, src / rel, dst / rel, tmp, sha, False)
     st.pop("partial", None)
     st["bytes"] = base + offset
     await asyncio.to_thread(_journal, dst, [(rel, sha)])
