@@ -244,7 +244,7 @@ class Engine:
             json.dumps(op.params)
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
-        await self.store.create(op)
+        op.handle = await self.store.create(op)
         self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
         self._scheduler.wake()
         return op

@@ -131,8 +131,19 @@ def validate_id(value: str) -> str:
 
 def validate_id_prefix(value: str) -> str:
     if not isinstance(value, str) or not ID_PREFIX_RE.match(value):
-        raise InvalidInput(f"invalid operation id {value!r}: expected up to {_ID_LEN} characters of [0-9a-z]")
+        raise InvalidInput(
+            f"invalid operation id {value!r}: expected a handle (1, 2, ...) or up to {_ID_LEN} characters of [0-9a-z]"
+        )
     return value
+
+
+HANDLE_RE = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def handle_of(value: str) -> int | None:
+    """The handle ``value`` names, if it is one: decimal digits with no leading zero. No id looks so
+    before 2054 (an id's first digit, the top of 8 base-32 digits of milliseconds since 2020, is 0)."""
+    return int(value) if HANDLE_RE.fullmatch(value) else None
 
 
 _MAX_INT = 2**63
@@ -268,6 +279,9 @@ class Operation(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    handle: int | None = None
+    """A short number (1, 2, 3, ...) the store gave it, never reused there: what people type in
+    place of the id (``outlast watch 12``). None for records stored before handles existed."""
     type: str
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)

@@ -245,9 +245,9 @@ def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
     assert cli("-q", "run", "demo", "-p", "items=2", "-p", "seconds=0", "--name", "W1").returncode == 0
     header, row = cli("ls", "-t", "demo").stdout.splitlines()[:2]
     cols = header.split()
-    assert cols[:4] == ["ID", "STATUS", "TYPE", "NAME"]
+    assert cols[:5] == ["#", "ID", "STATUS", "TYPE", "NAME"]
     cells = row.split()
-    assert cells[2] == "demo" and cells[3] == "W1"
+    assert cells[3] == "demo" and cells[4] == "W1"
 
 
 @pytest.mark.parametrize(

@@ -82,10 +82,10 @@ def test_quick_ls_leaves_an_orphan_to_the_full_path(cli: Cli) -> None:
     line = p.wait_line(lambda ln: " submitted: " in ln)
     op_id = line.split()[1]
     cli.wait_status(op_id, {"running"})
-    assert re.search(rf"^{op_id}\s+running\s", cli("ls").stdout, re.M)  # alive: the quick path
+    assert re.search(rf"^1\s+{op_id}\s+running\s", cli("ls").stdout, re.M)  # alive: the quick path
     p.kill()
     assert cli.op(op_id).status.value == "running"
-    assert re.search(rf"^{op_id}\s+interrupted\s", cli("ls").stdout, re.M)
+    assert re.search(rf"^1\s+{op_id}\s+interrupted\s", cli("ls").stdout, re.M)
     assert cli.op(op_id).status.value == "interrupted"
 
 

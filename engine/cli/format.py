@@ -104,6 +104,7 @@ class LsRow(NamedTuple):
     """What ``ls`` shows of one operation: from its model, or straight from its stored record."""
 
     id: str
+    handle: int | None
     status: Status
     type: str
     name: str | None
@@ -119,7 +120,17 @@ class LsRow(NamedTuple):
         p = op.progress
         note = op.error or op.status_message or ""
         return cls(
-            op.id, op.status, op.type, op.name, p.done, p.total, p.percent, op.priority.value, op.created_at, note
+            op.id,
+            op.handle,
+            op.status,
+            op.type,
+            op.name,
+            p.done,
+            p.total,
+            p.percent,
+            op.priority.value,
+            op.created_at,
+            note,
         )
 
     @classmethod
@@ -132,8 +143,10 @@ class LsRow(NamedTuple):
             total = int(total)
         pct = (100.0 if total == 0 else None) if not total else min(100.0, 100.0 * done / total)
         created = rec.get("created_at")
+        handle = rec.get("handle")
         return cls(
             str(rec["id"]),
+            None if handle is None else int(handle),
             Status(rec["status"]),
             str(rec["type"]),
             None if rec.get("name") is None else str(rec["name"]),
@@ -147,12 +160,14 @@ class LsRow(NamedTuple):
 
 
 def ls_table(ops: Sequence[LsRow]) -> str:
-    """One row an operation: TYPE is the type (what ``ls -t`` filters on), NAME the ``--name`` (a column
-    only when some operation has one)."""
+    """One row an operation: # is the handle (what to type: ``outlast watch 12``), TYPE the type (what
+    ``ls -t`` filters on), NAME the ``--name``; # and NAME are columns only when some operation has one."""
     now = time.time()
     named = any(op.name for op in ops)
+    handles = any(op.handle is not None for op in ops)
     rows = [
         [
+            *([str(op.handle or "")] if handles else []),
             op.id,
             op.status.value,
             op.type,
@@ -165,15 +180,28 @@ def ls_table(ops: Sequence[LsRow]) -> str:
         ]
         for op in ops
     ]
-    headers = ["ID", "STATUS", "TYPE", *(["NAME"] if named else []), "DONE", "ITEMS", "PRIO", "CREATED", "NOTE"]
-    return table(headers, rows, frozenset({4, 5} if named else {3, 4}))
+    headers = [
+        *(["#"] if handles else []),
+        "ID",
+        "STATUS",
+        "TYPE",
+        *(["NAME"] if named else []),
+        "DONE",
+        "ITEMS",
+        "PRIO",
+        "CREATED",
+        "NOTE",
+    ]
+    right = {0} if handles else set()
+    done = headers.index("DONE")
+    return table(headers, rows, frozenset(right | {done, done + 1}))
 
 
 def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outlast") -> str:
     """Everything a person wants to know about one operation."""
     p = op.progress
     rows: list[tuple[str, Any]] = [
-        ("id", op.id),
+        ("id", op.id + (f"  (handle {op.handle})" if op.handle is not None else "")),
         ("type", op.type + (f"  ({op.name})" if op.name else "")),
         ("status", op.status.value + (f": {op.status_message}" if op.status_message else "")),
         ("priority", op.priority.value),
@@ -245,16 +273,15 @@ BOLD, DIM, PLAIN = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 def with_short_ids(table_text: str, ids: Sequence[str]) -> str:
     """``ls``'s table (already escaped) with each id's shortest unique prefix in bold and the rest
-    dim, as jj and git show them: what to type is what stands out. The ids are the first column."""
+    dim, as jj and git show them: what to type is what stands out. ``ids`` are the rows' ids in order."""
     from ..ids import unique_prefix_lengths
 
     lengths = unique_prefix_lengths(ids)
     lines = table_text.split("\n")
-    for i, line in enumerate(lines[1:], 1):
-        op_id = line[:13]
-        n = lengths.get(op_id)
-        if n is not None:
-            lines[i] = f"{BOLD}{op_id[:n]}{PLAIN}{DIM}{op_id[n:]}{PLAIN}{line[13:]}"
+    for i, (line, op_id) in enumerate(zip(lines[1:], ids, strict=False), 1):
+        at, n = line.find(op_id), lengths[op_id]
+        if at >= 0:
+            lines[i] = f"{line[:at]}{BOLD}{op_id[:n]}{PLAIN}{DIM}{op_id[n:]}{PLAIN}{line[at + 13 :]}"
     return "\n".join(lines)
 
 

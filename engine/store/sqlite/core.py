@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ...files import create_private, make_private
 from ...models import NotFound, Operation, StoreError
 from .locks import try_lock, unlock
-from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, init_schema, schema_version
+from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_handles, init_schema, schema_version
 from .worker import SqliteWorker
 
 T = TypeVar("T")
@@ -152,6 +152,8 @@ class SqliteCore:
                 f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
                 f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
             )
+        with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
+            ensure_handles(conn)
 
     def _create_db(self) -> None:
         """A new database, built beside the path and linked into place whole: a process that finds

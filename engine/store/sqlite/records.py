@@ -25,6 +25,7 @@ from ...models import (
     Status,
     WorkerInfo,
     check_transition,
+    handle_of,
     validate_id,
     validate_id_prefix,
 )
@@ -34,7 +35,13 @@ from .schema import CHECKPOINT_SEQ, RANKS
 
 log = logging.getLogger("outlast.store")
 
-_OWNED = (("operations", "id"), ("checkpoints", "op_id"), ("deltas", "op_id"), ("failures", "op_id"))
+_OWNED = (
+    ("operations", "id"),
+    ("checkpoints", "op_id"),
+    ("deltas", "op_id"),
+    ("failures", "op_id"),
+    ("handles", "op_id"),
+)
 """The rows of one operation: what deleting it removes (with its log file)."""
 
 
@@ -65,10 +72,11 @@ def _put(conn: sqlite3.Connection, op: Operation) -> None:
 class RecordsMixin(SqliteCore):
     """Records, the queue and claims (part of LocalStore)."""
 
-    async def create(self, op: Operation) -> None:
+    async def create(self, op: Operation) -> int | None:
         validate_id(op.id)
 
-        def do(conn: sqlite3.Connection) -> None:
+        def do(conn: sqlite3.Connection) -> int:
+            handle = conn.execute("INSERT INTO handles(op_id) VALUES(?) RETURNING handle", (op.id,)).fetchone()[0]
             conn.execute(
                 "INSERT INTO operations(id, type, status, rank, queued_at, not_before, created_at, epoch, record)"
                 " VALUES(?,?,?,?,?,?,?,?,?)",
@@ -81,11 +89,12 @@ class RecordsMixin(SqliteCore):
                     op.not_before,
                     op.created_at,
                     op.epoch,
-                    op.model_dump_json(),
+                    op.model_copy(update={"handle": handle}).model_dump_json(),
                 ),
             )
+            return int(handle)
 
-        await self._txn(do)
+        return await self._txn(do)
 
     async def get(self, op_id: str) -> Operation:
         validate_id(op_id)
@@ -127,6 +136,13 @@ class RecordsMixin(SqliteCore):
 
     async def resolve(self, prefix: str) -> str:
         validate_id_prefix(prefix)
+        if (handle := handle_of(prefix)) is not None:
+            row = await self._run(
+                lambda: self._db.execute("SELECT op_id FROM handles WHERE handle=?", (handle,)).fetchone()
+            )
+            if row is None:
+                raise NotFound(f"no operation has handle {handle} in state dir {self.state_dir}")
+            return str(row[0])
 
         def do() -> str:
             rows = self._db.execute(

@@ -4,7 +4,8 @@ Public so that tools (benchmarks, an inspection script) build or read the same t
 One row per operation holds the record as JSON (``record``) beside the columns the queue and listings
 sort and filter on; checkpoints keep their listing info, payload and checksum, and ``deltas`` every
 checkpoint's item delta (all kept: the resume point's done set is their union); ``failures`` the items
-that failed and are not done since.
+that failed and are not done since; ``handles`` the short number each operation was given (AUTOINCREMENT:
+never reused after a delete, so a handle someone wrote down never names another operation).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS deltas(
     items BLOB NOT NULL,
     PRIMARY KEY(op_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT, op_id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS failures(
     op_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -73,6 +75,16 @@ def init_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(
         f"BEGIN IMMEDIATE;{SCHEMA};INSERT OR IGNORE INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');COMMIT;"
     )
+
+
+def ensure_handles(conn: sqlite3.Connection) -> None:
+    """Add the handles table to a store made before it existed (schema 1 without it; an additive
+    change, so older versions still read the file: their operations just have no handle)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='handles'").fetchone() is None:
+        conn.executescript(
+            "BEGIN IMMEDIATE;CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " op_id TEXT NOT NULL UNIQUE);COMMIT;"
+        )
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
