@@ -19,6 +19,7 @@ from engine.models import InvalidInput, NotFound, Operation, Status, handle_of, 
 from engine.store import LocalStore, Store
 from engine.store.redis import RedisStore
 from tests.fixtures_cli import Cli
+from tests.fixtures_redis import RedisServer
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -94,3 +95,28 @@ def test_ls_shows_handles_and_commands_take_them(cli: Cli) -> None:
     missing = cli("cancel", "7")
     assert missing.returncode == 3 and "no operation has handle 7" in missing.stderr, missing.stderr
     assert cli.op(ids[0]).status is Status.QUEUED
+
+
+async def test_redis_restored_from_the_mirror_keeps_handles_and_never_reuses_one(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A Redis that lost everything is restored from the checkpoint mirror: each operation has its
+    handle again, and the next one submitted gets a number after them, not 1."""
+    import redis.asyncio as aioredis
+
+    url = redis_server.url
+    first = RedisStore(url, namespace="m", checkpoint_mirror=tmp_path / "mirror")
+    await first.open()
+    ops = [new_op() for _ in range(2)]
+    assert [await first.create(op) for op in ops] == [1, 2]
+    await first.close()
+    client = aioredis.from_url(url)
+    await client.flushall()
+    await client.aclose()
+    again = RedisStore(url, namespace="m", checkpoint_mirror=tmp_path / "mirror")
+    await again.open()
+    try:
+        assert [await again.resolve(h) for h in ("1", "2")] == [op.id for op in ops]
+        assert await again.create(new_op()) == 3
+    finally:
+        await again.close()

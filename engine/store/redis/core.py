@@ -120,7 +120,8 @@ class RedisCore:
     # ---- records: the primitives every part reads and writes with ---------------------------------
 
     async def _create(self, op: Operation, tx: str) -> int:
-        """Write a new record (1), or nothing if it exists (0; 1 again for a retry of the same ``tx``)."""
+        """Write a new record: its handle (>= 1), or 0 and nothing written if it exists (a retry of the
+        same ``tx`` gets the handle again)."""
         fields = op.model_dump(mode="json")
         args = [self.keys.prefix, op.id, repr(time.time()), tx, *pairs(fields)]
         return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))

@@ -8,6 +8,7 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
                        ``_tx`` (the last write's token: a write retried after a lost reply is not
                        applied twice) and ``_ctl`` (a pending cancel or pause)
 ``ids``                every id (a sorted set by lex: resolving a prefix)
+``handles``            handle -> id (a hash: resolving a handle)
 ``all``                every id by created_at; ``st:STATUS`` the ids of one status by created_at
 ``q:RANK``             queued ids by queued_at (rank 0 high, 1 normal, 2 low)
 ``dq:RANK``            retries waiting for their not_before (by not_before)
@@ -17,7 +18,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``fail:ID``            item failures: key -> JSON (error, attempt, at)
 ``log:ID``             the log records, a capped stream
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
-``meta``               ``generation``: a mark that tells a Redis that lost everything
+``meta``               ``generation``: a mark that tells a Redis that lost everything;
+                       ``handles``: the last handle given (HINCRBY: never reused)
 ``events``             the channel status changes and control requests are published on
 =====================  ============================================================================
 """
@@ -37,6 +39,7 @@ class Keys:
         self.prefix = f"{namespace}:"
         """What every key starts with (given to the Lua scripts, which build keys from it)."""
         self.ids = f"{self.prefix}ids"
+        self.handles = f"{self.prefix}handles"
         self.all = f"{self.prefix}all"
         self.meta = f"{self.prefix}meta"
         self.events = f"{self.prefix}events"

@@ -69,18 +69,33 @@ CREATE = (
     _PRELUDE
     + r"""
 -- KEYS[1] op key; ARGV: P, id, now, tx, field, value, ...
+-- Returns the record's handle (>= 1), or 0 when the id exists already (a retry of the same tx
+-- gets its handle again). A record that brings a handle (restored from the mirror) keeps it and
+-- the counter is moved past it; else the next number is taken: never one used before.
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 1 then
-  if ARGV[4] ~= '' and redis.call('HGET', k, '_tx') == ARGV[4] then return 1 end
+  if ARGV[4] ~= '' and redis.call('HGET', k, '_tx') == ARGV[4] then
+    return tonumber(redis.call('HGET', k, 'handle')) or 1
+  end
   return 0
 end
 redis.call('HSET', k, '_tx', ARGV[4], unpack(ARGV, 5))
+local h = tonumber(redis.call('HGET', k, 'handle'))
+if h then
+  if (tonumber(redis.call('HGET', P .. 'meta', 'handles')) or 0) < h then
+    redis.call('HSET', P .. 'meta', 'handles', h)
+  end
+else
+  h = redis.call('HINCRBY', P .. 'meta', 'handles', 1)
+  redis.call('HSET', k, 'handle', h)
+end
+redis.call('HSET', P .. 'handles', h, ARGV[2])
 local f = redis.call('HMGET', k, 'created_at', 'status', 'epoch')
 redis.call('ZADD', P .. 'ids', 0, ARGV[2])
 redis.call('ZADD', P .. 'all', tonumber(f[1]) and f[1] or 0, ARGV[2])
 reindex(ARGV[2], k, false, tonumber(ARGV[3]))
 event(ARGV[2], f[2], nil, f[3])
-return 1
+return h
 """
 )
 
@@ -308,8 +323,10 @@ if not st then return {'missing'} end
 if not string.find(',' .. ARGV[3] .. ',', ',' .. st .. ',', 1, true) or redis.call('EXISTS', KEYS[2]) == 1 then
   return {'conflict', st}
 end
+local h = redis.call('HGET', KEYS[1], 'handle')
 redis.call('DEL', unpack(KEYS))
 local id = ARGV[2]
+if tonumber(h) then redis.call('HDEL', P .. 'handles', h) end
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'all', id)
 redis.call('ZREM', P .. 'st:' .. string.sub(st, 2, -2), id)

@@ -24,6 +24,7 @@ from ...models import (
     StoreError,
     WorkerInfo,
     check_transition,
+    handle_of,
     validate_id,
     validate_id_prefix,
 )
@@ -34,11 +35,13 @@ from .recovery import RecoveryMixin
 class RecordsMixin(RecoveryMixin):
     """Records, the queue and claims (part of RedisStore)."""
 
-    async def create(self, op: Operation) -> None:
+    async def create(self, op: Operation) -> int | None:
         validate_id(op.id)
-        if not await self._create(op, tx=secrets.token_hex(8)):
+        handle = await self._create(op, tx=secrets.token_hex(8))
+        if not handle:
             raise Conflict(f"operation {op.id} exists already")
-        await self._mirror_record(op)
+        await self._mirror_record(op.model_copy(update={"handle": handle}))
+        return handle
 
     async def get(self, op_id: str) -> Operation:
         validate_id(op_id)
@@ -85,6 +88,12 @@ class RecordsMixin(RecoveryMixin):
 
     async def resolve(self, prefix: str) -> str:
         validate_id_prefix(prefix)
+        if (handle := handle_of(prefix)) is not None:
+            handles = self.keys.handles
+            found = await self.link.call(lambda c: c.hget(handles, str(handle)), "resolving a handle")
+            if found is None:
+                raise NotFound(f"no operation has handle {handle} in {self.url}")
+            return str(found.decode())
         key = self.keys.ids
         rows = await self.link.call(
             lambda c: c.zrangebylex(key, f"[{prefix}", f"({prefix}~", start=0, num=6), "resolving an id"

@@ -80,7 +80,7 @@ class RecoveryMixin(RedisCore):
             newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
             if newest is not None and (op.checkpoint_seq or 0) < newest:
                 op.checkpoint_seq = newest
-            restored += await self._create(op, tx="restore")
+            restored += await self._create(op, tx="restore") > 0  # it keeps its handle
         if restored:
             log.warning(
                 "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
