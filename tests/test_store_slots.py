@@ -13,6 +13,7 @@ import shlex
 import signal
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tests.fixtures_engine import until
 
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
 W = WorkerInfo(host="test", pid=1)
-LONG = {"items": 100_000, "seconds": 0.01}
+LONG: dict[str, Any] = {"items": 100_000, "seconds": 0.01}
 """A ledger operation that runs until it is stopped (cooperatively, item by item)."""
 
 
@@ -301,6 +302,10 @@ def test_slots_shows_sets_and_unsets_the_count(target: Target) -> None:
     assert json.loads(outlast(target, "slots", "--json")[1]) == {"slots": None, "running": 0}
 
 
+def waits(p: Proc) -> bool:
+    return any("waiting for a slot" in ln for ln in p.err)
+
+
 async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path: Path) -> None:
     """``outlast run`` with every store slot in use: it says so once, its operation stays queued, and
     it runs when a slot frees; Ctrl-C while waiting pauses its operation (exit 6), as the start line says."""
@@ -317,7 +322,7 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
         runs = [Proc(args, target.env) for _ in range(2)]
         try:
             for p in runs:
-                await until(lambda p=p: any("waiting for a slot" in ln for ln in p.err), timeout=30)
+                await until(partial(waits, p), timeout=30)
                 (said,) = p.err
                 assert said.startswith("waiting for a slot: 1 of 1 store slots in use (outlast --state-dir ")
                 assert said.endswith(" slots)"), said

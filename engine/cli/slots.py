@@ -13,13 +13,14 @@ import click
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
 from ..lifecycle import Status
-from ..store.base import SLOTS_MAX
 from . import format as fmt
 from .common import App, pass_app, run_async, session
 
 
 def parse_count(raw: str) -> int | None:
     """``N`` (1..SLOTS_MAX) or ``off`` from the command line; InvalidInput (one line) for anything else."""
+    from ..store.base import SLOTS_MAX  # not at import: ``outlast --help`` builds every command
+
     text = raw.strip()
     if text.lower() == "off":
         return None
