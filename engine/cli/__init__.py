@@ -5,6 +5,7 @@
 - ``common``: global options, settings, a store session, specs; ``run``: foreground, detached, worker;
 - ``follow``: following an operation (plain lines, JSON); ``live``: the rich panel (terminals only);
 - ``format``: plain-text rendering (tables, details, one-line progress).
+- ``slots``: the store-wide slot count (``outlast slots``).
 
 Importing this package loads nothing but this file: ``main`` imports the command line when called.
 """

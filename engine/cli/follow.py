@@ -159,10 +159,12 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                     try:
                         await engine.run_now(op_id)
                     except Conflict:
-                        local = False  # a worker took it: follow it there
-                        if unsubscribe:
-                            unsubscribe()
-                            unsubscribe = None
+                        # Still queued: every store slot is in use (outlast slots); claimed when one frees.
+                        if (await engine.get(op_id)).status is not Status.QUEUED:
+                            local = False  # a worker took it: follow it there
+                            if unsubscribe:
+                                unsubscribe()
+                                unsubscribe = None
                 await asyncio.sleep(LOCAL_TICK if local else REMOTE_POLL)
     finally:
         if unsubscribe:

@@ -23,6 +23,7 @@ LAZY = {
     **dict.fromkeys(("cancel", "pause", "resume", "priority", "rm", "clean"), "control"),
     **dict.fromkeys(("tui", "run", "rerun", "submit", "worker", "_run-one", "serve"), "work"),
     "kb": "kb",
+    "slots": "slots",
 }
 """Each command and the module (of this package) that defines it, in its ``COMMANDS``."""
 

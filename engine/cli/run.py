@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,7 +52,7 @@ async def run_foreground(
         if mode == "plain":
             fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; {prefix} resume {op.id}")
         try:
-            await engine.run_now(op.id)
+            await claim_here(engine, op.id, None if mode == "quiet" else f"{prefix} slots")
             local = True
         except Conflict:
             local = False  # a worker claimed it first: follow it there
@@ -67,6 +68,39 @@ async def run_foreground(
         stopped_by_store = op.id in engine.store_stopped
     report_final(final, mode, prefix)
     return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
+
+
+SLOT_POLL = 0.25
+"""Seconds between claims while a foreground run waits for a store slot."""
+
+
+async def claim_here(engine: Engine, op_id: str, slots_hint: str | None) -> None:
+    """Claim the queued ``op_id`` and run it in this engine; Conflict when it is not queued (another
+    engine took it, or it was stopped).
+
+    While every store slot is in use (``outlast slots``) the claim is refused and the operation stays
+    queued: wait, say so once on stderr (``slots_hint``: the command that shows them; None: say
+    nothing), and claim it when a slot frees. A signal while waiting pauses it, as it would pause it
+    running (the start line says Ctrl-C pauses), so it is left resumable, not queued for anyone."""
+    said = slots_hint is None
+    while True:
+        try:
+            await engine.run_now(op_id)
+            return
+        except Conflict:
+            if (await engine.get(op_id)).status is not Status.QUEUED:
+                raise
+        if engine.draining:
+            with contextlib.suppress(Conflict):  # a worker took it meanwhile: followed there
+                await engine.pause(op_id)
+            return
+        if not said:
+            slots = await engine.store.get_slots()
+            running = (await engine.store.counts()).get(Status.RUNNING, 0)
+            if slots is not None and running >= slots:
+                fmt.echo(f"waiting for a slot: {running} of {slots} store slots in use ({slots_hint})", err=True)
+                said = True
+        await asyncio.sleep(SLOT_POLL)
 
 
 def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
@@ -135,7 +169,7 @@ async def run_one(settings: Settings, op_id: str) -> ExitCode:
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
         try:
-            await engine.run_now(op_id)
+            await claim_here(engine, op_id, "outlast slots")
         except Conflict as e:
             fmt.echo(f"not run here: {e}")
             return ExitCode.CONFLICT
@@ -167,9 +201,11 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
         engine.install_signal_handlers()
         engine.subscribe(on_event)
         if mode == "plain":
+            store_slots = await engine.store.get_slots()
+            shared = f" (store: {store_slots})" if store_slots is not None else ""
             fmt.echo(
                 f"{fmt.clock(time.time())} worker {engine.worker} on {engine.store.url}: "
-                f"{engine.max_concurrent} slots; Ctrl-C or SIGTERM pauses running work with a checkpoint"
+                f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM pauses running work with a checkpoint"
             )
         idle_since: float | None = None
         while True:

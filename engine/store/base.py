@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..models import (
     Checkpoint,
     ControlAction,
+    InvalidInput,
     ItemFailure,
     LogRecord,
     Operation,
@@ -262,6 +263,30 @@ def resume_note(op_id: str, skipped: list[str], chosen: int | None) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in line)  # stored bytes may be anything
 
 
+SLOTS_MAX = 1000
+"""The largest store-wide slot count (``outlast slots N``)."""
+
+
+def parse_slots(raw: object) -> int | None:
+    """The store-wide slot count a stored value holds: an integer 1..SLOTS_MAX, else None (no limit).
+
+    Unset is the default, also for stores made before slots existed: each engine's own
+    ``max_concurrent`` only. A value edited by hand into something else limits nothing either, the
+    same way in every reader and in the claim (the Redis claim script applies the same rule)."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= SLOTS_MAX:
+        return int(raw)
+    return None
+
+
+def check_slots(n: object) -> int | None:
+    """``n`` as a slot count to store (None: unset); InvalidInput (one line) for anything else."""
+    if n is None or (type(n) is int and 1 <= n <= SLOTS_MAX):
+        return n
+    raise InvalidInput(f"store slots {n!r}: expected a whole number from 1 to {SLOTS_MAX}, or off")
+
+
 @runtime_checkable
 class Store(Protocol):
     """What an engine needs from where state lives. All methods are coroutines."""
@@ -322,7 +347,24 @@ class Store(Protocol):
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
         """Atomically take the next due queued operation (priority with aging, FIFO), or ``op_id`` if it
-        is queued, mark it running with a new epoch, and hold it (lock or lease) for this process."""
+        is queued, mark it running with a new epoch, and hold it (lock or lease) for this process.
+
+        None when there is none, or when the store's slots (``get_slots``) are all in use: the running
+        operations are counted in the same atomic step as the claim, so engines racing for the last
+        slot never overrun it. An orphan keeps its slot until recovery settles or requeues it."""
+        ...
+
+    async def get_slots(self) -> int | None:
+        """The store-wide slot count (None: unset, no limit beyond each engine's own)."""
+        ...
+
+    async def set_slots(self, n: int | None) -> None:
+        """Set (1..SLOTS_MAX) or unset (None) the store-wide slot count: InvalidInput for anything else.
+
+        Kept in the store, so every engine on it reads the same count, at its next claim (no restart):
+        a claim that would make more operations running on the store than ``n`` claims nothing. It is a
+        property of the store, not of a process, and unset by default: a Redis fleet sizes each worker
+        to its machine (``max_concurrent``), and a default taken from one process would cap the fleet."""
         ...
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:

@@ -19,7 +19,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``log:ID``             the log records, a capped stream
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
 ``meta``               ``generation``: a mark that tells a Redis that lost everything;
-                       ``handles``: the last handle given (HINCRBY: never reused)
+                       ``handles``: the last handle given (HINCRBY: never reused);
+                       ``slots``: the store-wide slot count (unset: no limit), read by CLAIM
 ``events``             the channel status changes and control requests are published on
 =====================  ============================================================================
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 TX_FIELD = "_tx"
 CONTROL_FIELD = "_ctl"
 GENERATION_FIELD = "generation"
+SLOTS_FIELD = "slots"
 
 
 class Keys:

@@ -143,6 +143,11 @@ CLAIM = (
 local now = tonumber(ARGV[2])
 local again = redis.call('GET', P .. 'claimtx:' .. ARGV[6])
 if again then return {again, redis.call('HGETALL', P .. 'op:' .. again)} end
+local slots = redis.call('HGET', P .. 'meta', 'slots')  -- the store's slots, read as base.parse_slots does
+slots = slots and string.match(slots, '^%d+$') and tonumber(slots)
+if slots and slots >= 1 and slots <= 1000 and redis.call('ZCARD', P .. 'st:running') >= slots then
+  return false  -- every store slot is in use: counted in this script, so claims never overrun it
+end
 for r = 0, 2 do  -- retries whose backoff has passed join their queue
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', ARGV[2], 'LIMIT', 0, 100)) do
     redis.call('ZREM', P .. 'dq:' .. r, id)

@@ -28,7 +28,9 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
+from ..base import check_slots, parse_slots
 from .codec import decode_record, enc, pairs
+from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
 
@@ -246,6 +248,18 @@ class RecordsMixin(RecoveryMixin):
         self._held[claimed] = op.epoch
         await self._mirror_record(op)
         return op
+
+    async def get_slots(self) -> int | None:
+        key = self.keys.meta
+        raw = await self.link.call(lambda c: c.hget(key, SLOTS_FIELD), "reading the store slots")
+        return parse_slots(raw)
+
+    async def set_slots(self, n: int | None) -> None:
+        slots, key = check_slots(n), self.keys.meta
+        if slots is None:
+            await self.link.call(lambda c: c.hdel(key, SLOTS_FIELD), "unsetting the store slots")
+        else:
+            await self.link.call(lambda c: c.hset(key, SLOTS_FIELD, str(slots)), "setting the store slots")
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
         updates = [u for u in updates if self._lost.get(u[0]) != u[1]]  # a lost attempt writes nothing

@@ -29,6 +29,7 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
+from ..base import check_slots, parse_slots
 from .core import SqliteCore
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, RANKS
@@ -52,6 +53,17 @@ def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
     if unknown:
         raise ValueError(f"unknown operation fields: {sorted(unknown)}")
     return op.model_copy(update={**fields, "updated_at": time.time()})
+
+
+def _slots_full(conn: sqlite3.Connection) -> bool:
+    """Whether the store's slots (``meta`` 'slots') are all in use: read inside the claim's write
+    transaction, so the count of running operations cannot change before the claim commits."""
+    row = conn.execute("SELECT value FROM meta WHERE key='slots'").fetchone()
+    slots = parse_slots(row[0]) if row else None
+    if slots is None:
+        return False
+    (running,) = conn.execute("SELECT COUNT(*) FROM operations WHERE status='running'").fetchone()
+    return bool(running >= slots)
 
 
 def _put(conn: sqlite3.Connection, op: Operation) -> None:
@@ -249,6 +261,8 @@ class RecordsMixin(SqliteCore):
 
     async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
         def do(conn: sqlite3.Connection) -> Operation | None:
+            if _slots_full(conn):
+                return None
             if op_id is not None:
                 rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
             else:
@@ -296,6 +310,21 @@ class RecordsMixin(SqliteCore):
                     self._unlock(held)
 
         return await self._txn(do, undo)
+
+    async def get_slots(self) -> int | None:
+        row = await self._run(lambda: self._db.execute("SELECT value FROM meta WHERE key='slots'").fetchone())
+        return parse_slots(row[0]) if row else None
+
+    async def set_slots(self, n: int | None) -> None:
+        slots = check_slots(n)
+
+        def do(conn: sqlite3.Connection) -> None:
+            if slots is None:
+                conn.execute("DELETE FROM meta WHERE key='slots'")
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('slots', ?)", (str(slots),))
+
+        await self._txn(do)
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
         if not updates:
