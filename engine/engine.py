@@ -397,6 +397,8 @@ class Engine:
         op = await self.store.claim(self.worker, time.time(), self.settings.aging_seconds, op_id=validate_id(op_id))
         if op is None:
             current = await self.store.get(op_id)
+            if current.status is Status.QUEUED and (slots := await self.store.get_slots()) is not None:
+                raise Conflict(f"operation {op_id} stays queued: all {slots} store slots are in use (outlast slots)")
             raise Conflict(f"operation {op_id} is {current.status.value}: only queued operations can be run here")
         self._scheduler.start(op)
         return op
