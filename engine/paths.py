@@ -16,6 +16,10 @@ def default_state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / "outlast"
 
 
+def cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "outlast"
+
+
 def config_dir() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "outlast"
 

@@ -66,6 +66,7 @@ def _isolate_env(root: Path) -> None:
             del os.environ[var]
     os.environ["XDG_CONFIG_HOME"] = str(root / "config")
     os.environ["XDG_STATE_HOME"] = str(root / "xdg-state")
+    os.environ["XDG_CACHE_HOME"] = str(root / "cache")
     os.environ["OUTLAST_STATE_DIR"] = str(root / "default-state")
 
 

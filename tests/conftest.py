@@ -26,6 +26,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("OUTLAST_STATE_DIR", str(d))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for var in list(os.environ):
         if var.startswith("OUTLAST_") and var not in ("OUTLAST_STATE_DIR", "OUTLAST_REQUIRE_REDIS"):
             monkeypatch.delenv(var)

@@ -65,10 +65,9 @@ def test_quick_ls_prints_what_the_full_path_prints(cli: Cli, tmp_path: Path) -> 
     assert cli("-q", "run", "demo", "-p", "items=3", "-p", "seconds=0", "--name", "W1").returncode == 0
     for i in range(3):
         assert cli("submit", "demo", "-p", f"items={i}", "--priority", "low").returncode == 0
-    config = tmp_path / "empty.toml"
-    config.write_text("")  # a config file: the settings are loaded and validated, the engine lists
+    slow = {**cli.env, "OUTLAST_MAX_CONCURRENT": "3"}  # a setting: the settings are loaded, the engine lists
     for args in (["ls"], ["ls", "-n", "2"], ["ls", "-s", "completed"], ["ls", "-t", "nothing"]):
-        quick, full = cli(*args), cli("--config", str(config), *args)
+        quick, full = cli(*args), cli(*args, env=slow)
         assert (quick.returncode, normalised(quick.stdout), quick.stderr) == (
             full.returncode,
             normalised(full.stdout),
@@ -103,3 +102,33 @@ def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
         store.lock_dir.name,
         SCHEMA_VERSION,
     ) == (quick.DB_NAME, quick.LOCK_DIR, quick.SCHEMA_VERSION)
+
+
+def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tmp_path: Path) -> None:
+    """With a config file (the dashboard writes its theme to one) every ``ls`` took the slow path: only
+    the settings model can tell the file is valid. Its content, once accepted, is trusted by content:
+    an edited file is checked in full again and says what is wrong with it."""
+    assert cli("submit", "demo", "-p", "items=2").returncode == 0
+    config = tmp_path / "config" / "outlast" / "config.toml"  # the default one (conftest's XDG_CONFIG_HOME)
+    config.parent.mkdir(parents=True)
+    config.write_text('theme = "outlast-light"\nmax_concurrent = 2\n')
+    rc, heavy, first = loaded_after(["ls"], cli.env)
+    assert rc == 0 and "pydantic" in heavy, first  # never seen: checked in full
+    rc, heavy, again = loaded_after(["ls"], cli.env)
+    assert (rc, heavy) == (0, []) and normalised(again)[:-1] == normalised(first)[:-1], again
+    config.write_text('theme = "outlast-light"\nmax_concurrent = 0\n')  # edited: now invalid
+    r = cli("ls")
+    assert r.returncode == 2 and "max_concurrent" in r.stderr, r.stderr
+    # A state dir named by the config file is where the quick path looks.
+    other = tmp_path / "other"
+    config.write_text(f"state_dir = {str(other)!r}\n")
+    env = {k: v for k, v in cli.env.items() if k != "OUTLAST_STATE_DIR"}
+    submitted = cli("submit", "demo", env=env)  # the full path, which checks the file
+    assert submitted.returncode == 0, submitted.stderr
+    rc, heavy, out = loaded_after(["ls"], env)
+    assert (rc, heavy) == (0, []) and submitted.stdout.strip() in out and out.count("demo") == 1, out
+    # A store in the config file is never taken on trust: the full path, every time.
+    config.write_text('store = "redis://127.0.0.1:1/0"\n')
+    for _ in range(2):
+        rc, heavy, out = loaded_after(["ls"], env)
+        assert rc == 8 and "pydantic" in heavy, out

@@ -53,6 +53,13 @@ class Seconds(click.FloatRange):
         return rv
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 class App:
     """The global options; settings are loaded on first use (``--help`` never reads a config).
 
@@ -83,6 +90,8 @@ class App:
             from ..config import load_settings
             from ..registry import load_plugin
 
+            config = self._config_file()
+            content = _read_bytes(config) if config is not None and self._defaults_but_config() else None
             settings = load_settings(
                 self.config,
                 state_dir=self.state_dir,
@@ -92,23 +101,48 @@ class App:
             for plugin in settings.plugins:
                 load_plugin(plugin)
             self._settings = settings
+            if config is not None and content is not None and _read_bytes(config) == content:
+                from .checked import remember
+
+                remember(config, content)  # what was checked is what the file still holds
         return self._settings
 
-    def quick_state_dir(self) -> Path | None:
-        """The state dir, when every setting but it is a default (no --store, --config or --plugin, no
-        config file, no other OUTLAST_* setting): then a read-only command (``ls``) may read the local
-        store without loading and validating the settings. None: load them (``settings``)."""
+    def _config_file(self) -> Path | None:
+        """The config file the settings are read from, if any (given, or the default one if it exists)."""
+        given = self.config if self.config is not None else os.environ.get("OUTLAST_CONFIG")
+        if given:
+            return Path(given).expanduser()
+        default = default_config_file()
+        return default if default.exists() else None
+
+    def _defaults_but_config(self) -> bool:
+        """No --store or --plugin, and no OUTLAST_* setting but the state dir and the config file: then
+        only the config file (and where the state dir is) can differ from the defaults."""
+        if self.store is not None or self.plugins or self.state_dir == "" or self.config == "":
+            return False
         env = os.environ
-        # Given at all (even empty: the full path says what is wrong with it) means not the defaults.
-        if self.store is not None or self.config is not None or self.plugins or self._settings is not None:
-            return None
-        if any(f"OUTLAST_{key.upper()}" in env for key in SETTINGS_KEYS if key != "state_dir"):
-            return None
-        if "OUTLAST_CONFIG" in env or default_config_file().exists() or self.state_dir == "":
-            return None
         if env.get("OUTLAST_STATE_DIR") == "":
+            return False
+        return not any(f"OUTLAST_{key.upper()}" in env for key in SETTINGS_KEYS if key != "state_dir")
+
+    def quick_state_dir(self) -> Path | None:
+        """The state dir, when every setting but it is a default (no --store or --plugin, no other
+        OUTLAST_* setting, and either no config file or one whose content passed the full check before
+        and sets no store or plugins: ``checked``): then a read-only command (``ls``) may read the local
+        store without loading and validating the settings. None: load them (``settings``)."""
+        # Given at all (even empty: the full path says what is wrong with it) means not the defaults.
+        if self._settings is not None or not self._defaults_but_config():
             return None
-        return Path(self.state_dir or env.get("OUTLAST_STATE_DIR") or default_state_dir())
+        from_config = None
+        config = self._config_file()
+        if config is not None:
+            from .checked import checked_state_dir
+
+            checked, from_config = checked_state_dir(config)
+            if not checked:
+                return None
+        env = os.environ
+        return Path(self.state_dir or env.get("OUTLAST_STATE_DIR") or from_config or default_state_dir())
 
     def prepare_child(self) -> list[str]:
         """The global options for a detached child process, which inherits this process's environment.
