@@ -23,10 +23,16 @@ def test_submit_get_list_and_outlast_ls(api: Server) -> None:
     final = api.wait_status(op_id, {"completed"})
     assert final["result"]["items"] == 5 and final["progress"]["percent"] == 100.0
     assert api.op(op_id[:9])["id"] == op_id  # a unique prefix works too
+    assert api.op(str(final["handle"]))["id"] == op_id  # and its handle
     # Submitted over HTTP, it is an operation like any other: the CLI lists it.
     ls = subprocess.run([*CLI, "ls", "--json"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
     assert ls.returncode == 0, ls.stderr
     assert op_id in ls.stdout
+
+    assert api.http.get("/api/health").json()["store_slots"] is None
+    slots = subprocess.run([*CLI, "slots", "2"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
+    assert slots.returncode == 0, slots.stderr
+    assert api.http.get("/api/health").json()["store_slots"] == 2
 
     listed = api.http.get("/api/operations/", params={"status": "completed", "type": "demo"}).json()
     assert op_id in [o["id"] for o in listed["items"]]

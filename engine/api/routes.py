@@ -359,7 +359,13 @@ async def list_types(engine: EngineDep) -> list[TypeOut]:
 @router.get("/health", response_model=Health, summary="The server is up; its store and slots", tags=["meta"])
 async def health(engine: EngineDep) -> Health:
     store = engine.store.url.rsplit("@", 1)[-1]  # never a password from a redis URL
-    return Health(version=__version__, store=store, slots=engine.max_concurrent, running=len(engine.running_ids))
+    return Health(
+        version=__version__,
+        store=store,
+        slots=engine.max_concurrent,
+        store_slots=await engine.store.get_slots(),
+        running=len(engine.running_ids),
+    )
 
 
 metrics_router = APIRouter()

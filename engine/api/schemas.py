@@ -183,6 +183,9 @@ class Health(BaseModel):
     version: str
     store: str
     slots: int
+    """Operations this server's engine runs at once."""
+    store_slots: int | None = None
+    """Operations every engine on the store runs at once together (``outlast slots``); None: not set."""
     running: int
 
 
