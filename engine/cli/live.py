@@ -129,7 +129,12 @@ class LiveView:
             parts.append(Text(""))
             parts.append(log_text)
         title = Text.assemble(
-            (fmt.printable(op.label), "bold"), "  ", (op.id, "dim"), "  ", (op.status.value, f"bold {colour}")
+            (fmt.printable(op.label), "bold"),
+            "  ",
+            (f"#{op.handle} " if op.handle else "", "dim"),
+            (op.id, "dim"),
+            "  ",
+            (op.status.value, f"bold {colour}"),
         )
         if self.stopping and op.status is Status.RUNNING:
             subtitle = "[yellow]pausing at the next safe point with a checkpoint · Ctrl-C again forces[/]"
@@ -189,6 +194,7 @@ class LiveTable:
     def update(self, ops: list[Operation]) -> None:
         t = Table(expand=True, title="outlast watch  [dim](Ctrl-C stops watching)[/]", title_justify="left")
         for name, kw in (
+            ("#", {"justify": "right"}),
             ("id", {"no_wrap": True}),
             ("type", {}),
             ("name", {}),
@@ -211,6 +217,7 @@ class LiveTable:
                 finished_style=colour,
             )
             t.add_row(
+                str(op.handle or ""),
                 op.id,
                 op.type,
                 Text(fmt.printable(op.name or "")),
