@@ -19,7 +19,7 @@ from typing import Any
 
 from ...models import InvalidInput, Operation, StaleAttempt, StoreError
 from ..mirror import CheckpointMirror
-from .codec import decode_record, pairs
+from .codec import decode_record, pack
 from .connection import RedisLink
 from .keys import Keys
 
@@ -121,8 +121,7 @@ class RedisCore:
 
     async def _create(self, op: Operation, tx: str) -> int:
         """Write a new record (1), or nothing if it exists (0; 1 again for a retry of the same ``tx``)."""
-        fields = op.model_dump(mode="json")
-        args = [self.keys.prefix, op.id, repr(time.time()), tx, *pairs(fields)]
+        args = [self.keys.prefix, op.id, repr(time.time()), tx, pack(op.model_dump(mode="json"))]
         return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))
 
     async def _fetch(self, op_ids: list[str], strict: bool = False) -> list[Operation]:

@@ -11,6 +11,7 @@ noticed first (recovery.py).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...models import Operation, Status, StoreError
@@ -36,11 +37,11 @@ class LivenessMixin(RecoveryMixin):
 
     async def release_all(self) -> None:
         """Best effort, when closing: lets other engines see this process's operations orphaned at once."""
+        script = self._scripts["RELEASE"]
         for op_id in list(self._held):
+            release = functools.partial(script, [self.keys.lease(op_id)], [self._token(op_id)])  # (keys, args, client)
             try:
-                await self._scripts["RELEASE"](
-                    keys=[self.keys.lease(op_id)], args=[self._token(op_id)], client=self.link.client
-                )
+                await self.link.call_once(release, self.link.client)
             except Exception:
                 break
         self._held.clear()
