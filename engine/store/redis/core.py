@@ -73,6 +73,9 @@ class RedisCore:
         """The registered Lua scripts by name (lua.py), once open."""
         self._malformed: set[str] = set()
         """Records reported malformed already (reported once per process)."""
+        self._last_delta: dict[str, tuple[int, int, bytes]] = {}
+        """Per operation held here: (epoch, seq, stored bytes) of the newest delta its attempt wrote, which the
+        next checkpoint links to without reading it back (only that attempt writes deltas while it holds)."""
 
     @property
     def connected(self) -> bool:

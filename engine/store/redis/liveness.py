@@ -26,6 +26,7 @@ class LivenessMixin(RecoveryMixin):
         return f"{self.holder}:{self._held.get(op_id, 0)}"
 
     async def release(self, op_id: str, epoch: int | None = None) -> None:
+        self._last_delta.pop(op_id, None)
         if op_id in self._lost and (epoch is None or self._lost[op_id] == epoch):
             del self._lost[op_id]  # that attempt has ended: its operation is an orphan like any other now
             return
@@ -46,6 +47,7 @@ class LivenessMixin(RecoveryMixin):
                 break
         self._held.clear()
         self._lost.clear()
+        self._last_delta.clear()
 
     async def heartbeat(self, op_ids: list[str]) -> None:
         held = {i: self._held[i] for i in op_ids if i in self._held}

@@ -1,17 +1,21 @@
-"""A submit on the Redis store is one round trip (one EVALSHA: the record, its index entries and its
-event), and a submit whose reply is lost after Redis applied it is applied exactly once when retried."""
+"""Round trips to Redis: a submit is one (one EVALSHA: the record, its index entries and its event), and
+one whose reply is lost after Redis applied it is applied exactly once when retried; a checkpoint of an
+attempt after its first is one (the delta it links to is the one this attempt wrote, not read back)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine.models import Checkpoint, WorkerInfo
+from engine.store.base import ItemDelta
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -55,6 +59,49 @@ async def test_a_submit_is_one_round_trip(redis_server: RedisServer) -> None:
                 break
         assert windows[-1] == Counter({"EVALSHA": n}), f"top-level commands of {n} submits: {windows}"
         assert {o.id for o in ops} <= {o.id for o in await engine.list_operations(statuses=[Status.QUEUED])}
+    r.close()
+    marker.close()
+
+
+async def test_a_checkpoint_after_the_first_is_one_round_trip(redis_server: RedisServer) -> None:
+    """Checkpoint after checkpoint of one attempt: one EVALSHA each (no read of the previous delta), and the
+    hash chain they make verifies as when each delta was read back; a new attempt reads it again."""
+    r, marker = redis_server.client(), redis_server.client()
+    marker.ping()
+    async with _engine(redis_server.url, "ck") as engine:
+        store = engine.store
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 9}))
+        held = await store.claim(WorkerInfo(host="t", pid=1), time.time(), 300.0, op_id=op.id)
+        assert held is not None
+
+        async def save(seq: int, epoch: int) -> None:
+            cp = Checkpoint(operation_id=op.id, seq=seq, epoch=epoch, created_at=time.time(), state={"n": seq})
+            await store.save_checkpoint(cp, ItemDelta(done=[f"k{seq}"]), 10)
+
+        await save(1, held.epoch)
+        windows: list[Counter[str]] = []
+        for attempt in range(3):  # the engine's clock may read the store in a window: measured again
+            with r.monitor() as m:
+                for seq in range(2 + 3 * attempt, 5 + 3 * attempt):
+                    await save(seq, held.epoch)
+                marker.echo(f"end-{attempt}")
+                windows.append(Counter(_top_level(m, f"end-{attempt}")))
+            if windows[-1] == Counter({"EVALSHA": 3}):
+                break
+        assert windows[-1] == Counter({"EVALSHA": 3}), f"top-level commands of 3 checkpoints: {windows}"
+        last = 4 + 3 * (len(windows) - 1)
+        assert all(c.valid for c in await store.checkpoints(op.id))
+        cp, ledger = await store.load_checkpoint(op.id)  # type: ignore[misc]
+        assert cp.seq == last and ledger.done == {f"k{i}" for i in range(1, last + 1)}
+
+        await store.transition(op.id, Status.PAUSED, epoch=held.epoch)
+        await store.release(op.id, held.epoch)
+        await store.transition(op.id, Status.QUEUED)
+        again = await store.claim(WorkerInfo(host="t", pid=1), time.time(), 300.0, op_id=op.id)
+        assert again is not None and again.epoch == held.epoch + 1
+        await save(last + 1, again.epoch)  # links to the delta read back: the chain still verifies
+        cp, ledger = await store.load_checkpoint(op.id)  # type: ignore[misc]
+        assert cp.seq == last + 1 and len(ledger.done) == last + 1
     r.close()
     marker.close()
 
@@ -144,7 +191,7 @@ async def test_a_submit_whose_reply_is_lost_is_applied_once(redis_server: RedisS
 async def test_the_packed_record_keeps_any_text(redis_server: RedisServer) -> None:
     """The record travels as one argument cut at two control characters; JSON escapes them inside values,
     so text holding them (and any other character) comes back as it was."""
-    odd = "a\x1eb\x1fc\x00\n\"\\ é 😀 \u2028"
+    odd = 'a\x1eb\x1fc\x00\n"\\ é 😀 \u2028'
     async with _engine(redis_server.url, "odd") as engine:
         spec = OperationSpec(type="ledger", name=odd, tags={odd: odd, "k": ""}, params={"items": 1})
         op = await engine.submit(spec)
