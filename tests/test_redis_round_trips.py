@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ import pytest
 from engine import Engine, OperationSpec, Status, load_settings, open_store
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
+from engine.store.redis.connection import MAX_CONNECTIONS
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -198,3 +200,21 @@ async def test_the_packed_record_keeps_any_text(redis_server: RedisServer) -> No
         back = await engine.get(op.id)
     assert (back.name, back.tags) == (odd, {odd: odd, "k": ""})
     assert back.model_dump(exclude={"updated_at"}) == op.model_dump(exclude={"updated_at"})
+
+
+async def test_a_burst_of_submits_waits_for_connections(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More concurrent requests than connections: each waits for one of the process's connections (never
+    more of them), none fails or is taken for an outage."""
+    r = redis_server.client()
+    async with _engine(redis_server.url, "burst") as engine:
+        with caplog.at_level(logging.WARNING, "outlast"):
+            ops = await asyncio.gather(
+                *(engine.submit(OperationSpec(type="ledger")) for _ in range(3 * MAX_CONNECTIONS))
+            )
+        assert len({o.id for o in ops}) == 3 * MAX_CONNECTIONS
+        assert "connection lost" not in caplog.text
+        clients = [c for c in r.client_list() if c["cmd"] != "client|list"]
+        assert len(clients) <= MAX_CONNECTIONS, clients
+    r.close()

@@ -136,6 +136,7 @@ class RedisLink:
     async def open(self) -> None:
         """Connect and PING once (no retries): an unreachable Redis at start is one clear line."""
         self.client = self._client()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)  # of this event loop, as the client's connections
         try:
             await self.call_once(lambda c: c.ping(), self.client)
         except (RedisError, OSError) as e:
