@@ -17,7 +17,7 @@ import pytest
 from engine import Engine, OperationSpec, Status, load_settings, open_store
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
-from engine.store.redis.codec import enc
+from engine.store.redis.codec import enc, pack
 from engine.store.redis.connection import MAX_CONNECTIONS
 from tests.fixtures_redis import RedisServer
 
@@ -222,8 +222,11 @@ async def test_a_burst_of_submits_waits_for_connections(
 
 
 def test_a_field_is_encoded_as_json_dumps_would() -> None:
-    """The encoder's shortcuts for scalars write exactly what json.dumps writes, for every kind of value."""
+    """The encoder's shortcuts for scalars (alone and in a packed record) write exactly what json.dumps
+    writes, for every kind of value."""
     values: list[Any] = [None, True, False, 0, -1, 2**70, 1.5, -0.0, 1e300, 5e-324, float("inf"), float("nan")]
     values += ["", 'é\x1e\x1f\x00"\\', "😀", Status.QUEUED, [], {}, {"a": [1, 2.5, None, {"b": "c"}]}]
     for v in values:
-        assert enc(v) == json.dumps(v, separators=(",", ":"), ensure_ascii=False), repr(v)
+        text = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+        assert enc(v) == text, repr(v)
+        assert pack({"name": v}) == f"name\x1f{text}\x1e", repr(v)
