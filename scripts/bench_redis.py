@@ -109,6 +109,49 @@ async def checkpoint_latency(url: str, ns: str, n: int, mirror: Path | None) -> 
     return statistics.median(lats), pct(lats, 0.99), saved.size
 
 
+async def serial_submits(url: str, ns: str, n: int, mirror: Path | None) -> float:
+    """Submits per second of a client that awaits each submit before the next (one engine, no workers)."""
+    settings = load_settings(plugins=["bench_ops"])
+    store = open_store(url, namespace=ns, checkpoint_mirror=mirror)
+    async with Engine(store=store, settings=settings, run_queue=False) as engine:
+        spec = OperationSpec(type="bench_noop")
+        for _ in range(20):  # connections made, scripts loaded
+            await engine.submit(spec)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await engine.submit(spec)
+        return n / (time.perf_counter() - t0)
+
+
+def atomic_writes(directory: Path, n: int) -> list[float]:
+    """What the mirror adds to a submit at least: a new 1 KB file written atomically (mirror.atomic_write)."""
+    from engine.store.mirror import atomic_write
+
+    directory.mkdir(parents=True)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        atomic_write(directory / f"{i}.json", b"x" * 1024)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def script_round_trips(url: str, n: int) -> float:
+    """The floor of a submit: a trivial EVALSHA awaited one at a time from redis.asyncio, per second."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_timeout=None)  # no task per send for a timeout: the floor
+    try:
+        script = client.register_script("return 1")
+        await script()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await script()
+        return n / (time.perf_counter() - t0)
+    finally:
+        await client.aclose()
+
+
 async def set_round_trip(url: str, n: int) -> float:
     """The anchor: sequential SETs of a small value from redis.asyncio, round trips per second."""
     import redis.asyncio as aioredis
@@ -125,20 +168,69 @@ async def set_round_trip(url: str, n: int) -> float:
     return 1 / statistics.median(lats)
 
 
+async def submit_rows(bench: Any, url: str, n: int) -> list[Any]:
+    """Submit one at a time, awaited, against a trivial EVALSHA awaited one at a time (the floor: one round
+    trip); then the same with the checkpoint mirror, whose record file (written, fsynced, renamed, its
+    directory fsynced) is one more cost per submit. Three runs each, interleaved; medians."""
+    from bench_common import Row
+
+    rates: dict[str, list[float]] = {"floor": [], "plain": [], "mirror": []}
+    for run in range(3):
+        rates["floor"].append(await script_round_trips(url, n))
+        rates["plain"].append(await serial_submits(url, f"sub{run}", n, None))
+        rates["mirror"].append(await serial_submits(url, f"subm{run}", max(20, n // 10), bench.fresh_dir("mirror")))
+    floor, plain, mirrored = (statistics.median(rates[k]) for k in ("floor", "plain", "mirror"))
+    file_write = statistics.median(atomic_writes(bench.fresh_dir("files"), 50))
+    mirror_floor = 1 / (1 / floor + file_write)
+    runs = ", ".join(f"{r:,.0f}" for r in rates["plain"])
+    return [
+        Row(
+            "redis",
+            "submit one at a time, awaited, Redis store",
+            plain,
+            "ops/s",
+            anchor=floor,
+            anchor_unit="EVALSHA/s",
+            anchor_desc="a trivial EVALSHA awaited one at a time (one round trip)",
+            ratio=plain / floor,
+            target=">= 4,000 ops/s (one round trip per submit)",
+            met=plain >= 4000,
+            note=f"{n:,} Engine.submit awaited in turn, no checkpoint mirror; median of 3 runs ({runs})",
+            stats={k: v for k, v in rates.items()},
+        ),
+        Row(
+            "redis",
+            "submit one at a time, awaited, Redis store + checkpoint mirror",
+            mirrored,
+            "ops/s",
+            anchor=mirror_floor,
+            anchor_unit="ops/s",
+            anchor_desc="one EVALSHA round trip + one bare atomic file write (write, fsync, rename, directory fsync)",
+            ratio=mirrored / mirror_floor,
+            target=">= 0.5x one round trip + one atomic file write",
+            met=mirrored >= 0.5 * mirror_floor,
+            note=f"as above, with each record also written to the mirror as a file; a bare atomic write of"
+            f" a 1 KB file p50 {file_write * 1e3:.2f} ms",
+        ),
+    ]
+
+
 async def bench_rows(bench: Any) -> list[Any]:
     """Rows for scripts/bench.py: trivial ops through 1 and 3 workers, checkpoint latency (p50, p99)."""
     from bench_common import Row, unavailable
 
     figures = ("trivial operations, Redis store, 1 worker", "trivial operations, Redis store, 3 workers")
     if shutil.which("redis-server") is None:
-        return [unavailable("redis", f, "", "redis-server is not on the PATH") for f in figures]
-    n, conc, n_cp = bench.pick((300, 8, 100), (3000, 8, 1000))
+        missing = (*figures, "submit one at a time, awaited, Redis store")
+        return [unavailable("redis", f, "-", "redis-server is not on the PATH") for f in missing]
+    n, conc, n_cp, n_sub = bench.pick((300, 8, 100, 1000), (3000, 8, 1000, 5000))
     d = bench.fresh_dir("redis")
     d.mkdir(parents=True)
     proc, url = start_redis(d, aof=False)
     bench._procs.append(proc)
     rows = []
     anchor = await set_round_trip(url, 2000)
+    rows += await submit_rows(bench, url, n_sub)
     # 3 workers: the issue's target; 1 worker and checkpoint latency: ours (a third of it; a few round trips).
     for workers, target in ((1, 1000), (3, 3000)):
         rate = await throughput(url, f"tp{workers}", n, workers, conc)

@@ -35,7 +35,14 @@ class CheckpointsMixin(RecoveryMixin):
         return [k.op(op_id), k.checkpoint_info(op_id), k.checkpoint_payload(op_id), k.checkpoint_delta(op_id)]
 
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
-        sealed = seal(cp, delta, await self._delta_before(cp.operation_id, cp.seq))
+        """One round trip (the fenced script) when this attempt wrote the checkpoint before; two otherwise
+        (the delta it links to is read first)."""
+        last = self._last_delta.get(cp.operation_id)
+        if last is not None and last[:2] == (cp.epoch, cp.seq - 1):
+            before: bytes | None = last[2]
+        else:
+            before = await self._delta_before(cp.operation_id, cp.seq)
+        sealed = seal(cp, delta, before)
         cp = sealed.checkpoint
         now = time.time()
         fails: list[str] = []
@@ -64,7 +71,10 @@ class CheckpointsMixin(RecoveryMixin):
         if tag == "missing":
             raise NotFound(f"no operation {op_id}")
         if tag == "fenced":
+            self._last_delta.pop(op_id, None)
             raise self._refused(op_id, cp.epoch, res)
+        if self._held.get(op_id) == cp.epoch:
+            self._last_delta[op_id] = (cp.epoch, cp.seq, sealed.delta)
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
             await self.mirror.save_checkpoint(cp, sealed.payload, sealed.delta, keep)
         return cp
@@ -176,6 +186,7 @@ class CheckpointsMixin(RecoveryMixin):
 
     async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
         validate_id(op_id)
+        self._last_delta.pop(op_id, None)
         await self._script("DISCARD_AFTER", self._ckpt_keys(op_id), [str(seq)], f"discarding checkpoints of {op_id}")
         if self.mirror is not None:
             await self.mirror.discard_after(op_id, seq)

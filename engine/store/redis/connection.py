@@ -93,16 +93,17 @@ class RedisLink:
         self.reconnects = 0
         """How many times the connection came back after an outage (a restarted Redis may be empty)."""
         self.on_reconnect: Callable[[], None] | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     def _client(self) -> aioredis.Redis:
         try:
-            # Bounded connections per process; a burst of requests waits for one instead of failing.
-            pool = aioredis.BlockingConnectionPool.from_url(
+            # Bounded connections per process: ``call`` holds one of MAX_CONNECTIONS slots per request, so
+            # a burst waits for a slot instead of failing (cheaper per request than a blocking pool).
+            pool = aioredis.ConnectionPool.from_url(
                 self._clean_url,
                 max_connections=MAX_CONNECTIONS,
-                timeout=self.retry_for,
                 socket_connect_timeout=self.connect_timeout,
-                socket_timeout=self.timeout,
+                socket_timeout=None,  # redis-py wraps every send in a task for one; ``call`` bounds the request
                 retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, logged, idempotent
                 decode_responses=False,
             )
@@ -135,8 +136,9 @@ class RedisLink:
     async def open(self) -> None:
         """Connect and PING once (no retries): an unreachable Redis at start is one clear line."""
         self.client = self._client()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)  # of this event loop, as the client's connections
         try:
-            await self.client.ping()
+            await self.call_once(lambda c: c.ping(), self.client)
         except (RedisError, OSError) as e:
             await self.close()
             raise self.error(e) from None
@@ -156,6 +158,16 @@ class RedisLink:
             return True
         return isinstance(e, ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))
 
+    async def call_once(self, fn: Callable[[Any], Awaitable[T]], client: Any) -> T:
+        """One try of ``fn(client)`` (no retries), holding one of the connection slots; no reply within
+        ``timeout`` is an error (redis-py drops a connection whose request was cut off)."""
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await fn(client)
+            except TimeoutError:
+                raise RedisTimeoutError(f"no reply within {self.timeout:g}s") from None
+
     async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request") -> T:
         """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds.
 
@@ -168,7 +180,7 @@ class RedisLink:
         delay = 0.05
         while True:
             try:
-                result = await fn(client)
+                result = await self.call_once(fn, client)
             except (RedisError, OSError) as e:
                 if not self._transient(e):
                     raise self.error(e) from None

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...models import InvalidInput, Operation, StaleAttempt, StoreError
 from ..mirror import CheckpointMirror
-from .codec import decode_record, pairs
+from .codec import decode_record, pack
 from .connection import RedisLink
 from .keys import Keys
 
@@ -73,6 +73,9 @@ class RedisCore:
         """The registered Lua scripts by name (lua.py), once open."""
         self._malformed: set[str] = set()
         """Records reported malformed already (reported once per process)."""
+        self._last_delta: dict[str, tuple[int, int, bytes]] = {}
+        """Per operation held here: (epoch, seq, stored bytes) of the newest delta its attempt wrote, which the
+        next checkpoint links to without reading it back (only that attempt writes deltas while it holds)."""
 
     @property
     def connected(self) -> bool:
@@ -122,8 +125,7 @@ class RedisCore:
     async def _create(self, op: Operation, tx: str) -> int:
         """Write a new record: its handle (>= 1), or 0 and nothing written if it exists (a retry of the
         same ``tx`` gets the handle again)."""
-        fields = op.model_dump(mode="json")
-        args = [self.keys.prefix, op.id, repr(time.time()), tx, *pairs(fields)]
+        args = [self.keys.prefix, op.id, repr(time.time()), tx, pack(op.model_dump(mode="json"))]
         return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))
 
     async def _fetch(self, op_ids: list[str], strict: bool = False) -> list[Operation]:

@@ -11,6 +11,7 @@ noticed first (recovery.py).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...models import Operation, Status, StoreError
@@ -25,6 +26,7 @@ class LivenessMixin(RecoveryMixin):
         return f"{self.holder}:{self._held.get(op_id, 0)}"
 
     async def release(self, op_id: str, epoch: int | None = None) -> None:
+        self._last_delta.pop(op_id, None)
         if op_id in self._lost and (epoch is None or self._lost[op_id] == epoch):
             del self._lost[op_id]  # that attempt has ended: its operation is an orphan like any other now
             return
@@ -36,15 +38,16 @@ class LivenessMixin(RecoveryMixin):
 
     async def release_all(self) -> None:
         """Best effort, when closing: lets other engines see this process's operations orphaned at once."""
+        script = self._scripts["RELEASE"]
         for op_id in list(self._held):
+            release = functools.partial(script, [self.keys.lease(op_id)], [self._token(op_id)])  # (keys, args, client)
             try:
-                await self._scripts["RELEASE"](
-                    keys=[self.keys.lease(op_id)], args=[self._token(op_id)], client=self.link.client
-                )
+                await self.link.call_once(release, self.link.client)
             except Exception:
                 break
         self._held.clear()
         self._lost.clear()
+        self._last_delta.clear()
 
     async def heartbeat(self, op_ids: list[str]) -> None:
         held = {i: self._held[i] for i in op_ids if i in self._held}

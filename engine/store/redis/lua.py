@@ -41,6 +41,16 @@ local function event(id, st, prev, epoch)
   redis.call('PUBLISH', P .. 'events', '{"kind":"status","op":"' .. id .. '","status":' .. st ..
     ',"previous":' .. (prev or 'null') .. ',"epoch":' .. (epoch or 'null') .. '}')
 end
+local function enqueue(id, st, prio, queued_at, not_before, now)
+  if st ~= '"queued"' then return end
+  local r = RANK[prio] or 1
+  local nb = tonumber(not_before)
+  if nb and nb > now then
+    redis.call('ZADD', P .. 'dq:' .. r, not_before, id)
+  else
+    redis.call('ZADD', P .. 'q:' .. r, tonumber(queued_at) and queued_at or 0, id)
+  end
+end
 local function reindex(id, k, old, now)
   local f = redis.call('HMGET', k, 'status', 'priority', 'queued_at', 'not_before', 'created_at')
   local st = f[1]
@@ -52,15 +62,7 @@ local function reindex(id, k, old, now)
     redis.call('ZREM', P .. 'q:' .. r, id)
     redis.call('ZREM', P .. 'dq:' .. r, id)
   end
-  if st == '"queued"' then
-    local r = RANK[f[2]] or 1
-    local nb = tonumber(f[4])
-    if nb and nb > now then
-      redis.call('ZADD', P .. 'dq:' .. r, f[4], id)
-    else
-      redis.call('ZADD', P .. 'q:' .. r, tonumber(f[3]) and f[3] or 0, id)
-    end
-  end
+  enqueue(id, st, f[2], f[3], f[4], now)
 end
 """
 )
@@ -68,10 +70,11 @@ end
 CREATE = (
     _PRELUDE
     + r"""
--- KEYS[1] op key; ARGV: P, id, now, tx, field, value, ...
--- Returns the record's handle (>= 1), or 0 when the id exists already (a retry of the same tx
--- gets its handle again). A record that brings a handle (restored from the mirror) keeps it and
--- the counter is moved past it; else the next number is taken: never one used before.
+-- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: NAME \31 JSON \30, per field).
+-- One round trip per submit: the record, its index entries and its event. Returns the record's
+-- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again).
+-- A record that brings a handle (restored from the mirror) keeps it and the counter is moved past
+-- it; else the next number is taken: never one used before.
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 1 then
   if ARGV[4] ~= '' and redis.call('HGET', k, '_tx') == ARGV[4] then
@@ -79,22 +82,31 @@ if redis.call('EXISTS', k) == 1 then
   end
   return 0
 end
-redis.call('HSET', k, '_tx', ARGV[4], unpack(ARGV, 5))
-local h = tonumber(redis.call('HGET', k, 'handle'))
+local kv, rec = {'_tx', ARGV[4]}, {}
+for name, value in string.gmatch(ARGV[5], '([^\31\30]+)\31([^\30]*)\30') do
+  kv[#kv + 1] = name
+  kv[#kv + 1] = value
+  rec[name] = value
+end
+local h = tonumber(rec['handle'])
 if h then
   if (tonumber(redis.call('HGET', P .. 'meta', 'handles')) or 0) < h then
     redis.call('HSET', P .. 'meta', 'handles', h)
   end
 else
   h = redis.call('HINCRBY', P .. 'meta', 'handles', 1)
-  redis.call('HSET', k, 'handle', h)
+  kv[#kv + 1] = 'handle'
+  kv[#kv + 1] = h
 end
+redis.call('HSET', k, unpack(kv))
 redis.call('HSET', P .. 'handles', h, ARGV[2])
-local f = redis.call('HMGET', k, 'created_at', 'status', 'epoch')
-redis.call('ZADD', P .. 'ids', 0, ARGV[2])
-redis.call('ZADD', P .. 'all', tonumber(f[1]) and f[1] or 0, ARGV[2])
-reindex(ARGV[2], k, false, tonumber(ARGV[3]))
-event(ARGV[2], f[2], nil, f[3])
+local id, st = ARGV[2], rec['status']
+local created = tonumber(rec['created_at']) and rec['created_at'] or 0
+redis.call('ZADD', P .. 'ids', 0, id)
+redis.call('ZADD', P .. 'all', created, id)
+redis.call('ZADD', P .. 'st:' .. bare(st), created, id)
+enqueue(id, st, rec['priority'], rec['queued_at'], rec['not_before'], tonumber(ARGV[3]))
+event(id, st, nil, rec['epoch'])
 return h
 """
 )

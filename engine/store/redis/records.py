@@ -197,6 +197,7 @@ class RecordsMixin(RecoveryMixin):
         op = self._from_reply(op_id, data)
         if epoch is not None and to is not Status.RUNNING:
             self._held.pop(op_id, None)  # the script let go of the lease
+            self._last_delta.pop(op_id, None)
         await self._mirror_record(op)
         return op
 
