@@ -37,9 +37,9 @@ log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
 
 STORE_PARAMS = ("lease_ttl", "retry_for")
+"""Query parameters of a store URL that are Outlast's, not redis-py's."""
 MAX_CONNECTIONS = 32
 """Connections to Redis per process at most."""
-"""Query parameters of a store URL that are Outlast's, not redis-py's."""
 _ERRNO = re.compile(r"^Error\s+(-?\d+)\s")
 _ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d+\.\s*", re.IGNORECASE)
 
