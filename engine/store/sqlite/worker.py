@@ -9,10 +9,15 @@ Results reach asyncio callers in one ``call_soon_threadsafe`` per group (one wak
 of the event loop for a whole group), not one per job.
 
 The WAL is folded back into the database file (a PASSIVE checkpoint) when the thread is idle
-(no job for ``IDLE_CHECKPOINT`` seconds), not inside whichever commit crosses SQLite's
-auto-checkpoint threshold (the connection turns that off: ``wal_autocheckpoint=0``). Under
-load that never pauses, every ``WAL_COMMITS`` commits are folded in between two groups, so the
-WAL stays bounded.
+(no job for ``IDLE_CHECKPOINT`` seconds, once ``IDLE_FOLD`` commits are in it), not inside
+whichever commit crosses SQLite's auto-checkpoint threshold (the connection turns that off:
+``wal_autocheckpoint=0``). Under load that never pauses, every ``WAL_COMMITS`` commits are
+folded in between two groups, so the WAL stays bounded.
+
+The connection also sets ``journal_size_limit=0`` (the WAL starting over is truncated, so a write
+needs new space, as before), and after a write failed (a full disk) nothing is folded in until a
+commit succeeds again: a store that cannot grow its WAL stays unwritable, said once and exit 8 as
+documented, instead of flickering between failing and not.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ MAX_GROUP = 256
 IDLE_CHECKPOINT = 0.005
 """Seconds without a job after which the thread folds the WAL into the database file."""
 
-WAL_COMMITS = 500
+IDLE_FOLD = 200
+"""Commits in the WAL before an idle moment folds them in (about SQLite's 1,000-page default)."""
+
+WAL_COMMITS = 1000
 """Commits after which the WAL is folded in even without an idle moment (bounds its size)."""
 
 
@@ -58,6 +66,8 @@ class SqliteWorker:
         """PASSIVE checkpoints run by this thread (idle, or after WAL_COMMITS commits)."""
         self._unfolded = 0
         """Commits since the WAL was last folded in completely."""
+        self._failing = False
+        """The last write failed in SQLite (a full disk, an I/O error): fold nothing in until one commits."""
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -105,12 +115,12 @@ class SqliteWorker:
                 else:
                     pending.append(nxt)  # a read or the stop marker waits for this group's commit
             self._commit(group)
-            if self._unfolded >= WAL_COMMITS:
+            if self._unfolded >= WAL_COMMITS and not self._failing:
                 self._fold_wal()  # constant load: between two groups, the WAL must not grow forever
 
     def _next(self) -> _Job | None:
         """The next job; while waiting for one, fold the WAL in once the thread has been idle a moment."""
-        if not self._unfolded:
+        if self._unfolded < IDLE_FOLD or self._failing:
             return self._q.get()
         try:
             return self._q.get(timeout=IDLE_CHECKPOINT)
@@ -131,7 +141,7 @@ class SqliteWorker:
             busy, logged, folded = 1, 1, 0  # tried again after the next commits
         self.wal_checkpoints += 1
         # A reader of another process can hold frames back: count from here, try again later.
-        self._unfolded = 0 if not busy and logged == folded else min(self._unfolded, WAL_COMMITS // 2)
+        self._unfolded = 0 if not busy and logged == folded else min(self._unfolded, IDLE_FOLD)
 
     def _commit(self, group: list[_Job]) -> None:
         conn = self.conn
@@ -139,6 +149,7 @@ class SqliteWorker:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
+            self._failing = True
             for job in group:
                 _undo(job)
             _deliver([(job, None, e) for job in group])
@@ -149,6 +160,8 @@ class SqliteWorker:
             if not solo:
                 conn.execute("SAVEPOINT job")
             result, error = _attempt(job.fn, conn)
+            if isinstance(error, sqlite3.OperationalError):
+                self._failing = True
             if error is None:
                 if not solo:
                     conn.execute("RELEASE job")
@@ -167,6 +180,7 @@ class SqliteWorker:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
+            self._failing = True
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for job, (_r, err) in zip(group, outcomes, strict=True):
@@ -176,6 +190,7 @@ class SqliteWorker:
             return
         self.commits += 1
         self._unfolded += 1
+        self._failing = False
         for job, (_r, err) in zip(group, outcomes, strict=True):
             if err is None and job.after is not None:
                 with contextlib.suppress(Exception):
