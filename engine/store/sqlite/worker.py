@@ -14,10 +14,11 @@ whichever commit crosses SQLite's auto-checkpoint threshold (the connection turn
 ``wal_autocheckpoint=0``). Under load that never pauses, every ``WAL_COMMITS`` commits are
 folded in between two groups, so the WAL stays bounded.
 
-The connection also sets ``journal_size_limit=0`` (the WAL starting over is truncated, so a write
-needs new space, as before), and after a write failed (a full disk) nothing is folded in until a
-commit succeeds again: a store that cannot grow its WAL stays unwritable, said once and exit 8 as
-documented, instead of flickering between failing and not.
+Once folded in, the WAL starts over from its beginning and is not truncated: the next commits
+overwrite blocks the file already has, and their fsync has no file size to write (about half the
+cost of an appending commit here). After a write failed (a full disk) nothing is folded in until a
+commit succeeds again, so a store that cannot write stays so (said once, exit 8) instead of
+flickering between failing and not.
 """
 
 from __future__ import annotations
