@@ -90,6 +90,11 @@ class AttemptHost(Protocol):
         """Held while the final status is written: the attempt's slot is free for the next claim."""
         ...
 
+    def hand_over(self) -> asyncio.Task[None] | None:
+        """Claim the next operation for this slot in the same store transaction as the final write
+        (a task created right after the write's); None when no claim is due."""
+        ...
+
 
 class Attempt:
     """One claimed operation run to a settled status. Build it with ``Attempt.open``."""
@@ -350,36 +355,46 @@ async def settle(
     if error is not None:
         fields["error"] = error
     await host.log_buffer.flush(op.id)
-    # The handler is done, so its slot is free: the scheduler's next claim is queued behind this
-    # write (the same group commit, usually), never ahead of it on the local store.
+    # The handler is done, so its slot is free: the next claim for it is queued right behind this
+    # write (hand_over), never ahead of it, so the local store commits both in one transaction.
     with host.settling():
-        while True:
-            try:
-                await host.store.transition(
-                    op.id,
-                    status,
-                    epoch=op.epoch,
-                    expect=frozenset({Status.RUNNING}),
-                    status_message=message or error,
-                    **fields,
-                )
-                break
-            except (StaleAttempt, Conflict) as e:
-                log.warning("%s: final status %s not written: %s", op.id, status.value, e)
-                await _release(host, op)
-                return
-            except Exception as e:
-                if not store_failure(e):
-                    log.exception("%s: final status %s not written", op.id, status.value)
+        claim: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    write = asyncio.ensure_future(
+                        host.store.transition(
+                            op.id,
+                            status,
+                            epoch=op.epoch,
+                            expect=frozenset({Status.RUNNING}),
+                            status_message=message or error,
+                            **fields,
+                        )
+                    )
+                    if claim is None:
+                        claim = host.hand_over()  # queued right behind the write: one transaction
+                    await write
+                    break
+                except (StaleAttempt, Conflict) as e:
+                    log.warning("%s: final status %s not written: %s", op.id, status.value, e)
                     await _release(host, op)
                     return
-                host.health.failed(e)
-                if host.health.give_up(host.stopping):
-                    # Keep the lock: this process exits, and the next engine finds the attempt
-                    # orphaned (our own recover() must not declare it dead while we live).
-                    host.abandoned[op.id] = f"{status.value} not written: {why(e)}"
-                    return
-                await asyncio.sleep(STORE_RETRY)
+                except Exception as e:
+                    if not store_failure(e):
+                        log.exception("%s: final status %s not written", op.id, status.value)
+                        await _release(host, op)
+                        return
+                    host.health.failed(e)
+                    if host.health.give_up(host.stopping):
+                        # Keep the lock: this process exits, and the next engine finds the attempt
+                        # orphaned (our own recover() must not declare it dead while we live).
+                        host.abandoned[op.id] = f"{status.value} not written: {why(e)}"
+                        return
+                    await asyncio.sleep(STORE_RETRY)
+        finally:
+            if claim is not None:
+                await claim  # never raises; the slot is this task's until the claim is decided
     host.health.ok()
     await _release(host, op)
     host.publish(StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error))

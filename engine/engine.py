@@ -447,6 +447,10 @@ class Engine:
         """Held while an attempt writes its final status: its slot is free for the next claim."""
         return self._scheduler.settling()
 
+    def hand_over(self) -> asyncio.Task[None] | None:
+        """Claim the next operation for a settling attempt's slot, in the same transaction as its final write."""
+        return self._scheduler.hand_over()
+
     def publish(self, event: Event) -> None:
         """Announce an event (after what it says was written to the store)."""
         if isinstance(event, StatusChanged) and event.status in SETTLED:

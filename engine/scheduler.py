@@ -62,6 +62,8 @@ class Scheduler:
         """Every attempt this engine runs (or is settling)."""
         self._settling = 0
         """Tasks whose handler has returned and whose final status write is queued: their slots are free."""
+        self._handovers = 0
+        """Claims in flight for the slot of a settling attempt (hand_over): not free to the loop's claims."""
         self._wake = asyncio.Event()
         self._blocked_reason: str | None = None
 
@@ -80,7 +82,35 @@ class Scheduler:
             self._settling -= 1
 
     def free(self) -> int:
-        return self._host.max_concurrent - len(self.tasks) + self._settling
+        return self._host.max_concurrent - len(self.tasks) + self._settling - self._handovers
+
+    def hand_over(self) -> asyncio.Task[None] | None:
+        """Claim the next operation for the slot of an attempt that is settling, in a task created right
+        after the task of its final write: both are queued in the same loop turn, so the local store
+        commits the settle and the claim in one transaction (one fsync, one thread hop). None when no
+        claim is due (queue off, draining, admission blocked): the scheduler's loop decides then."""
+        host = self._host
+        if not host.run_queue or host.draining or host.closing or self._admission.blocked():
+            return None
+        self._handovers += 1
+        return asyncio.create_task(self._claim_handed_over())
+
+    async def _claim_handed_over(self) -> None:
+        host = self._host
+        op = None
+        try:
+            op = await host.store.claim(host.worker, time.time(), host.settings.aging_seconds)
+        except Exception as e:
+            if store_failure(e):
+                host.health.failed(e)
+            else:
+                log.exception("scheduler: claiming work failed; retrying")
+        finally:
+            self._handovers -= 1
+        if op is not None:
+            self.start(op)
+        else:
+            self._wake.set()  # the slot is free after all: the loop looks again
 
     def start(self, op: Operation) -> None:
         task = asyncio.create_task(self._execute(op), name=f"outlast-op-{op.id}")

@@ -45,6 +45,7 @@ def _registry() -> dict[str, BenchFn]:
     return {
         "advance": bench_engine.bench_advance,
         "items": bench_engine.bench_items,
+        "submit": bench_engine.bench_submit,
         "checkpoint": bench_engine.bench_checkpoint,
         "checkpoint_each": bench_engine.bench_checkpoint_each,
         "checkpoint_big": bench_engine.bench_checkpoint_big,

@@ -33,20 +33,21 @@ class CheckpointsMixin(SqliteCore):
         saved: list[Checkpoint] = []
 
         def do(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT epoch FROM operations WHERE id=?", (cp.operation_id,)).fetchone()
+            # One read for the fencing epoch, the delta before this one (to link to: the attempt holds
+            # the op, so it is stable in this transaction) and whether the op has item failures.
+            row = conn.execute(
+                "SELECT epoch, (SELECT items FROM deltas WHERE op_id=?1 AND seq=?2),"
+                " EXISTS(SELECT 1 FROM failures WHERE op_id=?1) FROM operations WHERE id=?1",
+                (cp.operation_id, cp.seq - 1),
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no operation {cp.operation_id}")
-            if row[0] != cp.epoch:
+            epoch, before, had_failures = row
+            if epoch != cp.epoch:
                 raise StaleAttempt(
-                    f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {row[0]}"
+                    f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {epoch}"
                 )
-            # Link this delta to the one before it (read in this transaction: the attempt holds the op).
-            before = None
-            if cp.seq > 1:
-                before = conn.execute(
-                    "SELECT items FROM deltas WHERE op_id=? AND seq=?", (cp.operation_id, cp.seq - 1)
-                ).fetchone()
-            sealed = seal(cp, delta, before[0] if before else None, payload)
+            sealed = seal(cp, delta, before if cp.seq > 1 else None, payload)
             done = sealed.checkpoint
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?,?,?)",
@@ -55,11 +56,7 @@ class CheckpointsMixin(SqliteCore):
             conn.execute("INSERT OR REPLACE INTO deltas VALUES(?,?,?)", (cp.operation_id, cp.seq, sealed.delta))
             if fail_rows:
                 conn.executemany("INSERT OR REPLACE INTO failures VALUES(?,?,?,?,?)", fail_rows)
-            has_failures = (
-                bool(fail_rows)
-                or conn.execute("SELECT 1 FROM failures WHERE op_id=? LIMIT 1", (cp.operation_id,)).fetchone()
-                is not None
-            )
+            has_failures = bool(fail_rows) or bool(had_failures)
             if delta.done and has_failures:
                 # An item that failed before and is done now is no longer a failure.
                 conn.execute(
@@ -72,7 +69,8 @@ class CheckpointsMixin(SqliteCore):
                     "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?",
                     (n_fail, cp.operation_id),
                 )
-            conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
+            if cp.seq > keep:
+                conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
             saved[:] = [done]
 
         await self._txn(do)

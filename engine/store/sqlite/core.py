@@ -127,6 +127,7 @@ class SqliteCore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
             conn.text_factory = _lenient_text
             self._conn = conn
             self.worker.conn = conn

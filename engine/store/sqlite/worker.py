@@ -7,6 +7,18 @@ Reads run alone, in arrival order, and never see another job's uncommitted write
 
 Results reach asyncio callers in one ``call_soon_threadsafe`` per group (one wake-up
 of the event loop for a whole group), not one per job.
+
+The WAL is folded back into the database file (a PASSIVE checkpoint) when the thread is idle
+(no job for ``IDLE_CHECKPOINT`` seconds, once ``IDLE_FOLD`` commits are in it), not inside
+whichever commit crosses SQLite's auto-checkpoint threshold (the connection turns that off:
+``wal_autocheckpoint=0``). Under load that never pauses, every ``WAL_COMMITS`` commits are
+folded in between two groups, so the WAL stays bounded.
+
+Once folded in, the WAL starts over from its beginning and is not truncated: the next commits
+overwrite blocks the file already has, and their fsync has no file size to write (about half the
+cost of an appending commit here). After a write failed (a full disk) nothing is folded in until a
+commit succeeds again, so a store that cannot write stays so (said once, exit 8) instead of
+flickering between failing and not.
 """
 
 from __future__ import annotations
@@ -22,6 +34,15 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_GROUP = 256
+
+IDLE_CHECKPOINT = 0.005
+"""Seconds without a job after which the thread folds the WAL into the database file."""
+
+IDLE_FOLD = 200
+"""Commits in the WAL before an idle moment folds them in (about SQLite's 1,000-page default)."""
+
+WAL_COMMITS = 1000
+"""Commits after which the WAL is folded in even without an idle moment (bounds its size)."""
 
 
 @dataclass
@@ -40,6 +61,14 @@ class SqliteWorker:
 
     def __init__(self, name: str = "outlast-sqlite") -> None:
         self.conn: sqlite3.Connection | None = None
+        self.commits = 0
+        """Group commits made (several concurrent writes share one): for benchmarks and tests."""
+        self.wal_checkpoints = 0
+        """PASSIVE checkpoints run by this thread (idle, or after WAL_COMMITS commits)."""
+        self._unfolded = 0
+        """Commits since the WAL was last folded in completely."""
+        self._failing = False
+        """The last write failed in SQLite (a full disk, an I/O error): fold nothing in until one commits."""
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -70,7 +99,7 @@ class SqliteWorker:
     def _loop(self) -> None:
         pending: deque[_Job | None] = deque()  # None: the stop marker
         while True:
-            job = pending.popleft() if pending else self._q.get()
+            job = pending.popleft() if pending else self._next()
             if job is None:
                 return
             if not job.write:
@@ -87,6 +116,33 @@ class SqliteWorker:
                 else:
                     pending.append(nxt)  # a read or the stop marker waits for this group's commit
             self._commit(group)
+            if self._unfolded >= WAL_COMMITS and not self._failing:
+                self._fold_wal()  # constant load: between two groups, the WAL must not grow forever
+
+    def _next(self) -> _Job | None:
+        """The next job; while waiting for one, fold the WAL in once the thread has been idle a moment."""
+        if self._unfolded < IDLE_FOLD or self._failing:
+            return self._q.get()
+        try:
+            return self._q.get(timeout=IDLE_CHECKPOINT)
+        except queue.Empty:
+            self._fold_wal()
+            return self._q.get()
+
+    def _fold_wal(self) -> None:
+        """A PASSIVE checkpoint (never waits for readers or writers of other processes): copies the
+        committed WAL frames into the database file, so the next write starts the WAL over."""
+        conn = self.conn
+        if conn is None:
+            self._unfolded = 0
+            return
+        try:
+            busy, logged, folded = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            busy, logged, folded = 1, 1, 0  # tried again after the next commits
+        self.wal_checkpoints += 1
+        # A reader of another process can hold frames back: count from here, try again later.
+        self._unfolded = 0 if not busy and logged == folded else min(self._unfolded, IDLE_FOLD)
 
     def _commit(self, group: list[_Job]) -> None:
         conn = self.conn
@@ -94,24 +150,38 @@ class SqliteWorker:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
+            self._failing = True
             for job in group:
                 _undo(job)
             _deliver([(job, None, e) for job in group])
             return
         outcomes: list[tuple[Any, BaseException | None]] = []
+        solo = len(group) == 1  # alone: the transaction is the job's savepoint (two statements fewer)
         for job in group:
-            conn.execute("SAVEPOINT job")
+            if not solo:
+                conn.execute("SAVEPOINT job")
             result, error = _attempt(job.fn, conn)
+            if isinstance(error, sqlite3.OperationalError):
+                self._failing = True
             if error is None:
-                conn.execute("RELEASE job")
+                if not solo:
+                    conn.execute("RELEASE job")
             else:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
+                if solo:
+                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back already
+                        conn.execute("ROLLBACK")
+                else:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
                 _undo(job)
             outcomes.append((result, error))
+        if solo and outcomes[0][1] is not None:
+            _deliver([(group[0], None, outcomes[0][1])])
+            return
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
+            self._failing = True
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for job, (_r, err) in zip(group, outcomes, strict=True):
@@ -119,6 +189,9 @@ class SqliteWorker:
                     _undo(job)
             _deliver([(job, None, err or e) for job, (_r, err) in zip(group, outcomes, strict=True)])
             return
+        self.commits += 1
+        self._unfolded += 1
+        self._failing = False
         for job, (_r, err) in zip(group, outcomes, strict=True):
             if err is None and job.after is not None:
                 with contextlib.suppress(Exception):
