@@ -228,11 +228,11 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
 
 def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     """A busy work tree loses files between listing and reading: skipped, not a failure."""
-    from engine.operations.indexing import _analyze
+    from engine.operations._index_files import analyze
 
-    assert _analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
+    assert analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
     (tmp_path / "locked").mkdir()
-    row, err = _analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
+    row, err = analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
     assert row == ("skip", "not a regular file") and err is None
 
 
