@@ -91,6 +91,14 @@ def rows(db: str) -> dict[str, tuple]:
         con.close()
 
 
+def _lookup_indexes(db: str) -> set[str]:
+    con = sqlite3.connect(db)
+    try:
+        return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
+    finally:
+        con.close()
+
+
 async def run_index(engine: Engine, **params: Any) -> Any:
     op = await engine.submit(OperationSpec(type="codebase_indexing", params=params))
     return await engine.wait(op.id, timeout=120)
@@ -213,9 +221,11 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
     _, alive = psutil.wait_procs(pool, timeout=20)
     assert not alive, f"worker processes outlived the SIGKILLed engine: {alive}"
     assert cli.op(op_id).status is Status.RUNNING, "the index was finished before the kill"
+    assert _lookup_indexes(f"{tmp_path}/b.db") == set(), "a new index's lookup indexes are made when it is finished"
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert rows(f"{tmp_path}/b.db") == rows(f"{tmp_path}/a.db")
+    assert _lookup_indexes(f"{tmp_path}/b.db") == {"files_language", "symbols_name", "imports_module"}
     drop = ("index",)
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in whole["result"].items() if k not in drop
