@@ -9,9 +9,12 @@ undecodable files are item failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
+from collections.abc import AsyncGenerator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -147,14 +150,46 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     )
     ctx.progress(step="listing files")
     await asyncio.to_thread(parsers)  # a wrong languages.toml in the config dir is one line here, before any work
-    con = await asyncio.to_thread(_open, db, p.root)
+    # One thread for every use of the connection, in order: a batch is stored while the one before it is
+    # recorded, and closing waits for a store still running when the handler stops.
+    writer = ThreadPoolExecutor(1, thread_name_prefix="outlast-index")
+    loop = asyncio.get_running_loop()
     try:
-        return await _index(ctx, p, con, db)
+        con = await loop.run_in_executor(writer, _open, db, p.root)
+        try:
+            return await _index(ctx, p, con, db, writer)
+        finally:
+            await loop.run_in_executor(writer, con.close)
     finally:
-        await asyncio.to_thread(con.close)
+        writer.shutdown(wait=False)
 
 
-async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str) -> dict:
+async def _stored(
+    con: sqlite3.Connection, writer: Executor, batches: AsyncGenerator[Batch, None], overlap: bool
+) -> AsyncGenerator[list[tuple[str, int, str, str | None]], None]:
+    """Each batch stored, in order, and what became of its files.
+
+    With ``overlap`` (the files are analysed in worker processes), the next batch is stored while the caller
+    records this one's files (their checkpoints wait on the engine's store): the engine's process, which
+    every batch goes through, then does not wait on one while it could do the other. Without (analysed in
+    this process), a store beside the analysis would wait for the GIL at every row it inserts."""
+    loop = asyncio.get_running_loop()
+    storing: asyncio.Future[list[tuple[str, int, str, str | None]]] | None = None
+    try:
+        async for batch in batches:
+            stored = await storing if storing is not None else None
+            storing = loop.run_in_executor(writer, _store_batch, con, batch)
+            if not overlap:
+                stored, storing = await storing, None
+            if stored is not None:
+                yield stored
+        if storing is not None:
+            yield await storing
+    finally:
+        await batches.aclose()  # the workers stop when the caller does
+
+
+async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str, writer: Executor) -> dict:
     root = Path(p.root)
     files = await list_files(ctx, root, p.patterns, p.exclude)
     ctx.progress(total=len(files), step="indexing")
@@ -163,7 +198,8 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
     pending = [f for f in files if not ctx.is_done(f)]
-    prev = await asyncio.to_thread(_previous, con, pending)
+    loop = asyncio.get_running_loop()
+    prev = await loop.run_in_executor(writer, _previous, con, pending)
     batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]
     workers = worker_count(len(pending))
     if workers:
@@ -173,23 +209,23 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
         ctx.log.warning(f"no symbols for {language} files: {problem}")  # a grammar that cannot be loaded
     args = [(root, rels, {r: prev[r] for r in rels if r in prev}, seen) for rels in batches]
     started, done_at_start = time.monotonic(), ctx.done
-    async for batch in in_order(analyze_batch, args, workers):
-        results = await asyncio.to_thread(_store_batch, con, batch)
-        async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
-            if outcome == "failed":
-                ctx.fail(rel, why or "failed")
-                continue
-            if outcome == "skipped":
-                ctx.skip(rel, why)
-                continue
-            st["bytes"] += size
-            st["reused"] += outcome == "reused"
-            ctx.step = rel
-            ctx.metrics["bytes"] = st["bytes"]
-            ctx.metrics["current_file"] = rel
-        elapsed = time.monotonic() - started
-        if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
-            ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
+    async with contextlib.aclosing(_stored(con, writer, in_order(analyze_batch, args, workers), workers > 0)) as stored:
+        async for results in stored:
+            async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
+                if outcome == "failed":
+                    ctx.fail(rel, why or "failed")
+                    continue
+                if outcome == "skipped":
+                    ctx.skip(rel, why)
+                    continue
+                st["bytes"] += size
+                st["reused"] += outcome == "reused"
+                ctx.step = rel
+                ctx.metrics["bytes"] = st["bytes"]
+                ctx.metrics["current_file"] = rel
+            elapsed = time.monotonic() - started
+            if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
+                ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
     ctx.progress(step="finishing")
-    summary = await asyncio.to_thread(_finish, con, seen)
+    summary = await loop.run_in_executor(writer, _finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}
