@@ -26,7 +26,7 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
     """One file's row, ("reuse", size, seen) or ("skip", reason) (or None), and an error message (or None).
 
     ``prev`` is what the index holds for the file: (size, mtime, sha256, seen)."""
-    p = root / rel
+    p = os.path.join(root, rel)  # not root / rel: pathlib costs more than the lstat
     try:
         st = os.lstat(p)
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
