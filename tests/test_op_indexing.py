@@ -3,11 +3,14 @@ a SIGKILLed worker resumed to the same index as an uninterrupted run, bad params
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,14 @@ def rows(db: str) -> dict[str, tuple]:
                 "SELECT path, size, sha256, language, binary, code, comment, blank, symbols, imports FROM files"
             )
         }
+    finally:
+        con.close()
+
+
+def _lookup_indexes(db: str) -> set[str]:
+    con = sqlite3.connect(db)
+    try:
+        return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
     finally:
         con.close()
 
@@ -210,9 +221,11 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
     _, alive = psutil.wait_procs(pool, timeout=20)
     assert not alive, f"worker processes outlived the SIGKILLed engine: {alive}"
     assert cli.op(op_id).status is Status.RUNNING, "the index was finished before the kill"
+    assert _lookup_indexes(f"{tmp_path}/b.db") == set(), "a new index's lookup indexes are made when it is finished"
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert rows(f"{tmp_path}/b.db") == rows(f"{tmp_path}/a.db")
+    assert _lookup_indexes(f"{tmp_path}/b.db") == {"files_language", "symbols_name", "imports_module"}
     drop = ("index",)
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in whole["result"].items() if k not in drop
@@ -228,11 +241,11 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
 
 def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     """A busy work tree loses files between listing and reading: skipped, not a failure."""
-    from engine.operations.indexing import _analyze
+    from engine.operations._index_files import analyze
 
-    assert _analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
+    assert analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
     (tmp_path / "locked").mkdir()
-    row, err = _analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
+    row, err = analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
     assert row == ("skip", "not a regular file") and err is None
 
 
@@ -262,3 +275,58 @@ def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed
     assert final["progress"]["metrics"]["unreadable_dirs"] == 1
     logs = cli("logs", final["id"]).stdout
     assert logs.count("unreadable") == 1 and "locked: Permission denied" in logs
+
+
+def test_a_worker_process_starts_without_the_engine() -> None:
+    """What a worker process imports (the per-file work, the pool's start-up hook, the parsers) leaves out
+    pydantic and the engine: importing them cost each worker more than analysing a batch of files."""
+    code = (
+        "import sys, engine.operations._index_files, engine.operations._pool, engine.operations._common\n"
+        "from engine.operations._lang import parsers\n"
+        "parsers().check({'python', 'javascript'})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m in"
+        " ('engine.context', 'engine.models', 'engine.config', 'engine.operations.indexing')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"a worker imports {r.stdout.strip()}"
+
+
+def test_a_batch_comes_back_as_the_rows_to_store(tmp_path: Path) -> None:
+    """A worker returns a batch as plain tuples, the statements' rows: no per-symbol objects for the engine's
+    process to rebuild when it unpickles them, no JSON for it to make."""
+    from engine.operations._index_files import analyze_batch
+
+    (tmp_path / "a.py").write_text("import os\n\nclass A:\n    def m(self):\n        pass\n")
+    (tmp_path / "b.js").write_text("import x from './x';\nexport function g() {}\n")
+    (tmp_path / "c.bin").write_bytes(b"\0\1\2")
+    prev = {"b.js": (1, 0.0, "old", "earlier")}  # changed since an earlier run: its old rows go
+    batch = analyze_batch(tmp_path, ["a.py", "b.js", "c.bin", "gone.py"], prev, "op1")
+    assert b"Symbol" not in pickle.dumps(batch)
+    assert batch.symbols == [
+        ("a.py", "class", "A", 3, 5, ""),
+        ("a.py", "method", "m", 4, 5, "A"),
+        ("b.js", "function", "g", 2, 2, ""),
+    ]
+    assert all(type(r) is tuple for r in batch.symbols + batch.imports + batch.files)
+    assert batch.imports == [("a.py", "os"), ("b.js", "./x")]
+    assert [f[0] for f in batch.files] == ["a.py", "b.js", "c.bin"]
+    assert batch.files[0][9:] == ('["class A", "method m"]', '["os"]', "op1")
+    assert batch.gone == [("b.js",), ("gone.py",)]
+    assert [o[2] for o in batch.outcomes] == ["indexed", "indexed", "indexed", "skipped"]
+
+
+def test_a_file_at_the_analysis_limit(tmp_path: Path) -> None:
+    """Up to MAX_TEXT bytes a file is analysed; one byte more, it is hashed (every byte) and listed only."""
+    from engine.operations._index_files import MAX_TEXT, analyze
+
+    line = b"x = 1\n"
+    at = line * (MAX_TEXT // len(line)) + b"y" * (MAX_TEXT % len(line))
+    (tmp_path / "at.txt").write_bytes(at)
+    (tmp_path / "over.txt").write_bytes(at + b"\n")
+    row, err = analyze(tmp_path, "at.txt", None)
+    assert err is None and row is not None
+    assert row[1] == MAX_TEXT and row[3] == hashlib.sha256(at).hexdigest() and row[6:9] == (len(at.splitlines()), 0, 0)
+    row, err = analyze(tmp_path, "over.txt", None)
+    assert err is None and row is not None
+    assert row[1] == MAX_TEXT + 1 and row[3] == hashlib.sha256(at + b"\n").hexdigest() and row[6:9] == (None,) * 3

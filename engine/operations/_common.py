@@ -6,9 +6,10 @@ import ctypes
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..context import OperationContext
+if TYPE_CHECKING:  # an annotation only: worker processes import this module without the engine
+    from ..context import OperationContext
 
 SKIP_DIRS = frozenset(
     {

@@ -6,7 +6,7 @@ import os
 import threading
 from operator import methodcaller
 
-from ..config import config_dir
+from ..paths import config_dir
 from ._parse import Parsers, Symbol, load_languages, python_fallback, python_symbols
 
 __all__ = ["LANGUAGES", "Symbol", "count_lines", "language_of", "parsers", "symbols_and_imports"]

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -65,7 +65,7 @@ def _die_with(parent: int) -> None:
 
 async def in_order(
     fn: Callable[..., T], batches: Sequence[tuple[Any, ...]], workers: int, ahead: int = 2
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """``fn(*args)`` for each batch's args, yielded in batch order. With ``workers`` processes, up to
     ``workers * ahead`` batches are in flight; with 0, each runs in a thread as it is reached (so a
     consumer that stops early leaves nothing running)."""

@@ -9,12 +9,12 @@ undecodable files are item failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import json
-import os
 import sqlite3
-import stat
 import time
+from collections.abc import AsyncGenerator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,29 +23,33 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
-from ._lang import count_lines, language_of, parsers, symbols_and_imports
+from ._index_files import Batch, analyze_batch
+from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
 from ._walk import list_files
 
 BATCH = 256
 """Files analysed and committed in one transaction (a resume redoes at most one batch)."""
-MAX_TEXT = 4 << 20
-"""Files larger than this are hashed and listed, not analysed for lines and symbols."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime REAL, sha256 TEXT, language TEXT, binary INTEGER,
     code INTEGER, comment INTEGER, blank INTEGER, symbols TEXT, imports TEXT, seen TEXT
 );
-CREATE INDEX IF NOT EXISTS files_language ON files(language);
 CREATE TABLE IF NOT EXISTS symbols (
     path TEXT, kind TEXT, name TEXT, line INTEGER, end_line INTEGER, parent TEXT,
     PRIMARY KEY (path, line, kind, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS symbols_name ON symbols(name);
 CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT, PRIMARY KEY (path, module)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS imports_module ON imports(module);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+INDEXES = """
+CREATE INDEX IF NOT EXISTS files_language ON files(language);
+CREATE INDEX IF NOT EXISTS symbols_name ON symbols(name);
+CREATE INDEX IF NOT EXISTS imports_module ON imports(module);
+"""
+"""Made when a run finishes, not before a new index's first row: built once at the end they cost about half
+of what keeping them up to date row by row cost the engine's process, on the path that limits how fast the
+workers' batches are stored. An index that has them (built before) keeps them up to date."""
 
 
 class IndexParams(BaseModel):
@@ -67,50 +71,6 @@ class IndexParams(BaseModel):
         return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
 
 
-def _analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
-    """One file's row, ("reuse", size) or ("skip", reason) (or None), and an error message (or None)."""
-    p = root / rel
-    try:
-        st = os.lstat(p)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
-            return ("skip", "not a regular file"), None
-        h = hashlib.sha256()
-        head = b""
-        with open(p, "rb") as fh:
-            data = fh.read(MAX_TEXT + 1)
-            h.update(data)
-            if len(data) > MAX_TEXT:
-                head, data = data[:8192], b""
-                while b := fh.read(1 << 20):
-                    h.update(b)
-    except FileNotFoundError:  # deleted since the listing (a busy work tree): not a failure
-        return ("skip", "gone since the listing"), None
-    except OSError as e:
-        return None, f"unreadable: {e.strerror or e}"
-    size = st.st_size
-    sha = h.hexdigest()
-    lang = language_of(rel)
-    if prev is not None and prev[0] == size and prev[1] == st.st_mtime and prev[2] == sha:
-        return ("reuse", size, prev[3]), None
-    if head:  # too large to analyse: hashed and listed without line counts
-        binary = int(b"\0" in head)
-        return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, [], []), None
-    if b"\0" in data[:8192]:
-        return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, [], []), None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8 text: byte {e.start}"
-    code, comment, blank = count_lines(text, lang)
-    syms, imps = symbols_and_imports(text, lang, data) if lang != "other" else ([], [])
-    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
-
-
-def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple]) -> list[tuple[tuple | None, str | None]]:
-    """Each file's analysis (see ``_analyze``): pure, so it runs in a worker process as well as here."""
-    return [_analyze(root, rel, prev.get(rel)) for rel in rels]
-
-
 def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
     """What the index holds for these files: (size, mtime, sha256, seen) by path."""
     out: dict[str, tuple] = {}
@@ -124,45 +84,17 @@ def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
     return out
 
 
-def _store_batch(
-    con: sqlite3.Connection,
-    rels: list[str],
-    analysed: list[tuple[tuple | None, str | None]],
-    prev: dict[str, tuple],
-    seen: str,
-) -> list[tuple[str, int, str, str | None]]:
-    """Store a batch's analysis in one transaction; (path, bytes, outcome, error or skip reason) per file.
-
-    outcome: "indexed", "reused" (unchanged since an earlier run), "skipped" or "failed". A file that this
-    same operation stored before a crash is "indexed" again, not "reused", so a resumed run reports what an
-    uninterrupted one does.
-    """
-    out: list[tuple[str, int, str, str | None]] = []
-    gone: list[tuple[str]] = []
-    rows: list[tuple] = []
-    symbols: list[tuple[str, str, str, int, int, str]] = []
-    imports: list[tuple[str, str]] = []
-    for rel, (row, err) in zip(rels, analysed, strict=True):
-        if row is None or row[0] == "skip":
-            gone.append((rel,))
-            out.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
-        elif row[0] == "reuse":
-            out.append((rel, row[1], "indexed" if row[2] == seen else "reused", None))
-        else:
-            if rel in prev:
-                gone.append((rel,))  # its old symbols and imports go
-            rows.append((*row[:9], json.dumps([f"{s.kind} {s.name}" for s in row[9]]), json.dumps(row[10]), seen))
-            symbols += [(rel, *s) for s in row[9]]
-            imports += [(rel, m) for m in row[10]]
-            out.append((rel, row[1], "indexed", None))
-    with con:  # one transaction per batch: the batch is in the index before its files count as done
+def _store_batch(con: sqlite3.Connection, batch: Batch) -> list[tuple[str, int, str, str | None]]:
+    """Store a batch's rows in one transaction (the batch is in the index before its files count as done);
+    what became of each file."""
+    with con:
         for t in ("files", "symbols", "imports"):
-            con.executemany(f"DELETE FROM {t} WHERE path=?", gone)
-        con.executemany("UPDATE files SET seen=? WHERE path=?", [(seen, r) for r, _, o, _ in out if o == "reused"])
-        con.executemany("INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        con.executemany("INSERT OR IGNORE INTO symbols VALUES (?,?,?,?,?,?)", symbols)
-        con.executemany("INSERT OR IGNORE INTO imports VALUES (?,?)", imports)
-    return out
+            con.executemany(f"DELETE FROM {t} WHERE path=?", batch.gone)
+        con.executemany("UPDATE files SET seen=? WHERE path=?", batch.reused)
+        con.executemany("INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", batch.files)
+        con.executemany("INSERT OR IGNORE INTO symbols VALUES (?,?,?,?,?,?)", batch.symbols)
+        con.executemany("INSERT OR IGNORE INTO imports VALUES (?,?)", batch.imports)
+    return batch.outcomes
 
 
 def _open(db: str, root: str) -> sqlite3.Connection:
@@ -186,12 +118,13 @@ def _open(db: str, root: str) -> sqlite3.Connection:
 
 
 def _finish(con: sqlite3.Connection, seen: str) -> dict:
-    """Drop files no longer in the tree; the summary of the index."""
+    """Drop files no longer in the tree, make the lookup indexes; the summary of the index."""
     with con:
         gone = con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,)).fetchall()
         for (p,) in gone:
             for t in ("files", "symbols", "imports"):
                 con.execute(f"DELETE FROM {t} WHERE path=?", (p,))
+    con.executescript(INDEXES)
     langs = dict(con.execute("SELECT language, COUNT(*) FROM files GROUP BY language ORDER BY 2 DESC").fetchall())
     lines = con.execute("SELECT SUM(code), SUM(comment), SUM(blank), SUM(size) FROM files").fetchone()
     nsym = con.execute("SELECT COUNT(*) FROM symbols").fetchone()[0]
@@ -217,14 +150,46 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     )
     ctx.progress(step="listing files")
     await asyncio.to_thread(parsers)  # a wrong languages.toml in the config dir is one line here, before any work
-    con = await asyncio.to_thread(_open, db, p.root)
+    # One thread for every use of the connection, in order: a batch is stored while the one before it is
+    # recorded, and closing waits for a store still running when the handler stops.
+    writer = ThreadPoolExecutor(1, thread_name_prefix="outlast-index")
+    loop = asyncio.get_running_loop()
     try:
-        return await _index(ctx, p, con, db)
+        con = await loop.run_in_executor(writer, _open, db, p.root)
+        try:
+            return await _index(ctx, p, con, db, writer)
+        finally:
+            await loop.run_in_executor(writer, con.close)
     finally:
-        await asyncio.to_thread(con.close)
+        writer.shutdown(wait=False)
 
 
-async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str) -> dict:
+async def _stored(
+    con: sqlite3.Connection, writer: Executor, batches: AsyncGenerator[Batch, None], overlap: bool
+) -> AsyncGenerator[list[tuple[str, int, str, str | None]], None]:
+    """Each batch stored, in order, and what became of its files.
+
+    With ``overlap`` (the files are analysed in worker processes), the next batch is stored while the caller
+    records this one's files (their checkpoints wait on the engine's store): the engine's process, which
+    every batch goes through, then does not wait on one while it could do the other. Without (analysed in
+    this process), a store beside the analysis would wait for the GIL at every row it inserts."""
+    loop = asyncio.get_running_loop()
+    storing: asyncio.Future[list[tuple[str, int, str, str | None]]] | None = None
+    try:
+        async for batch in batches:
+            stored = await storing if storing is not None else None
+            storing = loop.run_in_executor(writer, _store_batch, con, batch)
+            if not overlap:
+                stored, storing = await storing, None
+            if stored is not None:
+                yield stored
+        if storing is not None:
+            yield await storing
+    finally:
+        await batches.aclose()  # the workers stop when the caller does
+
+
+async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str, writer: Executor) -> dict:
     root = Path(p.root)
     files = await list_files(ctx, root, p.patterns, p.exclude)
     ctx.progress(total=len(files), step="indexing")
@@ -233,7 +198,8 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
     pending = [f for f in files if not ctx.is_done(f)]
-    prev = await asyncio.to_thread(_previous, con, pending)
+    loop = asyncio.get_running_loop()
+    prev = await loop.run_in_executor(writer, _previous, con, pending)
     batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]
     workers = worker_count(len(pending))
     if workers:
@@ -241,27 +207,25 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     languages = {language_of(f) for f in pending}
     for language, problem in (await asyncio.to_thread(parsers().check, languages)).items():
         ctx.log.warning(f"no symbols for {language} files: {problem}")  # a grammar that cannot be loaded
-    args = [(root, rels, {r: prev[r] for r in rels if r in prev}) for rels in batches]
+    args = [(root, rels, {r: prev[r] for r in rels if r in prev}, seen) for rels in batches]
     started, done_at_start = time.monotonic(), ctx.done
-    done = 0
-    async for analysed in in_order(analyze_batch, args, workers):
-        rels, done = batches[done], done + 1
-        results = await asyncio.to_thread(_store_batch, con, rels, analysed, prev, seen)
-        async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
-            if outcome == "failed":
-                ctx.fail(rel, why or "failed")
-                continue
-            if outcome == "skipped":
-                ctx.skip(rel, why)
-                continue
-            st["bytes"] += size
-            st["reused"] += outcome == "reused"
-            ctx.step = rel
-            ctx.metrics["bytes"] = st["bytes"]
-            ctx.metrics["current_file"] = rel
-        elapsed = time.monotonic() - started
-        if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
-            ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
+    async with contextlib.aclosing(_stored(con, writer, in_order(analyze_batch, args, workers), workers > 0)) as stored:
+        async for results in stored:
+            async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
+                if outcome == "failed":
+                    ctx.fail(rel, why or "failed")
+                    continue
+                if outcome == "skipped":
+                    ctx.skip(rel, why)
+                    continue
+                st["bytes"] += size
+                st["reused"] += outcome == "reused"
+                ctx.step = rel
+                ctx.metrics["bytes"] = st["bytes"]
+                ctx.metrics["current_file"] = rel
+            elapsed = time.monotonic() - started
+            if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
+                ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
     ctx.progress(step="finishing")
-    summary = await asyncio.to_thread(_finish, con, seen)
+    summary = await loop.run_in_executor(writer, _finish, con, seen)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}

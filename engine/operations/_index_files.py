@@ -1,0 +1,109 @@
+"""codebase_indexing's per-file work: read, hash, count lines, parse, and a batch of files made into the
+rows the index stores.
+
+Pure and cheap to import (no engine, no pydantic), so a worker process starts in a fraction of the time the
+engine's modules would take; and a worker returns its batch as the statements' rows, plain tuples of
+strings and numbers, so the engine's process only unpickles them and hands them to SQLite (per-symbol
+objects, JSON and bookkeeping would cost it a core's share that the workers need).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._lang import count_lines, language_of, symbols_and_imports
+
+MAX_TEXT = 4 << 20
+"""Files larger than this are hashed and listed, not analysed for lines and symbols."""
+
+
+def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
+    """One file's row, ("reuse", size, seen) or ("skip", reason) (or None), and an error message (or None).
+
+    ``prev`` is what the index holds for the file: (size, mtime, sha256, seen)."""
+    p = os.path.join(root, rel)  # not root / rel: pathlib costs more than the lstat
+    try:
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
+            return ("skip", "not a regular file"), None
+        h = hashlib.sha256()
+        head = b""
+        with open(p, "rb") as fh:
+            # Sized to the file: read(MAX_TEXT + 1) would allocate (and give back) 4 MB for every small file.
+            data = fh.read(min(st.st_size, MAX_TEXT) + 1)
+            if st.st_size < len(data) <= MAX_TEXT:  # it grew since the lstat
+                data += fh.read(MAX_TEXT + 1 - len(data))
+            h.update(data)
+            if len(data) > MAX_TEXT:
+                head, data = data[:8192], b""
+                while b := fh.read(1 << 20):
+                    h.update(b)
+    except FileNotFoundError:  # deleted since the listing (a busy work tree): not a failure
+        return ("skip", "gone since the listing"), None
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    size = st.st_size
+    sha = h.hexdigest()
+    lang = language_of(rel)
+    if prev is not None and prev[0] == size and prev[1] == st.st_mtime and prev[2] == sha:
+        return ("reuse", size, prev[3]), None
+    if head:  # too large to analyse: hashed and listed without line counts
+        binary = int(b"\0" in head)
+        return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, [], []), None
+    if b"\0" in data[:8192]:
+        return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, [], []), None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text: byte {e.start}"
+    code, comment, blank = count_lines(text, lang)
+    syms, imps = symbols_and_imports(text, lang, data) if lang != "other" else ([], [])
+    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
+
+
+class Batch(NamedTuple):
+    """A batch of files as the index stores them, and what became of each file."""
+
+    outcomes: list[tuple[str, int, str, str | None]]
+    """(path, bytes, outcome, error or skip reason) per file; outcome: indexed, reused, skipped or failed."""
+    gone: list[tuple[str]]
+    """Paths whose rows go (failed, skipped, or indexed again: their old symbols and imports go)."""
+    reused: list[tuple[str, str]]
+    """(seen, path) of files unchanged since an earlier run."""
+    files: list[tuple[Any, ...]]
+    symbols: list[tuple[str, str, str, int, int, str]]
+    imports: list[tuple[str, str]]
+
+
+def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple], seen: str) -> Batch:
+    """Each file analysed (see ``analyze``) and made into rows; runs in a worker process as well as here.
+
+    A file that this same operation (``seen``) stored before a crash is "indexed" again, not "reused", so a
+    resumed run reports what an uninterrupted one does."""
+    out = Batch([], [], [], [], [], [])
+    for rel in rels:
+        old = prev.get(rel)
+        row, err = analyze(root, rel, old)
+        if row is None or row[0] == "skip":
+            out.gone.append((rel,))
+            out.outcomes.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
+        elif row[0] == "reuse":
+            if row[2] == seen:
+                out.outcomes.append((rel, row[1], "indexed", None))
+            else:
+                out.outcomes.append((rel, row[1], "reused", None))
+                out.reused.append((seen, rel))
+        else:
+            if old is not None:
+                out.gone.append((rel,))
+            syms, imps = row[9], row[10]
+            out.files.append((*row[:9], json.dumps([f"{s.kind} {s.name}" for s in syms]), json.dumps(imps), seen))
+            out.symbols.extend([(rel, *s) for s in syms])
+            out.imports.extend([(rel, m) for m in imps])
+            out.outcomes.append((rel, row[1], "indexed", None))
+    return out
