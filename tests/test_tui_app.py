@@ -571,3 +571,48 @@ def _collect(fd: int, into: bytearray) -> None:
     with contextlib.suppress(OSError):
         while chunk := os.read(fd, 65536):
             into += chunk
+
+
+async def test_remove_asks_naming_the_operation_and_only_yes_removes_it(seeded: Settings) -> None:
+    """d on a finished operation asks first, naming it (id, type, name, status) and what goes; escape
+    and n keep it; y deletes it from the store and the table. Queued and running work is refused in one
+    line that says to cancel it first, and nothing is asked."""
+    from textual.widgets import Label
+
+    from engine import NotFound
+
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    said: list[tuple[str, str]] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append((kw.get("severity", ""), str(message))), notify(message, **kw))[1]  # type: ignore[method-assign]
+    done = "06b4000000001"
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await select(pilot, done)
+        assert "d" in _keys(app)
+        for decline in ("escape", "n"):
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            text = " ".join(str(label.render()) for label in app.screen.query(Label))
+            for part in (done, "index monorepo", "codebase_indexing", "completed", "record, checkpoints and logs"):
+                assert part in text, text
+            await pilot.press(decline)
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert (await engine.store.get(done)).status is Status.COMPLETED
+            assert done in table.ids
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: done not in table.ids)
+        with pytest.raises(NotFound):
+            await engine.store.get(done)
+        assert len(table.ids) == 8
+        for refused, status in (("06b4000000005", Status.QUEUED), ("06b4000000008", Status.RUNNING)):
+            await select(pilot, refused)
+            await wait_for(pilot, lambda: "d" not in _keys(app))  # the footer offers it only where it applies
+            said.clear()
+            await pilot.press("d")
+            await wait_for(pilot, lambda: said)
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert said == [("warning", f"{refused} is {status.value}: cancel it first (c), then remove it (d)")]
+            assert (await engine.store.get(refused)).status is status

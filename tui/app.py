@@ -39,7 +39,7 @@ from engine import (
 )
 
 from . import format as fmt
-from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, resume_question
+from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
 from .handover import REASON as HANDED_OVER
 from .handover import hand_over, spawn_worker
 from .model import OperationsModel, Sampler, is_refusal
@@ -72,6 +72,8 @@ class OutlastApp(App[int]):
         Binding("c", "cancel", "Cancel"),
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
+        Binding("d,delete", "remove", "Remove", key_display="d"),
+        Binding("d,delete", "refuse_remove", show=False),  # the same key where remove does not apply
         Binding("plus", "raise_priority", "Prio+", key_display="+"),
         Binding("minus", "lower_priority", "Prio-", key_display="-"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -263,7 +265,10 @@ class OutlastApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the keys that apply to the selected operation are active (and shown in the footer)."""
         if self.screen is not self.screen_stack[0]:
-            return action not in self.ACTIONS_HELP  # a dialog is open: its keys, not the dashboard's
+            # A dialog is open: its keys, not the dashboard's.
+            return action not in self.ACTIONS_HELP and action != "refuse_remove"
+        if action == "refuse_remove":
+            return remove_refusal(self.dashboard.selected_op) is not None
         return self._applies(action)
 
     def _applies(self, action: str) -> bool:
@@ -307,6 +312,29 @@ class OutlastApp(App[int]):
     def action_resume(self) -> None:
         if op := self.dashboard.selected_op:
             self._act("resumed", "resume", op.id)
+
+    def action_refuse_remove(self) -> None:
+        """d on queued or running work: one line saying why not and what to do (the footer hides d there)."""
+        if refusal := remove_refusal(self.dashboard.selected_op):
+            self.notify(refusal, severity="warning")
+
+    def action_remove(self) -> None:
+        """Remove a finished operation, after a question naming it and saying what goes."""
+        op = self.dashboard.selected_op
+        if op is None:
+            return
+
+        async def go() -> None:
+            await self.model.remove(op.id)
+            self.notify(f"removed: {op.id}", timeout=3)
+            self._on_frame()
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._work(go(), "act", "removing")
+
+        question, explain = remove_question(op)
+        self.push_screen(ConfirmScreen(question, yes="Remove it", explain=explain), answer)
 
     @on(CheckpointsPane.ResumeFrom)
     def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:

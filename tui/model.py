@@ -279,6 +279,15 @@ class OperationsModel:
         self.keep(op)
         return op
 
+    async def remove(self, op_id: str) -> None:
+        """Delete a settled operation through the engine (a refusal raises: Conflict, NotFound); it
+        leaves the table at the next frame."""
+        await self.engine.remove(op_id)
+        self.refetch.discard(op_id)
+        self.active.discard(op_id)
+        if self.ops.pop(op_id, None) is not None:
+            self.structure_dirty = True
+
     def reprioritise(self, op: Operation, up: bool) -> Priority:
         """The next priority up or down, shown at once: a second key press builds on this one."""
         new = op.priority.raised() if up else op.priority.lowered()
