@@ -75,6 +75,8 @@ class DashboardScreen(Screen[None]):
         self.notes: list[str] = []
         """What the App adds to the status line (quitting, engine stopped, watch only)."""
         self._binding_state: tuple[object, ...] = ()
+        self._reorder = False
+        """The sort or the filter changed: every row is sorted again, not only those that moved."""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
@@ -145,7 +147,9 @@ class DashboardScreen(Screen[None]):
         if model.structure_dirty:
             model.structure_dirty = False
             model.repaint = False
-            table.rebuild()
+            moved, model.moved = model.moved, set()
+            table.rebuild(None if self._reorder else moved)
+            self._reorder = False
             self.update_statusline()
         elif model.repaint or running or not table.fetched:
             model.repaint = False
@@ -230,7 +234,8 @@ class DashboardScreen(Screen[None]):
         if table.sort != SORTS[0]:
             parts.append(f"sort {table.sort}")
         parts += [f"[b]{note}[/b]" for note in self.notes]
-        self.query_one("#statusline", Static).update(" · ".join(parts))
+        # One line high whatever it says: no layout of the whole screen (a tenth of a second here).
+        self.query_one("#statusline", Static).update(" · ".join(parts), layout=False)
 
     # ---- the table: sort and filter --------------------------------------------------------------
 
@@ -251,7 +256,7 @@ class DashboardScreen(Screen[None]):
 
     def action_sort(self) -> None:
         self.table.sort = SORTS[(SORTS.index(self.table.sort) + 1) % len(SORTS)]
-        self.model.structure_dirty = True
+        self.model.structure_dirty = self._reorder = True
         self.refresh_view(running=False)
 
     def action_filter(self) -> None:
@@ -262,7 +267,7 @@ class DashboardScreen(Screen[None]):
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.table.filter_words = event.value.lower().split()
-        self.model.structure_dirty = True
+        self.model.structure_dirty = self._reorder = True
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:

@@ -8,6 +8,7 @@ painted, so the cost of a frame is the rows visible, not the rows stored.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ SORTS: tuple[str, ...] = ("status", "created", "priority", "progress", "name", "
 """Sort keys cycled by the sort action; ``status`` puts work a user may act on first."""
 
 _PRIO = {"high": 0, "normal": 1, "low": 2}
+INCREMENTAL = 500
+"""Rows moved at once up to which they are put back one by one; more, and everything is sorted again."""
 
 
 def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Operation], tuple]:
@@ -142,6 +145,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self.clock = clock
         self.ids: list[str] = []
         self.short: dict[str, int] = {}
+        self._short_of: set[str] = set()
+        """The ids ``short`` was computed over: computed again only when operations come or go."""
         self.sort = SORTS[0]
         self.filter_words: list[str] = []
         self.fetched = False
@@ -157,14 +162,20 @@ class OperationsTable(ScrollView, can_focus=True):
     def selected_id(self) -> str | None:
         return self.ids[self.cursor] if 0 <= self.cursor < len(self.ids) else None
 
-    def rebuild(self) -> None:
-        """Filter and sort again (after records came or went, or the filter or sort changed)."""
+    def rebuild(self, moved: Iterable[str] | None = None) -> None:
+        """Filter and sort again: every row (the filter or sort changed), or only the rows of ``moved``
+        (records that came, went or changed status): each taken out and put back in its place, so a
+        status change costs a few comparisons instead of a sort of every operation."""
         keep = self.selected_id
-        ops: Iterable[Operation] = self.ops.values()
-        if self.filter_words:
-            ops = [op for op in ops if matches(op, self.filter_words)]
-        self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
-        self.short = unique_prefix_lengths(self.ops)  # among every operation the dashboard knows
+        moved = None if moved is None else set(moved)
+        if moved is None or len(moved) > INCREMENTAL or self.sort == "progress" or not self._place(moved):
+            ops: Iterable[Operation] = self.ops.values()
+            if self.filter_words:
+                ops = [op for op in ops if matches(op, self.filter_words)]
+            self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
+        if self.ops.keys() != self._short_of:  # a status change moves rows but changes no prefix
+            self.short = unique_prefix_lengths(self.ops)  # among every operation the dashboard knows
+            self._short_of = set(self.ops)
         if keep is not None:
             try:
                 self.cursor = self.ids.index(keep)
@@ -176,6 +187,22 @@ class OperationsTable(ScrollView, can_focus=True):
         self._scroll_to_cursor()
         self._announce()
         self.refresh()
+
+    def _place(self, moved: set[str]) -> bool:
+        """Take the ``moved`` rows out of the sorted view and insert each where it now belongs (if it is
+        still there and matches the filter). False: the view was not in order; sort everything."""
+        key = sort_key(self.sort, self.live)
+        ops = self.ops
+        kept = [op_id for op_id in self.ids if op_id not in moved] if moved & set(self.ids) else self.ids
+        try:
+            for op_id in moved:
+                op = ops.get(op_id)
+                if op is not None and (not self.filter_words or matches(op, self.filter_words)):
+                    insort(kept, op_id, key=lambda i: key(ops[i]))
+        except KeyError:  # a row whose record is gone without being named: sort everything
+            return False
+        self.ids = kept
+        return True
 
     def select(self, op_id: str) -> bool:
         """Put the cursor on this operation if it is in the view."""
