@@ -121,6 +121,11 @@ async def test_model_reads_acts_and_forgets_what_the_store_no_longer_has(setting
         model.keep(gone)
         await model.fetch({gone.id, b.id})
         assert gone.id not in model.ops and b.id in model.ops and model.store_ok
+        # The counts are kept as records come, change and go: they are those of a count done now.
+        await model.act("cancel", b.id)
+        await model.remove(b.id)
+        assert model.counts() == {Status.PAUSED: 1} == {op.status: 1 for op in model.ops.values()}
+        assert b.id in model.moved and gone.id in model.moved  # the rows the table moves, and only those
 
 
 async def test_model_reads_the_selected_log_from_its_tail_then_what_is_new_and_merges_all_logs(

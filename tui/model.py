@@ -81,6 +81,7 @@ class OperationsModel:
         self.checkpointed: set[str] = set()
         """Operations with a checkpoint saved since the screen last looked."""
         self.structure_dirty = False
+        self._counts: dict[Status, int] = dict.fromkeys(Status, 0)
         self.moved: set[str] = set()
         """The operations whose rows came, went or may have moved since the table last looked."""
         self.repaint = False
@@ -109,6 +110,9 @@ class OperationsModel:
         if old is None or old.status is not op.status or old.priority is not op.priority or old.name != op.name:
             self.structure_dirty = True
             self.moved.add(op.id)
+        if old is not None:
+            self._counts[old.status] -= 1
+        self._counts[op.status] += 1
         self.ops[op.id] = op
         self.repaint = True
         if op.status in ACTIVE:
@@ -122,10 +126,18 @@ class OperationsModel:
             self.checkpointed.add(event.operation_id)
 
     def counts(self) -> dict[Status, int]:
-        counts: dict[Status, int] = {}
-        for op in self.ops.values():
-            counts[op.status] = counts.get(op.status, 0) + 1
-        return counts
+        """Operations held per status (kept as records come, change and go: no pass over 10,000)."""
+        return {status: n for status, n in self._counts.items() if n}
+
+    def _drop(self, op_id: str) -> bool:
+        """Forget one record (it left the store); False if it was not held."""
+        op = self.ops.pop(op_id, None)
+        if op is None:
+            return False
+        self._counts[op.status] -= 1
+        self.moved.add(op_id)
+        self.structure_dirty = True
+        return True
 
     def queue_depth(self) -> dict[Priority, int]:
         depth = dict.fromkeys(Priority, 0)
@@ -163,9 +175,7 @@ class OperationsModel:
         self.store_ok = True
         self.last_full = time.monotonic()
         for gone in set(self.ops) - seen - self.active:
-            del self.ops[gone]
-            self.moved.add(gone)
-            self.structure_dirty = True
+            self._drop(gone)
         return True
 
     async def _read_pages(self, seen: set[str]) -> bool:
@@ -213,9 +223,7 @@ class OperationsModel:
             try:
                 self.keep(await self.engine.get(op_id))
             except OutlastError:
-                if self.ops.pop(op_id, None) is not None:
-                    self.moved.add(op_id)
-                    self.structure_dirty = True
+                self._drop(op_id)
             except Exception as e:
                 self.failed(e)
 
@@ -294,9 +302,7 @@ class OperationsModel:
         await self.engine.remove(op_id)
         self.refetch.discard(op_id)
         self.active.discard(op_id)
-        if self.ops.pop(op_id, None) is not None:
-            self.moved.add(op_id)
-            self.structure_dirty = True
+        self._drop(op_id)
 
     def reprioritise(self, op: Operation, up: bool) -> Priority:
         """The next priority up or down, shown at once: a second key press builds on this one."""

@@ -145,6 +145,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self.clock = clock
         self.ids: list[str] = []
         self.short: dict[str, int] = {}
+        self._shown: set[str] = set()
+        """The ids in ``ids``, for membership without a scan."""
         self._short_of: set[str] = set()
         """The ids ``short`` was computed over: computed again only when operations come or go."""
         self.sort = SORTS[0]
@@ -173,6 +175,7 @@ class OperationsTable(ScrollView, can_focus=True):
             if self.filter_words:
                 ops = [op for op in ops if matches(op, self.filter_words)]
             self.ids = [op.id for op in sorted(ops, key=sort_key(self.sort, self.live))]
+            self._shown = set(self.ids)
         if self.ops.keys() != self._short_of:  # a status change moves rows but changes no prefix
             self.short = unique_prefix_lengths(self.ops)  # among every operation the dashboard knows
             self._short_of = set(self.ops)
@@ -183,7 +186,9 @@ class OperationsTable(ScrollView, can_focus=True):
                 self.cursor = 0  # the selected operation was filtered out: back to the top
         else:
             self.cursor = 0
-        self.virtual_size = Size(self.size.width, len(self.ids) + 1)
+        size = Size(self.size.width, len(self.ids) + 1)
+        if size != self.virtual_size:  # a new virtual size lays out the whole screen: only when rows came or went
+            self.virtual_size = size
         self._scroll_to_cursor()
         self._announce()
         self.refresh()
@@ -193,15 +198,18 @@ class OperationsTable(ScrollView, can_focus=True):
         still there and matches the filter). False: the view was not in order; sort everything."""
         key = sort_key(self.sort, self.live)
         ops = self.ops
-        kept = [op_id for op_id in self.ids if op_id not in moved] if moved & set(self.ids) else self.ids
+        kept = self.ids
+        for op_id in moved & self._shown:
+            kept.remove(op_id)  # a scan in C: a few microseconds for 10,000 rows
+            self._shown.discard(op_id)
         try:
             for op_id in moved:
                 op = ops.get(op_id)
                 if op is not None and (not self.filter_words or matches(op, self.filter_words)):
                     insort(kept, op_id, key=lambda i: key(ops[i]))
+                    self._shown.add(op_id)
         except KeyError:  # a row whose record is gone without being named: sort everything
             return False
-        self.ids = kept
         return True
 
     def select(self, op_id: str) -> bool:
