@@ -666,3 +666,15 @@ async def test_rows_that_change_status_come_or_go_land_where_a_full_sort_puts_th
         stored = {op.id for op in await engine.list_operations()}
         assert set(app.ops) == stored, f"seed {seed}"
         assert SORTS.index(table.sort) == 2
+
+
+def test_the_dashboard_starts_without_importing_the_dialogs_it_has_not_opened() -> None:
+    """The launch form (pydantic field introspection, Select, Switch), the help and the hand-over are
+    imported when first opened, not on the way to the first paint."""
+    code = (
+        "import sys, tui.app; "
+        "bad = sorted(m for m in sys.modules if m in ('tui.screens.launch', 'tui.screens.help', 'tui.handover')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

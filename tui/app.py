@@ -40,13 +40,9 @@ from engine import (
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
-from .handover import REASON as HANDED_OVER
-from .handover import hand_over, spawn_worker
 from .model import OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import DashboardScreen
-from .screens.help import HelpScreen
-from .screens.launch import LaunchScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
 from .widgets.checkpoints import CheckpointsPane
 
@@ -387,6 +383,8 @@ class OutlastApp(App[int]):
             self.notify(f"theme {new}, saved in {saved}", timeout=3)
 
     def action_help(self) -> None:
+        from .screens.help import HelpScreen  # screens not shown at start are imported when first opened
+
         keys = [
             (b.key_display or b.key, self.ACTIONS_HELP[b.action][1])
             for b in [*self.BINDINGS, *DashboardScreen.BINDINGS]
@@ -395,6 +393,8 @@ class OutlastApp(App[int]):
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def action_launch(self) -> None:
+        from .screens.launch import LaunchScreen  # a quarter of the tui's own imports: not at start-up
+
         op = self.dashboard.selected_op
 
         def launched(spec: OperationSpec | None) -> None:
@@ -436,6 +436,9 @@ class OutlastApp(App[int]):
 
     async def _hand_over(self) -> None:
         """Quit, leaving the running work running: a background worker goes on with it."""
+        from .handover import REASON as HANDED_OVER
+        from .handover import hand_over, spawn_worker
+
         self.notify("handing the running operations over to a background worker...", timeout=30)
         queued = await hand_over(self.engine, self.settings.grace_period + 10)
         await self.stop_engine(HANDED_OVER)
