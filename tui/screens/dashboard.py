@@ -7,6 +7,7 @@ the logs pane's mode changed; reading the store and acting on operations is the 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,10 @@ from ..widgets.resources import ResourcesPane
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
+LIVE_REPAINT = 0.5
+"""Seconds between repaints of the table for live progress alone (as htop, a few times a second): the
+rows of 100 reporting operations at every frame were most of the dashboard's CPU. A key, a new record
+or a status change still repaints at the next frame."""
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
 TITLES = {
@@ -75,6 +80,7 @@ class DashboardScreen(Screen[None]):
         self.notes: list[str] = []
         """What the App adds to the status line (quitting, engine stopped, watch only)."""
         self._binding_state: tuple[object, ...] = ()
+        self._live_painted = 0.0
         self._reorder = False
         """The sort or the filter changed: every row is sorted again, not only those that moved."""
 
@@ -151,8 +157,9 @@ class DashboardScreen(Screen[None]):
             table.rebuild(None if self._reorder else moved)
             self._reorder = False
             self.update_statusline()
-        elif model.repaint or running or not table.fetched:
+        elif model.repaint or not table.fetched or (running and time.monotonic() - self._live_painted >= LIVE_REPAINT):
             model.repaint = False
+            self._live_painted = time.monotonic()
             table.refresh()
         self.show_selected()
 
