@@ -678,3 +678,23 @@ def test_the_dashboard_starts_without_importing_the_dialogs_it_has_not_opened() 
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_cursor_move_paints_only_its_two_rows_and_the_screen_is_what_a_full_repaint_shows(
+    seeded: Settings,
+) -> None:
+    """A key press repaints the row the cursor left and the one it reached (not the whole table): the
+    screen after the moves is exactly the screen after repainting everything."""
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        table.focus()
+        await pilot.press("down", "down", "down", "up")
+        await pilot.pause(0.3)
+        assert table.cursor == 2
+        moved = app.export_screenshot()
+        table.refresh()
+        await pilot.pause(0.3)
+        assert app.export_screenshot() == moved

@@ -17,7 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -253,10 +253,15 @@ class OperationsTable(ScrollView, can_focus=True):
             return
         row = max(0, min(len(self.ids) - 1, row))
         if row != self.cursor:
+            old, top = self.cursor, int(self.scroll_y)
             self.cursor = row
             self._scroll_to_cursor()
             self._announce()
-            self.refresh()
+            if int(self.scroll_y) == top:  # only the two rows the cursor left and reached are painted again
+                for r in (old, row):
+                    self.refresh(Region(0, r - top + 1, self.size.width, 1))
+            else:
+                self.refresh()
 
     def on_click(self, event: events.Click) -> None:
         if event.y >= 1:
