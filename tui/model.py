@@ -40,6 +40,9 @@ from engine import (
 
 STOPPED_POLL = 10.0
 """Seconds between reads of paused and interrupted operations (another process may cancel them)."""
+QUEUED_RECENT = 100
+"""Queued operations read every second: the newest (what was just submitted, by any process). A long
+queue is read whole every STOPPED_POLL: 1,250 waiting records read every second were most of a poll."""
 FULL_RELOAD = 300.0
 """Seconds between reads of every operation (records deleted or changed behind our back)."""
 PAGE = 2000
@@ -75,7 +78,7 @@ class OperationsModel:
         self.engine = engine
         self.ops: dict[str, Operation] = {}
         self.active: set[str] = set()
-        """Queued or running: polled every second."""
+        """Queued or running: the running and the newest queued polled every second, the rest every STOPPED_POLL."""
         self.refetch: set[str] = set()
         """Named by an event or an action: read again by id at the next frame."""
         self.checkpointed: set[str] = set()
@@ -194,15 +197,18 @@ class OperationsModel:
             offset += PAGE
 
     async def poll(self) -> None:
-        """Active operations; stopped ones every STOPPED_POLL; everything every FULL_RELOAD seconds.
-        What leaves the active set is read by id, so its final state is shown."""
+        """Running operations and the newest queued ones; the whole queue and the stopped ones every
+        STOPPED_POLL; everything every FULL_RELOAD seconds. What leaves the active set is read by id,
+        so its final state is shown."""
         now = time.monotonic()
         if now - self.last_full > FULL_RELOAD:
             await self.reload_all()
             return
+        whole = now - self.last_stopped > STOPPED_POLL
         try:
-            active = await self.engine.list_operations(statuses=list(ACTIVE))
-            if now - self.last_stopped > STOPPED_POLL:
+            active = await self.engine.list_operations(statuses=[Status.RUNNING])
+            queued = await self.engine.list_operations(statuses=[Status.QUEUED], limit=None if whole else QUEUED_RECENT)
+            if whole:
                 self.last_stopped = now
                 for op in await self.engine.list_operations(statuses=[Status.PAUSED, Status.INTERRUPTED]):
                     self.keep(op)
@@ -210,11 +216,20 @@ class OperationsModel:
             self.failed(e)
             return
         self.store_ok = True
-        now_active = {op.id for op in active}
+        whole = whole or len(queued) < QUEUED_RECENT
+        active += queued
+        seen = {op.id for op in active}
         for op in active:
             self.keep(op)
-        await self.fetch((self.active - now_active) | self.refetch)
-        self.active = now_active
+        # Not seen: gone from the active set, unless it is a queued one past the newest read (the
+        # whole queue's read finds it, or finds it gone).
+        left = {
+            op_id
+            for op_id in self.active - seen
+            if whole or (held := self.ops.get(op_id)) is None or held.status is not Status.QUEUED
+        }
+        await self.fetch(left | self.refetch)
+        self.active = {i for i in self.active | seen if (held := self.ops.get(i)) and held.status in ACTIVE}
 
     async def fetch(self, ids: Iterable[str]) -> None:
         """Read these records again by id; one that is gone from the store leaves the table."""
