@@ -75,7 +75,7 @@ def _child(bench: Bench, mode: str, state: Path, live: int, presses: int, window
 
 
 async def bench_dashboard(bench: Bench) -> list[Row]:
-    n_ops, live, presses, window, runs = bench.pick((10_000, 100, 12, 0.7, 3), (10_000, 100, 200, 8.0, 5))
+    n_ops, live, presses, window, runs = bench.pick((10_000, 100, 12, 2.0, 3), (10_000, 100, 200, 8.0, 5))
     if not module_exists("tui/app.py"):
         why = "tui/app.py not in the repository yet"
         return [unavailable("dashboard", *_figure(k, n_ops, live), why) for k in FIGURES]
@@ -278,7 +278,7 @@ async def child_dashboard(
         await _until(lambda: len(app.engine.running_ids) >= live, 60, f"{live} running")
         # The steady state: every record read (the first full read ends by stamping last_full).
         await _until(lambda: app.model.last_full > loading, 60, "every operation read")
-        await pilot.pause(0.5)
+        await pilot.pause(1.0)  # and the poll that follows it (the whole queue, the stopped ones) done
         n0 = len(frames)
         cpu = await _cpu_over(window)
         fps = (len(frames) - n0) / window
