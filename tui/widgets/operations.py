@@ -64,27 +64,25 @@ INCREMENTAL = 500
 
 
 def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Operation], tuple]:
-    """The key function for one sort; every sort ends with newest first, so the order is total."""
-
-    def created(op: Operation) -> float:
-        return -op.created_at
+    """The key function for one sort; every sort ends with newest first, then the id, so the order is
+    total (a moved row goes back exactly where a full sort puts it, even between equal times)."""
 
     if name == "status":
-        return lambda op: (STATUS_ORDER[op.status], created(op))
+        return lambda op: (STATUS_ORDER[op.status], -op.created_at, op.id)
     if name == "priority":
-        return lambda op: (_PRIO[op.priority.value], STATUS_ORDER[op.status], created(op))
+        return lambda op: (_PRIO[op.priority.value], STATUS_ORDER[op.status], -op.created_at, op.id)
     if name == "progress":
 
         def by_progress(op: Operation) -> tuple:
             p = live(op.id) or op.progress
-            return (-(p.percent or 0.0), created(op))
+            return (-(p.percent or 0.0), -op.created_at, op.id)
 
         return by_progress
     if name == "name":
-        return lambda op: (op.label.lower(), created(op))
+        return lambda op: (op.label.lower(), -op.created_at, op.id)
     if name == "type":
-        return lambda op: (op.type, created(op))
-    return lambda op: (created(op), op.id)
+        return lambda op: (op.type, -op.created_at, op.id)
+    return lambda op: (-op.created_at, op.id)
 
 
 def matches(op: Operation, words: list[str]) -> bool:
