@@ -571,3 +571,130 @@ def _collect(fd: int, into: bytearray) -> None:
     with contextlib.suppress(OSError):
         while chunk := os.read(fd, 65536):
             into += chunk
+
+
+async def test_remove_asks_naming_the_operation_and_only_yes_removes_it(seeded: Settings) -> None:
+    """d on a finished operation asks first, naming it (id, type, name, status) and what goes; escape
+    and n keep it; y deletes it from the store and the table. Queued and running work is refused in one
+    line that says to cancel it first, and nothing is asked."""
+    from textual.widgets import Label
+
+    from engine import NotFound
+
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    said: list[tuple[str, str]] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append((kw.get("severity", ""), str(message))), notify(message, **kw))[1]  # type: ignore[method-assign]
+    done = "06b4000000001"
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await select(pilot, done)
+        assert "d" in _keys(app)
+        for decline in ("escape", "n"):
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            text = " ".join(str(label.render()) for label in app.screen.query(Label))
+            for part in (done, "index monorepo", "codebase_indexing", "completed", "record, checkpoints and logs"):
+                assert part in text, text
+            await pilot.press(decline)
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert (await engine.store.get(done)).status is Status.COMPLETED
+            assert done in table.ids
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: done not in table.ids)
+        with pytest.raises(NotFound):
+            await engine.store.get(done)
+        assert len(table.ids) == 8
+        for refused, status in (("06b4000000005", Status.QUEUED), ("06b4000000008", Status.RUNNING)):
+            await select(pilot, refused)
+            await wait_for(pilot, lambda: "d" not in _keys(app))  # the footer offers it only where it applies
+            said.clear()
+            await pilot.press("d")
+            await wait_for(pilot, lambda: said)
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert said == [("warning", f"{refused} is {status.value}: cancel it first (c), then remove it (d)")]
+            assert (await engine.store.get(refused)).status is status
+
+
+async def test_rows_that_change_status_come_or_go_land_where_a_full_sort_puts_them(tui_settings: Settings) -> None:
+    """A status change, a new operation or a removed one moves only its own row (no sort of every
+    operation): after each round of changes made through the engine, under every sort and with a
+    filter, the table's order is exactly a full sort of what it holds. Seeded; the seed is printed."""
+    import random
+
+    from textual.widgets import Input
+
+    from tui.widgets.operations import SORTS, matches, sort_key
+
+    seed = int(os.environ.get("TUI_TEST_SEED") or random.randrange(2**32))
+    print(f"seed {seed} (TUI_TEST_SEED={seed} runs it again)")
+    rng = random.Random(seed)
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=3600.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for i in range(30):  # as the launch form submits: the model keeps what it submitted
+            await app.model.submit(OperationSpec(type="ledger", name=f"op {i % 7}", params={"items": 1}))
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 30)
+
+        def in_order() -> bool:
+            ops = [op for op in app.ops.values() if matches(op, table.filter_words)]
+            return table.ids == [op.id for op in sorted(ops, key=sort_key(table.sort, app.engine.live))]
+
+        for round_ in range(7):
+            if round_ in (3, 6):  # another sort, then a filter: every row sorted again, then moves within it
+                app.dashboard.action_sort()
+                if round_ == 6:  # typed into the filter box, as a person filters
+                    app.dashboard.query_one("#filter", Input).value = f"op {rng.randrange(7)}"
+                    await wait_for(pilot, lambda: table.filter_words)
+            for op in rng.sample(list(app.ops.values()), 6):
+                with contextlib.suppress(Exception):  # an action that does not apply to its status
+                    action = rng.choice(["cancel", "pause", "resume", "set_priority", "remove"])
+                    if action == "remove":
+                        await app.model.remove(op.id)
+                    elif action == "set_priority":
+                        await app.model.act(action, op.id, priority=rng.choice(list(Priority)))
+                    else:
+                        await app.model.act(action, op.id)
+            await app.model.submit(OperationSpec(type="ledger", name=f"op {round_}", params={"items": 1}))
+            app.model.refetch.update(app.ops)  # read every record again at the next frame
+            await wait_for(pilot, lambda: not app.model.refetch and not app.model.structure_dirty)
+            assert in_order(), f"round {round_}, sort {table.sort}, seed {seed}"
+        stored = {op.id for op in await engine.list_operations()}
+        assert set(app.ops) == stored, f"seed {seed}"
+        assert SORTS.index(table.sort) == 2
+
+
+def test_the_dashboard_starts_without_importing_the_dialogs_it_has_not_opened() -> None:
+    """The launch form (pydantic field introspection, Select, Switch), the help and the hand-over are
+    imported when first opened, not on the way to the first paint."""
+    code = (
+        "import sys, tui.app; "
+        "bad = sorted(m for m in sys.modules if m in ('tui.screens.launch', 'tui.screens.help', 'tui.handover')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_a_cursor_move_paints_only_its_two_rows_and_the_screen_is_what_a_full_repaint_shows(
+    seeded: Settings,
+) -> None:
+    """A key press repaints the row the cursor left and the one it reached (not the whole table): the
+    screen after the moves is exactly the screen after repainting everything."""
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        table.focus()
+        await pilot.press("down", "down", "down", "up")
+        await pilot.pause(0.3)
+        assert table.cursor == 2
+        moved = app.export_screenshot()
+        table.refresh()
+        await pilot.pause(0.3)
+        assert app.export_screenshot() == moved

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +123,11 @@ async def test_model_reads_acts_and_forgets_what_the_store_no_longer_has(setting
         model.keep(gone)
         await model.fetch({gone.id, b.id})
         assert gone.id not in model.ops and b.id in model.ops and model.store_ok
+        # The counts are kept as records come, change and go: they are those of a count done now.
+        await model.act("cancel", b.id)
+        await model.remove(b.id)
+        assert model.counts() == {Status.PAUSED: 1} == {op.status: 1 for op in model.ops.values()}
+        assert b.id in model.moved and gone.id in model.moved  # the rows the table moves, and only those
 
 
 async def test_model_reads_the_selected_log_from_its_tail_then_what_is_new_and_merges_all_logs(
@@ -153,3 +160,38 @@ def settings(state_dir: Path) -> Settings:
     from engine import load_settings
 
     return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
+
+
+async def test_poll_reads_the_newest_queued_every_second_and_the_whole_queue_rarely(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long queue is not read whole every second (1,250 waiting records were most of a poll): the
+    newest queued are (what another process just submitted shows at once); one further back that
+    another process cancelled shows cancelled at the whole queue's read, and is not forgotten before."""
+    import tui.model
+
+    monkeypatch.setattr(tui.model, "QUEUED_RECENT", 5)
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        ops = [await engine.submit({"type": "ledger", "name": f"q{i}", "params": {"items": 1}}) for i in range(12)]
+        model = OperationsModel(engine)
+        await model.first_read()
+        model.last_stopped = time.monotonic()  # the whole queue was just read
+        read: list[int] = []
+        listing = engine.list_operations
+
+        async def counted(*args: Any, **kw: Any) -> list[Operation]:
+            got = await listing(*args, **kw)
+            read.append(len(got))
+            return got
+
+        monkeypatch.setattr(engine, "list_operations", counted)
+        oldest, new = ops[0], await engine.submit({"type": "ledger", "name": "new", "params": {"items": 1}})
+        await engine.cancel(oldest.id)  # by another process, as far as the model knows
+        await model.poll()
+        assert max(read) == 5, read  # the newest queued only
+        assert new.id in model.ops and model.ops[oldest.id].status is Status.QUEUED
+        assert oldest.id in model.active  # not forgotten: the whole queue's read decides
+        model.last_stopped = 0.0
+        await model.poll()
+        assert model.ops[oldest.id].status is Status.CANCELLED and oldest.id not in model.active
+        assert model.active == {op.id for op in [*ops[1:], new]}

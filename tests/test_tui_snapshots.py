@@ -53,3 +53,14 @@ def test_main_screen_160x50(seeded: Settings, snap_compare: Any) -> None:
 
 def test_checkpoints_pane_80x24(seeded: Settings, snap_compare: Any) -> None:
     assert snap_compare(_app(seeded), terminal_size=(80, 24), run_before=_checkpoints)
+
+
+async def _remove_dialog(pilot: Pilot[Any]) -> None:
+    await _loaded(pilot)
+    await select(pilot, CHECKPOINTED)  # paused: the dialog also says it can no longer be resumed
+    await pilot.press("d")
+    await pilot.pause(0.3)
+
+
+def test_remove_dialog_80x24(seeded: Settings, snap_compare: Any) -> None:
+    assert snap_compare(_app(seeded), terminal_size=(80, 24), run_before=_remove_dialog)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from engine import Action, Operation, Priority, applies
+from engine import Action, Operation, Priority, Status, applies
 
 from . import format as fmt
 
@@ -28,6 +28,11 @@ KEY_ACTIONS: dict[str, KeyAction] = {
     "cancel": KeyAction("Cancel operation", "Cancel the selected operation (asks first)", Action.CANCEL),
     "pause": KeyAction("Pause operation", "Pause the selected operation with a checkpoint", Action.PAUSE),
     "resume": KeyAction("Resume operation", "Resume the selected operation from its newest checkpoint", Action.RESUME),
+    "remove": KeyAction(
+        "Remove operation",
+        "Remove the selected finished operation: its record, checkpoints and logs (asks first)",
+        Action.REMOVE,
+    ),
     "raise_priority": KeyAction("Raise priority", "Queued work: one priority level up", Action.PRIORITY),
     "lower_priority": KeyAction("Lower priority", "Queued work: one priority level down", Action.PRIORITY),
     "detail": KeyAction(
@@ -83,3 +88,20 @@ def resume_question(op: Operation | None, op_id: str, seq: int, items: int, newe
         f"Resume {op.label if op else op_id} from checkpoint {seq} ({fmt.count(items)} items done)? "
         f"{fmt.count(again)} item{'s' if again != 1 else ''} will be done again{dropped}."
     )
+
+
+def remove_refusal(op: Operation | None) -> str | None:
+    """Why ``op`` cannot be removed, and what to do, in one line (None: it can be, or none is selected).
+    Queued and running work is refused, as ``outlast rm`` refuses it: cancel it first."""
+    if op is None or applies(Action.REMOVE, op.status):
+        return None
+    return f"{op.id} is {op.status.value}: cancel it first (c), then remove it (d)"
+
+
+def remove_question(op: Operation) -> tuple[str, str]:
+    """The question asked before removing ``op`` (naming it), and what goes with it."""
+    question = f"Remove {op.label} ({op.id}, {op.type}, {op.status.value})?"
+    lost = "Its record, checkpoints and logs are deleted from the store; files it wrote stay."
+    if op.status in (Status.PAUSED, Status.INTERRUPTED):
+        lost += " It can no longer be resumed."
+    return question, lost

@@ -39,14 +39,10 @@ from engine import (
 )
 
 from . import format as fmt
-from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, resume_question
-from .handover import REASON as HANDED_OVER
-from .handover import hand_over, spawn_worker
+from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
 from .model import OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import DashboardScreen
-from .screens.help import HelpScreen
-from .screens.launch import LaunchScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
 from .widgets.checkpoints import CheckpointsPane
 
@@ -72,6 +68,8 @@ class OutlastApp(App[int]):
         Binding("c", "cancel", "Cancel"),
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
+        Binding("d,delete", "remove", "Remove", key_display="d"),
+        Binding("d,delete", "refuse_remove", show=False),  # the same key where remove does not apply
         Binding("plus", "raise_priority", "Prio+", key_display="+"),
         Binding("minus", "lower_priority", "Prio-", key_display="-"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -263,7 +261,10 @@ class OutlastApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the keys that apply to the selected operation are active (and shown in the footer)."""
         if self.screen is not self.screen_stack[0]:
-            return action not in self.ACTIONS_HELP  # a dialog is open: its keys, not the dashboard's
+            # A dialog is open: its keys, not the dashboard's.
+            return action not in self.ACTIONS_HELP and action != "refuse_remove"
+        if action == "refuse_remove":
+            return remove_refusal(self.dashboard.selected_op) is not None
         return self._applies(action)
 
     def _applies(self, action: str) -> bool:
@@ -307,6 +308,29 @@ class OutlastApp(App[int]):
     def action_resume(self) -> None:
         if op := self.dashboard.selected_op:
             self._act("resumed", "resume", op.id)
+
+    def action_refuse_remove(self) -> None:
+        """d on queued or running work: one line saying why not and what to do (the footer hides d there)."""
+        if refusal := remove_refusal(self.dashboard.selected_op):
+            self.notify(refusal, severity="warning")
+
+    def action_remove(self) -> None:
+        """Remove a finished operation, after a question naming it and saying what goes."""
+        op = self.dashboard.selected_op
+        if op is None:
+            return
+
+        async def go() -> None:
+            await self.model.remove(op.id)
+            self.notify(f"removed: {op.id}", timeout=3)
+            self._on_frame()
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._work(go(), "act", "removing")
+
+        question, explain = remove_question(op)
+        self.push_screen(ConfirmScreen(question, yes="Remove it", explain=explain), answer)
 
     @on(CheckpointsPane.ResumeFrom)
     def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
@@ -359,6 +383,8 @@ class OutlastApp(App[int]):
             self.notify(f"theme {new}, saved in {saved}", timeout=3)
 
     def action_help(self) -> None:
+        from .screens.help import HelpScreen  # screens not shown at start are imported when first opened
+
         keys = [
             (b.key_display or b.key, self.ACTIONS_HELP[b.action][1])
             for b in [*self.BINDINGS, *DashboardScreen.BINDINGS]
@@ -367,6 +393,8 @@ class OutlastApp(App[int]):
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def action_launch(self) -> None:
+        from .screens.launch import LaunchScreen  # a quarter of the tui's own imports: not at start-up
+
         op = self.dashboard.selected_op
 
         def launched(spec: OperationSpec | None) -> None:
@@ -408,6 +436,9 @@ class OutlastApp(App[int]):
 
     async def _hand_over(self) -> None:
         """Quit, leaving the running work running: a background worker goes on with it."""
+        from .handover import REASON as HANDED_OVER
+        from .handover import hand_over, spawn_worker
+
         self.notify("handing the running operations over to a background worker...", timeout=30)
         queued = await hand_over(self.engine, self.settings.grace_period + 10)
         await self.stop_engine(HANDED_OVER)

@@ -19,14 +19,18 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: str, yes: str = "Yes") -> None:
+    def __init__(self, question: str, yes: str = "Yes", explain: str = "") -> None:
         super().__init__()
         self.question = question
         self.yes = yes
+        self.explain = explain
+        """Under the question, muted: what answering yes does (what goes, what stays)."""
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(printable(self.question), classes="question", markup=False)
+            if self.explain:
+                yield Label(printable(self.explain), classes="explain", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes")
                 yield Button("No (n)", id="no")

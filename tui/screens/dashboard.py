@@ -7,6 +7,7 @@ the logs pane's mode changed; reading the store and acting on operations is the 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,10 @@ from ..widgets.resources import ResourcesPane
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
+LIVE_REPAINT = 0.5
+"""Seconds between repaints of the table for live progress alone (as htop, a few times a second): the
+rows of 100 reporting operations at every frame were most of the dashboard's CPU. A key, a new record
+or a status change still repaints at the next frame."""
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
 TITLES = {
@@ -75,6 +80,9 @@ class DashboardScreen(Screen[None]):
         self.notes: list[str] = []
         """What the App adds to the status line (quitting, engine stopped, watch only)."""
         self._binding_state: tuple[object, ...] = ()
+        self._live_painted = 0.0
+        self._reorder = False
+        """The sort or the filter changed: every row is sorted again, not only those that moved."""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
@@ -145,10 +153,13 @@ class DashboardScreen(Screen[None]):
         if model.structure_dirty:
             model.structure_dirty = False
             model.repaint = False
-            table.rebuild()
+            moved, model.moved = model.moved, set()
+            table.rebuild(None if self._reorder else moved)
+            self._reorder = False
             self.update_statusline()
-        elif model.repaint or running or not table.fetched:
+        elif model.repaint or not table.fetched or (running and time.monotonic() - self._live_painted >= LIVE_REPAINT):
             model.repaint = False
+            self._live_painted = time.monotonic()
             table.refresh()
         self.show_selected()
 
@@ -230,7 +241,8 @@ class DashboardScreen(Screen[None]):
         if table.sort != SORTS[0]:
             parts.append(f"sort {table.sort}")
         parts += [f"[b]{note}[/b]" for note in self.notes]
-        self.query_one("#statusline", Static).update(" · ".join(parts))
+        # One line high whatever it says: no layout of the whole screen (a tenth of a second here).
+        self.query_one("#statusline", Static).update(" · ".join(parts), layout=False)
 
     # ---- the table: sort and filter --------------------------------------------------------------
 
@@ -251,7 +263,7 @@ class DashboardScreen(Screen[None]):
 
     def action_sort(self) -> None:
         self.table.sort = SORTS[(SORTS.index(self.table.sort) + 1) % len(SORTS)]
-        self.model.structure_dirty = True
+        self.model.structure_dirty = self._reorder = True
         self.refresh_view(running=False)
 
     def action_filter(self) -> None:
@@ -262,7 +274,7 @@ class DashboardScreen(Screen[None]):
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.table.filter_words = event.value.lower().split()
-        self.model.structure_dirty = True
+        self.model.structure_dirty = self._reorder = True
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:

@@ -86,10 +86,12 @@ class DetailPane(VerticalScroll, can_focus=True):
             self._last = ()
             self._body.update(Text("no operation selected", style="dim"))
             return
-        p = live or op.progress
-        key = (op.id, op.updated_at, p.done, p.step, p.message, int(self.clock()), full is not None, self.app.theme)
+        # A running operation: its live figures once a second (the table's row moves at every frame; a
+        # layout of this pane at 5 Hz was most of a frame). Any other: when its record changes.
+        when = int(self.clock()) if op.status is Status.RUNNING else op.updated_at
+        key = (op.id, op.status, when, full is not None, self.app.theme)
         if key == self._last:
-            return  # nothing shown would change: no new layout, no repaint
+            return  # nothing shown would change, or not for long: no new layout, no repaint
         self._last = key
         renderable, lengths = self.render_op(op, live, full)
         # Estimated lines (values wrap in the column right of the keys); a layout of the whole screen

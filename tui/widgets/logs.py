@@ -32,7 +32,8 @@ class LogsPane(RichLog):
         self.op_id = op_id
         self.log_offset = 0
         self.offsets = {}
-        self.clear()
+        if not self.empty:  # an empty log still saying so stays as it is: no layout at every selection
+            self.clear()
         self.empty = True
 
     def add(self, records: list[LogRecord], with_id: bool = False) -> None:
