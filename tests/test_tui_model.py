@@ -191,7 +191,10 @@ async def test_poll_reads_the_newest_queued_every_second_and_the_whole_queue_rar
         assert max(read) == 5, read  # the newest queued only
         assert new.id in model.ops and model.ops[oldest.id].status is Status.QUEUED
         assert oldest.id in model.active  # not forgotten: the whole queue's read decides
+        await engine.store.set_slots(4)  # by another process: read with the whole queue
+        assert model.store_slots is None
         model.last_stopped = 0.0
         await model.poll()
         assert model.ops[oldest.id].status is Status.CANCELLED and oldest.id not in model.active
         assert model.active == {op.id for op in [*ops[1:], new]}
+        assert model.store_slots == 4 and [model.ops[op.id].handle for op in ops[:2]] == [1, 2]

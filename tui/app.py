@@ -34,6 +34,7 @@ from engine import (
     OutlastError,
     Progress,
     Settings,
+    Status,
     handlers,
     save_setting,
 )
@@ -246,6 +247,9 @@ class OutlastApp(App[int]):
             notes.append("waiting for running work to finish, then quitting")
         elif self.watch_only:
             notes.append("watch only (w runs queued work)")
+        if self.model.store_slots is not None:
+            running = self.model.counts().get(Status.RUNNING, 0)
+            notes.append(f"store slots {running}/{self.model.store_slots}")
         if self.engine_error:
             notes.append(f"engine stopped: {self.engine_error}")
         elif not self.model.store_ok:

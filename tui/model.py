@@ -89,6 +89,8 @@ class OperationsModel:
         """The operations whose rows came, went or may have moved since the table last looked."""
         self.repaint = False
         self.store_ok = True
+        self.store_slots: int | None = None
+        """The store-wide slot count (``outlast slots``), read with the whole queue (None: not set)."""
         self.errors: deque[str] = deque(maxlen=20)
         """One line per store failure that began (not one per failed poll), for the screen to show."""
         self.history: deque[ResourceSample] = deque(maxlen=HISTORY)
@@ -212,6 +214,7 @@ class OperationsModel:
                 self.last_stopped = now
                 for op in await self.engine.list_operations(statuses=[Status.PAUSED, Status.INTERRUPTED]):
                     self.keep(op)
+                self.store_slots = await self.engine.store.get_slots()
         except Exception as e:
             self.failed(e)
             return

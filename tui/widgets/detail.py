@@ -136,7 +136,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         result = full.result if full is not None else op.result
         if result is not None and op.status is Status.COMPLETED:
             row("result", result_summary(result))
-        row("id", op.id)
+        row("id", op.id + (f"  (#{op.handle})" if op.handle is not None else ""))
         row("type", op.type + (f"  ({op.name})" if op.name else ""))
         if full is not None and full.params:
             row("params", " ".join(f"{k}={v}" for k, v in full.params.items()))

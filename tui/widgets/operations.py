@@ -38,6 +38,7 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
+    Column("handle", "#", 5, right=True),
     Column("id", "ID", 13),
     Column("name", "NAME", 0),
     Column("type", "TYPE", 24),
@@ -50,7 +51,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("left", "LEFT", 7, right=True),
     Column("priority", "PRIO", 6),
 )
-DROP_ORDER = ("type", "elapsed", "rate", "left", "items", "eta")
+DROP_ORDER = ("type", "elapsed", "rate", "left", "handle", "items", "eta")
 """Columns given up, in this order, when the terminal is too narrow for all of them."""
 NAME_MIN = 10
 BAR = 9
@@ -362,12 +363,15 @@ class OperationsTable(ScrollView, can_focus=True):
                 out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
             value, style = self._cell(col.key, op, p, now)
-            value = set_cell_size(value, w) if col.key in ("name", "type") else value[:w]
+            if col.key != "handle":  # a handle past 99,999 widens its row rather than show another number
+                value = set_cell_size(value, w) if col.key in ("name", "type") else value[:w]
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
         return out
 
     def _cell(self, key: str, op: Operation, p: Progress, now: float) -> tuple[str, Style | None]:
         running = op.status is Status.RUNNING
+        if key == "handle":  # what to type in a shell: outlast watch 12
+            return ("" if op.handle is None else str(op.handle)), None
         if key == "id":
             return op.id, self._style("ops--dim")
         if key == "name":
