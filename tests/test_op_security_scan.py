@@ -352,16 +352,16 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_report(
     root = tmp_path / "tree"
     # bandit parses every Python file and detect-secrets reads every line: slow enough to be killed mid-way.
     body = "".join(f"def f{i}(x):\n    return yaml.safe_load(x) or {i}\n\n" for i in range(10))
-    for i in range(100):
+    for i in range(200):
         d = root / f"pkg{i // 20:02d}"
         d.mkdir(parents=True, exist_ok=True)
         extra = f'eval(src)\nDB_PASSWORD = "{S["password"]}{i}"\n' if i % 20 == 7 else ""
         (d / f"m{i:04d}.py").write_text(f"import yaml\n{extra}{body}")
-    (root / "pkg04" / "blob.bin").write_bytes(b"\0" * 64)
+    (root / "pkg07" / "blob.bin").write_bytes(b"\0" * 64)
     monkeypatch.setenv("OUTLAST_WORKERS", "0")
     code, whole, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}/a.json")
     assert code == 0, err
-    assert whole["result"]["findings"] == 15 and whole["result"]["skipped"] == {"binary": 1}  # B307, B105, keyword
+    assert whole["result"]["findings"] == 30 and whole["result"]["skipped"] == {"binary": 1}  # B307, B105, keyword
     monkeypatch.setenv("OUTLAST_WORKERS", "2")
     op_id = submit(cli, "security_scan", {"root": str(root), "output": f"{tmp_path}/b.json"}, "checkpoint_interval=0.2")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op.id).get("bytes", 0) > 0)
