@@ -236,19 +236,19 @@ def test_max_body_size_sets_the_limit(start_server) -> None:
 
 
 def test_websocket_snapshot_frames_fit_the_client_default(start_server) -> None:
-    """1000 queued operations with names and tags well within the model limits make a snapshot of
-    more than 1 MiB: it comes in frames that a client with the default 1 MiB limit reads."""
+    """200 queued operations with names and tags within the model limits (50 tags of 200 characters)
+    make a snapshot of more than 1 MiB: it comes in frames that a client with the default 1 MiB limit reads."""
     ws_client = pytest.importorskip("websockets.sync.client")
     from concurrent.futures import ThreadPoolExecutor
 
     srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: all stay queued (active)
-    tags = {f"tag{i}": "v" * 100 for i in range(5)}
+    tags = {f"tag{i}": "v" * 190 for i in range(40)}
 
     def submit(i: int) -> str:
         return srv.submit(params={"items": 1}, name=f"{i:04d}-" + "n" * 150, tags=tags)
 
     with ThreadPoolExecutor(4) as pool:
-        ids = set(pool.map(submit, range(1000)))
+        ids = set(pool.map(submit, range(200)))
     frames: list[str] = []
     seen: list[str] = []
     with ws_client.connect(f"{srv.ws_url}/api/operations/progress", open_timeout=30) as ws:  # max_size: 1 MiB
