@@ -160,7 +160,7 @@ async def test_two_workers_with_pauses_never_orphan_a_live_attempt(settings: Set
     orphaned, every item runs exactly once, and every result is the uninterrupted one."""
     seed = SEED
     rng = random.Random(seed)
-    n_ops, items = (12, 300) if SOAK else (4, 120)
+    n_ops, items = (12, 300) if SOAK else (4, 80)
     logs = [tmp_path / f"items-{i}.log" for i in range(n_ops)]
     env = {**os.environ, "OUTLAST_STATE_DIR": str(settings.state_dir), "OUTLAST_AUTO_RESUME": "1"}
     async with make_engine(settings, run_queue=False) as ctl:
