@@ -297,18 +297,24 @@ async def bench_resume(bench: Bench) -> list[Row]:
     ]
 
 
-def _sqlite_floor(directory: Any, n: int) -> list[float]:
-    """A durable SQLite commit (WAL, synchronous=FULL) of the rows a checkpoint writes, no engine, no thread hop."""
+def _floor_db(directory: Any) -> Any:
+    """A new SQLite database with the store's schema (WAL, synchronous=FULL) for a floor: no engine, no thread hop."""
     import sqlite3
 
     from engine.store.sqlite.schema import SCHEMA
 
     directory.mkdir(parents=True)
     conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def _sqlite_floor(directory: Any, n: int) -> list[float]:
+    """A durable SQLite commit of the rows a checkpoint writes."""
+    conn = _floor_db(directory)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
         payload = json.dumps({"state": state_5kb()}).encode()
         out = []
         for seq in range(1, n + 1):
@@ -401,17 +407,9 @@ async def bench_submit(bench: Bench) -> list[Row]:
 
 
 def _submit_floor(directory: Any, n: int) -> list[float]:
-    """A durable SQLite commit (WAL, synchronous=FULL) of one operation row, no engine, no thread hop."""
-    import sqlite3
-
-    from engine.store.sqlite.schema import SCHEMA
-
-    directory.mkdir(parents=True)
-    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    """A durable SQLite commit of one operation row."""
+    conn = _floor_db(directory)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
         record = json.dumps({"type": "bench_noop", "params": {}, "status": "queued", "pad": "x" * 600})
         out = []
         for i in range(n):
