@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -145,7 +146,8 @@ class OutlastApp(App[int]):
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
-        work = self._hang_up() if sig == signal.SIGHUP else self._quit_now("the dashboard was asked to stop (SIGTERM)")
+        why = "the dashboard was asked to stop (SIGTERM)"
+        work = self._hang_up if sig == signal.SIGHUP else functools.partial(self._quit_now, why)
         self._work(work, "quit", "quitting", exclusive=True)
 
     async def _hang_up(self) -> None:
@@ -165,9 +167,16 @@ class OutlastApp(App[int]):
 
     # ---- the engine, in workers ------------------------------------------------------------------
 
-    def _work(self, call: Coroutine[Any, Any, Any], group: str, name: str, exclusive: bool = False) -> Worker[Any]:
-        """Run ``call`` in a worker whose failure goes to ``on_worker_state_changed``; ``name`` says what
-        it was doing, for the error line."""
+    def _work(
+        self,
+        call: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]],
+        group: str,
+        name: str,
+        exclusive: bool = False,
+    ) -> Worker[Any]:
+        """Run ``call`` (a coroutine, or an async callable: what an exclusive group may cancel before it
+        starts should be a callable) in a worker whose failure goes to ``on_worker_state_changed``;
+        ``name`` says what it was doing, for the error line."""
         return self.run_worker(call, name=name, group=group, exclusive=exclusive, exit_on_error=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -208,7 +217,7 @@ class OutlastApp(App[int]):
 
     def _poll(self) -> None:
         if self.engine_started:
-            self._work(self._poll_once(), "poll", "reading the store", exclusive=True)
+            self._work(self._poll_once, "poll", "reading the store", exclusive=True)
 
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
@@ -225,7 +234,9 @@ class OutlastApp(App[int]):
         """Everything the screen shows, refreshed at most once per frame."""
         model = self.model
         if model.refetch and self.engine_started:
-            self._work(model.fetch(set(model.refetch)), "refetch", "reading operations", exclusive=True)
+            self._work(
+                functools.partial(model.fetch, set(model.refetch)), "refetch", "reading operations", exclusive=True
+            )
         with contextlib.suppress(NoMatches):  # the panes are gone: the app is closing
             self.dashboard.notes = self._notes()
             self.dashboard.refresh_view(bool(self.engine.running_ids))

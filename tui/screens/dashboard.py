@@ -7,6 +7,7 @@ the logs pane's mode changed; reading the store and acting on operations is the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -46,7 +47,9 @@ TITLES = {
 }
 
 
-Work = Callable[[Coroutine[Any, Any, Any], str, str, bool], Worker[Any]]
+Work = Callable[[Callable[[], Coroutine[Any, Any, Any]], str, str, bool], Worker[Any]]
+"""Runs ``call()`` in a worker: a callable, so that a worker an exclusive group cancels before it
+starts leaves no coroutine that was never awaited."""
 """``work(coroutine, group, what, exclusive)``."""
 
 
@@ -187,12 +190,13 @@ class DashboardScreen(Screen[None]):
         """Read the selected operation's checkpoints and log (new lines only when polling)."""
         if poll and not (self.selected and self.selected in self.model.ops):
             return
-        self.work(self._side_panes(self.selected, logs, debounce), "side", "reading the selected operation", True)
+        read = functools.partial(self._side_panes, self.selected, logs, debounce)
+        self.work(read, "side", "reading the selected operation", True)
 
     def load_all_logs(self) -> None:
         """In the logs pane's all-operations mode: every operation's new log lines."""
         if self.query_one(LogsPane).mode == "all":
-            self.work(self._all_logs(), "all-logs", "reading the logs", True)
+            self.work(self._all_logs, "all-logs", "reading the logs", True)
 
     async def _side_panes(self, op_id: str | None, logs: bool, debounce: bool) -> None:
         # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.

@@ -81,10 +81,15 @@ def ensure_handles(conn: sqlite3.Connection) -> None:
     """Add the handles table to a store made before it existed (schema 1 without it; an additive
     change, so older versions still read the file: their operations just have no handle)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='handles'").fetchone() is None:
-        conn.executescript(
-            "BEGIN IMMEDIATE;CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " op_id TEXT NOT NULL UNIQUE);COMMIT;"
-        )
+        try:
+            conn.executescript(
+                "BEGIN IMMEDIATE;CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " op_id TEXT NOT NULL UNIQUE);COMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:  # a read-only or full disk: leave no transaction open behind
+                conn.execute("ROLLBACK")
+            raise
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
