@@ -266,13 +266,14 @@ async def test_many_processes_share_one_state_dir(settings: Settings) -> None:
             for _ in range(12)
         ]
     runners: dict[str, list[str]] = {"a": [], "b": []}
-    async with make_engine(settings) as a, make_engine(settings) as b:
-        for name, e in (("a", a), ("b", b)):
-            e.subscribe(
-                lambda ev, name=name: (
-                    runners[name].append(ev.operation_id) if getattr(ev, "status", None) is Status.RUNNING else None
-                )
+    a, b = make_engine(settings), make_engine(settings)
+    for name, e in (("a", a), ("b", b)):  # before they start: an engine claims as soon as it starts
+        e.subscribe(
+            lambda ev, name=name: (
+                runners[name].append(ev.operation_id) if getattr(ev, "status", None) is Status.RUNNING else None
             )
+        )
+    async with a, b:
         for i in ids:
             assert (await a.wait(i, timeout=30)).status is Status.COMPLETED
     ran = runners["a"] + runners["b"]
