@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .models import MAX_SECONDS, InvalidInput
 from .paths import config_dir as config_dir  # re-exported: they were defined here
+from .paths import config_file as find_config_file
 from .paths import default_config_file, default_state_dir
 from .profiles import TimeoutProfile, profile_for
 
@@ -162,10 +163,9 @@ def load_settings(
 ) -> Settings:
     """Build the effective settings; ``overrides`` that are None are ignored (unset flags)."""
     env = dict(os.environ) if env is None else env
-    explicit_file = config_file is not None or bool(env.get("OUTLAST_CONFIG"))
-    path = Path(config_file or env.get("OUTLAST_CONFIG") or default_config_file()).expanduser()
+    path = find_config_file(config_file, env)
     layers: list[tuple[str, dict[str, Any]]] = []
-    if path.exists() or explicit_file:
+    if path is not None:
         layers.append((str(path), _read_toml(path)))
     try:
         layers.append(("environment", _from_env(env)))

@@ -4,6 +4,7 @@ command can find the state dir and the config file without loading the settings 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -26,3 +27,11 @@ def config_dir() -> Path:
 
 def default_config_file() -> Path:
     return config_dir() / "config.toml"
+
+
+def config_file(given: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """The config file the settings are read from: the one given (``--config``, else OUTLAST_CONFIG),
+    even if it is missing (reading it says so); else the default one if it exists; None: no file."""
+    explicit = given is not None or bool(env.get("OUTLAST_CONFIG"))
+    path = Path(given or env.get("OUTLAST_CONFIG") or default_config_file()).expanduser()
+    return path if explicit or path.exists() else None

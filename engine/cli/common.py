@@ -15,7 +15,7 @@ import click
 
 from ..errors import InvalidInput
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
-from ..paths import default_config_file, default_state_dir
+from ..paths import config_file, default_state_dir
 
 if TYPE_CHECKING:  # loaded by the commands that use them: ``--help`` and ``ls`` start without pydantic
     from ..config import Settings
@@ -108,12 +108,8 @@ class App:
         return self._settings
 
     def _config_file(self) -> Path | None:
-        """The config file the settings are read from, if any (given, or the default one if it exists)."""
-        given = self.config if self.config is not None else os.environ.get("OUTLAST_CONFIG")
-        if given:
-            return Path(given).expanduser()
-        default = default_config_file()
-        return default if default.exists() else None
+        """The config file the settings are read from, if any (as ``load_settings`` finds it)."""
+        return config_file(self.config, os.environ)
 
     def _defaults_but_config(self) -> bool:
         """No --store or --plugin, and no OUTLAST_* setting but the state dir and the config file: then
