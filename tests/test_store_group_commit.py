@@ -192,3 +192,25 @@ async def test_the_wal_is_folded_in_when_the_store_is_idle(tmp_path: Path, monke
         for _ in range(10):
             await store.create(record())  # from the WAL's start, over blocks it has
         assert wal.stat().st_size == before, f"the WAL grew from {before} to {wal.stat().st_size} bytes after idling"
+
+
+async def test_a_store_that_never_idles_keeps_its_wal_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load with no idle moment the WAL is folded in every WAL_COMMITS commits, so its file stops
+    growing near that many commits' frames (a growing WAL costs each commit about twice a reused one)."""
+    monkeypatch.setattr(sqlite_worker, "IDLE_CHECKPOINT", 3600.0)  # never idle long enough
+    monkeypatch.setattr(sqlite_worker, "WAL_COMMITS", 20)
+    wal = tmp_path / "state" / "outlast.db-wal"
+    async with LocalStore(tmp_path / "state") as store:
+
+        def record() -> Operation:
+            now = time.time()
+            return Operation(id=new_id(), type="x", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+
+        before = wal.stat().st_size
+        for _ in range(10):
+            await store.create(record())
+        per_commit = (wal.stat().st_size - before) / 10
+        for _ in range(90):
+            await store.create(record())
+        assert store.worker.wal_checkpoints >= 4
+        assert wal.stat().st_size <= before + 25 * per_commit, f"the WAL grew to {wal.stat().st_size} bytes"

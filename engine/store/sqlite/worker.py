@@ -15,10 +15,13 @@ whichever commit crosses SQLite's auto-checkpoint threshold (the connection turn
 folded in between two groups, so the WAL stays bounded.
 
 Once folded in, the WAL starts over from its beginning and is not truncated: the next commits
-overwrite blocks the file already has, and their fsync has no file size to write (about half the
-cost of an appending commit here). After a write failed (a full disk) nothing is folded in until a
-commit succeeds again, so a store that cannot write stays so (said once, exit 8) instead of
-flickering between failing and not.
+overwrite blocks the file already has, and their fsync has no file size to write. A commit that
+grows the WAL cost 1.6-2x one that reuses it here (1,700-2,100 against 3,100-3,400 commits/s of an
+operation row), so the WAL is kept small: folded every ``WAL_COMMITS`` commits (about 4.5 MB of
+submits, near SQLite's own 1,000-page default; one fold about 1.5 ms) rather than grown for
+thousands of commits (84 MB after 2,000 submits with no fold). After a write failed (a full disk)
+nothing is folded in until a commit succeeds again, so a store that cannot write stays so (said
+once, exit 8) instead of flickering between failing and not.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ MAX_GROUP = 256
 IDLE_CHECKPOINT = 0.005
 """Seconds without a job after which the thread folds the WAL into the database file."""
 
-IDLE_FOLD = 200
-"""Commits in the WAL before an idle moment folds them in (about SQLite's 1,000-page default)."""
+IDLE_FOLD = 25
+"""Commits in the WAL before an idle moment folds them in."""
 
-WAL_COMMITS = 1000
-"""Commits after which the WAL is folded in even without an idle moment (bounds its size)."""
+WAL_COMMITS = 100
+"""Commits after which the WAL is folded in even without an idle moment (keeps it small, so reused)."""
 
 
 @dataclass
