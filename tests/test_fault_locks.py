@@ -222,3 +222,38 @@ async def _pause_and_resume(engine: Engine, op_id: str) -> bool:
 
 async def _settled(engine: Engine, op_id: str) -> bool:
     return (await engine.get(op_id)).status is not Status.RUNNING
+
+
+@pytest.mark.parametrize("rival_holds", [True, False])
+def test_a_lock_taken_on_a_file_deleted_meanwhile_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rival_holds: bool
+) -> None:
+    """The race itself, made to happen every time: between our open and our flock, the holder lets go
+    (deletes the file) and a rival makes and locks a new one at the path. Our flock on the deleted
+    file must not count: with the rival holding the new file we get nothing; once it let go too we
+    hold the file that is at the path."""
+    from engine.store.sqlite import locks
+
+    path = tmp_path / "op.lock"
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    real_flock = locks.fcntl.flock
+    rival: list[int] = []
+
+    def flock_after_the_race(fd: int, how: int) -> None:
+        if not rival:
+            locks.unlock(path, holder)  # the holder lets go: the file we opened has no name now
+            rival.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            real_flock(rival[0], locks.fcntl.LOCK_EX | locks.fcntl.LOCK_NB)
+            if not rival_holds:
+                os.close(rival[0])  # the rival only probed: the new file stays, unlocked
+        real_flock(fd, how)
+
+    monkeypatch.setattr(locks.fcntl, "flock", flock_after_the_race)
+    fd = locks.try_lock(path)
+    if rival_holds:
+        assert fd is None
+        os.close(rival[0])
+    else:
+        assert fd is not None
+        assert os.fstat(fd).st_ino == path.stat().st_ino, "the lock is on a file that is not at the path"
+        locks.unlock(path, fd)

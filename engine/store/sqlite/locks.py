@@ -15,8 +15,9 @@ def try_lock(path: Path) -> int | None:
 
     The lock is the file *at the path*: the holder deletes it when letting go (``unlock``), so a
     process that opened the path just before may get the flock on the deleted file while another
-    makes and locks a new one. Such a lock is checked for (the open file is no longer the one at
-    the path) and taken again on the file that is."""
+    makes and locks a new one. Such a lock is checked for (the open file has no name left: a lock
+    file is only ever made at its path and deleted, never renamed or linked, so a file that still
+    has a name is the one at the path) and taken again on the file that is."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -25,15 +26,12 @@ def try_lock(path: Path) -> int | None:
             os.close(fd)
             return None
         try:
-            here, mine = os.stat(path), os.fstat(fd)
-            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            if os.fstat(fd).st_nlink > 0:
                 return fd
-        except FileNotFoundError:
-            pass  # let go of and deleted since we opened it
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)
+        os.close(fd)  # let go of and deleted since we opened it
 
 
 def unlock(path: Path, fd: int) -> None:

@@ -55,6 +55,15 @@ def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
     return op.model_copy(update={**fields, "updated_at": time.time()})
 
 
+_HEADS = " UNION ALL ".join(
+    "SELECT * FROM (SELECT rank, queued_at, id FROM operations INDEXED BY ops_claim"
+    " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?) ORDER BY queued_at, id LIMIT 8)"
+    for _ in RANKS
+)
+"""The first 8 claimable operations of each priority level, in one statement (one step of the SQLite
+thread instead of one per level: each step lets go of the GIL and waits to get it back)."""
+
+
 def _slots_full(conn: sqlite3.Connection) -> bool:
     """Whether the store's slots (``meta`` 'slots') are all in use: read inside the claim's write
     transaction, so the count of running operations cannot change before the claim commits."""
@@ -67,8 +76,11 @@ def _slots_full(conn: sqlite3.Connection) -> bool:
 
 
 def _put(conn: sqlite3.Connection, op: Operation) -> None:
+    """Write ``op`` back; a settled operation's pending control (pause, cancel) goes with it, in the same
+    statement (a second one costs the SQLite thread another wait for the GIL)."""
     conn.execute(
-        "UPDATE operations SET status=?, rank=?, queued_at=?, not_before=?, epoch=?, record=? WHERE id=?",
+        "UPDATE operations SET status=?, rank=?, queued_at=?, not_before=?, epoch=?, record=?,"
+        " control=CASE WHEN ? THEN control END WHERE id=?",
         (
             op.status.value,
             Priority(op.priority).rank,
@@ -76,6 +88,7 @@ def _put(conn: sqlite3.Connection, op: Operation) -> None:
             op.not_before,
             op.epoch,
             op.model_dump_json(),
+            op.status in ACTIVE,
             op.id,
         ),
     )
@@ -214,8 +227,6 @@ class RecordsMixin(SqliteCore):
             check_transition(op.status, to)
             new = _apply(op, {**fields, "status": to})
             _put(conn, new)
-            if to not in ACTIVE:
-                conn.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,))
             return new
 
         # Leaving `running` makes this process's lock on it stale: let go once that is durable
@@ -267,20 +278,13 @@ class RecordsMixin(SqliteCore):
                 rows = conn.execute("SELECT id FROM operations WHERE id=? AND status='queued'", (op_id,)).fetchall()
             else:
                 # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
-                # One indexed head query per level (aging is constant within a level), merged here:
-                # ordering the whole queue by the expression would sort every queued row per claim.
-                heads: list[tuple[float, str]] = []
-                for rank in RANKS:
-                    heads += [
-                        (queued_at + rank * aging, cand)
-                        for queued_at, cand in conn.execute(
-                            "SELECT queued_at, id FROM operations INDEXED BY ops_claim"
-                            " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?)"
-                            " ORDER BY queued_at, id LIMIT 8",
-                            (rank, now),
-                        )
-                    ]
-                rows = [(cand,) for _, cand in sorted(heads)[:8]]
+                # One indexed head per level (aging is constant within a level), merged here: ordering
+                # the whole queue by the expression would sort every queued row per claim.
+                heads = sorted(
+                    (queued_at + rank * aging, cand)
+                    for rank, queued_at, cand in conn.execute(_HEADS, [a for rank in RANKS for a in (rank, now)])
+                )
+                rows = [(cand,) for _, cand in heads[:8]]
             for (cand,) in rows:
                 if not self._lock(cand):
                     continue  # another process is still finishing it
