@@ -239,3 +239,29 @@ async def test_editing_keys_and_tab_in_a_burst_apply_in_the_order_typed(settings
             app.post_message(events.Key(key, key if len(key) == 1 else None))
         await pilot.pause(0.5)
     assert [s.params if s else None for s in app.results] == [{"items": 4217, "seconds": 0.001}]
+
+
+async def test_a_burst_right_after_the_type_changed_goes_to_the_new_types_fields(settings: Settings) -> None:
+    """The params of a new type were mounted after an await, so a tab and the values typed right behind
+    the type change (over SSH, or fast) went to fields being removed or past them, and the form
+    launched the new type with its defaults: the wrong job. The burst here is posted in the same turn
+    as the change, before the form has handled it."""
+    from textual import events
+    from textual.widgets import Select
+
+    for before in ("command", "codebase_indexing"):  # no params in common, then an `items` of its own
+        app = LaunchApp(handlers(), initial_type=before)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            select = app.screen.query_one("#launch-type", Select)
+            select.focus()
+            await pilot.pause()
+            select.value = "demo"
+            keys = ["tab", "end", *["backspace"] * 6, *"4217", "tab", "end", *["backspace"] * 6, *"0.001"]
+            for key in keys:  # straight into the type field's queue, as the app hands on keys to the focus
+                select.post_message(events.Key(key, key if len(key) == 1 else None))
+            app.post_message(events.Key("ctrl+s", None))
+            await pilot.pause(0.5)
+        assert [(s.type, s.params) if s else None for s in app.results] == [
+            ("demo", {"items": 4217, "seconds": 0.001})
+        ], before

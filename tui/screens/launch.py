@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -27,6 +28,8 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from engine import HandlerSpec, OperationSpec, Priority
+
+W = TypeVar("W", bound=Widget)
 
 Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
 RESERVED_ROWS = 14
@@ -211,6 +214,68 @@ class FormInput(Input):
             await self.run_action(action)
 
 
+class TypeSelect(Select[str]):
+    """The type field. Choosing a type swaps in that type's params, which takes a turn or two to mount;
+    keys typed right behind the choice (a tab and the values, in one burst over SSH) are held here until
+    the new fields are there, then applied in the order typed, so they never land in the old type's
+    fields or past the new ones. After that, like ``FormInput``: tab in the key's turn, and a key that
+    reaches this field after the focus moved on is handed to the field that has it now."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[events.Key | Callable[[], None]] | None = None
+        """Keys (and a launch) that came while the params are swapped; None when not swapping."""
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def hold(self) -> None:
+        """From now until ``release``, keys that reach this field wait."""
+        if self._held is None:
+            self._held = []
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after the keys held so far have been handed on (at once when none are held)."""
+        if self._held is None:
+            callback()
+        else:
+            self._held.append(callback)
+
+    def release(self) -> None:
+        """The new fields are mounted: hand on what was held, in order."""
+        held, self._held = self._held or [], None
+        for item in held:
+            if isinstance(item, events.Key):
+                self._apply(item)
+            else:
+                item()
+
+    async def on_key(self, event: events.Key) -> None:
+        if self.expanded:
+            return  # the open list's own keys
+        event.stop()
+        event.prevent_default()
+        if self._held is not None:
+            self._held.append(events.Key(event.key, event.character))
+            return
+        if not self._apply(event):
+            await self.run_action("show_overlay")
+
+    def _apply(self, event: events.Key) -> bool:
+        """A key this field passes on or acts on (tab); False for one it keeps (its own bindings)."""
+        focused = self.screen.focused if self.is_attached else None
+        if focused is not None and focused is not self:
+            focused.post_message(events.Key(event.key, event.character))
+        elif event.key == "tab":
+            self.screen.focus_next()
+        elif event.key == "shift+tab":
+            self.screen.focus_previous()
+        elif event.key in ("enter", "down", "space", "up"):
+            return False
+        return True
+
+
 class LaunchScreen(ModalScreen[OperationSpec | None]):
     """A modal form that dismisses with a validated ``OperationSpec``, or None on escape."""
 
@@ -276,6 +341,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         color: $text-muted;
         padding-left: 18;
     }
+    #launch-params > .params-box {
+        height: auto;
+    }
     #launch-params {
         height: auto;
         max-height: 14;
@@ -334,7 +402,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             dialog.border_title = "Launch an operation"
             with Horizontal(classes="row"):
                 yield Label("type", classes="field-label -required")
-                yield Select(
+                yield TypeSelect(
                     [(f"{t}", t) for t in self.handlers],
                     value=self.op_type if self.op_type else Select.NULL,
                     allow_blank=self.op_type is None,
@@ -345,7 +413,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 )
             yield Static(self._type_help(), id="launch-type-help", markup=False)
             with VerticalScroll(id="launch-params", can_focus=False):
-                yield from self._param_widgets()
+                yield self._params_box()
             yield from self._spec_widgets()
             yield Static("", id="launch-form-error", markup=False)
             with Horizontal(id="launch-buttons"):
@@ -364,6 +432,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         if not self.op_type:
             return "no operation types are registered" if not self.handlers else ""
         return self.handlers[self.op_type].description or ""
+
+    def _params_box(self) -> Vertical:
+        """The current type's param rows, in a box of their own: a new type's box goes in beside the old
+        one (whose ids it may share) in the turn the type changes."""
+        return Vertical(*self._param_widgets(), classes="params-box")
 
     def _param_widgets(self) -> list[Widget]:
         if self.op_type and not self.fields:
@@ -431,20 +504,40 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
 
     # ---- events ----------------------------------------------------------------------------
 
-    @on(Select.Changed, "#launch-type")
-    async def _type_changed(self, event: Select.Changed) -> None:
-        value = event.value
+    def on_mount(self) -> None:
+        # Called as the value is set, not when Select.Changed reaches the screen: keys typed right
+        # behind the choice (a tab, the values) must find the new type's fields already there.
+        self.watch(self.query_one("#launch-type", Select), "value", self._type_changed, init=False)
+
+    def _type_changed(self, value: object) -> None:
+        """Swap in the new type's params in this turn (nothing awaited): its fields are in the focus chain
+        before the next key is handled, and the old ones, hidden at once, never take a key again."""
         new_type = None if value is Select.NULL else str(value)
         if new_type == self.op_type:
             return
         self.op_type = new_type
         self.fields = self._fields_for(new_type)
         self._tried = False
+        params = self.query_one("#launch-params", VerticalScroll)
+        old = list(params.children)
+        for box in old:
+            box.display = False
+            box.remove_class("params-box").add_class("-gone")  # no longer read, validated or shown
+        select = self.query_one("#launch-type", TypeSelect)
+        select.hold()
+        mounted = params.mount(self._params_box())
+        removed = params.remove_children(old)
         self._show({}, [])
         self.query_one("#launch-type-help", Static).update(self._type_help())
-        params = self.query_one("#launch-params", VerticalScroll)
-        await params.remove_children()
-        await params.mount_all(self._param_widgets())
+
+        async def swapped() -> None:
+            try:
+                await mounted
+                await removed
+            finally:
+                select.release()
+
+        self.run_worker(swapped(), group="swap")
 
     @on(Input.Changed)
     @on(Switch.Changed)
@@ -456,7 +549,8 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     @on(Switch.Changed)
     def _switch_state(self, event: Switch.Changed) -> None:
         name = (event.switch.id or "").removeprefix("param-")
-        self.query_one(f"#state-{name}", Label).update(_on_off(event.value))
+        for label in self._params().query(f"#state-{name}").results(Label):
+            label.update(_on_off(event.value))
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -484,7 +578,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         self._launch_after_keys(self.focused)
 
     def _launch_after_keys(self, target: Widget | None) -> None:
-        if target is None or not target.call_later(self._launch_now, target):
+        if isinstance(target, TypeSelect) and target.holding:
+            target.defer(lambda: self._launch_after_keys(target))  # after the keys it holds are handed on
+        elif target is None or not target.call_later(self._launch_now, target):
             self._launch_now(target)
 
     def _launch_now(self, waited_on: Widget | None = None) -> None:
@@ -501,7 +597,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         if spec is not None:
             self.dismiss(spec)
             return
-        first_bad = next(iter(self.query(".field-control.-error")), None)
+        first_bad = next(iter(self._current(".field-control.-error", Widget)), None)
         if first_bad is not None and first_bad.focusable:
             first_bad.focus()  # straight to the first thing to fix
 
@@ -569,8 +665,16 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             return None, field_errors, form_errors
         return spec, {}, []
 
+    def _params(self) -> Vertical:
+        """The current type's param rows (a type changed a moment ago may leave the old ones, hidden)."""
+        return self.query_one(".params-box", Vertical)
+
+    def _current(self, selector: str, kind: type[W]) -> list[W]:
+        """The form's widgets matching ``selector``, without those of a type being swapped out."""
+        return [w for w in self.query(selector).results(kind) if not any(a.has_class("-gone") for a in w.ancestors)]
+
     def _read(self, f: ParamField) -> Any:
-        control = self.query_one(f"#param-{_wid(f.name)}")
+        control = self._params().query_one(f"#param-{_wid(f.name)}")
         if isinstance(control, Switch):
             return control.value
         if isinstance(control, Select):
@@ -583,12 +687,12 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
 
     def _show(self, field_errors: dict[str, str], form_errors: list[str]) -> None:
         """Put each message under its field (one line each) and mark the controls."""
-        for widget in self.query(".field-error").results(Static):
+        for widget in self._current(".field-error", Static):
             key = (widget.id or "").removeprefix("error-")
             message = field_errors.get(_unwid(key), field_errors.get(key, ""))
             widget.update(message)
             widget.set_class(bool(message), "-shown")
-        for control in self.query(".field-control"):
+        for control in self._current(".field-control", Widget):
             cid = control.id or ""
             key = {"launch-items": "spec-items", "launch-name": "spec-name"}.get(
                 cid, _unwid(cid.removeprefix("param-"))
