@@ -265,3 +265,29 @@ async def test_a_burst_right_after_the_type_changed_goes_to_the_new_types_fields
         assert [(s.type, s.params) if s else None for s in app.results] == [
             ("demo", {"items": 4217, "seconds": 0.001})
         ], before
+
+
+async def test_keys_the_type_field_does_not_hand_on_keep_their_meaning(settings: Settings) -> None:
+    """Held behind a swap or not, a key the type field does not pass on does what it does on a Select:
+    enter opens the list of types, escape cancels the form."""
+    from textual import events
+    from textual.widgets import Select
+
+    for held in (False, True):
+        app = LaunchApp(handlers(), initial_type="command")
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            select = app.screen.query_one("#launch-type", Select)
+            select.focus()
+            await pilot.pause()
+            if held:
+                select.value = "demo"  # the swap is not mounted when the keys come
+            app.post_message(events.Key("enter", None))  # as a terminal's key comes: through the app
+            await pilot.pause(0.3)
+            assert select.expanded, held
+            await pilot.press("escape")  # closes the list
+            await pilot.pause()
+            assert not select.expanded and app.results == [], held
+            await pilot.press("escape")  # cancels the form
+            await pilot.pause()
+        assert app.results == [None], held

@@ -218,52 +218,60 @@ class TypeSelect(Select[str]):
     """The type field. Choosing a type swaps in that type's params, which takes a turn or two to mount;
     keys typed right behind the choice (a tab and the values, in one burst over SSH) are held here until
     the new fields are there, then applied in the order typed, so they never land in the old type's
-    fields or past the new ones. After that, like ``FormInput``: tab in the key's turn, and a key that
-    reaches this field after the focus moved on is handed to the field that has it now."""
+    fields or past the new ones. Like ``FormInput``, tab moves the focus in the key's turn, and a key
+    that reaches this field after the focus moved on is handed to the field that has it now; other
+    keys do what they do on a Select (open the list, the form's escape)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held: list[events.Key | Callable[[], None]] | None = None
-        """Keys (and a launch) that came while the params are swapped; None when not swapping."""
+        self._held: list[events.Key | Callable[[], None]] = []
+        """Keys (and a launch) that came while params are being swapped in."""
+        self._swaps = 0
+        """Swaps not mounted yet (a second type chosen before the first one's fields are in)."""
 
     @property
     def holding(self) -> bool:
-        return self._held is not None
+        return self._swaps > 0
 
     def hold(self) -> None:
-        """From now until ``release``, keys that reach this field wait."""
-        if self._held is None:
-            self._held = []
+        """Until the matching ``release``, keys that reach this field wait."""
+        self._swaps += 1
+
+    def release(self) -> None:
+        """A swap is mounted: once none is left, hand on what was held, in this field's turn (behind the
+        keys already on their way to it, which are then held too)."""
+        self.call_later(self._released)
 
     def defer(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after the keys held so far have been handed on (at once when none are held)."""
-        if self._held is None:
-            callback()
-        else:
+        if self.holding:
             self._held.append(callback)
+        else:
+            callback()
 
-    def release(self) -> None:
-        """The new fields are mounted: hand on what was held, in order."""
-        held, self._held = self._held or [], None
+    def _released(self) -> None:
+        self._swaps -= 1
+        if self._swaps:
+            return
+        held, self._held = self._held, []
         for item in held:
-            if isinstance(item, events.Key):
-                self._apply(item)
-            else:
+            if not isinstance(item, events.Key):
                 item()
+            elif not self._handled(item):
+                self.post_message(item)  # not one this field hands on: as if it came now
 
     async def on_key(self, event: events.Key) -> None:
         if self.expanded:
             return  # the open list's own keys
+        if self.holding:
+            self._held.append(events.Key(event.key, event.character))
+        elif not self._handled(event):
+            return  # a Select's own key, or the form's
         event.stop()
         event.prevent_default()
-        if self._held is not None:
-            self._held.append(events.Key(event.key, event.character))
-            return
-        if not self._apply(event):
-            await self.run_action("show_overlay")
 
-    def _apply(self, event: events.Key) -> bool:
-        """A key this field passes on or acts on (tab); False for one it keeps (its own bindings)."""
+    def _handled(self, event: events.Key) -> bool:
+        """Hand the key on to the field that has the focus now, or move the focus for a tab."""
         focused = self.screen.focused if self.is_attached else None
         if focused is not None and focused is not self:
             focused.post_message(events.Key(event.key, event.character))
@@ -271,7 +279,7 @@ class TypeSelect(Select[str]):
             self.screen.focus_next()
         elif event.key == "shift+tab":
             self.screen.focus_previous()
-        elif event.key in ("enter", "down", "space", "up"):
+        else:
             return False
         return True
 
