@@ -31,7 +31,7 @@ def test_schemathesis_finds_no_server_error(observer: Server, tmp_path) -> None:
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
-            "25",
+            "15",
             "--seed",
             "7",
             "--workers",

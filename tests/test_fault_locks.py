@@ -30,7 +30,7 @@ SOAK = bool(os.environ.get("OUTLAST_SOAK"))
 SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.randrange(1 << 30))
 P = ["--plugin", "tests.ops_for_tests"]
 CLI_ARGS = ["-m", "engine.cli", *P]
-SECONDS = 60.0 if SOAK else 4.0
+SECONDS = 60.0 if SOAK else 2.0
 
 HOLDER = textwrap.dedent(
     """
