@@ -39,7 +39,7 @@ class ResourceMonitor:
         vm = psutil.virtual_memory()
         children: dict[str, tuple[float, int]] = {}
         for op_id, pids in (op_children or {}).items():
-            cpu, rss = 0.0, 0
+            cpu, rss, alive = 0.0, 0, False
             for pid in pids:
                 try:
                     p = self._children.get(pid)
@@ -50,9 +50,11 @@ class ResourceMonitor:
                     for q in procs:
                         cpu += q.cpu_percent(None) if q is not p else p.cpu_percent(None)
                         rss += q.memory_info().rss
+                    alive = True
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     self._children.pop(pid, None)
-            children[op_id] = (cpu, rss)
+            if alive:  # an operation that starts no process (most) is not listed with zeros
+                children[op_id] = (cpu, rss)
         with self._proc.oneshot():
             s = ResourceSample(
                 ts=time.time(),

@@ -38,9 +38,9 @@ async def test_pane_shows_real_samples_of_this_process_and_its_children() -> Non
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         monitor = ResourceMonitor()
-        op_id = "0abcdefghjkmn"
+        op_id, no_process = "0abcdefghjkmn", "0abcdefghjkmp"
         for _ in range(3):
-            sample = monitor.sample({op_id: [child.pid]})
+            sample = monitor.sample({op_id: [child.pid], no_process: []})
         app = PaneApp()
         async with app.run_test(size=(70, 16)) as pilot:
             pane = app.query_one(ResourcesPane)
@@ -48,14 +48,21 @@ async def test_pane_shows_real_samples_of_this_process_and_its_children() -> Non
             pane.update_data(sample, list(monitor.history), 1, 4, DEPTH, True)
             await pilot.pause()
             text = text_of(pane)
+            # Ids started in the same second share 8 characters: the dashboard names them by handle.
+            pane.labels = {op_id: "#12 nightly backup"}
+            pane.refresh()
+            await pilot.pause()
+            labelled = text_of(pane)
     finally:
         child.kill()
         child.wait()
     rss_m = sample.process_rss / 2**20
     assert f"{sample.cpu_percent:3.0f}%" in text and f"{rss_m:.0f}M" in text
     assert "Slots   1/4" in text and "high 2 · normal 5 · low 0" in text
-    assert op_id[:8] in text and "DISCONNECTED" not in text
+    assert op_id in text and "DISCONNECTED" not in text
+    assert "#12 nightly backup" in labelled and op_id not in labelled
     assert sample.children[op_id][1] > 0  # the child's RSS was measured
+    assert no_process not in sample.children  # an operation that started no process is not listed
 
 
 async def test_store_disconnected_is_plain_and_clears_when_back() -> None:

@@ -22,6 +22,7 @@ from textual.worker import Worker
 
 from engine import Operation, Progress, ResourceSample, Status
 
+from .. import format as fmt
 from ..actions import key_applies
 from ..model import OperationsModel
 from ..widgets.checkpoints import CheckpointsPane
@@ -231,6 +232,7 @@ class DashboardScreen(Screen[None]):
     def show_resources(self, sample: ResourceSample, running: int, slots: int) -> None:
         model = self.model
         pane = self.query_one(ResourcesPane)
+        pane.labels = {i: _label(model.ops.get(i), i) for i in sample.children}
         pane.update_data(sample, list(model.history), running, slots, model.queue_depth(), model.store_ok)
 
     def update_statusline(self) -> None:
@@ -310,3 +312,11 @@ class DashboardScreen(Screen[None]):
             else:
                 self.load_side_panes()
             event.stop()
+
+
+def _label(op: Operation | None, op_id: str) -> str:
+    """``#12 nightly backup``: the handle (or the id) and the name, for a short list."""
+    if op is None:
+        return op_id
+    head = f"#{op.handle}" if op.handle else op_id
+    return f"{head} {fmt.printable(op.name)}" if op.name else head

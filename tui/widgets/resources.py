@@ -98,6 +98,8 @@ class ResourcesPane(Widget, can_focus=True):
         self.slots_max = 0
         self.queue_depth: dict[Priority, int] = {}
         self.store_ok = True
+        self.labels: dict[str, str] = {}
+        """How to name an operation in the child-process list (its handle and name); else its id."""
 
     def update_data(
         self,
@@ -188,7 +190,8 @@ class ResourcesPane(Widget, can_focus=True):
         room = max(2, height - out.plain.count("\n")) if height else len(rows)
         shown = rows if len(rows) <= room else rows[: room - 1]
         for op_id, (cpu, rss) in shown:
-            out.append(f"  {op_id[:8]}  ", self._style("dim"))
+            # Ids started in the same second share their first 8 characters: the handle tells them apart.
+            out.append(f"  {self.labels.get(op_id, op_id):<20.20}  ", self._style("dim"))
             out.append(f"{cpu:4.0f}% cpu ", self._style("hot") if cpu >= HOT else Style())
             out.append(f"{size(rss):>6}\n")
         if len(shown) < len(rows):
