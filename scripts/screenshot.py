@@ -57,8 +57,7 @@ async def shoot(out: Path) -> None:
             )
             end = time.monotonic() + 60
             while time.monotonic() < end and not all(
-                (app.engine.live(op.id) or None) is not None and app.engine.live(op.id).done >= 20
-                for op in running  # type: ignore[union-attr]
+                (p := app.engine.live(op.id)) is not None and p.done >= 20 for op in running
             ):
                 await pilot.pause(0.1)
             from tui.widgets.operations import OperationsTable

@@ -193,25 +193,30 @@ class FormInput(Input):
 
     async def on_key(self, event: events.Key) -> None:
         """Runs before Input's own key handler; prevent_default keeps that one from running too."""
-        focused = self.screen.focused if self.is_attached else None
-        if focused is not None and focused is not self:
+        if _hand_on(self, event):
             event.stop()
             event.prevent_default()
-            focused.post_message(events.Key(event.key, event.character))
-            return
-        if event.key in ("tab", "shift+tab"):
-            event.stop()
-            event.prevent_default()
-            if event.key == "tab":
-                self.screen.focus_next()
-            else:
-                self.screen.focus_previous()
             return
         action = self._KEYS.get(event.key)
         if action is not None:
             event.stop()
             event.prevent_default()
             await self.run_action(action)
+
+
+def _hand_on(field: Widget, event: events.Key) -> bool:
+    """What a form field does first with a key, in the key's turn: hand it to the field that has the
+    focus now (it came after a tab moved on), or move the focus for a tab. False: neither applied."""
+    focused = field.screen.focused if field.is_attached else None
+    if focused is not None and focused is not field:
+        focused.post_message(events.Key(event.key, event.character))
+    elif event.key == "tab":
+        field.screen.focus_next()
+    elif event.key == "shift+tab":
+        field.screen.focus_previous()
+    else:
+        return False
+    return True
 
 
 class TypeSelect(Select[str]):
@@ -257,7 +262,7 @@ class TypeSelect(Select[str]):
         for item in held:
             if not isinstance(item, events.Key):
                 item()
-            elif not self._handled(item):
+            elif not _hand_on(self, item):
                 self.post_message(item)  # not one this field hands on: as if it came now
 
     async def on_key(self, event: events.Key) -> None:
@@ -265,23 +270,10 @@ class TypeSelect(Select[str]):
             return  # the open list's own keys
         if self.holding:
             self._held.append(events.Key(event.key, event.character))
-        elif not self._handled(event):
+        elif not _hand_on(self, event):
             return  # a Select's own key, or the form's
         event.stop()
         event.prevent_default()
-
-    def _handled(self, event: events.Key) -> bool:
-        """Hand the key on to the field that has the focus now, or move the focus for a tab."""
-        focused = self.screen.focused if self.is_attached else None
-        if focused is not None and focused is not self:
-            focused.post_message(events.Key(event.key, event.character))
-        elif event.key == "tab":
-            self.screen.focus_next()
-        elif event.key == "shift+tab":
-            self.screen.focus_previous()
-        else:
-            return False
-        return True
 
 
 class LaunchScreen(ModalScreen[OperationSpec | None]):
