@@ -313,7 +313,17 @@ PRISTINE_ITEMS = 40
 def from_pristine(cli: Cli, pristine: tuple[Path, str, bytes]) -> tuple[str, bytes]:
     """A copy of the module's interrupted store in this test's state dir."""
     src, op_id, image = pristine
-    shutil.copytree(src, cli.state_dir)
+    for attempt in range(3):
+        try:
+            shutil.copytree(src, cli.state_dir)
+            break
+        except shutil.Error:
+            # The WAL vanished mid-copy (seen once in a soak): the builder's last process was closing the
+            # store, which folds the WAL into the database and deletes it. Once closed, the dir is stable.
+            shutil.rmtree(cli.state_dir, ignore_errors=True)
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
     return op_id, image
 
 
