@@ -84,7 +84,8 @@ class TimeoutProfile(BaseModel):
             if key == "retry" and isinstance(value, dict):
                 data["retry"] = {**data["retry"], **value}
             elif key.startswith("retry.") or key.startswith("retry_"):
-                data["retry"][key[6:]] = value
+                if isinstance(data["retry"], dict):  # else a bad `retry` given too: validation names it
+                    data["retry"][key[6:]] = value
             else:
                 data[key] = value
         return parse_profile(data, where="profile")

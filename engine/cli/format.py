@@ -135,8 +135,8 @@ class LsRow(NamedTuple):
 
     @classmethod
     def of_record(cls, rec: Mapping[str, Any]) -> LsRow:
-        """From a stored record (a JSON object): KeyError, TypeError or ValueError when it does not
-        read as one (the caller then takes the validating path)."""
+        """From a stored record (a JSON object): KeyError, TypeError, ValueError or OverflowError (an
+        infinite count) when it does not read as one (the caller then takes the validating path)."""
         p = rec.get("progress") or {}
         done, total = int(p.get("done", 0)), p.get("total")
         if total is not None:

@@ -81,8 +81,8 @@ def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> 
         return None
     try:
         return [fmt.LsRow.of_record(r) for r in records]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # a record that does not read: the full path skips it with a warning
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None  # a record that does not read (an infinite count, say): the full path skips it with a warning
 
 
 @click.command()
