@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,46 @@ def until(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.1, wh
         if time.monotonic() > end:
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` is ``env`` inside, and what it was after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def main_here(
+    args: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``outlast ARGS`` answered by ``engine.cli.main`` in this process (with ``env`` as the whole
+    environment, in ``cwd``), as the console script's CompletedProcess would be. The same answer
+    (test_input_fuzz_cli checks that) without a start-up: about 0.3 s of CPU a call, which a suite
+    of refused-input checks spends hundreds of times. Not for what runs work, takes signals, or loads
+    a plugin (it would stay imported for the next test) other than tests.ops_for_tests, which the
+    engine fixtures load in this process anyway."""
+    from engine.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with contextlib.ExitStack() as stack:
+        if env is not None:
+            stack.enter_context(environ(env))
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            cli_main(list(args))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(["outlast", *args], int(code or 0), out.getvalue(), err.getvalue())
 
 
 class Proc:
@@ -108,6 +150,10 @@ class Cli:
             env=env or self.env,
             cwd=REPO,
         )
+
+    def here(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """As a call, answered in this process (``main_here``): for refused input and reads."""
+        return main_here(args, env or self.env, REPO)
 
     def start(self, *args: str) -> Proc:
         p = Proc(list(args), self.env)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import signal
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine import Operation, open_store
-from tests.fixtures_cli import Cli, until
+from tests.fixtures_cli import Cli, main_here, until
 
 
 def run_json(cli: Cli, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
@@ -73,18 +71,9 @@ def resume(cli: Cli, op_id: str) -> dict[str, Any]:
 
 
 def in_process(cli: Cli, *args: str) -> tuple[int, str, str]:
-    """``outlast ARGS`` on ``cli``'s state dir, in this process: (exit code, stdout, stderr). What the
-    console script answers the same way (test_input_fuzz_cli checks that), at none of its start-up cost."""
-    from engine.cli import main as cli_main
-
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(["--state-dir", str(cli.state_dir), *args])
-        except SystemExit as e:
-            code = e.code
-    return int(code or 0), out.getvalue(), err.getvalue()
+    """``outlast ARGS`` on ``cli``'s state dir, in this process (``main_here``): (exit code, stdout, stderr)."""
+    r = main_here(["--state-dir", str(cli.state_dir), *args])
+    return r.returncode, r.stdout, r.stderr
 
 
 def nothing_stored(cli: Cli) -> None:

@@ -12,8 +12,6 @@ same. Short by default; ``OUTLAST_SOAK=1`` runs hundreds of examples; ``OUTLAST_
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -23,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, note, seed, settings
+from hypothesis import HealthCheck, example, given, note, seed, settings
 from hypothesis import strategies as st
 
-from engine.cli import main as cli_main
 from engine.exitcodes import ExitCode
 from engine.models import MAX_SECONDS
 from engine.profiles import RetryPolicy, TimeoutProfile
 from engine.registry import handlers
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import Cli, main_here
 
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
 SEED = int(os.environ.get("OUTLAST_FUZZ_SEED") or random.randrange(1 << 32))
@@ -47,14 +44,8 @@ CODES = {int(c) for c in ExitCode} - {int(ExitCode.INTERNAL)}
 
 def run(*args: str) -> tuple[int, str, str]:
     """``outlast ARGS`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-        except SystemExit as e:
-            code = e.code
-    return int(code or 0), out.getvalue(), err.getvalue()
+    r = main_here(args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def raw_controls(text: str) -> list[str]:
@@ -275,6 +266,7 @@ def test_generated_submissions_are_answered_in_one_line_and_store_nothing_when_r
     @seed(SEED)
     @FUZZ
     @given(args=submit_args(types, fields))
+    @example(args=("submit", "demo", "--profile", "retry=", "--profile", "retry.max_attempts=")).via("a soak")
     def prop(args: tuple[str, ...]) -> None:
         before = listing()
         code, out, err = run(*args)
@@ -392,6 +384,8 @@ def test_garbage_in_stored_records_is_shown_escaped_or_refused_in_one_line(fuzz_
         raw_text=st.one_of(st.none(), st.sampled_from(["", "{", "null", "[]", '{"id": 1}', "\x00"])),
         log=st.fixed_dictionaries({"ts": garbage, "level": garbage, "message": garbage, "fields": garbage}),
     )
+    @example(changes=[("progress.done", math.inf)], raw_text=None, log={}).via("found in CI: ls's quick path")
+    @example(changes=[("progress.total", -math.inf), ("handle", math.nan)], raw_text=None, log={})
     def prop(changes: list[tuple[str, Any]], raw_text: str | None, log: dict[str, Any]) -> None:
         record = json.loads(pristine)
         for field, value in changes:
@@ -400,7 +394,7 @@ def test_garbage_in_stored_records_is_shown_escaped_or_refused_in_one_line(fuzz_
         with sqlite3.connect(db_path) as db:
             db.execute("update operations set record=? where id=?", (stored, op_id))
         (fuzz_home / "logs" / f"{op_id}.jsonl").write_text(json.dumps(log) + "\nnot json\n")
-        note(f"stored record {stored[:400]!r}; log line {log!r}")
+        note(f"seed {SEED} (OUTLAST_FUZZ_SEED={SEED} replays); stored record {stored[:400]!r}; log line {log!r}")
         first = listing()  # may settle what the garbage claims is running (recovery), so it goes first
         for args in (["ls"], ["show", op_id], ["show", op_id, "--json"], ["logs", op_id], ["checkpoints", op_id]):
             code, out, err = run(*args)
