@@ -67,26 +67,26 @@ def test_outcome_codes_failed_timed_out_conflict(cli: Cli) -> None:
     r = cli("resume", done["id"])
     assert r.returncode == ExitCode.CONFLICT
     assert "completed" in one_line_error(r)
-    r = cli("cancel", done["id"])
+    r = cli.here("cancel", done["id"])
     assert r.returncode == ExitCode.CONFLICT
     one_line_error(r)
 
 
 def test_queued_work_is_cancelled_paused_reprioritised_and_resumed_without_a_worker(cli: Cli) -> None:
-    a = cli("submit", "demo", "-p", "items=5").stdout.strip()
-    b = cli("submit", "--priority", "low", "demo").stdout.strip()
-    r = cli("--json", "priority", b, "HIGH")
+    a = cli.here("submit", "demo", "-p", "items=5").stdout.strip()
+    b = cli.here("submit", "--priority", "low", "demo").stdout.strip()
+    r = cli.here("--json", "priority", b, "HIGH")
     assert r.returncode == 0 and json.loads(r.stdout)["priority"] == "high"
-    assert cli("pause", a).returncode == 0
+    assert cli.here("pause", a).returncode == 0
     assert cli.op(a).status.value == "paused"
-    r = cli("cancel", b)
+    r = cli.here("cancel", b)
     assert r.returncode == 0 and cli.op(b).status.value == "cancelled"
-    r = cli("priority", b, "low")
+    r = cli.here("priority", b, "low")
     assert r.returncode == ExitCode.CONFLICT
     one_line_error(r)
-    r = cli("--json", "resume", a, "--queue")
+    r = cli.here("--json", "resume", a, "--queue")
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "queued"
-    ls = json.loads(cli("ls", "--json", "--status", "queued").stdout)
+    ls = json.loads(cli.here("ls", "--json", "--status", "queued").stdout)
     assert [o["id"] for o in ls] == [a]
 
 
@@ -94,7 +94,7 @@ def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
     # An operation with log lines, queued again with no worker to run it.
     r = cli("--json", "run", "demo", "-p", "items=5", "-p", "seconds=0", "-p", "fail_every=1")
     op_id = json.loads(r.stdout)["id"]
-    assert cli("resume", "--queue", op_id).returncode == 0
+    assert cli.here("resume", "--queue", op_id).returncode == 0
     for args, ready in ((["watch", op_id], " queued "), (["logs", "--follow", op_id], "failed on purpose")):
         p = cli.start(*args)
         p.wait_line(lambda ln, ready=ready: ready in ln)  # it is up and following
@@ -125,19 +125,19 @@ def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
     ],
 )
 def test_bad_input_is_one_line_a_code_and_stores_nothing(cli: Cli, args: list[str], code: int, says: str) -> None:
-    r = cli(*args)
+    r = cli.here(*args)
     assert r.returncode == code, r.stdout + r.stderr
     assert says in one_line_error(r)
-    assert json.loads(cli("ls", "--json").stdout) == []
+    assert json.loads(cli.here("ls", "--json").stdout) == []
 
 
 def test_bad_config_file_and_environment(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("max_concurrent = 'many'\n")
-    r = cli("--config", str(bad), "ls")
+    r = cli.here("--config", str(bad), "ls")
     assert r.returncode == ExitCode.USAGE
     assert "max_concurrent" in one_line_error(r)
-    r = cli("ls", env={**cli.env, "OUTLAST_AUTO_RESUME": "perhaps"})
+    r = cli.here("ls", env={**cli.env, "OUTLAST_AUTO_RESUME": "perhaps"})
     assert r.returncode == ExitCode.USAGE
     assert "OUTLAST_AUTO_RESUME" in one_line_error(r)
 
@@ -147,25 +147,25 @@ def test_corrupt_state_dir_is_a_store_error(cli: Cli, tmp_path: Path) -> None:
     d.mkdir()
     (d / "outlast.db").write_bytes(b"this is not a database" * 100)
     for args in (["ls"], ["submit", "demo"], ["run", "demo"]):
-        r = cli("--state-dir", str(d), *args)
+        r = cli.here("--state-dir", str(d), *args)
         assert r.returncode == ExitCode.STORE, r.stderr
         assert "not a usable Outlast database" in one_line_error(r)
 
 
 def test_id_prefixes_resolve_like_git(cli: Cli) -> None:
-    ids = [cli("submit", "demo").stdout.strip() for _ in range(3)]
+    ids = [cli.here("submit", "demo").stdout.strip() for _ in range(3)]
     assert len(set(ids)) == 3
     for op_id in ids:
         others = [o for o in ids if o != op_id]
         n = next(k for k in range(1, 14) if all(not o.startswith(op_id[:k]) for o in others))
-        r = cli("--json", "show", op_id[:n])
+        r = cli.here("--json", "show", op_id[:n])
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["id"] == op_id
     common = next(ids[0][:k] for k in range(13, 0, -1) if all(i.startswith(ids[0][:k]) for i in ids))
-    r = cli("show", common)
+    r = cli.here("show", common)
     assert r.returncode == ExitCode.USAGE
     assert "ambiguous" in one_line_error(r)
-    r = cli("cancel", "zzzz")
+    r = cli.here("cancel", "zzzz")
     assert r.returncode == ExitCode.NOT_FOUND
     one_line_error(r)
 
@@ -174,21 +174,21 @@ def test_read_commands(cli: Cli) -> None:
     r = cli("--json", "run", "demo", "-p", "items=30", "-p", "seconds=0", "-p", "fail_every=10")
     op = json.loads(r.stdout)
     assert r.returncode == 0, r.stderr
-    text = cli("show", op["id"][:9]).stdout
+    text = cli.here("show", op["id"][:9]).stdout
     assert "completed" in text and "27/30 items, 3 failed" in text and "result" in text
-    shown = json.loads(cli("show", "--json", op["id"]).stdout)
+    shown = json.loads(cli.here("show", "--json", op["id"]).stdout)
     assert shown["checkpoints"] and shown["checkpoints"][0]["valid"]
-    logs = json.loads(cli("logs", "--json", op["id"]).stdout)
+    logs = json.loads(cli.here("logs", "--json", op["id"]).stdout)
     assert any("failed on purpose" in rec["message"] for rec in logs)
-    assert "SEQ" in cli("checkpoints", op["id"]).stdout
-    assert op["id"] in cli("ls").stdout
-    types = {t["type"]: t for t in json.loads(cli("types", "--json").stdout)}
+    assert "SEQ" in cli.here("checkpoints", op["id"]).stdout
+    assert op["id"] in cli.here("ls").stdout
+    types = {t["type"]: t for t in json.loads(cli.here("types", "--json").stdout)}
     assert types["demo"]["runnable"] and types["codebase_indexing"]["profile"]["base_timeout"] == 3600
     with_plugin = {t["type"] for t in json.loads(cli("--plugin", "tests.ops_for_tests", "types", "--json").stdout)}
     assert {"ledger", "silent"} <= with_plugin
-    cfg = json.loads(cli("--state-dir", str(cli.state_dir), "config", "--json").stdout)
+    cfg = json.loads(cli.here("--state-dir", str(cli.state_dir), "config", "--json").stdout)
     assert cfg["origins"]["state_dir"] == "argument" and cfg["origins"]["max_concurrent"] == "default"
-    assert "FROM" in cli("config").stdout
+    assert "FROM" in cli.here("config").stdout
 
 
 def test_dashboard_without_a_terminal_is_one_clear_line(cli: Cli) -> None:
@@ -220,7 +220,7 @@ def test_dashboard_that_cannot_be_imported_is_one_clear_line(cli: Cli) -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["ls"], ["show", "PREFIX"], ["ls", "--json"]])
 def test_headless_commands_import_neither_textual_nor_rich(cli: Cli, args: list[str]) -> None:
-    op_id = cli("submit", "demo").stdout.strip()
+    op_id = cli.here("submit", "demo").stdout.strip()
     args = [op_id[:8] if a == "PREFIX" else a for a in args]
     code = (
         "import sys\n"
@@ -243,7 +243,7 @@ def test_console_script_is_installed_and_versioned(cli: Cli) -> None:
 def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
     """`ls -t demo` listed TYPE `W1` (the --name), and `ls -t W1` found nothing: the column lied."""
     assert cli("-q", "run", "demo", "-p", "items=2", "-p", "seconds=0", "--name", "W1").returncode == 0
-    header, row = cli("ls", "-t", "demo").stdout.splitlines()[:2]
+    header, row = cli.here("ls", "-t", "demo").stdout.splitlines()[:2]
     cols = header.split()
     assert cols[:5] == ["#", "ID", "STATUS", "TYPE", "NAME"]
     cells = row.split()
@@ -267,7 +267,7 @@ def test_json_after_the_command_works_as_before_it(cli: Cli, args: list[str]) ->
 
 
 def test_pause_resume_cancel_take_json_after_the_command(cli: Cli) -> None:
-    op_id = cli("-q", "submit", "demo", "-p", "items=5").stdout.strip()
+    op_id = cli.here("-q", "submit", "demo", "-p", "items=5").stdout.strip()
     for action in (["pause", op_id], ["resume", op_id, "--queue"], ["cancel", op_id]):
         r = cli(*action, "--json")
         assert r.returncode == 0, (action, r.stderr)
@@ -285,7 +285,7 @@ def test_ctrl_c_on_watch_says_the_operation_goes_on_and_never_that_it_pauses(cli
     assert "pausing" not in out
     assert f"stopped watching; {op_id} goes on running" in out
     assert cli.op(op_id).status.value == "running"
-    cli("cancel", op_id)
+    cli.here("cancel", op_id)
 
 
 def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli) -> None:
@@ -300,10 +300,10 @@ def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli)
     assert again["id"] != first["id"] and again["status"] == "completed"
     assert (again["type"], again["name"], again["priority"]) == ("demo", "n1", "high")
     assert again["params"] == {**first["params"], "items": 4} and again["result"]["items"] == 4
-    before = cli("ls", "--json").stdout
-    bad = cli("rerun", first["id"], "-p", "items=-1")
+    before = cli.here("ls", "--json").stdout
+    bad = cli.here("rerun", first["id"], "-p", "items=-1")
     assert bad.returncode == ExitCode.USAGE and len(bad.stderr.strip().splitlines()) == 1
-    assert cli("ls", "--json").stdout == before  # nothing stored
+    assert cli.here("ls", "--json").stdout == before  # nothing stored
 
 
 def test_control_commands_ask_the_lifecycle_which_action_applies(cli: Cli) -> None:
@@ -311,24 +311,24 @@ def test_control_commands_ask_the_lifecycle_which_action_applies(cli: Cli) -> No
     rerun applies to settled operations only (it made a second copy of queued work)."""
     from engine.lifecycle import ACTIONS, Action, Status
 
-    queued = cli("submit", "demo", "-p", "items=3").stdout.strip()
-    before = cli("ls", "--json").stdout
-    r = cli("rerun", queued)
+    queued = cli.here("submit", "demo", "-p", "items=3").stdout.strip()
+    before = cli.here("ls", "--json").stdout
+    r = cli.here("rerun", queued)
     assert r.returncode == ExitCode.CONFLICT
     assert one_line_error(r) == (
         f"outlast: operation {queued} is queued: only paused, completed, failed, cancelled, timed_out, interrupted "
         "operations can be run again"
     )
-    r = cli("resume", queued)
+    r = cli.here("resume", queued)
     assert r.returncode == ExitCode.CONFLICT and "can be resumed" in one_line_error(r)
-    assert cli("ls", "--json").stdout == before  # nothing stored
-    assert cli("cancel", queued).returncode == 0
+    assert cli.here("ls", "--json").stdout == before  # nothing stored
+    assert cli.here("cancel", queued).returncode == 0
     for action, args, verb in (
         ("pause", [], "paused"),
         ("priority", ["high"], "re-prioritised"),
         ("cancel", [], "cancelled"),
     ):
-        r = cli(action, queued, *args)
+        r = cli.here(action, queued, *args)
         allowed = ", ".join(s.value for s in Status if s in ACTIONS[Action(action)])
         assert r.returncode == ExitCode.CONFLICT, (action, r.stderr)
         assert one_line_error(r).endswith(f"is cancelled: only {allowed} operations can be {verb}")

@@ -415,7 +415,7 @@ def test_random_bytes_in_the_database(cli: Cli, pristine: tuple[Path, str, bytes
                 f.write(bytes(rng.randrange(256) for _ in range(rng.choice([1, 16, 512]))))
         why = f"seed {seed} round {rnd}"
         for args in (["ls"], ["show", op_id], ["checkpoints", op_id], ["logs", op_id]):
-            r = cli(*P, *args)
+            r = cli.here(*P, *args)
             assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{why} {args}\n{r.stderr}"
             assert r.returncode in (ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.STORE), f"{why} {args}\n{r.stderr}"
             if r.returncode:
@@ -494,7 +494,7 @@ def test_every_row_type_and_file(cli: Cli, pristine: tuple[Path, str, bytes], da
     reader = {"log": ["logs", op_id], "che": ["checkpoints", op_id], "del": ["checkpoints", op_id]}
     commands = [["ls"], ["show", op_id], ["checkpoints", op_id], ["logs", op_id]] if SOAK else [["ls"]]
     for args in [*commands, reader.get(damage[:3], ["show", op_id])]:
-        r = cli(*P, *args)
+        r = cli.here(*P, *args)
         assert "Traceback" not in r.stderr and "internal error" not in r.stderr, f"{damage} {args}\n{r.stderr}"
         assert r.returncode in (ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.STORE), f"{damage} {args}\n{r.stderr}"
         if r.returncode:
