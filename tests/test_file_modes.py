@@ -9,6 +9,8 @@ import signal
 import stat
 from pathlib import Path
 
+import pytest
+
 from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli, until
 
@@ -25,8 +27,11 @@ def loose(root: Path) -> list[str]:
     return out
 
 
-def test_state_dir_files_and_outputs_are_private(cli: Cli, state_dir: Path, tmp_path: Path) -> None:
+def test_state_dir_files_and_outputs_are_private(
+    cli: Cli, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     os.umask(0o022)  # the usual umask: what a user gets without Outlast's care
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # Python's default: caches written
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.py").write_text("API_KEY = 'sk_live_0123456789abcdefghijklmn'\n")

@@ -195,6 +195,11 @@ class _Suite:
         self.p = p
         self.dir = output_dir(ctx) / f"tests-{ctx.id}"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # No bytecode cache for the plugin: pytest would write its rewritten plugin into a __pycache__
+        # made by the umask (0755, a 0644 file). A file of that name stops it, and Python's own cache
+        # too, silently; the plugin is one small module.
+        if not (self.dir / "__pycache__").exists():
+            write_private(self.dir / "__pycache__", "")
         write_private(self.dir / f"{PLUGIN}.py", Path(__file__).with_name("_pytest_plugin.py").read_text("utf-8"))
         self.cwd = p.cwd or (p.path if Path(p.path).is_dir() else str(Path(p.path).parent))
         inherited = p.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
