@@ -79,10 +79,11 @@ def _fill(mnt: Path) -> Path:
 
 JOB_SCRIPT = WORKER_SCRIPT.replace(
     '    print(f"::outlast progress', '    print(f"item {i}", flush=True)\n    print(f"::outlast progress'
-)
+).replace("float(sys.argv[3])", 'float(sys.argv[3]) * (os.environ.get("JOB_PAUSE") != "0")')
 """The resumable script of the command tests, with a line of output per item: a job that logs as it goes,
 so the store has log lines to write while the state dir is full or read-only (a read-only mount stops
-new opens, not writes through files already open)."""
+new opens, not writes through files already open). JOB_PAUSE=0 in its environment: no pause (a resume
+after the fault need not be slow)."""
 assert JOB_SCRIPT != WORKER_SCRIPT
 
 
@@ -114,7 +115,7 @@ def _one_line(proc: Proc, needle: str) -> None:
 
 def _resumes_to_the_same_result(fs: Cli, op_id: str, tmp_path: Path, whole: dict) -> None:
     checkpointed = checkpoint_state(fs, op_id)["checkpoint"]["next"]
-    final = resume(fs, op_id)
+    final = resume(_CliAt(fs.state_dir, **fs.extra, JOB_PAUSE="0"), op_id)
     assert final["status"] == "completed", final
     assert final["result"] == whole
     items = (tmp_path / "job.ledger").read_text().split()
