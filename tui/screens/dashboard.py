@@ -30,6 +30,7 @@ from ..widgets.detail import DetailPane
 from ..widgets.logs import LogsPane
 from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
+from ..widgets.steady_input import SteadyInput
 
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
@@ -92,7 +93,7 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
         yield OperationsTable(self.model.ops, self.live, self.clock, id="ops")
-        yield Input(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
+        yield SteadyInput(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
         yield Tabs(
             *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)), id="pane-tabs"
         )

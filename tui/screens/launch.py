@@ -29,6 +29,8 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from engine import HandlerSpec, OperationSpec, Priority
 
+from ..widgets.steady_input import SteadyInput
+
 W = TypeVar("W", bound=Widget)
 
 Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
@@ -177,7 +179,7 @@ def _choice_value(choice: Any) -> Any:
     return choice.value if isinstance(choice, Enum) else choice
 
 
-class FormInput(Input):
+class FormInput(SteadyInput):
     """An Input that applies every key in the order it arrived, even when keys come in one burst.
 
     Textual inserts a printable key at once but runs an editing key (backspace, end, enter...) as a
