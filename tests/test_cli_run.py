@@ -39,11 +39,11 @@ def test_run_without_terminal_prints_plain_lines(cli: Cli) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
-    n = 200
+    n = 100
     proc = cli.start(
         "run", "demo", "-p", "seconds=0.02", "-p", f"items={n}", "--profile", "progress_report_interval=0.2"
     )
-    line = proc.wait_line(lambda ln: bool(re.search(r" running .* ([1-9]\d*)/200 items", ln)))
+    line = proc.wait_line(lambda ln: bool(re.search(rf" running .* ([1-9]\d*)/{n} items", ln)))
     op_id = line.split()[1]
     proc.signal(sig)
     assert proc.wait() == 6, proc.err  # paused
@@ -148,7 +148,7 @@ def test_the_resume_hint_pastes_as_printed_and_the_pause_says_why(cli: Cli, tmp_
     """With --state-dir elsewhere, the printed `outlast resume ID` looked in the default store and said
     "no operation matches" without naming the store; and every pause said "the engine stopped"."""
     other = tmp_path / "elsewhere"
-    proc = cli.start("--state-dir", str(other), "run", "demo", "-p", "seconds=0.02", "-p", "items=300")
+    proc = cli.start("--state-dir", str(other), "run", "demo", "-p", "seconds=0.02", "-p", "items=100")
     line = proc.wait_line(lambda ln: "submitted" in ln)
     op_id = line.split()[1]
     proc.wait_line(lambda ln: " running " in ln)
