@@ -7,6 +7,7 @@ attempts as interrupted only when an outage outlasts ``store_outage_limit``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -110,6 +111,8 @@ class LogBuffer:
         self._health = health
         self._bus = bus
         self._buf: dict[str, list[LogRecord]] = defaultdict(list)
+        self._writing: dict[str, asyncio.Event] = {}
+        """Operations whose records a flush is writing now: another flush of them waits for it."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
         self._buf[op_id].append(record)
@@ -118,11 +121,19 @@ class LogBuffer:
             self._bus.publish(LogEmitted(operation_id=op_id, record=record))
 
     async def flush(self, op_id: str | None = None) -> None:
-        """Write what is buffered (of one operation, or all); kept for the next flush while the store fails."""
+        """Write what is buffered (of one operation, or all); kept for the next flush while the store fails.
+
+        Returns only once every record of the operation buffered before the call is written, those a
+        concurrent flush took included: an attempt settles right after flushing its own, and on Redis
+        a record that reaches the store after the settle is refused with the attempt's lease (the likely
+        way a resume's "resuming from checkpoint" line went missing once in a loaded CI run)."""
         for i in [op_id] if op_id else list(self._buf):
+            while (busy := self._writing.get(i)) is not None:
+                await busy.wait()  # its older records go first, in order
             recs = self._buf.pop(i, None)
             if not recs:
                 continue
+            self._writing[i] = done = asyncio.Event()
             try:
                 await self._store.append_logs(i, recs)
                 self._health.ok("logs")
@@ -134,3 +145,6 @@ class LogBuffer:
                 # Kept for the next flush (the newest, when the outage is long).
                 self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
                 del self._buf[i][: -LOG_BUFFER_MAX or None]
+            finally:
+                del self._writing[i]
+                done.set()
