@@ -123,10 +123,11 @@ class LogBuffer:
     async def flush(self, op_id: str | None = None) -> None:
         """Write what is buffered (of one operation, or all); kept for the next flush while the store fails.
 
-        Returns only once every record of the operation buffered before the call is written, those a
-        concurrent flush took included: an attempt settles right after flushing its own, and on Redis
-        a record that reaches the store after the settle is refused with the attempt's lease (the likely
-        way a resume's "resuming from checkpoint" line went missing once in a loaded CI run)."""
+        Returns only once every record of the operation buffered before the call is written (or kept,
+        while the store fails), those a concurrent flush took included: an attempt settles right after
+        flushing its own, and on Redis a record that reaches the store after the settle is refused with
+        the attempt's lease (the likely way a resume's "resuming from checkpoint" line went missing once
+        in a loaded CI run)."""
         for i in [op_id] if op_id else list(self._buf):
             while (busy := self._writing.get(i)) is not None:
                 await busy.wait()  # its older records go first, in order

@@ -113,7 +113,7 @@ def _one_line(proc: Proc, needle: str) -> None:
     assert not any("Traceback" in ln for ln in proc.err)
 
 
-def _resumes_to_the_same_result(fs: Cli, op_id: str, tmp_path: Path, whole: dict) -> None:
+def _resumes_to_the_same_result(fs: _CliAt, op_id: str, tmp_path: Path, whole: dict) -> None:
     checkpointed = checkpoint_state(fs, op_id)["checkpoint"]["next"]
     final = resume(_CliAt(fs.state_dir, **fs.extra, JOB_PAUSE="0"), op_id)
     assert final["status"] == "completed", final
