@@ -4,26 +4,36 @@ The state dir lives on a 5 MB tmpfs (CI runs as root; skipped with the reason wh
 permitted). Checked: the foreground run exits by itself with one line on stderr and the documented code
 (8: the store cannot be written), no traceback; signals work while the store fails; a short outage costs
 one line when it starts and one when it is over; and after space is freed (or the mount is writable
-again) ``outlast resume`` finishes with the result of an uninterrupted run, item by item.
+again) ``outlast resume`` finishes with the result of an uninterrupted run, item by item. And a write
+too big for the space left, which SQLite rolls back whole with every write grouped with it, fails
+those writes, not the store's thread (whose death once left every caller waiting forever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from engine import OperationContext, OperationSpec, Status, load_settings, operation
 from engine.exitcodes import ExitCode
+from engine.outage import StoreUnwritable
+from engine.store.sqlite.worker import SqliteWorker
 from tests.fixtures_cli import Cli, Proc, until
+from tests.fixtures_engine import make_engine
 from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT
 
@@ -202,6 +212,110 @@ def test_short_outage_one_line_each_way_and_no_loss(cli: Cli, small_fs: Path, tm
                 subprocess.run(["umount", str(state)], capture_output=True, timeout=30)
         proc.kill()
         fs.close()
+
+
+def _leave_free(fill: Path, mb: float) -> None:
+    """Free ``mb`` MB of a file system ``_fill`` filled."""
+    os.truncate(fill, max(0, fill.stat().st_size - int(mb * 2**20)))
+
+
+async def test_a_write_sqlite_rolls_back_whole_fails_its_group_and_the_thread_goes_on(small_fs: Path) -> None:
+    """On a full disk SQLite may roll back a whole transaction from inside one statement (here: a write
+    larger than its page cache spills into a WAL that cannot grow). The writes committed with it in the
+    same group lost theirs too and must be told so; the writes queued after it must still run; and the
+    SQLite thread must go on: it once died here, and every caller waited forever."""
+    worker = SqliteWorker()
+    db = small_fs / "t.db"
+
+    def open_db() -> None:
+        conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE t(k TEXT, v BLOB)")
+        worker.conn = conn
+
+    def insert(key: str, size: int) -> Callable[[sqlite3.Connection], str]:
+        def job(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t VALUES(?, ?)", (key, os.urandom(size)))
+            return key
+
+        return job
+
+    try:
+        await worker.run(open_db)
+        _leave_free(_fill(small_fs), 1)
+        gate = threading.Event()
+        held = worker.run(gate.wait)  # the thread waits here while the three writes queue: one group
+        before, big, after = (
+            worker.run_txn(insert("before", 100)),
+            worker.run_txn(insert("big", 4 * 2**20)),
+            worker.run_txn(insert("after", 100)),
+        )
+        gate.set()
+        await asyncio.wait_for(held, 10)
+        for lost in (before, big):
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                await asyncio.wait_for(lost, 10)
+        assert await asyncio.wait_for(after, 10) == "after"
+        conn = worker.conn
+        assert conn is not None
+        rows = await asyncio.wait_for(worker.run(lambda: conn.execute("SELECT k FROM t").fetchall()), 10)
+        assert rows == [("after",)]
+    finally:
+        if worker.conn is not None:
+            await asyncio.wait_for(worker.run(worker.conn.close), 10)
+        worker.stop()
+
+
+class BigParams(BaseModel):
+    items: int = 4
+    mb: float = 3.0
+
+
+@operation("test_big_checkpoints", params=BigParams)
+async def big_checkpoints(ctx: OperationContext, p: BigParams) -> dict:
+    """A checkpoint of ``mb`` MB of state after every item."""
+    async for i in ctx.items(range(p.items), key=str):
+        ctx.state["blob"] = os.urandom(int(p.mb * 2**19)).hex()
+        ctx.state["last"] = i
+        await ctx.checkpoint()
+    return {"last": ctx.state["last"]}
+
+
+async def test_a_checkpoint_too_big_for_the_disk_left_does_not_hang_the_engine(small_fs: Path) -> None:
+    """Operations checkpointing after every item beside one whose checkpoints no longer fit on the disk:
+    their writes share group commits with the big one, which SQLite rolls back whole. The engine must
+    not hang: either everything ends while the small writes still fit, or the store is given up on (one
+    error) with the work left interrupted; once space is freed, a new engine resumes it to the results of
+    an uninterrupted run."""
+    settings = load_settings(
+        state_dir=small_fs / "state", plugins=["tests.ops_for_tests"], grace_period=2.0, store_outage_limit=2.0
+    )
+    async with make_engine(settings) as engine:
+        await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
+    fill = _fill(small_fs)
+    _leave_free(fill, 1.5)
+    ids = []
+    with contextlib.suppress(StoreUnwritable):
+        async with make_engine(settings) as engine:
+            for _ in range(2):
+                ids.append(
+                    (await engine.submit(OperationSpec(type="ledger", params={"items": 300, "explicit_every": 1}))).id
+                )
+            ids.append((await engine.submit(OperationSpec(type="test_big_checkpoints"))).id)
+            for op_id in ids:
+                await asyncio.wait_for(engine.wait(op_id, timeout=60, poll=0.1), 70)
+    fill.unlink()
+    async with make_engine(settings) as engine:
+        for op_id in ids:
+            if (await engine.get(op_id)).status is not Status.COMPLETED:
+                await engine.resume(op_id)
+        results = [await asyncio.wait_for(engine.wait(op_id, timeout=60, poll=0.1), 70) for op_id in ids]
+    assert [(r.status, r.result) for r in results] == [
+        (Status.COMPLETED, {"sum": sum(range(300))}),
+        (Status.COMPLETED, {"sum": sum(range(300))}),
+        (Status.COMPLETED, {"last": 3}),
+    ]
 
 
 def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:

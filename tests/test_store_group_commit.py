@@ -214,3 +214,15 @@ async def test_a_store_that_never_idles_keeps_its_wal_small(tmp_path: Path, monk
             await store.create(record())
         assert store.worker.wal_checkpoints >= 4
         assert wal.stat().st_size <= before + 25 * per_commit, f"the WAL grew to {wal.stat().st_size} bytes"
+
+
+async def test_an_error_outside_any_job_is_answered_and_the_thread_goes_on() -> None:
+    """Whatever goes wrong in a group (here: a write with no connection to run it on), its callers get the
+    error and the thread keeps serving: a dead thread would leave every later caller waiting forever."""
+    worker = sqlite_worker.SqliteWorker()
+    try:
+        with pytest.raises(AssertionError):
+            await asyncio.wait_for(worker.run_txn(lambda conn: None), 10)
+        assert await asyncio.wait_for(worker.run(lambda: 42), 10) == 42
+    finally:
+        worker.stop()

@@ -3,6 +3,9 @@
 Every write job runs in its own SAVEPOINT inside one ``BEGIN IMMEDIATE`` transaction
 with whatever other writes are waiting, so N operations finishing at once cost one
 fsync, not N. A job that raises is rolled back alone; a failed COMMIT fails the group.
+SQLite may roll back the whole transaction from inside a statement (on a full disk, an
+I/O error, out of memory): then the jobs before it fail with it, and the jobs after it
+run in the next group. No error ends the thread: every caller gets an answer.
 Reads run alone, in arrival order, and never see another job's uncommitted writes.
 
 Results reach asyncio callers in one ``call_soon_threadsafe`` per group (one wake-up
@@ -118,7 +121,12 @@ class SqliteWorker:
                     group.append(nxt)
                 else:
                     pending.append(nxt)  # a read or the stop marker waits for this group's commit
-            self._commit(group)
+            try:
+                unrun = self._commit(group)
+            except Exception as e:  # never expected; but a dead thread would leave every caller waiting forever
+                unrun = []
+                self._lose(group, e)
+            pending.extendleft(reversed(unrun))  # they came before what waits in pending
             if self._unfolded >= WAL_COMMITS and not self._failing:
                 self._fold_wal()  # constant load: between two groups, the WAL must not grow forever
 
@@ -147,51 +155,51 @@ class SqliteWorker:
         # A reader of another process can hold frames back: count from here, try again later.
         self._unfolded = 0 if not busy and logged == folded else min(self._unfolded, IDLE_FOLD)
 
-    def _commit(self, group: list[_Job]) -> None:
+    def _commit(self, group: list[_Job]) -> list[_Job]:
+        """Run ``group`` in one transaction and deliver every job's outcome; return the jobs that did not
+        run because the transaction was lost before their turn (the caller runs them in the next group)."""
         conn = self.conn
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             self._failing = True
-            for job in group:
-                _undo(job)
-            _deliver([(job, None, e) for job in group])
-            return
+            self._lose(group, e)
+            return []
         outcomes: list[tuple[Any, BaseException | None]] = []
         solo = len(group) == 1  # alone: the transaction is the job's savepoint (two statements fewer)
-        for job in group:
-            if not solo:
-                conn.execute("SAVEPOINT job")
-            result, error = _attempt(job.fn, conn)
-            if isinstance(error, sqlite3.OperationalError):
-                self._failing = True
-            if error is None:
+        for i, job in enumerate(group):
+            try:
                 if not solo:
-                    conn.execute("RELEASE job")
-            else:
-                if solo:
-                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back already
-                        conn.execute("ROLLBACK")
+                    conn.execute("SAVEPOINT job")
+                result, error = _attempt(job.fn, conn)
+                if isinstance(error, sqlite3.OperationalError):
+                    self._failing = True
+                if error is not None and (solo or not conn.in_transaction):
+                    # Alone, or SQLite rolled the whole transaction back (it may on a full disk, an I/O
+                    # error, out of memory): the jobs before this one lost their writes too, and the ones
+                    # after it have not run.
+                    self._lose(group[: i + 1], error)
+                    return group[i + 1 :]
+                if error is None:
+                    if not solo:
+                        conn.execute("RELEASE job")
                 else:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+            except sqlite3.Error as e:  # a savepoint statement failed: the transaction is in doubt
+                self._failing = True
+                self._lose(group[: i + 1], e)
+                return group[i + 1 :]
+            if error is not None:
                 _undo(job)
             outcomes.append((result, error))
-        if solo and outcomes[0][1] is not None:
-            _deliver([(group[0], None, outcomes[0][1])])
-            return
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._failing = True
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            for job, (_r, err) in zip(group, outcomes, strict=True):
-                if err is None:
-                    _undo(job)
-            _deliver([(job, None, err or e) for job, (_r, err) in zip(group, outcomes, strict=True)])
-            return
+            self._lose(group, e, [err for _r, err in outcomes])
+            return []
         self.commits += 1
         self._unfolded += 1
         self._failing = False
@@ -200,6 +208,21 @@ class SqliteWorker:
                 with contextlib.suppress(Exception):
                     job.after()
         _deliver([(job, result, error) for job, (result, error) in zip(group, outcomes, strict=True)])
+        return []
+
+    def _lose(self, jobs: list[_Job], error: BaseException, failed: list[BaseException | None] | None = None) -> None:
+        """Nothing of ``jobs`` was committed: roll back what is left of the transaction, undo each job and
+        fail it with ``error`` (a job that failed by itself, as ``failed`` says, keeps its own error and
+        was undone then)."""
+        conn = self.conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        own = failed or [None] * len(jobs)
+        for job, err in zip(jobs, own, strict=True):
+            if err is None:
+                _undo(job)
+        _deliver([(job, None, err or error) for job, err in zip(jobs, own, strict=True)])
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
