@@ -156,9 +156,25 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
 
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
-            records, offset = await engine.logs(full)
-            if limit is not None:
-                records = records[-limit:]
+            records, offset = await engine.logs(full, 0, limit)
+            if limit is None and not follow_:
+                # The whole log, a page at a time (a command's log can be larger than is wise to hold), and
+                # in JSON one array written as it goes, a record per line.
+                opened = False
+                while True:
+                    for rec in records:
+                        if app.json:
+                            fmt.echo(("," if opened else "[") + fmt.dumps(rec.model_dump(mode="json")))
+                            opened = True
+                        else:
+                            fmt.echo(fmt.log_line(rec))
+                    records, after = await engine.logs(full, offset)
+                    if after == offset:
+                        break
+                    offset = after
+                if app.json:
+                    fmt.echo("]" if opened else "[]")
+                return ExitCode.OK
             if not follow_:
                 if app.json:
                     fmt.echo(fmt.dumps([r.model_dump(mode="json") for r in records]))
