@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.events import EventBus
 from engine.models import LogRecord
-from engine.outage import LogBuffer, StoreHealth
+from engine.outage import LOG_BATCH, LogBuffer, StoreHealth
 
 
 class SlowStore:
@@ -49,3 +49,38 @@ async def test_a_flush_waits_for_the_records_a_concurrent_flush_is_writing() -> 
     store.release.set()
     await asyncio.wait_for(asyncio.gather(everything, own), 5)
     assert store.written == ["resuming from checkpoint 3", "completed"]  # both, in order
+
+
+class Store:
+    """Just ``append_logs``, recording each batch's size."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.messages: list[str] = []
+
+    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
+        await asyncio.sleep(0)
+        self.batches.append(len(records))
+        self.messages += [r.message for r in records]
+
+
+async def test_a_chatty_operation_is_written_in_batches_without_waiting_for_the_clock() -> None:
+    """A command printing tens of thousands of lines a second held them all until the clock's next flush
+    (170 MB): from LOG_BATCH records of one operation on, a flush of it starts by itself. Nothing is lost,
+    duplicated or reordered, and a store that fails starts no such flush (the clock's retries do)."""
+    store = Store()
+    health = StoreHealth(60.0, lambda: True)
+    buf = LogBuffer(store, health, EventBus())  # type: ignore[arg-type]
+    n = 3 * LOG_BATCH + 7
+    for i in range(n):
+        buf.append("op1", record(str(i)))
+        if i % 1000 == 0:
+            await asyncio.sleep(0)  # the event loop turns now and then, as it does while a command runs
+    assert store.batches and max(store.batches) < 2 * LOG_BATCH, store.batches
+    await buf.flush()
+    assert store.messages == [str(i) for i in range(n)]
+    health.failed(OSError(28, "No space left on device"))
+    for i in range(LOG_BATCH + 1):
+        buf.append("op2", record(str(i)))
+    await asyncio.sleep(0.01)
+    assert sum(store.batches) == n, "a flush started while the store fails"

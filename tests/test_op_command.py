@@ -3,14 +3,22 @@ it and the resumed child goes on from OUTLAST_CHECKPOINT; cancel kills the whole
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import Engine, OperationSpec, Status
+from engine.operations import command as command_module
+from engine.operations.command import OutputLines
 from tests.fixtures_cli import Cli, until
 from tests.fixtures_engine import until as until_async
 from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
@@ -199,3 +207,46 @@ def test_logs_follow_on_a_quiet_operation_says_what_it_waits_for(cli: Cli) -> No
     cli("cancel", op_id)
     assert follow.wait() != 0
     assert sum("waiting for new log lines" in ln for ln in follow.err) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    unfinished=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
+    cuts=st.lists(st.integers(1, 50), min_size=1, max_size=20),
+    line_max=st.sampled_from([8, 1 << 20]),
+)
+def test_output_is_split_into_the_lines_the_command_wrote(
+    lines: list[bytes], unfinished: bytes, cuts: list[int], line_max: int
+) -> None:
+    """The output read a chunk at a time (cut anywhere, here by ``cuts``) gives every line with its
+    newline, the unfinished last one as it is, and a line longer than LINE_MAX as LINE_MAX-sized pieces."""
+    data = b"".join(line + b"\n" for line in lines) + unfinished
+    want = []
+    for line in [line + b"\n" for line in lines] + ([unfinished] if unfinished else []):
+        body, nl = (line[:-1], b"\n") if line.endswith(b"\n") else (line, b"")
+        while len(body) >= line_max:
+            want.append(body[:line_max])
+            body = body[line_max:]
+        if body or nl:
+            want.append(body + nl)
+
+    async def go() -> list[bytes]:
+        stream = asyncio.StreamReader()
+        rest, i = data, 0
+        while rest:
+            n = cuts[i % len(cuts)]
+            stream.feed_data(rest[:n])
+            rest, i = rest[n:], i + 1
+        stream.feed_eof()
+        out = OutputLines(stream, SimpleNamespace(cancelled=False))  # type: ignore[arg-type]
+        got = []
+        while line := await out.next():
+            got.append(line)
+        assert await out.next() == b"", "the end stays the end"
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(command_module, "LINE_MAX", line_max)
+        mp.setattr(command_module, "CHUNK", 7)
+        assert asyncio.run(go()) == want

@@ -168,12 +168,10 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     # uninterrupted one does.
     lines = ctx.state.get("lines", 0) if ctx.resuming else 0
     assert proc.stdout is not None
+    output = OutputLines(proc.stdout, ctx)
     try:
         while True:
-            try:
-                raw = await _next_line(proc.stdout, ctx)
-            except ValueError:  # a line longer than the limit
-                raw = await proc.stdout.read(1 << 20)
+            raw = await output.next()
             if raw is None:  # a stop was asked for: the group is killed below, at once
                 break
             if not raw:
@@ -205,10 +203,54 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
 
 
-async def _next_line(stream: asyncio.StreamReader, ctx: OperationContext) -> bytes | None:
-    """The next line of output (b"" at the end), or None as soon as a stop is asked for, even if the
-    command is silent."""
-    task = asyncio.ensure_future(stream.readline())
+LINE_MAX = 1 << 20
+"""Bytes of one output line at most: a longer line is taken as several."""
+
+CHUNK = 1 << 16
+"""Bytes of output read at a time."""
+
+
+class OutputLines:
+    """The command's output line by line, read a chunk at a time: one read (a task, a wait with a
+    timeout) per chunk instead of per line, which was most of the cost of a chatty command."""
+
+    def __init__(self, stream: asyncio.StreamReader, ctx: OperationContext) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.rest = b""
+        """The start of a line whose end has not been read yet."""
+        self.ended = False
+
+    async def next(self) -> bytes | None:
+        """The next line with its newline (the last may have none; b"" at the end), or None as soon
+        as a stop is asked for, even if the command is silent."""
+        while not self.lines:
+            if self.ended:
+                return b""
+            chunk = await _next_chunk(self.stream, self.ctx)
+            if chunk is None:
+                return None
+            if not chunk:
+                self.ended = True
+                if self.rest:
+                    self.lines.append(self.rest)
+                continue
+            *whole, self.rest = (self.rest + chunk).split(b"\n")
+            for line in whole:
+                while len(line) >= LINE_MAX:  # cut as if its end had not come yet: the same wherever chunks end
+                    self.lines.append(line[:LINE_MAX])
+                    line = line[LINE_MAX:]
+                self.lines.append(line + b"\n")
+            while len(self.rest) >= LINE_MAX:
+                self.lines.append(self.rest[:LINE_MAX])
+                self.rest = self.rest[LINE_MAX:]
+        return self.lines.popleft()
+
+
+async def _next_chunk(stream: asyncio.StreamReader, ctx: OperationContext) -> bytes | None:
+    """What the command wrote next (b"" at the end), or None as soon as a stop is asked for."""
+    task = asyncio.ensure_future(stream.read(CHUNK))
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.2)
         if done:
