@@ -11,6 +11,7 @@ Every face shows stored text through ``printable``: one rule, one function.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -79,7 +80,16 @@ def local_time(ts: float | None) -> time.struct_time | None:
 
 def clock(ts: float | None) -> str:
     """``HH:MM:SS`` in local time; ``-`` when unknown."""
-    lt = local_time(ts)
+    if ts is None or not math.isfinite(ts):
+        return "-"
+    return _clock_at(math.floor(ts))
+
+
+@functools.lru_cache(maxsize=64)
+def _clock_at(second: int) -> str:
+    """``clock`` of a whole second, remembered: a log line each takes one, and ``time.localtime`` reads
+    the zone file's status every call (a fifth of a chatty command's cost when its lines are printed)."""
+    lt = local_time(second)
     return "-" if lt is None else time.strftime("%H:%M:%S", lt)
 
 
