@@ -80,9 +80,11 @@ def local_time(ts: float | None) -> time.struct_time | None:
 
 def clock(ts: float | None) -> str:
     """``HH:MM:SS`` in local time; ``-`` when unknown."""
-    if ts is None or not math.isfinite(ts):
-        return "-"
-    return _clock_at(math.floor(ts))
+    try:
+        second = math.floor(ts) if ts is not None and math.isfinite(ts) else None
+    except (OverflowError, ValueError):  # an int too large for a float
+        second = None
+    return "-" if second is None else _clock_at(second)
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,10 +13,13 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,4 +228,60 @@ async def test_an_error_outside_any_job_is_answered_and_the_thread_goes_on() -> 
             await asyncio.wait_for(worker.run_txn(lambda conn: None), 10)
         assert await asyncio.wait_for(worker.run(lambda: 42), 10) == 42
     finally:
+        worker.stop()
+
+
+async def test_a_transaction_sqlite_rolls_back_whole_fails_only_the_jobs_it_held(tmp_path: Path) -> None:
+    """SQLite may roll back the whole transaction from inside a statement (SQLITE_FULL, IOERR, NOMEM: a
+    job here does what it does, ROLLBACK, then raises as it would). In one group: a job that failed by
+    itself keeps its own error; the job before, whose write went with the transaction, fails with that
+    error; the job after runs in the next group and commits; each failed job is undone exactly once."""
+    worker = sqlite_worker.SqliteWorker()
+    undone: list[str] = []
+
+    def open_db() -> None:
+        conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+        conn.execute("CREATE TABLE t(k TEXT)")
+        worker.conn = conn
+
+    def insert(key: str) -> Any:
+        def job(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t VALUES(?)", (key,))
+            if key == "stale":
+                raise ValueError("stale attempt")
+            if key == "big":
+                conn.execute("ROLLBACK")
+                raise sqlite3.OperationalError("database or disk is full")
+            return key
+
+        return job
+
+    try:
+        await worker.run(open_db)
+        gate = threading.Event()
+        held = worker.run(gate.wait)
+        futs = {
+            k: worker.run_txn(insert(k), undo=lambda k=k: undone.append(k)) for k in ("stale", "before", "big", "after")
+        }
+        gate.set()
+        await asyncio.wait_for(held, 10)
+        outcomes = {}
+        for k, fut in futs.items():
+            try:
+                outcomes[k] = await asyncio.wait_for(fut, 10)
+            except Exception as e:
+                outcomes[k] = f"{type(e).__name__}: {e}"
+        assert outcomes == {
+            "stale": "ValueError: stale attempt",
+            "before": "OperationalError: database or disk is full",
+            "big": "OperationalError: database or disk is full",
+            "after": "after",
+        }
+        assert sorted(undone) == ["before", "big", "stale"]
+        conn = worker.conn
+        assert conn is not None
+        assert await worker.run(lambda: conn.execute("SELECT k FROM t").fetchall()) == [("after",)]
+    finally:
+        if worker.conn is not None:
+            await worker.run(worker.conn.close)
         worker.stop()

@@ -110,14 +110,16 @@ def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
-        pos, buf, lines_in_buf, need = size, b"", 0, max(limit, 0)
+        pos, chunks, newlines, need = size, [], 0, max(limit, 0)
         while True:
             # ``need`` + 1 newlines hold ``need`` whole lines after the last one (the first may be cut).
-            while pos > offset and lines_in_buf <= need:
+            while pos > offset and newlines <= need:
                 start = max(offset, pos - CHUNK)
                 f.seek(start)
                 chunk = f.read(pos - start)
-                buf, pos, lines_in_buf = chunk + buf, start, lines_in_buf + chunk.count(b"\n")
+                chunks.append(chunk)
+                pos, newlines = start, newlines + chunk.count(b"\n")
+            buf = b"".join(reversed(chunks))
             cut = buf.rfind(b"\n") + 1
             body = buf[:cut] if pos == offset else buf[buf.find(b"\n") + 1 : cut]
             records: list[LogRecord] = []

@@ -179,7 +179,7 @@ class SqliteWorker:
                     # Alone, or SQLite rolled the whole transaction back (it may on a full disk, an I/O
                     # error, out of memory): the jobs before this one lost their writes too, and the ones
                     # after it have not run.
-                    self._lose(group[: i + 1], error)
+                    self._lose(group[: i + 1], error, [err for _r, err in outcomes] + [None])
                     return group[i + 1 :]
                 if error is None:
                     if not solo:
@@ -189,7 +189,7 @@ class SqliteWorker:
                     conn.execute("RELEASE job")
             except sqlite3.Error as e:  # a savepoint statement failed: the transaction is in doubt
                 self._failing = True
-                self._lose(group[: i + 1], e)
+                self._lose(group[: i + 1], e, [err for _r, err in outcomes] + [None])
                 return group[i + 1 :]
             if error is not None:
                 _undo(job)
