@@ -117,6 +117,10 @@ class Attempt:
         self.watch = Watch(op, self.ctx, host.settings.grace_period, host.publish)
         self.lost = False
         """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
+        self.unsaved_since: tuple[float, str] | None = None
+        """Since when (monotonic) and why this attempt's checkpoints fail to be written: other writes
+        may still work (a state larger than the disk's free space), so the store's health alone does
+        not tell. The supervisor stops the attempt once that lasts ``store_outage_limit``."""
 
     @classmethod
     async def open(cls, host: AttemptHost, op: Operation) -> Attempt | None:
@@ -158,9 +162,12 @@ class Attempt:
             if not store_failure(e):
                 raise
             self.host.health.failed(e)
+            if self.unsaved_since is None:
+                self.unsaved_since = (time.monotonic(), why(e))
             self.watch.next_checkpoint = time.monotonic() + min(1.0, interval)
             return False
         self.host.health.ok()
+        self.unsaved_since = None
         latency = time.perf_counter() - t0
         self.watch.next_checkpoint = time.monotonic() + interval
         self.host.publish(
@@ -308,7 +315,8 @@ class Attempt:
             StopReason.SHUTDOWN: self.host.shutdown_reason,
             StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
             StopReason.STALLED: f"{self.ctx.profile.stall_timeout:g}s",
-            StopReason.STORE: f"{settings.store_outage_limit:g}s ({self.host.health.why})",
+            StopReason.STORE: f"{settings.store_outage_limit:g}s"
+            f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
         }.get(reason, "")
         msg = reason.message(detail)
         if reason is StopReason.STORE:

@@ -234,10 +234,14 @@ class Supervisor:
         """One turn of the clock; the steps whose time has come (``now >= next_*``) run."""
         for attempt in list(self._runs.values()):
             attempt.watch.tick(now)
-        if self._health.over_limit(now):
-            for attempt in self._runs.values():
-                if attempt.ctx.stop_reason is None:
-                    attempt.watch.stop(StopReason.STORE, now)
+        limit = self._health.outage_limit
+        over = self._health.over_limit(now)
+        for attempt in self._runs.values():
+            unsaved = attempt.unsaved_since
+            # The whole store, or this attempt's checkpoints alone (too large for what the disk has left,
+            # while smaller writes still work): its work since the last one would be lost to a crash.
+            if attempt.ctx.stop_reason is None and (over or (unsaved is not None and now - unsaved[0] >= limit)):
+                attempt.watch.stop(StopReason.STORE, now)
         # Each step on its own: a store that fails is said once (StoreHealth), never a traceback per tick.
         if now >= next_poll and self._runs:
             await self._step(self._poll_controls(now))

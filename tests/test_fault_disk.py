@@ -270,12 +270,14 @@ async def test_a_write_sqlite_rolls_back_whole_fails_its_group_and_the_thread_go
 class BigParams(BaseModel):
     items: int = 4
     mb: float = 3.0
+    seconds: float = 0.0
 
 
 @operation("test_big_checkpoints", params=BigParams)
 async def big_checkpoints(ctx: OperationContext, p: BigParams) -> dict:
-    """A checkpoint of ``mb`` MB of state after every item."""
+    """A checkpoint of ``mb`` MB of state after every item (of ``seconds`` each)."""
     async for i in ctx.items(range(p.items), key=str):
+        await asyncio.sleep(p.seconds)
         ctx.state["blob"] = os.urandom(int(p.mb * 2**19)).hex()
         ctx.state["last"] = i
         await ctx.checkpoint()
@@ -316,6 +318,36 @@ async def test_a_checkpoint_too_big_for_the_disk_left_does_not_hang_the_engine(s
         (Status.COMPLETED, {"sum": sum(range(300))}),
         (Status.COMPLETED, {"last": 3}),
     ]
+
+
+async def test_an_operation_whose_checkpoints_no_longer_fit_stops_interrupted(small_fs: Path) -> None:
+    """Its checkpoints fail while smaller writes still work, so the store's outage is over as soon as
+    another write succeeds: the operation once went on for good without a durable checkpoint, and a crash
+    would have cost all of its work. It stops as interrupted after ``store_outage_limit`` (resumable, as
+    from any outage), and says why."""
+    settings = load_settings(
+        state_dir=small_fs / "state", plugins=["tests.ops_for_tests"], grace_period=2.0, store_outage_limit=1.0
+    )
+    async with make_engine(settings) as engine:
+        await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
+    fill = _fill(small_fs)
+    _leave_free(fill, 1.5)
+    with contextlib.suppress(StoreUnwritable):  # the small writes may fail too: then everything stops
+        async with make_engine(settings) as engine:
+            # Beside it, an operation whose small checkpoints keep working: each one ends the store's outage.
+            small = {"items": 600, "seconds": 0.01, "explicit_every": 1}
+            await engine.submit(OperationSpec(type="ledger", params=small))
+            big = await engine.submit(
+                OperationSpec(type="test_big_checkpoints", params={"items": 200, "seconds": 0.05})
+            )
+            await asyncio.wait_for(engine.wait(big.id, timeout=60, poll=0.1), 70)
+            assert big.id in engine.store_stopped
+    fill.unlink()
+    async with make_engine(settings) as engine:
+        final = await engine.get(big.id)
+    assert final.status is Status.INTERRUPTED, (final.status, final.result)
+    assert "could not be written" in (final.status_message or "") and "full" in (final.status_message or "")
+    assert "no checkpoint" in (final.status_message or "")
 
 
 def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
