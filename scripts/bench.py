@@ -57,6 +57,7 @@ def _registry() -> dict[str, BenchFn]:
         "memory": bench_surface.bench_memory,
         "indexing": bench_workloads.bench_indexing,
         "backup": bench_workloads.bench_backup,
+        "command": bench_workloads.bench_command,
     }
 
 

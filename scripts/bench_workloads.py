@@ -15,3 +15,9 @@ async def bench_backup(bench: Bench) -> list[Row]:
     import bench_builtins
 
     return await bench_builtins.bench_backup(bench)
+
+
+async def bench_command(bench: Bench) -> list[Row]:
+    import bench_builtins
+
+    return await bench_builtins.bench_command(bench)
