@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Engine, OperationSpec, Status
+from engine import Engine, OperationSpec, ProgressReported, Status
 from engine.operations import command as command_module
 from engine.operations.command import OutputLines
 from tests.fixtures_cli import Cli, until
@@ -209,27 +210,45 @@ def test_logs_follow_on_a_quiet_operation_says_what_it_waits_for(cli: Cli) -> No
     assert sum("waiting for new log lines" in ln for ln in follow.err) == 1
 
 
-@settings(max_examples=150, deadline=None)
+EOLS = [b"\n", b"\r\n", b"\r"]
+"""How a command ends a line: a newline, CR LF, or a carriage return alone (a line written over)."""
+_TEXT = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
-    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
-    unfinished=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
+    parts=st.lists(
+        st.tuples(
+            st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")), st.sampled_from(EOLS)
+        ),
+        max_size=30,
+    ),
+    unfinished=_TEXT,
     cuts=st.lists(st.integers(1, 50), min_size=1, max_size=20),
     line_max=st.sampled_from([8, 1 << 20]),
 )
 def test_output_is_split_into_the_lines_the_command_wrote(
-    lines: list[bytes], unfinished: bytes, cuts: list[int], line_max: int
+    parts: list[tuple[bytes, bytes]], unfinished: bytes, cuts: list[int], line_max: int
 ) -> None:
-    """The output read a chunk at a time (cut anywhere, here by ``cuts``) gives every line with its
-    newline, the unfinished last one as it is, and a line longer than LINE_MAX as LINE_MAX-sized pieces."""
-    data = b"".join(line + b"\n" for line in lines) + unfinished
+    """The output read a chunk at a time (cut anywhere, here by ``cuts``) gives every line with its end
+    (a newline, CR LF, or a carriage return alone: a progress bar written over), the unfinished last
+    one as it is, and a line longer than LINE_MAX as LINE_MAX-sized pieces."""
+    data = b"".join(body + eol for body, eol in parts) + unfinished
+    # The lines of the whole output at once (a CR then an LF is one CR LF, however it was generated).
+    lines, pos = [], 0
+    for m in re.finditer(rb"\r\n|\n|\r", data):
+        lines.append((data[pos : m.start()], m.group()))
+        pos = m.end()
+    last = data[pos:]
+    if not last and lines and lines[-1][1] == b"\r":  # written over, then the end: its last state stays
+        last = lines.pop()[0]
     want = []
-    for line in [line + b"\n" for line in lines] + ([unfinished] if unfinished else []):
-        body, nl = (line[:-1], b"\n") if line.endswith(b"\n") else (line, b"")
+    for body, eol in [*lines, *([(last, b"")] if last else [])]:
         while len(body) >= line_max:
             want.append(body[:line_max])
             body = body[line_max:]
-        if body or nl:
-            want.append(body + nl)
+        if body or eol:
+            want.append(body + eol)
 
     async def go() -> list[bytes]:
         stream = asyncio.StreamReader()
@@ -250,3 +269,28 @@ def test_output_is_split_into_the_lines_the_command_wrote(
         mp.setattr(command_module, "LINE_MAX", line_max)
         mp.setattr(command_module, "CHUNK", 7)
         assert asyncio.run(go()) == want
+
+
+async def test_a_progress_bar_written_over_in_place_is_progress_and_a_sign_of_life(engine: Engine) -> None:
+    """curl, wget, rsync, pv and tqdm redraw one line with carriage returns: for 4 s no newline came, so a
+    download making steady progress was stopped as stalled after stall_timeout, with no progress shown.
+    Each state counts as progress and as a sign of life; the log keeps the state a newline leaves."""
+    code = (
+        "import sys, time\n"
+        "for i in range(0, 101, 4):\n"
+        "    sys.stdout.write(f'\\rdownloading {i}%'); sys.stdout.flush(); time.sleep(0.1)\n"
+        "print()\nprint('done')"
+    )
+    seen: list[float] = []
+    engine.subscribe(lambda ev: seen.append(ev.progress.percent) if isinstance(ev, ProgressReported) else None)
+    spec = OperationSpec(
+        type="command",
+        params={"argv": [sys.executable, "-c", code]},
+        profile={"stall_timeout": 1.0, "progress_report_interval": 0.2},
+    )
+    final = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert final.status is Status.COMPLETED, final.status_message
+    assert final.result["lines"] == 2
+    records, _ = await engine.logs(final.id)
+    assert [r.message for r in records] == ["downloading 100%", "done"]
+    assert any(0 < (p or 0) < 100 for p in seen), "no progress was shown while it ran"

@@ -177,6 +177,12 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             if not raw:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if raw[-1:] == b"\r":
+                # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
+                # and it is a sign of life, but only the state a newline leaves is a line of the log.
+                parser.feed(line)
+                ctx.progress(lines=lines)
+                continue
             protocol = _DIRECTIVE.match(line) is not None
             if not protocol:  # ::outlast directives are protocol, not output: not in the log or the tail
                 tail.append(line)
@@ -210,9 +216,13 @@ CHUNK = 1 << 16
 """Bytes of output read at a time."""
 
 
+_EOL = re.compile(rb"\r\n|\n|\r")
+
+
 class OutputLines:
     """The command's output line by line, read a chunk at a time: one read (a task, a wait with a
-    timeout) per chunk instead of per line, which was most of the cost of a chatty command."""
+    timeout) per chunk instead of per line, which was most of the cost of a chatty command. A line ends
+    with a newline, or with a carriage return alone (a progress bar written over in place)."""
 
     def __init__(self, stream: asyncio.StreamReader, ctx: OperationContext) -> None:
         self.stream = stream
@@ -223,8 +233,8 @@ class OutputLines:
         self.ended = False
 
     async def next(self) -> bytes | None:
-        """The next line with its newline (the last may have none; b"" at the end), or None as soon
-        as a stop is asked for, even if the command is silent."""
+        """The next line with its end (b"\n", b"\r\n" or b"\r"; the last line may have none; b"" at the
+        end of the output), or None as soon as a stop is asked for, even if the command is silent."""
         while not self.lines:
             if self.ended:
                 return b""
@@ -233,19 +243,42 @@ class OutputLines:
                 return None
             if not chunk:
                 self.ended = True
-                if self.rest:
-                    self.lines.append(self.rest)
+                if self.rest.rstrip(b"\r"):  # the last state of a line left unfinished is its line
+                    self._add(self.rest.rstrip(b"\r"))
                 continue
-            *whole, self.rest = (self.rest + chunk).split(b"\n")
-            for line in whole:
-                while len(line) >= LINE_MAX:  # cut as if its end had not come yet: the same wherever chunks end
-                    self.lines.append(line[:LINE_MAX])
-                    line = line[LINE_MAX:]
-                self.lines.append(line + b"\n")
+            data = self.rest + chunk
+            held = data[-1:] == b"\r"  # perhaps half of a \r\n: the next chunk tells
+            if held:
+                data = data[:-1]
+            if b"\r" in data:
+                pos = 0
+                for m in _EOL.finditer(data):
+                    self._add(data[pos : m.end()])
+                    pos = m.end()
+                self.rest = data[pos:]
+            else:
+                *whole, self.rest = data.split(b"\n")
+                for line in whole:
+                    if len(line) < LINE_MAX:
+                        self.lines.append(line + b"\n")
+                    else:
+                        self._add(line + b"\n")
             while len(self.rest) >= LINE_MAX:
                 self.lines.append(self.rest[:LINE_MAX])
                 self.rest = self.rest[LINE_MAX:]
+            if held:
+                self.rest += b"\r"
         return self.lines.popleft()
+
+    def _add(self, line: bytes) -> None:
+        """A line with its end; a longer one than LINE_MAX as pieces, cut as if its end had not come yet
+        (so the pieces are the same wherever the chunks end)."""
+        body = line.rstrip(b"\r\n")
+        end = line[len(body) :]
+        while len(body) >= LINE_MAX:
+            self.lines.append(body[:LINE_MAX])
+            body = body[LINE_MAX:]
+        self.lines.append(body + end)
 
 
 async def _next_chunk(stream: asyncio.StreamReader, ctx: OperationContext) -> bytes | None:
