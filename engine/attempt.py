@@ -40,7 +40,7 @@ from .models import (
     StoreError,
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
-from .profiles import TimeoutProfile
+from .profiles import TimeoutProfile, stored_profile
 from .registry import HandlerSpec, get_handler
 from .store import Store
 from .store.base import ItemDelta, Ledger
@@ -129,7 +129,7 @@ class Attempt:
         try:
             handler = get_handler(op.type)
             params = handler.parse_params(op.params)
-            profile = TimeoutProfile.model_validate(op.profile)
+            profile = stored_profile(op)
             resume = None
             if op.checkpoint_seq or op.resume_seq is not None:
                 resume = await host.store.load_checkpoint(op.id, op.resume_seq)

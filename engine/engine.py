@@ -45,7 +45,7 @@ from .models import (
     validate_id,
 )
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
-from .profiles import resume_fields
+from .profiles import resume_fields, stored_profile
 from .registry import ensure_loaded, get_handler
 from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
@@ -365,6 +365,7 @@ class Engine:
         ``profile`` changes its timeout profile (and failure threshold) from this attempt on."""
         op = await self.store.get(validate_id(op_id))
         check_action(Action.RESUME, op.status, op_id)
+        stored_profile(op)  # damaged: StoreError, before anything is written
         if checkpoint is not None:
             cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
             if checkpoint not in cps:

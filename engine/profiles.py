@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec
+from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec, StoreError
 
 
 class RetryPolicy(BaseModel):
@@ -120,7 +120,7 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
         OperationSpec(type=op.type, profile=overrides)  # the same limits as at submit (keys, depth)
     except ValidationError as e:
         raise InvalidInput(one_line(e)) from None
-    profile = TimeoutProfile.model_validate(op.profile).merged(overrides)
+    profile = stored_profile(op).merged(overrides)
     total = op.progress.total if op.progress.total is not None else op.total_items
     return {
         "profile": profile.model_dump(mode="json"),
@@ -128,6 +128,16 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
         "effective_timeout": op.timeout or profile.effective_timeout(total),
         "timeout_basis": "fixed by --timeout" if op.timeout else profile.basis(total),
     }
+
+
+def stored_profile(op: Operation) -> TimeoutProfile:
+    """The timeout profile stored with ``op`` (validated when it was submitted); StoreError in one line
+    when it no longer validates: the store is damaged (a changed byte in a key was seen), not the
+    operation, so it must not be marked failed for it."""
+    try:
+        return TimeoutProfile.model_validate(op.profile)
+    except ValidationError as e:
+        raise StoreError(f"operation {op.id}: its stored timeout profile is damaged ({one_line(e)})") from None
 
 
 def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:
