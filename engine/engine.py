@@ -40,6 +40,7 @@ from .models import (
     Progress,
     Status,
     StatusChanged,
+    StoreError,
     WorkerInfo,
     new_id,
     validate_id,
@@ -366,6 +367,15 @@ class Engine:
         op = await self.store.get(validate_id(op_id))
         check_action(Action.RESUME, op.status, op_id)
         stored_profile(op)  # damaged: StoreError, before anything is written
+        try:
+            handler = get_handler(op.type)
+        except InvalidInput:
+            pass  # a plugin not loaded here: the attempt says so where it runs
+        else:
+            try:
+                handler.parse_params(op.params)
+            except InvalidInput as e:
+                raise StoreError(f"operation {op_id}: its stored params no longer validate ({e})") from None
         if checkpoint is not None:
             cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
             if checkpoint not in cps:

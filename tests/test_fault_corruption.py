@@ -489,17 +489,19 @@ PROFILE_DAMAGES = {
     "a key with a changed byte": "json_set(json_remove(record, '$.profile.progress_report_interval'),"
     " '$.profile.progr\ufffdss_report_interval', 30.0)",
     "a value of the wrong type": "json_set(record, '$.profile.stall_timeout', 'soon')",
+    "params": "json_set(record, '$.params.items', 'forty')",
 }
 
 
 @pytest.mark.parametrize("damage", list(PROFILE_DAMAGES))
-def test_a_damaged_stored_profile_is_one_line_and_changes_nothing(
+def test_a_damaged_stored_profile_or_params_is_one_line_and_changes_nothing(
     cli: Cli, pristine: tuple[Path, str, bytes], damage: str
 ) -> None:
     """Found by the random-bytes soak (seed 20261209, round 104): one byte changed in a key of the stored
     timeout profile, and the resume marked the operation failed, with pydantic's multi-line error as its
     message. The store is damaged, not the operation: the resume says so in one line (exit 8, the
-    store's code) and writes nothing."""
+    store's code) and writes nothing. Params that no longer validate (damaged, or a plugin that changed
+    them) are refused the same way."""
     op_id, _ = from_pristine(cli, pristine)
     _sql(cli, f"UPDATE operations SET record={PROFILE_DAMAGES[damage]} WHERE id=?", op_id)
     with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
@@ -507,7 +509,8 @@ def test_a_damaged_stored_profile_is_one_line_and_changes_nothing(
     r = resume_json(cli, op_id)
     assert r.returncode == ExitCode.STORE, r.stderr
     line = one_line(r, damage)
-    assert "stored timeout profile is damaged" in line and op_id in line, line
+    assert ("stored params no longer validate" if damage == "params" else "stored timeout profile is damaged") in line
+    assert op_id in line, line
     with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
         assert conn.execute("SELECT * FROM operations WHERE id=?", (op_id,)).fetchone() == before
 
