@@ -177,13 +177,13 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             if not raw:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if raw[-1:] == b"\r":
+            protocol = _DIRECTIVE.match(line) is not None
+            if raw[-1:] == b"\r" and not protocol:
                 # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
                 # and it is a sign of life, but only the state a newline leaves is a line of the log.
                 parser.feed(line)
                 ctx.progress(lines=lines)
                 continue
-            protocol = _DIRECTIVE.match(line) is not None
             if not protocol:  # ::outlast directives are protocol, not output: not in the log or the tail
                 tail.append(line)
                 ctx.log.info(line)
