@@ -3,8 +3,10 @@
 The child runs in its own process group (``ctx.spawn``), so a cancel, pause or timeout kills it with
 its children. Lines on stdout/stderr go to the operation's log. Progress is read from the output:
 ``::outlast progress 42/100``, ``::outlast step Compiling``, ``::outlast checkpoint {"offset": 42}``,
-else a user regex (named groups ``done``/``total`` or ``pct``), else ``N/M`` or ``NN%``. On resume
-the child gets the last checkpoint's data in ``OUTLAST_CHECKPOINT`` (JSON) and ``OUTLAST_RESUME=1``.
+else a user regex (named groups ``done``/``total`` or ``pct``), else ``N/M`` or ``NN%``; a line redrawn
+in place with a carriage return (a progress bar) counts as progress, and the log keeps the line a newline
+leaves. On resume the child gets the last checkpoint's data in ``OUTLAST_CHECKPOINT`` (JSON) and
+``OUTLAST_RESUME=1``.
 """
 
 from __future__ import annotations
