@@ -6,7 +6,8 @@ permitted). Checked: the foreground run exits by itself with one line on stderr 
 one line when it starts and one when it is over; and after space is freed (or the mount is writable
 again) ``outlast resume`` finishes with the result of an uninterrupted run, item by item. And a write
 too big for the space left, which SQLite rolls back whole with every write grouped with it, fails
-those writes, not the store's thread (whose death once left every caller waiting forever).
+those writes, not the store's thread (whose death once left every caller waiting forever); an
+operation whose own checkpoints no longer fit, while smaller writes still do, stops interrupted.
 """
 
 from __future__ import annotations
