@@ -217,12 +217,7 @@ _TEXT = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r"
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(
-        st.tuples(
-            st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")), st.sampled_from(EOLS)
-        ),
-        max_size=30,
-    ),
+    parts=st.lists(st.tuples(_TEXT, st.sampled_from(EOLS)), max_size=30),
     unfinished=_TEXT,
     cuts=st.lists(st.integers(1, 50), min_size=1, max_size=20),
     line_max=st.sampled_from([8, 1 << 20]),
