@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from engine import OperationContext, OperationSpec, Status, load_settings, operation
+from engine import OperationContext, OperationSpec, Settings, Status, load_settings, operation
 from engine.exitcodes import ExitCode
 from engine.outage import StoreUnwritable
 from engine.store.sqlite.worker import SqliteWorker
@@ -285,19 +285,26 @@ async def big_checkpoints(ctx: OperationContext, p: BigParams) -> dict:
     return {"last": ctx.state["last"]}
 
 
+async def _nearly_full(mnt: Path, outage_limit: float) -> tuple[Settings, Path]:
+    """Settings for a store on ``mnt`` that has written an operation, then the file system filled but for
+    1.5 MB: room for small writes, not for a 3 MB checkpoint. The file to delete to free the rest."""
+    settings = load_settings(
+        state_dir=mnt / "state", plugins=["tests.ops_for_tests"], grace_period=2.0, store_outage_limit=outage_limit
+    )
+    async with make_engine(settings) as engine:
+        await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
+    fill = _fill(mnt)
+    _leave_free(fill, 1.5)
+    return settings, fill
+
+
 async def test_a_checkpoint_too_big_for_the_disk_left_does_not_hang_the_engine(small_fs: Path) -> None:
     """Operations checkpointing after every item beside one whose checkpoints no longer fit on the disk:
     their writes share group commits with the big one, which SQLite rolls back whole. The engine must
     not hang: either everything ends while the small writes still fit, or the store is given up on (one
     error) with the work left interrupted; once space is freed, a new engine resumes it to the results of
     an uninterrupted run."""
-    settings = load_settings(
-        state_dir=small_fs / "state", plugins=["tests.ops_for_tests"], grace_period=2.0, store_outage_limit=2.0
-    )
-    async with make_engine(settings) as engine:
-        await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
-    fill = _fill(small_fs)
-    _leave_free(fill, 1.5)
+    settings, fill = await _nearly_full(small_fs, outage_limit=2.0)
     ids = []
     with contextlib.suppress(StoreUnwritable):
         async with make_engine(settings) as engine:
@@ -326,13 +333,7 @@ async def test_an_operation_whose_checkpoints_no_longer_fit_stops_interrupted(sm
     another write succeeds: the operation once went on for good without a durable checkpoint, and a crash
     would have cost all of its work. It stops as interrupted after ``store_outage_limit`` (resumable, as
     from any outage), and says why."""
-    settings = load_settings(
-        state_dir=small_fs / "state", plugins=["tests.ops_for_tests"], grace_period=2.0, store_outage_limit=1.0
-    )
-    async with make_engine(settings) as engine:
-        await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
-    fill = _fill(small_fs)
-    _leave_free(fill, 1.5)
+    settings, fill = await _nearly_full(small_fs, outage_limit=1.0)
     with contextlib.suppress(StoreUnwritable):  # the small writes may fail too: then everything stops
         async with make_engine(settings) as engine:
             # Beside it, an operation whose small checkpoints keep working: each one ends the store's outage.
