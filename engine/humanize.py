@@ -89,8 +89,8 @@ def clock(ts: float | None) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _clock_at(second: int) -> str:
-    """``clock`` of a whole second, remembered: a log line each takes one, and ``time.localtime`` reads
-    the zone file's status every call (a fifth of a chatty command's cost when its lines are printed)."""
+    """``clock`` of a whole second, remembered: a followed command prints one per log line, and
+    ``time.localtime`` reads the zone file's status on every call (measured: a small gain)."""
     lt = local_time(second)
     return "-" if lt is None else time.strftime("%H:%M:%S", lt)
 
