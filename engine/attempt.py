@@ -265,6 +265,13 @@ class Attempt:
                     ctx.reenter()
                     continue  # the handler is entered again and skips the failed item
                 await self._failed(e)
+            except BaseExceptionGroup as group:  # after ``except Exception``: an ExceptionGroup is one
+                # A stop raised in tasks of an asyncio.TaskGroup: the stop wins over what its siblings raised.
+                stops, _rest = group.split(OperationStopped)
+                if stops is None:
+                    raise
+                first = _first_leaf(stops)
+                await self._stopped(first.reason, first.checkpointed)
             else:
                 await self._completed(result)
             return
@@ -411,3 +418,9 @@ async def settle(
 async def _release(host: AttemptHost, op: Operation) -> None:
     with contextlib.suppress(Exception):
         await host.store.release(op.id, op.epoch)
+
+
+def _first_leaf(group: BaseExceptionGroup[OperationStopped]) -> OperationStopped:
+    """The first stop in a (possibly nested) exception group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -55,8 +55,13 @@ class AttemptPort(Protocol):
         ...
 
 
-class OperationStopped(Exception):
-    """Raised inside a handler at a safe point after a stop was requested. Do not catch it."""
+class OperationStopped(BaseException):
+    """Raised inside a handler at a safe point after a stop was requested. Do not catch it.
+
+    A BaseException, as ``asyncio.CancelledError`` is, so that ``except Exception`` does not catch it:
+    code migrated from the seed wraps each item in one ("log it, go on with the next file"), and a
+    stop caught there was logged as that item's failure and ignored until the grace period ran out.
+    """
 
     def __init__(self, reason: StopReason, checkpointed: bool) -> None:
         super().__init__(reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pydantic import BaseModel
 
 from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation
@@ -129,3 +130,72 @@ async def test_fixed_timeout_is_not_extended(engine: Engine) -> None:
     assert final.status is Status.TIMED_OUT, final.status_message
     assert final.extensions == 0 and final.progress.done < 400
     assert (await _newest(engine, op.id))[0] == final.progress.done
+
+
+class SeedLoopParams(BaseModel):
+    items: int = 3000
+
+
+@operation("test_seed_loop", params=SeedLoopParams)
+async def seed_loop(ctx: OperationContext, p: SeedLoopParams) -> dict:
+    """The seed's loop as code migrated to it is written: every item in ``try: ... except Exception``
+    (log the error, go on with the next file), progress and checkpoints inside it."""
+    done: list[int] = list(ctx.get_resume_data().intermediate_results["done"]) if ctx.should_resume() else []
+    errors: list[str] = []
+    for i in range(len(done), p.items):
+        try:
+            await asyncio.sleep(0 if ctx.should_resume() else 0.005)  # the first attempt cannot finish in time
+            done.append(i)
+            await ctx.update_progress(f"item {i}", len(done), p.items)
+            if len(done) % 5 == 0:
+                await ctx.save_checkpoint({"done": done}, f"item {i + 1}")
+        except Exception as e:
+            errors.append(f"item {i}: {e!r}")
+    return {"done": done, "errors": errors}
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+async def test_a_stop_is_not_swallowed_by_except_exception_in_the_handler(settings: Settings, action: str) -> None:
+    """A stop reaches the handler at its next safe point as OperationStopped, which ``except Exception``
+    must not catch: else a pause or a cancel (Ctrl-C, the dashboard, a timeout) waited out the grace
+    period, logged a failure for every item of it, and an operation shorter than that completed after
+    being cancelled. A resume then does every item exactly once, as an uninterrupted run does."""
+    settings.grace_period = 60  # a stop that waits for the grace period fails this test's waits
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="test_seed_loop"))
+        await until(lambda: (r := engine.live(op.id)) is not None and r.done >= 12, timeout=20)
+        await getattr(engine, action)(op.id)
+        final = await engine.wait(op.id, timeout=10)
+        assert final.status is (Status.PAUSED if action == "pause" else Status.CANCELLED), final.status_message
+        assert "forced" not in (final.status_message or ""), final.status_message
+        logs, _ = await engine.logs(op.id)
+        assert not any("OperationStopped" in r.message for r in logs)
+        if action == "cancel":
+            return
+        await engine.resume(op.id)
+        resumed = await engine.wait(op.id, timeout=30)
+        assert resumed.status is Status.COMPLETED, resumed.status_message
+        assert resumed.result == {"done": list(range(3000)), "errors": []}
+
+
+@operation("test_stop_in_task_group")
+async def stop_in_task_group(ctx: OperationContext) -> dict:
+    """Safe points in tasks of an ``asyncio.TaskGroup``: a stop leaves it in an exception group."""
+
+    async def part(n: int) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            ctx.progress(message=f"part {n}")
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(part(1))
+        tg.create_task(part(2))
+    return {}
+
+
+async def test_a_stop_raised_in_a_task_group_stops_the_operation(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_stop_in_task_group"))
+    await until(lambda: (r := engine.live(op.id)) is not None and (r.message or "").startswith("part"), timeout=20)
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=10)
+    assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final.status_message
