@@ -202,6 +202,14 @@ def test_absurd_params_of_the_builtins_are_one_line(cli: Cli, args: list[str]) -
     nothing_stored(cli)
 
 
+def test_a_newline_in_a_params_key_stays_on_the_one_line(cli: Cli) -> None:
+    """The error names the key, and the key held a newline: printed raw, it made a second line
+    (found by test_input_fuzz_cli, seed 2851614311)."""
+    line = one_line(cli.here("submit", "backup_operation", "-p", 'source={"a\\nb": 9223372036854775808}'))
+    assert "source.a\\nb: 9.22e+18 is out of range" in line, line
+    nothing_stored(cli)
+
+
 def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")

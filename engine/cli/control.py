@@ -204,7 +204,7 @@ def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -
             if not app.quiet and not app.json:
                 fmt.echo(f"{op_id} removed")
         else:
-            fmt.echo(f"outlast: {error}", err=True)
+            fmt.echo(fmt.printable(f"outlast: {error}"), err=True)
             code = code or (code_for_error(error) or ExitCode.USAGE)
     if app.json:
         fmt.echo(fmt.dumps({"removed": [i for i, e in results if e is None]}))

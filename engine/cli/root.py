@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         code = e.exit_code
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "outlast"
-        fmt.echo(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)", err=True)
+        _error(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)")
         code = ExitCode.USAGE
     except click.ClickException as e:
-        fmt.echo(f"outlast: error: {e.format_message()}", err=True)
+        _error(f"outlast: error: {e.format_message()}")
         code = ExitCode.USAGE
     except (click.Abort, KeyboardInterrupt):
         fmt.echo("outlast: stopped", err=True)
@@ -118,13 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         if known is None:
             if os.environ.get("OUTLAST_DEBUG"):
                 raise
-            fmt.echo(
-                f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)", err=True
-            )
+            _error(f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)")
             code = ExitCode.INTERNAL
         else:
-            fmt.echo(f"outlast: {e}", err=True)
+            _error(f"outlast: {e}")
             code = known
     else:
         code = int(rv) if isinstance(rv, int) else ExitCode.OK
     sys.exit(int(code))
+
+
+def _error(line: str) -> None:
+    """An error, on one line whatever it quotes: a newline in a params key or a stored name is shown
+    as ``\\n``, never as a second line that a script reading stderr would take for another message."""
+    fmt.echo(fmt.printable(line), err=True)
