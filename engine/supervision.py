@@ -8,6 +8,8 @@ progress report are due, and the grace period a stopped handler gets before it i
 outage outlasts its limit, polls control requests from other processes, writes live progress, logs
 and heartbeats, and looks for work left by dead processes (``recover_orphans``). A lease lost (a
 store that fences attempts off, like Redis's, says so) stops the attempt, which then writes nothing.
+
+``LoopWatch`` is a thread that says when the event loop itself stops: a handler blocking it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,6 +49,8 @@ log = logging.getLogger("outlast.engine")
 
 TICK = 0.1
 FIXED = "fixed by --timeout"
+LOOP_BLOCKED = 5.0
+"""Seconds the event loop may go without turning before the engine says what is blocking it."""
 
 
 class Watch:
@@ -213,6 +219,13 @@ class Supervisor:
             store.on_lease_lost = self.lease_lost
 
     async def run(self) -> None:
+        watch = LoopWatch(lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())])
+        try:
+            await self._run()
+        finally:
+            watch.stop()
+
+    async def _run(self) -> None:
         next_poll = next_flush = next_orphans = 0.0
         while True:
             await asyncio.sleep(TICK)
@@ -339,3 +352,61 @@ async def recover_orphans(
             with contextlib.suppress(Conflict):
                 await resume(op.id)
     return found
+
+
+class LoopWatch:
+    """Says, once per stall, when the event loop has not turned for ``limit`` seconds (``LOOP_BLOCKED``),
+    what runs and where the loop's thread stands. A handler doing blocking work on the loop
+    (``time.sleep``, a synchronous HTTP call, a long computation) holds back every timer: deadlines,
+    Ctrl-C, pause, cancel, checkpoints and the dashboard all wait until it returns, and nothing else
+    would say why. A callback on the loop marks each turn; a thread of its own looks at the mark.
+    """
+
+    def __init__(self, running: Callable[[], list[str]], limit: float | None = None) -> None:
+        self._limit = LOOP_BLOCKED if limit is None else limit
+        self._every = min(0.25, self._limit / 4)
+        self._running = running
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopped = threading.Event()
+        self.turned = time.monotonic()
+        """When the loop last ran the mark (monotonic seconds)."""
+        self._mark = self._loop.call_later(self._every, self._turn)
+        threading.Thread(target=self._watch, name="outlast-loop-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._mark.cancel()
+
+    def _turn(self) -> None:
+        self.turned = time.monotonic()
+        if not self._stopped.is_set():
+            self._mark = self._loop.call_later(self._every, self._turn)
+
+    def _watch(self) -> None:
+        said_for = None  # the stall said already (its ``turned``)
+        while not self._stopped.wait(self._every):
+            if self._loop.is_closed():
+                return  # left running by a loop closed under it: nothing to watch
+            turned = self.turned
+            blocked = time.monotonic() - turned
+            if blocked < self._limit or said_for == turned:
+                continue
+            frame = sys._current_frames().get(self._loop_thread)
+            if frame is not None and frame.f_code.co_name == "select":
+                continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
+            said_for = turned
+            try:  # the loop may turn meanwhile and change what runs under this read
+                running = ", ".join(self._running()) or "no operation"
+            except RuntimeError:
+                running = "operations"
+            log.warning(
+                "the event loop has not turned for %.0fs (running: %s), held at %s: a handler doing blocking "
+                "work on the loop holds back timeouts, Ctrl-C, pause and cancel until it returns; run that work "
+                "in asyncio.to_thread",
+                blocked,
+                running,
+                "an unknown place"
+                if frame is None
+                else f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}",
+            )

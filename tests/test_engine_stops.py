@@ -4,11 +4,13 @@ a stall, a forced stop, a fixed timeout."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import pytest
 from pydantic import BaseModel
 
-from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation
+from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation, supervision
 from tests.fixtures_engine import collect, make_engine, until
 
 
@@ -199,3 +201,27 @@ async def test_a_stop_raised_in_a_task_group_stops_the_operation(engine: Engine)
     await engine.pause(op.id)
     final = await engine.wait(op.id, timeout=10)
     assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final.status_message
+
+
+@operation("test_blocks_the_loop")
+async def blocks_the_loop(ctx: OperationContext) -> dict:
+    time.sleep(1.2)  # blocking work on the event loop, as a handler should not do
+    return {}
+
+
+async def test_a_handler_blocking_the_event_loop_is_named_with_where_it_stands(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every timer (timeouts, Ctrl-C, pause, cancel) waits while a handler blocks the loop: the engine
+    says so once, naming the operation and the line it is held at. An idle loop says nothing."""
+    monkeypatch.setattr(supervision, "LOOP_BLOCKED", 0.4)
+    caplog.set_level(logging.WARNING, logger="outlast.engine")
+    async with make_engine(settings) as engine:
+        await asyncio.sleep(1.0)  # idle: waiting in select is not being blocked
+        assert not [r for r in caplog.records if "event loop" in r.getMessage()]
+        op = await engine.submit(OperationSpec(type="test_blocks_the_loop"))
+        assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+    said = [r.getMessage() for r in caplog.records if "event loop has not turned" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"test_blocks_the_loop {op.id}" in said[0] and "test_engine_stops.py" in said[0], said[0]
+    assert "in blocks_the_loop" in said[0] and "asyncio.to_thread" in said[0]
