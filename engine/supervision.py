@@ -395,6 +395,12 @@ class LoopWatch:
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None and frame.f_code.co_name == "select":
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
+            at = (
+                "an unknown place"
+                if frame is None
+                else f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            )
+            del frame  # a frame keeps its locals alive
             said_for = turned
             try:  # the loop may turn meanwhile and change what runs under this read
                 running = ", ".join(self._running()) or "no operation"
@@ -406,7 +412,5 @@ class LoopWatch:
                 "in asyncio.to_thread",
                 blocked,
                 running,
-                "an unknown place"
-                if frame is None
-                else f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}",
+                at,
             )
