@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,7 +179,7 @@ class SqliteWorker:
                     # Alone, or SQLite rolled the whole transaction back (it may on a full disk, an I/O
                     # error, out of memory): the jobs before this one lost their writes too, and the ones
                     # after it have not run.
-                    self._lose(group[: i + 1], error, [err for _r, err in outcomes] + [None])
+                    self._lose(group[: i + 1], error, outcomes)
                     return group[i + 1 :]
                 if error is None:
                     if not solo:
@@ -189,7 +189,7 @@ class SqliteWorker:
                     conn.execute("RELEASE job")
             except sqlite3.Error as e:  # a savepoint statement failed: the transaction is in doubt
                 self._failing = True
-                self._lose(group[: i + 1], e, [err for _r, err in outcomes] + [None])
+                self._lose(group[: i + 1], e, outcomes)
                 return group[i + 1 :]
             if error is not None:
                 _undo(job)
@@ -198,7 +198,7 @@ class SqliteWorker:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._failing = True
-            self._lose(group, e, [err for _r, err in outcomes])
+            self._lose(group, e, outcomes)
             return []
         self.commits += 1
         self._unfolded += 1
@@ -210,15 +210,17 @@ class SqliteWorker:
         _deliver([(job, result, error) for job, (result, error) in zip(group, outcomes, strict=True)])
         return []
 
-    def _lose(self, jobs: list[_Job], error: BaseException, failed: list[BaseException | None] | None = None) -> None:
+    def _lose(
+        self, jobs: list[_Job], error: BaseException, outcomes: Sequence[tuple[Any, BaseException | None]] = ()
+    ) -> None:
         """Nothing of ``jobs`` was committed: roll back what is left of the transaction, undo each job and
-        fail it with ``error`` (a job that failed by itself, as ``failed`` says, keeps its own error and
-        was undone then)."""
+        fail it with ``error`` (a job that failed by itself, its outcome among the ``outcomes`` of the jobs
+        that ran, keeps its own error and was undone then)."""
         conn = self.conn
         if conn is not None and conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        own = failed or [None] * len(jobs)
+        own = [err for _r, err in outcomes] + [None] * (len(jobs) - len(outcomes))
         for job, err in zip(jobs, own, strict=True):
             if err is None:
                 _undo(job)
