@@ -355,15 +355,15 @@ async def recover_orphans(
 
 
 class LoopWatch:
-    """Says, once per stall, when the event loop has not turned for ``limit`` seconds (``LOOP_BLOCKED``),
+    """Says, once per stall, when the event loop has not turned for ``LOOP_BLOCKED`` seconds,
     what runs and where the loop's thread stands. A handler doing blocking work on the loop
     (``time.sleep``, a synchronous HTTP call, a long computation) holds back every timer: deadlines,
     Ctrl-C, pause, cancel, checkpoints and the dashboard all wait until it returns, and nothing else
     would say why. A callback on the loop marks each turn; a thread of its own looks at the mark.
     """
 
-    def __init__(self, running: Callable[[], list[str]], limit: float | None = None) -> None:
-        self._limit = LOOP_BLOCKED if limit is None else limit
+    def __init__(self, running: Callable[[], list[str]]) -> None:
+        self._limit = LOOP_BLOCKED
         self._every = min(0.25, self._limit / 4)
         self._running = running
         self._loop = asyncio.get_running_loop()
