@@ -13,12 +13,25 @@ from .store.base import ItemDelta, Ledger
 class ItemLedger:
     """Owned by one ``OperationContext``; its ``items()`` loop reads and writes it on the hot path."""
 
-    __slots__ = ("current", "dirty", "done", "failed", "left", "new_done", "new_failed", "new_skipped", "skipped")
+    __slots__ = (
+        "current",
+        "dirty",
+        "done",
+        "failed",
+        "failed_before",
+        "left",
+        "new_done",
+        "new_failed",
+        "new_skipped",
+        "skipped",
+    )
 
     def __init__(self, base: Ledger | None = None) -> None:
         self.done: set[str] = base.done if base is not None else set()
         self.failed: dict[str, str] = {}
         """Failed in this attempt (items failed before a resume are offered again)."""
+        self.failed_before: frozenset[str] = frozenset(base.failed) if base is not None else frozenset()
+        """Failed in an earlier attempt: once done, the store no longer lists them as failed."""
         self.skipped: set[str] = base.skipped if base is not None else set()
         self.new_done: list[str] = []
         self.new_failed: dict[str, str] = {}
@@ -51,8 +64,11 @@ class ItemLedger:
 
     @property
     def outcomes_unsaved(self) -> bool:
-        """Failures or skips not yet in a checkpoint."""
-        return bool(self.new_failed or self.new_skipped)
+        """Failures or skips not yet in a checkpoint, or an item done since that had failed before (the
+        store lists it as failed until a checkpoint says it is done)."""
+        if self.new_failed or self.new_skipped:
+            return True
+        return bool(self.failed_before) and not self.failed_before.isdisjoint(self.new_done)
 
     def take(self) -> ItemDelta:
         """What changed since the last checkpoint, for the next one (cleared: ``restore`` puts it back)."""
