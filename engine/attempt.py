@@ -45,6 +45,7 @@ from .registry import HandlerSpec, get_handler
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
+from .text import bad_text, clean_json
 
 log = logging.getLogger("outlast.engine")
 
@@ -282,6 +283,10 @@ class Attempt:
             json.dumps(result)
         except (TypeError, ValueError):
             result = json.loads(json.dumps(result, default=str))
+        where = bad_text(result, "result")
+        if where is not None:  # a file name's bytes that are not UTF-8: no record stores them (text.py)
+            ctx.log.warning(f"{where} holds bytes that are not UTF-8: stored with each such byte as \\xNN")
+            result = clean_json(result)
         if ctx.outcomes_unsaved:
             await self._final_checkpoint()  # keep the ledger of failures with the record
         if ctx.total is None or ctx.done > ctx.total:

@@ -30,6 +30,7 @@ from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
 from .store.base import ItemDelta, Ledger
+from .text import clean
 
 T = TypeVar("T")
 
@@ -197,9 +198,9 @@ class OperationContext(SeedContextMethods):
         if total is not None:
             self.total = total
         if step is not None:
-            self.step = step
+            self.step = clean(str(step))  # a file name's undecodable bytes as \xNN: stored text (text.py)
         if message is not None:
-            self.message = message
+            self.message = clean(str(message))
         if metrics:
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled
@@ -230,7 +231,7 @@ class OperationContext(SeedContextMethods):
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
-        msg = error if isinstance(error, str) else _describe(error)
+        msg = clean(error if isinstance(error, str) else _describe(error))
         self._ledger.fail(key, msg)
         self.failures += 1
         self._attempt.item_failed(key, msg)
@@ -339,7 +340,8 @@ class OperationContext(SeedContextMethods):
 
     @property
     def outcomes_unsaved(self) -> bool:
-        """Item failures or skips not yet in a checkpoint (a completed run saves them with its record)."""
+        """Item failures or skips not yet in a checkpoint, or a retried item done since (a completed run
+        saves them with its record)."""
         return self._ledger.outcomes_unsaved
 
     def request_stop(self, reason: StopReason) -> None:
@@ -468,7 +470,7 @@ async def _iterate(
 
 
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
+    text = clean(f"{type(exc).__name__}: {exc}".strip())
     if len(text) > 500:
         text = text[:497] + "..."
     return text

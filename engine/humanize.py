@@ -16,6 +16,8 @@ import math
 import re
 import time
 
+from .text import clean
+
 UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides
     r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 )
@@ -38,7 +40,7 @@ def printable(text: object, keep_newlines: bool = False) -> str:
     chose; raw, an escape sequence could retitle, clear or rewrite the terminal, a newline or carriage
     return fake a line. Every face (CLI, live panel, dashboard) shows stored text through this.
     """
-    s = str(text)
+    s = clean(str(text))  # a file name's bytes that are not UTF-8 as \\xNN: a terminal writes text only
     if keep_newlines:
         return "\n".join(UNSAFE.sub(escape_char, line) for line in s.split("\n"))
     return UNSAFE.sub(escape_char, s)

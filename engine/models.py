@@ -31,6 +31,7 @@ from .limits import (
     MAX_TAGS,
     Priority,
 )
+from .text import clean, clean_json
 
 __all__ = [
     "ACTIVE",
@@ -151,7 +152,8 @@ _MAX_INT = 2**63
 
 
 def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """ValueError naming the key when ``value`` nests too deep or holds a non-finite or huge number.
+    """ValueError naming the key when ``value`` nests too deep, holds a non-finite or huge number, or a
+    string that is not text (a lone surrogate: a file name's bytes that are not UTF-8, see text.py).
 
     Iterative, so a hostile depth cannot overflow the stack.
     """
@@ -163,11 +165,22 @@ def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
             if depth >= max_depth:
                 raise ValueError(f"{where}nested deeper than {max_depth} levels (the limit)")
             pairs = v.items() if isinstance(v, dict) else enumerate(v)
-            stack.extend((c, depth + 1, f"{path}.{k}") for k, c in pairs)
+            for k, c in pairs:
+                if isinstance(k, str) and clean(k) is not k:
+                    raise ValueError(f"{where}key {_not_text(k)}")
+                stack.append((c, depth + 1, f"{path}.{k}"))
         elif isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{where}{v} is not a finite number")
         elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _MAX_INT:
             raise ValueError(f"{where}{v:.3g} is out of range (|n| < 2**63)")
+        elif isinstance(v, str) and clean(v) is not v:
+            raise ValueError(f"{where}{_not_text(v)}")
+
+
+def _not_text(s: str) -> str:
+    shown = clean(s)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f'"{shown}" is not text: it has a byte that is not UTF-8 (shown as \\xNN), and Outlast stores text'
 
 
 def json_size(value: Any) -> int:
@@ -231,6 +244,12 @@ class OperationSpec(BaseModel):
         for key, value in v.items():
             if len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
                 raise ValueError(f"tag {key[:20]!r}: key and value at most {MAX_TAG_CHARS} characters each")
+        return v
+
+    @field_validator("name", "tags", mode="before")
+    @classmethod
+    def _text_ok(cls, v: Any) -> Any:
+        check_json(v)  # before pydantic's own check, which says only "unable to parse raw data"
         return v
 
 
@@ -363,6 +382,16 @@ class LogRecord(BaseModel):
     message: str
     operation_id: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, v: str) -> str:
+        return clean(v)  # a file name's bytes that are not UTF-8 as \xNN: storable (text.py)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return clean_json(v) if v else v
 
 
 # ---- events ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..text import clean
 from ._lang import count_lines, language_of, symbols_and_imports
 
 MAX_TEXT = 4 << 20
@@ -66,6 +67,12 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
     return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
 
 
+def index_name(rel: str) -> str:
+    """The path the index stores for file ``rel``: itself, or, when the file's name has bytes that are not
+    UTF-8, the name with each such byte as ``\\xNN`` (text.py): a TEXT column stores text only."""
+    return clean(rel)
+
+
 class Batch(NamedTuple):
     """A batch of files as the index stores them, and what became of each file."""
 
@@ -84,26 +91,28 @@ def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple], seen: str
     """Each file analysed (see ``analyze``) and made into rows; runs in a worker process as well as here.
 
     A file that this same operation (``seen``) stored before a crash is "indexed" again, not "reused", so a
-    resumed run reports what an uninterrupted one does."""
+    resumed run reports what an uninterrupted one does. The index names a file by ``index_name``."""
     out = Batch([], [], [], [], [], [])
     for rel in rels:
         old = prev.get(rel)
         row, err = analyze(root, rel, old)
+        name = index_name(rel)
         if row is None or row[0] == "skip":
-            out.gone.append((rel,))
+            out.gone.append((name,))
             out.outcomes.append((rel, 0, "failed", err) if row is None else (rel, 0, "skipped", row[1]))
         elif row[0] == "reuse":
             if row[2] == seen:
                 out.outcomes.append((rel, row[1], "indexed", None))
             else:
                 out.outcomes.append((rel, row[1], "reused", None))
-                out.reused.append((seen, rel))
+                out.reused.append((seen, name))
         else:
             if old is not None:
-                out.gone.append((rel,))
+                out.gone.append((name,))
             syms, imps = row[9], row[10]
-            out.files.append((*row[:9], json.dumps([f"{s.kind} {s.name}" for s in syms]), json.dumps(imps), seen))
-            out.symbols.extend([(rel, *s) for s in syms])
-            out.imports.extend([(rel, m) for m in imps])
+            sym_json = json.dumps([f"{s.kind} {s.name}" for s in syms])
+            out.files.append((name, *row[1:9], sym_json, json.dumps(imps), seen))
+            out.symbols.extend([(name, *s) for s in syms])
+            out.imports.extend([(name, m) for m in imps])
             out.outcomes.append((rel, row[1], "indexed", None))
     return out

@@ -23,7 +23,7 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
-from ._index_files import Batch, analyze_batch
+from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
 from ._walk import list_files
@@ -72,13 +72,16 @@ class IndexParams(BaseModel):
 
 
 def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
-    """What the index holds for these files: (size, mtime, sha256, seen) by path."""
+    """What the index holds for these files: (size, mtime, sha256, seen) by path (by ``rel``, which the
+    index stores as its ``index_name``)."""
+    names = {index_name(r): r for r in rels}
     out: dict[str, tuple] = {}
-    for i in range(0, len(rels), 900):  # SQLite's limit on bound parameters
-        part = rels[i : i + 900]
+    listed = list(names)
+    for i in range(0, len(listed), 900):  # SQLite's limit on bound parameters
+        part = listed[i : i + 900]
         q = ",".join("?" * len(part))
         out.update(
-            (r[0], r[1:])
+            (names[r[0]], r[1:])
             for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", part)
         )
     return out

@@ -26,6 +26,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
+from ..text import json_bytes
 
 ROOT = ""
 """The link the first delta of a chain names (there is no delta before it)."""
@@ -57,9 +58,7 @@ class ItemDelta:
 
     def encode(self, prev: str = ROOT) -> bytes:
         """Canonical bytes, led by ``prev``: the link of the delta before this one (``ROOT`` for seq 1)."""
-        return json.dumps(
-            {"p": prev, "d": self.done, "f": self.failed, "s": self.skipped}, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        return json_bytes({"p": prev, "d": self.done, "f": self.failed, "s": self.skipped}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ItemDelta:
@@ -161,7 +160,7 @@ class Chain:
 
 def encode_payload(cp: Checkpoint) -> bytes:
     """The checkpoint's resumable content as canonical JSON (with the counts a resume takes from it)."""
-    return json.dumps(
+    return json_bytes(
         {
             "state": cp.state,
             "context_data": cp.context_data,
@@ -170,9 +169,7 @@ def encode_payload(cp: Checkpoint) -> bytes:
             "counts": [cp.processed_items, cp.total_items, cp.done_count],
         },
         separators=(",", ":"),
-        ensure_ascii=False,
-        sort_keys=False,
-    ).encode()
+    )
 
 
 def checksum(payload: bytes, delta: bytes) -> str:

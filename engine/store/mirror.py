@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..models import Checkpoint, Operation, validate_id
+from ..text import model_json
 from .base import checksum
 
 log = logging.getLogger("outlast.store.mirror")
@@ -116,7 +117,7 @@ class CheckpointMirror:
     # ---- records -------------------------------------------------------------------------------
 
     async def save_record(self, op: Operation) -> None:
-        data = op.model_dump_json().encode()
+        data = model_json(op).encode()
         await self._guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
 
     def load_records_sync(self) -> list[Operation]:

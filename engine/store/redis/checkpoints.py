@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ...models import Checkpoint, ItemFailure, NotFound, validate_id
+from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
 from .recovery import RecoveryMixin
 
@@ -46,8 +47,14 @@ class CheckpointsMixin(RecoveryMixin):
         cp = sealed.checkpoint
         now = time.time()
         fails: list[str] = []
-        for key, error in delta.failed.items():
-            fails += [key, json.dumps({"error": error, "attempt": cp.epoch, "at": now}, ensure_ascii=False)]
+        for key, error in delta.failed.items():  # listed as text: a file name's undecodable bytes as \xNN
+            fails += [
+                clean(key),
+                json.dumps({"error": clean(error), "attempt": cp.epoch, "at": now}, ensure_ascii=False),
+            ]
+        # The script takes the done keys out of the failures by their listed (clean) names; a delta that
+        # holds a lone surrogate is ASCII-escaped JSON (text.py), which the script's JSON decoder refuses.
+        fails_done = [json.dumps({"d": [clean(k) for k in delta.done]})] if b"\\ud" in sealed.delta else []
         op_id = cp.operation_id
         token = self._attempt_token(op_id, cp.epoch)  # fencing: written only while this attempt holds its lease
         keys = [*self._ckpt_keys(op_id), self.keys.failures(op_id), self.keys.lease(op_id)]
@@ -61,6 +68,7 @@ class CheckpointsMixin(RecoveryMixin):
             token,
             str(len(fails) // 2),
             *fails,
+            *fails_done,
         ]
         what = f"checkpoint {cp.seq} of {op_id}"
         res = await self._script("SAVE_CHECKPOINT", keys, args, what)

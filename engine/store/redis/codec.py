@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ...models import InvalidInput, Operation, validate_id
 from ...profiles import one_line
+from ...text import clean_json_text
 
 _FIELDS = frozenset(Operation.model_fields)
 
@@ -28,14 +29,14 @@ def enc(value: Any) -> str:
     if value is None:
         return "null"
     if kind is str:
-        return encode_basestring(value)  # type: ignore[no-any-return]
+        return clean_json_text(encode_basestring(value))
     if kind is int:
         return int.__repr__(value)
     if kind is float and math.isfinite(value):
         return float.__repr__(value)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return _ENCODE(value)
+    return clean_json_text(_ENCODE(value))
 
 
 def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
@@ -101,7 +102,7 @@ def pack(fields: dict[str, Any]) -> str:
         else:
             text = enc(v)
         out.append(f"{k}{FIELD_END}{text}{RECORD_END}")
-    return "".join(out)
+    return clean_json_text("".join(out))  # a string that is not text (text.py), written out
 
 
 def valid_id(op_id: str) -> bool:

@@ -257,7 +257,8 @@ SAVE_CHECKPOINT = (
     _FENCE
     + r"""
 -- KEYS: op, ck, cp, cd, fail, lease.
--- ARGV: epoch, seq, info, payload, delta, keep, lease token, nfail, key, failure JSON, ...
+-- ARGV: epoch, seq, info, payload, delta, keep, lease token, nfail, key, failure JSON, ..., and last
+-- (only when a done key is not text) {"d": the done keys as listed in the failures}.
 local no = fence(KEYS[1], KEYS[6], ARGV[1], ARGV[7])
 if no then
   if no[1] == 'missing' then return {'missing'} end
@@ -270,7 +271,7 @@ redis.call('HSET', KEYS[4], seq, ARGV[5])
 local nf = tonumber(ARGV[8])
 if nf > 0 then redis.call('HSET', KEYS[5], unpack(ARGV, 9, 8 + 2 * nf)) end
 if redis.call('EXISTS', KEYS[5]) == 1 then
-  local done = cjson.decode(ARGV[5])['d']  -- a list of strings: decoded only, never re-encoded
+  local done = cjson.decode(ARGV[9 + 2 * nf] or ARGV[5])['d']  -- strings: decoded only, never re-encoded
   if type(done) == 'table' then  -- an item that failed before and is done now is no longer a failure
     for j = 1, #done, 500 do redis.call('HDEL', KEYS[5], unpack(done, j, math.min(j + 499, #done))) end
   end

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
+from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
 from .core import SqliteCore
 
@@ -29,7 +30,8 @@ class CheckpointsMixin(SqliteCore):
     async def save_checkpoint(self, cp: Checkpoint, delta: ItemDelta, keep: int) -> Checkpoint:
         payload = encode_payload(cp)
         now = time.time()
-        fail_rows = [(cp.operation_id, k, e, cp.epoch, now) for k, e in delta.failed.items()]
+        # A listing of failed items: a key that is a file name with undecodable bytes is listed as text.
+        fail_rows = [(cp.operation_id, clean(k), clean(e), cp.epoch, now) for k, e in delta.failed.items()]
         saved: list[Checkpoint] = []
 
         def do(conn: sqlite3.Connection) -> None:
@@ -61,7 +63,7 @@ class CheckpointsMixin(SqliteCore):
                 # An item that failed before and is done now is no longer a failure.
                 conn.execute(
                     "DELETE FROM failures WHERE op_id=? AND key IN (SELECT value FROM json_each(?))",
-                    (cp.operation_id, json.dumps(delta.done)),
+                    (cp.operation_id, json.dumps([clean(k) for k in delta.done])),
                 )
             if has_failures:
                 n_fail = conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]

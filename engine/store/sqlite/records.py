@@ -29,6 +29,7 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
+from ...text import clean_json_text, model_json
 from ..base import check_slots, parse_slots
 from .core import SqliteCore
 from .locks import try_lock, unlock
@@ -87,7 +88,7 @@ def _put(conn: sqlite3.Connection, op: Operation) -> None:
             op.queued_at,
             op.not_before,
             op.epoch,
-            op.model_dump_json(),
+            model_json(op),
             op.status in ACTIVE,
             op.id,
         ),
@@ -114,7 +115,7 @@ class RecordsMixin(SqliteCore):
                     op.not_before,
                     op.created_at,
                     op.epoch,
-                    op.model_copy(update={"handle": handle}).model_dump_json(),
+                    model_json(op.model_copy(update={"handle": handle})),
                 ),
             )
             return int(handle)
@@ -340,7 +341,8 @@ class RecordsMixin(SqliteCore):
             if unknown:  # names go into the SQL text below: only known field names pass
                 raise ValueError(f"unknown operation fields: {sorted(unknown)}")
             paths = "".join(f", '$.{k}', json(?)" for k in fields)
-            args = [now, *(json.dumps(v) for v in fields.values()), op_id, epoch]
+            # ensure_ascii=False: escaped, a lone surrogate was stored and then refused by every reader
+            args = [now, *(clean_json_text(json.dumps(v, ensure_ascii=False)) for v in fields.values()), op_id, epoch]
             rows.append((f"json_set(record, '$.updated_at', ?{paths})", args))
 
         def do(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,101 @@
+"""Strings that can be stored: file names whose bytes are not UTF-8, made text.
+
+Python gives a file name whose bytes are not UTF-8 lone surrogates (``os.fsdecode``, ``os.listdir``:
+``b"caf\\xe9.py"`` is ``"caf\\udce9.py"``). Such a string has no UTF-8 form: written into a record it
+failed the write, and escaped by ``json.dumps`` it was stored and then refused by every reader, so one
+file name in a progress step made the whole listing unreadable. So:
+
+- text people read (steps, messages, log lines, errors, results, item failures) is stored with each
+  such byte written as ``\\xNN`` (``clean``, ``clean_json``): ``caf\\xe9.py``;
+- data that must come back exactly (item keys, checkpoint state) is stored as JSON with ASCII escapes,
+  which Python's ``json`` reads back unchanged (``json_bytes``);
+- what a user submits (params, a name, tags) is refused with the place named (``bad_text``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # not imported: the quick paths (``outlast ls``) show text without pydantic
+    from pydantic import BaseModel
+
+
+def clean(s: str) -> str:
+    """``s``, with each lone surrogate written out: a file name's undecodable byte as ``\\xNN``."""
+    if s.isascii():
+        return s
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return "".join(_written(c) if "\ud800" <= c <= "\udfff" else c for c in s)
+    return s
+
+
+def _written(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o - 0xDC00:02x}" if 0xDC80 <= o <= 0xDCFF else f"\\u{o:04x}"
+
+
+def clean_json(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, scalars) with every string and key ``clean``."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def clean_json_text(text: str) -> str:
+    """JSON text (``ensure_ascii=False``) with its strings ``clean``: a lone surrogate stands only inside a
+    string literal, where the backslash of its written form is escaped."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "".join(_written(c).replace("\\", "\\\\") if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
+
+
+def model_json(model: BaseModel) -> str:
+    """``model.model_dump_json()``; with a string that is not text in it (the engine's own messages quote
+    paths), that string ``clean`` instead of a failed write."""
+    try:
+        return model.model_dump_json()
+    except ValueError:  # PydanticSerializationError: a string that is not text
+        dumped = json.dumps(model.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+        return clean_json_text(dumped)
+
+
+def json_bytes(value: Any, **kw: Any) -> bytes:
+    """``json.dumps(value, ensure_ascii=False, **kw)`` as UTF-8; a value holding a lone surrogate as
+    ASCII-escaped JSON instead, which ``json.loads`` turns back into the very same strings."""
+    text = json.dumps(value, ensure_ascii=False, **kw)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **kw).encode()
+
+
+def bad_text(value: Any, where: str) -> str | None:
+    """Where in ``value`` a string (or key) is not text (a lone surrogate), as ``where.key[2]``; None if
+    nowhere."""
+    if isinstance(value, str):
+        return where if clean(value) is not value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            here = f"{where}.{clean(k) if isinstance(k, str) else k}"
+            if isinstance(k, str) and clean(k) is not k:
+                return here
+            found = bad_text(v, here)
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = bad_text(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None

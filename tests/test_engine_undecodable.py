@@ -1,0 +1,158 @@
+"""File names whose bytes are not UTF-8 (lone surrogates in Python) in everything a handler hands the engine.
+
+Before: such a name in a progress step was stored escaped and then refused by every reader (``outlast ls``
+failed for the whole store); in an item key or the checkpoint state it failed the checkpoint, so the
+operation failed at every resume; in a log line it lost the batch of logs; in a result the completed
+operation was left running and found interrupted (run twice on resume); in params it was an internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, TypeAdapter
+
+from engine import Engine, OperationContext, OperationSpec, Settings, Status, load_settings, open_store, operation
+from engine.text import bad_text, clean, clean_json, clean_json_text, json_bytes
+from tests.fixtures_engine import until
+from tests.fixtures_redis import RedisServer
+
+NAME = os.fsdecode(b"caf\xe9.py")  # what os.listdir gives for that file
+SHOWN = "caf\\xe9.py"  # how it is stored where text is needed, and shown
+
+# Any str Python can hold, lone surrogates included (hypothesis leaves them out by default).
+TEXT = st.text(st.characters(codec=None, categories=None), max_size=20)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+STRICT = TypeAdapter(object)  # pydantic's JSON parser: what reads records back, and refuses lone surrogates
+
+
+@given(JSONISH)
+@settings(max_examples=300, deadline=None)
+def test_exact_json_comes_back_unchanged_and_clean_json_is_strict_json(value: object) -> None:
+    assert json.loads(json_bytes(value)) == value  # item keys and checkpoint state: exactly
+    cleaned = clean_json(value)
+    assert bad_text(cleaned, "v") is None
+    text = clean_json_text(json.dumps(value, ensure_ascii=False))
+    assert STRICT.validate_json(text.encode()) == cleaned  # what a record holds: valid for every reader
+    assert (bad_text(value, "v") is None) == (cleaned == value)
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_clean_is_identity_on_text_and_makes_text_of_anything(s: str) -> None:
+    c = clean(s)
+    c.encode()  # never raises
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        assert c != s
+    else:
+        assert c is s
+
+
+def test_a_file_names_byte_is_shown_as_its_hex() -> None:
+    assert clean(NAME) == SHOWN
+    assert bad_text({"a": [1, {"b": NAME}]}, "params") == "params.a[1].b"
+    assert bad_text({NAME: 1}, "params") == f"params.{SHOWN}"
+
+
+class Params(BaseModel):
+    stop_at: int = -1
+
+
+@operation("test_undecodable", params=Params)
+async def undecodable(ctx: OperationContext, p: Params) -> dict:
+    """Every way a handler hands text to the engine, with a file name that is not UTF-8 in each."""
+    keys = ["a.py", NAME, "z.py"]
+    ctx.state.setdefault("seen", [])
+    async for i, key in ctx.items(enumerate(keys), key=lambda ik: ik[1]):
+        ctx.state["seen"].append(key)
+        ctx.progress(step=f"at {key}", message=key)
+        ctx.log.info(f"reading {key}", path=key)
+        if key == NAME and not ctx.resuming:
+            ctx.fail(key, f"cannot read {key}")
+            continue
+        while i == p.stop_at and not ctx.resuming:  # held inside the last item until paused
+            ctx.progress(step=f"holding after {NAME}")
+            await ctx.checkpoint(now=True)  # raises OperationStopped once the pause is asked for
+            await asyncio.sleep(0.02)
+    return {"seen": ctx.state["seen"], NAME: NAME}
+
+
+@pytest.fixture(params=["local", "redis"])
+async def any_engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Callable[[], Engine]]:
+    s: Settings = load_settings(state_dir=state_dir, plugins=["tests.test_engine_undecodable"], grace_period=2.0)
+    if request.param == "local":
+        yield lambda: Engine(store=open_store(s.state_dir), settings=s)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        yield lambda: Engine(store=open_store(server.url, namespace="u", checkpoint_mirror=None), settings=s)
+
+
+async def test_names_that_are_not_utf8_go_through_every_path_and_resume_exactly(
+    any_engine: Callable[[], Engine],
+) -> None:
+    async with any_engine() as engine:
+        op = await engine.submit(OperationSpec(type="test_undecodable", params={"stop_at": 2}))
+
+        async def stored_step() -> str | None:
+            return (await engine.store.get(op.id)).progress.step
+
+        # The step naming the file is stored, and the record (and so the listing) reads back.
+        await until(lambda: _is(stored_step, f"holding after {SHOWN}"))
+        assert [o.id for o in await engine.list()] == [op.id]
+        await engine.pause(op.id)
+        paused = await engine.wait(op.id, timeout=20)
+        assert paused.status is Status.PAUSED, paused.status_message
+        failures = await engine.store.item_failures(op.id)
+        assert [(f.key, f.error) for f in failures] == [(SHOWN, f"cannot read {SHOWN}")]
+        loaded = await engine.store.load_checkpoint(op.id)
+        assert loaded is not None
+        cp, ledger = loaded
+        assert ledger.done == {"a.py"} and set(ledger.failed) == {NAME}  # the exact key, for the resume
+        assert cp.state["seen"] == ["a.py", NAME, "z.py"]  # the state exactly as the handler had it
+
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.COMPLETED, final.status_message
+        # a.py not again (done); the failed item and z.py (not done at the pause) again; the result as text.
+        assert final.result == {"seen": ["a.py", SHOWN, "z.py", SHOWN, "z.py"], SHOWN: SHOWN}
+        assert await engine.store.item_failures(op.id) == []  # done now: no longer listed as failed
+        records, _ = await engine.logs(op.id)
+        reading = [r for r in records if r.message == f"reading {SHOWN}"]
+        assert len(reading) == 2 and all(r.fields == {"path": SHOWN} for r in reading)
+        assert [o.id for o in await engine.list()] == [op.id]
+
+
+async def _is(read: Callable[[], Awaitable[object]], want: object) -> bool:
+    return await read() == want
+
+
+def test_params_that_are_not_utf8_are_one_line_exit_2_and_store_nothing(state_dir: Path, tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(root)
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(state_dir)}
+    for argv in (
+        [b"submit", b"codebase_indexing", b"-p", b"root=" + root],
+        [b"submit", b"demo", b"--name", b"n\xe9"],
+        [b"submit", b"demo", b"--params-json", b'{"items": 3, "x\xe9": 1}'],
+    ):
+        res = subprocess.run([os.fsencode(sys.executable), b"-m", b"engine.cli", *argv], env=env, capture_output=True)
+        err = res.stderr.decode()
+        assert res.returncode == 2, err
+        assert err.count("\n") == 1 and "\\xe9" in err and "not text" in err, err
+    listed = subprocess.run([sys.executable, "-m", "engine.cli", "ls", "--json"], env=env, capture_output=True)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
