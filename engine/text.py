@@ -15,6 +15,7 @@ file name in a progress step made the whole listing unreadable. So:
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # not imported: the quick paths (``outlast ls``) show text without pydantic
@@ -78,6 +79,29 @@ def json_bytes(value: Any, **kw: Any) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return json.dumps(value, ensure_ascii=True, **kw).encode()
+
+
+def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str | None:
+    """What in ``value`` ``json.dumps`` cannot write, as ``where.key[2] is a datetime``; None if nothing."""
+    if value is None or isinstance(value, str | bool | float):
+        return None
+    if isinstance(value, int):
+        too_long = value.bit_length() * 0.30103 >= sys.get_int_max_str_digits() > 0  # digits, as str() counts
+        return f"{where} is an integer too long for JSON" if too_long else None
+    if not isinstance(value, dict | list | tuple):
+        return f"{where} is a {type(value).__name__}"
+    if id(value) in _seen:
+        return f"{where} refers back to itself"
+    seen = _seen | {id(value)}
+    pairs = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in pairs:
+        here = f"{where}[{k!r}]" if isinstance(value, dict) else f"{where}[{k}]"
+        if isinstance(value, dict) and not (k is None or isinstance(k, str | int | float | bool)):
+            return f"{where} has a key that is a {type(k).__name__} ({k!r})"
+        found = not_json(v, here, seen)
+        if found:
+            return found
+    return None
 
 
 def bad_text(value: Any, where: str) -> str | None:

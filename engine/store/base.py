@@ -26,7 +26,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
-from ..text import json_bytes
+from ..text import json_bytes, not_json
 
 ROOT = ""
 """The link the first delta of a chain names (there is no delta before it)."""
@@ -160,16 +160,21 @@ class Chain:
 
 def encode_payload(cp: Checkpoint) -> bytes:
     """The checkpoint's resumable content as canonical JSON (with the counts a resume takes from it)."""
-    return json_bytes(
-        {
-            "state": cp.state,
-            "context_data": cp.context_data,
-            "next_step": cp.next_step,
-            "metadata": cp.metadata,
-            "counts": [cp.processed_items, cp.total_items, cp.done_count],
-        },
-        separators=(",", ":"),
-    )
+    content = {
+        "state": cp.state,
+        "context_data": cp.context_data,
+        "next_step": cp.next_step,
+        "metadata": cp.metadata,
+        "counts": [cp.processed_items, cp.total_items, cp.done_count],
+    }
+    try:
+        return json_bytes(content, separators=(",", ":"))
+    except (TypeError, ValueError) as e:  # the handler's to fix: say what, where, in its own words
+        where = next(filter(None, (not_json(content[k], f"ctx.{k}") for k in ("state", "context_data"))), None)
+        raise TypeError(
+            f"checkpoint not saved: {where or e}; a checkpoint holds JSON values only (str, int, float,"
+            " bool, None, lists, dicts with str keys)"
+        ) from None
 
 
 def checksum(payload: bytes, delta: bytes) -> str:

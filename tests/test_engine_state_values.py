@@ -1,0 +1,56 @@
+"""A checkpoint state that JSON cannot hold fails the operation with a message naming the value and where
+it is, not the encoder's ("Object of type datetime is not JSON serializable (at encoder.py:180)")."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from engine import Engine, OperationContext, OperationSpec, Status, operation
+from engine.text import not_json
+
+
+def _cycle() -> dict[str, Any]:
+    a: dict[str, Any] = {}
+    a["again"] = a
+    return a
+
+
+BAD: dict[str, tuple[Any, str]] = {
+    "datetime": (datetime.date(2026, 12, 2), "ctx.state['x'] is a date"),
+    "set": ({1, 2}, "ctx.state['x'] is a set"),
+    "nested": ({"a": [1, {"b": b"raw"}]}, "ctx.state['x']['a'][1]['b'] is a bytes"),
+    "key": ({(1, 2): "v"}, "ctx.state['x'] has a key that is a tuple ((1, 2))"),
+    "cycle": (_cycle(), "ctx.state['x']['again'] refers back to itself"),
+    "long int": (10 ** (sys.get_int_max_str_digits() + 1), "ctx.state['x'] is an integer too long for JSON"),
+}
+
+
+class Params(BaseModel):
+    kind: str
+
+
+@operation("test_state_value", params=Params)
+async def state_value(ctx: OperationContext, p: Params) -> dict:
+    async for i in ctx.items(range(3), key=str):
+        if i == 1:
+            ctx.state["x"] = BAD[p.kind][0]
+    return {"never": True}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+async def test_a_value_json_cannot_hold_is_named_with_its_place(engine: Engine, kind: str) -> None:
+    op = await engine.submit(
+        OperationSpec(type="test_state_value", params={"kind": kind}, profile={"checkpoint_every": 1})
+    )
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED
+    assert f"checkpoint not saved: {BAD[kind][1]}; a checkpoint holds JSON values only" in (final.error or "")
+
+
+def test_json_values_are_not_reported() -> None:
+    assert not_json({"a": [1, 2.5, None, True, "s", {"b": (1, 2)}], 3: "int key"}, "v") is None
