@@ -217,6 +217,7 @@ class Attempt:
     async def end(self) -> None:
         """After ``run``: kill what the handler left running; a lost attempt lets go of its lock."""
         self.ctx.kill_children()
+        await self.ctx.reap_children()
         if self.lost:
             log.warning(
                 "%s: attempt %d stopped after losing its lease; nothing of it is written any more",

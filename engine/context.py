@@ -403,6 +403,11 @@ class OperationContext(SeedContextMethods):
     def kill_children(self, sig: int = signal.SIGKILL) -> None:
         self._children.kill(sig)
 
+    async def reap_children(self) -> None:
+        """Kill what the subprocesses left running outside their process groups (the engine calls this
+        when the attempt ends; see ``Children.reap``)."""
+        await self._children.reap()
+
 
 class _Items(AsyncIterator[T]):
     """The iterator behind ``ctx.items``: an async generator does the work; this wrapper sees the loop

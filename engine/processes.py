@@ -29,6 +29,7 @@ class Children:
         self._warn = warn
         self._procs: set[asyncio.subprocess.Process] = set()
         self._swept = False
+        self._spawned = False
 
     async def spawn(self, *argv: str, shell: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
         """Start a subprocess in its own process group, marked with the operation and attempt; the first
@@ -49,6 +50,7 @@ class Children:
         else:
             proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
         self._procs.add(proc)
+        self._spawned = True
         return proc
 
     def pids(self) -> list[int]:
@@ -63,11 +65,24 @@ class Children:
             else:
                 self._procs.discard(p)
 
+    async def reap(self) -> None:
+        """When the attempt ends: kill what its subprocesses left running outside their process groups
+        (``setsid``, a daemon), found by their mark. Such a process kept the command's output open, so
+        the attempt waited out its grace period, and it ran on after a cancel."""
+        if not self._spawned:
+            return
+        killed = await asyncio.to_thread(kill_leftovers, self.op_id, self.attempt, this_attempt=True)
+        if killed:
+            pids = ", ".join(str(p) for p, _a, _g in killed)
+            self._warn(f"killed {len(killed)} process(es) left running in a session of their own (pid {pids})")
 
-def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[tuple[int, str, int]]:
+
+def kill_leftovers(
+    op_id: str, attempt: int | None, wait: float = 5.0, this_attempt: bool = False
+) -> list[tuple[int, str, int]]:
     """SIGKILL every process (and its process group) whose environment says it was started for
-    ``op_id`` by an attempt other than ``attempt`` (None: by any); wait until they are gone.
-    (pid, attempt, pgid) of each; [] where there is no /proc (not Linux)."""
+    ``op_id`` by an attempt other than ``attempt`` (None: by any; ``this_attempt``: by ``attempt``
+    itself); wait until they are gone. (pid, attempt, pgid) of each; [] where there is no /proc."""
     mark = f"{ENV_OPERATION}={op_id}".encode()
     own = {os.getpid(), os.getpgrp()}
     found: list[tuple[int, str, int]] = []
@@ -84,7 +99,7 @@ def kill_leftovers(op_id: str, attempt: int | None, wait: float = 5.0) -> list[t
             continue
         prefix = f"{ENV_ATTEMPT}=".encode()
         theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
-        if theirs != str(attempt):
+        if (theirs == str(attempt)) == this_attempt:
             found.append((pid, theirs, pgid))
     for pid, _a, pgid in found:
         with contextlib.suppress(OSError):

@@ -17,10 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Engine, OperationSpec, ProgressReported, Status
+from engine import Engine, OperationSpec, ProgressReported, Settings, Status
 from engine.operations import command as command_module
 from engine.operations.command import OutputLines
 from tests.fixtures_cli import Cli, until
+from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
 from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
 
@@ -138,6 +139,45 @@ async def test_cancel_kills_the_process_group(engine: Engine, tmp_path: Path) ->
     await until_async(lambda: not _alive(grandchild), timeout=10)
 
 
+async def test_a_process_in_a_session_of_its_own_neither_holds_up_a_pause_nor_outlives_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``setsid`` takes a process out of the command's group, yet it keeps the command's output open: the
+    pause waited for the output's end until the grace period (10 s by default) forced it, and the process
+    ran on afterwards. With a 60 s grace period, the pause now takes effect at once and nothing is left."""
+    pids = tmp_path / "pids"
+    cmd = f"setsid sh -c 'echo $$ > {pids}; exec sleep 300' & echo started; sleep 300"
+    async with make_engine(settings.model_copy(update={"grace_period": 60.0})) as engine:
+        op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
+        await until_async(lambda: pids.exists() and pids.read_text().strip(), timeout=20)
+        escaped = int(pids.read_text())
+        assert os.getsid(escaped) == escaped  # a session of its own: not in the command's process group
+        await engine.pause(op.id)
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final
+        await until_async(lambda: not _alive(escaped), timeout=10)
+        records, _ = await engine.logs(op.id)
+        assert any(f"left running in a session of their own (pid {escaped})" in r.message for r in records)
+
+
+async def test_a_command_that_exits_leaving_background_work_completes_and_takes_it_along(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The command exits 0 while a background job (its process group) and a ``setsid`` one (a session of
+    their own) keep its output open: it used to wait for them (here 300 s, up to the deadline). Now its
+    output counts as ended HELD_OPEN seconds after it exited, and both are killed."""
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! > {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & echo started"
+    op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and final.result["exit_code"] == 0, final
+    left = [int(p) for p in pids.read_text().split()]
+    assert len(left) == 2
+    await until_async(lambda: not any(_alive(p) for p in left), timeout=10)
+    records, _ = await engine.logs(op.id)
+    assert any("kept its output open" in r.message for r in records)
+
+
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "command", {"argv": ["true"], "progress_regex": "(unclosed"}, "progress_regex does not compile")
     bad_params(cli, "command", {"argv": ["true"], "command": "true"}, "either argv")
@@ -253,7 +293,7 @@ def test_output_is_split_into_the_lines_the_command_wrote(
             stream.feed_data(rest[:n])
             rest, i = rest[n:], i + 1
         stream.feed_eof()
-        out = OutputLines(stream, SimpleNamespace(cancelled=False))  # type: ignore[arg-type]
+        out = OutputLines(stream, SimpleNamespace(cancelled=False), lambda: False)  # type: ignore[arg-type]
         got = []
         while line := await out.next():
             got.append(line)

@@ -19,6 +19,8 @@ import os
 import re
 import shlex
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -170,7 +172,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     # uninterrupted one does.
     lines = ctx.state.get("lines", 0) if ctx.resuming else 0
     assert proc.stdout is not None
-    output = OutputLines(proc.stdout, ctx)
+    output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None)
     try:
         while True:
             raw = await output.next()
@@ -199,11 +201,17 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
         if ctx.cancelled:
             _kill_group(proc.pid)
-        code = await proc.wait()
+        elif output.held_open:
+            ctx.log.warning(
+                f"the command exited, but what it left running in the background kept its output open for"
+                f" {HELD_OPEN:g}s more: killed"
+            )
+            _kill_group(proc.pid)  # its background jobs (the rest, in sessions of their own: at the end)
+        code = await _exit_code(proc)
     finally:
         if proc.returncode is None:
             _kill_group(proc.pid)
-            await proc.wait()
+            await _exit_code(proc)
     ctx.progress()  # raises OperationStopped when a stop was asked for
     if code != 0:
         last = " | ".join(tail)[-1500:]
@@ -217,6 +225,18 @@ LINE_MAX = 1 << 20
 CHUNK = 1 << 16
 """Bytes of output read at a time."""
 
+HELD_OPEN = 2.0
+"""Seconds the output may stay open and silent after the command exited (held by what it left running in
+the background) before its output counts as ended."""
+
+
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The command's exit code once it exited. Not ``proc.wait()``: that also waits until its output is
+    closed, which a process it left running in a session of its own (``setsid``) holds open forever."""
+    while proc.returncode is None:
+        await asyncio.sleep(0.02)
+    return proc.returncode
+
 
 _EOL = re.compile(rb"\r\n|\n|\r")
 
@@ -226,9 +246,12 @@ class OutputLines:
     timeout) per chunk instead of per line, which was most of the cost of a chatty command. A line ends
     with a newline, or with a carriage return alone (a progress bar written over in place)."""
 
-    def __init__(self, stream: asyncio.StreamReader, ctx: OperationContext) -> None:
+    def __init__(self, stream: asyncio.StreamReader, ctx: OperationContext, exited: Callable[[], bool]) -> None:
         self.stream = stream
         self.ctx = ctx
+        self.exited = exited
+        self.held_open = False
+        """The output was taken as ended because it stayed open and silent after the command exited."""
         self.lines: collections.deque[bytes] = collections.deque()
         self.rest = b""
         """The start of a line whose end has not been read yet."""
@@ -240,9 +263,12 @@ class OutputLines:
         while not self.lines:
             if self.ended:
                 return b""
-            chunk = await _next_chunk(self.stream, self.ctx)
+            chunk = await _next_chunk(self.stream, self.ctx, self.exited)
             if chunk is None:
                 return None
+            if isinstance(chunk, _HeldOpen):
+                self.held_open = True
+                chunk = b""
             if not chunk:
                 self.ended = True
                 if self.rest.rstrip(b"\r"):  # the last state of a line left unfinished is its line
@@ -283,18 +309,34 @@ class OutputLines:
         self.lines.append(body + end)
 
 
-async def _next_chunk(stream: asyncio.StreamReader, ctx: OperationContext) -> bytes | None:
-    """What the command wrote next (b"" at the end), or None as soon as a stop is asked for."""
+class _HeldOpen:
+    """``_next_chunk``'s end of output when the output stayed open and silent after the command exited."""
+
+
+_HELD_OPEN = _HeldOpen()
+
+
+async def _next_chunk(
+    stream: asyncio.StreamReader, ctx: OperationContext, exited: Callable[[], bool]
+) -> bytes | _HeldOpen | None:
+    """What the command wrote next (b"" at the end), or None as soon as a stop is asked for; ``_HELD_OPEN``
+    once the command exited and its output stayed silent for HELD_OPEN seconds."""
     task = asyncio.ensure_future(stream.read(CHUNK))
+    silent_since: float | None = None
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.2)
         if done:
             return task.result()
-        if ctx.cancelled:
+        held = False
+        if exited():
+            now = time.monotonic()
+            silent_since = silent_since or now
+            held = now - silent_since >= HELD_OPEN
+        if ctx.cancelled or held:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return None
+            return None if ctx.cancelled else _HELD_OPEN
 
 
 def _die_with_parent() -> None:
