@@ -156,8 +156,8 @@ async def test_a_process_in_a_session_of_its_own_neither_holds_up_a_pause_nor_ou
         final = await engine.wait(op.id, timeout=20)
         assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final
         await until_async(lambda: not _alive(escaped), timeout=10)
-        records, _ = await engine.logs(op.id)
-        assert any(f"left running in a session of their own (pid {escaped})" in r.message for r in records)
+        said = f"left running in a session of their own (pid {escaped})"
+        await until_async(lambda: _logged(engine, op.id, said), timeout=10)  # logged after the final status
 
 
 async def test_a_command_that_exits_leaving_background_work_completes_and_takes_it_along(
@@ -174,8 +174,12 @@ async def test_a_command_that_exits_leaving_background_work_completes_and_takes_
     left = [int(p) for p in pids.read_text().split()]
     assert len(left) == 2
     await until_async(lambda: not any(_alive(p) for p in left), timeout=10)
-    records, _ = await engine.logs(op.id)
-    assert any("kept its output open" in r.message for r in records)
+    await until_async(lambda: _logged(engine, op.id, "kept its output open"), timeout=10)
+
+
+async def _logged(engine: Engine, op_id: str, text: str) -> bool:
+    records, _ = await engine.logs(op_id)
+    return any(text in r.message for r in records)
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
