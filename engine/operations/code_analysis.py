@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
+from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 from ._results_db import check_kind, db_path, open_db
 from ._walk import list_files
@@ -91,7 +92,9 @@ def _analyze(
 ) -> tuple[str, Any]:
     """("ok", (file row, function rows)), ("reuse", None), ("skip", reason) or ("fail", message) for one
     file. ``prev`` (sha256, language, mi) of its row from an earlier analysis: reused when the content is
-    the same and nothing is missing (a maintainability index now asked for)."""
+    the same and nothing is missing (a maintainability index now asked for). The rows name the file
+    ``clean(rel)``: a name whose bytes are not UTF-8 with each such byte as ``\\xNN`` (a TEXT column stores
+    text only)."""
     import lizard  # type: ignore[import-untyped]  # here, not at the top: every CLI start imports this module
     from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
 
@@ -128,13 +131,14 @@ def _analyze(
             rank = mi_rank(mi)
         except Exception:  # radon needs a parse, and knows the Pythons of its release: lizard's figures stay
             pass
+    name = clean(rel)
     funcs = [
-        (rel, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, *_sizes(f))
+        (name, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, *_sizes(f))
         for f in info.function_list
     ]
     ccns = [f[6] for f in funcs]
     row = (
-        rel,
+        name,
         language,
         sha,
         info.nloc,
@@ -153,17 +157,20 @@ def _process_batch(
     con: sqlite3.Connection, root: Path, rels: list[str], seen: str, p: CodeAnalysisParams
 ) -> list[tuple[str, str, str | None]]:
     """Analyse and store the first files of ``rels`` (up to BATCH_SECONDS) in one transaction; (path, outcome,
-    reason) per file analysed."""
+    reason) per file analysed. The database names file ``rel`` ``clean(rel)`` (see ``_analyze``)."""
     import lizard  # type: ignore[import-untyped]
 
     analyzer = lizard.FileAnalyzer(lizard.get_extensions([]))
     out: list[tuple[str, str, str | None]] = []
     rows: list[Row] = []
     funcs: list[Row] = []
-    q = ",".join("?" * len(rels))
+    names = {clean(r): r for r in rels}
+    q = ",".join("?" * len(names))
     prev = {
-        r[0]: r[1:]
-        for r in con.execute(f"SELECT path, sha256, language, mi, analysed_by FROM files WHERE path IN ({q})", rels)
+        names[r[0]]: r[1:]
+        for r in con.execute(
+            f"SELECT path, sha256, language, mi, analysed_by FROM files WHERE path IN ({q})", list(names)
+        )
     }
     reused: list[tuple[str, str]] = []
     end = time.monotonic() + BATCH_SECONDS
@@ -172,7 +179,7 @@ def _process_batch(
             break
         outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability, prev.get(rel))
         if outcome == "reuse":
-            reused.append((seen, rel))
+            reused.append((seen, clean(rel)))
             # Analysed by this same operation before a crash: "ok", as an uninterrupted run says.
             out.append((rel, "ok" if prev[rel][3] == seen else "reused", None))
         elif outcome == "ok":
@@ -183,7 +190,7 @@ def _process_batch(
             out.append((rel, outcome, got))
     with con:  # the batch is in the database before its files count as done
         kept = {r for _s, r in reused}
-        gone = [(r,) for r, _o, _w in out if r not in kept]
+        gone = [(clean(r),) for r, _o, _w in out if clean(r) not in kept]
         con.executemany("UPDATE files SET seen=? WHERE path=?", reused)
         con.executemany("DELETE FROM files WHERE path=?", gone)
         con.executemany("DELETE FROM functions WHERE path=?", gone)

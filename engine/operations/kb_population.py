@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
+from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
@@ -82,15 +83,17 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     """Read, parse and store a batch of documents in one transaction; an outcome per document.
 
     A document this same operation stored before a crash is "added" again, not "reused", so a resumed
-    run reports what an uninterrupted one does.
+    run reports what an uninterrupted one does. The knowledge base names document ``rel`` ``clean(rel)``: a
+    name's bytes that are not UTF-8 as ``\\xNN`` (a TEXT column stores text only).
     """
     root = Path(p.source)
-    q = ",".join("?" * len(rels))
+    names = {clean(r): r for r in rels}
+    q = ",".join("?" * len(names))
     prev = {
-        r[0]: r[1:]
+        names[r[0]]: r[1:]
         for r in con.execute(
             f"SELECT path, id, sha256, chunks, stored_by FROM documents WHERE source=? AND path IN ({q})",
-            [p.source, *rels],
+            [p.source, *names],
         )
     }
     out: list[Outcome] = []
@@ -114,18 +117,18 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
             out.append((rel, "failed", 0, str(e)))
             continue
         chunks = chunk(secs, p.chunk_size) or ([(None, title)] if title else [])  # a title alone is findable
-        new.append((rel, kind, title or Path(rel).stem, len(data), sha, chunks))
+        new.append((rel, kind, title or clean(Path(rel).stem), len(data), sha, chunks))
         out.append((rel, "added", len(chunks), None))
     with con:  # one transaction: the batch is in the knowledge base before its documents count as done
         drop_documents(con, [prev[rel][0] for rel, *_ in new if rel in prev])  # changed since stored
         con.executemany(
-            "UPDATE documents SET seen=? WHERE source=? AND path=?", [(op_id, p.source, rel) for rel in seen]
+            "UPDATE documents SET seen=? WHERE source=? AND path=?", [(op_id, p.source, clean(rel)) for rel in seen]
         )
         for rel, kind, title, size, sha, chunks in new:
             cur = con.execute(
                 "INSERT INTO documents(source, path, kind, title, size, sha256, chunks, stored_by, seen)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
-                (p.source, rel, kind, title, size, sha, len(chunks), op_id, op_id),
+                (p.source, clean(rel), kind, title, size, sha, len(chunks), op_id, op_id),
             )
             doc = cur.lastrowid
             ids = []

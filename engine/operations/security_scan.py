@@ -36,6 +36,7 @@ from ..context import OperationContext
 from ..errors import InvalidInput
 from ..files import private_opener
 from ..registry import operation
+from ..text import clean_json
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._lang import language_of
 from ._pool import in_order, worker_count
@@ -223,10 +224,11 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
 
 
 def _write(path: Path, data: dict) -> None:
-    """Atomically: a reader never sees half a report."""
+    """Atomically: a reader never sees half a report. File names whose bytes are not UTF-8 are written
+    ``clean`` (each such byte as ``\\xNN``): escaped as lone surrogates, strict JSON readers refuse them."""
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", encoding="utf-8", opener=private_opener) as fh:
-        json.dump(data, fh, indent=1)
+        json.dump(clean_json(data), fh, indent=1)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -334,4 +336,5 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
             where = ", ".join(str(v) for v in targets.values())
             raise RuntimeError(f"{worse} findings of severity {p.fail_on} or worse (fail_on); reports: {where}")
     top = sorted(findings, key=lambda f: (rank[f["severity"]], *_sort_key(f)))[:TOP]
-    return {**summary, "top": top, "reports": {k: str(v) for k, v in targets.items()}}
+    # File names as the reports write them: left to the engine, a name not UTF-8 would be a warning.
+    return clean_json({**summary, "top": top, "reports": {k: str(v) for k, v in targets.items()}})

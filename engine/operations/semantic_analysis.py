@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
+from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._walk import list_files
@@ -183,12 +184,15 @@ Outcome = tuple[str, str, str | None]
 def _batch(
     con: sqlite3.Connection, scope: str, keys: list[str], corpus: dict[str, Any], root: Path | None, op_id: str
 ) -> list[Outcome]:
-    """Analyse a batch of documents and store their terms and sketches in one transaction."""
-    q = ",".join("?" * len(keys))
+    """Analyse a batch of documents and store their terms and sketches in one transaction. The results name
+    document ``key`` ``clean(key)``: a file name's bytes that are not UTF-8 as ``\\xNN`` (TEXT stores text
+    only)."""
+    names = {clean(k): k for k in keys}
+    q = ",".join("?" * len(names))
     prev = {
-        r[0]: (r[1], r[2])
+        names[r[0]]: (r[1], r[2])
         for r in con.execute(
-            f"SELECT key, sha256, made_by FROM sem_docs WHERE scope=? AND key IN ({q})", [scope, *keys]
+            f"SELECT key, sha256, made_by FROM sem_docs WHERE scope=? AND key IN ({q})", [scope, *names]
         )
     }
     out: list[Outcome] = []
@@ -210,13 +214,13 @@ def _batch(
                 out.append((key, "analysed" if prev[key][1] == op_id else "reused", None))
                 continue
         n, terms, sk = _analyse(text or "")
-        rows.append((scope, key, sha, n, json.dumps(terms), sk, op_id))
+        rows.append((scope, clean(key), sha, n, json.dumps(terms), sk, op_id))
         out.append((key, "analysed", None))
     with con:
         con.executemany("INSERT OR REPLACE INTO sem_docs VALUES (?,?,?,?,?,?,?)", rows)
         con.executemany(  # a file that no longer reads keeps no results of an earlier run
             "DELETE FROM sem_docs WHERE scope=? AND key=?",
-            [(scope, k) for k, o, _ in out if o in ("skipped", "failed")],
+            [(scope, clean(k)) for k, o, _ in out if o in ("skipped", "failed")],
         )
     return out
 
@@ -224,7 +228,7 @@ def _batch(
 def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: SemanticParams) -> dict[str, Any]:
     """Keywords, topics and near-duplicate pairs over the analysed documents, stored in one transaction."""
     with con:
-        have = set(keys)
+        have = {clean(k) for k in keys}  # as _batch stores them
         gone = [(scope, k) for (k,) in con.execute("SELECT key FROM sem_docs WHERE scope=?", (scope,)) if k not in have]
         con.executemany("DELETE FROM sem_docs WHERE scope=? AND key=?", gone)
         docs = [
