@@ -51,6 +51,9 @@ TICK = 0.1
 FIXED = "fixed by --timeout"
 LOOP_BLOCKED = 5.0
 """Seconds the event loop may go without turning before the engine says what is blocking it."""
+FROZEN = 2.0
+"""Seconds the whole process may go without running (its watch thread included) before that time is taken
+for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
 
 
 class Watch:
@@ -137,6 +140,17 @@ class Watch:
         self.ctx.request_stop(reason)
         self.stop_at = now if restart_grace else (self.stop_at or now)
 
+    def shift(self, dt: float) -> None:
+        """The process was stopped for ``dt`` seconds: the operation did not run, so that time counts toward
+        no stall, deadline, grace period or rate (a Ctrl-Z'd ``outlast run`` used to come back stalled)."""
+        self.started += dt
+        self.last_change += dt
+        self.deadline += dt
+        self.next_checkpoint += dt
+        self.next_report += dt
+        if self.stop_at is not None:
+            self.stop_at += dt
+
     def force(self, now: float) -> None:
         """Stop waiting for a safe point: the handler is cancelled at the next tick."""
         self.stop_at = now - self._grace
@@ -221,15 +235,24 @@ class Supervisor:
     async def run(self) -> None:
         watch = LoopWatch(lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())])
         try:
-            await self._run()
+            await self._run(watch)
         finally:
             watch.stop()
 
-    async def _run(self) -> None:
+    async def _run(self, watch: LoopWatch) -> None:
         next_poll = next_flush = next_orphans = 0.0
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            frozen = watch.frozen()
+            if frozen:
+                log.info(
+                    "this process was stopped for %.1fs (SIGSTOP, Ctrl-Z, a paused machine): that time counts"
+                    " toward no operation's stall, deadline or grace period",
+                    frozen,
+                )
+                for attempt in list(self._runs.values()):
+                    attempt.watch.shift(frozen)
             try:
                 await self._tick(now, next_poll, next_flush, next_orphans)
             except asyncio.CancelledError:
@@ -371,12 +394,39 @@ class LoopWatch:
         self._stopped = threading.Event()
         self.turned = time.monotonic()
         """When the loop last ran the mark (monotonic seconds)."""
+        self._lock = threading.Lock()
+        self._beat = self.turned
+        """When the watch thread last woke (or a stop of the process was last counted)."""
+        self._gaps = 0.0
+        """Seconds the process was stopped, seen by the watch thread and not yet taken by ``frozen``."""
+        self._thawed = 0.0
+        """When a stop of the process was last seen: a loop that had no turn since is not blocked."""
         self._mark = self._loop.call_later(self._every, self._turn)
         threading.Thread(target=self._watch, name="outlast-loop-watch", daemon=True).start()
 
     def stop(self) -> None:
         self._stopped.set()
         self._mark.cancel()
+
+    def frozen(self) -> float:
+        """Seconds the whole process was stopped since the last call (SIGSTOP, Ctrl-Z, a paused machine):
+        time in which the watch thread, which wakes every quarter second, did not wake either. A handler
+        blocking the loop does not count: the thread woke throughout. Counted once, whether the thread or
+        this call (made on the loop, perhaps before the thread woke) sees the gap first."""
+        with self._lock:
+            return self._count(time.monotonic()) + self._take()
+
+    def _take(self) -> float:
+        taken, self._gaps = self._gaps, 0.0
+        return taken
+
+    def _count(self, now: float) -> float:
+        """The gap since the last wake, if the process was stopped in it (then counted); else 0."""
+        gap = now - self._beat - self._every
+        if gap <= FROZEN:
+            return 0.0
+        self._beat = self._thawed = now
+        return gap
 
     def _turn(self) -> None:
         self.turned = time.monotonic()
@@ -388,8 +438,12 @@ class LoopWatch:
         while not self._stopped.wait(self._every):
             if self._loop.is_closed():
                 return  # left running by a loop closed under it: nothing to watch
+            now = time.monotonic()
+            with self._lock:
+                self._gaps += self._count(now)
+                self._beat = now
             turned = self.turned
-            blocked = time.monotonic() - turned
+            blocked = now - max(turned, self._thawed)
             if blocked < self._limit or said_for == turned:
                 continue
             frame = sys._current_frames().get(self._loop_thread)

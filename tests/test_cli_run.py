@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,34 @@ def test_every_type_reports_in_a_pipe_at_the_same_cadence(cli: Cli) -> None:
     assert proc.wait() == 0, proc.err
     running = [ln for ln in proc.out if " running " in ln]
     assert len(running) >= 2, proc.out  # about 3 s of work: a line a second, not one every 30 s
+
+
+def test_a_stopped_run_does_not_count_the_stop_as_a_stall(cli: Cli, tmp_path: Path) -> None:
+    """Ctrl-Z (SIGTSTP) or SIGSTOP freezes ``outlast run`` and its command. The stall clock ran on through
+    the stop, so after ``fg`` the operation was stopped as stalled (timed_out) although it went on at
+    once. The time the process was stopped now counts toward no stall, deadline or grace period."""
+    script, pid_file = tmp_path / "tick.py", tmp_path / "tick.pid"
+    script.write_text(
+        "import os, sys, time\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "for i in range(12):\n"
+        "    print(i, flush=True)\n"
+        "    time.sleep(0.5)\n"
+    )
+    argv = json.dumps({"argv": [sys.executable, str(script), str(pid_file)]})
+    proc = cli.start("run", "command", "--params-json", argv, "--profile", "stall_timeout=3")
+    ticker = int(until(lambda: pid_file.exists() and pid_file.read_text(), 30, what="the command's pid"))
+    proc.wait_line(lambda ln: " running " in ln)
+    # The process tree stopped (kill -STOP, a paused container): the command first, so that all its output
+    # is read before the engine stops, and it comes back a second after the engine, so that no output can
+    # race the stall check. The engine sees 1.5 s of silence besides the 5 s it was stopped.
+    os.kill(ticker, signal.SIGSTOP)
+    time.sleep(0.5)
+    os.kill(proc.popen.pid, signal.SIGSTOP)
+    time.sleep(5)
+    os.kill(proc.popen.pid, signal.SIGCONT)
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):  # gone if the operation was stopped as stalled
+        os.kill(ticker, signal.SIGCONT)
+    assert proc.wait() == 0, proc.out[-3:] + proc.err
+    assert "completed" in proc.out[-1] and "lines" in proc.out[-1], proc.out[-1]
