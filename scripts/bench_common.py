@@ -211,6 +211,40 @@ def fsync_samples(directory: Path, n: int) -> list[float]:
         path.unlink()
 
 
+async def fsync_off_loop_samples(directory: Path, n: int) -> tuple[list[float], list[float]]:
+    """The floor of a durable write kept off the event loop, as the local store keeps it: (a job that does
+    nothing, the fsync floor's write + fsync), each awaited from the loop through the store's own thread
+    (``SqliteWorker.run``) ``n`` times. The first is the two thread hops alone (the wake-up of the thread,
+    then of the loop); on a 2-vCPU VM each hop is a cross-CPU wake-up."""
+    from engine.store.sqlite.worker import SqliteWorker
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "fsync-off-loop"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    worker = SqliteWorker("bench-floor")
+    try:
+        os.write(fd, b"x" * 100)
+        os.fsync(fd)
+
+        def write(i: int) -> None:
+            os.pwrite(fd, bytes([65 + i % 26]) * 100, 0)
+            os.fsync(fd)
+
+        hops, writes = [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await worker.run(int)
+            t1 = time.perf_counter()
+            await worker.run(write, i)
+            writes.append(time.perf_counter() - t1)
+            hops.append(t1 - t0)
+        return hops, writes
+    finally:
+        await asyncio.to_thread(worker.stop)
+        os.close(fd)
+        path.unlink()
+
+
 def state_5kb() -> dict[str, Any]:
     """About 5 KB of JSON state, shaped like an index (55 entries of path -> summary)."""
     return {
