@@ -217,3 +217,25 @@ def test_a_stopped_run_does_not_count_the_stop_as_a_stall(cli: Cli, tmp_path: Pa
         os.kill(ticker, signal.SIGCONT)
     assert proc.wait() == 0, proc.out[-3:] + proc.err
     assert "completed" in proc.out[-1] and "lines" in proc.out[-1], proc.out[-1]
+
+
+def test_a_huge_result_is_abridged_for_people_and_whole_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """A handler may return megabytes (every path it touched): ``outlast run`` printed all of it on its last
+    line, and ``show`` in its result row. People get the first RESULT_CHARS and where the whole is."""
+    from engine import Operation, Status
+    from engine.cli import format as fmt
+    from engine.cli.run import report_final
+    from engine.models import new_id
+
+    now = time.time()
+    result = {"paths": [f"src/file_{i:06d}.py" for i in range(20_000)]}
+    op = Operation(id=new_id(), type="t", status=Status.COMPLETED, created_at=now, queued_at=now, updated_at=now)
+    op.result = result
+    report_final(op, "text")
+    line = capsys.readouterr().out.strip()
+    assert len(line) < fmt.RESULT_CHARS + 300 and f"outlast show {op.id} --json has all" in line, line[-300:]
+    assert "characters" in line
+    row = next(r for r in fmt.show_text(op, []).splitlines() if r.startswith("result"))
+    assert len(row) < fmt.RESULT_CHARS + 300
+    report_final(op, "json")
+    assert json.loads(capsys.readouterr().out)["result"] == result

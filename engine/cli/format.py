@@ -59,6 +59,20 @@ def time_left(op: Operation, now: float | None = None) -> float | None:
     return op.deadline - (now or time.time())
 
 
+RESULT_CHARS = 1000
+"""Characters of a result a line for people shows (``--json`` has all of it)."""
+STEP_CHARS = 200
+"""Characters of a step a progress line shows."""
+
+
+def abridged(text: str, limit: int, rest: str = "") -> str:
+    """``text``, or its first ``limit`` characters and how long it is (``rest`` says where the whole is): a
+    handler may return megabytes, and one line of them buries the terminal."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters{rest})"
+
+
 def progress_line(op: Operation, now: float | None = None) -> str:
     """One line per progress report, for logs and pipes."""
     p = op.progress
@@ -71,7 +85,7 @@ def progress_line(op: Operation, now: float | None = None) -> str:
         if left is not None:
             parts.append(f"deadline in {duration(left)}")
     if p.step:
-        parts.append(f"step {printable(p.step)}")
+        parts.append(f"step {abridged(printable(p.step), STEP_CHARS)}")
     return "  ".join(parts)
 
 
@@ -226,7 +240,8 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
     if op.error:
         rows.append(("error", op.error))
     if op.result is not None:
-        rows.append(("result", json.dumps(op.result, sort_keys=True)))
+        whole = f"; {prefix} show {op.id} --json has all"
+        rows.append(("result", abridged(json.dumps(op.result, sort_keys=True), RESULT_CHARS, whole)))
     if checkpoints:
         newest = checkpoints[0]
         rows.append(("checkpoints", f"{len(checkpoints)}, newest #{newest.seq} at {newest.processed_items} items"))

@@ -115,7 +115,8 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
         detail = op.error or op.status_message or ""
         detail = detail.removeprefix(status).removeprefix(" by user").lstrip(":; ")
         if op.status is Status.COMPLETED and op.result is not None:
-            line += f"; result {fmt.dumps(op.result)}"
+            whole = f"; {prefix} show {op.id} --json has all"
+            line += f"; result {fmt.abridged(fmt.dumps(op.result), fmt.RESULT_CHARS, whole)}"
         elif detail:
             line += f" ({detail})"
         fmt.echo(line)
