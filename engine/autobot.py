@@ -12,11 +12,15 @@ Nothing here imports the context or the engine: the context inherits the methods
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .text import NotJSON
+
 if TYPE_CHECKING:
+    from .context import OperationLog
     from .models import Checkpoint, Operation, Progress
     from .store.base import Store
 
@@ -40,7 +44,11 @@ class OperationCheckpoint:
 class SeedContextMethods:
     """The seed's ``OperationExecutionContext`` methods, on top of ``OperationContext``'s own."""
 
+    _said_not_json = False
+    """A value saved as its str was said in the log (once per attempt)."""
+
     if TYPE_CHECKING:
+        log: OperationLog
         id: str
         total: int | None
         state: dict[str, Any]
@@ -102,9 +110,24 @@ class SeedContextMethods:
     async def save_checkpoint(
         self, intermediate_results: dict[str, Any], next_step: str | None = None, **context_data: Any
     ) -> None:
-        """The seed's checkpoint call: ``intermediate_results`` go into ``ctx.state``, then a checkpoint."""
+        """The seed's checkpoint call: ``intermediate_results`` go into ``ctx.state``, then a checkpoint.
+
+        A value JSON cannot hold (a ``Path``, a ``datetime``: the seed's own checkpoint carries a datetime,
+        so its JSON checkpoints wrote such values as strings) is saved as its ``str``, said once in the
+        log, instead of failing the operation as ``ctx.checkpoint`` does for code written for Outlast."""
         self.state.update(intermediate_results)
-        await self.checkpoint(next_step, **context_data)
+        try:
+            await self.checkpoint(next_step, **context_data)
+        except NotJSON as e:
+            try:
+                as_json = json.loads(json.dumps([self.state, context_data], default=str))
+            except ValueError:  # a cycle: no string for it either
+                raise e from None
+            if not self._said_not_json:
+                self._said_not_json = True
+                self.log.warning(f"{str(e).split(';')[0].removeprefix('checkpoint not saved: ')}: saved as its str")
+            self.state.update(as_json[0])
+            await self.checkpoint(next_step, **as_json[1])
 
 
 # ---- the seed's field names for records and checkpoints --------------------------------------------

@@ -81,6 +81,10 @@ def json_bytes(value: Any, **kw: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, **kw).encode()
 
 
+class NotJSON(TypeError):
+    """A checkpoint holds a value JSON cannot (its message names the value and where it is)."""
+
+
 def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str | None:
     """What in ``value`` ``json.dumps`` cannot write, as ``where.key[2] is a datetime``; None if nothing."""
     if value is None or isinstance(value, str | bool | float):

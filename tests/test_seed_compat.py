@@ -3,11 +3,23 @@ resume with a changed profile, the seed's field names on records and checkpoints
 
 from __future__ import annotations
 
+import datetime
 import json
+from pathlib import Path
 
 import pytest
 
-from engine import Engine, InvalidInput, OperationSpec, OperationType, Settings, Status, open_store
+from engine import (
+    Engine,
+    InvalidInput,
+    OperationContext,
+    OperationSpec,
+    OperationType,
+    Settings,
+    Status,
+    open_store,
+    operation,
+)
 from engine.exitcodes import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
@@ -111,3 +123,33 @@ def test_cli_per_file_timeout_and_resume_profile(cli: Cli) -> None:
     newest = in_full[0]
     assert newest["checkpoint_id"] == str(newest["seq"]) and newest["full"] is True
     assert newest["intermediate_results"] == newest["state"] and "sum" in newest["state"]
+
+
+@operation("test_seed_paths")
+async def seed_paths(ctx: OperationContext, params: dict) -> dict:
+    """The seed's indexing example: file infos with Paths and datetimes in intermediate_results."""
+    done: list[dict] = []
+    if ctx.should_resume():
+        done = ctx.get_resume_data().intermediate_results["processed_files"]  # type: ignore[union-attr]
+    for i in range(len(done), 6):
+        done.append({"path": Path("/src") / f"f{i}.py", "at": datetime.datetime(2026, 12, 2, 12, 0, i)})
+        await ctx.update_progress(f"Indexing f{i}.py", i + 1, 6)
+        if i % 2 == 1:
+            await ctx.save_checkpoint({"processed_files": done}, f"file_{i + 1}", source=Path("/src"))
+    return {"files": [str(d["path"]) for d in done]}
+
+
+async def test_seed_checkpoints_save_paths_and_datetimes_as_strings(engine: Engine) -> None:
+    """The seed's own checkpoint carries a datetime, so its JSON checkpoints wrote such values as strings:
+    seed code that keeps Paths in intermediate_results ran there, and failed the operation here."""
+    op = await engine.submit(OperationSpec(type="test_seed_paths"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    loaded = await engine.store.load_checkpoint(op.id)
+    assert loaded is not None
+    cp, _ = loaded
+    assert cp.state["processed_files"][-1] == {"path": "/src/f5.py", "at": "2026-12-02 12:00:05"}
+    assert cp.context_data == {"source": "/src"}
+    records, _ = await engine.logs(op.id)
+    said = [r.message for r in records if "saved as its str" in r.message]
+    assert said == ["ctx.state['processed_files'][0]['path'] is a PosixPath: saved as its str"], said

@@ -26,7 +26,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
-from ..text import json_bytes, not_json
+from ..text import NotJSON, json_bytes, not_json
 
 ROOT = ""
 """The link the first delta of a chain names (there is no delta before it)."""
@@ -171,7 +171,7 @@ def encode_payload(cp: Checkpoint) -> bytes:
         return json_bytes(content, separators=(",", ":"))
     except (TypeError, ValueError) as e:  # the handler's to fix: say what, where, in its own words
         where = next(filter(None, (not_json(content[k], f"ctx.{k}") for k in ("state", "context_data"))), None)
-        raise TypeError(
+        raise NotJSON(
             f"checkpoint not saved: {where or e}; a checkpoint holds JSON values only (str, int, float,"
             " bool, None, lists, dicts with str keys)"
         ) from None
