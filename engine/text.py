@@ -9,7 +9,7 @@ file name in a progress step made the whole listing unreadable. So:
   such byte written as ``\\xNN`` (``clean``, ``clean_json``): ``caf\\xe9.py``;
 - data that must come back exactly (item keys, checkpoint state) is stored as JSON with ASCII escapes,
   which Python's ``json`` reads back unchanged (``json_bytes``);
-- what a user submits (params, a name, tags) is refused with the place named (``bad_text``).
+- what a user submits (params, a name, tags) is refused with the place named (``models.check_json``).
 """
 
 from __future__ import annotations

@@ -196,9 +196,9 @@ def test_a_stopped_run_does_not_count_the_stop_as_a_stall(cli: Cli, tmp_path: Pa
     script.write_text(
         "import os, sys, time\n"
         "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
-        "for i in range(12):\n"
+        "for i in range(10):\n"
         "    print(i, flush=True)\n"
-        "    time.sleep(0.5)\n"
+        "    time.sleep(0.3)\n"
     )
     argv = json.dumps({"argv": [sys.executable, str(script), str(pid_file)]})
     proc = cli.start("run", "command", "--params-json", argv, "--profile", "stall_timeout=3")
@@ -206,11 +206,11 @@ def test_a_stopped_run_does_not_count_the_stop_as_a_stall(cli: Cli, tmp_path: Pa
     proc.wait_line(lambda ln: " running " in ln)
     # The process tree stopped (kill -STOP, a paused container): the command first, so that all its output
     # is read before the engine stops, and it comes back a second after the engine, so that no output can
-    # race the stall check. The engine sees 1.5 s of silence besides the 5 s it was stopped.
+    # race the stall check. The engine sees 1.5 s of silence besides the 4 s it was stopped.
     os.kill(ticker, signal.SIGSTOP)
     time.sleep(0.5)
     os.kill(proc.popen.pid, signal.SIGSTOP)
-    time.sleep(5)
+    time.sleep(4)
     os.kill(proc.popen.pid, signal.SIGCONT)
     time.sleep(1)
     with contextlib.suppress(ProcessLookupError):  # gone if the operation was stopped as stalled
