@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,22 @@ def test_plugin_through_its_entry_point(cli: Cli, tmp_path: Path, monkeypatch: p
     assert types["wordcount"]["runnable"] and types["notes_population"]["runnable"]
     r = cli("-q", "run", "wordcount", "-p", f"root={PLUGIN_DIR}")
     assert r.returncode == 0, r.stderr
+
+
+def test_resume_without_the_plugin_is_refused_and_changes_nothing(cli: Cli, tmp_path: Path, plugin_path: None) -> None:
+    """``outlast resume ID`` with the plugin's --plugin forgotten queued the operation, and its attempt
+    failed at once ("unknown operation type"): a mistake in the command changed the record (paused ->
+    failed). Now one line says what to add, exit 2, and the operation stays as it was."""
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_text("a b c\n")
+    runner = cli.start("--plugin", MODULE, "run", "wordcount", "-p", f"root={tmp_path}", "-p", "seconds=0.4")
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    runner.signal(signal.SIGINT)
+    assert runner.wait() == 6, runner.err  # paused
+    for how in ((), ("--detach",)):
+        r = cli("resume", op_id, *how)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "no plugin loaded here runs that type" in r.stderr and "--plugin MODULE" in r.stderr, r.stderr
+        assert cli.op(op_id).status.value == "paused"
+    code, rec, err = run_json(cli, "--plugin", MODULE, "resume", op_id)
+    assert code == 0 and rec["status"] == "completed" and rec["result"]["files"] == 6, err

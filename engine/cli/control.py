@@ -105,13 +105,26 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
+    from ..errors import InvalidInput
     from ..profiles import resume_fields
+    from ..registry import get_handler
     from .run import run_foreground, spawn_detached, submit_or_resume
 
     async def check() -> str:
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
-            check_action(Action.RESUME, (await engine.get(full)).status, full)
+            op = await engine.get(full)
+            check_action(Action.RESUME, op.status, full)
+            if not queue:  # run by this process (or its detached child, with the same plugins)
+                try:
+                    get_handler(op.type)
+                except InvalidInput:
+                    # Resumed anyway, its attempt failed at once: a forgotten --plugin changed the record.
+                    raise InvalidInput(
+                        f"operation {full} is a {op.type!r}, and no plugin loaded here runs that type: resume"
+                        f" with the plugin that defines it ({app.command()} --plugin MODULE resume {full}),"
+                        " or --queue it for a worker that has it"
+                    ) from None
             if seq is not None:
                 have = {c.seq for c in await engine.checkpoints(full)}
                 if seq not in have:
