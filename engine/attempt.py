@@ -45,7 +45,7 @@ from .registry import HandlerSpec, get_handler
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
-from .text import bad_text, clean_json
+from .text import bad_text, clean, clean_json
 
 log = logging.getLogger("outlast.engine")
 
@@ -184,7 +184,7 @@ class Attempt:
         self.host.publish(
             ItemFailed(
                 operation_id=ctx.id,
-                key=key,
+                key=clean(key),  # as the store lists it: every face writes events out as UTF-8 (text.py)
                 error=error,
                 failures=ctx.failures,
                 threshold=ctx.profile.failure_threshold,

@@ -18,11 +18,13 @@ import time
 
 from .text import clean
 
-UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides, and
+    # lone surrogates (a file name's bytes that are not UTF-8: a terminal or pipe that takes UTF-8 only
+    # refuses them, and the command died with an internal error)
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 UNSAFE_IN_OUTPUT = re.compile(  # the same but newline and tab: for whole lines about to be written
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 

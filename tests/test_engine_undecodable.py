@@ -9,6 +9,7 @@ operation was left running and found interrupted (run twice on resume); in param
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -21,9 +22,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter
 
-from engine import Engine, OperationContext, OperationSpec, Settings, Status, load_settings, open_store, operation
+from engine import (
+    Engine,
+    ItemFailed,
+    OperationContext,
+    OperationSpec,
+    Settings,
+    Status,
+    load_settings,
+    open_store,
+    operation,
+)
 from engine.text import bad_text, clean, clean_json, clean_json_text, json_bytes
-from tests.fixtures_engine import until
+from tests.fixtures_engine import collect, until
 from tests.fixtures_redis import RedisServer
 
 NAME = os.fsdecode(b"caf\xe9.py")  # what os.listdir gives for that file
@@ -106,6 +117,7 @@ async def test_names_that_are_not_utf8_go_through_every_path_and_resume_exactly(
     any_engine: Callable[[], Engine],
 ) -> None:
     async with any_engine() as engine:
+        failed = collect(engine, (ItemFailed,))
         op = await engine.submit(OperationSpec(type="test_undecodable", params={"stop_at": 2}))
 
         async def stored_step() -> str | None:
@@ -119,6 +131,7 @@ async def test_names_that_are_not_utf8_go_through_every_path_and_resume_exactly(
         assert paused.status is Status.PAUSED, paused.status_message
         failures = await engine.store.item_failures(op.id)
         assert [(f.key, f.error) for f in failures] == [(SHOWN, f"cannot read {SHOWN}")]
+        assert [(e.key, e.error) for e in failed] == [(SHOWN, f"cannot read {SHOWN}")]  # as every face shows it
         loaded = await engine.store.load_checkpoint(op.id)
         assert loaded is not None
         cp, ledger = loaded
@@ -156,3 +169,20 @@ def test_params_that_are_not_utf8_are_one_line_exit_2_and_store_nothing(state_di
         assert err.count("\n") == 1 and "\\xe9" in err and "not text" in err, err
     listed = subprocess.run([sys.executable, "-m", "engine.cli", "ls", "--json"], env=env, capture_output=True)
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+
+
+def test_json_output_keeps_such_a_name_exactly_and_a_strict_utf8_stream_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``outlast --json checkpoints ID --full`` prints the state exactly. Under a UTF-8 locale other than
+    C.UTF-8 Python's stdout is strict, and a lone surrogate in it was an internal error (exit 70)."""
+    from engine.cli import format as fmt
+
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8", errors="strict"))
+    fmt.echo(fmt.dumps({"state": {NAME: [NAME]}}))
+    fmt.echo(f"a line naming {NAME}")  # the last guard, for a caller that forgot to escape
+    sys.stdout.flush()
+    first, second = out.getvalue().decode().splitlines()  # valid UTF-8
+    assert json.loads(first) == {"state": {NAME: [NAME]}}  # exactly, as Python's json reads it
+    assert second == "a line naming caf\\udce9.py"
