@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.fixtures_cli import Cli, until
 
 DEMO = ["run", "demo", "-p", "seconds=0.03"]
@@ -239,3 +240,17 @@ def test_a_huge_result_is_abridged_for_people_and_whole_in_json(capsys: pytest.C
     assert len(row) < fmt.RESULT_CHARS + 300
     report_final(op, "json")
     assert json.loads(capsys.readouterr().out)["result"] == result
+
+
+@pytest.mark.parametrize("closed", [">&-", ">&- 2>&-", "<&- >&- 2>&-"])
+def test_commands_run_with_their_standard_streams_closed(cli: Cli, closed: str) -> None:
+    """Started with stdout closed (``outlast worker >&-``, a daemonizer), Python's ``sys.stdout`` is None:
+    every command died with an internal error (exit 70) before any work ran. The closed streams go to
+    /dev/null now, so the next file opened (the store) cannot take their descriptor."""
+    import subprocess
+
+    script = f'exec "$0" -m engine.cli run demo -p items=3 -p seconds=0 {closed}'
+    r = subprocess.run(["sh", "-c", script, sys.executable], env=cli.env, cwd=REPO, timeout=60, check=False)
+    assert r.returncode == 0
+    listed = json.loads(cli("--json", "ls").stdout)
+    assert [(o["type"], o["status"]) for o in listed] == [("demo", "completed")]

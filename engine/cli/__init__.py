@@ -17,9 +17,31 @@ from typing import Any
 
 def main(argv: list[str] | None = None) -> None:
     """The ``outlast`` console script (see ``root.main``)."""
+    _closed_stdio_to_devnull()
     from .root import main as run
 
     run(argv)
+
+
+def _closed_stdio_to_devnull() -> None:
+    """A standard stream that was closed when ``outlast`` started (``outlast worker >&-``, a daemonizer) is
+    opened on /dev/null, before anything else opens a file. Python leaves ``sys.stdout`` None then, and
+    every command died with an internal error before any work ran; worse, the next file opened takes the
+    free descriptor, and what a child writes to its stdout would go into that file (the store)."""
+    import os
+    import sys
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            # For the whole process: closed at its exit, as Python's own standard streams are.
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
 
 
 def __getattr__(name: str) -> Any:
