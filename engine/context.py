@@ -231,7 +231,7 @@ class OperationContext(SeedContextMethods):
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
-        msg = clean(error if isinstance(error, str) else _describe(error))
+        msg = clean(error) if isinstance(error, str) else _describe(error)  # _describe's is clean
         self._ledger.fail(key, msg)
         self.failures += 1
         self._attempt.item_failed(key, msg)

@@ -29,14 +29,14 @@ def enc(value: Any) -> str:
     if value is None:
         return "null"
     if kind is str:
-        return clean_json_text(encode_basestring(value))
+        return encode_basestring(value)  # type: ignore[no-any-return]
     if kind is int:
         return int.__repr__(value)
     if kind is float and math.isfinite(value):
         return float.__repr__(value)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return clean_json_text(_ENCODE(value))
+    return _ENCODE(value)
 
 
 def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
@@ -77,7 +77,7 @@ def pairs(fields: dict[str, Any]) -> list[str]:
         raise ValueError(f"unknown operation fields: {sorted(unknown)}")
     out: list[str] = []
     for k, v in fields.items():
-        out += [k, enc(v)]
+        out += [k, clean_json_text(enc(v))]  # a string that is not text (text.py), written out
     return out
 
 
