@@ -218,6 +218,14 @@ def handlers() -> dict[str, HandlerSpec]:
     return dict(sorted(_HANDLERS.items()))
 
 
+def runnable_types() -> frozenset[str]:
+    """The types this process has a handler for, or can load one for (a built-in loads when first run):
+    what its claims take from a shared queue. Read at each claim, since a program may register a handler
+    after its engine started."""
+    load_entry_points()
+    return frozenset(_HANDLERS).union(BUILTIN_TYPES)
+
+
 def known_types() -> list[str]:
     """Every type with a handler or a seed profile."""
     return sorted(set(handlers()) | set(SEED_PROFILES))

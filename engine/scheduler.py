@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from .config import Settings
 from .models import Operation, WorkerInfo
 from .outage import StoreHealth, store_failure
+from .registry import runnable_types
 from .resources import Admission
 from .store import Store
 
@@ -99,7 +100,7 @@ class Scheduler:
         host = self._host
         op = None
         try:
-            op = await host.store.claim(host.worker, time.time(), host.settings.aging_seconds)
+            op = await host.store.claim(host.worker, time.time(), host.settings.aging_seconds, types=runnable_types())
         except Exception as e:
             if store_failure(e):
                 host.health.failed(e)
@@ -131,10 +132,10 @@ class Scheduler:
                         self._blocked_reason = reason
                         break
                     self._blocked_reason = None
-                    now = time.time()
+                    now, types = time.time(), runnable_types()
                     claimed = await asyncio.gather(
                         *(
-                            host.store.claim(host.worker, now, host.settings.aging_seconds)
+                            host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
                             for _ in range(min(CLAIM_BATCH, self.free()))
                         )
                     )

@@ -209,6 +209,7 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
                 f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM pauses running work with a checkpoint"
             )
         idle_since: float | None = None
+        queue = QueueLook(engine, mode)
         while True:
             await asyncio.sleep(0.25)
             if engine.store_failed:  # said when the store failed: exit, so the next engine can recover the work
@@ -218,9 +219,12 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
                 if not engine.running_ids:
                     break
                 continue
-            if exit_when_idle:
-                busy = bool(engine.running_ids) or any((await engine.store.queue_depth()).values())
-                if busy:
+            if engine.running_ids:
+                idle_since = None
+                continue
+            if exit_when_idle or queue.due():
+                busy = await queue.holds_work()
+                if not exit_when_idle or busy:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = time.monotonic()
@@ -229,6 +233,49 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
     if mode == "plain":
         fmt.echo(f"{fmt.clock(time.time())} worker stopped")
     return ExitCode.STORE if failed else ExitCode.OK
+
+
+class QueueLook:
+    """What an idle worker sees in the queue: whether any of it is its own to run, and, said once per
+    type, which operations it passes over because it has no handler for their type (their plugin is
+    not loaded here: another worker's, or a forgotten ``--plugin``)."""
+
+    def __init__(self, engine: Engine, mode: Mode) -> None:
+        self._engine, self._mode = engine, mode
+        self._told: set[str] = set()
+        self._next = 0.0
+        self._none_in: tuple[int, ...] | None = None
+        """The queue depth at the last look that found none of it runnable here: not read again unchanged."""
+
+    def due(self) -> bool:
+        """Whether to look again (every 2 s while idle: a queue of others' work is read whole)."""
+        return time.monotonic() >= self._next
+
+    async def holds_work(self) -> bool:
+        """Whether an operation is queued (or waiting out a retry's backoff) that this worker can run."""
+        from ..registry import runnable_types
+
+        self._next = time.monotonic() + 2.0
+        store = self._engine.store
+        depth = tuple((await store.queue_depth()).values())
+        if not any(depth) or depth == self._none_in:
+            return False
+        runs = runnable_types()
+        if await store.list_operations([Status.QUEUED], types=sorted(runs), limit=1):
+            return True
+        self._none_in = depth
+        passed = [op for op in await store.list_operations([Status.QUEUED], limit=1000) if op.type not in runs]
+        for type_ in sorted({op.type for op in passed} - self._told):
+            self._told.add(type_)
+            n = sum(op.type == type_ for op in passed)
+            if self._mode == "json":
+                fmt.echo(fmt.dumps({"event": "passed_over", "type": type_, "queued": n}))
+            elif self._mode == "plain":
+                fmt.echo(
+                    f"{fmt.clock(time.time())} leaving {n} queued {fmt.printable(type_)} operation(s) to a worker"
+                    " that has their plugin (none loaded here runs that type: --plugin MODULE)"
+                )
+        return False
 
 
 async def wait_settled(engine: Engine, op_id: str, timeout: float) -> Operation:

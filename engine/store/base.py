@@ -350,9 +350,20 @@ class Store(Protocol):
         resume or claim since the caller's read wins). NotFound when there is no such operation."""
         ...
 
-    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+    async def claim(
+        self,
+        worker: WorkerInfo,
+        now: float,
+        aging: float,
+        op_id: str | None = None,
+        types: frozenset[str] | None = None,
+    ) -> Operation | None:
         """Atomically take the next due queued operation (priority with aging, FIFO), or ``op_id`` if it
         is queued, mark it running with a new epoch, and hold it (lock or lease) for this process.
+
+        ``types``: take only operations of these types, passing over the others (a worker without a
+        plugin leaves that plugin's operations to the workers that have it, instead of failing them);
+        None takes any. Not applied to ``op_id``, which the caller has chosen.
 
         None when there is none, or when the store's slots (``get_slots``) are all in use: the running
         operations are counted in the same atomic step as the claim, so engines racing for the last

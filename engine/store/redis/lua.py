@@ -151,7 +151,8 @@ return {'ok', redis.call('HGETALL', k)}
 CLAIM = (
     _PRELUDE
     + r"""
--- ARGV: P, now, aging, worker JSON, lease ttl ms, tx, holder, op id ('' for the queue's next)
+-- ARGV: P, now, aging, worker JSON, lease ttl ms, tx, holder, op id ('' for the queue's next),
+--       then the types this worker runs (their stored JSON form; none: any type)
 local now = tonumber(ARGV[2])
 local again = redis.call('GET', P .. 'claimtx:' .. ARGV[6])
 if again then return {again, redis.call('HGETALL', P .. 'op:' .. again)} end
@@ -167,28 +168,45 @@ for r = 0, 2 do  -- retries whose backoff has passed join their queue
     if tonumber(qa) then redis.call('ZADD', P .. 'q:' .. r, qa, id) end
   end
 end
-local id, epoch = nil, nil
-local function usable(cand)
-  local f = redis.call('HMGET', P .. 'op:' .. cand, 'status', 'epoch')
-  if f[1] == '"queued"' and tonumber(f[2]) then epoch = tostring(tonumber(f[2]) + 1) return true end
-  return false
+local runs = nil
+if #ARGV > 8 then
+  runs = {}
+  for i = 9, #ARGV do runs[ARGV[i]] = true end
 end
+local id, epoch = nil, nil
 if ARGV[8] ~= '' then
-  if usable(ARGV[8]) then id = ARGV[8] end
+  local f = redis.call('HMGET', P .. 'op:' .. ARGV[8], 'status', 'epoch')
+  if f[1] == '"queued"' and tonumber(f[2]) then id, epoch = ARGV[8], tostring(tonumber(f[2]) + 1) end
 else
-  local aging = tonumber(ARGV[3])
-  for _ = 1, 64 do
-    local best, bestkey, bestr = nil, nil, nil
-    for r = 0, 2 do  -- the heads of the three queues; each level is worth `aging` seconds of waiting
-      local h = redis.call('ZRANGE', P .. 'q:' .. r, 0, 0, 'WITHSCORES')
-      if h[1] then
-        local key = tonumber(h[2]) + r * aging
-        if not best or key < bestkey or (key == bestkey and h[1] < best) then best, bestkey, bestr = h[1], key, r end
+  -- The first entry of queue r this worker can run: its id, its epoch to be, its score. Entries that no
+  -- longer match their record are dropped; operations of other types are passed over, up to SCAN deep.
+  local SCAN = 1000
+  local function head(r)
+    local q, start = P .. 'q:' .. r, 0
+    while start < SCAN do
+      local h = redis.call('ZRANGE', q, start, start + 99, 'WITHSCORES')
+      if not h[1] then return nil end
+      local dropped = 0
+      for i = 1, #h, 2 do
+        local f = redis.call('HMGET', P .. 'op:' .. h[i], 'status', 'epoch', 'type')
+        if f[1] == '"queued"' and tonumber(f[2]) then
+          if not runs or runs[f[3]] then return h[i], tostring(tonumber(f[2]) + 1), tonumber(h[i + 1]) end
+        else
+          redis.call('ZREM', q, h[i])
+          dropped = dropped + 1
+        end
       end
+      start = start + #h / 2 - dropped
     end
-    if not best then break end
-    if usable(best) then id = best break end
-    redis.call('ZREM', P .. 'q:' .. bestr, best)  -- an index entry that no longer matches its record
+    return nil
+  end
+  local aging, bestkey = tonumber(ARGV[3]), nil
+  for r = 0, 2 do  -- the heads of the three queues; each level is worth `aging` seconds of waiting
+    local cand, e, score = head(r)
+    if cand then
+      local key = score + r * aging
+      if not id or key < bestkey or (key == bestkey and cand < id) then id, epoch, bestkey = cand, e, key end
+    end
   end
 end
 if not id then return false end

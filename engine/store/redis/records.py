@@ -222,10 +222,17 @@ class RecordsMixin(RecoveryMixin):
         if self.mirror is not None:  # else a Redis that comes back empty would restore it from there
             await self.mirror.delete(op_id)
 
-    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+    async def claim(
+        self,
+        worker: WorkerInfo,
+        now: float,
+        aging: float,
+        op_id: str | None = None,
+        types: frozenset[str] | None = None,
+    ) -> Operation | None:
         if op_id is not None:
             validate_id(op_id)
-        args = [
+        args: list[str | int] = [
             self.keys.prefix,
             repr(now),
             repr(float(aging)),
@@ -235,6 +242,9 @@ class RecordsMixin(RecoveryMixin):
             self.holder,
             op_id or "",
         ]
+        if types is not None and op_id is None:
+            # As the records hold them; none at all would read as "any type" to the script.
+            args += [enc(t) for t in sorted(types)] or [enc("")]
         res = await self._script("CLAIM", [], args, "claiming work")
         if not res:
             return None

@@ -56,13 +56,20 @@ def _apply(op: Operation, fields: dict[str, Any]) -> Operation:
     return op.model_copy(update={**fields, "updated_at": time.time()})
 
 
-_HEADS = " UNION ALL ".join(
-    "SELECT * FROM (SELECT rank, queued_at, id FROM operations INDEXED BY ops_claim"
-    " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?) ORDER BY queued_at, id LIMIT 8)"
-    for _ in RANKS
-)
-"""The first 8 claimable operations of each priority level, in one statement (one step of the SQLite
-thread instead of one per level: each step lets go of the GIL and waits to get it back)."""
+def _heads(typed: bool) -> str:
+    """The first 8 claimable operations of each priority level, in one statement (one step of the SQLite
+    thread instead of one per level: each step lets go of the GIL and waits to get it back); ``typed``:
+    of the types in a JSON list only."""
+    of_types = " AND type IN (SELECT value FROM json_each(?))" if typed else ""
+    return " UNION ALL ".join(
+        "SELECT * FROM (SELECT rank, queued_at, id FROM operations INDEXED BY ops_claim"
+        " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?)"
+        f"{of_types} ORDER BY queued_at, id LIMIT 8)"
+        for _ in RANKS
+    )
+
+
+_HEADS, _TYPED_HEADS = _heads(False), _heads(True)
 
 
 def _slots_full(conn: sqlite3.Connection) -> bool:
@@ -271,7 +278,21 @@ class RecordsMixin(SqliteCore):
         await self._txn(do, after=after)
         self._log_locks.pop(op_id, None)
 
-    async def claim(self, worker: WorkerInfo, now: float, aging: float, op_id: str | None = None) -> Operation | None:
+    async def claim(
+        self,
+        worker: WorkerInfo,
+        now: float,
+        aging: float,
+        op_id: str | None = None,
+        types: frozenset[str] | None = None,
+    ) -> Operation | None:
+        args: list[int | float | str]
+        if types is None:
+            sql, args = _HEADS, [a for rank in RANKS for a in (rank, now)]
+        else:
+            of_types = json.dumps(sorted(types))
+            sql, args = _TYPED_HEADS, [a for rank in RANKS for a in (rank, now, of_types)]
+
         def do(conn: sqlite3.Connection) -> Operation | None:
             if _slots_full(conn):
                 return None
@@ -281,10 +302,7 @@ class RecordsMixin(SqliteCore):
                 # Queue order: FIFO inside a priority; each level is worth `aging` seconds of waiting.
                 # One indexed head per level (aging is constant within a level), merged here: ordering
                 # the whole queue by the expression would sort every queued row per claim.
-                heads = sorted(
-                    (queued_at + rank * aging, cand)
-                    for rank, queued_at, cand in conn.execute(_HEADS, [a for rank in RANKS for a in (rank, now)])
-                )
+                heads = sorted((queued_at + rank * aging, cand) for rank, queued_at, cand in conn.execute(sql, args))
                 rows = [(cand,) for _, cand in heads[:8]]
             for (cand,) in rows:
                 if not self._lock(cand):

@@ -1,0 +1,175 @@
+"""A worker takes only operations it has a handler for: one without a plugin leaves that plugin's
+operations queued for the workers that have it, instead of claiming them and failing each at once
+("unknown operation type"), which on a shared Redis store failed other workers' work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine.models import WorkerInfo
+from engine.store import Store
+from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_redis import RedisServer
+
+W = WorkerInfo(host="test", pid=1)
+MINE = frozenset({"demo", "command"})
+PLUGIN = REPO / "scripts" / "example_plugin"
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Engine]:
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
+    if request.param == "local":
+        store = open_store(state_dir)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = open_store(server.url, namespace="t", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings, run_queue=False) as e:
+        yield e
+
+
+async def submit(engine: Engine, type_: str, priority: str = "normal") -> str:
+    spec = OperationSpec(type=type_, priority=priority)  # type: ignore[arg-type]
+    return (await engine.submit(spec)).id
+
+
+async def claim_all(store: Store, types: frozenset[str] | None, aging: float = 300.0) -> list[str]:
+    out = []
+    while (op := await store.claim(W, time.time(), aging, types=types)) is not None:
+        out.append(op.id)
+    return out
+
+
+async def test_claims_pass_over_types_without_a_handler_in_queue_order(engine: Engine) -> None:
+    store = engine.store
+    order = [
+        ("ledger", "high"),
+        ("demo", "low"),
+        ("ledger", "normal"),
+        ("demo", "normal"),
+        ("silent", "high"),
+        ("demo", "high"),
+        ("ledger", "low"),
+        ("demo", "normal"),
+    ]
+    ids = [await submit(engine, t, p) for t, p in order]
+    mine = await claim_all(store, MINE)
+    assert mine == [ids[5], ids[3], ids[7], ids[1]]  # priority, then first queued first, as without types
+    queued = {op.id for op in await store.list_operations([Status.QUEUED])}
+    assert queued == {ids[i] for i in (0, 2, 4, 6)}  # left as they were: queued, never attempted
+    assert all(op.epoch == 0 and op.error is None for op in await store.list_operations([Status.QUEUED]))
+    assert await claim_all(store, frozenset({"nothing_here"})) == []
+    assert await claim_all(store, None) == [ids[0], ids[4], ids[2], ids[6]]
+
+
+async def test_a_deep_run_of_other_types_at_the_head_is_passed_over(engine: Engine) -> None:
+    """The Redis claim reads its queue 100 entries at a time: work for this worker behind 250 others,
+    some of whose index entries no longer match their record, is still found, first first."""
+    others = [await submit(engine, "ledger") for _ in range(250)]
+    for op_id in others[95:105]:  # across the first window's edge: dropped from the index as they are met
+        await engine.cancel(op_id)
+    first, second = await submit(engine, "demo"), await submit(engine, "demo")
+    assert await claim_all(engine.store, MINE) == [first, second]
+    assert len(await engine.store.list_operations([Status.QUEUED])) == 240
+
+
+def outlast(state_dir: Path, *args: str, plugin: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": f"{REPO}:{PLUGIN}"}
+    env.pop("OUTLAST_DEBUG", None)
+    pre = ["--plugin", "outlast_example.operations"] if plugin else []
+    return subprocess.run(
+        [*CLI, *pre, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL
+    )
+
+
+def test_a_worker_without_the_plugin_leaves_its_operations_queued(state_dir: Path, tmp_path: Path) -> None:
+    """The forgotten ``--plugin``: ``outlast worker --exit-when-idle`` runs what it can, says once what
+    it leaves and why, and exits; the worker that has the plugin then runs them."""
+    (tmp_path / "a.txt").write_text("one two two\n")
+    theirs = [outlast(state_dir, "submit", "wordcount", "-p", f"root={tmp_path}", plugin=True) for _ in range(2)]
+    assert all(r.returncode == 0 for r in theirs), theirs
+    mine = outlast(state_dir, "submit", "demo", "-p", "items=2", "-p", "seconds=0.01")
+    r = outlast(state_dir, "--json", "worker", "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"event": "passed_over", "type": "wordcount", "queued": 2} in events
+    assert json.loads(outlast(state_dir, "--json", "show", mine.stdout.strip()).stdout)["status"] == "completed"
+    for op in (t.stdout.strip() for t in theirs):
+        rec = json.loads(outlast(state_dir, "--json", "show", op).stdout)
+        assert (rec["status"], rec["epoch"], rec["error"]) == ("queued", 0, None), rec
+    plain = outlast(state_dir, "worker", "--exit-when-idle")
+    assert plain.returncode == 0 and plain.stdout.count("leaving 2 queued wordcount operation(s)") == 1, plain.stdout
+    r = outlast(state_dir, "--json", "worker", "--exit-when-idle", plugin=True)
+    assert r.returncode == 0 and "passed_over" not in r.stdout, r.stdout
+    for op in (t.stdout.strip() for t in theirs):
+        rec = json.loads(outlast(state_dir, "--json", "show", op).stdout)
+        assert rec["status"] == "completed" and rec["result"]["words"] == 3, rec
+
+
+@pytest.mark.redis
+def test_workers_on_one_redis_store_run_only_their_types(redis_server: RedisServer, state_dir: Path) -> None:
+    """Two workers on one store, one with the plugin and one without, started together: every plugin
+    operation is run by the worker that has the plugin; none is failed by the other."""
+
+    async def submit_all() -> tuple[list[str], list[str]]:
+        settings = load_settings(state_dir=state_dir, plugins=["outlast_example.operations"])
+        store = open_store(redis_server.url, namespace="mixed", checkpoint_mirror=None)
+        async with Engine(store=store, settings=settings, run_queue=False) as e:
+            words = [
+                (await e.submit(OperationSpec(type="notes_population", params={"docs": [f"d{i}"]}))).id
+                for i in range(6)
+            ]
+            demos = [
+                (await e.submit(OperationSpec(type="demo", params={"items": 2, "seconds": 0.01}))).id for _ in range(6)
+            ]
+        return words, demos
+
+    import sys
+
+    sys.path.insert(0, str(PLUGIN))
+    try:
+        words, demos = asyncio.run(submit_all())
+    finally:
+        sys.path.remove(str(PLUGIN))
+    base = ["--store", redis_server.url]
+    env_ns = {"OUTLAST_NAMESPACE": "mixed"}
+    procs = [
+        subprocess.Popen(
+            [*CLI, *pre, *base, "--json", "worker", "--exit-when-idle"],
+            env={**os.environ, **env_ns, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": f"{REPO}:{PLUGIN}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
+        for pre in ([], ["--plugin", "outlast_example.operations"])
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran_by = {}
+    for who, (out, _) in enumerate(outs):
+        for line in out.splitlines():
+            ev = json.loads(line)
+            if ev.get("event") == "status" and ev["status"] == "running":
+                ran_by[ev["operation_id"]] = who
+    assert {ran_by.get(w) for w in words} == {1}, (ran_by, outs)
+    r = subprocess.run(
+        [*CLI, *base, "--json", "ls", "-n", "100"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_ns, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=60,
+    )
+    statuses = {rec["id"]: rec["status"] for rec in json.loads(r.stdout)}
+    assert {statuses[i] for i in words + demos} == {"completed"}, statuses
