@@ -131,6 +131,9 @@ class OperationContext(SeedContextMethods):
         self._attention = False
         self._checkpoint_due = False
         self._checkpoint_request: dict[str, Any] | None = None
+        self._saving = asyncio.Lock()
+        """One checkpoint save at a time, in seq order: each links to the one before it (its delta's
+        hash chain), and tasks of one handler checkpointing at once would otherwise race past that."""
         self._stop: StopReason | None = None
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
@@ -281,6 +284,10 @@ class OperationContext(SeedContextMethods):
     async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> bool:
         """Save a checkpoint; False when the store could not write it (the engine says so once, the
         work goes on, and what it held is kept for the next one). A handler never sees a store error."""
+        async with self._saving:
+            return await self._save_one(next_step, context_data)
+
+    async def _save_one(self, next_step: str | None, context_data: dict[str, Any] | None) -> bool:
         self._checkpoint_due = False
         self._done_at_checkpoint = self.done
         delta = self._ledger.take()

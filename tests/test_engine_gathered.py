@@ -1,0 +1,66 @@
+"""A handler whose tasks checkpoint at once (``asyncio.gather`` of workers, each calling
+``save_checkpoint``, as code written for the seed does): every checkpoint links to the one before it,
+so they must be saved one at a time in order. On the Redis store two in flight at once broke the
+chain: every checkpoint from there on was invalid, and a resume found none to start from."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, OperationContext, OperationSpec, Settings, load_settings, open_store, operation
+from tests.fixtures_redis import RedisServer
+
+TASKS, ROUNDS = 8, 30
+
+
+@operation("test_gathered")
+async def gathered(ctx: OperationContext, p: Any) -> dict[str, int]:
+    async def worker(t: int) -> None:
+        for n in range(ctx.state.get(f"t{t}", -1) + 1, ROUNDS):
+            await ctx.save_checkpoint({f"t{t}": n}, next_step=f"task {t} round {n}")  # type: ignore[attr-defined]
+            if n == ROUNDS // 2 and not ctx.resuming:
+                await ctx.update_progress(f"task {t} halfway", t)  # type: ignore[attr-defined]
+                while True:  # held here until paused (progress() raises the stop): resumed from the newest
+                    await asyncio.sleep(0.02)
+                    ctx.progress()
+
+    await asyncio.gather(*(worker(t) for t in range(TASKS)))
+    return {k: v for k, v in ctx.state.items()}
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Callable[[], Engine]]:
+    s: Settings = load_settings(state_dir=state_dir, plugins=["tests.test_engine_gathered"], grace_period=5.0)
+    if request.param == "local":
+        yield lambda: Engine(store=open_store(s.state_dir), settings=s)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        yield lambda: Engine(store=open_store(server.url, namespace="g", checkpoint_mirror=None), settings=s)
+
+
+async def test_checkpoints_of_tasks_saved_at_once_stay_a_valid_chain(any_engine: Callable[[], Engine]) -> None:
+    async with any_engine() as engine:
+        op = await engine.submit(OperationSpec(type="test_gathered"))
+        for _ in range(400):
+            cps = await engine.store.checkpoints(op.id)
+            if cps and cps[0].seq >= TASKS * (ROUNDS // 2 + 1):
+                break
+            await asyncio.sleep(0.05)
+        await engine.pause(op.id)
+        paused = await engine.wait(op.id, timeout=20)
+        assert paused.status.value == "paused", paused
+        cps = await engine.store.checkpoints(op.id)
+        assert cps and all(c.valid for c in cps), [(c.seq, c.valid) for c in cps]
+        newest = await engine.store.load_checkpoint(op.id)
+        assert newest is not None and newest[0].seq == cps[0].seq
+        assert newest[0].state == {f"t{t}": ROUNDS // 2 for t in range(TASKS)}
+        await engine.resume(op.id)
+        done = await engine.wait(op.id, timeout=30)
+        assert done.status.value == "completed", done.error
+        assert done.result == {f"t{t}": ROUNDS - 1 for t in range(TASKS)}
+        assert all(c.valid for c in await engine.store.checkpoints(op.id))
