@@ -375,6 +375,7 @@ async def settle(
         fields["result"] = result
     if error is not None:
         fields["error"] = error
+    host.log_buffer.end(op.id)
     await host.log_buffer.flush(op.id)
     # The handler is done, so its slot is free: the next claim for it is queued right behind this
     # write (hand_over), never ahead of it, so the local store commits both in one transaction.

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
     store_outage_limit: float = Field(default=10.0, gt=0, le=3600)
     """Seconds the store may fail to write (disk full, read-only) before running work stops as interrupted."""
+    log_limit: int = Field(default=64 * 2**20, ge=2**10, le=2**40)
+    """Bytes an attempt writes to its log (a command's output lines); past it the lines are counted and
+    only the last 1,000 are kept."""
     aging_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     """Queue aging: waiting this long lifts work by one priority level."""
     control_poll_interval: float = Field(default=0.15, gt=0, le=5)

@@ -89,7 +89,7 @@ class Engine:
         self._runs: dict[str, Attempt] = {}
         self.health = StoreHealth(self.settings.store_outage_limit, lambda: bool(self._runs))
         """Which store writes fail, since when (said once per outage)."""
-        self.log_buffer = LogBuffer(self.store, self.health, self.bus)
+        self.log_buffer = LogBuffer(self.store, self.health, self.bus, self.settings.log_limit)
         self._scheduler = Scheduler(self, self.admission, self._execute)
         self._supervisor = Supervisor(self._runs, self.store, self.settings, self.health, self.log_buffer, self.recover)
         self._closing = False

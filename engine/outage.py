@@ -11,10 +11,11 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from .events import EventBus
+from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
 from .store import Store
 
@@ -106,14 +107,40 @@ class StoreHealth:
         return self.since is not None and (stopping or self.over_limit(time.monotonic()))
 
 
+LOG_TAIL = 1_000
+"""Records past an attempt's log limit still kept: the last ones, written when the attempt ends."""
+
+RECORD_COST = 64
+"""Bytes a log record costs beyond its message (its JSON: time, level, names), counted toward the limit."""
+
+
+class _Overflow:
+    """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.size = 0
+        """Characters of their messages."""
+        self.tail: deque[LogRecord] = deque(maxlen=LOG_TAIL)
+
+
 class LogBuffer:
     """Operation log records, kept in memory and written in batches on the engine's clock (and
-    announced at once on the bus, when anyone listens)."""
+    announced at once on the bus, when anyone listens).
 
-    def __init__(self, store: Store, health: StoreHealth, bus: EventBus) -> None:
+    An attempt's records are written up to ``limit`` bytes; past it they are counted, and the last
+    ``LOG_TAIL`` are written when the attempt ends (``end``), after a line saying how much was left out:
+    a command that prints without end fills neither the disk nor Redis's memory. Item failures are
+    listed by the store apart from the log, whatever the limit."""
+
+    def __init__(self, store: Store, health: StoreHealth, bus: EventBus, limit: int) -> None:
         self._store = store
         self._health = health
         self._bus = bus
+        self._limit = limit
+        self._size: dict[str, int] = {}
+        """Bytes of records written (or buffered) for each running attempt."""
+        self._over: dict[str, _Overflow] = {}
         self._buf: dict[str, list[LogRecord]] = defaultdict(list)
         self._writing: dict[str, asyncio.Event] = {}
         """Operations whose records a flush is writing now: another flush of them waits for it."""
@@ -121,6 +148,11 @@ class LogBuffer:
         """Flushes started before the clock's because an operation's buffer reached LOG_BATCH."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
+        if self._over_limit(op_id, record):
+            if self._bus.has_subscribers:  # those watching live still see every line
+                record.operation_id = op_id
+                self._bus.publish(LogEmitted(operation_id=op_id, record=record))
+            return
         buf = self._buf[op_id]
         buf.append(record)
         if len(buf) >= LOG_BATCH and op_id not in self._early and not self._health.failing:
@@ -134,6 +166,48 @@ class LogBuffer:
         if self._bus.has_subscribers:
             record.operation_id = op_id
             self._bus.publish(LogEmitted(operation_id=op_id, record=record))
+
+    def _over_limit(self, op_id: str, record: LogRecord) -> bool:
+        """Whether ``record`` is past the attempt's limit (then it is counted, and kept in the tail)."""
+        cost = len(record.message) + RECORD_COST
+        over = self._over.get(op_id)
+        if over is None:
+            size = self._size.get(op_id, 0) + cost
+            if size <= self._limit:
+                self._size[op_id] = size
+                return False
+            over = self._over[op_id] = _Overflow()
+            self._buf[op_id].append(
+                LogRecord(
+                    ts=record.ts,
+                    level="warning",
+                    message=f"this attempt's log reached its limit ({human_size(self._limit)}, log_limit): the"
+                    f" lines from here on are counted, not written, but for the last {LOG_TAIL:,}, written when"
+                    " the attempt ends",
+                )
+            )
+        over.records += 1
+        over.size += len(record.message)
+        over.tail.append(record)
+        return True
+
+    def end(self, op_id: str) -> None:
+        """The attempt of ``op_id`` ends: what went past its limit is said, and its last lines buffered."""
+        self._size.pop(op_id, None)
+        over = self._over.pop(op_id, None)
+        if over is None:
+            return
+        buf = self._buf[op_id]
+        buf.append(
+            LogRecord(
+                ts=over.tail[0].ts,
+                level="warning",
+                message=f"{over.records:,} log lines ({human_size(over.size)}) came past the log limit"
+                f" ({human_size(self._limit)}, log_limit): the last {len(over.tail):,} follow, the rest were not"
+                " written",
+            )
+        )
+        buf.extend(over.tail)
 
     async def flush(self, op_id: str | None = None) -> None:
         """Write what is buffered (of one operation, or all); kept for the next flush while the store fails.

@@ -37,7 +37,7 @@ def record(message: str) -> LogRecord:
 
 async def test_a_flush_waits_for_the_records_a_concurrent_flush_is_writing() -> None:
     store = SlowStore()
-    buf = LogBuffer(store, StoreHealth(60.0, lambda: False), EventBus())  # type: ignore[arg-type]
+    buf = LogBuffer(store, StoreHealth(60.0, lambda: False), EventBus(), 2**30)  # type: ignore[arg-type]
     buf.append("op1", record("resuming from checkpoint 3"))
     everything = asyncio.create_task(buf.flush())  # the engine's clock: takes the record, writes slowly
     await asyncio.sleep(0)
@@ -70,7 +70,7 @@ async def test_a_chatty_operation_is_written_in_batches_without_waiting_for_the_
     duplicated or reordered, and a store that fails starts no such flush (the clock's retries do)."""
     store = Store()
     health = StoreHealth(60.0, lambda: True)
-    buf = LogBuffer(store, health, EventBus())  # type: ignore[arg-type]
+    buf = LogBuffer(store, health, EventBus(), 2**30)  # type: ignore[arg-type]
     n = 3 * LOG_BATCH + 7
     for i in range(n):
         buf.append("op1", record(str(i)))

@@ -333,3 +333,25 @@ async def test_a_progress_bar_written_over_in_place_is_progress_and_a_sign_of_li
     records, _ = await engine.logs(final.id)
     assert [r.message for r in records] == ["downloading 100%", "done"]
     assert any(0 < (p or 0) < 100 for p in seen), "no progress was shown while it ran"
+
+
+async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit(settings: Settings) -> None:
+    """``yes`` for an hour wrote 2.5 bytes of log per byte of output until the disk was full. Past the
+    attempt's log_limit the lines are counted and only the last 1,000 written, after one line saying so;
+    the operation's own counts see every line."""
+    settings = settings.model_copy(update={"log_limit": 20_000})
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="command", params={"argv": ["seq", "1", "50000"]}))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and final.result["lines"] == 50_000
+        records, _ = await engine.store.read_logs(op.id)
+    lines = [r.message for r in records if r.message.isdigit()]
+    reached = [i for i, r in enumerate(records) if "reached its limit" in r.message]
+    past = [r.message for r in records if "came past the log limit" in r.message]
+    assert len(reached) == 1 and len(past) == 1, [r.message for r in records if not r.message.isdigit()]
+    kept = sum(r.message.isdigit() for r in records[: reached[0]])
+    assert 200 < kept < 400  # 20,000 bytes at the size of a line and its record
+    assert lines[:kept] == [str(i) for i in range(1, kept + 1)]
+    assert lines[-1000:] == [str(i) for i in range(49_001, 50_001)]
+    assert past[0].startswith(f"{50_000 - kept:,} log lines (") and "the last 1,000 follow" in past[0], past
+    assert len(records) < kept + 1000 + 20  # the engine's own few lines besides
