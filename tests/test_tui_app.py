@@ -698,3 +698,51 @@ async def test_a_cursor_move_paints_only_its_two_rows_and_the_screen_is_what_a_f
         table.refresh()
         await pilot.pause(0.3)
         assert app.export_screenshot() == moved
+
+
+async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the_engine_says_so_once(
+    seeded: Settings,
+) -> None:
+    """With a first look (what ``outlast ls`` reads without an engine), the rows are there before the
+    engine has started; a key that needs the engine says so in one line and changes nothing; once the
+    engine is there, the same key acts."""
+    from engine.store.quick import quick_list
+
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    go = asyncio.Event()
+    start = engine.start
+
+    async def held_start() -> None:
+        await go.wait()
+        await start()
+
+    engine.start = held_start  # type: ignore[method-assign]
+    active = [r["id"] for s in ("running", "queued") for r in quick_list(seeded.state_dir, [s], None, 100) or []]
+    app = make_app(
+        seeded,
+        engine=engine,
+        clock=lambda: NOW,
+        poll=3600.0,
+        first_look=lambda statuses, limit: quick_list(seeded.state_dir, statuses, None, limit),
+    )
+    said: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append(str(message)), notify(message, **kw))[1]  # type: ignore[method-assign]
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.query_one(OperationsTable)
+        await pilot.pause()
+        assert active and sorted(table.ids) == sorted(active)
+        assert not app.engine_started
+        queued = next(
+            i for i in table.ids if app.ops[i].status is Status.QUEUED and app.ops[i].priority is Priority.LOW
+        )
+        table.select(queued)
+        await pilot.pause()
+        await pilot.press("plus")
+        await pilot.pause()
+        assert said == ["the engine is still starting: press + again in a moment"]
+        go.set()
+        await wait_for(pilot, lambda: app.engine_started and table.fetched)
+        await pilot.press("plus")
+        await wait_for(pilot, lambda: any(s.startswith("priority normal") for s in said))
+        assert (await app.engine.get(queued)).priority is Priority.NORMAL

@@ -42,7 +42,7 @@ from engine import (
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
-from .model import OperationsModel, Sampler, is_refusal
+from .model import FirstLook, OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import DashboardScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
@@ -95,7 +95,10 @@ class OutlastApp(App[int]):
         frame: float = FRAME,
         poll: float = POLL,
         watch_only: bool = False,
+        first_look: FirstLook | None = None,
     ) -> None:
+        """``first_look``: records read without the engine (``model.FirstLook``), shown by the first
+        frame while the engine starts behind it."""
         super().__init__()
         self.settings = settings
         self.engine = engine or Engine(settings=settings)
@@ -104,6 +107,8 @@ class OutlastApp(App[int]):
         self.frame = frame
         self.poll_every = poll
         self.model = OperationsModel(self.engine)
+        if first_look is not None:
+            self.model.first_look(first_look)
         self.ops = self.model.ops
         """Every record shown, by id (the model's dict)."""
         self.engine_started = False
@@ -138,11 +143,16 @@ class OutlastApp(App[int]):
 
     def on_mount(self) -> None:
         self.set_interval(self.frame, self._on_frame, name="frame")
-        self._boot = self._work(self._start_engine(), "boot", "starting the engine")
+        # After the first frame: started here, the engine's start held that frame up by 50-70 ms.
+        self.call_after_refresh(self._boot_engine)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _boot_engine(self) -> None:
+        if self._boot is None:
+            self._boot = self._work(self._start_engine(), "boot", "starting the engine")
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
@@ -275,6 +285,17 @@ class OutlastApp(App[int]):
 
     # ---- actions ---------------------------------------------------------------------------------
 
+    def _engine_ready(self, key: str) -> bool:
+        """Whether the engine can act; if not (the first frame is shown before it has started), one line
+        saying so: a key pressed then is never lost without a word."""
+        if self.engine_started:
+            return True
+        if self.engine_error:
+            self.notify(f"{key}: the engine did not start: {self.engine_error}", severity="error")
+        else:
+            self.notify(f"the engine is still starting: press {key} again in a moment", severity="warning", timeout=4)
+        return False
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the keys that apply to the selected operation are active (and shown in the footer)."""
         if self.screen is not self.screen_stack[0]:
@@ -309,7 +330,7 @@ class OutlastApp(App[int]):
 
     def action_cancel(self) -> None:
         op = self.dashboard.selected_op
-        if op is None:
+        if op is None or not self._engine_ready("c"):
             return
 
         def answer(yes: bool | None) -> None:
@@ -319,11 +340,11 @@ class OutlastApp(App[int]):
         self.push_screen(ConfirmScreen(f"Cancel {op.label} ({op.id})?", yes="Cancel it"), answer)
 
     def action_pause(self) -> None:
-        if op := self.dashboard.selected_op:
+        if (op := self.dashboard.selected_op) and self._engine_ready("p"):
             self._act("pausing", "pause", op.id)
 
     def action_resume(self) -> None:
-        if op := self.dashboard.selected_op:
+        if (op := self.dashboard.selected_op) and self._engine_ready("r"):
             self._act("resumed", "resume", op.id)
 
     def action_refuse_remove(self) -> None:
@@ -334,7 +355,7 @@ class OutlastApp(App[int]):
     def action_remove(self) -> None:
         """Remove a finished operation, after a question naming it and saying what goes."""
         op = self.dashboard.selected_op
-        if op is None:
+        if op is None or not self._engine_ready("d"):
             return
 
         async def go() -> None:
@@ -351,6 +372,8 @@ class OutlastApp(App[int]):
 
     @on(CheckpointsPane.ResumeFrom)
     def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
+        if not self._engine_ready("enter"):
+            return
         op = self.ops.get(event.op_id)
         if op is not None and op.status not in RESUMABLE:
             self.notify(f"{op.id} is {op.status.value}: pause it first to resume from a checkpoint", severity="warning")
@@ -364,7 +387,7 @@ class OutlastApp(App[int]):
         self.push_screen(ConfirmScreen(question, yes="Resume"), answer)
 
     def _reprioritise(self, up: bool) -> None:
-        if op := self.dashboard.selected_op:
+        if (op := self.dashboard.selected_op) and self._engine_ready("+" if up else "-"):
             new = self.model.reprioritise(op, up)
             self._act(f"priority {new.value}", "set_priority", op.id, priority=new)
 
@@ -410,6 +433,8 @@ class OutlastApp(App[int]):
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def action_launch(self) -> None:
+        if not self._engine_ready("n"):
+            return
         from .screens.launch import LaunchScreen  # a quarter of the tui's own imports: not at start-up
 
         op = self.dashboard.selected_op
@@ -502,14 +527,15 @@ class _Warnings(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def main(settings: Settings, watch_only: bool = False) -> int:
-    """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code."""
+def main(settings: Settings, watch_only: bool = False, first_look: FirstLook | None = None) -> int:
+    """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code. ``first_look``
+    (``model.FirstLook``): what the first frame lists before the engine has started."""
     logger = logging.getLogger("outlast")
     saved = logger.handlers[:]
     handler = _Warnings()
     logger.handlers = [handler]  # before the app is built: a bad theme file is said while it is
     try:
-        app = OutlastApp(settings, watch_only=watch_only)
+        app = OutlastApp(settings, watch_only=watch_only, first_look=first_look)
         app.warnings = handler.lines
         rv = app.run()
     finally:

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from engine import (
     ACTIVE,
@@ -57,6 +58,14 @@ ALL_LOGS_TAIL = 50
 """Lines of each operation's log shown when the all-operations mode starts."""
 
 Sampler = Callable[[dict[str, list[int]]], ResourceSample]
+FirstLook = Callable[[list[str], int], list[dict[str, Any]] | None]
+"""``first_look(statuses, limit)``: stored records (JSON objects, newest first) read without an engine, as
+``outlast ls`` reads them (``engine.store.quick.quick_list`` over the local store); None when only the
+engine can answer. What the first frame shows while the engine starts behind it."""
+FIRST_RUNNING = 1000
+FIRST_QUEUED = 200
+"""Records of the first look: every running one (up to this many) and the newest queued ones, what the
+status sort puts on the first screen."""
 
 
 @dataclass
@@ -100,13 +109,17 @@ class OperationsModel:
         """The engine is started: the store can be read (the App sets it)."""
         self.full: Operation | None = None
         """The selected operation's whole record (``ops`` holds slim ones): params, result."""
+        self.looked: set[str] = set()
+        """Records held from the first look (no engine): the engine's read of each replaces it, even unchanged."""
 
     # ---- records -----------------------------------------------------------------------------
 
     def keep(self, op: Operation) -> None:
         """Keep a record (unless an older read than the one held), without what the table never shows."""
         old = self.ops.get(op.id)
-        if old is not None and (
+        if self.looked and op.id in self.looked:
+            self.looked.discard(op.id)  # what the engine reads (derived fields too) replaces the first look
+        elif old is not None and (
             op.updated_at < old.updated_at
             or (op.updated_at == old.updated_at and op.status is old.status and op.priority is old.priority)
         ):
@@ -244,6 +257,25 @@ class OperationsModel:
                 self._drop(op_id)
             except Exception as e:
                 self.failed(e)
+
+    def first_look(self, look: FirstLook) -> bool:
+        """Before the engine has started: the running and the newest queued records, read without it,
+        so the first frame lists them; the engine's reads replace them. False (nothing kept) when the
+        look cannot answer or a record does not read as an operation."""
+        records: list[dict[str, Any]] = []
+        try:
+            for status, limit in ((Status.RUNNING, FIRST_RUNNING), (Status.QUEUED, FIRST_QUEUED)):
+                got = look([status.value], limit)
+                if got is None:
+                    return False  # only the engine can answer (an orphan to mark, a newer schema...)
+                records += got
+            ops = [Operation.model_validate(r) for r in records]
+        except (OSError, ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            return False
+        for op in ops:
+            self.keep(op)
+            self.looked.add(op.id)
+        return bool(ops)
 
     async def first_read(self) -> None:
         """What the first screen shows (status sort: active work on top), before every record is read."""

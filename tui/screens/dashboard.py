@@ -109,6 +109,8 @@ class DashboardScreen(Screen[None]):
             self.query_one(f"#{name}").border_title = title
         self.apply_layout(self.app.size.width, self.app.size.height)
         self.call_after_refresh(self.table.focus)
+        if self.model.structure_dirty:  # records of the first look: the first frame lists them
+            self.refresh_view(running=False)
         self.update_statusline()
 
     @property
