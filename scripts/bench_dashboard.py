@@ -267,7 +267,13 @@ async def child_dashboard(
         def flush(self) -> None:
             on_frame()
 
-    app = OutlastApp(settings, watch_only=live == 0)
+    # The first frame lists what the store's quick read (as ``outlast ls`` reads it) finds, before the
+    # engine has started: what ``outlast`` hands the dashboard (``tui.app.main(first_look=...)``).
+    from engine.store.quick import quick_list
+
+    app = OutlastApp(
+        settings, watch_only=live == 0, first_look=lambda statuses, limit: quick_list(state, statuses, None, limit)
+    )
     loading = app.model.last_full
     app.driver_class = FrameDriver  # what App(driver_class=...) sets; run_test(headless=False) uses it
     keys: list[float] = []
