@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -45,7 +44,7 @@ from .registry import HandlerSpec, get_handler
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
-from .text import bad_text, clean, clean_json
+from .text import bad_text, clean, clean_json, storable
 
 log = logging.getLogger("outlast.engine")
 
@@ -230,7 +229,17 @@ class Attempt:
     # ---- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Invoke the handler until the attempt settles (again after an item failure). Never raises."""
+        """Invoke the handler until the attempt settles (again after an item failure). Never raises: a
+        fault of the engine's own while it settles fails the operation, rather than leave it running with
+        no attempt behind it until this process exits."""
+        try:
+            await self._run()
+        except Exception as e:
+            log.exception("%s: internal error settling the attempt", self.op.id)
+            with contextlib.suppress(Exception):
+                await self._settle(Status.FAILED, error=f"internal error: {format_exception(e)}")
+
+    async def _run(self) -> None:
         ctx, op = self.ctx, self.op
         if self._resumed_from is not None:
             ctx.log.info(f"resuming from checkpoint {self._resumed_from} ({ctx.done} items done)")
@@ -280,10 +289,9 @@ class Attempt:
 
     async def _completed(self, result: Any) -> None:
         ctx = self.ctx
-        try:
-            json.dumps(result)
-        except (TypeError, ValueError):
-            result = json.loads(json.dumps(result, default=str))
+        result, why = storable(result, "result")
+        if why is not None:  # the work is done: it completes, without the result it cannot store
+            ctx.log.warning(f"result not stored: {why}; a result holds JSON values only")
         where = bad_text(result, "result")
         if where is not None:  # a file name's bytes that are not UTF-8: no record stores them (text.py)
             ctx.log.warning(f"{where} holds bytes that are not UTF-8: stored with each such byte as \\xNN")

@@ -108,6 +108,29 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
     return None
 
 
+def storable(value: Any, where: str) -> tuple[Any, str | None]:
+    """``value`` as JSON can hold it, and None; or None and why it cannot be (``not_json``'s words).
+
+    A value JSON has no form for but a string (a ``datetime``, a ``Path``: what the seed's results
+    carry) is written as its ``str``, and NaN or an infinity as null (as pydantic writes records, and
+    what strict JSON readers take); one that has none (a cycle, a tuple key, an integer too long to
+    write, nesting deeper than the encoder goes) cannot be stored at all."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value, None
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None), None
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        why = not_json(value, where)
+    except RecursionError:
+        why = None
+    return None, why or f"{where} is nested too deep for JSON"
+
+
 def bad_text(value: Any, where: str) -> str | None:
     """Where in ``value`` a string (or key) is not text (a lone surrogate), as ``where.key[2]``; None if
     nowhere."""

@@ -1,9 +1,11 @@
 """A checkpoint state that JSON cannot hold fails the operation with a message naming the value and where
-it is, not the encoder's ("Object of type datetime is not JSON serializable (at encoder.py:180)")."""
+it is, not the encoder's ("Object of type datetime is not JSON serializable (at encoder.py:180)"); a
+result that JSON cannot hold completes the operation without it, said in its log."""
 
 from __future__ import annotations
 
 import datetime
+import math
 import sys
 from typing import Any
 
@@ -54,3 +56,41 @@ async def test_a_value_json_cannot_hold_is_named_with_its_place(engine: Engine, 
 
 def test_json_values_are_not_reported() -> None:
     assert not_json({"a": [1, 2.5, None, True, "s", {"b": (1, 2)}], 3: "int key"}, "v") is None
+
+
+RESULTS: dict[str, tuple[Any, Any, str | None]] = {
+    # returned, stored, the warning (None: stored as it is, or as its str)
+    "datetime": ({"at": datetime.date(2026, 12, 2)}, {"at": "2026-12-02"}, None),
+    "nan": ({"x": [math.nan, math.inf, 1.5]}, {"x": [None, None, 1.5]}, None),
+    "key": ({(1, 2): "v"}, None, "result has a key that is a tuple ((1, 2))"),
+    "cycle": (_cycle(), None, "result['again'] refers back to itself"),
+    "long int": ({"n": 10 ** (sys.get_int_max_str_digits() + 1)}, None, "result['n'] is an integer too long for JSON"),
+    "deep": ("deep", None, "result is nested too deep for JSON"),
+}
+
+
+def _returned(kind: str) -> Any:
+    if kind == "deep":
+        value: Any = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+    return RESULTS[kind][0]
+
+
+@operation("test_result_value", params=Params)
+async def result_value(ctx: OperationContext, p: Params) -> Any:
+    ctx.progress(1, total=1)
+    return _returned(p.kind)
+
+
+@pytest.mark.parametrize("kind", sorted(RESULTS))
+async def test_a_result_json_cannot_hold_completes_without_it(engine: Engine, kind: str) -> None:
+    """Such a result raised inside the attempt as it completed: the operation stayed running, with no
+    attempt behind it, until the process exited (and "Task exception was never retrieved")."""
+    op = await engine.submit(OperationSpec(type="test_result_value", params={"kind": kind}))
+    final = await engine.wait(op.id, timeout=20)
+    _, stored, warning = RESULTS[kind]
+    assert final.status is Status.COMPLETED and final.result == stored, (final.status, final.error)
+    logs = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
+    assert logs == ([f"result not stored: {warning}; a result holds JSON values only"] if warning else []), logs
