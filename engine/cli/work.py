@@ -6,7 +6,8 @@ Loaded only when one of them is invoked (or ``--help`` lists them): see ``root.L
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +31,17 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     except ImportError as e:
         fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
         return ExitCode.USAGE
-    return int(tui_app.main(settings, watch_only=watch_only) or 0)
+    first_look = None
+    target = settings.store or settings.state_dir
+    if "://" not in str(target):  # the local store: its records listed on the first frame, the engine behind it
+        from ..store.quick import quick_list
+
+        state_dir = Path(target)
+
+        def first_look(statuses: list[str], limit: int) -> list[dict[str, Any]] | None:
+            return quick_list(state_dir, statuses, None, limit)
+
+    return int(tui_app.main(settings, watch_only=watch_only, first_look=first_look) or 0)
 
 
 @click.command()
