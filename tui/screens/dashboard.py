@@ -85,6 +85,7 @@ class DashboardScreen(Screen[None]):
         self.tab = "detail"
         self.notes: list[str] = []
         """What the App adds to the status line (quitting, engine stopped, watch only)."""
+        self._notes_shown: list[str] = []
         self._binding_state: tuple[object, ...] = ()
         self._live_painted = 0.0
         self._reorder = False
@@ -165,10 +166,14 @@ class DashboardScreen(Screen[None]):
             table.rebuild(None if self._reorder else moved)
             self._reorder = False
             self.update_statusline()
-        elif model.repaint or not table.fetched or (running and time.monotonic() - self._live_painted >= LIVE_REPAINT):
-            model.repaint = False
-            self._live_painted = time.monotonic()
-            table.refresh()
+        else:
+            if self.notes != self._notes_shown:  # watch only, quitting, engine stopped: said as they change
+                self.update_statusline()
+            live_due = running and time.monotonic() - self._live_painted >= LIVE_REPAINT
+            if model.repaint or not table.fetched or live_due:
+                model.repaint = False
+                self._live_painted = time.monotonic()
+                table.refresh()
         self.show_selected()
 
     def show_selected(self) -> None:
@@ -251,6 +256,7 @@ class DashboardScreen(Screen[None]):
         if table.sort != SORTS[0]:
             parts.append(f"sort {table.sort}")
         parts += [f"[b]{note}[/b]" for note in self.notes]
+        self._notes_shown = list(self.notes)
         # One line high whatever it says: no layout of the whole screen (a tenth of a second here).
         self.query_one("#statusline", Static).update(" · ".join(parts), layout=False)
 
