@@ -424,18 +424,35 @@ class _Items(AsyncIterator[T]):
     only closed later, by the event loop).
     """
 
-    __slots__ = ("_current", "_gen", "_ledger")
+    __slots__ = ("_current", "_frame", "_gen", "_ledger", "_task")
 
     def __init__(self, ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]) -> None:
         self._ledger = ledger
         self._current: list[str | None] = [None]
         """The key whose body runs, shared with the generator (which must not refer to this object)."""
         self._gen = _iterate(self._current, ctx, ledger, it, keyf)
+        self._frame = self._task = 0
+        """Ids of the frame and task whose loop took the item whose body runs (ids: a reference would
+        keep the loop's frame alive past its ``break``, where ``__del__`` must run)."""
 
     def __aiter__(self) -> _Items[T]:
         return self
 
     def __anext__(self) -> Awaitable[T]:
+        frame = id(sys._getframe(1))
+        if frame != self._frame:  # another loop: the task is looked up only then (a third of a microsecond)
+            task = id(asyncio.current_task())
+            if self._current[0] is not None and task != self._task:
+                # Asking for the next item ends the body of the one before: from another task that
+                # would mark an item done whose body still runs (lost, if the process dies after the
+                # checkpoint that lists it).
+                raise RuntimeError(
+                    "ctx.items() is one loop, its items done one after another: its next item was asked for"
+                    f" by another task while the body of {self._current[0]!r} runs. Run the work of several"
+                    " items at once inside one body (a batch as the item), or in a pool whose results one"
+                    " loop takes in order"
+                )
+            self._frame, self._task = frame, task
         return self._gen.__anext__()
 
     def _leave(self, frame: FrameType | None) -> None:

@@ -33,6 +33,17 @@ async def gathered(ctx: OperationContext, p: Any) -> dict[str, int]:
     return {k: v for k, v in ctx.state.items()}
 
 
+@operation("test_shared_items")
+async def shared_items(ctx: OperationContext, p: Any) -> None:
+    items = ctx.items(range(20))
+
+    async def worker() -> None:
+        async for _ in items:
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(worker() for _ in range(4)))
+
+
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def any_engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Callable[[], Engine]]:
     s: Settings = load_settings(state_dir=state_dir, plugins=["tests.test_engine_gathered"], grace_period=5.0)
@@ -64,3 +75,14 @@ async def test_checkpoints_of_tasks_saved_at_once_stay_a_valid_chain(any_engine:
         assert done.status.value == "completed", done.error
         assert done.result == {f"t{t}": ROUNDS - 1 for t in range(TASKS)}
         assert all(c.valid for c in await engine.store.checkpoints(op.id))
+
+
+async def test_one_items_loop_shared_by_tasks_fails_instead_of_marking_running_items_done(
+    any_engine: Callable[[], Engine],
+) -> None:
+    """Asking for the next item ends the body of the one before: a second task's loop did that while the
+    first task's body still ran, so an item was checkpointed done that never finished (lost on a kill)."""
+    async with any_engine() as engine:
+        op = await engine.submit(OperationSpec(type="test_shared_items"))
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status.value == "failed" and "ctx.items() is one loop" in (final.error or ""), final.error
