@@ -133,11 +133,13 @@ def test_resume_ledger_is_the_chain_ledger_in_order() -> None:
 
 
 @pytest.mark.parametrize("kind", ["local", "redis"])
-async def test_a_checkpoint_failing_its_checksum_leaves_its_keys_out_of_the_order(
-    request: pytest.FixtureRequest, settings: Settings, kind: str
+@pytest.mark.parametrize("damage", ["payload", "delta", "missing"])
+async def test_the_order_stops_at_the_resume_point(
+    request: pytest.FixtureRequest, settings: Settings, kind: str, damage: str
 ) -> None:
-    """Checkpoint 3's payload is garbled while its delta is intact (the chain has 3 deltas): the resume
-    point is 2, and delta 3's keys are neither done nor in the order (the resumed loop runs them)."""
+    """Checkpoint 3's payload garbled (its delta intact: the chain has 3 deltas), its delta garbled, or its
+    delta deleted: the resume point is 2, and delta 3's keys are neither done nor in the order (the
+    resumed loop runs them)."""
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         store = open_store(server.url, namespace="t", checkpoint_mirror=None)
@@ -152,11 +154,20 @@ async def test_a_checkpoint_failing_its_checksum_leaves_its_keys_out_of_the_orde
                 operation_id=op_id, seq=seq, epoch=claimed.epoch, created_at=time.time(), state={"seq": seq}
             )
             await store.save_checkpoint(cp, ItemDelta(done=[f"k{seq}a", f"k{seq}b"]), 10)
+        table, field = {"payload": ("checkpoints", "payload"), "delta": ("deltas", "items")}.get(damage, ("", ""))
         if kind == "local":
             with sqlite3.connect(settings.state_dir / "outlast.db") as conn:
-                conn.execute("UPDATE checkpoints SET payload=? WHERE op_id=? AND seq=3", (b'{"state":{}}', op_id))
+                if damage == "missing":
+                    conn.execute("DELETE FROM deltas WHERE op_id=? AND seq=3", (op_id,))
+                else:
+                    conn.execute(f"UPDATE {table} SET {field}=? WHERE op_id=? AND seq=3", (b'{"state":{}}', op_id))
         else:
-            server.client().hset(f"t:cp:{op_id}", "3", b'{"state":{}}')
+            client = server.client()
+            key = f"t:cp:{op_id}" if damage == "payload" else f"t:cd:{op_id}"
+            if damage == "missing":
+                client.hdel(key, "3")
+            else:
+                client.hset(key, "3", b'{"state":{}}')
         loaded = await store.load_checkpoint(op_id)
         assert loaded is not None
         cp, ledger = loaded
