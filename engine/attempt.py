@@ -276,6 +276,11 @@ class Attempt:
                     ctx.reenter()
                     continue  # the handler is entered again and skips the failed item
                 await self._failed(e)
+            except SystemExit as e:
+                # The handler's own code (a script's ``sys.exit``): the end of this operation, not of the
+                # process (it took the whole worker down, and every operation running there). A
+                # KeyboardInterrupt is left to end the process: a Ctrl-C where no handler for it is installed.
+                await self._exited(e)
             except BaseExceptionGroup as group:  # after ``except Exception``: an ExceptionGroup is one
                 # A stop raised in tasks of an asyncio.TaskGroup: the stop wins over what its siblings raised.
                 stops, _rest = group.split(OperationStopped)
@@ -301,6 +306,18 @@ class Attempt:
         if ctx.total is None or ctx.done > ctx.total:
             ctx.total = ctx.done
         await self._settle(Status.COMPLETED, result=result)
+
+    async def _exited(self, e: SystemExit) -> None:
+        """``sys.exit()`` or ``sys.exit(0)`` in a handler completes its operation (a script's way of saying
+        it is done); another code fails it."""
+        if e.code in (None, 0):
+            self.ctx.log.info("the handler called sys.exit(0): completed")
+            await self._completed(None)
+            return
+        full = format_exception(e)
+        error = f"the handler called sys.exit({e.code!r}){full[full.rfind(' (at ') :] if ' (at ' in full else ''}"
+        self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
+        await self._settle(Status.FAILED, error=error)
 
     async def _failed(self, e: Exception) -> None:
         """Queued again when the profile's retry policy says ``e`` is transient and attempts are left."""

@@ -78,3 +78,19 @@ async def populate_kb(source: str, docs: int = 10, progress_callback=None) -> di
         if progress_callback:
             progress_callback(i + 1, docs, message=f"doc {i}")
     return {"source": source, "docs": docs}
+
+
+class ExiterParams(BaseModel):
+    code: int | str | None = 3
+    after: int = 2
+
+
+@operation("exiter", params=ExiterParams)
+async def exiter(ctx: OperationContext, p: ExiterParams) -> dict:
+    """A script turned operation that ends with ``sys.exit(code)`` after ``after`` items."""
+    import sys
+
+    async for i in ctx.items(range(10), key=str):
+        if i == p.after:
+            sys.exit(p.code)
+    return {"never": True}

@@ -1,0 +1,36 @@
+"""A handler that calls ``sys.exit`` (a script turned operation) ends its own operation, not the worker:
+SystemExit went through the attempt to the event loop and took the whole process down, with the exit
+code of the handler's script, every other operation there stopped by force and the exiting one left
+running, then found interrupted, and with ``auto_resume`` run again into the same exit."""
+
+from __future__ import annotations
+
+import json
+
+from tests.fixtures_cli import Cli
+
+PLUGIN = ("--plugin", "tests.ops_for_tests")
+
+
+def test_sys_exit_in_a_handler_ends_its_operation_and_the_worker_goes_on(cli: Cli) -> None:
+    def submit(type_: str, **params: object) -> str:
+        r = cli.here(*PLUGIN, "submit", type_, "--params-json", json.dumps(params))
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    others = submit("ledger", items=15, seconds=0.02)
+    failing, finishing, with_text = submit("exiter", code=3), submit("exiter", code=0), submit("exiter", code="bad")
+    r = cli(*PLUGIN, "worker", "--exit-when-idle", "--concurrency", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+    def rec(op_id: str) -> dict:
+        return json.loads(cli.here("--json", "show", op_id).stdout)
+
+    assert rec(others)["status"] == "completed" and rec(others)["result"] == {"sum": 105}
+    done = rec(finishing)
+    assert (done["status"], done["result"], done["progress"]["done"]) == ("completed", None, 2), done
+    for op_id, code in ((failing, "3"), (with_text, "'bad'")):
+        failed = rec(op_id)
+        assert failed["status"] == "failed", failed
+        assert failed["error"].startswith(f"the handler called sys.exit({code}) (at ops_for_tests.py:"), failed["error"]
