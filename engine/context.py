@@ -542,7 +542,11 @@ async def _iterate_resumed(
 
 
 def _describe(exc: BaseException) -> str:
-    text = clean(f"{type(exc).__name__}: {exc}".strip())
+    try:
+        said = str(exc)
+    except Exception as e:  # an exception whose __str__ fails: say so, not fail the attempt on it
+        said = f"<str() of it failed: {type(e).__name__}>"
+    text = clean(f"{type(exc).__name__}: {said}".strip())
     if len(text) > 500:
         text = text[:497] + "..."
     return text

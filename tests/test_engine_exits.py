@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from engine import Engine, OperationContext, OperationSpec, Status, operation
 from tests.fixtures_cli import Cli
 
 PLUGIN = ("--plugin", "tests.ops_for_tests")
@@ -34,3 +35,26 @@ def test_sys_exit_in_a_handler_ends_its_operation_and_the_worker_goes_on(cli: Cl
         failed = rec(op_id)
         assert failed["status"] == "failed", failed
         assert failed["error"].startswith(f"the handler called sys.exit({code}) (at ops_for_tests.py:"), failed["error"]
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+@operation("test_unprintable")
+async def unprintable(ctx: OperationContext, p: object) -> None:
+    async for i in ctx.items(range(3), key=str):
+        if i == 1:
+            raise Unprintable()
+    raise Unprintable()
+
+
+async def test_an_exception_whose_str_fails_is_named_not_an_internal_error(engine: Engine) -> None:
+    """Its message is what the record and the log say of a failure: the str() failing inside the attempt
+    made it "internal error: RuntimeError: no text for this one", with a traceback on stderr."""
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_unprintable"))).id, timeout=20)
+    assert final.status is Status.FAILED
+    assert (final.error or "").startswith("Unprintable: <str() of it failed: RuntimeError> (at "), final.error
+    logs = [r.message for r in (await engine.store.read_logs(final.id))[0] if r.level == "warning"]
+    assert logs == ["item failed: 1: Unprintable: <str() of it failed: RuntimeError>"], logs
