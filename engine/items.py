@@ -7,35 +7,7 @@ The store keeps the durable ledger (``store.base.Ledger``); this one is what the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from .store.base import Chain, ItemDelta, Ledger
-
-
-@dataclass
-class ResumeLedger(Ledger):
-    """A resume point's ledger that also keeps its done keys in the order the deltas list them: the
-    order the handler finished them in, which is usually the order its ``ctx.items`` offers them again.
-    The resumed loop compares each key with the next one here (a string compare) before it hashes the
-    key to look it up in ``done``; every key here is in ``done``, so a match is always a done item."""
-
-    order: list[list[str]] = field(default_factory=list)
-    """The done lists of the deltas up to the resume point, in seq order (json's own lists: no copy)."""
-
-
-def resume_ledger(chain: Chain, seq: int) -> ResumeLedger:
-    """``chain.ledger(seq)`` (the same deltas, folded by the same ``Ledger.apply``), with the done keys'
-    order kept; ValueError when a delta up to ``seq`` is not readable."""
-    ledger = ResumeLedger()
-    for i in range(1, seq + 1):
-        try:
-            delta = ItemDelta.decode(chain.delta(i))
-        except ValueError as e:
-            raise ValueError(f"delta {i} is unreadable ({e.__class__.__name__})") from None
-        ledger.apply(delta)
-        if delta.done:
-            ledger.order.append(delta.done)
-    return ledger
+from .store.base import ItemDelta, Ledger
 
 
 class ItemLedger:
@@ -62,9 +34,9 @@ class ItemLedger:
         self.failed_before: frozenset[str] = frozenset(base.failed) if base is not None else frozenset()
         """Failed in an earlier attempt: once done, the store no longer lists them as failed."""
         self.skipped: set[str] = base.skipped if base is not None else set()
-        self.order: list[list[str]] = base.order if isinstance(base, ResumeLedger) else []
-        """The resume point's done keys in the order they were done (``ResumeLedger``); empty when the
-        store gave a plain ``Ledger``. Each is in ``done``: a key equal to the next one here is done."""
+        self.order: list[list[str]] = base.order if base is not None else []
+        """The resume point's done keys in the order they were done (``Ledger.order``). Each is in
+        ``done``: a key equal to the next one here is done."""
         self.new_done: list[str] = []
         self.new_failed: dict[str, str] = {}
         self.new_skipped: list[str] = []

@@ -1,4 +1,4 @@
-"""Resuming through the done keys in the order they were done (``ResumeLedger.order``).
+"""Resuming through the done keys in the order they were done (``Ledger.order``).
 
 The resumed ``ctx.items`` loop takes a key equal to the next done key in that order as done without
 looking it up: these tests check that this never changes which items run (differentially, against the
@@ -17,7 +17,6 @@ import pytest
 
 from engine import Engine, OperationSpec, Settings, open_store
 from engine.context import OperationContext
-from engine.items import ResumeLedger, resume_ledger
 from engine.models import Checkpoint, LogRecord, Operation, WorkerInfo, new_id
 from engine.profiles import profile_for
 from engine.store.base import Chain, ItemDelta, Ledger
@@ -65,10 +64,10 @@ async def _run(ctx: OperationContext, items: list[int], fail: set[int], skip: se
 
 
 def _ledgers(order: list[list[str]], failed: dict[str, str], skipped: set[str]) -> tuple[Ledger, Ledger]:
-    """The same resume point as a plain Ledger (set lookups only) and as a ResumeLedger (with the order)."""
+    """The same resume point without its order (set lookups only) and with it."""
     done = {k for part in order for k in part}
     plain = Ledger(done=set(done), failed=dict(failed), skipped=set(skipped))
-    ordered = ResumeLedger(done=set(done), failed=dict(failed), skipped=set(skipped), order=[list(p) for p in order])
+    ordered = Ledger(done=set(done), failed=dict(failed), skipped=set(skipped), order=[list(p) for p in order])
     return plain, ordered
 
 
@@ -109,8 +108,8 @@ async def test_a_done_key_out_of_order_is_still_skipped_and_a_new_one_still_runs
     assert await _run(ctx, [0, 1, 2, 3, 0, 2], set(), set()) == [1, 3]
 
 
-def test_resume_ledger_is_the_chain_ledger_in_order() -> None:
-    """The same fold as ``Chain.ledger`` at every seq, its order the deltas' done lists up to that seq."""
+def test_the_chain_ledger_keeps_the_done_order() -> None:
+    """``Chain.ledger`` at every seq: its order is the deltas' done lists up to that seq."""
     deltas = [
         ItemDelta(done=["a", "b"]),
         ItemDelta(failed={"c": "x"}),
@@ -124,12 +123,12 @@ def test_resume_ledger_is_the_chain_ledger_in_order() -> None:
         raws.append(d.encode(link(raws[-1]) if raws else ""))
     chain = Chain(enumerate(raws, 1))
     for seq in range(1, len(raws) + 1):
-        got, want = resume_ledger(chain, seq), chain.ledger(seq)
-        assert (got.done, got.failed, got.skipped) == (want.done, want.failed, want.skipped)
+        got = chain.ledger(seq)
+        assert got.done == {k for d in deltas[:seq] for k in d.done}
         assert got.order == [d.done for d in deltas[:seq] if d.done]
     bad = Chain([(1, raws[0]), (2, b'{"p":"' + link(raws[0]).encode() + b'","d":[1]}')])
     with pytest.raises(ValueError, match="delta 2 is unreadable"):
-        resume_ledger(bad, 2)
+        bad.ledger(2)
 
 
 @pytest.mark.parametrize("kind", ["local", "redis"])
@@ -171,6 +170,5 @@ async def test_the_order_stops_at_the_resume_point(
         loaded = await store.load_checkpoint(op_id)
         assert loaded is not None
         cp, ledger = loaded
-        assert isinstance(ledger, ResumeLedger)
         assert (cp.seq, ledger.done) == (2, {"k1a", "k1b", "k2a", "k2b"})
         assert ledger.order == [["k1a", "k1b"], ["k2a", "k2b"]]

@@ -86,8 +86,15 @@ class Ledger:
     done: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)
+    order: list[list[str]] = field(default_factory=list)
+    """The deltas' done lists in seq order (json's own lists: no copy): the order the handler finished
+    the items in, usually the order its ``ctx.items`` offers them again. A resumed loop compares each key
+    with the next one here (a string compare) before it hashes the key to look it up in ``done``; every
+    key here is in ``done``, so a match is always a done item."""
 
     def apply(self, delta: ItemDelta) -> None:
+        if delta.done:
+            self.order.append(delta.done)
         self.done.update(delta.done)
         if self.failed:  # an item that failed before and is done now (a retry); most ledgers have none
             for k in delta.done:

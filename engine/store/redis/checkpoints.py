@@ -17,7 +17,6 @@ import logging
 import time
 from typing import Any
 
-from ...items import resume_ledger
 from ...models import Checkpoint, ItemFailure, NotFound, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
@@ -164,7 +163,7 @@ class CheckpointsMixin(RecoveryMixin):
                 cp = restore(info, payload)
                 if cp.seq != s or cp.operation_id != op_id:
                     raise ValueError("checkpoint info names another checkpoint")
-                found = cp, resume_ledger(chain, s)
+                found = cp, chain.ledger(s)
             except ValueError as e:
                 skipped.append(f"checkpoint {s} ({source}) is unreadable ({e.__class__.__name__})")
                 continue

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ...items import resume_ledger
 from ...models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
@@ -145,7 +144,7 @@ class CheckpointsMixin(SqliteCore):
                     cp = restore(Checkpoint.model_validate_json(info), payload)
                     if cp.seq != s or cp.operation_id != op_id:
                         raise ValueError("checkpoint info names another checkpoint")
-                    found = cp, resume_ledger(chain, s)
+                    found = cp, chain.ledger(s)
                     break
                 except ValueError as e:
                     skipped.append(f"checkpoint {s} is unreadable ({_plain(e)})")
