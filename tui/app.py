@@ -236,6 +236,7 @@ class OutlastApp(App[int]):
         sample = self.model.sample(self.sampler)
         self.dashboard.show_resources(sample, len(self.engine.running_ids), self.engine.max_concurrent)
         await self.model.poll()
+        self.dashboard.polled = True  # what was read is shown at the next frame, the live figures with it
         self.dashboard.load_side_panes(poll=True)
         self.dashboard.load_all_logs()
 

@@ -35,11 +35,14 @@ from ..widgets.steady_input import SteadyInput
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32
 PANES = ("detail", "checkpoints", "logs", "resources")
-LIVE_REPAINT = 1.0
-"""Seconds between repaints of the table for live progress alone (htop's default is 1.5 s): the rows of
-100 reporting operations at every frame were most of the dashboard's CPU, and at 0.5 s they still were
-(its own share 5.0 points of a core against 3.5 at 1 s, bench.py --only dashboard). The detail pane's
-live figures move once a second too. A key, a new record or a status change repaints at the next frame."""
+LIVE_REPAINT = 1.5
+"""Seconds after which the live figures are repainted when no poll has landed (the engine not started, a
+slow store). Normally they move once a second, at the frame after each poll (``polled``): the table's
+rows, the detail pane's figures, the resources pane and the records just read, all in that one frame.
+Repainted on their own clocks (the table's, the wall clock's second, the poll's) they made three frames
+a second, each a pass of the compositor over the screen. The rows of 100 reporting operations at every
+frame were most of the dashboard's CPU, and at 0.5 s they still were (htop's default is 1.5 s). A key,
+a new record or a status change repaints at the next frame."""
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
 TITLES = {
@@ -87,7 +90,12 @@ class DashboardScreen(Screen[None]):
         """What the App adds to the status line (quitting, engine stopped, watch only)."""
         self._notes_shown: list[str] = []
         self._binding_state: tuple[object, ...] = ()
-        self._live_painted = 0.0
+        self._ticked = 0.0
+        self.tick = 0
+        """Counts the live repaints: what the detail pane of a running operation is keyed on."""
+        self.polled = False
+        """A poll has landed since the last live repaint (the App sets it)."""
+        self._resources_due = False
         self._reorder = False
         """The sort or the filter changed: every row is sorted again, not only those that moved."""
 
@@ -159,6 +167,11 @@ class DashboardScreen(Screen[None]):
         """What changed in the model since the last frame (``running``: this process runs work, whose
         progress moves without the model knowing)."""
         model, table = self.model, self.table
+        now = time.monotonic()
+        tick = self.polled or now - self._ticked >= LIVE_REPAINT
+        if tick:
+            self.polled, self._ticked = False, now
+            self.tick += 1
         if model.structure_dirty:
             model.structure_dirty = False
             model.repaint = False
@@ -169,11 +182,13 @@ class DashboardScreen(Screen[None]):
         else:
             if self.notes != self._notes_shown:  # watch only, quitting, engine stopped: said as they change
                 self.update_statusline()
-            live_due = running and time.monotonic() - self._live_painted >= LIVE_REPAINT
-            if model.repaint or not table.fetched or live_due:
+            # A record read again (its values, not its place) waits for the live repaint: one frame a second.
+            if not table.fetched or (tick and (model.repaint or running)):
                 model.repaint = False
-                self._live_painted = time.monotonic()
                 table.refresh()
+        if tick and self._resources_due:
+            self._resources_due = False
+            self.query_one(ResourcesPane).refresh()
         self.show_selected()
 
     def show_selected(self) -> None:
@@ -185,7 +200,7 @@ class DashboardScreen(Screen[None]):
         op = self.model.ops.get(selected) if selected else None
         if self.tab == "detail" or not self.narrow:
             live = self.live(selected) if selected else None
-            self.query_one(DetailPane).show(op, live, self.model.full_of(selected))
+            self.query_one(DetailPane).show(op, live, self.model.full_of(selected), self.tick)
         # The footer is rebuilt only when the keys that apply change, not at every cursor move.
         state = (op is None, op.status if op else None, op.priority if op else None, *self.notes)
         if state != self._binding_state:
@@ -241,7 +256,9 @@ class DashboardScreen(Screen[None]):
         model = self.model
         pane = self.query_one(ResourcesPane)
         pane.labels = {i: _label(model.ops.get(i), i) for i in sample.children}
-        pane.update_data(sample, list(model.history), running, slots, model.queue_depth(), model.store_ok)
+        # Painted with the records the same poll reads, at the live repaint (refresh_view): one frame.
+        pane.update_data(sample, list(model.history), running, slots, model.queue_depth(), model.store_ok, False)
+        self._resources_due = True
 
     def update_statusline(self) -> None:
         counts = self.model.counts()

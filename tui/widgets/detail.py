@@ -78,17 +78,24 @@ class DetailPane(VerticalScroll, can_focus=True):
     def compose(self):  # type: ignore[no-untyped-def]
         yield self._body
 
-    def show(self, op: Operation | None, live: Progress | None, full: Operation | None = None) -> None:
-        """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result)."""
+    def show(
+        self, op: Operation | None, live: Progress | None, full: Operation | None = None, tick: int | None = None
+    ) -> None:
+        """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result);
+        ``tick`` counts the screen's live repaints (None: the wall clock's seconds)."""
         if op is None:
             self._height = 0
             self._body.styles.height = "auto"
             self._last = ()
             self._body.update(Text("no operation selected", style="dim"))
             return
-        # A running operation: its live figures once a second (the table's row moves at every frame; a
-        # layout of this pane at 5 Hz was most of a frame). Any other: when its record changes.
-        when = int(self.clock()) if op.status is Status.RUNNING else op.updated_at
+        # A running operation: its live figures at the screen's live repaint, once a second, in the same
+        # frame as the table's (a layout of this pane at 5 Hz was most of a frame). Any other: when its
+        # record changes.
+        if op.status is Status.RUNNING:
+            when: float = int(self.clock()) if tick is None else tick
+        else:
+            when = op.updated_at
         key = (op.id, op.status, when, full is not None, self.app.theme)
         if key == self._last:
             return  # nothing shown would change, or not for long: no new layout, no repaint

@@ -109,8 +109,10 @@ class ResourcesPane(Widget, can_focus=True):
         slots_max: int,
         queue_depth: dict[Priority, int],
         store_ok: bool,
+        refresh: bool = True,
     ) -> None:
-        """Keep the figures and repaint (nothing is computed until the pane is drawn)."""
+        """Keep the figures and repaint (nothing is computed until the pane is drawn); ``refresh`` False:
+        the caller repaints the pane (with the rest of the screen, in one frame)."""
         self.sample = sample
         self.history = history
         self.slots_used = slots_used
@@ -120,7 +122,8 @@ class ResourcesPane(Widget, can_focus=True):
             self.set_class(not store_ok, "-disconnected")
             self.border_subtitle = "" if store_ok else "store disconnected"
         self.store_ok = store_ok
-        self.refresh()
+        if refresh:
+            self.refresh()
 
     # ---- drawing ---------------------------------------------------------------------------
 
