@@ -20,10 +20,11 @@ import random
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import CodeType
 from typing import Any, Protocol
 
 from .config import Settings
-from .context import OperationContext, OperationStopped, TooManyFailures, format_exception
+from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
 from .lifecycle import StopReason
 from .models import (
     Checkpoint,
@@ -239,20 +240,40 @@ class Attempt:
             with contextlib.suppress(Exception):
                 await self._settle(Status.FAILED, error=f"internal error: {format_exception(e)}")
 
+    @staticmethod
+    def handler_call_code() -> CodeType:
+        """The code that calls the handler: a frame of it on the main thread's stack means handler code
+        runs above it (what a signal may break into: ``Engine._on_signal_now``)."""
+        return Attempt._run.__code__
+
     async def _run(self) -> None:
         ctx, op = self.ctx, self.op
         if self._resumed_from is not None:
             ctx.log.info(f"resuming from checkpoint {self._resumed_from} ({ctx.done} items done)")
         while True:
             self.watch.task = asyncio.current_task()
+            self.watch.settling = False
             try:
-                result = await self._handler.fn(ctx, ctx.params)
+                try:
+                    result = await self._handler.fn(ctx, ctx.params)
+                finally:
+                    # Out of the handler, whichever way: the final checkpoint and the settle that follow are
+                    # not cancelled by a force (a second Ctrl-C while they saved left the operation running).
+                    self.watch.settling = True
             except OperationStopped as stop:
                 await self._stopped(stop.reason, stop.checkpointed)
-            except asyncio.CancelledError:
-                # Forced: the handler did not reach a safe point within the grace period.
+            except asyncio.CancelledError as e:
+                # Forced: the handler did not reach a safe point within the grace period, or held the event
+                # loop when a second signal came (BrokenInto).
                 ctx.kill_children()
-                await self._stopped(ctx.stop_reason or StopReason.SHUTDOWN, checkpointed=False, forced=True)
+                how = (
+                    f"a second signal broke into the handler, which held the event loop at {e.where}"
+                    if isinstance(e, BrokenInto)
+                    else None
+                )
+                if how:
+                    ctx.log.warning(f"stopped by force: {how}")
+                await self._stopped(ctx.stop_reason or StopReason.SHUTDOWN, checkpointed=False, forced=True, how=how)
             except TooManyFailures as e:
                 await self._final_checkpoint()
                 await self._settle(Status.FAILED, error=str(e))
@@ -342,8 +363,11 @@ class Attempt:
             return
         await self._settle(Status.FAILED, error=error)
 
-    async def _stopped(self, reason: StopReason, checkpointed: bool, forced: bool = False) -> None:
-        """Every stop saves a final checkpoint (unless the handler's last act was one), then settles."""
+    async def _stopped(
+        self, reason: StopReason, checkpointed: bool, forced: bool = False, how: str | None = None
+    ) -> None:
+        """Every stop saves a final checkpoint (unless the handler's last act was one), then settles.
+        ``how``: what forced it, when not the grace period."""
         if self.lost:
             return  # nothing to write: see lose()
         if not checkpointed:
@@ -360,7 +384,11 @@ class Attempt:
         if reason is StopReason.STORE:
             self.host.store_stopped.add(self.op.id)
         if forced:
-            msg += f" (forced after {settings.grace_period:g}s grace period)"
+            msg += (
+                " (forced: the handler held the event loop)"
+                if how
+                else f" (forced after {settings.grace_period:g}s grace period)"
+            )
         seq = self.ctx.checkpoint_seq
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
         await self._settle(reason.status, message=f"{msg}; {where}")

@@ -71,6 +71,16 @@ class OperationStopped(BaseException):
         self.checkpointed = checkpointed
 
 
+class BrokenInto(asyncio.CancelledError):
+    """A stop forced into a handler that holds the event loop (blocking code: ``time.sleep``, a long
+    computation): raised where it stands by the second signal the loop has not seen, as the force after
+    a grace period is, since the loop that would deliver either never turns."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
 class TooManyFailures(Exception):
     """More item failures than the profile's failure_threshold."""
 

@@ -21,10 +21,12 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 from typing import Any
 
 from .attempt import Attempt
 from .config import Settings, load_settings
+from .context import BrokenInto
 from .events import EventBus
 from .lifecycle import ACTIONS, Action, StopReason, check_action
 from .models import (
@@ -56,6 +58,20 @@ from .supervision import Supervisor, recover_orphans
 __all__ = ["Engine", "StoreUnwritable", "store_failure"]
 
 log = logging.getLogger("outlast.engine")
+
+
+def _handler_frame(frame: FrameType | None) -> str | None:
+    """Where the main thread stands (``file:line``) when an attempt's call of a handler is on its stack
+    (the frames of awaiting coroutines are, while they run): handler code holds the loop; else None."""
+    at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame is not None else None
+    while frame is not None:
+        if frame.f_code is _HANDLER_CALL:
+            return at
+        frame = frame.f_back
+    return None
+
+
+_HANDLER_CALL = Attempt.handler_call_code()
 
 _SIGNAL_REASON = {
     signal.SIGINT: "Ctrl-C (SIGINT)",
@@ -97,6 +113,10 @@ class Engine:
         self._loops: list[asyncio.Task[Any]] = []
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._signal_count = 0
+        self._signals_here = 0
+        """Signals seen by ``_on_signal_now`` (at once); ``_signal_count``: by the loop, when it turns."""
+        self._broken_in = 0
+        """``_signals_here`` when a signal last broke into a handler holding the loop."""
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
         self.store_stopped: set[str] = set()
@@ -173,6 +193,30 @@ class Engine:
         loop = asyncio.get_running_loop()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
+            # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one
+            # also counts, and breaks into a handler that holds the loop (_break_in).
+            signal.signal(sig, self._on_signal_now)
+
+    def _on_signal_now(self, sig: int, frame: FrameType | None) -> None:
+        """Runs in the main thread between two bytecodes, even while a handler holds the event loop with
+        blocking code, where the loop's handler (``_on_signal``) would wait for it to return: Ctrl-C, and
+        Ctrl-C again, did nothing. The second signal the loop has not seen, with the loop not turned for
+        half a second, stops that handler by force where it stands (``BrokenInto``); the loop handles
+        both signals when it turns again (the other operations pause). Only plain assignments here: this
+        interrupts whatever the main thread was doing."""
+        self._signals_here += 1
+        if self._signals_here - max(self._signal_count, self._broken_in) < 2:
+            return
+        watch = self._supervisor.loop_watch
+        if watch is None or time.monotonic() - watch.turned < 0.5:
+            return
+        at = _handler_frame(frame)
+        if at is None:
+            return  # not in a handler (the engine's own code): not stopped half-way
+        self._broken_in = self._signals_here
+        if self._signal_count == 0:
+            self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
+        raise BrokenInto(at)
 
     def _on_signal(self, sig: int) -> None:
         self._signal_count += 1

@@ -229,15 +229,18 @@ class Supervisor:
         self._logs = logs
         self._recover = recover
         self._recover_failing = False
+        self.loop_watch: LoopWatch | None = None
+        """While the supervisor runs: when the event loop last turned (``turned``)."""
         if hasattr(store, "on_lease_lost"):  # a store whose attempts can be fenced off says when
             store.on_lease_lost = self.lease_lost
 
     async def run(self) -> None:
-        watch = LoopWatch(lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())])
+        watch = self.loop_watch = LoopWatch(lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())])
         try:
             await self._run(watch)
         finally:
             watch.stop()
+            self.loop_watch = None
 
     async def _run(self, watch: LoopWatch) -> None:
         next_poll = next_flush = next_orphans = 0.0

@@ -94,3 +94,23 @@ async def exiter(ctx: OperationContext, p: ExiterParams) -> dict:
         if i == p.after:
             sys.exit(p.code)
     return {"never": True}
+
+
+class BlockerParams(BaseModel):
+    how: str = "compute"
+    seconds: float = 60.0
+
+
+@operation("blocker", params=BlockerParams)
+async def blocker(ctx: OperationContext, p: BlockerParams) -> dict:
+    """Holds the event loop: a long computation, or time.sleep (the wrong way to wait in a handler)."""
+    import time
+
+    ctx.progress(0, total=1)
+    if p.how == "sleep":
+        time.sleep(p.seconds)
+    else:
+        end = time.monotonic() + p.seconds
+        while time.monotonic() < end:
+            pass
+    return {}
