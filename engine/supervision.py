@@ -465,8 +465,8 @@ class LoopWatch:
                 running = "operations"
             log.warning(
                 "the event loop has not turned for %.0fs (running: %s), held at %s: a handler doing blocking "
-                "work on the loop holds back timeouts, Ctrl-C, pause and cancel until it returns; run that work "
-                "in asyncio.to_thread",
+                "work on the loop holds back timeouts, pause and cancel until it returns (Ctrl-C twice stops it "
+                "by force); run that work in asyncio.to_thread",
                 blocked,
                 running,
                 at,
