@@ -142,6 +142,7 @@ class OperationContext(SeedContextMethods):
         self._attention = False
         self._checkpoint_due = False
         self._checkpoint_request: dict[str, Any] | None = None
+        self._said_key_text = False
         self._saving = asyncio.Lock()
         """One checkpoint save at a time, in seq order: each links to the one before it (its delta's
         hash chain), and tasks of one handler checkpointing at once would otherwise race past that."""
@@ -190,7 +191,19 @@ class OperationContext(SeedContextMethods):
         return self._attempt.output_dir
 
     def is_done(self, key: str) -> bool:
-        return key in self._ledger.done
+        return (key if key.__class__ is str else self._key_text(key)) in self._ledger.done
+
+    def _key_text(self, key: object) -> str:
+        """An item key that is not a ``str`` (an int, a Path): its ``str``, the form a checkpoint lists and a
+        resume reads back. Kept as it was, the checkpoint was written but never read back (every resume
+        started again from scratch, each done item run twice). Said once per attempt."""
+        text = str(key)
+        if not self._said_key_text:
+            self._said_key_text = True
+            self.log.warning(
+                f"item key {key!r} ({type(key).__name__}) is not a str: keys are kept as their str ({text!r})"
+            )
+        return text
 
     @property
     def done_keys(self) -> frozenset[str]:
@@ -246,6 +259,7 @@ class OperationContext(SeedContextMethods):
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold."""
         msg = clean(error) if isinstance(error, str) else _describe(error)  # _describe's is clean
+        key = key if key.__class__ is str else self._key_text(key)
         self._ledger.fail(key, msg)
         self.failures += 1
         self._attempt.item_failed(key, msg)
@@ -258,6 +272,7 @@ class OperationContext(SeedContextMethods):
 
     def skip(self, key: str, reason: str | None = None) -> None:
         """Record ``key`` as skipped (not done, not failed); it is not offered again on resume."""
+        key = key if key.__class__ is str else self._key_text(key)
         self._ledger.skip(key)
         self._ledger.end_body(key)
         if reason:
@@ -501,6 +516,8 @@ async def _iterate_fresh(
     every = ctx.profile.checkpoint_every
     for item in it:
         k = keyf(item)
+        if k.__class__ is not str:
+            k = ctx._key_text(k)
         if k in done_keys or k in failed or k in skipped:
             continue
         current[0] = ledger.current = k
@@ -531,6 +548,8 @@ async def _iterate_resumed(
     want = next(in_order)
     for item in it:
         k = keyf(item)
+        if k.__class__ is not str:
+            k = ctx._key_text(k)
         if k == want:
             want = next(in_order, want)
             continue
