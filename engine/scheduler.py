@@ -137,11 +137,15 @@ class Scheduler:
                         *(
                             host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
                             for _ in range(min(CLAIM_BATCH, self.free()))
-                        )
+                        ),
+                        return_exceptions=True,  # one claim failing must not lose the others (claimed: running)
                     )
                     for op in claimed:
-                        if op is not None:
+                        if isinstance(op, Operation):
                             self.start(op)
+                    for e in claimed:
+                        if isinstance(e, BaseException):
+                            raise e
                     if None in claimed:
                         break
             except Exception as e:
