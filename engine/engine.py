@@ -196,6 +196,7 @@ class Engine:
             # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one
             # also counts, and breaks into a handler that holds the loop (_break_in).
             signal.signal(sig, self._on_signal_now)
+            signal.siginterrupt(sig, False)  # as asyncio leaves it: system calls resume after the signal
 
     def _on_signal_now(self, sig: int, frame: FrameType | None) -> None:
         """Runs in the main thread between two bytecodes, even while a handler holds the event loop with
