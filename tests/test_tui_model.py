@@ -7,6 +7,7 @@ which operation) import no Textual, so they are tested here as plain objects.
 from __future__ import annotations
 
 import ast
+import asyncio
 import subprocess
 import sys
 import time
@@ -198,3 +199,40 @@ async def test_poll_reads_the_newest_queued_every_second_and_the_whole_queue_rar
         assert model.ops[oldest.id].status is Status.CANCELLED and oldest.id not in model.active
         assert model.active == {op.id for op in [*ops[1:], new]}
         assert model.store_slots == 4 and [model.ops[op.id].handle for op in ops[:2]] == [1, 2]
+
+
+async def test_poll_reads_the_running_ones_only_when_another_process_may_run_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every operation the store counts as running is run by this engine (its progress is read live,
+    its changes come as events) and the store's counts have not moved, a poll reads no record."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        op = await engine.submit({"type": "ledger", "name": "long", "params": {"items": 1000, "seconds": 0.05}})
+        model = OperationsModel(engine)
+        deadline = time.monotonic() + 10
+        while op.id not in engine.running_ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await model.poll()  # the first: every status read
+        assert model.ops[op.id].status is Status.RUNNING and op.id in model.active
+        read: list[list[Status]] = []
+        listing = engine.list_operations
+
+        async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
+            read.append(list(statuses or []))
+            return await listing(statuses, **kw)
+
+        monkeypatch.setattr(engine, "list_operations", counted)
+        await model.poll()
+        assert read == [] and op.id in model.active and model.ops[op.id].status is Status.RUNNING
+        other = await engine.store.counts()  # another process's running one moves the counts
+        monkeypatch.setattr(engine.store, "counts", _counts_with(other, Status.RUNNING, 1))
+        await model.poll()
+        assert [Status.RUNNING] in read
+        await engine.cancel(op.id)
+
+
+def _counts_with(counts: dict[Status, int], status: Status, more: int) -> Any:
+    async def counted() -> dict[Status, int]:
+        return {**counts, status: counts.get(status, 0) + more}
+
+    return counted

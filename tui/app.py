@@ -253,8 +253,9 @@ class OutlastApp(App[int]):
         with contextlib.suppress(NoMatches):  # the panes are gone: the app is closing
             self.dashboard.notes = self._notes()
             self.dashboard.refresh_view(bool(self.engine.running_ids))
-            if self.dashboard.selected in model.checkpointed:
+            if (selected := self.dashboard.selected) in model.checkpointed:
                 self.dashboard.load_side_panes(logs=False)
+                model.refetch.add(selected)  # its record's checkpoint number (a running one is read rarely)
         model.checkpointed.clear()
         while model.errors:  # the store failing, said once when it begins
             self.notify(model.errors.popleft(), severity="error")

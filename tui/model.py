@@ -114,6 +114,9 @@ class OperationsModel:
         self._counts_whole: tuple[dict[Status, int], dict[Priority, int]] | None = None
         """The store's counts, and the queue's per priority, when the whole queue was last read."""
         self._last_whole = 0.0
+        self._counts_running: dict[Status, int] | None = None
+        """The store's counts per status when the running operations were last read."""
+        self._last_running = 0.0
         self.started = False
         """The engine is started: the store can be read (the App sets it)."""
         self.full: Operation | None = None
@@ -232,7 +235,7 @@ class OperationsModel:
             await self.reload_all()
             return
         store = self.engine.store
-        key, whole, queued, read_queued = None, False, [], False
+        key, whole, queued, read_queued, active = None, False, [], False, []
         try:
             counts = await store.counts()  # first: what changes after it is read is seen at the next poll
             if now - self.last_stopped > STOPPED_POLL:
@@ -243,7 +246,10 @@ class OperationsModel:
                 if whole:
                     for op in await self.engine.list_operations(statuses=[Status.PAUSED, Status.INTERRUPTED]):
                         self.keep(op)
-            active = await self.engine.list_operations(statuses=[Status.RUNNING])
+            read_running = not self._all_ours(counts) or now - self._last_running > STOPPED_POLL
+            if read_running or counts != self._counts_running:
+                active = await self.engine.list_operations(statuses=[Status.RUNNING])
+                self._counts_running, self._last_running, read_running = counts, now, True
             if whole or counts != self._counts_queued:
                 limit = None if whole else QUEUED_RECENT
                 queued = await self.engine.list_operations(statuses=[Status.QUEUED], limit=limit)
@@ -260,14 +266,26 @@ class OperationsModel:
         for op in active:
             self.keep(op)
         # Not seen: gone from the active set, unless it is a queued one not read whole (the whole queue's
-        # read finds it, or finds it gone).
-        left = {
-            op_id
-            for op_id in self.active - seen
-            if whole or (held := self.ops.get(op_id)) is None or held.status is not Status.QUEUED
-        }
+        # read finds it, or finds it gone), or a running one not read.
+        left = set()
+        for op_id in self.active - seen:
+            held = self.ops.get(op_id)
+            status = None if held is None else held.status
+            if (status is Status.QUEUED and not whole) or (status is Status.RUNNING and not read_running):
+                continue
+            left.add(op_id)
         await self.fetch(left | self.refetch)
         self.active = {i for i in self.active | seen if (held := self.ops.get(i)) and held.status in ACTIVE}
+
+    def _all_ours(self, counts: dict[Status, int]) -> bool:
+        """Every operation the store counts as running is one this engine runs, held as running: its
+        progress is read live, its status changes, extensions and checkpoints come as events, so its
+        stored record need not be read every second (100 of them were a third of a poll)."""
+        ours = self.engine.running_ids
+        if counts.get(Status.RUNNING, 0) != len(ours):
+            return False
+        ops = self.ops
+        return all((held := ops.get(i)) is not None and held.status is Status.RUNNING for i in ours)
 
     async def fetch(self, ids: Iterable[str]) -> None:
         """Read these records again by id; one that is gone from the store leaves the table."""
