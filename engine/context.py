@@ -514,11 +514,18 @@ async def _iterate_fresh(
     """``_iterate`` with no done keys in order to follow (the hot path of a first attempt)."""
     done_keys, failed, skipped, new_done = ledger.done, ledger.failed, ledger.skipped, ledger.new_done
     every = ctx.profile.checkpoint_every
+    repeats = not ctx.resuming  # nothing was done before this run: a done key met again came twice in it
     for item in it:
         k = keyf(item)
         if k.__class__ is not str:
             k = ctx._key_text(k)
         if k in done_keys or k in failed or k in skipped:
+            if repeats and k in done_keys:
+                repeats = False  # said once a loop: two items with one key, or a second loop over the same keys
+                ctx.log.warning(
+                    f"item key {k!r} came again after it was done: skipped, as every later item whose key is"
+                    " done (a key names one item: two items that share one run once)"
+                )
             continue
         current[0] = ledger.current = k
         ledger.left = None

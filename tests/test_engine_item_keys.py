@@ -57,3 +57,23 @@ async def test_keys_that_are_not_strings_resume_exactly(engine: Engine, kind: st
     warnings = [r.message for r in (await engine.store.read_logs(op.id))[0] if "is not a str" in r.message]
     assert len(warnings) == 2, warnings  # once per attempt
     assert await engine.store.item_failures(op.id) == []
+
+
+@operation("test_item_keys_twice")
+async def item_keys_twice(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    ran = []
+    async for name in ctx.items(["a/README.md", "a/x.py", "b/README.md", "b/y.py"], key=lambda f: f.split("/")[1]):
+        ran.append(name)
+    async for name in ctx.items(["a/x.py"], key=lambda f: f.split("/")[1]):  # a second pass, same keys
+        ran.append(name)
+    return {"ran": ran}
+
+
+async def test_a_key_shared_by_two_items_is_said_not_skipped_in_silence(engine: Engine) -> None:
+    """Two items with one key (``key=basename`` over a tree) run once: the second was skipped as done
+    without a word, as was every item of a second loop over the same keys."""
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_item_keys_twice"))).id, timeout=20)
+    assert final.status is Status.COMPLETED and final.result["ran"] == ["a/README.md", "a/x.py", "b/y.py"]
+    warnings = [r.message for r in (await engine.store.read_logs(final.id))[0] if r.level == "warning"]
+    assert len(warnings) == 2 and all("came again after it was done" in w for w in warnings), warnings
+    assert warnings[0].startswith("item key 'README.md' came again") and "'x.py'" in warnings[1]
