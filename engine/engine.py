@@ -194,7 +194,7 @@ class Engine:
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
             # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one
-            # also counts, and breaks into a handler that holds the loop (_break_in).
+            # also counts, and breaks into a handler that holds the loop (_on_signal_now).
             signal.signal(sig, self._on_signal_now)
             signal.siginterrupt(sig, False)  # as asyncio leaves it: system calls resume after the signal
 
