@@ -13,13 +13,14 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
 from engine.models import WorkerInfo
 from engine.store import Store
-from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_cli import CLI, REPO, Cli
 from tests.fixtures_redis import RedisServer
 
 W = WorkerInfo(host="test", pid=1)
@@ -84,37 +85,29 @@ async def test_a_deep_run_of_other_types_at_the_head_is_passed_over(engine: Engi
     assert len(await engine.store.list_operations([Status.QUEUED])) == 240
 
 
-def outlast(state_dir: Path, *args: str, plugin: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": f"{REPO}:{PLUGIN}"}
-    env.pop("OUTLAST_DEBUG", None)
-    pre = ["--plugin", "outlast_example.operations"] if plugin else []
-    return subprocess.run(
-        [*CLI, *pre, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL
-    )
-
-
-def test_a_worker_without_the_plugin_leaves_its_operations_queued(state_dir: Path, tmp_path: Path) -> None:
+def test_a_worker_without_the_plugin_leaves_its_operations_queued(cli: Cli) -> None:
     """The forgotten ``--plugin``: ``outlast worker --exit-when-idle`` runs what it can, says once what
     it leaves and why, and exits; the worker that has the plugin then runs them."""
-    (tmp_path / "a.txt").write_text("one two two\n")
-    theirs = [outlast(state_dir, "submit", "wordcount", "-p", f"root={tmp_path}", plugin=True) for _ in range(2)]
-    assert all(r.returncode == 0 for r in theirs), theirs
-    mine = outlast(state_dir, "submit", "demo", "-p", "items=2", "-p", "seconds=0.01")
-    r = outlast(state_dir, "--json", "worker", "--exit-when-idle")
+    plugin = ("--plugin", "tests.ops_for_tests")
+    theirs = [cli.here(*plugin, "submit", "ledger", "-p", "items=3").stdout.strip() for _ in range(2)]
+    mine = cli.here("submit", "demo", "-p", "items=2", "-p", "seconds=0.01").stdout.strip()
+    r = cli("worker", "--exit-when-idle")
+    assert r.returncode == 0 and r.stdout.count("leaving 2 queued ledger operation(s)") == 1, r.stdout + r.stderr
+    r = cli("--json", "worker", "--exit-when-idle")
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
-    assert {"event": "passed_over", "type": "wordcount", "queued": 2} in events
-    assert json.loads(outlast(state_dir, "--json", "show", mine.stdout.strip()).stdout)["status"] == "completed"
-    for op in (t.stdout.strip() for t in theirs):
-        rec = json.loads(outlast(state_dir, "--json", "show", op).stdout)
-        assert (rec["status"], rec["epoch"], rec["error"]) == ("queued", 0, None), rec
-    plain = outlast(state_dir, "worker", "--exit-when-idle")
-    assert plain.returncode == 0 and plain.stdout.count("leaving 2 queued wordcount operation(s)") == 1, plain.stdout
-    r = outlast(state_dir, "--json", "worker", "--exit-when-idle", plugin=True)
+    assert {"event": "passed_over", "type": "ledger", "queued": 2} in events
+
+    def rec(op_id: str) -> dict[str, Any]:
+        return json.loads(cli.here(*plugin, "--json", "show", op_id).stdout)  # type: ignore[no-any-return]
+
+    assert rec(mine)["status"] == "completed"
+    for op in theirs:
+        assert (rec(op)["status"], rec(op)["epoch"], rec(op)["error"]) == ("queued", 0, None), rec(op)
+    r = cli(*plugin, "--json", "worker", "--exit-when-idle")
     assert r.returncode == 0 and "passed_over" not in r.stdout, r.stdout
-    for op in (t.stdout.strip() for t in theirs):
-        rec = json.loads(outlast(state_dir, "--json", "show", op).stdout)
-        assert rec["status"] == "completed" and rec["result"]["words"] == 3, rec
+    for op in theirs:
+        assert rec(op)["status"] == "completed" and rec(op)["result"] == {"sum": 3}, rec(op)
 
 
 @pytest.mark.redis
