@@ -108,20 +108,37 @@ class StoreHealth:
 
 
 LOG_TAIL = 1_000
-"""Records past an attempt's log limit still kept: the last ones, written when the attempt ends."""
+"""Records past an attempt's log limit still kept: the last ones, written when the attempt ends..."""
+
+TAIL_BYTES = 1 << 20
+"""...as many as fit in this many characters (or the limit, when smaller): a command's lines may each be
+a megabyte long (a line without an end, cut in pieces)."""
 
 RECORD_COST = 64
 """Bytes a log record costs beyond its message (its JSON: time, level, names), counted toward the limit."""
 
 
 class _Overflow:
-    """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept."""
+    """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept, within ``budget``
+    characters (the last characters of a record longer than that on its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
         self.records = 0
         self.size = 0
         """Characters of their messages."""
-        self.tail: deque[LogRecord] = deque(maxlen=LOG_TAIL)
+        self.tail: deque[LogRecord] = deque()
+        self.tail_size = 0
+        self.budget = budget
+
+    def keep(self, record: LogRecord) -> None:
+        self.records += 1
+        self.size += len(record.message)
+        if len(record.message) > self.budget:
+            record = record.model_copy(update={"message": record.message[-self.budget :]})
+        self.tail.append(record)
+        self.tail_size += len(record.message)
+        while len(self.tail) > LOG_TAIL or self.tail_size > self.budget:
+            self.tail_size -= len(self.tail.popleft().message)
 
 
 class LogBuffer:
@@ -176,19 +193,17 @@ class LogBuffer:
             if size <= self._limit:
                 self._size[op_id] = size
                 return False
-            over = self._over[op_id] = _Overflow()
+            over = self._over[op_id] = _Overflow(min(self._limit, TAIL_BYTES))
             self._buf[op_id].append(
                 LogRecord(
                     ts=record.ts,
                     level="warning",
                     message=f"this attempt's log reached its limit ({human_size(self._limit)}, log_limit): the"
-                    f" lines from here on are counted, not written, but for the last {LOG_TAIL:,}, written when"
-                    " the attempt ends",
+                    f" lines from here on are counted, not written, but for the last {LOG_TAIL:,} (at most"
+                    f" {human_size(over.budget)}), written when the attempt ends",
                 )
             )
-        over.records += 1
-        over.size += len(record.message)
-        over.tail.append(record)
+        over.keep(record)
         return True
 
     def end(self, op_id: str) -> None:
@@ -200,7 +215,7 @@ class LogBuffer:
         buf = self._buf[op_id]
         buf.append(
             LogRecord(
-                ts=over.tail[0].ts,
+                ts=over.tail[0].ts if over.tail else time.time(),
                 level="warning",
                 message=f"{over.records:,} log lines ({human_size(over.size)}) came past the log limit"
                 f" ({human_size(self._limit)}, log_limit): the last {len(over.tail):,} follow, the rest were not"

@@ -84,3 +84,21 @@ async def test_a_chatty_operation_is_written_in_batches_without_waiting_for_the_
         buf.append("op2", record(str(i)))
     await asyncio.sleep(0.01)
     assert sum(store.batches) == n, "a flush started while the store fails"
+
+
+async def test_past_the_limit_the_tail_kept_is_bounded_in_characters_too() -> None:
+    """A line without an end comes as pieces of a megabyte: the last 1,000 of them were 1 GB of tail (a
+    200 MB line wrote 191 MB of log past a 64 MB limit). The tail keeps at most the limit's characters
+    (1 MB when the limit is larger), and the end of a record longer than that."""
+    store = Store()
+    buf = LogBuffer(store, StoreHealth(60.0, lambda: False), EventBus(), 4096)  # type: ignore[arg-type]
+    for i in range(40):
+        buf.append("op1", record(f"{i:03d}" + "x" * 997))
+    buf.append("op1", record("y" * 10_000 + "end"))
+    buf.end("op1")
+    await buf.flush()
+    kept = sum(len(m) for m in store.messages if m[:1] in "0y")  # the records, not the two lines about them
+    assert kept <= 4096 + 4096, kept  # what fit under the limit, and the tail
+    said = [m for m in store.messages if "came past the log limit" in m]
+    assert len(said) == 1 and said[0].startswith("38 log lines (45.9K)"), said
+    assert store.messages[-1] == "y" * 4093 + "end"  # the end of the last record, within the tail's budget
