@@ -7,6 +7,7 @@ asks recovery whether Redis was emptied and restored from the mirror, and is ret
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -244,7 +245,7 @@ class RecordsMixin(RecoveryMixin):
         ]
         if types is not None and op_id is None:
             # As the records hold them; none at all would read as "any type" to the script.
-            args += [enc(t) for t in sorted(types)] or [enc("")]
+            args += _types_args(types)
         res = await self._script("CLAIM", [], args, "claiming work")
         if not res:
             return None
@@ -285,3 +286,10 @@ class RecordsMixin(RecoveryMixin):
         for k in range(0, len(refused), 4):
             op_id = refused[k].decode()
             self._refused(op_id, epochs[op_id], refused[k : k + 4])
+
+
+@functools.lru_cache(maxsize=8)
+def _types_args(types: frozenset[str]) -> tuple[str, ...]:
+    """The types a claim takes, as the records hold them; none at all would read as "any type" to the
+    claim script, so an empty set is a type no record has."""
+    return tuple(enc(t) for t in sorted(types)) or (enc(""),)

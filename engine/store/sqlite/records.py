@@ -7,6 +7,7 @@ takes the operation's flock (core), so several processes can share one state dir
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,12 @@ def _heads(typed: bool) -> str:
 
 
 _HEADS, _TYPED_HEADS = _heads(False), _heads(True)
+
+
+@functools.lru_cache(maxsize=8)
+def _types_json(types: frozenset[str]) -> str:
+    """The type list a claim filters by, as the JSON array its statement reads (the same set each claim)."""
+    return json.dumps(sorted(types))
 
 
 def _slots_full(conn: sqlite3.Connection) -> bool:
@@ -290,7 +297,7 @@ class RecordsMixin(SqliteCore):
         if types is None:
             sql, args = _HEADS, [a for rank in RANKS for a in (rank, now)]
         else:
-            of_types = json.dumps(sorted(types))
+            of_types = _types_json(types)
             sql, args = _TYPED_HEADS, [a for rank in RANKS for a in (rank, now, of_types)]
 
         def do(conn: sqlite3.Connection) -> Operation | None:
