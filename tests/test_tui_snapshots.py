@@ -30,7 +30,18 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     table = app.query_one(OperationsTable)
     panes = app.query_one(CheckpointsPane)
     # The side panes are read once the cursor has rested (SIDE_DEBOUNCE): wait for them too.
-    await wait_for(pilot, lambda: len(table.ids) == 9 and app.model.history and panes.op_id == table.selected_id)
+    await wait_for(
+        pilot,
+        lambda: (
+            len(table.ids) == 9
+            and app.model.history
+            and panes.op_id == table.selected_id
+            and panes.row_count == len(panes.shown)
+        ),
+    )
+    # Every message queued by then handled (the rows' widths are measured after they are added), then a
+    # frame: a loaded CI machine once took the picture with the checkpoint columns not yet widened.
+    await pilot.pause()
     await pilot.pause(0.3)
 
 
