@@ -499,26 +499,28 @@ class _Items(AsyncIterator[T]):
             self._leave(sys._getframe(1))
 
 
-def _iterate(
+async def _iterate(
     current: list[str | None], ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]
 ) -> AsyncGenerator[T, None]:
-    """The work of ``ctx.items``: skip what is done, mark an item done when its body finished."""
-    if ledger.order:
-        return _iterate_resumed(current, ctx, ledger, it, keyf)
-    return _iterate_fresh(current, ctx, ledger, it, keyf)
+    """The work of ``ctx.items``: skip what is done, mark an item done when its body finished.
 
-
-async def _iterate_fresh(
-    current: list[str | None], ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]
-) -> AsyncGenerator[T, None]:
-    """``_iterate`` with no done keys in order to follow (the hot path of a first attempt)."""
+    After a resume, a key equal to the next of the done keys in the order they were done (``ledger.order``)
+    is done with a string compare, no hash and no probe of a large set (the skip of 100,000 done items took
+    half the time of a resume). Any other key is looked up in the sets; so is every key once the order is
+    used up (``want`` then stays the last done key: a match is still done). A first attempt has no order
+    (``want`` None, which no key equals)."""
     done_keys, failed, skipped, new_done = ledger.done, ledger.failed, ledger.skipped, ledger.new_done
     every = ctx.profile.checkpoint_every
+    in_order = itertools.chain.from_iterable(ledger.order)
+    want = next(in_order, None)
     repeats = not ctx.resuming  # nothing was done before this run: a done key met again came twice in it
     for item in it:
         k = keyf(item)
         if k.__class__ is not str:
             k = ctx._key_text(k)
+        if k == want:
+            want = next(in_order, want)
+            continue
         if k in done_keys or k in failed or k in skipped:
             if repeats and k in done_keys:
                 repeats = False  # said once a loop: two items with one key, or a second loop over the same keys
@@ -538,41 +540,6 @@ async def _iterate_fresh(
             ctx.done += 1
         if every and ctx.done - ctx._done_at_checkpoint >= every:
             ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
-        if ctx._attention:
-            await ctx._at_boundary()
-
-
-async def _iterate_resumed(
-    current: list[str | None], ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]
-) -> AsyncGenerator[T, None]:
-    """``_iterate`` after a resume: a key equal to the next of the done keys in the order they were done
-    (``ledger.order``) is done, with no hashing and no probe of a large set (the skip of 100,000 done
-    items took half the time of a resume). Any other key is looked up as in ``_iterate_fresh``; so is
-    every key once the order is used up (``want`` then stays the last done key: a match is still done)."""
-    done_keys, failed, skipped, new_done = ledger.done, ledger.failed, ledger.skipped, ledger.new_done
-    every = ctx.profile.checkpoint_every
-    in_order = itertools.chain.from_iterable(ledger.order)
-    want = next(in_order)
-    for item in it:
-        k = keyf(item)
-        if k.__class__ is not str:
-            k = ctx._key_text(k)
-        if k == want:
-            want = next(in_order, want)
-            continue
-        if k in done_keys or k in failed or k in skipped:
-            continue
-        current[0] = ledger.current = k
-        ledger.left = None
-        yield item
-        current[0] = None
-        if ledger.current is not None:  # fail() or skip() in the body clears it: not done
-            ledger.current = None
-            done_keys.add(k)
-            new_done.append(k)
-            ctx.done += 1
-        if every and ctx.done - ctx._done_at_checkpoint >= every:
-            ctx.mark_checkpoint_due()
         if ctx._attention:
             await ctx._at_boundary()
 
