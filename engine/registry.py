@@ -218,12 +218,20 @@ def handlers() -> dict[str, HandlerSpec]:
     return dict(sorted(_HANDLERS.items()))
 
 
+_runnable: tuple[int, frozenset[str]] = (-1, frozenset())
+"""``runnable_types``' answer, and how many handlers were registered when it was made."""
+
+
 def runnable_types() -> frozenset[str]:
     """The types this process has a handler for, or can load one for (a built-in loads when first run):
     what its claims take from a shared queue. Read at each claim, since a program may register a handler
-    after its engine started."""
+    after its engine started; made again only when one was (handlers are added, never removed), so each
+    claim gets the same set and the stores' caches of its encoded form hit."""
+    global _runnable
     load_entry_points()
-    return frozenset(_HANDLERS).union(BUILTIN_TYPES)
+    if _runnable[0] != len(_HANDLERS):
+        _runnable = (len(_HANDLERS), frozenset(_HANDLERS).union(BUILTIN_TYPES))
+    return _runnable[1]
 
 
 def known_types() -> list[str]:
