@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.measure import Measurement
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from engine import Engine, Settings, open_store
 from tui.app import OutlastApp
@@ -24,6 +27,19 @@ def _app(settings: Settings) -> OutlastApp:
     return make_app(settings, engine=engine, clock=lambda: NOW, poll=3600.0)
 
 
+def _columns_fit(table: DataTable[Any]) -> bool:
+    """Each column is as wide as its widest cell: DataTable widens columns when it is next idle, after
+    the rows are added, and a busy CI machine once took the picture in between (the time shown as
+    '2026')."""
+    console = Console(width=200)
+    for column in table.ordered_columns:
+        cells = table.get_column(column.key)
+        widest = max((Measurement.get(console, console.options, cell).maximum for cell in cells), default=0)
+        if column.content_width < widest:
+            return False
+    return True
+
+
 async def _loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, OutlastApp)
@@ -37,10 +53,10 @@ async def _loaded(pilot: Pilot[Any]) -> None:
             and app.model.history
             and panes.op_id == table.selected_id
             and panes.row_count == len(panes.shown)
+            and _columns_fit(panes)
         ),
     )
-    # Every message queued by then handled (the rows' widths are measured after they are added), then a
-    # frame: a loaded CI machine once took the picture with the checkpoint columns not yet widened.
+    # Every message queued by then handled, then a frame.
     await pilot.pause()
     await pilot.pause(0.3)
 
@@ -50,7 +66,7 @@ async def _checkpoints(pilot: Pilot[Any]) -> None:
     await select(pilot, CHECKPOINTED)
     pilot.app.dashboard.action_checkpoints()  # type: ignore[attr-defined]
     pane = pilot.app.query_one(CheckpointsPane)
-    await wait_for(pilot, lambda: pane.op_id == CHECKPOINTED and len(pane.shown) == 3)
+    await wait_for(pilot, lambda: pane.op_id == CHECKPOINTED and len(pane.shown) == 3 and _columns_fit(pane))
     await pilot.pause(0.3)
 
 
