@@ -335,6 +335,7 @@ class Attempt:
             self.ctx.log.info("the handler called sys.exit(0): completed")
             await self._completed(None)
             return
+        await self._final_checkpoint()  # the items done and failed so far stay done and listed
         full = format_exception(e)
         error = f"the handler called sys.exit({e.code!r}){full[full.rfind(' (at ') :] if ' (at ' in full else ''}"
         self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
@@ -346,6 +347,9 @@ class Attempt:
         policy = ctx.profile.retry
         error = format_exception(e)
         ctx.log.error(f"attempt {op.attempt} failed: {error}")
+        # The items done and failed since the last checkpoint: a retry or resume skips those done, and
+        # ``item_failures`` lists those failed (they were counted in progress but listed nowhere).
+        await self._final_checkpoint()
         if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self.host.closing:
             delay = policy.delay(op.retries + 1, random.random())
             msg = f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}"
