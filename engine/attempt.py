@@ -237,8 +237,13 @@ class Attempt:
             await self._run()
         except Exception as e:
             log.exception("%s: internal error settling the attempt", self.op.id)
-            with contextlib.suppress(Exception):
-                await self._settle(Status.FAILED, error=f"internal error: {format_exception(e)}")
+            error = f"internal error: {format_exception(e)}"
+            try:
+                await self._settle(Status.FAILED, error=error)
+            except Exception:  # what the final progress is made of is broken too: the status without it
+                log.exception("%s: the final progress cannot be written", self.op.id)
+                with contextlib.suppress(Exception):
+                    await settle(self.host, self.op, Status.FAILED, error=error)
 
     @staticmethod
     def handler_call_code() -> CodeType:

@@ -102,9 +102,21 @@ class SeedContextMethods:
         status_message: str | None = None,
     ) -> None:
         """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here)."""
-        self.progress(
-            processed_items, total=total_items, step=current_step, message=status_message, **(performance_metrics or {})
-        )
+        try:
+            self.progress(
+                processed_items,
+                total=total_items,
+                step=current_step,
+                message=status_message,
+                **(performance_metrics or {}),
+            )
+        except ValueError as e:  # named as the caller named them
+            said = (
+                str(e)
+                .replace("ctx.progress(done=...)", "processed_items")
+                .replace("ctx.progress(total=...)", "total_items")
+            )
+            raise ValueError(said) from None
         await asyncio.sleep(0)
 
     async def save_checkpoint(

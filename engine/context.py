@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import operator
 import os
 import signal
 import sys
@@ -34,6 +35,31 @@ from .store.base import ItemDelta, Ledger
 from .text import clean
 
 T = TypeVar("T")
+
+MAX_COUNT = 2**63 - 1
+"""The largest count a store keeps (SQLite's largest integer)."""
+
+
+def count_of(value: object, what: str) -> int:
+    """``value`` as a count of items: an int from 0 to ``MAX_COUNT``, or a float with no fraction.
+
+    Anything else raises a ValueError naming ``what``, in the handler that passed it: a str stored as
+    ``done`` hung its operation in ``running`` (the final status could not be computed), and a fraction
+    or a NaN was stored, so that the record could no longer be read at all."""
+    try:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError
+            n = int(value)
+        else:
+            n = operator.index(value)  # type: ignore[arg-type]  # an int, a bool, numpy's ints
+    except (TypeError, OverflowError, ValueError):
+        raise ValueError(f"{what} must be a whole number of items, not {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{what} must be 0 or more, not {n}")
+    if n > MAX_COUNT:
+        raise ValueError(f"{what} must be at most 2**63-1, not {n}")
+    return n
 
 
 class AttemptPort(Protocol):
@@ -127,9 +153,9 @@ class OperationContext(SeedContextMethods):
         self.epoch = op.epoch
         self.profile = profile
         self.params: Any = None
-        # Progress, read by the engine's sampler.
-        self.done = 0
-        self.total: int | None = op.total_items
+        # Progress, read by the engine's sampler (``done`` and ``total`` checked when set: properties).
+        self._done = 0
+        self._total: int | None = op.total_items
         self.step: str | None = None
         self.message: str | None = None
         self.metrics: dict[str, Any] = {}
@@ -161,10 +187,10 @@ class OperationContext(SeedContextMethods):
                 "processed_items": cp.processed_items,
                 "created_at": cp.created_at,
             }
-            self.done = cp.processed_items
-            self.total = cp.total_items if cp.total_items is not None else self.total
+            self._done = cp.processed_items
+            self._total = cp.total_items if cp.total_items is not None else self._total
             self._seq = cp.seq
-        self._done_at_checkpoint = self.done
+        self._done_at_checkpoint = self._done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
         self.log = OperationLog(self._emit_log)
         self._children = Children(op.id, op.attempt, self.log.warning)
@@ -211,6 +237,24 @@ class OperationContext(SeedContextMethods):
 
     # ---- progress: O(1), no I/O ----------------------------------------------------------------
 
+    @property
+    def done(self) -> int:
+        """Items done: set by ``items()``, ``advance()`` and ``progress(done=...)``, or by hand."""
+        return self._done
+
+    @done.setter
+    def done(self, value: int) -> None:
+        self._done = count_of(value, "ctx.done")
+
+    @property
+    def total(self) -> int | None:
+        """Items in all (None: not known yet)."""
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self._total = None if value is None else count_of(value, "ctx.total")
+
     def progress(
         self,
         done: int | None = None,
@@ -221,9 +265,9 @@ class OperationContext(SeedContextMethods):
     ) -> None:
         """Report where the operation is. Raises OperationStopped outside an item when a stop is due."""
         if done is not None:
-            self.done = done
+            self._done = count_of(done, "ctx.progress(done=...)")
         if total is not None:
-            self.total = total
+            self._total = count_of(total, "ctx.progress(total=...)")
         if step is not None:
             self.step = clean(str(step))  # a file name's undecodable bytes as \xNN: stored text (text.py)
         if message is not None:
@@ -236,7 +280,9 @@ class OperationContext(SeedContextMethods):
 
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
-        self.done += n
+        if n.__class__ is not int or not 0 <= n <= 9223372036854775807:  # MAX_COUNT, without its lookup
+            n = count_of(n, "ctx.advance(n)")
+        self._done += n
         if self._stop is not None and self._ledger.current is None:
             raise OperationStopped(self._stop, checkpointed=False)
 
@@ -537,8 +583,8 @@ async def _iterate(
             ledger.current = None
             done_keys.add(k)
             new_done.append(k)
-            ctx.done += 1
-        if every and ctx.done - ctx._done_at_checkpoint >= every:
+            ctx._done += 1
+        if every and ctx._done - ctx._done_at_checkpoint >= every:
             ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
         if ctx._attention:
             await ctx._at_boundary()
@@ -557,6 +603,13 @@ def _describe(exc: BaseException) -> str:
 
 def format_exception(exc: BaseException) -> str:
     """One line for the record, the traceback's last frame included."""
-    tb = traceback.extract_tb(exc.__traceback__)
+    tb: list[traceback.FrameSummary] = traceback.extract_tb(exc.__traceback__)
+    # Raised by the context's own checks (ctx.done = "7"): the handler's line that called it, not ours.
+    while len(tb) > 1 and tb[-1].filename in _API_FILES:
+        tb = tb[:-1]
     where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
     return _describe(exc) + where
+
+
+_API_FILES = frozenset({__file__, os.path.join(os.path.dirname(__file__), "autobot.py")})
+"""The handler API's own modules (this one and the seed's methods)."""
