@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import operator
 import os
 import signal
@@ -32,7 +33,7 @@ from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
 from .store.base import ItemDelta, Ledger
-from .text import clean
+from .text import bad_text, clean, clean_json, storable
 
 T = TypeVar("T")
 
@@ -156,8 +157,8 @@ class OperationContext(SeedContextMethods):
         # Progress, read by the engine's sampler (``done`` and ``total`` checked when set: properties).
         self._done = 0
         self._total: int | None = op.total_items
-        self.step: str | None = None
-        self.message: str | None = None
+        self._step: str | None = None
+        self._message: str | None = None
         self.metrics: dict[str, Any] = {}
         self._beat = 0
         """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
@@ -169,6 +170,7 @@ class OperationContext(SeedContextMethods):
         self._checkpoint_due = False
         self._checkpoint_request: dict[str, Any] | None = None
         self._said_key_text = False
+        self._said_metrics: set[str] = set()
         self._saving = asyncio.Lock()
         """One checkpoint save at a time, in seq order: each links to the one before it (its delta's
         hash chain), and tasks of one handler checkpointing at once would otherwise race past that."""
@@ -247,6 +249,47 @@ class OperationContext(SeedContextMethods):
         self._done = count_of(value, "ctx.done")
 
     @property
+    def step(self) -> str | None:
+        """Where the handler is (shown, and the default ``next_step`` of a checkpoint)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: object) -> None:
+        # Text, whatever it was given as (ctx.step = 123 was stored, and the record could not be read back);
+        # a file name's undecodable bytes as \xNN (text.py).
+        self._step = None if value is None else clean(str(value))
+
+    @property
+    def message(self) -> str | None:
+        return self._message
+
+    @message.setter
+    def message(self, value: object) -> None:
+        self._message = None if value is None else clean(str(value))
+
+    def metrics_to_store(self) -> dict[str, Any]:
+        """``metrics`` as a record can hold them. A value JSON has no form for but a string (bytes, a
+        ``datetime``) is kept as its ``str``, NaN as null; one with none (a cycle, the context itself)
+        is left out, said once per name: it stopped every write of the record, the final status too,
+        and completed work was found interrupted and run again."""
+        metrics = self.metrics
+        try:
+            if json.dumps(metrics, allow_nan=False) and bad_text(metrics, "") is None:
+                return dict(metrics)
+        except (TypeError, ValueError, RecursionError):
+            pass
+        kept: dict[str, Any] = {}
+        for name, value in list(metrics.items()):
+            key = clean(str(name))
+            value, why = storable(value, f"metric {key!r}")
+            if why is None:
+                kept[key] = clean_json(value)
+            elif key not in self._said_metrics:
+                self._said_metrics.add(key)
+                self.log.warning(f"not stored: {why}; a metric holds JSON values only")
+        return kept
+
+    @property
     def total(self) -> int | None:
         """Items in all (None: not known yet)."""
         return self._total
@@ -269,9 +312,9 @@ class OperationContext(SeedContextMethods):
         if total is not None:
             self._total = count_of(total, "ctx.progress(total=...)")
         if step is not None:
-            self.step = clean(str(step))  # a file name's undecodable bytes as \xNN: stored text (text.py)
+            self.step = step
         if message is not None:
-            self.message = clean(str(message))
+            self.message = message
         if metrics:
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled

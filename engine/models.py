@@ -391,7 +391,10 @@ class LogRecord(BaseModel):
     @field_validator("fields")
     @classmethod
     def _fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return clean_json(v) if v else v
+        try:
+            return clean_json(v) if v else v
+        except RecursionError:  # a cycle: said in the record, not raised at the handler's log call
+            return {"fields": "not stored: they hold a cycle or nest too deep for JSON"}
 
 
 # ---- events ----------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class Watch:
             message=ctx.message,
             rate=rate,
             eta=eta,
-            metrics=dict(ctx.metrics),
+            metrics=ctx.metrics_to_store(),
             updated_at=time.time(),
         )
 
