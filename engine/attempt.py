@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -261,6 +262,8 @@ class Attempt:
             try:
                 try:
                     result = await self._handler.fn(ctx, ctx.params)
+                    while inspect.isawaitable(result):  # ``return work(ctx)`` without its await: the work
+                        result = await result  # would not have run, and the coroutine was the result
                 finally:
                     # Out of the handler, whichever way: the final checkpoint and the settle that follow are
                     # not cancelled by a force (a second Ctrl-C while they saved left the operation running).
@@ -310,10 +313,18 @@ class Attempt:
             except BaseExceptionGroup as group:  # after ``except Exception``: an ExceptionGroup is one
                 # A stop raised in tasks of an asyncio.TaskGroup: the stop wins over what its siblings raised.
                 stops, _rest = group.split(OperationStopped)
-                if stops is None:
+                if stops is not None:
+                    first = _first_leaf(stops)
+                    await self._stopped(first.reason, first.checkpointed)
+                elif group.subgroup(KeyboardInterrupt) is not None:
                     raise
-                first = _first_leaf(stops)
-                await self._stopped(first.reason, first.checkpointed)
+                else:
+                    await self._raised_base(group)
+            except KeyboardInterrupt:
+                raise  # the end of the process (a Ctrl-C where no handler for it is installed), not of the operation
+            except BaseException as e:  # the rest that is not an Exception: GeneratorExit, pytest.fail()'s
+                await self._raised_base(e)  # Failed, a library's own; it ended the engine's task, with the
+                # operation left running until this process exited
             else:
                 await self._completed(result)
             return
@@ -343,6 +354,13 @@ class Attempt:
         await self._final_checkpoint()  # the items done and failed so far stay done and listed
         full = format_exception(e)
         error = f"the handler called sys.exit({e.code!r}){full[full.rfind(' (at ') :] if ' (at ' in full else ''}"
+        self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
+        await self._settle(Status.FAILED, error=error)
+
+    async def _raised_base(self, e: BaseException) -> None:
+        """A BaseException from the handler: the operation fails (never retried: it is no error a retry mends)."""
+        await self._final_checkpoint()
+        error = format_exception(e)
         self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
         await self._settle(Status.FAILED, error=error)
 

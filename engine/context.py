@@ -638,7 +638,8 @@ def _describe(exc: BaseException) -> str:
         said = str(exc)
     except Exception as e:  # an exception whose __str__ fails: say so, not fail the attempt on it
         said = f"<str() of it failed: {type(e).__name__}>"
-    text = clean(f"{type(exc).__name__}: {said}".strip())
+    said = said.strip()
+    text = clean(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
     if len(text) > 500:
         text = text[:497] + "..."
     return text

@@ -5,7 +5,11 @@ running, then found interrupted, and with ``auto_resume`` run again into the sam
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
+
+import pytest
 
 from engine import Engine, OperationContext, OperationSpec, Status, operation
 from tests.fixtures_cli import Cli
@@ -58,3 +62,52 @@ async def test_an_exception_whose_str_fails_is_named_not_an_internal_error(engin
     assert (final.error or "").startswith("Unprintable: <str() of it failed: RuntimeError> (at "), final.error
     logs = [r.message for r in (await engine.store.read_logs(final.id))[0] if r.level == "warning"]
     assert logs == ["item failed: 1: Unprintable: <str() of it failed: RuntimeError>"], logs
+
+
+class OwnBase(BaseException):
+    """A library's own BaseException (as trio's Cancelled, or gevent's GreenletExit)."""
+
+
+async def _work(ctx: OperationContext) -> dict[str, int]:
+    async for _ in ctx.items(range(4), key=str):
+        pass
+    return {"done": ctx.done}
+
+
+@operation("test_raises_base")
+async def raises_base(ctx: OperationContext, p: Any) -> Any:
+    how = p.how
+    if how == "returns its work unawaited":
+        return _work(ctx)  # ``return await _work(ctx)`` meant: the work ran as nothing, the coroutine the result
+    await _work(ctx)
+    if how == "pytest.fail":
+        pytest.fail("the check in the handler failed")  # Failed: a BaseException
+    if how == "GeneratorExit":
+        raise GeneratorExit()
+    if how == "own BaseException":
+        raise OwnBase("stopped by the library")
+    raise BaseExceptionGroup("in a task group", [OwnBase("one"), ValueError("two")])
+
+
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [
+        ("pytest.fail", "Failed: the check in the handler failed (at "),  # pytest's own line
+        ("GeneratorExit", "GeneratorExit (at test_engine_exits.py:"),
+        ("own BaseException", "OwnBase: stopped by the library (at test_engine_exits.py:"),
+        ("group", "BaseExceptionGroup: in a task group (2 sub-exceptions) (at test_engine_exits.py:"),
+    ],
+)
+async def test_a_base_exception_from_a_handler_fails_its_operation(engine: Engine, how: str, error: str) -> None:
+    """It went past the attempt and ended the engine's task: the operation was left running until the
+    process exited (then found interrupted, and run again into the same end on resume)."""
+    op = await engine.submit(OperationSpec(type="test_raises_base", params={"how": how}))
+    final = await asyncio.wait_for(engine.wait(op.id), 20)
+    assert final.status is Status.FAILED and (final.error or "").startswith(error), final.error
+    assert final.progress.done == 4 and [c.processed_items for c in await engine.checkpoints(op.id)] == [4]
+
+
+async def test_a_coroutine_returned_by_a_handler_is_awaited(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_raises_base", params={"how": "returns its work unawaited"}))
+    final = await asyncio.wait_for(engine.wait(op.id), 20)
+    assert (final.status, final.result) == (Status.COMPLETED, {"done": 4}), (final.status, final.result)
