@@ -86,3 +86,44 @@ async def test_one_items_loop_shared_by_tasks_fails_instead_of_marking_running_i
         op = await engine.submit(OperationSpec(type="test_shared_items"))
         final = await engine.wait(op.id, timeout=20)
         assert final.status.value == "failed" and "ctx.items() is one loop" in (final.error or ""), final.error
+
+
+LEFT: list[str] = []
+"""What the task a handler left running was told, per operation."""
+KEPT: set[asyncio.Task[None]] = set()
+
+
+@operation("test_left_running")
+async def left_running(ctx: OperationContext, p: Any) -> None:
+    async def beyond() -> None:  # a task the handler starts and never awaits
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            ctx.advance()
+            try:
+                await ctx.checkpoint(now=True)
+            except Exception as e:
+                LEFT.append(f"{type(e).__name__}: {e}")
+                return
+
+    KEPT.add(asyncio.get_running_loop().create_task(beyond()))
+    await ctx.checkpoint(now=True)
+    await asyncio.sleep(0.1)
+
+
+async def test_a_task_a_handler_left_running_cannot_checkpoint_the_settled_operation(
+    any_engine: Callable[[], Engine],
+) -> None:
+    """On the local store it went on writing checkpoints of the completed operation (30 past the end);
+    had it been paused, its resume point would have moved on behind the user's back."""
+    LEFT.clear()
+    async with any_engine() as engine:
+        op = await engine.submit(OperationSpec(type="test_left_running"))
+        final = await engine.wait(op.id, timeout=20)
+        seqs = [c.seq for c in await engine.store.checkpoints(op.id)]
+        for _ in range(100):
+            if LEFT:
+                break
+            await asyncio.sleep(0.02)
+        assert [c.seq for c in await engine.store.checkpoints(op.id)] == seqs
+        assert (await engine.store.get(op.id)).checkpoint_seq == final.checkpoint_seq
+        assert len(LEFT) == 1 and LEFT[0].startswith("StaleAttempt: ") and "is completed now" in LEFT[0], LEFT

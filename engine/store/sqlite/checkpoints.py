@@ -39,15 +39,20 @@ class CheckpointsMixin(SqliteCore):
             # the op, so it is stable in this transaction) and whether the op has item failures.
             row = conn.execute(
                 "SELECT epoch, (SELECT items FROM deltas WHERE op_id=?1 AND seq=?2),"
-                " EXISTS(SELECT 1 FROM failures WHERE op_id=?1) FROM operations WHERE id=?1",
+                " EXISTS(SELECT 1 FROM failures WHERE op_id=?1), status FROM operations WHERE id=?1",
                 (cp.operation_id, cp.seq - 1),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no operation {cp.operation_id}")
-            epoch, before, had_failures = row
+            epoch, before, had_failures, status = row
             if epoch != cp.epoch:
                 raise StaleAttempt(
                     f"operation {cp.operation_id}: checkpoint from epoch {cp.epoch}, held by epoch {epoch}"
+                )
+            if status != "running":  # the attempt has settled: a task its handler left running writes on
+                raise StaleAttempt(
+                    f"operation {cp.operation_id}: attempt epoch {epoch} is over: the operation is {status} now;"
+                    " its writes are refused"
                 )
             sealed = seal(cp, delta, before if cp.seq > 1 else None, payload)
             done = sealed.checkpoint
