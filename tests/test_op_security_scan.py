@@ -12,6 +12,7 @@ import random
 import re
 import string
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ subprocess.run(["ls", "-l"])
 """,
     "deploy/azure.env": f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={S['azure']};\n",
     "svc/sa.json": f'{{"type": "service_account", "private_key_id": "{S["gcp_key_id"]}"}}\n',
-    "billing.rb": f'Stripe.api_key = "{S["stripe"]}"\n',
+    "billing #2 100%.rb": f'Stripe.api_key = "{S["stripe"]}"\n',
     "broken.py": "def f(:\n    eval(x)\n",
 }
 EXPECTED = {
@@ -106,7 +107,7 @@ EXPECTED = {
     ("web/app.js", "GitLabTokenDetector", 1),
     ("web/app.js", "SlackDetector", 5),
     ("deploy/azure.env", "AzureStorageKeyDetector", 1),
-    ("billing.rb", "StripeDetector", 1),
+    ("billing #2 100%.rb", "StripeDetector", 1),
     # bandit (its test ids), Python code
     ("config/settings.py", "B105", 2),
     ("config/settings.py", "B105", 3),
@@ -234,7 +235,9 @@ def check_sarif(sarif: dict, root: Path) -> list[dict]:
     rules = run["tool"]["driver"]["rules"]
     for r in run["results"]:
         assert rules[r["ruleIndex"]]["id"] == r["ruleId"]
-        assert (root / r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]).is_file()
+        uri = r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        assert not set(uri) & set(" #?"), uri  # a URI reference: a '#' began its fragment, a space none is
+        assert (root / urllib.parse.unquote(uri)).is_file(), uri
     return run["results"]
 
 
@@ -415,7 +418,8 @@ async def test_a_detect_secrets_baseline_silences_known_findings(engine: Engine,
     }
     known = {("web/app.js", "GitLabTokenDetector", 1), ("web/app.js", "SlackDetector", 5)}
     assert not found & known  # the baseline's secrets are quiet
-    assert ("web/app.js", "js-eval", 2) in found and ("billing.rb", "StripeDetector", 1) in found  # the rest is not
+    assert ("web/app.js", "js-eval", 2) in found  # the rest is not
+    assert ("billing #2 100%.rb", "StripeDetector", 1) in found
 
 
 def test_a_bad_baseline_is_one_line(cli: Cli, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import stat
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -152,6 +153,12 @@ def _scan_batch(
     return [scan_file(root, rel, selected, max_size, known) for rel in rels]
 
 
+def _uri(rel: str) -> str:
+    """A relative path as a SARIF uri (a URI reference): a '#' in a file name began its fragment, and
+    a space or '%' made it no URI at all, so viewers opened no file or the wrong one."""
+    return urllib.parse.quote(rel, safe="/")
+
+
 def _sort_key(f: dict) -> tuple:
     return (f["file"], f["line"], f["column"], f["rule"])
 
@@ -187,7 +194,7 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {"uri": f["file"], "uriBaseId": "SRCROOT"},
+                        "artifactLocation": {"uri": _uri(f["file"]), "uriBaseId": "SRCROOT"},
                         "region": {
                             "startLine": f["line"],
                             "startColumn": f["column"],
@@ -205,7 +212,7 @@ def sarif_report(findings: list[dict], selected: frozenset[str], root: str, fail
         {
             "level": "warning",
             "message": {"text": f"{rel}: {msg}"},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": rel, "uriBaseId": "SRCROOT"}}}],
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(rel), "uriBaseId": "SRCROOT"}}}],
         }
         for rel, msg in sorted(failures.items())
     ]
