@@ -218,14 +218,22 @@ def test_a_wheel_installed_not_editable_carries_the_built_in_themes(tmp_path: Pa
     """Installed from a wheel (pipx, pip install *.whl) the themes were missing: only tui/app.tcss was
     package data. The wheel is built and installed into a directory of its own; the dashboard runs
     headless from there and must load the three built-ins."""
+    import shutil
     import subprocess
     import sys
 
     from .conftest import REPO
 
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    # Built from a copy of the sources: built in the work tree, setuptools left a build/ there, whose
+    # stale modules (one deleted from the source stays in build/lib) would ship in the next local wheel.
+    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("engine", "tui"):
+        shutil.copytree(REPO / name, source / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
     (wheel,) = wheels.glob("outlast-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     script = """
