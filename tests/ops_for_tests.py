@@ -114,3 +114,24 @@ async def blocker(ctx: OperationContext, p: BlockerParams) -> dict:
         while time.monotonic() < end:
             pass
     return {}
+
+
+class ForkerParams(BaseModel):
+    pid_file: str
+    seconds: float = 60.0
+
+
+@operation("forker", params=ForkerParams)
+async def forker(ctx: OperationContext, p: ForkerParams) -> None:
+    """Forks a child that outlives it, as multiprocessing's default start on Linux forks each pool
+    worker; the child's pid goes to ``pid_file``."""
+    import os
+    import time
+
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(p.seconds)
+        os._exit(0)
+    Path(p.pid_file).write_text(str(pid))
+    async for _ in ctx.items(range(100_000), key=str):
+        await asyncio.sleep(0.01)

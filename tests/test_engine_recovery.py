@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -96,6 +97,34 @@ async def test_sigkill_mid_run_then_resume(settings: Settings, tmp_path: Path) -
     assert all(counts[k] == 1 for k in checkpointed), "an item before the last checkpoint was redone"
     redone = [k for k, c in counts.items() if c > 1]
     assert all(k not in checkpointed for k in redone)
+
+
+async def test_a_forked_child_does_not_keep_a_killed_workers_operation_running(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A child forked by the handler (a multiprocessing pool's worker) shared its parent's lock: with
+    the parent SIGKILLed the operation stayed running, never found orphaned, while the child lived."""
+    pid_file = tmp_path / "child.pid"
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="forker", params={"pid_file": str(pid_file)}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
+    child = 0
+    try:
+        await until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+        child = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        os.kill(child, 0)  # still alive
+        async with make_engine(settings, run_queue=False) as engine:  # opening the store finds the orphan
+            rec = await engine.get(op.id)
+            assert rec.status is Status.INTERRUPTED, rec.status
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> None:

@@ -8,6 +8,23 @@ import fcntl
 import os
 from pathlib import Path
 
+_HELD: set[int] = set()
+"""The fds of the locks this process holds, closed in any child forked from it (``_forget``)."""
+
+
+def _forget() -> None:
+    """In a child forked from this process: close its copies of the lock fds (not unlock them, which
+    would let go for the parent too). A flock belongs to the open file, which a fork shares: a child
+    (each pool worker of multiprocessing's default start on Linux) held its parent's operations on,
+    so that after the parent was killed they stayed running, never found orphaned, while it lived."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget)
+
 
 def try_lock(path: Path) -> int | None:
     """An exclusive flock on the lock file at ``path`` (made if missing): its fd, or None while
@@ -27,6 +44,7 @@ def try_lock(path: Path) -> int | None:
             return None
         try:
             if os.fstat(fd).st_nlink > 0:
+                _HELD.add(fd)
                 return fd
         except BaseException:
             os.close(fd)
@@ -38,4 +56,5 @@ def unlock(path: Path, fd: int) -> None:
     """Let go of a lock taken with ``try_lock``: delete the file while still holding it, then close."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+    _HELD.discard(fd)
     os.close(fd)
