@@ -193,3 +193,24 @@ async def test_a_claim_failing_in_a_batch_loses_none_of_the_others(state_dir: Pa
     async with Engine(store=store, settings=settings) as engine:
         finals = [await engine.wait(i, timeout=20) for i in ids]
         assert {f.status for f in finals} == {Status.COMPLETED}
+
+
+@pytest.mark.redis
+async def test_a_typed_listing_reads_types_not_whole_records(redis_server: RedisServer, state_dir: Path) -> None:
+    """An idle worker looks for its own types in the queue every 2 s while it moves: on Redis that
+    read and decoded every queued record (1,000 here; a shared queue holds far more) to find none."""
+    import redis
+
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
+    store = open_store(redis_server.url, namespace="typed", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings, run_queue=False) as engine:
+        mine = [await submit(engine, "demo") for _ in range(3)]
+        for _ in range(1000):
+            await submit(engine, "ledger")
+        client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+        client.config_resetstat()
+        found = await store.list_operations([Status.QUEUED], types=["demo"], limit=2)
+        assert [op.id for op in found] == mine[:0:-1]  # the newest two, newest first
+        assert await store.list_operations([Status.QUEUED], types=["command"], limit=1) == []
+        stats = client.info("commandstats")
+        assert stats["cmdstat_hgetall"]["calls"] == 2, stats["cmdstat_hgetall"]  # the two found only

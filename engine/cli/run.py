@@ -248,7 +248,8 @@ class QueueLook:
         """The queue depth at the last look that found none of it runnable here: not read again unchanged."""
 
     def due(self) -> bool:
-        """Whether to look again (every 2 s while idle: a queue of others' work is read whole)."""
+        """Whether to look again (every 2 s while idle: on Redis a queue of others' work is read whole,
+        by its records' type fields)."""
         return time.monotonic() >= self._next
 
     async def holds_work(self) -> bool:

@@ -75,6 +75,8 @@ class RecordsMixin(RecoveryMixin):
         )
         ids = [m.decode() for _, m in merged]
         wanted_types = set(types) if types else None
+        if wanted_types is not None:
+            ids = await self._of_types(ids, wanted_types, None if limit is None else offset + limit)
         out: list[Operation] = []
         skip = offset
         for start in range(0, len(ids), 500):
@@ -87,6 +89,26 @@ class RecordsMixin(RecoveryMixin):
                 out.append(op)
                 if limit is not None and len(out) >= limit:
                     return out
+        return out
+
+    async def _of_types(self, ids: list[str], types: set[str], enough: int | None) -> list[str]:
+        """The ``ids`` (in order) whose type is one of ``types``, until ``enough`` are found: read by their
+        type field alone. Read as whole records, an idle worker's look for its own work in a deep queue
+        of other types' decoded every record there, every two seconds while the queue moved."""
+        want = {enc(t).encode() for t in types}
+        out: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+
+            async def types_of(c: Any, chunk: list[str] = chunk) -> list[bytes | None]:
+                pipe = c.pipeline(transaction=False)
+                for i in chunk:
+                    pipe.hget(self.keys.op(i), "type")
+                return list(await pipe.execute())
+
+            out += [i for i, t in zip(chunk, await self.link.call(types_of, "listing"), strict=True) if t in want]
+            if enough is not None and len(out) >= enough:
+                return out[:enough]
         return out
 
     async def resolve(self, prefix: str) -> str:
