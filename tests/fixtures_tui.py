@@ -9,6 +9,7 @@ worker process would, so the dashboard's engine sees them as alive, not orphaned
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -199,6 +200,10 @@ async def _seed(state_dir: Path) -> Any:
         await store.save_live(
             [(op.id, claimed.epoch, {"progress": progress.model_dump(mode="json"), "deadline": started + 3600})]
         )
+    # The store takes checkpoints of running operations only: the paused one's are written as they were
+    # while it ran (its status column set back after), so that its record stays exactly as seeded.
+    paused = sqlite3.connect(state_dir / "outlast.db", isolation_level=None)
+    paused.execute("UPDATE operations SET status='running' WHERE id=?", (CHECKPOINTED,))
     for op_id, total, per, steps, at in (
         (CHECKPOINTED, 12000, 1800, ("copy", "copy", "verify"), NOW - 2400),
         (SELECTED, 412, 30, ("tests/test_api.py", "tests/test_store.py"), NOW - 40),
@@ -217,6 +222,8 @@ async def _seed(state_dir: Path) -> Any:
                 next_step=step,
             )
             await store.save_checkpoint(cp, ItemDelta(), keep=5)
+    paused.execute("UPDATE operations SET status='paused' WHERE id=?", (CHECKPOINTED,))
+    paused.close()
     await store.append_logs(
         SELECTED,
         [
