@@ -156,7 +156,7 @@ def _scan_batch(
 def _uri(rel: str) -> str:
     """A relative path as a SARIF uri (a URI reference): a '#' in a file name began its fragment, and
     a space or '%' made it no URI at all, so viewers opened no file or the wrong one."""
-    return urllib.parse.quote(rel, safe="/")
+    return urllib.parse.quote(os.fsencode(rel), safe="/")  # a name's bytes that are not UTF-8 as %NN
 
 
 def _sort_key(f: dict) -> tuple:
