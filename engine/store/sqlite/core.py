@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_handles, init_schema,
 from .worker import SqliteWorker
 
 T = TypeVar("T")
+
+log = logging.getLogger("outlast.store")
 
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 """SQLite's primary result codes for a damaged database file."""
@@ -45,6 +48,8 @@ class SqliteCore:
         """The operations this process holds a lock on: operation id -> the lock file's fd."""
         self._log_locks: dict[str, asyncio.Lock] = {}
         self._opened = 0
+        self._file: tuple[int, int] | None = None
+        """The database file this store opened (device, inode): what every write checks is still there."""
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -131,6 +136,9 @@ class SqliteCore:
             conn.text_factory = _lenient_text
             self._conn = conn
             self.worker.conn = conn
+            st = os.stat(self.db_path)
+            self._file = (st.st_dev, st.st_ino)
+            self.worker.guard = self._same_file
             if conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
                     raise sqlite3.DatabaseError("it holds other tables than Outlast's")
@@ -155,6 +163,52 @@ class SqliteCore:
             )
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
             ensure_handles(conn)
+
+    def _same_file(self, write: bool) -> None:
+        """Whether ``outlast.db`` is still the file this store opened, checked before each job (one ``stat``).
+
+        Deleted with its state dir, or replaced (a backup restored over it), the file SQLite has open is
+        one nobody reads again: a run "completed" there was found nowhere, and a worker's look for work
+        saw none of what was submitted since. Holding no operation, this store opens the file now at the
+        path (made anew if there is none), as a process starting now would. Holding some, their records
+        are in the file it has: a write is refused (the engine's store outage: the attempts stop as
+        interrupted, said in one line), a read still answers from it; the file put back lets writes go on."""
+        try:
+            st = os.stat(self.db_path)
+            what = None if (st.st_dev, st.st_ino) == self._file else "replaced by another file"
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:
+            return  # unreadable for another reason: SQLite's own access says what
+        if what is None:
+            return
+        if not self._held:
+            self._reopen(what)
+        elif write:
+            raise StoreError(
+                f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
+                f" with {len(self._held)} operation(s) running; nothing more is written to the one it has"
+            )
+
+    def _reopen(self, what: str) -> None:
+        """Open the database file now at the path in place of the one this store had (see _same_file)."""
+        old, old_file = self._conn, self._file
+        self._conn = None
+        try:
+            self._open_sync()
+        except BaseException:
+            self._conn, self._file = old, old_file
+            self.worker.conn = old
+            raise
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        log.warning(
+            "state dir %s: %s was %s while this process had it open; using the one there now",
+            self.state_dir,
+            self.db_path.name,
+            what,
+        )
 
     def _create_db(self) -> None:
         """A new database, built beside the path and linked into place whole: a process that finds
@@ -193,6 +247,7 @@ class SqliteCore:
         for op_id in list(self._held):
             self._unlock(op_id)
         worker, self._worker = self._worker, None
+        worker.guard = None  # closing it must not open the file now at the path (_same_file)
         conn, self._conn = self._conn, None
         if conn is not None:
             await worker.run(conn.close)

@@ -75,6 +75,9 @@ class SqliteWorker:
         """Commits since the WAL was last folded in completely."""
         self._failing = False
         """The last write failed in SQLite (a full disk, an I/O error): fold nothing in until one commits."""
+        self.guard: Callable[[bool], None] | None = None
+        """Run on the thread before each job, with whether it writes (the store's check that its database
+        file is still the one at its path): what it raises fails a write group unwritten; a read goes on."""
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -109,6 +112,9 @@ class SqliteWorker:
             if job is None:
                 return
             if not job.write:
+                if self.guard is not None:
+                    with contextlib.suppress(Exception):
+                        self.guard(False)
                 _deliver([(job, *_attempt(job.fn, *job.args))])
                 continue
             group = [job]
@@ -158,11 +164,13 @@ class SqliteWorker:
     def _commit(self, group: list[_Job]) -> list[_Job]:
         """Run ``group`` in one transaction and deliver every job's outcome; return the jobs that did not
         run because the transaction was lost before their turn (the caller runs them in the next group)."""
-        conn = self.conn
-        assert conn is not None
         try:
+            if self.guard is not None:
+                self.guard(True)
+            conn = self.conn
+            assert conn is not None
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
+        except Exception as e:
             self._failing = True
             self._lose(group, e)
             return []

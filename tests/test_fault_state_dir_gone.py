@@ -1,0 +1,152 @@
+"""Fault suite: the state dir deleted, or replaced by a restored copy, under a running process.
+
+SQLite goes on with the database file it has open, which nobody reads again once the path names
+another file (or none): a run "completed" there was found nowhere, and an idle worker's look for work
+saw none of what was submitted since. Checked with real processes: a foreground run whose state dir is
+deleted mid-run exits 8 with one line naming it (not 0 with its result stored nowhere); an idle worker
+serves the state dir made anew after its deletion; and in process, a store holding nothing follows a
+restored copy put in place, while one holding a running operation refuses to write it elsewhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import WorkerInfo, open_store
+from engine.exitcodes import ExitCode
+from engine.models import Checkpoint, NotFound, Operation, Status, StoreError, new_id
+from engine.store.base import ItemDelta
+from tests.fixtures_cli import Cli
+
+
+class _CliAt(Cli):
+    def __init__(self, state_dir: Path, **env: str) -> None:
+        super().__init__(state_dir)
+        self.extra = env
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "OUTLAST_STATE_DIR": str(self.state_dir), **self.extra}
+
+
+def _record() -> Operation:
+    now = time.time()
+    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+
+
+def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cli = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
+    try:
+        proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
+        proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
+        shutil.rmtree(state)
+        assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
+        err = [ln for ln in proc.err if ln.strip()]
+        assert len(err) == 1 and "outlast.db was deleted while this process had it open" in err[0], err
+        assert not any("Traceback" in ln for ln in proc.err)
+    finally:
+        cli.close()
+
+
+def test_an_idle_worker_serves_the_state_dir_made_after_it_was_deleted(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cli = _CliAt(state)
+    try:
+        worker = cli.start("worker", "-c", "1")
+        first = cli("-q", "submit", "demo", "-p", "items=3", "-p", "seconds=0.01")
+        assert first.returncode == 0, first.stderr
+        cli.wait_status(first.stdout.strip(), {"completed"})
+        shutil.rmtree(state)
+        second = cli("-q", "submit", "demo", "-p", "items=3", "-p", "seconds=0.01")
+        assert second.returncode == 0, second.stderr
+        # Before: the worker looked for work in the deleted file, and this one stayed queued for good.
+        cli.wait_status(second.stdout.strip(), {"completed"}, timeout=30)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == ExitCode.OK, worker.err
+        said = [ln for ln in worker.err if ln.strip()]
+        # Deleted, or already made anew by the submit when the worker looked: either is said, once.
+        assert len(said) == 1 and "outlast.db was" in said[0] and "using the one there now" in said[0], said
+    finally:
+        cli.close()
+
+
+def _restorable_copy(state: Path, to: Path) -> None:
+    """A consistent copy of the state dir (its database through SQLite's backup), as a backup tool makes."""
+    to.mkdir()
+    for sub in ("logs", "locks"):
+        (to / sub).mkdir()
+    src = sqlite3.connect(state / "outlast.db")
+    dst = sqlite3.connect(to / "outlast.db")
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+
+
+def _put_in_place(copy: Path, state: Path) -> None:
+    shutil.rmtree(state)
+    copy.rename(state)
+
+
+async def test_a_store_holding_nothing_follows_a_copy_restored_in_place(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        kept = _record()
+        await store.create(kept)
+        _restorable_copy(state, tmp_path / "copy")
+        later = _record()
+        await store.create(later)
+        _put_in_place(tmp_path / "copy", state)
+        # Reads and writes go to the restored file: the record made after the copy is not there.
+        assert (await store.get(kept.id)).id == kept.id
+        with pytest.raises(NotFound):
+            await store.get(later.id)
+        again = _record()
+        await store.create(again)
+    finally:
+        await store.close()
+    fresh = open_store(state)
+    await fresh.open()
+    try:
+        assert {o.id for o in await fresh.list_operations()} == {kept.id, again.id}
+    finally:
+        await fresh.close()
+
+
+async def test_a_store_running_an_operation_refuses_to_write_it_to_a_file_nobody_reads(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        op = _record()
+        await store.create(op)
+        claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
+        assert claimed is not None
+        _restorable_copy(state, tmp_path / "copy")
+        _put_in_place(tmp_path / "copy", state)
+        cp = Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
+        with pytest.raises(StoreError, match=r"outlast\.db was replaced by another file .* 1 operation"):
+            await store.save_checkpoint(cp, ItemDelta(done=["a"]), 1)
+        with pytest.raises(StoreError, match="replaced"):
+            await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch)
+        # Reads answer from the file it has: its running operation is there.
+        assert (await store.get(op.id)).status == Status.RUNNING
+    finally:
+        await store.close()
+    restored = open_store(state)
+    await restored.open()
+    try:
+        assert (await restored.get(op.id)).status == Status.RUNNING  # as the copy had it: nothing written there
+        assert await restored.checkpoints(op.id) == []
+    finally:
+        await restored.close()
