@@ -132,3 +132,21 @@ def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tm
     for _ in range(2):
         rc, heavy, out = loaded_after(["ls"], env)
         assert rc == 8 and "pydantic" in heavy, out
+
+
+def test_ctrl_c_while_outlast_starts_is_one_line_not_a_traceback(cli: Cli) -> None:
+    """Ctrl-C pressed as the command starts lands in the import of the command line (about 0.1 s of
+    it), before ``root.main`` maps it to one line: it printed a traceback. The interrupt is raised by an
+    import hook at that very import, so the test does not depend on timing a signal."""
+    code = (
+        "import sys\n"
+        "class Stop:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'engine.cli.root':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "from engine.cli import main\n"
+        "main(['ls'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli.env, cwd=REPO)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "outlast: stopped\n", "")

@@ -18,8 +18,13 @@ from typing import Any
 def main(argv: list[str] | None = None) -> None:
     """The ``outlast`` console script (see ``root.main``)."""
     _closed_stdio_to_devnull()
-    from .root import main as run
+    try:
+        from .root import main as run
+    except KeyboardInterrupt:  # Ctrl-C as it starts: before root.main can say it in one line
+        import sys
 
+        print("outlast: stopped", file=sys.stderr)
+        raise SystemExit(130) from None  # ExitCode.WATCH_STOPPED, as root.main exits on Ctrl-C
     run(argv)
 
 
