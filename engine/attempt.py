@@ -34,6 +34,7 @@ from .models import (
     Event,
     ItemFailed,
     LogRecord,
+    NotFound,
     Operation,
     StaleAttempt,
     Status,
@@ -478,7 +479,7 @@ async def settle(
                         claim = host.hand_over()  # queued right behind the write: one transaction
                     await write
                     break
-                except (StaleAttempt, Conflict) as e:
+                except (StaleAttempt, Conflict, NotFound) as e:  # NotFound: the record is gone (deleted)
                     log.warning("%s: final status %s not written: %s", op.id, status.value, e)
                     await _release(host, op)
                     return

@@ -5,11 +5,14 @@ another file (or none): a run "completed" there was found nowhere, and an idle w
 saw none of what was submitted since. Checked with real processes: a foreground run whose state dir is
 deleted mid-run exits 8 with one line naming it (not 0 with its result stored nowhere); an idle worker
 serves the state dir made anew after its deletion; and in process, a store holding nothing follows a
-restored copy put in place, while one holding a running operation refuses to write it elsewhere.
+restored copy put in place, while one holding a running operation refuses to write it elsewhere. And
+an operation's row deleted by hand under its attempt ends the attempt (a checkpoint raised NotFound into
+the handler; a final status logged an internal error with a traceback).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import sqlite3
@@ -18,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import WorkerInfo, open_store
+from engine import Engine, OperationSpec, WorkerInfo, load_settings, open_store
 from engine.exitcodes import ExitCode
-from engine.models import Checkpoint, NotFound, Operation, Status, StoreError, new_id
+from engine.models import Checkpoint, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
 from engine.store.base import ItemDelta
 from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
 
 
 class _CliAt(Cli):
@@ -150,3 +154,41 @@ async def test_a_store_running_an_operation_refuses_to_write_it_to_a_file_nobody
         assert await restored.checkpoints(op.id) == []
     finally:
         await restored.close()
+
+
+async def test_a_checkpoint_of_an_operation_deleted_by_hand_ends_its_attempt(tmp_path: Path) -> None:
+    """Its row deleted under a running attempt (``outlast rm`` refuses a running one; by hand it is not):
+    the checkpoint raised NotFound into the handler, taken as its own failure; now the attempt is over."""
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        op = _record()
+        await store.create(op)
+        claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
+        assert claimed is not None
+        with sqlite3.connect(state / "outlast.db") as conn:
+            conn.execute("DELETE FROM operations WHERE id=?", (op.id,))
+        cp = Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
+        with pytest.raises(StaleAttempt, match="the operation is gone from the store"):
+            await store.save_checkpoint(cp, ItemDelta(done=["a"]), 1)
+    finally:
+        await store.close()
+
+
+async def test_a_final_status_of_an_operation_deleted_by_hand_is_a_warning_not_an_internal_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(state_dir=tmp_path / "state", plugins=["tests.ops_for_tests"], grace_period=2.0)
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        spec = OperationSpec(
+            type="ledger", params={"items": 60, "seconds": 0.01}, profile={"checkpoint_interval": 3600}
+        )
+        op = await engine.submit(spec)
+        await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 5)
+        with sqlite3.connect(settings.state_dir / "outlast.db") as conn:
+            conn.execute("DELETE FROM operations WHERE id=?", (op.id,))
+        await until(lambda: op.id not in engine.running_ids, timeout=20)
+    said = [r for r in caplog.records if r.name.startswith("outlast")]
+    assert not [r for r in said if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in said]
+    assert any("not written" in r.getMessage() for r in said), [r.getMessage() for r in said]

@@ -185,6 +185,57 @@ async def test_engine_runs_pauses_resumes_on_redis(
         assert [o.id for o in await engine.list(statuses=[Status.COMPLETED], types=["ledger"])] == [op.id]
 
 
+async def test_a_write_of_an_attempt_whose_record_is_gone_is_refused_as_a_lost_attempt(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """The store's side of it: a checkpoint or final status of a held attempt whose record is gone raises
+    StaleAttempt (the attempt is over), not NotFound (which the engine took for the handler's own error);
+    a control write of an operation that is gone is still NotFound."""
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        store = engine.store
+        op_id = await submit(engine)
+        op = await store.claim(W, time.time(), 300.0, op_id=op_id)
+        assert op is not None
+        redis_server.client().flushall()
+        cp = Checkpoint(operation_id=op_id, seq=1, epoch=op.epoch, created_at=time.time())
+        with pytest.raises(StaleAttempt, match="the operation is gone from the store"):
+            await store.save_checkpoint(cp, ItemDelta(done=["x"]), keep=5)
+        with pytest.raises(StaleAttempt):  # refused from now on without asking Redis
+            await store.transition(op_id, Status.COMPLETED, epoch=op.epoch, expect=frozenset({Status.RUNNING}))
+        other = await submit(engine)
+        held = await store.claim(W, time.time(), 300.0, op_id=other)
+        assert held is not None
+        redis_server.client().flushall()
+        with pytest.raises(StaleAttempt, match="the operation is gone from the store"):
+            await store.transition(other, Status.COMPLETED, epoch=held.epoch, expect=frozenset({Status.RUNNING}))
+        with pytest.raises(NotFound):
+            await engine.cancel(other)
+
+
+async def test_an_operation_deleted_from_redis_while_it_runs_ends_its_attempt_without_an_internal_error(
+    redis_server: RedisServer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis emptied under a running attempt (FLUSHALL with no mirror, keys evicted or deleted): its next
+    checkpoint found the record missing and raised NotFound into the handler, whose failure path saved
+    again and settled with "internal error settling the attempt" and a traceback in the log. Now it is
+    a lost attempt, as after a lost lease: it stops and writes nothing more, and no internal error. (A
+    long lease: the next heartbeat, which would notice it first, is far off; the next checkpoint is not.)"""
+    async with Engine(store=store_for(redis_server, lease_ttl=120.0), settings=settings) as engine:
+        spec = OperationSpec(
+            type="ledger", params={"items": 10_000, "seconds": 0.002}, profile={"checkpoint_interval": 0.05}
+        )
+        op = await engine.submit(spec)
+        await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 20)
+        caplog.clear()
+        redis_server.client().flushall()
+        await until(lambda: op.id not in engine.running_ids, timeout=20)
+        with pytest.raises(NotFound):
+            await engine.get(op.id)
+    said = [r for r in caplog.records if r.name.startswith("outlast")]
+    assert not [r for r in said if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in said]
+    assert any("the operation is gone from the store" in r.getMessage() for r in said), [r.getMessage() for r in said]
+
+
 async def test_logs_are_a_capped_stream_read_by_offset(redis_server: RedisServer, settings: Settings) -> None:
     async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
         op_id = await submit(engine)

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from ...models import Checkpoint, ItemFailure, NotFound, validate_id
+from ...models import Checkpoint, ItemFailure, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
 from .recovery import RecoveryMixin
@@ -77,7 +77,8 @@ class CheckpointsMixin(RecoveryMixin):
             res = await self._script("SAVE_CHECKPOINT", keys, args, what)
             tag = res[0].decode()
         if tag == "missing":
-            raise NotFound(f"no operation {op_id}")
+            self._last_delta.pop(op_id, None)
+            raise self._gone(op_id, cp.epoch)
         if tag == "fenced":
             self._last_delta.pop(op_id, None)
             raise self._refused(op_id, cp.epoch, res)

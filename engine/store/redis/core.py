@@ -105,6 +105,15 @@ class RedisCore:
         self._lose(op_id, epoch, reason)
         return StaleAttempt(f"operation {op_id}: attempt epoch {epoch} {reason}; its writes are refused")
 
+    def _gone(self, op_id: str, epoch: int) -> StaleAttempt:
+        """A write of this process's attempt found its operation's record gone (Redis emptied with no mirror
+        to restore from, the keys deleted or evicted): the attempt is over, as when its lease is lost. It
+        was NotFound, which the handler's checkpoint raised as its own error and the engine logged with a
+        traceback as an internal one."""
+        reason = "is over: the operation is gone from the store"
+        self._lose(op_id, epoch, reason)
+        return StaleAttempt(f"operation {op_id}: attempt epoch {epoch} {reason}; its writes are refused")
+
     def _lose(self, op_id: str, epoch: int, reason: str) -> None:
         """This process's attempt no longer holds the operation: refuse its writes from now on, tell the engine."""
         if self._held.get(op_id) != epoch or op_id in self._settling:

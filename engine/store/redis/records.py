@@ -176,6 +176,8 @@ class RecordsMixin(RecoveryMixin):
             res = await self._script("WRITE", keys, args, what)
             tag = res[0].decode()
         if tag == "missing":
+            if token and epoch is not None:
+                raise self._gone(op_id, epoch)
             raise NotFound(f"no operation {op_id}")
         if tag == "fenced" and epoch is not None:
             raise self._refused(op_id, epoch, res)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ...models import Checkpoint, ItemFailure, NotFound, StaleAttempt, validate_id
+from ...models import Checkpoint, ItemFailure, StaleAttempt, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
 from .core import SqliteCore
@@ -42,8 +42,11 @@ class CheckpointsMixin(SqliteCore):
                 " EXISTS(SELECT 1 FROM failures WHERE op_id=?1), status FROM operations WHERE id=?1",
                 (cp.operation_id, cp.seq - 1),
             ).fetchone()
-            if row is None:
-                raise NotFound(f"no operation {cp.operation_id}")
+            if row is None:  # deleted under its attempt (by hand: `outlast rm` refuses a running one)
+                raise StaleAttempt(
+                    f"operation {cp.operation_id}: attempt epoch {cp.epoch} is over: the operation is gone from the"
+                    " store; its writes are refused"
+                )
             epoch, before, had_failures, status = row
             if epoch != cp.epoch:
                 raise StaleAttempt(
