@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine.cli.format as cli_format
 import tui.format as tui_format
@@ -52,3 +54,20 @@ def test_duration_count_size() -> None:
     assert [humanize.duration(s) for s in (None, 42, 185, 7380, 277200)] == ["-", "42s", "3m05s", "2h03m", "3d05h"]
     assert [humanize.count(n) for n in (None, 999, 1234, 12_345, 3_400_000)] == ["?", "999", "1.2k", "12k", "3.4M"]
     assert [humanize.size(n) for n in (None, 512, 12_595, 4_718_592)] == ["-", "512B", "12.3K", "4.5M"]
+
+
+_WIDE_AND_MARKS = st.text(
+    st.sampled_from(["a", "Z", "7", "名", "前", "한", "ｶ", "\u0301", "\u0308", "é", " "]), max_size=12
+)
+
+
+@given(st.lists(st.tuples(_WIDE_AND_MARKS, _WIDE_AND_MARKS), min_size=1, max_size=6))
+def test_table_columns_line_up_in_terminal_columns_whatever_the_script(rows: list[tuple[str, str]]) -> None:
+    """Padded by ``len``, a name in Chinese pushed the columns after it out of line (``outlast ls``): the
+    column after each cell starts at the same terminal column on every line (counted by rich, not by the
+    function under test)."""
+    from rich.cells import cell_len
+
+    lines = cli_format.table(["NAME", "NOTE", "END"], [[a, b, "|"] for a, b in rows]).splitlines()
+    starts = {cell_len(line[: line.rindex("|")]) for line in lines[1:]}
+    assert len(starts) == 1, lines

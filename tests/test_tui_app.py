@@ -746,3 +746,26 @@ async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the
         await pilot.press("plus")
         await wait_for(pilot, lambda: any(s.startswith("priority normal") for s in said))
         assert (await app.engine.get(queued)).priority is Priority.NORMAL
+
+
+async def test_a_name_in_wide_characters_keeps_its_row_in_line_with_the_others(tui_settings: Settings) -> None:
+    """A name in Chinese was cut to the column's width and then padded by ``len``: its row came out that
+    many columns wider than the table, and its last column (the priority) was cut off the screen."""
+    from rich.cells import cell_len
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        wide = await engine.submit(OperationSpec(type="ledger", name="名前" * 30, params={"items": 5}))
+        plain = await engine.submit(OperationSpec(type="ledger", name="plain", params={"items": 5}))
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: {wide.id, plain.id} <= set(table.ids))
+        width = table.scrollable_content_region.width
+        lines = {}
+        for op_id in (wide.id, plain.id):
+            strip = table.render_line(table.ids.index(op_id) + 1)
+            lines[op_id] = "".join(seg.text for seg in strip)
+            assert strip.cell_length == width
+        ends = {op_id: cell_len(line[: line.rindex("normal")]) for op_id, line in lines.items()}
+        assert ends[wide.id] == ends[plain.id], lines

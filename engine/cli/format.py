@@ -99,16 +99,27 @@ def log_line(rec: LogRecord) -> str:
     return f"{clock(rec.ts)} {printable(rec.level.upper()):<7} {printable(rec.message)}"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
-    """Columns padded to their widest cell; the last column is not padded."""
-    rows = [[printable(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+def cells(text: str) -> int:
+    """The columns a terminal gives ``text``: East Asian wide and fullwidth characters (CJK, most emoji)
+    take two, combining marks and format characters (a zero-width joiner) none. Padded by ``len``, a
+    name in Chinese pushed every column after it out of line."""
+    if text.isascii():
+        return len(text)
+    from unicodedata import category, east_asian_width
 
-    def fmt(cells: Sequence[str]) -> str:
+    return sum(0 if category(ch) in ("Mn", "Me", "Cf") else 2 if east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    """Columns padded to their widest cell (in terminal columns); the last column is not padded."""
+    rows = [[printable(c) for c in r] for r in rows]
+    widths = [max([cells(h)] + [cells(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def fmt(row: Sequence[str]) -> str:
         out = []
-        for i, c in enumerate(cells):
-            last = i == len(cells) - 1
-            out.append(c.rjust(widths[i]) if i in right else (c if last else c.ljust(widths[i])))
+        for i, c in enumerate(row):
+            pad = " " * (widths[i] - cells(c))
+            out.append(pad + c if i in right else (c if i == len(row) - 1 else c + pad))
         return "  ".join(out).rstrip()
 
     return "\n".join([fmt(headers), *(fmt(r) for r in rows)])

@@ -363,8 +363,11 @@ class OperationsTable(ScrollView, can_focus=True):
                 out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
             value, style = self._cell(col.key, op, p, now)
+            if col.key in ("name", "type"):  # exactly w columns: ljust would count a CJK character as one
+                out.append((set_cell_size(value, w), style))
+                continue
             if col.key != "handle":  # a handle past 99,999 widens its row rather than show another number
-                value = set_cell_size(value, w) if col.key in ("name", "type") else value[:w]
+                value = value[:w]
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
         return out
 
