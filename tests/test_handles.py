@@ -84,6 +84,40 @@ async def test_a_store_made_before_handles_gets_them_for_new_operations(tmp_path
         await store.close()
 
 
+async def test_a_store_made_before_the_status_index_gets_it_and_lists_a_status_newest_first_by_it(
+    tmp_path: Path,
+) -> None:
+    """The newest of one status (a dashboard's look at the queue, ``outlast ls -s queued``) sorted every
+    record of that status first: 360 ms for the newest 100 of 100,000 queued. A store made before the
+    index gets it when opened; the listing reads it in order (SQLite's plan names it, and no sort)."""
+    state = tmp_path / "state"
+    store = LocalStore(state)
+    await store.open()
+    made = [new_op() for _ in range(5)]
+    for op in made:
+        await store.create(op)
+    await store.close()
+    with sqlite3.connect(state / "outlast.db") as conn:  # as an older version left it
+        conn.execute("DROP INDEX ops_status_created")
+    store = LocalStore(state)
+    await store.open()
+    try:
+        newest = await store.list_operations(statuses=[Status.QUEUED], limit=3)
+        assert [o.id for o in newest] == [o.id for o in made[::-1][:3]]
+    finally:
+        await store.close()
+    with sqlite3.connect(state / "outlast.db") as conn:
+        plan = " ".join(
+            row[-1]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM operations WHERE status IN (?) ORDER BY created_at DESC, id DESC"
+                " LIMIT 3",
+                ("queued",),
+            )
+        )
+    assert "ops_status_created" in plan and "TEMP B-TREE" not in plan, plan
+
+
 def test_ls_shows_handles_and_commands_take_them(cli: Cli) -> None:
     ids = [cli("submit", "demo", "-p", "items=1").stdout.strip() for _ in range(2)]
     header, *rows = cli("ls").stdout.splitlines()

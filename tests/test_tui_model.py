@@ -236,3 +236,96 @@ def _counts_with(counts: dict[Status, int], status: Status, more: int) -> Any:
         return {**counts, status: counts.get(status, 0) + more}
 
     return counted
+
+
+async def test_the_counts_the_model_keeps_as_records_change_are_those_of_a_count_done_now(
+    settings: Settings,
+) -> None:
+    """``active``, ``running``, the queue per priority and the counts per status are kept as records
+    come, change and go (a pass over 100,000 queued ones every second kept a core busy): after each of
+    a seeded random run of reads (newer, older, the same, of records the store no longer has), they are
+    what a count of the held records gives."""
+    import random
+    from collections import Counter
+
+    from engine.models import new_id
+
+    seed = random.SystemRandom().randrange(2**32)
+    rnd = random.Random(seed)
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        model = OperationsModel(engine)
+        ids = [new_id() for _ in range(12)]
+        for step in range(1500):
+            op_id = rnd.choice(ids)
+            if rnd.random() < 0.1:
+                await model.fetch({op_id})  # the store has none of them: each read drops it
+            else:
+                op = Operation(
+                    id=op_id,
+                    type="ledger",
+                    status=rnd.choice(list(Status)),
+                    priority=rnd.choice(list(Priority)),
+                    created_at=0,
+                    queued_at=0,
+                    updated_at=rnd.randrange(step // 2, step + 1),  # older reads come too
+                )
+                model.keep(op)
+            held = model.ops.values()
+            where = f"seed {seed}, step {step}"
+            assert model.active == {o.id for o in held if o.status in (Status.QUEUED, Status.RUNNING)}, where
+            assert model.running == {o.id for o in held if o.status is Status.RUNNING}, where
+            depth = Counter(o.priority for o in held if o.status is Status.QUEUED)
+            assert model.queue_depth() == {p: depth.get(p, 0) for p in Priority}, where
+            assert model.counts() == dict(Counter(o.status for o in held)), where
+
+
+async def test_a_full_read_is_not_followed_by_a_second_read_of_the_whole_queue(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every record was just read, the queue with it: the next poll reads the newest queued, not the whole
+    queue again (with 100,000 queued, that second read took as long as the first, 7 s)."""
+    import tui.model
+
+    monkeypatch.setattr(tui.model, "QUEUED_RECENT", 5)
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        for i in range(12):
+            await engine.submit({"type": "ledger", "name": f"q{i}", "params": {"items": 1}})
+        model = OperationsModel(engine)
+        assert await model.reload_all()
+        assert len(model.active) == 12
+        read: list[tuple[list[Status], int | None]] = []
+        listing = engine.list_operations
+
+        async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
+            read.append((list(statuses or []), kw.get("limit")))
+            return await listing(statuses, **kw)
+
+        monkeypatch.setattr(engine, "list_operations", counted)
+        await model.poll()  # the first poll: its ten-second look at the store's counts is due
+        assert ([Status.QUEUED], None) not in read and ([Status.QUEUED], 5) in read, read
+        assert len(model.active) == 12
+
+
+async def test_the_all_operations_log_reads_the_running_and_the_recent_not_every_queued_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logs pane's all-operations mode read every queued operation's log each second: 100,000 reads
+    with a queue of 100,000. The running ones and the ALL_LOGS_OPS updated last are read."""
+    import tui.model
+
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        for i in range(tui.model.ALL_LOGS_OPS + 15):
+            await engine.submit({"type": "ledger", "name": f"q{i}", "params": {"items": 1}})
+        model = OperationsModel(engine)
+        assert await model.reload_all()
+        logs_read: list[str] = []
+        reading = engine.logs
+
+        async def counted(op_id: str, *args: Any, **kw: Any) -> Any:
+            logs_read.append(op_id)
+            return await reading(op_id, *args, **kw)
+
+        monkeypatch.setattr(engine, "logs", counted)
+        await model.all_logs({})
+        assert len(logs_read) == tui.model.ALL_LOGS_OPS
+        assert set(logs_read) == {o.id for o in model.recent(tui.model.ALL_LOGS_OPS)}

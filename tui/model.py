@@ -14,6 +14,7 @@ Built for 10,000 operations with 100 of them reporting progress:
 from __future__ import annotations
 
 import gc
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import (
-    ACTIVE,
     Checkpoint,
     CheckpointSaved,
     Engine,
@@ -91,7 +91,13 @@ class OperationsModel:
         self.engine = engine
         self.ops: dict[str, Operation] = {}
         self.active: set[str] = set()
-        """Queued or running: the running and the newest queued polled every second, the rest every STOPPED_POLL."""
+        """Queued or running: the running and the newest queued polled every second, the rest every STOPPED_POLL.
+        Kept as records come, change and go (as ``_counts``), never rebuilt: a pass over 100,000 queued
+        ones each second kept a core busy."""
+        self.running: set[str] = set()
+        """The running ones among them."""
+        self._depth: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        """Queued operations held per priority."""
         self.refetch: set[str] = set()
         """Named by an event or an action: read again by id at the next frame."""
         self.checkpointed: set[str] = set()
@@ -141,12 +147,9 @@ class OperationsModel:
             self.structure_dirty = True
             self.moved.add(op.id)
         if old is not None:
-            self._counts[old.status] -= 1
-        self._counts[op.status] += 1
-        self.ops[op.id] = op
+            self._forget(old)
+        self._hold(op)
         self.repaint = True
-        if op.status in ACTIVE:
-            self.active.add(op.id)
 
     def on_event(self, event: Event) -> None:
         """Called by the engine's bus, in the loop: only remember what changed."""
@@ -159,27 +162,42 @@ class OperationsModel:
         """Operations held per status (kept as records come, change and go: no pass over 10,000)."""
         return {status: n for status, n in self._counts.items() if n}
 
+    def _hold(self, op: Operation) -> None:
+        """Hold ``op`` and count it (in ``_counts``, ``active``, ``running``, ``_depth``)."""
+        self.ops[op.id] = op
+        self._counts[op.status] += 1
+        if op.status is Status.QUEUED:
+            self.active.add(op.id)
+            self._depth[op.priority] += 1
+        elif op.status is Status.RUNNING:
+            self.active.add(op.id)
+            self.running.add(op.id)
+
+    def _forget(self, op: Operation) -> None:
+        """Take a held record out of the counts (the caller replaces or drops it)."""
+        self._counts[op.status] -= 1
+        if op.status is Status.QUEUED:
+            self._depth[op.priority] -= 1
+        self.active.discard(op.id)
+        self.running.discard(op.id)
+
     def _drop(self, op_id: str) -> bool:
         """Forget one record (it left the store); False if it was not held."""
         op = self.ops.pop(op_id, None)
         if op is None:
             return False
-        self._counts[op.status] -= 1
+        self._forget(op)
         self.moved.add(op_id)
         self.structure_dirty = True
         return True
 
     def queue_depth(self) -> dict[Priority, int]:
-        depth = dict.fromkeys(Priority, 0)
-        for op_id in self.active:
-            op = self.ops.get(op_id)
-            if op is not None and op.status is Status.QUEUED:
-                depth[op.priority] += 1
-        return depth
+        """Queued operations held per priority."""
+        return dict(self._depth)
 
     def recent(self, n: int) -> list[Operation]:
-        """The ``n`` operations updated last."""
-        return sorted(self.ops.values(), key=lambda o: o.updated_at, reverse=True)[:n]
+        """The ``n`` operations updated last (newest first)."""
+        return heapq.nlargest(n, self.ops.values(), key=lambda o: o.updated_at)
 
     # ---- reading the store -------------------------------------------------------------------
 
@@ -192,6 +210,12 @@ class OperationsModel:
     async def reload_all(self) -> bool:
         """Every operation, in pages; records gone from the store are dropped. False if the store failed."""
         seen: set[str] = set()
+        try:  # read first: what changes during the pages is seen by the next poll's whole read
+            key = (await self.engine.store.counts(), await self.engine.store.queue_depth())
+        except Exception as e:
+            self.failed(e)
+            return False
+        began = time.monotonic()
         gc.disable()  # reading 10,000 records would set off full collections, ~80 ms each
         try:
             complete = await self._read_pages(seen)
@@ -204,6 +228,9 @@ class OperationsModel:
             return False
         self.store_ok = True
         self.last_full = time.monotonic()
+        # The whole queue was read with everything: the next poll need not read it again (with 100,000
+        # queued, that second read cost as long as this one).
+        self._counts_whole, self._last_whole = key, began
         for gone in set(self.ops) - seen - self.active:
             self._drop(gone)
         return True
@@ -267,15 +294,10 @@ class OperationsModel:
             self.keep(op)
         # Not seen: gone from the active set, unless it is a queued one not read whole (the whole queue's
         # read finds it, or finds it gone), or a running one not read.
-        left = set()
-        for op_id in self.active - seen:
-            held = self.ops.get(op_id)
-            status = None if held is None else held.status
-            if (status is Status.QUEUED and not whole) or (status is Status.RUNNING and not read_running):
-                continue
-            left.add(op_id)
+        left = (self.running - seen) if read_running else set()
+        if whole:
+            left |= self.active - self.running - seen
         await self.fetch(left | self.refetch)
-        self.active = {i for i in self.active | seen if (held := self.ops.get(i)) and held.status in ACTIVE}
 
     def _all_ours(self, counts: dict[Status, int]) -> bool:
         """Every operation the store counts as running is one this engine runs, held as running: its
@@ -319,8 +341,10 @@ class OperationsModel:
 
     async def first_read(self) -> None:
         """What the first screen shows (status sort: active work on top), before every record is read."""
-        try:
-            for op in await self.engine.list_operations(statuses=list(ACTIVE)):
+        try:  # the newest queued, as the first look reads them: every record is read right after
+            for op in await self.engine.list_operations(statuses=[Status.RUNNING]):
+                self.keep(op)
+            for op in await self.engine.list_operations(statuses=[Status.QUEUED], limit=FIRST_QUEUED):
                 self.keep(op)
         except Exception as e:
             self.failed(e)
@@ -354,7 +378,8 @@ class OperationsModel:
         whichever process runs them. ``offsets`` (each operation's offset read up to) is advanced; an
         operation read for the first time gives its last ALL_LOGS_TAIL lines."""
         records: list[LogRecord] = []
-        for op_id in dict.fromkeys([*self.active, *(o.id for o in self.recent(ALL_LOGS_OPS))]):
+        # The running ones, not every queued one (a queue of 100,000 was 100,000 reads a second).
+        for op_id in dict.fromkeys([*self.running, *(o.id for o in self.recent(ALL_LOGS_OPS))]):
             try:
                 if op_id in offsets:
                     got, offsets[op_id] = await self.engine.logs(op_id, offsets[op_id])
@@ -391,7 +416,6 @@ class OperationsModel:
         leaves the table at the next frame."""
         await self.engine.remove(op_id)
         self.refetch.discard(op_id)
-        self.active.discard(op_id)
         self._drop(op_id)
 
     def reprioritise(self, op: Operation, up: bool) -> Priority:

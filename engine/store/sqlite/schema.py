@@ -36,6 +36,7 @@ CREATE INDEX IF NOT EXISTS ops_claim ON operations(status, rank, queued_at, id);
 CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
 CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
 CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ops_status_created ON operations(status, created_at, id);
 CREATE TABLE IF NOT EXISTS checkpoints(
     op_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -77,15 +78,24 @@ def init_schema(conn: sqlite3.Connection) -> None:
     )
 
 
-def ensure_handles(conn: sqlite3.Connection) -> None:
-    """Add the handles table to a store made before it existed (schema 1 without it; an additive
-    change, so older versions still read the file: their operations just have no handle)."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='handles'").fetchone() is None:
+ADDED = {
+    "handles": "CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " op_id TEXT NOT NULL UNIQUE)",
+    "ops_status_created": "CREATE INDEX IF NOT EXISTS ops_status_created ON operations(status, created_at, id)",
+}
+"""What schema 1 gained after stores were made with it: additive, so older versions still read the file
+(their operations just have no handle; the index they do not use). The index lists one status newest
+first without sorting all of it: the newest 100 of 100,000 queued took 360 ms, which a dashboard read
+every second while the queue moved."""
+
+
+def ensure_added(conn: sqlite3.Connection) -> None:
+    """Add what ``ADDED`` holds to a store made before it existed (one transaction; nothing when present)."""
+    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    missing = [sql for name, sql in ADDED.items() if name not in present]
+    if missing:
         try:
-            conn.executescript(
-                "BEGIN IMMEDIATE;CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " op_id TEXT NOT NULL UNIQUE);COMMIT;"
-            )
+            conn.executescript(f"BEGIN IMMEDIATE;{';'.join(missing)};COMMIT;")
         except sqlite3.Error:
             if conn.in_transaction:  # a read-only or full disk: leave no transaction open behind
                 conn.execute("ROLLBACK")
