@@ -267,7 +267,7 @@ class DashboardScreen(Screen[None]):
         parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
         for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
             if counts.get(status):
-                parts.append(f"{counts[status]} {status.value}")
+                parts.append(f"{counts[status]:,} {status.value}")
         if table.filter_words:
             parts.append(f"filter [b]{' '.join(table.filter_words)}[/b] ({len(table.ids)} shown)")
         if table.sort != SORTS[0]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.cells import set_cell_size
 from rich.segment import Segment
@@ -28,6 +28,9 @@ from engine import Operation, Progress, Status, unique_prefix_lengths
 from .. import format as fmt
 from ..format import STATUS_ORDER
 
+HANDLE_WIDTH = 5
+"""The handle column's least width (handles up to 99,999)."""
+
 
 @dataclass(frozen=True)
 class Column:
@@ -38,7 +41,7 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("handle", "#", 5, right=True),
+    Column("handle", "#", HANDLE_WIDTH, right=True),
     Column("id", "ID", 13),
     Column("name", "NAME", 0),
     Column("type", "TYPE", 24),
@@ -156,6 +159,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self._styles_theme: str | None = None
         self._last_highlight: str | None = None
         self._columns: dict[int, list[tuple[Column, int]]] = {}
+        self._handle_width = HANDLE_WIDTH
+        """The handle column's width: the digits of the largest handle held, at least HANDLE_WIDTH."""
 
     # ---- the view --------------------------------------------------------------------------
 
@@ -178,6 +183,12 @@ class OperationsTable(ScrollView, can_focus=True):
         if self.ops.keys() != self._short_of:  # a status change moves rows but changes no prefix
             self.short = unique_prefix_lengths(self.ops)  # among every operation the dashboard knows
             self._short_of = set(self.ops)
+            # Handle 100,000 and up: the column widens with it (the row did, and pushed its last column off).
+            most = max((op.handle or 0 for op in self.ops.values()), default=0)
+            width = max(HANDLE_WIDTH, len(str(most)))
+            if width != self._handle_width:
+                self._handle_width = width
+                self._columns.clear()
         if keep is not None:
             try:
                 self.cursor = self.ids.index(keep)
@@ -294,12 +305,12 @@ class OperationsTable(ScrollView, can_focus=True):
         """The columns that fit ``width``, with the name column taking what is left."""
         cached = self._columns.get(width)
         if cached is None:
-            cached = self._columns[width] = self._fit(width)
+            cached = self._columns[width] = self._fit(width, self._handle_width)
         return cached
 
     @staticmethod
-    def _fit(width: int) -> list[tuple[Column, int]]:
-        cols = list(COLUMNS)
+    def _fit(width: int, handle_width: int = 0) -> list[tuple[Column, int]]:
+        cols = [replace(c, width=handle_width) if c.key == "handle" and handle_width else c for c in COLUMNS]
         while True:
             fixed = sum(c.width for c in cols if c.key != "name") + len(cols) - 1
             left = width - fixed
@@ -366,8 +377,7 @@ class OperationsTable(ScrollView, can_focus=True):
             if col.key in ("name", "type"):  # exactly w columns: ljust would count a CJK character as one
                 out.append((set_cell_size(value, w), style))
                 continue
-            if col.key != "handle":  # a handle past 99,999 widens its row rather than show another number
-                value = value[:w]
+            value = value[:w]  # the handle column is as wide as the largest handle (rebuild)
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
         return out
 
