@@ -312,6 +312,11 @@ class Engine:
     async def resolve(self, prefix: str) -> str:
         return await self.store.resolve(prefix)
 
+    async def queued_priorities(self) -> dict[str, Priority]:
+        """Every queued operation's id and priority, read without its record: a look at a long queue (what
+        left it, what came, what moved) that costs an index read, not the records (7 s for 100,000)."""
+        return await self.store.queued_priorities()
+
     async def checkpoints(self, op_id: str) -> list[Checkpoint]:
         validate_id(op_id)
         return await self.store.checkpoints(op_id)

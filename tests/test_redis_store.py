@@ -64,6 +64,38 @@ async def test_claim_order_is_priority_then_fifo_with_aging(redis_server: RedisS
         assert (await store.claim(W, time.time(), 0.01)).id == new_high  # type: ignore[union-attr]
 
 
+async def test_queued_priorities_name_every_queued_one_delayed_or_not(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """The queue's ids and priorities as the dashboard's look at a long queue reads them: ready and
+    delayed (a retry's not_before) alike, none that is running or settled; the same as the local store's."""
+    for store in (store_for(redis_server), open_store(settings.state_dir)):
+        async with Engine(store=store, settings=settings, run_queue=False) as engine:
+            high = await submit(engine, "high")
+            low = await submit(engine, "low")
+            normal = await submit(engine, "normal")
+            running = await submit(engine, "normal")
+            cancelled = await submit(engine, "high")
+            await engine.cancel(cancelled)
+            assert await store.claim(W, time.time(), 300.0, op_id=running) is not None
+            retry = await store.claim(W, time.time(), 300.0, op_id=normal)
+            assert retry is not None
+            await store.transition(  # a retry, due in an hour (the delayed queue)
+                normal,
+                Status.QUEUED,
+                epoch=retry.epoch,
+                expect=frozenset({Status.RUNNING}),
+                not_before=time.time() + 3600,
+            )
+            await store.release(normal, retry.epoch)
+            assert await engine.queued_priorities() == {
+                high: Priority.HIGH,
+                low: Priority.LOW,
+                normal: Priority.NORMAL,
+            }, type(store).__name__
+            assert await store.queue_depth() == {Priority.HIGH: 1, Priority.NORMAL: 1, Priority.LOW: 1}
+
+
 async def test_retry_backoff_waits_for_not_before(redis_server: RedisServer, settings: Settings) -> None:
     async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
         store = engine.store

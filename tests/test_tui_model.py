@@ -329,3 +329,47 @@ async def test_the_all_operations_log_reads_the_running_and_the_recent_not_every
         await model.all_logs({})
         assert len(logs_read) == tui.model.ALL_LOGS_OPS
         assert set(logs_read) == {o.id for o in model.recent(tui.model.ALL_LOGS_OPS)}
+
+
+async def test_a_long_queue_is_looked_at_by_ids_and_priorities_not_read_whole(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more queued than the newest read, the ten-second look reads every queued id and priority
+    (an index read), not every record (100,000 records read every ten seconds while a worker drained
+    them kept the dashboard at half a core and 1 GB): what left the queue, came into it unseen or moved
+    in it is read by id, the rest is as held."""
+    import tui.model
+
+    monkeypatch.setattr(tui.model, "QUEUED_RECENT", 5)
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        ops = [await engine.submit({"type": "ledger", "name": f"q{i}", "params": {"items": 1}}) for i in range(12)]
+        model = OperationsModel(engine)
+        assert await model.reload_all()
+        read: list[tuple[list[Status], int | None]] = []
+        listing = engine.list_operations
+
+        async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
+            read.append((list(statuses or []), kw.get("limit")))
+            return await listing(statuses, **kw)
+
+        monkeypatch.setattr(engine, "list_operations", counted)
+        # Another process: cancels one far back, raises another, submits seven (two beyond the newest five).
+        await engine.cancel(ops[0].id)
+        await engine.set_priority(ops[1].id, Priority.HIGH)
+        came = [await engine.submit({"type": "ledger", "name": f"n{i}", "params": {"items": 1}}) for i in range(7)]
+        model.last_stopped = 0.0  # the ten-second look is due
+        await model.poll()
+        assert ([Status.QUEUED], None) not in read, read
+        assert model.ops[ops[0].id].status is Status.CANCELLED and ops[0].id not in model.active
+        assert model.ops[ops[1].id].priority is Priority.HIGH
+        assert {op.id for op in came} <= model.active
+        assert model.active == {op.id for op in [*ops[1:], *came]}
+        assert (
+            model.queue_depth()
+            == await engine.store.queue_depth()
+            == {
+                Priority.HIGH: 1,
+                Priority.NORMAL: 17,
+                Priority.LOW: 0,
+            }
+        )

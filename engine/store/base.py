@@ -334,6 +334,9 @@ class Store(Protocol):
 
     async def counts(self) -> dict[Status, int]: ...
     async def queue_depth(self) -> dict[Priority, int]: ...
+    async def queued_priorities(self) -> dict[str, Priority]:
+        """Every queued operation's id and priority, read without its record (a look at a long queue)."""
+        ...
 
     async def transition(
         self,

@@ -208,10 +208,13 @@ class OperationsTable(ScrollView, can_focus=True):
         still there and matches the filter). False: the view was not in order; sort everything."""
         key = sort_key(self.sort, self.live)
         ops = self.ops
+        out = moved & self._shown
+        if len(out) == 1:
+            self.ids.remove(next(iter(out)))  # a scan in C: a few microseconds for 10,000 rows
+        elif out:  # one pass, not a scan per row: 500 rows out of 100,000 took half a second
+            self.ids = [i for i in self.ids if i not in out]
+        self._shown -= out
         kept = self.ids
-        for op_id in moved & self._shown:
-            kept.remove(op_id)  # a scan in C: a few microseconds for 10,000 rows
-            self._shown.discard(op_id)
         try:
             for op_id in moved:
                 op = ops.get(op_id)

@@ -151,6 +151,17 @@ class RecordsMixin(RecoveryMixin):
         n = await self.link.call(do, "reading queue depth")
         return {p: n[2 * i] + n[2 * i + 1] for i, p in enumerate(Priority)}
 
+    async def queued_priorities(self) -> dict[str, Priority]:
+        async def do(c: Any) -> list[list[bytes]]:
+            pipe = c.pipeline(transaction=False)
+            for p in Priority:
+                pipe.zrange(self.keys.queue(p.rank), 0, -1)
+                pipe.zrange(self.keys.delayed(p.rank), 0, -1)
+            return list(await pipe.execute())
+
+        ids = await self.link.call(do, "reading the queue")
+        return {m.decode(): p for i, p in enumerate(Priority) for k in (2 * i, 2 * i + 1) for m in ids[k]}
+
     async def _write(
         self, op_id: str, fields: dict[str, Any], epoch: int | None, allowed: list[Status] | None, what: str
     ) -> tuple[str, Any]:
