@@ -54,6 +54,7 @@ def _registry() -> dict[str, BenchFn]:
         "resume": bench_engine.bench_resume,
         "cli": bench_surface.bench_cli,
         "dashboard": bench_dashboard.bench_dashboard,
+        "dashboard_queue": bench_dashboard.bench_queue,
         "memory": bench_surface.bench_memory,
         "indexing": bench_workloads.bench_indexing,
         "backup": bench_workloads.bench_backup,
