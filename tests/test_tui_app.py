@@ -774,22 +774,19 @@ async def test_a_name_in_wide_characters_keeps_its_row_in_line_with_the_others(t
 async def test_a_handle_of_six_digits_widens_its_column_not_its_row(tui_settings: Settings) -> None:
     """Handle 100,000 and up was shown whole in a five-wide column: its row came out wider than the table
     and lost its last column (the priority) off the screen; the column now takes the largest handle."""
-    import time as _time
+    import sqlite3
 
     from rich.cells import cell_len
-
-    from engine.models import Operation, new_id
 
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine_started)
         plain = await engine.submit(OperationSpec(type="ledger", name="plain", params={"items": 5}))
-        now = _time.time()
-        big = Operation(
-            id=new_id(), type="ledger", name="big", handle=123456, created_at=now, queued_at=now, updated_at=now
-        )
-        app.model.keep(big)  # as read from a store with a long history
+        with sqlite3.connect(tui_settings.state_dir / "outlast.db") as conn:  # a store with a long history
+            conn.execute("UPDATE sqlite_sequence SET seq=123455 WHERE name='handles'")
+        big = await engine.submit(OperationSpec(type="ledger", name="big", params={"items": 5}))
+        assert big.handle == 123456
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: {big.id, plain.id} <= set(table.ids))
         width = table.scrollable_content_region.width
