@@ -186,6 +186,18 @@ class Cli:
             p.kill()
 
 
+class CliAt(Cli):
+    """The console script against ``state_dir`` (given in its environment), with extra environment."""
+
+    def __init__(self, state_dir: Path, **env: str) -> None:
+        super().__init__(state_dir)
+        self.extra = env
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "OUTLAST_STATE_DIR": str(self.state_dir), **self.extra}
+
+
 @pytest.fixture
 def cli(state_dir: Path) -> Cli:
     c = Cli(state_dir)

@@ -33,24 +33,12 @@ from engine import OperationContext, OperationSpec, Settings, Status, load_setti
 from engine.exitcodes import ExitCode
 from engine.outage import StoreUnwritable
 from engine.store.sqlite.worker import SqliteWorker
-from tests.fixtures_cli import Cli, Proc, until
+from tests.fixtures_cli import Cli, CliAt, Proc, until
 from tests.fixtures_engine import make_engine
 from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT
 
 N = 150
-
-
-class _CliAt(Cli):
-    """The console script against ``state_dir``, with extra environment."""
-
-    def __init__(self, state_dir: Path, **env: str) -> None:
-        super().__init__(state_dir)
-        self.extra = env
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "OUTLAST_STATE_DIR": str(self.state_dir), **self.extra}
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
@@ -124,9 +112,9 @@ def _one_line(proc: Proc, needle: str) -> None:
     assert not any("Traceback" in ln for ln in proc.err)
 
 
-def _resumes_to_the_same_result(fs: _CliAt, op_id: str, tmp_path: Path, whole: dict) -> None:
+def _resumes_to_the_same_result(fs: CliAt, op_id: str, tmp_path: Path, whole: dict) -> None:
     checkpointed = checkpoint_state(fs, op_id)["checkpoint"]["next"]
-    final = resume(_CliAt(fs.state_dir, **fs.extra, JOB_PAUSE="0"), op_id)
+    final = resume(CliAt(fs.state_dir, **fs.extra, JOB_PAUSE="0"), op_id)
     assert final["status"] == "completed", final
     assert final["result"] == whole
     items = (tmp_path / "job.ledger").read_text().split()
@@ -136,7 +124,7 @@ def _resumes_to_the_same_result(fs: _CliAt, op_id: str, tmp_path: Path, whole: d
 
 def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
     whole = _uninterrupted(cli, tmp_path)
-    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
     proc, op_id = _start(fs, tmp_path)
     try:
         fill = _fill(small_fs)
@@ -155,7 +143,7 @@ def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: 
 def test_signals_work_while_the_store_cannot_write(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
     """SIGTERM while the disk is full ends the run at once (the outage limit is far away)."""
     whole = _uninterrupted(cli, tmp_path)
-    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="600")
+    fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="600")
     proc, op_id = _start(fs, tmp_path)
     try:
         fill = _fill(small_fs)
@@ -174,7 +162,7 @@ def test_read_only_state_dir_mid_run(cli: Cli, small_fs: Path, tmp_path: Path) -
     """A read-only mount over the state dir (chmod does not stop root): the run stops interrupted, exit 8."""
     whole = _uninterrupted(cli, tmp_path)
     state = small_fs / "state"
-    fs = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="2")
+    fs = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="2")
     proc, op_id = _start(fs, tmp_path)
     try:
         r = _mount("--bind", "-o", "ro", str(state), str(state))
@@ -192,7 +180,7 @@ def test_short_outage_one_line_each_way_and_no_loss(cli: Cli, small_fs: Path, tm
     """A state dir read-only for a few seconds: one line when writes fail, one when they work again."""
     whole = _uninterrupted(cli, tmp_path)
     state = small_fs / "state"
-    fs = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="120")
+    fs = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="120")
     proc, op_id = _start(fs, tmp_path)
     try:
         assert _mount("--bind", "-o", "ro", str(state), str(state)).returncode == 0
@@ -354,7 +342,7 @@ async def test_an_operation_whose_checkpoints_no_longer_fit_stops_interrupted(sm
 
 def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
     """``outlast worker`` on a full disk: one line, exit 8, and its work is found interrupted afterwards."""
-    fs = _CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
     op_id = submit(fs, "demo", {"items": 3000, "seconds": 0.01})
     worker = fs.start("worker")
     try:

@@ -24,19 +24,10 @@ import pytest
 from engine import Engine, OperationSpec, WorkerInfo, load_settings, open_store
 from engine.exitcodes import ExitCode
 from engine.models import Checkpoint, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
+from engine.store import Store
 from engine.store.base import ItemDelta
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import CliAt
 from tests.fixtures_engine import until
-
-
-class _CliAt(Cli):
-    def __init__(self, state_dir: Path, **env: str) -> None:
-        super().__init__(state_dir)
-        self.extra = env
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "OUTLAST_STATE_DIR": str(self.state_dir), **self.extra}
 
 
 def _record() -> Operation:
@@ -44,9 +35,18 @@ def _record() -> Operation:
     return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
 
 
+async def _running(store: Store) -> tuple[Operation, Checkpoint]:
+    """An operation created and claimed in ``store`` (open), and a first checkpoint of its attempt."""
+    op = _record()
+    await store.create(op)
+    claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
+    assert claimed is not None
+    return claimed, Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
+
+
 def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    cli = _CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
+    cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
         proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
         proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
@@ -61,7 +61,7 @@ def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) 
 
 def test_an_idle_worker_serves_the_state_dir_made_after_it_was_deleted(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    cli = _CliAt(state)
+    cli = CliAt(state)
     try:
         worker = cli.start("worker", "-c", "1")
         first = cli("-q", "submit", "demo", "-p", "items=3", "-p", "seconds=0.01")
@@ -132,17 +132,13 @@ async def test_a_store_running_an_operation_refuses_to_write_it_to_a_file_nobody
     store = open_store(state)
     await store.open()
     try:
-        op = _record()
-        await store.create(op)
-        claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
-        assert claimed is not None
+        op, cp = await _running(store)
         _restorable_copy(state, tmp_path / "copy")
         _put_in_place(tmp_path / "copy", state)
-        cp = Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
         with pytest.raises(StoreError, match=r"outlast\.db was replaced by another file .* 1 operation"):
             await store.save_checkpoint(cp, ItemDelta(done=["a"]), 1)
         with pytest.raises(StoreError, match="replaced"):
-            await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch)
+            await store.transition(op.id, Status.COMPLETED, epoch=op.epoch)
         # Reads answer from the file it has: its running operation is there.
         assert (await store.get(op.id)).status == Status.RUNNING
     finally:
@@ -163,13 +159,9 @@ async def test_a_checkpoint_of_an_operation_deleted_by_hand_ends_its_attempt(tmp
     store = open_store(state)
     await store.open()
     try:
-        op = _record()
-        await store.create(op)
-        claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
-        assert claimed is not None
+        op, cp = await _running(store)
         with sqlite3.connect(state / "outlast.db") as conn:
             conn.execute("DELETE FROM operations WHERE id=?", (op.id,))
-        cp = Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
         with pytest.raises(StaleAttempt, match="the operation is gone from the store"):
             await store.save_checkpoint(cp, ItemDelta(done=["a"]), 1)
     finally:

@@ -751,23 +751,13 @@ async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the
 async def test_a_name_in_wide_characters_keeps_its_row_in_line_with_the_others(tui_settings: Settings) -> None:
     """A name in Chinese was cut to the column's width and then padded by ``len``: its row came out that
     many columns wider than the table, and its last column (the priority) was cut off the screen."""
-    from rich.cells import cell_len
-
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine_started)
         wide = await engine.submit(OperationSpec(type="ledger", name="名前" * 30, params={"items": 5}))
         plain = await engine.submit(OperationSpec(type="ledger", name="plain", params={"items": 5}))
-        table = app.query_one(OperationsTable)
-        await wait_for(pilot, lambda: {wide.id, plain.id} <= set(table.ids))
-        width = table.scrollable_content_region.width
-        lines = {}
-        for op_id in (wide.id, plain.id):
-            strip = table.render_line(table.ids.index(op_id) + 1)
-            lines[op_id] = "".join(seg.text for seg in strip)
-            assert strip.cell_length == width
-        ends = {op_id: cell_len(line[: line.rindex("normal")]) for op_id, line in lines.items()}
+        lines, ends = await _rows_and_priority_columns(pilot, app, [wide.id, plain.id])
         assert ends[wide.id] == ends[plain.id], lines
 
 
@@ -775,8 +765,6 @@ async def test_a_handle_of_six_digits_widens_its_column_not_its_row(tui_settings
     """Handle 100,000 and up was shown whole in a five-wide column: its row came out wider than the table
     and lost its last column (the priority) off the screen; the column now takes the largest handle."""
     import sqlite3
-
-    from rich.cells import cell_len
 
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
@@ -787,14 +775,23 @@ async def test_a_handle_of_six_digits_widens_its_column_not_its_row(tui_settings
             conn.execute("UPDATE sqlite_sequence SET seq=123455 WHERE name='handles'")
         big = await engine.submit(OperationSpec(type="ledger", name="big", params={"items": 5}))
         assert big.handle == 123456
-        table = app.query_one(OperationsTable)
-        await wait_for(pilot, lambda: {big.id, plain.id} <= set(table.ids))
-        width = table.scrollable_content_region.width
-        lines = {}
-        for op_id in (big.id, plain.id):
-            strip = table.render_line(table.ids.index(op_id) + 1)
-            lines[op_id] = "".join(seg.text for seg in strip)
-            assert strip.cell_length == width
+        lines, ends = await _rows_and_priority_columns(pilot, app, [big.id, plain.id])
         assert lines[big.id].lstrip().startswith("123456 ") and lines[plain.id].strip().endswith("normal"), lines
-        ends = {op_id: cell_len(line[: line.rindex("normal")]) for op_id, line in lines.items()}
         assert ends[big.id] == ends[plain.id], lines
+
+
+async def _rows_and_priority_columns(  # type: ignore[no-untyped-def]
+    pilot, app: OutlastApp, ids: list[str]
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Each operation's table row as text (asserted exactly as wide as the table), and the terminal column
+    its priority ("normal") starts at, counted by rich."""
+    from rich.cells import cell_len
+
+    table = app.query_one(OperationsTable)
+    await wait_for(pilot, lambda: set(ids) <= set(table.ids))
+    lines = {}
+    for op_id in ids:
+        strip = table.render_line(table.ids.index(op_id) + 1)
+        lines[op_id] = "".join(seg.text for seg in strip)
+        assert strip.cell_length == table.scrollable_content_region.width, lines[op_id]
+    return lines, {op_id: cell_len(line[: line.rindex("normal")]) for op_id, line in lines.items()}

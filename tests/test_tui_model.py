@@ -293,14 +293,7 @@ async def test_a_full_read_is_not_followed_by_a_second_read_of_the_whole_queue(
         model = OperationsModel(engine)
         assert await model.reload_all()
         assert len(model.active) == 12
-        read: list[tuple[list[Status], int | None]] = []
-        listing = engine.list_operations
-
-        async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
-            read.append((list(statuses or []), kw.get("limit")))
-            return await listing(statuses, **kw)
-
-        monkeypatch.setattr(engine, "list_operations", counted)
+        read = _count_listings(engine, monkeypatch)
         await model.poll()  # the first poll: its ten-second look at the store's counts is due
         assert ([Status.QUEUED], None) not in read and ([Status.QUEUED], 5) in read, read
         assert len(model.active) == 12
@@ -345,14 +338,7 @@ async def test_a_long_queue_is_looked_at_by_ids_and_priorities_not_read_whole(
         ops = [await engine.submit({"type": "ledger", "name": f"q{i}", "params": {"items": 1}}) for i in range(12)]
         model = OperationsModel(engine)
         assert await model.reload_all()
-        read: list[tuple[list[Status], int | None]] = []
-        listing = engine.list_operations
-
-        async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
-            read.append((list(statuses or []), kw.get("limit")))
-            return await listing(statuses, **kw)
-
-        monkeypatch.setattr(engine, "list_operations", counted)
+        read = _count_listings(engine, monkeypatch)
         # Another process: cancels one far back, raises another, submits seven (two beyond the newest five).
         await engine.cancel(ops[0].id)
         await engine.set_priority(ops[1].id, Priority.HIGH)
@@ -373,3 +359,16 @@ async def test_a_long_queue_is_looked_at_by_ids_and_priorities_not_read_whole(
                 Priority.LOW: 0,
             }
         )
+
+
+def _count_listings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[Status], int | None]]:
+    """The (statuses, limit) of every ``engine.list_operations`` call from now on."""
+    read: list[tuple[list[Status], int | None]] = []
+    listing = engine.list_operations
+
+    async def counted(statuses: list[Status] | None = None, **kw: Any) -> list[Operation]:
+        read.append((list(statuses or []), kw.get("limit")))
+        return await listing(statuses, **kw)
+
+    monkeypatch.setattr(engine, "list_operations", counted)
+    return read
