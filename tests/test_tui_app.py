@@ -795,3 +795,52 @@ async def _rows_and_priority_columns(  # type: ignore[no-untyped-def]
         lines[op_id] = "".join(seg.text for seg in strip)
         assert strip.cell_length == table.scrollable_content_region.width, lines[op_id]
     return lines, {op_id: cell_len(line[: line.rindex("normal")]) for op_id, line in lines.items()}
+
+
+FUZZ_KEYS = (
+    *("n", "c", "p", "r", "d", "delete", "plus", "minus", "slash", "l", "t", "w", "question_mark", "ctrl+p"),
+    *("up", "down", "pageup", "pagedown", "home", "end", "left", "right", "enter", "escape", "tab", "shift+tab"),
+    *("y", "n", "1", "2", "3", "4", "s", "a", "x", "f", "o", "5", "0", "space", "backspace"),
+)
+"""Every key of the dashboard and its dialogs, and keys that type into its forms."""
+
+
+async def test_random_keys_never_break_the_dashboard_or_say_an_error(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeded random presses of every binding, the dialogs' keys and typing, over running work: the app
+    never fails, never shows an error, and comes back to the table listing every stored operation."""
+    import random
+
+    from textual.app import App
+
+    seed = int(os.environ.get("TUI_TEST_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    where = f"seed {seed} (TUI_TEST_SEED={seed} runs it again)"
+    shown: list[tuple[str, str]] = []
+    textual_notify = App.notify
+    monkeypatch.setattr(
+        App,
+        "notify",
+        lambda self, message, **kw: (
+            shown.append((kw.get("severity", "information"), str(message))),
+            textual_notify(self, message, **kw),
+        )[1],
+    )
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for i in range(4):
+            await engine.submit(OperationSpec(type="ledger", name=f"op{i}", params={"items": 300, "seconds": 0.01}))
+        for _ in range(80):
+            await pilot.press(rng.choice(FUZZ_KEYS))
+        for _ in range(4):  # out of whatever dialog the keys left open
+            if app.screen is app.dashboard:
+                break
+            await pilot.press("escape")
+        assert app.screen is app.dashboard, (app.screen, where)
+        stored = {op.id for op in await engine.list_operations()}
+        await wait_for(pilot, lambda: stored <= set(app.ops))
+    errors = [m for severity, m in shown if severity == "error"]
+    assert not errors, (errors, where)
