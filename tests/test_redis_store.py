@@ -13,6 +13,7 @@ import pytest
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from engine.models import Checkpoint, Conflict, LogRecord, NotFound, StaleAttempt, StoreError, WorkerInfo
+from engine.outage import StoreUnwritable
 from engine.store.base import ItemDelta
 from engine.store.redis import RedisStore
 from tests.fixtures_engine import until
@@ -143,6 +144,55 @@ async def test_lease_fencing_and_orphans(redis_server: RedisServer, settings: Se
             await a.heartbeat([op_id])  # the lost lease is noticed, not renewed
             assert (await b.get(op_id)).epoch == 2
             assert await b.store.load_checkpoint(op_id) is None
+
+
+async def test_the_holder_of_a_lease_can_stop_its_own_attempt_as_interrupted(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """``interrupted`` is refused while a lease is held, so that nobody interrupts a live worker's
+    operation; but the holder itself writes it when it stops for a store outage (Redis out of memory):
+    refused too, its final status was never written, and ``outlast run`` waited for it for good."""
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        op_id = await submit(engine)
+        held = await engine.store.claim(W, time.time(), 300.0, op_id=op_id)
+        assert held is not None
+        other = store_for(redis_server)
+        async with other:
+            with pytest.raises(Conflict, match="holds its lease"):
+                await other.transition(op_id, Status.INTERRUPTED, epoch=held.epoch, expect=frozenset({Status.RUNNING}))
+        done = await engine.store.transition(
+            op_id, Status.INTERRUPTED, epoch=held.epoch, expect=frozenset({Status.RUNNING})
+        )
+        assert done.status is Status.INTERRUPTED
+        assert (await engine.get(op_id)).status is Status.INTERRUPTED
+
+
+async def test_redis_out_of_memory_under_a_run_ends_it_as_a_store_failure_not_a_hang(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """Redis at its maxmemory with noeviction refuses every write: the attempt stops after the outage
+    limit and its final status is a store failure (the engine gives the operation up to the next one,
+    and ``outlast run`` exits 8); before, the refusal of that status as "held" left it waiting forever."""
+    settings = settings.model_copy(update={"store_outage_limit": 1.0})
+    client = redis_server.client()
+    async with Engine(store=store_for(redis_server), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 100_000, "seconds": 0.001}))
+        await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 10)
+        client.set("ballast", b"x" * (4 << 20))
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1mb")
+        try:
+            with pytest.raises(StoreUnwritable):
+                await asyncio.wait_for(engine.wait(op.id), 30)
+            assert "maxmemory" in (engine.store_failed or "")
+        finally:
+            client.config_set("maxmemory", "0")
+    assert (await _status(redis_server, op.id)) is Status.RUNNING  # left to the next engine, which recovers it
+
+
+async def _status(server: RedisServer, op_id: str) -> Status:
+    async with store_for(server) as store:
+        return (await store.get(op_id)).status
 
 
 async def test_checkpoints_keep_newest_and_skip_corrupt(

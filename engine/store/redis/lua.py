@@ -131,7 +131,7 @@ if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. cur[1] .. ','
 end
 local to = nil
 for i = 8, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
-if to == '"interrupted"' and cur[1] == '"running"' and redis.call('EXISTS', KEYS[2]) == 1 then
+if to == '"interrupted"' and cur[1] == '"running"' and ARGV[7] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
 end
 redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 8))
