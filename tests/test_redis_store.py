@@ -146,6 +146,38 @@ async def test_lease_fencing_and_orphans(redis_server: RedisServer, settings: Se
             assert await b.store.load_checkpoint(op_id) is None
 
 
+async def test_a_redis_that_may_evict_keys_is_said_once_with_what_to_set(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a maxmemory and an evicting policy, a full Redis drops keys without a word (a queued operation
+    gone, a lease evicted from a live worker): said once per process, server and setting, naming noeviction. Not
+    said under noeviction, nor without a maxmemory (nothing is ever evicted then)."""
+    client = redis_server.client()
+    said = []
+    for limit, policy in (
+        ("0", "allkeys-lru"),
+        ("64mb", "noeviction"),
+        ("64mb", "allkeys-lru"),
+        ("64mb", "volatile-ttl"),
+    ):
+        client.config_set("maxmemory", limit)
+        client.config_set("maxmemory-policy", policy)
+        caplog.clear()
+        async with store_for(redis_server), store_for(redis_server):  # the second store says nothing more
+            pass
+        said.append([r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()])
+    client.config_set("maxmemory", "0")
+    client.config_set("maxmemory-policy", "noeviction")
+    assert said[:2] == [[], []], said
+    assert [len(s) for s in said[2:]] == [1, 1], said
+    assert (
+        "maxmemory-policy allkeys-lru" in said[2][0]
+        and "64.0M" in said[2][0]
+        and "set maxmemory-policy noeviction" in said[2][0]
+    )
+    assert "volatile-ttl" in said[3][0]
+
+
 async def test_the_holder_of_a_lease_can_stop_its_own_attempt_as_interrupted(
     redis_server: RedisServer, settings: Settings
 ) -> None:

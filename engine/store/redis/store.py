@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ...humanize import size
 from . import lua
 from .checkpoints import CheckpointsMixin
 from .liveness import LivenessMixin
@@ -49,6 +50,9 @@ _SCRIPTS = (
 )
 """The Lua scripts (lua.py) registered when the store opens."""
 
+_EVICTION_SAID: set[tuple[str, int, str]] = set()
+"""The servers, and their memory settings, this process has looked at: each said at most once."""
+
 
 class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin):
     """``RedisStore("redis://:PASSWORD@host:6379/0", namespace="team-a", checkpoint_mirror="/srv/ckpt")``."""
@@ -69,6 +73,7 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
         for name in _SCRIPTS:
             self._scripts[name] = client.register_script(getattr(lua, name))
         self.link.on_reconnect = self._reconnected
+        await self._check_eviction()
         if self.mirror is not None:
             try:
                 await asyncio.to_thread(self.mirror.open_sync)
@@ -76,6 +81,30 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
                 self.mirror.healthy = False
                 log.error("checkpoint mirror %s cannot be used: %s (Redis goes on without it)", self.mirror.root, e)
         await self._ensure_generation(force_restore=True)
+
+    async def _check_eviction(self) -> None:
+        """Say once per process, server and setting when this Redis may evict keys: with a maxmemory and any policy
+        but noeviction, a full Redis drops keys without a word: a queued operation vanishes, a checkpoint
+        is gone, a lease evicted makes its live worker look dead. With noeviction a full Redis refuses
+        writes instead, which the engine says in one line (exit 8) and loses nothing of."""
+        try:
+            info = await self.link.call(lambda c: c.info("memory"), "reading the memory settings")
+            limit, policy = int(info.get("maxmemory") or 0), str(info.get("maxmemory_policy") or "noeviction")
+        except Exception:  # INFO refused (an ACL, a managed Redis): nothing to say
+            return
+        seen = (self.link.where, limit, policy)
+        if seen in _EVICTION_SAID:
+            return
+        _EVICTION_SAID.add(seen)
+        if limit and policy != "noeviction":
+            log.warning(
+                "redis %s: maxmemory-policy %s lets Redis evict Outlast's keys once it holds %s (operations,"
+                " checkpoints and leases lost without a word); set maxmemory-policy noeviction, under which a"
+                " full Redis refuses writes and Outlast says so",
+                self.link.where,
+                policy,
+                size(limit),
+            )
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
