@@ -19,6 +19,7 @@ import sys
 import termios
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import Static
@@ -419,21 +420,11 @@ async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_tex
 ) -> None:
     """A name with markup and a terminal escape: the cancel question and the notifications show it as
     text (``[/]`` made Textual's markup parser raise; an escape must not reach the terminal raw)."""
-    from textual.app import App
     from textual.widgets import Label
 
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
-    shown: list[tuple[str, bool]] = []
-    textual_notify = App.notify
-    monkeypatch.setattr(
-        App,
-        "notify",
-        lambda self, message, **kw: (
-            shown.append((message, kw.get("markup", True))),
-            textual_notify(self, message, **kw),
-        )[1],
-    )
+    notified = _notifications(monkeypatch)
     name = "[/]evil\x1b]0;pwned\x07"
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine_started)
@@ -447,8 +438,8 @@ async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_tex
         assert "[/]evil\\x1b]0;pwned\\x07" in str(label.render())
         await pilot.press("y")
         app.notify(f"queued {name}")
-        await wait_for(pilot, lambda: any("queued" in m for m, _ in shown))
-    assert shown and all("\x1b" not in m and markup is False for m, markup in shown)
+        await wait_for(pilot, lambda: any("queued" in m for m, _ in notified))
+    assert notified and all("\x1b" not in m and kw.get("markup", True) is False for m, kw in notified)
 
 
 async def test_a_store_that_goes_away_under_a_key_press_is_shown_and_the_dashboard_goes_on(
@@ -812,21 +803,10 @@ async def test_random_keys_never_break_the_dashboard_or_say_an_error(
     never fails, never shows an error, and comes back to the table listing every stored operation."""
     import random
 
-    from textual.app import App
-
     seed = int(os.environ.get("TUI_TEST_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     where = f"seed {seed} (TUI_TEST_SEED={seed} runs it again)"
-    shown: list[tuple[str, str]] = []
-    textual_notify = App.notify
-    monkeypatch.setattr(
-        App,
-        "notify",
-        lambda self, message, **kw: (
-            shown.append((kw.get("severity", "information"), str(message))),
-            textual_notify(self, message, **kw),
-        )[1],
-    )
+    notified = _notifications(monkeypatch)
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings)
     app = make_app(tui_settings, engine=engine)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -842,5 +822,20 @@ async def test_random_keys_never_break_the_dashboard_or_say_an_error(
         assert app.screen is app.dashboard, (app.screen, where)
         stored = {op.id for op in await engine.list_operations()}
         await wait_for(pilot, lambda: stored <= set(app.ops))
-    errors = [m for severity, m in shown if severity == "error"]
+    errors = [m for m, kw in notified if kw.get("severity") == "error"]
     assert not errors, (errors, where)
+
+
+def _notifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Every notification the app shows from now on: its message and Textual's keyword arguments."""
+    from textual.app import App
+
+    notified: list[tuple[str, dict[str, Any]]] = []
+    textual_notify = App.notify
+
+    def notify(self: App[Any], message: str, **kw: Any) -> None:
+        notified.append((str(message), kw))
+        textual_notify(self, message, **kw)
+
+    monkeypatch.setattr(App, "notify", notify)
+    return notified
