@@ -127,6 +127,46 @@ async def test_a_forked_child_does_not_keep_a_killed_workers_operation_running(
                 os.kill(child, signal.SIGKILL)
 
 
+async def test_files_opened_after_an_orphan_is_found_stay_open_in_a_forked_child(tmp_path: Path) -> None:
+    """Finding an orphan takes its lock for a moment and closes it: that close left the fd among those a
+    forked child closes (locks held by its parent), so the next file opened under the same number (the
+    lowest free one) was closed in every child forked after: a multiprocessing pool's pipe, a log."""
+    import time
+
+    from engine import WorkerInfo
+    from engine.models import Operation, new_id
+
+    state = tmp_path / "state"
+    holder = open_store(state)
+    await holder.open()
+    now = time.time()
+    op = Operation(id=new_id(), type="ledger", created_at=now, queued_at=now, updated_at=now)
+    await holder.create(op)
+    assert await holder.claim(WorkerInfo(host="test", pid=1), now, 300.0, op_id=op.id) is not None
+    await holder.close()  # lets go of the lock and leaves the record running: an orphan
+    finder = open_store(state)
+    await finder.open()
+    try:
+        assert [o.id for o in await finder.find_orphans()] == [op.id]
+        opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]  # the first takes the freed number
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: are the files its parent opened still open here?
+                try:
+                    for fd in opened:
+                        os.fstat(fd)
+                except OSError:
+                    os._exit(1)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "a file opened after the orphan was closed in the child"
+        finally:
+            for fd in opened:
+                os.close(fd)
+    finally:
+        await finder.close()
+
+
 async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> None:
     async with make_engine(settings, run_queue=False) as engine:
         op = await engine.submit(

@@ -4,10 +4,9 @@ anyone can take is an orphan."""
 
 from __future__ import annotations
 
-import os
-
 from ...models import Operation
 from .core import SqliteCore
+from .locks import close_lock
 
 
 class LivenessMixin(SqliteCore):
@@ -36,8 +35,7 @@ class LivenessMixin(SqliteCore):
                             out.append(self._row_op(conn, op_id))
                     finally:
                         # Keep no lock: the caller marks it interrupted with the epoch it read.
-                        fd = self._held.pop(op_id)
-                        os.close(fd)
+                        close_lock(self._held.pop(op_id))
             return out
 
         return await self._run(do)

@@ -52,6 +52,14 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)  # let go of and deleted since we opened it
 
 
+def close_lock(fd: int) -> None:
+    """Let go of a lock taken with ``try_lock`` and leave its file (the operation is still held by the
+    record: the caller marks it). Closing the fd by hand left it among the fds a forked child closes, and
+    the next file opened under that number (a pipe to a pool worker, a log) was closed in every child."""
+    _HELD.discard(fd)
+    os.close(fd)
+
+
 def unlock(path: Path, fd: int) -> None:
     """Let go of a lock taken with ``try_lock``: delete the file while still holding it, then close."""
     with contextlib.suppress(OSError):
