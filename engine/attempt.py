@@ -320,11 +320,11 @@ class Attempt:
                 elif group.subgroup(KeyboardInterrupt) is not None:
                     raise
                 else:
-                    await self._raised_base(group)
+                    await self._fail(format_exception(group))
             except KeyboardInterrupt:
                 raise  # the end of the process (a Ctrl-C where no handler for it is installed), not of the operation
             except BaseException as e:  # the rest that is not an Exception: GeneratorExit, pytest.fail()'s
-                await self._raised_base(e)  # Failed, a library's own; it ended the engine's task, with the
+                await self._fail(format_exception(e))  # Failed, a library's own; it ended the engine's task, with the
                 # operation left running until this process exited
             else:
                 await self._completed(result)
@@ -352,16 +352,15 @@ class Attempt:
             self.ctx.log.info("the handler called sys.exit(0): completed")
             await self._completed(None)
             return
-        await self._final_checkpoint()  # the items done and failed so far stay done and listed
         full = format_exception(e)
-        error = f"the handler called sys.exit({e.code!r}){full[full.rfind(' (at ') :] if ' (at ' in full else ''}"
-        self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
-        await self._settle(Status.FAILED, error=error)
+        await self._fail(
+            f"the handler called sys.exit({e.code!r}){full[full.rfind(' (at ') :] if ' (at ' in full else ''}"
+        )
 
-    async def _raised_base(self, e: BaseException) -> None:
-        """A BaseException from the handler: the operation fails (never retried: it is no error a retry mends)."""
+    async def _fail(self, error: str) -> None:
+        """The operation fails, never retried (a BaseException, a ``sys.exit``: no error a retry mends); the
+        items done and failed so far stay done and listed."""
         await self._final_checkpoint()
-        error = format_exception(e)
         self.ctx.log.error(f"attempt {self.op.attempt} failed: {error}")
         await self._settle(Status.FAILED, error=error)
 

@@ -255,9 +255,7 @@ class OperationContext(SeedContextMethods):
 
     @step.setter
     def step(self, value: object) -> None:
-        # Text, whatever it was given as (ctx.step = 123 was stored, and the record could not be read back);
-        # a file name's undecodable bytes as \xNN (text.py).
-        self._step = None if value is None else clean(str(value))
+        self._step = _text(value)
 
     @property
     def message(self) -> str | None:
@@ -265,7 +263,7 @@ class OperationContext(SeedContextMethods):
 
     @message.setter
     def message(self, value: object) -> None:
-        self._message = None if value is None else clean(str(value))
+        self._message = _text(value)
 
     def metrics_to_store(self) -> dict[str, Any]:
         """``metrics`` as a record can hold them. A value JSON has no form for but a string (bytes, a
@@ -631,6 +629,12 @@ async def _iterate(
             ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
         if ctx._attention:
             await ctx._at_boundary()
+
+
+def _text(value: object) -> str | None:
+    """What ``step`` or ``message`` holds: text, whatever it was given as (``ctx.step = 123`` was stored, and
+    the record could not be read back), a file name's undecodable bytes as \\xNN (text.py)."""
+    return None if value is None else clean(str(value))
 
 
 def _describe(exc: BaseException) -> str:
