@@ -67,3 +67,26 @@ def test_ls_on_a_terminal_shows_each_short_id_in_bold(cli: Cli) -> None:
         assert f"\x1b[1m{i[:n]}\x1b[0m\x1b[2m{i[n:]}\x1b[0m" in out
     piped = cli("ls").stdout
     assert "\x1b" not in piped and all(i in piped for i in ids)
+
+
+def test_processes_draw_their_own_id_digits_whatever_they_seed_or_fork() -> None:
+    """The random digits of an id must differ between processes that start alike: forked from one parent
+    (they inherit its generator's state) or seeding ``random`` the same way (a handler's random.seed(0))."""
+    random.seed(0)
+    parent = [new_id()[9:] for _ in range(20)]
+    children = []
+    for _ in range(3):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            random.seed(0)
+            os.write(write, ",".join(new_id()[9:] for _ in range(20)).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            children.append(f.read().split(","))
+        os.waitpid(pid, 0)
+    streams = [parent, *children]
+    assert all(len(s) == 20 for s in streams)
+    # 20 draws of 20 bits alike in two streams: a 2**-400 chance, unless the streams are the same one
+    assert len({tuple(s) for s in streams}) == len(streams), streams
