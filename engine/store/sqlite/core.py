@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ...files import create_private, make_private
 from ...models import NotFound, Operation, StoreError
 from .locks import try_lock, unlock
-from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_added, init_schema, schema_version
+from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker
 
 T = TypeVar("T")
@@ -162,7 +162,7 @@ class SqliteCore:
                 f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
             )
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
-            ensure_added(conn)
+            ensure_current(conn)
 
     def _same_file(self, write: bool) -> None:
         """Whether ``outlast.db`` is still the file this store opened, checked before each job (one ``stat``).

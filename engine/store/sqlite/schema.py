@@ -31,8 +31,7 @@ CREATE TABLE IF NOT EXISTS operations(
     control TEXT,
     record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ops_status_queued ON operations(status, queued_at);
-CREATE INDEX IF NOT EXISTS ops_claim ON operations(status, rank, queued_at, id);
+CREATE INDEX IF NOT EXISTS ops_claim ON operations(status, rank, queued_at, id) WHERE status='queued';
 CREATE INDEX IF NOT EXISTS ops_type_created ON operations(type, created_at);
 CREATE INDEX IF NOT EXISTS ops_created ON operations(created_at);
 CREATE INDEX IF NOT EXISTS ops_control ON operations(control) WHERE control IS NOT NULL;
@@ -88,14 +87,31 @@ ADDED = {
 first without sorting all of it: the newest 100 of 100,000 queued took 360 ms, which a dashboard read
 every second while the queue moved."""
 
+CLAIM_INDEX = "CREATE INDEX ops_claim ON operations(status, rank, queued_at, id) WHERE status='queued'"
+"""The claim's index holds the queued operations only (it was every operation's), and ``ops_status_queued``
+(status, queued_at) is gone, which nothing read that ``ops_claim`` or ``ops_status_created`` did not read as
+well: every index an operation's row is in is written again when its status changes. A claim and a settle
+wrote 12.6 WAL pages, now 6.4; a submit 11.8, now 10.7. Older versions read a store changed so: their
+statements name ``ops_claim`` only where they ask for ``status='queued'``, which a partial index serves."""
 
-def ensure_added(conn: sqlite3.Connection) -> None:
-    """Add what ``ADDED`` holds to a store made before it existed (one transaction; nothing when present)."""
-    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    missing = [sql for name, sql in ADDED.items() if name not in present]
-    if missing:
+
+def _changes(present: dict[str, str | None]) -> list[str]:
+    """The statements that bring a store whose tables and indexes are ``present`` (name -> SQL) up to today."""
+    out = [sql for name, sql in ADDED.items() if name not in present]
+    if "ops_status_queued" in present:
+        out.append("DROP INDEX ops_status_queued")
+    if "WHERE" not in (present.get("ops_claim") or ""):
+        out += ["DROP INDEX IF EXISTS ops_claim", CLAIM_INDEX]
+    return out
+
+
+def ensure_current(conn: sqlite3.Connection) -> None:
+    """Bring a store made before today's schema 1 up to it (``ADDED``, ``CLAIM_INDEX``): one transaction,
+    nothing when it is current."""
+    changes = _changes(dict(conn.execute("SELECT name, sql FROM sqlite_master").fetchall()))
+    if changes:
         try:
-            conn.executescript(f"BEGIN IMMEDIATE;{';'.join(missing)};COMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE;{';'.join(changes)};COMMIT;")
         except sqlite3.Error:
             if conn.in_transaction:  # a read-only or full disk: leave no transaction open behind
                 conn.execute("ROLLBACK")

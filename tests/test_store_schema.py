@@ -1,0 +1,92 @@
+"""The SQLite store's schema across versions: a store made before today's indexes is brought up to them
+when opened, keeps its queue order, and stays readable by the statements older versions run."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from engine.models import Operation, Priority, Status, WorkerInfo, new_id
+from engine.store import LocalStore
+from engine.store.sqlite.schema import SCHEMA
+
+
+def _op(priority: Priority, at: float) -> Operation:
+    return Operation(id=new_id(), type="demo", priority=priority, created_at=at, queued_at=at, updated_at=at)
+
+
+def _indexes(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"))
+
+
+async def test_a_store_with_the_old_claim_indexes_gets_todays_and_claims_in_the_same_order(tmp_path: Path) -> None:
+    """The claim's index was every operation's and ``ops_status_queued`` was beside it: both were written at
+    every status change. Opened now, the store holds the partial index only, in one transaction; claims still
+    come by priority then age, the queue depth is the same, and the statement an older version claims with
+    (``INDEXED BY ops_claim`` for ``status='queued'``) still runs on the changed file."""
+    state = tmp_path / "state"
+    store = LocalStore(state)
+    await store.open()
+    now = time.time()
+    ops = [_op(p, now - 100 + i) for i, p in enumerate([Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.NORMAL])]
+    for op in ops:
+        await store.create(op)
+    await store.close()
+    db = state / "outlast.db"
+    with sqlite3.connect(db) as conn:  # as a store made by the version before this one
+        conn.execute("DROP INDEX ops_claim")
+        conn.execute("CREATE INDEX ops_claim ON operations(status, rank, queued_at, id)")
+        conn.execute("CREATE INDEX ops_status_queued ON operations(status, queued_at)")
+    assert "WHERE" not in _indexes(db)["ops_claim"]
+
+    store = LocalStore(state)
+    await store.open()
+    try:
+        indexes = _indexes(db)
+        assert "ops_status_queued" not in indexes and "WHERE status='queued'" in indexes["ops_claim"], indexes
+        assert (await store.queue_depth()) == {Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 1}
+        worker = WorkerInfo(host="test", pid=os.getpid())
+        claimed = []
+        for _ in ops:
+            got = await store.claim(worker, time.time(), 1e9)  # aging past any wait: priority first
+            assert got is not None
+            claimed.append(got.id)
+            await store.transition(got.id, Status.COMPLETED, epoch=got.epoch)
+        assert claimed == [ops[2].id, ops[1].id, ops[3].id, ops[0].id]
+        assert await store.claim(worker, time.time(), 1e9) is None
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE operations SET status='queued' WHERE id=?", (ops[0].id,))
+        older = (
+            "SELECT queued_at, id FROM operations INDEXED BY ops_claim WHERE status='queued' AND rank=?"
+            " ORDER BY queued_at, id LIMIT 8"
+        )
+        assert [r[1] for r in conn.execute(older, (Priority.LOW.rank,))] == [ops[0].id]
+
+
+async def test_a_new_store_is_made_current_and_opening_it_again_changes_nothing(tmp_path: Path) -> None:
+    """What a new store is made with is what an opened one is brought up to: the two never disagree (else
+    every open would drop and build an index again, a write each time)."""
+    state = tmp_path / "state"
+    db = state / "outlast.db"
+
+    def layout() -> list[tuple[str, int, str]]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT name, rootpage, sql FROM sqlite_master ORDER BY name").fetchall()
+
+    async def open_and_close() -> None:
+        store = LocalStore(state)
+        await store.open()
+        await store.close()
+
+    await open_and_close()
+    first = layout()
+    await open_and_close()
+    assert layout() == first
+    names = {name: sql for name, _root, sql in first}
+    assert "ops_status_queued" not in names and "WHERE status='queued'" in names["ops_claim"]
+    assert all(name in SCHEMA for name in names if not name.startswith("sqlite_"))
