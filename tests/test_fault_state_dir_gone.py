@@ -7,12 +7,16 @@ deleted mid-run exits 8 with one line naming it (not 0 with its result stored no
 serves the state dir made anew after its deletion; and in process, a store holding nothing follows a
 restored copy put in place, while one holding a running operation refuses to write it elsewhere. And
 an operation's row deleted by hand under its attempt ends the attempt (a checkpoint raised NotFound into
-the handler; a final status logged an internal error with a traceback).
+the handler; a final status logged an internal error with a traceback). And ``outlast.db`` alone put back
+or deleted beside the WAL of the file before (SQLite lays a WAL over whatever file has the name): refused
+in one line with nothing written, where the database and its WAL copied together open as they are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import signal
 import sqlite3
@@ -184,3 +188,130 @@ async def test_a_final_status_of_an_operation_deleted_by_hand_is_a_warning_not_a
     said = [r for r in caplog.records if r.name.startswith("outlast")]
     assert not [r for r in said if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in said]
     assert any("not written" in r.getMessage() for r in said), [r.getMessage() for r in said]
+
+
+# ---- only outlast.db put back, beside the WAL of the file before -------------------------------------
+
+
+def _crashed_with_writes_in_the_wal(cli: CliAt, state: Path) -> None:
+    """A run SIGKILLed mid-way: its writes since the last fold are in ``outlast.db-wal`` (and all of
+    them are frames SQLite lays over ``outlast.db`` when it opens it)."""
+    proc = cli.start("run", "demo", "-p", "items=2000", "-p", "seconds=0.01", "--name", "crashed")
+    proc.wait_line(lambda ln: "running" in ln and " 0/2000" not in ln)
+    time.sleep(0.5)  # a few checkpoints: writes in the WAL
+    proc.signal(signal.SIGKILL)
+    proc.wait(30)
+    assert (state / "outlast.db-wal").stat().st_size > 32
+
+
+def _listed(cli: CliAt) -> list[str]:
+    """The names ``outlast ls`` lists (it must succeed)."""
+    listed = cli("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return sorted(o["name"] for o in json.loads(listed.stdout))
+
+
+def test_a_database_put_back_beside_a_crashed_runs_wal_is_refused_and_nothing_is_changed(tmp_path: Path) -> None:
+    """A backup of ``outlast.db`` put back (mv) after a crash: SQLite laid the crashed run's writes from the
+    WAL over it when it opened it, and the restored operations silently became the crashed store's (or the
+    pages a mix of both). Refused with one line saying both ways out, nothing written; the WAL moved out
+    as it says, the restored file is what is listed."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        for name in ("kept-1", "kept-2"):
+            assert cli("submit", "demo", "--name", name).returncode == 0
+        backup = tmp_path / "outlast.db.bak"
+        shutil.copy(state / "outlast.db", backup)  # no process running: the WAL was folded in and removed
+        _crashed_with_writes_in_the_wal(cli, state)
+        os.replace(shutil.copy(backup, state / ".restoring"), state / "outlast.db")
+        before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+        for args in (["ls"], ["ls", "--json"], ["submit", "demo"]):
+            r = cli(*args)
+            assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
+            err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            assert len(err) == 1 and "outlast.db-wal holds writes of the one before" in err[0], err
+            assert "move outlast.db-wal and outlast.db-shm out of it" in err[0], err
+        assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
+        aside = tmp_path / "aside"
+        aside.mkdir()
+        for name in ("outlast.db-wal", "outlast.db-shm"):
+            (state / name).rename(aside / name)
+        assert _listed(cli) == ["kept-1", "kept-2"]
+    finally:
+        cli.close()
+
+
+def test_a_crashed_runs_wal_is_still_applied_to_its_own_database(tmp_path: Path) -> None:
+    """No false alarm: after a crash, with nothing put back, the WAL's writes are the store's."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        assert cli("submit", "demo", "--name", "kept").returncode == 0
+        _crashed_with_writes_in_the_wal(cli, state)
+        assert _listed(cli) == ["crashed", "kept"]
+    finally:
+        cli.close()
+
+
+def test_a_state_dir_copied_whole_after_a_crash_opens_with_the_writes_in_its_wal(tmp_path: Path) -> None:
+    """No false alarm either where the database and its WAL were copied together (``cp -a`` of the state
+    dir, a restore of all of it): both files are new, written together, and the copy lists what the WAL
+    holds. Refused, its advice (move the WAL out) would have thrown those writes away."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        assert cli("submit", "demo", "--name", "kept").returncode == 0
+        _crashed_with_writes_in_the_wal(cli, state)
+    finally:
+        cli.close()
+    copied = tmp_path / "copied"
+    shutil.copytree(state, copied)
+    other = CliAt(copied)
+    try:
+        assert _listed(other) == ["crashed", "kept"]
+    finally:
+        other.close()
+
+
+def test_a_database_deleted_alone_beside_a_crashed_runs_wal_is_not_made_anew_under_it(tmp_path: Path) -> None:
+    """``rm outlast.db`` to start over, the WAL of a crashed run left: a new database made there took the
+    old writes laid over it. Refused, and nothing is made until the WAL is moved out."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        _crashed_with_writes_in_the_wal(cli, state)
+        (state / "outlast.db").unlink()
+        r = cli("ls")
+        assert r.returncode == ExitCode.STORE and "outlast.db is missing, and outlast.db-wal holds" in r.stderr
+        assert not (state / "outlast.db").exists()
+    finally:
+        cli.close()
+
+
+async def test_a_store_holding_nothing_follows_its_database_put_back_without_the_writes_of_the_one_before(
+    tmp_path: Path,
+) -> None:
+    """An idle store whose ``outlast.db`` alone is replaced by a backup: it said "using the one there now",
+    then listed the file before (its WAL laid over the backup), and wrote into that mix. Now it folds the
+    WAL into the file before first: it lists the backup, and writes there."""
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        kept = _record()
+        await store.create(kept)
+        _restorable_copy(state, tmp_path / "copy")
+        later = [_record() for _ in range(20)]
+        for op in later:
+            await store.create(op)
+        assert (state / "outlast.db-wal").stat().st_size > 32
+        os.replace(tmp_path / "copy" / "outlast.db", state / "outlast.db")
+        assert [o.id for o in await store.list_operations()] == [kept.id]
+        again = _record()
+        await store.create(again)
+    finally:
+        await store.close()
+    with sqlite3.connect(state / "outlast.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert {i for (i,) in conn.execute("SELECT id FROM operations")} == {kept.id, again.id}

@@ -3,8 +3,9 @@ pydantic models or an engine (together they cost a start-up of 4-5x a bare ``pyt
 
 It answers only when its answer is what the full path (open an engine, recover orphans, list) would
 print, and returns None otherwise: when the store does not exist yet or is not private (the full path
-makes it so), was written by another schema version, holds a record it cannot read, or has a running
-operation whose process is gone (the full path marks that one interrupted first). It writes nothing.
+makes it so), has a WAL written for another file (walpair: closing would fold it in), was written by
+another schema version, holds a record it cannot read, or has a running operation whose process is gone
+(the full path marks that one interrupted first). It writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+from .walpair import stale_wal
 
 DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
@@ -33,6 +36,8 @@ def quick_list(
     try:
         if db.stat().st_size == 0 or not _private(state_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             return None
+        if stale_wal(db) is not None:
+            return None  # the full path says what is wrong
         conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
     except (OSError, sqlite3.Error):
         return None

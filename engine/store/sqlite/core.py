@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ...files import create_private, make_private
 from ...models import NotFound, Operation, StoreError
+from ..walpair import note_owner, stale_wal
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker
@@ -50,13 +51,15 @@ class SqliteCore:
         self._opened = 0
         self._file: tuple[int, int] | None = None
         """The database file this store opened (device, inode): what every write checks is still there."""
+        self._closed_why: str | None = None
+        """Why the file now at the path could not be opened in place of the one before (``_reopen``)."""
 
     @property
     def _db(self) -> sqlite3.Connection:
         """The open connection (to be used on the SQLite thread only)."""
         conn = self._conn
         if conn is None:
-            raise StoreError(f"state dir {self.state_dir}: the store is not open")
+            raise StoreError(self._closed_why or f"state dir {self.state_dir}: the store is not open")
         return conn
 
     @property
@@ -120,6 +123,8 @@ class SqliteCore:
             raise StoreError(f"state dir {d}: {e.strerror or e}") from None
         if not d.is_dir():
             raise StoreError(f"state dir {d} is not a directory")
+        if (why := stale_wal(self.db_path)) is not None:
+            raise StoreError(f"state dir {d}: {why}")
         try:
             if not self.db_path.exists():
                 self._create_db()
@@ -139,7 +144,9 @@ class SqliteCore:
             st = os.stat(self.db_path)
             self._file = (st.st_dev, st.st_ino)
             self.worker.guard = self._same_file
-            if conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
+            has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
+            note_owner(self.db_path)  # the WAL is open now (that read), and no write of this file is in it yet
+            if not has_meta:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
                     raise sqlite3.DatabaseError("it holds other tables than Outlast's")
                 init_schema(conn)  # a database file with nothing in it: nothing to lose
@@ -191,18 +198,26 @@ class SqliteCore:
             )
 
     def _reopen(self, what: str) -> None:
-        """Open the database file now at the path in place of the one this store had (see _same_file)."""
-        old, old_file = self._conn, self._file
-        self._conn = None
-        try:
-            self._open_sync()
-        except BaseException:
-            self._conn, self._file = old, old_file
-            self.worker.conn = old
-            raise
+        """Open the database file now at the path in place of the one this store had (see _same_file).
+
+        The WAL holds writes of the file before, which SQLite would lay over the new one: they are folded
+        into the file before (still open here) and the WAL emptied first. Where other processes still
+        write the file before, it is not, and the new file is refused (walpair) until they are gone: the
+        store stays closed, says why to every call, and the next job tries again."""
+        old, self._conn = self._conn, None
+        self.worker.conn = None
         if old is not None:
             with contextlib.suppress(sqlite3.Error):
+                old.execute("PRAGMA busy_timeout=0")  # never wait behind another process's transaction
+                old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            with contextlib.suppress(sqlite3.Error):
                 old.close()
+        try:
+            self._open_sync()
+        except StoreError as e:
+            self._closed_why = str(e)
+            raise
+        self._closed_why = None
         log.warning(
             "state dir %s: %s was %s while this process had it open; using the one there now",
             self.state_dir,
