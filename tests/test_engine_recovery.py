@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,10 @@ from engine import (
     load_settings,
     open_store,
 )
+from engine.models import Operation, WorkerInfo, new_id
 from engine.store.base import checksum
 from tests.conftest import REPO
+from tests.fixtures_cli import CliAt
 from tests.fixtures_engine import make_engine, until
 
 CHILD = textwrap.dedent(
@@ -348,3 +353,67 @@ async def test_many_processes_share_one_state_dir(settings: Settings) -> None:
     ran = runners["a"] + runners["b"]
     assert sorted(ran) == sorted(ids)
     await asyncio.sleep(0)
+
+
+# ---- a lock file deleted by hand under a live process ---------------------------------------------
+
+
+def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_an_orphan(tmp_path: Path) -> None:
+    """``rm locks/*`` (a "stale lock" cleaned up, a temp cleaner) while a worker ran an operation: the next
+    ``outlast ls`` found it unlocked, marked it interrupted ("the process running it stopped", which was
+    alive) and the worker's attempt stopped, its work since the last checkpoint lost. Now the live process
+    is asked first, and the worker makes its lock file again; the operation completes."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        worker = cli.start("worker", "-c", "1")
+        op_id = cli("-q", "submit", "demo", "-p", "items=150", "-p", "seconds=0.02").stdout.strip()
+        cli.wait_status(op_id, {"running"})
+        for lock in (state / "locks").iterdir():
+            lock.unlink()
+        listed = cli("ls", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [o["status"] for o in json.loads(listed.stdout)] == ["running"]
+        assert cli.wait_status(op_id, {"completed", "interrupted"}, timeout=60).status == Status.COMPLETED
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.err
+        said = [ln for ln in worker.err if "lock file" in ln]
+        assert len(said) == 1 and "its lock file was deleted while it ran; made again" in said[0], worker.err
+    finally:
+        cli.close()
+
+
+async def test_an_operation_whose_process_is_alive_is_not_an_orphan_but_a_pid_taken_since_is(tmp_path: Path) -> None:
+    """Found unlocked, an operation is an orphan unless the process its record names is alive on this host
+    and started before it claimed the operation: a pid reused by a process started later (or a zombie)
+    is not the one that ran it."""
+    state = tmp_path / "state"
+    holder, finder = open_store(state), open_store(state)
+    older = subprocess.Popen(["sleep", "60"])
+    try:
+        await holder.open()
+        await finder.open()
+        ops = []
+        for _ in range(2):
+            now = time.time()
+            op = Operation(id=new_id(), type="demo", created_at=now, queued_at=now, updated_at=now)
+            await holder.create(op)
+            ops.append(op)
+        host = socket.gethostname()
+        alive = await holder.claim(WorkerInfo(host=host, pid=older.pid), time.time(), 300.0, op_id=ops[0].id)
+        newer = subprocess.Popen(["sleep", "60"])
+        # Claimed (as its record says) 5 s before `newer` began: that pid is another process than the one that ran it.
+        reused = await holder.claim(WorkerInfo(host=host, pid=newer.pid), time.time() - 5, 300.0, op_id=ops[1].id)
+        assert alive is not None and reused is not None
+        for lock in (state / "locks").iterdir():
+            lock.unlink()  # the holder still has its flocks, on files no longer at the path
+        assert [o.id for o in await finder.find_orphans()] == [ops[1].id]
+        older.kill()
+        older.wait()
+        assert {o.id for o in await finder.find_orphans()} == {ops[0].id, ops[1].id}
+        newer.kill()
+        newer.wait()
+    finally:
+        older.kill()
+        await finder.close()
+        await holder.close()

@@ -270,10 +270,14 @@ class SqliteCore:
 
     # ---- the locks this process holds ------------------------------------------------------------
 
+    def _lock_file(self, op_id: str) -> Path:
+        """Where operation ``op_id``'s lock file is."""
+        return self.lock_dir / f"{op_id}.lock"
+
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
             return True
-        fd = try_lock(self.lock_dir / f"{op_id}.lock")
+        fd = try_lock(self._lock_file(op_id))
         if fd is None:
             return False
         self._held[op_id] = fd
@@ -282,7 +286,7 @@ class SqliteCore:
     def _unlock(self, op_id: str) -> None:
         fd = self._held.pop(op_id, None)
         if fd is not None:
-            unlock(self.lock_dir / f"{op_id}.lock", fd)
+            unlock(self._lock_file(op_id), fd)
 
     def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
         """Let go after a commit, unless a later job of the same commit group claimed the operation

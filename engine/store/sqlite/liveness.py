@@ -1,12 +1,36 @@
 """Liveness of the SQLite store: a running operation is held by its flock (locks.py), which the kernel
 keeps while its process lives and releases when it dies; an operation marked running whose lock
-anyone can take is an orphan."""
+anyone can take is an orphan, unless the process its record names is alive on this host (its lock file
+was deleted by hand: a "stale lock" cleaned up, a temp cleaner), which makes the file again."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+
+import psutil
+
 from ...models import Operation
 from .core import SqliteCore
-from .locks import close_lock
+from .locks import close_lock, try_lock
+
+log = logging.getLogger("outlast.store")
+
+
+def _alive_here(op: Operation) -> bool:
+    """Whether the process ``op``'s record says runs it is alive on this host and started before it
+    claimed ``op`` (a pid taken by another process since started later; a zombie is dead). Not this
+    process: a record naming it that it does not hold is one it let go (a final status it could not
+    write: let go so that it is found orphaned)."""
+    worker, started = op.worker, op.started_at
+    if worker is None or started is None or worker.host != socket.gethostname() or worker.pid == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(worker.pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started + 1.0
+    except psutil.Error:
+        return False
 
 
 class LivenessMixin(SqliteCore):
@@ -19,7 +43,21 @@ class LivenessMixin(SqliteCore):
             await self._run(self._unlock_unless_running, op_id, epoch)
 
     async def heartbeat(self, op_ids: list[str]) -> None:
-        return None  # the kernel keeps an flock alive as long as its process lives
+        # The kernel keeps an flock as long as its process lives, but not its file: one deleted by hand
+        # is made again, so that the quick listing and other processes see the operation held.
+        if self._held:
+            await self._run(self._relock)
+
+    def _relock(self) -> None:
+        for op_id, fd in list(self._held.items()):
+            if os.fstat(fd).st_nlink:
+                continue
+            new = try_lock(self._lock_file(op_id))
+            if new is None:
+                continue  # another process holds the file now at the path: the record fences this attempt
+            self._held[op_id] = new
+            close_lock(fd)
+            log.warning("operation %s: its lock file was deleted while it ran; made again", op_id)
 
     async def find_orphans(self) -> list[Operation]:
         def do() -> list[Operation]:
@@ -32,7 +70,9 @@ class LivenessMixin(SqliteCore):
                     try:
                         row = conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()
                         if row and row[0] == "running":
-                            out.append(self._row_op(conn, op_id))
+                            op = self._row_op(conn, op_id)
+                            if not _alive_here(op):
+                                out.append(op)
                     finally:
                         # Keep no lock: the caller marks it interrupted with the epoch it read.
                         close_lock(self._held.pop(op_id))
