@@ -315,3 +315,25 @@ async def test_a_store_holding_nothing_follows_its_database_put_back_without_the
     with sqlite3.connect(state / "outlast.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert {i for (i,) in conn.execute("SELECT id FROM operations")} == {kept.id, again.id}
+
+
+def test_a_logs_dir_deleted_under_a_run_is_made_again_and_the_run_goes_on(tmp_path: Path) -> None:
+    """``rm -rf logs/`` (to free space) under a command that prints: every append of its log failed, a store
+    outage, which stopped the run as interrupted (exit 8) once it outlasted ``store_outage_limit``, and the
+    lines printed after were gone. The directory is made again and the lines go on in a new file."""
+    state = tmp_path / "state"
+    cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
+    try:
+        script = "for i in $(seq 1 25); do echo line $i; sleep 0.12; done"
+        proc = cli.start("run", "command", "--params-json", json.dumps({"argv": ["sh", "-c", script]}))
+        proc.wait_line(lambda ln: "running" in ln)
+        time.sleep(0.8)
+        shutil.rmtree(state / "logs")
+        assert proc.wait(60) == ExitCode.OK, (proc.out[-3:], proc.err)
+        assert not [ln for ln in proc.err if ln.strip()], proc.err
+        (op,) = json.loads(cli("ls", "--json").stdout)
+        logged = cli("logs", op["id"])
+        assert logged.returncode == 0 and "line 25" in logged.stdout, logged.stdout[-300:]
+        assert (state / "logs").stat().st_mode & 0o777 == 0o700
+    finally:
+        cli.close()

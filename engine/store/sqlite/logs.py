@@ -47,7 +47,17 @@ class ControlLogsMixin(SqliteCore):
             return
         text = "".join(r.model_dump_json(exclude={"operation_id"}) + "\n" for r in records)
         lock = self._log_locks.setdefault(op_id, asyncio.Lock())
-        async with lock, aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=private_opener) as f:
+        async with lock:
+            try:
+                await self._append(op_id, text)
+            except FileNotFoundError:
+                # The logs directory deleted under a run (to free space): made again, and the lines go on
+                # in a new file. Not made, every append failed as a store outage, which stopped the run.
+                await asyncio.to_thread(self.log_dir.mkdir, mode=0o700, exist_ok=True)  # not the state dir
+                await self._append(op_id, text)
+
+    async def _append(self, op_id: str, text: str) -> None:
+        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=private_opener) as f:
             await f.write(text)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
