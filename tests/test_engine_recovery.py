@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -358,19 +359,27 @@ async def test_many_processes_share_one_state_dir(settings: Settings) -> None:
 # ---- a lock file deleted by hand under a live process ---------------------------------------------
 
 
-def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_an_orphan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deleted", ["files", "directory"])
+def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_an_orphan(
+    tmp_path: Path, deleted: str
+) -> None:
     """``rm locks/*`` (a "stale lock" cleaned up, a temp cleaner) while a worker ran an operation: the next
     ``outlast ls`` found it unlocked, marked it interrupted ("the process running it stopped", which was
     alive) and the worker's attempt stopped, its work since the last checkpoint lost. Now the live process
-    is asked first, and the worker makes its lock file again; the operation completes."""
+    is asked first, and the worker makes its lock file again; the operation completes. ``rm -rf locks``:
+    the worker's heartbeat failed as a store outage, which stopped the run once it outlasted its limit."""
     state = tmp_path / "state"
-    cli = CliAt(state)
+    cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
         worker = cli.start("worker", "-c", "1")
         op_id = cli("-q", "submit", "demo", "-p", "items=150", "-p", "seconds=0.02").stdout.strip()
         cli.wait_status(op_id, {"running"})
-        for lock in (state / "locks").iterdir():
-            lock.unlink()
+        if deleted == "directory":
+            shutil.rmtree(state / "locks")
+            time.sleep(2.5)  # heartbeats, and past the outage limit, before any other process makes it
+        else:
+            for lock in (state / "locks").iterdir():
+                lock.unlink()
         listed = cli("ls", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [o["status"] for o in json.loads(listed.stdout)] == ["running"]

@@ -274,10 +274,20 @@ class SqliteCore:
         """Where operation ``op_id``'s lock file is."""
         return self.lock_dir / f"{op_id}.lock"
 
+    def _try_lock(self, op_id: str) -> int | None:
+        """``try_lock`` of the operation's lock file; the locks directory made again if it was deleted (a
+        "stale lock" cleanup): else every claim, and a running operation's heartbeat, failed as a store
+        outage, which stopped the work."""
+        try:
+            return try_lock(self._lock_file(op_id))
+        except FileNotFoundError:
+            self.lock_dir.mkdir(mode=0o700, exist_ok=True)  # not the state dir: its loss is _same_file's
+            return try_lock(self._lock_file(op_id))
+
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
             return True
-        fd = try_lock(self._lock_file(op_id))
+        fd = self._try_lock(op_id)
         if fd is None:
             return False
         self._held[op_id] = fd

@@ -13,7 +13,7 @@ import psutil
 
 from ...models import Operation
 from .core import SqliteCore
-from .locks import close_lock, try_lock
+from .locks import close_lock
 
 log = logging.getLogger("outlast.store")
 
@@ -52,7 +52,7 @@ class LivenessMixin(SqliteCore):
         for op_id, fd in list(self._held.items()):
             if os.fstat(fd).st_nlink:
                 continue
-            new = try_lock(self._lock_file(op_id))
+            new = self._try_lock(op_id)
             if new is None:
                 continue  # another process holds the file now at the path: the record fences this attempt
             self._held[op_id] = new
