@@ -372,7 +372,7 @@ def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_
     cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
         worker = cli.start("worker", "-c", "1")
-        op_id = cli("-q", "submit", "demo", "-p", "items=150", "-p", "seconds=0.02").stdout.strip()
+        op_id = cli("-q", "submit", "demo", "-p", "items=400", "-p", "seconds=0.02").stdout.strip()  # 8 s
         cli.wait_status(op_id, {"running"})
         if deleted == "directory":
             shutil.rmtree(state / "locks")
@@ -388,6 +388,7 @@ def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_
         assert worker.wait(30) == 0, worker.err
         said = [ln for ln in worker.err if "lock file" in ln]
         assert len(said) == 1 and "its lock file was deleted while it ran; made again" in said[0], worker.err
+        assert not any("cannot be written" in ln for ln in worker.err), worker.err
     finally:
         cli.close()
 
