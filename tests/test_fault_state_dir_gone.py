@@ -274,6 +274,34 @@ def test_a_state_dir_copied_whole_after_a_crash_opens_with_the_writes_in_its_wal
         other.close()
 
 
+@pytest.mark.parametrize("damage", ["empty", "garbage", "three numbers", "10 MB", "a directory", "a fifo"])
+def test_a_damaged_owner_note_is_no_note(tmp_path: Path, damage: str) -> None:
+    """The note is a file the store reads at every open: damaged in any way it is taken as no note (the WAL
+    applied as before the note existed, the listing right), never a refusal or a hang, and written anew."""
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    try:
+        assert cli("submit", "demo", "--name", "kept").returncode == 0
+        _crashed_with_writes_in_the_wal(cli, state)
+        note = state / "outlast.db-owner"
+        note.unlink()
+        if damage == "a directory":
+            note.mkdir()
+        elif damage == "a fifo":
+            os.mkfifo(note, 0o600)
+        else:
+            content = {"empty": b"", "garbage": b"\xff\x00 not a note", "three numbers": b"1 2 3\n"}
+            note.write_bytes(content.get(damage, b"7 " * (5 << 20)))
+        assert _listed(cli) == ["crashed", "kept"]
+        if damage == "a directory":
+            return  # left as it is: a note cannot be renamed over a directory (a FIFO it replaces)
+        db = os.stat(state / "outlast.db")
+        written = [int(n) for n in note.read_text().split()]  # the WAL it names is gone with the last close
+        assert len(written) == 4 and written[:2] == [db.st_dev, db.st_ino], written
+    finally:
+        cli.close()
+
+
 def test_a_database_deleted_alone_beside_a_crashed_runs_wal_is_not_made_anew_under_it(tmp_path: Path) -> None:
     """``rm outlast.db`` to start over, the WAL of a crashed run left: a new database made there took the
     old writes laid over it. Refused, and nothing is made until the WAL is moved out."""

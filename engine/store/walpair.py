@@ -21,6 +21,9 @@ OWNER_SUFFIX = "-owner"
 _WAL_HEADER = 32
 """Bytes of a WAL's header: a WAL no longer than this holds no writes."""
 
+_NOTE_MAX = 128
+"""Bytes of a note (four decimal numbers); a longer file is a damaged one, taken as no note."""
+
 _Id = tuple[int, int]
 
 
@@ -35,7 +38,14 @@ def _identity(path: Path | str) -> _Id | None:
 def _noted(db: Path) -> tuple[_Id, _Id] | None:
     """(database, WAL) as last noted; None when unknown (a store from before this note, or no note)."""
     try:
-        a, b, c, d = (int(x) for x in Path(f"{db}{OWNER_SUFFIX}").read_text().split())
+        fd = os.open(f"{db}{OWNER_SUFFIX}", os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there never blocks
+        try:
+            head = os.read(fd, _NOTE_MAX + 1)  # a damaged note of any size costs one short read
+        finally:
+            os.close(fd)
+        if len(head) > _NOTE_MAX:
+            return None
+        a, b, c, d = (int(x) for x in head.split())
     except (OSError, ValueError):
         return None
     return (a, b), (c, d)
