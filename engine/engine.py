@@ -54,6 +54,7 @@ from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
 from .supervision import Supervisor, recover_orphans
+from .suspend import Suspender
 
 __all__ = ["Engine", "StoreUnwritable", "store_failure"]
 
@@ -112,6 +113,7 @@ class Engine:
         self._draining = False
         self._loops: list[asyncio.Task[Any]] = []
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._suspender = Suspender(self.store)
         self._signal_count = 0
         self._signals_here = 0
         """Signals seen by ``_on_signal_now`` (at once); ``_signal_count``: by the loop, when it turns."""
@@ -191,6 +193,7 @@ class Engine:
         A second signal stops waiting for handlers (force, after the grace period has been asked).
         """
         loop = asyncio.get_running_loop()
+        self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
             # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one

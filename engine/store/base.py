@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Protocol, runtime_checkable
@@ -406,6 +406,12 @@ class Store(Protocol):
         ...
 
     async def heartbeat(self, op_ids: list[str]) -> None: ...
+    async def at_rest(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` where this store holds nothing another process waits on (the SQLite store: on its
+        thread, between two transactions): a Ctrl-Z stops the process there, not holding the database's
+        write lock, which every other process on the state dir would wait on while it stayed stopped."""
+        ...
+
     async def find_orphans(self) -> list[Operation]:
         """Operations marked running whose holder is gone."""
         ...

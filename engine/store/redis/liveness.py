@@ -12,6 +12,7 @@ noticed first (recovery.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from ...models import Operation, Status, StoreError
@@ -48,6 +49,9 @@ class LivenessMixin(RecoveryMixin):
         self._held.clear()
         self._lost.clear()
         self._last_delta.clear()
+
+    async def at_rest(self, fn: Callable[[], None]) -> None:
+        fn()  # no lock another process waits on is held between two calls
 
     async def heartbeat(self, op_ids: list[str]) -> None:
         held = {i: self._held[i] for i in op_ids if i in self._held}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import psutil
 
@@ -47,6 +48,9 @@ class LivenessMixin(SqliteCore):
         # is made again, so that the quick listing and other processes see the operation held.
         if self._held:
             await self._run(self._relock)
+
+    async def at_rest(self, fn: Callable[[], None]) -> None:
+        await self._run(fn)  # a job of the store's thread runs between two group commits, never inside one
 
     def _relock(self) -> None:
         for op_id, fd in list(self._held.items()):

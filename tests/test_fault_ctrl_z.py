@@ -1,0 +1,65 @@
+"""Fault suite: Ctrl-Z (SIGTSTP) of a process writing the local store, with other processes on it.
+
+Stopped by the terminal's default action, a busy worker was inside a write transaction 42 times in 60,
+holding the database's write lock for as long as it stayed stopped: every other process on the state
+dir waited on it (30 s), then failed its writes as a store outage, which stops running work. A real
+worker, real signals, and a second connection that must get the write lock at once each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from engine import Engine, OperationSpec, load_settings, open_store
+from tests.fixtures_cli import CliAt
+
+STOPS = 30
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def _queue(state: Path, n: int) -> None:
+    settings = load_settings(state_dir=state)
+    async with Engine(store=open_store(state), settings=settings, run_queue=False) as engine:
+        spec = OperationSpec(type="demo", params={"items": 1, "seconds": 0})
+        for start in range(0, n, 500):
+            await asyncio.gather(*(engine.submit(spec) for _ in range(min(500, n - start))))
+
+
+def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    asyncio.run(_queue(state, 8000))
+    cli = CliAt(state)
+    try:
+        worker = cli.start("worker", "-c", "50")
+        worker.wait_line(lambda ln: "completed" in ln)
+        pid = worker.popen.pid
+        held = []
+        for i in range(STOPS):
+            worker.signal(signal.SIGTSTP)
+            deadline = time.monotonic() + 5
+            while _state(pid) != "T":
+                assert time.monotonic() < deadline, f"Ctrl-Z {i + 1} did not stop the worker"
+                time.sleep(0.005)
+            conn = sqlite3.connect(state / "outlast.db", timeout=0.5, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as e:
+                held.append(f"Ctrl-Z {i + 1}: {e}")
+            finally:
+                conn.close()
+            worker.signal(signal.SIGCONT)
+            time.sleep(0.03)
+        assert not held, f"stopped holding the write lock {len(held)} times in {STOPS}: {held[:3]}"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, worker.err[-3:]
+        assert not any("cannot be written" in ln for ln in worker.err), worker.err[-3:]
+    finally:
+        cli.close()
