@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .store import Store
+if TYPE_CHECKING:
+    from .store import Store
 
 STORE_WAIT = 1.0
 """Seconds a Ctrl-Z waits for the store's thread to come to rest (a transaction takes milliseconds; a thread

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from engine import Engine, OperationSpec, load_settings, open_store
-from tests.fixtures_cli import CliAt
+from tests.fixtures_cli import Cli
 
 STOPS = 30
 
@@ -32,34 +32,30 @@ async def _queue(state: Path, n: int) -> None:
             await asyncio.gather(*(engine.submit(spec) for _ in range(min(500, n - start))))
 
 
-def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(cli: Cli) -> None:
+    state = cli.state_dir
     asyncio.run(_queue(state, 8000))
-    cli = CliAt(state)
-    try:
-        worker = cli.start("worker", "-c", "50")
-        worker.wait_line(lambda ln: "completed" in ln)
-        pid = worker.popen.pid
-        held = []
-        for i in range(STOPS):
-            worker.signal(signal.SIGTSTP)
-            deadline = time.monotonic() + 5
-            while _state(pid) != "T":
-                assert time.monotonic() < deadline, f"Ctrl-Z {i + 1} did not stop the worker"
-                time.sleep(0.005)
-            conn = sqlite3.connect(state / "outlast.db", timeout=0.5, isolation_level=None)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
-            except sqlite3.OperationalError as e:
-                held.append(f"Ctrl-Z {i + 1}: {e}")
-            finally:
-                conn.close()
-            worker.signal(signal.SIGCONT)
-            time.sleep(0.03)
-        assert not held, f"stopped holding the write lock {len(held)} times in {STOPS}: {held[:3]}"
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(60) == 0, worker.err[-3:]
-        assert not any("cannot be written" in ln for ln in worker.err), worker.err[-3:]
-    finally:
-        cli.close()
+    worker = cli.start("worker", "-c", "50")
+    worker.wait_line(lambda ln: "completed" in ln)
+    pid = worker.popen.pid
+    held = []
+    for i in range(STOPS):
+        worker.signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 5
+        while _state(pid) != "T":
+            assert time.monotonic() < deadline, f"Ctrl-Z {i + 1} did not stop the worker"
+            time.sleep(0.005)
+        conn = sqlite3.connect(state / "outlast.db", timeout=0.5, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            held.append(f"Ctrl-Z {i + 1}: {e}")
+        finally:
+            conn.close()
+        worker.signal(signal.SIGCONT)
+        time.sleep(0.03)
+    assert not held, f"stopped holding the write lock {len(held)} times in {STOPS}: {held[:3]}"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.err[-3:]
+    assert not any("cannot be written" in ln for ln in worker.err), worker.err[-3:]

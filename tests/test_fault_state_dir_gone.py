@@ -30,7 +30,7 @@ from engine.exitcodes import ExitCode
 from engine.models import Checkpoint, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
 from engine.store import Store
 from engine.store.base import ItemDelta
-from tests.fixtures_cli import CliAt
+from tests.fixtures_cli import Cli, CliAt
 from tests.fixtures_engine import until
 
 
@@ -193,7 +193,7 @@ async def test_a_final_status_of_an_operation_deleted_by_hand_is_a_warning_not_a
 # ---- only outlast.db put back, beside the WAL of the file before -------------------------------------
 
 
-def _crashed_with_writes_in_the_wal(cli: CliAt, state: Path) -> None:
+def _crashed_with_writes_in_the_wal(cli: Cli) -> None:
     """A run SIGKILLed mid-way: its writes since the last fold are in ``outlast.db-wal`` (and all of
     them are frames SQLite lays over ``outlast.db`` when it opens it)."""
     proc = cli.start("run", "demo", "-p", "items=2000", "-p", "seconds=0.01", "--name", "crashed")
@@ -201,70 +201,59 @@ def _crashed_with_writes_in_the_wal(cli: CliAt, state: Path) -> None:
     time.sleep(0.5)  # a few checkpoints: writes in the WAL
     proc.signal(signal.SIGKILL)
     proc.wait(30)
-    assert (state / "outlast.db-wal").stat().st_size > 32
+    assert (cli.state_dir / "outlast.db-wal").stat().st_size > 32
 
 
-def _listed(cli: CliAt) -> list[str]:
+def _listed(cli: Cli) -> list[str]:
     """The names ``outlast ls`` lists (it must succeed)."""
     listed = cli("ls", "--json")
     assert listed.returncode == 0, listed.stderr
     return sorted(o["name"] for o in json.loads(listed.stdout))
 
 
-def test_a_database_put_back_beside_a_crashed_runs_wal_is_refused_and_nothing_is_changed(tmp_path: Path) -> None:
+def test_a_database_put_back_beside_a_crashed_runs_wal_is_refused_and_nothing_is_changed(
+    cli: Cli, tmp_path: Path
+) -> None:
     """A backup of ``outlast.db`` put back (mv) after a crash: SQLite laid the crashed run's writes from the
     WAL over it when it opened it, and the restored operations silently became the crashed store's (or the
     pages a mix of both). Refused with one line saying both ways out, nothing written; the WAL moved out
     as it says, the restored file is what is listed."""
-    state = tmp_path / "state"
-    cli = CliAt(state)
-    try:
-        for name in ("kept-1", "kept-2"):
-            assert cli("submit", "demo", "--name", name).returncode == 0
-        backup = tmp_path / "outlast.db.bak"
-        shutil.copy(state / "outlast.db", backup)  # no process running: the WAL was folded in and removed
-        _crashed_with_writes_in_the_wal(cli, state)
-        os.replace(shutil.copy(backup, state / ".restoring"), state / "outlast.db")
-        before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
-        for args in (["ls"], ["ls", "--json"], ["submit", "demo"]):
-            r = cli(*args)
-            assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
-            err = [ln for ln in r.stderr.splitlines() if ln.strip()]
-            assert len(err) == 1 and "outlast.db-wal holds writes of the one before" in err[0], err
-            assert "move outlast.db-wal and outlast.db-shm out of it" in err[0], err
-        assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
-        aside = tmp_path / "aside"
-        aside.mkdir()
-        for name in ("outlast.db-wal", "outlast.db-shm"):
-            (state / name).rename(aside / name)
-        assert _listed(cli) == ["kept-1", "kept-2"]
-    finally:
-        cli.close()
+    state = cli.state_dir
+    for name in ("kept-1", "kept-2"):
+        assert cli("submit", "demo", "--name", name).returncode == 0
+    backup = tmp_path / "outlast.db.bak"
+    shutil.copy(state / "outlast.db", backup)  # no process running: the WAL was folded in and removed
+    _crashed_with_writes_in_the_wal(cli)
+    os.replace(shutil.copy(backup, state / ".restoring"), state / "outlast.db")
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    for args in (["ls"], ["ls", "--json"], ["submit", "demo"]):
+        r = cli(*args)
+        assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
+        err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(err) == 1 and "outlast.db-wal holds writes of the one before" in err[0], err
+        assert "move outlast.db-wal and outlast.db-shm out of it" in err[0], err
+    assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("outlast.db-wal", "outlast.db-shm"):
+        (state / name).rename(aside / name)
+    assert _listed(cli) == ["kept-1", "kept-2"]
 
 
-def test_a_crashed_runs_wal_is_still_applied_to_its_own_database(tmp_path: Path) -> None:
+def test_a_crashed_runs_wal_is_still_applied_to_its_own_database(cli: Cli) -> None:
     """No false alarm: after a crash, with nothing put back, the WAL's writes are the store's."""
-    state = tmp_path / "state"
-    cli = CliAt(state)
-    try:
-        assert cli("submit", "demo", "--name", "kept").returncode == 0
-        _crashed_with_writes_in_the_wal(cli, state)
-        assert _listed(cli) == ["crashed", "kept"]
-    finally:
-        cli.close()
+    assert cli("submit", "demo", "--name", "kept").returncode == 0
+    _crashed_with_writes_in_the_wal(cli)
+    assert _listed(cli) == ["crashed", "kept"]
 
 
-def test_a_state_dir_copied_whole_after_a_crash_opens_with_the_writes_in_its_wal(tmp_path: Path) -> None:
+def test_a_state_dir_copied_whole_after_a_crash_opens_with_the_writes_in_its_wal(cli: Cli, tmp_path: Path) -> None:
     """No false alarm either where the database and its WAL were copied together (``cp -a`` of the state
     dir, a restore of all of it): both files are new, written together, and the copy lists what the WAL
     holds. Refused, its advice (move the WAL out) would have thrown those writes away."""
-    state = tmp_path / "state"
-    cli = CliAt(state)
-    try:
-        assert cli("submit", "demo", "--name", "kept").returncode == 0
-        _crashed_with_writes_in_the_wal(cli, state)
-    finally:
-        cli.close()
+    state = cli.state_dir
+    assert cli("submit", "demo", "--name", "kept").returncode == 0
+    _crashed_with_writes_in_the_wal(cli)
     copied = tmp_path / "copied"
     shutil.copytree(state, copied)
     other = CliAt(copied)
@@ -275,46 +264,38 @@ def test_a_state_dir_copied_whole_after_a_crash_opens_with_the_writes_in_its_wal
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "three numbers", "10 MB", "a directory", "a fifo"])
-def test_a_damaged_owner_note_is_no_note(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_owner_note_is_no_note(cli: Cli, damage: str) -> None:
     """The note is a file the store reads at every open: damaged in any way it is taken as no note (the WAL
     applied as before the note existed, the listing right), never a refusal or a hang, and written anew."""
-    state = tmp_path / "state"
-    cli = CliAt(state)
-    try:
-        assert cli("submit", "demo", "--name", "kept").returncode == 0
-        _crashed_with_writes_in_the_wal(cli, state)
-        note = state / "outlast.db-owner"
-        note.unlink()
-        if damage == "a directory":
-            note.mkdir()
-        elif damage == "a fifo":
-            os.mkfifo(note, 0o600)
-        else:
-            content = {"empty": b"", "garbage": b"\xff\x00 not a note", "three numbers": b"1 2 3\n"}
-            note.write_bytes(content.get(damage, b"7 " * (5 << 20)))
-        assert _listed(cli) == ["crashed", "kept"]
-        if damage == "a directory":
-            return  # left as it is: a note cannot be renamed over a directory (a FIFO it replaces)
-        db = os.stat(state / "outlast.db")
-        written = [int(n) for n in note.read_text().split()]  # the WAL it names is gone with the last close
-        assert len(written) == 4 and written[:2] == [db.st_dev, db.st_ino], written
-    finally:
-        cli.close()
+    state = cli.state_dir
+    assert cli("submit", "demo", "--name", "kept").returncode == 0
+    _crashed_with_writes_in_the_wal(cli)
+    note = state / "outlast.db-owner"
+    note.unlink()
+    if damage == "a directory":
+        note.mkdir()
+    elif damage == "a fifo":
+        os.mkfifo(note, 0o600)
+    else:
+        content = {"empty": b"", "garbage": b"\xff\x00 not a note", "three numbers": b"1 2 3\n"}
+        note.write_bytes(content.get(damage, b"7 " * (5 << 20)))
+    assert _listed(cli) == ["crashed", "kept"]
+    if damage == "a directory":
+        return  # left as it is: a note cannot be renamed over a directory (a FIFO it replaces)
+    db = os.stat(state / "outlast.db")
+    written = [int(n) for n in note.read_text().split()]  # the WAL it names is gone with the last close
+    assert len(written) == 4 and written[:2] == [db.st_dev, db.st_ino], written
 
 
-def test_a_database_deleted_alone_beside_a_crashed_runs_wal_is_not_made_anew_under_it(tmp_path: Path) -> None:
+def test_a_database_deleted_alone_beside_a_crashed_runs_wal_is_not_made_anew_under_it(cli: Cli) -> None:
     """``rm outlast.db`` to start over, the WAL of a crashed run left: a new database made there took the
     old writes laid over it. Refused, and nothing is made until the WAL is moved out."""
-    state = tmp_path / "state"
-    cli = CliAt(state)
-    try:
-        _crashed_with_writes_in_the_wal(cli, state)
-        (state / "outlast.db").unlink()
-        r = cli("ls")
-        assert r.returncode == ExitCode.STORE and "outlast.db is missing, and outlast.db-wal holds" in r.stderr
-        assert not (state / "outlast.db").exists()
-    finally:
-        cli.close()
+    state = cli.state_dir
+    _crashed_with_writes_in_the_wal(cli)
+    (state / "outlast.db").unlink()
+    r = cli("ls")
+    assert r.returncode == ExitCode.STORE and "outlast.db is missing, and outlast.db-wal holds" in r.stderr
+    assert not (state / "outlast.db").exists()
 
 
 async def test_a_store_holding_nothing_follows_its_database_put_back_without_the_writes_of_the_one_before(

@@ -291,7 +291,7 @@ class RecordsMixin(SqliteCore):
             # Once the delete is durable: its log file, and a lock file a dead holder left.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.log_dir / f"{op_id}.jsonl")
-            lock = self.lock_dir / f"{op_id}.lock"
+            lock = self._lock_file(op_id)
             if op_id not in self._held and lock.exists() and (fd := try_lock(lock)) is not None:
                 unlock(lock, fd)
 
