@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -451,3 +452,67 @@ async def test_a_failing_mirror_is_logged_once_and_survived(
         assert len(failures) == 1 and "Redis goes on" in failures[0].getMessage()
         assert len(await engine.checkpoints(op.id)) >= 2  # Redis has them
         assert (mirror / "t" / "ops" / f"{op.id}.json").exists()  # records still mirrored
+
+
+@pytest.mark.parametrize("removed", ["namespace", "operation"])
+async def test_a_mirror_directory_removed_under_a_run_is_made_again_and_filled_back(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture, removed: str
+) -> None:
+    """``rm -rf`` of the mirror's directory (or of one operation's checkpoints) under a running worker: every
+    later mirror write failed (logged once) and the mirror held nothing, or a chain of deltas with a hole, so
+    a Redis lost after it lost every operation, or resumed the running one from nothing. Now the
+    directories are made again and what Redis holds is written back: after a FLUSHALL the mirror restores
+    every operation, and the running one's newest checkpoint verifies through its whole chain."""
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings) as engine:
+        done = await engine.submit(OperationSpec(type="ledger", params={"items": 3}))
+        await engine.wait(done.id, timeout=30)
+        spec = OperationSpec(
+            type="ledger", params={"items": 150, "seconds": 0.01}, profile={"checkpoint_interval": 0.05}
+        )
+        op = await engine.submit(spec)
+        ckpts = mirror / "t" / "checkpoints" / op.id
+        await until(lambda: len(list(ckpts.glob("*.delta.json"))) >= 3, timeout=30)
+        shutil.rmtree(mirror / "t" if removed == "namespace" else ckpts)
+        with caplog.at_level(logging.WARNING, "outlast"):
+            final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED
+        said = [r.getMessage() for r in caplog.records if "checkpoint mirror" in r.getMessage()]
+    redis_server.client().flushall()
+    async with Engine(
+        store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings, run_queue=False
+    ) as engine:
+        assert {o.id for o in await engine.list()} == {done.id, op.id}
+        loaded = await engine.store.load_checkpoint(op.id)
+        assert loaded is not None
+        cp, ledger = loaded
+        assert cp.seq == final.checkpoint_seq
+        assert ledger.done == {str(i) for i in range(len(ledger.done))} and len(ledger.done) >= 140
+    assert not [m for m in said if "failed" in m], said
+    assert any("written back from redis" in m for m in said), said
+
+
+async def test_a_new_mirror_on_a_redis_with_operations_is_filled_from_it(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """``--checkpoint-mirror`` added to a Redis store that holds operations: the mirror held only what was
+    written after, so a Redis lost later lost every operation from before. Now the first write fills it."""
+    async with Engine(store=store_for(redis_server), settings=settings) as engine:
+        spec = OperationSpec(
+            type="ledger", params={"items": 40, "seconds": 0.005}, profile={"checkpoint_interval": 0.02}
+        )
+        before = await engine.submit(spec)
+        final = await engine.wait(before.id, timeout=30)
+        queued = await submit(engine)
+    mirror = tmp_path / "mirror"
+    async with Engine(
+        store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings, run_queue=False
+    ) as engine:
+        await submit(engine)
+    redis_server.client().flushall()
+    async with Engine(
+        store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings, run_queue=False
+    ) as engine:
+        assert {before.id, queued} <= {o.id for o in await engine.list()}
+        loaded = await engine.store.load_checkpoint(before.id)
+        assert loaded is not None and loaded[0].seq == final.checkpoint_seq

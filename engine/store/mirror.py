@@ -84,6 +84,9 @@ class CheckpointMirror:
         self.ckpt_dir = self.dir / "checkpoints"
         self.healthy = True
         """False after a write failed, until one succeeds again (for the dashboard and logs)."""
+        self.refill = False
+        """True once the mirror's directories were found removed and made again: what it held is gone, and
+        the store writes back what Redis holds (``fill``)."""
 
     def __repr__(self) -> str:
         return f"CheckpointMirror({str(self.root)!r})"
@@ -91,14 +94,22 @@ class CheckpointMirror:
     # ---- plumbing ------------------------------------------------------------------------------
 
     def open_sync(self) -> None:
-        """Create the directories (0700); raises OSError when the mirror cannot be used at all."""
+        """Create the directories (0700); raises OSError when the mirror cannot be used at all. A namespace
+        directory made here is a new mirror (first use, or pointed somewhere new) on a Redis that may hold
+        operations already: ``refill`` is set, so the first write fills it from Redis."""
+        if not self.dir.is_dir():
+            self.refill = True
         for d in (self.root, self.dir, self.ops_dir, self.ckpt_dir):
             d.mkdir(mode=0o700, exist_ok=True)
 
     async def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
-        """Run a write off the event loop; log a failure (once until the mirror works again), never raise."""
+        """Run a write off the event loop; log a failure (once until the mirror works again), never raise.
+
+        A write that fails because the mirror's directories were removed under this process (a cleanup, an
+        ``rm -rf`` of an old-looking directory) makes them again and is retried once; ``refill`` is set, for
+        the store to write back what the mirror lost (it would otherwise hold only what is written after)."""
         try:
-            out = await asyncio.to_thread(fn)
+            out = await asyncio.to_thread(self._remade, fn)
         except Exception as e:  # OSError mostly; the mirror must never stop the work
             if self.healthy:
                 log.error(
@@ -110,6 +121,22 @@ class CheckpointMirror:
             log.warning("checkpoint mirror %s works again", self.root)
             self.healthy = True
         return out
+
+    def _remade(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except FileNotFoundError:
+            if self.ops_dir.is_dir() and self.ckpt_dir.is_dir():
+                raise
+        log.warning(
+            "checkpoint mirror %s: its directory %s was removed; made again, and what Redis holds is written"
+            " back into it",
+            self.root,
+            self.dir,
+        )
+        self.open_sync()
+        self.refill = True
+        return fn()
 
     def _op_ckpt_dir(self, op_id: str) -> Path:
         return self.ckpt_dir / validate_id(op_id)
@@ -164,28 +191,66 @@ class CheckpointMirror:
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
-    async def save_checkpoint(self, cp: Checkpoint, payload: bytes, delta: bytes, keep: int) -> None:
-        """Write the delta, then the checkpoint, then prune checkpoints older than the newest ``keep``."""
-        info = cp.model_dump(mode="json", exclude={"state", "context_data", "metadata", "next_step", "valid"})
-        ckpt = json.dumps(
-            {"format": FORMAT, "info": info, "payload": payload.decode(), "checksum": cp.checksum},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
-        delta_doc = json.dumps({"format": FORMAT, "seq": cp.seq, "delta": delta.decode()}, ensure_ascii=False).encode()
+    async def save_checkpoint(self, cp: Checkpoint, payload: bytes, delta: bytes, keep: int) -> bool:
+        """Write the delta, then the checkpoint, then prune checkpoints older than the newest ``keep``.
+        True when the delta before it is not in the mirror (its directory was removed): the chain a resume
+        from the mirror needs is broken, and the store writes the missing deltas (``fill``)."""
 
-        def write() -> None:
+        def write() -> bool:
             d = self._op_ckpt_dir(cp.operation_id)
             d.mkdir(mode=0o700, exist_ok=True)
-            atomic_write(d / f"{cp.seq:010d}.delta.json", delta_doc, sync_dir=False)
-            atomic_write(d / f"{cp.seq:010d}.ckpt.json", ckpt, sync_dir=False)
+            gap = cp.seq > 1 and not (d / f"{cp.seq - 1:010d}.delta.json").exists()
+            atomic_write(d / f"{cp.seq:010d}.delta.json", _delta_doc(cp.seq, delta), sync_dir=False)
+            atomic_write(d / f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload), sync_dir=False)
             fsync_dir(d)
             for seq, kind in self._files(d):
                 if kind == "ckpt" and seq <= cp.seq - keep:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(d / f"{seq:010d}.ckpt.json")
+            return gap
 
-        await self._guard(f"checkpoint {cp.seq} of {cp.operation_id}", write)
+        return bool(await self._guard(f"checkpoint {cp.seq} of {cp.operation_id}", write))
+
+    # ---- writing back what the mirror lost -----------------------------------------------------
+
+    async def fill(
+        self, records: list[Operation], checkpoints: dict[str, tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]]
+    ) -> int:
+        """Write the records, and each operation's checkpoints (info with checksum, payload) and deltas, that
+        the mirror lacks: a file it has was written since it lost the rest, so it is at least as new. How many
+        files were written (a failure is logged like any other mirror write, and counts 0)."""
+
+        def write() -> int:
+            wrote = 0
+            for op in records:
+                path = self.ops_dir / f"{validate_id(op.id)}.json"
+                if not path.exists():
+                    atomic_write(path, model_json(op).encode(), sync_dir=False)
+                    wrote += 1
+            if records:
+                fsync_dir(self.ops_dir)
+            for op_id, (cps, deltas) in checkpoints.items():
+                d = self._op_ckpt_dir(op_id)
+                d.mkdir(mode=0o700, exist_ok=True)
+                have = set(self._files(d))
+                todo = [
+                    (f"{seq:010d}.delta.json", _delta_doc(seq, delta))
+                    for seq, delta in sorted(deltas.items())
+                    if (seq, "delta") not in have
+                ]
+                todo += [
+                    (f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload))
+                    for cp, payload in cps
+                    if (cp.seq, "ckpt") not in have
+                ]
+                for name, data in todo:
+                    atomic_write(d / name, data, sync_dir=False)
+                if todo:
+                    fsync_dir(d)
+                wrote += len(todo)
+            return wrote
+
+        return await self._guard("writing back what it lost", write) or 0
 
     @staticmethod
     def _files(d: Path) -> list[tuple[int, str]]:
@@ -249,6 +314,16 @@ class CheckpointMirror:
             shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
 
         await self._guard(f"deleting {op_id}", do)
+
+
+def _ckpt_doc(cp: Checkpoint, payload: bytes) -> bytes:
+    info = cp.model_dump(mode="json", exclude={"state", "context_data", "metadata", "next_step", "valid"})
+    doc = {"format": FORMAT, "info": info, "payload": payload.decode(), "checksum": cp.checksum}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _delta_doc(seq: int, delta: bytes) -> bytes:
+    return json.dumps({"format": FORMAT, "seq": seq, "delta": delta.decode()}, ensure_ascii=False).encode()
 
 
 def _text(doc: dict[str, Any], key: str) -> str:

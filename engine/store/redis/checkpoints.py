@@ -85,7 +85,9 @@ class CheckpointsMixin(RecoveryMixin):
         if self._held.get(op_id) == cp.epoch:
             self._last_delta[op_id] = (cp.epoch, cp.seq, sealed.delta)
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
-            await self.mirror.save_checkpoint(cp, sealed.payload, sealed.delta, keep)
+            gap = await self.mirror.save_checkpoint(cp, sealed.payload, sealed.delta, keep)
+            if gap or self.mirror.refill:
+                await self._refill_mirror(op_id)
         return cp
 
     async def _delta_before(self, op_id: str, seq: int) -> bytes | None:

@@ -160,10 +160,6 @@ class RedisCore:
                     self._report_malformed(op_id, e)
         return out
 
-    async def _mirror_record(self, op: Operation) -> None:
-        if self.mirror is not None:
-            await self.mirror.save_record(op)
-
     def _report_malformed(self, op_id: str, e: Exception) -> None:
         """Warn once per record and process: a listing every second must not flood the log."""
         if op_id not in self._malformed:

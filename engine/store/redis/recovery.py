@@ -13,6 +13,7 @@ import logging
 import secrets
 from typing import Any
 
+from ...models import Checkpoint, Operation
 from .codec import valid_id
 from .core import RedisCore
 from .keys import GENERATION_FIELD
@@ -85,6 +86,66 @@ class RecoveryMixin(RedisCore):
             log.warning(
                 "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
             )
+
+    async def _mirror_record(self, op: Operation) -> None:
+        if self.mirror is not None:
+            await self.mirror.save_record(op)
+            if self.mirror.refill:
+                await self._refill_mirror()
+
+    async def _refill_mirror(self, op_id: str | None = None) -> None:
+        """Write back into the mirror what Redis holds and the mirror lost: every record and checkpoint once
+        its directory was found removed (``mirror.refill``), else the checkpoints of ``op_id``, whose own
+        directory was. Without this the mirror would hold only what is written after: a Redis lost then
+        would lose every other operation, and resume this one from nothing (its chain of deltas broken)."""
+        mirror = self.mirror
+        assert mirror is not None
+        whole = mirror.refill
+        mirror.refill = False
+        try:
+            if whole:
+                raw = await self.link.call(lambda c: c.zrange(self.keys.all, 0, -1), "listing operations")
+                ids = [i.decode() for i in raw]
+            else:
+                assert op_id is not None
+                ids = [op_id]
+            wrote = 0
+            for start in range(0, len(ids), 200):
+                ops = await self._fetch(ids[start : start + 200])
+                chains = {op.id: await self._chain_of(op.id) for op in ops if op.checkpoint_seq}
+                wrote += await mirror.fill(ops if whole else [], chains)
+        except Exception as e:  # Redis gone meanwhile: said, and tried again at the next write
+            mirror.refill = mirror.refill or whole
+            log.error("checkpoint mirror %s: writing back what it lost failed: %s", mirror.root, e)
+            return
+        log.warning("checkpoint mirror %s: %d files written back from redis %s", mirror.root, wrote, self.link.where)
+
+    async def _chain_of(self, op_id: str) -> tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]:
+        """The checkpoints (info, payload) and deltas Redis holds for ``op_id``; unreadable ones left out."""
+        keys = [
+            self.keys.checkpoint_info(op_id),
+            self.keys.checkpoint_payload(op_id),
+            self.keys.checkpoint_delta(op_id),
+        ]
+
+        async def read(c: Any) -> list[dict[bytes, bytes]]:
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            return list(await pipe.execute())
+
+        infos, payloads, raw_deltas = await self.link.call(read, f"reading checkpoints of {op_id}")
+        cps: list[tuple[Checkpoint, bytes]] = []
+        for seq, info in infos.items():
+            payload = payloads.get(seq)
+            try:
+                cp = Checkpoint.model_validate_json(info)
+            except ValueError:
+                continue
+            if payload is not None and str(cp.seq).encode() == seq:
+                cps.append((cp, payload))
+        deltas = {int(s): d for s, d in raw_deltas.items() if s.isdigit()}
+        return cps, deltas
 
     async def _restored(self) -> bool:
         """After a record was found missing: True when Redis had been emptied and the mirror restored it."""
