@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
 
 from ...models import Checkpoint, ItemFailure, validate_id
 from ...text import clean
@@ -103,18 +102,6 @@ class CheckpointsMixin(RecoveryMixin):
             with contextlib.suppress(OSError):
                 raw = (await asyncio.to_thread(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
         return raw
-
-    async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
-        keys = self._ckpt_keys(op_id)[1:]
-
-        async def do(c: Any) -> list[dict[bytes, bytes]]:
-            pipe = c.pipeline(transaction=False)
-            for k in keys:
-                pipe.hgetall(k)
-            return list(await pipe.execute())
-
-        infos, payloads, deltas = await self.link.call(do, f"reading checkpoints of {op_id}")
-        return infos, payloads, deltas
 
     async def _candidates(self, op_id: str) -> tuple[list[_Candidate], dict[int, bytes]]:
         """Every checkpoint found (Redis first, then the mirror's for the same or other seqs), newest

@@ -120,21 +120,23 @@ class RecoveryMixin(RedisCore):
             return
         log.warning("checkpoint mirror %s: %d files written back from redis %s", mirror.root, wrote, self.link.where)
 
-    async def _chain_of(self, op_id: str) -> tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]:
-        """The checkpoints (info, payload) and deltas Redis holds for ``op_id``; unreadable ones left out."""
-        keys = [
-            self.keys.checkpoint_info(op_id),
-            self.keys.checkpoint_payload(op_id),
-            self.keys.checkpoint_delta(op_id),
-        ]
+    async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
+        """Every checkpoint info, payload and delta Redis holds for ``op_id``, by seq, in one round trip."""
+        k = self.keys
+        keys = [k.checkpoint_info(op_id), k.checkpoint_payload(op_id), k.checkpoint_delta(op_id)]
 
-        async def read(c: Any) -> list[dict[bytes, bytes]]:
+        async def do(c: Any) -> list[dict[bytes, bytes]]:
             pipe = c.pipeline(transaction=False)
-            for k in keys:
-                pipe.hgetall(k)
+            for key in keys:
+                pipe.hgetall(key)
             return list(await pipe.execute())
 
-        infos, payloads, raw_deltas = await self.link.call(read, f"reading checkpoints of {op_id}")
+        infos, payloads, deltas = await self.link.call(do, f"reading checkpoints of {op_id}")
+        return infos, payloads, deltas
+
+    async def _chain_of(self, op_id: str) -> tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]:
+        """The checkpoints (info, payload) and deltas Redis holds for ``op_id``; unreadable ones left out."""
+        infos, payloads, raw_deltas = await self._read_all(op_id)
         cps: list[tuple[Checkpoint, bytes]] = []
         for seq, info in infos.items():
             payload = payloads.get(seq)
