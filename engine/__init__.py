@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .config import Settings, config_dir, load_settings, save_setting
     from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
+    from .errors import StoreLost
     from .ids import unique_prefix_lengths
     from .lifecycle import ACTIONS, Action, applies
     from .models import (
@@ -58,7 +59,9 @@ _WHERE = {
     "unique_prefix_lengths": "ids",
     "ResourceSample": "resources",
     "HandlerSpec": "registry",
-    **dict.fromkeys(("Conflict", "InvalidInput", "NotFound", "OutlastError", "StaleAttempt", "StoreError"), "errors"),
+    **dict.fromkeys(
+        ("Conflict", "InvalidInput", "NotFound", "OutlastError", "StaleAttempt", "StoreError", "StoreLost"), "errors"
+    ),
     **dict.fromkeys(
         (
             "Checkpoint",
@@ -141,6 +144,7 @@ __all__ = [
     "Status",
     "StatusChanged",
     "StoreError",
+    "StoreLost",
     "TimeoutExtended",
     "TimeoutProfile",
     "TooManyFailures",

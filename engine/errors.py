@@ -25,3 +25,8 @@ class StaleAttempt(Conflict):
 
 class StoreError(OutlastError):
     """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
+
+
+class StoreLost(StoreError):
+    """The store's file this process wrote to was deleted under it (its state dir removed): the records of
+    the operations it was running went with it, so they cannot be resumed, only run again."""

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
+from .errors import StoreLost
 from .events import EventBus
 from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
@@ -63,6 +64,9 @@ class StoreHealth:
         self._said_up = float("-inf")
         self.why = ""
         """Why the current (or last) outage began, in a few words."""
+        self.lost = False
+        """The current (or last) outage began with the store's file deleted (StoreLost): the running
+        operations' records went with it, so a stopped one cannot be resumed."""
 
     @property
     def since(self) -> float | None:
@@ -83,9 +87,15 @@ class StoreHealth:
         if not self._failing:
             self._began = time.monotonic()
             self.why = why(e)
+            self.lost = isinstance(e, StoreLost)
             if not self._said_down and time.monotonic() - self._said_up >= 60.0:
                 self._said_down = True
-                if self._busy():
+                if self._busy() and self.lost:
+                    what = (
+                        f"running work goes on in memory for {self.outage_limit:g}s in case it is put back, then"
+                        " stops; its record went with it, so it cannot be resumed, only run again"
+                    )
+                elif self._busy():
                     what = (
                         "running work goes on in memory, and stops as interrupted (resumable) unless the store"
                         f" is back within {self.outage_limit:g}s"

@@ -106,9 +106,13 @@ def _start(fs: Cli, tmp_path: Path) -> tuple[Proc, str]:
     return proc, op_id
 
 
-def _one_line(proc: Proc, needle: str) -> None:
+def _one_line(proc: Proc, needle: str, stopped: str | None = None) -> None:
+    """One line when the outage began; a run that gave up writing ``stopped`` also says so at its end,
+    after its progress lines, with how to resume it (the first line may be far up by then)."""
     err = [ln for ln in proc.err if ln.strip()]
-    assert len(err) == 1 and needle in err[0], err
+    assert len(err) == (1 if stopped is None else 2) and needle in err[0], err
+    if stopped is not None:
+        assert err[1].startswith(f"{stopped} stopped, ") and err[1].endswith(f"outlast resume {stopped}"), err
     assert not any("Traceback" in ln for ln in proc.err)
 
 
@@ -129,7 +133,7 @@ def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: 
     try:
         fill = _fill(small_fs)
         assert proc.wait(60) == ExitCode.STORE
-        _one_line(proc, "the store cannot be written")
+        _one_line(proc, "the store cannot be written", stopped=op_id)
         # Left running for the next engine (the process holding it is gone), or interrupted if the last
         # write got through.
         assert fs.op(op_id).status.value in ("running", "interrupted")
@@ -150,7 +154,7 @@ def test_signals_work_while_the_store_cannot_write(cli: Cli, small_fs: Path, tmp
         until(lambda: any("cannot be written" in ln for ln in proc.err), 60, what="the store failure said")
         proc.signal(signal.SIGTERM)
         assert proc.wait(60) == ExitCode.STORE
-        _one_line(proc, "the store cannot be written")
+        _one_line(proc, "the store cannot be written", stopped=op_id)
         fill.unlink()
         _resumes_to_the_same_result(fs, op_id, tmp_path, whole)
     finally:

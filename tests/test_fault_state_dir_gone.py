@@ -57,7 +57,11 @@ def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) 
         shutil.rmtree(state)
         assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
         err = [ln for ln in proc.err if ln.strip()]
-        assert len(err) == 1 and "outlast.db was deleted while this process had it open" in err[0], err
+        # The outage's line when it began (not "resumable": the record went with the state dir), and a
+        # last line at the end, after the progress lines, saying what became of the operation.
+        assert len(err) == 2 and "outlast.db was deleted while this process had it open" in err[0], err
+        assert "resumable" not in err[0] and "cannot be resumed" in err[0], err
+        assert err[1].startswith(f"{proc.out[0].split()[1]} stopped, ") and "cannot be resumed" in err[1], err
         assert not any("Traceback" in ln for ln in proc.err)
     finally:
         cli.close()

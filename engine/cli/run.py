@@ -64,7 +64,8 @@ async def run_foreground(
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
             return ExitCode.WATCH_STOPPED
         except StoreUnwritable:
-            return ExitCode.STORE  # said in one line when the store failed; the next engine finds it interrupted
+            report_unwritable(engine, op.id, mode, prefix)
+            return ExitCode.STORE
         stopped_by_store = op.id in engine.store_stopped
     report_final(final, mode, prefix)
     return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
@@ -125,6 +126,19 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
         fmt.echo(f"resume{where} with: {prefix} resume {op.id}", err=mode == "json")
 
 
+def report_unwritable(engine: Engine, op_id: str, mode: Mode, prefix: str) -> None:
+    """The end of a run whose store could not be written: what became of it, and what to do. The outage's
+    first line was said when it began, maybe long before among the progress lines."""
+    if mode == "quiet":
+        return
+    if engine.health.lost:
+        then = "its record went with the state dir, so it cannot be resumed"
+    else:
+        then = f"the next outlast process finds it interrupted; once the store can be written: {prefix} resume {op_id}"
+    final = engine.abandoned.get(op_id) or f"the store could not be written ({engine.health.why})"
+    fmt.echo(f"{op_id} stopped, {final}; {then}", err=True)
+
+
 # ---- detached -------------------------------------------------------------------------------------
 
 
@@ -177,6 +191,7 @@ async def run_one(settings: Settings, op_id: str) -> ExitCode:
         try:
             final = await follow(engine, op_id, PlainView(), local=True)
         except StoreUnwritable:
+            report_unwritable(engine, op_id, "plain", "outlast")
             return ExitCode.STORE
     report_final(final, "plain")
     return code_for_status(final.status)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...errors import StoreLost
 from ...files import create_private, make_private
 from ...models import NotFound, Operation, StoreError
 from ..walpair import note_owner, stale_wal
@@ -192,7 +193,8 @@ class SqliteCore:
         if not self._held:
             self._reopen(what)
         elif write:
-            raise StoreError(
+            error = StoreLost if what == "deleted" else StoreError
+            raise error(
                 f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
                 f" with {len(self._held)} operation(s) running; nothing more is written to the one it has"
             )
