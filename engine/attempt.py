@@ -220,7 +220,7 @@ class Attempt:
         """After ``run``: kill what the handler left running; a lost attempt lets go of its lock."""
         self.ctx.kill_children()
         await self.ctx.reap_children()
-        if self.lost:
+        if self.lost:  # the store said when the lease was lost; this is when the stop took effect
             log.warning(
                 "%s: attempt %d stopped after losing its lease; nothing of it is written any more",
                 self.op.id,
@@ -287,7 +287,8 @@ class Attempt:
                 await self._final_checkpoint()
                 await self._settle(Status.FAILED, error=str(e))
             except StaleAttempt as e:
-                log.warning("%s: %s; this attempt stops without writing", op.id, e)
+                if not self.lost:  # else the store said so when it refused the attempt's first write
+                    log.warning("%s: %s; this attempt stops without writing", op.id, e)
             except StoreError as e:
                 # The store itself is damaged (a checkpoint page garbled on disk), not the handler wrong:
                 # the operation stays resumable from its newest good checkpoint, and the command says

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, OperationSpec, load_settings, open_store
-from tests.fixtures_cli import CLI, REPO
+from engine.exitcodes import ExitCode
+from tests.fixtures_cli import CLI, REPO, CliAt
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -68,3 +69,24 @@ def test_tampered_record_is_one_line_and_skipped_in_listings(redis_server: Redis
     assert f"operation {bad}: stored record in redis is malformed" in listing.stderr
     assert len(listing.stderr.strip().splitlines()) == 1
     assert redis_server.client().hget(f"cli:op:{bad}", "priority") == b'"urgent!!"'  # nothing changed
+
+
+def test_a_run_whose_operation_is_emptied_out_of_redis_says_so_once_at_its_end(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """Redis emptied (FLUSHALL, no mirror) under ``outlast run``: it said the same thing four times (the
+    store's lost lease, the attempt's refused write, the attempt's stop, then "no operation ID"). Now the
+    store's line when it noticed, the attempt's when its stop took effect, and a last line saying why."""
+    cli = CliAt(state_dir, OUTLAST_NAMESPACE="cli", OUTLAST_STORE=redis_server.url)
+    try:
+        proc = cli.start("run", "demo", "-p", "items=400", "-p", "seconds=0.02")
+        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+        proc.wait_line(lambda ln: "running" in ln and " 0/400" not in ln)
+        redis_server.client().flushall()
+        assert proc.wait(60) == ExitCode.NOT_FOUND
+        err = [ln for ln in proc.err if ln.strip()]
+        assert len(err) == 3 and "the operation is gone from the store" in err[0], err
+        assert "stopped after losing its lease" in err[1], err
+        assert err[2] == f"{op_id} stopped: it is gone from the store (deleted, or the store emptied)", err
+    finally:
+        cli.close()

@@ -15,7 +15,7 @@ from ..config import Settings
 from ..engine import Engine, StoreUnwritable
 from ..exitcodes import ExitCode, code_for_status
 from ..files import private_opener
-from ..models import SETTLED, Conflict, Event, Operation, OperationSpec, Status, StatusChanged
+from ..models import SETTLED, Conflict, Event, NotFound, Operation, OperationSpec, Status, StatusChanged
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
@@ -66,7 +66,13 @@ async def run_foreground(
         except StoreUnwritable:
             report_unwritable(engine, op.id, mode, prefix)
             return ExitCode.STORE
+        except NotFound:
+            final = None  # said once the engine has stopped the attempt, after what its store says of it
         stopped_by_store = op.id in engine.store_stopped
+    if final is None:
+        if mode != "quiet":
+            fmt.echo(f"{op.id} stopped: it is gone from the store (deleted, or the store emptied)", err=True)
+        return ExitCode.NOT_FOUND
     report_final(final, mode, prefix)
     return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
 

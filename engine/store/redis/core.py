@@ -101,7 +101,7 @@ class RedisCore:
             "epoch": f"was replaced by epoch {current}",
             "status": f"is over: the operation is {status} now",
             "lease": "is over: its lease expired",
-        }.get(why, "is over: the operation is gone")
+        }.get(why, "is over: the operation is gone from the store")
         self._lose(op_id, epoch, reason)
         return StaleAttempt(f"operation {op_id}: attempt epoch {epoch} {reason}; its writes are refused")
 
