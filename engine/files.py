@@ -36,3 +36,13 @@ def write_private(path: Path, text: str) -> None:
     """``path.write_text(text)``, created 0600."""
     with open(path, "w", encoding="utf-8", opener=private_opener) as fh:
         fh.write(text)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes this process may still write on ``path``'s file system (root may use the reserved blocks);
+    None when it cannot be told."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize

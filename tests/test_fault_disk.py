@@ -360,3 +360,33 @@ def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
     finally:
         worker.kill()
         fs.close()
+
+
+def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) -> None:
+    """A full file system, with no process holding the store open: opening ``outlast.db`` failed when its
+    shared-memory file could not be sized, and every command said "outlast.db is not a usable Outlast
+    database (disk I/O error)", which reads as "it is damaged: delete it". Now it says the disk is full
+    and what to do, exit 8, and changes nothing; with space freed the same store lists its operation.
+    A state dir made on a full disk says the same of making its database."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    code, rec, err = run_json(fs, "run", "demo", "-p", "items=3", "-p", "seconds=0")
+    assert code == 0, err
+    op_id = rec["id"]
+    for name in ("outlast.db-wal", "outlast.db-shm"):  # as a process that exited cleanly leaves it
+        with contextlib.suppress(FileNotFoundError):
+            (state / name).unlink()
+    before = (state / "outlast.db").read_bytes()
+    fill = _fill(small_fs)
+    for args in (("ls",), ("show", op_id), ("run", "demo", "-p", "items=3")):
+        r = fs(*args)
+        assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
+        [line] = r.stderr.strip().splitlines()
+        assert "its file system is full" in line and "outlast.db cannot be opened" in line, line
+        assert "not a usable" not in line
+    assert (state / "outlast.db").read_bytes() == before
+    r = CliAt(small_fs / "new")("ls")
+    assert r.returncode == ExitCode.STORE and "outlast.db cannot be created" in r.stderr, r.stderr
+    fill.unlink()
+    r = fs("--json", "show", op_id)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "completed", r.stderr

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import StoreLost
-from ...files import create_private, make_private
+from ...files import create_private, free_bytes, make_private
+from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ..walpair import note_owner, stale_wal
 from .locks import try_lock, unlock
@@ -33,6 +34,10 @@ log = logging.getLogger("outlast.store")
 
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 """SQLite's primary result codes for a damaged database file."""
+
+FULL_BELOW = 1 << 20
+"""Free bytes under which a database that cannot be opened is said to be on a full file system (opening
+one may have to make its WAL and shared-memory files, and a recovery write them)."""
 
 
 class SqliteCore:
@@ -126,8 +131,9 @@ class SqliteCore:
             raise StoreError(f"state dir {d} is not a directory")
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
+        creating = not self.db_path.exists()
         try:
-            if not self.db_path.exists():
+            if creating:
                 self._create_db()
             elif self.db_path.stat().st_size == 0:
                 # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
@@ -157,11 +163,11 @@ class SqliteCore:
                 # cut off by a kill: the rest is created now (IF NOT EXISTS: nothing present is touched).
                 init_schema(conn)
                 version = schema_version(conn)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
-            raise StoreError(f"state dir {d}: {self.db_path.name} is not a usable Outlast database ({e})") from None
+            raise self._unopened(e, creating) from None
         if (version or 0) > SCHEMA_VERSION:
             conn.close()
             self._conn = None
@@ -171,6 +177,25 @@ class SqliteCore:
             )
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
             ensure_current(conn)
+
+    def _unopened(self, e: sqlite3.DatabaseError | OSError, creating: bool) -> StoreError:
+        """Why the database could not be opened (or made), in one line. Only a damaged file is called
+        unusable: a full disk made a sound database "not a usable Outlast database (disk I/O error)" (its
+        shared-memory file could not be sized), which reads as "delete it"."""
+        d, name = self.state_dir, self.db_path.name
+        if isinstance(e, sqlite3.DatabaseError) and not creating:
+            damaged = self._unusable(e)
+            if isinstance(damaged, StoreError):
+                return damaged
+        what = "created" if creating else "opened"
+        free = free_bytes(d)
+        if free is not None and free < FULL_BELOW:
+            return StoreError(
+                f"state dir {d}: its file system is full ({size(free)} free): {name} cannot be {what};"
+                " free some space there, then run this again"
+            )
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return StoreError(f"state dir {d}: {name} cannot be {what} ({why})")
 
     def _same_file(self, write: bool) -> None:
         """Whether ``outlast.db`` is still the file this store opened, checked before each job (one ``stat``).
