@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
+from .files import private_dir
 from .lifecycle import StopReason
 from .models import (
     Checkpoint,
@@ -200,9 +201,8 @@ class Attempt:
     def output_dir(self) -> Path:
         store_dir = getattr(self.host.store, "state_dir", None)
         base = Path(store_dir) if store_dir else Path(self.host.settings.state_dir).expanduser()
-        d = base / "outputs"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return d
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return private_dir(base, "outputs")
 
     # ---- control -------------------------------------------------------------------------------
 

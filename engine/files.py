@@ -10,6 +10,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from .errors import StoreError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -30,6 +32,22 @@ def make_private(*paths: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if os.stat(p).st_mode & 0o077:
                 os.chmod(p, FILE_MODE)
+
+
+def private_dir(state_dir: Path, name: str) -> Path:
+    """``state_dir / name``, made 0700 if missing (never the state dir itself, nor its parents). A file in
+    its place (or anything else that stops it) is a StoreError in one line, not an internal error: "File
+    exists" named neither the directory nor what to do."""
+    path = state_dir / name
+    try:
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(
+            f"state dir {state_dir}: {name} is not a directory (a file is in its place): move it out of the way"
+        ) from None
+    except OSError as e:
+        raise StoreError(f"state dir {state_dir}: cannot make {name} ({e.strerror or e})") from None
+    return path
 
 
 def write_private(path: Path, text: str) -> None:

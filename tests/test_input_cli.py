@@ -388,3 +388,32 @@ def test_an_empty_store_or_state_dir_is_one_line_and_writes_nothing(tmp_path: Pa
     r = main_here(args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "empty" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _ids(cli: Cli) -> list[str]:
+    r = cli("--json", "ls")
+    assert r.returncode == 0, r.stderr
+    return [op["id"] for op in json.loads(r.stdout)]
+
+
+@pytest.mark.parametrize("name", ["logs", "locks", "detached", "outputs"])
+def test_a_file_in_place_of_a_state_dir_directory_is_one_line_naming_it(cli: Cli, state_dir: Path, name: str) -> None:
+    """A file where the state dir keeps a directory (a cleanup script, a mistaken ``> logs``): "state dir
+    X: File exists", which named neither; in place of ``detached``, ``run --detach`` was an internal error
+    after the operation was queued, which left it for nobody to run. Now one line naming the directory,
+    exit 8, nothing stored; where only some operations use it (``outputs``), the ones that do stop there."""
+    assert cli("run", "demo", "-p", "items=1", "-p", "seconds=0").returncode == 0
+    before = _ids(cli)
+    if (state_dir / name).is_dir():
+        (state_dir / name).rmdir()
+    (state_dir / name).write_text("not a directory\n")
+    want = f"state dir {state_dir}: {name} is not a directory (a file is in its place): move it out of the way"
+    if name == "outputs":  # used by the operations that write reports and indexes: they stop, resumable
+        r = cli("run", "code_analysis", "-p", f"root={state_dir / 'logs'}")
+        assert r.returncode == ExitCode.STORE and f"({want})" in r.stdout, (r.stdout, r.stderr)
+        return
+    r = cli("run", "demo", "-p", "items=1", "--detach")
+    assert r.returncode == ExitCode.STORE, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"outlast: {want}"], r.stderr
+    (state_dir / name).unlink()
+    assert _ids(cli) == before  # nothing queued

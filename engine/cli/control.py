@@ -108,7 +108,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     from ..errors import InvalidInput
     from ..profiles import resume_fields
     from ..registry import get_handler
-    from .run import run_foreground, spawn_detached, submit_or_resume
+    from .run import detach_dir, run_foreground, spawn_detached, submit_or_resume
 
     async def check() -> str:
         async with session(app.settings) as engine:
@@ -140,6 +140,8 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         return run_async(
             run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command(), profile=overrides)
         )
+    if detach:
+        detach_dir(app.settings)  # before anything is stored
     op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id)

@@ -13,8 +13,9 @@ from typing import Any
 
 from ..config import Settings
 from ..engine import Engine, StoreUnwritable
+from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status
-from ..files import private_opener
+from ..files import private_dir, private_opener
 from ..models import SETTLED, Conflict, Event, NotFound, Operation, OperationSpec, Status, StatusChanged
 from ..store import open_store
 from . import format as fmt
@@ -148,25 +149,37 @@ def report_unwritable(engine: Engine, op_id: str, mode: Mode, prefix: str) -> No
 # ---- detached -------------------------------------------------------------------------------------
 
 
+def detach_dir(settings: Settings) -> Path:
+    """Where detached runs write their output, made if missing. Called before the operation is submitted:
+    a file in its place was an internal error after it, which left a queued operation nobody ran."""
+    state = Path(settings.state_dir).expanduser()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return private_dir(state, "detached")
+
+
 def detach_log(settings: Settings, op_id: str) -> Path:
-    d = Path(settings.state_dir).expanduser() / "detached"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d / f"{op_id}.log"
+    return detach_dir(settings) / f"{op_id}.log"
 
 
 def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> int:
     """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid."""
     log_path = detach_log(settings, op_id)
-    with open(log_path, "ab", opener=private_opener) as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            cwd=os.getcwd(),
-        )
+    try:
+        with open(log_path, "ab", opener=private_opener) as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=os.getcwd(),
+            )
+    except OSError as e:  # no process could be started (out of memory, a process limit, no space for the log)
+        raise OutlastError(
+            f"operation {op_id} is queued, but no background process could be started for it"
+            f" ({e.strerror or e}): run it with `outlast worker`, or cancel it with `outlast cancel {op_id}`"
+        ) from None
     return proc.pid
 
 

@@ -71,10 +71,11 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
       outlast run demo --params-json '{"items": 1000, "seconds": 0.01}' --priority high --detach
       ID=$(outlast -q run demo --detach) && outlast watch $ID
     """
-    from .run import run_foreground, submit_or_resume
+    from .run import detach_dir, run_foreground, submit_or_resume
 
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
     if detach:
+        detach_dir(app.settings)  # before anything is stored
         op = run_async(submit_or_resume(app.settings, spec, None, None))
         return _detach(app, op.id)
     return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
@@ -98,9 +99,11 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
-    from .run import run_foreground, submit_or_resume
+    from .run import detach_dir, run_foreground, submit_or_resume
 
     spec = run_async(_rerun_spec(app, op_id, params, profile))
+    if detach:
+        detach_dir(app.settings)  # before anything is stored
     if detach or queue:
         op = run_async(submit_or_resume(app.settings, spec, None, None))
         if queue:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import StoreLost
-from ...files import create_private, free_bytes, make_private
+from ...files import create_private, free_bytes, make_private, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ..walpair import note_owner, stale_wal
@@ -123,12 +123,12 @@ class SqliteCore:
         try:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(d, 0o700)
-            self.log_dir.mkdir(exist_ok=True, mode=0o700)
-            self.lock_dir.mkdir(exist_ok=True, mode=0o700)
         except OSError as e:
             raise StoreError(f"state dir {d}: {e.strerror or e}") from None
         if not d.is_dir():
             raise StoreError(f"state dir {d} is not a directory")
+        private_dir(d, self.log_dir.name)
+        private_dir(d, self.lock_dir.name)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
         creating = not self.db_path.exists()
@@ -308,7 +308,7 @@ class SqliteCore:
         try:
             return try_lock(self._lock_file(op_id))
         except FileNotFoundError:
-            self.lock_dir.mkdir(mode=0o700, exist_ok=True)  # not the state dir: its loss is _same_file's
+            private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
             return try_lock(self._lock_file(op_id))
 
     def _lock(self, op_id: str) -> bool:

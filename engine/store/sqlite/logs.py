@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiofiles
 
-from ...files import private_opener
+from ...files import private_dir, private_opener
 from ...models import ControlAction, LogRecord, validate_id
 from .core import SqliteCore
 
@@ -53,7 +53,7 @@ class ControlLogsMixin(SqliteCore):
             except FileNotFoundError:
                 # The logs directory deleted under a run (to free space): made again, and the lines go on
                 # in a new file. Not made, every append failed as a store outage, which stopped the run.
-                await asyncio.to_thread(self.log_dir.mkdir, mode=0o700, exist_ok=True)  # not the state dir
+                await asyncio.to_thread(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
                 await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
