@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,26 @@ def test_the_whole_log_prints_page_by_page_and_as_one_json_array(
     assert [ln.split(maxsplit=2)[2] for ln in r.stdout.splitlines()] == want
     r = cli.here("--json", "logs", "-n", "2", op_id)
     assert [(rec["operation_id"], rec["message"]) for rec in json.loads(r.stdout)] == [(op_id, m) for m in want[-2:]]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+async def test_a_log_that_is_no_regular_file_neither_hangs_a_reader_nor_its_run(tmp_path: Path, kind: str) -> None:
+    """A FIFO put in place of a log: the process running the operation waited forever to open it for its
+    next lines (the run never settled), and ``outlast logs`` either waited for a writer or failed as an
+    internal error ("not seekable"). Now a reader gets nothing (said once), and the next append moves it
+    aside and begins a new file, with every line it was given."""
+    store = open_store(tmp_path / "state")
+    async with store:
+        now = time.time()
+        op = Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+        await store.create(op)
+        path = tmp_path / "state" / "logs" / f"{op.id}.jsonl"
+        os.mkfifo(path) if kind == "fifo" else path.mkdir()
+        for limit in (None, 5):
+            assert await asyncio.wait_for(store.read_logs(op.id, 0, limit), 5) == ([], 0)
+        recs = [LogRecord(ts=now, level="info", message=f"m{i}") for i in range(3)]
+        await asyncio.wait_for(store.append_logs(op.id, recs), 5)
+        got, _ = await store.read_logs(op.id)
+        assert [r.message for r in got] == ["m0", "m1", "m2"] and path.is_file()
+        [aside] = [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.not-a-file-")]
+        assert aside.is_fifo() if kind == "fifo" else aside.is_dir()

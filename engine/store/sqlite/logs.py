@@ -8,14 +8,42 @@ process that runs it; a partly written last line is left for the next read.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 import sqlite3
+import stat
+import time
 from pathlib import Path
 
 import aiofiles
 
-from ...files import private_dir, private_opener
+from ...files import FILE_MODE, private_dir
 from ...models import ControlAction, LogRecord, validate_id
 from .core import SqliteCore
+
+log = logging.getLogger("outlast.store")
+
+
+class NotRegular(OSError):
+    """A log file's path holds something other than a regular file (a FIFO, a directory, a device)."""
+
+
+def _open_log(path: str | os.PathLike[str], flags: int) -> int:
+    """Open a log file without blocking, and refuse anything but a regular file: a FIFO put in its place
+    made the process writing the log wait forever for a reader (its run never settled) and a reader wait
+    for a writer. Also the ``opener`` of an append (created 0600)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader; a directory
+            raise NotRegular(e.errno, "not a regular file", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 class ControlLogsMixin(SqliteCore):
@@ -55,9 +83,20 @@ class ControlLogsMixin(SqliteCore):
                 # in a new file. Not made, every append failed as a store outage, which stopped the run.
                 await asyncio.to_thread(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
                 await self._append(op_id, text)
+            except NotRegular:
+                path = self._log_path(op_id)
+                aside = path.with_name(f"{path.name}.not-a-file-{int(time.time())}")
+                await asyncio.to_thread(os.replace, path, aside)
+                log.warning(
+                    "operation %s: its log %s was not a regular file; moved to %s, a new one begun",
+                    op_id,
+                    path,
+                    aside.name,
+                )
+                await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
-        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=private_opener) as f:
+        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=_open_log) as f:
             await f.write(text)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
@@ -73,10 +112,18 @@ class ControlLogsMixin(SqliteCore):
                 records, end = await asyncio.to_thread(_read_from, path, offset)
         except FileNotFoundError:
             return [], offset
+        except NotRegular:  # moved aside by the next append of the process running it (append_logs)
+            if path not in _SAID:
+                _SAID.add(path)
+                log.warning("operation %s: its log %s is not a regular file; not read", op_id, path)
+            return [], offset
         for rec in records:
             rec.operation_id = op_id
         return records, end
 
+
+_SAID: set[Path] = set()
+"""Logs said once to be no regular file (a dashboard reads a log every second)."""
 
 READ_MAX = 4 << 20
 """Bytes of log read by one ``read_logs`` without a limit (a following reader catches up over calls)."""
@@ -99,7 +146,7 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
 def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that); a partly written last line is read next time."""
-    with open(path, "rb") as f:
+    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -116,7 +163,7 @@ def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
 def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
-    with open(path, "rb") as f:
+    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
