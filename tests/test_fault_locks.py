@@ -257,3 +257,26 @@ def test_a_lock_taken_on_a_file_deleted_meanwhile_is_not_held(
         assert fd is not None
         assert os.fstat(fd).st_ino == path.stat().st_ino, "the lock is on a file that is not at the path"
         locks.unlock(path, fd)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo"])
+async def test_something_other_than_a_file_at_a_lock_path_is_moved_aside(
+    settings: Settings, tmp_path: Path, kind: str
+) -> None:
+    """A directory made at a queued operation's lock path failed its every claim as a store outage and,
+    as it stayed the queue's head, every claim of the whole queue: nothing ran again. A symbolic link there
+    was followed (the lock file made or locked wherever it pointed). Now it is moved aside and the
+    operation runs; the link's target is untouched."""
+    target = tmp_path / "elsewhere"
+    target.write_text("not Outlast's\n")
+    async with make_engine(settings, run_queue=False) as engine:
+        first = await engine.submit(OperationSpec(type="ledger", params={"items": 2}))
+        second = await engine.submit(OperationSpec(type="ledger", params={"items": 2}))
+        lock = Path(settings.state_dir) / "locks" / f"{first.id}.lock"
+        {"directory": lock.mkdir, "symlink": lambda: lock.symlink_to(target), "fifo": lambda: os.mkfifo(lock)}[kind]()
+    async with make_engine(settings) as engine:
+        for op in (first, second):
+            assert (await asyncio.wait_for(engine.wait(op.id), 30)).status is Status.COMPLETED
+    assert target.read_text() == "not Outlast's\n"
+    [aside] = [p for p in lock.parent.iterdir() if p.name.startswith(f"{lock.name}.not-a-file-")]
+    assert aside.is_symlink() if kind == "symlink" else (aside.is_dir() if kind == "directory" else aside.is_fifo())

@@ -4,9 +4,15 @@ kernel when its process dies, so any engine can tell an orphan from a live opera
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
+import stat
+import time
 from pathlib import Path
+
+log = logging.getLogger("outlast.store")
 
 _HELD: set[int] = set()
 """The fds of the locks this process holds, closed in any child forked from it (``_forget``)."""
@@ -36,7 +42,7 @@ def try_lock(path: Path) -> int | None:
     file is only ever made at its path and deleted, never renamed or linked, so a file that still
     has a name is the one at the path) and taken again on the file that is."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -50,6 +56,31 @@ def try_lock(path: Path) -> int | None:
             os.close(fd)
             raise
         os.close(fd)  # let go of and deleted since we opened it
+
+
+_NOT_A_FILE = (errno.EISDIR, errno.ELOOP, errno.ENXIO)
+"""What opening something other than a regular file at a lock path fails with: a directory, a symbolic
+link (not followed), a FIFO or socket with nothing at the other end."""
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file at ``path``, opened (made 0600 if missing). Anything else at the path (a directory, a
+    symbolic link, a FIFO: made by hand, or a cleanup gone wrong) is moved aside first: a directory there
+    failed every claim of the whole queue as a store outage, since the queue's head was always that
+    operation; a link was followed to wherever it pointed."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno not in _NOT_A_FILE:
+                raise
+        else:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
+        os.replace(path, aside)
+        log.warning("lock file %s was not a regular file; moved to %s", path, aside.name)
 
 
 def close_lock(fd: int) -> None:
