@@ -417,3 +417,22 @@ def test_a_file_in_place_of_a_state_dir_directory_is_one_line_naming_it(cli: Cli
     assert r.stderr.strip().splitlines() == [f"outlast: {want}"], r.stderr
     (state_dir / name).unlink()
     assert _ids(cli) == before  # nothing queued
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory"])
+def test_a_database_path_that_is_no_regular_file_is_one_line_and_left_alone(
+    cli: Cli, state_dir: Path, kind: str
+) -> None:
+    """``outlast.db`` a FIFO was "not a usable Outlast database (the file is empty (0 bytes))", a directory
+    "unable to open database file", which it also narrowed to 0600."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    db = state_dir / "outlast.db"
+    os.mkfifo(db) if kind == "FIFO" else db.mkdir(mode=0o755)
+    mode = db.stat().st_mode
+    for args in (("ls",), ("run", "demo", "-p", "items=1")):
+        r = cli(*args)
+        assert r.returncode == ExitCode.STORE, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"outlast: state dir {state_dir}: outlast.db is not a regular file (a {kind}): move it out of the way"
+        ]
+    assert db.stat().st_mode == mode

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +132,13 @@ class SqliteCore:
         private_dir(d, self.lock_dir.name)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
+        with contextlib.suppress(OSError):
+            mode = os.stat(self.db_path).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+                raise StoreError(
+                    f"state dir {d}: {self.db_path.name} is not a regular file (a {kind}): move it out of the way"
+                )
         creating = not self.db_path.exists()
         try:
             if creating:
