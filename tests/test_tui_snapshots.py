@@ -45,20 +45,30 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     assert isinstance(app, OutlastApp)
     table = app.query_one(OperationsTable)
     panes = app.query_one(CheckpointsPane)
+
     # The side panes are read once the cursor has rested (SIDE_DEBOUNCE): wait for them too.
-    await wait_for(
-        pilot,
-        lambda: (
+    def ready() -> bool:
+        return bool(
             len(table.ids) == 9
             and app.model.history
             and panes.op_id == table.selected_id
             and panes.row_count == len(panes.shown)
             and _columns_fit(panes)
-        ),
-    )
-    # Every message queued by then handled, then a frame.
-    await pilot.pause()
-    await pilot.pause(0.3)
+        )
+
+    def looks() -> tuple[Any, ...]:
+        return (table.selected_id, panes.op_id, [c.content_width for c in panes.ordered_columns])
+
+    # Ready, and still ready and the same after every message queued by then is handled and a frame: on a
+    # busy machine the panes once showed a first selection, were given another, and the picture was taken
+    # before the new rows' columns were widened (the time shown as '2026').
+    while True:
+        await wait_for(pilot, ready)
+        before = looks()
+        await pilot.pause()
+        await pilot.pause(0.3)
+        if ready() and looks() == before:
+            return
 
 
 async def _checkpoints(pilot: Pilot[Any]) -> None:
