@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from textual.widgets import Static
 
-from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
+from engine import Engine, OperationSpec, Priority, Settings, Status, StoreError, load_settings, open_store
 from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
 from tui.screens.help import HelpScreen
@@ -839,3 +839,21 @@ def _notifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str,
 
     monkeypatch.setattr(App, "notify", notify)
     return notified
+
+
+async def test_an_engine_that_did_not_start_is_said_whole_in_the_table(tui_settings: Settings) -> None:
+    """The engine refused to start (here: ``outlast.db`` a directory): the status line cut its reason
+    off, the notification went away, the table said "loading operations..." for ever, and the dashboard
+    exited 0. Now the table says it whole, wrapped, and the failure is kept for ``main`` to raise (exit 8)."""
+    state = Path(tui_settings.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "outlast.db").mkdir()
+    app = make_app(tui_settings)
+    async with app.run_test(size=(80, 30)) as pilot:
+        await wait_for(pilot, lambda: app.engine_error is not None)
+        await pilot.pause()
+        table = app.query_one(OperationsTable)
+        shown = " ".join("".join(seg.text for seg in table.render_line(y)).strip() for y in range(1, 12))
+        assert "the engine did not start: state dir" in shown and "move it out of the way" in shown, shown
+        assert "loading" not in shown and "q quits" in shown, shown
+        assert isinstance(app.engine_failure, StoreError) and str(app.engine_failure) == app.engine_error

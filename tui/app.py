@@ -113,6 +113,9 @@ class OutlastApp(App[int]):
         """Every record shown, by id (the model's dict)."""
         self.engine_started = False
         self.engine_error: str | None = None
+        self.engine_failure: BaseException | None = None
+        """Why the engine did not start, raised again by ``main`` once the screen is gone: the terminal
+        keeps the line, and the command exits with its code (a store error: 8), not 0."""
         self.waiting_to_quit = False
         self.watch_only = watch_only
         """Start no queued work here (``outlast tui --watch-only``, or the w key): only show it."""
@@ -200,8 +203,14 @@ class OutlastApp(App[int]):
             return  # NoMatches: the panes are gone, the app is closing
         if event.worker is self._boot and not self.engine_started:
             self.engine_error = str(error)
+            self.engine_failure = error
             self.model.store_ok = False
-            self.notify(f"the engine did not start: {error}", severity="error", timeout=30)
+            table = self.dashboard.table
+            table.failed = self.engine_error
+            table.refresh()
+            # Said whole in the table while it lists nothing; over a first look's rows, here.
+            said = f": {error}" if table.ops else " (why: in the list)"
+            self.notify(f"the engine did not start{said}", severity="error", timeout=30)
         elif is_refusal(error):
             self.notify(str(error), severity="warning")
         elif isinstance(error, OSError | OutlastError) or type(error).__module__.split(".")[0] in ("sqlite3", "redis"):
@@ -544,4 +553,6 @@ def main(settings: Settings, watch_only: bool = False, first_look: FirstLook | N
         logger.handlers = saved
     if app.handed_over:
         print(app.handed_over)
+    if app.engine_failure is not None:
+        raise app.engine_failure
     return int(rv or 0)

@@ -8,6 +8,7 @@ painted, so the cost of a frame is the rows visible, not the rows stored.
 
 from __future__ import annotations
 
+import textwrap
 from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -155,6 +156,9 @@ class OperationsTable(ScrollView, can_focus=True):
         self.filter_words: list[str] = []
         self.fetched = False
         """True once the first full list has been read (until then the table says it is loading)."""
+        self.failed: str | None = None
+        """Why the engine did not start: said whole in the empty table (the status line cuts it off, a
+        notification goes away), instead of "loading operations..." for ever."""
         self._styles: dict[str, Style] = {}
         self._styles_theme: str | None = None
         self._last_highlight: str | None = None
@@ -323,6 +327,15 @@ class OperationsTable(ScrollView, can_focus=True):
             cols = [c for c in cols if c.key != drop]
         return [(c, max(NAME_MIN, left) if c.key == "name" else c.width) for c in cols]
 
+    def _empty_lines(self, width: int) -> list[str]:
+        """What the table says while it lists nothing."""
+        if self.failed is not None and not self.ops:
+            said = textwrap.wrap(f"the engine did not start: {self.failed}", max(20, width - 2))
+            return [*said, "", "nothing can be listed or run here until that is mended; q quits"]
+        if not self.fetched:
+            return ["loading operations..."]
+        return ["no operations match" if self.ops else "no operations yet: press n to launch one"]
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         base = self._style("base")
@@ -330,11 +343,10 @@ class OperationsTable(ScrollView, can_focus=True):
             return self._header(width, base)
         row = int(self.scroll_y) + y - 1
         if row >= len(self.ids):
-            if row == 0:
-                msg = "loading operations..." if not self.fetched else "no operations match" if self.ops else ""
-                if not self.ops and self.fetched:
-                    msg = "no operations yet: press n to launch one"
-                return Strip([Segment(f" {msg}".ljust(width)[:width], base + self._style("ops--dim"))], width)
+            lines = self._empty_lines(width) if not self.ids else []
+            if row < len(lines):
+                style = self._style("ops--dim") if self.failed is None else self._style("ops--failed")
+                return Strip([Segment(f" {lines[row]}".ljust(width)[:width], base + style)], width)
             return Strip.blank(width, base)
         op = self.ops.get(self.ids[row])
         if op is None:
