@@ -138,6 +138,8 @@ class Engine:
     async def start(self) -> None:
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         await self.store.open()
+        if self.store.read_only:
+            self.run_queue = False  # nothing can be claimed: the engine only reads (see Store.read_only)
         await self.recover()
         self._loops = [asyncio.create_task(self._supervisor.run(), name="outlast-supervisor")]
         if self.run_queue:
@@ -484,7 +486,10 @@ class Engine:
     # ---- recovery ------------------------------------------------------------------------------
 
     async def recover(self) -> list[Operation]:
-        """Mark operations left running by dead processes interrupted (and resume them if asked)."""
+        """Mark operations left running by dead processes interrupted (and resume them if asked); a store
+        that cannot be written is read as it is."""
+        if self.store.read_only:
+            return []
         # A store whose workers come and go (Redis leases) asks for orphans to be queued again.
         resume = self.resume if self.auto_resume or getattr(self.store, "resume_orphans", False) else None
         return await recover_orphans(self.store, self.log_buffer, self.publish, resume)

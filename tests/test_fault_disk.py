@@ -390,3 +390,45 @@ def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) 
     fill.unlink()
     r = fs("--json", "show", op_id)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "completed", r.stderr
+
+
+@pytest.mark.parametrize("left", ["closed cleanly", "its runner killed"])
+def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
+    cli: Cli, small_fs: Path, tmp_path: Path, left: str
+) -> None:
+    """A state dir on a read-only file system (a snapshot, a disk the kernel remounted read-only after
+    errors): every command, `outlast ls` too, said only "state dir X: Read-only file system", so nobody
+    could see what had been running. Now what is stored is read as it is (with one line saying so), and
+    what would write says in one line that it cannot, exit 8, with nothing changed."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    code, done, err = run_json(fs, "run", "demo", "-p", "items=3", "-p", "seconds=0")
+    assert code == 0, err
+    ids = {done["id"]}
+    if left == "its runner killed":  # running, with its writes in the WAL and no process behind it
+        proc = fs.start("run", "demo", "-p", "items=500", "-p", "seconds=0.02")
+        ids.add(proc.wait_line(lambda ln: " submitted" in ln).split()[1])
+        proc.wait_line(lambda ln: "running" in ln and " 0/500" not in ln)
+        proc.kill()
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    r = _mount("--bind", "-o", "ro", str(state), str(state))
+    assert r.returncode == 0, r.stderr
+    try:
+        listing = fs("--json", "ls")
+        assert listing.returncode == 0, listing.stderr
+        assert {op["id"] for op in json.loads(listing.stdout)} == ids
+        r = fs("--json", "show", done["id"])
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "completed", r.stderr
+        refusal = "is on a read-only file system: it can be read, not written"
+        for args in (("run", "demo", "-p", "items=1"), ("cancel", done["id"]), ("rm", done["id"])):
+            r = fs(*args)
+            said = [ln for ln in r.stderr.splitlines() if "WARNING" not in ln]
+            if args[0] == "run":
+                assert r.returncode == ExitCode.STORE and len(said) == 1 and refusal in said[0], r.stderr
+            else:
+                assert r.returncode in (ExitCode.STORE, ExitCode.CONFLICT) and len(said) == 1, r.stderr
+        r = fs("worker", "--exit-when-idle")
+        assert r.returncode == ExitCode.STORE and "no work can be run from it" in r.stderr, r.stderr
+    finally:
+        assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
+    assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before

@@ -277,7 +277,9 @@ class OutlastApp(App[int]):
     def _notes(self) -> list[str]:
         """What the status line says about this dashboard (beyond what the model holds)."""
         notes = []
-        if self.waiting_to_quit:
+        if self.engine_started and self.engine.store.read_only:
+            notes.append("read-only file system: nothing can be run or changed")
+        elif self.waiting_to_quit:
             notes.append("waiting for running work to finish, then quitting")
         elif self.watch_only:
             notes.append("watch only (w runs queued work)")

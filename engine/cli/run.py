@@ -16,7 +16,17 @@ from ..engine import Engine, StoreUnwritable
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status
 from ..files import private_dir, private_opener
-from ..models import SETTLED, Conflict, Event, NotFound, Operation, OperationSpec, Status, StatusChanged
+from ..models import (
+    SETTLED,
+    Conflict,
+    Event,
+    NotFound,
+    Operation,
+    OperationSpec,
+    Status,
+    StatusChanged,
+    StoreError,
+)
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
@@ -233,6 +243,8 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
 
     failed = False
     async with engine:
+        if engine.store.read_only:  # it would wait for ever for work it cannot claim
+            raise StoreError(f"{engine.store.url} is on a read-only file system: no work can be run from it")
         engine.install_signal_handlers()
         engine.subscribe(on_event)
         if mode == "plain":

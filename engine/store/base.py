@@ -304,6 +304,8 @@ class Store(Protocol):
     """What an engine needs from where state lives. All methods are coroutines."""
 
     url: str
+    read_only: bool
+    """Set by ``open``: the store can be read, not written (a local state dir on a read-only file system)."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -5,7 +5,8 @@ It answers only when its answer is what the full path (open an engine, recover o
 print, and returns None otherwise: when the store does not exist yet or is not private (the full path
 makes it so), has a WAL written for another file (walpair: closing would fold it in), was written by
 another schema version, holds a record it cannot read, or has a running operation whose process is gone
-(the full path marks that one interrupted first). It writes nothing.
+(the full path marks that one interrupted first; on a read-only file system it cannot, and both list it
+as stored). It writes nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def quick_list(
             return None
         if stale_wal(db) is not None:
             return None  # the full path says what is wrong
-        conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
+        read_only = on_read_only_fs(state_dir)
+        if read_only:
+            conn = sqlite3.connect(read_only_uri(db), uri=True, timeout=5.0, isolation_level=None)
+        else:
+            conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
     except (OSError, sqlite3.Error):
         return None
     try:
@@ -46,8 +51,8 @@ def quick_list(
         if version is None or str(version[0]) != str(SCHEMA_VERSION):
             return None
         running = conn.execute("SELECT id FROM operations WHERE status='running'").fetchall()
-        if any(not _held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
-            return None  # an orphan: the full path marks it interrupted before listing
+        if not read_only and any(not _held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
+            return None  # an orphan: the full path marks it interrupted before listing (read-only: cannot)
         where, args = [], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -63,6 +68,26 @@ def quick_list(
     finally:
         conn.close()
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+def on_read_only_fs(d: Path) -> bool:
+    """Whether the directory ``d`` exists on a file system mounted read-only."""
+    try:
+        return d.is_dir() and bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def read_only_uri(db: Path) -> str:
+    """The URI that opens ``db`` on a read-only file system to read. With no WAL holding writes, as
+    ``immutable`` (SQLite cannot make the shared-memory file a WAL database needs, and nothing can write
+    there meanwhile); with one, read through it (a process writing when the file system went read-only
+    left its shared-memory file beside it)."""
+    try:
+        writes = Path(f"{db}-wal").stat().st_size > 32  # longer than its header
+    except FileNotFoundError:
+        writes = False
+    return f"{db.resolve().as_uri()}?mode=ro" + ("" if writes else "&immutable=1")
 
 
 def _private(*paths: Path) -> bool:

@@ -31,6 +31,7 @@ _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 class RedisCore:
     """The shared state and fencing of RedisStore (see module doc)."""
 
+    read_only = False
     resume_orphans = True
     """An operation whose worker lost its lease is queued again (by any engine that notices)."""
     on_lease_lost: Callable[[str, int], None] | None = None

@@ -24,6 +24,7 @@ from ...errors import StoreLost
 from ...files import create_private, free_bytes, make_private, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
+from ..quick import on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
@@ -60,6 +61,10 @@ class SqliteCore:
         """The database file this store opened (device, inode): what every write checks is still there."""
         self._closed_why: str | None = None
         """Why the file now at the path could not be opened in place of the one before (``_reopen``)."""
+        self.read_only = False
+        """The state dir is on a read-only file system (a snapshot, a disk the kernel remounted read-only
+        after errors): it is read as it is, every write is refused in one line, and nothing is marked
+        (an operation whose process is gone stays listed as running)."""
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -91,6 +96,11 @@ class SqliteCore:
         after: Callable[[], None] | None = None,
     ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
+        if self.read_only:
+            raise StoreError(
+                f"state dir {self.state_dir} is on a read-only file system: it can be read, not written"
+                " (remount it read-write to run or change anything)"
+            )
         try:
             result: T = await self.worker.run_txn(fn, undo, after)
         except sqlite3.DatabaseError as e:
@@ -121,15 +131,23 @@ class SqliteCore:
 
     def _open_sync(self) -> None:
         d = self.state_dir
-        try:
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(d, 0o700)
-        except OSError as e:
-            raise StoreError(f"state dir {d}: {e.strerror or e}") from None
-        if not d.is_dir():
-            raise StoreError(f"state dir {d} is not a directory")
-        private_dir(d, self.log_dir.name)
-        private_dir(d, self.lock_dir.name)
+        self.read_only = on_read_only_fs(d)
+        if self.read_only:
+            log.warning(
+                "state dir %s is on a read-only file system: read as it is; nothing can be run or changed, and"
+                " an operation whose process is gone is not marked interrupted",
+                d,
+            )
+        else:
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(d, 0o700)
+            except OSError as e:
+                raise StoreError(f"state dir {d}: {e.strerror or e}") from None
+            if not d.is_dir():
+                raise StoreError(f"state dir {d} is not a directory")
+            private_dir(d, self.log_dir.name)
+            private_dir(d, self.lock_dir.name)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
         with contextlib.suppress(OSError):
@@ -146,13 +164,18 @@ class SqliteCore:
             elif self.db_path.stat().st_size == 0:
                 # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
                 raise sqlite3.DatabaseError("the file is empty (0 bytes)")
-            # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
-            make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
+            if self.read_only:
+                conn = sqlite3.connect(
+                    read_only_uri(self.db_path), uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+            else:
+                # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+                make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
+                conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
             conn.text_factory = _lenient_text
             self._conn = conn
             self.worker.conn = conn
@@ -160,13 +183,16 @@ class SqliteCore:
             self._file = (st.st_dev, st.st_ino)
             self.worker.guard = self._same_file
             has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
-            note_owner(self.db_path)  # the WAL is open now (that read), and no write of this file is in it yet
+            if not self.read_only:
+                note_owner(self.db_path)  # the WAL is open now (that read), and no write of this file is in it yet
             if not has_meta:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
                     raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+                if self.read_only:
+                    raise sqlite3.DatabaseError("it holds no tables")
                 init_schema(conn)  # a database file with nothing in it: nothing to lose
             version = schema_version(conn)
-            if version is None:
+            if version is None and not self.read_only:
                 # Made by an older version, whose schema was created statement by statement and could be
                 # cut off by a kill: the rest is created now (IF NOT EXISTS: nothing present is touched).
                 init_schema(conn)
