@@ -254,3 +254,25 @@ def test_commands_run_with_their_standard_streams_closed(cli: Cli, closed: str) 
     assert r.returncode == 0
     listed = json.loads(cli("--json", "ls").stdout)
     assert [(o["type"], o["status"]) for o in listed] == [("demo", "completed")]
+
+
+def test_a_follower_of_an_operation_whose_runner_died_ends_with_it_interrupted(cli: Cli) -> None:
+    """``outlast watch`` and ``outlast logs -f`` of an operation whose process was SIGKILLed went on
+    showing it running, frozen, for ever (a Ctrl-C then said "it goes on running"): they looked for
+    orphans once, when they started. Now they look every 2 s, as every engine does: both end with the
+    operation interrupted (exit 6), and watch says why and how to resume it."""
+    script = "for i in $(seq 1 4000); do echo line $i; sleep 0.02; done"
+    r = cli("--json", "run", "command", "-p", f"command={json.dumps(script)}", "-p", "shell=true", "--detach")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    op_id, pid = out["id"], out["pid"]
+    until(lambda: cli.op(op_id).status.value == "running", 30, what="the detached run running")
+    watch, follow = cli.start("watch", op_id), cli.start("logs", "-f", op_id)
+    watch.wait_line(lambda ln: " running " in ln)
+    follow.wait_line(lambda ln: "line " in ln)  # both past their first look for orphans
+    os.killpg(pid, signal.SIGKILL)  # the runner and its command
+    assert watch.wait(30) == 6, (watch.out[-3:], watch.err)
+    assert follow.wait(30) == 6, follow.err
+    assert any(f"{op_id} interrupted at" in ln and "stopped" in ln for ln in watch.out), watch.out[-3:]
+    assert watch.out[-1] == f"resume with: outlast resume {op_id}", watch.out[-3:]
+    assert cli.op(op_id).status.value == "interrupted"

@@ -30,6 +30,25 @@ PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
 LOCAL_TICK = 0.15
 REMOTE_POLL = 0.5
+ORPHANS_EVERY = 2.0
+"""Seconds between looks for orphans while following work that runs elsewhere (as every engine's
+supervisor looks): the process running it may die, and a follower that never looked showed it running,
+frozen, for ever."""
+
+
+class OrphanLook:
+    """``await look()`` in a follower's loop: every ``ORPHANS_EVERY`` seconds, ``engine.recover()`` marks
+    operations whose process is gone interrupted (a Redis store queues them again)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.due = time.monotonic() + ORPHANS_EVERY
+
+    async def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self.due:
+            self.due = now + ORPHANS_EVERY
+            await self.engine.recover()
 
 
 class WatchStopped(Exception):
@@ -126,6 +145,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
 
     unsubscribe = engine.subscribe(on_event) if local else None
     offset = 0
+    orphans = OrphanLook(engine)
     try:
         with view:
             while True:
@@ -144,6 +164,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                     view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")
                 view.stopping = engine.draining and local  # watching never pauses what runs elsewhere
                 if not local:
+                    await orphans()
                     records, offset = await engine.store.read_logs(op_id, offset)
                     for rec in records:
                         view.log(rec)
@@ -183,8 +204,10 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
         from .live import LiveTable
 
         live = LiveTable()
+    orphans = OrphanLook(engine)
     with live if live is not None else contextlib.nullcontext():
         while True:
+            await orphans()
             if op_ids is None:
                 ops = await engine.list(statuses=sorted(ACTIVE))
                 for op in ops:

@@ -117,6 +117,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Ctrl-C stops watching (exit 130) and leaves them running.
     """
     from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+    from .run import report_final
 
     mode = app.mode
 
@@ -128,6 +129,8 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
                 if len(ids) == 1:
                     view = PlainView(json_lines=True) if mode == "json" else make_view(mode, "Ctrl-C stops watching")
                     finals = [await follow(engine, ids[0], view, local=False)]
+                    if mode in ("plain", "live"):  # how it ended and why, and how to resume it, as a run says
+                        report_final(finals[0], mode, app.command())
                 else:
                     finals = await watch_many(engine, list(dict.fromkeys(ids)) or None, mode)
             except WatchStopped:
@@ -153,6 +156,8 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
 
     async def go() -> int:
         import asyncio
+
+        from .follow import OrphanLook
 
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
@@ -185,7 +190,9 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
             emit(records, app.json)
             quiet_since = time.monotonic()
             said = False
+            orphans = OrphanLook(engine)
             while True:
+                await orphans()
                 op = await engine.get(full)
                 records, offset = await engine.store.read_logs(full, offset)
                 emit(records, app.json)
