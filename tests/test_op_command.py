@@ -208,7 +208,12 @@ def test_sigkilled_worker_leaves_no_shell_grandchild_running_beside_the_resume(c
     pgfile = tmp_path / "pgid"
     cmd = f"echo $$ >> {pgfile}; sleep 777; echo done"
     op_id = submit(cli, "command", {"command": cmd, "shell": True})
-    kill_worker_when(cli, op_id, lambda op: pgfile.exists() and any(_group(int(pgfile.read_text().split()[0]))))
+
+    def started(op: object) -> bool:  # the shell has written its pid (the file is made before it is written)
+        pids = pgfile.read_text().split() if pgfile.exists() else []
+        return bool(pids) and any(_group(int(pids[0])))
+
+    kill_worker_when(cli, op_id, started)
     old = int(pgfile.read_text().split()[0])
     until(lambda: not _alive(old), 10, what="the shell died with its worker")
     assert _group(old), "the grandchild sleep should have outlived its worker (else this test tests nothing)"
