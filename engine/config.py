@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .files import read_limited
 from .models import MAX_SECONDS, InvalidInput
 from .paths import config_dir as config_dir  # re-exported: they were defined here
 from .paths import config_file as find_config_file
@@ -213,10 +214,12 @@ def load_settings(
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path).decode("utf-8")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
         raise InvalidInput(f"{path}: cannot read config file: {e}") from None
     try:
         data = tomllib.loads(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from .errors import StoreError
@@ -64,3 +65,43 @@ def free_bytes(path: Path) -> int | None:
     except OSError:
         return None
     return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+class TooLarge(OSError):
+    """A file read with ``read_limited`` holds more than its limit."""
+
+
+def read_limited(path: Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of a small file someone names (a config file), without hanging on what is not one: a FIFO
+    with nobody writing it made every command wait for ever, and ``/dev/zero`` read until memory ran out.
+    A pipe someone writes (``--config <(make-config)``) is read to its end; more than ``limit`` bytes is
+    TooLarge. OSError for the rest, as ``open`` says it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        # Opened without waiting for a writer; read with waiting: a FIFO nobody writes reads as empty.
+        os.set_blocking(fd, True)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            size += len(chunk)
+        raise TooLarge(27, f"larger than {limit:,} bytes", str(path))
+    finally:
+        os.close(fd)
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """``read_limited`` of a regular file; None for anything else, unread (a pipe read here would be empty
+    for the read that matters: ``--config <(make-config)`` was read twice, and applied as empty), and for
+    what cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        return read_limited(path, limit)
+    except OSError:
+        return None

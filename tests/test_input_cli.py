@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.exitcodes import ExitCode
-from tests.fixtures_cli import Cli, main_here, until
+from tests.fixtures_cli import CLI, REPO, Cli, main_here, until
 
 
 def one_line(r: subprocess.CompletedProcess, code: int = ExitCode.USAGE) -> str:
@@ -436,3 +437,30 @@ def test_a_database_path_that_is_no_regular_file_is_one_line_and_left_alone(
             f"outlast: state dir {state_dir}: outlast.db is not a regular file (a {kind}): move it out of the way"
         ]
     assert db.stat().st_mode == mode
+
+
+def test_a_config_given_through_a_pipe_is_applied_once_read(cli: Cli, tmp_path: Path) -> None:
+    """``outlast --config <(make-config) ...``: the file was read twice (once to remember it checked, once
+    to load it), the pipe was empty the second time, and the settings were silently the defaults."""
+    cmd = " ".join(shlex.quote(a) for a in CLI) + " --json --config <(printf 'max_concurrent = 2\\n') config"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60, cwd=REPO, env=cli.env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["settings"]["max_concurrent"] == 2, r.stdout
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_config_that_is_no_file_neither_hangs_nor_fills_memory(cli: Cli, tmp_path: Path, kind: str) -> None:
+    """A FIFO named as the config file, with nobody writing it, made every command wait for ever; a device
+    (``/dev/zero``) was read until memory ran out. Now the FIFO reads as an empty file and the device is
+    refused in one line, at most 1 MB read."""
+    if kind == "fifo":
+        path = tmp_path / "config.toml"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    r = cli("--config", str(path), "ls", timeout=20)
+    if kind == "fifo":
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == ExitCode.USAGE
+        assert r.stderr.strip() == "outlast: /dev/zero: cannot read config file: larger than 1,048,576 bytes"

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import DIR_MODE, write_private
+from ..files import DIR_MODE, read_regular, write_private
 from ..paths import cache_dir
 
 KEEP = 16
@@ -42,9 +42,12 @@ def _read() -> dict[str, dict[str, str | None]]:
 def checked_state_dir(path: Path) -> tuple[bool, str | None]:
     """(True, the state dir the file names or None) when ``path`` holds content the full check
     accepted; (False, None) otherwise, unreadable or missing files included."""
+    raw = read_regular(path)
     try:
-        content = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+        content = raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        content = None
+    if content is None:
         return False, None
     entry = _read().get(os.path.abspath(path))
     if not isinstance(entry, dict) or entry.get("content") != content:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 
 from ..errors import InvalidInput
+from ..files import read_regular
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
 from ..paths import config_file, default_state_dir
 
@@ -53,13 +54,6 @@ class Seconds(click.FloatRange):
         return rv
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
 class App:
     """The global options; settings are loaded on first use (``--help`` never reads a config).
 
@@ -91,7 +85,7 @@ class App:
             from ..registry import load_plugin
 
             config = self._config_file()
-            content = _read_bytes(config) if config is not None and self._defaults_but_config() else None
+            content = read_regular(config) if config is not None and self._defaults_but_config() else None
             settings = load_settings(
                 self.config,
                 state_dir=self.state_dir,
@@ -101,7 +95,7 @@ class App:
             for plugin in settings.plugins:
                 load_plugin(plugin)
             self._settings = settings
-            if config is not None and content is not None and _read_bytes(config) == content:
+            if config is not None and content is not None and read_regular(config) == content:
                 from .checked import remember
 
                 remember(config, content)  # what was checked is what the file still holds
