@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -516,3 +517,29 @@ async def test_a_new_mirror_on_a_redis_with_operations_is_filled_from_it(
         assert {before.id, queued} <= {o.id for o in await engine.list()}
         loaded = await engine.store.load_checkpoint(before.id)
         assert loaded is not None and loaded[0].seq == final.checkpoint_seq
+
+
+async def test_a_fifo_in_the_mirror_is_skipped_not_waited_on(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO named like a record or a checkpoint in the mirror: the restore after Redis was emptied read
+    it and waited for a writer for ever. Now it is skipped with a warning, and the rest is restored."""
+    mirror = tmp_path / "mirror"
+    async with Engine(
+        store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings, run_queue=False
+    ) as engine:
+        kept, spoilt = await submit(engine), await submit(engine)
+    record = mirror / "t" / "ops" / f"{spoilt}.json"
+    record.unlink()
+    os.mkfifo(record)
+    (mirror / "t" / "checkpoints" / kept).mkdir(exist_ok=True)
+    os.mkfifo(mirror / "t" / "checkpoints" / kept / f"{1:010d}.ckpt.json")
+    redis_server.client().flushall()
+    with caplog.at_level(logging.WARNING, "outlast"):
+        async with Engine(
+            store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings, run_queue=False
+        ) as engine:
+            listed = await asyncio.wait_for(engine.list(), 10)
+            assert [o.id for o in listed] == [kept]
+            assert await asyncio.wait_for(engine.store.load_checkpoint(kept), 10) is None
+    assert "not a regular file" in caplog.text

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..files import read_limited
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -159,7 +162,7 @@ class CheckpointMirror:
                 continue
             path = self.ops_dir / name
             try:
-                op = Operation.model_validate_json(path.read_bytes())
+                op = Operation.model_validate_json(_read(path))
                 if op.id != name.removesuffix(".json"):
                     raise ValueError(f"holds operation {op.id}")
             except (OSError, ValueError) as e:
@@ -180,7 +183,7 @@ class CheckpointMirror:
     def load_record_sync(self, op_id: str) -> Operation | None:
         path = self.ops_dir / f"{validate_id(op_id)}.json"
         try:
-            return Operation.model_validate_json(path.read_bytes())
+            return Operation.model_validate_json(_read(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -273,7 +276,7 @@ class CheckpointMirror:
         for seq, kind in self._files(d):
             path = d / f"{seq:010d}.{kind}.json"
             try:
-                doc = json.loads(path.read_bytes())
+                doc = json.loads(_read(path))
                 if not isinstance(doc, dict):
                     raise ValueError("not an object")
                 if kind == "delta":
@@ -314,6 +317,14 @@ class CheckpointMirror:
             shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
 
         await self._guard(f"deleting {op_id}", do)
+
+
+def _read(path: Path) -> bytes:
+    """A mirror file's bytes; OSError for anything but a regular file (a FIFO named like a record or a
+    checkpoint made a restore from the mirror wait for ever)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return read_limited(path, 1 << 31)
 
 
 def _ckpt_doc(cp: Checkpoint, payload: bytes) -> bytes:
