@@ -280,3 +280,34 @@ async def test_something_other_than_a_file_at_a_lock_path_is_moved_aside(
     assert target.read_text() == "not Outlast's\n"
     [aside] = [p for p in lock.parent.iterdir() if p.name.startswith(f"{lock.name}.not-a-file-")]
     assert aside.is_symlink() if kind == "symlink" else (aside.is_dir() if kind == "directory" else aside.is_fifo())
+
+
+def test_a_fifo_at_an_orphans_lock_path_does_not_hang_outlast_ls(tmp_path: Path) -> None:
+    """``outlast ls`` probes each running operation's lock to tell a live run from an orphan; it opened a
+    FIFO put there to read, and with no process holding it open (the runner dead) waited for a writer for
+    ever. Now the probe never waits; the full path moves the FIFO aside and marks the orphan interrupted."""
+    state = tmp_path / "state"
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(state)}
+    env.pop("OUTLAST_DEBUG", None)
+
+    def outlast(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+        )  # no --plugin: with one, ``ls`` takes the full path, not the quick listing
+
+    r = outlast("--json", "run", "demo", "-p", "items=2000", "-p", "seconds=0.02", "--detach")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    op_id, pid = out["id"], out["pid"]
+    lock = state / "locks" / f"{op_id}.lock"
+    deadline = time.monotonic() + 30
+    while json.loads(outlast("--json", "show", op_id).stdout)["progress"]["done"] < 5:  # running, and said so
+        assert time.monotonic() < deadline, "the detached run never ran"
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    lock.unlink()
+    os.mkfifo(lock)
+    r = outlast("ls")  # the quick listing (``--json`` takes the full path)
+    assert r.returncode == 0, r.stderr
+    [row] = r.stdout.splitlines()[1:]
+    assert op_id in row and " interrupted " in row, r.stdout
