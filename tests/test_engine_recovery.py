@@ -372,7 +372,8 @@ def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_
     cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
         worker = cli.start("worker", "-c", "1")
-        op_id = cli("-q", "submit", "demo", "-p", "items=400", "-p", "seconds=0.02").stdout.strip()  # 8 s
+        items = 250 if deleted == "directory" else 120  # 5 s: past the 2.5 s wait below; else 2.4 s
+        op_id = cli("-q", "submit", "demo", "-p", f"items={items}", "-p", "seconds=0.02").stdout.strip()
         cli.wait_status(op_id, {"running"})
         if deleted == "directory":
             shutil.rmtree(state / "locks")
