@@ -543,3 +543,21 @@ async def test_a_fifo_in_the_mirror_is_skipped_not_waited_on(
             assert [o.id for o in listed] == [kept]
             assert await asyncio.wait_for(engine.store.load_checkpoint(kept), 10) is None
     assert "not a regular file" in caplog.text
+
+
+async def test_a_mirror_that_never_opened_is_said_once_not_made_at_every_write(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mirror whose parent directory is missing (a share not mounted) cannot be used: said once when the
+    store opens. Its directories are not made at the first write as if they had been removed under it
+    (which could put them on the disk below an unmounted share), nor said to be at every write."""
+    mirror = tmp_path / "not-mounted" / "mirror"
+    spec = OperationSpec(type="ledger", params={"items": 80, "seconds": 0.01}, profile={"checkpoint_interval": 0.05})
+    with caplog.at_level(logging.WARNING, "outlast"):
+        async with Engine(store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings) as engine:
+            op = await engine.submit(spec)
+            final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and (final.checkpoint_seq or 0) >= 2
+    said = [r.getMessage() for r in caplog.records if "checkpoint mirror" in r.getMessage()]
+    assert len(said) == 1 and "cannot be used" in said[0], said
+    assert not mirror.exists()

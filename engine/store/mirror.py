@@ -90,6 +90,8 @@ class CheckpointMirror:
         self.refill = False
         """True once the mirror's directories were found removed and made again: what it held is gone, and
         the store writes back what Redis holds (``fill``)."""
+        self._root_dev: int | None = None
+        """The file system the root was on when the mirror was opened (None: never opened)."""
 
     def __repr__(self) -> str:
         return f"CheckpointMirror({str(self.root)!r})"
@@ -104,6 +106,7 @@ class CheckpointMirror:
             self.refill = True
         for d in (self.root, self.dir, self.ops_dir, self.ckpt_dir):
             d.mkdir(mode=0o700, exist_ok=True)
+        self._root_dev = os.stat(self.root).st_dev
 
     async def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
         """Run a write off the event loop; log a failure (once until the mirror works again), never raise.
@@ -126,18 +129,27 @@ class CheckpointMirror:
         return out
 
     def _remade(self, fn: Callable[[], T]) -> T:
+        """``fn()``; its directories made again first if they were removed since the mirror was opened.
+        Never a root that is gone, or on another file system than then (a share unmounted: its files would
+        go to the disk below, hidden once it is mounted again), nor a mirror that never opened."""
         try:
             return fn()
         except FileNotFoundError:
             if self.ops_dir.is_dir() and self.ckpt_dir.is_dir():
                 raise
+            try:
+                same_root = os.stat(self.root).st_dev == self._root_dev
+            except OSError:
+                same_root = False
+            if not same_root:
+                raise
+        self.open_sync()
         log.warning(
             "checkpoint mirror %s: its directory %s was removed; made again, and what Redis holds is written"
             " back into it",
             self.root,
             self.dir,
         )
-        self.open_sync()
         self.refill = True
         return fn()
 

@@ -119,9 +119,8 @@ class RecoveryMixin(RedisCore):
             log.error("checkpoint mirror %s: writing back what it lost failed: %s", mirror.root, e)
             return
         if wrote:  # a new mirror on an empty Redis has nothing to get back
-            log.warning(
-                "checkpoint mirror %s: %d files written back from redis %s", mirror.root, wrote, self.link.where
-            )
+            files = f"{wrote} file{'s' if wrote != 1 else ''}"
+            log.warning("checkpoint mirror %s: %s written back from redis %s", mirror.root, files, self.link.where)
 
     async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
         """Every checkpoint info, payload and delta Redis holds for ``op_id``, by seq, in one round trip."""
