@@ -102,11 +102,12 @@ class CheckpointMirror:
         """Create the directories (0700); raises OSError when the mirror cannot be used at all. A namespace
         directory made here is a new mirror (first use, or pointed somewhere new) on a Redis that may hold
         operations already: ``refill`` is set, so the first write fills it from Redis."""
-        if not self.dir.is_dir():
-            self.refill = True
+        new = not self.dir.is_dir()
         for d in (self.root, self.dir, self.ops_dir, self.ckpt_dir):
             d.mkdir(mode=0o700, exist_ok=True)
         self._root_dev = os.stat(self.root).st_dev
+        if new:  # only once it could be made: a mirror that cannot be used is never filled
+            self.refill = True
 
     async def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
         """Run a write off the event loop; log a failure (once until the mirror works again), never raise.
