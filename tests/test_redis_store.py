@@ -474,7 +474,9 @@ async def test_a_mirror_directory_removed_under_a_run_is_made_again_and_filled_b
         op = await engine.submit(spec)
         ckpts = mirror / "t" / "checkpoints" / op.id
         await until(lambda: len(list(ckpts.glob("*.delta.json"))) >= 3, timeout=30)
-        shutil.rmtree(mirror / "t" if removed == "namespace" else ckpts)
+        # Gone at once, as when an ``rm -rf`` has finished (the test's own rmtree raced the mirror's writes).
+        (mirror / "t" if removed == "namespace" else ckpts).rename(tmp_path / "removed")
+        shutil.rmtree(tmp_path / "removed")
         with caplog.at_level(logging.WARNING, "outlast"):
             final = await engine.wait(op.id, timeout=60)
         assert final.status is Status.COMPLETED
