@@ -35,7 +35,7 @@ def _columns_fit(table: DataTable[Any]) -> bool:
     for column in table.ordered_columns:
         cells = table.get_column(column.key)
         widest = max((Measurement.get(console, console.options, cell).maximum for cell in cells), default=0)
-        if column.content_width < widest:
+        if (column.content_width if column.auto_width else column.width) < widest:
             return False
     return True
 

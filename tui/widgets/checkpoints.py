@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
@@ -10,6 +11,8 @@ from engine import Checkpoint
 
 from .. import format as fmt
 from .detail import local_time
+
+COLUMNS = ("seq", "time", "%", "items", "size", "next step")
 
 
 class CheckpointsPane(DataTable[str | Text]):
@@ -33,7 +36,17 @@ class CheckpointsPane(DataTable[str | Text]):
         self.shown: list[Checkpoint] = []
 
     def on_mount(self) -> None:
-        self.add_columns("seq", "time", "%", "items", "size", "next step")
+        self._columns([])
+
+    def _columns(self, rows: list[tuple[str | Text, ...]]) -> None:
+        """The columns, each as wide as its widest cell, set here rather than left to DataTable's own
+        widening: that happens when the table is next idle, after any frame painted meanwhile cached its
+        lines at the old widths, and those lines were shown until something else changed (the time cut
+        to "2026", until the cursor moved)."""
+        self.clear(columns=True)
+        for i, label in enumerate(COLUMNS):
+            width = max([cell_len(label), *(cell_len(str(row[i])) for row in rows)])
+            self.add_column(label, width=width, key=label)
 
     def show(self, op_id: str | None, checkpoints: list[Checkpoint]) -> None:
         """Replace the rows (newest first), keeping the cursor on the same checkpoint."""
@@ -44,20 +57,17 @@ class CheckpointsPane(DataTable[str | Text]):
         keep = self.shown[self.cursor_row].seq if op_id == self.op_id and self.shown and self.row_count else None
         self.op_id = op_id
         self.shown = sorted(checkpoints, key=lambda c: -c.seq)
-        self.clear()
+        rows: list[tuple[str | Text, ...]] = []
         for cp in self.shown:
             pct = f"{cp.progress_percentage:.0f}" if cp.progress_percentage is not None else "-"
             items = f"{fmt.count(cp.processed_items)}/{fmt.count(cp.total_items)}"
             seq = f"{cp.seq}" if cp.valid else f"{cp.seq} ✗"
-            self.add_row(
-                seq,
-                local_time(cp.created_at),
-                pct,
-                items,
-                fmt.size(cp.size),
-                Text(fmt.printable(cp.next_step or "")),
-                key=str(cp.seq),
+            rows.append(
+                (seq, local_time(cp.created_at), pct, items, fmt.size(cp.size), Text(fmt.printable(cp.next_step or "")))
             )
+        self._columns(rows)
+        for cp, row in zip(self.shown, rows, strict=True):
+            self.add_row(*row, key=str(cp.seq))
         if keep is not None:
             for i, cp in enumerate(self.shown):
                 if cp.seq == keep:
