@@ -7,8 +7,10 @@ runs keep the user's own), so moving or sharing a state directory exposes nothin
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
+import time
 from pathlib import Path
 
 from .errors import StoreError
@@ -49,6 +51,37 @@ def private_dir(state_dir: Path, name: str) -> Path:
     except OSError as e:
         raise StoreError(f"state dir {state_dir}: cannot make {name} ({e.strerror or e})") from None
     return path
+
+
+class NotRegular(OSError):
+    """Something other than a regular file where the store keeps one (a FIFO, a directory, a link)."""
+
+
+def open_regular(path: str | os.PathLike[str], flags: int, *, follow: bool = True) -> int:
+    """``os.open`` of a file the store keeps (made 0600 when ``flags`` create it) that never waits and opens
+    nothing but a regular file: a FIFO put in its place with nobody at the other end made the opener wait
+    for ever, and a directory there failed as a store outage. NotRegular for anything else; ``follow=False``
+    refuses a symbolic link too (a lock file must never be made wherever a link points)."""
+    extra = os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags | extra, FILE_MODE)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR, errno.ELOOP):  # a FIFO with no reader; a directory; a link
+            raise NotRegular(e.errno, "not a regular file", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def move_aside(path: Path) -> Path:
+    """Rename what is at ``path`` to ``NAME.not-a-file-TIME`` beside it (kept for a person to look at), so a
+    file can be made there; the new path."""
+    aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
+    os.replace(path, aside)
+    return aside
 
 
 def write_private(path: Path, text: str) -> None:

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import read_limited
+from ..files import open_regular
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -333,11 +331,10 @@ class CheckpointMirror:
 
 
 def _read(path: Path) -> bytes:
-    """A mirror file's bytes; OSError for anything but a regular file (a FIFO named like a record or a
-    checkpoint made a restore from the mirror wait for ever)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return read_limited(path, 1 << 31)
+    """A mirror file's bytes; NotRegular (an OSError) for anything but a regular file (a FIFO named like a
+    record or a checkpoint made a restore from the mirror wait for ever)."""
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
+        return f.read()
 
 
 def _ckpt_doc(cp: Checkpoint, payload: bytes) -> bytes:

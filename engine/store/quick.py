@@ -16,10 +16,10 @@ import fcntl
 import json
 import os
 import sqlite3
-import stat
 from pathlib import Path
 from typing import Any
 
+from ..files import open_regular
 from .walpair import stale_wal
 
 DB_NAME = "outlast.db"
@@ -107,12 +107,10 @@ def _held(lock: Path) -> bool:
     """Whether a live process holds the operation's lock (the process running it holds it until it
     settles). A shared probe: it never takes the lock from, nor makes a file for, the holder."""
     try:  # never waiting on a FIFO put in its place (nor following a link): the full path moves those aside
-        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(lock, os.O_RDONLY, follow=False)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -4,13 +4,12 @@ kernel when its process dies, so any engine can tell an orphan from a live opera
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
-import stat
-import time
 from pathlib import Path
+
+from ...files import NotRegular, move_aside, open_regular
 
 log = logging.getLogger("outlast.store")
 
@@ -58,11 +57,6 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)  # let go of and deleted since we opened it
 
 
-_NOT_A_FILE = (errno.EISDIR, errno.ELOOP, errno.ENXIO)
-"""What opening something other than a regular file at a lock path fails with: a directory, a symbolic
-link (not followed), a FIFO or socket with nothing at the other end."""
-
-
 def _open_lock(path: Path) -> int:
     """The lock file at ``path``, opened (made 0600 if missing). Anything else at the path (a directory, a
     symbolic link, a FIFO: made by hand, or a cleanup gone wrong) is moved aside first: a directory there
@@ -70,17 +64,10 @@ def _open_lock(path: Path) -> int:
     operation; a link was followed to wherever it pointed."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            if e.errno not in _NOT_A_FILE:
-                raise
-        else:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                return fd
-            os.close(fd)
-        aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
-        os.replace(path, aside)
-        log.warning("lock file %s was not a regular file; moved to %s", path, aside.name)
+            return open_regular(path, os.O_RDWR | os.O_CREAT, follow=False)
+        except NotRegular:
+            aside = move_aside(path)
+            log.warning("lock file %s was not a regular file; moved to %s", path, aside.name)
 
 
 def close_lock(fd: int) -> None:

@@ -8,42 +8,18 @@ process that runs it; a partly written last line is left for the next read.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import sqlite3
-import stat
-import time
 from pathlib import Path
 
 import aiofiles
 
-from ...files import FILE_MODE, private_dir
+from ...files import NotRegular, move_aside, open_regular, private_dir
 from ...models import ControlAction, LogRecord, validate_id
 from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
-
-
-class NotRegular(OSError):
-    """A log file's path holds something other than a regular file (a FIFO, a directory, a device)."""
-
-
-def _open_log(path: str | os.PathLike[str], flags: int) -> int:
-    """Open a log file without blocking, and refuse anything but a regular file: a FIFO put in its place
-    made the process writing the log wait forever for a reader (its run never settled) and a reader wait
-    for a writer. Also the ``opener`` of an append (created 0600)."""
-    try:
-        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
-    except OSError as e:
-        if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader; a directory
-            raise NotRegular(e.errno, "not a regular file", str(path)) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
-    os.set_blocking(fd, True)
-    return fd
 
 
 class ControlLogsMixin(SqliteCore):
@@ -85,8 +61,7 @@ class ControlLogsMixin(SqliteCore):
                 await self._append(op_id, text)
             except NotRegular:
                 path = self._log_path(op_id)
-                aside = path.with_name(f"{path.name}.not-a-file-{int(time.time())}")
-                await asyncio.to_thread(os.replace, path, aside)
+                aside = await asyncio.to_thread(move_aside, path)
                 log.warning(
                     "operation %s: its log %s was not a regular file; moved to %s, a new one begun",
                     op_id,
@@ -96,7 +71,7 @@ class ControlLogsMixin(SqliteCore):
                 await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
-        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=_open_log) as f:
+        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=open_regular) as f:
             await f.write(text)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
@@ -146,7 +121,7 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
 def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that); a partly written last line is read next time."""
-    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -163,7 +138,7 @@ def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
 def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
-    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
