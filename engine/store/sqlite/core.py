@@ -150,18 +150,21 @@ class SqliteCore:
             private_dir(d, self.lock_dir.name)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
-        with contextlib.suppress(OSError):
-            mode = os.stat(self.db_path).st_mode
-            if not stat.S_ISREG(mode):
-                kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
-                raise StoreError(
-                    f"state dir {d}: {self.db_path.name} is not a regular file (a {kind}): move it out of the way"
-                )
-        creating = not self.db_path.exists()
         try:
-            if creating:
+            found: os.stat_result | None = os.stat(self.db_path)
+        except OSError:
+            found = None
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            mode = found.st_mode
+            kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+            raise StoreError(
+                f"state dir {d}: {self.db_path.name} is not a regular file (a {kind}): move it out of the way"
+            )
+        creating = found is None
+        try:
+            if found is None:
                 self._create_db()
-            elif self.db_path.stat().st_size == 0:
+            elif found.st_size == 0:
                 # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
                 raise sqlite3.DatabaseError("the file is empty (0 bytes)")
             if self.read_only:
