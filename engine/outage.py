@@ -103,6 +103,16 @@ class StoreHealth:
                 else:
                     what = "nothing is running; retrying"
                 log.error("the store cannot be written (%s): %s", self.why, what)
+        elif isinstance(e, StoreLost) and not self.lost:
+            # Begun by another failure (a log file's directory gone first under ``rm -rf``): what was said
+            # ("resumable") is no longer so, and the last line of a run goes by ``lost``.
+            self.lost = True
+            self.why = why(e)
+            if self._said_down and self._busy():
+                log.error(
+                    "%s: running work cannot be resumed now, only run again (its record went with the file)",
+                    self.why,
+                )
         self._failing.setdefault(channel, time.monotonic())
 
     def ok(self, channel: str = "database") -> None:

@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, OperationSpec, WorkerInfo, load_settings, open_store
+from engine.errors import StoreLost
 from engine.exitcodes import ExitCode
-from engine.models import Checkpoint, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
+from engine.models import Checkpoint, LogRecord, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
+from engine.outage import StoreHealth
 from engine.store import Store
 from engine.store.base import ItemDelta
 from tests.fixtures_cli import Cli, CliAt
@@ -58,9 +60,12 @@ def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) 
         assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
         err = [ln for ln in proc.err if ln.strip()]
         # The outage's line when it began (not "resumable": the record went with the state dir), and a
-        # last line at the end, after the progress lines, saying what became of the operation.
-        assert len(err) == 2 and "outlast.db was deleted while this process had it open" in err[0], err
-        assert "resumable" not in err[0] and "cannot be resumed" in err[0], err
+        # last line at the end, after the progress lines, saying what became of the operation. ``rm -rf``
+        # may take a file beside outlast.db first: then the outage began as another failure, and one more
+        # line says, once outlast.db is gone too, that the work cannot be resumed after all.
+        deleted = [i for i, ln in enumerate(err) if "outlast.db was deleted while this process had it open" in ln]
+        assert len(err) in (2, 3) and deleted and deleted[0] == len(err) - 2, err
+        assert "resumable" not in err[-2] and "cannot be resumed" in err[-2], err
         assert err[1].startswith(f"{proc.out[0].split()[1]} stopped, ") and "cannot be resumed" in err[1], err
         assert not any("Traceback" in ln for ln in proc.err)
     finally:
@@ -158,6 +163,41 @@ async def test_a_store_running_an_operation_refuses_to_write_it_to_a_file_nobody
         assert await restored.checkpoints(op.id) == []
     finally:
         await restored.close()
+
+
+async def test_a_log_or_lock_written_after_the_state_dir_is_deleted_says_the_record_is_gone(tmp_path: Path) -> None:
+    """Under ``rm -rf`` of the state dir a log append or a lock file's refresh can fail before any write of
+    the database does: it raised "cannot make logs (No such file or directory)", an outage that said its
+    work was resumable (CI, once). Now it is the same StoreLost the database's own write raises."""
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        op, _cp = await _running(store)
+        record = LogRecord(ts=time.time(), level="info", message="x")
+        await store.append_logs(op.id, [record])
+        shutil.rmtree(state)
+        with pytest.raises(StoreLost, match=r"outlast\.db was deleted .* 1 operation"):
+            await store.append_logs(op.id, [record])
+        with pytest.raises(StoreLost, match=r"outlast\.db was deleted"):
+            await store.heartbeat([op.id])
+        assert not state.exists()  # nothing made again in a state dir that is gone
+    finally:
+        await store.close()
+
+
+def test_an_outage_found_later_to_be_a_deleted_store_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The outage began with another failure; the store's file found deleted after that changes what the
+    run's last line says (not resumable), and is said in one more line, once."""
+    health = StoreHealth(10.0, busy=lambda: True)
+    with caplog.at_level(logging.ERROR, logger="outlast.engine"):
+        health.failed(StoreError("cannot make logs (No such file or directory)"), "logs")
+        assert not health.lost and "resumable" in caplog.records[-1].getMessage()
+        for _ in range(3):
+            health.failed(StoreLost("outlast.db was deleted while this process had it open"), "database")
+    assert health.lost and "outlast.db was deleted" in health.why
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "cannot be resumed" in said[1], said
 
 
 async def test_a_checkpoint_of_an_operation_deleted_by_hand_ends_its_attempt(tmp_path: Path) -> None:

@@ -255,11 +255,26 @@ class SqliteCore:
         if not self._held:
             self._reopen(what)
         elif write:
-            error = StoreLost if what == "deleted" else StoreError
-            raise error(
-                f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
-                f" with {len(self._held)} operation(s) running; nothing more is written to the one it has"
-            )
+            raise self._changed(what)
+
+    def _changed(self, what: str) -> StoreError:
+        """The error of a write refused because ``outlast.db`` was ``what`` ("deleted", "replaced by another
+        file") while this process held operations: StoreLost when deleted (their records went with it)."""
+        error = StoreLost if what == "deleted" else StoreError
+        return error(
+            f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
+            f" with {len(self._held)} operation(s) running; nothing more is written to the one it has"
+        )
+
+    def _lost(self) -> StoreLost | None:
+        """StoreLost when ``outlast.db`` is gone while this process holds operations. Asked where a file
+        beside it was not found (a log, a lock file): under ``rm -rf`` of the state dir that failure can
+        come first, and it said "No such file or directory" and "resumable" for records that are gone."""
+        if not self._held or os.path.lexists(self.db_path):
+            return None
+        lost = self._changed("deleted")
+        assert isinstance(lost, StoreLost)
+        return lost
 
     def _reopen(self, what: str) -> None:
         """Open the database file now at the path in place of the one this store had (see _same_file).
@@ -345,6 +360,8 @@ class SqliteCore:
         try:
             return try_lock(self._lock_file(op_id))
         except FileNotFoundError:
+            if (lost := self._lost()) is not None:
+                raise lost from None
             private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
             return try_lock(self._lock_file(op_id))
 

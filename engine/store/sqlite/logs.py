@@ -57,6 +57,8 @@ class ControlLogsMixin(SqliteCore):
             except FileNotFoundError:
                 # The logs directory deleted under a run (to free space): made again, and the lines go on
                 # in a new file. Not made, every append failed as a store outage, which stopped the run.
+                if (lost := self._lost()) is not None:  # the whole state dir, outlast.db with it
+                    raise lost from None
                 await asyncio.to_thread(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
                 await self._append(op_id, text)
             except NotRegular:
