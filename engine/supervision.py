@@ -229,6 +229,8 @@ class Supervisor:
         self._logs = logs
         self._recover = recover
         self._recover_failing = False
+        self._round: asyncio.Task[None] | None = None
+        """The store's steps of the clock (``_store_round``), while they run."""
         self.loop_watch: LoopWatch | None = None
         """While the supervisor runs: when the event loop last turned (``turned``)."""
         if hasattr(store, "on_lease_lost"):  # a store whose attempts can be fenced off says when
@@ -241,6 +243,10 @@ class Supervisor:
         finally:
             watch.stop()
             self.loop_watch = None
+            if self._round is not None and not self._round.done():
+                self._round.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._round
 
     async def _run(self, watch: LoopWatch) -> None:
         next_poll = next_flush = next_orphans = 0.0
@@ -257,20 +263,26 @@ class Supervisor:
                 for attempt in list(self._runs.values()):
                     attempt.watch.shift(frozen)
             try:
-                await self._tick(now, next_poll, next_flush, next_orphans)
-            except asyncio.CancelledError:
-                raise
+                self._check(now)
             except Exception:
                 log.exception("supervisor tick failed")
-            if now >= next_poll and self._runs:
+            if self._round is not None and not self._round.done():
+                continue  # the store's steps wait for the last round; the clock above never does
+            poll, flush, orphans = now >= next_poll and bool(self._runs), now >= next_flush, now >= next_orphans
+            if poll or flush or orphans:
+                self._round = asyncio.create_task(self._store_round(poll, flush, orphans), name="outlast-store-round")
+            if poll:
                 next_poll = now + self._settings.control_poll_interval
-            if now >= next_flush:
+            if flush:
                 next_flush = now + self._settings.progress_flush_interval
-            if now >= next_orphans:
+            if orphans:
                 next_orphans = now + 2.0
 
-    async def _tick(self, now: float, next_poll: float, next_flush: float, next_orphans: float) -> None:
-        """One turn of the clock; the steps whose time has come (``now >= next_*``) run."""
+    def _check(self, now: float) -> None:
+        """Each attempt's clock, and the store outage's limit: never waits on the store. A store that
+        does not answer (a frozen Redis: each call waits for its reply, then retries for 30s) held the
+        clock in the round's awaits, and an attempt told to stop "unless the store is back within 10s"
+        ran on for minutes, its work saved nowhere."""
         for attempt in list(self._runs.values()):
             attempt.watch.tick(now)
         limit = self._health.outage_limit
@@ -281,16 +293,24 @@ class Supervisor:
             # while smaller writes still work): its work since the last one would be lost to a crash.
             if attempt.ctx.stop_reason is None and (over or (unsaved is not None and now - unsaved[0] >= limit)):
                 attempt.watch.stop(StopReason.STORE, now)
-        # Each step on its own: a store that fails is said once (StoreHealth), never a traceback per tick.
-        if now >= next_poll and self._runs:
-            await self._step(self._poll_controls(now))
-        if now >= next_flush:
-            await self._step(self._flush_live(now))  # says itself when a write worked
-            await self._logs.flush()
-            if self._runs:
-                await self._step(self._store.heartbeat(list(self._runs)))
-        if now >= next_orphans:
-            await self._recover_quietly()
+
+    async def _store_round(self, poll: bool, flush: bool, orphans: bool) -> None:
+        """The clock's store steps that are due, each on its own: a store that fails is said once
+        (StoreHealth), never a traceback per round."""
+        try:
+            if poll and self._runs:
+                await self._step(self._poll_controls())
+            if flush:
+                await self._step(self._flush_live(time.monotonic()))  # says itself when a write worked
+                await self._logs.flush()
+                if self._runs:
+                    await self._step(self._store.heartbeat(list(self._runs)))
+            if orphans:
+                await self._recover_quietly()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("supervisor tick failed")
 
     async def _step(self, step: Awaitable[Any]) -> None:
         """Run one step of the tick; a store failure is recorded (said once), never a traceback."""
@@ -320,12 +340,12 @@ class Supervisor:
         else:
             self._recover_failing = False
 
-    async def _poll_controls(self, now: float) -> None:
+    async def _poll_controls(self) -> None:
         """Cancel and pause asked for by other processes (through the store)."""
         for op_id, action in (await self._store.pending_controls(list(self._runs))).items():
             attempt = self._runs.get(op_id)
             if attempt is not None and attempt.ctx.stop_reason is None:
-                attempt.watch.stop(StopReason(action), now)
+                attempt.watch.stop(StopReason(action), time.monotonic())  # the grace runs from now
 
     async def _flush_live(self, now: float) -> None:
         updates = []

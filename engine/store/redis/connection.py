@@ -2,7 +2,9 @@
 
 Every command goes through :meth:`RedisLink.call`. A connection error is retried with
 backoff for up to ``retry_for`` seconds (the store is marked disconnected meanwhile, and
-it says so once in the log), then becomes a StoreError. Errors never show the password.
+it says so once in the log), then becomes a StoreError. Once Redis has been unreachable
+that long, a command is tried once, waiting ``DOWN_PROBE`` seconds for a reply, until one
+is answered. Errors never show the password.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ from ...models import InvalidInput, StoreError
 
 log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
+
+DOWN_PROBE = 2.0
+"""Seconds a command waits for a reply once Redis has been unreachable for ``retry_for``. A frozen
+server (SIGSTOP, a host suspended, packets dropped) answers nothing: each command waited 10s for its
+reply and then retried for 30s, so an engine stopping its work because of the outage took minutes
+more to write (or give up writing) the final checkpoint, the logs and the status."""
 
 STORE_PARAMS = ("lease_ttl", "retry_for")
 """Query parameters of a store URL that are Outlast's, not redis-py's."""
@@ -90,6 +98,8 @@ class RedisLink:
         self.client: aioredis.Redis | None = None
         self.connected = False
         """False while Redis cannot be reached (the dashboard shows it); True again once it answers."""
+        self._down_since: float | None = None
+        """When the first command that failed in the current outage was sent (monotonic)."""
         self.reconnects = 0
         """How many times the connection came back after an outage (a restarted Redis may be empty)."""
         self.on_reconnect: Callable[[], None] | None = None
@@ -158,32 +168,40 @@ class RedisLink:
             return True
         return isinstance(e, ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))
 
-    async def call_once(self, fn: Callable[[Any], Awaitable[T]], client: Any) -> T:
+    async def call_once(self, fn: Callable[[Any], Awaitable[T]], client: Any, timeout: float | None = None) -> T:
         """One try of ``fn(client)`` (no retries), holding one of the connection slots; no reply within
-        ``timeout`` is an error (redis-py drops a connection whose request was cut off)."""
+        ``timeout`` (default: the link's) is an error (redis-py drops a connection whose request was cut off)."""
+        wait = self.timeout if timeout is None else timeout
         async with self._slots:
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(wait):
                     return await fn(client)
             except TimeoutError:
-                raise RedisTimeoutError(f"no reply within {self.timeout:g}s") from None
+                raise RedisTimeoutError(f"no reply within {wait:g}s") from None
 
     async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request") -> T:
-        """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds.
+        """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds; once
+        the outage is older than that, tried once with a short wait (``DOWN_PROBE``).
 
         The client is typed Any: redis-py types every reply ``bytes | str`` whatever decode_responses
         says, and this client never decodes (replies are bytes)."""
         client = self.client
         if client is None:
             raise StoreError(f"redis {self.where}: the store is not open")
-        deadline = time.monotonic() + self.retry_for
+        start = time.monotonic()
+        down = self._down_since
+        long_down = down is not None and start - down >= self.retry_for
+        deadline = start if long_down else start + self.retry_for
         delay = 0.05
         while True:
+            sent = time.monotonic()
             try:
-                result = await self.call_once(fn, client)
+                result = await self.call_once(fn, client, DOWN_PROBE if long_down else None)
             except (RedisError, OSError) as e:
                 if not self._transient(e):
                     raise self.error(e) from None
+                if self._down_since is None:
+                    self._down_since = sent
                 if self.connected:
                     self.connected = False
                     log.warning(
@@ -192,14 +210,16 @@ class RedisLink:
                         self._scrub(_reason(e)),
                         self.retry_for,
                     )
-                if time.monotonic() + delay > deadline:
+                now = time.monotonic()
+                if now + delay > deadline:
                     raise StoreError(
-                        f"redis {self.where}: unreachable for {self.retry_for:g}s ({self._scrub(_reason(e))});"
-                        f" {what} not done"
+                        f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
+                        f" ({self._scrub(_reason(e))}); {what} not done"
                     ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            self._down_since = None
             if not self.connected:
                 self.connected = True
                 self.reconnects += 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from ...models import Operation, Status, StoreError
 from .codec import valid_id
+from .connection import DOWN_PROBE
 from .recovery import RecoveryMixin
 
 
@@ -42,8 +43,8 @@ class LivenessMixin(RecoveryMixin):
         script = self._scripts["RELEASE"]
         for op_id in list(self._held):
             release = functools.partial(script, [self.keys.lease(op_id)], [self._token(op_id)])  # (keys, args, client)
-            try:
-                await self.link.call_once(release, self.link.client)
+            try:  # a Redis found down is not waited on for long: it would only hold up the exit
+                await self.link.call_once(release, self.link.client, None if self.link.connected else DOWN_PROBE)
             except Exception:
                 break
         self._held.clear()

@@ -1,0 +1,88 @@
+"""Fault suite: a store that does not answer (a frozen Redis: SIGSTOP, a host suspended, packets dropped).
+
+Unlike a store that is down (refused at once) or full (fails at once), each call waits for a reply that
+never comes. Before: the engine's clock awaited its store steps (control poll, live progress, heartbeat)
+in turn, so the outage limit was not looked at while one of them waited, and an attempt told to stop
+"unless the store is back within 10s" ran on for minutes with nothing saved; and every call of its way out
+(final checkpoint, logs, status) waited 10s for a reply and then retried for 30s: a frozen Redis kept
+``outlast run`` going 195s where the limit promised about 50.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine.models import StoreError
+from engine.store.redis.connection import DOWN_PROBE
+from tests.fixtures_engine import until
+from tests.fixtures_redis import RedisServer
+
+
+async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_waiting(tmp_path: Path) -> None:
+    """The store's reads and live writes never answer and its checkpoints fail: the attempt is stopped
+    within the outage limit, not run to the end with nothing saved (before: it completed, its clock
+    held by the control poll)."""
+    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.5, control_poll_interval=0.1)
+    store = open_store(settings.state_dir)
+    never = asyncio.Event()
+
+    async def no_answer(*_a: Any, **_k: Any) -> Any:
+        await never.wait()
+        return {}
+
+    async def full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    engine = Engine(store=store, settings=settings)
+    await engine.start()
+    try:
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}))
+        await until(lambda: op.id in engine.running_ids)
+        for name in ("pending_controls", "heartbeat", "save_live"):
+            setattr(store, name, no_answer)
+        store.save_checkpoint = full  # type: ignore[method-assign]
+        done = await asyncio.wait_for(engine.wait(op.id, timeout=60, poll=0.1), 60)
+        assert done.status is Status.INTERRUPTED, (done.status, done.status_message)
+        assert "store" in (done.status_message or ""), done.status_message
+        assert done.progress.done < 400, done.progress
+    finally:
+        never.set()
+        await engine.shutdown(grace=1)
+
+
+async def test_a_redis_unreachable_past_retry_for_is_tried_once_with_a_short_wait(
+    redis_server: RedisServer,
+) -> None:
+    """A frozen Redis: the first call waits for its reply and retries for ``retry_for``; once the outage is
+    that old, a call is tried once and waits ``DOWN_PROBE`` seconds (before: the link's whole timeout,
+    then ``retry_for`` more, for every call of an engine on its way out). Thawed, the next call works."""
+    store = open_store(redis_server.url + "?retry_for=0.5", namespace="t")
+    await store.open()
+    link = store.link  # type: ignore[attr-defined]
+    link.timeout = DOWN_PROBE * 2
+    assert redis_server.proc is not None
+    try:
+        assert await store.list_operations() == []
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreError, match=rf"no reply within {link.timeout:g}s"):
+                await store.list_operations()
+            t0 = time.monotonic()
+            with pytest.raises(StoreError, match=rf"unreachable for \d+s \(no reply within {DOWN_PROBE:g}s\)"):
+                await store.list_operations()
+            assert time.monotonic() - t0 < link.timeout  # one short try, not a timeout and a retry window
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert await store.list_operations() == []
+        assert link.connected
+    finally:
+        await store.close()
