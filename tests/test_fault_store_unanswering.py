@@ -14,6 +14,7 @@ import asyncio
 import errno
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 import pytest
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
-from engine.models import StoreError
+from engine.models import Operation, StoreError, new_id
 from engine.store.redis.connection import DOWN_PROBE
+from engine.store.sqlite import core as sqlite_core
 from tests.fixtures_engine import until
 from tests.fixtures_redis import RedisServer
 
@@ -86,3 +88,32 @@ async def test_a_redis_unreachable_past_retry_for_is_tried_once_with_a_short_wai
         assert link.connected
     finally:
         await store.close()
+
+
+async def test_a_write_lock_kept_by_another_process_is_named_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sqlite3 shell (or a database browser) left with a write transaction open on ``outlast.db``: every
+    write waits the busy timeout, then failed as "database is locked", which said neither by whom nor what
+    to do. Now the line says so; the store takes writes again once the transaction ends."""
+    monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 0.2)
+    state = tmp_path / "state"
+    store = open_store(state)
+    await store.open()
+    try:
+        other = sqlite3.connect(state / "outlast.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        op = _queued()
+        with pytest.raises(StoreError, match=r"outlast\.db is locked: another process .* transaction open .* end it"):
+            await store.create(op)
+        other.execute("ROLLBACK")
+        other.close()
+        await store.create(op)
+        assert (await store.get(op.id)).status is Status.QUEUED
+    finally:
+        await store.close()
+
+
+def _queued() -> Operation:
+    now = time.time()
+    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)

@@ -37,6 +37,9 @@ log = logging.getLogger("outlast.store")
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 """SQLite's primary result codes for a damaged database file."""
 
+BUSY_TIMEOUT = 30.0
+"""Seconds a write waits for another process's write transaction on the database to end."""
+
 FULL_BELOW = 1 << 20
 """Free bytes under which a database that cannot be opened is said to be on a full file system (opening
 one may have to make its WAL and shared-memory files, and a recovery write them)."""
@@ -110,8 +113,14 @@ class SqliteCore:
     def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
         """A damaged database file as the one-line store error; other SQLite errors (locked, full,
         read-only, I/O) as they are."""
-        if type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED:
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if type(e) is sqlite3.DatabaseError or code in _DAMAGED:
             return StoreError(f"state dir {self.state_dir}: {self.db_path.name} is not a usable Outlast database ({e})")
+        if code == sqlite3.SQLITE_BUSY:  # "database is locked" said neither by whom nor what to do
+            return StoreError(
+                f"state dir {self.state_dir}: {self.db_path.name} is locked: another process has kept a write"
+                f" transaction open on it for {BUSY_TIMEOUT:g}s (a sqlite3 shell or a database browser?); end it"
+            )
         return e
 
     # ---- opening and closing -------------------------------------------------------------------
@@ -177,7 +186,7 @@ class SqliteCore:
                 conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
             conn.text_factory = _lenient_text
             self._conn = conn
