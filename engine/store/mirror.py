@@ -212,11 +212,20 @@ class CheckpointMirror:
 
         def write() -> bool:
             d = self._op_ckpt_dir(cp.operation_id)
-            d.mkdir(mode=0o700, exist_ok=True)
-            gap = cp.seq > 1 and not (d / f"{cp.seq - 1:010d}.delta.json").exists()
-            atomic_write(d / f"{cp.seq:010d}.delta.json", _delta_doc(cp.seq, delta), sync_dir=False)
-            atomic_write(d / f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload), sync_dir=False)
-            fsync_dir(d)
+            for again in (False, True):
+                d.mkdir(mode=0o700, exist_ok=True)
+                try:
+                    gap = cp.seq > 1 and not (d / f"{cp.seq - 1:010d}.delta.json").exists()
+                    atomic_write(d / f"{cp.seq:010d}.delta.json", _delta_doc(cp.seq, delta), sync_dir=False)
+                    atomic_write(d / f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload), sync_dir=False)
+                    fsync_dir(d)
+                    break
+                except FileNotFoundError:
+                    # Its directory removed while this wrote into it (an ``rm -rf`` racing the write): made
+                    # again, and written whole there, the gap found then (not a failure said, once Redis
+                    # has it all and the next write fills the mirror in).
+                    if again or not d.parent.is_dir():  # the whole mirror gone: _remade makes it again
+                        raise
             for seq, kind in self._files(d):
                 if kind == "ckpt" and seq <= cp.seq - keep:
                     with contextlib.suppress(FileNotFoundError):
