@@ -468,6 +468,55 @@ async def test_a_store_that_goes_away_under_a_key_press_is_shown_and_the_dashboa
         assert isinstance(app.screen, HelpScreen)
 
 
+async def test_a_store_that_stops_answering_is_said_and_polling_goes_on_when_it_answers(
+    tui_settings: Settings, redis_server: RedisServer
+) -> None:
+    """A frozen Redis (SIGSTOP): each poll waited for a reply, and the next poll (a second later) cancelled
+    it, so none ever ended: the screen stayed as it was and the status line said all was well, for as long
+    as the store did not answer. Now a poll in flight is not cancelled, one that has waited SLOW_STORE
+    seconds is said, and once Redis answers the polls go on (an operation submitted then is listed)."""
+    store = open_store(redis_server.url, namespace="t")
+    engine = Engine(store=store, settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.2)
+    assert redis_server.proc is not None
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit({"type": "ledger", "name": "before", "params": {"items": 3}})
+        await select(pilot, op.id)
+        statusline = app.query_one("#statusline", Static)
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            await wait_for(pilot, lambda: "store not answering for" in str(statusline.render()), timeout=15)
+            assert app.is_running
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        await wait_for(pilot, lambda: "store not" not in str(statusline.render()), timeout=20)
+        other = Engine(store=open_store(redis_server.url, namespace="t"), settings=tui_settings, run_queue=False)
+        async with other:  # another process's submit: only a poll of the store shows it here
+            later = await other.submit({"type": "ledger", "name": "after", "params": {"items": 3}})
+        await wait_for(pilot, lambda: later.id in app.query_one(OperationsTable).ids, timeout=20)
+
+
+async def test_an_empty_log_behind_another_tab_says_so_once(tui_settings: Settings) -> None:
+    """Polls of an operation with no log lines while the logs pane sat behind another tab (no size, so
+    RichLog held its writes back) each wrote "no log lines yet" once more: the tab, opened, said it as many
+    times as there had been polls."""
+    from tui.widgets.logs import LogsPane
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:  # narrow: the panes share one area under tabs
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit({"type": "ledger", "name": "quiet", "params": {"items": 3}})
+        await select(pilot, op.id)
+        await pilot.pause(1.0)  # about ten polls with the detail tab shown
+        await pilot.press("3")
+        pane = app.query_one(LogsPane)
+        await wait_for(pilot, lambda: pane.lines)
+        await pilot.pause(0.5)
+        assert [strip.text.strip() for strip in pane.lines] == ["no log lines yet"]
+
+
 async def test_watch_only_starts_no_queued_work_until_w_and_says_so(tui_settings: Settings) -> None:
     """A second dashboard opened to watch must not run the store's queue (``outlast tui --watch-only``);
     w toggles, the status line says which."""

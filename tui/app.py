@@ -54,6 +54,8 @@ FRAME = 0.2
 """Seconds between refreshes of the screen (5 Hz)."""
 POLL = 1.0
 """Seconds between reads of active operations from the store."""
+SLOW_STORE = 3.0
+"""Seconds a read of the store may take before the status line says the store is not answering."""
 
 
 class OutlastApp(App[int]):
@@ -124,6 +126,8 @@ class OutlastApp(App[int]):
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._boot: Worker[None] | None = None
+        self._reads: dict[str, tuple[Worker[Any], float]] = {}
+        """The poll and the refetch while they run, with when each began (``_read``)."""
         self.warnings: deque[str] = deque()
         """Log lines to show as notifications (filled by main's logging handler)."""
         # A mode, not get_default_screen(): the app then waits for the screen's widgets to be mounted.
@@ -238,7 +242,21 @@ class OutlastApp(App[int]):
 
     def _poll(self) -> None:
         if self.engine_started:
-            self._work(self._poll_once, "poll", "reading the store", exclusive=True)
+            self._read("poll", self._poll_once, "reading the store")
+
+    def _read(self, group: str, call: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
+        """Start a read of the store unless the last of its kind still runs. Not a new one cancelling it
+        (an exclusive worker): a store slower than the poll's second (a frozen Redis, a distant one) had
+        every poll cancelled by the next, so the screen stayed as it was, and said nothing was wrong."""
+        running = self._reads.get(group)
+        if running is not None and not running[0].is_finished:
+            return
+        self._reads[group] = (self._work(call, group, name), time.monotonic())
+
+    def store_waited(self) -> float:
+        """Seconds the oldest read of the store still running has waited (0 when none runs)."""
+        now = time.monotonic()
+        return max((now - began for worker, began in self._reads.values() if not worker.is_finished), default=0.0)
 
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
@@ -256,9 +274,7 @@ class OutlastApp(App[int]):
         """Everything the screen shows, refreshed at most once per frame."""
         model = self.model
         if model.refetch and self.engine_started:
-            self._work(
-                functools.partial(model.fetch, set(model.refetch)), "refetch", "reading operations", exclusive=True
-            )
+            self._read("refetch", functools.partial(model.fetch, set(model.refetch)), "reading operations")
         with contextlib.suppress(NoMatches):  # the panes are gone: the app is closing
             self.dashboard.notes = self._notes()
             self.dashboard.refresh_view(bool(self.engine.running_ids))
@@ -286,8 +302,17 @@ class OutlastApp(App[int]):
         if self.model.store_slots is not None:
             running = self.model.counts().get(Status.RUNNING, 0)
             notes.append(f"store slots {running}/{self.model.store_slots}")
+        waited = self.store_waited()
         if self.engine_error:
             notes.append(f"engine stopped: {self.engine_error}")
+        elif self.engine_started and self.engine.abandoned:
+            # Its running work stopped, listed as running until the store takes their status.
+            n = len(self.engine.abandoned)
+            notes.append(
+                f"store cannot be written: {n} operation{'s' if n > 1 else ''} stopped ({self.engine.health.why})"
+            )
+        elif waited >= SLOW_STORE:
+            notes.append(f"store not answering for {waited:.0f}s")
         elif not self.model.store_ok:
             notes.append("store unreachable")
         return notes

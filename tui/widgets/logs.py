@@ -23,6 +23,9 @@ class LogsPane(RichLog):
         self.mode = "selected"
         self.op_id: str | None = None
         self.empty = True
+        self.said_empty = False
+        """"no log lines yet" is written (not ``self.lines``: RichLog holds writes back while the pane has
+        no size, a pane behind another tab, so each poll wrote the line once more)."""
         self.log_offset = 0
         """Byte offset in the selected operation's log up to which it has been read."""
         self.offsets: dict[str, int] = {}
@@ -34,14 +37,16 @@ class LogsPane(RichLog):
         self.offsets = {}
         if not self.empty:  # an empty log still saying so stays as it is: no layout at every selection
             self.clear()
+            self.said_empty = False
         self.empty = True
 
     def add(self, records: list[LogRecord], with_id: bool = False) -> None:
         if records and self.empty:
             self.clear()
-            self.empty = False
-        elif not records and self.empty and not self.lines:
+            self.empty = self.said_empty = False
+        elif not records and self.empty and not self.said_empty:
             self.write(Text("no log lines yet", style="dim"))
+            self.said_empty = True
         self._add(records, with_id)
 
     def _add(self, records: list[LogRecord], with_id: bool) -> None:
