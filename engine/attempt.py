@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import CodeType
@@ -82,6 +84,11 @@ class AttemptHost(Protocol):
     @property
     def abandoned(self) -> dict[str, str]:
         """Operations whose final status could not be written, and why."""
+        ...
+
+    @property
+    def unwritten(self) -> dict[str, Callable[[], Awaitable[Operation | None]]]:
+        """The final write each abandoned operation still needs (``Engine.write_abandoned``)."""
         ...
 
     @property
@@ -458,23 +465,25 @@ async def settle(
         fields["error"] = error
     host.log_buffer.end(op.id)
     await host.log_buffer.flush(op.id)
+
     # The handler is done, so its slot is free: the next claim for it is queued right behind this
     # write (hand_over), never ahead of it, so the local store commits both in one transaction.
+    def final() -> Awaitable[Operation]:
+        return host.store.transition(
+            op.id,
+            status,
+            epoch=op.epoch,
+            expect=frozenset({Status.RUNNING}),
+            status_message=message or error,
+            **fields,
+        )
+
     with host.settling():
         claim: asyncio.Task[None] | None = None
         try:
             while True:
                 try:
-                    write = asyncio.ensure_future(
-                        host.store.transition(
-                            op.id,
-                            status,
-                            epoch=op.epoch,
-                            expect=frozenset({Status.RUNNING}),
-                            status_message=message or error,
-                            **fields,
-                        )
-                    )
+                    write = asyncio.ensure_future(final())
                     if claim is None:
                         claim = host.hand_over()  # queued right behind the write: one transaction
                     await write
@@ -493,6 +502,7 @@ async def settle(
                         # Keep the lock: this process exits, and the next engine finds the attempt
                         # orphaned (our own recover() must not declare it dead while we live).
                         host.abandoned[op.id] = f"{status.value} not written: {why(e)}"
+                        host.unwritten[op.id] = functools.partial(_write_late, host, op, final)
                         return
                     await asyncio.sleep(STORE_RETRY)
         finally:
@@ -501,6 +511,17 @@ async def settle(
     host.health.ok()
     await _release(host, op)
     host.publish(StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error))
+
+
+async def _write_late(host: AttemptHost, op: Operation, final: Callable[[], Awaitable[Operation]]) -> Operation | None:
+    """The final write of an abandoned attempt, once the store takes writes again; None when another
+    engine has taken the operation over since. A store still failing raises (the lock is kept)."""
+    try:
+        new: Operation | None = await final()
+    except (StaleAttempt, Conflict, NotFound):
+        new = None
+    await _release(host, op)
+    return new
 
 
 async def _release(host: AttemptHost, op: Operation) -> None:

@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -124,6 +124,8 @@ class Engine:
         self.store_stopped: set[str] = set()
         """Operations this engine stopped (interrupted) because the store could not be written."""
         self.abandoned: dict[str, str] = {}
+        self.unwritten: dict[str, Callable[[], Awaitable[Operation | None]]] = {}
+        """The final write each abandoned operation still needs (``write_abandoned``)."""
         """Operations whose final status this engine could not write (their attempt ends with this process)."""
 
     # ---- start and stop ------------------------------------------------------------------------
@@ -179,6 +181,29 @@ class Engine:
         except Exception as e:
             if not (store_failure(e) and (self.abandoned or self.health.since is not None)):
                 raise
+
+    async def write_abandoned(self) -> list[str]:
+        """Write the final status of the attempts this engine gave up writing (``abandoned``: the store
+        failed past ``store_outage_limit``), for a process that stays once the store takes writes again:
+        the dashboard listed them running, under its lock, until it quit. One another engine has taken
+        over since (found orphaned, resumed) is left as that engine has it. The ids settled here; while
+        the store still fails, none (the rest wait for the next call)."""
+        done = []
+        for op_id, write in list(self.unwritten.items()):
+            try:
+                op = await write()
+            except Exception as e:
+                if store_failure(e):
+                    break
+                raise
+            self.unwritten.pop(op_id, None)
+            self.abandoned.pop(op_id, None)
+            self.store_stopped.discard(op_id)
+            if op is not None:
+                self.health.ok()
+                self.publish(StatusChanged(operation_id=op_id, status=op.status, previous=Status.RUNNING))
+                done.append(op_id)
+        return done
 
     @property
     def store_failed(self) -> str | None:

@@ -109,6 +109,7 @@ class Scheduler:
         finally:
             self._handovers -= 1
         if op is not None:
+            host.health.ok()  # a claim is a write: see run()
             self.start(op)
         else:
             self._wake.set()  # the slot is free after all: the loop looks again
@@ -142,6 +143,10 @@ class Scheduler:
                     )
                     for op in claimed:
                         if isinstance(op, Operation):
+                            # A claim is a write the store took: an outage that began before it is over.
+                            # Else the attempt started here was stopped at once, as the outage's limit had
+                            # passed (an operation resumed once a frozen Redis answered again).
+                            host.health.ok()
                             self.start(op)
                     for e in claimed:
                         if isinstance(e, BaseException):

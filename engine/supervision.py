@@ -287,11 +287,17 @@ class Supervisor:
             attempt.watch.tick(now)
         limit = self._health.outage_limit
         over = self._health.over_limit(now)
+        since = self._health.since
         for attempt in self._runs.values():
             unsaved = attempt.unsaved_since
             # The whole store, or this attempt's checkpoints alone (too large for what the disk has left,
-            # while smaller writes still work): its work since the last one would be lost to a crash.
-            if attempt.ctx.stop_reason is None and (over or (unsaved is not None and now - unsaved[0] >= limit)):
+            # while smaller writes still work): its work since the last one would be lost to a crash. Not
+            # an attempt claimed after the outage began (the store took its claim): one resumed as the
+            # store came back was stopped at once, before any other channel had said it works again.
+            claimed_since = since is not None and attempt.watch.started > since
+            if attempt.ctx.stop_reason is None and (
+                (over and not claimed_since) or (unsaved is not None and now - unsaved[0] >= limit)
+            ):
                 attempt.watch.stop(StopReason.STORE, now)
 
     async def _store_round(self, poll: bool, flush: bool, orphans: bool) -> None:

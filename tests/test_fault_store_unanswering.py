@@ -117,3 +117,56 @@ async def test_a_write_lock_kept_by_another_process_is_named_with_what_to_do(
 def _queued() -> Operation:
     now = time.time()
     return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+
+
+async def test_work_claimed_once_the_store_answers_again_is_not_stopped_for_the_outage(tmp_path: Path) -> None:
+    """An outage past its limit, then the store takes a claim: the attempt claimed runs. Before, the
+    engine still counted the outage until another write said otherwise, and stopped that attempt at once
+    (an operation resumed as a frozen Redis came back was interrupted again at its first item)."""
+    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.2)
+    engine = Engine(store=open_store(settings.state_dir), settings=settings)
+    await engine.start()
+    try:
+        engine.health.failed(OSError(errno.EIO, "Input/output error"))
+        await asyncio.sleep(0.3)
+        assert engine.health.over_limit(time.monotonic())
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 20, "seconds": 0.02}))
+        done = await asyncio.wait_for(engine.wait(op.id, timeout=30, poll=0.1), 30)
+        assert done.status is Status.COMPLETED, (done.status, done.status_message)
+    finally:
+        await engine.shutdown(grace=1)
+
+
+async def test_a_final_status_given_up_on_is_written_once_the_store_takes_writes_again(tmp_path: Path) -> None:
+    """A process that stays (the dashboard) after its store failed past the limit: the operation it
+    stopped was listed running, under its lock, until it quit. ``write_abandoned`` writes the status it
+    gave up on once the store takes writes, and lets go of the lock."""
+    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.3)
+    store = open_store(settings.state_dir)
+    engine = Engine(store=store, settings=settings)
+    await engine.start()
+    saved = {name: getattr(store, name) for name in ("save_checkpoint", "transition", "save_live", "append_logs")}
+
+    async def full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}))
+        await until(lambda: op.id in engine.running_ids)
+        for name in saved:
+            setattr(store, name, full)
+        await until(lambda: op.id in engine.abandoned, timeout=30)
+        assert await engine.write_abandoned() == []  # still full: nothing written, nothing lost
+        assert op.id in engine.unwritten and (await store.get(op.id)).status is Status.RUNNING
+        for name, fn in saved.items():
+            setattr(store, name, fn)
+        assert await engine.write_abandoned() == [op.id]
+        assert not engine.abandoned and not engine.unwritten
+        stored = await store.get(op.id)
+        assert stored.status is Status.INTERRUPTED and "could not be written" in (stored.status_message or "")
+        other = Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False)
+        async with other:  # its lock let go: another engine can resume it
+            await other.resume(op.id)
+            assert (await other.get(op.id)).status is Status.QUEUED
+    finally:
+        await engine.shutdown(grace=1)

@@ -497,6 +497,36 @@ async def test_a_store_that_stops_answering_is_said_and_polling_goes_on_when_it_
         await wait_for(pilot, lambda: later.id in app.query_one(OperationsTable).ids, timeout=20)
 
 
+async def test_work_stopped_while_the_store_could_not_be_written_is_marked_once_it_can(
+    tui_settings: Settings,
+) -> None:
+    """The dashboard's engine stops its running work when the store fails past its limit and gives up
+    writing the status: the row stayed running (under the dashboard's lock) until the dashboard quit. Now
+    the status line names it while the store fails, and the status is written once the store takes it."""
+    settings = tui_settings.model_copy(update={"store_outage_limit": 0.3})
+    store = open_store(settings.state_dir)
+    engine = Engine(store=store, settings=settings)
+    app = make_app(settings, engine=engine, poll=0.2)
+    saved = {name: getattr(store, name) for name in ("save_checkpoint", "transition", "save_live", "append_logs")}
+
+    async def full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await engine.submit({"type": "ledger", "name": "long", "params": {"items": 400, "seconds": 0.02}})
+        await wait_for(pilot, lambda: op.id in engine.running_ids)
+        for name in saved:
+            setattr(store, name, full)
+        statusline = app.query_one("#statusline", Static)
+        await wait_for(pilot, lambda: "store cannot be written: 1 operation stopped" in str(statusline.render()))
+        for name, fn in saved.items():
+            setattr(store, name, fn)
+        await wait_for(pilot, lambda: app.ops[op.id].status is Status.INTERRUPTED)
+        await wait_for(pilot, lambda: "store cannot be written" not in str(statusline.render()))
+        assert await status_of(app, op.id) is Status.INTERRUPTED
+
+
 async def test_an_empty_log_behind_another_tab_says_so_once(tui_settings: Settings) -> None:
     """Polls of an operation with no log lines while the logs pane sat behind another tab (no size, so
     RichLog held its writes back) each wrote "no log lines yet" once more: the tab, opened, said it as many

@@ -263,9 +263,24 @@ class OutlastApp(App[int]):
         sample = self.model.sample(self.sampler)
         self.dashboard.show_resources(sample, len(self.engine.running_ids), self.engine.max_concurrent)
         await self.model.poll()
+        if self.engine.unwritten and self.model.store_ok:
+            await self._write_abandoned()
         self.dashboard.polled = True  # what was read is shown at the next frame, the live figures with it
         self.dashboard.load_side_panes(poll=True)
         self.dashboard.load_all_logs()
+
+    async def _write_abandoned(self) -> None:
+        """The store answers again: the final status of the work this engine stopped when it could not
+        write (listed running until then, with this dashboard's lock on it) is written now."""
+        written = await self.engine.write_abandoned()  # none while the store still fails: the next poll tries
+        if written:
+            n = len(written)
+            self.notify(
+                f"the store takes writes again: {n} operation{'s' if n > 1 else ''} stopped while it could not"
+                f" be written {'are' if n > 1 else 'is'} marked as stopped ({', '.join(written)})",
+                severity="warning",
+                timeout=10,
+            )
 
     def _live(self, op_id: str) -> Progress | None:
         return self.engine.live(op_id) if self.engine_started else None
