@@ -466,8 +466,6 @@ async def settle(
     host.log_buffer.end(op.id)
     await host.log_buffer.flush(op.id)
 
-    # The handler is done, so its slot is free: the next claim for it is queued right behind this
-    # write (hand_over), never ahead of it, so the local store commits both in one transaction.
     def final() -> Awaitable[Operation]:
         return host.store.transition(
             op.id,
@@ -478,6 +476,8 @@ async def settle(
             **fields,
         )
 
+    # The handler is done, so its slot is free: the next claim for it is queued right behind this
+    # write (hand_over), never ahead of it, so the local store commits both in one transaction.
     with host.settling():
         claim: asyncio.Task[None] | None = None
         try:

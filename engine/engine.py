@@ -124,9 +124,10 @@ class Engine:
         self.store_stopped: set[str] = set()
         """Operations this engine stopped (interrupted) because the store could not be written."""
         self.abandoned: dict[str, str] = {}
+        """Operations whose final status this engine could not write (their attempt ends with this process,
+        unless ``write_abandoned`` writes it once the store takes writes again)."""
         self.unwritten: dict[str, Callable[[], Awaitable[Operation | None]]] = {}
         """The final write each abandoned operation still needs (``write_abandoned``)."""
-        """Operations whose final status this engine could not write (their attempt ends with this process)."""
 
     # ---- start and stop ------------------------------------------------------------------------
 
