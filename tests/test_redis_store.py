@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
-from engine.models import Checkpoint, Conflict, LogRecord, NotFound, StaleAttempt, StoreError, WorkerInfo
+from engine.models import (
+    Checkpoint,
+    Conflict,
+    LogRecord,
+    NotFound,
+    Operation,
+    StaleAttempt,
+    StoreError,
+    WorkerInfo,
+    new_id,
+)
 from engine.outage import StoreUnwritable
 from engine.store import mirror as mirror_module
 from engine.store.base import ItemDelta
@@ -604,3 +614,29 @@ async def test_a_mirror_that_never_opened_is_said_once_not_made_at_every_write(
     said = [r.getMessage() for r in caplog.records if "checkpoint mirror" in r.getMessage()]
     assert len(said) == 1 and "cannot be used" in said[0], said
     assert not mirror.exists()
+
+
+async def test_a_redis_over_its_maxmemory_is_said_full_in_words(redis_server: RedisServer) -> None:
+    """A Redis past its maxmemory (noeviction) refuses every write: said as "command not allowed when used
+    memory > 'maxmemory'. script: <sha>, on @user_script:26". Now in words, with what to do; writes work
+    again once there is room, and nothing was written meanwhile."""
+    store = store_for(redis_server)
+    await store.open()
+    client = redis_server.client()
+    try:
+        client.config_set("maxmemory", 1)
+        op = _queued_record()
+        with pytest.raises(StoreError, match=r"is full \(its used memory is over maxmemory\): raise maxmemory"):
+            await store.create(op)
+        client.config_set("maxmemory", 0)
+        assert await store.list_operations() == []
+        await store.create(op)
+        assert (await store.get(op.id)).status is Status.QUEUED
+    finally:
+        client.config_set("maxmemory", 0)
+        await store.close()
+
+
+def _queued_record() -> Operation:
+    now = time.time()
+    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)

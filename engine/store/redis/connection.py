@@ -26,6 +26,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     NoPermissionError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -137,6 +138,10 @@ class RedisLink:
             msg = f"redis {w}: permission denied for this user ({_reason(e)})"
         elif isinstance(e, ReadOnlyError):
             msg = f"redis {w} is a read-only replica: point the store URL at the primary"
+        elif isinstance(e, OutOfMemoryError) or "used memory > 'maxmemory'" in text:
+            # Said by Redis as "command not allowed when used memory > 'maxmemory'. script: <sha>, on
+            # @user_script:26": the script's hash and line are of no use to the person reading it.
+            msg = f"redis {w} is full (its used memory is over maxmemory): raise maxmemory or free memory there"
         elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
             msg = f"redis {w}: cannot connect: {_reason(e)}"
         else:
