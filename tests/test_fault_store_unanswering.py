@@ -25,6 +25,7 @@ from engine import Engine, OperationSpec, Status, load_settings, open_store
 from engine.models import Operation, StoreError, new_id
 from engine.store.redis.connection import DOWN_PROBE
 from engine.store.sqlite import core as sqlite_core
+from tests.fixtures_cli import CliAt
 from tests.fixtures_engine import until
 from tests.fixtures_redis import RedisServer
 
@@ -170,3 +171,29 @@ async def test_a_final_status_given_up_on_is_written_once_the_store_takes_writes
             assert (await other.get(op.id)).status is Status.QUEUED
     finally:
         await engine.shutdown(grace=1)
+
+
+def test_a_ctrl_c_under_a_redis_that_stopped_answering_is_acknowledged_at_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``outlast run``'s view read the record from the store at every tick: with Redis frozen, the line
+    saying a Ctrl-C was heard ("pausing at its next safe point") came 27 s after it, so a person pressed it
+    again and again. The view now waits half a second for a record, then shows what the engine knows."""
+    assert redis_server.proc is not None
+    cli = CliAt(tmp_path / "state")
+    try:
+        proc = cli.start("--store", redis_server.url, "run", "demo", "-p", "items=400", "-p", "seconds=0.05")
+        proc.wait_line(lambda ln: "running" in ln and " 0/400" not in ln and "items" in ln)
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+            proc.signal(signal.SIGINT)
+            heard = time.monotonic()
+            proc.wait_line(lambda ln: "pausing at its next safe point" in ln, timeout=30)
+            assert time.monotonic() - heard < 5.0  # before: 27 s, the store's reply timeout and retries
+        finally:
+            proc.signal(signal.SIGKILL)
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        proc.wait(30)
+    finally:
+        cli.close()

@@ -30,6 +30,36 @@ PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
 LOCAL_TICK = 0.15
 REMOTE_POLL = 0.5
+LOCAL_READ_WAIT = 0.5
+"""Seconds the view of an operation this engine runs waits for its record before it shows what the engine
+knows (the record before, with live progress): a store that did not answer held every line, the one
+saying a Ctrl-C was heard included, for up to 40 s."""
+
+
+class _Reader:
+    """``engine.get(op_id)`` in a task of its own, never cancelled: ``read(wait)`` is its record once it
+    has one within ``wait`` seconds, else None (the read goes on, and a later call takes its result)."""
+
+    def __init__(self, engine: Engine, op_id: str) -> None:
+        self._engine = engine
+        self._op_id = op_id
+        self._task: asyncio.Future[Operation] | None = None
+
+    async def read(self, wait: float | None) -> Operation | None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._engine.get(self._op_id))
+        await asyncio.wait({self._task}, timeout=wait)
+        if not self._task.done():
+            return None
+        task, self._task = self._task, None
+        return task.result()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "not retrieved"
+
+
 ORPHANS_EVERY = 2.0
 """Seconds between looks for orphans while following work that runs elsewhere (as every engine's
 supervisor looks): the process running it may die, and a follower that never looked showed it running,
@@ -146,19 +176,24 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
     unsubscribe = engine.subscribe(on_event) if local else None
     offset = 0
     orphans = OrphanLook(engine)
+    reader = _Reader(engine, op_id)
     try:
         with view:
             while True:
                 if local and op_id in engine.abandoned:
                     raise StoreUnwritable(engine.store_failed or "the store cannot be written")
+                known = local and op_id in last
                 try:
-                    op = await engine.get(op_id)
+                    got = await reader.read(LOCAL_READ_WAIT if known else None)
                 except Exception as e:
-                    if not (local and store_failure(e) and op_id in last):
+                    if not (known and store_failure(e)):
                         raise
-                    # The engine says so once; the view goes on from what this engine knows.
+                    got = None  # the engine says so once
+                if got is None:  # the view goes on from what this engine knows
                     live = engine.live(op_id)
                     op = last[op_id] if live is None else last[op_id].model_copy(update={"progress": live})
+                else:
+                    op = got
                 last[op_id] = op
                 if engine.draining and not view.stopping and local and isinstance(view, PlainView):
                     view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")
@@ -188,6 +223,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                                 unsubscribe = None
                 await asyncio.sleep(LOCAL_TICK if local else REMOTE_POLL)
     finally:
+        reader.close()
         if unsubscribe:
             unsubscribe()
 
