@@ -48,7 +48,8 @@ async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_wait
     engine = Engine(store=store, settings=settings)
     await engine.start()
     try:
-        op = await engine.submit(OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}))
+        spec = OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}, profile={"checkpoint_interval": 0.1})
+        op = await engine.submit(spec)
         await until(lambda: op.id in engine.running_ids)
         for name in ("pending_controls", "heartbeat", "save_live"):
             setattr(store, name, no_answer)
@@ -71,7 +72,7 @@ async def test_a_redis_unreachable_past_retry_for_is_tried_once_with_a_short_wai
     store = open_store(redis_server.url + "?retry_for=0.5", namespace="t")
     await store.open()
     link = store.link  # type: ignore[attr-defined]
-    link.timeout = DOWN_PROBE * 2
+    link.timeout = DOWN_PROBE * 1.5
     assert redis_server.proc is not None
     try:
         assert await store.list_operations() == []
