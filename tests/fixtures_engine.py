@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine import Engine, Event, Settings, load_settings, open_store
+from engine import Engine, Event, Operation, Settings, Status, load_settings, open_store
+from engine.models import new_id
 
 
 @pytest.fixture
@@ -47,3 +49,9 @@ async def until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0
         if loop.time() > end:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(every)
+
+
+def queued_record(type_: str = "demo") -> Operation:
+    """A queued operation's record, for a test that writes it to a store itself."""
+    now = time.time()
+    return Operation(id=new_id(), type=type_, status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)

@@ -28,22 +28,17 @@ import pytest
 from engine import Engine, OperationSpec, WorkerInfo, load_settings, open_store
 from engine.errors import StoreLost
 from engine.exitcodes import ExitCode
-from engine.models import Checkpoint, LogRecord, NotFound, Operation, StaleAttempt, Status, StoreError, new_id
+from engine.models import Checkpoint, LogRecord, NotFound, Operation, StaleAttempt, Status, StoreError
 from engine.outage import StoreHealth
 from engine.store import Store
 from engine.store.base import ItemDelta
 from tests.fixtures_cli import Cli, CliAt
-from tests.fixtures_engine import until
-
-
-def _record() -> Operation:
-    now = time.time()
-    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+from tests.fixtures_engine import queued_record, until
 
 
 async def _running(store: Store) -> tuple[Operation, Checkpoint]:
     """An operation created and claimed in ``store`` (open), and a first checkpoint of its attempt."""
-    op = _record()
+    op = queued_record()
     await store.create(op)
     claimed = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0, op_id=op.id)
     assert claimed is not None
@@ -118,17 +113,17 @@ async def test_a_store_holding_nothing_follows_a_copy_restored_in_place(tmp_path
     store = open_store(state)
     await store.open()
     try:
-        kept = _record()
+        kept = queued_record()
         await store.create(kept)
         _restorable_copy(state, tmp_path / "copy")
-        later = _record()
+        later = queued_record()
         await store.create(later)
         _put_in_place(tmp_path / "copy", state)
         # Reads and writes go to the restored file: the record made after the copy is not there.
         assert (await store.get(kept.id)).id == kept.id
         with pytest.raises(NotFound):
             await store.get(later.id)
-        again = _record()
+        again = queued_record()
         await store.create(again)
     finally:
         await store.close()
@@ -352,16 +347,16 @@ async def test_a_store_holding_nothing_follows_its_database_put_back_without_the
     store = open_store(state)
     await store.open()
     try:
-        kept = _record()
+        kept = queued_record()
         await store.create(kept)
         _restorable_copy(state, tmp_path / "copy")
-        later = [_record() for _ in range(20)]
+        later = [queued_record() for _ in range(20)]
         for op in later:
             await store.create(op)
         assert (state / "outlast.db-wal").stat().st_size > 32
         os.replace(tmp_path / "copy" / "outlast.db", state / "outlast.db")
         assert [o.id for o in await store.list_operations()] == [kept.id]
-        again = _record()
+        again = queued_record()
         await store.create(again)
     finally:
         await store.close()

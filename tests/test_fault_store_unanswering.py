@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
-from engine.models import Operation, StoreError, new_id
+from engine.models import StoreError
 from engine.store.redis.connection import DOWN_PROBE
 from engine.store.sqlite import core as sqlite_core
 from tests.fixtures_cli import CliAt
-from tests.fixtures_engine import until
+from tests.fixtures_engine import queued_record, until
 from tests.fixtures_redis import RedisServer
 
 
@@ -105,7 +105,7 @@ async def test_a_write_lock_kept_by_another_process_is_named_with_what_to_do(
     try:
         other = sqlite3.connect(state / "outlast.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        op = _queued()
+        op = queued_record()
         with pytest.raises(StoreError, match=r"outlast\.db is locked: another process .* transaction open .* end it"):
             await store.create(op)
         other.execute("ROLLBACK")
@@ -114,11 +114,6 @@ async def test_a_write_lock_kept_by_another_process_is_named_with_what_to_do(
         assert (await store.get(op.id)).status is Status.QUEUED
     finally:
         await store.close()
-
-
-def _queued() -> Operation:
-    now = time.time()
-    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
 
 
 async def test_work_claimed_once_the_store_answers_again_is_not_stopped_for_the_outage(tmp_path: Path) -> None:

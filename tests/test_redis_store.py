@@ -19,17 +19,15 @@ from engine.models import (
     Conflict,
     LogRecord,
     NotFound,
-    Operation,
     StaleAttempt,
     StoreError,
     WorkerInfo,
-    new_id,
 )
 from engine.outage import StoreUnwritable
 from engine.store import mirror as mirror_module
 from engine.store.base import ItemDelta
 from engine.store.redis import RedisStore
-from tests.fixtures_engine import until
+from tests.fixtures_engine import queued_record, until
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -625,7 +623,7 @@ async def test_a_redis_over_its_maxmemory_is_said_full_in_words(redis_server: Re
     client = redis_server.client()
     try:
         client.config_set("maxmemory", 1)
-        op = _queued_record()
+        op = queued_record()
         with pytest.raises(StoreError, match=r"is full \(its used memory is over maxmemory\): raise maxmemory"):
             await store.create(op)
         client.config_set("maxmemory", 0)
@@ -635,8 +633,3 @@ async def test_a_redis_over_its_maxmemory_is_said_full_in_words(redis_server: Re
     finally:
         client.config_set("maxmemory", 0)
         await store.close()
-
-
-def _queued_record() -> Operation:
-    now = time.time()
-    return Operation(id=new_id(), type="demo", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
