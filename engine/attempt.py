@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
+from .descriptors import out_of_files
 from .files import private_dir
 from .lifecycle import StopReason
 from .models import (
@@ -45,7 +46,7 @@ from .models import (
     StoreError,
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
-from .profiles import TimeoutProfile, stored_profile
+from .profiles import RetryPolicy, TimeoutProfile, stored_profile
 from .registry import HandlerSpec, get_handler
 from .store import Store
 from .store.base import ItemDelta, Ledger
@@ -157,7 +158,19 @@ class Attempt:
             await settle(host, op, Status.INTERRUPTED, message=f"interrupted: {e}")
             return None
         except Exception as e:
-            await settle(host, op, Status.FAILED, error=format_exception(e))
+            error = format_exception(e)
+            if out_of_files(e) is not None and not host.closing:
+                # Importing the handler or reading the checkpoint found no file descriptor left (a
+                # worker that started more than ``ulimit -n`` allows): the handler never ran.
+                policy = RetryPolicy()
+                with contextlib.suppress(Exception):
+                    policy = stored_profile(op).retry
+                retry = _retry(op, policy, error)
+                if retry is not None:
+                    host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=retry["message"]))
+                    await settle(host, op, Status.QUEUED, **retry)
+                    return None
+            await settle(host, op, Status.FAILED, error=error)
             return None
         return cls(host, op, handler, params, profile, resume)
 
@@ -304,7 +317,8 @@ class Attempt:
                 await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
                 key = ctx.failed_item(e)
-                if key is not None and ctx.stop_reason is None:
+                # An item whose body found no file descriptor left did not fail: the attempt is retried.
+                if key is not None and ctx.stop_reason is None and out_of_files(e) is None:
                     try:
                         ctx.fail(key, e)
                     except TooManyFailures as tm:
@@ -377,24 +391,18 @@ class Attempt:
         op, ctx = self.op, self.ctx
         policy = ctx.profile.retry
         error = format_exception(e)
+        short = out_of_files(e)  # the machine's state, whatever the policy lists as transient
+        if short is not None and short is not e:
+            error = f"{error}; below it: {short}"
         ctx.log.error(f"attempt {op.attempt} failed: {error}")
         # The items done and failed since the last checkpoint: a retry or resume skips those done, and
         # ``item_failures`` lists those failed (they were counted in progress but listed nowhere).
         await self._final_checkpoint()
-        if policy.is_transient(e) and op.retries + 1 < policy.max_attempts and not self.host.closing:
-            delay = policy.delay(op.retries + 1, random.random())
-            msg = f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}"
-            ctx.log.warning(msg)
-            await self._settle(
-                Status.QUEUED,
-                message=msg,
-                retries=op.retries + 1,
-                attempt=op.attempt + 1,
-                not_before=time.time() + delay,
-                queued_at=time.time(),
-                resume_seq=None,
-                error=error,
-            )
+        transient = policy.is_transient(e) or short is not None
+        retry = _retry(op, policy, error) if transient and not self.host.closing else None
+        if retry is not None:
+            ctx.log.warning(retry["message"])
+            await self._settle(Status.QUEUED, **retry)
             return
         await self._settle(Status.FAILED, error=error)
 
@@ -527,6 +535,23 @@ async def _write_late(host: AttemptHost, op: Operation, final: Callable[[], Awai
 async def _release(host: AttemptHost, op: Operation) -> None:
     with contextlib.suppress(Exception):
         await host.store.release(op.id, op.epoch)
+
+
+def _retry(op: Operation, policy: RetryPolicy, error: str) -> dict[str, Any] | None:
+    """The fields that queue ``op`` again after ``error``, resumed from its newest checkpoint after the
+    policy's backoff; None when its attempts are used up."""
+    if op.retries + 1 >= policy.max_attempts:
+        return None
+    delay = policy.delay(op.retries + 1, random.random())
+    return {
+        "message": f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}",
+        "retries": op.retries + 1,
+        "attempt": op.attempt + 1,
+        "not_before": time.time() + delay,
+        "queued_at": time.time(),
+        "resume_seq": None,
+        "error": error,
+    }
 
 
 def _first_leaf(group: BaseExceptionGroup[OperationStopped]) -> OperationStopped:

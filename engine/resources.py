@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .descriptors import FileBudget
+
 
 @dataclass
 class ResourceSample:
@@ -71,18 +73,32 @@ class ResourceMonitor:
 
 
 class Admission:
-    """Whether the machine has room for one more operation, by memory and CPU limits (percent)."""
+    """Whether the machine has room for one more operation: memory and CPU limits (percent), and the
+    file descriptors this process may still open."""
 
-    def __init__(self, max_memory_percent: float | None, max_cpu_percent: float | None) -> None:
+    def __init__(
+        self, max_memory_percent: float | None, max_cpu_percent: float | None, files: FileBudget | None = None
+    ) -> None:
         self.max_memory = max_memory_percent
         self.max_cpu = max_cpu_percent
+        self.files = files or FileBudget()
         self._last = 0.0
         self._cached: str | None = None
         if max_cpu_percent:
             psutil.cpu_percent(None)
 
+    def room(self) -> int:
+        """How many operations may start now, by open files (memory and CPU are ``blocked``)."""
+        return self.files.room()
+
+    def started(self, n: int = 1) -> None:
+        self.files.started(n)
+
     def blocked(self) -> str | None:
-        """None when work may start, else the reason (checked at most once a second)."""
+        """None when work may start, else the reason (memory and CPU checked at most once a second)."""
+        files = self.files.blocked()
+        if files is not None:
+            return files
         if not (self.max_memory or self.max_cpu):
             return None
         now = time.monotonic()

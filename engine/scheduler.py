@@ -1,5 +1,6 @@
 """The scheduler: claims queued operations from the store while this engine has free slots and the
-machine has room (memory and CPU limits), and starts an attempt for each."""
+machine has room (memory and CPU limits, the open files this process may have), and starts an attempt
+for each."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ log = logging.getLogger("outlast.engine")
 
 CLAIM_BATCH = 32
 """Claims asked for at once: they are committed together (one fsync for the lot)."""
+
+
+SAY_AGAIN = 60.0
+"""Seconds before the same reason for starting no work is said again."""
 
 
 class SchedulerHost(Protocol):
@@ -66,7 +71,8 @@ class Scheduler:
         self._handovers = 0
         """Claims in flight for the slot of a settling attempt (hand_over): not free to the loop's claims."""
         self._wake = asyncio.Event()
-        self._blocked_reason: str | None = None
+        self._said: dict[str, float] = {}
+        """When each reason for starting no work was last said (a limit met again and again is one line)."""
 
     def wake(self) -> None:
         """Look at the queue now (something was queued, or a slot came free)."""
@@ -115,6 +121,7 @@ class Scheduler:
             self._wake.set()  # the slot is free after all: the loop looks again
 
     def start(self, op: Operation) -> None:
+        self._admission.started()
         task = asyncio.create_task(self._execute(op), name=f"outlast-op-{op.id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -128,16 +135,16 @@ class Scheduler:
                 while host.run_queue and not host.draining and not host.closing and self.free() > 0:
                     reason = self._admission.blocked()
                     if reason:
-                        if reason != self._blocked_reason:
+                        said = self._said.get(reason)
+                        if said is None or time.monotonic() - said > SAY_AGAIN:
                             log.warning("not starting new work: %s", reason)
-                        self._blocked_reason = reason
+                            self._said[reason] = time.monotonic()
                         break
-                    self._blocked_reason = None
                     now, types = time.time(), runnable_types()
                     claimed = await asyncio.gather(
                         *(
                             host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
-                            for _ in range(min(CLAIM_BATCH, self.free()))
+                            for _ in range(min(CLAIM_BATCH, self.free(), self._admission.room()))
                         ),
                         return_exceptions=True,  # one claim failing must not lose the others (claimed: running)
                     )

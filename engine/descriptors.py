@@ -1,0 +1,93 @@
+"""File descriptors: whether this process has any left for one more operation (``ulimit -n``), and
+whether an error says it had none. Standard library only: the context imports it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import time
+from collections.abc import Callable
+
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def out_of_files(e: BaseException | None) -> OSError | None:
+    """The EMFILE or ENFILE behind ``e`` (itself, or what it was raised from): this process, or the
+    whole system, had no file descriptor left. That is the machine's state, not the operation's
+    fault: the attempt is queued again (``Attempt``), not failed."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in OUT_OF_FILES:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def out_of_files_said(error: BaseException | str) -> int | None:
+    """The errno (EMFILE or ENFILE) of an error that says no file descriptor was left, as an exception
+    or as the text a worker thread or process sent back (``str(OSError)`` begins ``[Errno N]``)."""
+    if not isinstance(error, str):
+        found = out_of_files(error)
+        return found.errno if found is not None else None
+    return next((n for n in OUT_OF_FILES if f"[Errno {n}]" in error), None)
+
+
+def count_open_files() -> int | None:
+    """File descriptors this process has open now (None where the system does not list them)."""
+    for where in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(where)) - 1  # listdir's own descriptor of the directory
+        except OSError:
+            continue
+    return None
+
+
+class FileBudget:
+    """Whether this process has file descriptors left for one more operation (``ulimit -n``).
+
+    A running operation holds a lock file and opens its log now and then; its handler opens what it
+    reads, its pipes, its pool. A worker that started 30 operations under ``ulimit -n 40`` failed 30 of
+    them at once ("Too many open files" importing their handler): now it starts no more while fewer
+    than ``reserve`` descriptors are left, and says so once. Counting lists ``/proc/self/fd`` (about
+    40 us for 60 descriptors): done at most once a second while far from the limit, on every look
+    when near it; between counts each start is taken to cost ``PER_OP``."""
+
+    PER_OP = 2
+
+    def __init__(self, limit: int | None = None, count: Callable[[], int | None] = count_open_files) -> None:
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = None if soft == resource.RLIM_INFINITY else soft
+        self.limit = limit
+        self.reserve = max(16, (limit or 0) // 10)
+        """Descriptors kept for the store, the logs and what running handlers open next."""
+        self._count = count
+        self._counted = -float("inf")
+        self.in_use = 0
+        """Descriptors open at the last count, plus ``PER_OP`` for each start since."""
+
+    def room(self) -> int:
+        """How many more operations may start now (a large number when the limit is far)."""
+        if self.limit is None:
+            return 1 << 30
+        now = time.monotonic()
+        if now - self._counted >= 1.0 or self.in_use + self.reserve + self.PER_OP > self.limit:
+            n = self._count()
+            if n is None:
+                self.limit = None
+                return 1 << 30
+            self.in_use, self._counted = n, now
+        return max(0, (self.limit - self.reserve - self.in_use) // self.PER_OP)
+
+    def started(self, n: int = 1) -> None:
+        self.in_use += n * self.PER_OP
+
+    def blocked(self) -> str | None:
+        if self.room() > 0:
+            return None
+        return (
+            f"open files near this process's limit of {self.limit} (ulimit -n); what runs goes on,"
+            " the rest waits: raise the limit or lower --concurrency"
+        )

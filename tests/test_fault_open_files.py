@@ -1,0 +1,167 @@
+"""Fault suite: a process that runs out of file descriptors (``ulimit -n``).
+
+A worker told to run 30 operations at once under ``ulimit -n 40`` started all 30: each holds a lock
+file, and importing their handler then found no descriptor left, so every one of them was settled
+failed ("[Errno 24] Too many open files") in the second it started, never to run unless someone
+noticed. Checked here: such a worker runs the whole queue to completed (none failed) and says once
+why it runs fewer at once; an attempt that runs out of descriptors anyway (its handler opens too
+many, or its parameters could not be read) is queued again and completes, whatever its retry
+policy lists as transient; and the budget's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import resource
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from engine import Engine, OperationContext, OperationSpec, Settings, Status, open_store, operation
+from engine.descriptors import FileBudget, out_of_files
+from tests.fixtures_cli import CLI, REPO, Cli
+from tests.fixtures_engine import make_engine
+
+LIMIT = 40
+"""Open files the worker may have: a few more than it needs idle (about 15), far fewer than 30
+operations' lock files and what their start opens."""
+
+
+def _low_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
+
+
+async def _queue(state_dir: Path, n: int) -> list[str]:
+    async with Engine(store=open_store(state_dir), settings=Settings(state_dir=state_dir), run_queue=False) as e:
+        ops = [await e.submit(OperationSpec(type="demo", params={"items": 20, "seconds": 0.02})) for _ in range(n)]
+    return [op.id for op in ops]
+
+
+def test_a_worker_with_more_slots_than_open_files_runs_the_whole_queue(state_dir: Path, cli: Cli) -> None:
+    ids = asyncio.run(_queue(state_dir, 30))
+    r = subprocess.run(
+        [*CLI, "worker", "--concurrency", "30", "--exit-when-idle"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**cli.env, "OUTLAST_STATE_DIR": str(state_dir)},
+        cwd=REPO,
+        preexec_fn=_low_limit,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    listed = json.loads(cli("ls", "--json", "--limit", "100").stdout)
+    statuses = {rec["id"]: rec["status"] for rec in listed}
+    assert {statuses[i] for i in ids} == {"completed"}, {i: s for i, s in statuses.items() if s != "completed"}
+    assert "Too many open files" not in out, out[-3000:]
+    said = [ln for ln in out.splitlines() if "open files near this process's limit of 40 (ulimit -n)" in ln]
+    assert len(said) == 1, out[-3000:]
+
+
+class FlakyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    where: str
+
+    @field_validator("where")
+    @classmethod
+    def _open_files(cls, v: str) -> str:
+        _READ[v] = _READ.get(v, 0) + 1
+        if v == "params" and _READ[v] == 2:  # read at submit, then by the first attempt
+            raise OSError(errno.EMFILE, "Too many open files")
+        return v
+
+
+_READ: dict[str, int] = {}
+_RAN: dict[str, list[list[str]]] = {}
+"""Per ``where``: the item keys each attempt of the handler ran."""
+
+
+@operation("out_of_files_once", params=FlakyParams)
+async def out_of_files_once(ctx: OperationContext, p: FlakyParams) -> None:
+    """Runs out of descriptors on its first attempt (where ``p.where`` says), then completes."""
+    runs = _RAN.setdefault(p.where, [])
+    runs.append([])
+    async for key in ctx.items((str(i) for i in range(10)), key=str):
+        runs[-1].append(key)
+        if p.where == "handler" and len(runs) == 1 and key == "4":
+            await ctx.checkpoint()
+            # The handler's own open failing, below the error it raises (as a library wraps it).
+            raise RuntimeError("cannot read the next file") from OSError(errno.EMFILE, "Too many open files")
+        if p.where == "fail" and len(runs) == 1 and key == "2":
+            # What a built-in operation's worker thread sends back for a file it could not open.
+            ctx.fail(key, "[Errno 24] Too many open files: '/src/a.py'")
+
+
+async def test_an_attempt_out_of_open_files_is_queued_again_not_failed(settings: Settings) -> None:
+    """Neither a handler's EMFILE (below its own error, with a policy that lists no error as transient),
+    nor one raised reading the parameters, nor an item failure whose text says so (as the built-in
+    operations report a file they could not open) fails the operation or lists an item failed: each is
+    retried after the backoff, from the newest checkpoint. A policy of one attempt is kept: the failure
+    is then what it says."""
+    _READ.clear()
+    _RAN.clear()
+    retry = {"max_attempts": 3, "backoff_base": 0.1, "transient": []}
+    async with make_engine(settings) as engine:
+        ops = [
+            await engine.submit(OperationSpec(type="out_of_files_once", params={"where": w}, profile={"retry": retry}))
+            for w in ("handler", "params", "fail")
+        ]
+        finals = [await engine.wait(op.id, timeout=30) for op in ops]
+        said = [[r.message for r in (await engine.logs(op.id))[0]] for op in ops]
+        _READ.clear()
+        once = {**retry, "max_attempts": 1}
+        spec = OperationSpec(type="out_of_files_once", params={"where": "params"}, profile={"retry": once})
+        failed = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    for final in finals:
+        assert final.status is Status.COMPLETED, (final.status, final.error)
+        assert final.retries == 1 and final.item_failures == 0
+    for lines in said:
+        assert any(ln.startswith("retry 1/2 in") and "Too many open files" in ln for ln in lines), lines
+        assert not any("item failed" in ln for ln in lines), lines
+    # Items 0-3 were checkpointed done; item 4, whose body raised, runs again instead of being listed failed.
+    assert _RAN["handler"] == [[str(i) for i in range(5)], [str(i) for i in range(4, 10)]]
+    assert _RAN["fail"] == [[str(i) for i in range(3)], [str(i) for i in range(2, 10)]]
+    assert _RAN["params"] == [[str(i) for i in range(10)]]  # its first attempt never began
+    assert failed.status is Status.FAILED and "Too many open files" in (failed.error or "")
+
+
+def test_out_of_files_is_found_below_the_error_raised() -> None:
+    assert out_of_files(RuntimeError("x")) is None
+    inner = OSError(errno.ENFILE, "Too many open files in system")
+    try:
+        try:
+            raise inner
+        except OSError:
+            raise ValueError("wrapped")  # noqa: B904 - the implicit context, as a library leaves it
+    except ValueError as e:
+        assert out_of_files(e) is inner
+
+
+def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
+    counts = iter([20, 21, 30, 30])
+    calls: list[int] = []
+
+    def count() -> int:
+        calls.append(1)
+        return next(counts)
+
+    near = FileBudget(limit=40, count=count)
+    assert near.reserve == 16
+    assert near.room() == 2  # counted 20: (40 - 16 - 20) // 2
+    near.started()
+    assert near.room() == 1 and len(calls) == 1  # taken as 22, not counted again yet
+    near.started()
+    assert near.room() == 1 and len(calls) == 2  # 24 is too near the limit to guess: counted 21
+    near.started()
+    assert near.room() == 0 and len(calls) == 3  # counted 30
+    assert "limit of 40 (ulimit -n)" in (near.blocked() or "")
+    calls.clear()
+    far = FileBudget(limit=20_000, count=lambda: calls.append(1) or 60)
+    for _ in range(1000):
+        far.room()
+        far.started()
+    assert len(calls) == 1  # 2,000 descriptors taken for 1,000 starts: still far, counted once a second
