@@ -28,10 +28,16 @@ def out_of_files(e: BaseException | None) -> OSError | None:
 def out_of_files_said(error: BaseException | str) -> int | None:
     """The errno (EMFILE or ENFILE) of an error that says no file descriptor was left, as an exception
     or as the text a worker thread or process sent back (``str(OSError)`` begins ``[Errno N]``)."""
-    if not isinstance(error, str):
-        found = out_of_files(error)
-        return found.errno if found is not None else None
-    return next((n for n in OUT_OF_FILES if f"[Errno {n}]" in error), None)
+    if isinstance(error, str):
+        return next((n for n in OUT_OF_FILES if f"[Errno {n}]" in error), None)
+    found = out_of_files(error) if isinstance(error, BaseException) else None  # a handler passes anything
+    return found.errno if found is not None else None
+
+
+def open_files_limit() -> int | None:
+    """How many file descriptors this process may have open (its soft ``ulimit -n``); None: no limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def count_open_files() -> int | None:
@@ -57,10 +63,7 @@ class FileBudget:
     PER_OP = 2
 
     def __init__(self, limit: int | None = None, count: Callable[[], int | None] = count_open_files) -> None:
-        if limit is None:
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            limit = None if soft == resource.RLIM_INFINITY else soft
-        self.limit = limit
+        self.limit = limit = limit if limit is not None else open_files_limit()
         self.reserve = max(16, (limit or 0) // 10)
         """Descriptors kept for the store, the logs and what running handlers open next."""
         self._count = count

@@ -165,3 +165,27 @@ def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
         far.room()
         far.started()
     assert len(calls) == 1  # 2,000 descriptors taken for 1,000 starts: still far, counted once a second
+
+
+def test_a_command_with_almost_no_descriptors_says_so_in_one_line(state_dir: Path, cli: Cli) -> None:
+    """``ulimit -n 9``: too few to import an operation or open the store. One line, exit 8 (the store
+    cannot be opened or written), not "internal error" (70, a bug), and nothing stored."""
+
+    def tiny() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (9, 9))
+
+    r = subprocess.run(
+        [*CLI, "run", "demo", "-p", "items=3"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**cli.env, "OUTLAST_STATE_DIR": str(state_dir)},
+        cwd=REPO,
+        preexec_fn=tiny,
+    )
+    assert r.returncode == 8, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], r.stderr
+    assert "ulimit -n" in lines[0] or "cannot be created" in lines[0], r.stderr
+    assert json.loads(cli("ls", "--json").stdout) == []

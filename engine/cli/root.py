@@ -14,6 +14,7 @@ from importlib import import_module
 import click
 
 from .. import __version__
+from ..descriptors import open_files_limit, out_of_files
 from ..exitcodes import ExitCode, code_for_error, exit_codes_help
 from . import format as fmt
 from .common import App, json_option
@@ -115,7 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         code = ExitCode.WATCH_STOPPED
     except Exception as e:
         known = code_for_error(e)
-        if known is None:
+        short = out_of_files(e) if known is None else None
+        if short is not None:  # not a bug: too few to open the store or import an operation (ulimit -n 9)
+            _error(f"outlast: {short}: this process may open {open_files_limit()} files (ulimit -n); raise it")
+            code = ExitCode.STORE
+        elif known is None:
             if os.environ.get("OUTLAST_DEBUG"):
                 raise
             _error(f"outlast: internal error: {type(e).__name__}: {e} (OUTLAST_DEBUG=1 shows the traceback)")
