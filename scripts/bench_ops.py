@@ -132,7 +132,7 @@ async def bench_each(ctx: OperationContext, p: EachParams) -> dict[str, Any]:
     async for i in ctx.items(range(p.items), key=str):
         ctx.state["sum"] += i
         await ctx.checkpoint()
-    return {"elapsed": time.perf_counter() - t0, "items": p.items, "seq": ctx._seq}
+    return {"elapsed": time.perf_counter() - t0, "items": p.items, "seq": ctx.checkpoint_seq}
 
 
 @operation("bench_noop")

@@ -250,6 +250,17 @@ def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
     assert cells[3] == "demo" and cells[4] == "W1"
 
 
+def test_quiet_run_says_why_it_failed_in_one_line_on_stderr(cli: Cli) -> None:
+    """``outlast -q run`` ("nothing but errors") printed nothing when the operation failed: a cron job
+    mailed an empty message, and the reason took an ``outlast show``. A completed run stays silent."""
+    r = cli("-q", "run", "command", "-p", "command=sh -c 'exit 3'")
+    assert r.returncode == 1 and r.stdout == ""
+    (line,) = r.stderr.splitlines()
+    assert " failed: " in line and "exit" in line, line
+    ok = cli("-q", "run", "command", "-p", "command=sh -c 'exit 0'")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -126,7 +126,10 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
     command with the global options this run was given)."""
     if mode == "json":
         fmt.echo(fmt.dumps(fmt.op_json(op)))
-    elif mode != "quiet":
+    elif mode == "quiet":
+        if op.status in (Status.FAILED, Status.TIMED_OUT):  # an error: said, once, on stderr (cron mails it)
+            fmt.echo(f"{op.id} {op.status.value}: {op.error or op.status_message or 'no reason given'}", err=True)
+    else:
         p = op.progress
         status = op.status.value
         line = f"{op.id} {status} at {fmt.items(p)} items after {fmt.duration(op.elapsed)}"
