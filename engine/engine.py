@@ -97,7 +97,7 @@ class Engine:
         self.settings = settings or load_settings()
         self.store: Store = store or open_store(self.settings.store or self.settings.state_dir)
         self.max_concurrent = max_concurrent if max_concurrent is not None else self.settings.max_concurrent
-        self.run_queue = run_queue
+        self._run_queue = run_queue
         self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume
         self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name)
         self.bus = EventBus()
@@ -112,6 +112,7 @@ class Engine:
         self._closing = False
         self._draining = False
         self._loops: list[asyncio.Task[Any]] = []
+        self._scheduling: asyncio.Task[Any] | None = None
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._suspender = Suspender(self.store)
         self._signal_count = 0
@@ -145,8 +146,25 @@ class Engine:
             self.run_queue = False  # nothing can be claimed: the engine only reads (see Store.read_only)
         await self.recover()
         self._loops = [asyncio.create_task(self._supervisor.run(), name="outlast-supervisor")]
-        if self.run_queue:
-            self._loops.append(asyncio.create_task(self._scheduler.run(), name="outlast-scheduler"))
+        self._start_scheduler()
+
+    @property
+    def run_queue(self) -> bool:
+        """Whether this engine claims queued work; set it any time (the dashboard's w key)."""
+        return self._run_queue
+
+    @run_queue.setter
+    def run_queue(self, on: bool) -> None:
+        self._run_queue = on
+        if on and self._loops:  # started without it: claimed nothing until the engine was made again
+            self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        if not self._run_queue or self._closing or self._scheduling is not None or self.store.read_only:
+            return
+        self._scheduling = asyncio.create_task(self._scheduler.run(), name="outlast-scheduler")
+        self._loops.append(self._scheduling)
+        self._scheduler.wake()
 
     async def shutdown(self, grace: float | None = None, reason: str | None = None) -> None:
         """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force.

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
 from engine.models import WorkerInfo
 from engine.store import Store
 from tests.fixtures_cli import CLI, REPO, Cli
@@ -214,3 +214,18 @@ async def test_a_typed_listing_reads_types_not_whole_records(redis_server: Redis
         assert await store.list_operations([Status.QUEUED], types=["command"], limit=1) == []
         stats = client.info("commandstats")
         assert stats["cmdstat_hgetall"]["calls"] == 2, stats["cmdstat_hgetall"]  # the two found only
+
+
+async def test_run_queue_turned_on_after_start_claims_the_queue(settings: Settings) -> None:
+    """An engine started with ``run_queue=False`` made no scheduler, so turning it on later (the
+    dashboard's w key after ``--watch-only``) claimed nothing: the flag is live either way."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 2, "seconds": 0}))
+        await asyncio.sleep(0.6)
+        assert (await engine.get(op.id)).status is Status.QUEUED
+        engine.run_queue = True
+        assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+        engine.run_queue = False
+        later = await engine.submit(OperationSpec(type="demo", params={"items": 2, "seconds": 0}))
+        await asyncio.sleep(0.6)
+        assert (await engine.get(later.id)).status is Status.QUEUED

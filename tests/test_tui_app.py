@@ -547,6 +547,32 @@ async def test_an_empty_log_behind_another_tab_says_so_once(tui_settings: Settin
         assert [strip.text.strip() for strip in pane.lines] == ["no log lines yet"]
 
 
+async def test_the_dashboard_starts_tasks_when_the_loop_gets_to_them_whatever_factory_was_set(
+    tui_settings: Settings,
+) -> None:
+    """Textual runs its loop with ``asyncio.eager_task_factory`` on Python 3.12+: an Input's watcher ran
+    before the dashboard's screen was on the stack (ScreenStackError: the dashboard died at start on
+    3.12 and 3.13), and the engine's scheduler claimed work before ``--watch-only`` turned it off. The
+    app puts the default factory back when it loads; this Python (3.11 has no eager factory) checks
+    that with a factory of its own set before the app runs."""
+    loop = asyncio.get_running_loop()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(getattr(asyncio, "eager_task_factory", factory))
+    try:
+        app = make_app(tui_settings, watch_only=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.engine_started)
+            assert loop.get_task_factory() is None
+            op = await app.engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
+            await pilot.pause(0.6)
+            assert await status_of(app, op.id) is Status.QUEUED
+    finally:
+        loop.set_task_factory(None)
+
+
 async def test_watch_only_starts_no_queued_work_until_w_and_says_so(tui_settings: Settings) -> None:
     """A second dashboard opened to watch must not run the store's queue (``outlast tui --watch-only``);
     w toggles, the status line says which."""

@@ -121,6 +121,8 @@ class OutlastApp(App[int]):
         self.waiting_to_quit = False
         self.watch_only = watch_only
         """Start no queued work here (``outlast tui --watch-only``, or the w key): only show it."""
+        if watch_only:  # before the engine starts its scheduler, which looks at the queue at once
+            self.engine.run_queue = False
         self.handed_over: str | None = None
         """Said when the app has exited: what was handed over to which background worker."""
         self._theme_names: list[str] = []
@@ -147,6 +149,14 @@ class OutlastApp(App[int]):
         if not isinstance(screen, DashboardScreen):
             raise NoMatches("the dashboard is gone: the app is closing")
         return screen
+
+    def on_load(self) -> None:
+        """Tasks start when the loop gets to them, as under ``asyncio.run`` (where the engine is tested
+        and runs headless), not eagerly, as Textual sets up its loop on Python 3.12+. Eagerly, an
+        Input's watcher ran before the dashboard's screen was on the stack (Textual raised
+        ScreenStackError: the dashboard died at start on every Python but 3.11), and the scheduler
+        claimed queued work before ``--watch-only`` could turn it off."""
+        asyncio.get_running_loop().set_task_factory(None)
 
     def on_mount(self) -> None:
         self.set_interval(self.frame, self._on_frame, name="frame")
@@ -227,8 +237,6 @@ class OutlastApp(App[int]):
     async def _start_engine(self) -> None:
         """Start the engine and read every operation, off the first paint."""
         await self.engine.start()
-        if self.watch_only:  # set before the scheduler's first look (it runs at the next await at the earliest)
-            self.engine.run_queue = False
         self.engine_started = self.model.started = True
         self._unsubscribe = self.engine.subscribe(self.model.on_event)
         await self.model.first_read()
