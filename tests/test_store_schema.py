@@ -3,13 +3,19 @@ when opened, keeps its queue order, and stays readable by the statements older v
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
 
-from engine.models import Operation, Priority, Status, WorkerInfo, new_id
+import pytest
+
+from engine.models import Operation, Priority, Status, StoreError, WorkerInfo, new_id
 from engine.store import LocalStore
+from engine.store.sqlite import core
+from engine.store.sqlite.core import sqlite_unfit
 from engine.store.sqlite.schema import SCHEMA
 
 
@@ -90,3 +96,44 @@ async def test_a_new_store_is_made_current_and_opening_it_again_changes_nothing(
     names = {name: sql for name, _root, sql in first}
     assert "ops_status_queued" not in names and "WHERE status='queued'" in names["ops_claim"]
     assert all(name in SCHEMA for name in names if not name.startswith("sqlite_"))
+
+
+class _NoJson:
+    """A connection to an SQLite built without its JSON functions (before 3.38 they were a build option)."""
+
+    def execute(self, sql: str) -> None:
+        raise sqlite3.OperationalError("no such function: json_set")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_an_sqlite_without_json_functions_is_refused_in_one_line_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's statements need ``json_set`` and ``json_each``: with an SQLite lacking them the store
+    was made and then every write failed with "no such function". Now opening says so first."""
+    assert sqlite_unfit() is None  # this machine's SQLite has them
+    why = sqlite_unfit(lambda _path: _NoJson())  # type: ignore[arg-type, return-value]
+    assert why is not None and f"SQLite {sqlite3.sqlite_version} has no JSON functions" in why
+    assert "--store redis://" in why
+    monkeypatch.setattr(core, "unfit_here", lambda: why)
+    state = tmp_path / "state"
+    with pytest.raises(StoreError) as refused:
+        await LocalStore(state).open()
+    assert str(refused.value) == f"state dir {state}: {why}" and "\n" not in str(refused.value)
+    assert not state.exists()
+
+
+def test_the_local_store_asks_nothing_of_sqlite_newer_than_rhel_9_has() -> None:
+    """RHEL 9 (and Rocky, Alma) build Python's sqlite3 against SQLite 3.34, where ``RETURNING`` (3.35),
+    ``DROP COLUMN`` (3.35), ``->>`` and ``unixepoch()`` (3.38) fail: every submit failed on the first.
+    Every string constant of the store's SQLite modules is read for them."""
+    newer = re.compile(r"\bRETURNING\b|->>|\bunixepoch\s*\(|\bDROP\s+COLUMN\b", re.IGNORECASE)
+    root = Path(core.__file__).parent
+    found = []
+    for path in [*root.glob("*.py"), root.parent / "quick.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and newer.search(node.value):
+                found.append(f"{path.name}:{node.lineno}: {node.value[:80]!r}")
+    assert not found, found

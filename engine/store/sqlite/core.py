@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -43,6 +44,27 @@ BUSY_TIMEOUT = 30.0
 FULL_BELOW = 1 << 20
 """Free bytes under which a database that cannot be opened is said to be on a full file system (opening
 one may have to make its WAL and shared-memory files, and a recovery write them)."""
+
+
+def sqlite_unfit(connect: Callable[[str], sqlite3.Connection] = sqlite3.connect) -> str | None:
+    """Why this Python's SQLite cannot hold the local store (None: it can). The store's statements use
+    SQLite's JSON functions (``json_set``, ``json_each``), built in from SQLite 3.38 and a build option
+    before: without them every write failed with "no such function", after the store was made."""
+    conn = connect(":memory:")
+    try:
+        conn.execute("SELECT json_set('{}', '$.a', json('[1]')), (SELECT count(*) FROM json_each('[1, 2]'))")
+    except sqlite3.Error as e:
+        return (
+            f"this Python's SQLite {sqlite3.sqlite_version} has no JSON functions ({e}), which the local store"
+            " needs: use a Python built with SQLite 3.38 or newer, or the Redis store (--store redis://...)"
+        )
+    finally:
+        conn.close()
+    return None
+
+
+unfit_here = functools.cache(sqlite_unfit)
+"""Asked once a process."""
 
 
 class SqliteCore:
@@ -140,6 +162,8 @@ class SqliteCore:
 
     def _open_sync(self) -> None:
         d = self.state_dir
+        if (unfit := unfit_here()) is not None:
+            raise StoreError(f"state dir {d}: {unfit}")
         self.read_only = on_read_only_fs(d)
         if self.read_only:
             log.warning(
