@@ -57,16 +57,25 @@ class FileBudget:
     reads, its pipes, its pool. A worker that started 30 operations under ``ulimit -n 40`` failed 30 of
     them at once ("Too many open files" importing their handler): now it starts no more while fewer
     than ``reserve`` descriptors are left, and says so once. Counting lists ``/proc/self/fd`` (about
-    40 us for 60 descriptors): done at most once a second while far from the limit, on every look
-    when near it; between counts each start is taken to cost ``PER_OP``."""
+    40 us for 60 descriptors, 500 us for 1,000): done at most once a second while far from the limit,
+    at most every ``NEAR_EVERY`` seconds when near it (a settle looks for room each time: a thousand
+    looks a second near a limit of 1,024 would list 1,000 descriptors each); between counts each start
+    is taken to cost ``PER_OP``, and what ended is not seen until the next count."""
 
     PER_OP = 2
+    NEAR_EVERY = 0.05
 
-    def __init__(self, limit: int | None = None, count: Callable[[], int | None] = count_open_files) -> None:
+    def __init__(
+        self,
+        limit: int | None = None,
+        count: Callable[[], int | None] = count_open_files,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit = limit if limit is not None else open_files_limit()
         self.reserve = max(16, (limit or 0) // 10)
         """Descriptors kept for the store, the logs and what running handlers open next."""
         self._count = count
+        self._clock = clock
         self._counted = -float("inf")
         self.in_use = 0
         """Descriptors open at the last count, plus ``PER_OP`` for each start since."""
@@ -75,8 +84,9 @@ class FileBudget:
         """How many more operations may start now (a large number when the limit is far)."""
         if self.limit is None:
             return 1 << 30
-        now = time.monotonic()
-        if now - self._counted >= 1.0 or self.in_use + self.reserve + self.PER_OP > self.limit:
+        now = self._clock()
+        near = self.in_use + self.reserve + self.PER_OP > self.limit
+        if now - self._counted >= (self.NEAR_EVERY if near else 1.0):
             n = self._count()
             if n is None:
                 self.limit = None

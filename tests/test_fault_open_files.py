@@ -142,29 +142,38 @@ def test_out_of_files_is_found_below_the_error_raised() -> None:
 
 
 def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
-    counts = iter([20, 21, 30, 30])
+    counts = iter([20, 21, 30, 12])
     calls: list[int] = []
+    now = [0.0]
 
     def count() -> int:
         calls.append(1)
         return next(counts)
 
-    near = FileBudget(limit=40, count=count)
+    near = FileBudget(limit=40, count=count, clock=lambda: now[0])
     assert near.reserve == 16
     assert near.room() == 2  # counted 20: (40 - 16 - 20) // 2
     near.started()
     assert near.room() == 1 and len(calls) == 1  # taken as 22, not counted again yet
     near.started()
-    assert near.room() == 1 and len(calls) == 2  # 24 is too near the limit to guess: counted 21
+    assert near.room() == 0 and len(calls) == 1  # taken as 24: too near to start more on a guess
+    now[0] += FileBudget.NEAR_EVERY
+    assert near.room() == 1 and len(calls) == 2  # near the limit, counted again soon: 21
     near.started()
+    now[0] += FileBudget.NEAR_EVERY
     assert near.room() == 0 and len(calls) == 3  # counted 30
-    assert "limit of 40 (ulimit -n)" in (near.blocked() or "")
+    assert "limit of 40 (ulimit -n)" in (near.blocked() or "")  # no count: 30 is still now
+    now[0] += FileBudget.NEAR_EVERY
+    assert near.room() == 6 and len(calls) == 4  # what ended is seen at the next count: 12
     calls.clear()
-    far = FileBudget(limit=20_000, count=lambda: calls.append(1) or 60)
+    far = FileBudget(limit=20_000, count=lambda: calls.append(1) or 60, clock=lambda: now[0])
     for _ in range(1000):
         far.room()
         far.started()
     assert len(calls) == 1  # 2,000 descriptors taken for 1,000 starts: still far, counted once a second
+    now[0] += 1.5
+    far.room()
+    assert len(calls) == 2
 
 
 def test_a_command_with_almost_no_descriptors_says_so_in_one_line(state_dir: Path, cli: Cli) -> None:
