@@ -125,15 +125,26 @@ async def test_an_sqlite_without_json_functions_is_refused_in_one_line_before_an
     assert not state.exists()
 
 
-def test_the_local_store_asks_nothing_of_sqlite_newer_than_rhel_9_has() -> None:
-    """RHEL 9 (and Rocky, Alma) build Python's sqlite3 against SQLite 3.34, where ``RETURNING`` (3.35),
-    ``DROP COLUMN`` (3.35), ``->>`` and ``unixepoch()`` (3.38) fail: every submit failed on the first.
-    Every string constant of the store's SQLite modules is read for them."""
-    newer = re.compile(r"\bRETURNING\b|->>|\bunixepoch\s*\(|\bDROP\s+COLUMN\b", re.IGNORECASE)
+def _store_strings(pattern: str) -> list[str]:
+    """Every string constant of the local store's modules that ``pattern`` finds (case-insensitive)."""
+    found = re.compile(pattern, re.IGNORECASE)
     root = Path(core.__file__).parent
-    found = []
+    out = []
     for path in [*root.glob("*.py"), root.parent / "quick.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and newer.search(node.value):
-                found.append(f"{path.name}:{node.lineno}: {node.value[:80]!r}")
-    assert not found, found
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and found.search(node.value):
+                out.append(f"{path.name}:{node.lineno}: {node.value[:80]!r}")
+    return out
+
+
+def test_the_local_store_asks_nothing_of_sqlite_newer_than_rhel_9_has() -> None:
+    """RHEL 9 (and Rocky, Alma) build Python's sqlite3 against SQLite 3.34, where ``RETURNING`` (3.35),
+    ``DROP COLUMN`` (3.35), ``->>`` and ``unixepoch()`` (3.38) fail: every submit failed on the first."""
+    assert not _store_strings(r"\bRETURNING\b|->>|\bunixepoch\s*\(|\bDROP\s+COLUMN\b")
+
+
+def test_the_local_store_binds_no_numbered_placeholder_by_position() -> None:
+    """``?1``, ``?2`` bound from a tuple: a DeprecationWarning on Python 3.12 and 3.13 and an error
+    (ProgrammingError) from 3.14, where every checkpoint would have failed. Named placeholders are bound
+    from a dict."""
+    assert not _store_strings(r"\?\d")

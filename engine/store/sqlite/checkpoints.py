@@ -38,9 +38,10 @@ class CheckpointsMixin(SqliteCore):
             # One read for the fencing epoch, the delta before this one (to link to: the attempt holds
             # the op, so it is stable in this transaction) and whether the op has item failures.
             row = conn.execute(
-                "SELECT epoch, (SELECT items FROM deltas WHERE op_id=?1 AND seq=?2),"
-                " EXISTS(SELECT 1 FROM failures WHERE op_id=?1), status FROM operations WHERE id=?1",
-                (cp.operation_id, cp.seq - 1),
+                # Named, not ?1 and ?2 with a tuple: Python 3.14 refuses numbered placeholders bound by position.
+                "SELECT epoch, (SELECT items FROM deltas WHERE op_id=:op AND seq=:before),"
+                " EXISTS(SELECT 1 FROM failures WHERE op_id=:op), status FROM operations WHERE id=:op",
+                {"op": cp.operation_id, "before": cp.seq - 1},
             ).fetchone()
             if row is None:  # deleted under its attempt (by hand: `outlast rm` refuses a running one)
                 raise StaleAttempt(
