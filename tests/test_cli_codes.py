@@ -250,6 +250,18 @@ def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
     assert cells[3] == "demo" and cells[4] == "W1"
 
 
+def test_a_terminal_that_cannot_show_a_name_gets_it_escaped_not_an_internal_error(cli: Cli) -> None:
+    """Under an ASCII (or latin-1) stdout, ``outlast run --name "✓ done"`` died after its submit with
+    "internal error: UnicodeEncodeError" (exit 70), leaving a queued operation nobody ran, and
+    ``outlast ls`` died the same way from then on."""
+    env = {**cli.env, "PYTHONIOENCODING": "ascii"}
+    r = cli("run", "demo", "--name", "\u2713 done", "-p", "items=2", "-p", "seconds=0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "\\u2713 done" in r.stdout and "completed" in r.stdout
+    listed = cli("ls", env=env)
+    assert listed.returncode == 0 and "\\u2713 done" in listed.stdout, listed.stderr
+
+
 def test_quiet_run_says_why_it_failed_in_one_line_on_stderr(cli: Cli) -> None:
     """``outlast -q run`` ("nothing but errors") printed nothing when the operation failed: a cron job
     mailed an empty message, and the reason took an ``outlast show``. A completed run stays silent."""

@@ -18,6 +18,7 @@ from typing import Any
 def main(argv: list[str] | None = None) -> None:
     """The ``outlast`` console script (see ``root.main``)."""
     _closed_stdio_to_devnull()
+    _unencodable_escaped()
     try:
         from .root import main as run
     except KeyboardInterrupt:  # Ctrl-C as it starts: before root.main can say it in one line
@@ -47,6 +48,19 @@ def _closed_stdio_to_devnull() -> None:
         if getattr(sys, name) is None:
             # For the whole process: closed at its exit, as Python's own standard streams are.
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
+
+
+def _unencodable_escaped() -> None:
+    """What the terminal's encoding cannot show is written escaped (``\\u2713``), not raised: under a
+    latin-1 or ASCII locale (``PYTHONIOENCODING``, an old server's ``LANG``) a name with a character
+    outside it made ``outlast ls`` an internal error, and ``outlast run`` died after its submit, leaving
+    a queued operation nobody ran."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="backslashreplace")
 
 
 def __getattr__(name: str) -> Any:
