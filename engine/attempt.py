@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
-from .descriptors import out_of_files
 from .files import private_dir
 from .lifecycle import StopReason
 from .models import (
@@ -48,6 +47,7 @@ from .models import (
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .profiles import RetryPolicy, TimeoutProfile, stored_profile
 from .registry import HandlerSpec, get_handler
+from .shortage import ran_short
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
@@ -159,13 +159,13 @@ class Attempt:
             return None
         except Exception as e:
             error = format_exception(e)
-            if out_of_files(e) is not None and not host.closing:
-                # Importing the handler or reading the checkpoint found no file descriptor left (a
-                # worker that started more than ``ulimit -n`` allows): the handler never ran.
+            if ran_short(e) is not None and not host.closing:
+                # Importing the handler or reading the checkpoint found no file descriptor (or thread) left:
+                # a worker that started more than ``ulimit -n`` allows. The handler never ran.
                 policy = RetryPolicy()
                 with contextlib.suppress(Exception):
                     policy = stored_profile(op).retry
-                retry = _retry(op, policy, error)
+                retry = _retry(op, policy, error, short=True)
                 if retry is not None:
                     host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=retry["message"]))
                     await settle(host, op, Status.QUEUED, **retry)
@@ -317,8 +317,9 @@ class Attempt:
                 await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
                 key = ctx.failed_item(e)
-                # An item whose body found no file descriptor left did not fail: the attempt is retried.
-                if key is not None and ctx.stop_reason is None and out_of_files(e) is None:
+                # An item whose body found the machine short (no descriptor, process or thread) did not fail:
+                # the attempt is retried.
+                if key is not None and ctx.stop_reason is None and ran_short(e) is None:
                     try:
                         ctx.fail(key, e)
                     except TooManyFailures as tm:
@@ -391,15 +392,15 @@ class Attempt:
         op, ctx = self.op, self.ctx
         policy = ctx.profile.retry
         error = format_exception(e)
-        short = out_of_files(e)  # the machine's state, whatever the policy lists as transient
+        short = ran_short(e)  # the machine's state, whatever the policy lists as transient
         if short is not None and short is not e:
-            error = f"{error}; below it: {short}"
+            error = f"{error}; below it: {type(short).__name__}: {short}"
         ctx.log.error(f"attempt {op.attempt} failed: {error}")
         # The items done and failed since the last checkpoint: a retry or resume skips those done, and
         # ``item_failures`` lists those failed (they were counted in progress but listed nowhere).
         await self._final_checkpoint()
         transient = policy.is_transient(e) or short is not None
-        retry = _retry(op, policy, error) if transient and not self.host.closing else None
+        retry = _retry(op, policy, error, short=short is not None) if transient and not self.host.closing else None
         if retry is not None:
             ctx.log.warning(retry["message"])
             await self._settle(Status.QUEUED, **retry)
@@ -537,14 +538,23 @@ async def _release(host: AttemptHost, op: Operation) -> None:
         await host.store.release(op.id, op.epoch)
 
 
-def _retry(op: Operation, policy: RetryPolicy, error: str) -> dict[str, Any] | None:
+SHORT_ATTEMPTS = 5
+"""Attempts an operation gets when the machine ran short (``shortage.ran_short``), whatever its policy
+says: that is this worker starting more than the machine holds, not the work failing. A command's
+policy allows one attempt (a command is not run twice), yet one whose process could not be forked under
+a container's pids limit never ran at all. A shortage mid-work resumes from the newest checkpoint, as
+after a SIGKILL."""
+
+
+def _retry(op: Operation, policy: RetryPolicy, error: str, short: bool = False) -> dict[str, Any] | None:
     """The fields that queue ``op`` again after ``error``, resumed from its newest checkpoint after the
-    policy's backoff; None when its attempts are used up."""
-    if op.retries + 1 >= policy.max_attempts:
+    policy's backoff; None when its attempts are used up (``short``: at least ``SHORT_ATTEMPTS``)."""
+    attempts = max(policy.max_attempts, SHORT_ATTEMPTS) if short else policy.max_attempts
+    if op.retries + 1 >= attempts:
         return None
     delay = policy.delay(op.retries + 1, random.random())
     return {
-        "message": f"retry {op.retries + 1}/{policy.max_attempts - 1} in {delay:.1f}s after {error}",
+        "message": f"retry {op.retries + 1}/{attempts - 1} in {delay:.1f}s after {error}",
         "retries": op.retries + 1,
         "attempt": op.attempt + 1,
         "not_before": time.time() + delay,

@@ -27,12 +27,12 @@ from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from .autobot import SeedContextMethods
-from .descriptors import out_of_files_said
 from .items import ItemLedger
 from .lifecycle import StopReason
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
+from .shortage import RanShort, ran_short_said
 from .store.base import ItemDelta, Ledger
 from .text import bad_text, clean, clean_json, storable
 
@@ -347,12 +347,11 @@ class OperationContext(SeedContextMethods):
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold.
 
-        An error that says no file descriptor was left is raised instead (as an OSError): the item did
-        not fail, the process ran short, and the attempt is retried with the item not done (a backup
-        under a tight ``ulimit -n`` listed the files it could not open as failed and went on past them)."""
-        short = out_of_files_said(error)
-        if short is not None:
-            raise OSError(short, f"{os.strerror(short)} (item {key}: {error})")
+        An error that says the machine ran short (no descriptor, process or thread left) is raised
+        instead (RanShort): the item did not fail, and the attempt is retried with the item not done (a
+        backup under a tight ``ulimit -n`` listed the files it could not open as failed and went on)."""
+        if ran_short_said(error):
+            raise RanShort(f"item {key}: {error}")
         msg = clean(error) if isinstance(error, str) else _describe(error)  # _describe's is clean
         key = key if key.__class__ is str else self._key_text(key)
         self._ledger.fail(key, msg)

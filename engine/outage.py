@@ -18,6 +18,7 @@ from .errors import StoreLost
 from .events import EventBus
 from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
+from .shortage import ran_short
 from .store import Store
 
 log = logging.getLogger("outlast.engine")
@@ -263,10 +264,12 @@ class LogBuffer:
                 await self._store.append_logs(i, recs)
                 self._health.ok("logs")
             except Exception as e:
-                if not store_failure(e):
+                short = ran_short(e) is not None  # no thread or descriptor to write with: not the store's fault
+                if not short and not store_failure(e):
                     log.error("%s: writing %d log records failed: %s", i, len(recs), e)
                     continue
-                self._health.failed(e, "logs")
+                if not short:
+                    self._health.failed(e, "logs")
                 # Kept for the next flush (the newest, when the outage is long).
                 self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
                 del self._buf[i][: -LOG_BUFFER_MAX or None]

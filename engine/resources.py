@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .descriptors import FileBudget
+from .shortage import FileBudget
 
 
 @dataclass

@@ -14,8 +14,8 @@ from importlib import import_module
 import click
 
 from .. import __version__
-from ..descriptors import open_files_limit, out_of_files
 from ..exitcodes import ExitCode, code_for_error, exit_codes_help
+from ..shortage import open_files_limit, out_of_files
 from . import format as fmt
 from .common import App, json_option
 

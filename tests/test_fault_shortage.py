@@ -1,27 +1,34 @@
-"""Fault suite: a process that runs out of file descriptors (``ulimit -n``).
+"""Fault suite: a machine that runs short: of file descriptors (``ulimit -n``), of processes and threads
+(a container's pids limit, ``ulimit -u``).
 
 A worker told to run 30 operations at once under ``ulimit -n 40`` started all 30: each holds a lock
 file, and importing their handler then found no descriptor left, so every one of them was settled
 failed ("[Errno 24] Too many open files") in the second it started, never to run unless someone
-noticed. Checked here: such a worker runs the whole queue to completed (none failed) and says once
-why it runs fewer at once; an attempt that runs out of descriptors anyway (its handler opens too
-many, or its parameters could not be read) is queued again and completes, whatever its retry
-policy lists as transient; and the budget's own arithmetic.
+noticed. Under a pids limit of 12, 10 of 12 command operations failed ("Resource temporarily
+unavailable" forking, "can't start new thread"). Checked here: the worker runs the whole queue and says
+once why it runs fewer at once; an attempt that runs short anyway (its handler, an item, its parameters,
+its process) is queued again and completes, whatever its retry policy says; log lines that could not be
+written for want of a thread are kept; and the budget's own arithmetic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
+import os
 import resource
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from engine import Engine, OperationContext, OperationSpec, Settings, Status, open_store, operation
-from engine.descriptors import FileBudget, out_of_files
+from engine import Engine, LogRecord, OperationContext, OperationSpec, Settings, Status, open_store, operation
+from engine.shortage import FileBudget, out_of_files, ran_short, ran_short_said
 from tests.fixtures_cli import CLI, REPO, Cli
 from tests.fixtures_engine import make_engine
 
@@ -34,32 +41,90 @@ def _low_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
 
 
-async def _queue(state_dir: Path, n: int) -> list[str]:
+async def _queue(state_dir: Path, n: int, type_: str = "demo", params: dict[str, Any] | None = None) -> list[str]:
+    params = {"items": 20, "seconds": 0.02} if params is None else params
     async with Engine(store=open_store(state_dir), settings=Settings(state_dir=state_dir), run_queue=False) as e:
-        ops = [await e.submit(OperationSpec(type="demo", params={"items": 20, "seconds": 0.02})) for _ in range(n)]
+        ops = [await e.submit(OperationSpec(type=type_, params=params)) for _ in range(n)]
     return [op.id for op in ops]
 
 
-def test_a_worker_with_more_slots_than_open_files_runs_the_whole_queue(state_dir: Path, cli: Cli) -> None:
-    ids = asyncio.run(_queue(state_dir, 30))
-    r = subprocess.run(
-        [*CLI, "worker", "--concurrency", "30", "--exit-when-idle"],
+def _outlast(state_dir: Path, cli: Cli, preexec: Callable[[], None], *args: str) -> subprocess.CompletedProcess[str]:
+    """``outlast ARGS`` on ``state_dir``, ``preexec`` run in its process before it starts (a limit set,
+    a cgroup joined)."""
+    return subprocess.run(
+        [*CLI, *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,
         env={**cli.env, "OUTLAST_STATE_DIR": str(state_dir)},
         cwd=REPO,
-        preexec_fn=_low_limit,
+        preexec_fn=preexec,
     )
+
+
+def _worker(state_dir: Path, cli: Cli, slots: int, preexec: Callable[[], None]) -> str:
+    """A worker of ``slots`` that exits when the queue is done: its output, once it exited 0."""
+    r = _outlast(state_dir, cli, preexec, "worker", "--concurrency", str(slots), "--exit-when-idle")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
+    return out
+
+
+def test_a_worker_with_more_slots_than_open_files_runs_the_whole_queue(state_dir: Path, cli: Cli) -> None:
+    ids = asyncio.run(_queue(state_dir, 30))
+    out = _worker(state_dir, cli, 30, _low_limit)
     listed = json.loads(cli("ls", "--json", "--limit", "100").stdout)
     statuses = {rec["id"]: rec["status"] for rec in listed}
     assert {statuses[i] for i in ids} == {"completed"}, {i: s for i, s in statuses.items() if s != "completed"}
     assert "Too many open files" not in out, out[-3000:]
     said = [ln for ln in out.splitlines() if "open files near this process's limit of 40 (ulimit -n)" in ln]
     assert len(said) == 1, out[-3000:]
+
+
+@pytest.fixture
+def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
+    """A cgroup of the pids controller to start a process in (cgroup v1 ``pids``, or v2 with ``pids``
+    enabled below the root); skipped with the reason where it cannot be made (not root, no controller)."""
+    name = f"outlast-test-{os.getpid()}-{tmp_path.name}"
+    for parent in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        group = parent / name
+        try:
+            if not (parent / "cgroup.procs").exists() or (
+                parent.name == "cgroup" and "pids" not in (parent / "cgroup.subtree_control").read_text()
+            ):
+                continue
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            yield group
+        finally:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        return
+    pytest.skip("no pids cgroup can be made here (needs root and the pids controller)")
+
+
+def test_a_worker_under_a_pids_limit_runs_every_command_it_could_not_fork(
+    state_dir: Path, cli: Cli, pids_cgroup: Path
+) -> None:
+    """A container's pids limit (cgroup ``pids.max``) under a worker of 12 slots: 10 of 12 command
+    operations failed, "Resource temporarily unavailable" forking their command, or "can't start new
+    thread", each under a policy of one attempt. A command whose process was never forked runs when the
+    machine has room. (The command forks nothing itself: one that does, and fails at the limit by itself,
+    "sh: Cannot fork", fails as its policy says.)"""
+    n = 12
+    asyncio.run(_queue(state_dir, n, "command", {"command": "sleep 0.3"}))
+    (pids_cgroup / "pids.max").write_text("14\n")
+
+    def into_group() -> None:
+        (pids_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    out = _worker(state_dir, cli, n, into_group)
+    assert "Resource temporarily unavailable" in out or "can't start new thread" in out, "the limit was never met"
+    records = json.loads(cli("ls", "--json", "--limit", "100").stdout)
+    assert {rec["status"] for rec in records} == {"completed"}, [rec["error"] for rec in records]
 
 
 class FlakyParams(BaseModel):
@@ -96,41 +161,36 @@ async def out_of_files_once(ctx: OperationContext, p: FlakyParams) -> None:
             ctx.fail(key, "[Errno 24] Too many open files: '/src/a.py'")
 
 
-async def test_an_attempt_out_of_open_files_is_queued_again_not_failed(settings: Settings) -> None:
+async def test_an_attempt_that_runs_short_is_queued_again_not_failed(settings: Settings) -> None:
     """Neither a handler's EMFILE (below its own error, with a policy that lists no error as transient),
     nor one raised reading the parameters, nor an item failure whose text says so (as the built-in
     operations report a file they could not open) fails the operation or lists an item failed: each is
-    retried after the backoff, from the newest checkpoint. A policy of one attempt is kept: the failure
-    is then what it says."""
+    retried after the backoff, from the newest checkpoint, even under a policy of one attempt (a
+    command's: its process was never forked)."""
     _READ.clear()
     _RAN.clear()
-    retry = {"max_attempts": 3, "backoff_base": 0.1, "transient": []}
+    once = {"max_attempts": 1, "backoff_base": 0.1, "transient": []}
     async with make_engine(settings) as engine:
         ops = [
-            await engine.submit(OperationSpec(type="out_of_files_once", params={"where": w}, profile={"retry": retry}))
+            await engine.submit(OperationSpec(type="out_of_files_once", params={"where": w}, profile={"retry": once}))
             for w in ("handler", "params", "fail")
         ]
         finals = [await engine.wait(op.id, timeout=30) for op in ops]
         said = [[r.message for r in (await engine.logs(op.id))[0]] for op in ops]
-        _READ.clear()
-        once = {**retry, "max_attempts": 1}
-        spec = OperationSpec(type="out_of_files_once", params={"where": "params"}, profile={"retry": once})
-        failed = await engine.wait((await engine.submit(spec)).id, timeout=30)
     for final in finals:
         assert final.status is Status.COMPLETED, (final.status, final.error)
         assert final.retries == 1 and final.item_failures == 0
     for lines in said:
-        assert any(ln.startswith("retry 1/2 in") and "Too many open files" in ln for ln in lines), lines
+        assert any(ln.startswith("retry 1/4 in") and "Too many open files" in ln for ln in lines), lines
         assert not any("item failed" in ln for ln in lines), lines
     # Items 0-3 were checkpointed done; item 4, whose body raised, runs again instead of being listed failed.
     assert _RAN["handler"] == [[str(i) for i in range(5)], [str(i) for i in range(4, 10)]]
     assert _RAN["fail"] == [[str(i) for i in range(3)], [str(i) for i in range(2, 10)]]
     assert _RAN["params"] == [[str(i) for i in range(10)]]  # its first attempt never began
-    assert failed.status is Status.FAILED and "Too many open files" in (failed.error or "")
 
 
-def test_out_of_files_is_found_below_the_error_raised() -> None:
-    assert out_of_files(RuntimeError("x")) is None
+def test_a_shortage_is_found_below_the_error_raised() -> None:
+    assert ran_short(RuntimeError("x")) is None and ran_short(OSError(errno.ENOENT, "gone")) is None
     inner = OSError(errno.ENFILE, "Too many open files in system")
     try:
         try:
@@ -138,7 +198,38 @@ def test_out_of_files_is_found_below_the_error_raised() -> None:
         except OSError:
             raise ValueError("wrapped")  # noqa: B904 - the implicit context, as a library leaves it
     except ValueError as e:
-        assert out_of_files(e) is inner
+        assert ran_short(e) is inner and out_of_files(e) is inner
+    fork = BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")  # what fork says at a pids limit
+    thread = RuntimeError("can't start new thread")
+    assert ran_short(fork) is fork and out_of_files(fork) is None and ran_short(thread) is thread
+    for text in (
+        "[Errno 24] Too many open files: 'a'",
+        "[Errno 11] Resource temporarily unavailable",
+        "can't start new thread",
+    ):
+        assert ran_short_said(text)
+    assert not ran_short_said("[Errno 2] No such file or directory: 'a'") and not ran_short_said(object())
+
+
+async def test_log_lines_that_find_no_thread_to_write_them_are_kept_for_the_next_flush(settings: Settings) -> None:
+    """``writing 1 log records failed: can't start new thread``: the lines were dropped."""
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="demo"))
+        real = engine.store.append_logs
+        calls = []
+
+        async def short_once(op_id: str, records: list[LogRecord]) -> None:
+            calls.append(len(records))
+            if len(calls) == 1:
+                raise RuntimeError("can't start new thread")
+            await real(op_id, records)
+
+        engine.store.append_logs = short_once  # type: ignore[method-assign]
+        engine.log_buffer.append(op.id, LogRecord(ts=1.0, level="info", message="kept"))
+        await engine.log_buffer.flush(op.id)
+        await engine.log_buffer.flush(op.id)
+        assert calls == [1, 1] and not engine.health.failing  # no thread is no store outage
+        assert [r.message for r in (await engine.logs(op.id))[0]] == ["kept"]
 
 
 def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
@@ -183,16 +274,7 @@ def test_a_command_with_almost_no_descriptors_says_so_in_one_line(state_dir: Pat
     def tiny() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (9, 9))
 
-    r = subprocess.run(
-        [*CLI, "run", "demo", "-p", "items=3"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**cli.env, "OUTLAST_STATE_DIR": str(state_dir)},
-        cwd=REPO,
-        preexec_fn=tiny,
-    )
+    r = _outlast(state_dir, cli, tiny, "run", "demo", "-p", "items=3")
     assert r.returncode == 8, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "internal error" not in lines[0], r.stderr

@@ -1,5 +1,8 @@
-"""File descriptors: whether this process has any left for one more operation (``ulimit -n``), and
-whether an error says it had none. Standard library only: the context imports it."""
+"""When the machine runs short: no file descriptor left (``ulimit -n``), no process or thread to be had
+(``ulimit -u``, a container's pids limit), no memory to fork. Whether this process has descriptors left
+for one more operation (``FileBudget``), and whether an error says it ran short (``ran_short``): the
+machine's state, not the operation's fault, so the attempt is queued again (``Attempt``), not failed.
+Standard library only: the context imports it."""
 
 from __future__ import annotations
 
@@ -10,28 +13,41 @@ import time
 from collections.abc import Callable
 
 OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+SHORT = OUT_OF_FILES | {errno.EAGAIN, errno.ENOMEM}
+"""Also EAGAIN and ENOMEM: what fork answers when no process or no memory for one is to be had."""
+NO_THREAD = "can't start new thread"
+"""Python's RuntimeError when no thread can be started (threads count as processes against the limit)."""
 
 
-def out_of_files(e: BaseException | None) -> OSError | None:
-    """The EMFILE or ENFILE behind ``e`` (itself, or what it was raised from): this process, or the
-    whole system, had no file descriptor left. That is the machine's state, not the operation's
-    fault: the attempt is queued again (``Attempt``), not failed."""
+class RanShort(RuntimeError):
+    """An item's failure whose text says the machine ran short (``OperationContext.fail``)."""
+
+
+def ran_short(e: BaseException | None) -> BaseException | None:
+    """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno in OUT_OF_FILES:
+        if (isinstance(e, OSError) and e.errno in SHORT) or isinstance(e, RanShort):
+            return e
+        if isinstance(e, RuntimeError) and str(e) == NO_THREAD:
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
 
 
-def out_of_files_said(error: BaseException | str) -> int | None:
-    """The errno (EMFILE or ENFILE) of an error that says no file descriptor was left, as an exception
-    or as the text a worker thread or process sent back (``str(OSError)`` begins ``[Errno N]``)."""
+def ran_short_said(error: object) -> bool:
+    """Whether an item's error says the machine ran short: an exception (``ran_short``) or the text a
+    worker thread or process sent back (``str(OSError)`` begins ``[Errno N]``)."""
     if isinstance(error, str):
-        return next((n for n in OUT_OF_FILES if f"[Errno {n}]" in error), None)
-    found = out_of_files(error) if isinstance(error, BaseException) else None  # a handler passes anything
-    return found.errno if found is not None else None
+        return NO_THREAD in error or any(f"[Errno {n}]" in error for n in SHORT)
+    return isinstance(error, BaseException) and ran_short(error) is not None
+
+
+def out_of_files(e: BaseException | None) -> OSError | None:
+    """The EMFILE or ENFILE behind ``e``: this process, or the whole system, had no descriptor left."""
+    found = ran_short(e)
+    return found if isinstance(found, OSError) and found.errno in OUT_OF_FILES else None
 
 
 def open_files_limit() -> int | None:
