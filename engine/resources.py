@@ -87,16 +87,18 @@ class Admission:
         if max_cpu_percent:
             psutil.cpu_percent(None)
 
-    def room(self) -> int:
-        """How many operations may start now, by open files (memory and CPU are ``blocked``)."""
-        return self.files.room()
+    def room(self, running: int) -> int:
+        """How many operations may start now, with ``running`` running here, by open files (memory and
+        CPU are ``blocked``)."""
+        return self.files.room(running)
 
     def started(self, n: int = 1) -> None:
         self.files.started(n)
 
-    def blocked(self) -> str | None:
-        """None when work may start, else the reason (memory and CPU checked at most once a second)."""
-        files = self.files.blocked()
+    def blocked(self, running: int = 0) -> str | None:
+        """None when work may start, with ``running`` running here, else the reason (memory and CPU
+        checked at most once a second)."""
+        files = self.files.blocked(running)
         if files is not None:
             return files
         if not (self.max_memory or self.max_cpu):

@@ -97,7 +97,7 @@ class Scheduler:
         commits the settle and the claim in one transaction (one fsync, one thread hop). None when no
         claim is due (queue off, draining, admission blocked): the scheduler's loop decides then."""
         host = self._host
-        if not host.run_queue or host.draining or host.closing or self._admission.blocked():
+        if not host.run_queue or host.draining or host.closing or self._admission.blocked(len(self.tasks)):
             return None
         self._handovers += 1
         return asyncio.create_task(self._claim_handed_over())
@@ -133,7 +133,7 @@ class Scheduler:
             self._wake.clear()
             try:
                 while host.run_queue and not host.draining and not host.closing and self.free() > 0:
-                    reason = self._admission.blocked()
+                    reason = self._admission.blocked(len(self.tasks))
                     if reason:
                         said = self._said.get(reason)
                         if said is None or time.monotonic() - said > SAY_AGAIN:
@@ -144,7 +144,7 @@ class Scheduler:
                     claimed = await asyncio.gather(
                         *(
                             host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
-                            for _ in range(min(CLAIM_BATCH, self.free(), self._admission.room()))
+                            for _ in range(min(CLAIM_BATCH, self.free(), self._admission.room(len(self.tasks))))
                         ),
                         return_exceptions=True,  # one claim failing must not lose the others (claimed: running)
                     )

@@ -96,8 +96,15 @@ class FileBudget:
         self.in_use = 0
         """Descriptors open at the last count, plus ``PER_OP`` for each start since."""
 
-    def room(self) -> int:
-        """How many more operations may start now (a large number when the limit is far)."""
+    def room(self, running: int) -> int:
+        """How many more operations may start now, with ``running`` running here (a large number when the
+        limit is far). One at least while none runs: nothing would end to make room (under ``ulimit -n
+        26`` the reserve alone left none, and a worker of one slot waited for ever on a queue of one)."""
+        if running == 0:
+            return max(1, self._room())
+        return self._room()
+
+    def _room(self) -> int:
         if self.limit is None:
             return 1 << 30
         now = self._clock()
@@ -113,8 +120,8 @@ class FileBudget:
     def started(self, n: int = 1) -> None:
         self.in_use += n * self.PER_OP
 
-    def blocked(self) -> str | None:
-        if self.room() > 0:
+    def blocked(self, running: int) -> str | None:
+        if self.room(running) > 0:
             return None
         return (
             f"open files near this process's limit of {self.limit} (ulimit -n); what runs goes on,"

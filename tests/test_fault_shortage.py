@@ -56,7 +56,7 @@ def _outlast(state_dir: Path, cli: Cli, preexec: Callable[[], None], *args: str)
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
         env={**cli.env, "OUTLAST_STATE_DIR": str(state_dir)},
         cwd=REPO,
         preexec_fn=preexec,
@@ -104,6 +104,20 @@ def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
                 group.rmdir()
         return
     pytest.skip("no pids cgroup can be made here (needs root and the pids controller)")
+
+
+def test_a_worker_under_a_limit_its_reserve_does_not_fit_still_runs_one_at_a_time(state_dir: Path, cli: Cli) -> None:
+    """``ulimit -n 24``: the store's own descriptors and the reserve leave no room by the budget's sums, and
+    a worker of one slot waited for ever on a queue of two (``--exit-when-idle`` never exited). With
+    nothing running here, one operation starts whatever the sums say."""
+    asyncio.run(_queue(state_dir, 2))
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    _worker(state_dir, cli, 1, low)
+    records = json.loads(cli("ls", "--json").stdout)
+    assert [rec["status"] for rec in records] == ["completed", "completed"]
 
 
 def test_a_worker_under_a_pids_limit_runs_every_command_it_could_not_fork(
@@ -243,27 +257,29 @@ def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
 
     near = FileBudget(limit=40, count=count, clock=lambda: now[0])
     assert near.reserve == 16
-    assert near.room() == 2  # counted 20: (40 - 16 - 20) // 2
+    assert near.room(1) == 2  # counted 20: (40 - 16 - 20) // 2
     near.started()
-    assert near.room() == 1 and len(calls) == 1  # taken as 22, not counted again yet
+    assert near.room(1) == 1 and len(calls) == 1  # taken as 22, not counted again yet
     near.started()
-    assert near.room() == 0 and len(calls) == 1  # taken as 24: too near to start more on a guess
+    assert near.room(1) == 0 and len(calls) == 1  # taken as 24: too near to start more on a guess
     now[0] += FileBudget.NEAR_EVERY
-    assert near.room() == 1 and len(calls) == 2  # near the limit, counted again soon: 21
+    assert near.room(1) == 1 and len(calls) == 2  # near the limit, counted again soon: 21
     near.started()
     now[0] += FileBudget.NEAR_EVERY
-    assert near.room() == 0 and len(calls) == 3  # counted 30
-    assert "limit of 40 (ulimit -n)" in (near.blocked() or "")  # no count: 30 is still now
+    assert near.room(1) == 0 and len(calls) == 3  # counted 30
+    assert "limit of 40 (ulimit -n)" in (near.blocked(1) or "")  # no count: 30 is still now
     now[0] += FileBudget.NEAR_EVERY
-    assert near.room() == 6 and len(calls) == 4  # what ended is seen at the next count: 12
+    assert near.room(1) == 6 and len(calls) == 4  # what ended is seen at the next count: 12
+    near.started(10)
+    assert near.room(1) == 0 and near.room(0) == 1  # nothing running here: one starts, else none ever would
     calls.clear()
     far = FileBudget(limit=20_000, count=lambda: calls.append(1) or 60, clock=lambda: now[0])
     for _ in range(1000):
-        far.room()
+        far.room(1)
         far.started()
     assert len(calls) == 1  # 2,000 descriptors taken for 1,000 starts: still far, counted once a second
     now[0] += 1.5
-    far.room()
+    far.room(1)
     assert len(calls) == 2
 
 
