@@ -27,13 +27,21 @@ def ran_short(e: BaseException | None) -> BaseException | None:
     """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
-        if (isinstance(e, OSError) and e.errno in SHORT) or isinstance(e, RanShort):
-            return e
-        if isinstance(e, RuntimeError) and str(e) == NO_THREAD:
+        if _says_short(e):
             return e
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ if e.__cause__ is not None else e.__context__
     return None
+
+
+def _says_short(e: BaseException) -> bool:
+    """Asked of whatever a handler raised: an errno or a text that cannot be read is not a shortage."""
+    try:
+        if isinstance(e, RanShort) or (isinstance(e, OSError) and e.errno in SHORT):
+            return True
+        return isinstance(e, RuntimeError) and str(e) == NO_THREAD
+    except Exception:
+        return False
 
 
 def ran_short_said(error: object) -> bool:

@@ -296,3 +296,25 @@ def test_a_command_with_almost_no_descriptors_says_so_in_one_line(state_dir: Pat
     assert len(lines) == 1 and "internal error" not in lines[0], r.stderr
     assert "ulimit -n" in lines[0] or "cannot be created" in lines[0], r.stderr
     assert json.loads(cli("ls", "--json").stdout) == []
+
+
+def test_what_a_handler_raises_cannot_break_the_question() -> None:
+    """``ran_short`` is asked of anything a handler raised, before the engine settles the attempt."""
+
+    class Unreadable(RuntimeError):
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    class OddErrno(OSError):
+        errno = [24]  # type: ignore[assignment]  # unhashable: `in` a frozenset raises
+
+    class Falsy(Exception):
+        def __bool__(self) -> bool:
+            raise RuntimeError("no truth")
+
+    assert ran_short(Unreadable()) is None and ran_short(OddErrno()) is None
+    inner = OSError(errno.EMFILE, "Too many open files")
+    outer = ValueError("x")
+    outer.__cause__ = Falsy()
+    outer.__cause__.__cause__ = inner
+    assert ran_short(outer) is inner
