@@ -49,7 +49,7 @@ one may have to make its WAL and shared-memory files, and a recovery write them)
 def sqlite_unfit(connect: Callable[[str], sqlite3.Connection] = sqlite3.connect) -> str | None:
     """Why this Python's SQLite cannot hold the local store (None: it can). The store's statements use
     SQLite's JSON functions (``json_set``, ``json_each``), built in from SQLite 3.38 and a build option
-    before: without them every write failed with "no such function", after the store was made."""
+    before: without them every write would fail with "no such function", after the store was made."""
     conn = connect(":memory:")
     try:
         conn.execute("SELECT json_set('{}', '$.a', json('[1]')), (SELECT count(*) FROM json_each('[1, 2]'))")
