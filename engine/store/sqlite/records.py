@@ -119,7 +119,7 @@ class RecordsMixin(SqliteCore):
         validate_id(op.id)
 
         def do(conn: sqlite3.Connection) -> int:
-            # lastrowid, not RETURNING: that needs SQLite 3.35 (RHEL 9's Python has 3.34, where every submit failed)
+            # lastrowid, not RETURNING: that needs SQLite 3.35 (RHEL 9's Python has 3.34, where every submit would fail)
             handle = conn.execute("INSERT INTO handles(op_id) VALUES(?)", (op.id,)).lastrowid
             if handle is None:  # an INTEGER PRIMARY KEY is the rowid: never, unless the table was changed
                 raise sqlite3.DatabaseError("the handles table gave no handle")
