@@ -95,7 +95,7 @@ class Admission:
     def started(self, n: int = 1) -> None:
         self.files.started(n)
 
-    def blocked(self, running: int = 0) -> str | None:
+    def blocked(self, running: int) -> str | None:
         """None when work may start, with ``running`` running here, else the reason (memory and CPU
         checked at most once a second)."""
         files = self.files.blocked(running)

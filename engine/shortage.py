@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import resource
 import time
 from collections.abc import Callable
@@ -44,11 +45,16 @@ def _says_short(e: BaseException) -> bool:
         return False
 
 
+SAID_SHORT = re.compile(rf"^(\w*Error: )?(\[Errno ({'|'.join(map(str, sorted(SHORT)))})\]|{NO_THREAD}$)")
+"""The text of such an error as an operation's worker thread or process sends it back: ``str(e)``, or
+``f"{type(e).__name__}: {e}"``. At the start only: an item's error that quotes one further on (a test of
+the user's whose own failure says "[Errno 11]") is the item's, not the machine's."""
+
+
 def ran_short_said(error: object) -> bool:
-    """Whether an item's error says the machine ran short: an exception (``ran_short``) or the text a
-    worker thread or process sent back (``str(OSError)`` begins ``[Errno N]``)."""
+    """Whether an item's error says the machine ran short: an exception (``ran_short``) or its text."""
     if isinstance(error, str):
-        return NO_THREAD in error or any(f"[Errno {n}]" in error for n in SHORT)
+        return SAID_SHORT.match(error) is not None
     return isinstance(error, BaseException) and ran_short(error) is not None
 
 
@@ -80,7 +86,7 @@ class FileBudget:
     A running operation holds a lock file and opens its log now and then; its handler opens what it
     reads, its pipes, its pool. A worker that started 30 operations under ``ulimit -n 40`` failed 30 of
     them at once ("Too many open files" importing their handler): now it starts no more while fewer
-    than ``reserve`` descriptors are left, and says so once. Counting lists ``/proc/self/fd`` (about
+    than ``reserve`` descriptors are left (the scheduler says so). Counting lists ``/proc/self/fd`` (about
     40 us for 60 descriptors, 500 us for 1,000): done at most once a second while far from the limit,
     at most every ``NEAR_EVERY`` seconds when near it (a settle looks for room each time: a thousand
     looks a second near a limit of 1,024 would list 1,000 descriptors each); between counts each start
@@ -106,8 +112,8 @@ class FileBudget:
 
     def room(self, running: int) -> int:
         """How many more operations may start now, with ``running`` running here (a large number when the
-        limit is far). One at least while none runs: nothing would end to make room (under ``ulimit -n
-        26`` the reserve alone left none, and a worker of one slot waited for ever on a queue of one)."""
+        limit is far). One at least while none runs: nothing would end to make room (under a tight
+        ``ulimit -n`` the reserve alone left none, and a worker of one slot waited for ever)."""
         if running == 0:
             return max(1, self._room())
         return self._room()

@@ -222,7 +222,11 @@ def test_a_shortage_is_found_below_the_error_raised() -> None:
         "can't start new thread",
     ):
         assert ran_short_said(text)
+    assert ran_short_said("OSError: [Errno 24] Too many open files: '/dst/.a.outlast-partial'")  # backup's
     assert not ran_short_said("[Errno 2] No such file or directory: 'a'") and not ran_short_said(object())
+    # A test of the user's that failed by itself quoting one: the item's failure, listed as such.
+    assert not ran_short_said("failed: OSError: [Errno 24] Too many open files: 'leak.txt'")
+    assert not ran_short_said("failed: [Errno 11] Resource temporarily unavailable")
 
 
 async def test_log_lines_that_find_no_thread_to_write_them_are_kept_for_the_next_flush(settings: Settings) -> None:
