@@ -149,7 +149,9 @@ class Attempt:
                 if base != (op.checkpoint_seq or 0):
                     # One chain only: what follows the resume point is abandoned, and this attempt's
                     # checkpoints take its numbers (merged with its deltas, items went uncounted).
-                    await host.store.discard_checkpoints_after(op.id, base)
+                    # The failures listed become the kept chain's: one failed or done only after it is not.
+                    failed = resume[1].failed if resume is not None else {}
+                    await host.store.discard_checkpoints_after(op.id, base, failed)
                     op = op.model_copy(update={"checkpoint_seq": base or None})
         except StoreError as e:
             # The store is damaged where the resume point is read or the old chain is cut: not the

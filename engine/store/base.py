@@ -428,7 +428,12 @@ class Store(Protocol):
         """Newest first, without state (listing)."""
         ...
 
-    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None: ...
+    async def discard_checkpoints_after(self, op_id: str, seq: int, failed: dict[str, str] | None = None) -> None:
+        """Cut the chain after checkpoint ``seq`` (a resume from an older one). ``failed``: the items failed
+        as of ``seq`` (its ledger's); the item failures listed become exactly those, so an item that failed
+        or was done only in the cut-off part is listed as the kept chain has it."""
+        ...
+
     async def item_failures(self, op_id: str) -> list[ItemFailure]: ...
 
     # ---- control

@@ -182,10 +182,18 @@ class CheckpointsMixin(RecoveryMixin):
             out.append(info.model_copy(update={"valid": valid, "next_step": next_step}))
         return out
 
-    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
+    async def discard_checkpoints_after(self, op_id: str, seq: int, failed: dict[str, str] | None = None) -> None:
         validate_id(op_id)
         self._last_delta.pop(op_id, None)
-        await self._script("DISCARD_AFTER", self._ckpt_keys(op_id), [str(seq)], f"discarding checkpoints of {op_id}")
+        args = [str(seq)]
+        if failed is not None:
+            now, epoch = time.time(), self._held.get(op_id, 0)
+            args.append("1")
+            for key, error in failed.items():
+                entry = {"error": clean(error), "attempt": epoch, "at": now}
+                args += [clean(key), json.dumps(entry, ensure_ascii=False)]
+        keys = [*self._ckpt_keys(op_id), self.keys.failures(op_id)]
+        await self._script("DISCARD_AFTER", keys, args, f"discarding checkpoints of {op_id}")
         if self.mirror is not None:
             await self.mirror.discard_after(op_id, seq)
 

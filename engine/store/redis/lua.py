@@ -320,11 +320,24 @@ return {'ok'}
 )
 
 DISCARD_AFTER = r"""
--- KEYS: op, ck, cp, cd. ARGV: seq
+-- KEYS: op, ck, cp, cd, fail. ARGV: seq, then (only to set the failures listed) '1', key, failure JSON, ...
+-- The items listed as failed become exactly the given ones (a listed one keeps its own entry).
 local limit = tonumber(ARGV[1])
 for i = 2, 4 do
   for _, s in ipairs(redis.call('HKEYS', KEYS[i])) do
     if tonumber(s) > limit then redis.call('HDEL', KEYS[i], s) end
+  end
+end
+if ARGV[2] == '1' then
+  local keep = {}
+  for i = 3, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+  local had = redis.call('EXISTS', KEYS[5]) == 1
+  for _, k in ipairs(redis.call('HKEYS', KEYS[5])) do
+    if not keep[k] then redis.call('HDEL', KEYS[5], k) end
+  end
+  for k, v in pairs(keep) do redis.call('HSETNX', KEYS[5], k, v) end
+  if (had or next(keep)) and redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'item_failures', tostring(redis.call('HLEN', KEYS[5])))
   end
 end
 local newest = nil

@@ -184,10 +184,27 @@ class CheckpointsMixin(SqliteCore):
 
         return await self._run(do)
 
-    async def discard_checkpoints_after(self, op_id: str, seq: int) -> None:
+    async def discard_checkpoints_after(self, op_id: str, seq: int, failed: dict[str, str] | None = None) -> None:
+        now = time.time()
+        keep = {clean(k): clean(e) for k, e in (failed or {}).items()}
+
         def do(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq > ?", (op_id, seq))
             conn.execute("DELETE FROM deltas WHERE op_id=? AND seq > ?", (op_id, seq))
+            if failed is None:
+                return
+            listed = {k for (k,) in conn.execute("SELECT key FROM failures WHERE op_id=?", (op_id,))}
+            conn.executemany("DELETE FROM failures WHERE op_id=? AND key=?", [(op_id, k) for k in listed - set(keep)])
+            row = conn.execute("SELECT epoch FROM operations WHERE id=?", (op_id,)).fetchone()
+            epoch = row[0] if row else 0
+            conn.executemany(
+                "INSERT INTO failures VALUES(?,?,?,?,?)",
+                [(op_id, k, e, epoch, now) for k, e in keep.items() if k not in listed],
+            )
+            if listed or keep:
+                conn.execute(
+                    "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?", (len(keep), op_id)
+                )
 
         await self._txn(do)
 
