@@ -191,20 +191,11 @@ class CheckpointsMixin(SqliteCore):
         def do(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq > ?", (op_id, seq))
             conn.execute("DELETE FROM deltas WHERE op_id=? AND seq > ?", (op_id, seq))
-            if failed is None:
-                return
-            listed = {k for (k,) in conn.execute("SELECT key FROM failures WHERE op_id=?", (op_id,))}
-            conn.executemany("DELETE FROM failures WHERE op_id=? AND key=?", [(op_id, k) for k in listed - set(keep)])
-            row = conn.execute("SELECT epoch FROM operations WHERE id=?", (op_id,)).fetchone()
-            epoch = row[0] if row else 0
-            conn.executemany(
-                "INSERT INTO failures VALUES(?,?,?,?,?)",
-                [(op_id, k, e, epoch, now) for k, e in keep.items() if k not in listed],
-            )
-            if listed or keep:
-                conn.execute(
-                    "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?", (len(keep), op_id)
-                )
+            if failed is not None:
+                try:
+                    _list_failures(conn, op_id, keep, now)
+                except sqlite3.DatabaseError as e:  # a damaged page of the listing: the cut above still holds
+                    log.warning("operation %s: item failures not listed anew after the resume point (%s)", op_id, e)
 
         await self._txn(do)
 
@@ -221,3 +212,17 @@ def _plain(e: BaseException) -> str:
     """An error's message fit for one log line: printable, short (stored bytes may be anything)."""
     text = "".join(ch if ch.isprintable() else "?" for ch in str(e).splitlines()[0] if str(e)) or type(e).__name__
     return text[:120]
+
+
+def _list_failures(conn: sqlite3.Connection, op_id: str, keep: dict[str, str], now: float) -> None:
+    """List exactly ``keep`` (key -> error) as the operation's item failures: a failure listed already
+    keeps its row, one missing is added under the operation's current attempt."""
+    listed = {k for (k,) in conn.execute("SELECT key FROM failures WHERE op_id=?", (op_id,))}
+    conn.executemany("DELETE FROM failures WHERE op_id=? AND key=?", [(op_id, k) for k in listed - set(keep)])
+    row = conn.execute("SELECT epoch FROM operations WHERE id=?", (op_id,)).fetchone()
+    epoch = row[0] if row else 0
+    added = [(op_id, k, e, epoch, now) for k, e in keep.items() if k not in listed]
+    conn.executemany("INSERT INTO failures VALUES(?,?,?,?,?)", added)
+    if listed or keep:
+        count = "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?"
+        conn.execute(count, (len(keep), op_id))
