@@ -6,7 +6,7 @@ resume as it did on the state directory. Hypothesis drives submits, claims (by q
 under store slots), every status change (allowed or not, fresh or stale epoch), checkpoints with
 done and failed items, controls, log pages and deletes against a LocalStore and a RedisStore side
 by side; each step's outcome (result or error class) must be the same in both and the model's.
-A failing sequence is printed shrunk, with the seed to run it again.
+A failing sequence is printed, shrunk to the steps that matter.
 """
 
 from __future__ import annotations
