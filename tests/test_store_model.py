@@ -126,9 +126,10 @@ class StoresAgree(RuleBasedStateMachine):
         self.now += 1.0
         return self.now
 
-    def pick(self, data: st.DataObject, statuses: frozenset[Status] | None = None) -> Op | None:
+    def pick(self, data: st.DataObject, statuses: frozenset[Status] | None = None) -> Op:
+        """One operation (of ``statuses``); the rule's precondition says there is one."""
         ids = sorted(i for i, o in self.ops.items() if statuses is None or o.status in statuses)
-        return self.ops[data.draw(st.sampled_from(ids))] if ids else None
+        return self.ops[data.draw(st.sampled_from(ids))]
 
     def running(self) -> int:
         return sum(o.status is Status.RUNNING for o in self.ops.values())
@@ -166,8 +167,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data())
     def claim_by_id(self, data: st.DataObject) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         now = self.tick()
         kind, got = self.both(lambda s: s.claim(W, now, 0.0, op_id=op.id), "claim by id")
         assert kind == "ok"
@@ -188,8 +187,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data(), to=st.sampled_from(NOT_RUNNING), stale=st.booleans(), expect=st.booleans())
     def transition(self, data: st.DataObject, to: Status, stale: bool, expect: bool) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         epoch = op.epoch - 1 if stale else op.epoch
         fence = {Status.RUNNING} if expect else None
         now = self.tick()
@@ -216,7 +213,6 @@ class StoresAgree(RuleBasedStateMachine):
     )
     def checkpoint(self, data: st.DataObject, done: list[str], failed: list[str]) -> None:
         op = self.pick(data, frozenset({Status.RUNNING}))
-        assert op is not None
         failed = [k for k in failed if k not in done]
         kind, got = self.save(op, op.epoch, done, failed)
         assert kind == "ok", got
@@ -253,7 +249,6 @@ class StoresAgree(RuleBasedStateMachine):
     def checkpoint_refused(self, data: st.DataObject, stale: bool) -> None:
         """A checkpoint of an earlier attempt, or of an operation no attempt holds, is refused by both."""
         op = self.pick(data)
-        assert op is not None
         if op.status is Status.RUNNING and not stale:
             return
         kind, got = self.save(op, op.epoch - 1 if stale else op.epoch, ["k0"], {})
@@ -276,7 +271,6 @@ class StoresAgree(RuleBasedStateMachine):
     def settle(self, data: st.DataObject, to: Status) -> None:
         """What an attempt does when its handler returns or stops: fenced by its epoch and by running."""
         op = self.pick(data, frozenset({Status.RUNNING}))
-        assert op is not None
         now = self.tick()
         extra: dict[str, Any] = {"queued_at": now, "not_before": None} if to is Status.QUEUED else {"finished_at": now}
         kind, got = self.both(
@@ -291,7 +285,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
         op = self.pick(data, RESUMABLE)
-        assert op is not None
         now = self.tick()
         kind, got = self.both(
             lambda s: s.transition(op.id, Status.QUEUED, expect=RESUMABLE, queued_at=now, not_before=None), "resume"
@@ -303,8 +296,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data())
     def load_checkpoint(self, data: st.DataObject) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         kind, got = self.both(lambda s: s.load_checkpoint(op.id), "load_checkpoint")
         assert kind == "ok"
         for found in got:
@@ -324,8 +315,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data(), action=st.sampled_from(get_args(ControlAction)))
     def control(self, data: st.DataObject, action: ControlAction) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         self.both(lambda s: s.request_control(op.id, action), "request_control")
         ids = sorted(self.ops)
         got = self.read(lambda s: s.pending_controls(ids), "pending_controls")
@@ -335,8 +324,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data())
     def clear_control(self, data: st.DataObject) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         self.both(lambda s: s.clear_control(op.id), "clear_control")
         got = self.read(lambda s: s.pending_controls([op.id]), "pending_controls")
         assert got == ({}, {}), got
@@ -345,8 +332,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data(), n=st.integers(1, 3), limit=st.none() | st.integers(1, 4))
     def logs(self, data: st.DataObject, n: int, limit: int | None) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         first = op.logs
         records = [LogRecord(ts=self.tick(), level="info", message=f"line {first + i}") for i in range(n)]
         self.both(lambda s: s.append_logs(op.id, records), "append_logs")
@@ -370,8 +355,6 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
         op = self.pick(data)
-        if op is None:
-            return
         kind, _ = self.both(lambda s: s.delete(op.id, expect=SETTLED), f"delete a {op.status.value} operation")
         assert (kind == "ok") == (op.status in SETTLED)
         if kind == "ok":

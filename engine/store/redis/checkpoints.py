@@ -44,13 +44,7 @@ class CheckpointsMixin(RecoveryMixin):
             before = await self._delta_before(cp.operation_id, cp.seq)
         sealed = seal(cp, delta, before)
         cp = sealed.checkpoint
-        now = time.time()
-        fails: list[str] = []
-        for key, error in delta.failed.items():  # listed as text: a file name's undecodable bytes as \xNN
-            fails += [
-                clean(key),
-                json.dumps({"error": clean(error), "attempt": cp.epoch, "at": now}, ensure_ascii=False),
-            ]
+        fails = _failure_fields(delta.failed, cp.epoch)
         # The script takes the done keys out of the failures by their listed (clean) names; a delta that
         # holds a lone surrogate is ASCII-escaped JSON (text.py), which the script's JSON decoder refuses.
         fails_done = [json.dumps({"d": [clean(k) for k in delta.done]})] if b"\\ud" in sealed.delta else []
@@ -187,11 +181,7 @@ class CheckpointsMixin(RecoveryMixin):
         self._last_delta.pop(op_id, None)
         args = [str(seq)]
         if failed is not None:
-            now, epoch = time.time(), self._held.get(op_id, 0)
-            args.append("1")
-            for key, error in failed.items():
-                entry = {"error": clean(error), "attempt": epoch, "at": now}
-                args += [clean(key), json.dumps(entry, ensure_ascii=False)]
+            args += ["1", *_failure_fields(failed, self._held.get(op_id, 0))]
         keys = [*self._ckpt_keys(op_id), self.keys.failures(op_id)]
         await self._script("DISCARD_AFTER", keys, args, f"discarding checkpoints of {op_id}")
         if self.mirror is not None:
@@ -209,3 +199,13 @@ class CheckpointsMixin(RecoveryMixin):
             except (ValueError, TypeError):
                 log.warning("operation %s: item failure %r in redis is unreadable; skipped", op_id, k)
         return sorted(out, key=lambda f: f.at)
+
+
+def _failure_fields(failed: dict[str, str], epoch: int) -> list[str]:
+    """Item failures as the ``fail:ID`` hash holds them: key, JSON (error, attempt, at), ... Listed as
+    text: a file name's undecodable bytes as \\xNN."""
+    now = time.time()
+    out: list[str] = []
+    for key, error in failed.items():
+        out += [clean(key), json.dumps({"error": clean(error), "attempt": epoch, "at": now}, ensure_ascii=False)]
+    return out

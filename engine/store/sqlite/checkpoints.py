@@ -23,6 +23,9 @@ from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
 
+_COUNT_FAILURES = "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?"
+"""The record's count of the items its failures listing holds."""
+
 
 class CheckpointsMixin(SqliteCore):
     """Saving, verifying and listing checkpoints (part of LocalStore)."""
@@ -76,10 +79,7 @@ class CheckpointsMixin(SqliteCore):
                 )
             if has_failures:
                 n_fail = conn.execute("SELECT COUNT(*) FROM failures WHERE op_id=?", (cp.operation_id,)).fetchone()[0]
-                conn.execute(
-                    "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?",
-                    (n_fail, cp.operation_id),
-                )
+                conn.execute(_COUNT_FAILURES, (n_fail, cp.operation_id))
             if cp.seq > keep:
                 conn.execute("DELETE FROM checkpoints WHERE op_id=? AND seq <= ?", (cp.operation_id, cp.seq - keep))
             saved[:] = [done]
@@ -224,5 +224,4 @@ def _list_failures(conn: sqlite3.Connection, op_id: str, keep: dict[str, str], n
     added = [(op_id, k, e, epoch, now) for k, e in keep.items() if k not in listed]
     conn.executemany("INSERT INTO failures VALUES(?,?,?,?,?)", added)
     if listed or keep:
-        count = "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?"
-        conn.execute(count, (len(keep), op_id))
+        conn.execute(_COUNT_FAILURES, (len(keep), op_id))
