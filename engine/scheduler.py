@@ -96,17 +96,31 @@ class Scheduler:
         after the task of its final write: both are queued in the same loop turn, so the local store
         commits the settle and the claim in one transaction (one fsync, one thread hop). None when no
         claim is due (queue off, draining, admission blocked): the scheduler's loop decides then."""
-        host = self._host
-        if not host.run_queue or host.draining or host.closing or self._admission.blocked(len(self.tasks)):
+        if not self._due() or self._admission.blocked(len(self.tasks)):
             return None
         self._handovers += 1
         return asyncio.create_task(self._claim_handed_over())
+
+    def _due(self) -> bool:
+        """Whether this engine claims work now (it may be turned off between a decision and its claim)."""
+        host = self._host
+        return host.run_queue and not host.draining and not host.closing
+
+    async def _claim(self, now: float, types: frozenset[str]) -> Operation | None:
+        """One claim, unless claiming was turned off since it was decided on: the check and the claim's
+        queuing happen in one step of its task, so an operation submitted after ``run_queue`` was turned
+        off is written after every claim still allowed (the local store runs its jobs in that order), and
+        is not taken by one."""
+        if not self._due():
+            return None
+        host = self._host
+        return await host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
 
     async def _claim_handed_over(self) -> None:
         host = self._host
         op = None
         try:
-            op = await host.store.claim(host.worker, time.time(), host.settings.aging_seconds, types=runnable_types())
+            op = await self._claim(time.time(), runnable_types())
         except Exception as e:
             if store_failure(e):
                 host.health.failed(e)
@@ -132,7 +146,7 @@ class Scheduler:
         while not host.closing:
             self._wake.clear()
             try:
-                while host.run_queue and not host.draining and not host.closing and self.free() > 0:
+                while self._due() and self.free() > 0:
                     reason = self._admission.blocked(len(self.tasks))
                     if reason:
                         said = self._said.get(reason)
@@ -141,11 +155,9 @@ class Scheduler:
                             self._said[reason] = time.monotonic()
                         break
                     now, types = time.time(), runnable_types()
+                    batch = min(CLAIM_BATCH, self.free(), self._admission.room(len(self.tasks)))
                     claimed = await asyncio.gather(
-                        *(
-                            host.store.claim(host.worker, now, host.settings.aging_seconds, types=types)
-                            for _ in range(min(CLAIM_BATCH, self.free(), self._admission.room(len(self.tasks))))
-                        ),
+                        *(self._claim(now, types) for _ in range(batch)),
                         return_exceptions=True,  # one claim failing must not lose the others (claimed: running)
                     )
                     for op in claimed:

@@ -229,3 +229,39 @@ async def test_run_queue_turned_on_after_start_claims_the_queue(settings: Settin
         later = await engine.submit(OperationSpec(type="demo", params={"items": 2, "seconds": 0}))
         await asyncio.sleep(0.6)
         assert (await engine.get(later.id)).status is Status.QUEUED
+
+
+class TurnedOffAfterDeciding(Engine):
+    """An engine whose queue is turned off, and an operation submitted, right after its scheduler has
+    read ``run_queue`` as on (once armed): the submit's write is queued before the claims so decided."""
+
+    armed = False
+    later: asyncio.Task[Any] | None = None
+
+    @property
+    def run_queue(self) -> bool:
+        if not self.armed:
+            return Engine.run_queue.fget(self)  # type: ignore[attr-defined,no-any-return]
+        self.armed = False
+        Engine.run_queue.fset(self, False)  # type: ignore[attr-defined]
+        self.later = asyncio.ensure_future(self.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0})))
+        return True
+
+    @run_queue.setter
+    def run_queue(self, on: bool) -> None:
+        Engine.run_queue.fset(self, on)  # type: ignore[attr-defined]
+
+
+async def test_run_queue_turned_off_takes_nothing_submitted_after(settings: Settings) -> None:
+    """Turned off between the scheduler's decision to claim and its claims' start, ``run_queue`` still held
+    for them: an operation submitted in that gap was claimed (CI saw one completed after the dashboard's
+    w key had turned the queue off). A read queued behind the submit sees what any such claim did."""
+    settings = settings.model_copy(update={"max_concurrent": 2})
+    async with TurnedOffAfterDeciding(store=open_store(settings.state_dir), settings=settings) as engine:
+        await asyncio.sleep(0.2)  # the scheduler is waiting for work
+        engine.armed = True
+        await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))  # wakes it
+        while engine.later is None:
+            await asyncio.sleep(0)
+        later = await engine.later
+        assert (await engine.get(later.id)).status is Status.QUEUED
