@@ -11,7 +11,7 @@ running the same 100 operations with no dashboard, in its own child; for start-u
 (round-robin with the dashboard's starts); for a key press, the same dashboard over a small store
 (one operation per press) with nothing reporting (what Textual itself costs per key and frame).
 
-    python scripts/bench_dashboard.py --child dashboard|start|engine STATE_DIR N_LIVE PRESSES WINDOW SPAWNED_AT
+    python scripts/bench_dashboard.py --child dashboard|start|engine|textual STATE_DIR N_LIVE PRESSES WINDOW SPAWNED_AT
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,12 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
     # between runs), and one anchor taken at one end of the dashboard's run made the ratio a coin toss.
     engine_only_runs = [await asyncio.to_thread(_child, bench, "engine", anchor_states[0], live, 0, window)]
     pythons: list[float] = []
+    bare: list[float] = []
     starts: list[float] = []
     dash: dict[str, Any] = {}
     for i in range(runs):  # round-robin with the floor: the machine's load drifts alike for both
         pythons += await asyncio.to_thread(time_command, [python(), "-c", "pass"], 1, bench.env())
+        bare.append((await asyncio.to_thread(_child, bench, "textual", state, 0, 0, 0))["first_rows"])
         if i == runs - 1:  # last: the runs before leave the store as it was (they run nothing)
             dash = await asyncio.to_thread(_child, bench, "dashboard", state, live, presses, window)
             starts.append(dash["first_rows"])
@@ -109,7 +112,7 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
         "cpu": sum(r["cpu"] for r in engine_only_runs) / len(engine_only_runs),
         "peak_kb": max(r["peak_kb"] for r in engine_only_runs),
     }
-    start, python_pass = summarize(starts), summarize(pythons)
+    start, python_pass, textual = summarize(starts), summarize(pythons), summarize(bare)
 
     keys = summarize(dash["keys"])
     keys_floor = summarize(floor_keys["keys"])
@@ -147,12 +150,19 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
             start["p50"] <= 12 * python_pass["p50"],
             f"from process start to the first frame listing operations, p50 of {runs} (round-robin with the "
             f"floor); first frame at {dash['first_frame'] * 1e3:.0f} ms, imports {dash['import'] * 1e3:.0f} ms "
-            "in the full run",
+            f"in the full run; a bare Textual app (header, 50-row table, footer) through the same driver: "
+            f"{textual['p50'] * 1e3:.0f} ms ({textual['p50'] / python_pass['p50']:.1f}x python -c pass; the "
+            f"dashboard {start['p50'] / textual['p50']:.2f}x it)",
             anchor=python_pass["p50"],
             anchor_unit="s",
             anchor_desc="python -c pass",
             ratio=start["p50"] / python_pass["p50"],
-            stats={"start": start, "python": python_pass, **{k: dash[k] for k in ("first_frame", "import")}},
+            stats={
+                "start": start,
+                "python": python_pass,
+                "bare_textual": textual,
+                **{k: dash[k] for k in ("first_frame", "import")},
+            },
         ),
         row(
             "cpu",
@@ -355,24 +365,6 @@ async def child_dashboard(
             if shown == table.selected_id and shown != waiting["detail"]:
                 waiting["detail_at"] = now
 
-    class FrameDriver(HeadlessDriver):
-        """No terminal in or out, but not headless: Textual renders and encodes every frame (batched
-        updates and empty frames are never handed over), writes it here and flushes once per frame."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            drivers.append(self)
-
-        @property
-        def is_headless(self) -> bool:
-            return False
-
-        def write(self, data: str) -> None:
-            """The encoded frame: what a terminal would be sent; dropped."""
-
-        def flush(self) -> None:
-            on_frame()
-
     # The first frame lists what the store's quick read (as ``outlast ls`` reads it) finds, before the
     # engine has started: what ``outlast`` hands the dashboard (``tui.app.main(first_look=...)``).
     from engine.store.quick import quick_list
@@ -381,7 +373,7 @@ async def child_dashboard(
         settings, watch_only=live == 0, first_look=lambda statuses, limit: quick_list(state, statuses, None, limit)
     )
     loading = app.model.last_full
-    app.driver_class = FrameDriver  # what App(driver_class=...) sets; run_test(headless=False) uses it
+    app.driver_class = _frame_driver(on_frame, drivers)  # as App(driver_class=...); run_test(headless=False) uses it
     keys: list[float] = []
     detail: list[float] = []
     async with app.run_test(size=SIZE, headless=False) as pilot:
@@ -437,6 +429,62 @@ async def child_dashboard(
     return result
 
 
+def _frame_driver(on_frame: Callable[[], None], drivers: list[Any]) -> type[Any]:
+    """A driver with no terminal in or out, but not headless: Textual renders and encodes every frame
+    (batched updates and empty frames are never handed over), writes it here and flushes once per frame."""
+    from textual.drivers.headless_driver import HeadlessDriver
+
+    class FrameDriver(HeadlessDriver):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            drivers.append(self)
+
+        @property
+        def is_headless(self) -> bool:
+            return False
+
+        def write(self, data: str) -> None:
+            """The encoded frame: what a terminal would be sent; dropped."""
+
+        def flush(self) -> None:
+            on_frame()
+
+    return FrameDriver
+
+
+async def child_textual(started: float) -> dict[str, Any]:
+    """The start-up floor of any Textual dashboard: a bare app (a header, a table of 50 rows, a footer)
+    through the same driver, from process start to its first frame with the table's rows."""
+    os.environ["TEXTUAL_COLOR_SYSTEM"] = "truecolor"
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable, Footer, Header
+
+    first: dict[str, float] = {}
+
+    class Bare(App[None]):
+        def compose(self) -> ComposeResult:
+            yield Header()
+            yield DataTable()
+            yield Footer()
+
+        def on_mount(self) -> None:
+            table = self.query_one(DataTable)
+            table.add_columns("id", "type", "status", "progress", "rate", "eta")
+            for i in range(50):
+                table.add_row(f"op{i:05d}", "demo", "queued", "0%", "-", "-")
+
+    def on_frame() -> None:
+        tables = app.query(DataTable)
+        if tables and tables.first().row_count:
+            first.setdefault("rows", time.time())
+
+    app = Bare()
+    app.driver_class = _frame_driver(on_frame, [])
+    async with app.run_test(size=SIZE, headless=False):
+        await _until(lambda: "rows" in first, 60, "first frame with rows")
+    return {"first_rows": first["rows"] - started}
+
+
 def _profiler() -> Any:
     """With BENCH_PROFILE=FILE: pyinstrument over the key presses, written to FILE (every frame with
     BENCH_PROFILE_ALL=1)."""
@@ -456,6 +504,8 @@ def main(argv: list[str]) -> int:
     mode, state, live, presses, window = argv[2], Path(argv[3]), int(argv[4]), int(argv[5]), float(argv[6])
     if mode == "engine":
         result = asyncio.run(child_engine(state, live, window))
+    elif mode == "textual":
+        result = asyncio.run(child_textual(float(argv[7])))
     else:
         result = asyncio.run(child_dashboard(state, live, presses, window, float(argv[7]), mode == "start"))
     print(json.dumps(result), flush=True)
