@@ -54,27 +54,34 @@ class Server:
 
     def __init__(self, root: Path, *args: str, token: str | None = None, **env: str) -> None:
         self.root = root
-        self.port = free_port()
         self.env = api_env(root, **env)
         self.token = token
         root.mkdir(parents=True, exist_ok=True)
-        self.log = root / f"serve-{self.port}.log"
-        with open(self.log, "w") as out:
-            self.popen = subprocess.Popen(
-                [*CLI, "serve", "--port", str(self.port), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=REPO,
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        import httpx  # the test extra; imported here so other areas' tests never need it
+        for attempt in range(5):  # the free port may be taken by another test's process before serve binds it
+            self.port = free_port()
+            self.log = root / f"serve-{self.port}.log"
+            with open(self.log, "w") as out:
+                self.popen = subprocess.Popen(
+                    [*CLI, "serve", "--port", str(self.port), *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=REPO,
+                )
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.ws_url = f"ws://127.0.0.1:{self.port}"
+            import httpx  # the test extra; imported here so other areas' tests never need it
 
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
-        poll(self._up, 40, 0.2, what=f"server on port {self.port} up ({self.output()})")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+            try:
+                poll(self._up, 40, 0.2, what=f"server on port {self.port} up ({self.output()})")
+                return
+            except AssertionError:
+                self.http.close()
+                if attempt == 4 or "Address already in use" not in self.output():
+                    raise
 
     def _up(self) -> bool:
         import httpx
