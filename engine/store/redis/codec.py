@@ -8,6 +8,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 
 from ...models import InvalidInput, Operation, validate_id
 from ...profiles import one_line
@@ -82,9 +83,11 @@ def pairs(fields: dict[str, Any]) -> list[str]:
 
 
 def pack(fields: dict[str, Any]) -> str:
-    """A whole record as one script argument: ``NAME \\x1f JSON \\x1e`` per field (one argument to encode
-    and send instead of two per field: most of what a submit cost in Python). ``enc``'s shortcuts are
-    inlined: a call per field was most of what is left."""
+    """A whole record (``model_dump(mode="json")``: JSON types only) as one script argument: ``NAME \\x1f
+    JSON \\x1e`` per field (one argument to encode and send instead of two per field: most of what a
+    submit cost in Python). ``enc``'s shortcuts are inlined: a call per field was most of what is left.
+    Objects and arrays may write a float's exponent as ``1e300`` where ``enc`` writes ``1e+300``: the same
+    value to every JSON reader."""
     unknown = fields.keys() - _FIELDS
     if unknown:
         raise ValueError(f"unknown operation fields: {sorted(unknown)}")
@@ -99,6 +102,11 @@ def pack(fields: dict[str, Any]) -> str:
             text = float.__repr__(v)
         elif kind is int:
             text = int.__repr__(v)
+        elif kind is dict or kind is list:
+            try:  # pydantic-core's encoder: a quarter of the json module's time on a record's profile
+                text = to_json(v).decode()
+            except ValueError:  # a lone surrogate, which it refuses: written out as enc does (and cleaned below)
+                text = enc(v)
         else:
             text = enc(v)
         out.append(f"{k}{FIELD_END}{text}{RECORD_END}")

@@ -43,7 +43,8 @@ class RecordsMixin(RecoveryMixin):
         handle = await self._create(op, tx=secrets.token_hex(8))
         if not handle:
             raise Conflict(f"operation {op.id} exists already")
-        await self._mirror_record(op.model_copy(update={"handle": handle}))
+        if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
+            await self._mirror_record(op.model_copy(update={"handle": handle}))
         return handle
 
     async def get(self, op_id: str) -> Operation:
