@@ -261,7 +261,10 @@ async def test_run_queue_turned_off_takes_nothing_submitted_after(settings: Sett
         await asyncio.sleep(0.2)  # the scheduler is waiting for work
         engine.armed = True
         await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))  # wakes it
-        while engine.later is None:
-            await asyncio.sleep(0)
+        for _ in range(1000):
+            if engine.later is not None:
+                break
+            await asyncio.sleep(0.001)
+        assert engine.later is not None, "the scheduler never read run_queue after the submit"
         later = await engine.later
         assert (await engine.get(later.id)).status is Status.QUEUED
