@@ -67,9 +67,9 @@ def check_store_url(url: str) -> str:
             raise ValueError(f"{shown!r}: no host")
         db = parts.path.strip("/")
         if db and not db.isdigit():
-            raise ValueError(f"{shown!r}: database {db!r} is not a number (redis://HOST:PORT/0)")
+            raise ValueError(f"{shown!r}: database {db!r} is not a database number: 0 or above (redis://HOST:PORT/0)")
     if "db" in query and not query["db"].isdigit():
-        raise ValueError(f"{shown!r}: database {query['db']!r} is not a number")
+        raise ValueError(f"{shown!r}: database {query['db']!r} is not a database number: 0 or above")
     for key, (low, high) in _URL_BOUNDS.items():
         if key not in query:
             continue

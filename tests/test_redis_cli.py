@@ -54,6 +54,35 @@ def test_wrong_password_and_wrong_host_are_one_line(redis_factory, state_dir: Pa
     assert ok.returncode == 0, ok.stderr
 
 
+def test_store_url_mistakes_are_one_line(redis_server: RedisServer, state_dir: Path) -> None:
+    """A typo in a store URL's query (redis-py handed it to its connection: TypeError, exit 70), a database
+    the server does not have, a negative one: each one line naming it, and nothing written to Redis."""
+    for url, code, expected in (
+        (
+            f"{redis_server.url}?lease_tll=9",
+            2,
+            "store URL: unknown parameter 'lease_tll' (Outlast's own: lease_ttl, retry_for; any other must be a"
+            " redis-py connection option)",
+        ),
+        (f"{redis_server.url}?foo=1&bar=2", 2, "store URL: unknown parameters 'bar', 'foo'"),
+        (
+            redis_server.url.rsplit("/", 1)[0] + "/99",
+            8,
+            f"redis 127.0.0.1:{redis_server.port}: no such database: the number in the store URL (/DB) is not"
+            " below the server's `databases`",
+        ),
+        (redis_server.url.rsplit("/", 1)[0] + "/-1", 2, "database '-1' is not a database number: 0 or above"),
+    ):
+        for args in (["ls"], ["run", "--detach", "ledger"]):
+            r = outlast("--store", url, "--plugin", "tests.ops_for_tests", *args)
+            assert r.returncode == code, r
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert redis_server.client().dbsize() == 0
+    ok = outlast("--store", f"{redis_server.url}?client_name=outlast-test&health_check_interval=5", "ls")
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_tampered_record_is_one_line_and_skipped_in_listings(redis_server: RedisServer, state_dir: Path) -> None:
     good, bad = submit(redis_server.url, 2)
     redis_server.client().hset(f"cli:op:{bad}", "priority", '"urgent!!"')

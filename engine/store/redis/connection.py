@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -82,7 +83,17 @@ def _reason(e: BaseException) -> str:
     else:
         text = _ERRNO_PREFIX.sub("", text).strip().rstrip(".")
     text = text.splitlines()[0] if text else type(e).__name__
-    return text[:1].lower() + text[1:]
+    return text if text[1:2].isupper() else text[:1].lower() + text[1:]  # "DB index ...", not "dB index ..."
+
+
+def _unknown_params(pool: aioredis.ConnectionPool) -> list[str]:
+    """Keyword arguments the pool would hand its connections that no connection class along their MRO takes."""
+    taken: set[str] = set()
+    for cls in pool.connection_class.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None and cls is not object:
+            taken.update(inspect.signature(init).parameters)
+    return sorted(k for k in pool.connection_kwargs if k not in taken)
 
 
 class RedisLink:
@@ -118,9 +129,18 @@ class RedisLink:
                 retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, logged, idempotent
                 decode_responses=False,
             )
-            return aioredis.Redis.from_pool(pool)
         except ValueError as e:
             raise InvalidInput(f"store URL: {self._scrub(str(e))}") from None
+        unknown = _unknown_params(pool)
+        if unknown:
+            # redis-py hands any query parameter it does not know to the connection, which then fails with
+            # a TypeError at the first command: an internal error instead of a line naming the typo.
+            names = ", ".join(repr(k) for k in unknown)
+            raise InvalidInput(
+                f"store URL: unknown parameter{'s' if len(unknown) > 1 else ''} {names} (Outlast's own:"
+                f" {', '.join(STORE_PARAMS)}; any other must be a redis-py connection option)"
+            )
+        return aioredis.Redis.from_pool(pool)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***") if self._password else text
@@ -142,6 +162,10 @@ class RedisLink:
             # Said by Redis as "command not allowed when used memory > 'maxmemory'. script: <sha>, on
             # @user_script:26": the script's hash and line are of no use to the person reading it.
             msg = f"redis {w} is full (its used memory is over maxmemory): raise maxmemory or free memory there"
+        elif "DB index is out of range" in text:
+            msg = (
+                f"redis {w}: no such database: the number in the store URL (/DB) is not below the server's `databases`"
+            )
         elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
             msg = f"redis {w}: cannot connect: {_reason(e)}"
         else:
