@@ -19,6 +19,7 @@ import operator
 import os
 import signal
 import sys
+import sysconfig
 import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -557,6 +558,9 @@ class _Items(AsyncIterator[T]):
     def __aiter__(self) -> _Items[T]:
         return self
 
+    def __iter__(self) -> Iterator[T]:
+        raise TypeError("ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)")
+
     def __anext__(self) -> Awaitable[T]:
         frame = id(sys._getframe(1))
         if frame != self._frame:  # another loop: the task is looked up only then (a third of a microsecond)
@@ -662,9 +666,38 @@ def format_exception(exc: BaseException) -> str:
     # Raised by the context's own checks (ctx.done = "7"): the handler's line that called it, not ours.
     while len(tb) > 1 and tb[-1].filename in _API_FILES:
         tb = tb[:-1]
-    where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+    frame = _handler_frame(tb) or (tb[-1] if tb else None)
+    where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
     return _describe(exc) + where
 
 
-_API_FILES = frozenset({__file__, os.path.join(os.path.dirname(__file__), "autobot.py")})
-"""The handler API's own modules (this one and the seed's methods)."""
+_API_FILES = frozenset({__file__, *(os.path.join(os.path.dirname(__file__), f) for f in ("autobot.py", "registry.py"))})
+"""The handler API's own modules (this one, the seed's methods, the registry's params without a model)."""
+_ENGINE_DIR = os.path.join(os.path.dirname(__file__), "")
+_OPERATIONS_DIR = os.path.join(_ENGINE_DIR, "operations", "")
+_LIBRARY_DIRS = tuple(
+    os.path.join(p, "")
+    for p in {
+        *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+        *(
+            sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix}).get(k)
+            for k in ("stdlib", "platstdlib")
+        ),
+    }
+    if p
+)
+"""The standard library's and installed packages' directories."""
+
+
+def _handler_frame(tb: list[traceback.FrameSummary]) -> traceback.FrameSummary | None:
+    """The innermost frame of the handler's own code: an error raised inside a library (pydantic's
+    ``__getattr__`` on params, ``json.loads``) is shown at the handler's line that called it, not at
+    "main.py:1110". None when the handler itself is an installed package's (the walk reached the engine)."""
+    for f in reversed(tb):
+        name = f.filename
+        if name in _API_FILES or (name.startswith(_LIBRARY_DIRS) and not name.startswith(_ENGINE_DIR)):
+            continue
+        if name.startswith(_ENGINE_DIR) and not name.startswith(_OPERATIONS_DIR):
+            return None  # the engine's own frames, which call the handler
+        return f
+    return None

@@ -53,9 +53,25 @@ BUILTIN_MODULES = tuple(dict.fromkeys(BUILTIN_TYPES.values()))
 
 
 class AnyParams(BaseModel):
-    """Params of a handler that declares no model: any JSON object."""
+    """Params of a handler that declares no model: any JSON object, read as attributes (``params.n``) or
+    as a mapping (``params["n"]``, ``params.get("n", 5)``, ``"n" in params``), as a dict would be."""
 
     model_config = ConfigDict(extra="allow")
+
+    def __getitem__(self, key: str) -> Any:
+        extra = self.__pydantic_extra__ or {}
+        if key not in extra:
+            raise KeyError(key)
+        return extra[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return (self.__pydantic_extra__ or {}).get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in (self.__pydantic_extra__ or {})
+
+    def keys(self) -> Any:
+        return (self.__pydantic_extra__ or {}).keys()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""What a plugin author's first handler gets wrong says so in its operation's error, at their own line.
+
+A handler declared without a params model read its params as a dict (``params.get("n", 5)``) and
+failed with "'AnyParams' object has no attribute 'get' (at main.py:1110)": the name of a class the
+author never wrote and a line of pydantic's. A plain ``for`` over ``ctx.items()`` said "'_Items' object
+is not iterable".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine import Engine, OperationContext, OperationSpec, Status, operation
+
+
+@operation("test_dict_params")
+async def dict_params(ctx: OperationContext, params: Any) -> dict:
+    return {
+        "n": params["n"],
+        "default": params.get("missing", 5),
+        "has": ["n" in params, "missing" in params],
+        "as_dict": dict(params),
+        "spread": json.dumps({**params}, sort_keys=True),
+        "attribute": params.n,
+    }
+
+
+@operation("test_bad_key")
+async def bad_key(ctx: OperationContext, params: Any) -> None:
+    params["nope"]
+
+
+@operation("test_library_raises")
+async def library_raises(ctx: OperationContext, params: Any) -> None:
+    json.loads(params.text)  # raises inside the json module
+
+
+@operation("test_sync_for")
+async def sync_for(ctx: OperationContext, params: Any) -> None:
+    for _ in ctx.items(range(3)):  # type: ignore[attr-defined]
+        pass
+
+
+async def run(engine: Engine, type_: str, **params: Any) -> Any:
+    op = await engine.submit(OperationSpec(type=type_, params=params))
+    return await engine.wait(op.id, timeout=30)
+
+
+async def test_params_without_a_model_read_as_a_mapping(engine: Engine) -> None:
+    final = await run(engine, "test_dict_params", n=3, s="x")
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {
+        "n": 3,
+        "default": 5,
+        "has": [True, False],
+        "as_dict": {"n": 3, "s": "x"},
+        "spread": '{"n": 3, "s": "x"}',
+        "attribute": 3,
+    }
+    missing = await run(engine, "test_bad_key", n=1)
+    assert missing.status is Status.FAILED
+    assert missing.error.startswith("KeyError: 'nope' (at test_engine_handler_mistakes.py:"), missing.error
+
+
+async def test_an_error_raised_in_a_library_names_the_handlers_line(engine: Engine) -> None:
+    final = await run(engine, "test_library_raises", text="{not json")
+    assert final.status is Status.FAILED
+    line = library_raises.__code__.co_firstlineno + 2
+    assert final.error.startswith("JSONDecodeError: Expecting property name"), final.error
+    assert final.error.endswith(f"(at test_engine_handler_mistakes.py:{line})"), final.error
+
+
+async def test_a_plain_for_over_items_says_async_for(engine: Engine) -> None:
+    final = await run(engine, "test_sync_for")
+    assert final.status is Status.FAILED
+    line = sync_for.__code__.co_firstlineno + 2
+    assert final.error == (
+        "TypeError: ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)"
+        f" (at test_engine_handler_mistakes.py:{line})"
+    )
