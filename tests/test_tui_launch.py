@@ -145,6 +145,30 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
     assert app.results == [OperationSpec(type="command", params={"argv": ["echo", "hi"], "env": {"A": "1"}})]
 
 
+async def test_a_long_param_name_widens_the_label_column_and_a_short_one_narrows_it() -> None:
+    """``fail_on_test_failure`` showed as ``fail_on_test_failu``: the column was 18 cells for every type."""
+    app = LaunchApp(handlers())
+    async with app.run_test(size=(110, 50)) as pilot:
+
+        def columns() -> tuple[set[int], set[int], str]:
+            screen = app.screen
+            labels = {w.size.width for w in screen.query(".field-label").exclude("#launch-items-label") if w.display}
+            helps = {w.styles.padding.left for w in screen.query(".field-help, #launch-type-help") if w.display}
+            return labels, helps, str(screen.query_one("#param-fail_on_test_failure").parent.children[0].render())
+
+        await pilot.pause()
+        app.screen.query_one("#launch-type").value = "comprehensive_test_suite"
+        await pilot.pause()
+        labels, helps, long_one = columns()
+        assert long_one == "fail_on_test_failure"
+        assert labels == helps == {len("fail_on_test_failure") + 2}  # one column, the help under the controls
+        app.screen.query_one("#launch-type").value = "demo"
+        await pilot.pause()
+        assert {w.size.width for w in app.screen.query(".field-label").exclude("#launch-items-label") if w.display} == {
+            18
+        }
+
+
 class Window(BaseModel):
     """A params model with a check across fields: its error names no field."""
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from rich.cells import cell_len
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -443,20 +444,20 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _param_widgets(self) -> list[Widget]:
         if self.op_type and not self.fields:
             return [Static("this type takes no params", classes="field-help")]
+        width = self._label_width()  # set as they are made: not yet mounted, a query would not find them
         out: list[Widget] = []
         for f in self.fields:
-            label = ("params" if f.name == JSON_FIELD else f.name) + (" *" if f.required else "")
-            row: list[Widget] = [
-                Label(label, classes="field-label" + (" -required" if f.required else ""), markup=False),
-                self._control(f),
-            ]
+            label = _fit(
+                Label(_label(f), classes="field-label" + (" -required" if f.required else ""), markup=False), width
+            )
+            row: list[Widget] = [label, self._control(f)]
             if f.kind == "bool":
                 row.append(Label(_on_off(bool(f.default)), classes="switch-state", id=f"state-{_wid(f.name)}"))
             out.append(Horizontal(*row, classes="row"))
             help_text = "; ".join(p for p in (f.description, f.hint) if p)
             if help_text:
-                out.append(Static(help_text, classes="field-help", markup=False))
-            out.append(Static("", classes="field-error", id=f"error-{_wid(f.name)}", markup=False))
+                out.append(_fit(Static(help_text, classes="field-help", markup=False), width))
+            out.append(_fit(Static("", classes="field-error", id=f"error-{_wid(f.name)}", markup=False), width))
         return out
 
     def _control(self, f: ParamField) -> Widget:
@@ -510,6 +511,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         # Called as the value is set, not when Select.Changed reaches the screen: keys typed right
         # behind the choice (a tab, the values) must find the new type's fields already there.
         self.watch(self.query_one("#launch-type", Select), "value", self._type_changed, init=False)
+        self._fit_labels()
 
     def _type_changed(self, value: object) -> None:
         """Swap in the new type's params in this turn (nothing awaited): its fields are in the focus chain
@@ -540,6 +542,17 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 select.release()
 
         self.run_worker(swapped(), group="swap")
+        self._fit_labels()
+
+    def _label_width(self) -> int:
+        """The label column as wide as the type's longest param name (``fail_on_test_failure`` was cut to
+        18 cells), every row's alike so the controls and the help below them stay in one column."""
+        return min(MAX_LABEL_WIDTH, max([LABEL_WIDTH - 2, *(cell_len(_label(f)) for f in self.fields)]) + 2)
+
+    def _fit_labels(self) -> None:
+        width = self._label_width()
+        for w in self.query(".field-label, .field-help, .field-error, #launch-type-help"):
+            _fit(w, width)
 
     @on(Input.Changed)
     @on(Switch.Changed)
@@ -703,6 +716,24 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         form = self.query_one("#launch-form-error", Static)
         form.update("\n".join(form_errors))
         form.set_class(bool(form_errors), "-shown")
+
+
+LABEL_WIDTH = 18
+"""Cells of a field's label column (``.field-label`` in the CSS), unless a param's name needs more."""
+MAX_LABEL_WIDTH = 32
+
+
+def _label(f: ParamField) -> str:
+    return ("params" if f.name == JSON_FIELD else f.name) + (" *" if f.required else "")
+
+
+def _fit(w: W, width: int) -> W:
+    """``w`` (a field's label, or the help or error line below it) lined up with a label column ``width`` wide."""
+    if w.has_class("field-label") and w.id != "launch-items-label":  # that one follows the priority
+        w.styles.width = width
+    elif w.has_class("field-help") or w.has_class("field-error") or w.id == "launch-type-help":
+        w.styles.padding = (0, 0, 0, width)
+    return w
 
 
 def _on_off(value: bool) -> str:
