@@ -1,42 +1,60 @@
 """backup_operation: copy a tree preserving modes, times and symlinks, verified by sha256, resumable mid-file.
 
-Each file is written to ``.NAME.outlast-partial`` beside its destination and renamed into place only when
-complete (and verified), so no half-written file ever sits under its final name. A large file is copied in
-chunks; after every ``chunk_checkpoint`` bytes the offset is saved in ``ctx.state`` with a checkpoint, and a
-resume continues from that offset once the partial's size agrees. A manifest (path, size, mode, sha256) is
-written to ``.outlast-manifest.json`` at the destination root.
+Each file is written to a short partial name beside its destination (``_partial``) and renamed into place
+only when complete (and verified), so no half-written file ever sits under its final name. A large file is
+copied in chunks; after every ``chunk_checkpoint`` bytes the offset is saved in ``ctx.state`` with a
+checkpoint, and a resume continues from that offset once the partial's size agrees. A manifest (path, size,
+mode, sha256) is written to ``.outlast-manifest.json`` at the destination root.
+
+The destination is the backup's own: an entry of the wrong kind there (a symlink, a file or a directory
+where the source now has something else) is replaced, never written through. Source files are opened
+without following links or waiting (a FIFO swapped in is skipped), holes are copied as holes, and the
+listing is iterative (no recursion limit). What cannot be listed or made is an item failure; the rest is
+copied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import stat
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
-from ..files import private_opener
+from ..files import NotRegular, open_regular, private_opener
 from ..registry import operation
 from ._common import check_output_dir, existing_dir, sync_tree
 
 CHUNK = 4 << 20
+ZEROS = bytes(CHUNK)
 MANIFEST = ".outlast-manifest.json"
 JOURNAL = ".outlast-manifest.partial"
+RESERVED = frozenset({MANIFEST, JOURNAL, MANIFEST + ".tmp"})
+"""Names at the destination root that are the backup's own files: not copied from the source's root."""
 SMALL_BATCH = 128
 GONE = "gone since the listing"
+NOT_REGULAR = "not a regular file any more"
+SKIPS = frozenset({GONE, NOT_REGULAR})
+"""Outcomes of a copy that are skips (the source changed since the listing), not failures."""
 
 
 class BackupParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(description="directory to back up")
-    destination: str = Field(description="directory to copy into (created; must not be inside source)")
+    destination: str = Field(
+        description="directory to copy into (created; must not be, be inside or contain the source)"
+    )
     verify: bool = Field(default=True, description="re-read every copy and compare its sha256")
     chunk_checkpoint: int = Field(
         default=64 << 20, ge=CHUNK, le=1 << 40, description="bytes between checkpoints inside one large file"
@@ -50,49 +68,155 @@ class BackupParams(BaseModel):
     @field_validator("destination")
     @classmethod
     def _dest(cls, v: str, info: ValidationInfo) -> str:
+        """Both paths are resolved (symlinks followed): a destination that is the source, lies inside it (the
+        copy would copy itself) or contains it (the copy would overwrite the source) is refused."""
         dest = Path(check_output_dir(v, "destination"))
         src = info.data.get("source")
-        if src is not None and (dest == Path(src) or dest.is_relative_to(src)):
-            raise ValueError(f"{v!r} is inside source {src!r}")
+        if src is not None:
+            if dest == Path(src):
+                raise ValueError(f"{v!r} is the source {src!r} itself")
+            if dest.is_relative_to(src):
+                raise ValueError(f"{v!r} is inside source {src!r}")
+            if Path(src).is_relative_to(dest):
+                raise ValueError(f"{v!r} contains source {src!r}: the copy would overwrite the source")
         return str(dest)
 
 
-def _list(src: Path) -> tuple[list[str], list[str], dict[str, int], list[str]]:
-    """(directories, entries, sizes, special): relative paths of dirs, of files and symlinks, file sizes,
-    and of what is none of these (FIFOs, sockets, devices: not copied)."""
-    dirs: list[str] = []
-    entries: list[str] = []
-    sizes: dict[str, int] = {}
-    special: list[str] = []
-    for d, dnames, fnames in os.walk(src):
-        rel_d = Path(d).relative_to(src)
-        for x in list(dnames):
-            if (Path(d) / x).is_symlink():
-                entries.append((rel_d / x).as_posix())
-                dnames.remove(x)
-            else:
-                dirs.append((rel_d / x).as_posix())
-        for f in fnames:
-            rel = (rel_d / f).as_posix()
-            st = os.lstat(Path(d) / f)
-            if stat.S_ISREG(st.st_mode):
-                sizes[rel] = st.st_size
-                entries.append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                entries.append(rel)
-            else:
-                special.append(rel)
-    return sorted(dirs), sorted(entries), sizes, sorted(special)
+@dataclass
+class Listing:
+    """What the source holds, as relative POSIX paths, sorted: directories, entries (files and symlinks,
+    with the files' sizes), special files (FIFOs, sockets, devices: not copied) and what could not be
+    listed or examined (path, why)."""
+
+    dirs: list[str] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    special: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)
+    """Names at the source root that the backup's own files take at the destination root."""
 
 
-def _make_dirs(dst: Path, dirs: list[str]) -> None:
+def _list(src: Path) -> Listing:
+    """List ``src`` with an explicit stack (Python 3.11's os.walk recursed once per level: a tree 1200 deep
+    died of RecursionError). A directory that cannot be listed (no permission, a path past PATH_MAX) is
+    named in ``unreadable`` instead of failing the listing; the source root itself must be listable."""
+    out = Listing()
+    stack = [""]
+    while stack:
+        rel_d = stack.pop()
+        try:
+            with os.scandir(os.path.join(src, rel_d) if rel_d else src) as it:
+                found = list(it)
+        except FileNotFoundError:
+            if not rel_d:
+                raise
+            continue  # gone since its parent was listed
+        except OSError as e:
+            if not rel_d:
+                raise
+            out.unreadable.append((rel_d, f"cannot list this directory: {e.strerror or e}"))
+            continue
+        for ent in found:
+            rel = f"{rel_d}/{ent.name}" if rel_d else ent.name
+            if not rel_d and ent.name in RESERVED:
+                out.own.append(rel)
+                continue
+            try:
+                if ent.is_dir(follow_symlinks=False):
+                    out.dirs.append(rel)
+                    stack.append(rel)
+                elif ent.is_symlink():
+                    out.entries.append(rel)
+                elif ent.is_file(follow_symlinks=False):
+                    out.sizes[rel] = ent.stat(follow_symlinks=False).st_size
+                    out.entries.append(rel)
+                else:
+                    out.special.append(rel)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                out.unreadable.append((rel, f"cannot examine: {err.strerror or err}"))
+    out.dirs.sort()
+    out.entries.sort()
+    out.special.sort()
+    out.unreadable.sort()
+    return out
+
+
+def _under(rel: str, dirs: Collection[str]) -> bool:
+    """``rel`` lies below one of ``dirs``."""
+    i = rel.find("/")
+    while i != -1:
+        if rel[:i] in dirs:
+            return True
+        i = rel.find("/", i + 1)
+    return False
+
+
+def _remove(path: Path | str) -> None:
+    """Remove the destination's own old entry at ``path`` without following a link (a directory with all
+    it holds); nothing there is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _ensure_dir(path: Path) -> None:
+    """``path`` is a real directory afterwards, that its owner may write into. A symlink or a file in its
+    place (left by an earlier backup, when the source had one there) is replaced: a stale link written
+    through sent the copy, and the directory's mode, outside the destination."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _remove(path)
+        os.mkdir(path)
+    elif st.st_mode & 0o300 != 0o300:  # an earlier backup gave it a read-only mode: the last pass sets it again
+        os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+
+
+def _make_dirs(dst: Path, dirs: list[str]) -> dict[str, str]:
+    """Make ``dst`` and every directory of ``dirs`` (sorted: parents first) in it; the ones that could not be
+    made, with why (below one of them nothing is tried)."""
     dst.mkdir(parents=True, exist_ok=True)
+    _ensure_dir(dst)
+    failed: dict[str, str] = {}
     for d in dirs:
-        (dst / d).mkdir(parents=True, exist_ok=True)
+        if _under(d, failed):
+            continue
+        try:
+            _ensure_dir(dst / d)
+        except OSError as e:
+            failed[d] = f"cannot make this directory in the destination: {e.strerror or e}"
+    return failed
 
 
 def _partial(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.outlast-partial")
+    """Where ``dst`` is written before it is renamed into place: a short name beside it, the same in every
+    attempt (a resume finds it). ``.NAME.outlast-partial`` of a 239..255-byte name passed NAME_MAX, and such a
+    file could never be copied."""
+    digest = hashlib.sha256(os.fsencode(dst.name)).hexdigest()[:16]
+    return dst.with_name(f".{digest}.outlast-partial")
+
+
+def _open_source(path: Path | str) -> BinaryIO:
+    """A source file opened for reading without waiting and without following a link: NotRegular when it is
+    no regular file any more (a FIFO swapped in after the listing made ``open`` wait for ever)."""
+    return os.fdopen(open_regular(path, os.O_RDONLY, follow=False), "rb")
+
+
+def _create(path: Path | str) -> BinaryIO:
+    """``path`` created afresh for writing, whatever was there (a link there is replaced, not followed)."""
+    _remove(path)
+    return open(path, "xb")
 
 
 def _sha(path: Path) -> str:
@@ -103,31 +227,73 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def _hash_zeros(h: hashlib._Hash, n: int) -> None:
+    while n > 0:
+        k = min(n, CHUNK)
+        h.update(memoryview(ZEROS)[:k])
+        n -= k
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+
+
+def _copy_range(fi: int, fo: int, start: int, length: int | None, h: hashlib._Hash) -> int:
+    """Copy bytes ``start`` .. ``start + length`` (to the end when None) of ``fi`` to the same offsets of ``fo``,
+    fed to ``h``; returns the bytes copied (0 at the end). Holes of the source (SEEK_DATA/SEEK_HOLE) are left
+    holes in the copy and hashed as the zeros they read as: a sparse file is not copied fully allocated."""
+    size = os.fstat(fi).st_size
+    stop = size if length is None else min(size, start + length)
+    pos = start
+    while pos < stop:
+        try:
+            data_at = min(os.lseek(fi, pos, os.SEEK_DATA), stop)
+            hole_at = min(os.lseek(fi, data_at, os.SEEK_HOLE), stop) if data_at < stop else stop
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after pos: a hole to the end
+                data_at = hole_at = stop
+            else:  # no hole support here: all data
+                data_at, hole_at = pos, stop
+        _hash_zeros(h, data_at - pos)
+        pos = data_at
+        while pos < hole_at:
+            b = os.pread(fi, min(CHUNK, hole_at - pos), pos)
+            if not b:  # truncated since the fstat
+                stop = pos
+                break
+            h.update(b)
+            _pwrite_all(fo, b, pos)
+            pos += len(b)
+    if os.fstat(fo).st_size != pos:
+        os.ftruncate(fo, pos)  # a trailing hole, or a longer old partial
+    return pos - start
+
+
 def _write_partial(src: str, tmp: str) -> tuple[int, str]:
     """Copy a whole file (or symlink) to its partial name, not yet synced; returns (bytes, sha256 or 'symlink')."""
     if os.path.islink(src):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _remove(tmp)
         os.symlink(os.readlink(src), tmp)
         return 0, "symlink"
-    with open(src, "rb") as fi, open(tmp, "wb") as fo:
-        data = fi.read(CHUNK)
-        h = hashlib.sha256(data)
-        fo.write(data)
-        n = len(data)
-        while len(data) == CHUNK and (data := fi.read(CHUNK)):
-            h.update(data)
-            fo.write(data)
-            n += len(data)
+    with _open_source(src) as fi, _create(tmp) as fo:
+        h = hashlib.sha256()
+        n = _copy_range(fi.fileno(), fo.fileno(), 0, None, h)
     return n, h.hexdigest()
 
 
 def _seal(src: Path, dst: Path, tmp: Path, sha: str, verify: bool) -> str:
-    """Verify the partial against ``sha``, give it the source's mode and times, rename it into place."""
+    """Verify the partial against ``sha``, give it the source's mode and times, rename it into place (over a
+    directory an earlier backup left there: the destination's own)."""
     if verify and sha != "symlink" and _sha(tmp) != sha:
         tmp.unlink(missing_ok=True)
         raise OSError(f"verification failed: sha256 of the copy differs from {src}")
     shutil.copystat(src, tmp, follow_symlinks=False)  # for a symlink: the link's own times
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(dst).st_mode):
+            shutil.rmtree(dst)
     os.replace(tmp, dst)
     return sha
 
@@ -149,6 +315,8 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tup
                 os.makedirs(os.path.dirname(tmp), exist_ok=True)
                 n, sha = _write_partial(str(src / rel), tmp)
             written.append((rel, n, sha))
+        except NotRegular:
+            out.append((rel, 0, NOT_REGULAR, ""))
         except OSError as e:
             gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
             out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
@@ -159,27 +327,51 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tup
             out.append((rel, n, None, sha))
         except OSError as e:
             out.append((rel, 0, f"{type(e).__name__}: {e}", ""))
-    _journal(dst, [(r, sha) for r, _, err, sha in out if err is None])
+    _journal(dst, [(r, sha, n) for r, n, err, sha in out if err is None])
     sync_tree(dst)
     return out
 
 
-def _journal(dst: Path, done: list[tuple[str, str]]) -> None:
-    """Append copied files to the manifest journal (the checkpoint stays small; duplicates: last wins)."""
+def _journal(dst: Path, done: list[tuple[str, str, int]]) -> None:
+    """Append copied files (path, sha256, bytes copied) to the manifest journal (the checkpoint stays small;
+    duplicates: last wins)."""
     with open(dst / JOURNAL, "a", opener=private_opener) as fh:
         fh.writelines(json.dumps(x) + "\n" for x in done)
 
 
-def _read_journal(dst: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    with open(dst / JOURNAL) as fh:
+def _read_journal(dst: Path) -> dict[str, tuple[str, int]]:
+    """The journal's files: path -> (sha256, size); empty when there is none."""
+    out: dict[str, tuple[str, int]] = {}
+    with contextlib.suppress(FileNotFoundError), open(dst / JOURNAL) as fh:
         for line in fh:
             try:
-                rel, sha = json.loads(line)
+                rel, sha, size = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash: its file is not done and is copied again
-            out[rel] = sha
+            out[rel] = (sha, size)
     return out
+
+
+def _read_manifest(dst: Path, digest: str) -> dict[str, tuple[str, int]] | None:
+    """The files of the manifest this operation wrote (its sha256 is ``digest``); None when it is not that."""
+    try:
+        data = (dst / MANIFEST).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != digest:
+        return None
+    return {rel: (v["sha256"], v["size"]) for rel, v in json.loads(data)["files"].items()}
+
+
+def _describe_copy(path: Path) -> tuple[str, int] | None:
+    """(sha256 or 'symlink', size) of a copy in the destination, read back; None when it is not there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink", 0
+    return (_sha(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash]:
@@ -187,7 +379,7 @@ def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(dst)
     h = hashlib.sha256()
-    if offset and tmp.exists() and tmp.stat().st_size >= offset:
+    if offset and not tmp.is_symlink() and tmp.is_file() and tmp.stat().st_size >= offset:
         with open(tmp, "r+b") as fo:
             fo.truncate(offset)
         with open(tmp, "rb") as fi:
@@ -199,8 +391,7 @@ def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash
                 h.update(b)
                 left -= len(b)
         return offset, h
-    with open(tmp, "wb"):
-        pass
+    _create(tmp).close()
     return 0, hashlib.sha256()
 
 
@@ -217,17 +408,40 @@ def _hash_range(path: Path, offset: int, length: int, h: hashlib._Hash) -> int:
 
 def _append(src: Path, dst: Path, offset: int, length: int, h: hashlib._Hash) -> int:
     """Copy up to ``length`` bytes from ``offset`` into the partial (fsynced); returns bytes copied."""
-    n = 0
-    with open(src, "rb") as fi, open(_partial(dst), "r+b") as fo:
-        fi.seek(offset)
-        fo.seek(offset)
-        while n < length and (b := fi.read(min(CHUNK, length - n))):
-            h.update(b)
-            fo.write(b)
-            n += len(b)
-        fo.flush()
+    with _open_source(src) as fi, open(_partial(dst), "r+b") as fo:
+        n = _copy_range(fi.fileno(), fo.fileno(), offset, length, h)
         os.fsync(fo.fileno())
     return n
+
+
+def _set_dir_stats(src: Path, dst: Path, dirs: list[str]) -> list[str]:
+    """Give directories their source's mode and times (``""``: the root), deepest first: writing into a
+    directory changes its mtime. Returns what could not be done, with why: a source directory renamed since
+    the listing is a warning, not the failure of a backup whose files are all copied."""
+    problems: list[str] = []
+    for d in reversed(dirs):
+        s, t = (src / d, dst / d) if d else (src, dst)
+        try:
+            if stat.S_ISDIR(os.lstat(t).st_mode):
+                shutil.copystat(s, t, follow_symlinks=False)
+        except OSError as e:
+            problems.append(f"{d or '.'}: {GONE if isinstance(e, FileNotFoundError) else e.strerror or e}")
+    return problems
+
+
+def _manifest_files(
+    dst: Path, entries: list[str], known: dict[str, tuple[str, int]], done: Collection[str]
+) -> dict[str, dict[str, str | int]]:
+    """The manifest's files: every entry copied, with the sha256 and size of the bytes copied. A done entry
+    missing from ``known`` (its record lost) is described by reading its copy back."""
+    files: dict[str, dict[str, str | int]] = {}
+    for rel in entries:
+        got = known.get(rel)
+        if got is None and rel in done:
+            got = _describe_copy(dst / rel)
+        if got is not None:
+            files[rel] = {"sha256": got[0], "size": got[1]}
+    return files
 
 
 @operation("backup_operation", params=BackupParams, description="copy a tree, verified and resumable")
@@ -235,16 +449,25 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     """Copy source to destination; the result gives files, bytes and the manifest path."""
     src, dst = Path(p.source), Path(p.destination)
     ctx.progress(step="listing")
-    dirs, entries, sizes, special = await asyncio.to_thread(_list, src)
-    total_bytes = sum(sizes.values())
-    await asyncio.to_thread(_make_dirs, dst, dirs)
-    for rel in special:
+    listing = await asyncio.to_thread(_list, src)
+    failed_dirs = await asyncio.to_thread(_make_dirs, dst, listing.dirs)
+    # One failure per path: a directory past PATH_MAX can be neither listed nor made.
+    for rel, why in {**failed_dirs, **dict(listing.unreadable)}.items():
+        ctx.fail(rel, why)
+    dirs = [d for d in listing.dirs if d not in failed_dirs and not _under(d, failed_dirs)]
+    entries = [e for e in listing.entries if not _under(e, failed_dirs)]
+    sizes = listing.sizes
+    for rel in listing.special:
         ctx.skip(rel, "not a regular file, directory or symlink")
+    for rel in listing.own:  # copied, it would be overwritten by (or overwrite) the manifest or its journal
+        ctx.skip(rel, "the name of the backup's own file at the destination root")
     st = ctx.state
     st.setdefault("bytes", 0)
     if not ctx.resuming:
         await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
-    ctx.progress(total=len(entries), step="copying", bytes_total=total_bytes, bytes=st["bytes"])
+    ctx.progress(
+        total=len(entries), step="copying", bytes_total=sum(sizes.get(e, 0) for e in entries), bytes=st["bytes"]
+    )
     pending = [e for e in entries if not ctx.is_done(e)]
     i = 0
     while i < len(pending):
@@ -252,7 +475,14 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         if sizes.get(rel, 0) > p.chunk_checkpoint:
             i += 1
             async for big in ctx.items([rel]):
-                await _copy_large(ctx, p, src, dst, big, sizes[big])
+                try:
+                    await _copy_large(ctx, p, src, dst, big, sizes[big])
+                except NotRegular:
+                    ctx.skip(big, NOT_REGULAR)
+                except FileNotFoundError:
+                    if os.path.lexists(src / big):
+                        raise
+                    ctx.skip(big, GONE)
             continue
         batch: list[str] = []
         while i < len(pending) and sizes.get(pending[i], 0) <= p.chunk_checkpoint and len(batch) < SMALL_BATCH:
@@ -260,7 +490,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             i += 1
         results = await asyncio.to_thread(_copy_batch, src, dst, batch, p.verify)
         async for rel, n, err, _sha in ctx.items(results, key=lambda r: r[0]):
-            if err == GONE:  # deleted since the listing: not a failure
+            if err in SKIPS:  # deleted or replaced since the listing: not a failure
                 ctx.skip(rel, err)
                 continue
             if err is not None:
@@ -269,16 +499,40 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             st["bytes"] += n
             ctx.step = rel
             ctx.metrics["bytes"] = st["bytes"]
-    copied = await asyncio.to_thread(_read_journal, dst)
-    manifest = {rel: {"sha256": copied[rel], "size": sizes.get(rel, 0)} for rel in entries if rel in copied}
-    mpath = dst / MANIFEST
-    text = json.dumps({"source": p.source, "files": manifest}, indent=1)
-    await asyncio.to_thread(_write_atomic, mpath, text)
+    files = await _finish(ctx, src, dst, dirs, entries)
+    return {
+        "files": len(files),
+        "bytes": sum(int(v["size"]) for v in files.values()),
+        "failures": ctx.failures,
+        "manifest": str(dst / MANIFEST),
+    }
+
+
+async def _finish(
+    ctx: OperationContext, src: Path, dst: Path, dirs: list[str], entries: list[str]
+) -> dict[str, dict[str, str | int]]:
+    """The end, in an order where a SIGKILL anywhere resumes to the same manifest and modes: directory modes
+    and times; the manifest; a checkpoint saying the manifest holds what the journal held; the journal's
+    removal; the root's mode and times (the removal changed its mtime). Removed before, the journal left a
+    resume with no record of the files copied before the kill. Every step can be done again."""
+    st = ctx.state
+    known = await asyncio.to_thread(_read_journal, dst)
+    if "manifest" in st:  # an attempt reached the end before: its manifest has what its journal had
+        before = await asyncio.to_thread(_read_manifest, dst, st["manifest"])
+        if before is None:
+            ctx.log.warning("the manifest changed since this backup wrote it: reading the copies back")
+        known = {**(before or {}), **known}
+    problems = await asyncio.to_thread(_set_dir_stats, src, dst, dirs)
+    files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys)
+    text = json.dumps({"source": str(src), "files": files}, indent=1)
+    await asyncio.to_thread(_write_atomic, dst / MANIFEST, text)
+    st["manifest"] = hashlib.sha256(text.encode()).hexdigest()
+    await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
-    for d in reversed(dirs):  # modes and times of directories last: writing into one changes its mtime
-        await asyncio.to_thread(shutil.copystat, src / d, dst / d)
-    await asyncio.to_thread(shutil.copystat, src, dst)
-    return {"files": len(manifest), "bytes": st["bytes"], "failures": ctx.failures, "manifest": str(mpath)}
+    problems += await asyncio.to_thread(_set_dir_stats, src, dst, [""])
+    for problem in problems:
+        ctx.log.warning(f"directory mode and times not set: {problem}")
+    return files
 
 
 async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str, size: int) -> None:
@@ -315,12 +569,13 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
     await asyncio.to_thread(_seal, src / rel, dst / rel, tmp, sha, False)
     st.pop("partial", None)
     st["bytes"] = base + offset
-    await asyncio.to_thread(_journal, dst, [(rel, sha)])
+    await asyncio.to_thread(_journal, dst, [(rel, sha, offset)])
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", opener=private_opener) as fh:
+    _remove(tmp)
+    with open(tmp, "x", opener=private_opener) as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

@@ -1,0 +1,51 @@
+"""A plugin for the backup's kill tests: the process SIGKILLs itself at one exact point of a backup's end,
+named by OUTLAST_TEST_DIE_AT (a kill at a random moment rarely lands in a window of milliseconds):
+
+- ``dirstat``: as the first directory is given its source's mode and times;
+- ``manifest``: just after the manifest is renamed into place;
+- ``journal``: just after the manifest's journal is removed (with the manifest there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from typing import Any
+
+from engine.operations.backup import JOURNAL, MANIFEST
+
+DIE_AT = os.environ.get("OUTLAST_TEST_DIE_AT", "")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_copystat, _replace, _unlink = shutil.copystat, os.replace, os.unlink
+
+
+def copystat(src: Any, dst: Any, *, follow_symlinks: bool = True) -> None:
+    if DIE_AT == "dirstat" and os.path.isdir(dst) and not os.path.islink(dst):
+        _die()
+    _copystat(src, dst, follow_symlinks=follow_symlinks)
+
+
+def replace(src: Any, dst: Any, **kw: Any) -> None:
+    _replace(src, dst, **kw)
+    if DIE_AT == "manifest" and str(dst).endswith(MANIFEST):
+        _die()
+
+
+def unlink(path: Any, **kw: Any) -> None:
+    _unlink(path, **kw)
+    if (
+        DIE_AT == "journal"
+        and str(path).endswith(JOURNAL)
+        and os.path.exists(os.path.join(os.path.dirname(path), MANIFEST))
+    ):
+        _die()
+
+
+if DIE_AT:
+    shutil.copystat, os.replace, os.unlink = copystat, replace, unlink  # type: ignore[assignment]
