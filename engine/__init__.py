@@ -48,11 +48,13 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
     from .resources import ResourceSample
     from .store import open_store
+    from .threads import LoopThreads
 
 _WHERE = {
     **dict.fromkeys(("Settings", "config_dir", "load_settings", "save_setting"), "config"),
     **dict.fromkeys(("OperationContext", "OperationStopped", "TooManyFailures", "TransientError"), "context"),
     "Engine": "engine",
+    "LoopThreads": "threads",
     **dict.fromkeys(
         ("ACTIVE", "RESUMABLE", "SETTLED", "TERMINAL", "Status", "ACTIONS", "Action", "applies"), "lifecycle"
     ),
@@ -127,6 +129,7 @@ __all__ = [
     "ItemFailure",
     "LogEmitted",
     "LogRecord",
+    "LoopThreads",
     "NotFound",
     "Operation",
     "OperationContext",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -114,6 +115,15 @@ async def blocker(ctx: OperationContext, p: BlockerParams) -> dict:
         while time.monotonic() < end:
             pass
     return {}
+
+
+@operation("thread_blocker")
+async def thread_blocker(ctx: OperationContext, params: Any) -> None:
+    """Blocking work in a thread that never returns (an open of a FIFO with no writer, a hung NFS read):
+    the operation can be stopped, the thread not."""
+    import threading
+
+    await asyncio.to_thread(threading.Event().wait)
 
 
 class ForkerParams(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -111,3 +112,27 @@ async def test_a_coroutine_returned_by_a_handler_is_awaited(engine: Engine) -> N
     op = await engine.submit(OperationSpec(type="test_raises_base", params={"how": "returns its work unawaited"}))
     final = await asyncio.wait_for(engine.wait(op.id), 20)
     assert (final.status, final.result) == (Status.COMPLETED, {"done": 4}), (final.status, final.result)
+
+
+@pytest.mark.parametrize("how", ["run", "worker"])
+def test_a_thread_blocked_for_ever_does_not_keep_the_command_from_exiting(cli: Cli, how: str) -> None:
+    """A handler's thread stuck in a call that never returns (here an Event nobody sets; in the field an
+    open of a FIFO, a hung NFS read) outlived its timed-out operation, and ``asyncio.run`` then the
+    interpreter waited for it at exit: ``outlast run`` and ``outlast worker --exit-when-idle`` never
+    ended, not even on SIGTERM. Now the command exits with its code and says where the thread is stuck."""
+    env = {**cli.env, "OUTLAST_GRACE_PERIOD": "0.5"}
+    timed = ("--timeout", "1", "--profile", "stall_timeout=1")
+    if how == "run":
+        r = cli(*PLUGIN, "run", "thread_blocker", *timed, timeout=60, env=env)
+        assert r.returncode == 5, r  # ExitCode.TIMED_OUT
+    else:
+        assert cli(*PLUGIN, "submit", "thread_blocker", *timed, env=env).returncode == 0
+        r = cli(*PLUGIN, "worker", "--exit-when-idle", timeout=60, env=env)
+        assert r.returncode == 0, r
+    lines = [ln for ln in r.stderr.splitlines() if "without waiting" in ln]
+    assert len(lines) == 1 and re.fullmatch(
+        r"outlast: exiting without waiting for 1 thread\(s\) of ended operations still blocked at threading\.py:\d+"
+        r" in wait \(standard library\) \(a blocking call that never returned: give it a timeout\)",
+        lines[0],
+    ), r.stderr
+    assert json.loads(cli.here("--json", "ls").stdout)[0]["status"] == "timed_out"

@@ -31,6 +31,7 @@ from textual.worker import Worker, WorkerState
 from engine import (
     RESUMABLE,
     Engine,
+    LoopThreads,
     OperationSpec,
     OutlastError,
     Progress,
@@ -119,6 +120,7 @@ class OutlastApp(App[int]):
         """Why the engine did not start, raised again by ``main`` once the screen is gone: the terminal
         keeps the line, and the command exits with its code (a store error: 8), not 0."""
         self.waiting_to_quit = False
+        self._loop_threads = LoopThreads()
         self.watch_only = watch_only
         """Start no queued work here (``outlast tui --watch-only``, or the w key): only show it."""
         if watch_only:  # before the engine starts its scheduler, which looks at the queue at once
@@ -156,7 +158,9 @@ class OutlastApp(App[int]):
         Input's watcher ran before the dashboard's screen was on the stack (Textual raised
         ScreenStackError: the dashboard died at start on every Python but 3.11), and the scheduler
         claimed queued work before ``--watch-only`` could turn it off."""
-        asyncio.get_running_loop().set_task_factory(None)
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(None)
+        self._loop_threads.install(loop)  # a handler's thread left blocked does not hold up the quit
 
     def on_mount(self) -> None:
         self.set_interval(self.frame, self._on_frame, name="frame")
@@ -574,6 +578,7 @@ class OutlastApp(App[int]):
 
     async def on_unmount(self) -> None:
         await self.stop_engine()
+        self._loop_threads.release(asyncio.get_running_loop())
 
 
 class _Warnings(logging.Handler):

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import threads
 from ..config import Settings
 from ..exitcodes import ExitCode
 from ..humanize import escape_controls
@@ -135,7 +136,7 @@ def serve(
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        return asyncio.run(_serve(settings, sock, token, allow_commands, output_roots, max_body))
+        return threads.run(_serve(settings, sock, token, allow_commands, output_roots, max_body))
     except StoreError as e:
         print(f"outlast serve: {e}", file=sys.stderr)
         return ExitCode.STORE

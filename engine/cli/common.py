@@ -197,10 +197,11 @@ def json_option(f: F) -> F:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run``, with asyncio imported only by the commands that need it (not ``--help``, ``ls``)."""
-    import asyncio
+    """``asyncio.run``, with asyncio imported only by the commands that need it (not ``--help``, ``ls``); a
+    handler's thread still blocked at the end is not waited for (``engine.threads``)."""
+    from ..threads import run
 
-    return asyncio.run(coro)
+    return run(coro)
 
 
 @contextlib.asynccontextmanager

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
             code = known
     else:
         code = int(rv) if isinstance(rv, int) else ExitCode.OK
+    threads = sys.modules.get("engine.threads")  # imported by what ran an event loop; not by --help or ls
+    if threads is not None:
+        threads.exit_now_if_blocked(int(code))
     sys.exit(int(code))
 
 
