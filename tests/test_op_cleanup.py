@@ -9,9 +9,11 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import engine.operations.cleanup as cleanup_mod
 from engine import Engine, InvalidInput, LogRecord, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, until
@@ -171,3 +173,94 @@ async def test_retention_removes_old_operations_outputs_and_logs_only(engine: En
     assert (state / f"outputs/report-{new_op.id}.json").exists()
     assert Path(dry.result["manifest"]).exists()  # the dry run's manifest is fresh
     assert (await engine.get(old_op.id)).status is Status.COMPLETED  # records are not deleted here
+
+
+def swap_for_symlink(directory: Path, target: Path) -> None:
+    """What an attacker who can write in the tree does: move ``directory`` away, put a symlink in its place."""
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(target, target_is_directory=True)
+
+
+def old_file(path: Path, text: str = "x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, (OLD, OLD))
+
+
+async def test_a_directory_swapped_for_a_symlink_after_the_listing_is_not_followed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """root/z/victim.tmp is listed, then root/z becomes a symlink to a directory outside root holding a file of
+    the same name (swapped right after the listing, deterministically): the file outside stays, the listed one
+    is skipped with a warning (its path no longer goes through real directories), the rest goes."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    old_file(root / "a" / "f.tmp")
+    old_file(root / "z" / "victim.tmp", "listed")
+    old_file(outside / "victim.tmp", "precious")
+    listing = cleanup_mod.list_matching
+
+    def list_then_swap(*a: Any) -> Any:
+        found = listing(*a)
+        swap_for_symlink(root / "z", outside)
+        return found
+
+    monkeypatch.setattr(cleanup_mod, "list_matching", list_then_swap)
+    spec = OperationSpec(type="cleanup_operation", params=params(root, tmp_path / "m.jsonl", dry_run=False))
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert (outside / "victim.tmp").exists(), "a file outside root was deleted through the symlink"
+    assert (root / "z.moved" / "victim.tmp").exists() and not (root / "a" / "f.tmp").exists()
+    assert rec.result["files"] == 1 and rec.result["skipped"] == 1 and rec.progress.skipped == 1
+    records, _ = await engine.logs(rec.id)
+    assert any("z/victim.tmp: not removed" in r.message and r.level == "warning" for r in records), records
+
+
+async def test_a_file_replaced_after_the_listing_is_not_removed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listed (old) file replaced by another of the same name (a fresh one, renamed over it) after the listing
+    is not the file the listing chose: it stays, skipped."""
+    root = tmp_path / "root"
+    old_file(root / "d" / "a.tmp", "old")
+    listing = cleanup_mod.list_matching
+
+    def list_then_replace(*a: Any) -> Any:
+        found = listing(*a)
+        (root / "d" / "new").write_text("written after the listing")
+        os.replace(root / "d" / "new", root / "d" / "a.tmp")  # both existed at once: a different inode
+        return found
+
+    monkeypatch.setattr(cleanup_mod, "list_matching", list_then_replace)
+    spec = OperationSpec(type="cleanup_operation", params=params(root, tmp_path / "m.jsonl", dry_run=False))
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert (root / "d" / "a.tmp").exists(), "the file that replaced the listed one was deleted"
+    assert (root / "d" / "a.tmp").read_text() == "written after the listing"
+    assert rec.result["files"] == 0 and rec.result["skipped"] == 1
+
+
+async def test_retention_prunes_empty_directories_without_following_a_swapped_one(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention removes the empty old directories under outputs one rmdir at a time; outputs/sub swapped for a
+    symlink to a directory outside the state dir (just before the first of its subdirectories is removed)
+    does not make it remove the empty directories of the same names out there."""
+    state = Path(engine.settings.state_dir)
+    sub, outside = state / "outputs" / "sub", tmp_path / "outside"
+    old_file(sub / "old.txt")  # retention removes it, then prunes sub's empty directories
+    for d in (sub / "a", sub / "inner", outside / "a", outside / "inner"):
+        d.mkdir(parents=True)
+        os.utime(d, (OLD, OLD))
+    real_rmdir = os.rmdir
+
+    def swap_then_rmdir(path: Any, *a: Any, **kw: Any) -> None:
+        if os.path.basename(path) in ("a", "inner") and not sub.is_symlink():
+            swap_for_symlink(sub, outside)
+        real_rmdir(path, *a, **kw)
+
+    monkeypatch.setattr(os, "rmdir", swap_then_rmdir)
+    spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED and rec.result["files"] == 1, rec.error
+    assert sub.is_symlink()  # the swap happened
+    assert (outside / "a").is_dir() and (outside / "inner").is_dir()

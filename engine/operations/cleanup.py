@@ -16,15 +16,25 @@ The age cutoff is fixed when the run starts (kept in ``ctx.state``), so a resume
 uninterrupted run would have. Files go in batches: the batch's manifest lines (JSON: path, size, mtime) are
 written and fsynced first, then the files are unlinked, so a kill at any point leaves no removed file
 missing from the manifest; a resume does not repeat a line already there.
+
+A removal never follows a symlink on the way to the file: anyone who can write in the tree could otherwise
+replace a listed directory by a link (``root/z -> /etc``) between the listing and the removal, and have a
+run as root delete a file anywhere. The root is opened once; each item is reached from it one directory at
+a time (``O_DIRECTORY | O_NOFOLLOW``) and unlinked relative to its parent's descriptor, and only when it is
+still the file the listing saw (same device and inode). An item whose path no longer goes through real
+directories, or whose file was replaced, is skipped, with a warning; so is an empty directory to prune.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +46,23 @@ from ..files import private_opener
 from ..models import TERMINAL, Operation
 from ..registry import operation
 from ..store import open_store
+from ..text import clean
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 
 BATCH = 256
 DAY = 86400.0
+
+FileId = tuple[int, int]
+"""(st_dev, st_ino) of a listed file: its removal deletes that very file or nothing."""
+
+NOT_FOLLOWED = "not removed: a directory on its path is no longer a real directory (a symlink?); not followed"
+REPLACED = "not removed: replaced since the listing (not the file listed)"
+SKIPPED = (NOT_FOLLOWED, REPLACED)
+"""Why an item is skipped rather than removed (both told in the log, counted in the result's ``skipped``)."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_A_DIR = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
+"""What opening a symlink (ELOOP; EMLINK on the BSDs) or a file (ENOTDIR) with ``_DIR_FLAGS`` raises."""
 
 
 class CleanupParams(BaseModel):
@@ -97,21 +120,64 @@ class CleanupParams(BaseModel):
         return self
 
 
-def _entry(path: Path) -> tuple[int, float] | None:
-    """(size, mtime) of a regular file or symlink (not followed); None for anything else or a vanished one."""
+def _entry(path: Path) -> os.stat_result | None:
+    """The lstat of a regular file or symlink (not followed); None for anything else or a vanished one."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return None
-    return st.st_size, st.st_mtime
+    return st
 
 
-def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: float) -> list[str]:
-    """Relative paths under ``root`` matching ``patterns``, not ``exclude``, last modified before ``cutoff``."""
+class NotFollowed(Exception):
+    """A directory on an item's path is no longer a real directory (a symlink, a file): it is not followed."""
+
+
+@contextlib.contextmanager
+def _parent(root_fd: int, rel: str) -> Iterator[tuple[int, str]]:
+    """(descriptor of the directory holding ``rel``, its last name), reached from ``root_fd`` one directory at
+    a time without following a symlink, so the item is inside the root whatever was swapped in since the
+    listing. Raises NotFollowed for a component that is not a real directory, OSError for others (gone)."""
+    *dirs, name = rel.split("/")
+    fd = root_fd
+    try:
+        for part in [*dirs, name]:
+            if part in ("", ".", ".."):  # never in a listing; would climb out of the root
+                raise NotFollowed(rel)
+        for part in dirs:
+            try:
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in _NOT_A_DIR:
+                    raise NotFollowed(rel) from None
+                raise
+            if fd != root_fd:
+                os.close(fd)
+            fd = sub
+        yield fd, name
+    finally:
+        if fd != root_fd:
+            os.close(fd)
+
+
+def _same(st: os.stat_result, listed: FileId) -> bool:
+    """``st`` is the regular file or symlink the listing saw."""
+    is_file = stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
+    return is_file and (st.st_dev, st.st_ino) == listed
+
+
+def open_root(path: Path) -> int:
+    """A descriptor of the directory ``path`` (itself not a symlink), that every removal starts from."""
+    return os.open(path, _DIR_FLAGS)
+
+
+def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: float) -> dict[str, FileId]:
+    """Relative paths under ``root`` matching ``patterns``, not ``exclude``, last modified before ``cutoff``
+    (sorted), each with the identity of the file the listing saw."""
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
-    out: list[str] = []
+    out: dict[str, FileId] = {}
     for d, dnames, fnames in os.walk(root):
         rel_d = Path(d).relative_to(root)
         for x in list(dnames):
@@ -123,9 +189,9 @@ def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: f
             if not want.match_file(rel) or keep.match_file(rel):
                 continue
             e = _entry(root / rel)
-            if e is not None and e[1] < cutoff:
-                out.append(rel)
-    return sorted(out)
+            if e is not None and e.st_mtime < cutoff:
+                out[rel] = (e.st_dev, e.st_ino)
+    return dict(sorted(out.items()))
 
 
 def _strings(value: Any) -> list[str]:
@@ -139,8 +205,9 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> list[str]:
-    """Paths (relative to the state dir) of logs and outputs that retention removes."""
+def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> dict[str, FileId]:
+    """Paths (relative to the state dir) of logs and outputs that retention removes (sorted), each with the
+    identity of the file the listing saw."""
     by_id = {o.id: o for o in ops}
 
     def old(o: Operation) -> bool:
@@ -149,7 +216,7 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     kept = [o for o in ops if not old(o) or o.id == own_id]
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
-    out: list[str] = []
+    out: dict[str, FileId] = {}
     logs = state / "logs"
     if logs.is_dir():
         for log in sorted(logs.iterdir()):
@@ -157,14 +224,14 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             e = _entry(log)
             if e is None:
                 continue
-            if (o is not None and old(o)) or (o is None and e[1] < cutoff):
-                out.append(f"logs/{log.name}")
+            if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff):
+                out[f"logs/{log.name}"] = (e.st_dev, e.st_ino)
     outputs = state / "outputs"
     for d, _dn, fnames in os.walk(outputs):
         for name in fnames:
             p = Path(d) / name
             e = _entry(p)
-            if e is None or e[1] >= cutoff:
+            if e is None or e.st_mtime >= cutoff:
                 continue
             rel = p.relative_to(state).as_posix()
             if any(i in rel for i in kept_ids):
@@ -172,8 +239,8 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             chain = [str(p), *(str(a) for a in p.parents if a.is_relative_to(outputs) and a != outputs)]
             if any(c in keep_paths for c in chain):
                 continue
-            out.append(rel)
-    return sorted(out)
+            out[rel] = (e.st_dev, e.st_ino)
+    return dict(sorted(out.items()))
 
 
 def read_manifest(path: Path) -> dict[str, int | None]:
@@ -196,20 +263,31 @@ def read_manifest(path: Path) -> dict[str, int | None]:
 
 
 def _remove_batch(
-    base: Path, rels: list[str], manifest: Path, seen: set[str], dry_run: bool
+    root_fd: int, batch: list[tuple[str, FileId]], manifest: Path, seen: set[str], dry_run: bool
 ) -> list[tuple[str, int, str | None]]:
-    """Record the batch in the manifest (fsynced), then unlink it; (path, bytes, error or None) per file."""
-    entries: list[tuple[str, int, float]] = []
+    """Record the batch in the manifest (fsynced), then unlink it; (path, bytes, error or None) per file.
+
+    Each file is reached from ``root_fd`` without following a symlink (``_parent``) and must still be the file
+    listed: otherwise its error is NOT_FOLLOWED or REPLACED (skipped, not a failure), or "gone"."""
+    entries: list[tuple[str, FileId, int, float]] = []
     out: list[tuple[str, int, str | None]] = []
-    for rel in rels:
-        e = _entry(base / rel)
-        if e is None:
+    for rel, listed in batch:
+        try:
+            with _parent(root_fd, rel) as (d, name):
+                st = os.stat(name, dir_fd=d, follow_symlinks=False)
+        except NotFollowed:
+            out.append((rel, 0, NOT_FOLLOWED))
+            continue
+        except OSError:
             out.append((rel, 0, "gone"))
+            continue
+        if not _same(st, listed):
+            out.append((rel, 0, REPLACED))
         else:
-            entries.append((rel, e[0], e[1]))
+            entries.append((rel, listed, st.st_size, st.st_mtime))
     lines = [
         json.dumps({"path": rel, "size": size, "mtime": mtime, **({"dry_run": True} if dry_run else {})}) + "\n"
-        for rel, size, mtime in entries
+        for rel, _listed, size, mtime in entries
         if rel not in seen
     ]
     if lines:
@@ -218,46 +296,60 @@ def _remove_batch(
             fh.flush()
             os.fsync(fh.fileno())
     failed: list[str] = []
-    for rel, size, _mtime in entries:
+    for rel, listed, size, _mtime in entries:
         seen.add(rel)
         if dry_run:
             out.append((rel, size, None))
             continue
+        why: str | None = None
         try:
-            os.unlink(base / rel)
-            out.append((rel, size, None))
+            with _parent(root_fd, rel) as (d, name):
+                # Checked again just before the unlink: the manifest's fsync left time for a swap.
+                if not _same(os.stat(name, dir_fd=d, follow_symlinks=False), listed):
+                    why = REPLACED
+                else:
+                    os.unlink(name, dir_fd=d)
+        except NotFollowed:
+            why = NOT_FOLLOWED
         except FileNotFoundError:
-            out.append((rel, size, None))  # removed by the run that wrote its line before a crash
+            pass  # removed by the run that wrote its line before a crash
         except OSError as e:
             why = f"{type(e).__name__}: {e.strerror or e}"
-            out.append((rel, 0, why))
+        out.append((rel, size, None) if why is None else (rel, 0, why))
+        if why is not None:
             failed.append(json.dumps({"path": rel, "error": why}) + "\n")
-            seen.discard(rel)  # a later run that removes it writes its line again
+            seen.discard(rel)  # still there: a later run that removes it writes its line again
     if failed:
         with open(manifest, "a", encoding="utf-8", opener=private_opener) as fh:
             fh.writelines(failed)
     return out
 
 
-def _prune_dirs(top: Path, cutoff: float, emptied: set[Path]) -> int:
-    """Remove empty directories under ``top`` (not ``top``) that this run emptied or that are unchanged since
-    ``cutoff``; how many. (A new empty one may be a running operation's, about to be written into.)"""
+def _prune_dirs(base_fd: int, base: Path, top: str, cutoff: float, emptied: set[str]) -> tuple[int, list[str]]:
+    """Remove empty directories under ``base/top`` (not ``top``) that this run emptied or that are unchanged
+    since ``cutoff``; how many, and those not reached because a directory on their path is no longer a real
+    one. (A new empty one may be a running operation's, about to be written into.)
+
+    Each is reached from ``base_fd`` without following a symlink, like a file (``_parent``). Its identity is
+    not compared with the walk's: rmdir removes only an empty directory, and its age is read from the one
+    reached, so at worst an empty old directory inside the tree goes."""
     n = 0
-    for d, _dn, _fn in os.walk(top, topdown=False):
-        if Path(d) != top and (Path(d) in emptied or _entry_time(Path(d)) < cutoff):
-            try:
-                os.rmdir(d)
-                n += 1
-            except OSError:
-                pass
-    return n
-
-
-def _entry_time(path: Path) -> float:
-    try:
-        return os.lstat(path).st_mtime
-    except OSError:
-        return float("inf")
+    not_followed: list[str] = []
+    for d, _dn, _fn in os.walk(base / top, topdown=False):
+        rel = Path(d).relative_to(base).as_posix()
+        if rel == top:
+            continue
+        try:
+            with _parent(base_fd, rel) as (pfd, name):
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) and (rel in emptied or st.st_mtime < cutoff):
+                    os.rmdir(name, dir_fd=pfd)
+                    n += 1
+        except NotFollowed:
+            not_followed.append(rel)
+        except OSError:
+            pass
+    return n, not_followed
 
 
 async def _list_operations(state: Path) -> list[Operation]:
@@ -283,31 +375,13 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
         # run killed before its first checkpoint has already removed the files its lines name.
         await asyncio.to_thread(manifest.unlink, missing_ok=True)
     ctx.progress(step="listing")
-    if p.root is not None:
-        base = Path(p.root)
-        rels = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff)
-    else:
-        base = Path(p.state_dir).resolve() if p.state_dir else output_dir(ctx).parent.resolve()
-        ops = await _list_operations(base)
-        rels = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
-        rels = [r for r in rels if base / r != manifest]
-    seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
-    pending = [r for r in rels if not ctx.is_done(r)]
-    ctx.progress(total=len(pending) + ctx.done, step="dry run" if p.dry_run else "removing")
-    for i in range(0, len(pending), BATCH):
-        results = await asyncio.to_thread(_remove_batch, base, pending[i : i + BATCH], manifest, seen, p.dry_run)
-        async for rel, size, err in ctx.items(results, key=lambda r: r[0]):
-            if err == "gone":
-                ctx.skip(rel, "gone since the listing")
-                continue
-            if err is not None:
-                ctx.fail(rel, err)
-                continue
-            ctx.progress(bytes=ctx.metrics.get("bytes", 0) + size)
-    pruned = 0
-    if not p.dry_run and p.root is None:
-        emptied = {a for r in rels for a in (base / r).parents if a.is_relative_to(base / "outputs")}
-        pruned = await asyncio.to_thread(_prune_dirs, base / "outputs", cutoff, emptied)
+    base = Path(p.root) if p.root is not None else Path(p.state_dir or output_dir(ctx).parent).resolve()
+    # Opened before the listing, once: every removal starts from this directory, never from a path.
+    base_fd = await asyncio.to_thread(open_root, base)
+    try:
+        pruned = await _clean(ctx, p, base, base_fd, manifest, cutoff)
+    finally:
+        os.close(base_fd)
     # Counted from the manifest: files removed before a kill, after their checkpoint, are gone from the
     # listing of the resumed run but are in the manifest.
     removed = [v for v in (await asyncio.to_thread(read_manifest, manifest)).values() if v is not None]
@@ -318,4 +392,40 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
         "failures": ctx.failures,
         "manifest": str(manifest),
         "directories_removed": pruned,
+        "skipped": ctx.skipped_count,
     }
+
+
+async def _clean(
+    ctx: OperationContext, p: CleanupParams, base: Path, base_fd: int, manifest: Path, cutoff: float
+) -> int:
+    """List, then record and remove batch by batch (from ``base_fd``); how many empty directories went."""
+    if p.root is not None:
+        listed = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff)
+    else:
+        ops = await _list_operations(base)
+        listed = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
+        listed = {r: i for r, i in listed.items() if base / r != manifest}
+    seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
+    pending = [(r, i) for r, i in listed.items() if not ctx.is_done(r)]
+    ctx.progress(total=len(pending) + ctx.done, step="dry run" if p.dry_run else "removing")
+    for n in range(0, len(pending), BATCH):
+        batch = pending[n : n + BATCH]
+        results = await asyncio.to_thread(_remove_batch, base_fd, batch, manifest, seen, p.dry_run)
+        async for rel, size, err in ctx.items(results, key=lambda r: r[0]):
+            if err == "gone":
+                ctx.skip(rel, "gone since the listing")
+            elif err in SKIPPED:
+                ctx.log.warning(f"{clean(rel)}: {err}")
+                ctx.skip(rel)
+            elif err is not None:
+                ctx.fail(rel, err)
+            else:
+                ctx.progress(bytes=ctx.metrics.get("bytes", 0) + size)
+    if p.dry_run or p.root is not None:
+        return 0
+    emptied = {a.as_posix() for r in listed for a in Path(r).parents if a.is_relative_to("outputs")}
+    pruned, not_followed = await asyncio.to_thread(_prune_dirs, base_fd, base, "outputs", cutoff, emptied)
+    for rel in not_followed:
+        ctx.log.warning(f"{clean(rel)}: not removed: a directory on its path is no longer a real directory")
+    return pruned
