@@ -7,6 +7,8 @@ file name in a progress step made the whole listing unreadable. So:
 
 - text people read (steps, messages, log lines, errors, results, item failures) is stored with each
   such byte written as ``\\xNN`` (``clean``, ``clean_json``): ``caf\\xe9.py``;
+- a file's name that a database keys by (the operations' indexes and results) is ``stored_name``: the same,
+  but with each backslash doubled, so no two names become one key;
 - data that must come back exactly (item keys, checkpoint state) is stored as JSON with ASCII escapes,
   which Python's ``json`` reads back unchanged (``json_bytes``);
 - what a user submits (params, a name, tags) is refused with the place named (``models.check_json``).
@@ -31,6 +33,18 @@ def clean(s: str) -> str:
     except UnicodeEncodeError:
         return "".join(_written(c) if "\ud800" <= c <= "\udfff" else c for c in s)
     return s
+
+
+def stored_name(s: str) -> str:
+    """A file name as a database stores and looks it up: ``s`` itself when it has no backslash and no byte that
+    is not UTF-8 (every ordinary name, so existing databases keep their keys); else each backslash as ``\\\\``
+    and each such byte as ``\\xNN``.
+
+    Injective, unlike ``clean`` (which is for reading): ``clean`` gives the name with the byte 0xff and the name
+    written with the characters ``\\xff`` the same string, one key for two files."""
+    if "\\" not in s and clean(s) is s:
+        return s
+    return "".join("\\\\" if c == "\\" else _written(c) if "\ud800" <= c <= "\udfff" else c for c in s)
 
 
 def _written(c: str) -> str:

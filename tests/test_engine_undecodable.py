@@ -33,7 +33,7 @@ from engine import (
     open_store,
     operation,
 )
-from engine.text import bad_text, clean, clean_json, clean_json_text, json_bytes
+from engine.text import bad_text, clean, clean_json, clean_json_text, json_bytes, stored_name
 from tests.fixtures_engine import collect, until
 from tests.fixtures_redis import RedisServer
 
@@ -78,6 +78,43 @@ def test_a_file_names_byte_is_shown_as_its_hex() -> None:
     assert clean(NAME) == SHOWN
     assert bad_text({"a": [1, {"b": NAME}]}, "params") == "params.a[1].b"
     assert bad_text({NAME: 1}, "params") == f"params.{SHOWN}"
+
+
+def unstored(t: str) -> str:
+    """The name ``stored_name`` made ``t`` from: that there is one shows that no two names share a key."""
+    out, i = [], 0
+    while i < len(t):
+        if t[i] != "\\":
+            out.append(t[i])
+            i += 1
+        elif t[i + 1] == "\\":
+            out.append("\\")
+            i += 2
+        elif t[i + 1] == "x":
+            out.append(chr(0xDC00 + int(t[i + 2 : i + 4], 16)))
+            i += 4
+        else:
+            assert t[i + 1] == "u", t
+            out.append(chr(int(t[i + 2 : i + 6], 16)))
+            i += 6
+    return "".join(out)
+
+
+@given(TEXT)
+@settings(max_examples=300, deadline=None)
+def test_stored_name_is_text_one_key_per_name_and_ordinary_names_as_they_are(s: str) -> None:
+    k = stored_name(s)
+    k.encode()  # never raises: a TEXT column takes it
+    assert unstored(k) == s  # injective
+    assert (k is s) == ("\\" not in s and clean(s) is s)
+
+
+def test_a_byte_and_its_written_form_are_two_stored_names() -> None:
+    """``clean`` shows the byte 0xff and the four characters ``\\xff`` alike; as keys they differ."""
+    byte, written = os.fsdecode(b"a\xff.py"), "a\\xff.py"
+    assert clean(byte) == clean(written) == "a\\xff.py"
+    assert stored_name(byte) == "a\\xff.py" and stored_name(written) == "a\\\\xff.py"
+    assert stored_name(NAME) == SHOWN and stored_name("caf\u00e9.py") == "caf\u00e9.py"
 
 
 class Params(BaseModel):

@@ -1,10 +1,14 @@
 """The built-in operations on a tree holding a file whose name has a byte that is not UTF-8 (a lone surrogate
 in Python): the file is processed like any other, its own SQLite database and its reports name it with that
-byte as ``\\xNN`` (``engine.text.clean``), and a second run reuses it.
+byte as ``\\xNN`` (``engine.text.stored_name`` in a database, ``clean`` in reports), and a second run reuses
+it. Beside it a file named with the characters ``\\xff`` is another file, with its own key.
 
 Before: binding the name in SQLite raised UnicodeEncodeError and failed the whole operation
 (code_analysis, dependency_analysis, kb_population, semantic_analysis); security_scan wrote the name as a
-lone-surrogate escape (``\\udce9``) that strict JSON readers refuse.
+lone-surrogate escape (``\\udce9``) that strict JSON readers refuse. Then, with ``clean`` as the key, the
+name with the byte 0xff and the one written ``\\xff`` were one key: a UNIQUE constraint failed the run and
+every resume (codebase_indexing, code_analysis, dependency_analysis, kb_population), or one file of the pair
+was silently dropped (semantic_analysis).
 """
 
 from __future__ import annotations
@@ -28,19 +32,30 @@ DOC_SHOWN = "n\\xe9.md"
 STRICT = TypeAdapter(object)  # pydantic's JSON parser refuses lone surrogates, as strict readers do
 
 
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A new directory ``root`` holding ``files`` (name: text), the first named with a byte that is not UTF-8;
+    the test is skipped on a file system that refuses such a name (macOS)."""
+    root.mkdir()
+    for name, text in files.items():
+        try:
+            (root / name).write_text(text)
+        except OSError:
+            pytest.skip("this file system refuses a name that is not UTF-8")
+    return root
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A Python file and a Markdown file with undecodable names, each beside a normal one."""
-    root = tmp_path / "tree"
-    root.mkdir()
-    try:
-        (root / NAME).write_text("import os\n\n\ndef caf(x):\n    if x:\n        return 1\n    return os.sep\n")
-    except OSError:  # a file system that takes UTF-8 names only (macOS)
-        pytest.skip("this file system refuses a name that is not UTF-8")
-    (root / "ok.py").write_text("import json\n\n\ndef ok():\n    return json\n")
-    (root / DOC).write_text("# Caf\u00e9 notes\n\nCheckpoints keep the state of a stalled worker.\n")
-    (root / "ok.md").write_text("# Other notes\n\nThe dashboard shows progress and deadlines.\n")
-    return root
+    return write_tree(
+        tmp_path / "tree",
+        {
+            NAME: "import os\n\n\ndef caf(x):\n    if x:\n        return 1\n    return os.sep\n",
+            "ok.py": "import json\n\n\ndef ok():\n    return json\n",
+            DOC: "# Caf\u00e9 notes\n\nCheckpoints keep the state of a stalled worker.\n",
+            "ok.md": "# Other notes\n\nThe dashboard shows progress and deadlines.\n",
+        },
+    )
 
 
 async def run(engine: Engine, type_: str, **params: Any) -> Operation:
@@ -154,3 +169,72 @@ async def test_security_scan_reports_are_strict_json(engine: Engine, tree: Path,
     assert {f["file"] for f in final.result["top"]} == {SHOWN}
     logs, _ = await engine.logs(op.id)
     assert not [r.message for r in logs if "not UTF-8" in r.message]
+
+
+BYTE_PY = os.fsdecode(b"a\xff.py")  # the byte 0xff in the name
+WRITTEN_PY = "a\\xff.py"  # backslash, x, f, f: what clean() shows the other one as
+BYTE_MD, WRITTEN_MD = os.fsdecode(b"d\xff.md"), "d\\xff.md"
+KEYS = {BYTE_PY: "a\\xff.py", WRITTEN_PY: "a\\\\xff.py", BYTE_MD: "d\\xff.md", WRITTEN_MD: "d\\\\xff.md"}
+"""Each file's name as the databases store it (``stored_name``): one key each."""
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> Path:
+    """Two Python files and two Markdown files whose names ``clean`` shows alike, each with its own words."""
+    return write_tree(
+        tmp_path / "twins",
+        {
+            BYTE_PY: "import os\n\n\ndef from_byte():\n    return os.sep\n",
+            WRITTEN_PY: "import sys\n\n\ndef from_backslash():\n    return sys.path\n",
+            BYTE_MD: "# Byte\n\nzebra giraffe okapi\n",
+            WRITTEN_MD: "# Backslash\n\nplatypus wombat echidna\n",
+        },
+    )
+
+
+PY, MD, BOTH = (".py",), (".md",), (".py", ".md")
+TWINS: dict[str, tuple[str, str, tuple[str, ...], dict[str, int]]] = {
+    # type: (its tree param, the row per file that a run re-adding the file would change, the files it stores,
+    # result counts of the second run)
+    "codebase_indexing": (
+        "root", "SELECT path, rowid, sha256 FROM files", BOTH, {"files": 4, "reused": 4, "removed": 0}
+    ),
+    "code_analysis": ("root", "SELECT path, rowid, sha256 FROM files", PY, {"files": 2, "reused": 2, "removed": 0}),
+    # dependency_analysis parses every file on each run: the same rows, none removed
+    "dependency_analysis": ("root", "SELECT path, module FROM modules", PY, {"modules": 2, "removed": 0}),
+    "semantic_analysis": (
+        "root", "SELECT key, rowid, sha256, made_by FROM sem_docs", BOTH, {"documents": 4, "reused": 4, "analysed": 0}
+    ),
+    "kb_population": (
+        "source", "SELECT path, id, sha256, stored_by FROM documents", MD,
+        {"documents": 2, "reused": 2, "added": 0, "removed": 0},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("type_", list(TWINS))
+async def test_a_byte_and_its_written_form_are_two_files(
+    engine: Engine, twins: Path, tmp_path: Path, type_: str
+) -> None:
+    """Both files of each pair are stored under their own key, and a second run on the unchanged tree changes
+    no row (nothing removed and added again)."""
+    tree_param, sql, suffixes, again_counts = TWINS[type_]
+    db = tmp_path / "out.sqlite"
+    params = {tree_param: str(twins), "kb" if type_ == "kb_population" else "output": str(db)}
+    await run(engine, type_, **params)
+    first = column(db, sql)
+    assert sorted(r[0] for r in first) == sorted(k for f, k in KEYS.items() if f.endswith(suffixes))
+    again = await run(engine, type_, **params)
+    assert {k: again.result[k] for k in again_counts} == again_counts
+    assert column(db, sql) == first
+
+
+async def test_each_twin_document_is_found_by_its_own_words(engine: Engine, twins: Path, tmp_path: Path) -> None:
+    kb = tmp_path / "kb.sqlite"
+    await run(engine, "kb_population", source=str(twins), kb=str(kb))
+    con = open_kb(kb, create=False)
+    try:
+        assert [h["path"] for h in search(con, "zebra")] == [KEYS[BYTE_MD]]
+        assert [h["path"] for h in search(con, "platypus")] == [KEYS[WRITTEN_MD]]
+    finally:
+        con.close()

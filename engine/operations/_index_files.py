@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..text import clean
+from ..text import stored_name
 from ._lang import count_lines, language_of, symbols_and_imports
 
 MAX_TEXT = 4 << 20
@@ -68,9 +68,10 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
 
 
 def index_name(rel: str) -> str:
-    """The path the index stores for file ``rel``: itself, or, when the file's name has bytes that are not
-    UTF-8, the name with each such byte as ``\\xNN`` (text.py): a TEXT column stores text only."""
-    return clean(rel)
+    """The path the index stores for file ``rel``: ``stored_name`` (text.py), itself for an ordinary name; one
+    with a byte that is not UTF-8 (a TEXT column stores text only) or a backslash is escaped, so that two files
+    never share a path (the name with the byte 0xff and the one written ``\\xff``)."""
+    return stored_name(rel)
 
 
 class Batch(NamedTuple):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
-from ..text import clean
+from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 from ._results_db import check_kind, db_path, open_db
 from ._walk import list_files
@@ -93,8 +93,8 @@ def _analyze(
     """("ok", (file row, function rows)), ("reuse", None), ("skip", reason) or ("fail", message) for one
     file. ``prev`` (sha256, language, mi) of its row from an earlier analysis: reused when the content is
     the same and nothing is missing (a maintainability index now asked for). The rows name the file
-    ``clean(rel)``: a name whose bytes are not UTF-8 with each such byte as ``\\xNN`` (a TEXT column stores
-    text only)."""
+    ``stored_name(rel)``: a name whose bytes are not UTF-8 with each such byte as ``\\xNN`` (a TEXT column
+    stores text only) and each backslash doubled (so two files never share a name)."""
     import lizard  # type: ignore[import-untyped]  # here, not at the top: every CLI start imports this module
     from radon.metrics import mi_rank, mi_visit  # type: ignore[import-untyped]
 
@@ -131,7 +131,7 @@ def _analyze(
             rank = mi_rank(mi)
         except Exception:  # radon needs a parse, and knows the Pythons of its release: lizard's figures stay
             pass
-    name = clean(rel)
+    name = stored_name(rel)
     funcs = [
         (name, f.name, f.long_name, f.start_line, f.end_line, f.nloc, f.cyclomatic_complexity, *_sizes(f))
         for f in info.function_list
@@ -157,14 +157,14 @@ def _process_batch(
     con: sqlite3.Connection, root: Path, rels: list[str], seen: str, p: CodeAnalysisParams
 ) -> list[tuple[str, str, str | None]]:
     """Analyse and store the first files of ``rels`` (up to BATCH_SECONDS) in one transaction; (path, outcome,
-    reason) per file analysed. The database names file ``rel`` ``clean(rel)`` (see ``_analyze``)."""
+    reason) per file analysed. The database names file ``rel`` ``stored_name(rel)`` (see ``_analyze``)."""
     import lizard  # type: ignore[import-untyped]
 
     analyzer = lizard.FileAnalyzer(lizard.get_extensions([]))
     out: list[tuple[str, str, str | None]] = []
     rows: list[Row] = []
     funcs: list[Row] = []
-    names = {clean(r): r for r in rels}
+    names = {stored_name(r): r for r in rels}
     q = ",".join("?" * len(names))
     prev = {
         names[r[0]]: r[1:]
@@ -179,7 +179,7 @@ def _process_batch(
             break
         outcome, got = _analyze(analyzer, root, rel, p.max_file_size, p.maintainability, prev.get(rel))
         if outcome == "reuse":
-            reused.append((seen, clean(rel)))
+            reused.append((seen, stored_name(rel)))
             # Analysed by this same operation before a crash: "ok", as an uninterrupted run says.
             out.append((rel, "ok" if prev[rel][3] == seen else "reused", None))
         elif outcome == "ok":
@@ -190,7 +190,7 @@ def _process_batch(
             out.append((rel, outcome, got))
     with con:  # the batch is in the database before its files count as done
         kept = {r for _s, r in reused}
-        gone = [(clean(r),) for r, _o, _w in out if clean(r) not in kept]
+        gone = [(stored_name(r),) for r, _o, _w in out if stored_name(r) not in kept]
         con.executemany("UPDATE files SET seen=? WHERE path=?", reused)
         con.executemany("DELETE FROM files WHERE path=?", gone)
         con.executemany("DELETE FROM functions WHERE path=?", gone)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..context import OperationContext
 from ..registry import operation
-from ..text import clean
+from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 from ._results_db import check_kind, db_path, open_db
 from ._walk import list_files
@@ -173,8 +173,9 @@ def _process_batch(
     con: sqlite3.Connection, src_root: Path, root: Path, rels: list[str], seen: str
 ) -> list[tuple[str, str, str | None]]:
     """Parse and store the first files of ``rels`` (up to BATCH_SECONDS) in one transaction; (path, outcome,
-    reason) per file parsed. The database names file ``rel`` ``clean(rel)``, and so its module and the
-    imports resolved against it: a name's bytes that are not UTF-8 as ``\\xNN`` (TEXT stores text only)."""
+    reason) per file parsed. The database names file ``rel`` ``stored_name(rel)``, and so its module and the
+    imports resolved against it: a name's bytes that are not UTF-8 as ``\\xNN`` (TEXT stores text only), a
+    backslash doubled (two files never share a name, nor two modules)."""
     out: list[tuple[str, str, str | None]] = []
     mods: list[tuple[str, str, str]] = []
     imps: list[tuple[str, str, str, int, int]] = []
@@ -185,14 +186,14 @@ def _process_batch(
         outcome, got = _analyze(src_root, root, rel)
         if outcome == "ok":
             module, found = got
-            name, module = clean(rel), clean(module)
+            name, module = stored_name(rel), stored_name(module)
             mods.append((name, module, seen))
-            imps += [(name, module, clean(t), ln, int(now)) for t, ln, now in found]
+            imps += [(name, module, stored_name(t), ln, int(now)) for t, ln, now in found]
             out.append((rel, "ok", None))
         else:
             out.append((rel, outcome, got))
     with con:
-        gone = [(clean(r),) for r, _o, _w in out]
+        gone = [(stored_name(r),) for r, _o, _w in out]
         con.executemany("DELETE FROM modules WHERE path=?", gone)
         con.executemany("DELETE FROM imports WHERE path=?", gone)
         con.executemany("INSERT INTO modules VALUES (?,?,?)", mods)

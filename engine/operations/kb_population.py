@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
 from ..registry import operation
-from ..text import clean
+from ..text import clean, stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
@@ -83,11 +83,12 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     """Read, parse and store a batch of documents in one transaction; an outcome per document.
 
     A document this same operation stored before a crash is "added" again, not "reused", so a resumed
-    run reports what an uninterrupted one does. The knowledge base names document ``rel`` ``clean(rel)``: a
-    name's bytes that are not UTF-8 as ``\\xNN`` (a TEXT column stores text only).
+    run reports what an uninterrupted one does. The knowledge base names document ``rel`` ``stored_name(rel)``:
+    a name's bytes that are not UTF-8 as ``\\xNN`` (a TEXT column stores text only), a backslash doubled (two
+    documents never share a name).
     """
     root = Path(p.source)
-    names = {clean(r): r for r in rels}
+    names = {stored_name(r): r for r in rels}
     q = ",".join("?" * len(names))
     prev = {
         names[r[0]]: r[1:]
@@ -121,14 +122,13 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
         out.append((rel, "added", len(chunks), None))
     with con:  # one transaction: the batch is in the knowledge base before its documents count as done
         drop_documents(con, [prev[rel][0] for rel, *_ in new if rel in prev])  # changed since stored
-        con.executemany(
-            "UPDATE documents SET seen=? WHERE source=? AND path=?", [(op_id, p.source, clean(rel)) for rel in seen]
-        )
+        sql = "UPDATE documents SET seen=? WHERE source=? AND path=?"
+        con.executemany(sql, [(op_id, p.source, stored_name(rel)) for rel in seen])
         for rel, kind, title, size, sha, chunks in new:
             cur = con.execute(
                 "INSERT INTO documents(source, path, kind, title, size, sha256, chunks, stored_by, seen)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
-                (p.source, clean(rel), kind, title, size, sha, len(chunks), op_id, op_id),
+                (p.source, stored_name(rel), kind, title, size, sha, len(chunks), op_id, op_id),
             )
             doc = cur.lastrowid
             ids = []

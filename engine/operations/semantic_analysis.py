@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
-from ..text import clean
+from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._walk import list_files
@@ -181,13 +181,20 @@ Outcome = tuple[str, str, str | None]
 """(key, "analysed" | "reused" | "skipped" | "failed", why)."""
 
 
+def _stored(key: str, tree: bool) -> str:
+    """The key the results store for document ``key``: a tree's file name as ``stored_name`` makes it (a byte
+    that is not UTF-8 as ``\\xNN``, as TEXT stores text only; a backslash doubled, so two files never share a
+    key); a knowledge base's key (source/path) as it is, already a stored name."""
+    return stored_name(key) if tree else key
+
+
 def _batch(
     con: sqlite3.Connection, scope: str, keys: list[str], corpus: dict[str, Any], root: Path | None, op_id: str
 ) -> list[Outcome]:
     """Analyse a batch of documents and store their terms and sketches in one transaction. The results name
-    document ``key`` ``clean(key)``: a file name's bytes that are not UTF-8 as ``\\xNN`` (TEXT stores text
-    only)."""
-    names = {clean(k): k for k in keys}
+    document ``key`` ``_stored(key, tree)`` (see there)."""
+    tree = root is not None
+    names = {_stored(k, tree): k for k in keys}
     q = ",".join("?" * len(names))
     prev = {
         names[r[0]]: (r[1], r[2])
@@ -214,13 +221,13 @@ def _batch(
                 out.append((key, "analysed" if prev[key][1] == op_id else "reused", None))
                 continue
         n, terms, sk = _analyse(text or "")
-        rows.append((scope, clean(key), sha, n, json.dumps(terms), sk, op_id))
+        rows.append((scope, _stored(key, tree), sha, n, json.dumps(terms), sk, op_id))
         out.append((key, "analysed", None))
     with con:
         con.executemany("INSERT OR REPLACE INTO sem_docs VALUES (?,?,?,?,?,?,?)", rows)
         con.executemany(  # a file that no longer reads keeps no results of an earlier run
             "DELETE FROM sem_docs WHERE scope=? AND key=?",
-            [(scope, clean(k)) for k, o, _ in out if o in ("skipped", "failed")],
+            [(scope, _stored(k, tree)) for k, o, _ in out if o in ("skipped", "failed")],
         )
     return out
 
@@ -228,7 +235,7 @@ def _batch(
 def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: SemanticParams) -> dict[str, Any]:
     """Keywords, topics and near-duplicate pairs over the analysed documents, stored in one transaction."""
     with con:
-        have = {clean(k) for k in keys}  # as _batch stores them
+        have = {_stored(k, p.root is not None) for k in keys}  # as _batch stores them
         gone = [(scope, k) for (k,) in con.execute("SELECT key FROM sem_docs WHERE scope=?", (scope,)) if k not in have]
         con.executemany("DELETE FROM sem_docs WHERE scope=? AND key=?", gone)
         docs = [
