@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,31 @@ def as_user_who_cannot_read(cmd: list[str], locked: Path, **kw: Any) -> subproce
     if probe.returncode == 0:
         pytest.skip("cannot make a directory unreadable here (capabilities not droppable)")
     return subprocess.run(cmd, preexec_fn=_drop_read_override, capture_output=True, text=True, **kw)
+
+
+DEEPER_THAN_RECURSION = sys.getrecursionlimit() + 200
+"""Nested directories one more level each: more than a walk that recurses per level goes through."""
+
+
+@contextlib.contextmanager
+def deep_tree(root: Path, depth: int = DEEPER_THAN_RECURSION, leaf: str = "leaf.txt") -> Iterator[str]:
+    """``root/d/d/.../d/leaf`` (``depth`` directories named ``d``, 2 bytes of path each: far under PATH_MAX),
+    made through directory descriptors; gives the leaf's path relative to ``root``. Removed at the end with
+    ``rm -rf``: pytest's own removal of tmp_path (shutil.rmtree, recursive in 3.11) fails on it."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(depth):
+                os.mkdir("d", dir_fd=fd)
+                sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            out = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, b"deep leaf\n")
+            os.close(out)
+        finally:
+            os.close(fd)
+        yield "/".join(["d"] * depth + [leaf])
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(root)], check=True)

@@ -17,7 +17,7 @@ import engine.operations.cleanup as cleanup_mod
 from engine import Engine, InvalidInput, LogRecord, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, until
-from tests.fixtures_ops import bad_params, resume, run_json, submit
+from tests.fixtures_ops import bad_params, deep_tree, resume, run_json, submit
 
 DAY = 86400
 OLD = time.time() - 10 * DAY
@@ -264,3 +264,22 @@ async def test_retention_prunes_empty_directories_without_following_a_swapped_on
     assert rec.status is Status.COMPLETED and rec.result["files"] == 1, rec.error
     assert sub.is_symlink()  # the swap happened
     assert (outside / "a").is_dir() and (outside / "inner").is_dir()
+
+
+async def test_trees_deeper_than_the_recursion_limit(engine: Engine, tmp_path: Path) -> None:
+    """1,200 nested directories (Python 3.11's os.walk recursed once per level: RecursionError): a root's deep
+    old file is listed and removed; retention removes a deep old output and prunes every emptied directory."""
+    root, outputs = tmp_path / "root", Path(engine.settings.state_dir) / "outputs"
+    with deep_tree(root, leaf="deep.tmp") as leaf, deep_tree(outputs / "deep", leaf="old.txt") as out_leaf:
+        os.utime(root / leaf, (OLD, OLD))
+        spec = OperationSpec(type="cleanup_operation", params=params(root, tmp_path / "m.jsonl", dry_run=False))
+        rec = await engine.wait((await engine.submit(spec)).id, timeout=60)
+        assert rec.status is Status.COMPLETED, rec.error
+        assert rec.result["files"] == 1 and not (root / leaf).exists()
+
+        os.utime(outputs / "deep" / out_leaf, (OLD, OLD))
+        spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
+        rec = await engine.wait((await engine.submit(spec)).id, timeout=60)
+        assert rec.status is Status.COMPLETED, rec.error
+        assert rec.result["files"] == 1 and not (outputs / "deep").exists()
+        assert rec.result["directories_removed"] == out_leaf.count("/") + 1

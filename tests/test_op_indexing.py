@@ -24,6 +24,7 @@ from tests.fixtures_ops import (
     as_user_who_cannot_read,
     bad_params,
     checkpoint_state,
+    deep_tree,
     resume,
     run_json,
     submit,
@@ -231,6 +232,17 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
         k: v for k, v in whole["result"].items() if k not in drop
     }
     assert final["result"]["files"] == 600 and final["result"]["failures"] == 1
+
+
+async def test_a_tree_deeper_than_the_recursion_limit_is_indexed(engine: Engine, tmp_path: Path) -> None:
+    """1,200 nested directories outside a git work tree (the walk lists it): Python 3.11's os.walk recursed
+    once per level and failed the run with RecursionError."""
+    with deep_tree(tmp_path / "src") as leaf:
+        (tmp_path / "src" / "top.py").write_text("def top():\n    pass\n")
+        db = tmp_path / "deep.sqlite"
+        final = await run_index(engine, root=str(tmp_path / "src"), output=str(db))
+        assert final.status is Status.COMPLETED, final.error
+        assert sorted(rows(str(db))) == sorted([leaf, "top.py"])
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:

@@ -11,11 +11,13 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from engine.operations._walk import _walk
+from engine.operations._walk import _walk, walk
+from tests.fixtures_ops import deep_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -93,3 +95,42 @@ async def test_a_folder_inside_a_work_tree_is_listed_as_git_sees_it(tmp_path: Pa
             return await asyncio.create_subprocess_exec(*args, env=env, **kw)  # type: ignore[arg-type]
 
     assert await list_files(Ctx(), repo / "sub", [], []) == ["a.py"]
+
+
+def test_walk_is_os_walk_in_both_orders(tmp_path: Path) -> None:
+    """The iterative walk yields what os.walk yields, in the same order, top-down (pruned in place too) and
+    bottom-up, symlinks to directories listed and not followed, and calls onerror as it does."""
+    rng = random.Random(7)
+    for n in range(10):
+        root = tmp_path / f"t{n}"
+        root.mkdir()
+        _tree(root, rng)
+        (root / "link").symlink_to(root, target_is_directory=True)
+        (root / "dangling").symlink_to(root / "nowhere")
+        assert list(walk(root)) == list(os.walk(root))
+        assert list(walk(root, topdown=False)) == list(os.walk(root, topdown=False))
+
+        def pruned(w: Iterable[tuple[str, list[str], list[str]]]) -> list[tuple[str, list[str], list[str]]]:
+            out = []
+            for d, dirs, files in w:
+                dirs[:] = [x for x in dirs if x != "b"]
+                out.append((d, list(dirs), files))
+            return out
+
+        assert pruned(walk(root)) == pruned(os.walk(root))
+    errors: list[OSError] = []
+    assert list(walk(tmp_path / "missing", onerror=errors.append)) == []
+    assert len(errors) == 1 and errors[0].filename == str(tmp_path / "missing")
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
+    """1,200 nested directories: Python 3.11's os.walk recursed once per level and failed with RecursionError.
+    The walk lists the deep leaf, and a .gitignore at the bottom still applies."""
+    with deep_tree(tmp_path / "t") as leaf:
+        bottom = tmp_path / "t" / leaf.rsplit("/", 1)[0]
+        (bottom / "skip.log").write_text("x")
+        (bottom / ".gitignore").write_text("*.log\n")
+        unreadable: list[str] = []
+        assert sorted(_walk(tmp_path / "t", unreadable)) == [leaf.rsplit("/", 1)[0] + "/.gitignore", leaf]
+        assert unreadable == []
+        assert len(list(walk(tmp_path / "t", topdown=False))) == leaf.count("/") + 1

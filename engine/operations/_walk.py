@@ -8,6 +8,7 @@ import fnmatch
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,62 @@ def _own_match(regex: re.Pattern[str], text: str, at_end: bool = False) -> bool:
     return False
 
 
+Walked = tuple[str, list[str], list[str]]
+"""What ``walk`` yields for a directory, as ``os.walk`` does: (its path, its subdirectories, its other names)."""
+
+
+def walk(top: str | Path, topdown: bool = True, onerror: Callable[[OSError], None] | None = None) -> Iterator[Walked]:
+    """``os.walk(top, topdown, onerror)`` (symlinks to directories listed, not followed), with an explicit stack.
+
+    Python 3.11's ``os.walk`` recurses once per level, so a tree deeper than the recursion limit (1,000
+    nested directories: a 2,000-byte path) failed with RecursionError. This is 3.12's iterative version: the
+    same order, the same names, the same errors; top-down, the caller may prune ``dirs`` in place.
+    """
+    stack: list[str | Walked] = [os.fspath(top)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):  # bottom-up: a directory whose subdirectories have all been yielded
+            yield item
+            continue
+        dirs: list[str] = []
+        nondirs: list[str] = []
+        walk_dirs: list[str] = []
+        try:
+            entries = os.scandir(item)
+        except OSError as e:
+            if onerror is not None:
+                onerror(e)
+            continue
+        with entries:
+            try:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else nondirs).append(entry.name)
+                    if not topdown and is_dir:
+                        try:
+                            link = entry.is_symlink()
+                        except OSError:
+                            link = False
+                        if not link:
+                            walk_dirs.append(entry.path)
+            except OSError as e:  # the listing failed part way: the directory is left out, as os.walk does
+                if onerror is not None:
+                    onerror(e)
+                continue
+        if topdown:
+            yield item, dirs, nondirs
+            for name in reversed(dirs):
+                path = os.path.join(item, name)
+                if not os.path.islink(path):
+                    stack.append(path)
+        else:
+            stack.append((item, dirs, nondirs))
+            stack.extend(reversed(walk_dirs))
+
+
 def _walk(root: Path, unreadable: list[str]) -> list[str]:
     """Every file under root but SKIP_DIRS, virtualenvs and what the .gitignore files (at any depth) ignore.
 
@@ -77,7 +134,7 @@ def _walk(root: Path, unreadable: list[str]) -> list[str]:
         where = Path(e.filename).relative_to(root).as_posix() if e.filename else "?"
         unreadable.append(f"{where}: {e.strerror or e}")
 
-    for d, dirs, files in os.walk(root, onerror=cannot_read):
+    for d, dirs, files in walk(root, onerror=cannot_read):
         base = Path(d)
         rel_d = base.relative_to(root).as_posix()
         prefix = "" if rel_d == "." else rel_d + "/"

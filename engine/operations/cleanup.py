@@ -48,6 +48,7 @@ from ..registry import operation
 from ..store import open_store
 from ..text import clean
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
+from ._walk import walk
 
 BATCH = 256
 DAY = 86400.0
@@ -178,7 +179,7 @@ def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: f
     (sorted), each with the identity of the file the listing saw."""
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
     out: dict[str, FileId] = {}
-    for d, dnames, fnames in os.walk(root):
+    for d, dnames, fnames in walk(root):
         rel_d = Path(d).relative_to(root)
         for x in list(dnames):
             if (Path(d) / x).is_symlink():  # a symlink to a directory: the link is a candidate, never followed
@@ -227,7 +228,7 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff):
                 out[f"logs/{log.name}"] = (e.st_dev, e.st_ino)
     outputs = state / "outputs"
-    for d, _dn, fnames in os.walk(outputs):
+    for d, _dn, fnames in walk(outputs):
         for name in fnames:
             p = Path(d) / name
             e = _entry(p)
@@ -332,10 +333,11 @@ def _prune_dirs(base_fd: int, base: Path, top: str, cutoff: float, emptied: set[
 
     Each is reached from ``base_fd`` without following a symlink, like a file (``_parent``). Its identity is
     not compared with the walk's: rmdir removes only an empty directory, and its age is read from the one
-    reached, so at worst an empty old directory inside the tree goes."""
+    reached, so at worst an empty old directory inside the tree goes. Reaching each from the base costs a
+    chain of N nested directories N*N/2 opens (1,200 levels: about 1.5 s), no descriptor held per level."""
     n = 0
     not_followed: list[str] = []
-    for d, _dn, _fn in os.walk(base / top, topdown=False):
+    for d, _dn, _fn in walk(base / top, topdown=False):
         rel = Path(d).relative_to(base).as_posix()
         if rel == top:
             continue
