@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 def _xdg(var: str, fallback: str) -> Path:
+    """``$var``, or ``~/fallback`` when it is unset, empty or relative: the XDG spec says a relative path there
+    is invalid and ignored (taken as is, the state dir moved with the working directory of each command)."""
     value = os.environ.get(var)
-    return Path(value) if value else Path.home() / fallback
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
 
 
 def default_state_dir() -> Path:
