@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -149,4 +150,9 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
             spec.parse_params(params)
     (mig / "2_b.sql").write_text("CREATE TABLE b (x);\n  commit;\n")
     with pytest.raises(InvalidInput, match=re.escape("2_b.sql controls transactions itself (COMMIT)")):
+        spec.parse_params(ok)
+    (mig / "2_b.sql").unlink()
+    # A name whose bytes are not UTF-8 failed mid-run (UnicodeEncodeError recording it), after the ones before.
+    (mig / os.fsdecode(b"3_c\xff.sql")).write_text("CREATE TABLE c (x);")
+    with pytest.raises(InvalidInput, match=re.escape("migration 3_c\\xff.sql: its file name is not UTF-8: rename it")):
         spec.parse_params(ok)

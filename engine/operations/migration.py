@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
+from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -118,6 +119,8 @@ def load_migrations(directory: Path) -> list[Migration]:
     for p in sorted(directory.glob("*.sql"), key=lambda p: _natural(p.name)):
         if not p.is_file():
             continue
+        if clean(p.name) != p.name:  # recorded by name in the database, which stores text: the insert failed mid-run
+            raise ValueError(f"migration {clean(p.name)}: its file name is not UTF-8: rename it")
         try:
             raw = p.read_bytes()
             text = raw.decode("utf-8")
