@@ -10,14 +10,15 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .files import read_limited
+from .files import DIR_MODE, read_limited, replace_keeping_mode
 from .models import MAX_SECONDS, InvalidInput
 from .paths import config_dir as config_dir  # re-exported: they were defined here
 from .paths import config_file as find_config_file
@@ -115,6 +116,13 @@ class Settings(BaseModel):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     origins: dict[str, str] = Field(default_factory=dict, exclude=True)
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The config file these settings were read from (None: none), so that a setting changed by the
+        dashboard is saved where it was read (``--config FILE`` included), not in another file."""
+        return self._config_file
 
     @field_validator("store")
     @classmethod
@@ -209,6 +217,7 @@ def load_settings(
         except InvalidInput as e:
             raise InvalidInput(f"{origins.get(f'profiles.{type_}', 'config')}: {e}") from None
     settings.origins = {k: origins.get(k, "default") for k in Settings.model_fields if k != "origins"}
+    settings._config_file = path
     return settings
 
 
@@ -231,27 +240,110 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
+_KEY_LINE = re.compile(r"""^(\s*)([A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')\s*=""")
+"""A line that sets one top-level key as TOML allows it to be written: bare, "basic" or 'literal'."""
+_TABLE_LINE = re.compile(r"^\s*\[")
+
+
+def _key_name(written: str) -> str | None:
+    """The key a line's key text means (``"th\\u0065me"`` is ``theme``), as TOML reads it; None for text
+    that is not one plain key."""
+    try:
+        parsed = tomllib.loads(f"{written} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    return next(iter(parsed)) if len(parsed) == 1 and parsed.get(next(iter(parsed))) == 0 else None
+
+
+def _toml_value(value: str | int | float | bool) -> str:
+    """``value`` as a TOML scalar (a JSON string is a TOML basic string, unicode kept as it is)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+def _trailing_comment(line: str) -> str:
+    """The comment that ends a ``key = value`` line, if any (a ``#`` inside the value is not one)."""
+    for i, ch in enumerate(line):
+        if ch == "#":
+            try:
+                if len(tomllib.loads(line[:i])) == 1:
+                    return "  " + line[i:]
+            except tomllib.TOMLDecodeError:
+                continue
+    return ""
+
+
+def set_top_level(text: str, key: str, value: str | int | float | bool) -> str | None:
+    """``text`` (a TOML document) with the top-level ``key`` set to ``value``, everything else kept as
+    written (comments, order, other keys); None when no edit of its lines parses to exactly the same
+    document plus the new value (a key set in a way this cannot edit safely, such as a multi-line value).
+    Every candidate is parsed before it is returned: a config that no longer parses stops every command."""
+    old = tomllib.loads(text)
+    want = {**old, key: value}
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines()
+    tables = next((i for i, ln in enumerate(lines) if _TABLE_LINE.match(ln)), len(lines))
+    candidates: list[list[str]] = []
+    for i in range(tables):
+        m = _KEY_LINE.match(lines[i])
+        if m and _key_name(m.group(2)) == key:
+            kept = f"{m.group(1)}{m.group(2)} = {_toml_value(value)}"  # the key as the user wrote it
+            comment = _trailing_comment(lines[i])
+            candidates += [[*lines[:i], kept + comment, *lines[i + 1 :]]] if comment else []
+            candidates.append([*lines[:i], kept, *lines[i + 1 :]])
+    if key not in old:  # new (a line that matched was inside a multi-line string): after the last top-level
+        # line that says something, else just before the first table
+        at = next(
+            (i + 1 for i in range(tables - 1, -1, -1) if lines[i].strip() and not lines[i].lstrip().startswith("#")),
+            tables,
+        )
+        candidates.append([*lines[:at], f"{key} = {_toml_value(value)}", *lines[at:]])
+    for edited in candidates:
+        new_text = newline.join(edited) + newline
+        try:
+            if tomllib.loads(new_text) == want:
+                return new_text
+        except tomllib.TOMLDecodeError:
+            continue
+    return None
 
 
 def save_setting(key: str, value: str | int | float | bool, config_file: str | Path | None = None) -> Path:
-    """Set one top-level scalar in the config file, keeping the rest of the file as it is."""
-    if key not in Settings.model_fields:
+    """Set one top-level scalar in the config file (the default one unless given), keeping the rest of the
+    file as it is, and the file itself: its mode (a 0600 file may hold a Redis password), a symbolic link
+    to it (dotfiles), its other keys however they are written. The edited text is parsed before it
+    replaces the file; InvalidInput, with the file unchanged, when it would not read back as the same
+    settings plus the new value. The path written (as given)."""
+    if key not in Settings.model_fields or key == "origins":
         raise InvalidInput(f"unknown setting {key!r}")
-    path = Path(config_file) if config_file else default_config_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    rendered = f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
-    # Top-level keys live before the first [table]; replace there or insert before it.
-    first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
-    for i in range(first_table):
-        m = _TOML_KEY.match(lines[i])
-        if m and m.group(1) == key:
-            lines[i] = rendered
-            break
-    else:
-        lines.insert(first_table, rendered)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        Settings.model_validate({key: value})
+    except ValidationError as e:
+        raise InvalidInput(f"setting {key!r}: {e.errors()[0]['msg']}") from None
+    path = Path(config_file).expanduser() if config_file else default_config_file()
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read config file: {e.strerror or e}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"{path}: not a regular file: {key} not saved")
+    try:
+        text = read_limited(path).decode("utf-8") if st is not None else ""
+        new_text = set_top_level(text, key, value)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: cannot read config file: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path}: invalid TOML, {key} not saved: {e}") from None
+    if new_text is None:
+        raise InvalidInput(
+            f"{path}: {key} is set in a way that cannot be changed safely here; "
+            f"set `{key} = {_toml_value(value)}` by hand"
+        )
+    Path(os.path.realpath(path)).parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    replace_keeping_mode(path, new_text.encode("utf-8"))
     return path

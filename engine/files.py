@@ -84,6 +84,44 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
+def replace_keeping_mode(path: Path, data: bytes) -> Path:
+    """Replace the file at ``path`` with ``data`` atomically, as an editor that cares would: through a
+    symbolic link to the file it names (a dotfiles link stays a link, and the real file changes), with the
+    file's own mode (a 0600 file that holds a password stays 0600; a new file is 0600), its group kept
+    when it can be. The temp file is made beside the real file, so the rename never crosses file
+    systems, and synced before it. The real file's path."""
+    target = Path(os.path.realpath(path))
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise NotRegular(errno.EINVAL, "not a regular file", str(path))
+    mode = stat.S_IMODE(st.st_mode) if st is not None else FILE_MODE
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    try:
+        with open(tmp, "xb", opener=private_opener) as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
+            if st is not None and os.fstat(fh.fileno()).st_gid != st.st_gid:
+                with contextlib.suppress(OSError):
+                    os.fchown(fh.fileno(), -1, st.st_gid)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself made durable, where the file system allows
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return target
+
+
 def write_private(path: Path, text: str) -> None:
     """``path.write_text(text)``, created 0600."""
     with open(path, "w", encoding="utf-8", opener=private_opener) as fh:

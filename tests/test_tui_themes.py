@@ -4,6 +4,8 @@ and an SVG snapshot of the real main screen (fixed records and clock) in each bu
 from __future__ import annotations
 
 import os
+import stat
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Label
 
-from engine import Engine, Settings, open_store
+from engine import Engine, InvalidInput, Settings, load_settings, open_store, save_setting
+from engine.paths import default_config_file
 from tui.app import OutlastApp
 from tui.themes import BUILTIN_DIR, DEFAULT_THEME, load_themes, next_theme, register_themes
 from tui.widgets.operations import OperationsTable
@@ -80,6 +83,119 @@ def test_next_theme_wraps_and_recovers_from_unknown() -> None:
     assert next_theme(BUILTINS, "outlast-dark") == "outlast-light"
     assert next_theme(BUILTINS, "outlast-high-contrast") == "outlast-dark"
     assert next_theme(BUILTINS, "textual-dark") == "outlast-dark"
+
+
+# ---- saving the chosen theme (the `t` key) in the user's config file -----------------------------
+
+
+@pytest.fixture
+def umask_022() -> Any:
+    """The common umask: a file made without an explicit mode would be 0644 (readable by everyone)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_saving_the_theme_writes_through_a_symlink_and_keeps_the_file_private(tmp_path: Path, umask_022: None) -> None:
+    real = tmp_path / "dotfiles" / "outlast.toml"
+    real.parent.mkdir()
+    real.write_text('# my redis password lives here\nstore = "redis://:s3cret@localhost:6379/0"\nmax_concurrent = 2\n')
+    real.chmod(0o600)
+    link = tmp_path / "xdg" / "outlast" / "config.toml"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+
+    assert save_setting("theme", "outlast-light", link) == link
+    assert link.is_symlink() and link.resolve() == real  # still the user's link, the real file updated
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert real.read_text().startswith("# my redis password lives here\n")
+    settings = load_settings(link, env={})
+    assert (settings.theme, settings.max_concurrent, settings.store) == (
+        "outlast-light",
+        2,
+        "redis://:s3cret@localhost:6379/0",
+    )
+    assert sorted(p.name for p in real.parent.iterdir()) == ["outlast.toml"]  # no temp file left
+    assert sorted(p.name for p in link.parent.iterdir()) == ["config.toml"]
+
+
+def test_saving_the_theme_in_a_new_config_file_makes_it_private(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "new" / "config.toml"
+    save_setting("theme", "outlast-light", path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_settings(path, env={}).theme == "outlast-light"
+
+
+def test_saving_the_theme_keeps_a_group_readable_file_group_readable(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("max_concurrent = 4\n")
+    path.chmod(0o640)
+    save_setting("theme", "outlast-light", path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the file's own mode, not the umask's, not narrowed
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        'theme = "outlast-dark"',
+        '"theme" = "outlast-dark"',
+        "'theme' = 'outlast-dark'",
+        '  "th\\u0065me"="outlast-dark"   # the escape spells theme',
+        'theme = "outlast-dark" # a "#" in the comment',
+    ],
+)
+def test_saving_the_theme_replaces_the_key_however_toml_lets_it_be_written(tmp_path: Path, written: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"# top\nmax_concurrent = 2\n{written}\nauto_resume = true\n\n[profiles.demo]\nbase_timeout = 30\n")
+    save_setting("theme", "outlast-light", path)
+    text = path.read_text()
+    data = tomllib.loads(text)  # parses: no second theme line ("Cannot overwrite a value")
+    assert data == {
+        "max_concurrent": 2,
+        "theme": "outlast-light",
+        "auto_resume": True,
+        "profiles": {"demo": {"base_timeout": 30}},
+    }
+    assert text.startswith("# top\nmax_concurrent = 2\n") and text.endswith("\n[profiles.demo]\nbase_timeout = 30\n")
+    assert ("#" in written) == ("#" in text.splitlines()[2])  # a comment on the line is kept
+    assert load_settings(path, env={}).theme == "outlast-light"
+
+
+def test_saving_the_theme_adds_it_at_top_level_before_the_tables(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('store = """\ntheme = "not a key: text in a string"\n"""\n\n[profiles.demo]\nbase_timeout = 30\n')
+    save_setting("theme", "outlast-light", path)
+    data = tomllib.loads(path.read_text())
+    assert data["theme"] == "outlast-light" and data["store"] == 'theme = "not a key: text in a string"\n'
+    assert data["profiles"] == {"demo": {"base_timeout": 30}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['theme = """\noutlast-dark"""\n', "theme = \n", "max_concurrent = 2\n[oops\n"],
+    ids=["multi-line value", "invalid", "broken table"],
+)
+def test_saving_the_theme_refuses_rather_than_writing_a_file_that_does_not_parse(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidInput, match=r"config\.toml") as e:
+        save_setting("theme", "outlast-light", path)
+    assert "\n" not in str(e.value)
+    assert path.read_text() == text  # unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+async def test_theme_key_saves_in_the_config_file_the_dashboard_loaded(state_dir: Path, tmp_path: Path) -> None:
+    """``outlast --config FILE``: the theme goes to FILE (it went to OUTLAST_CONFIG or the default file)."""
+    given = tmp_path / "given.toml"
+    given.write_text("max_concurrent = 2\n")
+    settings = load_settings(given, state_dir=state_dir, plugins=["tests.ops_for_tests"])
+    app = make_app(settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("t")
+        assert app.theme != DEFAULT_THEME
+    assert load_settings(given, env={}).theme == app.theme
+    assert not default_config_file().exists()
 
 
 class ThemedApp(App[None]):

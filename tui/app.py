@@ -480,7 +480,8 @@ class OutlastApp(App[int]):
         new = next_theme(self._theme_names, self.theme)
         self.theme = new
         try:
-            saved = save_setting("theme", new, os.environ.get("OUTLAST_CONFIG") or None)
+            # The config file the settings were read from (--config, OUTLAST_CONFIG), else the default one.
+            saved = save_setting("theme", new, self.settings.config_file)
         except (OSError, OutlastError) as e:
             self.notify(f"theme {new}, not saved: {e}", severity="warning")
         else:
