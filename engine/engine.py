@@ -531,11 +531,18 @@ class Engine:
 
     async def recover(self) -> list[Operation]:
         """Mark operations left running by dead processes interrupted (and resume them if asked); a store
-        that cannot be written is read as it is."""
+        that cannot be written is read as it is.
+
+        ``auto_resume`` queues them again only in an engine that runs the queue (a worker, the dashboard
+        unless watch-only): one that only reads (``ls``, ``show``, ``watch``, a foreground ``run``) left
+        them queued with nothing to run them, and ``outlast resume`` refused what is queued. There they
+        stay interrupted, for ``outlast resume`` (or the dashboard's r)."""
         if self.store.read_only:
             return []
-        # A store whose workers come and go (Redis leases) asks for orphans to be queued again.
-        resume = self.resume if self.auto_resume or getattr(self.store, "resume_orphans", False) else None
+        # A store whose workers come and go (Redis leases) asks for orphans to be queued again: its
+        # queue is shared by workers on every machine, whichever engine finds the orphan.
+        requeue = (self.auto_resume and self._run_queue) or getattr(self.store, "resume_orphans", False)
+        resume = self.resume if requeue else None
         return await recover_orphans(self.store, self.log_buffer, self.publish, resume)
 
     # ---- running attempts (the scheduler calls ``_execute``; attempts call the host members) -------

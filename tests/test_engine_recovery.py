@@ -194,6 +194,32 @@ async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> Non
         assert final.result == {"sum": sum(range(200))}
 
 
+def test_auto_resume_leaves_an_orphan_found_by_a_read_only_command_interrupted_and_resumable(tmp_path: Path) -> None:
+    """``auto_resume = true`` and no worker: the process running an operation is SIGKILLed, then ``outlast
+    ls`` finds it. It used to queue it again ("resuming") with nothing to run it (ls runs no queue), and
+    ``outlast resume`` then refused it ("is queued", exit 7). Only an engine that runs the queue requeues."""
+    config = tmp_path / "config.toml"
+    config.write_text("auto_resume = true\n")
+    cli = CliAt(tmp_path / "state", OUTLAST_CONFIG=str(config))
+    plugin = ("--plugin", "tests.ops_for_tests")
+    try:
+        run = cli.start(*plugin, "run", "ledger", "-p", "items=400", "-p", "seconds=0.01")
+        op_id = run.wait_line(lambda ln: " submitted: " in ln).split()[1]  # "TIME ID LABEL submitted: ..."
+        cli.wait_status(op_id, {"running"})
+        run.kill()
+        for command in (("ls", "--json"), ("show", "--json", op_id)):
+            r = cli(*plugin, *command)
+            assert r.returncode == 0, r.stderr
+            assert cli.op(op_id).status is Status.INTERRUPTED, command  # not queued for nobody
+        resumed = cli(*plugin, "resume", op_id)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        final = cli.op(op_id)
+        assert final.status is Status.COMPLETED and final.attempt == 2
+        assert final.result == {"sum": sum(range(400))}
+    finally:
+        cli.close()
+
+
 async def _two_checkpoints(engine: Engine) -> str:
     op = await engine.submit(OperationSpec(type="ledger", params={"items": 20, "explicit_every": 5}))
     await engine.wait(op.id, timeout=20)
