@@ -555,12 +555,14 @@ def _retry(op: Operation, policy: RetryPolicy, error: str, short: bool = False) 
     if op.retries + 1 >= attempts:
         return None
     delay = policy.delay(op.retries + 1, random.random())
+    now = time.time()
     return {
         "message": f"retry {op.retries + 1}/{attempts - 1} in {delay:.1f}s after {error}",
         "retries": op.retries + 1,
         "attempt": op.attempt + 1,
-        "not_before": time.time() + delay,
-        "queued_at": time.time(),
+        "not_before": now + delay,
+        "backoff_from": now,  # a clock stepped back past this ends the wait (Operation.retry_due)
+        "queued_at": now,
         "resume_seq": None,
         "error": error,
     }

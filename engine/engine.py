@@ -492,6 +492,7 @@ class Engine:
             queued_at=now,
             resume_seq=checkpoint,
             not_before=None,
+            backoff_from=None,
             error=None,
             status_message=(f"resuming from checkpoint {checkpoint}" if checkpoint is not None else "resuming"),
             finished_at=None,

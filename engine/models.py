@@ -346,10 +346,22 @@ class Operation(BaseModel):
     """Newest checkpoint written."""
     not_before: float | None = None
     """A retry waits in the queue until then (backoff)."""
+    backoff_from: float | None = None
+    """When (wall time) the retry's backoff began: ``not_before`` minus the backoff the policy chose.
+    None for records stored before it existed (they wait for ``not_before`` alone)."""
 
     @property
     def label(self) -> str:
         return self.name or self.type
+
+    def retry_due(self, now: float) -> bool:
+        """Whether a retry waiting out its backoff may run at wall time ``now``: ``not_before`` has passed,
+        or the clock reads earlier than when the backoff began (it was stepped back since: NTP, a VM
+        restored), so that a backoff never waits longer than the policy chose, whatever the wall clock does
+        (a step back of an hour delayed a 2 s retry by the hour). The stores' claims say the same."""
+        if self.not_before is None or now >= self.not_before:
+            return True
+        return self.backoff_from is not None and now < self.backoff_from
 
     @property
     def elapsed(self) -> float | None:

@@ -209,7 +209,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 if not local and engine.draining:
                     view.note(f"stopped watching; {op_id} goes on running (outlast watch {op_id} follows it again)")
                     raise WatchStopped()
-                due = (op.not_before or 0) <= time.time()
+                due = op.retry_due(time.time())
                 if local and op.status is Status.QUEUED and not engine.draining and due:
                     # A retry after a transient error waits in the queue: run it here again when due.
                     try:

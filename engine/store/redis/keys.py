@@ -12,6 +12,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``all``                every id by created_at; ``st:STATUS`` the ids of one status by created_at
 ``q:RANK``             queued ids by queued_at (rank 0 high, 1 normal, 2 low)
 ``dq:RANK``            retries waiting for their not_before (by not_before)
+``dqf:RANK``           the same retries by backoff_from, when their backoff began: a claim earlier than
+                       that (the wall clock went back) takes them at once
 ``lease:ID``           the holder's token ``HOLDER:EPOCH``, with a TTL the heartbeat renews
 ``ck:ID`` ``cp:ID``    checkpoint listing info / payload by seq (the newest N kept)
 ``cd:ID``              the item delta of each checkpoint by seq (all kept)
@@ -60,6 +62,9 @@ class Keys:
 
     def delayed(self, rank: int) -> str:
         return f"{self.prefix}dq:{rank}"
+
+    def delayed_from(self, rank: int) -> str:
+        return f"{self.prefix}dqf:{rank}"
 
     def checkpoint_info(self, op_id: str) -> str:
         return f"{self.prefix}ck:{op_id}"

@@ -41,18 +41,22 @@ local function event(id, st, prev, epoch)
   redis.call('PUBLISH', P .. 'events', '{"kind":"status","op":"' .. id .. '","status":' .. st ..
     ',"previous":' .. (prev or 'null') .. ',"epoch":' .. (epoch or 'null') .. '}')
 end
-local function enqueue(id, st, prio, queued_at, not_before, now)
+-- A retry waits in dq until its not_before, and in dqf by when its backoff began (backoff_from, absent
+-- in older records): a claim at a time before that (the clock went back since) takes it at once, so a
+-- backoff never waits longer than the policy chose (Operation.retry_due says the same).
+local function enqueue(id, st, prio, queued_at, not_before, backoff_from, now)
   if st ~= '"queued"' then return end
   local r = RANK[prio] or 1
-  local nb = tonumber(not_before)
-  if nb and nb > now then
+  local nb, bf = tonumber(not_before), tonumber(backoff_from)
+  if nb and nb > now and not (bf and bf > now) then
     redis.call('ZADD', P .. 'dq:' .. r, not_before, id)
+    if bf then redis.call('ZADD', P .. 'dqf:' .. r, backoff_from, id) end
   else
     redis.call('ZADD', P .. 'q:' .. r, tonumber(queued_at) and queued_at or 0, id)
   end
 end
 local function reindex(id, k, old, now)
-  local f = redis.call('HMGET', k, 'status', 'priority', 'queued_at', 'not_before', 'created_at')
+  local f = redis.call('HMGET', k, 'status', 'priority', 'queued_at', 'not_before', 'created_at', 'backoff_from')
   local st = f[1]
   if old ~= st then
     if old then redis.call('ZREM', P .. 'st:' .. bare(old), id) end
@@ -61,8 +65,9 @@ local function reindex(id, k, old, now)
   for r = 0, 2 do
     redis.call('ZREM', P .. 'q:' .. r, id)
     redis.call('ZREM', P .. 'dq:' .. r, id)
+    redis.call('ZREM', P .. 'dqf:' .. r, id)
   end
-  enqueue(id, st, f[2], f[3], f[4], now)
+  enqueue(id, st, f[2], f[3], f[4], f[6], now)
 end
 """
 )
@@ -105,7 +110,7 @@ local created = tonumber(rec['created_at']) and rec['created_at'] or 0
 redis.call('ZADD', P .. 'ids', 0, id)
 redis.call('ZADD', P .. 'all', created, id)
 redis.call('ZADD', P .. 'st:' .. bare(st), created, id)
-enqueue(id, st, rec['priority'], rec['queued_at'], rec['not_before'], tonumber(ARGV[3]))
+enqueue(id, st, rec['priority'], rec['queued_at'], rec['not_before'], rec['backoff_from'], tonumber(ARGV[3]))
 event(id, st, nil, rec['epoch'])
 return h
 """
@@ -161,9 +166,14 @@ slots = slots and string.match(slots, '^%d+$') and tonumber(slots)
 if slots and slots >= 1 and slots <= 1000 and redis.call('ZCARD', P .. 'st:running') >= slots then
   return false  -- every store slot is in use: counted in this script, so claims never overrun it
 end
-for r = 0, 2 do  -- retries whose backoff has passed join their queue
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', ARGV[2], 'LIMIT', 0, 100)) do
+for r = 0, 2 do  -- retries whose backoff has passed, or began after now (the clock went back), join their queue
+  local due = redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', ARGV[2], 'LIMIT', 0, 100)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dqf:' .. r, '(' .. ARGV[2], '+inf', 'LIMIT', 0, 100)) do
+    due[#due + 1] = id
+  end
+  for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'dq:' .. r, id)
+    redis.call('ZREM', P .. 'dqf:' .. r, id)
     local qa = redis.call('HGET', P .. 'op:' .. id, 'queued_at')
     if tonumber(qa) then redis.call('ZADD', P .. 'q:' .. r, qa, id) end
   end
@@ -212,7 +222,8 @@ end
 if not id then return false end
 local k = P .. 'op:' .. id
 redis.call('HSET', k, 'status', '"running"', 'epoch', epoch, 'worker', ARGV[4], 'started_at', ARGV[2],
-  'finished_at', 'null', 'not_before', 'null', 'error', 'null', 'status_message', 'null', 'updated_at', ARGV[2],
+  'finished_at', 'null', 'not_before', 'null', 'backoff_from', 'null', 'error', 'null', 'status_message', 'null',
+  'updated_at', ARGV[2],
   '_tx', ARGV[6])
 reindex(id, k, '"queued"', now)
 redis.call('SET', P .. 'lease:' .. id, ARGV[7] .. ':' .. epoch, 'PX', ARGV[5])
@@ -382,6 +393,7 @@ redis.call('ZREM', P .. 'st:' .. string.sub(st, 2, -2), id)
 for r = 0, 2 do
   redis.call('ZREM', P .. 'q:' .. r, id)
   redis.call('ZREM', P .. 'dq:' .. r, id)
+  redis.call('ZREM', P .. 'dqf:' .. r, id)
 end
 redis.call('PUBLISH', P .. 'events', '{"kind":"deleted","op":"' .. id .. '","previous":' .. st .. '}')
 return {'ok'}

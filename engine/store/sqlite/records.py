@@ -67,7 +67,10 @@ def _heads(typed: bool) -> str:
     of_types = " AND type IN (SELECT value FROM json_each(?))" if typed else ""
     return " UNION ALL ".join(
         "SELECT * FROM (SELECT rank, queued_at, id FROM operations INDEXED BY ops_claim"
-        " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?)"
+        " WHERE status='queued' AND rank=? AND (not_before IS NULL OR not_before <= ?"
+        # a retry whose backoff began after now: the clock went back since (Operation.retry_due); a
+        # damaged record must not make every claim fail (json_extract raises on what is not JSON)
+        " OR (CASE WHEN json_valid(record) THEN json_extract(record, '$.backoff_from') END) > ?)"
         f"{of_types} ORDER BY queued_at, id LIMIT 8)"
         for _ in RANKS
     )
@@ -311,10 +314,10 @@ class RecordsMixin(SqliteCore):
     ) -> Operation | None:
         args: list[int | float | str]
         if types is None:
-            sql, args = _HEADS, [a for rank in RANKS for a in (rank, now)]
+            sql, args = _HEADS, [a for rank in RANKS for a in (rank, now, now)]
         else:
             of_types = _types_json(types)
-            sql, args = _TYPED_HEADS, [a for rank in RANKS for a in (rank, now, of_types)]
+            sql, args = _TYPED_HEADS, [a for rank in RANKS for a in (rank, now, now, of_types)]
 
         def do(conn: sqlite3.Connection) -> Operation | None:
             if _slots_full(conn):
@@ -340,6 +343,7 @@ class RecordsMixin(SqliteCore):
                         "started_at": now,
                         "finished_at": None,
                         "not_before": None,
+                        "backoff_from": None,
                         "error": None,
                         "status_message": None,
                     },

@@ -1,0 +1,199 @@
+"""A retry's backoff against a wall clock that steps back (NTP, a VM restored): it never waits longer
+than the backoff its policy chose. ``not_before`` is wall time, shared by every process of a store; a
+step back of an hour during a 2 s backoff used to delay the retry by the hour. The retry also records
+when its backoff began (``backoff_from``): a clock that reads earlier than that went back, and the
+retry is due. Both stores (the claim's ``now`` injected), the record's rule, and the real command line
+under libfaketime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.models import Operation, Status, WorkerInfo, new_id
+from engine.store import LocalStore, Store
+from engine.store.redis import RedisStore
+from tests.conftest import REPO
+from tests.fixtures_cli import CLI, until
+
+W = WorkerInfo(host="test", pid=1)
+BACKOFF = 2.0
+HOUR = 3600.0
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    made: Store
+    if request.param == "local":
+        made = LocalStore(tmp_path / "state")
+    else:
+        made = RedisStore(request.getfixturevalue("redis_server").url, namespace="rc", checkpoint_mirror=None)
+    await made.open()
+    yield made
+    await made.close()
+
+
+async def _retry_waiting(store: Store, old: bool = False) -> tuple[str, float]:
+    """An operation that ran once and waits in the queue as a retry queued now (T, returned with its id;
+    claims pass their own ``now``): ``not_before`` T + BACKOFF, ``backoff_from`` T as the engine writes
+    them (``old``: not written, as by an older version)."""
+    T = time.time()  # real: the Redis store files the retry by the time its write says
+    backoff = {} if old else {"backoff_from": T}
+    op = Operation(id=new_id(), type="demo", created_at=T - 10, queued_at=T - 10, updated_at=T - 10)
+    await store.create(op)
+    claimed = await store.claim(W, T - 5, 300.0, op_id=op.id)
+    assert claimed is not None
+    await store.transition(
+        op.id,
+        Status.QUEUED,
+        epoch=claimed.epoch,
+        expect=frozenset({Status.RUNNING}),
+        not_before=T + BACKOFF,
+        queued_at=T,
+        **backoff,
+    )
+    await store.release(op.id, claimed.epoch)
+    return op.id, T
+
+
+async def test_a_retry_is_claimed_at_once_when_the_clock_went_back_during_its_backoff(store: Store) -> None:
+    op_id, T = await _retry_waiting(store)
+    assert await store.claim(W, T + 1, 300.0) is None  # the backoff is waited out as chosen
+    assert await store.claim(W, T + 1, 300.0, types=frozenset({"demo"})) is None
+    # The clock steps back an hour: waiting for not_before would take the hour and the backoff.
+    taken = await store.claim(W, T - HOUR, 300.0)
+    assert taken is not None and taken.id == op_id and taken.status is Status.RUNNING
+    assert taken.not_before is None and taken.backoff_from is None
+
+
+async def test_a_retry_of_some_type_is_claimed_at_once_when_the_clock_went_back(store: Store) -> None:
+    """The claim of a worker that runs some types only says the same."""
+    op_id, T = await _retry_waiting(store)
+    taken = await store.claim(W, T - HOUR, 300.0, types=frozenset({"demo"}))
+    assert taken is not None and taken.id == op_id
+
+
+async def test_a_retry_stored_before_backoff_from_existed_waits_for_not_before(store: Store) -> None:
+    """Records written by an older version (no ``backoff_from``) are claimed as they were."""
+    op_id, T = await _retry_waiting(store, old=True)
+    assert (await store.get(op_id)).backoff_from is None
+    assert await store.claim(W, T - HOUR, 300.0) is None
+    assert await store.claim(W, T + 1, 300.0) is None
+    taken = await store.claim(W, T + BACKOFF, 300.0)
+    assert taken is not None and taken.id == op_id
+
+
+def test_retry_due_never_waits_longer_than_the_backoff() -> None:
+    T = 1_800_000_000.0
+    op = Operation(id=new_id(), type="demo", created_at=T, queued_at=T, updated_at=T)
+    assert op.retry_due(T - HOUR)  # no backoff at all
+    retry = op.model_copy(update={"not_before": T + BACKOFF, "backoff_from": T})
+    assert not retry.retry_due(T) and not retry.retry_due(T + BACKOFF - 0.01)
+    assert retry.retry_due(T + BACKOFF)
+    assert retry.retry_due(T - 0.01) and retry.retry_due(T - HOUR)  # the clock went back
+    old = op.model_copy(update={"not_before": T + BACKOFF})
+    assert not old.retry_due(T - HOUR) and old.retry_due(T + BACKOFF)
+
+
+# ---- the command line under a wall clock stepped back ---------------------------------------------
+
+FAKETIME = next(
+    (
+        p
+        for p in (
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/faketime/libfaketimeMT.so.1",
+        )
+        if os.path.exists(p)
+    ),
+    None,
+)
+
+PLUGIN = """
+import os
+from pydantic import BaseModel
+from engine import OperationContext, operation
+
+class P(BaseModel):
+    marker: str
+
+@operation("blip_once", params=P)
+async def blip_once(ctx: OperationContext, p: P) -> dict:
+    if not os.path.exists(p.marker):
+        open(p.marker, "w").close()
+        raise ConnectionError("transient network blip")
+    return {"ok": True}
+"""
+"""An operation that fails once with a transient error (retried after the backoff), then completes."""
+
+RETRY_BACKOFF = 20.0
+"""The retry's backoff here (no jitter): the test waits less than it once the clock stepped back."""
+
+
+def _waiting_retry(state: Path) -> Operation | None:
+    """The operation, once it waits in the queue for its retry (read on this process's real clock)."""
+
+    async def read() -> list[Operation]:
+        store = LocalStore(state)
+        await store.open()
+        try:
+            return await store.list_operations([Status.QUEUED])
+        finally:
+            await store.close()
+
+    return next((op for op in (asyncio.run(read()) if state.exists() else []) if op.retries == 1), None)
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
+@pytest.mark.parametrize("how", ["run", "worker"])
+def test_a_wall_clock_stepped_back_an_hour_does_not_hold_back_a_retry(tmp_path: Path, how: str) -> None:
+    """``outlast run`` (which runs its own retry when due) and ``outlast worker`` (which claims it from the
+    queue), under libfaketime, of an operation that fails once: while its retry waits out a 20 s backoff,
+    the wall clock steps back an hour. The retry runs at once, within seconds (it waited the hour)."""
+    (tmp_path / "blip_plugin.py").write_text(PLUGIN)
+    spec, state = tmp_path / "faketime.spec", tmp_path / "state"
+    spec.write_text("+0")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+        "OUTLAST_STATE_DIR": str(state),
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(spec),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    spec_args = ["blip_once", "-p", f"marker={tmp_path / 'failed-once'}"]
+    spec_args += ["--profile", f"retry.backoff_base={RETRY_BACKOFF}", "--profile", "retry.jitter=0"]
+    plugin = ["--plugin", "blip_plugin"]
+    if how == "run":
+        command = [*plugin, "run", *spec_args]
+    else:
+        submitted = subprocess.run([*CLI, *plugin, "submit", *spec_args], cwd=REPO, env=env, capture_output=True)
+        assert submitted.returncode == 0, submitted.stderr
+        command = [*plugin, "worker", "--exit-when-idle"]
+    proc = subprocess.Popen([*CLI, *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        retry = until(lambda: _waiting_retry(state), timeout=30, every=0.05, what="the retry queued")
+        assert retry.not_before is not None and retry.backoff_from is not None
+        assert retry.not_before - retry.backoff_from == pytest.approx(RETRY_BACKOFF)
+        spec.write_text("-1h")  # the wall clock steps back an hour, for the process waiting out the backoff
+        try:
+            out, err = proc.communicate(timeout=RETRY_BACKOFF / 2)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{how}: the retry still waits {RETRY_BACKOFF / 2:g} s after the step") from None
+        assert proc.returncode == 0, out + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    listed = subprocess.run([*CLI, "--json", "ls"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    [op] = json.loads(listed.stdout)
+    assert (op["status"], op["attempt"], op["retries"]) == ("completed", 2, 1), op
