@@ -34,6 +34,16 @@ def until(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.1, wh
         time.sleep(every)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
 @contextlib.contextmanager
 def environ(env: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` is ``env`` inside, and what it was after."""

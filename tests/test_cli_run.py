@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.fixtures_cli import Cli, until
+from tests.fixtures_cli import Cli, alive, until
 
 DEMO = ["run", "demo", "-p", "seconds=0.03"]
 
@@ -127,16 +127,7 @@ def test_detach_returns_at_once_and_the_operation_completes_without_a_terminal(c
         # The worker writes its last line after the status is durable (which `watch` saw): wait for it.
         until(lambda: "completed" in log.read_text(), 30, what="the detached log's final line")
     finally:
-        until(lambda: not _alive(pid), 30, what="detached process exit")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
+        until(lambda: not alive(pid), 30, what="detached process exit")
 
 
 def test_a_reader_that_goes_away_does_not_stop_the_run(cli: Cli) -> None:

@@ -175,6 +175,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
 
     unsubscribe = engine.subscribe(on_event) if local else None
     offset = 0
+    pausing_there = False  # a signal asked the worker that claimed it to pause it: followed until it has
     orphans = OrphanLook(engine)
     reader = _Reader(engine, op_id)
     try:
@@ -195,6 +196,12 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 else:
                     op = got
                 last[op_id] = op
+                if local and op.status is Status.RUNNING and op.worker is not None and op.worker != engine.worker:
+                    # A worker claimed the retry when it was due: follow it there (a signal stops watching).
+                    local = False
+                    if unsubscribe:
+                        unsubscribe()
+                        unsubscribe = None
                 if engine.draining and not view.stopping and local and isinstance(view, PlainView):
                     view.note(f"{op_id} pausing at its next safe point with a checkpoint (signal again to force)")
                 view.stopping = engine.draining and local  # watching never pauses what runs elsewhere
@@ -206,11 +213,16 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 view.update(op)
                 if op.status in SETTLED:
                     return op
-                if not local and engine.draining:
+                if not local and engine.draining and not pausing_there:
                     view.note(f"stopped watching; {op_id} goes on running (outlast watch {op_id} follows it again)")
                     raise WatchStopped()
-                due = op.retry_due(time.time())
-                if local and op.status is Status.QUEUED and not engine.draining and due:
+                if local and op.status is Status.QUEUED and engine.draining:
+                    # A signal while a retry waits out its backoff (or for a slot): paused, as it would be
+                    # running, so that it is left resumable (`outlast resume`), not queued for anyone; the
+                    # next look sees it paused and ends the follow.
+                    paused = await pause_queued(engine, op_id)
+                    pausing_there = paused is not None and paused.status is Status.RUNNING
+                elif local and op.status is Status.QUEUED and op.retry_due(time.time()):
                     # A retry after a transient error waits in the queue: run it here again when due.
                     try:
                         await engine.run_now(op_id)
@@ -226,6 +238,17 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
         reader.close()
         if unsubscribe:
             unsubscribe()
+
+
+async def pause_queued(engine: Engine, op_id: str) -> Operation | None:
+    """Pause the queued ``op_id`` that this process was to run, on a signal: ``run`` promises that a signal
+    pauses its operation, and a queued one that nobody paused waited for ever (a draining engine claims
+    nothing). Its record after: paused; or running when a worker claimed it a moment before (that worker
+    is asked to pause it, as ``outlast pause`` would); None when it settled meanwhile (cancelled, ...)."""
+    try:
+        return await engine.pause(op_id)
+    except Conflict:
+        return None
 
 
 async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> list[Operation]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from ..models import (
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
-from .follow import PlainView, WatchStopped, follow, make_view
+from .follow import PlainView, WatchStopped, follow, make_view, pause_queued
 
 PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
 
@@ -109,8 +108,7 @@ async def claim_here(engine: Engine, op_id: str, slots_hint: str | None) -> None
             if (await engine.get(op_id)).status is not Status.QUEUED:
                 raise
         if engine.draining:
-            with contextlib.suppress(Conflict):  # a worker took it meanwhile: followed there
-                await engine.pause(op_id)
+            await pause_queued(engine, op_id)  # a worker that took it meanwhile is asked to pause it
             return
         if not said:
             slots = await engine.store.get_slots()
@@ -133,7 +131,8 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
         p = op.progress
         status = op.status.value
         line = f"{op.id} {status} at {fmt.items(p)} items after {fmt.duration(op.elapsed)}"
-        detail = op.error or op.status_message or ""
+        # A retry paused while it waited: the error of the attempt before is not why it stopped.
+        detail = (op.status_message if op.status is Status.PAUSED else op.error or op.status_message) or ""
         detail = detail.removeprefix(status).removeprefix(" by user").lstrip(":; ")
         if op.status is Status.COMPLETED and op.result is not None:
             whole = f"; {prefix} show {op.id} --json has all"

@@ -1,0 +1,87 @@
+"""Following an operation from the command line (``run``, ``watch``, ``logs -f``, the detached runner):
+signals while a retry waits out its backoff, readers that go away, and the hints a follower prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_cli import Cli, alive, until
+
+PLUGIN = ["--plugin", "tests.ops_for_tests"]
+
+
+def _flaky(flaky_file: Path, backoff: float, items: int = 6, seconds: float = 0.0) -> list[str]:
+    """A ledger that fails once with a transient error after item 2, retried after ``backoff`` seconds."""
+    return [
+        "ledger",
+        *("-p", f"items={items}", "-p", f"seconds={seconds}", "-p", "fail_at=2", "-p", f"flaky_file={flaky_file}"),
+        *("--profile", f"retry={json.dumps({'backoff_base': backoff, 'jitter': 0})}"),
+    ]
+
+
+def _waiting_out_backoff(cli: Cli, op_id: str) -> bool:
+    op = cli.op(op_id)
+    return op.status.value == "queued" and op.retries == 1 and op.not_before is not None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_retry_waits_out_its_backoff_pauses_it(cli: Cli, tmp_path: Path, sig: int) -> None:
+    """``outlast run`` following its operation queued for a retry (30 s backoff) took Ctrl-C, and Ctrl-C
+    again, SIGTERM, SIGHUP, and went on waiting for ever: a draining engine neither claimed the retry
+    nor paused it. A signal pauses it now, as it pauses a running one: exit 6, resumable."""
+    proc = cli.start(*PLUGIN, "run", *_flaky(tmp_path / "flaky", backoff=30))
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: _waiting_out_backoff(cli, op_id), 30, what="the retry waiting out its backoff")
+    proc.signal(sig)
+    assert proc.wait(15) == 6, (proc.out[-3:], proc.err)  # a hang: TimeoutExpired here
+    assert proc.out[-1].endswith(f" with: outlast --plugin tests.ops_for_tests resume {op_id}"), proc.out[-3:]
+    assert f"{op_id} paused at 3/6 items" in proc.out[-2] and "Error" not in proc.out[-2], proc.out[-2]
+    assert cli.op(op_id).status.value == "paused"
+    r = cli(*PLUGIN, "--json", "resume", op_id)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == {"sum": sum(range(6))}
+
+
+def test_the_detached_runner_paused_by_a_signal_while_a_retry_waits(cli: Cli, tmp_path: Path) -> None:
+    """The same loop runs ``--detach``'s process: SIGTERM (systemd, a shutdown) left it waiting for ever."""
+    r = cli(*PLUGIN, "--json", "run", *_flaky(tmp_path / "flaky", backoff=30), "--detach")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    op_id, pid = out["id"], out["pid"]
+    try:
+        until(lambda: _waiting_out_backoff(cli, op_id), 30, what="the retry waiting out its backoff")
+        os.kill(pid, signal.SIGTERM)
+        until(lambda: not alive(pid), 15, what="the detached runner's exit")
+    finally:
+        if alive(pid):  # hung: not left behind the test
+            os.kill(pid, signal.SIGKILL)
+    assert cli.op(op_id).status.value == "paused"
+    log = (cli.state_dir / "detached" / f"{op_id}.log").read_text()
+    assert f"resume {op_id}" in log.splitlines()[-1], log[-300:]
+
+
+def test_a_retry_claimed_by_a_worker_is_followed_there_and_a_signal_stops_following(cli: Cli, tmp_path: Path) -> None:
+    """A worker may claim the retry when it is due, before ``run`` does: ``run`` followed it as its own,
+    and a signal then neither paused it (another process runs it) nor ended the follow. It is followed
+    as the worker's now: a signal stops following (130), and the worker goes on."""
+    proc = cli.start(*PLUGIN, "run", *_flaky(tmp_path / "flaky", backoff=3, items=400, seconds=0.05))
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: _waiting_out_backoff(cli, op_id), 30, what="the retry waiting out its backoff")
+    os.kill(proc.popen.pid, signal.SIGSTOP)  # so that the worker, not this run, claims the retry
+    try:
+        worker = cli.start(*PLUGIN, "worker")
+        claimed = lambda: getattr(cli.op(op_id).worker, "pid", None) == worker.popen.pid  # noqa: E731
+        until(claimed, 30, what="the worker running the retry")
+    finally:
+        os.kill(proc.popen.pid, signal.SIGCONT)
+    proc.signal(signal.SIGINT)
+    assert proc.wait(15) == 130, (proc.out[-3:], proc.err)
+    assert any(f"stopped following {op_id}" in ln for ln in proc.err), proc.err
+    assert cli.op(op_id).status.value == "running"  # the worker goes on with it
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
