@@ -37,6 +37,11 @@ class ExitCode(IntEnum):
     """A bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)."""
     WATCH_STOPPED = 130
     """You stopped watching or following with Ctrl-C; the operation was left as it was."""
+    READER_GONE = 141
+    """What read watch's or logs --follow's output went away (``| head``): it stopped following, the
+    operation was left as it was. 128 + SIGPIPE: the status a shell reports for any writer a closed pipe
+    ends (``yes | head``; ``tail -f | head``), so ``set -o pipefail`` scripts treat it as they treat those;
+    not 0, which says the operation completed, nor 130, which says Ctrl-C."""
 
 
 _BY_STATUS = {
@@ -86,5 +91,6 @@ def exit_codes_help() -> str:
         (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
         (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
+        (ExitCode.READER_GONE, "watch/logs --follow stopped: what read its output went away (| head)"),
     ]
     return "\n".join(f"{int(c):>5}  {text}" for c, text in rows)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures_cli import Cli, alive, until
+from engine.exitcodes import ExitCode
+from tests.fixtures_cli import CLI, REPO, Cli, alive, until
 
 PLUGIN = ["--plugin", "tests.ops_for_tests"]
 
@@ -85,3 +87,58 @@ def test_a_retry_claimed_by_a_worker_is_followed_there_and_a_signal_stops_follow
     assert cli.op(op_id).status.value == "running"  # the worker goes on with it
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+BUSY = "while :; do echo tick; sleep 0.05; done"
+"""A command that logs a line every 50 ms: its follower writes all the time (EPIPE at its next line)."""
+QUIET = "echo hello; sleep 120"
+"""A command that logs one line, then nothing: its follower writes nothing once the reader has it."""
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["watch", "{id}"], BUSY),
+        (["--json", "watch", "{id}"], BUSY),
+        (["watch"], BUSY),
+        (["logs", "--follow", "{id}"], BUSY),
+        (["watch", "{id}"], QUIET),
+        (["logs", "--follow", "{id}"], QUIET),
+    ],
+)
+def test_a_follower_whose_reader_went_away_ends_at_once(
+    cli: Cli, tmp_path: Path, args: list[str], command: str
+) -> None:
+    """``outlast watch ID | head -1`` (and ``--json watch``, ``watch`` of all, ``logs --follow``) went on
+    following for as long as the operation ran, its output dropped: a follower's work is only its output.
+    It ends now when the reader is gone (even while it has nothing to write), with 141, as ``tail -f``
+    does, and leaves the operation running."""
+    r = cli("--json", "run", "command", "-p", f"command={command}", "-p", "shell=true", "--detach")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    op_id, pid = out["id"], out["pid"]
+    try:
+        until(lambda: cli.op(op_id).status.value == "running", 30, what="the detached run running")
+        _head_one(cli, tmp_path, [a.format(id=op_id) for a in args])
+        assert cli.op(op_id).status.value == "running"  # left as it was
+    finally:
+        cli.here("cancel", op_id)
+        until(lambda: not alive(pid), 30, what="the detached runner's exit")
+
+
+def _head_one(cli: Cli, tmp_path: Path, args: list[str]) -> None:
+    """``outlast ARGS | head -1``: head reads a line and exits; the follower must end at once with 141."""
+    err = tmp_path / "follower.err"
+    with open(err, "w") as err_file:
+        follower = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=err_file, env=cli.env, cwd=REPO)
+    try:
+        assert follower.stdout is not None
+        head = subprocess.run(["head", "-1"], stdin=follower.stdout, capture_output=True, text=True, timeout=30)
+        follower.stdout.close()  # only head held the pipe's reading end: now nobody does
+        assert head.stdout.strip(), head
+        assert follower.wait(10) == ExitCode.READER_GONE, err.read_text()  # a hang: TimeoutExpired here
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(10)
+    assert err.read_text() == ""  # no traceback, no "Exception ignored" from the final flush

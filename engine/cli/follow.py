@@ -216,6 +216,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 if not local and engine.draining and not pausing_there:
                     view.note(f"stopped watching; {op_id} goes on running (outlast watch {op_id} follows it again)")
                     raise WatchStopped()
+                fmt.check_reader()
                 if local and op.status is Status.QUEUED and engine.draining:
                     # A signal while a retry waits out its backoff (or for a slot): paused, as it would be
                     # running, so that it is left resumable (`outlast resume`), not queued for anyone; the
@@ -291,6 +292,7 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
                 seen = {i: o for i, o in seen.items() if o.status in ACTIVE}
             if engine.draining:
                 raise WatchStopped()
+            fmt.check_reader()
             await asyncio.sleep(REMOTE_POLL)
 
 

@@ -330,9 +330,48 @@ def echo(text: str = "", err: bool = False) -> None:
     """Print and flush (lines reach a log file or pipe as they happen).
 
     A reader that went away (closed pipe, hung-up terminal) must not stop the work: output to
-    that stream is dropped from then on.
+    that stream is dropped from then on; a follower (``end_when_reader_gone``) ends instead.
     """
     _write(UNSAFE_IN_OUTPUT.sub(escape_char, text), err)  # the last guard: whatever a caller forgot to escape
+
+
+class ReaderGone(Exception):
+    """The reader of a follower's stdout went away (``outlast watch ID | head -1``): following is pointless."""
+
+
+_ends_when_reader_gone = False
+
+
+def end_when_reader_gone() -> None:
+    """Make this process a follower: when what reads its stdout goes away, ``echo`` and ``check_reader``
+    raise ReaderGone, as ``tail -f | head`` ends. Only for commands whose work lives elsewhere (watch,
+    logs --follow): ``run``'s work is in its own process, and goes on with its output dropped."""
+    global _ends_when_reader_gone
+    _ends_when_reader_gone = True
+
+
+def check_reader() -> None:
+    """ReaderGone when this process is a follower and the pipe or socket its stdout writes to has no reader
+    any more, though nothing was written since (an operation that prints nothing for an hour): the
+    follower's loop asks at each turn. A terminal or a file is never "gone" here (a hang-up is a signal)."""
+    if not _ends_when_reader_gone:
+        return
+    import os
+    import select
+    import stat
+
+    try:
+        fd = sys.stdout.fileno()
+        if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout replaced (devnull, a test's buffer), or closed
+        return
+    if gone:
+        drop_stream(False)
+        raise ReaderGone()
 
 
 def _write(text: str, err: bool) -> None:
@@ -340,8 +379,10 @@ def _write(text: str, err: bool) -> None:
     try:
         stream.write(text + "\n")
         stream.flush()
-    except OSError:
+    except OSError as e:
         drop_stream(err)
+        if _ends_when_reader_gone and not err and isinstance(e, BrokenPipeError):
+            raise ReaderGone() from None
 
 
 def drop_stream(err: bool) -> None:

@@ -120,6 +120,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     from .run import report_final
 
     mode = app.mode
+    fmt.end_when_reader_gone()  # `outlast watch ID | head -1` ends with head, as `tail -f | head` does
 
     async def go() -> int:
         async with session(app.settings) as engine:
@@ -187,6 +188,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                     emit(records, False)
                 return ExitCode.OK
             engine.install_signal_handlers()
+            fmt.end_when_reader_gone()  # `outlast logs -f ID | head -1` ends with head, as `tail -f | head` does
             emit(records, app.json)
             quiet_since = time.monotonic()
             said = False
@@ -209,6 +211,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                         err=True,
                     )
                     said = True
+                fmt.check_reader()
                 await asyncio.sleep(0.5)
 
     return run_async(go())

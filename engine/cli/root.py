@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     except (click.Abort, KeyboardInterrupt):
         fmt.echo("outlast: stopped", err=True)
         code = ExitCode.WATCH_STOPPED
+    except fmt.ReaderGone:  # nothing said: what would read it is gone, and stderr may be the same pipe
+        code = ExitCode.READER_GONE
     except Exception as e:
         known = code_for_error(e)
         short = out_of_files(e) if known is None else None
