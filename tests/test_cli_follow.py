@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -142,3 +143,46 @@ def _head_one(cli: Cli, tmp_path: Path, args: list[str]) -> None:
             follower.kill()
             follower.wait(10)
     assert err.read_text() == ""  # no traceback, no "Exception ignored" from the final flush
+
+
+def test_every_hint_of_a_detached_run_names_the_store_it_used(cli: Cli, tmp_path: Path) -> None:
+    """``run --detach`` and ``resume --detach`` said "follow with: outlast watch ID", the detached log
+    "resume with: outlast resume ID", and a stopped watch "outlast watch ID follows it again", all without
+    the --state-dir given: pasted, each looked in the default store and found nothing."""
+    other = tmp_path / "elsewhere"
+    at = ["--state-dir", str(other)]
+    r = cli(*at, "run", "demo", "-p", "items=200", "-p", "seconds=0.02", "--detach")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    try:
+        hint = r.stderr.strip().split("follow with: ", 1)[1]
+        assert hint == f"outlast --state-dir {other} watch {op_id}", r.stderr
+        watch = cli.start(*shlex.split(hint)[1:])  # pasted, with the default state dir in the environment
+        watch.wait_line(lambda ln: " running " in ln)
+        watch.signal(signal.SIGINT)
+        assert watch.wait(15) == ExitCode.WATCH_STOPPED, watch.err
+        assert f"({hint} follows it again)" in watch.out[-1], watch.out[-1]
+
+        r = cli(*at, "pause", "--wait", "30", op_id)
+        assert r.returncode == 0, r.stderr
+        log = other / "detached" / f"{op_id}.log"
+        until(lambda: "resume" in log.read_text().splitlines()[-1], 30, what="the detached log's last line")
+        assert log.read_text().splitlines()[-1].endswith(f" with: outlast --state-dir {other} resume {op_id}")
+
+        r = cli(*at, "resume", op_id, "--detach")
+        assert r.returncode == 0, r.stderr
+        hint = r.stderr.strip().split("follow with: ", 1)[1]
+        assert hint == f"outlast --state-dir {other} watch {op_id}", r.stderr
+        assert cli(*shlex.split(hint)[1:]).returncode == 0  # followed to its completion
+    finally:
+        cli.here(*at, "cancel", op_id)  # a failed check leaves no detached run behind
+
+
+def test_a_resume_queued_for_a_worker_names_the_worker_for_its_store(cli: Cli, tmp_path: Path) -> None:
+    """``resume --queue`` said "a running `outlast worker` picks it up": a worker of the default store."""
+    other = tmp_path / "elsewhere"
+    op_id = cli("--state-dir", str(other), "-q", "submit", "demo", "-p", "items=3").stdout.strip()
+    assert cli("--state-dir", str(other), "pause", op_id).returncode == 0
+    r = cli("--state-dir", str(other), "resume", op_id, "--queue")
+    assert r.returncode == 0, r.stderr
+    assert f"a running `outlast --state-dir {other} worker` picks it up" in r.stdout, r.stdout

@@ -144,17 +144,19 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         detach_dir(app.settings)  # before anything is stored
     op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
-        pid = spawn_detached(app.settings, app.prepare_child(), op.id)
+        pid = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
         if app.json:
             fmt.echo(fmt.dumps({"id": op.id, "pid": pid}))
         else:
             fmt.echo(op.id)
             if not app.quiet:
-                fmt.echo(f"resuming in the background (pid {pid}); follow with: outlast watch {op.id}", err=True)
+                fmt.echo(
+                    f"resuming in the background (pid {pid}); follow with: {app.command('watch', op.id)}", err=True
+                )
     elif app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:
-        fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `outlast worker` picks it up")
+        fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")
     return ExitCode.OK
 
 

@@ -156,12 +156,13 @@ def make_view(mode: Mode, hint: str) -> View:
     return PlainView(quiet=mode in ("quiet", "json"))
 
 
-async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operation:
+async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: str = "outlast") -> Operation:
     """Show one operation until it settles and return its final record.
 
     ``local``: this engine runs it (events, and a retry waiting in the queue is run here
     again). Otherwise the store is polled; Ctrl-C (the engine draining) raises WatchStopped.
-    StoreUnwritable when this engine gave up writing the operation's final status.
+    StoreUnwritable when this engine gave up writing the operation's final status. ``prefix``: ``outlast``
+    with the global options given, for the hints printed.
     """
     last: dict[str, Operation] = {}
 
@@ -214,7 +215,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool) -> Operati
                 if op.status in SETTLED:
                     return op
                 if not local and engine.draining and not pausing_there:
-                    view.note(f"stopped watching; {op_id} goes on running (outlast watch {op_id} follows it again)")
+                    view.note(f"stopped watching; {op_id} goes on running ({prefix} watch {op_id} follows it again)")
                     raise WatchStopped()
                 fmt.check_reader()
                 if local and op.status is Status.QUEUED and engine.draining:

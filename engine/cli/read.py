@@ -129,7 +129,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
             try:
                 if len(ids) == 1:
                     view = PlainView(json_lines=True) if mode == "json" else make_view(mode, "Ctrl-C stops watching")
-                    finals = [await follow(engine, ids[0], view, local=False)]
+                    finals = [await follow(engine, ids[0], view, local=False, prefix=app.command())]
                     if mode in ("plain", "live"):  # how it ended and why, and how to resume it, as a run says
                         report_final(finals[0], mode, app.command())
                 else:

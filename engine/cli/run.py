@@ -69,7 +69,8 @@ async def run_foreground(
             if mode != "quiet":
                 fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
         try:
-            final = await follow(engine, op.id, make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}"), local)
+            view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}")
+            final = await follow(engine, op.id, view, local, prefix)
         except WatchStopped:
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
             return ExitCode.WATCH_STOPPED
@@ -173,8 +174,9 @@ def detach_log(settings: Settings, op_id: str) -> Path:
     return detach_dir(settings) / f"{op_id}.log"
 
 
-def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> int:
-    """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid."""
+def spawn_detached(settings: Settings, global_args: list[str], op_id: str, prefix: str = "outlast") -> int:
+    """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid. ``prefix``:
+    ``outlast`` with the global options given, for the hints of an error."""
     log_path = detach_log(settings, op_id)
     try:
         with open(log_path, "ab", opener=private_opener) as out:
@@ -190,7 +192,7 @@ def spawn_detached(settings: Settings, global_args: list[str], op_id: str) -> in
     except OSError as e:  # no process could be started (out of memory, a process limit, no space for the log)
         raise OutlastError(
             f"operation {op_id} is queued, but no background process could be started for it"
-            f" ({e.strerror or e}): run it with `outlast worker`, or cancel it with `outlast cancel {op_id}`"
+            f" ({e.strerror or e}): run it with `{prefix} worker`, or cancel it with `{prefix} cancel {op_id}`"
         ) from None
     return proc.pid
 
@@ -210,21 +212,22 @@ async def submit_or_resume(
         return await engine.resume(op_id, checkpoint, profile)
 
 
-async def run_one(settings: Settings, op_id: str) -> ExitCode:
-    """The detached process: run one queued operation with plain output to its log file."""
+async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> ExitCode:
+    """The detached process: run one queued operation with plain output to its log file (``prefix``: its
+    command with the global options it was given, for the hints it writes there)."""
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
         try:
-            await claim_here(engine, op_id, "outlast slots")
+            await claim_here(engine, op_id, f"{prefix} slots")
         except Conflict as e:
             fmt.echo(f"not run here: {e}")
             return ExitCode.CONFLICT
         try:
-            final = await follow(engine, op_id, PlainView(), local=True)
+            final = await follow(engine, op_id, PlainView(), local=True, prefix=prefix)
         except StoreUnwritable:
-            report_unwritable(engine, op_id, "plain", "outlast")
+            report_unwritable(engine, op_id, "plain", prefix)
             return ExitCode.STORE
-    report_final(final, "plain")
+    report_final(final, "plain", prefix)
     return code_for_status(final.status)
 
 

@@ -142,13 +142,13 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
 def _detach(app: App, op_id: str) -> int:
     from .run import spawn_detached
 
-    pid = spawn_detached(app.settings, app.prepare_child(), op_id)
+    pid = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
     if app.json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
     else:
         fmt.echo(op_id)
         if not app.quiet:
-            fmt.echo(f"running in the background (pid {pid}); follow with: outlast watch {op_id}", err=True)
+            fmt.echo(f"running in the background (pid {pid}); follow with: {app.command('watch', op_id)}", err=True)
     return ExitCode.OK
 
 
@@ -193,7 +193,7 @@ def run_one_cmd(app: App, op_id: str) -> int:
     """Run one queued operation (the detached process)."""
     from .run import run_one
 
-    return run_async(run_one(app.settings, op_id))
+    return run_async(run_one(app.settings, op_id, app.command()))
 
 
 @click.command()
