@@ -429,12 +429,13 @@ class Attempt:
         msg = reason.message(detail)
         if reason is StopReason.STORE:
             self.host.store_stopped.add(self.op.id)
-        if forced:
-            msg += (
-                " (forced: the handler held the event loop)"
-                if how
-                else f" (forced after {settings.grace_period:g}s grace period)"
-            )
+        if forced:  # by what: a second signal (before or while the handler held the loop), or the grace period
+            if how:
+                msg += " (forced: the handler held the event loop)"
+            elif self.watch.forced_by:
+                msg += f" (forced by {self.watch.forced_by})"
+            else:
+                msg += f" (forced after {settings.grace_period:g}s grace period)"
         seq = self.ctx.checkpoint_seq
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
         await self._settle(reason.status, message=f"{msg}; {where}")

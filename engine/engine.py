@@ -275,8 +275,9 @@ class Engine:
             self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
         self.drain("shutdown")
         if self._signal_count > 1:
+            by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"
             for attempt in self._runs.values():
-                attempt.watch.force(time.monotonic())
+                attempt.watch.force(time.monotonic(), by)
 
     def drain(self, reason: StopReason | str = StopReason.PAUSE) -> None:
         """Take no more work and ask every running operation to stop with a checkpoint."""

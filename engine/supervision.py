@@ -79,6 +79,8 @@ class Watch:
         self.total_seen: int | None = None
         self.stop_at: float | None = None
         """When a stop was asked for: the grace period runs from here."""
+        self.forced_by: str | None = None
+        """What forced the stop before the grace period ran out ("a second Ctrl-C"); None: nothing did."""
         self.live_dirty = True
         self.extensions = 0
         self.settling = False
@@ -151,9 +153,11 @@ class Watch:
         if self.stop_at is not None:
             self.stop_at += dt
 
-    def force(self, now: float) -> None:
-        """Stop waiting for a safe point: the handler is cancelled at the next tick."""
+    def force(self, now: float, by: str) -> None:
+        """Stop waiting for a safe point: the handler is cancelled at the next tick. ``by``: what forced it (a
+        second signal), said in the log and the status line instead of a grace period that did not run out."""
         self.stop_at = now - self._grace
+        self.forced_by = by
 
     def tick(self, now: float) -> None:
         """Progress moved? A checkpoint or a report due? Stalled, past the deadline, past the grace period?"""
@@ -180,7 +184,10 @@ class Watch:
                 self._deadline_passed(now)
         elif self.stop_at is not None and now - self.stop_at > self._grace and self.task:
             if not self.task.done():
-                ctx.log.warning(f"no safe point reached within {self._grace:g}s: cancelling")
+                if self.forced_by:
+                    ctx.log.warning(f"stopped by force: {self.forced_by} came before a safe point")
+                else:
+                    ctx.log.warning(f"no safe point reached within {self._grace:g}s: cancelling")
                 ctx.kill_children()
                 self.task.cancel()
             self.stop_at = float("inf")

@@ -169,6 +169,23 @@ def test_a_pause_by_signal_says_which_signal(cli: Cli) -> None:
     assert cli.op(op_id).status_message.startswith("paused: Ctrl-C (SIGINT)")
 
 
+def test_a_stop_forced_by_a_second_ctrl_c_says_so_not_that_a_grace_period_ran_out(cli: Cli) -> None:
+    """Ctrl-C twice: the second forces the stop at once, and the status line said "(forced after 10s grace
+    period)", a grace period that never ran out. It says what forced it now. An item of 30 s: no safe
+    point comes between the two signals, so the stop is forced, never reached."""
+    proc = cli.start("--plugin", "tests.ops_for_tests", "run", "ledger", "-p", "items=3", "-p", "seconds=30")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    proc.wait_line(lambda ln: " running " in ln)
+    proc.signal(signal.SIGINT)
+    proc.wait_line(lambda ln: "pausing at its next safe point" in ln)  # the first one was heard
+    proc.signal(signal.SIGINT)
+    assert proc.wait(15) == 6, proc.err
+    message = cli.op(op_id).status_message or ""
+    assert message.startswith("paused: Ctrl-C (SIGINT) (forced by a second Ctrl-C)"), message
+    assert "grace" not in message and "forced by a second Ctrl-C" in proc.out[-2], proc.out[-3:]
+    assert "stopped by force: a second Ctrl-C came before a safe point" in cli("logs", op_id).stdout
+
+
 def test_every_type_reports_in_a_pipe_at_the_same_cadence(cli: Cli) -> None:
     """An index (its profile reports every 30 s) printed only a start and an end line into a pipe over
     19 s, while the demo printed a line a second: the pipe's cadence no longer follows the profile."""
