@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .text import NotJSON
 
 if TYPE_CHECKING:
-    from .context import OperationLog
+    from .context import OperationLog, ResumePoint
     from .models import Checkpoint, Operation, Progress
     from .store.base import Store
 
@@ -68,12 +68,16 @@ class SeedContextMethods:
 
         async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None: ...
 
+        def seed_style(self) -> ResumePoint | None: ...
+
     def should_resume(self) -> bool:
         """True when this run continues from a checkpoint (``ctx.resuming``)."""
+        self.seed_style()
         return self.resuming
 
     def get_resume_data(self) -> OperationCheckpoint | None:
         """The checkpoint this run resumes from; ``intermediate_results`` is ``ctx.state`` as it was saved."""
+        self.seed_style()
         data = self.resume_data
         if data is None:
             return None
@@ -102,6 +106,7 @@ class SeedContextMethods:
         status_message: str | None = None,
     ) -> None:
         """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here)."""
+        self.seed_style()
         try:
             self.progress(
                 processed_items,
@@ -127,6 +132,7 @@ class SeedContextMethods:
         A value JSON cannot hold (a ``Path``, a ``datetime``: the seed's own checkpoint carries a datetime,
         so its JSON checkpoints wrote such values as strings) is saved as its ``str``, said once in the
         log, instead of failing the operation as ``ctx.checkpoint`` does for code written for Outlast."""
+        self.seed_style()
         self.state.update(intermediate_results)
         try:
             await self.checkpoint(next_step, **context_data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import json
 import operator
@@ -25,7 +26,7 @@ import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .autobot import SeedContextMethods
 from .items import ItemLedger
@@ -63,6 +64,15 @@ def count_of(value: object, what: str) -> int:
     if n > MAX_COUNT:
         raise ValueError(f"{what} must be at most 2**63-1, not {n}")
     return n
+
+
+class ResumePoint(NamedTuple):
+    """Where a seed-style operation would resume: ``processed_items``, ``next_step`` and ``state`` as of one save."""
+
+    processed_items: int
+    next_step: str | None
+    state: dict[str, Any]
+    context_data: dict[str, Any]
 
 
 class AttemptPort(Protocol):
@@ -196,6 +206,12 @@ class OperationContext(SeedContextMethods):
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
+        self._point: ResumePoint | None = None
+        """Set while the handler works in the seed's style (``seed_style()``): its last explicit checkpoint."""
+        self._resumed_point: ResumePoint | None = None
+        """The checkpoint resumed from, as it was saved (taken by ``seed_style()``)."""
+        self._native = False
+        """``ctx.items`` was used: the ledger of item keys makes every checkpoint exact, no point is kept."""
         self.log = OperationLog(self._emit_log)
         self._children = Children(op.id, op.attempt, self.log.warning)
 
@@ -343,6 +359,7 @@ class OperationContext(SeedContextMethods):
         """
         if self.total is None and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
+        self._native, self._point = True, None
         return _Items(self, self._ledger, iter(iterable), key or str)
 
     def fail(self, key: str, error: BaseException | str) -> None:
@@ -373,6 +390,34 @@ class OperationContext(SeedContextMethods):
         if reason:
             self.log.info(f"skipped {key}: {reason}")
 
+    # ---- the seed's style: results kept by the handler, handed over only to save_checkpoint -----
+
+    def seed_style(self) -> ResumePoint | None:
+        """Seed side (``autobot.py``'s methods call it): the handler reports in the seed's style.
+
+        Such a handler keeps its results itself and hands them over only to ``save_checkpoint``, and
+        resumes from ``get_resume_data()``'s ``processed_items`` or ``next_step`` with its
+        ``intermediate_results``: those agree only as of one save. So from now on a checkpoint the engine
+        takes (a stop's, a timeout's) repeats the ``processed_items``, ``next_step`` and ``state`` of the last
+        checkpoint the handler asked for (or of the one resumed from, or nothing done): the work since is
+        done again, never skipped (a pause at file 150 after a save at 100 skipped 50 files on resume). Not
+        once ``ctx.items`` is used: its ledger of item keys makes every checkpoint exact.
+
+        Returns the checkpoint resumed from as it was saved (None: not resuming)."""
+        if self._native:
+            return None
+        if self._point is None:
+            data = self.resume_data
+            if data is not None:
+                done = int(data.get("processed_items") or 0)
+                self._resumed_point = ResumePoint(
+                    done, data.get("next_step"), copy.deepcopy(self.state), dict(data.get("context_data") or {})
+                )
+                self._point = self._resumed_point
+            else:
+                self._point = ResumePoint(0, None, {}, {})
+        return self._resumed_point
+
     # ---- checkpoints ---------------------------------------------------------------------------
 
     async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None:
@@ -389,7 +434,7 @@ class OperationContext(SeedContextMethods):
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return
-        saved = await self._save(next_step, context_data)
+        saved = await self._save(next_step, context_data, asked=True)
         if self._stop is not None:
             raise OperationStopped(self._stop, checkpointed=saved)
 
@@ -397,45 +442,56 @@ class OperationContext(SeedContextMethods):
         req, self._checkpoint_request = self._checkpoint_request, None
         saved = False
         if req is not None or self._checkpoint_due or self._stop is not None:
-            saved = await self._save(**(req or {}))
+            saved = await self._save(**(req or {}), asked=req is not None)
         self._attention = self._checkpoint_request is not None or self._stop is not None
         if self._stop is not None:
             raise OperationStopped(self._stop, checkpointed=saved)
 
-    async def _save(self, next_step: str | None = None, context_data: dict[str, Any] | None = None) -> bool:
+    async def _save(
+        self, next_step: str | None = None, context_data: dict[str, Any] | None = None, asked: bool = False
+    ) -> bool:
         """Save a checkpoint; False when the store could not write it (the engine says so once, the
-        work goes on, and what it held is kept for the next one). A handler never sees a store error."""
+        work goes on, and what it held is kept for the next one). A handler never sees a store error.
+        ``asked``: the handler asked for it (not a stop's or the interval's)."""
         async with self._saving:
-            return await self._save_one(next_step, context_data)
+            return await self._save_one(next_step, context_data, asked)
 
-    async def _save_one(self, next_step: str | None, context_data: dict[str, Any] | None) -> bool:
+    async def _save_one(self, next_step: str | None, context_data: dict[str, Any] | None, asked: bool) -> bool:
         self._checkpoint_due = False
         self._done_at_checkpoint = self.done
         delta = self._ledger.take()
         self._seq += 1
+        done, state, step = self.done, self.state, next_step if next_step is not None else self.step
+        context_data = context_data or {}
+        point = self._point  # the seed's style (seed_style()): a stop's checkpoint repeats the last asked for
+        if point is not None and not asked:
+            done, step, state, context_data = point
         cp = Checkpoint.model_construct(
             operation_id=self.id,
             seq=self._seq,
             epoch=self.epoch,
             created_at=time.time(),
-            progress_percentage=(min(100.0, 100.0 * self.done / self.total) if self.total else None),
-            processed_items=self.done,
+            progress_percentage=(min(100.0, 100.0 * done / self.total) if self.total else None),
+            processed_items=done,
             total_items=self.total,
             done_count=len(self._ledger.done),
-            state=self.state,
-            context_data=context_data or {},
-            next_step=next_step if next_step is not None else self.step,
+            state=state,
+            context_data=context_data,
+            next_step=step,
             metadata={"attempt": self.attempt, "failures": self.failures},
             checksum="",
             size=0,
             valid=True,
         )
         try:
-            if await self._attempt.save_checkpoint(cp, delta):
-                return True
+            saved = await self._attempt.save_checkpoint(cp, delta)
         except BaseException:
             self._unsave(delta)
             raise
+        if point is not None and asked:  # written, or to be written by the next (JSON, then: a safe copy)
+            self._point = ResumePoint(done, step, copy.deepcopy(state), copy.deepcopy(context_data))
+        if saved:
+            return True
         self._unsave(delta)
         return False
 

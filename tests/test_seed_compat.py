@@ -3,6 +3,7 @@ resume with a changed profile, the seed's field names on records and checkpoints
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ from engine import (
     open_store,
     operation,
 )
+from engine.autobot import OperationCheckpoint
 from engine.exitcodes import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
@@ -153,3 +155,53 @@ async def test_seed_checkpoints_save_paths_and_datetimes_as_strings(engine: Engi
     records, _ = await engine.logs(op.id)
     said = [r.message for r in records if "saved as its str" in r.message]
     assert said == ["ctx.state['processed_files'][0]['path'] is a PosixPath: saved as its str"], said
+
+
+SEED_GATE: dict[str, asyncio.Event] = {}
+SEED_RESUMED: list[OperationCheckpoint | None] = []
+
+
+@operation("test_seed_save_every_10")
+async def seed_save_every_10(ctx: OperationContext, params: dict) -> dict:
+    """The seed's indexing pattern: results kept by the handler, handed over every 10 items to save_checkpoint,
+    resumed from get_resume_data().processed_items; waits at ``params["wait_at"]`` for the test to pause it."""
+    start, results = 0, []
+    if ctx.should_resume():
+        data = ctx.get_resume_data()
+        SEED_RESUMED.append(data)
+        assert data is not None
+        start, results = data.processed_items, list(data.intermediate_results.get("results", []))
+    for i in range(start, 25):
+        results.append(i)
+        await ctx.update_progress(f"Indexing f{i}", i + 1, 25, {}, f"Processed {i + 1} of 25")
+        if i + 1 == params.get("wait_at"):
+            SEED_GATE["reached"].set()
+            await SEED_GATE["go"].wait()
+        if (i + 1) % 10 == 0:
+            await ctx.save_checkpoint({"results": results}, f"file_{i + 1}", source="/src")
+    return {"results": results}
+
+
+@pytest.mark.parametrize("wait_at", [15, 5])
+async def test_seed_handler_paused_between_saves_resumes_from_its_last_save(engine: Engine, wait_at: int) -> None:
+    """Paused at item 15 (after a save at 10) or 5 (before any): the stop's checkpoint must carry the
+    processed_items, next_step and state of one save, or a handler resuming from processed_items skips items."""
+    SEED_GATE.update(reached=asyncio.Event(), go=asyncio.Event())
+    SEED_RESUMED.clear()
+    op = await engine.submit(OperationSpec(type="test_seed_save_every_10", params={"wait_at": wait_at}))
+    await asyncio.wait_for(SEED_GATE["reached"].wait(), 20)
+    await engine.pause(op.id)
+    SEED_GATE["go"].set()
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    loaded = await engine.store.load_checkpoint(op.id)
+    assert loaded is not None
+    cp = loaded[0]
+    saved = 10 if wait_at == 15 else 0
+    assert (cp.processed_items, cp.state.get("results", [])) == (saved, list(range(saved)))
+    assert cp.next_step == ("file_10" if saved else None) and cp.context_data == ({"source": "/src"} if saved else {})
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {"results": list(range(25))}
+    data = SEED_RESUMED[0]
+    assert data is not None and (data.processed_items, data.next_step) == (saved, "file_10" if saved else "")
