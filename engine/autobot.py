@@ -70,6 +70,8 @@ class SeedContextMethods:
 
         def seed_style(self) -> ResumePoint | None: ...
 
+        def add_metrics(self, metrics: dict[str, Any]) -> None: ...
+
     def should_resume(self) -> bool:
         """True when this run continues from a checkpoint (``ctx.resuming``)."""
         self.seed_style()
@@ -107,14 +109,9 @@ class SeedContextMethods:
     ) -> None:
         """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here)."""
         self.seed_style()
+        self.add_metrics(performance_metrics or {})  # any names: not as **kwargs of progress()
         try:
-            self.progress(
-                processed_items,
-                total=total_items,
-                step=current_step,
-                message=status_message,
-                **(performance_metrics or {}),
-            )
+            self.progress(processed_items, total=total_items, step=current_step, message=status_message)
         except ValueError as e:  # named as the caller named them
             said = (
                 str(e)

@@ -337,6 +337,14 @@ class OperationContext(SeedContextMethods):
         if self._stop is not None and self._ledger.current is None:
             raise OperationStopped(self._stop, checkpointed=False)
 
+    def add_metrics(self, metrics: dict[str, Any]) -> None:
+        """Metrics under any names: ``progress(**metrics)`` takes ``done``, ``total``, ``step`` and ``message``
+        as its own arguments (the seed's ``performance_metrics`` dict with a ``"total"`` in seconds failed
+        the operation with "got multiple values"). Restarts the stall clock as ``progress`` with metrics does."""
+        if metrics:
+            self.metrics.update(metrics)
+            self._beat += 1
+
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
         if n.__class__ is not int or not 0 <= n <= 9223372036854775807:  # MAX_COUNT, without its lookup

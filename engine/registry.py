@@ -336,19 +336,20 @@ def progress_reporter(ctx: Any) -> Callable[..., _Reported]:
             step, done, total, metrics, message = (*args, None, None, None, None)[:5]
             metrics = {**(metrics or {}), **kw.pop("performance_metrics", {})}
             message = kw.pop("status_message", message)
+            ctx.add_metrics(metrics)  # any names (a "total" in seconds): not as **kwargs of progress()
             ctx.progress(
                 None if done is None else int(done),
                 total=None if total is None else int(total),
                 step=step,
                 message=message,
-                **metrics,
             )
         else:
             done, total, message = (*args, None, None, None)[:3]
             done, total = kw.pop("done", done), kw.pop("total", total)
             message = kw.pop("message", message)
+            ctx.add_metrics(kw)  # the rest are metrics, whatever their names ("step" too)
             ctx.progress(
-                None if done is None else int(done), total=None if total is None else int(total), message=message, **kw
+                None if done is None else int(done), total=None if total is None else int(total), message=message
             )
         return _REPORTED
 

@@ -18,6 +18,7 @@ from engine import (
     OperationType,
     Settings,
     Status,
+    migrate_timeout_operation,
     open_store,
     operation,
 )
@@ -45,6 +46,9 @@ async def test_migrated_callback_takes_both_styles_awaited_or_not() -> None:
         def progress(self, done=None, total=None, step=None, message=None, **metrics):
             self.done, self.total = done if done is not None else self.done, total or self.total
             self.step, self.message = step or self.step, message or self.message
+            self.metrics = {**self.metrics, **metrics}
+
+        def add_metrics(self, metrics):
             self.metrics = {**self.metrics, **metrics}
 
     ctx = Ctx()
@@ -205,3 +209,31 @@ async def test_seed_handler_paused_between_saves_resumes_from_its_last_save(engi
     assert final.result == {"results": list(range(25))}
     data = SEED_RESUMED[0]
     assert data is not None and (data.processed_items, data.next_step) == (saved, "file_10" if saved else "")
+
+
+@operation("test_seed_metric_names")
+async def seed_metric_names(ctx: OperationContext, params: dict) -> str:
+    """performance_metrics is any dict: a "total" in seconds or a "step" count are metrics like any other."""
+    metrics = {"total": 12.5, "step": 3, "done": 1, "message": "x", "files_per_second": 4.0}
+    await ctx.update_progress("Indexing a.py", 1, 10, metrics, "Processed 1 of 10 files")
+    return "ok"
+
+
+@migrate_timeout_operation("test_seed_metric_names_migrated")
+async def migrated_metric_names(progress_callback=None) -> str:  # type: ignore[no-untyped-def]
+    """The migrated callback, in both styles, with metrics named as the callback's own arguments."""
+    await progress_callback("Run 1", 1, 5, {"total": 0.8, "done": 1})
+    progress_callback(2, 5, "two", step=7)
+    return "ok"
+
+
+async def test_metrics_may_be_named_total_step_done_or_message(engine: Engine) -> None:
+    for type_, step, metrics in (
+        ("test_seed_metric_names", "Indexing a.py", {"total": 12.5, "step": 3, "done": 1, "message": "x"}),
+        ("test_seed_metric_names_migrated", "Run 1", {"total": 0.8, "done": 1, "step": 7}),
+    ):
+        op = await engine.submit(OperationSpec(type=type_))
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.COMPLETED, final.error
+        assert final.progress.step == step
+        assert {k: final.progress.metrics[k] for k in metrics} == metrics
