@@ -237,3 +237,25 @@ async def test_metrics_may_be_named_total_step_done_or_message(engine: Engine) -
         assert final.status is Status.COMPLETED, final.error
         assert final.progress.step == step
         assert {k: final.progress.metrics[k] for k in metrics} == metrics
+
+
+@operation("test_seed_save_replaces")
+async def seed_save_replaces(ctx: OperationContext, params: dict) -> object:
+    """A partial file's offset saved, then dropped by the next save: it must not come back on resume."""
+    if ctx.should_resume():
+        data = ctx.get_resume_data()
+        return data.intermediate_results if data else None
+    await ctx.save_checkpoint({"processed_files": ["a.py"], "partial": {"file": "big.bin", "offset": 4096}}, "big")
+    await ctx.save_checkpoint({"processed_files": ["a.py", "big.bin"]}, "file_2")
+    ctx.state["checked"] = True
+    await ctx.save_checkpoint(ctx.state, "file_2")  # ctx.state itself, passed: kept as it is
+    raise RuntimeError("connection lost")
+
+
+async def test_save_checkpoint_saves_what_it_was_given_not_a_merge(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_seed_save_replaces"))
+    assert (await engine.wait(op.id, timeout=20)).status is Status.FAILED
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {"processed_files": ["a.py", "big.bin"], "checked": True}
