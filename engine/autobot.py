@@ -12,6 +12,7 @@ Nothing here imports the context or the engine: the context inherits the methods
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,11 +79,14 @@ class SeedContextMethods:
         return self.resuming
 
     def get_resume_data(self) -> OperationCheckpoint | None:
-        """The checkpoint this run resumes from; ``intermediate_results`` is ``ctx.state`` as it was saved."""
-        self.seed_style()
+        """The checkpoint this run resumes from: a copy of it, as it was saved. ``intermediate_results`` is the
+        checkpoint's state, not the live ``ctx.state`` (which later saves change, so that it no longer
+        agreed with ``next_step``), and changing it changes nothing the engine holds."""
+        point = self.seed_style()
         data = self.resume_data
         if data is None:
             return None
+        state = point.state if point is not None else self.state  # None: ``ctx.items`` came first
         done = int(data.get("processed_items") or 0)
         total = self.total or 0
         ts = data.get("created_at")
@@ -93,8 +97,8 @@ class SeedContextMethods:
             progress_percentage=min(100.0, 100.0 * done / total) if total else 0.0,
             processed_items=done,
             total_items=total,
-            intermediate_results=self.state,
-            context_data=dict(data.get("context_data") or {}),
+            intermediate_results=copy.deepcopy(state),
+            context_data=copy.deepcopy(dict(data.get("context_data") or {})),
             next_step=data.get("next_step") or "",
             metadata=dict(data.get("metadata") or {}),
         )

@@ -13,6 +13,7 @@ import pytest
 from engine import (
     Engine,
     InvalidInput,
+    Operation,
     OperationContext,
     OperationSpec,
     OperationType,
@@ -239,6 +240,16 @@ async def test_metrics_may_be_named_total_step_done_or_message(engine: Engine) -
         assert {k: final.progress.metrics[k] for k in metrics} == metrics
 
 
+async def failed_then_resumed(engine: Engine, type_: str) -> Operation:
+    """Run ``type_``, which fails its first attempt, resume it, and return it completed."""
+    op = await engine.submit(OperationSpec(type=type_))
+    assert (await engine.wait(op.id, timeout=20)).status is Status.FAILED
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    return final
+
+
 @operation("test_seed_save_replaces")
 async def seed_save_replaces(ctx: OperationContext, params: dict) -> object:
     """A partial file's offset saved, then dropped by the next save: it must not come back on resume."""
@@ -253,9 +264,33 @@ async def seed_save_replaces(ctx: OperationContext, params: dict) -> object:
 
 
 async def test_save_checkpoint_saves_what_it_was_given_not_a_merge(engine: Engine) -> None:
-    op = await engine.submit(OperationSpec(type="test_seed_save_replaces"))
-    assert (await engine.wait(op.id, timeout=20)).status is Status.FAILED
-    await engine.resume(op.id)
-    final = await engine.wait(op.id, timeout=20)
-    assert final.status is Status.COMPLETED, final.error
+    final = await failed_then_resumed(engine, "test_seed_save_replaces")
     assert final.result == {"processed_files": ["a.py", "big.bin"], "checked": True}
+
+
+SEED_SNAPSHOTS: list[dict] = []
+
+
+@operation("test_seed_resume_data_snapshot")
+async def seed_resume_data_snapshot(ctx: OperationContext, params: dict) -> str:
+    """get_resume_data() after a resume, then a save and a change to what it returned."""
+    if not ctx.should_resume():
+        await ctx.save_checkpoint({"processed_files": ["a"]}, "file_1")
+        raise RuntimeError("connection lost")
+    data = ctx.get_resume_data()
+    assert data is not None
+    data.intermediate_results["processed_files"].append("changed by the handler")
+    await ctx.save_checkpoint({"processed_files": ["a", "b", "c"], "extra": 1}, "file_3")
+    again = ctx.get_resume_data()
+    assert again is not None
+    SEED_SNAPSHOTS[:] = [data.intermediate_results, again.intermediate_results, {"next_step": again.next_step}]
+    return "ok"
+
+
+async def test_get_resume_data_is_a_snapshot_of_the_checkpoint(engine: Engine) -> None:
+    final = await failed_then_resumed(engine, "test_seed_resume_data_snapshot")
+    first, again, step = SEED_SNAPSHOTS
+    assert first == {"processed_files": ["a", "changed by the handler"]}  # its own copy, changed by the handler
+    assert again == {"processed_files": ["a"]} and step == {"next_step": "file_1"}  # the checkpoint, unchanged
+    loaded = await engine.store.load_checkpoint(final.id)
+    assert loaded is not None and loaded[0].state == {"processed_files": ["a", "b", "c"], "extra": 1}
