@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from typing import Any
 
 import pytest
 
+from engine import Engine, OperationContext, OperationSpec, operation
 from tests.fixtures_api import CLI, REPO, Server, poll
 
 pytest.importorskip("fastapi")
@@ -15,6 +17,8 @@ ws_client = pytest.importorskip("websockets.sync.client")
 _wsx = pytest.importorskip("websockets.exceptions")
 ConnectionClosed, ConnectionClosedOK = _wsx.ConnectionClosed, _wsx.ConnectionClosedOK
 pytestmark = pytest.mark.timeout(120)
+
+from engine.api.progress import ProgressHub, Subscriber  # noqa: E402  (fastapi: skipped above without it)
 
 
 def read_until(ws: Any, pred: Any, timeout: float = 40.0) -> list[dict[str, Any]]:
@@ -142,3 +146,39 @@ def test_a_loopback_server_answers_only_to_loopback_names(observer: Server) -> N
     r = observer.http.get("/api/operations/", headers={"Host": f"evil.example:{observer.port}"})
     assert r.status_code == 400
     assert observer.http.get("/api/health", headers={"Host": f"localhost:{observer.port}"}).status_code == 200
+
+
+LAST_GATE: dict[str, asyncio.Event] = {}
+
+
+@operation("test_ws_last_progress")
+async def ws_last_progress(ctx: OperationContext, params: dict) -> str:
+    """36 of 40 reported, then (once the test lets it) 40 of 40 and done at once."""
+    ctx.progress(36, total=40, step="item 36")
+    LAST_GATE["reached"].set()
+    await LAST_GATE["go"].wait()
+    ctx.progress(40, step="item 40")
+    return "ok"
+
+
+async def test_the_last_progress_update_comes_before_the_final_message(engine: Engine) -> None:
+    """The seed's frontend draws its bar from progress_update alone: the last one must say 100%, not the
+    last sample's 90% (the hub polls progress; here once only, so that no poll can catch 40 of 40)."""
+    LAST_GATE.update(reached=asyncio.Event(), go=asyncio.Event())
+    op = await engine.submit(OperationSpec(type="test_ws_last_progress"))
+    await asyncio.wait_for(LAST_GATE["reached"].wait(), 20)
+    hub = ProgressHub(engine, poll=3600)
+    sub = Subscriber(op.id)
+    hub.add(sub)
+    hub.start()
+    try:
+        msgs = [await asyncio.wait_for(sub.queue.get(), 20)]
+        LAST_GATE["go"].set()
+        while msgs[-1]["type"] != "final":
+            msgs.append(await asyncio.wait_for(sub.queue.get(), 20))
+    finally:
+        await hub.stop()
+    kinds = ["status_changed", "progress_update", "progress_update", "status_changed", "final"]
+    assert [m["type"] for m in msgs] == kinds  # running, 36 of 40, 40 of 40, completed, final
+    assert [m["data"]["progress_percentage"] for m in msgs[1:3]] == [90.0, 100.0]
+    assert msgs[2]["data"]["processed_items"] == 40 and msgs[2]["status"] == "completed"

@@ -206,6 +206,11 @@ class ProgressHub:
             self._seen.popitem(last=False)
         if old is None and fresh and op.status in SETTLED:
             return  # settled before anyone was watching: nothing to announce
+        settling = op.status in SETTLED and (old is None or old[0] != op.status)
+        if settling and (old is None or old[1:] != key[1:]):
+            # Its last progress (40 of 40, 100%) before it is said settled: a client that draws its bar from
+            # progress_update alone (the seed's frontend) stopped at the last sample (90%, 97.5%).
+            self._send(op.id, "progress", progress_message(op))
         if old is None or old[0] != op.status:
             msg = StatusMessage(
                 operation_id=op.id,
