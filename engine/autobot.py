@@ -196,8 +196,8 @@ def seed_operation(op: Operation) -> dict[str, Any]:
 
 def seed_checkpoint(cp: Checkpoint, full: bool = False) -> dict[str, Any]:
     """A checkpoint under the seed's names: ``checkpoint_id`` (the seq), ``timestamp`` (ISO 8601),
-    ``intermediate_results`` (``state``). A listing leaves ``intermediate_results`` and ``context_data``
-    out (null; ``full`` false): they are read one checkpoint at a time."""
+    ``intermediate_results`` (``state``). A listing leaves ``intermediate_results``, ``context_data`` and
+    ``metadata`` out (null; ``full`` false): they are read one checkpoint at a time."""
     return {
         "checkpoint_id": str(cp.seq),
         "timestamp": iso(cp.created_at),
@@ -207,7 +207,7 @@ def seed_checkpoint(cp: Checkpoint, full: bool = False) -> dict[str, Any]:
         "intermediate_results": cp.state if full else None,
         "context_data": cp.context_data if full else None,
         "next_step": cp.next_step,
-        "metadata": cp.metadata,
+        "metadata": cp.metadata if full else None,  # not read by a listing: null, not an empty "none"
         "full": full,
     }
 

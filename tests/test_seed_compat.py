@@ -23,7 +23,7 @@ from engine import (
     open_store,
     operation,
 )
-from engine.autobot import OperationCheckpoint
+from engine.autobot import OperationCheckpoint, checkpoint_listing, seed_checkpoint
 from engine.exitcodes import ExitCode
 from engine.models import type_name
 from engine.registry import progress_reporter
@@ -160,6 +160,20 @@ async def test_seed_checkpoints_save_paths_and_datetimes_as_strings(engine: Engi
     records, _ = await engine.logs(op.id)
     said = [r.message for r in records if "saved as its str" in r.message]
     assert said == ["ctx.state['processed_files'][0]['path'] is a PosixPath: saved as its str"], said
+
+
+async def test_a_checkpoint_listing_leaves_metadata_out_as_null_like_the_other_unread_fields(engine: Engine) -> None:
+    """A listing showed ``"metadata": {}`` (read as "no metadata") where the full checkpoint has the attempt
+    and failure count: what a listing does not read is null, with ``"full": false``."""
+    op = await engine.submit(OperationSpec(type="test_seed_paths"))
+    assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+    listed = [checkpoint_listing(c) for c in await engine.checkpoints(op.id)]
+    assert listed and all(c["metadata"] is None and c["intermediate_results"] is None for c in listed)
+    assert all(c["full"] is False for c in listed)
+    loaded = await engine.store.load_checkpoint(op.id)
+    assert loaded is not None
+    full = seed_checkpoint(loaded[0], full=True)
+    assert full["metadata"] == {"attempt": 1, "failures": 0} and full["full"] is True
 
 
 SEED_GATE: dict[str, asyncio.Event] = {}
