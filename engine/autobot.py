@@ -128,18 +128,16 @@ class SeedContextMethods:
     async def save_checkpoint(
         self, intermediate_results: dict[str, Any], next_step: str | None = None, **context_data: Any
     ) -> None:
-        """The seed's checkpoint call: ``intermediate_results`` become ``ctx.state``, then a checkpoint.
+        """The seed's checkpoint call: ``intermediate_results`` go into ``ctx.state``, then a checkpoint.
 
-        They replace it, not merge into it: the seed's checkpoint holds the dict it was given, and a resume
-        gets back exactly what the last save passed (a key a later save left out came back merged).
+        Merged, not replacing it: tasks of one handler that save their own keys at once (``asyncio.gather``
+        of workers, tests/test_engine_gathered.py) keep each other's; a key a later save leaves out stays.
 
         A value JSON cannot hold (a ``Path``, a ``datetime``: the seed's own checkpoint carries a datetime,
         so its JSON checkpoints wrote such values as strings) is saved as its ``str``, said once in the
         log, instead of failing the operation as ``ctx.checkpoint`` does for code written for Outlast."""
         self.seed_style()
-        if intermediate_results is not self.state:  # ctx.state itself, passed: it is what it holds
-            self.state.clear()
-            self.state.update(intermediate_results)
+        self.state.update(intermediate_results)
         try:
             await self.checkpoint(next_step, **context_data)
         except NotJSON as e:

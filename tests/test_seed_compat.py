@@ -264,24 +264,6 @@ async def failed_then_resumed(engine: Engine, type_: str) -> Operation:
     return final
 
 
-@operation("test_seed_save_replaces")
-async def seed_save_replaces(ctx: OperationContext, params: dict) -> object:
-    """A partial file's offset saved, then dropped by the next save: it must not come back on resume."""
-    if ctx.should_resume():
-        data = ctx.get_resume_data()
-        return data.intermediate_results if data else None
-    await ctx.save_checkpoint({"processed_files": ["a.py"], "partial": {"file": "big.bin", "offset": 4096}}, "big")
-    await ctx.save_checkpoint({"processed_files": ["a.py", "big.bin"]}, "file_2")
-    ctx.state["checked"] = True
-    await ctx.save_checkpoint(ctx.state, "file_2")  # ctx.state itself, passed: kept as it is
-    raise RuntimeError("connection lost")
-
-
-async def test_save_checkpoint_saves_what_it_was_given_not_a_merge(engine: Engine) -> None:
-    final = await failed_then_resumed(engine, "test_seed_save_replaces")
-    assert final.result == {"processed_files": ["a.py", "big.bin"], "checked": True}
-
-
 SEED_SNAPSHOTS: list[dict] = []
 
 
