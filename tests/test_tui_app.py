@@ -144,6 +144,29 @@ async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_setting
         await wait_for(pilot, lambda: len(table.ids) == 4)
 
 
+async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_settings: Settings) -> None:
+    """Keys arriving with "/" in one read (a paste, a slow SSH link, tmux send-keys) were handed to the
+    table before "/" had moved the focus: "/paused" paused the selected operation, s sorted, q quit."""
+    from textual import events
+    from textual.widgets import Input
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for name in ("one", "two"):
+            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        sort = table.sort
+        for key in ["slash", *"paused", "space", *"queued"]:  # posted at once, as one read of the terminal
+            app.post_message(events.Key(key, " " if key == "space" else key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+        assert app.query_one("#filter", Input).value == "paused queued"
+        assert app.is_running and table.sort == sort
+        assert {op.status for op in await engine.list()} == {Status.QUEUED}  # nothing paused
+
+
 async def test_priority_keys_move_queued_work_and_ignore_running_work(tui_settings: Settings) -> None:
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)

@@ -26,6 +26,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
 from engine import (
@@ -77,7 +78,9 @@ class OutlastApp(App[int]):
         Binding("d,delete", "refuse_remove", show=False),  # the same key where remove does not apply
         Binding("plus", "raise_priority", "Prio+", key_display="+"),
         Binding("minus", "lower_priority", "Prio-", key_display="-"),
-        Binding("slash", "filter", "Filter", key_display="/"),
+        # Priority: run as the app reads the key, before the keys behind it (one burst: a paste, a slow
+        # SSH link) are handed to the table, where "/paused" paused and "/queued" quit.
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("l", "logs", "Logs"),
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("w", "toggle_run_queue", "Watch", show=False),
@@ -368,6 +371,8 @@ class OutlastApp(App[int]):
             return action not in self.ACTIONS_HELP and action != "refuse_remove"
         if action == "refuse_remove":
             return remove_refusal(self.dashboard.selected_op) is not None
+        if action == "filter" and isinstance(self.focused, Input):
+            return False  # a priority binding: "/" typed into the filter is a character
         return self._applies(action)
 
     def _applies(self, action: str) -> bool:

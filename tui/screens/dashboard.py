@@ -300,9 +300,11 @@ class DashboardScreen(Screen[None]):
         self.refresh_view(running=False)
 
     def action_filter(self) -> None:
+        """Focus the filter box in this turn (not ``focus()``, which waits a turn): the keys typed right
+        behind "/" are handed by the app to whatever has the focus when it reads each of them."""
         box = self.query_one("#filter", Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
