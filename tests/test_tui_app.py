@@ -144,10 +144,18 @@ async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_setting
         await wait_for(pilot, lambda: len(table.ids) == 4)
 
 
+def _burst(app: OutlastApp, *keys: str) -> None:
+    """Post ``keys`` at once, as one read of the terminal brings them (a paste, a slow SSH link): the
+    pilot's press waits for each key to be handled, so the next never comes before it has."""
+    from textual import events
+
+    for key in keys:
+        app.post_message(events.Key(key, " " if key == "space" else key if len(key) == 1 else None))
+
+
 async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_settings: Settings) -> None:
     """Keys arriving with "/" in one read (a paste, a slow SSH link, tmux send-keys) were handed to the
     table before "/" had moved the focus: "/paused" paused the selected operation, s sorted, q quit."""
-    from textual import events
     from textual.widgets import Input
 
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
@@ -159,8 +167,7 @@ async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_set
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: len(table.ids) == 2)
         sort = table.sort
-        for key in ["slash", *"paused", "space", *"queued"]:  # posted at once, as one read of the terminal
-            app.post_message(events.Key(key, " " if key == "space" else key if len(key) == 1 else None))
+        _burst(app, "slash", *"paused", "space", *"queued")
         await pilot.pause(0.5)
         assert app.query_one("#filter", Input).value == "paused queued"
         assert app.is_running and table.sort == sort
@@ -268,6 +275,24 @@ async def test_launch_form_submits_to_the_engine_and_selects_the_new_operation(t
         new = next(op for op in ops if op.id != first.id)
         assert new.type == "ledger" and new.status is Status.QUEUED
         await wait_for(pilot, lambda: table.selected_id == new.id)
+
+
+async def test_keys_typed_in_one_burst_behind_n_are_applied_to_the_form_in_order(tui_settings: Settings) -> None:
+    """Keys arriving with n in one read (over SSH, tmux send-keys) went to the table or to the form before
+    anything in it had the focus: tab and backspace landed, 7 and ctrl+s were lost, and a later ctrl+s
+    launched items 100, or 10, which nobody typed."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        table = app.query_one(OperationsTable)
+        first = await engine.submit({"type": "ledger", "name": "first", "params": {"items": 3}})
+        await select(pilot, first.id)
+        _burst(app, "n", "tab", "backspace", "7", "ctrl+s")
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        new = next(op for op in await engine.list() if op.id != first.id)
+        assert (new.type, new.params["items"]) == ("ledger", 7)  # tab selects the 100, backspace clears it
+        assert not isinstance(app.screen, LaunchScreen)
 
 
 async def test_theme_key_switches_and_remembers_the_theme(tui_settings: Settings) -> None:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from textual import on
+from textual import events, on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -70,7 +70,7 @@ class OutlastApp(App[int]):
     """Also what a dialog without its own AUTO_FOCUS focuses first (nothing: it sets its own focus)."""
 
     BINDINGS = [
-        Binding("n", "launch", "Launch"),
+        Binding("n", "launch", "Launch", priority=True),  # as the app reads it: see action_launch
         Binding("c", "cancel", "Cancel"),
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
@@ -132,6 +132,9 @@ class OutlastApp(App[int]):
         """Said when the app has exited: what was handed over to which background worker."""
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._keys_held: list[events.Key] | None = None
+        """Keys read while a screen just opened has nothing focused yet (``_hold_keys``)."""
+        self._holding_for: Screen[Any] | None = None
         self._boot: Worker[None] | None = None
         self._reads: dict[str, tuple[Worker[Any], float]] = {}
         """The poll and the refetch while they run, with when each began (``_read``)."""
@@ -371,8 +374,8 @@ class OutlastApp(App[int]):
             return action not in self.ACTIONS_HELP and action != "refuse_remove"
         if action == "refuse_remove":
             return remove_refusal(self.dashboard.selected_op) is not None
-        if action == "filter" and isinstance(self.focused, Input):
-            return False  # a priority binding: "/" typed into the filter is a character
+        if action in ("filter", "launch") and isinstance(self.focused, Input):
+            return False  # priority bindings: "/" or "n" typed into the filter is a character
         return self._applies(action)
 
     def _applies(self, action: str) -> bool:
@@ -514,7 +517,34 @@ class OutlastApp(App[int]):
             if spec is not None:
                 self._work(self._submit(spec), "act", "launching")
 
-        self.push_screen(LaunchScreen(handlers(), initial_type=op.type if op else None), launched)
+        screen = LaunchScreen(handlers(), initial_type=op.type if op else None)
+        self.push_screen(screen, launched)
+        self._hold_keys(screen)
+
+    # ---- keys typed while a screen opens ------------------------------------------------------
+
+    def _hold_keys(self, screen: Screen[Any]) -> None:
+        """Hold the keys read from now until a widget of ``screen`` has the focus, then hand them on in
+        the order typed. ``n`` (a priority binding) runs as the app reads it; the keys behind it in one
+        burst (tab, backspace, 7, ctrl+s over SSH) were handed to the table, or to the form before
+        anything in it had the focus, and lost: the form then launched what nobody typed."""
+        self._keys_held, self._holding_for = [], screen
+        self.set_timer(1.0, self._release_keys)  # never held for good (a screen with nothing to focus)
+
+    async def on_event(self, event: events.Event) -> None:
+        if self._keys_held is not None and isinstance(event, events.Key) and not event.is_forwarded:
+            self._keys_held.append(event)
+            return
+        await super().on_event(event)
+
+    async def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if self._holding_for is not None and event.widget.screen is self._holding_for:
+            await self._release_keys()
+
+    async def _release_keys(self) -> None:
+        held, self._keys_held, self._holding_for = self._keys_held or [], None, None
+        for key in held:  # in this one turn: no key read later gets in between
+            await super().on_event(key)
 
     async def _submit(self, spec: OperationSpec) -> None:
         op = await self.model.submit(spec)
