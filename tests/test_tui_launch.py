@@ -328,3 +328,22 @@ async def test_keys_the_type_field_does_not_hand_on_keep_their_meaning(settings:
             await pilot.press("escape")  # cancels the form
             await pilot.pause()
         assert app.results == [None], held
+
+
+async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settings: Settings) -> None:
+    """enter (open the list), down, enter (pick the next type), tab, a value and ctrl+s in one burst: the
+    list's overlay took the focus a turn after the enter that opened it, so down and the second enter
+    reached the closed field and were lost, and the form launched the old type with its defaults."""
+    from textual import events
+    from textual.widgets import Select
+
+    types = {t: handlers()[t] for t in ("demo", "dependency_analysis")}
+    app = LaunchApp(types, initial_type="demo")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#launch-type", Select).focus()
+        await pilot.pause()
+        for key in ["enter", "down", "enter", "tab", *"/tmp", "ctrl+s"]:  # at once, through the app
+            app.post_message(events.Key(key, key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+    assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]

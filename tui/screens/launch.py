@@ -26,7 +26,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Button, Input, Label, Select, Static, Switch
+from textual.widgets import Button, Input, Label, OptionList, Select, Static, Switch
 
 from engine import HandlerSpec, OperationSpec, Priority
 
@@ -230,8 +230,10 @@ class TypeSelect(Select[str]):
     that reaches this field after the focus moved on is handed to the field that has it now; other
     keys do what they do on a Select (open the list, the form's escape)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, options: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self._values = [value for _prompt, value in options]
+        """The types, in the list's order."""
         self._held: list[events.Key | Callable[[], None]] = []
         """Keys (and a launch) that came while params are being swapped in."""
         self._swaps = 0
@@ -240,6 +242,26 @@ class TypeSelect(Select[str]):
     @property
     def holding(self) -> bool:
         return self._swaps > 0
+
+    def _list_key(self, key: str) -> bool:
+        """A key for the list opened in this turn, applied to it here. Its overlay takes the focus a turn
+        after the key that opened it, so down and enter typed right behind (one burst) reached this closed
+        field and were lost: the form then launched the old type. False: not a key of the list."""
+        overlay = self.query_one(OptionList)
+        if key == "down":
+            overlay.action_cursor_down()
+        elif key == "up":
+            overlay.action_cursor_up()
+        elif key == "escape":
+            self.expanded = False
+        elif key == "enter" and overlay.highlighted is not None:
+            self.value = self._values[overlay.highlighted]  # the params swap in, holding the keys behind
+            self.expanded = False
+        else:
+            return False
+        if not self.expanded:
+            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
+        return True
 
     def hold(self) -> None:
         """Until the matching ``release``, keys that reach this field wait."""
@@ -270,9 +292,14 @@ class TypeSelect(Select[str]):
 
     async def on_key(self, event: events.Key) -> None:
         if self.expanded:
+            if self.screen.focused is self and self._list_key(event.key):
+                event.stop()
+                event.prevent_default()
             return  # the open list's own keys
         if self.holding:
             self._held.append(events.Key(event.key, event.character))
+        elif event.key in ("enter", "down", "space", "up") and self.screen.focused is self:
+            self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see _list_key
         elif not _hand_on(self, event):
             return  # a Select's own key, or the form's
         event.stop()
@@ -605,6 +632,10 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         if self.focused is not waited_on and self.focused is not None:
             # A tab in the burst moved the focus: the keys after it went to the new field's queue.
             self._launch_after_keys(self.focused)
+            return
+        if isinstance(waited_on, TypeSelect) and waited_on.holding:
+            # A type picked by the keys before it: its params swap in, and the keys behind wait for them.
+            self._launch_after_keys(waited_on)
             return
         self._tried = True
         spec, field_errors, form_errors = self.validate()
