@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, StoreError, load_settings, open_store
 from tui.app import OutlastApp
@@ -142,6 +142,34 @@ async def test_filter_shows_matching_operations_and_keys_act_on_them(tui_setting
         assert cancelled[0].id in alphas
         await pilot.press("slash", "escape")
         await wait_for(pilot, lambda: len(table.ids) == 4)
+
+
+async def test_the_selected_operation_leaving_a_filter_selects_nothing_not_its_neighbour(
+    tui_settings: Settings,
+) -> None:
+    """Under a filter, the selected operation changed status and left the view: the cursor moved onto a
+    neighbour, and a p pressed just then paused an operation nobody chose. Now nothing is selected (the
+    keys act on nothing) until the cursor moves."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for name in ("first", "second", "third"):
+            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 3)
+        app.dashboard.query_one("#filter", Input).value = "queued"
+        await wait_for(pilot, lambda: table.filter_words)
+        chosen = table.selected_id
+        assert chosen is not None
+        await engine.cancel(chosen)  # as if it ended on its own, or another terminal cancelled it
+        await wait_for(pilot, lambda: chosen not in table.ids and len(table.ids) == 2)
+        assert table.selected_id is None
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        assert [op.status for op in await engine.list() if op.id != chosen] == [Status.QUEUED, Status.QUEUED]
+        await pilot.press("down")
+        assert table.selected_id == table.ids[0]
 
 
 def _burst(app: OutlastApp, *keys: str) -> None:

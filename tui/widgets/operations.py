@@ -197,8 +197,11 @@ class OperationsTable(ScrollView, can_focus=True):
             try:
                 self.cursor = self.ids.index(keep)
             except ValueError:
-                self.cursor = 0  # the selected operation was filtered out: back to the top
-        else:
+                # Gone from the view by a change of its own (it completed under a "running" filter, another
+                # process removed it): nothing is selected until the cursor moves. Moved onto a neighbour, it
+                # had the next c or p act on an operation nobody chose. A new filter or sort: the top row.
+                self.cursor = -1 if moved is not None else 0
+        elif self.cursor != -1 or moved is None:
             self.cursor = 0
         size = Size(self.size.width, len(self.ids) + 1)
         if size != self.virtual_size:  # a new virtual size lays out the whole screen: only when rows came or went
@@ -249,6 +252,8 @@ class OperationsTable(ScrollView, can_focus=True):
     def _scroll_to_cursor(self) -> None:
         rows = max(1, self.size.height - 1)
         top = int(self.scroll_y)
+        if self.cursor < 0:
+            return  # nothing selected
         if self.cursor < top:
             self.scroll_to(y=self.cursor, animate=False, immediate=True)
         elif self.cursor >= top + rows:
