@@ -172,6 +172,23 @@ async def test_the_selected_operation_leaving_a_filter_selects_nothing_not_its_n
         assert table.selected_id == table.ids[0]
 
 
+async def test_ctrl_c_says_how_to_quit_without_markup(tui_settings: Settings) -> None:
+    """Textual's own Ctrl-C notice went through the app's plain-text notify: "Press [b]ctrl+q[/b] to quit"."""
+    app = make_app(tui_settings)
+    said: list[str] = []
+    notify = app.notify
+
+    def noted(message: str, **kw: Any) -> None:
+        said.append(message)
+        notify(message, **kw)
+
+    app.notify = noted  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+    assert said and said[-1].startswith("Press ") and "[b]" not in said[-1], said
+
+
 def _burst(app: OutlastApp, *keys: str) -> None:
     """Post ``keys`` at once, as one read of the terminal brings them (a paste, a slow SSH link): the
     pilot's press waits for each key to be handled, so the next never comes before it has."""

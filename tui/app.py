@@ -150,6 +150,14 @@ class OutlastApp(App[int]):
         kw.setdefault("markup", False)
         super().notify(fmt.printable(message, keep_newlines=True), **kw)
 
+    def action_help_quit(self) -> None:
+        """Ctrl-C: how to quit, as Textual says it, without its markup (every notification here is plain
+        text, so Textual's own "Press [b]ctrl+q[/b] to quit the app" showed the brackets)."""
+        for key, active in self.active_bindings.items():
+            if active.binding.action in ("quit", "app.quit"):
+                self.notify(f"Press {key} to quit the app", title="Do you want to quit?")
+                return
+
     @property
     def dashboard(self) -> DashboardScreen:
         """The dashboard's own screen: queries must not look into a dialog open on top of it."""
