@@ -372,3 +372,21 @@ def _count_listings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[tup
 
     monkeypatch.setattr(engine, "list_operations", counted)
     return read
+
+
+async def test_operations_another_process_ran_between_two_polls_are_listed(settings: Settings) -> None:
+    """Submitted and ended by another process between two polls (a quick `outlast run`, a worker draining
+    a queue), an operation was never queued or running when a poll looked: it showed only at the full
+    reload, minutes later. Each ended status the store counts more of than the model holds is read."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        model = OperationsModel(engine)
+        await model.poll()
+        async with Engine(store=open_store(settings.state_dir), settings=settings) as other:
+            ran = [await other.submit({"type": "ledger", "params": {"items": 1}}) for _ in range(3)]  # type: ignore[arg-type]
+            for op in ran:
+                assert (await other.wait(op.id, timeout=20)).status is Status.COMPLETED
+        gone = await engine.submit({"type": "ledger", "params": {"items": 1}})  # type: ignore[arg-type]
+        await engine.cancel(gone.id)  # not through the model: as another terminal would
+        await model.poll()
+        assert {op.id for op in ran} | {gone.id} <= model.ops.keys()
+        assert model.counts() == {Status.COMPLETED: 3, Status.CANCELLED: 1}

@@ -122,6 +122,8 @@ class OperationsModel:
         self._counts_whole: tuple[dict[Status, int], dict[Priority, int]] | None = None
         """The store's counts, and the queue's per priority, when the whole queue was last read."""
         self._last_whole = 0.0
+        self._counts_ended: dict[Status, int] | None = None
+        """The store's counts when operations that ended unseen were last looked for."""
         self._counts_running: dict[Status, int] | None = None
         """The store's counts per status when the running operations were last read."""
         self._last_running = 0.0
@@ -319,6 +321,26 @@ class OperationsModel:
         elif read_queued and len(queued) < QUEUED_RECENT:  # a short queue is read whole
             left |= self.active - self.running - seen
         await self.fetch(left | self.refetch)
+        await self._read_unseen_ended(counts)
+
+    async def _read_unseen_ended(self, counts: dict[Status, int]) -> None:
+        """Operations that ended before any poll saw them (another process submitted and finished them
+        within a second: ``outlast run`` of a quick job, a worker draining a queue) were listed only at the
+        next full reload, minutes later. When the store counts more of an ended status than the dashboard
+        holds, the newest of that status are read (as many as are missing)."""
+        if counts == self._counts_ended:
+            return
+        self._counts_ended = counts
+        for status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT):
+            missing = counts.get(status, 0) - self._counts[status]
+            if missing > 0:
+                try:
+                    for op in await self.engine.list_operations(statuses=[status], limit=min(missing, PAGE)):
+                        if op.id not in self.ops:
+                            self.keep(op)
+                except Exception as e:
+                    self.failed(e)
+                    return
 
     def _all_ours(self, counts: dict[Status, int]) -> bool:
         """Every operation the store counts as running is one this engine runs, held as running: its
