@@ -84,6 +84,39 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
+def atomic_write(path: Path, data: bytes, sync_dir: bool = True, mode: int = FILE_MODE, gid: int | None = None) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part: a temp file
+    beside it (``mode`` exactly, whatever the umask; group ``gid`` where allowed), synced, renamed over it;
+    the directory synced too unless the caller syncs it once for several (``sync_dir=False``)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    try:
+        with open(tmp, "xb", opener=private_opener) as fh:
+            if mode != FILE_MODE:
+                os.fchmod(fh.fileno(), mode)
+            if gid is not None and os.fstat(fh.fileno()).st_gid != gid:
+                with contextlib.suppress(OSError):
+                    os.fchown(fh.fileno(), -1, gid)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory ``path`` (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_keeping_mode(path: Path, data: bytes) -> Path:
     """Replace the file at ``path`` with ``data`` atomically, as an editor that cares would: through a
     symbolic link to the file it names (a dotfiles link stays a link, and the real file changes), with the
@@ -98,27 +131,9 @@ def replace_keeping_mode(path: Path, data: bytes) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise NotRegular(errno.EINVAL, "not a regular file", str(path))
     mode = stat.S_IMODE(st.st_mode) if st is not None else FILE_MODE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp")
-    try:
-        with open(tmp, "xb", opener=private_opener) as fh:
-            os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
-            if st is not None and os.fstat(fh.fileno()).st_gid != st.st_gid:
-                with contextlib.suppress(OSError):
-                    os.fchown(fh.fileno(), -1, st.st_gid)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, data, sync_dir=False, mode=mode, gid=st.st_gid if st is not None else None)
     with contextlib.suppress(OSError):  # the rename itself made durable, where the file system allows
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(target.parent)
     return target
 
 

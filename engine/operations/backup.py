@@ -31,7 +31,7 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
-from ..files import NotRegular, open_regular, private_opener
+from ..files import NotRegular, atomic_write, open_regular, private_opener
 from ..registry import operation
 from ._common import check_output_dir, existing_dir, sync_tree
 
@@ -39,7 +39,7 @@ CHUNK = 4 << 20
 ZEROS = bytes(CHUNK)
 MANIFEST = ".outlast-manifest.json"
 JOURNAL = ".outlast-manifest.partial"
-RESERVED = frozenset({MANIFEST, JOURNAL, MANIFEST + ".tmp"})
+RESERVED = frozenset({MANIFEST, JOURNAL})
 """Names at the destination root that are the backup's own files: not copied from the source's root."""
 SMALL_BATCH = 128
 GONE = "gone since the listing"
@@ -525,7 +525,7 @@ async def _finish(
     problems = await asyncio.to_thread(_set_dir_stats, src, dst, dirs)
     files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys)
     text = json.dumps({"source": str(src), "files": files}, indent=1)
-    await asyncio.to_thread(_write_atomic, dst / MANIFEST, text)
+    await asyncio.to_thread(atomic_write, dst / MANIFEST, text.encode())
     st["manifest"] = hashlib.sha256(text.encode()).hexdigest()
     await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
@@ -570,13 +570,3 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
     st.pop("partial", None)
     st["bytes"] = base + offset
     await asyncio.to_thread(_journal, dst, [(rel, sha, offset)])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    _remove(tmp)
-    with open(tmp, "x", opener=private_opener) as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

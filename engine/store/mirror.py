@@ -23,13 +23,12 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import open_regular
+from ..files import atomic_write, fsync_dir, open_regular
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -38,32 +37,6 @@ log = logging.getLogger("outlast.store.mirror")
 T = TypeVar("T")
 FORMAT = 1
 _CKPT_RE = re.compile(r"^(\d{10})\.(ckpt|delta)\.json$")
-
-
-def atomic_write(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MirrorCheckpoint:
