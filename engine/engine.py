@@ -231,6 +231,11 @@ class Engine:
             return None
         return f"the store cannot be written ({self.health.why}); {len(self.abandoned)} operation(s) left interrupted"
 
+    async def suspend_process(self) -> None:
+        """Stop this process (SIGSTOP) where the store holds nothing another process waits on, as Ctrl-Z does
+        to ``outlast run``; returns once it is continued. The time stopped counts toward no stall or deadline."""
+        await self._suspender.stop_process()
+
     def install_signal_handlers(
         self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     ) -> None:

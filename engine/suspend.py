@@ -41,6 +41,12 @@ class Suspender:
             self._asked = True
             self._task = asyncio.get_running_loop().create_task(self._stop())
 
+    async def stop_process(self) -> None:
+        """Stop this process now, as a Ctrl-Z does, where the store is at rest; returns once it is continued
+        (``fg``, SIGCONT). For a program whose terminal is raw, where Ctrl-Z is a key and no SIGTSTP (the
+        dashboard): it puts the terminal back first, then calls this."""
+        await self._stop()
+
     async def _stop(self) -> None:
         once = threading.Lock()
 

@@ -20,11 +20,13 @@ from tests.fixtures_cli import Cli
 STOPS = 30
 
 
-def _state(pid: int) -> str:
+def process_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (T: stopped)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-async def _queue(state: Path, n: int) -> None:
+async def queue_demos(state: Path, n: int) -> None:
+    """``n`` trivial demo operations queued in ``state``."""
     settings = load_settings(state_dir=state)
     async with Engine(store=open_store(state), settings=settings, run_queue=False) as engine:
         spec = OperationSpec(type="demo", params={"items": 1, "seconds": 0})
@@ -32,9 +34,22 @@ async def _queue(state: Path, n: int) -> None:
             await asyncio.gather(*(engine.submit(spec) for _ in range(min(500, n - start))))
 
 
+def write_lock_taken(state: Path) -> str | None:
+    """Why another connection cannot take the state dir's write lock at once (None: it can)."""
+    conn = sqlite3.connect(state / "outlast.db", timeout=0.5, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        return str(e)
+    finally:
+        conn.close()
+    return None
+
+
 def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(cli: Cli) -> None:
     state = cli.state_dir
-    asyncio.run(_queue(state, 8000))
+    asyncio.run(queue_demos(state, 8000))
     worker = cli.start("worker", "-c", "50")
     worker.wait_line(lambda ln: "completed" in ln)
     pid = worker.popen.pid
@@ -42,17 +57,11 @@ def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(cli: Cli) -> None
     for i in range(STOPS):
         worker.signal(signal.SIGTSTP)
         deadline = time.monotonic() + 5
-        while _state(pid) != "T":
+        while process_state(pid) != "T":
             assert time.monotonic() < deadline, f"Ctrl-Z {i + 1} did not stop the worker"
             time.sleep(0.005)
-        conn = sqlite3.connect(state / "outlast.db", timeout=0.5, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-        except sqlite3.OperationalError as e:
-            held.append(f"Ctrl-Z {i + 1}: {e}")
-        finally:
-            conn.close()
+        if (why := write_lock_taken(state)) is not None:
+            held.append(f"Ctrl-Z {i + 1}: {why}")
         worker.signal(signal.SIGCONT)
         time.sleep(0.03)
     assert not held, f"stopped holding the write lock {len(held)} times in {STOPS}: {held[:3]}"

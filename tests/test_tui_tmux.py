@@ -7,19 +7,24 @@ the sum of every item exactly once (nothing redone, nothing lost across the canc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.fixtures_cli import REPO, Cli, until
+from tests.test_fault_ctrl_z import process_state, queue_demos, write_lock_taken
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -133,6 +138,49 @@ def test_launch_form_typed_in_one_burst_at_80x24_stores_what_was_typed(cli: Cli)
         assert op["type"] == "demo"
         assert op["params"]["items"] == 4217 and op["params"]["seconds"] == 0.001, op["params"]
         term.wait(r"demo\s+(running|completed)", 20)
+        assert "Traceback" not in term.screen()
+    finally:
+        term.close()
+
+
+def _dashboard_pid(cli: Cli) -> int:
+    """The pid of the dashboard running on ``cli``'s state dir (found by its command line)."""
+
+    def find() -> int | None:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = (proc / "cmdline").read_bytes().split(b"\0")
+                    if str(cli.state_dir).encode() in argv and b"tui" in argv:
+                        return int(proc.name)
+        return None
+
+    return until(find, 10, what="the dashboard's process")
+
+
+def test_ctrl_z_suspends_the_dashboard_between_store_writes_and_fg_brings_it_back(cli: Cli) -> None:
+    """Ctrl-Z did nothing in the dashboard (its terminal is raw: a key, no SIGTSTP), and Textual's own
+    suspend stops the process wherever it is: inside a write of the store too, where every other
+    process on the state dir waits on the database's lock. Here the dashboard runs a queue of trivial
+    operations (a write every few milliseconds); each Ctrl-Z must stop it with the terminal given
+    back and the write lock free, and SIGCONT (what fg sends) must bring the screen back."""
+    asyncio.run(queue_demos(cli.state_dir, 3000))
+    term = dashboard(cli)
+    try:
+        term.wait(r"demo\s+completed")
+        pid = _dashboard_pid(cli)
+        held = []
+        for i in range(8):
+            term.keys("C-z")
+            until(lambda: process_state(pid) == "T", 10, every=0.01, what=f"Ctrl-Z {i + 1} stopped the dashboard")
+            assert "Outlast" not in term.screen(), "the terminal was not given back before the stop"
+            if (why := write_lock_taken(cli.state_dir)) is not None:
+                held.append(f"Ctrl-Z {i + 1}: {why}")
+            os.kill(pid, signal.SIGCONT)
+            term.wait(r"Outlast .*operations", 10)
+        assert not held, f"stopped holding the write lock {len(held)} times in 8: {held[:3]}"
+        term.keys("?")
+        term.wait(r"s\s+Cycle the sort")  # the help: keys still reach it after the last fg
         assert "Traceback" not in term.screen()
     finally:
         term.close()

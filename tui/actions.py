@@ -59,6 +59,7 @@ OTHER_KEYS = [
     ("tab", "Next pane (at 80 columns: the pane tabs, then left/right)"),
     ("a", "In the logs pane: one operation's log / every operation's"),
     ("ctrl+p", "Command palette: every action by name"),
+    ("ctrl+z", "Suspend to the shell; fg comes back (work here stops meanwhile)"),
 ]
 """Keys the help lists besides the actions'."""
 

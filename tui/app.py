@@ -86,6 +86,8 @@ class OutlastApp(App[int]):
         Binding("w", "toggle_run_queue", "Watch", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
+        # Priority: Ctrl-Z suspends wherever the focus is, as in any terminal program.
+        Binding("ctrl+z", "suspend_to_shell", show=False, priority=True),
     ]
 
     ACTIONS_HELP = {name: (a.title, a.help) for name, a in KEY_ACTIONS.items()}
@@ -491,6 +493,24 @@ class OutlastApp(App[int]):
         self._update_statusline()
         say = "watch only: starting no queued work here" if self.watch_only else "running queued work here"
         self.notify(say, timeout=3)
+
+    async def action_suspend_to_shell(self) -> None:
+        """Ctrl-Z: back to the shell, stopped until ``fg``. The terminal is raw, so Ctrl-Z is a key here, not
+        a SIGTSTP; Textual's own suspend sent itself one, whose handler stopped the process wherever it was,
+        inside a write of the store too (every other process on the state dir then waited on the database's
+        lock for as long as it stayed stopped). The terminal is put back first, then the engine stops the
+        process where the store is at rest; on ``fg`` the screen is drawn again."""
+        driver = self._driver
+        if driver is None or not driver.can_suspend or os.name != "posix":
+            self.notify("Ctrl-Z cannot suspend the dashboard here", severity="warning")
+            return
+        driver.suspend_application_mode()
+        try:
+            with driver.no_automatic_restart():
+                await self.engine.suspend_process()
+        finally:
+            driver.resume_application_mode()
+            self.refresh(layout=True)
 
     def action_cycle_theme(self) -> None:
         new = next_theme(self._theme_names, self.theme)
