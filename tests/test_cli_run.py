@@ -284,3 +284,22 @@ def test_a_follower_of_an_operation_whose_runner_died_ends_with_it_interrupted(c
     assert any(f"{op_id} interrupted at" in ln and "stopped" in ln for ln in watch.out), watch.out[-3:]
     assert watch.out[-1] == f"resume with: outlast resume {op_id}", watch.out[-3:]
     assert cli.op(op_id).status.value == "interrupted"
+
+
+def test_resume_of_a_queued_operation_nobody_runs_runs_it(cli: Cli) -> None:
+    """`outlast resume ID` of a queued operation (submitted, or requeued after its runner died) refused,
+    "is queued" (exit 7), and left it waiting for a worker nobody had started. It runs it here now, or in
+    the background with --detach; --queue says it is queued already."""
+    first = cli("submit", "demo", "-p", "items=7", "-p", "seconds=0").stdout.strip()
+    r = cli("--json", "resume", first)
+    assert r.returncode == 0, r.stderr
+    op = json.loads(r.stdout)
+    assert op["status"] == "completed" and op["attempt"] == 1 and op["result"]["sum"] == sum(range(7))
+
+    second = cli("submit", "demo", "-p", "items=5", "-p", "seconds=0").stdout.strip()
+    r = cli("resume", second, "--queue")
+    assert r.returncode == 0 and "is already queued" in r.stdout, (r.stdout, r.stderr)
+    assert cli.op(second).status.value == "queued"
+    r = cli("resume", second, "--detach")
+    assert r.returncode == 0 and "running in the background" in r.stderr, r.stderr
+    until(lambda: cli.op(second).status.value == "completed", 30, what="the detached run completed")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import NotFound, OutlastError
+from ..errors import Conflict, NotFound, OutlastError
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
@@ -93,7 +93,8 @@ pause = _control(Action.PAUSE)
 def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, profile: tuple[str, ...]) -> int:
     """Go on with a stopped operation from its newest valid checkpoint (or --checkpoint SEQ).
 
-    In the foreground with the live display by default, like `run`.
+    In the foreground with the live display by default, like `run`. A queued operation (one no worker
+    has taken) is run as it is.
 
     \b
     Examples:
@@ -110,11 +111,21 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     from ..registry import get_handler
     from .run import detach_dir, run_foreground, spawn_detached, submit_or_resume
 
-    async def check() -> str:
+    async def check() -> tuple[str, Operation | None]:
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
             op = await engine.get(full)
-            check_action(Action.RESUME, op.status, full)
+            # Queued (submitted, requeued by `ls` after its runner died, a retry waiting out its backoff):
+            # nothing to resume, and refusing left it waiting for a worker nobody had started. Run it
+            # here (or in the background) as it is; a checkpoint or profile of the resume needs it stopped.
+            waiting = op.status is Status.QUEUED
+            if waiting and (seq is not None or overrides):
+                raise Conflict(
+                    f"operation {full} is queued, not stopped: --checkpoint and --profile apply to a stopped"
+                    f" operation (pause it first: {app.command('pause', full)})"
+                )
+            if not waiting:
+                check_action(Action.RESUME, op.status, full)
             if not queue:  # run by this process (or its detached child, with the same plugins)
                 try:
                     get_handler(op.type)
@@ -131,18 +142,35 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
                     listed = ", ".join(map(str, sorted(have))) or "none"
                     raise NotFound(f"operation {full} has no checkpoint {seq} (has: {listed})")
             resume_fields(await engine.get(full), overrides)  # a bad key or value: one line, nothing stored
-            return full
+            return full, op if waiting else None
 
     overrides = parse_pairs(profile, "--profile")
 
-    full = run_async(check())
+    full, waiting = run_async(check())  # waiting: the queued record, run as it is
     if not detach and not queue:
         return run_async(
-            run_foreground(app.settings, app.mode, op_id=full, checkpoint=seq, prefix=app.command(), profile=overrides)
+            run_foreground(
+                app.settings,
+                app.mode,
+                op_id=full,
+                checkpoint=seq,
+                prefix=app.command(),
+                profile=overrides,
+                queued=waiting is not None,
+            )
         )
     if detach:
         detach_dir(app.settings)  # before anything is stored
-    op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
+    if waiting is not None:
+        op = waiting
+        if queue:
+            if app.json:
+                fmt.echo(fmt.dumps(fmt.op_json(op)))
+            elif not app.quiet:
+                fmt.echo(f"{op.id} is already queued; a running `{app.command('worker')}` picks it up")
+            return ExitCode.OK
+    else:
+        op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
         pid = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
         if app.json:
@@ -151,7 +179,9 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
             fmt.echo(op.id)
             if not app.quiet:
                 fmt.echo(
-                    f"resuming in the background (pid {pid}); follow with: {app.command('watch', op.id)}", err=True
+                    f"{'running' if waiting else 'resuming'} in the background (pid {pid}); follow with:"
+                    f" {app.command('watch', op.id)}",
+                    err=True,
                 )
     elif app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))

@@ -46,8 +46,10 @@ async def run_foreground(
     checkpoint: int | None = None,
     prefix: str = "outlast",
     profile: dict[str, Any] | None = None,
+    queued: bool = False,
 ) -> ExitCode:
-    """Submit (or resume) one operation and run it in this process until it settles.
+    """Submit (or resume) one operation and run it in this process until it settles; ``queued``: ``op_id``
+    is queued already, run it as it is (a resume of one nobody runs).
 
     SIGINT, SIGTERM and SIGHUP pause it with a checkpoint (a second one forces the stop). ``prefix``:
     ``outlast`` with the global options given, so that every hint printed can be pasted as it is.
@@ -58,7 +60,7 @@ async def run_foreground(
             op = await engine.submit(spec)
         else:
             assert op_id is not None
-            op = await engine.resume(op_id, checkpoint, profile)
+            op = await engine.get(op_id) if queued else await engine.resume(op_id, checkpoint, profile)
         if mode == "plain":
             fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; {prefix} resume {op.id}")
         try:
