@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
@@ -390,3 +391,24 @@ async def test_operations_another_process_ran_between_two_polls_are_listed(setti
         await model.poll()
         assert {op.id for op in ran} | {gone.id} <= model.ops.keys()
         assert model.counts() == {Status.COMPLETED: 3, Status.CANCELLED: 1}
+
+
+async def test_operations_another_process_removed_leave_the_model(settings: Settings) -> None:
+    """Removed by another process (`outlast rm`, `clean`) or with the state dir deleted, records stayed
+    in the dashboard until the full reload, minutes later, and a key on one said "no operation". A store
+    that counts fewer of a settled status than the model holds, two polls in a row, is read whole."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        ops = [await engine.submit({"type": "ledger", "params": {"items": 1}}) for _ in range(3)]  # type: ignore[arg-type]
+        for op in ops:
+            await engine.cancel(op.id)
+        model = OperationsModel(engine)
+        assert await model.reload_all() and model.counts() == {Status.CANCELLED: 3}
+        await engine.remove(ops[0].id)  # not through the model: as another terminal would
+        await model.poll()
+        await model.poll()
+        assert model.ops.keys() == {ops[1].id, ops[2].id}
+
+        shutil.rmtree(settings.state_dir)  # the store opens the empty one made in its place
+        await model.poll()
+        await model.poll()
+        assert model.ops == {} and model.counts() == {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import (
+    SETTLED,
     Checkpoint,
     CheckpointSaved,
     Engine,
@@ -123,6 +124,8 @@ class OperationsModel:
         """The store's counts, and the queue's per priority, when the whole queue was last read."""
         self._last_whole = 0.0
         self._counts_ended: dict[Status, int] | None = None
+        self._short_before = False
+        """The last poll found the store counting fewer of a stopped or ended status than held."""
         """The store's counts when operations that ended unseen were last looked for."""
         self._counts_running: dict[Status, int] | None = None
         """The store's counts per status when the running operations were last read."""
@@ -328,6 +331,16 @@ class OperationsModel:
         within a second: ``outlast run`` of a quick job, a worker draining a queue) were listed only at the
         next full reload, minutes later. When the store counts more of an ended status than the dashboard
         holds, the newest of that status are read (as many as are missing)."""
+        # Fewer of a stopped or ended status than held, two polls in a row (a status in flight between
+        # the count and the reads is seen by the next): removed by another process (`outlast rm`,
+        # `clean`), or the store emptied (its state dir deleted). Their rows stayed until the full reload,
+        # minutes later, and a key on one said "no operation". Read everything: what is gone is dropped.
+        short = any(self._counts[s] > counts.get(s, 0) for s in SETTLED)
+        if short and self._short_before:
+            self._short_before = False
+            await self.reload_all()
+            return
+        self._short_before = short
         if counts == self._counts_ended:
             return
         self._counts_ended = counts
