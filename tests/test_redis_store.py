@@ -443,6 +443,44 @@ async def test_unreachable_wrong_password_one_line(redis_factory, settings: Sett
         assert ok.connected and ":***@" in ok.url
 
 
+async def test_a_user_whose_acl_denies_a_command_gets_one_line_and_nothing_written(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """A user whose ACL denied PUBLISH: each script failed at its event, after its writes (Redis undoes
+    none), so a submit said "failed" (exit 8) was stored and queued, and a worker's claim marked running
+    an operation it never ran; the line said only the script's hash and line. Now the scripts ask first
+    (redis.acl_check_cmd) and write nothing; another denied command is named from the script's line."""
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "nopub", enabled=True, passwords=["+np"], keys=["*"], channels=["*"], commands=["+@all", "-publish"]
+    )
+    admin.acl_setuser(
+        "noincr", enabled=True, passwords=["+ni"], keys=["*"], channels=["*"], commands=["+@all", "-hincrby"]
+    )
+    base = redis_server.url.replace("redis://", "redis://{}@")
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        queued = await submit(engine)
+    for user, expected in (
+        ("nopub:np", "may not PUBLISH to channel t:events"),
+        ("noincr:ni", "its ACL does not allow HINCRBY, which the store runs: grant it (ACL SETUSER <user> +hincrby)"),
+    ):
+        async with Engine(
+            store=open_store(base.format(user), namespace="t", checkpoint_mirror=None),
+            settings=settings,
+            run_queue=False,
+        ) as engine:
+            with pytest.raises(StoreError) as err:
+                await submit(engine)
+            assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)
+            assert "user_script" not in str(err.value)
+            if user.startswith("nopub"):
+                with pytest.raises(StoreError, match="may not PUBLISH"):
+                    await engine.store.claim(W, time.time(), 300.0)
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        ops = await engine.list()
+        assert [(o.id, o.status, o.epoch) for o in ops] == [(queued, Status.QUEUED, 0)]  # nothing else written
+
+
 async def test_a_failing_mirror_is_logged_once_and_survived(
     redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

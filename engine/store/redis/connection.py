@@ -86,6 +86,17 @@ def _reason(e: BaseException) -> str:
     return text if text[1:2].isupper() else text[:1].lower() + text[1:]  # "DB index ...", not "dB index ..."
 
 
+def _denied_command(text: str, source: str | None) -> str | None:
+    """The command a script ran that the user's ACL refused, found on the script's line that Redis names
+    ("... can't run this command or subcommand script: SHA, on @user_script:18"); None if not found."""
+    m = re.search(r"@user_script:(\d+)", text)
+    lines = source.splitlines() if source else []
+    if m is None or not 0 < int(m.group(1)) <= len(lines):
+        return None
+    call = re.search(r"redis\.call\('(\w+)'", lines[int(m.group(1)) - 1])
+    return call.group(1).upper() if call else None
+
+
 def _unknown_params(pool: aioredis.ConnectionPool) -> list[str]:
     """Keyword arguments the pool would hand its connections that no connection class along their MRO takes."""
     taken: set[str] = set()
@@ -145,8 +156,9 @@ class RedisLink:
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***") if self._password else text
 
-    def error(self, e: BaseException) -> StoreError:
-        """A one-line StoreError for a Redis error (never with the password)."""
+    def error(self, e: BaseException, source: str | None = None) -> StoreError:
+        """A one-line StoreError for a Redis error (never with the password); ``source``: the Lua script
+        that was running, whose line a refusal by the user's ACL names."""
         w = self.where
         text = str(e)
         no_password = self._password is None and urlsplit(self.raw_url).username is None
@@ -156,6 +168,10 @@ class RedisLink:
             msg = f"redis {w}: authentication failed: check the user and password in the store URL"
         elif isinstance(e, AuthorizationError | NoPermissionError):
             msg = f"redis {w}: permission denied for this user ({_reason(e)})"
+        elif "can't run this command" in text:  # an ACL refusal inside a script: its hash and line said nothing
+            cmd = _denied_command(text, source)
+            what = f"{cmd}, which the store runs: grant it (ACL SETUSER <user> +{cmd.lower()})" if cmd else "a command"
+            msg = f"redis {w}: permission denied for this user: its ACL does not allow {what}"
         elif isinstance(e, ReadOnlyError):
             msg = f"redis {w} is a read-only replica: point the store URL at the primary"
         elif isinstance(e, OutOfMemoryError) or "used memory > 'maxmemory'" in text:
@@ -208,7 +224,7 @@ class RedisLink:
             except TimeoutError:
                 raise RedisTimeoutError(f"no reply within {wait:g}s") from None
 
-    async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request") -> T:
+    async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request", source: str | None = None) -> T:
         """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds; once
         the outage is older than that, tried once with a short wait (``DOWN_PROBE``).
 
@@ -228,7 +244,7 @@ class RedisLink:
                 result = await self.call_once(fn, client, DOWN_PROBE if long_down else None)
             except (RedisError, OSError) as e:
                 if not self._transient(e):
-                    raise self.error(e) from None
+                    raise self.error(e, source) from None
                 if self._down_since is None:
                     self._down_since = sent
                 if self.connected:
@@ -258,4 +274,4 @@ class RedisLink:
             return result
 
     async def script(self, script: Any, keys: list[str], args: list[Any], what: str) -> Any:
-        return await self.call(lambda c: script(keys=keys, args=args, client=c), what)
+        return await self.call(lambda c: script(keys=keys, args=args, client=c), what, script.script)

@@ -31,8 +31,22 @@ local function fence(opk, leasek, e, tok)
 end
 """
 
+_MAY_PUBLISH = r"""
+-- Before any write, where Redis can say (7.0+): a user whose ACL denies PUBLISH to the events channel
+-- failed at the event, the script's last command, after its writes (Redis undoes none): a submit said
+-- "failed" was stored, a claim marked running an operation nobody ran. Now nothing is written.
+local function publish_denied(prefix)
+  if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', prefix .. 'events', '') then
+    return redis.error_reply('NOPERM this user may not PUBLISH to channel ' .. prefix .. 'events' ..
+      ', where the store announces each change: grant it with ACL SETUSER <user> &' .. prefix .. '* +publish')
+  end
+  return nil
+end
+"""
+
 _PRELUDE = (
     _FENCE
+    + _MAY_PUBLISH
     + r"""
 local P = ARGV[1]
 local RANK = {['"high"'] = 0, ['"normal"'] = 1, ['"low"'] = 2}
@@ -80,6 +94,8 @@ CREATE = (
 -- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again).
 -- A record that brings a handle (restored from the mirror) keeps it and the counter is moved past
 -- it; else the next number is taken: never one used before.
+local denied = publish_denied(P)
+if denied then return denied end
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 1 then
   if ARGV[4] ~= '' and redis.call('HGET', k, '_tx') == ARGV[4] then
@@ -122,6 +138,8 @@ WRITE = (
 -- transition / update. KEYS[1] op key, KEYS[2] lease key.
 -- ARGV: P, id, now, epoch ('' any), allowed statuses ('' any; else "a","b"), tx,
 --       lease token ('': not a write of the attempt, the epoch is only compared), field, value, ...
+local denied = publish_denied(P)
+if denied then return denied end
 local k = KEYS[1]
 local cur = redis.call('HMGET', k, 'status', 'epoch', '_tx')
 if not cur[1] then return {'missing'} end
@@ -158,6 +176,8 @@ CLAIM = (
     + r"""
 -- ARGV: P, now, aging, worker JSON, lease ttl ms, tx, holder, op id ('' for the queue's next),
 --       then the types this worker runs (their stored JSON form; none: any type)
+local denied = publish_denied(P)
+if denied then return denied end
 local now = tonumber(ARGV[2])
 local again = redis.call('GET', P .. 'claimtx:' .. ARGV[6])
 if again then return {again, redis.call('HGETALL', P .. 'op:' .. again)} end
@@ -362,8 +382,12 @@ end
 return 1
 """
 
-CONTROL = r"""
+CONTROL = (
+    _MAY_PUBLISH
+    + r"""
 -- KEYS: op. ARGV: P, id, action
+local denied = publish_denied(ARGV[1])
+if denied then return denied end
 local f = redis.call('HMGET', KEYS[1], 'status', 'epoch')
 if f[1] ~= '"running"' then return 0 end
 redis.call('HSET', KEYS[1], '_ctl', ARGV[3])
@@ -371,13 +395,18 @@ redis.call('PUBLISH', ARGV[1] .. 'events',
   '{"kind":"control","op":"' .. ARGV[2] .. '","action":"' .. ARGV[3] .. '","epoch":' .. f[2] .. '}')
 return 1
 """
+)
 
-DELETE = r"""
+DELETE = (
+    _MAY_PUBLISH
+    + r"""
 -- KEYS: op, lease, ck, cp, cd, fail, log. ARGV: P, id, allowed statuses ("a","b").
 -- Removes the operation and all it owns, only while its status is one of the allowed ones and no
 -- attempt holds a lease on it; else {'conflict', status}. One script: a resume or claim lands before
 -- it (and it refuses) or after it (and finds nothing).
 local P = ARGV[1]
+local denied = publish_denied(P)
+if denied then return denied end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
 if not string.find(',' .. ARGV[3] .. ',', ',' .. st .. ',', 1, true) or redis.call('EXISTS', KEYS[2]) == 1 then
@@ -398,3 +427,4 @@ end
 redis.call('PUBLISH', P .. 'events', '{"kind":"deleted","op":"' .. id .. '","previous":' .. st .. '}')
 return {'ok'}
 """
+)
