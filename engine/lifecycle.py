@@ -56,9 +56,10 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         }
     ),
     **{s: frozenset({Status.QUEUED}) for s in RESUMABLE},
-    # A paused or interrupted operation can be given up for good.
+    # A paused or interrupted operation can be given up for good; an interrupted one asked to pause while
+    # its process was gone is paused (recover_orphans), not resumed.
     Status.PAUSED: frozenset({Status.QUEUED, Status.CANCELLED}),
-    Status.INTERRUPTED: frozenset({Status.QUEUED, Status.CANCELLED}),
+    Status.INTERRUPTED: frozenset({Status.QUEUED, Status.CANCELLED, Status.PAUSED}),
     Status.COMPLETED: frozenset(),
 }
 """The lifecycle as one table: every status change the store accepts."""

@@ -386,9 +386,15 @@ async def recover_orphans(
     resume: Callable[[str], Awaitable[Any]] | None,
 ) -> list[Operation]:
     """Mark operations left running by dead processes interrupted, kill on this host what their attempt
-    started (a shell's children outlive their engine), and ``resume`` each when given."""
+    started (a shell's children outlive their engine), and ``resume`` each when given.
+
+    One asked to cancel or pause while its process was gone (or just before it died) is cancelled or
+    paused instead of resumed: the request, kept in the record, went with the interrupted mark, and
+    another worker ran the operation to completed while `outlast cancel` had said it was asked."""
     found = []
-    for op in await store.find_orphans():
+    orphans = await store.find_orphans()
+    asked = await store.pending_controls([op.id for op in orphans]) if orphans else {}
+    for op in orphans:
         try:
             new = await store.transition(
                 op.id,
@@ -406,6 +412,23 @@ async def recover_orphans(
             logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
             await logs.flush(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
         publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
+        if (wanted := asked.get(op.id)) is not None:
+            target = Status.CANCELLED if wanted == "cancel" else Status.PAUSED
+            try:
+                new = await store.transition(
+                    op.id,
+                    target,
+                    epoch=op.epoch,
+                    expect=frozenset({Status.INTERRUPTED}),
+                    status_message=f"{target.value} as asked; the process running it ({op.worker}) had stopped",
+                )
+            except (Conflict, StaleAttempt):
+                pass  # resumed or cancelled by someone else meanwhile: theirs stands
+            else:
+                log.warning("operation %s: %s, as asked while its process was gone", op.id, target.value)
+                publish(StatusChanged(operation_id=op.id, status=target, previous=Status.INTERRUPTED))
+                found.append(new)
+                continue
         found.append(new)
         if resume is not None:
             with contextlib.suppress(Conflict):

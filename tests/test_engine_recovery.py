@@ -194,6 +194,36 @@ async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> Non
         assert final.result == {"sum": sum(range(200))}
 
 
+@pytest.mark.parametrize(("action", "status"), [("cancel", Status.CANCELLED), ("pause", Status.PAUSED)])
+async def test_a_cancel_or_pause_asked_before_its_process_died_is_kept_by_recovery(
+    settings: Settings, action: str, status: Status
+) -> None:
+    """Asked to cancel (or pause) while its process was stopped, then the process died: recovery marked
+    the operation interrupted, which dropped the request, and auto_resume (Redis workers always) ran it
+    to completed while `outlast cancel` had said it was asked."""
+    async with make_engine(settings, run_queue=False) as engine:
+        op = await engine.submit(
+            OperationSpec(type="ledger", params={"items": 200, "seconds": 0.01}, profile={"checkpoint_interval": 0.1})
+        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
+    try:
+        async with make_engine(settings, run_queue=False) as other:
+            await until(lambda: other.checkpoints(op.id), timeout=60)
+            os.kill(child.pid, signal.SIGSTOP)  # it cannot act on the request
+            await other.store.request_control(op.id, action)  # type: ignore[arg-type]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    async with make_engine(settings, auto_resume=True) as engine:
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is status and final.attempt == 1, (final.status, final.status_message)
+        assert "as asked" in (final.status_message or "")
+        assert not await engine.store.pending_controls([op.id])
+
+
 def test_auto_resume_leaves_an_orphan_found_by_a_read_only_command_interrupted_and_resumable(tmp_path: Path) -> None:
     """``auto_resume = true`` and no worker: the process running an operation is SIGKILLed, then ``outlast
     ls`` finds it. It used to queue it again ("resuming") with nothing to run it (ls runs no queue), and
