@@ -93,8 +93,8 @@ def type_name(type_: str) -> str:
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case: no i, l, o, u
 _ID_LEN = 13
-ID_RE = re.compile(rf"^[{_ALPHABET}]{{{_ID_LEN}}}$")
-ID_PREFIX_RE = re.compile(rf"^[{_ALPHABET}]{{1,{_ID_LEN}}}$")
+ID_RE = re.compile(rf"^[{_ALPHABET}]{{{_ID_LEN}}}\Z")
+ID_PREFIX_RE = re.compile(rf"^[{_ALPHABET}]{{1,{_ID_LEN}}}\Z")
 _EPOCH_MS = 1_577_836_800_000  # 2020-01-01: 9 base32 digits of ms last past the year 3000
 _id_lock = threading.Lock()
 _last_id: list[int] = [0, 0]
@@ -196,7 +196,7 @@ def json_size(value: Any) -> int:
 
 # ---- specs and records -----------------------------------------------------------------------
 
-_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
 
 
 class OperationSpec(BaseModel):

@@ -173,7 +173,7 @@ def load_entry_points() -> None:
                 obj()  # a register() hook
 
 
-_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 
 
 def load_plugin(module: str) -> None:

@@ -464,3 +464,33 @@ def test_a_config_that_is_no_file_neither_hangs_nor_fills_memory(cli: Cli, tmp_p
     else:
         assert r.returncode == ExitCode.USAGE
         assert r.stderr.strip() == "outlast: /dev/zero: cannot read config file: larger than 1,048,576 bytes"
+
+
+def test_a_name_with_a_trailing_newline_is_refused_like_any_other_bad_name(cli: Cli, tmp_path: Path) -> None:
+    """Python's ``$`` also matches before a final newline: an id, type, namespace, module, age or migration
+    identifier with "\\n" appended passed its check (``GET /api/operations/ID%0A`` said "no operation ID\\n"
+    instead of "invalid operation id"). Each check now ends at the string's end."""
+    from engine.cli.control import AGE
+    from engine.models import ID_PREFIX_RE, ID_RE, OperationSpec, new_id
+    from engine.operations.migration import _IDENT
+    from engine.registry import _MODULE_RE
+    from engine.store.mirror import _CKPT_RE
+    from engine.store.redis.core import _NAMESPACE_RE
+
+    for pattern, good in (
+        (ID_RE, new_id()),
+        (ID_PREFIX_RE, "06b"),
+        (_IDENT, "users"),
+        (_MODULE_RE, "my.plugin"),
+        (AGE, "7d"),
+        (_CKPT_RE, "0000000001.ckpt.json"),
+        (_NAMESPACE_RE, "outlast"),
+    ):
+        assert pattern.match(good) and not pattern.match(good + "\n"), pattern.pattern
+    with pytest.raises(ValueError, match="type"):
+        OperationSpec(type="demo\n")
+    before = cli("ls", "--json").stdout
+    op = new_id()
+    r = cli("show", op + "\n")  # 2: bad input (a full id, unlike a prefix, is not looked up)
+    assert r.returncode == 2 and "invalid operation id" in r.stderr, r.stderr
+    assert cli("ls", "--json").stdout == before

@@ -258,7 +258,7 @@ def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -
     return int(code)
 
 
-AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -33,7 +33,7 @@ from ..registry import operation
 from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _TXN = re.compile(r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 BUSY_TIMEOUT = 30.0
 """Seconds to wait for another writer of the database before a migration fails."""

@@ -36,7 +36,7 @@ from .base import checksum
 log = logging.getLogger("outlast.store.mirror")
 T = TypeVar("T")
 FORMAT = 1
-_CKPT_RE = re.compile(r"^(\d{10})\.(ckpt|delta)\.json$")
+_CKPT_RE = re.compile(r"^(\d{10})\.(ckpt|delta)\.json\Z")
 
 
 class MirrorCheckpoint:

@@ -25,7 +25,7 @@ from .keys import Keys
 
 log = logging.getLogger("outlast.store.redis")
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 
 class RedisCore:
