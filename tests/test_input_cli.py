@@ -470,27 +470,20 @@ def test_a_name_with_a_trailing_newline_is_refused_like_any_other_bad_name(cli: 
     """Python's ``$`` also matches before a final newline: an id, type, namespace, module, age or migration
     identifier with "\\n" appended passed its check (``GET /api/operations/ID%0A`` said "no operation ID\\n"
     instead of "invalid operation id"). Each check now ends at the string's end."""
+    from engine import InvalidInput, open_store
     from engine.cli.control import AGE
-    from engine.models import ID_PREFIX_RE, ID_RE, OperationSpec, new_id
-    from engine.operations.migration import _IDENT
-    from engine.registry import _MODULE_RE
-    from engine.store.mirror import _CKPT_RE
-    from engine.store.redis.core import _NAMESPACE_RE
+    from engine.models import ID_PREFIX_RE, OperationSpec, new_id, validate_id
 
-    for pattern, good in (
-        (ID_RE, new_id()),
-        (ID_PREFIX_RE, "06b"),
-        (_IDENT, "users"),
-        (_MODULE_RE, "my.plugin"),
-        (AGE, "7d"),
-        (_CKPT_RE, "0000000001.ckpt.json"),
-        (_NAMESPACE_RE, "outlast"),
-    ):
-        assert pattern.match(good) and not pattern.match(good + "\n"), pattern.pattern
+    op = new_id()
+    assert validate_id(op) and ID_PREFIX_RE.match("06b") and AGE.match("7d")
+    for bad in (lambda: validate_id(op + "\n"), lambda: open_store("redis://127.0.0.1:1/0", namespace="t\n")):
+        with pytest.raises(InvalidInput):
+            bad()
+    assert not ID_PREFIX_RE.match("06b\n") and not AGE.match("7d\n")
     with pytest.raises(ValueError, match="type"):
         OperationSpec(type="demo\n")
     before = cli("ls", "--json").stdout
-    op = new_id()
-    r = cli("show", op + "\n")  # 2: bad input (a full id, unlike a prefix, is not looked up)
-    assert r.returncode == 2 and "invalid operation id" in r.stderr, r.stderr
+    for args in (["show", op + "\n"], ["--plugin", "os\n", "types"]):
+        r = cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (args, r.stderr)
     assert cli("ls", "--json").stdout == before
