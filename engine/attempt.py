@@ -416,6 +416,8 @@ class Attempt:
         ``how``: what forced it, when not the grace period."""
         if self.lost:
             return  # nothing to write: see lose()
+        if self.ctx.stop_reason is StopReason.CANCEL:
+            reason = StopReason.CANCEL  # asked after the handler stopped for a pause: the cancel wins
         if not checkpointed:
             await self._final_checkpoint(always=True, forced=forced)
         settings = self.host.settings

@@ -149,6 +149,10 @@ class OperationLog:
         self._emit("error", message, fields)
 
 
+_YIELDS_TO_CANCEL = frozenset({StopReason.PAUSE, StopReason.SHUTDOWN})
+"""Stop reasons a later cancel replaces (request_stop)."""
+
+
 class OperationContext(SeedContextMethods):
     """Handed to every handler as its first argument."""
 
@@ -537,8 +541,10 @@ class OperationContext(SeedContextMethods):
         return self._ledger.outcomes_unsaved
 
     def request_stop(self, reason: StopReason) -> None:
-        """Ask the handler to stop at its next safe point (the first reason asked for wins)."""
-        if self._stop is None:
+        """Ask the handler to stop at its next safe point. The first reason asked for wins, but a cancel
+        replaces a pause or a shutdown (both leave it resumable: the cancel gives it up), which kept the
+        pause: a cancel asked behind one was answered "cancel requested" and the operation ended paused."""
+        if self._stop is None or (reason is StopReason.CANCEL and self._stop in _YIELDS_TO_CANCEL):
             self._stop = reason
             self._attention = True
 

@@ -225,3 +225,21 @@ async def test_a_handler_blocking_the_event_loop_is_named_with_where_it_stands(
     assert len(said) == 1, said
     assert f"test_blocks_the_loop {op.id}" in said[0] and "test_engine_stops.py" in said[0], said[0]
     assert "in blocks_the_loop" in said[0] and "asyncio.to_thread" in said[0]
+
+
+@pytest.mark.parametrize("asked", [("pause", "cancel"), ("cancel", "pause")])
+@pytest.mark.parametrize("where", ["here", "another engine"])
+async def test_a_cancel_wins_over_a_pause_asked_before_or_after_it(
+    settings: Settings, asked: tuple[str, str], where: str
+) -> None:
+    """A cancel asked while a pause was pending was answered "cancel requested" (HTTP 202, the CLI), and the
+    operation ended paused: the first stop reason won, and through the store a later pause replaced a
+    cancel. A cancel gives the operation up; a pause keeps it: the cancel wins, in either order."""
+    async with make_engine(settings) as engine, make_engine(settings, run_queue=False) as other:
+        op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 5}))
+        await until(lambda: (r := engine.live(op.id)) is not None and r.message == "waiting", timeout=20)
+        asking = engine if where == "here" else other
+        for action in asked:
+            await getattr(asking, action)(op.id)
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.CANCELLED, (final.status, final.status_message)

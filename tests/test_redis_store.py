@@ -671,3 +671,13 @@ async def test_a_redis_over_its_maxmemory_is_said_full_in_words(redis_server: Re
     finally:
         client.config_set("maxmemory", 0)
         await store.close()
+
+
+async def test_a_pause_asked_after_a_cancel_does_not_replace_it(redis_server: RedisServer, settings: Settings) -> None:
+    """The pending request was the last one asked: a pause behind a cancel ended the operation paused."""
+    async with Engine(store=store_for(redis_server), settings=settings, run_queue=False) as engine:
+        op_id = await submit(engine)
+        assert await engine.store.claim(W, time.time(), 300.0) is not None
+        await engine.store.request_control(op_id, "cancel")
+        await engine.store.request_control(op_id, "pause")
+        assert await engine.store.pending_controls([op_id]) == {op_id: "cancel"}

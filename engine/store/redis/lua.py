@@ -390,6 +390,7 @@ local denied = publish_denied(ARGV[1])
 if denied then return denied end
 local f = redis.call('HMGET', KEYS[1], 'status', 'epoch')
 if f[1] ~= '"running"' then return 0 end
+if ARGV[3] == 'pause' and redis.call('HGET', KEYS[1], '_ctl') == 'cancel' then return 1 end  -- the cancel stands
 redis.call('HSET', KEYS[1], '_ctl', ARGV[3])
 redis.call('PUBLISH', ARGV[1] .. 'events',
   '{"kind":"control","op":"' .. ARGV[2] .. '","action":"' .. ARGV[3] .. '","epoch":' .. f[2] .. '}')

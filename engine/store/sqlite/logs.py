@@ -27,7 +27,12 @@ class ControlLogsMixin(SqliteCore):
 
     async def request_control(self, op_id: str, action: ControlAction) -> None:
         def do(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE operations SET control=? WHERE id=? AND status='running'", (action, op_id))
+            # A pause never replaces a cancel asked before it (the cancel gives it up; the pause would keep it).
+            conn.execute(
+                "UPDATE operations SET control=CASE WHEN control='cancel' THEN control ELSE ? END"
+                " WHERE id=? AND status='running'",
+                (action, op_id),
+            )
 
         await self._txn(do)
 
