@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import threading
 import time
@@ -238,6 +239,8 @@ class Supervisor:
         self._recover_failing = False
         self._round: asyncio.Task[None] | None = None
         """The store's steps of the clock (``_store_round``), while they run."""
+        self._beat: asyncio.Task[None] | None = None
+        """The heartbeat, while it runs: on its own schedule, never behind a round's slower writes."""
         self.loop_watch: LoopWatch | None = None
         """While the supervisor runs: when the event loop last turned (``turned``)."""
         if hasattr(store, "on_lease_lost"):  # a store whose attempts can be fenced off says when
@@ -250,13 +253,20 @@ class Supervisor:
         finally:
             watch.stop()
             self.loop_watch = None
-            if self._round is not None and not self._round.done():
-                self._round.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._round
+            for task in (self._round, self._beat):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     async def _run(self, watch: LoopWatch) -> None:
-        next_poll = next_flush = next_orphans = 0.0
+        next_poll = next_flush = next_orphans = next_beat = 0.0
+        # A lease renewed only with the live progress (every progress_flush_interval, and after that
+        # round's other writes) expired under healthy workers when its ttl was short: with lease_ttl=0.5
+        # two workers took the operation from each other for ever, items 0-21 run 39 times each.
+        beat_every = min(
+            self._settings.progress_flush_interval, getattr(self._store, "heartbeat_every", None) or math.inf
+        )
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
@@ -273,6 +283,9 @@ class Supervisor:
                 self._check(now)
             except Exception:
                 log.exception("supervisor tick failed")
+            if self._runs and now >= next_beat and (self._beat is None or self._beat.done()):
+                self._beat = asyncio.create_task(self._heartbeat(), name="outlast-heartbeat")
+                next_beat = now + beat_every
             if self._round is not None and not self._round.done():
                 continue  # the store's steps wait for the last round; the clock above never does
             poll, flush, orphans = now >= next_poll and bool(self._runs), now >= next_flush, now >= next_orphans
@@ -316,14 +329,21 @@ class Supervisor:
             if flush:
                 await self._step(self._flush_live(time.monotonic()))  # says itself when a write worked
                 await self._logs.flush()
-                if self._runs:
-                    await self._step(self._store.heartbeat(list(self._runs)))
             if orphans:
                 await self._recover_quietly()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("supervisor tick failed")
+
+    async def _heartbeat(self) -> None:
+        try:
+            if self._runs:
+                await self._step(self._store.heartbeat(list(self._runs)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("heartbeat failed")
 
     async def _step(self, step: Awaitable[Any]) -> None:
         """Run one step of the tick; a store failure is recorded (said once), never a traceback."""

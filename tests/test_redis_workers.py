@@ -300,3 +300,25 @@ def test_cancel_and_pause_from_another_process_reach_the_right_worker(
     assert all(o.status is Status.RUNNING for o in c.ops(rest))
     c.stop()  # SIGTERM pauses the rest with a checkpoint
     assert all(o.status is Status.PAUSED for o in c.ops(rest))
+
+
+def test_a_short_lease_keeps_a_healthy_workers_lease(
+    redis_server: RedisServer, cluster_factory: Any, tmp_path: Path
+) -> None:
+    """The lease was renewed only with the live progress (every progress_flush_interval, after that
+    round's other writes): with lease_ttl=0.5 two healthy workers took one operation from each other for
+    ever (attempt 40, items 0-21 run 39 times each); a flush interval over the ttl did it once. The
+    heartbeat now runs on its own, three times per ttl."""
+    logs = tmp_path / "items"
+    logs.mkdir()
+    cluster = cluster_factory(redis_server, "lease")
+    url = f"{redis_server.url}?lease_ttl=0.5"
+    for _ in range(2):
+        cluster.worker(1, url=url)
+    (op_id,) = cluster.submit([ledger(0, 60, 0.05, logs, ckpt=0.5)])
+    try:
+        (op,) = cluster.wait_all([op_id], {Status.COMPLETED}, timeout=60)
+        assert op.attempt == 1, f"taken over {op.attempt - 1} times"
+        assert item_counts(logs / "0.log") == Counter(range(60))
+    finally:
+        cluster.stop()

@@ -306,6 +306,9 @@ class Store(Protocol):
     url: str
     read_only: bool
     """Set by ``open``: the store can be read, not written (a local state dir on a read-only file system)."""
+    heartbeat_every: float | None
+    """Seconds between the heartbeats that keep this process's holds (a Redis lease: a third of its ttl);
+    None: as often as live progress is written (the local store's flock lives as long as its process)."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

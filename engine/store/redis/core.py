@@ -59,6 +59,8 @@ class RedisCore:
             raise InvalidInput(f"store URL: lease_ttl={params.get('lease_ttl')!r} is not a number") from None
         if not 0.5 <= self.lease_ttl <= 3600:
             raise InvalidInput(f"lease_ttl {self.lease_ttl:g}: expected 0.5 to 3600 seconds")
+        self.heartbeat_every: float | None = self.lease_ttl / 3
+        """Three renewals per lease: one late or lost does not let it expire under a healthy worker."""
         self.url = self.link.shown_url
         self.mirror = CheckpointMirror(checkpoint_mirror, ns) if checkpoint_mirror else None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -70,6 +70,9 @@ unfit_here = functools.cache(sqlite_unfit)
 class SqliteCore:
     """The plumbing of LocalStore (see module doc)."""
 
+    heartbeat_every: float | None = None
+    """Nothing expires: the flock that holds an operation lives as long as its process."""
+
     def __init__(self, state_dir: str | Path) -> None:
         self.state_dir = Path(state_dir).expanduser()
         self.url = str(self.state_dir)
