@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,52 @@ def test_a_run_whose_operation_is_emptied_out_of_redis_says_so_once_at_its_end(
         assert err[2] == f"{op_id} stopped: it is gone from the store (deleted, or the store emptied)", err
     finally:
         cli.close()
+
+
+def test_a_cron_drain_exits_8_when_redis_takes_no_claim(redis_server: RedisServer, state_dir: Path) -> None:
+    """``worker --exit-when-idle`` with work queued and a Redis over maxmemory (every claim refused) ran
+    until it was killed: a cron drain that never ends. It ends as a store failure does: one line, 8."""
+    submit(redis_server.url, 1)
+    client = redis_server.client()
+    client.config_set("maxmemory", max(1, int(client.info("memory")["used_memory"]) - 1000))
+    env = {"OUTLAST_STORE_OUTAGE_LIMIT": "1"}
+    r = subprocess.run(
+        [*CLI, "--store", redis_server.url, "--plugin", "tests.ops_for_tests", "worker", "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO), **env},
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == ExitCode.STORE, (r.returncode, r.stderr)
+    assert "no queued work can be claimed" in r.stderr and "is full" in r.stderr, r.stderr
+
+
+def test_an_idle_worker_stops_at_once_on_sigterm_while_redis_is_down(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """Asked to stop while it looked at a queue on a Redis that did not answer, an idle worker waited out
+    the store's retries (about 30 s), then exited 8: nothing runs there, so it goes at once, 0."""
+    env = {**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO)}
+    worker = subprocess.Popen(
+        [*CLI, "--store", redis_server.url, "worker"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None and "slots" in worker.stdout.readline()
+        redis_server.kill()
+        time.sleep(3)  # the worker's look at the queue is retrying by now
+        worker.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        code = worker.wait(20)
+        assert code == 0 and time.monotonic() - t0 < 5, (code, time.monotonic() - t0, worker.stderr.read())  # type: ignore[union-attr]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import Settings
 from ..engine import Engine, StoreUnwritable
@@ -30,6 +33,9 @@ from ..store import open_store
 from . import format as fmt
 from .common import Mode
 from .follow import PlainView, WatchStopped, follow, make_view, pause_queued
+
+log = logging.getLogger("outlast.worker")
+T = TypeVar("T")
 
 PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
 
@@ -275,8 +281,16 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
             if engine.running_ids:
                 idle_since = None
                 continue
+            if exit_when_idle and engine.health.over_limit(time.monotonic()):
+                # Work is queued but the store takes no claim (a Redis over maxmemory, a full disk): a
+                # cron drain ended never. As a store failure with work running ends a worker: one line, 8.
+                log.error("no queued work can be claimed: %s; exiting", engine.health.why)
+                failed = True
+                break
             if exit_when_idle or queue.due():
-                busy = await queue.holds_work()
+                busy = await _unless_draining(engine, queue.holds_work())
+                if busy is None:
+                    continue  # asked to stop while the store was not answering: nothing runs, so go now
                 if not exit_when_idle or busy:
                     idle_since = None
                 elif idle_since is None:
@@ -286,6 +300,20 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
     if mode == "plain":
         fmt.echo(f"{fmt.clock(time.time())} worker stopped")
     return ExitCode.STORE if failed else ExitCode.OK
+
+
+async def _unless_draining(engine: Engine, look: Coroutine[Any, Any, T]) -> T | None:
+    """``look``'s answer, or None once the engine drains (a signal): an idle worker asked to stop while
+    the store did not answer waited out the store's retries (30 s on Redis), then exited 8."""
+    task = asyncio.ensure_future(look)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.1)
+        if engine.draining and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+    return task.result()
 
 
 class QueueLook:
