@@ -303,3 +303,18 @@ def test_resume_of_a_queued_operation_nobody_runs_runs_it(cli: Cli) -> None:
     r = cli("resume", second, "--detach")
     assert r.returncode == 0 and "running in the background" in r.stderr, r.stderr
     until(lambda: cli.op(second).status.value == "completed", 30, what="the detached run completed")
+
+
+def test_a_detached_run_does_not_copy_its_log_into_the_detached_file(cli: Cli) -> None:
+    """The detached runner echoed every log line of its operation into ``detached/ID.log``: 62 MB for 30 MB
+    of a command's output, while the operation's own log was capped at 2 MB (OUTLAST_LOG_LIMIT)."""
+    r = cli("run", "command", "-p", "command=seq -f line-%g 1 300", "--detach")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    until(lambda: cli.op(op_id).status.value == "completed", 30, what="the detached run completed")
+    log = cli.state_dir / "detached" / f"{op_id}.log"
+    until(lambda: "completed" in log.read_text(), 30, what="the detached log's final line")
+    logged = cli("logs", op_id).stdout.splitlines()
+    text = log.read_text()
+    assert f"logs {op_id}" in text  # where the log lines are
+    assert not [ln for ln in logged if ln and ln in text], "log lines copied into the detached file"

@@ -98,9 +98,11 @@ class View(Protocol):
 class PlainView:
     """One line per progress report or status change; log lines as they come. For pipes and log files."""
 
-    def __init__(self, json_lines: bool = False, quiet: bool = False) -> None:
+    def __init__(self, json_lines: bool = False, quiet: bool = False, logs: bool = True) -> None:
+        """``logs=False``: status and progress lines only (the operation's own log, capped, has the rest)."""
         self.json_lines = json_lines
         self.quiet = quiet
+        self.logs = logs
         self.stopping = False
         self._status: Status | None = None
         self._last_line = 0.0
@@ -136,7 +138,7 @@ class PlainView:
             fmt.echo(fmt.progress_line(op))
 
     def log(self, rec: LogRecord) -> None:
-        if self.quiet:
+        if self.quiet or not self.logs:
             return
         if self.json_lines:
             fmt.echo(fmt.dumps({"event": "log", "record": rec.model_dump(mode="json")}))

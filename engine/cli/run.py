@@ -230,8 +230,11 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
         except Conflict as e:
             fmt.echo(f"not run here: {e}")
             return ExitCode.CONFLICT
+        # Status and progress only: echoed here too, the operation's log lines grew this file without
+        # the log's cap (62 MB for 30 MB of output, with the log itself capped at 2 MB).
+        fmt.echo(f"{fmt.clock(time.time())} {op_id}: its log lines: {prefix} logs {op_id}")
         try:
-            final = await follow(engine, op_id, PlainView(), local=True, prefix=prefix)
+            final = await follow(engine, op_id, PlainView(logs=False), local=True, prefix=prefix)
         except StoreUnwritable:
             report_unwritable(engine, op_id, "plain", prefix)
             return ExitCode.STORE
