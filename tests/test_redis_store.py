@@ -432,6 +432,11 @@ async def test_unreachable_wrong_password_one_line(redis_factory, settings: Sett
             " (redis://:PASSWORD@HOST:PORT/DB)",
         ),
         ("redis://127.0.0.1:1/0", "redis 127.0.0.1:1: cannot connect: connection refused"),
+        (  # TLS asked of a server without it: a bare timeout said nothing of TLS
+            server.url.replace("redis://", "rediss://"),
+            f"redis 127.0.0.1:{server.port}: cannot connect: timeout connecting to server (the URL asks for TLS,"
+            " rediss://: does the server speak TLS on that port?)",
+        ),
     ):
         store = open_store(target, namespace="t", checkpoint_mirror=None)
         with pytest.raises(StoreError) as err:

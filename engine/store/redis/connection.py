@@ -162,7 +162,8 @@ class RedisLink:
         w = self.where
         text = str(e)
         no_password = self._password is None and urlsplit(self.raw_url).username is None
-        if "NOAUTH" in text or (isinstance(e, AuthenticationError) and no_password):
+        # Over a unix socket without a password, the server's refusal of HELLO is the same missing password.
+        if "NOAUTH" in text or "already authenticated" in text or (isinstance(e, AuthenticationError) and no_password):
             msg = f"redis {w}: authentication required: put the password in the store URL (redis://:PASSWORD@HOST:PORT/DB)"
         elif isinstance(e, AuthenticationError) or "WRONGPASS" in text:
             msg = f"redis {w}: authentication failed: check the user and password in the store URL"
@@ -184,6 +185,8 @@ class RedisLink:
             )
         elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
             msg = f"redis {w}: cannot connect: {_reason(e)}"
+            if urlsplit(self.raw_url).scheme == "rediss" and not self.connected:
+                msg += " (the URL asks for TLS, rediss://: does the server speak TLS on that port?)"
         else:
             msg = f"redis {w}: {_reason(e)}"
         return StoreError(self._scrub(msg))
