@@ -209,6 +209,8 @@ class OperationContext(SeedContextMethods):
             self._total = cp.total_items if cp.total_items is not None else self._total
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
+        self._met_done = False
+        """A loop of this attempt met a key its checkpoint counted as done (else, resumed: the keys changed?)."""
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
         self._point: ResumePoint | None = None
         """Set while the handler works in the seed's style (``seed_style()``): its last explicit checkpoint."""
@@ -682,34 +684,51 @@ async def _iterate(
     in_order = itertools.chain.from_iterable(ledger.order)
     want = next(in_order, None)
     repeats = not ctx.resuming  # nothing was done before this run: a done key met again came twice in it
-    for item in it:
-        k = keyf(item)
-        if k.__class__ is not str:
-            k = ctx._key_text(k)
-        if k == want:
-            want = next(in_order, want)
-            continue
-        if k in done_keys or k in failed or k in skipped:
-            if repeats and k in done_keys:
-                repeats = False  # said once a loop: two items with one key, or a second loop over the same keys
-                ctx.log.warning(
-                    f"item key {k!r} came again after it was done: skipped, as every later item whose key is"
-                    " done (a key names one item: two items that share one run once)"
-                )
-            continue
-        current[0] = ledger.current = k
-        ledger.left = None
-        yield item
-        current[0] = None
-        if ledger.current is not None:  # fail() or skip() in the body clears it: not done
-            ledger.current = None
-            done_keys.add(k)
-            new_done.append(k)
-            ctx._done += 1
-        if every and ctx._done - ctx._done_at_checkpoint >= every:
-            ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
-        if ctx._attention:
-            await ctx._at_boundary()
+    # A resume whose loops met none of the done keys: the keys changed (a new version of the handler,
+    # another key=), and every item was run again, silently. Said at a loop's end.
+    had = len(done_keys) if ctx.resuming and not ctx._met_done else 0
+    met = False
+    try:
+        for item in it:
+            k = keyf(item)
+            if k.__class__ is not str:
+                k = ctx._key_text(k)
+            if k == want:
+                want = next(in_order, want)
+                met = True
+                continue
+            if k in done_keys or k in failed or k in skipped:
+                met = True
+                if repeats and k in done_keys:
+                    repeats = False  # said once a loop: two items with one key, or a second loop over the same keys
+                    ctx.log.warning(
+                        f"item key {k!r} came again after it was done: skipped, as every later item whose key is"
+                        " done (a key names one item: two items that share one run once)"
+                    )
+                continue
+            current[0] = ledger.current = k
+            ledger.left = None
+            yield item
+            current[0] = None
+            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+                ledger.current = None
+                done_keys.add(k)
+                new_done.append(k)
+                ctx._done += 1
+            if every and ctx._done - ctx._done_at_checkpoint >= every:
+                ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
+            if ctx._attention:
+                await ctx._at_boundary()
+    finally:
+        if met:
+            ctx._met_done = True
+    if had and not ctx._met_done and len(done_keys) > had:
+        ctx._met_done = True  # said once
+        ctx.log.warning(
+            f"none of this run's items was among the {had} its checkpoint counted"
+            " as done, so every one was run again: did the item keys change (a new version of the handler,"
+            " another key=)?"
+        )
 
 
 def _text(value: object) -> str | None:

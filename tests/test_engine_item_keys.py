@@ -77,3 +77,35 @@ async def test_a_key_shared_by_two_items_is_said_not_skipped_in_silence(engine: 
     warnings = [r.message for r in (await engine.store.read_logs(final.id))[0] if r.level == "warning"]
     assert len(warnings) == 2 and all("came again after it was done" in w for w in warnings), warnings
     assert warnings[0].startswith("item key 'README.md' came again") and "'x.py'" in warnings[1]
+
+
+KEY_VERSION = {"prefix": "v1"}
+
+
+@operation("test_item_keys_versioned")
+async def item_keys_versioned(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    async for _i in ctx.items(range(30), key=lambda i: f"{KEY_VERSION['prefix']}-{i}"):
+        await asyncio.sleep(0.005)
+    async for _j in ctx.items(range(3), key=lambda j: f"phase2-{j}"):  # a second loop, none of it done before
+        pass
+    return {}
+
+
+@pytest.mark.parametrize("changed", [True, False])
+async def test_a_resume_whose_item_keys_changed_says_every_item_ran_again(engine: Engine, changed: bool) -> None:
+    """A new version of a handler with other item keys resumed an old operation: none of the done keys
+    came up, every item ran again, and nothing said so. Said once at the loop's end; a resume that met
+    its done keys (and a later loop with none of them) says nothing."""
+    KEY_VERSION["prefix"] = "v1"
+    op = await engine.submit(OperationSpec(type="test_item_keys_versioned", profile={"checkpoint_every": 5}))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
+    await engine.pause(op.id)
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    KEY_VERSION["prefix"] = "v2" if changed else "v1"
+    try:
+        await engine.resume(op.id)
+        assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+    finally:
+        KEY_VERSION["prefix"] = "v1"
+    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "did the item keys change" in r.message]
+    assert len(said) == (1 if changed else 0), said
