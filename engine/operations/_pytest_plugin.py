@@ -6,10 +6,12 @@ loads into any interpreter that has pytest, without the engine. Driven by the en
 - ``OUTLAST_PYTEST_FD``: a file descriptor to write JSON lines to (one per event, flushed at once);
 - ``OUTLAST_PYTEST_SELECT``: a file of node ids, one a line; every other collected test is deselected.
 
-Events: ``{"e": "item", "id": ...}`` per collected test, ``{"e": "collected", "n": ...}`` at the end of
-collection, ``{"e": "collect_error", "id": ..., "message": ..., "traceback": ...}``, ``{"e": "start", "id": ...}``
-when a test begins and ``{"e": "done", "id": ..., "outcome": ..., "duration": ..., ...}`` when it has finished
-(setup, call and teardown): passed, failed, error, skipped, xfailed or xpassed.
+Events: ``{"e": "item", "id": ...}`` per collected test, ``{"e": "collected", "n": ..., "collect_only": ...}`` at
+the end of collection (with a selection, also ``"unfound"``: how many of the ids asked for this process did not
+collect, and ``"missing"``: the first of them), ``{"e": "collect_error", "id": ..., "message": ..., "traceback":
+...}``, ``{"e": "start", "id": ...}`` when a test begins and ``{"e": "done", "id": ..., "outcome": ...,
+"duration": ..., ...}`` when it has finished (setup, call and teardown): passed, failed, error, skipped, xfailed
+or xpassed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import pytest
 
 TRACEBACK_MAX = 4000
 MESSAGE_MAX = 500
+MISSING_MAX = 3
 
 _out: Any = None
 _reports: dict[str, list[Any]] = {}
+_selected: list[set[str] | None] = []
+"""The node ids of ``OUTLAST_PYTEST_SELECT`` once read ([None] without a selection)."""
 
 
 def _emit(event: dict) -> None:
@@ -41,12 +46,21 @@ def pytest_configure(config: pytest.Config) -> None:
         _out = os.fdopen(int(fd), "w", encoding="utf-8", buffering=1)
 
 
+def _selection() -> set[str] | None:
+    if not _selected:
+        path = os.environ.get("OUTLAST_PYTEST_SELECT")
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                _selected.append({line.rstrip("\n") for line in fh if line.strip()})
+        else:
+            _selected.append(None)
+    return _selected[0]
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    path = os.environ.get("OUTLAST_PYTEST_SELECT")
-    if not path:
+    keep = _selection()
+    if keep is None:
         return
-    with open(path, encoding="utf-8") as fh:
-        keep = {line.rstrip("\n") for line in fh if line.strip()}
     selected = [i for i in items if i.nodeid in keep]
     deselected = [i for i in items if i.nodeid not in keep]
     if deselected:
@@ -62,7 +76,18 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         _emit({"e": "item", "id": item.nodeid})
-    _emit({"e": "collected", "n": len(session.items)})
+    _collected([item.nodeid for item in session.items], session.config)
+
+
+def _collected(ids: list[str], config: pytest.Config) -> None:
+    """The end of collection; with a selection, the ids asked for that this process did not collect (whatever
+    deselected them: ids that differ from one process to the next, a test removed, another plugin)."""
+    event: dict[str, Any] = {"e": "collected", "n": len(ids), "collect_only": bool(config.option.collectonly)}
+    keep = _selection()
+    if keep is not None:
+        missing = sorted(keep.difference(ids))
+        event.update(unfound=len(missing), missing=missing[:MISSING_MAX])
+    _emit(event)
 
 
 def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:

@@ -5,7 +5,10 @@
 2. Run: pytest with the plugin, which streams each test's outcome as a JSON line through a pipe as soon as
    the test has finished (setup, call, teardown). Every outcome goes into ``ctx.state["results"]`` as one
    item of ``ctx.items``, so a checkpoint holds every finished test; a resume writes the node ids not yet
-   finished to a file and the plugin deselects every other test.
+   finished to a file and the plugin deselects every other test. A test whose id that process did not
+   collect again (an id built from a random value differs in every process) cannot be run test by test: the
+   operation fails naming it rather than run it some other way, and it is never "completed" with tests that
+   did not run but for those ``-x`` or ``max_failures`` left after a failing test.
 
 A failing test is a result, counted live (``passed``, ``failed``, ``skipped``, ``pass_rate`` metrics; the
 current test is the step). With ``fail_on_test_failure`` (the default, for CI) a suite with failing tests
@@ -176,7 +179,8 @@ class _Pytest:
             await self.kill()
             return None
 
-    def tail(self, n: int = 15, prefix: str = "") -> str:
+    def tail(self, n: int = 15, prefix: str = "", one_line: bool = False) -> str:
+        """The last ``n`` lines of pytest's output worth reading (``one_line``: joined with " | ")."""
         try:
             with open(self.log, "rb") as fh:
                 fh.seek(max(0, os.path.getsize(self.log) - 16384))
@@ -184,7 +188,9 @@ class _Pytest:
         except OSError:
             return ""
         lines = [ln for ln in lines if ln.strip() and not _DOTS.match(ln)]  # pytest -q progress: no news
-        return prefix + "\n".join(lines[-n:]) if lines else ""
+        if not lines:
+            return prefix + "no output" if one_line else ""
+        return prefix + (" | " if one_line else "\n").join(ln.strip() if one_line else ln for ln in lines[-n:])
 
 
 class _Suite:
@@ -219,6 +225,8 @@ class _Suite:
                 del self.results[nodeid]
             ctx.progress(len(self.results), step="re-running the failing tests")
         self.counts = collections.Counter(r["outcome"] for r in self.results.values())
+        self.not_run_why = ""
+        """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
         self.live()
 
     def key(self, nodeid: str) -> str:
@@ -307,6 +315,7 @@ class _Suite:
         env = {**self.env, "OUTLAST_PYTEST_SELECT": str(select)}
         pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"))
         running: dict[str, float] = {}  # node id -> when it started (several at once under pytest-xdist)
+        began, collect_only, unfound, missing = False, False, 0, []
         idle_since = time.monotonic()
         try:
             while not pt.eof:
@@ -318,6 +327,10 @@ class _Suite:
                     if ev["e"] == "start":
                         running[ev["id"]] = now
                         ctx.step = ev["id"]
+                        began = True
+                    elif ev["e"] == "collected":
+                        collect_only = bool(ev.get("collect_only"))
+                        unfound, missing = int(ev.get("unfound", 0)), list(ev.get("missing", ()))
                     elif ev["e"] == "done":
                         running.pop(ev["id"], None)
                         finished.append(ev)
@@ -339,10 +352,22 @@ class _Suite:
                 await self.lost(nodeid, "crashed", f"pytest died (exit code {code}) inside the test{pt.tail(8, ': ')}")
                 return True
             left = len(self.remaining())
-            if not left or code in (0, 1, 2, 5):  # done, or stopped on purpose (-x, --maxfail, pytest.exit)
+            if not left:
                 return False
-            if left == len(todo):
-                raise RuntimeError(f"pytest exited with code {code} before running a test{pt.tail(8, ': ')}")
+            if unfound:  # deselected in this process: no new one would run them either
+                self.not_run_why = _unfound_line(unfound, missing, len(todo))
+                return False
+            if not began:
+                why = "--collect-only in args" if collect_only else f"exit code {code}{pt.tail(3, ': ', True)}"
+                self.not_run_why = f"pytest ran none of the {len(todo)} tests given to it ({why})"
+                return False
+            if code in (0, 1, 2, 5):  # stopped on purpose (-x, --maxfail) after a failing test
+                if not self.failures():
+                    self.not_run_why = (
+                        f"pytest ended (exit code {code}) with {left} tests not run and none failing"
+                        f"{pt.tail(3, ': ', True)}"
+                    )
+                return False
             ctx.log.warning(f"pytest exited with code {code} between tests; a new one goes on with {left} tests")
             return True  # killed from outside or an internal error: it made progress, so go on
         finally:
@@ -390,9 +415,15 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
         if p.max_failures and suite.failures() >= p.max_failures:
             break
         if not await suite.run():
-            break  # pytest ended on its own: what it left it chose to leave (-x, --maxfail, pytest.exit)
+            break  # pytest ended on its own: -x or --maxfail, or not_run_why says what went wrong
     ctx.progress(step="summarising")
     summary = await asyncio.to_thread(suite.summary)
+    if suite.not_run_why and summary["counts"].get("not_run"):
+        # Never "completed" with tests that did not run (README, failure model): -x and max_failures stop
+        # after a failing test; this is pytest leaving tests out on its own.
+        ctx.state["rerun_failures"] = bool(p.fail_on_test_failure and summary["failed"])
+        await ctx.checkpoint(next_step="run the tests that did not run")
+        raise TestsNotRun(f"{suite.not_run_why}; {_counts(summary)}; report: {summary['report']}")
     if p.fail_on_test_failure and summary["failed"]:
         ctx.state["rerun_failures"] = True  # a resume runs the failing tests again, and only them
         await ctx.checkpoint(next_step="re-run the failing tests")
@@ -406,12 +437,31 @@ class TestsFailed(Exception):
     __test__ = False
 
 
+class TestsNotRun(Exception):
+    """Tests left without an outcome by pytest itself (not by -x or max_failures): the operation fails."""
+
+    __test__ = False
+
+
+def _unfound_line(unfound: int, missing: list[str], given: int) -> str:
+    """One line: the tests this pytest did not find again, and why that happens."""
+    first = ", ".join(missing) + (f" and {unfound - len(missing)} more" if unfound > len(missing) else "")
+    return (
+        f"{unfound} of {given} tests never ran: the pytest that runs them did not collect their ids again ({first});"
+        " ids must be the same in every pytest process (give random or time-based parametrize values fixed ids),"
+        " or the tests were removed since collection"
+    )
+
+
+def _counts(summary: dict) -> str:
+    return ", ".join(f"{k} {o}" for o, k in summary["counts"].items())
+
+
 def _failed_line(summary: dict) -> str:
     """One line: how many failed, the counts, the first failing tests, the report."""
     n = sum(summary["counts"].get(o, 0) for o in BAD)
     first = ", ".join(f["id"] for f in summary["failed"][:3]) + (f" and {n - 3} more" if n > 3 else "")
-    counts = ", ".join(f"{k} {o}" for o, k in summary["counts"].items())
     return (
-        f"{n} of {summary['tests']} tests failed ({counts}): {first}; report: {summary['report']};"
+        f"{n} of {summary['tests']} tests failed ({_counts(summary)}): {first}; report: {summary['report']};"
         " resume to run the failing tests again (fail_on_test_failure=false completes instead)"
     )

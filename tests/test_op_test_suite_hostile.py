@@ -1,0 +1,57 @@
+"""comprehensive_test_suite against suites and settings that fooled it: never "completed" with tests that did
+not run (ids that change between pytest processes, --collect-only in args, a pytest that never collected),
+pytest-xdist, a helper process a test forks that outlives pytest, a test that prints without end."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from engine import Engine, OperationSpec, Status
+
+NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def write_suite(tmp_path: Path, files: dict[str, str]) -> Path:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for name, text in files.items():
+        (suite / name).write_text(textwrap.dedent(text))
+    return suite
+
+
+async def run(engine: Engine, suite: Path, timeout: float = 60, **params: Any) -> Any:
+    params = {"path": str(suite), "env": NO_AUTOLOAD, **params}
+    op = await engine.submit(OperationSpec(type="comprehensive_test_suite", params=params))
+    return await engine.wait(op.id, timeout=timeout)
+
+
+RANDOM_IDS = """
+    import random, pytest
+
+    @pytest.mark.parametrize("seed", [random.randint(0, 10**9) for _ in range(3)])
+    def test_fuzz(seed):
+        pass
+
+    def test_stable():
+        pass
+"""
+
+
+async def test_ids_that_change_between_processes_fail_the_run_naming_them(engine: Engine, tmp_path: Path) -> None:
+    """Collected in one process, not found in the next: failed, one line, never "completed at 1/4"."""
+    suite = write_suite(tmp_path, {"test_r.py": RANDOM_IDS})
+    for fail_on_test_failure in (True, False):
+        op = await run(engine, suite, fail_on_test_failure=fail_on_test_failure)
+        assert op.status is Status.FAILED and op.status.resumable, (op.status, op.result)
+        assert "3 of 4 tests never ran: the pytest that runs them did not collect their ids again" in op.error
+        assert "test_r.py::test_fuzz[" in op.error and "fixed ids" in op.error and "\n" not in op.error
+        assert "1 passed, 3 not_run" in op.error
+
+
+async def test_collect_only_in_args_fails_the_run(engine: Engine, tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, {"test_a.py": "def test_a(): pass\ndef test_b(): assert False\n"})
+    op = await run(engine, suite, args=["--co"])
+    assert op.status is Status.FAILED, (op.status, op.result)
+    assert "pytest ran none of the 2 tests given to it (--collect-only in args); 2 not_run" in op.error
