@@ -4,6 +4,7 @@ pytest-xdist, a helper process a test forks that outlives pytest, a test that pr
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 def write_suite(tmp_path: Path, files: dict[str, str]) -> Path:
     suite = tmp_path / "suite"
-    suite.mkdir()
+    suite.mkdir(parents=True)
     for name, text in files.items():
         (suite / name).write_text(textwrap.dedent(text))
     return suite
@@ -55,3 +56,25 @@ async def test_collect_only_in_args_fails_the_run(engine: Engine, tmp_path: Path
     op = await run(engine, suite, args=["--co"])
     assert op.status is Status.FAILED, (op.status, op.result)
     assert "pytest ran none of the 2 tests given to it (--collect-only in args); 2 not_run" in op.error
+
+
+async def test_a_pytest_that_never_finished_collecting_fails_the_run(engine: Engine, tmp_path: Path) -> None:
+    """No "collected" from the plugin is no list of tests, not an empty one: never "completed, tests: 0"."""
+    suite = write_suite(tmp_path, {"test_a.py": "def test_a(): assert False, 'this suite must fail'\n"})
+    no_pytest = tmp_path / "python-without-pytest"
+    no_pytest.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # -S: no site-packages, so no pytest
+    no_pytest.chmod(0o755)
+    exits = write_suite(
+        tmp_path / "exits", {"test_a.py": "def test_a(): pass\n", "conftest.py": "import os\nos._exit(1)\n"}
+    )
+    before = "before its collection finished: "
+    for where, python, said in (
+        (suite, str(no_pytest), f"{no_pytest} -m pytest exited with code 1 {before}"),
+        (exits, sys.executable, f"{sys.executable} -m pytest exited with code 1 {before}no output"),
+        (suite, "/bin/true", f"/bin/true -m pytest exited with code 0 {before}no output"),
+    ):
+        op = await run(engine, where, python=python)
+        assert op.status is Status.FAILED, (python, op.status, op.result)
+        assert f"pytest could not collect: {said}" in op.error and "\n" not in op.error
+        if python == str(no_pytest):
+            assert "No module named pytest" in op.error

@@ -260,6 +260,7 @@ class _Suite:
         ctx.progress(step="collecting")
         tests: list[str] = []
         errors: list[dict] = []
+        finished = False  # the plugin's "collected": without it nothing says the list is whole
         pt = await _Pytest.start(ctx, self.argv("--collect-only", "-q"), self.cwd, self.env, self.log_path("collect"))
         deadline = time.monotonic() + self.p.collect_timeout
         try:
@@ -271,12 +272,16 @@ class _Suite:
                         tests.append(ev["id"])
                     elif ev["e"] == "collect_error":
                         errors.append(ev)
+                    elif ev["e"] == "collected":
+                        finished = True
                 ctx.progress()  # raises OperationStopped when a stop was asked for
             code = await pt.exit_code(EXIT_GRACE)
         finally:
             await pt.close()
-        if code not in (0, 1, 2, 5) or (code == 2 and not errors):
-            raise RuntimeError(f"pytest could not collect (exit code {code}){pt.tail(8, ': ')}")
+        if not finished or code not in (0, 1, 2, 5) or (code == 2 and not errors):
+            # An interpreter without pytest, a conftest that exits, python=/bin/true: no list, not an empty one.
+            how = f"exited with code {code}" + ("" if finished else " before its collection finished")
+            raise RuntimeError(f"pytest could not collect: {self.p.python} -m pytest {how}{pt.tail(3, ': ', True)}")
         ctx.state["tests"] = tests
         ctx.progress(total=len(tests) + len(errors), step="collected")
         ctx.log.info(f"collected {len(tests)} tests" + (f", {len(errors)} collection errors" if errors else ""))
