@@ -78,3 +78,32 @@ async def test_a_pytest_that_never_finished_collecting_fails_the_run(engine: Eng
         assert f"pytest could not collect: {said}" in op.error and "\n" not in op.error
         if python == str(no_pytest):
             assert "No module named pytest" in op.error
+
+
+XDIST = """
+    import os, pytest
+
+    @pytest.mark.parametrize("n", range(3))
+    def test_passes(n):
+        pass
+
+    def test_fails():
+        assert 1 + 1 == 3
+
+    def test_crashes():
+        os._exit(3)
+"""
+
+
+async def test_pytest_xdist_workers_report_through_their_controller(engine: Engine, tmp_path: Path) -> None:
+    """-n 2: the workers do not inherit the event stream's variable (they crashed on its descriptor); every
+    test's outcome arrives through the controller, a worker that dies in a test makes it "crashed"."""
+    suite = write_suite(tmp_path, {"test_x.py": XDIST})
+    op = await run(engine, suite, args=["-p", "xdist", "-n", "2"], fail_on_test_failure=False)
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["tests"] == 5 and op.result["counts"] == {"passed": 3, "failed": 1, "crashed": 1}
+    failed = {f["id"]: f for f in op.result["failed"]}
+    assert "crashed while running 'test_x.py::test_crashes'" in failed["test_x.py::test_crashes"]["message"]
+    assert (op.progress.done, op.progress.total, op.progress.failed) == (5, 5, 1)
+    log = "".join(p.read_text() for p in Path(op.result["report"]).parent.glob("pytest-*-run.log"))
+    assert "INTERNALERROR" not in log and "gw1" in log

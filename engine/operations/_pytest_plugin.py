@@ -30,6 +30,7 @@ _out: Any = None
 _reports: dict[str, list[Any]] = {}
 _selected: list[set[str] | None] = []
 """The node ids of ``OUTLAST_PYTEST_SELECT`` once read ([None] without a selection)."""
+_xdist_collected = False
 
 
 def _emit(event: dict) -> None:
@@ -40,10 +41,24 @@ def _emit(event: dict) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _out
-    fd = os.environ.get("OUTLAST_PYTEST_FD")
+    # Out of the environment: a process started from here (a pytest-xdist worker, a test's own subprocess)
+    # does not have the descriptor, and the number may be another file of its own.
+    fd = os.environ.pop("OUTLAST_PYTEST_FD", None)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller's hooks report its tests
+        return
     if fd and _out is None:
         os.set_inheritable(int(fd), False)  # a test's own subprocesses must not hold the stream open
         _out = os.fdopen(int(fd), "w", encoding="utf-8", buffering=1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist's controller collects nothing itself: the end of collection is its first worker's (the
+    others collect the same ids, or xdist stops the run)."""
+    global _xdist_collected
+    if not _xdist_collected:
+        _xdist_collected = True
+        _collected(list(ids), node.config)
 
 
 def _selection() -> set[str] | None:
@@ -96,6 +111,10 @@ def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "???":  # pytest-xdist: the worker running the test died (no logfinish follows)
+        _reports.pop(report.nodeid, None)
+        _emit({"e": "done", "id": report.nodeid, "outcome": "crashed", "duration": 0.0, **_describe(report)})
+        return
     _reports.setdefault(report.nodeid, []).append(report)
 
 

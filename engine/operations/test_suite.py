@@ -343,6 +343,9 @@ class _Suite:
                     idle_since = now
                     async for e in ctx.items(finished, key=lambda e: self.key(e["id"])):
                         self.record(e["id"], e["outcome"], e.get("duration", 0.0), e)
+                        if e["outcome"] == "crashed":  # a pytest-xdist worker died in it: as lost() below
+                            ctx.fail(self.key(e["id"]), f"crashed: {e.get('message', '')}")
+                            ctx.advance()
                 if running:
                     nodeid, started = min(running.items(), key=lambda kv: kv[1])
                     if now - started > self.timeout:
