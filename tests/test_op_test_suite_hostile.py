@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 from engine import Engine, OperationSpec, Status
+from tests.fixtures_engine import until
+from tests.test_op_test_suite import alive
 
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
@@ -107,3 +110,35 @@ async def test_pytest_xdist_workers_report_through_their_controller(engine: Engi
     assert (op.progress.done, op.progress.total, op.progress.failed) == (5, 5, 1)
     log = "".join(p.read_text() for p in Path(op.result["report"]).parent.glob("pytest-*-run.log"))
     assert "INTERNALERROR" not in log and "gw1" in log
+
+
+FORKS = """
+    import os, time
+
+    def helper():
+        # A process forked without exec (a server fixture, multiprocessing with fork) that outlives pytest:
+        # it holds the event pipe open.
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(os.path.join(os.environ["PIDS"], str(pid)), "w"):
+            pass
+"""
+
+
+async def test_a_process_a_test_forked_does_not_hold_the_run_open(engine: Engine, tmp_path: Path) -> None:
+    """Once pytest has exited, what it wrote is read and its stream ends, whoever else holds the pipe: the
+    suite completes at once (it ended "pytest reported nothing for 5s", or waited for the helper)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    at_import = "\nhelper()  # at import: in the collecting pytest and in the running one\n"
+    test = "from conftest import helper\n\ndef test_forks():\n    helper()\n\ndef test_two():\n    pass\n"
+    suite = write_suite(tmp_path, {"conftest.py": textwrap.dedent(FORKS) + at_import, "test_f.py": test})
+    t0 = time.monotonic()
+    op = await run(engine, suite, collect_timeout=5, env={**NO_AUTOLOAD, "PIDS": str(pids)})
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["counts"] == {"passed": 2} and time.monotonic() - t0 < 5
+    assert len(list(pids.iterdir())) == 3
+    for pid in (int(p.name) for p in pids.iterdir()):  # killed when the attempt ended (they carry its mark)
+        await until(lambda pid=pid: not alive(pid), timeout=10)

@@ -53,6 +53,9 @@ LIST_MAX = 50
 SLOWEST = 10
 POLL = 0.25
 EXIT_GRACE = 30.0
+DRAIN = 0.2
+"""Seconds without news after pytest exited that end its stream (what it wrote is in the pipe already)."""
+DRAIN_MAX = 5.0
 _DOTS = re.compile(r"^[.sSFExX]+\s*(\[\s*\d+%\])?\s*$")
 
 
@@ -108,6 +111,8 @@ class _Pytest:
         self.log = log
         self.eof = False
         self._partial = b""
+        self._exited: float | None = None
+        """When the process was first seen gone: what it wrote is read, not the end of a pipe another holds."""
         self._transport: asyncio.BaseTransport | None = None
 
     @classmethod
@@ -139,18 +144,25 @@ class _Pytest:
 
     async def events(self, timeout: float) -> list[dict]:
         """The events that have arrived (waiting up to ``timeout`` seconds for the first); [] at the end
-        of the stream (``self.eof``). One read takes every complete line: a fast suite sends thousands."""
+        of the stream (``self.eof``). One read takes every complete line: a fast suite sends thousands.
+
+        The stream also ends once the process has exited and what it wrote has been read: a process a test
+        forked (a server fixture, multiprocessing with fork) holds the pipe open as long as it lives."""
         if self.eof:
             return []
+        if self._exited is None and self.proc.returncode is not None:
+            self._exited = time.monotonic()
         try:
-            chunk = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
+            chunk = await asyncio.wait_for(self.reader.read(1 << 16), timeout if self._exited is None else DRAIN)
         except TimeoutError:
+            if self._exited is not None:  # nothing more within DRAIN of its exit: all it wrote is in
+                self.eof, self._partial = True, b""
             return []
         data = self._partial + chunk
         if chunk:
             data, _, self._partial = data.rpartition(b"\n")
-        else:
-            self.eof, self._partial = True, b""
+        if not chunk or (self._exited is not None and time.monotonic() - self._exited > DRAIN_MAX):
+            self.eof, self._partial = True, b""  # (the end of a stream something it left goes on writing to)
         out: list[dict] = []
         for line in data.split(b"\n"):
             with contextlib.suppress(ValueError):
