@@ -4,14 +4,15 @@ pytest-xdist, a helper process a test forks that outlives pytest, a test that pr
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, OperationSpec, Status
-from tests.fixtures_engine import until
+from engine import Engine, OperationSpec, Settings, Status
+from tests.fixtures_engine import make_engine, until
 from tests.test_op_test_suite import alive
 
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -142,3 +143,41 @@ async def test_a_process_a_test_forked_does_not_hold_the_run_open(engine: Engine
     assert len(list(pids.iterdir())) == 3
     for pid in (int(p.name) for p in pids.iterdir()):  # killed when the attempt ended (they carry its mark)
         await until(lambda pid=pid: not alive(pid), timeout=10)
+
+
+PRINTS = """
+    import sys
+
+    def test_prints_a_lot():
+        line = "x" * 99 + "\\n"
+        for _ in range(50_000):  # 5 MB
+            sys.stdout.write(line)
+        print("the last line")
+
+    def test_fails():
+        assert False, "the failure"
+"""
+
+
+async def test_pytest_output_is_capped_at_log_limit_keeping_its_head_and_tail(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """-s and a test printing 5 MB with log_limit 256 KiB: pytest's output file keeps its first 256 KiB and
+    its last, with a line saying what was left out between, and the operation log says so too."""
+    limit = 256 * 1024
+    suite = write_suite(tmp_path, {"test_p.py": PRINTS})
+    async with make_engine(settings.model_copy(update={"log_limit": limit})) as engine:
+        op = await run(engine, suite, args=["-s"], fail_on_test_failure=False)
+        await engine.log_buffer.flush(op.id)
+        logs = [r.message for r in (await engine.store.read_logs(op.id))[0]]
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["counts"] == {"passed": 1, "failed": 1}
+    out = Path(op.result["report"]).parent / "pytest-2-run.log"
+    data = out.read_bytes()
+    assert limit < len(data) < 2 * limit + 1024
+    assert data.startswith(b"x" * 99 + b"\n" + b"x" * 99 + b"\n")
+    note = re.search(rb"\n\[outlast: ([\d.]+)M of pytest's output left out here: .* log_limit \(256.0K\)", data)
+    assert note and 4.0 < float(note[1]) < 5.0, data[limit - 100 : limit + 300]
+    assert b"the last line" in data and re.search(rb"\n1 failed, 1 passed in [\d.]+s\n$", data)
+    assert b"the failure" in data[-limit:]
+    assert any("pytest's output reached log_limit (256.0K)" in m and str(out) in m for m in logs), logs

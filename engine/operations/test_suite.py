@@ -40,8 +40,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..config import Settings
 from ..context import OperationContext
 from ..files import private_opener, write_private
+from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
 from ._common import existing_path, optional_dir, output_dir, python_executable, split_args
@@ -56,6 +58,9 @@ EXIT_GRACE = 30.0
 DRAIN = 0.2
 """Seconds without news after pytest exited that end its stream (what it wrote is in the pipe already)."""
 DRAIN_MAX = 5.0
+OUTPUT_TAIL = 1 << 20
+"""Bytes of pytest's output kept from its end once the attempt's log_limit is spent (as the operation log)."""
+RECENT = 16384
 _DOTS = re.compile(r"^[.sSFExX]+\s*(\[\s*\d+%\])?\s*$")
 
 
@@ -102,13 +107,79 @@ class TestSuiteParams(BaseModel):
         return optional_dir(v, "cwd")
 
 
+class _Output(asyncio.Protocol):
+    """pytest's output (stdout and stderr, through a pipe) into its file, capped as the operation log is: the
+    attempt's pytest output writes ``log_limit`` bytes (``budget``, shared by its pytest processes), then
+    keeps the last ``OUTPUT_TAIL`` bytes (at most ``log_limit``), written when the process ends after a line
+    saying what was left out (a test printing without end filled the disk with it)."""
+
+    def __init__(self, path: Path, budget: list[int], limit: int) -> None:
+        self.path = path
+        self.fh = open(path, "wb", opener=private_opener)  # noqa: SIM115 (closed by close())
+        self.budget = budget
+        self.limit = limit
+        self.recent = bytearray()  # the last RECENT bytes, for tail()
+        self.over = bytearray()  # the last tail_max bytes past the budget
+        self.tail_max = min(limit, OUTPUT_TAIL)
+        self.cut = 0  # bytes left out
+        self.received = 0
+        self.ended = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.recent += data[-RECENT:]
+        del self.recent[:-RECENT]
+        room = self.budget[0]
+        if room > 0:
+            head = data[:room]
+            with contextlib.suppress(OSError, ValueError):
+                self.fh.write(head)
+            self.budget[0] -= len(head)
+            data = data[len(head) :]
+        if data:
+            self.over += data
+            if len(self.over) > self.tail_max:
+                self.cut += len(self.over) - self.tail_max
+                del self.over[: -self.tail_max]
+
+    def eof_received(self) -> bool:
+        self.ended.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended.set()
+
+    def close(self) -> int:
+        """Write what was kept past the budget; the bytes left out."""
+        if self.fh.closed:
+            return self.cut
+        tail = bytes(self.over)
+        if self.cut:
+            line = tail.find(b"\n") + 1  # from a whole line
+            self.cut += line
+            tail = tail[line:]
+            note = (
+                f"\n[outlast: {human_size(self.cut)} of pytest's output left out here: this attempt's pytest"
+                f" output reached log_limit ({human_size(self.limit)}); its last {human_size(len(tail))} follow]\n"
+            )
+            tail = note.encode() + tail
+        with contextlib.suppress(OSError, ValueError):
+            self.fh.write(tail)
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        return self.cut
+
+
 class _Pytest:
-    """One pytest process with our plugin: its event stream (a pipe) and its output (a file)."""
+    """One pytest process with our plugin: its event stream (a pipe) and its output (a pipe into a file)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, log: Path) -> None:
         self.proc = proc
         self.reader = reader
         self.log = log
+        self.output: _Output | None = None
+        self._output_transport: asyncio.BaseTransport | None = None
+        self._warn: Any = lambda _msg: None
         self.eof = False
         self._partial = b""
         self._exited: float | None = None
@@ -116,27 +187,43 @@ class _Pytest:
         self._transport: asyncio.BaseTransport | None = None
 
     @classmethod
-    async def start(cls, ctx: OperationContext, argv: list[str], cwd: str, env: dict[str, str], log: Path) -> _Pytest:
+    async def start(
+        cls, ctx: OperationContext, argv: list[str], cwd: str, env: dict[str, str], log: Path, budget: list[int]
+    ) -> _Pytest:
+        loop = asyncio.get_running_loop()
+        output = _Output(log, budget, _log_limit(ctx))
         rfd, wfd = os.pipe()
         try:
-            with open(log, "wb", opener=private_opener) as out:
+            out_r, out_w = os.pipe()
+        except BaseException:
+            os.close(rfd)
+            os.close(wfd)
+            output.close()
+            raise
+        try:
+            try:
                 proc = await ctx.spawn(
                     *argv,
                     cwd=cwd,
                     env={**env, "OUTLAST_PYTEST_FD": str(wfd)},
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
+                    stdout=out_w,
                     stderr=asyncio.subprocess.STDOUT,
                     pass_fds=(wfd,),
                 )
+            finally:
+                os.close(wfd)
+                os.close(out_w)
+            out_transport, _ = await loop.connect_read_pipe(lambda: output, os.fdopen(out_r, "rb", 0))
         except BaseException:
             os.close(rfd)
+            with contextlib.suppress(OSError):
+                os.close(out_r)
+            output.close()
             raise
-        finally:
-            os.close(wfd)
         reader = asyncio.StreamReader(limit=1 << 24)
         self = cls(proc, reader, log)
-        loop = asyncio.get_running_loop()
+        self.output, self._output_transport, self._warn = output, out_transport, ctx.log.warning
         self._transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb", 0)
         )
@@ -179,30 +266,56 @@ class _Pytest:
 
     async def close(self) -> None:
         await self.kill()
+        await self.output_read()
         if self._transport is not None:
             self._transport.close()
+        if self._output_transport is not None:
+            self._output_transport.close()
+        if self.output is not None and self.output.close():
+            self._warn(
+                f"pytest's output reached log_limit ({human_size(self.output.limit)}): {self.log} keeps its"
+                f" beginning and its last lines; {human_size(self.output.cut)} between were left out"
+            )
+
+    async def output_read(self) -> None:
+        """Once the process has exited: wait until its output is read (the end of the pipe, or DRAIN without
+        news: a process a test forked may hold the pipe open), at most DRAIN_MAX seconds."""
+        out = self.output
+        if out is None or self.proc.returncode is None:
+            return
+        end, seen = time.monotonic() + DRAIN_MAX, -1
+        while not out.ended.is_set() and out.received != seen and time.monotonic() < end:
+            seen = out.received
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(out.ended.wait(), DRAIN)
 
     async def exit_code(self, grace: float) -> int | None:
         """The exit code once the stream has ended; a process still there after ``grace`` seconds (a thread
         a test left behind) is killed: every outcome is in by then."""
         try:
-            return await asyncio.wait_for(self.proc.wait(), grace)
+            code: int | None = await asyncio.wait_for(self.proc.wait(), grace)
         except TimeoutError:
             await self.kill()
-            return None
+            code = None
+        await self.output_read()
+        return code
 
     def tail(self, n: int = 15, prefix: str = "", one_line: bool = False) -> str:
         """The last ``n`` lines of pytest's output worth reading (``one_line``: joined with " | ")."""
-        try:
-            with open(self.log, "rb") as fh:
-                fh.seek(max(0, os.path.getsize(self.log) - 16384))
-                lines = fh.read().decode("utf-8", "replace").splitlines()
-        except OSError:
-            return ""
+        recent = bytes(self.output.recent) if self.output is not None else b""
+        lines = recent.decode("utf-8", "replace").splitlines()
         lines = [ln for ln in lines if ln.strip() and not _DOTS.match(ln)]  # pytest -q progress: no news
         if not lines:
             return prefix + "no output" if one_line else ""
         return prefix + (" | " if one_line else "\n").join(ln.strip() if one_line else ln for ln in lines[-n:])
+
+
+def _log_limit(ctx: OperationContext) -> int:
+    """The engine's log_limit (settings: config file, OUTLAST_LOG_LIMIT, flags). OperationContext does not
+    hand settings to handlers; the attempt behind it has them."""
+    host = getattr(getattr(ctx, "_attempt", None), "host", None)
+    limit = getattr(getattr(host, "settings", None), "log_limit", None)
+    return limit if isinstance(limit, int) else int(Settings.model_fields["log_limit"].default)
 
 
 class _Suite:
@@ -237,6 +350,8 @@ class _Suite:
                 del self.results[nodeid]
             ctx.progress(len(self.results), step="re-running the failing tests")
         self.counts = collections.Counter(r["outcome"] for r in self.results.values())
+        self.budget = [_log_limit(ctx)]
+        """Bytes of pytest output this attempt still writes in full (log_limit, as the operation log)."""
         self.not_run_why = ""
         """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
         self.live()
@@ -273,7 +388,9 @@ class _Suite:
         tests: list[str] = []
         errors: list[dict] = []
         finished = False  # the plugin's "collected": without it nothing says the list is whole
-        pt = await _Pytest.start(ctx, self.argv("--collect-only", "-q"), self.cwd, self.env, self.log_path("collect"))
+        pt = await _Pytest.start(
+            ctx, self.argv("--collect-only", "-q"), self.cwd, self.env, self.log_path("collect"), self.budget
+        )
         deadline = time.monotonic() + self.p.collect_timeout
         try:
             while not pt.eof:
@@ -330,7 +447,7 @@ class _Suite:
         if self.p.max_failures:
             extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
         env = {**self.env, "OUTLAST_PYTEST_SELECT": str(select)}
-        pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"))
+        pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"), self.budget)
         running: dict[str, float] = {}  # node id -> when it started (several at once under pytest-xdist)
         began, collect_only, unfound, missing = False, False, 0, []
         idle_since = time.monotonic()
