@@ -220,6 +220,10 @@ class Attempt:
         self.host.log_buffer.append(self.op.id, record)
 
     @property
+    def log_limit(self) -> int:
+        return self.host.settings.log_limit
+
+    @property
     def output_dir(self) -> Path:
         store_dir = getattr(self.host.store, "state_dir", None)
         base = Path(store_dir) if store_dir else Path(self.host.settings.state_dir).expanduser()

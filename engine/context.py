@@ -95,6 +95,11 @@ class AttemptPort(Protocol):
         """Where operations put what they make (the store's state directory, else the settings')."""
         ...
 
+    @property
+    def log_limit(self) -> int:
+        """Bytes the operation's log may grow to (settings' ``log_limit``)."""
+        ...
+
 
 class OperationStopped(BaseException):
     """Raised inside a handler at a safe point after a stop was requested. Do not catch it.
@@ -241,6 +246,11 @@ class OperationContext(SeedContextMethods):
     def output_dir(self) -> Path:
         """A directory for what the operation makes (reports, indexes): ``outputs`` in the state directory."""
         return self._attempt.output_dir
+
+    @property
+    def log_limit(self) -> int:
+        """Bytes this operation's log may grow to (``log_limit``): cap output files the handler writes at it."""
+        return self._attempt.log_limit
 
     def is_done(self, key: str) -> bool:
         return (key if key.__class__ is str else self._key_text(key)) in self._ledger.done

@@ -43,6 +43,10 @@ class _Port:
     def output_dir(self) -> Path:
         return self._dir
 
+    @property
+    def log_limit(self) -> int:
+        return 64 << 20
+
 
 def _context(tmp: Path, ledger: Ledger) -> OperationContext:
     now = time.time()

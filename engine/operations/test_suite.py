@@ -40,7 +40,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import Settings
 from ..context import OperationContext
 from ..files import private_opener, write_private
 from ..humanize import size as human_size
@@ -191,7 +190,7 @@ class _Pytest:
         cls, ctx: OperationContext, argv: list[str], cwd: str, env: dict[str, str], log: Path, budget: list[int]
     ) -> _Pytest:
         loop = asyncio.get_running_loop()
-        output = _Output(log, budget, _log_limit(ctx))
+        output = _Output(log, budget, ctx.log_limit)
         rfd, wfd = os.pipe()
         try:
             out_r, out_w = os.pipe()
@@ -310,14 +309,6 @@ class _Pytest:
         return prefix + (" | " if one_line else "\n").join(ln.strip() if one_line else ln for ln in lines[-n:])
 
 
-def _log_limit(ctx: OperationContext) -> int:
-    """The engine's log_limit (settings: config file, OUTLAST_LOG_LIMIT, flags). OperationContext does not
-    hand settings to handlers; the attempt behind it has them."""
-    host = getattr(getattr(ctx, "_attempt", None), "host", None)
-    limit = getattr(getattr(host, "settings", None), "log_limit", None)
-    return limit if isinstance(limit, int) else int(Settings.model_fields["log_limit"].default)
-
-
 class _Suite:
     """The run of one operation attempt: argv, environment, results in ``ctx.state``."""
 
@@ -350,7 +341,7 @@ class _Suite:
                 del self.results[nodeid]
             ctx.progress(len(self.results), step="re-running the failing tests")
         self.counts = collections.Counter(r["outcome"] for r in self.results.values())
-        self.budget = [_log_limit(ctx)]
+        self.budget = [ctx.log_limit]
         """Bytes of pytest output this attempt still writes in full (log_limit, as the operation log)."""
         self.not_run_why = ""
         """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
