@@ -181,3 +181,12 @@ async def test_pytest_output_is_capped_at_log_limit_keeping_its_head_and_tail(
     assert b"the last line" in data and re.search(rb"\n1 failed, 1 passed in [\d.]+s\n$", data)
     assert b"the failure" in data[-limit:]
     assert any("pytest's output reached log_limit (256.0K)" in m and str(out) in m for m in logs), logs
+
+
+async def test_a_suite_that_collects_no_tests_fails(engine: Engine, tmp_path: Path) -> None:
+    """A path or -k that selects nothing completed "tests: 0, ok: true" where pytest itself exits 5: a CI
+    job pointed at the wrong place passed. It fails, saying nothing was collected."""
+    suite = write_suite(tmp_path, {"test_a.py": "def test_a(): assert False\n"})
+    op = await run(engine, suite, args=["-k", "nothing_matches_this"])
+    assert op.status is Status.FAILED, (op.status, op.result)
+    assert "pytest collected no tests in" in (op.error or ""), op.error

@@ -552,6 +552,9 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
         ctx.state["rerun_failures"] = bool(p.fail_on_test_failure and summary["failed"])
         await ctx.checkpoint(next_step="run the tests that did not run")
         raise TestsNotRun(f"{suite.not_run_why}; {_counts(summary)}; report: {summary['report']}")
+    if p.fail_on_test_failure and not summary["tests"]:
+        # pytest itself exits 5 for it: a root or args that select nothing is no passing suite.
+        raise TestsNotRun(f"pytest collected no tests in {p.path} (args {p.args!r}); report: {summary['report']}")
     if p.fail_on_test_failure and summary["failed"]:
         ctx.state["rerun_failures"] = True  # a resume runs the failing tests again, and only them
         await ctx.checkpoint(next_step="re-run the failing tests")
