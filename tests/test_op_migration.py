@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,3 +159,73 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     (mig / os.fsdecode(b"3_c\xff.sql")).write_text("CREATE TABLE c (x);")
     with pytest.raises(InvalidInput, match=re.escape("migration 3_c\\xff.sql: its file name is not UTF-8: rename it")):
         spec.parse_params(ok)
+
+
+Locked = tuple[dict[str, str], Path, sqlite3.Connection]
+
+
+@pytest.fixture
+def locked(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[Locked]:
+    """A database with 1.sql applied and 2.sql pending, whose write lock another connection holds (BEGIN
+    IMMEDIATE and a write, never committed) until the test ends; a grace period of 1 s for the runs."""
+    monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1.sql").write_text("CREATE TABLE t (x INTEGER);")
+    params = {"directory": str(mig), "database": str(db)}
+    assert cli("-q", "run", "migration_operation", "--params-json", json.dumps(params)).returncode == 0
+    (mig / "2.sql").write_text("INSERT INTO t VALUES (2);")
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (0)")
+    try:
+        yield params, db, other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+def names(db: Path) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY rowid")]
+    finally:
+        con.close()
+
+
+def test_ctrl_c_while_another_writer_holds_the_lock_pauses_at_once(cli: Cli, locked: Locked) -> None:
+    """Stopped while it waited for another writer's lock, the run was cancelled by force after the grace
+    period, and its connection closed under the thread still waiting in it: the process hung until the lock
+    came free, then died with SIGSEGV. Now the wait is given up at the stop: paused at once, nothing
+    applied, and the resume applies the migration."""
+    params, db, other = locked
+    runner = cli.start("run", "migration_operation", "--params-json", json.dumps(params))
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    time.sleep(1.0)  # waiting for the lock
+    start = time.monotonic()
+    runner.signal(signal.SIGINT)
+    assert runner.wait(timeout=10) == 6, runner.err  # paused (it hung here, then crashed, before)
+    assert time.monotonic() - start < 3
+    assert not [ln for ln in runner.err if "Traceback" in ln or "WARNING" in ln], runner.err
+    assert cli.op(op_id).status is Status.PAUSED and names(db) == ["1.sql"]
+    other.execute("ROLLBACK")
+    final = resume(cli, op_id)
+    assert final["status"] == "completed" and final["result"]["applied"] == ["2.sql"], final
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT x FROM t")] == [2]
+    con.close()
+
+
+def test_a_worker_cancelling_a_migration_that_waits_for_a_lock_lives_on(cli: Cli, locked: Locked) -> None:
+    """In `outlast worker`, the same crash took every operation of the worker down with it."""
+    params, db, other = locked
+    op_id = submit(cli, "migration_operation", params)
+    worker = cli.start("worker", "--concurrency", "1")
+    cli.wait_status(op_id, {"running"})
+    time.sleep(1.0)  # waiting for the lock
+    assert cli("cancel", op_id).returncode == 0
+    cli.wait_status(op_id, {"cancelled"}, timeout=3)  # it stayed running until the lock came free, before
+    other.execute("ROLLBACK")
+    time.sleep(0.5)  # it crashed here, before
+    assert worker.popen.poll() is None and names(db) == ["1.sql"]

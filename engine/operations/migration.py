@@ -10,6 +10,9 @@ refused before anything runs (one line naming it); so is a file that controls tr
 COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee. A migration writes its database only: ATTACH
 and VACUUM INTO (which would write other files) are refused by an SQLite authorizer.
 
+Another writer's lock is waited for up to BUSY_TIMEOUT in short waits, so that a stop asked for meanwhile is
+taken at once (SQLite's own busy wait cannot be interrupted); the connection is closed only when no thread is in it.
+
 Built on the standard library's sqlite3: statements are split with ``sqlite3.complete_statement`` (SQLite's own
 tokenizer: triggers' ``BEGIN ... END`` and semicolons inside strings are handled). Databases other than SQLite
 (a DB-API driver by URL) are not supported.
@@ -21,9 +24,12 @@ import asyncio
 import hashlib
 import re
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -37,6 +43,12 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _TXN = re.compile(r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 BUSY_TIMEOUT = 30.0
 """Seconds to wait for another writer of the database before a migration fails."""
+POLL = 0.1
+"""Seconds one wait of SQLite's for a lock lasts: between two, the run checks whether it was asked to stop.
+SQLite's own busy wait is broken neither by ``Connection.interrupt`` nor by a progress handler (which is not
+called while it waits), so a stop would otherwise wait out BUSY_TIMEOUT with the connection's thread in it."""
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -175,20 +187,85 @@ def _no_other_files(action: int, *_args: object) -> int:
     return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
 
 
-def _connect(database: str, table: str) -> sqlite3.Connection:
+class _Stopped(Exception):
+    """A stop was asked for while the run waited for another connection's lock: what it waited to do was not
+    done (a migration not begun, or rolled back)."""
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return (code & 0xFF) == sqlite3.SQLITE_BUSY if code is not None else "locked" in str(e)
+
+
+def _waiting(stopping: Callable[[], bool], fn: Callable[[], R]) -> R:
+    """``fn()``, tried again in POLL steps while another connection holds the lock it needs, up to
+    BUSY_TIMEOUT seconds; _Stopped as soon as ``stopping()`` between two tries. ``fn`` must be safe to try
+    again after SQLITE_BUSY: a statement outside a transaction, BEGIN or COMMIT (which leaves the
+    transaction open when it is busy)."""
+    end = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() >= end:
+                raise
+        if stopping():
+            raise _Stopped
+
+
+class _Db:
+    """One run's connection, used by one thread at a time and closed only when no thread is in it.
+
+    A forced stop cancels the handler's await, not the thread running the statement: the connection was
+    closed under that thread (still waiting for another writer's lock), which crashed the process (SIGSEGV)
+    when the lock came free. Every use and the close take ``_lock``; ``forced`` and ``interrupt`` make the
+    statement in progress end (rolled back) within POLL seconds, so the close waits for little."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self._con = con
+        self._lock = threading.Lock()
+        self.forced = threading.Event()
+
+    async def call(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.to_thread(self._run, fn, *args)
+
+    def _run(self, fn: Callable[..., R], *args: Any) -> R:
+        with self._lock:
+            return fn(self._con, *args)
+
+    def force_stop(self) -> None:
+        """The handler is cancelled by force: the statement in progress ends, the migration is rolled back."""
+        self.forced.set()
+        self._con.interrupt()  # a statement running (not waiting for a lock: ``_waiting`` sees ``forced``)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._run, sqlite3.Connection.close)
+
+
+def _connect(database: str) -> sqlite3.Connection:
     create_private(Path(database))  # a new database is its user's alone (its journal files take its mode)
-    con = sqlite3.connect(database, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    con.execute(
+    return sqlite3.connect(database, timeout=POLL, isolation_level=None, check_same_thread=False)
+
+
+def _prepare(con: sqlite3.Connection, table: str, stopping: Callable[[], bool]) -> dict[str, str]:
+    """The migrations table made if missing; name -> checksum of those it records."""
+    sql = (
         f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
         " applied_at REAL NOT NULL, operation_id TEXT)"
     )
+    _waiting(stopping, lambda: con.execute(sql))
     con.set_authorizer(_no_other_files)
-    return con
+    return dict(_waiting(stopping, lambda: con.execute(f"SELECT name, checksum FROM {table}").fetchall()))
 
 
-def _apply(con: sqlite3.Connection, table: str, m: Migration, op_id: str) -> str:
-    """Run one migration and record it in one transaction: "applied", or "present" when it already was."""
-    con.execute("BEGIN IMMEDIATE")  # the write lock first: no other runner can apply it meanwhile
+def _apply(
+    con: sqlite3.Connection, table: str, m: Migration, op_id: str, stopping: Callable[[], bool], forced: threading.Event
+) -> str:
+    """Run one migration and record it in one transaction: "applied", or "present" when it already was.
+    _Stopped when a stop was asked for while it waited for the write lock (nothing done), or when it is
+    stopped by force (``forced``: rolled back)."""
+    # The write lock first: no other runner can apply it meanwhile. Any stop gives the wait for it up.
+    _waiting(stopping, lambda: con.execute("BEGIN IMMEDIATE"))
     try:
         row = con.execute(f"SELECT checksum FROM {table} WHERE name=?", (m.name,)).fetchone()
         if row is not None:
@@ -197,9 +274,12 @@ def _apply(con: sqlite3.Connection, table: str, m: Migration, op_id: str) -> str
                 raise ValueError(f"migration {m.name} was changed after it was applied")
             return "present"
         for stmt in m.statements:
+            if forced.is_set():
+                raise _Stopped
             con.execute(stmt)
         con.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?)", (m.name, m.checksum, time.time(), op_id))
-        con.execute("COMMIT")
+        # A COMMIT may wait for readers (rollback journal): only a forced stop gives up the migration's work.
+        _waiting(forced.is_set, lambda: con.execute("COMMIT"))
     except BaseException:
         if con.in_transaction:
             con.execute("ROLLBACK")
@@ -207,19 +287,22 @@ def _apply(con: sqlite3.Connection, table: str, m: Migration, op_id: str) -> str
     return "applied"
 
 
-def _summary(con: sqlite3.Connection, table: str, op_id: str) -> tuple[list[str], int]:
-    mine = [r[0] for r in con.execute(f"SELECT name FROM {table} WHERE operation_id=? ORDER BY rowid", (op_id,))]
-    total = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    return mine, total
+def _summary(con: sqlite3.Connection, table: str, op_id: str, stopping: Callable[[], bool]) -> tuple[list[str], int]:
+    def read() -> tuple[list[str], int]:
+        mine = [r[0] for r in con.execute(f"SELECT name FROM {table} WHERE operation_id=? ORDER BY rowid", (op_id,))]
+        return mine, con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    return _waiting(stopping, read)
 
 
 @operation("migration_operation", params=MigrationParams, description="apply SQL migrations to SQLite, each once")
 async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
     """Apply the pending migrations in order; the result names those this operation applied."""
     migrations = await asyncio.to_thread(load_migrations, Path(p.directory))
-    con = await asyncio.to_thread(_connect, p.database, p.table)
+    db = _Db(await asyncio.to_thread(_connect, p.database))
+    stopping = lambda: ctx.cancelled or db.forced.is_set()  # noqa: E731
     try:
-        applied = await asyncio.to_thread(read_applied, p.database, p.table)
+        applied = await db.call(_prepare, p.table, stopping)
         check_unchanged(migrations, applied)  # again: a file may have changed since the submit
         pending = [m for m in migrations if m.name not in applied]
         ctx.progress(total=len(migrations), step="migrating")
@@ -227,17 +310,23 @@ async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
         async for m in ctx.items(pending, key=lambda m: m.name):
             ctx.step = m.name
             try:
-                outcome = await asyncio.to_thread(_apply, con, p.table, m, ctx.id)
-            except asyncio.CancelledError:
-                con.interrupt()  # a forced stop rolls the migration back instead of leaving it running
-                raise
+                outcome = await db.call(_apply, p.table, m, ctx.id, stopping, db.forced)
+            except _Stopped:
+                break  # asked to stop while waiting for another writer: left undone, for a resume
             except sqlite3.Error as e:
                 hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
                 why = f"{e}{hint if 'authoriz' in str(e) else ''}"
                 raise RuntimeError(f"migration {m.name} failed and was rolled back: {why}") from None
             if outcome == "present":
                 ctx.log.info(f"{m.name} was already applied (by another run): not applied again")
-        mine, total = await asyncio.to_thread(_summary, con, p.table, ctx.id)
+        ctx.progress()  # raises OperationStopped when a stop was asked for
+        mine, total = await db.call(_summary, p.table, ctx.id, stopping)
+    except _Stopped:
+        ctx.progress()  # the stop a wait for a lock was given up for: OperationStopped
+        raise
+    except asyncio.CancelledError:
+        db.force_stop()  # a forced stop rolls the migration back instead of leaving it running
+        raise
     finally:
-        await asyncio.to_thread(con.close)
+        await db.close()  # once no thread is in it (within POLL seconds of a stop)
     return {"database": p.database, "applied": mine, "pending": 0, "recorded": total, "migrations": len(migrations)}
