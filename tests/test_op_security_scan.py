@@ -10,18 +10,21 @@ import json
 import os
 import random
 import re
+import signal
 import string
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psutil
 import pytest
 
 from engine import Engine, OperationSpec, Status
 from tests.conftest import REPO
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import Cli, until
 from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit, unreadable
 
 RNG = random.Random(4)
@@ -380,6 +383,47 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_report(
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in whole["result"].items() if k not in drop
     }
+
+
+def test_a_stop_kills_the_batches_in_flight_and_a_resume_scans_them(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the worker processes scanned a batch with a file bandit takes seconds over: the stop
+    waited for the whole batch (a minute for the tester's), past the grace period, said "forced" when it
+    was not, and left a thread and a semaphore behind. Now it is taken at once, the workers are killed,
+    and the files of the batch cut off are not done: the resume scans them."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(64):  # the first batch: quick
+        (root / f"a{i:02d}.py").write_text("x = 1\n")
+    rnd = random.Random(1)
+    slow = root / "z_slow.py"  # the second batch: bandit needs several seconds for it
+    slow.write_text(
+        "".join(
+            f"p{i} = subprocess.call('{''.join(rnd.choices(string.ascii_letters, k=30))}', shell=True)\n"
+            for i in range(20000)
+        )
+    )
+    monkeypatch.setenv("OUTLAST_WORKERS", "2")
+    monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
+    runner = cli.start("run", "security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}/r.json")
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    until(lambda: checkpoint_state(cli, op_id).get("bytes", 0) > 0, 60, what="the first batch scanned")
+    workers = [c for c in psutil.Process(runner.popen.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2, workers
+    time.sleep(0.5)  # the first batch's files done, the second batch awaited
+    start = time.monotonic()
+    runner.signal(signal.SIGINT)
+    assert runner.wait(timeout=10) == 6, runner.err  # paused
+    assert time.monotonic() - start < 3
+    until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 5, what="no worker")
+    assert not [ln for ln in runner.err if re.search(r"leaked|exiting without|Traceback|forced", ln)], runner.err
+    op = cli.op(op_id)
+    assert op.status is Status.PAUSED and op.progress.done == 64, op
+    slow.write_text("eval(src)\n")  # scanned by the resume, or not at all
+    final = resume(cli, op_id)
+    assert final["status"] == "completed" and final["result"]["scanned"] == 65, final
+    assert {f["file"] for f in final["result"]["top"]} == {"z_slow.py"}, final["result"]
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:

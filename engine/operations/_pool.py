@@ -6,7 +6,8 @@ is used only when a run has enough files to repay the workers' start-up (each im
 small runs and one-core machines stay in one thread.
 
 Workers are spawned (never a fork of the engine's process, whose threads may hold locks) and die with
-the engine: the pool is shut down when the operation stops, and a SIGKILLed engine's workers are
+the engine: when the operation stops before its batches are done, the batches in flight are given up
+and the workers killed (a batch takes as long as its slowest file), and a SIGKILLed engine's workers are
 killed by the kernel (PR_SET_PDEATHSIG on Linux) or, elsewhere, notice within a second that their
 parent is gone. A worker holds the task queue's write end, so it would not see the engine go by itself.
 """
@@ -14,6 +15,7 @@ parent is gone. A worker holds the task queue's write end, so it would not see t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,8 +23,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ..context import OperationContext
 
 T = TypeVar("T")
 
@@ -63,18 +68,34 @@ def _die_with(parent: int) -> None:
         threading.Thread(target=watch, daemon=True, name="outlast-parent-watch").start()
 
 
+POLL = 0.2
+"""Seconds between two looks for a stop while a batch is awaited."""
+
+
 async def in_order(
-    fn: Callable[..., T], batches: Sequence[tuple[Any, ...]], workers: int, ahead: int = 2
+    fn: Callable[..., T],
+    batches: Sequence[tuple[Any, ...]],
+    workers: int,
+    ahead: int = 2,
+    ctx: OperationContext | None = None,
 ) -> AsyncGenerator[T, None]:
     """``fn(*args)`` for each batch's args, yielded in batch order. With ``workers`` processes, up to
     ``workers * ahead`` batches are in flight; with 0, each runs in a thread as it is reached (so a
-    consumer that stops early leaves nothing running)."""
+    consumer that stops early leaves nothing running).
+
+    With ``ctx`` and workers, a stop asked for while a batch is awaited (outside an item) is taken at once
+    (OperationStopped, from ``ctx.progress()``): a batch takes as long as its slowest file, far past the
+    grace period. Whenever the generator ends before the batches did (a stop, a forced cancel, an
+    exception, the consumer leaving), the batches not started are dropped and the worker processes are
+    killed, not waited for: the results of the batches cut off never reached the consumer, so none of
+    their items counts as done and a resume runs them again. Close it (``contextlib.aclosing``) for that
+    to happen at once rather than when the event loop finalises it."""
     if workers < 2:
-        for args in batches:
+        for args in batches:  # a thread cannot be stopped: a stop waits for its batch (or is forced)
             yield await asyncio.to_thread(fn, *args)
         return
     loop = asyncio.get_running_loop()
-    pool: Executor = ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_die_with,
@@ -88,12 +109,41 @@ async def in_order(
             if len(pending) >= workers * ahead:
                 break
         while pending:
-            result = await pending.popleft()
+            result = await _awaited(pending[0], ctx)
+            pending.popleft()
             for args in todo:
                 pending.append(loop.run_in_executor(pool, fn, *args))
                 break
             yield result
     finally:
+        cut_off = any(not fut.done() for fut in pending)
         for fut in pending:
             fut.cancel()
-        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if cut_off:
+            _kill_workers(pool)
+        else:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)  # idle workers: at once
+
+
+async def _awaited(fut: asyncio.Future[T], ctx: OperationContext | None) -> T:
+    """``fut``'s result; OperationStopped as soon as a stop is asked of ``ctx`` (checked every POLL)."""
+    if ctx is None:
+        return await fut
+    while True:
+        done, _ = await asyncio.wait({fut}, timeout=POLL)
+        if done:
+            return fut.result()
+        if ctx.cancelled:
+            ctx.progress()  # OperationStopped, outside an item (inside one, the forced stop ends it)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` without waiting for the batches its workers are running: the batches not started are
+    dropped, the workers SIGKILLed (each holds nothing the engine needs: its results are thrown away). Its
+    manager thread sees them die and ends; the exit of the process does not wait for them."""
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before, the processes are only reachable here.
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.kill()

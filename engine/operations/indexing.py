@@ -212,7 +212,8 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
         ctx.log.warning(f"no symbols for {language} files: {problem}")  # a grammar that cannot be loaded
     args = [(root, rels, {r: prev[r] for r in rels if r in prev}, seen) for rels in batches]
     started, done_at_start = time.monotonic(), ctx.done
-    async with contextlib.aclosing(_stored(con, writer, in_order(analyze_batch, args, workers), workers > 0)) as stored:
+    analysed = in_order(analyze_batch, args, workers, ctx=ctx)
+    async with contextlib.aclosing(_stored(con, writer, analysed, workers > 0)) as stored:
         async for results in stored:
             async for rel, size, outcome, why in ctx.items(results, key=lambda r: r[0]):
                 if outcome == "failed":

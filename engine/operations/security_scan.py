@@ -22,6 +22,7 @@ to ``outputs/scan-ID.json`` and ``.sarif`` in the state directory; the result sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -280,27 +281,29 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     if workers:
         ctx.log.info(f"scanning {len(pending)} files in {workers} worker processes")
     batches = [(root, pending[i : i + BATCH], selected, p.max_file_size, known) for i in range(0, len(pending), BATCH)]
-    async for results in in_order(_scan_batch, batches, workers):
-        async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
-            ctx.step = rel
-            if kind == "skip":
-                skipped[rel] = payload
-                ctx.skip(rel)
-                ctx.advance()  # looked at: progress reaches 100% however many files are skipped or fail
-            elif kind == "fail":
-                failed[rel] = payload
-                ctx.fail(rel, payload)
-                ctx.advance()
-            else:
-                size, findings, latin1 = payload
-                failed.pop(rel, None)
-                st["bytes"] += size
-                st["latin1"] += latin1
-                if findings:
-                    found[rel] = findings
-                    ctx.metrics["findings"] += len(findings)
-                    for f in findings:
-                        ctx.metrics[f"findings_{f['severity']}"] += 1
+    # Closed as the loop is left (a stop): the workers are killed then, not when the event loop gets to it.
+    async with contextlib.aclosing(in_order(_scan_batch, batches, workers, ctx=ctx)) as scanned:
+        async for results in scanned:
+            async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
+                ctx.step = rel
+                if kind == "skip":
+                    skipped[rel] = payload
+                    ctx.skip(rel)
+                    ctx.advance()  # looked at: progress reaches 100% however many files are skipped or fail
+                elif kind == "fail":
+                    failed[rel] = payload
+                    ctx.fail(rel, payload)
+                    ctx.advance()
+                else:
+                    size, findings, latin1 = payload
+                    failed.pop(rel, None)
+                    st["bytes"] += size
+                    st["latin1"] += latin1
+                    if findings:
+                        found[rel] = findings
+                        ctx.metrics["findings"] += len(findings)
+                        for f in findings:
+                            ctx.metrics[f"findings_{f['severity']}"] += 1
     ctx.progress(step="writing reports")
     findings = sorted((f for fs in found.values() for f in fs), key=_sort_key)
     by_sev = Counter(f["severity"] for f in findings)
