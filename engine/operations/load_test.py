@@ -178,6 +178,25 @@ def percentiles(hist: dict[str, int], qs: tuple[float, ...]) -> dict[str, float]
     return out
 
 
+BODY_CHUNK = 1 << 16
+"""Bytes of a response body read at a time: a body is counted and dropped, never held whole (one request to
+a server streaming without end held 1.2 GB)."""
+
+
+async def discard(reader: asyncio.StreamReader, count: int | None) -> int:
+    """Read and drop ``count`` bytes (to the end of the stream when None), BODY_CHUNK at a time; how many.
+    IncompleteReadError when the stream ends before ``count``."""
+    n = 0
+    while count is None or n < count:
+        chunk = await reader.read(BODY_CHUNK if count is None else min(BODY_CHUNK, count - n))
+        if not chunk:
+            if count is None:
+                return n
+            raise asyncio.IncompleteReadError(b"", count)
+        n += len(chunk)
+    return n
+
+
 class Closed(Exception):
     """The server closed the connection before a whole response came."""
 
@@ -253,13 +272,16 @@ class Connection:
                     while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     break
-                await reader.readexactly(sz + 2)
+                if sz < 0:
+                    raise Protocol(f"negative chunk size {sz}")
+                await discard(reader, sz + 2)  # the chunk and its CRLF
                 n += sz
         elif length is not None:
-            await reader.readexactly(length)
-            n = length
+            if length < 0:
+                raise Protocol(f"negative Content-Length {length}")
+            n = await discard(reader, length)
         else:
-            n = len(await reader.read())
+            n = await discard(reader, None)
             close = True
         self.used = True
         if close:
