@@ -206,7 +206,7 @@ def test_ctrl_c_while_another_writer_holds_the_lock_pauses_at_once(cli: Cli, loc
     start = time.monotonic()
     runner.signal(signal.SIGINT)
     assert runner.wait(timeout=10) == 6, runner.err  # paused (it hung here, then crashed, before)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 4
     assert not [ln for ln in runner.err if "Traceback" in ln or "WARNING" in ln], runner.err
     assert cli.op(op_id).status is Status.PAUSED and names(db) == ["1.sql"]
     other.execute("ROLLBACK")

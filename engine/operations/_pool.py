@@ -141,8 +141,11 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
     """Stop ``pool`` without waiting for the batches its workers are running: the batches not started are
     dropped, the workers SIGKILLed (each holds nothing the engine needs: its results are thrown away). Its
     manager thread sees them die and ends; the exit of the process does not wait for them."""
-    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before, the processes are only reachable here.
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    kill_workers = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill_workers is not None:
+        kill_workers()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # before 3.14, reachable only here
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         with contextlib.suppress(OSError, ValueError):
