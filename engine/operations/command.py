@@ -172,7 +172,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     # uninterrupted one does.
     lines = ctx.state.get("lines", 0) if ctx.resuming else 0
     assert proc.stdout is not None
-    output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None)
+    output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None, lambda: _kill_group(proc.pid))
     try:
         while True:
             raw = await output.next()
@@ -226,8 +226,11 @@ CHUNK = 1 << 16
 """Bytes of output read at a time."""
 
 HELD_OPEN = 2.0
-"""Seconds the output may stay open and silent after the command exited (held by what it left running in
-the background) before its output counts as ended."""
+"""Seconds the output may stay open after the command exited (held by what it left running in the
+background, silent or not) before its output counts as ended."""
+
+DRAIN = 2.0
+"""Seconds at most to read what was written before a held-open output's holders were killed."""
 
 
 async def _exit_code(proc: asyncio.subprocess.Process) -> int:
@@ -246,12 +249,23 @@ class OutputLines:
     timeout) per chunk instead of per line, which was most of the cost of a chatty command. A line ends
     with a newline, or with a carriage return alone (a progress bar written over in place)."""
 
-    def __init__(self, stream: asyncio.StreamReader, ctx: OperationContext, exited: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stream: asyncio.StreamReader,
+        ctx: OperationContext,
+        exited: Callable[[], bool],
+        on_held: Callable[[], None] = lambda: None,
+    ) -> None:
         self.stream = stream
         self.ctx = ctx
         self.exited = exited
+        self.on_held = on_held
+        """Called once the output is taken as held open: kills what holds it, before what is left is read."""
         self.held_open = False
-        """The output was taken as ended because it stayed open and silent after the command exited."""
+        """The output was taken as ended because it stayed open HELD_OPEN seconds after the command exited."""
+        self.exited_at: float | None = None
+        self.drain: float | None = None
+        """Once held open: when reading what was written before the kill stops at the latest."""
         self.lines: collections.deque[bytes] = collections.deque()
         self.rest = b""
         """The start of a line whose end has not been read yet."""
@@ -263,12 +277,20 @@ class OutputLines:
         while not self.lines:
             if self.ended:
                 return b""
-            chunk = await _next_chunk(self.stream, self.ctx, self.exited)
+            chunk: bytes | _HeldOpen | None
+            if self.drain is not None:
+                chunk = await _drained(self.stream, self.drain)
+            else:
+                chunk = await _next_chunk(self.stream, self.ctx, self._held)
             if chunk is None:
                 return None
             if isinstance(chunk, _HeldOpen):
+                # What the command left behind kept its output open (silent or not): kill it, then read what
+                # is already written (in the pipe, in the reader's buffer) for a moment, not forever.
                 self.held_open = True
-                chunk = b""
+                self.on_held()
+                self.drain = time.monotonic() + DRAIN
+                continue
             if not chunk:
                 self.ended = True
                 if self.rest.rstrip(b"\r"):  # the last state of a line left unfinished is its line
@@ -298,6 +320,14 @@ class OutputLines:
                 self.rest += b"\r"
         return self.lines.popleft()
 
+    def _held(self) -> bool:
+        """True HELD_OPEN seconds after the command exited, whatever it left running still writes."""
+        if self.exited_at is None:
+            if not self.exited():
+                return False
+            self.exited_at = time.monotonic()
+        return time.monotonic() - self.exited_at >= HELD_OPEN
+
     def _add(self, line: bytes) -> None:
         """A line with its end; a longer one than LINE_MAX as pieces, cut as if its end had not come yet
         (so the pieces are the same wherever the chunks end)."""
@@ -317,26 +347,35 @@ _HELD_OPEN = _HeldOpen()
 
 
 async def _next_chunk(
-    stream: asyncio.StreamReader, ctx: OperationContext, exited: Callable[[], bool]
+    stream: asyncio.StreamReader, ctx: OperationContext, held: Callable[[], bool]
 ) -> bytes | _HeldOpen | None:
     """What the command wrote next (b"" at the end), or None as soon as a stop is asked for; ``_HELD_OPEN``
-    once the command exited and its output stayed silent for HELD_OPEN seconds."""
+    once ``held()``: the command exited HELD_OPEN seconds ago and its output is still open (a background job
+    chattering on counts from the exit too, not from its last line)."""
+    if held():
+        return _HELD_OPEN
     task = asyncio.ensure_future(stream.read(CHUNK))
-    silent_since: float | None = None
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.2)
         if done:
             return task.result()
-        held = False
-        if exited():
-            now = time.monotonic()
-            silent_since = silent_since or now
-            held = now - silent_since >= HELD_OPEN
-        if ctx.cancelled or held:
+        if ctx.cancelled or held():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return None if ctx.cancelled else _HELD_OPEN
+
+
+async def _drained(stream: asyncio.StreamReader, until: float) -> bytes:
+    """The rest of a held-open output once what held it was killed: chunks until the end, a pause of 0.1 s
+    (a holder in a session of its own, killed only at the attempt's end) or ``until``; then b""."""
+    left = until - time.monotonic()
+    if left <= 0:
+        return b""
+    try:
+        return await asyncio.wait_for(stream.read(CHUNK), min(left, 0.1))
+    except TimeoutError:
+        return b""
 
 
 def _die_with_parent() -> None:
