@@ -8,7 +8,10 @@ import signal
 import time
 from pathlib import Path
 
-from engine import Engine, OperationSpec, Status
+import pytest
+
+from engine import Engine, OperationSpec, Settings, Status
+from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
 
 
@@ -51,3 +54,31 @@ async def test_a_background_job_that_keeps_printing_ends_2s_after_the_command_ex
     finally:
         if pids.exists():
             _kill([int(p) for p in pids.read_text().split()])
+
+
+@pytest.mark.parametrize("stop", ["cancel", "pause", "timeout"])
+async def test_a_command_that_closed_its_output_stops_at_once(settings: Settings, tmp_path: Path, stop: str) -> None:
+    """``echo bye; exec >&- 2>&-; sleep``: the output ended, and the wait for the exit did not look at
+    stops: cancel, pause and timeout each waited out the grace period, "forced". With a 60 s grace period
+    each now takes effect at once."""
+    pids = tmp_path / "pids"
+    cmd = f"echo $$ > {pids}; echo bye; exec >&- 2>&-; sleep 300"
+    async with make_engine(settings.model_copy(update={"grace_period": 60.0})) as engine:
+        spec = OperationSpec(
+            type="command", params={"command": cmd, "shell": True}, timeout=2.0 if stop == "timeout" else None
+        )
+        op = await engine.submit(spec)
+        try:
+            await until_async(lambda: pids.exists() and pids.read_text().strip(), timeout=20)
+            shell = int(pids.read_text())
+            if stop == "cancel":
+                await engine.cancel(op.id)
+            elif stop == "pause":
+                await engine.pause(op.id)
+            final = await engine.wait(op.id, timeout=15)
+            want = {"cancel": Status.CANCELLED, "pause": Status.PAUSED, "timeout": Status.TIMED_OUT}[stop]
+            assert final.status is want and "forced" not in (final.status_message or ""), final
+            await until_async(lambda: not _alive(shell), timeout=10)
+        finally:
+            if pids.exists() and pids.read_text().strip():
+                _kill([int(pids.read_text())])

@@ -207,7 +207,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 f" {HELD_OPEN:g}s more: killed"
             )
             _kill_group(proc.pid)  # its background jobs (the rest, in sessions of their own: at the end)
-        code = await _exit_code(proc)
+        code = await _exit_code(proc, ctx)
     finally:
         if proc.returncode is None:
             _kill_group(proc.pid)
@@ -233,10 +233,16 @@ DRAIN = 2.0
 """Seconds at most to read what was written before a held-open output's holders were killed."""
 
 
-async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+async def _exit_code(proc: asyncio.subprocess.Process, ctx: OperationContext | None = None) -> int:
     """The command's exit code once it exited. Not ``proc.wait()``: that also waits until its output is
-    closed, which a process it left running in a session of its own (``setsid``) holds open forever."""
+    closed, which a process it left running in a session of its own (``setsid``) holds open forever.
+    A stop asked of ``ctx`` kills its group at once: a command that closed its output (``exec >&-``) and
+    ran on waited out the whole grace period."""
+    killed = False
     while proc.returncode is None:
+        if ctx is not None and ctx.cancelled and not killed:
+            _kill_group(proc.pid)
+            killed = True
         await asyncio.sleep(0.02)
     return proc.returncode
 
