@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +83,38 @@ async def test_a_command_that_closed_its_output_stops_at_once(settings: Settings
         finally:
             if pids.exists() and pids.read_text().strip():
                 _kill([int(pids.read_text())])
+
+
+async def test_output_that_only_looks_like_progress_or_a_checkpoint_fails_nothing(engine: Engine) -> None:
+    """Each of these lines failed a command that exits 0: a fraction beyond a count ("must be at most
+    2**63-1"), a checkpoint nested deeper than the parser recurses (RecursionError), or deeper than the
+    result holding it could be written (left running, "final status not written"). NaN and Infinity are
+    not JSON: such a checkpoint was kept and handed back on resume as ``OUTLAST_CHECKPOINT={"a": NaN}``.
+    Each is now ignored (a checkpoint with the "invalid JSON" warning), and the command completes."""
+    code = (
+        "big = 18446744073709551615\n"
+        "print(f'verified {big}/{big} blocks')\n"
+        "print(f'::outlast progress {big}/{big}')\n"
+        "print('::outlast checkpoint ' + '[' * 100000 + ']' * 100000)\n"
+        "print('::outlast checkpoint {\"a\": ' + '[' * 500 + ']' * 500 + '}')\n"
+        "print('::outlast checkpoint {\"a\": NaN}')\n"
+        "print('::outlast checkpoint {\"b\": 1e999}')\n"
+        "print('::outlast checkpoint {\"c\": -Infinity}')\n"
+        "print('::outlast checkpoint {\"ok\": 1.5}')\n"
+        "print('done')\n"
+    )
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["checkpoint"] == {"ok": 1.5} and final.result["lines"] == 2
+    records, _ = await engine.logs(op.id)
+    assert sum("invalid JSON ignored" in r.message for r in records) == 5
+
+
+async def test_a_progress_regex_matching_what_is_no_number_fails_nothing(engine: Engine) -> None:
+    """A user's regex may match anything: its group was given to int() or float() as it was."""
+    lines = "print('at abc'); print('at 99999999999999999999999'); print('at nan'); print('at 7')"
+    for rx in [r"at (?P<pct>\w+)", r"at (?P<done>\w+)", r"at (\w+)"]:
+        params = {"argv": [sys.executable, "-c", lines], "progress_regex": rx}
+        final = await engine.wait((await engine.submit(OperationSpec(type="command", params=params))).id, timeout=30)
+        assert final.status is Status.COMPLETED, (rx, final.error)

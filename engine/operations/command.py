@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import shlex
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..context import OperationContext
+from ..context import MAX_COUNT, OperationContext
 from ..registry import operation
 from ._common import libc_function
 
@@ -101,15 +102,15 @@ class _Parser:
             if kind == "progress":
                 f = re.match(r"(\d+)\s*(?:/\s*(\d+))?", arg)
                 if f:
-                    ctx.progress(int(f.group(1)), total=int(f.group(2)) if f.group(2) else None)
+                    self._count(f.group(1), f.group(2))
             elif kind == "step":
                 ctx.progress(step=arg)
             elif kind == "message":
                 ctx.progress(message=arg)
             else:
                 try:
-                    data = json.loads(arg or "{}")
-                except json.JSONDecodeError:
+                    data = _strict_json(arg or "{}")
+                except (ValueError, RecursionError):  # JSONDecodeError, NaN, too deep
                     ctx.log.warning(f"::outlast checkpoint with invalid JSON ignored: {arg[:80]}")
                     return None
                 return data if isinstance(data, dict) else {"value": data}
@@ -119,23 +120,74 @@ class _Parser:
             if r:
                 g = r.groupdict()
                 if g.get("pct") is not None:
-                    self._pct(float(g["pct"]))
+                    self._pct(g["pct"])
                 elif g.get("done") is not None:
-                    ctx.progress(int(g["done"]), total=int(g["total"]) if g.get("total") else None)
+                    self._count(g["done"], g.get("total"))
                 elif r.groups():
-                    ctx.progress(int(float(r.group(1))))
+                    with contextlib.suppress(ValueError, OverflowError):
+                        self._count(str(int(float(r.group(1) or ""))), None)
             return None
         f = _FRACTION.search(line)
         if f and int(f.group(2)) > 0 and int(f.group(1)) <= int(f.group(2)):
-            ctx.progress(int(f.group(1)), total=int(f.group(2)))
+            self._count(f.group(1), f.group(2))
             return None
         p = _PERCENT.search(line)
         if p and float(p.group(1)) <= 100:
-            self._pct(float(p.group(1)))
+            self._pct(p.group(1))
         return None
 
-    def _pct(self, pct: float) -> None:
-        self.ctx.progress(round(pct * 10), total=1000)
+    def _count(self, done: str, total: str | None) -> None:
+        """Progress from numbers in the output; ignored when one is not a count (too large for one, not
+        digits): a line that only looks like progress ("verified 2**64-1/2**64-1 blocks") fails nothing."""
+        n, t = _number(done), _number(total) if total else None
+        if n is not None and (t is not None or not total):
+            self.ctx.progress(n, total=t)
+
+    def _pct(self, pct: str) -> None:
+        try:
+            value = float(pct)
+        except ValueError:
+            return
+        if 0 <= value <= 100:  # not NaN, not infinite
+            self.ctx.progress(round(value * 10), total=1000)
+
+
+def _number(text: str | None) -> int | None:
+    """``text`` as a count of items (0 to MAX_COUNT), or None."""
+    try:
+        n = int(text or "")
+    except ValueError:  # not digits, or more of them than int() takes
+        return None
+    return n if 0 <= n <= MAX_COUNT else None
+
+
+def _not_json(value: str) -> object:
+    raise ValueError(f"{value} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+CHECKPOINT_DEPTH = 100
+"""Levels of nesting a checkpoint's JSON may have: the operation's result, which holds it, could not be
+written from about 250 on (the final status lost, the operation left running)."""
+
+
+def _strict_json(text: str) -> object:
+    """JSON as the standard has it: no NaN or Infinity (nor a number that overflows to one), which
+    ``json.loads`` takes and a resume handed back as ``OUTLAST_CHECKPOINT={"a": NaN}``, not JSON; nested
+    at most CHECKPOINT_DEPTH levels (deeper: ValueError, or RecursionError from the parser)."""
+    data = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    level: list[object] = [data]
+    for _ in range(CHECKPOINT_DEPTH):
+        level = [v for c in level if isinstance(c, dict | list) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return data
+    raise ValueError(f"nested deeper than {CHECKPOINT_DEPTH} levels")
 
 
 @operation("command", params=CommandParams, description="run any command; progress and checkpoints from its output")
