@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, OperationSpec, Settings, Status
+from tests.fixtures_cli import Cli
 from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
+from tests.fixtures_ops import bad_params
 
 
 def _alive(pid: int) -> bool:
@@ -118,3 +120,27 @@ async def test_a_progress_regex_matching_what_is_no_number_fails_nothing(engine:
         params = {"argv": [sys.executable, "-c", lines], "progress_regex": rx}
         final = await engine.wait((await engine.submit(OperationSpec(type="command", params=params))).id, timeout=30)
         assert final.status is Status.COMPLETED, (rx, final.error)
+
+
+def test_params_that_could_never_run_are_refused_before_anything_is_stored(cli: Cli) -> None:
+    """Each was stored, queued and run, then failed with a raw Python error ("No closing quotation",
+    "embedded null byte", "illegal environment variable name", "Permission denied")."""
+    bad_params(cli, "command", {"command": 'echo "unbalanced'}, "command: cannot be split into words")
+    bad_params(cli, "command", {"argv": ["echo", "a\0b"]}, "argv: argv[1] contains a NUL character")
+    bad_params(cli, "command", {"command": "echo a\0", "shell": True}, "command: contains a NUL character")
+    bad_params(cli, "command", {"argv": ["env"], "env": {"A=B": "x"}}, "env: 'A=B' is not a variable name")
+    bad_params(cli, "command", {"argv": ["env"], "env": {"": "x"}}, "env: '' is not a variable name")
+    bad_params(cli, "command", {"argv": ["env"], "env": {"A": "x\0y"}}, "env: A contains a NUL character")
+    bad_params(cli, "command", {"argv": [""]}, "argv: argv[0] is empty")
+    bad_params(cli, "command", {"command": "'' x"}, "command: names no program")
+
+
+async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine, tmp_path: Path) -> None:
+    """``OSError: [Errno 8] Exec format error`` came out raw."""
+    script = tmp_path / "job.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    final = await engine.wait((await engine.submit(OperationSpec(type="command", params={"argv": [str(script)]}))).id)
+    assert final.status is Status.FAILED
+    assert "not an executable format: add a #! line or run it through sh" in final.error, final.error
+    assert "Errno" not in final.error

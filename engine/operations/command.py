@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import json
 import math
 import os
@@ -24,7 +25,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..context import MAX_COUNT, OperationContext
 from ..registry import operation
@@ -84,6 +94,39 @@ class CommandParams(BaseModel):
         if v and info.data.get("argv"):
             raise ValueError("shell=true takes `command`, not argv")
         return v
+
+    @model_validator(mode="after")
+    def _can_run(self) -> CommandParams:
+        """What could never start is refused here, not stored to fail at run time with a raw error."""
+        for i, arg in enumerate(self.argv or []):
+            if "\0" in arg:
+                raise _field_error("argv", f"argv[{i}] contains a NUL character", self.argv)
+        if self.argv and not self.argv[0]:
+            raise _field_error("argv", "argv[0] is empty: name the program", self.argv)
+        if self.command is not None and "\0" in self.command:
+            raise _field_error("command", "contains a NUL character", self.command)
+        if self.command is not None and not self.shell:
+            try:
+                words = shlex.split(self.command)
+            except ValueError as e:  # "No closing quotation", "No escaped character"
+                raise _field_error(
+                    "command", f"cannot be split into words ({e}): close its quotes, or shell=true", self.command
+                ) from None
+            if not words or not words[0]:
+                raise _field_error("command", "names no program (its first word is empty)", self.command)
+        for name, value in self.env.items():
+            if not name or "=" in name or "\0" in name:
+                raise _field_error("env", f"{name!r} is not a variable name (empty, or with = or NUL in it)", name)
+            if "\0" in value:
+                raise _field_error("env", f"{name} contains a NUL character", value)
+        return self
+
+
+def _field_error(field: str, msg: str, value: object) -> ValidationError:
+    """An error of one field, raised where several fields are checked together (a model validator's own
+    has no field: "value: ...")."""
+    detail = InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=(field,), input=value)
+    return ValidationError.from_exception_data(CommandParams.__name__, [detail])
 
 
 class _Parser:
@@ -218,6 +261,12 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         )
     except (FileNotFoundError, PermissionError) as e:
         raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:
+            raise  # short of descriptors or processes: the engine queues the attempt again
+        raise RuntimeError(
+            f"cannot start {argv[0]!r}: not an executable format: add a #! line or run it through sh"
+        ) from None
     parser = _Parser(ctx, p.progress_regex)
     tail: collections.deque[str] = collections.deque(maxlen=p.tail)
     # Output lines (not ::outlast ones) as of the checkpoint resumed from: a resumed run counts what an
