@@ -77,12 +77,32 @@ class Children:
             self._warn(f"killed {len(killed)} process(es) left running in a session of their own (pid {pids})")
 
 
+ROUNDS = 20
+"""Scans for leftovers at most: one process may start another between a scan and its kill (a respawning
+daemon did, every 10 ms), so the scan is made again until it finds nothing."""
+
+
 def kill_leftovers(
     op_id: str, attempt: int | None, wait: float = 5.0, this_attempt: bool = False
 ) -> list[tuple[int, str, int]]:
     """SIGKILL every process (and its process group) whose environment says it was started for
     ``op_id`` by an attempt other than ``attempt`` (None: by any; ``this_attempt``: by ``attempt``
-    itself); wait until they are gone. (pid, attempt, pgid) of each; [] where there is no /proc."""
+    itself); wait until they are gone, and look again until a look finds none (ROUNDS at most).
+    (pid, attempt, pgid) of each; [] where there is no /proc."""
+    found: list[tuple[int, str, int]] = []
+    end = time.monotonic() + wait
+    for _ in range(ROUNDS):
+        more = _kill_marked(op_id, attempt, this_attempt)
+        if not more:
+            break
+        found += more
+        while any(_running(pid) for pid, _a, _g in more) and time.monotonic() < end:
+            time.sleep(0.02)
+    return found
+
+
+def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tuple[int, str, int]]:
+    """One scan of ``kill_leftovers``: SIGKILL what it finds, (pid, attempt, pgid) of each."""
     mark = f"{ENV_OPERATION}={op_id}".encode()
     own = {os.getpid(), os.getpgrp()}
     found: list[tuple[int, str, int]] = []
@@ -99,16 +119,13 @@ def kill_leftovers(
             continue
         prefix = f"{ENV_ATTEMPT}=".encode()
         theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
-        if (theirs == str(attempt)) == this_attempt:
+        if (theirs == str(attempt)) == this_attempt and _running(pid):
             found.append((pid, theirs, pgid))
     for pid, _a, pgid in found:
         with contextlib.suppress(OSError):
             if pgid not in own:
                 os.killpg(pgid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
-    end = time.monotonic() + wait
-    while found and any(_running(pid) for pid, _a, _g in found) and time.monotonic() < end:
-        time.sleep(0.02)
     return found
 
 

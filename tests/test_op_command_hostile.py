@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -144,3 +145,32 @@ async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine
     assert final.status is Status.FAILED
     assert "not an executable format: add a #! line or run it through sh" in final.error, final.error
     assert "Errno" not in final.error
+
+
+def _marked(op_id: str) -> list[int]:
+    """Live processes whose environment marks them as started for ``op_id``."""
+    mark = f"OUTLAST_OPERATION_ID={op_id}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if mark in (d / "environ").read_bytes().split(b"\0") and _alive(int(d.name)):
+                    out.append(int(d.name))
+    return out
+
+
+async def test_a_respawning_daemon_leaves_nothing_behind(engine: Engine) -> None:
+    """A daemon that starts a process in a session of its own every few ms: one scan for leftovers killed
+    it and what it had started, but not what it started between the scan and the kill."""
+    daemon = "setsid bash -c 'while :; do setsid sleep 1095 & sleep 0.002; done' >/dev/null 2>&1 &" * 2
+    op = await engine.submit(OperationSpec(type="command", params={"argv": ["bash", "-c", daemon + " sleep 0.3"]}))
+    try:
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.COMPLETED, final
+        await asyncio.sleep(0.3)  # what a missed respawner would start meanwhile
+        assert _marked(op.id) == []
+    finally:
+        for _ in range(100):  # never leave the respawner behind, even when the test fails
+            if not (left := _marked(op.id)):
+                break
+            _kill(left)
