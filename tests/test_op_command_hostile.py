@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, OperationSpec, Settings, Status
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import Cli, until
 from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
-from tests.fixtures_ops import bad_params
+from tests.fixtures_ops import bad_params, kill_worker_when, submit
 
 
 def _alive(pid: int) -> bool:
@@ -174,3 +174,19 @@ async def test_a_respawning_daemon_leaves_nothing_behind(engine: Engine) -> None
             if not (left := _marked(op.id)):
                 break
             _kill(left)
+
+
+def test_a_sigkilled_worker_takes_the_commands_grandchildren_with_it(cli: Cli, tmp_path: Path) -> None:
+    """PDEATHSIG killed only the command's own process: its background job (its process group) and a
+    ``setsid`` one ran on, parent 1, until the next ``outlast`` process opened the state directory. The
+    watcher kills both when the worker dies, with no other ``outlast`` run."""
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
+    op_id = submit(cli, "command", {"command": cmd, "shell": True})
+    try:
+        kill_worker_when(cli, op_id, lambda op: pids.exists() and len(pids.read_text().split()) == 2)
+        left = [int(p) for p in pids.read_text().split()]
+        until(lambda: not any(_alive(p) for p in left), 10, what="the grandchildren died with their worker")
+    finally:
+        if pids.exists():
+            _kill([int(p) for p in pids.read_text().split()])

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,28 +246,15 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         env.pop("OUTLAST_RESUME", None)
         env.pop("OUTLAST_CHECKPOINT", None)
     cwd = str(Path(p.cwd).expanduser()) if p.cwd else None
-    argv = [p.command] if p.shell else (list(p.argv) if p.argv else shlex.split(p.command or ""))
+    argv = [p.command or ""] if p.shell else (list(p.argv) if p.argv else shlex.split(p.command or ""))
     ctx.progress(step=argv[0] if not p.shell else "sh -c")
+    guard = _Guard(ctx.id, ctx.attempt)
     try:
-        proc = await ctx.spawn(
-            *argv,
-            shell=p.shell,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            limit=1 << 20,
-            preexec_fn=_die_with_parent,
-        )
-    except (FileNotFoundError, PermissionError) as e:
-        raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
-    except OSError as e:
-        if e.errno != errno.ENOEXEC:
-            raise  # short of descriptors or processes: the engine queues the attempt again
-        raise RuntimeError(
-            f"cannot start {argv[0]!r}: not an executable format: add a #! line or run it through sh"
-        ) from None
+        proc = await _start(ctx, p, argv, env, cwd)
+    except BaseException:
+        guard.release()
+        raise
+    guard.watch(proc.pid)
     parser = _Parser(ctx, p.progress_regex)
     tail: collections.deque[str] = collections.deque(maxlen=p.tail)
     # Output lines (not ::outlast ones) as of the checkpoint resumed from: a resumed run counts what an
@@ -310,14 +298,104 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
             _kill_group(proc.pid)  # its background jobs (the rest, in sessions of their own: at the end)
         code = await _exit_code(proc, ctx)
     finally:
-        if proc.returncode is None:
-            _kill_group(proc.pid)
-            await _exit_code(proc)
+        try:
+            if proc.returncode is None:
+                _kill_group(proc.pid)
+                await _exit_code(proc)
+        finally:
+            guard.release()
     ctx.progress()  # raises OperationStopped when a stop was asked for
     if code != 0:
         last = " | ".join(tail)[-1500:]
         raise RuntimeError(f"exit code {code}; last output: {last}" if last else f"exit code {code}")
     return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
+
+
+async def _start(
+    ctx: OperationContext, p: CommandParams, argv: list[str], env: dict[str, str], cwd: str | None
+) -> asyncio.subprocess.Process:
+    """The command started in a process group of its own, its output piped to us."""
+    try:
+        return await ctx.spawn(
+            *argv,
+            shell=p.shell,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=1 << 20,
+            preexec_fn=_die_with_parent,
+        )
+    except (FileNotFoundError, PermissionError) as e:
+        raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:
+            raise  # short of descriptors or processes: the engine queues the attempt again
+        raise RuntimeError(
+            f"cannot start {argv[0]!r}: not an executable format: add a #! line or run it through sh"
+        ) from None
+
+
+_WATCHER = """
+read pg || exit 0
+read _ && exit 0
+kill -9 "-$pg" 2>/dev/null
+n=0
+while [ $n -lt 20 ]; do
+  n=$((n + 1))
+  f=$(grep -lsxzF "OUTLAST_OPERATION_ID=$1" /proc/[0-9]*/environ </dev/null)
+  [ -n "$f" ] || exit 0
+  f=$(grep -lsxzF "OUTLAST_ATTEMPT=$2" $f </dev/null)
+  [ -n "$f" ] || exit 0
+  for e in $f; do p=${e#/proc/}; p=${p%/environ}; kill -9 "-$p" "$p" 2>/dev/null; done
+  sleep 0.05
+done
+"""
+"""The watcher's script: the command's process group on its first line, then ``done`` when the command
+is over; an end of input before that (the engine's process died: the kernel closed its end of the pipe)
+kills the group, then (repeatedly) what is marked as this attempt's in a session of its own."""
+
+
+class _Guard:
+    """Takes the command's process group (its grandchildren too, not only the child that PDEATHSIG kills)
+    with the engine's process when that dies (SIGKILL, the OOM killer): a small ``sh`` in a session of its
+    own reading a pipe only the engine holds. Without it they ran on, parent 1, until the next ``outlast``
+    process opened the state directory."""
+
+    def __init__(self, op_id: str, attempt: int) -> None:
+        r, self._w = os.pipe()  # not inherited by the command, nor by any other child
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHER, "outlast-watch", op_id, str(attempt)],
+                stdin=r,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # no Ctrl-C of the terminal's group, no kill of the command's
+                env={"PATH": os.environ.get("PATH", os.defpath)},  # unmarked: not a leftover of its own
+            )
+        except BaseException:
+            os.close(self._w)
+            raise
+        finally:
+            os.close(r)
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"{pgid}\n")
+
+    def release(self) -> None:
+        """The command is over: the watcher exits without killing anything."""
+        if self._proc is None:
+            return
+        self._send("done\n")
+        os.close(self._w)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(1)  # it exits at once: a few ms
+        self._proc = None
+
+    def _send(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # it died: nothing to tell
+            os.write(self._w, line.encode())
 
 
 LINE_MAX = 1 << 20
