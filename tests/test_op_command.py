@@ -111,10 +111,11 @@ async def test_progress_from_output_and_failure_with_last_lines(engine: Engine, 
     assert final.status is Status.FAILED
     assert "exit code 3" in final.error and "boom" in final.error and "step 4 of 4" in final.error
     assert (final.progress.done, final.progress.total) == (4, 4)
-    line = "printf '%s\\n' 'files 7/20' '[ 45%]'"  # a command string without a shell: split like one
+    # A command string without a shell: split like one. It fails: a success counts as all done.
+    line = "sh -c \"printf '%s\\n' 'files 7/20' '[ 45%]'; exit 5\""
     op = await engine.submit(OperationSpec(type="command", params={"command": line}))
     final = await engine.wait(op.id, timeout=30)
-    assert final.status is Status.COMPLETED and final.result["lines"] == 2
+    assert final.status is Status.FAILED and final.progress.metrics["lines"] == 2, final
     assert (final.progress.done, final.progress.total) == (450, 1000)  # the last line wins: 45.0 %
 
 

@@ -190,3 +190,16 @@ def test_a_sigkilled_worker_takes_the_commands_grandchildren_with_it(cli: Cli, t
     finally:
         if pids.exists():
             _kill([int(p) for p in pids.read_text().split()])
+
+
+async def test_a_signal_death_names_the_signal_and_a_success_ends_at_100_percent(engine: Engine) -> None:
+    """ "exit code -11" said nothing of a crash; a command that succeeded after printing 50% ended
+    "completed at 500/1000 items"."""
+    op = await engine.submit(OperationSpec(type="command", params={"command": "echo x; kill -SEGV $$", "shell": True}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.FAILED and final.error.startswith("RuntimeError: killed by SIGSEGV"), final.error
+    assert "last output: x" in final.error and "-11" not in final.error
+    op = await engine.submit(OperationSpec(type="command", params={"command": "echo at 50%", "shell": True}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and (final.progress.done, final.progress.total) == (1000, 1000)
+    assert await _logged(engine, op.id, "exited 0 with its last progress at 500/1000: counted as all done")

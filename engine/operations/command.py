@@ -307,7 +307,12 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     ctx.progress()  # raises OperationStopped when a stop was asked for
     if code != 0:
         last = " | ".join(tail)[-1500:]
-        raise RuntimeError(f"exit code {code}; last output: {last}" if last else f"exit code {code}")
+        how = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"  # not "exit code -11"
+        raise RuntimeError(f"{how}; last output: {last}" if last else how)
+    if ctx.total is not None and ctx.done < ctx.total:
+        # It succeeded: its work is done, whatever its last progress line said ("completed at 500/1000").
+        ctx.log.info(f"exited 0 with its last progress at {ctx.done}/{ctx.total}: counted as all done")
+        ctx.progress(ctx.total)
     return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
 
 
@@ -572,6 +577,13 @@ def _die_with_parent() -> None:
 
 _PR_SET_PDEATHSIG = 1
 _PRCTL = libc_function("prctl")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _kill_group(pid: int) -> None:
