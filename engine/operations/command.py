@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -248,11 +247,11 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     cwd = str(Path(p.cwd).expanduser()) if p.cwd else None
     argv = [p.command or ""] if p.shell else (list(p.argv) if p.argv else shlex.split(p.command or ""))
     ctx.progress(step=argv[0] if not p.shell else "sh -c")
-    guard = _Guard(ctx.id, ctx.attempt)
+    guard = await _Guard.start(ctx.id, ctx.attempt)
     try:
         proc = await _start(ctx, p, argv, env, cwd)
     except BaseException:
-        guard.release()
+        await guard.release()
         raise
     guard.watch(proc.pid)
     parser = _Parser(ctx, p.progress_regex)
@@ -303,7 +302,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 _kill_group(proc.pid)
                 await _exit_code(proc)
         finally:
-            guard.release()
+            await guard.release()
     ctx.progress()  # raises OperationStopped when a stop was asked for
     if code != 0:
         last = " | ".join(tail)[-1500:]
@@ -366,37 +365,48 @@ class _Guard:
     """Takes the command's process group (its grandchildren too, not only the child that PDEATHSIG kills)
     with the engine's process when that dies (SIGKILL, the OOM killer): a small ``sh`` in a session of its
     own reading a pipe only the engine holds. Without it they ran on, parent 1, until the next ``outlast``
-    process opened the state directory."""
+    process opened the state directory. Started and waited for without blocking the event loop."""
 
-    def __init__(self, op_id: str, attempt: int) -> None:
-        r, self._w = os.pipe()  # not inherited by the command, nor by any other child
+    def __init__(self, proc: asyncio.subprocess.Process, w: int) -> None:
+        self._proc: asyncio.subprocess.Process | None = proc
+        self._w = w
+
+    @classmethod
+    async def start(cls, op_id: str, attempt: int) -> _Guard:
+        r, w = os.pipe()  # not inherited by the command, nor by any other child
         try:
-            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["/bin/sh", "-c", _WATCHER, "outlast-watch", op_id, str(attempt)],
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                _WATCHER,
+                "outlast-watch",
+                op_id,
+                str(attempt),
                 stdin=r,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # no Ctrl-C of the terminal's group, no kill of the command's
                 env={"PATH": os.environ.get("PATH", os.defpath)},  # unmarked: not a leftover of its own
             )
         except BaseException:
-            os.close(self._w)
+            os.close(w)
             raise
         finally:
             os.close(r)
+        return cls(proc, w)
 
     def watch(self, pgid: int) -> None:
         self._send(f"{pgid}\n")
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """The command is over: the watcher exits without killing anything."""
-        if self._proc is None:
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
         self._send("done\n")
         os.close(self._w)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(1)  # it exits at once: a few ms
-        self._proc = None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), 1)  # it exits at once: a few ms
 
     def _send(self, line: str) -> None:
         with contextlib.suppress(OSError):  # it died: nothing to tell
