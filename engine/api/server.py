@@ -28,6 +28,7 @@ from ..models import InvalidInput, OutlastError, StoreError
 TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 """Comma-separated origins (``https://ops.example.org``) whose pages may use the API from a browser."""
+log = logging.getLogger("outlast.api")
 MIN_TOKEN_LENGTH = 16
 WS_MAX_RECEIVE = 64 << 10
 """Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
@@ -201,9 +202,68 @@ async def _serve(
             "Ctrl-C or SIGTERM pauses running work with a checkpoint",
             flush=True,
         )
-        await server.serve(sockets=[sock])
+        settler = asyncio.create_task(_settle_abandoned(server, engine), name="outlast-api-abandoned")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await settler
+        if engine.unwritten and not engine.health.lost:
+            await _write_abandoned(engine)  # the last chance before the lock goes with this process
+        failed = engine.store_failed
+        left = sorted(engine.abandoned)
+        lost = engine.health.lost
+    if failed:
+        # One line, as ``outlast worker`` ends: the lock goes with this process, so the next engine to
+        # open the store finds the operation interrupted (unless its record went with the state dir).
+        then = (
+            "its record went with the state dir, so it cannot be resumed, only run again"
+            if lost
+            else "the next outlast process finds it interrupted; once the store can be written: outlast resume "
+            + " ".join(left)
+        )
+        print(f"outlast serve: stopped: {failed} ({', '.join(left)}); {then}", file=sys.stderr, flush=True)
+        return ExitCode.STORE
     print("outlast: API stopped", flush=True)
     return ExitCode.OK
+
+
+SETTLE_EVERY = 0.5
+"""Seconds between two tries at writing the final status of work given up during a store outage."""
+
+
+async def _write_abandoned(engine: Any) -> list[str]:
+    """``engine.write_abandoned()``, said in one line when it wrote something; [] while the store fails."""
+    try:
+        written: list[str] = await engine.write_abandoned()
+    except Exception as e:  # not the store failing (that returns []): said, and tried again later
+        log.error("writing the status of work stopped during the store outage failed: %s", e)
+        return []
+    if written:
+        log.warning(
+            "the store takes writes again: %s, stopped while it could not be written, marked as stopped",
+            ", ".join(written),
+        )
+    return written
+
+
+async def _settle_abandoned(server: Any, engine: Any) -> None:
+    """Settle what the engine gave up writing during a store outage (its attempts ended, but their
+    final status could not be stored, so they were listed running, their WebSockets waiting for ever).
+
+    Written as soon as the store takes writes again (a disk full for a while), which announces it to
+    the WebSockets like any settle. A store whose file was deleted under a running operation never takes
+    its record again: the server stops, exit 8, as ``outlast worker`` does."""
+    while True:
+        await asyncio.sleep(SETTLE_EVERY)
+        if not engine.unwritten:
+            continue
+        if engine.health.lost:
+            server.should_exit = True
+            engine.drain("shutdown")
+            return
+        await _write_abandoned(engine)
 
 
 def _install_signals(server: Any, engine: Any) -> None:
