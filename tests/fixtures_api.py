@@ -49,10 +49,17 @@ def poll(pred: Any, timeout: float = 30.0, every: float = 0.1, what: str = "cond
         time.sleep(every)
 
 
+def _limit_fds(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class Server:
     """``outlast serve`` on 127.0.0.1 (or a wider bind), with its output in files."""
 
-    def __init__(self, root: Path, *args: str, token: str | None = None, **env: str) -> None:
+    def __init__(self, root: Path, *args: str, token: str | None = None, nofile: int | None = None, **env: str) -> None:
+        """``nofile``: the server's file descriptor limit (RLIMIT_NOFILE), when not the inherited one."""
         self.root = root
         self.env = api_env(root, **env)
         self.token = token
@@ -68,6 +75,7 @@ class Server:
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     cwd=REPO,
+                    preexec_fn=None if nofile is None else lambda: _limit_fds(nofile),
                 )
             self.url = f"http://127.0.0.1:{self.port}"
             self.ws_url = f"ws://127.0.0.1:{self.port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +406,29 @@ def test_metrics_text_escapes_stored_type_names(start_server, tmp_path: Path) ->
     asyncio.run(plant())
     text = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01").http.get("/metrics").text
     assert "pwned" in text and "\x1b" not in text and "\x07" not in text
+
+
+def test_idle_and_half_sent_connections_neither_exhaust_descriptors_nor_flood_the_log(tmp_path: Path) -> None:
+    """More silent connections than the server has descriptors for, each with half a request line: they
+    are capped (503) and timed out, the log says so in a line or two, and the server answers after."""
+    srv = Server(tmp_path / "srv", nofile=128, OUTLAST_API_REQUEST_TIMEOUT="3")
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"GET /api/health HTTP/1.1\r\n")
+            socks.append(s)
+        time.sleep(2)
+        out = srv.output()
+        lines = [ln for ln in out.splitlines()[1:] if ln.strip()]  # the first: "API on ..."
+        tracebacks = out.count("Traceback")
+        assert tracebacks == 0 and len(lines) <= 4, (tracebacks, len(lines), lines[:5])
+        for s in socks:  # each closed by the server: at once (503, over the cap) or after the timeout (3 s)
+            data = s.recv(1000)
+            assert data == b"" or data.startswith(b"HTTP/1.1 503"), data
+        poll(lambda: srv.http.get("/api/health").status_code == 200, 20, what="health answered")
+        assert srv.popen.poll() is None
+    finally:
+        for s in socks:
+            s.close()
+        assert srv.stop() == 0

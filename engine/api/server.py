@@ -29,6 +29,10 @@ TOKEN_ENV = "OUTLAST_API_TOKEN"
 ORIGINS_ENV = "OUTLAST_API_ORIGINS"
 """Comma-separated origins (``https://ops.example.org``) whose pages may use the API from a browser."""
 log = logging.getLogger("outlast.api")
+TIMEOUT_ENV = "OUTLAST_API_REQUEST_TIMEOUT"
+"""Seconds a client has to send a whole request (30 by default): a slow or silent one is disconnected."""
+BACKLOG = 64
+"""Pending connections the kernel queues; also how often one wake of the event loop tries accept()."""
 MIN_TOKEN_LENGTH = 16
 WS_MAX_RECEIVE = 64 << 10
 """Bytes of one message a WebSocket client may send (clients have nothing to say; it is ignored)."""
@@ -161,12 +165,14 @@ async def _serve(
     from ..engine import Engine
     from ..store import open_store
     from .app import LOOPBACK_HOSTS, create_app
+    from .conn import REQUEST_TIMEOUT, OncePerCause, connection_cap, guarded_protocol
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield  # signals are handled below, on the loop, so the engine gets to pause its work
 
+    timeout = _request_timeout(os.environ.get(TIMEOUT_ENV), REQUEST_TIMEOUT)
     engine = Engine(open_store(settings.store or settings.state_dir), settings=settings, worker_name="api")
     origins = tuple(o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip())
     # Without a token, a loopback server answers only to loopback host names: a page whose own name
@@ -183,6 +189,8 @@ async def _serve(
     )
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(connection_cap(), timeout),  # slow clients timed out, connections capped
+        backlog=BACKLOG,  # Python 3.11 tries accept() this many times per wake even when it fails (EMFILE)
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
@@ -192,6 +200,8 @@ async def _serve(
     )
     server = Server(config)  # uvicorn's handlers exist from here on
     escape_log_lines()
+    for name in ("asyncio", "uvicorn.error"):  # one line per cause a minute: never a flood of tracebacks
+        logging.getLogger(name).addFilter(OncePerCause())
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     async with engine:
@@ -264,6 +274,18 @@ async def _settle_abandoned(server: Any, engine: Any) -> None:
             engine.drain("shutdown")
             return
         await _write_abandoned(engine)
+
+
+def _request_timeout(raw: str | None, default: float) -> float:
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise InvalidInput(f"{TIMEOUT_ENV}={raw!r}: expected seconds, a positive number")
+    return value
 
 
 def _install_signals(server: Any, engine: Any) -> None:
