@@ -182,3 +182,38 @@ async def test_the_last_progress_update_comes_before_the_final_message(engine: E
     assert [m["type"] for m in msgs] == kinds  # running, 36 of 40, 40 of 40, completed, final
     assert [m["data"]["progress_percentage"] for m in msgs[1:3]] == [90.0, 100.0]
     assert msgs[2]["data"]["processed_items"] == 40 and msgs[2]["status"] == "completed"
+
+
+LOG_GATE: dict[str, asyncio.Event] = {}
+
+
+@operation("test_ws_logs")
+async def ws_logs(ctx: OperationContext, params: dict) -> str:
+    await LOG_GATE["go"].wait()
+    for i in range(5):
+        ctx.log.info(f"line {i}")
+    return "ok"
+
+
+async def test_the_all_operations_stream_gets_no_logs(engine: Engine) -> None:
+    """Logs go to the operation's own stream only, even while someone follows that one: the all-operations
+    stream is documented without them (a chatty command flooded every dashboard following everything)."""
+    LOG_GATE["go"] = asyncio.Event()
+    hub = ProgressHub(engine, poll=3600)
+    everything, one = Subscriber(None), Subscriber("")
+    hub.add(everything)
+    hub.start()
+    try:
+        op = await engine.submit(OperationSpec(type="test_ws_logs"))
+        one.op_id = op.id
+        hub.add(one)  # who follows the operation itself: its log lines flow through the hub
+        LOG_GATE["go"].set()
+        await engine.wait(op.id)
+        got: dict[str, list[dict[str, Any]]] = {"all": [], "one": []}
+        for name, sub in (("all", everything), ("one", one)):
+            while not any(m["type"] == "final" for m in got[name]):
+                got[name].append(await asyncio.wait_for(sub.queue.get(), 20))
+    finally:
+        await hub.stop()
+    assert [m["message"] for m in got["one"] if m["type"] == "log"][-5:] == [f"line {i}" for i in range(5)]
+    assert not [m for m in got["all"] if m["type"] == "log"], got["all"]

@@ -186,8 +186,8 @@ class ProgressHub:
             except NotFound:
                 return
             self._observe(op, previous=ev.previous, message=ev.message, status=ev.status)
-        else:
-            self._send(ev.operation_id, "event", event_message(ev))
+        else:  # a log line only to who follows its operation: the all-operations stream has none
+            self._send(ev.operation_id, "log" if isinstance(ev, LogEmitted) else "event", event_message(ev))
 
     def _observe(
         self,
