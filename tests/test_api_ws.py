@@ -217,3 +217,31 @@ async def test_the_all_operations_stream_gets_no_logs(engine: Engine) -> None:
         await hub.stop()
     assert [m["message"] for m in got["one"] if m["type"] == "log"][-5:] == [f"line {i}" for i in range(5)]
     assert not [m for m in got["all"] if m["type"] == "log"], got["all"]
+
+
+def test_the_all_operations_snapshot_holds_every_active_operation(tmp_path: Any) -> None:
+    """More active operations than one read of the store returns (1,000): all of them are in the snapshot."""
+    from engine import load_settings
+
+    n = 1050
+    srv = Server(tmp_path / "srv", OUTLAST_MAX_MEMORY_PERCENT="0.01")  # runs nothing: they stay queued
+    try:
+
+        async def submit_all() -> None:
+            settings = load_settings(env=srv.env)
+            async with Engine(settings=settings, run_queue=False) as e:
+                for _ in range(n):
+                    await e.submit(OperationSpec(type="demo", params={"items": 1}))
+
+        asyncio.run(submit_all())
+        ids: set[str] = set()
+        with ws_client.connect(f"{srv.ws_url}/api/operations/progress", open_timeout=30) as ws:
+            while True:
+                msg = json.loads(ws.recv(timeout=30))
+                assert msg["type"] == "snapshot"
+                ids |= {o["id"] for o in msg["operations"]}
+                if not msg["more"]:
+                    break
+        assert len(ids) == n
+    finally:
+        srv.stop()
