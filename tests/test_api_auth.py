@@ -111,3 +111,35 @@ def test_allowed_origins() -> None:
     assert not guard.refused(scope("GET", "https://evil.example"))  # reads: the browser keeps them from the page
     assert guard.refused(scope("POST", "https://evil.example"))
     assert guard.refused(scope("GET", "https://evil.example", kind="websocket"))
+
+
+def test_listed_origins_can_use_the_api_from_a_browser_and_others_cannot(start_server) -> None:
+    """CORS for the origins in OUTLAST_API_ORIGINS: a preflight (which carries no token) is answered and
+    every answer names the origin; an origin not listed gets no CORS header and its writes are refused."""
+    front = "http://localhost:5173"
+    srv = start_server(token=TOKEN, OUTLAST_API_TOKEN=TOKEN, OUTLAST_API_ORIGINS=f"{front}/,https://ops.example.org")
+    pre = srv.http.options(
+        "/api/operations",
+        headers={
+            "Origin": front,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+            "Authorization": "",
+        },
+    )
+    assert pre.status_code == 200, pre.text
+    assert pre.headers["access-control-allow-origin"] == front
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+    r = srv.http.post("/api/operations", json={"type": "demo", "params": {"items": 1}}, headers={"Origin": front})
+    assert r.status_code == 202 and r.headers["access-control-allow-origin"] == front
+    r = srv.http.get("/api/operations/", headers={"Origin": front})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == front
+    r = srv.http.get("/api/health", headers={"Origin": front, "Authorization": "Bearer wrong-token-0123456789"})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == front  # the page can say why
+    evil = "http://evil.example"
+    pre = srv.http.options("/api/operations", headers={"Origin": evil, "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in pre.headers
+    r = srv.http.post("/api/operations", json={"type": "demo"}, headers={"Origin": evil})
+    assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in srv.http.get("/api/health", headers={"Origin": evil}).headers

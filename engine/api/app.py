@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -302,6 +303,17 @@ def create_app(
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)
     app.add_middleware(SameOrigin, allowed=tuple(allowed_origins))
+    if allowed_origins:
+        # The listed origins' pages may call the API with fetch(): preflights answered (before the token is
+        # asked for: a browser sends none with them) and responses readable. Other origins get no CORS
+        # header, so a browser keeps the answer from their page, and their writes are refused above.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted({o.rstrip("/").lower() for o in allowed_origins}),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     if trusted_hosts:
         app.add_middleware(KnownHosts, hosts=tuple(trusted_hosts))  # added last: runs first
     return app
