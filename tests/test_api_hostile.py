@@ -432,3 +432,30 @@ def test_idle_and_half_sent_connections_neither_exhaust_descriptors_nor_flood_th
         for s in socks:
             s.close()
         assert srv.stop() == 0
+
+
+def test_sigterm_while_a_client_is_mid_upload_exits_at_once_in_one_line(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "srv")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(
+            b"POST /api/operations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"type":'
+        )
+        time.sleep(0.5)
+        began = time.monotonic()
+        assert srv.stop() == 0
+        took = time.monotonic() - began
+    out = srv.output()
+    assert "Traceback" not in out and "graceful shutdown exceeded" not in out, out
+    assert took < 3, f"{took:.1f}s to stop: {out}"
+
+
+def test_a_log_message_ending_in_a_newline_is_one_line_without_a_literal_newline() -> None:
+    import logging
+
+    from engine.api.server import EscapeControls
+
+    line = "Exception in ASGI application\n"
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, line, None, None)
+    assert EscapeControls().filter(record)
+    assert record.getMessage() == "Exception in ASGI application"

@@ -42,7 +42,8 @@ class EscapeControls(logging.Filter):
     """Escapes control characters in every record a handler writes (message, and traceback but its newlines)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = escape_controls(record.getMessage()), None
+        # uvicorn ends some messages with a newline ("Exception in ASGI application\n"): not a literal "\n".
+        record.msg, record.args = escape_controls(record.getMessage().rstrip("\r\n")), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
