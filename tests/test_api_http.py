@@ -223,3 +223,18 @@ def test_openapi_documents_every_endpoint(api: Server) -> None:
     assert "404" in paths["/api/operations/{op_id}"]["get"]["responses"]
     assert "409" in paths["/api/operations/{op_id}/resume"]["post"]["responses"]
     assert json.dumps(doc)  # serialisable as served
+
+
+def test_a_json_body_without_the_json_content_type_is_refused_saying_so(api: Server) -> None:
+    body = json.dumps({"type": "demo", "params": {"items": 1}})
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", None):  # curl -d's type, a form's, none
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = api.http.post("/api/operations", content=body, headers=headers)
+        assert r.status_code == 415, r.text
+        assert "Content-Type: application/json" in r.json()["detail"] and (ctype or "without") in r.json()["detail"]
+    r = api.http.post(
+        "/api/operations/zzzzzzzzzzzzz/resume", content='{"checkpoint": 1}', headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 415, r.text
+    r = api.http.post("/api/operations", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202, r.text

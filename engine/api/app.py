@@ -238,6 +238,13 @@ def _install_errors(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if isinstance(exc.body, (bytes, bytearray)) and exc.body:
+            # A body FastAPI did not parse, as its Content-Type does not say JSON (curl -d sends a form type):
+            # say so, not "body: Input should be a valid dictionary". Refused rather than parsed anyway, as a
+            # form or text/plain body is one a page on another site can make a browser send without asking.
+            ctype = request.headers.get("content-type")
+            came = f"it came as {ctype!r}" if ctype else "it came without one"
+            return error_response(415, f"the body must be JSON, sent with Content-Type: application/json ({came})")
         return error_response(422, _validation_line(exc))
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
