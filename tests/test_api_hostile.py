@@ -459,3 +459,19 @@ def test_a_log_message_ending_in_a_newline_is_one_line_without_a_literal_newline
     record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, line, None, None)
     assert EscapeControls().filter(record)
     assert record.getMessage() == "Exception in ASGI application"
+
+
+def test_each_warning_is_printed_once(tmp_path: Path) -> None:
+    """A warning of the engine's loggers was printed twice: by the ``outlast`` logger's handler and by the
+    root handler the server adds for everything else."""
+    srv = Server(tmp_path / "srv", nofile=64)  # connections held at once: 16
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(20)]
+    try:
+        poll(lambda: "connections open" in srv.output(), 20, what="the cap said")
+        time.sleep(0.5)
+        said = [ln for ln in srv.output().splitlines() if "connections open" in ln]
+        assert len(said) == 1, said
+    finally:
+        for s in socks:
+            s.close()
+        assert srv.stop() == 0

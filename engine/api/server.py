@@ -51,13 +51,30 @@ class EscapeControls(logging.Filter):
         return True
 
 
+class Unwritten(logging.Filter):
+    """Pass only a record no logger on its way to the root wrote already: one from ``outlast.store``
+    was printed twice, by the ``outlast`` logger's handler and again by the root's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return False
+            if not logger.propagate:
+                return True
+            logger = logger.parent
+        return True
+
+
 def escape_log_lines() -> None:
     """Put EscapeControls on the handlers that write this server's log: the engine's, uvicorn's and the
-    root's (given one here, so that no record falls through to logging's unfiltered last resort)."""
+    root's (given one here, so that no record falls through to logging's unfiltered last resort, for
+    the records no other handler wrote)."""
     root = logging.getLogger()
     if not root.handlers:
         fallback = logging.StreamHandler(sys.stderr)
         fallback.setLevel(logging.WARNING)
+        fallback.addFilter(Unwritten())
         fallback.setFormatter(logging.Formatter("outlast serve: %(name)s: %(levelname)s: %(message)s"))
         root.addHandler(fallback)
     for name in ("outlast", "uvicorn", "uvicorn.error", "uvicorn.access", ""):
