@@ -475,3 +475,28 @@ def test_each_warning_is_printed_once(tmp_path: Path) -> None:
         for s in socks:
             s.close()
         assert srv.stop() == 0
+
+
+def test_a_resume_checks_the_outputs_again(start_server, tmp_path: Path, tree: Path) -> None:
+    """Checked when it was submitted, an output's directory made a link out of the roots since (another
+    operation can do that: a backup restoring a tree with such a link) is refused on resume, 403, and
+    nothing changes; put back, it resumes."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # its engine starts nothing: the op stays queued
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    d = srv.root / "state" / "outputs" / "b" / "d"
+    d.mkdir(parents=True)
+    op_id = srv.submit(type="codebase_indexing", params={"root": str(tree), "output": str(d / "idx.sqlite")})
+    assert srv.http.post(f"/api/operations/{op_id}/cancel").status_code == 200
+    d.rmdir()
+    d.symlink_to(outside, target_is_directory=True)
+    r = srv.http.post(f"/api/operations/{op_id}/resume")
+    assert r.status_code == 403, r.text
+    detail = one_line_detail(r)
+    assert detail.startswith("not resumed: params.output:") and str(d / "idx.sqlite") in detail, detail
+    op = srv.op(op_id)
+    assert op["status"] == "cancelled" and op["attempt"] == 1
+    d.unlink()
+    d.mkdir()
+    assert srv.http.post(f"/api/operations/{op_id}/resume").status_code == 202
+    assert list(outside.iterdir()) == []

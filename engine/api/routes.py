@@ -286,7 +286,13 @@ async def resume_operation(
     request: Request, engine: EngineDep, op_id: OpId, body: Annotated[ResumeIn | None, Body()] = None
 ) -> ControlOut:
     full = await resolve(engine, op_id)
-    _forbid_command(request, (await engine.get(full)).type)
+    stored = await engine.get(full)
+    _forbid_command(request, stored.type)
+    # Its outputs again: checked when it was submitted, a directory on the way may have been made a link
+    # out of the roots since (by another operation: a backup restoring one). Nothing is changed if so.
+    refusal = request.app.state.output_roots.refusal(stored.type, stored.params)
+    if refusal is not None:
+        raise Forbidden(f"not resumed: {refusal}")
     body = body or ResumeIn()
     op = await engine.resume(full, body.checkpoint, body.profile)
     return _control_out(op, "resume")
