@@ -238,3 +238,20 @@ def test_a_json_body_without_the_json_content_type_is_refused_saying_so(api: Ser
     assert r.status_code == 415, r.text
     r = api.http.post("/api/operations", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 202, r.text
+
+
+def test_resume_takes_the_checkpoint_id_the_listings_give(api: Server) -> None:
+    """``{"checkpoint_id": "3"}``, as the seed's clients send it and the checkpoint listings name it."""
+    op_id = api.submit(params={"items": 200, "seconds": 0.02}, profile={"checkpoint_interval": 0.3})
+    api.wait_status(op_id, {"running"})
+    poll(lambda: api.op(op_id)["progress"]["done"] >= 20, what="progress")
+    assert api.http.post(f"/api/operations/{op_id}/pause").status_code in (200, 202)
+    api.wait_status(op_id, {"paused"})
+    oldest = api.http.get(f"/api/operations/{op_id}/checkpoints").json()["checkpoints"][-1]
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint_id": "1", "checkpoint": 1})
+    assert r.status_code == 422 and "checkpoint_id" in r.json()["detail"]  # one of the two, not both
+    r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint_id": oldest["checkpoint_id"]})
+    assert r.status_code == 202, r.text
+    api.wait_status(op_id, {"completed"}, timeout=60)
+    page = api.http.get(f"/api/operations/{op_id}/logs").json()
+    assert any(f"resuming from checkpoint {oldest['seq']}" in rec["message"] for rec in page["records"]), page

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..autobot import seed_checkpoint, seed_progress
 from ..models import Checkpoint, InvalidInput, LogRecord, Operation, OperationSpec, Progress, Status
@@ -52,8 +52,9 @@ class SubmitOut(BaseModel):
 class ResumeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: int | None = Field(default=None, ge=0)
-    """The checkpoint seq to resume from (default: the newest valid one)."""
+    checkpoint: int | None = Field(default=None, ge=0, validation_alias=AliasChoices("checkpoint", "checkpoint_id"))
+    """The checkpoint seq to resume from (default: the newest valid one). Also taken as ``checkpoint_id``,
+    the name the seed's API and the checkpoint listings give it (``{"checkpoint_id": "3"}``)."""
     profile: dict[str, Any] = Field(default_factory=dict)
     """Timeout profile changes from this attempt on (``{"max_timeout": 28800, "failure_threshold": 20}``)."""
 
