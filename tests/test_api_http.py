@@ -255,3 +255,13 @@ def test_resume_takes_the_checkpoint_id_the_listings_give(api: Server) -> None:
     api.wait_status(op_id, {"completed"}, timeout=60)
     page = api.http.get(f"/api/operations/{op_id}/logs").json()
     assert any(f"resuming from checkpoint {oldest['seq']}" in rec["message"] for rec in page["records"]), page
+
+
+def test_an_unknown_query_parameter_is_refused_naming_it(api: Server) -> None:
+    r = api.http.get("/api/operations/", params={"stauts": "running"})  # a typo listed everything
+    assert r.status_code == 422 and r.json()["detail"].startswith("query.stauts: unknown query parameter"), r.text
+    assert "status" in r.json()["detail"]
+    r = api.http.get("/api/health", params={"verbose": "1"})
+    assert r.status_code == 422 and "query.verbose" in r.json()["detail"]
+    assert api.http.get("/api/operations/", params={"status": "running", "type": "demo", "limit": 5}).status_code == 200
+    assert api.http.get("/api/operations", params={"offset": 0}).status_code == 200

@@ -14,7 +14,7 @@ from pydantic import Field, create_model
 
 from .. import __version__
 from ..engine import Engine
-from ..models import ID_RE, SETTLED, NotFound, Operation, OperationSpec, Status
+from ..models import ID_RE, SETTLED, InvalidInput, NotFound, Operation, OperationSpec, Status
 from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
@@ -76,7 +76,27 @@ OpId = Annotated[
     ),
 ]
 
-router = APIRouter(prefix="/api")
+
+def known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take (422 naming it): a typo (``?stauts=running``)
+    was ignored, and the listing answered with everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    takes: set[str] = set()
+    todo = [dependant]
+    while todo:  # the route's own query parameters and its dependencies'
+        d = todo.pop()
+        takes |= {p.alias for p in d.query_params}
+        todo += d.dependencies
+    unknown = sorted(set(request.query_params) - takes)
+    if unknown:
+        which = f"it takes {', '.join(sorted(takes))}" if takes else "it takes none"
+        raise InvalidInput(f"query.{unknown[0]}: unknown query parameter ({which})")
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(known_query)])
 
 
 async def resolve(engine: Engine, raw: str) -> str:
@@ -153,7 +173,7 @@ async def submit(request: Request, response: Response, engine: EngineDep, spec: 
 def typed_router() -> APIRouter:
     """The seed's typed submit endpoints. Built when the app is (after plugins are loaded), so a
     registered handler's params model documents the body in /openapi.json."""
-    r = APIRouter(prefix="/api")
+    r = APIRouter(prefix="/api", dependencies=[Depends(known_query)])
     known = handlers()
     for path, type_ in SEED_ENDPOINTS.items():
         _typed_endpoint(r, path, type_, _body_model(type_, known.get(type_)))
