@@ -241,17 +241,21 @@ async def _serve(
             await _write_abandoned(engine)  # the last chance before the lock goes with this process
         failed = engine.store_failed
         left = sorted(engine.abandoned)
-        lost = engine.health.lost
+        lost, why = engine.health.lost, engine.health.why
     if failed:
         # One line, as ``outlast worker`` ends: the lock goes with this process, so the next engine to
         # open the store finds the operation interrupted (unless its record went with the state dir).
-        then = (
-            "its record went with the state dir, so it cannot be resumed, only run again"
-            if lost
-            else "the next outlast process finds it interrupted; once the store can be written: outlast resume "
-            + " ".join(left)
-        )
-        print(f"outlast serve: stopped: {failed} ({', '.join(left)}); {then}", file=sys.stderr, flush=True)
+        if lost:
+            line = (
+                f"the store cannot be written ({why}): {', '.join(left)} stopped; its record went with the"
+                " state dir, so it cannot be resumed, only run again"
+            )
+        else:
+            line = (
+                f"{failed} ({', '.join(left)}); the next outlast process finds it interrupted; once the store"
+                f" can be written: outlast resume {' '.join(left)}"
+            )
+        print(f"outlast serve: stopped: {line}", file=sys.stderr, flush=True)
         return ExitCode.STORE
     print("outlast: API stopped", flush=True)
     return ExitCode.OK
