@@ -48,6 +48,7 @@ from .models import (
     validate_id,
 )
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
+from .processes import process_start
 from .profiles import resume_fields, stored_profile
 from .registry import ensure_loaded, get_handler
 from .resources import Admission, ResourceMonitor
@@ -99,7 +100,8 @@ class Engine:
         self.max_concurrent = max_concurrent if max_concurrent is not None else self.settings.max_concurrent
         self._run_queue = run_queue
         self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume
-        self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name)
+        boot, start = process_start(os.getpid()) or (None, None)
+        self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name, boot=boot, start=start)
         self.bus = EventBus()
         self.resources = ResourceMonitor()
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)

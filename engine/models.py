@@ -286,6 +286,10 @@ class WorkerInfo(BaseModel):
     host: str
     pid: int
     name: str | None = None
+    boot: str | None = None
+    """The host's boot id when the process started (Linux): with ``start``, who the pid is, whatever the clock did."""
+    start: int | None = None
+    """The process's start in clock ticks since boot (Linux ``/proc/PID/stat``); None elsewhere and in older records."""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"

@@ -484,3 +484,48 @@ async def test_an_operation_whose_process_is_alive_is_not_an_orphan_but_a_pid_ta
         older.kill()
         await finder.close()
         await holder.close()
+
+
+async def test_a_live_process_is_told_by_its_start_since_boot_not_by_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its lock file deleted, a live operation was told from an orphan by its process's start on the
+    wall clock: after the clock stepped forward the process seemed to start after its claim, so `outlast
+    ls` marked it interrupted and a worker ran it beside it. The kernel's start since boot decides now.
+    And a lock file left free for long while its process lives is another state dir's (this one a copy):
+    the operation stayed running here for as long as that process lived."""
+    from engine.processes import process_start
+    from engine.store.sqlite import liveness
+
+    state = tmp_path / "state"
+    holder, finder = open_store(state), open_store(state)
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        await holder.open()
+        await finder.open()
+        boot, start = process_start(live.pid) or (None, None)
+        assert boot is not None
+        ops = []
+        for _ in range(2):
+            now = time.time()
+            op = Operation(id=new_id(), type="demo", created_at=now, queued_at=now, updated_at=now)
+            await holder.create(op)
+            ops.append(op)
+        host = socket.gethostname()
+        # Claimed an hour "before" its process started by today's clock (the clock stepped forward since).
+        worker = WorkerInfo(host=host, pid=live.pid, boot=boot, start=start)
+        assert await holder.claim(worker, time.time() - 3600, 300.0, op_id=ops[0].id) is not None
+        other = WorkerInfo(host=host, pid=live.pid, boot=boot, start=start + 1)  # the pid, taken since
+        assert await holder.claim(other, time.time(), 300.0, op_id=ops[1].id) is not None
+        for lock in (state / "locks").iterdir():
+            lock.unlink()  # the holder still has its flocks, on files no longer at the path
+        assert [o.id for o in await finder.find_orphans()] == [ops[1].id]
+        # The lock file, made again (by that look) and left free past the window: not the process's own.
+        monkeypatch.setattr(liveness, "RELOCK_WINDOW", 0.2)
+        time.sleep(0.5)
+        assert {o.id for o in await finder.find_orphans()} == {ops[0].id, ops[1].id}
+    finally:
+        live.kill()
+        live.wait()
+        await finder.close()
+        await holder.close()

@@ -8,15 +8,22 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import psutil
 
 from ...models import Operation
+from ...processes import process_start
 from .core import SqliteCore
 from .locks import close_lock
 
 log = logging.getLogger("outlast.store")
+
+
+RELOCK_WINDOW = 30.0
+"""Seconds a free lock file may have existed while the process its record names lives: a holder makes its
+deleted lock file again within a heartbeat (a second), so one free for longer is not its own."""
 
 
 def _alive_here(op: Operation) -> bool:
@@ -27,9 +34,22 @@ def _alive_here(op: Operation) -> bool:
     worker, started = op.worker, op.started_at
     if worker is None or started is None or worker.host != socket.gethostname() or worker.pid == os.getpid():
         return False
+    if worker.boot is not None and worker.start is not None:
+        # Who the pid is by the kernel's count since boot: the wall-clock test below took a live process
+        # for a dead one after the clock stepped (its start recomputed from the new time came out after
+        # its claim): with its lock file deleted, `outlast ls` stopped it, and a worker ran it beside it.
+        now = process_start(worker.pid)
+        return now is not None and now == (worker.boot, worker.start) and _not_zombie(worker.pid)
     try:
         proc = psutil.Process(worker.pid)
         return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started + 1.0
+    except psutil.Error:
+        return False
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -70,12 +90,20 @@ class LivenessMixin(SqliteCore):
             for (op_id,) in conn.execute("SELECT id FROM operations WHERE status='running'").fetchall():
                 if op_id in self._held:
                     continue
+                try:
+                    made: float | None = os.stat(self._lock_file(op_id)).st_ctime
+                except OSError:
+                    made = None
                 if self._lock(op_id):
                     try:
                         row = conn.execute("SELECT status FROM operations WHERE id=?", (op_id,)).fetchone()
                         if row and row[0] == "running":
                             op = self._row_op(conn, op_id)
-                            if not _alive_here(op):
+                            # A lock file free for long, though its process lives: that process holds the
+                            # lock of another state dir (this one a copy of it, made while it ran): the
+                            # operation stayed running here for as long as that process lived.
+                            stale = made is not None and time.time() - made > RELOCK_WINDOW
+                            if stale or not _alive_here(op):
                                 out.append(op)
                     finally:
                         # Keep no lock: the caller marks it interrupted with the epoch it read.
