@@ -65,6 +65,14 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 """The lifecycle as one table: every status change the store accepts."""
 
 
+def refused_change(op_id: str, current: Status, target: Status) -> str:
+    """The line of a status change the store refused: "is queued: cannot make it queued" read as nonsense
+    when two commands raced (two resumes at once): the other one made it so meanwhile."""
+    if current is target:
+        return f"operation {op_id} is {current.value} already: another command made it so meanwhile"
+    return f"operation {op_id} is {current.value}: cannot make it {target.value}"
+
+
 def check_transition(current: Status, target: Status) -> None:
     if target not in TRANSITIONS[current]:
         raise Conflict(f"cannot move an operation from {current.value} to {target.value}")

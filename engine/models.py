@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
-from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition
+from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition, refused_change
 from .limits import (
     MAX_ITEMS,
     MAX_JSON_DEPTH,
@@ -58,6 +58,7 @@ __all__ = [
     "Status",
     "StoreError",
     "check_transition",
+    "refused_change",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -232,3 +233,19 @@ async def test_fencing_rejects_stale_attempt(engine: Engine) -> None:
     assert (await store.get(op.id)).status is Status.RUNNING
     await store.transition(op.id, Status.COMPLETED, epoch=2)
     await store.release(op.id)
+
+
+async def test_two_resumes_at_once_run_it_once_and_the_other_says_why(settings: Settings) -> None:
+    """Two resumes racing: one queued it, and the other said "is queued: cannot make it queued"."""
+    from engine.lifecycle import refused_change
+
+    assert refused_change("x", Status.QUEUED, Status.QUEUED).endswith(
+        "is queued already: another command made it so meanwhile"
+    )
+    async with make_engine(settings, run_queue=False) as one, make_engine(settings, run_queue=False) as two:
+        op = await one.submit(OperationSpec(type="demo", params={"items": 3}))
+        await one.pause(op.id)
+        got = await asyncio.gather(one.resume(op.id), two.resume(op.id), return_exceptions=True)
+        errors = [str(g) for g in got if isinstance(g, Exception)]
+        assert len(errors) <= 1 and all("cannot make it queued" not in e for e in errors), errors
+        assert (await one.get(op.id)).status is Status.QUEUED

@@ -26,6 +26,7 @@ from ...models import (
     WorkerInfo,
     check_transition,
     handle_of,
+    refused_change,
     validate_id,
     validate_id_prefix,
 )
@@ -228,9 +229,9 @@ class RecordsMixin(RecoveryMixin):
             if tag == "held":
                 raise Conflict(f"operation {op_id} is running and its worker holds its lease: not interrupted")
             if expect is not None and current not in expect:
-                raise Conflict(f"operation {op_id} is {current.value}: cannot make it {to.value}")
+                raise Conflict(refused_change(op_id, current, to))
             check_transition(current, to)
-            raise Conflict(f"operation {op_id} is {current.value}: cannot make it {to.value}")
+            raise Conflict(refused_change(op_id, current, to))
         op = self._from_reply(op_id, data)
         if epoch is not None and to is not Status.RUNNING:
             self._held.pop(op_id, None)  # the script let go of the lease

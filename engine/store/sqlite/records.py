@@ -27,6 +27,7 @@ from ...models import (
     WorkerInfo,
     check_transition,
     handle_of,
+    refused_change,
     validate_id,
     validate_id_prefix,
 )
@@ -257,7 +258,7 @@ class RecordsMixin(SqliteCore):
             if epoch is not None and op.epoch != epoch:
                 raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} was replaced by {op.epoch}")
             if expect is not None and op.status not in expect:
-                raise Conflict(f"operation {op.id} is {op.status.value}: cannot make it {to.value}")
+                raise Conflict(refused_change(op.id, op.status, to))
             check_transition(op.status, to)
             new = _apply(op, {**fields, "status": to})
             _put(conn, new)
