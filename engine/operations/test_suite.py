@@ -35,8 +35,9 @@ import re
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,11 +111,14 @@ class _Output(asyncio.Protocol):
     """pytest's output (stdout and stderr, through a pipe) into its file, capped as the operation log is: the
     attempt's pytest output writes ``log_limit`` bytes (``budget``, shared by its pytest processes), then
     keeps the last ``OUTPUT_TAIL`` bytes (at most ``log_limit``), written when the process ends after a line
-    saying what was left out (a test printing without end filled the disk with it)."""
+    saying what was left out (a test printing without end filled the disk with it). The file is opened and
+    written by a thread of its own, in order: never on the event loop."""
 
     def __init__(self, path: Path, budget: list[int], limit: int) -> None:
         self.path = path
-        self.fh = open(path, "wb", opener=private_opener)  # noqa: SIM115 (closed by close())
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outlast-pytest-output")
+        self._fh: BinaryIO | None = None
+        self._closed = False
         self.budget = budget
         self.limit = limit
         self.recent = bytearray()  # the last RECENT bytes, for tail()
@@ -128,11 +132,10 @@ class _Output(asyncio.Protocol):
         self.received += len(data)
         self.recent += data[-RECENT:]
         del self.recent[:-RECENT]
-        room = self.budget[0]
+        room = self.budget[0] if not self._closed else 0
         if room > 0:
             head = data[:room]
-            with contextlib.suppress(OSError, ValueError):
-                self.fh.write(head)
+            self._io.submit(self._write, head)
             self.budget[0] -= len(head)
             data = data[len(head) :]
         if data:
@@ -148,10 +151,24 @@ class _Output(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.ended.set()
 
-    def close(self) -> int:
+    def _write(self, data: bytes) -> None:
+        """On the output's thread: append ``data`` to the file (opened at the first write)."""
+        with contextlib.suppress(OSError, ValueError):
+            if self._fh is None:
+                self._fh = open(self.path, "wb", opener=private_opener)  # noqa: SIM115 (closed in _finish)
+            self._fh.write(data)
+
+    def _finish(self, tail: bytes) -> None:
+        self._write(tail)
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+
+    async def close(self) -> int:
         """Write what was kept past the budget; the bytes left out."""
-        if self.fh.closed:
+        if self._closed:
             return self.cut
+        self._closed = True
         tail = bytes(self.over)
         if self.cut:
             line = tail.find(b"\n") + 1  # from a whole line
@@ -162,10 +179,8 @@ class _Output(asyncio.Protocol):
                 f" output reached log_limit ({human_size(self.limit)}); its last {human_size(len(tail))} follow]\n"
             )
             tail = note.encode() + tail
-        with contextlib.suppress(OSError, ValueError):
-            self.fh.write(tail)
-        with contextlib.suppress(OSError):
-            self.fh.close()
+        await asyncio.wrap_future(self._io.submit(self._finish, tail))
+        self._io.shutdown(wait=False)
         return self.cut
 
 
@@ -197,7 +212,7 @@ class _Pytest:
         except BaseException:
             os.close(rfd)
             os.close(wfd)
-            output.close()
+            await output.close()
             raise
         try:
             try:
@@ -218,7 +233,7 @@ class _Pytest:
             os.close(rfd)
             with contextlib.suppress(OSError):
                 os.close(out_r)
-            output.close()
+            await output.close()
             raise
         reader = asyncio.StreamReader(limit=1 << 24)
         self = cls(proc, reader, log)
@@ -270,7 +285,7 @@ class _Pytest:
             self._transport.close()
         if self._output_transport is not None:
             self._output_transport.close()
-        if self.output is not None and self.output.close():
+        if self.output is not None and await self.output.close():
             self._warn(
                 f"pytest's output reached log_limit ({human_size(self.output.limit)}): {self.log} keeps its"
                 f" beginning and its last lines; {human_size(self.output.cut)} between were left out"
