@@ -155,12 +155,14 @@ def _running(pid: int) -> bool:
 def process_start(pid: int) -> tuple[str, int] | None:
     """Who process ``pid`` is, whatever the wall clock did: this boot's id and the process's start in
     clock ticks since boot (``/proc/PID/stat``). A pid taken by another process since has another start.
-    None where there is no /proc, or no such process."""
+    None where there is no /proc, or no such process (a zombie is none: it has exited)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
             boot = fh.read().strip().decode()
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b") ", 1)[1].split()
+        if fields[0] == b"Z":
+            return None
         return boot, int(fields[19])  # field 22 of stat; [0] here is field 3 (state)
     except (OSError, IndexError, ValueError):
         return None

@@ -15,6 +15,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures_api",
     "tests.fixtures_redis",
     "tests.fixtures_tui",
+    "tests.fixtures_disk",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

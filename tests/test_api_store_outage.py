@@ -6,53 +6,21 @@ permitted), filled while an operation runs; or it is deleted under the server.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures_api import Server, poll
+from tests.fixtures_disk import fill as fill_disk
 
 pytest.importorskip("fastapi")
 ws_client = pytest.importorskip("websockets.sync.client")
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 5 MB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
-
-
-def _fill(mnt: Path) -> Path:
-    """Write zeros until the file system is full; the file to delete to free the space."""
-    fill = mnt / "fill"
-    chunk = b"\0" * (1 << 16)
-    fd = os.open(fill, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, chunk)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
-    return fill
 
 
 def _running(srv: Server) -> str:
@@ -71,7 +39,7 @@ def test_work_given_up_on_a_full_disk_is_settled_once_there_is_room(tmp_path: Pa
     try:
         op_id = _running(srv)
         with ws_client.connect(f"{srv.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
-            fill = _fill(small_fs)
+            fill = fill_disk(small_fs)
             poll(lambda: _said(srv, "not written") or _said(srv, "cannot be written"), 30, what="the outage said")
             try:
                 time.sleep(5)  # past the outage limit (2 s): the attempt ended, its status not written
@@ -96,7 +64,7 @@ def test_sigterm_while_the_disk_stays_full_exits_8_in_one_line(tmp_path: Path, s
     srv = Server(tmp_path / "srv", OUTLAST_STATE_DIR=str(small_fs / "state"), OUTLAST_STORE_OUTAGE_LIMIT="2")
     try:
         op_id = _running(srv)
-        fill = _fill(small_fs)
+        fill = fill_disk(small_fs)
         try:
             poll(lambda: _said(srv, "cannot be written"), 30, what="the outage said")
             time.sleep(5)  # past the outage limit: the attempt was given up

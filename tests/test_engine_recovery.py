@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,11 @@ async def test_files_opened_after_an_orphan_is_found_stay_open_in_a_forked_child
         await finder.close()
 
 
-async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> None:
+async def _killed_after_a_checkpoint(
+    settings: Settings, before_kill: Callable[[subprocess.Popen[bytes], Engine, str], Awaitable[None]] | None = None
+) -> str:
+    """A ledger of 200 items run by a child process, SIGKILLed once it has a checkpoint (``before_kill``
+    first, given the child, an engine on the store and the operation's id); the operation's id."""
     async with make_engine(settings, run_queue=False) as engine:
         op = await engine.submit(
             OperationSpec(type="ledger", params={"items": 200, "seconds": 0.01}, profile={"checkpoint_interval": 0.1})
@@ -181,15 +186,22 @@ async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
     try:
-        async with make_engine(settings, run_queue=False) as watcher:
-            await until(lambda: watcher.checkpoints(op.id), timeout=60)
+        async with make_engine(settings, run_queue=False) as other:
+            await until(lambda: other.checkpoints(op.id), timeout=60)
+            if before_kill is not None:
+                await before_kill(child, other, op.id)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     finally:
         if child.poll() is None:
             child.kill()
+    return op.id
+
+
+async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> None:
+    op_id = await _killed_after_a_checkpoint(settings)
     async with make_engine(settings, auto_resume=True) as engine:
-        final = await engine.wait(op.id, timeout=60)
+        final = await engine.wait(op_id, timeout=60)
         assert final.status is Status.COMPLETED and final.attempt == 2
         assert final.result == {"sum": sum(range(200))}
 
@@ -201,27 +213,17 @@ async def test_a_cancel_or_pause_asked_before_its_process_died_is_kept_by_recove
     """Asked to cancel (or pause) while its process was stopped, then the process died: recovery marked
     the operation interrupted, which dropped the request, and auto_resume (Redis workers always) ran it
     to completed while `outlast cancel` had said it was asked."""
-    async with make_engine(settings, run_queue=False) as engine:
-        op = await engine.submit(
-            OperationSpec(type="ledger", params={"items": 200, "seconds": 0.01}, profile={"checkpoint_interval": 0.1})
-        )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
-    try:
-        async with make_engine(settings, run_queue=False) as other:
-            await until(lambda: other.checkpoints(op.id), timeout=60)
-            os.kill(child.pid, signal.SIGSTOP)  # it cannot act on the request
-            await other.store.request_control(op.id, action)  # type: ignore[arg-type]
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+
+    async def ask(child: subprocess.Popen[bytes], other: Engine, op_id: str) -> None:
+        os.kill(child.pid, signal.SIGSTOP)  # it cannot act on the request
+        await other.store.request_control(op_id, action)  # type: ignore[arg-type]
+
+    op_id = await _killed_after_a_checkpoint(settings, ask)
     async with make_engine(settings, auto_resume=True) as engine:
-        final = await engine.wait(op.id, timeout=30)
+        final = await engine.wait(op_id, timeout=30)
         assert final.status is status and final.attempt == 1, (final.status, final.status_message)
         assert "as asked" in (final.status_message or "")
-        assert not await engine.store.pending_controls([op.id])
+        assert not await engine.store.pending_controls([op_id])
 
 
 def test_auto_resume_leaves_an_orphan_found_by_a_read_only_command_interrupted_and_resumable(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,46 +33,13 @@ from engine.exitcodes import ExitCode
 from engine.outage import StoreUnwritable
 from engine.store.sqlite.worker import SqliteWorker
 from tests.fixtures_cli import Cli, CliAt, Proc, until
+from tests.fixtures_disk import fill as fill_disk
+from tests.fixtures_disk import mount
 from tests.fixtures_engine import make_engine
 from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT
 
 N = 150
-
-
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 5 MB tmpfs, unmounted (with anything mounted on it) afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = _mount("-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt))
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        for target in (mnt / "state", mnt):
-            if os.path.ismount(target):
-                subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
-
-
-def _fill(mnt: Path) -> Path:
-    """Write zeros until the file system is full; the file to delete to free the space."""
-    fill = mnt / "fill"
-    chunk = b"\0" * (1 << 16)
-    fd = os.open(fill, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, chunk)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
-    return fill
 
 
 JOB_SCRIPT = WORKER_SCRIPT.replace(
@@ -131,7 +97,7 @@ def test_full_disk_mid_run_exits_with_one_line_then_resumes(cli: Cli, small_fs: 
     fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
     proc, op_id = _start(fs, tmp_path)
     try:
-        fill = _fill(small_fs)
+        fill = fill_disk(small_fs)
         assert proc.wait(60) == ExitCode.STORE
         _one_line(proc, "the store cannot be written", stopped=op_id)
         # Left running for the next engine (the process holding it is gone), or interrupted if the last
@@ -150,7 +116,7 @@ def test_signals_work_while_the_store_cannot_write(cli: Cli, small_fs: Path, tmp
     fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="600")
     proc, op_id = _start(fs, tmp_path)
     try:
-        fill = _fill(small_fs)
+        fill = fill_disk(small_fs)
         until(lambda: any("cannot be written" in ln for ln in proc.err), 60, what="the store failure said")
         proc.signal(signal.SIGTERM)
         assert proc.wait(60) == ExitCode.STORE
@@ -169,7 +135,7 @@ def test_read_only_state_dir_mid_run(cli: Cli, small_fs: Path, tmp_path: Path) -
     fs = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="2")
     proc, op_id = _start(fs, tmp_path)
     try:
-        r = _mount("--bind", "-o", "ro", str(state), str(state))
+        r = mount("--bind", "-o", "ro", str(state), str(state))
         assert r.returncode == 0, r.stderr
         assert proc.wait(60) == ExitCode.STORE
         _one_line(proc, "Read-only file system")
@@ -187,7 +153,7 @@ def test_short_outage_one_line_each_way_and_no_loss(cli: Cli, small_fs: Path, tm
     fs = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="120")
     proc, op_id = _start(fs, tmp_path)
     try:
-        assert _mount("--bind", "-o", "ro", str(state), str(state)).returncode == 0
+        assert mount("--bind", "-o", "ro", str(state), str(state)).returncode == 0
         until(lambda: any("cannot be written" in ln for ln in proc.err), 60, what="the store failure said")
         time.sleep(1.0)
         assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
@@ -236,7 +202,7 @@ async def test_a_write_sqlite_rolls_back_whole_fails_its_group_and_the_thread_go
 
     try:
         await worker.run(open_db)
-        _leave_free(_fill(small_fs), 1)
+        _leave_free(fill_disk(small_fs), 1)
         gate = threading.Event()
         held = worker.run(gate.wait)  # the thread waits here while the three writes queue: one group
         before, big, after = (
@@ -285,7 +251,7 @@ async def _nearly_full(mnt: Path, outage_limit: float) -> tuple[Settings, Path]:
     )
     async with make_engine(settings) as engine:
         await engine.submit(OperationSpec(type="ledger", params={"items": 1, "explicit_every": 1}))
-    fill = _fill(mnt)
+    fill = fill_disk(mnt)
     _leave_free(fill, 1.5)
     return settings, fill
 
@@ -351,7 +317,7 @@ def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
     worker = fs.start("worker")
     try:
         until(lambda: fs.op(op_id).progress.done > 20, 60, what="the worker runs it")
-        fill = _fill(small_fs)
+        fill = fill_disk(small_fs)
         assert worker.wait(60) == ExitCode.STORE
         _one_line(worker, "the store cannot be written")
         fill.unlink()
@@ -377,7 +343,7 @@ def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) 
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()
     before = (state / "outlast.db").read_bytes()
-    fill = _fill(small_fs)
+    fill = fill_disk(small_fs)
     for args in (("ls",), ("show", op_id), ("run", "demo", "-p", "items=3")):
         r = fs(*args)
         assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
@@ -411,7 +377,7 @@ def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
         proc.wait_line(lambda ln: "running" in ln and " 0/500" not in ln)
         proc.kill()
     before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
-    r = _mount("--bind", "-o", "ro", str(state), str(state))
+    r = mount("--bind", "-o", "ro", str(state), str(state))
     assert r.returncode == 0, r.stderr
     try:
         listing = fs("--json", "ls")

@@ -38,18 +38,10 @@ def _alive_here(op: Operation) -> bool:
         # Who the pid is by the kernel's count since boot: the wall-clock test below took a live process
         # for a dead one after the clock stepped (its start recomputed from the new time came out after
         # its claim): with its lock file deleted, `outlast ls` stopped it, and a worker ran it beside it.
-        now = process_start(worker.pid)
-        return now is not None and now == (worker.boot, worker.start) and _not_zombie(worker.pid)
+        return process_start(worker.pid) == (worker.boot, worker.start)
     try:
         proc = psutil.Process(worker.pid)
         return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started + 1.0
-    except psutil.Error:
-        return False
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

@@ -1,0 +1,46 @@
+"""A small real file system to fill: the fault suite's full disk, and the API's store outage."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 5 MB tmpfs, unmounted (with anything mounted on it) afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = mount("-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt))
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        for target in (mnt / "state", mnt):
+            if os.path.ismount(target):
+                subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
+
+
+def fill(mnt: Path) -> Path:
+    """Write zeros until the file system is full; the file to delete to free the space."""
+    path = mnt / "fill"
+    chunk = b"\0" * (1 << 16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return path
