@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as fuzz
+from hypothesis import strategies as st
 
 from engine import OperationSpec, Settings, Status
 from engine.models import Operation, new_id
@@ -285,3 +288,55 @@ async def test_a_transaction_sqlite_rolls_back_whole_fails_only_the_jobs_it_held
         if worker.conn is not None:
             await worker.run(worker.conn.close)
         worker.stop()
+
+
+@fuzz(max_examples=40, deadline=None)
+@given(plan=st.lists(st.sampled_from(["ok", "raise-before", "raise-after"]), min_size=1, max_size=8))
+def test_a_job_that_raises_in_a_group_takes_only_its_own_writes_with_it(tmp_path_factory: Any, plan: list[str]) -> None:
+    """A group runs first without a savepoint per job; a job that raises then rolls the whole transaction
+    back and the others run again, each in a savepoint. Whatever jobs raise, before or after writing: the
+    table holds exactly the writes of the jobs that returned, once each; every caller gets its own outcome;
+    only the failed jobs are undone, each once."""
+    db = tmp_path_factory.mktemp("group") / "t.db"
+
+    async def scenario() -> None:
+        worker = sqlite_worker.SqliteWorker()
+        undone: list[int] = []
+
+        def open_db() -> None:
+            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            conn.execute("CREATE TABLE t(k INTEGER)")
+            worker.conn = conn
+
+        def job(k: int, how: str) -> Any:
+            def run(conn: sqlite3.Connection) -> int:
+                if how == "raise-before":
+                    raise ValueError(f"refused {k}")
+                conn.execute("INSERT INTO t VALUES(?)", (k,))
+                if how == "raise-after":
+                    raise ValueError(f"refused {k}")
+                return k
+
+            return run
+
+        try:
+            await worker.run(open_db)
+            gate = threading.Event()
+            held = worker.run(gate.wait)  # the jobs queue up behind it, so they share one group
+            futs = [worker.run_txn(job(k, how), undo=lambda k=k: undone.append(k)) for k, how in enumerate(plan)]
+            gate.set()
+            await asyncio.wait_for(held, 10)
+            got = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 10)
+            want = [k if how == "ok" else f"refused {k}" for k, how in enumerate(plan)]
+            assert [g if isinstance(g, int) else str(g) for g in got] == want
+            conn = worker.conn
+            assert conn is not None
+            rows = await worker.run(lambda: [k for (k,) in conn.execute("SELECT k FROM t ORDER BY k")])
+            assert rows == [k for k, how in enumerate(plan) if how == "ok"]
+            assert sorted(undone) == [k for k, how in enumerate(plan) if how != "ok"]
+        finally:
+            if worker.conn is not None:
+                await worker.run(worker.conn.close)
+            worker.stop()
+
+    asyncio.run(scenario())

@@ -1,8 +1,9 @@
 """One thread that owns a SQLite connection and commits concurrent writes as a group.
 
-Every write job runs in its own SAVEPOINT inside one ``BEGIN IMMEDIATE`` transaction
-with whatever other writes are waiting, so N operations finishing at once cost one
-fsync, not N. A job that raises is rolled back alone; a failed COMMIT fails the group.
+Every write job runs inside one ``BEGIN IMMEDIATE`` transaction with whatever other
+writes are waiting, so N operations finishing at once cost one fsync, not N. A job that
+raises is rolled back alone (the group runs again without it, each job in a SAVEPOINT);
+a failed COMMIT fails the group.
 SQLite may roll back the whole transaction from inside a statement (on a full disk, an
 I/O error, out of memory): then the jobs before it fail with it, and the jobs after it
 run in the next group. No error ends the thread: every caller gets an answer.
@@ -161,9 +162,14 @@ class SqliteWorker:
         # A reader of another process can hold frames back: count from here, try again later.
         self._unfolded = 0 if not busy and logged == folded else min(self._unfolded, IDLE_FOLD)
 
-    def _commit(self, group: list[_Job]) -> list[_Job]:
+    def _commit(self, group: list[_Job], careful: bool = False) -> list[_Job]:
         """Run ``group`` in one transaction and deliver every job's outcome; return the jobs that did not
-        run because the transaction was lost before their turn (the caller runs them in the next group)."""
+        run because the transaction was lost before their turn (the caller runs them in the next group).
+
+        The first try gives no job a savepoint of its own: two statements fewer per job, and each statement
+        lets go of the GIL and waits to get it back behind the event loop. A job that raises then costs the
+        group its transaction: it is answered with its error, and the others run again, ``careful``, each
+        in a savepoint (a job is a function of the database it reads, and takes the same locks again)."""
         try:
             if self.guard is not None:
                 self.guard(True)
@@ -175,10 +181,11 @@ class SqliteWorker:
             self._lose(group, e)
             return []
         outcomes: list[tuple[Any, BaseException | None]] = []
-        solo = len(group) == 1  # alone: the transaction is the job's savepoint (two statements fewer)
+        solo = len(group) == 1  # alone: the transaction is the job's savepoint
+        marks = careful and not solo
         for i, job in enumerate(group):
             try:
-                if not solo:
+                if marks:
                     conn.execute("SAVEPOINT job")
                 result, error = _attempt(job.fn, conn)
                 if isinstance(error, sqlite3.OperationalError):
@@ -189,8 +196,10 @@ class SqliteWorker:
                     # after it have not run.
                     self._lose(group[: i + 1], error, outcomes)
                     return group[i + 1 :]
+                if error is not None and not marks:
+                    return self._again_without(group, i, error)
                 if error is None:
-                    if not solo:
+                    if marks:
                         conn.execute("RELEASE job")
                 else:
                     conn.execute("ROLLBACK TO job")
@@ -217,6 +226,24 @@ class SqliteWorker:
                     job.after()
         _deliver([(job, result, error) for job, (result, error) in zip(group, outcomes, strict=True)])
         return []
+
+    def _again_without(self, group: list[_Job], i: int, error: BaseException) -> list[_Job]:
+        """Job ``i`` of a group run without savepoints raised ``error``: roll the whole transaction back,
+        answer that job, and run the others again, each in a savepoint (their outcomes are delivered then)."""
+        job, others = group[i], group[:i] + group[i + 1 :]
+        conn = self.conn
+        assert conn is not None
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            self._failing = True
+            _undo(job)
+            _deliver([(job, None, error)])
+            self._lose(others, e)
+            return []
+        _undo(job)  # after the rollback: an undo reads the database as it was before the group
+        _deliver([(job, None, error)])
+        return self._commit(others, careful=True)
 
     def _lose(
         self, jobs: list[_Job], error: BaseException, outcomes: Sequence[tuple[Any, BaseException | None]] = ()
