@@ -36,8 +36,10 @@ from .models import (
     Event,
     InvalidInput,
     LogRecord,
+    NotFound,
     Operation,
     OperationSpec,
+    OutlastError,
     Priority,
     Progress,
     Status,
@@ -106,6 +108,8 @@ class Engine:
         self.resources = ResourceMonitor()
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
         self._runs: dict[str, Attempt] = {}
+        self._unresumable: set[str] = set()
+        """Operations left orphaned that ``recover`` could not resume (said once; ``outlast resume`` says why)."""
         self.health = StoreHealth(self.settings.store_outage_limit, lambda: bool(self._runs))
         """Which store writes fail, since when (said once per outage)."""
         self.log_buffer = LogBuffer(self.store, self.health, self.bus, self.settings.log_limit)
@@ -552,7 +556,22 @@ class Engine:
         # queue is shared by workers on every machine, whichever engine finds the orphan.
         requeue = (self.auto_resume and self._run_queue) or getattr(self.store, "resume_orphans", False)
         resume = self.resume if requeue else None
-        return await recover_orphans(self.store, self.log_buffer, self.publish, resume)
+        found = await recover_orphans(self.store, self.log_buffer, self.publish, resume)
+        left = getattr(self.store, "left_orphaned", None)
+        if resume is not None and left is not None:
+            # Found orphaned by an engine that runs no queue (`ls`, `watch`: every 2 s, often first) and left
+            # interrupted: auto_resume resumed only what this engine found itself.
+            for op_id in await left():
+                if op_id in self._unresumable:
+                    continue
+                try:
+                    await resume(op_id)
+                except (Conflict, NotFound):
+                    pass  # resumed, cancelled or removed by someone else meanwhile
+                except OutlastError as e:  # its record no longer validates: said once, left to `outlast resume`
+                    self._unresumable.add(op_id)
+                    log.warning("operation %s was left interrupted by a stopped process; not resumed: %s", op_id, e)
+        return found
 
     # ---- running attempts (the scheduler calls ``_execute``; attempts call the host members) -------
 

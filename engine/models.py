@@ -354,6 +354,11 @@ class Operation(BaseModel):
     backoff_from: float | None = None
     """When (wall time) the retry's backoff began: ``not_before`` minus the backoff the policy chose.
     None for records stored before it existed (they wait for ``not_before`` alone)."""
+    orphaned_epoch: int | None = None
+    """The epoch of the attempt found orphaned (its process gone) when that interrupted the operation: while
+    it is still interrupted at that epoch (nobody resumed, cancelled or ran it since), an engine with
+    ``auto_resume`` that runs the queue resumes it, whichever engine found it (``outlast ls`` or ``watch``
+    often finds it first, and runs no queue)."""
 
     @property
     def label(self) -> str:

@@ -423,6 +423,7 @@ async def recover_orphans(
                 expect=frozenset({Status.RUNNING}),
                 finished_at=time.time(),
                 status_message=f"the process running it ({op.worker}) stopped",
+                orphaned_epoch=op.epoch,
             )
         except (Conflict, StaleAttempt):
             continue

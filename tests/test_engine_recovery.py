@@ -33,6 +33,7 @@ from engine import (
 )
 from engine.models import Operation, WorkerInfo, new_id
 from engine.store.base import checksum
+from engine.store.sqlite import LocalStore
 from tests.conftest import REPO
 from tests.fixtures_cli import CliAt
 from tests.fixtures_engine import make_engine, until
@@ -250,6 +251,49 @@ def test_auto_resume_leaves_an_orphan_found_by_a_read_only_command_interrupted_a
         assert final.result == {"sum": sum(range(400))}
     finally:
         cli.close()
+
+
+def test_a_worker_with_auto_resume_resumes_an_orphan_that_a_read_only_command_found_first(tmp_path: Path) -> None:
+    """``auto_resume = true``: the process running an operation is SIGKILLed and ``outlast ls`` (or a ``watch``,
+    every 2 s) finds it first, marking it interrupted, as it should: it runs no queue. A worker then found no
+    orphan (it was interrupted already), and the operation stayed interrupted for ever, though auto_resume
+    was on: whether it was resumed depended on who looked first. The worker now resumes it."""
+    config = tmp_path / "config.toml"
+    config.write_text("auto_resume = true\n")
+    cli = CliAt(tmp_path / "state", OUTLAST_CONFIG=str(config))
+    plugin = ("--plugin", "tests.ops_for_tests")
+    try:
+        run = cli.start(*plugin, "run", "ledger", "-p", "items=300", "-p", "seconds=0.01")
+        op_id = run.wait_line(lambda ln: " submitted: " in ln).split()[1]
+        cli.wait_status(op_id, {"running"})
+        run.kill()
+        assert cli(*plugin, "ls", "--json").returncode == 0
+        assert cli.op(op_id).status is Status.INTERRUPTED
+        worker = cli.start(*plugin, "worker", "--exit-when-idle")
+        assert worker.wait(60) == 0
+        final = cli.op(op_id)
+        assert final.status is Status.COMPLETED and final.attempt == 2, final.status_message
+        assert final.result == {"sum": sum(range(300))}
+    finally:
+        cli.close()
+
+
+async def test_only_an_attempt_found_orphaned_and_left_so_is_resumed_by_auto_resume(settings: Settings) -> None:
+    """``left_orphaned`` lists an interrupted operation whose record says it was found orphaned at the epoch it
+    still has; not one run again since (a newer epoch), nor one interrupted for another reason."""
+    async with make_engine(settings, run_queue=False) as engine:
+        store = engine.store
+        assert isinstance(store, LocalStore)
+        ids = []
+        for mark in ("this attempt", "an older attempt", None):
+            op = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+            claimed = await store.claim(engine.worker, time.time(), 0.0, op_id=op.id)
+            assert claimed is not None
+            epoch = {"this attempt": claimed.epoch, "an older attempt": claimed.epoch - 1, None: None}[mark]
+            await store.transition(op.id, Status.INTERRUPTED, epoch=claimed.epoch, orphaned_epoch=epoch)
+            await store.release(op.id, claimed.epoch)
+            ids.append(op.id)
+        assert await store.left_orphaned() == ids[:1]
 
 
 async def _two_checkpoints(engine: Engine) -> str:

@@ -75,6 +75,22 @@ class LivenessMixin(SqliteCore):
             close_lock(fd)
             log.warning("operation %s: its lock file was deleted while it ran; made again", op_id)
 
+    async def left_orphaned(self) -> list[str]:
+        """Operations interrupted when found orphaned and left so since (``Operation.orphaned_epoch`` is still
+        their epoch): what a queue-running engine with ``auto_resume`` resumes. Another engine (``outlast ls``,
+        a ``watch``) often finds an orphan first and runs no queue; a Redis store queues every orphan again
+        as it is found, so has no such method."""
+
+        def do() -> list[str]:
+            rows = self._db.execute(
+                "SELECT id FROM operations INDEXED BY ops_status_created WHERE status='interrupted'"
+                " AND (CASE WHEN json_valid(record) THEN json_extract(record, '$.orphaned_epoch') END) = epoch"
+                " ORDER BY created_at, id"
+            )
+            return [op_id for (op_id,) in rows]
+
+        return await self._run(do)
+
     async def find_orphans(self) -> list[Operation]:
         def do() -> list[Operation]:
             out = []
