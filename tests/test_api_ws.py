@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from typing import Any
 
 import pytest
 
-from engine import Engine, OperationContext, OperationSpec, operation
+from engine import Engine, OperationContext, OperationSpec, Status, operation
+from engine.models import LogEmitted, LogRecord, StatusChanged
 from tests.fixtures_api import CLI, REPO, Server, poll
 
 pytest.importorskip("fastapi")
@@ -193,6 +195,88 @@ async def ws_logs(ctx: OperationContext, params: dict) -> str:
     for i in range(5):
         ctx.log.info(f"line {i}")
     return "ok"
+
+
+async def test_a_poll_that_reads_an_operation_settled_sends_the_log_lines_published_meanwhile_first(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's last log lines are published, then its final status written. A poll of the store that
+    read the operation settled (its read ran beside the settle: a Redis store, another connection) sent
+    `final` first, and the one-operation socket, closed on `final`, never sent the lines behind it."""
+    LOG_GATE["go"] = asyncio.Event()  # the handler itself waits: the log line and the settle are the test's
+    op = await engine.submit(OperationSpec(type="test_ws_logs"))
+    hub = ProgressHub(engine, poll=0.01)
+    sub = Subscriber(op.id)
+    real_get = engine.get
+    sent: list[str] = []
+
+    async def get(op_id: str) -> Any:
+        if op_id != op.id or sent:
+            return await real_get(op_id)
+        sent.append(op_id)
+        record = LogRecord(ts=time.time(), level="info", message="the last line", operation_id=op.id)
+        engine.publish(LogEmitted(operation_id=op.id, record=record))  # the settle, beside the read
+        settled = await real_get(op_id)
+        return settled.model_copy(update={"status": Status.COMPLETED, "result": "ok", "finished_at": time.time()})
+
+    monkeypatch.setattr(engine, "get", get)
+    hub.add(sub)
+    hub.start()
+    try:
+        msgs = [await asyncio.wait_for(sub.queue.get(), 20)]
+        while msgs[-1]["type"] != "final":
+            msgs.append(await asyncio.wait_for(sub.queue.get(), 20))
+    finally:
+        await hub.stop()
+        LOG_GATE["go"].set()
+    assert [m["message"] for m in msgs if m["type"] == "log"] == ["the last line"], msgs
+
+
+async def test_a_poll_does_not_announce_what_it_read_before_a_status_change_handled_meanwhile(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll read an operation running; while it read, the operation completed (its event queued). The
+    event is handled first, so `final` goes out; what the poll read is older and is not announced after it
+    (a stream that said completed, then running)."""
+    LOG_GATE["go"] = asyncio.Event()
+    op = await engine.submit(OperationSpec(type="test_ws_logs"))
+    hub = ProgressHub(engine, poll=0.01)
+    everything = Subscriber(None)
+    real_get, real_list = engine.get, engine.list_operations
+    completed: list[float] = []
+
+    def seen(found: Any) -> Any:
+        if found.id != op.id or not completed:
+            return found
+        return found.model_copy(update={"status": Status.COMPLETED, "result": "ok", "finished_at": completed[0]})
+
+    async def list_operations(*args: Any, **kw: Any) -> Any:
+        found = [seen(o) for o in await real_list(*args, **kw)]
+        if not completed and any(o.id == op.id for o in found):  # the poll read it running; it completes now
+            completed.append(time.time())
+            engine.publish(StatusChanged(operation_id=op.id, status=Status.COMPLETED, previous=Status.RUNNING))
+        return found
+
+    async def get(op_id: str) -> Any:
+        return seen(await real_get(op_id))
+
+    monkeypatch.setattr(engine, "get", get)
+    monkeypatch.setattr(engine, "list_operations", list_operations)
+    hub.add(everything)
+    hub.start()
+    try:
+        msgs: list[dict[str, Any]] = []
+        while not [m for m in msgs if m["type"] == "final"]:
+            msgs.append(await asyncio.wait_for(everything.queue.get(), 20))
+        await asyncio.sleep(0.2)  # polls after it
+        while not everything.queue.empty():
+            msgs.append(everything.queue.get_nowait())
+    finally:
+        await hub.stop()
+        LOG_GATE["go"].set()
+    mine = [m for m in msgs if m.get("operation_id") == op.id or m.get("operation", {}).get("id") == op.id]
+    after = mine[[m["type"] for m in mine].index("final") + 1 :]
+    assert not [m for m in after if m.get("status") == "running"], after
 
 
 async def test_the_all_operations_stream_gets_no_logs(engine: Engine) -> None:

@@ -240,6 +240,18 @@ class ProgressHub:
         for op_id in wanted - set(seen):
             with contextlib.suppress(NotFound):
                 seen[op_id] = await self.engine.get(op_id)
+        # What was published while the store was read goes out first: an attempt's last log lines are
+        # published before its final status is written, so a poll that read it settled sent `final` ahead
+        # of them, and the one-operation socket closed on it with those lines unsent.
+        # A status change among them was read again as it was handled: what the poll read is older.
+        newer: set[str] = set()
+        while not self._events.empty():
+            ev = self._events.get_nowait()
+            await self._handle_event(ev)
+            if isinstance(ev, StatusChanged):
+                newer.add(ev.operation_id)
         for op in seen.values():
+            if op.id in newer:
+                continue
             fresh = op.id not in self._seen and (op.finished_at or op.updated_at) < self._since
             self._observe(op, fresh=fresh)
