@@ -266,3 +266,18 @@ def test_a_packed_object_with_a_lone_surrogate_is_written_as_enc_writes_it() -> 
     """The faster encoder refuses a lone surrogate (not UTF-8): such a value is packed as before."""
     assert pack({"name": {"a": "x\ud800"}}) == "name\x1f" + clean_json_text(enc({"a": "x\ud800"})) + "\x1e"
     assert json.loads(_packed(pack({"name": ["x\ud800"]}))) == ["x\\ud800"]
+
+
+async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer) -> None:
+    """Scripts are sent by hash alone: after Redis lost them (SCRIPT FLUSH, as a restart does), the next
+    call of each loads it again and is applied once."""
+    r = redis_server.client()
+    async with _engine(redis_server.url, "flushed") as engine:
+        first = await engine.submit(OperationSpec(type="ledger"))
+        r.script_flush()
+        second = await engine.submit(OperationSpec(type="ledger"))
+        await engine.cancel(first.id)
+        assert (await engine.get(first.id)).status is Status.CANCELLED
+        assert first.handle is not None and second.handle == first.handle + 1
+        assert [o.id for o in await engine.list_operations()] == [second.id, first.id]
+    r.close()
