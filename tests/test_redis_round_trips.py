@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from engine import Engine, OperationSpec, Status, load_settings, open_store
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
+from engine.store.redis import connection
 from engine.store.redis.codec import enc, pack
 from engine.store.redis.connection import MAX_CONNECTIONS
 from engine.text import clean_json_text
@@ -281,3 +282,14 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
         assert first.handle is not None and second.handle == first.handle + 1
         assert [o.id for o in await engine.list_operations()] == [second.id, first.id]
     r.close()
+
+
+async def test_scripts_run_without_hiredis_packer(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a hiredis too old to pack commands, a script's EVALSHA is packed by redis-py: the same record."""
+    monkeypatch.setattr(connection, "_PACK", None)
+    odd = 'é\x1e"\\ 😀'
+    async with _engine(redis_server.url, "nopack") as engine:
+        op = await engine.submit(OperationSpec(type="ledger", name=odd, tags={odd: odd}))
+        back = await engine.get(op.id)
+        assert back.model_dump(exclude={"updated_at"}) == op.model_dump(exclude={"updated_at"})
+        assert (await engine.cancel(op.id)).status is Status.CANCELLED

@@ -284,25 +284,35 @@ class RedisLink:
         return await self.call(lambda c: _evalsha(c, script, keys, args), what, script.script)
 
 
+_PACK = getattr(hiredis, "pack_command", None)
+"""hiredis's packer of a command (hiredis 2.1 and later; else redis-py's, through the connection)."""
+_get = inspect.signature(aioredis.ConnectionPool.get_connection).parameters.get("command_name")
+_POOL_ARGS = ("EVALSHA",) if _get is not None and _get.default is inspect.Parameter.empty else ()
+"""What the pool's get_connection takes: a command name up to redis-py 5.2; nothing since (it warns)."""
+
+
 async def _evalsha(client: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
     """``await script(keys=keys, args=args, client=client)`` without redis-py's per-command layers: the
     EVALSHA packed in one C call (hiredis) and sent on a connection of the client's pool, its reply read
     there. Through redis-py a trivial EVALSHA took 90 us, and 62 us this way on the same connection pool:
-    its command dispatch, retry wrapper, observability hooks and per-argument encoder (a submit's 73
-    arguments would be 73 Python calls) were a tenth of a submit.
+    its command dispatch, retry wrapper, observability hooks and per-argument encoder were a tenth of a
+    submit.
 
     What redis-py does around a command is kept: a connection error or timeout disconnects the connection
     (as do a cut-off write or read, in the connection itself) and the connection goes back to the pool
     whatever happened; a NOSCRIPT reply (a Redis restarted, flushed or another server) goes through
     redis-py's script call, which loads the script and runs it again."""
-    try:  # str as UTF-8, numbers as their repr (as redis-py's encoder writes them); bool and None refused
-        packed = hiredis.pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args))
-    except TypeError as e:
-        raise DataError(str(e)) from None
+    command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+    packed: Any = None
+    if _PACK is not None:
+        try:  # str as UTF-8, numbers as their repr (as redis-py's encoder writes them); bool and None refused
+            packed = _PACK(command)
+        except TypeError as e:
+            raise DataError(str(e)) from None
     pool = client.connection_pool
-    conn = await pool.get_connection()
+    conn = await pool.get_connection(*_POOL_ARGS)
     try:
-        await conn.send_packed_command(packed)
+        await conn.send_packed_command(conn.pack_command(*command) if packed is None else packed)
         return await conn.read_response()
     except NoScriptError:
         pass
