@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
-from engine.models import Checkpoint, WorkerInfo
+from engine.models import Checkpoint, Operation, WorkerInfo
 from engine.store.base import ItemDelta
 from engine.store.redis import connection
-from engine.store.redis.codec import enc, pack
+from engine.store.redis.codec import RECORD_FIELDS, enc, pack
 from engine.store.redis.connection import MAX_CONNECTIONS
 from engine.text import clean_json_text
 from tests.fixtures_redis import RedisServer
@@ -196,8 +196,8 @@ async def test_a_submit_whose_reply_is_lost_is_applied_once(redis_server: RedisS
 
 
 async def test_the_packed_record_keeps_any_text(redis_server: RedisServer) -> None:
-    """The record travels as one argument cut at two control characters; JSON escapes them inside values,
-    so text holding them (and any other character) comes back as it was."""
+    """The record travels as one argument cut at a control character, which JSON escapes inside values: text
+    holding it (and any other character) comes back as it was."""
     odd = 'a\x1eb\x1fc\x00\n"\\ é 😀 \u2028'
     async with _engine(redis_server.url, "odd") as engine:
         spec = OperationSpec(type="ledger", name=odd, tags={odd: odd, "k": ""}, params={"items": 1})
@@ -234,16 +234,29 @@ def test_a_field_is_encoded_as_json_dumps_would() -> None:
         text = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
         assert enc(v) == text, repr(v)
         if isinstance(v, dict | list):
-            assert json.loads(_packed(pack({"name": v}))) == v, repr(v)
+            assert json.loads(_packed(v)) == v, repr(v)
         else:
-            assert pack({"name": v}) == f"name\x1f{text}\x1e", repr(v)
+            assert _packed(v) == text, repr(v)
 
 
-def _packed(record: str) -> str:
-    """The JSON of the one field of a packed record (no separator inside it: JSON escapes them)."""
-    name, rest = record.split("\x1f", 1)
-    assert name == "name" and rest.count("\x1e") == 1 and rest.endswith("\x1e") and "\x1f" not in rest
-    return rest[:-1]
+_RECORD = Operation(id="06bgs9grbevx0", type="t", created_at=0.0, queued_at=0.0, updated_at=0.0).model_dump(mode="json")
+
+
+def _packed(value: Any) -> str:
+    """The JSON of the field ``name`` holding ``value`` in a packed record, which has one value per field in
+    RECORD_FIELDS order, each ended by the separator (never inside a value: JSON escapes it)."""
+    values = pack({**_RECORD, "name": value}).split("\x1e")
+    assert len(values) == len(RECORD_FIELDS) + 1 and values[-1] == "", values
+    assert values[RECORD_FIELDS.index("type")] == '"t"'
+    return values[RECORD_FIELDS.index("name")]
+
+
+def test_a_record_is_packed_whole_or_not_at_all() -> None:
+    """The CREATE script names the values by their place: a record with a field missing or unknown is refused."""
+    with pytest.raises(ValueError, match="missing \\['tags'\\]"):
+        pack({k: v for k, v in _RECORD.items() if k != "tags"})
+    with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
+        pack({**_RECORD, "extra": 1})
 
 
 _JSON = st.recursive(
@@ -259,14 +272,14 @@ def test_a_packed_object_reads_back_as_the_same_value(value: Any) -> None:
     """Objects and arrays are packed by another encoder than json.dumps (4x faster): whatever they hold
     (separator and control characters, NaN, huge integers, tiny floats), the field reads back as the same
     value and never breaks the record's framing."""
-    back = json.loads(_packed(pack({"name": value})))
+    back = json.loads(_packed(value))
     assert json.dumps(back, sort_keys=True) == json.dumps(value, sort_keys=True)  # NaN == NaN as text
 
 
 def test_a_packed_object_with_a_lone_surrogate_is_written_as_enc_writes_it() -> None:
     """The faster encoder refuses a lone surrogate (not UTF-8): such a value is packed as before."""
-    assert pack({"name": {"a": "x\ud800"}}) == "name\x1f" + clean_json_text(enc({"a": "x\ud800"})) + "\x1e"
-    assert json.loads(_packed(pack({"name": ["x\ud800"]}))) == ["x\\ud800"]
+    assert _packed({"a": "x\ud800"}) == clean_json_text(enc({"a": "x\ud800"}))
+    assert json.loads(_packed(["x\ud800"])) == ["x\\ud800"]
 
 
 async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer) -> None:

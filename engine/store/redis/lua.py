@@ -17,6 +17,8 @@ expired is never renewed: the attempt is over, whether or not anyone noticed yet
 
 from __future__ import annotations
 
+from .codec import RECORD_FIELDS
+
 _FENCE = r"""
 -- nil while the attempt (epoch e, lease token tok) holds the operation; else {why, status, epoch}
 local function fence(opk, leasek, e, tok)
@@ -89,7 +91,7 @@ end
 CREATE = (
     _PRELUDE
     + r"""
--- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: NAME \31 JSON \30, per field).
+-- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: JSON \30 per field, in NAMES order).
 -- One round trip per submit: the record, its index entries and its event. Returns the record's
 -- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again).
 -- A record that brings a handle (restored from the mirror) keeps it and the counter is moved past
@@ -103,10 +105,17 @@ if redis.call('EXISTS', k) == 1 then
   end
   return 0
 end
-local kv, rec = {'_tx', ARGV[4]}, {}
-for name, value in string.gmatch(ARGV[5], '([^\31\30]+)\31([^\30]*)\30') do
-  kv[#kv + 1] = name
-  kv[#kv + 1] = value
+local NAMES = {NAMES_HERE}
+local packed, pos, find, sub = ARGV[5], 1, string.find, string.sub
+local kv, rec, n = {'_tx', ARGV[4]}, {}, 2
+for i = 1, #NAMES do  -- found by plain search, not a pattern: a quarter of the splitting's time
+  local e = find(packed, '\30', pos, true)
+  if not e then return redis.error_reply('ERR a packed record with fewer fields than ' .. #NAMES) end
+  local name, value = NAMES[i], sub(packed, pos, e - 1)
+  pos = e + 1
+  kv[n + 1] = name
+  kv[n + 2] = value
+  n = n + 2
   rec[name] = value
 end
 local h = tonumber(rec['handle'])
@@ -130,7 +139,7 @@ enqueue(id, st, rec['priority'], rec['queued_at'], rec['not_before'], rec['backo
 event(id, st, nil, rec['epoch'])
 return h
 """
-)
+).replace("NAMES_HERE", ",".join(f"'{name}'" for name in RECORD_FIELDS))
 
 WRITE = (
     _PRELUDE
