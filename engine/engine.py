@@ -21,6 +21,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -539,6 +540,10 @@ class Engine:
         op = await self.store.get(validate_id(op_id))
         check_action(Action.REMOVE, op.status, op_id)
         await self.store.delete(op_id, expect=ACTIONS[Action.REMOVE])
+        # The output of a detached run (`outlast run --detach`) is its log too: it stayed behind for ever.
+        detached = Path(self.settings.state_dir).expanduser() / "detached" / f"{op_id}.log"
+        with contextlib.suppress(OSError):
+            detached.unlink()
 
     # ---- recovery ------------------------------------------------------------------------------
 
@@ -548,8 +553,8 @@ class Engine:
 
         ``auto_resume`` queues them again only in an engine that runs the queue (a worker, the dashboard
         unless watch-only): one that only reads (``ls``, ``show``, ``watch``, a foreground ``run``) left
-        them queued with nothing to run them, and ``outlast resume`` refused what is queued. There they
-        stay interrupted, for ``outlast resume`` (or the dashboard's r)."""
+        them queued with nothing to run them. There they stay interrupted, for ``outlast resume`` (or the
+        dashboard's r), until an engine with ``auto_resume`` that runs the queue resumes them."""
         if self.store.read_only:
             return []
         # A store whose workers come and go (Redis leases) asks for orphans to be queued again: its

@@ -126,6 +126,9 @@ def test_detach_returns_at_once_and_the_operation_completes_without_a_terminal(c
         log = cli.state_dir / "detached" / f"{op_id}.log"
         # The worker writes its last line after the status is durable (which `watch` saw): wait for it.
         until(lambda: "completed" in log.read_text(), 30, what="the detached log's final line")
+        until(lambda: not alive(pid), 30, what="detached process exit")
+        assert cli("rm", op_id).returncode == 0
+        assert not log.exists()  # removed with the operation's other logs (it stayed for ever)
     finally:
         until(lambda: not alive(pid), 30, what="detached process exit")
 

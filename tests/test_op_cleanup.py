@@ -151,7 +151,11 @@ async def test_retention_removes_old_operations_outputs_and_logs_only(engine: En
         "outputs/orphan.sqlite": True,  # old, nobody's
         "outputs/sub/old.txt": True,
         "logs/0000000000000.jsonl": True,  # an operation no longer in the store
+        f"detached/{old_op.id}.log": True,  # a detached run's output, as its log
+        f"detached/{new_op.id}.log": False,
+        "detached/0000000000000.log": True,
     }
+    (state / "detached").mkdir(exist_ok=True)
     for rel in files:
         (state / rel).write_text("x")
         os.utime(state / rel, (OLD, OLD))

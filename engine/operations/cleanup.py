@@ -7,10 +7,10 @@ Two modes:
   ``patterns`` (.gitignore syntax, through pathspec, already a dependency) and not ``exclude``, and whose
   mtime is older than ``older_than_days``.
 - ``retention_days``: Outlast's own retention in a state directory (default: the one this engine uses): the
-  log files and outputs of operations that ended (completed, failed, cancelled, timed out) more than N days
-  ago, logs of operations no longer in the store, and outputs older than N days that no kept operation
-  refers to. Paused and interrupted operations keep theirs (a resume needs them). Operation records are not
-  deleted here. The store is read through its public API (``open_store``, ``list``).
+  log files (and detached runs' output) and outputs of operations that ended (completed, failed, cancelled,
+  timed out) more than N days ago, logs of operations no longer in the store, and outputs older than N days
+  that no kept operation refers to. Paused and interrupted operations keep theirs (a resume needs them).
+  Operation records are not deleted here. The store is read through its public API (``open_store``, ``list``).
 
 The age cutoff is fixed when the run starts (kept in ``ctx.state``), so a resume selects what the
 uninterrupted run would have. Files go in batches: the batch's manifest lines (JSON: path, size, mtime) are
@@ -218,15 +218,17 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
     out: dict[str, FileId] = {}
-    logs = state / "logs"
-    if logs.is_dir():
+    for kind in ("logs", "detached"):  # an operation's log; a detached run's output (``run --detach``)
+        logs = state / kind
+        if not logs.is_dir():
+            continue
         for log in sorted(logs.iterdir()):
             o = by_id.get(log.name.split(".", 1)[0])
             e = _entry(log)
             if e is None:
                 continue
             if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff):
-                out[f"logs/{log.name}"] = (e.st_dev, e.st_ino)
+                out[f"{kind}/{log.name}"] = (e.st_dev, e.st_ino)
     outputs = state / "outputs"
     for d, _dn, fnames in walk(outputs):
         for name in fnames:
