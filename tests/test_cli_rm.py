@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
+from engine import Engine
+from engine.cli import control
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import in_process, run_json
 
@@ -46,3 +50,31 @@ def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:
     assert _ids(cli) == {c}
     code, _, err = in_process(cli, "clean", "--older-than", "7x")
     assert code == 2 and "'7x'" in err and err.count("\n") == 1
+
+
+def test_clean_goes_a_page_at_a_time_and_an_interrupted_one_says_what_it_removed(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records are read a page at a time (every one at once held 200 MB for 20,000), and each removal is
+    said as it happens: a clean stopped by Ctrl-C after thousands said only "stopped"."""
+    ops = [cli("-q", "submit", "demo").stdout.strip() for _ in range(7)]
+    for op in ops:
+        assert in_process(cli, "cancel", op)[0] == 0
+    monkeypatch.setattr(control, "CLEAN_PAGE", 2)
+    real_remove, calls = Engine.remove, []
+
+    async def remove(self: Engine, op_id: str) -> None:
+        calls.append(op_id)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C during the fifth removal
+        await real_remove(self, op_id)
+
+    monkeypatch.setattr(Engine, "remove", remove)
+    code, out, err = in_process(cli, "clean")
+    assert code != 0 and "4 removed" in err, err
+    removed = [ln.split()[0] for ln in out.splitlines() if ln.endswith(" removed")]
+    assert removed == calls[:4]
+    assert _ids(cli) == set(ops) - set(removed)
+    monkeypatch.setattr(Engine, "remove", real_remove)
+    code, out, err = in_process(cli, "clean")
+    assert code == 0 and "3 removed" in err and not _ids(cli), err

@@ -313,36 +313,60 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
 
     cutoff = None if older is None else time.time() - _age(older)
     wanted = [Status(s) for s in statuses] or [Status.COMPLETED, Status.CANCELLED]
+    done: list[str] = []
+    code = ExitCode.OK
 
-    async def go() -> list[tuple[str, BaseException | None]]:
-        out: list[tuple[str, BaseException | None]] = []
+    def said(op_id: str, error: BaseException | None) -> None:
+        """Say each one as it goes: an interrupted clean (Ctrl-C after thousands) said nothing of them."""
+        nonlocal code
+        from ..exitcodes import code_for_error
+
+        if error is not None:
+            fmt.echo(fmt.printable(f"outlast: {error}"), err=True)
+            code = code or (code_for_error(error) or ExitCode.USAGE)
+            return
+        done.append(op_id)
+        if not app.quiet and not app.json:
+            fmt.echo(f"{op_id} would be removed" if dry_run else f"{op_id} removed")
+
+    async def go() -> None:
         async with session(app.settings) as engine:
-            for op in await engine.list_operations(wanted):
-                ended = op.finished_at or op.created_at
-                if cutoff is not None and (ended is None or ended > cutoff):
-                    continue
-                if dry_run:
-                    out.append((op.id, None))
-                    continue
-                try:
-                    await engine.remove(op.id)
-                    out.append((op.id, None))
-                except OutlastError as e:  # resumed since the listing: it is not finished any more
-                    out.append((op.id, e))
-        return out
+            # A page at a time, not every record at once (20,000 held 200 MB); what is removed leaves the
+            # listing, so the next page starts after what was kept.
+            kept = 0
+            while True:
+                page = await engine.list_operations(wanted, limit=CLEAN_PAGE, offset=kept)
+                for op in page:
+                    ended = op.finished_at or op.created_at
+                    if cutoff is not None and (ended is None or ended > cutoff):
+                        kept += 1
+                        continue
+                    if dry_run:
+                        kept += 1
+                        said(op.id, None)
+                        continue
+                    try:
+                        await engine.remove(op.id)
+                    except OutlastError as e:  # resumed since the listing: it is not finished any more
+                        kept += 1
+                        said(op.id, e)
+                    else:
+                        said(op.id, None)
+                if len(page) < CLEAN_PAGE:
+                    return
 
-    results = run_async(go())
-    if dry_run:
+    try:
+        run_async(go())
+    finally:  # interrupted too: what was removed before the stop is said
         if app.json:
-            fmt.echo(fmt.dumps({"would_remove": [i for i, _ in results]}))
-        else:
-            for op_id, _ in results:
-                fmt.echo(f"{op_id} would be removed")
-        return ExitCode.OK
-    code = _report_removed(app, results)
-    if not app.quiet and not app.json:
-        fmt.echo(f"{sum(e is None for _, e in results)} removed", err=True)
-    return code
+            fmt.echo(fmt.dumps({"would_remove" if dry_run else "removed": done}))
+        elif not app.quiet and not dry_run:
+            fmt.echo(f"{len(done)} removed", err=True)
+    return int(code)
+
+
+CLEAN_PAGE = 500
+"""Operations ``outlast clean`` reads at once."""
 
 
 COMMANDS = [cancel, pause, resume, priority, rm, clean]
