@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below are, for type checkers; at run time they load on first use
-    from .config import Settings, config_dir, load_settings, save_setting
+    from .config import Settings, load_settings, save_setting
     from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
     from .errors import StoreLost
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
         TimeoutExtended,
         WorkerInfo,
     )
+    from .paths import config_dir
     from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile
     from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
     from .resources import ResourceSample
@@ -51,7 +52,8 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .threads import LoopThreads
 
 _WHERE = {
-    **dict.fromkeys(("Settings", "config_dir", "load_settings", "save_setting"), "config"),
+    **dict.fromkeys(("Settings", "load_settings", "save_setting"), "config"),
+    "config_dir": "paths",  # where config.config_dir comes from: the dashboard's themes need no settings model
     **dict.fromkeys(("OperationContext", "OperationStopped", "TooManyFailures", "TransientError"), "context"),
     "Engine": "engine",
     "LoopThreads": "threads",

@@ -340,12 +340,18 @@ async def child_dashboard(
     from textual import events
     from textual.drivers.headless_driver import HeadlessDriver
 
-    from engine import load_settings
     from tui.app import OutlastApp
     from tui.widgets.operations import OperationsTable
 
     imported = time.time() - started
-    settings = load_settings(state_dir=state, plugins=[PLUGIN], max_concurrent=max(1, live))
+
+    def settings() -> Any:
+        """Loaded after the first frame, as ``outlast`` does when every setting but the state dir is a
+        default (``open_dashboard``): the first frame needs only the theme."""
+        from engine import load_settings
+
+        return load_settings(state_dir=state, plugins=[PLUGIN], max_concurrent=max(1, live))
+
     frames: list[float] = []
     first: dict[str, float] = {}
     waiting: dict[str, Any] = {}

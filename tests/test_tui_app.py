@@ -937,6 +937,47 @@ async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the
         assert (await app.engine.get(queued)).priority is Priority.NORMAL
 
 
+async def test_given_a_settings_loader_the_first_frame_is_drawn_before_the_settings_and_the_engine(
+    seeded: Settings,
+) -> None:
+    """``outlast`` with default settings hands the dashboard a loader and the theme: the first frame lists
+    the first look while neither the settings nor the engine exist (they cost most of the dashboard's own
+    start); they are loaded behind that frame, and the engine reads everything as before."""
+    from engine.store.quick import quick_list
+
+    loaded: list[bool] = []
+    painted: list[bool] = []
+
+    def load() -> Settings:
+        painted.append(bool(app.query_one(OperationsTable).ids))  # what the screen listed by then
+        loaded.append(True)
+        return seeded
+
+    app = OutlastApp(
+        load,
+        theme="outlast-light",
+        sampler=lambda _pids: pytest.fail("no sample before the engine"),  # type: ignore[arg-type,return-value]
+        poll=3600.0,
+        watch_only=True,
+        first_look=lambda statuses, limit: quick_list(seeded.state_dir, statuses, None, limit),
+    )
+    assert app.theme == "outlast-light" and not loaded and app._engine is None
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started and app.query_one(OperationsTable).fetched)
+        assert loaded == [True] and painted == [True]
+        assert app.engine.run_queue is False  # watch only, applied to the engine built later
+        assert app.settings is seeded
+
+
+def test_importing_the_dashboard_leaves_the_engine_and_its_settings_to_after_the_first_frame() -> None:
+    """What the first frame does not need is not imported with the dashboard: the Engine (its store,
+    psutil, the handlers) and the settings model load after that frame (``OutlastApp._start_engine``)."""
+    heavy = ("engine.engine", "engine.config", "engine.store", "engine.registry", "engine.resources", "psutil")
+    code = f"import sys, tui.app; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 async def test_a_name_in_wide_characters_keeps_its_row_in_line_with_the_others(tui_settings: Settings) -> None:
     """A name in Chinese was cut to the column's width and then padded by ``len``: its row came out that
     many columns wider than the table, and its last column (the priority) was cut off the screen."""

@@ -19,7 +19,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, on
 from textual.app import App, SystemCommand
@@ -29,18 +29,7 @@ from textual.screen import Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
-from engine import (
-    RESUMABLE,
-    Engine,
-    LoopThreads,
-    OperationSpec,
-    OutlastError,
-    Progress,
-    Settings,
-    Status,
-    handlers,
-    save_setting,
-)
+from engine import RESUMABLE, LoopThreads, OutlastError, Status
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
@@ -49,6 +38,9 @@ from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import DashboardScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
 from .widgets.checkpoints import CheckpointsPane
+
+if TYPE_CHECKING:  # the Engine (psutil, the stores, the handlers) and the settings load after the first frame
+    from engine import Engine, OperationSpec, Progress, Settings
 
 log = logging.getLogger("outlast.tui")
 
@@ -95,8 +87,9 @@ class OutlastApp(App[int]):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | Callable[[], Settings],
         *,
+        theme: str | None = None,
         engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
         sampler: Sampler | None = None,
@@ -105,16 +98,25 @@ class OutlastApp(App[int]):
         watch_only: bool = False,
         first_look: FirstLook | None = None,
     ) -> None:
-        """``first_look``: records read without the engine (``model.FirstLook``), shown by the first
-        frame while the engine starts behind it."""
+        """``settings``: the settings, or what loads them after the first frame (``theme``, what that
+        frame is drawn in, is then all it needs of them: the settings model and the Engine cost most of
+        the dashboard's own start). ``first_look``: records read without the engine
+        (``model.FirstLook``), shown by the first frame while the engine starts behind it."""
         super().__init__()
-        self.settings = settings
-        self.engine = engine or Engine(settings=settings)
+        self._settings: Settings | None = None
+        self._load_settings: Callable[[], Settings] | None = None
+        if callable(settings):
+            self._load_settings = settings
+        else:
+            self._settings = settings
+            theme = settings.theme
+        self._engine = engine
         self.clock = clock
-        self.sampler: Sampler = sampler or self.engine.resources.sample
+        self.sampler: Sampler | None = sampler
+        """The resource sampler (None: the engine's)."""
         self.frame = frame
         self.poll_every = poll
-        self.model = OperationsModel(self.engine)
+        self.model = OperationsModel(engine)
         if first_look is not None:
             self.model.first_look(first_look)
         self.ops = self.model.ops
@@ -128,8 +130,8 @@ class OutlastApp(App[int]):
         self._loop_threads = LoopThreads()
         self.watch_only = watch_only
         """Start no queued work here (``outlast tui --watch-only``, or the w key): only show it."""
-        if watch_only:  # before the engine starts its scheduler, which looks at the queue at once
-            self.engine.run_queue = False
+        if engine is not None and watch_only:  # before the engine starts its scheduler (it looks at once)
+            engine.run_queue = False
         self.handed_over: str | None = None
         """Said when the app has exited: what was handed over to which background worker."""
         self._theme_names: list[str] = []
@@ -144,7 +146,27 @@ class OutlastApp(App[int]):
         """Log lines to show as notifications (filled by main's logging handler)."""
         # A mode, not get_default_screen(): the app then waits for the screen's widgets to be mounted.
         self.add_mode("dashboard", lambda: DashboardScreen(self.model, self._live, self.clock, self._work))
-        self._setup_themes()
+        self._setup_themes(theme or DEFAULT_THEME)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings, loaded on first use when the app was given a loader (after the first frame)."""
+        if self._settings is None:
+            assert self._load_settings is not None
+            self._settings = self._load_settings()
+        return self._settings
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, built on first use: after the first frame (``_start_engine``) unless given."""
+        if self._engine is None:
+            from engine import Engine
+
+            engine = Engine(settings=self.settings)
+            if self.watch_only:  # before the engine starts its scheduler, which looks at the queue at once
+                engine.run_queue = False
+            self._engine = self.model.engine = engine
+        return self._engine
 
     def notify(self, message: str, **kw: Any) -> None:  # type: ignore[override]
         """Every notification is plain text: names and errors are stored text (``[`` is no markup,
@@ -203,12 +225,11 @@ class OutlastApp(App[int]):
         await self.stop_engine("the dashboard's terminal hung up (SIGHUP: a dropped SSH session?)")
         os._exit(128 + signal.SIGHUP)
 
-    def _setup_themes(self) -> None:
-        """Register the theme files; the configured theme, or the default when it is not known. Called
-        from ``__init__``, before the stylesheet is first parsed: set at mount, the theme change parsed
-        every rule again (45-55 ms of the first frame)."""
+    def _setup_themes(self, wanted: str) -> None:
+        """Register the theme files; ``wanted`` (the configured theme), or the default when it is not
+        known. Called from ``__init__``, before the stylesheet is first parsed: set at mount, the theme
+        change parsed every rule again (45-55 ms of the first frame)."""
         self._theme_names = register_themes(self, warn=lambda msg: log.warning("%s", msg))
-        wanted = self.settings.theme
         if wanted not in self.available_themes:
             log.warning("theme %r not found; using %s", wanted, DEFAULT_THEME)
             wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else self._theme_names[0]
@@ -255,8 +276,10 @@ class OutlastApp(App[int]):
         self._on_frame()
 
     async def _start_engine(self) -> None:
-        """Start the engine and read every operation, off the first paint."""
-        await self.engine.start()
+        """Load the settings, build and start the engine and read every operation, off the first paint."""
+        await asyncio.sleep(0)  # the frame just drawn is flushed before the engine's imports hold the loop
+        engine = self.engine
+        await engine.start()
         self.engine_started = self.model.started = True
         self._unsubscribe = self.engine.subscribe(self.model.on_event)
         await self.model.first_read()
@@ -288,7 +311,7 @@ class OutlastApp(App[int]):
 
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
-        sample = self.model.sample(self.sampler)
+        sample = self.model.sample(self.sampler or self.engine.resources.sample)
         self.dashboard.show_resources(sample, len(self.engine.running_ids), self.engine.max_concurrent)
         await self.model.poll()
         if self.engine.unwritten and self.model.store_ok:
@@ -320,7 +343,7 @@ class OutlastApp(App[int]):
             self._read("refetch", functools.partial(model.fetch, set(model.refetch)), "reading operations")
         with contextlib.suppress(NoMatches):  # the panes are gone: the app is closing
             self.dashboard.notes = self._notes()
-            self.dashboard.refresh_view(bool(self.engine.running_ids))
+            self.dashboard.refresh_view(self.engine_started and bool(self.engine.running_ids))
             if (selected := self.dashboard.selected) in model.checkpointed:
                 self.dashboard.load_side_panes(logs=False)
                 model.refetch.add(selected)  # its record's checkpoint number (a running one is read rarely)
@@ -489,7 +512,8 @@ class OutlastApp(App[int]):
     def action_toggle_run_queue(self) -> None:
         """Watch only, or run queued work here too: what runs goes on either way."""
         self.watch_only = not self.watch_only
-        self.engine.run_queue = not self.watch_only
+        if self._engine is not None:  # else the engine, once built, starts as watch_only says
+            self._engine.run_queue = not self.watch_only
         self._update_statusline()
         say = "watch only: starting no queued work here" if self.watch_only else "running queued work here"
         self.notify(say, timeout=3)
@@ -515,6 +539,8 @@ class OutlastApp(App[int]):
     def action_cycle_theme(self) -> None:
         new = next_theme(self._theme_names, self.theme)
         self.theme = new
+        from engine import save_setting
+
         try:
             # The config file the settings were read from (--config, OUTLAST_CONFIG), else the default one.
             saved = save_setting("theme", new, self.settings.config_file)
@@ -537,6 +563,8 @@ class OutlastApp(App[int]):
     def action_launch(self) -> None:
         if not self._engine_ready("n"):
             return
+        from engine import handlers
+
         from .screens.launch import LaunchScreen  # a quarter of the tui's own imports: not at start-up
 
         op = self.dashboard.selected_op
@@ -657,15 +685,21 @@ class _Warnings(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def main(settings: Settings, watch_only: bool = False, first_look: FirstLook | None = None) -> int:
-    """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code. ``first_look``
-    (``model.FirstLook``): what the first frame lists before the engine has started."""
+def main(
+    settings: Settings | Callable[[], Settings],
+    watch_only: bool = False,
+    first_look: FirstLook | None = None,
+    theme: str | None = None,
+) -> int:
+    """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code. ``settings``:
+    the settings, or what loads them after the first frame (drawn in ``theme``: ``OutlastApp``).
+    ``first_look`` (``model.FirstLook``): what the first frame lists before the engine has started."""
     logger = logging.getLogger("outlast")
     saved = logger.handlers[:]
     handler = _Warnings()
     logger.handlers = [handler]  # before the app is built: a bad theme file is said while it is
     try:
-        app = OutlastApp(settings, watch_only=watch_only, first_look=first_look)
+        app = OutlastApp(settings, theme=theme, watch_only=watch_only, first_look=first_look)
         app.warnings = handler.lines
         rv = app.run()
     finally:

@@ -19,26 +19,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import (
     SETTLED,
-    Checkpoint,
     CheckpointSaved,
-    Engine,
-    Event,
-    LogRecord,
     NotFound,
     Operation,
-    OperationSpec,
     OutlastError,
     Priority,
-    ResourceSample,
     Status,
     StatusChanged,
     StoreError,
     TimeoutExtended,
 )
+
+if TYPE_CHECKING:  # the Engine and its resource sampler (psutil) are imported after the first frame
+    from engine import Checkpoint, Engine, Event, LogRecord, OperationSpec, ResourceSample
 
 STOPPED_POLL = 10.0
 """Seconds between reads of paused and interrupted operations (another process may cancel them)."""
@@ -62,7 +59,7 @@ ALL_LOGS_OPS = 20
 ALL_LOGS_TAIL = 50
 """Lines of each operation's log shown when the all-operations mode starts."""
 
-Sampler = Callable[[dict[str, list[int]]], ResourceSample]
+Sampler = Callable[[dict[str, list[int]]], "ResourceSample"]
 FirstLook = Callable[[list[str], int], list[dict[str, Any]] | None]
 """``first_look(statuses, limit)``: stored records (JSON objects, newest first) read without an engine, as
 ``outlast ls`` reads them (``engine.store.quick.quick_list`` over the local store); None when only the
@@ -88,8 +85,10 @@ class Side:
 class OperationsModel:
     """Every operation record the dashboard shows, and what changed since the screen last looked."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None = None) -> None:
+        """``engine`` None: given later (``engine``), before anything is read through it; the first look
+        needs none."""
+        self._engine = engine
         self.ops: dict[str, Operation] = {}
         self.active: set[str] = set()
         """Queued or running: the running and the newest queued polled every second, the rest every STOPPED_POLL.
@@ -136,6 +135,17 @@ class OperationsModel:
         """The selected operation's whole record (``ops`` holds slim ones): params, result."""
         self.looked: set[str] = set()
         """Records held from the first look (no engine): the engine's read of each replaces it, even unchanged."""
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the store is read through (the App builds it after the first frame)."""
+        if self._engine is None:
+            raise RuntimeError("the dashboard's engine is not built yet")
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        self._engine = engine
 
     # ---- records -----------------------------------------------------------------------------
 

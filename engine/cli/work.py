@@ -6,6 +6,7 @@ Loaded only when one of them is invoked (or ``--help`` lists them): see ``root.L
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,31 +18,78 @@ from . import format as fmt
 from .common import App, Mode, build_spec, pass_app, run_async, spec_options
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..models import OperationSpec
 
 
 def open_dashboard(app: App, watch_only: bool = False) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
-    settings = app.settings
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
         return ExitCode.USAGE
+    quick = _quick_look(app)
     try:
         import tui.app as tui_app
     except ImportError as e:
         fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
         return ExitCode.USAGE
-    first_look = None
+    if quick is not None:  # the settings (pydantic, the config and models) load after the first frame
+        state_dir, theme = quick
+        look = _looker(state_dir)
+        return int(tui_app.main(_settings_later(app), watch_only=watch_only, first_look=look, theme=theme) or 0)
+    settings = app.settings
     target = settings.store or settings.state_dir
-    if "://" not in str(target):  # the local store: its records listed on the first frame, the engine behind it
-        from ..store.quick import quick_list
-
-        state_dir = Path(target)
-
-        def first_look(statuses: list[str], limit: int) -> list[dict[str, Any]] | None:
-            return quick_list(state_dir, statuses, None, limit)
-
+    # The local store: its records listed on the first frame, the engine behind it.
+    first_look = _looker(Path(target)) if "://" not in str(target) else None
     return int(tui_app.main(settings, watch_only=watch_only, first_look=first_look) or 0)
+
+
+def _quick_look(app: App) -> tuple[Path, str | None] | None:
+    """The state dir and theme the first frame needs, when they are all the settings could change of it
+    (``App.quick_state_dir``: defaults but a config file the full check accepted before, which names no
+    store or plugins); None: the settings are loaded first, and say what is wrong before any screen."""
+    state_dir = app.quick_state_dir()
+    if state_dir is None:
+        return None
+    config = app._config_file()
+    if config is None:
+        return state_dir, None
+    import tomllib
+
+    from ..files import read_regular
+
+    try:
+        theme = tomllib.loads((read_regular(config) or b"").decode("utf-8")).get("theme")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return (state_dir, theme) if theme is None or isinstance(theme, str) else None
+
+
+def _settings_later(app: App) -> Callable[[], Settings]:
+    """The settings, loaded when the dashboard first needs them (after its first frame). The dashboard owns
+    the terminal by then: its handler takes the engine's warnings, not the stderr one loading adds."""
+
+    def load() -> Settings:
+        import logging
+
+        logger = logging.getLogger("outlast")
+        held = logger.handlers[:]
+        try:
+            return app.settings
+        finally:
+            logger.handlers = held
+
+    return load
+
+
+def _looker(state_dir: Path) -> Callable[[list[str], int], list[dict[str, Any]] | None]:
+    """The first look at a local store: its records read as ``outlast ls`` reads them, without the engine."""
+    from ..store.quick import quick_list
+
+    def first_look(statuses: list[str], limit: int) -> list[dict[str, Any]] | None:
+        return quick_list(state_dir, statuses, None, limit)
+
+    return first_look
 
 
 @click.command()

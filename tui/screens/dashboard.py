@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, on
 from textual.app import ComposeResult
@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, Tab, Tabs
 from textual.worker import Worker
 
-from engine import Operation, Progress, ResourceSample, Status
+from engine import Operation, Progress, Status
 
 from .. import format as fmt
 from ..actions import key_applies
@@ -31,6 +31,9 @@ from ..widgets.logs import LogsPane
 from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
 from ..widgets.steady_input import SteadyInput
+
+if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
+    from engine import ResourceSample
 
 NARROW_WIDTH = 120
 NARROW_HEIGHT = 32

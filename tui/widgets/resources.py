@@ -8,12 +8,16 @@ dashboard's 1 Hz that is a fraction of a millisecond per second.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from engine import Priority, ResourceSample
+from engine import Priority
+
+if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
+    from engine import ResourceSample
 
 SPARK = "▁▂▃▄▅▆▇█"
 LABEL = 8
