@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, Tab, Tabs
+from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import Worker
 
 from engine import Operation, Progress, Status
@@ -30,6 +30,7 @@ from ..widgets.detail import DetailPane
 from ..widgets.logs import LogsPane
 from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
+from ..widgets.steady_footer import SteadyFooter
 from ..widgets.steady_input import SteadyInput
 
 if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
@@ -114,7 +115,7 @@ class DashboardScreen(Screen[None]):
             yield CheckpointsPane(id="checkpoints", classes="pane")
             yield LogsPane(id="logs", classes="pane")
             yield ResourcesPane(id="resources", classes="pane")
-        yield Footer(compact=True)
+        yield SteadyFooter(compact=True)
 
     def on_mount(self) -> None:
         for name, title in TITLES.items():
@@ -319,7 +320,7 @@ class DashboardScreen(Screen[None]):
         box = self.query_one("#filter", Input)
         if not box.value.strip():
             box.display = False
-        self.table.focus()
+        self.call_after_refresh(self.table.focus)
 
     def action_to_table(self) -> None:
         """Escape: clear the filter when typing one, else go back to the table."""
@@ -327,7 +328,7 @@ class DashboardScreen(Screen[None]):
         if box.has_focus or (box.display and self.focused is self.table):
             box.value = ""
             box.display = False
-        self.table.focus()
+        self.call_after_refresh(self.table.focus)
 
     def on_key(self, event: events.Key) -> None:
         """``a`` in the logs pane: one operation's log / every operation's."""
