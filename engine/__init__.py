@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .errors import StoreLost
     from .ids import unique_prefix_lengths
     from .lifecycle import ACTIONS, Action, applies
+    from .limits import Priority
     from .models import (
         ACTIVE,
         RESUMABLE,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
         OperationSpec,
         OperationType,
         OutlastError,
-        Priority,
         Progress,
         ProgressReported,
         StaleAttempt,
@@ -53,7 +53,9 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
 
 _WHERE = {
     **dict.fromkeys(("Settings", "load_settings", "save_setting"), "config"),
-    "config_dir": "paths",  # where config.config_dir comes from: the dashboard's themes need no settings model
+    # Where config.config_dir and models.Priority come from: the dashboard's first frame loads no pydantic.
+    "config_dir": "paths",
+    "Priority": "limits",
     **dict.fromkeys(("OperationContext", "OperationStopped", "TooManyFailures", "TransientError"), "context"),
     "Engine": "engine",
     "LoopThreads": "threads",
@@ -78,7 +80,6 @@ _WHERE = {
             "Operation",
             "OperationSpec",
             "OperationType",
-            "Priority",
             "Progress",
             "ProgressReported",
             "StatusChanged",

@@ -971,8 +971,12 @@ async def test_given_a_settings_loader_the_first_frame_is_drawn_before_the_setti
 
 def test_importing_the_dashboard_leaves_the_engine_and_its_settings_to_after_the_first_frame() -> None:
     """What the first frame does not need is not imported with the dashboard: the Engine (its store,
-    psutil, the handlers) and the settings model load after that frame (``OutlastApp._start_engine``)."""
-    heavy = ("engine.engine", "engine.config", "engine.store", "engine.registry", "engine.resources", "psutil")
+    psutil, the handlers), its models and the settings model (pydantic) load after that frame
+    (``OutlastApp._start_engine``)."""
+    heavy = (
+        *("engine.engine", "engine.config", "engine.models", "engine.store", "engine.registry", "engine.resources"),
+        *("psutil", "pydantic"),
+    )
     code = f"import sys, tui.app; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr

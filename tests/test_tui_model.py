@@ -412,3 +412,66 @@ async def test_operations_another_process_removed_leave_the_model(settings: Sett
         await model.poll()
         await model.poll()
         assert model.ops == {} and model.counts() == {}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"name": None, "params": {"items": 3}, "result": {"n": 1}, "tags": {"a": "b"}, "profile": {"x": 1}},
+        {
+            "status": Status.RUNNING,
+            "priority": Priority.HIGH,
+            "worker": {"host": "h", "pid": 7, "name": "w", "boot": "b", "start": 9},
+            "progress": Progress(done=5, total=0, failed=1, step="s", message="m", rate=2.5, eta=3.0, metrics={"k": 1}),
+            "profile": {"failure_threshold": 4, "checkpoint_interval": 30},
+            "started_at": 5,
+            "deadline": 99.5,
+            "handle": 12,
+            "checkpoint_seq": 3,
+            "error": "boom",
+            "status_message": "waiting",
+        },
+        {"progress": Progress(done=5, total=None)},
+    ],
+)
+def test_a_record_read_for_the_first_frame_reads_as_the_validated_operation(extra: dict[str, Any]) -> None:
+    """``looked.LookedOperation`` (the first frame's records, without pydantic) gives every value the screen
+    reads exactly as the engine's Operation, slim as the model keeps it, gives it: the two screens are the
+    same until the validated records replace it. A field the engine's model gains or renames fails here."""
+    from tui.looked import FIELDS, PROGRESS, looked
+    from tui.model import slim
+
+    fields: dict[str, Any] = {"id": "06b4000000001", "type": "ledger", "created_at": 1, "queued_at": 2}
+    record = Operation(**{**fields, "updated_at": 3.5, **extra}).model_dump(mode="json")
+    real, seen = slim(Operation.model_validate(record)), looked(record)
+    for name in (*FIELDS, "label", "params", "result", "tags", "profile_overrides"):
+        if name not in ("progress", "worker"):
+            assert getattr(seen, name) == getattr(real, name), name
+    assert type(seen.status) is type(real.status) and type(seen.priority) is type(real.priority)
+    for name in (*PROGRESS, "percent"):
+        assert getattr(seen.progress, name) == getattr(real.progress, name), name
+    assert str(seen.worker) == str(real.worker) and bool(seen.worker) == bool(real.worker)
+
+
+def test_the_first_look_is_validated_into_operations_and_counted_the_same() -> None:
+    """``validate_looked`` (right after the first frame) replaces each looked record by the engine's
+    Operation in place: the same ids, counts and queue; a record the model refuses drops the first look."""
+    ops = [
+        Operation(id=f"06b40000000{i:02d}", type="ledger", status=s, created_at=i, queued_at=i, updated_at=i)
+        for i, s in enumerate([Status.RUNNING, Status.QUEUED, Status.QUEUED], 1)
+    ]
+    records = [op.model_dump(mode="json") for op in ops]
+    model = OperationsModel()
+    assert model.first_look(lambda statuses, limit: [r for r in records if r["status"] in statuses])
+    counts, depth = model.counts(), model.queue_depth()
+    assert not any(isinstance(op, Operation) for op in model.ops.values())
+    assert model.validate_looked()
+    assert all(isinstance(model.ops[op.id], Operation) for op in ops)
+    assert (model.counts(), model.queue_depth(), model.looked) == (counts, depth, {op.id for op in ops})
+
+    bad = OperationsModel()
+    records[1]["created_at"] = "not a time"
+    assert bad.first_look(lambda statuses, limit: [r for r in records if r["status"] in statuses])
+    assert not bad.validate_looked()
+    assert (bad.ops, bad.looked, bad.counts()) == ({}, set(), {})

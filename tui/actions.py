@@ -7,11 +7,14 @@ the priority keys, a priority left to move to).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from engine import Action, Operation, Priority, Status, applies
+from engine import Action, Priority, Status, applies
 
 from . import format as fmt
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import Operation
 
 
 class KeyAction(NamedTuple):

@@ -278,6 +278,8 @@ class OutlastApp(App[int]):
     async def _start_engine(self) -> None:
         """Load the settings, build and start the engine and read every operation, off the first paint."""
         await asyncio.sleep(0)  # the frame just drawn is flushed before the engine's imports hold the loop
+        if self.model.looked:
+            self.model.validate_looked()  # the first look's records as the engine's models (pydantic: now)
         engine = self.engine
         await engine.start()
         self.engine_started = self.model.started = True

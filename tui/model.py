@@ -21,21 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine import (
-    SETTLED,
-    CheckpointSaved,
-    NotFound,
-    Operation,
-    OutlastError,
-    Priority,
-    Status,
-    StatusChanged,
-    StoreError,
-    TimeoutExtended,
-)
+from engine import SETTLED, NotFound, OutlastError, Priority, Status, StoreError
 
-if TYPE_CHECKING:  # the Engine and its resource sampler (psutil) are imported after the first frame
-    from engine import Checkpoint, Engine, Event, LogRecord, OperationSpec, ResourceSample
+if TYPE_CHECKING:  # the Engine, its models (pydantic) and its resource sampler (psutil): after the first frame
+    from engine import Checkpoint, Engine, Event, LogRecord, Operation, OperationSpec, ResourceSample
 
 STOPPED_POLL = 10.0
 """Seconds between reads of paused and interrupted operations (another process may cancel them)."""
@@ -170,6 +159,8 @@ class OperationsModel:
 
     def on_event(self, event: Event) -> None:
         """Called by the engine's bus, in the loop: only remember what changed."""
+        from engine import CheckpointSaved, StatusChanged, TimeoutExtended  # loaded by then: a dict lookup
+
         if isinstance(event, StatusChanged | TimeoutExtended):
             self.refetch.add(event.operation_id)
         elif isinstance(event, CheckpointSaved):
@@ -388,8 +379,11 @@ class OperationsModel:
 
     def first_look(self, look: FirstLook) -> bool:
         """Before the engine has started: the running and the newest queued records, read without it,
-        so the first frame lists them; the engine's reads replace them. False (nothing kept) when the
-        look cannot answer or a record does not read as an operation."""
+        so the first frame lists them (``looked.LookedOperation``: no pydantic before that frame); they are
+        validated right after it (``validate_looked``) and the engine's reads replace them. False (nothing
+        kept) when the look cannot answer or a record does not read as a stored operation."""
+        from .looked import looked
+
         records: list[dict[str, Any]] = []
         try:
             for status, limit in ((Status.RUNNING, FIRST_RUNNING), (Status.QUEUED, FIRST_QUEUED)):
@@ -397,13 +391,36 @@ class OperationsModel:
                 if got is None:
                     return False  # only the engine can answer (an orphan to mark, a newer schema...)
                 records += got
-            ops = [Operation.model_validate(r) for r in records]
-        except (OSError, ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            ops = [looked(r) for r in records]
+        except (OSError, KeyError, ValueError, TypeError):
             return False
         for op in ops:
             self.keep(op)
             self.looked.add(op.id)
         return bool(ops)
+
+    def validate_looked(self) -> bool:
+        """The first look's records validated into the engine's Operations (after the first frame: this
+        imports pydantic and the engine's models), replacing them as they are held; if one does not validate,
+        every record of the first look is dropped (the engine's reads list them). False then."""
+        from engine import Operation
+
+        from .looked import LookedOperation
+
+        held: list[Any] = [op for op in self.ops.values() if isinstance(op, LookedOperation)]
+        try:
+            valid = [slim(Operation.model_validate(op.record)) for op in held]
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            for op in held:
+                self.looked.discard(op.id)
+                self._drop(op.id)
+            return False
+        for old, new in zip(held, valid, strict=True):
+            if self.ops.get(new.id) is old:  # not replaced meanwhile
+                self._forget(new)  # held under the same id, status and priority: what it counts is the same
+                self._hold(new)
+        self.repaint = True
+        return True
 
     async def first_read(self) -> None:
         """What the first screen shows (status sort: active work on top), before every record is read."""

@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import Worker
 
-from engine import Operation, Progress, Status
+from engine import Status
 
 from .. import format as fmt
 from ..actions import key_applies
@@ -32,6 +32,10 @@ from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
 from ..widgets.steady_footer import SteadyFooter
 from ..widgets.steady_input import SteadyInput
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import Operation, Progress
+
 
 if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
     from engine import ResourceSample

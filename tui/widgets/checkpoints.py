@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
-from engine import Checkpoint
-
 from .. import format as fmt
 from .detail import local_time
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import Checkpoint
+
 
 COLUMNS = ("seq", "time", "%", "items", "size", "next step")
 

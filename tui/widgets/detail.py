@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -12,9 +13,13 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine import Operation, Progress, Status
+from engine import Status
 
 from .. import format as fmt
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import Operation, Progress
+
 
 STATUS_COLOUR = {
     Status.RUNNING: "$success",

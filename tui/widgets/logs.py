@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine import LogRecord
-
 from .. import format as fmt
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import LogRecord
+
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red", "debug": "dim"}
 

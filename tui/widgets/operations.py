@@ -12,6 +12,7 @@ import textwrap
 from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from rich.cells import set_cell_size
 from rich.segment import Segment
@@ -24,10 +25,14 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from engine import Operation, Progress, Status, unique_prefix_lengths
+from engine import Status, unique_prefix_lengths
 
 from .. import format as fmt
 from ..format import STATUS_ORDER
+
+if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from engine import Operation, Progress
+
 
 HANDLE_WIDTH = 5
 """The handle column's least width (handles up to 99,999)."""
