@@ -1100,3 +1100,24 @@ async def test_an_engine_that_did_not_start_is_said_whole_in_the_table(tui_setti
         assert "the engine did not start: state dir" in shown and "move it out of the way" in shown, shown
         assert "loading" not in shown and "q quits" in shown, shown
         assert isinstance(app.engine_failure, StoreError) and str(app.engine_failure) == app.engine_error
+
+
+def test_outlast_defers_the_settings_only_when_nothing_but_the_state_dir_and_theme_could_differ(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """``outlast`` hands the dashboard a settings loader (the quick path) when every setting but the state
+    dir is a default, or comes from a config file the full check accepted before (its theme read from it);
+    a config not checked yet, or --plugin, loads the settings before any screen, so what is wrong is said
+    there."""
+    from engine.cli.common import App
+    from engine.cli.work import _quick_look
+
+    assert _quick_look(App()) == (state_dir, None)
+    assert _quick_look(App(plugins=("tests.ops_for_tests",))) is None
+    config = tmp_path / "outlast.toml"
+    config.write_text('theme = "outlast-light"\n')
+    assert _quick_look(App(config=str(config))) is None  # not checked yet
+    assert App(config=str(config)).settings.theme == "outlast-light"  # the full check, remembered
+    assert _quick_look(App(config=str(config))) == (state_dir, "outlast-light")
+    config.write_text('theme = "outlast-light"\nmax_concurrent = 0\n')  # edited: checked in full again
+    assert _quick_look(App(config=str(config))) is None

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 
 def open_dashboard(app: App, watch_only: bool = False) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
+    quick = _quick_look(app)
+    settings = app.settings if quick is None else None  # first, as before: what is wrong with them is said first
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
         return ExitCode.USAGE
-    quick = _quick_look(app)
     try:
         import tui.app as tui_app
     except ImportError as e:
@@ -37,7 +38,7 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
         state_dir, theme = quick
         look = _looker(state_dir)
         return int(tui_app.main(_settings_later(app), watch_only=watch_only, first_look=look, theme=theme) or 0)
-    settings = app.settings
+    assert settings is not None
     target = settings.store or settings.state_dir
     # The local store: its records listed on the first frame, the engine behind it.
     first_look = _looker(Path(target)) if "://" not in str(target) else None
