@@ -84,7 +84,7 @@ class App:
             from ..config import load_settings
             from ..registry import load_plugin
 
-            config = self._config_file()
+            config = self.config_file()
             content = read_regular(config) if config is not None and self._defaults_but_config() else None
             settings = load_settings(
                 self.config,
@@ -101,7 +101,7 @@ class App:
                 remember(config, content)  # what was checked is what the file still holds
         return self._settings
 
-    def _config_file(self) -> Path | None:
+    def config_file(self) -> Path | None:
         """The config file the settings are read from, if any (as ``load_settings`` finds it)."""
         return config_file(self.config, os.environ)
 
@@ -124,7 +124,7 @@ class App:
         if self._settings is not None or not self._defaults_but_config():
             return None
         from_config = None
-        config = self._config_file()
+        config = self.config_file()
         if config is not None:
             from .checked import checked_state_dir
 

@@ -52,7 +52,7 @@ def _quick_look(app: App) -> tuple[Path, str | None] | None:
     state_dir = app.quick_state_dir()
     if state_dir is None:
         return None
-    config = app._config_file()
+    config = app.config_file()
     if config is None:
         return state_dir, None
     import tomllib
