@@ -59,8 +59,15 @@ class CheckpointMirror:
         self.healthy = True
         """False after a write failed, until one succeeds again (for the dashboard and logs)."""
         self.refill = False
-        """True once the mirror's directories were found removed and made again: what it held is gone, and
-        the store writes back what Redis holds (``fill``)."""
+        """True once the mirror's directories were found removed and made again (what it held is gone), or a
+        write worked after some failed (what they wrote is missing or stale): the store writes back what
+        Redis holds (``fill``)."""
+        self.recovered = False
+        """True when ``refill`` was set by a write that worked after some failed: a write back that fails
+        then is the same outage, not said again."""
+        self.missed = False
+        """True once a write failed: the mirror lacks something Redis holds (the store marks it in Redis, so
+        that whichever process finds the mirror working again writes it back)."""
         self._root_dev: int | None = None
         """The file system the root was on when the mirror was opened (None: never opened)."""
 
@@ -80,7 +87,7 @@ class CheckpointMirror:
         if new:  # only once it could be made: a mirror that cannot be used is never filled
             self.refill = True
 
-    async def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
+    async def guard(self, what: str, fn: Callable[[], T], quiet: bool = False) -> T | None:
         """Run a write off the event loop; log a failure (once until the mirror works again), never raise.
 
         A write that fails because the mirror's directories were removed under this process (a cleanup, an
@@ -89,7 +96,8 @@ class CheckpointMirror:
         try:
             out = await asyncio.to_thread(self._remade, fn)
         except Exception as e:  # OSError mostly; the mirror must never stop the work
-            if self.healthy:
+            self.missed = True
+            if self.healthy and not quiet:
                 log.error(
                     "checkpoint mirror %s: %s failed: %s (Redis goes on; retried at the next write)", self.root, what, e
                 )
@@ -98,6 +106,9 @@ class CheckpointMirror:
         if not self.healthy:
             log.warning("checkpoint mirror %s works again", self.root)
             self.healthy = True
+            # What failed meanwhile (a record's last status, a checkpoint, a removal) was never written: the
+            # store writes back what Redis holds, else the mirror keeps a stale record for ever.
+            self.refill = self.recovered = True
         return out
 
     def _remade(self, fn: Callable[[], T]) -> T:
@@ -132,7 +143,7 @@ class CheckpointMirror:
 
     async def save_record(self, op: Operation) -> None:
         data = model_json(op).encode()
-        await self._guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
+        await self.guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
 
     def load_records_sync(self) -> list[Operation]:
         """Every readable record; a malformed file is skipped with a warning."""
@@ -176,6 +187,20 @@ class CheckpointMirror:
             )
             return None
 
+    async def forget(self, op_ids: list[str]) -> None:
+        """Remove the records and checkpoints of operations Redis no longer holds (removed while a mirror
+        write failed, or written after their removal)."""
+
+        def do() -> None:
+            for op_id in op_ids:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.ops_dir / f"{validate_id(op_id)}.json")
+            fsync_dir(self.ops_dir)
+            for op_id in op_ids:
+                shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
+
+        await self.guard(f"removing {len(op_ids)} records Redis no longer holds", do)
+
     # ---- checkpoints ---------------------------------------------------------------------------
 
     async def save_checkpoint(self, cp: Checkpoint, payload: bytes, delta: bytes, keep: int) -> bool:
@@ -205,24 +230,36 @@ class CheckpointMirror:
                         os.unlink(d / f"{seq:010d}.ckpt.json")
             return gap
 
-        return bool(await self._guard(f"checkpoint {cp.seq} of {cp.operation_id}", write))
+        return bool(await self.guard(f"checkpoint {cp.seq} of {cp.operation_id}", write))
 
     # ---- writing back what the mirror lost -----------------------------------------------------
 
     async def fill(
-        self, records: list[Operation], checkpoints: dict[str, tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]]
+        self,
+        records: list[Operation],
+        checkpoints: dict[str, tuple[list[tuple[Checkpoint, bytes]], dict[int, bytes]]],
+        quiet: bool = False,
     ) -> int:
-        """Write the records, and each operation's checkpoints (info with checksum, payload) and deltas, that
-        the mirror lacks: a file it has was written since it lost the rest, so it is at least as new. How many
-        files were written (a failure is logged like any other mirror write, and counts 0)."""
+        """Write the records (each over the mirror's, unless that one was written later: a write that failed
+        left an older one there), and each operation's checkpoints (info with checksum, payload) and deltas
+        that the mirror lacks (a checkpoint file never changes). How many files were written (a failure is
+        logged like any other mirror write, and counts 0)."""
 
         def write() -> int:
             wrote = 0
             for op in records:
                 path = self.ops_dir / f"{validate_id(op.id)}.json"
-                if not path.exists():
-                    atomic_write(path, model_json(op).encode(), sync_dir=False)
-                    wrote += 1
+                data = model_json(op).encode()
+                try:
+                    old: bytes | None = _read(path)
+                except FileNotFoundError:
+                    old = None
+                except OSError:
+                    old = b""
+                if old == data or (old and _newer(old, op)):
+                    continue
+                atomic_write(path, data, sync_dir=False)
+                wrote += 1
             if records:
                 fsync_dir(self.ops_dir)
             for op_id, (cps, deltas) in checkpoints.items():
@@ -246,7 +283,7 @@ class CheckpointMirror:
                 wrote += len(todo)
             return wrote
 
-        return await self._guard("writing back what it lost", write) or 0
+        return await self.guard("writing back what it lost", write, quiet) or 0
 
     @staticmethod
     def _files(d: Path) -> list[tuple[int, str]]:
@@ -297,7 +334,7 @@ class CheckpointMirror:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(d / f"{s:010d}.{kind}.json")
 
-        await self._guard(f"discarding checkpoints of {op_id} after {seq}", do)
+        await self.guard(f"discarding checkpoints of {op_id} after {seq}", do)
 
     async def delete(self, op_id: str) -> None:
         """Remove the operation's record, then its checkpoints (the record first: without it, a restore
@@ -309,7 +346,7 @@ class CheckpointMirror:
             fsync_dir(self.ops_dir)
             shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
 
-        await self._guard(f"deleting {op_id}", do)
+        await self.guard(f"deleting {op_id}", do)
 
 
 def _read(path: Path) -> bytes:
@@ -327,6 +364,15 @@ def _ckpt_doc(cp: Checkpoint, payload: bytes) -> bytes:
 
 def _delta_doc(seq: int, delta: bytes) -> bytes:
     return json.dumps({"format": FORMAT, "seq": seq, "delta": delta.decode()}, ensure_ascii=False).encode()
+
+
+def _newer(have: bytes, op: Operation) -> bool:
+    """The mirror's record ``have`` was written after ``op`` was read from Redis (another process's write)."""
+    try:
+        mine = Operation.model_validate_json(have)
+    except ValueError:
+        return False
+    return mine.id == op.id and (mine.updated_at or 0) > (op.updated_at or 0)
 
 
 def _text(doc: dict[str, Any], key: str) -> str:

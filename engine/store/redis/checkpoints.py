@@ -79,8 +79,7 @@ class CheckpointsMixin(RecoveryMixin):
             self._last_delta[op_id] = (cp.epoch, cp.seq, sealed.delta)
         if self.mirror is not None:  # only after Redis accepted it: a fenced-off attempt writes nowhere
             gap = await self.mirror.save_checkpoint(cp, sealed.payload, sealed.delta, keep)
-            if gap or self.mirror.refill:
-                await self._refill_mirror(op_id)
+            await self._mirror_wrote(op_id if gap else None)
         return cp
 
     async def _delta_before(self, op_id: str, seq: int) -> bytes | None:
@@ -186,6 +185,7 @@ class CheckpointsMixin(RecoveryMixin):
         await self._script("DISCARD_AFTER", keys, args, f"discarding checkpoints of {op_id}")
         if self.mirror is not None:
             await self.mirror.discard_after(op_id, seq)
+            await self._mirror_wrote()
 
     async def item_failures(self, op_id: str) -> list[ItemFailure]:
         validate_id(op_id)

@@ -16,7 +16,7 @@ from typing import Any
 from ...models import Checkpoint, Operation
 from .codec import valid_id
 from .core import RedisCore
-from .keys import GENERATION_FIELD
+from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -29,16 +29,23 @@ class RecoveryMixin(RedisCore):
     _check_generation = True
     """Set after a reconnection: the next look for orphans first checks the mark."""
 
-    async def _read_generation(self) -> bytes | None:
+    _stale_marked = False
+    """This process marked in Redis that a mirror write failed (``meta`` ``mirror_stale``)."""
+
+    async def _read_meta(self) -> tuple[bytes | None, bytes | None]:
+        """The generation mark and the mirror-stale mark, in one round trip."""
         key = self.keys.meta
-        gen: bytes | None = await self.link.call(
-            lambda c: c.hget(key, GENERATION_FIELD), "reading the store generation"
+        gen, stale = await self.link.call(
+            lambda c: c.hmget(key, [GENERATION_FIELD, MIRROR_STALE_FIELD]), "reading the store generation"
         )
-        return gen
+        return gen, stale
+
+    async def _read_generation(self) -> bytes | None:
+        return (await self._read_meta())[0]
 
     async def _ensure_generation(self, force_restore: bool = False) -> None:
         """Notice a Redis that lost everything (restarted empty): restore from the mirror if there is one."""
-        gen = await self._read_generation()
+        gen, stale = await self._read_meta()
         changed = gen is None or (self._generation is not None and gen != self._generation)
         if changed and self._generation is not None:
             log.warning("redis %s: the store was emptied or replaced since this process connected", self.link.where)
@@ -48,6 +55,8 @@ class RecoveryMixin(RedisCore):
             key = self.keys.meta
             await self.link.call(lambda c: c.hsetnx(key, GENERATION_FIELD, secrets.token_hex(8)), "marking the store")
             gen = await self._read_generation()
+        if self.mirror is not None and force_restore and stale:  # a write failed in some process: written back
+            self.mirror.refill = True
         self._generation = gen
         self._check_generation = False
 
@@ -55,12 +64,8 @@ class RecoveryMixin(RedisCore):
         if await self._read_generation() != self._generation:
             await self._ensure_generation()
 
-    async def _restore_from_mirror(self) -> None:
-        mirror = self.mirror
-        assert mirror is not None
-        ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
-        if not ids:
-            return
+    async def _missing(self, ids: list[str]) -> list[str]:
+        """The ``ids`` whose record Redis does not hold."""
         missing: list[str] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -73,8 +78,17 @@ class RecoveryMixin(RedisCore):
 
             found = await self.link.call(exists, "checking records against the mirror")
             missing += [i for i, n in zip(chunk, found, strict=True) if not n]
+        return missing
+
+    async def _restore_from_mirror(self) -> None:
+        """Create every mirror record Redis lacks (Redis was emptied)."""
+        mirror = self.mirror
+        assert mirror is not None
+        ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
+        if not ids:
+            return
         restored = 0
-        for op_id in missing:
+        for op_id in await self._missing(ids):
             op = await asyncio.to_thread(mirror.load_record_sync, op_id)
             if op is None:
                 continue
@@ -88,20 +102,40 @@ class RecoveryMixin(RedisCore):
             )
 
     async def _mirror_record(self, op: Operation) -> None:
+        """Write the record into the mirror."""
         if self.mirror is not None:
             await self.mirror.save_record(op)
-            if self.mirror.refill:
-                await self._refill_mirror()
+            await self._mirror_wrote()
+
+    async def _mirror_wrote(self, op_id: str | None = None) -> None:
+        """After a mirror write: mark in Redis that one failed (whichever process sees the mirror work again
+        writes back what it missed), and write back what the mirror lost (``_refill_mirror``)."""
+        mirror = self.mirror
+        if mirror is None:
+            return
+        if mirror.missed and not self._stale_marked:
+            key = self.keys.meta
+            try:
+                await self.link.call(lambda c: c.hset(key, MIRROR_STALE_FIELD, "1"), "marking the mirror stale")
+                self._stale_marked = True
+            except Exception as e:  # Redis gone too: the refill in this process still happens
+                log.debug("marking the mirror stale failed: %s", e)
+        if mirror.refill or op_id is not None:
+            await self._refill_mirror(op_id)
 
     async def _refill_mirror(self, op_id: str | None = None) -> None:
-        """Write back into the mirror what Redis holds and the mirror lost: every record and checkpoint once
-        its directory was found removed (``mirror.refill``), else the checkpoints of ``op_id``, whose own
-        directory was. Without this the mirror would hold only what is written after: a Redis lost then
-        would lose every other operation, and resume this one from nothing (its chain of deltas broken)."""
+        """Write back into the mirror what Redis holds and the mirror lost or missed: every record and
+        checkpoint once its directory was found removed or a write failed (``mirror.refill``), and the
+        records of operations removed meanwhile taken out of it; else the checkpoints of ``op_id``, whose
+        own directory was. Without this the mirror would hold only what is written after, or a record of a
+        status long gone: a Redis lost then would lose every other operation, run a completed one again,
+        resume this one from nothing (its chain of deltas broken), or bring back a removed one."""
         mirror = self.mirror
         assert mirror is not None
-        whole = mirror.refill
-        mirror.refill = False
+        whole, quiet = mirror.refill, mirror.recovered
+        mirror.refill = mirror.recovered = False
+        if whole:
+            mirror.missed = False
         try:
             if whole:
                 raw = await self.link.call(lambda c: c.zrange(self.keys.all, 0, -1), "listing operations")
@@ -113,14 +147,32 @@ class RecoveryMixin(RedisCore):
             for start in range(0, len(ids), 200):
                 ops = await self._fetch(ids[start : start + 200])
                 chains = {op.id: await self._chain_of(op.id) for op in ops if op.checkpoint_seq}
-                wrote += await mirror.fill(ops if whole else [], chains)
+                wrote += await mirror.fill(ops if whole else [], chains, quiet)
+            gone: list[str] = []
+            if whole:
+                listed = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
+                gone = await self._missing(listed)
+                if gone and await self._read_generation() == self._generation:  # removed, not lost with Redis
+                    await mirror.forget(gone)
+                else:
+                    gone = []
         except Exception as e:  # Redis gone meanwhile: said, and tried again at the next write
             mirror.refill = mirror.refill or whole
             log.error("checkpoint mirror %s: writing back what it lost failed: %s", mirror.root, e)
             return
-        if wrote:  # a new mirror on an empty Redis has nothing to get back
+        if whole and not mirror.missed:
+            key = self.keys.meta
+            try:
+                await self.link.call(lambda c: c.hdel(key, MIRROR_STALE_FIELD), "marking the mirror written back")
+                self._stale_marked = False
+            except Exception as e:  # the mark stays: the next process writes back once more, no harm
+                log.debug("unmarking the mirror stale failed: %s", e)
+        if wrote or gone:  # a new mirror on an empty Redis has nothing to get back
             files = f"{wrote} file{'s' if wrote != 1 else ''}"
-            log.warning("checkpoint mirror %s: %s written back from redis %s", mirror.root, files, self.link.where)
+            removed = f", {len(gone)} records of operations removed meanwhile taken out" if gone else ""
+            log.warning(
+                "checkpoint mirror %s: %s written back from redis %s%s", mirror.root, files, self.link.where, removed
+            )
 
     async def _read_all(self, op_id: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
         """Every checkpoint info, payload and delta Redis holds for ``op_id``, by seq, in one round trip."""

@@ -1,0 +1,89 @@
+"""The checkpoint mirror against a real redis-server: a failed write written back once it works again."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine.models import Operation
+from engine.store import mirror as mirror_module
+from engine.store.redis import RedisStore
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Settings:
+    return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"], grace_period=2.0)
+
+
+def store_for(server: RedisServer, mirror: Path, db: int = 0, host: str = "127.0.0.1") -> RedisStore:
+    url = f"redis://{host}:{server.port}/{db}"
+    return open_store(url, namespace="t", checkpoint_mirror=mirror)  # type: ignore[return-value]
+
+
+def mirrored(mirror: Path, op_id: str) -> Operation | None:
+    path = mirror / "t" / "ops" / f"{op_id}.json"
+    return Operation.model_validate_json(path.read_bytes()) if path.exists() else None
+
+
+async def run_one(engine: Engine, items: int = 3) -> Operation:
+    op = await engine.submit(OperationSpec(type="ledger", params={"items": items}))
+    return await engine.wait(op.id, timeout=30)
+
+
+async def listed(
+    server: RedisServer, mirror: Path, settings: Settings, db: int = 0, host: str = "127.0.0.1"
+) -> dict[str, Operation]:
+    """What a new process finds (it restores from the mirror if Redis was emptied)."""
+    async with Engine(store=store_for(server, mirror, db, host), settings=settings, run_queue=False) as engine:
+        return {o.id: o for o in await engine.list()}
+
+
+@pytest.mark.parametrize("written_back_by", ["the same process", "the next process"])
+async def test_a_mirror_write_that_failed_is_written_again_once_the_mirror_works(
+    redis_server: RedisServer,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    written_back_by: str,
+) -> None:
+    """F1: the mirror's disk full while an operation ran and completed: its record there stayed `queued`
+    for ever (only a write that works was written), so a Redis lost later ran the completed operation
+    again. Now what Redis holds is written back once the mirror works again, by this process or (marked in
+    Redis) by whichever process writes next."""
+    mirror = tmp_path / "mirror"
+    real = mirror_module.atomic_write
+    full = [False]
+
+    def disk(path: Path, data: bytes, sync_dir: bool = True) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, sync_dir)
+
+    monkeypatch.setattr(mirror_module, "atomic_write", disk)
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 3}))
+    full[0] = True
+    async with Engine(store=store_for(redis_server, mirror), settings=settings) as worker:
+        with caplog.at_level(logging.WARNING, "outlast"):
+            final = await worker.wait(op.id, timeout=30)
+        assert final.status is Status.COMPLETED
+        assert mirrored(mirror, op.id).status is Status.QUEUED  # type: ignore[union-attr]
+        assert "No space left" in caplog.text
+        full[0] = False
+        if written_back_by == "the same process":
+            await worker.submit(OperationSpec(type="ledger", params={"items": 1}, priority="low"))
+    if written_back_by == "the next process":
+        async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+            await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+    back = mirrored(mirror, op.id)
+    assert back is not None and back.status is Status.COMPLETED
+    redis_server.client().flushall()
+    assert (await listed(redis_server, mirror, settings))[op.id].status is Status.COMPLETED
