@@ -1,15 +1,18 @@
-"""The checkpoint mirror against a real redis-server: a failed write written back once it works again."""
+"""The checkpoint mirror against a real redis-server: a failed write written back once it works again, a
+mirror of another store never read into this one, a record file holding another operation."""
 
 from __future__ import annotations
 
 import errno
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
+import redis
 
 from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
-from engine.models import Operation
+from engine.models import Operation, StoreError
 from engine.store import mirror as mirror_module
 from engine.store.redis import RedisStore
 from tests.fixtures_redis import RedisServer
@@ -87,3 +90,52 @@ async def test_a_mirror_write_that_failed_is_written_again_once_the_mirror_works
     assert back is not None and back.status is Status.COMPLETED
     redis_server.client().flushall()
     assert (await listed(redis_server, mirror, settings))[op.id].status is Status.COMPLETED
+
+
+async def test_a_store_that_has_its_mark_is_not_restored_into_nor_from_another_stores_mirror(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F3: two Redis databases with one config (one mirror): every process that opened db 1 copied db 0's
+    queued operations into it, and a worker on each ran them twice. Now a store is restored into only
+    when it was emptied, and only from a mirror written for it: another store's is not used, said once;
+    an empty store is not opened with it (only the user knows whether it is that store moved)."""
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, mirror, 1), settings=settings, run_queue=False) as engine:
+        own = (await engine.submit(OperationSpec(type="ledger", params={"items": 1}))).id  # db 1 in use first
+    shutil.rmtree(mirror)  # db 1's mirror configured elsewhere before; now the user's config names this one
+    async with Engine(store=store_for(redis_server, mirror, 0), settings=settings, run_queue=False) as engine:
+        theirs = (await engine.submit(OperationSpec(type="ledger", params={"items": 1}))).id
+    with caplog.at_level(logging.WARNING, "outlast"):
+        assert set(await listed(redis_server, mirror, settings, 1)) == {own}
+    said = [r.getMessage() for r in caplog.records if "checkpoint mirror" in r.getMessage()]
+    assert len(said) == 1 and "the mirror of another store" in said[0], said
+    assert mirrored(mirror, own) is None  # nor written by db 1
+    # A database never used, sharing the mirror: not restored into (the mirror names db 0's URL), nor marked.
+    with pytest.raises(StoreError, match=r"is the mirror of another store \(redis://localhost:\d+/0, not .*/2\)"):
+        await listed(redis_server, mirror, settings, 2)
+    assert redis.Redis(port=redis_server.port, db=2).dbsize() == 0
+    # db 0 emptied (a restart without persistence): restored from its own mirror, its URL spelt otherwise.
+    redis_server.client().flushdb()
+    assert set(await listed(redis_server, mirror, settings, 0, host="localhost")) == {theirs}
+
+
+async def test_a_mirror_record_file_holding_another_operation_is_skipped_and_said(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F5: `A.json` holding B's record was restored as B (no warning, "restored 2" for 1), and every later
+    command said "restored 1" again. Now it is skipped with a warning naming it, and the count is right."""
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, mirror), settings=settings) as engine:
+        a, b = (await run_one(engine)).id, (await run_one(engine)).id
+    ops = mirror / "t" / "ops"
+    shutil.copyfile(ops / f"{b}.json", ops / f"{a}.json")
+    redis_server.client().flushall()
+    with caplog.at_level(logging.WARNING, "outlast"):
+        assert set(await listed(redis_server, mirror, settings)) == {b}
+    text = caplog.text
+    assert text.count(f"{a}.json is not a valid operation record (holds operation {b})") == 1
+    assert "restored 1 operations" in text and "restored 2" not in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "outlast"):
+        assert set(await listed(redis_server, mirror, settings)) == {b}
+    assert "restored" not in caplog.text

@@ -8,6 +8,7 @@ failing mirror never stops the work: its errors are logged (once per outage) and
 
 Layout (one directory per namespace)::
 
+    DIR/NAMESPACE/store.json                       the store it mirrors (its id, its URL)
     DIR/NAMESPACE/ops/ID.json                      the operation record
     DIR/NAMESPACE/checkpoints/ID/SEQ.ckpt.json     info, payload and checksum (newest N kept)
     DIR/NAMESPACE/checkpoints/ID/SEQ.delta.json    the items done since the previous one (all kept)
@@ -176,9 +177,14 @@ class CheckpointMirror:
         return [n.removesuffix(".json") for n in names if n.endswith(".json") and not n.startswith(".")]
 
     def load_record_sync(self, op_id: str) -> Operation | None:
+        """The record in ``ops/ID.json``; None (with a warning) when it is unreadable or holds another
+        operation (a file copied over another: restoring it brought back the other one under this name)."""
         path = self.ops_dir / f"{validate_id(op_id)}.json"
         try:
-            return Operation.model_validate_json(_read(path))
+            op = Operation.model_validate_json(_read(path))
+            if op.id != op_id:
+                raise ValueError(f"holds operation {op.id}")
+            return op
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -200,6 +206,28 @@ class CheckpointMirror:
                 shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
 
         await self.guard(f"removing {len(op_ids)} records Redis no longer holds", do)
+
+    # ---- the store it mirrors ------------------------------------------------------------------
+
+    def identity_sync(self) -> dict[str, Any] | None:
+        """``store.json``: ``{"store": id, "url": where}``; None when missing or unreadable
+        (a mirror made before it was written, or whose directory was made again)."""
+        try:
+            doc = json.loads(_read(self.dir / "store.json"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("checkpoint mirror: %s is unreadable (%s); skipped", self.dir / "store.json", e)
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("store"), str):
+            return None
+        return doc
+
+    def write_identity_sync(self, store_id: str, url: str) -> None:
+        """Name the store this mirror is written for (written only when it changed)."""
+        doc = {"format": FORMAT, "store": store_id, "url": url}
+        if doc != (self.identity_sync() or {}):
+            atomic_write(self.dir / "store.json", json.dumps(doc).encode())
 
     # ---- checkpoints ---------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``log:ID``             the log records, a capped stream
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
 ``meta``               ``generation``: a mark that tells a Redis that lost everything;
+                       ``store``: this store's id, which its checkpoint mirror names (kept across a
+                       restore from it: a mirror of another store is never read into this one);
                        ``mirror_stale``: a mirror write failed, what Redis holds is to be written back;
                        ``handles``: the last handle given (HINCRBY: never reused);
                        ``slots``: the store-wide slot count (unset: no limit), read by CLAIM
@@ -33,6 +35,7 @@ from __future__ import annotations
 TX_FIELD = "_tx"
 CONTROL_FIELD = "_ctl"
 GENERATION_FIELD = "generation"
+STORE_FIELD = "store"
 MIRROR_STALE_FIELD = "mirror_stale"
 SLOTS_FIELD = "slots"
 

@@ -3,6 +3,9 @@
 The store marks Redis with a generation (``meta`` ``generation``). A missing or changed mark means
 everything this process knew is gone: with a checkpoint mirror, the records it holds are written
 back (the attempts that ran then have lost their leases and are resumed from their checkpoints).
+Only then: a store that has its mark is never restored into. The mirror names the store it is
+written for (``store.json``: the store's id, kept in ``meta`` ``store``, and its URL); a mirror of
+another store is not used, with a warning.
 A write that finds its record missing asks ``_restored`` once, and is retried if it was.
 """
 
@@ -12,11 +15,12 @@ import asyncio
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
-from ...models import Checkpoint, Operation
+from ...models import Checkpoint, Operation, StoreError
 from .codec import valid_id
 from .core import RedisCore
-from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD
+from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD, STORE_FIELD
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -29,36 +33,116 @@ class RecoveryMixin(RedisCore):
     _check_generation = True
     """Set after a reconnection: the next look for orphans first checks the mark."""
 
+    _store_id: str | None = None
+    """The id of this store (``meta`` ``store``) its mirror is bound to; None before (or without a mirror)."""
     _stale_marked = False
     """This process marked in Redis that a mirror write failed (``meta`` ``mirror_stale``)."""
 
-    async def _read_meta(self) -> tuple[bytes | None, bytes | None]:
-        """The generation mark and the mirror-stale mark, in one round trip."""
+    @property
+    def _location(self) -> str:
+        """This store as its mirror names it: ``redis://HOST:PORT/DB`` (no password, no parameters; the
+        local host however spelled), so that processes that spell its URL apart agree."""
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path}"
+        host = (parts.hostname or "localhost").lower()
+        if host in ("127.0.0.1", "::1", "localhost"):
+            host = "localhost"
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            port = 6379
+        return f"redis://{host}:{port}/{parts.path.strip('/') or '0'}"
+
+    async def _read_meta(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The generation mark, the store id and the mirror-stale mark, in one round trip."""
         key = self.keys.meta
-        gen, stale = await self.link.call(
-            lambda c: c.hmget(key, [GENERATION_FIELD, MIRROR_STALE_FIELD]), "reading the store generation"
+        gen, sid, stale = await self.link.call(
+            lambda c: c.hmget(key, [GENERATION_FIELD, STORE_FIELD, MIRROR_STALE_FIELD]), "reading the store generation"
         )
-        return gen, stale
+        return gen, sid, stale
 
     async def _read_generation(self) -> bytes | None:
         return (await self._read_meta())[0]
 
-    async def _ensure_generation(self, force_restore: bool = False) -> None:
-        """Notice a Redis that lost everything (restarted empty): restore from the mirror if there is one."""
-        gen, stale = await self._read_meta()
+    async def _ensure_generation(self, opening: bool = False) -> None:
+        """Notice a Redis that lost everything (restarted empty, or replaced: no mark, or another one than
+        this process saw): restore from the mirror if there is one. Only then: a store that has its mark
+        holds what it holds, and a mirror record it lacks is an operation removed (or another store's)."""
+        gen, sid, stale = await self._read_meta()
         changed = gen is None or (self._generation is not None and gen != self._generation)
         if changed and self._generation is not None:
             log.warning("redis %s: the store was emptied or replaced since this process connected", self.link.where)
-        if self.mirror is not None and (changed or force_restore):
+        if self.mirror is not None and (opening or changed):
+            await self._bind_mirror(gen is None, sid)
+        if self.mirror is not None and changed:
             await self._restore_from_mirror()
         if gen is None:
             key = self.keys.meta
             await self.link.call(lambda c: c.hsetnx(key, GENERATION_FIELD, secrets.token_hex(8)), "marking the store")
-            gen = await self._read_generation()
-        if self.mirror is not None and force_restore and stale:  # a write failed in some process: written back
-            self.mirror.refill = True
+            gen, sid, stale = await self._read_meta()
+        if self.mirror is not None:
+            await self._name_store(sid)
+            if opening and stale:  # a write failed in some process: what Redis holds is written back
+                self.mirror.refill = True
         self._generation = gen
         self._check_generation = False
+
+    async def _bind_mirror(self, empty: bool, sid: bytes | None) -> None:
+        """Use the mirror only if it was written for this store: its ``store.json`` names this store's id
+        (or the one this process saw it name before); for an emptied Redis, whose id went with it, this
+        store's URL. A mirror shared by two stores (one config file for two Redis databases) restored each
+        one's operations into the other, where they ran twice. A mirror that names no store (new, or
+        written before it was named) is this store's from now on (``_name_store``).
+
+        Another store's mirror on a store that holds its mark: warned, and not used (nothing read from it
+        could be restored here, and writing there would mix two stores). On an emptied store it is refused:
+        the first process to open it decides, and going on without the mirror (and marking the store)
+        would lose for good the operations it holds if this Redis is that store moved; restoring them
+        would run them twice if it is another one. Only the user knows which."""
+        mirror = self.mirror
+        assert mirror is not None
+        doc = await asyncio.to_thread(mirror.identity_sync)
+        if doc is None:
+            self._store_id = None
+            return
+        if self._store_id == doc["store"]:
+            return
+        ours = doc.get("url") in (None, self._location) if empty else sid is not None and sid.decode() == doc["store"]
+        if ours:
+            self._store_id = doc["store"]
+            return
+        where = mirror.dir / "store.json"
+        if empty:
+            raise StoreError(
+                f"redis {self.link.where} is empty, and the checkpoint mirror {mirror.root} is the mirror of"
+                f" another store ({doc.get('url') or '?'}, not {self._location}): not restored from it, nor"
+                f" opened; if this is that store moved, remove {where}; if not, give it its own checkpoint_mirror"
+            )
+        log.warning(
+            "checkpoint mirror %s is the mirror of another store (%s), not of %s: not used (nothing restored"
+            " from it or written to it); give each store its own checkpoint_mirror, or remove %s to make it"
+            " this store's",
+            mirror.root,
+            doc.get("url") or "?",
+            self._location,
+            where,
+        )
+        self.mirror = None
+
+    async def _name_store(self, sid: bytes | None) -> None:
+        """Give the store its id (kept when it was restored from its mirror) and name it in the mirror."""
+        mirror = self.mirror
+        assert mirror is not None
+        if sid is None:
+            key, want = self.keys.meta, self._store_id or secrets.token_hex(8)
+            await self.link.call(lambda c: c.hsetnx(key, STORE_FIELD, want), "naming the store")
+            sid = (await self._read_meta())[1]
+        if sid is None:
+            return
+        self._store_id = sid.decode()
+        store_id, url = self._store_id, self._location
+        await mirror.guard("naming its store", lambda: mirror.write_identity_sync(store_id, url))
 
     async def _ensure_generation_cheap(self) -> None:
         if await self._read_generation() != self._generation:
@@ -88,6 +172,7 @@ class RecoveryMixin(RedisCore):
         if not ids:
             return
         restored = 0
+        tx = f"restore:{secrets.token_hex(8)}"  # a record restored meanwhile by another process is not counted
         for op_id in await self._missing(ids):
             op = await asyncio.to_thread(mirror.load_record_sync, op_id)
             if op is None:
@@ -95,7 +180,7 @@ class RecoveryMixin(RedisCore):
             newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
             if newest is not None and (op.checkpoint_seq or 0) < newest:
                 op.checkpoint_seq = newest
-            restored += await self._create(op, tx="restore") > 0  # it keeps its handle
+            restored += await self._create(op, tx=tx) > 0  # it keeps its handle
         if restored:
             log.warning(
                 "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
@@ -150,6 +235,9 @@ class RecoveryMixin(RedisCore):
                 wrote += await mirror.fill(ops if whole else [], chains, quiet)
             gone: list[str] = []
             if whole:
+                if self._store_id is not None:
+                    store_id, url = self._store_id, self._location
+                    await mirror.guard("naming its store", lambda: mirror.write_identity_sync(store_id, url))
                 listed = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
                 gone = await self._missing(listed)
                 if gone and await self._read_generation() == self._generation:  # removed, not lost with Redis

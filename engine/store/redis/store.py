@@ -80,7 +80,12 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
             except OSError as e:
                 self.mirror.healthy = False
                 log.error("checkpoint mirror %s cannot be used: %s (Redis goes on without it)", self.mirror.root, e)
-        await self._ensure_generation(force_restore=True)
+        try:
+            await self._ensure_generation(opening=True)
+        except BaseException:  # a mirror of another store on an emptied one (refused), Redis gone meanwhile
+            self._opened = 0
+            await self.link.close()
+            raise
 
     async def _check_eviction(self) -> None:
         """Say once per process, server and setting when this Redis may evict keys: with a maxmemory and any policy
