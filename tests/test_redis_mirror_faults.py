@@ -1,11 +1,14 @@
 """The checkpoint mirror against a real redis-server: a failed write written back once it works again, a
-mirror of another store never read into this one, a record file holding another operation."""
+mirror of another store never read into this one, removals that hold, a record file holding another
+operation."""
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from engine import Engine, OperationSpec, Settings, Status, load_settings, open_
 from engine.models import Operation, StoreError
 from engine.store import mirror as mirror_module
 from engine.store.redis import RedisStore
+from tests.fixtures_engine import queued_record
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -117,6 +121,66 @@ async def test_a_store_that_has_its_mark_is_not_restored_into_nor_from_another_s
     # db 0 emptied (a restart without persistence): restored from its own mirror, its URL spelt otherwise.
     redis_server.client().flushdb()
     assert set(await listed(redis_server, mirror, settings, 0, host="localhost")) == {theirs}
+
+
+async def test_a_removal_holds_when_the_mirror_cannot_be_written(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F4: `rm` with a read-only mirror said "removed" (the mirror's failure swallowed) and the next command
+    restored the operation from the record left there. Now the removal is refused in one line, nothing
+    removed; once the mirror can be written it removes for good (after a Redis loss too)."""
+    mirror = tmp_path / "mirror"
+    ops_dir = str(mirror / "t" / "ops")
+    real_unlink = os.unlink
+
+    def read_only(path: object, *a: object, **kw: object) -> None:
+        if str(path).startswith(ops_dir):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, *a, **kw)  # type: ignore[arg-type]
+
+    async with Engine(store=store_for(redis_server, mirror), settings=settings) as engine:
+        op = await run_one(engine)
+        monkeypatch.setattr(os, "unlink", read_only)
+        with pytest.raises(StoreError, match="not removed"):
+            await engine.remove(op.id)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        assert (await engine.get(op.id)).status is Status.COMPLETED
+    assert op.id in await listed(redis_server, mirror, settings)
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        await engine.remove(op.id)
+    assert op.id not in await listed(redis_server, mirror, settings)
+    redis_server.client().flushall()
+    assert op.id not in await listed(redis_server, mirror, settings)
+
+
+async def test_a_removal_between_a_status_change_and_its_mirror_write_holds(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F6: the worker writes an operation's record to the mirror after Redis took its `completed`; a prompt
+    `rm` (another process) landed between, so the late write left the record in the mirror, which brought
+    the operation back. Now the writer sees Redis no longer holds it and takes the file out again."""
+    mirror = tmp_path / "mirror"
+    worker, remover = store_for(redis_server, mirror), store_for(redis_server, mirror)
+    await worker.open()
+    await remover.open()
+    try:
+        op = queued_record("ledger")
+        await worker.create(op)
+        real_save = worker.mirror.save_record  # type: ignore[union-attr]
+
+        async def late(record: Operation) -> None:
+            if record.status is Status.CANCELLED:
+                await remover.delete(record.id, expect=frozenset({Status.CANCELLED}))
+            await real_save(record)
+
+        monkeypatch.setattr(worker.mirror, "save_record", late)
+        await worker.transition(op.id, Status.CANCELLED, finished_at=time.time())
+        assert mirrored(mirror, op.id) is None
+    finally:
+        await worker.close()
+        await remover.close()
+    redis_server.client().flushall()
+    assert op.id not in await listed(redis_server, mirror, settings)
 
 
 async def test_a_mirror_record_file_holding_another_operation_is_skipped_and_said(

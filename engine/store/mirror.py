@@ -193,6 +193,16 @@ class CheckpointMirror:
             )
             return None
 
+    def unlink_record_sync(self, op_id: str) -> None:
+        """Remove the record file (raises OSError: a removal must not be said done while the mirror would
+        bring the operation back)."""
+        try:
+            os.unlink(self.ops_dir / f"{validate_id(op_id)}.json")
+        except FileNotFoundError:
+            if not self.ops_dir.is_dir():  # the mirror's directory removed: nothing there brings it back
+                return
+        fsync_dir(self.ops_dir)
+
     async def forget(self, op_ids: list[str]) -> None:
         """Remove the records and checkpoints of operations Redis no longer holds (removed while a mirror
         write failed, or written after their removal)."""

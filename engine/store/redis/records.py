@@ -7,6 +7,7 @@ asks recovery whether Redis was emptied and restored from the mirror, and is ret
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import secrets
@@ -45,7 +46,7 @@ class RecordsMixin(RecoveryMixin):
         if not handle:
             raise Conflict(f"operation {op.id} exists already")
         if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
-            await self._mirror_record(op.model_copy(update={"handle": handle}))
+            await self._mirror_record(op.model_copy(update={"handle": handle}), check=False)
         return handle
 
     async def get(self, op_id: str) -> Operation:
@@ -247,18 +248,52 @@ class RecordsMixin(RecoveryMixin):
         return op
 
     async def delete(self, op_id: str, *, expect: frozenset[Status]) -> None:
+        """Remove the operation. With a mirror, its record file goes first: a mirror that cannot be written
+        refuses the removal (said "removed", it came back from the mirror), and once Redis removed it no
+        mirror record brings it back; refused by Redis, the record is written back."""
         validate_id(op_id)
+        mirror = self.mirror
+        if mirror is not None:
+            try:
+                await asyncio.to_thread(mirror.unlink_record_sync, op_id)
+            except OSError as e:
+                raise StoreError(
+                    f"checkpoint mirror {mirror.root}: removing the record of {op_id} failed: {e}; not removed"
+                    " (a Redis restored from the mirror would bring it back)"
+                ) from None
         args = [self.keys.prefix, op_id, ",".join(enc(s.value) for s in expect)]
-        res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
-        if res[0] == b"missing" and await self._restored():
+        try:
             res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
-        if res[0] == b"missing":
-            raise NotFound(f"no operation {op_id}")
+            if res[0] == b"missing" and await self._restored():
+                res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
+        except Exception:
+            await self._mirror_back(op_id)
+            raise
+        except BaseException:  # cancelled: written back at this process's next mirror write
+            if mirror is not None:
+                mirror.refill = True
+            raise
         if res[0] == b"conflict":
+            await self._mirror_back(op_id)
             raise Conflict(f"operation {op_id} is {res[1].decode().strip(chr(34))}: not deleted")
         self._malformed.discard(op_id)
-        if self.mirror is not None:  # else a Redis that comes back empty would restore it from there
-            await self.mirror.delete(op_id)
+        if mirror is not None:  # else a Redis that comes back empty would restore it from there
+            await mirror.delete(op_id)
+            await self._mirror_wrote()
+        if res[0] == b"missing":
+            raise NotFound(f"no operation {op_id}")
+
+    async def _mirror_back(self, op_id: str) -> None:
+        """A removal refused (or its outcome unknown): the record Redis still holds goes back into the mirror."""
+        if self.mirror is None:
+            return
+        try:
+            ops = await self._fetch([op_id])
+        except Exception:  # Redis unreachable: the mirror is written back when it answers (a refill)
+            self.mirror.refill = True
+            return
+        if ops:
+            await self._mirror_record(ops[0], check=False)
 
     async def claim(
         self,
@@ -295,7 +330,7 @@ class RecordsMixin(RecoveryMixin):
             self._report_malformed(claimed, e)
             return None
         self._held[claimed] = op.epoch
-        await self._mirror_record(op)
+        await self._mirror_record(op, check=False)  # running, leased: not removable meanwhile
         return op
 
     async def get_slots(self) -> int | None:

@@ -186,11 +186,31 @@ class RecoveryMixin(RedisCore):
                 "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
             )
 
-    async def _mirror_record(self, op: Operation) -> None:
-        """Write the record into the mirror."""
-        if self.mirror is not None:
-            await self.mirror.save_record(op)
-            await self._mirror_wrote()
+    async def _mirror_record(self, op: Operation, check: bool = True) -> None:
+        """Write the record into the mirror. With ``check``, then make sure Redis still holds it: a removal
+        that landed between this process's write to Redis and its mirror write (a prompt ``rm`` of an
+        operation just completed) left the file behind, which a Redis lost later brought back."""
+        mirror = self.mirror
+        if mirror is None:
+            return
+        await mirror.save_record(op)
+        if check:
+            key, meta = self.keys.op(op.id), self.keys.meta
+
+            async def look(c: Any) -> list[Any]:
+                pipe = c.pipeline(transaction=False)
+                pipe.exists(key)
+                pipe.hget(meta, GENERATION_FIELD)
+                return list(await pipe.execute())
+
+            try:
+                exists, gen = await self.link.call(look, f"checking {op.id} is still stored")
+            except Exception as e:  # the write itself is done: Redis gone now is the next write's to say
+                log.debug("checking %s is still stored failed: %s", op.id, e)
+            else:
+                if not exists and gen == self._generation and gen is not None:  # removed, not lost with Redis
+                    await mirror.forget([op.id])
+        await self._mirror_wrote()
 
     async def _mirror_wrote(self, op_id: str | None = None) -> None:
         """After a mirror write: mark in Redis that one failed (whichever process sees the mirror work again
