@@ -1,6 +1,6 @@
 """The checkpoint mirror against a real redis-server: a failed write written back once it works again, a
 mirror of another store never read into this one, removals that hold, a record file holding another
-operation."""
+operation, handles never reused after Redis was emptied."""
 
 from __future__ import annotations
 
@@ -203,3 +203,32 @@ async def test_a_mirror_record_file_holding_another_operation_is_skipped_and_sai
     with caplog.at_level(logging.WARNING, "outlast"):
         assert set(await listed(redis_server, mirror, settings)) == {b}
     assert "restored" not in caplog.text
+
+
+async def test_handles_are_never_reused_after_redis_was_emptied(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """F2: after a FLUSHALL the handle counter started again from the mirror's records: a removed
+    operation's handle went to a new one, and a process that created one before noticing the flush gave
+    handle 1 to it while the restore gave 1 to an old one too. Now the mirror keeps the highest handle
+    removed, the restore moves the counter past every one, and a create first notices the flush."""
+    mirror = tmp_path / "mirror"
+    long_lived = store_for(redis_server, mirror)
+    await long_lived.open()
+    try:
+        async with Engine(store=store_for(redis_server, mirror), settings=settings) as engine:
+            first, second, third = [await run_one(engine) for _ in range(3)]
+            await engine.remove(third.id)
+        assert (first.handle, second.handle, third.handle) == (1, 2, 3)
+        redis_server.client().flushall()
+        new = queued_record("ledger")
+        handle = await long_lived.create(new)  # before any orphan round noticed the flush
+        assert handle == 4
+        assert await long_lived.resolve("1") == first.id and await long_lived.resolve("2") == second.id
+        assert await long_lived.resolve("4") == new.id
+    finally:
+        await long_lived.close()
+    redis_server.client().flushall()
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        newest = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+        assert newest.handle == 5

@@ -8,7 +8,8 @@ failing mirror never stops the work: its errors are logged (once per outage) and
 
 Layout (one directory per namespace)::
 
-    DIR/NAMESPACE/store.json                       the store it mirrors (its id, its URL)
+    DIR/NAMESPACE/store.json                       the store it mirrors (its id, its URL) and the
+                                                   highest handle an operation removed since had
     DIR/NAMESPACE/ops/ID.json                      the operation record
     DIR/NAMESPACE/checkpoints/ID/SEQ.ckpt.json     info, payload and checksum (newest N kept)
     DIR/NAMESPACE/checkpoints/ID/SEQ.delta.json    the items done since the previous one (all kept)
@@ -220,7 +221,7 @@ class CheckpointMirror:
     # ---- the store it mirrors ------------------------------------------------------------------
 
     def identity_sync(self) -> dict[str, Any] | None:
-        """``store.json``: ``{"store": id, "url": where}``; None when missing or unreadable
+        """``store.json``: ``{"store": id, "url": where, "handles": n}``; None when missing or unreadable
         (a mirror made before it was written, or whose directory was made again)."""
         try:
             doc = json.loads(_read(self.dir / "store.json"))
@@ -233,11 +234,23 @@ class CheckpointMirror:
             return None
         return doc
 
-    def write_identity_sync(self, store_id: str, url: str) -> None:
-        """Name the store this mirror is written for (written only when it changed)."""
-        doc = {"format": FORMAT, "store": store_id, "url": url}
-        if doc != (self.identity_sync() or {}):
+    def write_identity_sync(self, store_id: str, url: str, handles: int = 0) -> None:
+        """Name the store this mirror is written for; ``handles`` only ever grows (the handle counter as a
+        removal found it, past every handle given before, those of records the mirror no longer holds too:
+        a restore moves Redis's counter past it)."""
+        old = self.identity_sync() or {}
+        keep = old.get("handles") if old.get("store") == store_id else 0
+        doc = {"format": FORMAT, "store": store_id, "url": url, "handles": max(handles, _int(keep))}
+        if doc != old:
             atomic_write(self.dir / "store.json", json.dumps(doc).encode())
+
+    def handles_sync(self) -> int:
+        """The highest handle the mirror knows was given: its records' and the one ``store.json`` keeps."""
+        top = _int((self.identity_sync() or {}).get("handles"))
+        for op_id in self.record_ids_sync():  # a bad file is said by the restore that reads it next
+            with contextlib.suppress(OSError, ValueError):
+                top = max(top, Operation.model_validate_json(_read(self.ops_dir / f"{op_id}.json")).handle or 0)
+        return top
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
@@ -411,6 +424,10 @@ def _newer(have: bytes, op: Operation) -> bool:
     except ValueError:
         return False
     return mine.id == op.id and (mine.updated_at or 0) > (op.updated_at or 0)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _text(doc: dict[str, Any], key: str) -> str:

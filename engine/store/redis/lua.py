@@ -91,11 +91,14 @@ end
 CREATE = (
     _PRELUDE
     + r"""
--- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: JSON \30 per field, in NAMES order).
+-- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: JSON \30 per field, in NAMES order),
+-- the generation mark the caller saw ('': not checked).
 -- One round trip per submit: the record, its index entries and its event. Returns the record's
--- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again).
--- A record that brings a handle (restored from the mirror) keeps it and the counter is moved past
--- it; else the next number is taken: never one used before.
+-- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again), or -1
+-- when the mark is not the one the caller saw (Redis emptied since: it restores first, which moves the
+-- handle counter past every handle given before). A record that brings a handle (restored from the
+-- mirror) keeps it, unless another operation has it now, and the counter is moved past it; else the
+-- next number is taken: never one used before.
 local denied = publish_denied(P)
 if denied then return denied end
 local k = KEYS[1]
@@ -105,6 +108,7 @@ if redis.call('EXISTS', k) == 1 then
   end
   return 0
 end
+if ARGV[6] and ARGV[6] ~= '' and redis.call('HGET', P .. 'meta', 'generation') ~= ARGV[6] then return -1 end
 local NAMES = {NAMES_HERE}
 local packed, pos, find, sub = ARGV[5], 1, string.find, string.sub
 local kv, rec, n = {'_tx', ARGV[4]}, {}, 2
@@ -119,6 +123,10 @@ for i = 1, #NAMES do  -- found by plain search, not a pattern: a quarter of the 
   rec[name] = value
 end
 local h = tonumber(rec['handle'])
+if h then
+  local other = redis.call('HGET', P .. 'handles', h)
+  if other and other ~= ARGV[2] then h = nil end  -- never take a handle that names another operation
+end
 if h then
   if (tonumber(redis.call('HGET', P .. 'meta', 'handles')) or 0) < h then
     redis.call('HSET', P .. 'meta', 'handles', h)
@@ -412,8 +420,8 @@ DELETE = (
     + r"""
 -- KEYS: op, lease, ck, cp, cd, fail, log. ARGV: P, id, allowed statuses ("a","b").
 -- Removes the operation and all it owns, only while its status is one of the allowed ones and no
--- attempt holds a lease on it; else {'conflict', status}. One script: a resume or claim lands before
--- it (and it refuses) or after it (and finds nothing).
+-- attempt holds a lease on it; else {'conflict', status}; done, {'ok', the handle counter}. One
+-- script: a resume or claim lands before it (and it refuses) or after it (and finds nothing).
 local P = ARGV[1]
 local denied = publish_denied(P)
 if denied then return denied end
@@ -435,6 +443,6 @@ for r = 0, 2 do
   redis.call('ZREM', P .. 'dqf:' .. r, id)
 end
 redis.call('PUBLISH', P .. 'events', '{"kind":"deleted","op":"' .. id .. '","previous":' .. st .. '}')
-return {'ok'}
+return {'ok', redis.call('HGET', P .. 'meta', 'handles') or ''}  -- past every handle given: the mirror keeps it
 """
 )

@@ -42,7 +42,13 @@ class RecordsMixin(RecoveryMixin):
 
     async def create(self, op: Operation) -> int | None:
         validate_id(op.id)
-        handle = await self._create(op, tx=secrets.token_hex(8))
+        tx = secrets.token_hex(8)
+        handle = await self._create(op, tx=tx, generation=self._generation)
+        if handle < 0:  # Redis emptied since this process looked: restored first, so no handle is reused
+            await self._ensure_generation()
+            handle = await self._create(op, tx=tx, generation=self._generation)
+        if handle < 0:
+            raise StoreError(f"redis {self.link.where}: the store was emptied or replaced again; {op.id} not created")
         if not handle:
             raise Conflict(f"operation {op.id} exists already")
         if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
@@ -278,6 +284,10 @@ class RecordsMixin(RecoveryMixin):
             raise Conflict(f"operation {op_id} is {res[1].decode().strip(chr(34))}: not deleted")
         self._malformed.discard(op_id)
         if mirror is not None:  # else a Redis that comes back empty would restore it from there
+            counter = res[1] if res[0] == b"ok" and len(res) > 1 else b""
+            if counter.isdigit() and self._store_id is not None:  # a restore moves the counter past it
+                store_id, url, top = self._store_id, self._location, int(counter)
+                await mirror.guard("keeping its handle", lambda: mirror.write_identity_sync(store_id, url, top))
             await mirror.delete(op_id)
             await self._mirror_wrote()
         if res[0] == b"missing":

@@ -24,6 +24,13 @@ from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD, STORE_FIELD
 
 log = logging.getLogger("outlast.store.redis")
 
+_RAISE_COUNTER = """
+local n = tonumber(ARGV[1])
+if (tonumber(redis.call('HGET', KEYS[1], 'handles')) or 0) < n then redis.call('HSET', KEYS[1], 'handles', n) end
+return 1
+"""
+"""Move the handle counter (``meta`` ``handles``) up to ARGV[1], never down."""
+
 
 class RecoveryMixin(RedisCore):
     """The generation mark and restoring from the mirror (part of RedisStore)."""
@@ -165,9 +172,13 @@ class RecoveryMixin(RedisCore):
         return missing
 
     async def _restore_from_mirror(self) -> None:
-        """Create every mirror record Redis lacks (Redis was emptied)."""
+        """Create every mirror record Redis lacks (Redis was emptied). The handle counter is first moved past
+        every handle the mirror knows was given (a removed operation's too): a handle is never reused."""
         mirror = self.mirror
         assert mirror is not None
+        top = await asyncio.to_thread(mirror.handles_sync)
+        if top:
+            await self.link.call(lambda c: c.eval(_RAISE_COUNTER, 1, self.keys.meta, top), "moving the handle counter")
         ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
         if not ids:
             return
@@ -180,7 +191,17 @@ class RecoveryMixin(RedisCore):
             newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
             if newest is not None and (op.checkpoint_seq or 0) < newest:
                 op.checkpoint_seq = newest
-            restored += await self._create(op, tx=tx) > 0  # it keeps its handle
+            handle = await self._create(op, tx=tx)  # it keeps its handle, unless another took it meanwhile
+            if handle > 0:
+                restored += 1
+                if op.handle is not None and handle != op.handle:
+                    log.warning(
+                        "operation %s: its handle %d names another operation now (created while Redis was"
+                        " empty); it has handle %d",
+                        op_id,
+                        op.handle,
+                        handle,
+                    )
         if restored:
             log.warning(
                 "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
