@@ -123,6 +123,36 @@ def test_a_run_whose_operation_is_emptied_out_of_redis_says_so_once_at_its_end(
         cli.close()
 
 
+def test_a_run_whose_operation_the_mirror_restores_says_so_and_exits_6(
+    redis_server: RedisServer, state_dir: Path, tmp_path: Path
+) -> None:
+    """Redis emptied under ``outlast run`` with a checkpoint mirror: its own process restored the operation
+    a line before the run ended "it is gone from the store", exit 3 (no such operation). Now the last
+    line says it is back, from the mirror, and how to go on; exit 6 (resume it)."""
+    mirror = tmp_path / "mirror"
+    env = {"OUTLAST_NAMESPACE": "cli", "OUTLAST_STORE": redis_server.url, "OUTLAST_CHECKPOINT_MIRROR": str(mirror)}
+    cli = CliAt(state_dir, **env)
+    try:
+        # No checkpoint before the lease renewal finds the record gone (a checkpoint write finding it
+        # missing restores it, and the run goes on); the mirror holds the record written at its start.
+        profile = ("--profile", "checkpoint_interval=600")
+        proc = cli.start("run", "demo", "-p", "items=400", "-p", "seconds=0.02", *profile)
+        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+        proc.wait_line(lambda ln: "running" in ln and " 0/400" not in ln)
+        redis_server.client().flushall()
+        assert proc.wait(60) == ExitCode.PAUSED, "\n".join(proc.err)
+        last = [ln for ln in proc.err if ln.strip()][-1]
+        said = f"{op_id} stopped: the store lost it, and it is restored from the checkpoint mirror {mirror} ("
+        assert last.startswith(said), last
+        assert last.endswith(f"go on with: outlast resume {op_id}"), last
+        shown = outlast("--store", redis_server.url, "--json", "show", op_id)
+        assert shown.returncode == 0, shown.stderr
+        # Running, leaseless, until a process finds it so past the fresh Redis's first lease_ttl seconds.
+        assert json.loads(shown.stdout)["status"] in ("queued", "interrupted", "running")
+    finally:
+        cli.close()
+
+
 def test_a_cron_drain_exits_8_when_redis_takes_no_claim(redis_server: RedisServer, state_dir: Path) -> None:
     """``worker --exit-when-idle`` with work queued and a Redis over maxmemory (every claim refused) ran
     until it was killed: a cron drain that never ends. It ends as a store failure does: one line, 8."""

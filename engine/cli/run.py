@@ -76,6 +76,7 @@ async def run_foreground(
             local = False  # a worker claimed it first: follow it there
             if mode != "quiet":
                 fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
+        back: Operation | None = None
         try:
             view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}")
             final = await follow(engine, op.id, view, local, prefix)
@@ -86,14 +87,65 @@ async def run_foreground(
             report_unwritable(engine, op.id, mode, prefix)
             return ExitCode.STORE
         except NotFound:
-            final = None  # said once the engine has stopped the attempt, after what its store says of it
+            # Said once the engine has stopped the attempt, after what its store says of it then: the
+            # record was missing when it was read, but a restore from the checkpoint mirror (this
+            # process's or another's) may have put it back meanwhile.
+            final = None
+            back = await read_again(engine, op.id)
         stopped_by_store = op.id in engine.store_stopped
+    if final is None and back is not None and back.status in SETTLED and not back.status.resumable:
+        final = back  # settled meanwhile (restored completed, cancelled elsewhere): said as it is
     if final is None:
+        if back is not None:
+            if mode != "quiet":
+                fmt.echo(restored_line(back, engine, prefix), err=True)
+            return ExitCode.PAUSED
         if mode != "quiet":
             fmt.echo(f"{op.id} stopped: it is gone from the store (deleted, or the store emptied)", err=True)
         return ExitCode.NOT_FOUND
     report_final(final, mode, prefix)
     return ExitCode.STORE if stopped_by_store else code_for_status(final.status)
+
+
+GONE_SETTLE = 15.0
+"""Seconds a run whose record went missing waits for its attempt to stop before reading the store again
+(the attempt stops at its next item boundary once its lease is found gone; by force after the grace)."""
+
+
+async def read_again(engine: Engine, op_id: str) -> Operation | None:
+    """The record of ``op_id`` as the store holds it now (with a checkpoint mirror: once this engine's
+    attempt of it has stopped, and the store looked at as a new command would); None when it is really
+    gone (or the store cannot say). A Redis emptied under a run with a checkpoint mirror is restored
+    from the mirror by the first process that notices, often this one: the run ended "gone from the
+    store", exit 3, a line after its own process had put it back."""
+    if getattr(engine.store, "mirror", None) is not None:
+        deadline = time.monotonic() + GONE_SETTLE
+        while op_id in engine.running_ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(OutlastError):
+            # As the next command would at its start: notice a Redis emptied and restore what the mirror
+            # holds (done already when one of this attempt's writes noticed it; its lease renewal does
+            # not), and queue again what no live process runs any more.
+            await engine.recover()
+    try:
+        return await engine.store.get(op_id)
+    except (NotFound, StoreError):
+        return None
+
+
+def restored_line(op: Operation, engine: Engine, prefix: str) -> str:
+    """The last line of a run whose record was lost and is back in the store: what it is now and how
+    to go on (a queued one runs with ``resume`` here or by any worker)."""
+    mirror = getattr(engine.store, "mirror", None)
+    how = f"restored from the checkpoint mirror {mirror.root}" if mirror is not None else "back in the store"
+    where = f" at checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else ""
+    go_on = f"{prefix} resume {op.id}"
+    state = f"{op.status.value}{where}"
+    if op.status is Status.QUEUED:
+        go_on += f", or a running `{prefix} worker` picks it up"
+    elif op.status is Status.RUNNING:  # as restored, with the lease this run lost: nobody runs it
+        state += ", by nobody: the next outlast command that finds it so queues it again"
+    return f"{op.id} stopped: the store lost it, and it is {how} ({state}); go on with: {go_on}"
 
 
 SLOT_POLL = 0.25
