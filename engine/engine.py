@@ -444,7 +444,10 @@ class Engine:
     async def _control(self, op_id: str, action: Action) -> Operation:
         """Settle a queued (or, to cancel, a paused or interrupted) operation in the store; ask a running
         one to stop with a checkpoint (through the store when another process runs it)."""
-        op = await self.store.get(validate_id(op_id))
+        attempt = self._runs.get(validate_id(op_id))
+        if attempt is not None and not attempt.lost:
+            return await self._control_here(attempt, action)
+        op = await self.store.get(op_id)
         check_action(action, op.status, op_id)
         target = StopReason(action.value).status
         if op.status is not Status.RUNNING:
@@ -465,11 +468,32 @@ class Engine:
         if op.status is not Status.RUNNING:
             raise Conflict(f"operation {op_id} is {op.status.value}: nothing to {action.value}")
         attempt = self._runs.get(op_id)
-        if attempt is not None:
-            attempt.stop(StopReason(action.value))
-        else:
-            await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+        if attempt is not None and not attempt.lost:
+            return await self._control_here(attempt, action)
+        await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
         return op
+
+    async def _control_here(self, attempt: Attempt, action: Action) -> Operation:
+        """Pause or cancel an attempt this engine runs: stopped now (at its next item boundary), before any
+        store round trip, then the request stored on the record too.
+
+        The store need not answer for this engine to stop its own work: a dashboard's pause waited on a
+        frozen Redis to read the record first, the work ran on meanwhile, and its lease expired, so it was
+        queued and run again from an older checkpoint. Stored, the request still stands if this attempt
+        loses its lease before it writes its status (whoever finds it orphaned pauses or cancels it, not
+        queues it again); not confirmed, the caller is told (a StoreError saying what stopped here)."""
+        op_id = attempt.op.id
+        check_action(action, Status.RUNNING, op_id)
+        attempt.stop(StopReason(action.value))
+        try:
+            await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+        except StoreError as e:
+            raise StoreError(
+                f"operation {op_id}: stopping here to {action.value} (this process runs it: it stops at its next"
+                f" item, and its status is written once the store answers); the store did not confirm the request:"
+                f" {e}"
+            ) from None
+        return self._with_live(attempt.op)
 
     async def resume(
         self, op_id: str, checkpoint: int | None = None, profile: dict[str, Any] | None = None

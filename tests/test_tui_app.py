@@ -1121,3 +1121,45 @@ def test_outlast_defers_the_settings_only_when_nothing_but_the_state_dir_and_the
     assert _quick_look(App(config=str(config))) == (state_dir, "outlast-light")
     config.write_text('theme = "outlast-light"\nmax_concurrent = 0\n')  # edited: checked in full again
     assert _quick_look(App(config=str(config))) is None
+
+
+@pytest.mark.parametrize(("keys", "settled"), [(("p",), Status.PAUSED), (("c", "y"), Status.CANCELLED)])
+async def test_a_pause_pressed_while_redis_does_not_answer_stops_the_dashboards_own_work_at_once(
+    tui_settings: Settings, redis_server: RedisServer, tmp_path: Path, keys: tuple[str, ...], settled: Status
+) -> None:
+    """``p`` (or ``c`` ``y``) on work the dashboard's engine runs, pressed while Redis is frozen (SIGSTOP):
+    the pause first read the record from the store, so it waited on Redis while the work ran on (its lease
+    expiring, to be queued and run again from an older checkpoint) and nothing was said. Now the attempt
+    stops at once, before any store round trip; the request it could not store is said in an error line,
+    though the status line already says the store fails; once Redis answers it is paused, not run on."""
+    store = open_store(f"{redis_server.url}?retry_for=1", namespace="t")
+    engine = Engine(store=store, settings=tui_settings)
+    app = make_app(tui_settings, engine=engine, poll=0.2)
+    said: list[tuple[str, str]] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append((kw.get("severity", ""), str(message))), notify(message, **kw))[1]  # type: ignore[method-assign]
+    ran = tmp_path / "ran"
+
+    def items_run() -> int:
+        return len(ran.read_text().splitlines())
+
+    assert redis_server.proc is not None
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=400, seconds=0.02, log_file=str(ran))
+        await wait_for(pilot, lambda: items_run() > 3)
+        store.link.timeout = 0.5  # type: ignore[attr-defined]  # the reply wait: the request fails within the freeze
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            await wait_for(pilot, lambda: not app.model.store_ok)  # the status line says the store fails
+            await pilot.press(*keys)
+            await pilot.pause(0.3)
+            stopped_at = items_run()
+            unconfirmed = "the store did not confirm the request"
+            await wait_for(pilot, lambda: any(s == "error" and unconfirmed in m for s, m in said))
+            assert items_run() == stopped_at, "the work ran on while Redis did not answer"
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        await wait_for(pilot, lambda: op_id not in engine.running_ids)
+        assert await status_of(app, op_id) is settled
+        await pilot.pause(0.5)
+        assert items_run() == stopped_at < 400

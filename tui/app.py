@@ -269,6 +269,10 @@ class OutlastApp(App[int]):
         elif is_refusal(error):
             self.notify(str(error), severity="warning")
         elif isinstance(error, OSError | OutlastError) or type(error).__module__.split(".")[0] in ("sqlite3", "redis"):
+            if event.worker.group == "act" and not self.model.store_ok:
+                # A key's action the store did not take is said even while the store is shown failing
+                # already (said once, when the polls began to fail): a pause pressed then went unsaid.
+                self.notify(f"store: {error}", severity="error", timeout=30)
             self.model.failed(error)
         else:
             log.error("dashboard: %s failed: %r", event.worker.name, error, exc_info=error)
