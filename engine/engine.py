@@ -60,9 +60,19 @@ from .store import Store, open_store
 from .supervision import Supervisor, recover_orphans
 from .suspend import Suspender
 
-__all__ = ["Engine", "StoreUnwritable", "store_failure"]
+__all__ = ["Engine", "StoreUnwritable", "SubmitUnknown", "store_failure"]
 
 log = logging.getLogger("outlast.engine")
+
+
+class SubmitUnknown(StoreError):
+    """A submit whose create the store got but did not answer (a frozen Redis): the operation may exist,
+    and run, once the store answers. ``operation_id`` is its id, for the face to say how to check before
+    submitting again: a retry told "not done" ran the work twice."""
+
+    def __init__(self, message: str, operation_id: str) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
 
 
 def _handler_frame(frame: FrameType | None) -> str | None:
@@ -352,7 +362,12 @@ class Engine:
             json.dumps(op.params)
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
-        op.handle = await self.store.create(op)
+        try:
+            op.handle = await self.store.create(op)
+        except StoreError as e:
+            if getattr(e, "outcome_unknown", False):  # the store's word: sent, with no reply
+                raise SubmitUnknown(str(e), op.id) from None
+            raise
         self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
         self._scheduler.wake()
         return op

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, create_model
 
 from .. import __version__
-from ..engine import Engine
+from ..engine import Engine, SubmitUnknown
 from ..models import ID_RE, SETTLED, InvalidInput, NotFound, Operation, OperationSpec, Status
 from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
@@ -151,7 +151,14 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
         and not (request.app.state.allow_commands)
     ):  # the server would load any host a client names
         raise Forbidden("load_testing with allow_remote is disabled on this server (start it with --allow-commands)")
-    op = await engine.submit(_confine_outputs(request, spec))
+    try:
+        op = await engine.submit(_confine_outputs(request, spec))
+    except SubmitUnknown as e:
+        # Not "not done": the create may land when the store answers, and a client retrying on that word
+        # ran the work twice. The id is known: say where to look first (and point there, as a 202 does).
+        url = f"/api/operations/{e.operation_id}"
+        detail = f"{e}; check GET {url} once the store answers, before submitting it again (404: not created)"
+        raise HTTPException(503, detail, headers={"Location": url}) from None
     url = f"/api/operations/{op.id}"
     response.headers["Location"] = url
     return SubmitOut(operation_id=op.id, type=op.type, status=op.status, url=url)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import Settings
-from ..engine import Engine, StoreUnwritable
+from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status
 from ..files import private_dir, private_opener
@@ -63,7 +63,7 @@ async def run_foreground(
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
         if spec is not None:
-            op = await engine.submit(spec)
+            op = await submit_checked(engine, spec, prefix)
         else:
             assert op_id is not None
             op = await engine.get(op_id) if queued else await engine.resume(op_id, checkpoint, profile)
@@ -257,17 +257,28 @@ def spawn_detached(settings: Settings, global_args: list[str], op_id: str, prefi
     return proc.pid
 
 
+async def submit_checked(engine: Engine, spec: OperationSpec, prefix: str = "outlast") -> Operation:
+    """``engine.submit(spec)``; a create the store got without answering says how to look for it before
+    submitting again (``prefix``: the command with the global options given), not that it was not done."""
+    try:
+        return await engine.submit(spec)
+    except SubmitUnknown as e:
+        check = f"check with `{prefix} show {e.operation_id}` once the store answers, before submitting it again"
+        raise SubmitUnknown(f"{e}; {check}", e.operation_id) from None
+
+
 async def submit_or_resume(
     settings: Settings,
     spec: OperationSpec | None,
     op_id: str | None,
     checkpoint: int | None,
     profile: dict[str, Any] | None = None,
+    prefix: str = "outlast",
 ) -> Operation:
-    """Queue an operation (new, or a resume) without running it."""
+    """Queue an operation (new, or a resume) without running it (``prefix``: for the hint of an error)."""
     async with make_engine(settings, run_queue=False) as engine:
         if spec is not None:
-            return await engine.submit(spec)
+            return await submit_checked(engine, spec, prefix)
         assert op_id is not None
         return await engine.resume(op_id, checkpoint, profile)
 

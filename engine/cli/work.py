@@ -125,7 +125,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
     if detach:
         detach_dir(app.settings)  # before anything is stored
-        op = run_async(submit_or_resume(app.settings, spec, None, None))
+        op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
         return _detach(app, op.id)
     return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
@@ -154,7 +154,7 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
     if detach:
         detach_dir(app.settings)  # before anything is stored
     if detach or queue:
-        op = run_async(submit_or_resume(app.settings, spec, None, None))
+        op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
         if queue:
             fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
             return ExitCode.OK
@@ -209,7 +209,7 @@ def submit(app: App, **spec_args: object) -> int:
     from .run import submit_or_resume
 
     spec = build_spec(**spec_args)  # type: ignore[arg-type]
-    op = run_async(submit_or_resume(app.settings, spec, None, None))
+    op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
     return ExitCode.OK
 

@@ -49,10 +49,18 @@ server (SIGSTOP, a host suspended, packets dropped) answers nothing: each comman
 reply and then retried for 30s, so an engine stopping its work because of the outage took minutes
 more to write (or give up writing) the final checkpoint, the logs and the status."""
 
+UNKNOWN = "outcome unknown (sent, with no reply: Redis may still apply it when it answers)"
+"""How a write given up without a reply ends its line: never "not done", which may be untrue."""
+
 STORE_PARAMS = ("lease_ttl", "retry_for")
 """Query parameters of a store URL that are Outlast's, not redis-py's."""
 MAX_CONNECTIONS = 32
 """Connections to Redis per process at most."""
+_READS = ("reading", "listing", "counting", "checking", "resolving")
+"""How the ``what`` of a command that changes nothing begins (``call`` guesses a write from it otherwise)."""
+_CONNECTING = re.compile(r"connecting to|connection refused", re.IGNORECASE)
+"""A connection error raised before the command was sent (redis-py's "Error 111 connecting to ...",
+"Timeout connecting to server"): the command cannot have been applied."""
 _ERRNO = re.compile(r"^Error\s+(-?\d+)\s")
 _ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d+\.\s*", re.IGNORECASE)
 
@@ -108,6 +116,15 @@ def _unknown_params(pool: aioredis.ConnectionPool) -> list[str]:
         if init is not None and cls is not object:
             taken.update(inspect.signature(init).parameters)
     return sorted(k for k in pool.connection_kwargs if k not in taken)
+
+
+class OutcomeUnknown(StoreError):
+    """A write sent to Redis that got no reply before the retries gave up: it may have been applied, or be
+    applied when Redis answers again (a frozen server holds it in its socket buffer). Not "not done": a
+    client told so retried a submit that had landed, and the work ran twice."""
+
+    outcome_unknown = True
+    """Read by the faces (``getattr(e, "outcome_unknown", False)``): they may not import this module."""
 
 
 class RedisLink:
@@ -230,27 +247,56 @@ class RedisLink:
             except TimeoutError:
                 raise RedisTimeoutError(f"no reply within {wait:g}s") from None
 
-    async def call(self, fn: Callable[[Any], Awaitable[T]], what: str = "request", source: str | None = None) -> T:
+    @staticmethod
+    def _maybe_sent(e: BaseException) -> bool:
+        """Whether a try that failed with the transient ``e`` may have reached Redis: anything but a
+        failure to connect (refused, or no connection made) or a refusal by the server (LOADING, ...).
+        No reply within the wait may be a command Redis holds and runs later."""
+        if isinstance(e, ResponseError):
+            return False
+        return not _CONNECTING.search(str(e))
+
+    async def call(
+        self,
+        fn: Callable[[Any], Awaitable[T]],
+        what: str = "request",
+        source: str | None = None,
+        writes: bool | None = None,
+        reached: Sent | None = None,
+    ) -> T:
         """``await fn(client)``, retried through a connection outage for up to ``retry_for`` seconds; once
         the outage is older than that, tried once with a short wait (``DOWN_PROBE``).
+
+        Given up, it is "``what`` not done" only when no try can have been applied; a write (``writes``;
+        None: guessed from ``what``, a read begins "reading", "listing", ...) sent without a reply is
+        OutcomeUnknown: Redis may run it when it answers. Whether a try was sent: ``reached``, set by ``fn``
+        once the command is handed to a connection; without it, guessed from the error (anything but a
+        failure to connect may have been sent).
 
         The client is typed Any: redis-py types every reply ``bytes | str`` whatever decode_responses
         says, and this client never decodes (replies are bytes)."""
         client = self.client
         if client is None:
             raise StoreError(f"redis {self.where}: the store is not open")
+        if writes is None:
+            writes = bool(what) and not what.startswith(_READS)
         start = time.monotonic()
         down = self._down_since
         long_down = down is not None and start - down >= self.retry_for
         deadline = start if long_down else start + self.retry_for
         delay = 0.05
+        unanswered = False
+        """A try of this write may have reached Redis and got no reply: its outcome is unknown."""
         while True:
             sent = time.monotonic()
             try:
                 result = await self.call_once(fn, client, DOWN_PROBE if long_down else None)
             except (RedisError, OSError) as e:
                 if not self._transient(e):
+                    if unanswered:  # refused now, but an earlier try may have been applied
+                        raise OutcomeUnknown(f"{self.error(e, source)}; {what}: {UNKNOWN}") from None
                     raise self.error(e, source) from None
+                unanswered = unanswered or (writes and (reached.sent if reached is not None else self._maybe_sent(e)))
                 if self._down_since is None:
                     self._down_since = sent
                 if self.connected:
@@ -263,10 +309,11 @@ class RedisLink:
                     )
                 now = time.monotonic()
                 if now + delay > deadline:
-                    raise StoreError(
-                        f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
-                        f" ({self._scrub(_reason(e))}); {what} not done"
-                    ) from None
+                    down_for = f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
+                    cause = f"{down_for} ({self._scrub(_reason(e))})"
+                    if unanswered:
+                        raise OutcomeUnknown(f"{cause}; {what}: {UNKNOWN}") from None
+                    raise StoreError(f"{cause}; {what} not done") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -280,8 +327,14 @@ class RedisLink:
             return result
 
     async def script(self, script: Any, keys: list[str], args: list[Any], what: str) -> Any:
-        """``script`` (a registered redis-py script) run with ``keys`` and ``args``, through ``call``."""
-        return await self.call(lambda c: _evalsha(c, script, keys, args), what, script.script)
+        """``script`` (a registered redis-py script) run with ``keys`` and ``args``, through ``call``: a
+        write (every script of the store changes something, or may), whose outcome is unknown only once
+        it was sent: a try cut off while its connection was being made (a frozen Redis does not answer
+        the handshake) cannot have been applied."""
+        sent = Sent()
+        return await self.call(
+            lambda c: _evalsha(c, script, keys, args, sent), what, script.script, writes=True, reached=sent
+        )
 
 
 _PACK = getattr(hiredis, "pack_command", None)
@@ -291,7 +344,16 @@ _POOL_ARGS = ("EVALSHA",) if _get is not None and _get.default is inspect.Parame
 """What the pool's get_connection takes: a command name up to redis-py 5.2; nothing since (it warns)."""
 
 
-async def _evalsha(client: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
+class Sent:
+    """Set once a try of a command was handed to a connection (see ``RedisLink.call``)."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+async def _evalsha(client: Any, script: Any, keys: list[str], args: list[Any], sent: Sent | None = None) -> Any:
     """``await script(keys=keys, args=args, client=client)`` without redis-py's per-command layers: the
     EVALSHA packed in one C call (hiredis) and sent on a connection of the client's pool, its reply read
     there. Through redis-py a trivial EVALSHA took 90 us, and 62 us this way on the same connection pool:
@@ -311,6 +373,8 @@ async def _evalsha(client: Any, script: Any, keys: list[str], args: list[Any]) -
             raise DataError(str(e)) from None
     pool = client.connection_pool
     conn = await pool.get_connection(*_POOL_ARGS)
+    if sent is not None:
+        sent.sent = True  # connected (the handshake answered): from here it may reach Redis
     try:
         await conn.send_packed_command(conn.pack_command(*command) if packed is None else packed)
         return await conn.read_response()
