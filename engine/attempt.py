@@ -447,8 +447,16 @@ class Attempt:
         await self._settle(reason.status, message=f"{msg}; {where}")
 
     async def _final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
-        if not self.lost:  # the store refused this attempt: nothing more is written (see lose())
+        if self.lost:  # the store refused this attempt: nothing more is written (see lose())
+            return
+        try:
             await self.ctx.final_checkpoint(always=always, forced=forced)
+        except StaleAttempt as e:
+            # Another attempt holds the operation now (a lease that ran out while a frozen Redis did not
+            # answer): nothing more of this one is written. It escaped as an "internal error settling the
+            # attempt", with a traceback, and a try at writing `failed` over the new attempt's record.
+            log.warning("%s: %s; this attempt stops without writing", self.op.id, e)
+            self.lost = True
 
     async def _settle(
         self, status: Status, *, message: str | None = None, error: str | None = None, **fields: Any

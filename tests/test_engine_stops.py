@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -61,6 +63,33 @@ async def test_break_then_pause_saves_final_checkpoint(engine: Engine) -> None:
     assert final.status is Status.PAUSED and "forced" not in (final.status_message or ""), final.status_message
     cp, ledger = await engine.store.load_checkpoint(op.id)
     assert ledger.done == {str(i) for i in range(9)} and cp.state == {"sum": sum(range(9))}
+
+
+async def test_a_final_checkpoint_refused_as_stale_stops_the_attempt_without_an_internal_error(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another attempt took the operation while this one ran (a lease run out under a frozen Redis; here
+    its epoch is moved by hand), then this one is paused: its final checkpoint is refused as stale. That
+    escaped as an "internal error settling the attempt" with a traceback, and a write of `failed` was
+    tried over the other attempt's record. Now it stops, one warning, and writes nothing more."""
+    op = await engine.submit(
+        OperationSpec(type="test_break_then_wait", params={"break_at": 9, "checkpoint_after": False})
+    )
+    await until(lambda: (r := engine.live(op.id)) is not None and r.message == "waiting", timeout=20)
+    held = await engine.store.get(op.id)
+    db = sqlite3.connect(Path(engine.settings.state_dir) / "outlast.db")  # what another claim does
+    with db:
+        db.execute(
+            "UPDATE operations SET epoch=epoch+1, record=json_set(record, '$.epoch', epoch+1) WHERE id=?", (op.id,)
+        )
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="outlast"):
+        await engine.pause(op.id)
+        await until(lambda: op.id not in engine.running_ids, timeout=20)
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()], caplog.text
+    assert any("this attempt stops without writing" in r.getMessage() for r in caplog.records), caplog.text
+    after = await engine.store.get(op.id)
+    assert after.status is Status.RUNNING and after.epoch == held.epoch + 1  # the other attempt's, untouched
 
 
 async def test_error_after_break_is_not_blamed_on_an_item(engine: Engine) -> None:
