@@ -59,6 +59,8 @@ class _Job:
     write: bool
     future: asyncio.Future[Any]
     undo: Callable[[], None] | None = None
+    """Runs on the thread each time the job's writes were rolled back (e.g. let go of a lock it took): it
+    failed, or the group's first try was rolled back for another job's failure and it runs again."""
     after: Callable[[], None] | None = None
     """Runs on the thread once the job's group committed (e.g. let go of a lock the commit made stale)."""
 
@@ -241,7 +243,12 @@ class SqliteWorker:
             _deliver([(job, None, error)])
             self._lose(others, e)
             return []
-        _undo(job)  # after the rollback: an undo reads the database as it was before the group
+        # Every job's writes went with the rollback: each is undone (read as the database was before the
+        # group), so a claim lets go of the lock it took, and takes one again when it runs again: another
+        # process may commit between the two tries, and a claim that then chose another operation left the
+        # first one locked, claimable by nobody else while this process lived.
+        for undone in group:
+            _undo(undone)
         _deliver([(job, None, error)])
         return self._commit(others, careful=True)
 
