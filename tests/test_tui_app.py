@@ -1110,17 +1110,17 @@ def test_outlast_defers_the_settings_only_when_nothing_but_the_state_dir_and_the
     a config not checked yet, or --plugin, loads the settings before any screen, so what is wrong is said
     there."""
     from engine.cli.common import App
-    from engine.cli.work import _quick_look
+    from engine.cli.work import quick_look
 
-    assert _quick_look(App()) == (state_dir, None)
-    assert _quick_look(App(plugins=("tests.ops_for_tests",))) is None
+    assert quick_look(App()) == (state_dir, None)
+    assert quick_look(App(plugins=("tests.ops_for_tests",))) is None
     config = tmp_path / "outlast.toml"
     config.write_text('theme = "outlast-light"\n')
-    assert _quick_look(App(config=str(config))) is None  # not checked yet
+    assert quick_look(App(config=str(config))) is None  # not checked yet
     assert App(config=str(config)).settings.theme == "outlast-light"  # the full check, remembered
-    assert _quick_look(App(config=str(config))) == (state_dir, "outlast-light")
+    assert quick_look(App(config=str(config))) == (state_dir, "outlast-light")
     config.write_text('theme = "outlast-light"\nmax_concurrent = 0\n')  # edited: checked in full again
-    assert _quick_look(App(config=str(config))) is None
+    assert quick_look(App(config=str(config))) is None
 
 
 @pytest.mark.parametrize(("keys", "settled"), [(("p",), Status.PAUSED), (("c", "y"), Status.CANCELLED)])

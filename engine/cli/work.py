@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def open_dashboard(app: App, watch_only: bool = False) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
-    quick = _quick_look(app)
+    quick = quick_look(app)
     settings = app.settings if quick is None else None  # first, as before: what is wrong with them is said first
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
@@ -45,7 +45,7 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     return int(tui_app.main(settings, watch_only=watch_only, first_look=first_look) or 0)
 
 
-def _quick_look(app: App) -> tuple[Path, str | None] | None:
+def quick_look(app: App) -> tuple[Path, str | None] | None:
     """The state dir and theme the first frame needs, when they are all the settings could change of it
     (``App.quick_state_dir``: defaults but a config file the full check accepted before, which names no
     store or plugins); None: the settings are loaded first, and say what is wrong before any screen."""
