@@ -21,7 +21,6 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -51,6 +50,7 @@ from .models import (
     validate_id,
 )
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
+from .paths import detached_log
 from .processes import process_start
 from .profiles import resume_fields, stored_profile
 from .registry import ensure_loaded, get_handler
@@ -580,9 +580,8 @@ class Engine:
         check_action(Action.REMOVE, op.status, op_id)
         await self.store.delete(op_id, expect=ACTIONS[Action.REMOVE])
         # The output of a detached run (`outlast run --detach`) is its log too: it stayed behind for ever.
-        detached = Path(self.settings.state_dir).expanduser() / "detached" / f"{op_id}.log"
         with contextlib.suppress(OSError):
-            detached.unlink()
+            detached_log(self.settings.state_dir, op_id).unlink()
 
     # ---- recovery ------------------------------------------------------------------------------
 

@@ -15,6 +15,15 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
 
 
+DETACHED = "detached"
+"""The state dir's directory of detached runs' output (``outlast run --detach``): ``DETACHED/ID.log``."""
+
+
+def detached_log(state_dir: str | os.PathLike[str], op_id: str) -> Path:
+    """Where a detached run of ``op_id`` writes its output (the directory is not made here)."""
+    return Path(state_dir).expanduser() / DETACHED / f"{op_id}.log"
+
+
 def default_state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / "outlast"
 

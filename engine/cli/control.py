@@ -268,17 +268,23 @@ def rm(app: App, op_ids: tuple[str, ...]) -> int:
     return _report_removed(app, run_async(go()))
 
 
-def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -> int:
+def _refused(error: BaseException) -> ExitCode:
+    """Say a refused removal in one line; its exit code."""
     from ..exitcodes import code_for_error
 
+    fmt.echo(fmt.printable(f"outlast: {error}"), err=True)
+    return ExitCode(code_for_error(error) or ExitCode.USAGE)
+
+
+def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -> int:
     code = ExitCode.OK
     for op_id, error in results:
         if error is None:
             if not app.quiet and not app.json:
                 fmt.echo(f"{op_id} removed")
         else:
-            fmt.echo(fmt.printable(f"outlast: {error}"), err=True)
-            code = code or (code_for_error(error) or ExitCode.USAGE)
+            refused = _refused(error)  # said whatever came before
+            code = code or refused
     if app.json:
         fmt.echo(fmt.dumps({"removed": [i for i, e in results if e is None]}))
     return int(code)
@@ -319,11 +325,9 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
     def said(op_id: str, error: BaseException | None) -> None:
         """Say each one as it goes: an interrupted clean (Ctrl-C after thousands) said nothing of them."""
         nonlocal code
-        from ..exitcodes import code_for_error
-
         if error is not None:
-            fmt.echo(fmt.printable(f"outlast: {error}"), err=True)
-            code = code or (code_for_error(error) or ExitCode.USAGE)
+            refused = _refused(error)
+            code = code or refused
             return
         done.append(op_id)
         if not app.quiet and not app.json:

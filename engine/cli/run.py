@@ -29,6 +29,7 @@ from ..models import (
     StatusChanged,
     StoreError,
 )
+from ..paths import DETACHED, detached_log
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
@@ -227,11 +228,12 @@ def detach_dir(settings: Settings) -> Path:
     a file in its place was an internal error after it, which left a queued operation nobody ran."""
     state = Path(settings.state_dir).expanduser()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return private_dir(state, "detached")
+    return private_dir(state, DETACHED)
 
 
 def detach_log(settings: Settings, op_id: str) -> Path:
-    return detach_dir(settings) / f"{op_id}.log"
+    detach_dir(settings)  # made if missing
+    return detached_log(settings.state_dir, op_id)
 
 
 def spawn_detached(settings: Settings, global_args: list[str], op_id: str, prefix: str = "outlast") -> int:

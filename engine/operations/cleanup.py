@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..files import private_opener
 from ..models import TERMINAL, Operation
+from ..paths import DETACHED
 from ..registry import operation
 from ..store import open_store
 from ..text import clean
@@ -218,7 +219,7 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
     out: dict[str, FileId] = {}
-    for kind in ("logs", "detached"):  # an operation's log; a detached run's output (``run --detach``)
+    for kind in ("logs", DETACHED):  # an operation's log; a detached run's output (``run --detach``)
         logs = state / kind
         if not logs.is_dir():
             continue
