@@ -10,6 +10,7 @@ Layout (one directory per namespace)::
 
     DIR/NAMESPACE/store.json                       the store it mirrors (its id, its URL) and the
                                                    highest handle an operation removed since had
+    DIR/NAMESPACE/store.lock                       held while store.json is read and written again
     DIR/NAMESPACE/ops/ID.json                      the operation record
     DIR/NAMESPACE/checkpoints/ID/SEQ.ckpt.json     info, payload and checksum (newest N kept)
     DIR/NAMESPACE/checkpoints/ID/SEQ.delta.json    the items done since the previous one (all kept)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -238,11 +240,18 @@ class CheckpointMirror:
         """Name the store this mirror is written for; ``handles`` only ever grows (the handle counter as a
         removal found it, past every handle given before, those of records the mirror no longer holds too:
         a restore moves Redis's counter past it)."""
-        old = self.identity_sync() or {}
-        keep = old.get("handles") if old.get("store") == store_id else 0
-        doc = {"format": FORMAT, "store": store_id, "url": url, "handles": max(handles, _int(keep))}
-        if doc != old:
-            atomic_write(self.dir / "store.json", json.dumps(doc).encode())
+        # Read, compare and write under a lock: two processes removing operations at once would otherwise
+        # each read the old count and the second write would take back the first one's higher handle.
+        fd = os.open(self.dir / "store.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            old = self.identity_sync() or {}
+            keep = old.get("handles") if old.get("store") == store_id else 0
+            doc = {"format": FORMAT, "store": store_id, "url": url, "handles": max(handles, _int(keep))}
+            if doc != old:
+                atomic_write(self.dir / "store.json", json.dumps(doc).encode())
+        finally:
+            os.close(fd)  # lets go of the lock
 
     def handles_sync(self) -> int:
         """The highest handle the mirror knows was given: its records' and the one ``store.json`` keeps."""
