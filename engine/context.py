@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import time
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -39,6 +39,8 @@ from .store.base import ItemDelta, Ledger
 from .text import bad_text, clean, clean_json, storable
 
 T = TypeVar("T")
+
+_getframe = sys._getframe
 
 MAX_COUNT = 2**63 - 1
 """The largest count a store keeps (SQLite's largest integer)."""
@@ -620,22 +622,67 @@ class OperationContext(SeedContextMethods):
 
 
 class _Items(AsyncIterator[T]):
-    """The iterator behind ``ctx.items``: an async generator does the work; this wrapper sees the loop
-    being left (``break``, an exception) at once: the loop drops its only reference and ``__del__``
-    runs there and then, so the context is no longer inside an item body (the generator itself is
-    only closed later, by the event loop).
+    """The iterator behind ``ctx.items``: skips what is done, marks an item done when its loop body
+    finished (at the next ``__anext__``), and sees the loop being left (``break``, an exception) at once:
+    the loop drops its only reference and ``__del__`` runs there and then, so the context is no longer
+    inside an item body.
+
+    A class whose ``__anext__`` is a coroutine, not an async generator behind a wrapper: a turn of the
+    loop cost the wrapper's call, the generator's ``asend`` object and its wrapped value on top of the
+    work (1 us an item, a bare ``for`` 6 ns); one coroutine per item is the least an ``async for`` costs.
+
+    After a resume, a key equal to the next of the done keys in the order they were done (``ledger.order``)
+    is done with a string compare, no hash and no probe of a large set (the skip of 100,000 done items took
+    half the time of a resume). Any other key is looked up in the sets; so is every key once the order is
+    used up (``_want`` then stays the last done key: a match is still done). A first attempt has no order
+    (``_want`` None, which no key equals).
     """
 
-    __slots__ = ("_current", "_frame", "_gen", "_ledger", "_task")
+    __slots__ = (
+        "_ctx",
+        "_done_keys",
+        "_every",
+        "_failed",
+        "_had",
+        "_in_order",
+        "_it",
+        "_k",
+        "_keyf",
+        "_ledger",
+        "_loop",
+        "_met",
+        "_new_done",
+        "_repeats",
+        "_running",
+        "_skipped",
+        "_task",
+        "_want",
+    )
 
     def __init__(self, ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]) -> None:
+        self._ctx = ctx
         self._ledger = ledger
-        self._current: list[str | None] = [None]
-        """The key whose body runs, shared with the generator (which must not refer to this object)."""
-        self._gen = _iterate(self._current, ctx, ledger, it, keyf)
-        self._frame = self._task = 0
-        """Ids of the frame and task whose loop took the item whose body runs (ids: a reference would
-        keep the loop's frame alive past its ``break``, where ``__del__`` must run)."""
+        self._it = it
+        self._keyf: Callable[[T], str] | None = None if keyf is str else keyf
+        """None: the key is the item's ``str`` (an item that is a ``str`` is its own key, without the call)."""
+        self._done_keys, self._failed, self._skipped = ledger.done, ledger.failed, ledger.skipped
+        self._new_done = ledger.new_done
+        self._every = ctx.profile.checkpoint_every
+        self._in_order = itertools.chain.from_iterable(ledger.order)
+        self._want = next(self._in_order, None)
+        self._repeats = not ctx.resuming
+        """Nothing was done before this run: a done key met again came twice in it."""
+        # A resume whose loops met none of the done keys: the keys changed (a new version of the handler,
+        # another key=), and every item was run again, silently. Said at a loop's end.
+        self._had = len(self._done_keys) if ctx.resuming and not ctx._met_done else 0
+        self._met = False
+        self._k: str | None = None
+        """The key whose body runs (taken by this loop, not finished yet)."""
+        self._running = False
+        """A turn is between its items (at a checkpoint): no other task may take an item then."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: object = _NOT_YET
+        """The task that took the last item (dropped when the loop ends: it holds the handler's frame)."""
 
     def __aiter__(self) -> _Items[T]:
         return self
@@ -643,26 +690,106 @@ class _Items(AsyncIterator[T]):
     def __iter__(self) -> Iterator[T]:
         raise TypeError("ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)")
 
-    def __anext__(self) -> Awaitable[T]:
-        frame = id(sys._getframe(1))
-        if frame != self._frame:  # another loop: the task is looked up only then (a third of a microsecond)
-            task = id(asyncio.current_task())
-            if self._current[0] is not None and task != self._task:
-                # Asking for the next item ends the body of the one before: from another task that
-                # would mark an item done whose body still runs (lost, if the process dies after the
-                # checkpoint that lists it).
-                raise RuntimeError(
-                    "ctx.items() is one loop, its items done one after another: its next item was asked for"
-                    f" by another task while the body of {self._current[0]!r} runs. Run the work of several"
-                    " items at once inside one body (a batch as the item), or in a pool whose results one"
-                    " loop takes in order"
-                )
-            self._frame, self._task = frame, task
-        return self._gen.__anext__()
+    async def __anext__(self) -> T:
+        if _task_now(self._loop) is not self._task:  # another task took the item before (or none yet)
+            self._another_task()
+        ctx = self._ctx
+        ledger = self._ledger
+        k = self._k
+        if k is not None:  # the body of the item before finished
+            self._k = None
+            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+                ledger.current = None
+                self._done_keys.add(k)
+                self._new_done.append(k)
+                ctx._done += 1
+            every = self._every
+            if every and ctx._done - ctx._done_at_checkpoint >= every:
+                ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
+            if ctx._attention:
+                self._running = True
+                try:
+                    await ctx._at_boundary()
+                except BaseException:
+                    self._end(False)
+                    raise
+                finally:
+                    self._running = False
+        done_keys = self._done_keys
+        keyf = self._keyf
+        want = self._want
+        try:
+            for item in self._it:
+                if keyf is None:
+                    k = item if item.__class__ is str else str(item)  # type: ignore[assignment]
+                else:
+                    k = keyf(item)
+                    if k.__class__ is not str:
+                        k = ctx._key_text(k)
+                if want is not None and k == want:
+                    want = self._want = next(self._in_order, want)
+                    self._met = True
+                    continue
+                if k in done_keys or (self._failed and k in self._failed) or (self._skipped and k in self._skipped):
+                    self._met = True
+                    if self._repeats and k in done_keys:
+                        # Said once a loop: two items with one key, or a second loop over the same keys.
+                        self._repeats = False
+                        ctx.log.warning(
+                            f"item key {k!r} came again after it was done: skipped, as every later item whose key"
+                            " is done (a key names one item: two items that share one run once)"
+                        )
+                    continue
+                self._k = ledger.current = k
+                ledger.left = None
+                return item
+        except BaseException:
+            self._end(False)
+            raise
+        self._end(True)
+        raise StopAsyncIteration
+
+    def _another_task(self) -> None:
+        """The next item is asked for by another task than the one before (or the first time): allowed
+        once no body runs."""
+        loop = self._loop = asyncio.get_running_loop()
+        task = _task_now(loop)
+        if self._k is not None:
+            # Asking for the next item ends the body of the one before: from another task that
+            # would mark an item done whose body still runs (lost, if the process dies after the
+            # checkpoint that lists it).
+            raise RuntimeError(
+                "ctx.items() is one loop, its items done one after another: its next item was asked for"
+                f" by another task while the body of {self._k!r} runs. Run the work of several"
+                " items at once inside one body (a batch as the item), or in a pool whose results one"
+                " loop takes in order"
+            )
+        if self._running:
+            raise RuntimeError("ctx.items(): its next item was asked for while the loop checkpoints between two items")
+        self._task = task
+
+    def _end(self, exhausted: bool) -> None:
+        """The loop is over (``exhausted``: it ran out of items; else an exception or ``aclose``)."""
+        self._it = iter(())
+        self._k = None
+        self._task = None
+        ctx = self._ctx
+        if self._met:
+            ctx._met_done = True
+        had = self._had
+        self._had = 0
+        if exhausted and had and not ctx._met_done and len(self._done_keys) > had:
+            ctx._met_done = True  # said once
+            ctx.log.warning(
+                f"none of this run's items was among the {had} its checkpoint counted"
+                " as done, so every one was run again: did the item keys change (a new version of the handler,"
+                " another key=)?"
+            )
 
     def _leave(self, frame: FrameType | None) -> None:
         """The handler left the body of the current item without finishing it: not done."""
-        k, self._current[0] = self._current[0], None
+        k, self._k = self._k, None
+        self._task = None
         ledger = self._ledger
         if k is not None and ledger.current == k:
             ledger.current = None
@@ -670,75 +797,35 @@ class _Items(AsyncIterator[T]):
 
     async def aclose(self) -> None:
         self._leave(None)
-        await self._gen.aclose()
+        self._end(False)
 
     def __del__(self) -> None:
         # Called where the loop dropped the iterator: frame 1 is the handler, at its ``break`` or at the
         # instruction an exception is leaving the body from (the attempt matches it to the traceback).
         with contextlib.suppress(Exception):
-            self._leave(sys._getframe(1))
+            self._leave(_getframe(1))
+            if self._met:
+                self._ctx._met_done = True
 
 
-async def _iterate(
-    current: list[str | None], ctx: OperationContext, ledger: ItemLedger, it: Iterator[T], keyf: Callable[[T], str]
-) -> AsyncGenerator[T, None]:
-    """The work of ``ctx.items``: skip what is done, mark an item done when its body finished.
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
 
-    After a resume, a key equal to the next of the done keys in the order they were done (``ledger.order``)
-    is done with a string compare, no hash and no probe of a large set (the skip of 100,000 done items took
-    half the time of a resume). Any other key is looked up in the sets; so is every key once the order is
-    used up (``want`` then stays the last done key: a match is still done). A first attempt has no order
-    (``want`` None, which no key equals)."""
-    done_keys, failed, skipped, new_done = ledger.done, ledger.failed, ledger.skipped, ledger.new_done
-    every = ctx.profile.checkpoint_every
-    in_order = itertools.chain.from_iterable(ledger.order)
-    want = next(in_order, None)
-    repeats = not ctx.resuming  # nothing was done before this run: a done key met again came twice in it
-    # A resume whose loops met none of the done keys: the keys changed (a new version of the handler,
-    # another key=), and every item was run again, silently. Said at a loop's end.
-    had = len(done_keys) if ctx.resuming and not ctx._met_done else 0
-    met = False
-    try:
-        for item in it:
-            k = keyf(item)
-            if k.__class__ is not str:
-                k = ctx._key_text(k)
-            if k == want:
-                want = next(in_order, want)
-                met = True
-                continue
-            if k in done_keys or k in failed or k in skipped:
-                met = True
-                if repeats and k in done_keys:
-                    repeats = False  # said once a loop: two items with one key, or a second loop over the same keys
-                    ctx.log.warning(
-                        f"item key {k!r} came again after it was done: skipped, as every later item whose key is"
-                        " done (a key names one item: two items that share one run once)"
-                    )
-                continue
-            current[0] = ledger.current = k
-            ledger.left = None
-            yield item
-            current[0] = None
-            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
-                ledger.current = None
-                done_keys.add(k)
-                new_done.append(k)
-                ctx._done += 1
-            if every and ctx._done - ctx._done_at_checkpoint >= every:
-                ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
-            if ctx._attention:
-                await ctx._at_boundary()
-    finally:
-        if met:
-            ctx._met_done = True
-    if had and not ctx._met_done and len(done_keys) > had:
-        ctx._met_done = True  # said once
-        ctx.log.warning(
-            f"none of this run's items was among the {had} its checkpoint counted"
-            " as done, so every one was run again: did the item keys change (a new version of the handler,"
-            " another key=)?"
-        )
+
+def _current_task(loop: asyncio.AbstractEventLoop | None) -> asyncio.Task[Any] | None:
+    return None if loop is None else asyncio.current_task(loop)
+
+
+_task_now: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None] = (
+    _current_task if _current_tasks is None else _current_tasks.get  # type: ignore[assignment]
+)
+"""The task running on a loop: asyncio's own table, read directly (``asyncio.current_task`` is a Python
+function on 3.11, a third of a microsecond, once per item), or that function where the table is gone."""
+
+
+_NOT_YET = object()
+"""No task took an item yet."""
 
 
 def _text(value: object) -> str | None:

@@ -1,0 +1,50 @@
+"""One turn of ``ctx.items()`` is one coroutine of its iterator (no async generator behind a wrapper, no
+frame lookup): what a turn did before still holds. A loop whose iterator the handler keeps in a variable
+and leaves with ``break`` is seen left when the handler's frame lets go of it (the iterator holds the task
+that took its item: that must not keep it alive); a checkpoint is due after ``checkpoint_every`` items,
+counted from the last checkpoint, and taken between two items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import Engine, OperationContext, OperationSpec, Status, operation
+
+
+@operation("test_items_kept_then_left")
+async def kept_then_left(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    it = ctx.items([f"k{i}" for i in range(10)])
+    async for k in it:
+        if k == "k4":
+            break
+    del it  # the loop is left here: k4 is not done, and a checkpoint is taken at once, not deferred
+    await ctx.checkpoint(next_step="after the loop")
+    return {"done": ctx.done, "k4": ctx.is_done("k4"), "seq": ctx.checkpoint_seq}
+
+
+async def test_a_kept_iterator_left_by_break_is_left_when_let_go(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_kept_then_left"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {"done": 4, "k4": False, "seq": 1}
+    got = await engine.store.load_checkpoint(op.id)
+    assert got is not None
+    cp, ledger = got
+    assert cp.next_step == "after the loop" and ledger.done == {f"k{i}" for i in range(4)}
+
+
+@operation("test_items_every")
+async def every(ctx: OperationContext, p: Any) -> list[int]:
+    seen = []
+    async for _ in ctx.items(range(10)):
+        seen.append(ctx.checkpoint_seq)  # the checkpoints saved before this item's body
+    return seen
+
+
+async def test_checkpoint_every_is_taken_between_items_on_the_count(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_every", profile={"checkpoint_every": 3}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    ledger = (await engine.store.load_checkpoint(op.id))[1]  # type: ignore[index]
+    assert ledger.done >= {str(i) for i in range(9)}
