@@ -3,7 +3,9 @@ named by OUTLAST_TEST_DIE_AT (a kill at a random moment rarely lands in a window
 
 - ``dirstat``: as the first directory is given its source's mode and times;
 - ``manifest``: just after the manifest is renamed into place;
-- ``journal``: just after the manifest's journal is removed (with the manifest there).
+- ``journal``: just after the manifest's journal is removed (with the manifest there);
+- ``placed``: just after the OUTLAST_TEST_DIE_AFTER-th file is renamed into place from its partial (its
+  batch renamed in part, not yet synced, so not yet counted done).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from engine.operations.backup import JOURNAL, MANIFEST
 
 DIE_AT = os.environ.get("OUTLAST_TEST_DIE_AT", "")
+DIE_AFTER = int(os.environ.get("OUTLAST_TEST_DIE_AFTER", "1"))
+_placed = [0]
 
 
 def _die() -> None:
@@ -35,6 +39,10 @@ def replace(src: Any, dst: Any, **kw: Any) -> None:
     _replace(src, dst, **kw)
     if DIE_AT == "manifest" and str(dst).endswith(MANIFEST):
         _die()
+    if DIE_AT == "placed" and str(src).endswith(".outlast-partial"):
+        _placed[0] += 1
+        if _placed[0] == DIE_AFTER:
+            _die()
 
 
 def unlink(path: Any, **kw: Any) -> None:

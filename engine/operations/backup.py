@@ -55,7 +55,9 @@ class BackupParams(BaseModel):
     destination: str = Field(
         description="directory to copy into (created; must not be, be inside or contain the source)"
     )
-    verify: bool = Field(default=True, description="re-read every copy and compare its sha256")
+    verify: bool = Field(
+        default=True, description="re-read every copy as it is written and compare it with the source's bytes"
+    )
     chunk_checkpoint: int = Field(
         default=64 << 20, ge=CHUNK, le=1 << 40, description="bytes between checkpoints inside one large file"
     )
@@ -241,13 +243,28 @@ def _pwrite_all(fd: int, data: bytes, at: int) -> None:
         view, at = view[n:], at + n
 
 
-def _copy_range(fi: int, fo: int, start: int, length: int | None, h: hashlib._Hash) -> int:
+class Differs(OSError):
+    """The copy, read back, is not what was read from the source."""
+
+
+def _check(fo: int, data: bytes | memoryview, at: int) -> None:
+    """The copy holds ``data`` at ``at``, read back (Differs if not)."""
+    if os.pread(fo, len(data), at) != data:
+        raise Differs(errno.EIO, f"verification failed: the copy read back differs at byte {at}")
+
+
+def _copy_range(fi: int, fo: int, start: int, length: int | None, h: hashlib._Hash, verify: bool = False) -> int:
     """Copy bytes ``start`` .. ``start + length`` (to the end when None) of ``fi`` to the same offsets of ``fo``,
     fed to ``h``; returns the bytes copied (0 at the end). Holes of the source (SEEK_DATA/SEEK_HOLE) are left
-    holes in the copy and hashed as the zeros they read as: a sparse file is not copied fully allocated."""
+    holes in the copy and hashed as the zeros they read as: a sparse file is not copied fully allocated.
+
+    ``verify``: every block written is read back from the copy and compared with the bytes read from the
+    source (the holes with zeros): what the hash of the copy, read back again, compared with the source's
+    hash, byte for byte, without hashing the bytes twice."""
     size = os.fstat(fi).st_size
     stop = size if length is None else min(size, start + length)
     pos = start
+    holes: list[tuple[int, int]] = []
     while pos < stop:
         try:
             data_at = min(os.lseek(fi, pos, os.SEEK_DATA), stop)
@@ -258,6 +275,8 @@ def _copy_range(fi: int, fo: int, start: int, length: int | None, h: hashlib._Ha
             else:  # no hole support here: all data
                 data_at, hole_at = pos, stop
         _hash_zeros(h, data_at - pos)
+        if verify and data_at > pos:
+            holes.append((pos, data_at))
         pos = data_at
         while pos < hole_at:
             b = os.pread(fi, min(CHUNK, hole_at - pos), pos)
@@ -266,69 +285,162 @@ def _copy_range(fi: int, fo: int, start: int, length: int | None, h: hashlib._Ha
                 break
             h.update(b)
             _pwrite_all(fo, b, pos)
+            if verify:
+                _check(fo, b, pos)
             pos += len(b)
     if os.fstat(fo).st_size != pos:
         os.ftruncate(fo, pos)  # a trailing hole, or a longer old partial
+    for at, end in holes:  # read back once the copy is as long as the source
+        while at < end:
+            k = min(CHUNK, end - at)
+            _check(fo, memoryview(ZEROS)[:k], at)
+            at += k
     return pos - start
 
 
-def _write_partial(src: str, tmp: str) -> tuple[int, str]:
-    """Copy a whole file (or symlink) to its partial name, not yet synced; returns (bytes, sha256 or 'symlink')."""
-    if os.path.islink(src):
+def _create_fd(path: str) -> int:
+    """``path`` created afresh for reading and writing, whatever was there (a link there is replaced, not
+    followed): the common case, nothing there, costs one ``open``."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o666)
+    except FileExistsError:
+        _remove(path)
+        return os.open(path, flags, 0o666)
+
+
+def _copy_xattrs(fi: int, fo: int) -> None:
+    """shutil's copy of extended attributes (what ``copystat`` does), between open descriptors."""
+    try:
+        names = os.listxattr(fi)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+            raise
+        return
+    for name in names:
+        try:
+            os.setxattr(fo, name, os.getxattr(fi, name))
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+                raise
+
+
+def _write_partial(src: str, tmp: str, verify: bool) -> tuple[int, str]:
+    """Copy a whole file (or symlink) to its partial name, not yet synced; returns (bytes, sha256 or 'symlink').
+
+    A file is verified (``verify``: read back as it is written, see ``_copy_range``) and given its source's
+    times, extended attributes and mode (``shutil.copystat``'s order) through the descriptors already open,
+    before it is renamed into place: no path is opened or looked up twice."""
+    try:
+        fi = open_regular(src, os.O_RDONLY, follow=False)
+    except NotRegular:
+        if not os.path.islink(src):
+            raise
         _remove(tmp)
         os.symlink(os.readlink(src), tmp)
+        shutil.copystat(src, tmp, follow_symlinks=False)  # the link's own times
         return 0, "symlink"
-    with _open_source(src) as fi, _create(tmp) as fo:
-        h = hashlib.sha256()
-        n = _copy_range(fi.fileno(), fo.fileno(), 0, None, h)
-    return n, h.hexdigest()
+    try:
+        fo = _create_fd(tmp)
+        try:
+            h = hashlib.sha256()
+            try:
+                n = _copy_range(fi, fo, 0, None, h, verify)
+            except Differs as e:
+                os.unlink(tmp)
+                raise OSError(f"{e.strerror} from {src}") from None
+            sha = h.hexdigest()
+            st = os.fstat(fi)  # after the read, as copystat saw it
+            os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _copy_xattrs(fi, fo)
+            os.chmod(fo, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
+    return n, sha
 
 
-def _seal(src: Path, dst: Path, tmp: Path, sha: str, verify: bool) -> str:
-    """Verify the partial against ``sha``, give it the source's mode and times, rename it into place (over a
-    directory an earlier backup left there: the destination's own)."""
-    if verify and sha != "symlink" and _sha(tmp) != sha:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"verification failed: sha256 of the copy differs from {src}")
-    shutil.copystat(src, tmp, follow_symlinks=False)  # for a symlink: the link's own times
+def _place(tmp: str, dst: Path) -> None:
+    """Rename a finished partial into place (over a directory an earlier backup left there: the destination's
+    own)."""
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(dst).st_mode):
             shutil.rmtree(dst)
     os.replace(tmp, dst)
-    return sha
 
 
-def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[tuple[str, int, str | None, str]]:
-    """Copy small files: all written, one sync, each verified and renamed, one sync; then journaled.
+def _seal(src: Path, dst: Path, tmp: Path) -> None:
+    """Give a large file's partial (its bytes fsynced, chunk by chunk) the source's mode and times and rename it
+    into place, durably: the file and its directory are synced, so it is on disk under its final name before
+    it counts as done (as a batch of small files is)."""
+    shutil.copystat(src, tmp, follow_symlinks=False)
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _place(str(tmp), dst)
+    fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    Two syncs of the destination's file system per batch instead of an fsync per file: what is renamed
-    into place is on disk before the batch's files count as done.
+
+Outcome = tuple[str, int, str | None, str]
+"""(path, bytes copied, why it was not (None: copied), sha256 or 'symlink')."""
+Written = tuple[list[tuple[str, str, int, str]], list[Outcome]]
+"""A batch written to its partials and synced, not yet renamed: (path, partial, bytes, sha256), and the
+outcomes of the files that could not be copied."""
+
+
+def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[Outcome]:
+    """Copy small files into place (``_write_batch``, then ``_place_batch``): not yet durable (see there)."""
+    return _place_batch(dst, _write_batch(src, dst, rels, verify))
+
+
+def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written:
+    """Write small files to their partials, each verified and given its source's mode and times; then one
+    sync, before any of them is renamed into place (``_place_batch``): no file is under its final name
+    before its bytes are on disk.
+
+    One sync of the destination's file system per batch instead of an fsync per file. It also makes the
+    renames and the journal of the batch before durable: the caller counts a batch's files done only
+    after the next sync (the next batch's, or its own), so what a checkpoint lists as done is on disk
+    under its final name. Killed before that sync, the batch is not done and is copied again (over the
+    copies already in place).
     """
-    written: list[tuple[str, int, str]] = []
-    out: list[tuple[str, int, str | None, str]] = []
+    written: list[tuple[str, str, int, str]] = []
+    out: list[Outcome] = []
     for rel in rels:
         try:
             tmp = str(_partial(dst / rel))
             try:
-                n, sha = _write_partial(str(src / rel), tmp)
+                n, sha = _write_partial(str(src / rel), tmp, verify)
             except FileNotFoundError:  # its directory went away since the listing: make it again
                 os.makedirs(os.path.dirname(tmp), exist_ok=True)
-                n, sha = _write_partial(str(src / rel), tmp)
-            written.append((rel, n, sha))
+                n, sha = _write_partial(str(src / rel), tmp, verify)
+            written.append((rel, tmp, n, sha))
         except NotRegular:
             out.append((rel, 0, NOT_REGULAR, ""))
         except OSError as e:
             gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
             out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
     sync_tree(dst)
-    for rel, n, sha in written:
+    return written, out
+
+
+def _place_batch(dst: Path, batch: Written) -> list[Outcome]:
+    """Rename a written batch into place and journal it (not synced: see ``_write_batch``); its outcomes."""
+    written, out = batch
+    for rel, tmp, n, sha in written:
         try:
-            _seal(src / rel, dst / rel, _partial(dst / rel), sha, verify)
+            _place(tmp, dst / rel)
             out.append((rel, n, None, sha))
         except OSError as e:
             out.append((rel, 0, f"{type(e).__name__}: {e}", ""))
     _journal(dst, [(r, sha, n) for r, n, err, sha in out if err is None])
-    sync_tree(dst)
     return out
 
 
@@ -395,21 +507,16 @@ def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash
     return 0, hashlib.sha256()
 
 
-def _hash_range(path: Path, offset: int, length: int, h: hashlib._Hash) -> int:
-    """Feed up to ``length`` bytes of ``path`` from ``offset`` into ``h``; returns bytes read (0 at the end)."""
-    n = 0
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        while n < length and (b := fh.read(min(CHUNK, length - n))):
-            h.update(b)
-            n += len(b)
-    return n
-
-
-def _append(src: Path, dst: Path, offset: int, length: int, h: hashlib._Hash) -> int:
-    """Copy up to ``length`` bytes from ``offset`` into the partial (fsynced); returns bytes copied."""
-    with _open_source(src) as fi, open(_partial(dst), "r+b") as fo:
-        n = _copy_range(fi.fileno(), fo.fileno(), offset, length, h)
+def _append(src: Path, dst: Path, offset: int, length: int, h: hashlib._Hash, verify: bool) -> int:
+    """Copy up to ``length`` bytes from ``offset`` into the partial (fsynced; ``verify``: each block read back
+    as it is written); returns bytes copied. A copy that differs is removed (OSError)."""
+    tmp = _partial(dst)
+    with _open_source(src) as fi, open(tmp, "r+b") as fo:
+        try:
+            n = _copy_range(fi.fileno(), fo.fileno(), offset, length, h, verify)
+        except Differs as e:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{e.strerror} from {src}") from None
         os.fsync(fo.fileno())
     return n
 
@@ -469,11 +576,17 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         total=len(entries), step="copying", bytes_total=sum(sizes.get(e, 0) for e in entries), bytes=st["bytes"]
     )
     pending = [e for e in entries if not ctx.is_done(e)]
+    placed: list[Outcome] = []
+    """A batch renamed into place that no sync has covered since: counted done after the next one."""
     i = 0
     while i < len(pending):
         rel = pending[i]
         if sizes.get(rel, 0) > p.chunk_checkpoint:
             i += 1
+            if placed:
+                await asyncio.to_thread(sync_tree, dst)
+                await _count(ctx, placed)
+                placed = []
             async for big in ctx.items([rel]):
                 try:
                     await _copy_large(ctx, p, src, dst, big, sizes[big])
@@ -488,17 +601,17 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         while i < len(pending) and sizes.get(pending[i], 0) <= p.chunk_checkpoint and len(batch) < SMALL_BATCH:
             batch.append(pending[i])
             i += 1
-        results = await asyncio.to_thread(_copy_batch, src, dst, batch, p.verify)
-        async for rel, n, err, _sha in ctx.items(results, key=lambda r: r[0]):
-            if err in SKIPS:  # deleted or replaced since the listing: not a failure
-                ctx.skip(rel, err)
-                continue
-            if err is not None:
-                ctx.fail(rel, err)
-                continue
-            st["bytes"] += n
-            ctx.step = rel
-            ctx.metrics["bytes"] = st["bytes"]
+        written = await asyncio.to_thread(_write_batch, src, dst, batch, p.verify)
+        if placed:  # the sync of this batch, before its renames, covered the batch before
+            try:
+                await _count(ctx, placed)
+            except BaseException:  # a stop, too many failures: no partial is left behind (nor counted)
+                await asyncio.to_thread(_place_batch, dst, written)
+                raise
+        placed = await asyncio.to_thread(_place_batch, dst, written)
+    if placed:
+        await asyncio.to_thread(sync_tree, dst)
+        await _count(ctx, placed)
     files = await _finish(ctx, src, dst, dirs, entries)
     return {
         "files": len(files),
@@ -506,6 +619,21 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         "failures": ctx.failures,
         "manifest": str(dst / MANIFEST),
     }
+
+
+async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
+    """Count a batch's files, on disk under their final names: done, skipped or failed."""
+    st = ctx.state
+    async for rel, n, err, _sha in ctx.items(results, key=lambda r: r[0]):
+        if err in SKIPS:  # deleted or replaced since the listing: not a failure
+            ctx.skip(rel, err)
+            continue
+        if err is not None:
+            ctx.fail(rel, err)
+            continue
+        st["bytes"] += n
+        ctx.step = rel
+        ctx.metrics["bytes"] = st["bytes"]
 
 
 async def _finish(
@@ -549,7 +677,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
     base = st["bytes"]
     ctx.step = rel
     while offset < size:
-        n = await asyncio.to_thread(_append, src / rel, dst / rel, offset, p.chunk_checkpoint, h)
+        n = await asyncio.to_thread(_append, src / rel, dst / rel, offset, p.chunk_checkpoint, h, p.verify)
         if n == 0:
             break
         offset += n
@@ -557,16 +685,10 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
         ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
         # Saved at once with the file not yet done: a resume re-enters it at this offset.
         await ctx.checkpoint(next_step=f"copying {rel}", now=True)
+    # Verified as it was copied (``_append``): the bytes before ``offset`` at a resume were verified by the
+    # attempt that copied them (and the hash so far was read back from them).
     sha, tmp = h.hexdigest(), _partial(dst / rel)
-    if p.verify:  # re-read in chunks, each reported: a long check of a large file is progress, not a stall
-        check, at = hashlib.sha256(), 0
-        while at < offset and (n := await asyncio.to_thread(_hash_range, tmp, at, p.chunk_checkpoint, check)):
-            at += n
-            ctx.progress(step=f"verifying {rel}", verified=at)
-        if check.hexdigest() != sha:
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
-            raise OSError(f"verification failed: sha256 of the copy differs from {src / rel}")
-    await asyncio.to_thread(_seal, src / rel, dst / rel, tmp, sha, False)
+    await asyncio.to_thread(_seal, src / rel, dst / rel, tmp)
     st.pop("partial", None)
     st["bytes"] = base + offset
     await asyncio.to_thread(_journal, dst, [(rel, sha, offset)])
