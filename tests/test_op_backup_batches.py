@@ -10,15 +10,18 @@ import asyncio
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine import open_store
+from engine import Engine, OperationSpec, Status, open_store
 from engine.operations import backup
 from engine.operations.backup import SMALL_BATCH
 from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
 from tests.fixtures_ops import resume, run_json
 from tests.test_op_backup import OLD, partials, snapshot
 
@@ -124,3 +127,48 @@ def test_a_large_chunk_that_reads_back_different_fails_and_is_removed(
     assert partials(dst.parent) == []
     offset, h = backup._open_partial(src, dst, 0)
     assert backup._append(src, dst, offset, backup.CHUNK * 4, h, False) == src.stat().st_size  # unchecked: passes
+
+
+async def test_a_pause_while_the_next_batch_is_written_leaves_no_partial_and_resumes_to_the_same_copy(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch is written (in another thread) while the one before is synced and counted. A pause
+    noticed there waits for that write, syncs, renames both batches into place without counting them, and
+    leaves no partial behind; the resume copies them again and ends with the source's copy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    keys = small_tree(src)
+    real, calls = backup._write_batch, []
+    second = threading.Event()
+
+    def slow(*args: Any) -> Any:
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            second.set()
+        time.sleep(0.2)  # long enough for the pause to be asked while it runs
+        return real(*args)
+
+    monkeypatch.setattr(backup, "_write_batch", slow)
+    op = await engine.submit(
+        OperationSpec(
+            type="backup_operation",
+            params={"source": str(src), "destination": str(dst)},
+            profile={"checkpoint_interval": 3600},
+        )
+    )
+    await until(second.is_set, timeout=20)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=20)
+    assert paused.status is Status.PAUSED, paused.status_message
+    assert len(calls) == 3  # the third batch was being written when the stop was noticed: waited for
+    assert partials(dst) == []
+    got = await engine.store.load_checkpoint(op.id)
+    done = set(got[1].done) if got else set()
+    assert done <= set(keys[:SMALL_BATCH])
+    assert all((dst / k).read_bytes() == (src / k).read_bytes() for k in keys if (dst / k).exists())
+    monkeypatch.undo()
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    assert snapshot(dst) == snapshot(src)
+    assert set(json.loads((dst / ".outlast-manifest.json").read_text())["files"]) == set(keys)
+    assert final.result["files"] == len(keys) and final.result["failures"] == 0

@@ -415,14 +415,16 @@ outcomes of the files that could not be copied."""
 
 
 def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[Outcome]:
-    """Copy small files into place (``_write_batch``, then ``_place_batch``): not yet durable (see there)."""
-    return _place_batch(dst, _write_batch(src, dst, rels, verify))
+    """Copy small files into place (``_write_batch``, a sync, ``_place_batch``): not yet durable (see there)."""
+    written = _write_batch(src, dst, rels, verify)
+    sync_tree(dst)
+    return _place_batch(dst, written)
 
 
 def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written:
-    """Write small files to their partials, each verified and given its source's mode and times; then one
-    sync, before any of them is renamed into place (``_place_batch``): no file is under its final name
-    before its bytes are on disk.
+    """Write small files to their partials, each verified and given its source's mode and times. The caller
+    syncs the file system before any of them is renamed into place (``_place_batch``): no file is under its
+    final name before its bytes are on disk.
 
     One sync of the destination's file system per batch instead of an fsync per file. It also makes the
     renames and the journal of the batch before durable: the caller counts a batch's files done only
@@ -446,7 +448,6 @@ def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written
         except OSError as e:
             gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
             out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
-    sync_tree(dst)
     return written, out
 
 
@@ -594,40 +595,46 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     ctx.progress(
         total=len(entries), step="copying", bytes_total=sum(sizes.get(e, 0) for e in entries), bytes=st["bytes"]
     )
-    pending = [e for e in entries if not ctx.is_done(e)]
+    steps = _steps([e for e in entries if not ctx.is_done(e)], sizes, p.chunk_checkpoint)
     placed: list[Outcome] = []
     """A batch renamed into place that no sync has covered since: counted done after the next one."""
-    i = 0
-    while i < len(pending):
-        rel = pending[i]
-        if sizes.get(rel, 0) > p.chunk_checkpoint:
-            i += 1
-            if placed:
-                await asyncio.to_thread(sync_tree, dst)
-                await _count(ctx, placed)
-                placed = []
-            async for big in ctx.items([rel]):
-                try:
-                    await _copy_large(ctx, p, src, dst, big, sizes[big])
-                except NotRegular:
-                    ctx.skip(big, NOT_REGULAR)
-                except FileNotFoundError:
-                    if os.path.lexists(src / big):
-                        raise
-                    ctx.skip(big, GONE)
-            continue
-        batch: list[str] = []
-        while i < len(pending) and sizes.get(pending[i], 0) <= p.chunk_checkpoint and len(batch) < SMALL_BATCH:
-            batch.append(pending[i])
-            i += 1
-        written = await asyncio.to_thread(_write_batch, src, dst, batch, p.verify)
-        if placed:  # the sync of this batch, before its renames, covered the batch before
+    ahead: asyncio.Future[Written] | None = None
+    """The next batch, being written meanwhile (another thread): its partials only, never renamed."""
+    try:
+        for k, step in enumerate(steps):
+            if isinstance(step, str):
+                if placed:
+                    await asyncio.to_thread(sync_tree, dst)
+                    await _count(ctx, placed)
+                    placed = []
+                async for big in ctx.items([step]):
+                    try:
+                        await _copy_large(ctx, p, src, dst, big, sizes[big])
+                    except NotRegular:
+                        ctx.skip(big, NOT_REGULAR)
+                    except FileNotFoundError:
+                        if os.path.lexists(src / big):
+                            raise
+                        ctx.skip(big, GONE)
+                continue
+            written = await (ahead or asyncio.to_thread(_write_batch, src, dst, step, p.verify))
+            ahead = None
+            if k + 1 < len(steps) and not isinstance(nxt := steps[k + 1], str):
+                ahead = asyncio.ensure_future(asyncio.to_thread(_write_batch, src, dst, nxt, p.verify))
             try:
-                await _count(ctx, placed)
+                await asyncio.to_thread(sync_tree, dst)  # this batch's bytes, and the renames of the one before
+                if placed:
+                    await _count(ctx, placed)
             except BaseException:  # a stop, too many failures: no partial is left behind (nor counted)
-                await asyncio.to_thread(_place_batch, dst, written)
+                await _settle(dst, written, ahead)
+                ahead = None
                 raise
-        placed = await asyncio.to_thread(_place_batch, dst, written)
+            placed = await asyncio.to_thread(_place_batch, dst, written)
+    except BaseException:
+        if ahead is not None:  # its thread must not go on writing partials once this attempt is over
+            with contextlib.suppress(BaseException):
+                await ahead
+        raise
     if placed:
         await asyncio.to_thread(sync_tree, dst)
         await _count(ctx, placed)
@@ -638,6 +645,31 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         "failures": ctx.failures,
         "manifest": str(dst / MANIFEST),
     }
+
+
+def _steps(pending: list[str], sizes: dict[str, int], large: int) -> list[str | list[str]]:
+    """The copy in order: a large file alone (its path), small ones in batches of up to SMALL_BATCH (a list)."""
+    steps: list[str | list[str]] = []
+    for rel in pending:
+        if sizes.get(rel, 0) > large:
+            steps.append(rel)
+        elif steps and isinstance(steps[-1], list) and len(steps[-1]) < SMALL_BATCH:
+            steps[-1].append(rel)
+        else:
+            steps.append([rel])
+    return steps
+
+
+async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | None) -> None:
+    """Leaving the copy early: the batch being written meanwhile is waited for (its thread would otherwise go
+    on writing partials under a later attempt), then both are synced and renamed into place, not counted."""
+    batches = [written]
+    if ahead is not None:
+        with contextlib.suppress(Exception):  # its files are not done: a resume copies them again
+            batches.append(await ahead)
+    await asyncio.to_thread(sync_tree, dst)
+    for batch in batches:
+        await asyncio.to_thread(_place_batch, dst, batch)
 
 
 async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
