@@ -752,8 +752,11 @@ class _Items(AsyncIterator[T]):
     def _another_task(self) -> None:
         """The next item is asked for by another task than the one before (or the first time): allowed
         once no body runs."""
+        global _task_now
         loop = self._loop = asyncio.get_running_loop()
-        task = _task_now(loop)
+        task = asyncio.current_task(loop)
+        if _task_now(loop) is not task:  # asyncio keeps its table elsewhere (another Python): ask it each time
+            _task_now = _current_task
         if self._k is not None:
             # Asking for the next item ends the body of the one before: from another task that
             # would mark an item done whose body still runs (lost, if the process dies after the
