@@ -410,8 +410,8 @@ def _seal(src: Path, dst: Path, tmp: Path) -> None:
 Outcome = tuple[str, int, str | None, str]
 """(path, bytes copied, why it was not (None: copied), sha256 or 'symlink')."""
 Written = tuple[list[tuple[str, str, int, str]], list[Outcome]]
-"""A batch written to its partials and synced, not yet renamed: (path, partial, bytes, sha256), and the
-outcomes of the files that could not be copied."""
+"""A batch written to its partials, not yet renamed: (path, partial, bytes, sha256), and the outcomes of the
+files that could not be copied."""
 
 
 def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[Outcome]:
