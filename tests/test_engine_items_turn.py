@@ -7,6 +7,7 @@ counted from the last checkpoint, and taken between two items."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -75,3 +76,21 @@ async def test_a_task_table_asyncio_does_not_keep_falls_back_to_asking_asyncio(
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.FAILED and "ctx.items() is one loop" in (final.error or ""), final.error
     assert context._task_now is context._current_task
+
+
+@operation("test_items_closed")
+async def closed(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    async with contextlib.aclosing(ctx.items([f"k{i}" for i in range(10)])) as it:
+        async for k in it:
+            if k == "k2":
+                break
+    await ctx.checkpoint(next_step="after")
+    again = [k async for k in it]  # closed: nothing more
+    return {"done": ctx.done, "k2": ctx.is_done("k2"), "again": again, "seq": ctx.checkpoint_seq}
+
+
+async def test_an_iterator_closed_by_aclose_leaves_its_item_not_done(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_closed"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {"done": 2, "k2": False, "again": [], "seq": 1}
