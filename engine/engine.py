@@ -358,12 +358,13 @@ class Engine:
             effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
             timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
         )
+        if op.params:
+            try:
+                json.dumps(op.params)
+            except (TypeError, ValueError) as e:
+                raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
         try:
-            json.dumps(op.params)
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
-        try:
-            op.handle = await self.store.create(op)
+            op.handle = await self.store.create(op, fresh=True)
         except StoreError as e:
             if getattr(e, "outcome_unknown", False):  # the store's word: sent, with no reply
                 raise SubmitUnknown(str(e), op.id) from None

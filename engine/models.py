@@ -106,11 +106,17 @@ handler's ``random.seed(0)`` would give processes that seed alike the same digit
 os.register_at_fork(after_in_child=_id_random.seed)  # a forked child draws its own digits, not its parent's
 
 
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+"""Two base32 digits by their 10 bits: an id in 7 lookups instead of 13 (a tenth of a submit's Python)."""
+
+
 def _b32(n: int, width: int) -> str:
     out = []
-    for _ in range(width):
+    for _ in range(width >> 1):
+        out.append(_PAIRS[n & 1023])
+        n >>= 10
+    if width & 1:
         out.append(_ALPHABET[n & 31])
-        n >>= 5
     return "".join(reversed(out))
 
 

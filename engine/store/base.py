@@ -314,8 +314,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # ---- records
-    async def create(self, op: Operation) -> int | None:
-        """Store a new record; returns the handle the store gave it (None: this store gives none)."""
+    async def create(self, op: Operation, fresh: bool = False) -> int | None:
+        """Store a new record; returns the handle the store gave it (None: this store gives none).
+
+        ``fresh``: ``op`` was just built (``Operation(...)``) and nothing of it changed since, so the fields
+        it was not given (``model_fields_set``) hold their defaults: a store may encode only the others."""
         ...
 
     async def get(self, op_id: str) -> Operation:

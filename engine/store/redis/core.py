@@ -134,12 +134,15 @@ class RedisCore:
 
     # ---- records: the primitives every part reads and writes with ---------------------------------
 
-    async def _create(self, op: Operation, tx: str, generation: bytes | None = None) -> int:
+    async def _create(self, op: Operation, tx: str, generation: bytes | None = None, packed: str | None = None) -> int:
         """Write a new record: its handle (>= 1), or 0 and nothing written if it exists (a retry of the
         same ``tx`` gets the handle again), or -1 and nothing written when ``generation`` is given and the
-        store's mark is another (Redis was emptied: restore first, then take the next handle)."""
+        store's mark is another (Redis was emptied: restore first, then take the next handle).
+        ``packed``: ``op`` packed already (``pack_new``)."""
         gen = generation.decode() if generation is not None else ""
-        args = [self.keys.prefix, op.id, repr(time.time()), tx, pack(op.model_dump(mode="json")), gen]
+        if packed is None:
+            packed = pack(op.model_dump(mode="json"))
+        args = [self.keys.prefix, op.id, repr(time.time()), tx, packed, gen]
         return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))
 
     async def _fetch(self, op_ids: list[str], strict: bool = False) -> list[Operation]:

@@ -32,7 +32,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ..base import check_slots, parse_slots
-from .codec import decode_record, enc, pairs
+from .codec import decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
@@ -40,13 +40,14 @@ from .recovery import RecoveryMixin
 class RecordsMixin(RecoveryMixin):
     """Records, the queue and claims (part of RedisStore)."""
 
-    async def create(self, op: Operation) -> int | None:
+    async def create(self, op: Operation, fresh: bool = False) -> int | None:
         validate_id(op.id)
         tx = secrets.token_hex(8)
-        handle = await self._create(op, tx=tx, generation=self._generation)
+        packed = pack_new(op) if fresh else None
+        handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
         if handle < 0:  # Redis emptied since this process looked: restored first, so no handle is reused
             await self._ensure_generation()
-            handle = await self._create(op, tx=tx, generation=self._generation)
+            handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
         if handle < 0:
             raise StoreError(f"redis {self.link.where}: the store was emptied or replaced again; {op.id} not created")
         if not handle:

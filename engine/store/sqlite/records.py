@@ -97,6 +97,17 @@ def _slots_full(conn: sqlite3.Connection) -> bool:
     return bool(running >= slots)
 
 
+def record_with_handle(op: Operation, handle: int) -> str:
+    """``model_json`` of ``op`` with its handle set: without a copy of the Operation when it has none yet (a
+    submit's), its dump's null handle replaced (the id before it, validated, has nothing to escape)."""
+    if op.handle is None:
+        text = model_json(op)
+        null = f'{{"id":"{op.id}","handle":null,'
+        if text.startswith(null):
+            return f'{{"id":"{op.id}","handle":{handle},{text[len(null) :]}'
+    return model_json(op.model_copy(update={"handle": handle}))
+
+
 def _put(conn: sqlite3.Connection, op: Operation) -> None:
     """Write ``op`` back; a settled operation's pending control (pause, cancel) goes with it, in the same
     statement (a second one costs the SQLite thread another wait for the GIL)."""
@@ -119,7 +130,7 @@ def _put(conn: sqlite3.Connection, op: Operation) -> None:
 class RecordsMixin(SqliteCore):
     """Records, the queue and claims (part of LocalStore)."""
 
-    async def create(self, op: Operation) -> int | None:
+    async def create(self, op: Operation, fresh: bool = False) -> int | None:
         validate_id(op.id)
 
         def do(conn: sqlite3.Connection) -> int:
@@ -139,7 +150,7 @@ class RecordsMixin(SqliteCore):
                     op.not_before,
                     op.created_at,
                     op.epoch,
-                    model_json(op.model_copy(update={"handle": handle})),
+                    record_with_handle(op, handle),
                 ),
             )
             return int(handle)
