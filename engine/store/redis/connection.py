@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import re
+import select
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -147,6 +148,14 @@ class RedisLink:
         """How many times the connection came back after an outage (a restarted Redis may be empty)."""
         self.on_reconnect: Callable[[], None] | None = None
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._busy = 0
+        """Requests holding a slot now."""
+        self._pool: Any = None
+        """The client's connection pool, whose connections ``_idle`` holds."""
+        self._idle: list[Any] = []
+        """Connections the scripts keep between two calls (see ``_evalsha``): taken from the pool and not given
+        back, so that a script's call skips its locks and counters. With the requests holding a slot, never
+        more than MAX_CONNECTIONS (``_spare``): the pool never lacks a connection for a request."""
 
     def _client(self) -> aioredis.Redis:
         try:
@@ -215,6 +224,7 @@ class RedisLink:
         """Connect and PING once (no retries): an unreachable Redis at start is one clear line."""
         self.client = self._client()
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)  # of this event loop, as the client's connections
+        self._pool, self._idle, self._busy = self.client.connection_pool, [], 0
         try:
             await self.call_once(lambda c: c.ping(), self.client)
         except (RedisError, OSError) as e:
@@ -224,6 +234,7 @@ class RedisLink:
 
     async def close(self) -> None:
         client, self.client = self.client, None
+        self._pool, self._idle = None, []  # closed with the pool (it disconnects those it lent too)
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -241,11 +252,85 @@ class RedisLink:
         ``timeout`` (default: the link's) is an error (redis-py drops a connection whose request was cut off)."""
         wait = self.timeout if timeout is None else timeout
         async with self._slots:
+            self._busy += 1
             try:
+                if len(self._idle) + self._busy > MAX_CONNECTIONS:
+                    await self._spare()
                 async with asyncio.timeout(wait):
                     return await fn(client)
             except TimeoutError:
                 raise RedisTimeoutError(f"no reply within {wait:g}s") from None
+            finally:
+                self._busy -= 1
+
+    async def _spare(self) -> None:
+        """Give a connection the scripts keep back to the pool: with one per request holding a slot, the
+        pool (MAX_CONNECTIONS) would lack one for a request that takes its own (a pipeline, a read)."""
+        conn = self._idle.pop()
+        await self._pool.release(conn)
+
+    async def _evalsha(self, client: Any, script: Any, keys: list[str], args: list[Any], sent: Sent) -> Any:
+        """``await script(keys=keys, args=args, client=client)`` without redis-py's per-command layers: the
+        EVALSHA packed in one C call (hiredis) and sent on a connection the link keeps for its scripts (one
+        taken from the client's pool when it keeps none), its reply read there. Through redis-py a trivial
+        EVALSHA took 90 us, and 62 us this way on a connection of the same pool, 50 on a kept one: its command
+        dispatch, retry wrapper, observability hooks, per-argument encoder, and the pool's locks and counters
+        were a sixth of a submit.
+
+        A kept connection is checked as the pool checks one it hands out (``ensure_connection``: connected,
+        nothing waiting to be read; a connection Redis closed while idle is made again, without an error).
+        Any error but Redis's reply to the command (a connection error or timeout, cancelled mid-reply)
+        disconnects it and gives it back to the pool. A NOSCRIPT reply (a Redis restarted, flushed or another
+        server) goes through redis-py's script call, which loads the script and runs it again."""
+        command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        packed: Any = None
+        if _PACK is not None:
+            try:  # str as UTF-8, numbers as their repr (as redis-py's encoder writes them); bool and None refused
+                packed = _PACK(command)
+            except TypeError as e:
+                raise DataError(str(e)) from None
+        pool = client.connection_pool
+        if pool is self._pool and self._idle:
+            conn = self._idle.pop()
+            try:
+                # As the pool checks a connection it hands out (``ensure_connection``), without its connect call
+                # when connected: made again when Redis closed it or data no request waits for is there.
+                try:
+                    dirty = not conn.is_connected or _readable(conn) or await conn.can_read()
+                except (RedisConnectionError, OSError):
+                    dirty = True
+                if dirty:
+                    await conn.disconnect()
+                    await pool.ensure_connection(conn)
+            except BaseException:
+                await pool.release(conn)
+                raise
+        else:
+            conn = await pool.get_connection(*_POOL_ARGS)
+        sent.sent = True  # connected (the handshake answered): from here it may reach Redis
+        try:
+            await conn.send_packed_command(conn.pack_command(*command) if packed is None else packed)
+            result = await conn.read_response()
+        except NoScriptError:  # back to the pool first: redis-py's call takes a connection from there
+            await pool.release(conn)
+            return await script(keys=keys, args=args, client=client)
+        except ResponseError:  # Redis's reply, read whole: the connection is as good as before
+            await self._keep(pool, conn)
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            await pool.release(conn)
+            raise
+        await self._keep(pool, conn)
+        return result
+
+    async def _keep(self, pool: Any, conn: Any) -> None:
+        """A script's connection, its reply read: kept for the next script, or given back to ``pool`` when
+        that is not (or no longer) the link's."""
+        if pool is self._pool:
+            self._idle.append(conn)
+        else:
+            await pool.release(conn)
 
     @staticmethod
     def _maybe_sent(e: BaseException) -> bool:
@@ -333,7 +418,7 @@ class RedisLink:
         the handshake) cannot have been applied."""
         sent = Sent()
         return await self.call(
-            lambda c: _evalsha(c, script, keys, args, sent), what, script.script, writes=True, reached=sent
+            lambda c: self._evalsha(c, script, keys, args, sent), what, script.script, writes=True, reached=sent
         )
 
 
@@ -353,36 +438,16 @@ class Sent:
         self.sent = False
 
 
-async def _evalsha(client: Any, script: Any, keys: list[str], args: list[Any], sent: Sent | None = None) -> Any:
-    """``await script(keys=keys, args=args, client=client)`` without redis-py's per-command layers: the
-    EVALSHA packed in one C call (hiredis) and sent on a connection of the client's pool, its reply read
-    there. Through redis-py a trivial EVALSHA took 90 us, and 62 us this way on the same connection pool:
-    its command dispatch, retry wrapper, observability hooks and per-argument encoder were a tenth of a
-    submit.
-
-    What redis-py does around a command is kept: a connection error or timeout disconnects the connection
-    (as do a cut-off write or read, in the connection itself) and the connection goes back to the pool
-    whatever happened; a NOSCRIPT reply (a Redis restarted, flushed or another server) goes through
-    redis-py's script call, which loads the script and runs it again."""
-    command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
-    packed: Any = None
-    if _PACK is not None:
-        try:  # str as UTF-8, numbers as their repr (as redis-py's encoder writes them); bool and None refused
-            packed = _PACK(command)
-        except TypeError as e:
-            raise DataError(str(e)) from None
-    pool = client.connection_pool
-    conn = await pool.get_connection(*_POOL_ARGS)
-    if sent is not None:
-        sent.sent = True  # connected (the handshake answered): from here it may reach Redis
+def _readable(conn: Any) -> bool:
+    """Whether a connection kept idle has something to read: its end closed by Redis (a Redis stopped,
+    or an idle connection timed out there), or data no request waits for. Asked of the socket itself: the
+    event loop may not have seen that yet (the pool's check reads what it saw), and a command sent there
+    would end "outcome unknown" where the connection made anew is refused, "not done"."""
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
     try:
-        await conn.send_packed_command(conn.pack_command(*command) if packed is None else packed)
-        return await conn.read_response()
-    except NoScriptError:
-        pass
-    except (RedisConnectionError, RedisTimeoutError):
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-    return await script(keys=keys, args=args, client=client)
+        return bool(select.select([sock.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile: made again
+        return True
