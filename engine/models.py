@@ -133,7 +133,7 @@ def new_id() -> str:
             if rnd > 0xFFFFF:
                 ms, rnd = ms + 1, 0
         _last_id[0], _last_id[1] = ms, rnd
-    return _b32(ms, 9) + _b32(rnd, 4)
+    return _b32(ms << 20 | rnd, _ID_LEN)
 
 
 def validate_id(value: str) -> str:
