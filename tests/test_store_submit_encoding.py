@@ -80,6 +80,16 @@ def test_what_pack_new_leaves_to_pack(fields: dict[str, Any]) -> None:
     assert record_with_handle(op, 2) == model_json(op.model_copy(update={"handle": 2}))
 
 
+def test_the_defaults_pack_new_writes_once_are_constants() -> None:
+    """``pack_new`` writes the text of a field's default made once per process: a default made by a factory
+    whose value changes (a time, an id) would be written the same in every record. Such a field must be
+    given by ``Engine.submit`` or ``pack_new`` must encode it like a given one."""
+    constant = {dict, list, Progress}
+    for name, info in Operation.model_fields.items():
+        if info.default_factory is not None:
+            assert info.default_factory in constant, name
+
+
 def test_a_record_with_a_handle_is_dumped_with_it() -> None:
     op = _built().model_copy(update={"handle": 5})
     assert record_with_handle(op, 6) == model_json(op.model_copy(update={"handle": 6}))
