@@ -130,30 +130,30 @@ def pack_new(op: Operation) -> str | None:
     model, a float that is not finite, a lone surrogate in a dict): ``pack`` has those."""
     out = list(_DEFAULTS or _encode_defaults())
     values = op.__dict__
-    last: Any = _NOTHING
-    text = ""
+    last: Any = _NOTHING  # the float written last, and its text: a submit's three times are one float
+    last_text = ""
     for name in op.model_fields_set:
         v = values[name]
-        if v is not last:  # the same object as the field before: the same text (a submit's three times)
-            kind = type(v)
-            if v is None:
-                text = "null"
-            elif kind is str:
-                text = encode_basestring(v)
-            elif kind is float and math.isfinite(v):
-                text = float.__repr__(v)
-            elif kind is int:
-                text = int.__repr__(v)
-            elif kind is dict or kind is list:
-                try:
-                    text = to_json(v).decode()
-                except ValueError:
-                    return None
-            elif isinstance(v, StrEnum):  # a status, a priority: its value, as model_dump(mode="json") has it
-                text = encode_basestring(v.value)
-            else:
+        kind = type(v)
+        if v is None:
+            text = "null"
+        elif kind is str:
+            text = encode_basestring(v)
+        elif kind is float and math.isfinite(v):
+            if v is not last:
+                last, last_text = v, float.__repr__(v)
+            text = last_text
+        elif kind is int:
+            text = int.__repr__(v)
+        elif kind is dict or kind is list:
+            try:
+                text = to_json(v).decode() if v else "{}" if kind is dict else "[]"
+            except ValueError:
                 return None
-            last = v
+        elif isinstance(v, StrEnum):  # a status, a priority: its value, as model_dump(mode="json") has it
+            text = encode_basestring(v.value)
+        else:
+            return None
         out[_INDEX[name]] = text
     return clean_json_text(RECORD_END.join(out) + RECORD_END)  # a string that is not text (text.py), written out
 
