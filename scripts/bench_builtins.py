@@ -229,8 +229,9 @@ async def bench_backup(bench: Bench) -> list[Row]:
             target=">= 0.5x cp -a",
             met=rate / anchor >= 0.5,
             stats={"runs": runs, "cp_sync": cp_sync, "cp": cp_plain, "bytes": total},
-            note="the backup hashes every byte twice (copy, then verify the copy) and has every file on disk"
-            " before it counts as done; cp -a does neither, so its anchor includes one sync",
+            note="the backup hashes every byte once (the manifest's sha256), compares every block written with what"
+            " was read, and has every file on disk before it counts as done; cp -a does neither, so its anchor"
+            " includes one sync",
         )
     ]
 
