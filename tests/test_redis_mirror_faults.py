@@ -18,6 +18,7 @@ from engine import Engine, OperationSpec, Settings, Status, load_settings, open_
 from engine.models import Operation, StoreError
 from engine.store import mirror as mirror_module
 from engine.store.redis import RedisStore
+from engine.store.redis.keys import STORE_FIELD
 from tests.fixtures_engine import queued_record
 from tests.fixtures_redis import RedisServer
 
@@ -232,3 +233,38 @@ async def test_handles_are_never_reused_after_redis_was_emptied(
     async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
         newest = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
         assert newest.handle == 5
+
+
+async def test_a_store_that_lost_its_id_takes_its_own_mirrors_id(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store holding its mark but no id (an older Outlast restored it from the mirror and never named it,
+    or the id field was lost) took its own mirror, whose store.json names this very URL, for another
+    store's: warned ("another store (redis://h:p/0), not redis://h:p/0"), not written any more, and a
+    Redis emptied later was restored without the operations made since. Now the store takes the mirror's
+    id, and its handle counter (lost too) is moved past every handle the mirror knows."""
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        ops = [await engine.submit(OperationSpec(type="ledger", params={"items": 1})) for _ in range(3)]
+        await engine.cancel(ops[2].id)
+        await engine.remove(ops[2].id)
+    assert [o.handle for o in ops] == [1, 2, 3]
+    meta = store_for(redis_server, mirror).keys.meta
+    client = redis_server.client()
+    client.hdel(meta, STORE_FIELD, "handles")  # what an older Outlast left
+    with caplog.at_level(logging.WARNING, "outlast"):
+        async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+            new = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+    assert "another store" not in caplog.text, caplog.text
+    assert new.handle == 4  # never a handle given before (3 was removed)
+    assert mirrored(mirror, new.id) is not None
+    client.flushall()
+    assert set(await listed(redis_server, mirror, settings)) == {ops[0].id, ops[1].id, new.id}
+    # Another id on this URL: the mirror is not used, and the warning tells the two apart by their ids.
+    client.hset(meta, STORE_FIELD, "0123456789abcdef")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "outlast"):
+        await listed(redis_server, mirror, settings)
+    said = [r.getMessage() for r in caplog.records if "another store" in r.getMessage()]
+    assert len(said) == 1 and "(store id " in said[0] and "), not of store id 0123456789abcdef:" in said[0], said
+    assert "redis://" not in said[0]

@@ -100,7 +100,9 @@ class RecoveryMixin(RedisCore):
         (or the one this process saw it name before); for an emptied Redis, whose id went with it, this
         store's URL. A mirror shared by two stores (one config file for two Redis databases) restored each
         one's operations into the other, where they ran twice. A mirror that names no store (new, or
-        written before it was named) is this store's from now on (``_name_store``).
+        written before it was named) is this store's from now on (``_name_store``). A store that holds its
+        mark but no id, whose mirror names this store's URL, is that mirror's store: it takes the mirror's
+        id (``_adopt_mirror_id``), rather than leaving its own mirror unwritten.
 
         Another store's mirror on a store that holds its mark: warned, and not used (nothing read from it
         could be restored here, and writing there would mix two stores). On an emptied store it is refused:
@@ -115,15 +117,21 @@ class RecoveryMixin(RedisCore):
             return
         if self._store_id == doc["store"]:
             return
+        if not empty and sid is None and doc.get("url") == self._location:
+            sid = await self._adopt_mirror_id(doc["store"])
         ours = doc.get("url") in (None, self._location) if empty else sid is not None and sid.decode() == doc["store"]
         if ours:
             self._store_id = doc["store"]
             return
         where = mirror.dir / "store.json"
+        if doc.get("url") == self._location:  # the same place named: the ids tell them apart
+            theirs, this = f"store id {doc['store']}", f"store id {sid.decode() if sid is not None else '?'}"
+        else:
+            theirs, this = doc.get("url") or "?", self._location
         if empty:
             raise StoreError(
                 f"redis {self.link.where} is empty, and the checkpoint mirror {mirror.root} is the mirror of"
-                f" another store ({doc.get('url') or '?'}, not {self._location}): not restored from it, nor"
+                f" another store ({theirs}, not {this}): not restored from it, nor"
                 f" opened; if this is that store moved, remove {where}; if not, give it its own checkpoint_mirror"
             )
         log.warning(
@@ -131,11 +139,28 @@ class RecoveryMixin(RedisCore):
             " from it or written to it); give each store its own checkpoint_mirror, or remove %s to make it"
             " this store's",
             mirror.root,
-            doc.get("url") or "?",
-            self._location,
+            theirs,
+            this,
             where,
         )
         self.mirror = None
+
+    async def _adopt_mirror_id(self, store_id: str) -> bytes | None:
+        """A store that holds its mark but no id (restored from its mirror by an older Outlast that never
+        named it, or the id lost), whose mirror names this very URL: the mirror is this store's, so the
+        store takes its id (HSETNX: processes opening it at once agree on one), and its handle counter is
+        moved past every handle the mirror knows (a counter lost with the id would give them again).
+        The id the store has then (another one if a process named it otherwise meanwhile)."""
+        mirror = self.mirror
+        assert mirror is not None
+        key = self.keys.meta
+        await self.link.call(lambda c: c.hsetnx(key, STORE_FIELD, store_id), "naming the store after its mirror")
+        sid = (await self._read_meta())[1]
+        if sid is not None and sid.decode() == store_id:
+            top = await asyncio.to_thread(mirror.handles_sync)
+            if top:
+                await self.link.call(lambda c: c.eval(_RAISE_COUNTER, 1, key, top), "moving the handle counter")
+        return sid
 
     async def _name_store(self, sid: bytes | None) -> None:
         """Give the store its id (kept when it was restored from its mirror) and name it in the mirror."""
