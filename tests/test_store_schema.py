@@ -148,3 +148,28 @@ def test_the_local_store_binds_no_numbered_placeholder_by_position() -> None:
     (ProgrammingError) from 3.14, where every checkpoint would have failed. Named placeholders are bound
     from a dict."""
     assert not _store_strings(r"\?\d")
+
+
+def _everything(d: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every path under ``d`` (``d`` itself too): its bytes (None for a directory) and its mtime."""
+    found = {".": (None, d.stat().st_mtime_ns)}
+    for p in d.rglob("*"):
+        found[str(p.relative_to(d))] = (None if p.is_dir() else p.read_bytes(), p.stat().st_mtime_ns)
+    return found
+
+
+async def test_a_state_dir_of_a_newer_outlast_is_refused_and_changed_in_nothing(tmp_path: Path) -> None:
+    """Opening a state dir written by a newer Outlast rewrote outlast.db-owner (the WAL's owner note)
+    before the refusal: a command refused for bad input still changed a file. Now nothing is changed."""
+    state = tmp_path / "state"
+    store = LocalStore(state)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(state / "outlast.db") as conn:
+        conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.close()
+    before = _everything(state)
+    time.sleep(0.01)
+    with pytest.raises(StoreError, match="newer Outlast"):
+        await LocalStore(state).open()
+    assert _everything(state) == before

@@ -196,6 +196,8 @@ class SqliteCore:
             raise StoreError(
                 f"state dir {d}: {self.db_path.name} is not a regular file (a {kind}): move it out of the way"
             )
+        if found is not None and found.st_size > 0:
+            self._refuse_newer(self._peek_version())
         creating = found is None
         try:
             if found is None:
@@ -222,20 +224,22 @@ class SqliteCore:
             self._file = (st.st_dev, st.st_ino)
             self.worker.guard = self._same_file
             has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
-            if not self.read_only:
-                note_owner(self.db_path)  # the WAL is open now (that read), and no write of this file is in it yet
             if not has_meta:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
                     raise sqlite3.DatabaseError("it holds other tables than Outlast's")
                 if self.read_only:
                     raise sqlite3.DatabaseError("it holds no tables")
-                init_schema(conn)  # a database file with nothing in it: nothing to lose
-            version = schema_version(conn)
-            if version is None and not self.read_only:
-                # Made by an older version, whose schema was created statement by statement and could be
-                # cut off by a kill: the rest is created now (IF NOT EXISTS: nothing present is touched).
-                init_schema(conn)
-                version = schema_version(conn)
+            version = schema_version(conn) if has_meta else None
+            if (version or 0) <= SCHEMA_VERSION:  # a newer Outlast's is refused below: nothing in it changed
+                if not self.read_only:
+                    # The WAL is open now (those reads), and no write of this file is in it yet.
+                    note_owner(self.db_path)
+                if version is None and not self.read_only:
+                    # A database file with nothing in it (nothing to lose), or made by an older version, whose
+                    # schema was created statement by statement and could be cut off by a kill: the rest is
+                    # created now (IF NOT EXISTS: nothing present is touched).
+                    init_schema(conn)
+                    version = schema_version(conn)
         except (sqlite3.DatabaseError, OSError) as e:
             if self._conn is not None:
                 self._conn.close()
@@ -244,12 +248,33 @@ class SqliteCore:
         if (version or 0) > SCHEMA_VERSION:
             conn.close()
             self._conn = None
-            raise StoreError(
-                f"state dir {d} was written by a newer Outlast (schema {version}; this version reads up to "
-                f"{SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
-            )
+            self._refuse_newer(version)
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
             ensure_current(conn)
+
+    def _peek_version(self) -> int | None:
+        """The schema version ``outlast.db`` says, read without writing anything (not even SQLite's WAL
+        and shared-memory files when no WAL holds writes: ``read_only_uri``); None when it cannot be read
+        so (opening it says why)."""
+        try:
+            conn = sqlite3.connect(read_only_uri(self.db_path), uri=True, timeout=5.0, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
+            return schema_version(conn)
+        except (sqlite3.Error, ValueError):
+            return None
+        finally:
+            conn.close()
+
+    def _refuse_newer(self, version: int | None) -> None:
+        """Refuse a state dir written by a newer Outlast, before anything in it is changed (its owner note
+        among them): bad input changes nothing stored."""
+        if (version or 0) > SCHEMA_VERSION:
+            raise StoreError(
+                f"state dir {self.state_dir} was written by a newer Outlast (schema {version}; this version"
+                f" reads up to {SCHEMA_VERSION}): upgrade Outlast or use another --state-dir"
+            )
 
     def _unopened(self, e: sqlite3.DatabaseError | OSError, creating: bool) -> StoreError:
         """Why the database could not be opened (or made), in one line. Only a damaged file is called
