@@ -55,13 +55,23 @@ class Subscriber:
 
     def wants(self, op_id: str, kind: str) -> bool:
         if self.op_id is None:
-            return kind != "log"  # logs only on one operation's stream
+            return kind not in ("log", "gone")  # logs only on one operation's stream
         return self.op_id == op_id
 
 
 def progress_key(op: Operation) -> tuple[Any, ...]:
     p = op.progress
     return (op.status, p.done, p.total, p.failed, p.step, p.message)
+
+
+def gone_message(op_id: str) -> Message:
+    """For who follows one operation removed from the store: it will not settle any more (close 4404)."""
+    return {
+        "type": "error",
+        "operation_id": op_id,
+        "detail": f"operation {op_id} was removed",
+        "timestamp": time.time(),
+    }
 
 
 def progress_message(op: Operation) -> Message:
@@ -184,10 +194,18 @@ class ProgressHub:
             try:
                 op = await self.engine.get(ev.operation_id)
             except NotFound:
+                self._gone(ev.operation_id)
                 return
             self._observe(op, previous=ev.previous, message=ev.message, status=ev.status)
         else:  # a log line only to who follows its operation: the all-operations stream has none
             self._send(ev.operation_id, "log" if isinstance(ev, LogEmitted) else "event", event_message(ev))
+
+    def _gone(self, op_id: str) -> None:
+        """``op_id`` is no longer in the store (removed): settled for its subscribers. Who follows it alone
+        is told and its socket closed (it waited for a `final` that never came); everything else stops
+        tracking it."""
+        self._seen.pop(op_id, None)
+        self._send(op_id, "gone", gone_message(op_id))
 
     def _observe(
         self,
@@ -237,9 +255,12 @@ class ProgressHub:
         else:
             gone = []
         wanted = {s.op_id for s in self._subs if s.op_id is not None} | set(gone)
+        removed: list[str] = []
         for op_id in wanted - set(seen):
-            with contextlib.suppress(NotFound):
+            try:
                 seen[op_id] = await self.engine.get(op_id)
+            except NotFound:
+                removed.append(op_id)
         # What was published while the store was read goes out first: an attempt's last log lines are
         # published before its final status is written, so a poll that read it settled sent `final` ahead
         # of them, and the one-operation socket closed on it with those lines unsent.
@@ -250,6 +271,9 @@ class ProgressHub:
             await self._handle_event(ev)
             if isinstance(ev, StatusChanged):
                 newer.add(ev.operation_id)
+        for op_id in removed:
+            if op_id not in newer:
+                self._gone(op_id)
         for op in seen.values():
             if op.id in newer:
                 continue

@@ -3,7 +3,8 @@
 One operation: a ``snapshot`` message (the record), then ``status_changed``, ``progress_update``,
 ``checkpoint_saved``, ``timeout_extended``, ``item_failed`` and ``log`` messages, and a ``final``
 message when it settles; then the server closes the socket (code 1000). An unknown id gets an
-``error`` message and close code 4404; a malformed one 4422.
+``error`` message and close code 4404; a malformed one 4422. An operation removed from the store before
+its ``final`` was sent (``outlast rm`` just after it settled) gets the same ``error`` and 4404.
 
 All operations: a ``snapshot`` of every active one (however many), then the same messages for every operation
 (no logs), with a ``final`` per operation as it settles; the socket stays open. A large snapshot
@@ -131,6 +132,9 @@ async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
             if close_on_final and msg["type"] == "final":
                 await ws.close(1000)
                 return
+            if close_on_final and msg["type"] == "error":  # removed from the store: it will never settle
+                await ws.close(4404)
+                return
     finally:
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError, *_CLOSED):
@@ -187,7 +191,12 @@ async def one_progress(ws: WebSocket, op_id: str) -> None:
     sub = Subscriber(full)
     hub.add(sub)
     try:
-        op = await engine.get(full)  # again, now that no change can slip between read and subscribe
+        try:
+            op = await engine.get(full)  # again, now that no change can slip between read and subscribe
+        except NotFound as e:  # removed meanwhile
+            await send(ws, {"type": "error", "detail": escape_controls(str(e))})
+            await ws.close(4404)
+            return
         await send(ws, {"type": "snapshot", "operation": _record(op)})
         if op.status in SETTLED:
             await send(ws, final_message(op))
