@@ -50,3 +50,17 @@ async def test_an_operation_removed_just_after_it_settled_ends_its_one_operation
     assert msgs[0]["operation_id"] == op.id and "removed" in msgs[0]["detail"]
     assert not [m for m in drain(everything) if m.get("operation_id") == op.id]
     assert op.id not in hub._seen  # the all-operations stream no longer tracks it
+
+
+async def test_every_operation_that_started_and_settled_between_two_polls_gets_its_final(engine: Engine) -> None:
+    """A burst of 60 short operations between two polls: the catch-up read of the newest 20 sent 20 finals."""
+    everything = Subscriber(None)
+    hub = ProgressHub(engine, poll=3600)
+    hub.add(everything)
+    await hub._poll()
+    ids = {(await stored(engine, Status.COMPLETED, result="ok")).id for _ in range(60)}
+    await hub._poll()
+    finals = {m["operation_id"] for m in drain(everything) if m["type"] == "final"}
+    assert finals == ids, f"final for {len(finals & ids)} of {len(ids)}"
+    await hub._poll()
+    assert [m for m in drain(everything) if m["type"] == "final"] == []  # each once

@@ -38,6 +38,14 @@ log = logging.getLogger("outlast.api")
 Message = dict[str, Any]
 _SEEN_MAX = 10_000
 _ACTIVE_MAX = 1000
+_SETTLED_PAGE = 200
+"""Settled operations read at once by a poll's catch-up read (what started and ended between two polls),
+after a first page of 20 (most polls find nothing new: one small read)."""
+_SETTLED_MAX = 10_000
+"""The most a catch-up read takes in one poll; more is said in the log, not dropped in silence."""
+_CLOCK_SLACK = 5.0
+"""Seconds the catch-up read looks back before the last poll: ``created_at`` comes from another process's
+clock, and a record created just before the last poll may have been written just after it read."""
 
 
 @dataclass(eq=False)
@@ -125,6 +133,8 @@ class ProgressHub:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._since = time.time()
+        self._mark = self._since
+        """When the last poll began its reads: the catch-up read goes back to it."""
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -143,7 +153,7 @@ class ProgressHub:
     def add(self, sub: Subscriber) -> None:
         if not self._subs:
             self._seen.clear()
-            self._since = time.time()
+            self._since = self._mark = time.time()
         self._subs.add(sub)
 
     def remove(self, sub: Subscriber) -> None:
@@ -244,12 +254,29 @@ class ProgressHub:
         elif op.status is Status.RUNNING and old != key:
             self._send(op.id, "progress", progress_message(op))
 
+    async def _settled_since(self, since: float) -> list[Operation]:
+        """Settled operations created at ``since`` or later, newest first, a page at a time: a fixed
+        window of 20 sent `final` for 20 of a burst of 60 that started and ended between two polls."""
+        found: list[Operation] = []
+        while len(found) < _SETTLED_MAX:
+            size = _SETTLED_PAGE if found else 20
+            page = await self.engine.list_operations(statuses=list(SETTLED), limit=size, offset=len(found))
+            found += page
+            if len(page) < size or page[-1].created_at < since:
+                return found
+        log.warning(
+            "progress hub: more than %d operations settled since the last poll; the older ones get no final",
+            _SETTLED_MAX,
+        )
+        return found
+
     async def _poll(self) -> None:
         seen: dict[str, Operation] = {}
+        mark, self._mark = self._mark, time.time()
         if any(s.op_id is None for s in self._subs):
             for op in await self.engine.list_operations(statuses=list(ACTIVE), limit=_ACTIVE_MAX):
                 seen[op.id] = op
-            for op in await self.engine.list_operations(limit=20):  # what started and ended between two polls
+            for op in await self._settled_since(mark - _CLOCK_SLACK):  # started and ended between two polls
                 seen.setdefault(op.id, op)
             gone = [i for i, k in self._seen.items() if k[0] in ACTIVE and i not in seen]
         else:
