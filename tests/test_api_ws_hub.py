@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine import Engine, Operation, Status
-from engine.models import new_id
+from engine.models import Progress, new_id
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.timeout(60)
@@ -64,3 +64,22 @@ async def test_every_operation_that_started_and_settled_between_two_polls_gets_i
     assert finals == ids, f"final for {len(finals & ids)} of {len(ids)}"
     await hub._poll()
     assert [m for m in drain(everything) if m["type"] == "final"] == []  # each once
+
+
+async def test_a_takeover_between_two_polls_says_the_attempt_changed_before_progress_goes_back(
+    engine: Engine,
+) -> None:
+    """Killed at 300 of 400, taken over from a checkpoint at 200, all inside one poll: the stream said
+    running, 300, then 200, running throughout, with nothing saying why progress went back."""
+    op = await stored(engine, Status.RUNNING, attempt=1, epoch=1, progress=Progress(done=300, total=400))
+    everything = Subscriber(None)
+    hub = ProgressHub(engine, poll=3600)
+    hub.add(everything)
+    await hub._poll()
+    drain(everything)
+    await engine.store.update(op.id, attempt=2, progress=Progress(done=200, total=400))
+    await hub._poll()
+    msgs = [m for m in drain(everything) if m.get("operation_id") == op.id]
+    assert [m["type"] for m in msgs] == ["status_changed", "progress_update"], msgs
+    assert msgs[0]["status"] == "running" and "attempt 2" in msgs[0]["message"]
+    assert msgs[1]["progress"]["done"] == 200

@@ -68,8 +68,9 @@ class Subscriber:
 
 
 def progress_key(op: Operation) -> tuple[Any, ...]:
+    """What the hub compares: the status first, the attempt last (a new attempt's progress may go down)."""
     p = op.progress
-    return (op.status, p.done, p.total, p.failed, p.step, p.message)
+    return (op.status, p.done, p.total, p.failed, p.step, p.message, op.attempt)
 
 
 def gone_message(op_id: str) -> Message:
@@ -234,6 +235,18 @@ class ProgressHub:
             self._seen.popitem(last=False)
         if old is None and fresh and op.status in SETTLED:
             return  # settled before anyone was watching: nothing to announce
+        if old is not None and old[-1] != key[-1] and old[0] == op.status:
+            # Another attempt since the last look (a takeover after a crash: interrupted, queued, running
+            # again, all between two polls): its progress starts again from a checkpoint, lower than what
+            # was said. Say the attempt changed before that progress, so that it does not just go back.
+            msg = StatusMessage(
+                operation_id=op.id,
+                status=op.status,
+                previous=old[0],
+                message=f"attempt {op.attempt} started",
+                timestamp=time.time(),
+            )
+            self._send(op.id, "status", msg.model_dump(mode="json"))
         settling = op.status in SETTLED and (old is None or old[0] != op.status)
         if settling and (old is None or old[1:] != key[1:]):
             # Its last progress (40 of 40, 100%) before it is said settled: a client that draws its bar from
@@ -249,7 +262,7 @@ class ProgressHub:
             )
             self._send(op.id, "status", msg.model_dump(mode="json"))
         if op.status in SETTLED:
-            if old is None or old[0] != op.status:
+            if old is None or old[0] != op.status or old[-1] != key[-1]:
                 self._send(op.id, "final", final_message(op))
         elif op.status is Status.RUNNING and old != key:
             self._send(op.id, "progress", progress_message(op))
