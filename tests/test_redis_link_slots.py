@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from engine.store.redis import connection
 from engine.store.redis.connection import MAX_CONNECTIONS, RedisLink
 from tests.fixtures_redis import RedisServer
 
@@ -129,3 +130,25 @@ async def test_a_script_refused_by_redis_leaves_its_connection_usable(redis_serv
         assert len(link._idle) == 1
     finally:
         await link.close()
+
+
+def test_a_kept_connection_on_a_descriptor_above_1024_is_checked_not_remade() -> None:
+    """select() refuses a descriptor above 1,024 (a worker with many files open): every kept connection
+    looked unusable there and was made again before each script. The check polls instead."""
+    import resource
+    import socket
+    import types
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1600:
+        pytest.skip("the open-files limit is below 1,600 here")
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(a.fileno(), 1500))
+    a.close()
+    conn = types.SimpleNamespace(_writer=types.SimpleNamespace(get_extra_info=lambda _name: high))
+    try:
+        assert connection._readable(conn) is False  # quiet: kept as it is
+        b.sendall(b"+x\r\n")
+        assert connection._readable(conn) is True  # data no request waits for
+    finally:
+        high.close()
+        b.close()
