@@ -145,3 +145,16 @@ async def forker(ctx: OperationContext, p: ForkerParams) -> None:
     Path(p.pid_file).write_text(str(pid))
     async for _ in ctx.items(range(100_000), key=str):
         await asyncio.sleep(0.01)
+
+
+@operation("test_shared_items")
+async def shared_items(ctx: OperationContext, params: Any) -> None:
+    """One ``ctx.items()`` loop taken by four tasks at once: refused (its next item would end the body of an
+    item another task still runs)."""
+    items = ctx.items(range(20))
+
+    async def worker() -> None:
+        async for _ in items:
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(worker() for _ in range(4)))

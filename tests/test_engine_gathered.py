@@ -33,17 +33,6 @@ async def gathered(ctx: OperationContext, p: Any) -> dict[str, int]:
     return {k: v for k, v in ctx.state.items()}
 
 
-@operation("test_shared_items")
-async def shared_items(ctx: OperationContext, p: Any) -> None:
-    items = ctx.items(range(20))
-
-    async def worker() -> None:
-        async for _ in items:
-            await asyncio.sleep(0.01)
-
-    await asyncio.gather(*(worker() for _ in range(4)))
-
-
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def any_engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Callable[[], Engine]]:
     s: Settings = load_settings(state_dir=state_dir, plugins=["tests.test_engine_gathered"], grace_period=5.0)

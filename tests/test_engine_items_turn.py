@@ -6,7 +6,6 @@ counted from the last checkpoint, and taken between two items."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -54,17 +53,6 @@ async def test_checkpoint_every_is_taken_between_items_on_the_count(engine: Engi
     assert ledger.done >= {str(i) for i in range(9)}
 
 
-@operation("test_items_shared_by_tasks")
-async def shared_by_tasks(ctx: OperationContext, p: Any) -> None:
-    items = ctx.items(range(20))
-
-    async def worker() -> None:
-        async for _ in items:
-            await asyncio.sleep(0.01)
-
-    await asyncio.gather(*(worker() for _ in range(3)))
-
-
 async def test_a_task_table_asyncio_does_not_keep_falls_back_to_asking_asyncio(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,7 +60,7 @@ async def test_a_task_table_asyncio_does_not_keep_falls_back_to_asking_asyncio(
     asyncio keeps it elsewhere the table says no task runs: seen at the first turn, and from then on
     ``asyncio.current_task`` is asked, so two tasks sharing one loop are still refused."""
     monkeypatch.setattr(context, "_task_now", lambda loop: None)
-    op = await engine.submit(OperationSpec(type="test_items_shared_by_tasks"))
+    op = await engine.submit(OperationSpec(type="test_shared_items"))
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.FAILED and "ctx.items() is one loop" in (final.error or ""), final.error
     assert context._task_now is context._current_task
