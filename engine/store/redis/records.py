@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
-import random
 import secrets
 import time
 from typing import Any
@@ -30,6 +28,7 @@ from ...models import (
     check_transition,
     handle_of,
     refused_change,
+    unique_token,
     validate_id,
     validate_id_prefix,
 )
@@ -38,18 +37,13 @@ from .codec import decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
-_tx_random = random.Random()
-"""A create's mark (a retry of it gets its handle back): unique per try, not secret. Not ``secrets``: its
-``os.urandom`` was a syscall in every submit."""
-os.register_at_fork(after_in_child=_tx_random.seed)  # a forked child draws its own marks
-
 
 class RecordsMixin(RecoveryMixin):
     """Records, the queue and claims (part of RedisStore)."""
 
     async def create(self, op: Operation, fresh: bool = False) -> int | None:
         validate_id(op.id)
-        tx = f"{_tx_random.getrandbits(64):016x}"
+        tx = unique_token()  # a create's mark: a retry of it gets its handle back
         packed = pack_new(op) if fresh else None
         handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
         if handle < 0:  # Redis emptied since this process looked: restored first, so no handle is reused
