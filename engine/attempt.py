@@ -420,10 +420,10 @@ class Attempt:
         ``how``: what forced it, when not the grace period."""
         if self.lost:
             return  # nothing to write: see lose()
-        if self.ctx.stop_reason is StopReason.CANCEL:
-            reason = StopReason.CANCEL  # asked after the handler stopped for a pause: the cancel wins
         if not checkpointed:
             await self._final_checkpoint(always=True, forced=forced)
+        if self.ctx.stop_reason is StopReason.CANCEL:  # asked after the handler stopped for a pause (or
+            reason = StopReason.CANCEL  # while its final checkpoint was written): the cancel wins
         settings = self.host.settings
         detail = {
             StopReason.SHUTDOWN: self.host.shutdown_reason,
@@ -444,7 +444,10 @@ class Attempt:
                 msg += f" (forced after {settings.grace_period:g}s grace period)"
         seq = self.ctx.checkpoint_seq
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
-        await self._settle(reason.status, message=f"{msg}; {where}")
+        # A cancel asked from anywhere until the status is written wins over a pause (the store decides, in
+        # the write itself): the asker was told "cancel requested".
+        cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status is Status.PAUSED else None
+        await self._settle(reason.status, message=f"{msg}; {where}", if_cancelled=cancel_wins)
 
     async def _final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
         if self.lost:  # the store refused this attempt: nothing more is written (see lose())
@@ -459,7 +462,13 @@ class Attempt:
             self.lost = True
 
     async def _settle(
-        self, status: Status, *, message: str | None = None, error: str | None = None, **fields: Any
+        self,
+        status: Status,
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        if_cancelled: str | None = None,
+        **fields: Any,
     ) -> None:
         if self.lost:
             return  # another attempt owns the operation now
@@ -468,7 +477,7 @@ class Attempt:
         fields["total_items"] = ctx.total
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None
         self.watch.settling = True
-        await settle(self.host, self.op, status, message=message, error=error, **fields)
+        await settle(self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields)
 
 
 async def settle(
@@ -479,10 +488,12 @@ async def settle(
     message: str | None = None,
     error: str | None = None,
     result: Any = None,
+    if_cancelled: str | None = None,
     **fields: Any,
 ) -> None:
     """Write the final transition of an attempt (durable first), then announce it. When the store fails
-    for too long, the attempt is left to the next engine (``host.abandoned`` says why)."""
+    for too long, the attempt is left to the next engine (``host.abandoned`` says why). ``if_cancelled``:
+    see ``Store.transition`` (a pause the store turns into the cancel asked meanwhile)."""
     if status is not Status.QUEUED:
         fields.setdefault("finished_at", time.time())
     if status is Status.COMPLETED:
@@ -498,6 +509,7 @@ async def settle(
             status,
             epoch=op.epoch,
             expect=frozenset({Status.RUNNING}),
+            if_cancelled=if_cancelled,
             status_message=message or error,
             **fields,
         )
@@ -512,7 +524,7 @@ async def settle(
                     write = asyncio.ensure_future(final())
                     if claim is None:
                         claim = host.hand_over()  # queued right behind the write: one transaction
-                    await write
+                    written = await write
                     break
                 except (StaleAttempt, Conflict, NotFound) as e:  # NotFound: the record is gone (deleted)
                     log.warning("%s: final status %s not written: %s", op.id, status.value, e)
@@ -536,7 +548,11 @@ async def settle(
                 await claim  # never raises; the slot is this task's until the claim is decided
     host.health.ok()
     await _release(host, op)
-    host.publish(StatusChanged(operation_id=op.id, status=status, previous=Status.RUNNING, message=message or error))
+    host.publish(
+        StatusChanged(
+            operation_id=op.id, status=written.status, previous=Status.RUNNING, message=written.status_message
+        )
+    )
 
 
 async def _write_late(host: AttemptHost, op: Operation, final: Callable[[], Awaitable[Operation]]) -> Operation | None:

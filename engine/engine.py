@@ -487,7 +487,30 @@ class Engine:
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
         await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-        return op
+        return await self._cancel_if_paused(op_id, action) or op
+
+    async def _cancel_if_paused(self, op_id: str, action: Action) -> Operation | None:
+        """A cancel whose request reached the store after the attempt settled paused (the request is stored
+        only while it runs) cancels the paused operation, as a cancel of a paused one does: the asker is told
+        "cancel requested", so it must not be dropped. A request stored before the settle is the store's to
+        honour (``Store.transition``'s ``if_cancelled``). None: nothing more to do."""
+        if action is not Action.CANCEL:
+            return None
+        op = await self.store.get(op_id)
+        if op.status is not Status.PAUSED:
+            return None
+        try:
+            new = await self.store.transition(
+                op_id,
+                Status.CANCELLED,
+                expect=frozenset({Status.PAUSED}),
+                finished_at=time.time(),
+                status_message=f"{Status.CANCELLED.value} by user",
+            )
+        except Conflict:
+            return None  # resumed or removed meanwhile: a later word than this cancel
+        self.publish(StatusChanged(operation_id=op_id, status=Status.CANCELLED, previous=Status.PAUSED))
+        return new
 
     async def _control_here(self, attempt: Attempt, action: Action) -> Operation:
         """Pause or cancel an attempt this engine runs: stopped now (at its next item boundary), before any
@@ -503,13 +526,14 @@ class Engine:
         attempt.stop(StopReason(action.value))
         try:
             await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+            cancelled = await self._cancel_if_paused(op_id, action)
         except StoreError as e:
             raise StoreError(
                 f"operation {op_id}: stopping here to {action.value} (this process runs it: it stops at its next"
                 f" item, and its status is written once the store answers); the store did not confirm the request:"
                 f" {e}"
             ) from None
-        return self._with_live(attempt.op)
+        return cancelled or self._with_live(attempt.op)
 
     async def resume(
         self, op_id: str, checkpoint: int | None = None, profile: dict[str, Any] | None = None

@@ -353,9 +353,15 @@ class Store(Protocol):
         *,
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
+        if_cancelled: str | None = None,
         **fields: Any,
     ) -> Operation:
-        """Move to ``to`` (checked against TRANSITIONS and ``expect``), setting ``fields``; durable."""
+        """Move to ``to`` (checked against TRANSITIONS and ``expect``), setting ``fields``; durable.
+
+        ``if_cancelled``: a running attempt settling as paused, which a cancel asked meanwhile (its request
+        stored, ``request_control``) replaces: in the same atomic step the operation is cancelled instead,
+        with this status message. The cancel gives the operation up, the pause would keep it; the settle
+        must not write over a request the asker was told stands."""
         ...
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:

@@ -15,6 +15,9 @@ from ...models import InvalidInput, Operation, validate_id
 from ...profiles import one_line
 from ...text import clean_json_text
 
+IF_CANCELLED = "_ifcancel"
+"""A WRITE's pseudo-field, never stored: the status message of a settle to paused that a pending cancel turns
+into a cancel (``Store.transition``'s ``if_cancelled``)."""
 _FIELDS = frozenset(Operation.model_fields)
 
 
@@ -73,7 +76,7 @@ def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
 
 
 def pairs(fields: dict[str, Any]) -> list[str]:
-    unknown = set(fields) - _FIELDS
+    unknown = set(fields) - _FIELDS - {IF_CANCELLED}
     if unknown:
         raise ValueError(f"unknown operation fields: {sorted(unknown)}")
     out: list[str] = []

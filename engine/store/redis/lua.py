@@ -174,7 +174,25 @@ for i = 8, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
 if to == '"interrupted"' and cur[1] == '"running"' and ARGV[7] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
 end
-redis.call('HSET', k, '_tx', ARGV[6], unpack(ARGV, 8))
+local sets = ARGV
+local first = 8
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == '_ifcancel' then  -- a settle to paused: a cancel asked meanwhile (stored in _ctl) wins
+    local cancel = cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel'
+    sets, first = {}, 1
+    for j = 8, #ARGV, 2 do
+      local name, value = ARGV[j], ARGV[j + 1]
+      if name ~= '_ifcancel' then
+        if cancel and name == 'status' then value = '"cancelled"' end
+        if cancel and name == 'status_message' then value = ARGV[i + 1] end
+        sets[#sets + 1] = name
+        sets[#sets + 1] = value
+      end
+    end
+    break
+  end
+end
+redis.call('HSET', k, '_tx', ARGV[6], unpack(sets, first))
 local st = redis.call('HGET', k, 'status')
 if st ~= '"queued"' and st ~= '"running"' then redis.call('HDEL', k, '_ctl') end
 if ARGV[4] ~= '' and cur[1] == '"running"' and st ~= '"running"' then

@@ -33,7 +33,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ..base import check_slots, parse_slots
-from .codec import decode_record, enc, pack_new, pairs
+from .codec import IF_CANCELLED, decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
@@ -221,10 +221,13 @@ class RecordsMixin(RecoveryMixin):
         *,
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
+        if_cancelled: str | None = None,
         **fields: Any,
     ) -> Operation:
         validate_id(op_id)
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
+        if if_cancelled is not None and to is Status.PAUSED:
+            fields = {**fields, IF_CANCELLED: if_cancelled}  # the WRITE script reads it: a pending cancel wins
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
         if settling:
             self._settling.add(op_id)  # a heartbeat meanwhile must not take this settle for a lost lease

@@ -260,6 +260,7 @@ class RecordsMixin(SqliteCore):
         *,
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
+        if_cancelled: str | None = None,
         **fields: Any,
     ) -> Operation:
         validate_id(op_id)
@@ -271,7 +272,12 @@ class RecordsMixin(SqliteCore):
             if expect is not None and op.status not in expect:
                 raise Conflict(refused_change(op.id, op.status, to))
             check_transition(op.status, to)
-            new = _apply(op, {**fields, "status": to})
+            changes = {**fields, "status": to}
+            if if_cancelled is not None and to is Status.PAUSED and op.status is Status.RUNNING:
+                row = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
+                if row is not None and row[0] == "cancel":  # asked while this attempt settled: it wins
+                    changes.update(status=Status.CANCELLED, status_message=if_cancelled)
+            new = _apply(op, changes)
             _put(conn, new)
             return new
 
