@@ -37,7 +37,13 @@ from .schemas import FinalMessage, ProgressOut, ProgressUpdate, StatusMessage
 log = logging.getLogger("outlast.api")
 Message = dict[str, Any]
 _SEEN_MAX = 10_000
-_ACTIVE_MAX = 1000
+"""Settled operations remembered (the least recently seen are forgotten first); active ones are all kept:
+what says that one settled, or was removed, is found by comparing them with the store."""
+_QUEUED_RECENT = 1000
+"""Queued operations read whole each poll. A longer queue is read by id (an index read) and only what joined
+it, or came back to it, is read whole: its other records do not change while they wait."""
+_READ_BY_ID = 100
+"""At most this many records are read one by one in a poll; more (a batch submitted) as one listing."""
 _SETTLED_PAGE = 200
 """Settled operations read at once by a poll's catch-up read (what started and ended between two polls),
 after a first page of 20 (most polls find nothing new: one small read)."""
@@ -46,6 +52,15 @@ _SETTLED_MAX = 10_000
 _CLOCK_SLACK = 5.0
 """Seconds the catch-up read looks back before the last poll: ``created_at`` comes from another process's
 clock, and a record created just before the last poll may have been written just after it read."""
+_OVERLAP = 20
+"""Rows a catch-up page reads again before where the previous page ended, to find its last row again
+(rows that left the listing since moved it back); as many again each time it is not found."""
+
+
+def listing_key(op: Operation) -> tuple[float, str]:
+    """Where ``op`` sorts in a listing (``Engine.list_operations``: newest first, this key descending).
+    It never changes for a record, so it marks a place in the listing that rows coming and going do not move."""
+    return (op.created_at, op.id)
 
 
 @dataclass(eq=False)
@@ -130,6 +145,7 @@ class ProgressHub:
         self.poll = poll
         self._subs: set[Subscriber] = set()
         self._seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._seen_cap = _SEEN_MAX
         self._events: asyncio.Queue[Event] = asyncio.Queue(10_000)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -213,10 +229,34 @@ class ProgressHub:
 
     def _gone(self, op_id: str) -> None:
         """``op_id`` is no longer in the store (removed): settled for its subscribers. Who follows it alone
-        is told and its socket closed (it waited for a `final` that never came); everything else stops
-        tracking it."""
-        self._seen.pop(op_id, None)
-        self._send(op_id, "gone", gone_message(op_id))
+        is told and its socket closed (it waited for a `final` that never came). The all-operations
+        streams are told too when they last heard it active (settled and removed between two polls: its
+        `final` can no longer be read, and without a word they would wait for it); then it is forgotten."""
+        old = self._seen.pop(op_id, None)
+        msg = gone_message(op_id)
+        followed = old is not None and old[0] in ACTIVE
+        for sub in list(self._subs):
+            if sub.op_id == op_id or (sub.op_id is None and followed):
+                sub.put(msg)
+
+    def _remember(self, op_id: str, key: tuple[Any, ...]) -> None:
+        """Hold ``key`` as what was last said about ``op_id``. Past ``_SEEN_MAX`` entries, the settled ones
+        seen longest ago are forgotten, down to nine tenths, in one pass (so a pass comes once per thousand
+        new entries at most); active ones are never forgotten, however many (a long queue)."""
+        self._seen[op_id] = key
+        self._seen.move_to_end(op_id)
+        if len(self._seen) <= self._seen_cap:
+            return
+        excess = len(self._seen) - _SEEN_MAX * 9 // 10
+        drop: list[str] = []
+        for seen_id, seen_key in self._seen.items():
+            if len(drop) >= excess:
+                break
+            if seen_key[0] not in ACTIVE:
+                drop.append(seen_id)
+        for seen_id in drop:
+            del self._seen[seen_id]
+        self._seen_cap = max(_SEEN_MAX, len(self._seen) + _SEEN_MAX // 10)
 
     def _observe(
         self,
@@ -229,10 +269,7 @@ class ProgressHub:
         """Announce what changed about ``op`` since it was last seen."""
         old = self._seen.get(op.id)
         key = progress_key(op)
-        self._seen[op.id] = key
-        self._seen.move_to_end(op.id)
-        while len(self._seen) > _SEEN_MAX:
-            self._seen.popitem(last=False)
+        self._remember(op.id, key)
         if old is None and fresh and op.status in SETTLED:
             return  # settled before anyone was watching: nothing to announce
         if old is not None and old[-1] != key[-1] and old[0] == op.status:
@@ -268,30 +305,74 @@ class ProgressHub:
             self._send(op.id, "progress", progress_message(op))
 
     async def _settled_since(self, since: float) -> list[Operation]:
-        """Settled operations created at ``since`` or later, newest first, a page at a time: a fixed
-        window of 20 sent `final` for 20 of a burst of 60 that started and ended between two polls."""
+        """Settled operations created at ``since`` or later (and a few before), newest first, a page at a
+        time: a fixed window of 20 sent `final` for 20 of a burst of 60 that started and ended between two
+        polls.
+
+        The pages follow a key, not a count (keyset paging over the offset the listing takes): each page
+        starts a little before where the last one ended and keeps what sorts after its last row. Read by
+        offset alone, a row that left the listing meanwhile (removed, resumed) moved every later one back,
+        and the one at the page boundary was never read. One that joins the listing above the key is not
+        read here, as with any keyset: it was active at this poll's first read, and its end is seen by the
+        next poll."""
         found: list[Operation] = []
+        last: tuple[float, str] | None = None
+        offset = overlap = 0
         while len(found) < _SETTLED_MAX:
             size = _SETTLED_PAGE if found else 20
-            page = await self.engine.list_operations(statuses=list(SETTLED), limit=size, offset=len(found))
-            found += page
-            if len(page) < size or page[-1].created_at < since:
+            start = max(0, offset - overlap)
+            want = offset - start + size
+            page = await self.engine.list_operations(statuses=list(SETTLED), limit=want, offset=start)
+            if last is not None and start > 0 and page and listing_key(page[0]) < last:
+                overlap *= 2  # more than `overlap` rows before the last one read left: look further back
+                continue
+            found += [op for op in page if last is None or listing_key(op) < last]
+            if found:
+                last = listing_key(found[-1])
+            if len(page) < want or not page or page[-1].created_at < since:
                 return found
+            offset, overlap = start + len(page), _OVERLAP
         log.warning(
             "progress hub: more than %d operations settled since the last poll; the older ones get no final",
             _SETTLED_MAX,
         )
         return found
 
+    async def _active(self) -> tuple[dict[str, Operation], set[str]]:
+        """The active operations to compare with what was said, and the id of every active one.
+
+        Every running one is read, and the queued ones if fewer than ``_QUEUED_RECENT``; a longer queue is
+        read by id, and only its records not yet seen queued are read whole. The 1,000 newest active ones
+        were read before: behind a queue of 1,000 newer ones, an operation was not followed at all (no
+        progress, no `final`)."""
+        ops = {op.id: op for op in await self.engine.list_operations(statuses=[Status.RUNNING])}
+        queued = await self.engine.list_operations(statuses=[Status.QUEUED], limit=_QUEUED_RECENT)
+        ops.update((op.id, op) for op in queued)  # read after: a takeover meanwhile is queued again
+        ids = set(ops)
+        if len(queued) < _QUEUED_RECENT:
+            return ops, ids
+        every = await self.engine.queued_priorities()
+        ids.update(every)
+        unread = [i for i in every if i not in ops and ((k := self._seen.get(i)) is None or k[0] is not Status.QUEUED)]
+        if len(unread) > _READ_BY_ID:  # a batch of thousands submitted: one listing, not one read each
+            wanted = set(unread)
+            for op in await self.engine.list_operations(statuses=[Status.QUEUED]):
+                if op.id in wanted:
+                    ops[op.id] = op
+        else:
+            for op_id in unread:
+                with contextlib.suppress(NotFound):  # left the queue and removed: not active, not said
+                    ops[op_id] = await self.engine.get(op_id)
+        return ops, ids
+
     async def _poll(self) -> None:
         seen: dict[str, Operation] = {}
         mark, self._mark = self._mark, time.time()
         if any(s.op_id is None for s in self._subs):
-            for op in await self.engine.list_operations(statuses=list(ACTIVE), limit=_ACTIVE_MAX):
-                seen[op.id] = op
+            seen, active = await self._active()
             for op in await self._settled_since(mark - _CLOCK_SLACK):  # started and ended between two polls
                 seen.setdefault(op.id, op)
-            gone = [i for i, k in self._seen.items() if k[0] in ACTIVE and i not in seen]
+            gone = [i for i, k in self._seen.items() if k[0] in ACTIVE and i not in active and i not in seen]
         else:
             gone = []
         wanted = {s.op_id for s in self._subs if s.op_id is not None} | set(gone)

@@ -7,7 +7,9 @@ message when it settles; then the server closes the socket (code 1000). An unkno
 its ``final`` was sent (``outlast rm`` just after it settled) gets the same ``error`` and 4404.
 
 All operations: a ``snapshot`` of every active one (however many), then the same messages for every operation
-(no logs), with a ``final`` per operation as it settles; the socket stays open. A large snapshot
+(no logs), with a ``final`` per operation as it settles, however long the queue; one removed before its
+``final`` could be read (settled and removed between two polls) gets that ``error`` message instead (with
+its ``operation_id``); the socket stays open. A large snapshot
 comes in several ``snapshot`` messages, ``more`` true on all but the last.
 
 Every message fits in FRAME_MAX bytes, well under the 1 MiB clients accept by default: fields too
