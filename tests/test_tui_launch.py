@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, Static
@@ -138,7 +138,7 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
         await replace(pilot, "#launch-items", "-1")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert error_text(app, "spec-items") == "Input should be greater than or equal to 0"
+        assert error_text(app, "spec-items") == "item estimate: Input should be greater than or equal to 0"
         await replace(pilot, "#launch-items", "")
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -347,3 +347,73 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
             app.post_message(events.Key(key, key if len(key) == 1 else None))
         await pilot.pause(0.5)
     assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]
+
+
+def shown_lines(app: App[Any], key: str) -> list[str]:
+    """The rows the error line under ``key`` takes on screen, as a user reads them."""
+    widget = app.screen.query_one(f"#error-{key}", Static)
+    return [strip.text.rstrip() for strip in widget.render_lines(widget.region.reset_offset)] if widget.display else []
+
+
+async def test_a_pasted_number_too_long_for_python_is_one_short_line_naming_the_field() -> None:
+    """4,301 digits pasted into the item estimate: int() refused them (Python's 4,300-digit limit), and the
+    message quoted all 4,301, some sixty rows that pushed the buttons off the screen; it called a whole
+    number "not a whole number", and sat under the priority, naming no field."""
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#launch-items", "9" * 4301)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        message = error_text(app, "spec-items")
+        assert message == "item estimate: too large (4,301 digits)", message[:200]
+        assert len(shown_lines(app, "spec-items")) == 1
+        await replace(pilot, "#launch-items", "12x" + "7" * 5000)
+        await pilot.pause()
+        message = error_text(app, "spec-items")
+        assert message == f"item estimate: {'12x' + '7' * 37 + '…'!r} is not a whole number", message[:200]
+        assert app.screen.query_one("#launch-submit").region.bottom <= 40  # the buttons are on the screen
+
+
+async def test_a_pasted_pair_without_equals_is_quoted_clipped_on_one_line() -> None:
+    """The form's own message for a pair without '=' quoted the pasted pair whole, as many rows as it took."""
+    app = LaunchApp({"command": handlers()["command"]}, initial_type="command")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-argv", "echo, hi")
+        await replace(pilot, "#param-env", "A=1, " + "B" * 5000)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert error_text(app, "env") == f"{'B' * 40 + '…'!r}: expected KEY=VALUE"
+        assert len(shown_lines(app, "env")) == 1
+
+
+async def test_a_value_a_handlers_own_validator_quotes_is_clipped_on_one_line() -> None:
+    """A handler's validator quoting the value (``{v!r} is not ...``, as the built-in ones do: a url, a
+    table name) showed a pasted value whole, as many rows as it took."""
+    app = LaunchApp({"named": HandlerSpec("named", named_handler, Named, "a named thing", "test")}, "named")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-label", "x" * 5000 + "\x1b[2J")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert error_text(app, "label") == f"{'x' * 40 + '…'!r} is not a plain name"
+        assert len(shown_lines(app, "label")) == 1
+
+
+class Named(BaseModel):
+    """A params model whose validator quotes the value, as the built-in handlers' do."""
+
+    label: str = "a"
+
+    @field_validator("label")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if not v.isalnum():
+            raise ValueError(f"{v!r} is not a plain name")
+        return v
+
+
+async def named_handler(ctx: Any, p: Named) -> None:
+    """Never run: the form only reads the params model."""

@@ -9,6 +9,7 @@ error is shown as one line under the field it names, and nothing is submitted wh
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from textual.widgets import Button, Input, Label, OptionList, Select, Static, Sw
 
 from engine import HandlerSpec, OperationSpec, Priority
 
+from ..format import printable
 from ..widgets.steady_input import SteadyInput
 
 W = TypeVar("W", bound=Widget)
@@ -40,6 +42,10 @@ RESERVED_ROWS = 14
 and estimate, name, a message under each of those, and the buttons."""
 JSON_FIELD = "__json__"
 """The one field of a handler without a params model: all params as a JSON object."""
+CLIP = 40
+"""Characters of a value a message quotes; the rest is "…"."""
+MESSAGE_MAX = 160
+"""Characters of a message at most, whatever wrote it: two rows of the narrowest form."""
 
 
 class FieldError(ValueError):
@@ -94,7 +100,7 @@ class ParamField:
             for pair in text.split(","):
                 key, sep, value = pair.partition("=")
                 if not sep or not key.strip():
-                    raise FieldError(f"{pair.strip()!r}: expected KEY=VALUE")
+                    raise FieldError(f"{quoted(pair.strip())}: expected KEY=VALUE")
                 out[key.strip()] = value.strip()
             return out
         if self.kind == "json":
@@ -106,6 +112,40 @@ class ParamField:
 
 
 _UNSET: Any = object()
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """``text`` cut to its first ``limit`` characters, with "…" when it was longer: the one way a message
+    shows a value (4,300 pasted digits were quoted whole, sixty rows under their field)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quoted(value: str) -> str:
+    """``value`` quoted in a message: clipped, then as Python quotes it (control characters escaped)."""
+    return repr(clip(value))
+
+
+_LONG_RUN = re.compile(rf"\S{{{CLIP + 3},}}")
+_RUN_HEAD = "'\"([{"
+_RUN_TAIL = "'\":,;.)]}"
+
+
+def _clip_run(m: re.Match[str]) -> str:
+    """One unbroken run of a message clipped as a value, its quotes and punctuation kept around it."""
+    run = m.group()
+    inner = run.lstrip(_RUN_HEAD)
+    body = inner.rstrip(_RUN_TAIL)
+    if body.endswith("…") and len(body) <= CLIP + 1:
+        return run  # a value the form clipped already
+    return run[: len(run) - len(inner)] + clip(body) + inner[len(body) :]
+
+
+def one_line(message: str) -> str:
+    """``message`` as the form shows it, whoever wrote it (the form, pydantic, a handler's own validator
+    quoting the value): control characters escaped, on one line, every unbroken run longer than a quoted
+    value clipped as one (``'xxxx…':``), and ``MESSAGE_MAX`` characters at most."""
+    text = " ".join(printable(message).split())
+    return clip(_LONG_RUN.sub(_clip_run, text), MESSAGE_MAX)
 
 
 def _json(text: str) -> Any:
@@ -693,7 +733,12 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             try:
                 total = int(items_text)
             except ValueError:
-                field_errors["spec-items"] = f"{items_text!r} is not a whole number"
+                # Its line is under the priority, beside it: it names its field.
+                if _WHOLE.fullmatch(items_text):  # int() refuses 4,300 digits and more
+                    digits = sum(c.isdigit() for c in items_text)
+                    field_errors["spec-items"] = f"item estimate: too large ({digits:,} digits)"
+                else:
+                    field_errors["spec-items"] = f"item estimate: {quoted(items_text)} is not a whole number"
                 total = None
         priority = Priority(str(self.query_one("#launch-priority", Select).value))
         name = self.query_one("#launch-name", Input).value.strip() or None
@@ -704,7 +749,8 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             for err in e.errors():
                 key = {"total_items": "spec-items", "name": "spec-name"}.get(str(err["loc"][0]) if err["loc"] else "")
                 if key:
-                    field_errors.setdefault(key, _message(err))
+                    where = "item estimate: " if key == "spec-items" else ""
+                    field_errors.setdefault(key, where + _message(err))
                 else:
                     form_errors.append(f"{'.'.join(map(str, err['loc']))}: {_message(err)}")
         if spec is None or field_errors or form_errors:
@@ -735,7 +781,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         """Put each message under its field (one line each) and mark the controls."""
         for widget in self._current(".field-error", Static):
             key = (widget.id or "").removeprefix("error-")
-            message = field_errors.get(_unwid(key), field_errors.get(key, ""))
+            message = one_line(field_errors.get(_unwid(key), field_errors.get(key, "")))
             widget.update(message)
             widget.set_class(bool(message), "-shown")
         for control in self._current(".field-control", Widget):
@@ -745,7 +791,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             )
             control.set_class(key in field_errors, "-error")
         form = self.query_one("#launch-form-error", Static)
-        form.update("\n".join(form_errors))
+        form.update("\n".join(one_line(m) for m in form_errors))
         form.set_class(bool(form_errors), "-shown")
 
 
@@ -765,6 +811,10 @@ def _fit(w: W, width: int) -> W:
     elif w.has_class("field-help") or w.has_class("field-error") or w.id == "launch-type-help":
         w.styles.padding = (0, 0, 0, width)
     return w
+
+
+_WHOLE = re.compile(r"[+-]?\d+(?:_\d+)*")
+"""A whole number as ``int()`` reads one (``1_000`` too), however long."""
 
 
 def _on_off(value: bool) -> str:
