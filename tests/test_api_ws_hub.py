@@ -164,3 +164,23 @@ async def test_a_running_operation_behind_more_than_a_thousand_queued_ones_is_fo
     await hub._poll()
     finals = {m["operation_id"]: m["status"] for m in drain(everything) if m["type"] == "final"}
     assert finals == {running.id: "completed", oldest.id: "cancelled"}
+
+
+def test_what_the_hub_remembers_past_its_bound_forgets_settled_operations_never_active_ones(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound on what the hub remembers dropped the operations seen longest ago, active ones too: one
+    queued behind more than the bound was forgotten, and its `final` (found by comparing what was said
+    active with the store) never came."""
+    import engine.api.progress as progress
+
+    monkeypatch.setattr(progress, "_SEEN_MAX", 10)
+    hub = ProgressHub(engine, poll=3600)
+    hub._seen_cap = 10
+    for i in range(30):  # queued first (seen longest ago), then settled ones
+        hub._remember(f"q{i}", (Status.QUEUED,))
+    for i in range(30):
+        hub._remember(f"s{i}", (Status.COMPLETED,))
+    assert {f"q{i}" for i in range(30)} <= set(hub._seen)  # every active one
+    settled = [k for k in hub._seen if k.startswith("s")]
+    assert settled and settled == [f"s{i}" for i in range(30 - len(settled), 30)]  # the newest settled ones
