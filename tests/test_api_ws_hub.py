@@ -107,7 +107,7 @@ async def test_a_takeover_between_two_polls_says_the_attempt_changed_before_prog
     assert msgs[1]["progress"]["done"] == 200
 
 
-@pytest.mark.parametrize(("made", "after_page", "removed"), [(60, 1, 1), (300, 2, 50)])
+@pytest.mark.parametrize(("made", "after_page", "removed"), [(60, 1, 1), (300, 2, 50), (230, 2, 30)])
 async def test_the_catch_up_read_misses_no_final_when_operations_leave_the_settled_ones_while_it_pages(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, made: int, after_page: int, removed: int
 ) -> None:

@@ -323,8 +323,10 @@ class ProgressHub:
             start = max(0, offset - overlap)
             want = offset - start + size
             page = await self.engine.list_operations(statuses=list(SETTLED), limit=want, offset=start)
-            if last is not None and start > 0 and page and listing_key(page[0]) < last:
-                overlap *= 2  # more than `overlap` rows before the last one read left: look further back
+            if last is not None and start > 0 and (not page or listing_key(page[0]) < last):
+                # More than `overlap` rows before the last one read left (an empty page: the listing is now
+                # shorter than where it starts): look further back.
+                overlap *= 2
                 continue
             found += [op for op in page if last is None or listing_key(op) < last]
             if found:
