@@ -417,3 +417,17 @@ class Named(BaseModel):
 
 async def named_handler(ctx: Any, p: Named) -> None:
     """Never run: the form only reads the params model."""
+
+
+def test_a_message_is_one_line_of_clipped_values_whoever_wrote_it() -> None:
+    """The helper every message passes through: control characters escaped, line breaks joined, each
+    long unbroken run clipped with its quotes kept, a value the form clipped left as it is, and a long
+    text with spaces cut at MESSAGE_MAX."""
+    from tui.screens.launch import CLIP, MESSAGE_MAX, one_line, quoted
+
+    assert one_line("Field required") == "Field required"
+    assert one_line("a\nb\x1b[2J") == "a b\\x1b[2J"
+    assert one_line(f"url {'h' * 500!r}: expected http://") == f"url {'h' * CLIP + '…'!r}: expected http://"
+    assert one_line(f"{quoted('B' * 500)}: expected KEY=VALUE") == f"{quoted('B' * 500)}: expected KEY=VALUE"
+    long = one_line("word " * 100)
+    assert len(long) == MESSAGE_MAX + 1 and long.endswith("…")

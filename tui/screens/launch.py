@@ -45,7 +45,8 @@ JSON_FIELD = "__json__"
 CLIP = 40
 """Characters of a value a message quotes; the rest is "…"."""
 MESSAGE_MAX = 160
-"""Characters of a message at most, whatever wrote it: two rows of the narrowest form."""
+"""Characters of a message at most, whatever wrote it: a backstop for a long text with spaces in it (a
+pasted paragraph a validator quoted), which clipping each unbroken run does not shorten."""
 
 
 class FieldError(ValueError):
@@ -144,7 +145,7 @@ def one_line(message: str) -> str:
     """``message`` as the form shows it, whoever wrote it (the form, pydantic, a handler's own validator
     quoting the value): control characters escaped, on one line, every unbroken run longer than a quoted
     value clipped as one (``'xxxx…':``), and ``MESSAGE_MAX`` characters at most."""
-    text = " ".join(printable(message).split())
+    text = printable(" ".join(message.split()))
     return clip(_LONG_RUN.sub(_clip_run, text), MESSAGE_MAX)
 
 
