@@ -27,6 +27,7 @@ from typing import Any
 from .attempt import Attempt
 from .config import Settings, load_settings
 from .context import BrokenInto
+from .errors import KeyTaken
 from .events import EventBus
 from .lifecycle import ACTIONS, Action, StopReason, check_action
 from .models import (
@@ -357,6 +358,7 @@ class Engine:
             timeout=spec.timeout,
             effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
             timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
+            idempotency_key=spec.idempotency_key,
         )
         if op.params:
             try:
@@ -365,6 +367,8 @@ class Engine:
                 raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
         try:
             op.handle = await self.store.create(op, fresh=True)
+        except KeyTaken as e:
+            return await self._submitted_before(op, e)
         except StoreError as e:
             if getattr(e, "outcome_unknown", False):  # the store's word: sent, with no reply
                 raise SubmitUnknown(str(e), op.id) from None
@@ -372,6 +376,23 @@ class Engine:
         self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
         self._scheduler.wake()
         return op
+
+    async def _submitted_before(self, op: Operation, taken: KeyTaken) -> Operation:
+        """The operation a submit with ``op``'s idempotency key made before (a request sent again), as it
+        stands now; a key used for other work (another type or params) is refused, naming both."""
+        try:
+            first = await self.get(taken.op_id)
+        except NotFound:  # removed since its key was read: the key is free now, so this one is new
+            op.handle = await self.store.create(op, fresh=True)
+            self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
+            self._scheduler.wake()
+            return op
+        if (first.type, first.params) != (op.type, op.params):
+            raise Conflict(
+                f"idempotency key {taken.key!r} was used for operation {first.id} ({first.type}) with other"
+                " params: a key names one request; choose a new key for new work"
+            )
+        return first
 
     async def get(self, op_id: str) -> Operation:
         op = await self.store.get(op_id)

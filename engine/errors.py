@@ -19,6 +19,14 @@ class Conflict(OutlastError):
     """The operation is not in a state that allows the request (resume a running one, ...)."""
 
 
+class KeyTaken(Conflict):
+    """A create whose idempotency key another operation of the store has: nothing was stored."""
+
+    def __init__(self, key: str, op_id: str) -> None:
+        super().__init__(f"idempotency key {key!r} names operation {op_id} already")
+        self.key, self.op_id = key, op_id
+
+
 class StaleAttempt(Conflict):
     """A write from an attempt that was declared dead and replaced (fencing)."""
 

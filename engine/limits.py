@@ -31,6 +31,8 @@ _BY_RANK = {v: k for k, v in _RANK.items()}
 
 
 MAX_NAME_CHARS = 200
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+"""An idempotency key, at most (printable ASCII, as an HTTP header carries it)."""
 MAX_TAGS = 50
 MAX_TAG_CHARS = 200
 """Each tag's key and value, at most."""

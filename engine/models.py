@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
 from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition, refused_change
 from .limits import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_ITEMS,
     MAX_JSON_DEPTH,
     MAX_KEY_CHARS,
@@ -209,6 +210,19 @@ def json_size(value: Any) -> int:
 # ---- specs and records -----------------------------------------------------------------------
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
+_KEY_RE = re.compile(r"^[\x21-\x7e]+\Z")
+
+
+def check_idempotency_key(key: str) -> str:
+    """``key`` if it is one (1 to 255 printable ASCII characters, no space: what an HTTP header carries
+    unchanged); else InvalidInput naming what is wrong."""
+    if not key:
+        raise InvalidInput("idempotency key: empty")
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(f"idempotency key: {len(key)} characters, over the limit of {MAX_IDEMPOTENCY_KEY_CHARS}")
+    if not _KEY_RE.match(key):
+        raise InvalidInput("idempotency key: printable ASCII characters only, no spaces")
+    return key
 
 
 class OperationSpec(BaseModel):
@@ -227,6 +241,15 @@ class OperationSpec(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     """A fixed timeout in seconds: replaces the computed one, and is never extended."""
     tags: dict[str, str] = Field(default_factory=dict, max_length=MAX_TAGS)
+    idempotency_key: str | None = None
+    """Chosen by the client for this request: a submit with a key an operation of the store already has
+    queues nothing and answers with that operation (a retry after a lost reply, a cron job run twice), so
+    a request sent again never runs the work twice. Kept until the operation is removed."""
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_idempotency_key(v)
 
     @field_validator("type")
     @classmethod
@@ -365,6 +388,8 @@ class Operation(BaseModel):
     backoff_from: float | None = None
     """When (wall time) the retry's backoff began: ``not_before`` minus the backoff the policy chose.
     None for records stored before it existed (they wait for ``not_before`` alone)."""
+    idempotency_key: str | None = None
+    """The key the operation was submitted with (``OperationSpec.idempotency_key``), if any."""
     orphaned_epoch: int | None = None
     """The epoch of the attempt found orphaned (its process gone) when that interrupted the operation: while
     it is still interrupted at that epoch (nobody resumed, cancelled or ran it since), an engine with

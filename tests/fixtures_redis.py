@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from engine import open_store
+from engine.store.base import Store
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -122,3 +125,13 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 def redis_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
     """A redis-server without persistence."""
     return redis_factory()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """New store objects on one store, each with its own connection (as two processes have): a state dir,
+    or a namespace on a fresh redis-server; the test runs once with each."""
+    if request.param == "sqlite":
+        return lambda: open_store(tmp_path / "state")
+    url = request.getfixturevalue("redis_server").url
+    return lambda: open_store(url, namespace="t", checkpoint_mirror=None)

@@ -15,18 +15,10 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine import Engine, OperationSpec, Status, load_settings
 from engine.store.base import Store
 from tests.fixtures_engine import until
 from tests.test_engine_stops import break_then_wait  # noqa: F401  (registers test_break_then_wait)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    if request.param == "sqlite":
-        return lambda: open_store(tmp_path / "state")
-    url = request.getfixturevalue("redis_server").url
-    return lambda: open_store(url, namespace="race", checkpoint_mirror=None)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pydantic import Field, create_model
 
 from .. import __version__
 from ..engine import Engine, SubmitUnknown
-from ..models import ID_RE, SETTLED, InvalidInput, NotFound, Operation, OperationSpec, Status
+from ..models import ID_RE, SETTLED, InvalidInput, NotFound, Operation, OperationSpec, Status, check_idempotency_key
 from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
@@ -145,6 +145,12 @@ def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
 
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
     _forbid_command(request, spec.type)
+    key = request.headers.get("idempotency-key")
+    if key is not None:  # the header's key, as the body's: a request sent again gets the first one's answer
+        key = check_idempotency_key(key)
+        if spec.idempotency_key not in (None, key):
+            raise InvalidInput("idempotency key: the Idempotency-Key header and the body name different keys")
+        spec = spec.model_copy(update={"idempotency_key": key})
     if (
         spec.type == "load_testing"
         and spec.params.get("allow_remote") not in (None, False, "false")
@@ -168,7 +174,7 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
     "/operations",
     status_code=202,
     response_model=SubmitOut,
-    responses=_errors(403, 413, 422),
+    responses=_errors(403, 409, 413, 422),
     summary="Queue an operation of any registered type",
     tags=["operations"],
     dependencies=[_prechecked(None)],
@@ -208,7 +214,7 @@ def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) 
         methods=["POST"],
         status_code=202,
         response_model=SubmitOut,
-        responses=_errors(403, 413, 422),
+        responses=_errors(403, 409, 413, 422),
         summary=f"Queue a {type_} operation",
         operation_id=f"submit_{type_}",
         tags=["operations"],

@@ -262,6 +262,7 @@ def build_spec(
     items: int | None,
     timeout: float | None,
     name: str | None,
+    idempotency_key: str | None = None,
 ) -> OperationSpec:
     """The spec from command-line options; InvalidInput (one line) when it does not validate."""
     from pydantic import ValidationError
@@ -288,6 +289,7 @@ def build_spec(
             total_items=items,
             timeout=timeout,
             name=name,
+            idempotency_key=idempotency_key,
         )
     except ValidationError as e:
         raise InvalidInput(f"operation spec: {one_line(e)}") from None

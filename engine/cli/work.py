@@ -203,9 +203,14 @@ def _detach(app: App, op_id: str) -> int:
 
 @click.command()
 @spec_options
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Queue nothing if an operation was submitted with KEY: print that one (a retried submit runs once).",
+)
 @pass_app
 def submit(app: App, **spec_args: object) -> int:
-    """Queue an operation for a worker; print its id."""
+    """Queue an operation for a worker; print its id (with --idempotency-key, the first one's)."""
     from .run import submit_or_resume
 
     spec = build_spec(**spec_args)  # type: ignore[arg-type]

@@ -315,7 +315,9 @@ class Store(Protocol):
 
     # ---- records
     async def create(self, op: Operation, fresh: bool = False) -> int | None:
-        """Store a new record; returns the handle the store gave it (None: this store gives none).
+        """Store a new record; returns the handle the store gave it (None: this store gives none). A record
+        with an ``idempotency_key`` another operation of the store has is not stored: KeyTaken names that one
+        (checked and written in the same atomic step as the record: two creates with one key, one stored).
 
         ``fresh``: ``op`` was just built (``Operation(...)``) and nothing of it changed since, so the fields
         it was not given (``model_fields_set``) hold their defaults: a store may encode only the others."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...errors import KeyTaken
 from ...models import InvalidInput, Operation, StaleAttempt, StoreError
 from ..mirror import CheckpointMirror
 from .codec import decode_record, pack
@@ -143,7 +144,10 @@ class RedisCore:
         if packed is None:
             packed = pack(op.model_dump(mode="json"))
         args = [self.keys.prefix, op.id, repr(time.time()), tx, packed, gen]
-        return int(await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}"))
+        res = await self._script("CREATE", [self.keys.op(op.id)], args, f"creating {op.id}")
+        if isinstance(res, list) and op.idempotency_key is not None:  # ['taken', the id that has the key]
+            raise KeyTaken(op.idempotency_key, res[1].decode())
+        return int(res)
 
     async def _fetch(self, op_ids: list[str], strict: bool = False) -> list[Operation]:
         """Records in the order asked; missing ones left out, malformed ones reported and skipped."""

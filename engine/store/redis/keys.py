@@ -9,6 +9,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
                        applied twice) and ``_ctl`` (a pending cancel or pause)
 ``ids``                every id (a sorted set by lex: resolving a prefix)
 ``handles``            handle -> id (a hash: resolving a handle)
+``idem``               idempotency key (its JSON text) -> id: a create with a key another operation has
+                       writes nothing (removing the operation frees its key)
 ``all``                every id by created_at; ``st:STATUS`` the ids of one status by created_at
 ``q:RANK``             queued ids by queued_at (rank 0 high, 1 normal, 2 low)
 ``dq:RANK``            retries waiting for their not_before (by not_before)

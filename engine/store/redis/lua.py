@@ -94,7 +94,8 @@ CREATE = (
 -- KEYS[1] op key; ARGV: P, id, now, tx, the record packed (codec.pack: JSON \30 per field, in NAMES order),
 -- the generation mark the caller saw ('': not checked).
 -- One round trip per submit: the record, its index entries and its event. Returns the record's
--- handle (>= 1), or 0 when the id exists already (a retry of the same tx gets its handle again), or -1
+-- handle (>= 1), or {'taken', id} when another operation has its idempotency key (nothing written),
+-- or 0 when the id exists already (a retry of the same tx gets its handle again), or -1
 -- when the mark is not the one the caller saw (Redis emptied since: it restores first, which moves the
 -- handle counter past every handle given before). A record that brings a handle (restored from the
 -- mirror) keeps it, unless another operation has it now, and the counter is moved past it; else the
@@ -121,6 +122,12 @@ for i = 1, #NAMES do  -- found by plain search, not a pattern: a quarter of the 
   kv[n + 2] = value
   n = n + 2
   rec[name] = value
+end
+local ik = rec['idempotency_key']  -- its JSON text, quotes and all: the same for the same key
+if ik and ik ~= 'null' then
+  local have = redis.call('HGET', P .. 'idem', ik)
+  if have and have ~= ARGV[2] and redis.call('EXISTS', P .. 'op:' .. have) == 1 then return {'taken', have} end
+  redis.call('HSET', P .. 'idem', ik, ARGV[2])
 end
 local h = tonumber(rec['handle'])
 if h then
@@ -449,9 +456,11 @@ if not string.find(',' .. ARGV[3] .. ',', ',' .. st .. ',', 1, true) or redis.ca
   return {'conflict', st}
 end
 local h = redis.call('HGET', KEYS[1], 'handle')
+local ik = redis.call('HGET', KEYS[1], 'idempotency_key')
 redis.call('DEL', unpack(KEYS))
 local id = ARGV[2]
 if tonumber(h) then redis.call('HDEL', P .. 'handles', h) end
+if ik and ik ~= 'null' and redis.call('HGET', P .. 'idem', ik) == id then redis.call('HDEL', P .. 'idem', ik) end
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'all', id)
 redis.call('ZREM', P .. 'st:' .. string.sub(st, 2, -2), id)

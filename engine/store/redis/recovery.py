@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
+from ...errors import KeyTaken
 from ...models import Checkpoint, Operation, StoreError
 from .codec import valid_id
 from .core import RedisCore
@@ -216,7 +217,12 @@ class RecoveryMixin(RedisCore):
             newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
             if newest is not None and (op.checkpoint_seq or 0) < newest:
                 op.checkpoint_seq = newest
-            handle = await self._create(op, tx=tx)  # it keeps its handle, unless another took it meanwhile
+            try:
+                handle = await self._create(op, tx=tx)  # it keeps its handle, unless another took it meanwhile
+            except KeyTaken as e:  # submitted again while Redis was empty: both are kept, the key stays there
+                log.warning("operation %s restored without its idempotency key: %s", op_id, e)
+                op.idempotency_key = None
+                handle = await self._create(op, tx=tx)
             if handle > 0:
                 restored += 1
                 if op.handle is not None and handle != op.handle:

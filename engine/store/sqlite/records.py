@@ -15,6 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ...errors import KeyTaken
 from ...models import (
     ACTIVE,
     Conflict,
@@ -48,6 +49,7 @@ _OWNED = (
     ("deltas", "op_id"),
     ("failures", "op_id"),
     ("handles", "op_id"),
+    ("idempotency", "op_id"),
 )
 """The rows of one operation: what deleting it removes (with its log file)."""
 
@@ -134,6 +136,14 @@ class RecordsMixin(SqliteCore):
         validate_id(op.id)
 
         def do(conn: sqlite3.Connection) -> int:
+            if op.idempotency_key is not None:
+                row = conn.execute("SELECT op_id FROM idempotency WHERE key=?", (op.idempotency_key,)).fetchone()
+                if row is not None:
+                    if conn.execute("SELECT 1 FROM operations WHERE id=?", (row[0],)).fetchone():
+                        raise KeyTaken(op.idempotency_key, row[0])  # before anything is written
+                    # Its operation was removed by a version that kept no keys: the key is free.
+                    conn.execute("DELETE FROM idempotency WHERE key=?", (op.idempotency_key,))
+                conn.execute("INSERT INTO idempotency(key, op_id) VALUES(?, ?)", (op.idempotency_key, op.id))
             # lastrowid, not RETURNING: that needs SQLite 3.35 (RHEL 9's Python has 3.34, where every submit would fail)
             handle = conn.execute("INSERT INTO handles(op_id) VALUES(?)", (op.id,)).lastrowid
             if handle is None:  # an INTEGER PRIMARY KEY is the rowid: never, unless the table was changed

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS deltas(
     PRIMARY KEY(op_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT, op_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS idempotency(key TEXT PRIMARY KEY, op_id TEXT NOT NULL UNIQUE) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failures(
     op_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -81,11 +82,13 @@ ADDED = {
     "handles": "CREATE TABLE IF NOT EXISTS handles(handle INTEGER PRIMARY KEY AUTOINCREMENT,"
     " op_id TEXT NOT NULL UNIQUE)",
     "ops_status_created": "CREATE INDEX IF NOT EXISTS ops_status_created ON operations(status, created_at, id)",
+    "idempotency": "CREATE TABLE IF NOT EXISTS idempotency(key TEXT PRIMARY KEY, op_id TEXT NOT NULL UNIQUE)"
+    " WITHOUT ROWID",
 }
 """What schema 1 gained after stores were made with it: additive, so older versions still read the file
-(their operations just have no handle; the index they do not use). The index lists one status newest
-first without sorting all of it: the newest 100 of 100,000 queued took 360 ms, which a dashboard read
-every second while the queue moved."""
+(their operations just have no handle; the index and the idempotency keys they do not use). The index
+lists one status newest first without sorting all of it: the newest 100 of 100,000 queued took 360 ms,
+which a dashboard read every second while the queue moved."""
 
 CLAIM_INDEX = "CREATE INDEX ops_claim ON operations(status, rank, queued_at, id) WHERE status='queued'"
 """The claim's index holds the queued operations only (it was every operation's), and ``ops_status_queued``
