@@ -51,12 +51,15 @@ def test_one_operation_progress_then_final_and_close(api: Server) -> None:
     assert final["status"] == "completed" and final["result"]["items"] == 40 and final["resumable"] is False
 
 
-def test_settled_operation_gets_snapshot_and_final(api: Server) -> None:
+def test_settled_operation_gets_snapshot_its_last_progress_and_final(api: Server) -> None:
+    """A client that reads only `progress_update` (the seed's page) and connects just after a quick
+    operation ended sees its bar at 100%, as one that saw it end does."""
     op_id = api.submit(params={"items": 2, "seconds": 0})
     api.wait_status(op_id, {"completed"})
     with ws_client.connect(f"{api.ws_url}/api/operations/{op_id[:10]}/progress", open_timeout=30) as ws:
         msgs = read_until(ws, lambda m: m["type"] == "final")
-    assert [m["type"] for m in msgs] == ["snapshot", "final"]
+    assert [m["type"] for m in msgs] == ["snapshot", "progress_update", "final"]
+    assert msgs[1]["data"]["progress_percentage"] == 100.0 and msgs[1]["data"]["operation_id"] == op_id
 
 
 def test_unknown_and_malformed_ids_close_with_a_reason(api: Server) -> None:

@@ -2,7 +2,8 @@
 
 One operation: a ``snapshot`` message (the record), then ``status_changed``, ``progress_update``,
 ``checkpoint_saved``, ``timeout_extended``, ``item_failed`` and ``log`` messages, and a ``final``
-message when it settles; then the server closes the socket (code 1000). An unknown id gets an
+message when it settles; then the server closes the socket (code 1000). One settled already gets its
+``snapshot``, its last ``progress_update`` and its ``final``. An unknown id gets an
 ``error`` message and close code 4404; a malformed one 4422. An operation removed from the store before
 its ``final`` was sent (``outlast rm`` just after it settled) gets the same ``error`` and 4404.
 
@@ -28,7 +29,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from ..engine import Engine
 from ..humanize import escape_controls
 from ..models import ACTIVE, SETTLED, InvalidInput, NotFound
-from .progress import ProgressHub, Subscriber, final_message
+from .progress import ProgressHub, Subscriber, final_message, progress_message
 from .routes import resolve
 from .schemas import OperationOut
 
@@ -201,6 +202,10 @@ async def one_progress(ws: WebSocket, op_id: str) -> None:
             return
         await send(ws, {"type": "snapshot", "operation": _record(op)})
         if op.status in SETTLED:
+            # Its last progress first, as a stream that saw it settle gets: a client that reads only
+            # `progress_update` (the seed's page) connected just after a quick operation ended, and its
+            # bar stayed at 0.
+            await send(ws, progress_message(op))
             await send(ws, final_message(op))
             await ws.close(1000)
             return
