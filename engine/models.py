@@ -210,6 +210,8 @@ def json_size(value: Any) -> int:
 # ---- specs and records -----------------------------------------------------------------------
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
 _KEY_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
@@ -291,6 +293,11 @@ class OperationSpec(BaseModel):
     @classmethod
     def _text_ok(cls, v: Any) -> Any:
         check_json(v)  # before pydantic's own check, which says only "unable to parse raw data"
+        for text in [v] if isinstance(v, str) else [t for kv in v.items() for t in kv] if isinstance(v, dict) else []:
+            if isinstance(text, str) and (bad := _CONTROL.search(text)):
+                # A label shown on one line everywhere (a table, a terminal title, a log line): an escape
+                # sequence in it was stored as sent, for every consumer of the JSON to render.
+                raise ValueError(f"holds the control character U+{ord(bad.group()):04X}: a label is one line of text")
         return v
 
 

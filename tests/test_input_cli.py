@@ -310,12 +310,17 @@ def _no_raw_controls(text: str) -> None:
 
 def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli, state_dir: Path) -> None:
     r = cli.here("submit", "demo", "--name", EVIL.replace("\x00", ""), "-p", "items=1", "-p", "seconds=0")
+    assert r.returncode == 2 and "control character U+001B" in r.stderr, r  # a label is one line of text
+    assert len(r.stderr.strip().splitlines()) == 1 and "\x1b" not in r.stderr
+    r = cli.here("submit", "demo", "--name", "plain", "-p", "items=1", "-p", "seconds=0")
     assert r.returncode == 0, r.stderr
     op_id = r.stdout.strip()
-    # Stored strings the CLI did not choose: written behind its back, as another client could.
+    # Stored strings the CLI did not choose: written behind its back, as another client (an older version)
+    # could.
     db = sqlite3.connect(state_dir / "outlast.db")
     raw = json.loads(db.execute("select record from operations where id=?", (op_id,)).fetchone()[0])
-    raw.update(status="failed", error=EVIL, status_message=EVIL, finished_at=raw["created_at"])
+    raw.update(name=EVIL.replace("\x00", ""), status="failed", error=EVIL, status_message=EVIL)
+    raw.update(finished_at=raw["created_at"])
     raw["progress"]["step"] = EVIL
     db.execute("update operations set record=?, status='failed' where id=?", (json.dumps(raw), op_id))
     db.commit()

@@ -521,7 +521,9 @@ async def test_stored_names_reach_dialogs_and_notifications_as_plain_escaped_tex
     name = "[/]evil\x1b]0;pwned\x07"
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine_started)
-        op = await engine.submit(OperationSpec(type="ledger", name=name, params={"items": 5}))
+        op = await engine.submit(OperationSpec(type="ledger", name="plain", params={"items": 5}))
+        # A spec refuses control characters in a name: this one was stored by another client (an older version).
+        await engine.store.update(op.id, name=name)
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: op.id in table.ids)
         await select(pilot, op.id)
