@@ -199,11 +199,12 @@ async def test_the_packed_record_keeps_any_text(redis_server: RedisServer) -> No
     """The record travels as one argument cut at a control character, which JSON escapes inside values: text
     holding it (and any other character) comes back as it was."""
     odd = 'a\x1eb\x1fc\x00\n"\\ é 😀 \u2028'
+    label = '"\\ é 😀 [/]'  # a name holds no control character
     async with _engine(redis_server.url, "odd") as engine:
-        spec = OperationSpec(type="ledger", name=odd, tags={odd: odd, "k": ""}, params={"items": 1})
+        spec = OperationSpec(type="ledger", name=label, tags={label: label, "k": ""}, params={"log_file": odd})
         op = await engine.submit(spec)
         back = await engine.get(op.id)
-    assert (back.name, back.tags) == (odd, {odd: odd, "k": ""})
+    assert (back.name, back.tags, back.params["log_file"]) == (label, {label: label, "k": ""}, odd)
     assert back.model_dump(exclude={"updated_at"}) == op.model_dump(exclude={"updated_at"})
 
 
@@ -302,7 +303,7 @@ async def test_scripts_run_without_hiredis_packer(redis_server: RedisServer, mon
     monkeypatch.setattr(connection, "_PACK", None)
     odd = 'é\x1e"\\ 😀'
     async with _engine(redis_server.url, "nopack") as engine:
-        op = await engine.submit(OperationSpec(type="ledger", name=odd, tags={odd: odd}))
+        op = await engine.submit(OperationSpec(type="ledger", name="é 😀", tags={"é": "😀"}, params={"log_file": odd}))
         back = await engine.get(op.id)
         assert back.model_dump(exclude={"updated_at"}) == op.model_dump(exclude={"updated_at"})
         assert (await engine.cancel(op.id)).status is Status.CANCELLED

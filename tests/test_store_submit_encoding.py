@@ -19,10 +19,12 @@ from engine.text import model_json
 from tests.fixtures_redis import RedisServer
 
 ODD = 'a\x1eb\x1fc\x00\n"\\ é 😀 \u2028'
+LABEL = '"\\ é 😀 [/]'
+"""What a name or tag may hold (one line of text: no control character); ODD travels in params."""
 
 SPECS: list[dict[str, Any]] = [
     {"type": "ledger"},
-    {"type": "ledger", "name": ODD, "tags": {ODD: ODD, "k": ""}, "params": {"items": 3, "seconds": 0.5}},
+    {"type": "ledger", "name": LABEL, "tags": {LABEL: LABEL, "k": ""}, "params": {"items": 3, "log_file": ODD}},
     {"type": "ledger", "priority": "high", "timeout": 12.5, "total_items": 7, "profile": {"checkpoint_interval": 5}},
     {"type": "ledger", "profile": {"retry": {"max_attempts": 5}}, "total_items": 10**6, "name": "x" * 200},
     {"type": "ledger", "params": {"log_file": "caf\u00e9.log"}, "priority": "low", "timeout": 3e7},
@@ -104,7 +106,7 @@ async def _submit_all(engine: Engine) -> None:
     # The caller changes the spec it submits again: each record is of the spec as it was at its submit.
     for i in range(3):
         spec.params["items"] = i + 2
-        spec.tags[f"t{i}"] = ODD
+        spec.tags[f"t{i}"] = LABEL
         spec.name = f"run {i}"
         spec.priority = Priority.LOW if i % 2 else Priority.HIGH
         spec.profile = {"checkpoint_interval": i + 1}
