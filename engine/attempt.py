@@ -18,13 +18,16 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import random
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import CodeType
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
@@ -51,7 +54,7 @@ from .shortage import ran_short
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
-from .text import bad_text, clean, clean_json, storable
+from .text import NotJSON, bad_text, clean, clean_json, storable
 
 log = logging.getLogger("outlast.engine")
 
@@ -283,6 +286,7 @@ class Attempt:
         ctx, op = self.ctx, self.op
         if self._resumed_from is not None:
             ctx.log.info(f"resuming from checkpoint {self._resumed_from} ({ctx.done} items done)")
+        pid = os.getpid()
         while True:
             self.watch.task = asyncio.current_task()
             self.watch.settling = False
@@ -292,12 +296,26 @@ class Attempt:
                     while inspect.isawaitable(result):  # ``return work(ctx)`` without its await: the work
                         result = await result  # would not have run, and the coroutine was the result
                 finally:
+                    if os.getpid() != pid:
+                        _forked_child_exits()
                     # Out of the handler, whichever way: the final checkpoint and the settle that follow are
                     # not cancelled by a force (a second Ctrl-C while they saved left the operation running).
                     self.watch.settling = True
             except OperationStopped as stop:
                 await self._stopped(stop.reason, stop.checkpointed)
             except asyncio.CancelledError as e:
+                task = asyncio.current_task()
+                if (
+                    not isinstance(e, BrokenInto)
+                    and ctx.stop_reason is None
+                    and task is not None
+                    and not task.cancelling()
+                ):
+                    # Nobody cancelled this task: a task of the handler's own was cancelled and its await
+                    # raised here. It was called a forced stop of the engine ("paused ... forced after 10s
+                    # grace period") that no worker would retry, though no stop was asked for.
+                    await self._fail(f"the handler's own task was cancelled: {format_exception(e)}")
+                    return
                 # Forced: the handler did not reach a safe point within the grace period, or held the event
                 # loop when a second signal came (BrokenInto).
                 ctx.kill_children()
@@ -346,17 +364,30 @@ class Attempt:
                 if stops is not None:
                     first = _first_leaf(stops)
                     await self._stopped(first.reason, first.checkpointed)
-                elif group.subgroup(KeyboardInterrupt) is not None:
+                elif group.subgroup(KeyboardInterrupt) is not None and _ctrl_c_raises():
                     raise
                 else:
                     await self._fail(format_exception(group))
-            except KeyboardInterrupt:
-                raise  # the end of the process (a Ctrl-C where no handler for it is installed), not of the operation
+            except KeyboardInterrupt as e:
+                if _ctrl_c_raises():
+                    raise  # the end of the process (a Ctrl-C where no handler is installed), not of the operation
+                # Ctrl-C is caught here (the engine's or the dashboard's handler): the handler's own raise. It
+                # ended the process with a traceback, exit 130, the other operations stopped as by a kill.
+                await self._fail(format_exception(e))
             except BaseException as e:  # the rest that is not an Exception: GeneratorExit, pytest.fail()'s
                 await self._fail(format_exception(e))  # Failed, a library's own; it ended the engine's task, with the
                 # operation left running until this process exited
             else:
-                await self._completed(result)
+                if ctx.stop_reason is not None and ctx.stop_raised:
+                    # The handler caught the stop and returned: its work is not done (it returned what it had),
+                    # and "completed" would have left the rest never run, the operation not resumable.
+                    ctx.log.warning(
+                        f"the handler caught the stop ({ctx.stop_reason.value}) and returned: stopped, not completed;"
+                        " its result is not kept"
+                    )
+                    await self._stopped(ctx.stop_reason, checkpointed=False)
+                else:
+                    await self._completed(result)
             return
 
     async def _completed(self, result: Any) -> None:
@@ -460,6 +491,11 @@ class Attempt:
             # attempt", with a traceback, and a try at writing `failed` over the new attempt's record.
             log.warning("%s: %s; this attempt stops without writing", self.op.id, e)
             self.lost = True
+        except NotJSON as e:
+            # The handler's state holds what a checkpoint cannot (the handler was told so when it saved,
+            # or is failing for it now): the operation settles with its newest checkpoint as the resume
+            # point. It escaped as an "internal error settling the attempt", with a traceback.
+            self.ctx.log.warning(f"final checkpoint not saved: {e}")
 
     async def _settle(
         self,
@@ -478,6 +514,23 @@ class Attempt:
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None
         self.watch.settling = True
         await settle(self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields)
+
+
+def _forked_child_exits() -> NoReturn:
+    """A process the handler forked (``os.fork()``) came back out of the handler into the engine: it ends
+    here, before it writes the parent's operation or tears down the event loop it shares with the parent
+    (its teardown unregistered the parent's descriptors: the parent hung, deaf to signals)."""
+    failed = sys.exc_info()[0] is not None
+    with contextlib.suppress(OSError):
+        os.write(2, b"outlast: a process the handler forked returned into the engine; it exits here\n")
+    os._exit(1 if failed else 0)
+
+
+def _ctrl_c_raises() -> bool:
+    """Whether Ctrl-C raises KeyboardInterrupt in this process (Python's own SIGINT handler is installed):
+    then a KeyboardInterrupt may be the user's, and ends the process. Under the engine's or the dashboard's
+    handler it is the handler's own raise, and ends only its operation."""
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 async def settle(

@@ -198,6 +198,9 @@ class OperationContext(SeedContextMethods):
         """One checkpoint save at a time, in seq order: each links to the one before it (its delta's
         hash chain), and tasks of one handler checkpointing at once would otherwise race past that."""
         self._stop: StopReason | None = None
+        self.stop_raised = False
+        """A stop was raised into the handler (OperationStopped): one that returns after it caught it had not
+        finished its work, whatever it returns."""
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
@@ -353,7 +356,7 @@ class OperationContext(SeedContextMethods):
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled
         if self._stop is not None and self._ledger.current is None:
-            raise OperationStopped(self._stop, checkpointed=False)
+            raise self._stopping(False)
 
     def add_metrics(self, metrics: dict[str, Any]) -> None:
         """Metrics under any names: ``progress(**metrics)`` takes ``done``, ``total``, ``step`` and ``message``
@@ -369,7 +372,7 @@ class OperationContext(SeedContextMethods):
             n = count_of(n, "ctx.advance(n)")
         self._done += n
         if self._stop is not None and self._ledger.current is None:
-            raise OperationStopped(self._stop, checkpointed=False)
+            raise self._stopping(False)
 
     # ---- items ---------------------------------------------------------------------------------
 
@@ -462,7 +465,7 @@ class OperationContext(SeedContextMethods):
             return
         saved = await self._save(next_step, context_data, asked=True)
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=saved)
+            raise self._stopping(saved)
 
     async def _at_boundary(self) -> None:
         req, self._checkpoint_request = self._checkpoint_request, None
@@ -471,7 +474,7 @@ class OperationContext(SeedContextMethods):
             saved = await self._save(**(req or {}), asked=req is not None)
         self._attention = self._checkpoint_request is not None or self._stop is not None
         if self._stop is not None:
-            raise OperationStopped(self._stop, checkpointed=saved)
+            raise self._stopping(saved)
 
     async def _save(
         self, next_step: str | None = None, context_data: dict[str, Any] | None = None, asked: bool = False
@@ -553,6 +556,12 @@ class OperationContext(SeedContextMethods):
         """Item failures or skips not yet in a checkpoint, or a retried item done since (a completed run
         saves them with its record)."""
         return self._ledger.outcomes_unsaved
+
+    def _stopping(self, checkpointed: bool) -> OperationStopped:
+        """The stop to raise into the handler at a safe point (noted: ``stop_raised``)."""
+        assert self._stop is not None
+        self.stop_raised = True
+        return OperationStopped(self._stop, checkpointed=checkpointed)
 
     def request_stop(self, reason: StopReason) -> None:
         """Ask the handler to stop at its next safe point. The first reason asked for wins, but a cancel

@@ -90,6 +90,10 @@ class HandlerSpec:
             return self.params.model_validate(raw)
         except ValidationError as e:
             raise InvalidInput(f"{self.type} params: {one_line(e)}") from None
+        except (Exception, SystemExit) as e:  # a validator of the plugin's that raised what pydantic passes on
+            raise InvalidInput(
+                f"{self.type} params: its validator raised {type(e).__name__}: {_first_line(e)}"
+            ) from None
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}
@@ -165,8 +169,9 @@ def load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as e:
-            log.warning("plugin %s (%s) failed to load: %s", ep.name, ep.value, e)
+        except (Exception, SystemExit) as e:  # sys.exit(3) at import ended every command, silently, with code 3
+            what = f"called exit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {_first_line(e)}"
+            log.warning("plugin %s (%s) failed to load: %s", ep.name, ep.value, what)
             continue
         if callable(obj) and not inspect.iscoroutinefunction(obj) and not isinstance(obj, type):
             with _suppress_all():

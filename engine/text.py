@@ -122,16 +122,35 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
     return None
 
 
+def key_not_text(value: Any, where: str) -> str | None:
+    """Where in ``value`` a dict has a key that is not a string (``where[3] has the key 7, an int``); None if
+    nowhere. JSON writes such a key as its string, so what is read back differs from what was saved: a set of
+    done item numbers kept as dict keys came back as strings, and a resumed handler ran those items again."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        v, here = stack.pop()
+        if type(v) is dict:
+            if not set(map(type, v)) <= {str}:
+                k = next(k for k in v if type(k) is not str)
+                return f"{here} has the key {k!r}, a {type(k).__name__}"
+            stack += [(c, f"{here}[{k!r}]") for k, c in v.items() if type(c) is dict or type(c) is list]
+        elif type(v) is list:
+            stack += [(c, f"{here}[{i}]") for i, c in enumerate(v) if type(c) is dict or type(c) is list]
+    return None
+
+
 def storable(value: Any, where: str) -> tuple[Any, str | None]:
     """``value`` as JSON can hold it, and None; or None and why it cannot be (``not_json``'s words).
 
+    The value returned is a copy (JSON's reading of it: a key that is a number is its string, as stored).
     A value JSON has no form for but a string (a ``datetime``, a ``Path``: what the seed's results
     carry) is written as its ``str``, and NaN or an infinity as null (as pydantic writes records, and
     what strict JSON readers take); one that has none (a cycle, a tuple key, an integer too long to
     write, nesting deeper than the encoder goes) cannot be stored at all."""
     try:
-        json.dumps(value, allow_nan=False)
-        return value, None
+        # A copy, taken now: a handler's task still running after it returned changed the result it gave
+        # (a cycle added), and the final status, written later, could not be (the operation run again).
+        return json.loads(json.dumps(value, allow_nan=False)), None
     except (TypeError, ValueError, RecursionError):
         pass
     try:

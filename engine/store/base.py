@@ -26,7 +26,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
-from ..text import NotJSON, json_bytes, not_json
+from ..text import NotJSON, json_bytes, key_not_text, not_json
 
 ROOT = ""
 """The link the first delta of a chain names (there is no delta before it)."""
@@ -174,6 +174,12 @@ def encode_payload(cp: Checkpoint) -> bytes:
         "metadata": cp.metadata,
         "counts": [cp.processed_items, cp.total_items, cp.done_count],
     }
+    where = key_not_text(cp.state, "ctx.state") or key_not_text(cp.context_data, "ctx.context_data")
+    if where is not None:
+        raise NotJSON(
+            f"checkpoint not saved: {where}; JSON keys are strings, and a resume would read it back as one"
+            " (use str keys)"
+        )
     try:
         return json_bytes(content, separators=(",", ":"))
     except (TypeError, ValueError) as e:  # the handler's to fix: say what, where, in its own words

@@ -1,0 +1,138 @@
+"""Handlers that misbehave, as users' handlers do, end their operation with a status that says what happened,
+never `completed` with work missing, never the whole process with them, never a hang.
+
+Found by a hostile review of the handler API: a handler that caught the stop and returned was `completed`
+(69 of 100 items never run, and not resumable); a KeyboardInterrupt or a BaseExceptionGroup holding one,
+raised by a handler, ended the process (or left it deaf to signals) and the other operations it ran; a
+state keyed by ints came back keyed by strings (a resume ran those items again); a result changed after
+the return could not be written (the operation was run again); a handler's own cancelled task was called a
+forced stop of the engine; a handler's fork hung its parent; a validator raising TypeError was "a bug in
+Outlast" (exit 70); an entry-point plugin calling sys.exit at import ended every command silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import OperationSpec, Settings, Status, registry
+from tests import ops_handler_faults  # noqa: F401  (registers the fault_* types here too)
+from tests.fixtures_cli import Cli
+from tests.fixtures_engine import make_engine, until
+
+PLUGIN = ("--plugin", "tests.ops_handler_faults")
+
+
+def _ledger(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def test_a_handler_that_catches_the_stop_and_returns_is_paused_and_resumes_each_item_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    params = {"items": 20, "seconds": 0.05, "ledger": str(ledger)}
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_catches_stop", params=params))
+        await until(lambda: len(_ledger(ledger)) >= 3)
+        await engine.pause(op.id)
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.PAUSED, (final.status, final.status_message, final.result)
+        assert final.result is None
+        await engine.resume(op.id)
+        done = await engine.wait(op.id, timeout=30)
+        assert done.status is Status.COMPLETED and done.result == {"partial": False}, done
+    assert sorted(_ledger(ledger), key=int) == [str(i) for i in range(20)]  # each item once
+
+
+async def test_a_handlers_own_cancelled_task_fails_it_and_is_no_forced_stop(settings: Settings) -> None:
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_raises", params={"how": "own_cancel", "items": 3}))
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, (final.status, final.status_message)
+    assert "the handler's own task was cancelled" in (final.error or "") and "forced" not in (final.error or "")
+
+
+async def test_a_state_keyed_by_ints_is_refused_in_one_line_not_read_back_as_strings(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_state", params={"items": 5, "ledger": str(ledger)}))
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.FAILED, (final.status, final.status_message)
+        error = final.error or ""
+        assert "ctx.state['seen'] has the key 0, a int" in error and "internal error" not in error, error
+        assert await engine.checkpoints(op.id) == []  # nothing saved that a resume would misread
+    assert _ledger(ledger) == ["0"]
+
+
+async def test_a_result_changed_after_the_return_is_stored_as_returned(settings: Settings) -> None:
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_result"))
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and final.result == {"n": 1}, (final.status, final.status_message)
+
+
+@pytest.mark.parametrize("how", ["keyboard", "group"])
+def test_a_keyboard_interrupt_raised_by_a_handler_fails_its_operation_not_the_process(
+    cli: Cli, how: str, tmp_path: Path
+) -> None:
+    r = cli(*PLUGIN, "--json", "run", "fault_raises", "-p", f"how={how}", "-p", "items=3", timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    assert final["status"] == "failed" and (
+        "KeyboardInterrupt" in final["error"] or "ExceptionGroup" in final["error"]
+    ), final
+
+
+def test_a_worker_goes_on_when_a_handler_raises_keyboard_interrupt(cli: Cli, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    other = cli(
+        *PLUGIN, "submit", "fault_catches_stop", "-p", "items=10", "-p", "seconds=0.1", "-p", f"ledger={ledger}"
+    )
+    bad = cli(*PLUGIN, "submit", "fault_raises", "-p", "how=keyboard", "-p", "items=3")
+    assert other.returncode == 0 and bad.returncode == 0, (other.stderr, bad.stderr)
+    r = cli(*PLUGIN, "worker", "--exit-when-idle", "--concurrency", "2", timeout=90)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    listed = {op["id"]: op for op in json.loads(cli("--json", "ls").stdout)}
+    assert listed[bad.stdout.strip()]["status"] == "failed"
+    assert listed[other.stdout.strip()]["status"] == "completed"
+    assert sorted(_ledger(ledger), key=int) == [str(i) for i in range(10)]
+
+
+def test_a_handler_that_forks_leaves_its_parent_free_to_settle_and_exit(cli: Cli) -> None:
+    r = cli(*PLUGIN, "--json", "run", "fault_fork", timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    assert final["status"] == "completed" and final["result"] == {"child": False}, final
+    assert "forked returned into the engine" in r.stderr
+
+
+@pytest.mark.parametrize(("where", "said"), [("type", "TypeError: type boom"), ("exit", "SystemExit: 9")])
+def test_a_validator_raising_what_pydantic_passes_on_is_one_line_exit_2(cli: Cli, where: str, said: str) -> None:
+    r = cli.here(*PLUGIN, "submit", "fault_validator", "-p", f"where={where}")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"outlast: fault_validator params: its validator raised {said}"], r.stderr
+    assert json.loads(cli.here("--json", "ls").stdout) == []
+
+
+def test_an_entry_point_plugin_that_exits_at_import_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Exits:
+        name, value = "bad", "bad_plugin:register"
+
+        def load(self) -> Any:
+            raise SystemExit(3)
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [Exits()])
+    monkeypatch.setattr(registry, "_loaded_entry_points", False)
+    with caplog.at_level(logging.WARNING, "outlast"):
+        registry.load_entry_points()  # no SystemExit: every command went on to exit 3, saying nothing
+    assert "plugin bad (bad_plugin:register) failed to load: called exit(3)" in caplog.text
