@@ -32,7 +32,7 @@ from typing import Any, NoReturn, Protocol
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
 from .files import private_dir
-from .lifecycle import StopReason
+from .lifecycle import CANCEL_WINS, StopReason
 from .models import (
     Checkpoint,
     CheckpointSaved,
@@ -440,7 +440,10 @@ class Attempt:
         retry = _retry(op, policy, error, short=short is not None) if transient and not self.host.closing else None
         if retry is not None:
             ctx.log.warning(retry["message"])
-            await self._settle(Status.QUEUED, **retry)
+            seq = ctx.checkpoint_seq
+            where = f"checkpoint {seq}" if seq else "no checkpoint"
+            cancel_wins = f"{StopReason.CANCEL.message()} (asked as attempt {op.attempt} failed); {where}"
+            await self._settle(Status.QUEUED, if_cancelled=cancel_wins, **retry)
             return
         await self._settle(Status.FAILED, error=error)
 
@@ -477,7 +480,7 @@ class Attempt:
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
         # A cancel asked from anywhere until the status is written wins over a pause (the store decides, in
         # the write itself): the asker was told "cancel requested".
-        cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status is Status.PAUSED else None
+        cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status in CANCEL_WINS else None
         await self._settle(reason.status, message=f"{msg}; {where}", if_cancelled=cancel_wins)
 
     async def _final_checkpoint(self, always: bool = False, forced: bool = False) -> None:

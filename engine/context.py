@@ -156,7 +156,7 @@ class OperationLog:
         self._emit("error", message, fields)
 
 
-_YIELDS_TO_CANCEL = frozenset({StopReason.PAUSE, StopReason.SHUTDOWN})
+_YIELDS_TO_CANCEL = frozenset({StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.TIMEOUT, StopReason.STALLED})
 """Stop reasons a later cancel replaces (request_stop)."""
 
 

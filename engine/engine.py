@@ -66,6 +66,15 @@ __all__ = ["Engine", "StoreUnwritable", "SubmitUnknown", "store_failure"]
 log = logging.getLogger("outlast.engine")
 
 
+def _request(op: Operation) -> str:
+    """What a submit asked for, as one canonical JSON text: two requests with one idempotency key must
+    agree on it. JSON, not ``==``: Python holds ``True == 1 == 1.0``, and a request for ``flag=1`` got the
+    operation of ``flag=true`` back. Priority and the item estimate are left out: commands change them
+    (``outlast priority``, the handler's own count) after the submit."""
+    asked = [op.type, op.params, op.name, op.tags, op.profile_overrides, op.timeout]
+    return json.dumps(asked, sort_keys=True, separators=(",", ":"))
+
+
 class SubmitUnknown(StoreError):
     """A submit whose create the store got but did not answer (a frozen Redis): the operation may exist,
     and run, once the store answers. ``operation_id`` is its id, for the face to say how to check before
@@ -325,7 +334,13 @@ class Engine:
     # ---- the public API ------------------------------------------------------------------------
 
     async def submit(self, spec: OperationSpec | dict[str, Any]) -> Operation:
-        """Validate and queue an operation. Bad input raises InvalidInput and stores nothing."""
+        """Validate and queue an operation. Bad input raises InvalidInput and stores nothing. With an
+        idempotency key some operation has already, nothing is queued: that operation is returned."""
+        return (await self.submit_once(spec))[0]
+
+    async def submit_once(self, spec: OperationSpec | dict[str, Any]) -> tuple[Operation, bool]:
+        """``submit``, and whether the operation returned was submitted before with the spec's idempotency
+        key (nothing queued now: a face says so, as a cron job run twice should be told)."""
         if not isinstance(spec, OperationSpec):
             from pydantic import ValidationError
 
@@ -375,24 +390,33 @@ class Engine:
             raise
         self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
         self._scheduler.wake()
-        return op
+        return op, False
 
-    async def _submitted_before(self, op: Operation, taken: KeyTaken) -> Operation:
+    async def _submitted_before(self, op: Operation, taken: KeyTaken) -> tuple[Operation, bool]:
         """The operation a submit with ``op``'s idempotency key made before (a request sent again), as it
-        stands now; a key used for other work (another type or params) is refused, naming both."""
-        try:
-            first = await self.get(taken.op_id)
-        except NotFound:  # removed since its key was read: the key is free now, so this one is new
-            op.handle = await self.store.create(op, fresh=True)
-            self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
-            self._scheduler.wake()
-            return op
-        if (first.type, first.params) != (op.type, op.params):
-            raise Conflict(
-                f"idempotency key {taken.key!r} was used for operation {first.id} ({first.type}) with other"
-                " params: a key names one request; choose a new key for new work"
-            )
-        return first
+        stands now; a key used for another request (another type, params, name, tags, profile or timeout)
+        is refused, naming both. The operation that had the key removed meanwhile: the key is free again,
+        and ``op`` is queued (or the one a submit racing this one queued first is returned)."""
+        for _ in range(5):
+            try:
+                first = await self.get(taken.op_id)
+            except NotFound:  # removed since its key was read
+                try:
+                    op.handle = await self.store.create(op, fresh=True)
+                except KeyTaken as again:  # another submit with the key won the race to the free key
+                    taken = again
+                    continue
+                self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
+                self._scheduler.wake()
+                return op, False
+            if _request(first) != _request(op):
+                raise Conflict(
+                    f"idempotency key {taken.key!r} was used for operation {first.id} ({first.type}) with another"
+                    " request (type, params, name, tags, profile or timeout): a key names one request; choose a"
+                    " new key for new work"
+                )
+            return first, True
+        raise Conflict(f"idempotency key {taken.key!r}: its operation kept being removed and made again; try again")
 
     async def get(self, op_id: str) -> Operation:
         op = await self.store.get(op_id)
@@ -508,29 +532,33 @@ class Engine:
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
         await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-        return await self._cancel_if_paused(op_id, action) or op
+        return await self._cancel_if_settled(op_id, action) or op
 
-    async def _cancel_if_paused(self, op_id: str, action: Action) -> Operation | None:
-        """A cancel whose request reached the store after the attempt settled paused (the request is stored
-        only while it runs) cancels the paused operation, as a cancel of a paused one does: the asker is told
-        "cancel requested", so it must not be dropped. A request stored before the settle is the store's to
-        honour (``Store.transition``'s ``if_cancelled``). None: nothing more to do."""
+    async def _cancel_if_settled(self, op_id: str, action: Action) -> Operation | None:
+        """A cancel whose request reached the store after the attempt left ``running`` (the request is stored
+        only while it runs) cancels what it became if that keeps the operation (paused, queued again for a
+        retry, interrupted), as a cancel of such an operation does: the asker is told "cancel requested", so
+        it must not be dropped (a retry ran on to the end). A request stored before the settle is the store's
+        to honour (``Store.transition``'s ``if_cancelled``). None: nothing more to do."""
         if action is not Action.CANCEL:
             return None
         op = await self.store.get(op_id)
-        if op.status is not Status.PAUSED:
-            return None
+        if op.status not in (Status.PAUSED, Status.QUEUED, Status.INTERRUPTED):
+            return None  # still running (the request stands), or ended: completed, failed, timed out
         try:
             new = await self.store.transition(
                 op_id,
                 Status.CANCELLED,
-                expect=frozenset({Status.PAUSED}),
+                expect=frozenset({op.status}),
                 finished_at=time.time(),
                 status_message=f"{Status.CANCELLED.value} by user",
             )
-        except Conflict:
-            return None  # resumed or removed meanwhile: a later word than this cancel
-        self.publish(StatusChanged(operation_id=op_id, status=Status.CANCELLED, previous=Status.PAUSED))
+        except Conflict:  # claimed meanwhile (a retry's next attempt): that attempt is asked
+            with contextlib.suppress(NotFound):
+                if (await self.store.get(op_id)).status is Status.RUNNING:
+                    await self.store.request_control(op_id, "cancel")
+            return None
+        self.publish(StatusChanged(operation_id=op_id, status=Status.CANCELLED, previous=op.status))
         return new
 
     async def _control_here(self, attempt: Attempt, action: Action) -> Operation:
@@ -547,7 +575,7 @@ class Engine:
         attempt.stop(StopReason(action.value))
         try:
             await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-            cancelled = await self._cancel_if_paused(op_id, action)
+            cancelled = await self._cancel_if_settled(op_id, action)
         except StoreError as e:
             raise StoreError(
                 f"operation {op_id}: stopping here to {action.value} (this process runs it: it stops at its next"

@@ -212,18 +212,26 @@ def json_size(value: Any) -> int:
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
+
+
+def as_label(text: str) -> str:
+    """``text`` with each character a label may not hold (``_CONTROL``) written as its escape (``\\x1b``,
+    ``\\u2028``): what a record stored by an older version (or another client) carries into a new spec."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 _KEY_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 def check_idempotency_key(key: str) -> str:
     """``key`` if it is one (1 to 255 printable ASCII characters, no space: what an HTTP header carries
-    unchanged); else InvalidInput naming what is wrong."""
+    unchanged); else InvalidInput saying what is wrong (the caller names the key's field or header)."""
     if not key:
-        raise InvalidInput("idempotency key: empty")
+        raise InvalidInput("empty")
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
-        raise InvalidInput(f"idempotency key: {len(key)} characters, over the limit of {MAX_IDEMPOTENCY_KEY_CHARS}")
+        raise InvalidInput(f"{len(key)} characters, over the limit of {MAX_IDEMPOTENCY_KEY_CHARS}")
     if not _KEY_RE.match(key):
-        raise InvalidInput("idempotency key: printable ASCII characters only, no spaces")
+        raise InvalidInput("printable ASCII characters only, no spaces")
     return key
 
 

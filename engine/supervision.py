@@ -377,7 +377,12 @@ class Supervisor:
         """Cancel and pause asked for by other processes (through the store)."""
         for op_id, action in (await self._store.pending_controls(list(self._runs))).items():
             attempt = self._runs.get(op_id)
-            if attempt is not None and attempt.ctx.stop_reason is None:
+            if attempt is None:
+                continue
+            reason = attempt.ctx.stop_reason
+            # A cancel stands over a stop already under way for another reason (request_stop decides which):
+            # dropped here, the operation ended timed out, resumable, after the asker was told "requested".
+            if reason is None or (action == "cancel" and reason is not StopReason.CANCEL):
                 attempt.watch.stop(StopReason(action), time.monotonic())  # the grace runs from now
 
     async def _flush_live(self, now: float) -> None:

@@ -31,16 +31,23 @@ async def engines(make_store: Callable[[], Store], tmp_path: Path) -> AsyncItera
         yield runner, other
 
 
-def _delay(store: Store, method: str, when: Callable[..., bool], entered: asyncio.Event) -> None:
+def _delay(
+    store: Store, method: str, when: Callable[..., bool], entered: asyncio.Event, done: asyncio.Event | None = None
+) -> None:
     """The store's ``method`` waits 0.5 s before it runs when ``when(*args, **kw)``: the window a cancel
-    falls into on a loaded machine, held open."""
+    falls into on a loaded machine, held open. ``done`` is set once that call has run."""
     real = getattr(store, method)
 
     async def slow(*args: Any, **kw: Any) -> Any:
-        if when(*args, **kw):
-            entered.set()
-            await asyncio.sleep(0.5)
-        return await real(*args, **kw)
+        if not when(*args, **kw):
+            return await real(*args, **kw)
+        entered.set()
+        await asyncio.sleep(0.5)
+        try:
+            return await real(*args, **kw)
+        finally:
+            if done is not None:
+                done.set()
 
     setattr(store, method, slow)
 
@@ -83,3 +90,52 @@ async def test_a_cancel_asked_while_a_pause_settles_wins(
     final = await runner.wait(op.id, timeout=20)
     assert final.status is Status.CANCELLED, (final.status, final.status_message)
     assert (await other.get(op.id)).status is Status.CANCELLED
+
+
+@pytest.mark.parametrize("where", ["here", "another engine"])
+async def test_a_cancel_asked_while_a_timeout_settles_wins(engines: tuple[Engine, Engine], where: str) -> None:
+    """The deadline passed and the attempt stops for it: a cancel asked until its status is written gives
+    the operation up (it ended timed out, resumable, after the asker was told "cancel requested")."""
+    runner, other = engines
+    op = await runner.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 5}, timeout=1.0))
+    entered = asyncio.Event()
+    _delay(runner.store, "transition", lambda _id, to, **kw: to is Status.TIMED_OUT, entered)
+    await asyncio.wait_for(entered.wait(), 20)
+    await (runner if where == "here" else other).cancel(op.id)
+    final = await runner.wait(op.id, timeout=20)
+    assert final.status is Status.CANCELLED, (final.status, final.status_message)
+
+
+@pytest.mark.parametrize("when", ["while the retry is queued", "after it is queued"])
+async def test_a_cancel_asked_as_an_attempt_fails_and_is_retried_wins(
+    engines: tuple[Engine, Engine], tmp_path: Path, when: str
+) -> None:
+    """A transient error queues a retry: a cancel asked while that is written, or whose request reaches the
+    store once it is, gives the operation up; no second attempt runs (one ran to the end after the asker
+    was told "cancel requested")."""
+    runner, other = engines
+    ledger = tmp_path / "ledger"
+    params = {"items": 30, "seconds": 0.01, "fail_at": 5, "flaky_file": str(tmp_path / "flag"), "log_file": str(ledger)}
+    op = await runner.submit(OperationSpec(type="ledger", params=params, profile={"retry": {"backoff_base": 1.0}}))
+    entered, queued = asyncio.Event(), asyncio.Event()
+    _delay(runner.store, "transition", lambda _id, to, **kw: to is Status.QUEUED, entered, queued)
+    if when == "after it is queued":
+        _request_after(other, queued)
+    await asyncio.wait_for(entered.wait(), 20)
+    await other.cancel(op.id)
+    final = await runner.wait(op.id, timeout=20)
+    assert final.status is Status.CANCELLED, (final.status, final.attempt, final.status_message)
+    assert ledger.read_text().split() == [str(i) for i in range(6)]  # attempt 1 ran 0-5 (fail_at), none ran again
+    await asyncio.sleep(1.0)  # past the backoff: nothing claims it again
+    assert (await other.get(op.id)).status is Status.CANCELLED
+
+
+def _request_after(asking: Engine, event: asyncio.Event) -> None:
+    """``asking``'s store stores its control request only once ``event`` is set."""
+    real = asking.store.request_control
+
+    async def late(op_id: str, action: Any) -> None:
+        await asyncio.wait_for(event.wait(), 20)
+        await real(op_id, action)
+
+    asking.store.request_control = late  # type: ignore[method-assign]

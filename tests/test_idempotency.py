@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -75,6 +76,56 @@ async def test_a_key_used_for_other_work_is_refused_naming_it_and_nothing_is_sto
     assert [op.id for op in await a.list_operations()] == [first.id]
 
 
+@pytest.mark.parametrize(
+    ("first", "other"),
+    [
+        ({"params": {"items": 1}}, {"params": {"items": 2}}),
+        ({"params": {"items": 1}}, {"params": {"items": 1}, "name": "other"}),
+        ({"params": {"items": 1}}, {"params": {"items": 1}, "tags": {"k": "v"}}),
+        ({"params": {"items": 1}}, {"params": {"items": 1}, "timeout": 30}),
+        ({"params": {"items": 1}}, {"params": {"items": 1}, "profile": {"checkpoint_interval": 9}}),
+        ({"params": {"items": 1}}, {"type": "ledger", "params": {"items": 1}}),
+    ],
+)
+async def test_the_same_key_with_another_request_is_refused(
+    two: tuple[Engine, Engine], first: dict[str, Any], other: dict[str, Any]
+) -> None:
+    a, b = two
+    made = await a.submit({"type": "demo", "idempotency_key": "k4", **first})
+    with pytest.raises(Conflict, match=made.id):
+        await b.submit({"type": "demo", "idempotency_key": "k4", **other})
+    again, before = await b.submit_once({"type": "demo", "idempotency_key": "k4", **first, "priority": "high"})
+    assert before and again.id == made.id  # the priority is not the request's: `outlast priority` changes it
+
+
+def test_requests_are_compared_as_json_not_as_python_values() -> None:
+    """``True == 1 == 1.0`` in Python: a request for flag=1 got the operation of flag=true back."""
+    from engine.engine import _request
+    from engine.models import Operation
+
+    def op(params: dict[str, Any]) -> Operation:
+        return Operation(id="06bhn0fd4tyqj", type="t", params=params, created_at=1, queued_at=1, updated_at=1)
+
+    assert _request(op({"flag": True})) != _request(op({"flag": 1})) != _request(op({"flag": 1.0}))
+    assert _request(op({"a": 1, "b": [True]})) == _request(op({"b": [True], "a": 1}))  # key order is no difference
+
+
+async def test_submits_racing_a_removal_of_the_keys_operation_get_one_new_operation(
+    two: tuple[Engine, Engine],
+) -> None:
+    a, b = two
+    for round_ in range(5):
+        first = await a.submit(spec(f"k5-{round_}"))
+        await a.cancel(first.id)
+        results = await asyncio.gather(
+            a.remove(first.id), *(e.submit(spec(f"k5-{round_}")) for _ in range(4) for e in (a, b))
+        )
+        ids = {op.id for op in results[1:]}  # none refused as another request: they are the same one
+        left = [op.id for op in await a.list_operations() if op.idempotency_key == f"k5-{round_}"]
+        # Every submit got the removed one (all came before the removal) or the one new operation.
+        assert len(left) <= 1 and ids <= {first.id, *left} and (ids - {first.id}) == set(left) - {first.id}, (ids, left)
+
+
 async def test_no_key_is_no_check(two: tuple[Engine, Engine]) -> None:
     a, _ = two
     ids = {(await a.submit(spec(None))).id for _ in range(3)}
@@ -88,7 +139,8 @@ def test_any_text_is_a_key_or_one_line_naming_what_is_wrong(key: str) -> None:
         got = OperationSpec(type="demo", idempotency_key=key).idempotency_key
     except ValueError as e:  # pydantic's ValidationError, from InvalidInput in the validator
         text = str(e)
-        assert "idempotency key" in text and ("empty" in text or "limit" in text or "printable" in text), text
+        assert "idempotency_key" in text and ("empty" in text or "limit" in text or "printable" in text), text
+        assert "idempotency key" not in text  # the field is named once
     else:
         assert got == key and 1 <= len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key
 
@@ -119,7 +171,10 @@ def test_the_api_answers_a_request_sent_again_with_the_first_operation(observer:
     assert other.status_code == 409 and first.json()["operation_id"] in other.json()["detail"], other.text
     for bad in ("", "a b", "x" * 300):
         r = observer.http.post("/api/operations", json=body, headers={"Idempotency-Key": bad})
-        assert r.status_code == 422 and "idempotency key" in r.json()["detail"], (bad, r.text)
+        assert r.status_code == 422 and r.json()["detail"].startswith("Idempotency-Key header: "), (bad, r.text)
+    r = observer.http.post("/api/operations", json=body, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")])
+    assert r.status_code == 422 and "sent 2 times" in r.json()["detail"], r.text
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
     r = observer.http.post("/api/operations", json={**body, "idempotency_key": "x"}, headers={"Idempotency-Key": "y"})
     assert r.status_code == 422 and "different keys" in r.json()["detail"], r.text
     got = observer.http.get(first.headers["Location"]).json()
@@ -130,11 +185,15 @@ def test_outlast_submit_with_a_key_prints_the_first_operation(cli: Cli) -> None:
     args = ("submit", "demo", "-p", "items=2", "--idempotency-key", "cron-0400")
     first, again = cli.here(*args), cli.here(*args)
     assert first.returncode == 0 and again.stdout == first.stdout, (first, again)
+    assert first.stderr == "" and again.stderr.strip() == (
+        f"submitted before with this idempotency key: {first.stdout.strip()} is queued; nothing queued"
+    ), again.stderr
     refused = cli.here("submit", "demo", "-p", "items=5", "--idempotency-key", "cron-0400")
     assert refused.returncode == 7 and first.stdout.strip() in refused.stderr, refused
     assert len(refused.stderr.strip().splitlines()) == 1
     bad = cli.here("submit", "demo", "--idempotency-key", "has space")
-    assert bad.returncode == 2 and "idempotency key" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad
+    assert "idempotency_key: printable ASCII characters only, no spaces" in bad.stderr, bad.stderr
     listed = json.loads(cli.here("ls", "--json").stdout)
     assert [op["id"] for op in listed] == [first.stdout.strip()]
 

@@ -335,6 +335,12 @@ def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli,
         assert "owned" in r.stdout, r.stdout  # escaped, not dropped
     ls = cli.here("ls").stdout.splitlines()
     assert len(ls) == 2, ls  # the newline in the name does not fake a row
+    # Run again as a new operation: the stored name comes along escaped (a spec refuses the raw one, and
+    # the operation could not be run again at all).
+    r = cli.here("--json", "rerun", op_id, "--queue")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["name"] == json.loads(json.dumps(EVIL.replace("\x00", "").encode("unicode_escape").decode()))
 
 
 def test_one_escape_function_for_every_face() -> None:

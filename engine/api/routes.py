@@ -145,9 +145,14 @@ def _confine_outputs(request: Request, spec: OperationSpec) -> OperationSpec:
 
 async def _submit(request: Request, response: Response, engine: Engine, spec: OperationSpec) -> SubmitOut:
     _forbid_command(request, spec.type)
-    key = request.headers.get("idempotency-key")
-    if key is not None:  # the header's key, as the body's: a request sent again gets the first one's answer
-        key = check_idempotency_key(key)
+    keys = request.headers.getlist("idempotency-key")
+    if len(keys) > 1:
+        raise InvalidInput(f"Idempotency-Key header: sent {len(keys)} times; a request has one key")
+    if keys:  # the header's key, as the body's: a request sent again gets the first one's answer
+        try:
+            key = check_idempotency_key(keys[0])
+        except InvalidInput as e:
+            raise InvalidInput(f"Idempotency-Key header: {e}") from None
         if spec.idempotency_key not in (None, key):
             raise InvalidInput("idempotency key: the Idempotency-Key header and the body name different keys")
         spec = spec.model_copy(update={"idempotency_key": key})
@@ -158,7 +163,7 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
     ):  # the server would load any host a client names
         raise Forbidden("load_testing with allow_remote is disabled on this server (start it with --allow-commands)")
     try:
-        op = await engine.submit(_confine_outputs(request, spec))
+        op, before = await engine.submit_once(_confine_outputs(request, spec))
     except SubmitUnknown as e:
         # Not "not done": the create may land when the store answers, and a client retrying on that word
         # ran the work twice. The id is known: say where to look first (and point there, as a 202 does).
@@ -167,6 +172,8 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
         raise HTTPException(503, detail, headers={"Location": url}) from None
     url = f"/api/operations/{op.id}"
     response.headers["Location"] = url
+    if before:  # the same answer as the first request's, said to be one (nothing was queued now)
+        response.headers["Idempotent-Replayed"] = "true"
     return SubmitOut(operation_id=op.id, type=op.type, status=op.status, url=url)
 
 

@@ -263,10 +263,13 @@ async def submit_checked(engine: Engine, spec: OperationSpec, prefix: str = "out
     """``engine.submit(spec)``; a create the store got without answering says how to look for it before
     submitting again (``prefix``: the command with the global options given), not that it was not done."""
     try:
-        return await engine.submit(spec)
+        op, before = await engine.submit_once(spec)
     except SubmitUnknown as e:
         check = f"check with `{prefix} show {e.operation_id}` once the store answers, before submitting it again"
         raise SubmitUnknown(f"{e}; {check}", e.operation_id) from None
+    if before:  # a cron job run twice is told that nothing was queued, and what became of the first
+        fmt.echo(f"submitted before with this idempotency key: {op.id} is {op.status.value}; nothing queued", err=True)
+    return op
 
 
 async def submit_or_resume(

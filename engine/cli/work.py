@@ -167,7 +167,7 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     from pydantic import ValidationError
 
     from ..lifecycle import Action, check_action
-    from ..models import OperationSpec
+    from ..models import OperationSpec, as_label
     from ..profiles import one_line
     from .common import parse_pairs, session
 
@@ -181,8 +181,10 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
             priority=old.priority,
             profile={**old.profile_overrides, **parse_pairs(profile, "--profile")},
             timeout=old.timeout,
-            name=old.name,
-            tags=old.tags,
+            # Stored by an older version or another client, a name may hold what a spec refuses (an escape
+            # sequence): it comes along escaped, or the operation could not be run again at all.
+            name=None if old.name is None else as_label(old.name),
+            tags={as_label(k): as_label(v) for k, v in old.tags.items()},
         )
     except ValidationError as e:
         raise InvalidInput(f"operation spec: {one_line(e)}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -188,6 +189,18 @@ def encode_payload(cp: Checkpoint) -> bytes:
             f"checkpoint not saved: {where or e}; a checkpoint holds JSON values only (str, int, float,"
             " bool, None, lists, dicts with str keys)"
         ) from None
+
+
+def cancelled_instead(message: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The fields that turn a settle (``changes``: to paused, timed out, or queued for a retry) into the
+    cancel asked meanwhile: the status, ``message``, and a finish time; a retry's backoff no longer waits."""
+    return {
+        "status": Status.CANCELLED,
+        "status_message": message,
+        "finished_at": changes.get("finished_at") or time.time(),
+        "not_before": None,
+        "backoff_from": None,
+    }
 
 
 def checksum(payload: bytes, delta: bytes) -> str:

@@ -184,17 +184,27 @@ end
 local sets = ARGV
 local first = 8
 for i = 8, #ARGV, 2 do
-  if ARGV[i] == '_ifcancel' then  -- a settle to paused: a cancel asked meanwhile (stored in _ctl) wins
-    local cancel = cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel'
+  if ARGV[i] == '_ifcancel' then  -- a settle that keeps the operation: a cancel asked meanwhile (_ctl) wins
+    local instead = {}
+    if cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel' then
+      instead = {status = '"cancelled"', status_message = ARGV[i + 1], not_before = 'null', backoff_from = 'null',
+                 finished_at = ARGV[3]}
+      for j = 8, #ARGV, 2 do
+        if ARGV[j] == 'finished_at' and ARGV[j + 1] ~= 'null' then instead.finished_at = nil end
+      end
+    end
     sets, first = {}, 1
     for j = 8, #ARGV, 2 do
-      local name, value = ARGV[j], ARGV[j + 1]
+      local name = ARGV[j]
       if name ~= '_ifcancel' then
-        if cancel and name == 'status' then value = '"cancelled"' end
-        if cancel and name == 'status_message' then value = ARGV[i + 1] end
         sets[#sets + 1] = name
-        sets[#sets + 1] = value
+        sets[#sets + 1] = instead[name] or ARGV[j + 1]
+        instead[name] = nil
       end
+    end
+    for name, value in pairs(instead) do  -- what the settle did not send (a retry has no finish time)
+      sets[#sets + 1] = name
+      sets[#sets + 1] = value
     end
     break
   end

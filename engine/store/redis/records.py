@@ -14,6 +14,7 @@ import secrets
 import time
 from typing import Any
 
+from ...lifecycle import CANCEL_WINS
 from ...models import (
     TRANSITIONS,
     Conflict,
@@ -226,7 +227,7 @@ class RecordsMixin(RecoveryMixin):
     ) -> Operation:
         validate_id(op_id)
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
-        if if_cancelled is not None and to is Status.PAUSED:
+        if if_cancelled is not None and to in CANCEL_WINS:
             fields = {**fields, IF_CANCELLED: if_cancelled}  # the WRITE script reads it: a pending cancel wins
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
         if settling:

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ...errors import KeyTaken
+from ...lifecycle import CANCEL_WINS
 from ...models import (
     ACTIVE,
     Conflict,
@@ -33,7 +34,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ...text import clean_json_text, model_json
-from ..base import check_slots, parse_slots
+from ..base import cancelled_instead, check_slots, parse_slots
 from .core import SqliteCore
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, RANKS
@@ -283,10 +284,10 @@ class RecordsMixin(SqliteCore):
                 raise Conflict(refused_change(op.id, op.status, to))
             check_transition(op.status, to)
             changes = {**fields, "status": to}
-            if if_cancelled is not None and to is Status.PAUSED and op.status is Status.RUNNING:
+            if if_cancelled is not None and to in CANCEL_WINS and op.status is Status.RUNNING:
                 row = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
                 if row is not None and row[0] == "cancel":  # asked while this attempt settled: it wins
-                    changes.update(status=Status.CANCELLED, status_message=if_cancelled)
+                    changes.update(cancelled_instead(if_cancelled, changes))
             new = _apply(op, changes)
             _put(conn, new)
             return new
