@@ -53,7 +53,7 @@ from .registry import HandlerSpec, get_handler
 from .shortage import ran_short
 from .store import Store
 from .store.base import ItemDelta, Ledger
-from .supervision import Watch
+from .supervision import ABANDON_AFTER, Watch
 from .text import NotJSON, bad_text, clean, clean_json, storable
 
 log = logging.getLogger("outlast.engine")
@@ -249,7 +249,7 @@ class Attempt:
         """After ``run``: kill what the handler left running; a lost attempt lets go of its lock."""
         self.ctx.kill_children()
         await self.ctx.reap_children()
-        if self.lost:  # the store said when the lease was lost; this is when the stop took effect
+        if self.lost and not self.abandoned:  # the store said when the lease was lost; the stop took effect now
             log.warning(
                 "%s: attempt %d stopped after losing its lease; nothing of it is written any more",
                 self.op.id,
@@ -257,6 +257,61 @@ class Attempt:
             )
             with contextlib.suppress(Exception):
                 await self.host.store.release(self.op.id, self.op.epoch)  # recovered like any orphan
+
+    abandoned = False
+    """The handler ignored its stop and the forced cancel: the attempt was settled without it (``abandon``)."""
+    _abandoning: asyncio.Future[None] | None = None
+
+    async def abandon(self) -> None:
+        """Settle the attempt as its stop says without its handler, whose task outlived the forced cancel by
+        ``ABANDON_AFTER`` (it catches the cancel too): a final checkpoint unless an item was cut off mid-body,
+        the status line saying the handler was abandoned, then nothing more of it is written (its context
+        refuses, and the rest of ``_run`` writes nothing, as for a lost attempt). Called again, it waits for
+        the first call's settle."""
+        if self._abandoning is None:
+            self._abandoning = asyncio.ensure_future(self._abandon())
+        await asyncio.shield(self._abandoning)
+
+    async def _abandon(self) -> None:
+        ctx = self.ctx
+        self.abandoned = True
+        self.watch.settling = True
+        ctx.kill_children()
+        if self.lost:  # its lease is gone: nothing of it is written anyway
+            ctx.abandon()
+            return
+        ctx.log.warning(
+            f"the handler ignored the stop and, for {ABANDON_AFTER:g}s, the cancel that forced it: abandoned (its"
+            " task is left running, and nothing of it is written any more)"
+        )
+        await self._final_checkpoint(always=True, forced=True)
+        ctx.abandon()
+        self.lost = True  # whatever the handler does later, the rest of ``_run`` writes nothing
+        reason = ctx.stop_reason or StopReason.SHUTDOWN
+        detail = {
+            StopReason.SHUTDOWN: self.host.shutdown_reason,
+            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
+            StopReason.STALLED: f"{ctx.profile.stall_timeout:g}s",
+            StopReason.STORE: f"{self.host.settings.store_outage_limit:g}s"
+            f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
+        }.get(reason, "")
+        if reason is StopReason.STORE:
+            self.host.store_stopped.add(self.op.id)
+        what = "the handler ignored the stop and was abandoned"
+        seq = ctx.checkpoint_seq
+        where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
+        cancel_wins = f"{StopReason.CANCEL.message()}; {what}; {where}" if reason.status is Status.PAUSED else None
+        await settle(
+            self.host,
+            self.op,
+            reason.status,
+            message=f"{reason.message(detail)}; {what}; {where}",
+            if_cancelled=cancel_wins,
+            progress=self.watch.progress(time.monotonic()),
+            total_items=ctx.total,
+            checkpoint_seq=seq or None,
+        )
+        await ctx.reap_children()
 
     # ---- running -------------------------------------------------------------------------------
 

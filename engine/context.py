@@ -42,6 +42,9 @@ T = TypeVar("T")
 
 _getframe = sys._getframe
 
+STOP_AGAIN_PAUSE = 0.1
+"""Seconds ``ctx.items`` waits before it raises a stop again into a handler that caught it (``_stop_again``)."""
+
 MAX_COUNT = 2**63 - 1
 """The largest count a store keeps (SQLite's largest integer)."""
 
@@ -198,9 +201,12 @@ class OperationContext(SeedContextMethods):
         """One checkpoint save at a time, in seq order: each links to the one before it (its delta's
         hash chain), and tasks of one handler checkpointing at once would otherwise race past that."""
         self._stop: StopReason | None = None
-        self.stop_raised = False
-        """A stop was raised into the handler (OperationStopped): one that returns after it caught it had not
-        finished its work, whatever it returns."""
+        self._stop_raised = False
+        """OperationStopped was raised into the handler: every later safe point raises it again (sticky)."""
+        self._swallowed = False
+        """The handler reached a safe point after a stop was raised into it: it caught the stop and went on."""
+        self._abandoned = False
+        """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
@@ -355,8 +361,8 @@ class OperationContext(SeedContextMethods):
         if metrics:
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled
-        if self._stop is not None and self._ledger.current is None:
-            raise self._stopping(False)
+        if self._stop is not None and (self._ledger.current is None or self._stop_raised):
+            raise self._stopped(checkpointed=False)
 
     def add_metrics(self, metrics: dict[str, Any]) -> None:
         """Metrics under any names: ``progress(**metrics)`` takes ``done``, ``total``, ``step`` and ``message``
@@ -371,8 +377,8 @@ class OperationContext(SeedContextMethods):
         if n.__class__ is not int or not 0 <= n <= 9223372036854775807:  # MAX_COUNT, without its lookup
             n = count_of(n, "ctx.advance(n)")
         self._done += n
-        if self._stop is not None and self._ledger.current is None:
-            raise self._stopping(False)
+        if self._stop is not None and (self._ledger.current is None or self._stop_raised):
+            raise self._stopped(checkpointed=False)
 
     # ---- items ---------------------------------------------------------------------------------
 
@@ -397,6 +403,8 @@ class OperationContext(SeedContextMethods):
         An error that says the machine ran short (no descriptor, process or thread left) is raised
         instead (RanShort): the item did not fail, and the attempt is retried with the item not done (a
         backup under a tight ``ulimit -n`` listed the files it could not open as failed and went on)."""
+        if self._abandoned:
+            return
         if ran_short_said(error):
             raise RanShort(f"item {key}: {error}")
         msg = clean(error) if isinstance(error, str) else _describe(error)  # _describe's is clean
@@ -459,13 +467,15 @@ class OperationContext(SeedContextMethods):
         write raises nothing here: the engine says so once, and the next checkpoint saves
         what this one held.
         """
-        if self._ledger.current is not None and not now:
+        if self._abandoned:
+            raise self._stopped(checkpointed=False)  # nothing of it is written any more
+        if self._ledger.current is not None and not now and not self._stop_raised:
             self._checkpoint_request = {"next_step": next_step, "context_data": context_data}
             self._attention = True
             return
         saved = await self._save(next_step, context_data, asked=True)
         if self._stop is not None:
-            raise self._stopping(saved)
+            raise self._stopped(checkpointed=saved)
 
     async def _at_boundary(self) -> None:
         req, self._checkpoint_request = self._checkpoint_request, None
@@ -474,7 +484,26 @@ class OperationContext(SeedContextMethods):
             saved = await self._save(**(req or {}), asked=req is not None)
         self._attention = self._checkpoint_request is not None or self._stop is not None
         if self._stop is not None:
-            raise self._stopping(saved)
+            raise self._stopped(checkpointed=saved)
+
+    def _stopped(self, checkpointed: bool) -> OperationStopped:
+        """The stop to raise into the handler now; from here on every safe point raises it again. A handler
+        that catches it and goes on (``except BaseException: continue`` around its loop) ran an item per
+        catch, its stop asked again at each boundary, and ended completed minutes after a pause."""
+        assert self._stop is not None
+        if self._stop_raised:
+            self._swallowed = True
+        self._stop_raised = True
+        return OperationStopped(self._stop, checkpointed=checkpointed)
+
+    async def _stop_again(self) -> None:
+        """``ctx.items``'s next item after a stop was raised into the handler: the stop again, never an item.
+        A short wait first, so that a handler catching it in a loop does not spin the event loop (and the
+        supervisor that cancels it) at full speed; an abandoned handler waits here for good."""
+        if self._abandoned:
+            await asyncio.get_running_loop().create_future()  # never set: parked, at no cost, until the process ends
+        await asyncio.sleep(STOP_AGAIN_PAUSE)
+        raise self._stopped(checkpointed=False)
 
     async def _save(
         self, next_step: str | None = None, context_data: dict[str, Any] | None = None, asked: bool = False
@@ -482,6 +511,8 @@ class OperationContext(SeedContextMethods):
         """Save a checkpoint; False when the store could not write it (the engine says so once, the
         work goes on, and what it held is kept for the next one). A handler never sees a store error.
         ``asked``: the handler asked for it (not a stop's or the interval's)."""
+        if self._abandoned:
+            return False  # refused: the attempt was settled without its handler (``abandon``)
         async with self._saving:
             return await self._save_one(next_step, context_data, asked)
 
@@ -557,11 +588,29 @@ class OperationContext(SeedContextMethods):
         saves them with its record)."""
         return self._ledger.outcomes_unsaved
 
-    def _stopping(self, checkpointed: bool) -> OperationStopped:
-        """The stop to raise into the handler at a safe point (noted: ``stop_raised``)."""
-        assert self._stop is not None
-        self.stop_raised = True
-        return OperationStopped(self._stop, checkpointed=checkpointed)
+    @property
+    def stop_raised(self) -> bool:
+        """A stop was raised into the handler (OperationStopped): one that returns after it caught it had not
+        finished its work, whatever it returns."""
+        return self._stop_raised
+
+    @property
+    def stop_swallowed(self) -> bool:
+        """The handler caught a stop raised into it and went on to another safe point (it ignores stops)."""
+        return self._swallowed
+
+    def abandon(self) -> None:
+        """The attempt settles without its handler, which ignored the stop and its forced cancel: from now on
+        nothing the handler does through this context is written (checkpoints, logs, item failures, spawns),
+        every safe point raises the stop, and ``ctx.items`` parks it for good."""
+        self._abandoned = True
+        self._stop_raised = True
+        if self._stop is None:
+            self._stop = StopReason.SHUTDOWN
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     def request_stop(self, reason: StopReason) -> None:
         """Ask the handler to stop at its next safe point. The first reason asked for wins, but a cancel
@@ -605,6 +654,8 @@ class OperationContext(SeedContextMethods):
         }
 
     def _emit_log(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        if self._abandoned:
+            return  # its operation was settled without it: a later attempt's log is not its to write
         self._attempt.log(LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
 
     # ---- subprocesses --------------------------------------------------------------------------
@@ -616,6 +667,8 @@ class OperationContext(SeedContextMethods):
         attempt finds and kills what an earlier one left running (its engine SIGKILLed: a shell's
         children outlive it with parent 1) instead of running the work twice side by side.
         """
+        if self._abandoned:
+            raise self._stopped(checkpointed=False)
         return await self._children.spawn(*argv, shell=shell, **kwargs)
 
     def child_pids(self) -> list[int]:
@@ -700,6 +753,9 @@ class _Items(AsyncIterator[T]):
         raise TypeError("ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)")
 
     async def __anext__(self) -> T:
+        if self._ctx._stop_raised:  # a stop went into the handler already: no item runs after it
+            self._k = None
+            await self._ctx._stop_again()
         if _task_now(self._loop) is not self._task:  # another task took the item before (or none yet)
             self._another_task()
         ctx = self._ctx

@@ -58,8 +58,9 @@ from .registry import ensure_loaded, get_handler
 from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
-from .supervision import Supervisor, recover_orphans
+from .supervision import ABANDON_AFTER, Supervisor, recover_orphans
 from .suspend import Suspender
+from .threads import let_go
 
 __all__ = ["Engine", "StoreUnwritable", "SubmitUnknown", "store_failure"]
 
@@ -135,7 +136,9 @@ class Engine:
         """Which store writes fail, since when (said once per outage)."""
         self.log_buffer = LogBuffer(self.store, self.health, self.bus, self.settings.log_limit)
         self._scheduler = Scheduler(self, self.admission, self._execute)
-        self._supervisor = Supervisor(self._runs, self.store, self.settings, self.health, self.log_buffer, self.recover)
+        self._supervisor = Supervisor(
+            self._runs, self.store, self.settings, self.health, self.log_buffer, self.recover, self._abandon
+        )
         self._closing = False
         self._draining = False
         self._loops: list[asyncio.Task[Any]] = []
@@ -207,13 +210,18 @@ class Engine:
         grace = self.settings.grace_period if grace is None else grace
         for attempt in list(self._runs.values()):
             attempt.stop(StopReason.SHUTDOWN, restart_grace=True)
-        tasks = [a.watch.task for a in self._runs.values() if a.watch.task]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
+        attempts = list(self._runs.values())
+        running = {a.watch.task: a for a in attempts if a.watch.task and not a.abandoned}
+        pending: set[asyncio.Task[Any]] = set()
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=grace)
             for t in pending:
                 t.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                _done, pending = await asyncio.wait(pending, timeout=ABANDON_AFTER)
+        for attempt in attempts:  # it catches the cancel too: settled without it, and left out of the loop's end
+            if attempt.abandoned or attempt.watch.task in pending:
+                await self._abandon(attempt)
         if self._scheduler.tasks:
             await asyncio.wait(list(self._scheduler.tasks), timeout=5)
         for t in self._loops:
@@ -704,9 +712,23 @@ class Engine:
         try:
             await attempt.run()
         finally:
-            self._runs.pop(op.id, None)
+            if self._runs.get(op.id) is attempt:  # an abandoned attempt's was taken out (and may be a new one's)
+                del self._runs[op.id]
             await attempt.end()
             self._scheduler.wake()
+
+    async def _abandon(self, attempt: Attempt) -> None:
+        """Settle ``attempt`` without its handler, which ignored the stop and the forced cancel
+        (``Attempt.abandon``), and free its slot: its task, which never ends, is left out of the scheduler's
+        count and of the event loop's end (``threads.let_go``), so that the process can exit."""
+        task = attempt.watch.task
+        if task is not None and not task.done():
+            let_go(task, f"{attempt.op.type} {attempt.op.id}")
+            self._scheduler.tasks.discard(task)
+        await attempt.abandon()
+        if self._runs.get(attempt.op.id) is attempt:
+            del self._runs[attempt.op.id]
+        self._scheduler.wake()
 
     def settling(self) -> contextlib.AbstractContextManager[None]:
         """Held while an attempt writes its final status: its slot is free for the next claim."""

@@ -9,6 +9,11 @@ outage outlasts its limit, polls control requests from other processes, writes l
 and heartbeats, and looks for work left by dead processes (``recover_orphans``). A lease lost (a
 store that fences attempts off, like Redis's, says so) stops the attempt, which then writes nothing.
 
+A handler that ignores its stop and then the forced cancel too (``except BaseException`` around an
+endless wait) is abandoned ``ABANDON_AFTER`` seconds after the cancel: its attempt settles as the stop says
+without it, and nothing of it is written any more (``Attempt.abandon``); the process can then end without
+waiting for its task (``threads.let_go``).
+
 ``LoopWatch`` is a thread that says when the event loop itself stops: a handler blocking it.
 """
 
@@ -52,6 +57,9 @@ TICK = 0.1
 FIXED = "fixed by --timeout"
 LOOP_BLOCKED = 5.0
 """Seconds the event loop may go without turning before the engine says what is blocking it."""
+ABANDON_AFTER = 5.0
+"""Seconds a handler's task may run on after it was cancelled by force before the attempt is settled without
+it: a handler that catches the cancel too kept its operation ``running``, and its process alive, for ever."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -82,6 +90,10 @@ class Watch:
         """When a stop was asked for: the grace period runs from here."""
         self.forced_by: str | None = None
         """What forced the stop before the grace period ran out ("a second Ctrl-C"); None: nothing did."""
+        self.cancelled_at: float | None = None
+        """When the handler's task was cancelled by force (monotonic): ``ABANDON_AFTER`` runs from here."""
+        self.abandon_due = False
+        """The handler's task outlived its forced cancel by ``ABANDON_AFTER``: the supervisor abandons it."""
         self.live_dirty = True
         self.extensions = 0
         self.settling = False
@@ -153,6 +165,8 @@ class Watch:
         self.next_report += dt
         if self.stop_at is not None:
             self.stop_at += dt
+        if self.cancelled_at is not None:
+            self.cancelled_at += dt
 
     def force(self, now: float, by: str) -> None:
         """Stop waiting for a safe point: the handler is cancelled at the next tick. ``by``: what forced it (a
@@ -183,15 +197,27 @@ class Watch:
                 self.stop(StopReason.STALLED, now)
             elif now >= self.deadline:
                 self._deadline_passed(now)
-        elif self.stop_at is not None and now - self.stop_at > self._grace and self.task:
-            if not self.task.done():
-                if self.forced_by:
-                    ctx.log.warning(f"stopped by force: {self.forced_by} came before a safe point")
-                else:
-                    ctx.log.warning(f"no safe point reached within {self._grace:g}s: cancelling")
-                ctx.kill_children()
-                self.task.cancel()
-            self.stop_at = float("inf")
+        elif self.task is None or self.task.done():
+            pass
+        elif self.cancelled_at is not None:
+            if now - self.cancelled_at >= ABANDON_AFTER:
+                self.abandon_due = True
+        elif ctx.stop_swallowed:  # no point waiting out the grace period: it came to a safe point, and went on
+            self._cancel(now, "the handler caught the stop and went on: cancelling it")
+        elif self.stop_at is not None and now - self.stop_at > self._grace:
+            if self.forced_by:
+                self._cancel(now, f"stopped by force: {self.forced_by} came before a safe point")
+            else:
+                self._cancel(now, f"no safe point reached within {self._grace:g}s: cancelling")
+
+    def _cancel(self, now: float, why: str) -> None:
+        """Cancel the handler's task by force (once): ``why`` goes to the operation's log."""
+        assert self.task is not None
+        self.ctx.log.warning(why)
+        self.ctx.kill_children()
+        self.task.cancel()
+        self.stop_at = float("inf")
+        self.cancelled_at = now
 
     def _deadline_passed(self, now: float) -> None:
         """Extend the deadline when the rate says the rest fits within ``max_timeout``; else stop."""
@@ -229,8 +255,12 @@ class Supervisor:
         health: StoreHealth,
         logs: LogBuffer,
         recover: Callable[[], Awaitable[Any]],
+        abandon: Callable[[Attempt], Awaitable[None]] | None = None,
     ) -> None:
         self._runs = runs
+        self._abandon = abandon
+        """Settles an attempt without its handler (the engine's: it also frees the slot); None: the attempt's own."""
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._store = store
         self._settings = settings
         self._health = health
@@ -305,6 +335,13 @@ class Supervisor:
         ran on for minutes, its work saved nowhere."""
         for attempt in list(self._runs.values()):
             attempt.watch.tick(now)
+            if attempt.watch.abandon_due:
+                attempt.watch.abandon_due = False
+                attempt.watch.settling = True  # its clock stops: the attempt is settled without the handler
+                abandon = self._abandon(attempt) if self._abandon is not None else attempt.abandon()
+                task: asyncio.Task[None] = asyncio.ensure_future(abandon)
+                self._abandoning.add(task)
+                task.add_done_callback(self._abandoning.discard)
         limit = self._health.outage_limit
         over = self._health.over_limit(now)
         since = self._health.since

@@ -7,6 +7,11 @@ and so did the interpreter at exit: ``outlast run`` and ``outlast worker --exit-
 not even on SIGTERM. Now the loop's default executor is one of ours; at the end the threads still running
 after a short grace are named, the loop is handed an idle executor to shut down, and the process ends with
 ``os._exit`` once everything it owns is written (:func:`exit_now_if_blocked`).
+
+The same end serves what else a handler can leave that the interpreter would wait for: a non-daemon thread
+of its own (``threading.Thread(target=forever).start()``: ``outlast run`` printed "completed", then hung
+in the interpreter's exit), and the task of a handler that ignored its stop and the forced cancel, which
+the engine abandoned (:func:`let_go`: ``asyncio.run`` waits for every task it cancels as it ends).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ GRACE = 1.0
 
 _blocked: list[tuple[threading.Thread, str]] = []
 """Each thread left blocked at the end, and where, once :meth:`LoopThreads.release` found any."""
+_left: list[threading.Thread] = []
+"""Non-daemon threads started while a loop of ours ran (a handler's own) and still running at its end."""
+_let_go: list[tuple[asyncio.Task[Any], str]] = []
+"""Tasks of abandoned handlers (:func:`let_go`), kept referenced until the process ends."""
 _STDLIB = os.path.join(os.path.dirname(os.__file__), "")
 
 
@@ -39,8 +48,10 @@ class LoopThreads:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._before: set[threading.Thread] = set()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._before = set(threading.enumerate())
         self._pool = ThreadPoolExecutor(thread_name_prefix=PREFIX)
         loop.set_default_executor(self._pool)
 
@@ -50,6 +61,9 @@ class LoopThreads:
         :func:`exit_now_if_blocked`)."""
         if self._pool is None:
             return []
+        # Not waited for here (the dashboard's own input thread is one until Textual stops it): looked at again
+        # as the process ends (exit_now_if_blocked).
+        _left.extend(t for t in threading.enumerate() if t not in self._before and _foreign(t))
         self._pool.shutdown(wait=False)  # idle threads exit now; busy ones when their call returns
         self._pool = None
         # What runs on this loop afterwards (the loop's own close, a test going on) gets fresh threads; the
@@ -80,6 +94,29 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main())
 
 
+def let_go(task: asyncio.Task[Any], what: str) -> None:
+    """Leave ``task`` (an abandoned handler's, which catches every cancel) out of its loop's end: ``asyncio.run``
+    cancels every task left and waits for each, for ever for this one. Kept referenced until the process
+    ends (with ``os._exit``, :func:`exit_now_if_blocked`): a task collected while pending would be closed, and
+    the handler's ``except BaseException`` would run once more, outside any loop."""
+    if any(t is task for t, _ in _let_go):
+        return
+    _let_go.append((task, what))
+    unregister = getattr(asyncio.tasks, "_unregister_task", None)
+    if unregister is not None:  # every Python this runs on has it; without it, the end waits as before
+        unregister(task)
+
+
+def _foreign(thread: threading.Thread) -> bool:
+    """A thread that the interpreter's exit would wait for and that is not ours: a handler's own."""
+    return (
+        thread.is_alive()
+        and not thread.daemon
+        and thread is not threading.main_thread()
+        and not thread.name.startswith(PREFIX)
+    )
+
+
 def _running() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(PREFIX) and t.is_alive()]
 
@@ -98,18 +135,36 @@ def _where(thread: threading.Thread) -> str:
     return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" + ("" if own else " (standard library)")
 
 
-def exit_now_if_blocked(code: int) -> None:
-    """End the process with ``code`` now when threads left blocked still are (the interpreter's exit would wait
-    for them for ever), after one line saying where and the standard streams flushed; else return."""
+def exit_now_if_blocked(code: int, grace: float = GRACE) -> None:
+    """End the process with ``code`` now when threads left blocked still are, a handler's own non-daemon thread
+    still runs (after ``grace``), or a handler's task was abandoned (the interpreter's exit would wait for
+    each for ever), after one line each saying so and the standard streams flushed; else return. Called once
+    the engine is closed: everything this process owns is written."""
     places = [where for t, where in _blocked if t.is_alive()]
     _blocked.clear()
-    if not places:
+    tasks = [what for task, what in _let_go if not task.done()]
+    end = time.monotonic() + grace
+    for t in _left:
+        t.join(max(0.0, end - time.monotonic()))
+    threads = [t for t in dict.fromkeys(_left) if _foreign(t)]
+    _left.clear()
+    if not (places or tasks or threads):
         return
-    print(
-        f"outlast: exiting without waiting for {len(places)} thread(s) of ended operations still blocked at"
-        f" {', '.join(dict.fromkeys(places))} (a blocking call that never returned: give it a timeout)",
-        file=sys.stderr,
-    )
+    if places:
+        print(
+            f"outlast: exiting without waiting for {len(places)} thread(s) of ended operations still blocked at"
+            f" {', '.join(dict.fromkeys(places))} (a blocking call that never returned: give it a timeout)",
+            file=sys.stderr,
+        )
+    if threads:
+        where = ", ".join(f"{t.name} at {_where(t)}" for t in threads)
+        print(f"outlast: a thread the handler started is still running: exiting without it ({where})", file=sys.stderr)
+    if tasks:
+        print(
+            f"outlast: exiting without the handler of {', '.join(dict.fromkeys(tasks))}, which ignored its stop"
+            " and was abandoned",
+            file=sys.stderr,
+        )
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

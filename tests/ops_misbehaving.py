@@ -1,0 +1,65 @@
+"""Handlers that misbehave at a stop, for the hang tests (``--plugin tests.ops_misbehaving``).
+
+Each item body appends its index to the file ``log`` (a ledger of item executions), so a test can tell an
+item run twice or never from one run once, and see whether any body ran after a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import Any
+
+from engine import OperationContext, operation
+
+
+def _ran(path: str, i: int) -> None:
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+
+
+@operation("mb_swallow")
+async def swallow(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Catches every stop (and the forced cancel) around its loop and enters the loop again."""
+    while True:
+        try:
+            async for i in ctx.items(range(params.get("n", 100)), key=str):
+                await asyncio.sleep(params.get("d", 0.1))
+                _ran(params["log"], i)
+            return {"n": params.get("n", 100)}
+        except BaseException as e:  # the misbehaviour under test
+            ctx.log.info(f"swallowed {type(e).__name__}")
+            continue
+
+
+@operation("mb_forever")
+async def forever(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Catches the stop, then waits for ever, catching the forced cancel too (on a resume it behaves)."""
+    try:
+        async for i in ctx.items(range(params.get("n", 100)), key=str):
+            await asyncio.sleep(params.get("d", 0.1))
+            _ran(params["log"], i)
+    except BaseException:  # the misbehaviour under test
+        if ctx.resuming and params.get("behave_on_resume", True):
+            raise
+        while True:
+            with contextlib.suppress(BaseException):
+                await asyncio.sleep(3600)
+    return {"n": params.get("n", 100)}
+
+
+@operation("mb_thread")
+async def leaves_a_thread(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Starts a non-daemon thread that never ends, then completes."""
+
+    def for_ever() -> None:
+        while True:
+            time.sleep(1)
+
+    threading.Thread(target=for_ever, name="left-by-handler", daemon=False).start()
+    async for i in ctx.items(range(params.get("n", 3)), key=str):
+        await asyncio.sleep(0.05)
+        _ran(params["log"], i)
+    return {"n": params.get("n", 3)}

@@ -1,0 +1,214 @@
+"""Handlers that will not stop, and threads they leave behind, never keep a process from ending.
+
+Real ``outlast`` processes run the handlers of ``tests/ops_misbehaving.py``; each item body writes its
+index to a ledger file, so the tests see whether a body ran after a stop, and (after a resume) that each
+item ran exactly once, as in an uninterrupted run.
+
+- A handler that catches the stop and goes on (``except BaseException: continue`` around its loop) kept
+  running items after ``outlast pause`` and four signals, and ended completed three minutes later.
+- A handler that also catches the forced cancel and waits for ever kept its operation ``running`` and its
+  process alive for good.
+- A non-daemon thread a handler started kept ``outlast run`` and ``outlast worker`` from exiting after
+  they said they were done.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .fixtures_cli import Cli, until
+
+PLUGIN = ("--plugin", "tests.ops_misbehaving")
+
+
+def ledger(path: Path) -> list[int]:
+    """The item indexes the bodies wrote, in order (an item run twice is there twice)."""
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def stopped_at(path: Path) -> int:
+    """The items run so far, once the ledger has stayed the same for a second (no body runs any more)."""
+    before = len(ledger(path))
+    time.sleep(1.0)
+    after = len(ledger(path))
+    assert after == before, f"item bodies still run after the stop: {before} then {after}"
+    return after
+
+
+def resume_to_the_end(cli: Cli, op_id: str, path: Path, n: int) -> None:
+    """Resume in the foreground: completed, and each item ran exactly once over both attempts."""
+    done = cli(*PLUGIN, "resume", op_id, timeout=60)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert sorted(ledger(path)) == list(range(n)), ledger(path)  # an uninterrupted run's ledger
+
+
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
+
+
+def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
+    log, n = tmp_path / "ledger", 60
+    proc = cli.start(*PLUGIN, "run", "mb_swallow", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    t0 = time.monotonic()
+    asked = cli("pause", op_id, "--no-wait")
+    assert asked.returncode == 0, asked.stderr
+    rc = proc.wait(40)
+    took = time.monotonic() - t0
+    op = cli.op(op_id)
+    assert op.status.value == "paused", (op.status.value, op.status_message)
+    assert rc == 6, (rc, proc.err)
+    assert "ignored the stop" in (op.status_message or ""), op.status_message
+    assert took < 25, took  # 5 s and the grace period (1 s), on a loaded machine
+    ran = stopped_at(log)
+    assert ran < n, ran
+    resume_to_the_end(cli, op_id, log, n)
+
+
+def test_a_handler_that_swallows_sigterm_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
+    log, n = tmp_path / "ledger", 60
+    proc = cli.start(*PLUGIN, "run", "mb_swallow", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc.signal(signal.SIGTERM)
+    rc = proc.wait(40)
+    op = cli.op(op_id)
+    assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
+    stopped_at(log)
+    resume_to_the_end(cli, op_id, log, n)
+
+
+@pytest.mark.usefixtures("short_grace")
+def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli: Cli, tmp_path: Path) -> None:
+    log, n = tmp_path / "ledger", 60
+    proc = cli.start(*PLUGIN, "run", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    t0 = time.monotonic()
+    assert cli("pause", op_id, "--no-wait").returncode == 0
+    try:
+        rc = proc.wait(30)
+    except Exception:
+        raise AssertionError(f"outlast run still running 30s after the pause: {cli.op(op_id).status.value}") from None
+    took = time.monotonic() - t0
+    op = cli.op(op_id)
+    assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
+    assert "ignored the stop" in (op.status_message or ""), op.status_message
+    assert took < 25, took  # 5 s and the grace period (1 s), on a loaded machine
+    stopped_at(log)
+    resume_to_the_end(cli, op_id, log, n)
+
+
+@pytest.mark.usefixtures("short_grace")
+def test_sigterm_ends_a_run_whose_handler_ignores_the_forced_cancel(cli: Cli, tmp_path: Path) -> None:
+    log, n = tmp_path / "ledger", 60
+    proc = cli.start(*PLUGIN, "run", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc.signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(30)
+    except Exception:
+        raise AssertionError(f"outlast run still running 30s after SIGTERM: {cli.op(op_id).status.value}") from None
+    op = cli.op(op_id)
+    assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
+    stopped_at(log)
+    resume_to_the_end(cli, op_id, log, n)
+
+
+@pytest.mark.usefixtures("short_grace")
+def test_a_worker_abandons_a_handler_that_ignores_a_pause_and_exits_when_idle(cli: Cli, tmp_path: Path) -> None:
+    log, n = tmp_path / "ledger", 60
+    sub = cli(*PLUGIN, "-q", "submit", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    proc = cli.start(*PLUGIN, "worker", "--exit-when-idle")
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    assert cli("pause", op_id, "--no-wait").returncode == 0
+    try:
+        rc = proc.wait(30)
+    except Exception:
+        raise AssertionError(f"the worker still running 30s after the pause: {cli.op(op_id).status.value}") from None
+    assert rc == 0, proc.err
+    assert any("worker stopped" in ln for ln in proc.out), proc.out
+    op = cli.op(op_id)
+    assert op.status.value == "paused", op.status_message
+    stopped_at(log)
+    resume_to_the_end(cli, op_id, log, n)
+
+
+def test_run_exits_with_its_code_past_a_thread_the_handler_left(cli: Cli, tmp_path: Path) -> None:
+    log = tmp_path / "ledger"
+    proc = cli.start(*PLUGIN, "run", "mb_thread", "-p", f"log={log}")
+    try:
+        rc = proc.wait(30)
+    except Exception:
+        raise AssertionError(f"outlast run still running 30s in: {proc.out[-2:]}") from None
+    assert rc == 0, proc.err
+    assert any("completed" in ln for ln in proc.out), proc.out
+    said = [ln for ln in proc.err if "a thread the handler started is still running: exiting without it" in ln]
+    assert len(said) == 1, proc.err
+
+
+def test_worker_exits_when_idle_past_a_thread_the_handler_left(cli: Cli, tmp_path: Path) -> None:
+    log = tmp_path / "ledger"
+    assert cli(*PLUGIN, "-q", "submit", "mb_thread", "-p", f"log={log}").returncode == 0
+    proc = cli.start(*PLUGIN, "worker", "--exit-when-idle")
+    try:
+        rc = proc.wait(30)
+    except Exception:
+        raise AssertionError(f"the worker still running 30s in: {proc.out[-2:]}") from None
+    assert rc == 0, proc.err
+    assert any("worker stopped" in ln for ln in proc.out), proc.out
+    assert any("a thread the handler started is still running: exiting without it" in ln for ln in proc.err), proc.err
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.usefixtures("short_grace")
+def test_the_dashboard_quits_past_a_handler_that_ignores_the_forced_cancel(cli: Cli, tmp_path: Path) -> None:
+    """q, then p (pause and quit): the screen went blank, the handler ran on, and the process never ended."""
+    from tests.test_tui_tmux import Terminal
+
+    log, n = tmp_path / "ledger", 100
+    sub = cli(*PLUGIN, "-q", "submit", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    env = " ".join(
+        f"{k}={shlex.quote(v)}" for k, v in os.environ.items() if k.startswith(("OUTLAST_", "XDG_")) or k == "PATH"
+    )
+    outlast = f"{shlex.quote(sys.executable)} -m engine.cli {' '.join(PLUGIN)} tui"
+    term = Terminal(f"env {env} {outlast}; echo EXIT=$?; sleep 60")
+    try:
+        until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+        term.keys("q")
+        term.wait(r"Pause \(p\)")
+        term.keys("p")
+        t0 = time.monotonic()
+        try:
+            term.wait("EXIT=", 30)
+        except AssertionError:
+            status = cli.op(op_id).status.value
+            raise AssertionError(f"the dashboard still running 30s after pause and quit: {status}") from None
+        took = time.monotonic() - t0
+        assert "EXIT=0" in term.screen(), term.screen()
+        assert took < 25, took
+    finally:
+        term.close()
+    op = cli.op(op_id)
+    assert op.status.value == "paused", op.status_message
+    assert "ignored the stop" in (op.status_message or ""), op.status_message
+    stopped_at(log)
+    resume_to_the_end(cli, op_id, log, n)
