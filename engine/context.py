@@ -205,6 +205,8 @@ class OperationContext(SeedContextMethods):
         """OperationStopped was raised into the handler: every later safe point raises it again (sticky)."""
         self._swallowed = False
         """The handler reached a safe point after a stop was raised into it: it caught the stop and went on."""
+        self._stop_task: asyncio.Task[Any] | None = None
+        """The task the stop was first raised into: raised there again, the handler caught it."""
         self._abandoned = False
         """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self.state: dict[str, Any] = {}
@@ -491,7 +493,13 @@ class OperationContext(SeedContextMethods):
         that catches it and goes on (``except BaseException: continue`` around its loop) ran an item per
         catch, its stop asked again at each boundary, and ended completed minutes after a pause."""
         assert self._stop is not None
-        if self._stop_raised:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a thread of the handler's (``asyncio.to_thread``) reporting progress
+            task = None
+        if not self._stop_raised:
+            self._stop_task = task
+        elif task is not None and task is self._stop_task:  # not a sibling task (gather) on its way out
             self._swallowed = True
         self._stop_raised = True
         return OperationStopped(self._stop, checkpointed=checkpointed)

@@ -51,6 +51,7 @@ class LoopThreads:
         self._before: set[threading.Thread] = set()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        _left.clear()  # a loop before this one (a test's, in the same process) left them: not this run's
         self._before = set(threading.enumerate())
         self._pool = ThreadPoolExecutor(thread_name_prefix=PREFIX)
         loop.set_default_executor(self._pool)
