@@ -127,8 +127,12 @@ def key_not_text(value: Any, where: str) -> str | None:
     nowhere. JSON writes such a key as its string, so what is read back differs from what was saved: a set of
     done item numbers kept as dict keys came back as strings, and a resumed handler ran those items again."""
     stack: list[tuple[Any, str]] = [(value, where)]
+    seen: set[int] = set()
     while stack:
         v, here = stack.pop()
+        if id(v) in seen:
+            continue  # a cycle (or a shared part, looked at once): JSON's encoder refuses the cycle, naming it
+        seen.add(id(v))
         if type(v) is dict:
             if not set(map(type, v)) <= {str}:
                 k = next(k for k in v if type(k) is not str)

@@ -136,3 +136,17 @@ def test_an_entry_point_plugin_that_exits_at_import_is_a_warning(
     with caplog.at_level(logging.WARNING, "outlast"):
         registry.load_entry_points()  # no SystemExit: every command went on to exit 3, saying nothing
     assert "plugin bad (bad_plugin:register) failed to load: called exit(3)" in caplog.text
+
+
+def test_the_key_check_of_a_state_ends_on_a_cycle() -> None:
+    """A state that refers back to itself: the key check walked it for ever (the suite's cycle test hung);
+    the encoder that runs after it names the cycle."""
+    from engine.text import key_not_text
+
+    loop: dict[str, Any] = {"ok": [1, {"a": None}]}
+    loop["again"] = loop
+    listed: list[Any] = []
+    listed.append(listed)
+    assert key_not_text(loop, "ctx.state") is None and key_not_text(listed, "ctx.state") is None
+    loop["bad"] = {3: "x"}
+    assert key_not_text(loop, "ctx.state") == "ctx.state['bad'] has the key 3, a int"
