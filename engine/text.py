@@ -122,6 +122,10 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
     return None
 
 
+_WRITTEN_AS_TEXT = frozenset({int, float, bool, type(None)})
+"""Dict keys JSON writes as strings without a word (``{7: 1}`` is ``{"7": 1}``)."""
+
+
 def key_not_text(value: Any, where: str) -> str | None:
     """Where in ``value`` a dict has a key that is not a string (``where[3] has the key 7, an int``); None if
     nowhere. JSON writes such a key as its string, so what is read back differs from what was saved: a set of
@@ -134,8 +138,9 @@ def key_not_text(value: Any, where: str) -> str | None:
             continue  # a cycle (or a shared part, looked at once): JSON's encoder refuses the cycle, naming it
         seen.add(id(v))
         if type(v) is dict:
-            if not set(map(type, v)) <= {str}:
-                k = next(k for k in v if type(k) is not str)
+            kinds = set(map(type, v))
+            if not kinds <= {str} and kinds & _WRITTEN_AS_TEXT:  # a tuple key JSON refuses outright: not_json
+                k = next(k for k in v if type(k) in _WRITTEN_AS_TEXT)
                 return f"{here} has the key {k!r}, a {type(k).__name__}"
             stack += [(c, f"{here}[{k!r}]") for k, c in v.items() if type(c) is dict or type(c) is list]
         elif type(v) is list:
