@@ -91,6 +91,8 @@ class OperationsModel:
         """The queued ones among them, with their priority (compared with the store's queue)."""
         self.refetch: set[str] = set()
         """Named by an event or an action: read again by id at the next frame."""
+        self.unread: set[str] = set()
+        """Named to be read again while the store failed: read at the next poll that reaches it."""
         self.checkpointed: set[str] = set()
         """Operations with a checkpoint saved since the screen last looked."""
         self.structure_dirty = False
@@ -324,7 +326,7 @@ class OperationsModel:
                 left |= moved
         elif read_queued and len(queued) < QUEUED_RECENT:  # a short queue is read whole
             left |= self.active - self.running - seen
-        await self.fetch(left | self.refetch)
+        await self.fetch(left | self.refetch | self.unread)
         await self._read_unseen_ended(counts)
 
     async def _read_unseen_ended(self, counts: dict[Status, int]) -> None:
@@ -367,15 +369,22 @@ class OperationsModel:
         return all((held := ops.get(i)) is not None and held.status is Status.RUNNING for i in ours)
 
     async def fetch(self, ids: Iterable[str]) -> None:
-        """Read these records again by id; one that is gone from the store leaves the table."""
-        for op_id in list(ids):
+        """Read these records again by id; one the store says it no longer has (NotFound) leaves the table.
+        Any other failure (the store unreachable, frozen, timing out: a StoreError is an OutlastError too)
+        keeps every record as last read, the status line saying the store is out, and what was not read
+        is read at the next poll: a running operation's row left the table while Redis was stopped."""
+        ids = list(ids)
+        for i, op_id in enumerate(ids):
             self.refetch.discard(op_id)
+            self.unread.discard(op_id)
             try:
                 self.keep(await self.engine.get(op_id))
-            except OutlastError:
+            except NotFound:
                 self._drop(op_id)
             except Exception as e:
                 self.failed(e)
+                self.unread.update(ids[i:])  # not one wait per id on a store that does not answer
+                return
 
     def first_look(self, look: FirstLook) -> bool:
         """Before the engine has started: the running and the newest queued records, read without it,
