@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rich.cells import set_cell_size
 from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
@@ -24,6 +25,8 @@ LABEL = 8
 """Width of the label column."""
 VALUE = 16
 """Width of the value column; sparklines take what is left."""
+LABEL_CELLS = 20
+"""Terminal cells of an operation's label in the child-process list."""
 HOT = 90.0
 """Percent at which CPU and memory figures turn to the warning colour."""
 
@@ -198,7 +201,9 @@ class ResourcesPane(Widget, can_focus=True):
         shown = rows if len(rows) <= room else rows[: room - 1]
         for op_id, (cpu, rss) in shown:
             # Ids started in the same second share their first 8 characters: the handle tells them apart.
-            out.append(f"  {self.labels.get(op_id, op_id):<20.20}  ", self._style("dim"))
+            # Cut and padded by terminal cells, not characters: a CJK name is two cells a character, and
+            # its 20 characters pushed the CPU figure 20 cells right.
+            out.append(f"  {set_cell_size(self.labels.get(op_id, op_id), LABEL_CELLS)}  ", self._style("dim"))
             out.append(f"{cpu:4.0f}% cpu ", self._style("hot") if cpu >= HOT else Style())
             out.append(f"{size(rss):>6}\n")
         if len(shown) < len(rows):
