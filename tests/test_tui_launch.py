@@ -46,7 +46,12 @@ async def replace(pilot: Pilot[Any], selector: str, text: str) -> None:
     """
     widget = pilot.app.screen.query_one(selector, Input)
     widget.focus()
-    if len(text) > 8:
+    if widget.max_length and len(text) > widget.max_length:
+        # Longer than the field takes from keys or a paste (the rest is dropped as it comes): set as
+        # another way in would (the form's messages must stay one short line whatever the value).
+        widget.value = text
+        await pilot.press("end")
+    elif len(text) > 8:
         widget.value = text[:-1]
         await pilot.press("end", text[-1])
     else:

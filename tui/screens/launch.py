@@ -49,6 +49,20 @@ MESSAGE_MAX = 160
 pasted paragraph a validator quoted), which clipping each unbroken run does not shorten."""
 
 
+NAME_MAX = 200
+"""Characters of a name the engine takes (``engine.limits.MAX_NAME_CHARS``: the dashboard imports only the
+engine's public names, and a test holds the two equal)."""
+ITEMS_MAX = 13
+"""Digits of an item estimate: the engine takes up to 10**12 (``MAX_ITEMS``)."""
+FIELD_MAX = 4096
+"""Characters a param's field takes (a path, a command line: PATH_MAX is 4096). Textual's Input does work
+in its length at every key, and 10,000 keys arriving at once (no bracketed paste) froze the dashboard
+and the engine it runs for 23 s; past the bound a key is dropped at once. The engine takes 64 KiB of
+params in all (``MAX_PARAMS_BYTES``): more in one field is for ``outlast submit --params-json``."""
+NUMBER_MAX = 64
+"""Characters a number's field takes (a float written out in full is under 30)."""
+
+
 class FieldError(ValueError):
     """A value that cannot even be handed to pydantic (bad JSON, a pair without '=')."""
 
@@ -545,6 +559,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         input_type = {"int": "integer", "float": "number"}.get(f.kind, "text")
         return FormInput(
             f.initial_text(),
+            max_length=NUMBER_MAX if input_type != "text" else FIELD_MAX,
             placeholder="required" if f.required else ("none" if f.nullable else ""),
             type=input_type,  # type: ignore[arg-type]
             compact=True,
@@ -565,12 +580,23 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             )
             yield Label("item estimate", classes="field-label", id="launch-items-label")
             yield FormInput(
-                placeholder="unknown", type="integer", compact=True, id="launch-items", classes="field-control"
+                placeholder="unknown",
+                type="integer",
+                max_length=ITEMS_MAX,
+                compact=True,
+                id="launch-items",
+                classes="field-control",
             )
         yield Static("", classes="field-error", id="error-spec-items", markup=False)
         with Horizontal(classes="row"):
             yield Label("name", classes="field-label")
-            yield FormInput(placeholder="optional label", compact=True, id="launch-name", classes="field-control")
+            yield FormInput(
+                placeholder="optional label",
+                max_length=NAME_MAX,
+                compact=True,
+                id="launch-name",
+                classes="field-control",
+            )
         yield Static("", classes="field-error", id="error-spec-name", markup=False)
 
     # ---- events ----------------------------------------------------------------------------
