@@ -99,8 +99,9 @@ def test_with_nothing_selected_only_the_keys_that_need_no_operation_apply() -> N
 
 def test_resume_question_says_what_will_be_done_again() -> None:
     op = _op(Status.PAUSED).model_copy(update={"name": "big", "progress": Progress(done=1500, total=4000)})
-    assert resume_question(op, op.id, 2, 1000, 3) == (
-        "Resume big from checkpoint 2 (1.0k items done)? 500 items will be done again; 3 newer checkpoints dropped."
+    assert resume_question(op, 2, 1000, 3) == (
+        f"Resume big ({op.id}) from checkpoint 2 (1.0k items done)? "
+        "500 items will be done again; 3 newer checkpoints dropped."
     )
 
 

@@ -82,14 +82,15 @@ def key_applies(name: str, op: Operation | None) -> bool:
     return op is not None or not spec.needs_op
 
 
-def resume_question(op: Operation | None, op_id: str, seq: int, items: int, newer: int) -> str:
+def resume_question(op: Operation, seq: int, items: int, newer: int) -> str:
     """What resuming ``op`` from checkpoint ``seq`` (``items`` done then, ``newer`` checkpoints after
-    it) will cost, asked before doing it."""
-    done = op.progress.done if op is not None and op.progress is not None else items
+    it) will cost, asked before doing it. It names the operation by label and id, as cancel and remove
+    do: the label alone (the type, for an unnamed one) did not tell two operations apart."""
+    done = op.progress.done if op.progress is not None else items
     again = max(0, done - items)
     dropped = f"; {newer} newer checkpoint{'s' if newer != 1 else ''} dropped" if newer else ""
     return (
-        f"Resume {op.label if op else op_id} from checkpoint {seq} ({fmt.count(items)} items done)? "
+        f"Resume {op.label} ({op.id}) from checkpoint {seq} ({fmt.count(items)} items done)? "
         f"{fmt.count(again)} item{'s' if again != 1 else ''} will be done again{dropped}."
     )
 

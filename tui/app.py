@@ -40,7 +40,7 @@ from .themes import DEFAULT_THEME, next_theme, register_themes
 from .widgets.checkpoints import CheckpointsPane
 
 if TYPE_CHECKING:  # the Engine (psutil, the stores, the handlers) and the settings load after the first frame
-    from engine import Engine, OperationSpec, Progress, Settings
+    from engine import Engine, Operation, OperationSpec, Progress, Settings
 
 log = logging.getLogger("outlast.tui")
 
@@ -133,7 +133,10 @@ class OutlastApp(App[int]):
         if engine is not None and watch_only:  # before the engine starts its scheduler (it looks at once)
             engine.run_queue = False
         self.handed_over: str | None = None
-        """Said when the app has exited: what was handed over to which background worker."""
+        """Said when the app has exited: what was handed over to which background worker, or what was
+        paused and how to resume it (``main`` prints it)."""
+        self.paused_at_exit: list[str] = []
+        """Labelled ids of what this dashboard ran when its engine stopped (paused, a checkpoint each)."""
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._keys_held: list[events.Key] | None = None
@@ -484,13 +487,24 @@ class OutlastApp(App[int]):
 
     @on(CheckpointsPane.ResumeFrom)
     def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
+        """Enter on a checkpoint row: resume its operation from it, after a question naming the operation,
+        and only if the rows are of the operation the cursor is on. They are the previous one's until the
+        cursor has rested (``SIDE_DEBOUNCE``): enter and y pressed in that moment resumed the operation
+        just left, while the cursor and the detail showed another."""
         if not self._engine_ready("enter"):
             return
-        op = self.ops.get(event.op_id)
-        if op is not None and op.status not in RESUMABLE:
+        op = self.dashboard.selected_op
+        if op is None or op.id != event.op_id:
+            self.notify(
+                "the checkpoints pane is still loading the selected operation's checkpoints: press enter again",
+                severity="warning",
+                timeout=4,
+            )
+            return
+        if op.status not in RESUMABLE:
             self.notify(f"{op.id} is {op.status.value}: pause it first to resume from a checkpoint", severity="warning")
             return
-        question = resume_question(op, event.op_id, event.seq, event.items, event.newer)
+        question = resume_question(op, event.seq, event.items, event.newer)
 
         def answer(yes: bool | None) -> None:
             if yes:
@@ -657,8 +671,11 @@ class OutlastApp(App[int]):
         self.exit(0)
 
     async def _quit_now(self, reason: str = "the dashboard quit") -> None:
-        """Pause what still runs (a checkpoint each), close the store, exit."""
+        """Pause what still runs (a checkpoint each), close the store, exit; what was paused is said after
+        the screen is gone (Quit, then p, said nothing: the user was left to find them)."""
         await self.stop_engine(reason)
+        if self.paused_at_exit:
+            self.handed_over = paused_line(self.paused_at_exit)
         self.exit(0)
 
     async def stop_engine(self, reason: str = "the dashboard quit") -> None:
@@ -672,11 +689,43 @@ class OutlastApp(App[int]):
                 await self._boot.wait()
         if self.engine_started:
             self.engine_started = self.model.started = False
+            self.paused_at_exit = [_labelled(self.ops.get(i), i) for i in self.engine.running_ids]
             await self.engine.shutdown(reason=reason)
 
     async def on_unmount(self) -> None:
-        await self.stop_engine()
+        # Textual sets the return code to 1 before it unmounts an app ended by an unhandled error.
+        await self.stop_engine("the dashboard failed (an error in it)" if self.return_code else "the dashboard quit")
         self._loop_threads.release(asyncio.get_running_loop())
+
+
+def _labelled(op: Operation | None, op_id: str) -> str:
+    """``06bhpkg8cfyx1 (nightly backup)``: an id and its label, for a line printed after exit."""
+    return f"{op_id} ({fmt.printable(op.label)})" if op is not None else op_id
+
+
+PAUSED_LISTED = 5
+"""Paused operations a line after exit names one by one; more are counted."""
+
+
+def paused_line(paused: list[str]) -> str:
+    """One line: what the dashboard paused as it stopped, and how to go on with it."""
+    n = len(paused)
+    what = f"{n} operation{'s' if n != 1 else ''} paused, a checkpoint each"
+    if n <= PAUSED_LISTED:
+        return f"{what}: {', '.join(paused)}; go on with `outlast resume ID`"
+    return f"{what}: `outlast ls --status paused` lists them; go on with `outlast resume ID`"
+
+
+def exit_code(app: OutlastApp, rv: int | None) -> int:
+    """The command's exit code: non-zero when the app ended on an unhandled error (Textual sets its
+    return code to 1 then, and the traceback is above), saying so in one line with what became of the
+    work it ran (its engine was stopped on the way out: each paused with a checkpoint). ``int(rv or 0)``
+    alone exited 0 after a crash."""
+    if app.return_code:
+        said = f"; {paused_line(app.paused_at_exit)}" if app.paused_at_exit else "; it ran no operations"
+        print(f"outlast: the dashboard failed on an unhandled error (above){said}")
+        return app.return_code
+    return int(rv or 0)
 
 
 class _Warnings(logging.Handler):
@@ -714,4 +763,4 @@ def main(
         print(app.handed_over)
     if app.engine_failure is not None:
         raise app.engine_failure
-    return int(rv or 0)
+    return exit_code(app, rv)

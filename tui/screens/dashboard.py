@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len, set_cell_size
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import Worker
-
-from engine import Status
 
 from .. import format as fmt
 from ..actions import key_applies
@@ -53,6 +53,11 @@ frame were most of the dashboard's CPU, and at 0.5 s they still were (htop's def
 a new record or a status change repaints at the next frame."""
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
+FILTER_SHOWN = 30
+"""Cells of the filter's text the status line shows at most (the rest as "…")."""
+FILTER_MAX = 200
+"""Characters the filter box takes: Textual's Input does work in its length at every key, and 10,000 keys
+arriving at once (no bracketed paste) froze the dashboard and the engine in it for 23 s."""
 TITLES = {
     "detail": "Detail",
     "checkpoints": "Checkpoints (enter resumes)",
@@ -110,7 +115,11 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
         yield OperationsTable(self.model.ops, self.live, self.clock, id="ops")
-        yield SteadyInput(placeholder="filter: words that must all appear (enter keeps, esc clears)", id="filter")
+        yield SteadyInput(
+            placeholder="filter: words that must all appear (enter keeps, esc clears)",
+            id="filter",
+            max_length=FILTER_MAX,
+        )
         yield Tabs(
             *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)), id="pane-tabs"
         )
@@ -204,6 +213,10 @@ class DashboardScreen(Screen[None]):
         selected = self.table.selected_id
         if selected != self.selected:
             self.selected = selected
+            if self.narrow:
+                # No border here, so no title naming whose rows they are: the previous operation's rows
+                # go at once rather than stand under the new one until its own are read.
+                self.query_one(CheckpointsPane).show(None, [])
             self.load_side_panes(debounce=True)
         op = self.model.ops.get(selected) if selected else None
         if self.tab == "detail" or not self.narrow:
@@ -247,7 +260,7 @@ class DashboardScreen(Screen[None]):
         fresh = logs_pane.op_id != op_id
         side = await self.model.side(op_id, logs, None if fresh else logs_pane.log_offset)
         # Every change to the panes in one go: one layout, not one per pane.
-        cps_pane.show(op_id, side.checkpoints)
+        cps_pane.show(op_id, side.checkpoints, _title_label(self.model.ops.get(op_id), op_id))
         if side.logs is not None and logs_pane.mode == "selected":
             if fresh:
                 logs_pane.reset(op_id)
@@ -269,21 +282,32 @@ class DashboardScreen(Screen[None]):
         self._resources_due = True
 
     def update_statusline(self) -> None:
+        """One line: what this dashboard says (store unreachable, read-only, watch only), the
+        filter and the sort. Built as Content, not markup: filter words are typed and notes hold the
+        store's errors ("[/" crashed the dashboard). The notes and the filter (its text clipped) come
+        before the counts: a long filter, or many statuses, pushed them off the line."""
         counts = self.model.counts()
         table = self.table
         n = len(self.model.ops)
-        parts = [f"[b]Outlast[/b]  {n:,} operation{'s' if n != 1 else ''}"]
-        for status in (Status.RUNNING, Status.QUEUED, Status.PAUSED, Status.FAILED):
-            if counts.get(status):
-                parts.append(f"{counts[status]:,} {status.value}")
+        parts: list[str | tuple[str, str] | Content] = [
+            ("Outlast", "bold"),
+            f"  {n:,} operation{'s' if n != 1 else ''}",
+        ]
+        for note in self.notes:
+            parts += [" · ", (fmt.printable(note), "bold")]
         if table.filter_words:
-            parts.append(f"filter [b]{' '.join(table.filter_words)}[/b] ({len(table.ids)} shown)")
+            words = fmt.printable(" ".join(table.filter_words))
+            if cell_len(words) > FILTER_SHOWN:
+                words = set_cell_size(words, FILTER_SHOWN - 1) + "…"
+            parts += [" · ", f"{len(table.ids):,} shown by filter ", (words, "bold")]
+        # Every status held, in the table's order: an interrupted operation waits on the user as a paused one.
+        for status in sorted(counts, key=fmt.STATUS_ORDER.__getitem__):
+            parts += [" · ", f"{counts[status]:,} {status.value}"]
         if table.sort != SORTS[0]:
-            parts.append(f"sort {table.sort}")
-        parts += [f"[b]{note}[/b]" for note in self.notes]
+            parts += [" · ", f"sort {table.sort}"]
         self._notes_shown = list(self.notes)
         # One line high whatever it says: no layout of the whole screen (a tenth of a second here).
-        self.query_one("#statusline", Static).update(" · ".join(parts), layout=False)
+        self.query_one("#statusline", Static).update(Content.assemble(*parts), layout=False)
 
     # ---- the table: sort and filter --------------------------------------------------------------
 
@@ -316,7 +340,8 @@ class DashboardScreen(Screen[None]):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.table.filter_words = event.value.lower().split()
+        # Each word once: a word repeated 2,000 times was matched 2,000 times against every record (2 s a rebuild).
+        self.table.filter_words = list(dict.fromkeys(event.value.lower().split()))
         self.model.structure_dirty = self._reorder = True
 
     @on(Input.Submitted, "#filter")
@@ -348,6 +373,12 @@ class DashboardScreen(Screen[None]):
             else:
                 self.load_side_panes()
             event.stop()
+
+
+def _title_label(op: Operation | None, op_id: str) -> str:
+    """``06bhpkg8cfyx1 nightly backup``: the id and the label (the type for an unnamed one), as the
+    questions name an operation: two unnamed operations of one type differ by id only."""
+    return f"{op_id} {fmt.printable(op.label)}" if op is not None else op_id
 
 
 def _label(op: Operation | None, op_id: str) -> str:

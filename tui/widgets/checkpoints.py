@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first fr
 
 
 COLUMNS = ("seq", "time", "%", "items", "size", "next step")
+TITLE = "Checkpoints (enter resumes)"
+"""The pane's title while it shows no operation's rows."""
 
 
 class CheckpointsPane(DataTable[str | Text]):
@@ -52,12 +55,16 @@ class CheckpointsPane(DataTable[str | Text]):
             width = max([cell_len(label), *(cell_len(str(row[i])) for row in rows)])
             self.add_column(label, width=width, key=label)
 
-    def show(self, op_id: str | None, checkpoints: list[Checkpoint]) -> None:
-        """Replace the rows (newest first), keeping the cursor on the same checkpoint."""
+    def show(self, op_id: str | None, checkpoints: list[Checkpoint], label: str = "") -> None:
+        """Replace the rows (newest first), keeping the cursor on the same checkpoint. The title names
+        the operation the rows are of (``op_id``, ``label``): they stay a moment after the cursor has
+        moved on (the side panes are read once it rests), and must not pass for the new operation's."""
         if op_id == self.op_id and [(c.seq, c.checksum) for c in checkpoints] == [
             (c.seq, c.checksum) for c in self.shown
         ]:
             return
+        # Content, not a str: a str title is markup, and a name is stored text ("[/b]" is no tag).
+        self.border_title = Content(f"Checkpoints of {label or op_id} · enter resumes" if op_id else TITLE)
         keep = self.shown[self.cursor_row].seq if op_id == self.op_id and self.shown and self.row_count else None
         self.op_id = op_id
         self.shown = sorted(checkpoints, key=lambda c: -c.seq)
@@ -84,6 +91,8 @@ class CheckpointsPane(DataTable[str | Text]):
         return self.shown[self.cursor_row]
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row: ask the App to resume the operation the rows are of (``op_id``), which it does
+        only if that is still the operation the cursor is on."""
         event.stop()
         cp = self.chosen
         if cp is not None and self.op_id is not None:

@@ -1,0 +1,249 @@
+"""Faults a hostile tester found in the dashboard, each driven through Textual's pilot over a real engine.
+
+A checkpoint row acting on the operation the cursor had left; markup typed into the filter crashing the
+app (and the command exiting 0); a record vanishing while the store was out; a flood of keys freezing
+the app; what quitting said, what the status line counted and clipped, how child labels were cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from rich.cells import cell_len
+from textual.keys import _character_to_key
+from textual.widgets import Input, Static
+
+from engine import Progress, Settings, Status, StoreError, open_store
+from tui import app as app_module
+from tui.app import OutlastApp
+from tui.screens.confirm import ConfirmScreen, QuitScreen
+from tui.screens.launch import LaunchScreen
+from tui.widgets.checkpoints import CheckpointsPane
+from tui.widgets.operations import OperationsTable
+from tui.widgets.resources import ResourcesPane
+
+from .fixtures_tui import SAMPLE, make_app, select, status_of, wait_for
+
+
+async def _paused(pilot: Any, app: OutlastApp, name: str) -> str:
+    """A ledger operation run here until it has checkpoints, then paused."""
+    op = await app.engine.submit({"type": "ledger", "name": name, "params": {"items": 400, "seconds": 0.01}})
+    await wait_for(pilot, lambda: (app.engine.live(op.id) or Progress()).done >= 30)
+    await app.engine.pause(op.id)
+    await wait_for(pilot, lambda: app.ops.get(op.id) is not None and app.ops[op.id].status is Status.PAUSED)
+    assert await app.engine.checkpoints(op.id)
+    return op.id
+
+
+def _statusline(app: OutlastApp) -> str:
+    return str(app.screen_stack[0].query_one("#statusline", Static).render())
+
+
+# ---- F1: a checkpoint row acts only on the operation the cursor shows ------------------------------
+
+
+async def test_a_checkpoint_row_of_the_operation_just_left_resumes_nothing(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        a = await _paused(pilot, app, "first")
+        b = await _paused(pilot, app, "second")
+        pane = app.query_one(CheckpointsPane)
+        await select(pilot, b)
+        await wait_for(pilot, lambda: pane.op_id == b and pane.row_count > 0)
+        # The cursor goes to A; before A's checkpoints are read, enter on a row (still B's) and y.
+        app.query_one(OperationsTable).select(a)
+        pane.focus()
+        await pilot.press("enter")
+        asked = app.screen.question if isinstance(app.screen, ConfirmScreen) else None
+        await pilot.press("y")
+        await pilot.pause(0.5)
+        assert await status_of(app, b) is Status.PAUSED, f"B was resumed from A's row; asked: {asked!r}"
+        assert asked is None or a in asked
+        # Once A's rows are there, its row resumes A, and the question names A by id and name.
+        if isinstance(app.screen, ConfirmScreen):
+            await pilot.press("n")
+        await wait_for(pilot, lambda: pane.op_id == a and pane.row_count > 0)
+        assert a in str(pane.border_title)
+        pane.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        question = app.screen.question
+        assert a in question and "first" in question
+        await pilot.press("y")
+        await wait_for(pilot, lambda: status_of(app, a), timeout=10)
+        await wait_for(pilot, lambda: app.ops[a].status is not Status.PAUSED)
+        assert await status_of(app, b) is Status.PAUSED
+
+
+# ---- F2: markup in the filter and in stored text ----------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", ["[/", "[/b]", "[bold red]x", "\\[x"])
+async def test_markup_typed_into_the_filter_is_shown_as_typed(tui_settings: Settings, typed: str) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        await pilot.press("slash", *(_character_to_key(c) for c in typed))
+        await wait_for(pilot, lambda: typed in _statusline(app))
+        app._notes = lambda: ["store: [/b] went away"]  # type: ignore[method-assign]
+        await wait_for(pilot, lambda: "store: [/b] went away" in _statusline(app))
+
+
+async def test_an_app_ended_by_an_unhandled_error_exits_non_zero_and_says_so(
+    tui_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = make_app(tui_settings)
+    with pytest.raises(ZeroDivisionError):
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.engine_started)
+            op = await app.engine.submit({"type": "ledger", "params": {"items": 2000, "seconds": 0.01}})
+            await wait_for(pilot, lambda: op.id in app.engine.running_ids)
+            app.call_later(lambda: 1 / 0)
+            await pilot.pause(0.5)
+    assert app.return_code == 1
+    assert app_module.exit_code(app, None) == 1
+    said = capsys.readouterr().out
+    assert "the dashboard failed" in said and f"1 operation paused, a checkpoint each: {op.id}" in said
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        record = await store.get(op.id)  # what the line says is what the store holds
+    finally:
+        await store.close()
+    assert record.status is Status.PAUSED and record.checkpoint_seq is not None
+    assert "the dashboard failed" in (record.status_message or "")
+    assert app_module.exit_code(make_app(tui_settings), None) == 0
+
+
+# ---- F3: a store outage keeps the records held ------------------------------------------------------
+
+
+async def test_a_refetch_that_fails_on_the_store_keeps_the_record(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "ledger", "name": "kept", "params": {"items": 2000, "seconds": 0.01}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: op.id in table.ids)
+
+        async def unreachable(op_id: str) -> Any:
+            raise StoreError("store unreachable: connection refused")
+
+        monkeypatch.setattr(app.engine, "get", unreachable)
+        app.model.refetch.add(op.id)
+        await wait_for(pilot, lambda: not app.model.store_ok)
+        await pilot.pause(0.5)
+        assert op.id in app.ops and op.id in table.ids, "the record left the table while the store was out"
+        monkeypatch.undo()
+        await wait_for(pilot, lambda: app.model.store_ok)
+        await app.engine.cancel(op.id)
+
+
+# ---- F4: a flood of keys is cut at a length the engine would take -----------------------------------
+
+
+async def test_the_filter_and_the_launch_form_take_no_more_than_a_bounded_length(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        await pilot.press("slash")
+        box = app.query_one("#filter", Input)
+        await pilot.press(*"ab " * 100)
+        assert len(box.value) <= 200 < 300
+        assert app.query_one(OperationsTable).filter_words == ["ab"]  # one word, not a hundred
+        await pilot.press("escape", "escape")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen))
+        name = app.screen.query_one("#launch-name", Input)
+        assert 0 < name.max_length <= 200
+        name.focus()
+        await pilot.press(*"n" * (name.max_length + 20))
+        assert name.value == "n" * name.max_length
+        params = [w for w in app.screen.query(Input) if (w.id or "").startswith("param-")]
+        assert params and all(0 < w.max_length <= 64 * 1024 for w in params)
+
+
+def test_the_launch_form_bounds_are_the_engines() -> None:
+    from engine.limits import MAX_ITEMS, MAX_NAME_CHARS, MAX_PARAMS_BYTES
+    from tui.screens import launch
+
+    assert launch.NAME_MAX == MAX_NAME_CHARS
+    assert len(str(MAX_ITEMS)) == launch.ITEMS_MAX
+    assert launch.FIELD_MAX <= MAX_PARAMS_BYTES
+
+
+# ---- F5: what quitting says, what the status line counts and keeps ----------------------------------
+
+
+async def test_pause_and_quit_says_what_was_paused_and_how_to_resume(tui_settings: Settings) -> None:
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "ledger", "name": "slow", "params": {"items": 2000, "seconds": 0.01}})
+        await wait_for(pilot, lambda: op.id in app.engine.running_ids)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: not app.is_running, timeout=15)
+    said = app.handed_over or ""
+    assert op.id in said and "outlast resume" in said
+
+
+async def test_the_status_line_counts_every_status_and_keeps_its_notes_past_a_long_filter(
+    seeded: Settings,
+) -> None:
+    app = make_app(seeded)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started and app.query_one(OperationsTable).ids)
+        await wait_for(pilot, lambda: "interrupted" in _statusline(app))
+        assert "1 cancelled" in _statusline(app) and "1 completed" in _statusline(app)
+        await pilot.press("slash", *("x" * 150))
+        app._notes = lambda: ["store unreachable"]  # type: ignore[method-assign]
+        await wait_for(pilot, lambda: "store unreachable" in _statusline(app) and "xxxx" in _statusline(app))
+        line = _statusline(app)
+        for kept in ("store unreachable", "0 shown"):
+            assert kept in line and cell_len(line[: line.index(kept) + len(kept)]) <= 120, line
+
+
+async def test_child_process_labels_are_clipped_by_terminal_cells() -> None:
+    from textual.app import App, ComposeResult
+
+    class PaneApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ResourcesPane(id="resources")
+
+    wide, narrow = "0aaaaaaaaaaaa", "0bbbbbbbbbbbb"
+    sample = dataclasses.replace(SAMPLE, children={wide: (50.0, 10**8), narrow: (40.0, 10**8)})
+    async with PaneApp().run_test(size=(70, 30)) as pilot:
+        pane = pilot.app.query_one(ResourcesPane)
+        pane.labels = {wide: "#1 " + "索引" * 20, narrow: "#2 nightly"}
+        pane.update_data(sample, [sample], 2, 4, {}, True)
+        await pilot.pause()
+        lines = [line for line in pane.render().plain.splitlines() if "cpu" in line and "#" in line]
+    assert len(lines) == 2
+    columns = {cell_len(line[: line.index("%")]) for line in lines}
+    assert len(columns) == 1, lines  # the CPU figures line up: labels cut at the same cell width
+
+
+async def test_at_80_columns_the_checkpoint_rows_go_as_soon_as_the_cursor_leaves_their_operation(
+    tui_settings: Settings,
+) -> None:
+    """Narrow, the panes have no border, so no title naming whose rows they are: they are cleared."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        a = await _paused(pilot, app, "first")
+        b = await _paused(pilot, app, "second")
+        pane = app.query_one(CheckpointsPane)
+        await pilot.press("2")
+        await select(pilot, b)
+        await wait_for(pilot, lambda: pane.op_id == b and pane.row_count > 0)
+        app.query_one(OperationsTable).select(a)
+        await pilot.pause()
+        assert pane.op_id in (None, a) and (pane.row_count == 0 or pane.op_id == a)
+        await wait_for(pilot, lambda: pane.op_id == a and pane.row_count > 0)
