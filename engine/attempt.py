@@ -288,24 +288,17 @@ class Attempt:
         ctx.abandon()
         self.lost = True  # whatever the handler does later, the rest of ``_run`` writes nothing
         reason = ctx.stop_reason or StopReason.SHUTDOWN
-        detail = {
-            StopReason.SHUTDOWN: self.host.shutdown_reason,
-            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
-            StopReason.STALLED: f"{ctx.profile.stall_timeout:g}s",
-            StopReason.STORE: f"{self.host.settings.store_outage_limit:g}s"
-            f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
-        }.get(reason, "")
         if reason is StopReason.STORE:
             self.host.store_stopped.add(self.op.id)
         what = "the handler ignored the stop and was abandoned"
         seq = ctx.checkpoint_seq
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
-        cancel_wins = f"{StopReason.CANCEL.message()}; {what}; {where}" if reason.status is Status.PAUSED else None
+        cancel_wins = f"{StopReason.CANCEL.message()}; {what}; {where}" if reason.status in CANCEL_WINS else None
         await settle(
             self.host,
             self.op,
             reason.status,
-            message=f"{reason.message(detail)}; {what}; {where}",
+            message=f"{self._stop_message(reason)}; {what}; {where}",
             if_cancelled=cancel_wins,
             progress=self.watch.progress(time.monotonic()),
             total_items=ctx.total,
@@ -514,14 +507,7 @@ class Attempt:
         if self.ctx.stop_reason is StopReason.CANCEL:  # asked after the handler stopped for a pause (or
             reason = StopReason.CANCEL  # while its final checkpoint was written): the cancel wins
         settings = self.host.settings
-        detail = {
-            StopReason.SHUTDOWN: self.host.shutdown_reason,
-            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
-            StopReason.STALLED: f"{self.ctx.profile.stall_timeout:g}s",
-            StopReason.STORE: f"{settings.store_outage_limit:g}s"
-            f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
-        }.get(reason, "")
-        msg = reason.message(detail)
+        msg = self._stop_message(reason)
         if reason is StopReason.STORE:
             self.host.store_stopped.add(self.op.id)
         if forced:  # by what: a second signal (before or while the handler held the loop), or the grace period
@@ -537,6 +523,18 @@ class Attempt:
         # the write itself): the asker was told "cancel requested".
         cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status in CANCEL_WINS else None
         await self._settle(reason.status, message=f"{msg}; {where}", if_cancelled=cancel_wins)
+
+    def _stop_message(self, reason: StopReason) -> str:
+        """The status line of a stop for ``reason``, with what stopped it (the deadline, the stall timeout,
+        why the engine or the store stopped)."""
+        detail = {
+            StopReason.SHUTDOWN: self.host.shutdown_reason,
+            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
+            StopReason.STALLED: f"{self.ctx.profile.stall_timeout:g}s",
+            StopReason.STORE: f"{self.host.settings.store_outage_limit:g}s"
+            f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
+        }.get(reason, "")
+        return reason.message(detail)
 
     async def _final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
         if self.lost:  # the store refused this attempt: nothing more is written (see lose())
