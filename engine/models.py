@@ -214,12 +214,6 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
 
 
-def as_label(text: str) -> str:
-    """``text`` with each character a label may not hold (``_CONTROL``) written as its escape (``\\x1b``,
-    ``\\u2028``): what a record stored by an older version (or another client) carries into a new spec."""
-    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
-
-
 _KEY_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 

@@ -18,13 +18,15 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .fixtures_cli import Cli, until
+from .fixtures_cli import Cli, Proc, until
 
 PLUGIN = ("--plugin", "tests.ops_misbehaving")
 
@@ -53,6 +55,23 @@ def resume_to_the_end(cli: Cli, op_id: str, path: Path, n: int) -> None:
     assert sorted(ledger(path)) == list(range(n)), ledger(path)  # an uninterrupted run's ledger
 
 
+def start_run(cli: Cli, handler: str, log: Path, n: int) -> tuple[Proc, str]:
+    """``outlast run HANDLER`` of ``n`` items of 0.1 s writing ``log``: the process and its operation's id,
+    once five items have run."""
+    proc = cli.start(*PLUGIN, "run", handler, "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    return proc, op_id
+
+
+def ends_within(proc: Proc, seconds: float, what: Callable[[], str]) -> int:
+    """``proc``'s exit code, once it has exited within ``seconds``; else AssertionError saying ``what()``."""
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(what()) from None
+
+
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
@@ -60,9 +79,7 @@ def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
-    proc = cli.start(*PLUGIN, "run", "mb_swallow", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
-    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
-    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc, op_id = start_run(cli, "mb_swallow", log, n)
     t0 = time.monotonic()
     asked = cli("pause", op_id, "--no-wait")
     assert asked.returncode == 0, asked.stderr
@@ -80,9 +97,7 @@ def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_pat
 
 def test_a_handler_that_swallows_sigterm_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
-    proc = cli.start(*PLUGIN, "run", "mb_swallow", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
-    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
-    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc, op_id = start_run(cli, "mb_swallow", log, n)
     proc.signal(signal.SIGTERM)
     rc = proc.wait(40)
     op = cli.op(op_id)
@@ -94,15 +109,10 @@ def test_a_handler_that_swallows_sigterm_runs_no_item_after_it(cli: Cli, tmp_pat
 @pytest.mark.usefixtures("short_grace")
 def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
-    proc = cli.start(*PLUGIN, "run", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
-    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
-    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc, op_id = start_run(cli, "mb_forever", log, n)
     t0 = time.monotonic()
     assert cli("pause", op_id, "--no-wait").returncode == 0
-    try:
-        rc = proc.wait(30)
-    except Exception:
-        raise AssertionError(f"outlast run still running 30s after the pause: {cli.op(op_id).status.value}") from None
+    rc = ends_within(proc, 30, lambda: f"outlast run still running 30s after the pause: {cli.op(op_id).status.value}")
     took = time.monotonic() - t0
     op = cli.op(op_id)
     assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
@@ -115,14 +125,9 @@ def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli
 @pytest.mark.usefixtures("short_grace")
 def test_sigterm_ends_a_run_whose_handler_ignores_the_forced_cancel(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
-    proc = cli.start(*PLUGIN, "run", "mb_forever", "-p", f"log={log}", "-p", f"n={n}", "-p", "d=0.1")
-    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
-    until(lambda: len(ledger(log)) >= 5, 30, what="five items")
+    proc, op_id = start_run(cli, "mb_forever", log, n)
     proc.signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(30)
-    except Exception:
-        raise AssertionError(f"outlast run still running 30s after SIGTERM: {cli.op(op_id).status.value}") from None
+    rc = ends_within(proc, 30, lambda: f"outlast run still running 30s after SIGTERM: {cli.op(op_id).status.value}")
     op = cli.op(op_id)
     assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
     stopped_at(log)
@@ -138,10 +143,7 @@ def test_a_worker_abandons_a_handler_that_ignores_a_pause_and_exits_when_idle(cl
     proc = cli.start(*PLUGIN, "worker", "--exit-when-idle")
     until(lambda: len(ledger(log)) >= 5, 30, what="five items")
     assert cli("pause", op_id, "--no-wait").returncode == 0
-    try:
-        rc = proc.wait(30)
-    except Exception:
-        raise AssertionError(f"the worker still running 30s after the pause: {cli.op(op_id).status.value}") from None
+    rc = ends_within(proc, 30, lambda: f"the worker still running 30s after the pause: {cli.op(op_id).status.value}")
     assert rc == 0, proc.err
     assert any("worker stopped" in ln for ln in proc.out), proc.out
     op = cli.op(op_id)
@@ -153,10 +155,7 @@ def test_a_worker_abandons_a_handler_that_ignores_a_pause_and_exits_when_idle(cl
 def test_run_exits_with_its_code_past_a_thread_the_handler_left(cli: Cli, tmp_path: Path) -> None:
     log = tmp_path / "ledger"
     proc = cli.start(*PLUGIN, "run", "mb_thread", "-p", f"log={log}")
-    try:
-        rc = proc.wait(30)
-    except Exception:
-        raise AssertionError(f"outlast run still running 30s in: {proc.out[-2:]}") from None
+    rc = ends_within(proc, 30, lambda: f"outlast run still running 30s in: {proc.out[-2:]}")
     assert rc == 0, proc.err
     assert any("completed" in ln for ln in proc.out), proc.out
     said = [ln for ln in proc.err if "a thread the handler started is still running: exiting without it" in ln]
@@ -167,10 +166,7 @@ def test_worker_exits_when_idle_past_a_thread_the_handler_left(cli: Cli, tmp_pat
     log = tmp_path / "ledger"
     assert cli(*PLUGIN, "-q", "submit", "mb_thread", "-p", f"log={log}").returncode == 0
     proc = cli.start(*PLUGIN, "worker", "--exit-when-idle")
-    try:
-        rc = proc.wait(30)
-    except Exception:
-        raise AssertionError(f"the worker still running 30s in: {proc.out[-2:]}") from None
+    rc = ends_within(proc, 30, lambda: f"the worker still running 30s in: {proc.out[-2:]}")
     assert rc == 0, proc.err
     assert any("worker stopped" in ln for ln in proc.out), proc.out
     assert any("a thread the handler started is still running: exiting without it" in ln for ln in proc.err), proc.err

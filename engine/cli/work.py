@@ -166,8 +166,9 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     """The spec of ``op_id`` again, with the params and profile keys given changed."""
     from pydantic import ValidationError
 
+    from ..humanize import printable
     from ..lifecycle import Action, check_action
-    from ..models import OperationSpec, as_label
+    from ..models import OperationSpec
     from ..profiles import one_line
     from .common import parse_pairs, session
 
@@ -183,8 +184,8 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
             timeout=old.timeout,
             # Stored by an older version or another client, a name may hold what a spec refuses (an escape
             # sequence): it comes along escaped, or the operation could not be run again at all.
-            name=None if old.name is None else as_label(old.name),
-            tags={as_label(k): as_label(v) for k, v in old.tags.items()},
+            name=None if old.name is None else printable(old.name),
+            tags={printable(k): printable(v) for k, v in old.tags.items()},
         )
     except ValidationError as e:
         raise InvalidInput(f"operation spec: {one_line(e)}") from None
