@@ -349,15 +349,16 @@ class Engine:
     async def submit_once(self, spec: OperationSpec | dict[str, Any]) -> tuple[Operation, bool]:
         """``submit``, and whether the operation returned was submitted before with the spec's idempotency
         key (nothing queued now: a face says so, as a cron job run twice should be told)."""
-        if not isinstance(spec, OperationSpec):
-            from pydantic import ValidationError
+        if isinstance(spec, OperationSpec):  # checked again, as a copy: a spec changed after it was built
+            spec = spec.model_dump(warnings=False)  # (a field set, its params dict edited) skipped its checks
+        from pydantic import ValidationError
 
-            from .profiles import one_line
+        from .profiles import one_line
 
-            try:
-                spec = OperationSpec.model_validate(spec)
-            except ValidationError as e:
-                raise InvalidInput(f"operation spec: {one_line(e)}") from None
+        try:
+            spec = OperationSpec.model_validate(spec)
+        except ValidationError as e:
+            raise InvalidInput(f"operation spec: {one_line(e)}") from None
         handler = get_handler(spec.type)
         params = handler.parse_params(spec.params)
         profile = self.settings.profile(spec.type).merged(spec.profile)

@@ -79,3 +79,40 @@ async def test_a_plain_for_over_items_says_async_for(engine: Engine) -> None:
         "TypeError: ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)"
         f" (at test_engine_handler_mistakes.py:{line})"
     )
+
+
+async def test_a_spec_changed_after_it_was_built_is_checked_again_and_stores_nothing(engine: Engine) -> None:
+    """An ``OperationSpec`` is validated when built; one changed afterwards (a field assigned, its params
+    dict edited) was queued as it stood, past every check: a name with an escape sequence, a priority
+    no scheduler knows, params that are not JSON."""
+    from engine import InvalidInput
+
+    before = len(await engine.list())
+    changes: list[tuple[str, Any]] = [
+        ("name", "\x1b]0;owned\x07"),
+        ("priority", "urgent"),
+        ("total_items", -5),
+        ("tags", {"k": "a\nb"}),
+    ]
+    for field, value in changes:
+        spec = OperationSpec(type="demo", params={"items": 1})
+        setattr(spec, field, value)
+        try:
+            await engine.submit(spec)
+        except InvalidInput as e:
+            assert str(e).startswith("operation spec: "), e
+        else:
+            raise AssertionError(f"a spec whose {field} was set to {value!r} after it was built was queued")
+    spec = OperationSpec(type="demo", params={"items": 1})
+    spec.params["items"] = object()
+    try:
+        await engine.submit(spec)
+    except InvalidInput as e:
+        assert "items" in str(e), e
+    else:
+        raise AssertionError("a spec whose params dict was edited after it was built was queued")
+    assert len(await engine.list()) == before  # nothing stored
+    ok = OperationSpec(type="demo", params={"items": 1}, name="kept")
+    op = await engine.submit(ok)
+    ok.params["items"] = 99  # the caller's later edit is not the queued operation's
+    assert (await engine.get(op.id)).params["items"] == 1 and op.name == "kept"
