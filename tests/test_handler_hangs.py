@@ -73,10 +73,13 @@ def ends_within(proc: Proc, seconds: float, what: Callable[[], str]) -> int:
 
 
 @pytest.fixture
-def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+def short_grace(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grace period of 1 s. After ``state_dir``, which clears every ``OUTLAST_`` variable: before it, this
+    was cleared too, and each test waited out the default 10 s."""
     monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
 
 
+@pytest.mark.usefixtures("short_grace")
 def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
     proc, op_id = start_run(cli, "mb_swallow", log, n)
@@ -95,6 +98,7 @@ def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_pat
     resume_to_the_end(cli, op_id, log, n)
 
 
+@pytest.mark.usefixtures("short_grace")
 def test_a_handler_that_swallows_sigterm_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
     proc, op_id = start_run(cli, "mb_swallow", log, n)
