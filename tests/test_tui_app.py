@@ -1147,12 +1147,14 @@ async def test_a_pause_pressed_while_redis_does_not_answer_stops_the_dashboards_
 
     assert redis_server.proc is not None
     async with app.run_test(size=(120, 40)) as pilot:
-        op_id = await _running(pilot, app, items=400, seconds=0.02, log_file=str(ran))
+        # Items enough for minutes: on a loaded machine 400 (8 s) were all run before the key was pressed.
+        op_id = await _running(pilot, app, items=20_000, seconds=0.02, log_file=str(ran))
         await wait_for(pilot, lambda: items_run() > 3)
         store.link.timeout = 0.5  # type: ignore[attr-defined]  # the reply wait: the request fails within the freeze
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             await wait_for(pilot, lambda: not app.model.store_ok)  # the status line says the store fails
+            assert op_id in engine.running_ids, "the work ended before the key was pressed"
             await pilot.press(*keys)
             await pilot.pause(0.3)
             stopped_at = items_run()
@@ -1164,4 +1166,4 @@ async def test_a_pause_pressed_while_redis_does_not_answer_stops_the_dashboards_
         await wait_for(pilot, lambda: op_id not in engine.running_ids)
         assert await status_of(app, op_id) is settled
         await pilot.pause(0.5)
-        assert items_run() == stopped_at < 400
+        assert items_run() == stopped_at < 20_000
