@@ -210,6 +210,14 @@ def json_size(value: Any) -> int:
 # ---- specs and records -----------------------------------------------------------------------
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
+
+
+def check_type(type_: str) -> str:
+    """An operation type's name as submitted and registered; ValueError for one no spec could name."""
+    v = type_name(type_)
+    if not isinstance(v, str) or not _TYPE_RE.match(v):
+        raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
+    return v
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
 
@@ -258,10 +266,7 @@ class OperationSpec(BaseModel):
     @field_validator("type")
     @classmethod
     def _type_ok(cls, v: str) -> str:
-        v = type_name(v)
-        if not _TYPE_RE.match(v):
-            raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
-        return v
+        return check_type(v)
 
     @field_validator("params")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .models import InvalidInput, type_name
+from .models import InvalidInput, check_type, type_name
 from .profiles import SEED_PROFILES, one_line
 
 log = logging.getLogger("outlast.registry")
@@ -111,7 +111,10 @@ def operation(
 
     A handler of one argument, ``async def handler(ctx)`` (the seed's style), is registered too.
     """
-    type_ = type_name(type_)
+    try:  # a type no spec can name (``@operation("")``, "Build") registered silently and never ran
+        type_ = check_type(type_)
+    except ValueError as e:
+        raise ValueError(f"@operation({type_!r}): an operation type {e}") from None
 
     def deco(fn: Handler) -> Handler:
         if not inspect.iscoroutinefunction(fn):

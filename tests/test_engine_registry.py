@@ -67,6 +67,34 @@ def test_plugin_by_entry_point(tmp_path: Path) -> None:
     assert out.stdout.strip() == "True", out.stderr
 
 
+@pytest.mark.parametrize("name", ["", "Build", "my type", "9lives", "a" * 65, "x\n"])
+def test_a_type_no_spec_can_name_is_refused_when_registered(name: str, tmp_path: Path) -> None:
+    """``@operation("")`` or ``@operation("Build")`` registered a handler no submit could reach (every spec
+    naming it is refused), silently: the plugin's author saw only "unknown operation type" at submit."""
+    from engine import operation
+
+    async def handler(ctx: object, params: object) -> None:
+        return None
+
+    with pytest.raises(ValueError, match=r"^@operation\(.*\): an operation type must be lower case letters"):
+        operation(name)(handler)
+    assert name not in __import__("engine.registry").registry.handlers()
+    (tmp_path / "badname_ops.py").write_text(
+        f"from engine import operation\n@operation({name!r})\nasync def h(ctx, p): ...\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "OUTLAST_STATE_DIR": str(tmp_path / "s")}
+    r = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--plugin", "badname_ops", "types"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+    assert "plugin 'badname_ops' failed while being imported: ValueError: @operation(" in r.stderr, r.stderr
+
+
 async def test_admission_control_holds_work(settings: Settings) -> None:
     settings.max_memory_percent = 0.001  # any machine is above this
     async with make_engine(settings) as engine:
