@@ -11,7 +11,6 @@ Nothing here imports the context or the engine: the context inherits the methods
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from dataclasses import dataclass, field
@@ -123,6 +122,8 @@ class SeedContextMethods:
                 .replace("ctx.progress(total=...)", "total_items")
             )
             raise ValueError(said) from None
+        import asyncio  # here: ``outlast ls --json`` uses this module's seed fields without an event loop
+
         await asyncio.sleep(0)
 
     async def save_checkpoint(

@@ -150,3 +150,116 @@ def test_ctrl_c_while_outlast_starts_is_one_line_not_a_traceback(cli: Cli) -> No
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli.env, cwd=REPO)
     assert (r.returncode, r.stderr, r.stdout) == (130, "outlast: stopped\n", "")
+
+
+def test_quick_ls_json_fields_are_the_models() -> None:
+    """The quick ``ls --json`` prints a record as read only when it is its model's dump: its table of
+    fields and kinds is the models' (a field added to ``Operation`` without it would take the full path
+    every time; one with another kind of value could print what validation would have changed)."""
+    from typing import Any
+
+    from pydantic import BaseModel
+
+    from engine.cli import quickjson
+    from engine.lifecycle import Status
+    from engine.limits import Priority
+    from engine.models import Operation, Progress, WorkerInfo
+
+    kinds: dict[Any, str] = {
+        str: "str",
+        str | None: "str?",
+        int: "int",
+        int | None: "int?",
+        float: "float",
+        float | None: "float?",
+        dict[str, Any]: "dict",
+        dict[str, str]: "tags",
+        Any: "any",
+        Status: "status",
+        Priority: "priority",
+        Progress: "progress",
+        WorkerInfo | None: "worker?",
+    }
+
+    def table(model: type[BaseModel]) -> dict[str, str]:
+        return {name: kinds[f.annotation] for name, f in model.model_fields.items()}
+
+    assert (
+        table(Operation),
+        table(Progress),
+        table(WorkerInfo),
+    ) == (quickjson.FIELDS, quickjson.PROGRESS_FIELDS, quickjson.WORKER_FIELDS)
+    assert Operation.model_config.get("extra") == "ignore"  # other keys are dropped: the quick path refuses them
+
+    from engine.store import quick
+    from engine.store.sqlite.schema import CHECKPOINT_SEQ
+
+    assert quick.CHECKPOINT_SEQ == CHECKPOINT_SEQ
+
+
+def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
+    """``ls --json`` reads the local store without pydantic or asyncio, and prints byte for byte what the
+    full path (validate each record, dump it again) prints; a record the dump would change (an int where
+    the model holds a float) sends it to the full path."""
+    import asyncio
+    import sqlite3
+
+    from engine import Operation, Progress, Status, WorkerInfo, open_store
+    from engine.models import new_id
+
+    assert (
+        cli("-q", "run", "demo", "-p", "items=4", "-p", "seconds=0", "--profile", "checkpoint_every=1").returncode == 0
+    )
+    cli("-q", "run", "command", "--params-json", '{"command": "exit 3"}', "--name", "Zürich ✓ \u202e")
+    assert cli("submit", "demo", "--priority", "high", "--idempotency-key", "k-1").returncode == 0
+
+    async def add() -> None:
+        store = open_store(cli.state_dir)
+        await store.open()
+        try:
+            t = 1_700_000_000.25
+            await store.create(
+                Operation(
+                    id=new_id(),
+                    type="demo",
+                    params={"deep": [1, 2.5, {"x": None, "é": "\u2028"}], "big": 2**70},
+                    tags={"team": "ops"},
+                    status=Status.PAUSED,
+                    created_at=t,
+                    queued_at=t,
+                    started_at=t + 1,
+                    updated_at=t + 2,
+                    progress=Progress(done=3, total=7, rate=0.5, eta=8.0, metrics={"mb": 1.5}, updated_at=t + 2),
+                    worker=WorkerInfo(host="h", pid=1, boot="b", start=5),
+                    result={"partial": [True, False]},
+                    error="a\nb",
+                )
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(add())
+    full_env = {**cli.env, "OUTLAST_MAX_CONCURRENT": "3"}  # a setting: the full path
+
+    def same(*args: str) -> str:
+        quick, full = cli(*args), cli(*args, env=full_env)
+        assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr), args
+        return quick.stdout
+
+    for args in (
+        ["ls", "--json"],
+        ["ls", "--json", "-n", "2"],
+        ["--json", "ls", "-s", "paused"],
+        ["ls", "--json", "-t", "no"],
+    ):
+        same(*args)
+    rc, heavy, out = loaded_after(["ls", "--json"], cli.env)
+    assert (rc, heavy) == (0, []), out
+
+    db = sqlite3.connect(cli.state_dir / "outlast.db")
+    with db:
+        db.execute("UPDATE operations SET record = json_set(record, '$.progress.rate', 2) WHERE status = 'paused'")
+    db.close()
+    assert '"rate": 2.0' in same("ls", "--json")
+    rc, heavy, out = loaded_after(["ls", "--json"], cli.env)
+    assert rc == 0 and "pydantic" in heavy, out

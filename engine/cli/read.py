@@ -45,7 +45,12 @@ QUIET_NOTE = 3.0
 @pass_app
 def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
     """List operations, newest first."""
-    if not app.json:
+    if app.json:
+        records = _quick_records(app, list(statuses), list(types), limit)
+        if records is not None:
+            fmt.echo(fmt.dumps(records))
+            return ExitCode.OK
+    else:
         rows = _quick_rows(app, list(statuses), list(types), limit)
         if rows is not None:
             if rows:
@@ -83,6 +88,17 @@ def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> 
         return [fmt.LsRow.of_record(r) for r in records]
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None  # a record that does not read (an infinite count, say): the full path skips it with a warning
+
+
+def _quick_records(app: App, statuses: list[str], types: list[str], limit: int) -> list[dict[str, Any]] | None:
+    """What ``ls --json`` prints, read straight from the local store with default settings, when every
+    record is in the form the full path would print it; None: take the full path (see ``quickjson``)."""
+    state_dir = app.quick_state_dir()
+    if state_dir is None:
+        return None
+    from .quickjson import records
+
+    return records(state_dir, [s.lower() for s in statuses], types, limit)
 
 
 @click.command()

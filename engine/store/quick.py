@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,24 @@ from .walpair import stale_wal
 DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
 SCHEMA_VERSION = 1
-"""The local store's file names and schema version (``LocalStore``; a test keeps them equal)."""
+CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
+"""The local store's file names, schema version and newest checkpoint's seq of operation ``o``
+(``LocalStore``, ``schema.CHECKPOINT_SEQ``; a test keeps them equal)."""
 
 
 def quick_list(
-    state_dir: Path, statuses: list[str] | None, types: list[str] | None, limit: int
+    state_dir: Path,
+    statuses: list[str] | None,
+    types: list[str] | None,
+    limit: int,
+    *,
+    loads: Callable[[str], Any] = json.loads,
+    checkpoint_seq: bool = False,
 ) -> list[dict[str, Any]] | None:
     """The stored records (JSON objects) newest first, as ``Store.list`` would return them; None when
-    only the full path can answer (see the module doc)."""
+    only the full path can answer (see the module doc). ``loads`` reads each record (a ValueError: the
+    full path); ``checkpoint_seq``: each record's ``checkpoint_seq`` is its newest checkpoint's, as the
+    store derives it when it reads a record (a checkpoint does not rewrite the record)."""
     state_dir = state_dir.expanduser()
     db = state_dir / DB_NAME
     try:
@@ -61,9 +72,15 @@ def quick_list(
         if types:
             where.append(f"type IN ({','.join('?' * len(types))})")
             args += types
-        sql = "SELECT record FROM operations" + (" WHERE " + " AND ".join(where) if where else "")
+        seq = f", {CHECKPOINT_SEQ}" if checkpoint_seq else ", NULL"
+        sql = f"SELECT record{seq} FROM operations o" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        records = [json.loads(raw) for (raw,) in conn.execute(sql, [*args, limit])]
+        records = []
+        for raw, newest in conn.execute(sql, [*args, limit]):
+            record = loads(raw)
+            if checkpoint_seq and isinstance(record, dict):
+                record["checkpoint_seq"] = newest
+            records.append(record)
     except (sqlite3.Error, ValueError):
         return None  # damaged, locked or malformed: the full path says what is wrong
     finally:
