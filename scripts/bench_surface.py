@@ -50,6 +50,12 @@ async def populate(state_dir: Path, n: int) -> None:
         await store.close()
 
 
+SUBMIT_TARGET = 8.0
+"""``outlast submit``'s target, in ``python -c pass``: it validates the spec (pydantic, about 2x the floor
+to import), runs the store's event loop (asyncio, about 1x), opens an engine and commits once durably;
+the quick paths of ``ls`` and ``--help`` load none of these."""
+
+
 async def bench_cli(bench: Bench) -> list[Row]:
     target = "<= 3x python -c pass"
     if not module_exists("engine/cli/__init__.py"):
@@ -70,10 +76,13 @@ async def bench_cli(bench: Bench) -> list[Row]:
     config.write_text("max_concurrent = 3\n")
     env = bench.env(state, XDG_CONFIG_HOME=str(no_config))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    commands = [
-        ("outlast --help", ["--help"], True),
-        (f"outlast ls, {n_ops:,} operations", ["ls"], True),
-        (f"outlast ls, {n_ops:,} operations, with a config file", ["--config", str(config), "ls"], False),
+    submit = ["submit", "command", "--params-json", '{"command": "true"}']
+    commands = [  # label, arguments, target (times python -c pass)
+        ("outlast --help", ["--help"], 3.0),
+        (f"outlast ls, {n_ops:,} operations", ["ls"], 3.0),
+        (f"outlast ls, {n_ops:,} operations, with a config file", ["--config", str(config), "ls"], 3.0),
+        (f"outlast ls --json, {n_ops:,} operations (the newest 50)", ["ls", "--json"], 3.0),
+        (f"outlast submit (one command operation), {n_ops:,} operations", submit, SUBMIT_TARGET),
     ]
     argvs = [[python(), "-c", "pass"], *([python(), "-c", CLI, *args] for _, args, _ in commands)]
     for argv in argvs:  # warm-up: bytecode written
@@ -84,7 +93,7 @@ async def bench_cli(bench: Bench) -> list[Row]:
             out += await asyncio.to_thread(time_command, argv, 1, env)
     floor = summarize(samples[0])
     rows = []
-    for (label, _, _goal), run in zip(commands, samples[1:], strict=True):
+    for (label, _, goal), run in zip(commands, samples[1:], strict=True):
         st = summarize(run)
         rows.append(
             Row(
@@ -96,8 +105,8 @@ async def bench_cli(bench: Bench) -> list[Row]:
                 anchor_unit="s",
                 anchor_desc="python -c pass",
                 ratio=st["p50"] / floor["p50"],
-                target=target,  # a config file is what many users have: the same target
-                met=st["p50"] <= 3 * floor["p50"],
+                target=f"<= {goal:g}x python -c pass",  # a config file is what many users have: the same target
+                met=st["p50"] <= goal * floor["p50"],
                 stats={"run": st, "python": floor, "operations": n_ops},
                 note=f"wall time of a fresh process, p50 of {repeats} (round-robin with the floor); "
                 f"p99 {st['p99'] * 1e3:.0f} ms",
