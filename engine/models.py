@@ -218,6 +218,8 @@ def check_type(type_: str) -> str:
     if not isinstance(v, str) or not _TYPE_RE.match(v):
         raise ValueError("must be lower case letters, digits, '_', '.', '-' (starting with a letter)")
     return v
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
 
