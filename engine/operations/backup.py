@@ -32,8 +32,10 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
+from ..errors import InvalidInput
 from ..files import NotRegular, atomic_write, open_regular, private_opener
 from ..registry import operation
+from ._backup_source import pseudo_fs
 from ._common import check_output_dir, existing_dir, libc_function, sync_tree
 
 CHUNK = 4 << 20
@@ -74,6 +76,13 @@ class BackupParams(BaseModel):
         """Both paths are resolved (symlinks followed): a destination that is the source, lies inside it (the
         copy would copy itself) or contains it (the copy would overwrite the source) is refused."""
         dest = Path(check_output_dir(v, "destination"))
+        nearest = dest
+        while not nearest.exists():
+            nearest = nearest.parent
+        if (kind := pseudo_fs(nearest)) is not None:  # os.access says writable; no directory can be made there
+            raise ValueError(
+                f"{v!r}: {str(nearest)!r} is on {kind}, a kernel file system: no backup can be written there"
+            )
         src = info.data.get("source")
         if src is not None:
             if dest == Path(src):
@@ -189,8 +198,11 @@ def _ensure_dir(path: Path) -> None:
 def _make_dirs(dst: Path, dirs: list[str]) -> dict[str, str]:
     """Make ``dst`` and every directory of ``dirs`` (sorted: parents first) in it; the ones that could not be
     made, with why (below one of them nothing is tried)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    _ensure_dir(dst)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        _ensure_dir(dst)
+    except OSError as e:
+        raise InvalidInput(f"destination {str(dst)!r} cannot be made: {e.strerror or e}") from None
     failed: dict[str, str] = {}
     for d in dirs:
         if _under(d, failed):
