@@ -117,16 +117,19 @@ def test_a_small_copy_that_reads_back_different_fails_and_is_removed(
 def test_a_large_chunk_that_reads_back_different_fails_and_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src, dst = tmp_path / "big", tmp_path / "dst" / "big"
-    src.write_bytes(os.urandom(3 * backup.CHUNK // 2))
-    dst.parent.mkdir()
-    offset, h = backup._open_partial(src, dst, 0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(3 * backup.CHUNK // 2))
+    dst.mkdir()
+    copied = os.stat(src / "big")
+    offset, h = backup._open_partial(dst, "big", 0)
     _corrupting(monkeypatch)
     with pytest.raises(OSError, match="verification failed"):
-        backup._append(src, dst, offset, backup.CHUNK * 4, h, True)
-    assert partials(dst.parent) == []
-    offset, h = backup._open_partial(src, dst, 0)
-    assert backup._append(src, dst, offset, backup.CHUNK * 4, h, False) == src.stat().st_size  # unchecked: passes
+        backup._append(src, "big", copied, dst, offset, backup.CHUNK * 4, h, True)
+    assert partials(dst) == []
+    offset, h = backup._open_partial(dst, "big", 0)
+    n = backup._append(src, "big", copied, dst, offset, backup.CHUNK * 4, h, False)
+    assert n == copied.st_size  # unchecked: passes
 
 
 async def test_a_pause_while_the_next_batch_is_written_leaves_no_partial_and_resumes_to_the_same_copy(

@@ -1,16 +1,20 @@
 """backup_operation: copy a tree preserving modes, times and symlinks, verified by sha256, resumable mid-file.
 
-Each file is written to a short partial name beside its destination (``_partial``) and renamed into place
-only when complete (and verified), so no half-written file ever sits under its final name. A large file is
+Each file is written to a partial in ``.outlast-partials/`` at the destination root (``_partial``: a name no
+source file can take there, so no copy is ever renamed over another's partial) and renamed into place only
+when complete (and verified), so no half-written file ever sits under its final name; the directory is
+removed when the backup ends. A large file is
 copied in chunks; after every ``chunk_checkpoint`` bytes the offset is saved in ``ctx.state`` with a
 checkpoint, and a resume continues from that offset once the partial's size agrees. A manifest (path, size,
 mode, sha256) is written to ``.outlast-manifest.json`` at the destination root.
 
 The destination is the backup's own: an entry of the wrong kind there (a symlink, a file or a directory
-where the source now has something else) is replaced, never written through. Source files are opened
-without following links or waiting (a FIFO swapped in is skipped), holes are copied as holes, and the
-listing is iterative (no recursion limit). What cannot be listed or made is an item failure; the rest is
-copied.
+where the source now has something else) is replaced, never written through. Source files are reached from
+a descriptor of the source's root one directory at a time, opened without following links or waiting (a
+directory swapped for a link, or a FIFO swapped in, is skipped: ``_backup_source``). A file whose size, mtime
+or inode changed while it was copied is copied again (COPY_TRIES in all), then failed: a copy is sealed only
+when the source was the same file before and after it. Holes are copied as holes, and the listing is
+iterative (no recursion limit). What cannot be listed or made is an item failure; the rest is copied.
 """
 
 from __future__ import annotations
@@ -33,22 +37,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..errors import InvalidInput
-from ..files import NotRegular, atomic_write, open_regular, private_opener
+from ..files import NotRegular, atomic_write, private_opener
 from ..registry import operation
-from ._backup_source import pseudo_fs
+from ._backup_source import NotFollowed, Source, open_file, pseudo_fs, same_version
 from ._common import check_output_dir, existing_dir, libc_function, sync_tree
 
 CHUNK = 4 << 20
 ZEROS = bytes(CHUNK)
 MANIFEST = ".outlast-manifest.json"
 JOURNAL = ".outlast-manifest.partial"
-RESERVED = frozenset({MANIFEST, JOURNAL})
+STAGING = ".outlast-partials"
+"""The directory at the destination root where every file is written before it is renamed into place."""
+RESERVED = frozenset({MANIFEST, JOURNAL, STAGING})
 """Names at the destination root that are the backup's own files: not copied from the source's root."""
 SMALL_BATCH = 128
+COPY_TRIES = 3
+"""Copies of a file that changes while it is copied, before it is failed."""
 GONE = "gone since the listing"
 NOT_REGULAR = "not a regular file any more"
-SKIPS = frozenset({GONE, NOT_REGULAR})
+NOT_FOLLOWED = "a directory on its path is no longer a real directory (a symlink?): not followed"
+SKIPS = frozenset({GONE, NOT_REGULAR, NOT_FOLLOWED})
 """Outcomes of a copy that are skips (the source changed since the listing), not failures."""
+CHANGED = f"changed while it was copied, {COPY_TRIES} times: not copied (the next backup tries again)"
 
 
 class BackupParams(BaseModel):
@@ -197,12 +207,13 @@ def _ensure_dir(path: Path) -> None:
 
 def _make_dirs(dst: Path, dirs: list[str]) -> dict[str, str]:
     """Make ``dst`` and every directory of ``dirs`` (sorted: parents first) in it; the ones that could not be
-    made, with why (below one of them nothing is tried)."""
+    made, with why (below one of them nothing is tried); and the staging directory (``_partial``)."""
     try:
         dst.mkdir(parents=True, exist_ok=True)
         _ensure_dir(dst)
     except OSError as e:
         raise InvalidInput(f"destination {str(dst)!r} cannot be made: {e.strerror or e}") from None
+    _ensure_dir(dst / STAGING)
     failed: dict[str, str] = {}
     for d in dirs:
         if _under(d, failed):
@@ -214,18 +225,15 @@ def _make_dirs(dst: Path, dirs: list[str]) -> dict[str, str]:
     return failed
 
 
-def _partial(dst: Path) -> Path:
-    """Where ``dst`` is written before it is renamed into place: a short name beside it, the same in every
-    attempt (a resume finds it). ``.NAME.outlast-partial`` of a 239..255-byte name passed NAME_MAX, and such a
-    file could never be copied."""
-    digest = hashlib.sha256(os.fsencode(dst.name)).hexdigest()[:16]
-    return dst.with_name(f".{digest}.outlast-partial")
-
-
-def _open_source(path: Path | str) -> BinaryIO:
-    """A source file opened for reading without waiting and without following a link: NotRegular when it is
-    no regular file any more (a FIFO swapped in after the listing made ``open`` wait for ever)."""
-    return os.fdopen(open_regular(path, os.O_RDONLY, follow=False), "rb")
+def _partial(dst: Path, rel: str) -> Path:
+    """Where ``rel`` is written before it is renamed into place: a short name in the staging directory at the
+    destination root, the same in every attempt (a resume finds it). Beside the file, a source file holding
+    that name (a tree that holds an interrupted backup) had its copy renamed over the partial of the file it
+    was named after: that file got the other's bytes, silently. No source file lands in the staging
+    directory (its name is reserved at the root). A short name: ``.NAME.outlast-partial`` of a 239..255-byte
+    name passed NAME_MAX."""
+    digest = hashlib.sha256(os.fsencode(rel)).hexdigest()[:32]
+    return dst / STAGING / f"{digest}.outlast-partial"
 
 
 def _create(path: Path | str) -> BinaryIO:
@@ -356,67 +364,112 @@ def _copy_xattrs(fi: int, fo: int) -> None:
                 raise
 
 
-def _write_partial(src: str, tmp: str, verify: bool) -> tuple[int, str]:
+class Changed(OSError):
+    """The source file changed while it was copied, every time it was copied (``COPY_TRIES``)."""
+
+
+def _write_partial(source: Source, rel: str, tmp: str, verify: bool) -> tuple[int, str]:
     """Copy a whole file (or symlink) to its partial name, not yet synced; returns (bytes, sha256 or 'symlink').
 
-    A file is verified (``verify``: read back as it is written, see ``_copy_range``) and given its source's
-    times, extended attributes and mode (``shutil.copystat``'s order) through the descriptors already open,
-    before it is renamed into place: no path is opened or looked up twice."""
+    The file is reached from the source's root without following a link (``Source``). It is verified
+    (``verify``: read back as it is written, see ``_copy_range``) and given its source's times, extended
+    attributes and mode (``shutil.copystat``'s order) through the descriptors already open, before it is
+    renamed into place: no path is opened or looked up twice. A file whose size, mtime or inode (one fstat
+    before the copy, one after) changed meanwhile is copied again; Changed when it changed every time: a
+    file rewritten while it was read was copied torn, and sealed with its new mtime."""
+    d, name = source.of(rel)
     try:
-        fi = open_regular(src, os.O_RDONLY, follow=False)
+        fi = open_file(d, name)
     except NotRegular:
-        if not os.path.islink(src):
+        st = os.stat(name, dir_fd=d, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
             raise
         _remove(tmp)
-        os.symlink(os.readlink(src), tmp)
-        shutil.copystat(src, tmp, follow_symlinks=False)  # the link's own times
+        os.symlink(os.readlink(name, dir_fd=d), tmp)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)  # the link's own times
         return 0, "symlink"
     try:
-        fo = _create_fd(tmp)
-        try:
-            h = hashlib.sha256()
+        for _ in range(COPY_TRIES):
+            before = os.fstat(fi)
+            fo = _create_fd(tmp)
             try:
-                n = _copy_range(fi, fo, 0, None, h, verify)
-            except Differs as e:
-                os.unlink(tmp)
-                raise OSError(f"{e.strerror} from {src}") from None
-            sha = h.hexdigest()
-            st = os.fstat(fi)  # after the read, as copystat saw it
-            os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
-            _copy_xattrs(fi, fo)
-            os.chmod(fo, stat.S_IMODE(st.st_mode))
-        finally:
-            os.close(fo)
+                h = hashlib.sha256()
+                try:
+                    n = _copy_range(fi, fo, 0, None, h, verify)
+                except Differs as e:
+                    os.unlink(tmp)
+                    raise OSError(f"{e.strerror} from {source.root / rel}") from None
+                st = os.fstat(fi)  # after the read, as copystat saw it
+                if not same_version(before, st) or n != st.st_size:
+                    continue  # changed while it was read: copied again
+                os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
+                _copy_xattrs(fi, fo)
+                os.chmod(fo, stat.S_IMODE(st.st_mode))
+            finally:
+                os.close(fo)
+            return n, h.hexdigest()
+        os.unlink(tmp)
+        raise Changed(errno.EAGAIN, CHANGED, rel)
     finally:
         os.close(fi)
-    return n, sha
 
 
 def _place(tmp: str, dst: Path) -> None:
     """Rename a finished partial into place (over a directory an earlier backup left there: the destination's
-    own)."""
+    own); its directory is made again if it went away since ``_make_dirs``."""
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(dst).st_mode):
             shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except FileNotFoundError:
+        if not os.path.lexists(tmp):
+            raise
+        os.makedirs(dst.parent, exist_ok=True)
+        os.replace(tmp, dst)
 
 
-def _seal(src: Path, dst: Path, tmp: Path) -> None:
-    """Give a large file's partial (its bytes fsynced, chunk by chunk) the source's mode and times and rename it
-    into place, durably: the file and its directory are synced, so it is on disk under its final name before
-    it counts as done (as a batch of small files is)."""
-    shutil.copystat(src, tmp, follow_symlinks=False)
-    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _source_stat(src: Path, rel: str) -> os.stat_result:
+    """The stat of the source file ``rel``, opened as it is read (``Source``, ``open_file``)."""
+    with Source(src) as source:
+        fi = source.open(rel)
+    try:
+        return os.fstat(fi)
+    finally:
+        os.close(fi)
+
+
+def _seal(src: Path, rel: str, copied: os.stat_result, size: int, dst: Path) -> bool:
+    """Give a large file's partial (its ``size`` bytes fsynced, chunk by chunk) its source's mode, times and
+    extended attributes and rename it into place, durably (the file and its directory synced, so it is on
+    disk under its final name before it counts as done, as a batch of small files is) if the source is
+    still the version ``copied`` was taken of, at the start of the copy, and is ``size`` bytes long: False,
+    nothing done, when it is not. Sealed regardless, a file rewritten during its copy was stored torn
+    (old bytes, then new) and one that grew was cut, both with the source's new mtime, as completed."""
+    with Source(src) as source:
+        fi = source.open(rel)
+    try:
+        st = os.fstat(fi)
+        if not same_version(copied, st) or st.st_size != size:
+            return False
+        tmp = _partial(dst, rel)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _copy_xattrs(fi, fd)
+            os.chmod(fd, stat.S_IMODE(st.st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(fi)
+    _place(str(tmp), dst / rel)
+    fd = os.open((dst / rel).parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _place(str(tmp), dst)
-    fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return True
 
 
 Outcome = tuple[str, int, str | None, str]
@@ -446,20 +499,27 @@ def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written
     """
     written: list[tuple[str, str, int, str]] = []
     out: list[Outcome] = []
-    for rel in rels:
-        try:
-            tmp = str(_partial(dst / rel))
+    with Source(src) as source:
+        for rel in rels:
             try:
-                n, sha = _write_partial(str(src / rel), tmp, verify)
-            except FileNotFoundError:  # its directory went away since the listing: make it again
-                os.makedirs(os.path.dirname(tmp), exist_ok=True)
-                n, sha = _write_partial(str(src / rel), tmp, verify)
-            written.append((rel, tmp, n, sha))
-        except NotRegular:
-            out.append((rel, 0, NOT_REGULAR, ""))
-        except OSError as e:
-            gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
-            out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
+                tmp = str(_partial(dst, rel))
+                try:
+                    n, sha = _write_partial(source, rel, tmp, verify)
+                except FileNotFoundError:  # the staging directory went away since it was made: make it again
+                    if os.path.isdir(os.path.dirname(tmp)):
+                        raise
+                    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+                    n, sha = _write_partial(source, rel, tmp, verify)
+                written.append((rel, tmp, n, sha))
+            except NotRegular:
+                out.append((rel, 0, NOT_REGULAR, ""))
+            except NotFollowed:
+                out.append((rel, 0, NOT_FOLLOWED, ""))
+            except Changed:
+                out.append((rel, 0, CHANGED, ""))
+            except OSError as e:
+                gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
+                out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
     return written, out
 
 
@@ -518,10 +578,12 @@ def _describe_copy(path: Path) -> tuple[str, int] | None:
     return (_sha(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
-def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash]:
-    """Prepare the partial for appending at ``offset`` (0 if it does not agree); returns (offset, hash so far)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dst)
+def _open_partial(dst: Path, rel: str, offset: int) -> tuple[int, hashlib._Hash]:
+    """Prepare ``rel``'s partial for appending at ``offset`` (0 if it does not agree); returns (offset, hash so
+    far)."""
+    (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(dst, rel)
+    tmp.parent.mkdir(exist_ok=True)
     h = hashlib.sha256()
     if offset and not tmp.is_symlink() and tmp.is_file() and tmp.stat().st_size >= offset:
         with open(tmp, "r+b") as fo:
@@ -539,17 +601,28 @@ def _open_partial(src: Path, dst: Path, offset: int) -> tuple[int, hashlib._Hash
     return 0, hashlib.sha256()
 
 
-def _append(src: Path, dst: Path, offset: int, length: int, h: hashlib._Hash, verify: bool) -> int:
-    """Copy up to ``length`` bytes from ``offset`` into the partial (fsynced; ``verify``: each block read back
-    as it is written); returns bytes copied. A copy that differs is removed (OSError)."""
-    tmp = _partial(dst)
-    with _open_source(src) as fi, open(tmp, "r+b") as fo:
-        try:
-            n = _copy_range(fi.fileno(), fo.fileno(), offset, length, h, verify, flush=True)
-        except Differs as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"{e.strerror} from {src}") from None
-        os.fsync(fo.fileno())
+def _append(
+    src: Path, rel: str, copied: os.stat_result, dst: Path, offset: int, length: int, h: hashlib._Hash, verify: bool
+) -> int:
+    """Copy up to ``length`` bytes from ``offset`` of the source file ``rel`` into its partial (fsynced;
+    ``verify``: each block read back as it is written); returns bytes copied. Changed, nothing copied, when
+    the source is no longer the version ``copied`` was taken of (its copy is started again); a copy that
+    differs is removed (OSError)."""
+    tmp = _partial(dst, rel)
+    with Source(src) as source:
+        fi = source.open(rel)
+    try:
+        if not same_version(copied, os.fstat(fi)):
+            raise Changed(errno.EAGAIN, "changed since its copy started", rel)
+        with open(tmp, "r+b") as fo:
+            try:
+                n = _copy_range(fi, fo.fileno(), offset, length, h, verify, flush=True)
+            except Differs as e:
+                tmp.unlink(missing_ok=True)
+                raise OSError(f"{e.strerror} from {src / rel}") from None
+            os.fsync(fo.fileno())
+    finally:
+        os.close(fi)
     return n
 
 
@@ -621,9 +694,13 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                     placed = []
                 async for big in ctx.items([step]):
                     try:
-                        await _copy_large(ctx, p, src, dst, big, sizes[big])
+                        await _copy_large(ctx, p, src, dst, big)
                     except NotRegular:
                         ctx.skip(big, NOT_REGULAR)
+                    except NotFollowed:
+                        ctx.skip(big, NOT_FOLLOWED)
+                    except Changed:
+                        ctx.fail(big, CHANGED)
                     except FileNotFoundError:
                         if os.path.lexists(src / big):
                             raise
@@ -720,38 +797,54 @@ async def _finish(
     st["manifest"] = hashlib.sha256(text.encode()).hexdigest()
     await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
+    await asyncio.to_thread(_remove, dst / STAGING)  # what a failed copy or a killed attempt left there
     problems += await asyncio.to_thread(_set_dir_stats, src, dst, [""])
     for problem in problems:
         ctx.log.warning(f"directory mode and times not set: {problem}")
     return files
 
 
-async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str, size: int) -> None:
-    """Copy one large file in chunks, saving the offset with a checkpoint every chunk_checkpoint bytes."""
+async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str) -> None:
+    """Copy one large file in chunks, saving the offset with a checkpoint every chunk_checkpoint bytes.
+
+    The copy is sealed only when the source is, at its end, the version (inode, size, mtime) it was at its
+    start (``_seal``); a chunk finding it changed stops the copy early (``_append``). Changed, the file is
+    copied again from its start, COPY_TRIES times in all, then Changed is raised (an item failure). Each
+    thread opens what it reads itself (``Source``): a forced stop leaves no descriptor shared with one."""
     st = ctx.state
-    sst = await asyncio.to_thread(os.stat, src / rel)
-    ident = [rel, sst.st_size, sst.st_mtime_ns]
-    part = st.get("partial") or {}
-    # Go on from the saved offset only if the source is the file it was taken from.
-    offset = part.get("offset", 0) if part.get("source") == ident else 0
-    offset, h = await asyncio.to_thread(_open_partial, src / rel, dst / rel, offset)
-    if offset:
-        ctx.log.info(f"resuming {rel} at byte {offset}")
     base = st["bytes"]
     ctx.step = rel
-    while offset < size:
-        n = await asyncio.to_thread(_append, src / rel, dst / rel, offset, p.chunk_checkpoint, h, p.verify)
-        if n == 0:
-            break
-        offset += n
-        st["partial"] = {"source": ident, "offset": offset}
-        ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
-        # Saved at once with the file not yet done: a resume re-enters it at this offset.
-        await ctx.checkpoint(next_step=f"copying {rel}", now=True)
-    # Verified as it was copied (``_append``): the bytes before ``offset`` at a resume were verified by the
-    # attempt that copied them (and the hash so far was read back from them).
-    sha, tmp = h.hexdigest(), _partial(dst / rel)
-    await asyncio.to_thread(_seal, src / rel, dst / rel, tmp)
-    st.pop("partial", None)
-    st["bytes"] = base + offset
-    await asyncio.to_thread(_journal, dst, [(rel, sha, offset)])
+    for _ in range(COPY_TRIES):
+        sst = await asyncio.to_thread(_source_stat, src, rel)
+        ident = [rel, sst.st_size, sst.st_mtime_ns, sst.st_ino]
+        part = st.get("partial") or {}
+        # Go on from the saved offset only if the source is the file it was taken from.
+        offset = part.get("offset", 0) if part.get("source") == ident else 0
+        offset, h = await asyncio.to_thread(_open_partial, dst, rel, offset)
+        if offset:
+            ctx.log.info(f"resuming {rel} at byte {offset}")
+        try:
+            while offset < sst.st_size:
+                n = await asyncio.to_thread(_append, src, rel, sst, dst, offset, p.chunk_checkpoint, h, p.verify)
+                if n == 0:
+                    break
+                offset += n
+                st["partial"] = {"source": ident, "offset": offset}
+                ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
+                # Saved at once with the file not yet done: a resume re-enters it at this offset.
+                await ctx.checkpoint(next_step=f"copying {rel}", now=True)
+            # Verified as it was copied (``_append``): the bytes before ``offset`` at a resume were verified by
+            # the attempt that copied them (and the hash so far was read back from them).
+            sha = h.hexdigest()
+            if await asyncio.to_thread(_seal, src, rel, sst, offset, dst):
+                st.pop("partial", None)
+                st["bytes"] = base + offset
+                await asyncio.to_thread(_journal, dst, [(rel, sha, offset)])
+                return
+        except Changed:
+            pass
+        st.pop("partial", None)
+        ctx.progress(bytes=base)
+        ctx.log.warning(f"{rel} changed while it was copied: copying it again from its start")
+    await asyncio.to_thread(_partial(dst, rel).unlink, missing_ok=True)
+    raise Changed(errno.EAGAIN, CHANGED, rel)
