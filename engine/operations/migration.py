@@ -7,7 +7,8 @@ transaction: a migration is applied and recorded together or not at all. The tab
 what is applied, so a run killed at any point (even between a commit and the checkpoint) resumes at the next
 unapplied migration and never applies one twice. A migration already applied whose file has changed since is
 refused before anything runs (one line naming it); so is a file that controls transactions itself (BEGIN,
-COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee. A migration writes its database only: ATTACH
+COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee, and a ``*.sql`` entry that is not a regular
+file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A migration writes its database only: ATTACH
 and VACUUM INTO (which would write other files) are refused by an SQLite authorizer.
 
 Another writer's lock is waited for up to BUSY_TIMEOUT in short waits, so that a stop asked for meanwhile is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import sqlite3
 import threading
@@ -34,7 +36,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..context import OperationContext
-from ..files import create_private
+from ..files import NotRegular, create_private, open_regular
 from ..registry import operation
 from ..text import clean
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
@@ -77,6 +79,8 @@ class MigrationParams(BaseModel):
     def _table(cls, v: str) -> str:
         if not _IDENT.match(v):
             raise ValueError(f"table {v!r} is not a plain SQL name (letters, digits, _)")
+        if v.lower().startswith("sqlite_"):  # SQLite's own tables: a name it keeps for itself
+            raise ValueError(f"table {v!r}: names beginning with sqlite_ are SQLite's own")
         return v
 
     @field_validator("directory")
@@ -126,18 +130,17 @@ def _strip_leading_comments(s: str) -> str:
 
 
 def load_migrations(directory: Path) -> list[Migration]:
-    """The folder's migrations in natural order; ValueError (one line) for an unreadable or unfit file."""
+    """The folder's migrations in natural order; ValueError (one line) for an unreadable or unfit file.
+
+    Every ``*.sql`` entry is a migration: one that is not a regular file (a dangling symbolic link, a
+    directory, a FIFO) is refused, never left out (the migrations after it would run without it)."""
     out: list[Migration] = []
     for p in sorted(directory.glob("*.sql"), key=lambda p: _natural(p.name)):
-        if not p.is_file():
-            continue
         if clean(p.name) != p.name:  # recorded by name in the database, which stores text: the insert failed mid-run
             raise ValueError(f"migration {clean(p.name)}: its file name is not UTF-8: rename it")
+        raw = _read_migration(p)
         try:
-            raw = p.read_bytes()
             text = raw.decode("utf-8")
-        except OSError as e:
-            raise ValueError(f"migration {p.name}: unreadable ({e.strerror or e})") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"migration {p.name}: not UTF-8 (byte {e.start})") from None
         stmts = split_statements(text)
@@ -152,25 +155,66 @@ def load_migrations(directory: Path) -> list[Migration]:
     return out
 
 
+def _read_migration(p: Path) -> bytes:
+    """The bytes of migration ``p`` (a regular file, or a symbolic link to one); ValueError naming it for
+    anything else. Opened without waiting (a FIFO would block the open for ever) and checked on the open
+    descriptor, so what is read is what was checked."""
+    try:
+        fd = open_regular(p, os.O_RDONLY)
+    except NotRegular:
+        raise ValueError(f"migration {p.name} is not a regular file: remove it or rename it off *.sql") from None
+    except FileNotFoundError:
+        what = "a symbolic link to nothing" if p.is_symlink() else "gone since the folder was listed"
+        raise ValueError(f"migration {p.name} is {what}: restore its target or remove it") from None
+    except OSError as e:
+        raise ValueError(f"migration {p.name}: unreadable ({e.strerror or e})") from None
+    try:
+        with open(fd, "rb") as fh:
+            return fh.read()
+    except OSError as e:
+        raise ValueError(f"migration {p.name}: unreadable ({e.strerror or e})") from None
+
+
 def read_applied(database: str, table: str) -> dict[str, str]:
-    """name -> checksum of the migrations recorded in ``database`` ({} when it or the table does not exist)."""
+    """name -> checksum of the migrations recorded in ``database`` ({} when it or the table does not exist).
+
+    Read-only, but for one case: a run killed inside a migration leaves a hot rollback journal
+    (``DATABASE-journal``), and a read-only connection cannot roll it back ("attempt to write a readonly
+    database"), so every resume of that run was refused for ever. The database's file then holds part of a
+    transaction that was never committed: the only consistent reading of it is after the rollback, which
+    any read-write connection does first, so it is read once more read-write (the rollback restores the
+    last committed state, as the run's own connection would on its first statement). A WAL database
+    needs no such thing: its uncommitted frames are ignored by a read-only reader."""
     if not Path(database).exists() or Path(database).stat().st_size == 0:
         return {}
     try:
-        con = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            return _read_applied(database, table, "ro")
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+                raise
+        return _read_applied(database, table, "rw")  # rolls the hot journal back, then reads
     except sqlite3.Error as e:
         raise ValueError(f"database {database!r}: {e}") from None
+
+
+def _read_applied(database: str, table: str, mode: str) -> dict[str, str]:
+    con = sqlite3.connect(f"{Path(database).as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT)
     try:
-        cols = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        cols = {r[1] for r in con.execute(f"PRAGMA table_info({_q(table)})")}
         if not cols:
             return {}
         if not {"name", "checksum"} <= cols:
             raise ValueError(f"table {table!r} in {database!r} exists without the columns name and checksum")
-        return dict(con.execute(f"SELECT name, checksum FROM {table}").fetchall())
-    except sqlite3.Error as e:
-        raise ValueError(f"database {database!r}: {e}") from None
+        return dict(con.execute(f"SELECT name, checksum FROM {_q(table)}").fetchall())
     finally:
         con.close()
+
+
+def _q(table: str) -> str:
+    """``table`` quoted as an identifier: a plain name that is also an SQL keyword (``order``, ``select``)
+    was a syntax error in every statement naming it."""
+    return f'"{table}"'
 
 
 def check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> None:
@@ -250,12 +294,12 @@ def _connect(database: str) -> sqlite3.Connection:
 def _prepare(con: sqlite3.Connection, table: str, stopping: Callable[[], bool]) -> dict[str, str]:
     """The migrations table made if missing; name -> checksum of those it records."""
     sql = (
-        f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
+        f"CREATE TABLE IF NOT EXISTS {_q(table)} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
         " applied_at REAL NOT NULL, operation_id TEXT)"
     )
     _waiting(stopping, lambda: con.execute(sql))
     con.set_authorizer(_no_other_files)
-    return dict(_waiting(stopping, lambda: con.execute(f"SELECT name, checksum FROM {table}").fetchall()))
+    return dict(_waiting(stopping, lambda: con.execute(f"SELECT name, checksum FROM {_q(table)}").fetchall()))
 
 
 def _apply(
@@ -267,7 +311,7 @@ def _apply(
     # The write lock first: no other runner can apply it meanwhile. Any stop gives the wait for it up.
     _waiting(stopping, lambda: con.execute("BEGIN IMMEDIATE"))
     try:
-        row = con.execute(f"SELECT checksum FROM {table} WHERE name=?", (m.name,)).fetchone()
+        row = con.execute(f"SELECT checksum FROM {_q(table)} WHERE name=?", (m.name,)).fetchone()
         if row is not None:
             con.execute("ROLLBACK")
             if row[0] != m.checksum:
@@ -277,7 +321,7 @@ def _apply(
             if forced.is_set():
                 raise _Stopped
             con.execute(stmt)
-        con.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?)", (m.name, m.checksum, time.time(), op_id))
+        con.execute(f"INSERT INTO {_q(table)} VALUES (?, ?, ?, ?)", (m.name, m.checksum, time.time(), op_id))
         # A COMMIT may wait for readers (rollback journal): only a forced stop gives up the migration's work.
         _waiting(forced.is_set, lambda: con.execute("COMMIT"))
     except BaseException:
@@ -289,8 +333,9 @@ def _apply(
 
 def _summary(con: sqlite3.Connection, table: str, op_id: str, stopping: Callable[[], bool]) -> tuple[list[str], int]:
     def read() -> tuple[list[str], int]:
-        mine = [r[0] for r in con.execute(f"SELECT name FROM {table} WHERE operation_id=? ORDER BY rowid", (op_id,))]
-        return mine, con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        t = _q(table)
+        mine = [r[0] for r in con.execute(f"SELECT name FROM {t} WHERE operation_id=? ORDER BY rowid", (op_id,))]
+        return mine, con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
 
     return _waiting(stopping, read)
 
