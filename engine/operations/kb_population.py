@@ -3,13 +3,16 @@
 Markdown, text, reStructuredText, HTML and PDF files are cut into chunks (at paragraph, sentence and word
 boundaries, never across a heading) and stored in SQLite with an FTS5 full-text index (see knowledge.py).
 Incremental: a document whose sha256 matches the stored one is reused as it is; documents gone from the
-folder are dropped at the end. Resumable per document: a batch is committed to the knowledge base in one
-transaction before its documents count as done, so a resume redoes at most one batch (idempotently).
+folder (no file at their path) are dropped at the end, and only those: one this run did not read (outside
+its patterns, skipped, failed) keeps its stored version. Resumable per document: a batch is committed to
+the knowledge base in one transaction before its documents count as done, so a resume redoes at most one
+batch (idempotently).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import sqlite3
@@ -62,21 +65,54 @@ Outcome = tuple[str, str, int, str | None]
 """(path, "added" | "reused" | "skipped" | "failed", chunks, reason)."""
 
 
-def _read(root: Path, rel: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """The file's bytes, or None and why it is skipped ("skip: ...") or failed."""
-    p = root / rel
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LINKED = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
+"""What opening a symlink with O_NOFOLLOW (ELOOP; EMLINK on the BSDs), or a file as a directory, raises."""
+
+
+def _read(root_fd: int, rel: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or None and why it is skipped ("skip: ...") or failed.
+
+    Reached from ``root_fd`` (the source folder) one directory at a time without following a symlink, so a
+    folder swapped for a link to elsewhere since the listing is not read through (as cleanup's ``_parent``
+    does, copied here in short: that one is cleanup's own); the file itself opened without following a link
+    and without waiting (a FIFO swapped in since the listing blocked the open for ever), and checked on the
+    open descriptor: what is read is what was checked."""
+    *dirs, name = rel.split("/")
+    fd = root_fd
     try:
-        st = os.lstat(p)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO would block; a symlink may leave the folder
-            return None, "skip: not a regular file"
-        if st.st_size > max_bytes:
-            return None, f"skip: larger than max_bytes ({st.st_size} bytes)"
-        with open(p, "rb") as fh:
-            return fh.read(), None
+        for part in dirs:
+            if part in ("", ".", ".."):  # never in a listing: it would climb out of the folder
+                return None, "skip: not a regular file"
+            sub = os.open(part, _DIR, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd = sub
+        file_fd = os.open(name, _FILE, dir_fd=fd)
     except FileNotFoundError:
         return None, "skip: gone since the listing"
     except OSError as e:
+        if e.errno in _LINKED:  # the file, or a folder on its path, is a symbolic link now
+            return None, "skip: not a regular file"
         return None, f"unreadable: {e.strerror or e}"
+    finally:
+        if fd != root_fd:
+            os.close(fd)
+    with open(file_fd, "rb") as fh:
+        try:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):  # a FIFO, a device, a directory: never read
+                return None, "skip: not a regular file"
+            if st.st_size > max_bytes:
+                return None, f"skip: larger than max_bytes ({st.st_size} bytes)"
+            os.set_blocking(fh.fileno(), True)
+            data = fh.read(max_bytes + 1)
+        except OSError as e:
+            return None, f"unreadable: {e.strerror or e}"
+    if len(data) > max_bytes:  # grown since its fstat
+        return None, f"skip: larger than max_bytes (over {max_bytes} bytes)"
+    return data, None
 
 
 def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[str], op_id: str) -> list[Outcome]:
@@ -87,7 +123,6 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     a name's bytes that are not UTF-8 as ``\\xNN`` (a TEXT column stores text only), a backslash doubled (two
     documents never share a name).
     """
-    root = Path(p.source)
     names = {stored_name(r): r for r in rels}
     q = ",".join("?" * len(names))
     prev = {
@@ -100,26 +135,35 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     out: list[Outcome] = []
     new: list[tuple[str, str, str | None, int, str, list[tuple[str | None, str]]]] = []
     seen: list[str] = []
-    for rel in rels:
-        data, why = _read(root, rel, p.max_bytes)
-        if data is None:
-            out.append((rel, "skipped", 0, why[6:]) if why and why.startswith("skip: ") else (rel, "failed", 0, why))
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        old = prev.get(rel)
-        if old is not None and old[1] == sha:
-            seen.append(rel)
-            out.append((rel, "added" if old[3] == op_id else "reused", old[2], None))
-            continue
-        kind = kind_of(rel) or "text"
-        try:
-            title, secs = sections(kind, data)
-        except NotADocument as e:
-            out.append((rel, "failed", 0, str(e)))
-            continue
-        chunks = chunk(secs, p.chunk_size) or ([(None, title)] if title else [])  # a title alone is findable
-        new.append((rel, kind, title or clean(Path(rel).stem), len(data), sha, chunks))
-        out.append((rel, "added", len(chunks), None))
+    try:
+        root_fd = os.open(p.source, _DIR)
+    except OSError as e:
+        raise RuntimeError(f"source {p.source!r}: {e.strerror or e}") from None
+    try:
+        for rel in rels:
+            data, why = _read(root_fd, rel, p.max_bytes)
+            if data is None:
+                out.append(
+                    (rel, "skipped", 0, why[6:]) if why and why.startswith("skip: ") else (rel, "failed", 0, why)
+                )
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            old = prev.get(rel)
+            if old is not None and old[1] == sha:
+                seen.append(rel)
+                out.append((rel, "added" if old[3] == op_id else "reused", old[2], None))
+                continue
+            kind = kind_of(rel) or "text"
+            try:
+                title, secs = sections(kind, data)
+            except NotADocument as e:
+                out.append((rel, "failed", 0, str(e)))
+                continue
+            chunks = chunk(secs, p.chunk_size) or ([(None, title)] if title else [])  # a title alone is findable
+            new.append((rel, kind, title or clean(Path(rel).stem), len(data), sha, chunks))
+            out.append((rel, "added", len(chunks), None))
+    finally:
+        os.close(root_fd)
     with con:  # one transaction: the batch is in the knowledge base before its documents count as done
         drop_documents(con, [prev[rel][0] for rel, *_ in new if rel in prev])  # changed since stored
         sql = "UPDATE documents SET seen=? WHERE source=? AND path=?"
@@ -143,9 +187,14 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
 
 
 def _finish(con: sqlite3.Connection, source: str, op_id: str) -> dict:
-    """Drop this folder's documents that are gone; the summary of the knowledge base."""
+    """Drop this folder's documents that are gone from it; the summary of the knowledge base.
+
+    Gone means no file at its path any more: not merely unread by this run. A rerun with narrower
+    ``patterns`` or ``exclude`` (or a smaller ``max_bytes``) dropped every document it did not read, and a
+    skipped or failed document lost its stored version; those are kept now, as they were."""
     with con:
-        gone = [r[0] for r in con.execute("SELECT id FROM documents WHERE source=? AND seen IS NOT ?", (source, op_id))]
+        unseen = con.execute("SELECT id, path FROM documents WHERE source=? AND seen IS NOT ?", (source, op_id))
+        gone = [doc for doc, path in unseen.fetchall() if _gone(Path(source) / unstored_name(path))]
         drop_documents(con, gone)
     kinds = dict(con.execute("SELECT kind, COUNT(*) FROM documents GROUP BY kind ORDER BY 2 DESC, 1").fetchall())
     return {
@@ -154,6 +203,41 @@ def _finish(con: sqlite3.Connection, source: str, op_id: str) -> dict:
         "kinds": kinds,
         "removed": len(gone),
     }
+
+
+def _gone(path: Path) -> bool:
+    """Nothing is at ``path`` (or a file stands where a folder on its path was). Anything else, or not
+    knowing (permission denied), keeps the document."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def unstored_name(name: str) -> str:
+    r"""The file name ``stored_name`` gave ``name`` for: ``\\`` a backslash, ``\xNN`` the byte NN that
+    is not UTF-8 (as ``os.fsdecode`` has it), ``\uXXXX`` a lone surrogate."""
+    if "\\" not in name:
+        return name
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+        elif name.startswith("\\\\", i):
+            out.append("\\")
+            i += 2
+        elif name.startswith("\\x", i):
+            out.append(chr(0xDC00 + int(name[i + 2 : i + 4], 16)))
+            i += 4
+        else:  # \\uXXXX
+            out.append(chr(int(name[i + 2 : i + 6], 16)))
+            i += 6
+    return "".join(out)
 
 
 @operation("kb_population", params=KbPopulationParams, description="documents into a searchable knowledge base")

@@ -1,0 +1,151 @@
+"""kb_population and kb_optimization against a hostile tester: a rerun drops only documents gone from the folder
+(not those a narrower run did not read); a folder or file swapped after the listing is never read through a
+symlink, nor a FIFO opened so that it blocks; kb_optimization without a knowledge base is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, Operation, OperationSpec, Status, load_settings, open_store
+from engine.operations import kb_population
+
+
+def run_here(base: Path, type_: str, **params: Any) -> Operation:
+    """Run an operation to its end in this process, with an engine on its own state dir under ``base``."""
+
+    async def go() -> Operation:
+        settings = load_settings(state_dir=base / "state", grace_period=2.0)
+        async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+            op = await engine.submit(OperationSpec(type=type_, params=params))
+            return await engine.wait(op.id, timeout=60)
+
+    return asyncio.run(go())
+
+
+def docs(kb: Path) -> dict[str, str]:
+    """path -> the text of its chunks, of every stored document."""
+    con = sqlite3.connect(kb)
+    try:
+        rows = con.execute(
+            "SELECT d.path, group_concat(c.text, ' ') FROM documents d LEFT JOIN chunks c ON c.doc = d.id"
+            " GROUP BY d.id ORDER BY d.path"
+        )
+        return {p: t or "" for p, t in rows}
+    finally:
+        con.close()
+
+
+def test_a_narrower_rerun_keeps_what_it_did_not_read_and_drops_what_is_gone(tmp_path: Path) -> None:
+    """A rerun with patterns=["doc0.md"] dropped the other five documents, one with max_bytes=10 emptied the
+    knowledge base, and a document that failed to parse lost its stored version: only documents whose
+    file is gone from the folder are dropped now (names with a backslash or a byte that is not UTF-8 too)."""
+    src, kb = tmp_path / "src", tmp_path / "kb.sqlite"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        (src / f"doc{i}.md").write_text(f"# Doc {i}\n\nalpha beta {i}\n")
+    (src / "notes.txt").write_text("important notes zeta\n")
+    (src / "sub" / "deep.md").write_text("# Deep\n\nnested words\n")
+    odd = os.fsdecode(b"odd\\name\xff.md")
+    (src / odd).write_text("# Odd\n\nodd words\n")
+    everything = sorted(["doc0.md", "doc1.md", "doc2.md", "notes.txt", "sub/deep.md", "odd\\\\name\\xff.md"])
+
+    def run(**params: Any) -> dict:
+        rec = run_here(tmp_path, "kb_population", source=str(src), kb=str(kb), **params)
+        assert rec.status is Status.COMPLETED, rec.error
+        return rec.result
+
+    run()
+    full = docs(kb)
+    assert sorted(full) == everything
+    res = run(patterns=["doc0.md"])
+    assert res["removed"] == 0 and docs(kb) == full, res
+    res = run(exclude=["*.md"])
+    assert res["removed"] == 0 and docs(kb) == full, res
+    res = run(max_bytes=10)  # every file skipped as too large
+    assert res["removed"] == 0 and docs(kb) == full, res
+    (src / "notes.txt").write_bytes(b"\x00\x01binary\x00" * 10)  # fails as a binary .txt: the stored one stays
+    res = run()
+    assert res["removed"] == 0 and docs(kb) == full and res["failures"] == 1, res
+    (src / "doc1.md").unlink()
+    (src / odd).unlink()
+    (src / "sub" / "deep.md").unlink()
+    (src / "sub").rmdir()
+    (src / "sub").write_text("a file where the folder was\n")
+    res = run(patterns=["doc0.md"])  # gone from the folder: dropped, whatever this run reads
+    assert res["removed"] == 3, res
+    assert sorted(docs(kb)) == ["doc0.md", "doc2.md", "notes.txt"]
+
+
+def listing(monkeypatch: pytest.MonkeyPatch, rels: list[str]) -> None:
+    """The listing kb_population gets: ``rels``, as if the folder held them when it was listed (what is
+    there when they are read is what the test swapped in since)."""
+
+    async def listed(*_args: Any, **_kw: Any) -> list[str]:
+        return list(rels)
+
+    monkeypatch.setattr(kb_population, "list_files", listed)
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_listing_is_not_read_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sub`` was a folder when listed and is a symlink to a folder outside ``source`` when read: its file
+    was read (the lstat of ``src/sub/doc.md`` follows ``sub``) and stored. Skipped now."""
+    src, outside, kb = tmp_path / "src", tmp_path / "outside", tmp_path / "kb.sqlite"
+    src.mkdir()
+    outside.mkdir()
+    (outside / "doc.md").write_text("# Secret\n\nsecret words outside the source\n")
+    (src / "sub").symlink_to(outside)
+    (src / "ok.md").write_text("# Ok\n\nplain words\n")
+    listing(monkeypatch, ["ok.md", "sub/doc.md"])
+    rec = run_here(tmp_path, "kb_population", source=str(src), kb=str(kb))
+    assert rec.status is Status.COMPLETED, rec.error
+    assert "secret" not in " ".join(docs(kb).values()) and list(docs(kb)) == ["ok.md"]
+    assert rec.progress.skipped == 1
+
+
+def test_a_fifo_swapped_in_after_the_check_is_never_read_or_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``doc.md`` was a regular file when checked (lstat) and is a FIFO when opened: the open waited for a
+    writer (for ever, with none), then read whatever the writer sent as a document. Now the open does not
+    wait and the descriptor is checked: skipped, nothing read. (A writer thread stands ready, so the
+    unfixed code read "# Fifo ..." instead of hanging the test.)"""
+    src, kb = tmp_path / "src", tmp_path / "kb.sqlite"
+    src.mkdir()
+    fifo = src / "doc.md"
+    os.mkfifo(fifo)
+    (tmp_path / "regular.md").write_text("# Regular\n")
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *a: Any, **kw: Any) -> os.stat_result:  # the check saw a regular file
+        return real_lstat(tmp_path / "regular.md") if os.fspath(path) == str(fifo) else real_lstat(path, *a, **kw)
+
+    def writer() -> None:
+        try:
+            with open(fifo, "wb") as fh:  # waits for a reader
+                fh.write(b"# Fifo\n\nwords from a pipe\n")
+        except OSError:  # the reader closed it unread
+            pass
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    listing(monkeypatch, ["doc.md"])
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        rec = run_here(tmp_path, "kb_population", source=str(src), kb=str(kb))
+    finally:
+        monkeypatch.undo()
+        if t.is_alive():  # no reader ever came: let the writer go
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            t.join(10)
+            os.close(fd)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert docs(kb) == {} and rec.progress.skipped == 1, docs(kb)
