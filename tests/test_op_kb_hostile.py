@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from engine import Engine, Operation, OperationSpec, Status, load_settings, open_store
 from engine.operations import kb_population
+from engine.operations.kb_optimization import KbOptimizeParams
+from engine.operations.knowledge import open_kb
+from engine.profiles import one_line
 
 
 def run_here(base: Path, type_: str, **params: Any) -> Operation:
@@ -149,3 +153,21 @@ def test_a_fifo_swapped_in_after_the_check_is_never_read_or_waited_for(
             os.close(fd)
     assert rec.status is Status.COMPLETED, rec.error
     assert docs(kb) == {} and rec.progress.skipped == 1, docs(kb)
+
+
+def test_kb_optimization_without_a_kb_is_refused_when_the_default_one_is_missing(tmp_path: Path) -> None:
+    """No ``kb`` and no default knowledge base: the operation was stored, then failed (KbError) with a "resume
+    with" hint no resume could help. The params refuse it in one line when the caller names its state dir
+    (validation context ``state_dir``); a default that exists, or a ``kb`` given, passes."""
+    state = tmp_path / "state"
+    with pytest.raises(ValidationError) as e:
+        KbOptimizeParams.model_validate({}, context={"state_dir": str(state)})
+    assert len(one_line(e.value).splitlines()) == 1 and "default knowledge base" in one_line(e.value)
+    (state / "outputs").mkdir(parents=True)
+    (state / "outputs" / "kb.sqlite").write_text("not a database\n")
+    with pytest.raises(ValidationError, match="not a knowledge base"):
+        KbOptimizeParams.model_validate({}, context={"state_dir": str(state)})
+    (state / "outputs" / "kb.sqlite").unlink()
+    open_kb(state / "outputs" / "kb.sqlite").close()
+    assert KbOptimizeParams.model_validate({}, context={"state_dir": str(state)}).kb is None
+    assert KbOptimizeParams.model_validate({}).kb is None  # no state dir named: the run finds out, as before
