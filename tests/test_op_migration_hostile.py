@@ -173,3 +173,21 @@ def test_sqlite_table_name_refused_by_the_cli_with_nothing_made(cli: Cli, tmp_pa
     params = {"directory": str(mig), "database": str(db), "table": "sqlite_master"}
     bad_params(cli, "migration_operation", params, "table 'sqlite_master': names beginning with sqlite_ are")
     assert not db.exists()
+
+
+def test_a_table_name_taken_by_an_index_or_a_view_is_refused(tmp_path: Path) -> None:
+    """It passed validation (PRAGMA table_info of an index is empty: "no table yet"), then the run's CREATE
+    TABLE failed: "there is already an index named ..."."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_a.sql").write_text("CREATE TABLE a (x);")
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (name, checksum)")
+    con.execute("CREATE INDEX i ON t (name)")
+    con.execute("CREATE VIEW v AS SELECT name, checksum FROM t")
+    con.commit()
+    con.close()
+    spec = get_handler("migration_operation")
+    for table, kind in (("i", "an index"), ("V", "a view")):
+        with pytest.raises(InvalidInput, match=re.escape(f"table {table!r}: {str(db)!r} has {kind} of that name")):
+            spec.parse_params({"directory": str(mig), "database": str(db), "table": table})

@@ -8,8 +8,9 @@ what is applied, so a run killed at any point (even between a commit and the che
 unapplied migration and never applies one twice. A migration already applied whose file has changed since is
 refused before anything runs (one line naming it); so is a file that controls transactions itself (BEGIN,
 COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee, and a ``*.sql`` entry that is not a regular
-file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A migration writes its database only: ATTACH
-and VACUUM INTO (which would write other files) are refused by an SQLite authorizer.
+file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A
+migration writes its database only: ATTACH and VACUUM INTO (which would write other files) are refused by an
+SQLite authorizer.
 
 Another writer's lock is waited for up to BUSY_TIMEOUT in short waits, so that a stop asked for meanwhile is
 taken at once (SQLite's own busy wait cannot be interrupted); the connection is closed only when no thread is in it.
@@ -201,6 +202,10 @@ def read_applied(database: str, table: str) -> dict[str, str]:
 def _read_applied(database: str, table: str, mode: str) -> dict[str, str]:
     con = sqlite3.connect(f"{Path(database).as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT)
     try:
+        kind = con.execute("SELECT type FROM sqlite_master WHERE name = ? COLLATE NOCASE", (table,)).fetchone()
+        if kind is not None and kind[0] != "table":  # its CREATE TABLE would fail mid-run
+            what = f"{'an' if kind[0][0] in 'aeiou' else 'a'} {kind[0]}"
+            raise ValueError(f"table {table!r}: {database!r} has {what} of that name: choose another")
         cols = {r[1] for r in con.execute(f"PRAGMA table_info({_q(table)})")}
         if not cols:
             return {}
