@@ -19,6 +19,7 @@ from engine.operations import kb_population
 from engine.operations.kb_optimization import KbOptimizeParams
 from engine.operations.knowledge import open_kb
 from engine.profiles import one_line
+from engine.text import stored_name
 
 
 def run_here(base: Path, type_: str, **params: Any) -> Operation:
@@ -171,3 +172,14 @@ def test_kb_optimization_without_a_kb_is_refused_when_the_default_one_is_missing
     open_kb(state / "outputs" / "kb.sqlite").close()
     assert KbOptimizeParams.model_validate({}, context={"state_dir": str(state)}).kb is None
     assert KbOptimizeParams.model_validate({}).kb is None  # no state dir named: the run finds out, as before
+
+
+def test_unstored_name_inverts_stored_name_and_leaves_other_names_as_they_are() -> None:
+    """The finish checks each unread document's file by the name stored_name gave it; a stored name it did
+    not write (an older knowledge base's, one edited by hand) is taken as it is, never a crash of the run."""
+    for raw in [b"plain.md", b"a\\b.md", b"x\xff\xfe.md", b"\\x41.md", b"d/\\\\/e\xc3.md", "café".encode()]:
+        name = os.fsdecode(raw)
+        assert kb_population.unstored_name(stored_name(name)) == name, raw
+    for odd in ["a\\b", "a\\", "x\\xzz", "x\\x4", "x\\uZZZZ"]:
+        assert kb_population.unstored_name(odd) == odd
+    assert not kb_population._gone(Path("/") / kb_population.unstored_name("x\\x41"))  # unencodable: kept

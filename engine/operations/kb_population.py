@@ -212,7 +212,7 @@ def _gone(path: Path) -> bool:
         os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name no file system can hold (stored by hand, or damaged)
         return False
     return False
 
@@ -223,20 +223,25 @@ def unstored_name(name: str) -> str:
     if "\\" not in name:
         return name
     out, i = [], 0
-    while i < len(name):
-        c = name[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-        elif name.startswith("\\\\", i):
-            out.append("\\")
-            i += 2
-        elif name.startswith("\\x", i):
-            out.append(chr(0xDC00 + int(name[i + 2 : i + 4], 16)))
-            i += 4
-        else:  # \\uXXXX
-            out.append(chr(int(name[i + 2 : i + 6], 16)))
-            i += 6
+    try:
+        while i < len(name):
+            c = name[i]
+            if c != "\\":
+                out.append(c)
+                i += 1
+            elif name.startswith("\\\\", i):
+                out.append("\\")
+                i += 2
+            elif name.startswith("\\x", i) and len(name) >= i + 4:
+                out.append(chr(0xDC00 + int(name[i + 2 : i + 4], 16)))
+                i += 4
+            elif name.startswith("\\u", i) and len(name) >= i + 6:
+                out.append(chr(int(name[i + 2 : i + 6], 16)))
+                i += 6
+            else:
+                return name  # not written by stored_name: the name as it is
+    except ValueError:
+        return name
     return "".join(out)
 
 
