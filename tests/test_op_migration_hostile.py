@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, InvalidInput, OperationSpec, Status
+from engine.operations import migration
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, until
 from tests.fixtures_ops import bad_params, resume, run_json
@@ -191,3 +192,21 @@ def test_a_table_name_taken_by_an_index_or_a_view_is_refused(tmp_path: Path) -> 
     for table, kind in (("i", "an index"), ("V", "a view")):
         with pytest.raises(InvalidInput, match=re.escape(f"table {table!r}: {str(db)!r} has {kind} of that name")):
             spec.parse_params({"directory": str(mig), "database": str(db), "table": table})
+
+
+def test_a_hot_journal_that_cannot_be_rolled_back_is_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the rollback itself fails (a folder the user cannot write), the one line says what is in the way,
+    not only SQLite's "attempt to write a readonly database"."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1.sql").write_text("CREATE TABLE a (x);")
+    sqlite3.connect(db).execute("CREATE TABLE b (x)").connection.close()
+
+    def refused(database: str, table: str, mode: str) -> dict[str, str]:
+        e = sqlite3.OperationalError("attempt to write a readonly database")
+        e.sqlite_errorcode = sqlite3.SQLITE_READONLY_ROLLBACK if mode == "ro" else sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+        raise e
+
+    monkeypatch.setattr(migration, "_read_applied", refused)
+    with pytest.raises(InvalidInput, match=re.escape("left db.sqlite-journal, which must be rolled back")):
+        get_handler("migration_operation").parse_params({"directory": str(mig), "database": str(db)})

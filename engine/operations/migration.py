@@ -194,7 +194,13 @@ def read_applied(database: str, table: str) -> dict[str, str]:
         except sqlite3.OperationalError as e:
             if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
                 raise
-        return _read_applied(database, table, "rw")  # rolls the hot journal back, then reads
+        try:
+            return _read_applied(database, table, "rw")  # rolls the hot journal back, then reads
+        except sqlite3.Error as e:
+            raise ValueError(
+                f"database {database!r}: a process killed inside a transaction left {Path(database).name}-journal,"
+                f" which must be rolled back before the database can be read, and that failed: {e}"
+            ) from None
     except sqlite3.Error as e:
         raise ValueError(f"database {database!r}: {e}") from None
 
