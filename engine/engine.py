@@ -360,7 +360,7 @@ class Engine:
         except ValidationError as e:
             raise InvalidInput(f"operation spec: {one_line(e)}") from None
         handler = get_handler(spec.type)
-        params = handler.parse_params(spec.params)
+        params = handler.parse_params(spec.params, self._params_context())
         profile = self.settings.profile(spec.type).merged(spec.profile)
         if spec.total_items is None and handler.estimated_items is not None:
             spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
@@ -400,6 +400,13 @@ class Engine:
         self.publish(StatusChanged(operation_id=op.id, status=Status.QUEUED))
         self._scheduler.wake()
         return op, False
+
+    def _params_context(self) -> dict[str, Any] | None:
+        """What a type's params may check beyond themselves at submit: the local store's state dir, where its
+        default files are (kb_optimization's default knowledge base). None on Redis: the worker that runs it
+        has a state dir of its own, which this process does not know."""
+        state_dir = getattr(self.store, "state_dir", None)
+        return {"state_dir": str(state_dir)} if state_dir else None
 
     async def _submitted_before(self, op: Operation, taken: KeyTaken) -> tuple[Operation, bool]:
         """The operation a submit with ``op``'s idempotency key made before (a request sent again), as it

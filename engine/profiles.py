@@ -151,9 +151,9 @@ def one_line(e: ValidationError) -> str:
     """A pydantic error as one line naming the field: ``priority: Input should be 'high', ...``."""
     parts = []
     for err in e.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a check of the whole model names its fields itself
     more = len(e.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

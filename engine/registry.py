@@ -85,9 +85,11 @@ class HandlerSpec:
     estimated_items: int | None = None
     """The item count a submit without ``total_items`` is timed by (``@migrate_timeout_operation``'s)."""
 
-    def parse_params(self, raw: dict[str, Any]) -> BaseModel:
+    def parse_params(self, raw: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
+        """``raw`` as the type's params model; ``context`` is pydantic's validation context (``state_dir``:
+        the local store's directory, where a type's default files are, when the submitting engine knows it)."""
         try:
-            return self.params.model_validate(raw)
+            return self.params.model_validate(raw, context=context)
         except ValidationError as e:
             raise InvalidInput(f"{self.type} params: {one_line(e)}") from None
         except (Exception, SystemExit) as e:  # a validator of the plugin's that raised what pydantic passes on

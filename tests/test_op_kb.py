@@ -20,7 +20,7 @@ from engine.operations.knowledge import KbError, open_kb, search, similar
 from engine.registry import get_handler
 from tests.fixtures_api import Server
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, submit
 
 WORDS = (  # noqa: SIM905
     "engine checkpoint resume worker queue timeout profile store redis sqlite index chunk search vector topic "
@@ -379,6 +379,17 @@ def test_the_types_are_built_in(cli: Cli) -> None:
         assert types[t]["builtin"] and types[t]["runnable"], types[t]
 
 
-def test_a_missing_default_kb_fails_in_one_line(cli: Cli) -> None:
-    code, rec, _ = run_json(cli, "run", "vector_indexing")
-    assert code == 1 and rec["status"] == "failed" and "no knowledge base" in rec["error"], rec
+@pytest.mark.parametrize("type_", ["vector_indexing", "kb_optimization", "semantic_analysis"])
+def test_a_missing_default_kb_is_refused_in_one_line_and_nothing_is_stored(
+    cli: Cli, state_dir: Path, type_: str
+) -> None:
+    """Without ``kb`` and with no default knowledge base, the operation was stored and then failed, with a
+    "resume with" hint no resume could help: now the submit is refused (exit 2), nothing stored."""
+    r = cli("run", type_)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+    assert "kb: not given, and the default knowledge base" in r.stderr and "outlast run kb_population" in r.stderr
+    assert json.loads(cli("--json", "ls").stdout) == []
+    (state_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    (state_dir / "outputs" / "kb.sqlite").write_text("not a database")
+    r = cli("run", type_)
+    assert r.returncode == 2 and "kb" in r.stderr and json.loads(cli("--json", "ls").stdout) == [], r.stderr

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..context import OperationContext
 from ..registry import operation
 from .kb_population import kb_path
-from .knowledge import beating, default_kb, drop_vectors, existing_kb, open_kb, unindex_chunks
+from .knowledge import beating, check_default_kb, drop_vectors, existing_kb, open_kb, unindex_chunks
 
 BATCH = 500
 
@@ -42,18 +42,7 @@ class KbOptimizeParams(BaseModel):
 
     @model_validator(mode="after")
     def _default_kb(self, info: ValidationInfo) -> KbOptimizeParams:
-        """No ``kb``: the state dir's default one must exist, when the caller says which state dir that is
-        (validation context ``state_dir``). Without it, the run was stored and then failed (KbError), with
-        a "resume with" hint no resume could help."""
-        state_dir = info.context.get("state_dir") if isinstance(info.context, dict) else None
-        if self.kb is None and state_dir is not None:
-            default = default_kb(state_dir)
-            if not default.is_file():
-                raise ValueError(
-                    f"kb: not given, and the default knowledge base {str(default)!r} does not exist"
-                    " (make one: outlast run kb_population -p source=DIR)"
-                )
-            existing_kb(str(default))  # an SQLite file, or one line saying what it is
+        check_default_kb(self.kb, info)
         return self
 
 

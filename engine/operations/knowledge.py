@@ -21,10 +21,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..files import create_private
 from ._common import SQLITE_MAGIC
+
+if TYPE_CHECKING:
+    from pydantic import ValidationInfo
 
 T = TypeVar("T")
 KB_FILE = "kb.sqlite"
@@ -56,6 +59,21 @@ class KbError(ValueError):
 def default_kb(state_dir: str | Path) -> Path:
     """Where the knowledge base is when no ``kb`` is given: ``outputs/kb.sqlite`` in the state directory."""
     return Path(state_dir).expanduser() / "outputs" / KB_FILE
+
+
+def check_default_kb(kb: str | None, info: ValidationInfo) -> None:
+    """No ``kb``: the state dir's default knowledge base must exist, when the submitting engine says which
+    state dir that is (validation context ``state_dir``: a local store's). Unchecked, the operation was
+    stored and then failed (KbError), with a "resume with" hint no resume could help."""
+    state_dir = info.context.get("state_dir") if isinstance(info.context, dict) else None
+    if kb is None and state_dir is not None:
+        default = default_kb(state_dir)
+        if not default.is_file():
+            raise ValueError(
+                f"kb: not given, and the default knowledge base {str(default)!r} does not exist"
+                " (make one: outlast run kb_population -p source=DIR)"
+            )
+        existing_kb(str(default))  # an SQLite file, or one line saying what it is
 
 
 def existing_kb(value: str | None, name: str = "kb") -> str | None:

@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext
 from ..files import create_private
@@ -37,7 +37,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._walk import list_files
 from .kb_population import kb_path
-from .knowledge import beating, existing_kb, open_kb, words
+from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
 
 BATCH = 128
 SKETCH = 128
@@ -88,11 +88,13 @@ class SemanticParams(BaseModel):
         return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
 
     @model_validator(mode="after")
-    def _one_corpus(self) -> SemanticParams:
+    def _one_corpus(self, info: ValidationInfo) -> SemanticParams:
         if self.kb is not None and self.root is not None:
             raise ValueError("give kb or root, not both")
         if self.root is None and (self.output or self.patterns or self.exclude):
             raise ValueError("output, patterns and exclude go with root (a tree), not with a knowledge base")
+        if self.root is None:
+            check_default_kb(self.kb, info)
         return self
 
 

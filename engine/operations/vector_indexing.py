@@ -20,12 +20,12 @@ import math
 import sqlite3
 from collections import Counter
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext
 from ..registry import operation
 from .kb_population import kb_path
-from .knowledge import beating, existing_kb, open_kb, term_id, words
+from .knowledge import beating, check_default_kb, existing_kb, open_kb, term_id, words
 
 BATCH = 256
 VEC_SCHEMA = """
@@ -49,6 +49,11 @@ class VectorParams(BaseModel):
     @classmethod
     def _kb(cls, v: str | None) -> str | None:
         return existing_kb(v)
+
+    @model_validator(mode="after")
+    def _default_kb(self, info: ValidationInfo) -> VectorParams:
+        check_default_kb(self.kb, info)
+        return self
 
 
 def _prepare(con: sqlite3.Connection, op_id: str) -> list[int]:
