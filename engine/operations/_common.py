@@ -35,9 +35,19 @@ def output_dir(ctx: OperationContext) -> Path:
     return ctx.output_dir
 
 
+def not_blank(value: str, name: str) -> str:
+    """``value`` unless it is empty or only whitespace (a ValueError naming ``name``).
+
+    ``Path("")`` is ``.``: ``-p root=$ROOT`` with ROOT unset named the current directory, and cleanup
+    deleted there, backup copied it."""
+    if not str(value).strip():
+        raise ValueError(f"{name} is empty: give a path (an unset shell variable?)")
+    return value
+
+
 def existing_dir(value: str, name: str) -> str:
     """``value`` as an absolute path to an existing directory, or a ValueError naming ``name``."""
-    p = Path(value).expanduser()
+    p = Path(not_blank(value, name)).expanduser()
     if not p.is_dir():
         raise ValueError(f"{name} {value!r} is not an existing directory")
     return str(p.resolve())
@@ -45,7 +55,7 @@ def existing_dir(value: str, name: str) -> str:
 
 def existing_path(value: str, name: str) -> str:
     """``value`` as an absolute path to something that exists, or a ValueError naming ``name``."""
-    p = Path(value).expanduser()
+    p = Path(not_blank(value, name)).expanduser()
     if not p.exists():
         raise ValueError(f"{name} {value!r} does not exist")
     return str(p.resolve())
@@ -85,7 +95,7 @@ def check_output_file(value: str | None, name: str, magic: bytes | None = None, 
     """
     if value is None:
         return None
-    p = Path(value).expanduser()
+    p = Path(not_blank(value, name)).expanduser()
     if p.is_dir():
         raise ValueError(f"{name} {value!r} is a directory: expected a file path")
     parent = p.resolve().parent
@@ -105,7 +115,7 @@ def check_output_file(value: str | None, name: str, magic: bytes | None = None, 
 
 def check_output_dir(value: str, name: str) -> str:
     """``value`` resolved when a directory can be created or written there, else a ValueError."""
-    dest = Path(value).expanduser().resolve()
+    dest = Path(not_blank(value, name)).expanduser().resolve()
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"{name} {value!r} exists and is not a directory")
     nearest = dest
