@@ -8,6 +8,7 @@ No test here runs a cleanup on /, a home directory or a .git directory: those ar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -18,7 +19,7 @@ import pytest
 from engine import InvalidInput
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params
+from tests.fixtures_ops import bad_params, in_process, nothing_stored
 
 DAY = 86400
 OLD = time.time() - 10 * DAY
@@ -34,6 +35,27 @@ def old_file(path: Path, text: str = "x") -> None:
 
 def files(d: Path) -> set[str]:
     return {p.relative_to(d).as_posix() for p in d.rglob("*") if not p.is_dir()}
+
+
+# ---- 2. retention's state_dir ----------------------------------------------------------------------------
+
+
+def test_retention_refuses_a_state_dir_that_holds_no_store(cli: Cli, tmp_path: Path) -> None:
+    """A project with logs/ and outputs/ given as state_dir: one line, exit 2, nothing stored, nothing there
+    removed or created (it made outlast.db and its owner note there, and deleted the project's old files)."""
+    proj = tmp_path / "project"
+    for rel in ("logs/server.log", "outputs/data.csv", "outputs/report/final.pdf"):
+        old_file(proj / rel)
+    before = files(proj)
+    bad_params(cli, "cleanup_operation", {"retention_days": 1, "state_dir": str(proj)}, "not an Outlast state")
+    assert files(proj) == before
+    spec = get_handler("cleanup_operation")
+    for d in (proj, proj / "logs"):
+        with pytest.raises(InvalidInput, match=re.escape("is not an Outlast state directory (it holds no outlast.db)")):
+            spec.parse_params({"retention_days": 1, "state_dir": str(d), "dry_run": False})
+    (proj / "outlast.db").mkdir()  # a directory of that name is not a store either
+    with pytest.raises(InvalidInput, match="not an Outlast state directory"):
+        spec.parse_params({"retention_days": 1, "state_dir": str(proj)})
 
 
 # ---- 4. empty paths, /, the home directory, .git ------------------------------------------------------------
@@ -58,3 +80,32 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_directory(
     ]:
         with pytest.raises(InvalidInput, match=re.escape(f"{field} is empty")):
             get_handler(type_).parse_params(params)
+
+
+def test_deleting_in_slash_home_or_git_is_refused(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dry_run=false on /, the home directory (or a directory above it), a .git directory or inside one is
+    refused at validation; a dry run there is not; the work tree holding .git is not."""
+    home = tmp_path / "home" / "me"
+    git = tmp_path / "repo" / ".git"
+    (git / "objects").mkdir(parents=True)
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    spec = get_handler("cleanup_operation")
+    for root, expect in [
+        ("/", "is the file system's root"),
+        (str(home), "is your home directory"),
+        ("~", "is your home directory"),
+        (str(home.parent), "holds your home directory"),
+        (str(git), "is a .git directory or inside one"),
+        (str(git / "objects"), "is a .git directory or inside one"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(expect)):
+            spec.parse_params({"root": root, "patterns": NO_SUCH, "dry_run": False})
+        assert spec.parse_params({"root": root, "patterns": NO_SUCH}).dry_run  # type: ignore[attr-defined]
+    spec.parse_params({"root": str(tmp_path / "repo"), "patterns": NO_SUCH, "dry_run": False})  # the work tree
+
+    for root, expect in [("/", "file system's root"), (str(home), "your home directory")]:
+        params = json.dumps({"root": root, "patterns": NO_SUCH, "dry_run": False})
+        code, _, err = in_process(cli, "submit", "cleanup_operation", "--params-json", params)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (code, err)
+    nothing_stored(cli)

@@ -47,6 +47,7 @@ from ..models import TERMINAL, Operation
 from ..paths import DETACHED
 from ..registry import operation
 from ..store import open_store
+from ..store.quick import DB_NAME
 from ..text import clean
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._walk import walk
@@ -89,7 +90,12 @@ class CleanupParams(BaseModel):
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, v: str | None) -> str | None:
-        return None if v is None else existing_dir(v, "state_dir")
+        if v is None:
+            return None
+        d = existing_dir(v, "state_dir")
+        if not _holds_store(Path(d)):
+            raise ValueError(f"state_dir {v!r} is not an Outlast state directory (it holds no {DB_NAME})")
+        return d
 
     @field_validator("manifest")
     @classmethod
@@ -119,7 +125,54 @@ class CleanupParams(BaseModel):
             m = Path(self.manifest).expanduser().resolve()
             if m.is_relative_to(self.root):
                 raise ValueError(f"manifest {self.manifest!r} is inside root {self.root!r}")
+        if self.root is not None and not self.dry_run:
+            why = _too_broad(Path(self.root)) or _in_git_dir(Path(self.root))
+            if why is not None:
+                raise ValueError(f"root {self.root!r} {why}")
         return self
+
+
+def _homes() -> set[Path]:
+    """This user's home directory, as $HOME and as the password database say."""
+    homes: set[Path] = set()
+    with contextlib.suppress(RuntimeError, KeyError):  # no $HOME and no password entry
+        homes.add(Path.home())
+    with contextlib.suppress(KeyError, ImportError, OSError):
+        import pwd
+
+        homes.add(Path(pwd.getpwuid(os.getuid()).pw_dir))
+    return {h.resolve() for h in homes if h.is_absolute()}
+
+
+def _too_broad(root: Path) -> str | None:
+    """Why ``root`` (resolved) is too broad to delete in: ``/``, the home directory, or a directory above
+    it (``/home``); None when it is not. A pattern there reaches every file of the user (or of the machine),
+    and the common way to get there is a mistake (``root=~``, ``root=$DIR/..``). A dry run is not refused;
+    no override: a narrower root (``~/Downloads``) or one run per directory does what a broad one would."""
+    if root == Path(root.anchor):
+        return "is the file system's root: deleting there is refused (give a narrower root; a dry run works)"
+    for home in _homes():
+        if home == root:
+            return "is your home directory: deleting there is refused (give a narrower root; a dry run works)"
+        if home.is_relative_to(root):
+            return f"holds your home directory {str(home)!r}: deleting there is refused (give a narrower root)"
+    return None
+
+
+def _in_git_dir(root: Path) -> str | None:
+    """Why ``root`` (resolved) is not cleaned: a git repository's ``.git`` directory, or inside one (its
+    objects and refs are the repository; ``git gc`` and ``git clean`` clean it); None when it is not."""
+    if ".git" in root.parts:
+        return "is a .git directory or inside one: deleting there breaks the repository (use git gc / git clean)"
+    return None
+
+
+def _holds_store(d: Path) -> bool:
+    """``d`` holds an Outlast local store: a regular ``outlast.db`` (not followed if a symlink)."""
+    try:
+        return stat.S_ISREG(os.lstat(d / DB_NAME).st_mode)
+    except OSError:
+        return False
 
 
 def _entry(path: Path) -> os.stat_result | None:
