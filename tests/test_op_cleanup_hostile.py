@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from engine import InvalidInput
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, in_process, nothing_stored
+from tests.fixtures_ops import bad_params, checkpoint_state, in_process, nothing_stored, resume, submit
 
 DAY = 86400
 OLD = time.time() - 10 * DAY
@@ -56,6 +57,51 @@ def test_retention_refuses_a_state_dir_that_holds_no_store(cli: Cli, tmp_path: P
     (proj / "outlast.db").mkdir()  # a directory of that name is not a store either
     with pytest.raises(InvalidInput, match="not an Outlast state directory"):
         spec.parse_params({"retention_days": 1, "state_dir": str(proj)})
+
+
+# ---- 3. the age cutoff across a kill ------------------------------------------------------------------------
+
+KILL_PLUGIN = """
+import os, signal
+import engine.operations.cleanup as cleanup
+
+def _kill_before_removing(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # listed, nothing removed yet: the worst moment to lose the cutoff
+
+cleanup._remove_batch = _kill_before_removing
+"""
+
+
+def test_a_kill_before_the_first_checkpoint_keeps_the_cutoff(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker lists, then is SIGKILLed before removing anything, long before its interval's checkpoint.
+    young.tmp's mtime is then set just after the kill, one day back: younger than the cutoff the first run
+    took (an uninterrupted run keeps it), older than one a resume would take now. The resume keeps it."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "cleanup_kill_plugin.py").write_text(KILL_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    root = tmp_path / "root"
+    old_file(root / "old" / "a.tmp")
+    young = root / "young.tmp"
+    young.write_text("keep me")
+    os.utime(young, (time.time() + DAY, time.time() + DAY))  # not listed by the first run
+    params = {"root": str(root), "patterns": ["*.tmp"], "older_than_days": 1, "dry_run": False}
+    op_id = submit(cli, "cleanup_operation", params, "checkpoint_interval=3600")
+    worker = cli.start("--plugin", "cleanup_kill_plugin", "worker", "--concurrency", "1")
+    try:
+        assert worker.popen.wait(60) == -signal.SIGKILL, worker
+    finally:
+        worker.kill()
+    assert (root / "old" / "a.tmp").exists()  # killed before removing
+    crossed = time.time() - DAY
+    os.utime(young, (crossed, crossed))
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert young.exists(), "the resumed run deleted young.tmp, which the uninterrupted run keeps"
+    assert not (root / "old" / "a.tmp").exists() and final["result"]["files"] == 1
+    assert checkpoint_state(cli, op_id)["cutoff"] < crossed
 
 
 # ---- 4. empty paths, /, the home directory, .git ------------------------------------------------------------

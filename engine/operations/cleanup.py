@@ -12,10 +12,11 @@ Two modes:
   that no kept operation refers to. Paused and interrupted operations keep theirs (a resume needs them).
   Operation records are not deleted here. The store is read through its public API (``open_store``, ``list``).
 
-The age cutoff is fixed when the run starts (kept in ``ctx.state``), so a resume selects what the
-uninterrupted run would have. Files go in batches: the batch's manifest lines (JSON: path, size, mtime) are
-written and fsynced first, then the files are unlinked, so a kill at any point leaves no removed file
-missing from the manifest; a resume does not repeat a line already there.
+The age cutoff is fixed when the run first starts (kept in ``ctx.state``) and checkpointed at once, before
+anything is listed or removed, so a resume, even after a kill before the first interval's checkpoint,
+selects what the uninterrupted run would have. Files go in batches: the batch's manifest lines (JSON: path,
+size, mtime) are written and fsynced first, then the files are unlinked, so a kill at any point leaves no
+removed file missing from the manifest; a resume does not repeat a line already there.
 
 A removal never follows a symlink on the way to the file: anyone who can write in the tree could otherwise
 replace a listed directory by a link (``root/z -> /etc``) between the listing and the removal, and have a
@@ -419,14 +420,32 @@ async def _list_operations(state: Path) -> list[Operation]:
         await store.close()
 
 
-@operation("cleanup_operation", params=CleanupParams, description="delete old files by pattern; Outlast's retention")
-async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
-    """Select the files, then record and remove them batch by batch; the result counts them."""
+async def _cutoff(ctx: OperationContext, p: CleanupParams) -> float:
+    """The age cutoff: fixed when the operation first runs, and on disk before anything is removed.
+
+    An uninterrupted run selects by the time it started, so a resume must use that time too: a kill
+    before the first interval's checkpoint lost a cutoff kept in ``ctx.state`` only, and the resume,
+    taking a later one, deleted files the uninterrupted run keeps. So the first run checkpoints it at once
+    (one write). The record's ``created_at`` would be durable already, but it is the submit time: an
+    operation queued for hours would select by a time before it ran, unlike ``outlast run`` at once."""
     st = ctx.state
     if "cutoff" not in st:
         days = p.older_than_days if p.root is not None else (p.retention_days or 0.0)
         st["cutoff"] = time.time() - days * DAY
-    cutoff = float(st["cutoff"])
+        seq = ctx.checkpoint_seq
+        await ctx.checkpoint(next_step="listing")
+        if ctx.checkpoint_seq == seq and not p.dry_run:
+            raise RuntimeError(
+                "the age cutoff could not be checkpointed (the store refused the write): nothing removed,"
+                " since a resume could select other files; resume it once the store can be written"
+            )
+    return float(st["cutoff"])
+
+
+@operation("cleanup_operation", params=CleanupParams, description="delete old files by pattern; Outlast's retention")
+async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
+    """Select the files, then record and remove them batch by batch; the result counts them."""
+    cutoff = await _cutoff(ctx, p)
     manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
     if not ctx.resuming and ctx.attempt == 1:
         # A new operation starts a new manifest. A later attempt keeps it even without a checkpoint: a
