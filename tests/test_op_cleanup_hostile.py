@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import InvalidInput
+from engine import Engine, InvalidInput, LogRecord, OperationSpec, Status, open_store
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import bad_params, checkpoint_state, in_process, nothing_stored, resume, submit
@@ -36,6 +36,67 @@ def old_file(path: Path, text: str = "x") -> None:
 
 def files(d: Path) -> set[str]:
     return {p.relative_to(d).as_posix() for p in d.rglob("*") if not p.is_dir()}
+
+
+# ---- 1. Outlast's own directories inside the root -----------------------------------------------------------
+
+
+async def test_a_root_holding_the_state_dir_never_lists_it_nor_another_store(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """root=~ with patterns ["*"] and the state dir under ~: the user's files go; the store this engine runs on
+    (database, WAL, locks, logs, outputs with the run's own manifest), another state dir and a checkpoint
+    mirror (found by their files, or named by the settings) stay, each said once in the log."""
+    state = Path(engine.settings.state_dir)
+    assert state.parent == tmp_path  # the root below holds it
+    demo = await engine.wait((await engine.submit(OperationSpec(type="demo", params={"items": 2}))).id, timeout=30)
+    assert demo.status is Status.COMPLETED
+    old_file(tmp_path / "build" / "a.tmp")
+    old_file(tmp_path / "notes.db")
+    other = tmp_path / "other" / "outlast"  # another state dir: its records, its logs
+    old_file(other / "outlast.db")
+    old_file(other / "logs" / "x.jsonl")
+    mirror = tmp_path / "mirror" / "outlast"  # a checkpoint mirror's namespace
+    old_file(mirror / "store.json", "{}")
+    old_file(mirror / "ops" / "op.json", "{}")
+    (mirror / "checkpoints").mkdir()
+    named = tmp_path / "real" / "named-mirror"  # the settings' checkpoint mirror, nothing in it to tell what it is
+    old_file(named / "pending.json")
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # named through a link: the link stays too
+    monkeypatch.setenv("OUTLAST_CHECKPOINT_MIRROR", str(tmp_path / "link" / "named-mirror"))
+    kept = {p for p in files(tmp_path) if not p.startswith(("build/", "notes.db"))}
+
+    spec = OperationSpec(
+        type="cleanup_operation",
+        params={"root": str(tmp_path), "patterns": ["*"], "older_than_days": 0, "dry_run": False},
+    )
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert not (tmp_path / "build" / "a.tmp").exists() and not (tmp_path / "notes.db").exists()
+    assert rec.result["files"] == 2, rec.result
+    assert (await engine.get(demo.id)).status is Status.COMPLETED  # the store is whole
+    left = files(tmp_path)
+    assert kept <= left, sorted(kept - left)
+    assert (tmp_path / "link").is_symlink()
+    assert Path(rec.result["manifest"]).is_relative_to(state) and Path(rec.result["manifest"]).exists()
+    records, _ = await engine.logs(rec.id)
+    said = [r.message for r in records if r.message.startswith("skipped the Outlast state directory")]
+    for d in (state, other, mirror, named):
+        assert sum(str(d) in m for m in said) == 1, (d, said)
+
+
+async def test_a_root_inside_the_state_dir_is_refused_when_it_runs(engine: Engine) -> None:
+    """root = the state dir's outputs (or the state dir): the operation fails saying why, and removes nothing."""
+    state = Path(engine.settings.state_dir)
+    old_file(state / "outputs" / "report.tmp")
+    for root in (state / "outputs", state):
+        spec = OperationSpec(
+            type="cleanup_operation",
+            params={"root": str(root), "patterns": ["*.tmp", "*.db"], "older_than_days": 0, "dry_run": False},
+        )
+        rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+        assert rec.status is Status.FAILED and "inside Outlast's own directory" in (rec.error or ""), rec
+        assert (state / "outputs" / "report.tmp").exists() and (state / "outlast.db").exists()
 
 
 # ---- 2. retention's state_dir ----------------------------------------------------------------------------
@@ -57,6 +118,48 @@ def test_retention_refuses_a_state_dir_that_holds_no_store(cli: Cli, tmp_path: P
     (proj / "outlast.db").mkdir()  # a directory of that name is not a store either
     with pytest.raises(InvalidInput, match="not an Outlast state directory"):
         spec.parse_params({"retention_days": 1, "state_dir": str(proj)})
+
+
+async def test_retention_of_another_store_reads_it_without_creating_anything(engine: Engine, tmp_path: Path) -> None:
+    """Another state dir's old logs go by its own records, read as ``outlast ls`` reads them: nothing is
+    created there (no lock or log directory, no owner note)."""
+    other = tmp_path / "other"
+    async with open_store(other) as store:
+        assert store.state_dir == other
+    for extra in ("locks", "outlast.db-owner"):  # what opening it makes: a read must not make them again
+        p = other / extra
+        p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+    old_file(other / "logs" / "0000000000000.jsonl")  # the log of an operation no longer in the store
+    old_file(other / "logs" / "keep.txt")
+    os.utime(other / "logs" / "keep.txt")  # fresh: stays
+    names = {p.name for p in other.iterdir()}
+    spec = OperationSpec(
+        type="cleanup_operation", params={"retention_days": 1, "state_dir": str(other), "dry_run": False}
+    )
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED and rec.result["files"] == 1, rec.error
+    assert not (other / "logs" / "0000000000000.jsonl").exists() and (other / "logs" / "keep.txt").exists()
+    assert {p.name for p in other.iterdir()} == names
+
+
+async def test_retention_reads_another_stores_records(engine: Engine, tmp_path: Path) -> None:
+    """An old finished operation of the other store loses its log there; the store's records are read."""
+    other = tmp_path / "other"
+    async with Engine(store=open_store(other), settings=engine.settings.model_copy(update={"state_dir": other})) as e:
+        op = await e.wait((await e.submit(OperationSpec(type="demo", params={"items": 1}))).id, timeout=30)
+        await e.store.update(op.id, finished_at=OLD)
+        await e.store.append_logs(op.id, [LogRecord(ts=time.time(), level="info", message="hi")])
+        new = await e.wait((await e.submit(OperationSpec(type="demo", params={"items": 1}))).id, timeout=30)
+        await e.store.append_logs(new.id, [LogRecord(ts=time.time(), level="info", message="hi")])
+    for f in (other / "logs").iterdir():
+        os.utime(f, (OLD, OLD))
+    spec = OperationSpec(
+        type="cleanup_operation", params={"retention_days": 1, "state_dir": str(other), "dry_run": False}
+    )
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert not (other / "logs" / f"{op.id}.jsonl").exists()
+    assert (other / "logs" / f"{new.id}.jsonl").exists()  # a recent operation's, by the other store's record
 
 
 # ---- 3. the age cutoff across a kill ------------------------------------------------------------------------

@@ -5,12 +5,18 @@ Two modes:
 
 - ``root``: files under it (symlinks are removed, never followed) whose path relative to the root matches
   ``patterns`` (.gitignore syntax, through pathspec, already a dependency) and not ``exclude``, and whose
-  mtime is older than ``older_than_days``.
+  mtime is older than ``older_than_days``. Never listed: Outlast's own directories (the state directory of
+  the store the operation runs on, the settings' state directory and checkpoint mirror, and any directory
+  holding a store, ``outlast.db`` or a mirror's ``store.json``), each said once in the log, nor the manifest;
+  a root inside one of them is refused when the run starts. With ``dry_run`` false, a root that is ``/``, the
+  home directory or a directory above it, a ``.git`` directory or one inside it, is refused at validation.
 - ``retention_days``: Outlast's own retention in a state directory (default: the one this engine uses): the
   log files (and detached runs' output) and outputs of operations that ended (completed, failed, cancelled,
   timed out) more than N days ago, logs of operations no longer in the store, and outputs older than N days
   that no kept operation refers to. Paused and interrupted operations keep theirs (a resume needs them).
-  Operation records are not deleted here. The store is read through its public API (``open_store``, ``list``).
+  Operation records are not deleted here. The directory must hold a local store (``outlast.db``): checked
+  at validation and when the run starts. The store this engine runs on is read through its public API
+  (``open_store``, ``list``); another one as ``outlast ls`` reads it, creating nothing there.
 
 The age cutoff is fixed when the run first starts (kept in ``ctx.state``) and checkpointed at once, before
 anything is listed or removed, so a resume, even after a kill before the first interval's checkpoint,
@@ -48,7 +54,7 @@ from ..models import TERMINAL, Operation
 from ..paths import DETACHED
 from ..registry import operation
 from ..store import open_store
-from ..store.quick import DB_NAME
+from ..store.quick import DB_NAME, quick_list
 from ..text import clean
 from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
 from ._walk import walk
@@ -229,23 +235,64 @@ def open_root(path: Path) -> int:
     return os.open(path, _DIR_FLAGS)
 
 
-def list_matching(root: Path, patterns: list[str], exclude: list[str], cutoff: float) -> dict[str, FileId]:
+def _file_id(path: Path) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _is_store_dir(dnames: list[str], fnames: list[str]) -> bool:
+    """A directory's names are those of an Outlast store: a local store's ``outlast.db``, or a checkpoint
+    mirror's ``store.json`` beside its ``ops`` and ``checkpoints`` directories."""
+    if DB_NAME in fnames:
+        return True
+    return "store.json" in fnames and "ops" in dnames and "checkpoints" in dnames
+
+
+def list_matching(
+    root: Path,
+    patterns: list[str],
+    exclude: list[str],
+    cutoff: float,
+    keep_out: frozenset[FileId] = frozenset(),
+    pruned: list[str] | None = None,
+) -> dict[str, FileId]:
     """Relative paths under ``root`` matching ``patterns``, not ``exclude``, last modified before ``cutoff``
-    (sorted), each with the identity of the file the listing saw."""
+    (sorted), each with the identity of the file the listing saw.
+
+    Never listed: a file or directory whose identity is in ``keep_out`` (Outlast's state directory, its
+    checkpoint mirror, the manifest being written), nor any directory holding an Outlast store (``outlast.db``,
+    a mirror's ``store.json``: another state directory's records and checkpoints); each directory so pruned is
+    added to ``pruned`` (relative; "." for the root itself)."""
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
     out: dict[str, FileId] = {}
     for d, dnames, fnames in walk(root):
         rel_d = Path(d).relative_to(root)
+        if _is_store_dir(dnames, fnames):
+            dnames.clear()
+            if pruned is not None:
+                pruned.append(rel_d.as_posix())
+            continue
         for x in list(dnames):
-            if (Path(d) / x).is_symlink():  # a symlink to a directory: the link is a candidate, never followed
+            try:
+                st = os.lstat(Path(d) / x)
+            except OSError:
+                continue  # gone: the walk finds nothing in it either
+            if stat.S_ISLNK(st.st_mode):  # a symlink to a directory: the link is a candidate, never followed
                 dnames.remove(x)
                 fnames.append(x)
+            elif (st.st_dev, st.st_ino) in keep_out:
+                dnames.remove(x)
+                if pruned is not None:
+                    pruned.append((rel_d / x).as_posix())
         for f in fnames:
             rel = (rel_d / f).as_posix()
             if not want.match_file(rel) or keep.match_file(rel):
                 continue
             e = _entry(root / rel)
-            if e is not None and e.st_mtime < cutoff:
+            if e is not None and e.st_mtime < cutoff and (e.st_dev, e.st_ino) not in keep_out:
                 out[rel] = (e.st_dev, e.st_ino)
     return dict(sorted(out.items()))
 
@@ -411,13 +458,62 @@ def _prune_dirs(base_fd: int, base: Path, top: str, cutoff: float, emptied: set[
     return n, not_followed
 
 
-async def _list_operations(state: Path) -> list[Operation]:
-    store = open_store(state)
-    await store.open()
+async def _list_operations(ctx: OperationContext, state: Path) -> list[Operation]:
+    """The operations stored in the state directory ``state``, which holds a local store (checked).
+
+    The store this engine runs on is read through its public API; another is read as ``outlast ls`` reads
+    it, writing nothing there (opening it would make its lock and log directories and owner note), and an
+    operation whose process is gone and not yet marked interrupted makes that read refuse."""
+    if state == ctx.output_dir.parent.resolve():
+        store = open_store(state)
+        await store.open()
+        try:
+            return await store.list_operations()
+        finally:
+            await store.close()
+    records = await asyncio.to_thread(quick_list, state, None, None, -1)
+    if records is None:
+        raise RuntimeError(
+            f"state dir {state}: its store cannot be read without changing it (an operation left running by a"
+            f" process that is gone?): run `outlast --state-dir {state} ls` once, then this again; nothing removed"
+        )
+    return [Operation.model_validate(r) for r in records]
+
+
+def _outlast_dirs(ctx: OperationContext) -> list[Path]:
+    """Outlast's own directories, never listed nor cleaned by a root: the state directory of the store this
+    operation runs on (its outputs' parent: a local store's, else the settings'), and the settings' state
+    directory and checkpoint mirror (a Redis store's mirror: a handler is told no more of its store).
+    As configured (not resolved: a symlink on the way to one is kept too, see ``_keep_out``)."""
+    dirs = [ctx.output_dir.parent]
     try:
-        return await store.list_operations()
-    finally:
-        await store.close()
+        from ..config import load_settings
+
+        settings = load_settings()
+    except Exception:  # the engine started with these settings; a config file broken since: the above only
+        settings = None
+    if settings is not None:
+        dirs.append(Path(settings.state_dir).expanduser())
+        if settings.checkpoint_mirror is not None:
+            dirs.append(Path(settings.checkpoint_mirror).expanduser())
+    return list(dict.fromkeys(Path(os.path.abspath(d)) for d in dirs))
+
+
+def _keep_out(own: list[Path], manifest: Path) -> frozenset[FileId]:
+    """What a root's listing never lists nor enters: Outlast's directories ``own`` and the manifest (their
+    identities: a bind mount or a hard link is the same), and every symlink on the way to one of ``own``
+    (``root/.local -> /data/local`` holding the state dir: the link removed, the store is lost to its path)."""
+    out: set[FileId] = set()
+    for d in [*own, manifest]:
+        if (i := _file_id(d)) is not None:
+            out.add(i)
+    for d in own:
+        for a in [d, *d.parents]:
+            with contextlib.suppress(OSError):
+                st = os.lstat(a)
+                if stat.S_ISLNK(st.st_mode):
+                    out.add((st.st_dev, st.st_ino))
+    return frozenset(out)
 
 
 async def _cutoff(ctx: OperationContext, p: CleanupParams) -> float:
@@ -445,6 +541,20 @@ async def _cutoff(ctx: OperationContext, p: CleanupParams) -> float:
 @operation("cleanup_operation", params=CleanupParams, description="delete old files by pattern; Outlast's retention")
 async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
     """Select the files, then record and remove them batch by batch; the result counts them."""
+    base = Path(p.root) if p.root is not None else Path(p.state_dir or output_dir(ctx).parent).resolve()
+    own = _outlast_dirs(ctx)
+    if p.root is not None:
+        for d in own:
+            if base.resolve().is_relative_to(d.resolve()):
+                raise ValueError(
+                    f"root {p.root} is inside Outlast's own directory {d} (its store, logs, outputs or"
+                    " checkpoints): not cleaned by a root; retention_days cleans old outputs and logs"
+                )
+    elif not _holds_store(base):  # checked at validation for a state_dir given; again here (it may have gone)
+        raise ValueError(
+            f"state dir {base} holds no Outlast store ({DB_NAME}): retention reads there which operations"
+            " ended, and has nothing to read (a Redis store's operations are not read here); nothing removed"
+        )
     cutoff = await _cutoff(ctx, p)
     manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
     if not ctx.resuming and ctx.attempt == 1:
@@ -452,11 +562,10 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
         # run killed before its first checkpoint has already removed the files its lines name.
         await asyncio.to_thread(manifest.unlink, missing_ok=True)
     ctx.progress(step="listing")
-    base = Path(p.root) if p.root is not None else Path(p.state_dir or output_dir(ctx).parent).resolve()
     # Opened before the listing, once: every removal starts from this directory, never from a path.
     base_fd = await asyncio.to_thread(open_root, base)
     try:
-        pruned = await _clean(ctx, p, base, base_fd, manifest, cutoff)
+        pruned = await _clean(ctx, p, base, base_fd, manifest, cutoff, own)
     finally:
         os.close(base_fd)
     # Counted from the manifest: files removed before a kill, after their checkpoint, are gone from the
@@ -474,13 +583,25 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
 
 
 async def _clean(
-    ctx: OperationContext, p: CleanupParams, base: Path, base_fd: int, manifest: Path, cutoff: float
+    ctx: OperationContext,
+    p: CleanupParams,
+    base: Path,
+    base_fd: int,
+    manifest: Path,
+    cutoff: float,
+    own: list[Path],
 ) -> int:
-    """List, then record and remove batch by batch (from ``base_fd``); how many empty directories went."""
+    """List, then record and remove batch by batch (from ``base_fd``); how many empty directories went.
+    A root's listing never enters ``own`` (Outlast's directories) nor lists the manifest."""
     if p.root is not None:
-        listed = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff)
+        keep_out = await asyncio.to_thread(_keep_out, own, manifest)
+        own_dirs: list[str] = []
+        listed = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff, keep_out, own_dirs)
+        for rel in own_dirs:
+            where = clean(str(base / rel)) if rel != "." else clean(str(base))
+            ctx.log.info(f"skipped the Outlast state directory {where}: Outlast's own files are never cleaned here")
     else:
-        ops = await _list_operations(base)
+        ops = await _list_operations(ctx, base)
         listed = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
         listed = {r: i for r, i in listed.items() if base / r != manifest}
     seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
