@@ -85,6 +85,24 @@ async def test_a_root_holding_the_state_dir_never_lists_it_nor_another_store(
         assert sum(str(d) in m for m in said) == 1, (d, said)
 
 
+def test_a_manifest_among_the_stores_files_is_refused(state_dir: Path, tmp_path: Path) -> None:
+    """A new run starts by removing its manifest: an empty WAL or lock file of a store given as the manifest
+    (check_output_file takes an empty file) would be deleted. Refused; one in the store's outputs is not."""
+    other = tmp_path / "other"
+    (other / "locks").mkdir(parents=True)
+    old_file(other / "outlast.db")
+    (other / "outputs").mkdir()
+    spec = get_handler("cleanup_operation")
+    root = tmp_path / "root"
+    root.mkdir()
+    for m in (other / "outlast.db-wal", other / "locks" / "06bhxtse4qpwa.lock"):
+        m.write_bytes(b"")
+        with pytest.raises(InvalidInput, match=re.escape("is among the files of the Outlast store")):
+            spec.parse_params({"root": str(root), "patterns": NO_SUCH, "manifest": str(m)})
+        assert m.exists()
+    spec.parse_params({"root": str(root), "patterns": NO_SUCH, "manifest": str(other / "outputs" / "m.jsonl")})
+
+
 async def test_a_root_inside_the_state_dir_is_refused_when_it_runs(engine: Engine) -> None:
     """root = the state dir's outputs (or the state dir): the operation fails saying why, and removes nothing."""
     state = Path(engine.settings.state_dir)
@@ -97,6 +115,23 @@ async def test_a_root_inside_the_state_dir_is_refused_when_it_runs(engine: Engin
         rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
         assert rec.status is Status.FAILED and "inside Outlast's own directory" in (rec.error or ""), rec
         assert (state / "outputs" / "report.tmp").exists() and (state / "outlast.db").exists()
+
+
+async def test_a_manifest_in_outlasts_own_directory_is_refused_when_it_runs(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings' checkpoint mirror holds no outlast.db for validation to see: the run refuses a manifest
+    there (its start removes the manifest), and the file stays."""
+    mirror = tmp_path / "mirror"
+    victim = mirror / "outlast" / "ops" / "op.json"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"")
+    monkeypatch.setenv("OUTLAST_CHECKPOINT_MIRROR", str(mirror))
+    (tmp_path / "root").mkdir()
+    params = {"root": str(tmp_path / "root"), "patterns": NO_SUCH, "manifest": str(victim), "dry_run": False}
+    rec = await engine.wait((await engine.submit(OperationSpec(type="cleanup_operation", params=params))).id, 30)
+    assert rec.status is Status.FAILED and "is among Outlast's own files" in (rec.error or ""), rec
+    assert victim.exists()
 
 
 # ---- 2. retention's state_dir ----------------------------------------------------------------------------

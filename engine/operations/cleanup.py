@@ -107,7 +107,13 @@ class CleanupParams(BaseModel):
     @field_validator("manifest")
     @classmethod
     def _manifest(cls, v: str | None) -> str | None:
-        return check_output_file(v, "manifest", JSON_MAGIC, "a JSON-lines manifest")
+        v = check_output_file(v, "manifest", JSON_MAGIC, "a JSON-lines manifest")
+        if v is not None:
+            m = Path(v).expanduser().resolve()
+            for d in m.parents:
+                if _holds_store(d) and not m.is_relative_to(d / "outputs"):
+                    raise ValueError(f"manifest {v!r} is among the files of the Outlast store in {str(d)!r}")
+        return v
 
     @field_validator("patterns", "exclude")
     @classmethod
@@ -555,8 +561,11 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
             f"state dir {base} holds no Outlast store ({DB_NAME}): retention reads there which operations"
             " ended, and has nothing to read (a Redis store's operations are not read here); nothing removed"
         )
-    cutoff = await _cutoff(ctx, p)
     manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
+    for d in own:  # a new run starts by removing the manifest: never one of the store's (an empty WAL, a lock)
+        if manifest.is_relative_to(d.resolve()) and not manifest.is_relative_to(d.resolve() / "outputs"):
+            raise ValueError(f"manifest {p.manifest} is among Outlast's own files in {d}: give one outside it")
+    cutoff = await _cutoff(ctx, p)
     if not ctx.resuming and ctx.attempt == 1:
         # A new operation starts a new manifest. A later attempt keeps it even without a checkpoint: a
         # run killed before its first checkpoint has already removed the files its lines name.
