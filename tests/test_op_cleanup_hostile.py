@@ -104,17 +104,26 @@ def test_a_manifest_among_the_stores_files_is_refused(state_dir: Path, tmp_path:
 
 
 async def test_a_root_inside_the_state_dir_is_refused_when_it_runs(engine: Engine) -> None:
-    """root = the state dir's outputs (or the state dir): the operation fails saying why, and removes nothing."""
+    """root = the state dir or its locks: the operation fails saying why, and removes nothing. Its outputs
+    (the user's reports, and the HTTP API's only default root) are cleaned as asked."""
     state = Path(engine.settings.state_dir)
     old_file(state / "outputs" / "report.tmp")
-    for root in (state / "outputs", state):
+    (state / "locks").mkdir(exist_ok=True)
+    for root in (state, state / "locks"):
         spec = OperationSpec(
             type="cleanup_operation",
-            params={"root": str(root), "patterns": ["*.tmp", "*.db"], "older_than_days": 0, "dry_run": False},
+            params={"root": str(root), "patterns": ["*.tmp", "*.db", "*"], "older_than_days": 0, "dry_run": False},
         )
         rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
         assert rec.status is Status.FAILED and "inside Outlast's own directory" in (rec.error or ""), rec
         assert (state / "outputs" / "report.tmp").exists() and (state / "outlast.db").exists()
+    spec = OperationSpec(
+        type="cleanup_operation",
+        params={"root": str(state / "outputs"), "patterns": ["*.tmp"], "older_than_days": 0, "dry_run": False},
+    )
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert not (state / "outputs" / "report.tmp").exists() and (state / "outlast.db").exists()
 
 
 async def test_a_manifest_in_outlasts_own_directory_is_refused_when_it_runs(

@@ -8,7 +8,8 @@ Two modes:
   mtime is older than ``older_than_days``. Never listed: Outlast's own directories (the state directory of
   the store the operation runs on, the settings' state directory and checkpoint mirror, and any directory
   holding a store, ``outlast.db`` or a mirror's ``store.json``), each said once in the log, nor the manifest;
-  a root inside one of them is refused when the run starts. With ``dry_run`` false, a root that is ``/``, the
+  a root inside one of them is refused when the run starts, but for one in a state directory's ``outputs``
+  (reports: the HTTP API's default root). With ``dry_run`` false, a root that is ``/``, the
   home directory or a directory above it, a ``.git`` directory or one inside it, is refused at validation.
 - ``retention_days``: Outlast's own retention in a state directory (default: the one this engine uses): the
   log files (and detached runs' output) and outputs of operations that ended (completed, failed, cancelled,
@@ -550,10 +551,12 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
     base = Path(p.root) if p.root is not None else Path(p.state_dir or output_dir(ctx).parent).resolve()
     own = _outlast_dirs(ctx)
     if p.root is not None:
-        for d in own:
-            if base.resolve().is_relative_to(d.resolve()):
+        for d in own:  # its outputs are the user's reports and the HTTP API's only default root: cleaned as asked
+            if base.resolve().is_relative_to(d.resolve()) and not base.resolve().is_relative_to(
+                d.resolve() / "outputs"
+            ):
                 raise ValueError(
-                    f"root {p.root} is inside Outlast's own directory {d} (its store, logs, outputs or"
+                    f"root {p.root} is inside Outlast's own directory {d} (its store, logs, locks or"
                     " checkpoints): not cleaned by a root; retention_days cleans old outputs and logs"
                 )
     elif not _holds_store(base):  # checked at validation for a state_dir given; again here (it may have gone)
