@@ -4,9 +4,10 @@ pydantic models or an engine (together they cost a start-up of 4-5x a bare ``pyt
 It answers only when its answer is what the full path (open an engine, recover orphans, list) would
 print, and returns None otherwise: when the store does not exist yet or is not private (the full path
 makes it so), has a WAL written for another file (walpair: closing would fold it in), was written by
-another schema version, holds a record it cannot read, or has a running operation whose process is gone
-(the full path marks that one interrupted first; on a read-only file system it cannot, and both list it
-as stored). It writes nothing.
+another schema version, holds a record it cannot read, has a running operation whose process is gone
+(the full path marks that one interrupted first), or is on a read-only file system (the full path warns
+that nothing can be changed there). It writes nothing, not even SQLite's WAL and shared-memory files
+(``_reading_uri``).
 """
 
 from __future__ import annotations
@@ -46,25 +47,24 @@ def quick_list(
     store derives it when it reads a record (a checkpoint does not rewrite the record)."""
     state_dir = state_dir.expanduser()
     db = state_dir / DB_NAME
+    wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
     try:
-        if db.stat().st_size == 0 or not _private(state_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if db.stat().st_size == 0 or not _private(state_dir, db, wal, shm):
             return None
-        if stale_wal(db) is not None:
-            return None  # the full path says what is wrong
-        read_only = on_read_only_fs(state_dir)
-        if read_only:
-            conn = sqlite3.connect(read_only_uri(db), uri=True, timeout=5.0, isolation_level=None)
-        else:
-            conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
-    except (OSError, sqlite3.Error):
+        if stale_wal(db) is not None or on_read_only_fs(state_dir) or Path(f"{db}-journal").exists():
+            return None  # the full path says what is wrong (and warns of a read-only file system)
+        before = _identity(db)
+        uri = _reading_uri(db, wal, shm)
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+    except (OSError, sqlite3.Error, _StepAside):
         return None
     try:
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is None or str(version[0]) != str(SCHEMA_VERSION):
             return None
         running = conn.execute("SELECT id FROM operations WHERE status='running'").fetchall()
-        if not read_only and any(not _held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
-            return None  # an orphan: the full path marks it interrupted before listing (read-only: cannot)
+        if any(not _held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
+            return None  # an orphan: the full path marks it interrupted before listing
         where, args = [], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -81,11 +81,39 @@ def quick_list(
             if checkpoint_seq and isinstance(record, dict):
                 record["checkpoint_seq"] = newest
             records.append(record)
-    except (sqlite3.Error, ValueError):
-        return None  # damaged, locked or malformed: the full path says what is wrong
+    except (sqlite3.Error, ValueError, RecursionError):
+        return None  # damaged, locked or malformed (or nested past what a reader follows): the full path says
     finally:
         conn.close()
+    try:
+        if uri.endswith("immutable=1") and _identity(db) != before:
+            return None  # read as immutable while a writer opened it and wrote the file: what was read may be torn
+    except OSError:
+        return None
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+class _StepAside(Exception):
+    """The store cannot be read without writing: the full path."""
+
+
+def _identity(db: Path) -> tuple[int, int, int, int]:
+    st = db.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _reading_uri(db: Path, wal: Path, shm: Path) -> str:
+    """A URI that reads ``db`` and writes nothing, nor makes a file: a read-write connection made the WAL and
+    shared-memory files and removed them again when it closed (a write to the state dir), and, the last to
+    close, folded a WAL a killed process left into the database. With no WAL (no connection has the file
+    open), the file as it is (``immutable``, checked unchanged after the read); with one, through it (read
+    only, which needs its shared-memory file: without one, _StepAside)."""
+    uri = db.resolve().as_uri()
+    if not os.path.lexists(wal):
+        return f"{uri}?mode=ro&immutable=1"
+    if not shm.is_file() or not wal.is_file():
+        raise _StepAside
+    return f"{uri}?mode=ro"
 
 
 def on_read_only_fs(d: Path) -> bool:

@@ -1,0 +1,159 @@
+"""The quick ``ls`` (table and ``--json``) against hostile stores: it prints what the full path prints, byte
+for byte, or steps aside; it never writes. Answered in this process (``main_here``): the quick path is the
+default environment, the full path the same with one setting (``OUTLAST_MAX_CONCURRENT``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures_cli import main_here
+
+FULL = {"OUTLAST_MAX_CONCURRENT": "3"}
+
+
+def run(state_dir: Path, *args: str, full: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(state_dir), **(FULL if full else {})}
+    return main_here(args, env)
+
+
+def normalised(text: str) -> list[str]:
+    return [re.sub(r"\s+", " ", re.sub(r"\S+ ago|just now", "AGO", line)).strip() for line in text.splitlines()]
+
+
+def same(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    quick, full = run(state_dir, *args), run(state_dir, *args, full=True)
+    assert (quick.returncode, normalised(quick.stdout), quick.stderr) == (
+        full.returncode,
+        normalised(full.stdout),
+        full.stderr,
+    ), args
+    return quick
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Path:
+    """A store with two operations (one named), made in this process (submit stores; nothing runs)."""
+    for extra in (["--name", "W1", "-p", "items=3"], ["-p", "items=2", "--priority", "low"]):
+        r = run(state_dir, "submit", "demo", *extra)
+        assert r.returncode == 0, r.stderr
+    return state_dir
+
+
+def files(d: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``d`` (and ``d``) by name: inode, size, mtime."""
+    out = {}
+    for p in [d, *sorted(d.rglob("*"))]:
+        st = p.lstat()
+        out[str(p.relative_to(d))] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_quick_ls_makes_no_file_in_the_state_dir(store: Path) -> None:
+    """A read-write connection made outlast.db-wal and -shm and removed them when it closed: the state dir
+    was written (its mtime moved) by every quick ``ls``."""
+    os.utime(store, ns=(1_000_000_000, 1_000_000_000))  # a time no write now can leave
+    before = files(store)
+    for args in (["ls"], ["ls", "--json"]):
+        assert run(store, *args).returncode == 0
+        assert files(store) == before, args
+
+
+def test_quick_ls_leaves_a_dead_writers_wal_as_it_is(store: Path) -> None:
+    """A WAL holding commits of a process that died: the quick read closed last and folded it into
+    outlast.db (and removed it). It reads through it and leaves both files as they were."""
+    code = (
+        "import json, os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "i, r = c.execute('SELECT id, record FROM operations ORDER BY created_at LIMIT 1').fetchone()\n"
+        "r = json.loads(r); r['name'] = 'from the WAL'\n"
+        "c.execute('UPDATE operations SET record=? WHERE id=?', (json.dumps(r, separators=(',', ':')), i))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(store / "outlast.db")], check=True)
+    assert (store / "outlast.db-wal").stat().st_size > 32
+    before = files(store)
+    assert "from the WAL" in same(store, "ls").stdout
+    # The full path (above, second) folded the WAL in; make it again for the quick path alone.
+    subprocess.run([sys.executable, "-c", code, str(store / "outlast.db")], check=True)
+    before = {k: v for k, v in files(store).items() if k not in (".", "outlast.db-shm")}
+    for args in (["ls"], ["ls", "--json"]):
+        out = run(store, *args)
+        assert out.returncode == 0 and "from the WAL" in out.stdout
+        after = {k: v for k, v in files(store).items() if k not in (".", "outlast.db-shm")}
+        assert after == before, args
+
+
+def rewrite(state_dir: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    """Replace the oldest operation's stored record with ``change(record)`` (an object, or raw text)."""
+    db = sqlite3.connect(state_dir / "outlast.db")
+    with db:
+        op_id, raw = db.execute("SELECT id, record FROM operations ORDER BY created_at LIMIT 1").fetchone()
+        new = change(json.loads(raw))
+        db.execute(
+            "UPDATE operations SET record=? WHERE id=?",
+            (new if isinstance(new, str) else json.dumps(new, separators=(",", ":")), op_id),
+        )
+    db.close()
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    *parents, last = path.split(".")
+
+    def change(r: dict[str, Any]) -> dict[str, Any]:
+        o = r
+        for k in parents:
+            o = o[k]
+        o[last] = value
+        return r
+
+    return change
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def change(r: dict[str, Any]) -> dict[str, Any]:
+        del r[key]
+        return r
+
+    return change
+
+
+def _nest(depth: int) -> Callable[[dict[str, Any]], str]:
+    def change(r: dict[str, Any]) -> str:
+        return json.dumps(r, separators=(",", ":")).replace(
+            '"params":{', '"params":{"d":' + "[" * depth + "]" * depth + ",", 1
+        )
+
+    return change
+
+
+def test_quick_ls_nested_past_the_stack_is_the_full_paths_answer(store: Path) -> None:
+    """``json.loads`` of a record nested 100,000 deep raised RecursionError: an internal error (exit 70)."""
+    rewrite(store, _nest(100_000))
+    for args in (["ls"], ["ls", "--json"]):
+        out = same(store, *args)
+        assert out.returncode == 0 and "malformed; skipped" in out.stderr, args
+
+
+def test_quick_ls_on_a_read_only_file_system_says_so_as_the_full_path(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full path warns that a state dir on a read-only file system can change nothing (orphans stay
+    running); the quick path listed it without a word."""
+    from engine.store import quick
+    from engine.store.sqlite import core
+
+    monkeypatch.setattr(quick, "on_read_only_fs", lambda d: True)
+    monkeypatch.setattr(core, "on_read_only_fs", lambda d: True)
+    for args in (["ls"], ["ls", "--json"]):
+        assert "read-only file system" in same(store, *args).stderr, args
