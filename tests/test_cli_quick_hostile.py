@@ -137,6 +137,35 @@ def _nest(depth: int) -> Callable[[dict[str, Any]], str]:
     return change
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set("priority", "bogus"),
+        _set("priority", "HIGH"),
+        _set("name", 5),
+        _set("type", 7),
+        _set("error", 3),
+        _set("progress.done", 2.5),
+        _set("progress", None),
+        _set("worker", {"host": "h"}),
+        _set("tags", {"team": 1}),
+        _set("params", [1]),
+        _set("name", "W\ud800"),
+        _drop("created_at"),
+        _nest(300),
+    ],
+    ids=lambda c: repr(c.__closure__[-1].cell_contents)[:30] if c.__closure__ else "?",
+)
+def test_quick_ls_table_shows_no_record_the_full_path_skips(store: Path, change: Callable[..., Any]) -> None:
+    """The table was made from each record as read (``str()``, ``int()``, defaults): a record the model
+    refuses (the full path skips it with a warning) was shown, with its priority "bogus", its name 5, its
+    done 2.5 as 2, its missing creation time as "-"."""
+    rewrite(store, change)
+    for args in (["ls"], ["ls", "--json"]):
+        out = same(store, *args)
+        assert "stored record is malformed; skipped" in out.stderr, args
+
+
 def test_quick_ls_nested_past_the_stack_is_the_full_paths_answer(store: Path) -> None:
     """``json.loads`` of a record nested 100,000 deep raised RecursionError: an internal error (exit 70)."""
     rewrite(store, _nest(100_000))

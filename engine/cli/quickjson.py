@@ -80,17 +80,47 @@ _STATUSES = frozenset(s.value for s in Status)
 _PRIORITIES = frozenset(p.value for p in Priority)
 
 
+MAX_DEPTH = 100
+"""Records nesting deeper than this (the record itself is 1) are left to the full path: its JSON reader
+refuses one nested past 200 levels (the record is skipped, with a warning), and ``json.loads`` overflows
+the stack far below a hostile depth. What Outlast stores nests a few levels (``MAX_JSON_DEPTH`` in params)."""
+
+
 def records(state_dir: Path, statuses: list[str], types: list[str], limit: int) -> list[dict[str, Any]] | None:
     """The records ``ls --json`` prints, read from the local store with default settings; None: the full
     path (``engine.store.quick``'s reasons, or a record not in its model's dump form)."""
-    from ..store.quick import quick_list
-
-    found = quick_list(state_dir, statuses, types, limit, loads=_strict_loads, checkpoint_seq=True)
-    if found is None or not all(_is_dump(r, FIELDS) for r in found):
+    found = dumps(state_dir, statuses, types, limit, checkpoint_seq=True)
+    if found is None:
         return None
     for r in found:
         r["progress"].update(_seed_progress(r))
     return found
+
+
+def dumps(
+    state_dir: Path, statuses: list[str], types: list[str] | None, limit: int, *, checkpoint_seq: bool = False
+) -> list[dict[str, Any]] | None:
+    """The stored records, newest first, when every one is its model's JSON dump (what the full path reads
+    as it is: it skips, with a warning, a record that does not validate, and reads others with defaults or
+    conversions); None: the full path. ``checkpoint_seq``: each one's as the store derives it."""
+    from ..store.quick import quick_list
+
+    found = quick_list(state_dir, statuses, types, limit, loads=_strict_loads, checkpoint_seq=checkpoint_seq)
+    if found is None or not all(_is_dump(r, FIELDS) and _within(r, MAX_DEPTH) for r in found):
+        return None
+    return found
+
+
+def _within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` levels of lists and objects (iterative: any depth)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
 
 
 def _strict_loads(raw: str) -> Any:

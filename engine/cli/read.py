@@ -79,9 +79,11 @@ def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> 
     state_dir = app.quick_state_dir()
     if state_dir is None:
         return None
-    from ..store.quick import quick_list
+    from .quickjson import dumps
 
-    records = quick_list(state_dir, [s.lower() for s in statuses], types, limit)
+    # Only records the full path reads as they are: it skips one that does not validate (with a warning) and
+    # reads others with defaults and conversions, which a row made from the record as read did not.
+    records = dumps(state_dir, [s.lower() for s in statuses], types, limit)
     if records is None:
         return None
     try:
