@@ -186,3 +186,18 @@ def test_quick_ls_on_a_read_only_file_system_says_so_as_the_full_path(
     monkeypatch.setattr(core, "on_read_only_fs", lambda d: True)
     for args in (["ls"], ["ls", "--json"]):
         assert "read-only file system" in same(store, *args).stderr, args
+
+
+@pytest.mark.parametrize("args", [["ls"], ["ls", "--json"], ["-q", "ls"]])
+def test_quick_ls_of_a_state_dir_that_is_not_there_makes_none(tmp_path: Path, args: list[str]) -> None:
+    """A read made the state dir, its database and files (a mistyped --state-dir left a store behind): the
+    quick path answers "nothing" and makes nothing; it says what the full path says (which makes one)."""
+    missing = tmp_path / "not" / "there"
+    quick = run(missing, *args)
+    assert not (tmp_path / "not").exists()
+    full = run(missing, *args, full=True)
+    assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
+    # Where none can be made (below a file), the full path says why.
+    (tmp_path / "file").write_text("")
+    quick, full = run(tmp_path / "file" / "sd", *args), run(tmp_path / "file" / "sd", *args, full=True)
+    assert (quick.returncode, quick.stderr) == (full.returncode, full.stderr) and quick.returncode == 8

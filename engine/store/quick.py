@@ -48,6 +48,8 @@ def quick_list(
     state_dir = state_dir.expanduser()
     db = state_dir / DB_NAME
     wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+    if _made_by_a_read(state_dir):
+        return []  # no store: none is made by a read (the full path would make one, then list nothing)
     try:
         if db.stat().st_size == 0 or not _private(state_dir, db, wal, shm):
             return None
@@ -91,6 +93,34 @@ def quick_list(
     except OSError:
         return None
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+def _made_by_a_read(state_dir: Path) -> bool:
+    """Whether ``state_dir`` does not exist and the full path would make it (its nearest existing ancestor
+    a directory it can write in, on a writable file system): then there is nothing to list, and a read that
+    made a store there (a mistyped ``--state-dir``, a look before the first run) wrote a directory, a
+    database and its files. Anything else (it exists, or could not be made): the full path says."""
+    try:
+        os.lstat(state_dir)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    else:
+        return False
+    ancestor = state_dir.absolute().parent
+    while True:
+        try:
+            os.lstat(ancestor)
+        except FileNotFoundError:
+            if ancestor == ancestor.parent:
+                return False
+            ancestor = ancestor.parent
+            continue
+        except OSError:
+            return False
+        break
+    return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK) and not on_read_only_fs(ancestor)
 
 
 class _StepAside(Exception):
