@@ -4,6 +4,7 @@ default environment, the full path the same with one setting (``OUTLAST_MAX_CONC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -201,3 +202,15 @@ def test_quick_ls_of_a_state_dir_that_is_not_there_makes_none(tmp_path: Path, ar
     (tmp_path / "file").write_text("")
     quick, full = run(tmp_path / "file" / "sd", *args), run(tmp_path / "file" / "sd", *args, full=True)
     assert (quick.returncode, quick.stderr) == (full.returncode, full.stderr) and quick.returncode == 8
+
+
+@pytest.mark.parametrize("blank", [" ", "\t"])
+def test_quick_ls_of_a_blank_state_dir_is_the_settings_error(tmp_path: Path, blank: str) -> None:
+    """A state dir of spaces is refused by the settings (exit 2); the quick path took it as a directory
+    named " " in the working directory, found no store there and listed nothing."""
+    for args in (["ls"], ["ls", "--json"], ["--state-dir", blank, "ls"]):
+        with contextlib.chdir(tmp_path):
+            quick, full = run(Path(blank), *args), run(Path(blank), *args, full=True)
+        assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
+        assert quick.returncode == 2 and "empty" in quick.stderr, args
+    assert list(tmp_path.iterdir()) == []

@@ -132,7 +132,10 @@ class App:
             if not checked:
                 return None
         env = os.environ
-        return Path(self.state_dir or env.get("OUTLAST_STATE_DIR") or from_config or default_state_dir())
+        chosen = self.state_dir or env.get("OUTLAST_STATE_DIR") or from_config
+        if chosen is not None and not chosen.strip():
+            return None  # blank: not a directory but an error, which the settings say
+        return Path(chosen or default_state_dir())
 
     def prepare_child(self) -> list[str]:
         """The global options for a detached child process, which inherits this process's environment.
