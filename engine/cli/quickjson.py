@@ -105,10 +105,16 @@ def dumps(
     conversions); None: the full path. ``checkpoint_seq``: each one's as the store derives it."""
     from ..store.quick import quick_list
 
-    found = quick_list(state_dir, statuses, types, limit, loads=_strict_loads, checkpoint_seq=checkpoint_seq)
-    if found is None or not all(_is_dump(r, FIELDS) and _within(r, MAX_DEPTH) for r in found):
-        return None
-    return found
+    return quick_list(state_dir, statuses, types, limit, loads=_dump_loads, checkpoint_seq=checkpoint_seq)
+
+
+def _dump_loads(raw: str) -> dict[str, Any]:
+    """The record ``raw`` holds when it is its model's dump as stored (before ``checkpoint_seq`` is replaced
+    by the derived one: the full path validates the stored one first); ValueError otherwise."""
+    record = _strict_loads(raw)
+    if not (_is_dump(record, FIELDS) and _within(record, MAX_DEPTH)):
+        raise ValueError("not its model's dump")
+    return record  # type: ignore[no-any-return]
 
 
 def _within(value: Any, limit: int) -> bool:
