@@ -215,3 +215,24 @@ def test_quick_ls_of_a_blank_state_dir_is_the_settings_error(tmp_path: Path, bla
         assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
         assert quick.returncode == 2 and "empty" in quick.stderr, args
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "what"),
+    [("locks", "fifo"), ("locks", "file"), ("logs", "fifo"), ("logs", "file"), ("outlast.db-shm", "fifo")],
+)
+def test_quick_ls_leaves_a_misplaced_store_file_to_the_full_path(store: Path, where: str, what: str) -> None:
+    """A FIFO or a file where the store keeps its locks or logs directory (or its shared-memory file, with
+    no WAL): the full path says so (exit 8), the quick path listed the operations as if all were well."""
+    path = store / where
+    if path.is_dir():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+    if what == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.write_text("")
+        path.chmod(0o600)
+    out = same(store, "ls")
+    assert out.returncode == 8 and "ID" not in out.stdout, out.stderr

@@ -100,8 +100,9 @@ def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
     assert (
         store.db_path.name,
         store.lock_dir.name,
+        store.log_dir.name,
         SCHEMA_VERSION,
-    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.SCHEMA_VERSION)
+    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.LOG_DIR, quick.SCHEMA_VERSION)
 
 
 def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tmp_path: Path) -> None:

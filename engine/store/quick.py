@@ -26,9 +26,10 @@ from .walpair import stale_wal
 
 DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
+LOG_DIR = "logs"
 SCHEMA_VERSION = 1
 CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
-"""The local store's file names, schema version and newest checkpoint's seq of operation ``o``
+"""The local store's file and directory names, schema version and newest checkpoint's seq of operation ``o``
 (``LocalStore``, ``schema.CHECKPOINT_SEQ``; a test keeps them equal)."""
 
 
@@ -55,6 +56,10 @@ def quick_list(
             return None
         if stale_wal(db) is not None or on_read_only_fs(state_dir) or Path(f"{db}-journal").exists():
             return None  # the full path says what is wrong (and warns of a read-only file system)
+        if not all(_fit(p, p.is_dir) for p in (state_dir / LOCK_DIR, state_dir / LOG_DIR)) or not _fit(
+            shm, shm.is_file
+        ):
+            return None  # something else in the place of one (a FIFO, a file): the full path says what
         before = _identity(db)
         uri = _reading_uri(db, wal, shm)
         conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
@@ -93,6 +98,11 @@ def quick_list(
     except OSError:
         return None
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+def _fit(path: Path, kind: Callable[[], bool]) -> bool:
+    """Whether ``path`` is missing (the full path makes it) or of its kind (``Path.is_dir``, ``is_file``)."""
+    return kind() or not os.path.lexists(path)
 
 
 def _made_by_a_read(state_dir: Path) -> bool:
