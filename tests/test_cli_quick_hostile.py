@@ -236,3 +236,19 @@ def test_quick_ls_leaves_a_misplaced_store_file_to_the_full_path(store: Path, wh
         path.chmod(0o600)
     out = same(store, "ls")
     assert out.returncode == 8 and "ID" not in out.stdout, out.stderr
+
+
+def test_quick_ls_table_reads_the_damaged_page_the_full_path_reads(store: Path) -> None:
+    """The full path reads each operation's newest checkpoint (``checkpoint_seq``) as it lists; with the
+    checkpoints table's page damaged it says the database is not usable (exit 8). The table's quick path
+    did not read it, and listed as if all were well."""
+    db = sqlite3.connect(store / "outlast.db")
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name='checkpoints'").fetchone()[0]
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with open(store / "outlast.db", "r+b") as f:
+        f.seek((root - 1) * page)
+        f.write(b"\0" * page)
+    for args in (["ls"], ["ls", "--json"]):
+        out = same(store, *args)
+        assert out.returncode == 8 and "not a usable Outlast database" in out.stderr, args

@@ -83,7 +83,9 @@ def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> 
 
     # Only records the full path reads as they are: it skips one that does not validate (with a warning) and
     # reads others with defaults and conversions, which a row made from the record as read did not.
-    records = dumps(state_dir, [s.lower() for s in statuses], types, limit)
+    # Each one's newest checkpoint is read as the full path reads it (not shown): a damaged page there is
+    # one the full path reports (exit 8), not one to list past.
+    records = dumps(state_dir, [s.lower() for s in statuses], types, limit, checkpoint_seq=True)
     if records is None:
         return None
     try:
