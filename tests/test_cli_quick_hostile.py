@@ -252,3 +252,25 @@ def test_quick_ls_table_reads_the_damaged_page_the_full_path_reads(store: Path) 
     for args in (["ls"], ["ls", "--json"]):
         out = same(store, *args)
         assert out.returncode == 8 and "not a usable Outlast database" in out.stderr, args
+
+
+def test_quick_list_read_as_immutable_while_a_writer_came_is_not_trusted(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no WAL the file is read as ``immutable`` (no lock, no file made): a writer that opens it during
+    the read (and folds its WAL in when it closes) may change pages under it, so that read is not used."""
+    from engine.store import quick
+
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real(*args, **kwargs)
+        writer = real(store / "outlast.db")  # a worker starting: a write, folded in at its close
+        with writer:
+            writer.execute("UPDATE operations SET record = json_set(record, '$.name', 'changed')")
+        writer.close()
+        return conn
+
+    assert quick.quick_list(store, [], [], 10) is not None  # undisturbed: read
+    monkeypatch.setattr(quick.sqlite3, "connect", connect)
+    assert quick.quick_list(store, [], [], 10) is None

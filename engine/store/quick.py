@@ -93,8 +93,8 @@ def quick_list(
     finally:
         conn.close()
     try:
-        if uri.endswith("immutable=1") and _identity(db) != before:
-            return None  # read as immutable while a writer opened it and wrote the file: what was read may be torn
+        if uri.endswith("immutable=1") and (_identity(db) != before or os.path.lexists(wal)):
+            return None  # read as immutable while a writer opened it (and maybe wrote it): what was read may be torn
     except OSError:
         return None
     return records if all(isinstance(r, dict) for r in records) else None
