@@ -274,3 +274,16 @@ def test_quick_list_read_as_immutable_while_a_writer_came_is_not_trusted(
     assert quick.quick_list(store, [], [], 10) is not None  # undisturbed: read
     monkeypatch.setattr(quick.sqlite3, "connect", connect)
     assert quick.quick_list(store, [], [], 10) is None
+
+
+def test_quick_list_steps_aside_on_a_full_file_system(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full file system the full path cannot open the store (SQLite makes its WAL and shared-memory
+    files) and says so in one line (exit 8; seen on a full tmpfs); the quick path, which makes neither,
+    listed as if all were well. Nor does it answer "nothing" for a state dir that could not be made there."""
+    from engine.store import quick
+
+    assert quick.quick_list(store, [], [], 10) is not None
+    assert quick.quick_list(store / "new", [], [], 10) == []
+    monkeypatch.setattr(quick, "free_bytes", lambda path: quick.FULL_BELOW - 1)
+    assert quick.quick_list(store, [], [], 10) is None
+    assert quick.quick_list(store / "new", [], [], 10) is None

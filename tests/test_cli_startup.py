@@ -93,6 +93,7 @@ def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
     from engine.config import Settings
     from engine.store import quick
     from engine.store.sqlite import LocalStore
+    from engine.store.sqlite.core import FULL_BELOW
     from engine.store.sqlite.schema import SCHEMA_VERSION
 
     assert set(SETTINGS_KEYS) == set(Settings.model_fields) - {"profiles", "origins"}
@@ -102,7 +103,8 @@ def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
         store.lock_dir.name,
         store.log_dir.name,
         SCHEMA_VERSION,
-    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.LOG_DIR, quick.SCHEMA_VERSION)
+        FULL_BELOW,
+    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.LOG_DIR, quick.SCHEMA_VERSION, quick.FULL_BELOW)
 
 
 def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tmp_path: Path) -> None:

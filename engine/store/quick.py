@@ -2,12 +2,14 @@
 pydantic models or an engine (together they cost a start-up of 4-5x a bare ``python -c pass``).
 
 It answers only when its answer is what the full path (open an engine, recover orphans, list) would
-print, and returns None otherwise: when the store does not exist yet or is not private (the full path
-makes it so), has a WAL written for another file (walpair: closing would fold it in), was written by
-another schema version, holds a record it cannot read, has a running operation whose process is gone
-(the full path marks that one interrupted first), or is on a read-only file system (the full path warns
-that nothing can be changed there). It writes nothing, not even SQLite's WAL and shared-memory files
-(``_reading_uri``).
+print, and returns None otherwise: when the store is empty or not private (the full path makes it so),
+has a WAL written for another file (walpair: closing would fold it in), was written by another schema
+version, holds a record it cannot read, has a running operation whose process is gone (the full path
+marks that one interrupted first), has something else in the place of one of its files, or is on a
+read-only or (nearly) full file system (the full path warns that nothing can be changed there, or may
+not open it, and says so). A state dir that does not exist (and could be made) lists nothing.
+
+It writes nothing, not even SQLite's WAL and shared-memory files (``_reading_uri``), nor the state dir.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..files import open_regular
+from ..files import free_bytes, open_regular
 from .walpair import stale_wal
 
 DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
 LOG_DIR = "logs"
 SCHEMA_VERSION = 1
+FULL_BELOW = 1 << 20
 CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
-"""The local store's file and directory names, schema version and newest checkpoint's seq of operation ``o``
-(``LocalStore``, ``schema.CHECKPOINT_SEQ``; a test keeps them equal)."""
+"""The local store's file and directory names, schema version, the free bytes under which it calls its file
+system full, and newest checkpoint's seq of operation ``o`` (``LocalStore``, ``core.FULL_BELOW``,
+``schema.CHECKPOINT_SEQ``; a test keeps them equal)."""
 
 
 def quick_list(
@@ -56,6 +60,8 @@ def quick_list(
             return None
         if stale_wal(db) is not None or on_read_only_fs(state_dir) or Path(f"{db}-journal").exists():
             return None  # the full path says what is wrong (and warns of a read-only file system)
+        if (free_bytes(state_dir) or 0) < FULL_BELOW:
+            return None  # a full disk: the full path may not open it (its WAL and shared memory), and says so
         if not all(_fit(p, p.is_dir) for p in (state_dir / LOCK_DIR, state_dir / LOG_DIR)) or not _fit(
             shm, shm.is_file
         ):
@@ -130,7 +136,12 @@ def _made_by_a_read(state_dir: Path) -> bool:
         except OSError:
             return False
         break
-    return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK) and not on_read_only_fs(ancestor)
+    return (
+        ancestor.is_dir()
+        and os.access(ancestor, os.W_OK | os.X_OK)
+        and not on_read_only_fs(ancestor)
+        and (free_bytes(ancestor) or 0) >= FULL_BELOW
+    )
 
 
 class _StepAside(Exception):
