@@ -287,3 +287,23 @@ def test_quick_list_steps_aside_on_a_full_file_system(store: Path, monkeypatch: 
     monkeypatch.setattr(quick, "free_bytes", lambda path: quick.FULL_BELOW - 1)
     assert quick.quick_list(store, [], [], 10) is None
     assert quick.quick_list(store / "new", [], [], 10) is None
+
+
+def test_quick_ls_of_a_linked_database_reads_its_wal(store: Path, tmp_path: Path) -> None:
+    """outlast.db a symbolic link: SQLite keeps the WAL beside the file it links to. Seeing none beside the
+    link, the quick path read the file as immutable, without the WAL's commits: names a worker had just
+    written were missing from the list."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (store / "outlast.db").rename(real / "outlast.db")
+    (store / "outlast.db").symlink_to(real / "outlast.db")
+    code = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "c.execute(\"UPDATE operations SET record = json_set(record, '$.name', 'from the WAL')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(store / "outlast.db")], check=True)
+    assert (real / "outlast.db-wal").exists() and not (store / "outlast.db-wal").exists()
+    assert run(store, "ls").stdout.count("from the WAL") == 2

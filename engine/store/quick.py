@@ -58,6 +58,8 @@ def quick_list(
     try:
         if db.stat().st_size == 0 or not _private(state_dir, db, wal, shm):
             return None
+        if db.is_symlink():
+            return None  # SQLite keeps its WAL beside the file linked to, not here: read as immutable, stale
         if stale_wal(db) is not None or on_read_only_fs(state_dir) or Path(f"{db}-journal").exists():
             return None  # the full path says what is wrong (and warns of a read-only file system)
         if (free_bytes(state_dir) or 0) < FULL_BELOW:
