@@ -307,3 +307,72 @@ def test_quick_ls_of_a_linked_database_reads_its_wal(store: Path, tmp_path: Path
     subprocess.run([sys.executable, "-c", code, str(store / "outlast.db")], check=True)
     assert (real / "outlast.db-wal").exists() and not (store / "outlast.db-wal").exists()
     assert run(store, "ls").stdout.count("from the WAL") == 2
+
+
+def _kinds() -> dict[str, Any]:
+    from hypothesis import strategies as st
+
+    text = st.one_of(st.text(max_size=8), st.sampled_from(["", "\x1b[2J", "a\nb", "\u202e", "\x00", "\u2028", "é"]))
+    ints = st.one_of(st.integers(-3, 10**6), st.sampled_from([0, 2**63, -(2**70), 10**30]))
+    floats = st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, -0.0, 5e-324, 1e22, 1.7e308])
+    )
+    leaf = st.none() | st.booleans() | ints | floats | text
+    value = st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3), max_leaves=6)
+    return {
+        "str": text,
+        "int": ints,
+        "float": floats,
+        "dict": st.dictionaries(text, value, max_size=3),
+        "tags": st.dictionaries(text, text, max_size=2),
+        "any": value,
+        "status": st.sampled_from(["queued", "completed", "failed", "paused", "interrupted", "Queued", "x"]),
+        "priority": st.sampled_from(["low", "normal", "high", "critical", "HIGH"]),
+        "wrong": value,
+    }
+
+
+def test_quick_ls_prints_what_the_full_path_prints_for_generated_records(store: Path) -> None:
+    """Records of every field's kind (and now and then one of another): the table and the JSON of both
+    paths are the same, byte for byte but the age column."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from engine.cli.quickjson import FIELDS, PROGRESS_FIELDS, WORKER_FIELDS
+
+    kinds = _kinds()
+
+    def of(kind: str) -> Any:
+        if kind == "progress":
+            return st.fixed_dictionaries({k: of(v) for k, v in PROGRESS_FIELDS.items()})
+        if kind == "worker?":
+            return st.none() | st.fixed_dictionaries({k: of(v) for k, v in WORKER_FIELDS.items()})
+        if kind.endswith("?"):
+            return st.none() | kinds[kind[:-1]]
+        return kinds[kind]
+
+    db = sqlite3.connect(store / "outlast.db", isolation_level=None)
+    (op_id, raw), _ = db.execute("SELECT id, record FROM operations ORDER BY created_at").fetchall()
+    fields = [f for f in FIELDS if f not in ("id", "type")]
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(
+        changes=st.lists(st.sampled_from(fields), max_size=4),
+        wrong=st.lists(st.sampled_from([*fields, None]), max_size=1),
+        data=st.data(),
+    )
+    def check(changes: list[str], wrong: list[str | None], data: Any) -> None:
+        record = json.loads(raw)
+        for name in changes:
+            record[name] = data.draw(of(FIELDS[name]))
+        for name in wrong:
+            if name is not None:
+                record[name] = data.draw(kinds["wrong"])
+        db.execute("UPDATE operations SET record=? WHERE id=?", (json.dumps(record, separators=(",", ":")), op_id))
+        for args in (["ls"], ["ls", "--json"]):
+            same(store, *args)
+
+    try:
+        check()
+    finally:
+        db.close()
