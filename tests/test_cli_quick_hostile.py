@@ -376,3 +376,21 @@ def test_quick_ls_prints_what_the_full_path_prints_for_generated_records(store: 
         check()
     finally:
         db.close()
+
+
+def test_a_fifo_for_the_checked_configs_hangs_no_command(state_dir: Path, tmp_path: Path) -> None:
+    """A FIFO in place of the cache of checked config files (``checked-configs.json``): with a config file,
+    ``ls`` (which reads it to trust the file) and every command that loads the settings (which reads it to
+    remember the file) waited for ever. Now it is no cache: the file is checked in full each time."""
+    config = tmp_path / "config" / "outlast" / "config.toml"  # the default one (conftest's XDG_CONFIG_HOME)
+    config.parent.mkdir(parents=True)
+    config.write_text('theme = "outlast-light"\n')
+    cache = tmp_path / "cache" / "outlast"
+    cache.mkdir(parents=True)
+    os.mkfifo(cache / "checked-configs.json")
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(state_dir)}
+    for args in (["ls"], ["types"], ["ls"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True, timeout=20
+        )
+        assert r.returncode == 0, (args, r.stderr)

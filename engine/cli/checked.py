@@ -31,10 +31,19 @@ def _file() -> Path:
     return cache_dir() / "checked-configs.json"
 
 
+READ_LIMIT = 8 << 20
+"""Bytes of the remembered configs read at most (KEEP of MAX_SIZE each, escaped as JSON)."""
+
+
 def _read() -> dict[str, dict[str, str | None]]:
+    # A regular file only, read without waiting: a FIFO in its place made every command with a config
+    # file (``ls`` and every one that loads the settings) wait for ever.
+    raw = read_regular(_file(), READ_LIMIT)
+    if raw is None:
+        return {}
     try:
-        data = json.loads(_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
