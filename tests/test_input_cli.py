@@ -450,6 +450,24 @@ def test_a_database_path_that_is_no_regular_file_is_one_line_and_left_alone(
     assert db.stat().st_mode == mode
 
 
+@pytest.mark.parametrize("suffix", ["-journal", "-wal", "-shm"])
+def test_a_fifo_beside_the_database_is_one_line_not_a_hang(cli: Cli, state_dir: Path, suffix: str) -> None:
+    """SQLite opens the journal (its hot-journal check), WAL and shared-memory files it finds beside the
+    database: a FIFO at ``outlast.db-journal`` made ``ls``, ``run`` and every other command wait for ever."""
+    assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    fifo = state_dir / f"outlast.db{suffix}"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    for args in (("ls",), ("--json", "ls"), ("run", "demo", "-p", "items=1")):
+        r = cli(*args, timeout=30)
+        assert r.returncode == ExitCode.STORE, (args, r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"outlast: state dir {state_dir}: outlast.db{suffix} is not a regular file (a FIFO): move it out of the way"
+        ], r.stderr
+    fifo.unlink()
+    assert len(json.loads(cli("--json", "ls").stdout)) == 1  # nothing queued meanwhile
+
+
 def test_a_config_given_through_a_pipe_is_applied_once_read(cli: Cli, tmp_path: Path) -> None:
     """``outlast --config <(make-config) ...``: the file was read twice (once to remember it checked, once
     to load it), the pipe was empty the second time, and the settings were silently the defaults."""

@@ -186,16 +186,20 @@ class SqliteCore:
             private_dir(d, self.lock_dir.name)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
-        try:
-            found: os.stat_result | None = os.stat(self.db_path)
-        except OSError:
-            found = None
-        if found is not None and not stat.S_ISREG(found.st_mode):
-            mode = found.st_mode
-            kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
-            raise StoreError(
-                f"state dir {d}: {self.db_path.name} is not a regular file (a {kind}): move it out of the way"
-            )
+        found: os.stat_result | None = None
+        # SQLite opens the journal, WAL and shared-memory files beside the database as it finds them: a FIFO
+        # at outlast.db-journal made every command wait for ever on its open (the hot-journal check).
+        for path in (self.db_path, *(Path(f"{self.db_path}{s}") for s in ("-journal", "-wal", "-shm"))):
+            try:
+                st: os.stat_result | None = os.stat(path)
+            except OSError:
+                st = None
+            if path == self.db_path:
+                found = st
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                mode = st.st_mode
+                kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+                raise StoreError(f"state dir {d}: {path.name} is not a regular file (a {kind}): move it out of the way")
         if found is not None and found.st_size > 0:
             self._refuse_newer(self._peek_version())
         creating = found is None
