@@ -35,6 +35,9 @@ class ExitCode(IntEnum):
     full or read-only: the running operation was left interrupted, resumable)."""
     INTERNAL = 70
     """A bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)."""
+    OUTPUT_LOST = 74
+    """What the command printed could not all be written to the file its output goes to (a full disk, an I/O
+    error): that file is incomplete (sysexits' EX_IOERR). Not for a reader that went away (a closed pipe)."""
     WATCH_STOPPED = 130
     """You stopped watching or following with Ctrl-C; the operation was left as it was."""
     READER_GONE = 141
@@ -90,6 +93,7 @@ def exit_codes_help() -> str:
         (ExitCode.CONFLICT, "not allowed in the operation's current state"),
         (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
+        (ExitCode.OUTPUT_LOST, "the output could not all be written to its file (disk full): it is incomplete"),
         (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
         (ExitCode.READER_GONE, "watch/logs --follow stopped: what read its output went away (| head)"),
     ]

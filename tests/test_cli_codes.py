@@ -33,6 +33,24 @@ def test_help_documents_every_exit_code(cli: Cli) -> None:
         assert f"| {int(code)} |" in readme, f"README lacks exit code {int(code)}"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_output_a_full_disk_could_not_take_is_exit_74_not_0(cli: Cli) -> None:
+    """``outlast ls --json > out.json`` on a full disk exited 0 with the file incomplete (output errors were
+    dropped, as for a reader that went away). A closed pipe is still not an error of the command's."""
+    assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    for args in (("ls",), ("--json", "ls"), ("types",)):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([*CLI, *args], stdout=full, stderr=subprocess.PIPE, text=True, env=cli.env, timeout=60)
+        assert r.returncode == ExitCode.OUTPUT_LOST, (args, r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            "outlast: standard output could not be written (No space left on device): what this command printed is"
+            " incomplete"
+        ], r.stderr
+    cmd = " ".join(CLI) + " --json ls | head -c 1 >/dev/null; echo ${PIPESTATUS[0]}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=cli.env, timeout=60, cwd=REPO)
+    assert r.stdout.strip() == "0" and r.stderr == "", (r.stdout, r.stderr)
+
+
 def test_without_a_terminal_no_arguments_print_help(cli: Cli) -> None:
     r = cli()
     assert r.returncode == 0

@@ -374,15 +374,41 @@ def check_reader() -> None:
         raise ReaderGone()
 
 
+_output_lost: list[str] = []
+"""Why standard output could not be written to the file it goes to (a full disk): said at exit."""
+
+
+def output_lost() -> str | None:
+    """Why what this process printed to its standard output is incomplete, when it went to a file that
+    could not take it (``outlast ls --json > out.json`` on a full disk exited 0 with half a document); None
+    when it was all written, or when only its reader went away (a closed pipe, a hung-up terminal)."""
+    return _output_lost[0] if _output_lost else None
+
+
 def _write(text: str, err: bool) -> None:
     stream = sys.stderr if err else sys.stdout
     try:
         stream.write(text + "\n")
         stream.flush()
     except OSError as e:
+        if not err and not _output_lost and _to_a_file(stream):
+            _output_lost.append(e.strerror or type(e).__name__)
         drop_stream(err)
         if _ends_when_reader_gone and not err and isinstance(e, BrokenPipeError):
             raise ReaderGone() from None
+
+
+def _to_a_file(stream: object) -> bool:
+    """Whether ``stream`` writes to a file or a disk (not a pipe, a socket or a terminal, whose reader may
+    just have gone)."""
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode) or (stat.S_ISCHR(mode) and not os.isatty(stream.fileno()))  # type: ignore[attr-defined]
 
 
 def drop_stream(err: bool) -> None:

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             code = known
     else:
         code = int(rv) if isinstance(rv, int) else ExitCode.OK
+    if (lost := fmt.output_lost()) is not None and code == ExitCode.OK:
+        _error(f"outlast: standard output could not be written ({lost}): what this command printed is incomplete")
+        code = ExitCode.OUTPUT_LOST
     threads = sys.modules.get("engine.threads")  # imported by what ran an event loop; not by --help or ls
     if threads is not None:
         threads.exit_now_if_blocked(int(code))
