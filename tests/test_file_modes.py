@@ -80,8 +80,10 @@ def test_outputs_at_a_chosen_path_are_private(cli: Cli, state_dir: Path, tmp_pat
 
 
 def test_an_existing_state_dir_is_made_private_when_opened(cli: Cli, state_dir: Path) -> None:
-    assert cli("ls").returncode == 0
+    """At the latest by the next command that opens it to write (a quick ``ls`` reads it without writing)."""
+    assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
     db = state_dir / "outlast.db"
     db.chmod(0o644)  # as an older Outlast left it
     assert cli("ls").returncode == 0
+    assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
