@@ -31,7 +31,9 @@ def ran_short(e: BaseException | None) -> BaseException | None:
         if _says_short(e):
             return e
         seen.add(id(e))
-        e = e.__cause__ if e.__cause__ is not None else e.__context__
+        # An error raised "from None" inside an ``except`` for one (a lock's EAGAIN answered "being written by
+        # another operation") says it was not caused by it: it was retried five times as a shortage.
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
     return None
 
 

@@ -213,6 +213,13 @@ def test_a_shortage_is_found_below_the_error_raised() -> None:
             raise ValueError("wrapped")  # noqa: B904 - the implicit context, as a library leaves it
     except ValueError as e:
         assert ran_short(e) is inner and out_of_files(e) is inner
+    try:  # "from None": the author says it was not caused by the EAGAIN it was raised under (a lock taken)
+        try:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        except BlockingIOError:
+            raise ValueError("output is being written by another operation") from None
+    except ValueError as e:
+        assert ran_short(e) is None, "retried five times as a shortage"
     fork = BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")  # what fork says at a pids limit
     thread = RuntimeError("can't start new thread")
     assert ran_short(fork) is fork and out_of_files(fork) is None and ran_short(thread) is thread
