@@ -6,8 +6,14 @@ redoes at most one batch, and the rows are replaced (never added twice) when it 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import hashlib
+import os
 import sqlite3
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +28,10 @@ def db_path(ctx: Any, output: str | None, prefix: str, root: str) -> str:
     return str(output_dir(ctx) / f"{prefix}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.sqlite")
 
 
-def check_kind(value: str | None, name: str, kind: str) -> str | None:
-    """``value`` when it names no database yet, an empty one, or one this ``kind`` of operation wrote;
-    else a ValueError (another operation's database, say an index, must not be written into)."""
+def check_kind(value: str | None, name: str, kind: str, legacy: frozenset[str] = frozenset()) -> str | None:
+    """``value`` when it names no database yet, an empty one, or one this ``kind`` of operation wrote (or
+    whose tables are all among ``legacy``: written before the kind was recorded); else a ValueError
+    (another operation's database, say an index, or another program's, must not be written into)."""
     if value is None:
         return None
     p = Path(value).expanduser()
@@ -34,13 +41,17 @@ def check_kind(value: str | None, name: str, kind: str) -> str | None:
         con = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            found = con.execute("SELECT value FROM meta WHERE key='kind'").fetchone() if "meta" in tables else None
+            meta: dict[str, str] = {}
+            with contextlib.suppress(sqlite3.Error):  # another program's meta table, of its own columns
+                meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('kind', 'root')"))
         finally:
             con.close()
     except sqlite3.Error as e:
         raise ValueError(f"{name} {value!r} cannot be read as SQLite: {e}") from None
-    if tables and (found is None or found[0] != kind):
-        what = f"a {found[0]} database" if found else "another program's database"
+    found = meta.get("kind")
+    old = found is None and "root" in meta and tables <= legacy | {"meta"}
+    if tables and found != kind and not old:
+        what = f"a {found} database" if found else "another program's database"
         raise ValueError(f"{name} {value!r} is {what}, not a {kind} one: choose another path")
     return value
 
@@ -58,3 +69,70 @@ def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:
         con.close()
         raise
     return con
+
+
+RUN_TABLE = "CREATE TABLE IF NOT EXISTS outlast_run (id INTEGER PRIMARY KEY CHECK (id = 0), token TEXT NOT NULL)"
+"""The token of the operation that last wrote the database (one row)."""
+
+
+def _swap_token(con: sqlite3.Connection, token: str) -> str | None:
+    """Write ``token`` into the database; the token it held before (None: none)."""
+    con.execute(RUN_TABLE)
+    row = con.execute("SELECT token FROM outlast_run WHERE id=0").fetchone()
+    with con:
+        con.execute("INSERT OR REPLACE INTO outlast_run VALUES (0, ?)", (token,))
+    return None if row is None else str(row[0])
+
+
+async def pending_items(ctx: Any, con: sqlite3.Connection, db: str, keys: list[str]) -> list[str]:
+    """The keys to analyse: those not done yet, or every one when the database lacks the done ones' rows.
+
+    An operation keeps a token in its checkpointed state and writes it into its database before its first
+    row. A resume that finds another token (or none) there is writing into another database: it was
+    deleted, replaced or truncated since the last attempt, or another operation wrote into it meanwhile
+    (whose end dropped the rows it had not seen). The items done before are then analysed again, not
+    skipped: skipped, they were missing from a "completed" result, silently. (``ctx.items`` still counts
+    each item once.) The caller holds ``exclusive(db)``."""
+    token = ctx.state.get("results_token")
+    first = token is None
+    if first:
+        token = ctx.state["results_token"] = f"{ctx.id}:{uuid.uuid4().hex}"
+    held = await asyncio.to_thread(_swap_token, con, token)
+    if first or not ctx.done_keys or held == token:
+        return [k for k in keys if not ctx.is_done(k)]
+    ctx.log.warning(
+        f"{db} is not the database the earlier attempts wrote (deleted, replaced or written by another "
+        "operation since): every file is analysed again"
+    )
+    return list(keys)
+
+
+@contextlib.contextmanager
+def exclusive(db: str, check: Any = None) -> Any:
+    """Hold ``db`` for one operation, created if new (an advisory lock on the file, released when the
+    operation ends or its process dies): two operations writing one database at once each dropped at its
+    end the rows the other had stored. ``check(db)`` validates it again at run time (a ValueError): the
+    path may have become a symlink to another program's database since the operation was submitted.
+
+    Opened without blocking and checked to be a regular file: a FIFO put in its place hung the run."""
+    try:
+        fd = os.open(db, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ValueError(f"output {db!r} cannot be opened: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"output {db!r} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
+        except BlockingIOError:
+            busy = True
+        if busy:  # raised here, not in the except: its context (EAGAIN) would read as the machine running short
+            raise ValueError(
+                f"output {db!r} is being written by another operation: wait for it or choose another output"
+            )
+        if check is not None:
+            check(db)
+        yield
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
-from ._results_db import check_kind, db_path, open_db
+from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files
 
 BATCH = 64
@@ -247,13 +247,18 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
 
     db = db_path(ctx, p.output, "code-analysis", p.root)
     ctx.progress(step="listing files")
+    with exclusive(db, lambda d: check_kind(d, "output", "code_analysis")):
+        return await _analyze_into(ctx, p, db, lizard)
+
+
+async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, lizard: Any) -> dict[str, Any]:
     con = await asyncio.to_thread(open_db, db, SCHEMA, {"kind": "code_analysis", "root": p.root})
     try:
         root = Path(p.root)
         files = [f for f in await list_files(ctx, root, p.patterns, p.exclude) if lizard.get_reader_for(f)]
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
-        pending = [f for f in files if not ctx.is_done(f)]
+        pending = await pending_items(ctx, con, db, files)
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p)

@@ -37,7 +37,7 @@ from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir
-from ._results_db import check_kind, db_path, open_db
+from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files
 
 BATCH = 128
@@ -410,13 +410,23 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
     src = Path(p.source_root) if p.source_root else (root / "src" if (root / "src").is_dir() else root)
     db = db_path(ctx, p.output, "dependencies", p.root)
     ctx.progress(step="listing files")
+    with exclusive(db, lambda d: check_kind(d, "output", "dependency_analysis")):
+        summary = await _analyze_into(ctx, p, db, root, src)
+    for line in summary["problems"]:
+        ctx.log.warning(line)
+    if summary["cycles"]:
+        ctx.log.warning(f"{summary['cycles']} import cycle(s): " + json.dumps(summary["cycle_list"][:3]))
+    return {"database": db, "failures": ctx.failures, "skipped": ctx.state.get("skipped", 0), **summary}
+
+
+async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, root: Path, src: Path) -> dict[str, Any]:
     con = await asyncio.to_thread(
         open_db, db, SCHEMA, {"kind": "dependency_analysis", "root": p.root, "source_root": str(src)}
     )
     try:
         files = await list_files(ctx, root, ["*.py"], p.exclude)
         ctx.progress(total=len(files), step="parsing imports")
-        pending = [f for f in files if not ctx.is_done(f)]
+        pending = await pending_items(ctx, con, db, files)
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, src, root, pending[i : i + BATCH], ctx.id)
@@ -432,11 +442,6 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
                 else:
                     ctx.step = rel
         ctx.progress(step="graph and metadata")
-        summary = await asyncio.to_thread(_finish, con, root, ctx.id)
+        return await asyncio.to_thread(_finish, con, root, ctx.id)
     finally:
         await asyncio.to_thread(con.close)
-    for line in summary["problems"]:
-        ctx.log.warning(line)
-    if summary["cycles"]:
-        ctx.log.warning(f"{summary['cycles']} import cycle(s): " + json.dumps(summary["cycle_list"][:3]))
-    return {"database": db, "failures": ctx.failures, "skipped": ctx.state.get("skipped", 0), **summary}

@@ -26,6 +26,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
+from ._results_db import check_kind, exclusive, pending_items
 from ._walk import list_files
 
 BATCH = 256
@@ -68,7 +69,17 @@ class IndexParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+        return _check_index(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
+
+
+OLD_INDEX = frozenset({"files", "symbols", "imports", "outlast_run"})
+"""The tables of an index written before indexes said their kind in ``meta``."""
+
+
+def _check_index(value: str | None) -> str | None:
+    """An index, or no database yet: another program's SQLite database (one with tables ``symbols`` and
+    ``meta`` was dropped as an old index) or another operation's is not written into."""
+    return check_kind(value, "output", "codebase_indexing", OLD_INDEX)
 
 
 def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
@@ -114,6 +125,7 @@ def _open(db: str, root: str) -> sqlite3.Connection:
         con.executescript(SCHEMA)
         with con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (root,))
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('kind', 'codebase_indexing')")
     except BaseException:
         con.close()
         raise
@@ -158,11 +170,12 @@ async def index_codebase(ctx: OperationContext, p: IndexParams) -> dict:
     writer = ThreadPoolExecutor(1, thread_name_prefix="outlast-index")
     loop = asyncio.get_running_loop()
     try:
-        con = await loop.run_in_executor(writer, _open, db, p.root)
-        try:
-            return await _index(ctx, p, con, db, writer)
-        finally:
-            await loop.run_in_executor(writer, con.close)
+        with exclusive(db, _check_index):
+            con = await loop.run_in_executor(writer, _open, db, p.root)
+            try:
+                return await _index(ctx, p, con, db, writer)
+            finally:
+                await loop.run_in_executor(writer, con.close)
     finally:
         writer.shutdown(wait=False)
 
@@ -200,7 +213,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("bytes", 0)
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
-    pending = [f for f in files if not ctx.is_done(f)]
+    pending = await pending_items(ctx, con, db, files)
     loop = asyncio.get_running_loop()
     prev = await loop.run_in_executor(writer, _previous, con, pending)
     batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]

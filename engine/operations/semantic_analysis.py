@@ -17,6 +17,7 @@ knowledge base, or for a tree in ``output`` (an SQLite file, by default in the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import json
@@ -35,6 +36,7 @@ from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._docs import NotADocument, kind_of, sections
+from ._results_db import exclusive, pending_items
 from ._walk import list_files
 from .kb_population import kb_path
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
@@ -308,6 +310,11 @@ async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
     else:
         db, scope, root = kb_path(ctx, p.kb), "kb", None
     ctx.progress(step="listing documents")
+    with exclusive(db) if root is not None else contextlib.nullcontext():
+        return await _analyse_into(ctx, p, db, scope, root)
+
+
+async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope: str, root: Path | None) -> dict:
     con = await asyncio.to_thread(_open, db, root is not None)
     try:
         corpus: dict[str, Any] = {}
@@ -320,7 +327,11 @@ async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
         st.setdefault("analysed", 0)
         st.setdefault("reused", 0)
         ctx.progress(total=len(keys), step="analysing")
-        pending = [k for k in keys if not ctx.is_done(k)]
+        # A tree's results file may have been deleted or replaced since the last attempt (a knowledge base
+        # is checked when it is opened).
+        pending = (
+            await pending_items(ctx, con, db, keys) if root is not None else [k for k in keys if not ctx.is_done(k)]
+        )
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_batch, con, scope, pending[i : i + BATCH], corpus, root, ctx.id)
             async for key, outcome, why in ctx.items(results, key=lambda r: r[0]):

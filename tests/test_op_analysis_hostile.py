@@ -1,0 +1,166 @@
+"""Hostile cases for the analysis operations that write a results database (codebase_indexing,
+code_analysis, dependency_analysis, semantic_analysis with a root): the database deleted or replaced
+between attempts, two operations on one output, another program's database, a FIFO in its place."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, OperationSpec, Status
+from tests.fixtures_analysis import tables
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, submit
+
+OPS = {
+    # type: (module, the function that stores a batch, the tables compared, columns naming the writer)
+    "codebase_indexing": ("indexing", "analyze_batch", ("files", "symbols", "imports")),
+    "code_analysis": ("code_analysis", "_process_batch", ("files", "functions")),
+    "dependency_analysis": ("dependency_analysis", "_process_batch", ("modules", "imports")),
+    "semantic_analysis": ("semantic_analysis", "_batch", ("sem_docs", "sem_keywords", "sem_topics")),
+}
+WRITER = ("seen", "analysed_by", "made_by")
+
+
+def make_tree(root: Path, n: int = 12) -> None:
+    for i in range(n):
+        (root / f"p{i // 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"p{i // 4}" / f"m{i:02d}.py").write_text(
+            f"import os\n\n# note {i} alpha beta\ndef f{i}(a):\n    if a:\n        return {i}\n    return a\n"
+        )
+
+
+async def _run(engine: Engine, op_type: str, params: dict[str, Any]) -> Any:
+    op = await engine.submit(OperationSpec(type=op_type, params=params))
+    return await engine.wait(op.id, timeout=60)
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("database", "index", "results")}
+
+
+@pytest.mark.parametrize("op_type", list(OPS))
+async def test_a_results_database_deleted_between_attempts_is_filled_again(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op_type: str
+) -> None:
+    """Resumed into a fresh database (the one of the first attempt deleted), the files done before were
+    skipped: "completed" with a third of the tree. Now every file is analysed again."""
+    modname, fn_name, names = OPS[op_type]
+    mod = importlib.import_module(f"engine.operations.{modname}")
+    root = tmp_path / "tree"
+    make_tree(root)
+    whole = await _run(engine, op_type, {"root": str(root), "output": str(tmp_path / "whole.db")})
+    assert whole.status is Status.COMPLETED, whole.error
+
+    monkeypatch.setattr(mod, "BATCH", 4)
+    real = getattr(mod, fn_name)
+    calls = []
+
+    def second_batch_breaks(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the first attempt ends here")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, fn_name, second_batch_breaks)
+    db = tmp_path / "out.db"
+    first = await _run(engine, op_type, {"root": str(root), "output": str(db)})
+    assert first.status is Status.FAILED and first.progress.done == 4, (first.status, first.progress)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{db}{suffix}"):
+            os.unlink(f"{db}{suffix}")
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert _comparable(final.result) == _comparable(whole.result)
+    assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
+
+
+def _other_programs_db(path: Path) -> list[tuple[Any, ...]]:
+    """A database of another program whose tables look like an old index's (``symbols`` without a parent
+    column, and ``meta``): its rows."""
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE symbols (name TEXT); CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "INSERT INTO symbols VALUES ('precious'); INSERT INTO meta VALUES ('owner', 'someone');"
+    )
+    con.commit()
+    con.close()
+    return _rows(path)
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY 1")]
+        return [(n, *r) for n in names for r in con.execute(f"SELECT * FROM {n}")]
+    finally:
+        con.close()
+
+
+def test_indexing_refuses_another_programs_database(cli: Cli, tmp_path: Path) -> None:
+    """Accepted for its SQLite header, it lost its tables: dropped as an index from before symbols had
+    parents."""
+    other = tmp_path / "app.db"
+    before = _other_programs_db(other)
+    bad_params(cli, "codebase_indexing", {"root": str(tmp_path), "output": str(other)}, "another program's database")
+    assert _rows(other) == before
+
+
+@pytest.mark.parametrize("op_type", list(OPS))
+def test_an_output_that_became_another_programs_database_after_submission_is_left_alone(
+    cli: Cli, tmp_path: Path, op_type: str
+) -> None:
+    """Checked only when the operation was submitted: by its run, the path was a symlink to another
+    program's database, which the run wrote into (an index dropped its tables)."""
+    if op_type == "semantic_analysis":
+        pytest.skip("its tables are its own (sem_*): it writes beside another program's")
+    root = tmp_path / "tree"
+    make_tree(root, 3)
+    out = tmp_path / "out.db"
+    op_id = submit(cli, op_type, {"root": str(root), "output": str(out)})
+    other = tmp_path / "app.db"
+    before = _other_programs_db(other)
+    out.symlink_to(other)
+    r = cli("worker", "--exit-when-idle", timeout=60)
+    assert r.returncode == 0, r.stderr
+    op = cli.op(op_id)
+    assert op.status is Status.FAILED and "another program's database" in (op.error or ""), (op.status, op.error)
+    assert _rows(other) == before
+
+
+def test_a_fifo_in_place_of_the_output_at_run_time_does_not_hang(cli: Cli, tmp_path: Path) -> None:
+    """Its open for writing waited for a reader, for ever, in a thread no stop reaches."""
+    root = tmp_path / "tree"
+    make_tree(root, 3)
+    out = tmp_path / "out.db"
+    op_id = submit(cli, "code_analysis", {"root": str(root), "output": str(out)})
+    os.mkfifo(out)
+    r = cli("worker", "--exit-when-idle", timeout=30)
+    assert r.returncode == 0, r.stderr
+    op = cli.op(op_id)
+    assert op.status is Status.FAILED and "not a regular file" in (op.error or ""), (op.status, op.error)
+
+
+@pytest.mark.parametrize("op_type", list(OPS))
+async def test_an_output_another_operation_is_writing_is_refused(engine: Engine, tmp_path: Path, op_type: str) -> None:
+    """Two operations writing one database at once: each one's end dropped the rows the other had stored
+    (files not "seen" by it), and a resume skipped them. The second now fails, saying why."""
+    root = tmp_path / "tree"
+    make_tree(root, 3)
+    out = tmp_path / "out.db"
+    out.touch()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the run of another operation holds it
+        op = await _run(engine, op_type, {"root": str(root), "output": str(out)})
+    finally:
+        os.close(fd)
+    assert op.status is Status.FAILED and "being written by another operation" in (op.error or ""), op.error
+    assert op.attempt == 1  # not retried: EAGAIN behind it read as the machine running short
