@@ -164,3 +164,21 @@ async def test_an_output_another_operation_is_writing_is_refused(engine: Engine,
         os.close(fd)
     assert op.status is Status.FAILED and "being written by another operation" in (op.error or ""), op.error
     assert op.attempt == 1  # not retried: EAGAIN behind it read as the machine running short
+
+
+@pytest.mark.parametrize("fmt", ["json", "both"])
+def test_security_scan_never_overwrites_a_json_file_that_is_not_its_report(cli: Cli, tmp_path: Path, fmt: str) -> None:
+    """Starting with "{" was enough to be taken for a report: output=package.json was replaced."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    mine = tmp_path / "package.json"
+    mine.write_text('{\n  "name": "myapp",\n  "version": "1.0.0"\n}\n')
+    bad_params(cli, "security_scan", {"root": str(tmp_path), "output": str(mine), "format": fmt}, "not a report")
+    assert mine.read_text().startswith('{\n  "name": "myapp"')
+
+
+def test_security_scan_writes_over_its_own_reports(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for _ in range(2):  # the second run replaces the first one's .json and .sarif
+        r = cli("run", "security_scan", "-p", f"root={tmp_path}", "-p", f"output={tmp_path}/r.sarif")
+        assert r.returncode == 0, r.stderr
+    assert b"outlast-security-scan" in (tmp_path / "r.json").read_bytes()

@@ -106,9 +106,30 @@ class ScanParams(BaseModel):
         """The output itself and each report file it stands for (``format=both``: .json and .sarif)."""
         if self.output is not None:
             check_output_file(self.output, "output")
-            for path in _explicit_targets(self.output, self.format).values():
+            for kind, path in _explicit_targets(self.output, self.format).items():
                 check_output_file(str(path), "output", JSON_MAGIC, "a JSON report")
+                if not _replaceable(path, kind):
+                    what = "a SARIF log" if kind == "sarif" else "a report of this scan"
+                    raise ValueError(f"output {str(path)!r} exists and is not {what}: remove it or choose another path")
         return self
+
+
+def _replaceable(path: Path, kind: str) -> bool:
+    """Whether an existing ``path`` may be overwritten by a ``kind`` report: missing or empty, a JSON report
+    this scan wrote, or any SARIF log. Starting with ``{`` was enough: ``output=package.json`` (or a
+    tsconfig.json, a settings file) was replaced by the report."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not head.strip():
+        return True
+    if kind == "sarif":
+        return b'"$schema"' in head and b"sarif" in head.lower()
+    return head.lstrip().startswith(b"{") and b'"outlast-security-scan"' in head
 
 
 def scan_file(
