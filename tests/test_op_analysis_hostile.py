@@ -36,8 +36,8 @@ def make_tree(root: Path, n: int = 12) -> None:
         )
 
 
-async def _run(engine: Engine, op_type: str, params: dict[str, Any]) -> Any:
-    op = await engine.submit(OperationSpec(type=op_type, params=params))
+async def _run(engine: Engine, op_type: str, params: dict[str, Any], **profile: Any) -> Any:
+    op = await engine.submit(OperationSpec(type=op_type, params=params, profile=profile))
     return await engine.wait(op.id, timeout=60)
 
 
@@ -182,3 +182,47 @@ def test_security_scan_writes_over_its_own_reports(cli: Cli, tmp_path: Path) -> 
         r = cli("run", "security_scan", "-p", f"root={tmp_path}", "-p", f"output={tmp_path}/r.sarif")
         assert r.returncode == 0, r.stderr
     assert b"outlast-security-scan" in (tmp_path / "r.json").read_bytes()
+
+
+async def test_monitoring_says_which_samples_a_deleted_database_lost(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed into a fresh database, the samples done before were passed over in silence: "completed"
+    with 6 samples of 10 and nothing saying where the others went. They cannot be taken again (their
+    time is past): the result counts them as lost."""
+    from engine.operations import monitoring
+
+    real, calls = monitoring._store, []
+
+    def fifth_store_breaks(*a: Any) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("the first attempt ends here")
+        real(*a)
+
+    monkeypatch.setattr(monitoring, "_store", fifth_store_breaks)
+    db = tmp_path / "m.sqlite"
+    params = {"interval": 0.01, "duration": 0.1, "output": str(db)}
+    first = await _run(engine, "monitoring_collection", params, failure_threshold=0)
+    assert first.status is Status.FAILED and first.progress.done == 4, (first.status, first.progress)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{db}{suffix}"):
+            os.unlink(f"{db}{suffix}")
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["samples"] == 6 and final.result["lost_samples"] == 4, final.result
+    con = sqlite3.connect(db)
+    assert [s for (s,) in con.execute("SELECT seq FROM samples ORDER BY seq")] == list(range(4, 10))
+    con.close()
+
+
+def test_monitoring_refuses_another_programs_database(cli: Cli, tmp_path: Path) -> None:
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.executescript("CREATE TABLE samples (name TEXT); INSERT INTO samples VALUES ('precious');")
+    con.close()
+    before = _rows(other)
+    params = {"interval": 0.01, "duration": 0.02, "output": str(other)}
+    bad_params(cli, "monitoring_collection", params, "another program's database")
+    assert _rows(other) == before

@@ -49,7 +49,8 @@ def check_kind(value: str | None, name: str, kind: str, legacy: frozenset[str] =
     except sqlite3.Error as e:
         raise ValueError(f"{name} {value!r} cannot be read as SQLite: {e}") from None
     found = meta.get("kind")
-    old = found is None and "root" in meta and tables <= legacy | {"meta"}
+    # An old database of this kind: its tables all among ``legacy``, and its meta saying its root if it has one
+    old = found is None and tables <= legacy and ("root" in meta if "meta" in tables else "meta" not in legacy)
     if tables and found != kind and not old:
         what = f"a {found} database" if found else "another program's database"
         raise ValueError(f"{name} {value!r} is {what}, not a {kind} one: choose another path")

@@ -72,7 +72,7 @@ class IndexParams(BaseModel):
         return _check_index(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
 
 
-OLD_INDEX = frozenset({"files", "symbols", "imports", "outlast_run"})
+OLD_INDEX = frozenset({"files", "symbols", "imports", "meta", "outlast_run"})
 """The tables of an index written before indexes said their kind in ``meta``."""
 
 

@@ -27,6 +27,7 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, output_dir
+from ._results_db import check_kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -37,7 +38,11 @@ CREATE TABLE IF NOT EXISTS metrics (
     operation_id TEXT NOT NULL, seq INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (operation_id, seq, metric)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT OR REPLACE INTO meta VALUES ('kind', 'monitoring_collection');
 """
+OLD_TABLES = frozenset({"samples", "metrics"})
+"""A monitoring database written before it said its kind."""
 MAX_SAMPLES = 1_000_000
 
 
@@ -60,7 +65,7 @@ class MonitoringParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+        return _check_db(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
 
     @model_validator(mode="after")
     def _bounded(self) -> MonitoringParams:
@@ -71,6 +76,25 @@ class MonitoringParams(BaseModel):
     @property
     def samples(self) -> int:
         return max(1, round(self.duration / self.interval))
+
+
+def _check_db(value: str | None) -> str | None:
+    """A monitoring database or none yet: another program's (its own ``samples`` table, say) is not
+    written into (it was, and failed on a missing column once it held the new tables)."""
+    value = check_kind(value, "output", "monitoring_collection", OLD_TABLES)
+    if value is not None and Path(value).expanduser().is_file():
+        con = sqlite3.connect(f"file:{Path(value).expanduser().resolve()}?mode=ro", uri=True)
+        try:
+            cols = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in OLD_TABLES}
+        except sqlite3.Error:
+            cols = {}
+        finally:
+            con.close()
+        if cols.get("samples") and not {"operation_id", "seq", "ts", "attempt"} <= cols["samples"]:
+            raise ValueError(
+                f"output {value!r} is another program's database, not a monitoring one: choose another path"
+            )
+    return value
 
 
 class Sampler:
@@ -141,9 +165,10 @@ def _open(db: str) -> sqlite3.Connection:
     return con
 
 
-def _next_seq(con: sqlite3.Connection, op_id: str) -> int:
-    row = con.execute("SELECT MAX(seq) FROM samples WHERE operation_id=?", (op_id,)).fetchone()
-    return 0 if row[0] is None else row[0] + 1
+def _stored_seqs(con: sqlite3.Connection, op_id: str) -> tuple[int, set[int]]:
+    """The number of the next sample, and the numbers of the samples of ``op_id`` the database holds."""
+    seqs = {r[0] for r in con.execute("SELECT seq FROM samples WHERE operation_id=?", (op_id,))}
+    return (max(seqs) + 1 if seqs else 0), seqs
 
 
 def _store(con: sqlite3.Connection, op_id: str, seq: int, attempt: int, m: dict[str, float]) -> None:
@@ -194,14 +219,23 @@ async def monitor(ctx: OperationContext, p: MonitoringParams) -> dict:
     con = await asyncio.to_thread(_open, db)
     try:
         total = p.samples
-        first = await asyncio.to_thread(_next_seq, con, ctx.id)
-        if first:
-            ctx.log.info(f"{first} samples stored before: {total - first} to go ({(total - first) * p.interval:g} s)")
-        ctx.progress(done=first, total=total, step="sampling")
+        first, stored = await asyncio.to_thread(_stored_seqs, con, ctx.id)
+        lost = sum(1 for k in ctx.done_keys if k.isdigit() and int(k) not in stored)
+        if lost:
+            # The database was deleted or replaced since an earlier attempt: the samples it held cannot be
+            # taken again (their time is past). Said, and counted in the result, never passed over in silence.
+            if lost > ctx.state.get("lost", 0):
+                ctx.log.warning(f"{db} lacks {lost} of the samples taken before (deleted or replaced since): lost")
+            ctx.state["lost"] = lost
+        done_before = len(ctx.done_keys)
+        todo = [s for s in range(first, total) if not ctx.is_done(str(s))]
+        if first or done_before:
+            ctx.log.info(f"{total - len(todo)} samples taken before: {len(todo)} to go ({len(todo) * p.interval:g} s)")
+        ctx.progress(done=total - len(todo), total=total, step="sampling")
         sampler = Sampler(p.pids)
         start = time.monotonic()
-        async for seq in ctx.items(range(first, total), key=str):
-            if not await _wait_until(ctx, start + (seq - first + 1) * p.interval):
+        async for i, seq in ctx.items(enumerate(todo), key=lambda t: str(t[1])):
+            if not await _wait_until(ctx, start + (i + 1) * p.interval):
                 break  # a stop was asked for: this sample is not taken (the progress call below stops)
             m = sampler.sample()
             for pid in sampler.gone:
@@ -213,4 +247,5 @@ async def monitor(ctx: OperationContext, p: MonitoringParams) -> dict:
         n, summary = await asyncio.to_thread(summarize, con, ctx.id)
     finally:
         await asyncio.to_thread(con.close)
-    return {"database": db, "samples": n, "interval": p.interval, "metrics": summary}
+    marked = {"lost_samples": ctx.state["lost"]} if ctx.state.get("lost") else {}
+    return {"database": db, "samples": n, "interval": p.interval, **marked, "metrics": summary}
