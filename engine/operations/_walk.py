@@ -26,8 +26,20 @@ def _ignore_rules(directory: Path) -> GitIgnoreSpec | None:
         text = (directory / ".gitignore").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    spec = GitIgnoreSpec.from_lines(text.splitlines())
+    lines = text.splitlines()
+    try:
+        spec = GitIgnoreSpec.from_lines(lines)
+    except ValueError:  # a line git takes as no pattern ("!", a trailing "\\"): git passes over it, so do we
+        spec = GitIgnoreSpec.from_lines([ln for ln in lines if _valid_pattern(ln)])
     return spec if len(spec) else None
+
+
+def _valid_pattern(line: str) -> bool:
+    try:
+        GitIgnoreSpec.from_lines([line])
+    except ValueError:
+        return False
+    return True
 
 
 def _ignored(rel: str, is_dir: bool, rules: Rules) -> bool:
