@@ -82,6 +82,56 @@ async def test_a_results_database_deleted_between_attempts_is_filled_again(
     assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
 
 
+async def _first_attempt_fails_after_a_batch(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, op_type: str, params: dict[str, Any]
+) -> Any:
+    """Run ``op_type`` with batches of 4 files; its second batch raises, so it fails with 4 files done."""
+    modname, fn_name, _names = OPS[op_type]
+    mod = importlib.import_module(f"engine.operations.{modname}")
+    monkeypatch.setattr(mod, "BATCH", 4)
+    real = getattr(mod, fn_name)
+    calls = []
+
+    def second_batch_breaks(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the first attempt ends here")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, fn_name, second_batch_breaks)
+    first = await _run(engine, op_type, params)
+    assert first.status is Status.FAILED and first.progress.done == 4, (first.status, first.progress)
+    monkeypatch.setattr(mod, fn_name, real)
+    return first
+
+
+@pytest.mark.parametrize("op_type", list(OPS))
+async def test_files_renamed_or_deleted_between_attempts_are_not_counted(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op_type: str
+) -> None:
+    """A file done by the first attempt and renamed before the resume was counted twice (its old name's
+    rows, written by this very operation, survived the end's sweep), and one deleted was still counted:
+    the result mixed the old tree with the new. Now it is the new tree's."""
+    root = tmp_path / "tree"
+    make_tree(root)
+    db = tmp_path / "out.db"
+    first = await _first_attempt_fails_after_a_batch(
+        engine, monkeypatch, op_type, {"root": str(root), "output": str(db)}
+    )
+    (root / "p0" / "m00.py").rename(root / "p2" / "renamed.py")  # done by the first attempt
+    (root / "p0" / "m01.py").unlink()  # done by the first attempt
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    whole = await _run(engine, op_type, {"root": str(root), "output": str(tmp_path / "whole.db")})
+    names = OPS[op_type][2]
+    assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
+    drop = ("database", "index", "results", "removed", "reused", "analysed")
+    assert {k: v for k, v in final.result.items() if k not in drop} == {
+        k: v for k, v in whole.result.items() if k not in drop
+    }
+
+
 def _other_programs_db(path: Path) -> list[tuple[Any, ...]]:
     """A database of another program whose tables look like an old index's (``symbols`` without a parent
     column, and ``meta``): its rows."""

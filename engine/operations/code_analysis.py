@@ -199,10 +199,12 @@ def _process_batch(
     return out
 
 
-def _summary(con: sqlite3.Connection, seen: str, p: CodeAnalysisParams) -> dict[str, Any]:
-    """Drop files not analysed by this operation (gone from the tree); the totals and worst offenders."""
+def _summary(con: sqlite3.Connection, seen: str, p: CodeAnalysisParams, listed: set[str]) -> dict[str, Any]:
+    """Drop files not analysed by this operation or not in the tree now (``listed``: the stored names of
+    this attempt's listing; a file an earlier attempt analysed, renamed or deleted since, was counted twice
+    or as still there); the totals and worst offenders."""
     with con:
-        gone = [r[0] for r in con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,))]
+        gone = [path for path, by in con.execute("SELECT path, seen FROM files") if by != seen or path not in listed]
         con.executemany("DELETE FROM files WHERE path=?", [(g,) for g in gone])
         con.executemany("DELETE FROM functions WHERE path=?", [(g,) for g in gone])
     one = lambda sql, *a: con.execute(sql, a).fetchone()  # noqa: E731
@@ -273,7 +275,7 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
                 ctx.state["reused"] = ctx.state.get("reused", 0) + (outcome == "reused")
                 ctx.step = rel
         ctx.progress(step="summarising")
-        summary = await asyncio.to_thread(_summary, con, seen, p)
+        summary = await asyncio.to_thread(_summary, con, seen, p, {stored_name(f) for f in files})
     finally:
         await asyncio.to_thread(con.close)
     ctx.log.info(

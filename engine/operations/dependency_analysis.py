@@ -313,12 +313,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-def _finish(con: sqlite3.Connection, root: Path, seen: str) -> dict[str, Any]:
-    """Classify the imports, find cycles, compare declared with used; the summary."""
+def _finish(con: sqlite3.Connection, root: Path, seen: str, listed: set[str]) -> dict[str, Any]:
+    """Classify the imports, find cycles, compare declared with used; the summary.
+
+    First drop the files this run did not parse, and those not in the tree now (``listed``: the stored
+    names of this attempt's listing): a file an earlier attempt parsed, renamed or deleted since, was
+    counted twice or as still there."""
     from packaging.utils import canonicalize_name
 
     with con:
-        gone = [r[0] for r in con.execute("SELECT path FROM modules WHERE seen IS NOT ?", (seen,))]
+        gone = [path for path, by in con.execute("SELECT path, seen FROM modules") if by != seen or path not in listed]
         con.executemany("DELETE FROM modules WHERE path=?", [(g,) for g in gone])
         con.executemany("DELETE FROM imports WHERE path=?", [(g,) for g in gone])
     modules = {m for (m,) in con.execute("SELECT module FROM modules")}
@@ -442,6 +446,6 @@ async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, roo
                 else:
                     ctx.step = rel
         ctx.progress(step="graph and metadata")
-        return await asyncio.to_thread(_finish, con, root, ctx.id)
+        return await asyncio.to_thread(_finish, con, root, ctx.id, {stored_name(f) for f in files})
     finally:
         await asyncio.to_thread(con.close)

@@ -132,10 +132,14 @@ def _open(db: str, root: str) -> sqlite3.Connection:
     return con
 
 
-def _finish(con: sqlite3.Connection, seen: str) -> dict:
-    """Drop files no longer in the tree, make the lookup indexes; the summary of the index."""
+def _finish(con: sqlite3.Connection, seen: str, listed: set[str]) -> dict:
+    """Drop files no longer in the tree, make the lookup indexes; the summary of the index.
+
+    Gone are the files this run did not see, and those an earlier attempt of it saw that are not in the
+    tree now (``listed``: the index names of this attempt's listing): renamed or deleted between attempts,
+    their rows counted them twice or as still there."""
     with con:
-        gone = con.execute("SELECT path FROM files WHERE seen IS NOT ?", (seen,)).fetchall()
+        gone = [(p,) for p, by in con.execute("SELECT path, seen FROM files") if by != seen or p not in listed]
         for (p,) in gone:
             for t in ("files", "symbols", "imports"):
                 con.execute(f"DELETE FROM {t} WHERE path=?", (p,))
@@ -244,5 +248,6 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
             if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
                 ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
     ctx.progress(step="finishing")
-    summary = await loop.run_in_executor(writer, _finish, con, seen)
+    listed = {index_name(f) for f in files}
+    summary = await loop.run_in_executor(writer, _finish, con, seen, listed)
     return {"index": db, "failures": ctx.failures, "reused": st["reused"], **summary}
