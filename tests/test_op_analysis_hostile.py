@@ -86,7 +86,7 @@ async def _first_attempt_fails_after_a_batch(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, op_type: str, params: dict[str, Any]
 ) -> Any:
     """Run ``op_type`` with batches of 4 files; its second batch raises, so it fails with 4 files done."""
-    modname, fn_name, _names = OPS[op_type]
+    modname, fn_name, _names = OPS.get(op_type) or ("security_scan", "_scan_batch", ())
     mod = importlib.import_module(f"engine.operations.{modname}")
     monkeypatch.setattr(mod, "BATCH", 4)
     real = getattr(mod, fn_name)
@@ -287,3 +287,27 @@ def test_a_gitignore_line_git_passes_over_does_not_fail_the_listing(tmp_path: Pa
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "ignored.py").write_text("y = 2\n")
     assert sorted(_walk(tmp_path, [])) == [".gitignore", "a.py"]
+
+
+async def test_security_scan_reports_a_file_renamed_between_attempts_once(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its findings, kept by file name in the checkpointed state, stayed under the old name while the new
+    name was scanned again: each finding twice in the report."""
+    root = tmp_path / "tree"
+    make_tree(root)
+    (root / "p0" / "m00.py").write_text("import subprocess\nsubprocess.call('ls', shell=True)\n")
+    out = tmp_path / "scan.json"
+    params = {"root": str(root), "output": str(out), "format": "json", "rules": ["B602"]}
+    first = await _first_attempt_fails_after_a_batch(engine, monkeypatch, "security_scan", params)
+    (root / "p0" / "m00.py").rename(root / "p2" / "renamed.py")
+    (root / "p0" / "m01.py").unlink()
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    whole = await _run(engine, "security_scan", {**params, "output": str(tmp_path / "whole.json")})
+    assert final.result["findings"] == whole.result["findings"] == 1, final.result
+    drop = ("reports", "bytes")
+    assert {k: v for k, v in final.result.items() if k not in drop} == {
+        k: v for k, v in whole.result.items() if k not in drop
+    }

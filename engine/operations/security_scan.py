@@ -326,6 +326,12 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
                         for f in findings:
                             ctx.metrics[f"findings_{f['severity']}"] += 1
     ctx.progress(step="writing reports")
+    # A file an earlier attempt scanned and that is gone from the tree now (renamed or deleted since) keeps
+    # no findings, skip or failure: under its old name beside its new one, it was reported twice.
+    listed = set(files)
+    for kept in (found, skipped, failed):
+        for rel in [r for r in kept if r not in listed]:
+            del kept[rel]
     findings = sorted((f for fs in found.values() for f in fs), key=_sort_key)
     by_sev = Counter(f["severity"] for f in findings)
     summary = {
