@@ -311,3 +311,31 @@ async def test_security_scan_reports_a_file_renamed_between_attempts_once(
     assert {k: v for k, v in final.result.items() if k not in drop} == {
         k: v for k, v in whole.result.items() if k not in drop
     }
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_listing_is_not_read_through(tmp_path: Path) -> None:
+    """Each operation's per-file step opened the listed name, following a directory on its path that had
+    become a symlink: a file outside the tree was indexed, analysed or scanned under the tree's name."""
+    from engine.operations import _index_files, code_analysis, dependency_analysis, security_scan, semantic_analysis
+
+    root, outside = tmp_path / "tree", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.py").write_text("import os\n")
+    outside.mkdir()
+    (outside / "x.py").write_text("import subprocess\nsubprocess.call('ls', shell=True)\n# outside the tree\n")
+    (root / "sub").rename(tmp_path / "sub-was")  # listed, then swapped for a symlink
+    (root / "sub").symlink_to(outside)
+    rel = "sub/x.py"
+    row, err = _index_files.analyze(root, rel, None)
+    assert err is None and row is not None and row[0] == "skip" and "outside the tree" in row[1], row
+    import lizard  # type: ignore[import-untyped]
+
+    analyzer = lizard.FileAnalyzer(lizard.get_extensions([]))
+    got = code_analysis._analyze(analyzer, root, rel, 1 << 20)
+    assert got[0] == "skip" and "outside the tree" in got[1], got
+    got = dependency_analysis._analyze(root, root, rel)
+    assert got[0] == "skip" and "outside the tree" in got[1], got
+    text, _sha, why = semantic_analysis._tree_text(root, rel)
+    assert text is None and why is not None and "outside the tree" in why, why
+    _rel, kind, payload = security_scan.scan_file(root, rel, frozenset({"B602"}), 1 << 20)
+    assert kind == "skip" and "outside the tree" in payload, (kind, payload)

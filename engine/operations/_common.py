@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import functools
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +138,45 @@ def _empty_or_starts_with(path: Path, magic: bytes) -> bool:
     except OSError:
         return False
     return not head or head.startswith(magic)
+
+
+class NotInTree(Exception):
+    """A listed file that is no longer a regular file inside the tree when it is opened (a skip's reason)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.join(os.path.realpath(root), "")
+
+
+def open_in_tree(root: str | Path, rel: str) -> tuple[Any, os.stat_result]:
+    """File ``rel`` of the tree at ``root`` opened for reading, and its fstat; NotInTree when it is not a
+    regular file inside the tree by then (OSError as ``open`` raises it otherwise).
+
+    The listing saw a regular file, but a directory on its path may have been swapped for a symlink since:
+    opened by name, it read a file outside the tree (indexed, analysed or scanned under the tree's name).
+    The opened file itself is checked (its path, as the kernel has it, is under the root), never a name
+    looked up again; a symlink in its place is not followed, and a FIFO is not waited on."""
+    try:
+        fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotInTree("symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotInTree("not a regular file")
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc (macOS): the directories on its path, as they are now
+            real = os.path.realpath(os.path.join(root, rel))
+        if not real.startswith(_real_root(os.fspath(root))):
+            raise NotInTree("outside the tree (a directory on its path became a symlink since the listing)")
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def is_venv(d: Path) -> bool:

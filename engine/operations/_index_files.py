@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..text import stored_name
+from ._common import NotInTree, open_in_tree
 from ._lang import count_lines, language_of, symbols_and_imports
 
 MAX_TEXT = 4 << 20
@@ -34,7 +35,8 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
             return ("skip", "not a regular file"), None
         h = hashlib.sha256()
         head = b""
-        with open(p, "rb") as fh:
+        fh, st = open_in_tree(root, rel)  # the file the listing saw, inside the tree
+        with fh:
             # Sized to the file: read(MAX_TEXT + 1) would allocate (and give back) 4 MB for every small file.
             data = fh.read(min(st.st_size, MAX_TEXT) + 1)
             if st.st_size < len(data) <= MAX_TEXT:  # it grew since the lstat
@@ -46,6 +48,8 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
                     h.update(b)
     except FileNotFoundError:  # deleted since the listing (a busy work tree): not a failure
         return ("skip", "gone since the listing"), None
+    except NotInTree as e:
+        return ("skip", str(e)), None
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
     size = st.st_size

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
-from ._common import SQLITE_MAGIC, check_output_file, existing_dir
+from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files
 
@@ -105,9 +105,13 @@ def _analyze(
             return "skip", "not a regular file"
         if st.st_size > max_size:
             return "skip", f"larger than max_file_size ({st.st_size} bytes)"
-        data = p.read_bytes()
+        fh, _st = open_in_tree(root, rel)
+        with fh:
+            data = fh.read()
     except FileNotFoundError:
         return "skip", "gone since the listing"
+    except NotInTree as e:
+        return "skip", str(e)
     except OSError as e:
         return "fail", f"unreadable: {e.strerror or e}"
     sha = hashlib.sha256(data).hexdigest()

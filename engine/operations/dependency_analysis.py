@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
-from ._common import SQLITE_MAGIC, check_output_file, existing_dir
+from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files
 
@@ -153,9 +153,13 @@ def _analyze(src_root: Path, root: Path, rel: str) -> tuple[str, Any]:
     try:
         if not stat.S_ISREG(os.lstat(p).st_mode):
             return "skip", "not a regular file"
-        data = p.read_bytes()
+        fh, _st = open_in_tree(root, rel)
+        with fh:
+            data = fh.read()
     except FileNotFoundError:
         return "skip", "gone since the listing"
+    except NotInTree as e:
+        return "skip", str(e)
     except OSError as e:
         return "fail", f"unreadable: {e.strerror or e}"
     try:

@@ -39,7 +39,7 @@ from ..errors import InvalidInput
 from ..files import private_opener
 from ..registry import operation
 from ..text import clean_json
-from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
+from ._common import JSON_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._lang import language_of
 from ._pool import in_order, worker_count
 from ._scan_libs import bandit_findings, bandit_rules, load_baseline, secret_findings, secret_rules
@@ -145,10 +145,13 @@ def scan_file(
             return rel, "skip", "not a regular file"
         if st.st_size > max_size:
             return rel, "skip", "too large"
-        with open(path, "rb") as fh:
+        fh, _st = open_in_tree(root, rel)
+        with fh:
             data = fh.read(max_size + 1)
     except FileNotFoundError:  # listed by git but deleted in the work tree, or removed during the scan
         return rel, "skip", "gone"
+    except NotInTree as e:
+        return rel, "skip", str(e)
     except OSError as e:
         return rel, "fail", f"unreadable: {e.strerror or e}"
     if b"\0" in data[:8192]:

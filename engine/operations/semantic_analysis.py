@@ -34,7 +34,7 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ..text import stored_name
-from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
+from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._results_db import exclusive, pending_items
 from ._walk import list_files
@@ -168,9 +168,13 @@ def _tree_text(root: Path, rel: str) -> tuple[str | None, str, str | None]:
             return None, "", "skip: not a regular file"
         if p.stat().st_size > MAX_TEXT:
             return None, "", "skip: larger than 8 MiB"
-        data = p.read_bytes()
+        fh, _st = open_in_tree(root, rel)
+        with fh:
+            data = fh.read()
     except FileNotFoundError:
         return None, "", "skip: gone since the listing"
+    except NotInTree as e:
+        return None, "", f"skip: {e}"
     except OSError as e:
         return None, "", f"unreadable: {e.strerror or e}"
     sha = hashlib.sha256(data).hexdigest()
