@@ -339,3 +339,43 @@ def test_a_directory_swapped_for_a_symlink_after_the_listing_is_not_read_through
     assert text is None and why is not None and "outside the tree" in why, why
     _rel, kind, payload = security_scan.scan_file(root, rel, frozenset({"B602"}), 1 << 20)
     assert kind == "skip" and "outside the tree" in payload, (kind, payload)
+
+
+def test_profiling_refuses_a_directory_holding_files_it_would_replace(cli: Cli, tmp_path: Path) -> None:
+    """Any writable directory was taken as output: output=. in a project replaced its profile.txt."""
+    script = tmp_path / "work.py"
+    script.write_text("print(1)\n")
+    (tmp_path / "profile.txt").write_text("my notes\n")
+    params = {"script": str(script), "sampler": "none", "output": str(tmp_path)}
+    bad_params(cli, "performance_profiling", params, "profile.txt")
+    assert (tmp_path / "profile.txt").read_text() == "my notes\n"
+
+
+async def test_profiling_runs_again_a_run_whose_statistics_were_deleted_between_attempts(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge opened every done run's statistics: one deleted between attempts failed every resume
+    (FileNotFoundError), for ever. The run is taken again."""
+    from engine.operations import profiling
+
+    script = tmp_path / "work.py"
+    script.write_text("def f():\n    return sum(range(100))\n\nf()\n")
+    out = tmp_path / "prof"
+    real, calls = profiling._run, []
+
+    async def second_run_breaks(*a: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the first attempt ends here")
+        return await real(*a)
+
+    monkeypatch.setattr(profiling, "_run", second_run_breaks)
+    params = {"script": str(script), "runs": 3, "sampler": "none", "output": str(out)}
+    first = await _run(engine, "performance_profiling", params, failure_threshold=0)
+    assert first.status is Status.FAILED and first.progress.done == 1, (first.status, first.progress)
+    monkeypatch.setattr(profiling, "_run", real)
+    (out / "run-1.pstats").unlink()
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["runs"] == 3 and (out / "run-1.pstats").is_file()

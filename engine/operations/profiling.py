@@ -17,6 +17,7 @@ import io
 import json
 import os
 import pstats
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ class ProfileParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return None if v is None else check_output_dir(v, "output")
+        return None if v is None else check_profile_dir(check_output_dir(v, "output"))
 
     @model_validator(mode="after")
     def _one_program(self) -> ProfileParams:
@@ -100,6 +101,29 @@ class ProfileParams(BaseModel):
         if self.sampler == "py-spy" and py_spy() is None:
             raise ValueError("sampler 'py-spy': py-spy is not installed (pip install py-spy)")
         return self
+
+
+MARK = ".outlast-profile"
+"""In an output directory this operation wrote: it may write (and remove) its files there again."""
+OWN = re.compile(r"(profile\.(pstats|txt|speedscope\.json)|run-\d+\.(pstats|log|py-spy\.speedscope\.json))")
+"""The names of the files it writes in its output directory."""
+
+
+def check_profile_dir(path: str) -> str:
+    """``path`` when it is new, holds none of the files this operation writes, or was written by it before.
+
+    Any writable directory was taken: output=. in a project replaced its profile.txt and removed a run-1.log."""
+    d = Path(path)
+    if d.is_dir() and not (d / MARK).exists():
+        try:
+            clash = sorted(n for n in os.listdir(d) if OWN.fullmatch(n))
+        except OSError as e:
+            raise ValueError(f"output {path!r} cannot be listed: {e.strerror or e}") from None
+        if clash:
+            raise ValueError(
+                f"output {path!r} holds {clash[0]}, which a profile would replace: choose a new or empty directory"
+            )
+    return path
 
 
 def py_spy() -> str | None:
@@ -209,6 +233,8 @@ async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, 
     """Run the program ``runs`` times under cProfile (and py-spy), one item each; merge and report."""
     out = Path(p.output) if p.output else output_dir(ctx) / f"profile-{ctx.id}"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_profile_dir(str(out))  # again at run time: files may have come since the operation was submitted
+    (out / MARK).touch(mode=0o600)
     target = ["-m", p.module] if p.module else [str(p.script)]
     name = " ".join([p.module or Path(str(p.script)).name, *p.args])
     spy = py_spy() if p.sampler != "none" else None
@@ -217,7 +243,9 @@ async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, 
     runs: dict[str, dict[str, Any]] = st.setdefault("runs", {})
     keys = [f"run-{i + 1}" for i in range(p.runs)]
     ctx.progress(total=len(keys), step="profiling")
-    async for key in ctx.items(keys, key=str):
+
+    async def one(key: str) -> dict[str, Any] | None:
+        """Run ``key`` (under cProfile, then py-spy); what it left, or None when stopping."""
         ctx.step = key
         stats_file = out / f"{key}.pstats"
         stats_file.unlink(missing_ok=True)
@@ -229,7 +257,7 @@ async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, 
         except RunTimedOut as e:
             raise RuntimeError(f"{key} {e}") from None
         if code is None:
-            break  # stopping: this run is not done
+            return None  # stopping: this run is not done
         if not stats_file.exists():
             raise RuntimeError(f"{key}: no profile written (exit code {code}); see {log}")
         run: dict[str, Any] = {"exit_code": code}
@@ -241,13 +269,31 @@ async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, 
             except RunTimedOut as e:
                 raise RuntimeError(f"{key} under py-spy {e}") from None
             if scode is None:
-                break
+                return None
             if sampled.exists():
                 run["sampled"] = str(sampled)
             else:
                 st["sampler_error"] = f"py-spy wrote no profile (exit code {scode}); see {log}"
                 ctx.log.warning(st["sampler_error"] + ": going on with cProfile alone")
-        runs[key] = run
+        return run
+
+    # A run done by an earlier attempt whose statistics are gone (the output directory emptied or removed
+    # between attempts) is run again: merged without it, the profile silently had fewer runs than asked.
+    lost = [k for k in keys if ctx.is_done(k) and not (k in runs and (out / f"{k}.pstats").is_file())]
+    if lost:
+        ctx.log.warning(f"{len(lost)} earlier run(s) left no statistics in {out}: run again ({', '.join(lost)})")
+    for key in lost:
+        runs.pop(key, None)
+        again = await one(key)
+        if again is None:
+            break
+        runs[key] = again
+    if all(k in runs for k in lost):
+        async for key in ctx.items(keys, key=str):
+            got = await one(key)
+            if got is None:
+                break
+            runs[key] = got
     ctx.progress(step="merging")  # raises OperationStopped when stopping
     done = [k for k in keys if k in runs]
     if not done:
