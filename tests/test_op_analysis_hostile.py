@@ -16,7 +16,7 @@ import pytest
 from engine import Engine, OperationSpec, Status
 from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, submit
+from tests.fixtures_ops import bad_params, run_json, submit
 
 OPS = {
     # type: (module, the function that stores a batch, the tables compared, columns naming the writer)
@@ -379,3 +379,23 @@ async def test_profiling_runs_again_a_run_whose_statistics_were_deleted_between_
     final = await engine.wait(first.id, timeout=60)
     assert final.status is Status.COMPLETED, final.error
     assert final.result["runs"] == 3 and (out / "run-1.pstats").is_file()
+
+
+def test_an_output_inside_the_tree_is_not_read_as_part_of_it(cli: Cli, tmp_path: Path) -> None:
+    """An index inside the indexed tree indexed itself, its WAL and its shared memory (read while being
+    written: a different size and hash every run), and a scan's report was scanned by the next run."""
+    indexed, scanned = tmp_path / "indexed", tmp_path / "scanned"
+    for d in (indexed, scanned):
+        d.mkdir()
+        (d / "a.py").write_text("x = 1\n")
+    for _ in range(2):
+        code, rec, err = run_json(
+            cli, "run", "codebase_indexing", "-p", f"root={indexed}", "-p", f"output={indexed}/index.sqlite"
+        )
+        assert code == 0, err
+        assert rec["result"]["files"] == 1, rec["result"]
+        code, rec, err = run_json(
+            cli, "run", "security_scan", "-p", f"root={scanned}", "-p", f"output={scanned}/scan.sarif"
+        )
+        assert code == 0, err
+        assert rec["result"]["files"] == 1, rec["result"]

@@ -161,8 +161,21 @@ def _walk(root: Path, unreadable: list[str]) -> list[str]:
     return out
 
 
-async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[str]) -> list[str]:
-    """Relative POSIX paths of the files under ``root`` to look at, sorted."""
+def own_files(*paths: str | Path) -> list[str]:
+    """What an operation writes for each of ``paths``: the file, and SQLite's journals and the temporary
+    file of an atomic write beside it (for ``list_files``'s ``leave_out``)."""
+    out: list[str] = []
+    for p in map(str, paths):
+        head, name = os.path.split(p)
+        out += [p, f"{p}-wal", f"{p}-shm", f"{p}-journal", os.path.join(head, f".{name}.partial")]
+    return out
+
+
+async def list_files(
+    ctx: Any, root: Path, patterns: list[str], exclude: list[str], leave_out: list[str] | None = None
+) -> list[str]:
+    """Relative POSIX paths of the files under ``root`` to look at, sorted; never one of ``leave_out``
+    (absolute paths: the operation's own output inside the tree, which it would read while writing it)."""
     files: list[str] | None = None
     # Inside any git work tree (root itself or a folder of one), git's own view: it also honours the
     # parents' .gitignore files, .git/info/exclude and core.excludesFile. An empty answer (root is
@@ -202,4 +215,8 @@ async def list_files(ctx: Any, root: Path, patterns: list[str], exclude: list[st
             for f in files
             if not any(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in exclude)
         ]
+    if leave_out:
+        base = os.path.join(os.path.realpath(root), "")
+        own = {p[len(base) :] for p in map(os.path.realpath, leave_out) if p.startswith(base)}
+        files = [f for f in files if f not in own]
     return sorted(files)

@@ -30,7 +30,7 @@ from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
-from ._walk import list_files
+from ._walk import list_files, own_files
 
 BATCH = 64
 """Files analysed and committed in one transaction at most (a resume redoes at most one batch)."""
@@ -261,7 +261,9 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
     con = await asyncio.to_thread(open_db, db, SCHEMA, {"kind": "code_analysis", "root": p.root})
     try:
         root = Path(p.root)
-        files = [f for f in await list_files(ctx, root, p.patterns, p.exclude) if lizard.get_reader_for(f)]
+        files = [
+            f for f in await list_files(ctx, root, p.patterns, p.exclude, own_files(db)) if lizard.get_reader_for(f)
+        ]
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
         pending = await pending_items(ctx, con, db, files)

@@ -38,7 +38,7 @@ from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
-from ._walk import list_files
+from ._walk import list_files, own_files
 
 BATCH = 128
 BATCH_SECONDS = 1.0
@@ -432,7 +432,7 @@ async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, roo
         open_db, db, SCHEMA, {"kind": "dependency_analysis", "root": p.root, "source_root": str(src)}
     )
     try:
-        files = await list_files(ctx, root, ["*.py"], p.exclude)
+        files = await list_files(ctx, root, ["*.py"], p.exclude, own_files(db))
         ctx.progress(total=len(files), step="parsing imports")
         pending = await pending_items(ctx, con, db, files)
         i = 0

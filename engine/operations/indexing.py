@@ -27,7 +27,7 @@ from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
 from ._results_db import check_kind, exclusive, pending_items
-from ._walk import list_files
+from ._walk import list_files, own_files
 
 BATCH = 256
 """Files analysed and committed in one transaction (a resume redoes at most one batch)."""
@@ -211,7 +211,7 @@ async def _stored(
 
 async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection, db: str, writer: Executor) -> dict:
     root = Path(p.root)
-    files = await list_files(ctx, root, p.patterns, p.exclude)
+    files = await list_files(ctx, root, p.patterns, p.exclude, own_files(db))  # an index inside the tree: not itself
     ctx.progress(total=len(files), step="indexing")
     st = ctx.state
     st.setdefault("bytes", 0)

@@ -44,7 +44,7 @@ from ._lang import language_of
 from ._pool import in_order, worker_count
 from ._scan_libs import bandit_findings, bandit_rules, load_baseline, secret_findings, secret_rules
 from ._scan_rules import SEVERITIES, all_rules, scan_text, select_rules
-from ._walk import list_files
+from ._walk import list_files, own_files
 
 BATCH = 64
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -289,7 +289,8 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     selected = await asyncio.to_thread(select_rules, p.rules)  # loads bandit's plugins: not on the loop
     known = await asyncio.to_thread(load_baseline, p.baseline)
     ctx.progress(step="listing files")
-    files = await list_files(ctx, root, [], p.exclude)
+    # Reports inside the tree are not scanned: the last run's would be, and differ from run to run.
+    files = await list_files(ctx, root, [], p.exclude, own_files(*_targets(ctx, p).values()))
     ctx.progress(total=len(files), step="scanning")
     st = ctx.state
     found: dict[str, list[dict]] = st.setdefault("findings", {})

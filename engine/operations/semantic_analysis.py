@@ -37,7 +37,7 @@ from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._docs import NotADocument, kind_of, sections
 from ._results_db import exclusive, pending_items
-from ._walk import list_files
+from ._walk import list_files, own_files
 from .kb_population import kb_path
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
 
@@ -326,7 +326,7 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
             corpus = await asyncio.to_thread(_kb_docs, con)
             keys = list(corpus)
         else:
-            keys = await list_files(ctx, root, p.patterns, p.exclude)
+            keys = await list_files(ctx, root, p.patterns, p.exclude, own_files(db))
         st = ctx.state
         st.setdefault("analysed", 0)
         st.setdefault("reused", 0)
