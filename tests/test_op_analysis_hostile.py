@@ -399,3 +399,28 @@ def test_an_output_inside_the_tree_is_not_read_as_part_of_it(cli: Cli, tmp_path:
         )
         assert code == 0, err
         assert rec["result"]["files"] == 1, rec["result"]
+
+
+async def test_load_testing_against_a_server_that_never_answers_ends_near_its_duration(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slice waits for its requests in flight: with a server that never answers every slice lasted
+    `timeout`, so duration=60 with timeout=600 ran 10 hours. A run later than one timeout past its
+    duration sends no more slices, and says so."""
+    from engine.operations import load_test
+
+    sent: list[float] = []
+
+    async def slice_of_timeouts(p: Any, addr: str, length: float, budget: Any) -> Any:
+        sent.append(length)
+        stats = load_test.SliceStats()
+        stats.requests = p.concurrency
+        stats.errors = {"timeout": p.concurrency}
+        return stats, length + p.timeout  # what waiting on a silent server costs, without the wait
+
+    monkeypatch.setattr(load_test, "run_slice", slice_of_timeouts)
+    params = {"url": "http://127.0.0.1:9/", "duration": 10, "timeout": 5, "concurrency": 2}
+    op = await _run(engine, "load_testing", params)
+    assert op.status is Status.COMPLETED, op.error
+    assert len(sent) == 3 and op.result["slices_not_sent"] == 7, (sent, op.result)
+    assert op.result["seconds"] == 18.0 and op.result["errors"] == {"timeout": 6}

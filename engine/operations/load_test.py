@@ -394,6 +394,17 @@ async def load_test(ctx: OperationContext, p: LoadTestParams) -> dict:
         budget = None if p.requests is None else p.requests - total.get("requests", 0)
         if budget == 0:
             continue  # the request budget is spent: the slices left send nothing
+        if total.get("seconds", 0.0) >= p.duration + p.timeout:
+            # Each slice waits for its requests in flight: against a server that never answers, every slice
+            # lasted `timeout`, and a 60 s run with the longest timeout took 10 hours. A run later than
+            # one timeout past its duration sends no more slices (said in the log and the result).
+            if not ctx.state.get("late"):
+                ctx.log.warning(
+                    f"{total['seconds']:.1f} s spent of a {p.duration:g} s run (requests waited up to their "
+                    f"timeout, {p.timeout:g} s): the slices left send nothing"
+                )
+            ctx.state["late"] = ctx.state.get("late", 0) + 1
+            continue
         stats, took = await run_slice(p, addr, length, budget)
         merge(total, stats)
         total["seconds"] = total.get("seconds", 0.0) + took
@@ -404,7 +415,10 @@ async def load_test(ctx: OperationContext, p: LoadTestParams) -> dict:
         ctx.step = f"slice {i + 1}/{p.slices}"
         ctx.progress(requests=total["requests"], rps=round(stats.requests / took, 1) if took else 0.0)
         await ctx.checkpoint()  # taken when this slice counts as done
-    return summary(p, total, per_slice)
+    out = summary(p, total, per_slice)
+    if ctx.state.get("late"):
+        out["slices_not_sent"] = ctx.state["late"]
+    return out
 
 
 def summary(p: LoadTestParams, total: dict[str, Any], timeline: list[list[Any]]) -> dict[str, Any]:
