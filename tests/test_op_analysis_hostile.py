@@ -424,3 +424,23 @@ async def test_load_testing_against_a_server_that_never_answers_ends_near_its_du
     assert op.status is Status.COMPLETED, op.error
     assert len(sent) == 3 and op.result["slices_not_sent"] == 7, (sent, op.result)
     assert op.result["seconds"] == 18.0 and op.result["errors"] == {"timeout": 6}
+
+
+async def test_indexing_indexes_again_a_file_changed_between_attempts(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file indexed by the first attempt and modified before the resume kept its old row: the index
+    mixed the tree before the interruption with the tree after it."""
+    root = tmp_path / "tree"
+    make_tree(root)
+    db = tmp_path / "out.db"
+    params = {"root": str(root), "output": str(db)}
+    first = await _first_attempt_fails_after_a_batch(engine, monkeypatch, "codebase_indexing", params)
+    (root / "p0" / "m00.py").write_text("import json\n\ndef changed(a, b):\n    return a\n\n\nclass C:\n    pass\n")
+    await engine.resume(first.id)
+    final = await engine.wait(first.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    whole = await _run(engine, "codebase_indexing", {"root": str(root), "output": str(tmp_path / "whole.db")})
+    names = OPS["codebase_indexing"][2]
+    assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
+    assert final.result["symbols"] == whole.result["symbols"]

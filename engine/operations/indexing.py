@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import AsyncGenerator
@@ -95,6 +96,22 @@ def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:
             (names[r[0]], r[1:])
             for r in con.execute(f"SELECT path, size, mtime, sha256, seen FROM files WHERE path IN ({q})", part)
         )
+    return out
+
+
+def _changed(root: Path, indexed: dict[str, tuple]) -> list[str]:
+    """The files of ``indexed`` (their rows: size, mtime, ...) whose size or mtime is not the row's now.
+
+    Done by an earlier attempt and modified before the resume, they kept their old analysis: the index
+    mixed the tree before the interruption with the tree after it."""
+    out = []
+    for rel, row in indexed.items():
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            continue  # gone: dropped at the end, as the listing no longer has it
+        if (st.st_size, st.st_mtime) != (row[0], row[1]):
+            out.append(rel)
     return out
 
 
@@ -219,6 +236,14 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     seen = f"{ctx.id}"
     pending = await pending_items(ctx, con, db, files)
     loop = asyncio.get_running_loop()
+    if len(pending) < len(files):  # a resume: the files indexed before and changed since are indexed again
+        todo = set(pending)
+        done = [f for f in files if f not in todo]
+        indexed = await loop.run_in_executor(writer, _previous, con, done)
+        changed = await asyncio.to_thread(_changed, root, indexed)
+        if changed:
+            ctx.log.info(f"{len(changed)} files indexed by an earlier attempt changed since: indexed again")
+            pending = sorted(todo.union(changed))
     prev = await loop.run_in_executor(writer, _previous, con, pending)
     batches = [pending[i : i + BATCH] for i in range(0, len(pending), BATCH)]
     workers = worker_count(len(pending))
