@@ -444,3 +444,18 @@ async def test_indexing_indexes_again_a_file_changed_between_attempts(
     names = OPS["codebase_indexing"][2]
     assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
     assert final.result["symbols"] == whole.result["symbols"]
+
+
+@pytest.mark.parametrize(
+    ("op_type", "params", "expect"),
+    [
+        ("monitoring_collection", {"interval": "nan"}, "interval: Input should be a finite number"),
+        ("load_testing", {"url": "http://127.0.0.1:80/", "rate": "nan"}, "rate: Input should be a finite number"),
+        ("load_testing", {"url": "http://127.0.0.1:0/"}, "port 0"),
+        ("monitoring_collection", {"pids": [999_999_999]}, "pids: no process 999999999"),
+    ],
+)
+def test_hostile_params_say_what_is_wrong(cli: Cli, op_type: str, params: dict[str, Any], expect: str) -> None:
+    """nan was refused as "less than or equal to 86400"; port 0 was loaded for the whole duration (every
+    request failed to connect); a missing pid was named "pids: pids: ..."."""
+    bad_params(cli, op_type, params, expect)

@@ -52,7 +52,7 @@ Row = tuple[Any, ...]
 
 
 class CodeAnalysisParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan was refused as "more than the most"
 
     root: str = Field(description="directory to analyse")
     patterns: list[str] = Field(default_factory=list, description="glob patterns of files to include (default all)")

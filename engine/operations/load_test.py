@@ -42,7 +42,7 @@ MAX_SLICES = 10_000
 
 
 class LoadTestParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan was refused as "more than the most"
 
     # allow_remote first: the url's check reads it (validated fields come in declaration order)
     allow_remote: bool = Field(default=False, description="allow a target that is not on this machine")
@@ -66,9 +66,11 @@ class LoadTestParams(BaseModel):
         if not u.hostname:
             raise ValueError(f"url {v!r} has no host")
         try:
-            u.port  # noqa: B018 - raises on a port out of range
+            port = u.port
         except ValueError as e:
             raise ValueError(f"url {v!r}: {e}") from None
+        if port == 0:  # no server listens there: every request failed to connect, for the whole duration
+            raise ValueError(f"url {v!r}: port 0 is no port to connect to")
         if not info.data.get("allow_remote", False):
             refusal = not_loopback(v)
             if refusal:

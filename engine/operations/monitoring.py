@@ -47,7 +47,7 @@ MAX_SAMPLES = 1_000_000
 
 
 class MonitoringParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan was refused as "more than the most"
 
     interval: float = Field(default=5.0, ge=0.01, le=86_400, description="seconds between samples")
     duration: float = Field(default=60.0, gt=0, le=366 * 86_400, description="seconds to sample for in all")
@@ -59,7 +59,7 @@ class MonitoringParams(BaseModel):
     def _pids(cls, v: list[int]) -> list[int]:
         for pid in v:
             if not psutil.pid_exists(pid):
-                raise ValueError(f"pids: no process {pid}")
+                raise ValueError(f"no process {pid}")  # the field's name comes before it
         return sorted(set(v))
 
     @field_validator("output")

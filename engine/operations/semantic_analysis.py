@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS sem_duplicates (scope TEXT, a TEXT, b TEXT, similarit
 
 
 class SemanticParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan was refused as "more than the most"
 
     kb: str | None = Field(default=None, description="knowledge base to analyse (default: the state dir's)")
     root: str | None = Field(default=None, description="analyse the text files of this tree instead of a kb")
