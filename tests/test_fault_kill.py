@@ -276,10 +276,15 @@ def index_args(base: Path, root: Path) -> list[str]:
 
 
 def index_tables(db: Path) -> dict[str, list[tuple]]:
-    """Every table's rows, sorted; ``files.seen`` (the id of the operation that last saw a file) left out."""
+    """Every table's rows, sorted; ``files.seen`` (the id of the operation that last saw a file) and
+    ``outlast_run`` (a token of the run that wrote the database, the operation's own) left out."""
     con = sqlite3.connect(db)
     try:
-        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            t
+            for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+            if t != "outlast_run"
+        ]
         out = {}
         for t in tables:
             cols = [c[1] for c in con.execute(f"PRAGMA table_info({t})") if not (t == "files" and c[1] == "seen")]
