@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .models import InvalidInput, check_type, type_name
 from .profiles import SEED_PROFILES, one_line
+from .shortage import ran_short
 
 log = logging.getLogger("outlast.registry")
 
@@ -93,6 +94,8 @@ class HandlerSpec:
         except ValidationError as e:
             raise InvalidInput(f"{self.type} params: {one_line(e)}") from None
         except (Exception, SystemExit) as e:  # a validator of the plugin's that raised what pydantic passes on
+            if ran_short(e) is not None:  # the machine, not the params (no descriptor left): retried, or said so
+                raise
             raise InvalidInput(
                 f"{self.type} params: its validator raised {type(e).__name__}: {_first_line(e)}"
             ) from None
