@@ -133,16 +133,28 @@ def test_an_unwritable_output_directory_is_refused(cli: Cli, tmp_path: Path) -> 
     nothing_stored(cli)
 
 
-def test_an_existing_index_and_report_are_accepted(cli: Cli, tmp_path: Path) -> None:
+def test_an_existing_index_and_report_are_accepted_and_another_programs_files_refused(cli: Cli, tmp_path: Path) -> None:
+    """An index or a report an earlier run wrote is written again; another program's database or JSON file
+    at that path is refused in one line (indexing dropped its tables, the scan replaced a package.json)."""
     root = tmp_path / "src"
     root.mkdir()
-    db = tmp_path / "index.sqlite"
-    sqlite3.connect(db).execute("create table t (x)").connection.close()
-    report = tmp_path / "report.json"
-    report.write_text("{}\n")
-    assert cli.here("submit", "codebase_indexing", "-p", f"root={root}", "-p", f"output={db}").returncode == 0
-    r = cli.here("submit", "security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={report}")
-    assert r.returncode == 0, r.stderr
+    (root / "a.py").write_text("x = 1\n")
+    db, report = tmp_path / "index.sqlite", tmp_path / "report.json"
+    index = ("codebase_indexing", "-p", f"root={root}", "-p", f"output={db}")
+    scan = ("security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={report}")
+    assert cli("-q", "run", *index).returncode == 0 and cli("-q", "run", *scan).returncode == 0
+    assert cli.here("submit", *index).returncode == 0
+    assert cli.here("submit", *scan).returncode == 0
+    theirs_db, theirs_json = tmp_path / "theirs.sqlite", tmp_path / "package.json"
+    sqlite3.connect(theirs_db).execute("create table t (x)").connection.close()
+    theirs_json.write_text('{"name": "app"}\n')
+    for args in (
+        ("codebase_indexing", "-p", f"root={root}", "-p", f"output={theirs_db}"),
+        ("security_scan", "-p", f"root={root}", "-p", "format=json", "-p", f"output={theirs_json}"),
+    ):
+        r = cli.here("submit", *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert theirs_json.read_text() == '{"name": "app"}\n'
 
 
 # ---- 4: non-finite and absurd numbers -------------------------------------------------------------
