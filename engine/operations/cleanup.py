@@ -549,7 +549,7 @@ async def _cutoff(ctx: OperationContext, p: CleanupParams) -> float:
 async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
     """Select the files, then record and remove them batch by batch; the result counts them."""
     base = Path(p.root) if p.root is not None else Path(p.state_dir or output_dir(ctx).parent).resolve()
-    own = _outlast_dirs(ctx)
+    own = await asyncio.to_thread(_outlast_dirs, ctx)  # reads the config file: not on the event loop
     if p.root is not None:
         for d in own:  # its outputs are the user's reports and the HTTP API's only default root: cleaned as asked
             if base.resolve().is_relative_to(d.resolve()) and not base.resolve().is_relative_to(
