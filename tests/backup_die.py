@@ -1,7 +1,7 @@
 """A plugin for the backup's kill tests: the process SIGKILLs itself at one exact point of a backup's end,
 named by OUTLAST_TEST_DIE_AT (a kill at a random moment rarely lands in a window of milliseconds):
 
-- ``dirstat``: as the first directory is given its source's mode and times;
+- ``dirstat``: as the first directory is given its source's times (``os.utime`` of a directory);
 - ``manifest``: just after the manifest is renamed into place;
 - ``journal``: just after the manifest's journal is removed (with the manifest there);
 - ``placed``: just after the OUTLAST_TEST_DIE_AFTER-th file is renamed into place from its partial (its
@@ -11,7 +11,6 @@ named by OUTLAST_TEST_DIE_AT (a kill at a random moment rarely lands in a window
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from typing import Any
 
@@ -26,13 +25,13 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-_copystat, _replace, _unlink = shutil.copystat, os.replace, os.unlink
+_utime, _replace, _unlink = os.utime, os.replace, os.unlink
 
 
-def copystat(src: Any, dst: Any, *, follow_symlinks: bool = True) -> None:
-    if DIE_AT == "dirstat" and os.path.isdir(dst) and not os.path.islink(dst):
+def utime(path: Any, *args: Any, **kw: Any) -> None:
+    if DIE_AT == "dirstat" and isinstance(path, str | os.PathLike) and os.path.isdir(path) and not os.path.islink(path):
         _die()
-    _copystat(src, dst, follow_symlinks=follow_symlinks)
+    _utime(path, *args, **kw)
 
 
 def replace(src: Any, dst: Any, **kw: Any) -> None:
@@ -56,4 +55,4 @@ def unlink(path: Any, **kw: Any) -> None:
 
 
 if DIE_AT:
-    shutil.copystat, os.replace, os.unlink = copystat, replace, unlink  # type: ignore[assignment]
+    os.utime, os.replace, os.unlink = utime, replace, unlink  # type: ignore[assignment]

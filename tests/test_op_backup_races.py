@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,9 @@ async def test_a_directory_swapped_for_a_link_after_the_listing_is_not_followed(
         (src / "z").rename(src / "z.moved")
         (src / "z").symlink_to(outside)
 
+    for d in (outside / "deeper", outside):  # marks a copy of their metadata would carry
+        d.chmod(0o701)
+        os.utime(d, (1_000_000_000, 1_000_000_000))
     after_listing(monkeypatch, swap)
     final = await run_backup(engine, src, dst, chunk_checkpoint=4 * MB)
     assert final.status is Status.COMPLETED, final.error
@@ -210,6 +214,10 @@ async def test_a_directory_swapped_for_a_link_after_the_listing_is_not_followed(
     assert set(manifest(dst)) == {"keep.txt"}
     assert final.progress.skipped == 3 and final.result["failures"] == 0
     assert any("not followed" in m for m in await logs(engine, final.id))
+    # Nor the directories' modes and times: read by path, z's copy took those of the directory outside.
+    for d in (dst / "z", dst / "z" / "deeper"):
+        st = d.stat()
+        assert (st.st_mtime, stat.S_IMODE(st.st_mode)) != (1_000_000_000, 0o701), d
 
 
 def test_a_source_reached_below_a_swapped_directory_is_refused(tmp_path: Path) -> None:

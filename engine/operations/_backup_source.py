@@ -102,6 +102,21 @@ class Source:
         d, name = self.of(rel)
         return open_file(d, name)
 
+    def open_dir(self, rel: str) -> int:
+        """The directory ``rel`` (``""``: the root) opened, not followed if it is a link (NotFollowed): the
+        caller closes it."""
+        if not rel:
+            if self.root_fd == -1:
+                self.root_fd = self.fd = os.open(self.root, DIR_FLAGS)
+            return os.dup(self.root_fd)
+        d, name = self.of(rel)
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=d)
+        except OSError as e:
+            if e.errno in _NOT_A_DIR:
+                raise NotFollowed(e.errno, "not a real directory any more", rel) from None
+            raise
+
 
 def open_file(dir_fd: int, name: str) -> int:
     """A source file opened for reading without following a link or waiting: NotRegular when it is no

@@ -627,18 +627,61 @@ def _append(
 
 
 def _set_dir_stats(src: Path, dst: Path, dirs: list[str]) -> list[str]:
-    """Give directories their source's mode and times (``""``: the root), deepest first: writing into a
-    directory changes its mtime. Returns what could not be done, with why: a source directory renamed since
-    the listing is a warning, not the failure of a backup whose files are all copied."""
+    """Give directories their source's mode, times and extended attributes (``""``: the root). The source's
+    are read first, each directory reached as files are (``Source``: by path, a directory above swapped for a
+    link gave its copy the mode and times of one outside the source), in the listing's order (parents first:
+    the directory kept open is mostly on the way); then set deepest first, a parent's mode last (0o500 there
+    would forbid the rest). Returns what could not be done, with why: a source directory renamed since the
+    listing is a warning, not the failure of a backup whose files are all copied."""
     problems: list[str] = []
-    for d in reversed(dirs):
-        s, t = (src / d, dst / d) if d else (src, dst)
+    found: list[tuple[str, os.stat_result, list[tuple[str, bytes]]]] = []
+    with Source(src) as source:
+        for d in dirs:
+            try:
+                fd = source.open_dir(d)
+                try:
+                    found.append((d, os.fstat(fd), _read_xattrs(fd)))
+                finally:
+                    os.close(fd)
+            except NotFollowed:
+                problems.append(f"{d or '.'}: {NOT_FOLLOWED}")
+            except OSError as e:
+                problems.append(f"{d or '.'}: {GONE if isinstance(e, FileNotFoundError) else e.strerror or e}")
+    for d, st, attrs in reversed(found):
+        t = dst / d if d else dst
         try:
             if stat.S_ISDIR(os.lstat(t).st_mode):
-                shutil.copystat(s, t, follow_symlinks=False)
+                os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                _write_xattrs(t, attrs)
+                os.chmod(t, stat.S_IMODE(st.st_mode))  # a directory, just seen: ours
         except OSError as e:
             problems.append(f"{d or '.'}: {GONE if isinstance(e, FileNotFoundError) else e.strerror or e}")
     return problems
+
+
+def _read_xattrs(fd: int) -> list[tuple[str, bytes]]:
+    """The extended attributes of the open ``fd`` (none where the file system has none)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+            raise
+        return []
+    out: list[tuple[str, bytes]] = []
+    for name in names:
+        with contextlib.suppress(OSError):  # removed since the listing, or not readable by us
+            out.append((name, os.getxattr(fd, name)))
+    return out
+
+
+def _write_xattrs(path: Path, attrs: list[tuple[str, bytes]]) -> None:
+    """Set ``attrs`` on ``path`` (not followed), as ``shutil.copystat`` does: what may not be set is left."""
+    for name, value in attrs:
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+                raise
 
 
 def _manifest_files(
