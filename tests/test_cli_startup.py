@@ -93,18 +93,16 @@ def test_quick_paths_agree_with_the_store_and_the_settings() -> None:
     from engine.config import Settings
     from engine.store import quick
     from engine.store.sqlite import LocalStore
-    from engine.store.sqlite.core import FULL_BELOW
     from engine.store.sqlite.schema import SCHEMA_VERSION
 
     assert set(SETTINGS_KEYS) == set(Settings.model_fields) - {"profiles", "origins"}
     store = LocalStore(Path("/nonexistent-state"))
-    assert (
-        store.db_path.name,
-        store.lock_dir.name,
-        store.log_dir.name,
-        SCHEMA_VERSION,
-        FULL_BELOW,
-    ) == (quick.DB_NAME, quick.LOCK_DIR, quick.LOG_DIR, quick.SCHEMA_VERSION, quick.FULL_BELOW)
+    assert (store.db_path.name, store.lock_dir.name, store.log_dir.name, SCHEMA_VERSION) == (
+        quick.DB_NAME,
+        quick.LOCK_DIR,
+        quick.LOG_DIR,
+        quick.SCHEMA_VERSION,
+    )
 
 
 def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tmp_path: Path) -> None:
@@ -193,11 +191,6 @@ def test_quick_ls_json_fields_are_the_models() -> None:
         table(WorkerInfo),
     ) == (quickjson.FIELDS, quickjson.PROGRESS_FIELDS, quickjson.WORKER_FIELDS)
     assert Operation.model_config.get("extra") == "ignore"  # other keys are dropped: the quick path refuses them
-
-    from engine.store import quick
-    from engine.store.sqlite.schema import CHECKPOINT_SEQ
-
-    assert quick.CHECKPOINT_SEQ == CHECKPOINT_SEQ
 
 
 def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:

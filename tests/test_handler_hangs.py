@@ -99,18 +99,6 @@ def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_pat
 
 
 @pytest.mark.usefixtures("short_grace")
-def test_a_handler_that_swallows_sigterm_runs_no_item_after_it(cli: Cli, tmp_path: Path) -> None:
-    log, n = tmp_path / "ledger", 60
-    proc, op_id = start_run(cli, "mb_swallow", log, n)
-    proc.signal(signal.SIGTERM)
-    rc = proc.wait(40)
-    op = cli.op(op_id)
-    assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
-    stopped_at(log)
-    resume_to_the_end(cli, op_id, log, n)
-
-
-@pytest.mark.usefixtures("short_grace")
 def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli: Cli, tmp_path: Path) -> None:
     log, n = tmp_path / "ledger", 60
     proc, op_id = start_run(cli, "mb_forever", log, n)
@@ -127,9 +115,11 @@ def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli
 
 
 @pytest.mark.usefixtures("short_grace")
-def test_sigterm_ends_a_run_whose_handler_ignores_the_forced_cancel(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("handler", ["mb_swallow", "mb_forever"])
+def test_sigterm_ends_a_run_whose_handler_ignores_the_stop(cli: Cli, tmp_path: Path, handler: str) -> None:
+    """A handler that swallows the stop and goes on, or also ignores the forced cancel: paused, no item after."""
     log, n = tmp_path / "ledger", 60
-    proc, op_id = start_run(cli, "mb_forever", log, n)
+    proc, op_id = start_run(cli, handler, log, n)
     proc.signal(signal.SIGTERM)
     rc = ends_within(proc, 30, lambda: f"outlast run still running 30s after SIGTERM: {cli.op(op_id).status.value}")
     op = cli.op(op_id)

@@ -51,27 +51,15 @@ async def test_a_results_database_deleted_between_attempts_is_filled_again(
 ) -> None:
     """Resumed into a fresh database (the one of the first attempt deleted), the files done before were
     skipped: "completed" with a third of the tree. Now every file is analysed again."""
-    modname, fn_name, names = OPS[op_type]
-    mod = importlib.import_module(f"engine.operations.{modname}")
+    names = OPS[op_type][2]
     root = tmp_path / "tree"
     make_tree(root)
     whole = await _run(engine, op_type, {"root": str(root), "output": str(tmp_path / "whole.db")})
     assert whole.status is Status.COMPLETED, whole.error
-
-    monkeypatch.setattr(mod, "BATCH", 4)
-    real = getattr(mod, fn_name)
-    calls = []
-
-    def second_batch_breaks(*a: Any, **kw: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("the first attempt ends here")
-        return real(*a, **kw)
-
-    monkeypatch.setattr(mod, fn_name, second_batch_breaks)
     db = tmp_path / "out.db"
-    first = await _run(engine, op_type, {"root": str(root), "output": str(db)})
-    assert first.status is Status.FAILED and first.progress.done == 4, (first.status, first.progress)
+    first = await _first_attempt_fails_after_a_batch(
+        engine, monkeypatch, op_type, {"root": str(root), "output": str(db)}
+    )
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(f"{db}{suffix}"):
             os.unlink(f"{db}{suffix}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +140,42 @@ def _empty_or_starts_with(path: Path, magic: bytes) -> bool:
     except OSError:
         return False
     return not head or head.startswith(magic)
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NOT_A_DIR = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
+"""What opening a symlink (ELOOP; EMLINK on the BSDs) or a file (ENOTDIR) with ``DIR_FLAGS`` raises."""
+
+
+class NotFollowed(Exception):
+    """A directory on an item's path is no longer a real directory (a symlink, a file): it is not followed."""
+
+
+@contextlib.contextmanager
+def parent_of(root_fd: int, rel: str) -> Iterator[tuple[int, str]]:
+    """(descriptor of the directory holding ``rel``, its last name), reached from ``root_fd`` one directory at
+    a time without following a symlink, so the item is inside the root whatever was swapped in since the
+    listing. Raises NotFollowed for a component that is not a real directory, OSError for others (gone)."""
+    *dirs, name = rel.split("/")
+    fd = root_fd
+    try:
+        for part in [*dirs, name]:
+            if part in ("", ".", ".."):  # never in a listing; would climb out of the root
+                raise NotFollowed(rel)
+        for part in dirs:
+            try:
+                sub = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in NOT_A_DIR:
+                    raise NotFollowed(rel) from None
+                raise
+            if fd != root_fd:
+                os.close(fd)
+            fd = sub
+        yield fd, name
+    finally:
+        if fd != root_fd:
+            os.close(fd)
 
 
 class NotInTree(Exception):

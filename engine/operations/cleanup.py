@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,7 @@ from ..registry import operation
 from ..store import open_store
 from ..store.quick import DB_NAME, quick_list
 from ..text import clean
-from ._common import JSON_MAGIC, check_output_file, existing_dir, output_dir
+from ._common import DIR_FLAGS, JSON_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
 from ._walk import walk
 
 BATCH = 256
@@ -70,10 +68,6 @@ NOT_FOLLOWED = "not removed: a directory on its path is no longer a real directo
 REPLACED = "not removed: replaced since the listing (not the file listed)"
 SKIPPED = (NOT_FOLLOWED, REPLACED)
 """Why an item is skipped rather than removed (both told in the log, counted in the result's ``skipped``)."""
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NOT_A_DIR = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
-"""What opening a symlink (ELOOP; EMLINK on the BSDs) or a file (ENOTDIR) with ``_DIR_FLAGS`` raises."""
 
 
 class CleanupParams(BaseModel):
@@ -200,37 +194,6 @@ def _entry(path: Path) -> os.stat_result | None:
     return st
 
 
-class NotFollowed(Exception):
-    """A directory on an item's path is no longer a real directory (a symlink, a file): it is not followed."""
-
-
-@contextlib.contextmanager
-def _parent(root_fd: int, rel: str) -> Iterator[tuple[int, str]]:
-    """(descriptor of the directory holding ``rel``, its last name), reached from ``root_fd`` one directory at
-    a time without following a symlink, so the item is inside the root whatever was swapped in since the
-    listing. Raises NotFollowed for a component that is not a real directory, OSError for others (gone)."""
-    *dirs, name = rel.split("/")
-    fd = root_fd
-    try:
-        for part in [*dirs, name]:
-            if part in ("", ".", ".."):  # never in a listing; would climb out of the root
-                raise NotFollowed(rel)
-        for part in dirs:
-            try:
-                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if e.errno in _NOT_A_DIR:
-                    raise NotFollowed(rel) from None
-                raise
-            if fd != root_fd:
-                os.close(fd)
-            fd = sub
-        yield fd, name
-    finally:
-        if fd != root_fd:
-            os.close(fd)
-
-
 def _same(st: os.stat_result, listed: FileId) -> bool:
     """``st`` is the regular file or symlink the listing saw."""
     is_file = stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
@@ -239,7 +202,7 @@ def _same(st: os.stat_result, listed: FileId) -> bool:
 
 def open_root(path: Path) -> int:
     """A descriptor of the directory ``path`` (itself not a symlink), that every removal starts from."""
-    return os.open(path, _DIR_FLAGS)
+    return os.open(path, DIR_FLAGS)
 
 
 def _file_id(path: Path) -> FileId | None:
@@ -385,7 +348,7 @@ def _remove_batch(
     out: list[tuple[str, int, str | None]] = []
     for rel, listed in batch:
         try:
-            with _parent(root_fd, rel) as (d, name):
+            with parent_of(root_fd, rel) as (d, name):
                 st = os.stat(name, dir_fd=d, follow_symlinks=False)
         except NotFollowed:
             out.append((rel, 0, NOT_FOLLOWED))
@@ -415,7 +378,7 @@ def _remove_batch(
             continue
         why: str | None = None
         try:
-            with _parent(root_fd, rel) as (d, name):
+            with parent_of(root_fd, rel) as (d, name):
                 # Checked again just before the unlink: the manifest's fsync left time for a swap.
                 if not _same(os.stat(name, dir_fd=d, follow_symlinks=False), listed):
                     why = REPLACED
@@ -453,7 +416,7 @@ def _prune_dirs(base_fd: int, base: Path, top: str, cutoff: float, emptied: set[
         if rel == top:
             continue
         try:
-            with _parent(base_fd, rel) as (pfd, name):
+            with parent_of(base_fd, rel) as (pfd, name):
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode) and (rel in emptied or st.st_mtime < cutoff):
                     os.rmdir(name, dir_fd=pfd)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from ..text import clean, stored_name
-from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
+from ._common import DIR_FLAGS, SQLITE_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
 from .knowledge import KB_FILE, drop_documents, index_chunks, open_kb, sha256_text
@@ -65,7 +65,6 @@ Outcome = tuple[str, str, int, str | None]
 """(path, "added" | "reused" | "skipped" | "failed", chunks, reason)."""
 
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _LINKED = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
 """What opening a symlink with O_NOFOLLOW (ELOOP; EMLINK on the BSDs), or a file as a directory, raises."""
@@ -74,31 +73,21 @@ _LINKED = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
 def _read(root_fd: int, rel: str, max_bytes: int) -> tuple[bytes | None, str | None]:
     """The file's bytes, or None and why it is skipped ("skip: ...") or failed.
 
-    Reached from ``root_fd`` (the source folder) one directory at a time without following a symlink, so a
-    folder swapped for a link to elsewhere since the listing is not read through (as cleanup's ``_parent``
-    does, copied here in short: that one is cleanup's own); the file itself opened without following a link
-    and without waiting (a FIFO swapped in since the listing blocked the open for ever), and checked on the
-    open descriptor: what is read is what was checked."""
-    *dirs, name = rel.split("/")
-    fd = root_fd
+    Reached from ``root_fd`` (the source folder) one directory at a time without following a symlink
+    (``parent_of``), so a folder swapped for a link to elsewhere since the listing is not read through; the
+    file itself opened without following a link and without waiting (a FIFO swapped in since the listing
+    blocked the open for ever), and checked on the open descriptor: what is read is what was checked."""
     try:
-        for part in dirs:
-            if part in ("", ".", ".."):  # never in a listing: it would climb out of the folder
-                return None, "skip: not a regular file"
-            sub = os.open(part, _DIR, dir_fd=fd)
-            if fd != root_fd:
-                os.close(fd)
-            fd = sub
-        file_fd = os.open(name, _FILE, dir_fd=fd)
+        with parent_of(root_fd, rel) as (fd, name):
+            file_fd = os.open(name, _FILE, dir_fd=fd)
+    except NotFollowed:  # a folder on its path is a symbolic link (or a file) now
+        return None, "skip: not a regular file"
     except FileNotFoundError:
         return None, "skip: gone since the listing"
     except OSError as e:
-        if e.errno in _LINKED:  # the file, or a folder on its path, is a symbolic link now
+        if e.errno in _LINKED:  # the file is a symbolic link now
             return None, "skip: not a regular file"
         return None, f"unreadable: {e.strerror or e}"
-    finally:
-        if fd != root_fd:
-            os.close(fd)
     with open(file_fd, "rb") as fh:
         try:
             st = os.fstat(fh.fileno())
@@ -136,7 +125,7 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     new: list[tuple[str, str, str | None, int, str, list[tuple[str | None, str]]]] = []
     seen: list[str] = []
     try:
-        root_fd = os.open(p.source, _DIR)
+        root_fd = os.open(p.source, DIR_FLAGS)
     except OSError as e:
         raise RuntimeError(f"source {p.source!r}: {e.strerror or e}") from None
     try:

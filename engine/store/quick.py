@@ -32,9 +32,10 @@ LOG_DIR = "logs"
 SCHEMA_VERSION = 1
 FULL_BELOW = 1 << 20
 CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
-"""The local store's file and directory names, schema version, the free bytes under which it calls its file
-system full, and newest checkpoint's seq of operation ``o`` (``LocalStore``, ``core.FULL_BELOW``,
-``schema.CHECKPOINT_SEQ``; a test keeps them equal)."""
+"""The local store's file and directory names and schema version (``LocalStore``; a test keeps them equal),
+the free bytes under which a store that cannot be opened is said to be on a full file system, and the
+newest checkpoint's seq of operation ``o``: the last two the store's own (``core`` and ``schema`` import
+them from here, a module light enough for the quick path)."""
 
 
 def quick_list(

@@ -25,7 +25,7 @@ from ...errors import StoreLost
 from ...files import create_private, free_bytes, make_private, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
-from ..quick import on_read_only_fs, read_only_uri
+from ..quick import FULL_BELOW, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
@@ -40,10 +40,6 @@ _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write transaction on the database to end."""
-
-FULL_BELOW = 1 << 20
-"""Free bytes under which a database that cannot be opened is said to be on a full file system (opening
-one may have to make its WAL and shared-memory files, and a recovery write them)."""
 
 
 def sqlite_unfit(connect: Callable[[str], sqlite3.Connection] = sqlite3.connect) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 
 from ...models import Priority
+from .. import quick
 
 SCHEMA_VERSION = 1
 """The newest schema this version reads and writes; a database file with a newer one is refused."""
@@ -64,8 +65,9 @@ CREATE TABLE IF NOT EXISTS failures(
 ) WITHOUT ROWID;
 """
 
-CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
-"""The newest checkpoint's seq of operation ``o`` (derived when read: a checkpoint never rewrites the record)."""
+CHECKPOINT_SEQ = quick.CHECKPOINT_SEQ
+"""The newest checkpoint's seq of operation ``o`` (derived when read: a checkpoint never rewrites the record);
+one text with the quick read's."""
 
 RANKS = sorted({p.rank for p in Priority})
 """The ``rank`` column's values, highest priority first."""
