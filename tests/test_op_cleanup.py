@@ -287,3 +287,24 @@ async def test_trees_deeper_than_the_recursion_limit(engine: Engine, tmp_path: P
         assert rec.status is Status.COMPLETED, rec.error
         assert rec.result["files"] == 1 and not (outputs / "deep").exists()
         assert rec.result["directories_removed"] == out_leaf.count("/") + 1
+
+
+async def test_a_repository_s_metadata_is_never_entered(engine: Engine, tmp_path: Path) -> None:
+    """``patterns=["*"]`` with an age under a project: its old files go, its ``.git`` (objects, reflogs, the
+    index) stays whole, said once in the log; a worktree's ``.git`` file is a file like others."""
+    root = tmp_path / "project"
+    for rel in [".git/objects/ab/cdef", ".git/logs/HEAD", ".git/index", "sub/.hg/store/x", "build/a.o", "old.log"]:
+        old_file(root / rel)
+    old_file(root / "wt" / ".git", "gitdir: elsewhere")
+    spec = OperationSpec(
+        type="cleanup_operation",
+        params={"root": str(root), "patterns": ["*"], "older_than_days": 1, "dry_run": False,
+                "manifest": str(tmp_path / "m.jsonl")},
+    )  # fmt: skip
+    rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert tree(root) == [".git/index", ".git/logs/HEAD", ".git/objects/ab/cdef", "sub/.hg/store/x"]
+    assert rec.result["files"] == 3
+    records, _ = await engine.logs(rec.id)
+    said = [r.message for r in records if "a repository's metadata" in r.message]
+    assert len(said) == 2 and any(m.startswith(f"skipped {root / '.git'}:") for m in said), said

@@ -5,9 +5,10 @@ Two modes:
 
 - ``root``: files under it (symlinks are removed, never followed) whose path relative to the root matches
   ``patterns`` (.gitignore syntax, through pathspec, already a dependency) and not ``exclude``, and whose
-  mtime is older than ``older_than_days``. Never listed: Outlast's own directories (the state directory of
-  the store the operation runs on, the settings' state directory and checkpoint mirror, and any directory
-  holding a store, ``outlast.db`` or a mirror's ``store.json``), each said once in the log, nor the manifest;
+  mtime is older than ``older_than_days``. Never listed: a repository's ``.git``, ``.hg`` or ``.svn``
+  directory, Outlast's own directories (the state directory of the store the operation runs on, the
+  settings' state directory and checkpoint mirror, and any directory holding a store, ``outlast.db`` or a
+  mirror's ``store.json``), each said once in the log, nor the manifest;
   a root inside one of them is refused when the run starts, but for one in a state directory's ``outputs``
   (reports: the HTTP API's default root). With ``dry_run`` false, a root that is ``/``, the
   home directory or a directory above it, a ``.git`` directory or one inside it, is refused at validation.
@@ -221,6 +222,11 @@ def _is_store_dir(dnames: list[str], fnames: list[str]) -> bool:
     return "store.json" in fnames and "ops" in dnames and "checkpoints" in dnames
 
 
+VCS_DIRS = frozenset({".git", ".hg", ".svn"})
+"""A repository's own metadata, never entered by a root's listing: ``patterns=["*"]`` with an age deleted a
+project's old git objects (a broken repository), ``logs/`` its reflogs; ``git clean`` never goes there either."""
+
+
 def list_matching(
     root: Path,
     patterns: list[str],
@@ -228,6 +234,7 @@ def list_matching(
     cutoff: float,
     keep_out: frozenset[FileId] = frozenset(),
     pruned: list[str] | None = None,
+    vcs: list[str] | None = None,
 ) -> dict[str, FileId]:
     """Relative paths under ``root`` matching ``patterns``, not ``exclude``, last modified before ``cutoff``
     (sorted), each with the identity of the file the listing saw.
@@ -235,7 +242,9 @@ def list_matching(
     Never listed: a file or directory whose identity is in ``keep_out`` (Outlast's state directory, its
     checkpoint mirror, the manifest being written), nor any directory holding an Outlast store (``outlast.db``,
     a mirror's ``store.json``: another state directory's records and checkpoints); each directory so pruned is
-    added to ``pruned`` (relative; "." for the root itself)."""
+    added to ``pruned`` (relative; "." for the root itself). Nor a repository's metadata directory (``.git``,
+    ``.hg``, ``.svn``, a real directory; a ``.git`` file of a worktree is a file like others): each added to
+    ``vcs``."""
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
     out: dict[str, FileId] = {}
     for d, dnames, fnames in walk(root):
@@ -257,6 +266,10 @@ def list_matching(
                 dnames.remove(x)
                 if pruned is not None:
                     pruned.append((rel_d / x).as_posix())
+            elif x in VCS_DIRS:
+                dnames.remove(x)
+                if vcs is not None:
+                    vcs.append((rel_d / x).as_posix())
         for f in fnames:
             rel = (rel_d / f).as_posix()
             if not want.match_file(rel) or keep.match_file(rel):
@@ -571,10 +584,13 @@ async def _clean(
     if p.root is not None:
         keep_out = await asyncio.to_thread(_keep_out, own, manifest)
         own_dirs: list[str] = []
-        listed = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff, keep_out, own_dirs)
+        vcs: list[str] = []
+        listed = await asyncio.to_thread(list_matching, base, p.patterns, p.exclude, cutoff, keep_out, own_dirs, vcs)
         for rel in own_dirs:
             where = clean(str(base / rel)) if rel != "." else clean(str(base))
             ctx.log.info(f"skipped the Outlast state directory {where}: Outlast's own files are never cleaned here")
+        for rel in vcs:
+            ctx.log.info(f"skipped {clean(str(base / rel))}: a repository's metadata is never cleaned here")
     else:
         ops = await _list_operations(ctx, base)
         listed = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
