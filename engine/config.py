@@ -129,12 +129,17 @@ class Settings(BaseModel):
     def _store_ok(cls, v: str | None) -> str | None:
         return None if v is None else check_store_url(v)
 
-    @field_validator("state_dir", mode="before")
+    @field_validator("state_dir", "checkpoint_mirror", mode="before")
     @classmethod
     def _state_dir_ok(cls, v: Any) -> Any:
         """An empty path would be the working directory: a store written wherever the command ran."""
         if isinstance(v, str | Path) and not str(v).strip():
             raise ValueError("empty: expected a directory path")
+        if isinstance(v, str | Path):
+            try:
+                Path(v).expanduser()
+            except RuntimeError:  # "~nouser/x": every use of the path would fail as an internal error
+                raise ValueError(f"cannot expand {str(v).split('/', 1)[0]!r}: no such user") from None
         return v
 
     def shown(self) -> dict[str, Any]:

@@ -44,5 +44,12 @@ def config_file(given: str | Path | None, env: Mapping[str, str]) -> Path | None
     """The config file the settings are read from: the one given (``--config``, else OUTLAST_CONFIG),
     even if it is missing (reading it says so); else the default one if it exists; None: no file."""
     explicit = given is not None or bool(env.get("OUTLAST_CONFIG"))
-    path = Path(given or env.get("OUTLAST_CONFIG") or default_config_file()).expanduser()
+    raw = Path(given or env.get("OUTLAST_CONFIG") or default_config_file())
+    try:
+        path = raw.expanduser()
+    except RuntimeError:  # "~nouser/c.toml": an internal error at every command
+        from .errors import InvalidInput
+
+        what = "--config" if given is not None else "environment OUTLAST_CONFIG"
+        raise InvalidInput(f"{what}: cannot expand {str(raw).split('/', 1)[0]!r}: no such user") from None
     return path if explicit or path.exists() else None

@@ -414,6 +414,29 @@ def test_an_empty_store_or_state_dir_is_one_line_and_writes_nothing(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["ls"], {"OUTLAST_STATE_DIR": "~nosuchuser0/x"}, "OUTLAST_STATE_DIR"),
+        (["--json", "ls"], {"OUTLAST_STATE_DIR": "~nosuchuser0/x"}, "OUTLAST_STATE_DIR"),
+        (["submit", "demo"], {"OUTLAST_STATE_DIR": "~nosuchuser0/x"}, "OUTLAST_STATE_DIR"),
+        (["--state-dir", "~nosuchuser0/x", "ls"], {}, "--state-dir"),
+        (["ls"], {"OUTLAST_CONFIG": "~nosuchuser0/c.toml"}, "OUTLAST_CONFIG"),
+        (["--config", "~nosuchuser0/c.toml", "submit", "demo"], {}, "--config"),
+        (["submit", "demo"], {"OUTLAST_CHECKPOINT_MIRROR": "~nosuchuser0/m"}, "OUTLAST_CHECKPOINT_MIRROR"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_a_home_of_no_such_user_is_one_line(tmp_path: Path, args: list[str], env: dict[str, str], named: str) -> None:
+    """``~nouser/x`` cannot be expanded: it was an internal error (exit 70) at every command."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
+    base["OUTLAST_STATE_DIR"] = str(tmp_path / "state")
+    r = main_here(args, env={**base, **env}, cwd=tmp_path)
+    line = one_line(r)
+    assert named in line and "'~nosuchuser0': no such user" in line, line
+    assert not (tmp_path / "state").exists()
+
+
 def _ids(cli: Cli) -> list[str]:
     r = cli("--json", "ls")
     assert r.returncode == 0, r.stderr

@@ -51,7 +51,10 @@ def quick_list(
     only the full path can answer (see the module doc). ``loads`` reads each record (a ValueError: the
     full path); ``checkpoint_seq``: each record's ``checkpoint_seq`` is its newest checkpoint's, as the
     store derives it when it reads a record (a checkpoint does not rewrite the record)."""
-    state_dir = state_dir.expanduser()
+    try:
+        state_dir = state_dir.expanduser()
+    except RuntimeError:
+        return None  # "~nouser/x": the full path's settings say what is wrong
     db = state_dir / DB_NAME
     wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
     if _made_by_a_read(state_dir):
