@@ -143,6 +143,7 @@ class Bench:
     def env(self, state_dir: Path | None = None, **extra: str) -> dict[str, str]:
         """Environment for a subprocess: the repo and scripts importable, the bench's own state dir."""
         env = dict(os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: bytecode cached, not compiled at each start
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(SCRIPTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         if state_dir is not None:
             env["OUTLAST_STATE_DIR"] = str(state_dir)

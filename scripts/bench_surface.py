@@ -75,7 +75,6 @@ async def bench_cli(bench: Bench) -> list[Row]:
     config = config_dir / "config.toml"
     config.write_text("max_concurrent = 3\n")
     env = bench.env(state, XDG_CONFIG_HOME=str(no_config))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     submit = ["submit", "command", "--params-json", '{"command": "true"}']
     commands = [  # label, arguments, target (times python -c pass)
         ("outlast --help", ["--help"], 3.0),
