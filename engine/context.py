@@ -193,6 +193,8 @@ class OperationContext(SeedContextMethods):
         """Item failures in this attempt (counted against failure_threshold)."""
         self._seq = op.checkpoint_seq or 0
         self._attention = False
+        """Set by whatever needs the next item boundary (a checkpoint due or asked for, a stop); set for good
+        once a stop is raised into the handler (``ctx.items`` looks at ``_stop_raised`` only when it is set)."""
         self._checkpoint_due = False
         self._checkpoint_request: dict[str, Any] | None = None
         self._said_key_text = False
@@ -613,6 +615,7 @@ class OperationContext(SeedContextMethods):
         every safe point raises the stop, and ``ctx.items`` parks it for good."""
         self._abandoned = True
         self._stop_raised = True
+        self._attention = True  # ctx.items checks _stop_raised only when _attention is set
         if self._stop is None:
             self._stop = StopReason.SHUTDOWN
 
@@ -700,6 +703,10 @@ class _Items(AsyncIterator[T]):
     A class whose ``__anext__`` is a coroutine, not an async generator behind a wrapper: a turn of the
     loop cost the wrapper's call, the generator's ``asend`` object and its wrapped value on top of the
     work (1 us an item, a bare ``for`` 6 ns); one coroutine per item is the least an ``async for`` costs.
+    A turn with nothing to attend to (no stop, no checkpoint asked for or due: ``_attention`` clear, and the
+    task that took the item before) does the rest in that one coroutine; any other goes through
+    ``_between``, the full turn. A stop raised into the handler leaves ``_attention`` set for good, so the
+    quick turn never has to ask about it.
 
     After a resume, a key equal to the next of the done keys in the order they were done (``ledger.order``)
     is done with a string compare, no hash and no probe of a large set (the skip of 100,000 done items took
@@ -721,7 +728,6 @@ class _Items(AsyncIterator[T]):
         "_ledger",
         "_loop",
         "_met",
-        "_new_done",
         "_repeats",
         "_running",
         "_skipped",
@@ -736,7 +742,6 @@ class _Items(AsyncIterator[T]):
         self._keyf: Callable[[T], str] | None = None if keyf is str else keyf
         """None: the key is the item's ``str`` (an item that is a ``str`` is its own key, without the call)."""
         self._done_keys, self._failed, self._skipped = ledger.done, ledger.failed, ledger.skipped
-        self._new_done = ledger.new_done
         self._every = ctx.profile.checkpoint_every
         self._in_order = itertools.chain.from_iterable(ledger.order)
         self._want = next(self._in_order, None)
@@ -761,33 +766,23 @@ class _Items(AsyncIterator[T]):
         raise TypeError("ctx.items() is iterated with `async for`, not `for` (its items are checkpointed between)")
 
     async def __anext__(self) -> T:
-        if self._ctx._stop_raised:  # a stop went into the handler already: no item runs after it
-            self._k = None
-            await self._ctx._stop_again()
-        if _task_now(self._loop) is not self._task:  # another task took the item before (or none yet)
-            self._another_task()
         ctx = self._ctx
         ledger = self._ledger
-        k = self._k
-        if k is not None:  # the body of the item before finished
-            self._k = None
-            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
-                ledger.current = None
-                self._done_keys.add(k)
-                self._new_done.append(k)
-                ctx._done += 1
-            every = self._every
-            if every and ctx._done - ctx._done_at_checkpoint >= every:
-                ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
-            if ctx._attention:
-                self._running = True
-                try:
-                    await ctx._at_boundary()
-                except BaseException:
-                    self._end(False)
-                    raise
-                finally:
-                    self._running = False
+        if ctx._attention or _task_now(self._loop) is not self._task:
+            await self._between()  # a stop, a checkpoint due, another task: the full turn
+        else:  # the same turn without what the two checks above ruled out (a stop sets _attention)
+            k = self._k
+            if k is not None:  # the body of the item before finished
+                self._k = None
+                if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+                    ledger.current = None
+                    self._done_keys.add(k)
+                    ledger.new_done.append(k)
+                    ctx._done += 1
+                every = self._every
+                if every and ctx._done - ctx._done_at_checkpoint >= every:
+                    ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
+                    await self._boundary()
         done_keys = self._done_keys
         keyf = self._keyf
         want = self._want
@@ -803,7 +798,7 @@ class _Items(AsyncIterator[T]):
                     want = self._want = next(self._in_order, want)
                     self._met = True
                     continue
-                if k in done_keys or (self._failed and k in self._failed) or (self._skipped and k in self._skipped):
+                if k in done_keys or (ledger.excludes and (k in self._failed or k in self._skipped)):
                     self._met = True
                     if self._repeats and k in done_keys:
                         # Said once a loop: two items with one key, or a second loop over the same keys.
@@ -821,6 +816,41 @@ class _Items(AsyncIterator[T]):
             raise
         self._end(True)
         raise StopAsyncIteration
+
+    async def _between(self) -> None:
+        """The part of a turn before the next item is taken, in full: the stop raised into the handler again,
+        the task check, the item before done, and a checkpoint or a stop between the two items."""
+        ctx = self._ctx
+        if ctx._stop_raised:  # a stop went into the handler already: no item runs after it
+            self._k = None
+            await ctx._stop_again()
+        if _task_now(self._loop) is not self._task:  # another task took the item before (or none yet)
+            self._another_task()
+        k = self._k
+        if k is not None:  # the body of the item before finished
+            self._k = None
+            ledger = self._ledger
+            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+                ledger.current = None
+                self._done_keys.add(k)
+                ledger.new_done.append(k)
+                ctx._done += 1
+            every = self._every
+            if every and ctx._done - ctx._done_at_checkpoint >= every:
+                ctx.mark_checkpoint_due()
+            if ctx._attention:
+                await self._boundary()
+
+    async def _boundary(self) -> None:
+        """A checkpoint or a stop between two items (no other task may take an item meanwhile)."""
+        self._running = True
+        try:
+            await self._ctx._at_boundary()
+        except BaseException:
+            self._end(False)
+            raise
+        finally:
+            self._running = False
 
     def _another_task(self) -> None:
         """The next item is asked for by another task than the one before (or the first time): allowed

@@ -17,6 +17,7 @@ class ItemLedger:
         "current",
         "dirty",
         "done",
+        "excludes",
         "failed",
         "failed_before",
         "left",
@@ -46,15 +47,20 @@ class ItemLedger:
         """(key, frame id, instruction) where the handler left an item body without finishing it."""
         self.dirty = False
         """Something a checkpoint saves changed (besides the items): ``state``, progress."""
+        self.excludes = bool(self.skipped)
+        """``failed`` or ``skipped`` holds a key (both only grow): while neither does, the ``items()`` loop
+        looks a key up in ``done`` alone."""
 
     def fail(self, key: str, error: str) -> None:
         self.failed[key] = error
         self.new_failed[key] = error
+        self.excludes = True
         self.dirty = True
 
     def skip(self, key: str) -> None:
         self.skipped.add(key)
         self.new_skipped.append(key)
+        self.excludes = True
         self.dirty = True
 
     def end_body(self, key: str) -> None:
