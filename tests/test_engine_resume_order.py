@@ -8,6 +8,8 @@ only, never those of a checkpoint that failed to verify.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import sqlite3
 import time
@@ -176,3 +178,35 @@ async def test_the_order_stops_at_the_resume_point(
         cp, ledger = loaded
         assert (cp.seq, ledger.done) == (2, {"k1a", "k1b", "k2a", "k2b"})
         assert ledger.order == [["k1a", "k1b"], ["k2a", "k2b"]]
+
+
+async def test_an_abandoned_context_takes_no_item_after_it(tmp_path: Path) -> None:
+    """``abandon`` with no stop asked for before (the attempt settled without its handler): the loop's quick
+    turn, which looks at no stop unless something asked for attention, must not hand out another item."""
+
+    ctx = _context(tmp_path, Ledger())
+    seen: list[int] = []
+
+    async def body() -> None:
+        async for i in ctx.items(list(range(10)), key=lambda i: f"k{i}"):
+            seen.append(i)
+            if i == 3:
+                ctx.abandon()
+
+    task = asyncio.create_task(body())
+    done, _ = await asyncio.wait({task}, timeout=0.3)
+    assert seen == [0, 1, 2, 3], seen
+    if not done:  # parked for good: what the engine leaves behind
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def test_items_failed_or_skipped_in_this_attempt_are_not_offered_again_by_a_second_loop(
+    tmp_path: Path,
+) -> None:
+    """The loop looks a key up in ``done`` alone until an item fails or is skipped: a second loop over the same
+    keys in the same attempt offers none of the first loop's (done, failed, skipped)."""
+    ctx = _context(tmp_path, Ledger())
+    assert await _run(ctx, list(range(6)), fail={1}, skip={2}) == list(range(6))
+    assert await _run(ctx, list(range(8)), fail=set(), skip=set()) == [6, 7]
