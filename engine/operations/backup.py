@@ -332,7 +332,7 @@ def _copy_range(
     for at, end in holes:  # read back once the copy is as long as the source
         while at < end:
             k = min(CHUNK, end - at)
-            _check(fo, memoryview(ZEROS)[:k], at)
+            _check(fo, ZEROS if k == CHUNK else ZEROS[:k], at)  # bytes: compared with a memoryview, 90 times slower
             at += k
     return pos - start
 
