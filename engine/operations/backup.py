@@ -699,6 +699,14 @@ def _manifest_files(
     return files
 
 
+def _write_manifest(src: Path, dst: Path, files: dict[str, dict[str, str | int]]) -> str:
+    """Write the manifest; its sha256. In a thread: json's ``indent`` takes the pure-Python encoder, 15-40 ms
+    for 5,000 files, which held the event loop."""
+    text = json.dumps({"source": str(src), "files": files}, indent=1).encode()
+    atomic_write(dst / MANIFEST, text)
+    return hashlib.sha256(text).hexdigest()
+
+
 @operation("backup_operation", params=BackupParams, description="copy a tree, verified and resumable")
 async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     """Copy source to destination; the result gives files, bytes and the manifest path."""
@@ -835,9 +843,7 @@ async def _finish(
         known = {**(before or {}), **known}
     problems = await asyncio.to_thread(_set_dir_stats, src, dst, dirs)
     files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys)
-    text = json.dumps({"source": str(src), "files": files}, indent=1)
-    await asyncio.to_thread(atomic_write, dst / MANIFEST, text.encode())
-    st["manifest"] = hashlib.sha256(text.encode()).hexdigest()
+    st["manifest"] = await asyncio.to_thread(_write_manifest, src, dst, files)
     await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
     await asyncio.to_thread(_remove, dst / STAGING)  # what a failed copy or a killed attempt left there
