@@ -447,3 +447,91 @@ def test_hostile_params_say_what_is_wrong(cli: Cli, op_type: str, params: dict[s
     """nan was refused as "less than or equal to 86400"; port 0 was loaded for the whole duration (every
     request failed to connect); a missing pid was named "pids: pids: ..."."""
     bad_params(cli, op_type, params, expect)
+
+
+# ---- security_scan's libraries read the file it opened -----------------------------------------------------
+
+OUTSIDE_PY = (
+    'import subprocess\nsubprocess.call("ls " + name, shell=True)\naws_access_key_id = "AKIAIOSFODNN7EXAMPLE"\n'
+)
+
+
+@pytest.mark.parametrize("swap", ["symlink out of the tree", "FIFO"])
+def test_security_scan_s_libraries_read_the_file_it_opened_not_a_name_swapped_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """bandit and detect-secrets opened ``root/rel`` by name after the scan had opened and checked it: a file
+    swapped for a symlink in between had them report what a file outside the tree holds under the tree's
+    name, and one swapped for a FIFO blocked the scan's thread for good. They read the checked file now."""
+    import threading
+
+    import engine.operations.security_scan as scan_mod
+    from engine.operations._scan_rules import select_rules
+
+    root, outside = tmp_path / "tree", tmp_path / "outside.py"
+    root.mkdir()
+    (root / "app.py").write_text("x = 1\n")
+    outside.write_text(OUTSIDE_PY)
+    opened = scan_mod.open_in_tree
+
+    def open_then_swap(at: Any, rel: str) -> Any:
+        out = opened(at, rel)
+        (root / rel).unlink()
+        if swap == "FIFO":
+            os.mkfifo(root / rel)
+        else:
+            (root / rel).symlink_to(outside)
+        return out
+
+    monkeypatch.setattr(scan_mod, "open_in_tree", open_then_swap)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(scan_mod.scan_file(root, "app.py", select_rules([]), 1 << 20)))
+    t.daemon = True
+    t.start()
+    t.join(30)
+    if t.is_alive():  # let the blocked open go (a writer for the FIFO), then fail
+        os.close(os.open(root / "app.py", os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        pytest.fail("the scan's thread blocked on a FIFO put in the scanned file's place")
+    rel, kind, payload = got[0]
+    assert (rel, kind) == ("app.py", "ok"), got
+    assert payload[1] == [], f"findings of a file outside the tree reported as app.py's: {payload[1]}"
+    # The same scan of the outside file finds both, so the empty list above is not a scan that found nothing.
+    monkeypatch.setattr(scan_mod, "open_in_tree", opened)
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "app.py").write_text(OUTSIDE_PY)
+    found = scan_mod.scan_file(tmp_path / "control", "app.py", select_rules([]), 1 << 20)[2][1]
+    rules = {f["rule"] if isinstance(f, dict) else f.rule for f in found}
+    assert {"B602", "AWSKeyDetector"} <= rules, rules
+
+
+def test_the_names_given_to_the_libraries_leave_nothing_behind(tmp_path: Path) -> None:
+    """Each name is removed after its file, and what a process killed in the middle of one left (a pool worker
+    of a stopped scan) is removed when a scan starts; a live process's is not."""
+    import subprocess
+    import sys
+
+    from engine.operations import _scan_libs
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    if base is None:
+        pytest.skip("no /dev/shm: the names are made in the temporary directory")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = Path(base, f"outlast-scan-{int(gone.stdout)}-left")
+    live = Path(base, f"outlast-scan-{os.getppid()}-live")
+    for d in (dead, live):
+        (d / "pkg").mkdir(parents=True, exist_ok=True)
+        (d / "pkg" / "m.py").symlink_to("/proc/self/fd/0")
+    try:
+        f = tmp_path / "a.py"
+        f.write_text("x = 1\n")
+        with open(f, "rb") as fh, _scan_libs.opened_as(fh, "pkg/a.py", f) as name:
+            assert name.read_bytes() == b"x = 1\n" and name.name == "a.py" and name.parent.name == "pkg"
+        assert not name.parent.parent.exists()
+        _scan_libs.sweep_names()  # as a scan starting
+        assert not dead.exists() and live.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(dead, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)

@@ -6,17 +6,28 @@
 
 Both are imported on first use (bandit loads its plugins in about half a second), once per process,
 and each worker thread has its own bandit manager (a manager keeps per-run state).
+
+Both open the file they scan by a name. They are given a name of the file security_scan has already opened
+and checked (``opened_as``), never the tree's path again: between that check and their open, a file (or a
+directory on its path) swapped for a symlink had them scan a file outside the tree under the tree's name,
+and one swapped for a FIFO blocked the scan's thread for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from ..errors import InvalidInput
 
@@ -39,6 +50,54 @@ class LibFinding(NamedTuple):
     message: str
     severity: str
     value: str | None  # the secret detect-secrets matched (masked in the snippet), None for bandit
+
+
+_NAME_MAX = 1024
+"""Characters of a relative path kept in the name the libraries open (a deeper one: its file name only)."""
+
+
+def _names_dir() -> str | None:
+    """Where ``opened_as`` makes its names: ``/dev/shm`` (memory) when there is one, else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else None
+
+
+def sweep_names() -> None:
+    """Remove what ``opened_as`` left for processes of this user that are gone (a pool worker killed in the
+    middle of a file); a scan does it when it starts."""
+    base = _names_dir() or tempfile.gettempdir()
+    with contextlib.suppress(OSError), os.scandir(base) as entries:
+        for e in entries:
+            parts = e.name.split("-")
+            if len(parts) != 4 or parts[:2] != ["outlast", "scan"] or not parts[2].isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if e.stat(follow_symlinks=False).st_uid != os.getuid() or not e.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    os.kill(int(parts[2]), 0)
+                    continue  # alive (or not ours to signal): left alone
+                except ProcessLookupError:
+                    shutil.rmtree(e.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def opened_as(fh: IO[bytes], rel: str, path: Path) -> Iterator[Path]:
+    """A name that opens the file ``fh`` (``rel`` of the tree, opened and checked): on Linux a symbolic link to
+    ``/proc/self/fd/N`` named like ``rel`` (detect-secrets picks its transformers and filters by the name) in a
+    private directory made for the call (in ``/dev/shm`` when there is one: a memory file system), removed
+    after it. Elsewhere, ``path``, the tree's own name, as before."""
+    proc = f"/proc/self/fd/{fh.fileno()}"
+    if not sys.platform.startswith("linux") or not os.path.exists(proc):
+        yield path
+        return
+    d = tempfile.mkdtemp(prefix=f"outlast-scan-{os.getpid()}-", dir=_names_dir())
+    try:
+        name = Path(d, rel if len(rel) <= _NAME_MAX else Path(rel).name)
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.symlink_to(proc)
+        yield name
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 BANDIT_SKIP = frozenset({"B101"})

@@ -42,7 +42,15 @@ from ..text import clean_json
 from ._common import JSON_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._lang import language_of
 from ._pool import in_order, worker_count
-from ._scan_libs import bandit_findings, bandit_rules, load_baseline, secret_findings, secret_rules
+from ._scan_libs import (
+    bandit_findings,
+    bandit_rules,
+    load_baseline,
+    opened_as,
+    secret_findings,
+    secret_rules,
+    sweep_names,
+)
 from ._scan_rules import SEVERITIES, all_rules, scan_text, select_rules
 from ._walk import list_files, own_files
 
@@ -146,29 +154,36 @@ def scan_file(
         if st.st_size > max_size:
             return rel, "skip", "too large"
         fh, _st = open_in_tree(root, rel)
-        with fh:
-            data = fh.read(max_size + 1)
     except FileNotFoundError:  # listed by git but deleted in the work tree, or removed during the scan
         return rel, "skip", "gone"
     except NotInTree as e:
         return rel, "skip", str(e)
     except OSError as e:
         return rel, "fail", f"unreadable: {e.strerror or e}"
-    if b"\0" in data[:8192]:
-        return rel, "skip", "binary"
-    latin1 = False
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text, latin1 = data.decode("latin-1"), True
-    language = language_of(rel)
-    try:
-        libraries = secret_findings(path, rel, selected, known) if not selected.isdisjoint(secret_rules()) else []
-        if language == "python" and not selected.isdisjoint(bandit_rules()):
-            libraries += bandit_findings(path, selected)
-        findings = scan_text(rel, text, language, selected, libraries)
-    except RecursionError:  # a pathologically nested file
-        return rel, "fail", "too deeply nested to parse"
+    with fh:  # open while the libraries read it: they are given this file, not the tree's path again
+        try:
+            data = fh.read(max_size + 1)
+        except OSError as e:
+            return rel, "fail", f"unreadable: {e.strerror or e}"
+        if b"\0" in data[:8192]:
+            return rel, "skip", "binary"
+        latin1 = False
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text, latin1 = data.decode("latin-1"), True
+        language = language_of(rel)
+        secrets = not selected.isdisjoint(secret_rules())
+        bandit = language == "python" and not selected.isdisjoint(bandit_rules())
+        try:
+            libraries = []
+            if secrets or bandit:
+                with opened_as(fh, rel, path) as name:
+                    libraries += secret_findings(name, rel, selected, known) if secrets else []
+                    libraries += bandit_findings(name, selected) if bandit else []
+            findings = scan_text(rel, text, language, selected, libraries)
+        except RecursionError:  # a pathologically nested file
+            return rel, "fail", "too deeply nested to parse"
     return rel, "ok", (len(data), findings, latin1)
 
 
@@ -287,6 +302,7 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     """Scan every file once; findings, skips and failures add up to the report written at the end."""
     root = Path(p.root)
     selected = await asyncio.to_thread(select_rules, p.rules)  # loads bandit's plugins: not on the loop
+    await asyncio.to_thread(sweep_names)  # what a killed attempt's pool workers left
     known = await asyncio.to_thread(load_baseline, p.baseline)
     ctx.progress(step="listing files")
     # Reports inside the tree are not scanned: the last run's would be, and differ from run to run.
