@@ -291,7 +291,7 @@ async def test_trees_deeper_than_the_recursion_limit(engine: Engine, tmp_path: P
 
 async def test_a_repository_s_metadata_is_never_entered(engine: Engine, tmp_path: Path) -> None:
     """``patterns=["*"]`` with an age under a project: its old files go, its ``.git`` (objects, reflogs, the
-    index) stays whole, said once in the log; a worktree's ``.git`` file is a file like others."""
+    index) stays whole, and so does a worktree's ``.git`` file (its link to the repository), each said once."""
     root = tmp_path / "project"
     for rel in [".git/objects/ab/cdef", ".git/logs/HEAD", ".git/index", "sub/.hg/store/x", "build/a.o", "old.log"]:
         old_file(root / rel)
@@ -303,8 +303,8 @@ async def test_a_repository_s_metadata_is_never_entered(engine: Engine, tmp_path
     )  # fmt: skip
     rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
     assert rec.status is Status.COMPLETED, rec.error
-    assert tree(root) == [".git/index", ".git/logs/HEAD", ".git/objects/ab/cdef", "sub/.hg/store/x"]
-    assert rec.result["files"] == 3
+    assert tree(root) == [".git/index", ".git/logs/HEAD", ".git/objects/ab/cdef", "sub/.hg/store/x", "wt/.git"]
+    assert rec.result["files"] == 2
     records, _ = await engine.logs(rec.id)
     said = [r.message for r in records if "a repository's metadata" in r.message]
-    assert len(said) == 2 and any(m.startswith(f"skipped {root / '.git'}:") for m in said), said
+    assert len(said) == 3 and any(m.startswith(f"skipped {root / '.git'}:") for m in said), said

@@ -243,8 +243,8 @@ def list_matching(
     checkpoint mirror, the manifest being written), nor any directory holding an Outlast store (``outlast.db``,
     a mirror's ``store.json``: another state directory's records and checkpoints); each directory so pruned is
     added to ``pruned`` (relative; "." for the root itself). Nor a repository's metadata directory (``.git``,
-    ``.hg``, ``.svn``, a real directory; a ``.git`` file of a worktree is a file like others): each added to
-    ``vcs``."""
+    ``.hg``, ``.svn``) nor a ``.git`` file (a submodule's or a worktree's link to its repository): each added
+    to ``vcs``."""
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
     out: dict[str, FileId] = {}
     for d, dnames, fnames in walk(root):
@@ -272,6 +272,10 @@ def list_matching(
                     vcs.append((rel_d / x).as_posix())
         for f in fnames:
             rel = (rel_d / f).as_posix()
+            if f in VCS_DIRS:  # a submodule's or worktree's ``.git`` file: its link to the repository
+                if vcs is not None:
+                    vcs.append(rel)
+                continue
             if not want.match_file(rel) or keep.match_file(rel):
                 continue
             e = _entry(root / rel)
