@@ -127,7 +127,7 @@ class Engine:
         boot, start = process_start(os.getpid()) or (None, None)
         self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name, boot=boot, start=start)
         self.bus = EventBus()
-        self.resources = ResourceMonitor()
+        self._resources: ResourceMonitor | None = None
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
         self._runs: dict[str, Attempt] = {}
         self._unresumable: set[str] = set()
@@ -179,6 +179,14 @@ class Engine:
         self._start_scheduler()
 
     @property
+    def resources(self) -> ResourceMonitor:
+        """The machine's and this process's resource use (psutil), made when first asked for or when the
+        engine starts running the queue: a command that reads or queues one operation never samples."""
+        if self._resources is None:
+            self._resources = ResourceMonitor()
+        return self._resources
+
+    @property
     def run_queue(self) -> bool:
         """Whether this engine claims queued work; set it any time (the dashboard's w key)."""
         return self._run_queue
@@ -192,6 +200,7 @@ class Engine:
     def _start_scheduler(self) -> None:
         if not self._run_queue or self._closing or self._scheduling is not None or self.store.read_only:
             return
+        _ = self.resources  # its first CPU reading is the baseline of the first sample a dashboard shows
         self._scheduling = asyncio.create_task(self._scheduler.run(), name="outlast-scheduler")
         self._loops.append(self._scheduling)
         self._scheduler.wake()

@@ -1,4 +1,7 @@
-"""Resource sampling (psutil) and admission control: start no new work on a starved machine."""
+"""Resource sampling (psutil) and admission control: start no new work on a starved machine.
+
+psutil is imported where it is used (about 7 ms): a command that opens an engine to read or queue one
+operation never samples anything, and paid for it at each start."""
 
 from __future__ import annotations
 
@@ -6,8 +9,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
-import psutil
+from typing import Any
 
 from .shortage import FileBudget
 
@@ -31,13 +33,17 @@ class ResourceMonitor:
     """Samples on demand and keeps a short history for sparklines."""
 
     def __init__(self, history: int = 300) -> None:
+        import psutil
+
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
         self.history: deque[ResourceSample] = deque(maxlen=history)
-        self._children: dict[int, psutil.Process] = {}
+        self._children: dict[int, Any] = {}  # psutil.Process by pid
 
     def sample(self, op_children: dict[str, list[int]] | None = None) -> ResourceSample:
+        import psutil
+
         vm = psutil.virtual_memory()
         children: dict[str, tuple[float, int]] = {}
         for op_id, pids in (op_children or {}).items():
@@ -85,6 +91,8 @@ class Admission:
         self._last = 0.0
         self._cached: str | None = None
         if max_cpu_percent:
+            import psutil
+
             psutil.cpu_percent(None)
 
     def room(self, running: int) -> int:
@@ -107,6 +115,8 @@ class Admission:
         if now - self._last < 1.0:
             return self._cached
         self._last = now
+        import psutil
+
         reason = None
         if self.max_memory and (m := psutil.virtual_memory().percent) > self.max_memory:
             reason = f"memory at {m:.0f}% (limit {self.max_memory:g}%)"
