@@ -19,11 +19,22 @@ from tests.fixtures_engine import until as until_async
 from tests.fixtures_ops import bad_params, kill_worker_when, submit
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, since: int | None = None) -> bool:
+    """``pid`` runs (not a zombie) and, with ``since``, is still the process that started then (``_start``): a
+    busy machine reuses a pid within seconds (pid_max 32768, every thread takes one)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return False
+    return fields[0] != "Z" and (since is None or int(fields[19]) == since)
+
+
+def _start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError):
+        return None
 
 
 def _kill(pids: list[int]) -> None:
@@ -185,8 +196,12 @@ def test_a_sigkilled_worker_takes_the_commands_grandchildren_with_it(cli: Cli, t
     op_id = submit(cli, "command", {"command": cmd, "shell": True})
     try:
         kill_worker_when(cli, op_id, lambda op: pids.exists() and len(pids.read_text().split()) == 2)
-        left = [int(p) for p in pids.read_text().split()]
-        until(lambda: not any(_alive(p) for p in left), 10, what="the grandchildren died with their worker")
+        left = {p: _start(p) for p in map(int, pids.read_text().split())}
+        until(
+            lambda: not any(_alive(p, t) for p, t in left.items() if t),
+            10,
+            what="the grandchildren died with their worker",
+        )
     finally:
         if pids.exists():
             _kill([int(p) for p in pids.read_text().split()])
