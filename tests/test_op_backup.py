@@ -10,6 +10,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine import Engine, OperationSpec, Status
 from engine.operations.backup import _partial
 from tests.fixtures_cli import Cli
@@ -157,3 +159,41 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     out = _copy_batch(tmp_path / "src", tmp_path / "dst", ["gone", "here"], True)
     assert [(r, err) for r, _, err, _ in out] == [("gone", GONE), ("here", None)]
     assert (tmp_path / "dst" / "here").read_text() == "x" and partials(tmp_path / "dst") == []
+
+
+async def test_a_destination_with_file_systems_mounted_inside_is_copied_and_synced(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination holding mount points (``dst/docs`` and, inside it, ``dst/docs/deep``: a disk per
+    directory): every partial was written at the destination root and renamed into place, so each file under a
+    mount failed "Invalid cross-device link"; and the batch sync covered the root's file system only, so files
+    there were counted done before their bytes were on disk. Both mounts' files are copied, large ones in chunks
+    too, each file system is synced, and no staging directory is left on any of them."""
+    import subprocess
+
+    import engine.operations.backup as backup_mod
+    from tests.fixtures_disk import mount
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, big_mb=9)
+    (src / "docs" / "deep" / "more.bin").write_bytes(os.urandom(9 * MB + 5))
+    mounted: list[Path] = []
+    try:
+        for d in (dst / "docs", dst / "docs" / "deep"):
+            d.mkdir(parents=True)
+            r = mount("-t", "tmpfs", "-o", "size=20m", "tmpfs", str(d))
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+            mounted.append(d)
+        synced: list[str] = []
+        sync = backup_mod.sync_tree
+        monkeypatch.setattr(backup_mod, "sync_tree", lambda path: (synced.append(str(path)), sync(path))[1])
+        params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 * MB}
+        final = await engine.wait((await engine.submit(OperationSpec(type="backup_operation", params=params))).id, 60)
+        assert final.status is Status.COMPLETED and final.result["failures"] == 0, final.error
+        assert snapshot(dst) == snapshot(src)
+        assert partials(dst) == [] and not [p for p in dst.rglob(".outlast-partials*")]
+        assert {str(dst / "docs"), str(dst / "docs" / "deep")} <= set(synced), synced
+    finally:
+        for d in reversed(mounted):
+            subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)

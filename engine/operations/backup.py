@@ -3,7 +3,9 @@
 Each file is written to a partial in ``.outlast-partials/`` at the destination root (``_partial``: a name no
 source file can take there, so no copy is ever renamed over another's partial) and renamed into place only
 when complete (and verified), so no half-written file ever sits under its final name; the directory is
-removed when the backup ends. A large file is
+removed when the backup ends. Under a file system mounted inside the destination, the partial is made at the
+top of that one instead (a rename does not cross file systems), and each such file system is synced with the
+destination's own. A large file is
 copied in chunks; after every ``chunk_checkpoint`` bytes the offset is saved in ``ctx.state`` with a
 checkpoint, and a resume continues from that offset once the partial's size agrees. A manifest (path, size,
 mode, sha256) is written to ``.outlast-manifest.json`` at the destination root.
@@ -26,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Collection
@@ -233,7 +236,63 @@ def _partial(dst: Path, rel: str) -> Path:
     directory (its name is reserved at the root). A short name: ``.NAME.outlast-partial`` of a 239..255-byte
     name passed NAME_MAX."""
     digest = hashlib.sha256(os.fsencode(rel)).hexdigest()[:32]
-    return dst / STAGING / f"{digest}.outlast-partial"
+    return _staging(dst, rel) / f"{digest}.outlast-partial"
+
+
+def _staging(dst: Path, rel: str) -> Path:
+    """The staging directory for ``rel``: on the file system its directory is on, since a partial is renamed
+    into place (a file under a file system mounted inside the destination failed "Invalid cross-device link").
+    The root's ``STAGING``, or on another file system a directory named for this destination at the top of
+    it (``mount_staging``)."""
+    parent = os.path.dirname(rel)
+    if not parent:
+        return dst / STAGING
+    try:
+        dev = os.stat(dst / parent).st_dev
+        if dev == os.stat(dst).st_dev:
+            return dst / STAGING
+    except OSError:  # not made (yet): the root's
+        return dst / STAGING
+    top = dst / parent
+    for up in Path(parent).parents:  # the topmost directory of that file system under the root
+        if str(up) == ".":
+            break
+        try:
+            if os.stat(dst / up).st_dev != dev:
+                break
+        except OSError:
+            break
+        top = dst / up
+    return top / mount_staging(dst)
+
+
+def mount_staging(dst: Path) -> str:
+    """The staging directory's name at the top of a file system mounted inside the destination: ``STAGING``
+    and a digest of the destination, a name no source file takes by chance (the root's ``STAGING`` is reserved;
+    a mounted directory's names are the source's)."""
+    return f"{STAGING}-{hashlib.sha256(os.fsencode(dst)).hexdigest()[:16]}"
+
+
+def mounts_in(dst: Path) -> list[Path]:
+    """The file systems mounted inside the destination (from /proc/self/mountinfo; none elsewhere): each is
+    synced as the destination's own is, and its staging directory removed at the end."""
+    root = os.path.realpath(dst)
+    out = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ", 5)[4])  # "\040": a space
+            if point != root and point.startswith(root.rstrip("/") + "/"):
+                out.append(Path(point))
+    return out
+
+
+def sync_all(dst: Path, mounts: list[Path] | None = None) -> None:
+    """``sync_tree`` of the destination's file system and of each one mounted inside it (``mounts_in``, read
+    now when not given): a file under a mount had its bytes unsynced when it was counted done."""
+    sync_tree(dst)
+    for m in mounts_in(dst) if mounts is None else mounts:
+        with contextlib.suppress(FileNotFoundError):  # unmounted (or never made) since
+            sync_tree(m)
 
 
 def _create(path: Path | str) -> BinaryIO:
@@ -482,7 +541,7 @@ files that could not be copied."""
 def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[Outcome]:
     """Copy small files into place (``_write_batch``, a sync, ``_place_batch``): not yet durable (see there)."""
     written = _write_batch(src, dst, rels, verify)
-    sync_tree(dst)
+    sync_all(dst)
     return _place_batch(dst, written)
 
 
@@ -732,6 +791,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         total=len(entries), step="copying", bytes_total=sum(sizes.get(e, 0) for e in entries), bytes=st["bytes"]
     )
     steps = _steps([e for e in entries if not ctx.is_done(e)], sizes, p.chunk_checkpoint)
+    mounts = await asyncio.to_thread(mounts_in, dst)  # synced with the destination's own file system
     placed: list[Outcome] = []
     """A batch renamed into place that no sync has covered since: counted done after the next one."""
     ahead: asyncio.Future[Written] | None = None
@@ -740,7 +800,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         for k, step in enumerate(steps):
             if isinstance(step, str):
                 if placed:
-                    await asyncio.to_thread(sync_tree, dst)
+                    await asyncio.to_thread(sync_all, dst, mounts)
                     await _count(ctx, placed)
                     placed = []
                 async for big in ctx.items([step]):
@@ -762,7 +822,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             if k + 1 < len(steps) and not isinstance(nxt := steps[k + 1], str):
                 ahead = asyncio.ensure_future(asyncio.to_thread(_write_batch, src, dst, nxt, p.verify))
             try:
-                await asyncio.to_thread(sync_tree, dst)  # this batch's bytes, and the renames of the one before
+                await asyncio.to_thread(sync_all, dst, mounts)  # this batch's bytes, the renames of the one before
                 if placed:
                     await _count(ctx, placed)
             except BaseException:  # a stop, too many failures: no partial is left behind (nor counted)
@@ -776,7 +836,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                 await ahead
         raise
     if placed:
-        await asyncio.to_thread(sync_tree, dst)
+        await asyncio.to_thread(sync_all, dst, mounts)
         await _count(ctx, placed)
     files = await _finish(ctx, src, dst, dirs, entries)
     return {
@@ -807,7 +867,7 @@ async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | 
     if ahead is not None:
         with contextlib.suppress(Exception):  # its files are not done: a resume copies them again
             batches.append(await ahead)
-    await asyncio.to_thread(sync_tree, dst)
+    await asyncio.to_thread(sync_all, dst)
     for batch in batches:
         await asyncio.to_thread(_place_batch, dst, batch)
 
@@ -841,6 +901,8 @@ async def _finish(
         if before is None:
             ctx.log.warning("the manifest changed since this backup wrote it: reading the copies back")
         known = {**(before or {}), **known}
+    for m in await asyncio.to_thread(mounts_in, dst):  # before the directories' times are set: it changes them
+        await asyncio.to_thread(_remove, m / mount_staging(dst))
     problems = await asyncio.to_thread(_set_dir_stats, src, dst, dirs)
     files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys)
     st["manifest"] = await asyncio.to_thread(_write_manifest, src, dst, files)
