@@ -378,8 +378,10 @@ class OperationContext(SeedContextMethods):
 
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
-        if n.__class__ is not int or not 0 <= n <= 9223372036854775807:  # MAX_COUNT, without its lookup
+        if n.__class__ is not int or not 0 <= n <= 4294967295:  # a large one is checked in full, here only
             n = count_of(n, "ctx.advance(n)")
+            if self._done + n > MAX_COUNT:  # a count no record keeps: said here, not as "ctx.total" at the end
+                raise ValueError(f"ctx.advance({n}): items done would pass 2**63-1 (at {self._done} now)")
         self._done += n
         if self._stop is not None and (self._ledger.current is None or self._stop_raised):
             raise self._stopped(checkpointed=False)

@@ -129,3 +129,26 @@ def test_a_count_is_either_one_the_store_keeps_or_a_value_error(value: object) -
     assert type(n) is int and 0 <= n <= MAX_COUNT
     assert n == value  # nothing rounded
     assert Progress.model_validate_json(Progress(done=n, total=n).model_dump_json()).done == n
+
+
+@operation("test_count_overflow")
+async def count_overflow(ctx: OperationContext, params: dict) -> None:
+    ctx.progress(done=2, total=10)
+    await ctx.checkpoint(now=True)
+    ctx.advance(MAX_COUNT - 2 - 2**40)
+    ctx.advance(2**40)  # at the limit: allowed
+    ctx.advance(2**40)  # past it
+
+
+async def test_advancing_past_the_largest_count_is_the_handler_s_value_error(any_engine: Callable[[], Engine]) -> None:
+    """Two counts each in range could add up past 2**63-1: the operation then failed at its end as an
+    "internal error" about ``ctx.total``, with a count no record should hold stored. Now ``advance`` says so
+    at the handler's line, and the count stays the last one in range."""
+    async with any_engine() as engine:
+        op = await engine.submit(OperationSpec(type="test_count_overflow"))
+        final = await asyncio.wait_for(engine.wait(op.id), 20)
+        assert final.status is Status.FAILED, final
+        error = final.error or ""
+        assert error.startswith(f"ValueError: ctx.advance({2**40}): items done would pass 2**63-1"), error
+        assert "(at test_engine_progress_values.py:" in error and "internal error" not in error, error
+        assert final.progress.done == MAX_COUNT, final.progress
