@@ -93,6 +93,7 @@ async def test_resume_from_an_older_checkpoint_redoes_the_items_after_it(
         await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
         cps = await app.engine.checkpoints(op_id)
         assert len(cps) >= 3
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
         pane = app.query_one(CheckpointsPane)
         await wait_for(pilot, lambda: pane.op_id == op_id and len(pane.shown) == len(cps))
         pane.focus()
@@ -158,6 +159,7 @@ async def test_the_selected_operation_leaving_a_filter_selects_nothing_not_its_n
             await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: len(table.ids) == 3)
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
         app.dashboard.query_one("#filter", Input).value = "queued"
         await wait_for(pilot, lambda: table.filter_words)
         chosen = table.selected_id
@@ -636,6 +638,7 @@ async def test_an_empty_log_behind_another_tab_says_so_once(tui_settings: Settin
         await select(pilot, op.id)
         await pilot.pause(1.0)  # about ten polls with the detail tab shown
         await pilot.press("3")
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
         pane = app.query_one(LogsPane)
         await wait_for(pilot, lambda: pane.lines)
         await pilot.pause(0.5)
@@ -830,6 +833,7 @@ async def test_rows_that_change_status_come_or_go_land_where_a_full_sort_puts_th
             await app.model.submit(OperationSpec(type="ledger", name=f"op {i % 7}", params={"items": 1}))
         table = app.query_one(OperationsTable)
         await wait_for(pilot, lambda: len(table.ids) == 30)
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
 
         def in_order() -> bool:
             ops = [op for op in app.ops.values() if matches(op, table.filter_words)]

@@ -50,6 +50,7 @@ async def test_a_checkpoint_row_of_the_operation_just_left_resumes_nothing(tui_s
         await wait_for(pilot, lambda: app.engine_started)
         a = await _paused(pilot, app, "first")
         b = await _paused(pilot, app, "second")
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
         pane = app.query_one(CheckpointsPane)
         await select(pilot, b)
         await wait_for(pilot, lambda: pane.op_id == b and pane.row_count > 0)
@@ -245,6 +246,7 @@ async def test_at_80_columns_the_checkpoint_rows_go_as_soon_as_the_cursor_leaves
         await wait_for(pilot, lambda: app.engine_started)
         a = await _paused(pilot, app, "first")
         b = await _paused(pilot, app, "second")
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
         pane = app.query_one(CheckpointsPane)
         await pilot.press("2")
         await select(pilot, b)
@@ -253,3 +255,54 @@ async def test_at_80_columns_the_checkpoint_rows_go_as_soon_as_the_cursor_leaves
         await pilot.pause()
         assert pane.op_id in (None, a) and (pane.row_count == 0 or pane.op_id == a)
         await wait_for(pilot, lambda: pane.op_id == a and pane.row_count > 0)
+
+
+# ---- F-start: keys pressed before the panes the first frame goes without are mounted ---------------
+
+
+@pytest.mark.parametrize("size", [(160, 50), (80, 24)])
+async def test_keys_pressed_before_the_deferred_panes_are_mounted_mount_them_and_act(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]
+) -> None:
+    """The checkpoints and logs panes, the filter box (and, wide, the tabs) are mounted after the first
+    frame; here that mount is held back, so each key must mount them itself and act in the same press:
+    l goes into the logs pane, the letters typed right behind / go into the filter box, tab goes into the
+    next pane. Narrow, the first frame already shows the tabs."""
+    from tui.screens.dashboard import DashboardScreen
+    from tui.widgets.logs import LogsPane
+
+    monkeypatch.setattr(DashboardScreen, "mount_later", lambda self: None)  # only the keys mount them
+    app = make_app(tui_settings)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        dashboard = app.dashboard
+        assert not dashboard.panes_mounted and not app.query("#filter") and not app.query(CheckpointsPane)
+        assert bool(app.query("#pane-tabs")) == (size[0] < 120)  # narrow: the tabs are in the first frame
+        frames = app.query(".pane")
+        assert {w.id for w in frames} == {"detail", "checkpoints-frame", "logs-frame", "resources"}
+        assert app.query_one("#logs-frame").border_title == "Logs"
+        await pilot.press("slash", *"abc")
+        assert dashboard.panes_mounted and not app.query("#checkpoints-frame, #logs-frame")
+        box = app.query_one("#filter", Input)
+        assert box.value == "abc" and app.focused is box
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.focused is app.query_one(OperationsTable))
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.focused, LogsPane))
+        assert dashboard.tab == "logs" and app.query_one("#pane-tabs").display == (size[0] < 120)
+
+
+async def test_tab_pressed_first_mounts_the_panes_and_moves_the_focus(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui.screens.dashboard import DashboardScreen
+
+    monkeypatch.setattr(DashboardScreen, "mount_later", lambda self: None)  # only the keys mount them
+    app = make_app(tui_settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: app.focused is table)
+        dashboard = app.dashboard
+        await pilot.press("tab", "tab")
+        assert dashboard.panes_mounted
+        await wait_for(pilot, lambda: isinstance(app.focused, CheckpointsPane))

@@ -44,6 +44,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, OutlastApp)
     table = app.query_one(OperationsTable)
+    await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
     panes = app.query_one(CheckpointsPane)
 
     # The side panes are read once the cursor has rested (SIDE_DEBOUNCE): wait for them too.
@@ -74,7 +75,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
 async def _checkpoints(pilot: Pilot[Any]) -> None:
     await _loaded(pilot)
     await select(pilot, CHECKPOINTED)
-    pilot.app.dashboard.action_checkpoints()  # type: ignore[attr-defined]
+    await pilot.app.dashboard.action_checkpoints()  # type: ignore[attr-defined]
     pane = pilot.app.query_one(CheckpointsPane)
     await wait_for(pilot, lambda: pane.op_id == CHECKPOINTED and len(pane.shown) == 3 and _columns_fit(pane))
     await pilot.pause(0.3)

@@ -248,6 +248,7 @@ async def _loaded(pilot: Pilot[Any]) -> None:
     assert isinstance(app, OutlastApp)
     table = app.query_one(OperationsTable)
     await wait_for(pilot, lambda: len(table.ids) == 9 and app.model.history)
+    await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # mounted after the first frame
     await select(pilot, FAILED_OP)
     await wait_for(pilot, lambda: app.dashboard.selected == FAILED_OP)
     await pilot.pause(0.3)

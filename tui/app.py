@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from textual import events, on
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -38,10 +38,11 @@ from .model import FirstLook, OperationsModel, Sampler, is_refusal
 from .screens.confirm import ConfirmScreen, QuitScreen
 from .screens.dashboard import DashboardScreen
 from .themes import DEFAULT_THEME, next_theme, register_themes
-from .widgets.checkpoints import CheckpointsPane
 
 if TYPE_CHECKING:  # the Engine (psutil, the stores, the handlers) and the settings load after the first frame
     from engine import Engine, Operation, OperationSpec, Progress, Settings
+
+    from .widgets.checkpoints import CheckpointsPane  # mounted after the first frame (DashboardScreen)
 
 log = logging.getLogger("outlast.tui")
 
@@ -217,6 +218,11 @@ class OutlastApp(App[int]):
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def on_ready(self) -> None:
+        """The first frame is on the terminal: the dashboard's panes that it went without are mounted."""
+        with contextlib.suppress(NoMatches):
+            self.dashboard.mount_later()
 
     def _boot_engine(self) -> None:
         if self._boot is None:
@@ -491,8 +497,7 @@ class OutlastApp(App[int]):
         question, explain = remove_question(op)
         self.push_screen(ConfirmScreen(question, yes="Remove it", explain=explain), answer)
 
-    @on(CheckpointsPane.ResumeFrom)
-    def _resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
+    def on_checkpoints_pane_resume_from(self, event: CheckpointsPane.ResumeFrom) -> None:
         """Enter on a checkpoint row: resume its operation from it, after a question naming the operation,
         and only if the rows are of the operation the cursor is on. They are the previous one's until the
         cursor has rested (``SIDE_DEBOUNCE``): enter and y pressed in that moment resumed the operation
@@ -529,11 +534,12 @@ class OutlastApp(App[int]):
     def action_lower_priority(self) -> None:
         self._reprioritise(False)
 
-    def action_logs(self) -> None:
+    async def action_logs(self) -> None:
+        await self.dashboard.mount_deferred()  # pressed before the logs pane was mounted: mounted now
         self.dashboard.show_tab("logs", focus=True)
 
-    def action_filter(self) -> None:
-        self.dashboard.action_filter()
+    async def action_filter(self) -> None:
+        await self.dashboard.action_filter()
 
     def action_toggle_run_queue(self) -> None:
         """Watch only, or run queued work here too: what runs goes on either way."""

@@ -19,15 +19,14 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.content import Content
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import Worker
 
 from .. import format as fmt
 from ..actions import key_applies
 from ..model import OperationsModel
-from ..widgets.checkpoints import CheckpointsPane
 from ..widgets.detail import DetailPane
-from ..widgets.logs import LogsPane
 from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
 from ..widgets.steady_footer import SteadyFooter
@@ -35,6 +34,9 @@ from ..widgets.steady_input import SteadyInput
 
 if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
     from engine import Operation, Progress
+
+    from ..widgets.checkpoints import CheckpointsPane
+    from ..widgets.logs import LogsPane
 
 
 if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
@@ -53,6 +55,9 @@ frame were most of the dashboard's CPU, and at 0.5 s they still were (htop's def
 a new record or a status change repaints at the next frame."""
 SIDE_DEBOUNCE = 0.25
 """Seconds the cursor rests on an operation before its checkpoints and log are read."""
+DEFERRED = ("checkpoints", "logs")
+"""Panes the first frame draws as their empty frame (``PaneFrame``): each is mounted after it (a DataTable,
+a RichLog with rich.pretty and attrs behind it: 40 ms of the start, of CPU)."""
 FILTER_SHOWN = 30
 """Cells of the filter's text the status line shows at most (the rest as "…")."""
 FILTER_MAX = 200
@@ -72,6 +77,11 @@ starts leaves no coroutine that was never awaited."""
 """``work(coroutine, group, what, exclusive)``."""
 
 
+class PaneFrame(Widget):
+    """A pane's bordered, titled frame and nothing in it: what the first frame draws in the pane's place
+    (the layout does not move when the pane takes it over)."""
+
+
 class DashboardScreen(Screen[None]):
     """``model`` is what is shown; ``live(op_id)`` the progress of what this process runs."""
 
@@ -80,6 +90,8 @@ class DashboardScreen(Screen[None]):
         Binding("enter", "detail", "Detail", show=False),
         Binding("s", "sort", "Sort", show=False),
         Binding("escape", "to_table", "Back", show=False),
+        Binding("tab", "focus_next", show=False),
+        Binding("shift+tab", "focus_previous", show=False),
         *(Binding(str(i), f"pane('{name}')", name.capitalize(), show=False) for i, name in enumerate(PANES, 1)),
     ]
 
@@ -111,33 +123,106 @@ class DashboardScreen(Screen[None]):
         self._resources_due = False
         self._reorder = False
         """The sort or the filter changed: every row is sorted again, not only those that moved."""
+        self.panes_mounted = False
+        """The widgets the first frame goes without (``mount_deferred``) are mounted: the checkpoints and
+        logs panes, the filter box, the tabs."""
+        self._mounting: asyncio.Task[None] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="statusline")
         yield OperationsTable(self.model.ops, self.live, self.clock, id="ops")
-        yield SteadyInput(
-            placeholder="filter: words that must all appear (enter keeps, esc clears)",
-            id="filter",
-            max_length=FILTER_MAX,
-        )
-        yield Tabs(
-            *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)), id="pane-tabs"
-        )
+        if self._is_narrow(self.app.size.width, self.app.size.height):  # the first frame shows them
+            yield self._tabs()
         with Container(id="panes"):
             yield DetailPane(self.clock, id="detail", classes="pane")
-            yield CheckpointsPane(id="checkpoints", classes="pane")
-            yield LogsPane(id="logs", classes="pane")
+            for name in DEFERRED:
+                yield PaneFrame(id=f"{name}-frame", classes="pane")
             yield ResourcesPane(id="resources", classes="pane")
         yield SteadyFooter(compact=True)
 
+    def _tabs(self) -> Tabs:
+        return Tabs(
+            *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)),
+            id="pane-tabs",
+            active=f"tab-{self.tab}",
+        )
+
     def on_mount(self) -> None:
         for name, title in TITLES.items():
-            self.query_one(f"#{name}").border_title = title
+            self.query_one(f"#{name}-frame" if name in DEFERRED else f"#{name}").border_title = title
         self.apply_layout(self.app.size.width, self.app.size.height)
         self.call_after_refresh(self.table.focus)
         if self.model.structure_dirty:  # records of the first look: the first frame lists them
             self.refresh_view(running=False)
         self.update_statusline()
+
+    def mount_later(self) -> None:
+        """Once the first frame is on the terminal (the App's Ready): what it went without, in the
+        background. (``call_after_refresh`` from ``on_mount`` ran before that frame: the screen is not yet
+        the current one then, and its callbacks run at once.)"""
+        self._start_mount()
+
+    def _start_mount(self) -> asyncio.Task[None]:
+        if self._mounting is None:
+            self._mounting = asyncio.create_task(self._mount_deferred())
+            self._mounting.add_done_callback(self._mount_done)
+        return self._mounting
+
+    def _mount_done(self, task: asyncio.Task[None]) -> None:
+        """A failure is said even when no key waited for the mount (a key that did gets it raised too)."""
+        if not task.cancelled() and (error := task.exception()) is not None and self.app.is_running:
+            self.app.notify(f"the dashboard's panes did not load: {error!r}", severity="error", timeout=30)
+
+    async def mount_deferred(self) -> None:
+        """Mount what the first frame went without, or wait until it is: a key that needs it (l, /, tab)
+        pressed before then mounts it and acts in the same press. Shielded: a worker of an exclusive group
+        cancelled while it waits here does not cancel the mount."""
+        if not self.panes_mounted:
+            await asyncio.shield(self._start_mount())
+
+    async def _mount_deferred(self) -> None:
+        from ..widgets.checkpoints import CheckpointsPane
+        from ..widgets.logs import LogsPane
+
+        panes = {
+            "checkpoints": CheckpointsPane(id="checkpoints", classes="pane"),
+            "logs": LogsPane(id="logs", classes="pane"),
+        }
+        frames = [self.query_one(f"#{name}-frame") for name in DEFERRED]
+        box = SteadyInput(
+            placeholder="filter: words that must all appear (enter keeps, esc clears)",
+            id="filter",
+            max_length=FILTER_MAX,
+        )
+        with self.app.batch_update():  # one frame: no pane drawn twice, no layout in between
+            mounts = []
+            for frame, (name, pane) in zip(frames, panes.items(), strict=True):
+                pane.border_title = TITLES[name]
+                pane.set_class(frame.has_class("-active"), "-active")
+                mounts.append(frame.parent.mount(pane, after=frame))  # type: ignore[union-attr]
+            mounts.append(self.mount(box, after="#ops"))
+            if not self.query("#pane-tabs"):
+                mounts.append(self.mount(self._tabs(), before="#panes"))
+            for mounted in mounts:
+                await mounted
+            for frame in frames:
+                await frame.remove()
+        self.panes_mounted = True
+        self.load_side_panes()
+
+    def _side(self) -> tuple[CheckpointsPane, LogsPane] | None:
+        """The checkpoints and logs panes, once mounted."""
+        if not self.panes_mounted:
+            return None
+        from ..widgets.checkpoints import CheckpointsPane
+        from ..widgets.logs import LogsPane
+
+        return self.query_one(CheckpointsPane), self.query_one(LogsPane)
+
+    def _mounted_side(self) -> tuple[CheckpointsPane, LogsPane]:
+        side = self._side()
+        assert side is not None, "mount_deferred first"
+        return side
 
     @property
     def table(self) -> OperationsTable:
@@ -153,23 +238,30 @@ class DashboardScreen(Screen[None]):
     def on_resize(self, event: events.Resize) -> None:
         self.apply_layout(event.size.width, event.size.height)
 
+    @staticmethod
+    def _is_narrow(width: int, height: int) -> bool:
+        return width < NARROW_WIDTH or height < NARROW_HEIGHT
+
     def apply_layout(self, width: int, height: int) -> None:
         """Side by side when there is room; otherwise the panes share one area under tabs."""
-        narrow = width < NARROW_WIDTH or height < NARROW_HEIGHT
+        narrow = self._is_narrow(width, height)
         if narrow == self.narrow:
             return
         self.narrow = narrow
+        if narrow and not self.query("#pane-tabs"):  # narrowed before the tabs were mounted: now
+            self.mount(self._tabs(), before="#panes")
         self.set_class(narrow, "-narrow")
         self.show_tab(self.tab)
 
     def show_tab(self, name: str, focus: bool = False) -> None:
-        """Show one pane (at 80 columns the others hide under their tabs); ``focus``: and go into it."""
+        """Show one pane (at 80 columns the others hide under their tabs); ``focus``: and go into it (the
+        deferred panes mounted first: ``mount_deferred``)."""
         self.tab = name
-        for pane in PANES:
-            self.query_one(f"#{pane}").set_class(pane == name, "-active")
-        tabs = self.query_one("#pane-tabs", Tabs)
-        if tabs.active != f"tab-{name}":
-            tabs.active = f"tab-{name}"
+        for pane in self.query(".pane"):
+            pane.set_class(pane.id in (name, f"{name}-frame"), "-active")
+        for tabs in self.query("#pane-tabs").results(Tabs):
+            if tabs.active != f"tab-{name}":
+                tabs.active = f"tab-{name}"
         if focus and (name != "detail" or not self.narrow):
             self.query_one(f"#{name}").focus()
 
@@ -213,10 +305,10 @@ class DashboardScreen(Screen[None]):
         selected = self.table.selected_id
         if selected != self.selected:
             self.selected = selected
-            if self.narrow:
+            if self.narrow and (side := self._side()):
                 # No border here, so no title naming whose rows they are: the previous operation's rows
                 # go at once rather than stand under the new one until its own are read.
-                self.query_one(CheckpointsPane).show(None, [])
+                side[0].show(None, [])
             self.load_side_panes(debounce=True)
         op = self.model.ops.get(selected) if selected else None
         if self.tab == "detail" or not self.narrow:
@@ -241,14 +333,14 @@ class DashboardScreen(Screen[None]):
 
     def load_all_logs(self) -> None:
         """In the logs pane's all-operations mode: every operation's new log lines."""
-        if self.query_one(LogsPane).mode == "all":
+        if (side := self._side()) and side[1].mode == "all":
             self.work(self._all_logs, "all-logs", "reading the logs", True)
 
     async def _side_panes(self, op_id: str | None, logs: bool, debounce: bool) -> None:
         # After a pause in cursor moves: scrolling through rows does not read (and lay out) every row's panes.
         await asyncio.sleep(SIDE_DEBOUNCE if debounce else 0)
-        cps_pane = self.query_one(CheckpointsPane)
-        logs_pane = self.query_one(LogsPane)
+        await self.mount_deferred()
+        cps_pane, logs_pane = self._mounted_side()
         if op_id is None:
             cps_pane.show(None, [])
             if logs_pane.mode == "selected":
@@ -268,7 +360,7 @@ class DashboardScreen(Screen[None]):
             logs_pane.add(side.logs)
 
     async def _all_logs(self) -> None:
-        logs = self.query_one(LogsPane)
+        _, logs = self._mounted_side()
         records = await self.model.all_logs(logs.offsets)
         if logs.mode == "all":
             logs.add(records, with_id=True)
@@ -317,8 +409,19 @@ class DashboardScreen(Screen[None]):
     def action_detail(self) -> None:
         self.show_tab("detail", focus=True)
 
-    def action_checkpoints(self) -> None:
+    async def action_checkpoints(self) -> None:
+        await self.mount_deferred()
         self.show_tab("checkpoints", focus=True)
+
+    async def action_focus_next(self) -> None:
+        """Tab: into the next pane, the panes mounted after the first frame among them (mounted first when
+        tab comes before them)."""
+        await self.mount_deferred()
+        self.app.action_focus_next()
+
+    async def action_focus_previous(self) -> None:
+        await self.mount_deferred()
+        self.app.action_focus_previous()
 
     def action_pane(self, name: str) -> None:
         """1-4: show a pane (at 80 columns this is how the tabs are switched). The focus stays where
@@ -331,9 +434,11 @@ class DashboardScreen(Screen[None]):
         self.model.structure_dirty = self._reorder = True
         self.refresh_view(running=False)
 
-    def action_filter(self) -> None:
+    async def action_filter(self) -> None:
         """Focus the filter box in this turn (not ``focus()``, which waits a turn): the keys typed right
-        behind "/" are handed by the app to whatever has the focus when it reads each of them."""
+        behind "/" are handed by the app to whatever has the focus when it reads each of them (the box
+        mounted first if "/" came before it was: the app reads no key while this waits)."""
+        await self.mount_deferred()
         box = self.query_one("#filter", Input)
         box.display = True
         self.set_focus(box)
@@ -353,16 +458,16 @@ class DashboardScreen(Screen[None]):
 
     def action_to_table(self) -> None:
         """Escape: clear the filter when typing one, else go back to the table."""
-        box = self.query_one("#filter", Input)
-        if box.has_focus or (box.display and self.focused is self.table):
-            box.value = ""
-            box.display = False
+        for box in self.query("#filter").results(Input):  # none before it is mounted: nothing typed in it
+            if box.has_focus or (box.display and self.focused is self.table):
+                box.value = ""
+                box.display = False
         self.call_after_refresh(self.table.focus)
 
     def on_key(self, event: events.Key) -> None:
         """``a`` in the logs pane: one operation's log / every operation's."""
-        logs = self.query_one(LogsPane)
-        if event.key == "a" and self.focused is logs:
+        _, logs = self._side() or (None, None)
+        if event.key == "a" and logs is not None and self.focused is logs:
             logs.mode = "all" if logs.mode == "selected" else "selected"
             logs.border_title = "Logs: all operations" if logs.mode == "all" else "Logs"
             tab = self.query_one("#tab-logs", Tab)
