@@ -281,6 +281,7 @@ async def test_keys_pressed_before_the_deferred_panes_are_mounted_mount_them_and
         frames = app.query(".pane")
         assert {w.id for w in frames} == {"detail", "checkpoints-frame", "logs-frame", "resources"}
         assert app.query_one("#logs-frame").border_title == "Logs"
+        assert "frame" not in app.export_screenshot()  # a frame draws nothing in it (no widget's name)
         await pilot.press("slash", *"abc")
         assert dashboard.panes_mounted and not app.query("#checkpoints-frame, #logs-frame")
         box = app.query_one("#filter", Input)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len, set_cell_size
 from textual import events, on
-from textual.app import ComposeResult
+from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Container
 from textual.content import Content
@@ -80,6 +80,9 @@ starts leaves no coroutine that was never awaited."""
 class PaneFrame(Widget):
     """A pane's bordered, titled frame and nothing in it: what the first frame draws in the pane's place
     (the layout does not move when the pane takes it over)."""
+
+    def render(self) -> RenderResult:
+        return ""  # a Widget's own render is its name and id
 
 
 class DashboardScreen(Screen[None]):
