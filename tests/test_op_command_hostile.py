@@ -207,6 +207,32 @@ def test_a_sigkilled_worker_takes_the_commands_grandchildren_with_it(cli: Cli, t
             _kill([int(p) for p in pids.read_text().split()])
 
 
+def test_a_worker_killed_right_after_it_started_the_command_takes_the_grandchildren_too(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The watcher learnt the command's process group from the engine once the spawn had returned: a worker
+    SIGKILLed before that (the command already running and forking) left the watcher without a group, and
+    it killed nothing. The command's process tells it before it execs now."""
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
+    submit(cli, "command", {"command": cmd, "shell": True})
+    worker = cli.start("--plugin", "tests.ops_stall_after_spawn", "worker", "--concurrency", "1")
+    try:
+        until(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30, what="the command's two jobs")
+        os.kill(worker.popen.pid, signal.SIGKILL)  # while its loop stalls right after the spawn
+        worker.popen.wait(10)
+        left = {p: _start(p) for p in map(int, pids.read_text().split())}
+        until(
+            lambda: not any(_alive(p, t) for p, t in left.items() if t),
+            10,
+            what="the grandchildren died with their worker",
+        )
+    finally:
+        worker.kill()
+        if pids.exists():
+            _kill([int(p) for p in pids.read_text().split()])
+
+
 async def test_a_signal_death_names_the_signal_and_a_success_ends_at_100_percent(engine: Engine) -> None:
     """ "exit code -11" said nothing of a crash; a command that succeeded after printing 50% ended
     "completed at 500/1000 items"."""

@@ -249,11 +249,10 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     ctx.progress(step=argv[0] if not p.shell else "sh -c")
     guard = await _Guard.start(ctx.id, ctx.attempt)
     try:
-        proc = await _start(ctx, p, argv, env, cwd)
+        proc = await _start(ctx, p, argv, env, cwd, guard.in_child)
     except BaseException:
         await guard.release()
         raise
-    guard.watch(proc.pid)
     parser = _Parser(ctx, p.progress_regex)
     tail: collections.deque[str] = collections.deque(maxlen=p.tail)
     # Output lines (not ::outlast ones) as of the checkpoint resumed from: a resumed run counts what an
@@ -316,9 +315,15 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
 
 
 async def _start(
-    ctx: OperationContext, p: CommandParams, argv: list[str], env: dict[str, str], cwd: str | None
+    ctx: OperationContext,
+    p: CommandParams,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    in_child: Callable[[], None],
 ) -> asyncio.subprocess.Process:
-    """The command started in a process group of its own, its output piped to us."""
+    """The command started in a process group of its own, its output piped to us; ``in_child`` runs in the
+    child before it execs (after it is in its own session)."""
     try:
         return await ctx.spawn(
             *argv,
@@ -329,7 +334,7 @@ async def _start(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             limit=1 << 20,
-            preexec_fn=_die_with_parent,
+            preexec_fn=in_child,
         )
     except (FileNotFoundError, PermissionError) as e:
         raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
@@ -395,8 +400,13 @@ class _Guard:
             os.close(r)
         return cls(proc, w)
 
-    def watch(self, pgid: int) -> None:
-        self._send(f"{pgid}\n")
+    def in_child(self) -> None:
+        """In the command's process, before it execs (its own session made: its pid is its group's): die
+        with the engine (``_die_with_parent``), and tell the watcher its process group. Sent by the engine
+        after the spawn returned, a worker SIGKILLed in between (the command already running, writing,
+        forking) left the watcher without a group: it exited at the end of its input and killed nothing."""
+        _die_with_parent()
+        os.write(self._w, b"%d\n" % os.getpid())
 
     async def release(self) -> None:
         """The command is over: the watcher exits without killing anything."""
