@@ -187,21 +187,28 @@ async def test_a_respawning_daemon_leaves_nothing_behind(engine: Engine) -> None
             _kill(left)
 
 
+def _two_jobs(pids: Path) -> str:
+    """A shell command with a background job in its process group and a ``setsid`` one, each pid in ``pids``."""
+    return f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
+
+
+def _until_gone(pids: Path) -> None:
+    """Both of ``_two_jobs``'s processes are gone (each the process that started then) within 10 s."""
+    left = {p: _start(p) for p in map(int, pids.read_text().split())}
+    until(
+        lambda: not any(_alive(p, t) for p, t in left.items() if t), 10, what="the grandchildren died with their worker"
+    )
+
+
 def test_a_sigkilled_worker_takes_the_commands_grandchildren_with_it(cli: Cli, tmp_path: Path) -> None:
     """PDEATHSIG killed only the command's own process: its background job (its process group) and a
     ``setsid`` one ran on, parent 1, until the next ``outlast`` process opened the state directory. The
     watcher kills both when the worker dies, with no other ``outlast`` run."""
     pids = tmp_path / "pids"
-    cmd = f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
-    op_id = submit(cli, "command", {"command": cmd, "shell": True})
+    op_id = submit(cli, "command", {"command": _two_jobs(pids), "shell": True})
     try:
         kill_worker_when(cli, op_id, lambda op: pids.exists() and len(pids.read_text().split()) == 2)
-        left = {p: _start(p) for p in map(int, pids.read_text().split())}
-        until(
-            lambda: not any(_alive(p, t) for p, t in left.items() if t),
-            10,
-            what="the grandchildren died with their worker",
-        )
+        _until_gone(pids)
     finally:
         if pids.exists():
             _kill([int(p) for p in pids.read_text().split()])
@@ -214,19 +221,13 @@ def test_a_worker_killed_right_after_it_started_the_command_takes_the_grandchild
     SIGKILLed before that (the command already running and forking) left the watcher without a group, and
     it killed nothing. The command's process tells it before it execs now."""
     pids = tmp_path / "pids"
-    cmd = f"sleep 300 & echo $! >> {pids}; setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & wait"
-    submit(cli, "command", {"command": cmd, "shell": True})
+    submit(cli, "command", {"command": _two_jobs(pids), "shell": True})
     worker = cli.start("--plugin", "tests.ops_stall_after_spawn", "worker", "--concurrency", "1")
     try:
         until(lambda: pids.exists() and len(pids.read_text().split()) == 2, 30, what="the command's two jobs")
         os.kill(worker.popen.pid, signal.SIGKILL)  # while its loop stalls right after the spawn
         worker.popen.wait(10)
-        left = {p: _start(p) for p in map(int, pids.read_text().split())}
-        until(
-            lambda: not any(_alive(p, t) for p, t in left.items() if t),
-            10,
-            what="the grandchildren died with their worker",
-        )
+        _until_gone(pids)
     finally:
         worker.kill()
         if pids.exists():
