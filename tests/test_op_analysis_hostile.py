@@ -60,14 +60,19 @@ async def test_a_results_database_deleted_between_attempts_is_filled_again(
     first = await _first_attempt_fails_after_a_batch(
         engine, monkeypatch, op_type, {"root": str(root), "output": str(db)}
     )
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(f"{db}{suffix}"):
-            os.unlink(f"{db}{suffix}")
-    await engine.resume(first.id)
-    final = await engine.wait(first.id, timeout=60)
+    final = await _resume_into_a_deleted_db(engine, first.id, db)
     assert final.status is Status.COMPLETED, final.error
     assert _comparable(final.result) == _comparable(whole.result)
     assert tables(db, *names, drop=WRITER) == tables(tmp_path / "whole.db", *names, drop=WRITER)
+
+
+async def _resume_into_a_deleted_db(engine: Engine, op_id: str, db: Path) -> Any:
+    """Delete the results database (and its WAL and shared memory) the first attempt wrote, resume, and wait."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{db}{suffix}"):
+            os.unlink(f"{db}{suffix}")
+    await engine.resume(op_id)
+    return await engine.wait(op_id, timeout=60)
 
 
 async def _first_attempt_fails_after_a_batch(
@@ -243,11 +248,7 @@ async def test_monitoring_says_which_samples_a_deleted_database_lost(
     params = {"interval": 0.01, "duration": 0.1, "output": str(db)}
     first = await _run(engine, "monitoring_collection", params, failure_threshold=0)
     assert first.status is Status.FAILED and first.progress.done == 4, (first.status, first.progress)
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(f"{db}{suffix}"):
-            os.unlink(f"{db}{suffix}")
-    await engine.resume(first.id)
-    final = await engine.wait(first.id, timeout=60)
+    final = await _resume_into_a_deleted_db(engine, first.id, db)
     assert final.status is Status.COMPLETED, final.error
     assert final.result["samples"] == 6 and final.result["lost_samples"] == 4, final.result
     con = sqlite3.connect(db)

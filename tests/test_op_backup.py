@@ -161,14 +161,16 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     assert (tmp_path / "dst" / "here").read_text() == "x" and partials(tmp_path / "dst") == []
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
 async def test_a_destination_with_file_systems_mounted_inside_is_copied_and_synced(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     """A destination holding mount points (``dst/docs`` and, inside it, ``dst/docs/deep``: a disk per
-    directory): every partial was written at the destination root and renamed into place, so each file under a
-    mount failed "Invalid cross-device link"; and the batch sync covered the root's file system only, so files
-    there were counted done before their bytes were on disk. Both mounts' files are copied, large ones in chunks
-    too, each file system is synced, and no staging directory is left on any of them."""
+    directory, or bind mounts of the same file system, which a rename does not cross either): every partial was
+    written at the destination root and renamed into place, so each file under a mount failed "Invalid
+    cross-device link"; and the batch sync covered the root's file system only, so files there were counted
+    done before their bytes were on disk. Both mounts' files are copied, large ones in chunks too, each mount is
+    synced, and no staging directory is left on any of them."""
     import subprocess
 
     import engine.operations.backup as backup_mod
@@ -181,9 +183,11 @@ async def test_a_destination_with_file_systems_mounted_inside_is_copied_and_sync
     try:
         for d in (dst / "docs", dst / "docs" / "deep"):
             d.mkdir(parents=True)
-            r = mount("-t", "tmpfs", "-o", "size=20m", "tmpfs", str(d))
+            (elsewhere := tmp_path / f"bound-{len(mounted)}").mkdir()
+            how = ["-t", "tmpfs", "-o", "size=20m", "tmpfs"] if kind == "tmpfs" else ["--bind", str(elsewhere)]
+            r = mount(*how, str(d))
             if r.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+                pytest.skip(f"cannot mount here (needs root): {r.stderr.strip()}")
             mounted.append(d)
         synced: list[str] = []
         sync = backup_mod.sync_tree

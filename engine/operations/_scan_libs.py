@@ -56,8 +56,10 @@ _NAME_MAX = 1024
 """Characters of a relative path kept in the name the libraries open (a deeper one: its file name only)."""
 
 
+@cache
 def _names_dir() -> str | None:
-    """Where ``opened_as`` makes its names: ``/dev/shm`` (memory) when there is one, else the temporary directory."""
+    """Where ``opened_as`` makes its names: ``/dev/shm`` (memory) when there is one, else the temporary directory
+    (asked once: every scanned file needs it)."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,30 +241,29 @@ def _partial(dst: Path, rel: str) -> Path:
 
 
 def _staging(dst: Path, rel: str) -> Path:
-    """The staging directory for ``rel``: on the file system its directory is on, since a partial is renamed
-    into place (a file under a file system mounted inside the destination failed "Invalid cross-device link").
-    The root's ``STAGING``, or on another file system a directory named for this destination at the top of
-    it (``mount_staging``)."""
+    """The staging directory for ``rel``: on the mount its directory is on, since a partial is renamed into
+    place and a rename does not cross mounts (a file under a file system, or a bind mount, inside the
+    destination failed "Invalid cross-device link"). The root's ``STAGING``, or at the deepest mount point
+    inside the destination above ``rel``, a directory named for this destination (``mount_staging``)."""
     parent = os.path.dirname(rel)
-    if not parent:
-        return dst / STAGING
-    try:
-        dev = os.stat(dst / parent).st_dev
-        if dev == os.stat(dst).st_dev:
-            return dst / STAGING
-    except OSError:  # not made (yet): the root's
-        return dst / STAGING
-    top = dst / parent
-    for up in Path(parent).parents:  # the topmost directory of that file system under the root
-        if str(up) == ".":
-            break
-        try:
-            if os.stat(dst / up).st_dev != dev:
-                break
-        except OSError:
-            break
-        top = dst / up
-    return top / mount_staging(dst)
+    if parent:
+        root = os.path.realpath(dst)
+        under = [m for m in _mounts_now(dst) if f"{root}/{parent}/".startswith(f"{m}/")]
+        if under:
+            return dst / os.path.relpath(max(under, key=lambda m: len(str(m))), root) / mount_staging(dst)
+    return dst / STAGING
+
+
+_MOUNTS: dict[Path, tuple[float, list[Path]]] = {}
+"""``mounts_in`` by destination, read again after a second: ``_partial`` asks for every file."""
+
+
+def _mounts_now(dst: Path) -> list[Path]:
+    now = time.monotonic()
+    seen = _MOUNTS.get(dst)
+    if seen is None or now - seen[0] > 1.0:
+        seen = _MOUNTS[dst] = (now, mounts_in(dst))
+    return seen[1]
 
 
 def mount_staging(dst: Path) -> str:
