@@ -3,13 +3,20 @@ both seal a checkpoint the same way, and no script or test reaches into a store'
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.models import Checkpoint
 from engine.store import LocalStore, RedisStore, Store
 from engine.store.base import ROOT, ItemDelta, checksum, encode_payload, link, seal
+from engine.text import NotJSON, key_not_text
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 PRIVATE = re.compile(r"from engine\.store[\w.]* import [^\n]*\b_[A-Za-z]|\bstore\._[A-Za-z]")
@@ -46,3 +53,62 @@ def test_scripts_and_tests_use_no_private_store_names() -> None:
         for m in PRIVATE.finditer(path.read_text(encoding="utf-8"))
     ]
     assert found == []
+
+
+def _json_reference(state: Any) -> str | None:
+    """What the json module alone makes of a state: its canonical text read back, or None where a
+    checkpoint must refuse it (a value json cannot write, or a key it would write as a string)."""
+    try:
+        if key_not_text(state, "ctx.state") is not None:
+            return None
+        return json.dumps(json.loads(json.dumps(state, ensure_ascii=False)))
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63, max_value=2**70)
+    | st.floats()
+    | st.text(max_size=5)
+    | st.sampled_from(["\ud800", "\udcff-x", "é", "\x00"])
+    | st.decimals(allow_nan=False, places=1)
+    | st.datetimes()
+    | st.binary(max_size=3)
+)
+_KEYS = st.text(max_size=4) | st.integers(-3, 3) | st.booleans() | st.none() | st.floats(0, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=4),
+        st.recursive(
+            _LEAVES,
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.tuples(inner, inner)
+                | st.frozensets(st.integers(0, 3), max_size=2)
+                | st.dictionaries(_KEYS, inner, max_size=3)
+            ),
+            max_leaves=12,
+        ),
+        max_size=4,
+    )
+)
+def test_a_payload_reads_back_as_the_json_module_reads_the_state(state: dict[str, Any]) -> None:
+    """The payload is written the quick way (pydantic-core) only when json.loads gives back what was saved;
+    otherwise as before: refused with NotJSON where json cannot write it or would turn a key into a string,
+    written by json where it can (a tuple as a list, NaN)."""
+    cp = Checkpoint.model_construct(
+        operation_id="op", seq=1, epoch=1, created_at=0.0, state=state, context_data={}, next_step=None,
+        metadata={}, processed_items=0, total_items=None, done_count=0,
+    )  # fmt: skip
+    want = _json_reference(state)
+    if want is None:
+        with pytest.raises(NotJSON):
+            encode_payload(cp)
+    else:
+        assert json.dumps(json.loads(encode_payload(cp))["state"]) == want

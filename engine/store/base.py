@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic_core import to_json
+
 from ..models import (
     Checkpoint,
     ControlAction,
@@ -175,6 +177,16 @@ def encode_payload(cp: Checkpoint) -> bytes:
         "metadata": cp.metadata,
         "counts": [cp.processed_items, cp.total_items, cp.done_count],
     }
+    # The quick way (a third of the time for a 5 KB state of small dicts): pydantic-core writes it, and the
+    # bytes are kept when json.loads, which a resume reads them with, gives back what was saved. What it
+    # writes differently (a key that is not a string, a tuple, a datetime, NaN) fails the comparison or the
+    # write, and the checks below say why or write it as json does.
+    try:
+        quick = to_json(content, inf_nan_mode="constants")
+        if json.loads(quick) == content:
+            return quick
+    except (ValueError, TypeError, RecursionError):
+        pass
     where = key_not_text(cp.state, "ctx.state") or key_not_text(cp.context_data, "ctx.context_data")
     if where is not None:
         raise NotJSON(
