@@ -264,9 +264,10 @@ else
   -- longer match their record are dropped; operations of other types are passed over, up to SCAN deep.
   local SCAN = 1000
   local function head(r)
-    local q, start = P .. 'q:' .. r, 0
+    local q, start, step = P .. 'q:' .. r, 0, 4  -- the head is nearly always one this worker takes
     while start < SCAN do
-      local h = redis.call('ZRANGE', q, start, start + 99, 'WITHSCORES')
+      local h = redis.call('ZRANGE', q, start, start + step - 1, 'WITHSCORES')
+      step = 100
       if not h[1] then return nil end
       local dropped = 0
       for i = 1, #h, 2 do
