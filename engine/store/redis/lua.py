@@ -78,10 +78,12 @@ local function reindex(id, k, old, now)
     if old then redis.call('ZREM', P .. 'st:' .. bare(old), id) end
     redis.call('ZADD', P .. 'st:' .. bare(st), tonumber(f[5]) and f[5] or 0, id)
   end
-  for r = 0, 2 do
-    redis.call('ZREM', P .. 'q:' .. r, id)
-    redis.call('ZREM', P .. 'dq:' .. r, id)
-    redis.call('ZREM', P .. 'dqf:' .. r, id)
+  if old == nil or old == '"queued"' then  -- only a queued operation is in a queue (enqueue below)
+    for r = 0, 2 do
+      redis.call('ZREM', P .. 'q:' .. r, id)
+      redis.call('ZREM', P .. 'dq:' .. r, id)
+      redis.call('ZREM', P .. 'dqf:' .. r, id)
+    end
   end
   enqueue(id, st, f[2], f[3], f[4], f[6], now)
 end
