@@ -221,6 +221,36 @@ async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_set
         assert {op.status for op in await engine.list()} == {Status.QUEUED}  # nothing paused
 
 
+async def test_l_and_a_typed_in_one_burst_show_every_operations_log(tui_settings: Settings) -> None:
+    """l then a in one read of the terminal (tmux send-keys "la", a slow SSH link) left the logs pane on the
+    selected operation: the app hands each key to the focus as it reads it, and "l" ran only once it had come
+    back up from the table, after "a" had passed the screen (which toggles the mode) with the table focused.
+    A key behind "l" is the pane's (down scrolls the log, not the table's cursor); an "l" typed into the
+    filter stays a letter (Textual leaves a key an Input takes to the Input, priority or not)."""
+    from tui.widgets.logs import LogsPane
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for name in ("one", "two"):
+            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
+        pane, table = app.query_one(LogsPane), app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        top = table.ids[0]
+        await select(pilot, top)
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)
+        _burst(app, "l", "a", "down")
+        await pilot.pause(0.3)
+        assert app.focused is pane and table.selected_id == top
+        assert pane.mode == "all" and pane.border_title == "Logs: all operations"
+        await pilot.press("escape")
+        _burst(app, "slash", *"all")
+        await pilot.pause(0.3)
+        assert app.query_one("#filter", Input).value == "all"
+        assert pane.mode == "all" and app.focused is app.query_one("#filter", Input)
+
+
 async def test_priority_keys_move_queued_work_and_ignore_running_work(tui_settings: Settings) -> None:
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)

@@ -75,7 +75,11 @@ class OutlastApp(App[int]):
         # Priority: run as the app reads the key, before the keys behind it (one burst: a paste, a slow
         # SSH link) are handed to the table, where "/paused" paused and "/queued" quit.
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
-        Binding("l", "logs", "Logs"),
+        # Priority: not one, "l" ran only once it had come back up from the table (the app hands a key to
+        # the focus as it reads it, and a binding that is not a priority is looked up when the key has
+        # bubbled back to the app), so the "a" behind it in one burst had already reached the screen's
+        # on_key with the table focused, and the logs pane stayed on one operation.
+        Binding("l", "logs", "Logs", priority=True),
         Binding("t", "cycle_theme", "Theme", show=False),
         Binding("w", "toggle_run_queue", "Watch", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
