@@ -973,6 +973,63 @@ async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the
         assert (await app.engine.get(queued)).priority is Priority.NORMAL
 
 
+async def test_the_first_frame_on_the_terminal_is_the_whole_screen_with_the_selected_operations_keys(
+    seeded: Settings,
+) -> None:
+    """What the terminal is sent first: the dashboard's screen was a mode's, which Textual waits for inside
+    its start-up batch, where it rendered the whole screen and threw it away; the first frame written then
+    held only what changed after (the table and the footer: no status line, no panes, until the next
+    frame). The footer's keys are those of the selected operation (c, p for queued work), not none."""
+    import re
+
+    from textual.drivers.headless_driver import HeadlessDriver
+
+    from engine.store.quick import quick_list
+
+    frames: list[str] = []
+    written: list[str] = []
+
+    class Terminal(HeadlessDriver):
+        """No terminal, but not headless: Textual encodes each frame and writes it here."""
+
+        @property
+        def is_headless(self) -> bool:
+            return False
+
+        def write(self, data: str) -> None:
+            written.append(data)
+
+        def flush(self) -> None:
+            frames.append("".join(written))
+            written.clear()
+
+    app = make_app(seeded, first_look=lambda statuses, limit: quick_list(seeded.state_dir, statuses, None, limit))
+    app.driver_class = Terminal
+    async with app.run_test(size=(160, 50), headless=False) as pilot:
+        await wait_for(pilot, lambda: [f for f in frames if "queued" in f])
+        first = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", next(f for f in frames if f.strip()))
+        for shown in ("Outlast", "Detail", "Checkpoints", "Logs", "Resources", "Launch", "Cancel", "Pause", "Quit"):
+            assert shown in first, shown
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)  # not closed while they mount
+
+
+async def test_keys_typed_before_the_dashboard_is_up_are_applied_in_order_once_it_has_the_focus(
+    tui_settings: Settings,
+) -> None:
+    """Keys already waiting when the app starts (typed while it loads): they wait for the dashboard's
+    table to have the focus, then go where they would have gone, in order (tab: into the detail pane)."""
+    from textual import events
+
+    from tui.widgets.detail import DetailPane
+
+    app = make_app(tui_settings)
+    app.post_message(events.Key("tab", None))
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, DetailPane))
+        await pilot.pause(0.3)
+        assert isinstance(app.focused, DetailPane) and app.is_running
+
+
 async def test_given_a_settings_loader_the_first_frame_is_drawn_before_the_settings_and_the_engine(
     seeded: Settings,
 ) -> None:

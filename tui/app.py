@@ -59,7 +59,6 @@ class OutlastApp(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "Outlast"
-    DEFAULT_MODE = "dashboard"
     AUTO_FOCUS = "#ops"
     """Also what a dialog without its own AUTO_FOCUS focuses first (nothing: it sets its own focus)."""
 
@@ -158,9 +157,15 @@ class OutlastApp(App[int]):
         """The poll and the refetch while they run, with when each began (``_read``)."""
         self.warnings: deque[str] = deque()
         """Log lines to show as notifications (filled by main's logging handler)."""
-        # A mode, not get_default_screen(): the app then waits for the screen's widgets to be mounted.
-        self.add_mode("dashboard", lambda: DashboardScreen(self.model, self._live, self.clock, self._work))
         self._setup_themes(theme or DEFAULT_THEME)
+
+    def get_default_screen(self) -> DashboardScreen:
+        """The dashboard, as the default screen, not a mode's. Textual builds a mode's screen with another
+        count of CSS changes than the app's, so it parsed the CSS again and styled every widget once more
+        before the first frame; and it waits for that screen's widgets inside its start-up batch, where it
+        rendered the whole screen and threw it away, so the first frame written held only what changed
+        after (no status line, no panes: those came a frame later). 30 ms of the start, together."""
+        return DashboardScreen(self.model, self._live, self.clock, self._work)
 
     @property
     def settings(self) -> Settings:

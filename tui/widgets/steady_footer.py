@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 
 from textual.screen import Screen
@@ -19,6 +20,23 @@ class SteadyFooter(Footer):
     _recompose_pending = False
     _shown: Hashable = None
     """What the last compose showed (``_showing``)."""
+
+    async def show_keys(self) -> None:
+        """Lay out the keys that apply now, before the next frame: what the screen calls once it is mounted
+        and has its selection, so that the first frame shows them. (A change of bindings is delivered after
+        a refresh: the first frame showed no keys, or composed earlier, the keys of no operation.)"""
+        self._bindings_ready = True
+        done = asyncio.Event()
+
+        async def show() -> None:
+            try:
+                await self._recompose_if_changed()
+            finally:
+                done.set()
+
+        # Composed in the footer's own turn: Footer.compose binds its keys to what composes it.
+        if self.call_later(show):  # False: the footer is closing (nothing to wait for)
+            await done.wait()
 
     def bindings_changed(self, screen: Screen[object]) -> None:
         self._bindings_ready = True
