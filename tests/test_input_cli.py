@@ -218,7 +218,9 @@ def test_absurd_params_of_the_builtins_are_one_line(cli: Cli, args: list[str]) -
 def test_a_newline_in_a_params_key_stays_on_the_one_line(cli: Cli) -> None:
     """The error names the key, and the key held a newline: printed raw, it made a second line
     (found by test_input_fuzz_cli, seed 2851614311)."""
-    line = one_line(cli.here("submit", "backup_operation", "-p", 'source={"a\\nb": 9223372036854775808}'))
+    line = one_line(
+        cli.here("submit", "backup_operation", "--params-json", '{"source": {"a\\nb": 9223372036854775808}}')
+    )
     assert "source.a\\nb: 9.22e+18 is out of range" in line, line
     nothing_stored(cli)
 

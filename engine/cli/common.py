@@ -245,15 +245,50 @@ def parse_value(raw: str, option: str = "--param") -> Any:
         return raw
 
 
-def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+def parse_pairs(pairs: tuple[str, ...], option: str, text: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, each value read as JSON when it is JSON; for the keys in ``text``, only a JSON
+    string is read (``-p 'command="ls -l"'``, as before), anything else is taken as typed."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint=option)
-        out[key] = parse_value(value, option)
+        out[key] = _text_value(value) if key in text else parse_value(value, option)
     return out
+
+
+def _text_value(raw: str) -> str:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def text_params(settings: Settings, type_: str) -> frozenset[str]:
+    """The params of ``type_`` its model types as text (``str``, or ``str`` or None): a ``--param`` gives
+    them what was typed. Read as JSON, ``-p command=true`` was the boolean, refused as "not a valid
+    string" (the command ``true`` could not be run that way), and ``-p root=2024`` a number. Empty when
+    the type is unknown or a plugin does not load (the submit says so) or it declares no model."""
+    import types
+    import typing
+
+    from ..registry import ensure_loaded, get_handler
+
+    try:
+        ensure_loaded(settings.plugins, builtins=False)
+        model = get_handler(type_).params
+    except InvalidInput:
+        return frozenset()
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        kinds: tuple[Any, ...] = (field.annotation,)
+        if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+            kinds = tuple(a for a in typing.get_args(field.annotation) if a is not type(None))
+        if kinds == (str,):
+            names.add(field.alias or name)
+    return frozenset(names)
 
 
 def build_spec(
@@ -266,8 +301,10 @@ def build_spec(
     timeout: float | None,
     name: str | None,
     idempotency_key: str | None = None,
+    text: frozenset[str] = frozenset(),
 ) -> OperationSpec:
-    """The spec from command-line options; InvalidInput (one line) when it does not validate."""
+    """The spec from command-line options; InvalidInput (one line) when it does not validate. ``text``:
+    the params whose ``--param`` value is taken as typed (``text_params``)."""
     from pydantic import ValidationError
 
     from ..models import OperationSpec
@@ -282,7 +319,7 @@ def build_spec(
         if not isinstance(loaded, dict):
             raise click.BadParameter("expected a JSON object", param_hint="--params-json")
         data.update(loaded)
-    data.update(parse_pairs(params, "--param"))
+    data.update(parse_pairs(params, "--param", text))
     try:
         return OperationSpec(
             type=type_,
@@ -303,7 +340,14 @@ def spec_options(f: F) -> F:
     for deco in reversed(
         [
             click.argument("type_", metavar="TYPE"),
-            click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="A param (JSON value)."),
+            click.option(
+                "--param",
+                "-p",
+                "params",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="A param: a JSON value, or as typed for a text param.",
+            ),
             click.option("--params-json", metavar="JSON", help="All params as one JSON object."),
             click.option("--priority", type=PRIORITIES, default="normal", show_default=True),
             click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Override the timeout profile."),

@@ -15,7 +15,7 @@ import click
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
 from . import format as fmt
-from .common import App, Mode, build_spec, pass_app, run_async, spec_options
+from .common import App, Mode, build_spec, pass_app, run_async, spec_options, text_params
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -122,7 +122,8 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     """
     from .run import detach_dir, run_foreground, submit_or_resume
 
-    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    text = text_params(app.settings, str(spec_args["type_"]))
+    spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
     if detach:
         detach_dir(app.settings)  # before anything is stored
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
@@ -132,7 +133,14 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
 
 @click.command()
 @click.argument("op_id", metavar="ID")
-@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Change a param (JSON value).")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a param: a JSON value, or as typed for a text param.",
+)
 @click.option("--profile", multiple=True, metavar="KEY=VALUE", help="Change the timeout profile.")
 @click.option("--detach", "-d", is_flag=True, help="Run in a background process; print the id and return.")
 @click.option("--queue", is_flag=True, help="Only queue it, for a worker.")
@@ -178,7 +186,7 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     try:
         return OperationSpec(
             type=old.type,
-            params={**old.params, **parse_pairs(params, "--param")},
+            params={**old.params, **parse_pairs(params, "--param", text_params(app.settings, old.type))},
             priority=old.priority,
             profile={**old.profile_overrides, **parse_pairs(profile, "--profile")},
             timeout=old.timeout,
@@ -216,7 +224,8 @@ def submit(app: App, **spec_args: object) -> int:
     """Queue an operation for a worker; print its id (with --idempotency-key, the first one's)."""
     from .run import submit_or_resume
 
-    spec = build_spec(**spec_args)  # type: ignore[arg-type]
+    text = text_params(app.settings, str(spec_args["type_"]))
+    spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
     op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
     return ExitCode.OK

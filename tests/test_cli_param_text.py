@@ -1,0 +1,52 @@
+"""``--param`` values of params typed as text are taken as typed. Read as JSON, ``-p command=true`` was the
+boolean, refused as "Input should be a valid string": the command ``true`` (or a directory named ``2024``)
+could not be given that way. Every other param is still read as JSON when it is JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from engine.exitcodes import ExitCode
+from tests.fixtures_cli import Cli
+
+PLUGIN = ("--plugin", "tests.ops_for_tests")
+
+
+def params_of(cli: Cli, op_id: str) -> dict[str, Any]:
+    r = cli.here(*PLUGIN, "--json", "show", op_id)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["params"]  # type: ignore[no-any-return]
+
+
+def submitted(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_a_text_param_is_what_was_typed_and_others_are_json(cli: Cli) -> None:
+    op = submitted(cli.here("submit", "command", "-p", "command=true", "-p", "tail=5"))
+    assert (params_of(cli, op)["command"], params_of(cli, op)["tail"]) == ("true", 5)
+    op = submitted(cli.here("submit", "command", "-p", "command=42", "-p", 'env={"A": "1"}'))
+    assert (params_of(cli, op)["command"], params_of(cli, op)["env"]) == ("42", {"A": "1"})
+    # A JSON string is read as before: the quotes are not part of the command.
+    op = submitted(cli.here("submit", "command", "-p", 'command="echo hi"'))
+    assert params_of(cli, op)["command"] == "echo hi"
+    # A rerun's changed params are read the same way.
+    assert cli.here("cancel", op).returncode == 0
+    again = submitted(cli.here("rerun", op, "--queue", "-p", "command=false"))
+    assert params_of(cli, again)["command"] == "false"
+    # A handler without a params model gets JSON values, as before.
+    op = submitted(cli.here(*PLUGIN, "submit", "thread_blocker", "-p", "n=5", "-p", "flag=true"))
+    assert params_of(cli, op) == {"n": 5, "flag": True}
+
+
+def test_a_number_for_a_number_param_is_still_checked(cli: Cli) -> None:
+    before = json.loads(cli.here("ls", "--json").stdout)
+    r = cli.here("submit", "command", "-p", "command=true", "-p", "tail=x")
+    assert r.returncode == ExitCode.USAGE and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "outlast: command params: tail: Input should be a valid integer, unable to parse string as an integer"
+    ]
+    assert json.loads(cli.here("ls", "--json").stdout) == before
