@@ -6,6 +6,7 @@ OperationSpec the engine then accepts as is.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,9 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
         await replace(pilot, "#launch-items", "")
         await pilot.press("ctrl+s")
         await pilot.pause()
-    assert app.results == [OperationSpec(type="command", params={"argv": ["echo", "hi"], "env": {"A": "1"}})]
+    # cwd: the directory the form was filled in, stored (a worker elsewhere runs the command there)
+    params = {"argv": ["echo", "hi"], "env": {"A": "1"}, "cwd": os.getcwd()}
+    assert app.results == [OperationSpec(type="command", params=params)]
 
 
 async def test_a_long_param_name_widens_the_label_column_and_a_short_one_narrows_it() -> None:

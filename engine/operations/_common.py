@@ -74,13 +74,14 @@ def split_args(value: Any) -> Any:
 
 
 def python_executable(value: str) -> str:
-    """An interpreter by name or path, resolved on PATH, or a ValueError."""
+    """An interpreter by name or path, resolved on PATH, as an absolute path (the worker that runs it may
+    run in another directory), or a ValueError."""
     import shutil
 
     found = shutil.which(value)
     if found is None:
         raise ValueError(f"python {value!r} is not an executable")
-    return found
+    return os.path.abspath(found)
 
 
 def optional_dir(value: str | None, name: str) -> str | None:
@@ -92,11 +93,14 @@ JSON_MAGIC = b"{"
 
 
 def check_output_file(value: str | None, name: str, magic: bytes | None = None, kind: str = "") -> str | None:
-    """``value`` when an output file can be written there, else a ValueError naming ``name``.
+    """``value`` as an absolute path when an output file can be written there, else a ValueError naming
+    ``name``.
 
     Checked before anything is stored: not a directory, a writable directory to go in, and an existing
     file only when it is empty or of the expected ``kind`` (its first bytes are ``magic``), so a typo
-    cannot overwrite a source file or a document.
+    cannot overwrite a source file or a document. Absolute because the params are stored: a relative
+    path was read against the directory of whichever process ran the operation (a worker started
+    elsewhere, a resume typed in another directory), so an index was half in one file, half in another.
     """
     if value is None:
         return None
@@ -115,7 +119,7 @@ def check_output_file(value: str | None, name: str, magic: bytes | None = None, 
             raise ValueError(f"{name} {value!r} exists and is not writable")
         if magic is not None and not _empty_or_starts_with(p, magic):
             raise ValueError(f"{name} {value!r} exists and is not {kind}: remove it or choose another path")
-    return value
+    return str(p.resolve())
 
 
 def check_output_dir(value: str, name: str) -> str:

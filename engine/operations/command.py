@@ -53,7 +53,9 @@ class CommandParams(BaseModel):
         default=None, validate_default=True, description="a command line; run by /bin/sh only with shell=true"
     )
     shell: bool = Field(default=False, description="run `command` through /bin/sh")
-    cwd: str | None = Field(default=None, description="working directory (default: the current one)")
+    cwd: str | None = Field(
+        default=None, validate_default=True, description="working directory (default: the one it was submitted from)"
+    )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     progress_regex: str | None = Field(
         default=None, description="regex for progress lines: named groups done and total, or pct"
@@ -75,9 +77,18 @@ class CommandParams(BaseModel):
     @field_validator("cwd")
     @classmethod
     def _cwd_exists(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_dir():
+        """Absolute, and the submitter's own when not given: the params are stored, and the process that
+        runs the command (a worker started elsewhere, a resume typed in another directory) ran it in its
+        own directory, where ``./build.sh`` was another file or none, ``rm -r out`` another ``out``."""
+        if v is None:
+            try:
+                return os.getcwd()
+            except OSError:  # the submitter's directory was deleted: nothing better to name
+                return None
+        p = Path(v).expanduser()
+        if not p.is_dir():
             raise ValueError(f"cwd {v!r} is not an existing directory")
-        return v
+        return str(p.resolve())
 
     @field_validator("command")
     @classmethod

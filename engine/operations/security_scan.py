@@ -113,8 +113,8 @@ class ScanParams(BaseModel):
     def _outputs(self) -> ScanParams:
         """The output itself and each report file it stands for (``format=both``: .json and .sarif)."""
         if self.output is not None:
-            check_output_file(self.output, "output")
-            for kind, path in _explicit_targets(self.output, self.format).items():
+            self.output = output = check_output_file(self.output, "output") or self.output  # absolute
+            for kind, path in _explicit_targets(output, self.format).items():
                 check_output_file(str(path), "output", JSON_MAGIC, "a JSON report")
                 if not _replaceable(path, kind):
                     what = "a SARIF log" if kind == "sarif" else "a report of this scan"

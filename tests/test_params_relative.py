@@ -1,0 +1,80 @@
+"""Relative paths in params name what they named where they were typed, whoever runs the operation.
+
+The params are stored and run by whichever process claims them: a worker started in another directory,
+or `outlast resume` typed somewhere else. A path kept relative was read against that process's directory:
+a resumed index went to another file (the first attempt's half left behind, every file indexed again),
+a queued `command` ran `./migrate.sh` of another directory, or none."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.registry import ensure_loaded, get_handler
+from tests.fixtures_cli import CLI, Cli
+
+
+def _outlast(cli: Cli, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=cli.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+
+
+def test_queued_work_runs_where_it_was_submitted(cli: Cli, tmp_path: Path) -> None:
+    here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (here / "src").mkdir(parents=True)
+    elsewhere.mkdir()
+    (here / "src" / "a.py").write_text("def f():\n    return 1\n")
+    script = here / "migrate.sh"
+    script.write_text("#!/bin/sh\npwd > ran-here\n")
+    script.chmod(0o755)
+    ids = []
+    for args in (
+        ["command", "--params-json", '{"argv": ["./migrate.sh"]}'],
+        ["codebase_indexing", "-p", "root=src", "-p", "output=index.sqlite"],
+    ):
+        done = _outlast(cli, here, "-q", "submit", *args)
+        assert done.returncode == 0, done.stderr
+        ids.append(done.stdout.strip())
+    worker = _outlast(cli, elsewhere, "worker", "--exit-when-idle")
+    assert worker.returncode == 0, worker.stderr
+    for op_id in ids:
+        op = cli.op(op_id)
+        assert op.status.value == "completed", (op_id, op.status, op.error)
+    assert (here / "ran-here").read_text().strip() == str(here.resolve())
+    assert (here / "index.sqlite").is_file()
+    assert sorted(os.listdir(elsewhere)) == []
+
+
+@pytest.mark.parametrize(
+    ("type_", "params", "field"),
+    [
+        ("codebase_indexing", {"root": ".", "output": "index.sqlite"}, "output"),
+        ("code_analysis", {"root": ".", "output": "metrics.sqlite"}, "output"),
+        ("semantic_analysis", {"root": ".", "output": "sem.sqlite"}, "output"),
+        ("security_scan", {"root": ".", "output": "scan.sarif"}, "output"),
+        ("kb_population", {"source": ".", "kb": "kb.sqlite"}, "kb"),
+        ("monitoring_collection", {"duration": 1, "output": "mon.sqlite"}, "output"),
+        ("cleanup_operation", {"root": "sub", "patterns": ["*.tmp"], "manifest": "gone.jsonl"}, "manifest"),
+        ("command", {"command": "true", "cwd": "."}, "cwd"),
+        ("command", {"command": "true"}, "cwd"),
+        ("comprehensive_test_suite", {"path": ".", "python": "./py"}, "python"),
+    ],
+)
+def test_paths_in_params_are_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, type_: str, params: dict, field: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "py").symlink_to(sys.executable)  # a venv's python is a symlink: kept as one
+    ensure_loaded()
+    parsed = get_handler(type_).parse_params(json.loads(json.dumps(params)))
+    value = getattr(parsed, field)
+    assert os.path.isabs(value), (type_, field, value)
+    given = params.get(field, ".")
+    assert value == os.path.abspath(given) or value == str((tmp_path / given).resolve())
