@@ -282,7 +282,8 @@ class _suppress_all:
 def migrate_timeout_operation(
     type_: str, estimated_items: int | None = None, params: type[BaseModel] | None = None
 ) -> Callable[[Handler], Handler]:
-    """Turn an existing ``async def f(...)`` into an operation of ``type_``, leaving its callers alone.
+    """Turn an existing ``async def f(...)`` into an operation of ``type_``, leaving its callers alone (a
+    plain ``def`` too: it stays one for its callers, and runs on the event loop as blocking code does).
 
     Called directly, ``f`` behaves exactly as before. Run as an operation (``outlast run TYPE``), its
     params become keyword arguments. A ``progress_callback`` parameter, if it has one, receives a
@@ -302,11 +303,11 @@ def migrate_timeout_operation(
             if ctx.total is None and first_total is not None:
                 ctx.progress(0, total=first_total)
             if takes_callback:
-                result = await fn(**kwargs, progress_callback=progress_reporter(ctx))
+                result = await _awaited(fn(**kwargs, progress_callback=progress_reporter(ctx)))
             else:
                 beat = asyncio.create_task(_heartbeat(ctx))
                 try:
-                    result = await fn(**kwargs)
+                    result = await _awaited(fn(**kwargs))
                 finally:
                     beat.cancel()
             if ctx.total is not None and ctx.done < ctx.total:
@@ -317,14 +318,31 @@ def migrate_timeout_operation(
         handler.__doc__ = fn.__doc__
         operation(type_, params=params, estimated_items=estimated_items)(handler)
 
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await fn(*args, **kwargs)
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await fn(*args, **kwargs)
+
+        else:  # a plain ``def``: its callers get what they got (an async wrapper handed them a coroutine)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return fn(*args, **kwargs)
 
         wrapper.operation_type = type_  # type: ignore[attr-defined]
         return wrapper
 
     return deco
+
+
+async def _awaited(result: Any) -> Any:
+    """What a migrated function returned, awaited when it is awaitable: a plain ``def`` returns its
+    result itself (awaiting it failed the operation after the function had done its work: "object dict
+    can't be used in 'await' expression")."""
+    while inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 class _Reported:

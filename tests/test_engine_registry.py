@@ -34,6 +34,32 @@ async def test_migrated_function_runs_as_operation(engine: Engine) -> None:
     assert final.progress.done == 4 and final.progress.total == 4 and final.progress.message == "doc 3"
 
 
+async def test_a_migrated_plain_def_stays_one_and_runs_as_an_operation(engine: Engine) -> None:
+    """A ``def`` (not ``async def``) under the decorator: its callers got a coroutine instead of its result,
+    and its operation failed once it had done all its work ("object dict can't be used in 'await'
+    expression")."""
+    from engine import migrate_timeout_operation
+
+    @migrate_timeout_operation("test_migrated_plain_def", estimated_items=3)
+    def count(n: int = 3, progress_callback=None) -> dict:
+        for i in range(n):
+            if progress_callback:
+                progress_callback(i + 1, n)
+        return {"n": n}
+
+    @migrate_timeout_operation("test_migrated_plain_def_no_callback")
+    def answer() -> int:
+        return 42
+
+    runs = (("test_migrated_plain_def", {"n": 4}, {"n": 4}), ("test_migrated_plain_def_no_callback", {}, 42))
+    for type_, params, result in runs:
+        op = await engine.submit(OperationSpec(type=type_, params=params))
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.COMPLETED, final.error
+        assert final.result == result
+    assert count(2) == {"n": 2} and answer() == 42  # called directly: as before the decorator
+
+
 def test_plugin_by_module_name() -> None:
     with pytest.raises(InvalidInput, match="plugin 'no_such_plugin_mod' cannot be imported"):
         load_plugin("no_such_plugin_mod")
