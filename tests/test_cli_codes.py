@@ -90,6 +90,15 @@ def test_outcome_codes_failed_timed_out_conflict(cli: Cli) -> None:
     one_line_error(r)
 
 
+def test_a_missing_choice_lists_the_choices_on_its_one_line(cli: Cli) -> None:
+    """click lays them out on lines of their own, shown as 'Choose from:\\n\\thigh,\\n\\tnormal,\\n\\tlow'."""
+    r = cli.here("priority", "1")
+    assert r.returncode == ExitCode.USAGE
+    line = one_line_error(r)
+    assert "Choose from: high, normal, low (see:" in line, line
+    assert "\\" not in line
+
+
 def test_queued_work_is_cancelled_paused_reprioritised_and_resumed_without_a_worker(cli: Cli) -> None:
     a = cli.here("submit", "demo", "-p", "items=5").stdout.strip()
     b = cli.here("submit", "--priority", "low", "demo").stdout.strip()

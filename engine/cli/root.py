@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         code = e.exit_code
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "outlast"
-        _error(f"{cmd}: error: {e.format_message()} (see: {cmd} --help)")
+        # click lays a missing choice's list out on lines of its own ("Choose from:\n\thigh,\n\tnormal"),
+        # which the one-line error showed as '\n\t' between the choices
+        msg = e.format_message().replace(":\n\t", ": ").replace(",\n\t", ", ")
+        _error(f"{cmd}: error: {msg} (see: {cmd} --help)")
         code = ExitCode.USAGE
     except click.ClickException as e:
         _error(f"outlast: error: {e.format_message()}")
