@@ -125,6 +125,25 @@ async def test_output_that_only_looks_like_progress_or_a_checkpoint_fails_nothin
     assert sum("invalid JSON ignored" in r.message for r in records) == 5
 
 
+async def test_a_checkpoint_line_longer_than_a_line_may_be_is_said_so_not_invalid_json(engine: Engine) -> None:
+    """Its valid JSON, cut at 1 MiB, was "::outlast checkpoint with invalid JSON ignored", and the pieces
+    after the first were written to the log (and counted) as lines of output."""
+    code = (
+        "import json\n"
+        "print('::outlast checkpoint ' + json.dumps({'done': list(range(300000))}))\n"
+        "print('::outlast checkpoint {\"ok\": 1}')\n"
+        "print('done')\n"
+    )
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["checkpoint"] == {"ok": 1} and final.result["lines"] == 1
+    records, _ = await engine.logs(op.id)
+    assert [r.message for r in records if r.level.upper() == "INFO"] == ["done"]
+    (warning,) = [r.message for r in records if r.level.upper() == "WARNING"]
+    assert "longer than 1 MiB" in warning and "invalid JSON" not in warning
+
+
 async def test_a_progress_regex_matching_what_is_no_number_fails_nothing(engine: Engine) -> None:
     """A user's regex may match anything: its group was given to int() or float() as it was."""
     lines = "print('at abc'); print('at 99999999999999999999999'); print('at nan'); print('at 7')"

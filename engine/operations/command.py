@@ -271,6 +271,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     lines = ctx.state.get("lines", 0) if ctx.resuming else 0
     assert proc.stdout is not None
     output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None, lambda: _kill_group(proc.pid))
+    long_directive = False  # within the pieces of a directive line longer than LINE_MAX
     try:
         while True:
             raw = await output.next()
@@ -278,8 +279,20 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 break
             if not raw:
                 break
+            cut = len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r")  # a piece: the line goes on
+            if long_directive:
+                long_directive = cut
+                continue
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             protocol = _DIRECTIVE.match(line) is not None
+            if protocol and cut:
+                # Its first piece was "invalid JSON" (it was valid: cut), its other pieces lines of the log.
+                ctx.log.warning(
+                    f"{line[:40]}... ignored: the line is longer than {LINE_MAX >> 20} MiB, the most a line "
+                    "of output may be (save in a checkpoint what a resume needs to go on, not the results)"
+                )
+                long_directive = True
+                continue
             if raw[-1:] == b"\r" and not protocol:
                 # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
                 # and it is a sign of life, but only the state a newline leaves is a line of the log.
