@@ -289,6 +289,18 @@ def test_a_terminal_that_cannot_show_a_name_gets_it_escaped_not_an_internal_erro
     assert listed.returncode == 0 and "\\u2713 done" in listed.stdout, listed.stderr
 
 
+def test_the_c_locale_without_utf8_mode_gets_names_escaped_not_an_internal_error(cli: Cli) -> None:
+    """``LC_ALL=C PYTHONUTF8=0``: stdout is ASCII with ``surrogateescape``, which raised as ``strict``
+    does: ``ls`` was an internal error, and ``resume`` died after claiming, leaving the operation queued."""
+    assert cli("-q", "submit", "demo", "--name", "caf\u00e9 \u2603", "-p", "items=2").returncode == 0
+    env = {**cli.env, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    listed = cli("ls", env=env)
+    assert listed.returncode == 0 and "caf\\xe9 \\u2603" in listed.stdout, listed.stderr
+    r = cli("resume", "1", env=env)
+    assert r.returncode == 0 and "completed" in r.stdout, r.stderr
+
+
 def test_quiet_run_says_why_it_failed_in_one_line_on_stderr(cli: Cli) -> None:
     """``outlast -q run`` ("nothing but errors") printed nothing when the operation failed: a cron job
     mailed an empty message, and the reason took an ``outlast show``. A completed run stays silent."""

@@ -54,12 +54,14 @@ def _unencodable_escaped() -> None:
     """What the terminal's encoding cannot show is written escaped (``\\u2713``), not raised: under a
     latin-1 or ASCII locale (``PYTHONIOENCODING``, an old server's ``LANG``) a name with a character
     outside it made ``outlast ls`` an internal error, and ``outlast run`` died after its submit, leaving
-    a queued operation nobody ran."""
+    a queued operation nobody ran. Python's streams under the C locale with its UTF-8 mode off
+    (``PYTHONUTF8=0``) are ASCII with ``surrogateescape``, which raises the same for any other character
+    (the lone surrogates it exists for are escaped before anything is written: ``humanize.UNSAFE``)."""
     import sys
 
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+        if reconfigure is not None and getattr(stream, "errors", None) in ("strict", "surrogateescape"):
             reconfigure(errors="backslashreplace")
 
 
