@@ -114,6 +114,19 @@ def test_outputs_that_are_no_path_at_all_are_refused_in_one_line(start_server, t
     assert listing(srv) == before
 
 
+def test_a_fresh_state_dirs_outputs_take_the_first_output_a_client_names(start_server, tree: Path) -> None:
+    """The refusal says to write under the outputs directory, which only an operation's first default
+    output made: a new server's first client naming a file there was told "its directory does not exist"."""
+    srv = start_server()
+    outputs = (srv.root / "state" / "outputs").resolve()
+    body = {"params": {"root": str(tree), "output": f"{outputs}/i.db"}}
+    r = srv.http.post("/api/operations/codebase/index", json=body)
+    assert r.status_code == 202, r.text
+    op = srv.wait_status(r.json()["operation_id"], {"completed", "failed"}, timeout=90)
+    assert op["status"] == "completed", op
+    assert (outputs / "i.db").is_file() and outputs.stat().st_mode & 0o777 == 0o700
+
+
 def test_outputs_under_the_roots_are_written(start_server, tmp_path: Path, tree: Path) -> None:
     allowed = tmp_path / "reports"
     allowed.mkdir()

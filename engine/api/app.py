@@ -7,11 +7,14 @@ map to one status each and a body ``{"detail": "one line"}``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine import Engine
+from ..files import private_dir
 from ..humanize import escape_controls
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
@@ -266,6 +270,13 @@ def _install_errors(app: FastAPI) -> None:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+def _make_outputs(outputs: Path) -> None:
+    """``outputs`` in the state dir, made 0700 as an operation makes it; left for it when it cannot be
+    made here (a Redis store's state dir that does not exist: the refusal then says so)."""
+    with contextlib.suppress(OSError, StoreError):
+        private_dir(outputs.parent, outputs.name)
+
+
 def create_app(
     engine: Engine,
     token: str | None = None,
@@ -285,6 +296,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The outputs directory clients are told to write under exists: its first operation made it, and a
+        # client's first output there was refused ("its directory does not exist").
+        await asyncio.to_thread(_make_outputs, app.state.output_roots.outputs)
         hub.start()
         metrics.start()
         try:
