@@ -277,6 +277,7 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
                     continue
                 if outcome == "skip":
                     ctx.skip(rel, why)
+                    ctx.advance()  # looked at: a completed run is at 100%, skips or not
                     continue
                 ctx.state["reused"] = ctx.state.get("reused", 0) + (outcome == "reused")
                 ctx.step = rel

@@ -444,6 +444,7 @@ async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, roo
                     ctx.fail(rel, why or "failed")
                 elif outcome == "skip":
                     ctx.skip(rel, why)
+                    ctx.advance()  # looked at: a completed run is at 100%, skips or not
                     ctx.state["skipped"] = ctx.state.get("skipped", 0) + 1
                     if why and why.startswith("does not parse") and ctx.state["skipped"] <= 3:
                         ctx.log.info(f"skipped {rel}: {why}")

@@ -263,6 +263,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
                     continue
                 if outcome == "skipped":
                     ctx.skip(rel, why)
+                    ctx.advance()  # looked at: a completed run is at 100%, skips or not
                     continue
                 st["bytes"] += size
                 st["reused"] += outcome == "reused"

@@ -259,6 +259,7 @@ async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
                     continue
                 if outcome == "skipped":
                     ctx.skip(rel, why)
+                    ctx.advance()  # looked at: a completed run is at 100%, skips or not
                     continue
                 st[outcome] += 1
                 st["chunks"] += n if outcome == "added" else 0

@@ -343,6 +343,7 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
                     ctx.fail(key, why or "failed")
                 elif outcome == "skipped":
                     ctx.skip(key, why)
+                    ctx.advance()  # looked at: a completed run is at 100%, skips or not
                 else:
                     st[outcome] += 1
                     ctx.step = key
