@@ -122,12 +122,21 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(one_line(e)) from None
     profile = stored_profile(op).merged(overrides)
     total = op.progress.total if op.progress.total is not None else op.total_items
+    # A timeout fixed at submit (--timeout) gives way to the profile when the resume sets one of its
+    # timeout keys: kept, it went on deciding every deadline, and the resume the docs give for a too-tight
+    # limit (--profile max_timeout=...) timed out again as before, saying nothing.
+    fixed = None if TIMEOUT_KEYS & with_aliases(overrides).keys() else op.timeout
     return {
         "profile": profile.model_dump(mode="json"),
         "profile_overrides": {**with_aliases(op.profile_overrides), **with_aliases(overrides)},
-        "effective_timeout": op.timeout or profile.effective_timeout(total),
-        "timeout_basis": "fixed by --timeout" if op.timeout else profile.basis(total),
+        "timeout": fixed,
+        "effective_timeout": fixed or profile.effective_timeout(total),
+        "timeout_basis": "fixed by --timeout" if fixed else profile.basis(total),
     }
+
+
+TIMEOUT_KEYS = frozenset({"base_timeout", "per_item_timeout", "max_timeout"})
+"""The profile keys the deadline is computed from (a fixed ``--timeout`` stands for all three)."""
 
 
 def stored_profile(op: Operation) -> TimeoutProfile:

@@ -110,6 +110,34 @@ async def resume_with_a_profile(engine: Engine) -> None:
     assert final.status is Status.COMPLETED and final.attempt == 2 and final.result == {"sum": sum(range(30))}
 
 
+async def test_resume_with_a_timeout_key_replaces_a_fixed_timeout(engine: Engine) -> None:
+    await resume_past_a_fixed_timeout(engine)
+
+
+async def test_resume_with_a_timeout_key_replaces_a_fixed_timeout_on_redis(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings) as engine:
+        await resume_past_a_fixed_timeout(engine)
+
+
+async def resume_past_a_fixed_timeout(engine: Engine) -> None:
+    """Submitted with a fixed timeout (``--timeout``): a resume with ``--profile max_timeout=...`` (as the
+    README says to do with a too-tight limit) stored the profile and kept the fixed timeout, which went on
+    deciding the deadline: the attempt timed out as the one before, and nothing said why."""
+    spec = OperationSpec(type="ledger", params={"items": 30, "seconds": 0.05}, timeout=0.3)
+    op = await engine.submit(spec)
+    assert (await engine.wait(op.id, timeout=30)).status is Status.TIMED_OUT
+    failure = await engine.resume(op.id, profile={"failure_threshold": 3})  # no timeout key: stays fixed
+    assert failure.timeout == 0.3 and failure.effective_timeout == 0.3
+    assert (await engine.wait(op.id, timeout=30)).status is Status.TIMED_OUT
+    resumed = await engine.resume(op.id, profile={"base_timeout": 60, "max_timeout": 120})
+    assert resumed.timeout is None and resumed.timeout_basis != "fixed by --timeout"
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(30))}, final.error
+
+
 def test_cli_per_file_timeout_and_resume_profile(cli: Cli) -> None:
     """A run whose deadline is too tight times out; `resume --profile` gives the new attempt another one."""
     tight = ("--profile", "per_file_timeout=0.01", "--profile", "base_timeout=0.2", "--profile", "max_timeout=0.2")
