@@ -183,7 +183,7 @@ def load_settings(
     path = find_config_file(config_file, env)
     layers: list[tuple[str, dict[str, Any]]] = []
     if path is not None:
-        layers.append((str(path), _read_toml(path)))
+        layers.append((str(path), anchored(path, _read_toml(path))))
     try:
         layers.append(("environment", _from_env(env)))
     except InvalidInput:
@@ -224,6 +224,33 @@ def load_settings(
     settings.origins = {k: origins.get(k, "default") for k in Settings.model_fields if k != "origins"}
     settings._config_file = path
     return settings
+
+
+PATH_KEYS = ("state_dir", "checkpoint_mirror", "store")
+"""Settings that name a directory (``store`` when it is no URL)."""
+
+
+def anchored(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` read from the config file ``path``, with its relative directories taken from the file's
+    own directory, as a config file's paths are: read from the working directory, ``state_dir = "state"``
+    in the user's config file named another store in every directory a command ran in (a worker started
+    elsewhere never saw what ``submit`` queued; ``ls`` in another directory listed nothing). A config
+    that is no regular file (``--config <(make-config)``) has no directory of its own: its paths stay
+    as written."""
+    if not os.path.isfile(path):
+        return data
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value.strip() or (key == "store" and "://" in value):
+            continue  # not a directory: the settings say what is wrong with it
+        try:
+            expanded = Path(value).expanduser()
+        except RuntimeError:  # "~nouser/x": the settings say so
+            continue
+        if not expanded.is_absolute():
+            out[key] = str(Path(os.path.abspath(path)).parent / expanded)
+    return out
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

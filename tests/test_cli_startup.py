@@ -3,6 +3,7 @@ entry points (they took 10x a bare ``python -c pass``); what they print is what 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from tests.fixtures_cli import REPO, Cli
+from tests.fixtures_cli import CLI, REPO, Cli
 
 HEAVY = ("pydantic", "asyncio", "psutil", "importlib.metadata", "engine.engine", "engine.models", "logging")
 
@@ -133,6 +134,32 @@ def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tm
     for _ in range(2):
         rc, heavy, out = loaded_after(["ls"], env)
         assert rc == 8 and "pydantic" in heavy, out
+
+
+def test_a_relative_state_dir_in_a_config_file_is_the_files_directorys(cli: Cli, tmp_path: Path) -> None:
+    """``state_dir = "state"`` in the config file was read from the working directory: every directory a
+    command ran in had a store of its own (a worker started elsewhere never saw what ``submit`` queued,
+    ``ls`` elsewhere listed nothing), the quick ``ls`` too."""
+    config = tmp_path / "config" / "outlast" / "config.toml"  # the default one (conftest's XDG_CONFIG_HOME)
+    config.parent.mkdir(parents=True)
+    config.write_text('state_dir = "state-here"\n')
+    env = {k: v for k, v in cli.env.items() if k != "OUTLAST_STATE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+
+    def outlast(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+    submitted = outlast(one, "-q", "submit", "demo")
+    assert submitted.returncode == 0, submitted.stderr
+    op_id = submitted.stdout.strip()
+    for _ in range(2):  # the full path (checks the file), then the quick one (trusts it by content)
+        listed = outlast(two, "ls")
+        assert listed.returncode == 0 and op_id in listed.stdout, listed
+    assert (config.parent / "state-here" / "outlast.db").is_file()
+    assert sorted(os.listdir(one)) == sorted(os.listdir(two)) == []
 
 
 def test_ctrl_c_while_outlast_starts_is_one_line_not_a_traceback(cli: Cli) -> None:

@@ -62,6 +62,8 @@ def checked_state_dir(path: Path) -> tuple[bool, str | None]:
     if not isinstance(entry, dict) or entry.get("content") != content:
         return False, None
     state_dir = entry.get("state_dir")
+    if isinstance(state_dir, str) and not os.path.isabs(os.path.expanduser(state_dir)):
+        return False, None  # remembered before relative ones were taken from the file's directory
     return True, state_dir if isinstance(state_dir, str) else None
 
 
@@ -79,10 +81,13 @@ def remember(path: Path, content: bytes) -> None:
     state_dir = data.get("state_dir", "-")
     if "store" in data or "plugins" in data or not isinstance(state_dir, str) or not state_dir.strip():
         return  # an empty state dir is an error the full path says (a flag may have hidden it)
+    from ..config import anchored
+
     entries = _read()
     key = os.path.abspath(path)
     entries.pop(key, None)
-    entries = {key: {"content": content.decode("utf-8"), "state_dir": data.get("state_dir")}, **entries}
+    state_dir = anchored(path, data).get("state_dir")  # a relative one: from the file's directory, as loaded
+    entries = {key: {"content": content.decode("utf-8"), "state_dir": state_dir}, **entries}
     with contextlib.suppress(OSError):
         _file().parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         tmp = _file().with_name(f".checked-configs.{os.getpid()}")
