@@ -253,6 +253,19 @@ def test_a_huge_result_is_abridged_for_people_and_whole_in_json(capsys: pytest.C
     assert json.loads(capsys.readouterr().out)["result"] == result
 
 
+def test_show_says_a_status_once() -> None:
+    """A stop's message starts with its status: ``show`` printed "status  paused: paused: Ctrl-C (SIGINT)"."""
+    from engine import Operation, Status
+    from engine.cli import format as fmt
+    from engine.models import new_id
+
+    now = time.time()
+    op = Operation(id=new_id(), type="t", status=Status.PAUSED, created_at=now, queued_at=now, updated_at=now)
+    op.status_message = "paused: Ctrl-C (SIGINT); checkpoint 3"
+    row = next(r for r in fmt.show_text(op, []).splitlines() if r.startswith("status"))
+    assert row.split(None, 1)[1] == "paused: Ctrl-C (SIGINT); checkpoint 3", row
+
+
 @pytest.mark.parametrize("closed", [">&-", ">&- 2>&-", "<&- >&- 2>&-"])
 def test_commands_run_with_their_standard_streams_closed(cli: Cli, closed: str) -> None:
     """Started with stdout closed (``outlast worker >&-``, a daemonizer), Python's ``sys.stdout`` is None:

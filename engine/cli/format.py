@@ -228,7 +228,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
     rows: list[tuple[str, Any]] = [
         ("id", op.id + (f"  (handle {op.handle})" if op.handle is not None else "")),
         ("type", op.type + (f"  ({op.name})" if op.name else "")),
-        ("status", op.status.value + (f": {op.status_message}" if op.status_message else "")),
+        ("status", status_text(op.status, op.status_message)),  # not "paused: paused: ..."
         ("priority", op.priority.value),
         ("attempt", op.attempt),
         ("progress", f"{percent(p)}  {items(p)} items" + (f", {p.failed} failed" if p.failed else "")),
