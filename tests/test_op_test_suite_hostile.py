@@ -193,3 +193,16 @@ async def test_a_suite_that_collects_no_tests_fails(engine: Engine, tmp_path: Pa
     op = await run(engine, suite, args=["-k", "nothing_matches_this"])
     assert op.status is Status.FAILED, (op.status, op.result)
     assert "pytest collected no tests in" in (op.error or ""), op.error
+
+
+async def test_a_collection_error_counts_in_the_failed_line(engine: Engine, tmp_path: Path) -> None:
+    """Two test files of one name in directories without __init__.py: pytest collects one and errors on the
+    other, which the line counted as a failure but not among the tests: "1 of 1 tests failed (1 passed, 1
+    error)"."""
+    suite = tmp_path / "suite"
+    for d, name in (("a", "test_x"), ("b", "test_y")):
+        (suite / d).mkdir(parents=True)
+        (suite / d / "test_same.py").write_text(f"def {name}(): pass\n")
+    op = await run(engine, suite)
+    assert op.status is Status.FAILED, (op.status, op.result)
+    assert "1 of 2 tests failed (1 passed, 1 error)" in (op.error or ""), op.error

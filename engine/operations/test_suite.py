@@ -607,7 +607,10 @@ def _failed_line(summary: dict) -> str:
     """One line: how many failed, the counts, the first failing tests, the report."""
     n = sum(summary["counts"].get(o, 0) for o in BAD)
     first = ", ".join(f["id"] for f in summary["failed"][:3]) + (f" and {n - 3} more" if n > 3 else "")
+    # Of every outcome counted: a file that did not collect is one (an error) but no collected test, and
+    # "1 of 1 tests failed (1 passed, 1 error)" was the line.
+    of = max(summary["tests"], sum(summary["counts"].values()))
     return (
-        f"{n} of {summary['tests']} tests failed ({_counts(summary)}): {first}; report: {summary['report']};"
+        f"{n} of {of} tests failed ({_counts(summary)}): {first}; report: {summary['report']};"
         " resume to run the failing tests again (fail_on_test_failure=false completes instead)"
     )
