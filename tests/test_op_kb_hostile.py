@@ -183,3 +183,35 @@ def test_unstored_name_inverts_stored_name_and_leaves_other_names_as_they_are() 
     for odd in ["a\\b", "a\\", "x\\xzz", "x\\x4", "x\\uZZZZ"]:
         assert kb_population.unstored_name(odd) == odd
     assert not kb_population._gone(Path("/") / kb_population.unstored_name("x\\x41"))  # unencodable: kept
+
+
+def test_a_knowledge_base_being_made_is_not_yet_one_and_appears_whole(tmp_path: Path) -> None:
+    """A search during a first kb_population was told the file "is not a knowledge base": it is an empty
+    file, then an SQLite database with no table, then tables appeared one statement at a time."""
+    from engine.operations.knowledge import KbError
+
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(KbError, match=r"no knowledge base at .* yet: it is being made"):
+        open_kb(empty, create=False)
+    sqlite3.connect(tmp_path / "bare.sqlite").execute("PRAGMA journal_mode=WAL").close()
+    with pytest.raises(KbError, match=r"no knowledge base at .* yet: it is being made"):
+        open_kb(tmp_path / "bare.sqlite", create=False)
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.execute("CREATE TABLE t (x)")
+    other.close()
+    with pytest.raises(KbError, match="not a knowledge base"):
+        open_kb(tmp_path / "other.sqlite", create=False)
+    statements: list[str] = []
+    con = sqlite3.connect(tmp_path / "traced.sqlite")
+    con.set_trace_callback(statements.append)
+    original = sqlite3.connect
+    try:
+        sqlite3.connect = lambda *a, **k: con  # type: ignore[assignment]
+        open_kb(tmp_path / "traced.sqlite")
+    finally:
+        sqlite3.connect = original  # type: ignore[assignment]
+    creates = [i for i, s in enumerate(statements) if s.lstrip().upper().startswith("CREATE")]
+    begin = next(i for i, s in enumerate(statements) if s.strip().rstrip(";").upper() == "BEGIN")
+    commit = next(i for i, s in enumerate(statements) if s.strip().rstrip(";").upper() == "COMMIT")
+    assert creates and begin < min(creates) and max(creates) < commit, statements  # one transaction

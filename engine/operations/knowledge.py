@@ -99,20 +99,29 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
     WAL mode: searches never block a running population, and a commit is one fsync.
     """
     p = Path(path)
+    # A knowledge base being made (a first kb_population from its first second on) is an empty file, then
+    # an SQLite database with no table: a search then was told it "is not a knowledge base".
+    not_yet = f"no knowledge base at {str(p)!r} yet: it is being made (or was left empty); search again once"
+    not_yet += " kb_population has stored documents"
     if not create:
         if not p.is_file():
             raise KbError(f"no knowledge base at {str(p)!r} (make one: outlast run kb_population -p source=DIR)")
         with open(p, "rb") as fh:
-            if not fh.read(len(SQLITE_MAGIC)).startswith(SQLITE_MAGIC):
-                raise KbError(f"{str(p)!r} is not a knowledge base (not an SQLite database)")
+            head = fh.read(len(SQLITE_MAGIC))
+        if not head:
+            raise KbError(not_yet)
+        if not head.startswith(SQLITE_MAGIC):
+            raise KbError(f"{str(p)!r} is not a knowledge base (not an SQLite database)")
     else:
         create_private(p)  # its journal files take its mode
     con = sqlite3.connect(p, timeout=60, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=WAL")
         if create:
-            con.executescript(SCHEMA)
+            con.executescript(f"BEGIN;\n{SCHEMA}COMMIT;\n")  # every table at once, or none
         elif not con.execute("SELECT 1 FROM sqlite_master WHERE name='chunks_fts'").fetchone():
+            if not con.execute("SELECT 1 FROM sqlite_master").fetchone():
+                raise KbError(not_yet)
             raise KbError(f"{str(p)!r} is an SQLite database but not a knowledge base (no chunks_fts table)")
     except sqlite3.DatabaseError as e:
         con.close()
