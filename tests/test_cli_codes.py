@@ -394,3 +394,15 @@ def test_control_commands_ask_the_lifecycle_which_action_applies(cli: Cli) -> No
         allowed = ", ".join(s.value for s in Status if s in ACTIONS[Action(action)])
         assert r.returncode == ExitCode.CONFLICT, (action, r.stderr)
         assert one_line_error(r).endswith(f"is cancelled: only {allowed} operations can be {verb}")
+
+
+def test_ctrl_c_on_watch_of_queued_work_says_it_stays_queued(cli: Cli) -> None:
+    """Nobody runs it (no worker): stopping the watch said it "goes on running"."""
+    op_id = cli.here("-q", "submit", "demo", "-p", "items=5").stdout.strip()
+    watch = cli.start("watch", op_id)
+    watch.wait_line(lambda ln: op_id in ln and "queued" in ln)
+    watch.signal(signal.SIGINT)
+    assert watch.wait() == ExitCode.WATCH_STOPPED
+    out = "\n".join(watch.out)
+    assert f"stopped watching; {op_id} stays queued" in out, out
+    assert cli.op(op_id).status.value == "queued"

@@ -217,7 +217,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                 if op.status in SETTLED:
                     return op
                 if not local and engine.draining and not pausing_there:
-                    view.note(f"stopped watching; {op_id} goes on running ({prefix} watch {op_id} follows it again)")
+                    goes_on = "stays queued" if op.status is Status.QUEUED else "goes on running"  # not "running"
+                    view.note(f"stopped watching; {op_id} {goes_on} ({prefix} watch {op_id} follows it again)")
                     raise WatchStopped()
                 fmt.check_reader()
                 if local and op.status is Status.QUEUED and engine.draining:
