@@ -255,7 +255,7 @@ def anchored(path: Path, data: dict[str, Any]) -> dict[str, Any]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = read_limited(path).decode("utf-8")
+        text = read_limited(path).decode("utf-8-sig")  # a BOM (an editor's) was "Invalid statement" at 1:1
     except FileNotFoundError:
         raise InvalidInput(f"{path}: config file not found") from None
     except OSError as e:
@@ -266,6 +266,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"{path}: invalid TOML: {e}") from None
+    except ValueError:  # an integer past Python's 4,300 digits: no TOMLDecodeError, an internal error
+        raise InvalidInput(f"{path}: invalid TOML: a number with more digits than can be read (4,300)") from None
     unknown = sorted(set(data) - set(Settings.model_fields) - {"origins"})
     if unknown:
         raise InvalidInput(f"{path}: key '{unknown[0]}': unknown setting")
@@ -365,7 +367,9 @@ def save_setting(key: str, value: str | int | float | bool, config_file: str | P
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise InvalidInput(f"{path}: not a regular file: {key} not saved")
     try:
-        text = read_limited(path).decode("utf-8") if st is not None else ""
+        raw = read_limited(path) if st is not None else b""
+        bom = raw[:3] == b"\xef\xbb\xbf"  # kept as the editor that wrote it left it
+        text = raw.decode("utf-8-sig")
         new_text = set_top_level(text, key, value)
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInput(f"{path}: cannot read config file: {e}") from None
@@ -377,5 +381,5 @@ def save_setting(key: str, value: str | int | float | bool, config_file: str | P
             f"set `{key} = {_toml_value(value)}` by hand"
         )
     Path(os.path.realpath(path)).parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    replace_keeping_mode(path, new_text.encode("utf-8"))
+    replace_keeping_mode(path, new_text.encode("utf-8-sig" if bom else "utf-8"))
     return path

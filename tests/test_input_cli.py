@@ -553,3 +553,29 @@ def test_a_name_with_a_trailing_newline_is_refused_like_any_other_bad_name(cli: 
         r = cli(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (args, r.stderr)
     assert cli("ls", "--json").stdout == before
+
+
+def test_numbers_past_pythons_digit_limit_are_bad_input_not_an_internal_error(cli: Cli, tmp_path: Path) -> None:
+    """int() refuses a text of more than 4,300 digits with a ValueError: a config file holding such a number
+    (tomllib raises it as it is) and ``outlast slots`` were "internal error" (exit 70)."""
+    digits = "1" * 5000
+    config = tmp_path / "big.toml"
+    config.write_text(f"max_concurrent = {digits}\n")
+    assert "big.toml" in one_line(cli.here("--config", str(config), "ls"))
+    assert "store slots" in one_line(cli.here("slots", digits))
+    nothing_stored(cli)
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read_and_kept_so(cli: Cli, tmp_path: Path) -> None:
+    """A BOM (some editors write one) made any config file 'invalid TOML: Invalid statement (at line 1,
+    column 1)', a character nobody sees; saving a setting into it keeps it."""
+    from engine.config import load_settings, save_setting
+
+    config = tmp_path / "bom.toml"
+    config.write_bytes(b"\xef\xbb\xbfmax_concurrent = 2\n")
+    r = cli.here("--config", str(config), "config")
+    assert r.returncode == 0, r.stderr
+    assert load_settings(config, env={}).max_concurrent == 2
+    save_setting("theme", "outlast-dark", config)
+    assert config.read_bytes() == b'\xef\xbb\xbfmax_concurrent = 2\ntheme = "outlast-dark"\n'
+    assert load_settings(config, env={}).theme == "outlast-dark"

@@ -75,7 +75,7 @@ def remember(path: Path, content: bytes) -> None:
     if len(content) > MAX_SIZE:
         return
     try:
-        data = tomllib.loads(content.decode("utf-8"))
+        data = tomllib.loads(content.decode("utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return
     state_dir = data.get("state_dir", "-")

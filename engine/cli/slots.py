@@ -24,7 +24,8 @@ def parse_count(raw: str) -> int | None:
     text = raw.strip()
     if text.lower() == "off":
         return None
-    if text.isascii() and text.isdigit() and 1 <= int(text) <= SLOTS_MAX:
+    # len first: int() refuses a text of more than 4,300 digits, which was an internal error
+    if text.isascii() and text.isdigit() and len(text) <= 20 and 1 <= int(text) <= SLOTS_MAX:
         return int(text)
     raise InvalidInput(f"store slots {raw!r}: expected a whole number from 1 to {SLOTS_MAX}, or off")
 
