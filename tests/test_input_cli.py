@@ -468,6 +468,24 @@ def test_a_file_in_place_of_a_state_dir_directory_is_one_line_naming_it(cli: Cli
     assert _ids(cli) == before  # nothing queued
 
 
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_a_state_dir_that_is_a_file_is_one_line_saying_so(cli: Cli, tmp_path: Path, where: str) -> None:
+    """``OUTLAST_STATE_DIR`` naming a file (a typo, ``/dev/null``): "state dir X: File exists", mkdir's
+    words; under a file, "Not a directory"."""
+    afile = tmp_path / "afile"
+    afile.write_text("a file\n")
+    target = afile if where == "file" else afile / "state"
+    env = {**cli.env, "OUTLAST_STATE_DIR": str(target)}
+    for args in (["ls"], ["submit", "demo"]):
+        line = one_line(cli.here(*args, env=env), ExitCode.STORE)
+        assert line == (
+            f"outlast: state dir {target} is a file, not a directory: give a directory"
+            if where == "file"
+            else f"outlast: state dir {target}: a part of its path is a file, not a directory"
+        ), line
+    assert afile.read_text() == "a file\n"
+
+
 @pytest.mark.parametrize("kind", ["FIFO", "directory"])
 def test_a_database_path_that_is_no_regular_file_is_one_line_and_left_alone(
     cli: Cli, state_dir: Path, kind: str

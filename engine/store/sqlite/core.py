@@ -174,6 +174,10 @@ class SqliteCore:
             try:
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
                 os.chmod(d, 0o700)
+            except FileExistsError:  # mkdir's own words were "File exists", naming nothing wrong
+                raise StoreError(f"state dir {d} is a file, not a directory: give a directory") from None
+            except NotADirectoryError:
+                raise StoreError(f"state dir {d}: a part of its path is a file, not a directory") from None
             except OSError as e:
                 raise StoreError(f"state dir {d}: {e.strerror or e}") from None
             if not d.is_dir():
