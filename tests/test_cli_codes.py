@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -406,3 +407,42 @@ def test_ctrl_c_on_watch_of_queued_work_says_it_stays_queued(cli: Cli) -> None:
     out = "\n".join(watch.out)
     assert f"stopped watching; {op_id} stays queued" in out, out
     assert cli.op(op_id).status.value == "queued"
+
+
+def test_a_cancel_whose_operation_another_command_resumed_says_so(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``outlast cancel X`` while another shell runs ``outlast resume X``: the cancel took effect, the resume
+    started attempt 2 between two of the cancel's looks, and the cancel waited for that attempt to end and
+    said X "became completed before the cancel took effect". The store's answers are played here in that
+    order (the race itself is a tenth of a second wide)."""
+    import contextlib
+    import time
+
+    from engine import Operation, Status
+    from engine.cli import control
+
+    now = time.time()
+    base = Operation(id="06bjf7x6y3cz7", type="demo", created_at=now, queued_at=now, updated_at=now)
+    running = base.model_copy(update={"status": Status.RUNNING, "attempt": 1})
+    resumed = base.model_copy(update={"status": Status.RUNNING, "attempt": 2})
+    done = base.model_copy(update={"status": Status.COMPLETED, "attempt": 2})
+    looks = iter([running, resumed, done, done])
+
+    class Engine:
+        async def resolve(self, op_id: str) -> str:
+            return base.id
+
+        async def get(self, op_id: str) -> Operation:
+            return next(looks)
+
+        async def cancel(self, op_id: str) -> Operation:
+            return running
+
+    @contextlib.asynccontextmanager
+    async def session(settings: object, recover: bool = True) -> Any:
+        yield Engine()
+
+    monkeypatch.setattr(control, "session", session)
+    r = cli.here("cancel", base.id)
+    assert r.returncode == ExitCode.CONFLICT, (r.stdout, r.stderr)
+    line = one_line_error(r)
+    assert "attempt 1 ended and another command resumed it (attempt 2, now running)" in line, line

@@ -42,18 +42,30 @@ def _control(action: Action) -> click.Command:
     def command(app: App, op_id: str, wait_s: float, no_wait: bool) -> int:
         from .run import wait_settled
 
+        asked: list[Operation] = []
+
         async def go() -> tuple[Operation, bool]:
             async with session(app.settings) as engine:
                 full = await engine.resolve(op_id)
                 check_action(action, (await engine.get(full)).status, full)
                 op = await getattr(engine, action.value)(full)
+                asked.append(op)
                 if op.status in SETTLED or no_wait:
                     return op, op.status in SETTLED
-                return await wait_settled(engine, full, wait_s), True
+                return await wait_settled(engine, full, wait_s, op.attempt), True
 
         op, waited = run_async(go())
         if app.json:
             fmt.echo(fmt.dumps(fmt.op_json(op)))
+        if asked and op.attempt != asked[0].attempt and op.status is not target:
+            # Another command resumed it between two looks: the attempt asked about ended (as asked,
+            # most likely), which "became completed before the cancel took effect" denied.
+            fmt.echo(
+                f"outlast: {op.id}: its attempt {asked[0].attempt} ended and another command resumed it"
+                f" (attempt {op.attempt}, now {op.status.value}); {app.command(action.value, op.id)} stops that one",
+                err=True,
+            )
+            return ExitCode.CONFLICT
         if op.status is target:
             if not app.json and not app.quiet:
                 cp = f" at checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else ""

@@ -431,11 +431,12 @@ class QueueLook:
         return False
 
 
-async def wait_settled(engine: Engine, op_id: str, timeout: float) -> Operation:
-    """Poll until the operation is settled or ``timeout`` passes; the newest record either way."""
+async def wait_settled(engine: Engine, op_id: str, timeout: float, attempt: int | None = None) -> Operation:
+    """Poll until the operation is settled or ``timeout`` passes; the newest record either way. With
+    ``attempt``, also once another attempt has begun (resumed meanwhile: the one waited for has ended)."""
     end = time.monotonic() + timeout
     while True:
         op = await engine.get(op_id)
-        if op.status in SETTLED or time.monotonic() >= end:
+        if op.status in SETTLED or time.monotonic() >= end or (attempt is not None and op.attempt != attempt):
             return op
         await asyncio.sleep(0.1)
