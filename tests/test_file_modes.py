@@ -87,3 +87,27 @@ def test_an_existing_state_dir_is_made_private_when_opened(cli: Cli, state_dir: 
     assert cli("ls").returncode == 0
     assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_a_directory_that_is_not_outlasts_keeps_its_mode(cli: Cli, tmp_path: Path) -> None:
+    """``OUTLAST_STATE_DIR=/`` (or a home, a web root, by a typo): opening the store narrowed the directory to
+    0700, so ``outlast ls`` alone made / unreadable to every other user. Only Outlast's own directories are
+    narrowed: one it makes, an empty one, or one holding nothing but its files (an older version's)."""
+    os.umask(0o022)
+    foreign = tmp_path / "www"
+    foreign.mkdir(mode=0o755)
+    (foreign / "index.html").write_text("<p>hello</p>\n")
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    for d, mode in ((foreign, 0o755), (empty, 0o700)):
+        r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(d)})
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(d.stat().st_mode) == mode, (d, oct(d.stat().st_mode))
+        assert ("holds files that are not Outlast's" in r.stderr) == (d == foreign), r.stderr
+    old = tmp_path / "old"  # an older Outlast's state dir, 0755: narrowed
+    old.mkdir(mode=0o755)
+    r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(old)})
+    old.chmod(0o755)
+    r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(old)})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert stat.S_IMODE(old.stat().st_mode) == 0o700

@@ -63,6 +63,19 @@ unfit_here = functools.cache(sqlite_unfit)
 """Asked once a process."""
 
 
+OWN_NAMES = frozenset(
+    {"outlast.db", "outlast.db-wal", "outlast.db-shm", "outlast.db-journal", "outlast.db-owner"}
+    | {"logs", "locks", "detached", "outputs"}
+)
+"""What Outlast keeps in a state directory: one holding nothing else is its own, to narrow to 0700."""
+
+
+def _only_ours(d: Path) -> bool:
+    """``d`` holds nothing but Outlast's files (or nothing): a state dir, perhaps an older version's."""
+    with os.scandir(d) as entries:
+        return all(e.name in OWN_NAMES or ".not-a-file-" in e.name for e in entries)
+
+
 class SqliteCore:
     """The plumbing of LocalStore (see module doc)."""
 
@@ -172,8 +185,18 @@ class SqliteCore:
             )
         else:
             try:
+                existed = d.is_dir()
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.chmod(d, 0o700)
+                if not existed or _only_ours(d):
+                    os.chmod(d, 0o700)
+                else:
+                    # Someone else's directory (OUTLAST_STATE_DIR=/, a home, a web root by a typo): narrowed,
+                    # `outlast ls` alone made / 0700, and every other user lost the whole file system.
+                    log.warning(
+                        "state dir %s holds files that are not Outlast's: its mode is left as it is (Outlast"
+                        " narrows only its own directories to 0700); is it the directory you meant?",
+                        d,
+                    )
             except FileExistsError:  # mkdir's own words were "File exists", naming nothing wrong
                 raise StoreError(f"state dir {d} is a file, not a directory: give a directory") from None
             except NotADirectoryError:
