@@ -93,19 +93,21 @@ def test_a_directory_that_is_not_outlasts_keeps_its_mode(cli: Cli, tmp_path: Pat
     """``OUTLAST_STATE_DIR=/`` (or a home, a web root, by a typo): opening the store narrowed the directory to
     0700, so ``outlast ls`` alone made / unreadable to every other user. Only Outlast's own directories are
     narrowed: one it makes, an empty one, or one holding nothing but its files (an older version's)."""
-    os.umask(0o022)
-    foreign = tmp_path / "www"
-    foreign.mkdir(mode=0o755)
+    foreign, empty, private = tmp_path / "www", tmp_path / "empty", tmp_path / "mine"
+    for d in (foreign, empty, private):
+        d.mkdir()
+        d.chmod(0o755)
     (foreign / "index.html").write_text("<p>hello</p>\n")
-    empty = tmp_path / "empty"
-    empty.mkdir(mode=0o755)
-    for d, mode in ((foreign, 0o755), (empty, 0o700)):
+    (private / "notes.txt").write_text("kept with the state\n")
+    private.chmod(0o700)  # someone's own private directory: nothing to narrow, nothing said
+    for d, mode in ((foreign, 0o755), (empty, 0o700), (private, 0o700)):
         r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(d)})
         assert r.returncode == 0, r.stderr
         assert stat.S_IMODE(d.stat().st_mode) == mode, (d, oct(d.stat().st_mode))
         assert ("holds files that are not Outlast's" in r.stderr) == (d == foreign), r.stderr
     old = tmp_path / "old"  # an older Outlast's state dir, 0755: narrowed
-    old.mkdir(mode=0o755)
+    old.mkdir()
+    old.chmod(0o755)
     r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(old)})
     old.chmod(0o755)
     r = cli("-q", "submit", "demo", env={**cli.env, "OUTLAST_STATE_DIR": str(old)})

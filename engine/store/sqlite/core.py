@@ -187,14 +187,17 @@ class SqliteCore:
             try:
                 existed = d.is_dir()
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
-                if not existed or _only_ours(d):
+                if stat.S_IMODE(d.stat().st_mode) == 0o700:
+                    pass  # private already: nothing to narrow, nothing to say
+                elif not existed or _only_ours(d):
                     os.chmod(d, 0o700)
                 else:
                     # Someone else's directory (OUTLAST_STATE_DIR=/, a home, a web root by a typo): narrowed,
                     # `outlast ls` alone made / 0700, and every other user lost the whole file system.
                     log.warning(
                         "state dir %s holds files that are not Outlast's: its mode is left as it is (Outlast"
-                        " narrows only its own directories to 0700); is it the directory you meant?",
+                        " narrows only its own directories to 0700); if it is the directory you meant, chmod"
+                        " 700 it",
                         d,
                     )
             except FileExistsError:  # mkdir's own words were "File exists", naming nothing wrong
