@@ -120,7 +120,7 @@ class Engine:
         worker_name: str | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self.store: Store = store or open_store(self.settings.store or self.settings.state_dir)
+        self.store: Store = store or open_store(self.settings.store or self.settings.state_dir, settings=self.settings)
         self.max_concurrent = max_concurrent if max_concurrent is not None else self.settings.max_concurrent
         self._run_queue = run_queue
         self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume

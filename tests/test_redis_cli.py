@@ -200,3 +200,34 @@ def test_an_idle_worker_stops_at_once_on_sigterm_while_redis_is_down(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_the_namespace_of_a_config_file_given_with_config_is_the_one_used(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``outlast --config team-a.toml`` with ``namespace = "team-a"``: the store was opened with the
+    settings of the default config file, so the work went to the default namespace, where any other
+    team's workers ran it, and ``ls`` with the same config listed nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")} | {"PYTHONPATH": str(REPO)}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "no-config")  # no default config file either
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
+        )
+
+    for team in ("team-a", "team-b"):
+        (tmp_path / f"{team}.toml").write_text(
+            f'store = "{redis_server.url}"\nnamespace = "{team}"\nstate_dir = "{tmp_path / team}"\n'
+        )
+    r = run("--config", "team-a.toml", "submit", "demo", "-p", "items=1")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    listed = {t: json.loads(run("--config", f"{t}.toml", "ls", "--json").stdout) for t in ("team-a", "team-b")}
+    assert [o["id"] for o in listed["team-a"]] == [op_id] and listed["team-b"] == []
+    r = run("--config", "team-b.toml", "worker", "--exit-when-idle")  # team b's worker: not its work
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run("--config", "team-a.toml", "show", "--json", op_id).stdout)["status"] == "queued"
+    r = run("--config", "team-a.toml", "worker", "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run("--config", "team-a.toml", "show", "--json", op_id).stdout)["status"] == "completed"

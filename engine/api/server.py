@@ -191,7 +191,9 @@ async def _serve(
             yield  # signals are handled below, on the loop, so the engine gets to pause its work
 
     timeout = _request_timeout(os.environ.get(TIMEOUT_ENV), REQUEST_TIMEOUT)
-    engine = Engine(open_store(settings.store or settings.state_dir), settings=settings, worker_name="api")
+    engine = Engine(
+        open_store(settings.store or settings.state_dir, settings=settings), settings=settings, worker_name="api"
+    )
     origins = tuple(o.strip() for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip())
     # Without a token, a loopback server answers only to loopback host names: a page whose own name
     # was rebound to 127.0.0.1 (DNS rebinding) is refused.

@@ -42,7 +42,7 @@ PAUSE_HINT = "Ctrl-C pauses with a checkpoint"
 
 
 def make_engine(settings: Settings, **kw: object) -> Engine:
-    return Engine(open_store(settings.store or settings.state_dir), settings=settings, **kw)  # type: ignore[arg-type]
+    return Engine(open_store(settings.store or settings.state_dir, settings=settings), settings=settings, **kw)  # type: ignore[arg-type]
 
 
 async def run_foreground(

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 
-if TYPE_CHECKING:
-    from .base import ItemDelta, Ledger, Store
-    from .redis import RedisStore
-    from .sqlite import LocalStore
+if TYPE_CHECKING:  # re-exported: the module's __getattr__ imports them on first use
+    from ..config import Settings
+    from .base import ItemDelta as ItemDelta
+    from .base import Ledger as Ledger
+    from .base import Store
+    from .redis import RedisStore as RedisStore
+    from .sqlite import LocalStore as LocalStore
 
 _WHERE = {"ItemDelta": "base", "Ledger": "base", "Store": "base", "LocalStore": "sqlite", "RedisStore": "redis"}
 
@@ -27,17 +30,21 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def open_store(target: str | Path | None = None, **options: Any) -> Store:
+def open_store(target: str | Path | None = None, *, settings: Settings | None = None, **options: Any) -> Store:
     """A store for ``target``: a state directory path (default: the configured one) or a redis URL.
 
     For Redis, ``options`` are RedisStore's (namespace, checkpoint_mirror, lease_ttl, retry_for);
-    namespace and checkpoint_mirror default to the settings (config file, OUTLAST_* environment).
+    namespace and checkpoint_mirror default to ``settings``, or without them to the settings loaded
+    here (the default config file, OUTLAST_* environment). A command given ``--config FILE`` passes its
+    settings: loaded here, that file's namespace was not read, and its work went to the default
+    namespace, where every other team's workers ran it.
     The store is returned unopened; the Engine (or ``async with store``) opens it.
     """
     if target is None:
-        from ..config import load_settings
+        if settings is None:
+            from ..config import load_settings
 
-        settings = load_settings()
+            settings = load_settings()
         target = settings.store or settings.state_dir
     text = str(target)
     if text.startswith(("redis://", "rediss://", "unix://")):
@@ -47,9 +54,10 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
             raise InvalidInput(f"store {text.split('@')[-1]}: redis store unavailable ({e})") from None
         if "namespace" not in options or "checkpoint_mirror" not in options:
             # Callers that pass only the URL still get the configured namespace and mirror.
-            from ..config import load_settings
+            if settings is None:
+                from ..config import load_settings
 
-            settings = load_settings()
+                settings = load_settings()
             options.setdefault("namespace", settings.namespace)
             options.setdefault("checkpoint_mirror", settings.checkpoint_mirror)
         return RedisStore(text, **options)
@@ -58,6 +66,3 @@ def open_store(target: str | Path | None = None, **options: Any) -> Store:
     from .sqlite import LocalStore
 
     return LocalStore(Path(text))
-
-
-__all__ = ["ItemDelta", "Ledger", "LocalStore", "RedisStore", "Store", "open_store"]
