@@ -45,14 +45,17 @@ async def hand_over(engine: Engine, timeout: float) -> list[str]:
 
 
 def spawn_worker(settings: Settings) -> tuple[int, Path]:
-    """Start ``outlast worker --exit-when-idle`` on the same store in a new session (it outlives the
-    terminal); its pid and log file. A store URL goes through the environment (it may hold a password,
-    and a command line is readable by every user)."""
+    """Start ``outlast worker --exit-when-idle`` on the same store, with the same config file, in a new
+    session (it outlives the terminal); its pid and log file. A store URL goes through the environment
+    (it may hold a password, and a command line is readable by every user)."""
     state_dir = Path(settings.state_dir).expanduser()
     logs = state_dir / "detached"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     args = ["--state-dir", str(state_dir)]
+    config = settings.config_file
+    if config is not None and config.is_file():  # what else it set (a Redis namespace: where the work is)
+        args += ["--config", str(config.resolve())]
     for plugin in settings.plugins:
         args += ["--plugin", plugin]
     env = dict(os.environ)
