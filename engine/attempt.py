@@ -227,6 +227,13 @@ class Attempt:
         return self.host.settings.log_limit
 
     @property
+    def outlast_dirs(self) -> list[Path]:
+        settings = self.host.settings
+        store_dir = getattr(self.host.store, "state_dir", None)
+        dirs = [Path(d).expanduser() for d in (store_dir, settings.state_dir, settings.checkpoint_mirror) if d]
+        return list(dict.fromkeys(dirs))
+
+    @property
     def output_dir(self) -> Path:
         store_dir = getattr(self.host.store, "state_dir", None)
         base = Path(store_dir) if store_dir else Path(self.host.settings.state_dir).expanduser()

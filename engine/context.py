@@ -105,6 +105,11 @@ class AttemptPort(Protocol):
         """Bytes the operation's log may grow to (settings' ``log_limit``)."""
         ...
 
+    @property
+    def outlast_dirs(self) -> list[Path]:
+        """Outlast's own directories as this engine's settings name them (state directory, checkpoint mirror)."""
+        ...
+
 
 class OperationStopped(BaseException):
     """Raised inside a handler at a safe point after a stop was requested. Do not catch it.
@@ -266,6 +271,14 @@ class OperationContext(SeedContextMethods):
     def log_limit(self) -> int:
         """Bytes this operation's log may grow to (``log_limit``): cap output files the handler writes at it."""
         return self._attempt.log_limit
+
+    @property
+    def outlast_dirs(self) -> list[Path]:
+        """Outlast's own directories, as the settings of the engine running this operation name them: its
+        state directory (the store's, for a local store) and its checkpoint mirror. What a handler that
+        deletes files must never touch: read from the settings a process loaded itself, a ``--config``
+        file's mirror was missed."""
+        return self._attempt.outlast_dirs
 
     def is_done(self, key: str) -> bool:
         return (key if key.__class__ is str else self._key_text(key)) in self._ledger.done

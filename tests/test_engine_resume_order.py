@@ -49,6 +49,10 @@ class _Port:
     def log_limit(self) -> int:
         return 64 << 20
 
+    @property
+    def outlast_dirs(self) -> list[Path]:
+        return [self._dir]
+
 
 def _context(tmp: Path, ledger: Ledger) -> OperationContext:
     now = time.time()

@@ -85,6 +85,30 @@ async def test_a_root_holding_the_state_dir_never_lists_it_nor_another_store(
         assert sum(str(d) in m for m in said) == 1, (d, said)
 
 
+async def test_the_engines_own_checkpoint_mirror_is_kept_though_no_config_file_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine whose settings name a checkpoint mirror (``outlast --config team.toml``, or a program's own
+    settings): cleanup read the settings again from the default config file and the environment, which do
+    not name it, and deleted the mirror's files under its root."""
+    from engine import load_settings
+
+    monkeypatch.delenv("OUTLAST_CHECKPOINT_MIRROR", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    mirror = tmp_path / "data" / "mirror"  # nothing in it to tell what it is
+    old_file(mirror / "pending.json")
+    old_file(tmp_path / "data" / "a.tmp")
+    settings = load_settings(state_dir=tmp_path / "state", checkpoint_mirror=mirror)
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        spec = OperationSpec(
+            type="cleanup_operation",
+            params={"root": str(tmp_path / "data"), "patterns": ["*"], "older_than_days": 0, "dry_run": False},
+        )
+        rec = await engine.wait((await engine.submit(spec)).id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert files(tmp_path / "data") == {"mirror/pending.json"}
+
+
 def test_a_manifest_among_the_stores_files_is_refused(state_dir: Path, tmp_path: Path) -> None:
     """A new run starts by removing its manifest: an empty WAL or lock file of a store given as the manifest
     (check_output_file takes an empty file) would be deleted. Refused; one in the store's outputs is not."""
