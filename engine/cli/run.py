@@ -77,6 +77,12 @@ async def run_foreground(
             local = False  # a worker claimed it first: follow it there
             if mode != "quiet":
                 fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
+        except Exception:
+            if spec is not None:  # queued by this command, which could not start it (ulimit -n 9): taken back,
+                # or a worker would run it later, unasked, and the run typed again after the fix a second time
+                with contextlib.suppress(Exception):
+                    await engine.store.delete(op.id, expect=frozenset({Status.QUEUED}))
+            raise
         back: Operation | None = None
         try:
             view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}")
