@@ -63,6 +63,10 @@ _CONNECTING = re.compile(r"connecting to|connection refused", re.IGNORECASE)
 """A connection error raised before the command was sent (redis-py's "Error 111 connecting to ...",
 "Timeout connecting to server"): the command cannot have been applied."""
 _ERRNO = re.compile(r"^Error\s+(-?\d+)\s")
+_UNKNOWN_COMMAND = re.compile(r"^unknown command [`'](\w+)['`]", re.IGNORECASE)
+"""The server's reply to a command it does not know (Redis 7 quotes it '...', 6 `...`)."""
+_SCRIPT_UNKNOWN = ("unknown redis command called from script", "invalid command passed to redis.acl_check_cmd")
+"""How Redis says (lowercased) that a script ran a command it does not know."""
 _ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d+\.\s*", re.IGNORECASE)
 
 
@@ -105,8 +109,21 @@ def _denied_command(text: str, source: str | None) -> str | None:
     lines = source.splitlines() if source else []
     if m is None or not 0 < int(m.group(1)) <= len(lines):
         return None
-    call = re.search(r"redis\.call\('(\w+)'", lines[int(m.group(1)) - 1])
+    call = re.search(r"redis\.(?:call|acl_check_cmd)\('(\w+)'", lines[int(m.group(1)) - 1])
     return call.group(1).upper() if call else None
+
+
+def _missing_command(text: str, source: str | None) -> str | None:
+    """The command a server lacks (renamed or disabled by ``rename-command`` in its configuration), from
+    its error: named by the server for a command sent, found on the script's line for one a script ran
+    ("Unknown Redis command called from script", or the check before a script's writes that PUBLISH is
+    allowed: "invalid command passed to redis.acl_check_cmd()"); "" when it cannot be told which."""
+    m = _UNKNOWN_COMMAND.match(text)
+    if m:
+        return m.group(1).upper()
+    if text.lower().startswith(_SCRIPT_UNKNOWN):
+        return _denied_command(text, source) or ""
+    return None
 
 
 def _unknown_params(pool: aioredis.ConnectionPool) -> list[str]:
@@ -202,6 +219,14 @@ class RedisLink:
             cmd = _denied_command(text, source)
             what = f"{cmd}, which the store runs: grant it (ACL SETUSER <user> +{cmd.lower()})" if cmd else "a command"
             msg = f"redis {w}: permission denied for this user: its ACL does not allow {what}"
+        elif (cmd := _missing_command(text, source)) is not None:
+            # Said by Redis as "unknown command 'EVALSHA', with args beginning with: <a script's hash and
+            # keys>", or "invalid command passed to redis.acl_check_cmd() script: <hash>, on @user_script:18".
+            what = f"the command {cmd}" if cmd else "a command"
+            msg = (
+                f"redis {w} does not run {what}, which the store uses: renamed or disabled (rename-command in"
+                " its configuration); enable it there, or point the store URL at another Redis"
+            )
         elif isinstance(e, ReadOnlyError):
             msg = f"redis {w} is a read-only replica: point the store URL at the primary"
         elif isinstance(e, OutOfMemoryError) or "used memory > 'maxmemory'" in text:
