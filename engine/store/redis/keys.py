@@ -22,6 +22,7 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``fail:ID``            item failures: key -> JSON (error, attempt, at)
 ``log:ID``             the log records, a capped stream
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
+``deltx:TX``           a removal done (two minutes): retried after a lost reply, it is done, not "missing"
 ``meta``               ``generation``: a mark that tells a Redis that lost everything;
                        ``store``: this store's id, which its checkpoint mirror names (kept across a
                        restore from it: a mirror of another store is never read into this one);

@@ -456,15 +456,21 @@ return 1
 DELETE = (
     _MAY_PUBLISH
     + r"""
--- KEYS: op, lease, ck, cp, cd, fail, log. ARGV: P, id, allowed statuses ("a","b").
+-- KEYS: op, lease, ck, cp, cd, fail, log. ARGV: P, id, allowed statuses ("a","b"), tx.
 -- Removes the operation and all it owns, only while its status is one of the allowed ones and no
 -- attempt holds a lease on it; else {'conflict', status}; done, {'ok', the handle counter}. One
 -- script: a resume or claim lands before it (and it refuses) or after it (and finds nothing).
+-- A removal done is remembered under its tx for a while: run again after its reply was lost, it
+-- answers as it did, not 'missing'.
 local P = ARGV[1]
 local denied = publish_denied(P)
 if denied then return denied end
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
+if not st then
+  local done = ARGV[4] and redis.call('GET', P .. 'deltx:' .. ARGV[4])
+  if done then return {'ok', done} end
+  return {'missing'}
+end
 if not string.find(',' .. ARGV[3] .. ',', ',' .. st .. ',', 1, true) or redis.call('EXISTS', KEYS[2]) == 1 then
   return {'conflict', st}
 end
@@ -483,6 +489,8 @@ for r = 0, 2 do
   redis.call('ZREM', P .. 'dqf:' .. r, id)
 end
 redis.call('PUBLISH', P .. 'events', '{"kind":"deleted","op":"' .. id .. '","previous":' .. st .. '}')
-return {'ok', redis.call('HGET', P .. 'meta', 'handles') or ''}  -- past every handle given: the mirror keeps it
+local counter = redis.call('HGET', P .. 'meta', 'handles') or ''  -- past every handle given: the mirror keeps it
+if ARGV[4] then redis.call('SET', P .. 'deltx:' .. ARGV[4], counter, 'EX', 120) end
+return {'ok', counter}
 """
 )

@@ -273,7 +273,8 @@ class RecordsMixin(RecoveryMixin):
                     f"checkpoint mirror {mirror.root}: removing the record of {op_id} failed: {e}; not removed"
                     " (a Redis restored from the mirror would bring it back)"
                 ) from None
-        args = [self.keys.prefix, op_id, ",".join(enc(s.value) for s in expect)]
+        # tx: a retry after a lost reply is told the removal was done, not "no operation"
+        args = [self.keys.prefix, op_id, ",".join(enc(s.value) for s in expect), secrets.token_hex(8)]
         try:
             res = await self._script("DELETE", self.keys.of(op_id), args, f"deleting {op_id}")
             if res[0] == b"missing" and await self._restored():
