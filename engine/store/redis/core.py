@@ -52,6 +52,8 @@ class RedisCore:
         ns = namespace or "outlast"
         if not _NAMESPACE_RE.match(ns):
             raise InvalidInput(f"namespace {ns!r}: expected 1-64 characters of letters, digits, _ . : -")
+        if ns in (".", ".."):  # the checkpoint mirror's directory for it would be the mirror's root, or its parent
+            raise InvalidInput(f"namespace {ns!r}: not . or .. (it names its directory in the checkpoint mirror)")
         self.namespace = ns
         self.keys = Keys(ns)
         try:
