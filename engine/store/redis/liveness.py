@@ -11,14 +11,20 @@ noticed first (recovery.py).
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+from ...errors import KeyTaken
 from ...models import Operation, Status, StoreError
 from .codec import valid_id
 from .connection import DOWN_PROBE
 from .recovery import RecoveryMixin
+
+log = logging.getLogger("outlast.store.redis")
 
 
 class LivenessMixin(RecoveryMixin):
@@ -86,7 +92,52 @@ class LivenessMixin(RecoveryMixin):
             return list(await pipe.execute())
 
         gone = [i for i, n in zip(ids, await self.link.call(leases, "checking leases"), strict=True) if not n]
-        return [op for op in await self._fetch(gone) if op.status is Status.RUNNING]
+        ops = await self._fetch(gone)
+        if len(ops) < len(gone):
+            read = {op.id for op in ops}
+            ops += await self._ghosts(await self._missing([i for i in gone if i not in read]))
+        return [op for op in ops if op.status is Status.RUNNING]
+
+    async def _restore_one(self, op: Operation) -> int:
+        tx = f"restore:{secrets.token_hex(8)}"
+        try:
+            return await self._create(op, tx=tx)
+        except KeyTaken:  # submitted again meanwhile: both are kept, the key stays with the other
+            op.idempotency_key = None
+            return await self._create(op, tx=tx)
+
+    async def _ghosts(self, op_ids: list[str]) -> list[Operation]:
+        """Operations listed as running whose record Redis no longer holds, though it was not emptied
+        (evicted by a maxmemory policy, or deleted by hand): left so, each held a store slot for good (the
+        claim counts the running ones) and was counted running in every listing. Restored from the
+        checkpoint mirror when it has the record (then resumed as any orphan: returned); else taken out
+        of every index, with a warning."""
+        restored: list[str] = []
+        for op_id in op_ids:
+            op = None
+            if self.mirror is not None:
+                try:
+                    op = await asyncio.to_thread(self.mirror.load_record_sync, op_id)
+                except OSError:
+                    op = None
+            if op is not None and await self._restore_one(op) > 0:
+                log.warning(
+                    "operation %s: its record was gone from redis %s (evicted, or deleted by hand);"
+                    " restored from the checkpoint mirror",
+                    op_id,
+                    self.link.where,
+                )
+                restored.append(op_id)
+                continue
+            args = [self.keys.prefix, op_id, *(s.value for s in Status)]
+            if await self._script("FORGET", [], args, f"taking {op_id} out of the indexes"):
+                log.warning(
+                    "operation %s: its record is gone from redis %s (evicted, or deleted by hand), and no"
+                    " checkpoint mirror holds it: taken out of the listings and the running count",
+                    op_id,
+                    self.link.where,
+                )
+        return await self._fetch(restored) if restored else []
 
     async def _uptime(self) -> float:
         """Seconds since Redis started (INFO may be forbidden by an ACL: then leases are trusted at once)."""

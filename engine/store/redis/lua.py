@@ -494,3 +494,20 @@ if ARGV[4] then redis.call('SET', P .. 'deltx:' .. ARGV[4], counter, 'EX', 120) 
 return {'ok', counter}
 """
 )
+
+FORGET = r"""
+-- ARGV: P, id, then every status name. An id the indexes hold whose record is gone (evicted by a
+-- maxmemory policy, or deleted by hand): taken out of every index, so that it holds no store slot
+-- (st:running is what CLAIM counts) and no listing counts it. 1 if taken out, 0 if the record exists.
+local P, id = ARGV[1], ARGV[2]
+if redis.call('EXISTS', P .. 'op:' .. id) == 1 then return 0 end
+for i = 3, #ARGV do redis.call('ZREM', P .. 'st:' .. ARGV[i], id) end
+redis.call('ZREM', P .. 'all', id)
+redis.call('ZREM', P .. 'ids', id)
+for r = 0, 2 do
+  redis.call('ZREM', P .. 'q:' .. r, id)
+  redis.call('ZREM', P .. 'dq:' .. r, id)
+  redis.call('ZREM', P .. 'dqf:' .. r, id)
+end
+return 1
+"""

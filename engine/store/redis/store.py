@@ -47,6 +47,7 @@ _SCRIPTS = (
     "CONTROL",
     "LOG",
     "DELETE",
+    "FORGET",
 )
 """The Lua scripts (lua.py) registered when the store opens."""
 

@@ -1,0 +1,59 @@
+"""An operation listed as running whose record Redis lost without being emptied (evicted by a maxmemory
+policy such as allkeys-lru, or deleted by hand): it held a store slot for good, so with store slots set
+every later claim found none free, and every listing counted it running."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Status, open_store
+from engine.models import WorkerInfo
+from tests.fixtures_engine import queued_record
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+W = WorkerInfo(host="test", pid=1)
+
+
+async def _long_up() -> float:
+    return 1e9  # Redis up for long: leases are not waited for after its start
+
+
+async def _ghost(store: Any, server: RedisServer) -> str:
+    """A claimed operation whose record and lease Redis then lost (the worker gone too)."""
+    await store.set_slots(1)
+    op = queued_record()
+    await store.create(op)
+    claimed = await store.claim(W, time.time(), 300.0)
+    assert claimed is not None and claimed.id == op.id
+    server.client().delete(store.keys.op(op.id), store.keys.lease(op.id))
+    store._held.clear()
+    store._uptime = _long_up
+    return op.id
+
+
+async def test_a_running_operation_whose_record_was_evicted_frees_its_store_slot(redis_server: RedisServer) -> None:
+    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=None)
+    async with store:
+        await _ghost(store, redis_server)
+        waiting = queued_record()
+        await store.create(waiting)
+        assert await store.find_orphans() == []  # nothing to resume: no record anywhere
+        assert await store.counts() == {Status.QUEUED: 1}  # was running 1 for ever
+        taken = await store.claim(W, time.time(), 300.0)  # was None for ever: the slot held by the ghost
+        assert taken is not None and taken.id == waiting.id
+
+
+async def test_a_running_operation_whose_record_was_evicted_is_resumed_from_the_mirror(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=tmp_path / "mirror")
+    async with store:
+        op_id = await _ghost(store, redis_server)
+        orphans = await store.find_orphans()  # was none: the mirror's record never looked at
+        assert [o.id for o in orphans] == [op_id] and orphans[0].status is Status.RUNNING
+        assert (await store.get(op_id)).handle == 1
