@@ -2,8 +2,9 @@
 than the backoff its policy chose. ``not_before`` is wall time, shared by every process of a store; a
 step back of an hour during a 2 s backoff used to delay the retry by the hour. The retry also records
 when its backoff began (``backoff_from``): a clock that reads earlier than that went back, and the
-retry is due. Both stores (the claim's ``now`` injected), the record's rule, and the real command line
-under libfaketime."""
+retry is due. The local store (the claim's ``now`` injected), the record's rule, and the real command line
+under libfaketime. The Redis store scores its queues in Redis's clock, which every process shares (a claim's
+``now`` is not its clock): tests/test_redis_clocks.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import pytest
 
 from engine.models import Operation, Status, WorkerInfo, new_id
 from engine.store import LocalStore, Store
-from engine.store.redis import RedisStore
 from tests.conftest import REPO
 from tests.fixtures_cli import CLI, until
 
@@ -28,13 +28,9 @@ BACKOFF = 2.0
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["local", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store
-    if request.param == "local":
-        made = LocalStore(tmp_path / "state")
-    else:
-        made = RedisStore(request.getfixturevalue("redis_server").url, namespace="rc", checkpoint_mirror=None)
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    made: Store = LocalStore(tmp_path / "state")
     await made.open()
     yield made
     await made.close()

@@ -15,7 +15,9 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``q:RANK``             queued ids by queued_at (rank 0 high, 1 normal, 2 low)
 ``dq:RANK``            retries waiting for their not_before (by not_before)
 ``dqf:RANK``           the same retries by backoff_from, when their backoff began: a claim earlier than
-                       that (the wall clock went back) takes them at once
+                       that (Redis's clock went back) takes them at once
+                       (the scores of all three in Redis's clock, which every process shares: each time
+                       moved by how far the writer's clock was from Redis's when it wrote)
 ``lease:ID``           the holder's token ``HOLDER:EPOCH``, with a TTL the heartbeat renews
 ``ck:ID`` ``cp:ID``    checkpoint listing info / payload by seq (the newest N kept)
 ``cd:ID``              the item delta of each checkpoint by seq (all kept)

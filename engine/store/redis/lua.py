@@ -57,18 +57,29 @@ local function event(id, st, prev, epoch)
   redis.call('PUBLISH', P .. 'events', '{"kind":"status","op":"' .. id .. '","status":' .. st ..
     ',"previous":' .. (prev or 'null') .. ',"epoch":' .. (epoch or 'null') .. '}')
 end
+-- The queues are scored in Redis's clock, the one clock every process shares: a time the writer gives
+-- (in its own clock, `now` its present) is moved by how far Redis's clock is from the writer's. Scored in
+-- each writer's clock, one worker 10 minutes ahead of the others (or behind) took every retry at once
+-- (its backoff over by its clock, or begun after its now: "the clock went back"), and moved them all into
+-- the queue for every worker; and the work it queued waited 10 minutes of aging behind the rest.
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function at(x) return string.format('%.6f', x) end
 -- A retry waits in dq until its not_before, and in dqf by when its backoff began (backoff_from, absent
--- in older records): a claim at a time before that (the clock went back since) takes it at once, so a
+-- in older records): a claim at a time before that (Redis's clock went back since) takes it at once, so a
 -- backoff never waits longer than the policy chose (Operation.retry_due says the same).
 local function enqueue(id, st, prio, queued_at, not_before, backoff_from, now)
   if st ~= '"queued"' then return end
   local r = RANK[prio] or 1
-  local nb, bf = tonumber(not_before), tonumber(backoff_from)
+  local nb, bf, qa = tonumber(not_before), tonumber(backoff_from), tonumber(queued_at)
+  local skew = clock() - now
   if nb and nb > now and not (bf and bf > now) then
-    redis.call('ZADD', P .. 'dq:' .. r, not_before, id)
-    if bf then redis.call('ZADD', P .. 'dqf:' .. r, backoff_from, id) end
+    redis.call('ZADD', P .. 'dq:' .. r, at(nb + skew), id)
+    if bf then redis.call('ZADD', P .. 'dqf:' .. r, at(bf + skew), id) end
   else
-    redis.call('ZADD', P .. 'q:' .. r, tonumber(queued_at) and queued_at or 0, id)
+    redis.call('ZADD', P .. 'q:' .. r, qa and at(qa + skew) or 0, id)
   end
 end
 local function reindex(id, k, old, now)
@@ -232,7 +243,7 @@ CLAIM = (
 --       then the types this worker runs (their stored JSON form; none: any type)
 local denied = publish_denied(P)
 if denied then return denied end
-local now = tonumber(ARGV[2])
+local now = tonumber(ARGV[2])  -- the claimer's clock: the record's times (started_at) are in it
 local again = redis.call('GET', P .. 'claimtx:' .. ARGV[6])
 if again then return {again, redis.call('HGETALL', P .. 'op:' .. again)} end
 local slots = redis.call('HGET', P .. 'meta', 'slots')  -- the store's slots, read as base.parse_slots does
@@ -240,16 +251,21 @@ slots = slots and string.match(slots, '^%d+$') and tonumber(slots)
 if slots and slots >= 1 and slots <= 1000 and redis.call('ZCARD', P .. 'st:running') >= slots then
   return false  -- every store slot is in use: counted in this script, so claims never overrun it
 end
+local rnow = at(clock())  -- Redis's clock, which the queues are scored in (enqueue)
 for r = 0, 2 do  -- retries whose backoff has passed, or began after now (the clock went back), join their queue
-  local due = redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', ARGV[2], 'LIMIT', 0, 100)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dqf:' .. r, '(' .. ARGV[2], '+inf', 'LIMIT', 0, 100)) do
+  local due = redis.call('ZRANGEBYSCORE', P .. 'dq:' .. r, '-inf', rnow, 'LIMIT', 0, 100)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dqf:' .. r, '(' .. rnow, '+inf', 'LIMIT', 0, 100)) do
     due[#due + 1] = id
   end
   for _, id in ipairs(due) do
+    local due_at = tonumber(redis.call('ZSCORE', P .. 'dq:' .. r, id))
     redis.call('ZREM', P .. 'dq:' .. r, id)
     redis.call('ZREM', P .. 'dqf:' .. r, id)
-    local qa = redis.call('HGET', P .. 'op:' .. id, 'queued_at')
-    if tonumber(qa) then redis.call('ZADD', P .. 'q:' .. r, qa, id) end
+    local f = redis.call('HMGET', P .. 'op:' .. id, 'queued_at', 'not_before')
+    local qa, nb = tonumber(f[1]), tonumber(f[2])
+    if qa then  -- queued_at in Redis's clock: as far before its due time as in the writer's
+      redis.call('ZADD', P .. 'q:' .. r, (due_at and nb) and at(due_at - nb + qa) or rnow, id)
+    end
   end
 end
 local runs = nil
