@@ -25,6 +25,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``log:ID``             the log records, a capped stream
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
 ``deltx:TX``           a removal done (two minutes): retried after a lost reply, it is done, not "missing"
+``wtx:TX``             a write done that is not an attempt's (two minutes): retried after a lost reply and
+                       another write since, it is done, not refused
 ``meta``               ``generation``: a mark that tells a Redis that lost everything;
                        ``store``: this store's id, which its checkpoint mirror names (kept across a
                        restore from it: a mirror of another store is never read into this one);
