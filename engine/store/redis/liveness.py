@@ -96,7 +96,16 @@ class LivenessMixin(RecoveryMixin):
         if len(ops) < len(gone):
             read = {op.id for op in ops}
             ops += await self._ghosts(await self._missing([i for i in gone if i not in read]))
-        return [op for op in ops if op.status is Status.RUNNING]
+        orphans = []
+        for op in ops:
+            if op.status is not Status.RUNNING:
+                continue
+            prior = await self._went_back(op, frozenset({Status.RUNNING}))
+            if prior is None:
+                orphans.append(op)
+                continue
+            await self._write_back(op, prior)
+        return orphans
 
     async def _restore_one(self, op: Operation) -> int:
         tx = f"restore:{secrets.token_hex(8)}"

@@ -33,6 +33,8 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
+from ...text import model_json
+from .. import mirror as mirror_files
 from ..base import check_slots, parse_slots
 from .codec import IF_CANCELLED, decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
@@ -346,9 +348,37 @@ class RecordsMixin(RecoveryMixin):
             # Claimed but unreadable (tampered with): not run; its lease lapses and it stays reported.
             self._report_malformed(claimed, e)
             return None
+        if self.mirror is not None:  # running, leased: not removable meanwhile
+            prior = await self._mirror_claim(op)
+            if prior is not None:  # settled since, in what Redis lost: written back, not run again
+                lease = self.keys.lease(claimed)
+                await self._script("RELEASE", [lease], [f"{self.holder}:{op.epoch}"], f"releasing {claimed}")
+                await self._write_back(op, prior)
+                return None
         self._held[claimed] = op.epoch
-        await self._mirror_record(op, check=False)  # running, leased: not removable meanwhile
         return op
+
+    async def _mirror_claim(self, op: Operation) -> Operation | None:
+        """Write the claimed record into the mirror, unless the mirror's record shows Redis went back in time
+        (``_shows_loss``): that record then, not written over. One trip off the event loop for both (a
+        second one was 60 of a claim's 900 us)."""
+        mirror = self.mirror
+        assert mirror is not None
+        data, path = model_json(op).encode(), mirror.ops_dir / f"{validate_id(op.id)}.json"
+        quiet = frozenset({Status.QUEUED, Status.RUNNING})
+
+        def look_then_write() -> Operation | None:
+            prior = self._shows_loss(mirror.load_record_sync(op.id), op, quiet)
+            if prior is None:
+                mirror_files.atomic_write(path, data)  # as the mirror writes a record
+            return prior
+
+        prior = await mirror.guard(f"record {op.id}", look_then_write)
+        if prior is not None:
+            self._say_went_back(op, prior)
+        else:
+            await self._mirror_wrote()
+        return prior
 
     async def get_slots(self) -> int | None:
         key = self.keys.meta

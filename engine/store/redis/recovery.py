@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import KeyTaken
-from ...models import Checkpoint, Operation, StoreError
-from .codec import valid_id
+from ...models import Checkpoint, Operation, Status, StoreError
+from .codec import enc, pairs, valid_id
 from .core import RedisCore
 from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD, STORE_FIELD
 
@@ -362,6 +363,53 @@ class RecoveryMixin(RedisCore):
                 cps.append((cp, payload))
         deltas = {int(s): d for s, d in raw_deltas.items() if s.isdigit()}
         return cps, deltas
+
+    @staticmethod
+    def _shows_loss(prior: Operation | None, op: Operation, quiet: frozenset[Status]) -> Operation | None:
+        """``prior`` (the mirror's record of ``op``, as Redis holds it) when it shows Redis lost writes it had
+        accepted: restarted from an older snapshot (an RDB file minutes old), or a failover to a replica
+        behind. The mirror is written after Redis accepts a record, so a mirror record of the same attempt or
+        a later one (an epoch no lower) settled where Redis says running or queued is what Redis held, and
+        lost; the generation mark, in the snapshot too, does not tell. Without this, work completed since the
+        snapshot ran again. None if it shows no loss, or its status is in ``quiet`` (nothing to undo)."""
+        if prior is None or op.status not in (Status.QUEUED, Status.RUNNING):
+            return None
+        if prior.epoch < op.epoch or prior.status in quiet or prior.status is op.status:
+            return None
+        return prior
+
+    def _say_went_back(self, op: Operation, prior: Operation) -> None:
+        log.warning(
+            "operation %s: redis %s went back in time (restarted from an older snapshot?): it had the operation"
+            " %s (epoch %d), the checkpoint mirror has it %s (epoch %d) since; written back, not run again",
+            op.id,
+            self.link.where,
+            op.status.value,
+            op.epoch,
+            prior.status.value,
+            prior.epoch,
+        )
+
+    async def _went_back(self, op: Operation, quiet: frozenset[Status]) -> Operation | None:
+        """The mirror's record of ``op`` when it shows Redis lost writes (``_shows_loss``), said once found."""
+        if self.mirror is None:
+            return None
+        try:
+            prior = self._shows_loss(await asyncio.to_thread(self.mirror.load_record_sync, op.id), op, quiet)
+        except (OSError, ValueError):
+            return None
+        if prior is not None:
+            self._say_went_back(op, prior)
+        return prior
+
+    async def _write_back(self, op: Operation, prior: Operation) -> None:
+        """Put ``prior`` (the mirror's record, ``_went_back``) back in place of ``op``, which Redis holds
+        running: only while it still does, under the same epoch (a claim or resume since wins)."""
+        fields = {**prior.model_dump(mode="json", exclude={"id"}), "updated_at": time.time()}
+        args = [self.keys.prefix, op.id, repr(time.time()), str(op.epoch), enc(Status.RUNNING.value)]
+        args += [secrets.token_hex(8), "", *pairs(fields)]
+        keys = [self.keys.op(op.id), self.keys.lease(op.id)]
+        await self._script("WRITE", keys, args, f"writing {op.id} back from the checkpoint mirror")
 
     async def _restored(self) -> bool:
         """After a record was found missing: True when Redis had been emptied and the mirror restored it."""
