@@ -57,3 +57,19 @@ async def test_a_running_operation_whose_record_was_evicted_is_resumed_from_the_
         orphans = await store.find_orphans()  # was none: the mirror's record never looked at
         assert [o.id for o in orphans] == [op_id] and orphans[0].status is Status.RUNNING
         assert (await store.get(op_id)).handle == 1
+
+
+async def test_an_evicted_record_the_mirror_has_settled_is_restored_as_settled_and_not_counted_running(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The mirror's record, not the stale index entry, says where it belongs: restored as completed, it was
+    still listed (and counted against the slots) as running too."""
+    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=tmp_path / "mirror")
+    async with store:
+        op_id = await _ghost(store, redis_server)
+        mirrored = store.mirror.load_record_sync(op_id)
+        settled = mirrored.model_copy(update={"status": Status.COMPLETED, "result": {"sum": 1}})
+        await store.mirror.save_record(settled)  # settled in the mirror, as Redis had it before it lost it
+        assert await store.find_orphans() == []
+        assert await store.counts() == {Status.COMPLETED: 1}
+        assert (await store.get(op_id)).result == {"sum": 1}

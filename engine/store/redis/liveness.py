@@ -118,34 +118,36 @@ class LivenessMixin(RecoveryMixin):
     async def _ghosts(self, op_ids: list[str]) -> list[Operation]:
         """Operations listed as running whose record Redis no longer holds, though it was not emptied
         (evicted by a maxmemory policy, or deleted by hand): left so, each held a store slot for good (the
-        claim counts the running ones) and was counted running in every listing. Restored from the
-        checkpoint mirror when it has the record (then resumed as any orphan: returned); else taken out
-        of every index, with a warning."""
+        claim counts the running ones) and was counted running in every listing. Taken out of every index,
+        then restored from the checkpoint mirror when it has the record (indexed as the mirror has it, and
+        resumed as any orphan if that is running: returned); else said in a warning."""
         restored: list[str] = []
         for op_id in op_ids:
+            args = [self.keys.prefix, op_id, *(s.value for s in Status)]
+            if not await self._script("FORGET", [], args, f"taking {op_id} out of the indexes"):
+                continue  # its record is back (restored meanwhile)
             op = None
             if self.mirror is not None:
                 try:
                     op = await asyncio.to_thread(self.mirror.load_record_sync, op_id)
                 except OSError:
                     op = None
-            if op is not None and await self._restore_one(op) > 0:
-                log.warning(
-                    "operation %s: its record was gone from redis %s (evicted, or deleted by hand);"
-                    " restored from the checkpoint mirror",
-                    op_id,
-                    self.link.where,
-                )
-                restored.append(op_id)
+            if op is not None:
+                if await self._restore_one(op) > 0:  # 0: restored by another process meanwhile
+                    log.warning(
+                        "operation %s: its record was gone from redis %s (evicted, or deleted by hand);"
+                        " restored from the checkpoint mirror",
+                        op_id,
+                        self.link.where,
+                    )
+                    restored.append(op_id)
                 continue
-            args = [self.keys.prefix, op_id, *(s.value for s in Status)]
-            if await self._script("FORGET", [], args, f"taking {op_id} out of the indexes"):
-                log.warning(
-                    "operation %s: its record is gone from redis %s (evicted, or deleted by hand), and no"
-                    " checkpoint mirror holds it: taken out of the listings and the running count",
-                    op_id,
-                    self.link.where,
-                )
+            log.warning(
+                "operation %s: its record is gone from redis %s (evicted, or deleted by hand), and no"
+                " checkpoint mirror holds it: taken out of the listings and the running count",
+                op_id,
+                self.link.where,
+            )
         return await self._fetch(restored) if restored else []
 
     async def _uptime(self) -> float:
