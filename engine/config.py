@@ -129,6 +129,15 @@ class Settings(BaseModel):
     def _store_ok(cls, v: str | None) -> str | None:
         return None if v is None else check_store_url(v)
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_ok(cls, v: str) -> str:
+        """Said with the other settings, not when a Redis store is opened: the checkpoint mirror keeps a
+        namespace in a directory of its name, and ``..`` was the mirror's parent."""
+        if v in (".", ".."):
+            raise ValueError("not . or .. (it names its directory in the checkpoint mirror)")
+        return v
+
     @field_validator("state_dir", "checkpoint_mirror", mode="before")
     @classmethod
     def _state_dir_ok(cls, v: Any) -> Any:

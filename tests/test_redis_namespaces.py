@@ -46,3 +46,13 @@ async def test_namespaces_that_prefix_each_other_keep_to_their_own_keys(redis_se
             listed = await store.list_operations()
             assert [o.id for o in listed] == [made[ns]]
             assert await store.counts() == {Status.QUEUED: 1}
+
+
+@pytest.mark.parametrize("namespace", [".", ".."])
+def test_a_namespace_of_dots_is_refused_with_the_settings(namespace: str) -> None:
+    """Said when the settings are read (one line, exit 2, like any other bad setting), not only once a Redis
+    store is opened with it."""
+    from engine import load_settings
+
+    with pytest.raises(InvalidInput, match=r"OUTLAST_NAMESPACE: key 'namespace': not \. or \.\."):
+        load_settings(env={"OUTLAST_NAMESPACE": namespace})
