@@ -4,6 +4,7 @@ every later claim found none free, and every listing counted it running."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -19,27 +20,30 @@ pytestmark = pytest.mark.redis
 W = WorkerInfo(host="test", pid=1)
 
 
-async def _long_up() -> float:
-    return 1e9  # Redis up for long: leases are not waited for after its start
-
-
-async def _ghost(store: Any, server: RedisServer) -> str:
-    """A claimed operation whose record and lease Redis then lost (the worker gone too)."""
-    await store.set_slots(1)
-    op = queued_record()
-    await store.create(op)
-    claimed = await store.claim(W, time.time(), 300.0)
-    assert claimed is not None and claimed.id == op.id
-    server.client().delete(store.keys.op(op.id), store.keys.lease(op.id))
-    store._held.clear()
-    store._uptime = _long_up
+async def _ghost(server: RedisServer, mirror: Path | None = None) -> str:
+    """A claimed operation whose record and lease Redis then lost, its worker gone too; Redis up long enough
+    for the look for orphans to trust a missing lease."""
+    worker: Any = open_store(f"{server.url}?lease_ttl=0.5", namespace="gh", checkpoint_mirror=mirror)
+    async with worker:
+        await worker.set_slots(1)
+        op = queued_record()
+        await worker.create(op)
+        claimed = await worker.claim(W, time.time(), 300.0)
+        assert claimed is not None and claimed.id == op.id
+        server.client().delete(worker.keys.op(op.id), worker.keys.lease(op.id))
+    while int(server.client().info("server")["uptime_in_seconds"]) < 2:
+        await asyncio.sleep(0.2)
     return op.id
 
 
+def _observer(server: RedisServer, mirror: Path | None = None) -> Any:
+    return open_store(f"{server.url}?lease_ttl=0.5", namespace="gh", checkpoint_mirror=mirror)
+
+
 async def test_a_running_operation_whose_record_was_evicted_frees_its_store_slot(redis_server: RedisServer) -> None:
-    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=None)
+    await _ghost(redis_server)
+    store = _observer(redis_server)
     async with store:
-        await _ghost(store, redis_server)
         waiting = queued_record()
         await store.create(waiting)
         assert await store.find_orphans() == []  # nothing to resume: no record anywhere
@@ -51,9 +55,9 @@ async def test_a_running_operation_whose_record_was_evicted_frees_its_store_slot
 async def test_a_running_operation_whose_record_was_evicted_is_resumed_from_the_mirror(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=tmp_path / "mirror")
+    op_id = await _ghost(redis_server, tmp_path / "mirror")
+    store = _observer(redis_server, tmp_path / "mirror")
     async with store:
-        op_id = await _ghost(store, redis_server)
         orphans = await store.find_orphans()  # was none: the mirror's record never looked at
         assert [o.id for o in orphans] == [op_id] and orphans[0].status is Status.RUNNING
         assert (await store.get(op_id)).handle == 1
@@ -64,9 +68,9 @@ async def test_an_evicted_record_the_mirror_has_settled_is_restored_as_settled_a
 ) -> None:
     """The mirror's record, not the stale index entry, says where it belongs: restored as completed, it was
     still listed (and counted against the slots) as running too."""
-    store: Any = open_store(redis_server.url, namespace="gh", checkpoint_mirror=tmp_path / "mirror")
+    op_id = await _ghost(redis_server, tmp_path / "mirror")
+    store = _observer(redis_server, tmp_path / "mirror")
     async with store:
-        op_id = await _ghost(store, redis_server)
         mirrored = store.mirror.load_record_sync(op_id)
         settled = mirrored.model_copy(update={"status": Status.COMPLETED, "result": {"sum": 1}})
         await store.mirror.save_record(settled)  # settled in the mirror, as Redis had it before it lost it
