@@ -228,10 +228,10 @@ class Attempt:
 
     @property
     def outlast_dirs(self) -> list[Path]:
-        settings = self.host.settings
-        store_dir = getattr(self.host.store, "state_dir", None)
-        dirs = [Path(d).expanduser() for d in (store_dir, settings.state_dir, settings.checkpoint_mirror) if d]
-        return list(dict.fromkeys(dirs))
+        settings, store = self.host.settings, self.host.store
+        mirror = getattr(getattr(store, "mirror", None), "root", None)  # the store's, which a program may pass
+        named = (getattr(store, "state_dir", None), settings.state_dir, settings.checkpoint_mirror, mirror)
+        return list(dict.fromkeys(Path(d).expanduser() for d in named if d))
 
     @property
     def output_dir(self) -> Path:

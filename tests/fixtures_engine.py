@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from engine import Engine, Event, Operation, Settings, Status, load_settings, open_store
-from engine.models import new_id
+from engine.models import WorkerInfo, new_id
+from engine.store import Store
 
 
 @pytest.fixture
@@ -55,3 +56,27 @@ def queued_record(type_: str = "demo") -> Operation:
     """A queued operation's record, for a test that writes it to a store itself."""
     now = time.time()
     return Operation(id=new_id(), type=type_, status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+
+
+async def retry_waiting(store: Store, old: bool, backoff_s: float) -> tuple[str, float]:
+    """An operation that ran once and waits in the queue as a retry queued now (T, returned with its id;
+    claims pass their own ``now``): ``not_before`` T + ``backoff_s``, ``backoff_from`` T as the engine writes
+    them (``old``: not written, as by an older version). The retry-clock tests write it
+    with this process's clock, and under a clock set off."""
+    T = time.time()
+    backoff = {} if old else {"backoff_from": T}
+    op = Operation(id=new_id(), type="demo", created_at=T - 10, queued_at=T - 10, updated_at=T - 10)
+    await store.create(op)
+    claimed = await store.claim(WorkerInfo(host="test", pid=1), T - 5, 300.0, op_id=op.id)
+    assert claimed is not None
+    await store.transition(
+        op.id,
+        Status.QUEUED,
+        epoch=claimed.epoch,
+        expect=frozenset({Status.RUNNING}),
+        not_before=T + backoff_s,
+        queued_at=T,
+        **backoff,
+    )
+    await store.release(op.id, claimed.epoch)
+    return op.id, T

@@ -6,6 +6,7 @@ Without redis-server on PATH the Redis tests are skipped, unless OUTLAST_REQUIRE
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -92,6 +93,12 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+    async def up_for(self, seconds: int) -> None:
+        """Until Redis has been up ``seconds``: a store's look for orphans trusts no missing lease before its
+        lease time has passed since Redis started (live workers have not renewed theirs yet)."""
+        while int(self.client().info("server")["uptime_in_seconds"]) < seconds:
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture

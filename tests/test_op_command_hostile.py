@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, OperationSpec, Settings, Status
+from engine import Engine, LogRecord, Operation, OperationSpec, Settings, Status
 from tests.fixtures_cli import Cli, until
 from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
@@ -99,6 +99,15 @@ async def test_a_command_that_closed_its_output_stops_at_once(settings: Settings
                 _kill([int(pids.read_text())])
 
 
+async def _python_completed(engine: Engine, code: str) -> tuple[Operation, list[LogRecord]]:
+    """Python ``code`` run as a command operation, completed: its final record and its log."""
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    records, _ = await engine.logs(op.id)
+    return final, records
+
+
 async def test_output_that_only_looks_like_progress_or_a_checkpoint_fails_nothing(engine: Engine) -> None:
     """Each of these lines failed a command that exits 0: a fraction beyond a count ("must be at most
     2**63-1"), a checkpoint nested deeper than the parser recurses (RecursionError), or deeper than the
@@ -117,11 +126,8 @@ async def test_output_that_only_looks_like_progress_or_a_checkpoint_fails_nothin
         "print('::outlast checkpoint {\"ok\": 1.5}')\n"
         "print('done')\n"
     )
-    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
-    final = await engine.wait(op.id, timeout=30)
-    assert final.status is Status.COMPLETED, final.error
+    final, records = await _python_completed(engine, code)
     assert final.result["checkpoint"] == {"ok": 1.5} and final.result["lines"] == 2
-    records, _ = await engine.logs(op.id)
     assert sum("invalid JSON ignored" in r.message for r in records) == 5
 
 
@@ -134,11 +140,8 @@ async def test_a_checkpoint_line_longer_than_a_line_may_be_is_said_so_not_invali
         "print('::outlast checkpoint {\"ok\": 1}')\n"
         "print('done')\n"
     )
-    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
-    final = await engine.wait(op.id, timeout=30)
-    assert final.status is Status.COMPLETED, final.error
+    final, records = await _python_completed(engine, code)
     assert final.result["checkpoint"] == {"ok": 1} and final.result["lines"] == 1
-    records, _ = await engine.logs(op.id)
     assert [r.message for r in records if r.level.upper() == "INFO"] == ["done"]
     (warning,) = [r.message for r in records if r.level.upper() == "WARNING"]
     assert "longer than 1 MiB" in warning and "invalid JSON" not in warning

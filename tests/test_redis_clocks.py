@@ -17,6 +17,7 @@ import pytest
 
 from engine.models import Operation, Priority, Status, WorkerInfo, new_id
 from engine.store.redis import RedisStore
+from tests.fixtures_engine import retry_waiting
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -51,26 +52,10 @@ async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 
 async def _retry_waiting(store: RedisStore, offset: float, old: bool = False) -> str:
-    """An operation that ran once and waits as a retry, written by a worker whose clock is ``offset`` off:
-    ``not_before`` its now + BACKOFF, ``backoff_from`` its now (``old``: not written, as by an older version)."""
+    """A retry waiting (``retry_waiting``), written by a worker whose clock is ``offset`` off."""
     with clock(offset):
-        T = time.time()
-        op = Operation(id=new_id(), type="demo", created_at=T - 10, queued_at=T - 10, updated_at=T - 10)
-        await store.create(op)
-        claimed = await store.claim(W, T - 5, 300.0, op_id=op.id)
-        assert claimed is not None
-        backoff = {} if old else {"backoff_from": T}
-        await store.transition(
-            op.id,
-            Status.QUEUED,
-            epoch=claimed.epoch,
-            expect=frozenset({Status.RUNNING}),
-            not_before=T + BACKOFF,
-            queued_at=T,
-            **backoff,
-        )
-        await store.release(op.id, claimed.epoch)
-    return op.id
+        op_id, _ = await retry_waiting(store, old, BACKOFF)
+    return op_id
 
 
 @pytest.mark.parametrize("old", [False, True], ids=["backoff_from", "no-backoff_from"])

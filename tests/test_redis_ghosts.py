@@ -4,7 +4,6 @@ every later claim found none free, and every listing counted it running."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,7 @@ async def _ghost(server: RedisServer, mirror: Path | None = None) -> str:
         claimed = await worker.claim(W, time.time(), 300.0)
         assert claimed is not None and claimed.id == op.id
         server.client().delete(worker.keys.op(op.id), worker.keys.lease(op.id))
-    while int(server.client().info("server")["uptime_in_seconds"]) < 2:
-        await asyncio.sleep(0.2)
+    await server.up_for(2)
     return op.id
 
 

@@ -5,7 +5,6 @@ is written after Redis accepts a record, the newer record is found there and wri
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.redis
 W = WorkerInfo(host="test", pid=1)
 
 
-async def _up_for(server: RedisServer, seconds: int) -> None:
-    """Until Redis has been up ``seconds``: the look for orphans trusts no missing lease before its
-    lease time has passed since Redis started (live workers have not renewed theirs yet)."""
-    while int(server.client().info("server")["uptime_in_seconds"]) < seconds:
-        await asyncio.sleep(0.2)
-
-
 def _restart_from_snapshot(server: RedisServer) -> None:
     server.kill()  # SIGKILL: what was written after the snapshot is lost
     server.start()  # loads dump.rdb from its directory
@@ -37,18 +29,28 @@ def _store(server: RedisServer, mirror: Path) -> Any:
     return open_store(f"{server.url}?lease_ttl=0.5", namespace="wb", checkpoint_mirror=mirror)
 
 
+async def _completed_after_a_snapshot(server: RedisServer, mirror: Path, snapshot: Status) -> tuple[Any, Any]:
+    """An operation claimed and completed, with a snapshot taken while it was ``snapshot`` (queued or
+    running); then Redis restarted from that snapshot. The operation and its claimed record."""
+    async with _store(server, mirror) as store:
+        op = queued_record()
+        await store.create(op)
+        if snapshot is Status.QUEUED:
+            server.client().save()
+        claimed = await store.claim(W, time.time(), 300.0)
+        assert claimed is not None
+        if snapshot is Status.RUNNING:
+            server.client().save()
+        await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch, result={"sum": 1})
+    _restart_from_snapshot(server)
+    return op, claimed
+
+
 async def test_an_operation_completed_after_the_snapshot_is_not_claimed_again(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     mirror = tmp_path / "mirror"
-    async with _store(redis_server, mirror) as store:
-        op = queued_record()
-        await store.create(op)
-        redis_server.client().save()  # the snapshot: queued
-        claimed = await store.claim(W, time.time(), 300.0)
-        assert claimed is not None
-        await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch, result={"sum": 1})
-    _restart_from_snapshot(redis_server)
+    op, claimed = await _completed_after_a_snapshot(redis_server, mirror, Status.QUEUED)
     async with _store(redis_server, mirror) as store:
         assert (await store.get(op.id)).status is Status.QUEUED  # what Redis went back to
         assert await store.claim(W, time.time(), 300.0) is None  # was claimed, and run again
@@ -63,16 +65,9 @@ async def test_an_operation_running_in_the_snapshot_and_completed_since_is_not_r
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     mirror = tmp_path / "mirror"
-    async with _store(redis_server, mirror) as store:
-        op = queued_record()
-        await store.create(op)
-        claimed = await store.claim(W, time.time(), 300.0)
-        assert claimed is not None
-        redis_server.client().save()  # the snapshot: running
-        await store.transition(op.id, Status.COMPLETED, epoch=claimed.epoch, result={"sum": 1})
-    _restart_from_snapshot(redis_server)
+    op, _ = await _completed_after_a_snapshot(redis_server, mirror, Status.RUNNING)
     redis_server.client().delete(f"wb:lease:{op.id}")  # its lease expired meanwhile
-    await _up_for(redis_server, 2)
+    await redis_server.up_for(2)
     async with _store(redis_server, mirror) as store:
         assert (await store.get(op.id)).status is Status.RUNNING
         assert await store.find_orphans() == []  # was an orphan: interrupted, resumed, run again
@@ -90,6 +85,6 @@ async def test_an_orphan_the_mirror_knows_no_newer_record_of_is_resumed_as_befor
         claimed = await worker.claim(W, time.time(), 300.0)
         assert claimed is not None
         redis_server.client().delete(worker.keys.lease(op.id))
-    await _up_for(redis_server, 2)
+    await redis_server.up_for(2)
     async with _store(redis_server, tmp_path / "mirror") as store:
         assert [o.id for o in await store.find_orphans()] == [op.id]

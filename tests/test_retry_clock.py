@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from engine.models import Operation, Status, WorkerInfo, new_id
 from engine.store import LocalStore, Store
 from tests.conftest import REPO
 from tests.fixtures_cli import CLI, until
+from tests.fixtures_engine import retry_waiting
 
 W = WorkerInfo(host="test", pid=1)
 BACKOFF = 2.0
@@ -36,31 +36,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await made.close()
 
 
-async def _retry_waiting(store: Store, old: bool = False) -> tuple[str, float]:
-    """An operation that ran once and waits in the queue as a retry queued now (T, returned with its id;
-    claims pass their own ``now``): ``not_before`` T + BACKOFF, ``backoff_from`` T as the engine writes
-    them (``old``: not written, as by an older version)."""
-    T = time.time()  # real: the Redis store files the retry by the time its write says
-    backoff = {} if old else {"backoff_from": T}
-    op = Operation(id=new_id(), type="demo", created_at=T - 10, queued_at=T - 10, updated_at=T - 10)
-    await store.create(op)
-    claimed = await store.claim(W, T - 5, 300.0, op_id=op.id)
-    assert claimed is not None
-    await store.transition(
-        op.id,
-        Status.QUEUED,
-        epoch=claimed.epoch,
-        expect=frozenset({Status.RUNNING}),
-        not_before=T + BACKOFF,
-        queued_at=T,
-        **backoff,
-    )
-    await store.release(op.id, claimed.epoch)
-    return op.id, T
-
-
 async def test_a_retry_is_claimed_at_once_when_the_clock_went_back_during_its_backoff(store: Store) -> None:
-    op_id, T = await _retry_waiting(store)
+    op_id, T = await retry_waiting(store, False, BACKOFF)
     assert await store.claim(W, T + 1, 300.0) is None  # the backoff is waited out as chosen
     assert await store.claim(W, T + 1, 300.0, types=frozenset({"demo"})) is None
     # The clock steps back an hour: waiting for not_before would take the hour and the backoff.
@@ -71,14 +48,14 @@ async def test_a_retry_is_claimed_at_once_when_the_clock_went_back_during_its_ba
 
 async def test_a_retry_of_some_type_is_claimed_at_once_when_the_clock_went_back(store: Store) -> None:
     """The claim of a worker that runs some types only says the same."""
-    op_id, T = await _retry_waiting(store)
+    op_id, T = await retry_waiting(store, False, BACKOFF)
     taken = await store.claim(W, T - HOUR, 300.0, types=frozenset({"demo"}))
     assert taken is not None and taken.id == op_id
 
 
 async def test_a_retry_stored_before_backoff_from_existed_waits_for_not_before(store: Store) -> None:
     """Records written by an older version (no ``backoff_from``) are claimed as they were."""
-    op_id, T = await _retry_waiting(store, old=True)
+    op_id, T = await retry_waiting(store, True, BACKOFF)
     assert (await store.get(op_id)).backoff_from is None
     assert await store.claim(W, T - HOUR, 300.0) is None
     assert await store.claim(W, T + 1, 300.0) is None

@@ -200,6 +200,16 @@ def _burst(app: OutlastApp, *keys: str) -> None:
         app.post_message(events.Key(key, " " if key == "space" else key if len(key) == 1 else None))
 
 
+async def _two_listed(pilot: Any, app: OutlastApp, engine: Engine) -> OperationsTable:
+    """Two queued operations submitted once the app's engine runs, and listed: the operations table."""
+    await wait_for(pilot, lambda: app.engine_started)
+    for name in ("one", "two"):
+        await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
+    table = app.query_one(OperationsTable)
+    await wait_for(pilot, lambda: len(table.ids) == 2)
+    return table
+
+
 async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_settings: Settings) -> None:
     """Keys arriving with "/" in one read (a paste, a slow SSH link, tmux send-keys) were handed to the
     table before "/" had moved the focus: "/paused" paused the selected operation, s sorted, q quit."""
@@ -208,11 +218,7 @@ async def test_keys_typed_in_one_burst_behind_slash_all_go_to_the_filter(tui_set
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.engine_started)
-        for name in ("one", "two"):
-            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
-        table = app.query_one(OperationsTable)
-        await wait_for(pilot, lambda: len(table.ids) == 2)
+        table = await _two_listed(pilot, app, engine)
         sort = table.sort
         _burst(app, "slash", *"paused", "space", *"queued")
         await pilot.pause(0.5)
@@ -232,11 +238,7 @@ async def test_l_and_a_typed_in_one_burst_show_every_operations_log(tui_settings
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.engine_started)
-        for name in ("one", "two"):
-            await engine.submit({"type": "ledger", "name": name, "params": {"items": 5}})
-        pane, table = app.query_one(LogsPane), app.query_one(OperationsTable)
-        await wait_for(pilot, lambda: len(table.ids) == 2)
+        pane, table = app.query_one(LogsPane), await _two_listed(pilot, app, engine)
         top = table.ids[0]
         await select(pilot, top)
         await wait_for(pilot, lambda: app.dashboard.panes_mounted)

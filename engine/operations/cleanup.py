@@ -468,13 +468,12 @@ async def _list_operations(ctx: OperationContext, state: Path) -> list[Operation
 
 
 def _outlast_dirs(ctx: OperationContext) -> list[Path]:
-    """Outlast's own directories, never listed nor cleaned by a root: the state directory of the store this
-    operation runs on (its outputs' parent: a local store's, else the settings'), the state directory and
-    checkpoint mirror of the engine's settings (``ctx.outlast_dirs``: the settings loaded here alone missed
-    a ``--config`` file's mirror), and those of the settings as they read now (the default config file and
-    the environment). As configured (not resolved: a symlink on the way to one is kept too, see
-    ``_keep_out``)."""
-    dirs = [ctx.output_dir.parent, *ctx.outlast_dirs]
+    """Outlast's own directories, never listed nor cleaned by a root: those of the engine running this
+    operation (``ctx.outlast_dirs``: its store's state directory and checkpoint mirror, its settings'; the
+    settings loaded here alone missed a ``--config`` file's mirror), and those of the settings as they read
+    now (the default config file and the environment). As configured (not resolved: a symlink on the way
+    to one is kept too, see ``_keep_out``)."""
+    dirs = list(ctx.outlast_dirs)
     try:
         from ..config import load_settings
 

@@ -40,12 +40,17 @@ def open_store(target: str | Path | None = None, *, settings: Settings | None = 
     namespace, where every other team's workers ran it.
     The store is returned unopened; the Engine (or ``async with store``) opens it.
     """
-    if target is None:
-        if settings is None:
-            from ..config import load_settings
 
-            settings = load_settings()
-        target = settings.store or settings.state_dir
+    def configured() -> Settings:
+        if settings is not None:
+            return settings
+        from ..config import load_settings
+
+        return load_settings()
+
+    if target is None:
+        have = configured()
+        target = have.store or have.state_dir
     text = str(target)
     if text.startswith(("redis://", "rediss://", "unix://")):
         try:
@@ -54,12 +59,9 @@ def open_store(target: str | Path | None = None, *, settings: Settings | None = 
             raise InvalidInput(f"store {text.split('@')[-1]}: redis store unavailable ({e})") from None
         if "namespace" not in options or "checkpoint_mirror" not in options:
             # Callers that pass only the URL still get the configured namespace and mirror.
-            if settings is None:
-                from ..config import load_settings
-
-                settings = load_settings()
-            options.setdefault("namespace", settings.namespace)
-            options.setdefault("checkpoint_mirror", settings.checkpoint_mirror)
+            have = configured()
+            options.setdefault("namespace", have.namespace)
+            options.setdefault("checkpoint_mirror", have.checkpoint_mirror)
         return RedisStore(text, **options)
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected a directory path or a redis:// URL")
