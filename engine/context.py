@@ -391,11 +391,14 @@ class OperationContext(SeedContextMethods):
 
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
-        if n.__class__ is not int or not 0 <= n <= 4294967295:  # a large one is checked in full, here only
-            n = count_of(n, "ctx.advance(n)")
-            if self._done + n > MAX_COUNT:  # a count no record keeps: said here, not as "ctx.total" at the end
-                raise ValueError(f"ctx.advance({n}): items done would pass 2**63-1 (at {self._done} now)")
-        self._done += n
+        if n == 1 and n.__class__ is int:  # the common call, one comparison cheaper (about 12 ns of 80)
+            self._done += 1
+        else:
+            if n.__class__ is not int or not 0 <= n <= 4294967295:  # a large one is checked in full, here only
+                n = count_of(n, "ctx.advance(n)")
+                if self._done + n > MAX_COUNT:  # a count no record keeps: said here, not as "ctx.total" at the end
+                    raise ValueError(f"ctx.advance({n}): items done would pass 2**63-1 (at {self._done} now)")
+            self._done += n
         if self._stop is not None and (self._ledger.current is None or self._stop_raised):
             raise self._stopped(checkpointed=False)
 
