@@ -360,13 +360,15 @@ class Engine:
         key (nothing queued now: a face says so, as a cron job run twice should be told)."""
         if isinstance(spec, OperationSpec):  # checked again, as a copy: a spec changed after it was built
             spec = spec.model_dump(warnings=False)  # (a field set, its params dict edited) skipped its checks
-        from pydantic import ValidationError
-
-        from .profiles import one_line
-
         try:
             spec = OperationSpec.model_validate(spec)
-        except ValidationError as e:
+        except ValueError as e:  # pydantic's ValidationError is one: imported only then (2 us a submit)
+            from pydantic import ValidationError
+
+            from .profiles import one_line
+
+            if not isinstance(e, ValidationError):
+                raise
             raise InvalidInput(f"operation spec: {one_line(e)}") from None
         handler = get_handler(spec.type)
         params = handler.parse_params(spec.params, self._params_context())

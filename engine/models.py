@@ -273,6 +273,8 @@ class OperationSpec(BaseModel):
     @field_validator("params")
     @classmethod
     def _params_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:  # most submits: nothing to walk or measure (a JSON dump of {} is 2 bytes)
+            return v
         check_json(v)
         size = json_size(v)
         if size > MAX_PARAMS_BYTES:
@@ -282,6 +284,8 @@ class OperationSpec(BaseModel):
     @field_validator("profile")
     @classmethod
     def _profile_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            return v
         if len(v) > MAX_PROFILE_KEYS:
             raise ValueError(f"{len(v)} keys, over the limit of {MAX_PROFILE_KEYS}")
         for key in v:
@@ -301,6 +305,8 @@ class OperationSpec(BaseModel):
     @field_validator("name", "tags", mode="before")
     @classmethod
     def _text_ok(cls, v: Any) -> Any:
+        if v is None or (v.__class__ is dict and not v):  # no name, no tags: nothing to check
+            return v
         check_json(v)  # before pydantic's own check, which says only "unable to parse raw data"
         for text in [v] if isinstance(v, str) else [t for kv in v.items() for t in kv] if isinstance(v, dict) else []:
             if isinstance(text, str) and (bad := _CONTROL.search(text)):
