@@ -439,3 +439,37 @@ def test_a_message_is_one_line_of_clipped_values_whoever_wrote_it() -> None:
     assert one_line(f"{quoted('B' * 500)}: expected KEY=VALUE") == f"{quoted('B' * 500)}: expected KEY=VALUE"
     long = one_line("word " * 100)
     assert len(long) == MESSAGE_MAX + 1 and long.endswith("…")
+
+
+async def test_a_cleared_optional_field_launches_none_as_its_placeholder_says(tmp_path: Path) -> None:
+    """integration_testing's marker defaults to "integration" and may be None (every test). Cleared, the
+    field shows "none"; it launched marker "integration" (the tests marked so only), and the form had no
+    way to ask for every test."""
+    app = LaunchApp(handlers(), initial_type="integration_testing")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        marker = app.screen.query_one("#param-marker", Input)
+        assert marker.value == "integration"
+        await replace(pilot, "#param-path", str(tmp_path))
+        await replace(pilot, "#param-marker", "")
+        assert marker.value == "" and marker.placeholder == "none"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    [spec] = app.results
+    assert spec is not None and spec.params["marker"] is None
+    # A field left at its default is launched with that default, and an empty one without a default
+    # that is not None stays the default too (its placeholder shows no "none").
+    params = handlers()["integration_testing"].params.model_validate(spec.params)
+    assert params.max_failures is None and params.collect_timeout == 600
+
+
+async def test_a_handler_without_a_params_model_launches_with_its_json_field_empty() -> None:
+    import tests.ops_for_tests  # noqa: F401 (registers thread_blocker: its params have no model)
+
+    app = LaunchApp({"thread_blocker": handlers()["thread_blocker"]}, initial_type="thread_blocker")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        assert app.screen.query_one("#param-json-params", Input).value == ""
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert app.results == [OperationSpec(type="thread_blocker")]

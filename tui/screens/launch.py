@@ -100,10 +100,13 @@ class ParamField:
         return str(v.value if isinstance(v, Enum) else v)
 
     def raw(self, text: str) -> Any:
-        """The value handed to pydantic for ``text``; ``_UNSET`` leaves the field to its default."""
+        """The value handed to pydantic for ``text``; ``_UNSET`` leaves the field to its default.
+
+        An empty field that may be None is None, as its placeholder ("none") says: left to its default,
+        one whose default is not None (integration_testing's marker) launched that default instead."""
         text = text.strip()
         if not text:
-            return _UNSET
+            return None if self.nullable and not self.required and self.name != JSON_FIELD else _UNSET
         if self.kind == "list":
             if text.startswith("["):
                 return _json(text)
