@@ -433,7 +433,10 @@ class Operation(BaseModel):
 
     @property
     def elapsed(self) -> float | None:
-        if self.started_at is None:
+        """Seconds this attempt has run (None before it starts). A resumed or retried operation keeps its
+        last attempt's ``started_at`` while it waits in the queue: counted from there, its elapsed grew by
+        the pause, the queue and the backoff, then fell to 0 s when it started."""
+        if self.started_at is None or self.status is Status.QUEUED:
             return None
         end = self.finished_at if self.status in SETTLED and self.finished_at else time.time()
         return max(0.0, end - self.started_at)

@@ -1260,3 +1260,34 @@ async def test_a_pause_pressed_while_redis_does_not_answer_stops_the_dashboards_
         assert await status_of(app, op_id) is settled
         await pilot.pause(0.5)
         assert items_run() == stopped_at < 20_000
+
+
+async def test_a_resumed_operation_waiting_in_the_queue_shows_no_elapsed_time(tui_settings: Settings) -> None:
+    """Paused, then resumed while nothing here runs queued work: its record keeps the last attempt's start.
+    Counted from there, ELAPSED (and the detail's elapsed, and ``show``'s) grew through the pause and the
+    wait in the queue, then fell back to 0s when it started again."""
+    from rich.console import Console
+
+    from tui.widgets.detail import DetailPane
+
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=200, seconds=0.02)
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 5)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
+        paused = await app.engine.get(op_id)
+        assert paused.elapsed is not None and paused.elapsed > 0  # the attempt's run time, kept
+        await pilot.press("w")  # watch only: the resumed operation stays queued
+        await wait_for(pilot, lambda: "r" in _keys(app))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.QUEUED))
+        queued = await app.engine.get(op_id)
+        assert queued.started_at is not None and queued.elapsed is None
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: (op := app.dashboard.selected_op) is not None and op.status is Status.QUEUED)
+        row = "".join(seg.text for seg in table.render_line(table.ids.index(op_id) + 1)).split()
+        assert row[-5:] == ["-", "-", "-", "-", "normal"], row  # RATE, ETA, ELAPSED, LEFT, PRIO
+        console = Console(width=76, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(app.query_one(DetailPane).render_op(queued, None, queued)[0])
+        assert not any(line.startswith("elapsed") for line in console.export_text().splitlines())

@@ -452,7 +452,8 @@ class OperationsTable(ScrollView, can_focus=True):
 
 
 def _elapsed(op: Operation, now: float) -> float | None:
-    if op.started_at is None:
+    """This attempt's run time (``Operation.elapsed`` at ``now``): none while queued, resumed or not."""
+    if op.started_at is None or op.status is Status.QUEUED:
         return None
     end = op.finished_at if op.status is not Status.RUNNING and op.finished_at else now
     return max(0.0, end - op.started_at)
