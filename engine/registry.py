@@ -7,16 +7,19 @@ import builtins
 import functools
 import importlib
 import inspect
+import json
 import logging
 import re
 import time
+import typing
+import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from .models import InvalidInput, check_type, type_name
 from .profiles import SEED_PROFILES, one_line
@@ -296,9 +299,10 @@ def migrate_timeout_operation(
 
     def deco(fn: Handler) -> Handler:
         takes_callback = "progress_callback" in inspect.signature(fn).parameters
+        model = params or signature_params(fn)
 
         async def handler(ctx: Any, p: BaseModel) -> Any:
-            kwargs = p.model_dump()
+            kwargs = p.model_dump() if isinstance(p, AnyParams) else {k: getattr(p, k) for k in type(p).model_fields}
             first_total = estimated_items if estimated_items is not None else (None if takes_callback else 1)
             if ctx.total is None and first_total is not None:
                 ctx.progress(0, total=first_total)
@@ -316,7 +320,7 @@ def migrate_timeout_operation(
 
         handler.__module__ = fn.__module__
         handler.__doc__ = fn.__doc__
-        operation(type_, params=params, estimated_items=estimated_items)(handler)
+        operation(type_, params=model, estimated_items=estimated_items)(handler)
 
         if inspect.iscoroutinefunction(fn):
 
@@ -334,6 +338,37 @@ def migrate_timeout_operation(
         return wrapper
 
     return deco
+
+
+def signature_params(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """A params model made from ``fn``'s signature (``progress_callback`` left out): its parameters, typed as
+    annotated, required unless they have a default, and no other key. Without one, params that do not fit
+    the function (a name missing or misspelt, a list given as a string) were taken at submit and stored,
+    and the operation failed when it ran ("missing 1 required positional argument", on a worker, later).
+    None (any JSON object, as before) for a function that takes ``*args``, ``**kwargs`` or positional-only
+    parameters, or one whose names, annotations or defaults pydantic cannot model or JSON cannot hold."""
+    try:
+        hints = typing.get_type_hints(fn)
+        fields: dict[str, Any] = {}
+        for name, param in inspect.signature(fn).parameters.items():
+            if name == "progress_callback":
+                continue
+            if param.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                return None
+            annotation = hints.get(name, Any)
+            if param.default is inspect.Parameter.empty:
+                fields[name] = (annotation, ...)
+            else:
+                json.dumps(TypeAdapter(annotation).dump_python(param.default, mode="json"))
+                fields[name] = (annotation, param.default)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a name that shadows BaseModel's own (``json``, ``copy``)
+            model = create_model(
+                f"{fn.__name__}_params", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields
+            )
+    except Exception:  # whatever pydantic or typing refuses: the params stay any JSON object
+        return None
+    return model if set(model.model_fields) == set(fields) else None
 
 
 async def _awaited(result: Any) -> Any:

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import json
 from pathlib import Path
+from typing import List  # noqa: UP035 (the seed's spelling)
 
 import pytest
 
@@ -318,3 +319,34 @@ async def test_get_resume_data_is_a_snapshot_of_the_checkpoint(engine: Engine) -
     assert again == {"processed_files": ["a"]} and step == {"next_step": "file_1"}  # the checkpoint, unchanged
     loaded = await engine.store.load_checkpoint(final.id)
     assert loaded is not None and loaded[0].state == {"processed_files": ["a", "b", "c"], "extra": 1}
+
+
+@migrate_timeout_operation("test_seed_migrated_signature", estimated_items=5)
+async def migrated_with_params(path: str, patterns: List[str], depth: int = 2) -> dict:  # noqa: UP006 (the seed's)
+    """The seed's migrated ``index_codebase(path, patterns)``, with a default beside."""
+    return {"path": path, "patterns": patterns, "depth": depth}
+
+
+async def test_a_migrated_functions_params_are_checked_against_its_signature_at_submit(engine: Engine) -> None:
+    """Params that do not fit the function were taken and stored, and the operation failed when it ran
+    ("missing 1 required positional argument: 'patterns'"): now refused at submit, naming the field, with
+    nothing stored, as any other type's params are."""
+    for params, field in (
+        ({"path": "."}, "patterns: Field required"),
+        ({"path": ".", "patterns": ["*.py"], "extra": 1}, "extra: Extra inputs are not permitted"),
+        ({"path": ".", "patterns": ["*.py"], "depth": "deep"}, "depth: Input should be a valid integer"),
+    ):
+        with pytest.raises(InvalidInput, match=f"test_seed_migrated_signature params: {field}"):
+            await engine.submit(OperationSpec(type="test_seed_migrated_signature", params=params))
+    assert await engine.list_operations() == []
+    op = await engine.submit(
+        OperationSpec(type="test_seed_migrated_signature", params={"path": ".", "patterns": ["*.py"]})
+    )
+    assert op.params == {"path": ".", "patterns": ["*.py"], "depth": 2} and op.total_items == 5
+    done = await engine.wait(op.id, timeout=20)
+    assert done.status is Status.COMPLETED and done.result == {"path": ".", "patterns": ["*.py"], "depth": 2}
+    assert await migrated_with_params("x", ["*.md"]) == {
+        "path": "x",
+        "patterns": ["*.md"],
+        "depth": 2,
+    }  # directly: as before
