@@ -371,7 +371,7 @@ class Engine:
                 raise
             raise InvalidInput(f"operation spec: {one_line(e)}") from None
         handler = get_handler(spec.type)
-        params = handler.parse_params(spec.params, self._params_context())
+        params = handler.parse_params(spec.params, self.params_context())
         profile = self.settings.profile(spec.type).merged(spec.profile)
         if spec.total_items is None and handler.estimated_items is not None:
             spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
@@ -412,10 +412,11 @@ class Engine:
         self._scheduler.wake()
         return op, False
 
-    def _params_context(self) -> dict[str, Any] | None:
+    def params_context(self) -> dict[str, Any] | None:
         """What a type's params may check beyond themselves at submit: the local store's state dir, where its
         default files are (kb_optimization's default knowledge base). None on Redis: the worker that runs it
-        has a state dir of its own, which this process does not know."""
+        has a state dir of its own, which this process does not know. Public for a face that checks params
+        before it submits them (the dashboard's launch form), so that it checks what submit will."""
         state_dir = getattr(self.store, "state_dir", None)
         return {"state_dir": str(state_dir)} if state_dir else None
 

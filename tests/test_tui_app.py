@@ -1291,3 +1291,27 @@ async def test_a_resumed_operation_waiting_in_the_queue_shows_no_elapsed_time(tu
         console = Console(width=76, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
         console.print(app.query_one(DetailPane).render_op(queued, None, queued)[0])
         assert not any(line.startswith("elapsed") for line in console.export_text().splitlines())
+
+
+async def test_the_launch_form_checks_params_as_submit_will_and_stays_open_on_what_submit_would_refuse(
+    tui_settings: Settings,
+) -> None:
+    """kb_optimization without a kb, where the state dir has no default knowledge base: the form took it,
+    closed, and the engine's submit refused it in a passing notification, with what was typed lost."""
+    from textual.widgets import Select
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        await pilot.press("n")
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        form.query_one("#launch-type", Select).value = "kb_optimization"
+        await wait_for(pilot, lambda: form.op_type == "kb_optimization" and form.query("#param-merge_pages"))
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.3)
+        assert app.screen is form  # still open, saying why (a check of the whole model's: the form's line)
+        error = form.query_one("#launch-form-error", Static)
+        assert error.has_class("-shown") and str(error.render()).startswith("kb: not given, and the default")
+        assert await engine.list_operations() == []

@@ -614,7 +614,7 @@ class OutlastApp(App[int]):
             if spec is not None:
                 self._work(self._submit(spec), "act", "launching")
 
-        screen = LaunchScreen(handlers(), initial_type=op.type if op else None)
+        screen = LaunchScreen(handlers(), initial_type=op.type if op else None, context=self.engine.params_context())
         self.push_screen(screen, launched)
         self._hold_keys(screen)
 

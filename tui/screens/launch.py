@@ -474,9 +474,18 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         Binding("ctrl+s", "launch", "Launch", priority=True),
     ]
 
-    def __init__(self, handlers: dict[str, HandlerSpec], initial_type: str | None = None) -> None:
+    def __init__(
+        self,
+        handlers: dict[str, HandlerSpec],
+        initial_type: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.handlers = dict(handlers)
+        self.context = context
+        """The validation context the engine's submit checks params with (``Engine.params_context()``): the
+        form checks the same, or a value it passed was refused once the form had closed, what was typed lost
+        (kb_optimization without a kb, where the state dir has no default knowledge base)."""
         first = next(iter(self.handlers), None)
         self.op_type: str | None = initial_type if initial_type in self.handlers else first
         self.fields: list[ParamField] = self._fields_for(self.op_type)
@@ -744,7 +753,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 raw[f.name] = value
         params: dict[str, Any] = {}
         try:
-            params = handler.params.model_validate(raw).model_dump(mode="json", exclude_defaults=True)
+            params = handler.params.model_validate(raw, context=self.context).model_dump(
+                mode="json", exclude_defaults=True
+            )
         except ValidationError as e:
             names = {f.name for f in self.fields}
             for err in e.errors():
