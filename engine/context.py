@@ -192,7 +192,8 @@ class OperationContext(SeedContextMethods):
         self._message: str | None = None
         self.metrics: dict[str, Any] = {}
         self._beat = 0
-        """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
+        """Counts ``progress()`` calls with metrics or a new step or message: the stall clock also restarts
+        when it moves."""
         self._ledger = ItemLedger(resume[1] if resume is not None else None)
         self.failures = 0
         """Item failures in this attempt (counted against failure_threshold)."""
@@ -371,10 +372,16 @@ class OperationContext(SeedContextMethods):
             self._done = count_of(done, "ctx.progress(done=...)")
         if total is not None:
             self._total = count_of(total, "ctx.progress(total=...)")
-        if step is not None:
-            self.step = step
-        if message is not None:
-            self.message = message
+        if step is not None or message is not None:
+            said = (self._step, self._message)
+            if step is not None:
+                self.step = step
+            if message is not None:
+                self.message = message
+            if (self._step, self._message) != said:
+                # A new step or message is a sign of life, as metrics are: a long phase reported all along with
+                # the counts unchanged ("Finalizing part 3 of 30", the seed's update_progress) ended stalled.
+                self._beat += 1
         if metrics:
             self.metrics.update(metrics)
             self._beat += 1  # progress inside one long item (bytes copied): not stalled
@@ -592,7 +599,8 @@ class OperationContext(SeedContextMethods):
 
     @property
     def beat(self) -> int:
-        """Counts ``progress()`` calls with metrics: the stall clock also restarts when it moves."""
+        """Counts ``progress()`` calls with metrics or a new step or message: the stall clock also restarts
+        when it moves."""
         return self._beat
 
     @property

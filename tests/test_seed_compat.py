@@ -350,3 +350,41 @@ async def test_a_migrated_functions_params_are_checked_against_its_signature_at_
         "patterns": ["*.md"],
         "depth": 2,
     }  # directly: as before
+
+
+@operation("test_seed_long_phase")
+async def seed_long_phase(context: OperationContext) -> dict:
+    """A last phase reported all along with the counts unchanged, as the seed's update_progress has it."""
+    await context.update_progress("Indexing", 5, 5)
+    for k in range(12):
+        await asyncio.sleep(0.1)
+        await context.update_progress(f"Finalizing part {k}", 5, 5, None, f"writing part {k} of 12")
+    return {"parts": 12}
+
+
+@migrate_timeout_operation("test_seed_long_phase_migrated")
+async def migrated_long_phase(progress_callback=None) -> dict:  # type: ignore[no-untyped-def]
+    for k in range(12):
+        await asyncio.sleep(0.1)
+        await progress_callback(f"Finalizing part {k}", 5, 5)
+    return {"parts": 12}
+
+
+@operation("test_seed_same_report")
+async def seed_same_report(context: OperationContext) -> None:
+    """The same report again and again: no sign of life."""
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        await context.update_progress("Waiting", 5, 10, None, "waiting")
+
+
+async def test_a_new_step_or_message_is_progress_and_the_same_one_again_is_not(engine: Engine) -> None:
+    """Reported every 0.1 s, a new step (and message) each time, counts unchanged: timed out as "stalled: no
+    progress for 0.5s"; the seed's current_step and status_message are progress too."""
+    for type_ in ("test_seed_long_phase", "test_seed_long_phase_migrated"):
+        op = await engine.submit(OperationSpec(type=type_, profile={"stall_timeout": 0.5}))
+        done = await engine.wait(op.id, timeout=20)
+        assert done.status is Status.COMPLETED and done.result == {"parts": 12}, (type_, done.status_message)
+    op = await engine.submit(OperationSpec(type="test_seed_same_report", profile={"stall_timeout": 0.5}))
+    stalled = await engine.wait(op.id, timeout=20)
+    assert stalled.status is Status.TIMED_OUT and "stalled" in (stalled.status_message or "")
