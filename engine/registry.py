@@ -358,14 +358,19 @@ def signature_params(fn: Callable[..., Any]) -> type[BaseModel] | None:
             annotation = hints.get(name, Any)
             if param.default is inspect.Parameter.empty:
                 fields[name] = (annotation, ...)
-            else:
-                json.dumps(TypeAdapter(annotation).dump_python(param.default, mode="json"))
-                fields[name] = (annotation, param.default)
+                continue
+            try:
+                TypeAdapter(annotation).validate_python(param.default)
+            except ValidationError:  # ``patterns: List[str] = None``: the default is taken as given, as Python does
+                annotation = annotation | None if param.default is None else Any
+            json.dumps(TypeAdapter(annotation).dump_python(param.default, mode="json"))
+            fields[name] = (annotation, param.default)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a name that shadows BaseModel's own (``json``, ``copy``)
             model = create_model(
                 f"{fn.__name__}_params", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields
             )
+        model.model_json_schema()  # the API's schema and the launch form read it (a Callable has none)
     except Exception:  # whatever pydantic or typing refuses: the params stay any JSON object
         return None
     return model if set(model.model_fields) == set(fields) else None

@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import json
 from pathlib import Path
-from typing import List  # noqa: UP035 (the seed's spelling)
+from typing import Any, List  # noqa: UP035 (List: the seed's spelling)
 
 import pytest
 
@@ -388,3 +388,18 @@ async def test_a_new_step_or_message_is_progress_and_the_same_one_again_is_not(e
     op = await engine.submit(OperationSpec(type="test_seed_same_report", profile={"stall_timeout": 0.5}))
     stalled = await engine.wait(op.id, timeout=20)
     assert stalled.status is Status.TIMED_OUT and "stalled" in (stalled.status_message or "")
+
+
+@migrate_timeout_operation("test_seed_migrated_none_default")
+async def migrated_none_default(path: str, patterns: List[str] = None, callback: Any = None) -> dict:  # type: ignore[assignment]  # noqa: UP006, RUF013
+    """``patterns: List[str] = None``, as much Python has it: the default is the function's, not refused."""
+    return {"path": path, "patterns": patterns}
+
+
+async def test_a_migrated_functions_default_none_is_taken_whatever_its_annotation(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_seed_migrated_none_default", params={"path": "."}))
+    done = await engine.wait(op.id, timeout=20)
+    assert done.status is Status.COMPLETED, done.error
+    assert done.result == {"path": ".", "patterns": None}
+    with pytest.raises(InvalidInput, match="patterns"):
+        await engine.submit(OperationSpec(type="test_seed_migrated_none_default", params={"path": ".", "patterns": 3}))
