@@ -1315,3 +1315,29 @@ async def test_the_launch_form_checks_params_as_submit_will_and_stays_open_on_wh
         error = form.query_one("#launch-form-error", Static)
         assert error.has_class("-shown") and str(error.render()).startswith("kb: not given, and the default")
         assert await engine.list_operations() == []
+
+
+async def test_enter_on_a_checkpoint_that_fails_its_checksum_says_so_and_asks_nothing(tui_settings: Settings) -> None:
+    """It asked "Resume ... from checkpoint N (... items done)?", and once answered the engine refused it."""
+    import sqlite3
+
+    app = make_app(tui_settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        op_id = await _running(pilot, app, items=150, seconds=0.01, explicit_every=10)
+        await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 35)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
+        oldest = min(c.seq for c in await app.engine.checkpoints(op_id))
+        with sqlite3.connect(tui_settings.state_dir / "outlast.db") as conn:
+            conn.execute("UPDATE checkpoints SET checksum='0' WHERE op_id=? AND seq=?", (op_id, oldest))
+        await wait_for(pilot, lambda: app.dashboard.panes_mounted)
+        pane = app.query_one(CheckpointsPane)
+        # Read again every second: shown ✗ although its seq and recorded checksum are what they were.
+        await wait_for(pilot, lambda: pane.op_id == op_id and any(not c.valid for c in pane.shown))
+        pane.focus()
+        await pilot.press(*["down"] * (len(pane.shown) - 1))
+        assert pane.chosen is not None and pane.chosen.seq == oldest and not pane.chosen.valid
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert (await app.engine.get(op_id)).status is Status.PAUSED

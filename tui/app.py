@@ -524,6 +524,12 @@ class OutlastApp(App[int]):
         if op.status not in RESUMABLE:
             self.notify(f"{op.id} is {op.status.value}: pause it first to resume from a checkpoint", severity="warning")
             return
+        if not event.valid:  # asked first, "Resume ... from checkpoint 3?", then refused once answered
+            self.notify(
+                f"checkpoint {event.seq} of {op.id} fails its checksum (✗): choose another to resume from",
+                severity="warning",
+            )
+            return
         question = resume_question(op, event.seq, event.items, event.newer)
 
         def answer(yes: bool | None) -> None:

@@ -28,7 +28,7 @@ class CheckpointsPane(DataTable[str | Text]):
     class ResumeFrom(Message):
         """The user chose a checkpoint to resume from."""
 
-        def __init__(self, op_id: str, seq: int, items: int, newer: int) -> None:
+        def __init__(self, op_id: str, seq: int, items: int, newer: int, valid: bool = True) -> None:
             super().__init__()
             self.op_id = op_id
             self.seq = seq
@@ -36,6 +36,8 @@ class CheckpointsPane(DataTable[str | Text]):
             """Items done as of the chosen checkpoint."""
             self.newer = newer
             """How many newer checkpoints a resume from it drops."""
+            self.valid = valid
+            """False: the checkpoint fails its checksum (✗), and the engine refuses to resume from it."""
 
     def __init__(self, *, id: str | None = None, classes: str = "") -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=False)
@@ -59,10 +61,10 @@ class CheckpointsPane(DataTable[str | Text]):
         """Replace the rows (newest first), keeping the cursor on the same checkpoint. The title names
         the operation the rows are of (``op_id``, ``label``): they stay a moment after the cursor has
         moved on (the side panes are read once it rests), and must not pass for the new operation's."""
-        if op_id == self.op_id and [(c.seq, c.checksum) for c in checkpoints] == [
-            (c.seq, c.checksum) for c in self.shown
+        if op_id == self.op_id and [(c.seq, c.checksum, c.valid) for c in checkpoints] == [
+            (c.seq, c.checksum, c.valid) for c in self.shown
         ]:
-            return
+            return  # (a checkpoint found corrupt since keeps its seq and its recorded checksum: shown ✗ now)
         # Content, not a str: a str title is markup, and a name is stored text ("[/b]" is no tag).
         self.border_title = Content(f"Checkpoints of {label or op_id} · enter resumes" if op_id else TITLE)
         keep = self.shown[self.cursor_row].seq if op_id == self.op_id and self.shown and self.row_count else None
@@ -97,4 +99,4 @@ class CheckpointsPane(DataTable[str | Text]):
         cp = self.chosen
         if cp is not None and self.op_id is not None:
             newer = sum(1 for c in self.shown if c.seq > cp.seq)
-            self.post_message(self.ResumeFrom(self.op_id, cp.seq, cp.processed_items, newer))
+            self.post_message(self.ResumeFrom(self.op_id, cp.seq, cp.processed_items, newer, cp.valid))
