@@ -17,6 +17,11 @@ directory swapped for a link, or a FIFO swapped in, is skipped: ``_backup_source
 or inode changed while it was copied is copied again (COPY_TRIES in all), then failed: a copy is sealed only
 when the source was the same file before and after it. Holes are copied as holes, and the listing is
 iterative (no recursion limit). What cannot be listed or made is an item failure; the rest is copied.
+
+Names that are one file in the source (hard links: same st_dev and st_ino, the names found in the tree) are
+one file in the destination, copied once (``Links``): the first name is copied, the others are made hard links
+to its copy when placed, journaled (and in the manifest, ``link``) as links, so that a resume links them too.
+A destination that refuses a link gets a copy of that name.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -121,6 +126,8 @@ class Listing:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     own: list[str] = field(default_factory=list)
     """Names at the source root that the backup's own files take at the destination root."""
+    inodes: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    """The files with more than one name (st_nlink > 1), by (st_dev, st_ino): their names found in the tree."""
 
 
 def _list(src: Path) -> Listing:
@@ -155,8 +162,11 @@ def _list(src: Path) -> Listing:
                 elif ent.is_symlink():
                     out.entries.append(rel)
                 elif ent.is_file(follow_symlinks=False):
-                    out.sizes[rel] = ent.stat(follow_symlinks=False).st_size
+                    est = ent.stat(follow_symlinks=False)
+                    out.sizes[rel] = est.st_size
                     out.entries.append(rel)
+                    if est.st_nlink > 1:
+                        out.inodes.setdefault((est.st_dev, est.st_ino), []).append(rel)
                 else:
                     out.special.append(rel)
             except FileNotFoundError:
@@ -533,6 +543,10 @@ def _seal(src: Path, rel: str, copied: os.stat_result, size: int, dst: Path) -> 
 
 Outcome = tuple[str, int, str | None, str]
 """(path, bytes copied, why it was not (None: copied), sha256 or 'symlink')."""
+MODE_KEPT = 0o1777
+"""The mode bits a copy has for sure (a chmod by a user outside the file's group drops setgid, silently)."""
+LINKED = "hard link"
+"""A name of a batch (``Written``) to be made a hard link to its group's copy when placed, not copied."""
 Written = tuple[list[tuple[str, str, int, str]], list[Outcome]]
 """A batch written to its partials, not yet renamed: (path, partial, bytes, sha256), and the outcomes of the
 files that could not be copied."""
@@ -545,10 +559,11 @@ def _copy_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> list[Out
     return _place_batch(dst, written)
 
 
-def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written:
+def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool, linked: Collection[str] = ()) -> Written:
     """Write small files to their partials, each verified and given its source's mode and times. The caller
     syncs the file system before any of them is renamed into place (``_place_batch``): no file is under its
-    final name before its bytes are on disk.
+    final name before its bytes are on disk. A name of ``linked`` is not written: it is to be made a hard link
+    to its group's copy when the batch is placed (an entry ``LINKED``, after the batch's copies).
 
     One sync of the destination's file system per batch instead of an fsync per file. It also makes the
     renames and the journal of the batch before durable: the caller counts a batch's files done only
@@ -558,64 +573,237 @@ def _write_batch(src: Path, dst: Path, rels: list[str], verify: bool) -> Written
     """
     written: list[tuple[str, str, int, str]] = []
     out: list[Outcome] = []
+    later: list[tuple[str, str, int, str]] = []
     with Source(src) as source:
         for rel in rels:
+            if rel in linked:
+                later.append((rel, "", 0, LINKED))
+                continue
             try:
-                tmp = str(_partial(dst, rel))
-                try:
-                    n, sha = _write_partial(source, rel, tmp, verify)
-                except FileNotFoundError:  # the staging directory went away since it was made: make it again
-                    if os.path.isdir(os.path.dirname(tmp)):
-                        raise
-                    os.makedirs(os.path.dirname(tmp), exist_ok=True)
-                    n, sha = _write_partial(source, rel, tmp, verify)
+                tmp, n, sha = _write_one(source, dst, rel, verify)
                 written.append((rel, tmp, n, sha))
-            except NotRegular:
-                out.append((rel, 0, NOT_REGULAR, ""))
-            except NotFollowed:
-                out.append((rel, 0, NOT_FOLLOWED, ""))
-            except Changed:
-                out.append((rel, 0, CHANGED, ""))
             except OSError as e:
-                gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
-                out.append((rel, 0, GONE if gone else f"{type(e).__name__}: {e}", ""))
-    return written, out
+                out.append((rel, 0, _why(e, src, rel), ""))
+    return written + later, out
 
 
-def _place_batch(dst: Path, batch: Written) -> list[Outcome]:
-    """Rename a written batch into place and journal it (not synced: see ``_write_batch``); its outcomes."""
+def _write_one(source: Source, dst: Path, rel: str, verify: bool) -> tuple[str, int, str]:
+    """``_write_partial`` of ``rel`` to its partial (made again if the staging directory went away since it
+    was made): (partial, bytes, sha256 or 'symlink')."""
+    tmp = str(_partial(dst, rel))
+    try:
+        n, sha = _write_partial(source, rel, tmp, verify)
+    except FileNotFoundError:  # the staging directory went away since it was made: make it again
+        if os.path.isdir(os.path.dirname(tmp)):
+            raise
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        n, sha = _write_partial(source, rel, tmp, verify)
+    return tmp, n, sha
+
+
+def _why(e: OSError, src: Path, rel: str) -> str:
+    """The outcome of a copy of ``rel`` that raised ``e``: a skip (``SKIPS``) or why it failed."""
+    if isinstance(e, NotRegular):
+        return NOT_REGULAR
+    if isinstance(e, NotFollowed):
+        return NOT_FOLLOWED
+    if isinstance(e, Changed):
+        return CHANGED
+    gone = isinstance(e, FileNotFoundError) and not os.path.lexists(src / rel)
+    return GONE if gone else f"{type(e).__name__}: {e}"
+
+
+def _place_batch(dst: Path, batch: Written, links: Links | None = None) -> list[Outcome]:
+    """Rename a written batch into place and journal it (not synced: see ``_write_batch``); its outcomes. Its
+    ``LINKED`` names are made hard links to their groups' copies, or copied when that cannot be (``Links``)."""
     written, out = batch
-    for rel, tmp, n, sha in written:
-        try:
-            _place(tmp, dst / rel)
-            out.append((rel, n, None, sha))
-        except OSError as e:
-            out.append((rel, 0, f"{type(e).__name__}: {e}", ""))
-    _journal(dst, [(r, sha, n) for r, n, err, sha in out if err is None])
+    group = links.group if links is not None else {}
+    lines: list[tuple[str, str, int] | tuple[str, str, int, str]] = []
+    with contextlib.ExitStack() as stack:
+        source: Source | None = None
+        for rel, tmp, n, sha in written:
+            try:
+                if sha == LINKED:
+                    assert links is not None
+                    if source is None:
+                        source = stack.enter_context(Source(links.src))
+                    target, n, sha = links.place(source, dst, rel)
+                    if target is not None:
+                        out.append((rel, 0, None, ""))
+                        lines.append((rel, "", 0, target))
+                        continue
+                else:
+                    _place(tmp, dst / rel)
+                    if rel in group and links is not None:
+                        links.copied(rel)
+                out.append((rel, n, None, sha))
+                lines.append((rel, sha, n))
+            except OSError as e:
+                if sha == LINKED and links is not None:  # its copy, made instead, failed as a copy does
+                    out.append((rel, 0, _why(e, links.src, rel), ""))
+                else:
+                    out.append((rel, 0, f"{type(e).__name__}: {e}", ""))
+    _journal(dst, lines)
     return out
 
 
-def _journal(dst: Path, done: list[tuple[str, str, int]]) -> None:
+class Links:
+    """The names of the source that are hard links to one file (same st_dev and st_ino, found in the tree),
+    and which of them are made hard links to another's copy in the destination instead of being copied.
+
+    A group's first name is copied as any file is; its next names are linked to the copy of the one before
+    that is in place (``leader``): on a resume, the last of them counted done (whatever it was linked to, it
+    is the group's copy). A name is linked only when it is, in the source, still the file the leader's name
+    is, and the leader's copy has the source's size, mtime and mode (the copy of this version of it); it is
+    copied otherwise, and when the destination refuses the link (EPERM, EMLINK, EXDEV...: said once an
+    attempt). A copy made of a name still of its group becomes the group's copy for the names after it.
+    The link is made at a partial's name and renamed into place, as a copy is."""
+
+    def __init__(self, src: Path, verify: bool) -> None:
+        self.src = src
+        self.verify = verify
+        self.names: dict[tuple[int, int], list[str]] = {}
+        """Each group's names, sorted, by its (st_dev, st_ino) at the listing."""
+        self.group: dict[str, tuple[int, int]] = {}
+        """Each name of a group: the group's (st_dev, st_ino)."""
+        self.linked: set[str] = set()
+        """The names not done yet that are to be linked, not copied (the copy's steps skip them)."""
+        self.leader: dict[tuple[int, int], str] = {}
+        """Each group's name in place in the destination that the next names are linked to."""
+        self.refused: str | None = None
+        """The first link the destination refused (said once, then None again: ``said``)."""
+        self.said = False
+
+    @classmethod
+    def of(
+        cls,
+        src: Path,
+        verify: bool,
+        inodes: dict[tuple[int, int], list[str]],
+        failed_dirs: Collection[str],
+        done: Callable[[str], bool],
+    ) -> Links:
+        """The groups of ``inodes`` (two names or more, none under ``failed_dirs``), and their names to link:
+        every name not ``done`` after the first copy (a name done, or the first name not done). A file with
+        names outside the tree too: its names inside are linked together, the others are not the backup's."""
+        links = cls(src, verify)
+        for key, found in inodes.items():
+            names = sorted(n for n in found if not _under(n, failed_dirs)) if len(found) > 1 else []
+            if len(names) < 2:
+                continue
+            links.names[key] = names
+            for n in names:
+                links.group[n] = key
+            was = [n for n in names if done(n)]
+            todo = [n for n in names if not done(n)]
+            if was:
+                links.leader[key] = was[-1]
+            links.linked.update(todo if was else todo[1:])
+        return links
+
+    def copied(self, rel: str) -> None:
+        """``rel`` was copied into place: the copy its group's next names are linked to."""
+        key = self.group.get(rel)
+        if key is not None:
+            self.leader[key] = rel
+
+    def place(self, source: Source, dst: Path, rel: str) -> tuple[str | None, int, str]:
+        """Make ``rel`` a hard link to its group's copy: (the name linked to, 0, ""); or copy it into place
+        (synced: no sync of the batch covers it before its rename) when that cannot be done: (None, bytes,
+        sha256). A failed copy raises, as ``_write_one`` does."""
+        target, adopt = self.link(source, dst, rel)
+        if target is not None:
+            return target, 0, ""
+        tmp, n, sha = _write_one(source, dst, rel, self.verify)
+        if sha != "symlink":
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _place(tmp, dst / rel)
+        if adopt:
+            self.copied(rel)
+        return None, n, sha
+
+    def link(self, source: Source, dst: Path, rel: str) -> tuple[str | None, bool]:
+        """``rel`` made a hard link, in place, to its group's copy: (the name linked to, True); or (None, whether
+        a copy of ``rel`` would be the group's copy) when it is not: no copy in place yet, ``rel`` not the
+        file it was, the copy not of the version ``rel`` is now, or the link refused."""
+        key = self.group[rel]
+        leader = self.leader.get(key)
+        try:
+            d, name = source.of(rel)
+            now = os.stat(name, dir_fd=d, follow_symlinks=False)
+        except OSError:
+            return None, False  # its copy says what became of it
+        adopt = stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == key
+        if leader is None or not adopt:
+            return None, adopt
+        try:
+            d, name = source.of(leader)
+            was = os.stat(name, dir_fd=d, follow_symlinks=False)
+            copy = os.lstat(dst / leader)
+        except OSError:
+            return None, True
+        if (
+            (was.st_dev, was.st_ino) != key
+            or not stat.S_ISREG(copy.st_mode)
+            or (copy.st_size, copy.st_mtime_ns, copy.st_mode & MODE_KEPT)
+            != (now.st_size, now.st_mtime_ns, now.st_mode & MODE_KEPT)
+        ):
+            return None, True
+        tmp = _partial(dst, rel)
+        try:
+            _remove(tmp)
+            os.link(dst / leader, tmp, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.ENOENT and self.refused is None and not self.said:
+                self.refused = f"{rel}: {e.strerror or e}"
+            return None, True
+        _place(str(tmp), dst / rel)
+        if os.path.lexists(tmp):  # ``rel`` was that link already: the rename did nothing
+            os.unlink(tmp)
+        if self.verify and os.lstat(dst / rel).st_ino != copy.st_ino:
+            raise Differs(errno.EIO, f"verification failed: {rel} is not a hard link to {leader} in the destination")
+        return leader, True
+
+    def say(self, ctx: OperationContext) -> None:
+        """Say, once an attempt, that the destination refused a link (the names are copied instead)."""
+        if self.refused is not None:
+            ctx.log.warning(
+                f"the destination refused a hard link ({self.refused}): names hard-linked in the source are"
+                " copied instead where it refuses"
+            )
+            self.refused, self.said = None, True
+
+
+def _journal(dst: Path, done: Sequence[tuple[str, str, int] | tuple[str, str, int, str]]) -> None:
     """Append copied files (path, sha256, bytes copied) to the manifest journal (the checkpoint stays small;
-    duplicates: last wins)."""
+    duplicates: last wins); a name made a hard link: (path, "", 0, the name linked to)."""
     with open(dst / JOURNAL, "a", opener=private_opener) as fh:
         fh.writelines(json.dumps(x) + "\n" for x in done)
 
 
-def _read_journal(dst: Path) -> dict[str, tuple[str, int]]:
-    """The journal's files: path -> (sha256, size); empty when there is none."""
-    out: dict[str, tuple[str, int]] = {}
+Known = dict[str, tuple[str, int, str | None]]
+"""What the journal or the manifest says of each name: (sha256 or 'symlink', size, the name it is a hard link
+to or None)."""
+
+
+def _read_journal(dst: Path) -> Known:
+    """The journal's files: path -> (sha256, size, linked to); empty when there is none."""
+    out: Known = {}
     with contextlib.suppress(FileNotFoundError), open(dst / JOURNAL) as fh:
         for line in fh:
             try:
-                rel, sha, size = json.loads(line)
+                rel, sha, size, *link = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash: its file is not done and is copied again
-            out[rel] = (sha, size)
+            out[rel] = (sha, size, link[0] if link else None)
     return out
 
 
-def _read_manifest(dst: Path, digest: str) -> dict[str, tuple[str, int]] | None:
+def _read_manifest(dst: Path, digest: str) -> Known | None:
     """The files of the manifest this operation wrote (its sha256 is ``digest``); None when it is not that."""
     try:
         data = (dst / MANIFEST).read_bytes()
@@ -623,18 +811,18 @@ def _read_manifest(dst: Path, digest: str) -> dict[str, tuple[str, int]] | None:
         return None
     if hashlib.sha256(data).hexdigest() != digest:
         return None
-    return {rel: (v["sha256"], v["size"]) for rel, v in json.loads(data)["files"].items()}
+    return {rel: (v["sha256"], v["size"], v.get("link")) for rel, v in json.loads(data)["files"].items()}
 
 
-def _describe_copy(path: Path) -> tuple[str, int] | None:
-    """(sha256 or 'symlink', size) of a copy in the destination, read back; None when it is not there."""
+def _describe_copy(path: Path) -> tuple[str, int, None] | None:
+    """(sha256 or 'symlink', size, None) of a copy in the destination, read back; None when it is not there."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return "symlink", 0
-    return (_sha(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
+        return "symlink", 0, None
+    return (_sha(path), st.st_size, None) if stat.S_ISREG(st.st_mode) else None
 
 
 def _open_partial(dst: Path, rel: str, offset: int) -> tuple[int, hashlib._Hash]:
@@ -644,7 +832,13 @@ def _open_partial(dst: Path, rel: str, offset: int) -> tuple[int, hashlib._Hash]
     tmp = _partial(dst, rel)
     tmp.parent.mkdir(exist_ok=True)
     h = hashlib.sha256()
-    if offset and not tmp.is_symlink() and tmp.is_file() and tmp.stat().st_size >= offset:
+    try:
+        got: os.stat_result | None = os.lstat(tmp)
+    except OSError:
+        got = None
+    # Only a partial of its own: one with another name is a hard link a killed attempt made (``Links.link``),
+    # to a copy in place, that truncating would cut.
+    if offset and got is not None and stat.S_ISREG(got.st_mode) and got.st_nlink == 1 and got.st_size >= offset:
         with open(tmp, "r+b") as fo:
             fo.truncate(offset)
         with open(tmp, "rb") as fi:
@@ -744,17 +938,33 @@ def _write_xattrs(path: Path, attrs: list[tuple[str, bytes]]) -> None:
 
 
 def _manifest_files(
-    dst: Path, entries: list[str], known: dict[str, tuple[str, int]], done: Collection[str]
+    dst: Path, entries: list[str], known: Known, done: Collection[str]
 ) -> dict[str, dict[str, str | int]]:
-    """The manifest's files: every entry copied, with the sha256 and size of the bytes copied. A done entry
-    missing from ``known`` (its record lost) is described by reading its copy back."""
+    """The manifest's files: every entry copied, with the sha256 and size of the bytes copied; a name made a
+    hard link, with those of the copy it is linked to and that copy's name (``link``: the name that was
+    copied, whatever name the link was made to). A done entry missing from ``known`` (its record lost) is
+    described by reading its copy back."""
     files: dict[str, dict[str, str | int]] = {}
     for rel in entries:
         got = known.get(rel)
         if got is None and rel in done:
             got = _describe_copy(dst / rel)
-        if got is not None:
-            files[rel] = {"sha256": got[0], "size": got[1]}
+        if got is None:
+            continue
+        sha, size, link = got
+        if link is None:
+            files[rel] = {"sha256": sha, "size": size}
+            continue
+        seen = {rel}
+        while (to := known.get(link)) is not None and to[2] is not None and to[2] not in seen:
+            seen.add(link)
+            link = to[2]
+        copy = to if to is not None and to[2] is None else _describe_copy(dst / link)
+        if copy is None:  # the copy linked to is no longer there (nor its link): what the name is now
+            if (copy := _describe_copy(dst / rel)) is not None:
+                files[rel] = {"sha256": copy[0], "size": copy[1]}
+            continue
+        files[rel] = {"sha256": copy[0], "size": copy[1], "link": link}
     return files
 
 
@@ -768,7 +978,8 @@ def _write_manifest(src: Path, dst: Path, files: dict[str, dict[str, str | int]]
 
 @operation("backup_operation", params=BackupParams, description="copy a tree, verified and resumable")
 async def backup(ctx: OperationContext, p: BackupParams) -> dict:
-    """Copy source to destination; the result gives files, bytes and the manifest path."""
+    """Copy source to destination; the result gives files (names backed up), bytes (copied: a name made a hard
+    link to another's copy adds none), links (such names) and the manifest path."""
     src, dst = Path(p.source), Path(p.destination)
     ctx.progress(step="listing")
     listing = await asyncio.to_thread(_list, src)
@@ -787,9 +998,13 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     st.setdefault("bytes", 0)
     if not ctx.resuming:
         await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
-    ctx.progress(
-        total=len(entries), step="copying", bytes_total=sum(sizes.get(e, 0) for e in entries), bytes=st["bytes"]
+    links = Links.of(src, p.verify, listing.inodes, failed_dirs, ctx.is_done)
+    linked = links.linked
+    # A name linked to another's copy copies no bytes (only a group's first name is counted).
+    bytes_total = sum(sizes.get(e, 0) for e in entries) - sum(
+        sizes.get(n, 0) for names in links.names.values() for n in names[1:]
     )
+    ctx.progress(total=len(entries), step="copying", bytes_total=bytes_total, bytes=st["bytes"])
     steps = _steps([e for e in entries if not ctx.is_done(e)], sizes, p.chunk_checkpoint)
     mounts = await asyncio.to_thread(mounts_in, dst)  # synced with the destination's own file system
     placed: list[Outcome] = []
@@ -805,7 +1020,15 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                     placed = []
                 async for big in ctx.items([step]):
                     try:
+                        adopt = True
+                        if big in linked:
+                            target, adopt = await asyncio.to_thread(_link_large, links, dst, big)
+                            links.say(ctx)
+                            if target is not None:
+                                continue
                         await _copy_large(ctx, p, src, dst, big)
+                        if adopt:
+                            links.copied(big)
                     except NotRegular:
                         ctx.skip(big, NOT_REGULAR)
                     except NotFollowed:
@@ -817,19 +1040,20 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                             raise
                         ctx.skip(big, GONE)
                 continue
-            written = await (ahead or asyncio.to_thread(_write_batch, src, dst, step, p.verify))
+            written = await (ahead or asyncio.to_thread(_write_batch, src, dst, step, p.verify, linked))
             ahead = None
             if k + 1 < len(steps) and not isinstance(nxt := steps[k + 1], str):
-                ahead = asyncio.ensure_future(asyncio.to_thread(_write_batch, src, dst, nxt, p.verify))
+                ahead = asyncio.ensure_future(asyncio.to_thread(_write_batch, src, dst, nxt, p.verify, linked))
             try:
                 await asyncio.to_thread(sync_all, dst, mounts)  # this batch's bytes, the renames of the one before
                 if placed:
                     await _count(ctx, placed)
             except BaseException:  # a stop, too many failures: no partial is left behind (nor counted)
-                await _settle(dst, written, ahead)
+                await _settle(dst, written, ahead, links)
                 ahead = None
                 raise
-            placed = await asyncio.to_thread(_place_batch, dst, written)
+            placed = await asyncio.to_thread(_place_batch, dst, written, links)
+            links.say(ctx)
     except BaseException:
         if ahead is not None:  # its thread must not go on writing partials once this attempt is over
             with contextlib.suppress(BaseException):
@@ -841,10 +1065,26 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     files = await _finish(ctx, src, dst, dirs, entries)
     return {
         "files": len(files),
-        "bytes": sum(int(v["size"]) for v in files.values()),
+        "bytes": sum(int(v["size"]) for v in files.values() if "link" not in v),
+        "links": sum(1 for v in files.values() if "link" in v),
         "failures": ctx.failures,
         "manifest": str(dst / MANIFEST),
     }
+
+
+def _link_large(links: Links, dst: Path, rel: str) -> tuple[str | None, bool]:
+    """``Links.link`` of a large file's name, made durable and journaled as a large file's copy is (``_seal``):
+    it is counted done at once."""
+    with Source(links.src) as source:
+        target, adopt = links.link(source, dst, rel)
+    if target is not None:
+        fd = os.open((dst / rel).parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _journal(dst, [(rel, "", 0, target)])
+    return target, adopt
 
 
 def _steps(pending: list[str], sizes: dict[str, int], large: int) -> list[str | list[str]]:
@@ -860,7 +1100,7 @@ def _steps(pending: list[str], sizes: dict[str, int], large: int) -> list[str | 
     return steps
 
 
-async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | None) -> None:
+async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | None, links: Links) -> None:
     """Leaving the copy early: the batch being written meanwhile is waited for (its thread would otherwise go
     on writing partials under a later attempt), then both are synced and renamed into place, not counted."""
     batches = [written]
@@ -869,7 +1109,7 @@ async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | 
             batches.append(await ahead)
     await asyncio.to_thread(sync_all, dst)
     for batch in batches:
-        await asyncio.to_thread(_place_batch, dst, batch)
+        await asyncio.to_thread(_place_batch, dst, batch, links)
 
 
 async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
