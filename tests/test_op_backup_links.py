@@ -11,14 +11,17 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine import Engine, Status
+from engine import Engine, OperationSpec, Status
 from engine.operations.backup import SMALL_BATCH
 from tests.fixtures_cli import Cli
+from tests.fixtures_engine import until
 from tests.fixtures_ops import resume, run_json
 from tests.test_op_backup import OLD, partials, snapshot
 from tests.test_op_backup_hostile import after_listing, manifest, run_backup
@@ -119,17 +122,20 @@ def linked_tree(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "die_after",
+    ("die_at", "die_after"),
     [
-        SMALL_BATCH + 72 + 2,  # just after b/big is linked into place, not yet journaled or counted
-        SMALL_BATCH + 72 + 2 + SMALL_BATCH // 2,  # halfway through the renames of a batch of links
-        SMALL_BATCH + 72 + 2 + SMALL_BATCH + 30,  # in the next batch, with names linked to the ones before
+        ("placed", SMALL_BATCH + 72 + 2),  # just after b/big is linked into place, not yet journaled or counted
+        ("placed", SMALL_BATCH + 72 + 2 + SMALL_BATCH // 2),  # halfway through the renames of a batch of links
+        ("placed", SMALL_BATCH + 72 + 2 + SMALL_BATCH + 30),  # the next batch, b/big counted and checkpointed
+        ("journal", 1),  # at the end: the manifest written (with its links), the journal removed
     ],
 )
-def test_a_kill_among_the_links_resumes_to_the_same_links(cli: Cli, tmp_path: Path, die_after: int) -> None:
-    """SIGKILLed just after the ``die_after``-th rename into place (a copy's or a link's): the resume makes
-    the links still to make (not copies), and ends with the copy, links, manifest and result of an
-    uninterrupted run."""
+def test_a_kill_among_the_links_resumes_to_the_same_links(
+    cli: Cli, tmp_path: Path, die_at: str, die_after: int
+) -> None:
+    """SIGKILLed just after the ``die_after``-th rename into place (a copy's or a link's), or at the end:
+    the resume makes the links still to make (not copies), and ends with the copy, links, manifest and result
+    of an uninterrupted run."""
     src, whole, killed = tmp_path / "src", tmp_path / "whole", tmp_path / "killed"
     linked_tree(src)
     params: dict[str, Any] = {"source": str(src), "chunk_checkpoint": 4 * MB}
@@ -138,12 +144,16 @@ def test_a_kill_among_the_links_resumes_to_the_same_links(cli: Cli, tmp_path: Pa
         cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": str(whole)}), *profile
     )
     assert code == 0, err
-    env = {**cli.env, "OUTLAST_TEST_DIE_AT": "placed", "OUTLAST_TEST_DIE_AFTER": str(die_after)}
+    env = {**cli.env, "OUTLAST_TEST_DIE_AT": die_at, "OUTLAST_TEST_DIE_AFTER": str(die_after)}
     args = ["--plugin", "tests.backup_die", "run", "backup_operation", "--params-json"]
     r = cli(*args, json.dumps({**params, "destination": str(killed)}), *profile, env=env)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     op_id = next(op["id"] for op in json.loads(cli("--json", "ls").stdout) if op["id"] != ref["id"])
     assert (killed / "b" / "big").exists() and same_file(killed / "a" / "big", killed / "b" / "big")
+    # A power cut can lose the journal's line of a large file counted done (the journal is synced with the
+    # batches of small files only): that name is then described from its copy, a link still.
+    if (journal := killed / ".outlast-manifest.partial").exists():
+        journal.write_text("".join(ln for ln in journal.read_text().splitlines(True) if '"b/big"' not in ln))
 
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
@@ -222,3 +232,43 @@ async def test_a_name_that_is_another_file_since_the_listing_is_copied_not_linke
     assert final.status is Status.COMPLETED, final.error
     assert (dst / "b").read_text() == "a new file under the old name\n"
     assert link_groups(dst) == [["a", "c"]] and snapshot(dst) == snapshot(src)
+
+
+async def test_a_large_file_whose_link_is_refused_resumes_its_copy_at_its_offset(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where links are refused, a large file's second name is copied in chunks: paused inside that copy, the
+    resume tries the link again and goes on at the saved offset (the try had removed the partial: every
+    resume started that file again from its first byte)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in "ab":
+        (src / d).mkdir(parents=True)
+    (src / "a" / "big").write_bytes(os.urandom(40 * MB))
+    os.link(src / "a" / "big", src / "b" / "big")
+    refused = threading.Event()
+    real_fsync = os.fsync
+
+    def refuse(*_args: Any, **_kw: Any) -> None:
+        refused.set()
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def slow_fsync(fd: int) -> None:  # each chunk takes a while: the pause lands inside the file
+        time.sleep(0.05)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 * MB}
+    op = await engine.submit(OperationSpec(type="backup_operation", params=params))
+    await until(refused.is_set, timeout=30)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=30)
+    assert paused.status is Status.PAUSED, paused.status_message
+    assert not (dst / "b" / "big").exists()
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    logs = [r.message for r in (await engine.store.read_logs(final.id))[0]]
+    assert any(m.startswith("resuming b/big at byte ") for m in logs), logs
+    assert (dst / "b" / "big").read_bytes() == (src / "a" / "big").read_bytes() and link_groups(dst) == []
+    assert final.result["bytes"] == 80 * MB and final.result["links"] == 0

@@ -657,7 +657,7 @@ class Links:
     is, and the leader's copy has the source's size, mtime and mode (the copy of this version of it); it is
     copied otherwise, and when the destination refuses the link (EPERM, EMLINK, EXDEV...: said once an
     attempt). A copy made of a name still of its group becomes the group's copy for the names after it.
-    The link is made at a partial's name and renamed into place, as a copy is."""
+    The link is made in the staging directory and renamed into place, as a copy is."""
 
     def __init__(self, src: Path, verify: bool) -> None:
         self.src = src
@@ -754,6 +754,7 @@ class Links:
         ):
             return None, True
         tmp = _partial(dst, rel)
+        tmp = tmp.with_name(f"link-{tmp.name}")  # not the copy's partial: a large one's is kept for a resume
         try:
             _remove(tmp)
             os.link(dst / leader, tmp, follow_symlinks=False)
@@ -832,13 +833,7 @@ def _open_partial(dst: Path, rel: str, offset: int) -> tuple[int, hashlib._Hash]
     tmp = _partial(dst, rel)
     tmp.parent.mkdir(exist_ok=True)
     h = hashlib.sha256()
-    try:
-        got: os.stat_result | None = os.lstat(tmp)
-    except OSError:
-        got = None
-    # Only a partial of its own: one with another name is a hard link a killed attempt made (``Links.link``),
-    # to a copy in place, that truncating would cut.
-    if offset and got is not None and stat.S_ISREG(got.st_mode) and got.st_nlink == 1 and got.st_size >= offset:
+    if offset and not tmp.is_symlink() and tmp.is_file() and tmp.stat().st_size >= offset:
         with open(tmp, "r+b") as fo:
             fo.truncate(offset)
         with open(tmp, "rb") as fi:
@@ -938,16 +933,20 @@ def _write_xattrs(path: Path, attrs: list[tuple[str, bytes]]) -> None:
 
 
 def _manifest_files(
-    dst: Path, entries: list[str], known: Known, done: Collection[str]
+    dst: Path, entries: list[str], known: Known, done: Collection[str], links: Links | None = None
 ) -> dict[str, dict[str, str | int]]:
     """The manifest's files: every entry copied, with the sha256 and size of the bytes copied; a name made a
     hard link, with those of the copy it is linked to and that copy's name (``link``: the name that was
     copied, whatever name the link was made to). A done entry missing from ``known`` (its record lost) is
-    described by reading its copy back."""
+    described by reading its copy back, or as a link when its copy is one file with a name of its group
+    before it."""
     files: dict[str, dict[str, str | int]] = {}
     for rel in entries:
         got = known.get(rel)
         if got is None and rel in done:
+            if links is not None and rel in links.group and (same := _same_file(dst, rel, links, files)):
+                files[rel] = same
+                continue
             got = _describe_copy(dst / rel)
         if got is None:
             continue
@@ -966,6 +965,24 @@ def _manifest_files(
             continue
         files[rel] = {"sha256": copy[0], "size": copy[1], "link": link}
     return files
+
+
+def _same_file(dst: Path, rel: str, links: Links, files: dict[str, dict[str, str | int]]) -> dict[str, str | int]:
+    """The manifest's entry of ``rel`` as a link, when its copy is one file with that of a name of its group
+    before it (already in ``files``); empty when it is not."""
+    try:
+        ino = os.lstat(dst / rel).st_ino
+    except OSError:
+        return {}
+    for name in links.names[links.group[rel]]:
+        if name == rel:
+            break
+        got = files.get(name)
+        if got is not None and got["sha256"] != "symlink":
+            with contextlib.suppress(OSError):
+                if os.lstat(dst / name).st_ino == ino:
+                    return {"sha256": got["sha256"], "size": got["size"], "link": got.get("link", name)}
+    return {}
 
 
 def _write_manifest(src: Path, dst: Path, files: dict[str, dict[str, str | int]]) -> str:
@@ -1062,7 +1079,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     if placed:
         await asyncio.to_thread(sync_all, dst, mounts)
         await _count(ctx, placed)
-    files = await _finish(ctx, src, dst, dirs, entries)
+    files = await _finish(ctx, src, dst, dirs, entries, links)
     return {
         "files": len(files),
         "bytes": sum(int(v["size"]) for v in files.values() if "link" not in v),
@@ -1128,7 +1145,7 @@ async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
 
 
 async def _finish(
-    ctx: OperationContext, src: Path, dst: Path, dirs: list[str], entries: list[str]
+    ctx: OperationContext, src: Path, dst: Path, dirs: list[str], entries: list[str], links: Links | None = None
 ) -> dict[str, dict[str, str | int]]:
     """The end, in an order where a SIGKILL anywhere resumes to the same manifest and modes: directory modes
     and times; the manifest; a checkpoint saying the manifest holds what the journal held; the journal's
@@ -1144,7 +1161,7 @@ async def _finish(
     for m in await asyncio.to_thread(mounts_in, dst):  # before the directories' times are set: it changes them
         await asyncio.to_thread(_remove, m / mount_staging(dst))
     problems = await asyncio.to_thread(_set_dir_stats, src, dst, dirs)
-    files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys)
+    files = await asyncio.to_thread(_manifest_files, dst, entries, known, ctx.done_keys, links)
     st["manifest"] = await asyncio.to_thread(_write_manifest, src, dst, files)
     await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
