@@ -208,6 +208,7 @@ async def test_a_destination_that_refuses_a_link_gets_a_copy(
     assert final.status is Status.COMPLETED, final.error
     assert link_groups(tmp_path / "dst2") == [] and snapshot(tmp_path / "dst2") == snapshot(src)
     assert final.result["links"] == 0 and final.result["files"] == 4 and final.result["failures"] == 0
+    assert final.progress.metrics["bytes"] == final.progress.metrics["bytes_total"] == final.result["bytes"]
     logs = [r.message for r in (await engine.store.read_logs(final.id))[0]]
     assert sum("refused a hard link" in m for m in logs) == 1, logs
 
@@ -272,3 +273,4 @@ async def test_a_large_file_whose_link_is_refused_resumes_its_copy_at_its_offset
     assert any(m.startswith("resuming b/big at byte ") for m in logs), logs
     assert (dst / "b" / "big").read_bytes() == (src / "a" / "big").read_bytes() and link_groups(dst) == []
     assert final.result["bytes"] == 80 * MB and final.result["links"] == 0
+    assert final.progress.metrics["bytes"] == final.progress.metrics["bytes_total"] == 80 * MB

@@ -1018,8 +1018,10 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     links = Links.of(src, p.verify, listing.inodes, failed_dirs, ctx.is_done)
     linked = links.linked
     # A name linked to another's copy copies no bytes (only a group's first name is counted).
-    bytes_total = sum(sizes.get(e, 0) for e in entries) - sum(
-        sizes.get(n, 0) for names in links.names.values() for n in names[1:]
+    bytes_total = (
+        sum(sizes.get(e, 0) for e in entries)
+        - sum(sizes.get(n, 0) for names in links.names.values() for n in names[1:])
+        + st.get("copied_instead", 0)
     )
     ctx.progress(total=len(entries), step="copying", bytes_total=bytes_total, bytes=st["bytes"])
     steps = _steps([e for e in entries if not ctx.is_done(e)], sizes, p.chunk_checkpoint)
@@ -1033,7 +1035,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             if isinstance(step, str):
                 if placed:
                     await asyncio.to_thread(sync_all, dst, mounts)
-                    await _count(ctx, placed)
+                    await _count(ctx, placed, linked)
                     placed = []
                 async for big in ctx.items([step]):
                     try:
@@ -1043,9 +1045,12 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                             links.say(ctx)
                             if target is not None:
                                 continue
+                        before = st["bytes"]
                         await _copy_large(ctx, p, src, dst, big)
                         if adopt:
                             links.copied(big)
+                        if big in linked:
+                            _copied_instead(ctx, st["bytes"] - before)
                     except NotRegular:
                         ctx.skip(big, NOT_REGULAR)
                     except NotFollowed:
@@ -1064,7 +1069,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
             try:
                 await asyncio.to_thread(sync_all, dst, mounts)  # this batch's bytes, the renames of the one before
                 if placed:
-                    await _count(ctx, placed)
+                    await _count(ctx, placed, linked)
             except BaseException:  # a stop, too many failures: no partial is left behind (nor counted)
                 await _settle(dst, written, ahead, links)
                 ahead = None
@@ -1078,7 +1083,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         raise
     if placed:
         await asyncio.to_thread(sync_all, dst, mounts)
-        await _count(ctx, placed)
+        await _count(ctx, placed, linked)
     files = await _finish(ctx, src, dst, dirs, entries, links)
     return {
         "files": len(files),
@@ -1129,8 +1134,9 @@ async def _settle(dst: Path, written: Written, ahead: asyncio.Future[Written] | 
         await asyncio.to_thread(_place_batch, dst, batch, links)
 
 
-async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
-    """Count a batch's files, on disk under their final names: done, skipped or failed."""
+async def _count(ctx: OperationContext, results: list[Outcome], linked: Collection[str] = ()) -> None:
+    """Count a batch's files, on disk under their final names: done, skipped or failed. A name of ``linked``
+    that was copied instead adds its bytes to the total (``_copied_instead``)."""
     st = ctx.state
     async for rel, n, err, _sha in ctx.items(results, key=lambda r: r[0]):
         if err in SKIPS:  # deleted or replaced since the listing: not a failure
@@ -1142,6 +1148,14 @@ async def _count(ctx: OperationContext, results: list[Outcome]) -> None:
         st["bytes"] += n
         ctx.step = rel
         ctx.metrics["bytes"] = st["bytes"]
+        if n and rel in linked:
+            _copied_instead(ctx, n)
+
+
+def _copied_instead(ctx: OperationContext, n: int) -> None:
+    """A name that was to be a link was copied (``n`` bytes): the bytes to copy, counted without it, grow."""
+    ctx.state["copied_instead"] = ctx.state.get("copied_instead", 0) + n
+    ctx.metrics["bytes_total"] = ctx.metrics.get("bytes_total", 0) + n
 
 
 async def _finish(
