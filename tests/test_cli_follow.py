@@ -188,3 +188,26 @@ def test_a_resume_queued_for_a_worker_names_the_worker_for_its_store(cli: Cli, t
     r = cli("--state-dir", str(other), "resume", op_id, "--queue")
     assert r.returncode == 0, r.stderr
     assert f"a running `outlast --state-dir {other} worker` picks it up" in r.stdout, r.stdout
+
+
+def test_watching_work_queued_with_no_worker_says_so_once_and_goes_on_waiting(cli: Cli) -> None:
+    """``outlast watch ID`` of an operation queued while no worker runs on the store said nothing and
+    waited for ever: over SSH nobody could tell it would never start. One line on stderr says so, with the
+    command that starts a worker, and the watch goes on: a worker started then runs it, and the watch ends."""
+    r = cli(*PLUGIN, "-q", "submit", "ledger", "-p", "items=3")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    watch = cli.start(*PLUGIN, "watch", op_id)
+    said = lambda: [ln for ln in watch.err if "no worker" in ln]  # noqa: E731
+    until(said, 30, what="the line saying no worker runs")
+    assert said() == [
+        f"{op_id} is queued and no worker seems to be running on this store (nothing claimed it in 3 s);"
+        " start one with: outlast --plugin tests.ops_for_tests worker (still waiting)"
+    ], watch.err
+    assert watch.popen.poll() is None  # still waiting: a worker may come
+    worker = cli.start(*PLUGIN, "worker")
+    assert watch.wait(30) == ExitCode.OK, (watch.out[-3:], watch.err)
+    assert len(said()) == 1, watch.err
+    assert not any(ln.startswith(op_id) and "no worker" in ln for ln in watch.out), watch.out  # stdout: the lines
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

@@ -81,6 +81,42 @@ class OrphanLook:
             await self.engine.recover()
 
 
+NO_WORKER_NOTE = 3.0
+"""Seconds an operation followed elsewhere waits queued and due, while nothing at all runs on its store,
+before the follower says that no worker seems to be running (an idle worker looks at the queue every
+0.5 s, so it would have claimed it): over SSH, a watch of work nobody will start waited in silence."""
+
+
+class NoWorkerLook:
+    """``await look(op)`` in a follower's loop: the line to say, once, when ``op`` has stayed queued and due
+    for ``NO_WORKER_NOTE`` seconds with no operation running on the store (so no worker is busy, and none
+    idle claimed it), else None. The store keeps no list of idle workers: this is what it can tell."""
+
+    def __init__(self, engine: Engine, prefix: str) -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.since: float | None = None
+        self.said = False
+
+    async def __call__(self, op: Operation) -> str | None:
+        if self.said or op.status is not Status.QUEUED or not op.retry_due(time.time()):
+            self.since = None
+            return None
+        if (await self.engine.store.counts()).get(Status.RUNNING, 0):
+            self.since = None  # a worker is busy: the operation waits for a slot
+            return None
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since < NO_WORKER_NOTE:
+            return None
+        self.said = True
+        return (
+            f"{op.id} is queued and no worker seems to be running on this store (nothing claimed it in"
+            f" {NO_WORKER_NOTE:g} s); start one with: {self.prefix} worker (still waiting)"
+        )
+
+
 class WatchStopped(Exception):
     """The user stopped watching (Ctrl-C) an operation that runs elsewhere."""
 
@@ -180,6 +216,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
     offset = 0
     pausing_there = False  # a signal asked the worker that claimed it to pause it: followed until it has
     orphans = OrphanLook(engine)
+    idle = NoWorkerLook(engine, prefix)
     reader = _Reader(engine, op_id)
     try:
         with view:
@@ -214,6 +251,11 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                     for rec in records:
                         view.log(rec)
                 view.update(op)
+                if not local and (line := await idle(op)) is not None:
+                    if not isinstance(view, PlainView):
+                        view.note(line)  # above the live panel, which owns the terminal
+                    elif not view.quiet:
+                        fmt.echo(line, err=True)  # stdout stays the operation's lines (or JSON)
                 if op.status in SETTLED:
                     return op
                 if not local and engine.draining and not pausing_there:
