@@ -50,3 +50,19 @@ def test_a_number_for_a_number_param_is_still_checked(cli: Cli) -> None:
         "outlast: command params: tail: Input should be a valid integer, unable to parse string as an integer"
     ]
     assert json.loads(cli.here("ls", "--json").stdout) == before
+
+
+def test_a_param_given_twice_is_refused_naming_it_and_nothing_is_stored(cli: Cli) -> None:
+    """``-p n=1 -p n=2`` was silently ``n=2``: which one was meant is a guess. Refused, one line naming
+    the key, on ``run`` and ``submit`` alike (and a ``--profile`` key given twice), nothing stored."""
+    for args in (
+        ("submit", "command", "-p", "command=true", "-p", "tail=1", "-p", "tail=2"),
+        ("run", "command", "-p", "command=true", "-p", "command=false"),
+        ("--json", "submit", "command", "-p", "command=true", "-p", " command=true"),
+        ("submit", "command", "-p", "command=true", "--profile", "max_timeout=5", "--profile", "max_timeout=6"),
+    ):
+        r = cli.here(*args)
+        assert r.returncode == ExitCode.USAGE and r.stdout == "", (args, r.stdout, r.stderr)
+        key = "max_timeout" if "--profile" in args else args[-1].split("=")[0].strip()
+        assert len(r.stderr.strip().splitlines()) == 1 and f"'{key}' given more than once" in r.stderr, r.stderr
+        assert json.loads(cli.here("ls", "--json").stdout) == []

@@ -247,13 +247,17 @@ def parse_value(raw: str, option: str = "--param") -> Any:
 
 def parse_pairs(pairs: tuple[str, ...], option: str, text: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``KEY=VALUE`` pairs, each value read as JSON when it is JSON; for the keys in ``text``, only a JSON
-    string is read (``-p 'command="ls -l"'``, as before), anything else is taken as typed."""
+    string is read (``-p 'command="ls -l"'``, as before), anything else is taken as typed. A key given
+    twice is refused: ``-p n=1 -p n=2`` was silently the last, which one of the two was meant is not ours
+    to guess."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint=option)
+        if key in out:
+            raise click.BadParameter(f"{key!r} given more than once", param_hint=option)
         out[key] = _text_value(value) if key in text else parse_value(value, option)
     return out
 
