@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from engine import Status, open_store
+from engine import Engine, OperationSpec, Settings, Status, open_store
 from engine.lifecycle import ACTIONS, Action
-from engine.models import Conflict, NotFound, WorkerInfo
+from engine.models import Conflict, LogRecord, NotFound, WorkerInfo
 from engine.store.redis import lua
 from tests.fixtures_engine import queued_record
 from tests.fixtures_redis import RedisServer
@@ -128,3 +128,26 @@ async def test_a_resume_whose_reply_was_lost_is_done_though_a_worker_claimed_it_
             assert resumed.status is Status.RUNNING and resumed.epoch == first.epoch + 1  # as it is now
             with pytest.raises(Conflict):  # a resume of a running operation is refused as before
                 await store.transition(op.id, Status.QUEUED, expect=frozenset({Status.FAILED}))
+
+
+async def test_log_records_whose_reply_was_lost_are_written_once(redis_server: RedisServer, settings: Settings) -> None:
+    """The engine's last log records, written as it settles, with their reply lost: the link sent them again
+    and Redis appended them twice (each line twice in ``outlast logs``). Once now; and so the records of an
+    operation no attempt of this process holds (a store's plain append)."""
+    async with ReplyLosingProxy(redis_server) as url:
+        proxy = ReplyLosingProxy.last
+        store: Any = open_store(url, namespace="lr", checkpoint_mirror=None)
+        proxy.arm("LOG")
+        async with Engine(store=store, settings=settings) as engine:
+            op = await engine.submit(OperationSpec(type="command", params={"argv": ["echo", "hello"]}))
+            assert (await engine.wait(op.id, timeout=30, poll=0.05)).status is Status.COMPLETED
+            assert proxy.runs == 2  # sent again after the lost reply
+            records, _ = await engine.logs(op.id)
+            assert [r.message for r in records] == ["hello"]
+
+            proxy.runs = 0
+            proxy.arm("LOG")
+            await store.append_logs(op.id, [LogRecord(ts=time.time(), level="info", message="by hand")])
+            assert proxy.runs == 2
+            records, _ = await engine.logs(op.id)
+            assert [r.message for r in records] == ["hello", "by hand"]

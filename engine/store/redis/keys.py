@@ -6,7 +6,8 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 =====================  ============================================================================
 ``op:ID``              the record: a hash, one JSON value per Operation field (codec.py), plus
                        ``_tx`` (the last write's token: a write retried after a lost reply is not
-                       applied twice) and ``_ctl`` (a pending cancel or pause)
+                       applied twice), ``_ltx`` (the same for the last batch of log records) and
+                       ``_ctl`` (a pending cancel or pause)
 ``ids``                every id (a sorted set by lex: resolving a prefix)
 ``handles``            handle -> id (a hash: resolving a handle)
 ``idem``               idempotency key (its JSON text) -> id: a create with a key another operation has

@@ -5,10 +5,12 @@ so a missed message is never a lost cancel) and published on the ``events`` chan
 Logs are a capped stream per operation (``log:ID``, the newest LOG_MAXLEN records). The records
 of an operation this process runs are appended only while its attempt holds the operation (a
 script checks its lease, as for every other write of an attempt); those of a lost attempt are dropped.
+A batch of records is appended once, whatever the link sends again after a lost reply.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from ...models import ControlAction, InvalidInput, LogRecord, validate_id
@@ -60,21 +62,15 @@ class ControlLogsMixin(RedisCore):
         epoch = self._held.get(op_id)
         if epoch is None and op_id in self._lost:
             return  # the records of an attempt that lost its lease are not written
-        if epoch is not None:
-            keys = [self.keys.op(op_id), self.keys.lease(op_id), key]
-            args = [str(epoch), self._attempt_token(op_id, epoch), str(LOG_MAXLEN), *rows]
-            res = await self._script("LOG", keys, args, f"writing logs of {op_id}")
-            if res[0] == b"fenced":
-                self._refused(op_id, epoch, res)
-            return
-
-        async def do(c: Any) -> None:
-            pipe = c.pipeline(transaction=False)
-            for row in rows:
-                pipe.xadd(key, {"r": row}, maxlen=LOG_MAXLEN, approximate=True)
-            await pipe.execute()
-
-        await self.link.call(do, f"writing logs of {op_id}")
+        # One script with a tx of its own, fenced when this process runs the operation: the link sends it
+        # again after a lost reply, and a batch Redis had appended was appended twice (each line twice in
+        # `outlast logs`); the script appends a tx once.
+        keys = [self.keys.op(op_id), self.keys.lease(op_id), key]
+        token = "" if epoch is None else self._attempt_token(op_id, epoch)
+        args = ["" if epoch is None else str(epoch), token, str(LOG_MAXLEN), secrets.token_hex(8), *rows]
+        res = await self._script("LOG", keys, args, f"writing logs of {op_id}")
+        if res[0] == b"fenced" and epoch is not None:
+            self._refused(op_id, epoch, res)
 
     async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
         """``offset`` is the stream position of the last record read, as an int (0: from the start)."""

@@ -5,7 +5,7 @@ Python, so the scripts compare and copy values but never parse or build JSON (cj
 would mangle user data); only status, epoch and priority are compared, as their JSON
 text (``"running"``, ``7``, ``"high"``). Fields starting with ``_`` are internal:
 ``_tx`` (the last write's token, so a write retried after a lost reply is not applied
-twice) and ``_ctl`` (a pending cancel or pause).
+twice), ``_ltx`` (the same for the last batch of log records) and ``_ctl`` (a pending cancel or pause).
 
 The keys, under the namespace prefix P (``ARGV[1]``), are described in keys.py.
 
@@ -418,11 +418,18 @@ return {'ok'}
 LOG = (
     _FENCE
     + r"""
--- KEYS: op, lease, log. ARGV: epoch, lease token, maxlen, record, ...
--- The log records of a running attempt, appended only while it holds the operation.
-local no = fence(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-if no then return {'fenced', no[1], no[2], no[3]} end
-for i = 4, #ARGV do redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[i]) end
+-- KEYS: op, lease, log. ARGV: epoch ('': records not of an attempt, not fenced), lease token, maxlen, tx,
+-- record, ... The log records of a running attempt, appended only while it holds the operation. Appended
+-- once: the record's _ltx keeps the tx of the last batch appended, so a batch sent again after its reply
+-- was lost (Redis ran it) is not appended twice; checked first, as the batch is done whatever happened since.
+-- (A process writes an operation's batches one after another.)
+if redis.call('HGET', KEYS[1], '_ltx') == ARGV[4] then return {'ok'} end
+if ARGV[1] ~= '' then
+  local no = fence(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+  if no then return {'fenced', no[1], no[2], no[3]} end
+end
+for i = 5, #ARGV do redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[i]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], '_ltx', ARGV[4]) end
 return {'ok'}
 """
 )
