@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,8 @@ class ReplyLosingProxy:
         self.sha = b""
         self.then: Callable[[], Awaitable[object]] | None = None
         self.runs = 0
+        self.down_until = 0.0
+        """Until then (monotonic), every connection is cut at its next request: Redis unreachable."""
         self._server: asyncio.Server | None = None
 
     last: ReplyLosingProxy
@@ -55,11 +58,16 @@ class ReplyLosingProxy:
         self.sha, self.then = hashlib.sha1(text.encode()).hexdigest().encode(), then
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if time.monotonic() < self.down_until:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         cut = asyncio.Event()
 
         async def upstream() -> None:
             while data := await reader.read(65536):
+                if time.monotonic() < self.down_until:
+                    return
                 if self.sha and self.sha in data:
                     self.runs += 1
                     if self.runs == 1:
@@ -151,3 +159,41 @@ async def test_log_records_whose_reply_was_lost_are_written_once(redis_server: R
             assert proxy.runs == 2
             records, _ = await engine.logs(op.id)
             assert [r.message for r in records] == ["hello", "by hand"]
+
+
+async def test_a_settle_whose_outcome_stayed_unknown_says_what_was_found(
+    redis_server: RedisServer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operation's final status, applied by Redis, its reply lost and Redis unreachable past the link's
+    retries: the settle's outcome is unknown. The heartbeat then found the lease gone (the settle let go of
+    it) and said "this worker lost its lease", and the settle's next try, refused as the operation was
+    completed, "final status completed not written", though it was. It is tried again with the same token
+    now, found applied, and said so."""
+    caplog.set_level(logging.WARNING, logger="outlast")
+    async with ReplyLosingProxy(redis_server) as url:
+        proxy = ReplyLosingProxy.last
+        store: Any = open_store(f"{url}?retry_for=1&lease_ttl=1.5", namespace="lr", checkpoint_mirror=None)
+        direct: Any = open_store(redis_server.url, namespace="lr", checkpoint_mirror=None)
+        async with direct, Engine(store=store, settings=settings) as engine:
+            op = await engine.submit(OperationSpec(type="ledger", params={"items": 3, "seconds": 0.3}))
+            for _ in range(100):
+                if (await direct.get(op.id)).status is Status.RUNNING:
+                    break
+                await asyncio.sleep(0.05)
+
+            async def unreachable() -> None:  # past the link's retries (1 s) and the lease (1.5 s)
+                proxy.down_until = time.monotonic() + 3
+
+            proxy.arm("WRITE", unreachable)  # its next write: the settle
+            for _ in range(200):
+                if not engine.running_ids:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await direct.get(op.id)).status is Status.COMPLETED
+    said = [r.getMessage() for r in caplog.records if op.id in r.getMessage()]
+    assert not [m for m in said if "lost its lease" in m or "not written" in m], said
+    assert said[-1:] == [  # after the store's outage said once
+        f"operation {op.id}: the write of its final status completed (attempt epoch 1) got no reply, outcome"
+        " unknown; the store answered again: that write had been applied"
+    ], said
+    assert proxy.runs == 2  # tried again, with the same token

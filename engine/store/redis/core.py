@@ -75,6 +75,11 @@ class RedisCore:
         self._settling: set[str] = set()
         """Operations whose attempt's final transition this process is writing: a write refused meanwhile
         (the settle let go of the lease) is no loss."""
+        self._unsure: dict[str, tuple[int, str, str]] = {}
+        """Final transitions of this process's attempts whose outcome is unknown (sent, no reply before the
+        retries gave up): operation id -> (epoch, status, tx). Tried again with the same tx, which Redis
+        answers with the record as it is when the first try was applied; meanwhile the operation stays
+        settling, so a heartbeat that finds the lease gone (let go of by that settle) is no loss."""
         self._scripts: dict[str, Any] = {}
         """The registered Lua scripts by name (lua.py), once open."""
         self._malformed: set[str] = set()

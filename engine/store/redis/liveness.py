@@ -35,6 +35,8 @@ class LivenessMixin(RecoveryMixin):
 
     async def release(self, op_id: str, epoch: int | None = None) -> None:
         self._last_delta.pop(op_id, None)
+        if self._unsure.pop(op_id, None) is not None:  # the attempt is over, its settle told or given up
+            self._settling.discard(op_id)
         if op_id in self._lost and (epoch is None or self._lost[op_id] == epoch):
             del self._lost[op_id]  # that attempt has ended: its operation is an orphan like any other now
             return
@@ -55,6 +57,7 @@ class LivenessMixin(RecoveryMixin):
                 break
         self._held.clear()
         self._lost.clear()
+        self._unsure.clear()
         self._last_delta.clear()
 
     async def at_rest(self, fn: Callable[[], None]) -> None:

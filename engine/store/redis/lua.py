@@ -180,12 +180,12 @@ if denied then return denied end
 local k = KEYS[1]
 local cur = redis.call('HMGET', k, 'status', 'epoch', '_tx')
 if not cur[1] then return {'missing'} end
-if ARGV[6] ~= '' and cur[3] == ARGV[6] then return {'ok', redis.call('HGETALL', k)} end
+if ARGV[6] ~= '' and cur[3] == ARGV[6] then return {'done', redis.call('HGETALL', k)} end  -- applied before
 -- A write that is not an attempt's (a resume, a cancel, an orphan interrupted) is remembered under its tx for
 -- a while: run again after its reply was lost and another write since (a claim of what it resumed), it is
 -- done, not refused. (An attempt's writes are too many to keep a key each; the record's _tx covers them.)
 local wtx = P .. 'wtx:' .. ARGV[6]
-if ARGV[7] == '' and ARGV[6] ~= '' and redis.call('EXISTS', wtx) == 1 then return {'ok', redis.call('HGETALL', k)} end
+if ARGV[7] == '' and ARGV[6] ~= '' and redis.call('EXISTS', wtx) == 1 then return {'done', redis.call('HGETALL', k)} end
 if ARGV[7] ~= '' then
   local no = fence(k, KEYS[2], ARGV[4], ARGV[7])
   if no then return {'fenced', no[1], no[2], no[3]} end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import secrets
 import time
 from typing import Any
@@ -39,6 +40,8 @@ from ..base import check_slots, parse_slots
 from .codec import IF_CANCELLED, decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
+
+log = logging.getLogger("outlast.store.redis")
 
 
 class RecordsMixin(RecoveryMixin):
@@ -177,10 +180,17 @@ class RecordsMixin(RecoveryMixin):
         return {m.decode(): p for i, p in enumerate(Priority) for k in (2 * i, 2 * i + 1) for m in ids[k]}
 
     async def _write(
-        self, op_id: str, fields: dict[str, Any], epoch: int | None, allowed: list[Status] | None, what: str
+        self,
+        op_id: str,
+        fields: dict[str, Any],
+        epoch: int | None,
+        allowed: list[Status] | None,
+        what: str,
+        tx: str | None = None,
     ) -> tuple[str, Any]:
         """A record write; one of this process's own attempts (``epoch`` held here) is fenced by its lease,
-        any other with an ``epoch`` only compares it."""
+        any other with an ``epoch`` only compares it. ``tx``: the write's token (a new one by default); the
+        tag is ``done`` when the record's last write already had it (applied by an earlier try)."""
         own = epoch is not None and epoch in (self._held.get(op_id), self._lost.get(op_id))
         token = self._attempt_token(op_id, epoch) if own and epoch is not None else ""
         fields = {**fields, "updated_at": time.time()}
@@ -190,7 +200,7 @@ class RecordsMixin(RecoveryMixin):
             repr(time.time()),
             "" if epoch is None else str(epoch),
             "" if allowed is None else ",".join(enc(s.value) for s in allowed),
-            secrets.token_hex(8),
+            tx or secrets.token_hex(8),
             token,
             *pairs(fields),
         ]
@@ -232,13 +242,39 @@ class RecordsMixin(RecoveryMixin):
         if if_cancelled is not None and to in CANCEL_WINS:
             fields = {**fields, IF_CANCELLED: if_cancelled}  # the WRITE script reads it: a pending cancel wins
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
-        if settling:
+        unsure = self._unsure.get(op_id)
+        tx = None
+        if settling and epoch is not None:
             self._settling.add(op_id)  # a heartbeat meanwhile must not take this settle for a lost lease
+            tx = unsure[2] if unsure is not None and unsure[:2] == (epoch, to.value) else secrets.token_hex(8)
         try:
-            tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, f"{op_id} -> {to.value}")
+            what = f"{op_id} -> {to.value}"
+            tag, data = await self._write(op_id, {**fields, "status": to}, epoch, allowed, what, tx)
+        except Exception as e:
+            if settling and epoch is not None and tx is not None and getattr(e, "outcome_unknown", False):
+                # Applied or not, nobody can say yet: the next try (the same tx) says. Until then the lease
+                # this settle may have let go of is not reported lost.
+                self._unsure[op_id] = (epoch, to.value, tx)
+            elif isinstance(e, (StaleAttempt, NotFound, Conflict)) and self._unsure.pop(op_id, None) is not None:
+                raise type(e)(
+                    f"operation {op_id}: the write of its final status {to.value} (attempt epoch {epoch}) got no"
+                    f" reply, outcome unknown; the store answered again and refused it: {e}"
+                ) from None
+            raise
         finally:
-            if settling:
+            if settling and op_id not in self._unsure:
                 self._settling.discard(op_id)
+        if self._unsure.pop(op_id, None) is not None:
+            self._settling.discard(op_id)
+            found = "that write had been applied" if tag == "done" else "that write had not been applied; written now"
+            log.warning(
+                "operation %s: the write of its final status %s (attempt epoch %s) got no reply, outcome unknown;"
+                " the store answered again: %s",
+                op_id,
+                to.value,
+                epoch,
+                found,
+            )
         if tag in ("conflict", "held"):
             current = Status(json.loads(data))
             if tag == "held":
