@@ -85,6 +85,22 @@ class PaneFrame(Widget):
         return ""  # a Widget's own render is its name and id
 
 
+class PaneTabs(Tabs):
+    """The panes' tabs. The active one is named when they are made; when the app closes while they mount
+    (quit at once, the deferred panes still mounting), their Tab widgets may never be mounted, and Textual's
+    Tabs refused that name at its mount: "No Tab with id 'tab-detail'" instead of a clean exit. A name
+    among the tabs made is taken even while its Tab is not mounted (then nothing is highlighted)."""
+
+    def __init__(self, *tabs: Tab, **kw: Any) -> None:
+        super().__init__(*tabs, **kw)
+        self.made = {tab.id for tab in tabs}
+
+    def validate_active(self, active: str) -> str:
+        if active in self.made:
+            return active
+        return super().validate_active(active)
+
+
 class DashboardScreen(Screen[None]):
     """``model`` is what is shown; ``live(op_id)`` the progress of what this process runs."""
 
@@ -144,7 +160,7 @@ class DashboardScreen(Screen[None]):
         yield SteadyFooter(compact=True)
 
     def _tabs(self) -> Tabs:
-        return Tabs(
+        return PaneTabs(
             *(Tab(f"{i} {name.capitalize()}", id=f"tab-{name}") for i, name in enumerate(PANES, 1)),
             id="pane-tabs",
             active=f"tab-{self.tab}",
