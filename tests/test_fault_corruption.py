@@ -5,7 +5,7 @@ result of an uninterrupted run: every item counted exactly once), or one clear l
 a documented exit code. Never a wrong "completed", never a traceback.
 
 Randomised cases are seeded; the seed is printed (and named in every assertion). ``OUTLAST_SOAK=1``
-runs many rounds.
+runs many rounds (``OUTLAST_SOAK_ROUNDS`` of random bytes, 200 by default).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ P = ["--plugin", "tests.ops_for_tests"]
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
 SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.randrange(1 << 30))
 """One seed for the randomised cases of a run (OUTLAST_FAULT_SEED=N repeats a run)."""
+ROUNDS = int(os.environ.get("OUTLAST_SOAK_ROUNDS") or 200) if SOAK else 4
+"""Rounds of random bytes (read here: each test's environment is cleared of OUTLAST_ variables)."""
 DOCUMENTED = {int(c) for c in ExitCode}
 EVERY = 10
 """Items per explicit checkpoint: checkpoint k holds items 0 .. k*EVERY-1."""
@@ -403,7 +405,7 @@ def test_random_bytes_in_the_database(cli: Cli, pristine: tuple[Path, str, bytes
     n = PRISTINE_ITEMS
     op_id, image = from_pristine(cli, pristine)
     seed = SEED
-    rounds = 200 if SOAK else 4
+    rounds = ROUNDS
     print(f"seed {seed}, {rounds} rounds")
     rng = random.Random(seed)
     for rnd in range(rounds):
@@ -530,3 +532,32 @@ def test_every_row_type_and_file(cli: Cli, pristine: tuple[Path, str, bytes], da
         if r.returncode:
             one_line(r, f"{damage} {args}")
     assert_outcome(resume_json(cli, op_id), n, damage)
+
+
+def test_a_damaged_copy_of_an_id_in_the_index_is_the_store_damaged_not_a_missing_operation(
+    cli: Cli, pristine: tuple[Path, str, bytes]
+) -> None:
+    """Found by the random-bytes soak (exit 3 now and then): a byte changed in the primary-key index's copy of
+    the operation's id, the table's row whole. 'resume ID' said "no operation matches id" (exit 3) and
+    'show PREFIX' "invalid operation id" (exit 2) of a record that is there: the store is damaged, said in
+    one line with the store's code (8), and nothing is written."""
+    op_id, image = from_pristine(cli, pristine)
+    with sqlite3.connect(cli.state_dir / "outlast.db") as conn:
+        pages = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE name='sqlite_autoindex_operations_1'")]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    damaged = bytearray(image)
+    spots = [
+        at
+        for page in pages
+        for at in range((page - 1) * page_size, page * page_size)
+        if image[at : at + len(op_id)] == op_id.encode()
+    ]
+    assert len(spots) == 1, spots
+    damaged[spots[0] + len(op_id) - 1] = 0xFF
+    path = put_back(cli, bytes(damaged))
+    for args, code in ((["--json", "resume", op_id], ExitCode.STORE), (["show", op_id[:9]], ExitCode.STORE)):
+        r = cli(*P, *args, timeout=120)
+        line = one_line(r, str(args))
+        assert r.returncode == code, (args, r.returncode, line)
+        assert "outlast.db is damaged" in line and "index of operations" in line, line
+    assert path.read_bytes() == bytes(damaged)  # nothing written

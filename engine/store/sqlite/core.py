@@ -144,6 +144,21 @@ class SqliteCore:
             raise self._unusable(e) from None
         return result
 
+    def _not_found(self, conn: sqlite3.Connection, prefix: str, message: str) -> Exception:
+        """NotFound(``message``) for an id (or id prefix) the index of operations does not find, unless the
+        table itself holds it: then that index is damaged (bytes changed in its copy of the id), and the
+        store error says so (exit 8, the store's code). "No operation matches" (exit 3) was said of a record that
+        was there, whole. The table is read without the index only here, when nothing was found."""
+        found = conn.execute(
+            "SELECT id FROM operations NOT INDEXED WHERE id >= ? AND id < ? LIMIT 1", (prefix, prefix + "~")
+        ).fetchone()
+        if found is None:
+            return NotFound(message)
+        return StoreError(
+            f"state dir {self.state_dir}: {self.db_path.name} is damaged: operation {found[0]} is there, but the"
+            f" index of operations does not find it (bytes changed in its pages)"
+        )
+
     def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
         """A damaged database file as the one-line store error; other SQLite errors (locked, full,
         read-only, I/O) as they are."""
@@ -492,7 +507,7 @@ class SqliteCore:
     def _row_op(self, conn: sqlite3.Connection, op_id: str) -> Operation:
         row = conn.execute(f"SELECT record, {CHECKPOINT_SEQ} FROM operations o WHERE id=?", (op_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no operation {op_id}")
+            raise self._not_found(conn, op_id, f"no operation {op_id}")
         try:
             return self._load(*row)
         except ValueError as e:

@@ -26,6 +26,7 @@ from ...models import (
     Priority,
     StaleAttempt,
     Status,
+    StoreError,
     WorkerInfo,
     check_transition,
     handle_of,
@@ -222,7 +223,17 @@ class RecordsMixin(SqliteCore):
                 (prefix, prefix + "~"),
             ).fetchall()
             if not rows:
-                raise NotFound(f"no operation matches id {prefix!r} in state dir {self.state_dir}")
+                raise self._not_found(
+                    self._db, prefix, f"no operation matches id {prefix!r} in state dir {self.state_dir}"
+                )
+            for (found,) in rows:  # read from the index: a damaged copy of an id is no id the user typed wrong
+                try:
+                    validate_id(found)
+                except InvalidInput:
+                    raise StoreError(
+                        f"state dir {self.state_dir}: {self.db_path.name} is damaged: the index of operations holds"
+                        f" {found!a}, which is no operation id (bytes changed in its pages)"
+                    ) from None
             if len(rows) > 1:
                 shown = ", ".join(r[0] for r in rows[:5])
                 raise InvalidInput(f"id prefix {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
