@@ -46,7 +46,16 @@ def store_failure(e: BaseException) -> bool:
 def why(e: BaseException) -> str:
     """The store error in a few words: "No space left on device", "database or disk is full"."""
     text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
-    return text.splitlines()[0][:200]
+    line = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    if len(line) <= WHY_CHARS:
+        return line
+    # Cut at a word, and said to be cut: "... Redis may st" read as the whole of a garbled reason.
+    window = line[: WHY_CHARS - 3]
+    return (window.rsplit(" ", 1)[0].rstrip(" ,;:") or window) + "..."
+
+
+WHY_CHARS = 240
+"""The longest reason said: a Redis outcome-unknown error, with the address and the write it was, runs to 200."""
 
 
 class StoreHealth:
