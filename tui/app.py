@@ -235,7 +235,7 @@ class OutlastApp(App[int]):
 
     def _boot_engine(self) -> None:
         if self._boot is None:
-            self._boot = self._work(self._start_engine(), "boot", "starting the engine")
+            self._boot = self._work(self._start_engine, "boot", "starting the engine")
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
@@ -263,14 +263,14 @@ class OutlastApp(App[int]):
 
     def _work(
         self,
-        call: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]],
+        call: Callable[[], Coroutine[Any, Any, Any]],
         group: str,
         name: str,
         exclusive: bool = False,
     ) -> Worker[Any]:
-        """Run ``call`` (a coroutine, or an async callable: what an exclusive group may cancel before it
-        starts should be a callable) in a worker whose failure goes to ``on_worker_state_changed``;
-        ``name`` says what it was doing, for the error line."""
+        """Run ``call`` (an async callable, not a coroutine: one made here and never started, the app closing
+        first, was "never awaited", said on the terminal left behind) in a worker whose failure goes to
+        ``on_worker_state_changed``; ``name`` says what it was doing, for the error line."""
         return self.run_worker(call, name=name, group=group, exclusive=exclusive, exit_on_error=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -384,7 +384,7 @@ class OutlastApp(App[int]):
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
             self.waiting_to_quit = False
-            self._work(self._quit_now(), "quit", "quitting")
+            self._work(self._quit_now, "quit", "quitting")
 
     def _notes(self) -> list[str]:
         """What the status line says about this dashboard (beyond what the model holds)."""
@@ -462,7 +462,7 @@ class OutlastApp(App[int]):
             await self.model.act(action, op_id, **kw)
             self.notify(f"{what}: {op_id}", timeout=3)
 
-        self._work(go(), "act", what)
+        self._work(go, "act", what)
 
     def action_cancel(self) -> None:
         op = self.dashboard.selected_op
@@ -501,7 +501,7 @@ class OutlastApp(App[int]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._work(go(), "act", "removing")
+                self._work(go, "act", "removing")
 
         question, explain = remove_question(op)
         self.push_screen(ConfirmScreen(question, yes="Remove it", explain=explain), answer)
@@ -618,7 +618,7 @@ class OutlastApp(App[int]):
 
         def launched(spec: OperationSpec | None) -> None:
             if spec is not None:
-                self._work(self._submit(spec), "act", "launching")
+                self._work(functools.partial(self._submit, spec), "act", "launching")
 
         screen = LaunchScreen(handlers(), initial_type=op.type if op else None, context=self.engine.params_context())
         self.push_screen(screen, launched)
@@ -665,9 +665,9 @@ class OutlastApp(App[int]):
 
         def chosen(choice: str | None) -> None:
             if choice == "hand_over":
-                self._work(self._hand_over(), "quit", "handing over")
+                self._work(self._hand_over, "quit", "handing over")
             elif choice == "pause":
-                self._work(self._quit_now("the dashboard quit (pause and quit)"), "quit", "quitting")
+                self._work(functools.partial(self._quit_now, "the dashboard quit (pause and quit)"), "quit", "quitting")
             elif choice == "wait":
                 self.engine.run_queue = False
                 self.waiting_to_quit = True
