@@ -23,7 +23,7 @@ from engine.operations.backup import SMALL_BATCH
 from tests.fixtures_cli import Cli
 from tests.fixtures_engine import until
 from tests.fixtures_ops import resume, run_json
-from tests.test_op_backup import OLD, partials, snapshot
+from tests.test_op_backup import OLD, assert_resumed_as_whole, partials, snapshot
 
 FILES = SMALL_BATCH * 2 + 40
 """Three batches: the kill lands in the second one's renames."""
@@ -76,16 +76,7 @@ def test_a_kill_among_a_batch_renames_counts_none_of_it_and_resumes_byte_identic
     done = done_keys(cli.state_dir, op_id)
     assert done and done <= first, sorted(done - first)[:5]  # counted (and checkpointed) after the next sync only
 
-    final = resume(cli, op_id)
-    assert final["status"] == "completed", final
-    assert snapshot(killed) == snapshot(whole) == snapshot(src)
-    assert json.loads((killed / ".outlast-manifest.json").read_text()) == json.loads(
-        (whole / ".outlast-manifest.json").read_text()
-    )
-    assert partials(killed) == [] and not (killed / ".outlast-manifest.partial").exists()
-    assert {k: v for k, v in final["result"].items() if k != "manifest"} == {
-        k: v for k, v in ref["result"].items() if k != "manifest"
-    }
+    assert_resumed_as_whole(killed, whole, src, resume(cli, op_id), ref)
 
 
 def _corrupting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ import engine.operations.backup as backup_mod
 from engine import Engine, Operation, OperationSpec, Status
 from tests.fixtures_cli import CLI, REPO, Cli
 from tests.fixtures_ops import as_user_who_cannot_read, bad_params, resume, run_json
-from tests.test_op_backup import OLD, partials, snapshot
+from tests.test_op_backup import OLD, assert_resumed_as_whole, partials, snapshot
 
 MB = 1 << 20
 
@@ -151,16 +151,7 @@ def test_a_kill_at_the_end_resumes_to_the_same_manifest(cli: Cli, tmp_path: Path
     r = cli(*args, json.dumps({**params, "destination": str(killed)}), *profile, env=env)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     op_id = next(op["id"] for op in json.loads(cli("--json", "ls").stdout) if op["id"] != ref["id"])
-    final = resume(cli, op_id)
-    assert final["status"] == "completed", final
-    assert json.loads((killed / ".outlast-manifest.json").read_text()) == json.loads(
-        (whole / ".outlast-manifest.json").read_text()
-    )
-    assert snapshot(killed) == snapshot(whole) == snapshot(src)
-    assert partials(killed) == [] and not (killed / ".outlast-manifest.partial").exists()
-    assert {k: v for k, v in final["result"].items() if k != "manifest"} == {
-        k: v for k, v in ref["result"].items() if k != "manifest"
-    }
+    assert_resumed_as_whole(killed, whole, src, resume(cli, op_id), ref)
 
 
 async def test_a_source_directory_renamed_during_the_run_is_a_warning(
