@@ -334,3 +334,26 @@ def test_a_detached_run_does_not_copy_its_log_into_the_detached_file(cli: Cli) -
     text = log.read_text()
     assert f"logs {op_id}" in text  # where the log lines are
     assert not [ln for ln in logged if ln and ln in text], "log lines copied into the detached file"
+
+
+def test_ls_names_the_worker_running_an_operation(cli: Cli) -> None:
+    """The README's `outlast ls` shows every worker's operations "with host:pid": the table had no column
+    for it, so on a store shared by workers nobody could tell which one held a running operation. Both ways
+    of reading the store (the default quick read, and through an engine, as a plugin makes it) show it."""
+    proc = cli.start("run", "demo", "-p", "items=400", "-p", "seconds=0.05")
+    try:
+        line = proc.wait_line(lambda ln: " running " in ln)
+        op_id = line.split()[1]
+        worker = f"{cli.op(op_id).worker}"
+        assert worker.endswith(f":{proc.popen.pid}"), worker
+        for extra in ([], ["--plugin", "engine.operations.demo"]):
+            r = cli(*extra, "ls")
+            assert r.returncode == 0, r.stderr
+            header, row = r.stdout.splitlines()[:2]
+            assert "WORKER" in header.split(), r.stdout
+            assert op_id in row and worker in row.split(), r.stdout
+    finally:
+        proc.signal(signal.SIGINT)
+        proc.wait()
+    r = cli("ls")
+    assert "WORKER" not in r.stdout, r.stdout  # a column only while something runs

@@ -139,11 +139,15 @@ class LsRow(NamedTuple):
     priority: str
     created_at: float | None
     note: str
+    worker: str = ""
+    """``host:pid`` of the process running it (a running operation's only): on a store shared by
+    workers, which one has it."""
 
     @classmethod
     def of(cls, op: Operation) -> LsRow:
         p = op.progress
         note = op.error or op.status_message or ""
+        worker = str(op.worker) if op.worker is not None and op.status is Status.RUNNING else ""
         return cls(
             op.id,
             op.handle,
@@ -156,6 +160,7 @@ class LsRow(NamedTuple):
             op.priority.value,
             op.created_at,
             note,
+            worker,
         )
 
     @classmethod
@@ -169,10 +174,13 @@ class LsRow(NamedTuple):
         pct = (100.0 if total == 0 else None) if not total else min(100.0, 100.0 * done / total)
         created = rec.get("created_at")
         handle = rec.get("handle")
+        status = Status(rec["status"])
+        w = rec.get("worker") if status is Status.RUNNING else None
+        worker = f"{w['host']}:{int(w['pid'])}" if w else ""
         return cls(
             str(rec["id"]),
             None if handle is None else int(handle),
-            Status(rec["status"]),
+            status,
             str(rec["type"]),
             None if rec.get("name") is None else str(rec["name"]),
             done,
@@ -181,14 +189,17 @@ class LsRow(NamedTuple):
             str(rec.get("priority") or "normal"),
             None if created is None else float(created),
             str(rec.get("error") or rec.get("status_message") or ""),
+            worker,
         )
 
 
 def ls_table(ops: Sequence[LsRow]) -> str:
     """One row an operation: # is the handle (what to type: ``outlast watch 12``), TYPE the type (what
-    ``ls -t`` filters on), NAME the ``--name``; # and NAME are columns only when some operation has one."""
+    ``ls -t`` filters on), NAME the ``--name``, WORKER the ``host:pid`` running it (a store shared by workers);
+    #, NAME and WORKER are columns only when some operation has one."""
     now = time.time()
     named = any(op.name for op in ops)
+    workers = any(op.worker for op in ops)
     handles = any(op.handle is not None for op in ops)
     rows = [
         [
@@ -201,6 +212,7 @@ def ls_table(ops: Sequence[LsRow]) -> str:
             f"{op.done}/{op.total}" if op.total is not None else str(op.done),
             op.priority,
             ago(op.created_at, now),
+            *([op.worker] if workers else []),
             op.note[:60],
         ]
         for op in ops
@@ -215,6 +227,7 @@ def ls_table(ops: Sequence[LsRow]) -> str:
         "ITEMS",
         "PRIO",
         "CREATED",
+        *(["WORKER"] if workers else []),
         "NOTE",
     ]
     right = {0} if handles else set()
