@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -54,6 +55,29 @@ def test_wrong_password_and_wrong_host_are_one_line(redis_factory, state_dir: Pa
         assert "not-it" not in r.stderr + r.stdout
     ok = outlast("--store", server.url, "ls")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_hint_pasted_with_its_masked_password_says_to_put_the_password_back(  # type: ignore[no-untyped-def]
+    redis_factory, state_dir: Path
+) -> None:
+    """Every hint carries --store with the password as ***: pasted as printed, it said "authentication failed:
+    check the user and password in the store URL", as if the user had mistyped one."""
+    server: RedisServer = redis_factory(password="right-one")
+    r = outlast("--store", server.url, "--plugin", "tests.ops_for_tests", "submit", "ledger")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    paused = outlast("--store", server.url, "--plugin", "tests.ops_for_tests", "pause", op_id)
+    assert paused.returncode == 0, paused.stderr
+    hint = (paused.stdout + paused.stderr).split("resume with: ", 1)[1].splitlines()[0]
+    assert "right-one" not in hint and "***" in hint, hint
+    argv = shlex.split(hint)
+    assert argv[0] == "outlast"
+    pasted = outlast(*argv[1:])
+    assert pasted.returncode == 8, pasted
+    lines = pasted.stderr.strip().splitlines()
+    assert len(lines) == 1, pasted.stderr
+    assert "the store URL's password is ***, which Outlast prints in place of the password" in lines[0]
+    assert "right-one" not in pasted.stderr + pasted.stdout
 
 
 def test_store_url_mistakes_are_one_line(redis_server: RedisServer, state_dir: Path) -> None:

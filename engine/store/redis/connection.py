@@ -211,6 +211,12 @@ class RedisLink:
         # Over a unix socket without a password, the server's refusal of HELLO is the same missing password.
         if "NOAUTH" in text or "already authenticated" in text or (isinstance(e, AuthenticationError) and no_password):
             msg = f"redis {w}: authentication required: put the password in the store URL (redis://:PASSWORD@HOST:PORT/DB)"
+        elif (isinstance(e, AuthenticationError) or "WRONGPASS" in text) and self._password == "***":
+            # A hint pasted as printed: Outlast never prints a password, and its place holds this mask.
+            msg = (
+                f"redis {w}: authentication failed: the store URL's password is ***, which Outlast prints in"
+                " place of the password: put the real one in (or set OUTLAST_STORE and leave --store out)"
+            )
         elif isinstance(e, AuthenticationError) or "WRONGPASS" in text:
             msg = f"redis {w}: authentication failed: check the user and password in the store URL"
         elif isinstance(e, AuthorizationError | NoPermissionError):
