@@ -143,6 +143,12 @@ class TransientError(Exception):
     """Raise (or subclass) to ask for a retry under the profile's retry policy."""
 
 
+class OperationFailed(RuntimeError):
+    """A failure its message says whole (a command's non-zero exit, a program that cannot start): the
+    operation's error is the message alone, without the exception's type or the handler's line, which
+    would read as a bug in Outlast (``RuntimeError: exit code 1 (at command.py:333)``)."""
+
+
 class OperationLog:
     """``ctx.log.info("message", key=value)``: into the operation's log, without blocking."""
 
@@ -980,6 +986,9 @@ def _describe(exc: BaseException) -> str:
 
 def format_exception(exc: BaseException) -> str:
     """One line for the record, the traceback's last frame included."""
+    if isinstance(exc, OperationFailed):
+        text = _describe(exc).removeprefix(f"{type(exc).__name__}: ")
+        return text if text != type(exc).__name__ else "failed"
     tb: list[traceback.FrameSummary] = traceback.extract_tb(exc.__traceback__)
     # Raised by the context's own checks (ctx.done = "7"): the handler's line that called it, not ours.
     while len(tb) > 1 and tb[-1].filename in _API_FILES:

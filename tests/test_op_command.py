@@ -99,6 +99,26 @@ def test_sigkilled_worker_then_resume_from_outlast_checkpoint(cli: Cli, tmp_path
     assert f"sum {sum(range(n))}" in cli("logs", op_id).stdout
 
 
+async def test_a_failed_command_is_said_without_an_exception_type_or_a_line_of_outlast(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """`outlast run command -p command=false` failed with "RuntimeError: exit code 1 (at command.py:333)":
+    an exception type and a line of Outlast's own, read as a bug in Outlast, for a program's exit code."""
+    cases = (
+        ({"command": "false"}, "exit code 1"),
+        ({"command": "echo oops >&2; exit 3", "shell": True}, "exit code 3; last output: oops"),
+        (
+            {"argv": [str(tmp_path / "missing")]},
+            f"cannot start {str(tmp_path / 'missing')!r}: No such file or directory",
+        ),
+    )
+    for params, error in cases:
+        op = await engine.submit(OperationSpec(type="command", params=params))
+        final = await engine.wait(op.id, timeout=30)
+        assert final.status is Status.FAILED
+        assert final.error == error, final.error
+
+
 async def test_progress_from_output_and_failure_with_last_lines(engine: Engine, tmp_path: Path) -> None:
     code = "import sys\nfor i in range(1, 5): print(f'step {i} of 4')\nprint('boom', file=sys.stderr)\nsys.exit(3)"
     op = await engine.submit(

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..context import MAX_COUNT, OperationContext
+from ..context import MAX_COUNT, OperationContext, OperationFailed
 from ..registry import operation
 from ._common import libc_function
 
@@ -330,7 +330,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     if code != 0:
         last = " | ".join(tail)[-1500:]
         how = f"exit code {code}" if code > 0 else f"killed by {_signal_name(-code)}"  # not "exit code -11"
-        raise RuntimeError(f"{how}; last output: {last}" if last else how)
+        raise OperationFailed(f"{how}; last output: {last}" if last else how)
     if ctx.total is not None and ctx.done < ctx.total:
         # It succeeded: its work is done, whatever its last progress line said ("completed at 500/1000").
         ctx.log.info(f"exited 0 with its last progress at {ctx.done}/{ctx.total}: counted as all done")
@@ -361,11 +361,11 @@ async def _start(
             preexec_fn=in_child,
         )
     except (FileNotFoundError, PermissionError) as e:
-        raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+        raise OperationFailed(f"cannot start {argv[0]!r}: {e.strerror}") from None
     except OSError as e:
         if e.errno != errno.ENOEXEC:
             raise  # short of descriptors or processes: the engine queues the attempt again
-        raise RuntimeError(
+        raise OperationFailed(
             f"cannot start {argv[0]!r}: not an executable format: add a #! line or run it through sh"
         ) from None
 
