@@ -194,6 +194,8 @@ class OperationContext(SeedContextMethods):
         # Progress, read by the engine's sampler (``done`` and ``total`` checked when set: properties).
         self._done = 0
         self._total: int | None = op.total_items
+        self._total_estimated = op.total_items is not None
+        """``_total`` is the submitter's estimate (``--items N``), which the handler's own total replaces."""
         self._step: str | None = None
         self._message: str | None = None
         self.metrics: dict[str, Any] = {}
@@ -238,7 +240,8 @@ class OperationContext(SeedContextMethods):
                 "created_at": cp.created_at,
             }
             self._done = cp.processed_items
-            self._total = cp.total_items if cp.total_items is not None else self._total
+            if cp.total_items is not None:
+                self._total, self._total_estimated = cp.total_items, False
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
         self._met_done = False
@@ -364,6 +367,7 @@ class OperationContext(SeedContextMethods):
     @total.setter
     def total(self, value: int | None) -> None:
         self._total = None if value is None else count_of(value, "ctx.total")
+        self._total_estimated = False
 
     def progress(
         self,
@@ -378,6 +382,7 @@ class OperationContext(SeedContextMethods):
             self._done = count_of(done, "ctx.progress(done=...)")
         if total is not None:
             self._total = count_of(total, "ctx.progress(total=...)")
+            self._total_estimated = False
         if step is not None or message is not None:
             said = (self._step, self._message)
             if step is not None:
@@ -427,7 +432,8 @@ class OperationContext(SeedContextMethods):
         (a resume offers it again), and the handler is outside the loop from then on:
         checkpoints, stops and the final checkpoint work as anywhere else.
         """
-        if self.total is None and hasattr(iterable, "__len__"):
+        # The submitter's estimate (--items N) too: what the loop will go through is the real total.
+        if (self.total is None or self._total_estimated) and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
         self._native, self._point = True, None
         return _Items(self, self._ledger, iter(iterable), key or str)

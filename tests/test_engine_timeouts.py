@@ -151,6 +151,25 @@ async def test_fixed_timeout(engine: Engine) -> None:
     assert final.timeout == 0.3
 
 
+async def test_an_estimate_of_items_gives_way_to_the_total_the_handler_loops_over(engine: Engine) -> None:
+    """`--items N` (total_items) estimates the count "until the handler reports the real total": a handler
+    looping with ctx.items over a sized iterable kept the estimate (`outlast run demo -p items=3 --items 10`
+    ended "completed at 3/10 items"), its percent, ETA and deadline reckoned on items that never came."""
+    op = await engine.submit(
+        OperationSpec(
+            type="demo",
+            params={"items": 30, "seconds": 0.05},
+            total_items=1000,
+            profile={"base_timeout": 60, "per_item_timeout": 10, "max_timeout": 100_000},
+        )
+    )
+    assert op.effective_timeout == 60 + 10 * 1000
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED
+    assert (final.progress.done, final.progress.total) == (30, 30)
+    assert final.effective_timeout == 60 + 10 * 30, final.timeout_basis
+
+
 async def test_stall_times_out(engine: Engine) -> None:
     op = await engine.submit(
         OperationSpec(type="silent", params={"items": 5, "hang_after": 2}, profile={"stall_timeout": 0.5})
