@@ -211,3 +211,20 @@ def test_watching_work_queued_with_no_worker_says_so_once_and_goes_on_waiting(cl
     assert not any(ln.startswith(op_id) and "no worker" in ln for ln in watch.out), watch.out  # stdout: the lines
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_watching_all_with_nothing_active_says_so_once(cli: Cli) -> None:
+    """``outlast watch`` (all active operations) with none active printed nothing at all, off a terminal, until
+    something ran: a blank screen that looked hung. One line on stderr says it waits; stdout stays the lines,
+    and a run that starts then is shown."""
+    watch = cli.start("watch")
+    note = "no active operations: waiting for some (Ctrl-C stops watching)"
+    until(lambda: note in watch.err, 30, what="the line saying nothing is active")
+    r = cli("run", "demo", "-p", "items=5", "-p", "seconds=0.2")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.split()[1]
+    watch.wait_line(lambda ln: op_id in ln and " completed " in ln)
+    until(lambda: watch.err.count(note) == 2, 30, what="the line again once it settled")
+    watch.signal(signal.SIGINT)
+    assert watch.wait(30) == ExitCode.WATCH_STOPPED, watch.err
+    assert not any(note in ln for ln in watch.out), watch.out

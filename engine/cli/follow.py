@@ -311,11 +311,19 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
 
         live = LiveTable()
     orphans = OrphanLook(engine)
+    idle_said = False
     with live if live is not None else contextlib.nullcontext():
         while True:
             await orphans()
             if op_ids is None:
                 ops = await engine.list(statuses=sorted(ACTIVE))
+                if ops:
+                    idle_said = False
+                elif not idle_said and not seen and live is None and mode != "quiet":
+                    # Plain lines print nothing until something runs: a blank watch looked hung (stderr,
+                    # once each time nothing is active; stdout stays the lines).
+                    fmt.echo("no active operations: waiting for some (Ctrl-C stops watching)", err=True)
+                    idle_said = True
                 for op in ops:
                     seen[op.id] = op
                 # Operations that settled since the last look are shown once more, settled.
