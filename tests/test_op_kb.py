@@ -112,6 +112,26 @@ def test_sections_and_chunks_of_each_format() -> None:
     assert pieces[0][1].endswith("here.") and pieces[-1][1].endswith("Short para.")
 
 
+def test_a_comment_in_a_markdown_code_block_is_no_heading(tmp_path: Path) -> None:
+    """A shell comment in a fenced code block (```sh ... # after a resume ...```) was taken for a heading: the
+    README's own chunks came back from `outlast kb search` under "README.md > after a resume, OUTLAST_CHECKPOINT
+    holds ...", and the next section's text under it. A fence closes only with its own mark, as long or longer."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "guide.md").write_text(
+        "# Guide\n\nIntro.\n\n```sh\n# a comment\necho hi\n~~~\n# still code\n```\n\nAfter the code.\n\n"
+        "~~~~\n## not a heading\n~~~\n~~~~\n\n## Next\n\nLast words.\n"
+    )
+    kb = str(tmp_path / "kb.sqlite")
+    run_here(tmp_path, "kb_population", source=str(src), kb=kb)
+    rows = kb_rows(kb)
+    assert rows["documents"]["guide.md"][1] == "Guide"
+    chunks = [(h, t) for _, _, h, t, *_ in rows["chunks"]]
+    assert [h for h, _ in chunks] == ["Guide", "Next"], chunks
+    assert "# a comment" in chunks[0][1] and "# still code" in chunks[0][1] and "After the code." in chunks[0][1]
+    assert "## not a heading" in chunks[0][1] and chunks[1][1] == "Last words."
+
+
 def kb_rows(db: str | Path) -> dict[str, Any]:
     """Everything kb_population stores, by path (ids left out), and the full-text index's integrity."""
     con = sqlite3.connect(db)

@@ -50,6 +50,8 @@ def decode(data: bytes) -> str:
 
 
 _MD_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
+_MD_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+"""A fenced code block's opening or closing line: what it holds is code, not headings (a shell `# comment`)."""
 _RST_UNDERLINE = re.compile(r"^([=\-`:'\"~^_*+#<>])\1{2,}\s*$")
 
 
@@ -65,11 +67,18 @@ def sections(kind: str, data: bytes) -> tuple[str | None, list[Section]]:
     title: str | None = None
     buf: list[str] = []
     lines = text.splitlines()
+    fence: str | None = None  # the fence of the Markdown code block the line is in
     i = 0
     while i < len(lines):
         line = lines[i]
         new: str | None = None
-        if kind == "markdown" and (m := _MD_HEADING.match(line)):
+        if kind == "markdown" and (f := _MD_FENCE.match(line)):
+            mark = f.group(1)
+            if fence is None:
+                fence = mark
+            elif mark[0] == fence[0] and len(mark) >= len(fence) and not line[f.end() :].strip():
+                fence = None
+        elif kind == "markdown" and fence is None and (m := _MD_HEADING.match(line)):
             new = m.group(2)
         elif (
             kind == "rst"
