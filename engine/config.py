@@ -230,6 +230,11 @@ def load_settings(
             settings.profile(type_)
         except InvalidInput as e:
             raise InvalidInput(f"{origins.get(f'profiles.{type_}', 'config')}: {e}") from None
+    # Profiles merge per type from every layer: each type's origin, the layers that gave any (`outlast config`
+    # said "default" for profiles a config file set).
+    given = [origins[k] for k in origins if k.startswith("profiles.")]
+    if given and "profiles" not in origins:
+        origins["profiles"] = ", ".join(dict.fromkeys(given))
     settings.origins = {k: origins.get(k, "default") for k in Settings.model_fields if k != "origins"}
     settings._config_file = path
     return settings

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -20,6 +23,7 @@ from engine import (
 )
 from engine.models import Operation, new_id
 from engine.profiles import DEFAULT_PROFILE, profile_for
+from tests.conftest import REPO
 from tests.fixtures_engine import collect, make_engine
 
 SEED_TYPES = {
@@ -100,6 +104,25 @@ def test_config_file_profiles(tmp_path) -> None:
     assert s.max_concurrent == 2 and s.origins["max_concurrent"] == "environment"
     s = load_settings(config_file=cfg, env={"OUTLAST_MAX_CONCURRENT": "2"}, max_concurrent=9)
     assert s.max_concurrent == 9 and s.origins["max_concurrent"] == "argument"
+
+
+def test_outlast_config_names_the_file_profiles_came_from(tmp_path) -> None:
+    """`outlast config` ("effective settings and where each came from") said profiles came from "default"
+    when a config file's [profiles.TYPE] set them."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles.demo]\ncheckpoint_interval = 2\n")
+    assert load_settings(config_file=cfg, env={}).origins["profiles"] == str(cfg)
+    assert load_settings(env={}).origins["profiles"] == "default"
+    r = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--config", str(cfg), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUTLAST_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("profiles "))
+    assert row.split()[-1] == str(cfg), r.stdout
 
 
 async def test_deadline_extended_while_making_progress(engine: Engine) -> None:
