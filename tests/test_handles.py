@@ -8,6 +8,7 @@ missing one is NotFound naming the handle; through the CLI, ``ls`` shows them an
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -154,3 +155,24 @@ async def test_redis_restored_from_the_mirror_keeps_handles_and_never_reuses_one
         assert await again.create(new_op()) == 3
     finally:
         await again.close()
+
+
+async def test_a_restore_from_the_mirror_counts_its_operations_in_words(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line said "restored 1 operations from the checkpoint mirror"."""
+    import redis.asyncio as aioredis
+
+    first = RedisStore(redis_server.url, namespace="w", checkpoint_mirror=tmp_path / "mirror")
+    await first.open()
+    await first.create(new_op())
+    await first.close()
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    again = RedisStore(redis_server.url, namespace="w", checkpoint_mirror=tmp_path / "mirror")
+    with caplog.at_level(logging.WARNING):
+        await again.open()
+    await again.close()
+    said = [r.getMessage() for r in caplog.records if "from the checkpoint mirror" in r.getMessage()]
+    assert len(said) == 1 and ": restored 1 operation from the checkpoint mirror " in said[0], said

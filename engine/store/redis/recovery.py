@@ -236,7 +236,11 @@ class RecoveryMixin(RedisCore):
                     )
         if restored:
             log.warning(
-                "redis %s: restored %d operations from the checkpoint mirror %s", self.link.where, restored, mirror.root
+                "redis %s: restored %d operation%s from the checkpoint mirror %s",
+                self.link.where,
+                restored,
+                "s" if restored != 1 else "",
+                mirror.root,
             )
 
     async def _mirror_record(self, op: Operation, check: bool = True) -> None:
