@@ -199,7 +199,7 @@ async def test_a_mirror_record_file_holding_another_operation_is_skipped_and_sai
         assert set(await listed(redis_server, mirror, settings)) == {b}
     text = caplog.text
     assert text.count(f"{a}.json is not a valid operation record (holds operation {b})") == 1
-    assert "restored 1 operations" in text and "restored 2" not in text
+    assert "restored 1 operation from" in text and "restored 2" not in text
     caplog.clear()
     with caplog.at_level(logging.WARNING, "outlast"):
         assert set(await listed(redis_server, mirror, settings)) == {b}
