@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below are, for type checkers; at run time they load on first use
     from .config import Settings, load_settings, save_setting
-    from .context import OperationContext, OperationStopped, TooManyFailures, TransientError
+    from .context import OperationContext, OperationFailed, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
     from .errors import StoreLost
     from .ids import unique_prefix_lengths
@@ -56,7 +56,9 @@ _WHERE = {
     # Where config.config_dir and models.Priority come from: the dashboard's first frame loads no pydantic.
     "config_dir": "paths",
     "Priority": "limits",
-    **dict.fromkeys(("OperationContext", "OperationStopped", "TooManyFailures", "TransientError"), "context"),
+    **dict.fromkeys(
+        ("OperationContext", "OperationFailed", "OperationStopped", "TooManyFailures", "TransientError"), "context"
+    ),
     "Engine": "engine",
     "LoopThreads": "threads",
     **dict.fromkeys(
@@ -136,6 +138,7 @@ __all__ = [
     "NotFound",
     "Operation",
     "OperationContext",
+    "OperationFailed",
     "OperationSpec",
     "OperationStopped",
     "OperationType",
