@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine import Engine, OperationContext, OperationSpec, Status, operation
+from engine import Engine, OperationContext, OperationFailed, OperationSpec, Status, operation
 
 
 @operation("test_dict_params")
@@ -116,3 +116,14 @@ async def test_a_spec_changed_after_it_was_built_is_checked_again_and_stores_not
     op = await engine.submit(ok)
     ok.params["items"] = 99  # the caller's later edit is not the queued operation's
     assert (await engine.get(op.id)).params["items"] == 1 and op.name == "kept"
+
+
+@operation("test_says_why")
+async def says_why(ctx: OperationContext, params: Any) -> None:
+    raise OperationFailed(f"no such table {params.table!r}: create it first")
+
+
+async def test_a_failure_meant_for_the_user_is_its_message_alone(engine: Engine) -> None:
+    """``engine.OperationFailed``: the reason a handler gives its user, without a type or a line of code."""
+    final = await run(engine, "test_says_why", table="t1")
+    assert final.status is Status.FAILED and final.error == "no such table 't1': create it first", final.error
