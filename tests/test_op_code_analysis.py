@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status
+from engine.operations.code_analysis import MI_SPAN
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
@@ -102,3 +103,24 @@ async def test_unchanged_files_are_reused_and_changed_ones_measured_again(engine
     assert second["reused"] == 1 and second["removed"] == 1 and second["files"] == 2
     rows = tables(db, "functions")["functions"]
     assert sorted((r[0], r[1], r[6]) for r in rows) == [("a.py", "branchy", 15), ("b.py", "b", 2), ("b.py", "b2", 1)]
+
+
+async def test_a_statement_of_hundreds_of_lines_gets_no_maintainability_index(engine: Engine, tmp_path: Path) -> None:
+    """radon counts a file's lines in time that grows with the square of a statement's lines: pygments'
+    builtins tables (one literal of thousands of lines) took 7-36 s a file, a real tree 8 minutes for half
+    its files. Such a file is data: it gets lizard's figures and no index, as a file radon cannot read."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    table = ",\n".join(f'    "name_{i}"' for i in range(MI_SPAN + 5))
+    (root / "table.py").write_text(f"NAMES = [\n{table},\n]\n\n\ndef f(x):\n    return x\n")
+    (root / "small.py").write_text(BRANCHY)
+    nested = "\n".join(f"        {i}," for i in range(MI_SPAN + 5))
+    (root / "inside.py").write_text(f"class C:\n    def m(self):\n        return [\n{nested}\n        ]\n")
+    db = str(tmp_path / "m.db")
+    op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    mi = {r[0]: r[9] for r in tables(db, "files")["files"]}
+    assert mi["table.py"] is None and mi["inside.py"] is None, mi  # lizard's figures only
+    assert mi["small.py"] is not None, mi
+    assert {r[1] for r in tables(db, "functions")["functions"]} >= {"f", "m", "branchy"}

@@ -14,6 +14,7 @@ database, so a resumed run reports what an uninterrupted one does.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import os
@@ -87,6 +88,36 @@ def _sizes(f: Any) -> tuple[int, int, int]:
     return f.token_count, f.parameter_count, f.length
 
 
+MI_SPAN = 300
+"""Lines of one statement past which a file gets no maintainability index. radon counts a file's lines by
+tokenizing each statement again as every line of it is added, time that grows with the square of its lines:
+a table of builtins written as one literal (pygments' lexers) took 7-36 s a file, and a real tree 8 minutes
+for half its files (3.9 s without the index). Such a file is data, whose index says nothing of its upkeep."""
+
+
+def _statement_longer_than(text: str, limit: int) -> bool:
+    """Whether a simple statement of ``text`` (not a def, class or block, whose bodies are looked into) spans
+    more than ``limit`` lines; False when ``text`` has no more lines than that, or does not parse (radon says)."""
+    if text.count("\n") <= limit:
+        return False
+    try:
+        stack: list[ast.stmt] = list(ast.parse(text).body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    while stack:
+        node = stack.pop()
+        blocks = [
+            b for f in ("body", "orelse", "finalbody", "handlers", "cases") for b in [getattr(node, f, None)] if b
+        ]
+        if blocks:
+            for block in blocks:
+                for child in block:
+                    stack.extend(getattr(child, "body", []) if not isinstance(child, ast.stmt) else [child])
+        elif (node.end_lineno or node.lineno) - node.lineno >= limit:
+            return True
+    return False
+
+
 def _analyze(
     analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = True, prev: tuple | None = None
 ) -> tuple[str, Any]:
@@ -129,7 +160,7 @@ def _analyze(
     language = reader.language_names[0] if reader is not None else "other"
     mi: float | None = None
     rank: str | None = None
-    if language == "python" and mi_too:
+    if language == "python" and mi_too and not _statement_longer_than(text, MI_SPAN):
         try:
             mi = round(float(mi_visit(text, multi=True)), 2)
             rank = mi_rank(mi)
