@@ -124,3 +124,6 @@ async def test_a_statement_of_hundreds_of_lines_gets_no_maintainability_index(en
     assert mi["table.py"] is None and mi["inside.py"] is None, mi  # lizard's figures only
     assert mi["small.py"] is not None, mi
     assert {r[1] for r in tables(db, "functions")["functions"]} >= {"f", "m", "branchy"}
+    op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+    again = await engine.wait(op.id, timeout=60)
+    assert again.status is Status.COMPLETED and again.result["reused"] == 3, again.result  # not measured again

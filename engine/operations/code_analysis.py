@@ -146,12 +146,15 @@ def _analyze(
     except OSError as e:
         return "fail", f"unreadable: {e.strerror or e}"
     sha = hashlib.sha256(data).hexdigest()
-    if prev is not None and prev[0] == sha and not (mi_too and prev[1] == "python" and prev[2] is None):
+    same = prev is not None and prev[0] == sha
+    if same and not (mi_too and prev[1] == "python" and prev[2] is None):  # type: ignore[index]
         return "reuse", None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         return "skip", f"not UTF-8 text (byte {e.start})"
+    if same and _statement_longer_than(text, MI_SPAN):  # no index for it now either: analysed again for nothing
+        return "reuse", None
     try:
         info = analyzer.analyze_source_code(rel, text)
     except Exception as e:  # lizard is a tolerant tokenizer; anything it raises is this file's failure
