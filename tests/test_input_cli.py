@@ -47,6 +47,24 @@ def test_params_json_nested_too_deep_is_one_line(cli: Cli, depth: int) -> None:
     nothing_stored(cli)
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["ls", "--state-dir", "elsewhere"], "--state-dir"),
+        (["run", "demo", "--store", "x"], "--store"),
+        (["show", "1", "-q"], "-q"),
+    ],
+)
+def test_a_global_option_after_the_command_says_where_it_goes(cli: Cli, args: list[str], option: str) -> None:
+    """``outlast ls --state-dir X`` said "No such option: '--state-dir'. Did you mean '--status'?", which sent
+    a user after another option; it is one of the options given before the command."""
+    line = one_line(cli.here(*args))
+    command = args[0]
+    assert f"{option} is one of outlast's global options: give it before the command" in line, line
+    assert f"(outlast {option} ... {command})" in line and "Did you mean" not in line, line
+    nothing_stored(cli)
+
+
 # ---- 2: plugins -----------------------------------------------------------------------------------
 
 PLUGINS = {

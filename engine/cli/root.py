@@ -97,6 +97,10 @@ def cli(
     return None
 
 
+GLOBAL_OPTIONS = frozenset({"--state-dir", "--store", "--config", "--plugin", "--quiet", "-q"})
+"""The options given before the command only (``--json`` is taken after it too)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: run a command, map every outcome to an exit code, never a traceback for
     a user's mistake."""
@@ -109,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         # click lays a missing choice's list out on lines of its own ("Choose from:\n\thigh,\n\tnormal"),
         # which the one-line error showed as '\n\t' between the choices
         msg = e.format_message().replace(":\n\t", ": ").replace(",\n\t", ", ")
+        name = getattr(e, "option_name", None)
+        if isinstance(e, click.NoSuchOption) and name in GLOBAL_OPTIONS and " " in cmd:
+            # `outlast ls --state-dir X` said "No such option: --state-dir Did you mean --status?"
+            sub = cmd.split(" ", 1)[1]
+            msg = f"{name} is one of outlast's global options: give it before the command (outlast {name} ... {sub})"
         _error(f"{cmd}: error: {msg} (see: {cmd} --help)")
         code = ExitCode.USAGE
     except click.ClickException as e:
