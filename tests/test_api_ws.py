@@ -208,6 +208,12 @@ async def test_a_poll_that_reads_an_operation_settled_sends_the_log_lines_publis
     `final` first, and the one-operation socket, closed on `final`, never sent the lines behind it."""
     LOG_GATE["go"] = asyncio.Event()  # the handler itself waits: the log line and the settle are the test's
     op = await engine.submit(OperationSpec(type="test_ws_logs"))
+    # Running (its handler at the gate) before the hub listens: the hub's handling of "running" reads the
+    # operation too, and under load it came after hub.start() and took the one settled read meant for the
+    # poll, which then read it running for ever (a CI run hung 120 s here).
+    async with asyncio.timeout(20):
+        while (await engine.get(op.id)).status is not Status.RUNNING:
+            await asyncio.sleep(0.01)
     hub = ProgressHub(engine, poll=0.01)
     sub = Subscriber(op.id)
     real_get = engine.get
