@@ -106,9 +106,7 @@ def _statement_longer_than(text: str, limit: int) -> bool:
         return False
     while stack:
         node = stack.pop()
-        blocks = [
-            b for f in ("body", "orelse", "finalbody", "handlers", "cases") for b in [getattr(node, f, None)] if b
-        ]
+        blocks = [got for f in ("body", "orelse", "finalbody", "handlers", "cases") if (got := getattr(node, f, None))]
         if blocks:
             for block in blocks:
                 for child in block:
