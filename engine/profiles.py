@@ -171,7 +171,17 @@ H = 3600.0
 M = 60.0
 
 
-def _p(base, per, mx, ckpt, rep, fail, stall=None, attempts=3, every=None) -> TimeoutProfile:
+def _p(
+    base: float,
+    per: float,
+    mx: float,
+    ckpt: float,
+    rep: float,
+    fail: int,
+    stall: float | None = None,
+    attempts: int = 3,
+    every: int | None = None,
+) -> TimeoutProfile:
     return TimeoutProfile(
         checkpoint_every=every,
         base_timeout=base,

@@ -210,7 +210,7 @@ def _body_model(type_: str, spec: HandlerSpec | None) -> type[SubmitIn]:
 
 
 def _typed_endpoint(r: APIRouter, path: str, type_: str, model: type[SubmitIn]) -> None:
-    async def endpoint(request: Request, response: Response, engine: EngineDep, body=None) -> SubmitOut:
+    async def endpoint(request: Request, response: Response, engine: EngineDep, body: Any = None) -> SubmitOut:
         spec = body.spec(type_) if body is not None else OperationSpec(type=type_)
         return await _submit(request, response, engine, spec)
 

@@ -14,7 +14,7 @@ from . import format as fmt
 from .common import COUNT, App, json_option, pass_app, run_async, session
 
 if TYPE_CHECKING:
-    from ..models import Operation
+    from ..models import Checkpoint, Operation
 
 
 def checkpoint_listing(cp: Any) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def _quick_records(app: App, statuses: list[str], types: list[str], limit: int) 
 def show(app: App, op_id: str) -> int:
     """Everything about one operation (ID: any unique prefix)."""
 
-    async def go():
+    async def go() -> tuple[Operation, list[Checkpoint]]:
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
@@ -245,7 +245,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
 def checkpoints(app: App, op_id: str, full: bool) -> int:
     """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
 
-    async def go():
+    async def go() -> tuple[list[Checkpoint], list[dict[str, Any]] | None]:
         async with session(app.settings) as engine:
             full_id = await engine.resolve(op_id)
             cps = await engine.checkpoints(full_id)
