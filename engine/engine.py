@@ -631,11 +631,16 @@ class Engine:
                 raise StoreError(f"operation {op_id}: its stored params no longer validate ({e})") from None
         if checkpoint is not None:
             cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
+            # Not found, as GET .../checkpoints/SEQ and `outlast resume --checkpoint` say it (404, exit 3):
+            # it was answered as bad input (422) here while the other faces said "not found".
             if checkpoint not in cps:
                 have = ", ".join(str(s) for s in sorted(cps)) or "none"
-                raise InvalidInput(f"operation {op_id} has no checkpoint {checkpoint} (has: {have})")
+                raise NotFound(f"operation {op_id} has no checkpoint {checkpoint} (has: {have})")
             if not cps[checkpoint].valid:
-                raise InvalidInput(f"checkpoint {checkpoint} of operation {op_id} fails its checksum")
+                valid = ", ".join(str(s) for s in sorted(s for s, c in cps.items() if c.valid)) or "none"
+                raise NotFound(
+                    f"operation {op_id} has no valid checkpoint {checkpoint}: it fails its checksum (valid: {valid})"
+                )
         changes = resume_fields(op, profile or {})  # InvalidInput before anything is written
         now = time.time()
         new = await self.store.transition(

@@ -131,7 +131,9 @@ def test_pause_checkpoints_resume_logs(api: Server) -> None:
     oldest = cps[-1]["seq"]
 
     r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint": 9999})
-    assert r.status_code == 422 and "9999" in r.json()["detail"]
+    # 404 as GET .../checkpoints/9999 answers it (and `outlast resume --checkpoint 9999` exits 3), not 422
+    assert r.status_code == 404 and r.json()["detail"].startswith(f"operation {op_id} has no checkpoint 9999 (has: ")
+    assert api.http.get(f"/api/operations/{op_id}/checkpoints/9999").status_code == 404
     r = api.http.post(f"/api/operations/{op_id}/resume", json={"checkpoint": oldest})
     assert r.status_code == 202 and r.json()["status"] == "queued"
     final = api.wait_status(op_id, {"completed"}, timeout=60)

@@ -24,6 +24,7 @@ from engine import (
     Conflict,
     Engine,
     InvalidInput,
+    NotFound,
     OperationSpec,
     Settings,
     Status,
@@ -307,7 +308,7 @@ async def test_corrupt_newest_checkpoint_is_skipped(
     assert listing[3] is True and listing[4] is (damage != "checksum")
 
 
-async def test_resume_from_chosen_older_checkpoint(engine: Engine, tmp_path: Path) -> None:
+async def test_resume_from_chosen_older_checkpoint(engine: Engine, settings: Settings, tmp_path: Path) -> None:
     log = tmp_path / "items.log"
     op = await engine.submit(
         OperationSpec(type="ledger", params={"items": 20, "explicit_every": 5, "log_file": str(log)})
@@ -322,8 +323,16 @@ async def test_resume_from_chosen_older_checkpoint(engine: Engine, tmp_path: Pat
     await until(lambda: engine.live(op2.id) and engine.live(op2.id).done >= 70)
     await engine.cancel(op2.id)
     await engine.wait(op2.id, timeout=20)
-    with pytest.raises(InvalidInput, match="no checkpoint 99"):
+    # Not found (404, exit 3) as GET .../checkpoints/SEQ and `outlast resume --checkpoint` say it, not bad input.
+    with pytest.raises(NotFound, match=r"has no checkpoint 99 \(has: 1, 2, "):
         await engine.resume(op2.id, checkpoint=99)
+    newest = max(c.seq for c in await engine.checkpoints(op2.id))
+    with sqlite3.connect(settings.state_dir / "outlast.db") as db:
+        db.execute("UPDATE checkpoints SET checksum='0' WHERE op_id=? AND seq=?", (op2.id, newest))
+    db.close()
+    with pytest.raises(NotFound, match=rf"has no valid checkpoint {newest}: it fails its checksum \(valid: 1, 2, "):
+        await engine.resume(op2.id, checkpoint=newest)
+    assert (await engine.get(op2.id)).status is Status.CANCELLED  # nothing changed
     await engine.resume(op2.id, checkpoint=2)
     final = await engine.wait(op2.id, timeout=60)
     assert final.status is Status.COMPLETED and final.result == {"sum": sum(range(400))}
