@@ -152,6 +152,9 @@ class Engine:
         """``_signals_here`` when a signal last broke into a handler holding the loop."""
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
+        self.stop_signal: int | None = None
+        """The first signal that drained this engine (SIGINT, SIGTERM, SIGHUP), None if none did: a command
+        that only followed work exits 128 + it, as a shell reports a process that signal ended."""
         self.store_stopped: set[str] = set()
         """Operations this engine stopped (interrupted) because the store could not be written."""
         self.abandoned: dict[str, str] = {}
@@ -315,6 +318,7 @@ class Engine:
         self._broken_in = self._signals_here
         if self._signal_count == 0:
             self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
+            self.stop_signal = sig
         raise BrokenInto(at)
 
     def _on_signal(self, sig: int) -> None:
@@ -322,6 +326,8 @@ class Engine:
         log.info("signal %s: pausing running operations", signal.Signals(sig).name)
         if self._signal_count == 1:
             self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
+            if self.stop_signal is None:
+                self.stop_signal = sig
         self.drain("shutdown")
         if self._signal_count > 1:
             by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"

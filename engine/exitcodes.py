@@ -7,6 +7,7 @@ Scripts rely on these numbers; they are printed by ``outlast --help`` and listed
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 from .errors import Conflict, InvalidInput, NotFound, StoreError
@@ -38,6 +39,9 @@ class ExitCode(IntEnum):
     OUTPUT_LOST = 74
     """What the command printed could not all be written to the file its output goes to (a full disk, an I/O
     error): that file is incomplete (sysexits' EX_IOERR). Not for a reader that went away (a closed pipe)."""
+    WATCH_HUNG_UP = 129
+    """Watching or following stopped on SIGHUP (the terminal hung up); the operation was left as it was.
+    128 + SIGHUP, as a shell reports a process a hang-up ended."""
     WATCH_STOPPED = 130
     """You stopped watching or following with Ctrl-C; the operation was left as it was."""
     READER_GONE = 141
@@ -45,6 +49,9 @@ class ExitCode(IntEnum):
     operation was left as it was. 128 + SIGPIPE: the status a shell reports for any writer a closed pipe
     ends (``yes | head``; ``tail -f | head``), so ``set -o pipefail`` scripts treat it as they treat those;
     not 0, which says the operation completed, nor 130, which says Ctrl-C."""
+    WATCH_TERMINATED = 143
+    """Watching or following stopped on SIGTERM (``kill``, a supervisor, ``timeout``); the operation was left
+    as it was. 128 + SIGTERM, as a shell reports a process SIGTERM ended: not 130, which says Ctrl-C."""
 
 
 _BY_STATUS = {
@@ -80,6 +87,16 @@ def code_for_error(exc: BaseException) -> ExitCode | None:
     return None
 
 
+def code_for_stopped_watch(sig: int | None) -> ExitCode:
+    """The exit code of a command that stopped following work (``watch``, ``logs --follow``, a ``run`` whose
+    operation runs in a worker) on the signal ``sig``: 128 + it; Ctrl-C's (130) when none is known."""
+    if sig == signal.SIGTERM:
+        return ExitCode.WATCH_TERMINATED
+    if sig == signal.SIGHUP:
+        return ExitCode.WATCH_HUNG_UP
+    return ExitCode.WATCH_STOPPED
+
+
 def exit_codes_help() -> str:
     """The table for ``outlast --help`` and the README."""
     rows = [
@@ -94,7 +111,9 @@ def exit_codes_help() -> str:
         (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
         (ExitCode.OUTPUT_LOST, "the output could not all be written to its file (disk full): it is incomplete"),
+        (ExitCode.WATCH_HUNG_UP, "watch/logs --follow stopped by SIGHUP (the terminal hung up)"),
         (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
         (ExitCode.READER_GONE, "watch/logs --follow stopped: what read its output went away (| head)"),
+        (ExitCode.WATCH_TERMINATED, "watch/logs --follow stopped by SIGTERM (kill, a supervisor)"),
     ]
     return "\n".join(f"{int(c):>5}  {text}" for c, text in rows)

@@ -118,7 +118,17 @@ def test_queued_work_is_cancelled_paused_reprioritised_and_resumed_without_a_wor
     assert [o["id"] for o in ls] == [a]
 
 
-def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [
+        (signal.SIGINT, ExitCode.WATCH_STOPPED),
+        # 128 + the signal, as a shell reports it: SIGTERM exited 130, which says Ctrl-C
+        (signal.SIGTERM, ExitCode.WATCH_TERMINATED),
+        (signal.SIGHUP, ExitCode.WATCH_HUNG_UP),
+    ],
+)
+def test_watch_and_logs_follow_stop_on_a_signal_with_128_plus_it(cli: Cli, sig: int, code: ExitCode) -> None:
+    assert int(code) == 128 + sig
     # An operation with log lines, queued again with no worker to run it.
     r = cli("--json", "run", "demo", "-p", "items=5", "-p", "seconds=0", "-p", "fail_every=1")
     op_id = json.loads(r.stdout)["id"]
@@ -126,8 +136,8 @@ def test_watch_and_logs_follow_stop_on_ctrl_c_with_130(cli: Cli) -> None:
     for args, ready in ((["watch", op_id], " queued "), (["logs", "--follow", op_id], "failed on purpose")):
         p = cli.start(*args)
         p.wait_line(lambda ln, ready=ready: ready in ln)  # it is up and following
-        p.signal(signal.SIGINT)
-        assert p.wait() == ExitCode.WATCH_STOPPED, (args, p.err)
+        p.signal(sig)
+        assert p.wait() == code, (args, p.err)
     assert cli.op(op_id).status.value == "queued"  # left alone
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..exitcodes import ExitCode, code_for_status
+from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
 from . import format as fmt
 from .common import COUNT, App, json_option, pass_app, run_async, session
@@ -134,7 +134,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
 
     \b
     Exits when the operations settle, with the code of the first one that did not complete;
-    Ctrl-C stops watching (exit 130) and leaves them running.
+    Ctrl-C stops watching (exit 130; SIGTERM 143, SIGHUP 129) and leaves them running.
     """
     from .follow import PlainView, WatchStopped, follow, make_view, watch_many
     from .run import report_final
@@ -154,8 +154,8 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
                         report_final(finals[0], mode, app.command())
                 else:
                     finals = await watch_many(engine, list(dict.fromkeys(ids)) or None, mode)
-            except WatchStopped:
-                return ExitCode.WATCH_STOPPED
+            except WatchStopped:  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+                return code_for_stopped_watch(engine.stop_signal)
         codes = [code_for_status(o.status) for o in finals]
         return next((c for c in codes if c != ExitCode.OK), ExitCode.OK)
 
@@ -223,7 +223,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                 if op.status in SETTLED:
                     return code_for_status(op.status)
                 if engine.draining:
-                    return ExitCode.WATCH_STOPPED
+                    return code_for_stopped_watch(engine.stop_signal)
                 if not said and time.monotonic() - quiet_since >= QUIET_NOTE and not app.quiet:
                     # A quiet follow looked hung: say once what it waits for (stderr: stdout stays the log).
                     fmt.echo(

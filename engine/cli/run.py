@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from ..config import Settings
 from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
-from ..exitcodes import ExitCode, code_for_status
+from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..files import private_dir, private_opener
 from ..models import (
     SETTLED,
@@ -89,7 +89,7 @@ async def run_foreground(
             final = await follow(engine, op.id, view, local, prefix)
         except WatchStopped:
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
-            return ExitCode.WATCH_STOPPED
+            return code_for_stopped_watch(engine.stop_signal)
         except StoreUnwritable:
             report_unwritable(engine, op.id, mode, prefix)
             return ExitCode.STORE
