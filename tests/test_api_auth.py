@@ -143,3 +143,29 @@ def test_listed_origins_can_use_the_api_from_a_browser_and_others_cannot(start_s
     r = srv.http.post("/api/operations", json={"type": "demo"}, headers={"Origin": evil})
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     assert "access-control-allow-origin" not in srv.http.get("/api/health", headers={"Origin": evil}).headers
+
+
+def test_start_and_stop_lines_are_notices_on_stdout_not_error_lines(tmp_path: Path) -> None:
+    """They began "outlast:", as the error lines on stderr do; `outlast worker` says it is up on stdout, the
+    time first: the server says so the same way, and stderr stays for what went wrong."""
+    import re
+
+    port = free_port()
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--port", str(port)], stdout=o, stderr=e, env=api_env(tmp_path), cwd=REPO
+        )
+    try:
+        poll(lambda: "API on" in out.read_text() or proc.poll() is not None, 40, what="the start line")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = out.read_text().splitlines()
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d API on http://127\.0\.0\.1:{port} \(no token; .*", lines[0]), lines
+    assert re.fullmatch(r"\d\d:\d\d:\d\d API stopped", lines[-1]), lines
+    assert not any(ln.startswith("outlast") for ln in lines), lines
+    assert err.read_text() == ""

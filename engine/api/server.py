@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from .. import threads
 from ..config import Settings
 from ..exitcodes import ExitCode
-from ..humanize import escape_controls
+from ..humanize import clock, escape_controls
 from ..models import InvalidInput, OutlastError, StoreError
 
 TOKEN_ENV = "OUTLAST_API_TOKEN"
@@ -226,8 +227,10 @@ async def _serve(
     shown = f"[{host}]" if ":" in host else host
     async with engine:
         _install_signals(server, engine)
+        # A notice, not an error: on stdout with the time first, as `outlast worker` says it is up ("outlast:"
+        # begins the error lines on stderr, and this line read as one).
         print(
-            f"outlast: API on http://{shown}:{port} ({'bearer token required' if token else 'no token'}; "
+            f"{clock(time.time())} API on http://{shown}:{port} ({'bearer token required' if token else 'no token'}; "
             f"{engine.max_concurrent} slots; store {engine.store.url.rsplit('@', 1)[-1]}); "
             "Ctrl-C or SIGTERM pauses running work with a checkpoint",
             flush=True,
@@ -259,7 +262,7 @@ async def _serve(
             )
         print(f"outlast serve: stopped: {line}", file=sys.stderr, flush=True)
         return ExitCode.STORE
-    print("outlast: API stopped", flush=True)
+    print(f"{clock(time.time())} API stopped", flush=True)
     return ExitCode.OK
 
 
