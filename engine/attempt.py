@@ -574,6 +574,7 @@ class Attempt:
         ctx = self.ctx
         fields["progress"] = self.watch.progress(time.monotonic())
         fields["total_items"] = ctx.total
+        fields.update(self.watch.timeout_fields())
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None
         self.watch.settling = True
         await settle(self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields)

@@ -113,6 +113,17 @@ class Watch:
         self.deadline = self.started + self.effective_timeout
         self.live_dirty = True
 
+    def timeout_fields(self) -> dict[str, Any]:
+        """The record's timeout and its basis for the total known now, for the final write: an attempt
+        shorter than the clock's first write of its record (under a second) settled with the basis of its
+        submit ("base 600s + 1s x 0 items"), its total learnt since never shown in it."""
+        if self.ctx.total != self.total_seen and self.op.timeout is None:
+            self.set_deadline()
+        return {
+            "effective_timeout": self.effective_timeout,
+            "timeout_basis": (FIXED if self.op.timeout else self.ctx.profile.basis(self.ctx.total)),
+        }
+
     def progress(self, now: float) -> Progress:
         ctx = self.ctx
         rate = self.rate(now)

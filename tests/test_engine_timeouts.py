@@ -193,6 +193,27 @@ async def test_an_estimate_of_items_gives_way_to_the_total_the_handler_loops_ove
     assert final.effective_timeout == 60 + 10 * 30, final.timeout_basis
 
 
+async def test_a_run_under_a_second_settles_with_the_timeout_of_its_total(engine: Engine) -> None:
+    """The record's timeout and basis were written on the clock (once a second at most): an attempt done
+    before that settled with the basis of its submit, "base 600s + 1s x 0 items" for a run of 3 items
+    (`outlast show`, the dashboard's detail), and the timeout of no items."""
+    op = await engine.submit(
+        OperationSpec(
+            type="demo",
+            params={"items": 3, "seconds": 0},
+            profile={"base_timeout": 600, "per_item_timeout": 1, "max_timeout": 3600},
+        )
+    )
+    assert op.timeout_basis == "min(max 3600s, base 600s + 1s x 0 items) = 600s"
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.progress.total == 3
+    assert final.finished_at - final.started_at < 1.0  # the case: settled before the clock wrote the record
+    assert final.timeout_basis == "min(max 3600s, base 600s + 1s x 3 items) = 603s"
+    assert final.effective_timeout == 603
+    stored = await engine.store.get(op.id)
+    assert (stored.timeout_basis, stored.effective_timeout) == (final.timeout_basis, 603)
+
+
 async def test_stall_times_out(engine: Engine) -> None:
     op = await engine.submit(
         OperationSpec(type="silent", params={"items": 5, "hang_after": 2}, profile={"stall_timeout": 0.5})
