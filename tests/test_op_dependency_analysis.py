@@ -9,7 +9,7 @@ import sqlite3
 from importlib import metadata
 from pathlib import Path
 
-from engine import Status
+from engine import Engine, OperationSpec, Status
 from engine.operations.dependency_analysis import cycles
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
@@ -102,3 +102,56 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     con.executescript("CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('kind', 'code_analysis');")
     con.close()
     bad_params(cli, "dependency_analysis", {"root": str(tmp_path), "output": str(metrics)}, "a code_analysis database")
+
+
+DIR_FILES = {
+    "app/__init__.py": "",
+    "app/core.py": "import json\n",
+    # no import can name these directories: each is an import root, reached only by putting it on sys.path
+    "sub dir/_compat.py": "import os\n",
+    "sub dir/run.py": "import _compat\nimport app.core\nimport requests\n",
+    "my-tool/pkg/__init__.py": "from .mod import x\n",
+    "my-tool/pkg/mod.py": "from . import other\nx = 1\n",
+    "my-tool/pkg/other.py": "import pkg.mod\n",
+    "v1.2/a.py": "import b\n",
+    "v1.2/b.py": "",
+}
+
+
+async def test_files_under_a_directory_no_import_can_name_are_named_from_it(engine: Engine, tmp_path: Path) -> None:
+    """`sub dir/_compat.py` was the module "sub dir._compat": a dotted name no Python can import, read as
+    a package "sub dir" (and "v1.2/a.py" as "v1.2.a", a package "v1" with a subpackage "2"). The deepest
+    such directory is the import root of the files under it, named before a colon; their imports of one
+    another (a sibling, a relative import) are found there, the project's own packages still found."""
+    root = tmp_path / "proj"
+    for rel, text in DIR_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    db = tmp_path / "deps.db"
+    op = await engine.submit(OperationSpec(type="dependency_analysis", params={"root": str(root), "output": str(db)}))
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    got = tables(db, "modules", "imports")
+    assert sorted((path, module) for path, module in got["modules"]) == [
+        ("app/__init__.py", "app"),
+        ("app/core.py", "app.core"),
+        ("my-tool/pkg/__init__.py", "my-tool:pkg"),
+        ("my-tool/pkg/mod.py", "my-tool:pkg.mod"),
+        ("my-tool/pkg/other.py", "my-tool:pkg.other"),
+        ("sub dir/_compat.py", "sub dir:_compat"),
+        ("sub dir/run.py", "sub dir:run"),
+        ("v1.2/a.py", "v1.2:a"),
+        ("v1.2/b.py", "v1.2:b"),
+    ]
+    kinds = {(r[0], r[2]): r[5] for r in got["imports"]}  # (path, target): kind
+    assert kinds[("sub dir/run.py", "_compat")] == "internal"
+    assert kinds[("sub dir/run.py", "app.core")] == "internal"
+    assert kinds[("sub dir/run.py", "requests")] == "external"
+    assert kinds[("my-tool/pkg/__init__.py", "my-tool:pkg.mod.x")] == "internal"
+    assert kinds[("my-tool/pkg/mod.py", "my-tool:pkg.other")] == "internal"
+    assert kinds[("my-tool/pkg/other.py", "pkg.mod")] == "internal"
+    assert kinds[("v1.2/a.py", "b")] == "internal"
+    res = final.result
+    assert res["modules"] == 9 and res["external"] == ["requests"]
+    # pkg.mod imports pkg.other, which imports pkg.mod: one cycle, under its import root
+    assert res["cycle_list"] == [["my-tool:pkg.mod", "my-tool:pkg.other"]]

@@ -11,7 +11,9 @@
    runs in), so that undeclared imports and declared-but-never-imported requirements stand out.
 
 Modules are named from their path under the source root (``src/`` when the project uses that layout,
-else the root; ``source_root`` to choose). The database has tables ``modules``, ``imports``, ``packages``.
+else the root; ``source_root`` to choose); one under a directory no import can name (``sub dir``, ``my-tool``)
+from that directory, its import root, before a colon (``sub dir:_compat``: see ``module_name``). The database
+has tables ``modules``, ``imports``, ``packages``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import keyword
 import os
 import re
 import sqlite3
@@ -92,12 +95,32 @@ class DependencyParams(BaseModel):
         return self
 
 
+def _importable(part: str) -> bool:
+    return part.isidentifier() and not keyword.iskeyword(part)
+
+
 def module_name(rel: Path) -> str:
-    """``pkg/sub/mod.py`` -> ``pkg.sub.mod``; ``pkg/__init__.py`` -> ``pkg``."""
-    parts = list(rel.with_suffix("").parts)
+    """``pkg/sub/mod.py`` -> ``pkg.sub.mod``; ``pkg/__init__.py`` -> ``pkg``.
+
+    A directory no import can name (``sub dir``, ``my-tool``, ``v1.2``) is no package: the files under it
+    are reached only with it on ``sys.path`` (run as scripts there), so the deepest such directory is their
+    import root, named before a colon: ``sub dir/_compat.py`` -> ``sub dir:_compat``, ``my-tool/pkg/mod.py``
+    -> ``my-tool:pkg.mod``. (They were ``sub dir._compat``: a dotted name no Python can import, read as a
+    package ``sub dir``.)"""
+    dirs = rel.parent.parts
+    cut = max((i + 1 for i, d in enumerate(dirs) if not _importable(d)), default=0)
+    parts = list(rel.with_suffix("").parts[cut:])
     if parts and parts[-1] == "__init__" and len(parts) > 1:
         parts.pop()
-    return ".".join(parts)
+    dotted = ".".join(parts)
+    return f"{'/'.join(dirs[:cut])}:{dotted}" if cut else dotted
+
+
+def split_root(module: str) -> tuple[str, str]:
+    """(``"sub dir:"``, ``"pkg.mod"``) for ``sub dir:pkg.mod``; (``""``, ``module``) for a dotted name (see
+    ``module_name``: the dotted part has no colon, so the last one ends the import root's)."""
+    at = module.rfind(":")
+    return module[: at + 1], module[at + 1 :]
 
 
 def _type_checking(test: ast.expr) -> bool:
@@ -110,7 +133,8 @@ def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[st
     """(absolute target, line, at import time) of every import in ``tree``; ``from a import b`` gives
     ``a.b`` (a submodule or a name in ``a``: resolved against the project's modules later)."""
     out: list[tuple[str, int, bool]] = []
-    package = module if is_package else module.rpartition(".")[0]
+    root, dotted = split_root(module)  # relative imports stay under the file's import root
+    package = dotted if is_package else dotted.rpartition(".")[0]
 
     def visit(stmts: Iterable[ast.stmt], now: bool) -> None:
         for node in stmts:
@@ -125,6 +149,7 @@ def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[st
                         continue  # beyond the top: Python would raise; nothing to resolve
                     anchor = ".".join(parts[: len(parts) - up])
                     base = f"{anchor}.{base}".strip(".") if base else anchor
+                    base = f"{root}{base}" if base else base
                 for a in node.names:
                     out.append((f"{base}.{a.name}" if a.name != "*" and base else base, node.lineno, now))
             elif isinstance(node, ast.If):
@@ -330,20 +355,31 @@ def _finish(con: sqlite3.Connection, root: Path, seen: str, listed: set[str]) ->
         con.executemany("DELETE FROM modules WHERE path=?", [(g,) for g in gone])
         con.executemany("DELETE FROM imports WHERE path=?", [(g,) for g in gone])
     modules = {m for (m,) in con.execute("SELECT module FROM modules")}
-    tops = {m.split(".")[0] for m in modules}
+    tops: dict[str, set[str]] = {}  # import root ("" for the source root's) -> its top-level names
+    for m in modules:
+        at, dotted = split_root(m)
+        tops.setdefault(at, set()).add(dotted.split(".")[0])
 
     def internal(target: str, module: str) -> str | None:
         """The project module ``target`` names (itself, or the module it takes a name from); a script's
-        ``import sibling`` finds the module beside it (its directory, not a package, is first on sys.path)."""
-        beside = module.rpartition(".")[0]
-        if beside in modules:
+        ``import sibling`` finds the module beside it (its directory, not a package, is first on sys.path).
+        A module under an import root of its own (``sub dir:x``) finds its root's modules first, then the
+        source root's (the project installed)."""
+        at, dotted = split_root(module)
+        beside = dotted.rpartition(".")[0]
+        if f"{at}{beside}" in modules:
             beside = ""  # inside a package: imports are absolute
-        for name in (target, f"{beside}.{target}" if beside else None):
+        tried = [(at, target), (at, f"{beside}.{target}" if beside else "")]
+        if at:
+            tried.append(("", target))
+        if ":" in target:  # a relative import, resolved under its import root already
+            tried = [split_root(target)]
+        for where, name in tried:
             while name:
-                if name in modules:
-                    return name
+                if f"{where}{name}" in modules:
+                    return f"{where}{name}"
                 name = name.rpartition(".")[0]
-                if beside and name == beside:
+                if beside and where == at and name == beside:
                     break
         return None
 
@@ -353,7 +389,8 @@ def _finish(con: sqlite3.Connection, root: Path, seen: str, listed: set[str]) ->
     for path, module, target, line, now in con.execute("SELECT path, module, target, line, import_time FROM imports"):
         top = target.split(".")[0]
         hit = internal(target, module)
-        if hit is not None or top in tops:
+        mine = tops.get(split_root(module)[0], set())
+        if hit is not None or ":" in target or top in tops.get("", ()) or top in mine:
             kind = "internal"
             if hit is not None and hit != module and now:
                 graph[module].add(hit)
