@@ -193,6 +193,9 @@ class OperationContext(SeedContextMethods):
         self.params: Any = None
         # Progress, read by the engine's sampler (``done`` and ``total`` checked when set: properties).
         self._done = 0
+        self._fraction = 0.0
+        self._fraction_at = -1
+        """``fraction`` holds while ``_done`` is still ``_fraction_at`` (``advance()`` stays one addition)."""
         self._total: int | None = op.total_items
         self._total_estimated = op.total_items is not None
         """``_total`` is the submitter's estimate (``--items N``), which the handler's own total replaces."""
@@ -319,6 +322,21 @@ class OperationContext(SeedContextMethods):
     @done.setter
     def done(self, value: int) -> None:
         self._done = count_of(value, "ctx.done")
+
+    @property
+    def fraction(self) -> float:
+        """The part of the next item done (0 <= fraction < 1), for progress reported with a fraction (a
+        migrated function's ``progress_callback(2.5, 10)``: ``done`` 2, ``fraction`` 0.5): the percent
+        counts it (25%, not 20%). It lapses when ``done`` changes."""
+        return self._fraction if self._done == self._fraction_at else 0.0
+
+    @fraction.setter
+    def fraction(self, value: float) -> None:
+        if not (isinstance(value, int | float) and 0 <= value < 1):  # NaN too
+            raise ValueError(f"ctx.fraction must be from 0 to less than 1, not {value!r}")
+        if value != self.fraction:
+            self._beat += 1  # 2.1, 2.2, 2.3 of 10 is progress, not a stall
+        self._fraction, self._fraction_at = float(value), self._done
 
     @property
     def step(self) -> str | None:

@@ -331,12 +331,15 @@ class Progress(BaseModel):
     """Seconds until done at the current rate."""
     metrics: dict[str, Any] = Field(default_factory=dict)
     updated_at: float | None = None
+    fraction: float = 0.0
+    """The part of the next item done beyond ``done`` (0 <= fraction < 1), reported with a fraction (a
+    migrated function's ``progress_callback(2.5, 10)``); ``percent`` counts it."""
 
     @property
     def percent(self) -> float | None:
         if not self.total:
             return 100.0 if self.total == 0 else None
-        return min(100.0, 100.0 * self.done / self.total)
+        return min(100.0, 100.0 * (self.done + self.fraction) / self.total)
 
 
 class WorkerInfo(BaseModel):

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import re
 import time
 import typing
@@ -402,29 +403,46 @@ def progress_reporter(ctx: Any) -> Callable[..., _Reported]:
     performance_metrics=None, status_message=None)``, or the plain one, ``(done, total=None,
     message=None, **metrics)``: a first argument that is a string is a step name."""
 
+    def report(done: Any, total: Any, step: str | None, message: Any) -> None:
+        whole, fraction, count = _counts(done, total)
+        ctx.progress(whole, total=count, step=step, message=message)
+        if whole is not None:
+            ctx.fraction = fraction
+
     def progress_callback(*args: Any, **kw: Any) -> _Reported:
         if args and isinstance(args[0], str):
             step, done, total, metrics, message = (*args, None, None, None, None)[:5]
             metrics = {**(metrics or {}), **kw.pop("performance_metrics", {})}
             message = kw.pop("status_message", message)
             ctx.add_metrics(metrics)  # any names (a "total" in seconds): not as **kwargs of progress()
-            ctx.progress(
-                None if done is None else int(done),
-                total=None if total is None else int(total),
-                step=step,
-                message=message,
-            )
+            report(done, total, step, message)
         else:
             done, total, message = (*args, None, None, None)[:3]
             done, total = kw.pop("done", done), kw.pop("total", total)
             message = kw.pop("message", message)
             ctx.add_metrics(kw)  # the rest are metrics, whatever their names ("step" too)
-            ctx.progress(
-                None if done is None else int(done), total=None if total is None else int(total), message=message
-            )
+            report(done, total, None, message)
         return _REPORTED
 
     return progress_callback
+
+
+def _counts(done: Any, total: Any) -> tuple[int | None, float, int | None]:
+    """A migrated function's ``(done, total)`` as the engine counts items: (whole items done, the part of the
+    next one done, total). A function may report fractions (0.5 of 1, 2.5 of 10): they were cut to whole
+    items (0 of 1, 2 of 10: 0% and 20% shown for 50% and 25%). A fractional total is rounded (at least 1),
+    and ``done`` scaled with it, so the percent is the one reported. Whatever ``float()`` reads is taken
+    (a numpy number, a Decimal, "2.5"), as ``int()`` took it; ``ctx.progress`` refuses what is no count."""
+    if total is not None and not isinstance(total, int):
+        exact = float(total)
+        total = int(exact) if exact.is_integer() else max(1, round(exact))
+        if done is not None and total != exact:
+            done = float(done) * total / exact
+    if done is None or isinstance(done, int):
+        return done, 0.0, total
+    value = float(done)
+    whole = math.floor(value)
+    return whole, value - whole, total
 
 
 HEARTBEAT = 5.0

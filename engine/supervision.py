@@ -139,6 +139,7 @@ class Watch:
             eta=eta,
             metrics=ctx.metrics_to_store(),
             updated_at=time.time(),
+            fraction=ctx.fraction,
         )
 
     def live_fields(self, now: float) -> dict[str, Any]:

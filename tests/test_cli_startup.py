@@ -280,6 +280,11 @@ def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
     assert (rc, heavy) == (0, []), out
 
     db = sqlite3.connect(cli.state_dir / "outlast.db")
+    with db:  # records stored before progress had its fraction: still quick, printed as the full path does
+        db.execute("UPDATE operations SET record = json_remove(record, '$.progress.fraction')")
+    assert '"fraction": 0.0' in same("ls", "--json")
+    rc, heavy, out = loaded_after(["ls", "--json"], cli.env)
+    assert (rc, heavy) == (0, []), out
     with db:
         db.execute("UPDATE operations SET record = json_set(record, '$.progress.rate', 2) WHERE status = 'paused'")
     db.close()

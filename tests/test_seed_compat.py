@@ -61,6 +61,48 @@ async def test_migrated_callback_takes_both_styles_awaited_or_not() -> None:
     assert (ctx.done, ctx.total, ctx.message, ctx.metrics["rate"]) == (7, 10, "seven", 2)
 
 
+FRACTIONS: list[tuple[float, float]] = []
+FRACTION_SEEN = asyncio.Event()
+
+
+@migrate_timeout_operation("test_seed_fractions_migrated")
+async def migrated_fractions(progress_callback=None) -> str:  # type: ignore[no-untyped-def]
+    """Progress with fractions, each held until the test has seen it."""
+    for done, total in FRACTIONS:
+        FRACTION_SEEN.clear()
+        await progress_callback("Step", done, total)
+        await FRACTION_SEEN.wait()
+    return "ok"
+
+
+async def test_migrated_callback_keeps_fractions_in_the_percent(engine: Engine) -> None:
+    """progress_callback(2.5, 10) was cut to 2/10, shown 20%; 0.5 of 1 was 0%. The count stays whole
+    items (2/10) and the part of the next one done counts in the percent, stored too (what `show`, `ls`
+    and the dashboard read); a fractional total is rounded, the percent kept."""
+    FRACTIONS[:] = [(0.5, 1), (2.5, 10), (3, 10), (1.25, 2.5)]
+    op = await engine.submit(OperationSpec(type="test_seed_fractions_migrated"))
+    for (done, total), (count, of) in zip(FRACTIONS, [(0, 1), (2, 10), (3, 10), (1, 2)], strict=True):
+        want = 100.0 * done / total
+
+        async def shown(want: float = want) -> Operation | None:
+            live = await engine.get(op.id)
+            stored = await engine.store.get(op.id)
+            return live if live.progress.percent == stored.progress.percent == pytest.approx(want) else None
+
+        for _ in range(100):
+            if (got := await shown()) is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            live = await engine.get(op.id)
+            raise AssertionError(f"{done}/{total}: shown {live.progress.percent}%, not {want}%")
+        assert (got.progress.done, got.progress.total) == (count, of)
+        FRACTION_SEEN.set()
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and final.progress.percent == 100.0
+    assert final.progress.fraction == 0.0  # it lapsed with the count that moved on
+
+
 async def test_checkpoint_every_counts_items(engine: Engine) -> None:
     """Checkpoints every 10 items (and never by the clock here): after items 10 and 20 of 25."""
     spec = OperationSpec(type="ledger", params={"items": 25}, profile={"checkpoint_every": 10})

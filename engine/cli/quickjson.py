@@ -70,6 +70,7 @@ PROGRESS_FIELDS: dict[str, str] = {
     "eta": "float?",
     "metrics": "dict",
     "updated_at": "float?",
+    "fraction": "float",
 }
 """``Progress``' fields."""
 
@@ -112,6 +113,10 @@ def _dump_loads(raw: str) -> dict[str, Any]:
     """The record ``raw`` holds when it is its model's dump as stored (before ``checkpoint_seq`` is replaced
     by the derived one: the full path validates the stored one first); ValueError otherwise."""
     record = _strict_loads(raw)
+    progress = record.get("progress") if isinstance(record, dict) else None
+    if isinstance(progress, dict) and "fraction" not in progress:
+        # Stored before progress had it: validation gives it its default, after the others, as here.
+        progress["fraction"] = 0.0
     if not (_is_dump(record, FIELDS) and _within(record, MAX_DEPTH)):
         raise ValueError("not its model's dump")
     return record  # type: ignore[no-any-return]
@@ -226,13 +231,14 @@ class _ProgressView:
         self.eta: float | None = p["eta"]
         self.metrics: dict[str, Any] = p["metrics"]
         self.updated_at: float | None = p["updated_at"]
+        self.fraction: float = p["fraction"]
 
     @property
     def percent(self) -> float | None:
         """As ``Progress.percent``."""
         if not self.total:
             return 100.0 if self.total == 0 else None
-        return min(100.0, 100.0 * self.done / self.total)
+        return min(100.0, 100.0 * (self.done + self.fraction) / self.total)
 
 
 def _seed_progress(r: dict[str, Any]) -> dict[str, Any]:
