@@ -17,8 +17,7 @@ import pytest
 import tree_sitter
 
 from engine import Engine, OperationSpec, Status
-from engine.operations import _lang
-from engine.operations._lang import parsers
+from engine.operations._lang import language_of, parsers
 from engine.operations._parse import Parsers, load_languages
 
 SEED = int(os.environ.get("OUTLAST_FUZZ_SEED", random.randrange(1 << 30)))
@@ -248,4 +247,4 @@ def test_a_grammar_that_cannot_load_gives_no_symbols_and_says_why(tmp_path: Path
 
 def test_process_parsers_are_the_configured_ones() -> None:
     assert set(LANGS) <= set(parsers().specs) and not parsers().problems
-    assert _lang.language_of("a/b.tsx") == "tsx" and _lang.language_of("x.hxx") == "cpp"
+    assert language_of("a/b.tsx") == "tsx" and language_of("x.hxx") == "cpp"

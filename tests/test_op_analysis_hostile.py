@@ -270,12 +270,12 @@ def test_monitoring_refuses_another_programs_database(cli: Cli, tmp_path: Path) 
 def test_a_gitignore_line_git_passes_over_does_not_fail_the_listing(tmp_path: Path) -> None:
     """A bare "!" (or a line ending in a lone backslash) is no pattern to git; pathspec raised on it, and
     every operation listing the tree (indexing, scans, analyses) failed before its first file."""
-    from engine.operations._walk import _walk
+    from engine.operations._walk import walk_listing
 
     (tmp_path / ".gitignore").write_text("!\nignored.py\n\\\n")
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "ignored.py").write_text("y = 2\n")
-    assert sorted(_walk(tmp_path, [])) == [".gitignore", "a.py"]
+    assert sorted(walk_listing(tmp_path, [])) == [".gitignore", "a.py"]
 
 
 async def test_security_scan_reports_a_file_renamed_between_attempts_once(

@@ -5,6 +5,8 @@ submit returned, in both stores, whatever the spec holds and however the caller 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,11 @@ from typing import Any
 import pytest
 
 from engine import Engine, OperationSpec, load_settings, open_store
-from engine.models import Operation, Priority, Progress, Status, WorkerInfo, _b32, new_id
+from engine.models import Operation, Priority, Progress, Status, WorkerInfo, new_id
 from engine.store.redis.codec import pack, pack_new
 from engine.store.sqlite.records import record_with_handle
 from engine.text import model_json
+from tests.conftest import REPO
 from tests.fixtures_redis import RedisServer
 
 ODD = 'a\x1eb\x1fc\x00\n"\\ é 😀 \u2028'
@@ -31,17 +34,38 @@ SPECS: list[dict[str, Any]] = [
 ]
 
 
-def _b32_one_digit_at_a_time(n: int, width: int) -> str:
-    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
-    return "".join(alphabet[(n >> (5 * i)) & 31] for i in reversed(range(width)))
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+EPOCH_MS = 1_577_836_800_000  # 2020-01-01, the ids' zero
+
+
+def _digits_one_at_a_time(n: int, width: int) -> str:
+    return "".join(ALPHABET[(n >> (5 * i)) & 31] for i in reversed(range(width)))
+
+
+def ids_on_future_clocks() -> None:
+    """Run in a process of its own: its ids after these are made on the year 3000's clock (they never go
+    back in time)."""
+    rng = random.Random(7)
+    now_ms = int(time.time() * 1000)
+    clocks = sorted({rng.randrange(now_ms, EPOCH_MS + 32**9 - 1) for _ in range(20_000)})
+    real = time.time
+    try:
+        for ms in clocks:
+            time.time = lambda ms=ms: (ms + 0.5) / 1000  # type: ignore[misc]
+            made = new_id()
+            n = int("".join(f"{ALPHABET.index(c):05b}" for c in made), 2)
+            assert len(made) == 13 and _digits_one_at_a_time(n, 13) == made
+            assert n >> 20 == ms - EPOCH_MS, made
+    finally:
+        time.time = real  # type: ignore[misc]
 
 
 def test_ids_are_the_digits_they_were() -> None:
-    rng = random.Random(7)
-    for _ in range(20_000):
-        width = rng.randint(1, 14)
-        n = rng.getrandbits(5 * width)
-        assert _b32(n, width) == _b32_one_digit_at_a_time(n, width)
+    """An id is 9 base32 digits of milliseconds since 2020 then 4 random ones, the digits written two at a
+    time: read one at a time, they are the clock it was made at, on clocks from now to the year 3000."""
+    code = "from tests.test_store_submit_encoding import ids_on_future_clocks as f; f()"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
     ids = [new_id() for _ in range(1000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.operations._walk import _walk, walk
+from engine.operations._walk import walk, walk_listing
 from tests.fixtures_ops import deep_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -67,7 +67,7 @@ def test_the_walk_lists_what_git_lists_on_generated_trees(tmp_path: Path) -> Non
         root = tmp_path / f"t{n}"
         root.mkdir()
         _tree(root, rng)
-        ours = sorted(_walk(root, []))
+        ours = sorted(walk_listing(root, []))
         theirs = _git_view(root)
         gitignores = {str(p.relative_to(root)): p.read_text() for p in root.rglob(".gitignore")}
         assert ours == theirs, f"seed {seed}, tree {n}: .gitignore files {gitignores}"
@@ -131,6 +131,6 @@ def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> Non
         (bottom / "skip.log").write_text("x")
         (bottom / ".gitignore").write_text("*.log\n")
         unreadable: list[str] = []
-        assert sorted(_walk(tmp_path / "t", unreadable)) == [leaf.rsplit("/", 1)[0] + "/.gitignore", leaf]
+        assert sorted(walk_listing(tmp_path / "t", unreadable)) == [leaf.rsplit("/", 1)[0] + "/.gitignore", leaf]
         assert unreadable == []
         assert len(list(walk(tmp_path / "t", topdown=False))) == leaf.count("/") + 1
