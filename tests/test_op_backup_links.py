@@ -103,6 +103,29 @@ async def test_names_linked_in_the_source_are_linked_in_the_copy(engine: Engine,
     assert partials(dst) == []
 
 
+async def test_names_of_one_symlink_are_one_symlink_in_the_copy(engine: Engine, tmp_path: Path) -> None:
+    """``ln`` of a symlink gives it a second name (one inode, st_nlink 2): each name was copied as a symlink of
+    its own, the link between them lost. They are grouped as a file's names are: copied once, then linked;
+    again into the same destination too; the manifest says which."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "target").write_text("t\n")
+    (src / "sl").symlink_to("target")
+    os.link(src / "sl", src / "d" / "sl", follow_symlinks=False)
+    (src / "alone").symlink_to("target")
+    assert os.lstat(src / "sl").st_nlink == 2
+    for _ in range(2):  # the second: into the same destination
+        final = await run_backup(engine, src, dst)
+        assert final.status is Status.COMPLETED, final.error
+        assert snapshot(dst) == snapshot(src)
+        assert (dst / "d" / "sl").is_symlink() and os.readlink(dst / "d" / "sl") == "target"
+        assert os.lstat(dst / "sl").st_ino == os.lstat(dst / "d" / "sl").st_ino
+        assert os.lstat(dst / "sl").st_nlink == 2 and os.lstat(dst / "alone").st_nlink == 1
+        assert {k: v.get("link") for k, v in manifest(dst).items() if "link" in v} == {"sl": "d/sl"}
+        assert final.result["links"] == 1 and final.result["failures"] == 0
+        assert partials(dst) == []
+
+
 def linked_tree(root: Path) -> None:
     """A large file and its second name (each a step of its own), ``SMALL_BATCH + 72`` files in ``a`` and each
     one's second name in ``b`` (linked in batches after their copies' batches), some a third in ``c``."""

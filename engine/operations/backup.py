@@ -127,7 +127,8 @@ class Listing:
     own: list[str] = field(default_factory=list)
     """Names at the source root that the backup's own files take at the destination root."""
     inodes: dict[tuple[int, int], list[str]] = field(default_factory=dict)
-    """The files with more than one name (st_nlink > 1), by (st_dev, st_ino): their names found in the tree."""
+    """The files (and symlinks) with more than one name (st_nlink > 1), by (st_dev, st_ino): their names found
+    in the tree."""
 
 
 def _list(src: Path) -> Listing:
@@ -161,6 +162,9 @@ def _list(src: Path) -> Listing:
                     stack.append(rel)
                 elif ent.is_symlink():
                     out.entries.append(rel)
+                    lst = ent.stat(follow_symlinks=False)
+                    if lst.st_nlink > 1:  # names of one symlink (``ln`` of a link): one link in the copy too
+                        out.inodes.setdefault((lst.st_dev, lst.st_ino), []).append(rel)
                 elif ent.is_file(follow_symlinks=False):
                     est = ent.stat(follow_symlinks=False)
                     out.sizes[rel] = est.st_size
@@ -737,7 +741,8 @@ class Links:
             now = os.stat(name, dir_fd=d, follow_symlinks=False)
         except OSError:
             return None, False  # its copy says what became of it
-        adopt = stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == key
+        kind = stat.S_IFMT(now.st_mode)  # a file, or a symlink with several names
+        adopt = kind in (stat.S_IFREG, stat.S_IFLNK) and (now.st_dev, now.st_ino) == key
         if leader is None or not adopt:
             return None, adopt
         try:
@@ -748,7 +753,7 @@ class Links:
             return None, True
         if (
             (was.st_dev, was.st_ino) != key
-            or not stat.S_ISREG(copy.st_mode)
+            or stat.S_IFMT(copy.st_mode) != kind
             or (copy.st_size, copy.st_mtime_ns, copy.st_mode & MODE_KEPT)
             != (now.st_size, now.st_mtime_ns, now.st_mode & MODE_KEPT)
         ):
