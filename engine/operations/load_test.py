@@ -29,7 +29,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -291,12 +291,19 @@ class Connection:
         return status, n
 
 
+TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+"""What stays as it is in the request target: a space or a non-ASCII letter in the url is percent-encoded (UTF-8),
+as a browser or curl sends it; sent raw, "GET /a b HTTP/1.1" is no request line, and every request was a 400."""
+
+
 def build_request(p: LoadTestParams) -> bytes:
     u = urlsplit(p.url)
-    target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    target = quote((u.path or "/") + (f"?{u.query}" if u.query else ""), safe=TARGET_SAFE)
     body = (p.body or "").encode()
-    lines = [f"{p.method} {target} HTTP/1.1", f"Host: {u.netloc.rsplit('@', 1)[-1]}"]
     given = {k.lower() for k in p.headers}
+    lines = [f"{p.method} {target} HTTP/1.1"]
+    if "host" not in given:  # a Host of the user's (a virtual host on this machine) replaces it: two are a 400
+        lines.append(f"Host: {u.netloc.rsplit('@', 1)[-1]}")
     if "user-agent" not in given:
         lines.append("User-Agent: outlast-load-test")
     if "accept" not in given:

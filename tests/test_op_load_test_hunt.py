@@ -1,0 +1,61 @@
+"""load_testing against what a user gives it: a Host of their own, a url with a space, a header HTTP cannot send."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from engine import Engine, OperationSpec, Status
+
+
+class Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, list[str]]] = []
+
+    def do_GET(self) -> None:
+        Recorder.seen.append((self.path, self.headers.get_all("Host") or []))
+        # as RFC 9112 (and nginx) asks: a request with two Host headers is a 400
+        bad = len(self.headers.get_all("Host") or []) != 1
+        body = b"ok"
+        self.send_response(400 if bad else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    Recorder.seen = []
+    s = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    s.daemon_threads = True
+    t = threading.Thread(target=s.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{s.server_address[1]}"
+    s.shutdown()
+    s.server_close()
+
+
+async def _run(engine: Engine, **params: object) -> dict:
+    op = await engine.submit(OperationSpec(type="load_testing", params={"duration": 0.3, "concurrency": 1, **params}))
+    rec = await engine.wait(op.id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    return rec.result
+
+
+async def test_a_host_header_of_the_users_replaces_the_default(engine: Engine, recorder: str) -> None:
+    """A virtual host on this machine: the user's Host is the one sent (two were sent, and every request a 400)."""
+    r = await _run(engine, url=f"{recorder}/", requests=3, headers={"host": "app.test"})
+    assert r["status"] == {"200": 3}, r
+    assert {tuple(h) for _, h in Recorder.seen} == {("app.test",)}
+
+
+async def test_a_space_or_a_letter_in_the_url_is_percent_encoded(engine: Engine, recorder: str) -> None:
+    r = await _run(engine, url=f"{recorder}/a b/caf\u00e9?q=x y&k=%41", requests=2)
+    assert r["status"] == {"200": 2}, r
+    assert {p for p, _ in Recorder.seen} == {"/a%20b/caf%C3%A9?q=x%20y&k=%41"}
