@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from engine import Engine, OperationSpec, Status
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -59,3 +61,7 @@ async def test_a_space_or_a_letter_in_the_url_is_percent_encoded(engine: Engine,
     r = await _run(engine, url=f"{recorder}/a b/caf\u00e9?q=x y&k=%41", requests=2)
     assert r["status"] == {"200": 2}, r
     assert {p for p, _ in Recorder.seen} == {"/a%20b/caf%C3%A9?q=x%20y&k=%41"}
+
+
+def test_a_header_http_cannot_send_is_refused(cli: Cli) -> None:
+    bad_params(cli, "load_testing", {"url": "http://127.0.0.1:9/", "headers": {"X-Name": "\u4e2d"}}, "'X-Name'")

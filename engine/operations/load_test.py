@@ -83,6 +83,9 @@ class LoadTestParams(BaseModel):
         for k, val in v.items():
             if not k or any(c in k for c in ":\r\n ") or any(c in val for c in "\r\n"):
                 raise ValueError(f"header {k!r}: names have no ':', spaces or line breaks; values no line breaks")
+            if not k.isascii() or not all(ord(c) < 256 for c in val):
+                # sent as latin-1, each other letter was replaced by '?': a header the user never wrote
+                raise ValueError(f"header {k!r}: names are ASCII and values latin-1 (HTTP/1.1 sends bytes)")
         return v
 
     @model_validator(mode="after")
