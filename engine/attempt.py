@@ -237,6 +237,9 @@ class Attempt:
     def output_dir(self) -> Path:
         store_dir = getattr(self.host.store, "state_dir", None)
         base = Path(store_dir) if store_dir else Path(self.host.settings.state_dir).expanduser()
+        # absolute: handlers hand it to programs they start in another directory (pytest's --junitxml,
+        # cProfile's -o, PYTHONPATH); a relative --state-dir had them write into the project, and fail
+        base = base.absolute()
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         return private_dir(base, "outputs")
 

@@ -1,0 +1,62 @@
+"""performance_profiling, performance_testing and the test-suite runner under a relative --state-dir: the
+programs they start run in another directory (the script's, the suite's), and were handed paths into the
+state directory relative to where outlast was started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures_cli import CLI, REPO
+
+
+def _run(cwd: Path, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OUTLAST_STATE_DIR", None)
+    r = subprocess.run(
+        [*CLI, "--state-dir", "state", "--json", "run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_profile_with_a_relative_state_dir(tmp_path: Path) -> None:
+    prog = tmp_path / "prog"
+    prog.mkdir()
+    (prog / "work.py").write_text("def f():\n    return sum(range(1000))\n\nfor _ in range(50):\n    f()\n")
+    (tmp_path / "here").mkdir()
+    rec = _run(tmp_path / "here", "performance_profiling", "-p", f"script={prog / 'work.py'}", "-p", "sampler=none")
+    assert rec["status"] == "completed" and rec["result"]["runs"] == 1, rec
+    assert Path(rec["result"]["pstats"]).is_absolute()
+    assert sorted(p.name for p in prog.iterdir()) == ["work.py"]  # nothing written beside the program
+
+
+def test_timed_tests_with_a_relative_state_dir(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_x.py").write_text("def test_a():\n    pass\n")
+    (tmp_path / "here").mkdir()
+    rec = _run(
+        tmp_path / "here", "performance_testing", "-p", f"path={suite}", "-p", "repeats=1", "-p", "warmup=0",
+        "-p", f"python={sys.executable}",
+    )  # fmt: skip
+    assert rec["status"] == "completed", rec
+    assert sorted(p.name for p in suite.iterdir() if p.name not in ("__pycache__", ".pytest_cache")) == ["test_x.py"]
+
+
+def test_a_suite_with_a_relative_state_dir(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_x.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    (tmp_path / "here").mkdir()
+    rec = _run(tmp_path / "here", "comprehensive_test_suite", "-p", f"path={suite}", "-p", f"python={sys.executable}")
+    assert rec["status"] == "completed", rec
+    assert sorted(p.name for p in suite.iterdir() if p.name not in ("__pycache__", ".pytest_cache")) == ["test_x.py"]
