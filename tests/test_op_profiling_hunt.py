@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures_cli import CLI, REPO
+import pytest
+
+from tests.fixtures_cli import CLI, REPO, Cli
+from tests.fixtures_ops import bad_params
 
 
 def _run(cwd: Path, *args: str) -> dict:
@@ -60,3 +63,22 @@ def test_a_suite_with_a_relative_state_dir(tmp_path: Path) -> None:
     rec = _run(tmp_path / "here", "comprehensive_test_suite", "-p", f"path={suite}", "-p", f"python={sys.executable}")
     assert rec["status"] == "completed", rec
     assert sorted(p.name for p in suite.iterdir() if p.name not in ("__pycache__", ".pytest_cache")) == ["test_x.py"]
+
+
+@pytest.mark.parametrize("type_", ["performance_profiling", "performance_testing", "comprehensive_test_suite"])
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ({"env": {"A=B": "x"}}, "'A=B' is not a variable name"),
+        ({"env": {"": "x"}}, "'' is not a variable name"),
+        ({"env": {"K": "a\0b"}}, "K contains a NUL character"),
+        ({"args": ["-x", "a\0b"]}, "args[1] contains a NUL character"),
+    ],
+)
+def test_what_no_program_can_be_given_is_refused_at_submit(
+    cli: Cli, tmp_path: Path, type_: str, extra: dict, expect: str
+) -> None:
+    """Stored, they failed each run at its start ("embedded null byte") and the operation "no run finished"."""
+    (tmp_path / "work.py").write_text("pass\n")
+    target = {"script": str(tmp_path / "work.py")} if type_ == "performance_profiling" else {"path": str(tmp_path)}
+    bad_params(cli, type_, {**target, **extra}, expect)

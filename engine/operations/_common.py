@@ -73,6 +73,26 @@ def split_args(value: Any) -> Any:
     return shlex.split(value) if isinstance(value, str) else value
 
 
+def program_args(value: list[str]) -> list[str]:
+    """``value`` unless an argument holds a NUL, which no program can be given (a ValueError naming it)."""
+    for i, arg in enumerate(value):
+        if "\0" in arg:
+            raise ValueError(f"args[{i}] contains a NUL character")
+    return value
+
+
+def env_vars(value: dict[str, str]) -> dict[str, str]:
+    """``value`` when each name can be a variable of a program's environment and no value holds a NUL, else
+    a ValueError naming it: stored as they were, they failed each run at its start ("embedded null byte",
+    "illegal environment variable name"), and the operation with "no run finished"."""
+    for name, v in value.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a variable name (empty, or with = or NUL in it)")
+        if "\0" in v:
+            raise ValueError(f"{name} contains a NUL character")
+    return value
+
+
 def python_executable(value: str) -> str:
     """An interpreter by name or path, resolved on PATH, as an absolute path (the worker that runs it may
     run in another directory), or a ValueError."""

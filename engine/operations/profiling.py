@@ -29,7 +29,7 @@ from ..context import OperationContext
 from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import check_output_dir, optional_dir, output_dir, python_executable, split_args
+from ._common import check_output_dir, env_vars, optional_dir, output_dir, program_args, python_executable, split_args
 from ._runs import RunTimedOut, wait_or_stop
 
 Func = tuple[str, int, str]
@@ -88,6 +88,16 @@ class ProfileParams(BaseModel):
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
         return optional_dir(v, "cwd")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        return program_args(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return env_vars(v)
 
     @field_validator("output")
     @classmethod

@@ -35,9 +35,11 @@ from ..registry import operation
 from ._common import (
     JSON_MAGIC,
     check_output_file,
+    env_vars,
     existing_path,
     optional_dir,
     output_dir,
+    program_args,
     python_executable,
     split_args,
 )
@@ -117,6 +119,16 @@ class PerformanceParams(BaseModel):
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
         return optional_dir(v, "cwd")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        return program_args(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return env_vars(v)
 
     @field_validator("baseline")
     @classmethod

@@ -46,7 +46,7 @@ from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import existing_path, optional_dir, output_dir, python_executable, split_args
+from ._common import env_vars, existing_path, optional_dir, output_dir, program_args, python_executable, split_args
 
 PLUGIN = "_outlast_pytest_plugin"
 BAD = ("failed", "error", "hung", "crashed")
@@ -105,6 +105,16 @@ class TestSuiteParams(BaseModel):
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
         return optional_dir(v, "cwd")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        return program_args(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return env_vars(v)
 
 
 class _Output(asyncio.Protocol):
