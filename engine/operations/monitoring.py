@@ -58,7 +58,11 @@ class MonitoringParams(BaseModel):
     @classmethod
     def _pids(cls, v: list[int]) -> list[int]:
         for pid in v:
-            if not psutil.pid_exists(pid):
+            try:
+                exists = psutil.pid_exists(pid)
+            except (OverflowError, ValueError):  # past a C int: "its validator raised OverflowError"
+                exists = False
+            if not exists:
                 raise ValueError(f"no process {pid}")  # the field's name comes before it
         return sorted(set(v))
 
