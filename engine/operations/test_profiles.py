@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..context import OperationContext
-from ..files import private_opener, write_private
+from ..files import private_opener, replace_keeping_mode, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
 from ._common import (
@@ -265,7 +265,9 @@ async def performance_testing(ctx: OperationContext, p: PerformanceParams) -> di
     saved = False
     if p.update_baseline or st["baseline"] is None:
         figures = {"path": p.path, "args": _with_marker(p.args, p.marker), "wall": wall, "tests": tests}
-        await asyncio.to_thread(write_private, baseline, json.dumps(figures, indent=1) + "\n")
+        # whole or not at all: written over in place, a kill or a full disk left a cut file every later
+        # run refused, in place of the baseline it had (a symlink to a baseline kept elsewhere stays one)
+        await asyncio.to_thread(replace_keeping_mode, baseline, (json.dumps(figures, indent=1) + "\n").encode())
         saved = True
     report = {
         "runs": len(measured),
