@@ -400,7 +400,7 @@ async def test_load_testing_against_a_server_that_never_answers_ends_near_its_du
 
     sent: list[float] = []
 
-    async def slice_of_timeouts(p: Any, addr: str, length: float, budget: Any) -> Any:
+    async def slice_of_timeouts(p: Any, addr: str, length: float, budget: Any, *_: Any) -> Any:
         sent.append(length)
         stats = load_test.SliceStats()
         stats.requests = p.concurrency

@@ -65,3 +65,22 @@ async def test_a_space_or_a_letter_in_the_url_is_percent_encoded(engine: Engine,
 
 def test_a_header_http_cannot_send_is_refused(cli: Cli) -> None:
     bad_params(cli, "load_testing", {"url": "http://127.0.0.1:9/", "headers": {"X-Name": "\u4e2d"}}, "'X-Name'")
+
+
+@pytest.mark.parametrize(
+    ("rate", "slice_seconds", "duration", "per_slice"),
+    [
+        (1, 0.5, 2, [1, 0, 1, 0]),  # one request a second: one slice in two sends one
+        (3, 0.5, 1, [2, 1]),  # requests at 0, 1/3 and 2/3 s
+    ],
+)
+async def test_a_rate_is_the_runs_whatever_the_slices(
+    engine: Engine, recorder: str, rate: float, slice_seconds: float, duration: float, per_slice: list[int]
+) -> None:
+    """Each slice had a schedule of its own, its share rounded up and its first request at its start, and
+    ended with its last response: rate=1 in 1 s slices sent the whole run's requests at once, back to back,
+    and rate=3 in half-second slices 2 every 0.33 s (6/s)."""
+    r = await _run(engine, url=f"{recorder}/", rate=rate, slice_seconds=slice_seconds, duration=duration)
+    assert [line[1] for line in r["timeline"]] == per_slice, r["timeline"]
+    assert r["requests"] == rate * duration
+    assert r["seconds"] >= duration - slice_seconds  # slices last their time: the run, its duration

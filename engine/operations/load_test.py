@@ -2,9 +2,9 @@
 
 The run is ``duration`` seconds cut into slices of ``slice_seconds``; each slice is an item. ``concurrency``
 connections (HTTP/1.1, kept alive) send requests until the slice ends, the run's ``requests`` budget is spent,
-or, with a ``rate`` target, the slice's share of the schedule is sent (request k of a slice is due at
-k / rate seconds into it: with a rate, each slice sends the same number of requests however loaded the
-machine is; late requests are sent late, never dropped). A slice's statistics (requests, errors by kind, status
+or, with a ``rate`` target, the slice's share of the run's schedule is sent (the run's request n is due
+at n / rate seconds into the run, and a slice lasts its length: with a rate, each slice sends the same
+requests however loaded the machine is; late requests are sent late, never dropped). A slice's statistics (requests, errors by kind, status
 codes, bytes, a latency histogram at 3 significant digits) are merged into ``ctx.state`` when it ends, and a
 checkpoint is taken, so a resume goes on with the next slice and the remaining budget, and the final
 statistics (percentiles from the merged histogram) cover every slice. A slice cut by a kill is run again.
@@ -333,8 +333,21 @@ def _kind(e: BaseException) -> str:
     return type(e).__name__
 
 
-async def run_slice(p: LoadTestParams, addr: str, length: float, budget: int | None) -> tuple[SliceStats, float]:
-    """One slice: at most ``budget`` requests within ``length`` seconds (by schedule with a rate); (stats, s)."""
+def _scheduled(p: LoadTestParams, offset: float, length: float) -> tuple[int, int]:
+    """With a rate: the run's requests n due within the slice that starts ``offset`` seconds into the run
+    (n / rate in [offset, offset + length)), as (first n, how many). The schedule is the run's, not each
+    slice's: a slice of its own (request 0 at its start, its share rounded up) sent 2 requests each half
+    second at rate=3, and at rate=1 in 1 s slices every request at once, the slices back to back."""
+    assert p.rate
+    first = math.ceil(offset * p.rate - 1e-9)
+    return first, max(0, math.ceil((offset + length) * p.rate - 1e-9) - first)
+
+
+async def run_slice(
+    p: LoadTestParams, addr: str, length: float, budget: int | None, offset: float = 0.0
+) -> tuple[SliceStats, float]:
+    """One slice: at most ``budget`` requests within ``length`` seconds (by the run's schedule with a rate,
+    the slice ``offset`` seconds into it, lasting ``length`` however early its requests end); (stats, s)."""
     host, port = _host_port(p.url)
     tls = ssl.create_default_context() if urlsplit(p.url).scheme == "https" else None
     raw, head = build_request(p), p.method == "HEAD"
@@ -342,7 +355,7 @@ async def run_slice(p: LoadTestParams, addr: str, length: float, budget: int | N
     start = time.monotonic()
     end = start + length
     issued = 0
-    due = math.ceil(length * p.rate - 1e-9) if p.rate else None
+    first, due = _scheduled(p, offset, length) if p.rate else (0, None)
     limit = min(x for x in (budget, due) if x is not None) if (budget is not None or due is not None) else None
 
     async def worker() -> None:
@@ -354,7 +367,7 @@ async def run_slice(p: LoadTestParams, addr: str, length: float, budget: int | N
                     break
                 k, issued = issued, issued + 1  # the slot is taken before waiting for it
                 if p.rate:
-                    await asyncio.sleep(max(0.0, start + k / p.rate - time.monotonic()))
+                    await asyncio.sleep(max(0.0, start + (first + k) / p.rate - offset - time.monotonic()))
                 stats.requests += 1
                 t0 = time.perf_counter()
                 try:
@@ -381,6 +394,8 @@ async def run_slice(p: LoadTestParams, addr: str, length: float, budget: int | N
             conn.close()
 
     await asyncio.gather(*(worker() for _ in range(p.concurrency)))
+    if p.rate and (budget is None or issued < budget):
+        await asyncio.sleep(max(0.0, end - time.monotonic()))  # the schedule's time: the next slice starts on it
     return stats, time.monotonic() - start
 
 
@@ -417,7 +432,7 @@ async def load_test(ctx: OperationContext, p: LoadTestParams) -> dict:
                 )
             ctx.state["late"] = ctx.state.get("late", 0) + 1
             continue
-        stats, took = await run_slice(p, addr, length, budget)
+        stats, took = await run_slice(p, addr, length, budget, i * p.slice_seconds)
         merge(total, stats)
         total["seconds"] = total.get("seconds", 0.0) + took
         pcts = percentiles(stats.hist, (50, 99))
