@@ -17,6 +17,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -175,6 +176,32 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     return out
 
 
+def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) -> list[str]:
+    """The documents of ``done`` (read by an earlier attempt) that may have changed since: their size is not
+    the stored one, or they were modified after the operation first ran (less 2 s: a file system's
+    timestamps may be that coarse). Skipped as done, they kept the version read before the interruption
+    (a pause resumed a week later: a week of edits), though the result said the folder was read.
+    Read again, an unchanged one is found unchanged by its sha256."""
+    since = st["started"] - 2.0
+    size: dict[str, int] = {}
+    q = "SELECT path, size FROM documents WHERE source=? AND path IN ({})"
+    for i in range(0, len(done), 500):
+        names = [stored_name(r) for r in done[i : i + 500]]
+        size.update(con.execute(q.format(",".join("?" * len(names))), [source, *names]).fetchall())
+    out = []
+    for rel in done:
+        stored = size.get(stored_name(rel))
+        if stored is None:  # skipped or failed before: not in the knowledge base
+            continue
+        try:
+            now = os.lstat(os.path.join(source, rel))
+        except (OSError, ValueError):
+            continue  # gone: dropped at the end
+        if now.st_size != stored or now.st_mtime >= since:
+            out.append(rel)
+    return out
+
+
 def _finish(con: sqlite3.Connection, source: str, op_id: str) -> dict:
     """Drop this folder's documents that are gone from it; the summary of the knowledge base.
 
@@ -250,7 +277,14 @@ async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
         st = ctx.state
         for k in ("added", "reused", "chunks"):
             st.setdefault(k, 0)
+        st.setdefault("started", time.time())  # in the first checkpoint, before any document counts as done
         pending = [f for f in files if not ctx.is_done(f)]
+        if len(pending) < len(files):  # a resume: the documents read before and changed since are read again
+            changed = await asyncio.to_thread(_changed, con, p.source, [f for f in files if ctx.is_done(f)], st)
+            if changed:
+                ctx.log.info(f"{len(changed)} documents read by an earlier attempt changed since: read again")
+                again = set(pending).union(changed)
+                pending = [f for f in files if f in again]
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_process_batch, con, p, pending[i : i + BATCH], ctx.id)
             async for rel, outcome, n, why in ctx.items(results, key=lambda r: r[0]):
