@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dis
 import itertools
 import json
 import operator
@@ -955,7 +956,7 @@ class _Items(AsyncIterator[T]):
         ledger = self._ledger
         if k is not None and ledger.current == k:
             ledger.current = None
-            ledger.left = (k, id(frame), frame.f_lasti) if frame is not None else None
+            ledger.left = (k, id(frame), _leaving_at(frame)) if frame is not None else None
 
     async def aclose(self) -> None:
         self._leave(None)
@@ -968,6 +969,22 @@ class _Items(AsyncIterator[T]):
             self._leave(_getframe(1))
             if self._met:
                 self._ctx._met_done = True
+
+
+_RERAISE, _RAISE = dis.opmap["RERAISE"], dis.opmap["RAISE_VARARGS"]
+
+
+def _leaving_at(frame: FrameType) -> int:
+    """The instruction the handler is leaving the item body from, as its traceback will name it; -1 when it
+    is an exception re-raised by an ``except`` that did not take it, or took it and said ``raise`` (or by a
+    ``finally``, a ``with``): the frame is at that RERAISE or bare ``raise``, which no traceback names (its
+    entry is where the exception was raised), and a body that logged an error and raised it again, or had
+    an ``except`` for another error, failed the whole operation at its first failing item."""
+    lasti = frame.f_lasti
+    code = frame.f_code.co_code
+    if 0 <= lasti < len(code) - 1 and (code[lasti] == _RERAISE or (code[lasti] == _RAISE and code[lasti + 1] == 0)):
+        return -1
+    return lasti
 
 
 _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(

@@ -44,7 +44,8 @@ class ItemLedger:
         self.current: str | None = None
         """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
         self.left: tuple[str, int, int] | None = None
-        """(key, frame id, instruction) where the handler left an item body without finishing it."""
+        """(key, frame id, instruction) where the handler left an item body without finishing it (-1: by an
+        exception re-raised in it)."""
         self.dirty = False
         """Something a checkpoint saves changed (besides the items): ``state``, progress."""
         self.excludes = bool(self.skipped)
@@ -111,7 +112,7 @@ class ItemLedger:
         key, frame_id, lasti = left
         tb = exc.__traceback__
         while tb is not None:
-            if id(tb.tb_frame) == frame_id and tb.tb_lasti == lasti:
+            if id(tb.tb_frame) == frame_id and lasti in (tb.tb_lasti, -1):  # -1: re-raised (``_leaving_at``)
                 return key
             tb = tb.tb_next
         return None  # raised after a ``break``: not the item's failure
