@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures_cli import Cli
 from tests.fixtures_disk import fill
 from tests.fixtures_ops import run_json
@@ -36,3 +38,20 @@ def test_a_baseline_update_on_a_full_disk_keeps_the_old_baseline(cli: Cli, small
         filler.unlink()
     code, rec, err = run_json(cli, "run", "performance_testing", "--params-json", json.dumps(params))
     assert code == 0 and rec["result"]["baseline_compared"], (rec, err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ({"marker": "slow and ("}, "Wrong expression passed to '-m'"),
+        ({"args": "-k nothing_has_this_name"}, "pytest exited with code 5"),
+        ({"timeout_per_run": 0.5, "args": "-k slow"}, "ran more than 0.5s"),
+    ],
+)
+def test_no_measured_run_says_why(cli: Cli, tmp_path: Path, extra: dict, expect: str) -> None:
+    """The operation's error was "no measured run finished" alone: the cause only in a log line."""
+    (tmp_path / "test_a.py").write_text("import time\n\ndef test_slow():\n    time.sleep(5)\n")
+    params = {"path": str(tmp_path), "repeats": 1, "warmup": 0, "python": sys.executable, **extra}
+    code, rec, err = run_json(cli, "run", "performance_testing", "--params-json", json.dumps(params))
+    assert code == 1 and rec["status"] == "failed", (rec, err)
+    assert rec["error"].startswith("no measured run finished; the first failed: run-1: ") and expect in rec["error"]

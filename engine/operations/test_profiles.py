@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import private_opener, replace_keeping_mode, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
@@ -43,7 +43,7 @@ from ._common import (
     python_executable,
     split_args,
 )
-from ._runs import wait_or_stop
+from ._runs import RunTimedOut, wait_or_stop
 from .test_suite import TestSuiteParams, run_test_suite
 
 LIST_MAX = 20
@@ -245,14 +245,22 @@ async def performance_testing(ctx: OperationContext, p: PerformanceParams) -> di
     ctx.progress(total=len(keys), step="timing")
     async for key in ctx.items(keys, key=str):
         ctx.step = key
-        run = await _one_run(ctx, p, key, run_dir)
+        try:
+            run = await _one_run(ctx, p, key, run_dir)
+        except (RuntimeError, RunTimedOut) as e:
+            st.setdefault("first_failure", f"{key}: {e}")  # why, for the operation's error
+            ctx.fail(key, e)
+            continue
         if run is None:
             break  # stopping: this run is not done
         st["runs"][key] = run
     ctx.progress(step="summarising")  # raises OperationStopped when stopping
     measured = [st["runs"][k] for k in keys if k.startswith("run-") and k in st["runs"]]
     if not measured:
-        raise RuntimeError("no measured run finished")
+        # why in the error, not only in a log line: "no measured run finished" alone sent the user to the log
+        # for a '-m' expression pytest could not parse, or a '-k' that selected no test
+        why = st.get("first_failure")
+        raise OperationFailed("no measured run finished" + (f"; the first failed: {why}" if why else ""))
     per_test: dict[str, list[float]] = {}
     bad: dict[str, str] = {}
     for run in measured:
