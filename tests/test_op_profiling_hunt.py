@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_cli import CLI, REPO, Cli
-from tests.fixtures_ops import bad_params
+from tests.fixtures_ops import bad_params, run_json
 
 
 def _run(cwd: Path, *args: str) -> dict:
@@ -82,3 +82,12 @@ def test_what_no_program_can_be_given_is_refused_at_submit(
     (tmp_path / "work.py").write_text("pass\n")
     target = {"script": str(tmp_path / "work.py")} if type_ == "performance_profiling" else {"path": str(tmp_path)}
     bad_params(cli, type_, {**target, **extra}, expect)
+
+
+def test_no_profiled_run_says_why(cli: Cli, tmp_path: Path) -> None:
+    """The operation's error was "no run finished" alone: the cause only in a log line."""
+    (tmp_path / "work.py").write_text("pass\n")
+    params = {"script": str(tmp_path / "work.py"), "sampler": "none", "python": "/bin/false"}
+    code, rec, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
+    assert code == 1 and rec["status"] == "failed", (rec, err)
+    assert rec["error"].startswith("no run finished; the first failed: run-1: no profile written (exit code 1)")

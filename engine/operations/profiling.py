@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
@@ -300,14 +300,21 @@ async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, 
         runs[key] = again
     if all(k in runs for k in lost):
         async for key in ctx.items(keys, key=str):
-            got = await one(key)
+            try:
+                got = await one(key)
+            except RuntimeError as e:
+                st.setdefault("first_failure", str(e))  # why, for the operation's error
+                ctx.fail(key, e)
+                continue
             if got is None:
                 break
             runs[key] = got
     ctx.progress(step="merging")  # raises OperationStopped when stopping
     done = [k for k in keys if k in runs]
     if not done:
-        raise RuntimeError("no run finished")
+        # why in the error: "no run finished" alone sent the user to the log for a script that cannot run
+        why = st.get("first_failure")
+        raise OperationFailed("no run finished" + (f"; the first failed: {why}" if why else ""))
     table = await asyncio.to_thread(_merge, [out / f"{k}.pstats" for k in done], out, p.sort, p.top, name)
     codes = sorted({runs[k]["exit_code"] for k in done})
     if codes != [0]:
