@@ -133,6 +133,31 @@ class CommandParams(BaseModel):
         return self
 
 
+async def _last_words(
+    output: OutputLines, parser: _Parser, tail: collections.deque[str], ctx: OperationContext, lines: int
+) -> int:
+    """What a stopped command wrote before it was killed (read for DRAIN seconds at most): its output lines
+    into the log, its last ``::outlast checkpoint`` into the state the stop's checkpoint saves; no progress
+    (a progress call raises the stop). The count of output lines after them."""
+    if output.drain is None:
+        output.drain = time.monotonic() + DRAIN
+    while raw := await output.next():
+        if len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r"):
+            continue  # a piece of a longer line: no directive, and the log has had its like
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        m = _DIRECTIVE.match(line)
+        if m:
+            data = parser.feed(line) if m.group(1) == "checkpoint" else None
+            if data is not None:
+                ctx.state["checkpoint"] = data
+                ctx.state["lines"] = lines
+        elif raw[-1:] != b"\r":
+            tail.append(line)
+            ctx.log.info(line)
+            lines += 1
+    return lines
+
+
 def _field_error(field: str, msg: str, value: object) -> ValidationError:
     """An error of one field, raised where several fields are checked together (a model validator's own
     has no field: "value: ...")."""
@@ -274,9 +299,18 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     long_directive = False  # within the pieces of a directive line longer than LINE_MAX
     try:
         while True:
-            raw = await output.next()
-            if raw is None:  # a stop was asked for: the group is killed below, at once
+            if ctx.cancelled:
+                # A stop was asked for: the group is killed at once, then what it wrote before is read, for
+                # its last ::outlast checkpoint. A progress line read with it raised the stop, and the
+                # checkpoint line after it in the same read was dropped: the resume did that step again.
+                _kill_group(proc.pid)
+                lines = await _last_words(output, parser, tail, ctx, lines)
                 break
+            raw = await output.next()
+            if raw is None or (raw and ctx.cancelled):  # a stop was asked for while reading: above
+                if raw:
+                    output.lines.appendleft(raw)  # for the drain, which reads it again
+                continue
             if not raw:
                 break
             cut = len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r")  # a piece: the line goes on
