@@ -91,3 +91,29 @@ def test_no_profiled_run_says_why(cli: Cli, tmp_path: Path) -> None:
     code, rec, err = run_json(cli, "run", "performance_profiling", "--params-json", json.dumps(params))
     assert code == 1 and rec["status"] == "failed", (rec, err)
     assert rec["error"].startswith("no run finished; the first failed: run-1: no profile written (exit code 1)")
+
+
+def test_a_module_is_run_where_it_was_submitted_from(tmp_path: Path) -> None:
+    """A worker started elsewhere ran ``python -m MODULE`` in its own directory: runpy's ImportError, exit
+    code 1 (recorded, not judged), and the operation completed with a profile of nothing."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "hunt_mod.py").write_text("def work():\n    return sum(range(1000))\n\nwork()\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OUTLAST_STATE_DIR", None)
+    state = str(tmp_path / "state")
+
+    def outlast(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "--state-dir", state, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    r = outlast(project, "-q", "submit", "performance_profiling", "-p", "module=hunt_mod", "-p", "sampler=none")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    r = outlast(elsewhere, "worker", "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(outlast(elsewhere, "--json", "show", op_id).stdout)
+    assert rec["status"] == "completed" and rec["result"]["exit_codes"] == [0], rec
+    assert any("hunt_mod.py" in row["function"] for row in rec["result"]["top"])

@@ -13,6 +13,7 @@ The program's own exit code is recorded, not judged: a script that raises still 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext, OperationFailed
 from ..files import private_opener, write_private
@@ -43,7 +44,11 @@ class ProfileParams(BaseModel):
     module: str | None = Field(default=None, description="module to run as python -m MODULE (this or script)")
     args: list[str] = Field(default_factory=list, description="arguments given to the program")
     python: str = Field(default=sys.executable, description="interpreter to run it with")
-    cwd: str | None = Field(default=None, description="working directory (default: the script's, else the current)")
+    cwd: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="working directory (default: the script's; for a module, the one it was submitted from)",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     runs: int = Field(default=1, ge=1, le=100, description="times to run the program; statistics are merged")
     top: int = Field(default=25, ge=1, le=1000, description="functions listed in the result")
@@ -86,7 +91,13 @@ class ProfileParams(BaseModel):
 
     @field_validator("cwd")
     @classmethod
-    def _cwd(cls, v: str | None) -> str | None:
+    def _cwd(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A module's default is the submitter's directory, stored with the params: a worker started
+        elsewhere (or a resume typed in another directory) ran ``python -m MODULE`` in its own, where the
+        module was not found, and the operation completed with a profile of runpy's ImportError."""
+        if v is None and info.data.get("module") is not None:
+            with contextlib.suppress(OSError):  # the submitter's directory was deleted: nothing to name
+                return os.getcwd()
         return optional_dir(v, "cwd")
 
     @field_validator("args")
