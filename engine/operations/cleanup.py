@@ -15,7 +15,8 @@ Two modes:
 - ``retention_days``: Outlast's own retention in a state directory (default: the one this engine uses): the
   log files (and detached runs' output) and outputs of operations that ended (completed, failed, cancelled,
   timed out) more than N days ago, logs of operations no longer in the store, and outputs older than N days
-  that no kept operation refers to. Paused and interrupted operations keep theirs (a resume needs them).
+  that no kept operation refers to. Paused and interrupted operations keep theirs (a resume needs them); the
+  default knowledge base and performance_testing's baselines stay whatever their age (``LASTING``).
   Operation records are not deleted here. The directory must hold a local store (``outlast.db``): checked
   at validation and when the run starts. The store this engine runs on is read through its public API
   (``open_store``, ``list``); another one as ``outlast ls`` reads it, creating nothing there.
@@ -40,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -58,6 +60,7 @@ from ..store.quick import DB_NAME, quick_list
 from ..text import clean
 from ._common import DIR_FLAGS, JSON_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
 from ._walk import walk
+from .knowledge import KB_FILE
 
 BATCH = 256
 DAY = 86400.0
@@ -295,6 +298,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+LASTING = re.compile(rf"{re.escape(KB_FILE)}(-wal|-shm|-journal)?|perf-baseline-[0-9a-f]+\.json")
+"""Files in ``outputs`` that later operations build on by default, never an operation's report: the knowledge
+base (``outlast kb search``, kb_optimization, vector_indexing read it) and performance_testing's baselines.
+Retention removed them once no operation of the last N days named them: a month without a population took
+the knowledge base, its sources perhaps gone since; a month without a timed run took the baseline, and the
+next run silently wrote a new one to compare with."""
+
+
 def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> dict[str, FileId]:
     """Paths (relative to the state dir) of logs and outputs that retention removes (sorted), each with the
     identity of the file the listing saw."""
@@ -322,6 +333,8 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     for d, _dn, fnames in walk(outputs):
         for name in fnames:
             p = Path(d) / name
+            if Path(d) == outputs and LASTING.fullmatch(name):
+                continue
             e = _entry(p)
             if e is None or e.st_mtime >= cutoff:
                 continue
