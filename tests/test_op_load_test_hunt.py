@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,3 +86,40 @@ async def test_a_rate_is_the_runs_whatever_the_slices(
     assert [line[1] for line in r["timeline"]] == per_slice, r["timeline"]
     assert r["requests"] == rate * duration
     assert r["seconds"] >= duration - slice_seconds  # slices last their time: the run, its duration
+
+
+@pytest.fixture
+def endless_interim() -> Iterator[str]:
+    """A server that answers each request with 100 Continue responses, without end."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=flood, args=(conn,), daemon=True).start()
+
+    def flood(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(4096)
+            while not stop.is_set():
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/"
+    stop.set()
+    t.join(5)
+    srv.close()
+
+
+async def test_interim_responses_without_end_are_a_protocol_error(engine: Engine, endless_interim: str) -> None:
+    """Each 1xx response was read a frame deeper: the error kind was "RecursionError"."""
+    r = await _run(engine, url=endless_interim, requests=3, timeout=5)
+    assert r["requests"] == 3 and r["errors"] == {"protocol": 3}, r

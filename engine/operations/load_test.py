@@ -2,12 +2,13 @@
 
 The run is ``duration`` seconds cut into slices of ``slice_seconds``; each slice is an item. ``concurrency``
 connections (HTTP/1.1, kept alive) send requests until the slice ends, the run's ``requests`` budget is spent,
-or, with a ``rate`` target, the slice's share of the run's schedule is sent (the run's request n is due
-at n / rate seconds into the run, and a slice lasts its length: with a rate, each slice sends the same
-requests however loaded the machine is; late requests are sent late, never dropped). A slice's statistics (requests, errors by kind, status
-codes, bytes, a latency histogram at 3 significant digits) are merged into ``ctx.state`` when it ends, and a
-checkpoint is taken, so a resume goes on with the next slice and the remaining budget, and the final
-statistics (percentiles from the merged histogram) cover every slice. A slice cut by a kill is run again.
+or, with a ``rate`` target, the slice's share of the run's schedule is sent (the run's request n is due at n /
+rate seconds into the run, and a slice lasts its length: with a rate, each slice sends the same requests
+however loaded the machine is; late requests are sent late, never dropped). A slice's statistics (requests,
+errors by kind, status codes, bytes, a latency histogram at 3 significant digits) are merged into
+``ctx.state`` when it ends, and a checkpoint is taken, so a resume goes on with the next slice and the
+remaining budget, and the final statistics (percentiles from the merged histogram) cover every slice. A slice
+cut by a kill is run again.
 
 Targets must be on this machine (loopback addresses, checked again after resolving the name when the run
 starts) unless ``allow_remote`` is true: a load test is a denial of service to a host that did not ask for one.
@@ -37,6 +38,8 @@ from ..context import OperationContext
 from ..registry import operation
 
 MAX_HEADER_BYTES = 64 << 10
+MAX_INTERIM = 16
+"""1xx responses read before a response's own (HTTP allows several; one per Expect or Early Hints is usual)."""
 MAX_SLICES = 10_000
 """Each slice leaves a line in the timeline kept in ctx.state (saved at every checkpoint)."""
 
@@ -230,8 +233,8 @@ class Connection:
             self.writer.close()
         self.reader = self.writer = None
 
-    async def request(self, raw: bytes, head: bool) -> tuple[int, int]:
-        """Send ``raw``, read the response; (status, body bytes)."""
+    async def request(self, raw: bytes, head: bool, interim: int = 0) -> tuple[int, int]:
+        """Send ``raw``, read the response; (status, body bytes). ``interim``: 1xx responses read before."""
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
@@ -266,7 +269,11 @@ class Connection:
             elif name == b"connection":
                 close = b"close" in value.lower()
         if status < 200 and status != 101:
-            return await self.request(b"", head)  # an interim response (100 Continue): the real one follows
+            if interim >= MAX_INTERIM:  # each one a frame deeper: a server sending them without end was a
+                raise Protocol(f"more than {MAX_INTERIM} interim responses")  # RecursionError, as an error kind
+            return await self.request(
+                b"", head, interim + 1
+            )  # an interim response (100 Continue): the real one follows
         n = 0
         if head or status in (204, 304):
             pass
