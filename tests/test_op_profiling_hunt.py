@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -116,4 +117,5 @@ def test_a_module_is_run_where_it_was_submitted_from(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     rec = json.loads(outlast(elsewhere, "--json", "show", op_id).stdout)
     assert rec["status"] == "completed" and rec["result"]["exit_codes"] == [0], rec
-    assert any("hunt_mod.py" in row["function"] for row in rec["result"]["top"])
+    stats = pstats.Stats(rec["result"]["pstats"]).stats  # type: ignore[attr-defined]
+    assert any(file.endswith("hunt_mod.py") and name == "work" for file, _line, name in stats)

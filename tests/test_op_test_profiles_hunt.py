@@ -36,8 +36,6 @@ def test_a_baseline_update_on_a_full_disk_keeps_the_old_baseline(cli: Cli, small
         assert [p.name for p in small_fs.iterdir() if p.name not in ("fill", "baseline.json")] == []  # no temp left
     finally:
         filler.unlink()
-    code, rec, err = run_json(cli, "run", "performance_testing", "--params-json", json.dumps(params))
-    assert code == 0 and rec["result"]["baseline_compared"], (rec, err)
 
 
 @pytest.mark.parametrize(
