@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ...errors import KeyTaken
 from ...models import Checkpoint, Operation, Status, StoreError
@@ -50,10 +50,13 @@ class RecoveryMixin(RedisCore):
     @property
     def _location(self) -> str:
         """This store as its mirror names it: ``redis://HOST:PORT/DB`` (no password, no parameters; the
-        local host however spelled), so that processes that spell its URL apart agree."""
+        local host however spelled), so that processes that spell its URL apart agree. DB is the database
+        the connection selects: a ``?db=N`` parameter's, which redis-py takes over the path's (the path's
+        alone named ``redis://host/0?db=3`` database 0, whose mirror it was then restored from)."""
         parts = urlsplit(self.url)
+        db = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
         if parts.scheme == "unix":
-            return f"unix://{parts.path}"
+            return f"unix://{parts.path}" + (f"?db={db}" if db != "0" else "")
         host = (parts.hostname or "localhost").lower()
         if host in ("127.0.0.1", "::1", "localhost"):
             host = "localhost"
@@ -61,7 +64,7 @@ class RecoveryMixin(RedisCore):
             port = parts.port or 6379
         except ValueError:
             port = 6379
-        return f"redis://{host}:{port}/{parts.path.strip('/') or '0'}"
+        return f"redis://{host}:{port}/{db}"
 
     async def _read_meta(self) -> tuple[bytes | None, bytes | None, bytes | None]:
         """The generation mark, the store id and the mirror-stale mark, in one round trip."""
