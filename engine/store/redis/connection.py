@@ -202,9 +202,9 @@ class RedisLink:
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***") if self._password else text
 
-    def error(self, e: BaseException, source: str | None = None) -> StoreError:
+    def error(self, e: BaseException, source: str | None = None, opening: bool = False) -> StoreError:
         """A one-line StoreError for a Redis error (never with the password); ``source``: the Lua script
-        that was running, whose line a refusal by the user's ACL names."""
+        that was running, whose line a refusal by the user's ACL names; ``opening``: raised by ``open``."""
         w = self.where
         text = str(e)
         no_password = self._password is None and urlsplit(self.raw_url).username is None
@@ -239,7 +239,9 @@ class RedisLink:
             # Said by Redis as "command not allowed when used memory > 'maxmemory'. script: <sha>, on
             # @user_script:26": the script's hash and line are of no use to the person reading it.
             msg = f"redis {w} is full (its used memory is over maxmemory): raise maxmemory or free memory there"
-        elif "DB index is out of range" in text:
+        elif "DB index is out of range" in text or (opening and "out of range" in text):
+            # At connection, only the URL's database number (SELECT) can be out of range: past the server's
+            # `databases`, or past a 32-bit number ("value is out of range, value must between ...").
             msg = (
                 f"redis {w}: no such database: the number in the store URL (/DB) is not below the server's `databases`"
             )
@@ -260,7 +262,7 @@ class RedisLink:
             await self.call_once(lambda c: c.ping(), self.client)
         except (RedisError, OSError) as e:
             await self.close()
-            raise self.error(e) from None
+            raise self.error(e, opening=True) from None
         self.connected = True
 
     async def close(self) -> None:
