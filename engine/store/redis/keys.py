@@ -24,6 +24,9 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
 ``cd:ID``              the item delta of each checkpoint by seq (all kept)
 ``fail:ID``            item failures: key -> JSON (error, attempt, at)
 ``log:ID``             the log records, a capped stream
+``gone``               queued ids a claim found without a record (evicted by a maxmemory policy, or
+                       deleted by hand), dropped from their queue: the next look for orphans takes them
+                       out of every index and restores them from the checkpoint mirror, or says so
 ``claimtx:TX``         the id a claim took (a claim retried after a lost reply gets the same one)
 ``deltx:TX``           a removal done (two minutes): retried after a lost reply, it is done, not "missing"
 ``wtx:TX``             a write done that is not an attempt's (two minutes): retried after a lost reply and
@@ -60,6 +63,7 @@ class Keys:
         self.all = f"{self.prefix}all"
         self.meta = f"{self.prefix}meta"
         self.events = f"{self.prefix}events"
+        self.gone = f"{self.prefix}gone"
 
     def op(self, op_id: str) -> str:
         return f"{self.prefix}op:{op_id}"

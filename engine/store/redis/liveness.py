@@ -82,11 +82,19 @@ class LivenessMixin(RecoveryMixin):
             await self._ensure_generation_cheap()
         if await self._uptime() < self.lease_ttl + 1:
             return []  # Redis just (re)started: live workers have not renewed their leases yet
-        running = self.keys.status(Status.RUNNING.value)
-        members = await self.link.call(lambda c: c.zrange(running, 0, -1), "")
+        running, gone_key = self.keys.status(Status.RUNNING.value), self.keys.gone
+
+        async def look(c: Any) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            pipe.zrange(running, 0, -1)
+            pipe.spop(gone_key, 500)  # queued ids a claim found without a record
+            return list(await pipe.execute())
+
+        members, dropped = await self.link.call(look, "taking the queued ids found without a record")
         ids = [i for i in (m.decode() for m in members) if i not in self._held and i not in self._lost and valid_id(i)]
+        revived = await self._ghosts(sorted(i for i in (m.decode() for m in dropped or []) if valid_id(i)))
         if not ids:
-            return []
+            return [op for op in revived if op.status is Status.RUNNING]
 
         async def leases(c: Any) -> list[int]:
             pipe = c.pipeline(transaction=False)
@@ -100,7 +108,7 @@ class LivenessMixin(RecoveryMixin):
             read = {op.id for op in ops}
             ops += await self._ghosts(await self._missing([i for i in gone if i not in read]))
         orphans = []
-        for op in ops:
+        for op in [*ops, *revived]:
             if op.status is not Status.RUNNING:
                 continue
             prior = await self._went_back(op, frozenset({Status.RUNNING}))
@@ -119,9 +127,11 @@ class LivenessMixin(RecoveryMixin):
             return await self._create(op, tx=tx)
 
     async def _ghosts(self, op_ids: list[str]) -> list[Operation]:
-        """Operations listed as running whose record Redis no longer holds, though it was not emptied
-        (evicted by a maxmemory policy, or deleted by hand): left so, each held a store slot for good (the
-        claim counts the running ones) and was counted running in every listing. Taken out of every index,
+        """Operations listed as running, or queued ones a claim found (``find_orphans``), whose record Redis
+        no longer holds, though it was not emptied (evicted by a maxmemory policy, or deleted by hand): left
+        so, each held a store slot for good (the claim counts the running ones) and was counted in every
+        listing; a queued one was dropped from its queue without a word, and never restored from the
+        checkpoint mirror that held it (only a Redis emptied whole is). Taken out of every index,
         then restored from the checkpoint mirror when it has the record (indexed as the mirror has it, and
         resumed as any orphan if that is running: returned); else said in a warning."""
         restored: list[str] = []
@@ -147,7 +157,7 @@ class LivenessMixin(RecoveryMixin):
                 continue
             log.warning(
                 "operation %s: its record is gone from redis %s (evicted, or deleted by hand), and no"
-                " checkpoint mirror holds it: taken out of the listings and the running count",
+                " checkpoint mirror holds it: taken out of the listings and the counts",
                 op_id,
                 self.link.where,
             )

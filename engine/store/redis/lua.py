@@ -271,6 +271,8 @@ for r = 0, 2 do  -- retries whose backoff has passed, or began after now (the cl
     local qa, nb = tonumber(f[1]), tonumber(f[2])
     if qa then  -- queued_at in Redis's clock: as far before its due time as in the writer's
       redis.call('ZADD', P .. 'q:' .. r, (due_at and nb) and at(due_at - nb + qa) or rnow, id)
+    elseif redis.call('EXISTS', P .. 'op:' .. id) == 0 then
+      redis.call('SADD', P .. 'gone', id)  -- its record evicted or deleted: find_orphans says so
     end
   end
 end
@@ -300,6 +302,7 @@ else
           if not runs or runs[f[3]] then return h[i], tostring(tonumber(f[2]) + 1), tonumber(h[i + 1]) end
         else
           redis.call('ZREM', q, h[i])
+          if not f[1] then redis.call('SADD', P .. 'gone', h[i]) end  -- no record: find_orphans says so
           dropped = dropped + 1
         end
       end
