@@ -30,6 +30,25 @@ _URL_BOUNDS = {"retry_for": (0.0, MAX_SECONDS), "lease_ttl": (0.5, 3600.0)}
 """Outlast's own query parameters of a Redis URL and their ranges, in seconds."""
 
 
+USERINFO_CUT = (
+    "the user or password in the URL holds '#', '/' or '?', which end that part of a URL: write them"
+    " percent-encoded (%23, %2F, %3F; and '@' as %40, '%' as %25)"
+)
+
+
+def userinfo_cut(url: str) -> bool:
+    """Whether a ``#``, ``/`` or ``?`` in a URL's user or password ended its authority early: an ``@`` is
+    left in its path, fragment or a query key, where none belongs. Read so, a piece of the password was
+    the port or the host, and printed as such ("Port could not be cast to integer value as 'secret'")."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if "@" in parts.path or "@" in parts.fragment:
+        return True
+    return any("@" in key for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
 def redact_url(url: str | None) -> str | None:
     """``url`` with its password replaced by ``***``: the only form of a store URL that is ever shown."""
     if not url or "@" not in url:
@@ -37,6 +56,8 @@ def redact_url(url: str | None) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError:
+        parts = None
+    if parts is None or userinfo_cut(url):
         return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[-1]
     if parts.password is None:
         return url
@@ -54,6 +75,8 @@ def check_store_url(url: str) -> str:
         if "://" in url:
             raise ValueError(f"{shown!r}: expected a directory or a redis://, rediss:// or unix:// URL")
         return url
+    if userinfo_cut(url):
+        raise ValueError(f"{shown!r}: {USERINFO_CUT}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError when out of range or not a number

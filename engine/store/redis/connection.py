@@ -39,6 +39,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ...config import USERINFO_CUT, userinfo_cut
 from ...models import InvalidInput, StoreError
 
 log = logging.getLogger("outlast.store.redis")
@@ -72,6 +73,8 @@ _ERRNO_PREFIX = re.compile(r"^(Error\s+-?\d+\s+)?(while\s+)?connecting to \S+:\d
 
 def parse_store_url(url: str) -> tuple[str, dict[str, str], str, str]:
     """``(url for redis-py, Outlast's own params, where for messages, url safe to show)``."""
+    if userinfo_cut(url):  # a piece of the password would be read (and shown) as the port or the host
+        raise InvalidInput(f"store URL: {USERINFO_CUT}")
     try:
         parts = urlsplit(url)
         port = parts.port if parts.scheme != "unix" else None
