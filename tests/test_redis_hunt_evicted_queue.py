@@ -62,3 +62,26 @@ async def test_a_queued_operation_whose_record_was_evicted_is_said_and_restored_
         for op_id in ids:
             if op_id != lost or with_mirror:
                 await store.release(op_id)
+
+
+async def test_queued_operations_whose_queue_key_was_evicted_are_queued_again(
+    redis_server: RedisServer, state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue key itself evicted (allkeys-random, volatile policies on a key given a TTL, or deleted by
+    hand): its operations stayed listed queued, and no worker ever took them."""
+    url = f"{redis_server.url}?lease_ttl=0.5"
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
+    async with Engine(
+        store=open_store(url, namespace="t", checkpoint_mirror=None), settings=settings, run_queue=False
+    ) as e:
+        ids = [(await e.submit(OperationSpec(type="ledger", priority=p))).id for p in ("normal", "high", "normal")]  # type: ignore[arg-type]
+    assert redis_server.client().delete("t:q:1") == 1
+    await redis_server.up_for(2)
+    store: RedisStore = open_store(url, namespace="t", checkpoint_mirror=None)  # type: ignore[assignment]
+    async with store:
+        with caplog.at_level(logging.WARNING, "outlast"):
+            assert await store.find_orphans() == []
+        assert any("2 queued operations no queue held" in r.getMessage() for r in caplog.records)
+        assert await claim_all(store) == [ids[1], ids[0], ids[2]]
+        for op_id in ids:
+            await store.release(op_id)

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,15 +85,23 @@ class LivenessMixin(RecoveryMixin):
             return []  # Redis just (re)started: live workers have not renewed their leases yet
         running, gone_key = self.keys.status(Status.RUNNING.value), self.keys.gone
 
+        queues = [self.keys.status(Status.QUEUED.value)]
+        queues += [k(r) for r in range(3) for k in (self.keys.queue, self.keys.delayed)]
+
         async def look(c: Any) -> list[Any]:
             pipe = c.pipeline(transaction=False)
             pipe.zrange(running, 0, -1)
             pipe.spop(gone_key, 500)  # queued ids a claim found without a record
+            for key in queues:
+                pipe.zcard(key)
             return list(await pipe.execute())
 
-        members, dropped = await self.link.call(look, "taking the queued ids found without a record")
+        members, dropped, listed, *held = await self.link.call(look, "taking the queued ids found without a record")
+        if listed > sum(held):  # queued operations no queue holds (a queue key evicted): none would run them
+            await self._requeue()
+            dropped = [*(dropped or []), *await self.link.call(lambda c: c.spop(gone_key, 500), "taking them")]
         ids = [i for i in (m.decode() for m in members) if i not in self._held and i not in self._lost and valid_id(i)]
-        revived = await self._ghosts(sorted(i for i in (m.decode() for m in dropped or []) if valid_id(i)))
+        revived = await self._ghosts(sorted({i for i in (m.decode() for m in dropped or []) if valid_id(i)}))
         if not ids:
             return [op for op in revived if op.status is Status.RUNNING]
 
@@ -117,6 +126,17 @@ class LivenessMixin(RecoveryMixin):
                 continue
             await self._write_back(op, prior)
         return orphans
+
+    async def _requeue(self) -> None:
+        """Queue again the queued operations no queue holds (REQUEUE), said once per round that finds any."""
+        n = await self._script("REQUEUE", [], [self.keys.prefix, repr(time.time())], "queueing lost entries again")
+        if n:
+            log.warning(
+                "redis %s: %d queued operation%s no queue held (a queue key evicted, or deleted by hand): queued again",
+                self.link.where,
+                n,
+                "s" if n != 1 else "",
+            )
 
     async def _restore_one(self, op: Operation) -> int:
         tx = f"restore:{secrets.token_hex(8)}"

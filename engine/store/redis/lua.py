@@ -543,3 +543,33 @@ for r = 0, 2 do
 end
 return 1
 """
+
+REQUEUE = (
+    _PRELUDE
+    + r"""
+-- ARGV: P, now (the caller's clock). Queued operations that no queue holds (a queue key evicted by a
+-- maxmemory policy, or deleted by hand) would wait for ever, listed queued: each is queued again as its
+-- record says. An id listed queued whose record is gone is noted for find_orphans (gone); one whose record
+-- has another status is indexed under that one. Run only when the counts disagree. The number put back.
+local now, n = tonumber(ARGV[2]), 0
+for _, id in ipairs(redis.call('ZRANGE', P .. 'st:queued', 0, -1)) do
+  local held = false
+  for r = 0, 2 do
+    if redis.call('ZSCORE', P .. 'q:' .. r, id) or redis.call('ZSCORE', P .. 'dq:' .. r, id) then held = true end
+  end
+  if not held then
+    local k = P .. 'op:' .. id
+    local f = redis.call('HMGET', k, 'status', 'priority', 'queued_at', 'not_before', 'backoff_from')
+    if f[1] == '"queued"' then
+      enqueue(id, f[1], f[2], f[3], f[4], f[5], now)
+      n = n + 1
+    elseif not f[1] then
+      redis.call('SADD', P .. 'gone', id)
+    else
+      reindex(id, k, '"queued"', now)
+    end
+  end
+end
+return n
+"""
+)

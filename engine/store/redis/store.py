@@ -48,6 +48,7 @@ _SCRIPTS = (
     "LOG",
     "DELETE",
     "FORGET",
+    "REQUEUE",
 )
 """The Lua scripts (lua.py) registered when the store opens."""
 
