@@ -62,6 +62,19 @@ STORE_RETRY = 0.5
 """Seconds between two tries of a final status write while the store fails."""
 
 
+def _say_checkpoints_gone(host: AttemptHost, op: Operation) -> None:
+    """A resume of an operation that had checkpoints finding none at all (evicted from Redis under a
+    maxmemory policy, deleted by hand): it starts again from its first item, said in the worker's log and
+    the operation's. It went silently: a corrupt checkpoint was said, every one gone was not, and the
+    items done were run again with nothing to tell why."""
+    message = (
+        f"its checkpoints are gone from the store (the newest was {op.checkpoint_seq}): restarting from scratch,"
+        " every item is run again"
+    )
+    log.warning("operation %s: %s", op.id, message)
+    host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=message))
+
+
 class AttemptHost(Protocol):
     """What an attempt needs of the engine running it."""
 
@@ -148,6 +161,8 @@ class Attempt:
             resume = None
             if op.checkpoint_seq or op.resume_seq is not None:
                 resume = await host.store.load_checkpoint(op.id, op.resume_seq)
+                if resume is None and op.checkpoint_seq and not await host.store.checkpoints(op.id):
+                    _say_checkpoints_gone(host, op)
                 base = resume[0].seq if resume is not None else 0
                 if base != (op.checkpoint_seq or 0):
                     # One chain only: what follows the resume point is abandoned, and this attempt's
