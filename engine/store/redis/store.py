@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ...humanize import size
+from ...models import Operation
 from . import lua
 from .checkpoints import CheckpointsMixin
 from .liveness import LivenessMixin
@@ -60,6 +62,10 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
     """``RedisStore("redis://:PASSWORD@host:6379/0", namespace="team-a", checkpoint_mirror="/srv/ckpt")``."""
 
     _opened = 0
+    eviction_every = 60.0
+    """Seconds between two looks at Redis's memory settings (``_check_eviction``) by a long-lived process."""
+    _eviction_at = 0.0
+    """When (monotonic) this process last looked."""
 
     async def open(self) -> None:
         self._opened += 1
@@ -94,6 +100,7 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
         but noeviction, a full Redis drops keys without a word: a queued operation vanishes, a checkpoint
         is gone, a lease evicted makes its live worker look dead. With noeviction a full Redis refuses
         writes instead, which the engine says in one line (exit 8) and loses nothing of."""
+        self._eviction_at = time.monotonic()
         try:
             info = await self.link.call(lambda c: c.info("memory"), "reading the memory settings")
             limit, policy = int(info.get("maxmemory") or 0), str(info.get("maxmemory_policy") or "noeviction")
@@ -112,6 +119,14 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
                 policy,
                 size(limit),
             )
+
+    async def find_orphans(self) -> list[Operation]:
+        # Every look for orphans (a worker's, every few seconds), once a minute: the memory settings
+        # again. Looked at only when a process opened the store, a policy set to evict keys since
+        # (CONFIG SET maxmemory-policy allkeys-lru) was never said by the workers it dropped keys under.
+        if time.monotonic() - self._eviction_at >= self.eviction_every:
+            await self._check_eviction()
+        return await super().find_orphans()
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
