@@ -74,6 +74,17 @@ def _rewrite_test_modules_once(config: pytest.Config) -> None:
         _write_pyc(state, code, stat, pyc)
 
 
+# Modules whose tests run first. xdist hands tests out in collection (alphabetical) order, and these two came
+# last: a wheel built and installed, three colour-contrast checks of every theme and three real tmux sessions,
+# 8-14 s each, which ran on two or three workers after the other workers had finished (the last 10-15 s
+# of a run). Run first, they end while the short tests still flow to every worker.
+RUN_FIRST = ("test_tui_tmux.py", "test_tui_themes.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: the order within stays
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh state dir; config and state env pointed into tmp so no test touches the user's files."""
