@@ -47,7 +47,6 @@ from .models import (
     StatusChanged,
     StoreError,
     WorkerInfo,
-    new_id,
     validate_id,
 )
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
@@ -58,6 +57,7 @@ from .registry import ensure_loaded, get_handler
 from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
+from .submission import new_operation, params_context
 from .supervision import ABANDON_AFTER, Supervisor, recover_orphans
 from .suspend import Suspender
 from .threads import let_go
@@ -364,48 +364,7 @@ class Engine:
     async def submit_once(self, spec: OperationSpec | dict[str, Any]) -> tuple[Operation, bool]:
         """``submit``, and whether the operation returned was submitted before with the spec's idempotency
         key (nothing queued now: a face says so, as a cron job run twice should be told)."""
-        if isinstance(spec, OperationSpec):  # checked again, as a copy: a spec changed after it was built
-            spec = spec.model_dump(warnings=False)  # (a field set, its params dict edited) skipped its checks
-        try:
-            spec = OperationSpec.model_validate(spec)
-        except ValueError as e:  # pydantic's ValidationError is one: imported only then (2 us a submit)
-            from pydantic import ValidationError
-
-            from .profiles import one_line
-
-            if not isinstance(e, ValidationError):
-                raise
-            raise InvalidInput(f"operation spec: {one_line(e)}") from None
-        handler = get_handler(spec.type)
-        params = handler.parse_params(spec.params, self.params_context())
-        profile = self.settings.profile(spec.type).merged(spec.profile)
-        if spec.total_items is None and handler.estimated_items is not None:
-            spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
-        now = time.time()
-        op = Operation(
-            id=new_id(),
-            type=spec.type,
-            name=spec.name,
-            params=params.model_dump(mode="json"),
-            priority=spec.priority,
-            profile=profile.model_dump(mode="json"),
-            profile_overrides=spec.profile,
-            tags=spec.tags,
-            status=Status.QUEUED,
-            created_at=now,
-            queued_at=now,
-            updated_at=now,
-            total_items=spec.total_items,
-            timeout=spec.timeout,
-            effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
-            timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
-            idempotency_key=spec.idempotency_key,
-        )
-        if op.params:
-            try:
-                json.dumps(op.params)
-            except (TypeError, ValueError) as e:
-                raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
+        op = new_operation(spec, self.settings, self.params_context())
         try:
             op.handle = await self.store.create(op, fresh=True)
         except KeyTaken as e:
@@ -419,12 +378,10 @@ class Engine:
         return op, False
 
     def params_context(self) -> dict[str, Any] | None:
-        """What a type's params may check beyond themselves at submit: the local store's state dir, where its
-        default files are (kb_optimization's default knowledge base). None on Redis: the worker that runs it
-        has a state dir of its own, which this process does not know. Public for a face that checks params
-        before it submits them (the dashboard's launch form), so that it checks what submit will."""
-        state_dir = getattr(self.store, "state_dir", None)
-        return {"state_dir": str(state_dir)} if state_dir else None
+        """What a type's params may check beyond themselves at submit (``submission.params_context``). Public
+        for a face that checks params before it submits them (the dashboard's launch form), so that it checks
+        what submit will."""
+        return params_context(self.store)
 
     async def _submitted_before(self, op: Operation, taken: KeyTaken) -> tuple[Operation, bool]:
         """The operation a submit with ``op``'s idempotency key made before (a request sent again), as it

@@ -10,6 +10,9 @@ read-only or (nearly) full file system (the full path warns that nothing can be 
 not open it, and says so). A state dir that does not exist (and could be made) lists nothing.
 
 It writes nothing, not even SQLite's WAL and shared-memory files (``_reading_uri``), nor the state dir.
+
+``quick_create`` is ``outlast submit``'s: the store opened, the record built and written as the engine
+does it, by the same functions, without an event loop, the store's thread or an engine.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..files import free_bytes, open_regular
 from .walpair import stale_wal
+
+if TYPE_CHECKING:
+    from ..models import Operation
+    from .sqlite.core import SqliteCore
 
 DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
@@ -82,7 +89,7 @@ def quick_list(
         if version is None or str(version[0]) != str(SCHEMA_VERSION):
             return None
         running = conn.execute("SELECT id FROM operations WHERE status='running'").fetchall()
-        if any(not _held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
+        if any(not lock_held(state_dir / LOCK_DIR / f"{op_id}.lock") for (op_id,) in running):
             return None  # an orphan: the full path marks it interrupted before listing
         where, args = [], []
         if statuses:
@@ -110,6 +117,35 @@ def quick_list(
     except OSError:
         return None
     return records if all(isinstance(r, dict) for r in records) else None
+
+
+def quick_create(state_dir: Path, build: Callable[[SqliteCore], Operation]) -> Operation | None:
+    """A new operation stored in the local store at ``state_dir`` without an engine (no event loop, no
+    store thread, no scheduler), as an engine's submit stores it: the store opened as the engine opens it
+    (``SqliteCore.open_here``: the same checks of the state dir and its files, the same errors), the
+    record built by ``build(store)`` after that, as the engine builds it after its open
+    (``submission.new_operation``: the same checks of the spec and params), and written by the store's
+    own insert (``records.creating``) in a durable transaction of its own (``SqliteCore.write_here``).
+    The operation, with its handle; None, with nothing written, when only an engine can do what the
+    submit must: mark an operation interrupted whose process is gone (an engine does that when it opens
+    the store), or say what became of the operation an idempotency key was used for before."""
+    from ..errors import KeyTaken
+    from .sqlite.core import SqliteCore
+    from .sqlite.records import creating
+
+    store = SqliteCore(state_dir)
+    try:
+        store.open_here()
+        if not store.read_only and store.unheld_running_here():
+            return None  # perhaps an orphan: the engine's recovery marks it interrupted first
+        op = build(store)
+        try:
+            op.handle = store.write_here(creating(op))
+        except KeyTaken:
+            return None  # the engine reads that operation and says what became of it (or refuses the key)
+        return op
+    finally:
+        store.close_here()
 
 
 def _fit(path: Path, kind: Callable[[], bool]) -> bool:
@@ -205,7 +241,7 @@ def _private(*paths: Path) -> bool:
     return True
 
 
-def _held(lock: Path) -> bool:
+def lock_held(lock: Path) -> bool:
     """Whether a live process holds the operation's lock (the process running it holds it until it
     settles). A shared probe: it never takes the lock from, nor makes a file for, the holder."""
     try:  # never waiting on a FIFO put in its place (nor following a link): the full path moves those aside

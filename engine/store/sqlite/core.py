@@ -25,7 +25,7 @@ from ...errors import StoreLost
 from ...files import create_private, free_bytes, make_private, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
-from ..quick import FULL_BELOW, on_read_only_fs, read_only_uri
+from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
@@ -133,13 +133,38 @@ class SqliteCore:
         after: Callable[[], None] | None = None,
     ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
+        self._refuse_read_only()
+        try:
+            result: T = await self.worker.run_txn(fn, undo, after)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        return result
+
+    def _refuse_read_only(self) -> None:
         if self.read_only:
             raise StoreError(
                 f"state dir {self.state_dir} is on a read-only file system: it can be read, not written"
                 " (remount it read-write to run or change anything)"
             )
+
+    def write_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` as one durable write in this thread, on a store opened by ``open_here``: what ``_txn``
+        does on the store's thread for a write alone (refused on a read-only file system; the file checked to
+        be the one opened; ``BEGIN IMMEDIATE``, ``fn``, ``COMMIT``, all rolled back on any error), with the
+        same errors."""
+        self._refuse_read_only()
         try:
-            result: T = await self.worker.run_txn(fn, undo, after)
+            self._same_file(True)
+            conn = self._db
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
         except sqlite3.DatabaseError as e:
             raise self._unusable(e) from None
         return result
@@ -186,6 +211,32 @@ class SqliteCore:
             worker.stop()
             self._worker = None
             raise
+
+    def open_here(self) -> None:
+        """Open the store in this thread, without its SQLite thread or an event loop, for one write
+        (``write_here``) by a process that runs no engine (the quick path of ``outlast submit``): the same
+        opening as ``open`` (``_open_sync``: the state dir and its files checked, made, or refused alike)."""
+        try:
+            self._open_sync()
+        except sqlite3.DatabaseError as e:  # as ``_run`` says what the store's thread raised
+            raise self._unusable(e) from None
+
+    def close_here(self) -> None:
+        """Close a store opened by ``open_here``."""
+        for op_id in list(self._held):
+            self._unlock(op_id)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def unheld_running_here(self) -> bool:
+        """Whether an operation is marked running whose lock no process holds, read on a store opened by
+        ``open_here``: an orphan, perhaps, which only an engine's recovery (``find_orphans``) tells and marks."""
+        try:
+            running = self._db.execute("SELECT id FROM operations WHERE status='running'").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        return any(op_id not in self._held and not lock_held(self._lock_file(op_id)) for (op_id,) in running)
 
     def _open_sync(self) -> None:
         d = self.state_dir
@@ -264,10 +315,13 @@ class SqliteCore:
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
             conn.text_factory = _lenient_text
             self._conn = conn
-            self.worker.conn = conn
+            worker = self._worker  # none when opened in this thread (open_here)
+            if worker is not None:
+                worker.conn = conn
             st = os.stat(self.db_path)
             self._file = (st.st_dev, st.st_ino)
-            self.worker.guard = self._same_file
+            if worker is not None:
+                worker.guard = self._same_file
             has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
             if not has_meta:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
@@ -390,7 +444,8 @@ class SqliteCore:
         write the file before, it is not, and the new file is refused (walpair) until they are gone: the
         store stays closed, says why to every call, and the next job tries again."""
         old, self._conn = self._conn, None
-        self.worker.conn = None
+        if self._worker is not None:
+            self._worker.conn = None
         if old is not None:
             with contextlib.suppress(sqlite3.Error):
                 old.execute("PRAGMA busy_timeout=0")  # never wait behind another process's transaction

@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import KeyTaken
@@ -131,43 +132,52 @@ def _put(conn: sqlite3.Connection, op: Operation) -> None:
     )
 
 
+def creating(op: Operation) -> Callable[[sqlite3.Connection], int]:
+    """The write that stores the new operation ``op`` (its id checked first): ``_insert``. The one write of
+    a new operation: ``RecordsMixin.create`` runs it on the store's thread (a group commit), and the quick
+    path of ``outlast submit`` (``quick.quick_create``) in a transaction of its own (``SqliteCore.write_here``)."""
+    validate_id(op.id)
+    return functools.partial(_insert, op)
+
+
+def _insert(op: Operation, conn: sqlite3.Connection) -> int:
+    """Insert ``op`` in the write transaction open on ``conn``: its idempotency key (KeyTaken, before
+    anything is written, when another operation of the store has it), its handle and its row; the handle."""
+    if op.idempotency_key is not None:
+        row = conn.execute("SELECT op_id FROM idempotency WHERE key=?", (op.idempotency_key,)).fetchone()
+        if row is not None:
+            if conn.execute("SELECT 1 FROM operations WHERE id=?", (row[0],)).fetchone():
+                raise KeyTaken(op.idempotency_key, row[0])  # before anything is written
+            # Its operation was removed by a version that kept no keys: the key is free.
+            conn.execute("DELETE FROM idempotency WHERE key=?", (op.idempotency_key,))
+        conn.execute("INSERT INTO idempotency(key, op_id) VALUES(?, ?)", (op.idempotency_key, op.id))
+    # lastrowid, not RETURNING: that needs SQLite 3.35 (RHEL 9's Python has 3.34, where every submit would fail)
+    handle = conn.execute("INSERT INTO handles(op_id) VALUES(?)", (op.id,)).lastrowid
+    if handle is None:  # an INTEGER PRIMARY KEY is the rowid: never, unless the table was changed
+        raise sqlite3.DatabaseError("the handles table gave no handle")
+    conn.execute(
+        "INSERT INTO operations(id, type, status, rank, queued_at, not_before, created_at, epoch, record)"
+        " VALUES(?,?,?,?,?,?,?,?,?)",
+        (
+            op.id,
+            op.type,
+            op.status.value,
+            Priority(op.priority).rank,
+            op.queued_at,
+            op.not_before,
+            op.created_at,
+            op.epoch,
+            record_with_handle(op, handle),
+        ),
+    )
+    return int(handle)
+
+
 class RecordsMixin(SqliteCore):
     """Records, the queue and claims (part of LocalStore)."""
 
     async def create(self, op: Operation, fresh: bool = False) -> int | None:
-        validate_id(op.id)
-
-        def do(conn: sqlite3.Connection) -> int:
-            if op.idempotency_key is not None:
-                row = conn.execute("SELECT op_id FROM idempotency WHERE key=?", (op.idempotency_key,)).fetchone()
-                if row is not None:
-                    if conn.execute("SELECT 1 FROM operations WHERE id=?", (row[0],)).fetchone():
-                        raise KeyTaken(op.idempotency_key, row[0])  # before anything is written
-                    # Its operation was removed by a version that kept no keys: the key is free.
-                    conn.execute("DELETE FROM idempotency WHERE key=?", (op.idempotency_key,))
-                conn.execute("INSERT INTO idempotency(key, op_id) VALUES(?, ?)", (op.idempotency_key, op.id))
-            # lastrowid, not RETURNING: that needs SQLite 3.35 (RHEL 9's Python has 3.34, where every submit would fail)
-            handle = conn.execute("INSERT INTO handles(op_id) VALUES(?)", (op.id,)).lastrowid
-            if handle is None:  # an INTEGER PRIMARY KEY is the rowid: never, unless the table was changed
-                raise sqlite3.DatabaseError("the handles table gave no handle")
-            conn.execute(
-                "INSERT INTO operations(id, type, status, rank, queued_at, not_before, created_at, epoch, record)"
-                " VALUES(?,?,?,?,?,?,?,?,?)",
-                (
-                    op.id,
-                    op.type,
-                    op.status.value,
-                    Priority(op.priority).rank,
-                    op.queued_at,
-                    op.not_before,
-                    op.created_at,
-                    op.epoch,
-                    record_with_handle(op, handle),
-                ),
-            )
-            return int(handle)
-
-        return await self._txn(do)
+        return await self._txn(creating(op))
 
     async def get(self, op_id: str) -> Operation:
         validate_id(op_id)

@@ -1,0 +1,78 @@
+"""What a submit does before the store: the spec checked, its type's handler found, its params checked,
+its profile and timeout resolved, the record of the new operation built (a new id, queued now).
+
+One function for every way an operation is submitted: ``Engine.submit``, and the quick path of
+``outlast submit`` (a local store written without an engine: ``store.quick.quick_create``), so that both
+store the same record, and refuse the same input with the same line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from .models import InvalidInput, Operation, OperationSpec, Status, new_id
+from .registry import get_handler
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+
+def params_context(store: object) -> dict[str, Any] | None:
+    """What a type's params may check beyond themselves at submit: the local store's state dir, where its
+    default files are (kb_optimization's default knowledge base). None on Redis: the worker that runs it
+    has a state dir of its own, which the submitting process does not know."""
+    state_dir = getattr(store, "state_dir", None)
+    return {"state_dir": str(state_dir)} if state_dir else None
+
+
+def new_operation(
+    spec: OperationSpec | dict[str, Any], settings: Settings, context: dict[str, Any] | None
+) -> Operation:
+    """The queued operation ``spec`` asks for, not stored yet; InvalidInput (one line) when the spec, its
+    type or its params are refused. ``context``: what the type's params may check beyond themselves (the
+    local store's state dir: ``params_context``)."""
+    if isinstance(spec, OperationSpec):  # checked again, as a copy: a spec changed after it was built
+        spec = spec.model_dump(warnings=False)  # (a field set, its params dict edited) skipped its checks
+    try:
+        spec = OperationSpec.model_validate(spec)
+    except ValueError as e:  # pydantic's ValidationError is one: imported only then (2 us a submit)
+        from pydantic import ValidationError
+
+        from .profiles import one_line
+
+        if not isinstance(e, ValidationError):
+            raise
+        raise InvalidInput(f"operation spec: {one_line(e)}") from None
+    handler = get_handler(spec.type)
+    params = handler.parse_params(spec.params, context)
+    profile = settings.profile(spec.type).merged(spec.profile)
+    if spec.total_items is None and handler.estimated_items is not None:
+        spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
+    now = time.time()
+    op = Operation(
+        id=new_id(),
+        type=spec.type,
+        name=spec.name,
+        params=params.model_dump(mode="json"),
+        priority=spec.priority,
+        profile=profile.model_dump(mode="json"),
+        profile_overrides=spec.profile,
+        tags=spec.tags,
+        status=Status.QUEUED,
+        created_at=now,
+        queued_at=now,
+        updated_at=now,
+        total_items=spec.total_items,
+        timeout=spec.timeout,
+        effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
+        timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
+        idempotency_key=spec.idempotency_key,
+    )
+    if op.params:
+        try:
+            json.dumps(op.params)
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"{spec.type} params: not JSON-serialisable ({e})") from None
+    return op
