@@ -284,3 +284,18 @@ def test_submit_runs_no_engine_and_no_event_loop(cli: Cli) -> None:
     for args in (["submit", "demo"], ["submit", "command", "--params-json", '{"command": "true"}']):
         r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=cli.env, cwd=REPO)
         assert r.stdout.strip().splitlines()[-1] == "RC=0 HEAVY=[]", (r.stdout, r.stderr)
+
+
+def test_the_cycle_collector_is_on_after_a_submit_however_it_ends(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submit pauses Python's cycle collector while it starts (``work.collector_paused``), and turns it back
+    on whatever happens: a process that goes on (the engine's path, or a program calling ``main``) collects."""
+    import gc
+
+    assert gc.isenabled()
+    for args in (["submit", "demo"], ["submit", "demo", "-p", "items=x"], ["submit", "no_such_type"]):
+        cli.here(*args)
+        assert gc.isenabled(), args
+    with monkeypatch.context() as m:
+        m.setattr(work, "quick_submit", lambda *a: None)
+        assert cli.here("submit", "demo").returncode == 0
+    assert gc.isenabled()
