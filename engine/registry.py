@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import importlib
 import inspect
 import json
 import logging
 import math
+import os
 import re
 import time
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +175,15 @@ def load_builtins() -> None:
         _import_builtin(name)
 
 
-def load_entry_points() -> None:
+def load_entry_points(remembered: bool = False) -> None:
+    """The plugins of the ``outlast.operations`` entry points, once a process. ``remembered``: found as the
+    last process with the same installed distributions found them (``_remembered_entry_points``)."""
     global _loaded_entry_points
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    found = _remembered_entry_points() if remembered else entry_points(group=ENTRY_POINT_GROUP)
+    for ep in found:
         try:
             obj = ep.load()
         except (Exception, SystemExit) as e:  # sys.exit(3) at import ended every command, silently, with code 3
@@ -188,6 +193,96 @@ def load_entry_points() -> None:
         if callable(obj) and not inspect.iscoroutinefunction(obj) and not isinstance(obj, type):
             with _suppress_all():
                 obj()  # a register() hook
+
+
+ENTRY_POINTS_CACHE = "entry-points.json"
+"""The ``outlast.operations`` entry points last found, and what was read to find them (``_installed``)."""
+
+
+def _remembered_entry_points() -> list[EntryPoint]:
+    """``entry_points(group=ENTRY_POINT_GROUP)``, for which every installed distribution's metadata is read (3
+    ms of ``outlast submit``'s start-up after pydantic's own scan for its plugins; 7-17 ms on a busy machine).
+    What it found is kept in the user's cache directory with what it depends on (``_installed``), and used
+    while that is unchanged: a distribution installed, removed or upgraded, or its ``entry_points.txt``
+    changed, and the scan is made again. Best effort: a cache that cannot be read or written is a scan."""
+    key = _installed()
+    if key is not None:
+        from .files import read_regular
+        from .paths import cache_dir
+
+        raw = read_regular(cache_dir() / ENTRY_POINTS_CACHE, 4 << 20)
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw is not None else None
+        except ValueError:
+            data = None
+        found = data.get("found") if isinstance(data, dict) and data.get("key") == key else None
+        if isinstance(found, list) and all(_name_value(p) for p in found):
+            return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in found]
+    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    if key is not None:
+        _remember_entry_points(key, eps)
+    return eps
+
+
+def _name_value(pair: object) -> bool:
+    return isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+
+
+def _installed() -> list[Any] | None:
+    """What ``entry_points`` reads to find the distributions and their entry points, as a value to compare:
+    for each ``sys.path`` entry, the file there (a zip: its identity and time), or the directory's
+    ``*.dist-info`` and ``*.egg-info`` entries in listing order with the identity, size and time of each one's
+    ``entry_points.txt``. None (no cache) when a finder other than the standard one finds distributions."""
+    import stat as st_
+    import sys
+    from importlib.machinery import PathFinder
+
+    if [f for f in sys.meta_path if getattr(f, "find_distributions", None) is not None] != [PathFinder]:
+        return None
+    key: list[Any] = [sys.version, sys.prefix]
+    for entry in sys.path:
+        root = os.path.abspath(entry or ".")
+        try:
+            st = os.stat(root)
+        except OSError:
+            key.append([root])
+            continue
+        if not st_.S_ISDIR(st.st_mode):
+            key.append([root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
+            continue
+        egg = root.lower().endswith(".egg")
+        infos: list[Any] = []
+        try:
+            with os.scandir(root) as entries:
+                for e in entries:
+                    low = e.name.lower()
+                    if not (low.endswith((".dist-info", ".egg-info")) or (egg and low == "egg-info")):
+                        continue
+                    try:
+                        ep = os.stat(os.path.join(e.path, "entry_points.txt"))
+                    except OSError:
+                        infos.append([e.name])
+                    else:
+                        infos.append([e.name, ep.st_dev, ep.st_ino, ep.st_size, ep.st_mtime_ns])
+        except OSError:
+            return None
+        key.append([root, infos])
+    return key
+
+
+def _remember_entry_points(key: list[Any], eps: list[EntryPoint]) -> None:
+    from .files import DIR_MODE, write_private
+    from .paths import cache_dir
+
+    if not all(isinstance(ep, EntryPoint) for ep in eps):
+        return
+    path = cache_dir() / ENTRY_POINTS_CACHE
+    data = {"key": key, "found": [[ep.name, ep.value] for ep in eps]}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{ENTRY_POINTS_CACHE}.{os.getpid()}")
+        write_private(tmp, json.dumps(data))
+        os.replace(tmp, path)
 
 
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")

@@ -224,7 +224,11 @@ def _detach(app: App, op_id: str) -> int:
 def submit(app: App, **spec_args: object) -> int:
     """Queue an operation for a worker; print its id (with --idempotency-key, the first one's)."""
     with collector_paused():
-        text = text_params(app.settings, str(spec_args["type_"]))
+        settings = app.settings  # its plugins first, then the entry points', as before (the last one wins)
+        from ..registry import load_entry_points
+
+        load_entry_points(remembered=True)
+        text = text_params(settings, str(spec_args["type_"]))
         spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
         op = quick_submit(app.settings, spec)
     if op is None:
