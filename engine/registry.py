@@ -213,7 +213,7 @@ def _remembered_entry_points() -> list[EntryPoint]:
         raw = read_regular(cache_dir() / ENTRY_POINTS_CACHE, 4 << 20)
         try:
             data = json.loads(raw.decode("utf-8")) if raw is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # damaged (UnicodeDecodeError is a ValueError) or nested past reading
             data = None
         found = data.get("found") if isinstance(data, dict) and data.get("key") == key else None
         if isinstance(found, list) and all(_name_value(p) for p in found):

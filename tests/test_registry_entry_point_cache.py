@@ -111,7 +111,10 @@ def test_a_cache_that_cannot_be_read_or_written_is_a_scan(tmp_path: Path) -> Non
     (site / "plug_a.py").write_text(PLUGIN.format(type="cached_plugin_type", module="plug_a"))
     install(site, "plug", "[outlast.operations]\na = plug_a\n")
     (cache / "outlast").mkdir(parents=True)
-    (cache / "outlast" / "entry-points.json").write_text("{not json")
+    for damaged in ("{not json", "[" * 100_000, '{"found": [["x"]]}'):
+        (cache / "outlast" / "entry-points.json").write_text(damaged)
+        assert sources(site, cache)["cached_plugin_type"] == "plug_a", damaged
+    (cache / "outlast" / "entry-points.json").write_bytes(b"\xff\xfe")
     assert sources(site, cache)["cached_plugin_type"] == "plug_a"
     (cache / "outlast" / "entry-points.json").unlink()
     (cache / "outlast" / "entry-points.json").mkdir()  # unwritable in its place

@@ -241,9 +241,10 @@ def submit(app: App, **spec_args: object) -> int:
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cycle collector off inside (back on after): the settings, the models and the handler imported
-    make objects by the hundred thousand and almost no garbage (a submit's 91 collections freed 700 objects),
-    and collecting anyway cost 3.5% of a quick submit's instructions."""
+    """Python's cycle collector off inside, and what was made inside frozen when it is back on: importing the
+    settings, the models and the handler makes objects by the hundred thousand and almost no garbage (a
+    submit's 80-90 collections freed about 700 objects), and collecting anyway, then walking all of it again
+    at each full collection, cost 6% of a quick submit's instructions."""
     import gc
 
     was = gc.isenabled()
