@@ -197,8 +197,15 @@ def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
 
 
 def _not_text(s: str) -> str:
+    """``s`` refused, shown at most 80 characters long around its first byte that is not UTF-8: a long path
+    cut at its end hid the very byte the line is about."""
     shown = clean(s)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    if len(shown) > 80:
+        first = next((i for i, c in enumerate(s) if "\ud800" <= c <= "\udfff"), 0)
+        at = len(clean(s[:first]))  # where that byte's \xNN begins in what is shown
+        start = max(0, min(at - 30, len(shown) - 74))
+        cut = shown[start : start + 74]
+        shown = ("..." if start else "") + cut + ("..." if start + 74 < len(shown) else "")
     return f'"{shown}" is not text: it has a byte that is not UTF-8 (shown as \\xNN), and Outlast stores text'
 
 

@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from engine import (
     Engine,
@@ -223,3 +224,13 @@ def test_json_output_keeps_such_a_name_exactly_and_a_strict_utf8_stream_takes_it
     first, second = out.getvalue().decode().splitlines()  # valid UTF-8
     assert json.loads(first) == {"state": {NAME: [NAME]}}  # exactly, as Python's json reads it
     assert second == "a line naming caf\\udce9.py"
+
+
+def test_a_long_value_is_shown_around_its_byte_that_is_not_utf8() -> None:
+    """A value longer than the line shows is cut around the byte the line is about, not at its end (a deep
+    path's last name was the one cut off)."""
+    for value in ("/" + "d" * 120 + "/" + NAME, NAME + "e" * 120, "d" * 60 + NAME + "e" * 60):
+        with pytest.raises(ValidationError) as got:
+            OperationSpec(type="demo", params={"root": value})
+        [shown] = re.findall(r'"([^"]*)" is not text', str(got.value))
+        assert SHOWN in shown and len(shown) <= 80, shown
