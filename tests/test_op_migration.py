@@ -229,3 +229,16 @@ def test_a_worker_cancelling_a_migration_that_waits_for_a_lock_lives_on(cli: Cli
     other.execute("ROLLBACK")
     time.sleep(0.5)  # it crashed here, before
     assert worker.popen.poll() is None and names(db) == ["1.sql"]
+
+
+def test_a_table_that_cannot_record_migrations_is_said_as_the_table(cli: Cli, tmp_path: Path) -> None:
+    """The refusal names the table, not the directory it was found through (it read 'directory: table ...')."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_a.sql").write_text("CREATE TABLE a (x);")
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE documents (x)")
+    con.commit()
+    con.close()
+    params = {"directory": str(mig), "database": str(db), "table": "documents"}
+    bad_params(cli, "migration_operation", params, "params: table 'documents' in ")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..context import OperationContext
 from ..files import NotRegular, create_private, open_regular
@@ -64,7 +64,6 @@ class Migration:
 class MigrationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # directory last: its check reads the database's table (validated fields come in declaration order)
     database: str = Field(description="SQLite database file (created if missing)")
     table: str = Field(default="schema_migrations", description="table recording applied migrations")
     directory: str = Field(description="folder of *.sql migration files, applied in natural order of their names")
@@ -86,13 +85,18 @@ class MigrationParams(BaseModel):
 
     @field_validator("directory")
     @classmethod
-    def _directory(cls, v: str, info: ValidationInfo) -> str:
-        """Every file is fit to run, and no applied migration has changed since: refused before anything runs."""
+    def _directory(cls, v: str) -> str:
+        """Every file is fit to run: refused before anything runs."""
         v = existing_dir(v, "directory")
-        migrations = load_migrations(Path(v))
-        if "database" in info.data and "table" in info.data:
-            check_unchanged(migrations, read_applied(info.data["database"], info.data["table"]))
+        load_migrations(Path(v))
         return v
+
+    @model_validator(mode="after")
+    def _applied_unchanged(self) -> MigrationParams:
+        """No applied migration has changed since. A check of the whole params, not of ``directory``: its errors
+        name their own field (a table without the recording columns was said as 'directory: table ...')."""
+        check_unchanged(load_migrations(Path(self.directory)), read_applied(self.database, self.table))
+        return self
 
 
 def _natural(name: str) -> list[tuple[int, int | str]]:
