@@ -86,15 +86,13 @@ class MigrationParams(BaseModel):
     @field_validator("directory")
     @classmethod
     def _directory(cls, v: str) -> str:
-        """Every file is fit to run: refused before anything runs."""
-        v = existing_dir(v, "directory")
-        load_migrations(Path(v))
-        return v
+        return existing_dir(v, "directory")
 
     @model_validator(mode="after")
-    def _applied_unchanged(self) -> MigrationParams:
-        """No applied migration has changed since. A check of the whole params, not of ``directory``: its errors
-        name their own field (a table without the recording columns was said as 'directory: table ...')."""
+    def _migrations_fit(self) -> MigrationParams:
+        """Every file is fit to run, and no applied migration has changed since: refused before anything runs.
+        A check of the whole params, not of ``directory``: its errors name their own file, table or database
+        (a table without the recording columns was said as 'directory: table ...')."""
         check_unchanged(load_migrations(Path(self.directory)), read_applied(self.database, self.table))
         return self
 
