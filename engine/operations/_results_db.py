@@ -63,13 +63,27 @@ def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:
     con = sqlite3.connect(db, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the writer
-        con.executescript(schema + "\nCREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);")
-        with con:
-            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        create_tables(con, schema, meta)
     except BaseException:
         con.close()
         raise
     return con
+
+
+META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+
+
+def create_tables(con: sqlite3.Connection, schema: str, meta: dict[str, str]) -> None:
+    """Run ``schema`` (statements that may run again: ``IF NOT EXISTS``) and write ``meta`` into the ``meta``
+    table, in one transaction. Run one statement at a time, a kill after the tables and before the kind left a
+    database the resume refused as another program's: the operation could never be resumed."""
+    con.executescript(f"BEGIN IMMEDIATE;\n{schema}\n{META_TABLE};")
+    try:
+        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
 
 
 RUN_TABLE = "CREATE TABLE IF NOT EXISTS outlast_run (id INTEGER PRIMARY KEY CHECK (id = 0), token TEXT NOT NULL)"

@@ -27,7 +27,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
-from ._results_db import check_kind, exclusive, pending_items
+from ._results_db import check_kind, create_tables, exclusive, pending_items
 from ._walk import list_files, own_files
 
 BATCH = 256
@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS symbols (
     PRIMARY KEY (path, line, kind, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS imports (path TEXT, module TEXT, PRIMARY KEY (path, module)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 INDEXES = """
 CREATE INDEX IF NOT EXISTS files_language ON files(language);
@@ -136,13 +135,11 @@ def _open(db: str, root: str) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer
         con.execute("PRAGMA cache_size=-65536")  # 64 MB: the symbol index of a large tree stays in memory
         cols = {r[1] for r in con.execute("PRAGMA table_info(symbols)")}
+        drop = ""
         if cols and "parent" not in cols and con.execute("PRAGMA table_info(meta)").fetchone():
             # An index from before symbols had lines and parents: it is derived data, built again.
-            con.executescript("DROP TABLE symbols; DROP TABLE imports; DROP TABLE files;")
-        con.executescript(SCHEMA)
-        with con:
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (root,))
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('kind', 'codebase_indexing')")
+            drop = "DROP TABLE symbols; DROP TABLE imports; DROP TABLE files;\n"
+        create_tables(con, drop + SCHEMA, {"root": root, "kind": "codebase_indexing"})
     except BaseException:
         con.close()
         raise

@@ -27,7 +27,7 @@ from ..context import OperationContext
 from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, output_dir
-from ._results_db import check_kind
+from ._results_db import check_kind, create_tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -38,8 +38,6 @@ CREATE TABLE IF NOT EXISTS metrics (
     operation_id TEXT NOT NULL, seq INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (operation_id, seq, metric)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-INSERT OR REPLACE INTO meta VALUES ('kind', 'monitoring_collection');
 """
 OLD_TABLES = frozenset({"samples", "metrics"})
 """A monitoring database written before it said its kind."""
@@ -162,7 +160,7 @@ def _open(db: str) -> sqlite3.Connection:
     con = sqlite3.connect(db, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(SCHEMA)
+        create_tables(con, SCHEMA, {"kind": "monitoring_collection"})
     except BaseException:
         con.close()
         raise

@@ -1,0 +1,87 @@
+"""An operation killed (SIGKILL) at each SQL statement that creates its output database is resumed to the same
+result as an uninterrupted run (found by test_fault_kill: an index killed between its tables and its ``kind``
+row was refused by the resume as "another program's database", for ever).
+
+The kill is exact (the tests.sqlite_die plugin kills the process as the N-th statement on the database starts),
+once for every statement from the first that is not a PRAGMA to the end of the creation's transaction, and one
+past it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_cli import CLI, REPO
+
+OPS = ["codebase_indexing", "code_analysis", "dependency_analysis", "monitoring_collection"]
+
+
+def _params(op: str, root: Path, db: Path) -> str:
+    if op == "monitoring_collection":
+        return json.dumps({"interval": 0.02, "duration": 0.1, "output": str(db)})
+    return json.dumps({"root": str(root), "output": str(db)})
+
+
+def _outlast(state: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--state-dir", str(state), "--plugin", "tests.sqlite_die", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def _ids(state: Path) -> list[str]:
+    con = sqlite3.connect(state / "outlast.db")
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM operations")]
+    finally:
+        con.close()
+
+
+def _counts(db: Path) -> dict[str, int]:
+    """Rows by table, but the run's token (one row, its value differs between runs)."""
+    con = sqlite3.connect(db)
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {n: con.execute(f"SELECT COUNT(*) FROM {n}").fetchone()[0] for n in names if n != "outlast_run"}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_kill_at_each_statement_creating_the_output_database_is_resumed(op: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("import os\n\n\ndef f(x):\n    return os.sep + x\n")
+    (root / "pkg" / "b.py").write_text("from pkg import f\n\n\nclass B:\n    def g(self):\n        return f('b')\n")
+    base = {k: v for k, v in os.environ.items() if k != "OUTLAST_DEBUG"}
+
+    ref_db, trace = tmp_path / "ref.sqlite", tmp_path / "ref.trace"
+    env = {**base, "OUTLAST_TEST_DIE_DB": str(ref_db), "OUTLAST_TEST_DIE_TRACE": str(trace)}
+    done = _outlast(tmp_path / "ref-state", ["run", op, "--params-json", _params(op, root, ref_db)], env)
+    assert done.returncode == 0, done.stderr
+    statements = trace.read_text().splitlines()
+    created = statements.index("COMMIT") + 1  # the creation's transaction, ended
+    assert any(s.startswith("INSERT OR REPLACE INTO meta") for s in statements[:created]), statements[:created]
+    want = _counts(ref_db)
+
+    first = next(i for i, s in enumerate(statements) if not s.startswith("PRAGMA")) + 1  # a kill before: empty
+
+    for at in range(first, created + 2):
+        state, db = tmp_path / f"state-{at}", tmp_path / f"out-{at}.sqlite"
+        env = {**base, "OUTLAST_TEST_DIE_DB": str(db), "OUTLAST_TEST_DIE_AT": str(at)}
+        killed = _outlast(state, ["run", op, "--params-json", _params(op, root, db)], env)
+        assert killed.returncode == -9, f"not killed at statement {at} ({statements[at - 1]}): {killed.stderr}"
+        (op_id,) = _ids(state)
+        resumed = _outlast(state, ["resume", op_id], base)
+        assert resumed.returncode == 0, f"killed as statement {at} started ({statements[at - 1]}): {resumed.stderr}"
+        assert _counts(db) == want, f"killed as statement {at} started ({statements[at - 1]})"
