@@ -42,3 +42,40 @@ async def test_a_pause_keeps_the_checkpoint_written_with_the_last_progress(engin
         counts = collections.Counter(int(x) for x in done.read_text().split())
         assert sorted(counts) == list(range(60))
         assert [k for k, n in counts.items() if n > 1] == [], f"run twice (trial {trial})"
+
+
+AHEAD = """#!/bin/sh
+i=$(printf '%s' "${OUTLAST_CHECKPOINT:-}" | sed -n 's/.*"next": *\\([0-9]*\\).*/\\1/p')
+i=${i:-0}
+while [ "$i" -lt 300 ]; do
+  echo "$i" >> "$1"
+  i=$((i + 1))
+  printf '::outlast progress %s/300\\n::outlast checkpoint {"next": %s}\\n' "$i" "$i"
+done
+[ -n "${OUTLAST_RESUME:-}" ] || exec sleep 60  # the first attempt stays running until the pause
+"""
+
+
+async def test_a_pause_of_a_command_ahead_of_the_engine_resumes_from_its_last_checkpoint(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A command that checkpoints each quick step writes faster than checkpoints are stored. They were stored
+    one per line, so the engine fell behind (hundreds of lines), and a pause that came while one was written
+    raised the stop there: the lines after it were never read, and the resume did again every step they had
+    checkpointed (found with 400 steps of a shell loop: 376 run twice). Now the last checkpoint of what one read
+    brought is stored, and a stop reads the command's output before its final checkpoint."""
+    script = tmp_path / "ahead.sh"
+    script.write_text(AHEAD)
+    script.chmod(0o755)
+    done = tmp_path / "done"
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [str(script), str(done)]}))
+    await until(lambda: done.exists() and len(done.read_text().split()) >= 300, timeout=20)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=20)
+    assert paused.status is Status.PAUSED, paused.error
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    counts = collections.Counter(int(x) for x in done.read_text().split())
+    assert sorted(counts) == list(range(300))
+    assert [k for k, n in counts.items() if n > 1] == []
+    assert final.status is Status.COMPLETED, final.error

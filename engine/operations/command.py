@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..context import MAX_COUNT, OperationContext, OperationFailed
+from ..context import MAX_COUNT, OperationContext, OperationFailed, OperationStopped
 from ..registry import operation
 from ._common import libc_function
 
@@ -297,6 +297,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     assert proc.stdout is not None
     output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None, lambda: _kill_group(proc.pid))
     long_directive = False  # within the pieces of a directive line longer than LINE_MAX
+    unsaved: dict | None = None  # the last ::outlast checkpoint read, until it is written
     try:
         while True:
             if ctx.cancelled:
@@ -306,6 +307,17 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 _kill_group(proc.pid)
                 lines = await _last_words(output, parser, tail, ctx, lines)
                 break
+            if unsaved is not None and not output.lines:
+                # One durable write per read of output, not per line: a command that checkpoints each quick
+                # step ran far ahead of the engine writing them one by one.
+                written, unsaved = unsaved, None
+                try:
+                    await ctx.checkpoint(command=written)
+                except OperationStopped:
+                    # The stop came while it was written. Raised on, what the command wrote after it was never
+                    # read: a command ahead of the engine was resumed from a checkpoint it had long passed.
+                    # The loop's top kills it and reads that output first.
+                    continue
             raw = await output.next()
             if raw is None or (raw and ctx.cancelled):  # a stop was asked for while reading: above
                 if raw:
@@ -338,9 +350,8 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 ctx.log.info(line)
             data = parser.feed(line)
             if data is not None:
-                ctx.state["checkpoint"] = data
+                ctx.state["checkpoint"] = unsaved = data
                 ctx.state["lines"] = lines
-                await ctx.checkpoint(command=data)
             elif not protocol:
                 lines += 1
                 ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
