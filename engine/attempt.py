@@ -145,6 +145,8 @@ class Attempt:
         self.watch = Watch(op, self.ctx, host.settings.grace_period, host.publish)
         self.lost = False
         """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
+        self.refused = False
+        """The store refused this attempt's final status (its lease ran out before it was written)."""
         self.unsaved_since: tuple[float, str] | None = None
         """Since when (monotonic) and why this attempt's checkpoints fail to be written: other writes
         may still work (a state larger than the disk's free space), so the store's health alone does
@@ -595,7 +597,10 @@ class Attempt:
         fields.update(self.watch.timeout_fields())
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None
         self.watch.settling = True
-        await settle(self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields)
+        written = await settle(
+            self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields
+        )
+        self.refused = written is False
 
 
 def _forked_child_exits() -> NoReturn:
@@ -625,10 +630,12 @@ async def settle(
     result: Any = None,
     if_cancelled: str | None = None,
     **fields: Any,
-) -> None:
+) -> bool | None:
     """Write the final transition of an attempt (durable first), then announce it. When the store fails
     for too long, the attempt is left to the next engine (``host.abandoned`` says why). ``if_cancelled``:
-    see ``Store.transition`` (a pause the store turns into the cancel asked meanwhile)."""
+    see ``Store.transition`` (a pause the store turns into the cancel asked meanwhile).
+
+    True: written; False: refused (another attempt holds the operation, or it is gone); None: left."""
     if status is not Status.QUEUED:
         fields.setdefault("finished_at", time.time())
     if status is Status.COMPLETED:
@@ -664,19 +671,19 @@ async def settle(
                 except (StaleAttempt, Conflict, NotFound) as e:  # NotFound: the record is gone (deleted)
                     log.warning("%s: final status %s not written: %s", op.id, status.value, e)
                     await _release(host, op)
-                    return
+                    return False
                 except Exception as e:
                     if not store_failure(e):
                         log.exception("%s: final status %s not written", op.id, status.value)
                         await _release(host, op)
-                        return
+                        return None
                     host.health.failed(e)
                     if host.health.give_up(host.stopping):
                         # Keep the lock: this process exits, and the next engine finds the attempt
                         # orphaned (our own recover() must not declare it dead while we live).
                         host.abandoned[op.id] = f"{status.value} not written: {why(e)}"
                         host.unwritten[op.id] = functools.partial(_write_late, host, op, final)
-                        return
+                        return None
                     await asyncio.sleep(STORE_RETRY)
         finally:
             if claim is not None:
@@ -688,6 +695,7 @@ async def settle(
             operation_id=op.id, status=written.status, previous=Status.RUNNING, message=written.status_message
         )
     )
+    return True
 
 
 async def _write_late(host: AttemptHost, op: Operation, final: Callable[[], Awaitable[Operation]]) -> Operation | None:

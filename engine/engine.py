@@ -131,6 +131,8 @@ class Engine:
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
         self._runs: dict[str, Attempt] = {}
         self._unresumable: set[str] = set()
+        self._unconfirmed: dict[str, Action] = {}
+        """Stops of work this engine runs that the store did not confirm (asked again if the lease is lost)."""
         """Operations left orphaned that ``recover`` could not resume (said once; ``outlast resume`` says why)."""
         self.health = StoreHealth(self.settings.store_outage_limit, lambda: bool(self._runs))
         """Which store writes fail, since when (said once per outage)."""
@@ -568,6 +570,8 @@ class Engine:
             await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
             cancelled = await self._cancel_if_settled(op_id, action)
         except StoreError as e:
+            if self._unconfirmed.get(op_id) is not Action.CANCEL:  # a cancel wins over a pause
+                self._unconfirmed[op_id] = action
             raise StoreError(
                 f"operation {op_id}: stopping here to {action.value} (this process runs it: it stops at its next"
                 f" item, and its status is written once the store answers); the store did not confirm the request:"
@@ -580,7 +584,19 @@ class Engine:
     ) -> Operation:
         """Queue a stopped operation again, from its newest valid checkpoint or the one given;
         ``profile`` changes its timeout profile (and failure threshold) from this attempt on."""
+        return await self._requeue(op_id, checkpoint, profile)
+
+    async def _resume_orphan(self, op_id: str) -> Operation:
+        """``auto_resume`` of an operation found orphaned: queued again only while it is interrupted. A pause
+        written meanwhile (one asked again: ``_ask_again``) was resumed over."""
+        return await self._requeue(op_id, None, None, only=Status.INTERRUPTED)
+
+    async def _requeue(
+        self, op_id: str, checkpoint: int | None, profile: dict[str, Any] | None, only: Status | None = None
+    ) -> Operation:
         op = await self.store.get(validate_id(op_id))
+        if only is not None and op.status is not only:
+            raise Conflict(f"operation {op_id} is {op.status.value}, not {only.value}")
         check_action(Action.RESUME, op.status, op_id)
         stored_profile(op)  # damaged: StoreError, before anything is written
         try:
@@ -668,7 +684,7 @@ class Engine:
         # A store whose workers come and go (Redis leases) asks for orphans to be queued again: its
         # queue is shared by workers on every machine, whichever engine finds the orphan.
         requeue = (self.auto_resume and self._run_queue) or getattr(self.store, "resume_orphans", False)
-        resume = self.resume if requeue else None
+        resume = self._resume_orphan if requeue else None
         found = await recover_orphans(self.store, self.log_buffer, self.publish, resume)
         left = getattr(self.store, "left_orphaned", None)
         if resume is not None and left is not None:
@@ -703,7 +719,38 @@ class Engine:
             if self._runs.get(op.id) is attempt:  # an abandoned attempt's was taken out (and may be a new one's)
                 del self._runs[op.id]
             await attempt.end()
+            unconfirmed = self._unconfirmed.pop(op.id, None)
+            if unconfirmed is not None and (attempt.lost or attempt.refused):
+                await self._ask_again(op.id, unconfirmed)
             self._scheduler.wake()
+
+    async def _ask_again(self, op_id: str, action: Action) -> None:
+        """A pause or cancel the store did not confirm, of an attempt that lost its lease before it wrote its
+        status: asked again, of whoever holds the operation now. It was forgotten: the operation, queued again
+        as an orphan, ran on though the asker had seen its work stop. Found interrupted (the orphan's mark, which
+        ``auto_resume`` queues again), a pause pauses it."""
+        try:
+            for _ in range(3):  # changed meanwhile (queued again, claimed): asked again of what it became
+                op = await self.store.get(op_id)
+                if action is not Action.PAUSE or op.status is not Status.INTERRUPTED:
+                    await self._control(op_id, action)
+                    break
+                with contextlib.suppress(Conflict):
+                    await self.store.transition(
+                        op_id,
+                        Status.PAUSED,
+                        expect=frozenset({Status.INTERRUPTED}),
+                        finished_at=time.time(),
+                        status_message=f"{Status.PAUSED.value} by user",
+                    )
+                    self.publish(StatusChanged(operation_id=op_id, status=Status.PAUSED, previous=op.status))
+                    break
+        except (Conflict, NotFound):
+            return  # settled otherwise meanwhile (paused or cancelled by whoever recovered it, ended, removed)
+        except OutlastError as e:
+            log.warning("operation %s: the %s asked while the store did not answer is lost: %s", op_id, action.value, e)
+            return
+        log.warning("operation %s: the %s asked while the store did not answer is asked again", op_id, action.value)
 
     async def _abandon(self, attempt: Attempt) -> None:
         """Settle ``attempt`` without its handler, which ignored the stop and the forced cancel

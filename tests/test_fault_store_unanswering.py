@@ -193,3 +193,41 @@ def test_a_ctrl_c_under_a_redis_that_stopped_answering_is_acknowledged_at_once(
         proc.wait(30)
     finally:
         cli.close()
+
+
+@pytest.mark.parametrize(("ask", "settled"), [("pause", Status.PAUSED), ("cancel", Status.CANCELLED)])
+async def test_a_stop_the_store_did_not_confirm_is_asked_again_when_the_lease_was_lost_meanwhile(
+    redis_server: RedisServer, tmp_path: Path, ask: str, settled: Status
+) -> None:
+    """A pause (or cancel) of work this engine runs, asked while Redis is frozen: the work stops at once, and the
+    asker is told the store did not confirm it. Frozen past the lease, the attempt lost the operation: it was
+    queued again as an orphan and run again (by this very engine), the pause forgotten, though the dashboard had
+    stopped the work (found by the dashboard's test on a loaded machine). The engine now asks it again once
+    the store answers: whoever holds the operation by then pauses it."""
+    settings = load_settings(state_dir=tmp_path / "state", plugins=["tests.ops_for_tests"], grace_period=2.0)
+    store = open_store(f"{redis_server.url}?retry_for=0.5&lease_ttl=1", namespace="t")
+    engine = Engine(store=store, settings=settings)
+    ran = tmp_path / "ran"
+    assert redis_server.proc is not None
+    await engine.start()
+    try:
+        spec = OperationSpec(type="ledger", params={"items": 20_000, "seconds": 0.01, "log_file": str(ran)})
+        op = await engine.submit(spec)
+        await until(lambda: op.id in engine.running_ids and ran.exists() and len(ran.read_text().split()) > 3)
+        store.link.timeout = 0.3  # type: ignore[attr-defined]  # the reply wait: calls fail within the freeze
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreError, match="did not confirm"):
+                await getattr(engine, ask)(op.id)
+            await asyncio.sleep(2.5)  # past the lease
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while (await store.get(op.id)).status is not settled and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # long enough for an operation queued again to be claimed and run again
+        final = await store.get(op.id)
+        assert final.status is settled, final.status_message
+        assert len(ran.read_text().split()) < 20_000
+    finally:
+        await engine.shutdown(grace=1)
