@@ -194,6 +194,8 @@ LOG_GATE: dict[str, asyncio.Event] = {}
 
 @operation("test_ws_logs")
 async def ws_logs(ctx: OperationContext, params: dict) -> str:
+    if "at" in LOG_GATE:
+        LOG_GATE["at"].set()
     await LOG_GATE["go"].wait()
     for i in range(5):
         ctx.log.info(f"line {i}")
@@ -207,13 +209,16 @@ async def test_a_poll_that_reads_an_operation_settled_sends_the_log_lines_publis
     read the operation settled (its read ran beside the settle: a Redis store, another connection) sent
     `final` first, and the one-operation socket, closed on `final`, never sent the lines behind it."""
     LOG_GATE["go"] = asyncio.Event()  # the handler itself waits: the log line and the settle are the test's
+    LOG_GATE["at"] = asyncio.Event()
     op = await engine.submit(OperationSpec(type="test_ws_logs"))
-    # Running (its handler at the gate) before the hub listens: the hub's handling of "running" reads the
-    # operation too, and under load it came after hub.start() and took the one settled read meant for the
-    # poll, which then read it running for ever (a CI run hung 120 s here).
-    async with asyncio.timeout(20):
-        while (await engine.get(op.id)).status is not Status.RUNNING:
-            await asyncio.sleep(0.01)
+    # Its handler at the gate before the hub listens: the hub's handling of "running" reads the operation too,
+    # and under load it came after hub.start() and took the one settled read meant for the poll, which then
+    # read it running for ever (CI runs hung here). The store says running before the engine announces it:
+    # the handler at the gate comes after both.
+    try:
+        await asyncio.wait_for(LOG_GATE["at"].wait(), 20)
+    finally:
+        del LOG_GATE["at"]
     hub = ProgressHub(engine, poll=0.01)
     sub = Subscriber(op.id)
     real_get = engine.get
