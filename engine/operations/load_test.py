@@ -169,8 +169,11 @@ def merge(total: dict[str, Any], s: SliceStats) -> None:
         total["max_ms"] = s.max_ms if total.get("max_ms") is None else max(total["max_ms"], s.max_ms)
 
 
-def percentiles(hist: dict[str, int], qs: tuple[float, ...]) -> dict[str, float]:
-    """Nearest-rank percentiles (ms) of a latency histogram."""
+def percentiles(
+    hist: dict[str, int], qs: tuple[float, ...], lo: float | None = None, hi: float | None = None
+) -> dict[str, float]:
+    """Nearest-rank percentiles (ms) of a latency histogram, within the latencies' ``lo`` and ``hi`` when given:
+    the histogram holds them at 3 significant digits, so a p99 of 106 came above a max of 105.715."""
     items = sorted((float(k), n) for k, n in hist.items())
     count = sum(n for _, n in items)
     out: dict[str, float] = {}
@@ -181,7 +184,7 @@ def percentiles(hist: dict[str, int], qs: tuple[float, ...]) -> dict[str, float]
         for value, n in items:
             seen += n
             if seen >= rank:
-                out[f"p{q:g}"] = value
+                out[f"p{q:g}"] = min(max(value, lo if lo is not None else value), hi if hi is not None else value)
                 break
     return out
 
@@ -442,7 +445,7 @@ async def load_test(ctx: OperationContext, p: LoadTestParams) -> dict:
         stats, took = await run_slice(p, addr, length, budget, i * p.slice_seconds)
         merge(total, stats)
         total["seconds"] = total.get("seconds", 0.0) + took
-        pcts = percentiles(stats.hist, (50, 99))
+        pcts = percentiles(stats.hist, (50, 99), stats.min_ms, stats.max_ms)
         per_slice.append(
             [i, stats.requests, sum(stats.errors.values()), round(took, 4), pcts.get("p50"), pcts.get("p99")]
         )
@@ -461,7 +464,7 @@ def summary(p: LoadTestParams, total: dict[str, Any], timeline: list[list[Any]])
     n, secs = total.get("requests", 0), total.get("seconds", 0.0)
     timed = sum(total.get("hist", {}).values())
     latency = {"min": total.get("min_ms"), "mean": round(total["sum_ms"] / timed, 3) if timed else None}
-    latency |= percentiles(total.get("hist", {}), (50, 90, 95, 99))
+    latency |= percentiles(total.get("hist", {}), (50, 90, 95, 99), total.get("min_ms"), total.get("max_ms"))
     latency["max"] = total.get("max_ms")
     return {
         "url": p.url,
