@@ -721,17 +721,22 @@ class Engine:
             await attempt.end()
             unconfirmed = self._unconfirmed.pop(op.id, None)
             if unconfirmed is not None and (attempt.lost or attempt.refused):
-                await self._ask_again(op.id, unconfirmed)
+                await self._ask_again(op.id, unconfirmed, op.epoch)
             self._scheduler.wake()
 
-    async def _ask_again(self, op_id: str, action: Action) -> None:
-        """A pause or cancel the store did not confirm, of an attempt that lost its lease before it wrote its
-        status: asked again, of whoever holds the operation now. It was forgotten: the operation, queued again
-        as an orphan, ran on though the asker had seen its work stop. Found interrupted (the orphan's mark, which
-        ``auto_resume`` queues again), a pause pauses it."""
+    async def _ask_again(self, op_id: str, action: Action, epoch: int) -> None:
+        """A pause or cancel the store did not confirm, of an attempt (``epoch``) that lost its lease before it
+        wrote its status: asked again, of whoever holds the operation now. It was forgotten: the operation,
+        queued again as an orphan, ran on though the asker had seen its work stop. Found interrupted (the
+        orphan's mark, which ``auto_resume`` queues again), a pause pauses it. Found still running as that
+        attempt, it is recovered first: a request stored on it was dropped by a recovery that had read the
+        requests just before and marked it interrupted just after."""
         try:
-            for _ in range(3):  # changed meanwhile (queued again, claimed): asked again of what it became
+            for _ in range(4):  # changed meanwhile (queued again, claimed): asked again of what it became
                 op = await self.store.get(op_id)
+                if op.status is Status.RUNNING and op.epoch == epoch:
+                    await self.recover()
+                    continue
                 if action is not Action.PAUSE or op.status is not Status.INTERRUPTED:
                     await self._control(op_id, action)
                     break
@@ -745,6 +750,9 @@ class Engine:
                     )
                     self.publish(StatusChanged(operation_id=op_id, status=Status.PAUSED, previous=op.status))
                     break
+            else:
+                log.warning("operation %s: the %s asked while the store did not answer is lost", op_id, action.value)
+                return
         except (Conflict, NotFound):
             return  # settled otherwise meanwhile (paused or cancelled by whoever recovered it, ended, removed)
         except OutlastError as e:
