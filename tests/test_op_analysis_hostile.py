@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -162,8 +163,6 @@ def test_an_output_that_became_another_programs_database_after_submission_is_lef
 ) -> None:
     """Checked only when the operation was submitted: by its run, the path was a symlink to another
     program's database, which the run wrote into (an index dropped its tables)."""
-    if op_type == "semantic_analysis":
-        pytest.skip("its tables are its own (sem_*): it writes beside another program's")
     root = tmp_path / "tree"
     make_tree(root, 3)
     out = tmp_path / "out.db"
@@ -265,6 +264,46 @@ def test_monitoring_refuses_another_programs_database(cli: Cli, tmp_path: Path) 
     params = {"interval": 0.01, "duration": 0.02, "output": str(other)}
     bad_params(cli, "monitoring_collection", params, "another program's database")
     assert _rows(other) == before
+
+
+def test_semantic_analysis_refuses_another_programs_or_another_operations_database(cli: Cli, tmp_path: Path) -> None:
+    """Only its SQLite header was checked: its sem_* tables were written beside another program's, or an
+    index's."""
+    root = tmp_path / "tree"
+    make_tree(root, 3)
+    other = tmp_path / "app.db"
+    before = _other_programs_db(other)
+    bad_params(cli, "semantic_analysis", {"root": str(root), "output": str(other)}, "another program's database")
+    assert _rows(other) == before
+    index = tmp_path / "index.db"  # as codebase_indexing writes one
+    con = sqlite3.connect(index)
+    con.executescript(
+        "CREATE TABLE files (path TEXT PRIMARY KEY); CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "INSERT INTO files VALUES ('a.py'); INSERT INTO meta VALUES ('kind', 'codebase_indexing');"
+    )
+    con.close()
+    before = _rows(index)
+    bad_params(cli, "semantic_analysis", {"root": str(root), "output": str(index)}, "a codebase_indexing database")
+    assert _rows(index) == before
+
+
+def test_semantic_analysis_writes_again_its_results_and_those_of_earlier_versions(cli: Cli, tmp_path: Path) -> None:
+    """Its own results file is written again (it says its kind), and so is one written before results said
+    their kind (only sem_* tables and the run's token)."""
+    root = tmp_path / "tree"
+    make_tree(root, 3)
+    out = tmp_path / "sem.db"
+    params = {"root": str(root), "output": str(out)}
+    for _ in range(2):
+        code, rec, err = run_json(cli, "run", "semantic_analysis", "--params-json", json.dumps(params))
+        assert code == 0 and rec["status"] == "completed", (rec, err)
+    con = sqlite3.connect(out)
+    assert dict(con.execute("SELECT key, value FROM meta")) == {"kind": "semantic_analysis"}
+    con.execute("DROP TABLE meta")  # as an earlier version left it
+    con.commit()
+    con.close()
+    code, rec, err = run_json(cli, "run", "semantic_analysis", "--params-json", json.dumps(params))
+    assert code == 0 and rec["status"] == "completed" and rec["result"]["reused"] == 3, (rec, err)
 
 
 def test_a_gitignore_line_git_passes_over_does_not_fail_the_listing(tmp_path: Path) -> None:

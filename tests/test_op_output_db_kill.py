@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures_cli import CLI, REPO
 
-OPS = ["codebase_indexing", "code_analysis", "dependency_analysis", "monitoring_collection"]
+OPS = ["codebase_indexing", "code_analysis", "dependency_analysis", "monitoring_collection", "semantic_analysis"]
 
 
 def _params(op: str, root: Path, db: Path) -> str:

@@ -11,7 +11,9 @@ for what is here sixty lines.
 Two steps: per document (resumable, committed in batches before the documents count as done; a document
 whose sha256 is unchanged keeps its terms and sketch), then keywords, topics and pairs over all of them
 in one transaction (redone whole if interrupted). Results are stored in ``sem_*`` tables: in the
-knowledge base, or for a tree in ``output`` (an SQLite file, by default in the state dir).
+knowledge base, or for a tree in ``output`` (an SQLite file, by default in the state dir), whose ``meta`` table
+says it is a semantic_analysis database (written with its tables, in one transaction): another program's
+database, or another operation's (an index, say), is not written into.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._docs import NotADocument, kind_of, sections
-from ._results_db import exclusive, pending_items
+from ._results_db import check_kind, create_tables, exclusive, pending_items
 from ._walk import list_files, own_files
 from .kb_population import kb_path
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
@@ -60,6 +62,14 @@ CREATE TABLE IF NOT EXISTS sem_topics (
 );
 CREATE TABLE IF NOT EXISTS sem_duplicates (scope TEXT, a TEXT, b TEXT, similarity REAL, PRIMARY KEY (scope, a, b));
 """
+OLD_TABLES = frozenset({"sem_docs", "sem_keywords", "sem_topics", "sem_duplicates", "outlast_run"})
+"""The tables of a tree's results written before they said their kind in ``meta``."""
+
+
+def _check_output(value: str | None) -> str | None:
+    """A results database of semantic_analysis, or none yet: only its SQLite header was checked, so another
+    program's database (or an index) was written into."""
+    return check_kind(value, "output", "semantic_analysis", OLD_TABLES)
 
 
 class SemanticParams(BaseModel):
@@ -87,7 +97,7 @@ class SemanticParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database")
+        return _check_output(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
 
     @model_validator(mode="after")
     def _one_corpus(self, info: ValidationInfo) -> SemanticParams:
@@ -133,9 +143,14 @@ def _open(db: str, create: bool) -> sqlite3.Connection:
     if create:
         create_private(Path(db))
         con = sqlite3.connect(db, timeout=60, check_same_thread=False)
-        con.execute("PRAGMA journal_mode=WAL")
-    else:
-        con = open_kb(db, create=False)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            create_tables(con, SEM_SCHEMA, {"kind": "semantic_analysis"})
+        except BaseException:
+            con.close()
+            raise
+        return con
+    con = open_kb(db, create=False)
     con.executescript(SEM_SCHEMA)
     return con
 
@@ -314,7 +329,7 @@ async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
     else:
         db, scope, root = kb_path(ctx, p.kb), "kb", None
     ctx.progress(step="listing documents")
-    with exclusive(db) if root is not None else contextlib.nullcontext():
+    with exclusive(db, _check_output) if root is not None else contextlib.nullcontext():
         return await _analyse_into(ctx, p, db, scope, root)
 
 
