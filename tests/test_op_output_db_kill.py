@@ -8,6 +8,7 @@ past it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sqlite3
@@ -85,3 +86,41 @@ def test_a_kill_at_each_statement_creating_the_output_database_is_resumed(op: st
         resumed = _outlast(state, ["resume", op_id], base)
         assert resumed.returncode == 0, f"killed as statement {at} started ({statements[at - 1]}): {resumed.stderr}"
         assert _counts(db) == want, f"killed as statement {at} started ({statements[at - 1]})"
+
+
+SCHEMAS = {
+    "codebase_indexing": ("engine.operations.indexing", "SCHEMA"),
+    "code_analysis": ("engine.operations.code_analysis", "SCHEMA"),
+    "dependency_analysis": ("engine.operations.dependency_analysis", "SCHEMA"),
+    "monitoring_collection": ("engine.operations.monitoring", "SCHEMA"),
+    "semantic_analysis": ("engine.operations.semantic_analysis", "SEM_SCHEMA"),
+}
+
+
+@pytest.mark.parametrize("with_meta", [False, True], ids=["tables", "tables-and-meta"])
+@pytest.mark.parametrize("op", OPS)
+def test_a_database_killed_before_its_kind_by_an_earlier_version_is_written_again(
+    op: str, with_meta: bool, tmp_path: Path
+) -> None:
+    """The versions that created the tables and the kind in two transactions left, killed between them, a
+    database of the kind's tables, all empty, with no kind: every resume refused it as another program's,
+    for ever. It holds nothing of anyone's: it is written into."""
+    module, name = SCHEMAS[op]
+    root = tmp_path / "root"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("import os\n\n\ndef f(x):\n    return os.sep + x\n")
+    base = {k: v for k, v in os.environ.items() if k != "OUTLAST_DEBUG"}
+    ref_db = tmp_path / "ref.sqlite"
+    done = _outlast(tmp_path / "ref-state", ["run", op, "--params-json", _params(op, root, ref_db)], base)
+    assert done.returncode == 0, done.stderr
+
+    db = tmp_path / "left.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(getattr(importlib.import_module(module), name))
+    if with_meta:
+        con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    con.commit()
+    con.close()
+    again = _outlast(tmp_path / "state", ["run", op, "--params-json", _params(op, root, db)], base)
+    assert again.returncode == 0, again.stderr
+    assert _counts(db) == _counts(ref_db)

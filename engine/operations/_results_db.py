@@ -28,10 +28,13 @@ def db_path(ctx: Any, output: str | None, prefix: str, root: str) -> str:
     return str(output_dir(ctx) / f"{prefix}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.sqlite")
 
 
-def check_kind(value: str | None, name: str, kind: str, legacy: frozenset[str] = frozenset()) -> str | None:
+def check_kind(
+    value: str | None, name: str, kind: str, legacy: frozenset[str] = frozenset(), schema: str = ""
+) -> str | None:
     """``value`` when it names no database yet, an empty one, or one this ``kind`` of operation wrote (or
-    whose tables are all among ``legacy``: written before the kind was recorded); else a ValueError
-    (another operation's database, say an index, or another program's, must not be written into)."""
+    whose tables are all among ``legacy``: written before the kind was recorded, or all among the tables
+    ``schema`` creates, with their columns, and empty: see ``_unfinished``); else a ValueError (another
+    operation's database, say an index, or another program's, must not be written into)."""
     if value is None:
         return None
     p = Path(value).expanduser()
@@ -44,6 +47,7 @@ def check_kind(value: str | None, name: str, kind: str, legacy: frozenset[str] =
             meta: dict[str, str] = {}
             with contextlib.suppress(sqlite3.Error):  # another program's meta table, of its own columns
                 meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('kind', 'root')"))
+            unfinished = "kind" not in meta and schema != "" and _unfinished(con, tables, schema)
         finally:
             con.close()
     except sqlite3.Error as e:
@@ -51,10 +55,30 @@ def check_kind(value: str | None, name: str, kind: str, legacy: frozenset[str] =
     found = meta.get("kind")
     # An old database of this kind: its tables all among ``legacy``, and its meta saying its root if it has one
     old = found is None and tables <= legacy and ("root" in meta if "meta" in tables else "meta" not in legacy)
-    if tables and found != kind and not old:
+    if tables and found != kind and not old and not unfinished:
         what = f"a {found} database" if found else "another program's database"
         raise ValueError(f"{name} {value!r} is {what}, not a {kind} one: choose another path")
     return value
+
+
+def _columns(con: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in con.execute("SELECT * FROM pragma_table_info(?)", (table,))]
+
+
+def _unfinished(con: sqlite3.Connection, tables: set[str], schema: str) -> bool:
+    """Whether the database holds only tables ``schema`` (or the meta and run tables) creates, with their
+    columns, every one empty: one whose creation was killed before its kind was written, by the versions that
+    created the tables and the kind in separate transactions. Refused as another program's, it made the resume
+    of the operation that created it fail, for ever; nothing in it can be another program's."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(f"{schema}\n{META_TABLE};\n{RUN_TABLE};")
+        own = {t: _columns(mem, t) for (t,) in mem.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        mem.close()
+    return tables <= set(own) and all(
+        _columns(con, t) == own[t] and con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() is None for t in tables
+    )
 
 
 def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:

@@ -52,6 +52,11 @@ CREATE INDEX IF NOT EXISTS functions_nloc ON functions(nloc);
 Row = tuple[Any, ...]
 
 
+def _check_output(value: str | None) -> str | None:
+    """A results database of code_analysis, or none yet (see ``check_kind``)."""
+    return check_kind(value, "output", "code_analysis", schema=SCHEMA)
+
+
 class CodeAnalysisParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan was refused as "more than the most"
 
@@ -80,7 +85,7 @@ class CodeAnalysisParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_kind(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"), "output", "code_analysis")
+        return _check_output(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
 
 
 def _sizes(f: Any) -> tuple[int, int, int]:
@@ -285,7 +290,7 @@ async def analyze_code(ctx: OperationContext, p: CodeAnalysisParams) -> dict[str
 
     db = db_path(ctx, p.output, "code-analysis", p.root)
     ctx.progress(step="listing files")
-    with exclusive(db, lambda d: check_kind(d, "output", "code_analysis")):
+    with exclusive(db, _check_output):
         return await _analyze_into(ctx, p, db, lizard)
 
 

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS cycles (id INTEGER, module TEXT, PRIMARY KEY (id, mod
 _REQ_FILE = re.compile(r"^requirements[\w.-]*\.(txt|in)$")
 
 
+def _check_output(value: str | None) -> str | None:
+    """A results database of dependency_analysis, or none yet (see ``check_kind``)."""
+    return check_kind(value, "output", "dependency_analysis", schema=SCHEMA)
+
+
 class DependencyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,9 +86,7 @@ class DependencyParams(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, v: str | None) -> str | None:
-        return check_kind(
-            check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"), "output", "dependency_analysis"
-        )
+        return _check_output(check_output_file(v, "output", SQLITE_MAGIC, "an SQLite database"))
 
     @model_validator(mode="after")
     def _source(self) -> DependencyParams:
@@ -455,7 +458,7 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
     src = Path(p.source_root) if p.source_root else (root / "src" if (root / "src").is_dir() else root)
     db = db_path(ctx, p.output, "dependencies", p.root)
     ctx.progress(step="listing files")
-    with exclusive(db, lambda d: check_kind(d, "output", "dependency_analysis")):
+    with exclusive(db, _check_output):
         summary = await _analyze_into(ctx, p, db, root, src)
     for line in summary["problems"]:
         ctx.log.warning(line)

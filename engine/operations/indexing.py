@@ -79,7 +79,7 @@ OLD_INDEX = frozenset({"files", "symbols", "imports", "meta", "outlast_run"})
 def _check_index(value: str | None) -> str | None:
     """An index, or no database yet: another program's SQLite database (one with tables ``symbols`` and
     ``meta`` was dropped as an old index) or another operation's is not written into."""
-    return check_kind(value, "output", "codebase_indexing", OLD_INDEX)
+    return check_kind(value, "output", "codebase_indexing", OLD_INDEX, SCHEMA)
 
 
 def _previous(con: sqlite3.Connection, rels: list[str]) -> dict[str, tuple]:

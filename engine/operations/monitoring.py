@@ -83,7 +83,7 @@ class MonitoringParams(BaseModel):
 def _check_db(value: str | None) -> str | None:
     """A monitoring database or none yet: another program's (its own ``samples`` table, say) is not
     written into (it was, and failed on a missing column once it held the new tables)."""
-    value = check_kind(value, "output", "monitoring_collection", OLD_TABLES)
+    value = check_kind(value, "output", "monitoring_collection", OLD_TABLES, SCHEMA)
     if value is not None and Path(value).expanduser().is_file():
         con = sqlite3.connect(f"file:{Path(value).expanduser().resolve()}?mode=ro", uri=True)
         try:

@@ -69,7 +69,7 @@ OLD_TABLES = frozenset({"sem_docs", "sem_keywords", "sem_topics", "sem_duplicate
 def _check_output(value: str | None) -> str | None:
     """A results database of semantic_analysis, or none yet: only its SQLite header was checked, so another
     program's database (or an index) was written into."""
-    return check_kind(value, "output", "semantic_analysis", OLD_TABLES)
+    return check_kind(value, "output", "semantic_analysis", OLD_TABLES, SEM_SCHEMA)
 
 
 class SemanticParams(BaseModel):
