@@ -7,11 +7,15 @@ import ctypes
 import errno
 import functools
 import os
+import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..files import free_bytes
+from ..humanize import size
 
 if TYPE_CHECKING:  # an annotation only: worker processes import this module without the engine
     from ..context import OperationContext
@@ -33,6 +37,36 @@ SKIP_DIRS = frozenset(
         "site-packages",
     }
 )
+
+
+FULL_BELOW = 1 << 20
+"""Bytes left on a file system below which an I/O error writing there is taken for a full disk."""
+
+
+def disk_full(e: BaseException, what: str, path: str | Path) -> str | None:
+    """One line saying ``what`` failed because the disk holding ``path`` is full, when ``e`` (or the error it
+    was raised from or during) says so: SQLite's SQLITE_FULL, ENOSPC or EDQUOT, or an I/O error on a file system
+    with less than FULL_BELOW left (SQLite's "disk I/O error" when a WAL's shared memory cannot be sized).
+    None otherwise. SQLite's own words ("database or disk is full", "disk I/O error") named no file, and came
+    with the handler's line, as if Outlast had a bug."""
+    full = io = False
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        code = getattr(err, "sqlite_errorcode", None) if isinstance(err, sqlite3.Error) else None
+        if code is not None:
+            full |= code & 0xFF == sqlite3.SQLITE_FULL
+            io |= code & 0xFF == sqlite3.SQLITE_IOERR
+        elif isinstance(err, OSError):
+            full |= err.errno in (errno.ENOSPC, errno.EDQUOT)
+            io |= err.errno == errno.EIO
+        err = err.__cause__ or err.__context__  # a KbError raised "from None" still has its context
+    free = free_bytes(Path(path).parent)
+    if not (full or (io and free is not None and free < FULL_BELOW)):
+        return None
+    left = f" ({size(free)} left)" if free is not None else ""
+    return f"{what}: its disk is full{left}; free some space there"
 
 
 def output_dir(ctx: OperationContext) -> Path:

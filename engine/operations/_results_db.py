@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import create_private
-from ._common import output_dir
+from ._common import disk_full, output_dir
 
 
 def db_path(ctx: Any, output: str | None, prefix: str, root: str) -> str:
@@ -51,6 +51,11 @@ def check_kind(
         finally:
             con.close()
     except sqlite3.Error as e:
+        if disk_full(e, name, p):
+            # Read only to be told its kind: SQLite could not size its WAL's shared memory. Writing it fails the
+            # same way (the operation says so in one line, and a resume checks its kind again): refused here,
+            # the run (which checks its params again) failed as "InvalidInput: ... (at attempt.py:NNN)".
+            return value
         raise ValueError(f"{name} {value!r} cannot be read as SQLite: {e}") from None
     found = meta.get("kind")
     # An old database of this kind: its tables all among ``legacy``, and its meta saying its root if it has one

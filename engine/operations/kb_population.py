@@ -22,13 +22,22 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..registry import operation
 from ..text import clean, stored_name
-from ._common import DIR_FLAGS, SQLITE_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
+from ._common import (
+    DIR_FLAGS,
+    SQLITE_MAGIC,
+    NotFollowed,
+    check_output_file,
+    disk_full,
+    existing_dir,
+    output_dir,
+    parent_of,
+)
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
-from .knowledge import KB_FILE, drop_documents, index_chunks, open_kb, sha256_text
+from .knowledge import KB_FILE, KbError, drop_documents, index_chunks, open_kb, sha256_text
 
 BATCH = 64
 """Documents parsed and committed in one transaction (a resume redoes at most one batch)."""
@@ -263,8 +272,18 @@ def unstored_name(name: str) -> str:
 
 @operation("kb_population", params=KbPopulationParams, description="documents into a searchable knowledge base")
 async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
-    """Read every document under ``source`` into the knowledge base; the result says what changed."""
+    """Read every document under ``source`` into the knowledge base; the result says what changed. A full disk
+    under the knowledge base fails the operation in one line naming it (resume it once there is room)."""
     db = kb_path(ctx, p.kb)
+    try:
+        return await _populate(ctx, p, db)
+    except (sqlite3.Error, OSError, KbError) as e:
+        if (line := disk_full(e, f"kb {db!r} cannot be written", db)) is None:
+            raise
+        raise OperationFailed(line) from None
+
+
+async def _populate(ctx: OperationContext, p: KbPopulationParams, db: str) -> dict:
     ctx.progress(step="listing documents")
     con = await asyncio.to_thread(open_kb, db)
     try:

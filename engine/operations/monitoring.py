@@ -23,10 +23,10 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import create_private
 from ..registry import operation
-from ._common import SQLITE_MAGIC, check_output_file, output_dir
+from ._common import SQLITE_MAGIC, check_output_file, disk_full, output_dir
 from ._results_db import check_kind, create_tables
 
 SCHEMA = """
@@ -216,8 +216,18 @@ async def _wait_until(ctx: OperationContext, when: float) -> bool:
 
 @operation("monitoring_collection", params=MonitoringParams, description="sample system metrics into SQLite")
 async def monitor(ctx: OperationContext, p: MonitoringParams) -> dict:
-    """Take the samples not yet stored, one every interval; the result summarises each metric."""
+    """Take the samples not yet stored, one every interval; the result summarises each metric. A full disk
+    under the database fails the operation in one line naming it (resume it once there is room)."""
     db = str(Path(p.output).expanduser().resolve()) if p.output else str(output_dir(ctx) / f"monitor-{ctx.id}.sqlite")
+    try:
+        return await _monitor(ctx, p, db)
+    except (sqlite3.Error, OSError) as e:
+        if (line := disk_full(e, f"output {db!r} cannot be written", db)) is None:
+            raise
+        raise OperationFailed(line) from None
+
+
+async def _monitor(ctx: OperationContext, p: MonitoringParams, db: str) -> dict:
     con = await asyncio.to_thread(_open, db)
     try:
         total = p.samples
