@@ -32,7 +32,8 @@ def new_operation(
 ) -> Operation:
     """The queued operation ``spec`` asks for, not stored yet; InvalidInput (one line) when the spec, its
     type or its params are refused. ``context``: what the type's params may check beyond themselves (the
-    local store's state dir: ``params_context``)."""
+    local store's state dir: ``params_context``); ``timeout_limit`` is added to it: (seconds, "timeout" or
+    "max_timeout"), the longest the operation may run and the setting that says so."""
     if isinstance(spec, OperationSpec):  # checked again, as a copy: a spec changed after it was built
         spec = spec.model_dump(warnings=False)  # (a field set, its params dict edited) skipped its checks
     try:
@@ -46,8 +47,11 @@ def new_operation(
             raise
         raise InvalidInput(f"operation spec: {one_line(e)}") from None
     handler = get_handler(spec.type)
-    params = handler.parse_params(spec.params, context)
     profile = settings.profile(spec.type).merged(spec.profile)
+    # and the longest it may run (its fixed timeout, else its max_timeout): a run that cannot fit in it
+    # (load_testing's duration) is refused here, not stopped as timed out when it gets there
+    limit = {"timeout_limit": (spec.timeout, "timeout") if spec.timeout else (profile.max_timeout, "max_timeout")}
+    params = handler.parse_params(spec.params, {**(context or {}), **limit})
     if spec.total_items is None and handler.estimated_items is not None:
         spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
     now = time.time()

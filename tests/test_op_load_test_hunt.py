@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from engine import Engine, OperationSpec, Status
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params
+from tests.fixtures_ops import bad_params, submit
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -123,3 +124,25 @@ async def test_interim_responses_without_end_are_a_protocol_error(engine: Engine
     """Each 1xx response was read a frame deeper: the error kind was "RecursionError"."""
     r = await _run(engine, url=endless_interim, requests=3, timeout=5)
     assert r["requests"] == 3 and r["errors"] == {"protocol": 3}, r
+
+
+def test_a_duration_longer_than_the_operation_may_run_is_refused_at_submit(cli: Cli) -> None:
+    """Accepted, a 7-hour run was stopped as timed out at load_testing's max_timeout (6 h), hours in."""
+    base = {"url": "http://127.0.0.1:9/", "slice_seconds": 10}
+    limit = "max_timeout of 21600s (6h00m)"
+    bad_params(
+        cli,
+        "load_testing",
+        {**base, "duration": 25200},
+        f"duration 25200s (7h00m) does not fit in the operation's {limit}",
+    )
+    bad_params(cli, "load_testing", {**base, "duration": 21595}, limit)  # its last request's timeout after it: past
+    r = cli("run", "load_testing", "--timeout", "50", "--params-json", json.dumps({**base, "duration": 100}))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "the operation's timeout of 50s" in r.stderr, r.stderr
+
+
+def test_a_duration_the_operation_may_run_is_accepted(cli: Cli) -> None:
+    base = {"url": "http://127.0.0.1:9/", "slice_seconds": 10}
+    submit(cli, "load_testing", {**base, "duration": 21590})
+    submit(cli, "load_testing", {**base, "duration": 25200}, "max_timeout=30000")
+    submit(cli, "load_testing", {**base, "duration": 25200, "requests": 10})  # requests may end it long before

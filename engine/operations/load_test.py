@@ -35,6 +35,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext
+from ..humanize import duration as human_duration
 from ..registry import operation
 
 MAX_HEADER_BYTES = 64 << 10
@@ -92,14 +93,29 @@ class LoadTestParams(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _bounded(self) -> LoadTestParams:
+    def _bounded(self, info: ValidationInfo) -> LoadTestParams:
         if self.slices > MAX_SLICES:
             raise ValueError(f"duration / slice_seconds is {self.slices} slices: at most {MAX_SLICES}")
+        # At submit, the longest the operation may run (validation context): a run that cannot fit in it was
+        # accepted, then stopped as timed out. Not with ``requests``, which may end it well before its duration.
+        found = info.context.get("timeout_limit") if isinstance(info.context, dict) else None
+        if found is not None and self.requests is None and self.duration + self.timeout > found[0]:
+            limit, key = found
+            raise ValueError(
+                f"duration {_seconds(self.duration)} does not fit in the operation's {key} of {_seconds(limit)}, a"
+                f" request's timeout ({self.timeout:g}s) after it included: shorten it, or raise {key}"
+            )
         return self
 
     @property
     def slices(self) -> int:
         return max(1, math.ceil(self.duration / self.slice_seconds - 1e-9))
+
+
+def _seconds(value: float) -> str:
+    """``25200s (7h00m)``; ``50s`` alone when that is all the longer form says."""
+    raw, human = f"{value:g}s", human_duration(value)
+    return raw if human == raw else f"{raw} ({human})"
 
 
 def _host_port(url: str) -> tuple[str, int]:
