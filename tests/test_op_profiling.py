@@ -124,3 +124,44 @@ async def test_a_pause_kills_the_running_program_and_a_resume_runs_it_again(engi
     final = await engine.wait(op.id, timeout=60)
     assert final.status is Status.COMPLETED, final.error
     assert final.result["runs"] == 2 and final.result["exit_codes"] == [0]
+
+
+async def test_an_output_another_profiling_is_writing_is_refused(engine: Engine, tmp_path: Path) -> None:
+    """Two operations given one output directory replaced each other's run files while both ran, and each
+    merged the other's runs into its profile. The second is refused while the first runs; the first's profile
+    is its program's alone."""
+    gate = tmp_path / "gate"
+    first = tmp_path / "first.py"
+    first.write_text(
+        f"import os, time\n\ndef first_program():\n    while not os.path.exists({str(gate)!r}):\n"
+        "        time.sleep(0.02)\n\nfirst_program()\n"
+    )
+    second = tmp_path / "second.py"
+    second.write_text("def second_program():\n    return 1\n\nsecond_program()\n")
+    out = tmp_path / "profiles"
+    a = await engine.submit(
+        OperationSpec(
+            type="performance_profiling", params={"script": str(first), "sampler": "none", "output": str(out)}
+        )
+    )
+    await until(lambda: engine.child_pids().get(a.id), timeout=30)
+    b = await engine.submit(
+        OperationSpec(
+            type="performance_profiling", params={"script": str(second), "sampler": "none", "output": str(out)}
+        )
+    )
+    refused = await engine.wait(b.id, timeout=30)
+    assert refused.status is Status.FAILED, (refused.status, refused.result)
+    assert f"output {str(out)!r} is being written by another operation" in (refused.error or ""), refused.error
+    gate.touch()
+    done = await engine.wait(a.id, timeout=60)
+    assert done.status is Status.COMPLETED, done.error
+    names = {row["function"] for row in done.result["top"]}
+    assert any("first_program" in n for n in names) and not any("second_program" in n for n in names), names
+    # Once it is over, the directory is the profiles' again: another operation writes there
+    again = await engine.submit(
+        OperationSpec(
+            type="performance_profiling", params={"script": str(second), "sampler": "none", "output": str(out)}
+        )
+    )
+    assert (await engine.wait(again.id, timeout=60)).status is Status.COMPLETED

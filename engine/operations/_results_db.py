@@ -152,11 +152,12 @@ async def pending_items(ctx: Any, con: sqlite3.Connection, db: str, keys: list[s
 
 
 @contextlib.contextmanager
-def exclusive(db: str, check: Any = None) -> Any:
+def exclusive(db: str, check: Any = None, output: str | None = None) -> Any:
     """Hold ``db`` for one operation, created if new (an advisory lock on the file, released when the
     operation ends or its process dies): two operations writing one database at once each dropped at its
     end the rows the other had stored. ``check(db)`` validates it again at run time (a ValueError): the
     path may have become a symlink to another program's database since the operation was submitted.
+    ``output``: what a refusal for being held names, when ``db`` stands for it (a file locked for a directory).
 
     Opened without blocking and checked to be a regular file: a FIFO put in its place hung the run."""
     try:
@@ -173,7 +174,7 @@ def exclusive(db: str, check: Any = None) -> Any:
             busy = True
         if busy:  # raised here, not in the except: its context (EAGAIN) would read as the machine running short
             raise ValueError(
-                f"output {db!r} is being written by another operation: wait for it or choose another output"
+                f"output {output or db!r} is being written by another operation: wait for it or choose another output"
             )
         if check is not None:
             check(db)

@@ -31,6 +31,7 @@ from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
 from ._common import check_output_dir, env_vars, optional_dir, output_dir, program_args, python_executable, split_args
+from ._results_db import exclusive
 from ._runs import RunTimedOut, wait_or_stop
 
 Func = tuple[str, int, str]
@@ -251,11 +252,18 @@ async def _run(ctx: OperationContext, argv: list[str], p: ProfileParams, log: Pa
 
 @operation("performance_profiling", params=ProfileParams, description="profile a Python program (cProfile, py-spy)")
 async def profile_program(ctx: OperationContext, p: ProfileParams) -> dict[str, Any]:
-    """Run the program ``runs`` times under cProfile (and py-spy), one item each; merge and report."""
+    """Run the program ``runs`` times under cProfile (and py-spy), one item each; merge and report. One
+    operation at a time writes an output directory: another one given it while it runs is refused."""
     out = Path(p.output) if p.output else output_dir(ctx) / f"profile-{ctx.id}"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     check_profile_dir(str(out))  # again at run time: files may have come since the operation was submitted
-    (out / MARK).touch(mode=0o600)
+    # Held while it runs (a lock on its mark): two operations given one output replaced each other's run-K
+    # files as they went, and each merged the other's runs into its profile. The second is refused.
+    with exclusive(str(out / MARK), output=str(out)):
+        return await _profile_into(ctx, p, out)
+
+
+async def _profile_into(ctx: OperationContext, p: ProfileParams, out: Path) -> dict[str, Any]:
     target = ["-m", p.module] if p.module else [str(p.script)]
     name = " ".join([p.module or Path(str(p.script)).name, *p.args])
     spy = py_spy() if p.sampler != "none" else None
