@@ -17,7 +17,7 @@ import pytest
 
 from engine import Engine, InvalidInput, Operation, OperationSpec, Status
 from engine.registry import get_handler
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import Cli, CliAt
 from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
 
 COUNT = 24
@@ -242,3 +242,30 @@ def test_a_table_that_cannot_record_migrations_is_said_as_the_table(cli: Cli, tm
     con.close()
     params = {"directory": str(mig), "database": str(db), "table": "documents"}
     bad_params(cli, "migration_operation", params, "params: table 'documents' in ")
+
+
+def test_a_migration_added_out_of_order_is_refused_naming_it(cli: Cli, tmp_path: Path) -> None:
+    """A file added later whose name sorts before migrations already applied (from a branch merged late) was
+    applied silently after them. It is refused, at submit and at run time, naming it and the applied one."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_a.sql").write_text("CREATE TABLE a (v TEXT);")
+    (mig / "3_c.sql").write_text("CREATE TABLE c (v TEXT);")
+    params = {"directory": str(mig), "database": str(db)}
+    code, rec, err = run_json(cli, "run", "migration_operation", "--params-json", json.dumps(params))
+    assert code == 0 and rec["result"]["applied"] == ["1_a.sql", "3_c.sql"], (rec, err)
+    op_id = submit(cli, "migration_operation", params)  # nothing to apply yet: accepted
+    (mig / "2_b.sql").write_text("CREATE TABLE b (v TEXT);")
+    said = "migration 2_b.sql is not applied yet and sorts before 3_c.sql, which is: it would run out of order"
+    bad_params(CliAt(tmp_path / "other"), "migration_operation", params, said)
+    r = cli("worker", "--exit-when-idle", timeout=60)
+    assert r.returncode == 0, r.stderr
+    op = cli.op(op_id)
+    assert op.status is Status.FAILED and said in (op.error or ""), (op.status, op.error)
+    con = sqlite3.connect(db)
+    assert [n for (n,) in con.execute("SELECT name FROM schema_migrations ORDER BY 1")] == ["1_a.sql", "3_c.sql"]
+    assert con.execute("SELECT 1 FROM sqlite_master WHERE name='b'").fetchone() is None
+    con.close()
+    (mig / "2_b.sql").rename(mig / "4_b.sql")  # as the refusal asks
+    code, rec, err = run_json(cli, "run", "migration_operation", "--params-json", json.dumps(params))
+    assert code == 0 and rec["result"]["applied"] == ["4_b.sql"], (rec, err)

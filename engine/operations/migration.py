@@ -6,9 +6,12 @@ it in the migrations table (name, sha256 checksum, applied_at, operation id) is 
 transaction: a migration is applied and recorded together or not at all. The table, not the checkpoint, says
 what is applied, so a run killed at any point (even between a commit and the checkpoint) resumes at the next
 unapplied migration and never applies one twice. A migration already applied whose file has changed since is
-refused before anything runs (one line naming it); so is a file that controls transactions itself (BEGIN,
-COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee, and a ``*.sql`` entry that is not a regular
-file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A
+refused before anything runs (one line naming it); so is a migration added out of order (a file not applied yet
+whose name sorts before one already applied, say from a branch merged late): applied now, it would run after
+migrations written to come after it, and this database would differ from one migrated in order. Rename it to
+sort after the last applied migration (the refusal names both). So is a file that controls transactions itself
+(BEGIN, COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee, and a ``*.sql`` entry that is not a
+regular file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A
 migration writes its database only: ATTACH and VACUUM INTO (which would write other files) are refused by an
 SQLite authorizer.
 
@@ -93,7 +96,9 @@ class MigrationParams(BaseModel):
         """Every file is fit to run, and no applied migration has changed since: refused before anything runs.
         A check of the whole params, not of ``directory``: its errors name their own file, table or database
         (a table without the recording columns was said as 'directory: table ...')."""
-        check_unchanged(load_migrations(Path(self.directory)), read_applied(self.database, self.table))
+        migrations, applied = load_migrations(Path(self.directory)), read_applied(self.database, self.table)
+        check_unchanged(migrations, applied)
+        check_in_order(migrations, applied)
         return self
 
 
@@ -239,6 +244,19 @@ def check_unchanged(migrations: list[Migration], applied: dict[str, str]) -> Non
             )
 
 
+def check_in_order(migrations: list[Migration], applied: dict[str, str]) -> None:
+    """No migration is pending whose name sorts before an applied one's: it was applied silently, out of order."""
+    if not applied:
+        return
+    last = max(applied, key=_natural)
+    for m in migrations:
+        if m.name not in applied and _natural(m.name) < _natural(last):
+            raise ValueError(
+                f"migration {m.name} is not applied yet and sorts before {last}, which is: it would run out of"
+                f" order; rename it to sort after {last}"
+            )
+
+
 def _no_other_files(action: int, *_args: object) -> int:
     """SQLite authorizer: ATTACH (and VACUUM INTO, which attaches) would write files other than the database."""
     return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
@@ -361,7 +379,8 @@ async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
     stopping = lambda: ctx.cancelled or db.forced.is_set()  # noqa: E731
     try:
         applied = await db.call(_prepare, p.table, stopping)
-        check_unchanged(migrations, applied)  # again: a file may have changed since the submit
+        check_unchanged(migrations, applied)  # again: a file may have changed (or come) since the submit
+        check_in_order(migrations, applied)
         pending = [m for m in migrations if m.name not in applied]
         ctx.progress(total=len(migrations), step="migrating")
         ctx.progress(done=len(migrations) - len(pending))
