@@ -133,31 +133,6 @@ class CommandParams(BaseModel):
         return self
 
 
-async def _last_words(
-    output: OutputLines, parser: _Parser, tail: collections.deque[str], ctx: OperationContext, lines: int
-) -> int:
-    """What a stopped command wrote before it was killed (read for DRAIN seconds at most): its output lines
-    into the log, its last ``::outlast checkpoint`` into the state the stop's checkpoint saves; no progress
-    (a progress call raises the stop). The count of output lines after them."""
-    if output.drain is None:
-        output.drain = time.monotonic() + DRAIN
-    while raw := await output.next():
-        if len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r"):
-            continue  # a piece of a longer line: no directive, and the log has had its like
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        m = _DIRECTIVE.match(line)
-        if m:
-            data = parser.feed(line) if m.group(1) == "checkpoint" else None
-            if data is not None:
-                ctx.state["checkpoint"] = data
-                ctx.state["lines"] = lines
-        elif raw[-1:] != b"\r":
-            tail.append(line)
-            ctx.log.info(line)
-            lines += 1
-    return lines
-
-
 def _field_error(field: str, msg: str, value: object) -> ValidationError:
     """An error of one field, raised where several fields are checked together (a model validator's own
     has no field: "value: ...")."""
@@ -231,6 +206,68 @@ class _Parser:
             self.ctx.progress(round(value * 10), total=1000)
 
 
+class _Lines:
+    """What the command's output does, one read at a time (a line, or a LINE_MAX piece of a longer one): its
+    lines go into the log and the tail and count, its progress lines report progress, its ``::outlast``
+    directives are followed (not logged). The main loop and the drain after a stop read it the same way."""
+
+    def __init__(self, ctx: OperationContext, parser: _Parser, tail: collections.deque[str], lines: int) -> None:
+        self.ctx, self.parser, self.tail = ctx, parser, tail
+        self.lines = lines
+        """Output lines so far (not ::outlast ones), as of the checkpoint resumed from."""
+        self.long_directive = False
+        """Within the pieces of a directive line longer than LINE_MAX."""
+
+    def take(self, raw: bytes, live: bool = True) -> dict | None:
+        """Follow ``raw``; the payload of the checkpoint it asks for (kept in the state, with the line count,
+        for the caller to save), else None.
+
+        ``live`` false for the drain, what a stopped command wrote before it was killed: no progress (a
+        progress call raises the stop; a progress line read with the stop raised it, and the checkpoint line
+        after it in the same read was dropped: the resume did that step again), and a piece of a longer line
+        is passed over (no directive, and the log has had its like)."""
+        ctx = self.ctx
+        cut = len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r")  # a piece: the line goes on
+        if not live:
+            if cut:
+                return None
+        elif self.long_directive:
+            self.long_directive = cut
+            return None
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        directive = _DIRECTIVE.match(line)
+        if directive and cut:
+            # Its first piece was "invalid JSON" (it was valid: cut), its other pieces lines of the log.
+            ctx.log.warning(
+                f"{line[:40]}... ignored: the line is longer than {LINE_MAX >> 20} MiB, the most a line "
+                "of output may be (save in a checkpoint what a resume needs to go on, not the results)"
+            )
+            self.long_directive = True
+            return None
+        if directive and not live and directive.group(1) != "checkpoint":
+            return None  # progress, step, message: a progress call would raise the stop
+        if raw[-1:] == b"\r" and not directive:
+            # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
+            # and it is a sign of life, but only the state a newline leaves is a line of the log.
+            if live:
+                self.parser.feed(line)
+                ctx.progress(lines=self.lines)
+            return None
+        if not directive:  # ::outlast directives are protocol, not output: not in the log or the tail
+            self.tail.append(line)
+            ctx.log.info(line)
+        data = self.parser.feed(line) if live or directive else None
+        if data is not None:
+            ctx.state["checkpoint"] = data
+            ctx.state["lines"] = self.lines
+            return data
+        if not directive:
+            self.lines += 1
+            if live:
+                ctx.progress(lines=self.lines)  # a sign of life: output restarts the stall clock
+        return None
+
+
 def _number(text: str | None) -> int | None:
     """``text`` as a count of items (0 to MAX_COUNT), or None."""
     try:
@@ -293,19 +330,20 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     tail: collections.deque[str] = collections.deque(maxlen=p.tail)
     # Output lines (not ::outlast ones) as of the checkpoint resumed from: a resumed run counts what an
     # uninterrupted one does.
-    lines = ctx.state.get("lines", 0) if ctx.resuming else 0
+    out = _Lines(ctx, parser, tail, ctx.state.get("lines", 0) if ctx.resuming else 0)
     assert proc.stdout is not None
     output = OutputLines(proc.stdout, ctx, lambda: proc.returncode is not None, lambda: _kill_group(proc.pid))
-    long_directive = False  # within the pieces of a directive line longer than LINE_MAX
     unsaved: dict | None = None  # the last ::outlast checkpoint read, until it is written
     try:
         while True:
             if ctx.cancelled:
-                # A stop was asked for: the group is killed at once, then what it wrote before is read, for
-                # its last ::outlast checkpoint. A progress line read with it raised the stop, and the
-                # checkpoint line after it in the same read was dropped: the resume did that step again.
+                # A stop was asked for: the group is killed at once, then what it wrote before is read (for
+                # DRAIN seconds at most), for its last ::outlast checkpoint, saved by the stop's checkpoint.
                 _kill_group(proc.pid)
-                lines = await _last_words(output, parser, tail, ctx, lines)
+                if output.drain is None:
+                    output.drain = time.monotonic() + DRAIN
+                while raw := await output.next():
+                    out.take(raw, live=False)
                 break
             if unsaved is not None and not output.lines:
                 # One durable write per read of output, not per line: a command that checkpoints each quick
@@ -325,36 +363,9 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 continue
             if not raw:
                 break
-            cut = len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r")  # a piece: the line goes on
-            if long_directive:
-                long_directive = cut
-                continue
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            protocol = _DIRECTIVE.match(line) is not None
-            if protocol and cut:
-                # Its first piece was "invalid JSON" (it was valid: cut), its other pieces lines of the log.
-                ctx.log.warning(
-                    f"{line[:40]}... ignored: the line is longer than {LINE_MAX >> 20} MiB, the most a line "
-                    "of output may be (save in a checkpoint what a resume needs to go on, not the results)"
-                )
-                long_directive = True
-                continue
-            if raw[-1:] == b"\r" and not protocol:
-                # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
-                # and it is a sign of life, but only the state a newline leaves is a line of the log.
-                parser.feed(line)
-                ctx.progress(lines=lines)
-                continue
-            if not protocol:  # ::outlast directives are protocol, not output: not in the log or the tail
-                tail.append(line)
-                ctx.log.info(line)
-            data = parser.feed(line)
+            data = out.take(raw)
             if data is not None:
-                ctx.state["checkpoint"] = unsaved = data
-                ctx.state["lines"] = lines
-            elif not protocol:
-                lines += 1
-                ctx.progress(lines=lines)  # a sign of life: output restarts the stall clock
+                unsaved = data
         if ctx.cancelled:
             _kill_group(proc.pid)
         elif output.held_open:
@@ -380,7 +391,7 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
         # It succeeded: its work is done, whatever its last progress line said ("completed at 500/1000").
         ctx.log.info(f"exited 0 with its last progress at {ctx.done}/{ctx.total}: counted as all done")
         ctx.progress(ctx.total)
-    return {"exit_code": code, "lines": lines, "checkpoint": ctx.state.get("checkpoint")}
+    return {"exit_code": code, "lines": out.lines, "checkpoint": ctx.state.get("checkpoint")}
 
 
 async def _start(
