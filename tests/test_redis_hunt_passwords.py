@@ -6,6 +6,7 @@ printed twice, the URL "redacted" with it in clear) or, after an '@', as the hos
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from engine import open_store
 from engine.config import redact_url
 from engine.models import InvalidInput
 from tests.fixtures_cli import main_here
+from tests.fixtures_redis import RedisServer
 
 URLS = [
     "redis://:Zq7k#Xv9@127.0.0.1:1/0",
@@ -45,3 +47,21 @@ def test_a_query_value_with_an_at_sign_is_not_taken_for_a_password() -> None:
     url = "redis://127.0.0.1:1/0?client_name=ops@team"
     assert redact_url(url) == url
     open_store(url, checkpoint_mirror=None)  # not refused (not opened either)
+
+
+@pytest.mark.redis
+def test_an_acl_user_in_the_store_url_is_the_one_redis_is_logged_into(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """``redis://USER:PASSWORD@...`` logs in as USER (Redis 6 ACLs), not as the default user with USER's
+    password; the URL shown keeps the user and hides the password."""
+    server = redis_factory(password="default-only")
+    server.client().execute_command("ACL", "SETUSER", "alice", "on", ">Zq7kXv9", "~*", "&*", "+@all")
+    env = {**os.environ, "OUTLAST_STATE_DIR": str(tmp_path / "state")}
+    env.pop("OUTLAST_STORE", None)
+    url = f"redis://alice:Zq7kXv9@127.0.0.1:{server.port}/0"
+    r = main_here(["--store", url, "run", "demo", "-p", "items=2", "-p", "seconds=0"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"redis://alice:***@127.0.0.1:{server.port}/0" in r.stderr + r.stdout and "Zq7k" not in r.stderr + r.stdout
+    r = main_here(["--store", f"redis://:Zq7kXv9@127.0.0.1:{server.port}/0", "ls"], env=env)  # as the default user
+    assert r.returncode != 0 and "authentication failed" in r.stderr, r.stderr
