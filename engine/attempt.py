@@ -31,6 +31,7 @@ from typing import Any, NoReturn, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
+from .errors import InvalidInput
 from .files import private_dir
 from .lifecycle import CANCEL_WINS, StopReason
 from .models import (
@@ -180,7 +181,9 @@ class Attempt:
             await settle(host, op, Status.INTERRUPTED, message=f"interrupted: {e}")
             return None
         except Exception as e:
-            error = format_exception(e)
+            # Params checked again as the attempt starts (a root deleted since the submit, a FIFO made at an
+            # output's path): the check's own line, as at submit, not "InvalidInput: ... (at attempt.py:159)".
+            error = clean(str(e)) if isinstance(e, InvalidInput) else format_exception(e)
             if ran_short(e) is not None and not host.closing:
                 # Importing the handler or reading the checkpoint found no file descriptor (or thread) left:
                 # a worker that started more than ``ulimit -n`` allows. The handler never ran.

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..context import OperationFailed
 from ..files import create_private
 from ._common import disk_full, output_dir
 
@@ -159,25 +160,30 @@ def exclusive(db: str, check: Any = None, output: str | None = None) -> Any:
     path may have become a symlink to another program's database since the operation was submitted.
     ``output``: what a refusal for being held names, when ``db`` stands for it (a file locked for a directory).
 
-    Opened without blocking and checked to be a regular file: a FIFO put in its place hung the run."""
+    Opened without blocking and checked to be a regular file: a FIFO put in its place hung the run.
+    Each refusal fails the operation with its message alone (OperationFailed): it is the user's to act on,
+    not a bug of Outlast's ("ValueError: ... (at _results_db.py:146)" read as one)."""
     try:
         fd = os.open(db, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise ValueError(f"output {db!r} cannot be opened: {e.strerror or e}") from None
+        raise OperationFailed(f"output {db!r} cannot be opened: {e.strerror or e}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"output {db!r} is not a regular file")
+            raise OperationFailed(f"output {db!r} is not a regular file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = False
         except BlockingIOError:
             busy = True
         if busy:  # raised here, not in the except: its context (EAGAIN) would read as the machine running short
-            raise ValueError(
+            raise OperationFailed(
                 f"output {output or db!r} is being written by another operation: wait for it or choose another output"
             )
         if check is not None:
-            check(db)
+            try:
+                check(db)
+            except ValueError as e:
+                raise OperationFailed(str(e)) from None
         yield
     finally:
         os.close(fd)

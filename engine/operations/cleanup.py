@@ -50,7 +50,7 @@ from typing import Any
 from pathspec import GitIgnoreSpec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import private_opener
 from ..models import TERMINAL, Operation
 from ..paths import DETACHED
@@ -473,7 +473,7 @@ async def _list_operations(ctx: OperationContext, state: Path) -> list[Operation
             await store.close()
     records = await asyncio.to_thread(quick_list, state, None, None, -1)
     if records is None:
-        raise RuntimeError(
+        raise OperationFailed(
             f"state dir {state}: its store cannot be read without changing it (an operation left running by a"
             f" process that is gone?): run `outlast --state-dir {state} ls` once, then this again; nothing removed"
         )
@@ -532,7 +532,7 @@ async def _cutoff(ctx: OperationContext, p: CleanupParams) -> float:
         seq = ctx.checkpoint_seq
         await ctx.checkpoint(next_step="listing")
         if ctx.checkpoint_seq == seq and not p.dry_run:
-            raise RuntimeError(
+            raise OperationFailed(
                 "the age cutoff could not be checkpointed (the store refused the write): nothing removed,"
                 " since a resume could select other files; resume it once the store can be written"
             )
@@ -549,19 +549,19 @@ async def cleanup(ctx: OperationContext, p: CleanupParams) -> dict:
             if base.resolve().is_relative_to(d.resolve()) and not base.resolve().is_relative_to(
                 d.resolve() / "outputs"
             ):
-                raise ValueError(
+                raise OperationFailed(
                     f"root {p.root} is inside Outlast's own directory {d} (its store, logs, locks or"
                     " checkpoints): not cleaned by a root; retention_days cleans old outputs and logs"
                 )
     elif not _holds_store(base):  # checked at validation for a state_dir given; again here (it may have gone)
-        raise ValueError(
+        raise OperationFailed(
             f"state dir {base} holds no Outlast store ({DB_NAME}): retention reads there which operations"
             " ended, and has nothing to read (a Redis store's operations are not read here); nothing removed"
         )
     manifest = Path(p.manifest).expanduser().resolve() if p.manifest else output_dir(ctx) / f"cleanup-{ctx.id}.jsonl"
     for d in own:  # a new run starts by removing the manifest: never one of the store's (an empty WAL, a lock)
         if manifest.is_relative_to(d.resolve()) and not manifest.is_relative_to(d.resolve() / "outputs"):
-            raise ValueError(f"manifest {p.manifest} is among Outlast's own files in {d}: give one outside it")
+            raise OperationFailed(f"manifest {p.manifest} is among Outlast's own files in {d}: give one outside it")
     cutoff = await _cutoff(ctx, p)
     if not ctx.resuming and ctx.attempt == 1:
         # A new operation starts a new manifest. A later attempt keeps it even without a checkpoint: a

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
@@ -587,13 +587,14 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
     return summary
 
 
-class TestsFailed(Exception):
-    """A suite with failing tests, under fail_on_test_failure: the operation ends failed, resumable."""
+class TestsFailed(OperationFailed):
+    """A suite with failing tests, under fail_on_test_failure: the operation ends failed, resumable. Its
+    error is the counts alone: "TestsFailed: ... (at test_suite.py:586)" read as a bug of Outlast's."""
 
     __test__ = False
 
 
-class TestsNotRun(Exception):
+class TestsNotRun(OperationFailed):
     """Tests left without an outcome by pytest itself (not by -x or max_failures): the operation fails."""
 
     __test__ = False
