@@ -73,6 +73,40 @@ def abridged(text: str, limit: int, rest: str = "") -> str:
     return f"{text[:limit]}… ({len(text):,} characters{rest})"
 
 
+def abridged_result(result: Any, limit: int, rest: str = "", dump: Any = None) -> str:
+    """A result in about ``limit`` characters (``dump``: its JSON text). An object too long keeps every key:
+    its longest values are shortened first (``[… 10 items]``, ``{… 3 keys}``, a text's head), so what is
+    short is shown wherever it comes: a scan's ``reports`` or a profile's files came after a list of
+    findings or functions, and were cut off the line that ended the run."""
+    dump = dump or dumps
+    text = dump(result)
+    if len(text) <= limit or not isinstance(result, dict) or not result:
+        return abridged(text, limit, rest)
+    parts = {key: dump(value) for key, value in json.loads(dump(result)).items()}
+    names = {key: dump(key) for key in parts}
+
+    def length() -> int:
+        return sum(len(names[k]) + len(v) + 4 for k, v in parts.items())
+
+    shortened: set[str] = set()
+    while length() > limit:
+        key = max((k for k in parts if k not in shortened), key=lambda k: len(parts[k]), default=None)
+        if key is None:
+            break
+        shortened.add(key)
+        value = json.loads(parts[key])
+        if isinstance(value, list):
+            parts[key] = f"[… {len(value):,} items]"
+        elif isinstance(value, dict):
+            parts[key] = f"{{… {len(value):,} keys}}"
+        elif len(parts[key]) > 40:
+            parts[key] = parts[key][:40] + "…"
+    body = "{" + ", ".join(f"{names[k]}: {v}" for k, v in parts.items()) + "}"
+    if len(body) > limit:
+        body = body[:limit] + "…"
+    return f"{body} ({len(text):,} characters{rest})"
+
+
 def progress_line(op: Operation, now: float | None = None) -> str:
     """One line per progress report, for logs and pipes."""
     p = op.progress
@@ -265,7 +299,9 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         rows.append(("error", op.error))
     if op.result is not None:
         whole = f"; {prefix} show {op.id} --json has all"
-        rows.append(("result", abridged(json.dumps(op.result, sort_keys=True), RESULT_CHARS, whole)))
+        rows.append(
+            ("result", abridged_result(op.result, RESULT_CHARS, whole, lambda v: json.dumps(v, sort_keys=True)))
+        )
     if checkpoints:
         newest = checkpoints[0]
         rows.append(("checkpoints", f"{len(checkpoints)}, newest #{newest.seq} at {newest.processed_items} items"))

@@ -204,7 +204,7 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
         detail = detail.removeprefix(status).removeprefix(" by user").lstrip(":; ")
         if op.status is Status.COMPLETED and op.result is not None:
             whole = f"; {prefix} show {op.id} --json has all"
-            line += f"; result {fmt.abridged(fmt.dumps(op.result), fmt.RESULT_CHARS, whole)}"
+            line += f"; result {fmt.abridged_result(op.result, fmt.RESULT_CHARS, whole)}"
         elif detail:
             line += f" ({detail})"
         fmt.echo(line)
