@@ -73,6 +73,12 @@ def abridged(text: str, limit: int, rest: str = "") -> str:
     return f"{text[:limit]}… ({len(text):,} characters{rest})"
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, an ellipsis saying when some were left out (a table's last
+    column: "run any command; progress and checkpoints from its" read as the whole description)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def abridged_result(result: Any, limit: int, rest: str = "", dump: Any = None) -> str:
     """A result in about ``limit`` characters (``dump``: its JSON text). An object too long keeps every key:
     its longest values are shortened first (``[… 10 items]``, ``{… 3 keys}``, a text's head), so what is
@@ -247,7 +253,7 @@ def ls_table(ops: Sequence[LsRow]) -> str:
             op.priority,
             ago(op.created_at, now),
             *([op.worker] if workers else []),
-            op.note[:60],
+            clipped(op.note, 60),
         ]
         for op in ops
     ]

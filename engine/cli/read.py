@@ -308,7 +308,7 @@ def types(app: App) -> int:
                 fmt.duration(p["progress_report_interval"]),
                 str(p["failure_threshold"]),
                 fmt.duration(p["stall_timeout"]),
-                t["description"][:50],
+                fmt.clipped(t["description"], 80),
             ]
         )
     headers = ["TYPE", "HANDLER", "BASE", "PER ITEM", "MAX", "CHECKPOINT", "REPORT", "FAILURES", "STALL", "DESCRIPTION"]

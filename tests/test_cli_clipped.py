@@ -1,0 +1,27 @@
+"""A table's last column cut to fit says so: `outlast types` showed "run any command; progress and
+checkpoints from its" as the command type's description, and `ls` an error's first 60 characters as its
+note, with nothing saying there was more."""
+
+from __future__ import annotations
+
+from engine.cli import format as fmt
+from engine.lifecycle import Status
+from tests.fixtures_cli import Cli
+
+
+def test_types_shows_the_built_in_descriptions_whole(cli: Cli) -> None:
+    r = cli("types")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("command "))
+    assert line.endswith("run any command; progress and checkpoints from its output"), line
+
+
+def test_a_note_cut_to_fit_ends_with_an_ellipsis() -> None:
+    error = "output 'projects/of/someone/with-a-rather-long-name/index.sqlite' is being written by another operation"
+    row = fmt.LsRow(
+        id="06bk9v8gewxq4", handle=9, status=Status.FAILED, type="code_analysis", name=None, done=0,
+        total=None, percent=None, priority="normal", created_at=None, note=error,
+    )  # fmt: skip
+    line = fmt.ls_table([row]).splitlines()[1]
+    assert line.endswith("output 'projects/of/someone/with-a-rather-long-name/index.s…"), line
+    assert fmt.clipped("short", 60) == "short"
