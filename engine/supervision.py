@@ -110,6 +110,8 @@ class Watch:
         ctx = self.ctx
         self.total_seen = ctx.total
         self.effective_timeout = self.op.timeout or ctx.profile.effective_timeout(ctx.total)
+        self.timeout_basis = FIXED if self.op.timeout else ctx.profile.basis(ctx.total)
+        """How ``effective_timeout`` was computed, for the same total."""
         self.deadline = self.started + self.effective_timeout
         self.live_dirty = True
 
@@ -121,7 +123,7 @@ class Watch:
             self.set_deadline()
         return {
             "effective_timeout": self.effective_timeout,
-            "timeout_basis": (FIXED if self.op.timeout else self.ctx.profile.basis(self.ctx.total)),
+            "timeout_basis": self.timeout_basis,
         }
 
     def progress(self, now: float) -> Progress:
@@ -148,7 +150,7 @@ class Watch:
             "progress": self.progress(now).model_dump(mode="json"),
             "deadline": time.time() + (self.deadline - now),
             "effective_timeout": self.effective_timeout,
-            "timeout_basis": (FIXED if self.op.timeout else self.ctx.profile.basis(self.ctx.total)),
+            "timeout_basis": self.timeout_basis,
             "extensions": self.extensions,
             "total_items": self.ctx.total,
         }
@@ -159,6 +161,9 @@ class Watch:
             "progress": self.progress(now),
             "deadline": time.time() + (self.deadline - now),
             "effective_timeout": self.effective_timeout,
+            # With the timeout it explains: the dashboard showed "43m20s = ... + 1s x 0 items = 600s" (the
+            # basis of the submit, from the store) until the clock's next write of the record.
+            "timeout_basis": self.timeout_basis,
             "total_items": self.ctx.total,
         }
 
