@@ -41,7 +41,7 @@ KEY_ACTIONS: dict[str, KeyAction] = {
     "detail": KeyAction(
         "Show detail", "The selected operation's detail: step, timeout and why, failures", needs_op=True
     ),
-    "filter": KeyAction("Filter operations", "Show only operations whose id, name, type or status match"),
+    "filter": KeyAction("Filter operations", "Show only operations whose id, name, type, status or priority match"),
     "sort": KeyAction("Sort operations", "Cycle the sort: status, created, priority, progress, name, type"),
     "logs": KeyAction("Focus logs", "The logs pane, following live (a: one operation / all)"),
     "checkpoints": KeyAction(
