@@ -105,7 +105,8 @@ def remove_refusal(op: Operation | None) -> str | None:
 
 def remove_question(op: Operation) -> tuple[str, str]:
     """The question asked before removing ``op`` (naming it), and what goes with it."""
-    question = f"Remove {op.label} ({op.id}, {op.type}, {op.status.value})?"
+    kind = "" if op.label == op.type else f"{op.type}, "  # unnamed: its label is its type, said once
+    question = f"Remove {op.label} ({op.id}, {kind}{op.status.value})?"
     lost = "Its record, checkpoints and logs are deleted from the store; files it wrote stay."
     if op.status in (Status.PAUSED, Status.INTERRUPTED):
         lost += " It can no longer be resumed."
