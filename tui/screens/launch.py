@@ -564,6 +564,8 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 [(str(_choice_value(c)), _choice_value(c)) for c in f.choices],
                 value=default,
                 allow_blank=default is Select.NULL or f.nullable,
+                # As the text fields say it (security_scan's fail_on read "Select").
+                prompt="required" if f.required else "none",
                 compact=True,
                 id=wid,
                 classes="field-control",
