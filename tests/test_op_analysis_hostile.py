@@ -83,6 +83,8 @@ async def _first_attempt_fails_after_a_batch(
     modname, fn_name, _names = OPS.get(op_type) or ("security_scan", "_scan_batch", ())
     mod = importlib.import_module(f"engine.operations.{modname}")
     monkeypatch.setattr(mod, "BATCH", 4)
+    if hasattr(mod, "THREAD_BATCH"):  # security_scan's batches in the engine's own thread
+        monkeypatch.setattr(mod, "THREAD_BATCH", 4)
     real = getattr(mod, fn_name)
     calls = []
 
