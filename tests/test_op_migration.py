@@ -19,6 +19,7 @@ from engine import Engine, InvalidInput, Operation, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, CliAt
 from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
+from tests.test_op_error_text import said_plainly
 
 COUNT = 24
 
@@ -262,6 +263,7 @@ def test_a_migration_added_out_of_order_is_refused_naming_it(cli: Cli, tmp_path:
     assert r.returncode == 0, r.stderr
     op = cli.op(op_id)
     assert op.status is Status.FAILED and said in (op.error or ""), (op.status, op.error)
+    assert said_plainly(op.error), op.error
     con = sqlite3.connect(db)
     assert [n for (n,) in con.execute("SELECT name FROM schema_migrations ORDER BY 1")] == ["1_a.sql", "3_c.sql"]
     assert con.execute("SELECT 1 FROM sqlite_master WHERE name='b'").fetchone() is None
