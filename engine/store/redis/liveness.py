@@ -127,6 +127,27 @@ class LivenessMixin(RecoveryMixin):
             await self._write_back(op, prior)
         return orphans
 
+    async def left_orphaned(self) -> list[str]:
+        """Operations interrupted when found orphaned and left so since (``orphaned_epoch`` is still their
+        epoch): what an engine that runs the queue resumes. The engine that finds an orphan here queues it
+        again at once, in a second write after the one that marks it interrupted: one killed between the
+        two (a worker, an ``outlast ls``) left it interrupted, and no worker ever resumed it."""
+        key = self.keys.status(Status.INTERRUPTED.value)
+        ids = [m.decode() for m in await self.link.call(lambda c: c.zrange(key, 0, -1), "listing interrupted")]
+        out: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+
+            async def epochs(c: Any, chunk: list[str] = chunk) -> list[list[bytes | None]]:
+                pipe = c.pipeline(transaction=False)
+                for i in chunk:
+                    pipe.hmget(self.keys.op(i), ["orphaned_epoch", "epoch"])
+                return list(await pipe.execute())
+
+            rows = await self.link.call(epochs, "listing interrupted operations left orphaned")
+            out += [i for i, (was, now) in zip(chunk, rows, strict=True) if was is not None and was == now]
+        return out
+
     async def _requeue(self) -> None:
         """Queue again the queued operations no queue holds (REQUEUE), said once per round that finds any."""
         n = await self._script("REQUEUE", [], [self.keys.prefix, repr(time.time())], "queueing lost entries again")

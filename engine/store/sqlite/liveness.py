@@ -78,8 +78,8 @@ class LivenessMixin(SqliteCore):
     async def left_orphaned(self) -> list[str]:
         """Operations interrupted when found orphaned and left so since (``Operation.orphaned_epoch`` is still
         their epoch): what a queue-running engine with ``auto_resume`` resumes. Another engine (``outlast ls``,
-        a ``watch``) often finds an orphan first and runs no queue; a Redis store queues every orphan again
-        as it is found, so has no such method."""
+        a ``watch``) often finds an orphan first and runs no queue. (A Redis store queues every orphan again
+        as it is found; its ``left_orphaned`` finds those an engine killed in between left.)"""
 
         def do() -> list[str]:
             rows = self._db.execute(
