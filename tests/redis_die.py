@@ -1,7 +1,9 @@
 """A plugin for the Redis kill tests: the process SIGKILLs itself as its OUTLAST_TEST_REDIS_DIE_AT-th request
 to Redis starts (OUTLAST_TEST_REDIS_DIE_WHEN=before: requests 1 .. N-1 were answered, N never sent), or right
 after it returns (=after: Redis applied it, the process never acted on the reply). With OUTLAST_TEST_REDIS_DIE_TRACE
-every request is appended to that file, ``N KIND NAME`` one a line (and ``killed WHEN N`` before the kill).
+every request is appended to that file, ``N KIND NAME`` one a line (and ``killed WHEN N`` before the kill). With
+OUTLAST_TEST_REDIS_DIE_NAME (a name as the trace shows it: ``EVALSHA:WRITE``, ``HMGET``), N counts only the requests
+of that name: ``AT=1 NAME=EVALSHA:WRITE WHEN=after`` kills right after the first WRITE script returns.
 
 A request is one command (``Redis.execute_command``), one pipeline (``Pipeline.execute``, all its commands), one
 script call (``AsyncScript.__call__``: its EVALSHA, and on NOSCRIPT its SCRIPT LOAD and EVALSHA again), or one command
@@ -26,11 +28,16 @@ import redis.commands.core as commands
 
 AT = int(os.environ.get("OUTLAST_TEST_REDIS_DIE_AT", "0"))
 WHEN = os.environ.get("OUTLAST_TEST_REDIS_DIE_WHEN", "before")
+NAME = os.environ.get("OUTLAST_TEST_REDIS_DIE_NAME", "")
 TRACE = os.environ.get("OUTLAST_TEST_REDIS_DIE_TRACE", "")
 if WHEN not in ("before", "after"):
     raise ValueError(f"OUTLAST_TEST_REDIS_DIE_WHEN={WHEN!r}: expected before or after")
 
 _count = [0]
+_named = [0]
+"""Requests named NAME so far."""
+_target = [0 if NAME else AT]
+"""The number of the request to kill at (with NAME: known once the AT-th of that name starts)."""
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("redis_die_inside", default=False)
 _pending: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """Connections a counted command was sent on directly, whose reply is not read yet: their request's number."""
@@ -50,13 +57,17 @@ def _start(kind: str, name: str) -> int:
     n = _count[0]
     if _trace is not None:
         _trace.write(f"{n} {kind} {name}\n")
-    if n == AT and WHEN == "before":
+    if NAME and name == NAME:
+        _named[0] += 1
+        if _named[0] == AT:
+            _target[0] = n
+    if n == _target[0] and WHEN == "before":
         _die("before", n)
     return n
 
 
 def _end(n: int) -> None:
-    if n == AT and WHEN == "after":
+    if n == _target[0] and WHEN == "after":
         _die("after", n)
 
 
@@ -110,7 +121,7 @@ async def script_call(self: Any, keys: Any = None, args: Any = None, client: Any
     """A script run through redis-py (EVALSHA, and on NOSCRIPT its SCRIPT LOAD and EVALSHA again): one request."""
     if _inside.get():
         return await _script_call(self, keys, args, client)
-    n = _start("script", _script_name(self.sha.encode() if isinstance(self.sha, str) else self.sha))
+    n = _start("script", "EVALSHA:" + _script_name(self.sha.encode() if isinstance(self.sha, str) else self.sha))
     token = _inside.set(True)
     try:
         return await _script_call(self, keys, args, client)

@@ -23,9 +23,11 @@ and nothing of the checkpoint it left; the record is completed with the uninterr
 with the record (only in ``st:completed``, in no queue, no lease left, its handle naming it) and ``outlast ls`` lists
 it completed.
 
-By default a seeded sample of the points (about SAMPLE_SECONDS of wall time; the seed is random unless
-OUTLAST_FAULT_SEED is set, and is printed with a failure); OUTLAST_SOAK=1 tries every point and prints the figures
-(with -s).
+By default a seeded sample: the pinned points (``pinned``) and random ones among a process's first GUESS requests,
+for about SAMPLE_SECONDS of wall time per scenario, without a reference run (the seed is random unless
+OUTLAST_FAULT_SEED is set, and is printed with a failure). OUTLAST_SOAK=1 counts the requests of an uninterrupted
+run of each scenario, tries every point (each request, before and after) and prints the figures (with -s);
+OUTLAST_FAULT_POINTS replays the points a failure names.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
 SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.SystemRandom().randrange(2**32))
-ONLY = [tuple(p.split(":")) for p in os.environ.get("OUTLAST_FAULT_POINTS", "").split(",") if p]
-"""``role:when:n,...``: only these points (a failure's replay), e.g. ``recover:after:10``."""
+ONLY = [p for p in os.environ.get("OUTLAST_FAULT_POINTS", "").split(",") if p]
+"""``role:when:n[:name],...``: only these points (a failure's replay), e.g. ``recover:after:10`` or
+``recover:after:1:EVALSHA:WRITE``."""
+GUESS = 40
+"""The sample's points are among the first GUESS requests of a process (a run makes 40 to 50)."""
 SAMPLE_SECONDS = 15 / 5
-"""Wall time of each scenario's sampled kill points by default (five scenarios: about 15 s, the references apart;
-the first point of each is always tried)."""
+"""Wall time of each scenario's sampled kill points by default (five scenarios: about 15 s); the pinned points and
+the first sampled one are always tried."""
 LEASE_TTL = 1.0
 LEDGER_ITEMS = 120
 EVERY = 10
@@ -220,25 +225,55 @@ def killed_at(base: Path) -> str:
     return "?"
 
 
-Point = tuple[str, str, int]
-"""(role, before or after, request number) of a kill."""
+Point = tuple[str, str, int, str]
+"""(role, before or after, N, name) of a kill: as the N-th request of the process of that role (of that name, if
+one is given: ``EVALSHA:WRITE``) starts or returns."""
 
 
-def one_point(
-    case: Case, scenario: str, point: Point, prelude: Point | None, base: Path, figures: Figures
-) -> list[str]:
-    """Kill the process of role ``point[0]`` at ``point``, and before it the one of ``prelude``'s role at ``prelude``
-    (a recovery scenario), then drive the operation to its end; the problems found."""
+def kill_env(point: Point) -> dict[str, str]:
+    _role, when, at, name = point
+    return {
+        "OUTLAST_TEST_REDIS_DIE_AT": str(at),
+        "OUTLAST_TEST_REDIS_DIE_WHEN": when,
+        "OUTLAST_TEST_REDIS_DIE_NAME": name,
+    }
+
+
+def prelude_of(scenario: str) -> Point | None:
+    """In a recovery scenario, where the process before the recovering one is killed: after its third checkpoint."""
+    if scenario == "run-resume":
+        return ("run", "after", 3, "EVALSHA:SAVE_CHECKPOINT")
+    if scenario == "worker-recover":
+        return ("worker", "after", 3, "EVALSHA:SAVE_CHECKPOINT")
+    return None
+
+
+def point_roles(scenario: str) -> list[str]:
+    """The processes killed at every point (the others' are the run and worker scenarios')."""
+    return {"run": ["run"], "worker": ["submit", "worker"]}.get(scenario) or [stages(scenario, Path())[-1][0]]
+
+
+def pinned(scenario: str) -> list[Point]:
+    """Points always tried: in a recovery scenario, right after the recovering process marked the orphan
+    interrupted (its first WRITE), before it queued it again."""
+    if prelude_of(scenario) is None:
+        return []
+    return [(point_roles(scenario)[0], "after", 1, "EVALSHA:WRITE")]
+
+
+def one_point(case: Case, scenario: str, point: Point, base: Path, figures: Figures) -> list[str]:
+    """Kill the process of role ``point[0]`` at ``point`` (in a recovery scenario, the one before it at its prelude
+    first), then drive the operation to its end; the problems found."""
+    prelude = prelude_of(scenario)
     ns = base.name
     kills: list[dict[str, Any]] = []
     for role, args_of in stages(scenario, base):
-        kill = point[1:] if role == point[0] else prelude[1:] if prelude is not None and role == prelude[0] else None
+        kill = point if role == point[0] else prelude if prelude is not None and role == prelude[0] else None
         op, _done = case.stored(ns)
         wait_for_lease(case, ns, op)
         args = args_of(op)
         log_before = _lines(base / "items.log")
-        env = {"OUTLAST_TEST_REDIS_DIE_AT": str(kill[1]), "OUTLAST_TEST_REDIS_DIE_WHEN": kill[0]} if kill else None
-        code = case.outlast(ns, base, args, env)
+        code = case.outlast(ns, base, args, kill_env(kill) if kill else None)
         if code == -9:
             op, done = case.stored(ns)
             kills.append({"from": log_before, "at": _lines(base / "items.log"), "done": done, "what": killed_at(base)})
@@ -254,7 +289,7 @@ def one_point(
         figures.not_reached += 1
     else:
         figures.killed += 1
-    where = kills[-1]["what"] if kills else f"(not reached: {' '.join(map(str, point))})"
+    where = kills[-1]["what"] if kills else f"(not reached: {' '.join(map(str, point)).strip()})"
     for _ in range(STEPS):
         op, _done = case.stored(ns)
         if op is not None and op.status is Status.COMPLETED:
@@ -359,44 +394,28 @@ def traced(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def reference(case: Case, scenario: str, figures: Figures) -> tuple[dict[str, int], Point | None, list[Point]]:
-    """The requests each process of an uninterrupted run makes; for a recovery scenario the prelude (the process
-    before the recovering one, killed after its third checkpoint) and the points always tried: right after the
-    recovering process marked the orphan interrupted (its first WRITE), before it queued it again."""
+def reference(case: Case, scenario: str, figures: Figures) -> dict[str, int]:
+    """The requests each process of an uninterrupted run makes (in a recovery scenario, of the recovering one
+    after its prelude)."""
+    base = case.tmp / "reference"
+    base.mkdir()
     counts: dict[str, int] = {}
-    prelude = None
-    pinned: list[Point] = []
-    for run in ("reference", "reference-recover") if scenario.endswith(("resume", "recover")) else ("reference",):
-        base = case.tmp / run
-        base.mkdir()
-        todo = stages(scenario, base)
-        if run == "reference":
-            todo = todo[:2] if scenario.startswith("worker") else todo[:1]
-        for role, args_of in todo:
-            op, _ = case.stored(base.name)
-            wait_for_lease(case, base.name, op)
-            before = len(traced(base / "requests.trace"))
-            kill = None
-            if prelude is not None and role == prelude[0]:
-                kill = {"OUTLAST_TEST_REDIS_DIE_AT": str(prelude[2]), "OUTLAST_TEST_REDIS_DIE_WHEN": prelude[1]}
-            code = case.outlast(base.name, base, args_of(op), kill)
-            assert code == (-9 if kill else 0), _tail(base / "outlast.out")
-            mine = [ln for ln in traced(base / "requests.trace")[before:] if ln[:1].isdigit()]
-            if kill is None:
-                counts[role] = len(mine)
-                figures.traced.update(" ".join(ln.split()[1:3]) for ln in mine)
-                writes = [int(ln.split()[0]) for ln in mine if ln.endswith(":WRITE")]
-                if run == "reference-recover" and writes:
-                    pinned.append((role, "after", writes[0]))
-            if run == "reference" and role == todo[-1][0] and scenario.endswith(("resume", "recover")):
-                saves = [int(ln.split()[0]) for ln in mine if ln.endswith(":SAVE_CHECKPOINT")]
-                prelude = (role, "after", saves[2])
+    prelude = prelude_of(scenario)
+    for role, args_of in stages(scenario, base):
         op, _ = case.stored(base.name)
-        assert op is not None and op.status is Status.COMPLETED and op.result == {"sum": sum(range(LEDGER_ITEMS))}
-        assert not indexes(case, base.name, op), indexes(case, base.name, op)
-    if scenario != "worker":  # only the last process's points: the others' are the run and worker scenarios'
-        counts = {role: n for role, n in counts.items() if role == stages(scenario, case.tmp)[-1][0]}
-    return counts, prelude, pinned
+        wait_for_lease(case, base.name, op)
+        before = len(traced(base / "requests.trace"))
+        kill = prelude if prelude is not None and role == prelude[0] else None
+        code = case.outlast(base.name, base, args_of(op), kill_env(kill) if kill else None)
+        assert code == (-9 if kill else 0), _tail(base / "outlast.out")
+        mine = [ln for ln in traced(base / "requests.trace")[before:] if ln[:1].isdigit()]
+        if kill is None:
+            counts[role] = len(mine)
+            figures.traced.update(" ".join(ln.split()[1:3]) for ln in mine)
+    op, _ = case.stored(base.name)
+    assert op is not None and op.status is Status.COMPLETED and op.result == {"sum": sum(range(LEDGER_ITEMS))}
+    assert not indexes(case, base.name, op), indexes(case, base.name, op)
+    return {role: n for role, n in counts.items() if role in point_roles(scenario)}
 
 
 @pytest.mark.timeout(0 if SOAK else 300)
@@ -410,29 +429,35 @@ def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
 ) -> None:
     case = Case(redis_server, tmp_path)
     figures = Figures(scenario)
-    counts, prelude, pinned = reference(case, scenario, figures)
-    # Every request of each process, killed before it and after it; one past the last (most runs do not get
-    # there: a run's renewals vary a little with timing).
-    points = [(role, when, n) for role, total in counts.items() for n in range(1, total + 2) for when in WHEN]
     rnd = random.Random(f"{SEED}-{scenario}")
-    if ONLY:
-        points = [p for p in points if (p[0], p[1], str(p[2])) in ONLY]
-    elif not SOAK:
-        rnd.shuffle(points)
-        points = pinned + [p for p in points if p not in pinned]
+    counts: dict[str, int] = {}
+    if SOAK or ONLY:
+        # Every request of each process, killed before it and after it; one past the last (most runs do not get
+        # there: a run's renewals vary a little with timing).
+        counts = reference(case, scenario, figures)
+        points = [(role, when, n, "") for role, total in counts.items() for n in range(1, total + 2) for when in WHEN]
+        points = pinned(scenario) + points
+        if ONLY:
+            points = [p for p in points if ":".join(map(str, p)).rstrip(":") in ONLY]
+    else:  # no reference run (its seconds are the sample's): a point past a run's last request is not reached
+        roles = point_roles(scenario)
+        points = pinned(scenario) + [
+            (rnd.choice(roles), rnd.choice(WHEN), rnd.randint(1, GUESS), "") for _ in range(50)
+        ]
     start = time.monotonic()
-    for k, (role, when, at) in enumerate(points):
-        if not (SOAK or ONLY) and k > len(pinned) and time.monotonic() - start > SAMPLE_SECONDS:
+    for k, point in enumerate(points):
+        if not (SOAK or ONLY) and k >= max(1, len(pinned(scenario))) and time.monotonic() - start > SAMPLE_SECONDS:
             break
-        base = tmp_path / f"p{k:04d}-{role}-{when}-{at}"
+        role, when, at, name = point
+        base = tmp_path / f"p{k:04d}-{role}-{when}-{at}{'-' + name.split(':')[-1] if name else ''}"
         base.mkdir()
         try:
-            problems = one_point(case, scenario, (role, when, at), prelude, base, figures)
+            problems = one_point(case, scenario, point, base, figures)
         except Exception as exc:  # an unreadable store, a hang: this point's problem, not the end of the loop
             problems = [f"{type(exc).__name__}: {exc}"]
         figures.points += 1
         if problems:
-            figures.failures.append(f"{role} {when} {at} ({base}): " + "; ".join(problems))
+            figures.failures.append(f"{' '.join(map(str, point)).strip()} ({base}): " + "; ".join(problems))
             if SOAK:
                 with capsys.disabled():
                     print(f"\nFAILED {figures.failures[-1]}", flush=True)
