@@ -7,7 +7,7 @@ at a random moment (test_fault_kill, test_fault_redis_zombie) rarely lands betwe
 millisecond of each other, and the local store's kill test at every statement found at once a bug random kills had
 missed for weeks.
 
-Five scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 makes its absence a failure):
+Six scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 makes its absence a failure):
 
 - ``run``: ``outlast --store redis://... run ledger`` killed at N, then ``resume`` (``run`` again when the submit was
   never stored) until completed;
@@ -16,7 +16,9 @@ Five scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 
   fleet of workers would;
 - ``run-resume`` and ``worker-recover``: the same killed mid-run (after its third checkpoint), then the ``resume``
   (or the worker) that recovers the orphan killed at N: marking it interrupted, queueing it again, resuming;
-- ``worker-retry``: the ledger's first attempt fails transiently (a retry after a backoff), the worker killed at N.
+- ``worker-retry``: the ledger's first attempt fails transiently (a retry after a backoff), the worker killed at N;
+- ``submit-again``: ``outlast submit --idempotency-key`` killed at N, then submitted again with the same key (as
+  anyone not knowing whether the first landed would), then workers: still one operation, run once.
 
 What must hold after each: the ledger lost no item; a kill repeated at most one checkpoint interval (``EVERY`` items)
 and nothing of the checkpoint it left; the record is completed with the uninterrupted result; the indexes agree
@@ -61,8 +63,8 @@ ONLY = [p for p in os.environ.get("OUTLAST_FAULT_POINTS", "").split(",") if p]
 ``recover:after:1:EVALSHA:WRITE``."""
 GUESS = 40
 """The sample's points are among the first GUESS requests of a process (a run makes 40 to 50)."""
-SAMPLE_SECONDS = 15 / 5
-"""Wall time of each scenario's sampled kill points by default (five scenarios: about 15 s); the pinned points and
+SAMPLE_SECONDS = 15 / 6
+"""Wall time of each scenario's sampled kill points by default (six scenarios: about 15 s); the pinned points and
 the first sampled one are always tried."""
 LEASE_TTL = 1.0
 LEDGER_ITEMS = 120
@@ -179,6 +181,8 @@ def stages(scenario: str, base: Path) -> list[Stage]:
     killed at a fixed point mid-run (the prelude) and the last one recovers the orphan it left."""
     ledger = ledger_params(base, retry=scenario == "worker-retry")
     out: list[Stage]
+    if scenario == "submit-again":
+        ledger = [*ledger, "--idempotency-key", "the-ledger"]
     if scenario.startswith("run"):
         out = [("run", lambda op: ["run", *ledger])]
     else:
@@ -250,7 +254,8 @@ def prelude_of(scenario: str) -> Point | None:
 
 def point_roles(scenario: str) -> list[str]:
     """The processes killed at every point (the others' are the run and worker scenarios')."""
-    return {"run": ["run"], "worker": ["submit", "worker"]}.get(scenario) or [stages(scenario, Path())[-1][0]]
+    named = {"run": ["run"], "worker": ["submit", "worker"], "submit-again": ["submit"]}
+    return named.get(scenario) or [stages(scenario, Path())[-1][0]]
 
 
 def pinned(scenario: str) -> list[Point]:
@@ -290,6 +295,11 @@ def one_point(case: Case, scenario: str, point: Point, base: Path, figures: Figu
     else:
         figures.killed += 1
     where = kills[-1]["what"] if kills else f"(not reached: {' '.join(map(str, point)).strip()})"
+    if scenario == "submit-again":  # not knowing whether its submit landed, the user submits again (same key)
+        args = stages(scenario, base)[0][1](None)
+        code = case.outlast(ns, base, args)
+        if code != 0:
+            return [f"killed {where}: the submit again exited {code}: {_tail(base / 'outlast.out')}"]
     for _ in range(STEPS):
         op, _done = case.stored(ns)
         if op is not None and op.status is Status.COMPLETED:
@@ -419,7 +429,7 @@ def reference(case: Case, scenario: str, figures: Figures) -> dict[str, int]:
 
 
 @pytest.mark.timeout(0 if SOAK else 300)
-@pytest.mark.parametrize("scenario", ["run", "worker", "run-resume", "worker-recover", "worker-retry"])
+@pytest.mark.parametrize("scenario", ["run", "worker", "run-resume", "worker-recover", "worker-retry", "submit-again"])
 def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
     scenario: str,
     redis_server: RedisServer,
