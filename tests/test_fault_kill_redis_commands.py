@@ -7,7 +7,7 @@ at a random moment (test_fault_kill, test_fault_redis_zombie) rarely lands betwe
 millisecond of each other, and the local store's kill test at every statement found at once a bug random kills had
 missed for weeks.
 
-Six scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 makes its absence a failure):
+Seven scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 makes its absence a failure):
 
 - ``run``: ``outlast --store redis://... run ledger`` killed at N, then ``resume`` (``run`` again when the submit was
   never stored) until completed;
@@ -18,7 +18,9 @@ Six scenarios, on a real redis-server (fixtures_redis; OUTLAST_REQUIRE_REDIS=1 m
   (or the worker) that recovers the orphan killed at N: marking it interrupted, queueing it again, resuming;
 - ``worker-retry``: the ledger's first attempt fails transiently (a retry after a backoff), the worker killed at N;
 - ``submit-again``: ``outlast submit --idempotency-key`` killed at N, then submitted again with the same key (as
-  anyone not knowing whether the first landed would), then workers: still one operation, run once.
+  anyone not knowing whether the first landed would), then workers: still one operation, run once;
+- ``worker-mirror``: ``worker`` with a checkpoint mirror (records and checkpoints also written to files, after Redis
+  took them), the worker killed at N.
 
 What must hold after each: the ledger lost no item; a kill repeated at most one checkpoint interval (``EVERY`` items)
 and nothing of the checkpoint it left; the record is completed with the uninterrupted result; the indexes agree
@@ -64,8 +66,8 @@ ONLY = [p for p in os.environ.get("OUTLAST_FAULT_POINTS", "").split(",") if p]
 ``recover:after:1:EVALSHA:WRITE``."""
 GUESS = 40
 """The sample's points are among the first GUESS requests of a process (a run makes 40 to 50)."""
-SAMPLE_SECONDS = 15 / 6
-"""Wall time of each scenario's sampled kill points by default (six scenarios: about 15 s); the pinned points and
+SAMPLE_SECONDS = 15 / 7
+"""Wall time of each scenario's sampled kill points by default (seven scenarios: about 15 s); the pinned points and
 the first sampled one are always tried."""
 LEASE_TTL = 1.0
 LEDGER_ITEMS = 120
@@ -255,7 +257,7 @@ def prelude_of(scenario: str) -> Point | None:
 
 def point_roles(scenario: str) -> list[str]:
     """The processes killed at every point (the others' are the run and worker scenarios')."""
-    named = {"run": ["run"], "worker": ["submit", "worker"], "submit-again": ["submit"]}
+    named = {"run": ["run"], "worker": ["submit", "worker"], "worker-mirror": ["worker"], "submit-again": ["submit"]}
     return named.get(scenario) or [stages(scenario, Path())[-1][0]]
 
 
@@ -430,7 +432,9 @@ def reference(case: Case, scenario: str, figures: Figures) -> dict[str, int]:
 
 
 @pytest.mark.timeout(0 if SOAK else 300)
-@pytest.mark.parametrize("scenario", ["run", "worker", "run-resume", "worker-recover", "worker-retry", "submit-again"])
+@pytest.mark.parametrize(
+    "scenario", ["run", "worker", "run-resume", "worker-recover", "worker-retry", "submit-again", "worker-mirror"]
+)
 def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
     scenario: str,
     redis_server: RedisServer,
@@ -439,6 +443,8 @@ def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     case = Case(redis_server, tmp_path)
+    if scenario == "worker-mirror":  # records and checkpoints also written to files, after Redis took them
+        case.env["OUTLAST_CHECKPOINT_MIRROR"] = str(tmp_path / "mirror")
     figures = Figures(scenario)
     rnd = random.Random(f"{SEED}-{scenario}")
     counts: dict[str, int] = {}
