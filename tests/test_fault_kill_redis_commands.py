@@ -27,11 +27,11 @@ and nothing of the checkpoint it left; the record is completed with the uninterr
 with the record (only in ``st:completed``, in no queue, no lease left, its handle naming it) and ``outlast ls`` lists
 it completed.
 
-By default a seeded sample: the pinned points (``pinned``) and random ones among a process's first GUESS requests,
-for about SAMPLE_SECONDS of wall time per scenario, without a reference run (the seed is random unless
-OUTLAST_FAULT_SEED is set, and is printed with a failure). OUTLAST_SOAK=1 counts the requests of an uninterrupted
-run of each scenario, tries every point (each request, before and after) and prints the figures (with -s);
-OUTLAST_FAULT_POINTS replays the points a failure names.
+By default a seeded sample: about three scenarios (``sampled``; the others are skipped), their pinned points
+(``pinned``) and random ones among a process's first GUESS requests, for about SAMPLE_SECONDS of wall time per
+scenario, without a reference run (the seed is random unless OUTLAST_FAULT_SEED is set, and is printed with a
+failure). OUTLAST_SOAK=1 counts the requests of an uninterrupted run of each scenario, tries every point (each
+request, before and after) and prints the figures (with -s); OUTLAST_FAULT_POINTS replays the points a failure names.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ ONLY = [p for p in os.environ.get("OUTLAST_FAULT_POINTS", "").split(",") if p]
 ``recover:after:1:EVALSHA:WRITE``."""
 GUESS = 40
 """The sample's points are among the first GUESS requests of a process (a run makes 40 to 50)."""
-SAMPLE_SECONDS = 15 / 7
-"""Wall time of each scenario's sampled kill points by default (seven scenarios: about 15 s); the pinned points and
-the first sampled one are always tried."""
+SAMPLE_SECONDS = 15 / 3
+"""Wall time of each scenario's sampled kill points by default (three scenarios of the seven on average, ``sampled``:
+about 15 s); the pinned points and the first sampled one are always tried."""
 LEASE_TTL = 1.0
 LEDGER_ITEMS = 120
 EVERY = 10
@@ -431,10 +431,17 @@ def reference(case: Case, scenario: str, figures: Figures) -> dict[str, int]:
     return {role: n for role, n in counts.items() if role in point_roles(scenario)}
 
 
+SCENARIOS = ["run", "worker", "run-resume", "worker-recover", "worker-retry", "submit-again", "worker-mirror"]
+
+
+def sampled(scenario: str) -> bool:
+    """Whether a default run tries the scenario: the one a bug was found in (its pinned point) always, each other
+    one with odds of 1 in 3 (by the seed: under xdist each process has its own): three of the seven on average."""
+    return scenario == "worker-recover" or random.Random(f"{SEED}-{scenario}-sampled").random() < 1 / 3
+
+
 @pytest.mark.timeout(0 if SOAK else 300)
-@pytest.mark.parametrize(
-    "scenario", ["run", "worker", "run-resume", "worker-recover", "worker-retry", "submit-again", "worker-mirror"]
-)
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
     scenario: str,
     redis_server: RedisServer,
@@ -442,6 +449,8 @@ def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
     state_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    if not (SOAK or ONLY or sampled(scenario)):
+        pytest.skip(f"not in the sample of seed {SEED} (OUTLAST_SOAK=1 tries every scenario)")
     case = Case(redis_server, tmp_path)
     if scenario == "worker-mirror":  # records and checkpoints also written to files, after Redis took them
         case.env["OUTLAST_CHECKPOINT_MIRROR"] = str(tmp_path / "mirror")
