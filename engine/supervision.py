@@ -474,43 +474,36 @@ async def recover_orphans(
     orphans = await store.find_orphans()
     asked = await store.pending_controls([op.id for op in orphans]) if orphans else {}
     for op in orphans:
+        wanted = asked.get(op.id)
+        target = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}.get(wanted or "", Status.INTERRUPTED)
+        # One write, not interrupted then paused: an engine killed between the two left it interrupted, its
+        # request gone with the first, and the next engine's auto_resume ran it on.
+        message = f"the process running it ({op.worker}) stopped"
+        if target is not Status.INTERRUPTED:
+            message = f"{target.value} as asked; the process running it ({op.worker}) had stopped"
         try:
             new = await store.transition(
                 op.id,
-                Status.INTERRUPTED,
+                target,
                 epoch=op.epoch,
                 expect=frozenset({Status.RUNNING}),
                 finished_at=time.time(),
-                status_message=f"the process running it ({op.worker}) stopped",
+                status_message=message,
                 orphaned_epoch=op.epoch,
             )
         except (Conflict, StaleAttempt):
             continue
-        log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+        if target is Status.INTERRUPTED:
+            log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
+        else:
+            log.warning("operation %s: %s, as asked while its process was gone", op.id, target.value)
         killed = await asyncio.to_thread(kill_leftovers, op.id, None)
         if killed:
             logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
             await logs.flush(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
-        publish(StatusChanged(operation_id=op.id, status=Status.INTERRUPTED, previous=Status.RUNNING))
-        if (wanted := asked.get(op.id)) is not None:
-            target = Status.CANCELLED if wanted == "cancel" else Status.PAUSED
-            try:
-                new = await store.transition(
-                    op.id,
-                    target,
-                    epoch=op.epoch,
-                    expect=frozenset({Status.INTERRUPTED}),
-                    status_message=f"{target.value} as asked; the process running it ({op.worker}) had stopped",
-                )
-            except (Conflict, StaleAttempt):
-                pass  # resumed or cancelled by someone else meanwhile: theirs stands
-            else:
-                log.warning("operation %s: %s, as asked while its process was gone", op.id, target.value)
-                publish(StatusChanged(operation_id=op.id, status=target, previous=Status.INTERRUPTED))
-                found.append(new)
-                continue
+        publish(StatusChanged(operation_id=op.id, status=target, previous=Status.RUNNING))
         found.append(new)
-        if resume is not None:
+        if resume is not None and target is Status.INTERRUPTED:
             with contextlib.suppress(Conflict):
                 await resume(op.id)
     return found

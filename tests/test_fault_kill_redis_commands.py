@@ -498,3 +498,30 @@ def test_a_kill_at_each_redis_request_is_driven_to_an_uninterrupted_result(
             print(f"\n{figures.line()} in {time.monotonic() - start:.0f}s; requests per run {counts}: {requests}")
     replay = f"replay with OUTLAST_FAULT_SEED={SEED}"
     assert not figures.failures, f"{figures.line()}\n{replay}\n" + "\n".join(figures.failures[:10])
+
+
+@pytest.mark.parametrize(("ask", "settled"), [("pause", Status.PAUSED), ("cancel", Status.CANCELLED)])
+def test_a_stop_asked_of_an_orphan_survives_a_kill_of_the_engine_recovering_it(
+    redis_server: RedisServer, tmp_path: Path, state_dir: Path, ask: str, settled: Status
+) -> None:
+    """A pause asked while the operation's worker was dead: the engine that found the orphan wrote it interrupted
+    (which drops the request), then paused. Killed between the two writes, it left the operation interrupted, and
+    the next worker resumed it and ran it to the end, the pause gone (helper's soak of this file). It is one
+    write now: whoever recovers it finds it paused, or still running with its request."""
+    asyncio.run(redis_server.up_for(int(LEASE_TTL) + 2))
+    case = Case(redis_server, tmp_path)
+    ns, base = "stop-asked", tmp_path
+    code = case.outlast(
+        ns, base, ["run", *ledger_params(base)], kill_env(("run", "after", 3, "EVALSHA:SAVE_CHECKPOINT"))
+    )
+    assert code == -9, _tail(base / "outlast.out")
+    op, _done = case.stored(ns)
+    assert op is not None and op.status is Status.RUNNING, op
+    assert case.outlast(ns, base, [ask, op.id]) == 0, _tail(base / "outlast.out")  # its request, on the record
+    wait_for_lease(case, ns, op)
+    code = case.outlast(ns, base, ["ls"], kill_env(("recover", "after", 1, "EVALSHA:WRITE")))
+    assert code == -9, _tail(base / "outlast.out")  # killed right after the recovery's first write
+    assert case.outlast(ns, base, WORKER) == 0, _tail(base / "outlast.out")
+    final, _done = case.stored(ns)
+    assert final is not None and final.status is settled, (final and final.status, _tail(base / "outlast.out"))
+    assert _lines(base / "items.log") < LEDGER_ITEMS
