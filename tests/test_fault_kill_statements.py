@@ -25,7 +25,8 @@ lands nowhere, or on a statement a slower run adds). After the kill, the work is
 ``test_fault_kill.one_round`` does (``run`` again when nothing was stored, ``worker`` for a queued record,
 ``resume`` otherwise), and ``test_fault_kill.ledger_check`` judges it: every item done, none lost, none of the
 newest checkpoint at the kill run again, at most one checkpoint interval repeated per kill, the sum right; then
-the record is completed, the store opens, and ``outlast ls`` lists it.
+the record is completed at 300 of 300 items, it is the only one stored, the store opens, ``outlast ls`` lists
+it, and no new database a killed process was building is left in the state dir.
 
 By default, a seeded sample of kill points of ``run`` and one other scenario for about BUDGET seconds (seed:
 OUTLAST_FAULT_SEED, else random; in the failure message). OUTLAST_SOAK=1: every statement of every scenario (two
@@ -369,6 +370,9 @@ def one_point(scenario: Scenario, at: int, base: Path, setup_at: int) -> tuple[R
                 r.problems.append(
                     f"completed at (done, total, failed) {progress}, not ({LEDGER_ITEMS}, {LEDGER_ITEMS}, 0)"
                 )
+            unfinished = sorted(p.name for p in r.state.iterdir() if p.name.startswith(".outlast.db.new-"))
+            if unfinished:  # a store a killed process was building, beside the one made since
+                r.problems.append(f"left in the state dir: {unfinished}")
             ids = _all_ids(r.state)
             if ids != [op.id]:
                 r.problems.append(f"operations stored: {ids} (one was submitted)")

@@ -490,10 +490,26 @@ class SqliteCore:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+            self._remove_unfinished()
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+
+    def _remove_unfinished(self) -> None:
+        """Remove the new databases (and their -wal and -shm) that processes killed while they built one left
+        beside ``outlast.db``: the cleanup above never ran in them, and nothing else looks there. Only a gone
+        process's (its pid is in the name): a live one may be building its own now."""
+        prefix = f".{self.db_path.name}.new-"
+        try:
+            names = os.listdir(self.state_dir)
+        except OSError:
+            return
+        for name in names:
+            pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.state_dir / name)
 
     async def close(self) -> None:
         self._opened = max(0, self._opened - 1)
@@ -567,6 +583,17 @@ class SqliteCore:
             return self._load(*row)
         except ValueError as e:
             raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts; so does one that cannot be asked)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _lenient_text(raw: bytes) -> str:
