@@ -41,6 +41,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -431,14 +432,16 @@ def test_sigkill_at_each_statement_on_the_store_then_resume_completes(
     tried: list[tuple[str, int, str]] = []
     failed: list[str] = []
     totals = Figures("statements")
+    adding = threading.Lock()
 
     def go(k: int, point: tuple[str, int]) -> None:
         name, at = point
         r, figures, hit = one_point(SCENARIOS[name], at, tmp_path / f"{name}-{at:04d}-{k}", setup_at)
-        tried.append((name, at, hit))
-        for f in ("kills", "lost", "repeated", "redone_after_checkpoint", "wrong"):
-            setattr(totals, f, getattr(totals, f) + getattr(figures, f))
-        totals.max_repeated_per_kill = max(totals.max_repeated_per_kill, figures.max_repeated_per_kill)
+        with adding:  # two at a time in a soak
+            tried.append((name, at, hit))
+            for f in ("kills", "lost", "repeated", "redone_after_checkpoint", "wrong"):
+                setattr(totals, f, getattr(totals, f) + getattr(figures, f))
+            totals.max_repeated_per_kill = max(totals.max_repeated_per_kill, figures.max_repeated_per_kill)
         if r.problems:
             failed.append(
                 f"{name}:{at} (killed at: {hit or 'nothing, it ended first'}; {r.base}): " + "; ".join(r.problems)
