@@ -508,8 +508,10 @@ def test_a_stop_asked_of_an_orphan_survives_a_kill_of_the_engine_recovering_it(
     (which drops the request), then paused. Killed between the two writes, it left the operation interrupted, and
     the next worker resumed it and ran it to the end, the pause gone (helper's soak of this file). It is one
     write now: whoever recovers it finds it paused, or still running with its request."""
-    asyncio.run(redis_server.up_for(int(LEASE_TTL) + 2))
+    lease = 4.0  # the pause lands while the killed run's lease holds (a loaded machine starts it in seconds)
+    asyncio.run(redis_server.up_for(int(lease) + 2))
     case = Case(redis_server, tmp_path)
+    case.url = f"{redis_server.url}?lease_ttl={lease:g}"
     ns, base = "stop-asked", tmp_path
     code = case.outlast(
         ns, base, ["run", *ledger_params(base)], kill_env(("run", "after", 3, "EVALSHA:SAVE_CHECKPOINT"))
@@ -518,7 +520,10 @@ def test_a_stop_asked_of_an_orphan_survives_a_kill_of_the_engine_recovering_it(
     op, _done = case.stored(ns)
     assert op is not None and op.status is Status.RUNNING, op
     assert case.outlast(ns, base, [ask, op.id]) == 0, _tail(base / "outlast.out")  # its request, on the record
-    wait_for_lease(case, ns, op)
+    assert case.stored(ns)[0] == op, "the run's lease ran out before the request was stored"
+    end = time.monotonic() + lease * 3
+    while case.lease_held(ns, op.id) and time.monotonic() < end:
+        time.sleep(0.05)
     code = case.outlast(ns, base, ["ls"], kill_env(("recover", "after", 1, "EVALSHA:WRITE")))
     assert code == -9, _tail(base / "outlast.out")  # killed right after the recovery's first write
     assert case.outlast(ns, base, WORKER) == 0, _tail(base / "outlast.out")
