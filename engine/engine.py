@@ -131,9 +131,9 @@ class Engine:
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)
         self._runs: dict[str, Attempt] = {}
         self._unresumable: set[str] = set()
+        """Operations left orphaned that ``recover`` could not resume (said once; ``outlast resume`` says why)."""
         self._unconfirmed: dict[str, Action] = {}
         """Stops of work this engine runs that the store did not confirm (asked again if the lease is lost)."""
-        """Operations left orphaned that ``recover`` could not resume (said once; ``outlast resume`` says why)."""
         self.health = StoreHealth(self.settings.store_outage_limit, lambda: bool(self._runs))
         """Which store writes fail, since when (said once per outage)."""
         self.log_buffer = LogBuffer(self.store, self.health, self.bus, self.settings.log_limit)

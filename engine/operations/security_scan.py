@@ -328,8 +328,8 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     workers = worker_count(len(pending))
     if workers:
         ctx.log.info(f"scanning {len(pending)} files in {workers} worker processes")
-    size = BATCH if workers else THREAD_BATCH
-    batches = [(root, pending[i : i + size], selected, p.max_file_size, known) for i in range(0, len(pending), size)]
+    n = BATCH if workers else THREAD_BATCH
+    batches = [(root, pending[i : i + n], selected, p.max_file_size, known) for i in range(0, len(pending), n)]
     # Closed as the loop is left (a stop): the workers are killed then, not when the event loop gets to it.
     async with contextlib.aclosing(in_order(_scan_batch, batches, workers, ctx=ctx)) as scanned:
         async for results in scanned:
