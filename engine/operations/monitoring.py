@@ -24,10 +24,9 @@ import psutil  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..context import OperationContext, OperationFailed
-from ..files import create_private
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, disk_full, output_dir
-from ._results_db import check_kind, create_tables
+from ._results_db import check_kind, open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -156,15 +155,7 @@ def _safe(fn: Any) -> Any:
 
 
 def _open(db: str) -> sqlite3.Connection:
-    create_private(Path(db))
-    con = sqlite3.connect(db, check_same_thread=False)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-        create_tables(con, SCHEMA, {"kind": "monitoring_collection"})
-    except BaseException:
-        con.close()
-        raise
-    return con
+    return open_db(db, SCHEMA, {"kind": "monitoring_collection"})
 
 
 def _stored_seqs(con: sqlite3.Connection, op_id: str) -> tuple[int, set[int]]:
