@@ -77,8 +77,15 @@ def _rewrite_test_modules_once(config: pytest.Config) -> None:
 # Modules whose tests run first. xdist hands tests out in collection (alphabetical) order, and these two came
 # last: a wheel built and installed, three colour-contrast checks of every theme and three real tmux sessions,
 # 8-14 s each, which ran on two or three workers after the other workers had finished (the last 10-15 s
-# of a run). Run first, they end while the short tests still flow to every worker.
-RUN_FIRST = ("test_tui_tmux.py", "test_tui_themes.py")
+# of a run). Run first, they end while the short tests still flow to every worker. So do the exact-kill tests,
+# 10-18 s each, most of it waiting on processes and leases.
+RUN_FIRST = (
+    "test_tui_tmux.py",
+    "test_tui_themes.py",
+    "test_fault_kill_statements.py",
+    "test_fault_kill_redis_commands.py",
+    "test_op_output_db_kill.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -58,7 +58,7 @@ from tests.test_fault_kill import LEDGER_ITEMS, STEPS, Figures, ledger_args, led
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
 SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or random.SystemRandom().randrange(2**32))
 POINTS = os.environ.get("OUTLAST_KILL_POINTS", "")
-BUDGET = 15.0
+BUDGET = 10.0
 """Seconds of the whole test by default: the references (``run``'s and one other scenario's), then kill points
 (three at least) until this is spent."""
 PLUGINS = ["--plugin", "tests.ops_for_tests", "--plugin", "tests.store_die"]
