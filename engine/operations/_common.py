@@ -100,44 +100,6 @@ def existing_path(value: str, name: str) -> str:
     return str(p.resolve())
 
 
-def split_args(value: Any) -> Any:
-    """``-p args='-k fast'`` from the command line is one string: split as a shell would."""
-    import shlex
-
-    return shlex.split(value) if isinstance(value, str) else value
-
-
-def program_args(value: list[str]) -> list[str]:
-    """``value`` unless an argument holds a NUL, which no program can be given (a ValueError naming it)."""
-    for i, arg in enumerate(value):
-        if "\0" in arg:
-            raise ValueError(f"args[{i}] contains a NUL character")
-    return value
-
-
-def env_vars(value: dict[str, str]) -> dict[str, str]:
-    """``value`` when each name can be a variable of a program's environment and no value holds a NUL, else
-    a ValueError naming it: stored as they were, they failed each run at its start ("embedded null byte",
-    "illegal environment variable name"), and the operation with "no run finished"."""
-    for name, v in value.items():
-        if not name or "=" in name or "\0" in name:
-            raise ValueError(f"{name!r} is not a variable name (empty, or with = or NUL in it)")
-        if "\0" in v:
-            raise ValueError(f"{name} contains a NUL character")
-    return value
-
-
-def python_executable(value: str) -> str:
-    """An interpreter by name or path, resolved on PATH, as an absolute path (the worker that runs it may
-    run in another directory), or a ValueError."""
-    import shutil
-
-    found = shutil.which(value)
-    if found is None:
-        raise ValueError(f"python {value!r} is not an executable")
-    return os.path.abspath(found)
-
-
 def optional_dir(value: str | None, name: str) -> str | None:
     return None if value is None else existing_dir(value, name)
 

@@ -30,7 +30,8 @@ from ..context import OperationContext, OperationFailed
 from ..files import private_opener, write_private
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import check_output_dir, env_vars, optional_dir, output_dir, program_args, python_executable, split_args
+from ._common import check_output_dir, optional_dir, output_dir
+from ._program import EnvVars, ProgramArgs, PythonExecutable
 from ._results_db import exclusive
 from ._runs import RunTimedOut, wait_or_stop
 
@@ -43,14 +44,14 @@ class ProfileParams(BaseModel):
 
     script: str | None = Field(default=None, description="Python file to run (this or module)")
     module: str | None = Field(default=None, description="module to run as python -m MODULE (this or script)")
-    args: list[str] = Field(default_factory=list, description="arguments given to the program")
-    python: str = Field(default=sys.executable, description="interpreter to run it with")
+    args: ProgramArgs = Field(default_factory=list, description="arguments given to the program")
+    python: PythonExecutable = Field(default=sys.executable, description="interpreter to run it with")
     cwd: str | None = Field(
         default=None,
         validate_default=True,
         description="working directory (default: the script's; for a module, the one it was submitted from)",
     )
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: EnvVars = Field(default_factory=dict, description="extra environment variables")
     runs: int = Field(default=1, ge=1, le=100, description="times to run the program; statistics are merged")
     top: int = Field(default=25, ge=1, le=1000, description="functions listed in the result")
     sort: Literal["cumulative", "tottime", "calls"] = Field(default="cumulative", description="order of the table")
@@ -80,16 +81,6 @@ class ProfileParams(BaseModel):
             raise ValueError(f"module {v!r} is not a dotted module name")
         return v
 
-    @field_validator("args", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return split_args(v)
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        return python_executable(v)
-
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, v: str | None, info: ValidationInfo) -> str | None:
@@ -100,16 +91,6 @@ class ProfileParams(BaseModel):
             with contextlib.suppress(OSError):  # the submitter's directory was deleted: nothing to name
                 return os.getcwd()
         return optional_dir(v, "cwd")
-
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: list[str]) -> list[str]:
-        return program_args(v)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return env_vars(v)
 
     @field_validator("output")
     @classmethod

@@ -35,14 +35,11 @@ from ..registry import operation
 from ._common import (
     JSON_MAGIC,
     check_output_file,
-    env_vars,
     existing_path,
     optional_dir,
     output_dir,
-    program_args,
-    python_executable,
-    split_args,
 )
+from ._program import EnvVars, ProgramArgs, PythonExecutable
 from ._runs import RunTimedOut, wait_or_stop
 from .test_suite import TestSuiteParams, run_test_suite
 
@@ -83,7 +80,7 @@ class PerformanceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="test file or directory given to pytest")
-    args: list[str] = Field(default_factory=list, description="more pytest arguments (e.g. -k expr)")
+    args: ProgramArgs = Field(default_factory=list, description="more pytest arguments (e.g. -k expr)")
     marker: str | None = Field(default=None, description="pytest marker the timed tests must carry (default: all)")
     repeats: int = Field(default=5, ge=1, le=1000, description="measured runs of the suite")
     warmup: int = Field(default=1, ge=0, le=100, description="runs before the measured ones, not counted")
@@ -96,39 +93,19 @@ class PerformanceParams(BaseModel):
     update_baseline: bool = Field(default=False, description="save this run's figures as the baseline")
     tolerance: float = Field(default=0.2, ge=0, le=100, description="fraction slower a median must be to regress")
     min_delta: float = Field(default=0.005, ge=0, le=MAX_SECONDS, description="seconds a change must exceed to count")
-    python: str = Field(default=sys.executable, description="interpreter with pytest installed")
+    python: PythonExecutable = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
+    env: EnvVars = Field(default_factory=dict, description="extra environment variables for pytest")
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
         return existing_path(v, "path")
 
-    @field_validator("args", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return split_args(v)
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        return python_executable(v)
-
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
         return optional_dir(v, "cwd")
-
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: list[str]) -> list[str]:
-        return program_args(v)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return env_vars(v)
 
     @field_validator("baseline")
     @classmethod

@@ -46,7 +46,8 @@ from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import env_vars, existing_path, optional_dir, output_dir, program_args, python_executable, split_args
+from ._common import existing_path, optional_dir, output_dir
+from ._program import EnvVars, ProgramArgs, PythonExecutable
 
 PLUGIN = "_outlast_pytest_plugin"
 BAD = ("failed", "error", "hung", "crashed")
@@ -69,7 +70,7 @@ class TestSuiteParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="test file or directory given to pytest")
-    args: list[str] = Field(default_factory=list, description="more pytest arguments (e.g. -k expr, -m marker)")
+    args: ProgramArgs = Field(default_factory=list, description="more pytest arguments (e.g. -k expr, -m marker)")
     max_failures: int | None = Field(default=None, ge=1, description="stop after this many failing tests")
     timeout_per_test: float | None = Field(
         default=None,
@@ -78,9 +79,9 @@ class TestSuiteParams(BaseModel):
         description="seconds before a test counts as hung (default: per_item_timeout)",
     )
     collect_timeout: float = Field(default=600, gt=0, le=MAX_SECONDS, description="seconds pytest may take to collect")
-    python: str = Field(default=sys.executable, description="interpreter with pytest installed")
+    python: PythonExecutable = Field(default=sys.executable, description="interpreter with pytest installed")
     cwd: str | None = Field(default=None, description="working directory (default: path, or its directory)")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for pytest")
+    env: EnvVars = Field(default_factory=dict, description="extra environment variables for pytest")
     fail_on_test_failure: bool = Field(
         default=True,
         description="end failed when a test fails, with the counts (for CI); a resume re-runs only the failing tests",
@@ -91,30 +92,10 @@ class TestSuiteParams(BaseModel):
     def _path(cls, v: str) -> str:
         return existing_path(v, "path")
 
-    @field_validator("args", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return split_args(v)
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        return python_executable(v)
-
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, v: str | None) -> str | None:
         return optional_dir(v, "cwd")
-
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: list[str]) -> list[str]:
-        return program_args(v)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return env_vars(v)
 
 
 class _Output(asyncio.Protocol):

@@ -1,0 +1,56 @@
+"""The params of an operation that runs a program (a Python script, pytest): its arguments, its environment
+and its interpreter, checked at submit. Apart from ``_common``: worker processes import that one, and this one
+imports pydantic."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+
+
+def split_args(value: Any) -> Any:
+    """``-p args='-k fast'`` from the command line is one string: split as a shell would."""
+    import shlex
+
+    return shlex.split(value) if isinstance(value, str) else value
+
+
+def program_args(value: list[str]) -> list[str]:
+    """``value`` unless an argument holds a NUL, which no program can be given (a ValueError naming it)."""
+    for i, arg in enumerate(value):
+        if "\0" in arg:
+            raise ValueError(f"args[{i}] contains a NUL character")
+    return value
+
+
+def env_vars(value: dict[str, str]) -> dict[str, str]:
+    """``value`` when each name can be a variable of a program's environment and no value holds a NUL, else
+    a ValueError naming it: stored as they were, they failed each run at its start ("embedded null byte",
+    "illegal environment variable name"), and the operation with "no run finished"."""
+    for name, v in value.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a variable name (empty, or with = or NUL in it)")
+        if "\0" in v:
+            raise ValueError(f"{name} contains a NUL character")
+    return value
+
+
+def python_executable(value: str) -> str:
+    """An interpreter by name or path, resolved on PATH, as an absolute path (the worker that runs it may
+    run in another directory), or a ValueError."""
+    import shutil
+
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"python {value!r} is not an executable")
+    return os.path.abspath(found)
+
+
+ProgramArgs = Annotated[list[str], BeforeValidator(split_args), AfterValidator(program_args)]
+"""A program's arguments: a list, or one string split as a shell does (``split_args``), no NUL in any."""
+EnvVars = Annotated[dict[str, str], AfterValidator(env_vars)]
+"""Extra environment variables of a program (``env_vars``)."""
+PythonExecutable = Annotated[str, AfterValidator(python_executable)]
+"""An interpreter by name or path, stored as an absolute path (``python_executable``)."""
