@@ -54,7 +54,7 @@ from .registry import HandlerSpec, get_handler
 from .shortage import ran_short
 from .store import Store
 from .store.base import ItemDelta, Ledger
-from .supervision import ABANDON_AFTER, Watch
+from .supervision import Watch
 from .text import NotJSON, bad_text, clean, clean_json, storable
 
 log = logging.getLogger("outlast.engine")
@@ -143,7 +143,7 @@ class Attempt:
         self._resumed_from = resume[0].seq if resume is not None else None
         self.ctx = OperationContext(self, op, profile, resume)
         self.ctx.params = params
-        self.watch = Watch(op, self.ctx, host.settings.grace_period, host.publish)
+        self.watch = Watch(op, self.ctx, host.settings.grace_period, host.publish, host.settings.abandon_after)
         self.lost = False
         """The store refused this attempt (its lease is gone): it stops and writes nothing more."""
         self.refused = False
@@ -294,7 +294,7 @@ class Attempt:
 
     async def abandon(self) -> None:
         """Settle the attempt as its stop says without its handler, whose task outlived the forced cancel by
-        ``ABANDON_AFTER`` (it catches the cancel too): a final checkpoint unless an item was cut off mid-body,
+        ``Settings.abandon_after`` (it catches the cancel too): a final checkpoint unless an item was cut off mid-body,
         the status line saying the handler was abandoned, then nothing more of it is written (its context
         refuses, and the rest of ``_run`` writes nothing, as for a lost attempt). Called again, it waits for
         the first call's settle."""
@@ -310,8 +310,9 @@ class Attempt:
         if self.lost:  # its lease is gone: nothing of it is written anyway
             ctx.abandon()
             return
+        after = self.host.settings.abandon_after
         ctx.log.warning(
-            f"the handler ignored the stop and, for {ABANDON_AFTER:g}s, the cancel that forced it: abandoned (its"
+            f"the handler ignored the stop and, for {after:g}s, the cancel that forced it: abandoned (its"
             " task is left running, and nothing of it is written any more)"
         )
         await self._final_checkpoint(always=True, forced=True)

@@ -120,6 +120,9 @@ class Settings(BaseModel):
     checkpoints_keep: int = Field(default=5, ge=1, le=1000)
     grace_period: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
     """Seconds a handler has to reach a cooperative stop before it is cancelled by force."""
+    abandon_after: float = Field(default=5.0, gt=0, le=MAX_SECONDS)
+    """Seconds a handler's task may run on after its forced cancel before the attempt is settled without it
+    (a handler that catches the cancel too kept its operation ``running``, and its process alive, for ever)."""
     store_outage_limit: float = Field(default=10.0, gt=0, le=3600)
     """Seconds the store may fail to write (disk full, read-only) before running work stops as interrupted."""
     log_limit: int = Field(default=64 * 2**20, ge=2**10, le=2**40)

@@ -58,7 +58,7 @@ from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
 from .submission import new_operation, params_context
-from .supervision import ABANDON_AFTER, Supervisor, recover_orphans
+from .supervision import Supervisor, recover_orphans
 from .suspend import Suspender
 from .threads import let_go
 
@@ -232,7 +232,7 @@ class Engine:
             for t in pending:
                 t.cancel()
             if pending:
-                _done, pending = await asyncio.wait(pending, timeout=ABANDON_AFTER)
+                _done, pending = await asyncio.wait(pending, timeout=self.settings.abandon_after)
         for attempt in attempts:  # it catches the cancel too: settled without it, and left out of the loop's end
             if attempt.abandoned or attempt.watch.task in pending:
                 await self._abandon(attempt)

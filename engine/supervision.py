@@ -10,7 +10,7 @@ and heartbeats, and looks for work left by dead processes (``recover_orphans``).
 store that fences attempts off, like Redis's, says so) stops the attempt, which then writes nothing.
 
 A handler that ignores its stop and then the forced cancel too (``except BaseException`` around an
-endless wait) is abandoned ``ABANDON_AFTER`` seconds after the cancel: its attempt settles as the stop says
+endless wait) is abandoned ``Settings.abandon_after`` seconds after the cancel: its attempt settles as the stop says
 without it, and nothing of it is written any more (``Attempt.abandon``); the process can then end without
 waiting for its task (``threads.let_go``).
 
@@ -57,9 +57,6 @@ TICK = 0.1
 FIXED = "fixed by --timeout"
 LOOP_BLOCKED = 5.0
 """Seconds the event loop may go without turning before the engine says what is blocking it."""
-ABANDON_AFTER = 5.0
-"""Seconds a handler's task may run on after it was cancelled by force before the attempt is settled without
-it: a handler that catches the cancel too kept its operation ``running``, and its process alive, for ever."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -68,10 +65,18 @@ for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt'
 class Watch:
     """The clock of one running attempt, sampled from its context (never from the handler)."""
 
-    def __init__(self, op: Operation, ctx: OperationContext, grace_period: float, publish: Callable[[Event], None]):
+    def __init__(
+        self,
+        op: Operation,
+        ctx: OperationContext,
+        grace_period: float,
+        publish: Callable[[Event], None],
+        abandon_after: float,
+    ):
         now = time.monotonic()
         self.op, self.ctx = op, ctx
         self._grace = grace_period
+        self._abandon_after = abandon_after
         self._publish = publish
         self.task: asyncio.Task[Any] | None = None
         """The task running the handler: cancelled when it reaches no safe point within the grace period."""
@@ -91,9 +96,9 @@ class Watch:
         self.forced_by: str | None = None
         """What forced the stop before the grace period ran out ("a second Ctrl-C"); None: nothing did."""
         self.cancelled_at: float | None = None
-        """When the handler's task was cancelled by force (monotonic): ``ABANDON_AFTER`` runs from here."""
+        """When the handler's task was cancelled by force (monotonic): ``abandon_after`` runs from here."""
         self.abandon_due = False
-        """The handler's task outlived its forced cancel by ``ABANDON_AFTER``: the supervisor abandons it."""
+        """The handler's task outlived its forced cancel by ``abandon_after``: the supervisor abandons it."""
         self.live_dirty = True
         self.extensions = 0
         self.settling = False
@@ -217,7 +222,7 @@ class Watch:
         elif self.task is None or self.task.done():
             pass
         elif self.cancelled_at is not None:
-            if now - self.cancelled_at >= ABANDON_AFTER:
+            if now - self.cancelled_at >= self._abandon_after:
                 self.abandon_due = True
         elif ctx.stop_swallowed:  # no point waiting out the grace period: it came to a safe point, and went on
             self._cancel(now, "the handler caught the stop and went on: cancelling it")

@@ -513,7 +513,6 @@ def test_a_stop_asked_of_an_orphan_survives_a_kill_of_the_engine_recovering_it(
     write.)"""
     ask, settled = "pause", Status.PAUSED
     lease = 3.0  # the pause lands while the killed run's lease holds (a loaded machine starts it in seconds)
-    asyncio.run(redis_server.up_for(int(lease) + 2))
     case = Case(redis_server, tmp_path)
     case.url = f"{redis_server.url}?lease_ttl={lease:g}"
     ns, base = "stop-asked", tmp_path
@@ -523,11 +522,13 @@ def test_a_stop_asked_of_an_orphan_survives_a_kill_of_the_engine_recovering_it(
     assert code == -9, _tail(base / "outlast.out")
     op, _done = case.stored(ns)
     assert op is not None and op.status is Status.RUNNING, op
-    assert case.outlast(ns, base, [ask, op.id]) == 0, _tail(base / "outlast.out")  # its request, on the record
+    # Its request, on the record; --no-wait: nobody is left to stop it, and the wait would be the default 10 s.
+    assert case.outlast(ns, base, [ask, "--no-wait", op.id]) == 0, _tail(base / "outlast.out")
     assert case.stored(ns)[0] == op, "the run's lease ran out before the request was stored"
     end = time.monotonic() + lease * 3
     while case.lease_held(ns, op.id) and time.monotonic() < end:
         time.sleep(0.05)
+    asyncio.run(redis_server.up_for(int(lease) + 2))  # here, not first: the run and its lease took that long
     code = case.outlast(ns, base, ["ls"], kill_env(("recover", "after", 1, "EVALSHA:WRITE")))
     assert code == -9, _tail(base / "outlast.out")  # killed right after the recovery's first write
     assert case.outlast(ns, base, WORKER) == 0, _tail(base / "outlast.out")

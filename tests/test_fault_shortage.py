@@ -41,10 +41,16 @@ def _low_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
 
 
-async def _queue(state_dir: Path, n: int, type_: str = "demo", params: dict[str, Any] | None = None) -> list[str]:
+async def _queue(
+    state_dir: Path,
+    n: int,
+    type_: str = "demo",
+    params: dict[str, Any] | None = None,
+    profile: dict[str, Any] | None = None,
+) -> list[str]:
     params = {"items": 20, "seconds": 0.02} if params is None else params
     async with Engine(store=open_store(state_dir), settings=Settings(state_dir=state_dir), run_queue=False) as e:
-        ops = [await e.submit(OperationSpec(type=type_, params=params)) for _ in range(n)]
+        ops = [await e.submit(OperationSpec(type=type_, params=params, profile=profile or {})) for _ in range(n)]
     return [op.id for op in ops]
 
 
@@ -129,7 +135,8 @@ def test_a_worker_under_a_pids_limit_runs_every_command_it_could_not_fork(
     machine has room. (The command forks nothing itself: one that does, and fails at the limit by itself,
     "sh: Cannot fork", fails as its policy says.)"""
     n = 12
-    asyncio.run(_queue(state_dir, n, "command", {"command": "sleep 0.3"}))
+    # A short backoff: the default (2 s, doubling) made this the suite's slowest test, waiting.
+    asyncio.run(_queue(state_dir, n, "command", {"command": "sleep 0.3"}, {"retry": {"backoff_base": 0.5}}))
     (pids_cgroup / "pids.max").write_text("14\n")
 
     def into_group() -> None:

@@ -75,9 +75,11 @@ def ends_within(proc: Proc, seconds: float, what: Callable[[], str]) -> int:
 
 @pytest.fixture
 def short_grace(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A grace period of 1 s. After ``state_dir``, which clears every ``OUTLAST_`` variable: before it, this
-    was cleared too, and each test waited out the default 10 s."""
+    """A grace period of 1 s, and 1 s before a handler that ignores its forced cancel is abandoned. After
+    ``state_dir``, which clears every ``OUTLAST_`` variable: before it, this was cleared too, and each test
+    waited out the default 10 s."""
     monkeypatch.setenv("OUTLAST_GRACE_PERIOD", "1")
+    monkeypatch.setenv("OUTLAST_ABANDON_AFTER", "1")
 
 
 @pytest.mark.usefixtures("short_grace")
@@ -93,7 +95,7 @@ def test_a_handler_that_swallows_a_pause_runs_no_item_after_it(cli: Cli, tmp_pat
     assert op.status.value == "paused", (op.status.value, op.status_message)
     assert rc == 6, (rc, proc.err)
     assert "ignored the stop" in (op.status_message or ""), op.status_message
-    assert took < 25, took  # 5 s and the grace period (1 s), on a loaded machine
+    assert took < 25, took  # the grace period and abandon_after (1 s each), on a loaded machine
     ran = stopped_at(log)
     assert ran < n, ran
     resume_to_the_end(cli, op_id, log, n)
@@ -110,7 +112,8 @@ def test_a_handler_that_ignores_the_forced_cancel_is_abandoned_and_run_exits(cli
     op = cli.op(op_id)
     assert (op.status.value, rc) == ("paused", 6), (op.status_message, proc.err)
     assert "ignored the stop" in (op.status_message or ""), op.status_message
-    assert took < 25, took  # 5 s and the grace period (1 s), on a loaded machine
+    assert took < 25, took  # the grace period and abandon_after (1 s each), on a loaded machine
+    assert "for 1s, the cancel that forced it: abandoned" in cli("logs", op_id).stdout  # OUTLAST_ABANDON_AFTER
     stopped_at(log)
     resume_to_the_end(cli, op_id, log, n)
 

@@ -187,12 +187,15 @@ async def test_the_wal_is_folded_in_when_the_store_is_idle(tmp_path: Path, monke
             now = time.time()
             return Operation(id=new_id(), type="x", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
 
-        for _ in range(40):
+        for _ in range(39):
             await store.create(record())
-        grown = wal.stat().st_size
         # A fold after these commits: on a loaded machine the thread was idle between two of them too, and
-        # a fold then (the WAL begun again after a few commits) was taken for this one.
+        # a fold then (the WAL begun again after a few commits) was taken for this one. Counted before the
+        # last commit: counted after it, a fold the idle thread made before the count was read (5 ms on a
+        # loaded machine) was never seen, and the test waited its 10 s.
         folds = getattr(store.worker, "wal_checkpoints", 0)
+        await store.create(record())
+        grown = wal.stat().st_size
         end = time.monotonic() + 10
         while getattr(store.worker, "wal_checkpoints", 0) == folds and time.monotonic() < end:
             await asyncio.sleep(0.01)  # idle: the thread folds the WAL in

@@ -33,8 +33,9 @@ COUNT = click.IntRange(1, 10**9)
 SEQ = click.IntRange(0, 2**62)
 SETTINGS_KEYS = (
     *("state_dir", "store", "namespace", "checkpoint_mirror", "max_concurrent", "auto_resume"),
-    *("checkpoints_keep", "grace_period", "store_outage_limit", "aging_seconds", "control_poll_interval"),
-    *("progress_flush_interval", "max_memory_percent", "max_cpu_percent", "theme", "plugins", "log_limit"),
+    *("checkpoints_keep", "grace_period", "abandon_after", "store_outage_limit", "aging_seconds"),
+    *("control_poll_interval", "progress_flush_interval", "max_memory_percent", "max_cpu_percent", "theme"),
+    *("plugins", "log_limit"),
 )
 """The settings an OUTLAST_* variable may set (``Settings``' fields; a test keeps them equal)."""
 
