@@ -90,7 +90,8 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
     floor_state = bench.fresh_dir()
     floor_ops = presses + FLOOR_SPARE
     await populate(floor_state, floor_ops)
-    anchor_states = [bench.fresh_dir(), bench.fresh_dir()]  # one a run: the reporters are left running
+    # One a run (the reporters are left running); the smoke check runs the engine alone once, before.
+    anchor_states = [bench.fresh_dir() for _ in range(1 if bench.smoke else 2)]
     for anchor_state in anchor_states:
         await _submit_reporters(bench, anchor_state, live)
     # The engine alone before and after the dashboard: the machine's load drifts (the anchor moved by 40%
@@ -100,7 +101,8 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
     bare: list[float] = []
     starts: list[float] = []
     dash: dict[str, Any] = {}
-    await asyncio.to_thread(_child, bench, "start", state, 0, 0, 0)  # warm-up: the bytecode written, as users have it
+    if not bench.smoke:  # warm-up: the bytecode written, as users have it (the smoke check needs no timing)
+        await asyncio.to_thread(_child, bench, "start", state, 0, 0, 0)
     for i in range(runs):  # round-robin with the floor: the machine's load drifts alike for both
         pythons += await asyncio.to_thread(time_command, [python(), "-c", "pass"], 1, bench.env())
         bare.append((await asyncio.to_thread(_child, bench, "textual", state, 0, 0, 0))["first_rows"])
@@ -110,7 +112,8 @@ async def bench_dashboard(bench: Bench) -> list[Row]:
         else:  # a start only, watching (nothing run): the first frame listing operations
             starts.append((await asyncio.to_thread(_child, bench, "start", state, 0, 0, 0))["first_rows"])
     floor_keys = await asyncio.to_thread(_child, bench, "dashboard", floor_state, 0, presses, 0.1)
-    engine_only_runs.append(await asyncio.to_thread(_child, bench, "engine", anchor_states[1], live, 0, window))
+    if not bench.smoke:
+        engine_only_runs.append(await asyncio.to_thread(_child, bench, "engine", anchor_states[1], live, 0, window))
     engine_only = {
         "cpu": sum(r["cpu"] for r in engine_only_runs) / len(engine_only_runs),
         "peak_kb": max(r["peak_kb"] for r in engine_only_runs),
