@@ -255,3 +255,27 @@ def test_the_namespace_of_a_config_file_given_with_config_is_the_one_used(
     r = run("--config", "team-a.toml", "worker", "--exit-when-idle")
     assert r.returncode == 0, r.stderr
     assert json.loads(run("--config", "team-a.toml", "show", "--json", op_id).stdout)["status"] == "completed"
+
+
+def test_a_pause_asked_of_work_whose_worker_died_settles_once_its_lease_is_gone(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """``outlast pause ID`` of work whose process had just died (its lease not yet run out) waited its 10 s
+    and said "still running after 10s; it stops at its next safe point": nobody was left to stop it. The wait
+    looks for orphans as a follower does, so it ends paused once the lease is gone. (A cancel did already.)"""
+    url = f"{redis_server.url}?lease_ttl=1"
+    cli = CliAt(state_dir, OUTLAST_NAMESPACE="cli", OUTLAST_STORE=url)
+    try:
+        proc = cli.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
+        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+        proc.wait_line(lambda ln: "running" in ln)
+        asyncio.run(redis_server.up_for(2))  # a fresh Redis trusts no missing lease before lease_ttl
+        proc.signal(signal.SIGKILL)
+        proc.wait(30)
+        asked = outlast("--store", url, "pause", op_id)
+        assert asked.returncode == 0, asked.stderr
+        assert f"{op_id} paused" in asked.stdout, asked.stdout + asked.stderr
+        shown = outlast("--store", url, "--json", "show", op_id)
+        assert json.loads(shown.stdout)["status"] == "paused", shown.stdout
+    finally:
+        cli.close()

@@ -33,7 +33,7 @@ from ..paths import DETACHED, detached_log
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
-from .follow import PlainView, WatchStopped, follow, make_view, pause_queued
+from .follow import OrphanLook, PlainView, WatchStopped, follow, make_view, pause_queued
 
 log = logging.getLogger("outlast.worker")
 T = TypeVar("T")
@@ -439,10 +439,15 @@ class QueueLook:
 
 async def wait_settled(engine: Engine, op_id: str, timeout: float, attempt: int | None = None) -> Operation:
     """Poll until the operation is settled or ``timeout`` passes; the newest record either way. With
-    ``attempt``, also once another attempt has begun (resumed meanwhile: the one waited for has ended)."""
+    ``attempt``, also once another attempt has begun (resumed meanwhile: the one waited for has ended).
+
+    It looks for orphans as a follower does: a pause asked of work whose process had just died (a Redis
+    lease not yet run out) waited out its time, "still running", with nobody left to stop it."""
     end = time.monotonic() + timeout
+    look = OrphanLook(engine)
     while True:
         op = await engine.get(op_id)
         if op.status in SETTLED or time.monotonic() >= end or (attempt is not None and op.attempt != attempt):
             return op
         await asyncio.sleep(0.1)
+        await look()
