@@ -44,6 +44,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from ..store import open_store
 from ..store.quick import DB_NAME, quick_list
 from ..text import clean
 from ._common import DIR_FLAGS, JSON_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
-from ._walk import walk
+from ._walk import walk, walked_rel
 from .knowledge import KB_FILE
 
 BATCH = 256
@@ -251,7 +252,7 @@ def list_matching(
     want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
     out: dict[str, FileId] = {}
     for d, dnames, fnames in walk(root):
-        rel_d = Path(d).relative_to(root)
+        rel_d = Path(walked_rel(d, root))
         if _is_store_dir(dnames, fnames):
             dnames.clear()
             if pruned is not None:
@@ -338,14 +339,22 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             e = _entry(p)
             if e is None or e.st_mtime >= cutoff:
                 continue
-            rel = p.relative_to(state).as_posix()
+            rel = walked_rel(str(p), state)
             if any(i in rel for i in kept_ids):
                 continue
-            chain = [str(p), *(str(a) for a in p.parents if a.is_relative_to(outputs) and a != outputs)]
-            if any(c in keep_paths for c in chain):
+            if str(p) in keep_paths or any(d in keep_paths for d in _dirs_above(str(p), len(str(outputs)))):
                 continue
             out[rel] = (e.st_dev, e.st_ino)
     return dict(sorted(out.items()))
+
+
+def _dirs_above(path: str, base: int) -> Iterator[str]:
+    """Each directory above ``path`` (a POSIX path) that is longer than its first ``base`` characters. By
+    string: ``Path.parents`` with ``is_relative_to`` compared every parent with every other, and Python
+    3.13's pathlib made that minutes for a tree 1,200 directories deep."""
+    end = len(path)
+    while (end := path.rfind("/", 0, end)) > base:
+        yield path[:end]
 
 
 def read_manifest(path: Path) -> dict[str, int | None]:
@@ -442,7 +451,7 @@ def _prune_dirs(base_fd: int, base: Path, top: str, cutoff: float, emptied: set[
     n = 0
     not_followed: list[str] = []
     for d, _dn, _fn in walk(base / top, topdown=False):
-        rel = Path(d).relative_to(base).as_posix()
+        rel = walked_rel(d, base)
         if rel == top:
             continue
         try:
@@ -631,7 +640,7 @@ async def _clean(
                 ctx.progress(bytes=ctx.metrics.get("bytes", 0) + size)
     if p.dry_run or p.root is not None:
         return 0
-    emptied = {a.as_posix() for r in listed for a in Path(r).parents if a.is_relative_to("outputs")}
+    emptied = {d for r in listed if r.startswith("outputs/") for d in _dirs_above(r, 0)}
     pruned, not_followed = await asyncio.to_thread(_prune_dirs, base_fd, base, "outputs", cutoff, emptied)
     for rel in not_followed:
         ctx.log.warning(f"{clean(rel)}: not removed: a directory on its path is no longer a real directory")
