@@ -31,6 +31,11 @@ class StaleAttempt(Conflict):
     """A write from an attempt that was declared dead and replaced (fencing)."""
 
 
+class ControlChanged(Conflict):
+    """A transition chosen by the operation's pending control request as read (``expect_control``) found another
+    one stored since: nothing was written; read the request again and choose again."""
+
+
 class StoreError(OutlastError):
     """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
 

@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .context import OperationContext
+from .errors import ControlChanged
 from .lifecycle import StopReason
 from .models import (
     Conflict,
+    ControlAction,
     Event,
     LogRecord,
     Operation,
@@ -479,25 +481,10 @@ async def recover_orphans(
     orphans = await store.find_orphans()
     asked = await store.pending_controls([op.id for op in orphans]) if orphans else {}
     for op in orphans:
-        wanted = asked.get(op.id)
-        target = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}.get(wanted or "", Status.INTERRUPTED)
-        # One write, not interrupted then paused: an engine killed between the two left it interrupted, its
-        # request gone with the first, and the next engine's auto_resume ran it on.
-        message = f"the process running it ({op.worker}) stopped"
-        if target is not Status.INTERRUPTED:
-            message = f"{target.value} as asked; the process running it ({op.worker}) had stopped"
-        try:
-            new = await store.transition(
-                op.id,
-                target,
-                epoch=op.epoch,
-                expect=frozenset({Status.RUNNING}),
-                finished_at=time.time(),
-                status_message=message,
-                orphaned_epoch=op.epoch,
-            )
-        except (Conflict, StaleAttempt):
+        settled = await _settle_orphan(store, op, asked.get(op.id))
+        if settled is None:
             continue
+        new, target = settled
         if target is Status.INTERRUPTED:
             log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
         else:
@@ -512,6 +499,38 @@ async def recover_orphans(
             with contextlib.suppress(Conflict):
                 await resume(op.id)
     return found
+
+
+async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | None) -> tuple[Operation, Status] | None:
+    """Write orphan ``op`` interrupted, or paused or cancelled as its pending request (``wanted``, as read) asks;
+    None when another process settled or took it first (or its requests keep changing: the next round).
+
+    One write, not interrupted then paused: an engine killed between the two left it interrupted, its request
+    gone with the first, and the next engine's auto_resume ran it on. The write checks the request is still the
+    one read: a pause stored in between was dropped with the interrupted mark, and auto_resume ran it on."""
+    for _ in range(3):  # a request only grows (none, pause, cancel): read again at most twice
+        target = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}.get(wanted or "", Status.INTERRUPTED)
+        message = f"the process running it ({op.worker}) stopped"
+        if target is not Status.INTERRUPTED:
+            message = f"{target.value} as asked; the process running it ({op.worker}) had stopped"
+        try:
+            new = await store.transition(
+                op.id,
+                target,
+                epoch=op.epoch,
+                expect=frozenset({Status.RUNNING}),
+                expect_control=frozenset({wanted}),
+                finished_at=time.time(),
+                status_message=message,
+                orphaned_epoch=op.epoch,
+            )
+        except ControlChanged:
+            wanted = (await store.pending_controls([op.id])).get(op.id)
+            continue
+        except (Conflict, StaleAttempt):
+            return None
+        return new, target
+    return None
 
 
 class LoopWatch:

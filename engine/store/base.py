@@ -388,6 +388,7 @@ class Store(Protocol):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
         """Move to ``to`` (checked against TRANSITIONS and ``expect``), setting ``fields``; durable.
@@ -395,7 +396,14 @@ class Store(Protocol):
         ``if_cancelled``: a running attempt settling as paused, which a cancel asked meanwhile (its request
         stored, ``request_control``) replaces: in the same atomic step the operation is cancelled instead,
         with this status message. The cancel gives the operation up, the pause would keep it; the settle
-        must not write over a request the asker was told stands."""
+        must not write over a request the asker was told stands.
+
+        ``expect_control``: the pending control requests (None: none) ``to`` was chosen by, as the caller read
+        them (``pending_controls``). Checked in the same atomic step as the write: another request stored
+        since (a pause asked between the read and this write) refuses it, ControlChanged (a Conflict), and
+        nothing is written; the caller reads again and chooses again. A settle drops the request: without the
+        check, one that landed in between was lost (an orphan interrupted, and resumed, though asked to pause).
+        Checked after ``epoch`` and ``expect``: their refusals come first."""
         ...
 
     async def update(self, op_id: str, *, epoch: int | None = None, **fields: Any) -> Operation:

@@ -194,37 +194,43 @@ if ARGV[4] ~= '' and cur[2] ~= ARGV[4] then return {'stale', cur[2]} end
 if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. cur[1] .. ',', 1, true) then
   return {'conflict', cur[1]}
 end
-local to = nil
-for i = 8, #ARGV, 2 do if ARGV[i] == 'status' then to = ARGV[i + 1] end end
+local to, ifcancel, ifctl = nil, nil, nil
+for i = 8, #ARGV, 2 do
+  local name = ARGV[i]
+  if name == 'status' then to = ARGV[i + 1] elseif name == '_ifcancel' then ifcancel = ARGV[i + 1]
+  elseif name == '_ifctl' then ifctl = ARGV[i + 1] end
+end
 if to == '"interrupted"' and cur[1] == '"running"' and ARGV[7] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
 end
+if ifctl then  -- the requests the caller chose by, as it read them (",pause,"; ",," none): another since refuses
+  local ctl = redis.call('HGET', k, '_ctl') or ''
+  if not string.find(ifctl, ',' .. ctl .. ',', 1, true) then return {'control', ctl} end
+end
 local sets = ARGV
 local first = 8
-for i = 8, #ARGV, 2 do
-  if ARGV[i] == '_ifcancel' then  -- a settle that keeps the operation: a cancel asked meanwhile (_ctl) wins
-    local instead = {}
-    if cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel' then
-      instead = {status = '"cancelled"', status_message = ARGV[i + 1], not_before = 'null', backoff_from = 'null',
-                 finished_at = ARGV[3]}
-      for j = 8, #ARGV, 2 do
-        if ARGV[j] == 'finished_at' and ARGV[j + 1] ~= 'null' then instead.finished_at = nil end
-      end
-    end
-    sets, first = {}, 1
+if ifcancel or ifctl then  -- pseudo-fields, never stored
+  local instead = {}
+  -- a settle that keeps the operation: a cancel asked meanwhile (_ctl) wins
+  if ifcancel and cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel' then
+    instead = {status = '"cancelled"', status_message = ifcancel, not_before = 'null', backoff_from = 'null',
+               finished_at = ARGV[3]}
     for j = 8, #ARGV, 2 do
-      local name = ARGV[j]
-      if name ~= '_ifcancel' then
-        sets[#sets + 1] = name
-        sets[#sets + 1] = instead[name] or ARGV[j + 1]
-        instead[name] = nil
-      end
+      if ARGV[j] == 'finished_at' and ARGV[j + 1] ~= 'null' then instead.finished_at = nil end
     end
-    for name, value in pairs(instead) do  -- what the settle did not send (a retry has no finish time)
+  end
+  sets, first = {}, 1
+  for j = 8, #ARGV, 2 do
+    local name = ARGV[j]
+    if name ~= '_ifcancel' and name ~= '_ifctl' then
       sets[#sets + 1] = name
-      sets[#sets + 1] = value
+      sets[#sets + 1] = instead[name] or ARGV[j + 1]
+      instead[name] = nil
     end
-    break
+  end
+  for name, value in pairs(instead) do  -- what the settle did not send (a retry has no finish time)
+    sets[#sets + 1] = name
+    sets[#sets + 1] = value
   end
 end
 redis.call('HSET', k, '_tx', ARGV[6], unpack(sets, first))

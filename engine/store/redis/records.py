@@ -15,10 +15,12 @@ import secrets
 import time
 from typing import Any
 
+from ...errors import ControlChanged
 from ...lifecycle import CANCEL_WINS
 from ...models import (
     TRANSITIONS,
     Conflict,
+    ControlAction,
     InvalidInput,
     NotFound,
     Operation,
@@ -37,7 +39,7 @@ from ...models import (
 from ...text import model_json
 from .. import mirror as mirror_files
 from ..base import check_slots, parse_slots
-from .codec import IF_CANCELLED, decode_record, enc, pack_new, pairs
+from .codec import IF_CANCELLED, IF_CONTROL, decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
@@ -235,12 +237,15 @@ class RecordsMixin(RecoveryMixin):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
         validate_id(op_id)
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
         if if_cancelled is not None and to in CANCEL_WINS:
             fields = {**fields, IF_CANCELLED: if_cancelled}  # the WRITE script reads it: a pending cancel wins
+        if expect_control is not None:  # the WRITE script compares it with the stored request
+            fields = {**fields, IF_CONTROL: "".join(f",{c or ''}" for c in sorted(expect_control, key=str)) + ","}
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch
         unsure = self._unsure.get(op_id)
         tx = None
@@ -275,6 +280,9 @@ class RecordsMixin(RecoveryMixin):
                 epoch,
                 found,
             )
+        if tag == "control":
+            asked = data.decode() or "nothing"
+            raise ControlChanged(f"operation {op_id}: asked to {asked} since its requests were read")
         if tag in ("conflict", "held"):
             current = Status(json.loads(data))
             if tag == "held":

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import KeyTaken
+from ...errors import ControlChanged, KeyTaken
 from ...lifecycle import CANCEL_WINS
 from ...models import (
     ACTIVE,
     Conflict,
+    ControlAction,
     InvalidInput,
     NotFound,
     Operation,
@@ -293,6 +294,7 @@ class RecordsMixin(SqliteCore):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
         validate_id(op_id)
@@ -305,9 +307,13 @@ class RecordsMixin(SqliteCore):
                 raise Conflict(refused_change(op.id, op.status, to))
             check_transition(op.status, to)
             changes = {**fields, "status": to}
-            if if_cancelled is not None and to in CANCEL_WINS and op.status is Status.RUNNING:
-                row = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
-                if row is not None and row[0] == "cancel":  # asked while this attempt settled: it wins
+            cancel_wins = to in CANCEL_WINS and op.status is Status.RUNNING
+            if expect_control is not None or (if_cancelled is not None and cancel_wins):
+                (control,) = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
+                if expect_control is not None and control not in expect_control:
+                    asked = control or "nothing"
+                    raise ControlChanged(f"operation {op_id}: asked to {asked} since its requests were read")
+                if if_cancelled is not None and cancel_wins and control == "cancel":  # asked while it settled: it wins
                     changes.update(cancelled_instead(if_cancelled, changes))
             new = _apply(op, changes)
             _put(conn, new)
