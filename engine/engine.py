@@ -525,7 +525,39 @@ class Engine:
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
         await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+        if action is Action.PAUSE:
+            return await self._pause_if_settled(op_id, op.epoch) or op
         return await self._cancel_if_settled(op_id, action) or op
+
+    async def _pause_if_settled(self, op_id: str, epoch: int) -> Operation | None:
+        """A pause of another process's attempt (``epoch``) whose request reached the store after that attempt
+        left ``running`` (the request is stored only while it runs): found orphaned by a recovery in between, it
+        was interrupted (and auto_resume queued it again, or a worker claimed it), and it ran on after the asker
+        was told "pause requested". Queued or interrupted, it is paused now; run again by a newer attempt, that
+        one is asked. None: nothing more to do (the request stands, or it ended otherwise)."""
+        for _ in range(3):  # changed meanwhile (queued again, claimed): asked again of what it became
+            op = await self.store.get(op_id)
+            if op.status is Status.RUNNING:
+                if op.epoch == epoch:
+                    return None  # still the attempt asked, running: the request was stored for it
+                epoch = op.epoch
+                await self.store.request_control(op_id, "pause")
+                continue
+            if op.status not in (Status.QUEUED, Status.INTERRUPTED):
+                return None  # paused or cancelled already, or ended
+            try:
+                new = await self.store.transition(
+                    op_id,
+                    Status.PAUSED,
+                    expect=frozenset({op.status}),
+                    finished_at=time.time(),
+                    status_message=f"{Status.PAUSED.value} by user",
+                )
+            except Conflict:
+                continue
+            self.publish(StatusChanged(operation_id=op_id, status=Status.PAUSED, previous=op.status))
+            return new
+        return None
 
     async def _cancel_if_settled(self, op_id: str, action: Action) -> Operation | None:
         """A cancel whose request reached the store after the attempt left ``running`` (the request is stored
