@@ -506,84 +506,59 @@ class Engine:
         target = StopReason(action.value).status
         if op.status is not Status.RUNNING:
             try:
-                new = await self.store.transition(
-                    op_id,
-                    target,
-                    expect=frozenset({op.status}),
-                    finished_at=time.time(),
-                    status_message=f"{target.value} by user",
-                )
+                return await self._stopped_as_asked(op, target)
             except Conflict:
                 op = await self.store.get(op_id)  # claimed meanwhile: it is running now
                 check_action(action, op.status, op_id)
-            else:
-                self.publish(StatusChanged(operation_id=op_id, status=target, previous=op.status))
-                return new
         if op.status is not Status.RUNNING:
             raise Conflict(f"operation {op_id} is {op.status.value}: nothing to {action.value}")
         attempt = self._runs.get(op_id)
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
         await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-        if action is Action.PAUSE:
-            return await self._pause_if_settled(op_id, op.epoch) or op
-        return await self._cancel_if_settled(op_id, action) or op
+        return await self._stop_if_settled(op_id, action, op.epoch) or op
 
-    async def _pause_if_settled(self, op_id: str, epoch: int) -> Operation | None:
-        """A pause of another process's attempt (``epoch``) whose request reached the store after that attempt
-        left ``running`` (the request is stored only while it runs): found orphaned by a recovery in between, it
-        was interrupted (and auto_resume queued it again, or a worker claimed it), and it ran on after the asker
-        was told "pause requested". Queued or interrupted, it is paused now; run again by a newer attempt, that
-        one is asked. None: nothing more to do (the request stands, or it ended otherwise)."""
-        for _ in range(3):  # changed meanwhile (queued again, claimed): asked again of what it became
-            op = await self.store.get(op_id)
-            if op.status is Status.RUNNING:
-                if op.epoch == epoch:
-                    return None  # still the attempt asked, running: the request was stored for it
-                epoch = op.epoch
-                await self.store.request_control(op_id, "pause")
-                continue
-            if op.status not in (Status.QUEUED, Status.INTERRUPTED):
-                return None  # paused or cancelled already, or ended
-            try:
-                new = await self.store.transition(
-                    op_id,
-                    Status.PAUSED,
-                    expect=frozenset({op.status}),
-                    finished_at=time.time(),
-                    status_message=f"{Status.PAUSED.value} by user",
-                )
-            except Conflict:
-                continue
-            self.publish(StatusChanged(operation_id=op_id, status=Status.PAUSED, previous=op.status))
-            return new
+    async def _stop_if_settled(self, op_id: str, action: Action, epoch: int) -> Operation | None:
+        """A cancel or pause of attempt ``epoch`` whose request reached the store after that attempt left
+        ``running`` (the request is stored only while it runs) stops what the operation became, if that keeps it,
+        as a cancel or pause of it does: the asker is told "requested", so it must not be dropped. A cancel gives
+        up a paused, interrupted or queued one (a retry ran on to the end); a pause keeps an interrupted or queued
+        one (found orphaned in between, it was interrupted, then queued again by auto_resume, and ran on). Run
+        again by a newer attempt, that one is asked. A request stored before the settle is the store's to
+        honour (``Store.transition``'s ``if_cancelled``, recovery's ``expect_control``). None: nothing more to do
+        (the request stands, or the operation ended, or is gone)."""
+        target = StopReason(action.value).status
+        kept = (Status.QUEUED, Status.INTERRUPTED) + ((Status.PAUSED,) if action is Action.CANCEL else ())
+        try:
+            for _ in range(3):  # changed meanwhile (queued again, claimed): asked again of what it became
+                op = await self.store.get(op_id)
+                if op.status is Status.RUNNING:
+                    if op.epoch == epoch:
+                        return None  # still the attempt asked: the request was stored for it
+                    epoch = op.epoch
+                    await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+                    continue
+                if op.status not in kept:
+                    return None  # stopped as asked already, or ended: completed, failed, timed out
+                try:
+                    return await self._stopped_as_asked(op, target)
+                except Conflict:
+                    continue
+        except NotFound:
+            pass  # removed meanwhile
         return None
 
-    async def _cancel_if_settled(self, op_id: str, action: Action) -> Operation | None:
-        """A cancel whose request reached the store after the attempt left ``running`` (the request is stored
-        only while it runs) cancels what it became if that keeps the operation (paused, queued again for a
-        retry, interrupted), as a cancel of such an operation does: the asker is told "cancel requested", so
-        it must not be dropped (a retry ran on to the end). A request stored before the settle is the store's
-        to honour (``Store.transition``'s ``if_cancelled``). None: nothing more to do."""
-        if action is not Action.CANCEL:
-            return None
-        op = await self.store.get(op_id)
-        if op.status not in (Status.PAUSED, Status.QUEUED, Status.INTERRUPTED):
-            return None  # still running (the request stands), or ended: completed, failed, timed out
-        try:
-            new = await self.store.transition(
-                op_id,
-                Status.CANCELLED,
-                expect=frozenset({op.status}),
-                finished_at=time.time(),
-                status_message=f"{Status.CANCELLED.value} by user",
-            )
-        except Conflict:  # claimed meanwhile (a retry's next attempt): that attempt is asked
-            with contextlib.suppress(NotFound):
-                if (await self.store.get(op_id)).status is Status.RUNNING:
-                    await self.store.request_control(op_id, "cancel")
-            return None
-        self.publish(StatusChanged(operation_id=op_id, status=Status.CANCELLED, previous=op.status))
+    async def _stopped_as_asked(self, op: Operation, target: Status) -> Operation:
+        """Write ``op``, not running, ``target`` (paused or cancelled) as the user asked, if its status is still
+        the one read (else Conflict), and say so."""
+        new = await self.store.transition(
+            op.id,
+            target,
+            expect=frozenset({op.status}),
+            finished_at=time.time(),
+            status_message=f"{target.value} by user",
+        )
+        self.publish(StatusChanged(operation_id=op.id, status=target, previous=op.status))
         return new
 
     async def _control_here(self, attempt: Attempt, action: Action) -> Operation:
@@ -600,7 +575,7 @@ class Engine:
         attempt.stop(StopReason(action.value))
         try:
             await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-            cancelled = await self._cancel_if_settled(op_id, action)
+            stopped = await self._stop_if_settled(op_id, action, attempt.op.epoch)
         except StoreError as e:
             if self._unconfirmed.get(op_id) is not Action.CANCEL:  # a cancel wins over a pause
                 self._unconfirmed[op_id] = action
@@ -609,7 +584,7 @@ class Engine:
                 f" item, and its status is written once the store answers); the store did not confirm the request:"
                 f" {e}"
             ) from None
-        return cancelled or self._with_live(attempt.op)
+        return stopped or self._with_live(attempt.op)
 
     async def resume(
         self, op_id: str, checkpoint: int | None = None, profile: dict[str, Any] | None = None
@@ -773,14 +748,7 @@ class Engine:
                     await self._control(op_id, action)
                     break
                 with contextlib.suppress(Conflict):
-                    await self.store.transition(
-                        op_id,
-                        Status.PAUSED,
-                        expect=frozenset({Status.INTERRUPTED}),
-                        finished_at=time.time(),
-                        status_message=f"{Status.PAUSED.value} by user",
-                    )
-                    self.publish(StatusChanged(operation_id=op_id, status=Status.PAUSED, previous=op.status))
+                    await self._stopped_as_asked(op, Status.PAUSED)  # interrupted, as read
                     break
             else:
                 log.warning("operation %s: the %s asked while the store did not answer is lost", op_id, action.value)

@@ -20,7 +20,7 @@ import pytest
 
 from engine import Operation, Status, open_store
 from engine.store.base import Store
-from tests.fixtures_cli import CLI, REPO, Proc, until
+from tests.fixtures_cli import REPO, Cli, Proc, until
 
 LEASE = 0.5
 """The Redis lease of the killed run, in seconds: its operation is an orphan that long after the kill."""
@@ -42,15 +42,7 @@ class Where:
         return asyncio.run(go())
 
     def outlast(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**self.env, **env},
-            cwd=REPO,
-        )
+        return Cli(Path())(*args, env={**self.env, **env})
 
     def running(self) -> tuple[Proc, str]:
         """``outlast run ledger`` of a long ledger, running: the process and the operation's id."""
