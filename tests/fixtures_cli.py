@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import pytest
 
@@ -82,6 +82,57 @@ def main_here(
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(["outlast", *args], int(code or 0), out.getvalue(), err.getvalue())
+
+
+@overload
+def outlast_into(
+    out: Path,
+    options: Sequence[str],
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    note: str = ...,
+    kill_after: None = ...,
+    timeout: float = ...,
+) -> int: ...
+@overload
+def outlast_into(
+    out: Path,
+    options: Sequence[str],
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    note: str = ...,
+    kill_after: float | None,
+    timeout: float = ...,
+) -> int | None: ...
+def outlast_into(
+    out: Path,
+    options: Sequence[str],
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    note: str = "",
+    kill_after: float | None = None,
+    timeout: float = 120.0,
+) -> int | None:
+    """``outlast OPTIONS ARGS`` to its end, its output appended to ``out`` after a line ``$ outlast ARGS`` and
+    ``note``: its exit code (-9: killed, by itself through a kill plugin). With ``kill_after``, SIGKILLed that many
+    seconds in if still running, which ``out`` says: None. Else one still running after ``timeout`` seconds is
+    killed and fails the test. (The fault suites' kills: tests.test_fault_kill and its exact siblings.)"""
+    with open(out, "a") as fh:
+        fh.write(f"$ outlast {' '.join(args)}{note}\n")
+        fh.flush()
+        p = subprocess.Popen([*CLI, *options, *args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=REPO, env=env)
+        try:
+            return p.wait(timeout=timeout if kill_after is None else kill_after)
+        except subprocess.TimeoutExpired:
+            p.kill()  # SIGKILL
+            p.wait(10)
+            if kill_after is None:
+                raise AssertionError(f"outlast {' '.join(args)} did not end within {timeout:g} s") from None
+            fh.write(f"[SIGKILL after {kill_after:.3f}s]\n")
+            return None
 
 
 class Proc:

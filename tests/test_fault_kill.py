@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from typing import Any
 import pytest
 
 from engine import Operation, Status, open_store
-from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_cli import outlast_into
 from tests.test_op_backup import make_tree as make_backup_tree
 from tests.test_op_backup import partials, snapshot
 
@@ -85,28 +84,7 @@ class Figures:
 
 def outlast(state: Path, args: list[str], out: Path, kill_after: float | None, env: dict[str, str]) -> int | None:
     """``outlast --state-dir STATE ARGS``; SIGKILLed after ``kill_after`` seconds if still running (None: killed)."""
-    with open(out, "a") as fh:
-        fh.write(f"$ outlast {' '.join(args)}\n")
-        fh.flush()
-        p = subprocess.Popen(
-            [*CLI, "--state-dir", str(state), *PLUGIN, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=fh,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            return p.wait(timeout=kill_after if kill_after is not None else 120)
-        except subprocess.TimeoutExpired:
-            if kill_after is None:
-                p.kill()
-                p.wait(10)
-                raise AssertionError(f"outlast {' '.join(args)} did not end within 120 s") from None
-            p.kill()  # SIGKILL
-            p.wait(10)
-            fh.write(f"[SIGKILL after {kill_after:.3f}s]\n")
-            return None
+    return outlast_into(out, ["--state-dir", str(state), *PLUGIN], args, env, kill_after=kill_after)
 
 
 def stored(state: Path) -> tuple[Operation | None, set[str]]:

@@ -54,7 +54,7 @@ import pytest
 from engine import Operation, Status, open_store
 from engine.store.redis import lua
 from engine.store.redis.keys import Keys
-from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_cli import CLI, REPO, outlast_into
 from tests.fixtures_redis import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -119,25 +119,10 @@ class Case:
         """``outlast --store URL ARGS`` in namespace ``ns`` (its output appended to ``base/outlast.out``)."""
         env = {**self.env, "OUTLAST_NAMESPACE": ns, "OUTLAST_TEST_REDIS_DIE_TRACE": str(base / "requests.trace")}
         env.update(kill or {})
-        with open(base / "outlast.out", "a") as fh:
-            fh.write(f"$ outlast {' '.join(args)}{'  ' + json.dumps(kill) if kill else ''}\n")
-            fh.flush()
-            with open(base / "requests.trace", "a") as tr:
-                tr.write(f"$ outlast {' '.join(args[:2])}\n")
-            p = subprocess.Popen(
-                [*CLI, "--store", self.url, *PLUGINS, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=fh,
-                cwd=REPO,
-                env=env,
-            )
-            try:
-                return p.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-                raise AssertionError(f"outlast {' '.join(args)} did not end within 120 s") from None
+        with open(base / "requests.trace", "a") as tr:
+            tr.write(f"$ outlast {' '.join(args[:2])}\n")
+        note = f"  {json.dumps(kill)}" if kill else ""
+        return outlast_into(base / "outlast.out", ["--store", self.url, *PLUGINS], args, env, note=note)
 
     def stored(self, ns: str) -> tuple[Operation | None, set[str]]:
         """The one operation of the namespace (None before its submit was stored) and its newest checkpoint's

@@ -52,7 +52,7 @@ from typing import Any
 import pytest
 
 from engine import Status
-from tests.fixtures_cli import CLI, REPO
+from tests.fixtures_cli import CLI, REPO, outlast_into
 from tests.test_fault_kill import LEDGER_ITEMS, STEPS, Figures, ledger_args, ledger_check, stored
 
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
@@ -87,23 +87,8 @@ def outlast(
         env["OUTLAST_TEST_STORE_DIE_HIT"] = str(hit)
     if sigint_at:
         env["OUTLAST_TEST_STORE_DIE_SIGINT_AT"] = str(sigint_at)
-    with open(out, "a") as fh:
-        fh.write(f"$ outlast {' '.join(args)}" + (f"  [killed at statement {kill_at}]" if kill_at else "") + "\n")
-        fh.flush()
-        p = subprocess.Popen(
-            [*CLI, "--state-dir", str(state), *PLUGINS, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=fh,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            return p.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
-            raise AssertionError(f"outlast {' '.join(args)} did not end within 120 s") from None
+    note = f"  [killed at statement {kill_at}]" if kill_at else ""
+    return outlast_into(out, ["--state-dir", str(state), *PLUGINS], args, env, note=note)
 
 
 def _lines(path: Path) -> int:
