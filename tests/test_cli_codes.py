@@ -288,6 +288,24 @@ def test_ls_shows_the_type_under_type_and_the_name_under_name(cli: Cli) -> None:
     assert cells[3] == "demo" and cells[4] == "W1"
 
 
+def test_ls_of_an_unknown_type_is_a_usage_error_naming_it(cli: Cli) -> None:
+    """``outlast ls -t nosuch`` (a typo) exited 0 with "no operations", as if there were none of a real type.
+    A known type with none stored still lists nothing with 0, and so does a plugin's type whose plugin is
+    not loaded now while operations of it are stored (they are listed)."""
+    for args in (["ls", "-t", "nosuch"], ["--json", "ls", "-t", "nosuch"], ["ls", "-t", "demo", "-t", "nosuch"]):
+        r = cli.here(*args)
+        assert r.returncode == ExitCode.USAGE and r.stdout == "", (args, r.returncode, r.stdout)
+        line = one_line_error(r)
+        assert "unknown operation type 'nosuch'" in line and "demo" in line and "outlast types" in line, line
+    r = cli.here("ls", "-t", "codebase_indexing")
+    assert r.returncode == 0 and r.stderr.strip() == "no operations", r.stderr
+    submitted = cli("-q", "--plugin", "tests.ops_for_tests", "submit", "ledger", "-p", "items=1")
+    assert submitted.returncode == 0, submitted.stderr
+    for args in (["ls", "-t", "ledger"], ["--json", "ls", "-t", "ledger"]):
+        r = cli(*args)
+        assert r.returncode == 0 and submitted.stdout.strip() in r.stdout, (args, r.stdout, r.stderr)
+
+
 def test_a_terminal_that_cannot_show_a_name_gets_it_escaped_not_an_internal_error(cli: Cli) -> None:
     """Under an ASCII (or latin-1) stdout, ``outlast run --name "✓ done"`` died after its submit with
     "internal error: UnicodeEncodeError" (exit 70), leaving a queued operation nobody ran, and

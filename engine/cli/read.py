@@ -48,11 +48,13 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
     if app.json:
         records = _quick_records(app, list(statuses), list(types), limit)
         if records is not None:
+            _check_types(app, types, {r["type"] for r in records})
             fmt.echo(fmt.dumps(records))
             return ExitCode.OK
     else:
         rows = _quick_rows(app, list(statuses), list(types), limit)
         if rows is not None:
+            _check_types(app, types, {r.type for r in rows})
             if rows:
                 fmt.echo_ls(rows)
             elif not app.quiet:
@@ -64,6 +66,7 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
             return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
 
     ops = run_async(go())
+    _check_types(app, types, {o.type for o in ops})
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
     elif ops:
@@ -71,6 +74,31 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
     elif not app.quiet:
         fmt.echo("no operations", err=True)
     return ExitCode.OK
+
+
+def _check_types(app: App, types: tuple[str, ...], listed: set[str]) -> None:
+    """Refuse (usage error, one line) a ``--type`` no handler, profile or stored operation knows: a typo
+    (``-t nosuch``) listed nothing and exited 0, as if there were just no such operations. Asked only of a
+    type the listing did not show, so a plain ``ls -t TYPE`` of a listed type costs nothing more."""
+    unseen = [t for t in dict.fromkeys(types) if t not in listed]
+    if not unseen:
+        return
+    from ..errors import InvalidInput
+    from ..registry import known_types
+
+    settings = app.settings  # imports --plugin and configured plugins: their types are known
+    known = set(known_types()) | set(settings.profiles)
+    unknown = [t for t in unseen if t not in known]
+    if not unknown:
+        return
+
+    async def stored(type_: str) -> bool:
+        async with session(settings) as engine:  # a type whose plugin is not loaded now, run before
+            return bool(await engine.list(None, [type_], 1))
+
+    for t in unknown:
+        if not run_async(stored(t)):
+            raise InvalidInput(f"unknown operation type {t!r} (known: {', '.join(sorted(known))}; see: outlast types)")
 
 
 def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> list[fmt.LsRow] | None:
