@@ -64,6 +64,25 @@ def test_integration_runs_marked_tests_and_resumes_after_sigkill(cli: Cli, tmp_p
     assert comparable(final["result"]) == comparable(res)
 
 
+def test_integration_that_collects_nothing_says_what_helps_and_a_resume_collects_again(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """No test marked ``integration``: the failure suggested ``outlast resume``, which kept the empty list it
+    had collected and failed the same way again. The error names the marker and ``marker=''``; a resume
+    after a test is marked collects again and runs it."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_a.py").write_text("def test_unit():\n    pass\n")
+    params = {"path": str(suite), "env": ENV}
+    code, op, err = run_json(cli, "run", "integration_testing", "--params-json", json.dumps(params))
+    assert op["status"] == "failed" and code == 1, (code, op, err)
+    assert "no test is marked 'integration'" in op["error"] and "marker=''" in op["error"], op["error"]
+    (suite / "test_b.py").write_text("import pytest\n\n@pytest.mark.integration\ndef test_marked():\n    pass\n")
+    final = resume(cli, op["id"])
+    assert final["status"] == "completed", final
+    assert final["result"]["tests"] == 1 and final["result"]["counts"] == {"passed": 1}, final["result"]
+
+
 def runs_compared(result: dict[str, Any]) -> dict[str, Any]:
     """What does not depend on timing: per run (report.json), the tests and their outcomes; the result's counts."""
     runs = json.loads(Path(result["report"]).read_text())["per_run"]

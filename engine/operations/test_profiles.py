@@ -64,8 +64,14 @@ async def integration_testing(ctx: OperationContext, p: IntegrationParams) -> di
     """comprehensive_test_suite with ``-m MARKER`` under the integration_testing profile."""
     args = _with_marker(p.args, p.marker)
     marker = p.marker if args != p.args else None  # None: no marker, or -m in args chose already
+    todo = (
+        f"no test is marked {marker!r}: mark them and resume (it collects again), or run again with"
+        " marker='' to run every test"
+        if marker
+        else ""
+    )
     result = await run_test_suite(
-        ctx, TestSuiteParams.model_validate({**p.model_dump(exclude={"marker"}), "args": args})
+        ctx, TestSuiteParams.model_validate({**p.model_dump(exclude={"marker"}), "args": args}), todo
     )
     if result.get("tests") == 0 and marker:
         ctx.log.warning(f"no test is marked {marker!r}: give marker='' to run every test under {p.path}")

@@ -540,10 +540,13 @@ class _Suite:
 
 
 @operation("comprehensive_test_suite", params=TestSuiteParams, description="run a pytest suite test by test")
-async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
-    """Collect once, then run the tests not yet finished until none remain (or max_failures is reached)."""
+async def run_test_suite(ctx: OperationContext, p: TestSuiteParams, none_collected: str = "") -> dict:
+    """Collect once, then run the tests not yet finished until none remain (or max_failures is reached).
+    ``none_collected``: what to do when pytest collects no test, said after "pytest collected no tests"."""
     suite = _Suite(ctx, p)
-    if "tests" not in ctx.state:
+    if not ctx.state.get("tests"):
+        # Collected once and kept, unless nothing was: a resume after tests were added (or marked, or a
+        # collection error fixed) collects again, where it only failed the same way again.
         await suite.collect()
     while suite.remaining():
         if p.max_failures and suite.failures() >= p.max_failures:
@@ -560,7 +563,10 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams) -> dict:
         raise TestsNotRun(f"{suite.not_run_why}; {_counts(summary)}; report: {summary['report']}")
     if p.fail_on_test_failure and not summary["tests"]:
         # pytest itself exits 5 for it: a root or args that select nothing is no passing suite.
-        raise TestsNotRun(f"pytest collected no tests in {p.path} (args {p.args!r}); report: {summary['report']}")
+        todo = none_collected or "give a path or args that select tests and run again, or add tests and resume"
+        raise TestsNotRun(
+            f"pytest collected no tests in {p.path} (args {p.args!r}): {todo}; report: {summary['report']}"
+        )
     if p.fail_on_test_failure and summary["failed"]:
         ctx.state["rerun_failures"] = True  # a resume runs the failing tests again, and only them
         await ctx.checkpoint(next_step="re-run the failing tests")
