@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import signal
 import struct
 import subprocess
@@ -482,6 +483,33 @@ async def test_at_80x24_keys_1_to_4_switch_tabs_and_the_arrows_still_move_throug
             await pilot.pause()
             assert app.focused is table, key
             assert table.selected_id != before, key
+
+
+async def test_the_status_line_drops_whole_fields_to_fit_never_cuts_a_count(seeded: Settings) -> None:
+    """At 80x24 the line ended "· 1 interrupted · 1" (the terminal cut "1 failed" after its count): it
+    shows whole fields, dropping the finished counts and the sort before what may need the user."""
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(OperationsTable)
+        line = app.query_one("#statusline", Static)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await pilot.press("s")  # "sort created": one more field, the first to go
+        for width in (80, 60, 200, 44, 80):
+            await pilot.resize_terminal(width, 24)
+            await pilot.pause()
+            text = str(line.render())
+            assert len(text) <= line.content_size.width, (width, text)
+            head, *fields = text.split(" · ")
+            assert head == "Outlast  9 operations", (width, text)
+            for field in fields:
+                assert re.fullmatch(
+                    r"\d+ (running|queued|paused|interrupted|failed|cancelled|completed)|sort created", field
+                )
+            if width >= 60:
+                assert "2 running" in fields and "1 failed" in fields, (width, text)
+            if width == 200:
+                assert fields[-3:] == ["1 cancelled", "1 completed", "sort created"], text
 
 
 async def test_detail_of_a_finished_operation_starts_with_its_result_for_people(seeded: Settings) -> None:

@@ -20,8 +20,10 @@ from textual.containers import Container
 from textual.content import Content
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Input, Static, Tab, Tabs
+from textual.widgets import Input, Tab, Tabs
 from textual.worker import Worker
+
+from engine import Status
 
 from .. import format as fmt
 from ..actions import key_applies
@@ -29,6 +31,7 @@ from ..model import OperationsModel
 from ..widgets.detail import DetailPane
 from ..widgets.operations import SORTS, OperationsTable
 from ..widgets.resources import ResourcesPane
+from ..widgets.status_line import KEPT, StatusLine
 from ..widgets.steady_footer import SteadyFooter
 from ..widgets.steady_input import SteadyInput
 
@@ -59,6 +62,17 @@ DEFERRED = ("checkpoints", "logs")
 """Panes the first frame draws as their empty frame (``PaneFrame``): each is mounted after it (a DataTable,
 a RichLog with rich.pretty and attrs behind it: 40 ms of the start, of CPU)."""
 FILTER_SHOWN = 30
+STATUS_WORTH = {
+    Status.RUNNING: 80,
+    Status.FAILED: 75,
+    Status.TIMED_OUT: 70,
+    Status.INTERRUPTED: 65,
+    Status.PAUSED: 60,
+    Status.QUEUED: 50,
+    Status.CANCELLED: 30,
+    Status.COMPLETED: 20,
+}
+"""What a status's count in the status line is worth: the narrowest line keeps what may need the user."""
 """Cells of the filter's text the status line shows at most (the rest as "…")."""
 FILTER_MAX = 200
 """Characters the filter box takes: Textual's Input does work in its length at every key, and 10,000 keys
@@ -148,7 +162,7 @@ class DashboardScreen(Screen[None]):
         self._mounting: asyncio.Task[None] | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="statusline")
+        yield StatusLine(id="statusline")
         yield OperationsTable(self.model.ops, self.live, self.clock, id="ops")
         if self._is_narrow(self.app.size.width, self.app.size.height):  # the first frame shows them
             yield self._tabs()
@@ -400,25 +414,22 @@ class DashboardScreen(Screen[None]):
         counts = self.model.counts()
         table = self.table
         n = len(self.model.ops)
-        parts: list[str | tuple[str, str] | Content] = [
-            ("Outlast", "bold"),
-            f"  {n:,} operation{'s' if n != 1 else ''}",
-        ]
-        for note in self.notes:
-            parts += [" · ", (fmt.printable(note), "bold")]
+        head = Content.assemble(("Outlast", "bold"), f"  {n:,} operation{'s' if n != 1 else ''}")
+        # Each field with its worth: at 80 columns the least worth goes first, whole (the sort, shown by
+        # the table's header too; then the finished counts), never a count cut in half.
+        fields: list[tuple[int, Content]] = [(KEPT, Content.styled(fmt.printable(note), "bold")) for note in self.notes]
         if table.filter_words:
             words = fmt.printable(" ".join(table.filter_words))
             if cell_len(words) > FILTER_SHOWN:
                 words = set_cell_size(words, FILTER_SHOWN - 1) + "…"
-            parts += [" · ", f"{len(table.ids):,} shown by filter ", (words, "bold")]
+            fields.append((90, Content.assemble(f"{len(table.ids):,} shown by filter ", (words, "bold"))))
         # Every status held, in the table's order: an interrupted operation waits on the user as a paused one.
         for status in sorted(counts, key=fmt.STATUS_ORDER.__getitem__):
-            parts += [" · ", f"{counts[status]:,} {status.value}"]
+            fields.append((STATUS_WORTH[status], Content(f"{counts[status]:,} {status.value}")))
         if table.sort != SORTS[0]:
-            parts += [" · ", f"sort {table.sort}"]
+            fields.append((10, Content(f"sort {table.sort}")))
         self._notes_shown = list(self.notes)
-        # One line high whatever it says: no layout of the whole screen (a tenth of a second here).
-        self.query_one("#statusline", Static).update(Content.assemble(*parts), layout=False)
+        self.query_one("#statusline", StatusLine).show(head, fields)
 
     # ---- the table: sort and filter --------------------------------------------------------------
 
