@@ -357,6 +357,40 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
     assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]
 
 
+async def test_a_type_name_typed_on_the_type_field_picks_it_and_the_keys_behind_go_to_its_fields(
+    settings: Settings,
+) -> None:
+    """``n``, then a type's name, tab and a value, as a user types them: the letters went nowhere (a closed
+    Select ignores them) and the tab and value into the fields of the type shown before, so ctrl+s
+    launched a job other than the one meant. Letters pick the type whose name starts with them (or has
+    them), in one burst or one by one; a letter no type has keeps the type shown."""
+    from textual import events
+    from textual.widgets import Select
+
+    app = LaunchApp(handlers(), initial_type="demo")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        select = app.screen.query_one("#launch-type", Select)
+        assert app.screen.focused is select  # where the form opens
+        await pilot.press(*"integ")
+        assert select.value == "integration_testing"
+        await pilot.press("escape")
+    app = LaunchApp(handlers(), initial_type="demo")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press(*"suite", "!")
+        assert app.screen.query_one("#launch-type", Select).value == "comprehensive_test_suite"
+        await pilot.press("escape")
+    assert app.results == [None]
+    app = LaunchApp(handlers(), initial_type="demo")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        for key in [*"command", "tab", *"true", "ctrl+s"]:  # at once, through the app
+            app.post_message(events.Key(key, key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+    assert [(s.type, s.params.get("argv")) if s else None for s in app.results] == [("command", ["true"])]
+
+
 def shown_lines(app: App[Any], key: str) -> list[str]:
     """The rows the error line under ``key`` takes on screen, as a user reads them."""
     widget = app.screen.query_one(f"#error-{key}", Static)

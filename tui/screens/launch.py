@@ -285,8 +285,9 @@ class TypeSelect(Select[str]):
     keys typed right behind the choice (a tab and the values, in one burst over SSH) are held here until
     the new fields are there, then applied in the order typed, so they never land in the old type's
     fields or past the new ones. Like ``FormInput``, tab moves the focus in the key's turn, and a key
-    that reaches this field after the focus moved on is handed to the field that has it now; other
-    keys do what they do on a Select (open the list, the form's escape)."""
+    that reaches this field after the focus moved on is handed to the field that has it now; letters
+    typed on it pick a type by its name (``type_ahead``); other keys do what they do on a Select (open
+    the list, the form's escape)."""
 
     def __init__(self, options: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -296,6 +297,8 @@ class TypeSelect(Select[str]):
         """Keys (and a launch) that came while params are being swapped in."""
         self._swaps = 0
         """Swaps not mounted yet (a second type chosen before the first one's fields are in)."""
+        self._typed = ""
+        """What was typed on the closed field so far: the type it picks (``type_ahead``)."""
 
     @property
     def holding(self) -> bool:
@@ -342,11 +345,36 @@ class TypeSelect(Select[str]):
         if self._swaps:
             return
         held, self._held = self._held, []
-        for item in held:
+        for i, item in enumerate(held):
+            if self.holding:  # a letter picked another type: the rest wait for its params, in order
+                self._held = held[i:] + self._held
+                return
             if not isinstance(item, events.Key):
                 item()
+            elif item.is_printable and item.character and self.screen.focused is self:
+                self.type_ahead(item.character)  # here, in order: posted, it came after the keys behind it
             elif not _hand_on(self, item):
                 self.post_message(item)  # not one this field hands on: as if it came now
+
+    def type_ahead(self, character: str) -> None:
+        """Typing on the closed field picks the type: the first (in the list's order) whose name starts
+        with what was typed, else the first that has it in its name ("suite"); a letter that fits none
+        starts again from itself, and one that still fits none leaves the type as it is. Typed letters
+        went nowhere, and the tab and values behind them into the fields of the type shown before."""
+        for typed in (self._typed + character, character):
+            low = typed.lower()
+            found = next((v for v in self._values if v.lower().startswith(low)), None)
+            found = found or next((v for v in self._values if low in v.lower()), None)
+            if found is not None:
+                self._typed = typed
+                if found != self.value:
+                    self.value = found  # the params swap in, holding the keys behind
+                return
+        self._typed = ""
+        self.app.bell()
+
+    def on_blur(self) -> None:
+        self._typed = ""
 
     async def on_key(self, event: events.Key) -> None:
         if self.expanded:
@@ -357,9 +385,14 @@ class TypeSelect(Select[str]):
         if self.holding:
             self._held.append(events.Key(event.key, event.character))
         elif event.key in ("enter", "down", "space", "up") and self.screen.focused is self:
+            self._typed = ""
             self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see _list_key
+        elif event.is_printable and event.character and self.screen.focused is self:
+            self.type_ahead(event.character)
         elif not _hand_on(self, event):
             return  # a Select's own key, or the form's
+        else:
+            self._typed = ""
         event.stop()
         event.prevent_default()
 
