@@ -306,6 +306,17 @@ def test_ls_of_an_unknown_type_is_a_usage_error_naming_it(cli: Cli) -> None:
         assert r.returncode == 0 and submitted.stdout.strip() in r.stdout, (args, r.stdout, r.stderr)
 
 
+def test_show_says_elapsed_is_the_resumed_attempts(cli: Cli) -> None:
+    """After a resume, show's elapsed (and the dashboard's) counts from the new attempt's start, which read
+    as the whole run's time: it says which attempt it is."""
+    first = json.loads(cli("--json", "run", "demo", "-p", "items=4", "-p", "seconds=0", "-p", "fail_every=1").stdout)
+    assert first["status"] == "failed", first
+    assert re.search(r"^elapsed +\d+s$", cli.here("show", first["id"]).stdout, re.M)
+    assert cli("-q", "resume", first["id"]).returncode == ExitCode.FAILED
+    shown = cli.here("show", first["id"]).stdout
+    assert re.search(r"^elapsed +\d+s in attempt 2$", shown, re.M), shown
+
+
 def test_a_terminal_that_cannot_show_a_name_gets_it_escaped_not_an_internal_error(cli: Cli) -> None:
     """Under an ASCII (or latin-1) stdout, ``outlast run --name "✓ done"`` died after its submit with
     "internal error: UnicodeEncodeError" (exit 70), leaving a queued operation nobody ran, and

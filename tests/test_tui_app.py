@@ -1319,6 +1319,17 @@ async def test_a_resumed_operation_waiting_in_the_queue_shows_no_elapsed_time(tu
         console = Console(width=76, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
         console.print(app.query_one(DetailPane).render_op(queued, None, queued)[0])
         assert not any(line.startswith("elapsed") for line in console.export_text().splitlines())
+        # Running again: ELAPSED starts from 0 with the new attempt, and the detail says so (as `show` does).
+        await pilot.press("w")
+        await wait_for(pilot, lambda: _is(app, op_id, Status.RUNNING))
+        again = await app.engine.get(op_id)
+        console.print(app.query_one(DetailPane).render_op(again, None, again)[0])
+        lines = console.export_text().splitlines()
+        assert any(re.fullmatch(r"elapsed +\d+s in attempt 2", line.rstrip()) for line in lines), lines
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        said = " ".join(str(w.render()) for w in app.screen.query(Static))
+        assert "ELAPSED and LEFT are the current attempt's: a resume starts them again" in " ".join(said.split())
 
 
 async def test_the_launch_form_checks_params_as_submit_will_and_stays_open_on_what_submit_would_refuse(

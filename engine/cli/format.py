@@ -291,7 +291,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         ("created", when(op.created_at)),
         ("started", when(op.started_at)),
         ("finished", when(op.finished_at)),
-        ("elapsed", duration(op.elapsed)),
+        ("elapsed", op.elapsed_text(time.time())),
         ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})"),
         ("time left", duration(time_left(op))),
         ("worker", str(op.worker) if op.worker else "-"),

@@ -14,6 +14,9 @@ INTRO = (
     "Outlast runs long operations so they finish or fail, never silently die. "
     "Everything here also works headless: outlast --help."
 )
+COLUMNS = (
+    "RATE, ETA, ELAPSED and LEFT are the current attempt's: a resume starts them again (the detail says which attempt)."
+)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -40,6 +43,10 @@ class HelpScreen(ModalScreen[None]):
     #help-keys {
         height: auto;
     }
+    #help-columns {
+        color: $text-muted;
+        margin-top: 1;
+    }
     #help-close {
         color: $text-muted;
         margin-top: 1;
@@ -64,6 +71,7 @@ class HelpScreen(ModalScreen[None]):
             dialog.border_title = "Keys"
             yield Static(INTRO, id="help-intro")
             yield Static(self.key_table(), id="help-keys")
+            yield Static(COLUMNS, id="help-columns")
             yield Static("esc, ? or q to close", id="help-close")
 
     def key_table(self) -> Table:

@@ -425,7 +425,7 @@ class OperationsTable(ScrollView, can_focus=True):
         if key == "eta":
             return (fmt.duration(p.eta) if running else "-"), None
         if key == "elapsed":
-            return fmt.duration(_elapsed(op, now)), None
+            return fmt.duration(op.elapsed_at(now)), None
         if key == "left":
             return (fmt.duration(op.deadline - now) if op.deadline and running else "-"), None
         value = op.priority.value
@@ -449,14 +449,6 @@ class OperationsTable(ScrollView, can_focus=True):
             half = filled - full >= 0.5
             out += [("╸" if half else rest, done if half else todo), (rest * (bar - full - 1), todo)]
         out.append((f"{pct:4.0f}%"[-5:].rjust(5), None))
-
-
-def _elapsed(op: Operation, now: float) -> float | None:
-    """This attempt's run time (``Operation.elapsed`` at ``now``): none while queued, resumed or not."""
-    if op.started_at is None or op.status is Status.QUEUED:
-        return None
-    end = op.finished_at if op.status is not Status.RUNNING and op.finished_at else now
-    return max(0.0, end - op.started_at)
 
 
 _STATUS_STYLE = {
