@@ -345,6 +345,28 @@ def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: 
     assert final["progress"]["skipped"] == 1  # the binary file
 
 
+def test_semantic_analysis_of_a_tree_leaves_pictures_and_markup_out_of_its_topics(tmp_path: Path) -> None:
+    """On this repository, whose snapshot SVGs hold thousands of tags, the topics were "fill", "rect",
+    "height", "clip-path": an SVG is skipped as a picture (with or without a .xml-like sibling), and a file
+    of markup without a document suffix is read for its text, without its tags and attributes."""
+    src = tmp_path / "repo"
+    src.mkdir()
+    for i in range(6):
+        (src / f"mod{i}.py").write_text(
+            f"def schedule_checkpoint{i}(queue, worker):\n    return queue.resume(worker)\n"
+        )
+        rects = "".join(f'<rect fill="#fff" x="{n}" y="{n}" height="24.65" clip-path="url(#c)"/>' for n in range(50))
+        (src / f"shot{i}.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg">{rects}</svg>\n')
+        (src / f"layout{i}.xml").write_text(
+            f"<layout><rect fill='#000' height='3'>window pane</rect>{rects}</layout>\n"
+        )
+    res = run_here(tmp_path, "semantic_analysis", root=str(src)).result
+    topics = {t for t, _n in res["topics"]}
+    assert not topics & {"rect", "fill", "height", "clip-path", "svg", "xmlns", "url"}, res["topics"]
+    assert {"queue", "worker", "window", "pane"} <= topics, res["topics"]
+    assert res["documents"] == 12 and res["analysed"] == 12, res
+
+
 def test_semantic_analysis_of_the_kb(tmp_path: Path) -> None:
     kb = populated(tmp_path, 40, dup_every=10)
     res = run_here(tmp_path, "semantic_analysis", kb=str(kb)).result

@@ -24,6 +24,11 @@ KINDS = {
 }
 """File suffixes read as documents, and the kind of each."""
 
+IMAGE_SUFFIXES = frozenset({".svg", ".svgz"})
+"""Text files that are pictures (an SVG is XML): what a tree's analysis skips, its tags and coordinates no
+words of the tree's (a repository's snapshot SVGs made "rect", "fill" and "clip-path" its topics)."""
+_TAG = re.compile(r"<[^<>]*>")
+
 Section = tuple[str | None, str]
 """(heading or None, text)."""
 
@@ -34,6 +39,15 @@ class NotADocument(ValueError):
 
 def kind_of(rel: str) -> str | None:
     return KINDS.get(PurePosixPath(rel).suffix.lower())
+
+
+def markup_heavy(data: bytes) -> bool:
+    """Whether a file without a document suffix is mostly markup (XML, a picture's SVG without its suffix):
+    it starts with a tag, and tags are most of its first 64 KiB. Read as HTML, its text without the tags."""
+    head = data[:65536].decode("utf-8", "replace").strip()
+    if not head.startswith("<"):
+        return False
+    return 2 * sum(m.end() - m.start() for m in _TAG.finditer(head)) > len(head)
 
 
 def decode(data: bytes) -> str:

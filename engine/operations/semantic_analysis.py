@@ -1,6 +1,7 @@
 """semantic_analysis: keywords per document, the corpus's main topics, and near-duplicate documents.
 
-Over the knowledge base (default) or over a source tree (``root``: every text file under it). Pure Python:
+Over the knowledge base (default) or over a source tree (``root``: every text file under it but pictures
+(SVG), a file of markup read for its text without the tags). Pure Python:
 keywords are the terms with the highest TF-IDF in a document (document frequencies over the corpus);
 topics are the keywords shared by the most documents; near-duplicates are found with bottom-k MinHash
 sketches of word 4-gram shingles (128 hashes per document: the Jaccard similarity of two documents is
@@ -27,7 +28,7 @@ import math
 import sqlite3
 from array import array
 from collections import Counter, defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -37,7 +38,7 @@ from ..files import create_private
 from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
-from ._docs import NotADocument, kind_of, sections
+from ._docs import IMAGE_SUFFIXES, NotADocument, kind_of, markup_heavy, sections
 from ._results_db import check_kind, create_tables, exclusive, pending_items
 from ._walk import list_files, own_files
 from .kb_population import kb_path
@@ -193,8 +194,10 @@ def _tree_text(root: Path, rel: str) -> tuple[str | None, str, str | None]:
     except OSError as e:
         return None, "", f"unreadable: {e.strerror or e}"
     sha = hashlib.sha256(data).hexdigest()
+    if PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES:
+        return None, sha, "skip: a picture (SVG), not text"
     try:
-        _title, secs = sections(kind_of(rel) or "text", data)
+        _title, secs = sections(kind_of(rel) or ("html" if markup_heavy(data) else "text"), data)
     except NotADocument as e:
         return None, sha, f"skip: {e}"
     return "\n\n".join(f"{h or ''}\n{t}" for h, t in secs), sha, None
