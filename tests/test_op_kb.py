@@ -347,8 +347,8 @@ def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: 
 
 def test_semantic_analysis_of_a_tree_leaves_pictures_and_markup_out_of_its_topics(tmp_path: Path) -> None:
     """On this repository, whose snapshot SVGs hold thousands of tags, the topics were "fill", "rect",
-    "height", "clip-path": an SVG is skipped as a picture (with or without a .xml-like sibling), and a file
-    of markup without a document suffix is read for its text, without its tags and attributes."""
+    "height", "clip-path": an SVG is skipped as a picture, and a file of markup without a document suffix
+    (XML) is read for its text, without its tags and attributes."""
     src = tmp_path / "repo"
     src.mkdir()
     for i in range(6):

@@ -62,6 +62,7 @@ DEFERRED = ("checkpoints", "logs")
 """Panes the first frame draws as their empty frame (``PaneFrame``): each is mounted after it (a DataTable,
 a RichLog with rich.pretty and attrs behind it: 40 ms of the start, of CPU)."""
 FILTER_SHOWN = 30
+"""Cells of the filter's text the status line shows at most (the rest as "…")."""
 STATUS_WORTH = {
     Status.RUNNING: 80,
     Status.FAILED: 75,
@@ -73,7 +74,6 @@ STATUS_WORTH = {
     Status.COMPLETED: 20,
 }
 """What a status's count in the status line is worth: the narrowest line keeps what may need the user."""
-"""Cells of the filter's text the status line shows at most (the rest as "…")."""
 FILTER_MAX = 200
 """Characters the filter box takes: Textual's Input does work in its length at every key, and 10,000 keys
 arriving at once (no bracketed paste) froze the dashboard and the engine in it for 23 s."""
