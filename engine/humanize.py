@@ -71,6 +71,13 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def elapsed(seconds: float | None, attempt: int) -> str:
+    """An attempt's run time: ``48s``; ``48s in attempt 2`` once resumed or retried (it counts from that
+    attempt's start, not the first's, and a bare 0s after a resume read as the whole run's time)."""
+    text = duration(seconds)
+    return text if attempt <= 1 else f"{text} in attempt {attempt}"
+
+
 def local_time(ts: float | None) -> time.struct_time | None:
     """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
     record's garbage must not crash a listing)."""

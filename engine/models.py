@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
-from .humanize import duration
+from .humanize import elapsed as attempt_elapsed
 from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition, refused_change
 from .limits import (
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -450,7 +450,7 @@ class Operation(BaseModel):
     def elapsed_at(self, now: float) -> float | None:
         """Seconds this attempt has run at wall time ``now`` (None before it starts): per attempt, as the
         rate, the ETA and the deadline are, so a resume starts it again (every face says which attempt:
-        ``elapsed_text``). A resumed or retried operation keeps its last attempt's ``started_at`` while it
+        ``humanize.elapsed``). A resumed or retried operation keeps its last attempt's ``started_at`` while it
         waits in the queue: counted from there, its elapsed grew by the pause, the queue and the backoff,
         then fell to 0 s when it started."""
         if self.started_at is None or self.status is Status.QUEUED:
@@ -459,10 +459,8 @@ class Operation(BaseModel):
         return max(0.0, end - self.started_at)
 
     def elapsed_text(self, now: float) -> str:
-        """``elapsed_at`` as ``show`` and the dashboard's detail say it: ``48s``, ``48s in attempt 2`` once
-        resumed or retried (it counts from that attempt's start, not the first's)."""
-        text = duration(self.elapsed_at(now))
-        return text if self.attempt <= 1 else f"{text} in attempt {self.attempt}"
+        """``elapsed_at`` as ``show`` and the dashboard's detail say it (``humanize.elapsed``)."""
+        return attempt_elapsed(self.elapsed_at(now), self.attempt)
 
 
 class Checkpoint(BaseModel):

@@ -19,6 +19,8 @@ from engine import Engine, OperationSpec, Priority, Settings, Status, handlers
 from engine.registry import HandlerSpec
 from tui.screens.launch import LaunchScreen
 
+from .fixtures_tui import wait_for
+
 
 class LaunchApp(App[None]):
     """Pushes the launch form on start and keeps what it dismisses with."""
@@ -387,7 +389,7 @@ async def test_a_type_name_typed_on_the_type_field_picks_it_and_the_keys_behind_
         await pilot.pause()
         for key in [*"command", "tab", *"true", "ctrl+s"]:  # at once, through the app
             app.post_message(events.Key(key, key if len(key) == 1 else None))
-        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: app.results)  # three types swapped in on the way: no fixed pause
     assert [(s.type, s.params.get("argv")) if s else None for s in app.results] == [("command", ["true"])]
 
 

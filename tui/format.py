@@ -7,6 +7,7 @@ from engine.humanize import (  # noqa: F401  (one rendering for every face: a ra
     clock,
     count,
     duration,
+    elapsed,
     local_time,
     printable,
     rate,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from engine import Priority, Status
+from engine import SETTLED, Priority, Status
 
 if TYPE_CHECKING:
     from engine import Operation
@@ -83,6 +83,14 @@ class LookedOperation:
     def label(self) -> str:
         """As ``engine.Operation.label``."""
         return cast(str, self.name or self.type)  # type: ignore[attr-defined]
+
+    def elapsed_at(self, now: float) -> float | None:
+        """As ``engine.Operation.elapsed_at``: this attempt's run time."""
+        started, finished = cast("float | None", self.started_at), cast("float | None", self.finished_at)  # type: ignore[attr-defined]
+        if started is None or self.status is Status.QUEUED:
+            return None
+        end = finished if self.status in SETTLED and finished else now
+        return max(0.0, end - started)
 
 
 def looked(record: dict[str, Any]) -> Operation:

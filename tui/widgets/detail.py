@@ -178,7 +178,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("created", local_time(op.created_at))
         row("started", local_time(op.started_at) if op.started_at else None)
         if op.elapsed_at(now) is not None:  # a resumed one waiting: none (its last attempt's start is kept)
-            row("elapsed", op.elapsed_text(now))
+            row("elapsed", fmt.elapsed(op.elapsed_at(now), op.attempt))
         row("finished", local_time(op.finished_at) if op.finished_at and op.status.value != "running" else None)
         row("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else None)
         for k, v in sorted(p.metrics.items()):
