@@ -29,7 +29,7 @@ from .. import format as fmt
 from ..actions import key_applies
 from ..model import OperationsModel
 from ..widgets.detail import DetailPane
-from ..widgets.operations import SORTS, OperationsTable
+from ..widgets.operations import SORTS, SORTS_UNMARKED, OperationsTable
 from ..widgets.resources import ResourcesPane
 from ..widgets.status_line import KEPT, StatusLine
 from ..widgets.steady_footer import SteadyFooter
@@ -415,8 +415,9 @@ class DashboardScreen(Screen[None]):
         table = self.table
         n = len(self.model.ops)
         head = Content.assemble(("Outlast", "bold"), f"  {n:,} operation{'s' if n != 1 else ''}")
-        # Each field with its worth: at 80 columns the least worth goes first, whole (the sort, shown by
-        # the table's header too; then the finished counts), never a count cut in half.
+        # Each field with its worth: at 80 columns the least worth goes first, whole (the sort, which the
+        # header's ▼ says too, unless a narrow table left its column out; then the finished counts), never
+        # a count cut in half.
         fields: list[tuple[int, Content]] = [(KEPT, Content.styled(fmt.printable(note), "bold")) for note in self.notes]
         if table.filter_words:
             words = fmt.printable(" ".join(table.filter_words))
@@ -427,7 +428,7 @@ class DashboardScreen(Screen[None]):
         for status in sorted(counts, key=fmt.STATUS_ORDER.__getitem__):
             fields.append((STATUS_WORTH[status], Content(f"{counts[status]:,} {status.value}")))
         if table.sort != SORTS[0]:
-            fields.append((10, Content(f"sort {table.sort}")))
+            fields.append((85 if table.sort in SORTS_UNMARKED else 10, Content(f"sort {table.sort}")))
         self._notes_shown = list(self.notes)
         self.query_one("#statusline", StatusLine).show(head, fields)
 

@@ -469,3 +469,5 @@ _SORT_COLUMN = {
     "name": "name",
     "type": "type",
 }
+SORTS_UNMARKED = frozenset(sort for sort, column in _SORT_COLUMN.items() if column in DROP_ORDER)
+"""Sorts whose column a narrow table leaves out, and its ▼ with it: only the status line says them."""
