@@ -358,13 +358,14 @@ class TypeSelect(Select[str]):
 
     def type_ahead(self, character: str) -> None:
         """Typing on the closed field picks the type: the first (in the list's order) whose name starts
-        with what was typed, else the first that has it in its name ("suite"); a letter that fits none
-        starts again from itself, and one that still fits none leaves the type as it is. Typed letters
-        went nowhere, and the tab and values behind them into the fields of the type shown before."""
+        with what was typed, else the first with a word (after a "_") that does ("suite"); a letter that
+        fits none starts again from itself, and one that still fits none leaves the type as it is (a bell).
+        Typed letters went nowhere, and the tab and values behind them into the fields of the type shown
+        before."""
         for typed in (self._typed + character, character):
             low = typed.lower()
             found = next((v for v in self._values if v.lower().startswith(low)), None)
-            found = found or next((v for v in self._values if low in v.lower()), None)
+            found = found or next((v for v in self._values if f"_{low}" in f"_{v.lower()}"), None)
             if found is not None:
                 self._typed = typed
                 if found != self.value:
