@@ -27,7 +27,7 @@ class KeyAction(NamedTuple):
 
 
 KEY_ACTIONS: dict[str, KeyAction] = {
-    "launch": KeyAction("Launch operation", "A form: type (typing a name picks it), params, priority, item estimate"),
+    "launch": KeyAction("Launch operation", "A form: type, params, priority, item estimate"),
     "cancel": KeyAction("Cancel operation", "Cancel the selected operation (asks first)", Action.CANCEL),
     "pause": KeyAction("Pause operation", "Pause the selected operation with a checkpoint", Action.PAUSE),
     "resume": KeyAction("Resume operation", "Resume the selected operation from its newest checkpoint", Action.RESUME),
