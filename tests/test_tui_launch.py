@@ -355,7 +355,7 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
         await pilot.pause()
         for key in ["enter", "down", "enter", "tab", *"/tmp", "ctrl+s"]:  # at once, through the app
             app.post_message(events.Key(key, key if len(key) == 1 else None))
-        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: app.results)  # not a fixed 0.5 s: a loaded machine took longer
     assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]
 
 
