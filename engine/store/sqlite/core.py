@@ -27,7 +27,7 @@ from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
-from .locks import try_lock, unlock
+from .locks import Spares, try_lock, unlock
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker
 
@@ -92,6 +92,8 @@ class SqliteCore:
         self._conn: sqlite3.Connection | None = None
         self._held: dict[str, int] = {}
         """The operations this process holds a lock on: operation id -> the lock file's fd."""
+        self._spares = Spares(self.lock_dir)
+        """Lock files let go of, kept to be the next claims' (locks.py)."""
         self._log_locks: dict[str, asyncio.Lock] = {}
         self._opened = 0
         self._file: tuple[int, int] | None = None
@@ -225,6 +227,7 @@ class SqliteCore:
         """Close a store opened by ``open_here``."""
         for op_id in list(self._held):
             self._unlock(op_id)
+        self._spares.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -276,6 +279,7 @@ class SqliteCore:
                 raise StoreError(f"state dir {d} is not a directory")
             private_dir(d, self.log_dir.name)
             private_dir(d, self.lock_dir.name)
+            Spares.sweep(self.lock_dir)  # those of processes killed since (their close never ran)
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
         found: os.stat_result | None = None
@@ -519,6 +523,7 @@ class SqliteCore:
             self._unlock(op_id)
         worker, self._worker = self._worker, None
         worker.guard = None  # closing it must not open the file now at the path (_same_file)
+        await worker.run(self._spares.close)
         conn, self._conn = self._conn, None
         if conn is not None:
             await worker.run(conn.close)
@@ -535,12 +540,12 @@ class SqliteCore:
         "stale lock" cleanup): else every claim, and a running operation's heartbeat, failed as a store
         outage, which stopped the work."""
         try:
-            return try_lock(self._lock_file(op_id))
+            return try_lock(self._lock_file(op_id), self._spares)
         except FileNotFoundError:
             if (lost := self._lost()) is not None:
                 raise lost from None
             private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
-            return try_lock(self._lock_file(op_id))
+            return try_lock(self._lock_file(op_id), self._spares)
 
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
@@ -554,7 +559,7 @@ class SqliteCore:
     def _unlock(self, op_id: str) -> None:
         fd = self._held.pop(op_id, None)
         if fd is not None:
-            unlock(self._lock_file(op_id), fd)
+            unlock(self._lock_file(op_id), fd, self._spares)
 
     def _unlock_unless_running(self, op_id: str, epoch: int | None = None) -> None:
         """Let go after a commit, unless a later job of the same commit group claimed the operation

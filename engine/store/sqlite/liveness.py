@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ...models import Operation
 from ...processes import process_start
 from .core import SqliteCore
-from .locks import close_lock
+from .locks import at_path, close_lock
 
 log = logging.getLogger("outlast.store")
 
@@ -66,7 +66,7 @@ class LivenessMixin(SqliteCore):
 
     def _relock(self) -> None:
         for op_id, fd in list(self._held.items()):
-            if os.fstat(fd).st_nlink:
+            if at_path(self._lock_file(op_id), fd):
                 continue
             new = self._try_lock(op_id)
             if new is None:
