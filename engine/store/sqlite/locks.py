@@ -1,7 +1,7 @@
 """The flock that holds a running operation of the SQLite store: ``locks/ID.lock``, released by the
 kernel when its process dies, so any engine can tell an orphan from a live operation.
 
-A lock file let go of is kept by its process as a spare (``Spares``): renamed ``locks/.spare-PID-N`` by a
+A lock file let go of is kept by its process as a spare (``Spares``): renamed ``locks/.spare-PID-STORE-N`` by a
 link and an unlink, still flocked, and linked to the next claimed operation's path in place of a new file.
 No inode is made or freed per claim: on ext4 without a journal each new inode is searched past every one
 freed in the last minute (``recently_deleted``), which cost a claim 25-270 us of the store's thread here."""
@@ -108,7 +108,7 @@ def unlock(path: Path, fd: int, spares: Spares | None = None) -> None:
 
 
 SPARE = ".spare-"
-"""The names of spares in the locks directory: ``.spare-PID-N`` (never ``*.lock``: no operation's)."""
+"""The names of spares in the locks directory: ``.spare-PID-STORE-N`` (never ``*.lock``: no operation's)."""
 
 _numbers = itertools.count()
 
@@ -120,7 +120,7 @@ def _spares_allowed() -> int:
 
 
 class Spares:
-    """Lock files this store let go of, kept flocked under a name of their own (``.spare-PID-N``) to be the
+    """Lock files this store let go of, kept flocked under a name of their own (``SPARE``) to be the
     lock files of its next claims: ``place`` links one to an operation's path (never over a file there),
     ``keep`` takes a released one back. Every spare is flocked by this process for as long as it is one, so
     a process that opened an operation's path just before it was let go of meets a held file (as it did
@@ -131,6 +131,11 @@ class Spares:
         self.dir = lock_dir
         self.allowed = _spares_allowed()
         self._kept: list[tuple[str, int]] = []
+        self._prefix = os.path.join(lock_dir, f"{SPARE}{os.getpid()}-{next(_numbers)}-")
+        self._free: list[str] = []
+        """Names of spares placed since, given again first: the same few names whatever runs (a listing of
+        the state dir before and after a run finds the same files)."""
+        self._named = 0
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -146,6 +151,7 @@ class Spares:
                 return None
             except FileNotFoundError:  # the spare deleted by hand (or the locks directory): not one now
                 self._kept.pop()
+                self._free.append(name)
                 _close(fd)
                 continue
             except OSError:  # no hard links here: no spares either
@@ -154,6 +160,7 @@ class Spares:
             self._kept.pop()
             with contextlib.suppress(OSError):
                 os.unlink(name)
+                self._free.append(name)
             return fd
         return None
 
@@ -162,16 +169,24 @@ class Spares:
         is not kept (enough spares, or it cannot be: the caller deletes and closes it)."""
         if len(self._kept) >= self.allowed:
             return False
-        name = os.path.join(self.dir, f"{SPARE}{os.getpid()}-{next(_numbers)}")
+        if self._free:
+            name = self._free.pop()
+        else:
+            name = f"{self._prefix}{self._named}"
+            self._named += 1
         try:
             os.link(path, name)
+        except FileExistsError:  # not ours (put there by hand): never given again
+            return False
         except OSError:  # the file deleted by hand, no hard links here: let go of as before
+            self._free.append(name)
             return False
         try:
             os.unlink(path)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+                self._free.append(name)
             return False
         self._kept.append((name, fd))
         return True
@@ -182,6 +197,7 @@ class Spares:
         for name, fd in kept:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+                self._free.append(name)
             _close(fd)
 
     @staticmethod
