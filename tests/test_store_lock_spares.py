@@ -136,3 +136,25 @@ def test_a_lock_taken_on_a_file_made_a_spare_meanwhile_is_not_held(
         assert fd is not None
         assert os.fstat(fd).st_ino == path.stat().st_ino, "the lock is on a file that is not at the path"
         locks.unlock(path, fd)
+
+
+def test_a_file_another_process_made_at_the_path_is_never_kept_as_a_spare(tmp_path: Path) -> None:
+    """Our lock file deleted by hand, another process made and locked a new one at the path before we let go:
+    keeping "the file at the path" as our spare kept that process's file under our name, and the next claim
+    linked it to its own path while holding ours."""
+    spares = locks.Spares(tmp_path)
+    path, other_path = tmp_path / "a.lock", tmp_path / "b.lock"
+    fd = locks.try_lock(path, spares)
+    assert fd is not None
+    path.unlink()  # a "stale lock" cleanup
+    theirs = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    locks.fcntl.flock(theirs, locks.fcntl.LOCK_EX | locks.fcntl.LOCK_NB)
+    try:
+        locks.unlock(path, fd, spares)
+        assert len(spares) == 0
+        mine = locks.try_lock(other_path, spares)
+        assert mine is not None and os.fstat(mine).st_ino == other_path.stat().st_ino
+        locks.unlock(other_path, mine, spares)
+    finally:
+        os.close(theirs)
+        spares.close()

@@ -182,6 +182,8 @@ class Spares:
             self._free.append(name)
             return False
         try:
+            if not at_path(Path(name), fd):  # ours was deleted by hand and another file made at the path
+                raise FileNotFoundError(name)
             os.unlink(path)
         except OSError:
             with contextlib.suppress(OSError):
