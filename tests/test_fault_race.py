@@ -1,0 +1,536 @@
+"""Fault suite: a seeded race of real processes on one store, checked afterwards item by item.
+
+Two or three ``outlast worker`` processes (``auto_resume`` on) and two CLI clients share one local state dir
+or one real redis-server. The clients, at random moments, ``submit`` ledger-like operations (every item body
+started appends ``PID EPOCH ITEM TIME`` to the operation's trace file; some fail transiently once, then are
+retried by their policy) and ``cancel`` / ``pause`` (with a short ``--wait``, or ``--no-wait``) and
+``resume --queue`` them (the user's retry of a stopped or failed one). Meanwhile workers are SIGKILLed (and
+another started) or SIGSTOPped for a while and continued (past its lease, on Redis). Then everyone is
+continued, the workers drain, and what must hold is checked:
+
+- no two live attempts of one operation at once: the trace of an attempt (pid, epoch) never resumes once
+  another's has begun (on Redis, an attempt stopped past its lease may start at most ``MAX_STALE`` items as
+  it wakes: test_fault_redis_zombie's bound);
+- every operation settles (completed, failed, cancelled, timed out or paused): none left running with no
+  process behind it, queued with workers idle, or interrupted;
+- the last stop a client was told of (exit 0) holds: a cancel ends cancelled, a pause paused (unless a later
+  command that failed may have changed it), and a resume (or no command) ends completed;
+- after a stop reported settled (``cancelled``, ``paused``), no item is started until the next ``resume``;
+  after a stop reported requested, no new attempt starts until the next ``resume``;
+- a completed operation has the uninterrupted result and ran every item; an item ran twice only after a kill
+  (or a lease lost) of the attempt that first ran it, and at most a checkpoint interval (``EVERY``) per such
+  attempt.
+
+Seeded: the seed is printed with a failure (``OUTLAST_FAULT_SEED`` replays its choices; the moments are times,
+so a replay lands about, not exactly, the same). By default one short round per store; ``OUTLAST_SOAK=1`` runs
+``OUTLAST_SOAK_ROUNDS`` (default 20) rounds of each, and prints the figures (with -s).
+
+This module is also the plugin that defines the operation (``--plugin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from engine import Operation, OperationContext, open_store, operation
+from tests.fixtures_cli import CLI, REPO, Proc
+from tests.fixtures_redis import RedisServer
+
+pytestmark = [pytest.mark.slow]
+
+PLUGIN = "tests.test_fault_race"
+SOAK = os.environ.get("OUTLAST_SOAK") == "1"
+ROUNDS = int(os.environ.get("OUTLAST_SOAK_ROUNDS", "20")) if SOAK else 1
+SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or secrets.randbits(32))
+OPS = 4
+ITEMS = 40
+EVERY = 5
+"""Explicit checkpoint every EVERY items: the most a kill may repeat."""
+MAX_STALE = 5
+"""Items an attempt stopped past its Redis lease may start as it wakes (test_fault_redis_zombie's bound)."""
+CHAOS = 2.5
+"""Seconds of random commands, kills and stops in a round."""
+DRAIN = 40.0
+"""Seconds the workers have to settle everything once the chaos ends."""
+SETTLED = {"completed", "failed", "cancelled", "timed_out", "paused"}
+
+
+# ---- the operation ---------------------------------------------------------------------------------------------
+
+
+class RaceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: int = ITEMS
+    seconds: float = 0.04
+    trace: str
+    """Every item body started appends ``PID EPOCH ITEM TIME`` to this file."""
+    every: int = EVERY
+    fail_at: int | None = None
+    """Raise ConnectionError (transient) once item ``fail_at`` is done, while ``flaky`` does not exist."""
+    flaky: str | None = None
+
+
+@operation("race_ledger", params=RaceParams)
+async def race_ledger(ctx: OperationContext, p: RaceParams) -> dict:
+    ctx.state.setdefault("sum", 0)
+    ctx.progress(total=p.items)
+    split = p.items if p.fail_at is None else p.fail_at + 1
+    pid = os.getpid()
+    with open(p.trace, "a", buffering=1) as fh:
+        for part in (range(split), range(split, p.items)):
+            async for i in ctx.items(part, key=str):
+                fh.write(f"{pid} {ctx.epoch} {i} {time.time():.6f}\n")
+                await asyncio.sleep(p.seconds)
+                ctx.state["sum"] += i
+                if (i + 1) % p.every == 0:
+                    await ctx.checkpoint()
+            if part.stop == split and p.flaky is not None and not Path(p.flaky).exists():
+                Path(p.flaky).touch()
+                raise ConnectionError("the backend went away")
+    return {"sum": ctx.state["sum"]}
+
+
+# ---- the race ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One CLI command a client ran on an operation: when it started and ended, its exit code and output."""
+
+    op: str
+    action: str
+    start: float
+    end: float
+    rc: int
+    out: str
+
+    @property
+    def settled(self) -> bool:
+        """A stop acknowledged as done (``ID cancelled``, ``ID paused``), not only requested."""
+        return self.rc == 0 and self.action in ("cancel", "pause") and "requested" not in self.out
+
+    def __str__(self) -> str:
+        return f"{self.action}@{self.start:.3f}-{self.end:.3f} rc={self.rc} {self.out.strip()[:160]!r}"
+
+
+@dataclass
+class Figures:
+    rounds: int = 0
+    submits: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    kills: int = 0
+    stops: int = 0
+    attempts: int = 0
+    repeated: int = 0
+    finals: Counter[str] = field(default_factory=Counter)
+
+    def line(self, kind: str) -> str:
+        calls = " ".join(f"{k}={v}" for k, v in sorted(self.calls.items()))
+        finals = " ".join(f"{k}={v}" for k, v in sorted(self.finals.items()))
+        return (
+            f"fault-race {kind}: seed={SEED} rounds={self.rounds} submits={self.submits} calls[{calls}]"
+            f" kills={self.kills} stops={self.stops} attempts={self.attempts} items_repeated={self.repeated}"
+            f" finals[{finals}]"
+        )
+
+
+class Race:
+    """One round: workers, clients and chaos on one store, then the checks."""
+
+    def __init__(self, base: Path, env: dict[str, str], rnd: random.Random, redis: bool) -> None:
+        self.base, self.env, self.rnd, self.redis = base, env, rnd, redis
+        self.t0 = time.time()
+        self.workers: list[Proc] = []
+        self.killed: set[int] = set()
+        self.stopped: dict[int, float] = {}  # pid -> when to continue it
+        self.ever_stopped: set[int] = set()
+        self.events: list[str] = []
+        self.ids: list[str | None] = [None] * OPS
+        self.calls: dict[str, list[Call]] = defaultdict(list)
+        self.locks = [threading.Lock() for _ in range(OPS)]
+        self.mutex = threading.Lock()
+        self.errors: list[str] = []
+        self.figures_calls: Counter[str] = Counter()
+
+    # -- processes --
+
+    def note(self, what: str) -> None:
+        with self.mutex:
+            self.events.append(f"{time.time() - self.t0:7.3f} {what}")
+
+    def outlast(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=REPO,
+        )
+
+    def worker(self) -> Proc:
+        p = Proc(["worker", "-c", "2"], self.env)
+        self.workers.append(p)
+        self.note(f"worker {p.popen.pid} started")
+        return p
+
+    def live_workers(self) -> list[Proc]:
+        return [w for w in self.workers if w.popen.poll() is None]
+
+    def trace(self, k: int) -> Path:
+        return self.base / f"op{k}.trace"
+
+    # -- clients --
+
+    def submit(self, k: int, rnd: random.Random) -> None:
+        params: dict[str, Any] = {"trace": str(self.trace(k))}
+        if rnd.random() < 0.5:
+            params |= {"fail_at": rnd.randrange(ITEMS), "flaky": str(self.base / f"op{k}.flaky")}
+        args = ["-q", "submit", "race_ledger", "--params-json", json.dumps(params), "--name", f"op{k}"]
+        args += ["--profile", "checkpoint_interval=30", "--profile", "retry.max_attempts=4"]
+        args += ["--profile", "retry.backoff_base=0.1", "--profile", "retry.backoff_max=0.2"]
+        res = self.outlast(*args)
+        if res.returncode != 0:
+            self.errors.append(f"submit op{k} exited {res.returncode}: {res.stderr.strip()[-300:]}")
+            return
+        self.ids[k] = res.stdout.strip().splitlines()[-1]
+        self.note(f"op{k} = {self.ids[k]} submitted")
+
+    def control(self, k: int, rnd: random.Random) -> None:
+        op_id = self.ids[k]
+        assert op_id is not None
+        action = rnd.choice(["cancel", "pause", "pause", "resume", "resume", "resume"])
+        if action == "resume":
+            args = ["resume", op_id, "--queue"]
+        else:
+            wait = rnd.choice(["--no-wait", "0.5", "2"])
+            args = [action, op_id, *(["--no-wait"] if wait == "--no-wait" else ["--wait", wait])]
+        start = time.time()
+        res = self.outlast(*args)
+        call = Call(op_id, action, start, time.time(), res.returncode, res.stdout + res.stderr)
+        with self.mutex:
+            self.calls[op_id].append(call)
+            self.figures_calls[f"{action}:{res.returncode}"] += 1
+        self.note(f"op{k} {call}")
+        if res.returncode not in (0, 7):
+            self.errors.append(f"`outlast {' '.join(args)}` exited {res.returncode}: {call.out.strip()[-300:]}")
+
+    def client(self, rnd: random.Random, until: float) -> None:
+        try:
+            while time.time() < until:
+                time.sleep(rnd.uniform(0.0, 0.3))
+                todo = [k for k in range(OPS) if self.ids[k] is None]
+                if todo and (rnd.random() < 0.5 or all(i is None for i in self.ids)):
+                    k = rnd.choice(todo)
+                    if self.locks[k].acquire(blocking=False):
+                        try:
+                            if self.ids[k] is None:
+                                self.submit(k, rnd)
+                        finally:
+                            self.locks[k].release()
+                    continue
+                ready = [k for k in range(OPS) if self.ids[k] is not None]
+                k = rnd.choice(ready)
+                if self.locks[k].acquire(blocking=False):  # one command at a time per operation: a history
+                    try:
+                        self.control(k, rnd)
+                    finally:
+                        self.locks[k].release()
+        except Exception as e:  # said with the round's failure
+            self.errors.append(f"client: {type(e).__name__}: {e}")
+
+    # -- chaos --
+
+    def chaos(self, until: float) -> None:
+        rnd = self.rnd
+        while time.time() < until:
+            time.sleep(rnd.uniform(0.2, 0.7))
+            self.wake(time.time())
+            live = [w for w in self.live_workers() if w.popen.pid not in self.stopped]
+            if not live:
+                self.worker()
+                continue
+            w = rnd.choice(live)
+            pid = w.popen.pid
+            roll = rnd.random()
+            if roll < 0.35:
+                w.kill()
+                self.killed.add(pid)
+                self.note(f"worker {pid} SIGKILLed")
+                if len(self.live_workers()) < 3:
+                    self.worker()
+            elif roll < 0.7:
+                w.signal(signal.SIGSTOP)
+                self.stopped[pid] = time.time() + rnd.uniform(0.3, 2.0)
+                self.ever_stopped.add(pid)
+                self.note(f"worker {pid} SIGSTOPped")
+        self.wake(None)
+
+    def wake(self, now: float | None) -> None:
+        for pid, when in list(self.stopped.items()):
+            if now is None or when <= now:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                del self.stopped[pid]
+                self.note(f"worker {pid} SIGCONTinued")
+
+    # -- the store --
+
+    def records(self) -> dict[str, Operation]:
+        ids = [i for i in self.ids if i is not None]
+
+        async def go() -> dict[str, Operation]:
+            if self.redis:
+                store = open_store(self.env["OUTLAST_STORE"], namespace=self.env["OUTLAST_NAMESPACE"])
+            else:
+                store = open_store(Path(self.env["OUTLAST_STATE_DIR"]))
+            await store.open()
+            try:
+                return {i: await store.get(i) for i in ids}
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    def drain(self) -> dict[str, Operation]:
+        """Every worker continued and one more started; the records once all settled (or after DRAIN)."""
+        self.wake(None)
+        self.worker()
+        end = time.time() + DRAIN
+        while True:
+            ops = self.records()
+            if all(o.status.value in SETTLED for o in ops.values()) or time.time() > end:
+                break
+            time.sleep(0.2)
+        for w in self.live_workers():
+            w.signal(signal.SIGTERM)
+        for w in self.workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        return self.records()
+
+    def close(self) -> None:
+        self.wake(None)
+        for w in self.workers:
+            w.kill()
+
+    # -- one round --
+
+    def run(self) -> tuple[list[str], dict[str, Operation]]:
+        for _ in range(2 + (self.rnd.random() < 0.3)):
+            self.worker()
+        self.submit(0, self.rnd)  # the chaos starts once there is work (and a store)
+        until = time.time() + CHAOS
+        clients = [
+            threading.Thread(target=self.client, args=(random.Random(self.rnd.random()), until), daemon=True)
+            for _ in range(2)
+        ]
+        for c in clients:
+            c.start()
+        self.chaos(until)
+        for c in clients:
+            c.join(60)
+        ops = self.drain()
+        return self.check(ops), ops
+
+    # -- the checks --
+
+    def check(self, ops: dict[str, Operation]) -> list[str]:
+        problems = list(self.errors)
+        for k, op_id in enumerate(self.ids):
+            if op_id is None:
+                continue
+            problems += [f"op{k} {op_id}: {p}" for p in self.check_op(k, ops[op_id])]
+        return problems
+
+    def rows(self, k: int) -> list[tuple[int, int, int, float]]:
+        path = self.trace(k)
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            pid, epoch, item, t = line.split()
+            out.append((int(pid), int(epoch), int(item), float(t)))
+        return out
+
+    def unclean(self, pid: int) -> bool:
+        """Whether an attempt of this process may have ended without settling itself (killed, lease lost)."""
+        return pid in self.killed or (self.redis and pid in self.ever_stopped)
+
+    def check_op(self, k: int, op: Operation) -> list[str]:
+        problems: list[str] = []
+        rows = self.rows(k)
+        status = op.status.value
+        calls = self.calls[op.id]
+        # Settled.
+        if status not in SETTLED:
+            problems.append(f"left {status} ({op.status_message}) once the workers drained")
+        # No two live attempts at once.
+        first: dict[tuple[int, int], int] = {}
+        for n, (pid, epoch, _item, _t) in enumerate(rows):
+            first.setdefault((pid, epoch), n)
+        for n, (pid, epoch, item, _t) in enumerate(rows):
+            later = [a for a, at in first.items() if at < n and first[(pid, epoch)] < at and a != (pid, epoch)]
+            if later:
+                stale = sum(1 for r in rows[n:] if (r[0], r[1]) == (pid, epoch))
+                if not (self.redis and pid in self.ever_stopped and stale <= MAX_STALE):
+                    problems.append(
+                        f"attempt pid={pid} epoch={epoch} ran item {item} after attempt {later[0]} had begun"
+                        f" ({stale} items)"
+                    )
+                break
+        # The last stop a client was told of holds.
+        acked = [c for c in calls if c.rc == 0]
+        allowed: set[str]
+        if acked and acked[-1].action != "resume":
+            last = acked[-1]
+            allowed = {"cancelled" if last.action == "cancel" else "paused"}
+            after = calls[calls.index(last) + 1 :]
+        else:
+            allowed = {"completed"}
+            after = calls[calls.index(acked[-1]) + 1 :] if acked else calls
+        for c in after:  # refused commands after it: one may still have changed something
+            allowed.add({"cancel": "cancelled", "pause": "paused", "resume": "completed"}[c.action])
+        if status not in allowed:
+            problems.append(
+                f"ended {status} ({op.status_message}); the last acknowledged command was"
+                f" {acked[-1] if acked else 'none'} (allowed: {sorted(allowed)})"
+            )
+        # Nothing runs after a stop until the next resume.
+        for n, c in enumerate(calls):
+            if c.rc != 0 or c.action == "resume":
+                continue
+            nxt = next((d.start for d in calls[n + 1 :] if d.action == "resume"), float("inf"))
+            inside = [r for r in rows if c.end < r[3] < nxt]
+            if c.settled:
+                bad = inside
+            else:  # requested: the attempt running may finish an item or complete; no new one may start
+                before = {(r[0], r[1]) for r in rows if r[3] <= c.end}
+                bad = [r for r in inside if (r[0], r[1]) not in before]
+            if self.redis:  # an attempt waking past its lease may start a few items
+                per: Counter[tuple[int, int]] = Counter((r[0], r[1]) for r in bad)
+                bad = [r for r in bad if not (r[0] in self.ever_stopped and per[(r[0], r[1])] <= MAX_STALE)]
+            if bad:
+                problems.append(
+                    f"{len(bad)} items started after {c} and before the next resume, first by pid={bad[0][0]}"
+                    f" epoch={bad[0][1]} item {bad[0][2]} at {bad[0][3]:.3f}"
+                )
+        # A completed operation ran every item, with repeats only after an unclean end.
+        if status == "completed":
+            if op.result != {"sum": sum(range(ITEMS))}:
+                problems.append(f"completed with {op.result}, not the uninterrupted {{'sum': {sum(range(ITEMS))}}}")
+            missing = set(range(ITEMS)) - {r[2] for r in rows}
+            if missing:
+                problems.append(f"completed without running items {sorted(missing)[:10]}")
+        ran_by: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for pid, epoch, item, _t in rows:
+            ran_by[item].append((pid, epoch))
+        redone: Counter[tuple[int, int]] = Counter()
+        for who in ran_by.values():
+            for a, b in itertools.pairwise(who):
+                if a != b and first[b] > first[a]:  # an older attempt waking (judged above) redoes nothing
+                    redone[a] += 1
+        for (pid, epoch), n in redone.items():
+            bound = EVERY + (MAX_STALE if self.redis and pid in self.ever_stopped else 0)
+            if not self.unclean(pid) or n > bound:
+                how = "killed" if pid in self.killed else "stopped" if pid in self.ever_stopped else "never killed"
+                problems.append(f"{n} items of attempt pid={pid} epoch={epoch} ({how}) ran again (bound {bound})")
+        return problems
+
+    def story(self) -> str:
+        return "\n".join(self.events)
+
+
+def race_env(base: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "OUTLAST_DEBUG"}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "OUTLAST_PLUGINS": PLUGIN,
+        "OUTLAST_AUTO_RESUME": "1",
+        "OUTLAST_CONTROL_POLL_INTERVAL": "0.05",
+        "OUTLAST_PROGRESS_FLUSH_INTERVAL": "0.2",
+        "OUTLAST_GRACE_PERIOD": "3",
+        **extra,
+    }
+    return env
+
+
+def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, str]], capsys: Any) -> None:
+    figures = Figures()
+    failed: list[str] = []
+    rnd = random.Random(f"{SEED}-{kind}")
+    for r in range(ROUNDS):
+        base = tmp_path / f"round{r:03d}"
+        base.mkdir()
+        race = Race(base, make_env(base, r), random.Random(rnd.random()), kind == "redis")
+        try:
+            problems, ops = race.run()
+        except Exception as e:  # a hang, a store that cannot be read: this round's problem
+            problems, ops = [f"{type(e).__name__}: {e}"], {}
+        finally:
+            race.close()
+        figures.rounds += 1
+        figures.submits += sum(i is not None for i in race.ids)
+        figures.calls += race.figures_calls
+        figures.kills += len(race.killed)
+        figures.stops += len(race.ever_stopped)
+        figures.finals += Counter(o.status.value for o in ops.values())
+        for k in range(OPS):
+            rows = race.rows(k)
+            figures.attempts += len({(r[0], r[1]) for r in rows})
+            figures.repeated += len(rows) - len({r[2] for r in rows})
+        if problems:
+            failed.append(f"round {r} ({base}):\n  " + "\n  ".join(problems) + "\n" + race.story())
+            if SOAK:
+                with capsys.disabled():
+                    print(f"\nFAILED {failed[-1]}", flush=True)
+        if SOAK and (r + 1) % 5 == 0:
+            with capsys.disabled():
+                print(f"\n{figures.line(kind)} (so far)", flush=True)
+    if SOAK:
+        with capsys.disabled():
+            print(f"\n{figures.line(kind)}", flush=True)
+    assert not failed, f"{figures.line(kind)}\nreplay with OUTLAST_FAULT_SEED={SEED}\n" + "\n".join(failed[:3])
+
+
+@pytest.mark.timeout(0 if SOAK else 120)
+def test_workers_and_clients_racing_on_the_local_store(
+    tmp_path: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def env(base: Path, r: int) -> dict[str, str]:
+        return race_env(base, OUTLAST_STATE_DIR=str(base / "state"))
+
+    play("local", tmp_path, env, capsys)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(0 if SOAK else 120)
+def test_workers_and_clients_racing_on_redis(
+    tmp_path: Path, state_dir: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def env(base: Path, r: int) -> dict[str, str]:
+        url = f"{redis_server.url}?lease_ttl=1"
+        return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"race{r}")
+
+    play("redis", tmp_path, env, capsys)
