@@ -4,7 +4,8 @@ Two or three ``outlast worker`` processes (``auto_resume`` on) and two CLI clien
 or one real redis-server. The clients, at random moments, ``submit`` ledger-like operations (every item body
 started appends ``PID EPOCH ITEM TIME`` to the operation's trace file; some fail transiently once, then are
 retried by their policy) and ``cancel`` / ``pause`` (with a short ``--wait``, or ``--no-wait``) and
-``resume --queue`` them (the user's retry of a stopped or failed one). Meanwhile workers are SIGKILLed (and
+``resume --queue`` them (the user's retry of a stopped or failed one), mostly one command at a time per
+operation, a quarter of them racing the other client's. Meanwhile workers are SIGKILLed (and
 another started) or SIGSTOPped for a while and continued (past its lease, on Redis). Then everyone is
 continued, the workers drain, and what must hold is checked:
 
@@ -13,8 +14,9 @@ continued, the workers drain, and what must hold is checked:
   it wakes: test_fault_redis_zombie's bound);
 - every operation settles (completed, failed, cancelled, timed out or paused): none left running with no
   process behind it, queued with workers idle, or interrupted;
-- the last stop a client was told of (exit 0) holds: a cancel ends cancelled, a pause paused (unless a later
-  command that failed may have changed it), and a resume (or no command) ends completed;
+- the last stop a client was told of (exit 0) holds: a cancel ends cancelled, a pause paused (or completed, when
+  only requested of the attempt running: the request landed as it completed; and unless a command at the same
+  time or later, refused or not, may have changed it), and a resume (or no command) ends completed;
 - after a stop reported settled (``cancelled``, ``paused``), no item is started until the next ``resume``;
   after a stop reported requested, no new attempt starts until the next ``resume``;
 - a completed operation has the uninterrupted result and ran every item; an item ran twice only after a kill
@@ -60,17 +62,19 @@ PLUGIN = "tests.test_fault_race"
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
 ROUNDS = int(os.environ.get("OUTLAST_SOAK_ROUNDS", "20")) if SOAK else 1
 SEED = int(os.environ.get("OUTLAST_FAULT_SEED") or secrets.randbits(32))
-OPS = 4
-ITEMS = 40
+OPS = 6 if SOAK else 4
+ITEMS = 60 if SOAK else 40
 EVERY = 5
 """Explicit checkpoint every EVERY items: the most a kill may repeat."""
 MAX_STALE = 5
 """Items an attempt stopped past its Redis lease may start as it wakes (test_fault_redis_zombie's bound)."""
-CHAOS = 2.5
+CHAOS = 6.0 if SOAK else 2.5
 """Seconds of random commands, kills and stops in a round."""
 DRAIN = 40.0
 """Seconds the workers have to settle everything once the chaos ends."""
 SETTLED = {"completed", "failed", "cancelled", "timed_out", "paused"}
+TARGET = {"cancel": "cancelled", "pause": "paused", "resume": "completed"}
+"""What a command asks an operation to end as."""
 
 
 # ---- the operation ---------------------------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class Figures:
     stops: int = 0
     attempts: int = 0
     repeated: int = 0
+    ran_on: int = 0
     finals: Counter[str] = field(default_factory=Counter)
 
     def line(self, kind: str) -> str:
@@ -148,6 +153,7 @@ class Figures:
         return (
             f"fault-race {kind}: seed={SEED} rounds={self.rounds} submits={self.submits} calls[{calls}]"
             f" kills={self.kills} stops={self.stops} attempts={self.attempts} items_repeated={self.repeated}"
+            f" most_items_after_a_stop_requested={self.ran_on}"
             f" finals[{finals}]"
         )
 
@@ -169,6 +175,9 @@ class Race:
         self.mutex = threading.Lock()
         self.errors: list[str] = []
         self.figures_calls: Counter[str] = Counter()
+        self.ran_on = 0
+        """The most items an attempt started after a stop was requested of it (a figure, not a check: the
+        request is read every control_poll_interval, and a loaded machine makes that late)."""
 
     # -- processes --
 
@@ -250,7 +259,9 @@ class Race:
                     continue
                 ready = [k for k in range(OPS) if self.ids[k] is not None]
                 k = rnd.choice(ready)
-                if self.locks[k].acquire(blocking=False):  # one command at a time per operation: a history
+                if rnd.random() < 0.25:  # unlocked: it may race the other client's command on the operation
+                    self.control(k, rnd)
+                elif self.locks[k].acquire(blocking=False):  # else one command at a time on it
                     try:
                         self.control(k, rnd)
                     finally:
@@ -382,7 +393,7 @@ class Race:
         problems: list[str] = []
         rows = self.rows(k)
         status = op.status.value
-        calls = self.calls[op.id]
+        calls = sorted(self.calls[op.id], key=lambda c: c.start)
         # Settled.
         if status not in SETTLED:
             problems.append(f"left {status} ({op.status_message}) once the workers drained")
@@ -400,34 +411,34 @@ class Race:
                         f" ({stale} items)"
                     )
                 break
-        # The last stop a client was told of holds.
+        # The last stop a client was told of holds: it ends as the last command acknowledged (started last)
+        # says, or as one that ran at the same time or after it says (refused, it may still have acted).
         acked = [c for c in calls if c.rc == 0]
-        allowed: set[str]
-        if acked and acked[-1].action != "resume":
-            last = acked[-1]
-            allowed = {"cancelled" if last.action == "cancel" else "paused"}
-            after = calls[calls.index(last) + 1 :]
-        else:
-            allowed = {"completed"}
-            after = calls[calls.index(acked[-1]) + 1 :] if acked else calls
-        for c in after:  # refused commands after it: one may still have changed something
-            allowed.add({"cancel": "cancelled", "pause": "paused", "resume": "completed"}[c.action])
+        last = acked[-1] if acked else None
+        allowed = {TARGET[last.action] if last else "completed"}
+        if last is not None and last.action != "resume" and not last.settled:
+            # Requested of a running attempt that then completed: the request landed in its last item or as
+            # it settled (a completion is not turned into a stop). A new attempt after it is judged below.
+            allowed.add("completed")
+        allowed |= {TARGET[c.action] for c in calls if c is not last and (last is None or c.end > last.start)}
         if status not in allowed:
             problems.append(
                 f"ended {status} ({op.status_message}); the last acknowledged command was"
                 f" {acked[-1] if acked else 'none'} (allowed: {sorted(allowed)})"
             )
         # Nothing runs after a stop until the next resume.
-        for n, c in enumerate(calls):
+        for c in calls:
             if c.rc != 0 or c.action == "resume":
                 continue
-            nxt = next((d.start for d in calls[n + 1 :] if d.action == "resume"), float("inf"))
+            nxt = min((d.start for d in calls if d.action == "resume" and d.end > c.start), default=float("inf"))
             inside = [r for r in rows if c.end < r[3] < nxt]
             if c.settled:
                 bad = inside
             else:  # requested: the attempt running may finish an item or complete; no new one may start
                 before = {(r[0], r[1]) for r in rows if r[3] <= c.end}
                 bad = [r for r in inside if (r[0], r[1]) not in before]
+                ran_on = Counter((r[0], r[1]) for r in inside if (r[0], r[1]) in before)
+                self.ran_on = max(self.ran_on, *ran_on.values(), 0)
             if self.redis:  # an attempt waking past its lease may start a few items
                 per: Counter[tuple[int, int]] = Counter((r[0], r[1]) for r in bad)
                 bad = [r for r in bad if not (r[0] in self.ever_stopped and per[(r[0], r[1])] <= MAX_STALE)]
@@ -500,6 +511,7 @@ def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, st
             rows = race.rows(k)
             figures.attempts += len({(r[0], r[1]) for r in rows})
             figures.repeated += len(rows) - len({r[2] for r in rows})
+        figures.ran_on = max(figures.ran_on, race.ran_on)
         if problems:
             failed.append(f"round {r} ({base}):\n  " + "\n  ".join(problems) + "\n" + race.story())
             if SOAK:
