@@ -82,11 +82,11 @@ TARGET = {"cancel": "cancelled", "pause": "paused", "resume": "completed"}
 
 class RaceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    items: int = ITEMS
-    seconds: float = 0.04
+    items: int
+    seconds: float
     trace: str
     """Every item body started appends ``PID EPOCH ITEM TIME`` to this file."""
-    every: int = EVERY
+    every: int
     fail_at: int | None = None
     """Raise ConnectionError (transient) once item ``fail_at`` is done, while ``flaky`` does not exist."""
     flaky: str | None = None
@@ -211,7 +211,8 @@ class Race:
     # -- clients --
 
     def submit(self, k: int, rnd: random.Random) -> None:
-        params: dict[str, Any] = {"trace": str(self.trace(k))}
+        # Every param given: the workers' plugin module reads no OUTLAST_SOAK (the fixtures clear it).
+        params: dict[str, Any] = {"trace": str(self.trace(k)), "items": ITEMS, "seconds": 0.04, "every": EVERY}
         if rnd.random() < 0.5:
             params |= {"fail_at": rnd.randrange(ITEMS), "flaky": str(self.base / f"op{k}.flaky")}
         args = ["-q", "submit", "race_ledger", "--params-json", json.dumps(params), "--name", f"op{k}"]
