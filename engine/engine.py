@@ -539,7 +539,10 @@ class Engine:
                     await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
                     continue
                 if op.status not in kept:
-                    return None  # stopped as asked already, or ended: completed, failed, timed out
+                    # Stopped as asked already, or ended (completed, failed, timed out): the record as it is now.
+                    # The store kept no request, and the asker, answered with the running record it had read,
+                    # was told "requested" of an operation already completed (test_fault_race).
+                    return op
                 try:
                     return await self._stopped_as_asked(op, target)
                 except Conflict:
