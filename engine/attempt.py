@@ -522,7 +522,11 @@ class Attempt:
             seq = ctx.checkpoint_seq
             where = f"checkpoint {seq}" if seq else "no checkpoint"
             cancel_wins = f"{StopReason.CANCEL.message()} (asked as attempt {op.attempt} failed); {where}"
-            await self._settle(Status.QUEUED, if_cancelled=cancel_wins, **retry)
+            # A pause asked meanwhile (seen by this attempt or only stored) keeps the retry from running: it
+            # was queued, claimed and run on (paused only once the next attempt polled the request), after the
+            # asker was told "pause requested".
+            pause_wins = f"{StopReason.PAUSE.message()} (asked as attempt {op.attempt} failed); {where}"
+            await self._settle(Status.QUEUED, if_cancelled=cancel_wins, if_paused=pause_wins, **retry)
             return
         await self._settle(Status.FAILED, error=error)
 
@@ -591,6 +595,7 @@ class Attempt:
         message: str | None = None,
         error: str | None = None,
         if_cancelled: str | None = None,
+        if_paused: str | None = None,
         **fields: Any,
     ) -> None:
         if self.lost:
@@ -602,7 +607,14 @@ class Attempt:
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None
         self.watch.settling = True
         written = await settle(
-            self.host, self.op, status, message=message, error=error, if_cancelled=if_cancelled, **fields
+            self.host,
+            self.op,
+            status,
+            message=message,
+            error=error,
+            if_cancelled=if_cancelled,
+            if_paused=if_paused,
+            **fields,
         )
         self.refused = written is False
 
@@ -633,11 +645,13 @@ async def settle(
     error: str | None = None,
     result: Any = None,
     if_cancelled: str | None = None,
+    if_paused: str | None = None,
     **fields: Any,
 ) -> bool | None:
     """Write the final transition of an attempt (durable first), then announce it. When the store fails
-    for too long, the attempt is left to the next engine (``host.abandoned`` says why). ``if_cancelled``:
-    see ``Store.transition`` (a pause the store turns into the cancel asked meanwhile).
+    for too long, the attempt is left to the next engine (``host.abandoned`` says why). ``if_cancelled``,
+    ``if_paused``: see ``Store.transition`` (a pause the store turns into the cancel asked meanwhile, a
+    retry into the pause).
 
     True: written; False: refused (another attempt holds the operation, or it is gone); None: left."""
     if status is not Status.QUEUED:
@@ -656,6 +670,7 @@ async def settle(
             epoch=op.epoch,
             expect=frozenset({Status.RUNNING}),
             if_cancelled=if_cancelled,
+            if_paused=if_paused,
             status_message=message or error,
             **fields,
         )

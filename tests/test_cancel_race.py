@@ -139,3 +139,60 @@ def _request_after(asking: Engine, event: asyncio.Event) -> None:
         await real(op_id, action)
 
     asking.store.request_control = late  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("when", ["before it fails", "while the retry is queued", "after it is queued"])
+async def test_a_pause_asked_as_an_attempt_fails_and_is_retried_holds(
+    engines: tuple[Engine, Engine], tmp_path: Path, when: str
+) -> None:
+    """A pause asked of a running attempt that then fails with a transient error (found writing
+    test_fault_race's checks): the retry was queued, claimed and run on (paused only once the new attempt polled
+    the request) after the asker was told "pause requested" (``--no-wait``), or, waiting, that "another command
+    resumed it". A request that reached the store only once the retry was queued (which stores none) was
+    dropped. The operation is paused at the failure's checkpoint, and no item runs again."""
+    runner, other = engines
+    ledger = tmp_path / "ledger"
+    params = {"items": 30, "seconds": 0.01, "fail_at": 5, "flaky_file": str(tmp_path / "flag"), "log_file": str(ledger)}
+    op = await runner.submit(OperationSpec(type="ledger", params=params, profile={"retry": {"backoff_base": 1.0}}))
+    entered, queued = asyncio.Event(), asyncio.Event()
+    if when == "before it fails":  # the pause is seen by the attempt (stop asked) before the error is raised
+        _delay(runner.store, "save_checkpoint", lambda *a, **kw: True, entered)
+    else:
+        _delay(runner.store, "transition", lambda _id, to, **kw: to is Status.QUEUED, entered, queued)
+    if when == "after it is queued":
+        _request_after(other, queued)
+    await asyncio.wait_for(entered.wait(), 20)
+    await other.pause(op.id)
+    final = await runner.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED, (final.status, final.attempt, final.status_message)
+    await asyncio.sleep(1.2)  # past the backoff: nothing claims it again
+    assert (await other.get(op.id)).status is Status.PAUSED
+    assert ledger.read_text().split() == [str(i) for i in range(6)]  # attempt 1 ran 0-5 (fail_at), none ran again
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+async def test_a_stop_whose_request_lands_after_the_operation_completed_says_so(
+    engines: tuple[Engine, Engine], tmp_path: Path, action: str
+) -> None:
+    """A pause or cancel read the operation running, and its request reached the store once it had completed
+    (found by test_fault_race): the store keeps no request of a settled operation, yet the asker was answered
+    with the running record it had read, and ``outlast pause --no-wait`` said "pause requested; it stops at its
+    next safe point" of an operation already completed. The answer is the record as it ended."""
+    runner, other = engines
+    op = await runner.submit(OperationSpec(type="ledger", params={"items": 20, "seconds": 0.01}))
+    await until(lambda: _running(other, op.id), timeout=20)
+    completed = asyncio.Event()
+
+    async def watch() -> None:
+        await runner.wait(op.id, timeout=20)
+        completed.set()
+
+    watching = asyncio.ensure_future(watch())
+    _request_after(other, completed)
+    asked = await getattr(other, action)(op.id)
+    await watching
+    assert asked.status is Status.COMPLETED, (asked.status, asked.status_message)
+
+
+async def _running(engine: Engine, op_id: str) -> bool:
+    return (await engine.store.get(op_id)).status is Status.RUNNING

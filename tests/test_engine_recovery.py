@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -561,3 +562,41 @@ async def test_a_live_process_is_told_by_its_start_since_boot_not_by_the_wall_cl
         live.wait()
         await finder.close()
         await holder.close()
+
+
+@pytest.mark.parametrize(("action", "status"), [("cancel", Status.CANCELLED), ("pause", Status.PAUSED)])
+async def test_a_cancel_or_pause_asked_as_recovery_marks_the_orphan_interrupted_is_kept(
+    settings: Settings, action: str, status: Status
+) -> None:
+    """Recovery read the orphan's pending requests (none), then marked it interrupted; a cancel (or pause)
+    asked in between found it still running, stored its request and said "cancel requested", and the mark
+    dropped the request: auto_resume ran the operation to completed (found writing test_fault_race's checks).
+    The request is read in the same atomic step as the mark."""
+    op_id = await _killed_after_a_checkpoint(settings)
+    asking = open_store(settings.state_dir)
+
+    async def none() -> list[Operation]:
+        return []
+
+    asking.find_orphans = none  # type: ignore[method-assign]  # the asker leaves the orphan to the recovery
+    recovering = open_store(settings.state_dir)
+    real, entered = recovering.transition, asyncio.Event()
+
+    async def slow(op_id: str, to: Status, **kw: Any) -> Operation:
+        if to is Status.INTERRUPTED:  # the window, held open: the requests are read, the mark not yet written
+            entered.set()
+            await asyncio.sleep(0.5)
+        return await real(op_id, to, **kw)
+
+    recovering.transition = slow  # type: ignore[method-assign]
+
+    async def recover() -> Operation:
+        async with Engine(store=recovering, settings=settings, auto_resume=True) as engine:
+            return await engine.wait(op_id, timeout=30)
+
+    async with Engine(store=asking, settings=settings, run_queue=False) as asker:
+        settled = asyncio.ensure_future(recover())
+        await asyncio.wait_for(entered.wait(), 20)
+        await getattr(asker, action)(op_id)
+        final = await settled
+    assert final.status is status and final.attempt == 1, (final.status, final.status_message)

@@ -216,6 +216,18 @@ def cancelled_instead(message: str, changes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def paused_instead(message: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The fields that turn a retry queued (``changes``) into the pause asked meanwhile: the status, ``message``,
+    a finish time; the retry's backoff no longer waits."""
+    return {
+        "status": Status.PAUSED,
+        "status_message": message,
+        "finished_at": changes.get("finished_at") or time.time(),
+        "not_before": None,
+        "backoff_from": None,
+    }
+
+
 def checksum(payload: bytes, delta: bytes) -> str:
     h = hashlib.sha256(payload)
     h.update(b"\0")
@@ -388,6 +400,7 @@ class Store(Protocol):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        if_paused: str | None = None,
         expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
@@ -396,7 +409,9 @@ class Store(Protocol):
         ``if_cancelled``: a running attempt settling as paused, which a cancel asked meanwhile (its request
         stored, ``request_control``) replaces: in the same atomic step the operation is cancelled instead,
         with this status message. The cancel gives the operation up, the pause would keep it; the settle
-        must not write over a request the asker was told stands.
+        must not write over a request the asker was told stands. ``if_paused``: likewise, a running attempt
+        queued again for a retry, which a pause asked meanwhile (and no cancel) turns into ``paused`` with
+        this status message: the retry would have run on after the asker was told "pause requested".
 
         ``expect_control``: the pending control requests (None: none) ``to`` was chosen by, as the caller read
         them (``pending_controls``). Checked in the same atomic step as the write: another request stored

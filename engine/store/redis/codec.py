@@ -18,6 +18,8 @@ from ...text import clean_json_text
 IF_CANCELLED = "_ifcancel"
 """A WRITE's pseudo-field, never stored: the status message of a settle to paused that a pending cancel turns
 into a cancel (``Store.transition``'s ``if_cancelled``)."""
+IF_PAUSED = "_ifpause"
+"""Likewise: the status message of a retry queued that a pending pause turns into a pause (``if_paused``)."""
 IF_CONTROL = "_ifctl"
 """A WRITE's pseudo-field, never stored: the control requests the write was chosen by, as read, each between commas
 ("," for none: ",," is none only; ",pause," a pause only); another one stored refuses the write
@@ -80,7 +82,7 @@ def decode_record(op_id: str, raw: dict[bytes, bytes]) -> Operation:
 
 
 def pairs(fields: dict[str, Any]) -> list[str]:
-    unknown = set(fields) - _FIELDS - {IF_CANCELLED, IF_CONTROL}
+    unknown = set(fields) - _FIELDS - {IF_CANCELLED, IF_PAUSED, IF_CONTROL}
     if unknown:
         raise ValueError(f"unknown operation fields: {sorted(unknown)}")
     out: list[str] = []

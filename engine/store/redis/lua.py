@@ -194,11 +194,11 @@ if ARGV[4] ~= '' and cur[2] ~= ARGV[4] then return {'stale', cur[2]} end
 if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. cur[1] .. ',', 1, true) then
   return {'conflict', cur[1]}
 end
-local to, ifcancel, ifctl = nil, nil, nil
+local to, ifcancel, ifpause, ifctl = nil, nil, nil, nil
 for i = 8, #ARGV, 2 do
   local name = ARGV[i]
   if name == 'status' then to = ARGV[i + 1] elseif name == '_ifcancel' then ifcancel = ARGV[i + 1]
-  elseif name == '_ifctl' then ifctl = ARGV[i + 1] end
+  elseif name == '_ifpause' then ifpause = ARGV[i + 1] elseif name == '_ifctl' then ifctl = ARGV[i + 1] end
 end
 if to == '"interrupted"' and cur[1] == '"running"' and ARGV[7] == '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'held', cur[1]}  -- only an operation whose holder's lease expired is interrupted by others
@@ -209,12 +209,17 @@ if ifctl then  -- the requests the caller chose by, as it read them (",pause,"; 
 end
 local sets = ARGV
 local first = 8
-if ifcancel or ifctl then  -- pseudo-fields, never stored
+if ifcancel or ifpause or ifctl then  -- pseudo-fields, never stored
   local instead = {}
-  -- a settle that keeps the operation: a cancel asked meanwhile (_ctl) wins
-  if ifcancel and cur[1] == '"running"' and redis.call('HGET', k, '_ctl') == 'cancel' then
-    instead = {status = '"cancelled"', status_message = ifcancel, not_before = 'null', backoff_from = 'null',
-               finished_at = ARGV[3]}
+  -- a settle that keeps the operation: a cancel asked meanwhile (_ctl) wins (_ifcancel); a pause asked
+  -- meanwhile keeps a retry from running (_ifpause); each carries the status message
+  local ctl = (ifcancel or ifpause) and cur[1] == '"running"' and redis.call('HGET', k, '_ctl')
+  local became = nil
+  if ifcancel and ctl == 'cancel' then became = '"cancelled"'
+  elseif ifpause and ctl == 'pause' then became = '"paused"' end
+  if became then
+    instead = {status = became, status_message = became == '"cancelled"' and ifcancel or ifpause, not_before = 'null',
+               backoff_from = 'null', finished_at = ARGV[3]}
     for j = 8, #ARGV, 2 do
       if ARGV[j] == 'finished_at' and ARGV[j + 1] ~= 'null' then instead.finished_at = nil end
     end
@@ -222,7 +227,7 @@ if ifcancel or ifctl then  -- pseudo-fields, never stored
   sets, first = {}, 1
   for j = 8, #ARGV, 2 do
     local name = ARGV[j]
-    if name ~= '_ifcancel' and name ~= '_ifctl' then
+    if name ~= '_ifcancel' and name ~= '_ifpause' and name ~= '_ifctl' then
       sets[#sets + 1] = name
       sets[#sets + 1] = instead[name] or ARGV[j + 1]
       instead[name] = nil

@@ -39,7 +39,7 @@ from ...models import (
 from ...text import model_json
 from .. import mirror as mirror_files
 from ..base import check_slots, parse_slots
-from .codec import IF_CANCELLED, IF_CONTROL, decode_record, enc, pack_new, pairs
+from .codec import IF_CANCELLED, IF_CONTROL, IF_PAUSED, decode_record, enc, pack_new, pairs
 from .keys import SLOTS_FIELD
 from .recovery import RecoveryMixin
 
@@ -237,6 +237,7 @@ class RecordsMixin(RecoveryMixin):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        if_paused: str | None = None,
         expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
@@ -244,6 +245,8 @@ class RecordsMixin(RecoveryMixin):
         allowed = [s for s in Status if to in TRANSITIONS[s] and (expect is None or s in expect)]
         if if_cancelled is not None and to in CANCEL_WINS:
             fields = {**fields, IF_CANCELLED: if_cancelled}  # the WRITE script reads it: a pending cancel wins
+        if if_paused is not None and to is Status.QUEUED:
+            fields = {**fields, IF_PAUSED: if_paused}  # and a pending pause keeps a retry from running
         if expect_control is not None:  # the WRITE script compares it with the stored request
             fields = {**fields, IF_CONTROL: "".join(f",{c or ''}" for c in sorted(expect_control, key=str)) + ","}
         settling = epoch is not None and to is not Status.RUNNING and self._held.get(op_id) == epoch

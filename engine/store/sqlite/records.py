@@ -37,7 +37,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ...text import clean_json_text, model_json
-from ..base import cancelled_instead, check_slots, parse_slots
+from ..base import cancelled_instead, check_slots, parse_slots, paused_instead
 from .core import SqliteCore
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, RANKS
@@ -294,6 +294,7 @@ class RecordsMixin(SqliteCore):
         epoch: int | None = None,
         expect: frozenset[Status] | None = None,
         if_cancelled: str | None = None,
+        if_paused: str | None = None,
         expect_control: frozenset[ControlAction | None] | None = None,
         **fields: Any,
     ) -> Operation:
@@ -307,14 +308,17 @@ class RecordsMixin(SqliteCore):
                 raise Conflict(refused_change(op.id, op.status, to))
             check_transition(op.status, to)
             changes = {**fields, "status": to}
-            cancel_wins = to in CANCEL_WINS and op.status is Status.RUNNING
-            if expect_control is not None or (if_cancelled is not None and cancel_wins):
+            cancel_wins = if_cancelled is not None and to in CANCEL_WINS and op.status is Status.RUNNING
+            pause_wins = if_paused is not None and to is Status.QUEUED and op.status is Status.RUNNING
+            if expect_control is not None or cancel_wins or pause_wins:
                 (control,) = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
                 if expect_control is not None and control not in expect_control:
                     asked = control or "nothing"
                     raise ControlChanged(f"operation {op_id}: asked to {asked} since its requests were read")
-                if if_cancelled is not None and cancel_wins and control == "cancel":  # asked while it settled: it wins
+                if cancel_wins and if_cancelled is not None and control == "cancel":  # asked while it settled: it wins
                     changes.update(cancelled_instead(if_cancelled, changes))
+                elif pause_wins and if_paused is not None and control == "pause":  # a retry it keeps from running
+                    changes.update(paused_instead(if_paused, changes))
             new = _apply(op, changes)
             _put(conn, new)
             return new
