@@ -186,6 +186,13 @@ class Proc:
             self.popen.wait(10)
 
 
+def run_cli(*args: str, env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``outlast ARGS`` run to the end from the repository with ``env``: stdin closed, its output captured."""
+    return subprocess.run(
+        [*CLI, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
 class Cli:
     """``cli("ls", "--json")`` runs the console script to the end; ``cli.start(...)`` runs it in the background."""
 
@@ -202,15 +209,7 @@ class Cli:
     def __call__(
         self, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*CLI, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env or self.env,
-            cwd=REPO,
-        )
+        return run_cli(*args, env=env or self.env, timeout=timeout)
 
     def here(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """As a call, answered in this process (``main_here``): for refused input and reads."""

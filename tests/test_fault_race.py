@@ -53,7 +53,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from engine import Operation, OperationContext, open_store, operation
-from tests.fixtures_cli import CLI, REPO, Proc
+from tests.fixtures_cli import REPO, Proc, run_cli
 from tests.fixtures_redis import RedisServer
 
 pytestmark = [pytest.mark.slow]
@@ -186,15 +186,7 @@ class Race:
             self.events.append(f"{time.time() - self.t0:7.3f} {what}")
 
     def outlast(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            cwd=REPO,
-        )
+        return run_cli(*args, env=self.env, timeout=timeout)
 
     def worker(self) -> Proc:
         p = Proc(["worker", "-c", "2"], self.env)
