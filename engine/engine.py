@@ -525,8 +525,9 @@ class Engine:
         up a paused, interrupted or queued one (a retry ran on to the end); a pause keeps an interrupted or queued
         one (found orphaned in between, it was interrupted, then queued again by auto_resume, and ran on). Run
         again by a newer attempt, that one is asked. A request stored before the settle is the store's to
-        honour (``Store.transition``'s ``if_cancelled``, recovery's ``expect_control``). None: nothing more to do
-        (the request stands, or the operation ended, or is gone)."""
+        honour (``Store.transition``'s ``if_cancelled`` and ``if_paused``, recovery's ``expect_control``). None:
+        the request stands (still that attempt), or the operation is gone; else the record as it is now (stopped
+        as asked, or ended otherwise: completed, failed, timed out)."""
         target = StopReason(action.value).status
         kept = (Status.QUEUED, Status.INTERRUPTED) + ((Status.PAUSED,) if action is Action.CANCEL else ())
         try:

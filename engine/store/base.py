@@ -204,23 +204,12 @@ def encode_payload(cp: Checkpoint) -> bytes:
         ) from None
 
 
-def cancelled_instead(message: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """The fields that turn a settle (``changes``: to paused, timed out, or queued for a retry) into the
-    cancel asked meanwhile: the status, ``message``, and a finish time; a retry's backoff no longer waits."""
+def stopped_instead(status: Status, message: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The fields that turn a settle (``changes``) into the stop asked meanwhile, ``status``: a cancel of one
+    to paused, timed out or queued for a retry; a pause of a retry queued. The status, ``message``, and a
+    finish time; a retry's backoff no longer waits."""
     return {
-        "status": Status.CANCELLED,
-        "status_message": message,
-        "finished_at": changes.get("finished_at") or time.time(),
-        "not_before": None,
-        "backoff_from": None,
-    }
-
-
-def paused_instead(message: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """The fields that turn a retry queued (``changes``) into the pause asked meanwhile: the status, ``message``,
-    a finish time; the retry's backoff no longer waits."""
-    return {
-        "status": Status.PAUSED,
+        "status": status,
         "status_message": message,
         "finished_at": changes.get("finished_at") or time.time(),
         "not_before": None,

@@ -37,7 +37,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ...text import clean_json_text, model_json
-from ..base import cancelled_instead, check_slots, parse_slots, paused_instead
+from ..base import check_slots, parse_slots, stopped_instead
 from .core import SqliteCore
 from .locks import try_lock, unlock
 from .schema import CHECKPOINT_SEQ, RANKS
@@ -316,9 +316,9 @@ class RecordsMixin(SqliteCore):
                     asked = control or "nothing"
                     raise ControlChanged(f"operation {op_id}: asked to {asked} since its requests were read")
                 if cancel_wins and if_cancelled is not None and control == "cancel":  # asked while it settled: it wins
-                    changes.update(cancelled_instead(if_cancelled, changes))
+                    changes.update(stopped_instead(Status.CANCELLED, if_cancelled, changes))
                 elif pause_wins and if_paused is not None and control == "pause":  # a retry it keeps from running
-                    changes.update(paused_instead(if_paused, changes))
+                    changes.update(stopped_instead(Status.PAUSED, if_paused, changes))
             new = _apply(op, changes)
             _put(conn, new)
             return new
