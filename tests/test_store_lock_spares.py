@@ -141,7 +141,8 @@ def test_a_lock_taken_on_a_file_made_a_spare_meanwhile_is_not_held(
 def test_a_file_another_process_made_at_the_path_is_never_kept_as_a_spare(tmp_path: Path) -> None:
     """Our lock file deleted by hand, another process made and locked a new one at the path before we let go:
     keeping "the file at the path" as our spare kept that process's file under our name, and the next claim
-    linked it to its own path while holding ours."""
+    linked it to its own path while holding ours. Nor is it deleted: a third process would make and lock a
+    new file at the path while that process still held the one deleted."""
     spares = locks.Spares(tmp_path)
     path, other_path = tmp_path / "a.lock", tmp_path / "b.lock"
     fd = locks.try_lock(path, spares)
@@ -152,6 +153,7 @@ def test_a_file_another_process_made_at_the_path_is_never_kept_as_a_spare(tmp_pa
     try:
         locks.unlock(path, fd, spares)
         assert len(spares) == 0
+        assert path.stat().st_ino == os.fstat(theirs).st_ino, "their lock file was deleted from under them"
         mine = locks.try_lock(other_path, spares)
         assert mine is not None and os.fstat(mine).st_ino == other_path.stat().st_ino
         locks.unlock(other_path, mine, spares)

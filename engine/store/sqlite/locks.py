@@ -98,11 +98,14 @@ def close_lock(fd: int) -> None:
 
 def unlock(path: Path, fd: int, spares: Spares | None = None) -> None:
     """Let go of a lock taken with ``try_lock``: the file taken away from the path while still held (kept
-    as one of ``spares``, still flocked, or deleted), then closed unless kept."""
+    as one of ``spares``, still flocked, or deleted), then closed unless kept. Only our own file is taken
+    away: deleting whatever was at the path let a third process lock a new file there beside the holder of
+    the one deleted (two attempts of one operation, each holding "its" lock)."""
     if spares is not None and spares.keep(path, fd):
         return
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        if at_path(path, fd):  # ours deleted by hand meanwhile, the file there now is another process's lock
+            os.unlink(path)
     _HELD.discard(fd)
     os.close(fd)
 
