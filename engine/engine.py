@@ -599,7 +599,11 @@ class Engine:
 
     async def _resume_orphan(self, op_id: str) -> Operation:
         """``auto_resume`` of an operation found orphaned: queued again only while it is interrupted. A pause
-        written meanwhile (one asked again: ``_ask_again``) was resumed over."""
+        written meanwhile (one asked again: ``_ask_again``) was resumed over. Never one this engine was asked to
+        stop and could not store the request of (its attempt lost its lease meanwhile): queued again by this
+        engine's own recovery before that attempt ended, it ran on until the request was asked again."""
+        if op_id in self._unconfirmed:
+            raise Conflict(f"operation {op_id}: a {self._unconfirmed[op_id].value} asked here is not stored yet")
         return await self._requeue(op_id, None, None, only=Status.INTERRUPTED)
 
     async def _requeue(
@@ -730,9 +734,12 @@ class Engine:
             if self._runs.get(op.id) is attempt:  # an abandoned attempt's was taken out (and may be a new one's)
                 del self._runs[op.id]
             await attempt.end()
-            unconfirmed = self._unconfirmed.pop(op.id, None)
-            if unconfirmed is not None and (attempt.lost or attempt.refused):
-                await self._ask_again(op.id, unconfirmed, op.epoch)
+            unconfirmed = self._unconfirmed.get(op.id)
+            try:
+                if unconfirmed is not None and (attempt.lost or attempt.refused):
+                    await self._ask_again(op.id, unconfirmed, op.epoch)
+            finally:
+                self._unconfirmed.pop(op.id, None)
             self._scheduler.wake()
 
     async def _ask_again(self, op_id: str, action: Action, epoch: int) -> None:

@@ -23,6 +23,8 @@ class LedgerParams(BaseModel):
     """Raise ConnectionError (transient) outside the items loop once item fail_at is reached."""
     flaky_file: str | None = None
     """With fail_at: fail only while this file does not exist (then create it): one transient failure."""
+    linger: float = 0.0
+    """Seconds the handler takes to let go once stopped (cleaning up), before the stop goes on."""
 
 
 @operation("ledger", params=LedgerParams)
@@ -48,6 +50,10 @@ async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
                     if flaky is not None:
                         flaky.touch()
                     raise ConnectionError("the backend went away")
+    except BaseException:
+        if p.linger:
+            await asyncio.sleep(p.linger)
+        raise
     finally:
         if fh:
             fh.close()
