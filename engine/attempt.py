@@ -193,7 +193,18 @@ class Attempt:
                 retry = _retry(op, policy, error, short=True)
                 if retry is not None:
                     host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=retry["message"]))
-                    await settle(host, op, Status.QUEUED, **retry)
+                    # A stop asked as it opened keeps the retry from running, as after a failure (``_failed``):
+                    # the request went with the write, and the retry ran to the end.
+                    where = f"checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else "no checkpoint"
+                    asked = f"(asked as attempt {op.attempt} started); {where}"
+                    await settle(
+                        host,
+                        op,
+                        Status.QUEUED,
+                        if_cancelled=f"{StopReason.CANCEL.message()} {asked}",
+                        if_paused=f"{StopReason.PAUSE.message()} {asked}",
+                        **retry,
+                    )
                     return None
             await settle(host, op, Status.FAILED, error=error)
             return None

@@ -20,12 +20,13 @@ import json
 import os
 import resource
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from engine import Engine, LogRecord, OperationContext, OperationSpec, Settings, Status, open_store, operation
 from engine.shortage import FileBudget, out_of_files, ran_short, ran_short_said
@@ -337,3 +338,65 @@ def test_what_a_handler_raises_cannot_break_the_question() -> None:
     outer.__cause__ = Falsy()
     outer.__cause__.__cause__ = inner
     assert ran_short(outer) is inner
+
+
+class PausedAtOpenParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ask: str
+    state_dir: str
+
+    @model_validator(mode="after")
+    def _asked_then_short(self) -> PausedAtOpenParams:
+        _READ[self.ask] = _READ.get(self.ask, 0) + 1
+        if _READ[self.ask] == 2:  # read by the first attempt as it opens: asked to stop, then short of descriptors
+            failed: list[BaseException] = []
+            ask = threading.Thread(target=_run, args=(_ask_from_elsewhere(self.state_dir, self.ask), failed))
+            ask.start()
+            ask.join()
+            if failed:
+                raise AssertionError(f"the request was not stored: {failed[0]!r}")
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self
+
+
+def _run(coro: Any, failed: list[BaseException]) -> None:
+    try:
+        asyncio.run(coro)
+    except BaseException as e:
+        failed.append(e)
+
+
+async def _ask_from_elsewhere(state_dir: str, action: str) -> None:
+    """The request stored as another process stores it (``outlast pause``: the operation runs elsewhere)."""
+    store = open_store(state_dir)
+    await store.open()
+    try:
+        [op] = await store.list_operations(statuses=[Status.RUNNING])
+        await store.request_control(op.id, "pause" if action == "pause" else "cancel")
+    finally:
+        await store.close()
+
+
+@operation("short_at_open", params=PausedAtOpenParams)
+async def short_at_open(ctx: OperationContext, p: PausedAtOpenParams) -> None:
+    runs = _RAN.setdefault(p.ask, [])
+    runs.append([])
+    async for key in ctx.items((str(i) for i in range(10)), key=str):
+        runs[-1].append(key)
+
+
+@pytest.mark.parametrize(("ask", "settled"), [("pause", Status.PAUSED), ("cancel", Status.CANCELLED)])
+async def test_a_stop_asked_as_an_attempt_runs_short_at_its_start_keeps_the_retry_from_running(
+    settings: Settings, ask: str, settled: Status
+) -> None:
+    """A pause (or cancel) stored while the attempt opened, which then found no descriptor left: the retry
+    was queued with the request pending, claimed and run (the asker had been told "requested"). The retry
+    is settled as asked in the same write, as one after a failure is."""
+    _READ.clear()
+    _RAN.clear()
+    async with make_engine(settings) as engine:
+        params = {"ask": ask, "state_dir": str(settings.state_dir)}
+        op = await engine.submit(OperationSpec(type="short_at_open", params=params))
+        final = await engine.wait(op.id, timeout=30)
+    assert final.status is settled, (final.status, final.status_message)
+    assert _RAN.get(ask) is None, "the retry ran though a stop was asked"
