@@ -70,6 +70,9 @@ MAX_STALE = 5
 """Items an attempt stopped past its Redis lease may start as it wakes (test_fault_redis_zombie's bound)."""
 CHAOS = 6.0 if SOAK else 2.5
 """Seconds of random commands, kills and stops in a round."""
+RETRY_AFTER_FAILURE = 1.5
+"""Seconds after a failed store write in which a checkpoint due may not be written (the engine tries again a
+second later): the failing disk's bound on items a kill may cost beyond the interval."""
 DRAIN = 40.0
 """Seconds the workers have to settle everything once the chaos ends."""
 SETTLED = {"completed", "failed", "cancelled", "timed_out", "paused"}
@@ -142,6 +145,7 @@ class Figures:
     calls: Counter[str] = field(default_factory=Counter)
     kills: int = 0
     stops: int = 0
+    failed: int = 0
     attempts: int = 0
     repeated: int = 0
     ran_on: int = 0
@@ -152,7 +156,8 @@ class Figures:
         finals = " ".join(f"{k}={v}" for k, v in sorted(self.finals.items()))
         return (
             f"fault-race {kind}: seed={SEED} rounds={self.rounds} submits={self.submits} calls[{calls}]"
-            f" kills={self.kills} stops={self.stops} attempts={self.attempts} items_repeated={self.repeated}"
+            f" kills={self.kills} stops={self.stops} statements_failed={self.failed} attempts={self.attempts}"
+            f" items_repeated={self.repeated}"
             f" most_items_after_a_stop_requested={self.ran_on}"
             f" finals[{finals}]"
         )
@@ -163,6 +168,8 @@ class Race:
 
     def __init__(self, base: Path, env: dict[str, str], rnd: random.Random, redis: bool) -> None:
         self.base, self.env, self.rnd, self.redis = base, env, rnd, redis
+        self.flaky = Path(env["OUTLAST_TEST_FLAKY_FLAG"]) if "OUTLAST_TEST_FLAKY_FLAG" in env else None
+        """While this file exists, the workers' store statements fail at random (tests.store_flaky)."""
         self.t0 = time.time()
         self.workers: list[Proc] = []
         self.killed: set[int] = set()
@@ -289,6 +296,29 @@ class Race:
                 self.note(f"worker {pid} SIGSTOPped")
         self.wake(None)
 
+    def disk(self, until: float) -> None:
+        """Bursts of a failing disk under the workers (tests.store_flaky), each shorter than the store outage
+        limit; none once the chaos ends."""
+        assert self.flaky is not None
+        rnd = random.Random(self.rnd.random())
+        try:
+            while time.time() < until:
+                time.sleep(rnd.uniform(0.2, 1.0))
+                self.flaky.touch()
+                self.note("the disk fails")
+                time.sleep(rnd.uniform(0.2, 1.5))
+                self.flaky.unlink()
+                self.note("the disk works")
+        finally:
+            self.flaky.unlink(missing_ok=True)
+
+    def failed_statements(self) -> list[tuple[int, float]]:
+        """(pid, time) of each store statement the failing disk failed in a worker."""
+        count = Path(f"{self.flaky}.count") if self.flaky is not None else None
+        if count is None or not count.exists():
+            return []
+        return [(int(pid), float(t)) for pid, t in (line.split() for line in count.read_text().splitlines())]
+
     def wake(self, now: float | None) -> None:
         for pid, when in list(self.stopped.items()):
             if now is None or when <= now:
@@ -350,6 +380,8 @@ class Race:
             threading.Thread(target=self.client, args=(random.Random(self.rnd.random()), until), daemon=True)
             for _ in range(2)
         ]
+        if self.flaky is not None:
+            clients.append(threading.Thread(target=self.disk, args=(until,), daemon=True))
         for c in clients:
             c.start()
         self.chaos(until)
@@ -379,8 +411,18 @@ class Race:
         return out
 
     def unclean(self, pid: int) -> bool:
-        """Whether an attempt of this process may have ended without settling itself (killed, lease lost)."""
-        return pid in self.killed or (self.redis and pid in self.ever_stopped)
+        """Whether an attempt of this process may have ended without settling itself (killed, lease lost), or
+        without its last checkpoint (the disk failed it: its items since the one before run again)."""
+        return pid in self.killed or (self.redis and pid in self.ever_stopped) or self.flaky is not None
+
+    def unsaved(self, pid: int, epoch: int, rows: list[tuple[int, int, int, float]]) -> int:
+        """Items of attempt (pid, epoch) started within RETRY_AFTER_FAILURE of a store statement the failing disk
+        failed in its process: a checkpoint due then may not have been written (tried again a second later), so
+        a kill may cost them too, beyond the checkpoint interval."""
+        fails = [t for p, t in self.failed_statements() if p == pid]
+        return sum(
+            1 for r in rows if (r[0], r[1]) == (pid, epoch) and any(0 <= r[3] - t <= RETRY_AFTER_FAILURE for t in fails)
+        )
 
     def check_op(self, k: int, op: Operation) -> list[str]:
         problems: list[str] = []
@@ -456,7 +498,9 @@ class Race:
                 if a != b and first[b] > first[a]:  # an older attempt waking (judged above) redoes nothing
                     redone[a] += 1
         for (pid, epoch), n in redone.items():
-            bound = EVERY + (MAX_STALE if self.redis and pid in self.ever_stopped else 0)
+            bound = (
+                EVERY + (MAX_STALE if self.redis and pid in self.ever_stopped else 0) + self.unsaved(pid, epoch, rows)
+            )
             if not self.unclean(pid) or n > bound:
                 how = "killed" if pid in self.killed else "stopped" if pid in self.ever_stopped else "never killed"
                 problems.append(f"{n} items of attempt pid={pid} epoch={epoch} ({how}) ran again (bound {bound})")
@@ -499,6 +543,7 @@ def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, st
         figures.calls += race.figures_calls
         figures.kills += len(race.killed)
         figures.stops += len(race.ever_stopped)
+        figures.failed += len(race.failed_statements())
         figures.finals += Counter(o.status.value for o in ops.values())
         for k in range(OPS):
             rows = race.rows(k)
@@ -527,6 +572,25 @@ def test_workers_and_clients_racing_on_the_local_store(
         return race_env(base, OUTLAST_STATE_DIR=str(base / "state"))
 
     play("local", tmp_path, env, capsys)
+
+
+@pytest.mark.timeout(0 if SOAK else 120)
+def test_workers_and_clients_racing_on_a_failing_disk(
+    tmp_path: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The local store's race, with bursts of a disk that fails the workers' store statements at random
+    (tests.store_flaky): claims, checkpoints, settles and recoveries failing half-way, beside the kills."""
+
+    def env(base: Path, r: int) -> dict[str, str]:
+        return race_env(
+            base,
+            OUTLAST_STATE_DIR=str(base / "state"),
+            OUTLAST_PLUGINS=f"{PLUGIN},tests.store_flaky",
+            OUTLAST_TEST_FLAKY_FLAG=str(base / "disk-fails"),
+            OUTLAST_TEST_FLAKY_SEED=f"{SEED}-{r}",
+        )
+
+    play("disk", tmp_path, env, capsys)
 
 
 @pytest.mark.redis
