@@ -71,8 +71,9 @@ MAX_STALE = 5
 CHAOS = 6.0 if SOAK else 2.5
 """Seconds of random commands, kills and stops in a round."""
 RETRY_AFTER_FAILURE = 1.5
-"""Seconds after a failed store write in which a checkpoint due may not be written (the engine tries again a
-second later): the failing disk's bound on items a kill may cost beyond the interval."""
+"""Seconds after a store write the failing disk failed in which the items an attempt starts may be lost to a kill
+beyond the checkpoint interval: the checkpoint that failed left the items since the one before unsaved until the
+next one is written (the next one due, or a timed one a second later), and bursts last up to 1.5 s."""
 DRAIN = 40.0
 """Seconds the workers have to settle everything once the chaos ends."""
 SETTLED = {"completed", "failed", "cancelled", "timed_out", "paused"}
@@ -417,8 +418,7 @@ class Race:
 
     def unsaved(self, pid: int, epoch: int, rows: list[tuple[int, int, int, float]]) -> int:
         """Items of attempt (pid, epoch) started within RETRY_AFTER_FAILURE of a store statement the failing disk
-        failed in its process: a checkpoint due then may not have been written (tried again a second later), so
-        a kill may cost them too, beyond the checkpoint interval."""
+        failed in its process: a kill may cost them too, beyond the checkpoint interval."""
         fails = [t for p, t in self.failed_statements() if p == pid]
         return sum(
             1 for r in rows if (r[0], r[1]) == (pid, epoch) and any(0 <= r[3] - t <= RETRY_AFTER_FAILURE for t in fails)
