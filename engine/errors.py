@@ -40,6 +40,17 @@ class StoreError(OutlastError):
     """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
 
 
+class StoreFailed(StoreError):
+    """A read or write the store itself failed (its disk full, an I/O error, a read-only file): the store is
+    sound, and the request may be tried again. ``why`` is the store's own words ("database or disk is full"),
+    for a line that says where already. Raised as the store's own error: a raw ``sqlite3.OperationalError``
+    was an internal error (exit 70, HTTP 500) to every face, and failed work that only had to be retried."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class StoreLost(StoreError):
     """The store's file this process wrote to was deleted under it (its state dir removed): the records of
     the operations it was running went with it, so they cannot be resumed, only run again."""

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .errors import StoreLost
+from .errors import StoreFailed, StoreLost
 from .events import EventBus
 from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
@@ -45,7 +45,10 @@ def store_failure(e: BaseException) -> bool:
 
 def why(e: BaseException) -> str:
     """The store error in a few words: "No space left on device", "database or disk is full"."""
-    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    if isinstance(e, StoreFailed):
+        text = e.why
+    else:
+        text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
     line = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
     if len(line) <= WHY_CHARS:
         return line

@@ -398,3 +398,26 @@ def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
     finally:
         assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
     assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
+
+
+def test_a_write_the_full_disk_refuses_after_the_store_opened_says_so_in_one_line(small_fs: Path) -> None:
+    """The store opened (a worker keeps its WAL and shared memory in place), then a submit whose record needs
+    pages the full disk has not: SQLite's "database or disk is full" escaped the store as it was, and the
+    command said "internal error: OperationalError" (exit 70). Now it is the store's error: one line saying the
+    disk is full and what to do, exit 8, nothing stored."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    assert fs("run", "demo", "-p", "items=1", "-p", "seconds=0").returncode == 0
+    holder = Proc(["worker"], fs.env)  # the store open in another process: its files stay as they are
+    try:
+        until(lambda: (state / "outlast.db-shm").exists())
+        fill = fill_disk(small_fs)
+        big = json.dumps({"argv": ["echo", "x" * 60_000]})
+        r = fs("submit", "command", "--params-json", big)
+        assert r.returncode == ExitCode.STORE, (r.returncode, r.stderr)
+        [line] = r.stderr.strip().splitlines()
+        assert "its file system is full" in line and "outlast.db cannot be written" in line, line
+        fill.unlink()
+        assert len(json.loads(fs("--json", "ls").stdout)) == 1, "the refused submit stored an operation"
+    finally:
+        holder.kill()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import StoreLost
+from ...errors import StoreFailed, StoreLost
 from ...files import create_private, free_bytes, make_private, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
@@ -125,7 +125,7 @@ class SqliteCore:
         try:
             result: T = await self.worker.run(fn, *args)
         except sqlite3.DatabaseError as e:
-            raise self._unusable(e) from None
+            raise self._unusable(e, "read") from None
         return result
 
     async def _txn(
@@ -139,7 +139,7 @@ class SqliteCore:
         try:
             result: T = await self.worker.run_txn(fn, undo, after)
         except sqlite3.DatabaseError as e:
-            raise self._unusable(e) from None
+            raise self._unusable(e, "written") from None
         return result
 
     def _refuse_read_only(self) -> None:
@@ -186,18 +186,28 @@ class SqliteCore:
             f" index of operations does not find it (bytes changed in its pages)"
         )
 
-    def _unusable(self, e: sqlite3.DatabaseError) -> Exception:
-        """A damaged database file as the one-line store error; other SQLite errors (locked, full,
-        read-only, I/O) as they are."""
+    def _unusable(self, e: sqlite3.DatabaseError, what: str = "read or written") -> StoreError:
+        """What SQLite raised as the store's one-line error: a damaged database file, one locked by another
+        process, or else a read or write that failed (``what``: "read", "written"; the disk full, an I/O
+        error): ``StoreFailed``, which may be tried again."""
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        d, name = self.state_dir, self.db_path.name
         if type(e) is sqlite3.DatabaseError or code in _DAMAGED:
-            return StoreError(f"state dir {self.state_dir}: {self.db_path.name} is not a usable Outlast database ({e})")
+            return StoreError(f"state dir {d}: {name} is not a usable Outlast database ({e})")
         if code == sqlite3.SQLITE_BUSY:  # "database is locked" said neither by whom nor what to do
             return StoreError(
-                f"state dir {self.state_dir}: {self.db_path.name} is locked: another process has kept a write"
+                f"state dir {d}: {name} is locked: another process has kept a write"
                 f" transaction open on it for {BUSY_TIMEOUT:g}s (a sqlite3 shell or a database browser?); end it"
             )
-        return e
+        if code == sqlite3.SQLITE_FULL:
+            free = free_bytes(d)
+            left = f" ({size(free)} free)" if free is not None else ""
+            return StoreFailed(
+                f"state dir {d}: its file system is full{left}: {name} cannot be written; free some space there,"
+                " then run this again",
+                str(e),
+            )
+        return StoreFailed(f"state dir {d}: {name} cannot be {what} ({e})", str(e))
 
     # ---- opening and closing -------------------------------------------------------------------
 
@@ -386,7 +396,7 @@ class SqliteCore:
         d, name = self.state_dir, self.db_path.name
         if isinstance(e, sqlite3.DatabaseError) and not creating:
             damaged = self._unusable(e)
-            if isinstance(damaged, StoreError):
+            if not isinstance(damaged, StoreFailed):
                 return damaged
         what = "created" if creating else "opened"
         free = free_bytes(d)
