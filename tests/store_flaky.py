@@ -1,8 +1,8 @@
 """A plugin for the race test's failing disk: in an ``outlast worker`` process, while the file OUTLAST_TEST_FLAKY_FLAG
 exists, each SQL statement on its state dir's ``outlast.db`` fails with probability OUTLAST_TEST_FLAKY_P (SQLite
 aborts it: ``sqlite3.OperationalError``, as a disk that answers a write with an I/O error makes the store see it).
-Seeded by OUTLAST_TEST_FLAKY_SEED and the process id. Other commands (the clients' ``submit``, ``cancel``, ...) are
-left alone: their store errors are their own tests' (exit 8).
+Seeded by OUTLAST_TEST_FLAKY_SEED and the process id. Other commands (the clients' ``submit``, ``cancel``, ...) fail
+too with OUTLAST_TEST_FLAKY_ALL=1 (exit 8).
 
 A statement is aborted from SQLite's progress handler, which runs every few virtual-machine steps of any statement,
 prepared or cached, ``COMMIT`` included, so a failure lands anywhere in a transaction, not only where it starts."""
@@ -48,5 +48,5 @@ def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
     return con
 
 
-if "worker" in sys.argv[1:]:
+if "worker" in sys.argv[1:] or os.environ.get("OUTLAST_TEST_FLAKY_ALL") == "1":
     sqlite3.connect = connect  # type: ignore[assignment]

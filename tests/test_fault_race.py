@@ -170,7 +170,9 @@ class Race:
     def __init__(self, base: Path, env: dict[str, str], rnd: random.Random, redis: bool) -> None:
         self.base, self.env, self.rnd, self.redis = base, env, rnd, redis
         self.flaky = Path(env["OUTLAST_TEST_FLAKY_FLAG"]) if "OUTLAST_TEST_FLAKY_FLAG" in env else None
-        """While this file exists, the workers' store statements fail at random (tests.store_flaky)."""
+        """While this file exists, store statements fail at random (tests.store_flaky), in every process: a
+        command the disk failed exits 8, and must have stored nothing it did not say (a submit: no operation)."""
+        self.refused_submits = 0
         self.t0 = time.time()
         self.workers: list[Proc] = []
         self.killed: set[int] = set()
@@ -219,6 +221,10 @@ class Race:
         args += ["--profile", "checkpoint_interval=30", "--profile", "retry.max_attempts=4"]
         args += ["--profile", "retry.backoff_base=0.1", "--profile", "retry.backoff_max=0.2"]
         res = self.outlast(*args)
+        if res.returncode == 8 and self.flaky is not None:  # the disk failed it: nothing may be stored
+            self.note(f"op{k} submit failed: {res.stderr.strip()[-200:]}")
+            self.refused_submits += 1
+            return
         if res.returncode != 0:
             self.errors.append(f"submit op{k} exited {res.returncode}: {res.stderr.strip()[-300:]}")
             return
@@ -241,7 +247,7 @@ class Race:
             self.calls[op_id].append(call)
             self.figures_calls[f"{action}:{res.returncode}"] += 1
         self.note(f"op{k} {call}")
-        if res.returncode not in (0, 7):
+        if res.returncode not in (0, 7) and not (res.returncode == 8 and self.flaky is not None):
             self.errors.append(f"`outlast {' '.join(args)}` exited {res.returncode}: {call.out.strip()[-300:]}")
 
     def client(self, rnd: random.Random, until: float) -> None:
@@ -340,7 +346,10 @@ class Race:
                 store = open_store(Path(self.env["OUTLAST_STATE_DIR"]))
             await store.open()
             try:
-                return {i: await store.get(i) for i in ids}
+                ops = {i: await store.get(i) for i in ids}
+                if self.flaky is not None:  # any other is one a submit said it did not store (exit 8)
+                    ops |= {o.id: o for o in await store.list_operations() if o.id not in ops}
+                return ops
             finally:
                 await store.close()
 
@@ -395,6 +404,10 @@ class Race:
 
     def check(self, ops: dict[str, Operation]) -> list[str]:
         problems = list(self.errors)
+        known = set(self.ids)
+        problems += [
+            f"{i} ({o.name}) is stored, though its submit said it failed" for i, o in ops.items() if i not in known
+        ]
         for k, op_id in enumerate(self.ids):
             if op_id is None:
                 continue
@@ -588,6 +601,7 @@ def test_workers_and_clients_racing_on_a_failing_disk(
             OUTLAST_PLUGINS=f"{PLUGIN},tests.store_flaky",
             OUTLAST_TEST_FLAKY_FLAG=str(base / "disk-fails"),
             OUTLAST_TEST_FLAKY_SEED=f"{SEED}-{r}",
+            OUTLAST_TEST_FLAKY_ALL="1",
         )
 
     play("disk", tmp_path, env, capsys)
