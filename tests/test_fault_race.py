@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import subprocess
@@ -157,7 +158,7 @@ class Figures:
         finals = " ".join(f"{k}={v}" for k, v in sorted(self.finals.items()))
         return (
             f"fault-race {kind}: seed={SEED} rounds={self.rounds} submits={self.submits} calls[{calls}]"
-            f" kills={self.kills} stops={self.stops} statements_failed={self.failed} attempts={self.attempts}"
+            f" kills={self.kills} stops={self.stops} store_faults={self.failed} attempts={self.attempts}"
             f" items_repeated={self.repeated}"
             f" most_items_after_a_stop_requested={self.ran_on}"
             f" finals[{finals}]"
@@ -173,6 +174,11 @@ class Race:
         """While this file exists, store statements fail at random (tests.store_flaky), in every process: a
         command the disk failed exits 8, and must have stored nothing it did not say (a submit: no operation)."""
         self.refused_submits = 0
+        self.severing = "OUTLAST_TEST_SEVER" in env
+        """Redis closes every connection at random moments (``sever``): a command may fail (exit 8)."""
+        self.severed = 0
+        self.maybe: set[str] = set()
+        """Operations whose submit was told "outcome unknown" (exit 8, with the id to check): stored or not."""
         self.t0 = time.time()
         self.workers: list[Proc] = []
         self.killed: set[int] = set()
@@ -221,9 +227,12 @@ class Race:
         args += ["--profile", "checkpoint_interval=30", "--profile", "retry.max_attempts=4"]
         args += ["--profile", "retry.backoff_base=0.1", "--profile", "retry.backoff_max=0.2"]
         res = self.outlast(*args)
-        if res.returncode == 8 and self.flaky is not None:  # the disk failed it: nothing may be stored
+        if res.returncode == 8 and (self.flaky is not None or self.severing):  # the store failed it
             self.note(f"op{k} submit failed: {res.stderr.strip()[-200:]}")
             self.refused_submits += 1
+            unknown = re.search(r"show ([0-9a-z]+)` once the store answers", res.stderr)
+            if unknown:  # sent, with no reply: it may be stored (and run); said with its id
+                self.maybe.add(unknown.group(1))
             return
         if res.returncode != 0:
             self.errors.append(f"submit op{k} exited {res.returncode}: {res.stderr.strip()[-300:]}")
@@ -247,7 +256,7 @@ class Race:
             self.calls[op_id].append(call)
             self.figures_calls[f"{action}:{res.returncode}"] += 1
         self.note(f"op{k} {call}")
-        if res.returncode not in (0, 7) and not (res.returncode == 8 and self.flaky is not None):
+        if res.returncode not in (0, 7) and not (res.returncode == 8 and (self.flaky is not None or self.severing)):
             self.errors.append(f"`outlast {' '.join(args)}` exited {res.returncode}: {call.out.strip()[-300:]}")
 
     def client(self, rnd: random.Random, until: float) -> None:
@@ -319,6 +328,26 @@ class Race:
         finally:
             self.flaky.unlink(missing_ok=True)
 
+    def sever(self, until: float) -> None:
+        """Every few hundred milliseconds, Redis closes every client's connection (``CLIENT KILL``): requests in
+        flight end with no reply (outcome unknown), the next ones reconnect."""
+        import redis
+
+        rnd = random.Random(self.rnd.random())
+        url = self.env["OUTLAST_STORE"].split("?", 1)[0]
+        admin = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            while time.time() < until:
+                time.sleep(rnd.uniform(0.1, 0.8))
+                with contextlib.suppress(redis.RedisError):
+                    self.severed += int(
+                        admin.execute_command(
+                            "CLIENT", "KILL", "TYPE", rnd.choice(["normal", "pubsub"]), "SKIPME", "yes"
+                        )
+                    )
+        finally:
+            admin.close()
+
     def failed_statements(self) -> list[tuple[int, float]]:
         """(pid, time) of each store statement the failing disk failed in a worker."""
         count = Path(f"{self.flaky}.count") if self.flaky is not None else None
@@ -347,7 +376,7 @@ class Race:
             await store.open()
             try:
                 ops = {i: await store.get(i) for i in ids}
-                if self.flaky is not None:  # any other is one a submit said it did not store (exit 8)
+                if self.flaky is not None or self.severing:  # any other: a submit said it stored nothing
                     ops |= {o.id: o for o in await store.list_operations() if o.id not in ops}
                 return ops
             finally:
@@ -392,6 +421,8 @@ class Race:
         ]
         if self.flaky is not None:
             clients.append(threading.Thread(target=self.disk, args=(until,), daemon=True))
+        if self.severing:
+            clients.append(threading.Thread(target=self.sever, args=(until,), daemon=True))
         for c in clients:
             c.start()
         self.chaos(until)
@@ -404,7 +435,7 @@ class Race:
 
     def check(self, ops: dict[str, Operation]) -> list[str]:
         problems = list(self.errors)
-        known = set(self.ids)
+        known = set(self.ids) | self.maybe
         problems += [
             f"{i} ({o.name}) is stored, though its submit said it failed" for i, o in ops.items() if i not in known
         ]
@@ -544,7 +575,7 @@ def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, st
     for r in range(ROUNDS):
         base = tmp_path / f"round{r:03d}"
         base.mkdir()
-        race = Race(base, make_env(base, r), random.Random(rnd.random()), kind == "redis")
+        race = Race(base, make_env(base, r), random.Random(rnd.random()), kind in ("redis", "sever"))
         try:
             problems, ops = race.run()
         except Exception as e:  # a hang, a store that cannot be read: this round's problem
@@ -556,7 +587,7 @@ def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, st
         figures.calls += race.figures_calls
         figures.kills += len(race.killed)
         figures.stops += len(race.ever_stopped)
-        figures.failed += len(race.failed_statements())
+        figures.failed += len(race.failed_statements()) + race.severed
         figures.finals += Counter(o.status.value for o in ops.values())
         for k in range(OPS):
             rows = race.rows(k)
@@ -617,3 +648,18 @@ def test_workers_and_clients_racing_on_redis(
         return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"race{r}")
 
     play("redis", tmp_path, env, capsys)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(0 if SOAK else 120)
+def test_workers_and_clients_racing_on_redis_that_drops_connections(
+    tmp_path: Path, state_dir: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Redis race, with Redis closing every client's connection at random moments (``CLIENT KILL``):
+    scripts sent with no reply (outcome unknown) in workers and commands, beside the kills and stops."""
+
+    def env(base: Path, r: int) -> dict[str, str]:
+        url = f"{redis_server.url}?lease_ttl=1"
+        return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"sever{r}", OUTLAST_TEST_SEVER="1")
+
+    play("sever", tmp_path, env, capsys)
