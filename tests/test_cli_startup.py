@@ -291,3 +291,21 @@ def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
     assert '"rate": 2.0' in same("ls", "--json")
     rc, heavy, out = loaded_after(["ls", "--json"], cli.env)
     assert rc == 0 and "pydantic" in heavy, out
+
+
+@pytest.mark.parametrize("command", ["show", "logs", "checkpoints", "pause", "cancel"])
+def test_a_command_starts_up_with_the_cycle_collector_paused(cli: Cli, command: str) -> None:
+    """Loading the settings (pydantic, the models, the plugins) and a session's engine makes objects by the
+    hundred thousand and next to no garbage: every command starts them with the collector paused and what
+    they made frozen (``common.collector_paused``), as ``submit`` does; the collector is on again after."""
+    op_id = cli("submit", "demo", "-p", "items=2").stdout.strip()
+    code = (
+        "import gc, sys\n"
+        "from engine.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print(f'RC={rc} FROZEN={gc.get_freeze_count() > 0} ON={gc.isenabled()}')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, command, op_id], capture_output=True, text=True, env=cli.env, cwd=REPO
+    )
+    assert r.stdout.strip().splitlines()[-1] == "RC=0 FROZEN=True ON=True", (r.stdout, r.stderr)

@@ -5,9 +5,8 @@ Loaded only when one of them is invoked (or ``--help`` lists them): see ``root.L
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ import click
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
 from . import format as fmt
-from .common import App, Mode, build_spec, pass_app, run_async, spec_options, text_params
+from .common import App, Mode, build_spec, collector_paused, pass_app, run_async, spec_options, text_params
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -237,24 +236,6 @@ def submit(app: App, **spec_args: object) -> int:
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
     return ExitCode.OK
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cycle collector off inside, and what was made inside frozen when it is back on: importing the
-    settings, the models and the handler makes objects by the hundred thousand and almost no garbage (a
-    submit's 80-90 collections freed about 700 objects), and collecting anyway, then walking all of it again
-    at each full collection, cost 6% of a quick submit's instructions."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.freeze()  # what the start-up made stays (modules, models): not traversed again by each full collection
-            gc.enable()
 
 
 def quick_submit(settings: Settings, spec: OperationSpec) -> Operation | None:
