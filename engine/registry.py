@@ -110,6 +110,7 @@ class HandlerSpec:
 _HANDLERS: dict[str, HandlerSpec] = {}
 _loaded_builtins = False
 _loaded_entry_points = False
+_remembering = False
 
 
 def operation(
@@ -175,14 +176,23 @@ def load_builtins() -> None:
         _import_builtin(name)
 
 
+def remember_entry_points() -> None:
+    """From now on in this process, ``load_entry_points`` finds them as ``remembered=True`` does (the command
+    line's choice for every command: a handler looked up by ``run``, ``resume`` or a worker scanned every
+    installed distribution again, as a submit did before it remembered)."""
+    global _remembering
+    _remembering = True
+
+
 def load_entry_points(remembered: bool = False) -> None:
     """The plugins of the ``outlast.operations`` entry points, once a process. ``remembered``: found as the
-    last process with the same installed distributions found them (``_remembered_entry_points``)."""
+    last process with the same installed distributions found them (``_remembered_entry_points``); the
+    default after ``remember_entry_points``."""
     global _loaded_entry_points
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    found = _remembered_entry_points() if remembered else entry_points(group=ENTRY_POINT_GROUP)
+    found = _remembered_entry_points() if remembered or _remembering else entry_points(group=ENTRY_POINT_GROUP)
     for ep in found:
         try:
             obj = ep.load()

@@ -309,3 +309,16 @@ def test_a_command_starts_up_with_the_cycle_collector_paused(cli: Cli, command: 
         [sys.executable, "-c", code, command, op_id], capture_output=True, text=True, env=cli.env, cwd=REPO
     )
     assert r.stdout.strip().splitlines()[-1] == "RC=0 FROZEN=True ON=True", (r.stdout, r.stderr)
+
+
+def test_every_command_remembers_the_entry_points_it_finds(cli: Cli) -> None:
+    """``run`` (and ``resume``, a worker) find the ``outlast.operations`` entry points as ``submit`` does:
+    from the cache the last process with the same installed distributions wrote, not by reading every
+    distribution's metadata again (``registry.remember_entry_points``)."""
+    from engine.paths import cache_dir
+    from engine.registry import ENTRY_POINTS_CACHE
+
+    cache = cache_dir() / ENTRY_POINTS_CACHE
+    assert not cache.exists()
+    assert cli("-q", "run", "demo", "-p", "items=1", "-p", "seconds=0").returncode == 0
+    assert cache.is_file()

@@ -84,7 +84,9 @@ class App:
             with collector_paused():  # pydantic, the models and the plugins: imports, next to no garbage
                 configure_logging()  # the engine may log from now on (``--help`` and ``ls`` never load logging)
                 from ..config import load_settings
-                from ..registry import load_plugin
+                from ..registry import load_plugin, remember_entry_points
+
+                remember_entry_points()  # when a handler is looked up (run, resume, a worker), as submit does
 
                 config = self.config_file()
                 content = read_regular(config) if config is not None and self._defaults_but_config() else None
