@@ -293,21 +293,24 @@ def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
     assert rc == 0 and "pydantic" in heavy, out
 
 
-@pytest.mark.parametrize("command", ["show", "logs", "checkpoints", "pause", "cancel"])
-def test_a_command_starts_up_with_the_cycle_collector_paused(cli: Cli, command: str) -> None:
-    """Loading the settings (pydantic, the models, the plugins) and a session's engine makes objects by the
-    hundred thousand and next to no garbage: every command starts them with the collector paused and what
-    they made frozen (``common.collector_paused``), as ``submit`` does; the collector is on again after."""
+@pytest.mark.parametrize(
+    "args",
+    [["show", "ID"], ["logs", "ID"], ["checkpoints", "ID"], ["pause", "ID"], ["cancel", "ID"], ["ls"], ["--help"]],
+)
+def test_a_command_starts_up_with_the_cycle_collector_paused(cli: Cli, args: list[str]) -> None:
+    """Importing the command line (click, the command's module) and loading the settings (pydantic, the
+    models, the plugins) and a session's engine make objects by the hundred thousand and next to no
+    garbage: every command, ``ls`` and ``--help`` too, does it with the collector paused and what it made
+    frozen (``common.collector_paused``), as ``submit`` did; the collector is on again after."""
     op_id = cli("submit", "demo", "-p", "items=2").stdout.strip()
+    args = [op_id if a == "ID" else a for a in args]
     code = (
         "import gc, sys\n"
         "from engine.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
         "print(f'RC={rc} FROZEN={gc.get_freeze_count() > 0} ON={gc.isenabled()}')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, command, op_id], capture_output=True, text=True, env=cli.env, cwd=REPO
-    )
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=cli.env, cwd=REPO)
     assert r.stdout.strip().splitlines()[-1] == "RC=0 FROZEN=True ON=True", (r.stdout, r.stderr)
 
 

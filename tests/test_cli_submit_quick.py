@@ -287,7 +287,7 @@ def test_submit_runs_no_engine_and_no_event_loop(cli: Cli) -> None:
 
 
 def test_the_cycle_collector_is_on_after_a_submit_however_it_ends(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A submit pauses Python's cycle collector while it starts (``work.collector_paused``), and turns it back
+    """A submit pauses Python's cycle collector while it starts (``engine.cli.collector_paused``), and turns it back
     on whatever happens: a process that goes on (the engine's path, or a program calling ``main``) collects."""
     import gc
 

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -17,6 +17,7 @@ from ..errors import InvalidInput
 from ..files import read_regular
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
 from ..paths import config_file, default_state_dir
+from . import collector_paused
 
 if TYPE_CHECKING:  # loaded by the commands that use them: ``--help`` and ``ls`` start without pydantic
     from ..config import Settings
@@ -229,25 +230,6 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
         yield engine
     finally:
         await engine.store.close()
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cycle collector off inside, and what was made inside frozen when it is back on: importing the
-    settings, the models and the handler makes objects by the hundred thousand and almost no garbage (a
-    submit's 80-90 collections freed about 700 objects), and collecting anyway, then walking all of it again
-    at each full collection, cost 6% of a quick submit's instructions. Every command's settings load
-    (``App.settings``) and a session's engine (``session``) start up inside one: 6% of ``show``'s CPU too."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.freeze()  # what the start-up made stays (modules, models): not traversed again by each full collection
-            gc.enable()
 
 
 def loads(text: str, option: str) -> Any:

@@ -17,7 +17,7 @@ from .. import __version__
 from ..exitcodes import ExitCode, code_for_error, exit_codes_help
 from ..shortage import open_files_limit, out_of_files
 from . import format as fmt
-from .common import App, json_option
+from .common import App, collector_paused, json_option
 
 LAZY = {
     **dict.fromkeys(("ls", "show", "watch", "logs", "checkpoints", "types", "config"), "read"),
@@ -38,7 +38,9 @@ class _Commands(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in LAZY:
-            for command in import_module(f"{__package__}.{LAZY[cmd_name]}").COMMANDS:
+            with collector_paused():  # the command's module: imports
+                module = import_module(f"{__package__}.{LAZY[cmd_name]}")
+            for command in module.COMMANDS:
                 # ``--json`` after the command too (``outlast run demo --json``), on every command that
                 # takes it before (``outlast --json run demo``): people type it where the other options are.
                 if not any(p.name == "json_" for p in command.params):
