@@ -207,7 +207,8 @@ def json_option(f: F) -> F:
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run``, with asyncio imported only by the commands that need it (not ``--help``, ``ls``); a
     handler's thread still blocked at the end is not waited for (``engine.threads``)."""
-    from ..threads import run
+    with collector_paused():  # asyncio: imports
+        from ..threads import run
 
     return run(coro)
 

@@ -15,6 +15,7 @@ from ..errors import Conflict, NotFound, OutlastError
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
+from . import collector_paused
 from . import format as fmt
 from .common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, run_async, session
 
@@ -40,7 +41,8 @@ def _control(action: Action) -> click.Command:
     @click.option("--no-wait", is_flag=True, help="Only ask; do not wait for it to stop.")
     @pass_app
     def command(app: App, op_id: str, wait_s: float, no_wait: bool) -> int:
-        from .run import wait_settled
+        with collector_paused():  # the engine's modules: imports
+            from .run import wait_settled
 
         asked: list[Operation] = []
 
@@ -119,9 +121,11 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
     from ..errors import InvalidInput
-    from ..profiles import resume_fields
-    from ..registry import get_handler
-    from .run import detach_dir, run_foreground, spawn_detached, submit_or_resume
+
+    with collector_paused():  # pydantic, the models and the engine's modules: imports
+        from ..profiles import resume_fields
+        from ..registry import get_handler
+        from .run import detach_dir, run_foreground, spawn_detached, submit_or_resume
 
     async def check() -> tuple[str, Operation | None]:
         async with session(app.settings) as engine:

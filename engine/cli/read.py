@@ -10,6 +10,7 @@ import click
 
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
+from . import collector_paused
 from . import format as fmt
 from .common import COUNT, App, json_option, pass_app, run_async, session
 
@@ -164,8 +165,9 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Exits when the operations settle, with the code of the first one that did not complete;
     Ctrl-C stops watching (exit 130; SIGTERM 143, SIGHUP 129) and leaves them running.
     """
-    from .follow import PlainView, WatchStopped, follow, make_view, watch_many
-    from .run import report_final
+    with collector_paused():  # the engine's modules: imports
+        from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+        from .run import report_final
 
     mode = app.mode
     fmt.end_when_reader_gone()  # `outlast watch ID | head -1` ends with head, as `tail -f | head` does
@@ -206,7 +208,8 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
     async def go() -> int:
         import asyncio
 
-        from .follow import OrphanLook
+        with collector_paused():  # the engine's modules: imports
+            from .follow import OrphanLook
 
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)

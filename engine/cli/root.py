@@ -16,8 +16,9 @@ import click
 from .. import __version__
 from ..exitcodes import ExitCode, code_for_error, exit_codes_help
 from ..shortage import open_files_limit, out_of_files
+from . import collector_paused
 from . import format as fmt
-from .common import App, collector_paused, json_option
+from .common import App, json_option
 
 LAZY = {
     **dict.fromkeys(("ls", "show", "watch", "logs", "checkpoints", "types", "config"), "read"),

@@ -14,8 +14,9 @@ import click
 
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
+from . import collector_paused
 from . import format as fmt
-from .common import App, Mode, build_spec, collector_paused, pass_app, run_async, spec_options, text_params
+from .common import App, Mode, build_spec, pass_app, run_async, spec_options, text_params
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -120,7 +121,8 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
       outlast run demo --params-json '{"items": 1000, "seconds": 0.01}' --priority high --detach
       ID=$(outlast -q run demo --detach) && outlast watch $ID
     """
-    from .run import detach_dir, run_foreground, submit_or_resume
+    with collector_paused():  # the engine's modules: imports
+        from .run import detach_dir, run_foreground, submit_or_resume
 
     text = text_params(app.settings, str(spec_args["type_"]))
     spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
@@ -156,7 +158,8 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
     """
     if detach and queue:
         raise click.UsageError("--detach and --queue exclude each other")
-    from .run import detach_dir, run_foreground, submit_or_resume
+    with collector_paused():  # the engine's modules: imports
+        from .run import detach_dir, run_foreground, submit_or_resume
 
     spec = run_async(_rerun_spec(app, op_id, params, profile))
     if detach:
@@ -200,7 +203,8 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
 
 
 def _detach(app: App, op_id: str) -> int:
-    from .run import spawn_detached
+    with collector_paused():  # the engine's modules: imports
+        from .run import spawn_detached
 
     pid = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
     if app.json:
@@ -231,7 +235,8 @@ def submit(app: App, **spec_args: object) -> int:
         spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
         op = quick_submit(app.settings, spec)
     if op is None:
-        from .run import submit_or_resume
+        with collector_paused():  # the engine's modules: imports
+            from .run import submit_or_resume
 
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
@@ -268,7 +273,8 @@ def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
       outlast --store redis://queue-host:6379/0 worker      # one of many machines
       outlast worker --exit-when-idle                      # drain the queue, e.g. from cron
     """
-    from .run import run_worker
+    with collector_paused():  # the engine's modules: imports
+        from .run import run_worker
 
     mode: Mode = "json" if app.json else ("quiet" if app.quiet else "plain")
     return run_async(run_worker(app.settings, concurrency, exit_when_idle, mode))
@@ -279,7 +285,8 @@ def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
 @pass_app
 def run_one_cmd(app: App, op_id: str) -> int:
     """Run one queued operation (the detached process)."""
-    from .run import run_one
+    with collector_paused():  # the engine's modules: imports
+        from .run import run_one
 
     return run_async(run_one(app.settings, op_id, app.command()))
 
