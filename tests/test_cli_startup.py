@@ -322,7 +322,7 @@ def test_a_command_imports_with_the_cycle_collector_paused(cli: Cli, args: list[
     """Importing the command line (click, the command's module), pydantic, the models, the engine's modules
     and asyncio makes objects by the hundred thousand and next to no garbage: every command imports them
     with the collector paused and what they made frozen (``engine.cli.collector_paused``), as ``submit``
-    did; the collector is on again after. Without it ``show`` collected 44 times as it started, ``run`` 80."""
+    did; the collector is on again after. Without it ``show`` collected 78 times, ``run`` 80."""
     op_id = cli("submit", "demo", "-p", "items=2").stdout.strip()
     if args[0] == "watch":
         assert cli("-q", "cancel", op_id).returncode == 0
