@@ -260,9 +260,9 @@ def _staging(dst: Path, rel: str) -> Path:
     destination failed "Invalid cross-device link"). The root's ``STAGING``, or at the deepest mount point
     inside the destination above ``rel``, a directory named for this destination (``mount_staging``)."""
     parent = os.path.dirname(rel)
-    if parent:
+    if parent and (mounts := _mounts_now(dst)):  # none (the common case): no realpath, an lstat per component
         root = os.path.realpath(dst)
-        under = [m for m in _mounts_now(dst) if f"{root}/{parent}/".startswith(f"{m}/")]
+        under = [m for m in mounts if f"{root}/{parent}/".startswith(f"{m}/")]
         if under:
             return dst / os.path.relpath(max(under, key=lambda m: len(str(m))), root) / mount_staging(dst)
     return dst / STAGING
