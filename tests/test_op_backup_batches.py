@@ -80,13 +80,22 @@ def test_a_kill_among_a_batch_renames_counts_none_of_it_and_resumes_byte_identic
 
 
 def _corrupting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every block written to a copy has its first byte flipped (what the verification is there to catch)."""
-    real = backup._pwrite_all
+    """Every block written to a copy has its first byte flipped (what the verification is there to catch),
+    whether written from the bytes read or by the kernel from the source (a large block: ``os.sendfile``)."""
+    real, send = backup._pwrite_all, os.sendfile
 
-    def flipped(fd: int, data: bytes, at: int) -> None:
+    def flipped(fd: int, data: bytes | memoryview, at: int) -> None:
         real(fd, bytes([data[0] ^ 0xFF]) + data[1:], at)
 
+    def sent_flipped(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        at = os.lseek(out_fd, 0, os.SEEK_CUR)
+        n = send(out_fd, in_fd, offset, count)
+        if n:
+            os.pwrite(out_fd, bytes([os.pread(out_fd, 1, at)[0] ^ 0xFF]), at)
+        return n
+
     monkeypatch.setattr(backup, "_pwrite_all", flipped)
+    monkeypatch.setattr(os, "sendfile", sent_flipped)
 
 
 def test_a_small_copy_that_reads_back_different_fails_and_is_removed(

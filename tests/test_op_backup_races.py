@@ -132,6 +132,34 @@ async def test_a_large_file_that_grows_during_its_copy_is_copied_whole(
     assert snapshot(dst) == snapshot(src) and manifest(dst)["log.bin"]["size"] == 16 * MB
 
 
+async def test_a_block_rewritten_between_its_read_and_its_write_is_copied_again_not_failed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large block is read (hashed, kept to compare) and then written by the kernel from the source
+    (``os.sendfile``): a source rewritten in between makes the copy differ from the bytes read. That is the
+    source's change, not a bad copy: the block is given the bytes read, the file is copied again as any file
+    changed while it was copied, and the backup completes with the new bytes, no "verification failed"."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"A" * (6 * MB))
+    real, calls = os.sendfile, [0]
+
+    def rewritten_first(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            rewrite(src / "big.bin", b"B" * (6 * MB))
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", rewritten_first)
+    final = await run_backup(engine, src, dst)
+    assert calls[0] > 1  # the large blocks were written by sendfile
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["failures"] == 0
+    assert (dst / "big.bin").read_bytes() == b"B" * (6 * MB)
+    assert snapshot(dst) == snapshot(src)
+    assert manifest(dst)["big.bin"]["sha256"] == hashlib.sha256(b"B" * (6 * MB)).hexdigest()
+
+
 async def test_a_large_file_that_keeps_changing_is_an_item_failure_not_a_torn_copy(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
