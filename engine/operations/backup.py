@@ -359,8 +359,9 @@ BIG_BLOCK = 1 << 20
 """A verified block of this many bytes or more is copied by ``_Blocks``; a smaller one (a small file's) as it is
 read, where a thread's hop and a buffer of CHUNK bytes would cost more than they save."""
 _SPARE: list[tuple[bytearray, bytearray]] = []
-"""Buffers of CHUNK bytes that ``_Blocks`` left for the next (two pairs at most): memory never touched costs a
-page fault per page, as much as the copy's own writing on some machines."""
+"""The two buffers of CHUNK bytes that the last ``_Blocks`` left for the next (one pair kept, 8 MB: a backup
+copies one large range at a time): memory never touched costs a page fault per page, on some machines as
+much as the copy's own writing."""
 
 
 class _Blocks:
@@ -378,7 +379,7 @@ class _Blocks:
 
     def __exit__(self, *_exc: object) -> None:
         self.hasher.shutdown(wait=True)
-        if len(_SPARE) < 2:
+        if not _SPARE:
             _SPARE.append((self.data, self.back))
 
     def copy(self, fi: int, fo: int, at: int, k: int, h: hashlib._Hash) -> int:
