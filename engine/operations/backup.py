@@ -371,7 +371,10 @@ class _Blocks:
     (``with``), the helper thread has ended, so nothing uses the buffers any more."""
 
     def __init__(self) -> None:
-        self.data, self.back = _SPARE.pop() if _SPARE else (bytearray(CHUNK), bytearray(CHUNK))
+        try:
+            self.data, self.back = _SPARE.pop()  # atomic: another backup's thread may take it first
+        except IndexError:
+            self.data, self.back = bytearray(CHUNK), bytearray(CHUNK)
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="outlast-backup-hash")
 
     def __enter__(self) -> _Blocks:
