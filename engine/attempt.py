@@ -51,7 +51,7 @@ from .models import (
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .profiles import RetryPolicy, TimeoutProfile, stored_profile
 from .registry import HandlerSpec, get_handler
-from .shortage import ran_short
+from .shortage import ran_short, short_of_processes
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
@@ -124,6 +124,10 @@ class AttemptHost(Protocol):
         (a task created right after the write's); None when no claim is due."""
         ...
 
+    def ran_short_of_processes(self) -> None:
+        """An attempt found no process or thread to be had: fewer run at once for a while (``ProcessBudget``)."""
+        ...
+
 
 class Attempt:
     """One claimed operation run to a settled status. Build it with ``Attempt.open``."""
@@ -185,6 +189,8 @@ class Attempt:
             # output's path): the check's own line, as at submit, not "InvalidInput: ... (at attempt.py:159)".
             error = clean(str(e)) if isinstance(e, InvalidInput) else format_exception(e)
             if ran_short(e) is not None and not host.closing:
+                if short_of_processes(e):
+                    host.ran_short_of_processes()
                 # Importing the handler or reading the checkpoint found no file descriptor (or thread) left:
                 # a worker that started more than ``ulimit -n`` allows. The handler never ran.
                 policy = RetryPolicy()
@@ -526,6 +532,8 @@ class Attempt:
         # The items done and failed since the last checkpoint: a retry or resume skips those done, and
         # ``item_failures`` lists those failed (they were counted in progress but listed nowhere).
         await self._final_checkpoint()
+        if short_of_processes(e):
+            self.host.ran_short_of_processes()
         transient = policy.is_transient(e) or short is not None
         retry = _retry(op, policy, error, short=short is not None) if transient and not self.host.closing else None
         if retry is not None:

@@ -788,6 +788,9 @@ class Engine:
         """Held while an attempt writes its final status: its slot is free for the next claim."""
         return self._scheduler.settling()
 
+    def ran_short_of_processes(self) -> None:
+        self.admission.processes.short(len(self._scheduler.tasks))
+
     def hand_over(self) -> asyncio.Task[None] | None:
         """Claim the next operation for a settling attempt's slot, in the same transaction as its final write."""
         return self._scheduler.hand_over()

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .shortage import FileBudget
+from .shortage import FileBudget, ProcessBudget
 
 
 @dataclass
@@ -83,11 +83,16 @@ class Admission:
     file descriptors this process may still open."""
 
     def __init__(
-        self, max_memory_percent: float | None, max_cpu_percent: float | None, files: FileBudget | None = None
+        self,
+        max_memory_percent: float | None,
+        max_cpu_percent: float | None,
+        files: FileBudget | None = None,
+        processes: ProcessBudget | None = None,
     ) -> None:
         self.max_memory = max_memory_percent
         self.max_cpu = max_cpu_percent
         self.files = files or FileBudget()
+        self.processes = processes or ProcessBudget()
         self._last = 0.0
         self._cached: str | None = None
         if max_cpu_percent:
@@ -96,9 +101,9 @@ class Admission:
             psutil.cpu_percent(None)
 
     def room(self, running: int) -> int:
-        """How many operations may start now, with ``running`` running here, by open files (memory and
-        CPU are ``blocked``)."""
-        return self.files.room(running)
+        """How many operations may start now, with ``running`` running here, by open files and processes
+        (memory and CPU are ``blocked``)."""
+        return min(self.files.room(running), self.processes.room(running))
 
     def started(self, n: int = 1) -> None:
         self.files.started(n)
@@ -106,7 +111,7 @@ class Admission:
     def blocked(self, running: int) -> str | None:
         """None when work may start, with ``running`` running here, else the reason (memory and CPU
         checked at most once a second)."""
-        files = self.files.blocked(running)
+        files = self.files.blocked(running) or self.processes.blocked(running)
         if files is not None:
             return files
         if not (self.max_memory or self.max_cpu):

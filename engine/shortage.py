@@ -1,6 +1,7 @@
 """When the machine runs short: no file descriptor left (``ulimit -n``), no process or thread to be had
 (``ulimit -u``, a container's pids limit), no memory to fork. Whether this process has descriptors left
-for one more operation (``FileBudget``), and whether an error says it ran short (``ran_short``): the
+for one more operation (``FileBudget``), how many may run at once after a fork found no process to be had
+(``ProcessBudget``), and whether an error says it ran short (``ran_short``): the
 machine's state, not the operation's fault, so the attempt is queued again (``Attempt``), not failed.
 Standard library only: the context imports it."""
 
@@ -142,4 +143,49 @@ class FileBudget:
         return (
             f"open files near this process's limit of {self.limit} (ulimit -n); what runs goes on,"
             " the rest waits: raise the limit or lower --concurrency"
+        )
+
+
+def short_of_processes(e: BaseException | None) -> bool:
+    """Whether ``e`` says the machine had no process, thread or memory to give (not a descriptor: ``FileBudget``
+    counts those)."""
+    short = ran_short(e)
+    return short is not None and not (isinstance(short, OSError) and short.errno in OUT_OF_FILES)
+
+
+class ProcessBudget:
+    """How many operations may run at once after one ran short of processes (a fork or a thread refused:
+    EAGAIN, ENOMEM, under a container's pids limit or ``ulimit -u``): as many as ran then, less the one
+    that ran short, until HOLD seconds pass without another shortage (each lowers it again); one at
+    least. Nothing else tells how many processes are left: a worker of 12 slots under a pids limit went
+    on starting 12 commands, and under load some ran short on each of their five attempts and failed."""
+
+    HOLD = 30.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.ceiling: int | None = None
+        self._until = -float("inf")
+
+    def short(self, running: int) -> None:
+        """An attempt ran short of processes with ``running`` running here (itself among them)."""
+        now = self._clock()
+        at_most = max(1, running - 1)
+        self.ceiling = at_most if self.ceiling is None or now >= self._until else min(self.ceiling, at_most)
+        self._until = now + self.HOLD
+
+    def room(self, running: int) -> int:
+        """How many more may start now, with ``running`` running here (a large number when none ran short)."""
+        if self.ceiling is not None and self._clock() >= self._until:
+            self.ceiling = None
+        if self.ceiling is None:
+            return 1 << 30
+        return max(1 if running == 0 else 0, self.ceiling - running)
+
+    def blocked(self, running: int) -> str | None:
+        if self.room(running) > 0:
+            return None
+        return (
+            f"a fork or a thread found no process to be had (a pids limit, ulimit -u): running at most"
+            f" {self.ceiling} at once until {self.HOLD:g}s pass without another"
         )

@@ -29,7 +29,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from engine import Engine, LogRecord, OperationContext, OperationSpec, Settings, Status, open_store, operation
-from engine.shortage import FileBudget, out_of_files, ran_short, ran_short_said
+from engine.shortage import FileBudget, ProcessBudget, out_of_files, ran_short, ran_short_said, short_of_processes
 from tests.fixtures_cli import CLI, REPO, Cli
 from tests.fixtures_engine import make_engine
 
@@ -146,6 +146,7 @@ def test_a_worker_under_a_pids_limit_runs_every_command_it_could_not_fork(
 
     out = _worker(state_dir, cli, n, into_group)
     assert "Resource temporarily unavailable" in out or "can't start new thread" in out, "the limit was never met"
+    assert "running at most" in out, "no fewer ran at once once the limit was met"
     records = json.loads(cli("ls", "--json", "--limit", "100").stdout)
     assert {rec["status"] for rec in records} == {"completed"}, [rec["error"] for rec in records]
 
@@ -301,6 +302,31 @@ def test_the_budget_counts_near_its_limit_and_seldom_far_from_it() -> None:
     now[0] += 1.5
     far.room(1)
     assert len(calls) == 2
+
+
+def test_after_running_short_of_processes_fewer_run_at_once_for_a_while() -> None:
+    """A fork refused (EAGAIN) with 12 running: at most 11 start until HOLD seconds pass without another
+    shortage; each one lowers it again, and one always may run. Before, a worker under a pids limit went on
+    starting every slot, and under load some commands ran short on all five attempts and failed."""
+    now = [0.0]
+    procs = ProcessBudget(clock=lambda: now[0])
+    assert procs.room(12) > 1000 and procs.blocked(12) is None
+    procs.short(12)
+    assert procs.room(10) == 1 and procs.room(11) == 0 and procs.room(12) == 0
+    assert "at most 11 at once" in (procs.blocked(11) or "")
+    now[0] += ProcessBudget.HOLD / 2
+    procs.short(8)  # again, with 8 running: 7
+    assert procs.room(7) == 0 and procs.room(6) == 1
+    now[0] += ProcessBudget.HOLD / 2  # 30 s after the first, 15 after the last: held
+    assert procs.room(7) == 0
+    procs.short(1)
+    assert procs.room(1) == 0 and procs.room(0) == 1  # one at a time, never none
+    now[0] += ProcessBudget.HOLD
+    assert procs.room(12) > 1000 and procs.blocked(12) is None
+    assert short_of_processes(OSError(errno.EAGAIN, "Resource temporarily unavailable"))
+    assert short_of_processes(RuntimeError("can't start new thread"))
+    assert not short_of_processes(OSError(errno.EMFILE, "Too many open files"))  # FileBudget's
+    assert not short_of_processes(OSError(errno.ENOENT, "gone"))
 
 
 def test_a_command_with_almost_no_descriptors_says_so_in_one_line(state_dir: Path, cli: Cli) -> None:
