@@ -13,6 +13,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,9 @@ FLAG = os.environ.get("OUTLAST_TEST_FLAKY_FLAG", "")
 COUNT = f"{FLAG}.count"
 """A line ``PID TIME`` appended per statement failed (the race's figure, and its bound on items run again)."""
 P = float(os.environ.get("OUTLAST_TEST_FLAKY_P", "0.01"))
+MATCH = os.environ.get("OUTLAST_TEST_FLAKY_MATCH", "")
+"""Only statements whose SQL holds this text fail (all when empty)."""
+_sql = threading.local()
 _rnd = random.Random(f"{os.environ.get('OUTLAST_TEST_FLAKY_SEED', '0')}-{os.getpid()}")
 _seen = [0.0, False]
 """When the flag was last looked for, and whether it was there (looked for at most every 20 ms)."""
@@ -34,6 +38,8 @@ def _failing() -> bool:
 
 
 def _abort() -> int:
+    if MATCH and MATCH not in getattr(_sql, "now", ""):
+        return 0
     if not (_failing() and _rnd.random() < P):
         return 0
     with open(COUNT, "a") as fh:
@@ -41,10 +47,16 @@ def _abort() -> int:
     return 1
 
 
+def _started(sql: str) -> None:
+    _sql.now = sql
+
+
 def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
     con = _connect(database, *args, **kw)
     if FLAG and str(database).endswith("outlast.db"):
         con.set_progress_handler(_abort, 4)
+        if MATCH:
+            con.set_trace_callback(_started)
     return con
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from ...models import Checkpoint, ItemFailure, StaleAttempt, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, encode_payload, restore, resume_note, seal
-from .core import SqliteCore
+from .core import SqliteCore, damaged
 
 log = logging.getLogger("outlast.store")
 
@@ -95,6 +95,8 @@ class CheckpointsMixin(SqliteCore):
             try:
                 yield from conn.execute("SELECT seq, items FROM deltas WHERE op_id=? ORDER BY seq", (op_id,))
             except sqlite3.DatabaseError as e:
+                if not damaged(e):  # a read that failed this time (an I/O error): no break in the chain
+                    raise
                 log.warning("operation %s: item deltas unreadable after some point (%s)", op_id, e)
 
         return Chain(rows())
@@ -109,25 +111,33 @@ class CheckpointsMixin(SqliteCore):
             args.append(seq)
         try:
             return conn.execute(sql + " ORDER BY seq DESC", args).fetchall()
-        except sqlite3.DatabaseError:
-            pass
+        except sqlite3.DatabaseError as e:
+            if not damaged(e):  # a read that failed this time: not a checkpoint to skip
+                raise
         # A damaged page: read the seqs one by one, keeping what is readable.
         out: list[tuple[Any, ...]] = []
         top = seq if seq is not None else self._max_seq(op_id)
         for s in range(top, 0, -1):
-            with contextlib.suppress(sqlite3.DatabaseError):
+            try:
                 out += conn.execute(
                     "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?", (op_id, s)
                 ).fetchall()
+            except sqlite3.DatabaseError as e:
+                if not damaged(e):
+                    raise
         return out
 
     def _max_seq(self, op_id: str) -> int:
         conn = self._db
         for table in ("checkpoints", "deltas"):
-            with contextlib.suppress(sqlite3.DatabaseError):
+            try:
                 row = conn.execute(f"SELECT MAX(seq) FROM {table} WHERE op_id=?", (op_id,)).fetchone()
-                if row and isinstance(row[0], int):
-                    return row[0]
+            except sqlite3.DatabaseError as e:
+                if not damaged(e):
+                    raise
+                continue
+            if row and isinstance(row[0], int):
+                return row[0]
         return 0
 
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
@@ -195,6 +205,8 @@ class CheckpointsMixin(SqliteCore):
                 try:
                     _list_failures(conn, op_id, keep, now)
                 except sqlite3.DatabaseError as e:  # a damaged page of the listing: the cut above still holds
+                    if not damaged(e):
+                        raise
                     log.warning("operation %s: item failures not listed anew after the resume point (%s)", op_id, e)
 
         await self._txn(do)

@@ -36,6 +36,15 @@ T = TypeVar("T")
 log = logging.getLogger("outlast.store")
 
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def damaged(e: sqlite3.DatabaseError) -> bool:
+    """Whether ``e`` says the database's bytes are damaged (a page that does not parse), not that a read or
+    write failed this time (an I/O error, the disk full, a statement interrupted): only damage is read
+    around (a chain cut where it breaks); a failure is the store's error, and the request may be tried again."""
+    return type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED
+
+
 """SQLite's primary result codes for a damaged database file."""
 
 BUSY_TIMEOUT = 30.0
@@ -192,7 +201,7 @@ class SqliteCore:
         error): ``StoreFailed``, which may be tried again."""
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
         d, name = self.state_dir, self.db_path.name
-        if type(e) is sqlite3.DatabaseError or code in _DAMAGED:
+        if damaged(e):
             return StoreError(f"state dir {d}: {name} is not a usable Outlast database ({e})")
         if code == sqlite3.SQLITE_BUSY:  # "database is locked" said neither by whom nor what to do
             return StoreError(
