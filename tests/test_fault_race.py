@@ -500,6 +500,11 @@ class Race:
             # it settled (a completion is not turned into a stop). A new attempt after it is judged below.
             allowed.add("completed")
         allowed |= {TARGET[c.action] for c in calls if c is not last and (last is None or c.end > last.start)}
+        resumed = max((c.start for c in acked if c.action == "resume"), default=-1.0)
+        if any(c.action == "cancel" and not c.settled and c.start > resumed for c in acked):
+            # A cancel requested and not yet taken (the attempt reads requests from the store: on a failing disk,
+            # seconds later) wins over a pause asked after it, as the store keeps a cancel over a pause.
+            allowed.add("cancelled")
         if status not in allowed:
             problems.append(
                 f"ended {status} ({op.status_message}); the last acknowledged command was"
