@@ -15,6 +15,9 @@ class LedgerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: int = 100
     seconds: float = 0.0
+    slow_attempts: int = 0
+    """Items take ``seconds`` in the first N attempts only, later ones run at full speed (0: every attempt).
+    For a test that stops or kills the early attempts mid-run and only checks how the last one ends."""
     log_file: str | None = None
     """Every execution of an item body appends the item to this file (to detect double work)."""
     explicit_every: int = 0
@@ -33,14 +36,15 @@ async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
     ctx.state.setdefault("sum", 0)
     ctx.progress(total=p.items)
     split = p.items if p.fail_at is None else p.fail_at + 1
+    seconds = p.seconds if not p.slow_attempts or ctx.attempt <= p.slow_attempts else 0.0
     fh = open(p.log_file, "a", buffering=1) if p.log_file else None  # noqa: SIM115
     try:
         for part in (range(split), range(split, p.items)):
             async for i in ctx.items(part, key=str):
                 if fh:
                     fh.write(f"{i}\n")
-                if p.seconds:
-                    await asyncio.sleep(p.seconds)
+                if seconds:
+                    await asyncio.sleep(seconds)
                 ctx.state["sum"] += i
                 if p.explicit_every and (i + 1) % p.explicit_every == 0:
                     await ctx.checkpoint(next_step=f"after {i}", last=i)

@@ -74,7 +74,9 @@ async def test_checkpoints_keep_newest_n(settings: Settings) -> None:
 
 
 async def test_cancel_pause_resume_in_process(engine: Engine) -> None:
-    op = await engine.submit(OperationSpec(type="ledger", params={"items": 400, "seconds": 0.01}))
+    # Attempts 1 and 2 are stopped mid-run; the third, which only runs the rest, runs at full speed.
+    params = {"items": 400, "seconds": 0.01, "slow_attempts": 2}
+    op = await engine.submit(OperationSpec(type="ledger", params=params))
     await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 5)
     await engine.pause(op.id)
     paused = await engine.wait(op.id, timeout=20)
@@ -126,7 +128,8 @@ async def test_control_from_another_engine(settings: Settings) -> None:
 
 async def test_shutdown_pauses_running_work(settings: Settings) -> None:
     async with make_engine(settings) as engine:
-        op = await engine.submit(OperationSpec(type="ledger", params={"items": 300, "seconds": 0.01}))
+        params = {"items": 300, "seconds": 0.01, "slow_attempts": 1}  # the resume runs at full speed
+        op = await engine.submit(OperationSpec(type="ledger", params=params))
         await until(lambda: engine.live(op.id) and engine.live(op.id).done >= 5)
     async with make_engine(settings) as engine:
         rec = await engine.get(op.id)

@@ -184,7 +184,11 @@ async def _killed_after_a_checkpoint(
     first, given the child, an engine on the store and the operation's id); the operation's id."""
     async with make_engine(settings, run_queue=False) as engine:
         op = await engine.submit(
-            OperationSpec(type="ledger", params={"items": 200, "seconds": 0.01}, profile={"checkpoint_interval": 0.1})
+            OperationSpec(
+                type="ledger",
+                params={"items": 200, "seconds": 0.01, "slow_attempts": 1},  # the resume runs at full speed
+                profile={"checkpoint_interval": 0.1},
+            )
         )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(settings.state_dir), op.id], cwd=REPO, env=env)
@@ -240,7 +244,7 @@ def test_a_worker_with_auto_resume_resumes_an_orphan_that_a_read_only_command_fo
     cli = CliAt(tmp_path / "state", OUTLAST_CONFIG=str(config))
     plugin = ("--plugin", "tests.ops_for_tests")
     try:
-        run = cli.start(*plugin, "run", "ledger", "-p", "items=300", "-p", "seconds=0.01")
+        run = cli.start(*plugin, "run", "ledger", "-p", "items=300", "-p", "seconds=0.01", "-p", "slow_attempts=1")
         op_id = run.wait_line(lambda ln: " submitted: " in ln).split()[1]
         cli.wait_status(op_id, {"running"})
         run.kill()
@@ -319,7 +323,7 @@ async def test_resume_from_chosen_older_checkpoint(engine: Engine, settings: Set
         await engine.resume(op.id, checkpoint=2)
     # Make it resumable the way a user would meet it: cancelled after running.
     op2 = await engine.submit(
-        OperationSpec(type="ledger", params={"items": 400, "seconds": 0.01, "explicit_every": 20})
+        OperationSpec(type="ledger", params={"items": 400, "seconds": 0.01, "explicit_every": 20, "slow_attempts": 1})
     )
     await until(lambda: engine.live(op2.id) and engine.live(op2.id).done >= 70)
     await engine.cancel(op2.id)

@@ -42,8 +42,9 @@ EVERY = 10
 # ---- helpers --------------------------------------------------------------------------------------
 
 
-def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02) -> str:
-    """A counted-item operation that checkpoints every EVERY items (and not on a timer)."""
+def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02, slow_attempts: int = 1) -> str:
+    """A counted-item operation that checkpoints every EVERY items (and not on a timer); items take ``seconds``
+    in the first ``slow_attempts`` attempts (those killed mid-run), later ones run at full speed."""
     r = cli(
         *P,
         "submit",
@@ -52,6 +53,8 @@ def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02) -> st
         f"items={n}",
         "-p",
         f"seconds={seconds}",
+        "-p",
+        f"slow_attempts={slow_attempts}",
         "-p",
         f"explicit_every={EVERY}",
         "-p",
@@ -133,7 +136,7 @@ def test_restart_from_scratch_abandons_the_old_chain(cli: Cli, tmp_path: Path) -
     """Every checkpoint fails to verify: the resume restarts from scratch. Killed again, the next resume
     must follow the new chain only (it merged the abandoned deltas: 'completed at 90/120', exit 0)."""
     n = 120
-    op_id = submit_ledger(cli, n, tmp_path)
+    op_id = submit_ledger(cli, n, tmp_path, slow_attempts=2)
     kill_after(cli, op_id, 5)  # old chain: >= 50 items
     with db(cli) as conn:
         conn.execute("UPDATE checkpoints SET payload=? WHERE op_id=?", (b'{"state":{"sum":"garbage"}}', op_id))
