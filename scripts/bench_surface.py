@@ -65,6 +65,7 @@ async def bench_cli(bench: Bench) -> list[Row]:
             unavailable("cli", "outlast ls, 10,000 operations", target, why),
         ]
     n_ops, repeats = bench.pick((2000, 3), (10_000, 15))
+    repeats = 1 if bench.smoke else repeats  # the smoke check wants every figure, not its spread
     state = bench.fresh_dir()
     await populate(state, n_ops)
     # As a user starts it: bytecode cached (a warm-up run writes it). The last row has a config file, as
