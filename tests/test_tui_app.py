@@ -88,7 +88,9 @@ async def test_resume_from_an_older_checkpoint_redoes_the_items_after_it(
     ledger = tmp_path / "ledger.txt"
     app = make_app(tui_settings)
     async with app.run_test(size=(160, 50)) as pilot:
-        op_id = await _running(pilot, app, items=150, seconds=0.01, explicit_every=10, log_file=str(ledger))
+        # Slow until paused; the resume from the chosen checkpoint runs the rest at full speed.
+        params = {"items": 150, "seconds": 0.01, "slow_attempts": 1, "explicit_every": 10, "log_file": str(ledger)}
+        op_id = await _running(pilot, app, **params)
         await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 45)
         await pilot.press("p")
         await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
@@ -765,7 +767,8 @@ async def test_quit_hand_over_leaves_the_work_to_a_background_worker_that_comple
     ledger = tmp_path / "ledger.txt"
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:
-        op_id = await _running(pilot, app, items=80, seconds=0.02, log_file=str(ledger))
+        # Slow here; the worker's resume runs the rest at full speed.
+        op_id = await _running(pilot, app, items=80, seconds=0.02, slow_attempts=1, log_file=str(ledger))
         await wait_for(pilot, lambda: (app.engine.live(op_id) or _zero()).done >= 10)
         await pilot.press("q")
         assert isinstance(app.screen, QuitScreen)
