@@ -102,9 +102,11 @@ def cluster_factory(state_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def ledger(
-    n: int, items: int, seconds: float, logs: Path, priority: str = "normal", ckpt: float = 0.2
+    n: int, items: int, seconds: float, logs: Path, priority: str = "normal", ckpt: float = 0.2, slow_attempts: int = 0
 ) -> OperationSpec:
-    params = {"items": items, "seconds": seconds, "log_file": str(logs / f"{n}.log")}
+    """``slow_attempts``: items take ``seconds`` in that many first attempts only (0: in all); a resume after
+    a kill then runs the rest at full speed."""
+    params = {"items": items, "seconds": seconds, "slow_attempts": slow_attempts, "log_file": str(logs / f"{n}.log")}
     return OperationSpec(
         type="ledger", params=params, priority=priority, name=f"op{n}", profile={"checkpoint_interval": ckpt}
     )  # type: ignore[arg-type]
@@ -161,7 +163,7 @@ def test_three_workers_thirty_operations_one_sigkilled(
     logs.mkdir()
     c = cluster_factory(redis_server, "w3")
     prios = ["low", "high", "normal"] * 10
-    ids = c.submit([ledger(n, 16, 0.05, logs, prios[n]) for n in range(30)])
+    ids = c.submit([ledger(n, 16, 0.05, logs, prios[n], slow_attempts=1) for n in range(30)])
     events = Events(redis_server, "w3")
     events.start()
     workers = [c.worker(2) for _ in range(3)]
@@ -241,7 +243,7 @@ def test_redis_lost_without_persistence_resumes_from_the_mirror(
     mirror = tmp_path / "mirror"
     c = cluster_factory(redis_server, "mi", mirror=mirror, OUTLAST_PROGRESS_FLUSH_INTERVAL="0.5")
     url = redis_server.url + "?lease_ttl=2"
-    [op_id] = c.submit([ledger(0, 80, 0.04, logs)])
+    [op_id] = c.submit([ledger(0, 80, 0.04, logs, slow_attempts=1)])
     first = c.worker(1, url)
     # The mirror is written after Redis accepts a checkpoint: wait until it holds the third one too.
     mirrored = mirror / "mi" / "checkpoints" / op_id
