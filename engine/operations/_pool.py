@@ -19,6 +19,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -68,6 +69,24 @@ def _die_with(parent: int) -> None:
         threading.Thread(target=watch, daemon=True, name="outlast-parent-watch").start()
 
 
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the pool's queues need it) with an stderr it can hand on.
+
+    It passes ``sys.stderr.fileno()`` to its process; under the dashboard ``sys.stderr`` is Textual's
+    capture, whose fileno() is -1, and the spawn fails ("bad value(s) in fds_to_keep"): every run with
+    workers failed at once there. The process's own stderr is what the tracker gets outside it."""
+    from multiprocessing import resource_tracker
+
+    try:
+        usable = sys.stderr.fileno() >= 0
+    except Exception:  # no fileno at all (pytest's capture): the tracker leaves it out by itself
+        usable = True
+    if usable:
+        return
+    with contextlib.redirect_stderr(sys.__stderr__):
+        resource_tracker.ensure_running()
+
+
 POLL = 0.2
 """Seconds between two looks for a stop while a batch is awaited."""
 
@@ -95,6 +114,7 @@ async def in_order(
             yield await asyncio.to_thread(fn, *args)
         return
     loop = asyncio.get_running_loop()
+    _start_resource_tracker()
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
