@@ -50,9 +50,19 @@ def worker_count(files: int) -> int:
 PR_SET_PDEATHSIG = 1
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What a terminal (Ctrl-C, a hang-up) or a supervisor (``systemctl stop``) sends the whole process group."""
+
+
 def _die_with(parent: int) -> None:
-    """In each worker: be killed when ``parent`` (the engine) dies, however it dies."""
+    """In each worker: be killed when ``parent`` (the engine) dies, however it dies; and leave the signals
+    that stop the engine to the engine. A worker is in the engine's process group, so Ctrl-C reached it
+    too: a KeyboardInterrupt in its batch (or its death by SIGTERM or SIGHUP) failed the operation that
+    the engine was pausing with a checkpoint. The engine kills the workers itself when it stops."""
     from ._common import libc_function
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
     prctl = libc_function("prctl")
     if prctl is not None:
