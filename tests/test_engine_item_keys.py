@@ -109,3 +109,36 @@ async def test_a_resume_whose_item_keys_changed_says_every_item_ran_again(engine
         KEY_VERSION["prefix"] = "v1"
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "did the item keys change" in r.message]
     assert len(said) == (1 if changed else 0), said
+
+
+@operation("test_item_keys_filtered")
+async def item_keys_filtered(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    key = lambda i: f"{KEY_VERSION['prefix']}-{i}"  # noqa: E731
+    todo = [i for i in range(30) if not ctx.is_done(key(i))]  # the done ones left out here, not by the loop
+    async for _i in ctx.items(todo, key=key):
+        await asyncio.sleep(0.005)
+    return {"todo": len(todo)}
+
+
+@pytest.mark.parametrize("changed", [True, False])
+async def test_a_handler_that_leaves_out_the_done_items_itself_is_not_told_its_keys_changed(
+    engine: Engine, changed: bool
+) -> None:
+    """The built-ins (indexing, backup, the analyses) filter their done items with ``ctx.is_done`` before
+    the loop, which then meets none of them: every resume of theirs said that every item ran again and
+    asked whether the item keys changed."""
+    KEY_VERSION["prefix"] = "v1"
+    op = await engine.submit(OperationSpec(type="test_item_keys_filtered", profile={"checkpoint_every": 5}))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
+    await engine.pause(op.id)
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    KEY_VERSION["prefix"] = "v2" if changed else "v1"
+    try:
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.COMPLETED
+    finally:
+        KEY_VERSION["prefix"] = "v1"
+    assert (final.result["todo"] == 30) is changed, final.result
+    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "did the item keys change" in r.message]
+    assert len(said) == (1 if changed else 0), said
