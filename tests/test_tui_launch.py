@@ -126,6 +126,19 @@ async def test_required_fields_are_marked_and_named_until_filled(tmp_path: Path)
     ]
 
 
+async def test_a_programs_arguments_are_split_as_the_command_line_splits_them(tmp_path: Path) -> None:
+    """``-m "not slow"`` in the form's args was one argument (the form split at commas), where
+    ``-p args='-m "not slow"'`` on the command line is two: pytest refused the marker expression."""
+    app = LaunchApp(handlers(), initial_type="comprehensive_test_suite")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-path", str(tmp_path))
+        await replace(pilot, "#param-args", """-m "not slow" -k 'a or b' -x""")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert [s.params["args"] if s else None for s in app.results] == [["-m", "not slow", "-k", "a or b", "-x"]]
+
+
 async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() -> None:
     app = LaunchApp(handlers())
     async with app.run_test(size=(100, 40)) as pilot:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 
 def split_args(value: Any) -> Any:
@@ -48,8 +48,12 @@ def python_executable(value: str) -> str:
     return os.path.abspath(found)
 
 
-ProgramArgs = Annotated[list[str], BeforeValidator(split_args), AfterValidator(program_args)]
-"""A program's arguments: a list, or one string split as a shell does (``split_args``), no NUL in any."""
+ProgramArgs = Annotated[
+    list[str], BeforeValidator(split_args), AfterValidator(program_args), Field(json_schema_extra={"split": "shell"})
+]
+"""A program's arguments: a list, or one string split as a shell does (``split_args``), no NUL in any. The
+schema's ``split`` tells a form to hand the text over as it was typed (split at commas, the dashboard's
+``-m "not slow"`` was one argument, where the command line's ``-p args='-m "not slow"'`` was two)."""
 EnvVars = Annotated[dict[str, str], AfterValidator(env_vars)]
 """Extra environment variables of a program (``env_vars``)."""
 PythonExecutable = Annotated[str, AfterValidator(python_executable)]

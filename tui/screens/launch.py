@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import types
 import typing
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from ..widgets.steady_input import SteadyInput
 
 W = TypeVar("W", bound=Widget)
 
-Kind = Literal["str", "int", "float", "bool", "choice", "list", "dict", "json"]
+Kind = Literal["str", "int", "float", "bool", "choice", "list", "words", "dict", "json"]
 RESERVED_ROWS = 14
 """Rows of the form outside the params: borders, type and its help, the params' rules, priority
 and estimate, name, a message under each of those, and the buttons."""
@@ -81,13 +82,20 @@ class ParamField:
 
     @property
     def hint(self) -> str:
-        return {"list": "comma-separated or JSON list", "dict": "k=v, k2=v2 or JSON", "json": "JSON"}.get(self.kind, "")
+        return {
+            "list": "comma-separated or JSON list",
+            "words": "split as a shell splits them, or a JSON list",
+            "dict": "k=v, k2=v2 or JSON",
+            "json": "JSON",
+        }.get(self.kind, "")
 
     def initial_text(self) -> str:
         """The default as the text shown in the control."""
         v = self.default
         if v is None:
             return ""
+        if self.kind == "words":
+            return shlex.join(v)
         if self.kind == "list":
             items = list(v)
             if all(isinstance(i, str) and "," not in i for i in items):
@@ -107,6 +115,8 @@ class ParamField:
         text = text.strip()
         if not text:
             return None if self.nullable and not self.required and self.name != JSON_FIELD else _UNSET
+        if self.kind == "words":  # the model splits the text as a shell would, as from the command line
+            return _json(text) if text.startswith("[") else text
         if self.kind == "list":
             if text.startswith("["):
                 return _json(text)
@@ -211,6 +221,9 @@ def param_fields(model: type[BaseModel]) -> list[ParamField]:
     for name, info in model.model_fields.items():
         annotation, nullable = _unwrap_optional(info.annotation)
         kind, choices = _kind(annotation)
+        extra = info.json_schema_extra
+        if kind == "list" and isinstance(extra, dict) and extra.get("split") == "shell":
+            kind = "words"
         out.append(
             ParamField(
                 name=name,
