@@ -25,3 +25,17 @@ def test_a_note_cut_to_fit_ends_with_an_ellipsis() -> None:
     line = fmt.ls_table([row]).splitlines()[1]
     assert line.endswith("output 'projects/of/someone/with-a-rather-long-name/index.s…"), line
     assert fmt.clipped("short", 60) == "short"
+
+
+def test_a_long_name_is_cut_in_ls_not_every_row_widened() -> None:
+    long = "nightly index of the monorepo " * 5
+    rows = [
+        fmt.LsRow(
+            id=f"06bk9v8gewxq{n}", handle=n, status=Status.COMPLETED, type="demo", name=name, done=1,
+            total=1, percent=100.0, priority="normal", created_at=None, note="",
+        )
+        for n, name in enumerate([long.strip(), None, "short"], 1)
+    ]  # fmt: skip
+    lines = fmt.ls_table(rows).splitlines()
+    assert "nightly index of the monorepo n…" in lines[1], lines
+    assert max(len(line) for line in lines) < 120, lines  # 220 with the name whole

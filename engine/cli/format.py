@@ -233,6 +233,11 @@ class LsRow(NamedTuple):
         )
 
 
+NAME_CHARS = 32
+"""Most characters of a name in ``ls`` (``show`` and ``--json`` give it whole): one 130-character name made
+the column as wide for every row, and each row wrapped over three lines of an 80-column terminal."""
+
+
 def ls_table(ops: Sequence[LsRow]) -> str:
     """One row an operation: # is the handle (what to type: ``outlast watch 12``), TYPE the type (what
     ``ls -t`` filters on), NAME the ``--name``, WORKER the ``host:pid`` running it (a store shared by workers);
@@ -247,7 +252,7 @@ def ls_table(ops: Sequence[LsRow]) -> str:
             op.id,
             op.status.value,
             op.type,
-            *([op.name or ""] if named else []),
+            *([clipped(op.name or "", NAME_CHARS)] if named else []),
             "-" if op.percent is None else f"{op.percent:.1f}%",
             f"{op.done}/{op.total}" if op.total is not None else str(op.done),
             op.priority,
