@@ -52,8 +52,8 @@ from .models import (
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
 from .paths import detached_log
 from .processes import process_start
-from .profiles import resume_fields, stored_profile
-from .registry import ensure_loaded, get_handler
+from .profiles import SEED_PROFILES, resume_fields, stored_profile
+from .registry import ensure_loaded, get_handler, runnable_types
 from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
@@ -174,8 +174,20 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
+    def _say_unknown_profiles(self) -> None:
+        """A profile for a type no handler or seed profile has (``[profiles.codebase_indexng]``): said once,
+        as it changes nothing. Unknown keys inside a profile were refused; a misspelt type went unnoticed."""
+        unknown = sorted(set(self.settings.profiles) - runnable_types() - set(SEED_PROFILES))
+        if unknown:
+            log.warning(
+                "profiles for %s: no such operation type (a misspelt name, or a plugin not loaded here?);"
+                " they change nothing",
+                ", ".join(unknown),
+            )
+
     async def start(self) -> None:
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
+        self._say_unknown_profiles()
         await self.store.open()
         if self.store.read_only:
             self.run_queue = False  # nothing can be claimed: the engine only reads (see Store.read_only)

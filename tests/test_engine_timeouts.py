@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +312,15 @@ def test_new_ids_sortable_and_safe() -> None:
     assert all(len(i) == 13 and i.isalnum() and i.islower() for i in ids)
     time.sleep(0.002)
     assert new_id() > ids[-1]
+
+
+async def test_a_profile_for_no_known_type_is_said_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``[profiles.codebase_indexng]`` (a misspelt type) changed nothing and said nothing, where an unknown
+    key inside a profile is refused."""
+    profiles = {"codebase_indexng": {"base_timeout": 5.0}, "demo": {"base_timeout": 700.0}}
+    settings = load_settings(state_dir=tmp_path / "state", profiles=profiles)
+    with caplog.at_level(logging.WARNING, logger="outlast"):
+        async with Engine(settings=settings, run_queue=False):
+            pass
+    said = [r.getMessage() for r in caplog.records if "no such operation type" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("profiles for codebase_indexng:"), said
