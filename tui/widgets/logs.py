@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from rich.text import Text
+from textual.events import Resize
 from textual.widgets import RichLog
 
 from .. import format as fmt
@@ -34,6 +36,33 @@ class LogsPane(RichLog):
         """Byte offset in the selected operation's log up to which it has been read."""
         self.offsets: dict[str, int] = {}
         """In ``all`` mode: each operation's offset read up to."""
+        self.shown: deque[Text] = deque(maxlen=2000)
+        """The lines written, to wrap again at a new width: RichLog wraps a line once, as it is written, so a
+        line written behind another tab (80x24) stayed cut at 20 columns, and one written beside the other
+        panes stayed as narrow once the terminal grew."""
+        self.wrapped_at = 0
+        """The width the lines were last wrapped at (0: none yet)."""
+
+    def clear(self) -> LogsPane:
+        self.shown.clear()
+        return super().clear()
+
+    def put(self, line: Text) -> None:
+        self.shown.append(line)
+        self.write(line)
+
+    def on_resize(self, event: Resize) -> None:
+        """Wrap every line again at a new width (before RichLog's own handler, which writes what waited
+        for the first size)."""
+        width = event.size.width
+        if not width:
+            return
+        if self.wrapped_at and width != self.wrapped_at and self.shown:
+            lines = list(self.shown)
+            super().clear()
+            for line in lines:
+                self.write(line)
+        self.wrapped_at = width
 
     def reset(self, op_id: str | None) -> None:
         self.op_id = op_id
@@ -49,7 +78,7 @@ class LogsPane(RichLog):
             self.clear()
             self.empty = self.said_empty = False
         elif not records and self.empty and not self.said_empty:
-            self.write(Text("no log lines yet", style="dim"))
+            self.put(Text("no log lines yet", style="dim"))
             self.said_empty = True
         self._add(records, with_id)
 
@@ -62,4 +91,4 @@ class LogsPane(RichLog):
             level = rec.level.lower()
             line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
             line.append(fmt.printable(rec.message))
-            self.write(line)
+            self.put(line)
