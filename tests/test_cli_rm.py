@@ -41,6 +41,10 @@ def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:
         assert in_process(cli, "cancel", op)[0] == 0
     code, out, _ = in_process(cli, "--json", "clean", "--dry-run")
     assert code == 0 and set(json.loads(out)["would_remove"]) == {a, b}
+    code, out, err = in_process(cli, "clean", "--dry-run", "--older-than", "1h")
+    assert code == 0 and out == "" and err == "0 would be removed\n", err  # nothing: said, as "0 removed" is
+    code, out, err = in_process(cli, "clean", "--dry-run")
+    assert code == 0 and out.count(" would be removed\n") == 2 and err == "2 would be removed\n", (out, err)
     assert _ids(cli) == {a, b, c}  # a dry run removes nothing
     code, out, _ = in_process(cli, "clean", "--older-than", "1h")
     assert code == 0 and _ids(cli) == {a, b, c}  # cancelled just now: not older than an hour

@@ -380,8 +380,8 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
     finally:  # interrupted too: what was removed before the stop is said
         if app.json:
             fmt.echo(fmt.dumps({"would_remove" if dry_run else "removed": done}))
-        elif not app.quiet and not dry_run:
-            fmt.echo(f"{len(done)} removed", err=True)
+        elif not app.quiet:  # a dry run that finds nothing said nothing at all, where a clean says "0 removed"
+            fmt.echo(f"{len(done)} would be removed" if dry_run else f"{len(done)} removed", err=True)
     return int(code)
 
 
