@@ -302,6 +302,18 @@ def test_a_follower_of_an_operation_whose_runner_died_ends_with_it_interrupted(c
     assert cli.op(op_id).status.value == "interrupted"
 
 
+def test_a_resume_in_a_pipe_says_resumed_not_submitted(cli: Cli) -> None:
+    """Each `outlast resume` began with "ID TYPE submitted: Ctrl-C pauses ...", as if a new run had been queued."""
+    stopped = cli("submit", "demo", "-p", "items=3", "-p", "seconds=0").stdout.strip()
+    assert cli("cancel", stopped).returncode == 0
+    queued = cli("submit", "demo", "-p", "items=3", "-p", "seconds=0").stdout.strip()
+    for op_id, how in ((stopped, "resumed"), (queued, "started")):
+        r = cli("resume", op_id)
+        assert r.returncode == 0, r.stderr
+        first = r.stdout.splitlines()[0]
+        assert f" {op_id} demo {how}: Ctrl-C pauses with a checkpoint" in first, first
+
+
 def test_resume_of_a_queued_operation_nobody_runs_runs_it(cli: Cli) -> None:
     """`outlast resume ID` of a queued operation (submitted, or requeued after its runner died) refused,
     "is queued" (exit 7), and left it waiting for a worker nobody had started. It runs it here now, or in

@@ -69,7 +69,8 @@ async def run_foreground(
             assert op_id is not None
             op = await engine.get(op_id) if queued else await engine.resume(op_id, checkpoint, profile)
         if mode == "plain":
-            fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} submitted: {PAUSE_HINT}; {prefix} resume {op.id}")
+            how = "submitted" if spec is not None else "started" if queued else "resumed"  # not "submitted" each time
+            fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} {how}: {PAUSE_HINT}; {prefix} resume {op.id}")
         try:
             await claim_here(engine, op.id, None if mode == "quiet" else f"{prefix} slots")
             local = True
