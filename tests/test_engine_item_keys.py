@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from engine import Engine, OperationContext, OperationSpec, Status, operation
+from engine import Engine, Operation, OperationContext, OperationSpec, Status, operation
 from tests.fixtures_engine import until
 
 KEYS: dict[str, Any] = {
@@ -91,23 +91,31 @@ async def item_keys_versioned(ctx: OperationContext, p: Any) -> dict[str, Any]:
     return {}
 
 
-@pytest.mark.parametrize("changed", [True, False])
-async def test_a_resume_whose_item_keys_changed_says_every_item_ran_again(engine: Engine, changed: bool) -> None:
-    """A new version of a handler with other item keys resumed an old operation: none of the done keys
-    came up, every item ran again, and nothing said so. Said once at the loop's end; a resume that met
-    its done keys (and a later loop with none of them) says nothing."""
+async def _paused_then_resumed(engine: Engine, op_type: str, changed: bool) -> tuple[Operation, list[str]]:
+    """Run ``op_type`` until 10 items are done, pause it, resume it with the item keys changed or not: its
+    final record and what its log said of changed keys."""
     KEY_VERSION["prefix"] = "v1"
-    op = await engine.submit(OperationSpec(type="test_item_keys_versioned", profile={"checkpoint_every": 5}))
+    op = await engine.submit(OperationSpec(type=op_type, profile={"checkpoint_every": 5}))
     await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
     await engine.pause(op.id)
     assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
     KEY_VERSION["prefix"] = "v2" if changed else "v1"
     try:
         await engine.resume(op.id)
-        assert (await engine.wait(op.id, timeout=20)).status is Status.COMPLETED
+        final = await engine.wait(op.id, timeout=20)
     finally:
         KEY_VERSION["prefix"] = "v1"
+    assert final.status is Status.COMPLETED
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "did the item keys change" in r.message]
+    return final, said
+
+
+@pytest.mark.parametrize("changed", [True, False])
+async def test_a_resume_whose_item_keys_changed_says_every_item_ran_again(engine: Engine, changed: bool) -> None:
+    """A new version of a handler with other item keys resumed an old operation: none of the done keys
+    came up, every item ran again, and nothing said so. Said once at the loop's end; a resume that met
+    its done keys (and a later loop with none of them) says nothing."""
+    _, said = await _paused_then_resumed(engine, "test_item_keys_versioned", changed)
     assert len(said) == (1 if changed else 0), said
 
 
@@ -127,18 +135,6 @@ async def test_a_handler_that_leaves_out_the_done_items_itself_is_not_told_its_k
     """The built-ins (indexing, backup, the analyses) filter their done items with ``ctx.is_done`` before
     the loop, which then meets none of them: every resume of theirs said that every item ran again and
     asked whether the item keys changed."""
-    KEY_VERSION["prefix"] = "v1"
-    op = await engine.submit(OperationSpec(type="test_item_keys_filtered", profile={"checkpoint_every": 5}))
-    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
-    await engine.pause(op.id)
-    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
-    KEY_VERSION["prefix"] = "v2" if changed else "v1"
-    try:
-        await engine.resume(op.id)
-        final = await engine.wait(op.id, timeout=20)
-        assert final.status is Status.COMPLETED
-    finally:
-        KEY_VERSION["prefix"] = "v1"
+    final, said = await _paused_then_resumed(engine, "test_item_keys_filtered", changed)
     assert (final.result["todo"] == 30) is changed, final.result
-    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "did the item keys change" in r.message]
     assert len(said) == (1 if changed else 0), said
