@@ -31,7 +31,7 @@ from typing import Any, NoReturn, Protocol
 
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
-from .errors import InvalidInput
+from .errors import InvalidInput, StoreFailed
 from .files import private_dir
 from .lifecycle import CANCEL_WINS, StopReason
 from .models import (
@@ -180,7 +180,14 @@ class Attempt:
                     op = op.model_copy(update={"checkpoint_seq": base or None})
         except StoreError as e:
             # The store is damaged where the resume point is read or the old chain is cut: not the
-            # operation's fault. It stays resumable, and the command says store (exit 8).
+            # operation's fault. It stays resumable, and the command says store (exit 8). A read that
+            # failed this time (StoreFailed: an I/O error) is tried again after a backoff first: left
+            # interrupted, nothing resumed it, whatever auto_resume said.
+            retry = _store_retry(op, e) if not host.closing else None
+            if retry is not None:
+                host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=retry["message"]))
+                await settle(host, op, Status.QUEUED, **_stops_win(op), **retry)
+                return None
             host.store_stopped.add(op.id)
             await settle(host, op, Status.INTERRUPTED, message=f"interrupted: {e}")
             return None
@@ -199,18 +206,7 @@ class Attempt:
                 retry = _retry(op, policy, error, short=True)
                 if retry is not None:
                     host.log_buffer.append(op.id, LogRecord(ts=time.time(), level="warning", message=retry["message"]))
-                    # A stop asked as it opened keeps the retry from running, as after a failure (``_failed``):
-                    # the request went with the write, and the retry ran to the end.
-                    where = f"checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else "no checkpoint"
-                    asked = f"(asked as attempt {op.attempt} started); {where}"
-                    await settle(
-                        host,
-                        op,
-                        Status.QUEUED,
-                        if_cancelled=f"{StopReason.CANCEL.message()} {asked}",
-                        if_paused=f"{StopReason.PAUSE.message()} {asked}",
-                        **retry,
-                    )
+                    await settle(host, op, Status.QUEUED, **_stops_win(op), **retry)
                     return None
             await settle(host, op, Status.FAILED, error=error)
             return None
@@ -432,9 +428,15 @@ class Attempt:
             except StoreError as e:
                 # The store itself is damaged (a checkpoint page garbled on disk), not the handler wrong:
                 # the operation stays resumable from its newest good checkpoint, and the command says
-                # store (exit 8), as for an outage.
-                self.host.store_stopped.add(op.id)
-                await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
+                # store (exit 8), as for an outage; a read that failed this time is tried again first.
+                retry = _store_retry(op, e) if not self.host.closing else None
+                if retry is not None:
+                    ctx.log.warning(retry["message"])
+                    await self._final_checkpoint()
+                    await self._settle(Status.QUEUED, **_stops_win(op, ctx.checkpoint_seq), **retry)
+                else:
+                    self.host.store_stopped.add(op.id)
+                    await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
                 key = ctx.failed_item(e)
                 # An item whose body found the machine short (no descriptor, process or thread) did not fail:
@@ -777,6 +779,28 @@ def _retry(op: Operation, policy: RetryPolicy, error: str, short: bool = False) 
         "queued_at": now,
         "resume_seq": None,
         "error": error,
+    }
+
+
+def _store_retry(op: Operation, e: StoreError) -> dict[str, Any] | None:
+    """The fields of a retry after a store read or write that failed this time (``StoreFailed``), as after the
+    machine ran short (``SHORT_ATTEMPTS``, whatever the policy); None for damage, or once they are used up."""
+    if not isinstance(e, StoreFailed):
+        return None
+    policy = RetryPolicy()
+    with contextlib.suppress(Exception):
+        policy = stored_profile(op).retry
+    return _retry(op, policy, f"the store failed: {e.why}", short=True)
+
+
+def _stops_win(op: Operation, seq: int | None = None) -> dict[str, str]:
+    """``if_cancelled`` and ``if_paused`` of a retry queued as an attempt started or ended: a stop asked meanwhile
+    keeps it from running (the request went with the write, and the retry ran to the end)."""
+    seq = seq if seq is not None else op.checkpoint_seq
+    asked = f"(asked as attempt {op.attempt} ended); {f'checkpoint {seq}' if seq else 'no checkpoint'}"
+    return {
+        "if_cancelled": f"{StopReason.CANCEL.message()} {asked}",
+        "if_paused": f"{StopReason.PAUSE.message()} {asked}",
     }
 
 

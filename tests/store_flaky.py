@@ -9,6 +9,7 @@ prepared or cached, ``COMMIT`` included, so a failure lands anywhere in a transa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -21,6 +22,8 @@ FLAG = os.environ.get("OUTLAST_TEST_FLAKY_FLAG", "")
 COUNT = f"{FLAG}.count"
 """A line ``PID TIME`` appended per statement failed (the race's figure, and its bound on items run again)."""
 P = float(os.environ.get("OUTLAST_TEST_FLAKY_P", "0.01"))
+ONCE = os.environ.get("OUTLAST_TEST_FLAKY_ONCE") == "1"
+"""Fail one statement, then remove the flag."""
 MATCH = os.environ.get("OUTLAST_TEST_FLAKY_MATCH", "")
 """Only statements whose SQL holds this text fail (all when empty)."""
 _sql = threading.local()
@@ -44,6 +47,10 @@ def _abort() -> int:
         return 0
     with open(COUNT, "a") as fh:
         fh.write(f"{os.getpid()} {time.time():.6f}\n")
+    if ONCE:  # the disk works again after this one
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(FLAG)
+        _seen[1] = False
     return 1
 
 
