@@ -797,7 +797,7 @@ def _stops_win(op: Operation, seq: int | None = None) -> dict[str, str]:
     """``if_cancelled`` and ``if_paused`` of a retry queued as an attempt started or ended: a stop asked meanwhile
     keeps it from running (the request went with the write, and the retry ran to the end)."""
     seq = seq if seq is not None else op.checkpoint_seq
-    asked = f"(asked as attempt {op.attempt} ended); {f'checkpoint {seq}' if seq else 'no checkpoint'}"
+    asked = f"(asked as attempt {op.attempt} was queued again); {f'checkpoint {seq}' if seq else 'no checkpoint'}"
     return {
         "if_cancelled": f"{StopReason.CANCEL.message()} {asked}",
         "if_paused": f"{StopReason.PAUSE.message()} {asked}",

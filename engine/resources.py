@@ -79,8 +79,8 @@ class ResourceMonitor:
 
 
 class Admission:
-    """Whether the machine has room for one more operation: memory and CPU limits (percent), and the
-    file descriptors this process may still open."""
+    """Whether the machine has room for one more operation: memory and CPU limits (percent), the file
+    descriptors this process may still open, and how many may run at once since a fork found no process."""
 
     def __init__(
         self,
@@ -111,9 +111,9 @@ class Admission:
     def blocked(self, running: int) -> str | None:
         """None when work may start, with ``running`` running here, else the reason (memory and CPU
         checked at most once a second)."""
-        files = self.files.blocked(running) or self.processes.blocked(running)
-        if files is not None:
-            return files
+        short = self.files.blocked(running) or self.processes.blocked(running)
+        if short is not None:
+            return short
         if not (self.max_memory or self.max_cpu):
             return None
         now = time.monotonic()

@@ -36,6 +36,7 @@ T = TypeVar("T")
 log = logging.getLogger("outlast.store")
 
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+"""SQLite's primary result codes for a damaged database file."""
 
 
 def damaged(e: sqlite3.DatabaseError) -> bool:
@@ -44,8 +45,6 @@ def damaged(e: sqlite3.DatabaseError) -> bool:
     around (a chain cut where it breaks); a failure is the store's error, and the request may be tried again."""
     return type(e) is sqlite3.DatabaseError or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED
 
-
-"""SQLite's primary result codes for a damaged database file."""
 
 BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write transaction on the database to end."""
@@ -404,9 +403,9 @@ class SqliteCore:
         shared-memory file could not be sized), which reads as "delete it"."""
         d, name = self.state_dir, self.db_path.name
         if isinstance(e, sqlite3.DatabaseError) and not creating:
-            damaged = self._unusable(e)
-            if not isinstance(damaged, StoreFailed):
-                return damaged
+            bad = self._unusable(e)
+            if not isinstance(bad, StoreFailed):  # damaged, or locked
+                return bad
         what = "created" if creating else "opened"
         free = free_bytes(d)
         if free is not None and free < FULL_BELOW:
