@@ -501,9 +501,11 @@ class Race:
             allowed.add("completed")
         allowed |= {TARGET[c.action] for c in calls if c is not last and (last is None or c.end > last.start)}
         resumed = max((c.start for c in acked if c.action == "resume"), default=-1.0)
-        if any(c.action == "cancel" and not c.settled and c.start > resumed for c in acked):
+        pending = [c for c in calls if c.action == "cancel" and c.start > resumed and not (c.rc == 0 and c.settled)]
+        if any(c.rc == 0 or (c.rc == 8 and (self.flaky or self.severing)) for c in pending):
             # A cancel requested and not yet taken (the attempt reads requests from the store: on a failing disk,
-            # seconds later) wins over a pause asked after it, as the store keeps a cancel over a pause.
+            # seconds later) wins over a pause asked after it, as the store keeps a cancel over a pause; so does
+            # one whose command failed (exit 8) after its request was stored (a read after it failed).
             allowed.add("cancelled")
         if status not in allowed:
             problems.append(
