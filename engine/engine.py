@@ -528,7 +528,13 @@ class Engine:
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
         await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
-        return await self._stop_if_settled(op_id, action, op.epoch) or op
+        try:
+            return await self._stop_if_settled(op_id, action, op.epoch) or op
+        except StoreError as e:  # stored all the same: "the store failed" alone read as "nothing was asked"
+            raise StoreError(
+                f"operation {op_id}: {action.value} requested (it stops at its next safe point); what it became"
+                f" could not be read: {e}"
+            ) from None
 
     async def _stop_if_settled(self, op_id: str, action: Action, epoch: int) -> Operation | None:
         """A cancel or pause of attempt ``epoch`` whose request reached the store after that attempt left

@@ -13,6 +13,9 @@ import pytest
 from pydantic import BaseModel
 
 from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation, supervision
+from engine.errors import StoreError, StoreFailed
+from engine.models import ControlAction, Operation, WorkerInfo, new_id
+from engine.store import LocalStore
 from tests.fixtures_engine import collect, make_engine, until
 
 
@@ -272,3 +275,39 @@ async def test_a_cancel_wins_over_a_pause_asked_before_or_after_it(
             await getattr(asking, action)(op.id)
         final = await engine.wait(op.id, timeout=20)
         assert final.status is Status.CANCELLED, (final.status, final.status_message)
+
+
+class _ReadsFailAfterARequest(LocalStore):
+    """A local store whose reads fail once a stop request is stored (its disk failing right after the write)."""
+
+    asked = False
+
+    async def request_control(self, op_id: str, action: ControlAction) -> None:
+        await super().request_control(op_id, action)
+        self.asked = True
+
+    async def get(self, op_id: str) -> Operation:
+        if self.asked:
+            raise StoreFailed(f"state dir {self.state_dir}: outlast.db cannot be read (I/O error)", "I/O error")
+        return await super().get(op_id)
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause"])
+async def test_a_stop_stored_before_the_store_failed_says_it_was_requested(settings: Settings, action: str) -> None:
+    """A cancel (or pause) of work another process runs, stored, then the read of what it became failed: the
+    command said only "outlast.db cannot be read" (exit 8), which reads as "nothing was asked", and the work
+    was cancelled all the same (the race test on a failing disk). The error now says it was requested."""
+    store = _ReadsFailAfterARequest(settings.state_dir)
+    engine = Engine(store=store, settings=settings, run_queue=False)
+    await engine.start()
+    try:
+        now = time.time()
+        op = Operation(id=new_id(), type="demo", created_at=now, queued_at=now, updated_at=now)
+        await store.create(op)
+        assert await store.claim(WorkerInfo(host="elsewhere", pid=1), now, 0, op_id=op.id) is not None
+        with pytest.raises(StoreError, match=f"{action} requested .*could not be read"):
+            await getattr(engine, action)(op.id)
+        store.asked = False
+        assert (await store.pending_controls([op.id])).get(op.id) == action
+    finally:
+        await engine.shutdown()
