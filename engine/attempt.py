@@ -540,14 +540,10 @@ class Attempt:
         retry = _retry(op, policy, error, short=short is not None) if transient and not self.host.closing else None
         if retry is not None:
             ctx.log.warning(retry["message"])
-            seq = ctx.checkpoint_seq
-            where = f"checkpoint {seq}" if seq else "no checkpoint"
-            cancel_wins = f"{StopReason.CANCEL.message()} (asked as attempt {op.attempt} failed); {where}"
             # A pause asked meanwhile (seen by this attempt or only stored) keeps the retry from running: it
             # was queued, claimed and run on (paused only once the next attempt polled the request), after the
             # asker was told "pause requested".
-            pause_wins = f"{StopReason.PAUSE.message()} (asked as attempt {op.attempt} failed); {where}"
-            await self._settle(Status.QUEUED, if_cancelled=cancel_wins, if_paused=pause_wins, **retry)
+            await self._settle(Status.QUEUED, **_stops_win(op, ctx.checkpoint_seq, "failed"), **retry)
             return
         await self._settle(Status.FAILED, error=error)
 
@@ -793,11 +789,11 @@ def _store_retry(op: Operation, e: StoreError) -> dict[str, Any] | None:
     return _retry(op, policy, f"the store failed: {e.why}", short=True)
 
 
-def _stops_win(op: Operation, seq: int | None = None) -> dict[str, str]:
-    """``if_cancelled`` and ``if_paused`` of a retry queued as an attempt started or ended: a stop asked meanwhile
-    keeps it from running (the request went with the write, and the retry ran to the end)."""
+def _stops_win(op: Operation, seq: int | None = None, when: str = "was queued again") -> dict[str, str]:
+    """``if_cancelled`` and ``if_paused`` of a retry queued as an attempt started, failed or ended: a stop asked
+    meanwhile keeps it from running (the request went with the write, and the retry ran to the end)."""
     seq = seq if seq is not None else op.checkpoint_seq
-    asked = f"(asked as attempt {op.attempt} was queued again); {f'checkpoint {seq}' if seq else 'no checkpoint'}"
+    asked = f"(asked as attempt {op.attempt} {when}); {f'checkpoint {seq}' if seq else 'no checkpoint'}"
     return {
         "if_cancelled": f"{StopReason.CANCEL.message()} {asked}",
         "if_paused": f"{StopReason.PAUSE.message()} {asked}",

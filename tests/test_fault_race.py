@@ -147,7 +147,7 @@ class Figures:
     calls: Counter[str] = field(default_factory=Counter)
     kills: int = 0
     stops: int = 0
-    failed: int = 0
+    store_faults: int = 0
     attempts: int = 0
     repeated: int = 0
     ran_on: int = 0
@@ -158,7 +158,7 @@ class Figures:
         finals = " ".join(f"{k}={v}" for k, v in sorted(self.finals.items()))
         return (
             f"fault-race {kind}: seed={SEED} rounds={self.rounds} submits={self.submits} calls[{calls}]"
-            f" kills={self.kills} stops={self.stops} store_faults={self.failed} attempts={self.attempts}"
+            f" kills={self.kills} stops={self.stops} store_faults={self.store_faults} attempts={self.attempts}"
             f" items_repeated={self.repeated}"
             f" most_items_after_a_stop_requested={self.ran_on}"
             f" finals[{finals}]"
@@ -177,6 +177,8 @@ class Race:
         self.severing = "OUTLAST_TEST_SEVER" in env
         """Redis closes every connection at random moments (``sever``): a command may fail (exit 8)."""
         self.severed = 0
+        self.fails: list[tuple[int, float]] = []
+        """The failed statements (``failed_statements``), as read when the round is checked."""
         self.maybe: set[str] = set()
         """Operations whose submit was told "outcome unknown" (exit 8, with the id to check): stored or not."""
         self.t0 = time.time()
@@ -435,6 +437,7 @@ class Race:
 
     def check(self, ops: dict[str, Operation]) -> list[str]:
         problems = list(self.errors)
+        self.fails = self.failed_statements()  # read once: each attempt run again is judged against them
         known = set(self.ids) | self.maybe
         problems += [
             f"{i} ({o.name}) is stored, though its submit said it failed" for i, o in ops.items() if i not in known
@@ -463,7 +466,7 @@ class Race:
     def unsaved(self, pid: int, epoch: int, rows: list[tuple[int, int, int, float]]) -> int:
         """Items of attempt (pid, epoch) started within RETRY_AFTER_FAILURE of a store statement the failing disk
         failed in its process: a kill may cost them too, beyond the checkpoint interval."""
-        fails = [t for p, t in self.failed_statements() if p == pid]
+        fails = [t for p, t in self.fails if p == pid]
         return sum(
             1 for r in rows if (r[0], r[1]) == (pid, epoch) and any(0 <= r[3] - t <= RETRY_AFTER_FAILURE for t in fails)
         )
@@ -575,6 +578,16 @@ def race_env(base: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def redis_env(redis_server: RedisServer, prefix: str, **extra: str) -> Callable[[Path, int], dict[str, str]]:
+    """A round's environment on ``redis_server`` (a short lease, a namespace of its own per round)."""
+
+    def env(base: Path, r: int) -> dict[str, str]:
+        url = f"{redis_server.url}?lease_ttl=1"
+        return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"{prefix}{r}", **extra)
+
+    return env
+
+
 def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, str]], capsys: Any) -> None:
     figures = Figures()
     failed: list[str] = []
@@ -594,7 +607,7 @@ def play(kind: str, tmp_path: Path, make_env: Callable[[Path, int], dict[str, st
         figures.calls += race.figures_calls
         figures.kills += len(race.killed)
         figures.stops += len(race.ever_stopped)
-        figures.failed += len(race.failed_statements()) + race.severed
+        figures.store_faults += len(race.failed_statements()) + race.severed
         figures.finals += Counter(o.status.value for o in ops.values())
         for k in range(OPS):
             rows = race.rows(k)
@@ -650,11 +663,7 @@ def test_workers_and_clients_racing_on_a_failing_disk(
 def test_workers_and_clients_racing_on_redis(
     tmp_path: Path, state_dir: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def env(base: Path, r: int) -> dict[str, str]:
-        url = f"{redis_server.url}?lease_ttl=1"
-        return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"race{r}")
-
-    play("redis", tmp_path, env, capsys)
+    play("redis", tmp_path, redis_env(redis_server, "race"), capsys)
 
 
 @pytest.mark.redis
@@ -665,8 +674,4 @@ def test_workers_and_clients_racing_on_redis_that_drops_connections(
     """The Redis race, with Redis closing every client's connection at random moments (``CLIENT KILL``):
     scripts sent with no reply (outcome unknown) in workers and commands, beside the kills and stops."""
 
-    def env(base: Path, r: int) -> dict[str, str]:
-        url = f"{redis_server.url}?lease_ttl=1"
-        return race_env(base, OUTLAST_STORE=url, OUTLAST_NAMESPACE=f"sever{r}", OUTLAST_TEST_SEVER="1")
-
-    play("sever", tmp_path, env, capsys)
+    play("sever", tmp_path, redis_env(redis_server, "sever", OUTLAST_TEST_SEVER="1"), capsys)
