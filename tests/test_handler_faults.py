@@ -133,6 +133,7 @@ def test_an_entry_point_plugin_that_exits_at_import_is_a_warning(
 
     monkeypatch.setattr(registry, "entry_points", lambda group: [Exits()])
     monkeypatch.setattr(registry, "_loaded_entry_points", False)
+    monkeypatch.setattr(registry, "_remembering", False)  # an in-process command before this one remembers
     with caplog.at_level(logging.WARNING, "outlast"):
         registry.load_entry_points()  # no SystemExit: every command went on to exit 3, saying nothing
     assert "plugin bad (bad_plugin:register) failed to load: called exit(3)" in caplog.text
