@@ -99,6 +99,14 @@ def _handler_frame(frame: FrameType | None) -> str | None:
 
 _HANDLER_CALL = Attempt.handler_call_code()
 
+
+def stopping_already(op_id: str, reason: StopReason, action: Action) -> str:
+    """A pause or cancel that would not change how a stopping operation ends (a pause after a cancel, a
+    cancel after the store failed): said, not "requested", which the asker read as what would happen."""
+    asked = StopReason(action.value).status.value
+    return f"operation {op_id} is stopping already ({reason.value}): it ends {reason.status.value}, not {asked}"
+
+
 _SIGNAL_REASON = {
     signal.SIGINT: "Ctrl-C (SIGINT)",
     signal.SIGTERM: "the process was asked to stop (SIGTERM)",
@@ -527,7 +535,9 @@ class Engine:
         attempt = self._runs.get(op_id)
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
-        await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+        held = await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+        if held is not None and held != action.value:  # a pause after a cancel: "pause requested" was untrue
+            raise Conflict(stopping_already(op_id, StopReason(held), action))
         try:
             return await self._stop_if_settled(op_id, action, op.epoch) or op
         except StoreError as e:  # stored all the same: "the store failed" alone read as "nothing was asked"
@@ -595,8 +605,11 @@ class Engine:
         op_id = attempt.op.id
         check_action(action, Status.RUNNING, op_id)
         attempt.stop(StopReason(action.value))
+        reason = attempt.ctx.stop_reason  # the first stop asked stands, but a cancel replaces most
+        if reason is not None and reason.status is not StopReason(action.value).status:
+            raise Conflict(stopping_already(op_id, reason, action))
         try:
-            await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
+            held = await self.store.request_control(op_id, "cancel" if action is Action.CANCEL else "pause")
             stopped = await self._stop_if_settled(op_id, action, attempt.op.epoch)
         except StoreError as e:
             if self._unconfirmed.get(op_id) is not Action.CANCEL:  # a cancel wins over a pause
@@ -606,6 +619,8 @@ class Engine:
                 f" item, and its status is written once the store answers); the store did not confirm the request:"
                 f" {e}"
             ) from None
+        if held is not None and held != action.value:  # a cancel another process stored, not polled yet
+            raise Conflict(stopping_already(op_id, StopReason(held), action))
         return stopped or self._with_live(attempt.op)
 
     async def resume(

@@ -60,10 +60,10 @@ def _wrap(cls: Any) -> None:
             await ask(self, OP, "pause")
         return found
 
-    async def request_control(self: Any, op_id: str, action: Any) -> None:
+    async def request_control(self: Any, op_id: str, action: Any) -> Any:
         if WHEN == "ask" and _first([op_id]):
             await _recover_elsewhere(self)
-        await ask(self, op_id, action)
+        return await ask(self, op_id, action)
 
     cls.pending_controls = pending_controls
     cls.request_control = request_control

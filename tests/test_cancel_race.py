@@ -57,9 +57,9 @@ def _request_once_paused(asking: Engine, reader: Engine) -> None:
     ignores it: it is stored for a running operation only)."""
     real = asking.store.request_control
 
-    async def late(op_id: str, action: Any) -> None:
+    async def late(op_id: str, action: Any) -> Any:
         await until(lambda: _paused(reader, op_id), timeout=20)
-        await real(op_id, action)
+        return await real(op_id, action)
 
     asking.store.request_control = late  # type: ignore[method-assign]
 
@@ -134,9 +134,9 @@ def _request_after(asking: Engine, event: asyncio.Event) -> None:
     """``asking``'s store stores its control request only once ``event`` is set."""
     real = asking.store.request_control
 
-    async def late(op_id: str, action: Any) -> None:
+    async def late(op_id: str, action: Any) -> Any:
         await asyncio.wait_for(event.wait(), 20)
-        await real(op_id, action)
+        return await real(op_id, action)
 
     asking.store.request_control = late  # type: ignore[method-assign]
 

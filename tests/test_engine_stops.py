@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine import Engine, ItemFailed, OperationContext, OperationSpec, Settings, Status, operation, supervision
-from engine.errors import StoreError, StoreFailed
+from engine.errors import Conflict, StoreError, StoreFailed
 from engine.models import ControlAction, Operation, WorkerInfo, new_id
 from engine.store import LocalStore
 from tests.fixtures_engine import collect, make_engine, until
@@ -266,13 +266,20 @@ async def test_a_cancel_wins_over_a_pause_asked_before_or_after_it(
 ) -> None:
     """A cancel asked while a pause was pending was answered "cancel requested" (HTTP 202, the CLI), and the
     operation ended paused: the first stop reason won, and through the store a later pause replaced a
-    cancel. A cancel gives the operation up; a pause keeps it: the cancel wins, in either order."""
+    cancel. A cancel gives the operation up; a pause keeps it: the cancel wins, in either order. A pause
+    asked after the cancel is refused, saying so: it was answered "pause requested" of work that ended
+    cancelled."""
     async with make_engine(settings) as engine, make_engine(settings, run_queue=False) as other:
         op = await engine.submit(OperationSpec(type="test_break_then_wait", params={"break_at": 5}))
         await until(lambda: (r := engine.live(op.id)) is not None and r.message == "waiting", timeout=20)
         asking = engine if where == "here" else other
-        for action in asked:
-            await getattr(asking, action)(op.id)
+        first, then = asked
+        await getattr(asking, first)(op.id)
+        if then == "pause":
+            with pytest.raises(Conflict, match=r"is stopping already \(cancel\): it ends cancelled, not paused"):
+                await asking.pause(op.id)
+        else:
+            await asking.cancel(op.id)
         final = await engine.wait(op.id, timeout=20)
         assert final.status is Status.CANCELLED, (final.status, final.status_message)
 
@@ -282,9 +289,10 @@ class _ReadsFailAfterARequest(LocalStore):
 
     asked = False
 
-    async def request_control(self, op_id: str, action: ControlAction) -> None:
-        await super().request_control(op_id, action)
+    async def request_control(self, op_id: str, action: ControlAction) -> ControlAction | None:
+        held = await super().request_control(op_id, action)
         self.asked = True
+        return held
 
     async def get(self, op_id: str) -> Operation:
         if self.asked:

@@ -24,12 +24,13 @@ LOG_MAXLEN = 10_000
 class ControlLogsMixin(RedisCore):
     """Control requests and log records (part of RedisStore)."""
 
-    async def request_control(self, op_id: str, action: ControlAction) -> None:
+    async def request_control(self, op_id: str, action: ControlAction) -> ControlAction | None:
         validate_id(op_id)
         if action not in ("cancel", "pause"):
             raise InvalidInput(f"unknown control action {action!r}")
         args = [self.keys.prefix, op_id, action]
-        await self._script("CONTROL", [self.keys.op(op_id)], args, f"asking {op_id} to {action}")
+        held = await self._script("CONTROL", [self.keys.op(op_id)], args, f"asking {op_id} to {action}")
+        return "cancel" if held == b"cancel" else "pause" if held == b"pause" else None
 
     async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
         if not op_ids:

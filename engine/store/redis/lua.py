@@ -487,12 +487,13 @@ CONTROL = (
 local denied = publish_denied(ARGV[1])
 if denied then return denied end
 local f = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+-- Returns the request it holds after: the action, or the cancel a pause never replaces; 0: not running.
 if f[1] ~= '"running"' then return 0 end
-if ARGV[3] == 'pause' and redis.call('HGET', KEYS[1], '_ctl') == 'cancel' then return 1 end  -- the cancel stands
+if ARGV[3] == 'pause' and redis.call('HGET', KEYS[1], '_ctl') == 'cancel' then return 'cancel' end  -- it stands
 redis.call('HSET', KEYS[1], '_ctl', ARGV[3])
 redis.call('PUBLISH', ARGV[1] .. 'events',
   '{"kind":"control","op":"' .. ARGV[2] .. '","action":"' .. ARGV[3] .. '","epoch":' .. f[2] .. '}')
-return 1
+return ARGV[3]
 """
 )
 

@@ -25,16 +25,20 @@ log = logging.getLogger("outlast.store")
 class ControlLogsMixin(SqliteCore):
     """Control requests and log records (part of LocalStore)."""
 
-    async def request_control(self, op_id: str, action: ControlAction) -> None:
-        def do(conn: sqlite3.Connection) -> None:
+    async def request_control(self, op_id: str, action: ControlAction) -> ControlAction | None:
+        def do(conn: sqlite3.Connection) -> ControlAction | None:
             # A pause never replaces a cancel asked before it (the cancel gives it up; the pause would keep it).
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE operations SET control=CASE WHEN control='cancel' THEN control ELSE ? END"
                 " WHERE id=? AND status='running'",
                 (action, op_id),
             )
+            if cur.rowcount != 1:  # not running: nothing stored (no RETURNING: SQLite 3.34 lacks it)
+                return None
+            row = conn.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone()
+            return "cancel" if row is not None and row[0] == "cancel" else action
 
-        await self._txn(do)
+        return await self._txn(do)
 
     async def pending_controls(self, op_ids: list[str]) -> dict[str, ControlAction]:
         if not op_ids:
