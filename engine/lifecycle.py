@@ -148,10 +148,11 @@ class StopReason(StrEnum):
         return _STOP_MESSAGE[self].format(detail=detail)
 
 
-CANCEL_WINS = frozenset({Status.PAUSED, Status.TIMED_OUT, Status.QUEUED})
+CANCEL_WINS = frozenset({Status.PAUSED, Status.TIMED_OUT, Status.QUEUED, Status.INTERRUPTED})
 """What a running attempt may settle in that a cancel asked meanwhile turns into ``cancelled``
-(``Store.transition``'s ``if_cancelled``): a stop that keeps the operation (a pause, a shutdown, a timeout)
-or a retry queued. The cancel gives it up; the asker was told "cancel requested"."""
+(``Store.transition``'s ``if_cancelled``): a stop that keeps the operation (a pause, a shutdown, a timeout,
+the store failing too long: interrupted, which auto_resume queues again) or a retry queued. The cancel gives
+it up; the asker was told "cancel requested"."""
 
 _STOP_STATUS = {
     StopReason.CANCEL: Status.CANCELLED,

@@ -63,6 +63,42 @@ async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_wait
         await engine.shutdown(grace=1)
 
 
+async def test_a_cancel_stored_while_the_store_failed_wins_over_the_outage_stop(tmp_path: Path) -> None:
+    """A cancel another process stored while this one's writes failed (and its reads of requests never came
+    back): the attempt stopped for the outage and settled interrupted, which auto_resume queues again, though
+    the asker was told "cancel requested". The settle now ends it cancelled, as a pause or timeout would."""
+    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.5, control_poll_interval=0.1)
+    store = open_store(settings.state_dir)
+    never = asyncio.Event()
+
+    async def no_answer(*_a: Any, **_k: Any) -> Any:
+        await never.wait()
+        return {}
+
+    async def full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    engine = Engine(store=store, settings=settings)
+    await engine.start()
+    asking = open_store(settings.state_dir)
+    await asking.open()
+    try:
+        spec = OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}, profile={"checkpoint_interval": 0.1})
+        op = await engine.submit(spec)
+        await until(lambda: op.id in engine.running_ids)
+        for name in ("pending_controls", "heartbeat", "save_live"):
+            setattr(store, name, no_answer)
+        store.save_checkpoint = full  # type: ignore[method-assign]
+        assert await asking.request_control(op.id, "cancel") == "cancel"
+        done = await asyncio.wait_for(engine.wait(op.id, timeout=60, poll=0.1), 60)
+        assert done.status is Status.CANCELLED, (done.status, done.status_message)
+        assert done.status_message is not None and done.status_message.startswith("cancelled by user")
+    finally:
+        never.set()
+        await asking.close()
+        await engine.shutdown(grace=1)
+
+
 async def test_a_redis_unreachable_past_retry_for_is_tried_once_with_a_short_wait(
     redis_server: RedisServer,
 ) -> None:
