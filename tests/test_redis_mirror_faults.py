@@ -268,3 +268,36 @@ async def test_a_store_that_lost_its_id_takes_its_own_mirrors_id(
     said = [r.getMessage() for r in caplog.records if "another store" in r.getMessage()]
     assert len(said) == 1 and "(store id " in said[0] and "), not of store id 0123456789abcdef:" in said[0], said
     assert "redis://" not in said[0]
+
+
+async def test_a_mirror_read_that_fails_is_the_stores_error_not_a_chain_cut(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis emptied, the checkpoints left only in the mirror, and the mirror's reads failing for a while
+    (an I/O error, not damage): each file that failed was skipped as unreadable, the chain read as broken,
+    and the resume began from the start, discarding the mirror's checkpoints for good. Now the load is the
+    store's error (retried, nothing discarded) and, once the reads work, resumes from the newest."""
+    mirror = tmp_path / "mirror"
+    async with Engine(store=store_for(redis_server, mirror), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 6, "explicit_every": 2}))
+        assert (await engine.wait(op.id, timeout=30)).status is Status.COMPLETED
+    redis_server.client().flushall()
+    real = mirror_module.open_regular
+
+    def failing(path: Path, flags: int, *a: object, **k: object) -> int:
+        if str(path).endswith(".delta.json"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, flags, *a, **k)  # type: ignore[arg-type]
+
+    store = store_for(redis_server, mirror)
+    await store.open()
+    try:
+        newest = max(cp.seq for cp in await store.checkpoints(op.id))
+        monkeypatch.setattr(mirror_module, "open_regular", failing)
+        with pytest.raises(StoreError, match="Input/output error"):
+            await store.load_checkpoint(op.id)
+        monkeypatch.setattr(mirror_module, "open_regular", real)
+        found = await store.load_checkpoint(op.id)
+        assert found is not None and found[0].seq == newest, found
+    finally:
+        await store.close()

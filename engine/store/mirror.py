@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import atomic_write, fsync_dir, open_regular
+from ..files import NotRegular, atomic_write, fsync_dir, open_regular
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -359,7 +359,10 @@ class CheckpointMirror:
         return out
 
     def checkpoints_sync(self, op_id: str) -> tuple[dict[int, MirrorCheckpoint], dict[int, bytes]]:
-        """All readable checkpoints and deltas of ``op_id`` by seq (checksums are not checked here)."""
+        """All readable checkpoints and deltas of ``op_id`` by seq (checksums are not checked here). A damaged
+        file (not JSON, another's checkpoint, not a regular file) is skipped and said; a read that failed (an
+        I/O error) raises OSError: skipped, it read as a break in the chain, and the resume that went on from
+        an older checkpoint discarded the newer ones here for good."""
         d = self._op_ckpt_dir(op_id)
         cps: dict[int, MirrorCheckpoint] = {}
         deltas: dict[int, bytes] = {}
@@ -378,7 +381,7 @@ class CheckpointMirror:
                     cps[seq] = MirrorCheckpoint(seq, info, _text(doc, "payload").encode())
             except FileNotFoundError:
                 continue  # pruned meanwhile
-            except (OSError, ValueError) as e:
+            except (NotRegular, ValueError) as e:
                 log.warning("checkpoint mirror: %s is unreadable (%s); skipped", path, str(e).splitlines()[0])
         return cps, deltas
 

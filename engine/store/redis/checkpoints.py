@@ -16,6 +16,7 @@ import json
 import logging
 import time
 
+from ...errors import StoreFailed
 from ...models import Checkpoint, ItemFailure, validate_id
 from ...text import clean
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
@@ -92,13 +93,17 @@ class CheckpointsMixin(RecoveryMixin):
             lambda c: c.hget(key, str(seq - 1)), f"reading checkpoint {seq - 1} of {op_id}"
         )
         if raw is None and self.mirror is not None:
-            with contextlib.suppress(OSError):
+            try:
                 raw = (await asyncio.to_thread(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
+            except OSError as e:  # linked to nothing, this checkpoint and every later one would never verify
+                what = f"checkpoint mirror {self.mirror.root}: reading checkpoint {seq - 1} of {op_id} failed: {e}"
+                raise StoreFailed(what, str(e)) from None
         return raw
 
-    async def _candidates(self, op_id: str) -> tuple[list[_Candidate], dict[int, bytes]]:
+    async def _candidates(self, op_id: str, sure: bool = False) -> tuple[list[_Candidate], dict[int, bytes]]:
         """Every checkpoint found (Redis first, then the mirror's for the same or other seqs), newest
-        first, and the deltas by seq (Redis's, completed from the mirror)."""
+        first, and the deltas by seq (Redis's, completed from the mirror). ``sure``: a mirror that could not
+        be read is StoreFailed, not left out (a resume chosen without it cut off the newer checkpoints there)."""
         infos, payloads, raw_deltas = await self._read_all(op_id)
         cands: list[_Candidate] = []
         for raw_seq, raw_info in infos.items():
@@ -117,7 +122,10 @@ class CheckpointsMixin(RecoveryMixin):
             try:
                 m_cps, m_deltas = await asyncio.to_thread(self.mirror.checkpoints_sync, op_id)
             except OSError as e:
-                log.error("checkpoint mirror %s: reading checkpoints of %s failed: %s", self.mirror.root, op_id, e)
+                what = f"checkpoint mirror {self.mirror.root}: reading checkpoints of {op_id} failed: {e}"
+                if sure:
+                    raise StoreFailed(what, str(e)) from None
+                log.error("%s", what)
             else:
                 cands += [(s, "mirror", m.info, m.payload) for s, m in m_cps.items()]
                 for s, d in m_deltas.items():
@@ -127,7 +135,7 @@ class CheckpointsMixin(RecoveryMixin):
 
     async def load_checkpoint(self, op_id: str, seq: int | None = None) -> tuple[Checkpoint, Ledger] | None:
         validate_id(op_id)
-        cands, deltas = await self._candidates(op_id)
+        cands, deltas = await self._candidates(op_id, sure=True)
         chain = Chain(sorted(deltas.items()))
         skipped: list[str] = []
         found: tuple[Checkpoint, Ledger] | None = None
