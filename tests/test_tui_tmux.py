@@ -64,12 +64,13 @@ class Terminal:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
-def dashboard(cli: Cli, size: tuple[int, int] = (120, 40)) -> Terminal:
+def dashboard(cli: Cli, size: tuple[int, int] = (120, 40), plugins: tuple[str, ...] = ()) -> Terminal:
     env = " ".join(
         f"{k}={shlex.quote(v)}" for k, v in os.environ.items() if k.startswith(("OUTLAST_", "XDG_")) or k == "PATH"
     )
     state = shlex.quote(str(cli.state_dir))
-    outlast = f"{shlex.quote(sys.executable)} -m engine.cli --state-dir {state} tui"
+    more = " ".join(shlex.quote(a) for a in plugins)
+    outlast = f"{shlex.quote(sys.executable)} -m engine.cli --state-dir {state} {more} tui"
     return Terminal(f"env {env} {outlast}; echo EXIT=$?; sleep 60", size)
 
 
@@ -184,3 +185,47 @@ def test_ctrl_z_suspends_the_dashboard_between_store_writes_and_fg_brings_it_bac
         assert "Traceback" not in term.screen()
     finally:
         term.close()
+
+
+@pytest.mark.parametrize("how", ["the terminal closed", "SIGKILL"])
+def test_work_the_dashboard_runs_survives_a_dropped_session_and_a_kill(cli: Cli, tmp_path: Path, how: str) -> None:
+    """The dashboard runs queued work in its own engine. A dropped SSH session (tmux gone: SIGHUP) pauses it
+    with a checkpoint, so its resume runs no item twice; a SIGKILL leaves it to the next process, which
+    resumes from the newest checkpoint, running again only the items done after it. Either way every item
+    runs, and the result is the uninterrupted one."""
+    items, log = 200, tmp_path / "items.log"
+    plugin = ("--plugin", "tests.ops_for_tests")
+    params = ("-p", f"items={items}", "-p", "seconds=0.03", "-p", f"log_file={log}")
+    sub = cli(*plugin, "submit", "ledger", *params, "--profile", "checkpoint_interval=0.5")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    term = dashboard(cli, plugins=plugin)
+    try:
+        term.wait(rf"{op_id} ledger\s+running")
+        until(lambda: log.exists() and len(log.read_text().split()) >= 40, 30, what="40 items run")
+        until(lambda: cli.op(op_id).checkpoint_seq, 30, what="a checkpoint")
+        if how == "SIGKILL":
+            pane = subprocess.run([*term.tmux, "display", "-p", "#{pane_pid}"], capture_output=True, text=True).stdout
+            engine = subprocess.run(["pgrep", "-P", pane.strip()], capture_output=True, text=True).stdout.split()
+            assert len(engine) == 1, engine
+            os.kill(int(engine[0]), signal.SIGKILL)
+        term.close()
+        cli.wait_status(op_id, {"paused"} if how != "SIGKILL" else {"running"}, 30)
+        listed = cli("--json", "checkpoints", op_id)
+        assert listed.returncode == 0, listed.stderr
+        newest = max(json.loads(listed.stdout), key=lambda cp: cp["seq"])
+        before = [int(x) for x in log.read_text().split()]
+        assert sorted(before) == list(range(len(before))), "items ran out of order or twice before the stop"
+    finally:
+        term.close()
+    resumed = cli(*plugin, "--json", "resume", op_id, timeout=90)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = cli.op(op_id)
+    assert final.status.value == "completed" and final.result == {"sum": sum(range(items))}, final
+    ran = [int(x) for x in log.read_text().split()]
+    assert sorted(set(ran)) == list(range(items)), "an item never ran"
+    again = len(ran) - items
+    if how == "SIGKILL":  # only the items done after the newest checkpoint the kill left
+        assert again == len(before) - newest["processed_items"], (again, len(before), newest)
+    else:
+        assert again == 0, f"{again} items ran twice after a pause"
