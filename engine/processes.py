@@ -152,6 +152,24 @@ def _running(pid: int) -> bool:
         return False
 
 
+def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None = None) -> bool:
+    """Whether process ``pid`` of ``host`` is this host's and stopped (SIGSTOP, Ctrl-Z: state T), and, with
+    ``boot`` and ``start``, still the process that was recorded. Work it runs stands still, listed running
+    with the rate and ETA it last stored, until it is continued: a face says so."""
+    import socket
+
+    if host != socket.gethostname():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+    if state not in (b"T", b"t"):
+        return False
+    return boot is None or start is None or process_start(pid) == (boot, start)
+
+
 def process_start(pid: int) -> tuple[str, int] | None:
     """Who process ``pid`` is, whatever the wall clock did: this boot's id and the process's start in
     clock ticks since boot (``/proc/PID/stat``). A pid taken by another process since has another start.

@@ -9,13 +9,16 @@ worker, real signals, and a second connection that must get the write lock at on
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
 from engine import Engine, OperationSpec, load_settings, open_store
-from tests.fixtures_cli import Cli
+from tests.fixtures_cli import Cli, until
+from tests.test_retry_clock import FAKETIME
 
 STOPS = 30
 
@@ -68,3 +71,36 @@ def test_ctrl_z_never_stops_a_busy_worker_inside_a_store_write(cli: Cli) -> None
     worker.signal(signal.SIGTERM)
     assert worker.wait(60) == 0, worker.err[-3:]
     assert not any("cannot be written" in ln for ln in worker.err), worker.err[-3:]
+
+
+def test_work_whose_process_is_stopped_is_said_so_by_ls_show_and_watch(cli: Cli) -> None:
+    """A worker stopped (SIGSTOP, Ctrl-Z) holds its work: listed running, with the rate and ETA it last
+    stored ("eta 19s" for minutes), and a watch went silent. ``ls``, ``show`` and ``watch`` now say the
+    process is stopped and how to go on; ``show`` says how old its rate and ETA are."""
+    sub = cli("submit", "demo", "-p", "items=150", "-p", "seconds=0.03")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    worker = cli.start("worker", "--exit-when-idle")
+    until(lambda: (op := cli.op(op_id)).status.value == "running" and op.progress.done >= 5, 30, what="progress")
+    pid = worker.popen.pid
+    said = f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        until(lambda: process_state(pid) == "T", 10, what="the worker stopped")
+        listed = cli("ls")
+        assert listed.returncode == 0 and said in listed.stdout, listed.stdout
+        shown = cli("show", op_id)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rf"^worker\s+\S+:{pid}: {re.escape(said)}$", shown.stdout, re.M), shown.stdout
+        if FAKETIME is not None:  # 30 s later by the wall clock, as a person reading it then
+            env = {**cli.env, "LD_PRELOAD": FAKETIME, "FAKETIME": "+30s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+            later = cli("show", op_id, env=env)
+            assert re.search(r"^eta\s+\S+\s+\(as of 3\d?s ago\)$", later.stdout, re.M), later.stdout
+        watch = cli.start("watch", op_id)
+        until(lambda: any(said in ln for ln in watch.err), 15, what="watch says the worker is stopped")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert watch.wait(60) == 0, watch.err[-5:]
+    assert worker.wait(60) == 0
+    assert cli.op(op_id).status.value == "completed"
+    assert sum(said in ln for ln in watch.err) == 1, watch.err

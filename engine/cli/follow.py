@@ -117,6 +117,31 @@ class NoWorkerLook:
         )
 
 
+class StoppedLook:
+    """``look(op)`` in a follower's loop: the line to say, once a stop, when the process on this host that runs
+    ``op`` is stopped (Ctrl-Z, SIGSTOP): the watch went silent, nothing saying why, while nothing ran."""
+
+    def __init__(self) -> None:
+        self.said = False
+        self.due = 0.0
+
+    def __call__(self, op: Operation) -> str | None:
+        now = time.monotonic()
+        if op.status is not Status.RUNNING or op.worker is None:
+            self.said = False
+            return None
+        if now < self.due:
+            return None
+        self.due = now + 1.0
+        w = op.worker
+        note = fmt.stopped_note(w.host, w.pid, w.boot, w.start)
+        if note is None or self.said:
+            self.said = note is not None
+            return None
+        self.said = True
+        return f"{op.id} is running in {w}, which is {note}"
+
+
 class WatchStopped(Exception):
     """The user stopped watching (Ctrl-C) an operation that runs elsewhere."""
 
@@ -217,6 +242,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
     pausing_there = False  # a signal asked the worker that claimed it to pause it: followed until it has
     orphans = OrphanLook(engine)
     idle = NoWorkerLook(engine, prefix)
+    halted = StoppedLook()
     reader = _Reader(engine, op_id)
     try:
         with view:
@@ -251,7 +277,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                     for rec in records:
                         view.log(rec)
                 view.update(op)
-                if not local and (line := await idle(op)) is not None:
+                if not local and ((line := await idle(op)) is not None or (line := halted(op)) is not None):
                     if not isinstance(view, PlainView):
                         view.note(line)  # above the live panel, which owns the terminal
                     elif not view.quiet:

@@ -188,6 +188,8 @@ class LsRow(NamedTuple):
         p = op.progress
         note = op.error or op.status_message or ""
         worker = str(op.worker) if op.worker is not None and op.status is Status.RUNNING else ""
+        if worker and op.worker is not None:
+            note = stopped_note(op.worker.host, op.worker.pid, op.worker.boot, op.worker.start) or note
         return cls(
             op.id,
             op.handle,
@@ -217,6 +219,10 @@ class LsRow(NamedTuple):
         status = Status(rec["status"])
         w = rec.get("worker") if status is Status.RUNNING else None
         worker = f"{w['host']}:{int(w['pid'])}" if w else ""
+        note = str(rec.get("error") or rec.get("status_message") or "")
+        if w:
+            boot, start = w.get("boot"), w.get("start")
+            note = stopped_note(str(w["host"]), int(w["pid"]), boot, None if start is None else int(start)) or note
         return cls(
             str(rec["id"]),
             None if handle is None else int(handle),
@@ -228,9 +234,19 @@ class LsRow(NamedTuple):
             pct,
             str(rec.get("priority") or "normal"),
             None if created is None else float(created),
-            str(rec.get("error") or rec.get("status_message") or ""),
+            note,
             worker,
         )
+
+
+def stopped_note(host: str, pid: int, boot: str | None, start: int | None) -> str | None:
+    """What to say of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP): it was listed
+    running, its last rate and ETA shown, while nothing ran and no other process could take it over."""
+    from ..processes import stopped_here
+
+    if not stopped_here(host, pid, boot, start):
+        return None
+    return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
 
 
 NAME_CHARS = 32
@@ -280,9 +296,21 @@ def ls_table(ops: Sequence[LsRow]) -> str:
     return table(headers, rows, frozenset(right | {done, done + 1}))
 
 
+STALE_PROGRESS = 10.0
+"""Seconds after which ``show`` says how old the stored rate and ETA of running work are (progress is
+stored every second while it moves)."""
+
+
 def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outlast") -> str:
     """Everything a person wants to know about one operation."""
     p = op.progress
+    now = time.time()
+    stopped = None
+    if op.status is Status.RUNNING and op.worker is not None:
+        stopped = stopped_note(op.worker.host, op.worker.pid, op.worker.boot, op.worker.start)
+    # Stored with the progress, not made again since: a rate and ETA read as now were seconds or hours old.
+    old = op.status is Status.RUNNING and p.updated_at is not None and now - p.updated_at > STALE_PROGRESS
+    as_of = f"  (as of {duration(now - p.updated_at)} ago)" if old and p.updated_at is not None else ""
     rows: list[tuple[str, Any]] = [
         ("id", op.id + (f"  (handle {op.handle})" if op.handle is not None else "")),
         ("type", op.type + (f"  ({op.name})" if op.name else "")),
@@ -291,15 +319,15 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         ("attempt", op.attempt),
         ("progress", f"{percent(p)}  {items(p)} items" + (f", {p.failed} failed" if p.failed else "")),
         ("step", p.step or "-"),
-        ("rate", rate(p.rate)),
-        ("eta", duration(p.eta) if op.status is Status.RUNNING else "-"),
+        ("rate", rate(p.rate) + as_of),
+        ("eta", duration(p.eta) + as_of if op.status is Status.RUNNING else "-"),
         ("created", when(op.created_at)),
         ("started", when(op.started_at)),
         ("finished", when(op.finished_at)),
-        ("elapsed", op.elapsed_text(time.time())),
+        ("elapsed", op.elapsed_text(now)),
         ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})"),
         ("time left", duration(time_left(op))),
-        ("worker", str(op.worker) if op.worker else "-"),
+        ("worker", (str(op.worker) + (f": {stopped}" if stopped else "")) if op.worker else "-"),
         ("params", json.dumps(op.params, sort_keys=True)),
     ]
     if op.profile_overrides:
