@@ -65,6 +65,24 @@ async def test_cancel_asks_first_and_no_keeps_it_running(tui_settings: Settings)
         await wait_for(pilot, lambda: "c" not in _keys(app))  # nothing left to cancel: the key is gone
 
 
+async def test_a_cancel_of_running_work_says_cancelling_and_a_pause_after_it_says_why_not(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``c`` ``y`` on running work said "cancelled" while it still ran to its next safe point; ``p`` then said
+    "pausing" of work that ended cancelled. Now: "cancelling", and the pause is refused, saying why."""
+    notified = _notifications(monkeypatch)
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=20, seconds=1.0)
+        await pilot.press("c", "y")
+        await wait_for(pilot, lambda: any(m == f"cancelling: {op_id}" for m, _ in notified))
+        await pilot.press("p")
+        why = f"operation {op_id} is stopping already (cancel): it ends cancelled, not paused"
+        await wait_for(pilot, lambda: any(m == why for m, _ in notified))
+        await wait_for(pilot, lambda: _is(app, op_id, Status.CANCELLED))
+        assert not any(m.startswith(("cancelled:", "pausing:")) for m, _ in notified), notified
+
+
 async def test_pause_then_resume_goes_on_to_completion(tui_settings: Settings) -> None:
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -455,14 +455,15 @@ class OutlastApp(App[int]):
                 yield SystemCommand(title, help_, run)
         yield from super().get_system_commands(screen)
 
-    def _act(self, what: str, action: str, op_id: str, **kw: object) -> None:
-        """An engine call on one operation, in the background; said in one line when done."""
+    def _act(self, what: str | Callable[[Operation], str], action: str, op_id: str, **kw: object) -> None:
+        """An engine call on one operation, in the background; said in one line when done (``what``: of the
+        record it returned, for a stop that running work only takes at its next safe point)."""
 
         async def go() -> None:
-            await self.model.act(action, op_id, **kw)
-            self.notify(f"{what}: {op_id}", timeout=3)
+            op = await self.model.act(action, op_id, **kw)
+            self.notify(f"{what if isinstance(what, str) else what(op)}: {op_id}", timeout=3)
 
-        self._work(go, "act", what)
+        self._work(go, "act", what if isinstance(what, str) else action)
 
     def action_cancel(self) -> None:
         op = self.dashboard.selected_op
@@ -471,13 +472,13 @@ class OutlastApp(App[int]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._act("cancelled", "cancel", op.id)
+                self._act(lambda op: "cancelled" if op.status is Status.CANCELLED else "cancelling", "cancel", op.id)
 
         self.push_screen(ConfirmScreen(f"Cancel {op.label} ({op.id})?", yes="Cancel it"), answer)
 
     def action_pause(self) -> None:
         if (op := self.dashboard.selected_op) and self._engine_ready("p"):
-            self._act("pausing", "pause", op.id)
+            self._act(lambda op: "paused" if op.status is Status.PAUSED else "pausing", "pause", op.id)
 
     def action_resume(self) -> None:
         if (op := self.dashboard.selected_op) and self._engine_ready("r"):
