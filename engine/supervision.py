@@ -508,6 +508,7 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
     One write, not interrupted then paused: an engine killed between the two left it interrupted, its request
     gone with the first, and the next engine's auto_resume ran it on. The write checks the request is still the
     one read: a pause stored in between was dropped with the interrupted mark, and auto_resume ran it on."""
+    fields = await _checkpointed_progress(store, op)
     for _ in range(3):  # a request only grows (none, pause, cancel): read again at most twice
         target = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}.get(wanted or "", Status.INTERRUPTED)
         message = f"the process running it ({op.worker}) stopped"
@@ -523,6 +524,7 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
                 finished_at=time.time(),
                 status_message=message,
                 orphaned_epoch=op.epoch,
+                **fields,
             )
         except ControlChanged:
             wanted = (await store.pending_controls([op.id])).get(op.id)
@@ -531,6 +533,24 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
             return None
         return new, target
     return None
+
+
+async def _checkpointed_progress(store: Store, op: Operation) -> dict[str, Any]:
+    """The progress orphan ``op`` is written with: its count of done items as of its newest valid checkpoint,
+    where a resume goes on from. The record's count is the clock's last write of it (once a second), not a
+    checkpoint's: after a ``kill -9`` it stood behind the newest checkpoint (400 of 1,536 done against a
+    checkpoint at 700: work that looked lost), or ahead of it (items a resume runs again). Nothing when it
+    already agrees, or when there is no checkpoint (a resume starts from scratch: what was reported stays)."""
+    try:
+        cp = next((c for c in await store.checkpoints(op.id) if c.valid), None)
+    except Exception as e:  # the mark comes first: a store that fails here fails the transition too, said there
+        if not store_failure(e):
+            raise
+        return {}
+    p = op.progress
+    if cp is None or (p.done == cp.processed_items and p.fraction == 0):
+        return {}
+    return {"progress": p.model_copy(update={"done": cp.processed_items, "fraction": 0.0, "rate": None, "eta": None})}
 
 
 class LoopWatch:
