@@ -550,7 +550,7 @@ async def _checkpointed_progress(store: Store, op: Operation) -> dict[str, Any]:
     p = op.progress
     if cp is None or (p.done == cp.processed_items and p.fraction == 0):
         return {}
-    return {"progress": p.model_copy(update={"done": cp.processed_items, "fraction": 0.0, "rate": None, "eta": None})}
+    return {"progress": p.model_copy(update={"done": cp.processed_items, "fraction": 0.0})}
 
 
 class LoopWatch:
