@@ -150,6 +150,31 @@ def _rows(path: Path) -> list[tuple[Any, ...]]:
         con.close()
 
 
+def _wal_db(path: Path) -> dict[str, bytes]:
+    """Another program's database in WAL mode, closed (SQLite removed its ``-wal`` and ``-shm``): what its
+    directory holds, byte for byte."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript("CREATE TABLE samples (name TEXT); INSERT INTO samples VALUES ('precious');")
+    con.close()
+    return {p.name: p.read_bytes() for p in path.parent.iterdir()}
+
+
+@pytest.mark.parametrize("op_type", [*OPS, "monitoring_collection"])
+def test_refusing_another_programs_wal_database_leaves_nothing_beside_it(
+    cli: Cli, tmp_path: Path, op_type: str
+) -> None:
+    """Read to be told its kind, read-only, it got an empty ``-wal`` and ``-shm`` that stayed after the
+    refusal: refusing it must change nothing on disk."""
+    other = tmp_path / "out" / "app.db"
+    other.parent.mkdir()
+    before = _wal_db(other)
+    params: dict[str, Any] = {"output": str(other)}
+    params.update({"interval": 0.01, "duration": 0.02} if op_type == "monitoring_collection" else {"root": "."})
+    bad_params(cli, op_type, params, "another program's database")
+    assert {p.name: p.read_bytes() for p in other.parent.iterdir()} == before
+
+
 def test_indexing_refuses_another_programs_database(cli: Cli, tmp_path: Path) -> None:
     """Accepted for its SQLite header, it lost its tables: dropped as an index from before symbols had
     parents."""

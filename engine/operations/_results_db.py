@@ -14,8 +14,10 @@ import os
 import sqlite3
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..context import OperationFailed
 from ..files import create_private
@@ -42,15 +44,12 @@ def check_kind(
     if not p.is_file() or p.stat().st_size == 0:
         return value
     try:
-        con = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
-        try:
+        with peek(p) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta: dict[str, str] = {}
             with contextlib.suppress(sqlite3.Error):  # another program's meta table, of its own columns
                 meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('kind', 'root')"))
             unfinished = "kind" not in meta and schema != "" and _unfinished(con, tables, schema)
-        finally:
-            con.close()
     except sqlite3.Error as e:
         if disk_full(e, name, p):
             # Read only to be told its kind: SQLite could not size its WAL's shared memory. Writing it fails the
@@ -65,6 +64,26 @@ def check_kind(
         what = f"a {found} database" if found else "another program's database"
         raise ValueError(f"{name} {value!r} is {what}, not a {kind} one: choose another path")
     return value
+
+
+@contextlib.contextmanager
+def peek(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the SQLite database at ``path`` that leaves nothing beside it.
+
+    Opened read-only (``mode=ro``), a database in WAL mode whose ``-wal`` file was gone (its last
+    connection had closed) got an empty ``-wal`` and ``-shm`` that no one removed: refusing another
+    program's database as an output left two files by it. With no ``-wal`` the file itself holds every
+    committed row, so it is read as immutable (no lock, no side file); with one (or a rollback journal
+    to be read), as it is: the side files are there already."""
+    real = path.resolve()
+    uri = f"file:{quote(str(real))}?mode=ro"
+    if not any(os.path.lexists(f"{real}-{side}") for side in ("wal", "journal")):
+        uri += "&immutable=1"
+    con = sqlite3.connect(uri, uri=True)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def _columns(con: sqlite3.Connection, table: str) -> list[str]:

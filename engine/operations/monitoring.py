@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext, OperationFailed
 from ..registry import operation
 from ._common import SQLITE_MAGIC, check_output_file, disk_full, output_dir
-from ._results_db import check_kind, open_db
+from ._results_db import check_kind, open_db, peek
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -84,13 +84,11 @@ def _check_db(value: str | None) -> str | None:
     written into (it was, and failed on a missing column once it held the new tables)."""
     value = check_kind(value, "output", "monitoring_collection", OLD_TABLES, SCHEMA)
     if value is not None and Path(value).expanduser().is_file():
-        con = sqlite3.connect(f"file:{Path(value).expanduser().resolve()}?mode=ro", uri=True)
         try:
-            cols = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in OLD_TABLES}
+            with peek(Path(value).expanduser()) as con:
+                cols = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in OLD_TABLES}
         except sqlite3.Error:
             cols = {}
-        finally:
-            con.close()
         if cols.get("samples") and not {"operation_id", "seq", "ts", "attempt"} <= cols["samples"]:
             raise ValueError(
                 f"output {value!r} is another program's database, not a monitoring one: choose another path"
