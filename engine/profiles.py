@@ -5,6 +5,7 @@ effective timeout = min(max_timeout, base_timeout + per_item_timeout * total_ite
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -156,15 +157,94 @@ def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:
         raise InvalidInput(f"{where}: {one_line(e)}") from None
 
 
-def one_line(e: ValidationError) -> str:
-    """A pydantic error as one line naming the field: ``priority: Input should be 'high', ...``."""
+def one_line(e: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """A pydantic error as one line naming the field: ``priority: Input should be 'high', ...``. ``model``:
+    the model validated, whose fields' bounds a number out of them is told (``error_message``)."""
     parts = []
     for err in e.errors()[:3]:
         loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = error_message(err, model)
         parts.append(f"{loc}: {msg}" if loc else msg)  # a check of the whole model names its fields itself
     more = len(e.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+_NUMBER_ERRORS = {*_BOUNDS, "finite_number", "int_parsing_size"}  # the last: a count past 64 bits
+_NOT_READ = {"int_parsing", "int_from_float", "float_parsing"}
+"""Errors of a value not read as the field's type: ``-p items=1e309`` is a number, not finite."""
+
+
+def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bool = True) -> str:
+    """The message of one pydantic error, without its location.
+
+    A number that is not finite (``nan``, ``inf``, ``1e309``, as JSON or as text) is said to be so, with the
+    value as typed and the field's bounds: pydantic said "Input should be less than or equal to 3600" of
+    ``-p seconds=nan`` (nan compares false to every bound, and the first one checked failed). With
+    ``finite_too``, a finite number out of bounds is named the same way ("-1 is out of range"); the bounds
+    are the field's in ``model`` (the one bound the error names when it is not known)."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    kind = err.get("type")
+    number = _number(err.get("input")) if kind in _NUMBER_ERRORS or kind in _NOT_READ else None
+    if number is None or (math.isfinite(number) and (not finite_too or kind in _NOT_READ)):
+        return msg
+    loc = err.get("loc") or ()
+    name = str(loc[-1]) if loc else "value"
+    bounds = _field_bounds(model, loc) or {k: v for k, v in (err.get("ctx") or {}).items() if k in _BOUNDS.values()}
+    if math.isfinite(number) and model is None:
+        return f"{msg} (got {_typed(err['input'])})"
+    if kind == "int_parsing_size" and not {"le", "lt"} & bounds.keys():
+        bounds = {**bounds, "lt": "2**63"}  # past what a float becomes as a whole number
+    what = "is out of range" if math.isfinite(number) else "is not a finite number"
+    allowed = _bounds_text(name, bounds)
+    return f"{_typed(err['input'])} {what}" + (f" (allowed: {allowed})" if allowed else "")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a number or text that reads as one (pydantic reads ``"nan"`` so)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float("inf") if abs(value) > 10**308 else float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str) and len(value) <= 10_000:  # float() of a longer one is slow, and no one types it
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _typed(value: Any) -> str:
+    """A number as typed, at most 40 characters."""
+    text = value.strip() if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _field_bounds(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> dict[str, float]:
+    if model is None or len(loc) != 1:
+        return {}
+    field = model.model_fields.get(str(loc[0]))
+    if field is None:
+        field = next((f for f in model.model_fields.values() if f.alias == loc[0]), None)
+    out: dict[str, float] = {}
+    for m in field.metadata if field is not None else ():
+        for key in _BOUNDS.values():
+            if isinstance(getattr(m, key, None), int | float):
+                out[key] = getattr(m, key)
+    return out
+
+
+def _bounds_text(name: str, bounds: dict[str, Any]) -> str:
+    def num(x: Any) -> str:
+        if isinstance(x, str):
+            return x
+        return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else repr(float(x))
+
+    low = next((f"{num(bounds[k])} {op} " for k, op in (("ge", "<="), ("gt", "<")) if k in bounds), "")
+    high = next((f" {op} {num(bounds[k])}" for k, op in (("le", "<="), ("lt", "<")) if k in bounds), "")
+    return f"{low}{name}{high}" if low or high else "a finite number"
 
 
 H = 3600.0

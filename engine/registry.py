@@ -98,7 +98,7 @@ class HandlerSpec:
         try:
             return self.params.model_validate(raw, context=context)
         except ValidationError as e:
-            raise InvalidInput(f"{self.type} params: {one_line(e)}") from None
+            raise InvalidInput(f"{self.type} params: {one_line(e, self.params)}") from None
         except (Exception, SystemExit) as e:  # a validator of the plugin's that raised what pydantic passes on
             if ran_short(e) is not None:  # the machine, not the params (no descriptor left): retried, or said so
                 raise

@@ -245,11 +245,17 @@ def loads(text: str, option: str) -> Any:
 
 
 def parse_value(raw: str, option: str = "--param") -> Any:
-    """A ``--param`` value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string."""
+    """A ``--param`` value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string.
+
+    A number that is not finite (``NaN``, ``Infinity``, ``1e309``, which Python's JSON reads as one) is the
+    string as typed: the param's model then says what it is and what is allowed ("seconds: 1e309 is not a
+    finite number (allowed: 0 <= seconds <= 3600)"), where the spec's check said "inf is not a finite number"
+    of 1e309, and of the same param typed ``nan`` pydantic said "less than or equal to 3600"."""
     try:
-        return loads(raw, option)
+        value = loads(raw, option)
     except ValueError:
         return raw
+    return raw if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def parse_pairs(pairs: tuple[str, ...], option: str, text: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, Switch
 
 from engine import HandlerSpec, OperationSpec, Priority
+from engine.profiles import error_message
 
 from ..format import printable
 from ..widgets.steady_input import SteadyInput
@@ -809,7 +810,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             names = {f.name for f in self.fields}
             for err in e.errors():
                 loc = err["loc"]
-                msg = _message(err)
+                msg = _message(err, handler.params)
                 if loc and loc[0] in names:
                     field_errors.setdefault(str(loc[0]), msg)
                 elif JSON_FIELD in names:
@@ -911,8 +912,10 @@ def _on_off(value: bool) -> str:
     return "on" if value else "off"
 
 
-def _message(err: Any) -> str:
-    return str(err["msg"]).removeprefix("Value error, ").replace("\n", " ")
+def _message(err: Any, model: type[BaseModel] | None = None) -> str:
+    """Pydantic's message, or for a number that is not finite, that it is not (with the field's bounds): nan
+    was said to be "greater than the most" (the value is shown above it: a finite one is not named again)."""
+    return error_message(err, model, finite_too=False).replace("\n", " ")
 
 
 def _wid(name: str) -> str:
