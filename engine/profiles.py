@@ -190,7 +190,8 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
         return msg
     loc = err.get("loc") or ()
     name = str(loc[-1]) if loc else "value"
-    bounds = _field_bounds(model, loc) or {k: v for k, v in (err.get("ctx") or {}).items() if k in _BOUNDS.values()}
+    bounds: dict[str, Any] = _field_bounds(model, loc)
+    bounds = bounds or {k: v for k, v in (err.get("ctx") or {}).items() if k in _BOUNDS.values()}
     if math.isfinite(number) and model is None:
         return f"{msg} (got {_typed(err['input'])})"
     if kind == "int_parsing_size" and not {"le", "lt"} & bounds.keys():
