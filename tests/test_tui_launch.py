@@ -139,6 +139,37 @@ async def test_a_programs_arguments_are_split_as_the_command_line_splits_them(tm
     assert [s.params["args"] if s else None for s in app.results] == [["-m", "not slow", "-k", "a or b", "-x"]]
 
 
+async def test_a_commands_argv_is_split_as_the_command_line_splits_it() -> None:
+    """``sh -c "echo hi there"`` in the form's argv was one word (the form split at commas, and there was
+    none), the program's name: the command failed with "cannot start 'sh -c "echo hi there"'". A quote left
+    open is said under the field, and nothing is launched."""
+    app = LaunchApp({"command": handlers()["command"]}, initial_type="command")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-argv", 'sh -c "echo hi')
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        assert error_text(app, "argv").startswith("cannot be split into words as a shell would (No closing quot")
+        assert error_text(app, "command") == ""  # not "give either argv or command": argv was given
+        await replace(pilot, "#param-argv", """sh -c "echo hi, there" 'it''s'""")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert [s.params["argv"] if s else None for s in app.results] == [["sh", "-c", "echo hi, there", "its"]]
+
+
+async def test_a_number_that_is_not_finite_is_said_to_be_so_under_its_field() -> None:
+    """1e309 in the form's seconds was "Input should be less than or equal to 3600"."""
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-seconds", "1e309")  # the field takes the characters of a number only
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.results == []
+        assert error_text(app, "seconds") == "1e309 is not a finite number (allowed: 0 <= seconds <= 3600)"
+
+
 async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() -> None:
     app = LaunchApp(handlers())
     async with app.run_test(size=(100, 40)) as pilot:
@@ -149,7 +180,7 @@ async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() ->
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert error_text(app, "command") == "give either argv (a list) or command (a string)"
-        await replace(pilot, "#param-argv", "echo, hi")
+        await replace(pilot, "#param-argv", "echo hi")
         await replace(pilot, "#param-env", "A=1, B")
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -441,7 +472,7 @@ async def test_a_pasted_pair_without_equals_is_quoted_clipped_on_one_line() -> N
     app = LaunchApp({"command": handlers()["command"]}, initial_type="command")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.pause()
-        await replace(pilot, "#param-argv", "echo, hi")
+        await replace(pilot, "#param-argv", "echo hi")
         await replace(pilot, "#param-env", "A=1, " + "B" * 5000)
         await pilot.press("ctrl+s")
         await pilot.pause()

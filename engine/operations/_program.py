@@ -11,10 +11,18 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 
 def split_args(value: Any) -> Any:
-    """``-p args='-k fast'`` from the command line is one string: split as a shell would."""
+    """``-p args='-k fast'`` from the command line is one string: split as a shell would (a ValueError
+    saying what to do when it cannot be: pydantic's line was shlex's bare "No closing quotation")."""
     import shlex
 
-    return shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return shlex.split(value)
+    except ValueError as e:
+        raise ValueError(
+            f"cannot be split into words as a shell would ({e}): close its quotes, or give a JSON list"
+        ) from None
 
 
 def program_args(value: list[str]) -> list[str]:

@@ -24,9 +24,11 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -39,6 +41,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ..context import MAX_COUNT, OperationContext, OperationFailed, OperationStopped
 from ..registry import operation
 from ._common import libc_function
+from ._program import split_args
 
 _FRACTION = re.compile(r"(?<![\w/.])(\d+)\s*/\s*(\d+)(?![\w/.])")
 _PERCENT = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d+)?)\s*%")
@@ -48,7 +51,11 @@ _DIRECTIVE = re.compile(r"^\s*::outlast\s+(progress|step|checkpoint|message)\s*(
 class CommandParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    argv: list[str] | None = Field(default=None, description="the program and its arguments (no shell)")
+    # A string is split as a shell splits words (as a program's args are): the dashboard's form split it at
+    # commas, so `sh -c "echo hi"` went in as one word, the program's name, which could not be started.
+    argv: Annotated[list[str] | None, BeforeValidator(split_args)] = Field(
+        default=None, description="the program and its arguments (no shell)", json_schema_extra={"split": "shell"}
+    )
     command: str | None = Field(
         default=None, validate_default=True, description="a command line; run by /bin/sh only with shell=true"
     )
@@ -93,6 +100,8 @@ class CommandParams(BaseModel):
     @field_validator("command")
     @classmethod
     def _one_form(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if "argv" not in info.data and not v:  # given and refused (its own error says why): not "give either"
+            return v
         if bool(info.data.get("argv")) == bool(v):
             raise ValueError("give either argv (a list) or command (a string)")
         if v is not None and not v.strip():
