@@ -65,3 +65,50 @@ def test_a_signal_to_the_process_group_pauses_an_index_on_workers(tmp_path: Path
             proc.wait()
     assert proc.returncode == 6, out
     assert " paused at " in out and "failed" not in out, out
+
+
+SITECUSTOMIZE = """
+import os, sys, time
+
+if "spawn_main" in " ".join(getattr(sys, "orig_argv", [])):  # a pool worker, before its initializer
+    open(os.path.join({ready!r}, str(os.getpid())), "w").close()
+    time.sleep(1.5)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_process_group_while_a_worker_starts_pauses_the_index(tmp_path: Path, signum: int) -> None:
+    """A worker leaves the stop signals to the engine from its initializer on; before it (its interpreter
+    starting, some 0.3 s), Ctrl-C raised KeyboardInterrupt in it and SIGTERM or SIGHUP killed it, and the
+    operation failed (a broken pool) instead of pausing. Here each worker waits in its start-up, before
+    the initializer, and the signal is sent to the group as soon as one is there."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "sitecustomize.py").write_text(SITECUSTOMIZE.format(ready=str(ready)))
+    root = tmp_path / "tree"
+    root.mkdir()
+    for n in range(4):
+        (root / f"m{n}.py").write_text(f"def f{n}():\n    return {n}\n")
+    env = {
+        **os.environ,
+        "OUTLAST_WORKERS": "2",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "lib")]),
+    }
+    cmd = [sys.executable, "-m", "engine.cli", "--state-dir", str(tmp_path / "state"), "run", "codebase_indexing"]
+    cmd += ["-p", f"root={root}", "-p", f"output={tmp_path / 'index.sqlite'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        while not any(ready.iterdir()) and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[0]
+        os.killpg(proc.pid, signum)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 6, out
+    assert " paused at " in out and "failed" not in out, out

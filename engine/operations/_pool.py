@@ -62,7 +62,8 @@ def _die_with(parent: int) -> None:
     from ._common import libc_function
 
     for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, signal.SIG_IGN)  # one sent while it started, held pending, is dropped here
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked from its start: see _stop_signals_held
 
     prctl = libc_function("prctl")
     if prctl is not None:
@@ -95,6 +96,20 @@ def _start_resource_tracker() -> None:
         return
     with contextlib.redirect_stderr(sys.__stderr__):
         resource_tracker.ensure_running()
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Any:
+    """The stop signals blocked in this thread while it starts workers (a pool starts them as work is
+    submitted). A started process keeps its parent's signal mask through exec, so a worker has them
+    blocked until its initializer ignores them (``_die_with``): before, a Ctrl-C or SIGTERM to the
+    process group in the ~0.3 s of a worker's start-up killed it, and the operation failed (a broken pool)
+    instead of pausing. The engine's own signal, sent meanwhile, waits until the mask is set back."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 POLL = 0.2
@@ -135,14 +150,16 @@ async def in_order(
     todo = iter(batches)
     try:
         for args in todo:
-            pending.append(loop.run_in_executor(pool, fn, *args))
+            with _stop_signals_held():
+                pending.append(loop.run_in_executor(pool, fn, *args))
             if len(pending) >= workers * ahead:
                 break
         while pending:
             result = await _awaited(pending[0], ctx)
             pending.popleft()
             for args in todo:
-                pending.append(loop.run_in_executor(pool, fn, *args))
+                with _stop_signals_held():
+                    pending.append(loop.run_in_executor(pool, fn, *args))
                 break
             yield result
     finally:
