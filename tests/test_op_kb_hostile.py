@@ -20,6 +20,8 @@ from engine.operations.kb_optimization import KbOptimizeParams
 from engine.operations.knowledge import open_kb
 from engine.profiles import one_line
 from engine.text import stored_name
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import bad_params, in_process
 
 
 def run_here(base: Path, type_: str, **params: Any) -> Operation:
@@ -215,3 +217,37 @@ def test_a_knowledge_base_being_made_is_not_yet_one_and_appears_whole(tmp_path: 
     begin = next(i for i, s in enumerate(statements) if s.strip().rstrip(";").upper() == "BEGIN")
     commit = next(i for i, s in enumerate(statements) if s.strip().rstrip(";").upper() == "COMMIT")
     assert creates and begin < min(creates) and max(creates) < commit, statements  # one transaction
+
+
+def _other_programs_db(path: Path) -> dict[str, bytes]:
+    """Another program's SQLite database (rollback journal, as most are): its directory, byte for byte."""
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('precious');")
+    con.close()
+    return {p.name: p.read_bytes() for p in path.parent.iterdir()}
+
+
+@pytest.mark.parametrize("type_", ["kb_population", "vector_indexing", "kb_optimization", "semantic_analysis"])
+def test_another_programs_database_as_the_kb_is_refused_at_submit_and_left_as_it_was(
+    cli: Cli, tmp_path: Path, type_: str
+) -> None:
+    """kb_population wrote its tables beside another program's (its SQLite header was all it checked); the
+    others were stored, to fail when run. Each is refused in one line now, and the file is left as it was."""
+    other = tmp_path / "app" / "app.db"
+    other.parent.mkdir()
+    before = _other_programs_db(other)
+    params = {"kb": str(other), **({"source": str(tmp_path)} if type_ == "kb_population" else {})}
+    expect = "another program's database" if type_ == "kb_population" else "not a knowledge base"
+    bad_params(cli, type_, params, expect)
+    assert {p.name: p.read_bytes() for p in other.parent.iterdir()} == before
+
+
+def test_searching_another_programs_database_leaves_it_as_it_was(cli: Cli, tmp_path: Path) -> None:
+    """``outlast kb search --kb app.db`` set ``journal_mode=WAL`` on it before finding it was no knowledge
+    base: another program's database was turned into a WAL one (its header rewritten)."""
+    other = tmp_path / "app" / "app.db"
+    other.parent.mkdir()
+    before = _other_programs_db(other)
+    code, _, err = in_process(cli, "kb", "search", "precious", "--kb", str(other))
+    assert code == 2 and "not a knowledge base" in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert {p.name: p.read_bytes() for p in other.parent.iterdir()} == before

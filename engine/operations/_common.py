@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from ..files import free_bytes
 from ..humanize import size
@@ -271,3 +272,23 @@ def sync_tree(path: Path) -> None:
         finally:
             os.close(fd)
     os.sync()
+
+
+@contextlib.contextmanager
+def peek(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the SQLite database at ``path`` that leaves nothing beside it.
+
+    Opened read-only (``mode=ro``), a database in WAL mode whose ``-wal`` file was gone (its last
+    connection had closed) got an empty ``-wal`` and ``-shm`` that no one removed: refusing another
+    program's database as an output left two files by it. With no ``-wal`` the file itself holds every
+    committed row, so it is read as immutable (no lock, no side file); with one (or a rollback journal
+    to be read), as it is: the side files are there already."""
+    real = path.resolve()
+    uri = f"file:{quote(str(real))}?mode=ro"
+    if not any(os.path.lexists(f"{real}-{side}") for side in ("wal", "journal")):
+        uri += "&immutable=1"
+    con = sqlite3.connect(uri, uri=True)
+    try:
+        yield con
+    finally:
+        con.close()

@@ -14,14 +14,12 @@ import os
 import sqlite3
 import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..context import OperationFailed
 from ..files import create_private
-from ._common import disk_full, output_dir
+from ._common import disk_full, output_dir, peek
 
 
 def db_path(ctx: Any, output: str | None, prefix: str, root: str) -> str:
@@ -64,26 +62,6 @@ def check_kind(
         what = f"a {found} database" if found else "another program's database"
         raise ValueError(f"{name} {value!r} is {what}, not a {kind} one: choose another path")
     return value
-
-
-@contextlib.contextmanager
-def peek(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the SQLite database at ``path`` that leaves nothing beside it.
-
-    Opened read-only (``mode=ro``), a database in WAL mode whose ``-wal`` file was gone (its last
-    connection had closed) got an empty ``-wal`` and ``-shm`` that no one removed: refusing another
-    program's database as an output left two files by it. With no ``-wal`` the file itself holds every
-    committed row, so it is read as immutable (no lock, no side file); with one (or a rollback journal
-    to be read), as it is: the side files are there already."""
-    real = path.resolve()
-    uri = f"file:{quote(str(real))}?mode=ro"
-    if not any(os.path.lexists(f"{real}-{side}") for side in ("wal", "journal")):
-        uri += "&immutable=1"
-    con = sqlite3.connect(uri, uri=True)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def _columns(con: sqlite3.Connection, table: str) -> list[str]:

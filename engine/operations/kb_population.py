@@ -37,7 +37,7 @@ from ._common import (
 )
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
-from .knowledge import KB_FILE, KbError, drop_documents, index_chunks, open_kb, sha256_text
+from .knowledge import KB_FILE, KbError, check_kb_tables, drop_documents, index_chunks, open_kb, sha256_text
 
 BATCH = 64
 """Documents parsed and committed in one transaction (a resume redoes at most one batch)."""
@@ -63,7 +63,13 @@ class KbPopulationParams(BaseModel):
     @field_validator("kb")
     @classmethod
     def _kb(cls, v: str | None) -> str | None:
-        return check_output_file(v, "kb", SQLITE_MAGIC, "an SQLite database")
+        v = check_output_file(v, "kb", SQLITE_MAGIC, "an SQLite database")
+        if v is not None:
+            try:
+                check_kb_tables(Path(v), create=True)
+            except KbError as e:
+                raise ValueError(f"kb {v!r} {e}") from None
+        return v
 
 
 def kb_path(ctx: OperationContext, kb: str | None) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..files import create_private
-from ._common import SQLITE_MAGIC
+from ._common import SQLITE_MAGIC, peek
 
 if TYPE_CHECKING:
     from pydantic import ValidationInfo
@@ -90,7 +90,33 @@ def existing_kb(value: str | None, name: str = "kb") -> str | None:
         raise ValueError(f"{name} {value!r}: {e.strerror or e}") from None
     if head != SQLITE_MAGIC:
         raise ValueError(f"{name} {value!r} is not a knowledge base (not an SQLite database)")
+    try:
+        check_kb_tables(p)
+    except KbError as e:
+        raise ValueError(f"{name} {value!r} {e}") from None
     return str(p.resolve())
+
+
+def check_kb_tables(p: Path, create: bool = False) -> bool:
+    """Whether the SQLite file ``p`` holds a knowledge base (False: no table yet); a KbError when it holds
+    another program's tables. Read without changing it (``peek``): ``journal_mode=WAL`` was set on it first,
+    so ``outlast kb search --kb app.db`` turned another program's database into a WAL one, and
+    kb_population wrote its tables beside another program's."""
+    if not p.is_file() or p.stat().st_size == 0:
+        return False
+    try:
+        with peek(p) as con:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise KbError(f"cannot be read as SQLite: {e}") from None
+    if names and "chunks_fts" not in names:
+        what = (
+            "is another program's database, not a knowledge base: choose another path"
+            if create
+            else ("is an SQLite database but not a knowledge base (no chunks_fts table)")
+        )
+        raise KbError(what)
+    return bool(names)
 
 
 def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
@@ -103,6 +129,10 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
     # an SQLite database with no table: a search then was told it "is not a knowledge base".
     not_yet = f"no knowledge base at {str(p)!r} yet: it is being made (or was left empty); search again once"
     not_yet += " kb_population has stored documents"
+    try:
+        check_kb_tables(p, create)
+    except KbError as e:
+        raise KbError(f"{str(p)!r} {e}") from None
     if not create:
         if not p.is_file():
             raise KbError(f"no knowledge base at {str(p)!r} (make one: outlast run kb_population -p source=DIR)")
