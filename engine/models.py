@@ -34,7 +34,7 @@ from .limits import (
     MAX_TAGS,
     Priority,
 )
-from .text import clean, clean_json
+from .text import clean, clean_json, quoted
 
 __all__ = [
     "ACTIVE",
@@ -143,17 +143,22 @@ def new_id() -> str:
     return _b32(ms << 20 | rnd, _ID_LEN)
 
 
+def _quoted(value: Any) -> str:
+    return quoted(value) if isinstance(value, str) else repr(value)
+
+
 def validate_id(value: str) -> str:
     """A full operation id, or InvalidInput naming what is wrong (``../x`` never reaches a path)."""
     if not isinstance(value, str) or not ID_RE.match(value):
-        raise InvalidInput(f"invalid operation id {value!r}: expected {_ID_LEN} characters of [0-9a-z]")
+        raise InvalidInput(f"invalid operation id {_quoted(value)}: expected {_ID_LEN} characters of [0-9a-z]")
     return value
 
 
 def validate_id_prefix(value: str) -> str:
     if not isinstance(value, str) or not ID_PREFIX_RE.match(value):
         raise InvalidInput(
-            f"invalid operation id {value!r}: expected a handle (1, 2, ...) or up to {_ID_LEN} characters of [0-9a-z]"
+            f"invalid operation id {_quoted(value)}: expected a handle (1, 2, ...) or up to {_ID_LEN} characters"
+            " of [0-9a-z]"
         )
     return value
 

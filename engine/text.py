@@ -35,6 +35,20 @@ def clean(s: str) -> str:
     return s
 
 
+def quoted(s: str, limit: int = 40) -> str:
+    """``s`` quoted for a one-line message, as ``repr`` quotes it (control characters escaped), clipped to its
+    first ``limit`` characters and "…"; with a byte that is not UTF-8 in it, as bytes (``'\\xff'``, where repr
+    wrote ``'\\udcff'``, which no one typed). An id or a type a user typed is quoted so: 5,000 characters
+    pasted made a message of 5,000."""
+    cut = s if len(s) <= limit else s[:limit] + "…"
+    if clean(cut) is cut:
+        return repr(cut)
+    try:
+        return repr(cut.encode("utf-8", "surrogateescape"))[1:].replace("\\xe2\\x80\\xa6", "…")
+    except UnicodeEncodeError:  # a surrogate no byte stands for
+        return repr(cut)
+
+
 def stored_name(s: str) -> str:
     """A file name as a database stores and looks it up: ``s`` itself when it has no backslash and no byte that
     is not UTF-8 (every ordinary name, so existing databases keep their keys); else each backslash as ``\\\\``

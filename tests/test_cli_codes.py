@@ -155,6 +155,12 @@ def test_watch_and_logs_follow_stop_on_a_signal_with_128_plus_it(cli: Cli, sig: 
         (["submit", "demo", "--timeout", "0"], ExitCode.USAGE, "--timeout"),
         (["ls", "--status", "sleeping"], ExitCode.USAGE, "sleeping"),
         (["show", "ABC!"], ExitCode.USAGE, "invalid operation id"),
+        # A type or an id with a byte that is not UTF-8 (as a shell passes $'\xff'): the query of the type
+        # failed (exit 70), and the id was quoted as '\udcff'; a pasted id was quoted whole.
+        (["ls", "-t", "caf\udce9"], ExitCode.USAGE, "unknown operation type 'caf\\xe9'"),
+        (["ls", "--json", "-t", "demo", "-t", "\udcff"], ExitCode.USAGE, "unknown operation type '\\xff'"),
+        (["show", "\udcff"], ExitCode.USAGE, "invalid operation id '\\xff': expected"),
+        (["logs", "a" * 5000], ExitCode.USAGE, f"invalid operation id '{'a' * 40}…': expected"),
         (["show", "0000000000000"], ExitCode.NOT_FOUND, "no operation"),
         (["nonsense"], ExitCode.USAGE, "nonsense"),
         (["--config", "missing.toml", "ls"], ExitCode.USAGE, "missing.toml"),

@@ -46,6 +46,14 @@ QUIET_NOTE = 3.0
 @pass_app
 def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: int) -> int:
     """List operations, newest first."""
+    if not all(t.isascii() for t in types):
+        from ..errors import InvalidInput
+        from ..text import clean, quoted
+
+        # No operation has a type that is not text: the store was asked for it, and the query failed (exit 70)
+        for t in types:
+            if clean(t) is not t:
+                raise InvalidInput(f"unknown operation type {quoted(t)}: it is not text (see: outlast types)")
     if app.json:
         records = _quick_records(app, list(statuses), list(types), limit)
         if records is not None:
@@ -86,6 +94,7 @@ def _check_types(app: App, types: tuple[str, ...], listed: set[str]) -> None:
         return
     from ..errors import InvalidInput
     from ..registry import known_types
+    from ..text import quoted
 
     settings = app.settings  # imports --plugin and configured plugins: their types are known
     known = set(known_types()) | set(settings.profiles)
@@ -99,7 +108,9 @@ def _check_types(app: App, types: tuple[str, ...], listed: set[str]) -> None:
 
     for t in unknown:
         if not run_async(stored(t)):
-            raise InvalidInput(f"unknown operation type {t!r} (known: {', '.join(sorted(known))}; see: outlast types)")
+            raise InvalidInput(
+                f"unknown operation type {quoted(t)} (known: {', '.join(sorted(known))}; see: outlast types)"
+            )
 
 
 def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> list[fmt.LsRow] | None:
