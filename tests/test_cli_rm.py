@@ -56,6 +56,20 @@ def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:
     assert code == 2 and "'7x'" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("age", ["0", "\u0660d"])
+def test_clean_older_than_a_bare_number_or_not_ascii_digits_removes_nothing(cli: Cli, age: str) -> None:
+    """A bare number was seconds: ``--older-than 30``, meant as a month, removed every finished operation
+    but those of the last half minute (here 0: every one). Its unit is asked for; digits of other scripts (an
+    Arabic-Indic zero) are no number of it."""
+    op = cli("-q", "submit", "demo").stdout.strip()
+    assert in_process(cli, "cancel", op)[0] == 0
+    time.sleep(0.05)
+    code, _, err = in_process(cli, "clean", "--older-than", age)
+    assert code == 2 and err.count("\n") == 1, err
+    assert ("give its unit: 0s, 0m, 0h, 0d or 0w" in err) == (age == "0"), err
+    assert _ids(cli) == {op}
+
+
 def test_clean_goes_a_page_at_a_time_and_an_interrupted_one_says_what_it_removed(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

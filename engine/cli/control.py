@@ -15,6 +15,7 @@ from ..errors import Conflict, NotFound, OutlastError
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
+from ..text import quoted
 from . import collector_paused
 from . import format as fmt
 from .common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, run_async, session
@@ -306,14 +307,18 @@ def _report_removed(app: App, results: list[tuple[str, BaseException | None]]) -
     return int(code)
 
 
-AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z", re.ASCII)
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _age(value: str) -> float:
+    """``value`` (``7d``) in seconds. Its unit is needed: a bare number was seconds, so ``--older-than 30``
+    meant as a month removed every finished operation but those of the last half minute."""
     m = AGE.match(value.strip())
     if m is None:
-        raise click.BadParameter(f"{value!r}: expected a number with s, m, h, d or w (7d, 12h, 90m)")
+        raise click.BadParameter(f"{quoted(value)}: expected a number with s, m, h, d or w (7d, 12h, 90m)")
+    if not m[2]:
+        raise click.BadParameter(f"{quoted(value)}: give its unit: {m[1]}s, {m[1]}m, {m[1]}h, {m[1]}d or {m[1]}w")
     return float(m[1]) * _UNIT[m[2]]
 
 
