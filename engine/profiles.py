@@ -196,7 +196,10 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
         return f"{msg} (got {_typed(err['input'])})"
     if kind == "int_parsing_size" and not {"le", "lt"} & bounds.keys():
         bounds = {**bounds, "lt": "2**63"}  # past what a float becomes as a whole number
-    what = "is out of range" if math.isfinite(number) else "is not a finite number"
+    # nan and infinities are no number; 1e309 or 400 digits are one, past what a float holds
+    value = err["input"]
+    literal = isinstance(value, float) or (isinstance(value, str) and any(w in value.lower() for w in ("nan", "inf")))
+    what = "is not a finite number" if not math.isfinite(number) and literal else "is out of range"
     allowed = _bounds_text(name, bounds)
     return f"{_typed(err['input'])} {what}" + (f" (allowed: {allowed})" if allowed else "")
 
@@ -206,7 +209,7 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return float("inf") if abs(value) > 10**308 else float(value)
+        return float(value) if value.bit_length() <= 1000 else float("inf")
     if isinstance(value, float):
         return value
     if isinstance(value, str) and len(value) <= 10_000:  # float() of a longer one is slow, and no one types it
@@ -219,6 +222,8 @@ def _number(value: Any) -> float | None:
 
 def _typed(value: Any) -> str:
     """A number as typed, at most 40 characters."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() refuses past 4,300 digits
+        return f"an integer of {value.bit_length()} bits"
     text = value.strip() if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
 
