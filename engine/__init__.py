@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
         WorkerInfo,
     )
     from .paths import config_dir
-    from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile
+    from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile, error_message
     from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
     from .resources import ResourceSample
     from .store import open_store
@@ -90,7 +90,7 @@ _WHERE = {
         ),
         "models",
     ),
-    **dict.fromkeys(("SEED_PROFILES", "RetryPolicy", "TimeoutProfile"), "profiles"),
+    **dict.fromkeys(("SEED_PROFILES", "RetryPolicy", "TimeoutProfile", "error_message"), "profiles"),
     **dict.fromkeys(("handlers", "migrate_timeout_operation", "operation"), "registry"),
     "open_store": "store",
 }
@@ -162,6 +162,7 @@ __all__ = [
     "__version__",
     "applies",
     "config_dir",
+    "error_message",
     "handlers",
     "load_settings",
     "migrate_timeout_operation",

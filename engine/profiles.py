@@ -154,7 +154,7 @@ def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:
     try:
         return TimeoutProfile.model_validate(data)
     except ValidationError as e:
-        raise InvalidInput(f"{where}: {one_line(e)}") from None
+        raise InvalidInput(f"{where}: {one_line(e, TimeoutProfile)}") from None
 
 
 def one_line(e: ValidationError, model: type[BaseModel] | None = None) -> str:
@@ -200,8 +200,9 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
     value = err["input"]
     literal = isinstance(value, float) or (isinstance(value, str) and any(w in value.lower() for w in ("nan", "inf")))
     what = "is not a finite number" if not math.isfinite(number) and literal else "is out of range"
-    allowed = _bounds_text(name, bounds)
-    return f"{_typed(err['input'])} {what}" + (f" (allowed: {allowed})" if allowed else "")
+    if not bounds:  # none known (a nested field's): "allowed: a finite number" of 1e999 read as a riddle
+        return f"{_typed(value)} {what if literal else 'is too large'}"
+    return f"{_typed(value)} {what} (allowed: {_bounds_text(name, bounds)})"
 
 
 def _number(value: Any) -> float | None:
@@ -229,11 +230,19 @@ def _typed(value: Any) -> str:
 
 
 def _field_bounds(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> dict[str, float]:
-    if model is None or len(loc) != 1:
-        return {}
-    field = model.model_fields.get(str(loc[0]))
-    if field is None:
-        field = next((f for f in model.model_fields.values() if f.alias == loc[0]), None)
+    """The bounds of the field at ``loc`` in ``model`` (through nested models: ``retry.backoff_max``)."""
+    field = None
+    for part in loc:
+        if field is not None:  # the field before: a nested model's, or the path ends here
+            nested = field.annotation
+            model = nested if isinstance(nested, type) and issubclass(nested, BaseModel) else None
+        if model is None:
+            return {}
+        field = model.model_fields.get(str(part))
+        if field is None:
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:  # a list's index, a dict's key
+            return {}
     out: dict[str, float] = {}
     for m in field.metadata if field is not None else ():
         for key in _BOUNDS.values():
@@ -250,7 +259,7 @@ def _bounds_text(name: str, bounds: dict[str, Any]) -> str:
 
     low = next((f"{num(bounds[k])} {op} " for k, op in (("ge", "<="), ("gt", "<")) if k in bounds), "")
     high = next((f" {op} {num(bounds[k])}" for k, op in (("le", "<="), ("lt", "<")) if k in bounds), "")
-    return f"{low}{name}{high}" if low or high else "a finite number"
+    return f"{low}{name}{high}"
 
 
 H = 3600.0

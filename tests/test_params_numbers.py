@@ -120,3 +120,18 @@ def bad_params_p(cli: Cli, type_: str, key: str, text: str, expect: str) -> None
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0], err
     nothing_stored(cli)
+
+
+@pytest.mark.parametrize(
+    ("pair", "says"),
+    [
+        ("max_timeout=1e999", "max_timeout: 1e999 is out of range (allowed: 0 < max_timeout <= 31622400)"),
+        ("retry.jitter=nan", "retry.jitter: nan is not a finite number (allowed: 0 <= jitter <= 1)"),
+        ("retry.backoff_max=1e999", "retry.backoff_max: 1e999 is out of range (allowed: 0 <= backoff_max <= "),
+    ],
+)
+def test_a_profile_number_out_of_range_or_not_finite_names_the_bounds(cli: Cli, pair: str, says: str) -> None:
+    """A nested one (``retry.``) was "allowed: a finite number", and 1e999 "not a finite number" there."""
+    code, _, err = in_process(cli, "submit", "demo", "--profile", pair)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+    nothing_stored(cli)

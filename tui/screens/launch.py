@@ -30,8 +30,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, Switch
 
-from engine import HandlerSpec, OperationSpec, Priority
-from engine.profiles import error_message
+from engine import HandlerSpec, OperationSpec, Priority, error_message
 
 from ..format import printable
 from ..widgets.steady_input import SteadyInput
