@@ -113,7 +113,7 @@ def check_kb_tables(p: Path, create: bool = False) -> bool:
         what = (
             "is another program's database, not a knowledge base: choose another path"
             if create
-            else ("is an SQLite database but not a knowledge base (no chunks_fts table)")
+            else "is an SQLite database but not a knowledge base (no chunks_fts table)"
         )
         raise KbError(what)
     return bool(names)
@@ -129,10 +129,6 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
     # an SQLite database with no table: a search then was told it "is not a knowledge base".
     not_yet = f"no knowledge base at {str(p)!r} yet: it is being made (or was left empty); search again once"
     not_yet += " kb_population has stored documents"
-    try:
-        check_kb_tables(p, create)
-    except KbError as e:
-        raise KbError(f"{str(p)!r} {e}") from None
     if not create:
         if not p.is_file():
             raise KbError(f"no knowledge base at {str(p)!r} (make one: outlast run kb_population -p source=DIR)")
@@ -142,7 +138,11 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
             raise KbError(not_yet)
         if not head.startswith(SQLITE_MAGIC):
             raise KbError(f"{str(p)!r} is not a knowledge base (not an SQLite database)")
-    else:
+    try:
+        check_kb_tables(p, create)  # before anything is written into it (its journal mode included)
+    except KbError as e:
+        raise KbError(f"{str(p)!r} {e}") from None
+    if create:
         create_private(p)  # its journal files take its mode
     con = sqlite3.connect(p, timeout=60, check_same_thread=False)
     try:
