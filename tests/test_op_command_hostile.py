@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -267,3 +268,39 @@ async def test_a_signal_death_names_the_signal_and_a_success_ends_at_100_percent
     final = await engine.wait(op.id, timeout=30)
     assert final.status is Status.COMPLETED and (final.progress.done, final.progress.total) == (1000, 1000)
     assert await _logged(engine, op.id, "exited 0 with its last progress at 500/1000: counted as all done")
+
+
+async def test_output_written_before_the_exit_is_all_read_however_far_behind_the_reader_is(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that prints a burst and exits (``seq 1 400000``: 2.6 MB) left the engine reading for
+    longer than HELD_OPEN + DRAIN after its exit: the output was taken as held open by something left in
+    the background (nothing was), the reading cut there, and the last 18,000 lines were never logged nor
+    counted, the last one cut in half, the operation "completed". Here each line costs the reader a slow
+    progress_regex search and the command's pipe holds all it writes, so it exits at once and the reader
+    is seconds behind (the windows are made short so that a few seconds do): every line is read, and
+    nothing is said to have held the output open."""
+    import engine.operations.command as command
+
+    monkeypatch.setattr(command, "HELD_OPEN", 0.2)
+    monkeypatch.setattr(command, "DRAIN", 0.2)
+    rx = r"(?P<pct>\d+)%"  # against a line of digits: a search of quadratic cost, bounded by the line
+    line = "1" * 200
+    started = time.perf_counter()
+    for _ in range(5):
+        re.search(rx, line)
+    cost = (time.perf_counter() - started) / 5
+    n = max(2400, min(4000, int(2.0 / max(cost, 1e-6))))  # 7 to 12 reads of 64 KiB, about 2 s of reading
+    code = (
+        "import fcntl, sys\n"
+        "fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 1 << 20)\n"  # all of it fits: written, the command exits
+        f"sys.stdout.write(('1' * 200 + '\\n') * {n})\n"
+        "print('done')\n"
+    )
+    params = {"argv": [sys.executable, "-c", code], "progress_regex": rx}
+    op = await engine.submit(OperationSpec(type="command", params=params))
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED and final.result["lines"] == n + 1, (n, final.result)
+    records, _ = await engine.logs(op.id)
+    assert [r.message for r in records if r.level.upper() == "INFO"][-1] == "done"
+    assert not [r.message for r in records if "kept its output open" in r.message]

@@ -377,7 +377,8 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
                 unsaved = data
         if ctx.cancelled:
             _kill_group(proc.pid)
-        elif output.held_open:
+        elif output.held_open and (output.holders or not output.eof):
+            # Not when nothing was left to hold it: a reader behind at the exit read on to its end.
             ctx.log.warning(
                 f"the command exited, but what it left running in the background kept its output open for"
                 f" {HELD_OPEN:g}s more: killed"
@@ -523,7 +524,15 @@ HELD_OPEN = 2.0
 background, silent or not) before its output counts as ended."""
 
 DRAIN = 2.0
-"""Seconds at most to read what was written before a held-open output's holders were killed."""
+"""Seconds at most to read what was written before a held-open output's holders were killed, once
+DRAIN_BYTES of it are read."""
+
+DRAIN_BYTES = 4 << 20
+"""Bytes of a held-open output read whatever the time it takes: more than the reader's buffer (2 MiB and
+a read) and the pipe (64 KiB, 1 MiB at most) hold, and a command blocks once they are full, so all it
+wrote before it exited is read, however far behind its reader was (a burst of short lines, read at about
+50,000 a second: seconds). A holder in a session of its own printing short lines without a pause keeps
+the output open that long (about 20 s), not for ever."""
 
 
 async def _exit_code(proc: asyncio.subprocess.Process, ctx: OperationContext | None = None) -> int:
@@ -553,15 +562,22 @@ class OutputLines:
         stream: asyncio.StreamReader,
         ctx: OperationContext,
         exited: Callable[[], bool],
-        on_held: Callable[[], None] = lambda: None,
+        on_held: Callable[[], bool] = lambda: False,
     ) -> None:
         self.stream = stream
         self.ctx = ctx
         self.exited = exited
         self.on_held = on_held
-        """Called once the output is taken as held open: kills what holds it, before what is left is read."""
+        """Called once the output is taken as held open: kills what holds it, before what is left is read;
+        whether there was anything to kill."""
         self.held_open = False
         """The output was taken as ended because it stayed open HELD_OPEN seconds after the command exited."""
+        self.holders = False
+        """Once held open: processes the command left in its group were still running (and were killed)."""
+        self.eof = False
+        """The output ended (every process holding it closed it), not cut by a stop or a held-open drain."""
+        self.drained = 0
+        """Bytes read since the drain began."""
         self.exited_at: float | None = None
         self.drain: float | None = None
         """Once held open: when reading what was written before the kill stops at the latest."""
@@ -578,7 +594,12 @@ class OutputLines:
                 return b""
             chunk: bytes | _HeldOpen | None
             if self.drain is not None:
-                chunk = await _drained(self.stream, self.drain)
+                # A held-open drain reads all that was already written (DRAIN_BYTES at least), whatever the
+                # time: cut after DRAIN seconds, the last seconds of a burst the reader was behind on were
+                # lost. A stop's drain keeps to DRAIN seconds (its grace period runs).
+                floor = DRAIN_BYTES if self.held_open and not self.ctx.cancelled else 0
+                chunk = await _drained(self.stream, self.drain if self.drained >= floor else None)
+                self.drained += len(chunk)
             else:
                 chunk = await _next_chunk(self.stream, self.ctx, self._held)
             if chunk is None:
@@ -587,11 +608,12 @@ class OutputLines:
                 # What the command left behind kept its output open (silent or not): kill it, then read what
                 # is already written (in the pipe, in the reader's buffer) for a moment, not forever.
                 self.held_open = True
-                self.on_held()
+                self.holders = self.on_held()
                 self.drain = time.monotonic() + DRAIN
                 continue
             if not chunk:
                 self.ended = True
+                self.eof = self.stream.at_eof()
                 if self.rest.rstrip(b"\r"):  # the last state of a line left unfinished is its line
                     self._add(self.rest.rstrip(b"\r"))
                 continue
@@ -665,10 +687,11 @@ async def _next_chunk(
             return None if ctx.cancelled else _HELD_OPEN
 
 
-async def _drained(stream: asyncio.StreamReader, until: float) -> bytes:
+async def _drained(stream: asyncio.StreamReader, until: float | None) -> bytes:
     """The rest of a held-open output once what held it was killed: chunks until the end, a pause of 0.1 s
-    (a holder in a session of its own, killed only at the attempt's end) or ``until``; then b""."""
-    left = until - time.monotonic()
+    (a holder in a session of its own, killed only at the attempt's end) or ``until`` (None: no limit but
+    the pause); then b""."""
+    left = 0.1 if until is None else until - time.monotonic()
     if left <= 0:
         return b""
     try:
@@ -695,6 +718,10 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _kill_group(pid: int) -> bool:
+    """SIGKILL process group ``pid``; whether any process was in it."""
+    try:
         os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
