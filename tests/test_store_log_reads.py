@@ -171,3 +171,18 @@ async def test_a_log_that_is_no_regular_file_neither_hangs_a_reader_nor_its_run(
         assert [r.message for r in got] == ["m0", "m1", "m2"] and path.is_file()
         [aside] = [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.not-a-file-")]
         assert aside.is_fifo() if kind == "fifo" else aside.is_dir()
+
+
+def test_following_a_settled_operation_prints_its_whole_log(cli: Cli, state_dir: Path) -> None:
+    """``outlast logs -f ID`` read a page (READ_MAX, 4 MB) before the loop, one more in it, saw the operation
+    settled and exited 0: of a 10 MB log (a command's may be 64 MB) the rest, its last lines with it, was
+    never printed. A follower that finds the operation settled now prints the log to its end first."""
+    n = 90_000
+    data = b"".join(_line(i, 60) for i in range(n))
+    assert len(data) > 2 * log_reads.READ_MAX
+    store, op_id = asyncio.run(_store_with_log(state_dir, data))
+    asyncio.run(store.close())
+    r = cli("logs", "-f", op_id)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == n and lines[-1].endswith(f"line {n - 1}" + "x" * 60), (len(lines), lines[-1:])

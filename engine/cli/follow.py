@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..engine import Engine, StoreUnwritable, store_failure
@@ -64,6 +65,23 @@ ORPHANS_EVERY = 2.0
 """Seconds between looks for orphans while following work that runs elsewhere (as every engine's
 supervisor looks): the process running it may die, and a follower that never looked showed it running,
 frozen, for ever."""
+
+
+async def rest_of_log(engine: Engine, op_id: str, offset: int, emit: Callable[[list[LogRecord]], None]) -> int:
+    """Read and ``emit`` an operation's log from ``offset`` to its end; the offset there. A read takes a page
+    (``READ_MAX``): a follower that stopped at the read after the settled status printed a page, and a log
+    longer than that (a command's, 64 MB) lost the rest, its last lines included, exit 0."""
+    while True:
+        records, after = await engine.store.read_logs(op_id, offset)
+        if after == offset:
+            return offset
+        emit(records)
+        offset = after
+
+
+def _each(fn: Callable[[LogRecord], None], records: list[LogRecord]) -> None:
+    for rec in records:
+        fn(rec)
 
 
 class OrphanLook:
@@ -283,6 +301,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                     elif not view.quiet:
                         fmt.echo(line, err=True)  # stdout stays the operation's lines (or JSON)
                 if op.status in SETTLED:
+                    if not local:
+                        await rest_of_log(engine, op_id, offset, lambda records: _each(view.log, records))
                     return op
                 if not local and engine.draining and not pausing_there:
                     goes_on = "stays queued" if op.status is Status.QUEUED else "goes on running"  # not "running"

@@ -220,7 +220,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         import asyncio
 
         with collector_paused():  # the engine's modules: imports
-            from .follow import OrphanLook
+            from .follow import OrphanLook, rest_of_log
 
         async with session(app.settings) as engine:
             full = await engine.resolve(op_id)
@@ -263,6 +263,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                 if records:
                     quiet_since, said = time.monotonic(), False
                 if op.status in SETTLED:
+                    await rest_of_log(engine, full, offset, lambda records: emit(records, app.json))
                     return code_for_status(op.status)
                 if engine.draining:
                     return code_for_stopped_watch(engine.stop_signal)
