@@ -457,9 +457,12 @@ class Engine:
         validate_id(op_id)
         return await self.store.checkpoints(op_id)
 
-    async def logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+    async def logs(
+        self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
+    ) -> tuple[list[LogRecord], int]:
+        """Its log records from ``offset`` (``Store.read_logs``: a page, the last ``limit``, or the ``first``)."""
         await self.log_buffer.flush()
-        return await self.store.read_logs(op_id, offset, limit)
+        return await self.store.read_logs(op_id, offset, limit, first=first)
 
     def events(self) -> AsyncIterator[Event]:
         """Every event from now on (status changes, progress reports, checkpoints, logs)."""

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -267,3 +268,24 @@ def test_an_unknown_query_parameter_is_refused_naming_it(api: Server) -> None:
     assert r.status_code == 422 and "query.verbose" in r.json()["detail"]
     assert api.http.get("/api/operations/", params={"status": "running", "type": "demo", "limit": 5}).status_code == 200
     assert api.http.get("/api/operations", params={"offset": 0}).status_code == 200
+
+
+def test_a_client_paging_through_a_log_gets_every_record(start_server: Any) -> None:
+    """``GET .../logs?offset=N`` answered the last 1,000 records after N and an offset past them all: a
+    client following a 5,000-line command from 0 got lines 4,001 to 5,000, then nothing; the first 4,000
+    were never sent. A page is now the records right after the offset."""
+    server = start_server("--allow-commands")
+    r = server.http.post("/api/operations", json={"type": "command", "params": {"argv": ["seq", "1", "5000"]}})
+    assert r.status_code == 202, r.text
+    op_id = r.json()["operation_id"]
+    server.wait_status(op_id, {"completed"}, timeout=60)
+    seen: list[str] = []
+    offset = 0
+    for _ in range(20):
+        page = server.http.get(f"/api/operations/{op_id}/logs", params={"offset": offset}).json()
+        assert len(page["records"]) <= 1000
+        seen += [rec["message"] for rec in page["records"]]
+        if page["next_offset"] == offset:
+            break
+        offset = page["next_offset"]
+    assert [m for m in seen if m.isdigit()] == [str(i) for i in range(1, 5001)], (len(seen), seen[:2], seen[-2:])

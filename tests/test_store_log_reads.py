@@ -186,3 +186,30 @@ def test_following_a_settled_operation_prints_its_whole_log(cli: Cli, state_dir:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == n and lines[-1].endswith(f"line {n - 1}" + "x" * 60), (len(lines), lines[-1:])
+
+
+async def test_pages_of_the_first_records_after_an_offset_read_every_record(make_store: Any) -> None:
+    """``read_logs(first=N)`` (the HTTP API's pages): the N records right after the offset, and the offset
+    after them, on either store; paging on reads each record once, in order."""
+    store = make_store()
+    await store.open()
+    try:
+        now = time.time()
+        op = Operation(id=new_id(), type="demo", status=Status.RUNNING, created_at=now, queued_at=now, updated_at=now)
+        await store.create(op)
+        for start in range(0, 2500, 500):
+            await store.append_logs(
+                op.id, [LogRecord(ts=now, level="info", message=str(i)) for i in range(start, start + 500)]
+            )
+        seen: list[str] = []
+        offset = 0
+        while True:
+            records, after = await store.read_logs(op.id, offset, first=1000)
+            assert len(records) <= 1000
+            if after == offset:
+                break
+            seen += [r.message for r in records]
+            offset = after
+    finally:
+        await store.close()
+    assert seen == [str(i) for i in range(2500)]

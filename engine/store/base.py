@@ -515,6 +515,10 @@ class Store(Protocol):
 
     # ---- logs
     async def append_logs(self, op_id: str, records: list[LogRecord]) -> None: ...
-    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
-        """Records from ``offset``, and the offset to continue from (for following)."""
+    async def read_logs(
+        self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
+    ) -> tuple[list[LogRecord], int]:
+        """Records from ``offset``, and the offset to continue from (for following): a page of them, or with
+        ``limit`` the last ``limit`` (a tail: the ones before are passed over), or with ``first`` at most
+        ``first`` right after ``offset`` (a page of a reader that pages on through all of them)."""
         ...

@@ -73,12 +73,16 @@ class ControlLogsMixin(RedisCore):
         if res[0] == b"fenced" and epoch is not None:
             self._refused(op_id, epoch, res)
 
-    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+    async def read_logs(
+        self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
+    ) -> tuple[list[LogRecord], int]:
         """``offset`` is the stream position of the last record read, as an int (0: from the start)."""
         key = self.keys.log(validate_id(op_id))
         start = "-" if offset <= 0 else f"({offset >> 24}-{offset & 0xFFFFFF}"
         rows: list[tuple[bytes, dict[bytes, bytes]]]
-        if limit is not None:
+        if first is not None:
+            rows = await self.link.call(lambda c: c.xrange(key, start, "+", count=first), "reading logs")
+        elif limit is not None:
             rows = await self.link.call(lambda c: c.xrevrange(key, "+", start, count=limit), "reading logs")
             rows = list(reversed(rows))
         else:

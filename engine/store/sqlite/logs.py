@@ -85,7 +85,9 @@ class ControlLogsMixin(SqliteCore):
         async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=open_regular) as f:
             await f.write(text)
 
-    async def read_logs(self, op_id: str, offset: int = 0, limit: int | None = None) -> tuple[list[LogRecord], int]:
+    async def read_logs(
+        self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
+    ) -> tuple[list[LogRecord], int]:
         """Records after ``offset``: at most ``READ_MAX`` bytes of them (call again from the returned offset
         for the rest), or with ``limit`` the last ``limit`` (read from the end of the file backwards). A
         log grows with every line a command prints: reading all of a 70 MB one to show its last lines took
@@ -95,7 +97,7 @@ class ControlLogsMixin(SqliteCore):
             if limit is not None:
                 records, end = await asyncio.to_thread(_tail, path, offset, limit)
             else:
-                records, end = await asyncio.to_thread(_read_from, path, offset)
+                records, end = await asyncio.to_thread(_read_from, path, offset, first)
         except FileNotFoundError:
             return [], offset
         except NotRegular:  # moved aside by the next append of the process running it (append_logs)
@@ -129,9 +131,9 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
     return out
 
 
-def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
+def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
-    than that); a partly written last line is read next time."""
+    than that), or only the first ``first`` records of them; a partly written last line is read next time."""
     with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         data = f.read(READ_MAX)
@@ -143,7 +145,15 @@ def _read_from(path: Path, offset: int) -> tuple[list[LogRecord], int]:
                     break
             data = b"".join(parts)
     end = data.rfind(b"\n") + 1
-    return _parse(data[:end].splitlines()), offset + end
+    if first is None:
+        return _parse(data[:end].splitlines()), offset + end
+    records: list[LogRecord] = []
+    pos = 0
+    while pos < end and len(records) < first:
+        stop = data.index(b"\n", pos) + 1
+        records += _parse([data[pos : stop - 1]])
+        pos = stop
+    return records, offset + pos
 
 
 def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
