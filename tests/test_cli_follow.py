@@ -180,6 +180,39 @@ def test_every_hint_of_a_detached_run_names_the_store_it_used(cli: Cli, tmp_path
         cli.here(*at, "cancel", op_id)  # a failed check leaves no detached run behind
 
 
+def test_a_hint_naming_a_state_dir_with_control_characters_pastes_as_printed(cli: Cli, tmp_path: Path) -> None:
+    """A state dir whose name holds a newline, an escape, a quote and a byte that is not UTF-8: the hint
+    printed it quoted with each control character written ``\\x1b`` (and the byte ``\\udce9``) inside plain
+    quotes, which a shell reads as those four characters: pasted, it made a new, empty state dir ("no
+    operation matches"). It is now ``$'...'`` with escapes a shell reads back: one line, no escape sent to
+    the terminal, and pasted into bash it resumes the operation."""
+    other = os.fsdecode(bytes(tmp_path) + b"/a b\n\x1b[31m'q\xe9")
+    at = ["--state-dir", other]
+    r = cli(*at, "submit", "demo", "-p", "items=3")
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    r = cli(*at, "pause", op_id)
+    assert r.returncode == 0, r.stderr
+    line = (r.stdout + r.stderr).strip()
+    assert "\n" not in line and "\x1b" not in line and line.isascii(), line
+    hint = line.split("resume with: ", 1)[1]
+    assert hint.startswith("outlast --state-dir $'") and hint.endswith(f" resume {op_id}"), hint
+    cmd = " ".join(shlex.quote(w) for w in CLI)
+    before = sorted(os.listdir(tmp_path))
+    pasted = subprocess.run(
+        ["bash", "-c", f'outlast() {{ {cmd} "$@"; }}; {hint} --queue'],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    assert sorted(os.listdir(tmp_path)) == before  # no other state dir made
+    r = cli(*at, "--json", "ls")
+    assert r.returncode == 0 and [(o["id"], o["status"]) for o in json.loads(r.stdout)] == [(op_id, "queued")], r
+
+
 def test_a_resume_queued_for_a_worker_names_the_worker_for_its_store(cli: Cli, tmp_path: Path) -> None:
     """``resume --queue`` said "a running `outlast worker` picks it up": a worker of the default store."""
     other = tmp_path / "elsewhere"

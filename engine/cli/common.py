@@ -164,19 +164,17 @@ class App:
         """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
         store this command used (without --state-dir it would look in the default one and find nothing).
         A store URL's password is left out (``***``): it is never printed."""
-        import shlex
-
         from ..config import redact_url
 
         parts = ["outlast"]
         if self.state_dir:
-            parts += ["--state-dir", shlex.quote(self.state_dir)]
+            parts += ["--state-dir", shell_word(self.state_dir)]
         if self.store:
-            parts += ["--store", shlex.quote(redact_url(self.store) or "")]
+            parts += ["--store", shell_word(redact_url(self.store) or "")]
         if self.config:
-            parts += ["--config", shlex.quote(self.config)]
+            parts += ["--config", shell_word(self.config)]
         for plugin in self.plugins:
-            parts += ["--plugin", shlex.quote(plugin)]
+            parts += ["--plugin", shell_word(plugin)]
         return " ".join([*parts, *words])
 
     @property
@@ -187,6 +185,37 @@ class App:
         if self.quiet:
             return "quiet"
         return "live" if sys.stdout.isatty() else "plain"
+
+
+def shell_word(word: str) -> str:
+    """``word`` as a shell reads it back, safe to print: quoted (``shlex.quote``); one holding a character
+    a terminal must not be sent (a newline, an escape, a file name's byte that is not UTF-8) in ``$'...'``,
+    each such character escaped (``\\n``, ``\\x1b``, ``\\xe9``, ``\\u202e``), which bash, zsh and ksh read
+    back as it was. Quoted alone, the printed hint showed such a character as ``\\x1b`` inside plain
+    quotes: pasted, it named another directory (made anew, empty: "no operation matches")."""
+    import shlex
+
+    from ..humanize import UNSAFE
+
+    if not UNSAFE.search(word):
+        return shlex.quote(word)
+    out = []
+    for c in word:
+        o = ord(c)
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c in _C_ESCAPES:
+            out.append(_C_ESCAPES[c])
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8, as Python decodes a file name's
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif UNSAFE.match(c) or (o < 0x100 and not c.isprintable()):
+            out.append(f"\\x{o:02x}" if o < 0x80 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "$'" + "".join(out) + "'"
+
+
+_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 pass_app = click.make_pass_decorator(App)
