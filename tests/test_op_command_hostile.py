@@ -304,3 +304,21 @@ async def test_output_written_before_the_exit_is_all_read_however_far_behind_the
     records, _ = await engine.logs(op.id)
     assert [r.message for r in records if r.level.upper() == "INFO"][-1] == "done"
     assert not [r.message for r in records if "kept its output open" in r.message]
+
+
+async def test_a_holder_in_a_session_of_its_own_printing_now_and_then_ends_with_the_drain(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """What was written before a held-open output's holders were killed is read to its end, but a holder in
+    a session of its own (killed only when the attempt ends) that prints every 50 ms is no backlog: the
+    output still counts as ended DRAIN seconds later, and the holder is killed."""
+    pids = tmp_path / "pids"
+    cmd = f"setsid sh -c 'echo $$ > {pids}; while :; do echo tick; sleep 0.05; done' & echo main-exits; exit 0"
+    op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
+    try:
+        final = await engine.wait(op.id, timeout=15)  # a hang: TimeoutError here
+        assert final.status is Status.COMPLETED and final.result["exit_code"] == 0, final
+        await until_async(lambda: pids.exists() and not _alive(int(pids.read_text())), timeout=10)
+    finally:
+        if pids.exists() and pids.read_text().strip():
+            _kill([int(pids.read_text())])

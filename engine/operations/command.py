@@ -528,11 +528,18 @@ DRAIN = 2.0
 DRAIN_BYTES of it are read."""
 
 DRAIN_BYTES = 4 << 20
-"""Bytes of a held-open output read whatever the time it takes: more than the reader's buffer (2 MiB and
-a read) and the pipe (64 KiB, 1 MiB at most) hold, and a command blocks once they are full, so all it
-wrote before it exited is read, however far behind its reader was (a burst of short lines, read at about
-50,000 a second: seconds). A holder in a session of its own printing short lines without a pause keeps
-the output open that long (about 20 s), not for ever."""
+"""Bytes of a held-open output read past DRAIN while they are there to read at once (within BEHIND_WAIT):
+more than the reader's buffer (2 MiB and a read) and the pipe (64 KiB, 1 MiB at most) hold, and a command
+blocks once they are full, so all it wrote before it exited is read, however far behind its reader was (a
+burst of short lines, read at about 50,000 a second: seconds). Within DRAIN_MAX."""
+
+BEHIND_WAIT = 0.02
+"""Seconds a read past DRAIN waits: output already written comes at once; a holder that writes now and
+then (in a session of its own, killed only at the attempt's end) does not keep the output open."""
+
+DRAIN_MAX = 20.0
+"""Seconds at most a held-open output is read after it was taken as held open: a holder writing without a
+pause keeps it open that long, not for ever."""
 
 
 async def _exit_code(proc: asyncio.subprocess.Process, ctx: OperationContext | None = None) -> int:
@@ -578,6 +585,8 @@ class OutputLines:
         """The output ended (every process holding it closed it), not cut by a stop or a held-open drain."""
         self.drained = 0
         """Bytes read since the drain began."""
+        self.drain_max = 0.0
+        """Once held open: when reading what is there to read at once stops, at the latest."""
         self.exited_at: float | None = None
         self.drain: float | None = None
         """Once held open: when reading what was written before the kill stops at the latest."""
@@ -597,8 +606,8 @@ class OutputLines:
                 # A held-open drain reads all that was already written (DRAIN_BYTES at least), whatever the
                 # time: cut after DRAIN seconds, the last seconds of a burst the reader was behind on were
                 # lost. A stop's drain keeps to DRAIN seconds (its grace period runs).
-                floor = DRAIN_BYTES if self.held_open and not self.ctx.cancelled else 0
-                chunk = await _drained(self.stream, self.drain if self.drained >= floor else None)
+                behind = self.held_open and not self.ctx.cancelled and self.drained < DRAIN_BYTES
+                chunk = await _drained(self.stream, self.drain, behind and time.monotonic() < self.drain_max)
                 self.drained += len(chunk)
             else:
                 chunk = await _next_chunk(self.stream, self.ctx, self._held)
@@ -610,6 +619,7 @@ class OutputLines:
                 self.held_open = True
                 self.holders = self.on_held()
                 self.drain = time.monotonic() + DRAIN
+                self.drain_max = self.drain - DRAIN + DRAIN_MAX
                 continue
             if not chunk:
                 self.ended = True
@@ -687,15 +697,16 @@ async def _next_chunk(
             return None if ctx.cancelled else _HELD_OPEN
 
 
-async def _drained(stream: asyncio.StreamReader, until: float | None) -> bytes:
+async def _drained(stream: asyncio.StreamReader, until: float, behind: bool = False) -> bytes:
     """The rest of a held-open output once what held it was killed: chunks until the end, a pause of 0.1 s
-    (a holder in a session of its own, killed only at the attempt's end) or ``until`` (None: no limit but
-    the pause); then b""."""
-    left = 0.1 if until is None else until - time.monotonic()
-    if left <= 0:
+    (a holder in a session of its own, killed only at the attempt's end) or ``until``; then b"". Past
+    ``until`` with ``behind``, what is there to read at once (within BEHIND_WAIT)."""
+    left = until - time.monotonic()
+    wait = min(left, 0.1) if left > 0 else BEHIND_WAIT if behind else 0.0
+    if wait <= 0:
         return b""
     try:
-        return await asyncio.wait_for(stream.read(CHUNK), min(left, 0.1))
+        return await asyncio.wait_for(stream.read(CHUNK), wait)
     except TimeoutError:
         return b""
 
