@@ -232,7 +232,12 @@ def load_settings(
             if key == "profiles" and isinstance(value, dict):
                 merged = dict(data.get("profiles", {}))
                 for t, prof in value.items():
-                    merged[t] = {**merged.get(t, {}), **(prof if isinstance(prof, dict) else {"?": prof})}
+                    if not isinstance(prof, dict):  # it was "[profiles.demo] ?: Extra inputs are not permitted"
+                        raise InvalidInput(
+                            f"{origin}: profiles.{t} is {type(prof).__name__} {prof!r}: a profile is a table of"
+                            f" its settings ([profiles.{t}] with base_timeout = 3600, ...)"
+                        )
+                    merged[t] = {**merged.get(t, {}), **prof}
                     origins[f"profiles.{t}"] = origin
                 data["profiles"] = merged
             else:

@@ -250,6 +250,16 @@ def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path:
     assert "max_timeout" in line and "c.toml" in line
 
 
+def test_a_profile_that_is_no_table_is_said_so(cli: Cli, tmp_path: Path) -> None:
+    """``[profiles]`` with ``demo = 5`` said "[profiles.demo] ?: Extra inputs are not permitted": a key
+    named ``?`` that no file holds."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles]\ndemo = 5\n")
+    line = one_line(cli.here("--config", str(cfg), "submit", "demo"))
+    assert "c.toml" in line and "profiles.demo" in line and "table" in line and "?" not in line, line
+    nothing_stored(cli)
+
+
 # ---- 5: store URLs --------------------------------------------------------------------------------
 
 
