@@ -496,20 +496,27 @@ def test_a_file_in_place_of_a_state_dir_directory_is_one_line_naming_it(cli: Cli
     assert _ids(cli) == before  # nothing queued
 
 
-@pytest.mark.parametrize("where", ["file", "under a file"])
+@pytest.mark.parametrize("where", ["file", "under a file", "dangling link", "link loop"])
 def test_a_state_dir_that_is_a_file_is_one_line_saying_so(cli: Cli, tmp_path: Path, where: str) -> None:
     """``OUTLAST_STATE_DIR`` naming a file (a typo, ``/dev/null``): "state dir X: File exists", mkdir's
-    words; under a file, "Not a directory"."""
+    words; under a file, "Not a directory". A symbolic link to nothing (its target removed, or a loop) was
+    said to be "a file"."""
     afile = tmp_path / "afile"
     afile.write_text("a file\n")
     target = afile if where == "file" else afile / "state"
+    if "link" in where:
+        target = tmp_path / "link"
+        target.symlink_to(tmp_path / ("link" if where == "link loop" else "gone"))
     env = {**cli.env, "OUTLAST_STATE_DIR": str(target)}
     for args in (["ls"], ["submit", "demo"]):
         line = one_line(cli.here(*args, env=env), ExitCode.STORE)
-        assert line == (
-            f"outlast: state dir {target} is a file, not a directory: give a directory"
-            if where == "file"
-            else f"outlast: state dir {target}: a part of its path is a file, not a directory"
+        assert line == {
+            "file": f"outlast: state dir {target} is a file, not a directory: give a directory",
+            "under a file": f"outlast: state dir {target}: a part of its path is a file, not a directory",
+        }.get(
+            where,
+            f"outlast: state dir {target} is a symbolic link to nothing (a loop, or its target is gone):"
+            " give a directory",
         ), line
     assert afile.read_text() == "a file\n"
 

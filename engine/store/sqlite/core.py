@@ -288,6 +288,10 @@ class SqliteCore:
                         d,
                     )
             except FileExistsError:  # mkdir's own words were "File exists", naming nothing wrong
+                if d.is_symlink():  # not "a file": a link whose target is gone, or a loop
+                    raise StoreError(
+                        f"state dir {d} is a symbolic link to nothing (a loop, or its target is gone): give a directory"
+                    ) from None
                 raise StoreError(f"state dir {d} is a file, not a directory: give a directory") from None
             except NotADirectoryError:
                 raise StoreError(f"state dir {d}: a part of its path is a file, not a directory") from None
