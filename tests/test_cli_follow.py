@@ -213,6 +213,36 @@ def test_a_hint_naming_a_state_dir_with_control_characters_pastes_as_printed(cli
     assert r.returncode == 0 and [(o["id"], o["status"]) for o in json.loads(r.stdout)] == [(op_id, "queued")], r
 
 
+def test_a_hint_naming_a_relative_state_dir_pastes_from_anywhere(cli: Cli, tmp_path: Path) -> None:
+    """``outlast --state-dir state run ... --detach`` wrote "resume with: outlast --state-dir state resume ID"
+    in its detached log: read and pasted from another directory, it looked in another store (made anew,
+    empty: "no operation matches"). A hint names the state dir by its absolute path."""
+    here = tmp_path / "here"
+    here.mkdir()
+    r = subprocess.run(
+        [*CLI, "--state-dir", "state", "submit", "demo", "-p", "items=3"],
+        cwd=here,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    r = subprocess.run(
+        [*CLI, "--state-dir", "state", "pause", op_id],
+        cwd=here,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    hint = (r.stdout + r.stderr).strip().split("resume with: ", 1)[1]
+    assert hint == f"outlast --state-dir {here / 'state'} resume {op_id}", hint
+    r = cli(*shlex.split(hint)[1:], "--queue")  # pasted elsewhere (the repository)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_resume_queued_for_a_worker_names_the_worker_for_its_store(cli: Cli, tmp_path: Path) -> None:
     """``resume --queue`` said "a running `outlast worker` picks it up": a worker of the default store."""
     other = tmp_path / "elsewhere"

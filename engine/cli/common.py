@@ -161,18 +161,20 @@ class App:
         return args
 
     def command(self, *words: str) -> str:
-        """``outlast [global options as given] WORDS``: a hint a person can paste as printed, naming the
-        store this command used (without --state-dir it would look in the default one and find nothing).
-        A store URL's password is left out (``***``): it is never printed."""
+        """``outlast [global options as given] WORDS``: a hint a person can paste as printed (anywhere: paths
+        made absolute), naming the store this command used (without --state-dir it would look in the default
+        one and find nothing). A store URL's password is left out (``***``): it is never printed."""
         from ..config import redact_url
 
         parts = ["outlast"]
+        # Absolute: a hint is read later and elsewhere too (the detached log, a terminal's scrollback), and a
+        # relative --state-dir pasted in another directory named another store, made anew and empty.
         if self.state_dir:
-            parts += ["--state-dir", shell_word(self.state_dir)]
+            parts += ["--state-dir", shell_word(os.path.abspath(self.state_dir))]
         if self.store:
             parts += ["--store", shell_word(redact_url(self.store) or "")]
         if self.config:
-            parts += ["--config", shell_word(self.config)]
+            parts += ["--config", shell_word(os.path.abspath(self.config))]
         for plugin in self.plugins:
             parts += ["--plugin", shell_word(plugin)]
         return " ".join([*parts, *words])
