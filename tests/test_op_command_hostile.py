@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -168,6 +169,32 @@ def test_params_that_could_never_run_are_refused_before_anything_is_stored(cli: 
     bad_params(cli, "command", {"argv": ["env"], "env": {"A": "x\0y"}}, "env: A contains a NUL character")
     bad_params(cli, "command", {"argv": [""]}, "argv: argv[0] is empty")
     bad_params(cli, "command", {"command": "'' x"}, "command: names no program")
+
+
+@pytest.mark.parametrize(
+    ("regex", "refused"),
+    [
+        (r"^(a+)+(?P<pct>\d+)$", True),  # the outside tester's: a cancel said "requested", and it ran on for good
+        (r"(\s*\d+)*(?P<pct>\d+)%", True),
+        (r"(?:a{1,3})+(?P<pct>\d+)", True),
+        (r"(?:x|y+)*(?P<pct>\d+)", True),
+        (r"(?P<done>\d+)/(?P<total>\d+)", False),
+        (r"(?:(?P<pct>\d+)% )+", False),
+        (r"(?>a+)+(?P<pct>\d+)", False),  # an atomic group, a possessive repetition: never backtracked into
+        (r"(?:a++)+(?P<pct>\d+)", False),
+        (r"(?:\d{2})+(?P<pct>\d+)", False),
+    ],
+)
+def test_a_progress_regex_that_backtracks_for_ever_is_refused_at_submit(cli: Cli, regex: str, refused: bool) -> None:
+    """``(a+)+`` on a line of forty a's and a '!' searched for hours, on the event loop: the engine froze for
+    good (no stall timeout, no cancel, no other operation ran, no lease was renewed). Such a regex is
+    refused in one line before anything is stored; one that shares no text between its repetitions runs."""
+    params = {"argv": ["true"], "progress_regex": regex}
+    if refused:
+        bad_params(cli, "command", params, "progress_regex: it repeats a repetition with nothing between")
+    else:
+        r = cli("--json", "run", "command", "--params-json", json.dumps(params))
+        assert r.returncode == 0, r.stderr
 
 
 async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine, tmp_path: Path) -> None:

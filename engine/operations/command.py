@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -79,6 +79,12 @@ class CommandParams(BaseModel):
                 raise ValueError(f"progress_regex does not compile: {e}") from None
             if not ({"done", "total"} <= set(rx.groupindex) or "pct" in rx.groupindex or rx.groups >= 1):
                 raise ValueError("progress_regex needs groups: (?P<done>..) and (?P<total>..), or (?P<pct>..)")
+            if _backtracks_for_ever(v):
+                raise ValueError(
+                    "it repeats a repetition with nothing between ((a+)+, (x*\\d+)*): one line of"
+                    " output can take it hours, and it holds the engine meanwhile (no cancel, no timeout); write"
+                    " the inner one possessive (a++) or in an atomic group (?>...), or leave the outer one out"
+                )
         return v
 
     @field_validator("cwd")
@@ -147,6 +153,63 @@ def _field_error(field: str, msg: str, value: object) -> ValidationError:
     has no field: "value: ...")."""
     detail = InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=(field,), input=value)
     return ValidationError.from_exception_data(CommandParams.__name__, [detail])
+
+
+def _backtracks_for_ever(regex: str) -> bool:
+    """Whether ``regex`` repeats, without bound, a part that may be nothing but another repetition of varying
+    count (``(a+)+``, ``(\\s*\\d+)*``, ``(a{1,3})+``): on a line it almost matches, the ways to share the
+    text between the two grow exponentially. Python's ``re`` holds the GIL while it searches, so a progress
+    line froze the engine for good: no stall timeout, no cancel, no other operation (a worker's Redis leases
+    ran out, and the work ran again elsewhere). Read from the standard parser's tree; where that is not
+    there, nothing is refused."""
+    try:
+        from re import _constants as c  # type: ignore[attr-defined]
+        from re import _parser as sre  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    counted = (c.MAX_REPEAT, c.MIN_REPEAT)
+
+    def width(state: object, item: object) -> int:
+        return int(sre.SubPattern(state, [item]).getwidth()[0])
+
+    def alone(body: Any) -> bool:  # body may be one repetition of varying count, and nothing else of any width
+        items = list(body)
+        for i, (op, av) in enumerate(items):
+            if any(width(body.state, x) for j, x in enumerate(items) if j != i):
+                continue
+            if op in counted and av[0] != av[1] and av[1] > 1:  # a+, x*, a{1,3}: ways to share the text
+                return True
+            if (op is c.SUBPATTERN and alone(av[3])) or (op is c.BRANCH and any(alone(b) for b in av[1])):
+                return True
+        return False
+
+    def parts(op: object, av: Any) -> list[Any]:
+        """The subpatterns inside ``op``: a possessive repetition and an atomic group are never backtracked
+        into, but what is inside them may be."""
+        if op is c.POSSESSIVE_REPEAT:
+            return [av[2]]
+        if op is c.ATOMIC_GROUP:
+            return [av]
+        if op is c.SUBPATTERN:
+            return [av[3]]
+        if op is c.BRANCH:
+            return list(av[1])
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            return [av[1]]
+        return []
+
+    def nested(sub: Any) -> bool:
+        for op, av in sub:
+            if op in counted and ((av[1] == c.MAXREPEAT and alone(av[2])) or nested(av[2])):
+                return True
+            if any(nested(part) for part in parts(op, av)):
+                return True
+        return False
+
+    try:
+        return nested(sre.parse(regex))
+    except Exception:  # compiled already: a parser that reads it otherwise than this one refuses nothing
+        return False
 
 
 class _Parser:
