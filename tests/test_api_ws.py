@@ -347,3 +347,18 @@ def test_the_all_operations_snapshot_holds_every_active_operation(tmp_path: Any)
         assert len(ids) == n
     finally:
         srv.stop()
+
+
+async def test_a_reader_that_falls_behind_is_told_how_many_messages_it_lost_and_where() -> None:
+    """A burst (20,000 log lines) reached a slow client as its first 2 and last 2,000 lines, nothing in the
+    stream saying the rest were dropped. The next message after a loss is now a ``gap`` counting them."""
+    sub = Subscriber("06bmop")
+    for i in range(2005):
+        sub.put({"type": "log", "message": f"line {i}"})
+    gap = await sub.get()
+    assert (gap["type"], gap["operation_id"], gap["dropped"]) == ("gap", "06bmop", 5), gap
+    assert "GET /api/operations/06bmop/logs" in gap["detail"]
+    assert (await sub.get())["message"] == "line 5"  # the oldest kept: the gap stands where the lost ones were
+    sub.put({"type": "final"})
+    rest = [await sub.get() for _ in range(2000)]
+    assert [m["type"] for m in rest[-2:]] == ["log", "final"] and not sub.dropped

@@ -65,16 +65,36 @@ def listing_key(op: Operation) -> tuple[float, str]:
 
 @dataclass(eq=False)
 class Subscriber:
-    """One WebSocket: all operations (``op_id`` None) or one. Slow readers lose their oldest messages."""
+    """One WebSocket: all operations (``op_id`` None) or one. Slow readers lose their oldest messages, and
+    ``get`` says so where they were (a ``gap`` message): a burst of 20,000 log lines reached a client as its
+    first 2 and last 2,000, nothing saying 17,998 were missing."""
 
     op_id: str | None
     queue: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(2000))
+    dropped: int = 0
+    """Messages dropped since the last one taken: said first by the next ``get``."""
 
     def put(self, msg: Message) -> None:
         if self.queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
+                self.dropped += 1
         self.queue.put_nowait(msg)
+
+    async def get(self) -> Message:
+        """The next message to send; a ``gap`` first when older ones were dropped meanwhile."""
+        if self.dropped:
+            n, self.dropped = self.dropped, 0
+            where = f"GET /api/operations/{self.op_id}/logs pages the log; " if self.op_id else ""
+            return {
+                "type": "gap",
+                "operation_id": self.op_id,
+                "dropped": n,
+                "detail": f"{n} messages were dropped: this client read them more slowly than they came; {where}"
+                "GET /api/operations/ID has each operation as it is now",
+                "timestamp": time.time(),
+            }
+        return await self.queue.get()
 
     def wants(self, op_id: str, kind: str) -> bool:
         if self.op_id is None:

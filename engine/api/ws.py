@@ -125,7 +125,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
     gone = asyncio.create_task(client_gone())
     try:
         while True:
-            nxt = asyncio.create_task(sub.queue.get())
+            nxt = asyncio.create_task(sub.get())
             done, _ = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
             if nxt not in done:
                 nxt.cancel()
