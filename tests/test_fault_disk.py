@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -397,6 +398,32 @@ def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
         assert r.returncode == ExitCode.STORE and "no work can be run from it" in r.stderr, r.stderr
     finally:
         assert subprocess.run(["umount", str(state)], capture_output=True, timeout=30).returncode == 0
+    assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
+
+
+def test_a_state_dir_its_owner_made_read_only_is_read_and_never_made_writable(cli: Cli) -> None:
+    """``chmod a-w`` on a state dir holding only Outlast's files (to keep it as it is): every command made it
+    0700 again, write added, and wrote to it. It is now read as a read-only file system's is, and what would
+    write says in one line what makes it read-only and how to change that, exit 8, nothing changed."""
+    state = cli.state_dir
+    code, done, err = run_json(cli, "run", "demo", "-p", "items=3", "-p", "seconds=0")
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    state.chmod(0o555)
+    try:
+        listing = cli("--json", "ls")
+        assert listing.returncode == 0 and [op["id"] for op in json.loads(listing.stdout)] == [done["id"]]
+        refusal = f"state dir {state} is read-only (mode 555: no write for its owner): it can be read, not written"
+        for args in (("run", "demo", "-p", "items=1"), ("rm", done["id"])):
+            r = cli(*args)
+            said = [ln for ln in r.stderr.splitlines() if "WARNING" not in ln]
+            assert r.returncode == ExitCode.STORE and len(said) == 1 and refusal in said[0], r.stderr
+            assert f"chmod u+w {state}" in said[0], said
+        r = cli("worker", "--exit-when-idle")
+        assert r.returncode == ExitCode.STORE, r.stderr
+        assert stat.S_IMODE(state.stat().st_mode) == 0o555
+    finally:
+        state.chmod(0o700)
     assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
 
 

@@ -110,8 +110,11 @@ class SqliteCore:
         """Why the file now at the path could not be opened in place of the one before (``_reopen``)."""
         self.read_only = False
         """The state dir is on a read-only file system (a snapshot, a disk the kernel remounted read-only
-        after errors): it is read as it is, every write is refused in one line, and nothing is marked
-        (an operation whose process is gone stays listed as running)."""
+        after errors), or made read-only (no write for its owner: ``chmod a-w``): it is read as it is, every
+        write is refused in one line, and nothing is marked (an operation whose process is gone stays listed
+        as running)."""
+        self._read_only_why = ("is on a read-only file system", "remount it read-write")
+        """What makes it read-only, and what to do to run or change anything: said by every refusal."""
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -152,9 +155,9 @@ class SqliteCore:
 
     def _refuse_read_only(self) -> None:
         if self.read_only:
+            what, fix = self._read_only_why
             raise StoreError(
-                f"state dir {self.state_dir} is on a read-only file system: it can be read, not written"
-                " (remount it read-write to run or change anything)"
+                f"state dir {self.state_dir} {what}: it can be read, not written ({fix} to run or change anything)"
             )
 
     def write_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -264,11 +267,21 @@ class SqliteCore:
         if (unfit := unfit_here()) is not None:
             raise StoreError(f"state dir {d}: {unfit}")
         self.read_only = on_read_only_fs(d)
+        try:
+            mode = stat.S_IMODE(os.stat(d).st_mode) if not self.read_only and d.is_dir() else None
+        except OSError:
+            mode = None
+        if mode is not None and not mode & stat.S_IWUSR:
+            # Made read-only by its owner (chmod a-w, to keep it as it is): it was narrowed to 0700, write
+            # added, and written to.
+            self.read_only = True
+            self._read_only_why = (f"is read-only (mode {mode:o}: no write for its owner)", f"chmod u+w {d}")
         if self.read_only:
             log.warning(
-                "state dir %s is on a read-only file system: read as it is; nothing can be run or changed, and"
-                " an operation whose process is gone is not marked interrupted",
+                "state dir %s %s: read as it is; nothing can be run or changed, and an operation whose process"
+                " is gone is not marked interrupted",
                 d,
+                self._read_only_why[0],
             )
         else:
             try:
