@@ -1,0 +1,71 @@
+"""The detail pane's keys and values (``KeyValues``) draw exactly what rich's padded ``Table.grid`` drew.
+
+The pane builds its lines itself when every value fits on one line beside the keys, and draws a table
+otherwise; either way each line's text and styles must be the table's, at any width.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from rich.console import Console, Group
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+from tui.widgets.detail import KeyValues
+
+WORDS = [
+    "a",
+    "step",
+    "1234",
+    "宽字符",
+    "http://x.y/z",
+    "x" * 60,
+    "[bold]",
+    "12:00",
+    "'q'",
+    "é",
+    "end  ",
+    " ",
+    "\t",
+    "…",
+]
+KEYS = ["status", "id", "message", "· rate_hint", "· [bold]x", "· :smile: 3", "宽键", "checkpoint", "· " + "k" * 30]
+
+
+def _rows(rnd: random.Random) -> list[tuple[str, Text]]:
+    rows = []
+    for _ in range(rnd.randint(1, 12)):
+        value = Text(
+            " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 10))), style=rnd.choice(["", "dim", "bold red"])
+        )
+        if rnd.random() < 0.5:
+            value.append(" tail", style="dim")
+        rows.append((rnd.choice(KEYS), value))
+    return rows
+
+
+def _lines(console: Console, renderable: object, width: int, highlight: bool) -> list[list[Segment]]:
+    options = console.options.update(width=width, highlight=highlight)
+    return [list(Segment.simplify(line)) for line in console.render_lines(Group(renderable, Text("error")), options)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_key_values_draw_what_the_padded_grid_drew(seed: int) -> None:
+    console = Console(width=200, color_system="truecolor", file=io.StringIO())
+    rnd = random.Random(seed)
+    for _ in range(10):
+        rows = _rows(rnd)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        fast = KeyValues()
+        for key, value in rows:
+            grid.add_row(key, value)
+            fast.add(key, value)
+        for width in range(1, 140, 11):
+            for highlight in (False, True):
+                assert _lines(console, fast, width, highlight) == _lines(console, grid, width, highlight), (width, rows)
