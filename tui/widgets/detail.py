@@ -113,9 +113,9 @@ class KeyValues:
         return Measurement.get(console, options, self.table(self._padded(options.max_width)))
 
     def _lines(self, console: Console, options: ConsoleOptions) -> list[Segment] | None:
-        """The table's lines, built here, when it would lay each row on one line: every key plain text
-        (rich reads a key as markup, with emoji codes), every value a one-line Text that fits beside the
-        keys and is laid out as the column says; None otherwise (the table draws them)."""
+        """The table's lines, built here: every key plain text (rich reads a key as markup, with emoji
+        codes) and every value a Text laid out as the column says (a value too long for the width left
+        beside the keys is folded there, as the table folds it); None otherwise (the table draws them)."""
         if options.highlight:
             return None
         rows: list[tuple[str, Text]] = []
@@ -128,18 +128,19 @@ class KeyValues:
             rows.append((key, value))
             key_width = max(key_width, cell_len(key) + 1)
             value_width = max(value_width, value.cell_len)
-        if key_width + value_width > options.max_width:
-            return None
+        value_width = min(value_width, options.max_width - key_width)  # the table's fold column, narrowed
         bold, new_line, joined = console.get_style("bold"), Segment.line(), Text("\n").join
         out: list[Segment] = []
         for key, value in rows:
-            out.append(Segment(key + " " * (key_width - cell_len(key)), bold))
-            # As the table's cell: padded to the column (its ``justify="left"``) in the value's own style,
-            # which ``join`` makes a span (a Text with no spans renders without its own style).
-            line = value.copy()
-            line.truncate(value_width, overflow="fold", pad=True)
-            out.extend(joined([line]).render(console))
-            out.append(new_line)
+            # As the table's cell: wrapped (folded) and padded to the column (its ``justify="left"``) in the
+            # value's own style, which ``join`` makes a span (a Text with no spans renders without it).
+            lines = value.wrap(console, value_width, justify="left", overflow="fold")
+            gap = Segment(key + " " * (key_width - cell_len(key)), bold)
+            for line in Segment.split_lines(joined(lines).render(console)):
+                out.append(gap)
+                out.extend(line)
+                out.append(new_line)
+                gap = Segment(" " * key_width, bold)
         return out
 
 
