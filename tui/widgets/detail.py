@@ -74,12 +74,13 @@ def local_time(ts: float | None) -> str:
 class KeyValues:
     """Keys (bold) and their values beside them, drawn as ``Table.grid(padding=(0, 1))`` with a bold
     ``no_wrap`` column and an ``overflow="fold"`` one draws them, for a tenth of its work (the pane is drawn
-    again every second while its operation runs: 1.8 ms a time with the table, a tenth of the dashboard's
-    repaint). When every value is one line of text that fits beside the keys, the lines are built here, as
-    the table lays them out; otherwise the table draws them, without its cells' padding (rich wraps every
-    cell of a padded table in a ``Padding``, rendered on its own) but with the key's own last character as
-    the space between the columns. Narrower than the keys and a few columns, where rich would cut the key
-    column (its padding then counts apart from the text), the padded table is drawn, as before."""
+    again every second while its operation runs: 1.8 ms a time with the table, a third of the dashboard's
+    repaint). When every key is plain text and every value a Text, the lines are built here, as the table
+    lays them out (a long value folded in the column left beside the keys); otherwise the table draws them,
+    without its cells' padding (rich wraps every cell of a padded table in a ``Padding``, rendered on its
+    own) but with the key's own last character as the space between the columns. Narrower than the keys
+    and a few columns, where rich would cut the key column (its padding then counts apart from the text),
+    the padded table is drawn, as before."""
 
     SPARE = 8
     """Columns beyond the widest key from which the key column is never cut (below: the padded table)."""
