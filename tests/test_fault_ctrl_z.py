@@ -77,7 +77,7 @@ def test_work_whose_process_is_stopped_is_said_so_by_ls_show_and_watch(cli: Cli)
     """A worker stopped (SIGSTOP, Ctrl-Z) holds its work: listed running, with the rate and ETA it last
     stored ("eta 19s" for minutes), and a watch went silent. ``ls``, ``show`` and ``watch`` now say the
     process is stopped and how to go on; ``show`` says how old its rate and ETA are."""
-    sub = cli("submit", "demo", "-p", "items=150", "-p", "seconds=0.03")
+    sub = cli("submit", "demo", "-p", "items=80", "-p", "seconds=0.03")
     assert sub.returncode == 0, sub.stderr
     op_id = sub.stdout.strip()
     worker = cli.start("worker", "--exit-when-idle")

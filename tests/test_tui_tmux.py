@@ -195,7 +195,7 @@ def test_work_the_dashboard_runs_survives_a_dropped_session_and_a_kill(cli: Cli,
     runs, and the result is the uninterrupted one."""
     items, log = 200, tmp_path / "items.log"
     plugin = ("--plugin", "tests.ops_for_tests")
-    params = ("-p", f"items={items}", "-p", "seconds=0.03", "-p", f"log_file={log}")
+    params = ("-p", f"items={items}", "-p", "seconds=0.03", "-p", "slow_attempts=1", "-p", f"log_file={log}")
     sub = cli(*plugin, "submit", "ledger", *params, "--profile", "checkpoint_interval=0.5")
     assert sub.returncode == 0, sub.stderr
     op_id = sub.stdout.strip()
