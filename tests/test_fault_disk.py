@@ -448,3 +448,38 @@ def test_a_write_the_full_disk_refuses_after_the_store_opened_says_so_in_one_lin
         assert len(json.loads(fs("--json", "ls").stdout)) == 1, "the refused submit stored an operation"
     finally:
         holder.kill()
+
+
+def test_a_stop_whose_wait_could_not_read_what_it_became_says_it_was_requested(cli: Cli, tmp_path: Path) -> None:
+    """``outlast pause ID`` (waiting, as by default) of work a worker runs: the pause was stored, then a read of
+    its wait failed (a disk's I/O error): the command said only "outlast.db cannot be read", exit 8, which reads
+    as "nothing was asked", and the work paused all the same. It now says the pause was requested."""
+    sub = cli("submit", "demo", "-p", "items=5", "-p", "seconds=4")  # a stop waits for the item's end
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    worker = cli.start("worker", "--exit-when-idle")
+    cli.wait_status(op_id, {"running"})
+    flag = tmp_path / "disk-fails"
+    flaky = {
+        "OUTLAST_TEST_FLAKY_FLAG": str(flag),
+        "OUTLAST_TEST_FLAKY_ALL": "1",
+        "OUTLAST_TEST_FLAKY_P": "1",
+        "OUTLAST_TEST_FLAKY_ONCE": "1",
+        "OUTLAST_TEST_FLAKY_MATCH": "FROM operations",
+    }
+    pause = Proc(["--plugin", "tests.store_flaky", "pause", "--wait", "30", op_id], {**cli.env, **flaky})
+
+    def asked() -> bool:
+        with contextlib.closing(sqlite3.connect(f"file:{cli.state_dir / 'outlast.db'}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT control FROM operations WHERE id=?", (op_id,)).fetchone() == ("pause",)
+
+    until(asked, 30, what="the pause stored")
+    time.sleep(0.5)  # its first look at what the operation became is done: the wait's polls read on
+    flag.touch()
+    assert pause.wait(60) == ExitCode.STORE, pause.err
+    said = [ln for ln in pause.err if "WARNING" not in ln]
+    assert len(said) == 1 and "pause requested (it stops at its next safe point)" in said[0], pause.err
+    assert "could not be read" in said[0], said
+    assert not flag.exists()  # one statement failed, as the plugin was asked
+    assert cli.wait_status(op_id, {"paused"}, 30).status is Status.PAUSED  # asked, and done
+    assert worker.wait(60) == 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import Conflict, NotFound, OutlastError
+from ..errors import Conflict, NotFound, OutlastError, StoreError
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
@@ -55,7 +55,13 @@ def _control(action: Action) -> click.Command:
                 asked.append(op)
                 if op.status in SETTLED or no_wait:
                     return op, op.status in SETTLED
-                return await wait_settled(engine, full, wait_s, op.attempt), True
+                try:
+                    return await wait_settled(engine, full, wait_s, op.attempt), True
+                except StoreError as e:  # asked all the same: the store's error alone read as "nothing asked"
+                    raise StoreError(
+                        f"operation {full}: {action.value} requested (it stops at its next safe point); what it"
+                        f" became could not be read: {e}"
+                    ) from None
 
         op, waited = run_async(go())
         if app.json:
