@@ -30,13 +30,8 @@ from tests.fixtures_engine import queued_record, until
 from tests.fixtures_redis import RedisServer
 
 
-async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_waiting(tmp_path: Path) -> None:
-    """The store's reads and live writes never answer and its checkpoints fail: the attempt is stopped
-    within the outage limit, not run to the end with nothing saved (before: it completed, its clock
-    held by the control poll)."""
-    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.5, control_poll_interval=0.1)
-    store = open_store(settings.state_dir)
-    never = asyncio.Event()
+def _unanswering(store: Any, never: asyncio.Event) -> None:
+    """``store``'s reads of requests and live writes wait for ``never``; its checkpoints fail (a full disk)."""
 
     async def no_answer(*_a: Any, **_k: Any) -> Any:
         await never.wait()
@@ -45,15 +40,25 @@ async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_wait
     async def full(*_a: Any, **_k: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    for name in ("pending_controls", "heartbeat", "save_live"):
+        setattr(store, name, no_answer)
+    store.save_checkpoint = full
+
+
+async def test_the_outage_limit_stops_work_while_the_store_leaves_the_clock_waiting(tmp_path: Path) -> None:
+    """The store's reads and live writes never answer and its checkpoints fail: the attempt is stopped
+    within the outage limit, not run to the end with nothing saved (before: it completed, its clock
+    held by the control poll)."""
+    settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.5, control_poll_interval=0.1)
+    store = open_store(settings.state_dir)
+    never = asyncio.Event()
     engine = Engine(store=store, settings=settings)
     await engine.start()
     try:
         spec = OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}, profile={"checkpoint_interval": 0.1})
         op = await engine.submit(spec)
         await until(lambda: op.id in engine.running_ids)
-        for name in ("pending_controls", "heartbeat", "save_live"):
-            setattr(store, name, no_answer)
-        store.save_checkpoint = full  # type: ignore[method-assign]
+        _unanswering(store, never)
         done = await asyncio.wait_for(engine.wait(op.id, timeout=60, poll=0.1), 60)
         assert done.status is Status.INTERRUPTED, (done.status, done.status_message)
         assert "store" in (done.status_message or ""), done.status_message
@@ -70,14 +75,6 @@ async def test_a_cancel_stored_while_the_store_failed_wins_over_the_outage_stop(
     settings = load_settings(state_dir=tmp_path / "state", store_outage_limit=0.5, control_poll_interval=0.1)
     store = open_store(settings.state_dir)
     never = asyncio.Event()
-
-    async def no_answer(*_a: Any, **_k: Any) -> Any:
-        await never.wait()
-        return {}
-
-    async def full(*_a: Any, **_k: Any) -> Any:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     engine = Engine(store=store, settings=settings)
     await engine.start()
     asking = open_store(settings.state_dir)
@@ -86,9 +83,7 @@ async def test_a_cancel_stored_while_the_store_failed_wins_over_the_outage_stop(
         spec = OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}, profile={"checkpoint_interval": 0.1})
         op = await engine.submit(spec)
         await until(lambda: op.id in engine.running_ids)
-        for name in ("pending_controls", "heartbeat", "save_live"):
-            setattr(store, name, no_answer)
-        store.save_checkpoint = full  # type: ignore[method-assign]
+        _unanswering(store, never)
         assert await asking.request_control(op.id, "cancel") == "cancel"
         done = await asyncio.wait_for(engine.wait(op.id, timeout=60, poll=0.1), 60)
         assert done.status is Status.CANCELLED, (done.status, done.status_message)

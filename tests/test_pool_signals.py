@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,32 @@ def language():
 """
 
 
+def _index_signalled(tmp_path: Path, root: Path, signum: int, ready: Callable[[], bool]) -> tuple[int, str]:
+    """``outlast run codebase_indexing`` of ``root`` on two workers, in a process group of its own, sent
+    ``signum`` once ``ready()``: its exit code and output."""
+    env = {
+        **os.environ,
+        "OUTLAST_WORKERS": "2",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "lib")]),
+    }
+    cmd = [sys.executable, "-m", "engine.cli", "--state-dir", str(tmp_path / "state"), "run", "codebase_indexing"]
+    cmd += ["-p", f"root={root}", "-p", f"output={tmp_path / 'index.sqlite'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        while not ready() and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[0]
+        os.killpg(proc.pid, signum)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_process_group_pauses_an_index_on_workers(tmp_path: Path, signum: int) -> None:
     ready = tmp_path / "ready"
@@ -43,27 +70,8 @@ def test_a_signal_to_the_process_group_pauses_an_index_on_workers(tmp_path: Path
     root.mkdir()
     for n in range(2):
         (root / f"f{n}.held").write_text("x\n")
-    env = {
-        **os.environ,
-        "OUTLAST_WORKERS": "2",
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "lib")]),
-    }
-    cmd = [sys.executable, "-m", "engine.cli", "--state-dir", str(tmp_path / "state"), "run", "codebase_indexing"]
-    cmd += ["-p", f"root={root}", "-p", f"output={tmp_path / 'index.sqlite'}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        while not ready.exists() and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[0]
-        os.killpg(proc.pid, signum)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 6, out
+    code, out = _index_signalled(tmp_path, root, signum, ready.exists)
+    assert code == 6, out
     assert " paused at " in out and "failed" not in out, out
 
 
@@ -90,25 +98,6 @@ def test_a_signal_to_the_process_group_while_a_worker_starts_pauses_the_index(tm
     root.mkdir()
     for n in range(4):
         (root / f"m{n}.py").write_text(f"def f{n}():\n    return {n}\n")
-    env = {
-        **os.environ,
-        "OUTLAST_WORKERS": "2",
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "lib")]),
-    }
-    cmd = [sys.executable, "-m", "engine.cli", "--state-dir", str(tmp_path / "state"), "run", "codebase_indexing"]
-    cmd += ["-p", f"root={root}", "-p", f"output={tmp_path / 'index.sqlite'}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        while not any(ready.iterdir()) and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.communicate()[0]
-        os.killpg(proc.pid, signum)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 6, out
+    code, out = _index_signalled(tmp_path, root, signum, lambda: any(ready.iterdir()))
+    assert code == 6, out
     assert " paused at " in out and "failed" not in out, out
