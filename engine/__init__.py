@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
         WorkerInfo,
     )
     from .paths import config_dir
+    from .processes import stopped_note
     from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile, error_message
     from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
     from .resources import ResourceSample
@@ -93,6 +94,7 @@ _WHERE = {
     **dict.fromkeys(("SEED_PROFILES", "RetryPolicy", "TimeoutProfile", "error_message"), "profiles"),
     **dict.fromkeys(("handlers", "migrate_timeout_operation", "operation"), "registry"),
     "open_store": "store",
+    "stopped_note": "processes",
 }
 """Each public name and the module it lives in: imported on first use, so that ``outlast --help``
 (and anything else that needs one corner of the engine) does not pay for pydantic models, psutil,
@@ -169,5 +171,6 @@ __all__ = [
     "open_store",
     "operation",
     "save_setting",
+    "stopped_note",
     "unique_prefix_lengths",
 ]

@@ -170,6 +170,15 @@ def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None
     return boot is None or start is None or process_start(pid) == (boot, start)
 
 
+def stopped_note(host: str, pid: int, boot: str | None = None, start: int | None = None) -> str | None:
+    """What every face says of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP), else
+    None: it was listed running, its last rate and ETA shown, while nothing ran and no other process could
+    take it over."""
+    if not stopped_here(host, pid, boot, start):
+        return None
+    return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
+
+
 def process_start(pid: int) -> tuple[str, int] | None:
     """Who process ``pid`` is, whatever the wall clock did: this boot's id and the process's start in
     clock ticks since boot (``/proc/PID/stat``). A pid taken by another process since has another start.

@@ -433,6 +433,40 @@ async def test_operations_run_by_another_process_show_with_their_progress(tui_se
             await worker.wait()
 
 
+async def test_work_whose_process_is_stopped_says_so_in_the_detail_pane(tui_settings: Settings) -> None:
+    """Work another process runs, that process stopped (Ctrl-Z, SIGSTOP): the detail pane showed it running
+    with the rate and ETA it last stored, for as long as it stayed stopped. Its worker line says so now."""
+    from rich.console import Console
+
+    from tui.widgets.detail import DetailPane
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.3)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        worker = await asyncio.create_subprocess_exec(
+            *CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "-q",
+            "run", "ledger", "-p", "items=400", "-p", "seconds=0.05",
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        try:
+            table = app.query_one(OperationsTable)
+            await wait_for(pilot, lambda: table.ids)
+            op_id = table.ids[0]
+            await wait_for(pilot, lambda: app.ops[op_id].status is Status.RUNNING and app.ops[op_id].progress.done > 0)
+            os.kill(worker.pid, signal.SIGSTOP)
+            await select(pilot, op_id)
+            op = await app.engine.get(op_id)
+            console = Console(width=116, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+            console.print(app.query_one(DetailPane).render_op(op, None, op)[0])
+            said = f"{op.worker}: stopped (Ctrl-Z or SIGSTOP): kill -CONT {worker.pid} to go on"
+            assert said in " ".join(console.export_text().split()), console.export_text()
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+            await worker.wait()
+
+
 async def test_command_palette_runs_dashboard_actions(tui_settings: Settings) -> None:
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:

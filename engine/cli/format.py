@@ -240,13 +240,11 @@ class LsRow(NamedTuple):
 
 
 def stopped_note(host: str, pid: int, boot: str | None, start: int | None) -> str | None:
-    """What to say of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP): it was listed
-    running, its last rate and ETA shown, while nothing ran and no other process could take it over."""
-    from ..processes import stopped_here
+    """``processes.stopped_note``, imported only for a running operation's row (``ls``'s quick path, which
+    lists no running one, never loads the module: it imports asyncio)."""
+    from ..processes import stopped_note as note
 
-    if not stopped_here(host, pid, boot, start):
-        return None
-    return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
+    return note(host, pid, boot, start)
 
 
 NAME_CHARS = 32

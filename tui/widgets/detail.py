@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine import Status
+from engine import Status, stopped_note
 
 from .. import format as fmt
 
@@ -248,7 +248,14 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("failures", fail)
         row("attempt", f"{op.attempt}" + (f"  ({op.retries} retries)" if op.retries else ""))
         row("priority", op.priority.value)
-        row("worker", str(op.worker) if op.worker else None)
+        worker = Text(str(op.worker)) if op.worker else None
+        if worker is not None and op.worker is not None and op.status is Status.RUNNING:
+            # Its process on this host stopped (Ctrl-Z, SIGSTOP): the rate and ETA above are its last.
+            w = op.worker
+            stopped = stopped_note(w.host, w.pid, getattr(w, "boot", None), getattr(w, "start", None))
+            if stopped:
+                worker.append(f": {stopped}", style=f"bold {colours['$warning']}")
+        row("worker", worker)
         row("created", local_time(op.created_at))
         row("started", local_time(op.started_at) if op.started_at else None)
         if op.elapsed_at(now) is not None:  # a resumed one waiting: none (its last attempt's start is kept)
