@@ -73,9 +73,12 @@ async def test_a_cancel_of_running_work_says_cancelling_and_a_pause_after_it_say
     notified = _notifications(monkeypatch)
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:
-        op_id = await _running(pilot, app, items=20, seconds=1.0)
+        # Stopping takes 3 s at least (its handler lingers), so the pause finds it still running, however slow
+        # the machine (with 1 s items and no linger, CI's pause came after the cancel had ended it).
+        op_id = await _running(pilot, app, items=20, seconds=1.0, linger=3.0)
         await pilot.press("c", "y")
         await wait_for(pilot, lambda: any(m == f"cancelling: {op_id}" for m, _ in notified))
+        assert op_id in app.engine.running_ids
         await pilot.press("p")
         why = f"operation {op_id} is stopping already (cancel): it ends cancelled, not paused"
         await wait_for(pilot, lambda: any(m == why for m, _ in notified))
