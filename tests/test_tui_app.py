@@ -414,21 +414,33 @@ async def test_theme_key_switches_and_remembers_the_theme(tui_settings: Settings
         assert f"theme {app.theme}, saved in {default_config_file()}" in said
 
 
+async def _ledger_elsewhere(pilot, app: OutlastApp, items: str, *more: str) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    """``outlast run ledger -p ITEMS`` (0.05 s an item) in another process on the app's store, once the app
+    lists it running with progress: the process and the operation's id."""
+    await wait_for(pilot, lambda: app.engine_started)
+    worker = await asyncio.create_subprocess_exec(
+        *CLI, "--state-dir", str(app.settings.state_dir), "--plugin", "tests.ops_for_tests", "-q",
+        "run", "ledger", "-p", items, "-p", "seconds=0.05", *more,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: table.ids)
+        op_id = table.ids[0]
+        await wait_for(pilot, lambda: app.ops[op_id].status is Status.RUNNING and app.ops[op_id].progress.done > 0)
+    except BaseException:
+        worker.kill()
+        await worker.wait()
+        raise
+    return worker, op_id
+
+
 async def test_operations_run_by_another_process_show_with_their_progress(tui_settings: Settings) -> None:
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine, poll=0.3)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.engine_started)
-        worker = await asyncio.create_subprocess_exec(
-            *CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "-q",
-            "run", "ledger", "-p", "items=40", "-p", "seconds=0.05", "--name", "elsewhere",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+        worker, op_id = await _ledger_elsewhere(pilot, app, "items=40", "--name", "elsewhere")
         try:
-            table = app.query_one(OperationsTable)
-            await wait_for(pilot, lambda: table.ids)
-            op_id = table.ids[0]
-            await wait_for(pilot, lambda: app.ops[op_id].status is Status.RUNNING and app.ops[op_id].progress.done > 0)
             assert op_id not in engine.running_ids  # not run here: read back from the store
             await wait_for(pilot, lambda: app.ops[op_id].status is Status.COMPLETED)
             assert (await engine.store.get(op_id)).result == {"sum": sum(range(40))}
@@ -446,17 +458,8 @@ async def test_work_whose_process_is_stopped_says_so_in_the_detail_pane(tui_sett
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine, poll=0.3)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.engine_started)
-        worker = await asyncio.create_subprocess_exec(
-            *CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "-q",
-            "run", "ledger", "-p", "items=400", "-p", "seconds=0.05",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+        worker, op_id = await _ledger_elsewhere(pilot, app, "items=400")
         try:
-            table = app.query_one(OperationsTable)
-            await wait_for(pilot, lambda: table.ids)
-            op_id = table.ids[0]
-            await wait_for(pilot, lambda: app.ops[op_id].status is Status.RUNNING and app.ops[op_id].progress.done > 0)
             os.kill(worker.pid, signal.SIGSTOP)
             await select(pilot, op_id)
             op = await app.engine.get(op_id)
