@@ -27,7 +27,7 @@ from typing import Any
 from .attempt import Attempt
 from .config import Settings, load_settings
 from .context import BrokenInto
-from .errors import KeyTaken
+from .errors import KeyTaken, requested_unread
 from .events import EventBus
 from .lifecycle import ACTIONS, Action, StopReason, check_action
 from .models import (
@@ -543,11 +543,8 @@ class Engine:
             raise Conflict(stopping_already(op_id, StopReason(held), action))
         try:
             return await self._stop_if_settled(op_id, action, op.epoch) or op
-        except StoreError as e:  # stored all the same: "the store failed" alone read as "nothing was asked"
-            raise StoreError(
-                f"operation {op_id}: {action.value} requested (it stops at its next safe point); what it became"
-                f" could not be read: {e}"
-            ) from None
+        except StoreError as e:  # stored all the same
+            raise requested_unread(op_id, action.value, e) from None
 
     async def _stop_if_settled(self, op_id: str, action: Action, epoch: int) -> Operation | None:
         """A cancel or pause of attempt ``epoch`` whose request reached the store after that attempt left

@@ -40,6 +40,16 @@ class StoreError(OutlastError):
     """The store cannot be opened or read (corrupt, newer schema, unreachable)."""
 
 
+def requested_unread(op_id: str, action: str, e: BaseException) -> StoreError:
+    """A pause or cancel stored, whose read of what the operation became then failed: said as requested, with
+    the store's error. The error alone (exit 8) read as "nothing was asked", and the work stopped all the
+    same. Raised by the engine's own read after the request and by a command's wait after that."""
+    return StoreError(
+        f"operation {op_id}: {action} requested (it stops at its next safe point); what it became could not be"
+        f" read: {e}"
+    )
+
+
 class StoreFailed(StoreError):
     """A read or write the store itself failed (its disk full, an I/O error, a read-only file): the store is
     sound, and the request may be tried again. ``why`` is the store's own words ("database or disk is full"),

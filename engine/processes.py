@@ -143,13 +143,20 @@ def _pids() -> list[int]:
         return []
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (``[0]``: the state, field 3), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
+            fields = fh.read().rsplit(b") ", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+    return fields or None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays one until init reaps it)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None = None) -> bool:
@@ -160,14 +167,10 @@ def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None
 
     if host != socket.gethostname():
         return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b") ", 1)[1][:1]
-    except (OSError, IndexError):
+    fields = _stat(pid)
+    if fields is None or fields[0] not in (b"T", b"t"):
         return False
-    if state not in (b"T", b"t"):
-        return False
-    return boot is None or start is None or process_start(pid) == (boot, start)
+    return boot is None or start is None or _who(fields) == (boot, start)
 
 
 def stopped_note(host: str, pid: int, boot: str | None = None, start: int | None = None) -> str | None:
@@ -183,13 +186,15 @@ def process_start(pid: int) -> tuple[str, int] | None:
     """Who process ``pid`` is, whatever the wall clock did: this boot's id and the process's start in
     clock ticks since boot (``/proc/PID/stat``). A pid taken by another process since has another start.
     None where there is no /proc, or no such process (a zombie is none: it has exited)."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] == b"Z" else _who(fields)
+
+
+def _who(fields: list[bytes]) -> tuple[str, int] | None:
+    """This boot's id and the start (field 22) of the process whose stat ``fields`` are."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
             boot = fh.read().strip().decode()
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b") ", 1)[1].split()
-        if fields[0] == b"Z":
-            return None
         return boot, int(fields[19])  # field 22 of stat; [0] here is field 3 (state)
     except (OSError, IndexError, ValueError):
         return None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import Conflict, NotFound, OutlastError, StoreError
+from ..errors import Conflict, NotFound, OutlastError, StoreError, requested_unread
 from ..exitcodes import ExitCode
 from ..lifecycle import SETTLED, Action, Status, StopReason, check_action
 from ..limits import Priority
@@ -57,11 +57,8 @@ def _control(action: Action) -> click.Command:
                     return op, op.status in SETTLED
                 try:
                     return await wait_settled(engine, full, wait_s, op.attempt), True
-                except StoreError as e:  # asked all the same: the store's error alone read as "nothing asked"
-                    raise StoreError(
-                        f"operation {full}: {action.value} requested (it stops at its next safe point); what it"
-                        f" became could not be read: {e}"
-                    ) from None
+                except StoreError as e:  # asked all the same
+                    raise requested_unread(full, action.value, e) from None
 
         op, waited = run_async(go())
         if app.json:
