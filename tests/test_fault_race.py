@@ -484,7 +484,9 @@ class Race:
         for n, (pid, epoch, _item, _t) in enumerate(rows):
             first.setdefault((pid, epoch), n)
         for n, (pid, epoch, item, _t) in enumerate(rows):
-            later = [a for a, at in first.items() if at < n and first[(pid, epoch)] < at and a != (pid, epoch)]
+            # Newer by its epoch, not by its first item: a worker stopped just after its claim ran its first item
+            # (a zombie's, after SIGCONT) once the attempt that took over had begun (seed 20261224, Redis).
+            later = [a for a, at in first.items() if at < n and a[1] > epoch]
             if later:
                 stale = sum(1 for r in rows[n:] if (r[0], r[1]) == (pid, epoch))
                 if not (self.redis and pid in self.ever_stopped and stale <= MAX_STALE):
@@ -549,7 +551,7 @@ class Race:
         redone: Counter[tuple[int, int]] = Counter()
         for who in ran_by.values():
             for a, b in itertools.pairwise(who):
-                if a != b and first[b] > first[a]:  # an older attempt waking (judged above) redoes nothing
+                if a != b and b[1] > a[1]:  # an older attempt waking (judged above) redoes nothing
                     redone[a] += 1
         for (pid, epoch), n in redone.items():
             bound = (
