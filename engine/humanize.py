@@ -78,6 +78,34 @@ def elapsed(seconds: float | None, attempt: int) -> str:
     return text if attempt <= 1 else f"{text} in attempt {attempt}"
 
 
+def run_seconds(
+    started: float | None, finished: float | None, settled: bool, ran: float | None, ran_at: float | None, now: float
+) -> float | None:
+    """Seconds an attempt has run (None before it starts). ``ran``: its run time by the monotonic clock, stored
+    with the wall time it was taken at (``ran_at``, a ``Progress``' ``ran`` and ``updated_at``). Counted from
+    that, not from ``started`` alone, so a step of the wall clock (NTP, a VM restored) during the run does not
+    make a 10 s run "completed after 2d00h": a settled attempt ran ``ran``; a running one ``ran`` plus the wall
+    time since, never less (a clock stepped back stops it, not turns it back). A ``ran`` taken before
+    ``started`` is an earlier attempt's; without one (older records) it is the wall time since ``started``."""
+    if started is None:
+        return None
+    if ran is not None and ran_at is not None and ran_at >= started:
+        return ran if settled else ran + max(0.0, now - ran_at)
+    end = finished if settled and finished else now
+    return max(0.0, end - started)
+
+
+def seconds_left(deadline: float | None, ran_at: float | None, now: float) -> float | None:
+    """Seconds before a running attempt's ``deadline`` (wall time, written with ``ran_at``): what was left when
+    it was written less the wall time since, never more than that (a clock stepped back by three days said
+    "time left 3d00h" until the next write)."""
+    if deadline is None:
+        return None
+    if ran_at is None:
+        return deadline - now
+    return deadline - ran_at - max(0.0, now - ran_at)
+
+
 def local_time(ts: float | None) -> time.struct_time | None:
     """``ts`` in local time; None when unknown or beyond what the platform's clock can show (a stored
     record's garbage must not crash a listing)."""

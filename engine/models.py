@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
 from .humanize import elapsed as attempt_elapsed
+from .humanize import run_seconds, seconds_left
 from .lifecycle import ACTIVE, RESUMABLE, SETTLED, TERMINAL, TRANSITIONS, Status, check_transition, refused_change
 from .limits import (
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -347,6 +348,9 @@ class Progress(BaseModel):
     fraction: float = 0.0
     """The part of the next item done beyond ``done`` (0 <= fraction < 1), reported with a fraction (a
     migrated function's ``progress_callback(2.5, 10)``); ``percent`` counts it."""
+    ran: float | None = None
+    """Seconds the attempt had run at ``updated_at``, by the monotonic clock (time its process was stopped
+    left out): what its elapsed time counts from, whatever the wall clock did (``humanize.run_seconds``)."""
 
     @property
     def percent(self) -> float | None:
@@ -458,10 +462,16 @@ class Operation(BaseModel):
         ``humanize.elapsed``). A resumed or retried operation keeps its last attempt's ``started_at`` while it
         waits in the queue: counted from there, its elapsed grew by the pause, the queue and the backoff,
         then fell to 0 s when it started."""
-        if self.started_at is None or self.status is Status.QUEUED:
+        if self.status is Status.QUEUED:
             return None
-        end = self.finished_at if self.status in SETTLED and self.finished_at else now
-        return max(0.0, end - self.started_at)
+        p = self.progress
+        return run_seconds(self.started_at, self.finished_at, self.status in SETTLED, p.ran, p.updated_at, now)
+
+    def seconds_left(self, now: float) -> float | None:
+        """Seconds before a running attempt's deadline at wall time ``now`` (``humanize.seconds_left``)."""
+        if self.status is not Status.RUNNING:
+            return None
+        return seconds_left(self.deadline, self.progress.updated_at, now)
 
     def elapsed_text(self, now: float) -> str:
         """``elapsed_at`` as ``show`` and the dashboard's detail say it (``humanize.elapsed``)."""

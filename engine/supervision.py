@@ -149,6 +149,7 @@ class Watch:
             metrics=ctx.metrics_to_store(),
             updated_at=time.time(),
             fraction=ctx.fraction,
+            ran=now - self.started,
         )
 
     def live_fields(self, now: float) -> dict[str, Any]:

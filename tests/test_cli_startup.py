@@ -280,9 +280,9 @@ def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
     assert (rc, heavy) == (0, []), out
 
     db = sqlite3.connect(cli.state_dir / "outlast.db")
-    with db:  # records stored before progress had its fraction: still quick, printed as the full path does
-        db.execute("UPDATE operations SET record = json_remove(record, '$.progress.fraction')")
-    assert '"fraction": 0.0' in same("ls", "--json")
+    with db:  # records stored before progress had its fraction and ran: still quick, printed as the full path does
+        db.execute("UPDATE operations SET record = json_remove(record, '$.progress.fraction', '$.progress.ran')")
+    assert '"fraction": 0.0, "ran": null' in same("ls", "--json")
     rc, heavy, out = loaded_after(["ls", "--json"], cli.env)
     assert (rc, heavy) == (0, []), out
     with db:

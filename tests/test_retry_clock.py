@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from engine.humanize import run_seconds, seconds_left
 from engine.models import Operation, Status, WorkerInfo, new_id
 from engine.store import LocalStore, Store
 from tests.conftest import REPO
@@ -26,6 +29,7 @@ from tests.fixtures_engine import retry_waiting
 W = WorkerInfo(host="test", pid=1)
 BACKOFF = 2.0
 HOUR = 3600.0
+DAY = 86400.0
 
 
 @pytest.fixture
@@ -170,3 +174,71 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_back_a_retry(tmp_path: 
     listed = subprocess.run([*CLI, "--json", "ls"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     [op] = json.loads(listed.stdout)
     assert (op["status"], op["attempt"], op["retries"]) == ("completed", 2, 1), op
+
+
+def test_a_run_time_counts_the_monotonic_clock_not_a_wall_clock_step() -> None:
+    """``humanize.run_seconds`` and ``seconds_left`` (every face's elapsed and time left) from a ``Progress``'
+    monotonic ``ran`` and its wall ``updated_at``: a step of the wall clock after the write changes neither
+    beyond the wall time that passed, and a ``ran`` of an earlier attempt (taken before this one started) is
+    not counted."""
+    T = time.time()
+    started = T
+    assert run_seconds(started, T + 2 * DAY, True, 10.0, T + 2 * DAY, T + 3 * DAY) == 10.0  # stepped forward
+    assert run_seconds(started, None, False, 10.0, T + 10, T + 12) == 12.0
+    assert run_seconds(started, None, False, 10.0, T + 10, T - 3 * DAY) == 10.0  # stepped back: held, not 0
+    assert run_seconds(started, T + 60, True, 10.0, T - 5, T + 99) == 60.0  # an earlier attempt's: the wall
+    assert run_seconds(started, T + 60, True, None, None, T + 99) == 60.0  # an older record
+    assert run_seconds(None, None, False, None, None, T) is None
+    assert seconds_left(T + 100, T + 10, T + 12) == 88.0
+    assert seconds_left(T + 100, T + 10, T - 3 * DAY) == 90.0  # stepped back: never more than at the write
+    assert seconds_left(T + 100, None, T + 12) == 88.0
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
+def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path: Path) -> None:
+    """``outlast run`` under libfaketime, its wall clock stepped two days forward while the operation runs: the
+    line it ends with and ``show`` say the seconds it ran ("completed ... after 2d00h" of a 2 s run)."""
+    spec, state = tmp_path / "faketime.spec", tmp_path / "state"
+    spec.write_text("+0")
+    env = {
+        **os.environ,
+        "OUTLAST_STATE_DIR": str(state),
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(spec),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    proc = subprocess.Popen(
+        [*CLI, "run", "demo", "-p", "items=20", "-p", "seconds=0.1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(lambda: _running_half_done(state), timeout=30, every=0.05, what="the run half done")
+        spec.write_text("+2d")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert re.search(r"completed at 20/20 items after [0-9]s\b", out + err), out + err
+    shown = subprocess.run([*CLI, "show", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert re.search(r"elapsed\s+[0-9]s\n", shown.stdout), shown.stdout
+
+
+def _running_half_done(state: Path) -> bool:
+    """Whether the store shows the demo operation running with 10 or more of its items done."""
+
+    async def read() -> list[Operation]:
+        store = LocalStore(state)
+        await store.open()
+        try:
+            return await store.list_operations([Status.RUNNING])
+        finally:
+            await store.close()
+
+    return state.exists() and any(op.progress.done >= 10 for op in asyncio.run(read()))

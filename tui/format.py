@@ -11,6 +11,8 @@ from engine.humanize import (  # noqa: F401  (one rendering for every face: a ra
     local_time,
     printable,
     rate,
+    run_seconds,
+    seconds_left,
     size,
 )
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from engine import SETTLED, Priority, Status
 
+from .format import run_seconds, seconds_left
+
 if TYPE_CHECKING:
     from engine import Operation
 
@@ -33,11 +35,12 @@ PROGRESS = ("done", "total", "failed", "skipped", "step", "message", "rate", "et
 class LookedProgress:
     """``engine.Progress`` as stored (JSON), read as the screen reads it."""
 
-    __slots__ = PROGRESS
+    __slots__ = (*PROGRESS, "ran")
 
     def __init__(self, stored: dict[str, Any]) -> None:
         for name in PROGRESS:
             setattr(self, name, stored[name])
+        self.ran = stored.get("ran")  # absent from records stored before it existed
 
     @property
     def percent(self) -> float | None:
@@ -87,10 +90,16 @@ class LookedOperation:
     def elapsed_at(self, now: float) -> float | None:
         """As ``engine.Operation.elapsed_at``: this attempt's run time."""
         started, finished = cast("float | None", self.started_at), cast("float | None", self.finished_at)  # type: ignore[attr-defined]
-        if started is None or self.status is Status.QUEUED:
+        if self.status is Status.QUEUED:
             return None
-        end = finished if self.status in SETTLED and finished else now
-        return max(0.0, end - started)
+        p = self.progress
+        return run_seconds(started, finished, self.status in SETTLED, p.ran, p.updated_at, now)  # type: ignore[attr-defined]
+
+    def seconds_left(self, now: float) -> float | None:
+        """As ``engine.Operation.seconds_left``."""
+        if self.status is not Status.RUNNING:
+            return None
+        return seconds_left(self.deadline, self.progress.updated_at, now)  # type: ignore[attr-defined]
 
 
 def looked(record: dict[str, Any]) -> Operation:

@@ -54,9 +54,7 @@ def percent(p: Progress) -> str:
 
 def time_left(op: Operation, now: float | None = None) -> float | None:
     """Seconds before the deadline of a running operation."""
-    if op.status is not Status.RUNNING or op.deadline is None:
-        return None
-    return op.deadline - (now or time.time())
+    return op.seconds_left(now or time.time())
 
 
 RESULT_CHARS = 1000

@@ -71,6 +71,7 @@ PROGRESS_FIELDS: dict[str, str] = {
     "metrics": "dict",
     "updated_at": "float?",
     "fraction": "float",
+    "ran": "float?",
 }
 """``Progress``' fields."""
 
@@ -114,9 +115,10 @@ def _dump_loads(raw: str) -> dict[str, Any]:
     by the derived one: the full path validates the stored one first); ValueError otherwise."""
     record = _strict_loads(raw)
     progress = record.get("progress") if isinstance(record, dict) else None
-    if isinstance(progress, dict) and "fraction" not in progress:
-        # Stored before progress had it: validation gives it its default, after the others, as here.
-        progress["fraction"] = 0.0
+    if isinstance(progress, dict) and ("fraction" not in progress or "ran" not in progress):
+        # Stored before progress had them: validation gives them their defaults, after the others, as here.
+        fraction, ran = progress.pop("fraction", 0.0), progress.pop("ran", None)
+        progress["fraction"], progress["ran"] = fraction, ran
     if not (_is_dump(record, FIELDS) and _within(record, MAX_DEPTH)):
         raise ValueError("not its model's dump")
     return record  # type: ignore[no-any-return]

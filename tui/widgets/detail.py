@@ -239,7 +239,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("timeout", timeout)
         if op.deadline and op.status is Status.RUNNING:
             ext = f"  (extended {op.extensions}x)" if op.extensions else ""
-            row("deadline", f"{local_time(op.deadline)}, {fmt.duration(op.deadline - now)} left{ext}")
+            row("deadline", f"{local_time(op.deadline)}, {fmt.duration(op.seconds_left(now))} left{ext}")
         threshold = op.profile.get("failure_threshold")
         failed = max(p.failed, op.item_failures)
         fail = Text(f"{failed}" + (f" of {threshold} allowed" if threshold is not None else ""))

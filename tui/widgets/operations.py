@@ -427,7 +427,7 @@ class OperationsTable(ScrollView, can_focus=True):
         if key == "elapsed":
             return fmt.duration(op.elapsed_at(now)), None
         if key == "left":
-            return (fmt.duration(op.deadline - now) if op.deadline and running else "-"), None
+            return (fmt.duration(op.seconds_left(now)) if op.deadline and running else "-"), None
         value = op.priority.value
         return value, self._style("ops--high") if value == "high" else self._style(
             "ops--low"
