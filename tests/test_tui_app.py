@@ -450,7 +450,8 @@ async def test_operations_run_by_another_process_show_with_their_progress(tui_se
 
 async def test_work_whose_process_is_stopped_says_so_in_the_detail_pane(tui_settings: Settings) -> None:
     """Work another process runs, that process stopped (Ctrl-Z, SIGSTOP): the detail pane showed it running
-    with the rate and ETA it last stored, for as long as it stayed stopped. Its worker line says so now."""
+    with the rate and ETA it last stored, for as long as it stayed stopped, and so did its row in the table.
+    Its worker line says so now, and its row says "stopped" with no rate or ETA."""
     from rich.console import Console
 
     from tui.widgets.detail import DetailPane
@@ -467,6 +468,13 @@ async def test_work_whose_process_is_stopped_says_so_in_the_detail_pane(tui_sett
             console.print(app.query_one(DetailPane).render_op(op, None, op)[0])
             said = f"{op.worker}: stopped (Ctrl-Z or SIGSTOP): kill -CONT {worker.pid} to go on"
             assert said in " ".join(console.export_text().split()), console.export_text()
+            table = app.query_one(OperationsTable)  # and its row: stopped, no rate or ETA
+
+            def row() -> list[str]:
+                return "".join(seg.text for seg in table.render_line(table.ids.index(op_id) + 1)).split()
+
+            await wait_for(pilot, lambda: "stopped" in row())
+            assert "running" not in row() and row()[-5:-3] == ["-", "-"], row()  # RATE, ETA
         finally:
             os.kill(worker.pid, signal.SIGCONT)
             worker.kill()

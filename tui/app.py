@@ -373,7 +373,8 @@ class OutlastApp(App[int]):
             self._read("refetch", functools.partial(model.fetch, set(model.refetch)), "reading operations")
         with contextlib.suppress(NoMatches):  # the panes are gone: the app is closing
             self.dashboard.notes = self._notes()
-            self.dashboard.refresh_view(self.engine_started and bool(self.engine.running_ids))
+            # Work running anywhere (another process's too) moves its elapsed and time left every second.
+            self.dashboard.refresh_view(bool(model.running) or (self.engine_started and bool(self.engine.running_ids)))
             if (selected := self.dashboard.selected) in model.checkpointed:
                 self.dashboard.load_side_panes(logs=False)
                 model.refetch.add(selected)  # its record's checkpoint number (a running one is read rarely)

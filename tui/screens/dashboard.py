@@ -306,8 +306,8 @@ class DashboardScreen(Screen[None]):
     # ---- the frame -------------------------------------------------------------------------------
 
     def refresh_view(self, running: bool) -> None:
-        """What changed in the model since the last frame (``running``: this process runs work, whose
-        progress moves without the model knowing)."""
+        """What changed in the model since the last frame (``running``: work is running, whose progress,
+        elapsed time and time left move without the model knowing)."""
         model, table = self.model, self.table
         now = time.monotonic()
         tick = self.polled or now - self._ticked >= LIVE_REPAINT

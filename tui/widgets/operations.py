@@ -25,7 +25,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from engine import Status, unique_prefix_lengths
+from engine import Status, stopped_note, unique_prefix_lengths
 
 from .. import format as fmt
 from ..format import STATUS_ORDER
@@ -170,6 +170,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self._columns: dict[int, list[tuple[Column, int]]] = {}
         self._handle_width = HANDLE_WIDTH
         """The handle column's width: the digits of the largest handle held, at least HANDLE_WIDTH."""
+        self._stopped: dict[tuple[str, int], tuple[float, bool]] = {}
+        """Per worker (host, pid): when it was last looked at and whether its process was stopped then."""
 
     # ---- the view --------------------------------------------------------------------------
 
@@ -384,8 +386,11 @@ class OperationsTable(ScrollView, can_focus=True):
     def _row(self, op: Operation, width: int, on_cursor: bool = False) -> list[tuple[str, Style | None]]:
         """The pieces of one line: text and its style (None: the line's own)."""
         p = self.live(op.id) if op.status is Status.RUNNING else None
-        p = p or op.progress
         now = self.clock()
+        stopped = p is None and op.status is Status.RUNNING and self._process_stopped(op, now)
+        p = p or op.progress
+        if stopped and p.updated_at is not None:
+            now = p.updated_at  # its elapsed and time left hold while it is stopped (they count only running)
         out: list[tuple[str, Style | None]] = []
         for col, w in self.columns(width):
             if out:
@@ -398,6 +403,10 @@ class OperationsTable(ScrollView, can_focus=True):
                 out.append((op.id[:n], Style(bold=True)))
                 out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
+            if stopped and col.key in ("status", "rate", "eta"):  # its last rate and ETA are not what it does now
+                said = "stopped".ljust(w)[:w] if col.key == "status" else "-".rjust(w)
+                out.append((said, self._style("ops--paused")))
+                continue
             value, style = self._cell(col.key, op, p, now)
             if col.key in ("name", "type"):  # exactly w columns: ljust would count a CJK character as one
                 out.append((set_cell_size(value, w), style))
@@ -405,6 +414,22 @@ class OperationsTable(ScrollView, can_focus=True):
             value = value[:w]  # the handle column is as wide as the largest handle (rebuild)
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
         return out
+
+    def _process_stopped(self, op: Operation, now: float) -> bool:
+        """Whether running work another process runs on this host is stopped there (Ctrl-Z, SIGSTOP), looked
+        at once every ``STOPPED_EVERY`` seconds per process: the row said "running" with the rate and ETA it
+        last stored for as long as it stayed stopped (the detail pane's worker line says how to go on)."""
+        w = op.worker
+        if w is None:
+            return False
+        key = (w.host, w.pid)
+        seen = self._stopped.get(key)
+        if seen is None or now - seen[0] >= STOPPED_EVERY:
+            note = stopped_note(w.host, w.pid, getattr(w, "boot", None), getattr(w, "start", None))
+            if len(self._stopped) > 4096:
+                self._stopped.clear()
+            seen = self._stopped[key] = (now, note is not None)
+        return seen[1]
 
     def _cell(self, key: str, op: Operation, p: Progress, now: float) -> tuple[str, Style | None]:
         running = op.status is Status.RUNNING
@@ -450,6 +475,9 @@ class OperationsTable(ScrollView, can_focus=True):
             out += [("╸" if half else rest, done if half else todo), (rest * (bar - full - 1), todo)]
         out.append((f"{pct:4.0f}%"[-5:].rjust(5), None))
 
+
+STOPPED_EVERY = 2.0
+"""Seconds between two looks at whether another process's running work is stopped (a /proc read each)."""
 
 _STATUS_STYLE = {
     Status.RUNNING: "ops--running",
