@@ -18,6 +18,7 @@ from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..files import private_dir, private_opener
+from ..lifecycle import StopReason
 from ..models import (
     SETTLED,
     Conflict,
@@ -350,7 +351,9 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
         while True:
             await asyncio.sleep(0.25)
             if engine.store_failed:  # said when the store failed: exit, so the next engine can recover the work
-                engine.drain("shutdown")
+                # Interrupted, not paused: auto_resume queues it again (a pause waits for a person's resume, and
+                # said "paused: the engine stopped" of work the user had just resumed).
+                engine.drain(StopReason.STORE)
                 failed = True
             if engine.draining:
                 if not engine.running_ids:
@@ -366,7 +369,16 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
                 failed = True
                 break
             if exit_when_idle or queue.due():
-                busy = await _unless_draining(engine, queue.holds_work())
+                try:
+                    busy = await _unless_draining(engine, queue.holds_work())
+                except StoreError as e:
+                    if not engine.running_ids:
+                        raise  # idle: the store's error, one line, exit 8
+                    # Work claimed while the look failed (a disk's I/O error, a blip): it ended the worker, and
+                    # that work paused ("the engine stopped"), though the store took its claim. It runs on; its
+                    # own writes say when the store fails for too long.
+                    log.debug("the queue could not be read: %s", e)
+                    continue
                 if busy is None:
                     continue  # asked to stop while the store was not answering: nothing runs, so go now
                 if not exit_when_idle or busy:
