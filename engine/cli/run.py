@@ -335,58 +335,65 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
 
     failed = False
     async with engine:
-        if engine.store.read_only:  # it would wait for ever for work it cannot claim
-            raise StoreError(f"{engine.store.url} is on a read-only file system: no work can be run from it")
-        engine.install_signal_handlers()
-        engine.subscribe(on_event)
-        if mode == "plain":
-            store_slots = await engine.store.get_slots()
-            shared = f" (store: {store_slots})" if store_slots is not None else ""
-            fmt.echo(
-                f"{fmt.clock(time.time())} worker {engine.worker} on {engine.store.url}: "
-                f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM pauses running work with a checkpoint"
-            )
-        idle_since: float | None = None
-        queue = QueueLook(engine, mode)
-        while True:
-            await asyncio.sleep(0.25)
-            if engine.store_failed:  # said when the store failed: exit, so the next engine can recover the work
-                # Interrupted, not paused: auto_resume queues it again (a pause waits for a person's resume, and
-                # said "paused: the engine stopped" of work the user had just resumed).
-                engine.drain(StopReason.STORE)
-                failed = True
-            if engine.draining:
-                if not engine.running_ids:
-                    break
-                continue
-            if engine.running_ids:
-                idle_since = None
-                continue
-            if exit_when_idle and engine.health.over_limit(time.monotonic()):
-                # Work is queued but the store takes no claim (a Redis over maxmemory, a full disk): a
-                # cron drain ended never. As a store failure with work running ends a worker: one line, 8.
-                log.error("no queued work can be claimed: %s; exiting", engine.health.why)
-                failed = True
-                break
-            if exit_when_idle or queue.due():
-                try:
-                    busy = await _unless_draining(engine, queue.holds_work())
-                except StoreError as e:
+        try:
+            if engine.store.read_only:  # it would wait for ever for work it cannot claim
+                raise StoreError(f"{engine.store.url} is on a read-only file system: no work can be run from it")
+            engine.install_signal_handlers()
+            engine.subscribe(on_event)
+            if mode == "plain":
+                store_slots = await engine.store.get_slots()
+                shared = f" (store: {store_slots})" if store_slots is not None else ""
+                fmt.echo(
+                    f"{fmt.clock(time.time())} worker {engine.worker} on {engine.store.url}: "
+                    f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM pauses running work with a checkpoint"
+                )
+            idle_since: float | None = None
+            queue = QueueLook(engine, mode)
+            while True:
+                await asyncio.sleep(0.25)
+                if engine.store_failed:  # said when the store failed: exit, so the next engine can recover the work
+                    # Interrupted, not paused: auto_resume queues it again (a pause waits for a person's resume, and
+                    # said "paused: the engine stopped" of work the user had just resumed).
+                    engine.drain(StopReason.STORE)
+                    failed = True
+                if engine.draining:
                     if not engine.running_ids:
-                        raise  # idle: the store's error, one line, exit 8
-                    # Work claimed while the look failed (a disk's I/O error, a blip): it ended the worker, and
-                    # that work paused ("the engine stopped"), though the store took its claim. It runs on; its
-                    # own writes say when the store fails for too long.
-                    log.debug("the queue could not be read: %s", e)
+                        break
                     continue
-                if busy is None:
-                    continue  # asked to stop while the store was not answering: nothing runs, so go now
-                if not exit_when_idle or busy:
+                if engine.running_ids:
                     idle_since = None
-                elif idle_since is None:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since >= 1.0:  # twice idle, a second apart: not a gap
+                    continue
+                if exit_when_idle and engine.health.over_limit(time.monotonic()):
+                    # Work is queued but the store takes no claim (a Redis over maxmemory, a full disk): a
+                    # cron drain ended never. As a store failure with work running ends a worker: one line, 8.
+                    log.error("no queued work can be claimed: %s; exiting", engine.health.why)
+                    failed = True
                     break
+                if exit_when_idle or queue.due():
+                    try:
+                        busy = await _unless_draining(engine, queue.holds_work())
+                    except StoreError as e:
+                        if not engine.running_ids:
+                            raise  # idle: the store's error, one line, exit 8
+                        # Work claimed while the look failed (a disk's I/O error, a blip): it ended the worker, and
+                        # that work paused ("the engine stopped"), though the store took its claim. It runs on; its
+                        # own writes say when the store fails for too long.
+                        log.debug("the queue could not be read: %s", e)
+                        continue
+                    if busy is None:
+                        continue  # asked to stop while the store was not answering: nothing runs, so go now
+                    if not exit_when_idle or busy:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= 1.0:  # twice idle, a second apart: not a gap
+                        break
+        except StoreError:
+            # The worker ends for its store: what it runs ends interrupted (any worker with auto_resume
+            # queues it again), not paused for a person's resume as "the engine stopped".
+            engine.drain(StopReason.STORE)
+            raise
+
     if mode == "plain":
         fmt.echo(f"{fmt.clock(time.time())} worker stopped")
     return ExitCode.STORE if failed else ExitCode.OK
