@@ -173,13 +173,29 @@ def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None
     return boot is None or start is None or _who(fields) == (boot, start)
 
 
+def gone_here(host: str, pid: int, boot: str | None, start: int | None) -> bool:
+    """Whether process ``pid`` of ``host``, recorded with this ``boot`` and ``start``, is this host's and no
+    longer runs (no such process, a zombie, or another process with its pid). False when any of that cannot be
+    told (no /proc, a record without ``boot`` and ``start``, another host)."""
+    import socket
+
+    if boot is None or start is None or host != socket.gethostname() or not os.path.exists("/proc/self/stat"):
+        return False
+    fields = _stat(pid)
+    if fields is None or fields[0] == b"Z":
+        return True
+    return _who(fields) != (boot, start)
+
+
 def stopped_note(host: str, pid: int, boot: str | None = None, start: int | None = None) -> str | None:
-    """What every face says of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP), else
-    None: it was listed running, its last rate and ETA shown, while nothing ran and no other process could
-    take it over."""
-    if not stopped_here(host, pid, boot, start):
-        return None
-    return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
+    """What every face says of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP) or gone
+    (killed, while the store waits for proof: a Redis lease runs out), else None: it was listed running, its
+    last rate and ETA shown, while nothing ran. Its first word says which ("stopped", "gone")."""
+    if stopped_here(host, pid, boot, start):
+        return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
+    if gone_here(host, pid, boot, start):
+        return f"gone (process {pid} no longer runs: killed?): it is marked interrupted once found orphaned"
+    return None
 
 
 def process_start(pid: int) -> tuple[str, int] | None:

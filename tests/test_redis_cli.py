@@ -279,3 +279,28 @@ def test_a_pause_asked_of_work_whose_worker_died_settles_once_its_lease_is_gone(
         assert json.loads(shown.stdout)["status"] == "paused", shown.stdout
     finally:
         cli.close()
+
+
+def test_show_and_ls_say_the_process_of_work_killed_here_is_gone_before_its_lease_runs_out(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """``outlast run`` on Redis, SIGKILLed: until its lease runs out (60 s here) the record says running, and
+    ``show`` gave its last rate and ETA ("eta 7s", ever older) as if it ran. The process was this host's:
+    ``show`` and ``ls`` say it is gone, and what becomes of the work."""
+    url = f"{redis_server.url}?lease_ttl=60"
+    cli = CliAt(state_dir, OUTLAST_NAMESPACE="cli", OUTLAST_STORE=url)
+    try:
+        proc = cli.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
+        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+        proc.wait_line(lambda ln: "running" in ln)
+        pid = proc.popen.pid
+        proc.signal(signal.SIGKILL)
+        proc.wait(30)
+        said = f"gone (process {pid} no longer runs: killed?): it is marked interrupted once found orphaned"
+        shown = outlast("--store", url, "show", op_id)
+        assert shown.returncode == 0 and "running" in shown.stdout, shown.stdout + shown.stderr
+        assert said in " ".join(shown.stdout.split()), shown.stdout
+        listed = outlast("--store", url, "ls")
+        assert f"gone (process {pid}" in listed.stdout, listed.stdout
+    finally:
+        cli.close()

@@ -170,8 +170,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self._columns: dict[int, list[tuple[Column, int]]] = {}
         self._handle_width = HANDLE_WIDTH
         """The handle column's width: the digits of the largest handle held, at least HANDLE_WIDTH."""
-        self._stopped: dict[tuple[str, int], tuple[float, bool]] = {}
-        """Per worker (host, pid): when it was last looked at and whether its process was stopped then."""
+        self._stopped: dict[tuple[str, int], tuple[float, str | None]] = {}
+        """Per worker (host, pid): when it was last looked at, and "stopped" or "gone" if its process was."""
 
     # ---- the view --------------------------------------------------------------------------
 
@@ -387,7 +387,7 @@ class OperationsTable(ScrollView, can_focus=True):
         """The pieces of one line: text and its style (None: the line's own)."""
         p = self.live(op.id) if op.status is Status.RUNNING else None
         now = self.clock()
-        stopped = p is None and op.status is Status.RUNNING and self._process_stopped(op, now)
+        stopped = self._process_stopped(op, now) if p is None and op.status is Status.RUNNING else None
         p = p or op.progress
         if stopped and p.updated_at is not None:
             now = p.updated_at  # its elapsed and time left hold while it is stopped (they count only running)
@@ -404,7 +404,7 @@ class OperationsTable(ScrollView, can_focus=True):
                 out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
             if stopped and col.key in ("status", "rate", "eta"):  # its last rate and ETA are not what it does now
-                said = "stopped".ljust(w)[:w] if col.key == "status" else "-".rjust(w)
+                said = stopped.ljust(w)[:w] if col.key == "status" else "-".rjust(w)
                 out.append((said, self._style("ops--paused")))
                 continue
             value, style = self._cell(col.key, op, p, now)
@@ -415,20 +415,21 @@ class OperationsTable(ScrollView, can_focus=True):
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
         return out
 
-    def _process_stopped(self, op: Operation, now: float) -> bool:
-        """Whether running work another process runs on this host is stopped there (Ctrl-Z, SIGSTOP), looked
-        at once every ``STOPPED_EVERY`` seconds per process: the row said "running" with the rate and ETA it
-        last stored for as long as it stayed stopped (the detail pane's worker line says how to go on)."""
+    def _process_stopped(self, op: Operation, now: float) -> str | None:
+        """ "stopped" when running work another process runs on this host is stopped there (Ctrl-Z, SIGSTOP),
+        "gone" when that process no longer runs (killed: a Redis store waits for its lease to run out), else
+        None; looked at once every ``STOPPED_EVERY`` seconds per process. The row said "running" with the rate
+        and ETA it last stored for as long as it stayed so (the detail pane's worker line says what to do)."""
         w = op.worker
         if w is None:
-            return False
+            return None
         key = (w.host, w.pid)
         seen = self._stopped.get(key)
         if seen is None or now - seen[0] >= STOPPED_EVERY:
             note = stopped_note(w.host, w.pid, getattr(w, "boot", None), getattr(w, "start", None))
             if len(self._stopped) > 4096:
                 self._stopped.clear()
-            seen = self._stopped[key] = (now, note is not None)
+            seen = self._stopped[key] = (now, note.split(" ", 1)[0] if note else None)
         return seen[1]
 
     def _cell(self, key: str, op: Operation, p: Progress, now: float) -> tuple[str, Style | None]:
