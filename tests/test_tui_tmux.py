@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_cli import REPO, Cli, until
+from tests.fixtures_cli import CLI, REPO, Cli, until
 from tests.test_fault_ctrl_z import process_state, queue_demos, write_lock_taken
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -142,6 +142,39 @@ def test_launch_form_typed_in_one_burst_at_80x24_stores_what_was_typed(cli: Cli)
         assert "Traceback" not in term.screen()
     finally:
         term.close()
+
+
+def test_what_quitting_paused_is_said_with_a_resume_that_pastes_as_printed(cli: Cli, tmp_path: Path) -> None:
+    """Quit with p, the dashboard said "go on with `outlast resume ID`": pasted after `outlast --state-dir DIR`
+    (the id put in), it looked in the default store, "no operation matches", exit 3. The line now names the
+    operation and carries the global options the dashboard was started with, as every hint of the command
+    line does; pasted in another directory, with OUTLAST_STATE_DIR naming another store, it resumes it."""
+    other = tmp_path / "other state"
+    sub = cli("--state-dir", str(other), "submit", "demo", "-p", "items=600", "-p", "seconds=0.05")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in cli.env.items() if k.startswith(("OUTLAST_", "XDG_")))
+    outlast = f"{shlex.quote(sys.executable)} -m engine.cli --state-dir {shlex.quote(str(other))} tui"
+    term = Terminal(f"env {env} PATH={shlex.quote(os.environ['PATH'])} {outlast}; echo EXIT=$?; sleep 60")
+    try:
+        term.wait(rf"{op_id} demo\s+running")
+        term.keys("q")
+        term.wait(r"Pause \(p\)")
+        term.keys("p")
+        term.wait(r"EXIT=0", 30)
+        # -J: the line as printed, its parts the terminal wrapped joined again
+        said = subprocess.run([*term.tmux, "capture-pane", "-p", "-J"], capture_output=True, text=True).stdout
+    finally:
+        term.close()
+    hint = re.search(r"go on with `([^`]*)`", said)
+    assert hint and op_id in hint.group(1), said
+    argv = shlex.split(hint.group(1))
+    assert argv[0] == "outlast", argv
+    pasted = subprocess.run(
+        [*CLI, *argv[1:], "--detach"], env=cli.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert pasted.returncode == 0, (hint.group(1), pasted.stderr)
+    assert cli("--state-dir", str(other), "cancel", op_id).returncode == 0
 
 
 def _dashboard_pid(cli: Cli) -> int:

@@ -53,6 +53,14 @@ POLL = 1.0
 SLOW_STORE = 3.0
 """Seconds a read of the store may take before the status line says the store is not answering."""
 
+Command = Callable[..., str]
+"""``command("resume", ID)``: an ``outlast`` command line, as a hint prints it."""
+
+
+def bare_command(*words: str) -> str:
+    """``outlast WORDS``: a hint with no global options (the dashboard was not started by the command line)."""
+    return " ".join(["outlast", *words])
+
 
 class OutlastApp(App[int]):
     """``OutlastApp(settings).run()``; ``engine``, ``clock`` and ``sampler`` are seams for tests."""
@@ -102,11 +110,14 @@ class OutlastApp(App[int]):
         poll: float = POLL,
         watch_only: bool = False,
         first_look: FirstLook | None = None,
+        command: Command | None = None,
     ) -> None:
         """``settings``: the settings, or what loads them after the first frame (``theme``, what that
         frame is drawn in, is then all it needs of them: the settings model and the Engine cost most of
         the dashboard's own start). ``first_look``: records read without the engine
-        (``model.FirstLook``), shown by the first frame while the engine starts behind it."""
+        (``model.FirstLook``), shown by the first frame while the engine starts behind it. ``command``: how a
+        hint names an ``outlast`` command (``bare_command`` unless the command line that started the dashboard
+        gives its own, which carries its global options: ``--state-dir``, ``--store``, ``--config``)."""
         # What is held now (the modules: Textual, Rich, the dashboard's) lives as long as the process: frozen,
         # the collections before the first frame no longer go through it (a full one was 20-30 ms of it).
         # Once per process: a later App (tests build many) would freeze the garbage of the ones before it.
@@ -146,7 +157,11 @@ class OutlastApp(App[int]):
         """Said when the app has exited: what was handed over to which background worker, or what was
         paused and how to resume it (``main`` prints it)."""
         self.paused_at_exit: list[str] = []
-        """Labelled ids of what this dashboard ran when its engine stopped (paused, a checkpoint each)."""
+        """Ids of what this dashboard ran when its engine stopped (paused, a checkpoint each)."""
+        self.paused_labels: list[str] = []
+        """The same, labelled (``_labelled``), for the line said after exit."""
+        self.command: Command = command or bare_command
+        """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._keys_held: list[events.Key] | None = None
@@ -704,7 +719,7 @@ class OutlastApp(App[int]):
         the screen is gone (Quit, then p, said nothing: the user was left to find them)."""
         await self.stop_engine(reason)
         if self.paused_at_exit:
-            self.handed_over = paused_line(self.paused_at_exit)
+            self.handed_over = paused_line(self)
         self.exit(0)
 
     async def stop_engine(self, reason: str = "the dashboard quit") -> None:
@@ -718,7 +733,8 @@ class OutlastApp(App[int]):
                 await self._boot.wait()
         if self.engine_started:
             self.engine_started = self.model.started = False
-            self.paused_at_exit = [_labelled(self.ops.get(i), i) for i in self.engine.running_ids]
+            self.paused_at_exit = list(self.engine.running_ids)
+            self.paused_labels = [_labelled(self.ops.get(i), i) for i in self.paused_at_exit]
             await self.engine.shutdown(reason=reason)
 
     async def on_unmount(self) -> None:
@@ -736,13 +752,17 @@ PAUSED_LISTED = 5
 """Paused operations a line after exit names one by one; more are counted."""
 
 
-def paused_line(paused: list[str]) -> str:
-    """One line: what the dashboard paused as it stopped, and how to go on with it."""
-    n = len(paused)
+def paused_line(app: OutlastApp) -> str:
+    """One line: what the dashboard paused as it stopped, and how to go on with it, in commands that paste as
+    printed (``app.command``: with the global options the dashboard was started with; `outlast resume ID`
+    alone, pasted after `outlast --state-dir DIR`, looked in the default store: "no operation matches")."""
+    paused, n, command = app.paused_labels, len(app.paused_labels), app.command
     what = f"{n} operation{'s' if n != 1 else ''} paused, a checkpoint each"
+    if n == 1:
+        return f"{what}: {paused[0]}; go on with `{command('resume', app.paused_at_exit[0])}`"
     if n <= PAUSED_LISTED:
-        return f"{what}: {', '.join(paused)}; go on with `outlast resume ID`"
-    return f"{what}: `outlast ls --status paused` lists them; go on with `outlast resume ID`"
+        return f"{what}: {', '.join(paused)}; go on with `{command('resume', 'ID')}`"
+    return f"{what}: `{command('ls', '--status', 'paused')}` lists them; go on with `{command('resume', 'ID')}`"
 
 
 def exit_code(app: OutlastApp, rv: int | None) -> int:
@@ -751,7 +771,7 @@ def exit_code(app: OutlastApp, rv: int | None) -> int:
     work it ran (its engine was stopped on the way out: each paused with a checkpoint). ``int(rv or 0)``
     alone exited 0 after a crash."""
     if app.return_code:
-        said = f"; {paused_line(app.paused_at_exit)}" if app.paused_at_exit else "; it ran no operations"
+        said = f"; {paused_line(app)}" if app.paused_at_exit else "; it ran no operations"
         print(f"outlast: the dashboard failed on an unhandled error (above){said}")
         return app.return_code
     return int(rv or 0)
@@ -774,6 +794,7 @@ def main(
     watch_only: bool = False,
     first_look: FirstLook | None = None,
     theme: str | None = None,
+    command: Command | None = None,
 ) -> int:
     """``outlast`` / ``outlast tui``: run the dashboard until the user quits; the exit code. ``settings``:
     the settings, or what loads them after the first frame (drawn in ``theme``: ``OutlastApp``).
@@ -783,7 +804,7 @@ def main(
     handler = _Warnings()
     logger.handlers = [handler]  # before the app is built: a bad theme file is said while it is
     try:
-        app = OutlastApp(settings, theme=theme, watch_only=watch_only, first_look=first_look)
+        app = OutlastApp(settings, theme=theme, watch_only=watch_only, first_look=first_look, command=command)
         app.warnings = handler.lines
         rv = app.run()
     finally:

@@ -35,15 +35,19 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     except ImportError as e:
         fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
         return ExitCode.USAGE
+    # Its hints (what it paused as it quit: go on with `outlast resume ID`) carry this command line's global
+    # options, as every hint of the command line does: pasted, they name the store the dashboard showed.
+    hint = app.command
     if quick is not None:  # the settings (pydantic, the config and models) load after the first frame
         state_dir, theme = quick
         look = _looker(state_dir)
-        return int(tui_app.main(_settings_later(app), watch_only=watch_only, first_look=look, theme=theme) or 0)
+        later = _settings_later(app)
+        return int(tui_app.main(later, watch_only=watch_only, first_look=look, theme=theme, command=hint) or 0)
     assert settings is not None
     target = settings.store or settings.state_dir
     # The local store: its records listed on the first frame, the engine behind it.
     first_look = _looker(Path(target)) if "://" not in str(target) else None
-    return int(tui_app.main(settings, watch_only=watch_only, first_look=first_look) or 0)
+    return int(tui_app.main(settings, watch_only=watch_only, first_look=first_look, command=hint) or 0)
 
 
 def quick_look(app: App) -> tuple[Path, str | None] | None:
