@@ -304,6 +304,9 @@ class OperationsTable(ScrollView, can_focus=True):
 
     def on_resize(self, event: events.Resize) -> None:
         self.virtual_size = Size(event.size.width, len(self.ids) + 1)
+        # Made smaller, the table kept its top row: the selected one went off the bottom, the detail pane
+        # naming an operation no row showed (and the next c or p acting on it).
+        self._scroll_to_cursor()
 
     # ---- painting --------------------------------------------------------------------------
 

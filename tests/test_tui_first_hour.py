@@ -1,0 +1,89 @@
+"""What an outside tester's first hour with the dashboard found, each driven through Textual's pilot.
+
+A terminal made smaller left the selected row off the screen (the detail pane showed an operation the
+table did not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, Operation, Progress, Settings, Status, load_settings, open_store
+from tui.widgets.operations import OperationsTable
+
+from .fixtures_tui import NOW, make_app, wait_for
+
+MANY = 60
+"""More operations than a 40-line terminal shows."""
+
+
+def _history(state_dir: Path, n: int) -> None:
+    """``n`` completed operations, one a minute, the newest first in the table."""
+
+    async def go() -> None:
+        store = open_store(state_dir)
+        await store.open()
+        try:
+            for i in range(n):
+                t = NOW - 3600 + i * 60
+                await store.create(
+                    Operation(
+                        id=f"06b5{i:09d}",
+                        type="demo",
+                        name=f"demo {i}",
+                        status=Status.COMPLETED,
+                        created_at=t,
+                        queued_at=t,
+                        started_at=t,
+                        finished_at=t + 30,
+                        updated_at=t + 30,
+                        progress=Progress(done=10, total=10),
+                    )
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def history(state_dir: Path) -> Settings:
+    _history(state_dir, MANY)
+    return load_settings(state_dir=state_dir)
+
+
+def _cursor_shown(table: OperationsTable) -> bool:
+    rows = table.size.height - 1  # the header takes the first line
+    return int(table.scroll_y) <= table.cursor < int(table.scroll_y) + rows
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+async def test_the_selected_row_stays_on_the_screen_when_the_terminal_gets_smaller(
+    history: Settings, size: tuple[int, int]
+) -> None:
+    """The cursor on the last row a 120x40 screen shows, the terminal made smaller: the table kept its top row
+    and the selected one went off the bottom, the detail pane naming an operation no row showed, and the next
+    c or p acting on it. The table now scrolls to it, as a key moving the cursor does."""
+    engine = Engine(store=open_store(history.state_dir), settings=history, run_queue=False)
+    app = make_app(history, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == MANY)
+        tall = table.size.height
+        bottom = tall - 2  # the last row on the screen
+        await pilot.press(*["down"] * bottom)
+        await pilot.pause()
+        assert table.cursor == bottom and int(table.scroll_y) == 0 and _cursor_shown(table)
+        selected = table.selected_id
+        await pilot.resize_terminal(*size)
+        await wait_for(pilot, lambda: table.size.height < tall)
+        await pilot.pause()
+        assert table.selected_id == selected
+        assert _cursor_shown(table), (table.cursor, table.scroll_y, table.size)
+        await pilot.resize_terminal(120, 40)
+        await wait_for(pilot, lambda: table.size.height == tall)
+        await pilot.pause()
+        assert table.selected_id == selected and _cursor_shown(table)
