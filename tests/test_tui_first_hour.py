@@ -87,3 +87,31 @@ async def test_the_selected_row_stays_on_the_screen_when_the_terminal_gets_small
         await wait_for(pilot, lambda: table.size.height == tall)
         await pilot.pause()
         assert table.selected_id == selected and _cursor_shown(table)
+
+
+async def test_editing_keys_typed_in_one_burst_in_the_filter_apply_in_the_order_typed(history: Settings) -> None:
+    """In the filter box, "backspace x3, xyz" sent at once after "abcdef" left "abcdef" (the characters went
+    in first, then the backspaces took them out), "left x3, 12" gave "abcdef12", and "end, ctrl+u, paused" an
+    empty filter showing everything: Textual runs an Input's editing keys as bindings, after the keys
+    behind them. The launch form's fields had been mended so; the filter had not."""
+    from textual import events
+    from textual.widgets import Input
+
+    engine = Engine(store=open_store(history.state_dir), settings=history, run_queue=False)
+    app = make_app(history, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == MANY)
+        await pilot.press("slash", *"abcdef")
+        box = app.query_one("#filter", Input)
+        await wait_for(pilot, lambda: box.value == "abcdef")
+        for burst, want in (
+            (["backspace"] * 3 + list("xyz"), "abcxyz"),
+            (["left"] * 3 + list("12"), "abc12xyz"),
+            (["end", "ctrl+u", *"demo", "space", *"17"], "demo 17"),
+        ):
+            for key in burst:  # posted at once: nothing waits for a key to be handled
+                app.post_message(events.Key(key, key if len(key) == 1 else " " if key == "space" else None))
+            await pilot.pause(0.3)
+            assert box.value == want, burst
+        await wait_for(pilot, lambda: table.ids == ["06b5000000017"])

@@ -252,30 +252,19 @@ def _choice_value(choice: Any) -> Any:
 
 
 class FormInput(SteadyInput):
-    """An Input that applies every key in the order it arrived, even when keys come in one burst.
+    """A form's field: every key applied in the order it arrived, even when keys come in one burst.
 
-    Textual inserts a printable key at once but runs an editing key (backspace, end, enter...) as a
-    binding after the event has bubbled up to the app: in a burst (a slow SSH link, a paste, tmux
-    send-keys) "backspace x3, 421789" gave "421", and keys typed after a tab landed in the field
-    being left. Here the Input's own bindings and tab run in the key's turn, and a key that reaches
-    this field after the focus moved on is handed to the field that has it now.
+    ``SteadyInput`` runs the Input's own bindings (backspace, end, enter...) in the key's turn: in a burst
+    (a slow SSH link, a paste, tmux send-keys) "backspace x3, 421789" gave "421". Here tab runs in the key's
+    turn too (keys typed after a tab landed in the field being left), and a key that reaches this field
+    after the focus moved on is handed to the field that has it now.
     """
 
-    _KEYS: dict[str, str] = {
-        key.strip(): b.action for b in Input.BINDINGS if isinstance(b, Binding) for key in b.key.split(",")
-    }
-
     async def on_key(self, event: events.Key) -> None:
-        """Runs before Input's own key handler; prevent_default keeps that one from running too."""
+        """Runs before SteadyInput's key handler; prevent_default keeps that one from running too."""
         if _hand_on(self, event):
             event.stop()
             event.prevent_default()
-            return
-        action = self._KEYS.get(event.key)
-        if action is not None:
-            event.stop()
-            event.prevent_default()
-            await self.run_action(action)
 
 
 def _hand_on(field: Widget, event: events.Key) -> bool:
