@@ -115,3 +115,59 @@ async def test_editing_keys_typed_in_one_burst_in_the_filter_apply_in_the_order_
             await pilot.pause(0.3)
             assert box.value == want, burst
         await wait_for(pilot, lambda: table.ids == ["06b5000000017"])
+
+
+async def test_keys_typed_in_one_burst_across_a_switch_reach_the_fields_behind_it() -> None:
+    """The command form typed in one burst (tmux send-keys, a paste, a slow SSH link): the command, tab,
+    space (the shell switch on), tab x3 and a progress regex. The regex was lost: the switch, a Textual
+    Switch, toggled as a binding after the keys behind it and dropped the letters that reached it before
+    the tabs had moved the focus on; the form launched without it. Now the switch takes space and tab in
+    the key's turn and hands a key that reaches it late to the field that has the focus, as the text
+    fields do."""
+    from textual import events
+
+    from engine import handlers
+
+    from .test_tui_launch import LaunchApp
+
+    app = LaunchApp({"command": handlers()["command"]}, initial_type="command")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#param-command").focus()
+        await pilot.pause()
+        keys = [*"date", "tab", "space", "tab", "tab", "tab", *"step (?P<done>[0-9]+)", "ctrl+s"]
+        for key in keys:  # posted at once: nothing waits for a key to be handled
+            app.post_message(events.Key(key, " " if key == "space" else key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+    (spec,) = app.results
+    assert spec is not None
+    assert {k: spec.params.get(k) for k in ("command", "shell", "progress_regex")} == {
+        "command": "date",
+        "shell": True,
+        "progress_regex": "step (?P<done>[0-9]+)",
+    }
+
+
+async def test_keys_typed_in_one_burst_across_a_choice_reach_the_fields_behind_it(tmp_path: Path) -> None:
+    """The same across a choice (security_scan's format, a Select): "tab, tab, out.json" typed at once from
+    the field before it launched without the output path."""
+    from textual import events
+
+    from engine import handlers
+
+    from .test_tui_launch import LaunchApp
+
+    app = LaunchApp({"security_scan": handlers()["security_scan"]}, initial_type="security_scan")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.pause()
+        root = app.screen.query_one("#param-root")
+        root.value = str(tmp_path)  # type: ignore[attr-defined]
+        app.screen.query_one("#param-rules").focus()
+        await pilot.pause()
+        keys = [*"secrets", "tab", "tab", *"out.json", "ctrl+s"]
+        for key in keys:  # posted at once: nothing waits for a key to be handled
+            app.post_message(events.Key(key, key if len(key) == 1 else None))
+        await pilot.pause(0.5)
+    (spec,) = app.results
+    assert spec is not None
+    assert spec.params["rules"] == ["secrets"] and str(spec.params.get("output")).endswith("/out.json"), spec.params

@@ -282,6 +282,37 @@ def _hand_on(field: Widget, event: events.Key) -> bool:
     return True
 
 
+class FormSwitch(Switch):
+    """A form's on/off field, which takes the keys of a burst in the order typed, as ``FormInput`` does:
+    space and enter toggle it and tab moves the focus in the key's turn, and a key that reaches it after the
+    focus moved on is handed to the field that has it now. A Switch toggles as a binding, after the keys
+    behind it, and drops letters: "space, tab x3, a regex" sent at once launched the form without the regex.
+    """
+
+    async def on_key(self, event: events.Key) -> None:
+        if _hand_on(self, event):
+            pass
+        elif event.key in ("space", "enter"):  # the Switch's own binding, in this turn
+            self.action_toggle_switch()
+        else:
+            return
+        event.stop()
+        event.prevent_default()
+
+
+class FormSelect(Select[Any]):
+    """A form's choice (a param's, the priority): tab moves the focus in the key's turn, and a key that
+    reaches it after the focus moved on is handed to the field that has it now, as ``FormInput`` does. A
+    Select leaves tab to the app's binding and drops letters: "tab, tab, out.json" sent at once from the
+    field before it launched the form without the path. Its own keys (enter, space, up, down: the list)
+    stay the Select's."""
+
+    async def on_key(self, event: events.Key) -> None:
+        if not self.expanded and _hand_on(self, event):
+            event.stop()
+            event.prevent_default()
+
+
 class TypeSelect(Select[str]):
     """The type field. Choosing a type swaps in that type's params, which takes a turn or two to mount;
     keys typed right behind the choice (a tab and the values, in one burst over SSH) are held here until
@@ -593,10 +624,10 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _control(self, f: ParamField) -> Widget:
         wid = f"param-{_wid(f.name)}"
         if f.kind == "bool":
-            return Switch(bool(f.default), id=wid, classes="field-control")
+            return FormSwitch(bool(f.default), id=wid, classes="field-control")
         if f.kind == "choice":
             default = _choice_value(f.default) if f.default is not None else Select.NULL
-            return Select(
+            return FormSelect(
                 [(str(_choice_value(c)), _choice_value(c)) for c in f.choices],
                 value=default,
                 allow_blank=default is Select.NULL or f.nullable,
@@ -620,7 +651,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _spec_widgets(self) -> ComposeResult:
         with Horizontal(classes="row"):  # one row for both: the form fits 80x24
             yield Label("priority", classes="field-label")
-            yield Select(
+            yield FormSelect(
                 [(p.value, p.value) for p in Priority],
                 value=Priority.NORMAL.value,
                 allow_blank=False,
