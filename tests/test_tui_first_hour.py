@@ -171,3 +171,24 @@ async def test_keys_typed_in_one_burst_across_a_choice_reach_the_fields_behind_i
     (spec,) = app.results
     assert spec is not None
     assert spec.params["rules"] == ["secrets"] and str(spec.params.get("output")).endswith("/out.json"), spec.params
+
+
+async def test_the_quit_question_says_what_runs_now_not_what_ran_when_it_opened(tui_settings: Settings) -> None:
+    """q while an operation ran asked what to do with "1 operation still runs in this dashboard", and said it
+    still when that operation had completed while the question waited for an answer."""
+    from textual.widgets import Label
+
+    from tui.screens.confirm import QuitScreen
+
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "ledger", "params": {"items": 15, "seconds": 0.1}})
+        await wait_for(pilot, lambda: op.id in app.engine.running_ids)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+        question = app.screen.query_one(".question", Label)
+        assert "1 operation still runs" in str(question.render())
+        await wait_for(pilot, lambda: not app.engine.running_ids)
+        await wait_for(pilot, lambda: "Nothing runs" in str(question.render()), timeout=5)
+        await pilot.press("escape")

@@ -398,6 +398,8 @@ class OutlastApp(App[int]):
             self.notify(model.errors.popleft(), severity="error")
         while self.warnings:
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
+        if isinstance(self.screen, QuitScreen) and self.engine_started:
+            self.screen.show_running(len(self.engine.running_ids))
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
             self.waiting_to_quit = False
             self._work(self._quit_now, "quit", "quitting")

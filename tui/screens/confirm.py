@@ -61,12 +61,8 @@ class QuitScreen(ModalScreen[str | None]):
         self.running = running
 
     def compose(self) -> ComposeResult:
-        n = self.running
         with Vertical(classes="dialog"):
-            yield Label(
-                f"{n} operation{'s' if n != 1 else ''} still run{'s' if n == 1 else ''} in this dashboard.",
-                classes="question",
-            )
+            yield Label(_still_running(self.running), classes="question", id="quit-question")
             yield Label(
                 "Hand over: a background worker goes on, from a checkpoint each.\n"
                 "Pause: each stops at a checkpoint; `outlast resume ID` goes on later.\n"
@@ -82,8 +78,22 @@ class QuitScreen(ModalScreen[str | None]):
     def on_mount(self) -> None:
         self.query_one("#hand_over", Button).focus()
 
+    def show_running(self, running: int) -> None:
+        """What runs here now (the app calls this every frame while the question is open): the work may
+        finish, or queued work start, while it waits for an answer; it said "1 operation still runs" of
+        work long completed."""
+        if running != self.running:
+            self.running = running
+            self.query_one("#quit-question", Label).update(_still_running(running))
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "stay" else event.button.id)
 
     def action_choose(self, choice: str | None) -> None:
         self.dismiss(choice)
+
+
+def _still_running(n: int) -> str:
+    if n == 0:
+        return "Nothing runs in this dashboard any more: each choice but Stay quits."
+    return f"{n} operation{'s' if n != 1 else ''} still run{'s' if n == 1 else ''} in this dashboard."
