@@ -7,6 +7,7 @@ table did not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,28 @@ async def test_the_quit_question_says_what_runs_now_not_what_ran_when_it_opened(
         await wait_for(pilot, lambda: not app.engine.running_ids)
         await wait_for(pilot, lambda: "Nothing runs" in str(question.render()), timeout=5)
         await pilot.press("escape")
+
+
+def test_a_hand_over_from_a_dashboard_on_a_relative_state_dir_names_its_log_by_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cd /tmp; outlast --state-dir rel tui`, then q and h: "its log: rel/detached/worker-....log", a path
+    that names nothing once read from another directory (every hint of the command line is absolute)."""
+    import os
+    import time
+
+    from tui.handover import spawn_worker
+
+    from .fixtures_cli import REPO, until
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(state_dir=Path("rel state"))
+    pid, log_path = spawn_worker(settings)  # nothing queued: it exits at once
+    monkeypatch.chdir(REPO)
+    assert log_path.is_absolute() and log_path.is_relative_to(tmp_path / "rel state"), log_path
+    until(lambda: "worker stopped" in log_path.read_text(), timeout=30, what="the worker stopped")
+    with contextlib.suppress(ChildProcessError):
+        end = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < end:
+            time.sleep(0.05)

@@ -48,7 +48,10 @@ def spawn_worker(settings: Settings) -> tuple[int, Path]:
     """Start ``outlast worker --exit-when-idle`` on the same store, with the same config file, in a new
     session (it outlives the terminal); its pid and log file. A store URL goes through the environment
     (it may hold a password, and a command line is readable by every user)."""
-    state_dir = Path(settings.state_dir).expanduser()
+    # Absolute: the log's path is printed after the dashboard exits, read later from anywhere (a relative
+    # --state-dir printed "its log: rel/detached/..."), and the worker's --state-dir names the same store
+    # whatever its working directory.
+    state_dir = Path(os.path.abspath(Path(settings.state_dir).expanduser()))
     logs = state_dir / "detached"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
