@@ -218,3 +218,19 @@ def test_a_hand_over_from_a_dashboard_on_a_relative_state_dir_names_its_log_by_a
         end = time.monotonic() + 10
         while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < end:
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("width", [40, 120])
+async def test_the_palette_key_ends_at_the_right_edge_so_no_key_shows_past_it(history: Settings, width: int) -> None:
+    """At 40 columns the footer ended "^p paletteg": its keys, wider than the terminal, scroll under the
+    palette key docked on the right, and the margin compact keys keep on their right left the last column
+    to them. Flush with the edge (its padding in place of the margin), it covers them at any width."""
+    engine = Engine(store=open_store(history.state_dir), settings=history, run_queue=False)
+    app = make_app(history, engine=engine, clock=lambda: NOW, poll=3600.0)
+    async with app.run_test(size=(width, 12)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == MANY)
+        await pilot.pause()
+        palette = app.screen.query_one("FooterKey.-command-palette")
+        assert palette.region.right == width, palette.region
+        assert str(palette.render()).rstrip().endswith("palette")
