@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .paths import config_dir
     from .processes import stopped_note
     from .profiles import SEED_PROFILES, RetryPolicy, TimeoutProfile, error_message
-    from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation
+    from .registry import HandlerSpec, handlers, migrate_timeout_operation, operation, runnable_types
     from .resources import ResourceSample
     from .store import open_store
     from .threads import LoopThreads
@@ -92,7 +92,7 @@ _WHERE = {
         "models",
     ),
     **dict.fromkeys(("SEED_PROFILES", "RetryPolicy", "TimeoutProfile", "error_message"), "profiles"),
-    **dict.fromkeys(("handlers", "migrate_timeout_operation", "operation"), "registry"),
+    **dict.fromkeys(("handlers", "migrate_timeout_operation", "operation", "runnable_types"), "registry"),
     "open_store": "store",
     "stopped_note": "processes",
 }
@@ -170,6 +170,7 @@ __all__ = [
     "migrate_timeout_operation",
     "open_store",
     "operation",
+    "runnable_types",
     "save_setting",
     "stopped_note",
     "unique_prefix_lengths",

@@ -481,6 +481,32 @@ async def test_work_whose_process_is_stopped_says_so_in_the_detail_pane(tui_sett
             await worker.wait()
 
 
+async def test_queued_work_of_a_type_no_handler_here_runs_says_why_it_waits(tui_settings: Settings) -> None:
+    """Work queued by a process that loads a plugin, shown in a dashboard that does not: its row stayed queued
+    and nothing on the screen said why (``outlast worker`` says it leaves it to a worker with the plugin). The
+    detail pane says so."""
+    from rich.console import Console
+
+    from tests.fixtures_engine import queued_record
+    from tui.widgets.detail import DetailPane
+
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings)
+    app = make_app(tui_settings, engine=engine, poll=0.3)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = queued_record("wordcount_elsewhere")
+        await engine.store.create(op)
+        await wait_for(pilot, lambda: op.id in app.ops)
+        await select(pilot, op.id)
+        await pilot.pause(0.5)
+        assert (await engine.get(op.id)).status is Status.QUEUED  # not claimed here
+        full = await app.engine.get(op.id)
+        console = Console(width=116, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(app.query_one(DetailPane).render_op(full, None, full)[0])
+        said = "no handler for this type here (its plugin is not loaded: --plugin MODULE)"
+        assert said in " ".join(console.export_text().split()), console.export_text()
+
+
 async def test_command_palette_runs_dashboard_actions(tui_settings: Settings) -> None:
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:

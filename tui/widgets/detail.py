@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine import Status, stopped_note
+from engine import Status, runnable_types, stopped_note
 
 from .. import format as fmt
 
@@ -223,7 +223,16 @@ class DetailPane(VerticalScroll, can_focus=True):
         if result is not None and op.status is Status.COMPLETED:
             row("result", result_summary(result))
         row("id", op.id + (f"  (#{op.handle})" if op.handle is not None else ""))
-        row("type", op.type + (f"  ({op.name})" if op.name else ""))
+        kind = Text(op.type + (f"  ({op.name})" if op.name else ""))
+        if full is not None and op.status is Status.QUEUED and op.type not in runnable_types():
+            # It waits for a worker that has its plugin: nothing here said why it never started. (Asked once the
+            # whole record is read: the engine is up, the first frame drawn without the registry's imports.)
+            kind.append(
+                "  no handler for this type here (its plugin is not loaded: --plugin MODULE);"
+                " a worker that loads it runs it",
+                style=colours["$warning"],
+            )
+        row("type", kind)
         if full is not None and full.params:
             row("params", " ".join(f"{k}={v}" for k, v in full.params.items()))
         row("step", p.step)
