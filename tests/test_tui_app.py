@@ -848,6 +848,17 @@ async def test_watch_only_starts_no_queued_work_until_w_and_says_so(tui_settings
         later = await app.engine.submit({"type": "ledger", "name": "later", "params": {"items": 3}})
         await pilot.pause(0.6)
         assert await status_of(app, later.id) is Status.QUEUED
+        # r on paused work here: queued again, which nothing here runs ("resumed" read as running).
+        said: list[str] = []
+        notify = app.notify
+        app.notify = lambda message, **kw: (said.append(str(message)), notify(message, **kw))[1]  # type: ignore[method-assign]
+        await app.engine.pause(later.id)
+        await wait_for(pilot, lambda: _is(app, later.id, Status.PAUSED))
+        await select(pilot, later.id)
+        await wait_for(pilot, lambda: (o := app.dashboard.selected_op) is not None and o.status is Status.PAUSED)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: any(later.id in m for m in said))
+        assert f"queued again (watch only: a worker or w here runs it): {later.id}" in said, said
 
 
 async def test_quit_hand_over_leaves_the_work_to_a_background_worker_that_completes_it(

@@ -500,7 +500,13 @@ class OutlastApp(App[int]):
 
     def action_resume(self) -> None:
         if (op := self.dashboard.selected_op) and self._engine_ready("r"):
-            self._act("resumed", "resume", op.id)
+            self._act(self._resumed, "resume", op.id)
+
+    def _resumed(self, op: Operation) -> str:
+        """What ``r`` did: queued again; in watch-only mode nothing here runs it ("resumed" read as running)."""
+        if self.watch_only and op.status is Status.QUEUED:
+            return "queued again (watch only: a worker or w here runs it)"
+        return "resumed"
 
     def action_refuse_remove(self) -> None:
         """d on queued or running work: one line saying why not and what to do (the footer hides d there)."""
