@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+import types
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Generator
@@ -95,6 +96,9 @@ class HandlerSpec:
     def parse_params(self, raw: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
         """``raw`` as the type's params model; ``context`` is pydantic's validation context (``state_dir``:
         the local store's directory, where a type's default files are, when the submitting engine knows it)."""
+        said = bool_for_number(self.params, raw)
+        if said:
+            raise InvalidInput(f"{self.type} params: {said}")
         try:
             return self.params.model_validate(raw, context=context)
         except ValidationError as e:
@@ -105,6 +109,28 @@ class HandlerSpec:
             raise InvalidInput(
                 f"{self.type} params: its validator raised {type(e).__name__}: {_first_line(e)}"
             ) from None
+
+
+def bool_for_number(model: builtins.type[BaseModel], raw: Any) -> str | None:
+    """What is wrong when a top-level param declared a number (``int``, ``float``, optional or not) is given
+    ``true`` or ``false``, else None: pydantic takes them as 1 and 0, so ``-p items=true`` ran one item."""
+    if not isinstance(raw, dict):
+        return None
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        value = raw.get(key, raw.get(name))
+        if isinstance(value, bool) and _a_number(field.annotation):
+            return f"{key}: {json.dumps(value)} is not a number"
+    return None
+
+
+def _a_number(annotation: Any) -> bool:
+    """Whether a field's type is a number alone (int, float, or one of them or None), not one a bool fits."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    kinds = [a for a in args if a is not type(None)]
+    return bool(kinds) and all(a in (int, float) for a in kinds)
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}

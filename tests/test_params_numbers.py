@@ -135,3 +135,13 @@ def test_a_profile_number_out_of_range_or_not_finite_names_the_bounds(cli: Cli, 
     code, _, err = in_process(cli, "submit", "demo", "--profile", pair)
     assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
     nothing_stored(cli)
+
+
+def test_true_or_false_for_a_number_is_refused_naming_it(cli: Cli) -> None:
+    """``-p items=true`` ran one item and ``-p seconds=false`` none a second: pydantic takes a bool as 1 or 0.
+    Every top-level number param of every built-in refuses them; a bool param still takes them."""
+    bad_params_p(cli, "demo", "items", "true", "demo params: items: true is not a number")
+    for type_, name, _whole, _bounds in FIELDS:
+        bad_params(cli, type_, {name: False}, f"{type_} params: {name}: false is not a number")
+    code, _, err = in_process(cli, "submit", "command", "-p", "command=true", "-p", "shell=true")
+    assert code == 0, err
