@@ -61,6 +61,12 @@ class StoreFailed(StoreError):
         self.why = why
 
 
+class StoreRefused(StoreError):
+    """A store that answers reads but refuses writes: a Redis read-only replica, or one full under
+    ``noeviction``. A command that only reads lists what it holds as it is (with one line saying why
+    nothing is marked); one that would write says this error, exit 8."""
+
+
 class StoreLost(StoreError):
     """The store's file this process wrote to was deleted under it (its state dir removed): the records of
     the operations it was running went with it, so they cannot be resumed, only run again."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, StoreRefused
 from ..files import read_regular
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
 from ..paths import config_file, default_state_dir
@@ -245,11 +245,14 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any]:
+async def session(settings: Settings, recover: bool = True, reading: bool = False) -> AsyncIterator[Any]:
     """An engine on the open store, without running anything (reads and control requests).
 
     ``recover`` first marks operations left running by dead processes interrupted, so what a
-    command shows is the truth.
+    command shows is the truth. ``reading``: the command only reads (``ls``, ``show``, ``logs``,
+    ``checkpoints``): a store that answers reads but refuses writes (a Redis read-only replica, or one
+    full under noeviction) is listed as it is, with one line saying why nothing was marked. Such a
+    store refused every listing (exit 8), so nobody could see what had been running on it.
     """
     with collector_paused():  # the engine's and the store's modules: imports, as the settings' (``App.settings``)
         from .run import make_engine
@@ -258,7 +261,17 @@ async def session(settings: Settings, recover: bool = True) -> AsyncIterator[Any
     await engine.store.open()
     try:
         if recover:
-            await engine.recover()
+            try:
+                await engine.recover()
+            except StoreRefused as e:
+                if not reading:
+                    raise
+                import logging
+
+                logging.getLogger("outlast").warning(
+                    "%s; shown as stored: work whose process stopped is not marked interrupted until it takes writes",
+                    e,
+                )
         yield engine
     finally:
         await engine.store.close()

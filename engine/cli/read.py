@@ -71,7 +71,7 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
             return ExitCode.OK
 
     async def go() -> list[Operation]:
-        async with session(app.settings) as engine:
+        async with session(app.settings, reading=True) as engine:
             return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
 
     ops = run_async(go())
@@ -153,7 +153,7 @@ def show(app: App, op_id: str) -> int:
     """Everything about one operation (ID: any unique prefix)."""
 
     async def go() -> tuple[Operation, list[Checkpoint]]:
-        async with session(app.settings) as engine:
+        async with session(app.settings, reading=True) as engine:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
 
@@ -222,7 +222,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         with collector_paused():  # the engine's modules: imports
             from .follow import OrphanLook, rest_of_log
 
-        async with session(app.settings) as engine:
+        async with session(app.settings, reading=not follow_) as engine:
             full = await engine.resolve(op_id)
             records, offset = await engine.logs(full, 0, limit)
             if limit is None and not follow_:
@@ -289,7 +289,7 @@ def checkpoints(app: App, op_id: str, full: bool) -> int:
     """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
 
     async def go() -> tuple[list[Checkpoint], list[dict[str, Any]] | None]:
-        async with session(app.settings) as engine:
+        async with session(app.settings, reading=True) as engine:
             full_id = await engine.resolve(op_id)
             cps = await engine.checkpoints(full_id)
             return cps, (await checkpoints_in_full(engine.store, cps) if full else None)

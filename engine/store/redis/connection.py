@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...config import USERINFO_CUT, userinfo_cut
+from ...errors import StoreRefused
 from ...models import InvalidInput, StoreError
 
 log = logging.getLogger("outlast.store.redis")
@@ -210,6 +211,7 @@ class RedisLink:
         that was running, whose line a refusal by the user's ACL names; ``opening``: raised by ``open``."""
         w = self.where
         text = str(e)
+        kind = StoreError
         no_password = self._password is None and urlsplit(self.raw_url).username is None
         # Over a unix socket without a password, the server's refusal of HELLO is the same missing password.
         if "NOAUTH" in text or "already authenticated" in text or (isinstance(e, AuthenticationError) and no_password):
@@ -237,11 +239,12 @@ class RedisLink:
                 " its configuration); enable it there, or point the store URL at another Redis"
             )
         elif isinstance(e, ReadOnlyError):
-            msg = f"redis {w} is a read-only replica: point the store URL at the primary"
+            msg, kind = f"redis {w} is a read-only replica: point the store URL at the primary", StoreRefused
         elif isinstance(e, OutOfMemoryError) or "used memory > 'maxmemory'" in text:
             # Said by Redis as "command not allowed when used memory > 'maxmemory'. script: <sha>, on
             # @user_script:26": the script's hash and line are of no use to the person reading it.
             msg = f"redis {w} is full (its used memory is over maxmemory): raise maxmemory or free memory there"
+            kind = StoreRefused
         elif "DB index is out of range" in text or (opening and "out of range" in text):
             # At connection, only the URL's database number (SELECT) can be out of range: past the server's
             # `databases`, or past a 32-bit number ("value is out of range, value must between ...").
@@ -254,7 +257,7 @@ class RedisLink:
                 msg += " (the URL asks for TLS, rediss://: does the server speak TLS on that port?)"
         else:
             msg = f"redis {w}: {_reason(e)}"
-        return StoreError(self._scrub(msg))
+        return kind(self._scrub(msg))
 
     async def open(self) -> None:
         """Connect and PING once (no retries): an unreachable Redis at start is one clear line."""
