@@ -88,3 +88,13 @@ async def test_reads_list_an_orphan_as_stored_where_redis_refuses_writes(
     assert r.returncode == ExitCode.OK and r.stderr.count("interrupted") == 1, r.stderr
     assert [o["status"] for o in json.loads(r.stdout)] in ([Status.INTERRUPTED.value], [Status.QUEUED.value])
 
+
+async def test_a_read_only_replica_with_nothing_orphaned_is_listed_without_a_word(redis_server: RedisServer) -> None:
+    """The look for orphans took the ids a claim found without a record (SPOP) on every listing, a write
+    even with none there: every ``ls`` on a replica was refused, or (with the listing kept) warned."""
+    r = outlast(redis_server.url, "-q", "submit", "demo", "-p", "items=5")
+    assert r.returncode == ExitCode.OK, r.stderr
+    await redis_server.up_for(2)  # before that, no look for orphans is made
+    _replica(redis_server)
+    r = outlast(redis_server.url, "ls")
+    assert r.returncode == ExitCode.OK and r.stderr == "" and "queued" in r.stdout, (r.returncode, r.stderr)

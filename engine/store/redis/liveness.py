@@ -91,12 +91,17 @@ class LivenessMixin(RecoveryMixin):
         async def look(c: Any) -> list[Any]:
             pipe = c.pipeline(transaction=False)
             pipe.zrange(running, 0, -1)
-            pipe.spop(gone_key, 500)  # queued ids a claim found without a record
+            pipe.scard(gone_key)  # queued ids a claim found without a record
             for key in queues:
                 pipe.zcard(key)
             return list(await pipe.execute())
 
-        members, dropped, listed, *held = await self.link.call(look, "taking the queued ids found without a record")
+        members, gone_count, listed, *held = await self.link.call(look, "looking for orphans")
+        dropped: list[Any] = []
+        if gone_count:  # taken only when there are some: a look that writes nothing works on a read-only replica
+            dropped = await self.link.call(
+                lambda c: c.spop(gone_key, 500), "taking the queued ids found without a record"
+            )
         if listed > sum(held):  # queued operations no queue holds (a queue key evicted): none would run them
             await self._requeue()
             dropped = [*(dropped or []), *await self.link.call(lambda c: c.spop(gone_key, 500), "taking them")]
