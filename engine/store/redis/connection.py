@@ -29,6 +29,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     DataError,
+    InvalidResponse,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
@@ -250,6 +251,13 @@ class RedisLink:
             # `databases`, or past a 32-bit number ("value is out of range, value must between ...").
             msg = (
                 f"redis {w}: no such database: the number in the store URL (/DB) is not below the server's `databases`"
+            )
+        elif isinstance(e, InvalidResponse) and (opening or not self.connected):
+            # Said by the parser as "protocol error, got "<" as reply type byte" (an HTTP server's page), or
+            # "S" (an SSH server's banner): the URL's port is another server's.
+            msg = (
+                f"redis {w}: what answers there is not a Redis server ({_reason(e)}): check the host and port"
+                " in the store URL"
             )
         elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
             msg = f"redis {w}: cannot connect: {_reason(e)}"
