@@ -398,15 +398,24 @@ class RecoveryMixin(RedisCore):
         )
 
     async def _went_back(self, op: Operation, quiet: frozenset[Status]) -> Operation | None:
-        """The mirror's record of ``op`` when it shows Redis lost writes (``_shows_loss``), said once found."""
+        """The mirror's record of ``op`` when it shows Redis lost writes (``_shows_loss``) and Redis still
+        holds ``op`` as read, said once found."""
         if self.mirror is None:
             return None
         try:
             prior = self._shows_loss(await asyncio.to_thread(self.mirror.load_record_sync, op.id), op, quiet)
         except (OSError, ValueError):
             return None
-        if prior is not None:
-            self._say_went_back(op, prior)
+        if prior is None:
+            return None
+        # The mirror is written after Redis accepts: read after it, Redis holds what the mirror has, or
+        # later, unless it lost it. A record changed since ``op`` was read is another process's write that
+        # came between the two reads (two processes settling one orphan at once), not a loss: said as
+        # "went back in time", a false alarm.
+        now = await self._fetch([op.id])
+        if not now or (now[0].status, now[0].epoch) != (op.status, op.epoch):
+            return None
+        self._say_went_back(op, prior)
         return prior
 
     async def _write_back(self, op: Operation, prior: Operation) -> None:
