@@ -33,6 +33,9 @@ return 1
 """
 """Move the handle counter (``meta`` ``handles``) up to ARGV[1], never down."""
 
+EMPTIED_EVERY = 60.0
+"""Seconds within which a store found emptied again is not said again (at debug level only)."""
+
 
 class RecoveryMixin(RedisCore):
     """The generation mark and restoring from the mirror (part of RedisStore)."""
@@ -46,6 +49,12 @@ class RecoveryMixin(RedisCore):
     """The id of this store (``meta`` ``store``) its mirror is bound to; None before (or without a mirror)."""
     _stale_marked = False
     """This process marked in Redis that a mirror write failed (``meta`` ``mirror_stale``)."""
+    _emptied_said_at = -EMPTIED_EVERY
+    """When (monotonic) this process last said the store was emptied."""
+
+    async def _emptied(self) -> None:
+        """Called when the store is found emptied or replaced since this process connected (RedisStore: look
+        at the memory policy at once, a likely cause)."""
 
     @property
     def _location(self) -> str:
@@ -84,7 +93,17 @@ class RecoveryMixin(RedisCore):
         gen, sid, stale = await self._read_meta()
         changed = gen is None or (self._generation is not None and gen != self._generation)
         if changed and self._generation is not None:
-            log.warning("redis %s: the store was emptied or replaced since this process connected", self.link.where)
+            # Said once a minute at most: under an eviction policy the mark is evicted again and again, and
+            # each worker said it every few seconds (15 lines in 25 s), the policy, the cause, not at all.
+            now = time.monotonic()
+            said = now - self._emptied_said_at < EMPTIED_EVERY
+            self._emptied_said_at = now
+            log.log(
+                logging.DEBUG if said else logging.WARNING,
+                "redis %s: the store was emptied or replaced since this process connected",
+                self.link.where,
+            )
+            await self._emptied()
         if self.mirror is not None and (opening or changed):
             await self._bind_mirror(gen is None, sid)
         if self.mirror is not None and changed:

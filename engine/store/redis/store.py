@@ -120,6 +120,11 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
                 size(limit),
             )
 
+    async def _emptied(self) -> None:
+        # Keys gone without a restart: an eviction policy set since this process looked (once a minute) is
+        # the likely cause, said now, with the line about the store, not up to a minute after it.
+        await self._check_eviction()
+
     async def find_orphans(self) -> list[Operation]:
         # Every look for orphans (a worker's, every few seconds), once a minute: the memory settings
         # again. Looked at only when a process opened the store, a policy set to evict keys since
