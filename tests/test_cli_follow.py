@@ -291,3 +291,21 @@ def test_watching_all_with_nothing_active_says_so_once(cli: Cli) -> None:
     watch.signal(signal.SIGINT)
     assert watch.wait(30) == ExitCode.WATCH_STOPPED, watch.err
     assert not any(note in ln for ln in watch.out), watch.out
+
+
+def test_a_watch_whose_operation_is_deleted_under_it_says_it_is_gone(cli: Cli) -> None:
+    """The record removed while ``watch`` follows it (the store emptied, a row deleted): it said "no operation
+    ID", exit 3, the answer to a mistyped id. It says the operation it was following is gone."""
+    import sqlite3
+
+    sub = cli("submit", "demo", "-p", "items=1000")
+    assert sub.returncode == 0, sub.stderr
+    op_id = sub.stdout.strip()
+    watch = cli.start("watch", op_id)
+    watch.wait_line(lambda ln: op_id in ln)
+    db = sqlite3.connect(cli.state_dir / "outlast.db")
+    with db:
+        db.execute("DELETE FROM operations WHERE id=?", (op_id,))
+    db.close()
+    assert watch.wait(30) == ExitCode.NOT_FOUND
+    assert watch.err == [f"outlast: {op_id} is gone from the store (deleted, or the store emptied)"], watch.err

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..errors import NotFound
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
 from . import collector_paused
@@ -197,6 +198,12 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
                     finals = await watch_many(engine, list(dict.fromkeys(ids)) or None, mode)
             except WatchStopped:  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
                 return code_for_stopped_watch(engine.stop_signal)
+            except NotFound:
+                # Found when the watch began, gone since: said as `outlast run` says it ("no operation ID", the
+                # answer to a mistyped id, read as a wrong id).
+                gone = ids[0] if len(ids) == 1 else "an operation watched"
+                fmt.echo(f"outlast: {gone} is gone from the store (deleted, or the store emptied)", err=True)
+                return ExitCode.NOT_FOUND
         codes = [code_for_status(o.status) for o in finals]
         return next((c for c in codes if c != ExitCode.OK), ExitCode.OK)
 
