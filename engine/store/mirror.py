@@ -427,9 +427,9 @@ class StagedRecord:
     both (the file's fsync is most of its write).
 
     One job on a thread writes ``data`` into a temp file beside ``ops/ID.json`` and fsyncs it, under the dot
-    name of an ``atomic_write`` temp file, which every reader skips; then, once Redis answered, renames it into
-    place and syncs the directory (``publish``), or removes it (``drop``). The job does it all when Redis
-    answered first (the usual order), else it leaves the rest to one more job from ``publish``. So a process killed
+    name of an ``atomic_write`` temp file, which every reader skips; then, once Redis answered (``settle``),
+    renames it into place and syncs the directory, or removes it. The job does it all when Redis answered
+    first (the usual order), else it leaves the rest to one more job from ``settle``. So a process killed
     before the rename, or a create Redis refused, leaves no record: at most a temp file, never read as one.
     A staged write that failed costs a second write, the record written whole after the create; a failure
     of that is said as any mirror write's (``guard``)."""
@@ -441,10 +441,10 @@ class StagedRecord:
         self._created: bool | None = None
         """Redis's answer (created, or not); None before."""
         self._staged = False
-        """The job wrote (or failed to write) the temp file and left the rest to ``publish`` or ``drop``."""
+        """The job wrote (or failed to write) the temp file and left the rest to ``settle``."""
         self._tmp: Path | None = None
         self._job = asyncio.get_running_loop().run_in_executor(None, self._write)
-        self._job.add_done_callback(lambda f: f.cancelled() or f.exception())  # said by publish, or not at all
+        self._job.add_done_callback(lambda f: f.cancelled() or f.exception())  # said by settle, or not at all
 
     def _write(self) -> bool:
         """The job: the temp file; the rest too when Redis answered already (True: done)."""
