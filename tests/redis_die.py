@@ -11,12 +11,7 @@ sent on a connection directly (``Connection.send_packed_command`` then ``read_re
 EVALSHA so). Only redis-py's public API is wrapped; a command sent from inside another (the connection's handshake)
 is part of it.
 
-A kill at a random moment rarely lands between two requests that run within a millisecond of each other.
-
-With OUTLAST_TEST_REDIS_DIE_FSYNCED=DIR:K the kill first waits (5 s at most) until K files in directory DIR were
-fsynced by this process, then 0.3 s more for the write each belongs to to finish (its rename, its directory's
-fsync): a file a thread writes while the request is in flight (the checkpoint mirror's record of a submit) is then
-written when the process dies."""
+A kill at a random moment rarely lands between two requests that run within a millisecond of each other."""
 
 from __future__ import annotations
 
@@ -24,8 +19,6 @@ import contextvars
 import hashlib
 import os
 import signal
-import threading
-import time
 import weakref
 from typing import Any
 
@@ -50,33 +43,9 @@ _pending: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """Connections a counted command was sent on directly, whose reply is not read yet: their request's number."""
 _scripts: dict[bytes, str] = {}
 _trace = open(TRACE, "a", buffering=1) if TRACE else None  # noqa: SIM115  (lives as long as the process)
-_fsynced_dir, _, _fsynced_k = os.environ.get("OUTLAST_TEST_REDIS_DIE_FSYNCED", "").rpartition(":")
-_fsynced_dir = os.path.realpath(_fsynced_dir) if _fsynced_dir else ""
-_fsynced = [0]
-_fsynced_enough = threading.Event()
-_fsync = os.fsync
-
-
-def fsync(fd: Any) -> None:
-    _fsync(fd)
-    try:
-        path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
-    except OSError:
-        return
-    if os.path.dirname(path) == _fsynced_dir:
-        _fsynced[0] += 1
-        if _fsynced[0] >= int(_fsynced_k):
-            _fsynced_enough.set()
-
-
-if _fsynced_dir:
-    os.fsync = fsync
 
 
 def _die(when: str, n: int) -> None:
-    if _fsynced_dir:
-        _fsynced_enough.wait(5)
-        time.sleep(0.3)
     if _trace is not None:
         _trace.write(f"killed {when} {n}\n")
         _trace.flush()

@@ -28,13 +28,11 @@ import logging
 import os
 import re
 import shutil
-import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import NotRegular, atomic_write, fsync_dir, open_regular, private_opener
+from ..files import NotRegular, atomic_write, fsync_dir, open_regular
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -99,12 +97,8 @@ class CheckpointMirror:
         A write that fails because the mirror's directories were removed under this process (a cleanup, an
         ``rm -rf`` of an old-looking directory) makes them again and is retried once; ``refill`` is set, for
         the store to write back what the mirror lost (it would otherwise hold only what is written after)."""
-        return await self._guarded(what, asyncio.to_thread(self._remade, fn), quiet)
-
-    async def _guarded(self, what: str, write: Awaitable[T], quiet: bool = False) -> T | None:
-        """``guard`` of a write already started (``write``)."""
         try:
-            out = await write
+            out = await asyncio.to_thread(self._remade, fn)
         except Exception as e:  # OSError mostly; the mirror must never stop the work
             self.missed = True
             if self.healthy and not quiet:
@@ -154,10 +148,6 @@ class CheckpointMirror:
     async def save_record(self, op: Operation) -> None:
         data = model_json(op).encode()
         await self.guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
-
-    def stage_record(self, op_id: str, data: bytes) -> StagedRecord:
-        """Start writing a new operation's record (``data``) now, while Redis creates it (``StagedRecord``)."""
-        return StagedRecord(self, op_id, data)
 
     def load_records_sync(self) -> list[Operation]:
         """Every readable record; a malformed file is skipped with a warning."""
@@ -420,87 +410,6 @@ class CheckpointMirror:
             shutil.rmtree(self._op_ckpt_dir(op_id), ignore_errors=True)
 
         await self.guard(f"deleting {op_id}", do)
-
-
-class StagedRecord:
-    """A new operation's record written while Redis creates it: a submit waits for the longer of the two, not
-    both (the file's fsync is most of its write).
-
-    One job on a thread writes ``data`` into a temp file beside ``ops/ID.json`` and fsyncs it, under the dot
-    name of an ``atomic_write`` temp file, which every reader skips; then, once Redis answered (``settle``),
-    renames it into place and syncs the directory, or removes it. The job does it all when Redis answered
-    first (the usual order), else it leaves the rest to one more job from ``settle``. So a process killed
-    before the rename, or a create Redis refused, leaves no record: at most a temp file, never read as one.
-    A staged write that failed costs a second write, the record written whole after the create; a failure
-    of that is said as any mirror write's (``guard``)."""
-
-    def __init__(self, mirror: CheckpointMirror, op_id: str, data: bytes) -> None:
-        self.mirror, self.data = mirror, data
-        self.path = mirror.ops_dir / f"{validate_id(op_id)}.json"
-        self._lock = threading.Lock()
-        self._created: bool | None = None
-        """Redis's answer (created, or not); None before."""
-        self._staged = False
-        """The job wrote (or failed to write) the temp file and left the rest to ``settle``."""
-        self._tmp: Path | None = None
-        self._job = asyncio.get_running_loop().run_in_executor(None, self._write)
-        self._job.add_done_callback(lambda f: f.cancelled() or f.exception())  # said by settle, or not at all
-
-    def _write(self) -> bool:
-        """The job: the temp file; the rest too when Redis answered already (True: done)."""
-        tmp: Path | None = self.path.with_name(f".{self.path.name}.{os.getpid()}.{time.time_ns()}.tmp")
-        assert tmp is not None
-        try:
-            with open(tmp, "xb", opener=private_opener) as fh:
-                fh.write(self.data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except Exception:  # written whole once Redis created it, and said if that fails too
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            tmp = None
-        with self._lock:
-            self._tmp, created = tmp, self._created
-            self._staged = created is None
-        if created is None:
-            return False
-        self._finish(created)
-        return True
-
-    def _finish(self, created: bool) -> None:
-        tmp = self._tmp
-        if not created:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            return
-        if tmp is not None:
-            try:
-                os.replace(tmp, self.path)
-            except FileNotFoundError:  # its directory removed meanwhile: written whole
-                pass
-            else:
-                fsync_dir(self.path.parent)
-                return
-        self.mirror._remade(lambda: atomic_write(self.path, self.data))
-
-    def drop(self) -> None:
-        """Redis did not create the operation (refused, failed, cancelled): the temp file removed, never
-        renamed into place."""
-        with self._lock:
-            self._created, staged = False, self._staged
-        if staged:
-            self._finish(False)
-
-    async def publish(self) -> None:
-        """Redis created the operation: the record renamed into place (or written whole), the directory
-        synced; a failure said and survived as any mirror write's."""
-        with self._lock:
-            self._created, staged = True, self._staged
-        if staged:  # the job is done with the temp file: one more for the rest
-            await self.mirror.guard(f"record {self.path.stem}", lambda: self._finish(True))
-        else:
-            await self.mirror._guarded(f"record {self.path.stem}", self._job)
 
 
 def _read(path: Path) -> bytes:

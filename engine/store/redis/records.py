@@ -49,53 +49,19 @@ log = logging.getLogger("outlast.store.redis")
 class RecordsMixin(RecoveryMixin):
     """Records, the queue and claims (part of RedisStore)."""
 
-    _last_handle = 0
-    """The handle this process's last create was given (with a mirror)."""
-    _consecutive = False
-    """Its last two creates were given consecutive handles: no other process created one between them, and the
-    next create will most likely be given the next one."""
-    _creating = 0
-    """Creates of this process waiting for Redis."""
-
     async def create(self, op: Operation, fresh: bool = False) -> int | None:
         validate_id(op.id)
         tx = unique_token()  # a create's mark: a retry of it gets its handle back
         packed = pack_new(op) if fresh else None
-        mirror, staged, guess = self.mirror, None, self._last_handle + 1
-        if mirror is not None and self._consecutive and not self._creating:
-            # The mirror's record written while Redis creates the operation, under a temp name, with the handle
-            # it will most likely be given (checked: written again if not), renamed into place once Redis has
-            # it: a submit waits for the longer of the two, not both (the file's fsync is most of the write).
-            staged = mirror.stage_record(op.id, model_json(op.model_copy(update={"handle": guess})).encode())
-        self._creating += 1
-        try:
+        handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
+        if handle < 0:  # Redis emptied since this process looked: restored first, so no handle is reused
+            await self._ensure_generation()
             handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
-            if handle < 0:  # Redis emptied since this process looked: restored first, so no handle is reused
-                await self._ensure_generation()
-                handle = await self._create(op, tx=tx, generation=self._generation, packed=packed)
-            if handle < 0:
-                raise StoreError(
-                    f"redis {self.link.where}: the store was emptied or replaced again; {op.id} not created"
-                )
-            if not handle:
-                raise Conflict(f"operation {op.id} exists already")
-        except BaseException:
-            if staged is not None:  # not created: never renamed into place
-                staged.drop()
-            raise
-        finally:
-            self._creating -= 1
-        if self.mirror is None:  # no mirror, or unbound meanwhile (another store's)
-            if staged is not None:
-                staged.drop()
-            return handle
-        self._consecutive, self._last_handle = handle == self._last_handle + 1, handle
-        if staged is not None and handle == guess:
-            await staged.publish()
-            await self._mirror_wrote()
-        else:  # the copy is for the mirror only (a submit's every microsecond counts)
-            if staged is not None:
-                staged.drop()
+        if handle < 0:
+            raise StoreError(f"redis {self.link.where}: the store was emptied or replaced again; {op.id} not created")
+        if not handle:
+            raise Conflict(f"operation {op.id} exists already")
+        if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
             await self._mirror_record(op.model_copy(update={"handle": handle}), check=False)
         return handle
 
