@@ -10,7 +10,8 @@ import os
 import sqlite3
 import stat
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -73,6 +74,41 @@ def disk_full(e: BaseException, what: str, path: str | Path) -> str | None:
 def output_dir(ctx: OperationContext) -> Path:
     """Where an operation puts what it makes: ``ctx.output_dir`` (``outputs`` in the state directory)."""
     return ctx.output_dir
+
+
+CHANGE_SLACK = 2.0
+"""Seconds before ``reading_since`` from which a file's change time counts as a change: file systems that keep
+times coarsely (FAT: 2 s) or a kernel clock a tick behind ``time.time()``."""
+
+
+def reading_since(ctx: OperationContext) -> float | None:
+    """When the operation's first attempt began reading its tree, kept in its state (set by the first call, before
+    any item is done); None for an operation resumed from a checkpoint written before it was kept."""
+    st = ctx.state
+    if "reading_since" not in st:
+        if ctx.done_keys:
+            return None
+        st["reading_since"] = time.time()
+    return float(st["reading_since"])
+
+
+def changed_since(root: str | Path, rels: Iterable[str], since: float) -> set[str]:
+    """The files of ``rels`` (relative to ``root``) whose inode changed since ``since`` (its ctime, which no one
+    sets back: new content, a mode, a rename, even an mtime put back by hand; or an mtime in the future).
+
+    A file an earlier attempt read, then changed before the resume, was kept as that attempt read it: a
+    security scan missed a key added to it, an analysis kept its old functions and imports. Gone files are
+    left out: the end of the run drops what the listing no longer has."""
+    cut = since - CHANGE_SLACK
+    out = set()
+    for rel in rels:
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            continue
+        if st.st_ctime >= cut or st.st_mtime >= cut:
+            out.add(rel)
+    return out
 
 
 def not_blank(value: str, name: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..context import OperationFailed
 from ..files import create_private
-from ._common import disk_full, output_dir, peek
+from ._common import changed_since, disk_full, output_dir, peek, reading_since
 
 
 def db_path(ctx: Any, output: str | None, prefix: str, root: str) -> str:
@@ -126,8 +126,13 @@ def _swap_token(con: sqlite3.Connection, token: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-async def pending_items(ctx: Any, con: sqlite3.Connection, db: str, keys: list[str]) -> list[str]:
+async def pending_items(
+    ctx: Any, con: sqlite3.Connection, db: str, keys: list[str], root: Path | None = None
+) -> list[str]:
     """The keys to analyse: those not done yet, or every one when the database lacks the done ones' rows.
+    With ``root`` (the keys are its files), also the done ones changed since the first attempt began reading
+    (``changed_since``): their rows are of the file before the change. Their bodies do not run again in
+    ``ctx.items`` (done), so a caller stores their rows before it, as the built-ins do.
 
     An operation keeps a token in its checkpointed state and writes it into its database before its first
     row. A resume that finds another token (or none) there is writing into another database: it was
@@ -135,13 +140,20 @@ async def pending_items(ctx: Any, con: sqlite3.Connection, db: str, keys: list[s
     (whose end dropped the rows it had not seen). The items done before are then analysed again, not
     skipped: skipped, they were missing from a "completed" result, silently. (``ctx.items`` still counts
     each item once.) The caller holds ``exclusive(db)``."""
+    since = reading_since(ctx) if root is not None else None
     token = ctx.state.get("results_token")
     first = token is None
     if first:
         token = ctx.state["results_token"] = f"{ctx.id}:{uuid.uuid4().hex}"
     held = await asyncio.to_thread(_swap_token, con, token)
     if first or not ctx.done_keys or held == token:
-        return [k for k in keys if not ctx.is_done(k)]
+        if since is None or root is None or not ctx.done_keys:
+            return [k for k in keys if not ctx.is_done(k)]
+        done = [k for k in keys if ctx.is_done(k)]
+        changed = await asyncio.to_thread(changed_since, root, done, since)
+        if changed:
+            ctx.log.info(f"{len(changed)} files read by an earlier attempt changed since: read again")
+        return [k for k in keys if k in changed or not ctx.is_done(k)]
     ctx.log.warning(
         f"{db} is not the database the earlier attempts wrote (deleted, replaced or written by another "
         "operation since): every file is analysed again"

@@ -303,7 +303,7 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
         ]
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
-        pending = await pending_items(ctx, con, db, files)
+        pending = await pending_items(ctx, con, db, files, root)
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p)

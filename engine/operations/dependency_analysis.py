@@ -474,7 +474,7 @@ async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, roo
     try:
         files = await list_files(ctx, root, ["*.py"], p.exclude, own_files(db))
         ctx.progress(total=len(files), step="parsing imports")
-        pending = await pending_items(ctx, con, db, files)
+        pending = await pending_items(ctx, con, db, files, root)
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, src, root, pending[i : i + BATCH], ctx.id)

@@ -231,7 +231,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("bytes", 0)
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
-    pending = await pending_items(ctx, con, db, files)
+    pending = await pending_items(ctx, con, db, files, root)
     loop = asyncio.get_running_loop()
     if len(pending) < len(files):  # a resume: the files indexed before and changed since are indexed again
         todo = set(pending)

@@ -39,7 +39,16 @@ from ..errors import InvalidInput
 from ..files import private_opener
 from ..registry import operation
 from ..text import clean_json
-from ._common import JSON_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
+from ._common import (
+    JSON_MAGIC,
+    NotInTree,
+    changed_since,
+    check_output_file,
+    existing_dir,
+    open_in_tree,
+    output_dir,
+    reading_since,
+)
 from ._lang import language_of
 from ._pool import in_order, worker_count
 from ._scan_libs import (
@@ -304,6 +313,36 @@ def _targets(ctx: OperationContext, p: ScanParams) -> dict[str, Path]:
     return {k: base.with_suffix("." + k) for k in kinds}
 
 
+def _sizes(root: Path, rels: list[str]) -> int:
+    """The bytes of these files (of ``root``) now; a file gone counts nothing."""
+    total = 0
+    for rel in rels:
+        with contextlib.suppress(OSError):
+            total += os.lstat(os.path.join(root, rel)).st_size
+    return total
+
+
+def _record(ctx: OperationContext, rel: str, kind: str, payload: Any) -> None:
+    """One file's outcome into the scan's state (what the reports are made of) and its live metrics."""
+    st = ctx.state
+    if kind == "skip":
+        st["skipped"][rel] = payload
+    elif kind == "fail":
+        st["failed"][rel] = payload
+    else:
+        size, findings, latin1 = payload
+        st["failed"].pop(rel, None)
+        st["bytes"] += size
+        if latin1:
+            st["latin1"] += 1
+            st["latin1_files"].append(rel)
+        if findings:
+            st["findings"][rel] = findings
+            ctx.metrics["findings"] += len(findings)
+            for f in findings:
+                ctx.metrics[f"findings_{f['severity']}"] += 1
+
+
 @operation("security_scan", params=ScanParams, description="find hard-coded secrets and risky code; JSON and SARIF")
 async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     """Scan every file once; findings, skips and failures add up to the report written at the end."""
@@ -321,10 +360,26 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     failed: dict[str, str] = st.setdefault("failed", {})
     st.setdefault("bytes", 0)
     st.setdefault("latin1", 0)
+    latin1_files: list[str] = st.setdefault("latin1_files", [])
+    since = reading_since(ctx)
+    done = [f for f in files if ctx.is_done(f)] if ctx.done_keys else []
+    changed = await asyncio.to_thread(changed_since, root, done, since) if done and since is not None else set()
+    if changed:  # scanned by an earlier attempt, changed since: what it found there is of the file before
+        ctx.log.info(f"{len(changed)} files scanned by an earlier attempt changed since: scanned again")
+        for kept in (found, skipped, failed):
+            for rel in changed.intersection(kept):
+                del kept[rel]
+        latin1_files[:] = [r for r in latin1_files if r not in changed]
+        st["latin1"] = len(latin1_files)
+        # The bytes of the files scanned before and not changed since are their sizes now; the changed ones
+        # add theirs as they are scanned again.
+        st["bytes"] = await asyncio.to_thread(
+            _sizes, root, [f for f in done if f not in changed and f not in skipped and f not in failed]
+        )
     ctx.metrics["findings"] = sum(map(len, found.values()))
     live = Counter(f["severity"] for fs in found.values() for f in fs)
     ctx.metrics.update({f"findings_{s}": live[s] for s in SEVERITIES})  # by severity, live
-    pending = [f for f in files if not ctx.is_done(f)]
+    pending = [f for f in files if f in changed or not ctx.is_done(f)]
     workers = worker_count(len(pending))
     if workers:
         ctx.log.info(f"scanning {len(pending)} files in {workers} worker processes")
@@ -333,26 +388,18 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
     # Closed as the loop is left (a stop): the workers are killed then, not when the event loop gets to it.
     async with contextlib.aclosing(in_order(_scan_batch, batches, workers, ctx=ctx)) as scanned:
         async for results in scanned:
+            for rel, kind, payload in results:
+                if rel in changed:  # done before (``ctx.items`` passes it by): its outcome replaces the old one
+                    _record(ctx, rel, kind, payload)
             async for rel, kind, payload in ctx.items(results, key=lambda r: r[0]):
                 ctx.step = rel
+                _record(ctx, rel, kind, payload)
                 if kind == "skip":
-                    skipped[rel] = payload
                     ctx.skip(rel)
                     ctx.advance()  # looked at: progress reaches 100% however many files are skipped or fail
                 elif kind == "fail":
-                    failed[rel] = payload
                     ctx.fail(rel, payload)
                     ctx.advance()
-                else:
-                    size, findings, latin1 = payload
-                    failed.pop(rel, None)
-                    st["bytes"] += size
-                    st["latin1"] += latin1
-                    if findings:
-                        found[rel] = findings
-                        ctx.metrics["findings"] += len(findings)
-                        for f in findings:
-                            ctx.metrics[f"findings_{f['severity']}"] += 1
     ctx.progress(step="writing reports")
     # A file an earlier attempt scanned and that is gone from the tree now (renamed or deleted since) keeps
     # no findings, skip or failure: under its old name beside its new one, it was reported twice.

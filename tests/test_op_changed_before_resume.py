@@ -1,0 +1,93 @@
+"""A file an analysis read before a SIGKILL, changed before ``outlast resume``, is read again: the result is the
+tree's as it is at the end, as a fresh run of it says.
+
+An outside tester planted an AWS key in a file the security scan had scanned before the kill: the resumed scan
+reported the tree without it (its findings, bytes and SARIF were the file's before the change); code_analysis kept
+the file's old functions, dependency_analysis its old imports, and an index (which compared sizes and mtimes)
+the file's old symbols. The change here keeps the file's size and puts
+its mtime back (as ``touch -r``, ``rsync -t`` or a checkout would), which only the file's ctime tells."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Status, open_store
+from tests.fixtures_analysis import tables
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
+
+FILES = {"security_scan": 300, "code_analysis": 300, "dependency_analysis": 3000, "codebase_indexing": 3000}
+"""Enough for a kill to land mid-run: parsing imports is quick."""
+PLAIN = 'x = "AAAAAAAAAAAAAAAAAAAA"\n'
+# The same length as PLAIN: a key for the scan, an import for the dependencies, a branch for the analysis.
+CHANGED = {
+    "security_scan": 'x = "AKIAZ7QW3XK5P2LM9RTB"\n',
+    "dependency_analysis": "import requests, yaml     \n",
+    "code_analysis": "def f(a):\n  return a or b \n",
+    "codebase_indexing": "import json as AAAAAAAAAAA\n",
+}
+
+
+def done_keys(cli: Cli, op_id: str) -> set[str]:
+    async def go() -> set[str]:
+        store = open_store(cli.state_dir)
+        await store.open()
+        try:
+            got = await store.load_checkpoint(op_id)
+            return set(got[1].done) if got else set()
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def outputs(kind: str, out: Path) -> Any:
+    if kind == "security_scan":
+        report = json.loads(out.with_suffix(".json").read_text())
+        return report["summary"], report["findings"]
+    names = {
+        "code_analysis": ("files", "functions"),
+        "dependency_analysis": ("modules", "imports"),
+        "codebase_indexing": ("files", "symbols", "imports"),
+    }[kind]
+    return tables(out, *names)
+
+
+@pytest.mark.parametrize("kind", sorted(CHANGED))
+def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "p"\ndependencies = []\n')
+    body = "".join(f"def g{i}(v):\n    return v + {i}\n\n" for i in range(8))
+    for i in range(FILES[kind]):
+        (root / f"m{i:04d}.py").write_text(PLAIN + body)
+    params: Callable[[str], dict[str, Any]] = lambda out: {"root": str(root), "output": str(tmp_path / out)}  # noqa: E731
+    op_id = submit(cli, kind, params("killed.db"), "checkpoint_interval=0.1")
+    killed = kill_worker_when(
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 0
+    )
+    assert killed.status is Status.RUNNING, "finished before the kill"
+    rel = sorted(done_keys(cli, op_id))[0]
+    path = root / rel
+    st = path.stat()
+    path.write_text(path.read_text().replace(PLAIN, CHANGED[kind]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    (root / f"m{FILES[kind] - 1:04d}.py").unlink()  # deleted: not reported (it may be done or not)
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    code, fresh, err = run_json(cli, "run", kind, "--params-json", json.dumps(params("fresh.db")))
+    assert code == 0, err
+    drop = {"database", "index", "reports", "removed"}
+    assert {k: v for k, v in final["result"].items() if k not in drop} == {
+        k: v for k, v in fresh["result"].items() if k not in drop
+    }
+    assert outputs(kind, tmp_path / "killed.db") == outputs(kind, tmp_path / "fresh.db")
