@@ -3,8 +3,9 @@ tree's as it is at the end, as a fresh run of it says.
 
 An outside tester planted an AWS key in a file the security scan had scanned before the kill: the resumed scan
 reported the tree without it (its findings, bytes and SARIF were the file's before the change); code_analysis kept
-the file's old functions, dependency_analysis its old imports, and an index (which compared sizes and mtimes)
-the file's old symbols. The change here keeps the file's size and puts
+the file's old functions, dependency_analysis its old imports, an index (which compared sizes and mtimes)
+the file's old symbols, and semantic_analysis its old keywords. semantic_analysis also counted a document it had
+analysed before the kill and that was deleted before the resume. The change here keeps the file's size and puts
 its mtime back (as ``touch -r``, ``rsync -t`` or a checkout would), which only the file's ctime tells."""
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
 
-FILES = {"security_scan": 300, "code_analysis": 300, "dependency_analysis": 3000, "codebase_indexing": 3000}
+FILES = {
+    "security_scan": 300,
+    "code_analysis": 300,
+    "dependency_analysis": 3000,
+    "codebase_indexing": 3000,
+    "semantic_analysis": 3000,
+}
 """Enough for a kill to land mid-run: parsing imports is quick."""
 PLAIN = 'x = "AAAAAAAAAAAAAAAAAAAA"\n'
 # The same length as PLAIN: a key for the scan, an import for the dependencies, a branch for the analysis.
@@ -32,6 +39,7 @@ CHANGED = {
     "dependency_analysis": "import requests, yaml     \n",
     "code_analysis": "def f(a):\n  return a or b \n",
     "codebase_indexing": "import json as AAAAAAAAAAA\n",
+    "semantic_analysis": 'x = "volcano volcano lava"\n',
 }
 
 
@@ -56,8 +64,9 @@ def outputs(kind: str, out: Path) -> Any:
         "code_analysis": ("files", "functions"),
         "dependency_analysis": ("modules", "imports"),
         "codebase_indexing": ("files", "symbols", "imports"),
+        "semantic_analysis": ("sem_docs", "sem_keywords", "sem_topics", "sem_duplicates"),
     }[kind]
-    return tables(out, *names)
+    return tables(out, *names, drop=("seen", "analysed_by", "made_by"))
 
 
 @pytest.mark.parametrize("kind", sorted(CHANGED))
@@ -86,7 +95,7 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     assert final["status"] == "completed", final
     code, fresh, err = run_json(cli, "run", kind, "--params-json", json.dumps(params("fresh.db")))
     assert code == 0, err
-    drop = {"database", "index", "reports", "removed"}
+    drop = {"database", "index", "results", "reports", "removed"}
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in fresh["result"].items() if k not in drop
     }

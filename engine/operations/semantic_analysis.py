@@ -258,7 +258,7 @@ def _batch(
     return out
 
 
-def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: SemanticParams) -> dict[str, Any]:
+def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: SemanticParams, op_id: str) -> dict[str, Any]:
     """Keywords, topics and near-duplicate pairs over the analysed documents, stored in one transaction."""
     with con:
         have = {_stored(k, p.root is not None) for k in keys}  # as _batch stores them
@@ -268,6 +268,9 @@ def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: Semantic
             (k, json.loads(t), array("Q", sk).tolist())
             for k, t, sk in con.execute("SELECT key, terms, sketch FROM sem_docs WHERE scope=? ORDER BY key", (scope,))
         ]
+        # Counted from the rows, not item by item: a document an earlier attempt analysed and that is gone
+        # since (deleted, renamed) was counted as analysed beside the documents there are.
+        (mine,) = con.execute("SELECT COUNT(*) FROM sem_docs WHERE scope=? AND made_by=?", (scope, op_id)).fetchone()
         n = len(docs)
         df = Counter(t for _, terms, _ in docs for t in terms)
         keywords: list[tuple[str, str, int, str, float]] = []
@@ -288,6 +291,8 @@ def _summarise(con: sqlite3.Connection, scope: str, keys: list[str], p: Semantic
         )
         con.executemany("INSERT INTO sem_duplicates VALUES (?,?,?,?)", [(scope, *pair) for pair in pairs])
     return {
+        "analysed": mine,
+        "reused": n - mine,
         "documents": n,
         "topics": [[t, c] for t, c in topics[:10]],
         "duplicates": len(pairs),
@@ -345,14 +350,16 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
             keys = list(corpus)
         else:
             keys = await list_files(ctx, root, p.patterns, p.exclude, own_files(db))
-        st = ctx.state
+        st = ctx.state  # documents analysed and reused so far (the result counts them from the rows)
         st.setdefault("analysed", 0)
         st.setdefault("reused", 0)
         ctx.progress(total=len(keys), step="analysing")
         # A tree's results file may have been deleted or replaced since the last attempt (a knowledge base
         # is checked when it is opened).
         pending = (
-            await pending_items(ctx, con, db, keys) if root is not None else [k for k in keys if not ctx.is_done(k)]
+            await pending_items(ctx, con, db, keys, root)
+            if root is not None
+            else [k for k in keys if not ctx.is_done(k)]
         )
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_batch, con, scope, pending[i : i + BATCH], corpus, root, ctx.id)
@@ -366,7 +373,8 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
                     st[outcome] += 1
                     ctx.step = key
         ctx.progress(step="keywords, topics, duplicates")
-        summary = await beating(ctx, "summary", _summarise, con, scope, keys, p)
+        summary = await beating(ctx, "summary", _summarise, con, scope, keys, p, ctx.id)
     finally:
         await asyncio.to_thread(con.close)
-    return {"results": db, "analysed": st["analysed"], "reused": st["reused"], "failures": ctx.failures, **summary}
+    counts = {k: summary.pop(k) for k in ("analysed", "reused")}
+    return {"results": db, **counts, "failures": ctx.failures, **summary}
