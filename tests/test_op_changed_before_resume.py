@@ -23,6 +23,7 @@ from engine import Status, open_store
 from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
+from tests.test_op_backup import snapshot
 
 FILES = {
     "security_scan": 300,
@@ -100,3 +101,29 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
         k: v for k, v in fresh["result"].items() if k not in drop
     }
     assert outputs(kind, tmp_path / "killed.db") == outputs(kind, tmp_path / "fresh.db")
+
+
+def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_again(cli: Cli, tmp_path: Path) -> None:
+    """The resumed backup was "completed" with the copy (and its manifest line) of the file before the change."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"f{i:04d}.txt").write_bytes(os.urandom(2000))
+    params = {"source": str(src), "destination": str(dst)}
+    op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
+    killed = kill_worker_when(
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 0
+    )
+    assert killed.status is Status.RUNNING, "finished before the kill"
+    path = src / sorted(done_keys(cli, op_id))[0]
+    st = path.stat()
+    path.write_bytes(os.urandom(2000))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert snapshot(dst) == snapshot(src)
+    code, _, err = run_json(cli, "run", "backup_operation", "-p", f"source={src}", "-p", f"destination={tmp_path}/b")
+    assert code == 0, err
+    manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
+    assert manifest(dst) == manifest(tmp_path / "b")

@@ -78,7 +78,8 @@ def output_dir(ctx: OperationContext) -> Path:
 
 CHANGE_SLACK = 2.0
 """Seconds before ``reading_since`` from which a file's change time counts as a change: file systems that keep
-times coarsely (FAT: 2 s) or a kernel clock a tick behind ``time.time()``."""
+times coarsely (FAT: 2 s) or a kernel clock a tick behind ``time.time()``. What changed in the seconds before a
+run began is read again by each resume: files written just before, not the run's work."""
 
 
 def reading_since(ctx: OperationContext) -> float | None:

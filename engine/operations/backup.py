@@ -50,7 +50,7 @@ from ..errors import InvalidInput
 from ..files import NotRegular, atomic_write, private_opener
 from ..registry import operation
 from ._backup_source import NotFollowed, Source, open_file, pseudo_fs, same_version
-from ._common import check_output_dir, existing_dir, libc_function, sync_tree
+from ._common import changed_since, check_output_dir, existing_dir, libc_function, reading_since, sync_tree
 
 CHUNK = 4 << 20
 ZEROS = bytes(CHUNK)
@@ -1125,6 +1125,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         ctx.skip(rel, "the name of the backup's own file at the destination root")
     st = ctx.state
     st.setdefault("bytes", 0)
+    since = reading_since(ctx)
     if not ctx.resuming:
         await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
     links = Links.of(src, p.verify, listing.inodes, failed_dirs, ctx.is_done)
@@ -1136,7 +1137,9 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         + st.get("copied_instead", 0)
     )
     ctx.progress(total=len(entries), step="copying", bytes_total=bytes_total, bytes=st["bytes"])
-    steps = _steps([e for e in entries if not ctx.is_done(e)], sizes, p.chunk_checkpoint)
+    grouped = {n for names in links.names.values() for n in names}
+    again = await _changed_copies(ctx, src, entries, since, sizes, p.chunk_checkpoint, grouped)
+    steps = _steps([e for e in entries if e in again or not ctx.is_done(e)], sizes, p.chunk_checkpoint)
     mounts = await asyncio.to_thread(mounts_in, dst)  # synced with the destination's own file system
     placed: list[Outcome] = []
     """A batch renamed into place that no sync has covered since: counted done after the next one."""
@@ -1204,6 +1207,35 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
         "failures": ctx.failures,
         "manifest": str(dst / MANIFEST),
     }
+
+
+async def _changed_copies(
+    ctx: OperationContext,
+    src: Path,
+    entries: list[str],
+    since: float | None,
+    sizes: dict[str, int],
+    large: int,
+    grouped: Collection[str],
+) -> set[str]:
+    """The files an earlier attempt copied that changed in the source since the backup began reading it: the
+        small ones are copied again (a copy is written over the one in place, and journaled again). A large one
+        (copied in chunks, item by item) or a name of a group of hard links (``grouped``: copied again, it would
+    no longer be the file its group's other names are linked to) is said in the log to be a copy of the file before
+        the change. Left as they were, a resumed backup was "completed" with copies older than its source."""
+    done = [e for e in entries if ctx.is_done(e)] if ctx.done_keys and since is not None else []
+    changed = await asyncio.to_thread(changed_since, src, done, since) if done and since is not None else set()
+    stale = sorted(e for e in changed if e in grouped or sizes.get(e, 0) > large)
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        ctx.log.warning(
+            f"{len(stale)} files copied before the interruption changed in the source since: their copies are of "
+            f"the file before the change ({shown}); the next backup copies them again"
+        )
+    again = changed.difference(stale)
+    if again:
+        ctx.log.info(f"{len(again)} files copied before the interruption changed in the source since: copied again")
+    return again
 
 
 def _link_large(links: Links, dst: Path, rel: str) -> tuple[str | None, bool]:
