@@ -5,7 +5,8 @@ An outside tester planted an AWS key in a file the security scan had scanned bef
 reported the tree without it (its findings, bytes and SARIF were the file's before the change); code_analysis kept
 the file's old functions, dependency_analysis its old imports, an index (which compared sizes and mtimes)
 the file's old symbols, and semantic_analysis its old keywords. semantic_analysis also counted a document it had
-analysed before the kill and that was deleted before the resume. The change here keeps the file's size and puts
+analysed before the kill and that was deleted before the resume. kb_population, which compared sizes and mtimes,
+kept the document's old text. The change here keeps the file's size and puts
 its mtime back (as ``touch -r``, ``rsync -t`` or a checkout would), which only the file's ctime tells."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ FILES = {
     "dependency_analysis": 3000,
     "codebase_indexing": 3000,
     "semantic_analysis": 3000,
+    "kb_population": 3000,
 }
 """Enough for a kill to land mid-run: parsing imports is quick."""
 PLAIN = 'x = "AAAAAAAAAAAAAAAAAAAA"\n'
@@ -41,7 +44,11 @@ CHANGED = {
     "code_analysis": "def f(a):\n  return a or b \n",
     "codebase_indexing": "import json as AAAAAAAAAAA\n",
     "semantic_analysis": 'x = "volcano volcano lava"\n',
+    "kb_population": 'x = "volcano volcano lava"\n',
 }
+
+
+HOUR_AGO = time.time() - 3600
 
 
 def done_keys(cli: Cli, op_id: str) -> set[str]:
@@ -66,8 +73,9 @@ def outputs(kind: str, out: Path) -> Any:
         "dependency_analysis": ("modules", "imports"),
         "codebase_indexing": ("files", "symbols", "imports"),
         "semantic_analysis": ("sem_docs", "sem_keywords", "sem_topics", "sem_duplicates"),
+        "kb_population": ("documents", "chunks"),
     }[kind]
-    return tables(out, *names, drop=("seen", "analysed_by", "made_by"))
+    return tables(out, *names, drop=("seen", "analysed_by", "made_by", "stored_by", "id", "doc", "dup_of"))
 
 
 @pytest.mark.parametrize("kind", sorted(CHANGED))
@@ -78,7 +86,12 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     body = "".join(f"def g{i}(v):\n    return v + {i}\n\n" for i in range(8))
     for i in range(FILES[kind]):
         (root / f"m{i:04d}.py").write_text(PLAIN + body)
-    params: Callable[[str], dict[str, Any]] = lambda out: {"root": str(root), "output": str(tmp_path / out)}  # noqa: E731
+        os.utime(root / f"m{i:04d}.py", (HOUR_AGO, HOUR_AGO))  # an mtime of before the run: only a ctime is new
+    params: Callable[[str], dict[str, Any]] = lambda out: (  # noqa: E731
+        {"source": str(root), "kb": str(tmp_path / out), "patterns": ["*.py"]}
+        if kind == "kb_population"
+        else {"root": str(root), "output": str(tmp_path / out)}
+    )
     op_id = submit(cli, kind, params("killed.db"), "checkpoint_interval=0.1")
     killed = kill_worker_when(
         cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 0
@@ -96,7 +109,7 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     assert final["status"] == "completed", final
     code, fresh, err = run_json(cli, "run", kind, "--params-json", json.dumps(params("fresh.db")))
     assert code == 0, err
-    drop = {"database", "index", "results", "reports", "removed"}
+    drop = {"database", "index", "results", "reports", "removed", "kb"}
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in fresh["result"].items() if k not in drop
     }

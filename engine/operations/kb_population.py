@@ -194,8 +194,10 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
 def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) -> list[str]:
     """The documents of ``done`` (read by an earlier attempt) that may have changed since: their size is not
     the stored one, or they were modified after the operation first ran (less 2 s: a file system's
-    timestamps may be that coarse). Skipped as done, they kept the version read before the interruption
-    (a pause resumed a week later: a week of edits), though the result said the folder was read.
+    timestamps may be that coarse), by their mtime or their ctime (an edit of the same size whose mtime was
+    put back, as ``touch -r`` or ``rsync -t`` do, was missed). Skipped as done, they kept the version read
+    before the interruption (a pause resumed a week later: a week of edits), though the result said the
+    folder was read.
     Read again, an unchanged one is found unchanged by its sha256."""
     since = st["started"] - 2.0
     size: dict[str, int] = {}
@@ -212,7 +214,7 @@ def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) ->
             now = os.lstat(os.path.join(source, rel))
         except (OSError, ValueError):
             continue  # gone: dropped at the end
-        if now.st_size != stored or now.st_mtime >= since:
+        if now.st_size != stored or now.st_mtime >= since or now.st_ctime >= since:
             out.append(rel)
     return out
 
