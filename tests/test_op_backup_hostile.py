@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,31 @@ async def test_sparse_files_are_copied_with_their_holes(engine: Engine, tmp_path
         assert got.st_size == os.stat(src / name).st_size
         assert got.st_blocks * 512 <= 1 * MB, (name, got.st_blocks)
     assert manifest(dst)["big.img"]["size"] == 64 * MB
+
+
+def test_a_source_on_a_kernel_file_system_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """/proc/sys's files say they are empty and hold text: the backup of one was "completed", every copy
+    empty (and verified, as the size the source gave)."""
+    if not Path("/proc/sys/kernel").is_dir():
+        pytest.skip("no /proc")
+    bad_params(
+        cli, "backup_operation", {"source": "/proc/sys", "destination": str(tmp_path / "d")}, "kernel file system"
+    )
+
+
+async def test_a_kernel_file_system_mounted_in_the_source_is_not_copied(engine: Engine, tmp_path: Path) -> None:
+    """A tree holding a mounted /proc or /sys (a chroot's, a bind): its files were copied as empty files, the
+    backup "completed". Now the mount point is made, empty, and skipped with one line; the rest is copied."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "kern").mkdir(parents=True)
+    (src / "a.txt").write_text("mine\n")
+    r = subprocess.run(["mount", "--bind", "/proc/sys/kernel", str(src / "kern")], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {r.stderr.decode().strip()}")
+    try:
+        op = await run_backup(engine, src, dst)
+    finally:
+        subprocess.run(["umount", str(src / "kern")], check=True)
+    assert op.status is Status.COMPLETED, op.error
+    assert op.result["files"] == 1 and op.progress.skipped == 1
+    assert (dst / "a.txt").read_text() == "mine\n" and list((dst / "kern").iterdir()) == []

@@ -66,6 +66,7 @@ COPY_TRIES = 3
 GONE = "gone since the listing"
 NOT_REGULAR = "not a regular file any more"
 NOT_FOLLOWED = "a directory on its path is no longer a real directory (a symlink?): not followed"
+KERNEL_FS = "a kernel file system: its files' sizes are not what they hold (a copy would be empty)"
 SKIPS = frozenset({GONE, NOT_REGULAR, NOT_FOLLOWED})
 """Outcomes of a copy that are skips (the source changed since the listing), not failures."""
 CHANGED = f"changed while it was copied, {COPY_TRIES} times: not copied (the next backup tries again)"
@@ -88,7 +89,10 @@ class BackupParams(BaseModel):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        return existing_dir(v, "source")
+        v = existing_dir(v, "source")
+        if (kind := pseudo_fs(Path(v))) is not None:
+            raise ValueError(f"{v!r} is on {kind}, {KERNEL_FS}")
+        return v
 
     @field_validator("destination")
     @classmethod
@@ -130,6 +134,8 @@ class Listing:
     inodes: dict[tuple[int, int], list[str]] = field(default_factory=dict)
     """The files (and symlinks) with more than one name (st_nlink > 1), by (st_dev, st_ino): their names found
     in the tree."""
+    kernel: list[tuple[str, str]] = field(default_factory=list)
+    """Directories where a kernel file system (proc, sysfs ...) is mounted, and its name: made, not listed."""
 
 
 def _list(src: Path) -> Listing:
@@ -137,9 +143,9 @@ def _list(src: Path) -> Listing:
     died of RecursionError). A directory that cannot be listed (no permission, a path past PATH_MAX) is
     named in ``unreadable`` instead of failing the listing; the source root itself must be listable."""
     out = Listing()
-    stack = [""]
+    stack = [("", os.stat(src).st_dev)]
     while stack:
-        rel_d = stack.pop()
+        rel_d, dev = stack.pop()
         try:
             with os.scandir(os.path.join(src, rel_d) if rel_d else src) as it:
                 found = list(it)
@@ -160,7 +166,13 @@ def _list(src: Path) -> Listing:
             try:
                 if ent.is_dir(follow_symlinks=False):
                     out.dirs.append(rel)
-                    stack.append(rel)
+                    # A file system mounted here: a kernel one (the /proc of a chroot, a bind of /sys) gives
+                    # sizes of 0 for files that hold text: copied, every one of them was an empty file.
+                    sub = ent.stat(follow_symlinks=False).st_dev
+                    if sub != dev and (kind := pseudo_fs(Path(ent.path))) is not None:
+                        out.kernel.append((rel, kind))
+                    else:
+                        stack.append((rel, sub))
                 elif ent.is_symlink():
                     out.entries.append(rel)
                     lst = ent.stat(follow_symlinks=False)
@@ -1121,6 +1133,8 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     sizes = listing.sizes
     for rel in listing.special:
         ctx.skip(rel, "not a regular file, directory or symlink")
+    for rel, kind in listing.kernel:
+        ctx.skip(rel, f"{kind} is mounted here, {KERNEL_FS}: only the directory is made")
     for rel in listing.own:  # copied, it would be overwritten by (or overwrite) the manifest or its journal
         ctx.skip(rel, "the name of the backup's own file at the destination root")
     st = ctx.state
