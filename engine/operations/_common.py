@@ -76,10 +76,11 @@ def output_dir(ctx: OperationContext) -> Path:
     return ctx.output_dir
 
 
-CHANGE_SLACK = 2.0
-"""Seconds before ``reading_since`` from which a file's change time counts as a change: file systems that keep
-times coarsely (FAT: 2 s) or a kernel clock a tick behind ``time.time()``. What changed in the seconds before a
-run began is read again by each resume: files written just before, not the run's work."""
+CHANGE_SLACK = 0.05
+"""Seconds before ``reading_since`` from which a file's change time counts as a change: the kernel stamps a change
+with a clock up to a tick behind ``time.time()``. No more: a tree written just before the run (a checkout, a
+build) had every file read again by each resume with a slack of 2 s. On a file system that keeps times by the
+second (ext3's small inodes, FAT), a file read and changed again within the run's first second is missed."""
 
 
 def reading_since(ctx: OperationContext) -> float | None:

@@ -26,6 +26,7 @@ from ..context import OperationContext, OperationFailed
 from ..registry import operation
 from ..text import clean, stored_name
 from ._common import (
+    CHANGE_SLACK,
     DIR_FLAGS,
     SQLITE_MAGIC,
     NotFollowed,
@@ -194,8 +195,9 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
 def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) -> list[str]:
     """The documents of ``done`` (read by an earlier attempt) that may have changed since: their size is not
     the stored one, or they were modified after the operation first ran (less 2 s: a file system's
-    timestamps may be that coarse), by their mtime or their ctime (an edit of the same size whose mtime was
-    put back, as ``touch -r`` or ``rsync -t`` do, was missed). Skipped as done, they kept the version read
+    timestamps may be that coarse), or their ctime is (less ``CHANGE_SLACK``: a tree written just before the
+    run is not read again at every resume): an edit of the same size whose mtime was put back, as
+    ``touch -r`` or ``rsync -t`` do, was missed. Skipped as done, they kept the version read
     before the interruption (a pause resumed a week later: a week of edits), though the result said the
     folder was read.
     Read again, an unchanged one is found unchanged by its sha256."""
@@ -214,7 +216,7 @@ def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) ->
             now = os.lstat(os.path.join(source, rel))
         except (OSError, ValueError):
             continue  # gone: dropped at the end
-        if now.st_size != stored or now.st_mtime >= since or now.st_ctime >= since:
+        if now.st_size != stored or now.st_mtime >= since or now.st_ctime >= st["started"] - CHANGE_SLACK:
             out.append(rel)
     return out
 
