@@ -470,3 +470,22 @@ def test_a_bad_baseline_is_one_line(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text('{"results": 3}')
     bad_params(cli, "security_scan", {"root": str(tmp_path), "baseline": str(tmp_path / "b.json")}, "baseline")
     bad_params(cli, "security_scan", {"root": str(tmp_path), "baseline": str(tmp_path / "nope.json")}, "nope.json")
+
+
+async def test_files_whose_stat_says_empty_are_read_to_their_end(engine: Engine, tmp_path: Path) -> None:
+    """/proc/sys's files say 0 bytes and hold text, and refuse a read of max_file_size (5 MB) at once: every one
+    failed "unreadable: Cannot allocate memory", the scan with them. Read in steps, they are scanned."""
+    if not Path("/proc/sys/kernel/ostype").is_file():
+        pytest.skip("no /proc/sys")
+    op = await engine.submit(
+        OperationSpec(
+            type="security_scan",
+            params={"root": "/proc/sys/kernel", "output": str(tmp_path / "r.json")},
+            profile={"failure_threshold": 100_000},  # some are not for this user to read
+        )
+    )
+    op = await engine.wait(op.id, timeout=120)
+    assert op.status is Status.COMPLETED, op.error
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not [f for f, why in report["failures"].items() if "allocate" in why], report["failures"]
+    assert report["summary"]["bytes"] >= len("Linux\n") and "ostype" not in report["skipped"]

@@ -113,6 +113,27 @@ def changed_since(root: str | Path, rels: Iterable[str], since: float) -> set[st
     return out
 
 
+READ_CHUNK = 1 << 20
+
+
+def read_upto(fh: Any, limit: int, size: int) -> bytes:
+    """At most ``limit`` bytes of the file ``fh`` from where it is, ``size`` the size its stat gave: one read of
+    ``size + 1`` bytes (a read that comes short is the end), then reads of READ_CHUNK at most. One read of
+    ``limit + 1`` bytes allocated that much for every file (64 MB for each document of a knowledge base), and
+    a file of /proc or /sys, whose stat says 0 bytes, refused a read that large (ENOMEM): a scan of one failed
+    on every file ("Cannot allocate memory")."""
+    first = min(limit, size + 1)
+    data = fh.read(first)
+    if len(data) < first or len(data) >= limit:
+        return data
+    parts = [data]
+    n = len(data)
+    while n < limit and (more := fh.read(min(READ_CHUNK, limit - n))):
+        parts.append(more)
+        n += len(more)
+    return b"".join(parts)
+
+
 def not_blank(value: str, name: str) -> str:
     """``value`` unless it is empty or only whitespace (a ValueError naming ``name``).
 

@@ -35,6 +35,7 @@ from ._common import (
     existing_dir,
     output_dir,
     parent_of,
+    read_upto,
 )
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
@@ -113,7 +114,7 @@ def _read(root_fd: int, rel: str, max_bytes: int) -> tuple[bytes | None, str | N
             if st.st_size > max_bytes:
                 return None, f"skip: larger than max_bytes ({st.st_size} bytes)"
             os.set_blocking(fh.fileno(), True)
-            data = fh.read(max_bytes + 1)
+            data = read_upto(fh, max_bytes + 1, st.st_size)
         except OSError as e:
             return None, f"unreadable: {e.strerror or e}"
     if len(data) > max_bytes:  # grown since its fstat

@@ -47,6 +47,7 @@ from ._common import (
     existing_dir,
     open_in_tree,
     output_dir,
+    read_upto,
     reading_since,
 )
 from ._lang import language_of
@@ -169,7 +170,7 @@ def scan_file(
             return rel, "skip", "not a regular file"
         if st.st_size > max_size:
             return rel, "skip", "too large"
-        fh, _st = open_in_tree(root, rel)
+        fh, opened = open_in_tree(root, rel)
     except FileNotFoundError:  # listed by git but deleted in the work tree, or removed during the scan
         return rel, "skip", "gone"
     except NotInTree as e:
@@ -178,9 +179,11 @@ def scan_file(
         return rel, "fail", f"unreadable: {e.strerror or e}"
     with fh:  # open while the libraries read it: they are given this file, not the tree's path again
         try:
-            data = fh.read(max_size + 1)
+            data = read_upto(fh, max_size + 1, opened.st_size)
         except OSError as e:
             return rel, "fail", f"unreadable: {e.strerror or e}"
+        if len(data) > max_size:  # grown since its lstat, or a file whose stat says less than it holds
+            return rel, "skip", "too large"
         if b"\0" in data[:8192]:
             return rel, "skip", "binary"
         latin1 = False
