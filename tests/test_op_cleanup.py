@@ -113,6 +113,9 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path:
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in ref["result"].items() if k not in drop
     }
+    # The files removed after the newest checkpoint count as done too: the progress said only the resumed
+    # attempt's files (of the total it listed), below the result's count.
+    assert final["progress"]["done"] == final["progress"]["total"] == ref["progress"]["done"], final["progress"]
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:

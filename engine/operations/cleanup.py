@@ -623,8 +623,14 @@ async def _clean(
         listed = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
         listed = {r: i for r, i in listed.items() if base / r != manifest}
     seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
+    # Removed by an earlier attempt after its newest checkpoint: in the manifest, gone from the listing. Counted
+    # done here, as the attempt that removed them would have: left out, a resumed run said "513/513 items" where
+    # 2,975 files had gone, and, meeting none of the done keys (gone too), that the item keys had changed.
+    before = sorted(r for r in seen if r not in listed and not ctx.is_done(r))
     pending = [(r, i) for r, i in listed.items() if not ctx.is_done(r)]
-    ctx.progress(total=len(pending) + ctx.done, step="dry run" if p.dry_run else "removing")
+    ctx.progress(total=len(pending) + len(before) + ctx.done, step="dry run" if p.dry_run else "removing")
+    async for _rel in ctx.items(before):
+        pass
     for n in range(0, len(pending), BATCH):
         batch = pending[n : n + BATCH]
         results = await asyncio.to_thread(_remove_batch, base_fd, batch, manifest, seen, p.dry_run)
