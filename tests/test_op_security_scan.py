@@ -489,3 +489,22 @@ async def test_files_whose_stat_says_empty_are_read_to_their_end(engine: Engine,
     report = json.loads((tmp_path / "r.json").read_text())
     assert not [f for f, why in report["failures"].items() if "allocate" in why], report["failures"]
     assert report["summary"]["bytes"] >= len("Linux\n") and "ostype" not in report["skipped"]
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+async def test_secrets_in_utf16_or_utf32_text_are_found(engine: Engine, tmp_path: Path, codec: str) -> None:
+    """A PowerShell script or a .reg file in UTF-16 (its NULs) was skipped as binary: its password and key went
+    unreported. Text with a byte order mark is read in its encoding; a binary file is still skipped."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    text = f'$password = "{S["password"]}"\r\n$key = "{S["aws_id"]}"\r\n'
+    data = text.encode(codec) if codec != "utf-16-be" else b"\xfe\xff" + text.encode(codec)
+    (root / "deploy.ps1").write_bytes(data)
+    (root / "blob.bin").write_bytes(b"\xff\xfe\0\0\x01\x02" * 50)  # a mark, then no text: binary
+    op = await scan(engine, root=str(root), output=str(tmp_path / "r.json"))
+    assert op.status is Status.COMPLETED, op.error
+    report = json.loads((tmp_path / "r.json").read_text())
+    got = {(f["file"], f["line"], f["rule"]) for f in report["findings"]}
+    assert {("deploy.ps1", 1, "KeywordDetector"), ("deploy.ps1", 2, "AWSKeyDetector")} <= got, got
+    assert report["skipped"] == {"blob.bin": "binary"}
+    assert S["password"] not in json.dumps(report) and S["aws_id"] not in json.dumps(report)

@@ -83,20 +83,25 @@ def sweep_names() -> None:
 
 
 @contextlib.contextmanager
-def opened_as(fh: IO[bytes], rel: str, path: Path) -> Iterator[Path]:
+def opened_as(fh: IO[bytes], rel: str, path: Path, content: bytes | None = None) -> Iterator[Path]:
     """A name that opens the file ``fh`` (``rel`` of the tree, opened and checked): on Linux a symbolic link to
     ``/proc/self/fd/N`` named like ``rel`` (detect-secrets picks its transformers and filters by the name) in a
     private directory made for the call (in ``/dev/shm`` when there is one: a memory file system), removed
-    after it. Elsewhere, ``path``, the tree's own name, as before."""
+    after it. Elsewhere, ``path``, the tree's own name, as before. With ``content`` (the file's text as UTF-8,
+    for a file the libraries cannot read as it is: UTF-16), a file of that content under the same name."""
     proc = f"/proc/self/fd/{fh.fileno()}"
-    if not sys.platform.startswith("linux") or not os.path.exists(proc):
+    if content is None and (not sys.platform.startswith("linux") or not os.path.exists(proc)):
         yield path
         return
     d = tempfile.mkdtemp(prefix=f"outlast-scan-{os.getpid()}-", dir=_names_dir())
     try:
         name = Path(d, rel if len(rel) <= _NAME_MAX else Path(rel).name)
         name.parent.mkdir(parents=True, exist_ok=True)
-        name.symlink_to(proc)
+        if content is None:
+            name.symlink_to(proc)
+        else:
+            with open(name, "xb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
+                out.write(content)
         yield name
     finally:
         shutil.rmtree(d, ignore_errors=True)

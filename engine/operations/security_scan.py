@@ -184,26 +184,53 @@ def scan_file(
             return rel, "fail", f"unreadable: {e.strerror or e}"
         if len(data) > max_size:  # grown since its lstat, or a file whose stat says less than it holds
             return rel, "skip", "too large"
-        if b"\0" in data[:8192]:
-            return rel, "skip", "binary"
         latin1 = False
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text, latin1 = data.decode("latin-1"), True
+        transcoded: bytes | None = None
+        if b"\0" in data[:8192]:
+            # Text in UTF-16 or UTF-32 (with its byte order mark: PowerShell scripts, .reg files, Windows tools'
+            # configs) has NULs too: skipped as binary, its passwords and keys went unreported.
+            text16 = _wide_text(data)
+            if text16 is None:
+                return rel, "skip", "binary"
+            text, transcoded = text16, text16.encode("utf-8", "surrogatepass")
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text, latin1 = data.decode("latin-1"), True
         language = language_of(rel)
         secrets = not selected.isdisjoint(secret_rules())
         bandit = language == "python" and not selected.isdisjoint(bandit_rules())
         try:
             libraries = []
             if secrets or bandit:
-                with opened_as(fh, rel, path) as name:
+                with opened_as(fh, rel, path, transcoded) as name:
                     libraries += secret_findings(name, rel, selected, known) if secrets else []
                     libraries += bandit_findings(name, selected) if bandit else []
             findings = scan_text(rel, text, language, selected, libraries)
         except RecursionError:  # a pathologically nested file
             return rel, "fail", "too deeply nested to parse"
     return rel, "ok", (len(data), findings, latin1)
+
+
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _wide_text(data: bytes) -> str | None:
+    """The text of a file in UTF-16 or UTF-32 that begins with its byte order mark (without the mark); None for
+    anything else (a binary file)."""
+    for bom, codec in _WIDE_BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec).lstrip("\ufeff")
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def _scan_batch(
