@@ -124,27 +124,36 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     assert outputs(kind, tmp_path / "killed.db") == outputs(kind, tmp_path / "fresh.db")
 
 
-def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_again(cli: Cli, tmp_path: Path) -> None:
-    """The resumed backup was "completed" with the copy (and its manifest line) of the file before the change."""
+@pytest.mark.parametrize("which", ["small", "large"])
+def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_again(
+    cli: Cli, tmp_path: Path, which: str
+) -> None:
+    """The resumed backup was "completed" with the copy (and its manifest line) of the file before the change:
+    a small file (copied in a batch) or a large one (copied in chunks, alone)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
+    (src / "a_big.bin").write_bytes(os.urandom(5 << 20))  # over chunk_checkpoint: copied first, in chunks
     for i in range(3000):
         (src / f"f{i:04d}.txt").write_bytes(os.urandom(2000))
-    params = {"source": str(src), "destination": str(dst)}
+    params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 << 20}
     op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
     killed = kill_worker_when(
-        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 0
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 1
     )
     assert killed.status is Status.RUNNING, "finished before the kill"
-    path = src / sorted(done_keys(cli, op_id))[0]
+    done = sorted(done_keys(cli, op_id))
+    path = src / (done[0] if which == "large" else done[1])
+    assert (path.name == "a_big.bin") == (which == "large")
     st = path.stat()
-    path.write_bytes(os.urandom(2000))
+    path.write_bytes(os.urandom(st.st_size))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert snapshot(dst) == snapshot(src)
-    code, _, err = run_json(cli, "run", "backup_operation", "-p", f"source={src}", "-p", f"destination={tmp_path}/b")
+    code, _, err = run_json(
+        cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": f"{tmp_path}/b"})
+    )
     assert code == 0, err
     manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
     assert manifest(dst) == manifest(tmp_path / "b")

@@ -1152,7 +1152,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     )
     ctx.progress(total=len(entries), step="copying", bytes_total=bytes_total, bytes=st["bytes"])
     grouped = {n for names in links.names.values() for n in names}
-    again = await _changed_copies(ctx, src, entries, since, sizes, p.chunk_checkpoint, grouped)
+    again = await _changed_copies(ctx, src, entries, since, grouped)
     steps = _steps([e for e in entries if e in again or not ctx.is_done(e)], sizes, p.chunk_checkpoint)
     mounts = await asyncio.to_thread(mounts_in, dst)  # synced with the destination's own file system
     placed: list[Outcome] = []
@@ -1166,6 +1166,9 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
                     await asyncio.to_thread(sync_all, dst, mounts)
                     await _count(ctx, placed, linked)
                     placed = []
+                if step in again and ctx.is_done(step):  # copied before, changed since: done, so not an item
+                    await _copy_large_again(ctx, p, src, dst, step)
+                    continue
                 async for big in ctx.items([step]):
                     try:
                         adopt = True
@@ -1228,18 +1231,16 @@ async def _changed_copies(
     src: Path,
     entries: list[str],
     since: float | None,
-    sizes: dict[str, int],
-    large: int,
     grouped: Collection[str],
 ) -> set[str]:
-    """The files an earlier attempt copied that changed in the source since the backup began reading it: the
-        small ones are copied again (a copy is written over the one in place, and journaled again). A large one
-        (copied in chunks, item by item) or a name of a group of hard links (``grouped``: copied again, it would
-    no longer be the file its group's other names are linked to) is said in the log to be a copy of the file before
-        the change. Left as they were, a resumed backup was "completed" with copies older than its source."""
+    """The files an earlier attempt copied that changed in the source since the backup began reading it: they
+    are copied again (a copy is written over the one in place, and journaled again; a large one by
+    ``_copy_large_again``). A name of a group of hard links (``grouped``: copied again, it would no longer be
+    the file its group's other names are linked to) is said in the log to be a copy of the file before the
+    change. Left as they were, a resumed backup was "completed" with copies older than its source."""
     done = [e for e in entries if ctx.is_done(e)] if ctx.done_keys and since is not None else []
     changed = await asyncio.to_thread(changed_since, src, done, since) if done and since is not None else set()
-    stale = sorted(e for e in changed if e in grouped or sizes.get(e, 0) > large)
+    stale = sorted(e for e in changed if e in grouped)
     if stale:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
         ctx.log.warning(
@@ -1250,6 +1251,16 @@ async def _changed_copies(
     if again:
         ctx.log.info(f"{len(again)} files copied before the interruption changed in the source since: copied again")
     return again
+
+
+async def _copy_large_again(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str) -> None:
+    """A large file an earlier attempt copied, changed since: copied again (``_copy_large``), not as an item
+    (it is done). One that cannot be is said in the log; its copy stays the one of the file before."""
+    try:
+        await _copy_large(ctx, p, src, dst, rel)
+    except (NotRegular, NotFollowed, Changed, FileNotFoundError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        ctx.log.warning(f"{rel} changed since an earlier attempt copied it and was not copied again ({why})")
 
 
 def _link_large(links: Links, dst: Path, rel: str) -> tuple[str | None, bool]:
