@@ -76,11 +76,13 @@ def output_dir(ctx: OperationContext) -> Path:
     return ctx.output_dir
 
 
-CHANGE_SLACK = 0.05
-"""Seconds before ``reading_since`` from which a file's change time counts as a change: the kernel stamps a change
-with a clock up to a tick behind ``time.time()``. No more: a tree written just before the run (a checkout, a
-build) had every file read again by each resume with a slack of 2 s. On a file system that keeps times by the
-second (ext3's small inodes, FAT), a file read and changed again within the run's first second is missed."""
+CHANGE_SLACK = 0.0
+"""Seconds before ``reading_since`` from which a file's change time counts as a change. None: a file written
+before the run began has a ctime before it (the kernel stamps a change from a clock that lags, never leads,
+``time.time()``), and with a slack of 2 s each resume read again every file written in the 2 s before the run
+(a checkout or a build followed at once by a scan: all of them). What is missed: a file read and changed again
+within the clock's tick after the start (about 4 ms), or within the first second on a file system that keeps
+times by the second (ext3's small inodes, FAT)."""
 
 
 def reading_since(ctx: OperationContext) -> float | None:
