@@ -105,3 +105,29 @@ def _interval(record: dict[str, Any]) -> int:
     every = record["profile"]["checkpoint_every"]
     assert every, record["profile"]
     return int(every)
+
+
+def test_code_changed_between_the_kill_and_the_resume(cli: Cli, tmp_path: Path) -> None:
+    """A test file broken between the kill and the resume: its tests that had passed were kept as passed, and the
+    suite "ok" where pytest said they fail. They are run again; a change elsewhere (a module the tests may
+    import) is said in the result, as the tests run before it may not hold now."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_a.py").write_text("import time\n\ndef test_a():\n    time.sleep(0.05)\n")
+    (suite / "test_b.py").write_text(
+        "import time, pytest\n\n@pytest.mark.parametrize('n', range(60))\ndef test_b(n):\n    time.sleep(0.05)\n"
+    )
+    params = {"path": str(suite), "env": {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}, "fail_on_test_failure": False}
+    op_id = submit(cli, "comprehensive_test_suite", params, "checkpoint_interval=0.1")
+    killed = kill_worker_when(
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or op.progress.done >= 3
+    )
+    assert killed.status.value == "running", "finished before the kill"
+    (suite / "test_a.py").write_text("import time\n\ndef test_a():\n    assert False, 'broken since'\n")
+    (suite / "helper.py").write_text("X = 1\n")
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    res = final["result"]
+    assert res["counts"] == {"passed": 60, "failed": 1} and [f["id"] for f in res["failed"]] == ["test_a.py::test_a"]
+    assert res["changed_since_run"] == ["helper.py"] and not res["ok"]

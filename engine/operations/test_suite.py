@@ -46,7 +46,7 @@ from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import existing_path, optional_dir, output_dir
+from ._common import SKIP_DIRS, changed_since, existing_path, optional_dir, output_dir, reading_since
 from ._program import EnvVars, ProgramArgs, PythonExecutable
 
 PLUGIN = "_outlast_pytest_plugin"
@@ -353,6 +353,43 @@ class _Suite:
         """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
         self.live()
 
+    async def check_changes(self) -> None:
+        """On a resume, the Python files under the run's directory changed since the first attempt began (or since
+        the last resume that looked): the tests of a changed test file are run again (a new round); any other
+        change is said in the log and in the result (``changed_since_run``), as the tests run before it may not
+        hold now. A resume after a test was broken reported "200 passed, ok" where pytest said 5 failed."""
+        ctx = self.ctx
+        since = reading_since(ctx)
+        if since is None or not self.results:
+            return
+        now = time.time()
+        files = await asyncio.to_thread(_python_files, Path(self.cwd), self.dir)
+        changed = await asyncio.to_thread(changed_since, self.cwd, files, since)
+        ctx.state["reading_since"] = now  # looked: the next resume looks at what changes from here on
+        if not changed:
+            return
+        stale = [k for k in self.results if k.split("::", 1)[0] in changed]
+        if stale:
+            self.round = ctx.state["round"] = self.round + 1
+            for nodeid in stale:
+                del self.results[nodeid]
+            self.counts = collections.Counter(r["outcome"] for r in self.results.values())
+            ctx.progress(len(self.results), step="re-running the tests of changed files")
+            # The tests done before stay done under their round's keys: this round's new keys are no sign
+            # that the keys changed (the engine warns when a resume meets none of its done keys).
+            ctx.is_done(next(iter(ctx.done_keys)))
+            ctx.log.info(f"{len(stale)} tests run before are in files changed since: run again")
+        tests = {k.split("::", 1)[0] for k in ctx.state.get("tests", ())}
+        others = sorted(f for f in changed if f not in tests)
+        if others:
+            kept = sorted({*ctx.state.get("changed", ()), *others})
+            ctx.state["changed"] = kept
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            ctx.log.warning(
+                f"{len(others)} files changed since the tests before the interruption ran ({shown}):"
+                " their results may not hold now (run the suite again to know)"
+            )
+
     def key(self, nodeid: str) -> str:
         """The item key of a test: a re-run of the failing tests is a new item."""
         return nodeid if not self.round else f"{nodeid} (re-run {self.round})"
@@ -534,6 +571,8 @@ class _Suite:
             "slowest": [{"id": k, "duration": round(r["duration"], 3)} for k, r in slowest if r["duration"] > 0],
             "duration": round(sum(r["duration"] for r in self.results.values()), 3),
         }
+        if changed := self.ctx.state.get("changed"):
+            report["changed_since_run"] = changed[:LIST_MAX]
         path = self.dir / "report.json"
         write_private(path, json.dumps({**report, "results": self.results}, indent=1) + "\n")
         return {**report, "failed": report["failed"][:LIST_MAX], "report": str(path)}
@@ -544,6 +583,7 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams, none_collect
     """Collect once, then run the tests not yet finished until none remain (or max_failures is reached).
     ``none_collected``: what to do when pytest collects no test, said after "pytest collected no tests"."""
     suite = _Suite(ctx, p)
+    await suite.check_changes()
     if not ctx.state.get("tests"):
         # Collected once and kept, unless nothing was: a resume after tests were added (or marked, or a
         # collection error fixed) collects again, where it only failed the same way again.
@@ -572,6 +612,17 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams, none_collect
         await ctx.checkpoint(next_step="re-run the failing tests")
         raise TestsFailed(_failed_line(summary))
     return summary
+
+
+def _python_files(top: Path, own: Path) -> list[str]:
+    """The ``*.py`` files under ``top``, relative to it (POSIX), leaving out caches, virtual environments,
+    hidden directories and ``own`` (this run's directory, its plugin written at every attempt)."""
+    out = []
+    for d, dirs, names in os.walk(top):
+        dirs[:] = [x for x in dirs if x not in SKIP_DIRS and not x.startswith(".") and Path(d, x) != own]
+        rel = os.path.relpath(d, top)
+        out += [n if rel == "." else f"{rel}/{n}".replace(os.sep, "/") for n in names if n.endswith(".py")]
+    return out
 
 
 class TestsFailed(OperationFailed):
