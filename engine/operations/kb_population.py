@@ -145,7 +145,7 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     try:
         root_fd = os.open(p.source, DIR_FLAGS)
     except OSError as e:
-        raise RuntimeError(f"source {p.source!r}: {e.strerror or e}") from None
+        raise OperationFailed(f"source {p.source!r}: {e.strerror or e}") from None
     try:
         for rel in rels:
             data, why = _read(root_fd, rel, p.max_bytes)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..files import NotRegular, create_private, open_regular
 from ..registry import operation
 from ..text import clean
@@ -393,7 +393,7 @@ async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
             except sqlite3.Error as e:
                 hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
                 why = f"{e}{hint if 'authoriz' in str(e) else ''}"
-                raise RuntimeError(f"migration {m.name} failed and was rolled back: {why}") from None
+                raise OperationFailed(f"migration {m.name} failed and was rolled back: {why}") from None
             if outcome == "present":
                 ctx.log.info(f"{m.name} was already applied (by another run): not applied again")
         ctx.progress()  # raises OperationStopped when a stop was asked for

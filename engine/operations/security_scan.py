@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__
-from ..context import OperationContext
+from ..context import OperationContext, OperationFailed
 from ..errors import InvalidInput
 from ..files import private_opener
 from ..registry import operation
@@ -476,7 +476,7 @@ async def security_scan(ctx: OperationContext, p: ScanParams) -> dict:
         worse = sum(rank[f["severity"]] <= rank[p.fail_on] for f in findings)
         if worse:
             where = ", ".join(str(v) for v in targets.values())
-            raise RuntimeError(f"{worse} findings of severity {p.fail_on} or worse (fail_on); reports: {where}")
+            raise OperationFailed(f"{worse} findings of severity {p.fail_on} or worse (fail_on); reports: {where}")
     top = sorted(findings, key=lambda f: (rank[f["severity"]], *_sort_key(f)))[:TOP]
     # File names as the reports write them: left to the engine, a name not UTF-8 would be a warning.
     return clean_json({**summary, "top": top, "reports": {k: str(v) for k, v in targets.items()}})

@@ -207,7 +207,7 @@ def _load_baseline(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"baseline {str(path)!r} cannot be read: {e}") from None
+        raise OperationFailed(f"baseline {str(path)!r} cannot be read: {e}") from None
     return data if isinstance(data, dict) and isinstance(data.get("tests"), dict) else None
 
 

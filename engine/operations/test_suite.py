@@ -429,7 +429,7 @@ class _Suite:
         try:
             while not pt.eof:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"collection did not finish within {self.p.collect_timeout:g}s")
+                    raise OperationFailed(f"collection did not finish within {self.p.collect_timeout:g}s")
                 for ev in await pt.events(POLL):
                     if ev["e"] == "item":
                         tests.append(ev["id"])
@@ -444,7 +444,7 @@ class _Suite:
         if not finished or code not in (0, 1, 2, 5) or (code == 2 and not errors):
             # An interpreter without pytest, a conftest that exits, python=/bin/true: no list, not an empty one.
             how = f"exited with code {code}" + ("" if finished else " before its collection finished")
-            raise RuntimeError(f"pytest could not collect: {self.p.python} -m pytest {how}{pt.tail(3, ': ', True)}")
+            raise OperationFailed(f"pytest could not collect: {self.p.python} -m pytest {how}{pt.tail(3, ': ', True)}")
         ctx.state["tests"] = tests
         ctx.progress(total=len(tests) + len(errors), step="collected")
         ctx.log.info(f"collected {len(tests)} tests" + (f", {len(errors)} collection errors" if errors else ""))
@@ -516,7 +516,7 @@ class _Suite:
                         await self.lost(nodeid, "hung", f"no outcome after {self.timeout:g}s; process group killed")
                         return True
                 elif now - idle_since > self.p.collect_timeout:
-                    raise RuntimeError(f"pytest reported nothing for {self.p.collect_timeout:g}s{pt.tail(8, ': ')}")
+                    raise OperationFailed(f"pytest reported nothing for {self.p.collect_timeout:g}s{pt.tail(8, ': ')}")
             code = await pt.exit_code(EXIT_GRACE)
             if running:
                 nodeid = min(running, key=running.__getitem__)
