@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine import Status, runnable_types, stopped_note
+from engine import Status, stopped_note
 
 from .. import format as fmt
 
@@ -224,7 +224,7 @@ class DetailPane(VerticalScroll, can_focus=True):
             row("result", result_summary(result))
         row("id", op.id + (f"  (#{op.handle})" if op.handle is not None else ""))
         kind = Text(op.type + (f"  ({op.name})" if op.name else ""))
-        if full is not None and op.status is Status.QUEUED and op.type not in runnable_types():
+        if full is not None and op.status is Status.QUEUED and op.type not in _runnable_types():
             # It waits for a worker that has its plugin: nothing here said why it never started. (Asked once the
             # whole record is read: the engine is up, the first frame drawn without the registry's imports.)
             kind.append(
@@ -286,3 +286,11 @@ class DetailPane(VerticalScroll, can_focus=True):
         if op.error:
             shape.append(len(op.error) + 7)
         return Group(*parts), shape
+
+
+def _runnable_types() -> frozenset[str]:
+    """``engine.runnable_types``, imported when first asked: the registry's imports (pydantic) come after the
+    first frame, which this module is part of."""
+    from engine import runnable_types
+
+    return runnable_types()
