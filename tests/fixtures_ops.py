@@ -51,6 +51,21 @@ def checkpoint_state(cli: Cli, op_id: str) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+def done_keys(state_dir: Path, op_id: str) -> set[str]:
+    """The item keys done as of the newest valid checkpoint (none when there is none), read from the store."""
+
+    async def go() -> set[str]:
+        store = open_store(state_dir)
+        await store.open()
+        try:
+            got = await store.load_checkpoint(op_id)
+            return set(got[1].done) if got else set()
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
 def kill_worker_when(cli: Cli, op_id: str, ready: Callable[[Operation], bool], timeout: float = 60.0) -> Operation:
     """Start ``outlast worker``, SIGKILL it once ``ready(record)`` holds; the record as the kill found it."""
     worker = cli.start("worker", "--concurrency", "1")

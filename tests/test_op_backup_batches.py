@@ -6,7 +6,6 @@ different is an item failure and is removed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, OperationSpec, Status, open_store
+from engine import Engine, OperationSpec, Status
 from engine.operations import backup
 from engine.operations.backup import SMALL_BATCH
 from tests.fixtures_cli import Cli
 from tests.fixtures_engine import until
-from tests.fixtures_ops import resume, run_json
+from tests.fixtures_ops import done_keys, resume, run_json
 from tests.test_op_backup import OLD, assert_resumed_as_whole, partials, snapshot
 
 FILES = SMALL_BATCH * 2 + 40
@@ -39,19 +38,6 @@ def small_tree(root: Path) -> list[str]:
             (d / f"f{i:04d}").chmod(0o640)
             os.utime(d / f"f{i:04d}", ns=(OLD, OLD + i))
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
-def done_keys(state_dir: Path, op_id: str) -> set[str]:
-    async def go() -> set[str]:
-        store = open_store(state_dir)
-        await store.open()
-        try:
-            got = await store.load_checkpoint(op_id)
-            return set(got[1].done) if got else set()
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def test_a_kill_among_a_batch_renames_counts_none_of_it_and_resumes_byte_identical(cli: Cli, tmp_path: Path) -> None:

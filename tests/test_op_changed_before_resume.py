@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, OperationSpec, Status, open_store
+from engine import Engine, OperationSpec, Status
 from engine.operations import security_scan as scan
 from engine.operations.security_scan import THREAD_BATCH
 from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import done_keys, kill_worker_when, resume, run_json, submit
 from tests.test_op_backup import snapshot
 
 FILES = {
@@ -53,19 +53,6 @@ CHANGED = {
 
 
 HOUR_AGO = time.time() - 3600
-
-
-def done_keys(cli: Cli, op_id: str) -> set[str]:
-    async def go() -> set[str]:
-        store = open_store(cli.state_dir)
-        await store.open()
-        try:
-            got = await store.load_checkpoint(op_id)
-            return set(got[1].done) if got else set()
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def outputs(kind: str, out: Path) -> Any:
@@ -98,10 +85,10 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     )
     op_id = submit(cli, kind, params("killed.db"), "checkpoint_interval=0.1")
     killed = kill_worker_when(
-        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 0
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 0
     )
     assert killed.status is Status.RUNNING, "finished before the kill"
-    rel = sorted(done_keys(cli, op_id))[0]
+    rel = sorted(done_keys(cli.state_dir, op_id))[0]
     path = root / rel
     st = path.stat()
     path.write_text(path.read_text().replace(PLAIN, CHANGED[kind]))
@@ -138,10 +125,10 @@ def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_a
     params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 << 20}
     op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
     killed = kill_worker_when(
-        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli, op.id)) > 1
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 1
     )
     assert killed.status is Status.RUNNING, "finished before the kill"
-    done = sorted(done_keys(cli, op_id))
+    done = sorted(done_keys(cli.state_dir, op_id))
     path = src / (done[0] if which == "large" else done[1])
     assert (path.name == "a_big.bin") == (which == "large")
     st = path.stat()
