@@ -71,6 +71,8 @@ def make_tree(root: Path, git: bool) -> dict[str, Path]:
     roles["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0" + bytes(range(256)))
     roles["latin1"].parent.mkdir()
     roles["latin1"].write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    # Its own coding (PEP 263), with a name that is not ASCII: read in it, not as Latin-1.
+    (root / "docs" / "legacy.py").write_bytes("# -*- coding: cp1252 -*-\ndef caf\u00e9():\n    pass\n".encode("cp1252"))
     roles["secret"].write_text("x = 1\n")
     os.mkfifo(roles["fifo"])  # reading it would block forever: must be skipped, not read
     (root / "link.py").symlink_to("src/app.py")
@@ -140,7 +142,6 @@ async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path,
     assert final.status is Status.COMPLETED, final.error
     got = rows(db)
     failures = {f.key: f.error for f in await engine.store.item_failures(final.id)}
-    assert "not UTF-8" in failures.pop("docs/latin.txt")
     if cannot_read:
         assert "unreadable" in failures.pop("secret.py")
     else:
@@ -148,7 +149,16 @@ async def test_generated_tree_with_awkward_files(engine: Engine, tmp_path: Path,
     assert failures == {}
     assert final.progress.skipped == (1 if git else 2)  # the symlink, and the FIFO (git does not list it)
     assert final.progress.metrics["files_per_second"] > 0 and final.progress.metrics["current_file"] in got
+    # Not UTF-8: indexed all the same (an item failure each, a real tree with a few failed its index).
+    assert got["docs/latin.txt"][4:7] == (1, 0, 0), got["docs/latin.txt"]
+    assert json.loads(got["docs/legacy.py"][7]) == ["function caf\u00e9"]
+    said = sorted(r.message for r in (await engine.store.read_logs(final.id))[0] if "not UTF-8" in r.message)
+    assert said == [
+        "docs/latin.txt: not UTF-8 (byte 3): read as Latin-1",
+        "docs/legacy.py: not UTF-8 (byte 32): read as cp1252",
+    ], said
     kept = {*SOURCES, ".gitignore", "web/.gitignore", "keep.log", "assets/logo.png", "src/local/b.py"}
+    kept |= {"docs/latin.txt", "docs/legacy.py"}
     assert set(got) == kept | (set() if cannot_read else {"secret.py"})
     assert got["assets/logo.png"][3] == 1 and got["assets/logo.png"][4] is None  # binary: no line counts
     symbols = {p: set(json.loads(r[7])) for p, r in got.items()}
@@ -231,7 +241,7 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in whole["result"].items() if k not in drop
     }
-    assert final["result"]["files"] == 600 and final["result"]["failures"] == 1
+    assert final["result"]["files"] == 601 and final["result"]["failures"] == 0  # latin.txt indexed too
 
 
 async def test_a_tree_deeper_than_the_recursion_limit_is_indexed(engine: Engine, tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ objects, JSON and bookkeeping would cost it a core's share that the workers need
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
+import tokenize
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +27,8 @@ MAX_TEXT = 4 << 20
 
 
 def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str | None]:
-    """One file's row, ("reuse", size, seen) or ("skip", reason) (or None), and an error message (or None).
+    """One file's row, ("reuse", size, seen) or ("skip", reason) (or None), and an error message (or None; of a
+    row, how a file that is not UTF-8 was read).
 
     ``prev`` is what the index holds for the file: (size, mtime, sha256, seen)."""
     p = os.path.join(root, rel)  # not root / rel: pathlib costs more than the lstat
@@ -62,13 +65,30 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
         return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, [], []), None
     if b"\0" in data[:8192]:
         return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, [], []), None
+    read_as = None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, f"not UTF-8 text: byte {e.start}"
+        text, read_as = decoded(data, lang)
+        read_as = f"not UTF-8 (byte {e.start}): read as {read_as}"
     code, comment, blank = count_lines(text, lang)
-    syms, imps = symbols_and_imports(text, lang, data) if lang != "other" else ([], [])
-    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), None
+    source = text.encode("utf-8") if read_as else data  # the parsers' bytes: the text's, as UTF-8
+    syms, imps = symbols_and_imports(text, lang, source) if lang != "other" else ([], [])
+    return (rel, size, st.st_mtime, sha, lang, 0, code, comment, blank, syms, imps), read_as
+
+
+def decoded(data: bytes, lang: str) -> tuple[str, str]:
+    """Text that is not UTF-8, and what it was read as: a Python file's own coding (PEP 263: ``# -*- coding:
+    cp1252 -*-``), else Latin-1, which reads any bytes (line counts hold for every encoding that keeps ASCII;
+    a name's other letters may read wrong). Such a file was an item failure, and a real tree with a few of them
+    (CPython's test data) failed its whole index past the failure threshold."""
+    if lang == "python":
+        try:
+            coding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+            return data.decode(coding), coding
+        except (SyntaxError, LookupError, UnicodeDecodeError):
+            pass
+    return data.decode("latin-1"), "Latin-1"
 
 
 def index_name(rel: str) -> str:
@@ -100,7 +120,7 @@ def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple], seen: str
     out = Batch([], [], [], [], [], [])
     for rel in rels:
         old = prev.get(rel)
-        row, err = analyze(root, rel, old)
+        row, err = analyze(root, rel, old)  # err: of an indexed file, how it was read when not UTF-8
         name = index_name(rel)
         if row is None or row[0] == "skip":
             out.gone.append((name,))
@@ -119,5 +139,5 @@ def analyze_batch(root: Path, rels: list[str], prev: dict[str, tuple], seen: str
             out.files.append((name, *row[1:9], sym_json, json.dumps(imps), seen))
             out.symbols.extend([(name, *s) for s in syms])
             out.imports.extend([(name, m) for m in imps])
-            out.outcomes.append((rel, row[1], "indexed", None))
+            out.outcomes.append((rel, row[1], "indexed", err))
     return out

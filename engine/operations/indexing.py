@@ -32,6 +32,8 @@ from ._walk import list_files, own_files
 
 BATCH = 256
 """Files analysed and committed in one transaction (a resume redoes at most one batch)."""
+NOT_UTF8_SAID = 20
+"""Files not UTF-8 (read in their own coding or as Latin-1) named in the log one by one; the rest counted."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime REAL, sha256 TEXT, language TEXT, binary INTEGER,
@@ -264,12 +266,18 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
                     continue
                 st["bytes"] += size
                 st["reused"] += outcome == "reused"
+                if why:  # indexed, read in another encoding than UTF-8
+                    st["not_utf8"] = st.get("not_utf8", 0) + 1
+                    if st["not_utf8"] <= NOT_UTF8_SAID:
+                        ctx.log.info(f"{rel}: {why}")
                 ctx.step = rel
                 ctx.metrics["bytes"] = st["bytes"]
                 ctx.metrics["current_file"] = rel
             elapsed = time.monotonic() - started
             if elapsed > 0:  # files per second in this attempt, per batch (the seed's "files per second")
                 ctx.metrics["files_per_second"] = round((ctx.done - done_at_start) / elapsed, 1)
+    if st.get("not_utf8", 0) > NOT_UTF8_SAID:
+        ctx.log.info(f"{st['not_utf8']} files in all were not UTF-8 (the first {NOT_UTF8_SAID} are named above)")
     ctx.progress(step="finishing")
     listed = {index_name(f) for f in files}
     summary = await loop.run_in_executor(writer, _finish, con, seen, listed)
