@@ -510,3 +510,42 @@ async def test_secrets_in_utf16_or_utf32_text_are_found(engine: Engine, tmp_path
     assert {("deploy.ps1", 1, "KeywordDetector"), ("deploy.ps1", 2, "AWSKeyDetector")} <= got, got
     assert report["skipped"] == {"blob.bin": "binary"}
     assert S["password"] not in json.dumps(report) and S["aws_id"] not in json.dumps(report)
+
+
+ENV_SECRETS = {
+    ".env": "DB_HOST=localhost\nDB_PASSWORD=Tr0ub4dor3xq\nexport API_TOKEN='9f8e7d6c5b4a3928'  # prod\n"
+    "SECRET_KEY=${SECRET_KEY}\nREDIS_PASSWORD=\nPASSWORD_HINT=xxxx\nDEBUG=true\nWEBHOOK_SECRET=ab#cd1234ef\n",
+    "deploy/Dockerfile": "FROM python:3.11\nARG NPM_TOKEN=npm_a8Kd92jLq0\n"
+    "ENV AWS_SECRET_ACCESS_KEY wJalrXUtnFEMI9K7MDENGbPxRfiCYz\nARG GITHUB_TOKEN\nRUN pip install tokenizers\n",
+    "docker-compose.yml": "services:\n  db:\n    environment:\n      - POSTGRES_PASSWORD=s3cr3tPg99\n"
+    "      - API_KEY_FILE=/run/secrets/api_key\n      - TOKEN_URL=https://auth.example.org/token\n"
+    "      - BROKER_CREDENTIALS=amqp://app:Qz81kLm2@mq:5672\n",
+    "app/settings.py": "TOKEN = fetch_token()\nPASSWORD = os.environ['PASSWORD']\n",
+}
+"""Secrets set as plain ``NAME=value`` (or ``ENV NAME value``) lines, which detect-secrets' keyword plugin, made for
+quoted literals in code, does not report; beside names set to templates, nothing, or placeholders."""
+
+
+async def test_secrets_in_env_files_and_dockerfiles_are_found_and_redacted(engine: Engine, tmp_path: Path) -> None:
+    """A committed ``.env`` with ``DB_PASSWORD=...`` and a Dockerfile's ``ENV AWS_SECRET_ACCESS_KEY ...`` were
+    not reported (an outside tester's find): the leaks of that kind are the commonest there are."""
+    root = tmp_path / "tree"
+    for rel, text in ENV_SECRETS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    op = await scan(engine, root=str(root), format="json")
+    assert op.status is Status.COMPLETED, op.error
+    report = Path(op.result["reports"]["json"]).read_text()
+    found = {(f["file"], f["line"]) for f in json.loads(report)["findings"] if f["rule"] == "env-file-secret"}
+    assert found == {
+        (".env", 2),
+        (".env", 3),
+        (".env", 8),
+        ("deploy/Dockerfile", 2),
+        ("deploy/Dockerfile", 3),
+        ("docker-compose.yml", 4),
+        ("docker-compose.yml", 7),
+    }, found
+    secrets = ("Tr0ub4dor3xq", "9f8e7d6c5b4a3928", "cd1234ef", "npm_a8Kd92jLq0", "wJalrXUtnFEMI9K7", "s3cr3tPg99")
+    for secret in (*secrets, "Qz81kLm2"):
+        assert secret not in report, secret  # redacted in every snippet

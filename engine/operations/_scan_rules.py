@@ -42,6 +42,8 @@ class Rule:
     """Leading characters of a secret kept in the snippet: a public prefix like ``ghp_`` names the token kind."""
     check: Callable[[str], bool] | None = field(default=None, compare=False)
     """A further test of the matched value (entropy, placeholders)."""
+    files: Callable[[str], bool] | None = field(default=None, compare=False)
+    """The files (by path) a reported match counts in (None: any); redacting masks it in any file."""
     fold: bool = False
     """The pattern is written in lower case and runs on the lower-cased text: case-insensitive, and many
     times faster than ``re.IGNORECASE`` on Python's regex engine."""
@@ -225,6 +227,54 @@ SECRET_RULES: tuple[Rule, ...] = (
         fold=True,
     ),
 )
+
+
+def env_file(rel: str) -> bool:
+    """A file of ``NAME=value`` lines read into a process's environment or an image: ``.env``, ``.env.*``,
+    ``*.env``, a Dockerfile (``ENV``, ``ARG``), a Compose file's ``environment:`` list."""
+    name = rel.rsplit("/", 1)[-1]
+    low = name.lower()
+    return (
+        low == ".env"
+        or low.startswith(".env.")
+        or low.endswith(".env")
+        or low.startswith("dockerfile")
+        or low.endswith(".dockerfile")
+        or (low.startswith(("docker-compose", "compose.")) and low.endswith((".yml", ".yaml")))
+    )
+
+
+def _env_value(v: str) -> bool:
+    """A value set in an env file that could be a secret: ``_password_value``, and not a path (``API_KEY_FILE=
+    /run/secrets/key``) or an address without credentials in it (``TOKEN_URL=https://host/token``)."""
+    if v.startswith(("/", "./", "../", "~/", "file:")):
+        return False
+    if "://" in v and "@" not in v.split("://", 1)[1]:
+        return False
+    return _password_value(v)
+
+
+SECRET_RULES += (
+    Rule(
+        "env-file-secret",
+        "secrets",
+        "high",
+        "Secret set in an environment file or a Dockerfile",
+        "A secret is a value in a committed env file or an image's ENV/ARG (which every layer keeps): pass it at"
+        " run time from a secret store (docker secrets, the CI's secret variables) and keep the file out of git.",
+        pattern=re.compile(
+            r"^[ \t]*(?:-[ \t]+)?(?:export[ \t]+|env[ \t]+|arg[ \t]+)?[\w.\-]*?"
+            r"(?:password|passwd|passphrase|pwd|secret|token|api_?key|apikey|access_?key|private_?key|credentials?)"
+            r"[\w.\-]*[ \t]*(?:=|[ \t])[ \t]*(?P<q>[\"']?)(?P<value>[^\s\"']{4,200})(?P=q)(?:[ \t]+#.*)?[ \t]*$",
+            re.M,
+        ),
+        hints=("pass", "pwd", "secret", "token", "key", "credential"),
+        check=_env_value,
+        fold=True,
+        files=env_file,
+    ),
+)
+
 # Rules whose match only says "a secret-like name has a literal": a specific rule on the same value wins.
 _GENERIC = frozenset({"hardcoded-password", "high-entropy-secret"})
 
@@ -286,7 +336,7 @@ CODE_REGEX_RULES: tuple[Rule, ...] = (
     ),
 )
 
-OWN_SECRET_RULES = frozenset({"gcp-api-key", "gcp-service-account-key"})
+OWN_SECRET_RULES = frozenset({"gcp-api-key", "gcp-service-account-key", "env-file-secret"})
 """The secret rules reported: detect-secrets has no plugin for these. The others are kept to redact."""
 
 RULES: dict[str, Rule] = {
@@ -448,6 +498,8 @@ def scan_text(
     taken: list[tuple[int, int]] = []  # spans of specific secret values, so generic rules do not repeat them
     for rule in SECRET_RULES:
         if rule.id not in selected or rule.id not in RULES or not any(h in low for h in rule.hints):
+            continue
+        if rule.files is not None and not rule.files(rel):
             continue
         for start, vs, ve in _spans(rule, text, low):
             value = text[vs:ve]
