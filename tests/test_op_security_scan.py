@@ -549,3 +549,17 @@ async def test_secrets_in_env_files_and_dockerfiles_are_found_and_redacted(engin
     secrets = ("Tr0ub4dor3xq", "9f8e7d6c5b4a3928", "cd1234ef", "npm_a8Kd92jLq0", "wJalrXUtnFEMI9K7", "s3cr3tPg99")
     for secret in (*secrets, "Qz81kLm2"):
         assert secret not in report, secret  # redacted in every snippet
+
+
+async def test_a_keyword_set_to_prose_or_a_name_is_not_a_password(engine: Engine, tmp_path: Path) -> None:
+    """detect-secrets' keyword plugin reported ``password_hint = "enter your password"`` and ``PASSWORD_FIELD =
+    "password"`` as hard-coded passwords, severity high (an outside tester's find); a real one is still found."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "forms.py").write_text(
+        'password_hint = "enter your password"\nPASSWORD_FIELD = "password"\ndb_password = "Tr0ub4dor3xq"\n'
+    )
+    op = await scan(engine, root=str(root), format="json")
+    assert op.status is Status.COMPLETED, op.error
+    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    assert {f["line"] for f in findings if f["category"] == "secrets"} == {3}, findings

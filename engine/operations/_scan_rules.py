@@ -492,6 +492,8 @@ def scan_text(
     for f in libraries:
         if f.value is not None and f.rule in GENERIC_SECRET_PLUGINS and f.line in specific:
             continue  # "high entropy" or "keyword" says less than the provider's detector on the same line
+        if f.rule == "KeywordDetector" and f.value is not None and not _password_value(f.value):
+            continue  # prose or a name, not a password: password_hint = "enter your password", FIELD = "password"
         found.append((f.rule, f.line, f.column, f.message))
         if f.value:
             values.setdefault(f.line, []).append(f.value)
