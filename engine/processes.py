@@ -159,41 +159,25 @@ def _running(pid: int) -> bool:
     return fields is not None and fields[0] != b"Z"
 
 
-def stopped_here(host: str, pid: int, boot: str | None = None, start: int | None = None) -> bool:
-    """Whether process ``pid`` of ``host`` is this host's and stopped (SIGSTOP, Ctrl-Z: state T), and, with
-    ``boot`` and ``start``, still the process that was recorded. Work it runs stands still, listed running
-    with the rate and ETA it last stored, until it is continued: a face says so."""
-    import socket
-
-    if host != socket.gethostname():
-        return False
-    fields = _stat(pid)
-    if fields is None or fields[0] not in (b"T", b"t"):
-        return False
-    return boot is None or start is None or _who(fields) == (boot, start)
-
-
-def gone_here(host: str, pid: int, boot: str | None, start: int | None) -> bool:
-    """Whether process ``pid`` of ``host``, recorded with this ``boot`` and ``start``, is this host's and no
-    longer runs (no such process, a zombie, or another process with its pid). False when any of that cannot be
-    told (no /proc, a record without ``boot`` and ``start``, another host)."""
-    import socket
-
-    if boot is None or start is None or host != socket.gethostname() or not os.path.exists("/proc/self/stat"):
-        return False
-    fields = _stat(pid)
-    if fields is None or fields[0] == b"Z":
-        return True
-    return _who(fields) != (boot, start)
-
-
 def stopped_note(host: str, pid: int, boot: str | None = None, start: int | None = None) -> str | None:
     """What every face says of running work whose process on this host is stopped (Ctrl-Z, SIGSTOP) or gone
     (killed, while the store waits for proof: a Redis lease runs out), else None: it was listed running, its
-    last rate and ETA shown, while nothing ran. Its first word says which ("stopped", "gone")."""
-    if stopped_here(host, pid, boot, start):
+    last rate and ETA shown, while nothing ran. Its first word says which ("stopped", "gone").
+
+    Stopped: state T, and, with ``boot`` and ``start``, still the process recorded. Gone: with ``boot`` and
+    ``start`` recorded (a record without them is not judged), no such process, a zombie, or another process
+    with its pid. Neither where /proc cannot tell, or of another host's process."""
+    import socket
+
+    if host != socket.gethostname():
+        return None
+    fields = _stat(pid)
+    who = _who(fields) if fields is not None else None
+    if fields is not None and fields[0] in (b"T", b"t") and (boot is None or start is None or who == (boot, start)):
         return f"stopped (Ctrl-Z or SIGSTOP): kill -CONT {pid} to go on"
-    if gone_here(host, pid, boot, start):
+    if boot is None or start is None or not os.path.exists("/proc/self/stat"):
+        return None
+    if fields is None or fields[0] == b"Z" or (who is not None and who != (boot, start)):
         return f"gone (process {pid} no longer runs: killed?): it is marked interrupted once found orphaned"
     return None
 
