@@ -292,7 +292,7 @@ def make_index_tree(root: Path) -> None:
         d = root / f"pkg{i // 100:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"m{i:04d}.py").write_text(f"import os\n{body}class C{i}:\n    pass\n")
-    (root / "pkg03" / "latin.txt").write_bytes(b"caf\xe9\n")  # an item failure, counted the same every time
+    (root / "pkg03" / "latin.txt").write_bytes(b"caf\xe9\n")  # not UTF-8: read as Latin-1, the same every time
 
 
 def reference(name: str, base: Path, env: dict[str, str], args: list[str]) -> tuple[dict[str, Any], float, float]:
@@ -330,7 +330,7 @@ def make_kind(name: str, tmp: Path, env: dict[str, str]) -> Kind:
         "tables": index_tables(ref_dir / "index.db"),
         "result": {k: v for k, v in final["result"].items() if k != "index"},
     }
-    assert ref["result"]["files"] == 700 and ref["result"]["failures"] == 1
+    assert ref["result"]["files"] == 701 and ref["result"]["failures"] == 0
     return Kind(name, lambda b: index_args(b, root), ref, startup, work, index_check)
 
 

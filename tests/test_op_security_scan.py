@@ -375,7 +375,8 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_report(
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op.id).get("bytes", 0) > 0)
     assert killed.status is Status.RUNNING
     partial = checkpoint_state(cli, op_id)
-    assert 0 < partial["bytes"] < whole["result"]["bytes"]
+    # Every byte may be scanned by then on a loaded machine (the kill lands as the reports are written).
+    assert 0 < partial["bytes"] <= whole["result"]["bytes"]
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     a = json.loads((tmp_path / "a.json").read_text())

@@ -145,6 +145,9 @@ def test_two_workers_together_never_run_more_than_the_store_slots(target: Target
     workers = [Proc([*target.args(), "worker", "-c", "3"], target.env) for _ in range(2)]
     try:
         until_sync(lambda: all(s in SETTLED for s in asyncio.run(statuses())), 60, what="all settled")
+        # Each past its start (its first line is printed once its signal handlers are in): on a loaded machine
+        # the other worker had run all six before this one started, and SIGTERM killed it as it started.
+        until_sync(lambda: all(w.out for w in workers), 60, what="both workers started")
         for w in workers:
             w.signal(signal.SIGTERM)
         for w in workers:
