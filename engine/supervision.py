@@ -574,6 +574,10 @@ class LoopWatch:
         self._lock = threading.Lock()
         self._beat = self.turned
         """When the watch thread last woke (or a stop of the process was last counted)."""
+        self._threads = [threading.get_native_id()]
+        """The native ids of the loop's thread and (once it runs) the watch thread: their run-queue waits."""
+        self._ran = _ran(self._threads)
+        """``_ran`` at ``_beat``: what the process ran (or waited to run) since then was no stop."""
         self._gaps = 0.0
         """Seconds the process was stopped, seen by the watch thread and not yet taken by ``frozen``."""
         self._thawed = 0.0
@@ -598,12 +602,22 @@ class LoopWatch:
         return taken
 
     def _count(self, now: float) -> float:
-        """The gap since the last wake, if the process was stopped in it (then counted); else 0."""
+        """The part of the gap since the last wake in which the process was stopped (then counted); else 0.
+
+        A gap is a stop only for the time the process neither ran nor waited for a CPU: a handler holding
+        the GIL in C (a big ``pow``, a regex backtracking, a sort) keeps this thread from waking as a stop
+        does, and was taken for one. Its minutes counted toward no deadline or stall, so a handler doing
+        that in chunks ran past ``max_timeout`` and ``stall_timeout`` for ever, said to have run for 1s."""
         gap = now - self._beat - self._every
         if gap <= FROZEN:
             return 0.0
+        ran = _ran(self._threads)
+        stopped = gap - (ran - self._ran)
+        if stopped <= FROZEN:
+            return 0.0
         self._beat = self._thawed = now
-        return gap
+        self._ran = ran
+        return stopped
 
     def _turn(self) -> None:
         self.turned = time.monotonic()
@@ -612,6 +626,9 @@ class LoopWatch:
 
     def _watch(self) -> None:
         said_for = None  # the stall said already (its ``turned``)
+        with self._lock:
+            self._threads = [*self._threads, threading.get_native_id()]
+            self._ran = _ran(self._threads)
         while not self._stopped.wait(self._every):
             if self._loop.is_closed():
                 return  # left running by a loop closed under it: nothing to watch
@@ -619,6 +636,7 @@ class LoopWatch:
             with self._lock:
                 self._gaps += self._count(now)
                 self._beat = now
+                self._ran = _ran(self._threads)
             turned = self.turned
             blocked = now - max(turned, self._thawed)
             if blocked < self._limit or said_for == turned:
@@ -645,3 +663,16 @@ class LoopWatch:
                 running,
                 at,
             )
+
+
+def _ran(threads: list[int]) -> float:
+    """Seconds this process has run on a CPU (all its threads), plus those ``threads`` waited for one
+    (Linux's schedstat: a loaded machine), so far: neither grows while the process is stopped."""
+    waited = 0.0
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                waited += int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass  # not Linux, or no schedstat: the CPU time alone
+    return time.process_time() + waited

@@ -1,0 +1,32 @@
+"""Handlers for the clock's tests (``plugins=["tests.ops_clock"]``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from engine import OperationContext, operation
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Compute for about ``seconds`` in one C call that never lets go of the GIL (a big integer power):
+    no other thread of the process runs meanwhile, as under a regex backtracking or a large sort."""
+    probe = 1_000_000
+    t = time.perf_counter()
+    _ = 3**probe
+    took = max(time.perf_counter() - t, 1e-4)
+    # Karatsuba: the time grows as the exponent's size to the power log2(3)
+    _ = 3 ** min(int(probe * (seconds / took) ** (1 / 1.585)), 200_000_000)
+
+
+@operation("gil_hog")
+async def gil_hog(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Hold the GIL for ``hold`` seconds before the first item, then ``items`` items of ``d`` seconds."""
+    items = int(params.get("items", 5))
+    ctx.progress(0, total=items)
+    if not ctx.resuming:
+        hold_the_gil(float(params.get("hold", 3.5)))
+    async for _ in ctx.items(range(items), key=str):
+        await asyncio.sleep(float(params.get("d", 0.2)))
+    return {"items": items}

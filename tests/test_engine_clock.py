@@ -1,0 +1,21 @@
+"""The engine's clock against what a handler does to the process: time it runs counts, time it is stopped
+does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import Engine, OperationSpec, Status, load_settings, open_store
+
+
+async def test_a_handler_holding_the_gil_is_no_stop_of_the_process(state_dir: Path) -> None:
+    """A handler computing in C for seconds without letting go of the GIL kept the watch thread from waking,
+    as a SIGSTOP does: that time was taken for a stop of the process and counted toward no stall or
+    deadline. An operation with a stall_timeout of 1s held the loop for 3s, and completed; a handler doing
+    that in chunks ran past max_timeout for ever. The process ran all that time (its CPU time says so)."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="gil_hog", params={"hold": 3}, profile={"stall_timeout": 1}))
+        final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
+    assert final.status_message.startswith("stalled"), final.status_message
