@@ -30,3 +30,13 @@ async def gil_hog(ctx: OperationContext, params: Any) -> dict[str, Any]:
     async for _ in ctx.items(range(items), key=str):
         await asyncio.sleep(float(params.get("d", 0.2)))
     return {"items": items}
+
+
+@operation("warmup")
+async def warmup(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``items`` items: the first takes ``first`` seconds (a cold start), each other one ``d``."""
+    items = int(params["items"])
+    ctx.progress(0, total=items)
+    async for i in ctx.items(range(items), key=str):
+        await asyncio.sleep(float(params["first"]) if i == 0 else float(params["d"]))
+    return {"items": items}

@@ -19,3 +19,18 @@ async def test_a_handler_holding_the_gil_is_no_stop_of_the_process(state_dir: Pa
         final = await engine.wait(op.id, timeout=60)
     assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
     assert final.status_message.startswith("stalled"), final.status_message
+
+
+async def test_work_that_speeds_up_is_judged_by_its_pace_now(state_dir: Path) -> None:
+    """At the deadline the rest's time was reckoned from the attempt's average rate only: work with a slow
+    start (one item of 1s, then 100 a second) was stopped at the deadline of 1.5s, its average saying the
+    rest needed 4.5s more, past max_timeout 5s, while at its pace then it finished by 3s. The recent rate
+    counts too (the deadline still never passes max_timeout)."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 1.5, "per_item_timeout": 0, "max_timeout": 5}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        spec = OperationSpec(type="warmup", params={"items": 200, "first": 1.0, "d": 0.01}, profile=profile)
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, (final.status, final.status_message, final.progress.done)
+    assert final.extensions >= 1
