@@ -224,7 +224,12 @@ class Watch:
         if now - self.pace[-1][0] >= max(TICK, (now - self.started) / PACE_SAMPLES * 2):
             self.pace.append((now, ctx.done))
         if ctx.total != self.total_seen and self.op.timeout is None:
+            # An extension stands (the rate gave it, within max_timeout; the next deadline judges the new
+            # total): a handler re-estimating its total at each item had its deadline set back to the
+            # formula's, passed at once, and extended again, a log line and an event per item.
+            extended = self.deadline if self.extensions else 0.0
             self.set_deadline()
+            self.deadline = max(self.deadline, extended)
         if now >= self.next_checkpoint:
             self.next_checkpoint = now + p.checkpoint_interval
             ctx.mark_checkpoint_due()

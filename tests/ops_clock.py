@@ -40,3 +40,14 @@ async def warmup(ctx: OperationContext, params: Any) -> dict[str, Any]:
     async for i in ctx.items(range(items), key=str):
         await asyncio.sleep(float(params["first"]) if i == 0 else float(params["d"]))
     return {"items": items}
+
+
+@operation("estimating")
+async def estimating(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``items`` items of ``d`` seconds, the total estimated again at each (a little more, or exact)."""
+    items = int(params["items"])
+    for i in range(items):
+        ctx.progress(i, total=items + i % 3)
+        await asyncio.sleep(float(params["d"]))
+    ctx.progress(items, total=items)
+    return {"items": items}

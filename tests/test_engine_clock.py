@@ -34,3 +34,18 @@ async def test_work_that_speeds_up_is_judged_by_its_pace_now(state_dir: Path) ->
         final = await engine.wait(op.id, timeout=60)
     assert final.status is Status.COMPLETED, (final.status, final.status_message, final.progress.done)
     assert final.extensions >= 1
+
+
+async def test_a_total_estimated_again_keeps_the_extended_deadline(state_dir: Path) -> None:
+    """A change of total set the deadline back to the formula's, whatever extension the rate had given: past
+    the base timeout, a handler estimating its total again at each item had the deadline passed and extended
+    again at each, an "extended" line in its log and a TimeoutExtended event per item (21 in 2s)."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 30}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        spec = OperationSpec(type="estimating", params={"items": 40, "d": 0.04}, profile=profile)
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=60)
+        lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
+    assert final.status is Status.COMPLETED, (final.status, final.status_message)
+    assert final.extensions == len(lines) <= 2, lines
