@@ -49,3 +49,17 @@ async def test_a_total_estimated_again_keeps_the_extended_deadline(state_dir: Pa
         lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
     assert final.extensions == len(lines) <= 2, lines
+
+
+async def test_the_record_counts_every_extension(state_dir: Path) -> None:
+    """The final write took the timeout and its basis from the clock, not its count of extensions: one given
+    within the last second of an attempt (between two live writes) was in its log and not in its record."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 0.4, "per_item_timeout": 0, "max_timeout": 30}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        spec = OperationSpec(type="warmup", params={"items": 16, "first": 0.04, "d": 0.04}, profile=profile)
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=60)
+        lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
+    assert final.status is Status.COMPLETED, (final.status, final.status_message)
+    assert final.extensions == len(lines) >= 1, lines
