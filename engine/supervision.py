@@ -274,25 +274,36 @@ class Watch:
         of 4.3 items/s, saying the rest needed 20s past a max_timeout of 14s, while at its 10 items/s it
         finished in 9. The deadline never passes ``max_timeout`` either way."""
         ctx, p = self.ctx, self.ctx.profile
-        rate = max((r for r in (self.rate(now), self.recent_rate(now)) if r), default=None)
         elapsed = now - self.started
-        if self.op.timeout is None and rate and ctx.total is not None and ctx.total > ctx.done:  # fixed is fixed
-            needed = (ctx.total - ctx.done) / rate
-            if elapsed + needed <= p.max_timeout:
-                new_deadline = min(self.started + p.max_timeout, now + needed * 1.25 + 5)
-                self.deadline = new_deadline
-                self.extensions += 1
-                self.live_dirty = True
-                reason = (
-                    f"deadline extended by {new_deadline - now:.0f}s: {rate:.2f} items/s, "
-                    f"{ctx.total - ctx.done} to go, within max_timeout {p.max_timeout:g}s"
-                )
-                ctx.log.info(reason)
-                self._publish(
-                    TimeoutExtended(operation_id=ctx.id, deadline=time.time() + (new_deadline - now), reason=reason)
-                )
-                return
-        ctx.log.warning(f"deadline of {self.effective_timeout:g}s passed: stopping")
+        left = None if ctx.total is None else ctx.total - ctx.done
+        extend_to, reason, why = 0.0, "", ""
+        if self.op.timeout is not None:  # fixed is fixed
+            why = FIXED
+        elif left is None:
+            why = "no total to reckon the rest by"
+        elif elapsed >= p.max_timeout:
+            why = f"max_timeout {p.max_timeout:g}s reached"
+        elif left <= 0:
+            # Every item done, the handler finishing (writing an index, a report) and showing life, or the
+            # stall would have stopped it: it was stopped at 10 of 10 items, and so again on every resume.
+            extend_to = min(self.started + p.max_timeout, now + max(5.0, elapsed / 4))
+            reason = f"every item done, finishing, within max_timeout {p.max_timeout:g}s"
+        elif (rate := max((r for r in (self.rate(now), self.recent_rate(now)) if r), default=None)) is None:
+            why = "no item done in this attempt to reckon the rest by"
+        elif elapsed + (needed := left / rate) > p.max_timeout:
+            why = f"at {rate:.2f} items/s the {left} left need {needed:.0f}s more, past max_timeout {p.max_timeout:g}s"
+        else:
+            extend_to = min(self.started + p.max_timeout, now + needed * 1.25 + 5)
+            reason = f"{rate:.2f} items/s, {left} to go, within max_timeout {p.max_timeout:g}s"
+        if extend_to > now:
+            self.deadline = extend_to
+            self.extensions += 1
+            self.live_dirty = True
+            reason = f"deadline extended by {extend_to - now:.0f}s: {reason}"
+            ctx.log.info(reason)
+            self._publish(TimeoutExtended(operation_id=ctx.id, deadline=time.time() + (extend_to - now), reason=reason))
+            return
+        ctx.log.warning(f"deadline passed after {elapsed:.0f}s ({why or 'max_timeout reached'}): stopping")
         self.stop(StopReason.TIMEOUT, now)
 
 

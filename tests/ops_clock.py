@@ -51,3 +51,16 @@ async def estimating(ctx: OperationContext, params: Any) -> dict[str, Any]:
         await asyncio.sleep(float(params["d"]))
     ctx.progress(items, total=items)
     return {"items": items}
+
+
+@operation("finishing")
+async def finishing(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``items`` quick items, then ``steps`` steps of 0.2s after them (writing an index, a report)."""
+    items = int(params["items"])
+    ctx.progress(0, total=items)
+    async for _ in ctx.items(range(items), key=str):
+        await asyncio.sleep(0.01)
+    for k in range(int(params["steps"])):
+        ctx.progress(step=f"writing the index, part {k}")
+        await asyncio.sleep(0.2)
+    return {"items": items}

@@ -63,3 +63,31 @@ async def test_the_record_counts_every_extension(state_dir: Path) -> None:
         lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
     assert final.extensions == len(lines) >= 1, lines
+
+
+async def test_work_finishing_after_its_last_item_is_not_stopped_at_the_deadline(state_dir: Path) -> None:
+    """With every item done the rate had nothing left to reckon, and the deadline stopped the handler while it
+    finished (a step every 0.2s, well within max_timeout): timed out at 10 of 10 items, and so again on every
+    resume, which does the finishing again under the same base timeout. It is extended while the handler
+    shows life (a stall still stops it), never past max_timeout."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 30, "stall_timeout": 1}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="finishing", params={"items": 10, "steps": 6}, profile=profile))
+        final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, (final.status, final.status_message)
+    assert final.extensions >= 1
+
+
+async def test_a_deadline_not_extended_says_why(state_dir: Path) -> None:
+    """The log said "deadline of 0.3s passed: stopping" whatever kept it from being extended: now the rate,
+    what is left and the max_timeout it would pass (or the fixed timeout, the missing total)."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 0.3, "per_item_timeout": 0, "max_timeout": 0.6}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        spec = OperationSpec(type="warmup", params={"items": 200, "first": 0.02, "d": 0.02}, profile=profile)
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=60)
+        said = [r.message for r in (await engine.logs(op.id))[0] if "deadline passed" in r.message]
+    assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
+    assert len(said) == 1 and "left need" in said[0] and "past max_timeout 0.6s" in said[0], said
