@@ -27,3 +27,15 @@ def test_the_admission_check_is_not_cut_short_by_the_dashboards_sample() -> None
     busy(0.3)
     assert other.blocked(0) is not None
     assert monitor.sample().cpu_percent > 0
+
+
+def test_two_monitoring_samplers_in_one_engine_each_measure_their_own_interval() -> None:
+    """Two ``monitoring_collection`` operations in one worker: each sample's CPU covered only the time since
+    the other's last one (milliseconds: 0% on a busy machine), not its own interval."""
+    from engine.operations.monitoring import Sampler
+
+    first, second = Sampler([]), Sampler([])
+    for _ in range(5):  # a window of milliseconds may hold a tick of the kernel's clock: not each of five
+        busy(0.1)
+        second.sample()
+        assert first.sample()["cpu_percent"] > 0

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..context import OperationContext, OperationFailed
 from ..registry import operation
+from ..resources import CpuMeter
 from ._common import SQLITE_MAGIC, check_output_file, disk_full, output_dir
 from ._results_db import check_kind, open_db, peek
 
@@ -108,11 +109,12 @@ class Sampler:
                 continue
         self.gone: list[int] = []
         self._prev: tuple[float, Any, Any] | None = None
+        self._cpu = CpuMeter()  # psutil.cpu_percent(None) measured since anyone's last call (another sampler's)
         self.sample()  # primes cpu_percent and the counters: the first real sample covers one interval
 
     def sample(self) -> dict[str, float]:
         now = time.monotonic()
-        m: dict[str, float] = {"cpu_percent": psutil.cpu_percent(None)}
+        m: dict[str, float] = {"cpu_percent": self._cpu.percent()}
         vm = psutil.virtual_memory()
         m["memory_percent"] = vm.percent
         m["memory_used_bytes"] = float(vm.total - vm.available)
