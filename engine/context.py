@@ -248,9 +248,11 @@ class OperationContext(SeedContextMethods):
                 self._total, self._total_estimated = cp.total_items, False
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
+        """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
         self._met_done = False
         """A loop of this attempt met a key its checkpoint counted as done (else, resumed: the keys changed?)."""
-        """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
+        self._done_resumed = len(self._ledger.done) if resume is not None else 0
+        """Keys the checkpoint resumed from counted as done (not the ones this attempt's loops add)."""
         self._point: ResumePoint | None = None
         """Set while the handler works in the seed's style (``seed_style()``): its last explicit checkpoint."""
         self._resumed_point: ResumePoint | None = None
@@ -813,7 +815,7 @@ class _Items(AsyncIterator[T]):
         """Nothing was done before this run: a done key met again came twice in it."""
         # A resume whose loops met none of the done keys: the keys changed (a new version of the handler,
         # another key=), and every item was run again, silently. Said at a loop's end.
-        self._had = len(self._done_keys) if ctx.resuming and not ctx._met_done else 0
+        self._had = ctx._done_resumed if ctx.resuming and not ctx._met_done else 0
         self._met = False
         self._k: str | None = None
         """The key whose body runs (taken by this loop, not finished yet)."""
@@ -948,7 +950,12 @@ class _Items(AsyncIterator[T]):
             ctx._met_done = True
         had = self._had
         self._had = 0
-        if exhausted and had and not ctx._met_done and len(self._done_keys) > had:
+        # Met none of the done keys, and went past the total: the items were run again. A handler that
+        # resumes from its own state (``for b in range(ctx.state["next_batch"], ...)``, a loop per batch)
+        # meets none of them either, as it should: its count ends at the total, and it was told its keys
+        # changed, that every item was run again, when none was.
+        total = ctx._total
+        if exhausted and had and not ctx._met_done and total is not None and ctx._done > total:
             ctx._met_done = True  # said once
             ctx.log.warning(
                 f"none of this run's items was among the {had} its checkpoint counted"

@@ -138,3 +138,35 @@ async def test_a_handler_that_leaves_out_the_done_items_itself_is_not_told_its_k
     final, said = await _paused_then_resumed(engine, "test_item_keys_filtered", changed)
     assert (final.result["todo"] == 30) is changed, final.result
     assert len(said) == (1 if changed else 0), said
+
+
+@operation("test_item_keys_batches_by_state")
+async def item_keys_batches_by_state(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    ctx.total = 30
+    ran = ctx.state.setdefault("ran", [])
+    for b in range(ctx.state.get("next_batch", 0), 30, 10):  # resumes from its own state: one loop a batch
+        async for i in ctx.items(range(b, b + 10)):
+            ran.append(i)
+        ctx.state["next_batch"] = b + 10
+        while ctx.attempt == 1 and b == 0 and not ctx.cancelled:  # paused here, between two batches
+            await asyncio.sleep(0.005)
+        await ctx.checkpoint()  # the stop's too
+    return {"ran": ran}
+
+
+async def test_a_handler_resuming_from_its_own_state_a_loop_a_batch_is_not_told_its_keys_changed(
+    engine: Engine,
+) -> None:
+    """A loop per batch, the next batch kept in ``ctx.state``: resumed, its loops meet none of the done keys
+    (it leaves them out itself), and each batch's loop said that every item had been run again and asked
+    whether the item keys changed, when each ran once."""
+    op = await engine.submit(OperationSpec(type="test_item_keys_batches_by_state"))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
+    await engine.pause(op.id)
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["ran"] == list(range(30))
+    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
+    assert said == [], said
