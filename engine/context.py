@@ -794,6 +794,7 @@ class _Items(AsyncIterator[T]):
         "_ledger",
         "_loop",
         "_met",
+        "_outer",
         "_repeats",
         "_running",
         "_skipped",
@@ -819,6 +820,9 @@ class _Items(AsyncIterator[T]):
         self._met = False
         self._k: str | None = None
         """The key whose body runs (taken by this loop, not finished yet)."""
+        self._outer = ledger.current
+        """The key of the item of another loop whose body this loop runs in (nested loops: directories, then
+        their files): its body goes on when this loop ends (``_resume_outer``)."""
         self._running = False
         """A turn is between its items (at a checkpoint): no other task may take an item then."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -945,6 +949,7 @@ class _Items(AsyncIterator[T]):
         self._it = iter(())
         self._k = None
         self._task = None
+        self._resume_outer()
         ctx = self._ctx
         if self._met:
             ctx._met_done = True
@@ -970,7 +975,22 @@ class _Items(AsyncIterator[T]):
         ledger = self._ledger
         if k is not None and ledger.current == k:
             ledger.current = None
-            ledger.left = (k, id(frame), _leaving_at(frame)) if frame is not None else None
+            at = (k, id(frame), _leaving_at(frame)) if frame is not None else None
+            left = ledger.left
+            # An exception leaving the body of an inner loop's item left this one's at the same instruction:
+            # the inner item is the one that failed (the inner loop said so first).
+            if at is None or left is None or left[1:] != at[1:]:
+                ledger.left = at
+        self._resume_outer()
+
+    def _resume_outer(self) -> None:
+        """This loop ran inside the body of another loop's item, which goes on: that item is the one whose body
+        runs again, done when its own loop takes the next item (an outer item was never counted done, each one
+        run again on every resume, and a stop between two inner loops was raised inside its body)."""
+        outer, self._outer = self._outer, None
+        ledger = self._ledger
+        if outer is not None and ledger.current is None and outer not in ledger.failed and outer not in ledger.skipped:
+            ledger.current = outer
 
     async def aclose(self) -> None:
         self._leave(None)

@@ -1,0 +1,50 @@
+"""``ctx.items`` loops nested (directories, then each one's files): the inner loop took the one slot that
+says whose body runs, so an outer item was never counted done; every resume ran the body of each outer item
+done before it again, and an item failure inside the inner loop is still that inner item's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from engine import Engine, OperationContext, OperationSpec, Status, operation
+from tests.fixtures_engine import until
+
+
+@operation("test_items_nested")
+async def nested(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    ran = ctx.state.setdefault("ran", [])
+    async for d in ctx.items([f"d{i}" for i in range(4)]):
+        async for f in ctx.items([f"{d}/f{j}" for j in range(3)]):
+            await asyncio.sleep(0.005)
+            if f == p.get("fail"):
+                raise ValueError("broken")
+            ran.append(f)
+        async for f in ctx.items([f"{d}/g{j}" for j in range(2)]):  # a second inner loop in the same body
+            ran.append(f)
+        ran.append(d)
+    return {"ran": ran, "done": sorted(k for k in ctx.done_keys if "/" not in k)}
+
+
+async def test_an_outer_item_is_done_once_its_body_ends_and_not_run_again_on_resume(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_nested"))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 14)  # into d2
+    await engine.pause(op.id)
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    ran = final.result["ran"]
+    want = [
+        x for i in range(4) for x in [*(f"d{i}/f{j}" for j in range(3)), *(f"d{i}/g{j}" for j in range(2)), f"d{i}"]
+    ]
+    assert ran == want, ran  # each once, in order (state and ledger agree at the pause's checkpoint)
+    assert final.result["done"] == ["d0", "d1", "d2", "d3"]
+
+
+async def test_an_inner_item_that_raises_is_the_failed_one(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_nested", params={"fail": "d1/f1"}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    failures = await engine.store.item_failures(op.id)
+    assert [f.key for f in failures] == ["d1/f1"], failures
