@@ -309,7 +309,14 @@ class OperationContext(SeedContextMethods):
     def _key_text(self, key: object) -> str:
         """An item key that is not a ``str`` (an int, a Path): its ``str``, the form a checkpoint lists and a
         resume reads back. Kept as it was, the checkpoint was written but never read back (every resume
-        started again from scratch, each done item run twice). Said once per attempt."""
+        started again from scratch, each done item run twice). Said once per attempt. None is refused: it is
+        what a key function without its ``return`` gives, the same for every item, and all but the first were
+        skipped as done with the operation completed."""
+        if key is None:
+            raise TypeError(
+                "an item key is None (a key= function that returns nothing?): a key names one item, and every"
+                " item whose key is None would be one"
+            )
         text = str(key)
         if not self._said_key_text:
             self._said_key_text = True

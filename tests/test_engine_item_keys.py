@@ -170,3 +170,23 @@ async def test_a_handler_resuming_from_its_own_state_a_loop_a_batch_is_not_told_
     assert final.result["ran"] == list(range(30))
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
     assert said == [], said
+
+
+@operation("test_item_keys_none")
+async def item_keys_none(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    def key(i: int) -> Any:
+        name = f"item-{i}"  # noqa: F841  # its return forgotten
+
+    ran = []
+    async for i in ctx.items(range(10), key=key):
+        ran.append(i)
+    return {"ran": ran}
+
+
+async def test_a_key_function_that_returns_nothing_fails_the_operation_in_one_line(engine: Engine) -> None:
+    """A key function without its ``return`` gives None for every item: the first ran, the other nine were
+    skipped as done (a warning that the key came again) and the operation completed."""
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_item_keys_none"))).id, timeout=20)
+    assert final.status is Status.FAILED, final.result
+    assert final.error is not None and final.error.startswith("TypeError: an item key is None"), final.error
+    assert "test_engine_item_keys.py" in final.error and "\n" not in final.error
