@@ -37,7 +37,7 @@ from .processes import Children
 from .profiles import TimeoutProfile
 from .shortage import RanShort, ran_short_said
 from .store.base import ItemDelta, Ledger
-from .text import bad_text, clean, clean_json, storable
+from .text import NotJSON, bad_text, clean, clean_json, storable
 
 T = TypeVar("T")
 
@@ -1072,6 +1072,11 @@ def format_exception(exc: BaseException) -> str:
         text = _describe(exc).removeprefix(f"{type(exc).__name__}: ")
         return text if text != type(exc).__name__ else "failed"
     tb: list[traceback.FrameSummary] = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, NotJSON):
+        # ``ctx.state`` holds what a checkpoint cannot: the handler's mistake, found by the store that writes
+        # it. Named at the handler's line that checkpointed (its loop, its ``ctx.checkpoint``), not at the
+        # store's ("at base.py:209" read as a bug in Outlast).
+        tb = [f for f in tb if not (f.filename.startswith(_ENGINE_DIR) and not f.filename.startswith(_OPERATIONS_DIR))]
     # Raised by the context's own checks (ctx.done = "7"): the handler's line that called it, not ours.
     while len(tb) > 1 and tb[-1].filename in _API_FILES:
         tb = tb[:-1]

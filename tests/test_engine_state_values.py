@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +37,14 @@ class Params(BaseModel):
     kind: str
 
 
+LOOP_LINE = next(
+    n for n, line in enumerate(Path(__file__).read_text().splitlines(), 1) if line.endswith("# LOOP_" + "LINE")
+)
+
+
 @operation("test_state_value", params=Params)
 async def state_value(ctx: OperationContext, p: Params) -> dict:
-    async for i in ctx.items(range(3), key=str):
+    async for i in ctx.items(range(3), key=str):  # LOOP_LINE
         if i == 1:
             ctx.state["x"] = BAD[p.kind][0]
     return {"never": True}
@@ -52,6 +58,8 @@ async def test_a_value_json_cannot_hold_is_named_with_its_place(engine: Engine, 
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.FAILED
     assert f"checkpoint not saved: {BAD[kind][1]}; a checkpoint holds JSON values only" in (final.error or "")
+    # At the handler's line that checkpointed (its loop), not the store's (read as a bug in Outlast).
+    assert (final.error or "").endswith(f"(at test_engine_state_values.py:{LOOP_LINE})"), final.error
 
 
 def test_json_values_are_not_reported() -> None:
