@@ -435,6 +435,15 @@ def migrate_timeout_operation(
 
         async def handler(ctx: Any, p: BaseModel) -> Any:
             kwargs = p.model_dump() if isinstance(p, AnyParams) else {k: getattr(p, k) for k in type(p).model_fields}
+            if ctx.resuming and ctx.done:
+                # The function keeps no state the engine can give back: resumed, it starts over. The resume
+                # said "resuming from checkpoint 1 (34 items done)" and the function ran those 34 again, its
+                # progress going back from 34 to 1, without a word.
+                ctx.log.warning(
+                    f"{fn.__name__}() (@migrate_timeout_operation) cannot resume from a checkpoint: it starts"
+                    f" again from the beginning, and the {ctx.done} items done before are done again"
+                )
+                ctx.progress(0)
             first_total = estimated_items if estimated_items is not None else (None if takes_callback else 1)
             if ctx.total is None and first_total is not None:
                 ctx.progress(0, total=first_total)

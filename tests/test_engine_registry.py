@@ -7,13 +7,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine import Engine, InvalidInput, OperationSpec, Settings, Status
+from engine import Engine, InvalidInput, OperationSpec, Settings, Status, migrate_timeout_operation
 from engine.registry import get_handler, load_plugin
 from tests.conftest import REPO
-from tests.fixtures_engine import make_engine
+from tests.fixtures_engine import make_engine, until
 from tests.ops_for_tests import populate_kb
 
 
@@ -157,3 +158,33 @@ def test_running_demo_loads_no_other_builtin_module() -> None:
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['engine.operations.demo']", out
+
+
+MIGRATED_CALLS: list[int] = []
+
+
+@migrate_timeout_operation("test_migrated_resumed")
+async def migrated_resumed(n: int = 40, progress_callback: Any = None) -> dict[str, Any]:
+    for i in range(n):
+        MIGRATED_CALLS.append(i)
+        await asyncio.sleep(0.005)
+        await progress_callback(f"Step {i}", i + 1, n)
+    return {"n": n}
+
+
+async def test_a_migrated_function_resumed_says_it_starts_again_from_the_beginning(engine: Engine) -> None:
+    """It keeps no state the engine can give back: resumed, it starts over. The log said "resuming from
+    checkpoint 1 (12 items done)", the function ran those 12 again, and its progress went back to 1."""
+    MIGRATED_CALLS.clear()
+    op = await engine.submit(OperationSpec(type="test_migrated_resumed"))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=20)
+    assert paused.status is Status.PAUSED
+    before = len(MIGRATED_CALLS)
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and MIGRATED_CALLS[before:] == list(range(40))
+    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
+    assert len(said) == 1 and said[0].startswith("migrated_resumed() (@migrate_timeout_operation) cannot resume"), said
+    assert "items done before are done again" in said[0]
