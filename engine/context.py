@@ -917,6 +917,10 @@ class _Items(AsyncIterator[T]):
                 ctx.mark_checkpoint_due()
             if ctx._attention:
                 await self._boundary()
+        elif ctx._stop is not None:
+            # The loop's first item, a stop asked before it (while the handler listed its files, between two
+            # batches): stopped here, where no body runs, not after one more item (a long one held a pause).
+            await self._boundary()
 
     async def _boundary(self) -> None:
         """A checkpoint or a stop between two items (no other task may take an item meanwhile)."""

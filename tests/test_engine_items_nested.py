@@ -48,3 +48,28 @@ async def test_an_inner_item_that_raises_is_the_failed_one(engine: Engine) -> No
     assert final.status is Status.COMPLETED, final.error
     failures = await engine.store.item_failures(op.id)
     assert [f.key for f in failures] == ["d1/f1"], failures
+
+
+@operation("test_items_stop_before_loop")
+async def stop_before_loop(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    ran = ctx.state.setdefault("ran", [])
+    async for i in ctx.items(range(3)):
+        ran.append(i)
+    while ctx.attempt == 1 and not ctx.cancelled:  # between two loops (listing the next batch's files)
+        await asyncio.sleep(0.005)
+    async for i in ctx.items(range(3, 6)):
+        ran.append(i)
+    return {"ran": ran}
+
+
+async def test_a_stop_asked_before_a_loop_stops_it_before_its_first_item(engine: Engine) -> None:
+    """The first turn of a loop did not look for a stop: one more item ran after a pause (a long one held it)."""
+    op = await engine.submit(OperationSpec(type="test_items_stop_before_loop"))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 3)
+    await engine.pause(op.id)
+    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
+    got = await engine.store.load_checkpoint(op.id)
+    assert got is not None and got[0].state["ran"] == [0, 1, 2] and got[1].done == {"0", "1", "2"}
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and final.result["ran"] == list(range(6))
