@@ -599,6 +599,13 @@ class OperationContext(SeedContextMethods):
             return await self._save_one(next_step, context_data, asked)
 
     async def _save_one(self, next_step: str | None, context_data: dict[str, Any] | None, asked: bool) -> bool:
+        if not isinstance(self.state, dict):
+            # ``ctx.state = None`` (or a list): saved, but no resume could read it back, and the next attempt
+            # started again from the first item without a word.
+            raise NotJSON(
+                f"checkpoint not saved: ctx.state is a {type(self.state).__name__}, not a dict; a checkpoint's"
+                " state is a dict (set its keys, or assign it a dict)"
+            )
         self._checkpoint_due = False
         self._done_at_checkpoint = self.done
         delta = self._ledger.take()

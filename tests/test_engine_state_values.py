@@ -102,3 +102,27 @@ async def test_a_result_json_cannot_hold_completes_without_it(engine: Engine, ki
     assert final.status is Status.COMPLETED and final.result == stored, (final.status, final.error)
     logs = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
     assert logs == ([f"result not stored: {warning}; a result holds JSON values only"] if warning else []), logs
+
+
+WHOLE: dict[str, Any] = {"none": None, "list": [1, 2], "str": "done"}
+
+
+@operation("test_state_whole", params=Params)
+async def state_whole(ctx: OperationContext, p: Params) -> dict:
+    async for i in ctx.items(range(3), key=str):
+        if i == 1:
+            ctx.state = WHOLE[p.kind]
+    return {"never": True}
+
+
+@pytest.mark.parametrize("kind", sorted(WHOLE))
+async def test_a_state_that_is_not_a_dict_is_named(engine: Engine, kind: str) -> None:
+    """``ctx.state = None`` was saved, no resume could read it back, and the next attempt started again from
+    the first item without a word."""
+    op = await engine.submit(
+        OperationSpec(type="test_state_whole", params={"kind": kind}, profile={"checkpoint_every": 1})
+    )
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, final.result
+    name = type(WHOLE[kind]).__name__
+    assert f"checkpoint not saved: ctx.state is a {name}, not a dict" in (final.error or ""), final.error
