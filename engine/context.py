@@ -318,6 +318,7 @@ class OperationContext(SeedContextMethods):
                 " item whose key is None would be one"
             )
         text = str(key)
+        _plain_key(key, text)
         if not self._said_key_text:
             self._said_key_text = True
             self.log.warning(
@@ -809,6 +810,7 @@ class _Items(AsyncIterator[T]):
         "_loop",
         "_met",
         "_outer",
+        "_plain",
         "_repeats",
         "_running",
         "_skipped",
@@ -834,6 +836,8 @@ class _Items(AsyncIterator[T]):
         self._met = False
         self._k: str | None = None
         """The key whose body runs (taken by this loop, not finished yet)."""
+        self._plain: type | None = None
+        """The class of items whose ``str`` was found to be a key (not an address): checked once per class."""
         self._outer = ledger.current
         """The key of the item of another loop whose body this loop runs in (nested loops: directories, then
         their files): its body goes on when this loop ends (``_resume_outer``)."""
@@ -870,10 +874,16 @@ class _Items(AsyncIterator[T]):
         done_keys = self._done_keys
         keyf = self._keyf
         want = self._want
+        plain = self._plain
         try:
             for item in self._it:
                 if keyf is None:
-                    k = item if item.__class__ is str else str(item)  # type: ignore[assignment]
+                    if item.__class__ is str:
+                        k = item  # type: ignore[assignment]
+                    else:
+                        k = str(item)
+                        if item.__class__ is not plain:
+                            plain = self._plain = _plain_key(item, k)
                 else:
                     k = keyf(item)
                     if k.__class__ is not str:
@@ -1021,6 +1031,18 @@ class _Items(AsyncIterator[T]):
             self._leave(_getframe(1))
             if self._met:
                 self._ctx._met_done = True
+
+
+def _plain_key(item: object, text: str) -> type:
+    """``item``'s class, once its ``str`` (``text``) is found fit to be its key. An object without a ``__str__``
+    of its own is named by its address in memory (``<Task object at 0x7f..>``), another on every run: a
+    resume met none of the done keys and ran every item again."""
+    if " object at 0x" in text and text.endswith(">"):
+        raise TypeError(
+            f"item key {text}: an object's default str is its address in memory, another on every run, so a"
+            " resume would run every item again; give ctx.items a key= that names the item (key=lambda t: t.path)"
+        )
+    return item.__class__
 
 
 _RERAISE, _RAISE = dis.opmap["RERAISE"], dis.opmap["RAISE_VARARGS"]

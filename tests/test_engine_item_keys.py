@@ -190,3 +190,28 @@ async def test_a_key_function_that_returns_nothing_fails_the_operation_in_one_li
     assert final.status is Status.FAILED, final.result
     assert final.error is not None and final.error.startswith("TypeError: an item key is None"), final.error
     assert "test_engine_item_keys.py" in final.error and "\n" not in final.error
+
+
+class _Task:
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+@operation("test_item_keys_address", params=Params)
+async def item_keys_address(ctx: OperationContext, p: Params) -> dict[str, Any]:
+    tasks = [_Task(i) for i in range(5)]
+    ran = []
+    async for t in ctx.items(tasks, key=(lambda t: t) if p.kind == "key" else None):
+        ran.append(t.i)
+    return {"ran": ran}
+
+
+@pytest.mark.parametrize("kind", ["default", "key"])
+async def test_an_item_named_by_its_address_fails_the_operation_in_one_line(engine: Engine, kind: str) -> None:
+    """Objects without a ``__str__`` of their own were keyed by their address in memory, another on every run:
+    a resume ran every item again (said, at best, once the loop had run them all)."""
+    op = await engine.submit(OperationSpec(type="test_item_keys_address", params={"kind": kind}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, final.result
+    assert final.error is not None and final.error.startswith("TypeError: item key <"), final.error
+    assert "default str is its address in memory" in final.error and "test_engine_item_keys.py" in final.error
