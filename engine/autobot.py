@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -138,7 +139,13 @@ class SeedContextMethods:
         so its JSON checkpoints wrote such values as strings) is saved as its ``str``, said once in the
         log, instead of failing the operation as ``ctx.checkpoint`` does for code written for Outlast."""
         self.seed_style()
-        self.state.update(intermediate_results)
+        if intermediate_results is not None and not isinstance(intermediate_results, Mapping):
+            # A list of the files done: "dictionary update sequence element #0 has length 7; 2 is required".
+            raise TypeError(
+                f"save_checkpoint(intermediate_results=...) takes a dict (its keys go into ctx.state), not a"
+                f" {type(intermediate_results).__name__}: save_checkpoint({{'done_files': files}}) keeps a list"
+            )
+        self.state.update(intermediate_results or {})
         try:
             await self.checkpoint(next_step, **context_data)
         except NotJSON as e:

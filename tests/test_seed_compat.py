@@ -445,3 +445,22 @@ async def test_a_migrated_functions_default_none_is_taken_whatever_its_annotatio
     assert done.result == {"path": ".", "patterns": None}
     with pytest.raises(InvalidInput, match="patterns"):
         await engine.submit(OperationSpec(type="test_seed_migrated_none_default", params={"path": ".", "patterns": 3}))
+
+
+@operation("test_seed_results_not_a_dict")
+async def seed_results_not_a_dict(ctx: OperationContext, params: dict) -> dict:
+    files = ["a.py", "b.py"]
+    await ctx.save_checkpoint(None, "start")  # nothing new: kept as it was
+    await ctx.save_checkpoint(files, "file_2")  # type: ignore[arg-type]  # the list itself, not a dict
+    return {}
+
+
+async def test_intermediate_results_that_are_not_a_dict_are_named_in_one_line(engine: Engine) -> None:
+    """A list given as ``intermediate_results`` failed with "dictionary update sequence element #0 has
+    length 4; 2 is required", which names neither the call nor what it wants."""
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_seed_results_not_a_dict"))).id, 20)
+    assert final.status is Status.FAILED
+    assert final.error is not None and final.error.startswith(
+        "TypeError: save_checkpoint(intermediate_results=...) takes a dict (its keys go into ctx.state), not a list"
+    ), final.error
+    assert "test_seed_compat.py" in final.error
