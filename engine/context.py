@@ -471,8 +471,18 @@ class OperationContext(SeedContextMethods):
         # The submitter's estimate (--items N) too: what the loop will go through is the real total.
         if (self.total is None or self._total_estimated) and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
+        try:
+            it = iter(iterable)
+        except TypeError:
+            if hasattr(iterable, "__aiter__"):  # "'async_generator' object is not iterable"
+                raise TypeError(
+                    "ctx.items() takes an iterable (a list, a generator), not an async one"
+                    f" ({type(iterable).__name__}): collect it first (items = [x async for x in source])"
+                    " and pass the list"
+                ) from None
+            raise
         self._native, self._point = True, None
-        return _Items(self, self._ledger, iter(iterable), key or str)
+        return _Items(self, self._ledger, it, key or str)
 
     def fail(self, key: str, error: BaseException | str) -> None:
         """Record that ``key`` failed (the loop goes on); raises TooManyFailures past the threshold.

@@ -73,3 +73,22 @@ async def test_a_stop_asked_before_a_loop_stops_it_before_its_first_item(engine:
     await engine.resume(op.id)
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.COMPLETED and final.result["ran"] == list(range(6))
+
+
+@operation("test_items_async_source")
+async def async_source(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    async def files() -> Any:
+        yield "a.py"
+
+    async for _f in ctx.items(files()):  # type: ignore[arg-type]
+        pass
+    return {}
+
+
+async def test_an_async_iterable_is_named_in_one_line(engine: Engine) -> None:
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_items_async_source"))).id, timeout=20)
+    assert final.status is Status.FAILED
+    assert final.error is not None and final.error.startswith(
+        "TypeError: ctx.items() takes an iterable (a list, a generator), not an async one (async_generator)"
+    ), final.error
+    assert "test_engine_items_nested.py" in final.error
