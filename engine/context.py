@@ -144,6 +144,13 @@ class TransientError(Exception):
     """Raise (or subclass) to ask for a retry under the profile's retry policy."""
 
 
+class ItemsMisused(RuntimeError):
+    """``ctx.items`` used in a way its checkpoints cannot follow (two tasks taking items of one loop, two loops
+    running items at once): the operation fails, naming it, never the item whose body runs meanwhile (counted
+    as that item's failure, the handler was entered again and again until failure_threshold, and the error
+    came last, behind "11 item failures exceed failure_threshold")."""
+
+
 class OperationFailed(RuntimeError):
     """A failure its message says whole (a command's non-zero exit, a program that cannot start): the
     operation's error is the message alone, without the exception's type or the handler's line, which
@@ -742,8 +749,9 @@ class OperationContext(SeedContextMethods):
             await self._save()  # a store that fails is said once (and the status write is still tried)
 
     def failed_item(self, exc: BaseException) -> str | None:
-        """The item whose body raised ``exc`` (None: the handler raised it outside any item's body)."""
-        return self._ledger.failed_item(exc)
+        """The item whose body raised ``exc`` (None: the handler raised it outside any item's body, or misused
+        ``ctx.items``, which fails the operation)."""
+        return None if isinstance(exc, ItemsMisused) else self._ledger.failed_item(exc)
 
     def reenter(self) -> None:
         """The handler is called again after an item failed: it sees ``resuming`` and skips that item."""
@@ -872,11 +880,13 @@ class _Items(AsyncIterator[T]):
             k = self._k
             if k is not None:  # the body of the item before finished
                 self._k = None
-                if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+                if ledger.current is k:  # fail() or skip() in the body clears it: not done
                     ledger.current = None
                     self._done_keys.add(k)
                     ledger.new_done.append(k)
                     ctx._done += 1
+                elif ledger.current is not None:
+                    self._overlapped(k)
                 every = self._every
                 if every and ctx._done - ctx._done_at_checkpoint >= every:
                     ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
@@ -934,11 +944,13 @@ class _Items(AsyncIterator[T]):
         if k is not None:  # the body of the item before finished
             self._k = None
             ledger = self._ledger
-            if ledger.current is not None:  # fail() or skip() in the body clears it: not done
+            if ledger.current is k:  # fail() or skip() in the body clears it: not done
                 ledger.current = None
                 self._done_keys.add(k)
                 ledger.new_done.append(k)
                 ctx._done += 1
+            elif ledger.current is not None:
+                self._overlapped(k)
             every = self._every
             if every and ctx._done - ctx._done_at_checkpoint >= every:
                 ctx.mark_checkpoint_due()
@@ -972,15 +984,27 @@ class _Items(AsyncIterator[T]):
             # Asking for the next item ends the body of the one before: from another task that
             # would mark an item done whose body still runs (lost, if the process dies after the
             # checkpoint that lists it).
-            raise RuntimeError(
+            raise ItemsMisused(
                 "ctx.items() is one loop, its items done one after another: its next item was asked for"
                 f" by another task while the body of {self._k!r} runs. Run the work of several"
                 " items at once inside one body (a batch as the item), or in a pool whose results one"
                 " loop takes in order"
             )
         if self._running:
-            raise RuntimeError("ctx.items(): its next item was asked for while the loop checkpoints between two items")
+            raise ItemsMisused("ctx.items(): its next item was asked for while the loop checkpoints between two items")
         self._task = task
+
+    def _overlapped(self, k: str) -> None:
+        """The body of ``k`` ended with another loop's item taken meanwhile (two loops in two tasks): which
+        one's body runs is one slot, so one of them was never counted done (run again on resume), and a
+        checkpoint between the items of one held half of an item of the other."""
+        other = self._ledger.current
+        self._end(False)
+        raise ItemsMisused(
+            f"two ctx.items() loops ran at once (item {other!r} of another was taken while the body of {k!r} ran,"
+            " in another task): a checkpoint between the items of one would hold half an item of the other. Run"
+            " the loops one after the other, or the concurrent work inside the body of one loop's item"
+        )
 
     def _end(self, exhausted: bool) -> None:
         """The loop is over (``exhausted``: it ran out of items; else an exception or ``aclose``)."""

@@ -92,3 +92,24 @@ async def test_an_async_iterable_is_named_in_one_line(engine: Engine) -> None:
         "TypeError: ctx.items() takes an iterable (a list, a generator), not an async one (async_generator)"
     ), final.error
     assert "test_engine_items_nested.py" in final.error
+
+
+@operation("test_items_two_loops_at_once")
+async def two_loops_at_once(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    async def worker(name: str) -> None:
+        async for _k in ctx.items([f"{name}{j}" for j in range(5)]):
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(worker("a"), worker("b"))
+    return {"done": len(ctx.done_keys)}
+
+
+async def test_two_loops_running_items_at_once_fail_the_operation_in_one_line(engine: Engine) -> None:
+    """One slot says whose body runs: the other loop's item was never counted done (9 of 10 done, the tenth
+    run again on resume), and a checkpoint between the items of one held half an item of the other."""
+    op = await engine.submit(OperationSpec(type="test_items_two_loops_at_once"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, final.result
+    assert final.error is not None and "two ctx.items() loops ran at once" in final.error, final.error
+    assert "item failures exceed" not in final.error  # not the failure of the item whose body ran meanwhile
+    assert await engine.store.item_failures(op.id) == []
