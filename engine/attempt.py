@@ -484,6 +484,12 @@ class Attempt:
                         " its result is not kept"
                     )
                     await self._stopped(ctx.stop_reason, checkpointed=False)
+                elif ctx.too_many_failures is not None:
+                    # It caught TooManyFailures (an ``except Exception`` around ``ctx.fail``) and went on: it
+                    # completed with every later item failed, past the threshold that was to fail it.
+                    ctx.log.warning("the handler caught TooManyFailures and returned: failed, not completed")
+                    await self._final_checkpoint()
+                    await self._settle(Status.FAILED, error=ctx.too_many_failures)
                 else:
                     await self._completed(result)
             return

@@ -216,6 +216,8 @@ class OperationContext(SeedContextMethods):
         self._ledger = ItemLedger(resume[1] if resume is not None else None)
         self.failures = 0
         """Item failures in this attempt (counted against failure_threshold)."""
+        self._too_many: str | None = None
+        """What TooManyFailures said, once raised into the handler (which may catch it and return)."""
         self._seq = op.checkpoint_seq or 0
         self._attention = False
         """Set by whatever needs the next item boundary (a checkpoint due or asked for, a stop); set for good
@@ -508,10 +510,11 @@ class OperationContext(SeedContextMethods):
         self._attempt.item_failed(key, msg)
         self._ledger.end_body(key)
         if self.failures > self.profile.failure_threshold:
-            raise TooManyFailures(
+            self._too_many = (
                 f"{self.failures} item failures exceed failure_threshold ({self.profile.failure_threshold});"
                 f" last: {key}: {msg}"
             )
+            raise TooManyFailures(self._too_many)
 
     def skip(self, key: str, reason: str | None = None) -> None:
         """Record ``key`` as skipped (not done, not failed); it is not offered again on resume."""
@@ -701,6 +704,12 @@ class OperationContext(SeedContextMethods):
         """A stop was raised into the handler (OperationStopped): one that returns after it caught it had not
         finished its work, whatever it returns."""
         return self._stop_raised
+
+    @property
+    def too_many_failures(self) -> str | None:
+        """TooManyFailures was raised into the handler (its message): one that returns after it caught it failed
+        all the same."""
+        return self._too_many
 
     @property
     def stop_swallowed(self) -> bool:

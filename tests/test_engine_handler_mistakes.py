@@ -127,3 +127,28 @@ async def test_a_failure_meant_for_the_user_is_its_message_alone(engine: Engine)
     """``engine.OperationFailed``: the reason a handler gives its user, without a type or a line of code."""
     final = await run(engine, "test_says_why", table="t1")
     assert final.status is Status.FAILED and final.error == "no such table 't1': create it first", final.error
+
+
+@operation("test_swallows_too_many_failures")
+async def swallows_too_many_failures(ctx: OperationContext, params: Any) -> dict:
+    async for i in ctx.items(range(8)):
+        try:
+            try:
+                raise ValueError(f"bad {i}")
+            except ValueError as e:
+                ctx.fail(str(i), e)  # raises TooManyFailures past the threshold
+        except Exception:  # "log it, go on with the next file"
+            pass
+    return {"failures": ctx.failures}
+
+
+async def test_a_handler_that_catches_too_many_failures_and_returns_fails(engine: Engine) -> None:
+    """It completed with every item failed, past the threshold that was to fail it."""
+    op = await engine.submit(OperationSpec(type="test_swallows_too_many_failures", profile={"failure_threshold": 2}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, final.result
+    assert final.error is not None and final.error.startswith("8 item failures exceed failure_threshold (2)"), (
+        final.error
+    )
+    said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "caught TooManyFailures" in r.message]
+    assert said == ["the handler caught TooManyFailures and returned: failed, not completed"], said
