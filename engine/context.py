@@ -349,6 +349,8 @@ class OperationContext(SeedContextMethods):
     @done.setter
     def done(self, value: int) -> None:
         self._done = count_of(value, "ctx.done")
+        if self._done < self._done_at_checkpoint:
+            self._done_at_checkpoint = self._done  # see progress()
 
     @property
     def fraction(self) -> float:
@@ -425,6 +427,11 @@ class OperationContext(SeedContextMethods):
         """Report where the operation is. Raises OperationStopped outside an item when a stop is due."""
         if done is not None:
             self._done = count_of(done, "ctx.progress(done=...)")
+            if self._done < self._done_at_checkpoint:
+                # A count of its own that went back (this run's list of what is left, from 0 after a resume at
+                # 4,000): checkpoint_every counts on from here, not from 4,000 (no checkpoint by count came
+                # before the count had passed 4,000 again, and a kill repeated all of that work).
+                self._done_at_checkpoint = self._done
         if total is not None:
             self._total = count_of(total, "ctx.progress(total=...)")
             self._total_estimated = False

@@ -6,12 +6,14 @@ counted from the last checkpoint, and taken between two items."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
 import pytest
 
 from engine import Engine, OperationContext, OperationSpec, Status, context, operation
+from tests.fixtures_engine import until
 
 
 @operation("test_items_kept_then_left")
@@ -82,3 +84,31 @@ async def test_an_iterator_closed_by_aclose_leaves_its_item_not_done(engine: Eng
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.COMPLETED, final.error
     assert final.result == {"done": 2, "k2": False, "again": [], "seq": 1}
+
+
+@operation("test_items_own_count")
+async def own_count(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    todo = [str(i) for i in range(20) if not ctx.is_done(str(i))]
+    n = 0
+    async for _k in ctx.items(todo):
+        await asyncio.sleep(0.005)
+        n += 1
+        ctx.progress(done=n, total=len(todo))  # a count of its own: this run's list, from 0 after a resume
+    return {}
+
+
+async def test_a_count_of_its_own_that_goes_back_on_resume_still_checkpoints_every_n_items(engine: Engine) -> None:
+    """Resumed at 10 done, the handler counted its own list from 0: checkpoint_every counted from 10, and no
+    checkpoint by count came before the count passed 10 again (a kill repeated all of it)."""
+    op = await engine.submit(OperationSpec(type="test_items_own_count", profile={"checkpoint_every": 3}))
+    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
+    await engine.pause(op.id)
+    paused = await engine.wait(op.id, timeout=20)
+    assert paused.status is Status.PAUSED and paused.checkpoint_seq is not None
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.checkpoint_seq is not None and final.checkpoint_seq - paused.checkpoint_seq >= 2, (
+        paused.checkpoint_seq,
+        final.checkpoint_seq,
+    )
