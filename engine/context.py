@@ -1053,12 +1053,12 @@ class _Items(AsyncIterator[T]):
         ledger = self._ledger
         if k is not None and ledger.current == k:
             ledger.current = None
-            at = (k, id(frame), _leaving_at(frame)) if frame is not None else None
-            left = ledger.left
-            # An exception leaving the body of an inner loop's item left this one's at the same instruction:
-            # the inner item is the one that failed (the inner loop said so first).
-            if at is None or left is None or left[1:] != at[1:]:
-                ledger.left = at
+            if frame is None:
+                ledger.left = None
+            else:
+                # After the items an inner loop left (nested loops, innermost first): an exception leaving the
+                # body of an inner item leaves this one too, and the inner item is the one that failed.
+                ledger.left = (*(ledger.left or ()), (k, id(frame), _leaving_at(frame)))
         self._resume_outer()
 
     def _resume_outer(self) -> None:

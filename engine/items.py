@@ -43,9 +43,10 @@ class ItemLedger:
         self.new_skipped: list[str] = []
         self.current: str | None = None
         """Key of the item whose loop body is running: a checkpoint now would not be consistent."""
-        self.left: tuple[str, int, int] | None = None
+        self.left: tuple[tuple[str, int, int], ...] | None = None
         """(key, frame id, instruction) where the handler left an item body without finishing it (-1: by an
-        exception re-raised in it)."""
+        exception re-raised in it), one for each loop left since an item was last taken (nested loops: the
+        innermost first)."""
         self.dirty = False
         """Something a checkpoint saves changed (besides the items): ``state``, progress."""
         self.excludes = bool(self.skipped)
@@ -100,19 +101,17 @@ class ItemLedger:
 
     def cut_off(self, forced: bool) -> str | None:
         """The item whose body was running when the handler stopped (by force: also one it was leaving)."""
-        return self.current or (self.left[0] if forced and self.left else None)
+        return self.current or (self.left[0][0] if forced and self.left else None)
 
     def failed_item(self, exc: BaseException) -> str | None:
         """The item whose body raised ``exc``: the current one, or the one the exception left by."""
         if self.current is not None:
             return self.current
         left, self.left = self.left, None
-        if left is None:
-            return None
-        key, frame_id, lasti = left
-        tb = exc.__traceback__
-        while tb is not None:
-            if id(tb.tb_frame) == frame_id and lasti in (tb.tb_lasti, -1):  # -1: re-raised (``_leaving_at``)
-                return key
-            tb = tb.tb_next
+        for key, frame_id, lasti in left or ():  # the innermost first: an inner item's failure is its own
+            tb = exc.__traceback__
+            while tb is not None:
+                if id(tb.tb_frame) == frame_id and lasti in (tb.tb_lasti, -1):  # -1: re-raised (``_leaving_at``)
+                    return key
+                tb = tb.tb_next
         return None  # raised after a ``break``: not the item's failure

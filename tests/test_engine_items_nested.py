@@ -113,3 +113,39 @@ async def test_two_loops_running_items_at_once_fail_the_operation_in_one_line(en
     assert final.error is not None and "two ctx.items() loops ran at once" in final.error, final.error
     assert "item failures exceed" not in final.error  # not the failure of the item whose body ran meanwhile
     assert await engine.store.item_failures(op.id) == []
+
+
+@operation("test_items_nested_helper")
+async def nested_helper(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    ran: list[str] = []
+
+    async def files(d: str) -> None:  # the inner loop in a helper of its own
+        async for f in ctx.items([f"{d}/f{j}" for j in range(3)]):
+            if f == p.get("fail"):
+                raise ValueError("broken")
+            ran.append(f)
+
+    async for d in ctx.items([f"d{i}" for i in range(3)]):
+        await files(d)
+        if d == p.get("fail_after_break"):
+            async for _f in ctx.items([f"{d}/g{j}" for j in range(3)]):
+                break
+            raise ValueError("broken after the inner loop")
+        ran.append(d)
+    return {"ran": ran}
+
+
+async def test_an_inner_item_that_raises_in_a_helper_is_the_failed_one(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_nested_helper", params={"fail": "d1/f1"}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert [f.key for f in await engine.store.item_failures(op.id)] == ["d1/f1"]
+    assert "d1/f2" in final.result["ran"] and "d1" in final.result["ran"]  # the rest of d1 ran
+
+
+async def test_an_outer_body_that_raises_after_an_inner_break_is_the_failed_one(engine: Engine) -> None:
+    op = await engine.submit(OperationSpec(type="test_items_nested_helper", params={"fail_after_break": "d1"}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert [f.key for f in await engine.store.item_failures(op.id)] == ["d1"]
+    assert final.result["ran"][-4:] == ["d2/f0", "d2/f1", "d2/f2", "d2"]
