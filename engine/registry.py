@@ -155,6 +155,11 @@ def operation(
         raise ValueError(f"@operation({type_!r}): an operation type {e}") from None
 
     def deco(fn: Handler) -> Handler:
+        if inspect.isasyncgenfunction(fn):  # an async def that yields: "must be async def" said what it was
+            raise TypeError(
+                f"operation {type_!r}: handler {fn.__qualname__} is an async generator (it yields): a handler returns"
+                " its result, and reports as it goes with ctx.progress or ctx.items"
+            )
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"operation {type_!r}: handler {fn.__qualname__} must be async def")
         doc = description or (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")

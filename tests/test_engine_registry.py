@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, InvalidInput, OperationSpec, Settings, Status, migrate_timeout_operation
+from engine import Engine, InvalidInput, OperationSpec, Settings, Status, migrate_timeout_operation, operation
 from engine.registry import get_handler, load_plugin
 from tests.conftest import REPO
 from tests.fixtures_engine import make_engine, until
@@ -188,3 +188,12 @@ async def test_a_migrated_function_resumed_says_it_starts_again_from_the_beginni
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
     assert len(said) == 1 and said[0].startswith("migrated_resumed() (@migrate_timeout_operation) cannot resume"), said
     assert "items done before are done again" in said[0]
+
+
+def test_an_async_generator_handler_is_named_for_what_it_is() -> None:
+    """``async def`` with a ``yield`` in it was refused as "must be async def", which it was."""
+    with pytest.raises(TypeError, match=r"handler .*agen is an async generator \(it yields\): a handler returns"):
+
+        @operation("test_async_generator_handler")
+        async def agen(ctx: Any, p: Any) -> Any:
+            yield 1
