@@ -435,6 +435,13 @@ def migrate_timeout_operation(
     type_ = type_name(type_)
 
     def deco(fn: Handler) -> Handler:
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            # Run as an operation, its body never ran (it runs when iterated), and the operation completed
+            # with the generator's repr as its result.
+            raise TypeError(
+                f"@migrate_timeout_operation({type_!r}): {fn.__qualname__} is a generator (it yields), whose body"
+                " runs only when iterated: an operation's function returns its result"
+            )
         takes_callback = "progress_callback" in inspect.signature(fn).parameters
         model = params or signature_params(fn)
 

@@ -197,3 +197,18 @@ def test_an_async_generator_handler_is_named_for_what_it_is() -> None:
         @operation("test_async_generator_handler")
         async def agen(ctx: Any, p: Any) -> Any:
             yield 1
+
+
+def test_a_migrated_generator_is_refused_when_decorated() -> None:
+    """Run as an operation, its body never ran (it runs when iterated), and the operation completed with
+    the generator's repr ("<generator object ...>") as its result."""
+
+    def numbers(n: int = 3) -> Any:
+        yield from range(n)
+
+    async def async_numbers(n: int = 3) -> Any:
+        yield n
+
+    for fn in (numbers, async_numbers):
+        with pytest.raises(TypeError, match=r"is a generator \(it yields\), whose body runs only when iterated"):
+            migrate_timeout_operation(f"test_migrated_{fn.__name__}")(fn)
