@@ -11,14 +11,20 @@ Nothing here imports the context or the engine: the context inherits the methods
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .text import NotJSON
+
+T = TypeVar("T")
+_getframe = sys._getframe
 
 if TYPE_CHECKING:
     from .context import OperationLog, ResumePoint
@@ -67,7 +73,9 @@ class SeedContextMethods:
             **metrics: Any,
         ) -> None: ...
 
-        async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None: ...
+        def checkpoint(
+            self, next_step: str | None = None, *, now: bool = False, **context_data: Any
+        ) -> Coroutine[Any, Any, None]: ...
 
         def seed_style(self) -> ResumePoint | None: ...
 
@@ -103,15 +111,18 @@ class SeedContextMethods:
             metadata=dict(data.get("metadata") or {}),
         )
 
-    async def update_progress(
+    def update_progress(
         self,
         current_step: str,
         processed_items: int,
         total_items: int | None = None,
         performance_metrics: dict[str, Any] | None = None,
         status_message: str | None = None,
-    ) -> None:
-        """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here)."""
+    ) -> Coroutine[Any, Any, None]:
+        """The seed's progress call: ``ctx.progress`` with its argument order (a stop raises here).
+
+        Reported when called: awaiting it only lets the event loop turn. Called without ``await`` (a slip
+        the seed's async methods invite), nothing was reported and the operation completed at "0/0 items"."""
         self.seed_style()
         self.add_metrics(performance_metrics or {})  # any names: not as **kwargs of progress()
         try:
@@ -123,11 +134,20 @@ class SeedContextMethods:
                 .replace("ctx.progress(total=...)", "total_items")
             )
             raise ValueError(said) from None
-        import asyncio  # here: ``outlast ls --json`` uses this module's seed fields without an event loop
+        return Pending(_turn(), None, None, self)
 
-        await asyncio.sleep(0)
+    def save_checkpoint(
+        self, intermediate_results: dict[str, Any], next_step: str | None = None, **context_data: Any
+    ) -> Coroutine[Any, Any, None]:
+        """``_save_checkpoint``, said in the log when it is called without ``await`` (it never runs then)."""
+        return Pending(
+            self._save_checkpoint(intermediate_results, next_step, **context_data),
+            "ctx.save_checkpoint()",
+            _getframe(1),
+            self,
+        )
 
-    async def save_checkpoint(
+    async def _save_checkpoint(
         self, intermediate_results: dict[str, Any], next_step: str | None = None, **context_data: Any
     ) -> None:
         """The seed's checkpoint call: ``intermediate_results`` go into ``ctx.state``, then a checkpoint.
@@ -158,6 +178,59 @@ class SeedContextMethods:
                 self.log.warning(f"{str(e).split(';')[0].removeprefix('checkpoint not saved: ')}: saved as its str")
             self.state.update(as_json[0])
             await self.checkpoint(next_step, **as_json[1])
+
+
+def _turn() -> Generator[None, None, None]:
+    """One turn of the event loop (``asyncio.sleep(0)``, without importing asyncio: ``outlast ls --json`` uses
+    this module's seed fields)."""
+    yield
+
+
+class Pending(Coroutine[Any, Any, T]):
+    """A coroutine of the handler API that says in the operation's log when it is dropped without ever being
+    awaited (``ctx.save_checkpoint(...)`` without ``await``: no checkpoint was taken, and nothing said so but a
+    RuntimeWarning on the worker's stderr). ``what`` None: dropped in silence (its work was done when called)."""
+
+    __slots__ = ("_coro", "_log", "_started", "_what", "_where")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, T] | Generator[Any, Any, T], what: str | None, frame: Any, owner: Any
+    ) -> None:
+        self._coro = coro
+        self._what = what
+        self._where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame is not None else ""
+        self._log = owner
+        self._started = False
+
+    def __await__(self) -> Generator[Any, None, T]:
+        self._started = True
+        coro = self._coro
+        return coro.__await__() if hasattr(coro, "__await__") else coro  # type: ignore[return-value]
+
+    def send(self, value: Any) -> Any:
+        self._started = True
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        self._started = True
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._started = True
+        self._coro.close()
+
+    def __del__(self) -> None:
+        if not self._started:
+            self._coro.close()  # not "coroutine ... was never awaited" on stderr: said here
+            if self._what is not None:
+                with contextlib.suppress(Exception):
+                    owner = self._log  # the context: said once per call site and attempt
+                    said = owner.__dict__.setdefault("_said_unawaited", set())
+                    if (self._what, self._where) not in said:
+                        said.add((self._what, self._where))
+                        owner.log.warning(
+                            f"{self._what} was called without await (at {self._where}): it never ran, nothing was saved"
+                        )
 
 
 # ---- the seed's field names for records and checkpoints --------------------------------------------

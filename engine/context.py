@@ -24,12 +24,12 @@ import sys
 import sysconfig
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from .autobot import SeedContextMethods
+from .autobot import Pending, SeedContextMethods
 from .items import ItemLedger
 from .lifecycle import StopReason
 from .models import Checkpoint, LogRecord, Operation
@@ -561,7 +561,13 @@ class OperationContext(SeedContextMethods):
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
-    async def checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None:
+    def checkpoint(
+        self, next_step: str | None = None, *, now: bool = False, **context_data: Any
+    ) -> Coroutine[Any, Any, None]:
+        """``_checkpoint``, said in the log when it is called without ``await`` (no checkpoint is taken then)."""
+        return Pending(self._checkpoint(next_step, now=now, **context_data), "ctx.checkpoint()", _getframe(1), self)
+
+    async def _checkpoint(self, next_step: str | None = None, *, now: bool = False, **context_data: Any) -> None:
         """Save a checkpoint (inside an item body: at the end of that item, unless ``now``).
 
         ``now=True`` saves at once from inside an item body, with the item not yet done:

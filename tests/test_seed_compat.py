@@ -464,3 +464,27 @@ async def test_intermediate_results_that_are_not_a_dict_are_named_in_one_line(en
         "TypeError: save_checkpoint(intermediate_results=...) takes a dict (its keys go into ctx.state), not a list"
     ), final.error
     assert "test_seed_compat.py" in final.error
+
+
+@operation("test_seed_not_awaited")
+async def seed_not_awaited(ctx: OperationContext) -> dict:
+    for i in range(6):
+        ctx.update_progress(f"item {i}", i + 1, 6)  # type: ignore[unused-coroutine]  # the await forgotten
+        if i % 2 == 1:
+            ctx.save_checkpoint({"i": i}, f"item {i + 1}")  # type: ignore[unused-coroutine]
+    ctx.checkpoint("end")  # type: ignore[unused-coroutine]
+    await ctx.update_progress("last", 6, 6)  # awaited, as before
+    await ctx.save_checkpoint({"i": 6}, "done")
+    return {"seq": ctx.checkpoint_seq}
+
+
+async def test_the_seed_calls_without_await_are_said_and_progress_still_reported(engine: Engine) -> None:
+    """Without ``await`` the seed's async calls never ran: no progress (completed at "0/0 items"), no
+    checkpoint, and nothing said but a RuntimeWarning on the worker's stderr."""
+    final = await engine.wait((await engine.submit(OperationSpec(type="test_seed_not_awaited"))).id, 20)
+    assert final.status is Status.COMPLETED, final.error
+    assert (final.progress.done, final.progress.total) == (6, 6) and final.result == {"seq": 1}
+    said = [r.message for r in (await engine.store.read_logs(final.id))[0] if "without await" in r.message]
+    assert len(said) == 2, said  # once per call site
+    assert said[0].startswith("ctx.save_checkpoint() was called without await (at test_seed_compat.py:")
+    assert said[1].startswith("ctx.checkpoint() was called without await (at test_seed_compat.py:")
