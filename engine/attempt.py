@@ -587,7 +587,9 @@ class Attempt:
         why the engine or the store stopped)."""
         detail = {
             StopReason.SHUTDOWN: self.host.shutdown_reason,
-            StopReason.TIMEOUT: f"{self.watch.effective_timeout:g}s",
+            # The deadline it passed: the extensions the rate gave counted (it said "deadline passed (2s)" of
+            # work stopped after 9s at its max_timeout of 8s).
+            StopReason.TIMEOUT: f"{_seconds(self.watch.deadline - self.watch.started)}s",
             StopReason.STALLED: f"{self.ctx.profile.stall_timeout:g}s",
             StopReason.STORE: f"{self.host.settings.store_outage_limit:g}s"
             f" ({self.unsaved_since[1] if self.unsaved_since else self.host.health.why})",
@@ -609,7 +611,8 @@ class Attempt:
             # The handler's state holds what a checkpoint cannot (the handler was told so when it saved,
             # or is failing for it now): the operation settles with its newest checkpoint as the resume
             # point. It escaped as an "internal error settling the attempt", with a traceback.
-            self.ctx.log.warning(f"final checkpoint not saved: {e}")
+            said = str(e).removeprefix("checkpoint not saved: ")  # not said twice
+            self.ctx.log.warning(f"final checkpoint not saved: {said}")
 
     async def _settle(
         self,
@@ -810,3 +813,8 @@ def _first_leaf(group: BaseExceptionGroup[OperationStopped]) -> OperationStopped
     """The first stop in a (possibly nested) exception group."""
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _seconds(x: float) -> str:
+    """``0.6``, ``8``, ``2600``: a span for a status line, to a tenth below 10 s."""
+    return f"{round(x, 1) if x < 10 else round(x):g}"

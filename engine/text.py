@@ -121,7 +121,7 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
         too_long = value.bit_length() * 0.30103 >= sys.get_int_max_str_digits() > 0  # digits, as str() counts
         return f"{where} is an integer too long for JSON" if too_long else None
     if not isinstance(value, dict | list | tuple):
-        return f"{where} is a {type(value).__name__}"
+        return f"{where} is {a_kind(value)}"
     if id(value) in _seen:
         return f"{where} refers back to itself"
     seen = _seen | {id(value)}
@@ -129,11 +129,17 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
     for k, v in pairs:
         here = f"{where}[{k!r}]" if isinstance(value, dict) else f"{where}[{k}]"
         if isinstance(value, dict) and not (k is None or isinstance(k, str | int | float | bool)):
-            return f"{where} has a key that is a {type(k).__name__} ({k!r})"
+            return f"{where} has a key that is {a_kind(k)} ({k!r})"
         found = not_json(v, here, seen)
         if found:
             return found
     return None
+
+
+def a_kind(value: Any) -> str:
+    """``a set``, ``an int``: the kind of ``value`` with its article ("a int" read as a slip)."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 _WRITTEN_AS_TEXT = frozenset({int, float, bool, type(None)})
@@ -155,7 +161,7 @@ def key_not_text(value: Any, where: str) -> str | None:
             kinds = set(map(type, v))
             if not kinds <= {str} and kinds & _WRITTEN_AS_TEXT:  # a tuple key JSON refuses outright: not_json
                 k = next(k for k in v if type(k) in _WRITTEN_AS_TEXT)
-                return f"{here} has the key {k!r}, a {type(k).__name__}"
+                return f"{here} has the key {k!r}, {a_kind(k)}"
             stack += [(c, f"{here}[{k!r}]") for k, c in v.items() if type(c) is dict or type(c) is list]
         elif type(v) is list:
             stack += [(c, f"{here}[{i}]") for i, c in enumerate(v) if type(c) is dict or type(c) is list]

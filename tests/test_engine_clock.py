@@ -91,3 +91,15 @@ async def test_a_deadline_not_extended_says_why(state_dir: Path) -> None:
         said = [r.message for r in (await engine.logs(op.id))[0] if "deadline passed" in r.message]
     assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
     assert len(said) == 1 and "left need" in said[0] and "past max_timeout 0.6s" in said[0], said
+
+
+async def test_a_timeout_after_extensions_names_the_deadline_it_passed(state_dir: Path) -> None:
+    """Extended while it finished, then stopped at its max_timeout: the status line said "deadline passed
+    (0.5s)", the base timeout, of work stopped after 1.5s (its log said max_timeout reached)."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 1.5, "stall_timeout": 1}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="finishing", params={"items": 5, "steps": 40}, profile=profile))
+        final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.TIMED_OUT and final.extensions >= 1, (final.status, final.extensions)
+    assert "deadline passed (1.5s)" in (final.status_message or ""), final.status_message

@@ -66,7 +66,7 @@ async def test_a_state_keyed_by_ints_is_refused_in_one_line_not_read_back_as_str
         final = await engine.wait(op.id, timeout=20)
         assert final.status is Status.FAILED, (final.status, final.status_message)
         error = final.error or ""
-        assert "ctx.state['seen'] has the key 0, a int" in error and "internal error" not in error, error
+        assert "ctx.state['seen'] has the key 0, an int" in error and "internal error" not in error, error
         assert await engine.checkpoints(op.id) == []  # nothing saved that a resume would misread
     assert _ledger(ledger) == ["0"]
 
@@ -150,4 +150,4 @@ def test_the_key_check_of_a_state_ends_on_a_cycle() -> None:
     listed.append(listed)
     assert key_not_text(loop, "ctx.state") is None and key_not_text(listed, "ctx.state") is None
     loop["bad"] = {3: "x"}
-    assert key_not_text(loop, "ctx.state") == "ctx.state['bad'] has the key 3, a int"
+    assert key_not_text(loop, "ctx.state") == "ctx.state['bad'] has the key 3, an int"
