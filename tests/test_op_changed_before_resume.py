@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +23,12 @@ from typing import Any
 import pytest
 
 from engine import Engine, OperationSpec, Status
-from engine.operations import security_scan as scan
 from engine.operations.security_scan import THREAD_BATCH
 from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import done_keys, kill_worker_when, resume, run_json, submit
 from tests.test_op_backup import snapshot
+from tests.test_op_security_scan_stop import slowed_scan
 
 FILES = {
     "security_scan": 300,
@@ -157,18 +156,7 @@ async def test_a_tree_written_just_before_the_run_is_not_read_again_by_the_resum
     for i in range(100):
         (root / f"m{i:03d}.py").write_text(f"x = {i}\n")
     monkeypatch.setenv("OUTLAST_WORKERS", "0")
-    real = scan.scan_file
-    calls: list[str] = []
-    enough = threading.Event()
-
-    def slow(root: Path, rel: str, *args: Any) -> Any:
-        calls.append(rel)
-        if len(calls) >= 40:
-            enough.set()
-        time.sleep(0.01)
-        return real(root, rel, *args)
-
-    monkeypatch.setattr(scan, "scan_file", slow)
+    calls, enough = slowed_scan(monkeypatch, 0.01, 40)
     params = {"root": str(root), "output": str(tmp_path / "r.json")}
     op = await engine.submit(OperationSpec(type="security_scan", params=params))
     assert await asyncio.to_thread(enough.wait, 60)

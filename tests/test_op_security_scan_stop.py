@@ -16,6 +16,24 @@ import engine.operations.security_scan as scan
 from engine import Engine, OperationSpec, Status
 
 
+def slowed_scan(monkeypatch: pytest.MonkeyPatch, seconds: float, after: int) -> tuple[list[str], threading.Event]:
+    """Each file the scan reads takes ``seconds`` more (in this process: ``OUTLAST_WORKERS=0``); the files read,
+    in order, and an event set once ``after`` of them were begun."""
+    real = scan.scan_file
+    calls: list[str] = []
+    begun = threading.Event()
+
+    def slow(root: Path, rel: str, *args: Any) -> Any:
+        calls.append(rel)
+        if len(calls) >= after:
+            begun.set()
+        time.sleep(seconds)
+        return real(root, rel, *args)
+
+    monkeypatch.setattr(scan, "scan_file", slow)
+    return calls, begun
+
+
 async def test_a_pause_waits_for_a_few_files_and_the_resume_scans_the_rest(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -24,17 +42,7 @@ async def test_a_pause_waits_for_a_few_files_and_the_resume_scans_the_rest(
     for i in range(100):
         (root / f"m{i:03d}.py").write_text(f"x = {i}\n")
     monkeypatch.setenv("OUTLAST_WORKERS", "0")
-    real = scan.scan_file
-    calls: list[str] = []
-    begun = threading.Event()
-
-    def slow(root: Path, rel: str, *args: Any) -> Any:  # as bandit is on a larger file, a busy machine
-        calls.append(rel)
-        begun.set()
-        time.sleep(0.05)
-        return real(root, rel, *args)
-
-    monkeypatch.setattr(scan, "scan_file", slow)
+    calls, begun = slowed_scan(monkeypatch, 0.05, 1)  # as bandit is on a larger file, a busy machine
     params = {"root": str(root), "output": str(tmp_path / "r.json")}
     op = await engine.submit(OperationSpec(type="security_scan", params=params))
     assert await asyncio.to_thread(begun.wait, 60)
