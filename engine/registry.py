@@ -435,17 +435,21 @@ def migrate_timeout_operation(
     type_ = type_name(type_)
 
     def deco(fn: Handler) -> Handler:
-        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-            # Run as an operation, its body never ran (it runs when iterated), and the operation completed
-            # with the generator's repr as its result.
-            raise TypeError(
-                f"@migrate_timeout_operation({type_!r}): {fn.__qualname__} is a generator (it yields), whose body"
-                " runs only when iterated: an operation's function returns its result"
-            )
+        # Run as an operation, a generator's body never ran (it runs when iterated), and the operation completed
+        # with the generator's repr as its result. Refused when run, not when decorated: its direct callers
+        # (which iterate it) go on as before, as the decorator promises.
+        generator = inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)
         takes_callback = "progress_callback" in inspect.signature(fn).parameters
         model = params or signature_params(fn)
 
         async def handler(ctx: Any, p: BaseModel) -> Any:
+            if generator:
+                from .context import OperationFailed
+
+                raise OperationFailed(
+                    f"{fn.__qualname__} is a generator (it yields), whose body runs only when iterated: run as"
+                    " an operation, a function returns its result"
+                )
             kwargs = p.model_dump() if isinstance(p, AnyParams) else {k: getattr(p, k) for k in type(p).model_fields}
             if ctx.resuming and ctx.done:
                 # The function keeps no state the engine can give back: resumed, it starts over. The resume
