@@ -4,8 +4,20 @@ does not."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from engine import Engine, OperationSpec, Status, load_settings, open_store
+from engine import Engine, Operation, OperationSpec, Status, load_settings, open_store
+
+
+async def ran(state_dir: Path, type_: str, params: dict[str, Any], profile: dict[str, Any], said: str = "") -> Any:
+    """``type_`` (tests.ops_clock) run to its end on a fresh engine: its final record, and its log lines holding
+    ``said``."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type=type_, params=params, profile=profile))
+        final: Operation = await engine.wait(op.id, timeout=60)
+        lines = [r.message for r in (await engine.logs(op.id))[0] if said and said in r.message]
+    return final, lines
 
 
 async def test_a_handler_holding_the_gil_is_no_stop_of_the_process(state_dir: Path) -> None:
@@ -13,10 +25,7 @@ async def test_a_handler_holding_the_gil_is_no_stop_of_the_process(state_dir: Pa
     as a SIGSTOP does: that time was taken for a stop of the process and counted toward no stall or
     deadline. An operation with a stall_timeout of 1s held the loop for 3s, and completed; a handler doing
     that in chunks ran past max_timeout for ever. The process ran all that time (its CPU time says so)."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        op = await engine.submit(OperationSpec(type="gil_hog", params={"hold": 3}, profile={"stall_timeout": 1}))
-        final = await engine.wait(op.id, timeout=60)
+    final, _ = await ran(state_dir, "gil_hog", {"hold": 3}, {"stall_timeout": 1})
     assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
     assert final.status_message.startswith("stalled"), final.status_message
 
@@ -26,12 +35,8 @@ async def test_work_that_speeds_up_is_judged_by_its_pace_now(state_dir: Path) ->
     start (one item of 1s, then 100 a second) was stopped at the deadline of 1.5s, its average saying the
     rest needed 4.5s more, past max_timeout 5s, while at its pace then it finished by 3s. The recent rate
     counts too (the deadline still never passes max_timeout)."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 1.5, "per_item_timeout": 0, "max_timeout": 5}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        spec = OperationSpec(type="warmup", params={"items": 200, "first": 1.0, "d": 0.01}, profile=profile)
-        op = await engine.submit(spec)
-        final = await engine.wait(op.id, timeout=60)
+    final, _ = await ran(state_dir, "warmup", {"items": 200, "first": 1.0, "d": 0.01}, profile)
     assert final.status is Status.COMPLETED, (final.status, final.status_message, final.progress.done)
     assert final.extensions >= 1
 
@@ -40,13 +45,8 @@ async def test_a_total_estimated_again_keeps_the_extended_deadline(state_dir: Pa
     """A change of total set the deadline back to the formula's, whatever extension the rate had given: past
     the base timeout, a handler estimating its total again at each item had the deadline passed and extended
     again at each, an "extended" line in its log and a TimeoutExtended event per item (21 in 2s)."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 30}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        spec = OperationSpec(type="estimating", params={"items": 40, "d": 0.04}, profile=profile)
-        op = await engine.submit(spec)
-        final = await engine.wait(op.id, timeout=60)
-        lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
+    final, lines = await ran(state_dir, "estimating", {"items": 40, "d": 0.04}, profile, "deadline extended")
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
     assert final.extensions == len(lines) <= 2, lines
 
@@ -54,13 +54,8 @@ async def test_a_total_estimated_again_keeps_the_extended_deadline(state_dir: Pa
 async def test_the_record_counts_every_extension(state_dir: Path) -> None:
     """The final write took the timeout and its basis from the clock, not its count of extensions: one given
     within the last second of an attempt (between two live writes) was in its log and not in its record."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 0.4, "per_item_timeout": 0, "max_timeout": 30}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        spec = OperationSpec(type="warmup", params={"items": 16, "first": 0.04, "d": 0.04}, profile=profile)
-        op = await engine.submit(spec)
-        final = await engine.wait(op.id, timeout=60)
-        lines = [r.message for r in (await engine.logs(op.id))[0] if "deadline extended" in r.message]
+    final, lines = await ran(state_dir, "warmup", {"items": 16, "first": 0.04, "d": 0.04}, profile, "deadline extended")
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
     assert final.extensions == len(lines) >= 1, lines
 
@@ -70,11 +65,8 @@ async def test_work_finishing_after_its_last_item_is_not_stopped_at_the_deadline
     finished (a step every 0.2s, well within max_timeout): timed out at 10 of 10 items, and so again on every
     resume, which does the finishing again under the same base timeout. It is extended while the handler
     shows life (a stall still stops it), never past max_timeout."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 30, "stall_timeout": 1}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        op = await engine.submit(OperationSpec(type="finishing", params={"items": 10, "steps": 6}, profile=profile))
-        final = await engine.wait(op.id, timeout=60)
+    final, _ = await ran(state_dir, "finishing", {"items": 10, "steps": 6}, profile)
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
     assert final.extensions >= 1
 
@@ -82,13 +74,8 @@ async def test_work_finishing_after_its_last_item_is_not_stopped_at_the_deadline
 async def test_a_deadline_not_extended_says_why(state_dir: Path) -> None:
     """The log said "deadline of 0.3s passed: stopping" whatever kept it from being extended: now the rate,
     what is left and the max_timeout it would pass (or the fixed timeout, the missing total)."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 0.3, "per_item_timeout": 0, "max_timeout": 0.6}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        spec = OperationSpec(type="warmup", params={"items": 200, "first": 0.02, "d": 0.02}, profile=profile)
-        op = await engine.submit(spec)
-        final = await engine.wait(op.id, timeout=60)
-        said = [r.message for r in (await engine.logs(op.id))[0] if "deadline passed" in r.message]
+    final, said = await ran(state_dir, "warmup", {"items": 200, "first": 0.02, "d": 0.02}, profile, "deadline passed")
     assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
     assert len(said) == 1 and "left need" in said[0] and "past max_timeout 0.6s" in said[0], said
 
@@ -96,10 +83,7 @@ async def test_a_deadline_not_extended_says_why(state_dir: Path) -> None:
 async def test_a_timeout_after_extensions_names_the_deadline_it_passed(state_dir: Path) -> None:
     """Extended while it finished, then stopped at its max_timeout: the status line said "deadline passed
     (0.5s)", the base timeout, of work stopped after 1.5s (its log said max_timeout reached)."""
-    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
     profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 1.5, "stall_timeout": 1}
-    async with Engine(store=open_store(state_dir), settings=settings) as engine:
-        op = await engine.submit(OperationSpec(type="finishing", params={"items": 5, "steps": 40}, profile=profile))
-        final = await engine.wait(op.id, timeout=60)
+    final, _ = await ran(state_dir, "finishing", {"items": 5, "steps": 40}, profile)
     assert final.status is Status.TIMED_OUT and final.extensions >= 1, (final.status, final.extensions)
     assert "deadline passed (1.5s)" in (final.status_message or ""), final.status_message

@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,18 @@ def test_the_namespace_of_a_config_file_given_with_config_is_the_one_used(
     assert json.loads(run("--config", "team-a.toml", "show", "--json", op_id).stdout)["status"] == "completed"
 
 
+def _run_killed(cli: CliAt, before: Callable[[], object] = lambda: None) -> tuple[str, int]:
+    """``outlast run`` of a long demo, SIGKILLed once it runs (``before`` called just before the kill): its
+    operation's id and the killed process's pid."""
+    proc = cli.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
+    op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+    proc.wait_line(lambda ln: "running" in ln)
+    before()
+    proc.signal(signal.SIGKILL)
+    proc.wait(30)
+    return op_id, proc.popen.pid
+
+
 def test_a_pause_asked_of_work_whose_worker_died_settles_once_its_lease_is_gone(
     redis_server: RedisServer, state_dir: Path
 ) -> None:
@@ -266,12 +279,8 @@ def test_a_pause_asked_of_work_whose_worker_died_settles_once_its_lease_is_gone(
     url = f"{redis_server.url}?lease_ttl=1"
     cli = CliAt(state_dir, OUTLAST_NAMESPACE="cli", OUTLAST_STORE=url)
     try:
-        proc = cli.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
-        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
-        proc.wait_line(lambda ln: "running" in ln)
-        asyncio.run(redis_server.up_for(2))  # a fresh Redis trusts no missing lease before lease_ttl
-        proc.signal(signal.SIGKILL)
-        proc.wait(30)
+        # A fresh Redis trusts no missing lease before lease_ttl.
+        op_id, _ = _run_killed(cli, lambda: asyncio.run(redis_server.up_for(2)))
         asked = outlast("--store", url, "pause", op_id)
         assert asked.returncode == 0, asked.stderr
         assert f"{op_id} paused" in asked.stdout, asked.stdout + asked.stderr
@@ -290,12 +299,7 @@ def test_show_and_ls_say_the_process_of_work_killed_here_is_gone_before_its_leas
     url = f"{redis_server.url}?lease_ttl=60"
     cli = CliAt(state_dir, OUTLAST_NAMESPACE="cli", OUTLAST_STORE=url)
     try:
-        proc = cli.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
-        op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
-        proc.wait_line(lambda ln: "running" in ln)
-        pid = proc.popen.pid
-        proc.signal(signal.SIGKILL)
-        proc.wait(30)
+        op_id, pid = _run_killed(cli)
         said = f"gone (process {pid} no longer runs: killed?): it is marked interrupted once found orphaned"
         shown = outlast("--store", url, "show", op_id)
         assert shown.returncode == 0 and "running" in shown.stdout, shown.stdout + shown.stderr

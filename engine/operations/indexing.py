@@ -235,7 +235,9 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     seen = f"{ctx.id}"
     pending = await pending_items(ctx, con, db, files, root)
     loop = asyncio.get_running_loop()
-    if len(pending) < len(files):  # a resume: the files indexed before and changed since are indexed again
+    if len(pending) < len(files) and st.get("reading_since") is None:
+        # A resume from a checkpoint of a version that kept no start (``pending_items`` finds the files changed
+        # since it by their ctime): the files indexed before whose size or mtime changed are indexed again.
         todo = set(pending)
         done = [f for f in files if f not in todo]
         indexed = await loop.run_in_executor(writer, _previous, con, done)
