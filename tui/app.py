@@ -398,8 +398,10 @@ class OutlastApp(App[int]):
             self.notify(model.errors.popleft(), severity="error")
         while self.warnings:
             self.notify(self.warnings.popleft(), severity="warning", timeout=8)
-        if isinstance(self.screen, QuitScreen) and self.engine_started:
-            self.screen.show_running(len(self.engine.running_ids))
+        # The frame timer can tick once more while the app closes, after the last screen is gone.
+        top = self.screen_stack[-1] if self.screen_stack else None
+        if isinstance(top, QuitScreen) and self.engine_started:
+            top.show_running(len(self.engine.running_ids))
         if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
             self.waiting_to_quit = False
             self._work(self._quit_now, "quit", "quitting")
