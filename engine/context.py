@@ -446,18 +446,21 @@ class OperationContext(SeedContextMethods):
                 # the counts unchanged ("Finalizing part 3 of 30", the seed's update_progress) ended stalled.
                 self._beat += 1
         if metrics:
-            self.metrics.update(metrics)
-            self._beat += 1  # progress inside one long item (bytes copied): not stalled
+            self.add_metrics(metrics)
         if self._stop is not None and (self._ledger.current is None or self._stop_raised):
             raise self._stopped(checkpointed=False)
 
     def add_metrics(self, metrics: dict[str, Any]) -> None:
         """Metrics under any names: ``progress(**metrics)`` takes ``done``, ``total``, ``step`` and ``message``
         as its own arguments (the seed's ``performance_metrics`` dict with a ``"total"`` in seconds failed
-        the operation with "got multiple values"). Restarts the stall clock as ``progress`` with metrics does."""
+        the operation with "got multiple values"). A value that moved restarts the stall clock (bytes copied
+        inside one long item: not stalled); the same values again do not, as the same step again does not (a
+        handler that reported ``waiting=1`` every second while blocked never stalled)."""
         if metrics:
-            self.metrics.update(metrics)
-            self._beat += 1
+            had = self.metrics
+            if any(_moved(had, name, value) for name, value in metrics.items()):
+                self._beat += 1
+            had.update(metrics)
 
     def advance(self, n: int = 1) -> None:
         """``done += n``; the cheapest way to report progress from a tight loop."""
@@ -1087,6 +1090,16 @@ class _Items(AsyncIterator[T]):
             self._leave(_getframe(1))
             if self._met:
                 self._ctx._met_done = True
+
+
+def _moved(had: dict[str, Any], name: str, value: object) -> bool:
+    """Whether a metric's new value differs from the one held (a value that cannot be compared has moved)."""
+    if name not in had:
+        return True
+    try:
+        return bool(had[name] != value)
+    except Exception:  # an array's ambiguous truth, a __ne__ that raises: counted as a change
+        return True
 
 
 def _plain_key(item: object, text: str) -> type:

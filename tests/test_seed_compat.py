@@ -488,3 +488,31 @@ async def test_the_seed_calls_without_await_are_said_and_progress_still_reported
     assert len(said) == 2, said  # once per call site
     assert said[0].startswith("ctx.save_checkpoint() was called without await (at test_seed_compat.py:")
     assert said[1].startswith("ctx.checkpoint() was called without await (at test_seed_compat.py:")
+
+
+@operation("test_same_metrics")
+async def same_metrics(ctx: OperationContext, params: dict) -> None:
+    """Blocked on something, saying so every 0.1 s with the same values: no sign of life."""
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        ctx.progress(waiting=1, bytes=4096)
+
+
+@operation("test_moving_metrics")
+async def moving_metrics(ctx: OperationContext, params: dict) -> dict:
+    """Inside one long item, bytes copied every 0.1 s: alive, though no item is done."""
+    for k in range(12):
+        await asyncio.sleep(0.1)
+        ctx.progress(waiting=1, bytes=4096 * k)
+    return {"parts": 12}
+
+
+async def test_a_metric_that_moves_is_progress_and_the_same_values_again_are_not(engine: Engine) -> None:
+    """As with steps: the same metrics reported for ever restarted the stall clock each time, so a handler
+    blocked for good that said ``waiting=1`` every second was never timed out as stalled."""
+    op = await engine.submit(OperationSpec(type="test_moving_metrics", profile={"stall_timeout": 0.5}))
+    done = await engine.wait(op.id, timeout=20)
+    assert done.status is Status.COMPLETED and done.result == {"parts": 12}, done.status_message
+    op = await engine.submit(OperationSpec(type="test_same_metrics", profile={"stall_timeout": 0.5}))
+    stalled = await engine.wait(op.id, timeout=20)
+    assert stalled.status is Status.TIMED_OUT and "stalled" in (stalled.status_message or ""), stalled.status
