@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, LogRecord, Operation, OperationSpec, Settings, Status
+from engine.operations.command import CommandParams
 from tests.fixtures_cli import Cli, until
 from tests.fixtures_engine import make_engine
 from tests.fixtures_engine import until as until_async
-from tests.fixtures_ops import bad_params, kill_worker_when, submit
+from tests.fixtures_ops import bad_params, kill_worker_when, run_json, submit
 
 
 def _alive(pid: int, since: int | None = None) -> bool:
@@ -169,6 +171,40 @@ def test_params_that_could_never_run_are_refused_before_anything_is_stored(cli: 
     bad_params(cli, "command", {"argv": ["env"], "env": {"A": "x\0y"}}, "env: A contains a NUL character")
     bad_params(cli, "command", {"argv": [""]}, "argv: argv[0] is empty")
     bad_params(cli, "command", {"command": "'' x"}, "command: names no program")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("rm -rf build; mkdir build", "';' is shell syntax"),
+        ("make && make test", "'&&' is shell syntax"),
+        ("ls | wc -l", "'|' is shell syntax"),
+        ("pytest > out.txt", "'>' is shell syntax"),
+        ("sleep 100 &", "'&' is shell syntax"),
+        ("cp $HOME/a .", "'$HOME' is shell syntax"),
+        ('echo "${USER}"', "'${' is shell syntax"),
+        ("tar czf backup-$(date +%F).tgz src", "'$(' is shell syntax"),
+    ],
+)
+def test_shell_syntax_in_a_command_run_with_no_shell_is_refused(cli: Cli, command: str, said: str) -> None:
+    """Split into words with no shell, `rm -rf build; mkdir build` ran rm on build, then on a file named mkdir:
+    another job than the one asked for. Refused before anything is stored, naming the way out."""
+    bad_params(cli, "command", {"command": command}, f"command: {said}, but command runs with no shell")
+
+
+def test_what_a_shell_would_leave_alone_runs_with_no_shell(cli: Cli, tmp_path: Path) -> None:
+    """Quoted or escaped operators, an & inside a word (a URL's query), globs and a $ in single quotes are
+    what the program gets without a shell: not refused. With shell=true the same line is the shell's."""
+    for command in ["find . -name x -exec echo {} \\;", 'grep -E "a|b;c" f', "curl http://h/?a=1&b=2", "ls *.py"]:
+        CommandParams(command=command)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", "import sys; print(sys.argv[1:])", "a;b", "x|y", "$HOME", "`z`"]
+    code, final, err = run_json(cli, "run", "command", "--params-json", json.dumps({"command": shlex.join(argv)}))
+    assert code == 0 and final["status"] == "completed", err
+    assert "['a;b', 'x|y', '$HOME', '`z`']" in cli("logs", final["id"]).stdout
+    line = f"echo one; echo two > {out}"
+    code, final, err = run_json(cli, "run", "command", "--params-json", json.dumps({"command": line, "shell": True}))
+    assert code == 0 and out.read_text() == "two\n", err
 
 
 @pytest.mark.parametrize(

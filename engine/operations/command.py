@@ -45,6 +45,7 @@ from ._program import split_args
 
 _FRACTION = re.compile(r"(?<![\w/.])(\d+)\s*/\s*(\d+)(?![\w/.])")
 _PERCENT = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d+)?)\s*%")
+_EXPANSION = re.compile(r"\$(?:[({]|[A-Za-z_]\w*)")
 _DIRECTIVE = re.compile(r"^\s*::outlast\s+(progress|step|checkpoint|message)\s*(.*?)\s*$")
 
 
@@ -140,12 +141,51 @@ class CommandParams(BaseModel):
                 ) from None
             if not words or not words[0]:
                 raise _field_error("command", "names no program (its first word is empty)", self.command)
+            if (syntax := _shell_syntax(self.command)) is not None:
+                # Run with no shell, `rm -rf build; mkdir build` removed build, then a file named mkdir.
+                raise _field_error(
+                    "command",
+                    f"{syntax} is shell syntax, but command runs with no shell (each word would go to"
+                    f" {words[0]} as an argument): shell=true to run it by /bin/sh, or quote it",
+                    self.command,
+                )
         for name, value in self.env.items():
             if not name or "=" in name or "\0" in name:
                 raise _field_error("env", f"{name!r} is not a variable name (empty, or with = or NUL in it)", name)
             if "\0" in value:
                 raise _field_error("env", f"{name} contains a NUL character", value)
         return self
+
+
+def _shell_syntax(line: str) -> str | None:
+    """The first shell operator or expansion in ``line`` outside quotes and not escaped (``;``, ``|``,
+    ``&&``, a word ``&``, ``<``, ``>``, a backquote, ``$(``, ``${``, ``$NAME``; ``$`` also inside double
+    quotes, where a shell expands it), as a quoted name, or None. An ``&`` inside a word (a URL's query)
+    and globs are left alone: without a shell they are what the program is meant to get."""
+    quote = ""
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            i += 1  # the next character is literal (in double quotes too, for the ones that matter here)
+        elif c == '"':
+            quote = "" if quote else '"'
+        elif c == "$" and (m := _EXPANSION.match(line, i)):
+            return repr(m[0])
+        elif c == "`":
+            return repr(c)
+        elif quote:
+            pass
+        elif c == "'":
+            quote = "'"
+        elif c in ";|<>":
+            return repr(line[i : i + 2] if line[i : i + 2] in ("||", ">>", "<<") else c)
+        elif c == "&" and (line.startswith("&", i + 1) or i == 0 or line[i - 1].isspace()):
+            return repr("&&" if line.startswith("&", i + 1) else "&")
+        i += 1
+    return None
 
 
 def _field_error(field: str, msg: str, value: object) -> ValidationError:
