@@ -98,3 +98,44 @@ async def test_a_read_only_replica_with_nothing_orphaned_is_listed_without_a_wor
     _replica(redis_server)
     r = outlast(redis_server.url, "ls")
     assert r.returncode == ExitCode.OK and r.stderr == "" and "queued" in r.stdout, (r.returncode, r.stderr)
+
+
+def test_a_run_whose_redis_turns_replica_under_it_ends_saying_so(redis_server: RedisServer) -> None:
+    """A failover turned the Redis under `outlast run` into a read-only replica: the lease renewals were
+    refused, the lease ran out, the attempt stopped writing; the record said running by the run's own
+    process, and only a write could change it. The run showed it running for ever (the outage limit is
+    for writes an attempt still makes)."""
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "--store",
+            f"{redis_server.url}?lease_ttl=0.5",
+            "run",
+            "demo",
+            "-p",
+            "items=100000",
+            "-p",
+            "seconds=0.01",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OUTLAST_NAMESPACE": NS, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        while "running" not in proc.stdout.readline():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        said = _replica(redis_server)
+        try:
+            _out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run went on showing its operation running after the store refused its lease")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == ExitCode.STORE, err
+    last = err.strip().splitlines()[-1]
+    assert "stopped" in last and said in last and "resume" in last, err

@@ -280,6 +280,18 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                 else:
                     op = got
                 last[op_id] = op
+                if (
+                    local
+                    and op.status is Status.RUNNING
+                    and op.worker == engine.worker
+                    and op_id not in engine.running_ids
+                    and engine.health.failing
+                ):
+                    # Its attempt here has ended without a word to the store: its lease ran out while the store
+                    # refused every write (a Redis turned read-only replica by a failover). The record says
+                    # running by this process, and only a write the store refuses can change that: the run
+                    # showed it running, for ever.
+                    raise StoreUnwritable(engine.store_failed or "the store cannot be written")
                 if local and op.status is Status.RUNNING and op.worker is not None and op.worker != engine.worker:
                     # A worker claimed the retry when it was due: follow it there (a signal stops watching).
                     local = False
