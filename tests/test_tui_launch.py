@@ -6,7 +6,9 @@ OperationSpec the engine then accepts as is.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from engine import Engine, OperationSpec, Priority, Settings, Status, handlers
 from engine.registry import HandlerSpec
 from tui.screens.launch import LaunchScreen
 
+from .fixtures_cli import CLI, REPO
 from .fixtures_tui import wait_for
 
 
@@ -168,6 +171,47 @@ async def test_a_number_past_what_a_float_holds_is_said_to_be_out_of_range_under
         await pilot.pause()
         assert app.results == []
         assert error_text(app, "seconds") == "1e309 is out of range (allowed: 0 <= seconds <= 3600)"
+
+
+async def test_a_number_typed_in_the_form_is_taken_or_refused_as_the_command_line_takes_it(tmp_path: Path) -> None:
+    """The number fields dropped the keys Textual's number inputs do not take: 1e9 typed in items launched 19
+    items, 5.0 launched 50, inf in seconds launched the default, 1e3 as the item estimate 13; the command
+    line refused 1e9, inf and 1e3 there, and read 1e2 and 5.0 as 100 and 5."""
+    typed = [("#param-items", "1e9"), ("#param-items", "5.0"), ("#param-seconds", "inf"), ("#launch-items", "1e3")]
+    clis = []
+    for i, (selector, text) in enumerate(typed):  # the command line's answers, all at once
+        name = selector.removeprefix("#param-")
+        option = ["--items", text] if selector == "#launch-items" else ["-p", f"{name}={text}"]
+        clis.append(
+            subprocess.Popen(
+                [*CLI, "--state-dir", str(tmp_path / str(i)), "--json", "submit", "demo", *option],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        )
+    for (selector, text), proc in zip(typed, clis, strict=True):
+        name = selector.removeprefix("#param-")
+        out, _ = proc.communicate(timeout=60)
+        app = LaunchApp(demo_only())
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            await replace(pilot, selector, text)
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+        launched = app.results[0] if app.results else None
+        if proc.returncode == 0:
+            stored = json.loads(out)
+            assert launched is not None, (selector, text, "refused by the form only")
+            if selector == "#launch-items":
+                assert launched.total_items == stored["total_items"], (text, launched)
+            else:
+                params = demo_only()["demo"].params.model_validate(launched.params).model_dump()
+                assert params[name] == stored["params"][name], (text, launched.params)
+        else:
+            assert launched is None, (selector, text, "launched by the form, refused by the command line", launched)
 
 
 async def test_changing_type_rebuilds_the_params_and_form_level_errors_show() -> None:

@@ -9,6 +9,7 @@ error is shown as one line under the field it names, and nothing is submitted wh
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import types
@@ -136,7 +137,9 @@ class ParamField:
                 return json.loads(text)
             except ValueError:
                 return text
-        return text  # str, int and float: pydantic's lax mode converts "5" and "0.5"
+        if self.kind in ("int", "float"):
+            return _number(text, self.nullable)
+        return text  # str: as typed
 
 
 _UNSET: Any = object()
@@ -174,6 +177,24 @@ def one_line(message: str) -> str:
     value clipped as one (``'xxxx…':``), and ``MESSAGE_MAX`` characters at most."""
     text = printable(" ".join(message.split()))
     return clip(_LONG_RUN.sub(_clip_run, text), MESSAGE_MAX)
+
+
+def _number(text: str, nullable: bool) -> Any:
+    """A number field's text as ``-p NAME=TEXT`` reads it, so the form and the command line take and refuse
+    the same values: a finite JSON number (``1e3``, ``5.0``, ``-0``) is that number, ``null`` is None where
+    None is allowed, anything else goes to pydantic as typed (``1_000``; ``inf``, ``nan``, ``0x10``, which it
+    names). The field was Textual's number input, which dropped the keys it would not take: ``1e9`` typed in
+    ``items`` launched 19 items, ``5.0`` 50, and ``inf`` in ``seconds`` the default, where the command line
+    refused ``1e9`` and ``inf`` and read ``1e3`` as 1000."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if value is None and nullable:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return text
 
 
 def _json(text: str) -> Any:
@@ -637,12 +658,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 id=wid,
                 classes="field-control",
             )
-        input_type = {"int": "integer", "float": "number"}.get(f.kind, "text")
+        # Text, not Textual's number inputs, which drop every key they do not take (see ``_number``).
         return FormInput(
             f.initial_text(),
-            max_length=NUMBER_MAX if input_type != "text" else FIELD_MAX,
+            max_length=NUMBER_MAX if f.kind in ("int", "float") else FIELD_MAX,
             placeholder="required" if f.required else ("none" if f.nullable else ""),
-            type=input_type,  # type: ignore[arg-type]
             compact=True,
             id=wid,
             classes="field-control",
@@ -661,8 +681,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             )
             yield Label("item estimate", classes="field-label", id="launch-items-label")
             yield FormInput(
-                placeholder="unknown",
-                type="integer",
+                placeholder="unknown",  # text: an integer input made 13 of a typed 1e3
                 max_length=ITEMS_MAX,
                 compact=True,
                 id="launch-items",
