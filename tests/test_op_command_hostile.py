@@ -233,6 +233,23 @@ def test_a_progress_regex_that_backtracks_for_ever_is_refused_at_submit(cli: Cli
         assert r.returncode == 0, r.stderr
 
 
+def test_a_progress_regex_slow_on_a_line_passes_the_line_over_and_goes_on(cli: Cli) -> None:
+    """The check at submit lets through every regex that is not exponential on some line, and an ordinary
+    one is quadratic on the wrong line (search tries it at every position): ``(?P<done>\\d+) of
+    (?P<total>\\d+)`` on a line of 200,000 digits held the engine for hours (no cancel, no timeout); and
+    ``^(?:a|aa)+$``, which the check does not see, on 60 a's and a b. Each line is passed over after half
+    a second of CPU, said in the log, and the regex reads the lines after it."""
+    regex = r"(?P<done>\d+) of (?P<total>\d+)|^(?:a|aa)+$"
+    program = "print('1' * 200_000); print('a' * 60 + 'b'); print('3 of 4')"
+    params = {"argv": [sys.executable, "-c", program], "progress_regex": regex}
+    r = cli("--json", "run", "command", "--params-json", json.dumps(params), timeout=60)
+    assert r.returncode == 0, r.stderr
+    op_id = json.loads(r.stdout)["id"]
+    logs = cli("logs", op_id).stdout
+    assert logs.count("progress_regex took over 0.5s of CPU on one line of output") == 2, logs[-2000:]
+    assert "its last progress at 3/4" in logs, logs[-2000:]
+
+
 async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine, tmp_path: Path) -> None:
     """``OSError: [Errno 8] Exec format error`` came out raw."""
     script = tmp_path / "job.sh"

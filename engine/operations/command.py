@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +253,58 @@ def _backtracks_for_ever(regex: str) -> bool:
         return False
 
 
+SEARCH_CPU = 0.5
+"""Seconds of CPU one search of a ``progress_regex`` may take on one line of output: past them the line is
+passed over (see ``_search``)."""
+
+SEARCH_OVERRUNS = 3
+"""Lines a ``progress_regex`` may take too long on before it is no longer used."""
+
+
+class _Overrun(Exception):
+    """A search of the user's regex took more than ``SEARCH_CPU``."""
+
+
+_armed = False
+"""A search of a ``progress_regex`` is under way in the main thread, its CPU timer set."""
+
+
+def _overrun(signum: int, frame: object) -> None:
+    """SIGVTALRM: the timer of a search has run out. Any other (on its way as a search returned) is ignored."""
+    if _armed:
+        raise _Overrun()
+
+
+def _search(rx: re.Pattern[str], line: str) -> re.Match[str] | None:
+    """``rx.search(line)`` that gives up (``_Overrun``) after ``SEARCH_CPU`` seconds of CPU.
+
+    The check at submit refuses only the regexes that are exponential on some line; an ordinary one is
+    quadratic or worse on the wrong line, as search tries it at every position: ``(?P<done>\\d+) of
+    (?P<total>\\d+)`` took 13 s on a line of 40,000 digits and would take hours on one of a megabyte (the
+    most a line may be), holding the engine meanwhile, GIL and all (no cancel, no timeout, no lease
+    renewed), and so did one the check lets through, ``(?P<done>(a|aa)+)$``, on 60 a's. Python's matcher
+    checks for signals as it goes, so a CPU timer's signal stops it: only in the main thread, where Python
+    runs signal handlers, and only when SIGVTALRM and its timer are no one else's (a handler's own)."""
+    global _armed
+    if threading.current_thread() is not threading.main_thread():
+        return rx.search(line)
+    handler = signal.getsignal(signal.SIGVTALRM)
+    if handler is not _overrun:
+        if handler is not signal.SIG_DFL:
+            return rx.search(line)
+        signal.signal(signal.SIGVTALRM, _overrun)  # once: the default ended the process
+    theirs = signal.setitimer(signal.ITIMER_VIRTUAL, SEARCH_CPU)
+    if theirs[0]:
+        signal.setitimer(signal.ITIMER_VIRTUAL, *theirs)
+        return rx.search(line)
+    _armed = True
+    try:
+        return rx.search(line)
+    finally:
+        _armed = False
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+
+
 class _Parser:
     """Turns output lines into progress calls; returns a checkpoint payload when the line asks for one."""
 
@@ -259,6 +312,7 @@ class _Parser:
         self.ctx = ctx
         self.rx = re.compile(regex) if regex else None
         self.percent_mode = False
+        self.overruns = 0
 
     def feed(self, line: str) -> dict | None:
         ctx = self.ctx
@@ -281,8 +335,24 @@ class _Parser:
                     return None
                 return data if isinstance(data, dict) else {"value": data}
             return None
+        r = None
         if self.rx is not None:
-            r = self.rx.search(line)
+            try:
+                r = _search(self.rx, line)
+            except _Overrun:
+                self.overruns += 1
+                if self.overruns < SEARCH_OVERRUNS:
+                    ctx.log.warning(
+                        f"progress_regex took over {SEARCH_CPU:g}s of CPU on one line of output ({len(line):,}"
+                        " characters): the line is passed over"
+                    )
+                    return None
+                ctx.log.warning(
+                    f"progress_regex took over {SEARCH_CPU:g}s of CPU on {self.overruns} lines of output: it is no"
+                    " longer used in this attempt (N/M and NN% are read instead)"
+                )
+                self.rx = None
+        if self.rx is not None:
             if r:
                 g = r.groupdict()
                 if g.get("pct") is not None:
