@@ -250,6 +250,19 @@ def test_a_progress_regex_slow_on_a_line_passes_the_line_over_and_goes_on(cli: C
     assert "its last progress at 3/4" in logs, logs[-2000:]
 
 
+def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) -> None:
+    """``::outlast progress 5/3`` was stored as said: ``ls`` and the dashboard showed 5/3 items while it ran
+    (an N/M line with N above M was passed over already), and so did a count alone above the total before."""
+    lines = ["::outlast progress 1/3", "::outlast progress 5/3", "::outlast progress 2", "::outlast progress 7"]
+    script = "; ".join(f"echo '{line}'" for line in lines) + "; exit 1"  # failed: its progress is kept as it was
+    r = cli("--json", "run", "command", "--params-json", json.dumps({"command": script, "shell": True}))
+    assert r.returncode == 1, r.stderr
+    progress = json.loads(r.stdout)["progress"]
+    assert (progress["done"], progress["total"]) == (2, 3), progress
+    logs = cli("logs", json.loads(r.stdout)["id"]).stdout
+    assert logs.count("more done than the total") == 1, logs
+
+
 async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine, tmp_path: Path) -> None:
     """``OSError: [Errno 8] Exec format error`` came out raw."""
     script = tmp_path / "job.sh"

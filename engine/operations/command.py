@@ -313,6 +313,9 @@ class _Parser:
         self.rx = re.compile(regex) if regex else None
         self.percent_mode = False
         self.overruns = 0
+        self.total: int | None = None
+        """The last total the output gave (a count alone is within it)."""
+        self.said_over = False
 
     def feed(self, line: str) -> dict | None:
         ctx = self.ctx
@@ -376,8 +379,22 @@ class _Parser:
         """Progress from numbers in the output; ignored when one is not a count (too large for one, not
         digits): a line that only looks like progress ("verified 2**64-1/2**64-1 blocks") fails nothing."""
         n, t = _number(done), _number(total) if total else None
-        if n is not None and (t is not None or not total):
-            self.ctx.progress(n, total=t)
+        if n is None or (t is None and total):
+            return
+        over = t if t is not None else self.total
+        if over is not None and n > over:
+            # "::outlast progress 5/3": stored as said, `ls` and the dashboard showed 5/3 items while it ran.
+            # Passed over, as N/M lines with N above M are (a count past an estimate, a wrong line).
+            if not self.said_over:
+                self.said_over = True
+                self.ctx.log.warning(
+                    f"progress {n}/{over} passed over: more done than the total (said once; the progress"
+                    " shown stays at the last count within its total)"
+                )
+            return
+        if t is not None:
+            self.total = t
+        self.ctx.progress(n, total=t)
 
     def _pct(self, pct: str) -> None:
         try:
@@ -385,6 +402,7 @@ class _Parser:
         except ValueError:
             return
         if 0 <= value <= 100:  # not NaN, not infinite
+            self.total = 1000
             self.ctx.progress(round(value * 10), total=1000)
 
 
