@@ -40,6 +40,18 @@ def submit(url: str, n: int) -> list[str]:
     return asyncio.run(go())
 
 
+def test_a_unix_url_naming_a_directory_or_a_file_says_it_is_no_socket(tmp_path: Path) -> None:
+    """``unix:///var/run/redis`` (the socket's directory) was "cannot connect: connection refused", as if a
+    Redis were there and down."""
+    plain = tmp_path / "redis.conf"
+    plain.write_text("")
+    for path, what in ((tmp_path, "a directory"), (plain, "a plain file")):
+        r = outlast("--store", f"unix://{path}", "ls")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 8 and len(lines) == 1, r
+        assert f"redis {path}: cannot connect: it is {what}, not a socket" in lines[0], lines
+
+
 def test_wrong_password_and_wrong_host_are_one_line(redis_factory, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
     server: RedisServer = redis_factory(password="right-one")
     bad = server.url.replace("right-one", "not-it")

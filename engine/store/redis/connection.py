@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import select
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -105,6 +106,22 @@ def _reason(e: BaseException) -> str:
         text = _ERRNO_PREFIX.sub("", text).strip().rstrip(".")
     text = text.splitlines()[0] if text else type(e).__name__
     return text if text[1:2].isupper() else text[:1].lower() + text[1:]  # "DB index ...", not "dB index ..."
+
+
+def _not_a_socket(url: str) -> str | None:
+    """What a ``unix://`` URL's path is when it is there and no socket, else None: connecting to a directory
+    or a plain file was said "connection refused", as if a Redis were there and down."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix" or not parts.path:
+        return None
+    try:
+        mode = os.stat(parts.path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    what = "a directory" if stat.S_ISDIR(mode) else "a plain file" if stat.S_ISREG(mode) else "a device or a FIFO"
+    return f"it is {what}, not a socket: the URL names Redis's socket (its unixsocket setting)"
 
 
 def _denied_command(text: str, source: str | None) -> str | None:
@@ -260,7 +277,7 @@ class RedisLink:
                 " in the store URL"
             )
         elif isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
-            msg = f"redis {w}: cannot connect: {_reason(e)}"
+            msg = f"redis {w}: cannot connect: {_not_a_socket(self.raw_url) or _reason(e)}"
             if urlsplit(self.raw_url).scheme == "rediss" and not self.connected:
                 msg += " (the URL asks for TLS, rediss://: does the server speak TLS on that port?)"
         else:
