@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, InvalidInput, LogRecord, OperationSpec, Status, open_store
+from engine.operations.cleanup import read_manifest as cleanup_read_manifest
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import bad_params, checkpoint_state, in_process, nothing_stored, resume, submit
@@ -326,3 +327,27 @@ def test_deleting_in_slash_home_or_git_is_refused(cli: Cli, tmp_path: Path, monk
         code, _, err = in_process(cli, "submit", "cleanup_operation", "--params-json", params)
         assert code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (code, err)
     nothing_stored(cli)
+
+
+def test_files_another_process_removes_during_the_run_are_not_counted_as_removed_by_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A file removed by someone else between the cleanup's look at its batch and its unlink was counted
+    removed by the run (the result's files and bytes, a line of its manifest): a run beside an `rm -r` of
+    half the tree said it had removed the whole of it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in "abcde":
+        (root / f"{name}.tmp").write_text("x" * 10)
+    gone = [str(root / "b.tmp"), str(root / "d.tmp")]
+    manifest = tmp_path / "removed.jsonl"
+    params = {"root": str(root), "patterns": ["*.tmp"], "dry_run": False, "manifest": str(manifest)}
+    env = {**cli.env, "OUTLAST_TEST_GONE": "\n".join(gone)}
+    args = ["--json", "--plugin", "tests.cleanup_race", "run", "cleanup_operation", "--params-json", json.dumps(params)]
+    r = cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.splitlines()[-1])
+    assert (final["result"]["files"], final["result"]["bytes"], final["progress"]["skipped"]) == (3, 30, 2), final
+    assert list(root.iterdir()) == []
+    removed = {k for k, v in cleanup_read_manifest(manifest).items() if v is not None}
+    assert removed == {"a.tmp", "c.tmp", "e.tmp"}, removed

@@ -358,7 +358,8 @@ def _dirs_above(path: str, base: int) -> Iterator[str]:
 
 
 def read_manifest(path: Path) -> dict[str, int | None]:
-    """path -> size of each file in the manifest (None: its removal failed, the file is still there).
+    """path -> size of each file in the manifest (None: not removed by it: its removal failed, the file is
+    still there, or the file was gone before its turn).
 
     A torn last line (a kill while writing it) is ignored: its file was not yet removed.
     """
@@ -426,7 +427,10 @@ def _remove_batch(
         except NotFollowed:
             why = NOT_FOLLOWED
         except FileNotFoundError:
-            pass  # removed by the run that wrote its line before a crash
+            # Removed by someone else since it was looked at (the manifest's fsync is a window): not by this
+            # run. Counted removed, a run beside an `rm -r` of half the tree said it had removed the whole of
+            # it, and its manifest listed every file as removed by it.
+            why = "gone"
         except OSError as e:
             why = f"{type(e).__name__}: {e.strerror or e}"
         out.append((rel, size, None) if why is None else (rel, 0, why))
