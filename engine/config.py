@@ -191,6 +191,14 @@ _ENV_KEYS = {name: f"OUTLAST_{name.upper()}" for name in Settings.model_fields i
 
 
 def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    workers = env.get("OUTLAST_WORKERS", "").strip()
+    if workers and not (workers.isascii() and workers.isdigit()):
+        # Read by the file operations' pools when they start: "abc" and "-1" were passed over without a
+        # word, and "²" (a digit to str.isdigit, none to int) failed the operation with a ValueError.
+        raise InvalidInput(
+            f"environment OUTLAST_WORKERS={env['OUTLAST_WORKERS']!r}: expected a whole number of worker"
+            " processes (0: none; unset: one per core)"
+        )
     out: dict[str, Any] = {}
     for key, var in _ENV_KEYS.items():
         raw = env.get(var)

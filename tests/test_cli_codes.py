@@ -186,6 +186,17 @@ def test_bad_config_file_and_environment(cli: Cli, tmp_path: Path) -> None:
     assert "OUTLAST_AUTO_RESUME" in one_line_error(r)
 
 
+def test_an_outlast_workers_that_is_no_count_is_one_line_and_runs_nothing(cli: Cli, tmp_path: Path) -> None:
+    """OUTLAST_WORKERS=abc or -1 was passed over without a word, and ² (a digit to str.isdigit, none to
+    int) failed the index it ran with "ValueError: invalid literal for int() ... (at _pool.py:43)"."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for value in ("²", "abc", "-1"):
+        r = cli("run", "codebase_indexing", "-p", f"root={tmp_path}", env={**cli.env, "OUTLAST_WORKERS": value})
+        assert r.returncode == ExitCode.USAGE, (value, r.stderr)
+        assert f"OUTLAST_WORKERS={value!r}: expected a whole number" in one_line_error(r)
+    assert json.loads(cli.here("ls", "--json").stdout) == []
+
+
 def test_corrupt_state_dir_is_a_store_error(cli: Cli, tmp_path: Path) -> None:
     d = tmp_path / "corrupt"
     d.mkdir()

@@ -39,7 +39,7 @@ MIN_FILES_PER_WORKER = 400
 def worker_count(files: int) -> int:
     """How many processes to analyse ``files`` files with: 0 means in the engine's own thread."""
     env = os.environ.get("OUTLAST_WORKERS", "").strip()
-    if env.isdigit():  # said explicitly: as many as asked, up to one per file
+    if env.isascii() and env.isdigit():  # said explicitly: as many as asked, up to one per file
         wanted = min(int(env), files)
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
