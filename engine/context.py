@@ -416,6 +416,15 @@ class OperationContext(SeedContextMethods):
         self._total = None if value is None else count_of(value, "ctx.total")
         self._total_estimated = False
 
+    @property
+    def shown_total(self) -> int | None:
+        """The total progress shows: none once ``done`` has passed a total that was only an estimate (``--items
+        N``, ``estimated_items``; it still times the attempt). Shown, a command given ``--items 3`` that said
+        ``::outlast progress 5`` was listed at 5/3 items, 100%, while it ran."""
+        if self._total_estimated and self._total is not None and self._done > self._total:
+            return None
+        return self._total
+
     def progress(
         self,
         done: int | None = None,

@@ -150,10 +150,11 @@ class Watch:
     def progress(self, now: float) -> Progress:
         ctx = self.ctx
         rate = self.rate(now)
-        eta = max(0.0, (ctx.total - ctx.done) / rate) if rate and ctx.total is not None else None
+        total = ctx.shown_total
+        eta = max(0.0, (total - ctx.done) / rate) if rate and total is not None else None
         return Progress.model_construct(
             done=ctx.done,
-            total=ctx.total,
+            total=total,
             failed=ctx.failed_count,
             skipped=ctx.skipped_count,
             step=ctx.step,

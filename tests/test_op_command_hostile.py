@@ -263,6 +263,21 @@ def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) 
     assert logs.count("more done than the total") == 1, logs
 
 
+def test_a_count_past_the_submitters_estimate_is_shown_without_a_total(cli: Cli) -> None:
+    """``--items 3`` (an estimate) and a command that said ``::outlast progress 5``: listed at 5/3 items,
+    100%, while it ran. The estimate still times the attempt; the progress shows 5 items of no known total,
+    and a run that completes ends at 5/5."""
+    for code, total in ((1, None), (0, 5)):
+        script = f"echo '::outlast progress 5'; exit {code}"  # failed: its progress is kept as it was
+        r = cli(
+            "--json", "run", "command", "--items", "3", "--params-json", json.dumps({"command": script, "shell": True})
+        )
+        assert r.returncode == code, r.stderr
+        final = json.loads(r.stdout)
+        assert (final["progress"]["done"], final["progress"]["total"]) == (5, total), final["progress"]
+        assert final["total_items"] == (3 if code else 5), final
+
+
 async def test_a_script_without_a_shebang_fails_in_one_clear_line(engine: Engine, tmp_path: Path) -> None:
     """``OSError: [Errno 8] Exec format error`` came out raw."""
     script = tmp_path / "job.sh"
