@@ -352,3 +352,29 @@ def test_a_file_at_the_analysis_limit(tmp_path: Path) -> None:
     row, err = analyze(tmp_path, "over.txt", None)
     assert err is None and row is not None
     assert row[1] == MAX_TEXT + 1 and row[3] == hashlib.sha256(at + b"\n").hexdigest() and row[6:9] == (None,) * 3
+
+
+def test_a_gitignore_line_of_many_wildcards_does_not_hold_the_walk(cli: Cli, tmp_path: Path) -> None:
+    """pathspec compiles each ``*`` to ``[^/]*``: a .gitignore line of fifty stars and a ``b`` took hours on
+    every name of twenty characters, and the index of the tree never ended. A run of stars is one star to
+    git, and is made one here (the line still ignores what it names); a line of more wildcards in one
+    segment than can be matched in time is passed over."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / ".gitignore").write_text("*" * 50 + "b\n" + "*a*a*a*a*a*a*c\n")
+    (root / ("a" * 30 + ".py")).write_text("x = 1\n")
+    (root / "ignored.b").write_text("y = 2\n")
+    (root / ("a" * 60 + "c")).write_text("z = 3\n")
+    index = tmp_path / "index.sqlite"
+    r = cli("--json", "run", "codebase_indexing", "-p", f"root={root}", "-p", f"output={index}", timeout=60)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(index) as db:
+        paths = {p for (p,) in db.execute("SELECT path FROM files")}
+    assert paths == {"a" * 30 + ".py", ".gitignore", "a" * 60 + "c"}, paths
+
+
+def test_a_cleanup_pattern_of_many_wildcards_in_one_segment_is_refused(cli: Cli, tmp_path: Path) -> None:
+    params = {"root": str(tmp_path), "patterns": ["*a*a*a*a*b"]}
+    r = cli("submit", "cleanup_operation", "--params-json", json.dumps(params))
+    assert r.returncode == 2 and "holds more than 4 wildcards in one path segment" in r.stderr, r.stderr
+    assert json.loads(cli("--json", "ls").stdout) == []

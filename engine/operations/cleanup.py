@@ -60,7 +60,7 @@ from ..store import open_store
 from ..store.quick import DB_NAME, quick_list
 from ..text import clean
 from ._common import DIR_FLAGS, JSON_MAGIC, NotFollowed, check_output_file, existing_dir, output_dir, parent_of
-from ._walk import walk, walked_rel
+from ._walk import MAX_WILDCARDS, tamed, walk, walked_rel
 from .knowledge import KB_FILE
 
 BATCH = 256
@@ -122,6 +122,12 @@ class CleanupParams(BaseModel):
             GitIgnoreSpec.from_lines(v)
         except Exception as e:
             raise ValueError(f"pattern not understood: {e}") from None
+        for pattern in v:
+            if tamed(pattern)[1] > MAX_WILDCARDS:
+                raise ValueError(
+                    f"pattern {pattern!r} holds more than {MAX_WILDCARDS} wildcards in one path segment: matching"
+                    " it against a long file name can take hours"
+                )
         return v
 
     @model_validator(mode="after")
@@ -249,7 +255,8 @@ def list_matching(
     added to ``pruned`` (relative; "." for the root itself). Nor a repository's metadata directory (``.git``,
     ``.hg``, ``.svn``) nor a ``.git`` file (a submodule's or a worktree's link to its repository): each added
     to ``vcs``."""
-    want, keep = GitIgnoreSpec.from_lines(patterns), GitIgnoreSpec.from_lines(exclude)
+    want = GitIgnoreSpec.from_lines(tamed(p)[0] for p in patterns)
+    keep = GitIgnoreSpec.from_lines(tamed(p)[0] for p in exclude)
     out: dict[str, FileId] = {}
     for d, dnames, fnames in walk(root):
         rel_d = Path(walked_rel(d, root))
