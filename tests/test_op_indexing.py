@@ -255,6 +255,38 @@ async def test_a_tree_deeper_than_the_recursion_limit_is_indexed(engine: Engine,
         assert sorted(rows(str(db))) == sorted([leaf, "top.py"])
 
 
+@pytest.mark.parametrize("git", [False, True], ids=["walk", "git"])
+async def test_a_package_named_venv_is_source_not_an_environment(engine: Engine, tmp_path: Path, git: bool) -> None:
+    """The standard library's ``venv`` package (and a project's module that makes environments) is indexed: a
+    directory was left out for its name alone, so an index, scan or import graph of the standard library or a
+    CPython checkout had no ``venv``. An environment named ``venv`` (no ``__init__.py``) or any other name (a
+    ``pyvenv.cfg``) is still left out."""
+    root = tmp_path / "tree"
+    files = {
+        "lib/venv/__init__.py": "def create():\n    pass\n",
+        "lib/venv/__main__.py": "from . import create\n",
+        "lib/venv/scripts/activate": "# a template\n",
+        "venv/lib/site.py": "x = 1\n",  # an environment without pyvenv.cfg (an old virtualenv)
+        "env2/pyvenv.cfg": "home = /usr\n",
+        "env2/venv/__init__.py": "x = 1\n",  # inside an environment: left out with it
+        "app.py": "import venv\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    if git:
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+    db = tmp_path / "index.sqlite"
+    final = await run_index(engine, root=str(root), output=str(db))
+    assert final.status is Status.COMPLETED, final.error
+    assert sorted(rows(str(db))) == [
+        "app.py",
+        "lib/venv/__init__.py",
+        "lib/venv/__main__.py",
+        "lib/venv/scripts/activate",
+    ]
+
+
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "codebase_indexing", {"root": str(tmp_path / "nope")}, "root")
     bad_params(cli, "codebase_indexing", {}, "root")

@@ -307,6 +307,36 @@ def is_venv(d: Path) -> bool:
         return False
 
 
+PACKAGE_NAMES = frozenset({"venv"})
+"""The SKIP_DIRS names that are also a Python package's (the standard library's ``venv``, a project's module
+that makes environments): a directory of that name holding an ``__init__.py`` is source, not an environment."""
+
+
+def skipped_dir(d: Path) -> bool:
+    """Whether a listing leaves directory ``d`` out: a name of SKIP_DIRS (but a package of PACKAGE_NAMES),
+    or a virtualenv by any name."""
+    if d.name in SKIP_DIRS:
+        if d.name not in PACKAGE_NAMES:
+            return True
+        try:
+            if not (d / "__init__.py").is_file():
+                return True
+        except OSError:
+            return True
+    return is_venv(d)
+
+
+def skipped_path(rel: str, listed: frozenset[str] | set[str]) -> bool:
+    """Whether ``rel`` (a file of a listing made without looking at the disk, as git's) lies under a directory
+    that ``skipped_dir`` leaves out, by its name: one of PACKAGE_NAMES is a package when ``listed`` holds its
+    ``__init__.py``."""
+    parts = rel.split("/")[:-1]
+    for i, name in enumerate(parts):
+        if name in SKIP_DIRS and (name not in PACKAGE_NAMES or "/".join(parts[: i + 1]) + "/__init__.py" not in listed):
+            return True
+    return False
+
+
 def libc_function(name: str) -> Any:
     """A Linux libc function by name (syncfs, prctl), or None elsewhere or when it is missing."""
     if not sys.platform.startswith("linux"):

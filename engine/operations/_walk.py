@@ -14,7 +14,7 @@ from typing import Any
 
 from pathspec import GitIgnoreSpec
 
-from ._common import SKIP_DIRS, is_venv
+from ._common import skipped_dir, skipped_path
 
 Rules = list[tuple[str, GitIgnoreSpec]]
 """The .gitignore files that apply in a directory: (the directory's prefix, its patterns), outermost first."""
@@ -185,8 +185,9 @@ def walked_rel(path: str, top: str | Path) -> str:
 
 
 def walk_listing(root: Path, unreadable: list[str]) -> list[str]:
-    """Every file under root but SKIP_DIRS, virtualenvs and what the .gitignore files (at any depth) ignore:
-    ``list_files``' listing where git gives none (the tests hold it to git's own on generated trees).
+    """Every file under root but SKIP_DIRS (a package named ``venv`` excepted), virtualenvs and what the
+    .gitignore files (at any depth) ignore: ``list_files``' listing where git gives none (the tests hold it to
+    git's own on generated trees).
 
     A directory that cannot be listed is left out and named in ``unreadable`` (with why): one
     unreadable directory must not fail the whole listing.
@@ -204,9 +205,7 @@ def walk_listing(root: Path, unreadable: list[str]) -> list[str]:
         rel_d = walked_rel(d, root)
         prefix = "" if rel_d == "." else rel_d + "/"
         rules = rules_of.pop(prefix, [])
-        dirs[:] = [
-            x for x in dirs if x not in SKIP_DIRS and not is_venv(base / x) and not _ignored(prefix + x, True, rules)
-        ]
+        dirs[:] = [x for x in dirs if not skipped_dir(base / x) and not _ignored(prefix + x, True, rules)]
         for x in dirs:
             spec = _ignore_rules(base / x)
             rules_of[prefix + x + "/"] = [*rules, (prefix + x + "/", spec)] if spec else rules
@@ -249,7 +248,8 @@ async def list_files(
         if proc.returncode == 0:
             files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
-            files = [f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1])) and not f.startswith(venvs)]
+            listed = frozenset(files)
+            files = [f for f in files if not skipped_path(f, listed) and not f.startswith(venvs)]
     if not files:
         unreadable: list[str] = []
         files = await asyncio.to_thread(walk_listing, root, unreadable)

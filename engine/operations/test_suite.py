@@ -46,7 +46,7 @@ from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import SKIP_DIRS, changed_since, existing_path, optional_dir, output_dir, reading_since
+from ._common import changed_since, existing_path, optional_dir, output_dir, reading_since, skipped_dir
 from ._program import EnvVars, ProgramArgs, PythonExecutable
 
 PLUGIN = "_outlast_pytest_plugin"
@@ -619,7 +619,7 @@ def _python_files(top: Path, own: Path) -> list[str]:
     hidden directories and ``own`` (this run's directory, its plugin written at every attempt)."""
     out = []
     for d, dirs, names in os.walk(top):
-        dirs[:] = [x for x in dirs if x not in SKIP_DIRS and not x.startswith(".") and Path(d, x) != own]
+        dirs[:] = [x for x in dirs if not x.startswith(".") and not skipped_dir(Path(d, x)) and Path(d, x) != own]
         rel = os.path.relpath(d, top)
         out += [n if rel == "." else f"{rel}/{n}".replace(os.sep, "/") for n in names if n.endswith(".py")]
     return out
