@@ -564,3 +564,24 @@ async def test_a_keyword_set_to_prose_or_a_name_is_not_a_password(engine: Engine
     assert op.status is Status.COMPLETED, op.error
     findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
     assert {f["line"] for f in findings if f["category"] == "secrets"} == {3}, findings
+
+
+async def test_child_process_under_a_name_of_the_file_s_own_is_found(engine: Engine, tmp_path: Path) -> None:
+    """``const cp = require('child_process'); cp.exec(cmd)`` (and ``import * as cp from ...``) was not reported
+    (an outside tester's find on the commonest way Node code is written): only ``child_process.exec``,
+    ``require(...).exec`` and a bare ``exec`` were. A RegExp's ``.exec`` and a name bound elsewhere stay quiet."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.js").write_text(
+        "const cp = require('child_process');\nconst re = /x/g;\ncp.exec(cmd);\nre.exec(text);\ncp.spawn('ls');\n"
+    )
+    (root / "b.ts").write_text(
+        "import * as childProcess from 'node:child_process';\nimport fs from 'fs';\n"
+        "childProcess.execSync(`rm ${dir}`);\nfs.exec(x);\n"
+    )
+    (root / "c.js").write_text("const cp = require('./my-process');\ncp.exec(cmd);\n")  # not child_process
+    op = await scan(engine, root=str(root), format="json")
+    assert op.status is Status.COMPLETED, op.error
+    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    found = {(f["file"], f["line"]) for f in findings if f["rule"] == "js-child-process-exec"}
+    assert found == {("a.js", 3), ("b.ts", 3)}, found

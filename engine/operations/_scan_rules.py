@@ -47,6 +47,10 @@ class Rule:
     fold: bool = False
     """The pattern is written in lower case and runs on the lower-cased text: case-insensitive, and many
     times faster than ``re.IGNORECASE`` on Python's regex engine."""
+    binds: re.Pattern[str] | None = None
+    """Code rules: where a file binds the module the rule is about to a name of its own (group ``name``:
+    ``const cp = require('child_process')``); ``NAME.`` then ``calls`` matches as the pattern does."""
+    calls: str = ""
 
 
 def entropy(s: str) -> float:
@@ -301,6 +305,12 @@ CODE_REGEX_RULES: tuple[Rule, ...] = (
             r"(?:\bchild_process\s*\.\s*|\)\s*\.\s*|(?<![\w$.]))exec(?:Sync)?\s*\(|\bshell\s*:\s*true\b"
         ),
         hints=("child_process",),
+        # const cp = require('child_process'), import * as cp from 'node:child_process', import cp = require(...)
+        binds=re.compile(
+            r"(?:\b(?:const|let|var)\s+|\bimport\s+(?:\*\s*as\s+)?)(?P<name>[A-Za-z_$][\w$]*)\s*"
+            r"(?:=\s*require\s*\(\s*|from\s*)['\"`](?:node:)?child_process['\"`]"
+        ),
+        calls=r"exec(?:Sync)?\s*\(",
     ),
     Rule(
         "js-tls-disabled",
@@ -518,8 +528,13 @@ def scan_text(
         if rule.id not in selected or language not in rule.languages or not any(h in low for h in rule.hints):
             continue
         assert rule.pattern is not None
-        for m in rule.pattern.finditer(text):
-            line, col = lines.line_of(m.start())
+        starts = [m.start() for m in rule.pattern.finditer(text)]
+        names = sorted({m["name"] for m in rule.binds.finditer(text)}) if rule.binds is not None else []
+        if names:  # cp.exec(cmd): the module under a name of the file's choosing
+            receiver = "|".join(map(re.escape, names))
+            starts += [m.start() for m in re.finditer(rf"(?<![\w$.])(?:{receiver})\s*\.\s*{rule.calls}", text)]
+        for start in starts:
+            line, col = lines.line_of(start)
             found.append((rule.id, line, col, rule.title))
     specific |= {line for rule_id, line, _c, _m in found if rule_id in OWN_SECRET_RULES}
     found = [f for f in found if not (f[0] in GENERIC_SECRET_PLUGINS and f[1] in specific)]
