@@ -29,7 +29,7 @@ import stat
 import sys
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,27 @@ def _type_checking(test: ast.expr) -> bool:
     )
 
 
+_IMPORTERS = frozenset({"import_module", "__import__", "importorskip"})
+"""Calls that import the module their first argument names: ``importlib.import_module("x")``,
+``__import__("x")``, ``pytest.importorskip("x")`` (how a test suite uses an optional requirement)."""
+
+
+def _named_imports(node: ast.stmt) -> Iterator[tuple[str, int]]:
+    """(module, line) of each call of _IMPORTERS with a literal absolute name in ``node``'s own expressions
+    (not those of the statements it holds: ``imports_of`` visits them, each with its own import time)."""
+    todo = [c for c in ast.iter_child_nodes(node) if not isinstance(c, ast.stmt)]
+    while todo:
+        n = todo.pop()
+        todo += [c for c in ast.iter_child_nodes(n) if not isinstance(c, ast.stmt)]
+        if not isinstance(n, ast.Call) or not n.args:
+            continue
+        f, first = n.func, n.args[0]
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
+        if name in _IMPORTERS and literal and all(_importable(p) for p in literal.split(".")):
+            yield literal, n.lineno
+
+
 def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, int, bool]]:
     """(absolute target, line, at import time) of every import in ``tree``; ``from a import b`` gives
     ``a.b`` (a submodule or a name in ``a``: resolved against the project's modules later)."""
@@ -141,6 +162,7 @@ def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[st
 
     def visit(stmts: Iterable[ast.stmt], now: bool) -> None:
         for node in stmts:
+            out.extend((name, line, now) for name, line in _named_imports(node))
             if isinstance(node, ast.Import):
                 out.extend((a.name, node.lineno, now) for a in node.names)
             elif isinstance(node, ast.ImportFrom):
