@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,22 @@ def test_sigkill_inside_a_large_file_resumes_at_its_offset(cli: Cli, tmp_path: P
     assert {k: v for k, v in final["result"].items() if k != "manifest"} == {
         k: v for k, v in ref["result"].items() if k != "manifest"
     }
+
+
+def test_a_large_file_s_copy_moves_the_percent_and_prints_lines_in_a_pipe(cli: Cli, tmp_path: Path) -> None:
+    """A backup of one large file (a disk image) read "0/1 items, 0.0%" for all of its copy, and in a pipe printed
+    no line between "listing" and "completed" (lines came only when the count moved): the bytes copied of the
+    file in hand are the part of the item done now, the percent moves with them and a pipe prints it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "disk.img").write_bytes(os.urandom(4 * MB) * 4)
+    params = {"source": str(src), "destination": str(tmp_path / "dst"), "chunk_checkpoint": 4 * MB}
+    env = {**cli.env, "OUTLAST_TEST_SLOW_SYNC": "0.5"}  # each 4 MB chunk's sync: the copy outlasts a line's second
+    r = cli("--plugin", "tests.backup_slow", "run", "backup_operation", "--params-json", json.dumps(params), env=env)
+    assert r.returncode == 0, r.stderr
+    during = [float(m) for m in re.findall(r"running +([0-9.]+)% +0/1 items", r.stdout)]
+    assert any(0 < pct < 100 for pct in during), r.stdout
+    assert during == sorted(during), r.stdout
 
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:

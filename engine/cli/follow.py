@@ -174,6 +174,12 @@ class View(Protocol):
     def note(self, text: str) -> None: ...
 
 
+def _moved(op: Operation) -> tuple[int, float]:
+    """Where a plain view's line would show the operation: items done and the part of the next one (a backup's
+    large file copied in chunks, its count still 0 of 1: no line was printed for all of its copy)."""
+    return op.progress.done, op.progress.fraction
+
+
 class PlainView:
     """One line per progress report or status change; log lines as they come. For pipes and log files."""
 
@@ -185,7 +191,7 @@ class PlainView:
         self.stopping = False
         self._status: Status | None = None
         self._last_line = 0.0
-        self._last_done: int | None = None
+        self._last_done: tuple[int, float] | None = None
 
     def __enter__(self) -> PlainView:
         return self
@@ -203,12 +209,12 @@ class PlainView:
             return
         if op.status is not Status.RUNNING:
             return
-        if time.monotonic() - self._last_line >= PIPE_EVERY and op.progress.done != self._last_done:
+        if time.monotonic() - self._last_line >= PIPE_EVERY and _moved(op) != self._last_done:
             self.emit(op)
 
     def emit(self, op: Operation) -> None:
         self._last_line = time.monotonic()
-        self._last_done = op.progress.done
+        self._last_done = _moved(op)
         if self.quiet:
             return
         if self.json_lines:
@@ -408,14 +414,14 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
             await asyncio.sleep(REMOTE_POLL)
 
 
-_plain_state: dict[str, tuple[Status, float, int]] = {}
+_plain_state: dict[str, tuple[Status, float, tuple[int, float]]] = {}
 
 
 def _plain_update(view: PlainView, op: Operation) -> None:
     """Per-operation rate limiting for many operations through one plain view."""
-    status, at, done = _plain_state.get(op.id, (None, 0.0, -1))
+    status, at, done = _plain_state.get(op.id, (None, 0.0, (-1, 0.0)))
     interval = float(op.profile.get("progress_report_interval", 5.0))
     now = time.monotonic()
-    if op.status != status or (op.status is Status.RUNNING and now - at >= interval and op.progress.done != done):
-        _plain_state[op.id] = (op.status, now, op.progress.done)
+    if op.status != status or (op.status is Status.RUNNING and now - at >= interval and _moved(op) != done):
+        _plain_state[op.id] = (op.status, now, _moved(op))
         view.emit(op)

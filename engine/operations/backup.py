@@ -1382,6 +1382,8 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
                 offset += n
                 st["partial"] = {"source": ident, "offset": offset}
                 ctx.progress(bytes=base + offset)  # progress inside the item: the stall clock starts again
+                if offset < sst.st_size:  # and in the percent: 0 of 1 items for the whole of a disk image's copy
+                    ctx.fraction = offset / sst.st_size
                 # Saved at once with the file not yet done: a resume re-enters it at this offset.
                 await ctx.checkpoint(next_step=f"copying {rel}", now=True)
             # Verified as it was copied (``_append``): the bytes before ``offset`` at a resume were verified by
@@ -1396,6 +1398,7 @@ async def _copy_large(ctx: OperationContext, p: BackupParams, src: Path, dst: Pa
             pass
         st.pop("partial", None)
         ctx.progress(bytes=base)
+        ctx.fraction = 0.0
         ctx.log.warning(f"{rel} changed while it was copied: copying it again from its start")
     await asyncio.to_thread(_partial(dst, rel).unlink, missing_ok=True)
     raise Changed(errno.EAGAIN, CHANGED, rel)
