@@ -46,3 +46,18 @@ def test_a_short_result_is_shown_whole(capsys: pytest.CaptureFixture[str]) -> No
     op = _op({"sum": 4950, "items": 100, "failures": 0})
     report_final(op, "text")
     assert capsys.readouterr().out.strip().endswith('result {"sum": 4950, "items": 100, "failures": 0}')
+
+
+def test_the_items_not_done_are_counted_on_the_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A backup whose source lost a directory under it ended "completed at 837/992 items after 1s": the 154
+    files gone since the listing (skipped) and the one that kept changing (failed) were nowhere on the line
+    that ends the run, nor skipped ones on the progress lines, and 155 items looked lost."""
+    op = _op({"files": 837, "failures": 1})
+    op.progress.done, op.progress.total, op.progress.failed, op.progress.skipped = 837, 992, 1, 154
+    report_final(op, "text")
+    line = capsys.readouterr().out.strip()
+    assert f"{op.id} completed at 837/992 items (1 failed, 154 skipped) after " in line, line
+    assert "837/992 items  1 failed  154 skipped" in fmt.progress_line(op), fmt.progress_line(op)
+    op.progress.failed = op.progress.skipped = 0
+    report_final(op, "text")
+    assert f"{op.id} completed at 837/992 items after " in capsys.readouterr().out

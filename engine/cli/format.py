@@ -47,6 +47,12 @@ def items(p: Progress) -> str:
     return f"{p.done}/{p.total}" if p.total is not None else str(p.done)
 
 
+def not_done(p: Progress) -> str:
+    """`` (1 failed, 154 skipped)``: the items of the total that are not among those done (empty when none)."""
+    parts = [f"{n} {what}" for n, what in ((p.failed, "failed"), (p.skipped, "skipped")) if n]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def percent(p: Progress) -> str:
     pct = p.percent
     return "-" if pct is None else f"{pct:.1f}%"
@@ -117,6 +123,8 @@ def progress_line(op: Operation, now: float | None = None) -> str:
     parts = [clock(now or time.time()), op.id, printable(op.label), op.status.value, percent(p), f"{items(p)} items"]
     if p.failed:
         parts.append(f"{p.failed} failed")
+    if p.skipped:
+        parts.append(f"{p.skipped} skipped")
     if op.status is Status.RUNNING:
         parts += [f"rate {rate(p.rate)}", f"eta {duration(p.eta)}"]
         left = time_left(op, now)

@@ -90,9 +90,7 @@ class LiveView:
         top.add_column(justify="right", width=7)
         top.add_row(bar, Text("-" if pct is None else f"{pct:5.1f}%", style="bold"))
 
-        items = fmt.items(p)
-        if p.failed:
-            items += f" ({p.failed} failed)"
+        items = fmt.items(p) + fmt.not_done(p)
         running = op.status is Status.RUNNING
         left = fmt.time_left(op, now)
         deadline = fmt.duration(left) if left is not None else "-"

@@ -200,7 +200,7 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
     else:
         p = op.progress
         status = op.status.value
-        line = f"{op.id} {status} at {fmt.items(p)} items after {fmt.duration(op.elapsed)}"
+        line = f"{op.id} {status} at {fmt.items(p)} items{fmt.not_done(p)} after {fmt.duration(op.elapsed)}"
         # A retry paused while it waited: the error of the attempt before is not why it stopped.
         detail = (op.status_message if op.status is Status.PAUSED else op.error or op.status_message) or ""
         detail = detail.removeprefix(status).removeprefix(" by user").lstrip(":; ")
