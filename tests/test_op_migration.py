@@ -123,6 +123,36 @@ async def test_a_failing_migration_is_rolled_back_with_its_record(engine: Engine
     assert not (tmp_path / "other.sqlite").exists()
 
 
+async def test_down_migrations_are_not_applied(engine: Engine, tmp_path: Path) -> None:
+    """A folder in golang-migrate's layout (``N_x.up.sql`` beside ``N_x.down.sql``) had its down migrations
+    applied as migrations, each just before its own up one: a down migration of data (``DELETE FROM users``)
+    emptied the table, and the run said completed (an outside tester's find). They are left out, said in the
+    log; a down migration alone, and a file holding its own down part (goose, dbmate), are refused."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_users.up.sql").write_text("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('alice');")
+    (mig / "1_users.down.sql").write_text("DROP TABLE IF EXISTS users;")
+    (mig / "2_seed.up.sql").write_text("INSERT INTO users VALUES ('bob');")
+    (mig / "2_seed.down.sql").write_text("DELETE FROM users;")
+    params = {"directory": str(mig), "database": str(db)}
+    rec = await run(engine, params)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert rec.result["applied"] == ["1_users.up.sql", "2_seed.up.sql"], rec.result
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT name FROM users ORDER BY rowid")] == ["alice", "bob"]
+    con.close()
+    logs = " ".join(r.message for r in (await engine.store.read_logs(rec.id))[0])
+    assert "2 down migration(s) left out" in logs, logs
+    spec = get_handler("migration_operation")
+    (mig / "3_x.down.sql").write_text("DELETE FROM users;")
+    with pytest.raises(InvalidInput, match=re.escape("3_x.down.sql is a down migration with no 3_x.up.sql")):
+        spec.parse_params(params)
+    (mig / "3_x.down.sql").unlink()
+    (mig / "3_goose.sql").write_text("-- +goose Up\nCREATE TABLE t (x);\n-- +goose Down\nDROP TABLE t;\n")
+    with pytest.raises(InvalidInput, match=re.escape("3_goose.sql holds the part that undoes it (+goose Down)")):
+        spec.parse_params(params)
+
+
 async def run(engine: Engine, params: dict) -> Operation:
     op = await engine.submit(OperationSpec(type="migration_operation", params=params))
     return await engine.wait(op.id, timeout=60)

@@ -1,19 +1,19 @@
 """migration_operation: apply an ordered folder of SQL migrations to a SQLite database, each exactly once.
 
 Migrations are the ``*.sql`` files of ``directory``, in natural order of their names (``2_x.sql`` before
-``10_y.sql``). Each one is an item, run in its own transaction (``BEGIN IMMEDIATE``), and the row that records
-it in the migrations table (name, sha256 checksum, applied_at, operation id) is written in that same
-transaction: a migration is applied and recorded together or not at all. The table, not the checkpoint, says
-what is applied, so a run killed at any point (even between a commit and the checkpoint) resumes at the next
-unapplied migration and never applies one twice. A migration already applied whose file has changed since is
-refused before anything runs (one line naming it); so is a migration added out of order (a file not applied yet
-whose name sorts before one already applied, say from a branch merged late): applied now, it would run after
-migrations written to come after it, and this database would differ from one migrated in order. Rename it to
-sort after the last applied migration (the refusal names both). So is a file that controls transactions itself
-(BEGIN, COMMIT, ROLLBACK, SAVEPOINT), which would break that guarantee, and a ``*.sql`` entry that is not a
-regular file (a symlink to nothing, a directory, a FIFO): left out, the migrations after it ran without it. A
-migration writes its database only: ATTACH and VACUUM INTO (which would write other files) are refused by an
-SQLite authorizer.
+``10_y.sql``), but down migrations (``rollbacks``). Each one is an item, run in its own transaction (``BEGIN
+IMMEDIATE``), and the row that records it in the migrations table (name, sha256 checksum, applied_at,
+operation id) is written in that same transaction: a migration is applied and recorded together or not at all.
+The table, not the checkpoint, says what is applied, so a run killed at any point (even between a commit and
+the checkpoint) resumes at the next unapplied migration and never applies one twice. A migration already
+applied whose file has changed since is refused before anything runs (one line naming it); so is a migration
+added out of order (a file not applied yet whose name sorts before one already applied, say from a branch
+merged late): applied now, it would run after migrations written to come after it, and this database would
+differ from one migrated in order. Rename it to sort after the last applied migration (the refusal names
+both). So is a file that controls transactions itself (BEGIN, COMMIT, ROLLBACK, SAVEPOINT), which would break
+that guarantee, and a ``*.sql`` entry that is not a regular file (a symlink to nothing, a directory, a FIFO):
+left out, the migrations after it ran without it. A migration writes its database only: ATTACH and VACUUM INTO
+(which would write other files) are refused by an SQLite authorizer.
 
 Another writer's lock is waited for up to BUSY_TIMEOUT in short waits, so that a stop asked for meanwhile is
 taken at once (SQLite's own busy wait cannot be interrupted); the connection is closed only when no thread is in it.
@@ -137,13 +137,44 @@ def _strip_leading_comments(s: str) -> str:
             return s
 
 
+_DOWN_FILE = re.compile(r"^(?P<stem>.*)\.down\.sql$", re.IGNORECASE)
+_DOWN_SECTION = re.compile(
+    r"^[ \t]*--[ \t]*(?P<marker>\+goose[ \t]+down|migrate:down|\+migrate[ \t]+down)\b", re.IGNORECASE | re.MULTILINE
+)
+"""Where a file of goose, dbmate or sql-migrate begins the part that undoes its migration."""
+
+
+def rollbacks(directory: Path) -> list[str]:
+    """The ``NAME.down.sql`` files beside a ``NAME.up.sql`` (golang-migrate's layout): each undoes its up
+    migration, so none is a migration (in natural order it ran just before its own up migration, and a down
+    migration of data, ``DELETE FROM users``, emptied a table that was then migrated)."""
+    names = {p.name.lower() for p in directory.glob("*.sql")}
+    out = []
+    for p in directory.glob("*.sql"):
+        m = _DOWN_FILE.match(p.name)
+        if m and f"{m['stem']}.up.sql".lower() in names:
+            out.append(p.name)
+    return sorted(out, key=_natural)
+
+
 def load_migrations(directory: Path) -> list[Migration]:
     """The folder's migrations in natural order; ValueError (one line) for an unreadable or unfit file.
 
     Every ``*.sql`` entry is a migration: one that is not a regular file (a dangling symbolic link, a
-    directory, a FIFO) is refused, never left out (the migrations after it would run without it)."""
+    directory, a FIFO) is refused, never left out (the migrations after it would run without it). But for
+    down migrations beside their up ones (``rollbacks``), which are no migrations; a ``.down.sql`` alone, and
+    a file holding its own down part (goose's ``-- +goose Down``, dbmate's ``-- migrate:down``), are refused:
+    applied, they undo what they or another migration did."""
     out: list[Migration] = []
+    down = set(rollbacks(directory))
     for p in sorted(directory.glob("*.sql"), key=lambda p: _natural(p.name)):
+        if p.name in down:
+            continue
+        if lone := _DOWN_FILE.match(p.name):
+            raise ValueError(
+                f"migration {p.name} is a down migration with no {lone['stem']}.up.sql beside it: applied, it"
+                " would undo a migration; remove it or rename it off *.down.sql"
+            )
         if clean(p.name) != p.name:  # recorded by name in the database, which stores text: the insert failed mid-run
             raise ValueError(f"migration {clean(p.name)}: its file name is not UTF-8: rename it")
         raw = _read_migration(p)
@@ -151,6 +182,12 @@ def load_migrations(directory: Path) -> list[Migration]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"migration {p.name}: not UTF-8 (byte {e.start})") from None
+        section = _DOWN_SECTION.search(text)
+        if section:
+            raise ValueError(
+                f"migration {p.name} holds the part that undoes it ({section['marker']}), which would run"
+                " with the rest: keep only what comes before it (down migrations are not applied)"
+            )
         stmts = split_statements(text)
         for s in stmts:
             m = _TXN.match(_strip_leading_comments(s))
@@ -375,6 +412,8 @@ def _summary(con: sqlite3.Connection, table: str, op_id: str, stopping: Callable
 async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
     """Apply the pending migrations in order; the result names those this operation applied."""
     migrations = await asyncio.to_thread(load_migrations, Path(p.directory))
+    if down := await asyncio.to_thread(rollbacks, Path(p.directory)):
+        ctx.log.info(f"{len(down)} down migration(s) left out, as rollbacks are not applied: {', '.join(down)}")
     db = _Db(await asyncio.to_thread(_connect, p.database))
     stopping = lambda: ctx.cancelled or db.forced.is_set()  # noqa: E731
     try:
