@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from engine.exitcodes import ExitCode
@@ -66,3 +67,22 @@ def test_a_param_given_twice_is_refused_naming_it_and_nothing_is_stored(cli: Cli
         key = "max_timeout" if "--profile" in args else args[-1].split("=")[0].strip()
         assert len(r.stderr.strip().splitlines()) == 1 and f"'{key}' given more than once" in r.stderr, r.stderr
         assert json.loads(cli.here("ls", "--json").stdout) == []
+
+
+def test_words_split_from_a_line_are_what_was_typed(cli: Cli, tmp_path: Path) -> None:
+    """``-p argv=true`` (the command ``true``) and a profiled script's ``-p args=1000`` were read as JSON, a
+    boolean and a number, and refused as "Input should be a valid list", where ``-p command=true`` worked.
+    A line is split as a shell would, a JSON list is that list, a JSON string is split as before."""
+    for typed, argv in [
+        ("argv=true", ["true"]),
+        ("argv=2024", ["2024"]),
+        ("argv=echo 'a b'", ["echo", "a b"]),
+        ('argv=["echo", "a b"]', ["echo", "a b"]),
+        ('argv="echo x"', ["echo", "x"]),
+        ("argv=[ -d / ]", ["[", "-d", "/", "]"]),
+    ]:
+        op = submitted(cli.here("submit", "command", "-p", typed))
+        assert params_of(cli, op)["argv"] == argv, typed
+    (tmp_path / "x.py").write_text("pass\n")
+    op = submitted(cli.here("submit", "performance_profiling", "-p", f"script={tmp_path / 'x.py'}", "-p", "args=1000"))
+    assert params_of(cli, op)["args"] == ["1000"]

@@ -328,10 +328,11 @@ def _text_value(raw: str) -> str:
 
 
 def text_params(settings: Settings, type_: str) -> frozenset[str]:
-    """The params of ``type_`` its model types as text (``str``, or ``str`` or None): a ``--param`` gives
-    them what was typed. Read as JSON, ``-p command=true`` was the boolean, refused as "not a valid
-    string" (the command ``true`` could not be run that way), and ``-p root=2024`` a number. Empty when
-    the type is unknown or a plugin does not load (the submit says so) or it declares no model."""
+    """The params of ``type_`` its model types as text (``str``, or ``str`` or None) or as words split from a line (a
+    program's ``args``, the command's ``argv``): a ``--param`` gives them what was typed. Read as JSON, ``-p
+    command=true`` was the boolean, refused as "not a valid string" (the command ``true`` could not be run that
+    way), and ``-p root=2024`` a number. Empty when the type is unknown or a plugin does not load (the submit says
+    so) or it declares no model."""
     import types
     import typing
 
@@ -347,7 +348,8 @@ def text_params(settings: Settings, type_: str) -> frozenset[str]:
         kinds: tuple[Any, ...] = (field.annotation,)
         if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
             kinds = tuple(a for a in typing.get_args(field.annotation) if a is not type(None))
-        if kinds == (str,):
+        split = isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("split") == "shell"
+        if kinds == (str,) or split:  # words: a line split as a shell would (``-p argv=true`` was a boolean)
             names.add(field.alias or name)
     return frozenset(names)
 

@@ -12,11 +12,21 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 def split_args(value: Any) -> Any:
     """``-p args='-k fast'`` from the command line is one string: split as a shell would (a ValueError
-    saying what to do when it cannot be: pydantic's line was shlex's bare "No closing quotation")."""
+    saying what to do when it cannot be: pydantic's line was shlex's bare "No closing quotation"). A string
+    that is a JSON list is that list (``-p args='["a b"]'``: the command line hands the text over as typed)."""
+    import json
     import shlex
 
     if not isinstance(value, str):
         return value
+    if value.lstrip().startswith("["):  # a shell line starting so (``[ -f x ]``) is no JSON
+        try:
+            listed = json.loads(value)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            if isinstance(listed, list):
+                return listed
     try:
         return shlex.split(value)
     except ValueError as e:
