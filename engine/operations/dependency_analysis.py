@@ -153,16 +153,19 @@ def _named_imports(node: ast.stmt) -> Iterator[tuple[str, int]]:
             yield literal, n.lineno
 
 
-def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, int, bool]]:
+def imports_of(tree: ast.Module, module: str, is_package: bool, by_name: bool = True) -> list[tuple[str, int, bool]]:
     """(absolute target, line, at import time) of every import in ``tree``; ``from a import b`` gives
-    ``a.b`` (a submodule or a name in ``a``: resolved against the project's modules later)."""
+    ``a.b`` (a submodule or a name in ``a``: resolved against the project's modules later). ``by_name=False``:
+    the source names none of _IMPORTERS, so no expression is looked into for them (a walk of every expression
+    took most of the time of this function)."""
     out: list[tuple[str, int, bool]] = []
     root, dotted = split_root(module)  # relative imports stay under the file's import root
     package = dotted if is_package else dotted.rpartition(".")[0]
 
     def visit(stmts: Iterable[ast.stmt], now: bool) -> None:
         for node in stmts:
-            out.extend((name, line, now) for name, line in _named_imports(node))
+            if by_name:
+                out.extend((name, line, now) for name, line in _named_imports(node))
             if isinstance(node, ast.Import):
                 out.extend((a.name, node.lineno, now) for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -220,7 +223,8 @@ def _analyze(src_root: Path, root: Path, rel: str) -> tuple[str, Any]:
         return "skip", "does not parse: nested too deeply"
     mod_rel = p.relative_to(src_root) if p.is_relative_to(src_root) else Path(rel)
     module = module_name(mod_rel)
-    return "ok", (module, imports_of(tree, module, mod_rel.name == "__init__.py"))
+    by_name = any(name.encode() in data for name in _IMPORTERS)
+    return "ok", (module, imports_of(tree, module, mod_rel.name == "__init__.py", by_name))
 
 
 def _process_batch(
