@@ -266,6 +266,7 @@ async def test_a_package_named_venv_is_source_not_an_environment(engine: Engine,
         "lib/venv/__init__.py": "def create():\n    pass\n",
         "lib/venv/__main__.py": "from . import create\n",
         "lib/venv/scripts/activate": "# a template\n",
+        "stubs/venv/__init__.pyi": "def create() -> None: ...\n",  # typeshed's stub package
         "venv/lib/site.py": "x = 1\n",  # an environment without pyvenv.cfg (an old virtualenv)
         "env2/pyvenv.cfg": "home = /usr\n",
         "env2/venv/__init__.py": "x = 1\n",  # inside an environment: left out with it
@@ -284,6 +285,7 @@ async def test_a_package_named_venv_is_source_not_an_environment(engine: Engine,
         "lib/venv/__init__.py",
         "lib/venv/__main__.py",
         "lib/venv/scripts/activate",
+        "stubs/venv/__init__.pyi",
     ]
 
 

@@ -309,7 +309,9 @@ def is_venv(d: Path) -> bool:
 
 PACKAGE_NAMES = frozenset({"venv"})
 """The SKIP_DIRS names that are also a Python package's (the standard library's ``venv``, a project's module
-that makes environments): a directory of that name holding an ``__init__.py`` is source, not an environment."""
+that makes environments): a directory of that name holding an ``__init__.py`` (or a stub package's
+``__init__.pyi``: typeshed's ``stdlib/venv``) is source, not an environment."""
+PACKAGE_INITS = ("__init__.py", "__init__.pyi")
 
 
 def skipped_dir(d: Path) -> bool:
@@ -319,7 +321,7 @@ def skipped_dir(d: Path) -> bool:
         if d.name not in PACKAGE_NAMES:
             return True
         try:
-            if not (d / "__init__.py").is_file():
+            if not any((d / init).is_file() for init in PACKAGE_INITS):
                 return True
         except OSError:
             return True
@@ -329,10 +331,13 @@ def skipped_dir(d: Path) -> bool:
 def skipped_path(rel: str, listed: frozenset[str] | set[str]) -> bool:
     """Whether ``rel`` (a file of a listing made without looking at the disk, as git's) lies under a directory
     that ``skipped_dir`` leaves out, by its name: one of PACKAGE_NAMES is a package when ``listed`` holds its
-    ``__init__.py``."""
+    ``__init__.py`` (or ``.pyi``)."""
     parts = rel.split("/")[:-1]
     for i, name in enumerate(parts):
-        if name in SKIP_DIRS and (name not in PACKAGE_NAMES or "/".join(parts[: i + 1]) + "/__init__.py" not in listed):
+        if name in SKIP_DIRS and (
+            name not in PACKAGE_NAMES
+            or not any(f"{'/'.join(parts[: i + 1])}/{init}" in listed for init in PACKAGE_INITS)
+        ):
             return True
     return False
 
