@@ -569,7 +569,8 @@ async def test_a_keyword_set_to_prose_or_a_name_is_not_a_password(engine: Engine
 async def test_child_process_under_a_name_of_the_file_s_own_is_found(engine: Engine, tmp_path: Path) -> None:
     """``const cp = require('child_process'); cp.exec(cmd)`` (and ``import * as cp from ...``) was not reported
     (an outside tester's find on the commonest way Node code is written): only ``child_process.exec``,
-    ``require(...).exec`` and a bare ``exec`` were. A RegExp's ``.exec`` and a name bound elsewhere stay quiet."""
+    ``require(...).exec`` and a bare ``exec`` were. A RegExp's ``.exec``, a name bound elsewhere and a method
+    or function named exec being defined (``async exec (args) {``, reported on npm's own code) stay quiet."""
     root = tmp_path / "tree"
     root.mkdir()
     (root / "a.js").write_text(
@@ -580,8 +581,13 @@ async def test_child_process_under_a_name_of_the_file_s_own_is_found(engine: Eng
         "childProcess.execSync(`rm ${dir}`);\nfs.exec(x);\n"
     )
     (root / "c.js").write_text("const cp = require('./my-process');\ncp.exec(cmd);\n")  # not child_process
+    # npm's every command class: a method named exec is defined, not called (reported high, on real code)
+    (root / "d.js").write_text(
+        "const { spawn } = require('child_process');\nclass Edit {\n  async exec (args) {\n    return 1\n  }\n"
+        "  execSync(a, b = f(1)) {\n  }\n}\nfunction exec(cmd) {\n}\nexec(cmd, (err) => { done(err) });\n"
+    )
     op = await scan(engine, root=str(root), format="json")
     assert op.status is Status.COMPLETED, op.error
     findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
     found = {(f["file"], f["line"]) for f in findings if f["rule"] == "js-child-process-exec"}
-    assert found == {("a.js", 3), ("b.ts", 3)}, found
+    assert found == {("a.js", 3), ("b.ts", 3), ("d.js", 11)}, found

@@ -283,6 +283,31 @@ SECRET_RULES += (
 _GENERIC = frozenset({"hardcoded-password", "high-entropy-secret"})
 
 _JS = frozenset({"javascript", "typescript", "tsx"})
+_DEFINES = re.compile(r"\b(?:function|async)\s*\*?\s*$")
+_NAME_CALLED = re.compile(r"[\w$]+\s*\(")
+
+
+def _defined_here(text: str, start: int) -> bool:
+    """Whether the name matched at ``start`` (``exec(``) is a function or method being defined, not called:
+    ``async exec (args) {`` (npm's every command class), ``function exec(cmd) {``: its parameters' ``)`` is
+    followed by ``{``, or ``async``/``function`` comes before it."""
+    m = _NAME_CALLED.match(text, start)
+    if m is None:
+        return False
+    if _DEFINES.search(text, max(0, start - 24), start):
+        return True
+    depth = 0
+    for i in range(m.end() - 1, min(len(text), m.end() + 4000)):
+        c = text[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : i + 200].lstrip().startswith("{")
+    return False
+
+
 CODE_REGEX_RULES: tuple[Rule, ...] = (
     Rule(
         "js-eval",
@@ -534,6 +559,8 @@ def scan_text(
             receiver = "|".join(map(re.escape, names))
             starts += [m.start() for m in re.finditer(rf"(?<![\w$.])(?:{receiver})\s*\.\s*{rule.calls}", text)]
         for start in starts:
+            if rule.languages <= _JS and _defined_here(text, start):
+                continue
             line, col = lines.line_of(start)
             found.append((rule.id, line, col, rule.title))
     specific |= {line for rule_id, line, _c, _m in found if rule_id in OWN_SECRET_RULES}
