@@ -106,10 +106,20 @@ async def optimize(ctx: OperationContext, p: KbOptimizeParams) -> dict:
     con = await asyncio.to_thread(open_kb, db, False)
     st = ctx.state
     try:
-        st.setdefault("bytes_before", await asyncio.to_thread(_size, db))
         groups = await asyncio.to_thread(_groups, con) if p.dedupe else []
+        if "bytes_before" not in st:
+            # Kept durably before anything changes: a resume measured the size anew (the file grown by the
+            # dedupe of the attempt before: 71 MB "before", where the first attempt began at 35 MB), and the
+            # groups that attempt deduped after its last checkpoint were no groups any more (104 items: 3).
+            st["bytes_before"] = await asyncio.to_thread(_size, db)
+            st["groups"] = len(groups)
+            await ctx.checkpoint(next_step="deduplicating", now=True)
         steps = ["merge", "optimize"] + (["vacuum"] if p.vacuum else [])
-        ctx.progress(total=len(groups) + len(steps), step="deduplicating")
+        total = max(st.get("groups", 0), len(groups))
+        ctx.progress(total=total + len(steps), step="deduplicating")
+        done = sum(1 for k in ctx.done_keys if k.startswith("dedupe:"))
+        if gone := total - len(groups) - done:  # deduped after the last checkpoint: done, as the database says
+            ctx.progress(done=ctx.done + max(0, gone))
         pending = [g for g in groups if not ctx.is_done(f"dedupe:{g}")]
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_dedupe_batch, con, pending[i : i + BATCH])
