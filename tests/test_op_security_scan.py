@@ -591,3 +591,21 @@ async def test_child_process_under_a_name_of_the_file_s_own_is_found(engine: Eng
     findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
     found = {(f["file"], f["line"]) for f in findings if f["rule"] == "js-child-process-exec"}
     assert found == {("a.js", 3), ("b.ts", 3), ("d.js", 11)}, found
+
+
+async def test_an_env_template_s_placeholders_are_no_secrets(engine: Engine, tmp_path: Path) -> None:
+    """A committed ``.env.example`` (a template, with ``changeme``, ``your-api-key-here``, ``sk_test_...``,
+    ``replace_me``, ``TODO``) had five of its lines reported as secrets, severity high (an outside tester's
+    find): placeholders are left alone, as the rule promises; a real value beside them is still found."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / ".env.example").write_text(
+        "DB_PASSWORD=changeme\nAPI_KEY=your-api-key-here\nSTRIPE_SECRET_KEY=sk_test_...\nJWT_SECRET=replace_me\n"
+        "TOKEN=TODO\nSESSION_SECRET=put_a_secret_here\nAUTH_TOKEN=xxxx-xxxx-xxxx\nADMIN_PASSWORD=Xk29pqLmz83\n"
+    )
+    op = await scan(engine, root=str(root), format="json")
+    assert op.status is Status.COMPLETED, op.error
+    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    assert {(f["line"], f["rule"]) for f in findings if f["category"] == "secrets"} == {(8, "env-file-secret")}, (
+        findings
+    )

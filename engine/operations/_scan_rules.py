@@ -59,7 +59,12 @@ def entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values()) if n else 0.0
 
 
-_PLACEHOLDER = re.compile(r"^(?:\W*|x+|\*+|\.+|changeit|none|null|nil|true|false|undefined|example|redacted)$", re.I)
+_PLACEHOLDER = re.compile(
+    r"^(?:\W*|x+|\*+|\.+|[x*]+(?:[-_][x*]+)+|changeit|change[-_]?me|replace[-_]?me|fill[-_]?me(?:[-_]?in)?|todo|tbd"
+    r"|fixme|dummy|placeholder|none|null|nil|true|false|undefined|example|redacted"
+    r"|your[-_].*|.*[-_]here|.*\.\.\.)$",  # your-api-key-here, put_token_here, sk_test_... (an .env.example's)
+    re.I,
+)
 _TEMPLATE = re.compile(r"\$\{|\{\{|%\(|%s|\{\}|^<.*>$|^\$\w+$|^env[:.(]|os\.environ|getenv", re.I)
 _SECRETISH = re.compile(r"pass|pwd|secret|token|key|credential", re.I)
 
