@@ -114,6 +114,12 @@ class AttemptHost(Protocol):
         """Operations stopped (interrupted) because the store could not be written."""
         ...
 
+    @property
+    def requeues_stopped(self) -> bool:
+        """Work this engine stops because the store could not be written is queued again after a backoff,
+        not left interrupted: the engine runs the queue with ``auto_resume``."""
+        ...
+
     def publish(self, event: Event) -> None: ...
     def settling(self) -> AbstractContextManager[None]:
         """Held while the final status is written: the attempt's slot is free for the next claim."""
@@ -577,6 +583,17 @@ class Attempt:
                 msg += f" (forced after {settings.grace_period:g}s grace period)"
         seq = self.ctx.checkpoint_seq
         where = f"checkpoint {seq}" if seq else "no checkpoint: resumes from the start"
+        if reason is StopReason.STORE and self.host.requeues_stopped and not self.host.closing:
+            # The store failed for too long, and is often back by now (a peer SIGSTOPped while it held the
+            # database's write lock; checkpoints too large for the disk for a while): written interrupted by
+            # this live process, no engine ever queued it again (auto_resume queues what a dead process left,
+            # found orphaned), and it sat interrupted beside idle workers. Queued again after a backoff, as a
+            # store failure's retry (SHORT_ATTEMPTS); interrupted once those are used up.
+            retry = _retry(self.op, self.ctx.profile.retry, msg.removeprefix("interrupted: "), short=True)
+            if retry is not None:
+                self.ctx.log.warning(f"{retry['message']}; {where}")
+                await self._settle(Status.QUEUED, **_stops_win(self.op, seq), **retry)
+                return
         # A cancel asked from anywhere until the status is written wins over a pause (the store decides, in
         # the write itself): the asker was told "cancel requested".
         cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status in CANCEL_WINS else None

@@ -372,6 +372,12 @@ class Engine:
         return self._closing
 
     @property
+    def requeues_stopped(self) -> bool:
+        """Orphans, and work stopped because the store could not be written, are queued again here: this
+        engine runs the queue with ``auto_resume``."""
+        return self.auto_resume and self._run_queue
+
+    @property
     def stopping(self) -> bool:
         """Draining or shutting down: a final status write is not retried through a store outage."""
         return self._draining or self._closing
@@ -731,7 +737,7 @@ class Engine:
             return []
         # A store whose workers come and go (Redis leases) asks for orphans to be queued again: its
         # queue is shared by workers on every machine, whichever engine finds the orphan.
-        requeue = (self.auto_resume and self._run_queue) or getattr(self.store, "resume_orphans", False)
+        requeue = self.requeues_stopped or getattr(self.store, "resume_orphans", False)
         resume = self._resume_orphan if requeue else None
         found = await recover_orphans(self.store, self.log_buffer, self.publish, resume)
         left = getattr(self.store, "left_orphaned", None)
