@@ -38,6 +38,7 @@ from engine.store.base import checksum
 from engine.store.sqlite import LocalStore
 from tests.conftest import REPO
 from tests.fixtures_cli import CliAt
+from tests.fixtures_cli import until as until_sync
 from tests.fixtures_engine import make_engine, until
 
 CHILD = textwrap.dedent(
@@ -483,6 +484,57 @@ def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_
         said = [ln for ln in worker.err if "lock file" in ln]
         assert len(said) == 1 and "its lock file was deleted while it ran; made again" in said[0], worker.err
         assert not any("cannot be written" in ln for ln in worker.err), worker.err
+    finally:
+        cli.close()
+
+
+FAKETIME = next(
+    (
+        p
+        for p in (
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/faketime/libfaketimeMT.so.1",
+        )
+        if os.path.exists(p)
+    ),
+    None,
+)
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
+def test_a_lock_file_deleted_under_a_stopped_worker_does_not_make_its_operation_an_orphan(tmp_path: Path) -> None:
+    """A worker stopped (Ctrl-Z, SIGSTOP) while its lock files were deleted cannot make them again until it is
+    continued: once the lock file the next look made had been free for RELOCK_WINDOW (30 s; here an `outlast
+    ls` whose clock is a minute ahead), its live work was marked interrupted ("the process running it
+    stopped"), to be run beside it once continued. It stays running; continued, the worker finishes it."""
+    state = tmp_path / "state"
+    trace = tmp_path / "items"
+    cli = CliAt(state, OUTLAST_PLUGINS="tests.ops_for_tests")
+    later = {
+        **cli.env,
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME": "+60s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    try:
+        worker = cli.start("worker", "-c", "1")
+        params = json.dumps({"items": 150, "seconds": 0.01, "log_file": str(trace)})
+        op_id = cli("-q", "submit", "ledger", "--params-json", params).stdout.strip()
+        until_sync(lambda: trace.exists() and len(trace.read_text().split()) > 5, 30, what="items run")
+        worker.signal(signal.SIGSTOP)
+        try:
+            for lock in (state / "locks").iterdir():
+                lock.unlink()
+            for env in (cli.env, later):  # the first look makes the lock file again; the second finds it old
+                listed = cli("--json", "ls", env=env)
+                assert listed.returncode == 0, listed.stderr
+                assert [o["status"] for o in json.loads(listed.stdout)] == ["running"], listed.stderr
+        finally:
+            worker.signal(signal.SIGCONT)
+        assert cli.wait_status(op_id, {"completed", "interrupted"}, timeout=60).status == Status.COMPLETED
+        ran = trace.read_text().split()
+        assert sorted(ran, key=int) == [str(i) for i in range(150)], "an item ran twice, or not at all"
     finally:
         cli.close()
 

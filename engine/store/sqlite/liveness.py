@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from ...models import Operation
-from ...processes import process_start
+from ...processes import process_start, stopped_note
 from .core import SqliteCore
 from .locks import at_path, close_lock
 
@@ -44,6 +44,16 @@ def _alive_here(op: Operation) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started + 1.0
     except psutil.Error:
         return False
+
+
+def _stopped_here(op: Operation) -> bool:
+    """Whether the process ``op``'s record names is stopped on this host (Ctrl-Z, SIGSTOP): it makes its deleted
+    lock file again only once continued, however long that takes."""
+    worker = op.worker
+    if worker is None:
+        return False
+    note = stopped_note(worker.host, worker.pid, worker.boot, worker.start)
+    return note is not None and note.startswith("stopped")
 
 
 class LivenessMixin(SqliteCore):
@@ -109,8 +119,11 @@ class LivenessMixin(SqliteCore):
                             op = self._row_op(conn, op_id)
                             # A lock file free for long, though its process lives: that process holds the
                             # lock of another state dir (this one a copy of it, made while it ran): the
-                            # operation stayed running here for as long as that process lived.
-                            stale = made is not None and time.time() - made > RELOCK_WINDOW
+                            # operation stayed running here for as long as that process lived. Not a
+                            # stopped one (Ctrl-Z, SIGSTOP), which cannot make its deleted lock file again
+                            # until continued: its live work was marked interrupted 30 s after a `rm
+                            # locks/*`, and run beside it once continued.
+                            stale = made is not None and time.time() - made > RELOCK_WINDOW and not _stopped_here(op)
                             if stale or not _alive_here(op):
                                 out.append(op)
                     finally:
