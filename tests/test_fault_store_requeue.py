@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.fixtures_cli import CliAt, until
 from tests.fixtures_ops import done_keys, submit
 
-N = 300
+N = 500
 
 
 def test_work_stopped_for_the_store_is_queued_again_once_it_works(state_dir: Path, tmp_path: Path) -> None:
