@@ -32,7 +32,7 @@ def test_work_stopped_for_the_store_is_queued_again_once_it_works(state_dir: Pat
         OUTLAST_TEST_FLAKY_MATCH="INTO checkpoints",
     )
     trace = tmp_path / "items"
-    params = {"items": N, "seconds": 0.01, "log_file": str(trace)}
+    params = {"items": N, "seconds": 0.006, "log_file": str(trace)}
     op_id = submit(cli, "ledger", params, "checkpoint_interval=0.2", "retry.backoff_base=0.2")
     worker = cli.start("worker")
     try:
