@@ -51,7 +51,7 @@ from .models import (
 )
 from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
 from .paths import detached_log
-from .processes import process_start
+from .processes import mark_engine, process_start
 from .profiles import SEED_PROFILES, resume_fields, stored_profile
 from .registry import ensure_loaded, get_handler, runnable_types
 from .resources import Admission, ResourceMonitor
@@ -134,6 +134,7 @@ class Engine:
         self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume
         boot, start = process_start(os.getpid()) or (None, None)
         self.worker = WorkerInfo(host=socket.gethostname(), pid=os.getpid(), name=worker_name, boot=boot, start=start)
+        mark_engine(boot, os.getpid(), start)
         self.bus = EventBus()
         self._resources: ResourceMonitor | None = None
         self.admission = Admission(self.settings.max_memory_percent, self.settings.max_cpu_percent)

@@ -18,6 +18,54 @@ from typing import Any
 
 ENV_OPERATION = "OUTLAST_OPERATION_ID"
 ENV_ATTEMPT = "OUTLAST_ATTEMPT"
+ENV_ENGINE = "OUTLAST_ENGINE"
+"""Set in an engine's own environment, so every process started from it carries it (``mark_engine``)."""
+
+
+def engine_mark(boot: str, pid: int, start: int) -> str:
+    """Who an engine's process is (this boot's id, its pid, its start): the value of ``ENV_ENGINE``."""
+    return f"{boot}/{pid}/{start}"
+
+
+def mark_engine(boot: str | None, pid: int, start: int | None) -> None:
+    """Put the engine's mark in this process's environment: a process a handler starts without ``ctx.spawn``
+    (``subprocess.Popen``, ``asyncio.create_subprocess_exec``, as the seed's handlers do) carries no mark of
+    its operation, and one left running by a SIGKILLed engine went on writing beside the resumed attempt;
+    with the engine's mark it is found and killed with the engine's orphans (``kill_engine_leftovers``)."""
+    if boot is not None and start is not None:
+        os.environ[ENV_ENGINE] = engine_mark(boot, pid, start)
+
+
+def kill_engine_leftovers(boot: str | None, pid: int, start: int | None) -> list[tuple[int, str, int]]:
+    """SIGKILL every process that carries the mark of the engine ``(boot, pid, start)`` (started from it, by
+    any handler, any operation), once that engine's process no longer runs: it is all it left. Each
+    process alone, not its group (a process started without a session of its own is in the group of the
+    engine's shell, beside other workers that shell started). (pid, "?", pgid) of each; [] while the engine
+    runs, where there is no /proc, or when the record does not say who the process was."""
+    if boot is None or start is None or process_start(pid) == (boot, start):
+        return []
+    mark = f"{ENV_ENGINE}={engine_mark(boot, pid, start)}".encode()
+    own = os.getpid()
+    found: list[tuple[int, str, int]] = []
+    for _ in range(ROUNDS):
+        more = []
+        for other in _pids():
+            if other == own:
+                continue
+            try:
+                with open(f"/proc/{other}/environ", "rb") as fh:
+                    env = fh.read().split(b"\0")
+                pgid = os.getpgid(other)
+            except (OSError, ValueError):
+                continue
+            if mark in env and _running(other):
+                with contextlib.suppress(OSError):
+                    os.kill(other, signal.SIGKILL)
+                    more.append((other, "?", pgid))
+        if not more:
+            break
+        found += more
+    return found
 
 
 class Children:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -48,7 +49,7 @@ from .models import (
     TimeoutExtended,
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
-from .processes import describe_leftovers, kill_leftovers
+from .processes import describe_leftovers, kill_engine_leftovers, kill_leftovers
 from .store import Store
 
 if TYPE_CHECKING:
@@ -518,6 +519,8 @@ async def recover_orphans(
     paused instead of resumed: the request, kept in the record, went with the interrupted mark, and
     another worker ran the operation to completed while `outlast cancel` had said it was asked."""
     found = []
+    swept: set[tuple[str | None, int, int | None]] = set()
+    """The dead engines whose leftovers were looked for (once each: one may leave several orphans)."""
     orphans = await store.find_orphans()
     asked = await store.pending_controls([op.id for op in orphans]) if orphans else {}
     for op in orphans:
@@ -532,6 +535,18 @@ async def recover_orphans(
         killed = await asyncio.to_thread(kill_leftovers, op.id, None)
         if killed:
             logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
+        w = op.worker
+        if w is not None and w.host == socket.gethostname() and (w.boot, w.pid, w.start) not in swept:
+            swept.add((w.boot, w.pid, w.start))
+            if left := await asyncio.to_thread(kill_engine_leftovers, w.boot, w.pid, w.start):
+                killed += left
+                pids = ", ".join(str(p) for p, _a, _g in left)
+                line = (
+                    f"killed {len(left)} process(es) the dead engine {w} had started without ctx.spawn (pid {pids}):"
+                    " left running, they would have gone on beside a resumed attempt"
+                )
+                logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=line))
+        if killed:
             await logs.flush(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
         publish(StatusChanged(operation_id=op.id, status=target, previous=Status.RUNNING))
         found.append(new)

@@ -168,3 +168,24 @@ async def shared_items(ctx: OperationContext, params: Any) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.gather(*(worker() for _ in range(4)))
+
+
+class PlainChildParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str
+    """A file the child appends a line to every 50 ms; the child's pid goes to ``out + ".pid"``."""
+
+
+@operation("plain_child", params=PlainChildParams)
+async def plain_child(ctx: OperationContext, p: PlainChildParams) -> None:
+    """Starts a program as most handlers do (the seed's among them): not with ``ctx.spawn``, so it carries no
+    mark of its operation; then waits for ever."""
+    import subprocess
+    import sys
+
+    code = "import time,sys\nwhile True:\n    open(sys.argv[1], 'a').write('x\\n'); time.sleep(0.05)\n"
+    child = subprocess.Popen([sys.executable, "-c", code, p.out])
+    Path(p.out + ".pid").write_text(str(child.pid))
+    while True:
+        await asyncio.sleep(0.1)
+        ctx.progress(step="waiting")
