@@ -1065,6 +1065,44 @@ async def test_a_cursor_move_paints_only_its_two_rows_and_the_screen_is_what_a_f
         assert app.export_screenshot() == moved
 
 
+async def test_the_live_repaint_paints_the_rows_that_moved_and_the_screen_is_what_a_full_repaint_shows(
+    seeded: Settings,
+) -> None:
+    """Each second the live figures are repainted: only the rows whose line reads otherwise now (the two
+    running ones, their elapsed time and time left moved), not every row on screen, and only the lines of
+    the panes that changed; the screen is then exactly the screen after repainting everything."""
+    from tui.widgets.detail import DetailBody
+
+    now = [NOW]
+    engine = Engine(store=open_store(seeded.state_dir), settings=seeded, run_queue=False)
+    app = make_app(seeded, engine=engine, clock=lambda: now[0], poll=3600.0)
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await pilot.pause(0.5)
+        running = {op_id for op_id in table.ids if app.ops[op_id].status is Status.RUNNING}
+        assert len(running) == 2
+        rows: list[int] = []
+        body: list[int] = []
+        table_line, body_line = table.render_line, app.query_one(DetailBody).render_line
+        table.render_line = lambda y: (rows.append(y), table_line(y))[1]  # type: ignore[method-assign]
+        app.query_one(DetailBody).render_line = lambda y: (body.append(y), body_line(y))[1]  # type: ignore[method-assign]
+        before = app.export_screenshot()
+        rows.clear()
+        body.clear()
+        now[0] += 75  # what moves by itself: the running rows' ELAPSED and LEFT, the detail's elapsed line
+        await wait_for(pilot, lambda: rows)  # the next live repaint
+        await pilot.pause(0.3)
+        assert {table.ids[y - 1] for y in rows} == running, rows
+        assert 0 < len(set(body)) <= 3, body  # the detail pane's elapsed and deadline lines
+        moved = app.export_screenshot()
+        assert moved != before
+        for widget in app.screen.query("*"):
+            widget.refresh()
+        await pilot.pause(0.3)
+        assert app.export_screenshot() == moved
+
+
 async def test_the_first_frame_lists_the_quick_read_and_a_key_pressed_before_the_engine_says_so_once(
     seeded: Settings,
 ) -> None:

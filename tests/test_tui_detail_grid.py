@@ -69,3 +69,35 @@ def test_key_values_draw_what_the_padded_grid_drew(seed: int) -> None:
         for width in range(1, 140, 11):
             for highlight in (False, True):
                 assert _lines(console, fast, width, highlight) == _lines(console, grid, width, highlight), (width, rows)
+
+
+async def test_the_detail_body_keeps_unchanged_rows_and_draws_what_textual_draws_of_the_whole() -> None:
+    """``DetailBody`` draws a row that reads as before from the lines it kept (a running operation's pane is
+    drawn again each second, most rows unchanged): every line, at every width, is what Textual draws of the
+    whole renderable, rows changed, kept, added and dropped between two draws, an error line below them."""
+    from textual.app import App, ComposeResult
+    from textual.visual import Visual, visualize
+
+    from tui.widgets.detail import DetailBody
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DetailBody(id="body")
+
+    rnd = random.Random(7)
+    app = One()
+    async with app.run_test(size=(120, 40)):
+        body = app.query_one(DetailBody)
+        for _ in range(12):
+            rows = _rows(rnd)
+            for width in (12, 30, 57, 110):
+                for _ in range(3):  # drawn again with some rows changed: the others come from what was kept
+                    grid = KeyValues()
+                    for key, value in rows:
+                        grid.add(key, value)
+                    content = Group(grid, Text("error: it failed", style="bold red"))
+                    body.update(content, layout=False)
+                    whole = Visual.to_strips(body, visualize(body, content), width, 60, body.visual_style)
+                    assert body.render_strips(width, 60) == whole, (width, rows)
+                    i = rnd.randrange(len(rows))
+                    rows[i] = (rows[i][0], Text(f"{rnd.random():.3f} moved", style=rnd.choice(["", "dim"])))

@@ -325,12 +325,14 @@ class DashboardScreen(Screen[None]):
             if self.notes != self._notes_shown:  # watch only, quitting, engine stopped: said as they change
                 self.update_statusline()
             # A record read again (its values, not its place) waits for the live repaint: one frame a second.
-            if not table.fetched or (tick and (model.repaint or running)):
-                model.repaint = False
+            if not table.fetched:
                 table.refresh()
+            elif tick and (model.repaint or running):
+                model.repaint = False
+                table.refresh_changed()  # the rows whose line reads otherwise now
         if tick and self._resources_due:
             self._resources_due = False
-            self.query_one(ResourcesPane).refresh()
+            self.query_one(ResourcesPane).repaint_changed()  # its lines that moved: a sparkline, a figure
         self.show_selected()
 
     def show_selected(self) -> None:

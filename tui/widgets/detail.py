@@ -14,11 +14,13 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.strip import Strip
+from textual.visual import RichVisual, Visual, VisualType
 
 from engine import Status, stopped_note
 
 from .. import format as fmt
+from .lines import ChangedLines
 
 if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
     from engine import Operation, Progress
@@ -103,10 +105,9 @@ class KeyValues:
         return width < max((cell_len(key) for key, _ in self.rows), default=0) + 1 + self.SPARE
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        padded = self._padded(options.max_width)
-        lines = None if padded else self._lines(console, options)
+        lines = self._lines(console, options)
         if lines is None:
-            yield self.table(padded)
+            yield self.table(self._padded(options.max_width))
         else:
             yield from lines
 
@@ -117,7 +118,19 @@ class KeyValues:
         """The table's lines, built here: every key plain text (rich reads a key as markup, with emoji
         codes) and every value a Text laid out as the column says (a value too long for the width left
         beside the keys is folded there, as the table folds it); None otherwise (the table draws them)."""
-        if options.highlight:
+        laid = self.layout(options)
+        if laid is None:
+            return None
+        rows, key_width, value_width = laid
+        out: list[Segment] = []
+        for key, value in rows:
+            out += self.row_lines(console, key, value, key_width, value_width)
+        return out
+
+    def layout(self, options: ConsoleOptions) -> tuple[list[tuple[str, Text]], int, int] | None:
+        """The rows, the key column's width and the value column's, when the lines are built here (``_lines``);
+        None when the table draws them (a narrow width, a key or value it alone lays out)."""
+        if options.highlight or self._padded(options.max_width):
             return None
         rows: list[tuple[str, Text]] = []
         key_width = value_width = 0
@@ -130,19 +143,83 @@ class KeyValues:
             key_width = max(key_width, cell_len(key) + 1)
             value_width = max(value_width, value.cell_len)
         value_width = min(value_width, options.max_width - key_width)  # the table's fold column, narrowed
-        bold, new_line, joined = console.get_style("bold"), Segment.line(), Text("\n").join
+        return rows, key_width, value_width
+
+    @staticmethod
+    def row_lines(console: Console, key: str, value: Text, key_width: int, value_width: int) -> list[Segment]:
+        """One row's lines, as the table lays them out: the value wrapped (folded) and padded to the column
+        (its ``justify="left"``) in the value's own style, which ``join`` makes a span (a Text with no spans
+        renders without it)."""
+        bold, new_line = console.get_style("bold"), Segment.line()
+        lines = value.wrap(console, value_width, justify="left", overflow="fold")
+        gap = Segment(key + " " * (key_width - cell_len(key)), bold)
         out: list[Segment] = []
-        for key, value in rows:
-            # As the table's cell: wrapped (folded) and padded to the column (its ``justify="left"``) in the
-            # value's own style, which ``join`` makes a span (a Text with no spans renders without it).
-            lines = value.wrap(console, value_width, justify="left", overflow="fold")
-            gap = Segment(key + " " * (key_width - cell_len(key)), bold)
-            for line in Segment.split_lines(joined(lines).render(console)):
-                out.append(gap)
-                out.extend(line)
-                out.append(new_line)
-                gap = Segment(" " * key_width, bold)
+        for line in Segment.split_lines(Text("\n").join(lines).render(console)):
+            out.append(gap)
+            out.extend(line)
+            out.append(new_line)
+            gap = Segment(" " * key_width, bold)
         return out
+
+
+class _Segments:
+    """Segments already laid out, as a renderable."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.segments
+
+
+class DetailBody(ChangedLines):
+    """What the detail pane shows, drawn as a Static draws it; a new renderable repaints only the lines that
+    changed (a running operation's items, rate and elapsed time move each second; its other lines do not)."""
+
+    DEFAULT_CSS = "DetailBody { height: auto; }"
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._content: VisualType = ""
+        self._rows: dict[tuple[object, ...], list[Strip]] = {}
+        """The lines of each key and value last drawn (``render_strips``), by what they hold."""
+
+    def render_strips(self, width: int, height: int) -> list[Strip]:
+        """As Textual draws the content, but a ``KeyValues`` row that reads as it did is not laid out and
+        styled again: its lines are kept (a running operation moves four or five of its twenty each second)."""
+        content = self._content
+        parts = content.renderables if isinstance(content, Group) else []
+        grid = parts[0] if parts and isinstance(parts[0], KeyValues) else None
+        app = self.app
+        laid = None if grid is None else grid.layout(app.console_options.update(highlight=False, width=width))
+        if grid is None or laid is None:
+            self._rows = {}
+            return super().render_strips(width, height)
+        rows, key_width, value_width = laid
+        style = self.visual_style
+        kept, self._rows = self._rows, {}
+        strips: list[Strip] = []
+        for key, value in rows:
+            held = (key, value.plain, tuple(value.spans), value.style, key_width, value_width, width, style)
+            lines = kept.get(held) or self._rows.get(held)
+            if lines is None:
+                segments = grid.row_lines(app.console, key, value, key_width, value_width)
+                lines = Visual.to_strips(self, RichVisual(self, _Segments(segments)), width, None, style)
+            self._rows[held] = lines
+            strips += lines
+        for part in parts[1:]:
+            strips += Visual.to_strips(self, RichVisual(self, part), width, None, style)
+        return strips[:height]
+
+    def render(self) -> VisualType:
+        return self._content
+
+    def update(self, content: VisualType, layout: bool = True) -> None:
+        self._content = content
+        if layout:
+            self.refresh(layout=True)
+        else:
+            self.repaint_changed()
 
 
 class DetailPane(VerticalScroll, can_focus=True):
@@ -151,7 +228,7 @@ class DetailPane(VerticalScroll, can_focus=True):
     def __init__(self, clock: Callable[[], float], *, id: str | None = None, classes: str = "") -> None:
         super().__init__(id=id, classes=classes)
         self.clock = clock
-        self._body = Static("", id="detail-body", markup=False)
+        self._body = DetailBody(id="detail-body")
         self._height = 0
         """Lines given to the body: changed (a new layout) only when the content outgrows it or shrinks a lot."""
         self._last: tuple[object, ...] = ()

@@ -12,7 +12,7 @@ import textwrap
 from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.cells import set_cell_size
 from rich.segment import Segment
@@ -31,6 +31,8 @@ from .. import format as fmt
 from ..format import STATUS_ORDER
 
 if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first frame
+    from typing import Self
+
     from engine import Operation, Progress
 
 
@@ -172,6 +174,10 @@ class OperationsTable(ScrollView, can_focus=True):
         """The handle column's width: the digits of the largest handle held, at least HANDLE_WIDTH."""
         self._stopped: dict[tuple[str, int], tuple[float, str | None]] = {}
         """Per worker (host, pid): when it was last looked at, and "stopped" or "gone" if its process was."""
+        self._painted: dict[int, tuple[object, ...]] = {}
+        """Per line (y) on screen: what it was last drawn with (its row's cells, the cursor, the width)."""
+        self._prepared: dict[int, tuple[tuple[object, ...], list[tuple[str, Style | None]]]] = {}
+        """Cells ``refresh_changed`` built for the lines it repaints, for ``render_line`` to draw."""
 
     # ---- the view --------------------------------------------------------------------------
 
@@ -296,6 +302,47 @@ class OperationsTable(ScrollView, can_focus=True):
         if event.y >= 1:
             self._move(int(self.scroll_y) + event.y - 1)
 
+    def refresh_changed(self) -> None:
+        """Repaint the rows whose line would read otherwise now (figures moved, a status, the clock's
+        elapsed time), not every row on screen: a table of finished work with a few running repaints a
+        few lines a second. What moves rows (a sort, a filter, a scroll, the cursor) repaints as before."""
+        self._prepared = {}
+        if not self._painted or not self.is_mounted:
+            self.refresh()
+            return
+        width = self.scrollable_content_region.width
+        changed = []
+        for y in range(1, self.scrollable_content_region.height):
+            key, cells = self._line(y, width)
+            if self._painted.get(y) != key:  # tuples of cells: (text, Style) compare by value
+                changed.append(y)
+                if cells is not None:
+                    self._prepared[y] = (key, cells)
+        if changed:
+            super().refresh(*(Region(0, y, self.size.width, 1) for y in changed))
+
+    def refresh(self, *regions: Region, **kwargs: Any) -> Self:
+        if not regions:
+            self._painted.clear()
+        return super().refresh(*regions, **kwargs)
+
+    def _stamp(self, y: int, width: int) -> tuple[object, ...]:
+        """Where line ``y`` (below the header) is: its row's id, the width, the cursor and the focus on it."""
+        row = int(self.scroll_y) + y - 1
+        on_cursor = row == self.cursor
+        return (self.ids[row] if row < len(self.ids) else None, width, on_cursor, on_cursor and self.has_focus)
+
+    def _line(self, y: int, width: int) -> tuple[tuple[object, ...], list[tuple[str, Style | None]] | None]:
+        """What line ``y`` (below the header) shows: a key that differs when its text or styles would (its
+        ``_stamp`` first), and its row's cells (None: not an operation's row)."""
+        stamp = self._stamp(y, width)
+        op_id = stamp[0]
+        op = self.ops.get(op_id) if isinstance(op_id, str) else None
+        if op is None:
+            return (*stamp, len(self.ids), self.fetched, self.failed, bool(self.ops)), None
+        cells = self._row(op, width, on_cursor=bool(stamp[2]))
+        return (*stamp, *cells), cells
+
     def on_focus(self) -> None:
         self.refresh()
 
@@ -356,18 +403,18 @@ class OperationsTable(ScrollView, can_focus=True):
         base = self._style("base")
         if y == 0:
             return self._header(width, base)
+        prepared = self._prepared.pop(y, None)  # unless the cursor, the focus or the rows moved since
+        stale = prepared is None or prepared[0][:4] != self._stamp(y, width)
+        key, cells = self._line(y, width) if stale or prepared is None else prepared
+        self._painted[y] = key
         row = int(self.scroll_y) + y - 1
-        if row >= len(self.ids):
+        if cells is None or row >= len(self.ids):
             lines = self._empty_lines(width) if not self.ids else []
             if row < len(lines):
                 style = self._style("ops--dim") if self.failed is None else self._style("ops--failed")
                 return Strip([Segment(f" {lines[row]}".ljust(width)[:width], base + style)], width)
             return Strip.blank(width, base)
-        op = self.ops.get(self.ids[row])
-        if op is None:
-            return Strip.blank(width, base)
         line = base
-        cells = self._row(op, width, on_cursor=row == self.cursor)
         if row == self.cursor:
             # The cursor's own colours for every cell: a status or bar colour chosen to read on the
             # background need not read on the cursor (red on blue, yellow on yellow). Bold is kept.

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from rich.cells import set_cell_size
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from engine import Priority
+
+from .lines import ChangedLines
 
 if TYPE_CHECKING:  # engine.resources imports psutil: not before the first frame
     from engine import ResourceSample
@@ -65,7 +66,7 @@ def span(history: Sequence[ResourceSample]) -> str:
     return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.0f}m"
 
 
-class ResourcesPane(Widget, can_focus=True):
+class ResourcesPane(ChangedLines, can_focus=True):
     """Resource use at a glance; ``update_data`` about once a second."""
 
     COMPONENT_CLASSES = {
@@ -119,7 +120,7 @@ class ResourcesPane(Widget, can_focus=True):
         refresh: bool = True,
     ) -> None:
         """Keep the figures and repaint (nothing is computed until the pane is drawn); ``refresh`` False:
-        the caller repaints the pane (with the rest of the screen, in one frame)."""
+        the caller repaints the pane (with the rest of the screen, in one frame: ``repaint_changed``)."""
         self.sample = sample
         self.history = history
         self.slots_used = slots_used
