@@ -108,3 +108,30 @@ async def test_help_lists_every_key_and_closes_with_escape_or_question_mark() ->
             await pilot.press(close)
             await pilot.pause()
             assert closed == [None] and not isinstance(app.screen, HelpScreen)
+
+
+async def test_the_pane_keeps_unchanged_lines_and_draws_what_textual_draws_of_the_whole() -> None:
+    """Drawn again each second, the pane lays out only the lines that read otherwise (a sparkline, a figure):
+    every line, at every size, is what Textual draws of the pane's whole text, as samples come."""
+    from textual.visual import Visual, visualize
+
+    app = PaneApp()
+    async with app.run_test(size=(90, 30)):
+        pane = app.query_one(ResourcesPane)
+        history: list[ResourceSample] = []
+        for i in range(40):
+            sample = ResourceSample(
+                ts=float(i),
+                cpu_percent=float(i * 37 % 100),
+                memory_percent=50.0 + i % 3,
+                memory_used=2**33 + i * 2**20,
+                memory_total=2**34,
+                process_cpu_percent=float(i % 7),
+                process_rss=80 * 2**20,
+                children={"0abcdefghjkmn": (float(i % 5) * 30, 2**25)} if i % 4 else {},
+            )
+            history.append(sample)
+            pane.update_data(sample, list(history), i % 5, 4, DEPTH, i % 9 != 0, refresh=False)
+            for width, height in ((70, 16), (40, 6), (88, 28)):
+                whole = Visual.to_strips(pane, visualize(pane, pane.render()), width, height, pane.visual_style)
+                assert pane.render_strips(width, height) == whole, (i, width)

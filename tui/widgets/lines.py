@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.visual import Visual, visualize
@@ -25,10 +26,30 @@ class ChangedLines(Widget):
         self._painted: list[Strip] | None = None
         """The lines as last drawn (None: draw them all again at the next paint)."""
         self._painted_size = Size(0, 0)
+        self._kept: dict[tuple[object, ...], list[Strip]] = {}
+        """The lines of a Text last drawn (``render_strips``), by what each holds."""
 
     def render_strips(self, width: int, height: int) -> list[Strip]:
-        """Every line of the content at this size: ``render()`` as Textual draws it."""
-        return Visual.to_strips(self, visualize(self, self.render()), width, height, self.visual_style)
+        """Every line of the content at this size: ``render()`` as Textual draws it. A rich Text that is not
+        wrapped (``no_wrap``) is drawn line by line, and a line that reads as it did is not laid out again."""
+        content = self.render()
+        if not isinstance(content, Text) or not content.no_wrap:
+            self._kept = {}
+            return Visual.to_strips(self, visualize(self, content), width, height, self.visual_style)
+        style = self.visual_style
+        kept, self._kept = self._kept, {}
+        strips: list[Strip] = []
+        for y, line in enumerate(content.split("\n", allow_blank=True)):
+            if y >= height:
+                break
+            held = (line.plain, tuple(line.spans), line.style, width, style, y)
+            lines = kept.get(held) or self._kept.get(held)
+            if lines is None:
+                # Drawn alone, a line's cells are offset as the first line's (what text selection reads).
+                lines = [s.apply_offsets(0, y) for s in Visual.to_strips(self, visualize(self, line), width, 1, style)]
+            self._kept[held] = lines
+            strips += lines
+        return strips
 
     def repaint_changed(self) -> None:
         """Repaint the lines whose content changed since they were drawn; every line when the size changed

@@ -420,8 +420,21 @@ class OperationsTable(ScrollView, can_focus=True):
             # background need not read on the cursor (red on blue, yellow on yellow). Bold is kept.
             line = base + self._style("ops--cursor" if self.has_focus else "ops--cursor-blur")
             cells = [(text, Style(bold=True) if style and style.bold else None) for text, style in cells]
-        # Segments built directly (no rich Text to lay out): a line costs a third of what it did.
-        segments = [Segment(text, line + style if style else line) for text, style in cells]
+        # Segments built directly (no rich Text to lay out): a line costs a third of what it did. Cells of one
+        # style in a row are one segment (the spaces between columns, most cells): Textual cuts, styles and
+        # encodes a line segment by segment, and a row of 30 made the table most of a repaint.
+        segments: list[Segment] = []
+        texts: list[str] = []
+        last: Style | None = None
+        for text, own in cells:
+            drawn = line + own if own else line
+            if drawn is not last and texts:
+                segments.append(Segment("".join(texts), last))
+                texts = []
+            texts.append(text)
+            last = drawn
+        if texts:
+            segments.append(Segment("".join(texts), last))
         return Strip(segments, width).adjust_cell_length(width, line)
 
     def _header(self, width: int, base: Style) -> Strip:
