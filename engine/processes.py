@@ -52,12 +52,9 @@ def kill_engine_leftovers(boot: str | None, pid: int, start: int | None) -> list
         for other in _pids():
             if other == own:
                 continue
-            try:
-                with open(f"/proc/{other}/environ", "rb") as fh:
-                    env = fh.read().split(b"\0")
-                pgid = os.getpgid(other)
-            except (OSError, ValueError):
+            if (seen := _environ(other)) is None:
                 continue
+            env, pgid = seen
             if mark in env and _running(other):
                 with contextlib.suppress(OSError):
                     os.kill(other, signal.SIGKILL)
@@ -157,12 +154,9 @@ def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tu
     for pid in _pids():
         if pid in own:
             continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-            pgid = os.getpgid(pid)
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read
+        if (seen := _environ(pid)) is None:
+            continue
+        env, pgid = seen
         if mark not in env:
             continue
         prefix = f"{ENV_ATTEMPT}=".encode()
@@ -175,6 +169,17 @@ def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tu
                 os.killpg(pgid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
     return found
+
+
+def _environ(pid: int) -> tuple[list[bytes], int] | None:
+    """The environment process ``pid`` started with, and its process group; None when it is gone, or not
+    ours to read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = fh.read().split(b"\0")
+        return env, os.getpgid(pid)
+    except (OSError, ValueError):
+        return None
 
 
 def describe_leftovers(killed: list[tuple[int, str, int]]) -> str:

@@ -40,6 +40,7 @@ from tests.conftest import REPO
 from tests.fixtures_cli import CliAt
 from tests.fixtures_cli import until as until_sync
 from tests.fixtures_engine import make_engine, until
+from tests.test_retry_clock import FAKETIME
 
 CHILD = textwrap.dedent(
     """
@@ -486,20 +487,6 @@ def test_a_lock_file_deleted_under_a_running_worker_does_not_make_its_operation_
         assert not any("cannot be written" in ln for ln in worker.err), worker.err
     finally:
         cli.close()
-
-
-FAKETIME = next(
-    (
-        p
-        for p in (
-            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-            "/usr/lib/faketime/libfaketimeMT.so.1",
-        )
-        if os.path.exists(p)
-    ),
-    None,
-)
 
 
 @pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
