@@ -52,6 +52,16 @@ async def until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0
         await asyncio.sleep(every)
 
 
+async def paused_and_resumed(engine: Engine, op_id: str, done: int) -> Operation:
+    """Pause ``op_id`` once it has ``done`` items done (asserting it ends paused), resume it, and wait for its
+    final record."""
+    await until(lambda: (live := engine.live(op_id)) is not None and live.done >= done)
+    await engine.pause(op_id)
+    assert (await engine.wait(op_id, timeout=20)).status is Status.PAUSED
+    await engine.resume(op_id)
+    return await engine.wait(op_id, timeout=20)
+
+
 def queued_record(type_: str = "demo") -> Operation:
     """A queued operation's record, for a test that writes it to a store itself."""
     now = time.time()

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine import Engine, Operation, OperationContext, OperationSpec, Status, operation
-from tests.fixtures_engine import until
+from tests.fixtures_engine import paused_and_resumed, until
 
 KEYS: dict[str, Any] = {
     "int": lambda i: i,
@@ -44,11 +44,7 @@ async def test_keys_that_are_not_strings_resume_exactly(engine: Engine, kind: st
     op = await engine.submit(
         OperationSpec(type="test_item_keys", params={"kind": kind}, profile={"checkpoint_every": 5})
     )
-    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 12)
-    await engine.pause(op.id)
-    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
-    await engine.resume(op.id)
-    final = await engine.wait(op.id, timeout=20)
+    final = await paused_and_resumed(engine, op.id, 12)
     assert final.status is Status.COMPLETED, final.error
     ran = final.result["ran"]
     # Each once; 39 skipped for good; 38, failed in the first attempt, offered again and done in the second.
@@ -161,11 +157,7 @@ async def test_a_handler_resuming_from_its_own_state_a_loop_a_batch_is_not_told_
     (it leaves them out itself), and each batch's loop said that every item had been run again and asked
     whether the item keys changed, when each ran once."""
     op = await engine.submit(OperationSpec(type="test_item_keys_batches_by_state"))
-    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 10)
-    await engine.pause(op.id)
-    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
-    await engine.resume(op.id)
-    final = await engine.wait(op.id, timeout=20)
+    final = await paused_and_resumed(engine, op.id, 10)
     assert final.status is Status.COMPLETED, final.error
     assert final.result["ran"] == list(range(30))
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]

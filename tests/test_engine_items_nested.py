@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from engine import Engine, OperationContext, OperationSpec, Status, operation
-from tests.fixtures_engine import until
+from tests.fixtures_engine import paused_and_resumed, until
 
 
 @operation("test_items_nested")
@@ -28,11 +28,7 @@ async def nested(ctx: OperationContext, p: Any) -> dict[str, Any]:
 
 async def test_an_outer_item_is_done_once_its_body_ends_and_not_run_again_on_resume(engine: Engine) -> None:
     op = await engine.submit(OperationSpec(type="test_items_nested"))
-    await until(lambda: (live := engine.live(op.id)) is not None and live.done >= 14)  # into d2
-    await engine.pause(op.id)
-    assert (await engine.wait(op.id, timeout=20)).status is Status.PAUSED
-    await engine.resume(op.id)
-    final = await engine.wait(op.id, timeout=20)
+    final = await paused_and_resumed(engine, op.id, 14)  # into d2
     assert final.status is Status.COMPLETED, final.error
     ran = final.result["ran"]
     want = [
