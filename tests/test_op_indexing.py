@@ -302,7 +302,8 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     assert analyze(tmp_path, "gone.py", None) == (("skip", "gone since the listing"), None)
     (tmp_path / "locked").mkdir()
     row, err = analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
-    assert row == ("skip", "not a regular file") and err is None
+    assert row == ("skip", "a directory, not a file (a git submodule not checked out, or replaced since the listing)")
+    assert err is None
 
 
 def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed_run(tmp_path: Path, cli: Cli) -> None:

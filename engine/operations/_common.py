@@ -299,6 +299,19 @@ def open_in_tree(root: str | Path, rel: str) -> tuple[Any, os.stat_result]:
         raise
 
 
+SUBMODULE = "a git submodule (a repository of its own): not read; run the operation on it to include it"
+
+
+def not_regular(path: str | os.PathLike[str], mode: int) -> str:
+    """Why a listed entry that is no regular file is skipped, in words a user can act on: git lists a submodule
+    as one entry, a directory (the walk lists files only), and "not a regular file" told nobody why."""
+    if not stat.S_ISDIR(mode):
+        return "not a regular file"
+    if os.path.lexists(os.path.join(path, ".git")):  # a checked-out submodule: a .git file or directory
+        return SUBMODULE
+    return "a directory, not a file (a git submodule not checked out, or replaced since the listing)"
+
+
 def is_venv(d: Path) -> bool:
     """A virtualenv directory has a pyvenv.cfg (a directory we may not look into is not one)."""
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..text import stored_name
-from ._common import NotInTree, open_in_tree
+from ._common import NotInTree, not_regular, open_in_tree
 from ._lang import count_lines, language_of, symbols_and_imports
 
 MAX_TEXT = 4 << 20
@@ -35,7 +35,7 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
     try:
         st = os.lstat(p)
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
-            return ("skip", "not a regular file"), None
+            return ("skip", not_regular(p, st.st_mode)), None
         h = hashlib.sha256()
         head = b""
         fh, st = open_in_tree(root, rel)  # the file the listing saw, inside the tree

@@ -246,7 +246,9 @@ async def list_files(
         )
         out, _ = await proc.communicate()
         if proc.returncode == 0:
-            files = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
+            # Once each: git lists a file with a merge conflict once per stage (three times mid-merge), and
+            # an item key twice is a duplicate row in every store an operation writes.
+            files = list(dict.fromkeys(f for f in out.decode("utf-8", "surrogateescape").split("\0") if f))
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
             listed = frozenset(files)
             files = [f for f in files if not skipped_path(f, listed) and not f.startswith(venvs)]

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
-from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
+from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, not_regular, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files, own_files
 
@@ -136,7 +136,7 @@ def _analyze(
     try:
         st = os.lstat(p)
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read; a symlink may leave the tree
-            return "skip", "not a regular file"
+            return "skip", not_regular(p, st.st_mode)
         if st.st_size > max_size:
             return "skip", f"larger than max_file_size ({st.st_size} bytes)"
         fh, _st = open_in_tree(root, rel)

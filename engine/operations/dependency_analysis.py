@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
-from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree
+from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, not_regular, open_in_tree
 from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
 from ._walk import list_files, own_files
 
@@ -204,8 +204,9 @@ def _analyze(src_root: Path, root: Path, rel: str) -> tuple[str, Any]:
     """("ok", (module, imports)), ("skip", reason) or ("fail", message)."""
     p = root / rel
     try:
-        if not stat.S_ISREG(os.lstat(p).st_mode):
-            return "skip", "not a regular file"
+        mode = os.lstat(p).st_mode
+        if not stat.S_ISREG(mode):
+            return "skip", not_regular(p, mode)
         fh, _st = open_in_tree(root, rel)
         with fh:
             data = fh.read()

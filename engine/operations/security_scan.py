@@ -45,6 +45,7 @@ from ._common import (
     changed_since,
     check_output_file,
     existing_dir,
+    not_regular,
     open_in_tree,
     output_dir,
     read_upto,
@@ -167,7 +168,7 @@ def scan_file(
         if stat.S_ISLNK(st.st_mode):
             return rel, "skip", "symlink"
         if not stat.S_ISREG(st.st_mode):
-            return rel, "skip", "not a regular file"
+            return rel, "skip", not_regular(path, st.st_mode)
         if st.st_size > max_size:
             return rel, "skip", "too large"
         fh, opened = open_in_tree(root, rel)
