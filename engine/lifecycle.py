@@ -112,7 +112,10 @@ def check_action(action: Action | str, status: Status, op_id: str) -> None:
     action = Action(action)
     if status not in ACTIONS[action]:
         allowed = ", ".join(s.value for s in Status if s in ACTIONS[action])
-        raise Conflict(f"operation {op_id} is {status.value}: only {allowed} operations can {_VERB[action]}")
+        hint = ""
+        if action is Action.RESUME and status is Status.COMPLETED:  # its failed items too, if any: all is settled
+            hint = "; a completed operation is final: rerun it to run it again as a new one"
+        raise Conflict(f"operation {op_id} is {status.value}: only {allowed} operations can {_VERB[action]}{hint}")
 
 
 _VERB = {

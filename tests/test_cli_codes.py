@@ -412,7 +412,9 @@ def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli)
     first = json.loads(
         cli("--json", "run", "demo", "-p", "items=3", "-p", "seconds=0", "--name", "n1", "--priority", "high").stdout
     )
-    assert cli("resume", first["id"]).returncode == ExitCode.CONFLICT
+    refused = cli.here("resume", first["id"])
+    assert refused.returncode == ExitCode.CONFLICT
+    assert "a completed operation is final: rerun it" in one_line_error(refused)  # the way on, named
     r = cli("rerun", first["id"][:10], "-p", "items=4", "--json")
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout.strip().splitlines()[-1])
