@@ -299,7 +299,9 @@ def open_in_tree(root: str | Path, rel: str) -> tuple[Any, os.stat_result]:
         raise
 
 
-SUBMODULE = "a git submodule (a repository of its own): not read; run the operation on it to include it"
+SUBMODULE = (
+    "a git repository of its own (a submodule or a nested clone): not read; run the operation on it to include it"
+)
 
 
 def not_regular(path: str | os.PathLike[str], mode: int) -> str:
