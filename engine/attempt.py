@@ -594,6 +594,21 @@ class Attempt:
                 self.ctx.log.warning(f"{retry['message']}; {where}")
                 await self._settle(Status.QUEUED, **_stops_win(self.op, seq), **retry)
                 return
+        if reason is StopReason.SHUTDOWN and self.host.requeues_stopped and self.host.stop_signal is not None:
+            # A worker with auto_resume stopped by a signal (systemd's stop, a rolling restart, a dropped terminal)
+            # is no person's pause: written paused, its work waited for an `outlast resume` nobody gave, beside
+            # idle workers and the same worker restarted. Queued again from the final checkpoint, to run at once
+            # wherever a slot is free; a pause or cancel asked meanwhile wins in the same write.
+            self.ctx.log.info(f"queued again for the next worker: {self.host.shutdown_reason}; {where}")
+            await self._settle(
+                Status.QUEUED,
+                message=f"handed back by its worker: {msg.removeprefix('paused: ')}; {where}",
+                attempt=self.op.attempt + 1,
+                queued_at=time.time(),
+                resume_seq=None,
+                **_stops_win(self.op, seq, "stopped with its worker"),
+            )
+            return
         # A cancel asked from anywhere until the status is written wins over a pause (the store decides, in
         # the write itself): the asker was told "cancel requested".
         cancel_wins = f"{StopReason.CANCEL.message()}; {where}" if reason.status in CANCEL_WINS else None

@@ -322,8 +322,8 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
 
 
 async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle: bool, mode: Mode) -> ExitCode:
-    """Run queued work until a signal (drain: running work is paused with a checkpoint) or, with
-    ``exit_when_idle``, until nothing is queued or running."""
+    """Run queued work until a signal (drain: running work is paused with a checkpoint, or with auto_resume
+    queued again from it) or, with ``exit_when_idle``, until nothing is queued or running."""
     engine = make_engine(settings, max_concurrent=concurrency, run_queue=True)
 
     def on_event(ev: Event) -> None:
@@ -345,7 +345,12 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
                 shared = f" (store: {store_slots})" if store_slots is not None else ""
                 fmt.echo(
                     f"{fmt.clock(time.time())} worker {engine.worker} on {engine.store.url}: "
-                    f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM pauses running work with a checkpoint"
+                    f"{engine.max_concurrent} slots{shared}; Ctrl-C or SIGTERM "
+                    + (
+                        "queues running work again from a checkpoint"
+                        if engine.requeues_stopped
+                        else "pauses running work with a checkpoint"
+                    )
                 )
             idle_since: float | None = None
             queue = QueueLook(engine, mode)

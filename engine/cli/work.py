@@ -269,7 +269,8 @@ def quick_submit(settings: Settings, spec: OperationSpec) -> Operation | None:
 def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
     """Run queued operations: for tmux, systemd, or many machines sharing one store.
 
-    SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0.
+    SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0; with auto_resume on,
+    that work is queued again from the checkpoint instead, for the next worker.
 
     \b
     Examples:
