@@ -100,6 +100,11 @@ class AttemptHost(Protocol):
     @property
     def shutdown_reason(self) -> str: ...
     @property
+    def stop_signal(self) -> int | None:
+        """The first signal that drained the engine (SIGINT, SIGTERM, SIGHUP), None if none did."""
+        ...
+
+    @property
     def abandoned(self) -> dict[str, str]:
         """Operations whose final status could not be written, and why."""
         ...
