@@ -22,7 +22,8 @@ OLD = 1_500_000_000_123_456_789  # an mtime in ns the copy must keep exactly
 
 
 def snapshot(root: Path, skip: tuple[str, ...] = (".outlast-manifest.json",)) -> dict[str, tuple]:
-    """Every entry under root (root itself as "."): kind, mode, mtime in ns, and sha256 or link target."""
+    """Every entry under root (root itself as "."): kind, mode, mtime in ns, owner and group, and sha256 or link
+    target."""
     out: dict[str, tuple] = {}
     for d, dirs, files in os.walk(root):
         for name in [".", *dirs, *files] if Path(d) == root else [*dirs, *files]:
@@ -39,7 +40,7 @@ def snapshot(root: Path, skip: tuple[str, ...] = (".outlast-manifest.json",)) ->
                 what = ("special",)
             else:
                 what = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
-            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid)
     return out
 
 
@@ -64,6 +65,10 @@ def make_tree(root: Path, big_mb: int = 0) -> None:
         with open(root / "big.bin", "wb") as fh:
             for i in range(big_mb):
                 fh.write(i.to_bytes(4, "big") + block[4:])
+    if os.geteuid() == 0:  # owners as a backup of /home or /srv run as root meets them (the copies were root's)
+        for name in ("docs/note05.txt", "docs/deep", "link-to-file", "bin/tool"):
+            os.chown(root / name, 1234, 2345, follow_symlinks=False)
+        (root / "bin" / "tool").chmod(0o4755)  # setuid, which a chown after the chmod would have cleared
     (root / "bin").chmod(0o750)
     os.utime(root / "docs" / "deep", ns=(OLD, OLD))
 

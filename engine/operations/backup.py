@@ -556,6 +556,22 @@ def _copy_xattrs(fi: int, fo: int) -> None:
                 raise
 
 
+def _copy_owner(target: int | str | Path, st: os.stat_result) -> None:
+    """Give ``target`` (a descriptor, or a path not followed) the owner and group of ``st``, as ``cp -a`` does:
+    both as root, the group alone where a user may (one of their groups), nothing and no error otherwise. A
+    backup run as root gave every copy root's owner, so a restored home directory belonged to root. Before
+    the mode is set: a chown clears setuid and setgid."""
+    for uid in (st.st_uid, -1):
+        try:
+            if isinstance(target, int):
+                os.fchown(target, uid, st.st_gid)
+            else:
+                os.chown(target, uid, st.st_gid, follow_symlinks=False)
+            return
+        except PermissionError:
+            continue
+
+
 class Changed(OSError):
     """The source file changed while it was copied, every time it was copied (``COPY_TRIES``)."""
 
@@ -578,6 +594,7 @@ def _write_partial(source: Source, rel: str, tmp: str, verify: bool) -> tuple[in
             raise
         _remove(tmp)
         os.symlink(os.readlink(name, dir_fd=d), tmp)
+        _copy_owner(tmp, st)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)  # the link's own times
         return 0, "symlink"
     try:
@@ -596,6 +613,7 @@ def _write_partial(source: Source, rel: str, tmp: str, verify: bool) -> tuple[in
                     continue  # changed while it was read: copied again
                 os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
                 _copy_xattrs(fi, fo)
+                _copy_owner(fo, st)
                 os.chmod(fo, stat.S_IMODE(st.st_mode))
             finally:
                 os.close(fo)
@@ -649,6 +667,7 @@ def _seal(src: Path, rel: str, copied: os.stat_result, size: int, dst: Path) -> 
         try:
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             _copy_xattrs(fi, fd)
+            _copy_owner(fd, st)
             os.chmod(fd, stat.S_IMODE(st.st_mode))
             os.fsync(fd)
         finally:
@@ -1025,6 +1044,7 @@ def _set_dir_stats(src: Path, dst: Path, dirs: list[str]) -> list[str]:
             if stat.S_ISDIR(os.lstat(t).st_mode):
                 os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
                 _write_xattrs(t, attrs)
+                _copy_owner(t, st)
                 os.chmod(t, stat.S_IMODE(st.st_mode))  # a directory, just seen: ours
         except OSError as e:
             problems.append(f"{d or '.'}: {GONE if isinstance(e, FileNotFoundError) else e.strerror or e}")
