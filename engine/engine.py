@@ -316,7 +316,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)
         for sig in signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.stop_for_signal, sig)
             # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one
             # also counts, and breaks into a handler that holds the loop (_on_signal_now).
             signal.signal(sig, self._on_signal_now)
@@ -324,7 +324,7 @@ class Engine:
 
     def _on_signal_now(self, sig: int, frame: FrameType | None) -> None:
         """Runs in the main thread between two bytecodes, even while a handler holds the event loop with
-        blocking code, where the loop's handler (``_on_signal``) would wait for it to return: Ctrl-C, and
+        blocking code, where the loop's handler (``stop_for_signal``) would wait for it to return: Ctrl-C, and
         Ctrl-C again, did nothing. The second signal the loop has not seen, with the loop not turned for
         half a second, stops that handler by force where it stands (``BrokenInto``); the loop handles
         both signals when it turns again (the other operations pause). Only plain assignments here: this
@@ -344,9 +344,16 @@ class Engine:
             self.stop_signal = sig
         raise BrokenInto(at)
 
-    def _on_signal(self, sig: int) -> None:
+    def stop_for_signal(self, sig: int) -> None:
+        """What SIGINT, SIGTERM or SIGHUP does to the engine, for a face that handles signals itself (the API
+        server): take no more work and stop running work at a safe point, paused, or queued again by an engine
+        with auto_resume that runs the queue; a second one forces the stop."""
         self._signal_count += 1
-        log.info("signal %s: pausing running operations", signal.Signals(sig).name)
+        log.info(
+            "signal %s: %s running operations with a checkpoint",
+            signal.Signals(sig).name,
+            "queuing again" if self.requeues_stopped else "pausing",
+        )
         if self._signal_count == 1:
             self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
             if self.stop_signal is None:

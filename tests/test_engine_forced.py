@@ -53,9 +53,9 @@ async def test_a_force_while_the_final_checkpoint_is_saved_does_not_cut_it_off(s
             return await real(*args, **kw)  # type: ignore[arg-type]
 
         engine.store.save_checkpoint = slow_save  # type: ignore[method-assign]
-        engine._on_signal(signal.SIGINT)  # a stop: the handler reaches a safe point, the final checkpoint
+        engine.stop_for_signal(signal.SIGINT)  # a stop: the handler reaches a safe point, the final checkpoint
         await asyncio.wait_for(saving.wait(), 10)
-        engine._on_signal(signal.SIGINT)  # force, while that checkpoint is being saved
+        engine.stop_for_signal(signal.SIGINT)  # force, while that checkpoint is being saved
         await asyncio.sleep(0.6)  # several supervisor ticks: one would have cancelled the attempt's task
         go_on.set()
         final = await engine.wait(op.id, timeout=10)

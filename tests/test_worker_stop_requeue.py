@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from tests.fixtures_api import Server, poll
 from tests.fixtures_cli import CliAt, until
 from tests.fixtures_ops import done_keys, submit
 
@@ -52,3 +53,17 @@ def test_a_signalled_worker_without_auto_resume_pauses_its_work(state_dir: Path,
     finally:
         cli.close()
     assert cli.op(op_id).status.value == "paused"  # a person's `resume` (or the dashboard's key) goes on
+
+
+def test_a_signalled_api_server_with_auto_resume_queues_its_work_again(tmp_path: Path) -> None:
+    """``outlast serve`` runs queued work as a worker does, and its SIGTERM (its own handler: uvicorn's exit)
+    wrote the work paused even with auto_resume."""
+    server = Server(tmp_path / "srv", OUTLAST_PLUGINS="tests.ops_for_tests", OUTLAST_AUTO_RESUME="1")
+    try:
+        op_id = server.submit(type="ledger", params={"items": N, "seconds": 0.02}, profile={"checkpoint_every": 10})
+        poll(lambda: server.op(op_id)["progress"]["done"] >= 10, 30, what="10 items done")
+    finally:
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+    handed = CliAt(server.root / "state").op(op_id)
+    assert handed.status.value == "queued" and handed.attempt == 2, handed  # it was: paused
+    assert "queues running work again from a checkpoint" in server.output()  # and its first line says so

@@ -2,7 +2,8 @@
 
 Loopback by default; any other address needs a bearer token (``--token-file`` or
 OUTLAST_API_TOKEN). SIGINT, SIGTERM and SIGHUP stop taking requests and pause running
-operations with a checkpoint, as ``outlast worker`` does; a second signal forces the stop.
+operations with a checkpoint (with auto_resume: queue them again from it), as ``outlast worker`` does; a
+second signal forces the stop.
 """
 
 from __future__ import annotations
@@ -232,7 +233,12 @@ async def _serve(
         print(
             f"{clock(time.time())} API on http://{shown}:{port} ({'bearer token required' if token else 'no token'}; "
             f"{engine.max_concurrent} slots; store {engine.store.url.rsplit('@', 1)[-1]}); "
-            "Ctrl-C or SIGTERM pauses running work with a checkpoint",
+            "Ctrl-C or SIGTERM "
+            + (
+                "queues running work again from a checkpoint"
+                if engine.requeues_stopped
+                else "pauses running work with a checkpoint"
+            ),
             flush=True,
         )
         settler = asyncio.create_task(_settle_abandoned(server, engine), name="outlast-api-abandoned")
@@ -322,7 +328,7 @@ def _install_signals(server: Any, engine: Any) -> None:
     def on_signal(sig: int) -> None:
         count[0] += 1
         server.should_exit = True
-        engine.drain("shutdown")
+        engine.stop_for_signal(sig)  # as `outlast worker`: paused, or with auto_resume queued again
         if count[0] > 1:
             server.force_exit = True
             engine.settings.grace_period = 0
