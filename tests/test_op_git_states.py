@@ -69,3 +69,23 @@ def test_a_repository_mid_merge_with_a_submodule_is_indexed_and_scanned_once_per
     rc, rec, err = run_json(cli, "run", "kb_population", "-p", f"source={repo}", "-p", f"kb={tmp_path / 'kb.db'}")
     assert rc == 0, err
     assert rec["result"]["documents"] == 1, rec  # f.txt: a.py is no document
+
+
+def test_a_sparse_checkout_lists_only_its_work_tree(cli: Cli, tmp_path: Path) -> None:
+    """git lists the files a sparse checkout leaves out (skip-worktree) with the rest: each was an item
+    "skipped: gone since the listing", one log line apiece, most of a monorepo's files."""
+    repo = tmp_path / "repo"
+    for d, n in (("kept", 2), ("out", 3)):
+        (repo / d).mkdir(parents=True)
+        for i in range(n):
+            (repo / d / f"f{i}.py").write_text(f"x = {i}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "all")
+    _git(repo, "sparse-checkout", "set", "kept")
+    assert not (repo / "out").exists() and len(_git(repo, "ls-files").split()) == 5
+    rc, rec, err = run_json(cli, "run", "codebase_indexing", "-p", f"root={repo}")
+    assert rc == 0, err
+    assert rec["result"]["files"] == 2 and rec["progress"]["done"] == 2 and rec["progress"]["skipped"] == 0, rec
+    log = cli("logs", rec["id"]).stdout
+    assert "3 file(s) outside this sparse checkout's work tree left out" in log and "gone" not in log, log

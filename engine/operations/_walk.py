@@ -241,14 +241,20 @@ async def list_files(
             "-co",
             "--exclude-standard",
             "-z",
+            "-t",  # each path after its status tag and a space: "S " is a file a sparse checkout left out
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
         out, _ = await proc.communicate()
         if proc.returncode == 0:
             # Once each: git lists a file with a merge conflict once per stage (three times mid-merge), and
-            # an item key twice is a duplicate row in every store an operation writes.
-            files = list(dict.fromkeys(f for f in out.decode("utf-8", "surrogateescape").split("\0") if f))
+            # an item key twice is a duplicate row in every store an operation writes. Not the files a sparse
+            # checkout leaves out of the work tree: each was "skipped: gone since the listing", one log line
+            # apiece (most of a monorepo's files).
+            tagged = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
+            files = list(dict.fromkeys(f[2:] for f in tagged if not f.startswith("S ")))
+            if sparse := len(tagged) - sum(1 for f in tagged if not f.startswith("S ")):
+                ctx.log.info(f"{sparse} file(s) outside this sparse checkout's work tree left out")
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
             listed = frozenset(files)
             files = [f for f in files if not skipped_path(f, listed) and not f.startswith(venvs)]
