@@ -299,7 +299,7 @@ COLLECTED_WHILE_IMPORTING = (
     "importing = []\n"
     "def seen(phase, info):\n"
     "    if phase == 'start':\n"
-    "        frame, modules = sys._getframe(1), 0\n"
+    "        frame, modules = sys._getframe().f_back, 0\n"  # none above it: a collection Python 3.13 starts itself
     "        while frame is not None:\n"
     "            modules += frame.f_code.co_name == '<module>'\n"
     "            frame = frame.f_back\n"

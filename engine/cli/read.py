@@ -126,7 +126,8 @@ def _quick_rows(app: App, statuses: list[str], types: list[str], limit: int) -> 
     # reads others with defaults and conversions, which a row made from the record as read did not.
     # Each one's newest checkpoint is read as the full path reads it (not shown): a damaged page there is
     # one the full path reports (exit 8), not one to list past.
-    records = dumps(state_dir, [s.lower() for s in statuses], types, limit, checkpoint_seq=True)
+    with collector_paused():  # what the read imports (Python 3.13's Path.as_uri imports urllib.parse) and makes
+        records = dumps(state_dir, [s.lower() for s in statuses], types, limit, checkpoint_seq=True)
     if records is None:
         return None
     try:
@@ -143,7 +144,8 @@ def _quick_records(app: App, statuses: list[str], types: list[str], limit: int) 
         return None
     from .quickjson import records
 
-    return records(state_dir, [s.lower() for s in statuses], types, limit)
+    with collector_paused():  # as _quick_rows
+        return records(state_dir, [s.lower() for s in statuses], types, limit)
 
 
 @click.command()
