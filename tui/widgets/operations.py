@@ -340,7 +340,7 @@ class OperationsTable(ScrollView, can_focus=True):
         op = self.ops.get(op_id) if isinstance(op_id, str) else None
         if op is None:
             return (*stamp, len(self.ids), self.fetched, self.failed, bool(self.ops)), None
-        cells = self._row(op, width, on_cursor=bool(stamp[2]))
+        cells = self._row(op, width)
         return (*stamp, *cells), cells
 
     def on_focus(self) -> None:
@@ -361,10 +361,20 @@ class OperationsTable(ScrollView, can_focus=True):
         """A component style (and ``base``: the widget's own), computed once per theme and style change."""
         theme = self.app.theme
         if theme != self._styles_theme:
-            self._styles = {c: self.get_component_rich_style(c, partial=True) for c in self.COMPONENT_CLASSES}
+            self._styles = {c: self._component_style(c) for c in self.COMPONENT_CLASSES}
             self._styles["base"] = self.rich_style  # ~0.15 ms each time it is asked: once per line was a third
             self._styles_theme = theme
         return self._styles[name]
+
+    def _component_style(self, name: str) -> Style:
+        """A component's Rich style, a translucent colour (``$foreground 20%``, the bar's part to go) blended
+        over the table's background: Textual's Rich style drops the alpha, and the part to go was drawn in
+        the text's own colour, so a bar at 0% looked as full as one at 100%."""
+        style = self.get_component_rich_style(name, partial=True)
+        color = self.get_component_styles(name).color
+        if color.a < 1:
+            style += Style(color=(self.background_colors[1] + color).rich_color)
+        return style
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -446,7 +456,7 @@ class OperationsTable(ScrollView, can_focus=True):
         line = " ".join(parts)
         return Strip([Segment(line.ljust(width)[:width], style)], width)
 
-    def _row(self, op: Operation, width: int, on_cursor: bool = False) -> list[tuple[str, Style | None]]:
+    def _row(self, op: Operation, width: int) -> list[tuple[str, Style | None]]:
         """The pieces of one line: text and its style (None: the line's own)."""
         p = self.live(op.id) if op.status is Status.RUNNING else None
         now = self.clock()
@@ -459,7 +469,7 @@ class OperationsTable(ScrollView, can_focus=True):
             if out:
                 out.append((" ", None))
             if col.key == "progress":
-                self._bar(out, p, w, on_cursor)
+                self._bar(out, p, w)
                 continue
             if col.key == "id":  # the shortest unique prefix stands out: what to type (as jj and git show it)
                 n = min(w, self.short.get(op.id, len(op.id)))
@@ -522,12 +532,14 @@ class OperationsTable(ScrollView, can_focus=True):
             "ops--low"
         ) if value == "low" else None
 
-    def _bar(self, out: list[tuple[str, Style | None]], p: Progress, w: int, on_cursor: bool = False) -> None:
-        """On the cursor's row the bar is in the cursor's colour, the part to go a thin line."""
+    def _bar(self, out: list[tuple[str, Style | None]], p: Progress, w: int) -> None:
+        """The part done a thick line, the part to go a thin one, faint: told apart without colour (on the
+        cursor's row the whole bar is in the cursor's colour), as a bar at 0% looked full where the
+        terminal drew both in one colour."""
         pct = p.percent
         bar = max(1, w - 5)
         done, todo = self._style("ops--bar"), self._style("ops--bar-empty")
-        rest = "─" if on_cursor else "━"
+        rest = "─"
         if pct is None:
             out += [("─" * bar, todo), ("    ?", None)]
             return
