@@ -101,7 +101,6 @@ class LiveView:
             _fact("rate", fmt.rate(p.rate) if running else "-"),
             _fact("eta", fmt.duration(p.eta) if running else "-"),
             _fact("elapsed", fmt.duration(op.elapsed)),
-            _fact("step", escape(fmt.printable(p.step or "-"))),
             _fact("deadline in", deadline),
             _fact("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else "none yet"),
             _fact("attempt", str(op.attempt)),
@@ -113,7 +112,11 @@ class LiveView:
             facts.add_column(min_width=width)
         for i in range(0, len(cells), len(widths)):
             facts.add_row(*cells[i : i + len(widths)])
-        parts: list[RenderableType] = [top, facts]
+        # The step on a line of its own, cut to it: a test's node id or a file's path as long as the panel
+        # is wide, in a column of the grid, wrapped under its label and pushed the other columns apart.
+        step = _fact("step", escape(fmt.printable(p.step or "-")))
+        step.no_wrap, step.overflow = True, "ellipsis"
+        parts: list[RenderableType] = [top, facts, step]
         if p.message:
             parts.append(Text(fmt.printable(p.message), style="italic"))
         if self.logs:

@@ -1,0 +1,53 @@
+"""The live panel of ``outlast run`` on a terminal, rendered at a fixed width.
+
+A step as long as a test's node id (``comprehensive_test_suite`` shows the running test) sat in a column
+of the facts grid: it wrapped below its own label ("step" alone on a line, the test id cut on the next)
+and widened that column, pushing rate, eta and elapsed away from where they stood a moment before.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rich.console import Console
+
+from engine import Operation, Progress, Status
+from engine.cli.live import LiveView
+
+LONG_STEP = "tests/test_op_output_db_kill.py::test_a_database_killed_at_each_statement[" + "x" * 120 + "]"
+
+
+def _lines(step: str, width: int) -> list[str]:
+    now = time.time()
+    op = Operation(
+        id="06bn3k76nb4mc",
+        type="comprehensive_test_suite",
+        status=Status.RUNNING,
+        created_at=now - 60,
+        queued_at=now - 60,
+        started_at=now - 60,
+        updated_at=now,
+        deadline=now + 3600,
+        checkpoint_seq=1,
+        progress=Progress(done=4, total=1984, step=step, rate=0.06, eta=3600),
+    )
+    view = LiveView("Ctrl-C pauses with a checkpoint")
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    console.print(view.render(op))
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_long_step_is_one_line_cut_after_its_label_and_the_other_facts_stay_put(width: int) -> None:
+    short, long = _lines("item 3", width), _lines(LONG_STEP, width)
+    assert len(long) == len(short), "\n".join(long)
+    step_lines = [line for line in long if "step" in line]
+    assert len(step_lines) == 1, "\n".join(long)
+    (line,) = step_lines
+    assert "step tests/test_op_output_db_kill.py::" in line and line.rstrip(" │").endswith("…"), line
+    # Every fact but the step is where it is with a short step.
+    for fact in ("rate", "eta", "elapsed", "deadline in", "checkpoint", "attempt"):
+        at_short = next(row.index(fact) for row in short if fact in row)
+        at_long = next(row.index(fact) for row in long if fact in row)
+        assert at_short == at_long, (fact, "\n".join(long))
