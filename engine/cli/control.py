@@ -89,7 +89,10 @@ def _control(action: Action) -> click.Command:
             fmt.echo(f"{op.id}: {action} requested{where}{still}; it stops at its next safe point")
         return ExitCode.OK
 
-    command.help = f"{action.value.capitalize()} an operation, wherever it runs (ID: any unique prefix).\n\n" + (
+    command.help = (
+        f"{action.value.capitalize()} an operation, wherever it runs "
+        "(ID: its handle, the # of `ls`, or a unique id prefix).\n\n"
+    ) + (
         "It stops at its next item boundary with a checkpoint and can be resumed."
         if action is Action.PAUSE
         else "A cancelled operation keeps its checkpoints and can still be resumed."
@@ -116,7 +119,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
 
     \b
     Examples:
-      outlast resume 06b2                    # any unique id prefix
+      outlast resume 12                      # by handle (the # of `ls`), or any unique id prefix: 06b2
       outlast resume 06b2 --checkpoint 3     # from an older checkpoint (see `checkpoints`)
       outlast resume 06b2 --detach           # in the background
       outlast resume 06b2 --queue            # for a running `outlast worker`

@@ -153,7 +153,7 @@ def _quick_records(app: App, statuses: list[str], types: list[str], limit: int) 
 @json_option
 @pass_app
 def show(app: App, op_id: str) -> int:
-    """Everything about one operation (ID: any unique prefix)."""
+    """Everything about one operation (ID: its handle, the # of `ls`, or a unique id prefix)."""
 
     async def go() -> tuple[Operation, list[Checkpoint]]:
         async with session(app.settings, reading=True) as engine:

@@ -59,10 +59,13 @@ Examples:
   outlast run demo -p items=500 -p seconds=0.02     follow it live; Ctrl-C pauses
   outlast run codebase_indexing -p root=. --detach  in the background; prints the id
   outlast ls --status running --status paused
-  outlast watch 0kf3                                any unique id prefix works
-  outlast resume 0kf3                               on from the newest checkpoint
+  outlast watch 12                                  by handle (the # of ls) or any unique id prefix
+  outlast resume 12                                 on from the newest checkpoint
   outlast worker --concurrency 4                    run what is queued
-  outlast cancel 0kf3
+  outlast cancel 06b2
+
+An ID is an operation's handle, the number `outlast ls` shows under # (never reused), or any unique
+prefix of its id, as in git.
 
 \b
 Exit codes:

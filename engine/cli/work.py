@@ -154,8 +154,10 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
 def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...], detach: bool, queue: bool) -> int:
     """Run an operation again as a new one: same type, params, priority, profile, name and tags.
 
+    Any but queued or running work (that would run it twice at once): `resume` goes on with a stopped
+    one from its checkpoint, this starts afresh.
+
     \b
-    A settled operation (resume goes on with a stopped one; this starts afresh).
     Examples:
       outlast rerun 06b2                     # the same again, in the foreground
       outlast rerun 06b2 -p root=../other    # with one param changed
