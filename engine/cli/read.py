@@ -238,6 +238,10 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                 # The whole log, a page at a time (a command's log can be larger than is wise to hold), and
                 # in JSON one array written as it goes, a record per line.
                 opened = False
+                if not records and not app.json and not app.quiet:
+                    # As ls and checkpoints say when there is nothing: a log that printed nothing looked like
+                    # a command that failed to read it.
+                    fmt.echo("no log lines", err=True)
                 while True:
                     for rec in records:
                         if app.json:
@@ -255,8 +259,10 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
             if not follow_:
                 if app.json:
                     fmt.echo(fmt.dumps([r.model_dump(mode="json") for r in records]))
-                else:
+                elif records:
                     emit(records, False)
+                elif not app.quiet:
+                    fmt.echo("no log lines", err=True)
                 return ExitCode.OK
             engine.install_signal_handlers()
             fmt.end_when_reader_gone()  # `outlast logs -f ID | head -1` ends with head, as `tail -f | head` does
