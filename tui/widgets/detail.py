@@ -63,6 +63,12 @@ def _plain(v: object) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
+def _param(v: object) -> str:
+    """A param as ``-p KEY=VALUE`` takes it and ``outlast show`` prints it: text as it is, anything else JSON
+    (``null``, ``["*.py"]``), where Python's ``None`` and ``['*.py']`` read as nothing a user could type."""
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
 def local_time(ts: float | None) -> str:
     """``HH:MM:SS`` in local time (the date too when it is not today)."""
     lt = fmt.local_time(ts)
@@ -311,7 +317,7 @@ class DetailPane(VerticalScroll, can_focus=True):
             )
         row("type", kind)
         if full is not None and full.params:
-            row("params", " ".join(f"{k}={v}" for k, v in full.params.items()))
+            row("params", " ".join(f"{k}={_param(v)}" for k, v in full.params.items()))
         row("step", p.step)
         row("message", p.message)
         total = p.total if p.total is not None else op.total_items
