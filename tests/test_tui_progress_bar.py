@@ -53,3 +53,22 @@ async def test_the_part_of_a_bar_still_to_go_is_drawn_fainter_than_the_text(seed
             to_go_rgb = _rgb(to_go.color)
             # Nearer the background than the text: a bar's empty part reads as empty.
             assert _distance(to_go_rgb, background) < _distance(to_go_rgb, foreground), (theme, to_go_rgb)
+
+
+async def test_on_a_wide_terminal_the_bar_takes_the_width_the_name_does_not_need(seeded: Settings) -> None:
+    """At 320 columns the name column took 200 of them: each name stood that far from the rest of its row,
+    behind a bar of 10. Up to 188 columns nothing changes (the name takes what is left, as before)."""
+    app = make_app(seeded)
+    async with app.run_test(size=(320, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: CANCELLED_AT_40 in table.ids)
+        width = table.scrollable_content_region.width
+        widths = {col.key: w for col, w in table.columns(width)}
+        assert widths["name"] <= 64 < widths["progress"], widths
+        assert {col.key: w for col, w in table.columns(160)}["progress"] == 15
+        strip = table.render_line(table.ids.index(CANCELLED_AT_40) + 1)
+        text = "".join(seg.text for seg in strip)
+        assert strip.cell_length == width, text
+        bar = widths["progress"] - 5
+        assert text.count("━") + text.count("╸") + text.count("─") == bar, text
+        assert abs(text.count("━") - 0.4 * bar) <= 1, text  # 40% of the whole bar

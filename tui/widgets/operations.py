@@ -65,6 +65,9 @@ COLUMNS: tuple[Column, ...] = (
 DROP_ORDER = ("type", "elapsed", "rate", "left", "handle", "items", "eta")
 """Columns given up, in this order, when the terminal is too narrow for all of them."""
 NAME_MIN = 10
+NAME_MAX = 64
+"""The name column's widest: past it, a wide terminal's width goes to the progress bar (at 320 columns the
+names stood 200 columns away from the rest of their rows, behind a 10-column bar)."""
 BAR = 9
 
 SORTS: tuple[str, ...] = ("status", "created", "priority", "progress", "name", "type")
@@ -381,7 +384,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self._styles_theme = None
 
     def columns(self, width: int) -> list[tuple[Column, int]]:
-        """The columns that fit ``width``, with the name column taking what is left."""
+        """The columns that fit ``width``, with the name column taking what is left (up to NAME_MAX; the progress
+        bar the rest)."""
         cached = self._columns.get(width)
         if cached is None:
             cached = self._columns[width] = self._fit(width, self._handle_width)
@@ -397,7 +401,10 @@ class OperationsTable(ScrollView, can_focus=True):
                 break
             drop = next(k for k in DROP_ORDER if any(c.key == k for c in cols))
             cols = [c for c in cols if c.key != drop]
-        return [(c, max(NAME_MIN, left) if c.key == "name" else c.width) for c in cols]
+        name = max(NAME_MIN, left)
+        surplus = name - NAME_MAX if name > NAME_MAX and any(c.key == "progress" for c in cols) else 0
+        widths = {"name": name - surplus}
+        return [(c, widths.get(c.key, c.width + (surplus if c.key == "progress" else 0))) for c in cols]
 
     def _empty_lines(self, width: int) -> list[str]:
         """What the table says while it lists nothing."""
