@@ -5,6 +5,7 @@ effective timeout = min(max_timeout, base_timeout + per_item_timeout * total_ite
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -185,6 +186,12 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
     are the field's in ``model`` (the one bound the error names when it is not known)."""
     msg = str(err["msg"]).removeprefix("Value error, ")
     kind = err.get("type")
+    if kind == "extra_forbidden" and model is not None and len(err.get("loc") or ()) == 1:
+        # A misspelt name (-p itmes=5) said only "Extra inputs are not permitted": which are known, and
+        # the nearest when one is near.
+        names = list(model.model_fields)
+        near = difflib.get_close_matches(str(err["loc"][0]), names, n=1)
+        return f"{msg} ({f'did you mean {near[0]}? ' if near else ''}known: {', '.join(names)})"
     number = _number(err.get("input")) if kind in _NUMBER_ERRORS or kind in _NOT_READ else None
     if number is None or (math.isfinite(number) and (not finite_too or kind in _NOT_READ)):
         return msg
