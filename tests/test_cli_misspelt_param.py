@@ -30,3 +30,16 @@ def test_a_misspelt_param_or_profile_key_is_refused_naming_the_nearest_and_the_k
         r = cli.here(*args)
         assert (r.returncode, r.stdout, r.stderr.strip()) == (ExitCode.USAGE, "", line), args
     assert cli.here("ls").stderr.strip() == "no operations"
+
+
+def test_every_built_in_types_description_reads_as_one_phrase_of_the_types_table(cli: Cli) -> None:
+    """``demo``'s was its docstring, a capitalised sentence with a full stop among lower-case phrases
+    (``outlast types``, the launch form)."""
+    import json
+
+    for t in json.loads(cli.here("types", "--json").stdout):
+        if t["builtin"]:
+            text = t["description"]
+            first = text.split()[0]
+            capitalised = first[0].isupper() and first[1:].islower()  # "Process", not "TF-IDF"
+            assert not capitalised and not text.endswith("."), t["type"]

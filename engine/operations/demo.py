@@ -22,7 +22,7 @@ class DemoParams(BaseModel):
     hang_at: int | None = Field(default=None, ge=0, description="stop reporting progress at item K")
 
 
-@operation("demo", params=DemoParams)
+@operation("demo", params=DemoParams, description="process N items, optionally failing, crashing or hanging on the way")
 async def demo(ctx: OperationContext, p: DemoParams) -> dict:
     """Process N items, optionally failing, crashing or hanging on the way."""
     ctx.state.setdefault("sum", 0)
