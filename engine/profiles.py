@@ -5,7 +5,6 @@ effective timeout = min(max_timeout, base_timeout + per_item_timeout * total_ite
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
@@ -189,6 +188,8 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
     if kind == "extra_forbidden" and model is not None and len(err.get("loc") or ()) == 1:
         # A misspelt name (-p itmes=5) said only "Extra inputs are not permitted": which are known, and
         # the nearest when one is near.
+        import difflib  # here: not on every submit's start-up
+
         names = list(model.model_fields)
         near = difflib.get_close_matches(str(err["loc"][0]), names, n=1)
         return f"{msg} ({f'did you mean {near[0]}? ' if near else ''}known: {', '.join(names)})"
