@@ -153,6 +153,16 @@ def free_bytes(path: Path) -> int | None:
     return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
 
+def no_inodes(path: Path) -> bool:
+    """Whether ``path``'s file system has no file left to make (every inode in use: a tmpfs's ``nr_inodes``,
+    millions of small files), however many bytes it has free: "No space left on device" with space left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_files > 0 and (st.f_ffree if os.geteuid() == 0 else st.f_favail) == 0
+
+
 class TooLarge(OSError):
     """A file read with ``read_limited`` holds more than its limit."""
 

@@ -44,3 +44,22 @@ def fill(mnt: Path) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def fill_inodes(mnt: Path) -> Path:
+    """Leave the tmpfs at ``mnt`` no inode to make a file with (bytes still free): remounted with room for a
+    few more files than it holds, then empty files made until none can be. The directory to delete (with
+    ``shutil.rmtree``) to give them back."""
+    st = os.statvfs(mnt)
+    r = mount("-o", f"remount,nr_inodes={st.f_files - st.f_ffree + 8}", str(mnt))
+    if r.returncode != 0:
+        pytest.skip(f"cannot limit the tmpfs's inodes here: {r.stderr.strip()}")
+    spent = mnt / "inodes"
+    spent.mkdir()
+    for i in range(64):
+        try:
+            os.close(os.open(spent / str(i), os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return spent
+    raise AssertionError("the tmpfs still makes files")

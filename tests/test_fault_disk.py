@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -35,7 +36,7 @@ from engine.outage import StoreUnwritable
 from engine.store.sqlite.worker import SqliteWorker
 from tests.fixtures_cli import Cli, CliAt, Proc, until
 from tests.fixtures_disk import fill as fill_disk
-from tests.fixtures_disk import mount
+from tests.fixtures_disk import fill_inodes, mount
 from tests.fixtures_engine import make_engine
 from tests.fixtures_ops import checkpoint_state, resume, run_json, submit
 from tests.test_op_command import WORKER_SCRIPT
@@ -483,3 +484,26 @@ def test_a_stop_whose_wait_could_not_read_what_it_became_says_it_was_requested(c
     assert not flag.exists()  # one statement failed, as the plugin was asked
     assert cli.wait_status(op_id, {"paused"}, 30).status is Status.PAUSED  # asked, and done
     assert worker.wait(60) == 0
+
+
+def test_a_lock_file_the_disk_has_no_inode_for_says_it_is_full_in_one_line(small_fs: Path) -> None:
+    """Bytes free but no inode left (a tmpfs's ``nr_inodes``, millions of small files): the database opens
+    (its WAL and shared-memory files are there, held by another connection), the operation is submitted,
+    and its lock file cannot be made. That OSError escaped the store as it was: "internal error" (exit 70)
+    after the line saying it was submitted. Now it is the store's error: one line saying the disk is full,
+    exit 8, and the operation the run submitted taken back."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    assert fs("run", "demo", "-p", "items=1", "-p", "seconds=0").returncode == 0
+    holder = sqlite3.connect(state / "outlast.db")  # keeps outlast.db-wal and -shm in place
+    try:
+        holder.execute("SELECT count(*) FROM operations").fetchone()
+        spent = fill_inodes(small_fs)
+        r = fs("run", "demo", "-p", "items=1", "-p", "seconds=0")
+        assert r.returncode == ExitCode.STORE, (r.returncode, r.stderr)
+        [line] = r.stderr.strip().splitlines()
+        assert "its file system is full (no inode free" in line and ".lock cannot be made" in line, line
+        shutil.rmtree(spent)
+        assert len(json.loads(fs("--json", "ls").stdout)) == 1, "the run that could not start left its operation"
+    finally:
+        holder.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import StoreFailed, StoreLost
-from ...files import create_private, free_bytes, make_private, private_dir
+from ...files import create_private, free_bytes, make_private, no_inodes, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
@@ -211,10 +212,8 @@ class SqliteCore:
                 f" transaction open on it for {BUSY_TIMEOUT:g}s (a sqlite3 shell or a database browser?); end it"
             )
         if code == sqlite3.SQLITE_FULL:
-            free = free_bytes(d)
-            left = f" ({size(free)} free)" if free is not None else ""
             return StoreFailed(
-                f"state dir {d}: its file system is full{left}: {name} cannot be written; free some space there,"
+                f"state dir {d}: its file system is full{_left(d)}: {name} cannot be written; free some space there,"
                 " then run this again",
                 str(e),
             )
@@ -425,9 +424,11 @@ class SqliteCore:
                 return bad
         what = "created" if creating else "opened"
         free = free_bytes(d)
-        if free is not None and free < FULL_BELOW:
+        if (free is not None and free < FULL_BELOW) or no_inodes(d):
+            # No inode left, however many bytes: SQLite's "unable to open database file" (its WAL and
+            # shared-memory files could not be made) named nothing wrong.
             return StoreError(
-                f"state dir {d}: its file system is full ({size(free)} free): {name} cannot be {what};"
+                f"state dir {d}: its file system is full{_left(d)}: {name} cannot be {what};"
                 " free some space there, then run this again"
             )
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -573,14 +574,27 @@ class SqliteCore:
     def _try_lock(self, op_id: str) -> int | None:
         """``try_lock`` of the operation's lock file; the locks directory made again if it was deleted (a
         "stale lock" cleanup): else every claim, and a running operation's heartbeat, failed as a store
-        outage, which stopped the work."""
+        outage, which stopped the work. A lock file that cannot be made or opened (no inode left on the
+        file system, an I/O error) is the store failing a write, said as such: it was a raw OSError, an
+        internal error (exit 70) after the operation was submitted."""
         try:
-            return try_lock(self._lock_file(op_id), self._spares)
-        except FileNotFoundError:
-            if (lost := self._lost()) is not None:
-                raise lost from None
-            private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
-            return try_lock(self._lock_file(op_id), self._spares)
+            try:
+                return try_lock(self._lock_file(op_id), self._spares)
+            except FileNotFoundError:
+                if (lost := self._lost()) is not None:
+                    raise lost from None
+                private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
+                return try_lock(self._lock_file(op_id), self._spares)
+        except OSError as e:
+            d, name = self.state_dir, f"{self.lock_dir.name}/{op_id}.lock"
+            why = e.strerror or str(e)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFailed(
+                    f"state dir {d}: its file system is full{_left(d)}: {name} cannot be made; free some space"
+                    " there, then run this again",
+                    why,
+                ) from None
+            raise StoreFailed(f"state dir {d}: {name} cannot be opened ({why})", why) from None
 
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
@@ -623,6 +637,15 @@ class SqliteCore:
             return self._load(*row)
         except ValueError as e:
             raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+
+def _left(d: Path) -> str:
+    """What is left on the file system of the state dir ``d``, for the line saying it is full: " (12KB free)",
+    or that no file can be made there (every inode in use, bytes free or not); "" when it cannot be told."""
+    if no_inodes(d):
+        return " (no inode free: no file can be made there)"
+    free = free_bytes(d)
+    return f" ({size(free)} free)" if free is not None else ""
 
 
 def _running(pid: int) -> bool:
