@@ -507,3 +507,39 @@ def test_a_lock_file_the_disk_has_no_inode_for_says_it_is_full_in_one_line(small
         assert len(json.loads(fs("--json", "ls").stdout)) == 1, "the run that could not start left its operation"
     finally:
         holder.close()
+
+
+def test_what_was_running_is_read_while_the_store_fails_its_writes(cli: Cli, tmp_path: Path) -> None:
+    """An operation whose process died (its disk filled, then a SIGKILL), read while the store's writes
+    fail (the disk still full): ``ls``, ``show`` and ``logs`` each first mark it interrupted, a write that
+    failed, and said only "outlast.db cannot be written", exit 8, so nobody could read what had been
+    running, nor its log, until space was freed. Now they read it as stored, with one line saying why it is
+    not marked, exit 0; the next command once writes work marks it."""
+    argv = [sys.executable, "-c", "import time\nfor i in range(10**6): print('line', i, flush=True); time.sleep(0.02)"]
+    proc = cli.start("run", "command", "--params-json", json.dumps({"argv": argv}))
+    op_id = proc.wait_line(lambda ln: " submitted" in ln).split()[1]
+    until(lambda: "line 5" in cli("logs", op_id).stdout, 30, what="lines logged")
+    proc.kill()
+    flag = tmp_path / "disk-fails"
+    flag.touch()
+    failing = {
+        **cli.env,
+        "OUTLAST_TEST_FLAKY_FLAG": str(flag),
+        "OUTLAST_TEST_FLAKY_ALL": "1",
+        "OUTLAST_TEST_FLAKY_P": "1",
+        "OUTLAST_TEST_FLAKY_MATCH": "UPDATE operations",
+    }
+    for args in (("--json", "ls"), ("--json", "show", op_id), ("logs", op_id)):
+        r = cli("--plugin", "tests.store_flaky", *args, env=failing)
+        assert r.returncode == 0, (args, r.stderr)
+        [line] = r.stderr.strip().splitlines()
+        assert "outlast.db cannot be written" in line and "shown as stored" in line, line
+        if args[1] == "ls":
+            assert [(op["id"], op["status"]) for op in json.loads(r.stdout)] == [(op_id, "running")]
+        elif args[1] == "show":
+            assert json.loads(r.stdout)["status"] == "running"
+        else:
+            assert "line 5" in r.stdout, r.stdout
+    flag.unlink()
+    r = cli("--json", "show", op_id)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "interrupted", r.stderr

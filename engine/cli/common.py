@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from ..errors import InvalidInput, StoreRefused
+from ..errors import InvalidInput, StoreFailed, StoreRefused
 from ..files import read_regular
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
 from ..paths import config_file, default_state_dir
@@ -251,8 +251,10 @@ async def session(settings: Settings, recover: bool = True, reading: bool = Fals
     ``recover`` first marks operations left running by dead processes interrupted, so what a
     command shows is the truth. ``reading``: the command only reads (``ls``, ``show``, ``logs``,
     ``checkpoints``): a store that answers reads but refuses writes (a Redis read-only replica, or one
-    full under noeviction) is listed as it is, with one line saying why nothing was marked. Such a
-    store refused every listing (exit 8), so nobody could see what had been running on it.
+    full under noeviction), or fails them (a local store whose disk is full), is listed as it is, with one
+    line saying why nothing was marked. Such a store refused every listing (exit 8), so nobody could see
+    what had been running on it: on a full disk, `outlast ls` and `logs` of the very operation that
+    stopped for it.
     """
     with collector_paused():  # the engine's and the store's modules: imports, as the settings' (``App.settings``)
         from .run import make_engine
@@ -263,7 +265,7 @@ async def session(settings: Settings, recover: bool = True, reading: bool = Fals
         if recover:
             try:
                 await engine.recover()
-            except StoreRefused as e:
+            except (StoreRefused, StoreFailed) as e:
                 if not reading:
                     raise
                 import logging
