@@ -26,6 +26,7 @@ from ...errors import StoreFailed, StoreLost
 from ...files import create_private, free_bytes, make_private, no_inodes, private_dir
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
+from ...shortage import ran_short
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
 from .locks import Spares, try_lock, unlock
@@ -586,6 +587,8 @@ class SqliteCore:
                 private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
                 return try_lock(self._lock_file(op_id), self._spares)
         except OSError as e:
+            if ran_short(e) is not None:
+                raise  # no descriptor or memory left: the machine's shortage, which its callers say as such
             d, name = self.state_dir, f"{self.lock_dir.name}/{op_id}.lock"
             why = e.strerror or str(e)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
