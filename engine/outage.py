@@ -147,15 +147,20 @@ TAIL_BYTES = 1 << 20
 """...as many as fit in this many characters (or the limit, when smaller): a command's lines may each be
 a megabyte long (a line without an end, cut in pieces)."""
 
+SHORT_TAIL_BYTES = 64 << 10
+"""...or this many, when the lines were cut because the store's disk was nearly full."""
+
 RECORD_COST = 64
 """Bytes a log record costs beyond its message (its JSON: time, level, names), counted toward the limit."""
 
 
 class _Overflow:
     """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept, within ``budget``
-    characters (the last characters of a record longer than that on its own)."""
+    characters (the last characters of a record longer than that on its own). ``past``: what they came past
+    ("the log limit (64MB, log_limit)"), for the line that says so when the attempt ends."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, past: str) -> None:
+        self.past = past
         self.records = 0
         self.size = 0
         """Characters of their messages."""
@@ -196,6 +201,14 @@ class LogBuffer:
         """Operations whose records a flush is writing now: another flush of them waits for it."""
         self._early: dict[str, asyncio.Task[None]] = {}
         """Flushes started before the clock's because an operation's buffer reached LOG_BATCH."""
+        self._room: Callable[[], int | None] | None = getattr(store, "log_room", None)
+        """Bytes the logs may still take on the store's disk (a local store's), looked at before each write."""
+        self._budget: int | None = None
+        """Bytes of records the logs may still take (the room at the last look, less the records accepted
+        since and those buffered then); None: no limit known (a store with no disk, or not looked yet)."""
+        self._short = False
+        """Whether the store's disk has no room left for logs (``_budget`` spent): a running attempt's
+        lines are counted from then on, as past its limit."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
         if self._over_limit(op_id, record):
@@ -223,17 +236,25 @@ class LogBuffer:
         over = self._over.get(op_id)
         if over is None:
             size = self._size.get(op_id, 0) + cost
-            if size <= self._limit:
+            if self._budget is not None and not self._short:
+                self._budget -= cost  # counted here, not looked at per line: a disk's free space is a syscall
+                self._short = self._budget < 0
+            if size <= self._limit and not self._short:
                 self._size[op_id] = size
                 return False
-            over = self._over[op_id] = _Overflow(min(self._limit, TAIL_BYTES))
+            if self._short:  # a small tail: the space kept is the store's, for its checkpoints and statuses
+                over = _Overflow(min(self._limit, SHORT_TAIL_BYTES), "the point where the store's disk was nearly full")
+                why = "the state dir's file system is nearly full (the space left is kept for the store's records)"
+            else:
+                over = _Overflow(min(self._limit, TAIL_BYTES), f"the log limit ({human_size(self._limit)}, log_limit)")
+                why = f"this attempt's log reached its limit ({human_size(self._limit)}, log_limit)"
+            self._over[op_id] = over
             self._buf[op_id].append(
                 LogRecord(
                     ts=record.ts,
                     level="warning",
-                    message=f"this attempt's log reached its limit ({human_size(self._limit)}, log_limit): the"
-                    f" lines from here on are counted, not written, but for the last {LOG_TAIL:,} (at most"
-                    f" {human_size(over.budget)}), written when the attempt ends",
+                    message=f"{why}: the lines from here on are counted, not written, but for the last"
+                    f" {LOG_TAIL:,} (at most {human_size(over.budget)}), written when the attempt ends",
                 )
             )
         over.keep(record)
@@ -250,9 +271,8 @@ class LogBuffer:
             LogRecord(
                 ts=over.tail[0].ts if over.tail else time.time(),
                 level="warning",
-                message=f"{over.records:,} log lines ({human_size(over.size)}) came past the log limit"
-                f" ({human_size(self._limit)}, log_limit): the last {len(over.tail):,} follow, the rest were not"
-                " written",
+                message=f"{over.records:,} log lines ({human_size(over.size)}) came past {over.past}: the last"
+                f" {len(over.tail):,} follow, the rest were not written",
             )
         )
         buf.extend(over.tail)
@@ -265,6 +285,10 @@ class LogBuffer:
         flushing its own, and on Redis a record that reaches the store after the settle is refused with
         the attempt's lease (the likely way a resume's "resuming from checkpoint" line went missing once
         in a loaded CI run)."""
+        if self._room is not None and (room := self._room()) is not None:
+            buffered = sum(len(r.message) + RECORD_COST for recs in self._buf.values() for r in recs)
+            self._budget = room - buffered
+            self._short = self._budget < 0
         for i in [op_id] if op_id else list(self._buf):
             while (busy := self._writing.get(i)) is not None:
                 await busy.wait()  # its older records go first, in order

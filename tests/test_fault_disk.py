@@ -543,3 +543,21 @@ def test_what_was_running_is_read_while_the_store_fails_its_writes(cli: Cli, tmp
     flag.unlink()
     r = cli("--json", "show", op_id)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "interrupted", r.stderr
+
+
+def test_a_log_larger_than_the_disk_is_cut_before_the_store_has_no_room(small_fs: Path) -> None:
+    """A command printing more than the state dir's disk holds (under the log limit, 64 MB): its log filled
+    the disk, its record and checkpoints could not be written, and the run stopped as a store outage (exit 8);
+    each resume filled it again, and every command said the disk was full until space was freed by hand.
+    Now the log stops being written while the disk still has room for the store's records: the run
+    completes, its log saying where lines were left out, with the last of them."""
+    fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
+    lines = 70_000  # ~10 MB of log records on a 5 MB disk
+    argv = [sys.executable, "-c", f"for i in range({lines}): print('line', i, 'x' * 80)"]
+    code, rec, err = run_json(fs, "run", "command", "--params-json", json.dumps({"argv": argv}))
+    assert code == 0, err
+    assert rec["status"] == "completed" and rec["result"]["lines"] == lines, rec
+    log = fs("logs", rec["id"]).stdout
+    assert "the state dir's file system is nearly full" in log, log[-2000:]
+    assert "came past the point where the store's disk was nearly full" in log
+    assert f"line {lines - 1} " in log

@@ -21,6 +21,10 @@ from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
 
+LOG_RESERVE_MIN = 1 << 20
+LOG_RESERVE_MAX = 64 << 20
+"""The bounds of the space the logs leave free on the state dir's file system (``log_room``)."""
+
 
 class ControlLogsMixin(SqliteCore):
     """Control requests and log records (part of LocalStore)."""
@@ -51,6 +55,21 @@ class ControlLogsMixin(SqliteCore):
 
     async def clear_control(self, op_id: str) -> None:
         await self._txn(lambda c: c.execute("UPDATE operations SET control=NULL WHERE id=?", (op_id,)))
+
+    def log_room(self) -> int | None:
+        """Bytes the operation logs may still take on the state dir's file system: what is free less what is
+        kept for the store's own writes (checkpoints, statuses: an eighth of the file system, 1 MB to 64 MB);
+        below 0 when less is free. None when it cannot be told. A command printing on a small disk filled it
+        with its log (under the log limit, 64 MB), and its own record could not be written: the resume filled
+        it again, and every command said the disk was full until space was freed by hand."""
+        try:
+            st = os.statvfs(self.log_dir)
+        except OSError:
+            return None
+        if st.f_blocks == 0:
+            return None  # a file system that counts no blocks (some network ones): nothing to go by
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        return free - min(LOG_RESERVE_MAX, max(LOG_RESERVE_MIN, st.f_blocks * st.f_frsize // 8))
 
     def _log_path(self, op_id: str) -> Path:
         return self.log_dir / f"{validate_id(op_id)}.jsonl"
