@@ -333,9 +333,10 @@ def test_worker_exits_when_the_store_cannot_write(small_fs: Path) -> None:
 def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) -> None:
     """A full file system, with no process holding the store open: opening ``outlast.db`` failed when its
     shared-memory file could not be sized, and every command said "outlast.db is not a usable Outlast
-    database (disk I/O error)", which reads as "it is damaged: delete it". Now it says the disk is full
-    and what to do, exit 8, and changes nothing; with space freed the same store lists its operation.
-    A state dir made on a full disk says the same of making its database."""
+    database (disk I/O error)", which reads as "it is damaged: delete it". Now what is stored is read as it
+    is, what would write says the disk is full and what to do, exit 8, and nothing is changed; with space
+    freed the same store lists its operation. A state dir made on a full disk says the same of making its
+    database."""
     state = small_fs / "state"
     fs = CliAt(state)
     code, rec, err = run_json(fs, "run", "demo", "-p", "items=3", "-p", "seconds=0")
@@ -346,12 +347,22 @@ def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) 
             (state / name).unlink()
     before = (state / "outlast.db").read_bytes()
     fill = fill_disk(small_fs)
-    for args in (("ls",), ("show", op_id), ("run", "demo", "-p", "items=3")):
+    # What is stored is read (it said only "cannot be opened", exit 8, to `ls` and `logs` as to a run), with
+    # one line saying why nothing can be changed; what would write says so in one line, exit 8.
+    for args in (("--json", "ls"), ("--json", "show", op_id), ("logs", op_id), ("checkpoints", op_id)):
+        r = fs(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        warned = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]  # `checkpoints` says "no checkpoints"
+        assert len(warned) == 1, (args, r.stderr)
+        line = warned[0]
+        assert "WARNING" in line and "its file system is full" in line and "read as it is" in line, r.stderr
+        if args[1] == "ls":
+            assert [op["id"] for op in json.loads(r.stdout)] == [op_id]
+    for args in (("run", "demo", "-p", "items=3"), ("submit", "demo"), ("rm", op_id), ("worker",)):
         r = fs(*args)
         assert r.returncode == ExitCode.STORE, (args, r.stdout, r.stderr)
-        [line] = r.stderr.strip().splitlines()
-        assert "its file system is full" in line and "outlast.db cannot be opened" in line, line
-        assert "not a usable" not in line
+        [line] = [ln for ln in r.stderr.strip().splitlines() if "WARNING" not in ln]
+        assert "its file system is full" in line and "not a usable" not in line, line
     assert (state / "outlast.db").read_bytes() == before
     r = CliAt(small_fs / "new")("ls")
     assert r.returncode == ExitCode.STORE and "outlast.db cannot be created" in r.stderr, r.stderr

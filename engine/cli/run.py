@@ -337,7 +337,8 @@ async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle
     async with engine:
         try:
             if engine.store.read_only:  # it would wait for ever for work it cannot claim
-                raise StoreError(f"{engine.store.url} is on a read-only file system: no work can be run from it")
+                why = getattr(engine.store, "read_only_reason", "is on a read-only file system")
+                raise StoreError(f"{engine.store.url} {why}: no work can be run from it")
             engine.install_signal_handlers()
             engine.subscribe(on_event)
             if mode == "plain":

@@ -155,6 +155,12 @@ class SqliteCore:
             raise self._unusable(e, "written") from None
         return result
 
+    @property
+    def read_only_reason(self) -> str:
+        """Why the store is read-only, after its path: "is on a read-only file system", "cannot be written: its
+        file system is full (0B free)"."""
+        return self._read_only_why[0]
+
     def _refuse_read_only(self) -> None:
         if self.read_only:
             what, fix = self._read_only_why
@@ -334,61 +340,91 @@ class SqliteCore:
         if found is not None and found.st_size > 0:
             self._refuse_newer(self._peek_version())
         creating = found is None
-        try:
-            if found is None:
-                self._create_db()
-            elif found.st_size == 0:
-                # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
-                raise sqlite3.DatabaseError("the file is empty (0 bytes)")
-            if self.read_only:
-                conn = sqlite3.connect(
-                    read_only_uri(self.db_path), uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
-                )
-            else:
-                # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
-                make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
-                conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
-            conn.text_factory = _lenient_text
-            self._conn = conn
-            worker = self._worker  # none when opened in this thread (open_here)
-            if worker is not None:
-                worker.conn = conn
-            st = os.stat(self.db_path)
-            self._file = (st.st_dev, st.st_ino)
-            if worker is not None:
-                worker.guard = self._same_file
-            has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
-            if not has_meta:
-                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
-                    raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+        first: sqlite3.DatabaseError | OSError | None = None
+        while True:
+            try:
+                if found is None:
+                    self._create_db()
+                elif found.st_size == 0:
+                    # Not a new store: SQLite would take it as one, and every record would be gone unsaid.
+                    raise sqlite3.DatabaseError("the file is empty (0 bytes)")
                 if self.read_only:
-                    raise sqlite3.DatabaseError("it holds no tables")
-            version = schema_version(conn) if has_meta else None
-            if (version or 0) <= SCHEMA_VERSION:  # a newer Outlast's is refused below: nothing in it changed
-                if not self.read_only:
-                    # The WAL is open now (those reads), and no write of this file is in it yet.
-                    note_owner(self.db_path)
-                if version is None and not self.read_only:
-                    # A database file with nothing in it (nothing to lose), or made by an older version, whose
-                    # schema was created statement by statement and could be cut off by a kill: the rest is
-                    # created now (IF NOT EXISTS: nothing present is touched).
-                    init_schema(conn)
-                    version = schema_version(conn)
-        except (sqlite3.DatabaseError, OSError) as e:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-            raise self._unopened(e, creating) from None
+                    uri = read_only_uri(self.db_path)
+                    conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+                else:
+                    # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+                    make_private(self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"))
+                    conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=FULL")
+                    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+                    conn.execute("PRAGMA wal_autocheckpoint=0")  # the worker folds the WAL in when idle (worker.py)
+                conn.text_factory = _lenient_text
+                self._conn = conn
+                worker = self._worker  # none when opened in this thread (open_here)
+                if worker is not None:
+                    worker.conn = conn
+                st = os.stat(self.db_path)
+                self._file = (st.st_dev, st.st_ino)
+                if worker is not None:
+                    worker.guard = self._same_file
+                has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is not None
+                if not has_meta:
+                    if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                        raise sqlite3.DatabaseError("it holds other tables than Outlast's")
+                    if self.read_only:
+                        raise sqlite3.DatabaseError("it holds no tables")
+                version = schema_version(conn) if has_meta else None
+                if (version or 0) <= SCHEMA_VERSION:  # a newer Outlast's is refused below: nothing in it changed
+                    if not self.read_only:
+                        # The WAL is open now (those reads), and no write of this file is in it yet.
+                        note_owner(self.db_path)
+                    if version is None and not self.read_only:
+                        # A database file with nothing in it (nothing to lose), or made by an older version, whose
+                        # schema was created statement by statement and could be cut off by a kill: the rest is
+                        # created now (IF NOT EXISTS: nothing present is touched).
+                        init_schema(conn)
+                        version = schema_version(conn)
+            except (sqlite3.DatabaseError, OSError) as e:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if first is None and not creating and not self.read_only and self._no_room(e):
+                    # A full disk (bytes or inodes): SQLite could not make the WAL or shared-memory files a
+                    # read-write open needs, and every command, `ls` and `logs` too, said only that. What is
+                    # stored is read as on a read-only file system; what would write says why it cannot.
+                    first = e
+                    self.read_only = True
+                    self._read_only_why = (
+                        f"cannot be written: its file system is full{_left(d)}",
+                        "free some space there",
+                    )
+                    continue
+                if first is not None:
+                    self.read_only = False
+                raise self._unopened(first or e, creating) from None
+            break
+        if first is not None:
+            log.warning(
+                "state dir %s %s: read as it is; nothing can be run or changed, and an operation whose process is"
+                " gone is not marked interrupted",
+                d,
+                self._read_only_why[0],
+            )
         if (version or 0) > SCHEMA_VERSION:
             conn.close()
             self._conn = None
             self._refuse_newer(version)
         with contextlib.suppress(sqlite3.OperationalError):  # read-only: listing still works, submitting says why
             ensure_current(conn)
+
+    def _no_room(self, e: sqlite3.DatabaseError | OSError) -> bool:
+        """Whether ``e``, opening a database file that is there, is its file system having no room (few bytes
+        or no inode left), not a damaged or locked file."""
+        if isinstance(e, sqlite3.DatabaseError) and not isinstance(self._unusable(e), StoreFailed):
+            return False
+        free = free_bytes(self.state_dir)
+        return (free is not None and free < FULL_BELOW) or no_inodes(self.state_dir)
 
     def _peek_version(self) -> int | None:
         """The schema version ``outlast.db`` says, read without writing anything (not even SQLite's WAL
