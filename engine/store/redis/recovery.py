@@ -12,6 +12,7 @@ A write that finds its record missing asks ``_restored`` once, and is retried if
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -266,29 +267,47 @@ class RecoveryMixin(RedisCore):
             )
 
     async def _mirror_record(self, op: Operation, check: bool = True) -> None:
-        """Write the record into the mirror. With ``check``, then make sure Redis still holds it: a removal
-        that landed between this process's write to Redis and its mirror write (a prompt ``rm`` of an
-        operation just completed) left the file behind, which a Redis lost later brought back."""
+        """Write the record into the mirror. With ``check``, then read it back from Redis: a removal that landed
+        between this process's write to Redis and its mirror write (a prompt ``rm`` of an operation just
+        completed) left the file behind, which a Redis lost later brought back; and a later write of another
+        process (the operation resumed, claimed and run to its end elsewhere while this one was stopped
+        before its mirror write) was written over by this older record, which a Redis lost later brought
+        back to run again. The newer record Redis holds is written over it then (``_later``)."""
         mirror = self.mirror
         if mirror is None:
             return
-        await mirror.save_record(op)
-        if check:
-            key, meta = self.keys.op(op.id), self.keys.meta
+        key, meta = self.keys.op(op.id), self.keys.meta
 
-            async def look(c: Any) -> list[Any]:
-                pipe = c.pipeline(transaction=False)
-                pipe.exists(key)
-                pipe.hget(meta, GENERATION_FIELD)
-                return list(await pipe.execute())
+        async def look(c: Any) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            pipe.exists(key)
+            pipe.hget(meta, GENERATION_FIELD)
+            pipe.hmget(key, ["epoch", "updated_at"])
+            return list(await pipe.execute())
 
+        for _ in range(3):  # another write landing after each look is a race no process keeps winning
+            await mirror.save_record(op)
+            if not check:
+                break
             try:
-                exists, gen = await self.link.call(look, f"checking {op.id} is still stored")
+                exists, gen, stamp = await self.link.call(look, f"checking {op.id} is still stored")
             except Exception as e:  # the write itself is done: Redis gone now is the next write's to say
                 log.debug("checking %s is still stored failed: %s", op.id, e)
-            else:
-                if not exists and gen == self._generation and gen is not None:  # removed, not lost with Redis
+                break
+            if not exists:
+                if gen == self._generation and gen is not None:  # removed, not lost with Redis
                     await mirror.forget([op.id])
+                break
+            if not _later(stamp, op):
+                break
+            try:
+                now = await self._fetch([op.id])
+            except Exception as e:
+                log.debug("reading %s back failed: %s", op.id, e)
+                break
+            if not now:
+                break
+            op = now[0]
         await self._mirror_wrote()
 
     async def _mirror_wrote(self, op_id: str | None = None) -> None:
@@ -457,3 +476,15 @@ class RecoveryMixin(RedisCore):
     def _reconnected(self) -> None:
         """Called by the link when Redis answers again after an outage: it may have restarted empty."""
         self._check_generation = True
+
+
+def _later(stamp: list[bytes | None], op: Operation) -> bool:
+    """Whether Redis's ``epoch`` and ``updated_at`` (as stored: JSON) show a write after ``op``'s: a later
+    attempt, or a later write in the same one. Never one that is older (a Redis gone back to an earlier
+    snapshot): the mirror keeps the newer record, which tells of that loss (``_shows_loss``)."""
+    try:
+        epoch = int(json.loads(stamp[0])) if stamp[0] is not None else 0
+        updated = float(json.loads(stamp[1])) if stamp[1] is not None else 0.0
+    except (ValueError, TypeError):
+        return False
+    return (epoch, updated) > (op.epoch, op.updated_at or 0.0)
