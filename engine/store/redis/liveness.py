@@ -27,9 +27,15 @@ from .recovery import RecoveryMixin
 
 log = logging.getLogger("outlast.store.redis")
 
+REINDEX_EVERY = 60.0
+"""Seconds between two rebuilds of the indexes by one process (``_reindex``)."""
+
 
 class LivenessMixin(RecoveryMixin):
     """Holding, letting go of, and finding orphaned operations (part of RedisStore)."""
+
+    _reindexed_at: float | None = None
+    """When this process last indexed the operations again (``_reindex``)."""
 
     def _token(self, op_id: str) -> str:
         return f"{self.holder}:{self._held.get(op_id, 0)}"
@@ -88,15 +94,20 @@ class LivenessMixin(RecoveryMixin):
         queues = [self.keys.status(Status.QUEUED.value)]
         queues += [k(r) for r in range(3) for k in (self.keys.queue, self.keys.delayed)]
 
+        indexes = [self.keys.all, self.keys.ids, *(self.keys.status(s.value) for s in Status)]
+
         async def look(c: Any) -> list[Any]:
-            pipe = c.pipeline(transaction=False)
+            pipe = c.pipeline(transaction=True)  # the counts of one moment: a create between two is no loss
             pipe.zrange(running, 0, -1)
             pipe.scard(gone_key)  # queued ids a claim found without a record
-            for key in queues:
+            for key in [*queues, *indexes]:
                 pipe.zcard(key)
             return list(await pipe.execute())
 
-        members, gone_count, listed, *held = await self.link.call(look, "looking for orphans")
+        members, gone_count, listed, *counts = await self.link.call(look, "looking for orphans")
+        held, (in_all, in_ids, *by_status) = counts[: len(queues) - 1], counts[len(queues) - 1 :]
+        if in_all != in_ids or in_all != sum(by_status):  # an index key evicted: its operations listed nowhere
+            await self._reindex()
         dropped: list[Any] = []
         if gone_count:  # taken only when there are some: a look that writes nothing works on a read-only replica
             dropped = await self.link.call(
@@ -152,6 +163,29 @@ class LivenessMixin(RecoveryMixin):
             rows = await self.link.call(epochs, "listing interrupted operations left orphaned")
             out += [i for i, (was, now) in zip(chunk, rows, strict=True) if was is not None and was == now]
         return out
+
+    async def _reindex(self) -> None:
+        """Index every operation some index holds again as its record says (REINDEX), said when it finds
+        any; at most once a minute (the counts of a record tampered with to an unknown status never agree)."""
+        now = time.monotonic()
+        if self._reindexed_at is not None and now - self._reindexed_at < REINDEX_EVERY:
+            return
+        self._reindexed_at = now
+        args = [self.keys.prefix, *(s.value for s in Status)]
+        try:
+            n = await self._script("REINDEX", [], args, "indexing operations again")
+        except StoreError as e:  # refused (a read-only replica, a full Redis): listed as they are meanwhile
+            log.debug("indexing operations again failed: %s", e)
+            return
+        if n:
+            log.warning(
+                "redis %s: %d operation%s missing from the store's indexes (an index key evicted, or deleted by"
+                " hand): indexed again from %s records",
+                self.link.where,
+                n,
+                "s" if n != 1 else "",
+                "their" if n != 1 else "its",
+            )
 
     async def _requeue(self) -> None:
         """Queue again the queued operations no queue holds (REQUEUE), said once per round that finds any."""

@@ -585,3 +585,40 @@ end
 return n
 """
 )
+
+REINDEX = r"""
+-- ARGV: P, then every status name. The indexes of every operation (ids, all, st:STATUS) as its record says,
+-- when their counts disagree (an index key evicted by a maxmemory policy, or deleted by hand): a record
+-- whose index keys went was listed nowhere, and `show ID` said no operation matches it, though Redis held
+-- it (a completed one too). Only the ids some index or queue still holds are found (no SCAN of the keyspace). An id
+-- whose record is gone is noted for find_orphans (gone); one whose status is no known one is left as it is.
+-- The number of operations indexed again.
+local P = ARGV[1]
+local known, seen, n = {}, {}, 0
+for i = 2, #ARGV do known[ARGV[i]] = true end
+local function look(key)
+  for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do seen[id] = true end
+end
+look(P .. 'all')
+look(P .. 'ids')
+for i = 2, #ARGV do look(P .. 'st:' .. ARGV[i]) end
+for r = 0, 2 do look(P .. 'q:' .. r) look(P .. 'dq:' .. r) end
+for id in pairs(seen) do
+  local f = redis.call('HMGET', P .. 'op:' .. id, 'status', 'created_at')
+  if not f[1] then
+    redis.call('SADD', P .. 'gone', id)
+  else
+    local st = string.sub(f[1], 2, -2)
+    local created = tonumber(f[2]) or 0
+    local added = redis.call('ZADD', P .. 'ids', 'NX', 0, id) + redis.call('ZADD', P .. 'all', 'NX', created, id)
+    if known[st] then
+      for i = 2, #ARGV do
+        if ARGV[i] ~= st then added = added + redis.call('ZREM', P .. 'st:' .. ARGV[i], id) end
+      end
+      added = added + redis.call('ZADD', P .. 'st:' .. st, 'NX', created, id)
+    end
+    if added > 0 then n = n + 1 end
+  end
+end
+return n
+"""

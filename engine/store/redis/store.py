@@ -51,6 +51,7 @@ _SCRIPTS = (
     "DELETE",
     "FORGET",
     "REQUEUE",
+    "REINDEX",
 )
 """The Lua scripts (lua.py) registered when the store opens."""
 
