@@ -84,10 +84,20 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
-def atomic_write(path: Path, data: bytes, sync_dir: bool = True, mode: int = FILE_MODE, gid: int | None = None) -> None:
+def atomic_write(
+    path: Path,
+    data: bytes,
+    sync_dir: bool = True,
+    mode: int = FILE_MODE,
+    gid: int | None = None,
+    replace: bool = True,
+) -> bool:
     """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part: a temp file
     beside it (``mode`` exactly, whatever the umask; group ``gid`` where allowed), synced, renamed over it;
-    the directory synced too unless the caller syncs it once for several (``sync_dir=False``)."""
+    the directory synced too unless the caller syncs it once for several (``sync_dir=False``).
+    With ``replace=False`` a file already at ``path`` is kept (the new one hard-linked in its place only if
+    none is there, in one step; where hard links are refused, looked for just before the rename): False
+    then, and nothing written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
     try:
         with open(tmp, "xb", opener=private_opener) as fh:
@@ -99,13 +109,35 @@ def atomic_write(path: Path, data: bytes, sync_dir: bool = True, mode: int = FIL
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        elif not _link_new(tmp, path):
+            os.unlink(tmp)
+            return False
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if sync_dir:
         fsync_dir(path.parent)
+    return True
+
+
+def _link_new(tmp: Path, path: Path) -> bool:
+    """``tmp`` put at ``path`` unless a file is there (False: ``tmp`` left for the caller)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(path):  # no hard links on this file system: a look just before the rename
+            return False
+        os.replace(tmp, path)
+        return True
+    os.unlink(tmp)
+    return True
 
 
 def fsync_dir(path: Path) -> None:

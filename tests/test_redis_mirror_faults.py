@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -70,10 +71,10 @@ async def test_a_mirror_write_that_failed_is_written_again_once_the_mirror_works
     real = mirror_module.atomic_write
     full = [False]
 
-    def disk(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    def disk(path: Path, data: bytes, sync_dir: bool = True, **options: Any) -> bool:
         if full[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data, sync_dir)
+        return real(path, data, sync_dir, **options)
 
     monkeypatch.setattr(mirror_module, "atomic_write", disk)
     async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:

@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -567,11 +568,11 @@ async def test_a_mirror_directory_removed_in_the_middle_of_a_checkpoint_write_is
     real = mirror_module.atomic_write
     removed: list[Path] = []
 
-    def racing(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    def racing(path: Path, data: bytes, sync_dir: bool = True, **options: Any) -> bool:
         if not removed and path.name == f"{3:010d}.ckpt.json":  # after its delta, before its checkpoint
             path.parent.rename(tmp_path / "removed")
             removed.append(path)
-        real(path, data, sync_dir)
+        return real(path, data, sync_dir, **options)
 
     monkeypatch.setattr(mirror_module, "atomic_write", racing)
     async with Engine(store=store_for(redis_server, checkpoint_mirror=mirror), settings=settings) as engine:

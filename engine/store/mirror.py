@@ -145,9 +145,15 @@ class CheckpointMirror:
 
     # ---- records -------------------------------------------------------------------------------
 
-    async def save_record(self, op: Operation) -> None:
+    async def save_record(self, op: Operation, new: bool = False) -> None:
+        """``new``: the record of an operation just created, written only where the mirror has none: one
+        there is a later write's (a worker claimed it, ran it and completed it before this one landed)."""
         data = model_json(op).encode()
-        await self.guard(f"record {op.id}", lambda: atomic_write(self.ops_dir / f"{validate_id(op.id)}.json", data))
+        path = self.ops_dir / f"{validate_id(op.id)}.json"
+        if new:
+            await self.guard(f"record {op.id}", lambda: atomic_write(path, data, replace=False))
+        else:
+            await self.guard(f"record {op.id}", lambda: atomic_write(path, data))
 
     def load_records_sync(self) -> list[Operation]:
         """Every readable record; a malformed file is skipped with a warning."""

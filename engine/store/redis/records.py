@@ -62,7 +62,7 @@ class RecordsMixin(RecoveryMixin):
         if not handle:
             raise Conflict(f"operation {op.id} exists already")
         if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
-            await self._mirror_record(op.model_copy(update={"handle": handle}), check=False)
+            await self._mirror_record(op.model_copy(update={"handle": handle}), check=False, new=True)
         return handle
 
     async def get(self, op_id: str) -> Operation:

@@ -266,13 +266,14 @@ class RecoveryMixin(RedisCore):
                 mirror.root,
             )
 
-    async def _mirror_record(self, op: Operation, check: bool = True) -> None:
+    async def _mirror_record(self, op: Operation, check: bool = True, new: bool = False) -> None:
         """Write the record into the mirror. With ``check``, then read it back from Redis: a removal that landed
         between this process's write to Redis and its mirror write (a prompt ``rm`` of an operation just
         completed) left the file behind, which a Redis lost later brought back; and a later write of another
         process (the operation resumed, claimed and run to its end elsewhere while this one was stopped
         before its mirror write) was written over by this older record, which a Redis lost later brought
-        back to run again. The newer record Redis holds is written over it then (``_later``)."""
+        back to run again. The newer record Redis holds is written over it then (``_later``). ``new``: the
+        record of an operation just created, never written over one the mirror has (``save_record``)."""
         mirror = self.mirror
         if mirror is None:
             return
@@ -286,7 +287,10 @@ class RecoveryMixin(RedisCore):
             return list(await pipe.execute())
 
         for _ in range(3):  # another write landing after each look is a race no process keeps winning
-            await mirror.save_record(op)
+            if new:
+                await mirror.save_record(op, new=True)
+            else:
+                await mirror.save_record(op)
             if not check:
                 break
             try:
