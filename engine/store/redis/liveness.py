@@ -97,7 +97,7 @@ class LivenessMixin(RecoveryMixin):
         indexes = [self.keys.all, self.keys.ids, *(self.keys.status(s.value) for s in Status)]
 
         async def look(c: Any) -> list[Any]:
-            pipe = c.pipeline(transaction=True)  # the counts of one moment: a create between two is no loss
+            pipe = c.pipeline(transaction=False)
             pipe.zrange(running, 0, -1)
             pipe.scard(gone_key)  # queued ids a claim found without a record
             for key in [*queues, *indexes]:
@@ -107,7 +107,7 @@ class LivenessMixin(RecoveryMixin):
         members, gone_count, listed, *counts = await self.link.call(look, "looking for orphans")
         held, (in_all, in_ids, *by_status) = counts[: len(queues) - 1], counts[len(queues) - 1 :]
         if in_all != in_ids or in_all != sum(by_status):  # an index key evicted: its operations listed nowhere
-            await self._reindex()
+            await self._reindex(indexes)
         dropped: list[Any] = []
         if gone_count:  # taken only when there are some: a look that writes nothing works on a read-only replica
             dropped = await self.link.call(
@@ -164,11 +164,23 @@ class LivenessMixin(RecoveryMixin):
             out += [i for i, (was, now) in zip(chunk, rows, strict=True) if was is not None and was == now]
         return out
 
-    async def _reindex(self) -> None:
+    async def _reindex(self, indexes: list[str]) -> None:
         """Index every operation some index holds again as its record says (REINDEX), said when it finds
-        any; at most once a minute (the counts of a record tampered with to an unknown status never agree)."""
+        any; at most once a minute (the counts of a record tampered with to an unknown status never agree).
+        Only when the counts of ``indexes`` (all, ids, then each status) disagree again when read once more:
+        a create or removal between two counts of one look (no MULTI: an ACL may not allow it) is no loss."""
         now = time.monotonic()
         if self._reindexed_at is not None and now - self._reindexed_at < REINDEX_EVERY:
+            return
+
+        async def count(c: Any) -> list[int]:
+            pipe = c.pipeline(transaction=False)
+            for key in indexes:
+                pipe.zcard(key)
+            return list(await pipe.execute())
+
+        in_all, in_ids, *by_status = await self.link.call(count, "counting the indexes")
+        if in_all == in_ids == sum(by_status):
             return
         self._reindexed_at = now
         args = [self.keys.prefix, *(s.value for s in Status)]
