@@ -49,8 +49,9 @@ def kill_engine_leftovers(boot: str | None, pid: int, start: int | None) -> list
     found: list[tuple[int, str, int]] = []
     for _ in range(ROUNDS):
         more = []
+        killed = {f[0] for f in found}  # SIGKILLed in a round before, and not gone yet: listed once
         for other in _pids():
-            if other == own:
+            if other == own or other in killed:
                 continue
             if (seen := _environ(other)) is None:
                 continue
