@@ -101,3 +101,46 @@ async def test_the_detail_body_keeps_unchanged_rows_and_draws_what_textual_draws
                     assert body.render_strips(width, 60) == whole, (width, rows)
                     i = rnd.randrange(len(rows))
                     rows[i] = (rows[i][0], Text(f"{rnd.random():.3f} moved", style=rnd.choice(["", "dim"])))
+
+
+async def test_nothing_selected_is_laid_out_once_not_at_every_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard shows the selected operation at every frame (5 a second); with none selected (an empty
+    store, a filter matching nothing) the pane's "no operation selected" was laid out again each time: a
+    layout of the whole screen at 5 Hz while nothing changed (an idle dashboard's CPU went 4x). Shown once
+    now, and again when an operation was shown in between."""
+    from textual.app import App, ComposeResult
+
+    from tests.fixtures_tui import SEED
+    from tui.widgets.detail import DetailBody, DetailPane
+
+    layouts: list[int] = []
+    refresh = DetailBody.refresh
+
+    def counted(self: DetailBody, *regions: object, **kw: object) -> object:
+        if kw.get("layout"):
+            layouts.append(1)
+        return refresh(self, *regions, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DetailBody, "refresh", counted)
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DetailPane(lambda: 0.0, id="pane")
+
+    app = One()
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane, body = app.query_one(DetailPane), app.query_one(DetailBody)
+        pane.show(None, None)
+        await pilot.pause()
+        assert "no operation selected" in str(body.render())
+        shown = len(layouts)
+        for _ in range(10):  # two seconds of frames
+            pane.show(None, None)
+            await pilot.pause()
+        assert len(layouts) == shown, "nothing changed, yet the pane was laid out again"
+        pane.show(SEED[0], None)
+        await pilot.pause()
+        assert "no operation selected" not in str(body.render())
+        pane.show(None, None)
+        await pilot.pause()
+        assert "no operation selected" in str(body.render())

@@ -249,9 +249,12 @@ class DetailPane(VerticalScroll, can_focus=True):
         """``op`` as the table holds it (fresh), ``full`` the whole record when read (params, result);
         ``tick`` counts the screen's live repaints (None: the wall clock's seconds)."""
         if op is None:
+            # Shown once, not at every frame while nothing is selected: a new layout at 5 Hz of an idle screen.
+            if self._last == (None, self.app.theme):
+                return
             self._height = 0
             self._body.styles.height = "auto"
-            self._last = ()
+            self._last = (None, self.app.theme)
             self._body.update(Text("no operation selected", style="dim"))
             return
         # A running operation: its live figures at the screen's live repaint, once a second, in the same
