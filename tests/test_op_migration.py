@@ -251,7 +251,7 @@ def test_ctrl_c_while_another_writer_holds_the_lock_pauses_at_once(cli: Cli, loc
 def test_a_worker_cancelling_a_migration_that_waits_for_a_lock_lives_on(cli: Cli, locked: Locked) -> None:
     """In `outlast worker`, the same crash took every operation of the worker down with it."""
     params, db, other = locked
-    op_id = submit(cli, "migration_operation", params)
+    op_id = submit(cli, "migration_operation", params, here=False)  # the lock is this process's
     worker = cli.start("worker", "--concurrency", "1")
     cli.wait_status(op_id, {"running"})
     time.sleep(1.0)  # waiting for the lock
