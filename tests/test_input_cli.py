@@ -468,7 +468,7 @@ def test_a_home_of_no_such_user_is_one_line(tmp_path: Path, args: list[str], env
 
 
 def _ids(cli: Cli) -> list[str]:
-    r = cli("--json", "ls")
+    r = cli.here("--json", "ls")  # a read around the command under test: answered in this process
     assert r.returncode == 0, r.stderr
     return [op["id"] for op in json.loads(r.stdout)]
 
@@ -544,7 +544,7 @@ def test_a_database_path_that_is_no_regular_file_is_one_line_and_left_alone(
 def test_a_fifo_beside_the_database_is_one_line_not_a_hang(cli: Cli, state_dir: Path, suffix: str) -> None:
     """SQLite opens the journal (its hot-journal check), WAL and shared-memory files it finds beside the
     database: a FIFO at ``outlast.db-journal`` made ``ls``, ``run`` and every other command wait for ever."""
-    assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    assert cli.here("-q", "submit", "demo", "-p", "items=1").returncode == 0  # the commands below are the test
     fifo = state_dir / f"outlast.db{suffix}"
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
@@ -555,7 +555,7 @@ def test_a_fifo_beside_the_database_is_one_line_not_a_hang(cli: Cli, state_dir: 
             f"outlast: state dir {state_dir}: outlast.db{suffix} is not a regular file (a FIFO): move it out of the way"
         ], r.stderr
     fifo.unlink()
-    assert len(json.loads(cli("--json", "ls").stdout)) == 1  # nothing queued meanwhile
+    assert len(json.loads(cli.here("--json", "ls").stdout)) == 1  # nothing queued meanwhile
 
 
 def test_a_config_given_through_a_pipe_is_applied_once_read(cli: Cli, tmp_path: Path) -> None:
