@@ -399,3 +399,34 @@ async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit
     assert lines[-1000:] == [str(i) for i in range(49_001, 50_001)]
     assert past[0].startswith(f"{50_000 - kept:,} log lines (") and "the last 1,000 follow" in past[0], past
     assert len(records) < kept + 1000 + 20  # the engine's own few lines besides
+
+
+async def test_progress_written_just_before_a_pause_counts_with_the_checkpoint_after_it(engine: Engine) -> None:
+    """What a paused command wrote before it was killed is read for its last ``::outlast checkpoint``: its
+    progress lines were passed over, so the pause said "paused at 44/100" with the checkpoint at next=45, and the
+    resume "resuming from checkpoint N (44 items done)" while the command went on at 45. Here the last two lines
+    come from a process in a session of its own, written once the command's group was killed by the pause."""
+    late = 'printf "::outlast progress 45/100\\n::outlast checkpoint {\\"next\\": 45}\\n"'
+    wait_for_kill = f"while kill -0 $0 2>/dev/null; do sleep 0.02; done; {late}; exec sleep 300"
+    cmd = (
+        'if [ "$OUTLAST_RESUME" = 1 ]; then echo "from $OUTLAST_CHECKPOINT"; exit 0; fi; '
+        f"setsid sh -c '{wait_for_kill}' $$ & "
+        'echo "::outlast progress 44/100"; echo "::outlast checkpoint {\\"next\\": 44}"; sleep 300'
+    )
+    op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
+    await until_async(lambda: _at(engine, op.id, 44), timeout=20)
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.PAUSED, final
+    newest = max(await engine.checkpoints(op.id), key=lambda c: c.seq)
+    assert newest.processed_items == 45 and final.progress.done == 45, (newest, final.progress)
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final
+    await until_async(lambda: _logged(engine, op.id, "(45 items done)"), timeout=10)
+    assert await _logged(engine, op.id, 'from {"next": 45}')
+
+
+async def _at(engine: Engine, op_id: str, done: int) -> bool:
+    op = await engine.get(op_id)
+    return op is not None and op.progress.done == done

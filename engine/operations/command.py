@@ -316,6 +316,20 @@ class _Parser:
         self.total: int | None = None
         """The last total the output gave (a count alone is within it)."""
         self.said_over = False
+        self.live = True
+        """False for the drain after a stop: progress is kept as it is said, without a call that raises the stop."""
+
+    def _report(self, done: int | None = None, total: int | None = None, **said: str) -> None:
+        ctx = self.ctx
+        if self.live:
+            ctx.progress(done, total=total, **said)
+            return
+        if total is not None:
+            ctx.total = total
+        if done is not None:
+            ctx.done = done
+        for name, value in said.items():
+            setattr(ctx, name, value)
 
     def feed(self, line: str) -> dict | None:
         ctx = self.ctx
@@ -327,9 +341,9 @@ class _Parser:
                 if f:
                     self._count(f.group(1), f.group(2))
             elif kind == "step":
-                ctx.progress(step=arg)
+                self._report(step=arg)
             elif kind == "message":
-                ctx.progress(message=arg)
+                self._report(message=arg)
             else:
                 try:
                     data = _strict_json(arg or "{}")
@@ -394,7 +408,7 @@ class _Parser:
             return
         if t is not None:
             self.total = t
-        self.ctx.progress(n, total=t)
+        self._report(n, total=t)
 
     def _pct(self, pct: str) -> None:
         try:
@@ -403,7 +417,7 @@ class _Parser:
             return
         if 0 <= value <= 100:  # not NaN, not infinite
             self.total = 1000
-            self.ctx.progress(round(value * 10), total=1000)
+            self._report(round(value * 10), total=1000)
 
 
 class _Lines:
@@ -422,10 +436,11 @@ class _Lines:
         """Follow ``raw``; the payload of the checkpoint it asks for (kept in the state, with the line count,
         for the caller to save), else None.
 
-        ``live`` false for the drain, what a stopped command wrote before it was killed: no progress (a
-        progress call raises the stop; a progress line read with the stop raised it, and the checkpoint line
-        after it in the same read was dropped: the resume did that step again), and a piece of a longer line
-        is passed over (no directive, and the log has had its like)."""
+        ``live`` false for the drain, what a stopped command wrote before it was killed: its progress is kept
+        without a progress call (one raises the stop; a progress line read with the stop raised it, and the
+        checkpoint line after it in the same read was dropped: the resume did that step again), not passed
+        over (the pause said "paused at 44/100" and the resume "44 items done" with the checkpoint at 45), and
+        a piece of a longer line is passed over (no directive, and the log has had its like)."""
         ctx = self.ctx
         cut = len(raw) >= LINE_MAX and raw[-1:] not in (b"\n", b"\r")  # a piece: the line goes on
         if not live:
@@ -444,19 +459,18 @@ class _Lines:
             )
             self.long_directive = True
             return None
-        if directive and not live and directive.group(1) != "checkpoint":
-            return None  # progress, step, message: a progress call would raise the stop
+        self.parser.live = live
         if raw[-1:] == b"\r" and not directive:
             # Written over in place (a progress bar: curl, wget, rsync, pv, tqdm): its progress counts
             # and it is a sign of life, but only the state a newline leaves is a line of the log.
+            self.parser.feed(line)
             if live:
-                self.parser.feed(line)
                 ctx.progress(lines=self.lines)
             return None
         if not directive:  # ::outlast directives are protocol, not output: not in the log or the tail
             self.tail.append(line)
             ctx.log.info(line)
-        data = self.parser.feed(line) if live or directive else None
+        data = self.parser.feed(line)
         if data is not None:
             ctx.state["checkpoint"] = data
             ctx.state["lines"] = self.lines
