@@ -67,6 +67,26 @@ def out_of_files(e: BaseException | None) -> OSError | None:
     return found if isinstance(found, OSError) and found.errno in OUT_OF_FILES else None
 
 
+def files_short_opening(what: str, e: BaseException) -> OSError | None:
+    """For an open that failed without an errno (SQLite's "unable to open database file", SQLITE_CANTOPEN): an
+    EMFILE saying this process ran out of file descriptors opening ``what``, when it has none left now (one is
+    tried), else None. Asked before what was opened is closed: once closed, there is room again. A shortage
+    (``ran_short``): the attempt is queued again, not failed, as for any other EMFILE."""
+    if getattr(e, "sqlite_errorname", None) != "SQLITE_CANTOPEN":
+        return None
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as probe:
+        if probe.errno in OUT_OF_FILES:
+            limit = open_files_limit()
+            return OSError(
+                probe.errno,
+                f"Too many open files: this process ran out of file descriptors"
+                f"{f' (ulimit -n {limit})' if limit is not None else ''} opening {what} ({e})",
+            )
+    return None
+
+
 def open_files_limit() -> int | None:
     """How many file descriptors this process may have open (its soft ``ulimit -n``); None: no limit."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -9,6 +9,8 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +463,33 @@ def test_a_missing_default_kb_is_refused_in_one_line_and_nothing_is_stored(
     (state_dir / "outputs" / "kb.sqlite").write_text("not a database")
     r = cli("run", type_)
     assert r.returncode == 2 and "kb" in r.stderr and json.loads(cli("--json", "ls").stdout) == [], r.stderr
+
+
+_OPEN_SHORT = """
+import resource, sqlite3, sys
+from engine.operations.knowledge import open_kb
+from engine.shortage import count_open_files, ran_short
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+for room in (1, 2, 3):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count_open_files() + room, hard))
+    try:
+        open_kb(sys.argv[1]).close()
+        said = "opened"
+    except Exception as e:
+        said = f"{'short' if ran_short(e) else 'not short'}: {type(e).__name__}: {e}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(said)
+"""
+
+
+def test_a_knowledge_base_opened_with_no_descriptor_left_says_so(tmp_path: Path) -> None:
+    """Under ``ulimit -n 12`` kb_population failed "unable to open database file" (SQLite's word for an open
+    that failed, with no errno): nothing said the process had run out of file descriptors, and the attempt
+    was not queued again as one that ran short is. Opened with one, two, three descriptors left here."""
+    run = subprocess.run(
+        [sys.executable, "-c", _OPEN_SHORT, str(tmp_path / "kb.db")], capture_output=True, text=True, timeout=60
+    )
+    said = run.stdout.splitlines()
+    assert run.returncode == 0 and len(said) == 3, (run.stdout, run.stderr)
+    assert all(s == "opened" or s.startswith("short: OSError: [Errno 24] Too many open files") for s in said), said
+    assert any("ran out of file descriptors" in s and "kb.db" in s for s in said), said

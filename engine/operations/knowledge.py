@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..files import create_private
+from ..shortage import files_short_opening
 from ._common import SQLITE_MAGIC, peek
 
 if TYPE_CHECKING:
@@ -104,10 +105,18 @@ def check_kb_tables(p: Path, create: bool = False) -> bool:
     kb_population wrote its tables beside another program's."""
     if not p.is_file() or p.stat().st_size == 0:
         return False
+    what = f"the knowledge base {str(p)!r}"
     try:
         with peek(p) as con:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            try:
+                names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            except sqlite3.DatabaseError as e:
+                if (short := files_short_opening(what, e)) is not None:  # asked while it is open
+                    raise short from None
+                raise
     except sqlite3.DatabaseError as e:
+        if (short := files_short_opening(what, e)) is not None:
+            raise short from None
         raise KbError(f"cannot be read as SQLite: {e}") from None
     if names and "chunks_fts" not in names:
         what = (
@@ -144,7 +153,13 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
         raise KbError(f"{str(p)!r} {e}") from None
     if create:
         create_private(p)  # its journal files take its mode
-    con = sqlite3.connect(p, timeout=60, check_same_thread=False)
+    try:
+        con = sqlite3.connect(p, timeout=60, check_same_thread=False)
+    except sqlite3.Error as e:
+        # "unable to open database file" under a tight ``ulimit -n`` named nothing wrong with the file.
+        if (short := files_short_opening(f"the knowledge base {str(p)!r}", e)) is not None:
+            raise short from None
+        raise
     try:
         con.execute("PRAGMA journal_mode=WAL")
         if create:
@@ -154,7 +169,10 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
                 raise KbError(not_yet)
             raise KbError(f"{str(p)!r} is an SQLite database but not a knowledge base (no chunks_fts table)")
     except sqlite3.DatabaseError as e:
+        short = files_short_opening(f"the knowledge base {str(p)!r}", e)  # its WAL: asked while it is open
         con.close()
+        if short is not None:
+            raise short from None
         if isinstance(e, sqlite3.OperationalError) and "fts5" in str(e):
             raise KbError("this Python's SQLite has no FTS5: the knowledge base needs it") from None
         raise KbError(f"{str(p)!r}: {e}") from None
