@@ -14,8 +14,11 @@ copied to) are both new: they were written together, and are opened as they are.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("outlast.store")
 
 OWNER_SUFFIX = "-owner"
 _WAL_HEADER = 32
@@ -90,3 +93,15 @@ def note_owner(db: Path) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if path.is_dir():
+            # Taken as no note, as a damaged one is (not refused: the store works as before the note existed),
+            # but not without a word: its check of a database put back beside another file's WAL is lost.
+            log.warning(
+                "state dir %s: %s is a directory: which WAL goes with %s cannot be noted, so an %s restored"
+                " beside the WAL of the file before is not refused; move %s out of the way",
+                db.parent,
+                path.name,
+                db.name,
+                db.name,
+                path.name,
+            )
