@@ -1171,6 +1171,9 @@ def _describe(exc: BaseException) -> str:
     except Exception as e:  # an exception whose __str__ fails: say so, not fail the attempt on it
         said = f"<str() of it failed: {type(e).__name__}>"
     said = said.strip()
+    if isinstance(exc, MemoryError) and "memory" not in said.lower():
+        # A bare "MemoryError (at indexing.py:165)" (``ulimit -v``, a container's limit) said it in no words.
+        said = f"out of memory: {said}" if said else "out of memory"
     text = clean(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
     if len(text) > 500:
         text = text[:497] + "..."

@@ -43,7 +43,10 @@ async def catches_stop(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
 
 @operation("fault_raises", params=FaultParams)
 async def raises(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
-    """Raises what ``how`` names inside its second item."""
+    """Raises what ``how`` names inside its second item (``memory``: runs out of memory before its first, in its
+    first attempt only)."""
+    if p.how == "memory" and ctx.attempt == 1:
+        _ = bytearray(1 << 60)  # MemoryError, as under ``ulimit -v``: no machine has it to give
     async for i in ctx.items(range(p.items), key=str):
         if i == 1:
             if p.how == "keyboard":

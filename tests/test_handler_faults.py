@@ -57,6 +57,19 @@ async def test_a_handlers_own_cancelled_task_fails_it_and_is_no_forced_stop(sett
     assert "the handler's own task was cancelled" in (final.error or "") and "forced" not in (final.error or "")
 
 
+async def test_a_handler_out_of_memory_fails_saying_so_and_resumes(settings: Settings) -> None:
+    """A MemoryError (``ulimit -v``) failed the operation with "MemoryError (at indexing.py:165)", nothing saying
+    what happened in words. Failed (not retried as a shortage: more memory is not on its way), then resumed."""
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_raises", params={"how": "memory", "items": 3}))
+        final = await engine.wait(op.id, timeout=20)
+        assert final.status is Status.FAILED and final.attempt == 1, (final.status, final.status_message)
+        assert "out of memory" in (final.error or ""), final.error
+        await engine.resume(op.id)
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, (final.status, final.error)
+
+
 async def test_a_state_keyed_by_ints_is_refused_in_one_line_not_read_back_as_strings(
     settings: Settings, tmp_path: Path
 ) -> None:
