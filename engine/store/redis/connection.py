@@ -475,14 +475,19 @@ class RedisLink:
                     self.on_reconnect()
             return result
 
-    async def script(self, script: Any, keys: list[str], args: list[Any], what: str) -> Any:
+    async def script(self, script: Any, keys: list[str], args: list[Any] | Callable[[], list[Any]], what: str) -> Any:
         """``script`` (a registered redis-py script) run with ``keys`` and ``args``, through ``call``: a
         write (every script of the store changes something, or may), whose outcome is unknown only once
         it was sent: a try cut off while its connection was being made (a frozen Redis does not answer
-        the handshake) cannot have been applied."""
+        the handshake) cannot have been applied. ``args`` may be a function: called for each try, whose
+        arguments then say what holds when it is sent (the heartbeat's, ``liveness.py``)."""
         sent = Sent()
         return await self.call(
-            lambda c: self._evalsha(c, script, keys, args, sent), what, script.script, writes=True, reached=sent
+            lambda c: self._evalsha(c, script, keys, args() if callable(args) else args, sent),
+            what,
+            script.script,
+            writes=True,
+            reached=sent,
         )
 
 

@@ -72,6 +72,9 @@ class RedisCore:
         """The attempts this process holds: operation id -> epoch."""
         self._lost: dict[str, int] = {}
         """Attempts of this process refused by Redis (lease gone, operation moved on) and not yet released."""
+        self._renewed: dict[str, float] = {}
+        """When (``time.monotonic()``, taken before sending) the lease of each held attempt was last set or
+        renewed: by this process's clock it holds until then plus the TTL (``heartbeat``)."""
         self._settling: set[str] = set()
         """Operations whose attempt's final transition this process is writing: a write refused meanwhile
         (the settle let go of the lease) is no loss."""
@@ -93,7 +96,7 @@ class RedisCore:
         """False while Redis cannot be reached (writes are being retried)."""
         return self.link.connected
 
-    async def _script(self, name: str, keys: list[str], args: list[Any], what: str) -> Any:
+    async def _script(self, name: str, keys: list[str], args: list[Any] | Callable[[], list[Any]], what: str) -> Any:
         return await self.link.script(self._scripts[name], keys, args, what)
 
     # ---- fencing the writes of an attempt --------------------------------------------------------
@@ -130,6 +133,7 @@ class RedisCore:
         if self._held.get(op_id) != epoch or op_id in self._settling:
             return
         del self._held[op_id]
+        self._renewed.pop(op_id, None)
         self._lost[op_id] = epoch
         log.warning(
             "operation %s: this worker lost its lease (attempt epoch %d %s); it stops and writes nothing more",

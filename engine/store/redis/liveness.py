@@ -2,11 +2,12 @@
 
 A running operation is held by ``lease:ID`` (holder token and epoch) with a TTL the engine's
 heartbeat renews. An operation marked running without a lease is an orphan: its worker died
-or was cut off for longer than the TTL. A lease that expired is never renewed: the heartbeat
-that finds it gone (or the operation moved on) ends that attempt in this process, which then
-writes nothing more. Right after Redis (re)started, orphans are not looked for during one TTL,
-so that live workers renew the leases that survived first; a Redis that came back empty is
-noticed first (recovery.py).
+or was cut off for longer than the TTL. A lease that expired by the worker's own clock is never
+renewed (it may have been taken over): the heartbeat that finds it gone (or the operation moved on)
+ends that attempt in this process, which then writes nothing more. One Redis dropped while by the
+worker's clock it still holds is set again, if the record still shows that attempt (``heartbeat``).
+Right after Redis (re)started, orphans are not looked for during one TTL, so that live workers
+renew the leases that survived first; a Redis that came back empty is noticed first (recovery.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -51,6 +53,7 @@ class LivenessMixin(RecoveryMixin):
             return
         token = self._token(op_id)
         self._held.pop(op_id, None)
+        self._renewed.pop(op_id, None)
         await self._script("RELEASE", [self.keys.lease(op_id)], [token], f"releasing {op_id}")
 
     async def release_all(self) -> None:
@@ -63,6 +66,7 @@ class LivenessMixin(RecoveryMixin):
             except Exception:
                 break
         self._held.clear()
+        self._renewed.clear()
         self._lost.clear()
         self._unsure.clear()
         self._last_delta.clear()
@@ -71,16 +75,38 @@ class LivenessMixin(RecoveryMixin):
         fn()  # no lock another process waits on is held between two calls
 
     async def heartbeat(self, op_ids: list[str]) -> None:
+        """Renew the leases of ``op_ids`` this process holds. A lease Redis no longer has, while by this
+        process's own clock it has not run out (set or renewed less than a TTL ago), is set again if the
+        record still shows this attempt running and no other lease is there: Redis's clock ran past it,
+        not this worker's (a Redis restarted from its append-only file after the machine's clock stepped
+        forward, a host paused as a whole). No other attempt can have begun: taking an operation over moves
+        its epoch or status first, which the script checks in the same step. A worker itself stopped past
+        its lease (SIGSTOP) finds it run out by its own clock, and its attempt is over, as before."""
         held = {i: self._held[i] for i in op_ids if i in self._held}
         if not held:
             return
-        args: list[Any] = [self.keys.prefix, int(self.lease_ttl * 1000), self.holder]
-        for i, e in held.items():
-            args += [i, str(e)]
+        sent = [0.0]
+
+        def args() -> list[Any]:  # for each try: whether a lease is still ours is judged when it is sent
+            now = sent[0] = time.monotonic()
+            out: list[Any] = [self.keys.prefix, int(self.lease_ttl * 1000), self.holder]
+            for i, e in held.items():
+                mine = now < self._renewed.get(i, -math.inf) + self.lease_ttl
+                out += [i, str(e), "1" if mine else "0"]
+            return out
+
         lost = await self._script("HEARTBEAT", [], args, "renewing leases") or []
+        refused = set()
         for k in range(0, len(lost), 4):
             op_id = lost[k].decode()
+            if lost[k + 1] == b"set":
+                log.info("operation %s: its lease was gone from redis before its time; set again", op_id)
+                continue
+            refused.add(op_id)
             self._refused(op_id, held[op_id], lost[k : k + 4])
+        for i in held:
+            if i not in refused and self._held.get(i) == held[i]:
+                self._renewed[i] = sent[0]
 
     async def find_orphans(self) -> list[Operation]:
         if self._check_generation:

@@ -12,7 +12,9 @@ The keys, under the namespace prefix P (``ARGV[1]``), are described in keys.py.
 Fencing: every write of an attempt (checkpoint, live progress, log, transition, heartbeat) carries
 the attempt's epoch and lease token (``HOLDER:EPOCH``) and is applied only while the operation is
 still running under that epoch and its lease key still holds that token (``_FENCE``). A lease that
-expired is never renewed: the attempt is over, whether or not anyone noticed yet.
+expired is renewed only by HEARTBEAT, and only while the record still shows that attempt (its epoch,
+running) and no other lease is there, for a holder whose own clock says it has not run out (see
+liveness.py); else the attempt is over, whether or not anyone noticed yet.
 """
 
 from __future__ import annotations
@@ -347,15 +349,22 @@ return {id, redis.call('HGETALL', k)}
 HEARTBEAT = (
     _FENCE
     + r"""
--- ARGV: P, lease ttl ms, holder, id, epoch, id, epoch, ...
--- Renews the leases this holder still holds; returns id, why, status, epoch of each it lost.
+-- ARGV: P, lease ttl ms, holder, then per operation: id, epoch, mine (1: set the lease if it is gone)
+-- Renews the leases this holder still holds; returns id, why, status, epoch of each it lost. A lease
+-- gone (none there: no other holder) is set again when the holder says 'mine' and the record still
+-- shows this attempt running (same epoch): nobody took the operation over, as that moves its epoch
+-- or status first; its id is then returned with why 'set'.
 local P = ARGV[1]
 local lost = {}
-for i = 4, #ARGV, 2 do
-  local id, e = ARGV[i], ARGV[i + 1]
+for i = 4, #ARGV, 3 do
+  local id, e, mine = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local leasek = P .. 'lease:' .. id
-  local no = fence(P .. 'op:' .. id, leasek, e, ARGV[3] .. ':' .. e)
-  if no then
+  local tok = ARGV[3] .. ':' .. e
+  local no = fence(P .. 'op:' .. id, leasek, e, tok)
+  if no and no[1] == 'lease' and mine == '1' and redis.call('EXISTS', leasek) == 0 then
+    redis.call('SET', leasek, tok, 'PX', ARGV[2])
+    for _, v in ipairs({id, 'set', no[2], no[3]}) do table.insert(lost, v) end
+  elseif no then
     for _, v in ipairs({id, no[1], no[2], no[3]}) do table.insert(lost, v) end
   else
     redis.call('PEXPIRE', leasek, ARGV[2])

@@ -384,6 +384,7 @@ class RecordsMixin(RecoveryMixin):
         if types is not None and op_id is None:
             # As the records hold them; none at all would read as "any type" to the script.
             args += _types_args(types)
+        asked = time.monotonic()  # the lease the claim sets runs from some time after this
         res = await self._script("CLAIM", [], args, "claiming work")
         if not res:
             return None
@@ -403,6 +404,7 @@ class RecordsMixin(RecoveryMixin):
                 await self._write_back(op, prior)
                 return None
         self._held[claimed] = op.epoch
+        self._renewed[claimed] = asked
         return op
 
     async def _mirror_claim(self, op: Operation) -> Operation | None:

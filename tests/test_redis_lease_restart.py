@@ -1,0 +1,76 @@
+"""A lease Redis dropped while, by its worker's own clock, it still held: a Redis restarted from its
+append-only file keeps each key's absolute expiry time, so a lease whose time passed by Redis's clock while
+it was down (the machine's clock stepped forward, a host paused as a whole, a late first heartbeat) came back
+gone, and every running attempt was over: interrupted and run again since its last checkpoint. The heartbeat
+now sets such a lease again, only while the record still shows that attempt; a lease run out by the worker's
+own clock is never renewed (its operation may have been taken over)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine.models import Checkpoint, StaleAttempt, WorkerInfo
+from engine.store.base import ItemDelta
+from engine.store.redis import RedisStore
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+W = WorkerInfo(host="test", pid=1)
+
+
+def store_for(server: RedisServer, lease_ttl: float) -> RedisStore:
+    return open_store(server.url, namespace="t", checkpoint_mirror=None, lease_ttl=lease_ttl)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Settings:
+    return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
+
+
+async def test_a_lease_redis_dropped_across_a_restart_is_set_again_while_the_worker_holds_it(
+    redis_factory: object, settings: Settings
+) -> None:
+    server: RedisServer = redis_factory(persistence=True)  # type: ignore[operator]
+    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
+    async with Engine(store=store_for(server, 5.0), settings=settings, run_queue=False) as engine:
+        op_id = (await engine.submit(spec)).id
+    worker = store_for(server, 5.0)
+    async with worker:
+        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
+        assert op is not None
+        await worker.heartbeat([op_id])
+        # Redis's clock runs ahead of the worker's by most of a TTL: the lease's absolute expiry (kept in the
+        # append-only file) passes while Redis is down.
+        server.client().pexpire(worker.keys.lease(op_id), 300)
+        server.stop()
+        time.sleep(0.5)
+        server.start()
+        assert not server.client().exists(worker.keys.lease(op_id))
+        await worker.heartbeat([op_id])
+        assert server.client().exists(worker.keys.lease(op_id))
+        cp = Checkpoint(operation_id=op_id, seq=1, epoch=op.epoch, created_at=time.time())
+        await worker.save_checkpoint(cp, ItemDelta(done=["0"]), keep=5)  # the attempt still writes
+        assert (await worker.get(op_id)).status is Status.RUNNING
+        assert (await worker.get(op_id)).epoch == op.epoch
+
+
+async def test_a_lease_run_out_by_the_workers_own_clock_is_not_set_again(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
+    async with Engine(store=store_for(redis_server, 1.0), settings=settings, run_queue=False) as engine:
+        op_id = (await engine.submit(spec)).id
+    worker = store_for(redis_server, 1.0)
+    async with worker:
+        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
+        assert op is not None
+        time.sleep(1.2)  # stopped past its lease (SIGSTOP, cut off): nobody took it over yet
+        await worker.heartbeat([op_id])
+        assert not redis_server.client().exists(worker.keys.lease(op_id))
+        cp = Checkpoint(operation_id=op_id, seq=1, epoch=op.epoch, created_at=time.time())
+        with pytest.raises(StaleAttempt):
+            await worker.save_checkpoint(cp, ItemDelta(done=["0"]), keep=5)
