@@ -58,6 +58,37 @@ async def test_a_lease_redis_dropped_across_a_restart_is_set_again_while_the_wor
         assert (await worker.get(op_id)).epoch == op.epoch
 
 
+@pytest.mark.parametrize("first", ["live progress", "checkpoint"])
+async def test_a_write_that_reaches_redis_before_the_heartbeat_does_not_end_the_attempt(
+    redis_factory: object, settings: Settings, first: str
+) -> None:
+    """Live progress (or a checkpoint) sent as Redis came back reached it before the heartbeat did: refused
+    for its lease, it ended the attempt all the same. It is sent again once a heartbeat set the lease."""
+    server: RedisServer = redis_factory(persistence=True)  # type: ignore[operator]
+    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
+    async with Engine(store=store_for(server, 5.0), settings=settings, run_queue=False) as engine:
+        op_id = (await engine.submit(spec)).id
+    worker = store_for(server, 5.0)
+    async with worker:
+        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
+        assert op is not None
+        server.client().pexpire(worker.keys.lease(op_id), 300)
+        server.stop()
+        time.sleep(0.5)
+        server.start()
+        if first == "live progress":
+            await worker.save_live([(op_id, op.epoch, {"total_items": 7})])
+            assert (await worker.get(op_id)).total_items == 7
+        else:
+            cp = Checkpoint(operation_id=op_id, seq=1, epoch=op.epoch, created_at=time.time())
+            await worker.save_checkpoint(cp, ItemDelta(done=["0"]), keep=5)
+        assert server.client().exists(worker.keys.lease(op_id))
+        await worker.heartbeat([op_id])
+        cp = Checkpoint(operation_id=op_id, seq=2, epoch=op.epoch, created_at=time.time())
+        await worker.save_checkpoint(cp, ItemDelta(done=["1"]), keep=5)
+        assert (await worker.get(op_id)).status is Status.RUNNING
+
+
 async def test_a_lease_run_out_by_the_workers_own_clock_is_not_set_again(
     redis_server: RedisServer, settings: Settings
 ) -> None:

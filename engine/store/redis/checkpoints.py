@@ -70,6 +70,11 @@ class CheckpointsMixin(RecoveryMixin):
         if tag == "missing" and await self._restored():
             res = await self._script("SAVE_CHECKPOINT", keys, args, what)
             tag = res[0].decode()
+        if tag == "fenced" and self._set_again(op_id, cp.epoch, res):
+            await self.heartbeat([op_id])
+            if self._held.get(op_id) == cp.epoch:
+                res = await self._script("SAVE_CHECKPOINT", keys, args, what)
+                tag = res[0].decode()
         if tag == "missing":
             self._last_delta.pop(op_id, None)
             raise self._gone(op_id, cp.epoch)

@@ -8,6 +8,7 @@ RedisCore (or from a part they build on) and use only what is defined there.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
@@ -107,6 +108,20 @@ class RedisCore:
         if self._lost.get(op_id) == epoch:
             raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} lost its lease; it writes nothing more")
         return f"{self.holder}:{epoch}"
+
+    async def heartbeat(self, op_ids: list[str]) -> None:
+        raise NotImplementedError  # LivenessMixin's
+
+    def _set_again(self, op_id: str, epoch: int, reply: list[bytes]) -> bool:
+        """Whether a write of this attempt refused for its lease alone (``fenced``, why, ...) is to be sent
+        again after a heartbeat, which may set that lease again (``heartbeat``): the attempt is still held
+        and by this process's own clock its lease has not run out. Live progress sent as Redis came back
+        reached it before the heartbeat did, and the attempt was over all the same."""
+        return (
+            reply[1] == b"lease"
+            and self._held.get(op_id) == epoch
+            and time.monotonic() < self._renewed.get(op_id, -math.inf) + self.lease_ttl
+        )
 
     def _refused(self, op_id: str, epoch: int, reply: list[bytes]) -> StaleAttempt:
         """A write of this attempt refused by a script (``fenced``, why, status, epoch): the attempt is over."""

@@ -445,15 +445,24 @@ class RecordsMixin(RecoveryMixin):
         updates = [u for u in updates if self._lost.get(u[0]) != u[1]]  # a lost attempt writes nothing
         if not updates:
             return
-        args: list[Any] = [self.keys.prefix, repr(time.time()), self.holder]
-        for op_id, epoch, fields in updates:
-            kv = pairs(fields)
-            args += [op_id, str(epoch), len(kv) // 2, *kv]
-        refused = await self._script("SAVE_LIVE", [], args, "saving live progress") or []
         epochs = {op_id: epoch for op_id, epoch, _ in updates}
-        for k in range(0, len(refused), 4):
-            op_id = refused[k].decode()
-            self._refused(op_id, epochs[op_id], refused[k : k + 4])
+        for last in (False, True):  # once more for those whose lease a heartbeat set again (``_set_again``)
+            args: list[Any] = [self.keys.prefix, repr(time.time()), self.holder]
+            for op_id, epoch, fields in updates:
+                kv = pairs(fields)
+                args += [op_id, str(epoch), len(kv) // 2, *kv]
+            refused = await self._script("SAVE_LIVE", [], args, "saving live progress") or []
+            replies = {refused[k].decode(): refused[k : k + 4] for k in range(0, len(refused), 4)}
+            again = [] if last else [i for i, r in replies.items() if self._set_again(i, epochs[i], r)]
+            for op_id, reply in replies.items():
+                if op_id not in again:
+                    self._refused(op_id, epochs[op_id], reply)
+            if not again:
+                return
+            await self.heartbeat(again)
+            updates = [u for u in updates if u[0] in again and self._held.get(u[0]) == u[1]]
+            if not updates:
+                return
 
 
 @functools.lru_cache(maxsize=8)
