@@ -14,11 +14,8 @@ copied to) are both new: they were written together, and are opened as they are.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger("outlast.store")
 
 OWNER_SUFFIX = "-owner"
 _WAL_HEADER = 32
@@ -96,7 +93,9 @@ def note_owner(db: Path) -> None:
         if path.is_dir():
             # Taken as no note, as a damaged one is (not refused: the store works as before the note existed),
             # but not without a word: its check of a database put back beside another file's WAL is lost.
-            log.warning(
+            import logging  # here: `ls`'s quick path imports this module, and logging is no part of its start-up
+
+            logging.getLogger("outlast.store").warning(
                 "state dir %s: %s is a directory: which WAL goes with %s cannot be noted, so an %s restored"
                 " beside the WAL of the file before is not refused; move %s out of the way",
                 db.parent,
