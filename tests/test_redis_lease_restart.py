@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine import Engine, Operation, OperationSpec, Settings, Status, load_settings, open_store
 from engine.models import Checkpoint, StaleAttempt, WorkerInfo
 from engine.store.base import ItemDelta
 from engine.store.redis import RedisStore
@@ -26,6 +26,25 @@ def store_for(server: RedisServer, lease_ttl: float) -> RedisStore:
     return open_store(server.url, namespace="t", checkpoint_mirror=None, lease_ttl=lease_ttl)  # type: ignore[return-value]
 
 
+async def claimed(server: RedisServer, settings: Settings, worker: RedisStore) -> tuple[str, Operation]:
+    """An operation submitted, then claimed by ``worker`` (opened): its id and the claimed record."""
+    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
+    async with Engine(store=store_for(server, worker.lease_ttl), settings=settings, run_queue=False) as engine:
+        op_id = (await engine.submit(spec)).id
+    op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
+    assert op is not None
+    return op_id, op
+
+
+def restart_past_the_lease(server: RedisServer, worker: RedisStore, op_id: str) -> None:
+    """Redis's clock runs ahead of the worker's by most of a TTL: the lease's absolute expiry (kept in the
+    append-only file) passes while Redis is down."""
+    server.client().pexpire(worker.keys.lease(op_id), 300)
+    server.stop()
+    time.sleep(0.5)
+    server.start()
+
+
 @pytest.fixture
 def settings(state_dir: Path) -> Settings:
     return load_settings(state_dir=state_dir, plugins=["tests.ops_for_tests"])
@@ -35,20 +54,11 @@ async def test_a_lease_redis_dropped_across_a_restart_is_set_again_while_the_wor
     redis_factory: object, settings: Settings
 ) -> None:
     server: RedisServer = redis_factory(persistence=True)  # type: ignore[operator]
-    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
-    async with Engine(store=store_for(server, 5.0), settings=settings, run_queue=False) as engine:
-        op_id = (await engine.submit(spec)).id
     worker = store_for(server, 5.0)
     async with worker:
-        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
-        assert op is not None
+        op_id, op = await claimed(server, settings, worker)
         await worker.heartbeat([op_id])
-        # Redis's clock runs ahead of the worker's by most of a TTL: the lease's absolute expiry (kept in the
-        # append-only file) passes while Redis is down.
-        server.client().pexpire(worker.keys.lease(op_id), 300)
-        server.stop()
-        time.sleep(0.5)
-        server.start()
+        restart_past_the_lease(server, worker, op_id)
         assert not server.client().exists(worker.keys.lease(op_id))
         await worker.heartbeat([op_id])
         assert server.client().exists(worker.keys.lease(op_id))
@@ -65,17 +75,10 @@ async def test_a_write_that_reaches_redis_before_the_heartbeat_does_not_end_the_
     """Live progress (or a checkpoint) sent as Redis came back reached it before the heartbeat did: refused
     for its lease, it ended the attempt all the same. It is sent again once a heartbeat set the lease."""
     server: RedisServer = redis_factory(persistence=True)  # type: ignore[operator]
-    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
-    async with Engine(store=store_for(server, 5.0), settings=settings, run_queue=False) as engine:
-        op_id = (await engine.submit(spec)).id
     worker = store_for(server, 5.0)
     async with worker:
-        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
-        assert op is not None
-        server.client().pexpire(worker.keys.lease(op_id), 300)
-        server.stop()
-        time.sleep(0.5)
-        server.start()
+        op_id, op = await claimed(server, settings, worker)
+        restart_past_the_lease(server, worker, op_id)
         if first == "live progress":
             await worker.save_live([(op_id, op.epoch, {"total_items": 7})])
             assert (await worker.get(op_id)).total_items == 7
@@ -92,13 +95,9 @@ async def test_a_write_that_reaches_redis_before_the_heartbeat_does_not_end_the_
 async def test_a_lease_run_out_by_the_workers_own_clock_is_not_set_again(
     redis_server: RedisServer, settings: Settings
 ) -> None:
-    spec = OperationSpec(type="ledger", params={"items": 3})  # type: ignore[arg-type]
-    async with Engine(store=store_for(redis_server, 1.0), settings=settings, run_queue=False) as engine:
-        op_id = (await engine.submit(spec)).id
     worker = store_for(redis_server, 1.0)
     async with worker:
-        op = await worker.claim(W, time.time(), 300.0, op_id=op_id)
-        assert op is not None
+        op_id, op = await claimed(redis_server, settings, worker)
         time.sleep(1.2)  # stopped past its lease (SIGSTOP, cut off): nobody took it over yet
         await worker.heartbeat([op_id])
         assert not redis_server.client().exists(worker.keys.lease(op_id))
