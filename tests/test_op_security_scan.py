@@ -249,6 +249,13 @@ async def scan(engine: Engine, **params: Any) -> Any:
     return await engine.wait(op.id, timeout=120)
 
 
+async def json_findings(engine: Engine, root: Path) -> list[dict[str, Any]]:
+    """The findings of a completed scan of ``root``, from its JSON report."""
+    op = await scan(engine, root=str(root), format="json")
+    assert op.status is Status.COMPLETED, op.error
+    return json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+
+
 async def test_scan_this_repository(engine: Engine) -> None:
     """A real part of this repository (bandit and detect-secrets take about a second per 50 KB file on a
     loaded machine: the whole repository is the benchmark's job, not a test's)."""
@@ -560,9 +567,7 @@ async def test_a_keyword_set_to_prose_or_a_name_is_not_a_password(engine: Engine
     (root / "forms.py").write_text(
         'password_hint = "enter your password"\nPASSWORD_FIELD = "password"\ndb_password = "Tr0ub4dor3xq"\n'
     )
-    op = await scan(engine, root=str(root), format="json")
-    assert op.status is Status.COMPLETED, op.error
-    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    findings = await json_findings(engine, root)
     assert {f["line"] for f in findings if f["category"] == "secrets"} == {3}, findings
 
 
@@ -586,9 +591,7 @@ async def test_child_process_under_a_name_of_the_file_s_own_is_found(engine: Eng
         "const { spawn } = require('child_process');\nclass Edit {\n  async exec (args) {\n    return 1\n  }\n"
         "  execSync(a, b = f(1)) {\n  }\n}\nfunction exec(cmd) {\n}\nexec(cmd, (err) => { done(err) });\n"
     )
-    op = await scan(engine, root=str(root), format="json")
-    assert op.status is Status.COMPLETED, op.error
-    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    findings = await json_findings(engine, root)
     found = {(f["file"], f["line"]) for f in findings if f["rule"] == "js-child-process-exec"}
     assert found == {("a.js", 3), ("b.ts", 3), ("d.js", 11)}, found
 
@@ -603,9 +606,7 @@ async def test_an_env_template_s_placeholders_are_no_secrets(engine: Engine, tmp
         "DB_PASSWORD=changeme\nAPI_KEY=your-api-key-here\nSTRIPE_SECRET_KEY=sk_test_...\nJWT_SECRET=replace_me\n"
         "TOKEN=TODO\nSESSION_SECRET=put_a_secret_here\nAUTH_TOKEN=xxxx-xxxx-xxxx\nADMIN_PASSWORD=Xk29pqLmz83\n"
     )
-    op = await scan(engine, root=str(root), format="json")
-    assert op.status is Status.COMPLETED, op.error
-    findings = json.loads(Path(op.result["reports"]["json"]).read_text())["findings"]
+    findings = await json_findings(engine, root)
     assert {(f["line"], f["rule"]) for f in findings if f["category"] == "secrets"} == {(8, "env-file-secret")}, (
         findings
     )

@@ -252,8 +252,9 @@ async def list_files(
             # checkout leaves out of the work tree: each was "skipped: gone since the listing", one log line
             # apiece (most of a monorepo's files).
             tagged = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
-            files = list(dict.fromkeys(f[2:] for f in tagged if not f.startswith("S ")))
-            if sparse := len(tagged) - sum(1 for f in tagged if not f.startswith("S ")):
+            present = [f[2:] for f in tagged if not f.startswith("S ")]
+            files = list(dict.fromkeys(present))
+            if sparse := len(tagged) - len(present):
                 ctx.log.info(f"{sparse} file(s) outside this sparse checkout's work tree left out")
             venvs = tuple(f[: -len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
             listed = frozenset(files)
