@@ -142,7 +142,9 @@ async def test_a_process_a_test_forked_does_not_hold_the_run_open(engine: Engine
     t0 = time.monotonic()
     op = await run(engine, suite, collect_timeout=5, env={**NO_AUTOLOAD, "PIDS": str(pids)})
     assert op.status is Status.COMPLETED, op.error
-    assert op.result["counts"] == {"passed": 2} and time.monotonic() - t0 < 5
+    assert op.result["counts"] == {"passed": 2}
+    # Not a speed check: waiting for the helpers took their 60 s; "nothing for 5s" ended the run failed.
+    assert time.monotonic() - t0 < 30
     assert len(list(pids.iterdir())) == 3
     for pid in (int(p.name) for p in pids.iterdir()):  # killed when the attempt ended (they carry its mark)
         await until(lambda pid=pid: not alive(pid), timeout=10)
