@@ -198,8 +198,6 @@ class Engine:
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         self._say_unknown_profiles()
         await self.store.open()
-        if self.store.read_only:
-            self.run_queue = False  # nothing can be claimed: the engine only reads (see Store.read_only)
         await self.recover()
         self._loops = [asyncio.create_task(self._supervisor.run(), name="outlast-supervisor")]
         self._start_scheduler()
@@ -214,8 +212,10 @@ class Engine:
 
     @property
     def run_queue(self) -> bool:
-        """Whether this engine claims queued work; set it any time (the dashboard's w key)."""
-        return self._run_queue
+        """Whether this engine claims queued work; set it any time (the dashboard's w key). Never while its
+        store is read-only: a local store opened on a full disk is written again once there is room, and
+        the work its caller asked it to run is claimed from then on."""
+        return self._run_queue and not self.store.read_only
 
     @run_queue.setter
     def run_queue(self, on: bool) -> None:
@@ -224,7 +224,7 @@ class Engine:
             self._start_scheduler()
 
     def _start_scheduler(self) -> None:
-        if not self._run_queue or self._closing or self._scheduling is not None or self.store.read_only:
+        if not self._run_queue or self._closing or self._scheduling is not None:
             return
         _ = self.resources  # its first CPU reading is the baseline of the first sample a dashboard shows
         self._scheduling = asyncio.create_task(self._scheduler.run(), name="outlast-scheduler")

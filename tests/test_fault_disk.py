@@ -371,6 +371,35 @@ def test_a_sound_database_on_a_full_disk_is_not_called_unusable(small_fs: Path) 
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "completed", r.stderr
 
 
+async def test_a_store_opened_on_a_full_disk_reads_what_others_write_and_writes_once_there_is_room(
+    small_fs: Path,
+) -> None:
+    """A dashboard, API server or ``watch`` started on a full disk opens the store read-only, the file as it
+    was: once space was freed, it listed the operations of its start for good (45 there, 5 listed),
+    refused every write and ran no queued work until restarted. It now reads what other processes wrote,
+    writes again, and runs the queue as its caller asked."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    code, rec, err = run_json(fs, "run", "demo", "-p", "items=3", "-p", "seconds=0")
+    assert code == 0, err
+    first = rec["id"]
+    fill = fill_disk(small_fs)
+    async with make_engine(load_settings(state_dir=state)) as engine:  # as the dashboard's, it runs the queue
+        assert engine.store.read_only and not engine.run_queue
+        assert [op.id for op in await engine.list()] == [first]
+        fill.unlink()
+        r = fs("submit", "demo", "-p", "items=3", "-p", "seconds=0")  # another process writes, now there is room
+        assert r.returncode == 0, r.stderr
+        second = r.stdout.strip()
+        assert {op.id for op in await engine.list()} == {first, second}
+        assert not engine.store.read_only and engine.run_queue
+        third = (await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))).id
+        for op_id in (second, third):
+            assert (await engine.wait(op_id, timeout=30)).status is Status.COMPLETED
+    r = fs("--json", "ls")
+    assert {op["id"] for op in json.loads(r.stdout)} == {first, second, third}, r.stderr
+
+
 @pytest.mark.parametrize("left", ["closed cleanly", "its runner killed"])
 def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
     cli: Cli, small_fs: Path, tmp_path: Path, left: str

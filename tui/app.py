@@ -410,7 +410,8 @@ class OutlastApp(App[int]):
         """What the status line says about this dashboard (beyond what the model holds)."""
         notes = []
         if self.engine_started and self.engine.store.read_only:
-            notes.append("read-only file system: nothing can be run or changed")
+            why = getattr(self.engine.store, "read_only_reason", "is on a read-only file system")
+            notes.append(f"state dir {why}: nothing can be run or changed")
         elif self.waiting_to_quit:
             notes.append("waiting for running work to finish, then quitting")
         elif self.watch_only:

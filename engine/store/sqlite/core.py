@@ -18,6 +18,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,6 +118,12 @@ class SqliteCore:
         as running)."""
         self._read_only_why = ("is on a read-only file system", "remount it read-write")
         """What makes it read-only, and what to do to run or change anything: said by every refusal."""
+        self._full_file: tuple[int, int, int, int] | None = None
+        """Opened read-only because its file system was full: the database file's device, inode, size and
+        time then. It is read as it was (immutable: no lock, no WAL), which writes made since space was
+        freed would leave stale or torn: it is opened again once it changes or there is room (_look_again)."""
+        self._room_looked = 0.0
+        """When there was last a look for room (monotonic), for a store opened on a full disk."""
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -148,6 +155,8 @@ class SqliteCore:
         after: Callable[[], None] | None = None,
     ) -> T:
         """Run ``fn(conn)`` as a durable write, group-committed with concurrent writes."""
+        if self._full_file is not None:
+            await self._run(_nothing)  # on the thread, its guard looks whether there is room now (_look_again)
         self._refuse_read_only()
         try:
             result: T = await self.worker.run_txn(fn, undo, after)
@@ -270,6 +279,7 @@ class SqliteCore:
 
     def _open_sync(self) -> None:
         d = self.state_dir
+        known_full, self._full_file = self._full_file is not None, None
         if (unfit := unfit_here()) is not None:
             raise StoreError(f"state dir {d}: {unfit}")
         self.read_only = on_read_only_fs(d)
@@ -405,12 +415,17 @@ class SqliteCore:
                 raise self._unopened(first or e, creating) from None
             break
         if first is not None:
-            log.warning(
-                "state dir %s %s: read as it is; nothing can be run or changed, and an operation whose process is"
-                " gone is not marked interrupted",
-                d,
-                self._read_only_why[0],
-            )
+            self._full_file = _identity(self.db_path)
+            self._room_looked = time.monotonic()
+            if not known_full:
+                log.warning(
+                    "state dir %s %s: read as it is; nothing can be run or changed, and an operation whose"
+                    " process is gone is not marked interrupted",
+                    d,
+                    self._read_only_why[0],
+                )
+        elif known_full:
+            log.warning("state dir %s has room again: its operations can be run and changed", d)
         if (version or 0) > SCHEMA_VERSION:
             conn.close()
             self._conn = None
@@ -423,8 +438,32 @@ class SqliteCore:
         or no inode left), not a damaged or locked file."""
         if isinstance(e, sqlite3.DatabaseError) and not isinstance(self._unusable(e), StoreFailed):
             return False
+        return self._full()
+
+    def _full(self) -> bool:
+        """Whether the state dir's file system has too few bytes or no inode left to write the store."""
         free = free_bytes(self.state_dir)
         return (free is not None and free < FULL_BELOW) or no_inodes(self.state_dir)
+
+    def _look_again(self) -> None:
+        """For a store opened read-only on a full disk (``_full_file``), before each job on its thread: open
+        the file again once another process changed it (or a WAL holds writes: read as it was, it would be
+        stale, or torn by a checkpoint), or once there is room (a ``statvfs`` at most once a second): read
+        as it is now, and written again where there is room. A dashboard started on a full disk listed the
+        operations of its start for good, and refused every write, until restarted."""
+        try:
+            changed = _identity(self.db_path) != self._full_file or os.path.lexists(f"{self.db_path}-wal")
+        except OSError:
+            return  # gone or unreadable: _same_file and SQLite's own access say what
+        if not changed:
+            now = time.monotonic()
+            if now - self._room_looked < 1.0:
+                return
+            self._room_looked = now
+            if self._full():
+                return
+        self.read_only = False
+        self._open_again(fold=False)
 
     def _peek_version(self) -> int | None:
         """The schema version ``outlast.db`` says, read without writing anything (not even SQLite's WAL
@@ -480,6 +519,8 @@ class SqliteCore:
         path (made anew if there is none), as a process starting now would. Holding some, their records
         are in the file it has: a write is refused (the engine's store outage: the attempts stop as
         interrupted, said in one line), a read still answers from it; the file put back lets writes go on."""
+        if self._full_file is not None:
+            self._look_again()
         try:
             st = os.stat(self.db_path)
             what = None if (st.st_dev, st.st_ino) == self._file else "replaced by another file"
@@ -520,13 +561,25 @@ class SqliteCore:
         into the file before (still open here) and the WAL emptied first. Where other processes still
         write the file before, it is not, and the new file is refused (walpair) until they are gone: the
         store stays closed, says why to every call, and the next job tries again."""
+        self._open_again(fold=True)
+        log.warning(
+            "state dir %s: %s was %s while this process had it open; using the one there now",
+            self.state_dir,
+            self.db_path.name,
+            what,
+        )
+
+    def _open_again(self, fold: bool) -> None:
+        """Close the connection (``fold``: its WAL folded into its file first) and open the file at the path;
+        when that fails, the store stays closed and says why to every call."""
         old, self._conn = self._conn, None
         if self._worker is not None:
             self._worker.conn = None
         if old is not None:
-            with contextlib.suppress(sqlite3.Error):
-                old.execute("PRAGMA busy_timeout=0")  # never wait behind another process's transaction
-                old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if fold:
+                with contextlib.suppress(sqlite3.Error):
+                    old.execute("PRAGMA busy_timeout=0")  # never wait behind another process's transaction
+                    old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             with contextlib.suppress(sqlite3.Error):
                 old.close()
         try:
@@ -535,12 +588,6 @@ class SqliteCore:
             self._closed_why = str(e)
             raise
         self._closed_why = None
-        log.warning(
-            "state dir %s: %s was %s while this process had it open; using the one there now",
-            self.state_dir,
-            self.db_path.name,
-            what,
-        )
 
     def _create_db(self) -> None:
         """A new database, built beside the path and linked into place whole: a process that finds
@@ -676,6 +723,16 @@ class SqliteCore:
             return self._load(*row)
         except ValueError as e:
             raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+
+def _identity(db: Path) -> tuple[int, int, int, int]:
+    """The file at ``db``: device, inode, size and time of its last change."""
+    st = os.stat(db)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _nothing() -> None:
+    """A job that does nothing (its thread's guard runs before it)."""
 
 
 def _left(d: Path) -> str:
