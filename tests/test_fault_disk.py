@@ -400,6 +400,26 @@ async def test_a_store_opened_on_a_full_disk_reads_what_others_write_and_writes_
     assert {op["id"] for op in json.loads(r.stdout)} == {first, second, third}, r.stderr
 
 
+def test_watch_on_a_full_disk_follows_work_whose_process_died_until_there_is_room(small_fs: Path) -> None:
+    """``outlast watch`` of an operation whose process was killed, on a full disk: it first marks such work
+    interrupted, and that write failing ended the watch (exit 8), where ``ls`` and ``show`` read the store as
+    it is. It watches, says in one line why the work is not marked yet, and once there is room marks it
+    and exits as for any interrupted operation."""
+    state = small_fs / "state"
+    fs = CliAt(state)
+    runner = fs.start("run", "demo", "-p", "items=1000", "-p", "seconds=0.05")
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    runner.kill()
+    fill = fill_disk(small_fs)
+    watch = fs.start("watch", op_id)
+    until(lambda: any("not marked interrupted" in ln for ln in watch.err), 30, what="the watch's warning")
+    assert watch.popen.poll() is None, watch.err
+    fill.unlink()
+    assert watch.wait(timeout=60) == ExitCode.PAUSED, watch.err
+    assert [ln for ln in watch.err if "WARNING" in ln and "full" in ln], watch.err
+    assert fs.op(op_id).status is Status.INTERRUPTED
+
+
 @pytest.mark.parametrize("left", ["closed cleanly", "its runner killed"])
 def test_a_read_only_state_dir_can_be_read_and_refuses_writes_in_one_line(
     cli: Cli, small_fs: Path, tmp_path: Path, left: str

@@ -268,15 +268,19 @@ async def session(settings: Settings, recover: bool = True, reading: bool = Fals
             except (StoreRefused, StoreFailed) as e:
                 if not reading:
                     raise
-                import logging
-
-                logging.getLogger("outlast").warning(
-                    "%s; shown as stored: work whose process stopped is not marked interrupted until it takes writes",
-                    e,
-                )
+                say_unmarked(e)
         yield engine
     finally:
         await engine.store.close()
+
+
+def say_unmarked(e: Exception) -> None:
+    """The one line of a reading command whose store refused the write that marks dead work interrupted."""
+    import logging
+
+    logging.getLogger("outlast").warning(
+        "%s; shown as stored: work whose process stopped is not marked interrupted until it takes writes", e
+    )
 
 
 def loads(text: str, option: str) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..engine import Engine, StoreUnwritable, store_failure
+from ..errors import StoreFailed, StoreRefused
 from ..models import (
     ACTIVE,
     SETTLED,
@@ -25,7 +26,7 @@ from ..models import (
     TimeoutExtended,
 )
 from . import format as fmt
-from .common import Mode
+from .common import Mode, say_unmarked
 
 PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
@@ -86,17 +87,28 @@ def _each(fn: Callable[[LogRecord], None], records: list[LogRecord]) -> None:
 
 class OrphanLook:
     """``await look()`` in a follower's loop: every ``ORPHANS_EVERY`` seconds, ``engine.recover()`` marks
-    operations whose process is gone interrupted (a Redis store queues them again)."""
+    operations whose process is gone interrupted (a Redis store queues them again). ``reading``: the
+    follower only reads (``watch``, ``logs -f``): a store that refuses that write (a full disk, a read-only
+    Redis) is said once, and followed as stored until it takes writes; it ended the watch (exit 8)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reading: bool = False) -> None:
         self.engine = engine
+        self.reading = reading
+        self.said = False
         self.due = time.monotonic() + ORPHANS_EVERY
 
     async def __call__(self) -> None:
         now = time.monotonic()
         if now >= self.due:
             self.due = now + ORPHANS_EVERY
-            await self.engine.recover()
+            try:
+                await self.engine.recover()
+            except (StoreRefused, StoreFailed) as e:
+                if not self.reading:
+                    raise
+                if not self.said:
+                    self.said = True
+                    say_unmarked(e)
 
 
 NO_WORKER_NOTE = 3.0
@@ -264,7 +276,7 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
     unsubscribe = engine.subscribe(on_event) if local else None
     offset = 0
     pausing_there = False  # a signal asked the worker that claimed it to pause it: followed until it has
-    orphans = OrphanLook(engine)
+    orphans = OrphanLook(engine, reading=not local)
     idle = NoWorkerLook(engine, prefix)
     halted = StoppedLook()
     reader = _Reader(engine, op_id)
@@ -374,7 +386,7 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
         from .live import LiveTable
 
         live = LiveTable()
-    orphans = OrphanLook(engine)
+    orphans = OrphanLook(engine, reading=True)
     idle_said = False
     with live if live is not None else contextlib.nullcontext():
         while True:

@@ -187,7 +187,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     fmt.end_when_reader_gone()  # `outlast watch ID | head -1` ends with head, as `tail -f | head` does
 
     async def go() -> int:
-        async with session(app.settings) as engine:
+        async with session(app.settings, reading=True) as engine:
             engine.install_signal_handlers()
             ids = [await engine.resolve(i) for i in op_ids]
             try:
@@ -269,7 +269,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
             emit(records, app.json)
             quiet_since = time.monotonic()
             said = False
-            orphans = OrphanLook(engine)
+            orphans = OrphanLook(engine, reading=True)
             while True:
                 await orphans()
                 op = await engine.get(full)
