@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 from ...errors import StoreFailed
 from ...models import Checkpoint, ItemFailure, validate_id
@@ -65,16 +66,15 @@ class CheckpointsMixin(RecoveryMixin):
             *fails_done,
         ]
         what = f"checkpoint {cp.seq} of {op_id}"
-        res = await self._script("SAVE_CHECKPOINT", keys, args, what)
+
+        def send() -> Any:
+            return self._script("SAVE_CHECKPOINT", keys, args, what)
+
+        res = await self._fenced(op_id, cp.epoch, send)
         tag = res[0].decode()
         if tag == "missing" and await self._restored():
-            res = await self._script("SAVE_CHECKPOINT", keys, args, what)
+            res = await self._fenced(op_id, cp.epoch, send)
             tag = res[0].decode()
-        if tag == "fenced" and self._set_again(op_id, cp.epoch, res):
-            await self.heartbeat([op_id])
-            if self._held.get(op_id) == cp.epoch:
-                res = await self._script("SAVE_CHECKPOINT", keys, args, what)
-                tag = res[0].decode()
         if tag == "missing":
             self._last_delta.pop(op_id, None)
             raise self._gone(op_id, cp.epoch)

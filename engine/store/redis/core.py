@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,19 +109,39 @@ class RedisCore:
             raise StaleAttempt(f"operation {op_id}: attempt epoch {epoch} lost its lease; it writes nothing more")
         return f"{self.holder}:{epoch}"
 
-    async def heartbeat(self, op_ids: list[str]) -> None:
-        raise NotImplementedError  # LivenessMixin's
+    async def _renew(self, op_ids: list[str]) -> set[str]:
+        raise NotImplementedError  # LivenessMixin's: a heartbeat; the operations whose lease holds after it
 
     def _set_again(self, op_id: str, epoch: int, reply: list[bytes]) -> bool:
-        """Whether a write of this attempt refused for its lease alone (``fenced``, why, ...) is to be sent
-        again after a heartbeat, which may set that lease again (``heartbeat``): the attempt is still held
-        and by this process's own clock its lease has not run out. Live progress sent as Redis came back
-        reached it before the heartbeat did, and the attempt was over all the same."""
+        """Whether a write of this attempt refused for its lease alone (``fenced``, why, ...; or id, why,
+        ...) is to be sent again after a heartbeat, which may set that lease again (``heartbeat``): the
+        attempt is still held and by this process's own clock its lease has not run out."""
         return (
             reply[1] == b"lease"
             and self._held.get(op_id) == epoch
             and time.monotonic() < self._renewed.get(op_id, -math.inf) + self.lease_ttl
         )
+
+    async def _lease_again(self, refused: dict[str, tuple[int, list[bytes]]]) -> set[str]:
+        """Of the writes of attempts refused by a script (operation id -> (epoch, its refusal)), those to be
+        sent once more: refused for their lease alone while by this process's clock it still holds
+        (``_set_again``), and held again after the heartbeat this sends for them, which sets such a lease
+        again while the record still shows that attempt running and no other lease is there. A Redis
+        restarted from its append-only file with its clock ahead of this worker's has dropped the leases,
+        and every write that reached it before the next heartbeat (live progress, a checkpoint, a batch of
+        logs, the final status) ended its attempt: the operation, done or not, was run again. The write sent
+        again is fenced as the first was: an operation taken over meanwhile refuses it."""
+        again = [i for i, (epoch, reply) in refused.items() if self._set_again(i, epoch, reply)]
+        return await self._renew(again) if again else set()
+
+    async def _fenced(self, op_id: str, epoch: int | None, send: Callable[[], Awaitable[Any]]) -> Any:
+        """``send()`` (a script that replies ``fenced``, why, status, epoch when this attempt's write is
+        refused), sent once more when that was for its lease alone and a heartbeat set it again
+        (``_lease_again``)."""
+        res = await send()
+        if epoch is not None and res[0] == b"fenced" and op_id in await self._lease_again({op_id: (epoch, res)}):
+            res = await send()
+        return res
 
     def _refused(self, op_id: str, epoch: int, reply: list[bytes]) -> StaleAttempt:
         """A write of this attempt refused by a script (``fenced``, why, status, epoch): the attempt is over."""

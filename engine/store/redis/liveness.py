@@ -82,9 +82,13 @@ class LivenessMixin(RecoveryMixin):
         forward, a host paused as a whole). No other attempt can have begun: taking an operation over moves
         its epoch or status first, which the script checks in the same step. A worker itself stopped past
         its lease (SIGSTOP) finds it run out by its own clock, and its attempt is over, as before."""
+        await self._renew(op_ids)
+
+    async def _renew(self, op_ids: list[str]) -> set[str]:
+        """``heartbeat``: the operations of ``op_ids`` whose lease (renewed or set again) holds after it."""
         held = {i: self._held[i] for i in op_ids if i in self._held}
         if not held:
-            return
+            return set()
         sent = [0.0]
 
         def args() -> list[Any]:  # for each try: whether a lease is still ours is judged when it is sent
@@ -104,9 +108,10 @@ class LivenessMixin(RecoveryMixin):
                 continue
             refused.add(op_id)
             self._refused(op_id, held[op_id], lost[k : k + 4])
-        for i in held:
-            if i not in refused and self._held.get(i) == held[i]:
-                self._renewed[i] = sent[0]
+        holds = {i for i in held if i not in refused and self._held.get(i) == held[i]}
+        for i in holds:
+            self._renewed[i] = sent[0]
+        return holds
 
     async def find_orphans(self) -> list[Operation]:
         if self._check_generation:

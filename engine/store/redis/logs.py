@@ -69,7 +69,7 @@ class ControlLogsMixin(RedisCore):
         keys = [self.keys.op(op_id), self.keys.lease(op_id), key]
         token = "" if epoch is None else self._attempt_token(op_id, epoch)
         args = ["" if epoch is None else str(epoch), token, str(LOG_MAXLEN), secrets.token_hex(8), *rows]
-        res = await self._script("LOG", keys, args, f"writing logs of {op_id}")
+        res = await self._fenced(op_id, epoch, lambda: self._script("LOG", keys, args, f"writing logs of {op_id}"))
         if res[0] == b"fenced" and epoch is not None:
             self._refused(op_id, epoch, res)
 

@@ -207,10 +207,14 @@ class RecordsMixin(RecoveryMixin):
             *pairs(fields),
         ]
         keys = [self.keys.op(op_id), self.keys.lease(op_id)]
-        res = await self._script("WRITE", keys, args, what)
+
+        def send() -> Any:
+            return self._script("WRITE", keys, args, what)
+
+        res = await self._fenced(op_id, epoch if token else None, send)
         tag = res[0].decode()
         if tag == "missing" and await self._restored():
-            res = await self._script("WRITE", keys, args, what)
+            res = await self._fenced(op_id, epoch if token else None, send)
             tag = res[0].decode()
         if tag == "missing":
             if token and epoch is not None:
@@ -443,26 +447,21 @@ class RecordsMixin(RecoveryMixin):
 
     async def save_live(self, updates: list[tuple[str, int, dict[str, Any]]]) -> None:
         updates = [u for u in updates if self._lost.get(u[0]) != u[1]]  # a lost attempt writes nothing
-        if not updates:
-            return
         epochs = {op_id: epoch for op_id, epoch, _ in updates}
-        for last in (False, True):  # once more for those whose lease a heartbeat set again (``_set_again``)
+        for last in (False, True):  # once more for those whose lease a heartbeat set again (``_lease_again``)
+            if not updates:
+                return
             args: list[Any] = [self.keys.prefix, repr(time.time()), self.holder]
             for op_id, epoch, fields in updates:
                 kv = pairs(fields)
                 args += [op_id, str(epoch), len(kv) // 2, *kv]
             refused = await self._script("SAVE_LIVE", [], args, "saving live progress") or []
             replies = {refused[k].decode(): refused[k : k + 4] for k in range(0, len(refused), 4)}
-            again = [] if last else [i for i, r in replies.items() if self._set_again(i, epochs[i], r)]
+            again = set() if last else await self._lease_again({i: (epochs[i], r) for i, r in replies.items()})
             for op_id, reply in replies.items():
                 if op_id not in again:
                     self._refused(op_id, epochs[op_id], reply)
-            if not again:
-                return
-            await self.heartbeat(again)
-            updates = [u for u in updates if u[0] in again and self._held.get(u[0]) == u[1]]
-            if not updates:
-                return
+            updates = [u for u in updates if u[0] in again]
 
 
 @functools.lru_cache(maxsize=8)
