@@ -54,6 +54,14 @@ server (SIGSTOP, a host suspended, packets dropped) answers nothing: each comman
 reply and then retried for 30s, so an engine stopping its work because of the outage took minutes
 more to write (or give up writing) the final checkpoint, the logs and the status."""
 
+FLAPPING = 10.0
+"""Seconds after the connection came back in which a drop is part of the same outage, said already: a link
+that keeps dropping (a Redis at its ``maxclients`` refusing some of the connections made, a proxy cutting
+them) said "connection lost" and "connected again" for each drop (4 pairs in 9 s). Such drops are counted,
+and the count said once the connection stays up that long (or the store closes)."""
+DROP_SAID = 5.0
+"""Seconds a drop counted so (``FLAPPING``) may last before it is said all the same: an outage of its own."""
+
 UNKNOWN = "outcome unknown (sent, with no reply: Redis may still apply it when it answers)"
 """How a write given up without a reply ends its line: never "not done", which may be untrue."""
 
@@ -183,6 +191,16 @@ class RedisLink:
         """False while Redis cannot be reached (the dashboard shows it); True again once it answers."""
         self._down_since: float | None = None
         """When the first command that failed in the current outage was sent (monotonic)."""
+        self._said = False
+        """"connection lost" was said for the current outage, and "connected again" not yet."""
+        self._back_at = -FLAPPING
+        """When the connection last came back (monotonic): a drop within FLAPPING of it is counted, not said."""
+        self._why = ""
+        """Why the connection was last lost (a few words)."""
+        self._drops: list[float] = []
+        """When each drop counted and not said yet came back (``FLAPPING``)."""
+        self._said_back_at = 0.0
+        """When "connected again" was last said (monotonic): the drops counted since are over that long."""
         self.reconnects = 0
         """How many times the connection came back after an outage (a restarted Redis may be empty)."""
         self.on_reconnect: Callable[[], None] | None = None
@@ -297,6 +315,7 @@ class RedisLink:
         self.connected = True
 
     async def close(self) -> None:
+        self._say_drops()
         client, self.client = self.client, None
         self._pool, self._idle = None, []  # closed with the pool (it disconnects those it lent too)
         if client is not None:
@@ -448,15 +467,18 @@ class RedisLink:
                 unanswered = unanswered or (writes and (reached.sent if reached is not None else self._maybe_sent(e)))
                 if self._down_since is None:
                     self._down_since = sent
+                now = time.monotonic()
                 if self.connected:
                     self.connected = False
+                    self._why = self._scrub(_reason(e))
+                if not self._said and (
+                    sent - self._back_at >= FLAPPING or now - min(start, self._down_since) >= DROP_SAID
+                ):
+                    self._say_drops()
+                    self._said = True
                     log.warning(
-                        "redis %s: connection lost (%s); retrying for up to %gs",
-                        self.where,
-                        self._scrub(_reason(e)),
-                        self.retry_for,
+                        "redis %s: connection lost (%s); retrying for up to %gs", self.where, self._why, self.retry_for
                     )
-                now = time.monotonic()
                 if now + delay > deadline:
                     down_for = f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
                     cause = f"{down_for} ({self._scrub(_reason(e))})"
@@ -470,10 +492,32 @@ class RedisLink:
             if not self.connected:
                 self.connected = True
                 self.reconnects += 1
-                log.warning("redis %s: connected again", self.where)
+                self._back_at = time.monotonic()
+                if self._said:
+                    self._said, self._said_back_at = False, self._back_at
+                    log.warning("redis %s: connected again", self.where)
+                else:
+                    self._drops.append(self._back_at)  # part of the outage said before (FLAPPING)
                 if self.on_reconnect is not None:
                     self.on_reconnect()
+            elif self._drops and time.monotonic() - self._back_at >= FLAPPING:
+                self._say_drops()
             return result
+
+    def _say_drops(self) -> None:
+        """Say the drops counted since the connection came back (``FLAPPING``), once it stays up, or before
+        an outage said on its own, or when the store closes."""
+        if self._drops:
+            n, span = len(self._drops), self._drops[-1] - self._said_back_at
+            self._drops = []
+            log.warning(
+                "redis %s: the connection dropped and came back %d more time%s within %.1fs (%s)",
+                self.where,
+                n,
+                "s" if n != 1 else "",
+                span,
+                self._why,
+            )
 
     async def script(self, script: Any, keys: list[str], args: list[Any] | Callable[[], list[Any]], what: str) -> Any:
         """``script`` (a registered redis-py script) run with ``keys`` and ``args``, through ``call``: a

@@ -1,0 +1,45 @@
+"""A connection to Redis that keeps dropping (a Redis at its ``maxclients``, refusing some of the connections
+made) is said lost once and back once, however often it drops meanwhile, and how many more times it dropped is
+said when that is over. It said "connection lost" and "connected again" for each drop: 4 pairs in 9 s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from engine.store.redis.connection import RedisLink
+from tests.fixtures_redis import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def test_a_connection_that_keeps_dropping_is_said_lost_once_and_the_drops_counted(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis_server.client()
+    link = RedisLink(redis_server.url)
+    await link.open()
+    try:
+        with caplog.at_level(logging.WARNING, "outlast"):
+            for _ in range(4):
+                admin.config_set("maxclients", 1)  # this connection only: every other one is refused
+                admin.client_kill_filter(_type="normal", skipme=True)
+                ping = asyncio.ensure_future(link.call(lambda c: c.ping(), "checking"))
+                while link.connected and not ping.done():
+                    await asyncio.sleep(0.01)
+                admin.config_set("maxclients", 1000)
+                assert await ping
+            assert link.connected and link.reconnects == 4
+            await link.close()
+        said = [r.getMessage() for r in caplog.records]
+        assert [m.split(": ")[1][:15] for m in said if "connection lost" in m or "connected again" in m] == [
+            "connection lost",
+            "connected again",
+        ]
+        assert len([m for m in said if "dropped and came back 3 more times within" in m]) == 1, said
+    finally:
+        await link.close()
+        admin.config_set("maxclients", 1000)
+        admin.close()
