@@ -43,3 +43,30 @@ async def test_a_connection_that_keeps_dropping_is_said_lost_once_and_the_drops_
         await link.close()
         admin.config_set("maxclients", 1000)
         admin.close()
+
+
+async def test_a_command_takes_a_connection_the_pool_holds_before_one_redis_refuses_to_make(
+    redis_server: RedisServer,
+) -> None:
+    """A connection that could not be made (Redis at its maxclients) went back on top of the pool's stack, and
+    each retry of the command took it again, tried to connect, and was refused: the command was given up after
+    30 s ("unreachable for 30s ... not done") while the pool held connections that worked."""
+    admin = redis_server.client()
+    link = RedisLink(f"{redis_server.url}?retry_for=1")
+    await link.open()
+    try:
+        assert link.client is not None
+        pool = link.client.connection_pool
+        held = [await pool.get_connection() for _ in range(3)]
+        for conn in held:
+            await pool.release(conn)
+        dropped = await pool.get_connection()  # the last one given back: the next one a command takes
+        await dropped.disconnect()
+        await pool.release(dropped)
+        admin.config_set("maxclients", admin.info("clients")["connected_clients"])  # no connection more
+        assert await link.call(lambda c: c.ping(), "checking")
+        assert link.connected
+    finally:
+        admin.config_set("maxclients", 1000)
+        admin.close()
+        await link.close()

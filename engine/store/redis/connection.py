@@ -175,6 +175,19 @@ class OutcomeUnknown(StoreError):
     """Read by the faces (``getattr(e, "outcome_unknown", False)``): they may not import this module."""
 
 
+class _Pool(aioredis.ConnectionPool):
+    """The client's connection pool, which hands out the connections it holds connected before one it holds
+    unconnected (which it must make first). A connection that could not be made (Redis at its maxclients)
+    went back on top of the pool's stack, and each retry of the command took it again and was refused: the
+    command was given up after ``retry_for`` ("unreachable for 30s") while connections that worked sat below."""
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        idle = getattr(self, "_available_connections", None)  # the stack the pool takes from (its end first)
+        if isinstance(idle, list) and idle and idle[-1] is connection and not connection.is_connected:
+            idle.insert(0, idle.pop())
+
+
 class RedisLink:
     """One redis.asyncio client and the policy around it (see module doc)."""
 
@@ -218,7 +231,7 @@ class RedisLink:
         try:
             # Bounded connections per process: ``call`` holds one of MAX_CONNECTIONS slots per request, so
             # a burst waits for a slot instead of failing (cheaper per request than a blocking pool).
-            pool = aioredis.ConnectionPool.from_url(
+            pool = _Pool.from_url(
                 self._clean_url,
                 max_connections=MAX_CONNECTIONS,
                 socket_connect_timeout=self.connect_timeout,
