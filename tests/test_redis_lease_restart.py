@@ -138,9 +138,16 @@ async def test_a_settle_that_reaches_redis_before_the_heartbeat_is_written_once(
         events.close()
 
 
-@pytest.mark.parametrize("took", ["interrupted", "claimed again", "another lease"])
+@pytest.mark.parametrize(
+    ("took", "said"),
+    [
+        ("interrupted", "is over: the operation is interrupted now"),
+        ("claimed again", "was replaced by epoch 2"),
+        ("another lease", "is over: its lease expired"),
+    ],
+)
 async def test_a_write_sent_again_never_lands_over_an_attempt_that_took_the_operation_over(
-    redis_factory: object, settings: Settings, took: str
+    redis_factory: object, settings: Settings, took: str, said: str
 ) -> None:
     """Redis came back without the lease, and before this attempt's writes reached it the operation was
     interrupted as an orphan (then perhaps claimed again), or another lease is there: its final status and
@@ -160,7 +167,7 @@ async def test_a_write_sent_again_never_lands_over_an_attempt_that_took_the_oper
             await other.transition(op_id, Status.QUEUED)
             assert await other.claim(W, time.time(), 300.0, op_id=op_id) is not None
         was, was_lease = await worker.get(op_id), server.client().get(lease)
-        with pytest.raises(StaleAttempt):
+        with pytest.raises(StaleAttempt, match=said):
             await worker.transition(op_id, Status.COMPLETED, epoch=op.epoch, expect=frozenset({Status.RUNNING}))
         cp = Checkpoint(operation_id=op_id, seq=1, epoch=op.epoch, created_at=time.time())
         with pytest.raises(StaleAttempt):
