@@ -5,7 +5,8 @@ heartbeat renews. An operation marked running without a lease is an orphan: its 
 or was cut off for longer than the TTL. A lease that expired by the worker's own clock is never
 renewed (it may have been taken over): the heartbeat that finds it gone (or the operation moved on)
 ends that attempt in this process, which then writes nothing more. One Redis dropped while by the
-worker's clock it still holds is set again, if the record still shows that attempt (``heartbeat``).
+worker's clock it still holds is set again, if the record still shows that attempt (``heartbeat``); a write of
+that attempt refused meanwhile for its lease alone is sent again after such a heartbeat (``RedisCore._fenced``).
 Right after Redis (re)started, orphans are not looked for during one TTL, so that live workers
 renew the leases that survived first; a Redis that came back empty is noticed first (recovery.py).
 """
