@@ -1546,3 +1546,41 @@ async def test_closing_while_the_deferred_panes_mount_is_a_clean_exit(tui_settin
         async with app.run_test(size=(120, 40)):
             app.exit()
         assert app.return_code == 0
+
+
+async def test_a_long_full_reload_is_not_said_as_a_store_not_answering(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 100,000 operations the full reload reads 50 pages, each parsed on the event loop, for seconds:
+    the polls waiting behind it made the status line say "store not answering for 7s" of a store that
+    answered every page. Here a page is one record, its parse held for 0.5 s."""
+    import time
+
+    import tui.app
+    import tui.model
+
+    monkeypatch.setattr(tui.model, "PAGE", 1)
+    monkeypatch.setattr(tui.app, "SLOW_STORE", 0.6)
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.2)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for i in range(6):
+            await engine.submit({"type": "ledger", "name": f"op {i}", "params": {"items": 3}})
+        list_operations = engine.list_operations
+
+        async def parsed_slowly(*args: Any, **kw: Any) -> Any:
+            got = await list_operations(*args, **kw)
+            if "offset" in kw:
+                time.sleep(0.5)  # the page's records parsed, on the loop
+            return got
+
+        monkeypatch.setattr(engine, "list_operations", parsed_slowly)
+        statusline = app.query_one("#statusline", Static)
+        reload = asyncio.ensure_future(app.model.reload_all())
+        said = set()
+        while not reload.done():
+            said.add(str(statusline.render()))
+            await asyncio.sleep(0.05)
+        assert reload.result()
+        assert not [line for line in said if "not answering" in line], said

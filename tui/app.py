@@ -350,9 +350,14 @@ class OutlastApp(App[int]):
         self._reads[group] = (self._work(call, group, name), time.monotonic())
 
     def store_waited(self) -> float:
-        """Seconds the oldest read of the store still running has waited (0 when none runs)."""
+        """Seconds the oldest read of the store still running has waited (0 when none runs), since the store
+        last answered one: with 100,000 operations, the full reload's pages kept the loop busy for seconds, and
+        the status line said "store not answering" of a store answering every page."""
         now = time.monotonic()
-        return max((now - began for worker, began in self._reads.values() if not worker.is_finished), default=0.0)
+        waits = (
+            now - max(began, self.model.answered) for worker, began in self._reads.values() if not worker.is_finished
+        )
+        return max(waits, default=0.0)
 
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""

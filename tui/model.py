@@ -101,6 +101,9 @@ class OperationsModel:
         """The operations whose rows came, went or may have moved since the table last looked."""
         self.repaint = False
         self.store_ok = True
+        self.answered = 0.0
+        """When the store last answered a read of the model's (monotonic): a read made of many (the full
+        reload's pages: 50 of them with 100,000 operations) is a store that answers, not one that waits."""
         self.store_slots: int | None = None
         """The store-wide slot count (``outlast slots``), read with the whole queue (None: not set)."""
         self.errors: deque[str] = deque(maxlen=20)
@@ -255,6 +258,7 @@ class OperationsModel:
             except Exception as e:
                 self.failed(e)
                 return False
+            self.answered = time.monotonic()
             for op in page:
                 self.keep(op)
                 seen.add(op.id)
