@@ -533,12 +533,33 @@ def is_refusal(e: BaseException) -> bool:
 
 
 def slim(op: Operation) -> Operation:
-    """The record without params, result and most of the profile: 10,000 of them held in memory
-    cost half as much. The detail pane reads the full record of the selected operation."""
-    if not (op.params or op.result is not None or len(op.profile) > 1 or op.profile_overrides or op.tags):
-        return op
-    threshold = op.profile.get("failure_threshold")
-    op = op.model_copy()
-    op.params, op.result, op.profile_overrides, op.tags = {}, None, {}, {}
-    op.profile = {} if threshold is None else {"failure_threshold": threshold}
+    """The record without params, result and most of the profile, its set of the fields given (and its
+    progress's) one shared by every record held: 10,000 of them held in memory cost a quarter as much.
+    The detail pane reads the full record of the selected operation."""
+    if op.params or op.result is not None or len(op.profile) > 1 or op.profile_overrides or op.tags:
+        threshold = op.profile.get("failure_threshold")
+        op = op.model_copy()
+        op.params, op.result, op.profile_overrides, op.tags = {}, None, {}, {}
+        op.profile = {} if threshold is None else {"failure_threshold": threshold}
+    _share_fields_set(op)
+    _share_fields_set(op.progress)
     return op
+
+
+_ALL_GIVEN: dict[type, set[str]] = {}
+"""Per model, the set of every field's name: what a record read from the store has given."""
+
+
+def _share_fields_set(model: Any) -> None:
+    """Where ``model`` was given every field (a record read from the store), its own set of their names
+    (2.3 KB of the 5.5 KB a record held; its progress's 0.7 KB) replaced by one shared set: equal, so
+    nothing reads otherwise; nothing held is assigned a field that is not in it. The first look's records
+    (``looked``: no pydantic) have none."""
+    given = getattr(model, "model_fields_set", None)
+    if given is None:
+        return
+    every = _ALL_GIVEN.get(type(model))
+    if every is None:
+        every = _ALL_GIVEN[type(model)] = set(type(model).model_fields)
+    if given == every:
+        object.__setattr__(model, "__pydantic_fields_set__", every)
