@@ -51,3 +51,61 @@ def test_a_long_step_is_one_line_cut_after_its_label_and_the_other_facts_stay_pu
         at_short = next(row.index(fact) for row in short if fact in row)
         at_long = next(row.index(fact) for row in long if fact in row)
         assert at_short == at_long, (fact, "\n".join(long))
+
+
+HOSTILE = "[/] [bold red]x :smile: [link=file:///etc/passwd]y"
+
+
+def test_text_from_the_record_and_the_hint_is_drawn_as_written_never_as_markup() -> None:
+    """A step, a status message and the hint (it carries the ``--state-dir`` typed) hold any text: ``escape``
+    left emoji codes (a step ``:smile:`` drawn as a smiley), and the hint was markup, so ``run`` under a state
+    dir named ``a[/]b`` ended with an internal error, its operation left paused."""
+    now = time.time()
+    op = Operation(
+        id="06bn3k76nb4mc",
+        type="demo",
+        name=HOSTILE,
+        status=Status.RUNNING,
+        created_at=now - 60,
+        queued_at=now - 60,
+        started_at=now - 60,
+        updated_at=now,
+        deadline=now + 3600,
+        progress=Progress(done=4, total=10, step="step " + HOSTILE, message="msg " + HOSTILE),
+    )
+    hint = f"outlast --state-dir '/tmp/a{HOSTILE}' resume 06bn3k76nb4mc"
+    console = Console(width=200, record=True, force_terminal=False, color_system=None)
+    view = LiveView(hint)
+    console.print(view.render(op))
+    view.stopping = False
+    op = op.model_copy(update={"status": Status.FAILED, "status_message": "failed: " + HOSTILE})
+    console.print(view.render(op))
+    text = console.export_text()
+    for shown in ("step step " + HOSTILE, "msg " + HOSTILE, hint, "failed: " + HOSTILE):
+        assert shown in text, text
+
+
+def test_watch_draws_stored_text_as_written(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``outlast watch``'s table: a type stored by another client (``x[/]``) ended it with an internal error."""
+    from engine.cli.live import LiveTable
+
+    monkeypatch.setenv("COLUMNS", "400")  # every cell on one line
+
+    now = time.time()
+    ops = [
+        Operation(
+            id="06bn3k76nb4mc",
+            type="x" + HOSTILE,
+            name="n" + HOSTILE,
+            status=Status.QUEUED,
+            created_at=now,
+            queued_at=now,
+            updated_at=now,
+        )
+    ]
+    with LiveTable() as table:  # not a terminal here: the table is printed once, as it stops
+        table.update(ops)
+    text = capsys.readouterr().out
+    assert "x" + HOSTILE in text and "n" + HOSTILE in text, text

@@ -13,7 +13,6 @@ from collections import deque
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.markup import escape
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -93,9 +92,9 @@ class LiveView:
         items = fmt.items(p) + fmt.not_done(p)
         running = op.status is Status.RUNNING
         left = fmt.time_left(op, now)
-        deadline = fmt.duration(left) if left is not None else "-"
+        deadline = Text(fmt.duration(left) if left is not None else "-")
         if left is not None and left < 60:
-            deadline = f"[bold red]{deadline}[/]"
+            deadline.stylize("bold red")
         cells = [
             _fact("items", items),
             _fact("rate", fmt.rate(p.rate) if running else "-"),
@@ -114,7 +113,7 @@ class LiveView:
             facts.add_row(*cells[i : i + len(widths)])
         # The step on a line of its own, cut to it: a test's node id or a file's path as long as the panel
         # is wide, in a column of the grid, wrapped under its label and pushed the other columns apart.
-        step = _fact("step", escape(fmt.printable(p.step or "-")))
+        step = _fact("step", fmt.printable(p.step or "-"))
         step.no_wrap, step.overflow = True, "ellipsis"
         parts: list[RenderableType] = [top, facts, step]
         if p.message:
@@ -138,11 +137,11 @@ class LiveView:
             (op.status.value, f"bold {colour}"),
         )
         if self.stopping and op.status is Status.RUNNING:
-            subtitle = "[yellow]pausing at the next safe point with a checkpoint · Ctrl-C again forces[/]"
+            subtitle = Text("pausing at the next safe point with a checkpoint · Ctrl-C again forces", "yellow")
         elif op.status is Status.RUNNING:
-            subtitle = f"[dim]{self.hint}[/]"
+            subtitle = Text(fmt.printable(self.hint), "dim")
         else:
-            subtitle = f"[{colour}]{escape(fmt.printable(op.status_message or op.status.value))}[/]"
+            subtitle = Text(fmt.printable(op.status_message or op.status.value), colour)
         return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, border_style=colour)
 
 
@@ -171,8 +170,10 @@ class _EchoOff:
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self._saved)
 
 
-def _fact(label: str, value: str) -> Text:
-    return Text.from_markup(f"[dim]{label}[/] {value}")
+def _fact(label: str, value: str | Text) -> Text:
+    """``label value``, the label dim. Text, not markup: ``escape`` leaves emoji codes, and a step
+    ``:smile:`` was drawn as a smiley (so was a status message)."""
+    return Text.assemble((label, "dim"), " ", value)
 
 
 class LiveTable:
@@ -193,7 +194,13 @@ class LiveTable:
         self._echo.__exit__()
 
     def update(self, ops: list[Operation]) -> None:
-        t = Table(expand=True, title="outlast watch  [dim](Ctrl-C stops watching)[/]", title_justify="left")
+        self._live.update(self.table(ops), refresh=True)
+
+    def table(self, ops: list[Operation]) -> Table:
+        """One row per operation; every cell from the record a Text, never markup (a type stored by another
+        client as ``x[/]`` ended ``watch`` with an internal error)."""
+        title = Text.assemble("outlast watch  ", ("(Ctrl-C stops watching)", "dim"))
+        t = Table(expand=True, title=title, title_justify="left")
         for name, kw in (
             ("#", {"justify": "right"}),
             ("id", {"no_wrap": True}),
@@ -219,8 +226,8 @@ class LiveTable:
             )
             t.add_row(
                 str(op.handle or ""),
-                op.id,
-                op.type,
+                Text(fmt.printable(op.id)),
+                Text(fmt.printable(op.type)),
                 Text(fmt.printable(op.name or "")),
                 Text(op.status.value, style=colour),
                 bar,
@@ -231,4 +238,4 @@ class LiveTable:
             )
         if not ops:
             t.caption = "no active operations"
-        self._live.update(t, refresh=True)
+        return t
