@@ -1,4 +1,5 @@
-"""The detail pane's keys and values (``KeyValues``) draw exactly what rich's padded ``Table.grid`` drew.
+"""The detail pane's keys and values (``KeyValues``) draw exactly what rich's padded ``Table.grid`` drew
+(its keys as text: ``[bold]x`` is no markup).
 
 The pane builds its lines itself when every value fits on one line beside the keys, and draws a table
 otherwise; either way each line's text and styles must be the table's, at any width.
@@ -64,7 +65,7 @@ def test_key_values_draw_what_the_padded_grid_drew(seed: int) -> None:
         grid.add_column(overflow="fold")
         fast = KeyValues()
         for key, value in rows:
-            grid.add_row(key, value)
+            grid.add_row(Text(key), value)  # a key is text as written, never markup
             fast.add(key, value)
         for width in range(1, 140, 11):
             for highlight in (False, True):

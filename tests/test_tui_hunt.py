@@ -8,6 +8,7 @@ the app; what quitting said, what the status line counted and clipped, how child
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -307,3 +308,50 @@ async def test_tab_pressed_first_mounts_the_panes_and_moves_the_focus(
         await pilot.press("tab", "tab")
         assert dashboard.panes_mounted
         await wait_for(pilot, lambda: isinstance(app.focused, CheckpointsPane))
+
+
+# ---- F-keys: a metric's or a result's name is the handler's text -------------------------------------
+
+
+async def test_metric_and_result_names_are_shown_as_written_and_a_long_one_leaves_room_for_values(
+    tui_settings: Settings,
+) -> None:
+    """A metric named ``[/] x`` ended the dashboard with a MarkupError as soon as its operation was selected
+    (the detail pane's keys went to a rich table as markup); one of 200 characters took the pane's width, the
+    values beside every key cut to nothing."""
+    from engine import Operation
+
+    now = time.time()
+    long_name = "n" * 200
+    op = Operation(
+        id="06b4000000001",
+        type="demo",
+        status=Status.COMPLETED,
+        created_at=now - 60,
+        queued_at=now - 60,
+        started_at=now - 50,
+        finished_at=now - 10,
+        updated_at=now - 10,
+        progress=Progress(done=3, total=3, metrics={"[/] x": 7, ":smile: [b]y": 8, long_name: 9}),
+        result={"[link=x]z[/link]": [1, 2]},
+    )
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        await store.create(op)
+    finally:
+        await store.close()
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await select(pilot, op.id)
+        body = app.query_one("#detail-body")
+        await wait_for(pilot, lambda: "· [link=x]z[/link]" in _text(body))  # once read whole
+        text = _text(body)
+    assert "· [/] x" in text and "· :smile: [b]y 8" in " ".join(text.split()), text
+    status = next(line for line in text.splitlines() if line.startswith("status"))
+    assert "completed" in status, text  # the values have their column beside the longest key
+    assert any(line.startswith("· nnnn") and line.rstrip().endswith("… 9") for line in text.splitlines()), text
+
+
+def _text(widget: Any) -> str:
+    return "\n".join(strip.text for strip in widget.render_strips(widget.size.width, widget.size.height))

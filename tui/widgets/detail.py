@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rich.cells import cell_len
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.segment import Segment
@@ -83,7 +83,8 @@ class KeyValues:
     """Keys (bold) and their values beside them, drawn as ``Table.grid(padding=(0, 1))`` with a bold
     ``no_wrap`` column and an ``overflow="fold"`` one draws them, for a tenth of its work (the pane is drawn
     again every second while its operation runs: 1.8 ms a time with the table, a third of the dashboard's
-    repaint). When every key is plain text and every value a Text, the lines are built here, as the table
+    repaint). Every key is plain text, never markup (a metric's name is the handler's: ``[/]`` in one raised
+    MarkupError and ended the dashboard). When every value is a Text, the lines are built here, as the table
     lays them out (a long value folded in the column left beside the keys); otherwise the table draws them,
     without its cells' padding (rich wraps every cell of a padded table in a ``Padding``, rendered on its
     own) but with the key's own last character as the space between the columns. Narrower than the keys
@@ -104,7 +105,7 @@ class KeyValues:
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column(overflow="fold")
         for key, value in self.rows:
-            grid.add_row(key if padded else f"{key} ", value)
+            grid.add_row(Text(key if padded else f"{key} "), value)  # a key is stored text: never markup
         return grid
 
     def _padded(self, width: int) -> bool:
@@ -121,9 +122,9 @@ class KeyValues:
         return Measurement.get(console, options, self.table(self._padded(options.max_width)))
 
     def _lines(self, console: Console, options: ConsoleOptions) -> list[Segment] | None:
-        """The table's lines, built here: every key plain text (rich reads a key as markup, with emoji
-        codes) and every value a Text laid out as the column says (a value too long for the width left
-        beside the keys is folded there, as the table folds it); None otherwise (the table draws them)."""
+        """The table's lines, built here: every key plain text and every value a Text laid out as the column
+        says (a value too long for the width left beside the keys is folded there, as the table folds it);
+        None otherwise (the table draws them)."""
         laid = self.layout(options)
         if laid is None:
             return None
@@ -141,7 +142,7 @@ class KeyValues:
         rows: list[tuple[str, Text]] = []
         key_width = value_width = 0
         for key, value in self.rows:
-            if not isinstance(value, Text) or "[" in key or ":" in key or "\t" in key:
+            if not isinstance(value, Text) or "\t" in key:
                 return None
             if value.justify or value.overflow or value.no_wrap is not None or "\n" in value or "\t" in value:
                 return None
@@ -358,7 +359,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("finished", local_time(op.finished_at) if op.finished_at and op.status.value != "running" else None)
         row("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else None)
         for k, v in sorted(p.metrics.items()):
-            row(f"· {fmt.printable(k)}", str(v))
+            row(_key(k), str(v))
         parts: list[RenderableType] = [grid]
         if op.error:
             parts.append(
@@ -368,10 +369,22 @@ class DetailPane(VerticalScroll, can_focus=True):
             for k, v in result.items():
                 if isinstance(v, dict | list):
                     text = fmt.printable(json.dumps(v, default=str))
-                    row(f"· {fmt.printable(str(k))}", text if len(text) <= 400 else text[:399] + "…")
+                    row(_key(str(k)), text if len(text) <= 400 else text[:399] + "…")
         if op.error:
             shape.append(len(op.error) + 7)
         return Group(*parts), shape
+
+
+KEY_CELLS = 24
+"""Columns of a metric's or a result's name, at most, in the detail pane's key column: a name is the
+handler's text, and one of 200 characters took the whole pane's width, every value beside the keys cut to
+nothing."""
+
+
+def _key(name: str) -> str:
+    """``· name`` for the key column, escaped and cut to ``KEY_CELLS`` columns with an ellipsis."""
+    key = f"· {fmt.printable(name)}"
+    return key if cell_len(key) <= KEY_CELLS else set_cell_size(key, KEY_CELLS - 1) + "…"
 
 
 def _runnable_types() -> frozenset[str]:
