@@ -107,6 +107,25 @@ async def test_bad_value_shows_its_message_and_submits_nothing_then_a_good_form_
     assert stored.status is Status.QUEUED and stored.params["items"] == 12 and stored.total_items == 12
 
 
+async def test_a_refused_value_is_selected_so_what_is_typed_next_replaces_it() -> None:
+    """Enter pressed in the field it refuses kept the focus there with the cursor at the end of the refused
+    text: "x3" refused, then "5" typed, made "x35". Selected, as a field the focus moves to is; the arrows
+    still edit it."""
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-items", "x3")
+        await pilot.press("enter")
+        await pilot.pause()
+        field = app.screen.query_one("#param-items", Input)
+        assert app.results == [] and app.focused is field and error_text(app, "items")
+        await pilot.press("5")
+        assert field.value == "5"
+        await replace(pilot, "#param-items", "x3")
+        await pilot.press("enter", "end", "backspace", "backspace", "4")
+        assert field.value == "4"
+
+
 async def test_required_fields_are_marked_and_named_until_filled(tmp_path: Path) -> None:
     app = LaunchApp(handlers(), initial_type="codebase_indexing")
     async with app.run_test(size=(100, 40)) as pilot:

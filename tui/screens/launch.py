@@ -813,6 +813,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         first_bad = next(iter(self._current(".field-control.-error", Widget)), None)
         if first_bad is not None and first_bad.focusable:
             first_bad.focus()  # straight to the first thing to fix
+            if isinstance(first_bad, Input):
+                # Its refused text selected, as a field the focus moves to has it: what is typed next replaces
+                # it, and an arrow key edits it. Refused in the field that had the focus (enter pressed in it),
+                # the cursor stayed at its end, and the digits typed next were put after the bad ones ("x35").
+                first_bad.select_all()
 
     # ---- validation ------------------------------------------------------------------------
 
