@@ -18,13 +18,21 @@ import time
 
 from .text import clean
 
-UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides, and
-    # lone surrogates (a file name's bytes that are not UTF-8: a terminal or pipe that takes UTF-8 only
-    # refuses them, and the command died with an internal error)
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+_INVISIBLE = "\u061c\u180e\u200b\u200e\u200f\u2060-\u2064\u206a-\u206f\ufeff\ufff9-\ufffb"
+"""Format characters no text needs shown raw: zero-width spaces and joiners of words (U+200B, U+2060, the
+BOM U+FEFF), the bidirectional marks (LRM, RLM, ALM: they move the neutral characters around them, as the
+overrides do, only less), invisible operators, deprecated format characters and interlinear annotations.
+Raw, ``deploy`` and ``de\u200bploy`` read alike, and a terminal that gives such a character a column (many
+draw U+FEFF or U+200B as a box) pushed the dashboard's borders out of line, as Textual counts none. The
+zero-width non-joiner and joiner (U+200C, U+200D) stay: Persian and Indic words and emoji sequences need
+them."""
+UNSAFE = re.compile(  # C0 and C1 controls, line and paragraph separators, bidirectional overrides, the
+    # invisible format characters above, and lone surrogates (a file name's bytes that are not UTF-8: a
+    # terminal or pipe that takes UTF-8 only refuses them, and the command died with an internal error)
+    rf"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069{_INVISIBLE}\ud800-\udfff]"
 )
 UNSAFE_IN_OUTPUT = re.compile(  # the same but newline and tab: for whole lines about to be written
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+    rf"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069{_INVISIBLE}\ud800-\udfff]"
 )
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 

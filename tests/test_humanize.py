@@ -71,3 +71,14 @@ def test_table_columns_line_up_in_terminal_columns_whatever_the_script(rows: lis
     lines = cli_format.table(["NAME", "NOTE", "END"], [[a, b, "|"] for a, b in rows]).splitlines()
     starts = {cell_len(line[: line.rindex("|")]) for line in lines[1:]}
     assert len(starts) == 1, lines
+
+
+def test_invisible_format_characters_are_shown_escaped_and_the_joiners_text_needs_are_kept() -> None:
+    """A zero-width space, a BOM, a word joiner or a bidirectional mark reached the terminal raw: ``deploy``
+    and ``de\\u200bploy`` read alike in ``ls``, an RLM moved the neutral characters around it, and a terminal
+    that draws U+FEFF or U+200B in a column of its own pushed the dashboard's borders out of line."""
+    for c in "\u200b\u200e\u200f\u061c\u2060\u2063\ufeff\u206a\ufff9\u180e":
+        assert humanize.printable(f"de{c}ploy") == f"de\\u{ord(c):04x}ploy"
+        assert humanize.UNSAFE_IN_OUTPUT.sub(humanize.escape_char, f"a{c}b\n") == f"a\\u{ord(c):04x}b\n"
+    kept = "\U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 caf\u00e9 \u00ad"
+    assert humanize.printable(kept) == kept  # an emoji sequence (ZWJ), Persian (ZWNJ), a soft hyphen
