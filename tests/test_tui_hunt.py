@@ -319,10 +319,44 @@ async def test_metric_and_result_names_are_shown_as_written_and_a_long_one_leave
     """A metric named ``[/] x`` ended the dashboard with a MarkupError as soon as its operation was selected
     (the detail pane's keys went to a rich table as markup); one of 200 characters took the pane's width, the
     values beside every key cut to nothing."""
+    op_id = await _stored(
+        tui_settings,
+        progress=Progress(done=3, total=3, metrics={"[/] x": 7, ":smile: [b]y": 8, "n" * 200: 9}),
+        result={"[link=x]z[/link]": [1, 2]},
+    )
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await select(pilot, op_id)
+        body = app.query_one("#detail-body")
+        await wait_for(pilot, lambda: "· [link=x]z[/link]" in _text(body))  # once read whole
+        text = _text(body)
+    assert "· [/] x" in text and "· :smile: [b]y 8" in " ".join(text.split()), text
+    status = next(line for line in text.splitlines() if line.startswith("status"))
+    assert "completed" in status, text  # the values have their column beside the longest key
+    assert any(line.startswith("· nnnn") and line.rstrip().endswith("… 9") for line in text.splitlines()), text
+
+
+async def test_a_step_of_megabytes_is_shown_cut_saying_how_long_it_is(tui_settings: Settings) -> None:
+    """A handler's step of 1 MB was folded beside the keys into 70,000 lines at every repaint: the event loop
+    held for seconds at a time, the engine's timeouts, pause and cancel with it."""
+    big = "s" * 200_000
+    op_id = await _stored(tui_settings, progress=Progress(done=3, total=3, step=big, metrics={"m": big}), error=big)
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await select(pilot, op_id)
+        body = app.query_one("#detail-body")
+        await wait_for(pilot, lambda: "error:" in "".join(_text(body).split()))  # the whole record shown
+        height = body.size.height
+        text = _text(body)
+    assert height < 500, height
+    assert "…(200,000characters)" in "".join(text.split()), text  # folded in the value column
+
+
+async def _stored(settings: Settings, **fields: Any) -> str:
+    """The id of a completed operation stored with ``fields`` (as another process, or another client, wrote it)."""
     from engine import Operation
 
     now = time.time()
-    long_name = "n" * 200
     op = Operation(
         id="06b4000000001",
         type="demo",
@@ -332,25 +366,15 @@ async def test_metric_and_result_names_are_shown_as_written_and_a_long_one_leave
         started_at=now - 50,
         finished_at=now - 10,
         updated_at=now - 10,
-        progress=Progress(done=3, total=3, metrics={"[/] x": 7, ":smile: [b]y": 8, long_name: 9}),
-        result={"[link=x]z[/link]": [1, 2]},
+        **fields,
     )
-    store = open_store(tui_settings.state_dir)
+    store = open_store(settings.state_dir)
     await store.open()
     try:
         await store.create(op)
     finally:
         await store.close()
-    app = make_app(tui_settings)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await select(pilot, op.id)
-        body = app.query_one("#detail-body")
-        await wait_for(pilot, lambda: "· [link=x]z[/link]" in _text(body))  # once read whole
-        text = _text(body)
-    assert "· [/] x" in text and "· :smile: [b]y 8" in " ".join(text.split()), text
-    status = next(line for line in text.splitlines() if line.startswith("status"))
-    assert "completed" in status, text  # the values have their column beside the longest key
-    assert any(line.startswith("· nnnn") and line.rstrip().endswith("… 9") for line in text.splitlines()), text
+    return op.id
 
 
 def _text(widget: Any) -> str:

@@ -298,13 +298,14 @@ class DetailPane(VerticalScroll, can_focus=True):
 
         def row(key: str, value: str | Text | None) -> None:
             if value not in (None, ""):
-                # Stored text as Text: never read as markup, its control characters escaped.
-                grid.add(key, Text(fmt.printable(value)) if isinstance(value, str) else value)
+                # Stored text as Text: never read as markup, its control characters escaped, cut to VALUE_CHARS.
+                value = Text(_shown(value)) if isinstance(value, str) else value
+                grid.add(key, value)
                 shape.append(len(value) + 1)
 
         status = Text(op.status.value, style=f"bold {status_colour}")
         if op.status_message:
-            status.append(f"  {fmt.printable(op.status_message)}", style="")
+            status.append(f"  {_shown(op.status_message)}", style="")
         row("status", status)
         result = full.result if full is not None else op.result
         if result is not None and op.status is Status.COMPLETED:
@@ -362,20 +363,32 @@ class DetailPane(VerticalScroll, can_focus=True):
             row(_key(k), str(v))
         parts: list[RenderableType] = [grid]
         if op.error:
-            parts.append(
-                Text(f"error: {fmt.printable(op.error, keep_newlines=True)}", style=f"bold {colours['$error']}")
-            )
+            parts.append(Text(f"error: {_shown(op.error, keep_newlines=True)}", style=f"bold {colours['$error']}"))
         if isinstance(result, dict) and op.status is Status.COMPLETED:
             for k, v in result.items():
                 if isinstance(v, dict | list):
                     text = fmt.printable(json.dumps(v, default=str))
                     row(_key(str(k)), text if len(text) <= 400 else text[:399] + "…")
         if op.error:
-            shape.append(len(op.error) + 7)
+            shape.append(min(len(op.error), VALUE_CHARS + 30) + 7)
         return Group(*parts), shape
 
 
-KEY_CELLS = 24
+VALUE_CHARS = 1000
+"""Characters of one value (a step, a message, a metric, an error) the detail pane shows, and how long it is:
+a handler's step of 1 MB, folded beside the keys into 70,000 lines at each second's repaint, held the
+event loop (the engine's timeouts, pause and cancel with it) for seconds at a time. ``outlast show ID`` or
+``--json`` has all of it."""
+
+
+def _shown(text: str, keep_newlines: bool = False) -> str:
+    """``text`` escaped, and cut to ``VALUE_CHARS`` saying how long it is."""
+    if len(text) > VALUE_CHARS:
+        text = f"{text[:VALUE_CHARS]}… ({len(text):,} characters)"
+    return fmt.printable(text, keep_newlines)
+
+
+KEY_CELLS = 20
 """Columns of a metric's or a result's name, at most, in the detail pane's key column: a name is the
 handler's text, and one of 200 characters took the whole pane's width, every value beside the keys cut to
 nothing."""
