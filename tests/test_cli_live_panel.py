@@ -109,3 +109,29 @@ def test_watch_draws_stored_text_as_written(
         table.update(ops)
     text = capsys.readouterr().out
     assert "x" + HOSTILE in text and "n" + HOSTILE in text, text
+
+
+def test_a_message_and_log_lines_of_megabytes_are_cut_saying_how_long_they_are() -> None:
+    """A handler's message of 1 MB filled the terminal, and wrapped again at each update held the loop the
+    handler runs in: an 8-second run took minutes."""
+    from engine import LogRecord
+
+    big = "m" * 200_000
+    now = time.time()
+    op = Operation(
+        id="06bn3k76nb4mc",
+        type="demo",
+        status=Status.RUNNING,
+        created_at=now - 60,
+        queued_at=now - 60,
+        started_at=now - 60,
+        updated_at=now,
+        progress=Progress(done=4, total=10, step=big, message=big),
+    )
+    view = LiveView("Ctrl-C pauses with a checkpoint")
+    view.log(LogRecord(ts=now, level="info", message=big))
+    console = Console(width=120, record=True, force_terminal=False, color_system=None)
+    console.print(view.render(op))
+    lines = console.export_text().splitlines()
+    assert len(lines) < 30, len(lines)
+    assert sum("… (200,000 characters)" in line for line in lines) == 2, "\n".join(lines)  # the message, the log line

@@ -22,6 +22,10 @@ from ..models import LogRecord, Operation, Status
 from . import format as fmt
 
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+PANEL_CHARS = 400
+"""Characters of the message and of each log line the panel shows (the lines printed below it have all of
+theirs): a message of 1 MB filled the terminal, and wrapped again at each update held the loop the handler
+runs in, an 8-second run taking minutes."""
 
 
 class LiveView:
@@ -113,16 +117,18 @@ class LiveView:
             facts.add_row(*cells[i : i + len(widths)])
         # The step on a line of its own, cut to it: a test's node id or a file's path as long as the panel
         # is wide, in a column of the grid, wrapped under its label and pushed the other columns apart.
-        step = _fact("step", fmt.printable(p.step or "-"))
+        step = _fact("step", fmt.printable(fmt.abridged(p.step or "-", fmt.STEP_CHARS)))
         step.no_wrap, step.overflow = True, "ellipsis"
         parts: list[RenderableType] = [top, facts, step]
         if p.message:
-            parts.append(Text(fmt.printable(p.message), style="italic"))
+            parts.append(Text(fmt.printable(fmt.abridged(p.message, PANEL_CHARS)), style="italic"))
         if self.logs:
             log_text = Text()
             for rec in self.logs:
                 line = Text(f"{fmt.clock(rec.ts)} ", style="dim")
-                line.append(fmt.printable(rec.message), style=_LEVEL_STYLE.get(rec.level, ""))
+                line.append(
+                    fmt.printable(fmt.abridged(rec.message, PANEL_CHARS)), style=_LEVEL_STYLE.get(rec.level, "")
+                )
                 log_text.append_text(line)
                 log_text.append("\n")
             log_text.rstrip()
