@@ -22,6 +22,7 @@ from tui.app import OutlastApp
 from tui.screens.confirm import ConfirmScreen, QuitScreen
 from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
+from tui.widgets.logs import LogsPane
 from tui.widgets.operations import OperationsTable
 from tui.widgets.resources import ResourcesPane
 
@@ -352,8 +353,24 @@ async def test_a_step_of_megabytes_is_shown_cut_saying_how_long_it_is(tui_settin
     assert "…(200,000characters)" in "".join(text.split()), text  # folded in the value column
 
 
-async def _stored(settings: Settings, **fields: Any) -> str:
-    """The id of a completed operation stored with ``fields`` (as another process, or another client, wrote it)."""
+async def test_log_lines_of_megabytes_are_shown_cut_saying_how_long_they_are(tui_settings: Settings) -> None:
+    """A command's output without a newline is stored in lines of 1 MB: 20 of them, wrapped at the logs pane's
+    width into half a million lines, held the event loop for 30 s (the engine's timeouts, pause and cancel)."""
+    from engine import LogRecord
+
+    big = "A" * 300_000
+    op_id = await _stored(tui_settings, logs=[LogRecord(ts=time.time(), level="info", message=big + "END")] * 3)
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await select(pilot, op_id)
+        pane = app.query_one(LogsPane)
+        await wait_for(pilot, lambda: len(pane.shown) == 3)
+        text = "".join(strip.text.strip() for strip in pane.lines)
+    assert "".join(text.split()).count("…(300,003characters)") == 3 and "END" not in text, text[-300:]
+
+
+async def _stored(settings: Settings, logs: list[Any] = (), **fields: Any) -> str:  # type: ignore[assignment]
+    """The id of a completed operation stored with ``fields`` and ``logs`` (as another process wrote them)."""
     from engine import Operation
 
     now = time.time()
@@ -372,6 +389,8 @@ async def _stored(settings: Settings, **fields: Any) -> str:
     await store.open()
     try:
         await store.create(op)
+        if logs:
+            await store.append_logs(op.id, list(logs))
     finally:
         await store.close()
     return op.id

@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # the engine's models (pydantic): imported after the first fr
 
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red", "debug": "dim"}
+LINE_CHARS = 5000
+"""Characters of one log line the pane shows, and how long it is (``outlast logs ID`` has all of it): a
+command's output without a newline is stored in lines of 1 MB, and 20 of them, wrapped at the pane's width
+into half a million lines, held the event loop for 30 s (the engine's timeouts, pause and cancel with it)."""
 
 
 class LogsPane(RichLog):
@@ -90,5 +94,8 @@ class LogsPane(RichLog):
                 line.append(f"{rec.operation_id[-4:]} ", style="cyan")
             level = rec.level.lower()
             line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
-            line.append(fmt.printable(rec.message))
+            message = rec.message
+            if len(message) > LINE_CHARS:
+                message = f"{message[:LINE_CHARS]}… ({len(message):,} characters)"
+            line.append(fmt.printable(message))
             self.put(line)
