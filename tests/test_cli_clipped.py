@@ -39,3 +39,14 @@ def test_a_long_name_is_cut_in_ls_not_every_row_widened() -> None:
     lines = fmt.ls_table(rows).splitlines()
     assert "nightly index of the monorepo n…" in lines[1], lines
     assert max(len(line) for line in lines) < 120, lines  # 220 with the name whole
+
+
+def test_a_long_next_step_is_cut_in_checkpoints_not_every_row_widened() -> None:
+    """The next step is a column in the middle: one of 1 MB padded every row to 1 MB."""
+    from engine import Checkpoint
+
+    steps = ["x" * 100_000, "short", None]
+    cps = [Checkpoint(operation_id="06bk9v8gewxq4", seq=n, created_at=0.0, next_step=s) for n, s in enumerate(steps, 1)]
+    lines = fmt.checkpoints_table(cps).splitlines()
+    assert max(len(line) for line in lines) < 150, [len(line) for line in lines]
+    assert "x" * 59 + "…" in lines[1] and all(line.endswith(("ok", "CHECKSUM")) for line in lines), lines

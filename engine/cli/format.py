@@ -356,6 +356,11 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
     return text
 
 
+NEXT_STEP_CHARS = 60
+"""Characters of a checkpoint's next step ``checkpoints`` shows (``--json`` has all of it): a column in the
+middle, it was padded to the longest, and one next step of 1 MB made every row 1 MB wide."""
+
+
 def checkpoints_table(cps: list[Checkpoint]) -> str:
     rows = [
         [
@@ -363,7 +368,7 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
             when(c.created_at),
             "-" if c.progress_percentage is None else f"{c.progress_percentage:.1f}%",
             str(c.processed_items),
-            c.next_step or "-",
+            clipped(c.next_step or "-", NEXT_STEP_CHARS),
             size(c.size),
             "ok" if c.valid else "CORRUPT",
         ]
