@@ -369,6 +369,26 @@ async def test_log_lines_of_megabytes_are_shown_cut_saying_how_long_they_are(tui
     assert "".join(text.split()).count("…(300,003characters)") == 3 and "END" not in text, text[-300:]
 
 
+async def test_a_name_and_a_worker_another_client_stored_with_escapes_are_shown_escaped(
+    tui_settings: Settings,
+) -> None:
+    """The detail pane wrote a stored name's and a worker host's escape sequences to the terminal raw: the
+    terminal's title was set by a record (names with control characters are refused at submit, but a store
+    written by another client, or an older version, may hold one)."""
+    from engine import WorkerInfo
+
+    evil = "\x1b]0;PWNED\x07\x1b[2J"
+    op_id = await _stored(tui_settings, name="n" + evil, worker=WorkerInfo(host="h" + evil, pid=4242))
+    app = make_app(tui_settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await select(pilot, op_id)
+        body = app.query_one("#detail-body")
+        await wait_for(pilot, lambda: "worker" in _text(body))
+        text = "".join(_text(body).split())
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+    assert "(n\\x1b]0;PWNED\\x07\\x1b[2J)" in text and "h\\x1b]0;PWNED\\x07\\x1b[2J:4242" in text, text
+
+
 async def _stored(settings: Settings, logs: list[Any] = (), **fields: Any) -> str:  # type: ignore[assignment]
     """The id of a completed operation stored with ``fields`` and ``logs`` (as another process wrote them)."""
     from engine import Operation

@@ -311,7 +311,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         if result is not None and op.status is Status.COMPLETED:
             row("result", result_summary(result))
         row("id", op.id + (f"  (#{op.handle})" if op.handle is not None else ""))
-        kind = Text(op.type + (f"  ({op.name})" if op.name else ""))
+        kind = Text(fmt.printable(op.type + (f"  ({op.name})" if op.name else "")))
         if full is not None and op.status is Status.QUEUED and op.type not in _runnable_types():
             # It waits for a worker that has its plugin: nothing here said why it never started. (Asked once the
             # whole record is read: the engine is up, the first frame drawn without the registry's imports.)
@@ -345,7 +345,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         row("failures", fail)
         row("attempt", f"{op.attempt}" + (f"  ({op.retries} retries)" if op.retries else ""))
         row("priority", op.priority.value)
-        worker = Text(str(op.worker)) if op.worker else None
+        worker = Text(fmt.printable(str(op.worker))) if op.worker else None  # a host another client stored
         if worker is not None and op.worker is not None and op.status is Status.RUNNING:
             # Its process on this host stopped (Ctrl-Z, SIGSTOP): the rate and ETA above are its last.
             w = op.worker

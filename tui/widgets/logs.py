@@ -91,7 +91,7 @@ class LogsPane(RichLog):
             line = Text()
             line.append(f"{fmt.clock(rec.ts)} ", style="dim")
             if with_id and rec.operation_id:
-                line.append(f"{rec.operation_id[-4:]} ", style="cyan")
+                line.append(f"{fmt.printable(rec.operation_id[-4:])} ", style="cyan")
             level = rec.level.lower()
             line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
             message = rec.message
