@@ -8,6 +8,8 @@ the app; what quitting said, what the status line counted and clipped, how child
 from __future__ import annotations
 
 import dataclasses
+import json
+import sqlite3
 import time
 from typing import Any
 
@@ -387,6 +389,26 @@ async def test_a_name_and_a_worker_another_client_stored_with_escapes_are_shown_
         text = "".join(_text(body).split())
     assert "\x1b" not in text and "\x07" not in text, repr(text)
     assert "(n\\x1b]0;PWNED\\x07\\x1b[2J)" in text and "h\\x1b]0;PWNED\\x07\\x1b[2J:4242" in text, text
+
+
+async def test_an_id_another_client_stored_with_escapes_is_shown_escaped_in_the_table(tui_settings: Settings) -> None:
+    """The operations table wrote a stored id raw: its escape sequence reached the terminal, and the row was
+    drawn short, the table's border pulled out of line."""
+    stored = await _stored(tui_settings)
+    op_id = "\x1b]0;PWNED\x07ab"  # written behind the store's back, as another client (an older version) could
+    db = sqlite3.connect(tui_settings.state_dir / "outlast.db")
+    with db:
+        record = json.loads(db.execute("SELECT record FROM operations WHERE id=?", (stored,)).fetchone()[0])
+        record.update(id=op_id, handle=None)  # no handle: the id is what names it
+        db.execute("UPDATE operations SET id=?, record=? WHERE id=?", (op_id, json.dumps(record), stored))
+    db.close()
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: op_id in table.ids)
+        await pilot.pause()
+        line = table.render_line(1).text
+    assert line.split()[0].startswith("\\x1b]0;PWN") and "\x1b" not in line, repr(line)
 
 
 async def _stored(settings: Settings, logs: list[Any] = (), **fields: Any) -> str:  # type: ignore[assignment]

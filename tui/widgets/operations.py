@@ -479,9 +479,10 @@ class OperationsTable(ScrollView, can_focus=True):
                 self._bar(out, p, w)
                 continue
             if col.key == "id":  # the shortest unique prefix stands out: what to type (as jj and git show it)
-                n = min(w, self.short.get(op.id, len(op.id)))
-                out.append((op.id[:n], Style(bold=True)))
-                out.append((op.id[n:w].ljust(w - n), self._style("ops--dim")))
+                ident = op.id if op.id.isascii() and op.id.isalnum() else fmt.printable(op.id)  # another client's
+                n = min(w, self.short.get(op.id, len(ident)))
+                out.append((ident[:n], Style(bold=True)))
+                out.append((ident[n:w].ljust(w - n), self._style("ops--dim")))
                 continue
             if stopped and col.key in ("status", "rate", "eta"):  # its last rate and ETA are not what it does now
                 said = stopped.ljust(w)[:w] if col.key == "status" else "-".rjust(w)
