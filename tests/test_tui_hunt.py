@@ -357,18 +357,26 @@ async def test_a_step_of_megabytes_is_shown_cut_saying_how_long_it_is(tui_settin
 
 async def test_log_lines_of_megabytes_are_shown_cut_saying_how_long_they_are(tui_settings: Settings) -> None:
     """A command's output without a newline is stored in lines of 1 MB: 20 of them, wrapped at the logs pane's
-    width into half a million lines, held the event loop for 30 s (the engine's timeouts, pause and cancel)."""
+    width into half a million lines, held the event loop for 30 s (the engine's timeouts, pause and cancel).
+    A level another client stored went to the terminal raw."""
     from engine import LogRecord
 
     big = "A" * 300_000
-    op_id = await _stored(tui_settings, logs=[LogRecord(ts=time.time(), level="info", message=big + "END")] * 3)
+    op_id = await _stored(
+        tui_settings,
+        logs=[
+            *[LogRecord(ts=time.time(), level="info", message=big + "END")] * 3,
+            LogRecord(ts=time.time(), level="\x1b[2J", message="a level another client wrote"),
+        ],
+    )
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:
         await select(pilot, op_id)
         pane = app.query_one(LogsPane)
-        await wait_for(pilot, lambda: len(pane.shown) == 3)
+        await wait_for(pilot, lambda: len(pane.shown) == 4)
         text = "".join(strip.text.strip() for strip in pane.lines)
     assert "".join(text.split()).count("…(300,003characters)") == 3 and "END" not in text, text[-300:]
+    assert "\\x1b[2j" in text and "\x1b" not in text, text[-300:]  # the level, as every level shows: lower case
 
 
 async def test_a_name_and_a_worker_another_client_stored_with_escapes_are_shown_escaped(

@@ -93,7 +93,7 @@ class LogsPane(RichLog):
             if with_id and rec.operation_id:
                 line.append(f"{fmt.printable(rec.operation_id[-4:])} ", style="cyan")
             level = rec.level.lower()
-            line.append(f"{level[:4]:4} ", style=LEVEL_STYLE.get(level, "green"))
+            line.append(f"{fmt.printable(level[:4]):4} ", style=LEVEL_STYLE.get(level, "green"))
             message = rec.message
             if len(message) > LINE_CHARS:
                 message = f"{message[:LINE_CHARS]}… ({len(message):,} characters)"
