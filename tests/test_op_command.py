@@ -430,3 +430,14 @@ async def test_progress_written_just_before_a_pause_counts_with_the_checkpoint_a
 async def _at(engine: Engine, op_id: str, done: int) -> bool:
     op = await engine.get(op_id)
     return op is not None and op.progress.done == done
+
+
+async def test_output_bytes_that_are_not_utf8_are_logged_as_written_out(engine: Engine) -> None:
+    """Decoded with "replace", Latin-1 output ``caf\\xe9`` was logged ``caf\\ufffd``: which byte it was was
+    lost. Each such byte is ``\\xNN`` now, as a file name's is; UTF-8 text is as it was."""
+    script = "import sys; sys.stdout.buffer.write(b'caf\\xe9 \\xff\\xfe caf\\xc3\\xa9\\n')"
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", script]}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED
+    records, _ = await engine.logs(op.id)
+    assert [r.message for r in records] == ["caf\\xe9 \\xff\\xfe café"]

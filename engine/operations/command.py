@@ -41,6 +41,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..context import MAX_COUNT, OperationContext, OperationFailed, OperationStopped
 from ..registry import operation
+from ..text import clean
 from ._common import libc_function
 from ._program import split_args
 
@@ -449,7 +450,9 @@ class _Lines:
         elif self.long_directive:
             self.long_directive = cut
             return None
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        # A byte that is not UTF-8 (Latin-1 text, a binary's output) as \xNN, as a file name's is shown: decoded
+        # with "replace", "caf\xe9" was logged "caf\ufffd", which byte it was lost.
+        line = clean(raw.decode("utf-8", "surrogateescape")).rstrip("\r\n")
         directive = _DIRECTIVE.match(line)
         if directive and cut:
             # Its first piece was "invalid JSON" (it was valid: cut), its other pieces lines of the log.
