@@ -365,10 +365,12 @@ class DetailPane(VerticalScroll, can_focus=True):
         if op.error:
             parts.append(Text(f"error: {_shown(op.error, keep_newlines=True)}", style=f"bold {colours['$error']}"))
         if isinstance(result, dict) and op.status is Status.COMPLETED:
-            for k, v in result.items():
-                if isinstance(v, dict | list):
-                    text = fmt.printable(json.dumps(v, default=str))
-                    row(_key(str(k)), text if len(text) <= 400 else text[:399] + "…")
+            nested = [(k, v) for k, v in result.items() if isinstance(v, dict | list)]
+            for k, v in nested[:NESTED_ROWS]:
+                text = fmt.printable(json.dumps(v, default=str))
+                row(_key(str(k)), text if len(text) <= 400 else text[:399] + "…")
+            if len(nested) > NESTED_ROWS:
+                row("· …", f"{len(nested) - NESTED_ROWS:,} more: outlast --json show {op.id} has them")
         if op.error:
             shape.append(min(len(op.error), VALUE_CHARS + 30) + 7)
         return Group(*parts), shape
@@ -387,6 +389,10 @@ def _shown(text: str, keep_newlines: bool = False) -> str:
         text = f"{text[:VALUE_CHARS]}… ({len(text):,} characters)"
     return fmt.printable(text, keep_newlines)
 
+
+NESTED_ROWS = 30
+"""Rows of a result's nested values the detail pane shows, at most: a plugin's result keyed by file, 20,000
+keys, was laid out in 20,000 rows each time the operation was selected (5 s with the event loop held)."""
 
 KEY_CELLS = 20
 """Columns of a metric's or a result's name, at most, in the detail pane's key column: a name is the
