@@ -381,8 +381,13 @@ async def test_log_lines_of_megabytes_are_shown_cut_saying_how_long_they_are(tui
 
 async def test_a_result_of_thousands_of_nested_values_shows_the_first_and_how_many_more(tui_settings: Settings) -> None:
     """A plugin's result keyed by file, 20,000 keys, was laid out in 20,000 rows each time its operation was
-    selected: 5 s with the event loop held, the engine's timeouts, pause and cancel with it."""
-    op_id = await _stored(tui_settings, result={f"file{i}.py": [i] for i in range(2000)})
+    selected: 5 s with the event loop held, the engine's timeouts, pause and cancel with it. So were thousands
+    of metrics, every second while their operation ran."""
+    op_id = await _stored(
+        tui_settings,
+        result={f"file{i}.py": [i] for i in range(2000)},
+        progress=Progress(done=1, total=1, metrics={f"m{i:04}": i for i in range(2000)}),
+    )
     app = make_app(tui_settings)
     async with app.run_test(size=(120, 40)) as pilot:
         await select(pilot, op_id)
@@ -392,6 +397,7 @@ async def test_a_result_of_thousands_of_nested_values_shows_the_first_and_how_ma
         height, text = body.size.height, "".join(_text(body).split())
     assert height < 150, height
     assert "·file29.py[29]·…1,970more:outlast--jsonshow" in text, text
+    assert "·m002929·…1,970moremetrics:outlast--jsonshow" in text, text
 
 
 async def test_a_name_and_a_worker_another_client_stored_with_escapes_are_shown_escaped(

@@ -359,8 +359,11 @@ class DetailPane(VerticalScroll, can_focus=True):
             row("elapsed", fmt.elapsed(op.elapsed_at(now), op.attempt))
         row("finished", local_time(op.finished_at) if op.finished_at and op.status.value != "running" else None)
         row("checkpoint", f"#{op.checkpoint_seq}" if op.checkpoint_seq else None)
-        for k, v in sorted(p.metrics.items()):
+        metrics = sorted(p.metrics.items())
+        for k, v in metrics[:NESTED_ROWS]:
             row(_key(k), str(v))
+        if len(metrics) > NESTED_ROWS:
+            row("· …", f"{len(metrics) - NESTED_ROWS:,} more metrics: outlast --json show {op.id} has them")
         parts: list[RenderableType] = [grid]
         if op.error:
             parts.append(Text(f"error: {_shown(op.error, keep_newlines=True)}", style=f"bold {colours['$error']}"))
@@ -391,8 +394,9 @@ def _shown(text: str, keep_newlines: bool = False) -> str:
 
 
 NESTED_ROWS = 30
-"""Rows of a result's nested values the detail pane shows, at most: a plugin's result keyed by file, 20,000
-keys, was laid out in 20,000 rows each time the operation was selected (5 s with the event loop held)."""
+"""Rows of metrics, and of a result's nested values, the detail pane shows at most: a plugin's result keyed
+by file, 20,000 keys, was laid out in 20,000 rows each time the operation was selected (5 s with the event
+loop held), and so were a running operation's metrics, each second."""
 
 KEY_CELLS = 20
 """Columns of a metric's or a result's name, at most, in the detail pane's key column: a name is the
