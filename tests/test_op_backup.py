@@ -238,3 +238,23 @@ async def test_a_destination_with_file_systems_mounted_inside_is_copied_and_sync
     finally:
         for d in reversed(mounted):
             subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)
+
+
+async def test_a_manifest_temp_a_killed_attempt_left_is_removed(engine: Engine, tmp_path: Path) -> None:
+    """An attempt SIGKILLed while it wrote the manifest left its temporary file (``..outlast-manifest.json.PID.
+    NS.tmp``) at the destination's root, and the resumed backup kept it: the copy differed from an
+    uninterrupted one by that file (test_fault_kill's backup round, seed 3755498780, once). A source file
+    of such a name is copied and kept."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src)
+    (src / "..outlast-manifest.json.1.2.tmp").write_text("the user's\n")
+    dst.mkdir()
+    left = dst / "..outlast-manifest.json.4242.1796528422241772651.tmp"
+    left.write_text('{"source": "half a manifest')
+    op = await engine.submit(
+        OperationSpec(type="backup_operation", params={"source": str(src), "destination": str(dst)})
+    )
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert not left.exists()
+    assert snapshot(dst) == snapshot(src)

@@ -1129,6 +1129,22 @@ def _same_file(dst: Path, rel: str, links: Links, files: dict[str, dict[str, str
     return {}
 
 
+_MANIFEST_TEMP = re.compile(rf"\.{re.escape(MANIFEST)}\.\d+\.\d+\.tmp")
+"""The name ``atomic_write`` gives the manifest until it is renamed into place."""
+
+
+def _remove_manifest_temps(dst: Path, entries: list[str]) -> None:
+    """Remove the manifest's temporary files an attempt killed while it wrote the manifest left at the
+    destination's root (the copy then differed from an uninterrupted one by that file); a source file of
+    that name, copied there, stays."""
+    copied = set(entries)
+    with os.scandir(dst) as it:
+        for entry in it:
+            if _MANIFEST_TEMP.fullmatch(entry.name) and entry.name not in copied:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 def _write_manifest(src: Path, dst: Path, files: dict[str, dict[str, str | int]]) -> str:
     """Write the manifest; its sha256. In a thread: json's ``indent`` takes the pure-Python encoder, 15-40 ms
     for 5,000 files, which held the event loop."""
@@ -1369,6 +1385,7 @@ async def _finish(
     await ctx.checkpoint(next_step="manifest written", now=True)
     await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
     await asyncio.to_thread(_remove, dst / STAGING)  # what a failed copy or a killed attempt left there
+    await asyncio.to_thread(_remove_manifest_temps, dst, entries)
     problems += await asyncio.to_thread(_set_dir_stats, src, dst, [""])
     for problem in problems:
         ctx.log.warning(f"directory mode and times not set: {problem}")
