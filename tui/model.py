@@ -13,8 +13,10 @@ Built for 10,000 operations with 100 of them reporting progress:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -239,6 +241,7 @@ class OperationsModel:
             # so a full collection in the steady state costs ~10 ms instead of ~80 (the slowest key presses).
             gc.freeze()
             gc.enable()
+            _give_back_memory()
         if not complete:
             return False
         self.store_ok = True
@@ -530,6 +533,26 @@ def is_refusal(e: BaseException) -> bool:
     """An engine refusal (the operation is gone, or not in a status that allows it): one warning line,
     not a store failure."""
     return isinstance(e, OutlastError) and not isinstance(e, StoreError)
+
+
+def _give_back_memory() -> None:
+    """Hand the heap's free memory back to the system after a full reload (glibc's ``malloc_trim``; nothing
+    elsewhere): the records read and dropped, and the tables rebuilt as pages came, left it freed but held,
+    100,000 operations kept the dashboard at 770 MB where 460 were in use."""
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            with contextlib.suppress(OSError, AttributeError):
+                _TRIM = ctypes.CDLL(None).malloc_trim
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+"""glibc's ``malloc_trim`` once looked up (False: none here)."""
 
 
 def slim(op: Operation) -> Operation:
