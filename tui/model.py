@@ -103,6 +103,9 @@ class OperationsModel:
         """The operations whose rows came, went or may have moved since the table last looked."""
         self.repaint = False
         self.store_ok = True
+        self.loading: int | None = None
+        """While a full reload reads its pages: how many operations the store holds (the status line says
+        how many of them are read; with 100,000 it counted "20,000 operations" up for seconds)."""
         self.answered = 0.0
         """When the store last answered a read of the model's (monotonic): a read made of many (the full
         reload's pages: 50 of them with 100,000 operations) is a store that answers, not one that waits."""
@@ -233,10 +236,12 @@ class OperationsModel:
             self.failed(e)
             return False
         began = time.monotonic()
+        self.loading = sum(key[0].values())
         gc.disable()  # reading 10,000 records would set off full collections, ~80 ms each
         try:
             complete = await self._read_pages(seen)
         finally:
+            self.loading = None
             # A million long-lived objects: frozen, the collector no longer scans them (nor the imports),
             # so a full collection in the steady state costs ~10 ms instead of ~80 (the slowest key presses).
             gc.freeze()

@@ -415,8 +415,11 @@ class DashboardScreen(Screen[None]):
         before the counts: a long filter, or many statuses, pushed them off the line."""
         counts = self.model.counts()
         table = self.table
-        n = len(self.model.ops)
-        head = Content.assemble(("Outlast", "bold"), f"  {n:,} operation{'s' if n != 1 else ''}")
+        n, stored = len(self.model.ops), self.model.loading
+        if stored is not None and n < stored:
+            head = Content.assemble(("Outlast", "bold"), f"  {n:,} of {stored:,} operations read")
+        else:
+            head = Content.assemble(("Outlast", "bold"), f"  {n:,} operation{'s' if n != 1 else ''}")
         # Each field with its worth: at 80 columns the least worth goes first, whole (the sort, which the
         # header's ▼ says too, unless a narrow table left its column out; then the finished counts), never
         # a count cut in half.
