@@ -737,6 +737,12 @@ class OperationContext(SeedContextMethods):
         return self._too_many
 
     @property
+    def saving(self) -> bool:
+        """A checkpoint of this attempt is being written (or waits for the one before it): the handler, at a safe
+        point, waits on the store, and that time is the store's, not the handler's (``Watch.tick``)."""
+        return self._saving.locked()
+
+    @property
     def stop_swallowed(self) -> bool:
         """The handler caught a stop raised into it and went on to another safe point (it ignores stops)."""
         return self._swallowed

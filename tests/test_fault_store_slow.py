@@ -1,0 +1,60 @@
+"""A slow store: a disk whose fsync stalls for seconds under the local store (a loaded NFS, a failing disk, a VM's
+host flushing). The tests.store_slow plugin holds a chosen statement inside its write transaction, as such a
+commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by hand (the figures in the commits)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tests.fixtures_cli import Cli, Proc, until
+
+PLUGIN = ["--plugin", "tests.store_slow"]
+
+
+def _slow(cli: Cli, tmp_path: Path, seconds: float, times: int = 1) -> dict[str, str]:
+    """The environment of a process whose next ``times`` checkpoint writes wait ``seconds`` inside their
+    transaction; the flag file names it as each wait begins."""
+    return {
+        **cli.env,
+        "OUTLAST_TEST_SLOW_MATCH": "INTO checkpoints",
+        "OUTLAST_TEST_SLOW_SECONDS": str(seconds),
+        "OUTLAST_TEST_SLOW_TIMES": str(times),
+        "OUTLAST_TEST_SLOW_FLAG": str(tmp_path / "slow.flag"),
+    }
+
+
+def test_a_checkpoint_the_disk_holds_up_is_no_stall_of_the_handler(cli: Cli, tmp_path: Path) -> None:
+    """The handler waits at its safe point while its checkpoint is written: that wait is the store's. Before, a
+    demo making 50 items/s, its stall_timeout 1.5s, was stopped as stalled by a 3.5s commit (timed_out, exit 5)."""
+    config = tmp_path / "outlast.toml"
+    config.write_text("[profiles.demo]\nstall_timeout = 1.5\ncheckpoint_interval = 0.3\n")
+    r = cli(
+        "--config", str(config), *PLUGIN, "run", "demo", "-p", "items=40", "-p", "seconds=0.02",
+        env=_slow(cli, tmp_path, 3.5),
+    )  # fmt: skip
+    assert (tmp_path / "slow.flag").exists(), "no checkpoint was held up: is tests.store_slow loaded?"
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 780' in r.stdout, r.stdout
+
+
+def test_a_stop_reached_while_its_checkpoint_is_written_is_not_forced(cli: Cli, tmp_path: Path) -> None:
+    """Ctrl-C while a checkpoint waits on the disk: the handler is at a safe point, and the stop is raised into it
+    once the write ends, whatever the grace period. Before, the grace period ran out inside the write, the handler
+    was cancelled where it stood, and the operation ended "paused (forced after 0.5s grace period)"."""
+    config = tmp_path / "outlast.toml"
+    config.write_text("grace_period = 0.5\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
+    env = _slow(cli, tmp_path, 2.5)
+    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=200", "-p", "seconds=0.02"], env)
+    cli.procs.append(run)  # killed at the end if the test fails before it ends
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    run.signal(signal.SIGINT)
+    assert run.wait(60) == 6, run.out + run.err
+    ls = json.loads(cli("--json", "ls").stdout)
+    op = ls[0] if isinstance(ls, list) else ls["operations"][0]
+    shown = cli("show", op["id"]).stdout
+    assert "paused" in shown and "forced" not in shown, shown
+    r = cli("resume", op["id"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 19900' in r.stdout, r.stdout
