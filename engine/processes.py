@@ -236,6 +236,33 @@ def stopped_note(host: str, pid: int, boot: str | None = None, start: int | None
     return None
 
 
+def command_of(pid: int, width: int = 80) -> str | None:
+    """What process ``pid`` runs, for a line that names it: ``outlast run demo -p items=200`` (an interpreter and
+    the directories of its script and of long paths left out), control characters escaped, clipped to ``width``
+    characters with "…"; None where /proc cannot tell (no such process, another user's hidden by ``hidepid``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [os.fsdecode(a) for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return None
+    if len(argv) > 1 and os.path.basename(argv[0]).startswith("python"):
+        argv = argv[1:]  # /usr/bin/python3 /venv/bin/outlast run ...: the script is the command
+        if argv[0] == "-m" and len(argv) > 1:
+            argv = ["outlast" if argv[1] == "engine.cli" else argv[1], *argv[2:]]
+        elif argv[0] == "-c":
+            argv = ["python", "-c", "..."]
+    if not argv:
+        return None
+    # A long path as its last part: "--state-dir …/state run demo", not the path with the command clipped off
+    words = [
+        os.path.basename(argv[0]),
+        *("…/" + os.path.basename(a) if "/" in a and len(a) > 24 else a for a in argv[1:]),
+    ]
+    text = " ".join(words)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def process_start(pid: int) -> tuple[str, int] | None:
     """Who process ``pid`` is, whatever the wall clock did: this boot's id and the process's start in
     clock ticks since boot (``/proc/PID/stat``). A pid taken by another process since has another start.

@@ -5,10 +5,17 @@ commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by h
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
+import pytest
+
+from engine import open_store
+from engine.models import StoreError
+from engine.store.sqlite import core as sqlite_core
 from tests.fixtures_cli import Cli, Proc, until
+from tests.fixtures_engine import queued_record
 
 PLUGIN = ["--plugin", "tests.store_slow"]
 
@@ -58,3 +65,30 @@ def test_a_stop_reached_while_its_checkpoint_is_written_is_not_forced(cli: Cli, 
     r = cli("resume", op["id"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"sum": 19900' in r.stdout, r.stdout
+
+
+async def test_a_write_lock_held_by_a_stopped_outlast_is_named_with_its_pid(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``outlast run`` stopped (SIGSTOP, a paused container) inside its checkpoint's commit holds the store's
+    write lock: a write beside it waits the busy timeout, then says which process holds the lock and how to let
+    it go on. Before, the line blamed "a sqlite3 shell or a database browser?" and said to end it."""
+    monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 0.2)  # a command waits 30s; this one a moment
+    config = tmp_path / "outlast.toml"
+    config.write_text("[profiles.demo]\ncheckpoint_interval = 0.3\n")
+    env = _slow(cli, tmp_path, 3)
+    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=60", "-p", "seconds=0.02"], env)
+    cli.procs.append(run)
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    pid = run.popen.pid
+    store = open_store(cli.state_dir)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await store.open()
+        line = rf"outlast\.db is locked: process {pid} \(outlast .*run demo.*\) holds its write lock, and is stopped"
+        with pytest.raises(StoreError, match=line + rf".*kill -CONT {pid} to go on; nothing was written"):
+            await store.create(queued_record())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await store.close()
+    assert run.wait(60) == 0, run.out + run.err

@@ -30,7 +30,7 @@ from ...models import NotFound, Operation, StoreError
 from ...shortage import ran_short
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
-from .locks import Spares, try_lock, unlock
+from .locks import Spares, try_lock, unlock, write_lock_holders
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker
 
@@ -223,10 +223,7 @@ class SqliteCore:
         if damaged(e):
             return StoreError(f"state dir {d}: {name} is not a usable Outlast database ({e})")
         if code == sqlite3.SQLITE_BUSY:  # "database is locked" said neither by whom nor what to do
-            return StoreError(
-                f"state dir {d}: {name} is locked: another process has kept a write"
-                f" transaction open on it for {BUSY_TIMEOUT:g}s (a sqlite3 shell or a database browser?); end it"
-            )
+            return StoreError(f"state dir {d}: {name} is locked: {self._lock_holder()}")
         if code == sqlite3.SQLITE_FULL:
             return StoreFailed(
                 f"state dir {d}: its file system is full{_left(d)}: {name} cannot be written; free some space there,"
@@ -234,6 +231,33 @@ class SqliteCore:
                 str(e),
             )
         return StoreFailed(f"state dir {d}: {name} cannot be {what} ({e})", str(e))
+
+    def _lock_holder(self) -> str:
+        """Who has kept the write lock for the busy timeout, and what to do, for the line that says the store is
+        locked. An ``outlast`` process whose disk stalls its commit's fsync, or one stopped inside its commit
+        (SIGSTOP, a paused container), was called "a sqlite3 shell or a database browser?"."""
+        import socket  # here: said after a 30s wait; no command's start pays for it
+
+        from ...processes import command_of, stopped_note
+
+        waited = f"for {BUSY_TIMEOUT:g}s"
+        holders = [p for p in write_lock_holders(self.db_path) if p != os.getpid()]
+        if not holders:
+            return (
+                f"another process has kept a write transaction open on it {waited} (a sqlite3 shell or a database"
+                " browser?); end it"
+            )
+        pid = holders[0]
+        who = f"process {pid}" + (f" ({command})" if (command := command_of(pid)) else "")
+        note = stopped_note(socket.gethostname(), pid)
+        if note is not None and note.startswith("stopped"):
+            return f"{who} holds its write lock, and is {note}; nothing was written"
+        if command is not None and command.split(" ", 1)[0] == "outlast":
+            return (
+                f"{who} has held its write lock {waited} (a disk slow to sync? the process hung?); nothing was"
+                " written: try again once it lets go"
+            )
+        return f"{who} has kept a write transaction open on it {waited}; nothing was written: end it"
 
     # ---- opening and closing -------------------------------------------------------------------
 

@@ -24,6 +24,36 @@ _HELD: set[int] = set()
 """The fds of the locks this process holds, closed in any child forked from it (``_forget``)."""
 
 
+WAL_WRITE_LOCK = 120
+"""The byte of ``outlast.db-shm`` that SQLite locks (a POSIX ``fcntl`` lock) for as long as a write transaction of
+the database lasts in WAL mode, its commit's fsync included (``WALINDEX_LOCK_OFFSET``, slot 0)."""
+
+
+def write_lock_holders(db_path: Path) -> list[int]:
+    """The processes that hold SQLite's write lock on ``db_path`` (a WAL database) now, read from ``/proc/locks``
+    (Linux; empty elsewhere, or when none does). Not asked with ``F_GETLK`` on the ``-shm`` file: this process
+    would open it, and closing any descriptor of a file lets go of every POSIX lock the process holds on it,
+    its own SQLite connection's included."""
+    try:
+        st = os.stat(f"{db_path}-shm")
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in lines:
+        # "1: POSIX  ADVISORY  WRITE 8544 fe:00:3047476 120 120"; a waiter's line has "->" after its number
+        f = line.split()
+        if len(f) != 8 or f[1] != "POSIX" or f[3] != "WRITE" or f[5] != where:
+            continue
+        with contextlib.suppress(ValueError):
+            covers = int(f[6]) <= WAL_WRITE_LOCK and (f[7] == "EOF" or int(f[7]) >= WAL_WRITE_LOCK)
+            if covers and (pid := int(f[4])) > 0 and pid not in pids:
+                pids.append(pid)
+    return pids
+
+
 def _forget() -> None:
     """In a child forked from this process: close its copies of the lock fds (not unlock them, which
     would let go for the parent too). A flock belongs to the open file, which a fork shares: a child
