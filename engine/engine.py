@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from .config import Settings, load_settings
 from .context import BrokenInto
 from .errors import KeyTaken, requested_unread
 from .events import EventBus
+from .exitcodes import ExitCode
 from .lifecycle import ACTIONS, Action, StopReason, check_action
 from .models import (
     SETTLED,
@@ -161,6 +163,9 @@ class Engine:
         """Signals seen by ``_on_signal_now`` (at once); ``_signal_count``: by the loop, when it turns."""
         self._broken_in = 0
         """``_signals_here`` when a signal last broke into a handler holding the loop."""
+        self._owns_signals = False
+        """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
+        self._hang_watch: asyncio.Task[None] | None = None
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
         self.stop_signal: int | None = None
@@ -314,6 +319,7 @@ class Engine:
         A second signal stops waiting for handlers (force, after the grace period has been asked).
         """
         loop = asyncio.get_running_loop()
+        self._owns_signals = True
         self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)
         for sig in signals:
             loop.add_signal_handler(sig, self.stop_for_signal, sig)
@@ -359,10 +365,46 @@ class Engine:
             if self.stop_signal is None:
                 self.stop_signal = sig
         self.drain("shutdown")
+        if self._owns_signals and self._hang_watch is None:
+            self._hang_watch = asyncio.ensure_future(self._exit_if_store_hangs())
         if self._signal_count > 1:
             by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"
             for attempt in self._runs.values():
                 attempt.watch.force(time.monotonic(), by)
+
+    async def _exit_if_store_hangs(self) -> None:
+        """Asked to stop by a signal, in a process that ends with this engine: once the store has not answered
+        one call for ``store_outage_limit`` (a disk whose fsync does not return: a dead NFS server, a hung
+        device), say so in one line and exit 8 now. Every write on the way out waits behind that call: an
+        ``outlast run`` whose fsync hung ignored three signals and was still there a minute later. As a
+        SIGKILL would, this costs what was done since the newest checkpoint written; what it ran stays
+        running in the store until the next command finds it interrupted (resumable)."""
+        unanswered = getattr(self.store, "unanswered_for", None)
+        if unanswered is None:  # a store whose calls time out by themselves (Redis)
+            return
+        limit = self.settings.store_outage_limit
+        while (waited := unanswered()) < limit:
+            await asyncio.sleep(0.1)
+        ids = list(self._runs)
+        left = (
+            f"operation {ids[0]} stays running in the store until the next command finds it interrupted: resume it then"
+            if len(ids) == 1
+            else f"operations {', '.join(ids)} stay running in the store until the next command finds them"
+            " interrupted: resume them then"
+            if ids
+            else "nothing was running here"
+        )
+        log.error(
+            "the store %s has not answered for %.0fs (a write waiting on its disk, or on another process's lock):"
+            " exiting without waiting for it; %s",
+            getattr(self.store, "url", ""),
+            waited,
+            left,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(ExitCode.STORE)
 
     def drain(self, reason: StopReason | str = StopReason.PAUSE) -> None:
         """Take no more work and ask every running operation to stop with a checkpoint."""

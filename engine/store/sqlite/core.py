@@ -140,6 +140,12 @@ class SqliteCore:
             raise StoreError(f"state dir {self.state_dir}: the store is not open")
         return self._worker
 
+    def unanswered_for(self) -> float:
+        """Seconds the store's thread has been inside what it does now (0: it waits for work, or the store is
+        closed): a write held up by its disk (an fsync that does not return) or by another process's lock."""
+        since = self._worker.busy_since if self._worker is not None else None
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the SQLite thread (a read, or plumbing)."""
         try:

@@ -35,6 +35,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ class SqliteWorker:
         """Commits since the WAL was last folded in completely."""
         self._failing = False
         """The last write failed in SQLite (a full disk, an I/O error): fold nothing in until one commits."""
+        self.busy_since: float | None = None
+        """When (monotonic) the thread began what it does now (a job, a group, a fold of the WAL); None while it
+        waits for a job: how long the store has not answered (a disk whose fsync does not return)."""
         self.guard: Callable[[bool], None] | None = None
         """Run on the thread before each job, with whether it writes (the store's check that its database
         file is still the one at its path): what it raises fails a write group unwritten; a read goes on."""
@@ -114,6 +118,7 @@ class SqliteWorker:
             job = pending.popleft() if pending else self._next()
             if job is None:
                 return
+            self.busy_since = time.monotonic()
             if not job.write:
                 if self.guard is not None:
                     with contextlib.suppress(Exception):
@@ -141,12 +146,15 @@ class SqliteWorker:
 
     def _next(self) -> _Job | None:
         """The next job; while waiting for one, fold the WAL in once the thread has been idle a moment."""
+        self.busy_since = None
         if self._unfolded < IDLE_FOLD or self._failing:
             return self._q.get()
         try:
             return self._q.get(timeout=IDLE_CHECKPOINT)
         except queue.Empty:
+            self.busy_since = time.monotonic()
             self._fold_wal()
+            self.busy_since = None
             return self._q.get()
 
     def _fold_wal(self) -> None:
