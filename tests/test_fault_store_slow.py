@@ -111,3 +111,27 @@ def test_a_stop_signal_while_the_disk_does_not_answer_exits_in_bounded_time(cli:
     r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"sum": 4950' in r.stdout, r.stdout
+
+
+async def test_a_write_beside_slow_commits_gets_its_turn(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk slow to sync, a run checkpointing at every item: each commit holds the write lock 1.5s, and its next
+    one took it back within a millisecond, so a write of another process (SQLite's busy handler tries every 100 ms)
+    waited out its busy timeout and failed "locked" (12s fsyncs under strace: ``outlast submit`` refused after 30s,
+    2 runs of 2; now it is written after 11s). After a slow commit the lock is left free a moment."""
+    monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 4.0)  # a command waits 30s: here, two slow commits or so
+    config = tmp_path / "outlast.toml"
+    config.write_text("[profiles.demo]\ncheckpoint_every = 1\n")
+    env = _slow(cli, tmp_path, 1.5, times=0)
+    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=8", "-p", "seconds=0"], env)
+    cli.procs.append(run)
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    store = open_store(cli.state_dir)
+    await store.open()
+    try:
+        op = queued_record()
+        await store.create(op)  # before: StoreError "outlast.db is locked"
+    finally:
+        await store.close()
+    run.signal(signal.SIGKILL)

@@ -49,6 +49,14 @@ IDLE_CHECKPOINT = 0.005
 IDLE_FOLD = 25
 """Commits in the WAL before an idle moment folds them in."""
 
+SLOW_GROUP = 1.0
+"""Seconds a group commit may take before the thread lets other processes take the write lock after it..."""
+
+LOCK_TURN = 0.2
+"""...for this long (SQLite's busy handler of a waiting process tries again every 100 ms): a disk whose fsync
+took 20s per commit kept the lock with this thread's next group for 30s on end, every ``outlast cancel`` and
+``submit`` beside it refused as "locked"."""
+
 WAL_COMMITS = 100
 """Commits after which the WAL is folded in even without an idle moment (keeps it small, so reused)."""
 
@@ -141,6 +149,8 @@ class SqliteWorker:
                 unrun = []
                 self._lose(group, e)
             pending.extendleft(reversed(unrun))  # they came before what waits in pending
+            if time.monotonic() - self.busy_since >= SLOW_GROUP:
+                time.sleep(LOCK_TURN)  # the lock is free: another process's write gets its turn
             if self._unfolded >= WAL_COMMITS and not self._failing:
                 self._fold_wal()  # constant load: between two groups, the WAL must not grow forever
 
