@@ -166,6 +166,9 @@ class Engine:
         self._owns_signals = False
         """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
+        self.before_exit_now: list[Callable[[], None]] = []
+        """Run before this process exits without unwinding (``_exit_if_store_hangs``): what a face must put
+        back as it was (a live view hides the cursor and turns the terminal's echo off)."""
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
         self.stop_signal: int | None = None
@@ -401,6 +404,9 @@ class Engine:
             waited,
             left,
         )
+        for undo in self.before_exit_now:
+            with contextlib.suppress(Exception):
+                undo()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

@@ -4,9 +4,13 @@ commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import signal
+import subprocess
+import termios
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,8 @@ import pytest
 from engine import open_store
 from engine.models import StoreError
 from engine.store.sqlite import core as sqlite_core
-from tests.fixtures_cli import Cli, Proc, until
+from tests.conftest import REPO
+from tests.fixtures_cli import CLI, Cli, Proc, until
 from tests.fixtures_engine import queued_record
 
 PLUGIN = ["--plugin", "tests.store_slow"]
@@ -135,3 +140,29 @@ async def test_a_write_beside_slow_commits_gets_its_turn(
     finally:
         await store.close()
     run.signal(signal.SIGKILL)
+
+
+def test_a_live_view_ended_by_a_hung_store_gives_the_terminal_back(cli: Cli, tmp_path: Path) -> None:
+    """The exit that does not unwind (above) left the terminal as ``outlast run``'s live view had made it: the
+    cursor hidden and the echo off, so nothing the user typed next was shown. The view puts both back first."""
+    config = tmp_path / "outlast.toml"
+    config.write_text("store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
+    args = [*CLI, "--config", str(config), *PLUGIN, "run", "demo", "-p", "items=100", "-p", "seconds=0.02"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=_slow(cli, tmp_path, 120), cwd=REPO)
+    os.close(slave)
+    out = bytearray()
+    try:
+        until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 8
+        echo = termios.tcgetattr(master)[3] & termios.ECHO
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(master, 65536):
+                out += chunk
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"has not answered for" in out, out[-2000:]
+    assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l") >= 0, out[-2000:]
+    assert echo, "the terminal's echo was left off"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -280,8 +281,10 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
     idle = NoWorkerLook(engine, prefix)
     halted = StoppedLook()
     reader = _Reader(engine, op_id)
+    undo = functools.partial(view.__exit__, None, None, None)  # an exit that does not unwind: the terminal back
     try:
         with view:
+            engine.before_exit_now.append(undo)
             while True:
                 if local and op_id in engine.abandoned:
                     raise StoreUnwritable(engine.store_failed or "the store cannot be written")
@@ -361,6 +364,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
         reader.close()
         if unsubscribe:
             unsubscribe()
+        with contextlib.suppress(ValueError):
+            engine.before_exit_now.remove(undo)
 
 
 async def pause_queued(engine: Engine, op_id: str) -> Operation | None:
