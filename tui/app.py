@@ -716,18 +716,13 @@ class OutlastApp(App[int]):
     async def _hand_over(self) -> None:
         """Quit, leaving the running work running: a background worker goes on with it."""
         from .handover import REASON as HANDED_OVER
-        from .handover import hand_over, spawn_worker
+        from .handover import hand_over, handed_line
 
         self.notify("handing the running operations over to a background worker...", timeout=30)
         queued = await hand_over(self.engine, self.settings.grace_period + 10)
         await self.stop_engine(HANDED_OVER)
         if queued:
-            pid, log_path = spawn_worker(self.settings)
-            n = len(queued)
-            self.handed_over = (
-                f"{n} operation{'s' if n != 1 else ''} handed over to a background worker (pid {pid}), "
-                f"which exits when the queue is empty; its log: {log_path}"
-            )
+            self.handed_over = await handed_line(self.settings, queued, self.command("worker"))
         self.exit(0)
 
     async def _quit_now(self, reason: str = "the dashboard quit") -> None:

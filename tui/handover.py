@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine import Engine, OutlastError, Settings
+from engine import Engine, OutlastError, Settings, Status, open_store
 
 log = logging.getLogger("outlast.tui")
 
@@ -44,9 +44,9 @@ async def hand_over(engine: Engine, timeout: float) -> list[str]:
     return queued
 
 
-def spawn_worker(settings: Settings) -> tuple[int, Path]:
+def spawn_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
     """Start ``outlast worker --exit-when-idle`` on the same store, with the same config file, in a new
-    session (it outlives the terminal); its pid and log file. A store URL goes through the environment
+    session (it outlives the terminal); the process and its log file. A store URL goes through the environment
     (it may hold a password, and a command line is readable by every user)."""
     # Absolute: the log's path is printed after the dashboard exits, read later from anywhere (a relative
     # --state-dir printed "its log: rel/detached/..."), and the worker's --state-dir names the same store
@@ -77,4 +77,45 @@ def spawn_worker(settings: Settings) -> tuple[int, Path]:
         )
     finally:
         os.close(fd)
-    return proc.pid, log_path
+    return proc, log_path
+
+
+async def handed_line(settings: Settings, queued: list[str], worker: str = "outlast worker") -> str:
+    """Start the background worker for the ``queued`` operations and say, in one line, who runs them.
+
+    A worker already running on the store may claim them first: the one started here then finds nothing
+    to do and exits, and the line named its pid as the process running the work (a ``kill`` of it hit
+    nothing, or whatever took the pid next). Wait until each is claimed (its start-up: about a second),
+    and name who took them. ``worker``: the command that starts a worker on this store, for the line of a
+    background worker that exited without running them."""
+    from engine.handoff import run_by, taker, wait_taken
+
+    runner, log_path = spawn_worker(settings)
+    store = open_store(settings.store or settings.state_dir, settings=settings)
+    await store.open()
+    try:
+        ops = await wait_taken(store.get, queued, runner)
+    finally:
+        await store.close()
+    pid = runner.pid
+    ours = [op for op in ops.values() if op.status is Status.QUEUED or run_by(op, pid)]
+    others = sorted({taker(op) for op in ops.values() if op not in ours})
+    if ours and runner.poll() is not None and all(op.status is Status.QUEUED for op in ours):
+        n = len(ours)
+        head = (
+            f"{n} operation{'s' if n != 1 else ''} queued for a background worker (pid {pid}) that exited"
+            f" (code {runner.returncode}) before running them; its log: {log_path}; run them with `{worker}`"
+        )
+    elif ours:
+        n = len(ours)
+        head = (
+            f"{n} operation{'s' if n != 1 else ''} handed over to a background worker (pid {pid}), "
+            f"which exits when the queue is empty; its log: {log_path}"
+        )
+    else:
+        head = ""
+    if others:
+        n = len(ops) - len(ours)
+        took = f"{n} operation{'s' if n != 1 else ''} handed over, taken meanwhile by {', '.join(others)}"
+        head = f"{head}; {took}" if head else took
+    return head

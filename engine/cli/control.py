@@ -132,7 +132,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     with collector_paused():  # pydantic, the models and the engine's modules: imports
         from ..profiles import resume_fields
         from ..registry import get_handler
-        from .run import detach_dir, run_foreground, spawn_detached, submit_or_resume
+        from .run import detach_dir, run_foreground, say_detached, spawn_detached, submit_or_resume
 
     async def check() -> tuple[str, Operation | None]:
         async with session(app.settings) as engine:
@@ -195,48 +195,14 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     else:
         op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
-        pid = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
-        taker = run_async(_taken_by(app, op.id, pid)) if waiting is not None else None
-        if app.json:
-            fmt.echo(fmt.dumps({"id": op.id, "pid": pid, **({"taken_by": taker} if taker else {})}))
-        else:
-            fmt.echo(op.id)
-            if not app.quiet and taker:
-                follow = app.command("watch", op.id)
-                fmt.echo(f"taken by {taker} meanwhile, not by this command; follow with: {follow}", err=True)
-            elif not app.quiet:
-                fmt.echo(
-                    f"{'running' if waiting else 'resuming'} in the background (pid {pid}); follow with:"
-                    f" {app.command('watch', op.id)}",
-                    err=True,
-                )
+        runner = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
+        how = "running" if waiting else "resuming"
+        say_detached(app.settings, op.id, runner, app.json, app.quiet, app.command(), how)
     elif app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:
         fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")
     return ExitCode.OK
-
-
-TAKE_WAIT = 3.0
-"""Seconds ``resume --detach`` of a queued operation waits to see who claimed it."""
-
-
-async def _taken_by(app: App, op_id: str, pid: int) -> str | None:
-    """Who claimed the queued ``op_id`` if not the runner ``pid`` just started (another resume's runner,
-    a worker); None when that runner did, or nobody within TAKE_WAIT (slots full: it waits its turn).
-    Two ``resume --detach`` at once both said "running in the background", and one of them ran nothing."""
-    import asyncio
-    import time
-
-    end = time.monotonic() + TAKE_WAIT
-    async with session(app.settings, recover=False) as engine:
-        while time.monotonic() < end:
-            op = await engine.get(op_id)
-            if op.status is not Status.QUEUED:
-                worker = op.worker
-                return None if worker is not None and worker.pid == pid else str(worker or op.status.value)
-            await asyncio.sleep(0.05)
-    return None
 
 
 @click.command()

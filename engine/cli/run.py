@@ -244,13 +244,15 @@ def detach_log(settings: Settings, op_id: str) -> Path:
     return detached_log(settings.state_dir, op_id)
 
 
-def spawn_detached(settings: Settings, global_args: list[str], op_id: str, prefix: str = "outlast") -> int:
-    """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing); its pid. ``prefix``:
+def spawn_detached(
+    settings: Settings, global_args: list[str], op_id: str, prefix: str = "outlast"
+) -> subprocess.Popen[bytes]:
+    """Start ``outlast _run-one ID`` in a new session (it survives the terminal closing). ``prefix``:
     ``outlast`` with the global options given, for the hints of an error."""
     log_path = detach_log(settings, op_id)
     try:
         with open(log_path, "ab", opener=private_opener) as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -264,7 +266,57 @@ def spawn_detached(settings: Settings, global_args: list[str], op_id: str, prefi
             f"operation {op_id} is queued, but no background process could be started for it"
             f" ({e.strerror or e}): run it with `{prefix} worker`, or cancel it with `{prefix} cancel {op_id}`"
         ) from None
-    return proc.pid
+
+
+async def detached_outcome(settings: Settings, op_id: str, runner: subprocess.Popen[bytes]) -> Operation:
+    """The record of ``op_id`` once its background ``runner`` (``spawn_detached``) or another took it."""
+    from ..handoff import wait_taken
+    from .common import session
+
+    async with session(settings, recover=False) as engine:
+        return (await wait_taken(engine.get, [op_id], runner))[op_id]
+
+
+def say_detached(
+    settings: Settings, op_id: str, runner: subprocess.Popen[bytes], json: bool, quiet: bool, prefix: str, how: str
+) -> None:
+    """Start nothing more: say who runs ``op_id``, queued for the ``runner`` just started (``how``: "running"
+    or "resuming"). A worker already running on the store may have claimed it first: then the runner
+    found nothing to do and exited, and its pid (printed as the one to follow or kill) named no process.
+    A runner that exited without it being taken (a plugin that fails to load, a store it could not open)
+    is an error naming its log; the operation stays queued."""
+    from ..handoff import run_by, taker
+    from .common import run_async
+
+    op = run_async(detached_outcome(settings, op_id, runner))
+    pid = runner.pid
+    follow_ = f"{prefix} watch {op_id}"
+    if op.status is Status.QUEUED and runner.poll() is not None:
+        raise OutlastError(
+            f"operation {op_id} is queued, but its background process (pid {pid}) exited (code {runner.returncode})"
+            f" without running it; its output: {detached_log(settings.state_dir, op_id)}; run it with"
+            f" `{prefix} worker`, or cancel it with `{prefix} cancel {op_id}`"
+        )
+    ours = op.status is Status.QUEUED or run_by(op, pid)  # still queued: it waits for a slot, alive
+    by = None if ours else taker(op)
+    if json:
+        fmt.echo(fmt.dumps({"id": op_id, "pid": pid if ours else None, **({"taken_by": by} if by else {})}))
+        return
+    fmt.echo(op_id)
+    if quiet:
+        return
+    if by is not None:
+        fmt.echo(
+            f"taken by {by} meanwhile, not by the background process this command started (pid {pid}: it"
+            f" found nothing to do); follow with: {follow_}",
+            err=True,
+        )
+    elif op.status in SETTLED:  # a quick one: done before it was looked at
+        fmt.echo(f"{op.status.value} in the background (pid {pid}, exited); see: {prefix} show {op_id}", err=True)
+    elif op.status is Status.QUEUED:
+        fmt.echo(f"{how} in the background (pid {pid}), waiting for a slot; follow with: {follow_}", err=True)
+    else:
+        fmt.echo(f"{how} in the background (pid {pid}); follow with: {follow_}", err=True)
 
 
 async def submit_checked(engine: Engine, spec: OperationSpec, prefix: str = "outlast") -> Operation:
@@ -304,7 +356,15 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
         try:
             await claim_here(engine, op_id, f"{prefix} slots")
         except Conflict as e:
-            fmt.echo(f"not run here: {e}")
+            from ..handoff import taker
+
+            why = str(e)
+            op = await engine.get(op_id)
+            if op.worker is not None and op.status is not Status.QUEUED and op.worker != engine.worker:
+                # Claimed first by a worker already running on the store: it runs it, and this process,
+                # whose pid the command that started it may have printed, is gone.
+                why = f"{taker(op)} took {op_id} first ({op.status.value}); follow with: {prefix} watch {op_id}"
+            fmt.echo(f"{fmt.clock(time.time())} not run here: {why}")
             return ExitCode.CONFLICT
         # Status and progress only: echoed here too, the operation's log lines grew this file without
         # the log's cap (62 MB for 30 MB of output, with the log itself capped at 2 MB).

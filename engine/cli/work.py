@@ -210,15 +210,10 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
 
 def _detach(app: App, op_id: str) -> int:
     with collector_paused():  # the engine's modules: imports
-        from .run import spawn_detached
+        from .run import say_detached, spawn_detached
 
-    pid = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
-    if app.json:
-        fmt.echo(fmt.dumps({"id": op_id, "pid": pid}))
-    else:
-        fmt.echo(op_id)
-        if not app.quiet:
-            fmt.echo(f"running in the background (pid {pid}); follow with: {app.command('watch', op_id)}", err=True)
+    runner = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
+    say_detached(app.settings, op_id, runner, app.json, app.quiet, app.command(), "running")
     return ExitCode.OK
 
 

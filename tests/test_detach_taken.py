@@ -1,0 +1,55 @@
+"""Work queued for a background process that a worker already running claims first: the command that started
+that process says who runs the work, not the pid of a process that found nothing to do and is gone."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from engine import Engine, OperationSpec, Status, load_settings, open_store
+from tests.fixtures_cli import Cli, alive, until
+from tui.handover import handed_line
+
+SLOW = ("--plugin", "tests.slow_runner")
+
+
+def test_run_detach_says_the_worker_that_took_it_first(cli: Cli) -> None:
+    worker = cli.start("worker")
+    worker.wait_line(lambda ln: " slots" in ln)
+    r = cli(*SLOW, "--json", "run", "demo", "-p", "items=20", "-p", "seconds=0.02", "--detach")
+    assert r.returncode == 0, r.stderr
+    said = json.loads(r.stdout)
+    op_id = said["id"]
+    until(lambda: cli.op(op_id).status is Status.COMPLETED, 30, what="the run completed")
+    op = cli.op(op_id)
+    assert op.attempt == 1 and op.worker is not None  # run once, by the worker
+    assert op.worker.pid == worker.popen.pid
+    # The pid printed is the process running the work, or none: not the runner that found nothing to do.
+    assert said["pid"] is None, said
+    assert said["taken_by"] == f"worker {socket.gethostname()}:{worker.popen.pid}", said
+    log = cli.state_dir / "detached" / f"{op_id}.log"
+    until(lambda: "not run here" in log.read_text(), 30, what="the runner's line")
+    assert f"worker {op.worker} took {op_id} first" in log.read_text()
+
+    # In words, on a resume: the same.
+    r = cli(*SLOW, "rerun", op_id, "--detach")
+    assert r.returncode == 0, r.stderr
+    assert f"taken by worker {socket.gethostname()}:{worker.popen.pid} meanwhile" in r.stderr, r.stderr
+    worker.kill()
+
+
+async def test_hand_over_names_the_worker_that_took_the_work_first(state_dir: Path, cli: Cli) -> None:
+    worker = cli.start("worker")
+    worker.wait_line(lambda ln: " slots" in ln)
+    settings = load_settings(state_dir=state_dir, plugins=["tests.slow_runner"])
+    async with Engine(store=open_store(state_dir), settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 20, "seconds": 0.02}))
+        line = await handed_line(settings, [op.id])
+        host = f"{socket.gethostname()}:{worker.popen.pid}"
+        assert line == f"1 operation handed over, taken meanwhile by worker {host}", line
+        assert "pid" not in line
+        done = await engine.get(op.id)
+        assert done.worker is not None and done.worker.pid == worker.popen.pid
+    worker.kill()
+    assert not alive(worker.popen.pid)
