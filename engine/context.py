@@ -35,7 +35,7 @@ from .lifecycle import StopReason
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
-from .shortage import RanShort, ran_short_said
+from .shortage import OUT_OF_FILES, RanShort, files_short_why, ran_short_said
 from .store.base import ItemDelta, Ledger
 from .text import NotJSON, bad_text, clean, clean_json, storable
 
@@ -1180,6 +1180,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) and "memory" not in said.lower():
         # A bare "MemoryError (at indexing.py:165)" (``ulimit -v``, a container's limit) said it in no words.
         said = f"out of memory: {said}" if said else "out of memory"
+    elif isinstance(exc, OSError) and exc.errno in OUT_OF_FILES and "ran out of file descriptors" not in said:
+        # A bare "[Errno 24] Too many open files (at subprocess.py:1713)" named neither the limit nor the fix.
+        said = f"{said}: {files_short_why(exc.errno)}"
     text = clean(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
     if len(text) > 500:
         text = text[:497] + "..."

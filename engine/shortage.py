@@ -78,13 +78,23 @@ def files_short_opening(what: str, e: BaseException) -> OSError | None:
         os.close(os.open(os.devnull, os.O_RDONLY))
     except OSError as probe:
         if probe.errno in OUT_OF_FILES:
-            limit = open_files_limit()
-            return OSError(
-                probe.errno,
-                f"Too many open files: this process ran out of file descriptors"
-                f"{f' (ulimit -n {limit})' if limit is not None else ''} opening {what} ({e})",
-            )
+            return files_short(probe.errno, what, str(e))
     return None
+
+
+def files_short(code: int, what: str, detail: str = "") -> OSError:
+    """The EMFILE (ENFILE: ``code``) of an open of ``what`` that found no file descriptor left, in one line
+    naming the limit (``detail``: the error it stands for, when it says more than the errno)."""
+    head = "Too many open files in system" if code == errno.ENFILE else "Too many open files"
+    return OSError(code, f"{head}: {files_short_why(code)} opening {what}{f' ({detail})' if detail else ''}")
+
+
+def files_short_why(code: int) -> str:
+    """Who ran out of file descriptors (``code``: EMFILE, this process; ENFILE, the system), and its limit."""
+    if code == errno.ENFILE:
+        return "the system ran out of file descriptors"
+    limit = open_files_limit()
+    return "this process ran out of file descriptors" + (f" (ulimit -n {limit}: raise it)" if limit is not None else "")
 
 
 def open_files_limit() -> int | None:

@@ -426,3 +426,38 @@ async def test_a_stop_asked_as_an_attempt_runs_short_at_its_start_keeps_the_retr
         final = await engine.wait(op.id, timeout=30)
     assert final.status is settled, (final.status, final.status_message)
     assert _RAN.get(ask) is None, "the retry ran though a stop was asked"
+
+
+def test_a_results_database_opened_with_no_descriptor_left_says_so(tmp_path: Path, cli: Cli) -> None:
+    """Under ``ulimit -n 13`` or 14 code_analysis failed "OperationalError: unable to open database file (at
+    _results_db.py:107)" (or "cannot be read as SQLite: unable to open database file", checking its output
+    again): SQLite's word for an open that failed, naming neither the cause nor the file, and not retried as
+    a shortage. Each failure now names the limit, and one opening the results database names it too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"m{i}.py").write_text(f"def f{i}():\n    pass\n")
+    runs = {}
+    for n in (12, 13, 14):
+
+        def low(n: int = n) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+        args = ["--json", "--state-dir", str(tmp_path / f"st{n}"), "run", "code_analysis", "-p", f"root={src}"]
+        runs[n] = subprocess.Popen(
+            [*CLI, *args, "--profile", "retry.backoff_base=0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=cli.env, cwd=REPO, preexec_fn=low,
+        )  # fmt: skip
+    errors = {}
+    for n, proc in runs.items():
+        out, err = proc.communicate(timeout=60)
+        op = json.loads(out)
+        if op["status"] == "completed":
+            continue
+        assert proc.returncode == 1 and op["status"] == "failed", (proc.returncode, out, err)
+        assert op["attempt"] == 5, op  # a shortage: queued again, as often as any other
+        errors[n] = op["error"]
+        assert f"ran out of file descriptors (ulimit -n {n}: raise it)" in op["error"], op["error"]
+    opening = [e for e in errors.values() if "opening the results database" in e and "code-analysis-" in e]
+    assert opening, errors

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..context import OperationFailed
 from ..files import create_private
+from ..shortage import OUT_OF_FILES, files_short, files_short_opening
 from ._common import changed_since, disk_full, output_dir, peek, reading_since
 
 
@@ -43,12 +44,19 @@ def check_kind(
         return value
     try:
         with peek(p) as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            except sqlite3.Error as e:
+                if (short := files_short_opening(f"the results database {value!r}", e)) is not None:
+                    raise short from None  # asked while it is open: once closed, there is room again
+                raise
             meta: dict[str, str] = {}
             with contextlib.suppress(sqlite3.Error):  # another program's meta table, of its own columns
                 meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('kind', 'root')"))
             unfinished = "kind" not in meta and schema != "" and _unfinished(con, tables, schema)
     except sqlite3.Error as e:
+        if (short := files_short_opening(f"the results database {value!r}", e)) is not None:
+            raise short from None
         if disk_full(e, name, p):
             # Read only to be told its kind: SQLite could not size its WAL's shared memory. Writing it fails the
             # same way (the operation says so in one line, and a resume checks its kind again): refused here,
@@ -86,15 +94,67 @@ def _unfinished(con: sqlite3.Connection, tables: set[str], schema: str) -> bool:
 
 def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:
     """The database, created if new (private mode); one connection used by one thread at a time."""
-    create_private(Path(db))
-    con = sqlite3.connect(db, check_same_thread=False)
+    con = connect(db)
     try:
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the writer
         create_tables(con, schema, meta)
+    except sqlite3.Error as e:
+        said = cannot_open(db, e)  # asked while it is open: a descriptor shortage is seen before the close
+        con.close()
+        if said is e:
+            raise
+        raise said from None
     except BaseException:
         con.close()
         raise
     return con
+
+
+def connect(db: str, **kw: Any) -> sqlite3.Connection:
+    """A connection to the results database ``db``, created if new (private mode: its journal files take
+    it); a failure to open it is said in one line (``cannot_open``)."""
+    try:
+        create_private(Path(db))
+        return sqlite3.connect(db, check_same_thread=False, **kw)
+    except (OSError, sqlite3.Error) as e:
+        said = cannot_open(db, e)
+        if said is e:
+            raise
+        raise said from None
+
+
+def cannot_open(db: str, e: BaseException) -> BaseException:
+    """What to raise for ``e``, met opening (or first writing) the results database ``db``: SQLite's "unable
+    to open database file" (SQLITE_CANTOPEN, no errno) named neither the file nor why. With no file
+    descriptor left, an EMFILE naming the limit (a shortage: the attempt is queued again, as for any other);
+    with the database or its directory unusable (gone, not writable, a directory), one line naming the path
+    (the operation fails: the user's to mend). Else ``e`` itself."""
+    what = f"the results database {db!r}"
+    if isinstance(e, OSError) and e.errno in OUT_OF_FILES:
+        return files_short(e.errno, what)
+    if (short := files_short_opening(what, e)) is not None:
+        return short
+    if isinstance(e, OSError) and e.errno is not None:
+        return OperationFailed(f"output {db!r} cannot be opened: {e.strerror or e}")
+    if getattr(e, "sqlite_errorname", None) == "SQLITE_CANTOPEN":
+        return OperationFailed(f"output {db!r} cannot be opened as SQLite: {_why_not(Path(db))}")
+    return e
+
+
+def _why_not(p: Path) -> str:
+    """Why SQLite could not open ``p`` (or the journal files beside it), as far as the file system says."""
+    parent = p.parent
+    if not parent.exists():
+        return f"its directory {str(parent)!r} does not exist"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory"
+    if p.is_dir():
+        return "it is a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its directory {str(parent)!r} is not writable (SQLite makes its journal files there)"
+    if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+        return "it is not readable and writable"
+    return "unable to open database file"
 
 
 META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
@@ -175,7 +235,7 @@ def exclusive(db: str, check: Any = None, output: str | None = None) -> Any:
     try:
         fd = os.open(db, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise OperationFailed(f"output {db!r} cannot be opened: {e.strerror or e}") from None
+        raise cannot_open(db, e) from None  # no descriptor left: a shortage, queued again; else one line
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OperationFailed(f"output {db!r} is not a regular file")
