@@ -610,3 +610,15 @@ async def test_an_env_template_s_placeholders_are_no_secrets(engine: Engine, tmp
     assert {(f["line"], f["rule"]) for f in findings if f["category"] == "secrets"} == {(8, "env-file-secret")}, (
         findings
     )
+
+
+def test_a_long_run_of_blanks_after_a_keyword_does_not_hang_the_scan(cli: Cli, tmp_path: Path) -> None:
+    """detect-secrets' keyword patterns backtrack on a run of blanks: "password", 2,000 spaces and "=" took
+    50 s on one line (cubic in the run), 5,000 a quarter of an hour, in a thread no timeout or SIGTERM
+    stopped (the worker went on for ever). The run is cut short (lines stay where they are) for the library."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "settings.py").write_text("password" + " " * 5000 + "=\n" + "x = 1\n")
+    code, op, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", "rules=secrets", timeout=60)
+    assert code == 0 and op["status"] == "completed", (code, op, err)
+    assert op["result"]["scanned"] == 1 and op["result"]["failures"] == {}, op["result"]

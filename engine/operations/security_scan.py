@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import stat
 import urllib.parse
 from collections import Counter
@@ -204,14 +205,33 @@ def scan_file(
         bandit = language == "python" and not selected.isdisjoint(bandit_rules())
         try:
             libraries = []
-            if secrets or bandit:
+            if secrets:
+                # detect-secrets' keyword patterns backtrack on a long run of blanks: "password", 2,000
+                # spaces and "=" took 50 s on one line, 100,000 for ever, in a thread no timeout can stop.
+                tamed = _blanks_cut(transcoded if transcoded is not None else data)
+                with opened_as(fh, rel, path, tamed if tamed is not None else transcoded) as name:
+                    libraries += secret_findings(name, rel, selected, known)
+            if bandit:
                 with opened_as(fh, rel, path, transcoded) as name:
-                    libraries += secret_findings(name, rel, selected, known) if secrets else []
-                    libraries += bandit_findings(name, selected) if bandit else []
+                    libraries += bandit_findings(name, selected)
             findings = scan_text(rel, text, language, selected, libraries)
         except RecursionError:  # a pathologically nested file
             return rel, "fail", "too deeply nested to parse"
     return rel, "ok", (len(data), findings, latin1)
+
+
+BLANKS_KEPT = 32
+"""The longest run of spaces and tabs detect-secrets is given; longer runs are cut to it (in a copy): what it
+looks for is never in one, and its keyword patterns take time cubic in their length."""
+_LONG_BLANKS = re.compile(rb"[ \t]{%d,}" % (BLANKS_KEPT + 1))
+
+
+def _blanks_cut(data: bytes) -> bytes | None:
+    """``data`` (UTF-8) with each run of blanks longer than ``BLANKS_KEPT`` cut to it, lines unmoved; None
+    when it has none."""
+    if _LONG_BLANKS.search(data) is None:
+        return None
+    return _LONG_BLANKS.sub(lambda m: m.group()[:BLANKS_KEPT], data)
 
 
 _WIDE_BOMS = (
