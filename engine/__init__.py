@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .context import OperationContext, OperationFailed, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
     from .errors import StoreLost
+    from .handoff import run_by, taker, wait_taken
     from .ids import unique_prefix_lengths
     from .lifecycle import ACTIONS, Action, applies
     from .limits import Priority
@@ -66,6 +67,7 @@ _WHERE = {
         ("ACTIVE", "RESUMABLE", "SETTLED", "TERMINAL", "Status", "ACTIONS", "Action", "applies"), "lifecycle"
     ),
     "unique_prefix_lengths": "ids",
+    **dict.fromkeys(("run_by", "taker", "wait_taken"), "handoff"),
     "ResourceSample": "resources",
     "HandlerSpec": "registry",
     **dict.fromkeys(
@@ -170,8 +172,11 @@ __all__ = [
     "migrate_timeout_operation",
     "open_store",
     "operation",
+    "run_by",
     "runnable_types",
     "save_setting",
     "stopped_note",
+    "taker",
     "unique_prefix_lengths",
+    "wait_taken",
 ]

@@ -38,6 +38,12 @@ def test_run_detach_says_the_worker_that_took_it_first(cli: Cli) -> None:
     assert f"taken by worker {socket.gethostname()}:{worker.popen.pid} meanwhile" in r.stderr, r.stderr
     worker.kill()
 
+    # A runner that exits without running it (no worker now): said, with its log, exit 1; the work stays queued.
+    r = cli(*SLOW, "run", "demo", "-p", "items=2", "--detach", env={**cli.env, "OUTLAST_TEST_SLOW_RUNNER": "exit"})
+    op_id = r.stdout.strip()
+    assert r.returncode == 1 and ") without running it; its output: " in r.stderr, (r.returncode, r.stderr)
+    assert "internal error" not in r.stderr and cli.op(op_id).status is Status.QUEUED
+
 
 async def test_hand_over_names_the_worker_that_took_the_work_first(state_dir: Path, cli: Cli) -> None:
     worker = cli.start("worker")

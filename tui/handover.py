@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine import Engine, OutlastError, Settings, Status, open_store
+from engine import Engine, OutlastError, Settings, Status, open_store, run_by, taker, wait_taken
 
 log = logging.getLogger("outlast.tui")
 
@@ -44,7 +44,13 @@ async def hand_over(engine: Engine, timeout: float) -> list[str]:
     return queued
 
 
-def spawn_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
+def spawn_worker(settings: Settings) -> tuple[int, Path]:
+    """``start_worker``: its pid and log file."""
+    proc, log_path = start_worker(settings)
+    return proc.pid, log_path
+
+
+def start_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
     """Start ``outlast worker --exit-when-idle`` on the same store, with the same config file, in a new
     session (it outlives the terminal); the process and its log file. A store URL goes through the environment
     (it may hold a password, and a command line is readable by every user)."""
@@ -88,9 +94,7 @@ async def handed_line(settings: Settings, queued: list[str], worker: str = "outl
     nothing, or whatever took the pid next). Wait until each is claimed (its start-up: about a second),
     and name who took them. ``worker``: the command that starts a worker on this store, for the line of a
     background worker that exited without running them."""
-    from engine.handoff import run_by, taker, wait_taken
-
-    runner, log_path = spawn_worker(settings)
+    runner, log_path = start_worker(settings)
     store = open_store(settings.store or settings.state_dir, settings=settings)
     await store.open()
     try:

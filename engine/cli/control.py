@@ -197,8 +197,8 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     if detach:
         runner = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
         how = "running" if waiting else "resuming"
-        say_detached(app.settings, op.id, runner, app.json, app.quiet, app.command(), how)
-    elif app.json:
+        return say_detached(app.settings, op.id, runner, app.json, app.quiet, app.command(), how)
+    if app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:
         fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")

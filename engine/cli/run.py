@@ -279,7 +279,7 @@ async def detached_outcome(settings: Settings, op_id: str, runner: subprocess.Po
 
 def say_detached(
     settings: Settings, op_id: str, runner: subprocess.Popen[bytes], json: bool, quiet: bool, prefix: str, how: str
-) -> None:
+) -> ExitCode:
     """Start nothing more: say who runs ``op_id``, queued for the ``runner`` just started (``how``: "running"
     or "resuming"). A worker already running on the store may have claimed it first: then the runner
     found nothing to do and exited, and its pid (printed as the one to follow or kill) named no process.
@@ -292,19 +292,23 @@ def say_detached(
     pid = runner.pid
     follow_ = f"{prefix} watch {op_id}"
     if op.status is Status.QUEUED and runner.poll() is not None:
-        raise OutlastError(
-            f"operation {op_id} is queued, but its background process (pid {pid}) exited (code {runner.returncode})"
-            f" without running it; its output: {detached_log(settings.state_dir, op_id)}; run it with"
-            f" `{prefix} worker`, or cancel it with `{prefix} cancel {op_id}`"
+        # Not an internal error (a bare OutlastError read as one, exit 70): the id (it is queued), one line, 1.
+        fmt.echo(fmt.dumps({"id": op_id, "pid": None}) if json else op_id)
+        fmt.echo(
+            f"outlast: operation {op_id} is queued, but its background process (pid {pid}) exited (code"
+            f" {runner.returncode}) without running it; its output: {detached_log(settings.state_dir, op_id)};"
+            f" run it with `{prefix} worker`, or cancel it with `{prefix} cancel {op_id}`",
+            err=True,
         )
+        return ExitCode.FAILED
     ours = op.status is Status.QUEUED or run_by(op, pid)  # still queued: it waits for a slot, alive
     by = None if ours else taker(op)
     if json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid if ours else None, **({"taken_by": by} if by else {})}))
-        return
+        return ExitCode.OK
     fmt.echo(op_id)
     if quiet:
-        return
+        return ExitCode.OK
     if by is not None:
         fmt.echo(
             f"taken by {by} meanwhile, not by the background process this command started (pid {pid}: it"
@@ -317,6 +321,7 @@ def say_detached(
         fmt.echo(f"{how} in the background (pid {pid}), waiting for a slot; follow with: {follow_}", err=True)
     else:
         fmt.echo(f"{how} in the background (pid {pid}); follow with: {follow_}", err=True)
+    return ExitCode.OK
 
 
 async def submit_checked(engine: Engine, spec: OperationSpec, prefix: str = "outlast") -> Operation:

@@ -213,8 +213,7 @@ def _detach(app: App, op_id: str) -> int:
         from .run import say_detached, spawn_detached
 
     runner = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
-    say_detached(app.settings, op_id, runner, app.json, app.quiet, app.command(), "running")
-    return ExitCode.OK
+    return say_detached(app.settings, op_id, runner, app.json, app.quiet, app.command(), "running")
 
 
 @click.command()
