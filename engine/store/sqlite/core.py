@@ -124,6 +124,8 @@ class SqliteCore:
         freed would leave stale or torn: it is opened again once it changes or there is room (_look_again)."""
         self._room_looked = 0.0
         """When there was last a look for room (monotonic), for a store opened on a full disk."""
+        self._immutable = False
+        """Opened read-only as the file is, without its WAL (``read_only_uri``): a WAL made since is not read."""
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -390,6 +392,7 @@ class SqliteCore:
                     raise sqlite3.DatabaseError("the file is empty (0 bytes)")
                 if self.read_only:
                     uri = read_only_uri(self.db_path)
+                    self._immutable = uri.endswith("immutable=1")
                     conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
                 else:
                     # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
@@ -482,7 +485,8 @@ class SqliteCore:
         as it is now, and written again where there is room. A dashboard started on a full disk listed the
         operations of its start for good, and refused every write, until restarted."""
         try:
-            changed = _identity(self.db_path) != self._full_file or os.path.lexists(f"{self.db_path}-wal")
+            wal = self._immutable and os.path.lexists(f"{self.db_path}-wal")  # read through one, SQLite reads it
+            changed = wal or _identity(self.db_path) != self._full_file
         except OSError:
             return  # gone or unreadable: _same_file and SQLite's own access say what
         if not changed:
