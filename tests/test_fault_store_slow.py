@@ -37,6 +37,20 @@ def _slow(cli: Cli, tmp_path: Path, seconds: float, times: int = 1) -> dict[str,
     }
 
 
+def _held_run(
+    cli: Cli, tmp_path: Path, config: str, slow: float, times: int = 1, items: int = 100, seconds: float = 0.02
+) -> Proc:
+    """``outlast run demo`` with ``config`` (an outlast.toml's text) whose checkpoint writes are held up (``_slow``),
+    once the first of them is: killed at the end if the test fails before it ends."""
+    path = tmp_path / "outlast.toml"
+    path.write_text(config)
+    args = ["--config", str(path), *PLUGIN, "run", "demo", "-p", f"items={items}", "-p", f"seconds={seconds}"]
+    run = Proc(args, _slow(cli, tmp_path, slow, times))
+    cli.procs.append(run)
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    return run
+
+
 def test_a_checkpoint_the_disk_holds_up_is_no_stall_of_the_handler(cli: Cli, tmp_path: Path) -> None:
     """The handler waits at its safe point while its checkpoint is written: that wait is the store's. Before, a
     demo making 50 items/s, its stall_timeout 1.5s, was stopped as stalled by a 3.5s commit (timed_out, exit 5)."""
@@ -55,12 +69,9 @@ def test_a_stop_reached_while_its_checkpoint_is_written_is_not_forced(cli: Cli, 
     """Ctrl-C while a checkpoint waits on the disk: the handler is at a safe point, and the stop is raised into it
     once the write ends, whatever the grace period. Before, the grace period ran out inside the write, the handler
     was cancelled where it stood, and the operation ended "paused (forced after 0.5s grace period)"."""
-    config = tmp_path / "outlast.toml"
-    config.write_text("grace_period = 0.5\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
-    env = _slow(cli, tmp_path, 2.5)
-    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=100", "-p", "seconds=0.02"], env)
-    cli.procs.append(run)  # killed at the end if the test fails before it ends
-    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    run = _held_run(
+        cli, tmp_path, "grace_period = 0.5\n[profiles.demo]\ncheckpoint_interval = 0.3\n", 2.5, items=100, seconds=0.02
+    )
     run.signal(signal.SIGINT)
     assert run.wait(60) == 6, run.out + run.err
     ls = json.loads(cli("--json", "ls").stdout)
@@ -79,12 +90,7 @@ async def test_a_write_lock_held_by_a_stopped_outlast_is_named_with_its_pid(
     write lock: a write beside it waits the busy timeout, then says which process holds the lock and how to let
     it go on. Before, the line blamed "a sqlite3 shell or a database browser?" and said to end it."""
     monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 0.2)  # a command waits 30s; this one a moment
-    config = tmp_path / "outlast.toml"
-    config.write_text("[profiles.demo]\ncheckpoint_interval = 0.3\n")
-    env = _slow(cli, tmp_path, 3)
-    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=60", "-p", "seconds=0.02"], env)
-    cli.procs.append(run)
-    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    run = _held_run(cli, tmp_path, "[profiles.demo]\ncheckpoint_interval = 0.3\n", 3, items=60, seconds=0.02)
     pid = run.popen.pid
     store = open_store(cli.state_dir)
     os.kill(pid, signal.SIGSTOP)
@@ -104,12 +110,14 @@ def test_a_stop_signal_while_the_disk_does_not_answer_exits_in_bounded_time(cli:
     ``outlast run`` asked to stop by three signals was still there a minute later. Once the store has not answered
     for store_outage_limit after a stop signal: one line, exit 8; the operation is found interrupted by the next
     command and resumes from its newest checkpoint."""
-    config = tmp_path / "outlast.toml"
-    config.write_text("store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
-    env = _slow(cli, tmp_path, 120)
-    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=100", "-p", "seconds=0.02"], env)
-    cli.procs.append(run)
-    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    run = _held_run(
+        cli,
+        tmp_path,
+        "store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n",
+        120,
+        items=100,
+        seconds=0.02,
+    )
     run.signal(signal.SIGTERM)
     assert run.wait(30) == 8, run.out + run.err
     assert any("has not answered for" in ln and "resume it then" in ln for ln in run.err), run.err
@@ -126,12 +134,7 @@ async def test_a_write_beside_slow_commits_gets_its_turn(
     waited out its busy timeout and failed "locked" (12s fsyncs under strace: ``outlast submit`` refused after 30s,
     2 runs of 2; now it is written after 11s). After a slow commit the lock is left free a moment."""
     monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 4.0)  # a command waits 30s: here, two slow commits or so
-    config = tmp_path / "outlast.toml"
-    config.write_text("[profiles.demo]\ncheckpoint_every = 1\n")
-    env = _slow(cli, tmp_path, 1.5, times=0)
-    run = Proc(["--config", str(config), *PLUGIN, "run", "demo", "-p", "items=8", "-p", "seconds=0"], env)
-    cli.procs.append(run)
-    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    run = _held_run(cli, tmp_path, "[profiles.demo]\ncheckpoint_every = 1\n", 1.5, times=0, items=8, seconds=0)
     store = open_store(cli.state_dir)
     await store.open()
     try:

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,21 @@ def _unfinished(con: sqlite3.Connection, tables: set[str], schema: str) -> bool:
 def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:
     """The database, created if new (private mode); one connection used by one thread at a time."""
     con = connect(db)
-    try:
+    with setting_up(db, con):
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the writer
         create_tables(con, schema, meta)
+    return con
+
+
+@contextlib.contextmanager
+def setting_up(db: str, con: sqlite3.Connection) -> Iterator[None]:
+    """Around the first statements on a new connection to ``db``: on any failure ``con`` is closed, and a
+    SQLite error is said as ``cannot_open`` says it (asked while it is open: a descriptor shortage is seen
+    before the close)."""
+    try:
+        yield
     except sqlite3.Error as e:
-        said = cannot_open(db, e)  # asked while it is open: a descriptor shortage is seen before the close
+        said = cannot_open(db, e)
         con.close()
         if said is e:
             raise
@@ -107,7 +118,6 @@ def open_db(db: str, schema: str, meta: dict[str, str]) -> sqlite3.Connection:
     except BaseException:
         con.close()
         raise
-    return con
 
 
 def connect(db: str, **kw: Any) -> sqlite3.Connection:

@@ -26,7 +26,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
-from ._results_db import cannot_open, check_kind, connect, create_tables, exclusive, pending_items
+from ._results_db import check_kind, connect, create_tables, exclusive, pending_items, setting_up
 from ._walk import list_files, own_files
 
 BATCH = 256
@@ -131,7 +131,7 @@ def _store_batch(con: sqlite3.Connection, batch: Batch) -> list[tuple[str, int, 
 def _open(db: str, root: str) -> sqlite3.Connection:
     """The index database, created if new; one connection for the whole run, used by one thread at a time."""
     con = connect(db)
-    try:
+    with setting_up(db, con):
         con.execute("PRAGMA journal_mode=WAL")  # one fsync per batch; readers never block the indexer
         con.execute("PRAGMA cache_size=-65536")  # 64 MB: the symbol index of a large tree stays in memory
         cols = {r[1] for r in con.execute("PRAGMA table_info(symbols)")}
@@ -140,15 +140,6 @@ def _open(db: str, root: str) -> sqlite3.Connection:
             # An index from before symbols had lines and parents: it is derived data, built again.
             drop = "DROP TABLE symbols; DROP TABLE imports; DROP TABLE files;\n"
         create_tables(con, drop + SCHEMA, {"root": root, "kind": "codebase_indexing"})
-    except sqlite3.Error as e:
-        said = cannot_open(db, e)  # asked while it is open: a descriptor shortage is seen before the close
-        con.close()
-        if said is e:
-            raise
-        raise said from None
-    except BaseException:
-        con.close()
-        raise
     return con
 
 
