@@ -8,6 +8,7 @@ and widened that column, pushing rate, eta and elapsed away from where they stoo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -18,19 +19,28 @@ from engine.cli.live import LiveView
 LONG_STEP = "tests/test_op_output_db_kill.py::test_a_database_killed_at_each_statement[" + "x" * 120 + "]"
 
 
-def _lines(step: str, width: int) -> list[str]:
+def _running(type_: str, progress: Progress, **fields: Any) -> Operation:
+    """An operation running for a minute, as the live panel is given it."""
     now = time.time()
-    op = Operation(
+    return Operation(
         id="06bn3k76nb4mc",
-        type="comprehensive_test_suite",
+        type=type_,
         status=Status.RUNNING,
         created_at=now - 60,
         queued_at=now - 60,
         started_at=now - 60,
         updated_at=now,
-        deadline=now + 3600,
+        progress=progress,
+        **fields,
+    )
+
+
+def _lines(step: str, width: int) -> list[str]:
+    op = _running(
+        "comprehensive_test_suite",
+        Progress(done=4, total=1984, step=step, rate=0.06, eta=3600),
+        deadline=time.time() + 3600,
         checkpoint_seq=1,
-        progress=Progress(done=4, total=1984, step=step, rate=0.06, eta=3600),
     )
     view = LiveView("Ctrl-C pauses with a checkpoint")
     console = Console(width=width, record=True, force_terminal=False, color_system=None)
@@ -60,18 +70,11 @@ def test_text_from_the_record_and_the_hint_is_drawn_as_written_never_as_markup()
     """A step, a status message and the hint (it carries the ``--state-dir`` typed) hold any text: ``escape``
     left emoji codes (a step ``:smile:`` drawn as a smiley), and the hint was markup, so ``run`` under a state
     dir named ``a[/]b`` ended with an internal error, its operation left paused."""
-    now = time.time()
-    op = Operation(
-        id="06bn3k76nb4mc",
-        type="demo",
+    op = _running(
+        "demo",
+        Progress(done=4, total=10, step="step " + HOSTILE, message="msg " + HOSTILE),
         name=HOSTILE,
-        status=Status.RUNNING,
-        created_at=now - 60,
-        queued_at=now - 60,
-        started_at=now - 60,
-        updated_at=now,
-        deadline=now + 3600,
-        progress=Progress(done=4, total=10, step="step " + HOSTILE, message="msg " + HOSTILE),
+        deadline=time.time() + 3600,
     )
     hint = f"outlast --state-dir '/tmp/a{HOSTILE}' resume 06bn3k76nb4mc"
     console = Console(width=200, record=True, force_terminal=False, color_system=None)
@@ -118,16 +121,7 @@ def test_a_message_and_log_lines_of_megabytes_are_cut_saying_how_long_they_are()
 
     big = "m" * 200_000
     now = time.time()
-    op = Operation(
-        id="06bn3k76nb4mc",
-        type="demo",
-        status=Status.RUNNING,
-        created_at=now - 60,
-        queued_at=now - 60,
-        started_at=now - 60,
-        updated_at=now,
-        progress=Progress(done=4, total=10, step=big, message=big),
-    )
+    op = _running("demo", Progress(done=4, total=10, step=big, message=big))
     view = LiveView("Ctrl-C pauses with a checkpoint")
     view.log(LogRecord(ts=now, level="info", message=big))
     console = Console(width=120, record=True, force_terminal=False, color_system=None)
