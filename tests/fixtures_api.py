@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from . import zygote
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "engine.cli"]
 TOKEN = "test-token-0123456789abcdef"
@@ -68,8 +70,8 @@ class Server:
             self.port = free_port()
             self.log = root / f"serve-{self.port}.log"
             with open(self.log, "w") as out:
-                self.popen = subprocess.Popen(
-                    [*CLI, "serve", "--port", str(self.port), *args],
+                self.popen = zygote.popen(
+                    ["serve", "--port", str(self.port), *args],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

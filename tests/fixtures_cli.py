@@ -19,6 +19,8 @@ import pytest
 
 from engine import Operation, open_store
 
+from . import zygote
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "engine.cli"]
 
@@ -123,7 +125,7 @@ def outlast_into(
     with open(out, "a") as fh:
         fh.write(f"$ outlast {' '.join(args)}{note}\n")
         fh.flush()
-        p = subprocess.Popen([*CLI, *options, *args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=REPO, env=env)
+        p = zygote.popen([*options, *args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=REPO, env=env)
         try:
             return p.wait(timeout=timeout if kill_after is None else kill_after)
         except subprocess.TimeoutExpired:
@@ -136,12 +138,13 @@ def outlast_into(
 
 
 class Proc:
-    """A running ``outlast`` with its output collected line by line in the background."""
+    """A running ``outlast`` with its output collected line by line in the background: forked from the
+    tests' zygote, or started as the console script with ``real`` (for what reads its command line)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], **kw: Any) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, real: bool = False, **kw: Any) -> None:
         self.args = args
-        self.popen = subprocess.Popen(
-            [*CLI, *args],
+        self.popen = (subprocess.Popen if real else zygote.popen)(
+            [*CLI, *args] if real else args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -188,8 +191,8 @@ class Proc:
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """``outlast ARGS`` run to the end from the repository with ``env``: stdin closed, its output captured."""
-    return subprocess.run(
-        [*CLI, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    return zygote.run(
+        args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
     )
 
 

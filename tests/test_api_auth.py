@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_api import CLI, REPO, TOKEN, Server, api_env, free_port, poll
+from tests import zygote
+from tests.fixtures_api import REPO, TOKEN, Server, api_env, free_port, poll
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, "serve", "--port", str(free_port()), *args],
+    return zygote.run(
+        ["serve", "--port", str(free_port()), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -43,8 +44,8 @@ def test_wide_bind_without_token_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_busy_port_is_one_line(tmp_path: Path, api: Server) -> None:
-    r = subprocess.run(
-        [*CLI, "serve", "--port", str(api.port)],
+    r = zygote.run(
+        ["serve", "--port", str(api.port)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -153,9 +154,7 @@ def test_start_and_stop_lines_are_notices_on_stdout_not_error_lines(tmp_path: Pa
     port = free_port()
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--port", str(port)], stdout=o, stderr=e, env=api_env(tmp_path), cwd=REPO
-        )
+        proc = zygote.popen(["serve", "--port", str(port)], stdout=o, stderr=e, env=api_env(tmp_path), cwd=REPO)
     try:
         poll(lambda: "API on" in out.read_text() or proc.poll() is not None, 40, what="the start line")
         proc.send_signal(signal.SIGTERM)

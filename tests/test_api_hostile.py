@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures_api import CLI, REPO, Server, poll
+from tests import zygote
+from tests.fixtures_api import REPO, Server, poll
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.timeout(180)
@@ -163,8 +163,8 @@ def test_outputs_under_the_roots_are_written(start_server, tmp_path: Path, tree:
 def test_serve_refuses_an_output_root_that_is_not_a_directory(tmp_path: Path) -> None:
     from tests.fixtures_api import api_env
 
-    r = subprocess.run(
-        [*CLI, "serve", "--port", "1", "--allow-output-root", str(tmp_path / "missing")],
+    r = zygote.run(
+        ["serve", "--port", "1", "--allow-output-root", str(tmp_path / "missing")],
         capture_output=True,
         text=True,
         env=api_env(tmp_path),

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_api import CLI, REPO, Server, poll
+from tests import zygote
+from tests.fixtures_api import REPO, Server, poll
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.timeout(120)
@@ -26,12 +27,12 @@ def test_submit_get_list_and_outlast_ls(api: Server) -> None:
     assert api.op(op_id[:9])["id"] == op_id  # a unique prefix works too
     assert api.op(str(final["handle"]))["id"] == op_id  # and its handle
     # Submitted over HTTP, it is an operation like any other: the CLI lists it.
-    ls = subprocess.run([*CLI, "ls", "--json"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
+    ls = zygote.run(["ls", "--json"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
     assert ls.returncode == 0, ls.stderr
     assert op_id in ls.stdout
 
     assert api.http.get("/api/health").json()["store_slots"] is None
-    slots = subprocess.run([*CLI, "slots", "2"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
+    slots = zygote.run(["slots", "2"], capture_output=True, text=True, env=api.env, cwd=REPO, timeout=60)
     assert slots.returncode == 0, slots.stderr
     assert api.http.get("/api/health").json()["store_slots"] == 2
 

@@ -12,7 +12,8 @@ import pytest
 
 from engine import Engine, OperationContext, OperationSpec, Status, operation
 from engine.models import LogEmitted, LogRecord, StatusChanged
-from tests.fixtures_api import CLI, REPO, Server, poll
+from tests import zygote
+from tests.fixtures_api import REPO, Server, poll
 
 pytest.importorskip("fastapi")
 ws_client = pytest.importorskip("websockets.sync.client")
@@ -92,8 +93,8 @@ def test_all_operations_stream(api: Server) -> None:
 
 
 def test_cancel_over_http_stops_an_operation_run_by_a_worker(observer: Server) -> None:
-    worker = subprocess.Popen(
-        [*CLI, "worker"],
+    worker = zygote.popen(
+        ["worker"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -20,7 +20,8 @@ import pytest
 from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
 from engine.models import WorkerInfo
 from engine.store import Store
-from tests.fixtures_cli import CLI, REPO, Cli
+from tests import zygote
+from tests.fixtures_cli import REPO, Cli
 from tests.fixtures_redis import RedisServer
 
 W = WorkerInfo(host="test", pid=1)
@@ -138,8 +139,8 @@ def test_workers_on_one_redis_store_run_only_their_types(redis_server: RedisServ
     base = ["--store", redis_server.url]
     env_ns = {"OUTLAST_NAMESPACE": "mixed"}
     procs = [
-        subprocess.Popen(
-            [*CLI, *pre, *base, "--json", "worker", "--exit-when-idle"],
+        zygote.popen(
+            [*pre, *base, "--json", "worker", "--exit-when-idle"],
             env={**os.environ, **env_ns, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": f"{REPO}:{PLUGIN}"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -158,8 +159,8 @@ def test_workers_on_one_redis_store_run_only_their_types(redis_server: RedisServ
             if ev.get("event") == "status" and ev["status"] == "running":
                 ran_by[ev["operation_id"]] = who
     assert {ran_by.get(w) for w in words} == {1}, (ran_by, outs)
-    r = subprocess.run(
-        [*CLI, *base, "--json", "ls", "-n", "100"],
+    r = zygote.run(
+        [*base, "--json", "ls", "-n", "100"],
         capture_output=True,
         text=True,
         env={**os.environ, **env_ns, "OUTLAST_STATE_DIR": str(state_dir), "PYTHONPATH": str(REPO)},

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from engine.exitcodes import ExitCode
+from tests import zygote
 from tests.fixtures_cli import CLI, REPO, Cli
 
 
@@ -41,7 +42,7 @@ def test_output_a_full_disk_could_not_take_is_exit_74_not_0(cli: Cli) -> None:
     assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
     for args in (("ls",), ("--json", "ls"), ("types",)):
         with open("/dev/full", "w") as full:
-            r = subprocess.run([*CLI, *args], stdout=full, stderr=subprocess.PIPE, text=True, env=cli.env, timeout=60)
+            r = zygote.run([*args], stdout=full, stderr=subprocess.PIPE, text=True, env=cli.env, timeout=60)
         assert r.returncode == ExitCode.OUTPUT_LOST, (args, r.returncode, r.stderr)
         assert r.stderr.strip().splitlines() == [
             "outlast: standard output could not be written (No space left on device): what this command printed is"

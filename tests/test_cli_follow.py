@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.exitcodes import ExitCode
+from tests import zygote
 from tests.fixtures_cli import CLI, REPO, Cli, alive, until
 
 PLUGIN = ["--plugin", "tests.ops_for_tests"]
@@ -131,7 +132,7 @@ def _head_one(cli: Cli, tmp_path: Path, args: list[str]) -> None:
     """``outlast ARGS | head -1``: head reads a line and exits; the follower must end at once with 141."""
     err = tmp_path / "follower.err"
     with open(err, "w") as err_file:
-        follower = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=err_file, env=cli.env, cwd=REPO)
+        follower = zygote.popen([*args], stdout=subprocess.PIPE, stderr=err_file, env=cli.env, cwd=REPO)
     try:
         assert follower.stdout is not None
         head = subprocess.run(["head", "-1"], stdin=follower.stdout, capture_output=True, text=True, timeout=30)
@@ -219,8 +220,8 @@ def test_a_hint_naming_a_relative_state_dir_pastes_from_anywhere(cli: Cli, tmp_p
     empty: "no operation matches"). A hint names the state dir by its absolute path."""
     here = tmp_path / "here"
     here.mkdir()
-    r = subprocess.run(
-        [*CLI, "--state-dir", "state", "submit", "demo", "-p", "items=3"],
+    r = zygote.run(
+        ["--state-dir", "state", "submit", "demo", "-p", "items=3"],
         cwd=here,
         env=cli.env,
         capture_output=True,
@@ -229,8 +230,8 @@ def test_a_hint_naming_a_relative_state_dir_pastes_from_anywhere(cli: Cli, tmp_p
     )
     assert r.returncode == 0, r.stderr
     op_id = r.stdout.strip()
-    r = subprocess.run(
-        [*CLI, "--state-dir", "state", "pause", op_id],
+    r = zygote.run(
+        ["--state-dir", "state", "pause", op_id],
         cwd=here,
         env=cli.env,
         capture_output=True,

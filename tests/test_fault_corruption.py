@@ -26,7 +26,8 @@ from engine import Engine, Operation, OperationSpec, Settings, open_store
 from engine.exitcodes import ExitCode
 from engine.models import Checkpoint, WorkerInfo
 from engine.store.base import ItemDelta
-from tests.fixtures_cli import CLI, Cli, until
+from tests import zygote
+from tests.fixtures_cli import Cli, until
 
 P = ["--plugin", "tests.ops_for_tests"]
 SOAK = bool(os.environ.get("OUTLAST_SOAK"))
@@ -300,8 +301,7 @@ def test_zero_length_database_is_refused(cli: Cli) -> None:
 def test_a_new_state_dir_is_created_by_racing_processes(cli: Cli) -> None:
     """Refusing an empty file must not refuse a store that another process is creating right now."""
     procs = [
-        subprocess.Popen([*CLI, "ls"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(6)
+        zygote.popen(["ls"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)
     ]
     for p in procs:
         _out, err = p.communicate(timeout=120)

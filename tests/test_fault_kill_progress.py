@@ -12,7 +12,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.fixtures_cli import CLI, REPO, CliAt, until
+from tests import zygote
+from tests.fixtures_cli import REPO, CliAt, until
 
 PLUGIN = ["--plugin", "tests.ops_for_tests"]
 
@@ -34,8 +35,8 @@ def test_show_after_kill_agrees_with_newest_checkpoint(state_dir: Path) -> None:
     # first write is ahead of the record's count when the process is killed.
     cli = CliAt(state_dir, OUTLAST_PROGRESS_FLUSH_INTERVAL="60")
     args = [*PLUGIN, "run", "ledger", "-p", "items=1536", "-p", "seconds=0.002", "-p", "explicit_every=1"]
-    run = subprocess.Popen(
-        [*CLI, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    run = zygote.popen(
+        [*args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         cwd=REPO, env=cli.env,
     )  # fmt: skip
     try:

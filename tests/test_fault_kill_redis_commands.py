@@ -54,7 +54,8 @@ import pytest
 from engine import Operation, Status, open_store
 from engine.store.redis import lua
 from engine.store.redis.keys import Keys
-from tests.fixtures_cli import CLI, REPO, outlast_into
+from tests import zygote
+from tests.fixtures_cli import REPO, outlast_into
 from tests.fixtures_redis import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -346,8 +347,8 @@ def check(case: Case, ns: str, base: Path, kills: list[dict[str, Any]], figures:
     problems += indexes(case, ns, op)
     out = base / "ls.out"
     with open(out, "w") as fh:
-        code = subprocess.run(
-            [*CLI, "--store", case.url, "ls", "--json"],
+        code = zygote.run(
+            ["--store", case.url, "ls", "--json"],
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.PIPE,

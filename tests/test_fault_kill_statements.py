@@ -52,7 +52,8 @@ from typing import Any
 import pytest
 
 from engine import Status
-from tests.fixtures_cli import CLI, REPO, outlast_into
+from tests import zygote
+from tests.fixtures_cli import REPO, outlast_into
 from tests.test_fault_kill import LEDGER_ITEMS, STEPS, Figures, ledger_args, ledger_check, stored
 
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
@@ -177,8 +178,8 @@ def while_running(r: Round, action: str, kill_at: int, trace: Path | None, hit: 
     env = {k: v for k, v in os.environ.items() if k != "OUTLAST_DEBUG" and not k.startswith("OUTLAST_TEST_STORE_DIE")}
     bg_out = r.base / "run.out"
     with open(bg_out, "w") as fh:
-        run = subprocess.Popen(
-            [*CLI, "--state-dir", str(r.state), *PLUGINS, *slow_ledger_args(r.base)],
+        run = zygote.popen(
+            ["--state-dir", str(r.state), *PLUGINS, *slow_ledger_args(r.base)],
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=fh,
@@ -363,8 +364,8 @@ def one_point(scenario: Scenario, at: int, base: Path, setup_at: int) -> tuple[R
             if ids != [op.id]:
                 r.problems.append(f"operations stored: {ids} (one was submitted)")
             r.problems += ledger_check(base, record, {"result": {"sum": sum(range(LEDGER_ITEMS))}}, figures)
-            listed = subprocess.run(
-                [*CLI, "--state-dir", str(r.state), "ls"], capture_output=True, text=True, timeout=60, cwd=REPO
+            listed = zygote.run(
+                ["--state-dir", str(r.state), "ls"], capture_output=True, text=True, timeout=60, cwd=REPO
             )
             if listed.returncode != 0 or op.id not in listed.stdout or "completed" not in listed.stdout:
                 r.problems.append(f"`outlast ls` exited {listed.returncode}: {listed.stdout} {listed.stderr}")

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from engine import Engine, LogRecord, OperationContext, OperationSpec, Settings, Status, open_store, operation
 from engine.shortage import FileBudget, ProcessBudget, out_of_files, ran_short, ran_short_said, short_of_processes
-from tests.fixtures_cli import CLI, REPO, Cli
+from tests import zygote
+from tests.fixtures_cli import REPO, Cli
 from tests.fixtures_engine import make_engine
 
 LIMIT = 40
@@ -58,8 +59,8 @@ async def _queue(
 def _outlast(state_dir: Path, cli: Cli, preexec: Callable[[], None], *args: str) -> subprocess.CompletedProcess[str]:
     """``outlast ARGS`` on ``state_dir``, ``preexec`` run in its process before it starts (a limit set,
     a cgroup joined)."""
-    return subprocess.run(
-        [*CLI, *args],
+    return zygote.run(
+        [*args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -444,8 +445,8 @@ def test_a_results_database_opened_with_no_descriptor_left_says_so(tmp_path: Pat
             resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
         args = ["--json", "--state-dir", str(tmp_path / f"st{n}"), "run", "code_analysis", "-p", f"root={src}"]
-        runs[n] = subprocess.Popen(
-            [*CLI, *args, "--profile", "retry.backoff_base=0"],
+        runs[n] = zygote.popen(
+            [*args, "--profile", "retry.backoff_base=0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=cli.env, cwd=REPO, preexec_fn=low,
         )  # fmt: skip

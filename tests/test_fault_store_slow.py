@@ -38,14 +38,22 @@ def _slow(cli: Cli, tmp_path: Path, seconds: float, times: int = 1) -> dict[str,
 
 
 def _held_run(
-    cli: Cli, tmp_path: Path, config: str, slow: float, times: int = 1, items: int = 100, seconds: float = 0.02
+    cli: Cli,
+    tmp_path: Path,
+    config: str,
+    slow: float,
+    times: int = 1,
+    items: int = 100,
+    seconds: float = 0.02,
+    real: bool = False,
 ) -> Proc:
     """``outlast run demo`` with ``config`` (an outlast.toml's text) whose checkpoint writes are held up (``_slow``),
-    once the first of them is: killed at the end if the test fails before it ends."""
+    once the first of them is: killed at the end if the test fails before it ends. ``real``: the console script
+    (its command line is read), not a fork of the tests' zygote."""
     path = tmp_path / "outlast.toml"
     path.write_text(config)
     args = ["--config", str(path), *PLUGIN, "run", "demo", "-p", f"items={items}", "-p", f"seconds={seconds}"]
-    run = Proc(args, _slow(cli, tmp_path, slow, times))
+    run = Proc(args, _slow(cli, tmp_path, slow, times), real=real)
     cli.procs.append(run)
     until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
     return run
@@ -90,7 +98,7 @@ async def test_a_write_lock_held_by_a_stopped_outlast_is_named_with_its_pid(
     write lock: a write beside it waits the busy timeout, then says which process holds the lock and how to let
     it go on. Before, the line blamed "a sqlite3 shell or a database browser?" and said to end it."""
     monkeypatch.setattr(sqlite_core, "BUSY_TIMEOUT", 0.2)  # a command waits 30s; this one a moment
-    run = _held_run(cli, tmp_path, "[profiles.demo]\ncheckpoint_interval = 0.3\n", 3, items=60, seconds=0.02)
+    run = _held_run(cli, tmp_path, "[profiles.demo]\ncheckpoint_interval = 0.3\n", 3, items=60, seconds=0.02, real=True)
     pid = run.popen.pid
     store = open_store(cli.state_dir)
     os.kill(pid, signal.SIGSTOP)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_cli import CLI, REPO
+from tests import zygote
+from tests.fixtures_cli import REPO
 
 OPS = ["codebase_indexing", "code_analysis", "dependency_analysis", "monitoring_collection", "semantic_analysis"]
 SOAK = os.environ.get("OUTLAST_SOAK") == "1"
@@ -37,8 +38,8 @@ def _params(op: str, root: Path, db: Path) -> str:
 
 
 def _outlast(state: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--state-dir", str(state), "--plugin", "tests.sqlite_die", *args],
+    return zygote.run(
+        ["--state-dir", str(state), "--plugin", "tests.sqlite_die", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_cli import CLI, REPO, Cli
+from tests import zygote
+from tests.fixtures_cli import REPO, Cli
 from tests.fixtures_ops import bad_params, run_json
 
 
 def _run(cwd: Path, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("OUTLAST_STATE_DIR", None)
-    r = subprocess.run(
-        [*CLI, "--state-dir", "state", "--json", "run", *args],
+    r = zygote.run(
+        ["--state-dir", "state", "--json", "run", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -106,9 +107,7 @@ def test_a_module_is_run_where_it_was_submitted_from(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
 
     def outlast(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, "--state-dir", state, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-        )
+        return zygote.run(["--state-dir", state, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
     r = outlast(project, "-q", "submit", "performance_profiling", "-p", "module=hunt_mod", "-p", "sampler=none")
     assert r.returncode == 0, r.stderr

@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 
 from engine.registry import ensure_loaded, get_handler
-from tests.fixtures_cli import CLI, REPO, Cli
+from tests import zygote
+from tests.fixtures_cli import REPO, Cli
 
 
 def _outlast(cli: Cli, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``outlast ARGS`` run in ``cwd`` (this tree's code, wherever that is)."""
     env = {**cli.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), cli.env.get("PYTHONPATH")]))}
-    return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-    )
+    return zygote.run([*args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def test_queued_work_runs_where_it_was_submitted(cli: Cli, tmp_path: Path) -> None:

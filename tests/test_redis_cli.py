@@ -16,7 +16,8 @@ import pytest
 
 from engine import Engine, OperationSpec, load_settings, open_store
 from engine.exitcodes import ExitCode
-from tests.fixtures_cli import CLI, REPO, CliAt
+from tests import zygote
+from tests.fixtures_cli import REPO, CliAt
 from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -25,9 +26,7 @@ pytestmark = pytest.mark.redis
 def outlast(*args: str, ns: str = "cli") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OUTLAST_NAMESPACE": ns, "PYTHONPATH": str(REPO)}
     env.pop("OUTLAST_DEBUG", None)
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL
-    )
+    return zygote.run([*args], capture_output=True, text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
 def submit(url: str, n: int) -> list[str]:
@@ -200,8 +199,8 @@ def test_a_cron_drain_exits_8_when_redis_takes_no_claim(redis_server: RedisServe
     client = redis_server.client()
     client.config_set("maxmemory", max(1, int(client.info("memory")["used_memory"]) - 1000))
     env = {"OUTLAST_STORE_OUTAGE_LIMIT": "1"}
-    r = subprocess.run(
-        [*CLI, "--store", redis_server.url, "--plugin", "tests.ops_for_tests", "worker", "--exit-when-idle"],
+    r = zygote.run(
+        ["--store", redis_server.url, "--plugin", "tests.ops_for_tests", "worker", "--exit-when-idle"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -219,8 +218,8 @@ def test_an_idle_worker_stops_at_once_on_sigterm_while_redis_is_down(
     """Asked to stop while it looked at a queue on a Redis that did not answer, an idle worker waited out
     the store's retries (about 30 s), then exited 8: nothing runs there, so it goes at once, 0."""
     env = {**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO)}
-    worker = subprocess.Popen(
-        [*CLI, "--store", redis_server.url, "worker"],
+    worker = zygote.popen(
+        ["--store", redis_server.url, "worker"],
         env=env,
         cwd=REPO,
         stdin=subprocess.DEVNULL,
@@ -252,8 +251,8 @@ def test_the_namespace_of_a_config_file_given_with_config_is_the_one_used(
     env["XDG_CONFIG_HOME"] = str(tmp_path / "no-config")  # no default config file either
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
+        return zygote.run(
+            [*args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
         )
 
     for team in ("team-a", "team-b"):

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from engine.exitcodes import ExitCode
-from tests.fixtures_cli import CLI, REPO
+from tests import zygote
+from tests.fixtures_cli import REPO
 
 
 @pytest.fixture(
@@ -45,8 +46,8 @@ def other_server(request: pytest.FixtureRequest) -> Iterator[int]:
 
 
 def test_a_url_to_another_kind_of_server_is_one_line_naming_it(other_server: int, tmp_path: os.PathLike[str]) -> None:
-    r = subprocess.run(
-        [*CLI, "--store", f"redis://127.0.0.1:{other_server}/0", "ls"],
+    r = zygote.run(
+        ["--store", f"redis://127.0.0.1:{other_server}/0", "ls"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,6 +18,7 @@ import pytest
 from engine import Status, open_store
 from engine.exitcodes import ExitCode
 from engine.models import WorkerInfo
+from tests import zygote
 from tests.fixtures_cli import CLI, REPO
 from tests.fixtures_redis import RedisServer
 
@@ -26,8 +27,8 @@ NS = "rw"
 
 
 def outlast(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--store", f"{url}?lease_ttl=0.5", *args],
+    return zygote.run(
+        ["--store", f"{url}?lease_ttl=0.5", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -22,8 +22,9 @@ import pytest
 from engine.humanize import run_seconds, seconds_left
 from engine.models import Operation, Status, WorkerInfo, new_id
 from engine.store import LocalStore, Store
+from tests import zygote
 from tests.conftest import REPO
-from tests.fixtures_cli import CLI, until
+from tests.fixtures_cli import until
 from tests.fixtures_engine import retry_waiting
 
 W = WorkerInfo(host="test", pid=1)
@@ -153,10 +154,10 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_back_a_retry(tmp_path: 
     if how == "run":
         command = [*plugin, "run", *spec_args]
     else:
-        submitted = subprocess.run([*CLI, *plugin, "submit", *spec_args], cwd=REPO, env=env, capture_output=True)
+        submitted = zygote.run([*plugin, "submit", *spec_args], cwd=REPO, env=env, capture_output=True)
         assert submitted.returncode == 0, submitted.stderr
         command = [*plugin, "worker", "--exit-when-idle"]
-    proc = subprocess.Popen([*CLI, *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = zygote.popen([*command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         retry = until(lambda: _waiting_retry(state), timeout=30, every=0.05, what="the retry queued")
         assert retry.not_before is not None and retry.backoff_from is not None
@@ -171,7 +172,7 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_back_a_retry(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    listed = subprocess.run([*CLI, "--json", "ls"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    listed = zygote.run(["--json", "ls"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     [op] = json.loads(listed.stdout)
     assert (op["status"], op["attempt"], op["retries"]) == ("completed", 2, 1), op
 
@@ -208,8 +209,8 @@ def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path
         "FAKETIME_NO_CACHE": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
-    proc = subprocess.Popen(
-        [*CLI, "run", "demo", "-p", "items=20", "-p", "seconds=0.1"],
+    proc = zygote.popen(
+        ["run", "demo", "-p", "items=20", "-p", "seconds=0.1"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -226,7 +227,7 @@ def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path
             proc.communicate()
     assert proc.returncode == 0, out + err
     assert re.search(r"completed at 20/20 items after [0-9]s\b", out + err), out + err
-    shown = subprocess.run([*CLI, "show", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    shown = zygote.run(["show", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert re.search(r"elapsed\s+[0-9]s\n", shown.stdout), shown.stdout
 
 

@@ -33,6 +33,7 @@ from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
 
+from . import zygote
 from .conftest import REPO
 from .fixtures_cli import CLI
 from .fixtures_engine import until
@@ -525,8 +526,8 @@ async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Se
         op = await engine.submit({"type": "ledger", "name": "hup", "params": {"items": 3000, "seconds": 0.01}})
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        proc = subprocess.Popen(
-            [*CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"],
+        proc = zygote.popen(
+            ["--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},
         )  # fmt: skip
@@ -906,8 +907,8 @@ async def test_outlast_tui_watch_only_in_a_terminal_leaves_queued_work_queued(tu
         op = await engine.submit({"type": "ledger", "name": "waits", "params": {"items": 3}})
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        proc = subprocess.Popen(
-            [*CLI, "--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests",
+        proc = zygote.popen(
+            ["--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests",
              "tui", "--watch-only"],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},

@@ -21,7 +21,8 @@ from engine import Engine, OperationSpec, Priority, Settings, Status, handlers
 from engine.registry import HandlerSpec
 from tui.screens.launch import LaunchScreen
 
-from .fixtures_cli import CLI, REPO
+from . import zygote
+from .fixtures_cli import REPO
 from .fixtures_tui import wait_for
 
 
@@ -202,8 +203,8 @@ async def test_a_number_typed_in_the_form_is_taken_or_refused_as_the_command_lin
         name = selector.removeprefix("#param-")
         option = ["--items", text] if selector == "#launch-items" else ["-p", f"{name}={text}"]
         clis.append(
-            subprocess.Popen(
-                [*CLI, "--state-dir", str(tmp_path / str(i)), "--json", "submit", "demo", *option],
+            zygote.popen(
+                ["--state-dir", str(tmp_path / str(i)), "--json", "submit", "demo", *option],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_cli import CLI, REPO, Cli, until
+from tests import zygote
+from tests.fixtures_cli import REPO, Cli, until
 from tests.test_fault_ctrl_z import process_state, queue_demos, write_lock_taken
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -170,9 +171,7 @@ def test_what_quitting_paused_is_said_with_a_resume_that_pastes_as_printed(cli: 
     assert hint and op_id in hint.group(1), said
     argv = shlex.split(hint.group(1))
     assert argv[0] == "outlast", argv
-    pasted = subprocess.run(
-        [*CLI, *argv[1:], "--detach"], env=cli.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    pasted = zygote.run([*argv[1:], "--detach"], env=cli.env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert pasted.returncode == 0, (hint.group(1), pasted.stderr)
     assert cli("--state-dir", str(other), "cancel", op_id).returncode == 0
 

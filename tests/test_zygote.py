@@ -1,0 +1,111 @@
+"""The tests' forked ``outlast`` (tests/zygote.py) is the command a real start would be: its arguments,
+environment, working directory, umask, streams and exit status are the test's, and a signal ends it as any
+process. If it were not, every test that runs a command through it would test something else."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import zygote
+from tests.fixtures_cli import REPO, until
+
+PROBE = """
+import json, os, sys
+from engine.cli import main as _  # noqa: F401
+print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "path0": sys.path[0], "mark": os.environ.get("MARK"),
+                  "umask": os.umask(0), "ppid": os.getppid(), "pid": os.getpid(), "stdin": sys.stdin.read()}))
+"""
+
+
+def _forked_or_skip() -> zygote.Zygote:
+    z = zygote.Zygote.get()
+    if z is None:
+        pytest.skip("OUTLAST_TEST_EXEC=1: every command starts the real way")
+    return z
+
+
+def test_a_forked_command_answers_as_the_console_script(cli, tmp_path: Path) -> None:
+    _forked_or_skip()
+    env = {**cli.env, "OUTLAST_STATE_DIR": str(tmp_path / "state")}
+    for args in (["--json", "types"], ["show", "nope"], ["run", "demo", "-p", "items=x"], ["--version"]):
+        forked = zygote.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        real = subprocess.run([*zygote.CLI, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (real.returncode, real.stdout, real.stderr), args
+
+
+def test_the_child_has_the_tests_environment_directory_umask_and_streams(tmp_path: Path) -> None:
+    z = _forked_or_skip()
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "__init__.py").write_text("")
+    (probe / "__main__.py").write_text(PROBE)
+    old = os.umask(0o027)
+    try:
+        p = zygote._Forked(
+            z, [sys.executable, "-m", "probe", "x", "--y"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "MARK": "here"}, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    # The probe stands in for engine.cli: run as -m runs it, from the test's cwd (sys.path[0]).
+    out, _ = p.communicate("given", timeout=60)
+    assert p.returncode == 0
+    got = json.loads(out)
+    assert got["argv"] == ["x", "--y"] and got["cwd"] == str(tmp_path) and got["path0"] == str(tmp_path)
+    assert got["mark"] == "here" and got["umask"] == 0o027 and got["stdin"] == "given"
+    assert got["pid"] == p.pid and got["ppid"] == z.proc.pid
+
+
+def test_exit_codes_and_signals_come_back_as_popen_gives_them(cli, tmp_path: Path) -> None:
+    _forked_or_skip()
+    env = {**cli.env, "OUTLAST_STATE_DIR": str(tmp_path / "state")}
+    p = zygote.popen(["run", "demo", "-p", "items=1000", "-p", "seconds=0.05"], env=env, cwd=REPO,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert isinstance(p, zygote._Forked)
+    assert p.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(0.2)
+    until(lambda: (tmp_path / "state" / "outlast.db").exists(), 30, what="the run's store")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    assert p.wait(30) == -signal.SIGKILL
+    p.communicate()
+    bad = zygote.run(["ls", "--no-such-option"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no-such-option" in bad.stderr
+
+
+def test_what_a_fork_cannot_carry_starts_the_real_way(tmp_path: Path) -> None:
+    _forked_or_skip()
+    real = [
+        zygote.popen(["--version"], stdout=subprocess.DEVNULL, start_new_session=True),
+        zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tmp_path)}),
+        zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "LD_PRELOAD": ""}),
+    ]
+    for p in real:
+        assert not isinstance(p, zygote._Forked)
+        assert p.wait(60) == 0
+    forked = zygote.popen(["--version"], stdout=subprocess.DEVNULL, preexec_fn=None, env={**os.environ, "X": "1"})
+    assert isinstance(forked, zygote._Forked) and forked.wait(60) == 0
+
+
+def test_the_preloaded_modules_load_no_type_and_read_no_setting() -> None:
+    """The server imports its modules once, with the environment of the test process that started it; only
+    modules that define things may be among them (the types, plugins and settings are each child's)."""
+    code = (
+        "import importlib, json, sys\n"
+        "from tests.zygote import PRELOAD\n"
+        "for m in PRELOAD: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(\n"
+        "  ('engine.operations', 'tests.', 'example_plugin', 'textual', 'psutil')))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '["tests.zygote"]', r.stdout
