@@ -20,7 +20,7 @@ from tests.fixtures_cli import REPO, until
 PROBE = """
 import json, os, sys
 from engine.cli import main as _  # noqa: F401
-print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "path0": sys.path[0], "mark": os.environ.get("MARK"),
+print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "path": sys.path[:2], "mark": os.environ.get("MARK"),
                   "umask": os.umask(0), "ppid": os.getppid(), "pid": os.getpid(), "stdin": sys.stdin.read()}))
 """
 
@@ -51,7 +51,7 @@ def test_the_child_has_the_tests_environment_directory_umask_and_streams(tmp_pat
     try:
         p = zygote._Forked(
             z, [sys.executable, "-m", "probe", "x", "--y"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "MARK": "here"}, cwd=tmp_path,
+            env={**os.environ, "MARK": "here", "PYTHONPATH": "extra"}, cwd=tmp_path,
         )  # fmt: skip
     finally:
         os.umask(old)
@@ -59,7 +59,8 @@ def test_the_child_has_the_tests_environment_directory_umask_and_streams(tmp_pat
     out, _ = p.communicate("given", timeout=60)
     assert p.returncode == 0
     got = json.loads(out)
-    assert got["argv"] == ["x", "--y"] and got["cwd"] == str(tmp_path) and got["path0"] == str(tmp_path)
+    assert got["argv"] == ["x", "--y"] and got["cwd"] == str(tmp_path)
+    assert got["path"] == [str(tmp_path), str(tmp_path / "extra")]  # as -m in cwd with that PYTHONPATH
     assert got["mark"] == "here" and got["umask"] == 0o027 and got["stdin"] == "given"
     assert got["pid"] == p.pid and got["ppid"] == z.proc.pid
 
@@ -84,15 +85,18 @@ def test_exit_codes_and_signals_come_back_as_popen_gives_them(cli, tmp_path: Pat
 
 def test_what_a_fork_cannot_carry_starts_the_real_way(tmp_path: Path) -> None:
     _forked_or_skip()
+    (tmp_path / "pydantic").mkdir()  # a stand-in the server's own would shadow
     real = [
         zygote.popen(["--version"], stdout=subprocess.DEVNULL, start_new_session=True),
         zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tmp_path)}),
+        zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "TZ": "UTC+5"}),
         zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "LD_PRELOAD": ""}),
     ]
     for p in real:
         assert not isinstance(p, zygote._Forked)
         assert p.wait(60) == 0
-    forked = zygote.popen(["--version"], stdout=subprocess.DEVNULL, preexec_fn=None, env={**os.environ, "X": "1"})
+    other = {**os.environ, "X": "1", "PYTHONPATH": str(tmp_path / "elsewhere")}
+    forked = zygote.popen(["--version"], stdout=subprocess.DEVNULL, preexec_fn=None, env=other)
     assert isinstance(forked, zygote._Forked) and forked.wait(60) == 0
 
 

@@ -86,9 +86,31 @@ EXEC_ALWAYS = os.environ.get("OUTLAST_TEST_EXEC") == "1"
 """Read at import: the tests' fixtures take OUTLAST_* variables out of the environment."""
 
 
-def exec_needed(env: Mapping[str, str], base: Mapping[str, str]) -> bool:
-    """Whether ``env`` differs from the server's ``base`` in what an interpreter reads as it starts."""
-    return any(key.startswith(_STARTUP_KEYS) and env.get(key) != base.get(key) for key in set(env) | set(base))
+def exec_needed(env: Mapping[str, str], base: Mapping[str, str], cwd: str) -> bool:
+    """Whether ``env`` differs from the server's ``base`` in what an interpreter reads as it starts. A
+    ``PYTHONPATH`` of other directories is set in the child's ``sys.path``, unless one holds a module the
+    server imported (a stand-in ``pydantic`` would be shadowed by the real one)."""
+    changed = {key for key in set(env) | set(base) if key.startswith(_STARTUP_KEYS) and env.get(key) != base.get(key)}
+    if "PYTHONPATH" in changed and not _shadows(
+        set(_entries(env.get("PYTHONPATH"), cwd)) - set(_entries(base.get("PYTHONPATH"), cwd))
+    ):
+        changed.discard("PYTHONPATH")
+    return bool(changed)
+
+
+def _entries(pythonpath: str | None, cwd: str) -> list[str]:
+    """The directories a ``PYTHONPATH`` puts on ``sys.path``, in order, absolute as ``site`` makes them."""
+    return [os.path.normpath(os.path.join(cwd, p)) for p in pythonpath.split(os.pathsep)] if pythonpath else []
+
+
+def _shadows(dirs: set[str]) -> bool:
+    tops = {name.split(".")[0] for name in PRELOAD} | {"engine", "tests"}
+    return any(
+        os.path.exists(os.path.join(d, top)) or os.path.exists(os.path.join(d, top + ".py"))
+        for d in dirs
+        if os.path.realpath(d) != str(REPO)
+        for top in tops
+    )
 
 
 def _umask() -> int:
@@ -212,7 +234,8 @@ def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:  # type: ignore[t
     env = kw.get("env")
     odd = {k for k, v in kw.items() if k not in _FORKABLE and not (k in _DEFAULTS and v == _DEFAULTS[k])}
     zygote = None if odd else Zygote.get()
-    if zygote is None or exec_needed(env if env is not None else os.environ, zygote.env):
+    cwd = os.fspath(kw["cwd"]) if kw.get("cwd") is not None else os.getcwd()
+    if zygote is None or exec_needed(env if env is not None else os.environ, zygote.env, cwd):
         return subprocess.Popen(cmd, **kw)
     try:
         if any(os.isatty(f) for f in _stream_fds(kw)):
@@ -277,6 +300,7 @@ def _serve(path: str) -> tuple[str, list[str]] | None:
     gc.collect()
     gc.freeze()  # the children's collections leave the preloaded objects (and their pages) alone
 
+    base_pythonpath = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(128)
@@ -320,7 +344,10 @@ def _serve(path: str) -> tuple[str, list[str]] | None:
                     os.environ.clear()
                     os.environ.update(request["env"])
                     time.tzset()
-                    sys.path[0] = os.getcwd()
+                    # sys.path as `python -m` in cwd with this PYTHONPATH makes it: cwd, PYTHONPATH, the rest.
+                    own = _entries(os.environ.get("PYTHONPATH"), request["cwd"])
+                    rest = [p for p in sys.path[1:] if p not in base_pythonpath]
+                    sys.path[:] = list(dict.fromkeys([os.getcwd(), *own, *rest]))
                     return request["module"], list(request["args"])
                 for fd in fds:
                     os.close(fd)
