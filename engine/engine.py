@@ -239,16 +239,35 @@ class Engine:
         self._loops.append(self._scheduling)
         self._scheduler.wake()
 
-    async def shutdown(self, grace: float | None = None, reason: str | None = None) -> None:
+    async def shutdown(self, grace: float | None = None, reason: str | None = None) -> dict[str, Status | None]:
         """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force.
 
         ``reason`` ends the paused operations' status line ("paused: REASON"), so a person can tell a
-        Ctrl-C from a dropped session or a dashboard that quit."""
+        Ctrl-C from a dropped session or a dashboard that quit. Returns each operation it stopped and the
+        status written for it: ``paused`` as a rule, another where it ended meanwhile, None where nothing
+        was (a store that did not answer: the next engine finds it interrupted). Said after the stop, not
+        assumed before it: the dashboard said "paused, a checkpoint each" of work whose pause a hung disk
+        never wrote. A second call returns nothing."""
         if reason is not None and self._signal_count == 0:
             self.shutdown_reason = reason
         if self._closing:
-            return
+            return {}
         self._closing = True
+        stopped = list(self._runs)
+        written: dict[str, Status] = {}
+
+        def note(event: Event) -> None:
+            if isinstance(event, StatusChanged) and event.status in SETTLED and event.operation_id in stopped:
+                written[event.operation_id] = event.status
+
+        unsubscribe = self.bus.subscribe(note)
+        try:
+            await self._stop_all(grace)
+        finally:
+            unsubscribe()
+        return {op_id: written.get(op_id) for op_id in stopped}
+
+    async def _stop_all(self, grace: float | None) -> None:
         self._scheduler.wake()
         grace = self.settings.grace_period if grace is None else grace
         for attempt in list(self._runs.values()):

@@ -7,6 +7,7 @@ the app; what quitting said, what the status line counted and clipped, how child
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
@@ -201,6 +202,38 @@ async def test_pause_and_quit_says_what_was_paused_and_how_to_resume(tui_setting
         await wait_for(pilot, lambda: not app.is_running, timeout=15)
     said = app.handed_over or ""
     assert op.id in said and "outlast resume" in said
+
+
+async def test_quit_says_what_was_written_not_what_was_asked(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pause and quit with a store that takes no final status (a disk whose fsync hangs): the line said
+    "1 operation paused, a checkpoint each" of an operation whose pause was never written. It says what
+    the store holds: nothing written, found interrupted by the next process, resumable from there."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "ledger", "name": "slow", "params": {"items": 2000, "seconds": 0.01}})
+        await wait_for(pilot, lambda: op.id in app.engine.running_ids)
+
+        async def never_answers(*args: Any, **kw: Any) -> Any:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(app.engine.store, "transition", never_answers)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: not app.is_running, timeout=30)
+    said = app.handed_over or ""
+    assert "paused" not in said, said
+    assert f"1 operation stopped with nothing written (the store did not answer): {op.id} (slow)" in said, said
+    assert "finds it interrupted" in said and "outlast resume ID" in said, said
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        assert (await store.get(op.id)).status is Status.RUNNING  # what the line says: nothing written
+    finally:
+        await store.close()
 
 
 async def test_the_status_line_counts_every_status_and_keeps_its_notes_past_a_long_filter(

@@ -162,9 +162,11 @@ class OutlastApp(App[int]):
         """Said when the app has exited: what was handed over to which background worker, or what was
         paused and how to resume it (``main`` prints it)."""
         self.paused_at_exit: list[str] = []
-        """Ids of what this dashboard ran when its engine stopped (paused, a checkpoint each)."""
+        """Ids of what this dashboard ran when its engine stopped, and paused (a checkpoint each)."""
         self.paused_labels: list[str] = []
         """The same, labelled (``_labelled``), for the line said after exit."""
+        self.unwritten_at_exit: list[str] = []
+        """Labels of what it stopped without a status written (a store that did not answer)."""
         self.command: Command = command or bare_command
         """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._theme_names: list[str] = []
@@ -734,7 +736,7 @@ class OutlastApp(App[int]):
         """Pause what still runs (a checkpoint each), close the store, exit; what was paused is said after
         the screen is gone (Quit, then p, said nothing: the user was left to find them)."""
         await self.stop_engine(reason)
-        if self.paused_at_exit:
+        if self.paused_at_exit or self.unwritten_at_exit:
             self.handed_over = paused_line(self)
         self.exit(0)
 
@@ -749,9 +751,12 @@ class OutlastApp(App[int]):
                 await self._boot.wait()
         if self.engine_started:
             self.engine_started = self.model.started = False
-            self.paused_at_exit = list(self.engine.running_ids)
-            self.paused_labels = [_labelled(self.ops.get(i), i) for i in self.paused_at_exit]
-            await self.engine.shutdown(reason=reason)
+            labels = {i: _labelled(self.ops.get(i), i) for i in self.engine.running_ids}
+            stopped = await self.engine.shutdown(reason=reason)
+            # What was written, not what was asked: a pause a hung disk never wrote is not "paused".
+            self.paused_at_exit = [i for i, status in stopped.items() if status is Status.PAUSED]
+            self.paused_labels = [labels.get(i, i) for i in self.paused_at_exit]
+            self.unwritten_at_exit = [labels.get(i, i) for i, status in stopped.items() if status is None]
 
     async def on_unmount(self) -> None:
         # Textual sets the return code to 1 before it unmounts an app ended by an unhandled error.
@@ -773,12 +778,26 @@ def paused_line(app: OutlastApp) -> str:
     printed (``app.command``: with the global options the dashboard was started with; `outlast resume ID`
     alone, pasted after `outlast --state-dir DIR`, looked in the default store: "no operation matches")."""
     paused, n, command = app.paused_labels, len(app.paused_labels), app.command
+    said = []
     what = f"{n} operation{'s' if n != 1 else ''} paused, a checkpoint each"
     if n == 1:
-        return f"{what}: {paused[0]}; go on with `{command('resume', app.paused_at_exit[0])}`"
-    if n <= PAUSED_LISTED:
-        return f"{what}: {', '.join(paused)}; go on with `{command('resume', 'ID')}`"
-    return f"{what}: `{command('ls', '--status', 'paused')}` lists them; go on with `{command('resume', 'ID')}`"
+        said.append(f"{what}: {paused[0]}; go on with `{command('resume', app.paused_at_exit[0])}`")
+    elif 1 < n <= PAUSED_LISTED:
+        said.append(f"{what}: {', '.join(paused)}; go on with `{command('resume', 'ID')}`")
+    elif n:
+        said.append(
+            f"{what}: `{command('ls', '--status', 'paused')}` lists them; go on with `{command('resume', 'ID')}`"
+        )
+    if unwritten := app.unwritten_at_exit:
+        m = len(unwritten)
+        listed = f"`{command('ls', '--status', 'interrupted')}` lists them"
+        them = ", ".join(unwritten) if m <= PAUSED_LISTED else listed
+        said.append(
+            f"{m} operation{'s' if m != 1 else ''} stopped with nothing written (the store did not answer): {them};"
+            f" the next outlast process finds {'it' if m == 1 else 'them'} interrupted, then"
+            f" `{command('resume', 'ID')}` goes on from the last checkpoint"
+        )
+    return "; ".join(said)
 
 
 def exit_code(app: OutlastApp, rv: int | None) -> int:
@@ -787,7 +806,7 @@ def exit_code(app: OutlastApp, rv: int | None) -> int:
     work it ran (its engine was stopped on the way out: each paused with a checkpoint). ``int(rv or 0)``
     alone exited 0 after a crash."""
     if app.return_code:
-        said = f"; {paused_line(app)}" if app.paused_at_exit else "; it ran no operations"
+        said = f"; {paused_line(app)}" if app.paused_at_exit or app.unwritten_at_exit else "; it ran no operations"
         print(f"outlast: the dashboard failed on an unhandled error (above){said}")
         return app.return_code
     return int(rv or 0)
