@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from .autobot import Pending, SeedContextMethods
 from .items import ItemLedger
 from .lifecycle import StopReason
+from .limits import MAX_STEP_CHARS
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
@@ -1167,8 +1168,14 @@ _NOT_YET = object()
 
 def _text(value: object) -> str | None:
     """What ``step`` or ``message`` holds: text, whatever it was given as (``ctx.step = 123`` was stored, and
-    the record could not be read back), a file name's undecodable bytes as \\xNN (text.py)."""
-    return None if value is None else clean(str(value))
+    the record could not be read back), a file name's undecodable bytes as \\xNN (text.py), at most
+    ``MAX_STEP_CHARS`` of it."""
+    if value is None:
+        return None
+    text = clean(str(value))
+    if len(text) > MAX_STEP_CHARS:
+        text = f"{text[:MAX_STEP_CHARS]}… ({len(text):,} characters)"
+    return text
 
 
 def _describe(exc: BaseException) -> str:

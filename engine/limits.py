@@ -36,6 +36,9 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_TAGS = 50
 MAX_TAG_CHARS = 200
 """Each tag's key and value, at most."""
+MAX_STEP_CHARS = 2000
+"""A handler's ``ctx.step`` and ``ctx.message``, as stored: the rest is cut, saying how long it was (a 1 MB
+step was written again at every progress report, and read again by every reader of the record)."""
 MAX_PARAMS_BYTES = 64 * 1024
 """Params as JSON text, at most."""
 MAX_JSON_DEPTH = 32

@@ -20,6 +20,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine import Engine, OperationContext, OperationSpec, Settings, Status, load_settings, open_store, operation
+from engine.limits import MAX_STEP_CHARS
 from tests.fixtures_redis import RedisServer
 
 
@@ -40,6 +41,8 @@ CASES: dict[str, Callable[[OperationContext], Any]] = {
     "step bytes": lambda ctx: ctx.progress(step=b"\xff\xfe"),
     "step set by hand": lambda ctx: setattr(ctx, "step", 123),
     "message set by hand": lambda ctx: setattr(ctx, "message", {"a": 1}),
+    "step a megabyte": lambda ctx: ctx.progress(step="s" * 1_000_000),
+    "message a megabyte": lambda ctx: setattr(ctx, "message", "m" * 1_000_000),
     "log message object": lambda ctx: ctx.log.info(object()),  # type: ignore[arg-type]
     "log field set": lambda ctx: ctx.log.info("m", v={1}),
     "log field cycle": lambda ctx: ctx.log.info("m", c=_cycle()),
@@ -93,6 +96,9 @@ async def test_values_a_record_cannot_hold_as_they_are_complete_and_read_back(
         assert shown["metrics set by hand"].metrics == {"('a', 1)": 1, "x": None}
         assert shown["step bytes"].step == "b'\\xff\\xfe'" and shown["step set by hand"].step == "123"
         assert shown["message set by hand"].message == "{'a': 1}"
+        # Stored and written again at each report as a head saying how long it was, not a megabyte each time.
+        assert shown["step a megabyte"].step == "s" * MAX_STEP_CHARS + "… (1,000,000 characters)"
+        assert shown["message a megabyte"].message == "m" * MAX_STEP_CHARS + "… (1,000,000 characters)"
         logs = (await engine.store.read_logs(ops["metric cycle"].id))[0]
         said = [r.message for r in logs if r.level == "warning"]
         assert said == ["not stored: metric 'c'['me'] refers back to itself; a metric holds JSON values only"], said
