@@ -316,7 +316,11 @@ def _serve(path: str) -> tuple[str, list[str]] | None:
     while True:
         for key, _ in sel.select():
             if key.data == "parent":
-                if not os.read(0, 4096):
+                if not os.read(0, 4096):  # the test process ended: so does its server, leaving no socket
+                    listener.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                        os.rmdir(os.path.dirname(path))
                     return None
             elif key.data == "accept":
                 link, _ = listener.accept()
