@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -82,6 +83,30 @@ def move_aside(path: Path) -> Path:
     aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
     os.replace(path, aside)
     return aside
+
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<ns>\d+)\.tmp")
+"""The name ``atomic_write`` gives its temp file: ``.NAME.PID.NS.tmp`` beside ``NAME``."""
+
+
+def left_by_the_dead(name: str, directory: Path, older_than: float = 60.0) -> bool:
+    """Whether ``name`` in ``directory`` is a temp file ``atomic_write`` left when its process was killed
+    mid-write: its writer's pid runs no process here, and it has not changed for ``older_than`` seconds
+    (a writer on another host of a shared directory is not seen here; a minute is no write's time)."""
+    m = TEMP_NAME.fullmatch(name)
+    if m is None:
+        return False
+    try:
+        os.kill(int(m["pid"]), 0)
+        return False  # alive (or another user's): its write may be under way
+    except ProcessLookupError:
+        pass
+    except (PermissionError, OverflowError):
+        return False
+    try:
+        return time.time() - os.lstat(directory / name).st_mtime > older_than
+    except OSError:
+        return False
 
 
 def atomic_write(

@@ -302,3 +302,37 @@ async def test_a_mirror_read_that_fails_is_the_stores_error_not_a_chain_cut(
         assert found is not None and found[0].seq == newest, found
     finally:
         await store.close()
+
+
+async def test_a_half_written_checkpoint_a_killed_writer_left_is_removed_by_the_next_write(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """A process killed inside ``atomic_write`` leaves its temp file (``.NAME.PID.NS.tmp``, a checkpoint's size)
+    beside the mirror's checkpoints, and nothing removed it: one per kill, for ever. The next checkpoint written
+    there removes those whose writer is gone and that are a minute old; a live writer's, or a fresh one, stays."""
+    import subprocess
+    import sys
+
+    mirror = tmp_path / "mirror"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 3, "explicit_every": 1}))
+    d = mirror / "t" / "checkpoints" / op.id
+    d.mkdir(parents=True)
+    old = time.time() - 3600
+    left = {
+        "dead, old": f".0000000001.ckpt.json.{gone.pid}.1.tmp",
+        "dead, fresh": f".0000000001.ckpt.json.{gone.pid}.2.tmp",
+        "alive, old": f".0000000001.ckpt.json.{os.getpid()}.3.tmp",
+        "not ours": f".notes.txt.{gone.pid}.tmp",
+    }
+    for what, name in left.items():
+        (d / name).write_bytes(b"x" * 1000)
+        if "fresh" not in what:
+            os.utime(d / name, (old, old))
+    async with Engine(store=store_for(redis_server, mirror), settings=settings) as worker:
+        assert (await worker.wait(op.id, timeout=30)).status is Status.COMPLETED
+    kept = {what for what, name in left.items() if (d / name).exists()}
+    assert kept == {"dead, fresh", "alive, old", "not ours"}, kept
+    assert any(n.endswith(".ckpt.json") for n in os.listdir(d))

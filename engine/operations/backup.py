@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..errors import InvalidInput
-from ..files import NotRegular, atomic_write, private_opener
+from ..files import TEMP_NAME, NotRegular, atomic_write, private_opener
 from ..registry import operation
 from ._backup_source import NotFollowed, Source, open_file, pseudo_fs, same_version
 from ._common import changed_since, check_output_dir, existing_dir, libc_function, reading_since, sync_tree
@@ -1129,10 +1129,6 @@ def _same_file(dst: Path, rel: str, links: Links, files: dict[str, dict[str, str
     return {}
 
 
-_MANIFEST_TEMP = re.compile(rf"\.{re.escape(MANIFEST)}\.\d+\.\d+\.tmp")
-"""The name ``atomic_write`` gives the manifest until it is renamed into place."""
-
-
 def _remove_manifest_temps(dst: Path, entries: list[str]) -> None:
     """Remove the manifest's temporary files an attempt killed while it wrote the manifest left at the
     destination's root (the copy then differed from an uninterrupted one by that file); a source file of
@@ -1140,7 +1136,8 @@ def _remove_manifest_temps(dst: Path, entries: list[str]) -> None:
     copied = set(entries)
     with os.scandir(dst) as it:
         for entry in it:
-            if _MANIFEST_TEMP.fullmatch(entry.name) and entry.name not in copied:
+            m = TEMP_NAME.fullmatch(entry.name)
+            if m and m["name"] == MANIFEST and entry.name not in copied:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 

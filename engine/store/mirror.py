@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import NotRegular, atomic_write, fsync_dir, open_regular
+from ..files import NotRegular, atomic_write, fsync_dir, left_by_the_dead, open_regular
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -290,10 +290,17 @@ class CheckpointMirror:
                     # has it all and the next write fills the mirror in).
                     if again or not d.parent.is_dir():  # the whole mirror gone: _remade makes it again
                         raise
-            for seq, kind in self._files(d):
-                if kind == "ckpt" and seq <= cp.seq - keep:
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                m = _CKPT_RE.match(name)
+                # Checkpoints older than the newest ``keep``, and the half-written checkpoint of a writer
+                # killed mid-write (its temp file was kept for ever, a payload's size each kill).
+                if (m and m.group(2) == "ckpt" and int(m.group(1)) <= cp.seq - keep) or left_by_the_dead(name, d):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(d / f"{seq:010d}.ckpt.json")
+                        os.unlink(d / name)
             return gap
 
         return bool(await self.guard(f"checkpoint {cp.seq} of {cp.operation_id}", write))
