@@ -128,6 +128,8 @@ class Zygote:
 
     _lock = threading.Lock()
     _one: Zygote | None = None
+    _failed = False
+    """The server could not start here (no ``os.pidfd_open``, say): every command starts the real way."""
 
     def __init__(self) -> None:
         self.owner = os.getpid()
@@ -149,13 +151,18 @@ class Zygote:
     @classmethod
     def get(cls) -> Zygote | None:
         """The server, or None where commands must start the real way."""
-        if EXEC_ALWAYS:
+        if EXEC_ALWAYS or cls._failed:
             return None
         with cls._lock:
             if cls._one is None or cls._one.owner != os.getpid() or cls._one.proc.poll() is not None:
                 if cls._one is not None and cls._one.owner != os.getpid():
                     return None  # a fork of the test process: its parent's server is not its own
-                cls._one = cls()
+                try:
+                    cls._one = cls()
+                except (OSError, RuntimeError) as e:
+                    cls._failed = True
+                    print(f"tests.zygote: {e}; commands start the real way", file=sys.stderr)
+                    return None
             return cls._one
 
     def spawn(
@@ -292,6 +299,8 @@ def _serve(path: str) -> tuple[str, list[str]] | None:
     import selectors
     import time
 
+    if not hasattr(os, "pidfd_open") or not hasattr(socket, "send_fds"):  # Linux 5.3+: else the real way
+        raise SystemExit("tests.zygote needs os.pidfd_open and socket.send_fds")
     for name in PRELOAD:
         with contextlib.suppress(ImportError):  # an extra not installed: its command imports it as usual
             importlib.import_module(name)
