@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .autobot import Pending, SeedContextMethods
+from .humanize import abridged
 from .items import ItemLedger
 from .lifecycle import StopReason
 from .limits import MAX_STEP_CHARS
@@ -1170,12 +1171,7 @@ def _text(value: object) -> str | None:
     """What ``step`` or ``message`` holds: text, whatever it was given as (``ctx.step = 123`` was stored, and
     the record could not be read back), a file name's undecodable bytes as \\xNN (text.py), at most
     ``MAX_STEP_CHARS`` of it."""
-    if value is None:
-        return None
-    text = clean(str(value))
-    if len(text) > MAX_STEP_CHARS:
-        text = f"{text[:MAX_STEP_CHARS]}… ({len(text):,} characters)"
-    return text
+    return None if value is None else abridged(clean(str(value)), MAX_STEP_CHARS)
 
 
 def _describe(exc: BaseException) -> str:

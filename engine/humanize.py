@@ -61,6 +61,14 @@ def escape_controls(text: str, keep_newlines: bool = False) -> str:
     return printable(text, keep_newlines)
 
 
+def abridged(text: str, limit: int, rest: str = "") -> str:
+    """``text``, or its first ``limit`` characters and how long it is (``rest`` says where the whole is): a
+    handler may report or return megabytes, and one line of them buries a terminal, a screen or a record."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters{rest})"
+
+
 def duration(seconds: float | None) -> str:
     """``42s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-`` when unknown (or not a finite number).
 

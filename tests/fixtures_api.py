@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 from . import zygote
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "engine.cli"]
 TOKEN = "test-token-0123456789abcdef"
 
 

@@ -8,7 +8,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,9 +19,7 @@ import pytest
 from engine import Operation, open_store
 
 from . import zygote
-
-REPO = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "engine.cli"]
+from .zygote import CLI, REPO
 
 
 def until(pred: Callable[[], Any], timeout: float = 30.0, every: float = 0.1, what: str = "condition") -> Any:

@@ -8,6 +8,8 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -310,9 +312,6 @@ async def test_a_half_written_checkpoint_a_killed_writer_left_is_removed_by_the_
     """A process killed inside ``atomic_write`` leaves its temp file (``.NAME.PID.NS.tmp``, a checkpoint's size)
     beside the mirror's checkpoints, and nothing removed it: one per kill, for ever. The next checkpoint written
     there removes those whose writer is gone and that are a minute old; a live writer's, or a fresh one, stays."""
-    import subprocess
-    import sys
-
     mirror = tmp_path / "mirror"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

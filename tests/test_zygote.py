@@ -49,7 +49,7 @@ def test_the_child_has_the_tests_environment_directory_umask_and_streams(tmp_pat
     (probe / "__main__.py").write_text(PROBE)
     old = os.umask(0o027)
     try:
-        p = zygote._Forked(
+        p = zygote.Forked(
             z, [sys.executable, "-m", "probe", "x", "--y"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "MARK": "here", "PYTHONPATH": "extra"}, cwd=tmp_path,
         )  # fmt: skip
@@ -70,7 +70,7 @@ def test_exit_codes_and_signals_come_back_as_popen_gives_them(cli, tmp_path: Pat
     env = {**cli.env, "OUTLAST_STATE_DIR": str(tmp_path / "state")}
     p = zygote.popen(["run", "demo", "-p", "items=1000", "-p", "seconds=0.05"], env=env, cwd=REPO,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert isinstance(p, zygote._Forked)
+    assert isinstance(p, zygote.Forked)
     assert p.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
         p.wait(0.2)
@@ -93,11 +93,11 @@ def test_what_a_fork_cannot_carry_starts_the_real_way(tmp_path: Path) -> None:
         zygote.popen(["--version"], stdout=subprocess.DEVNULL, env={**os.environ, "LD_PRELOAD": ""}),
     ]
     for p in real:
-        assert not isinstance(p, zygote._Forked)
+        assert not isinstance(p, zygote.Forked)
         assert p.wait(60) == 0
     other = {**os.environ, "X": "1", "PYTHONPATH": str(tmp_path / "elsewhere")}
     forked = zygote.popen(["--version"], stdout=subprocess.DEVNULL, preexec_fn=None, env=other)
-    assert isinstance(forked, zygote._Forked) and forked.wait(60) == 0
+    assert isinstance(forked, zygote.Forked) and forked.wait(60) == 0
 
 
 def test_the_preloaded_modules_load_no_type_and_read_no_setting() -> None:

@@ -184,7 +184,7 @@ class Zygote:
             raise
 
 
-class _Forked(subprocess.Popen):  # type: ignore[type-arg]
+class Forked(subprocess.Popen):  # type: ignore[type-arg]
     """A Popen whose child the zygote forked: its status comes over a socket, not from waitpid."""
 
     def __init__(self, zygote: Zygote, args: list[str], **kw: Any) -> None:
@@ -249,7 +249,7 @@ def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:  # type: ignore[t
             return subprocess.Popen(cmd, **kw)
     except OSError:
         pass
-    return _Forked(zygote, cmd, **kw)
+    return Forked(zygote, cmd, **kw)
 
 
 def _stream_fds(kw: Mapping[str, Any]) -> list[int]:

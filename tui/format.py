@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine import Status
 from engine.humanize import (  # noqa: F401  (one rendering for every face: a rate reads the same everywhere)
+    abridged,
     clock,
     count,
     duration,

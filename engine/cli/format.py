@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..humanize import (  # noqa: F401  (re-exported: one rendering for every face)
     UNSAFE,
     UNSAFE_IN_OUTPUT,
+    abridged,
     ago,
     clock,
     count,
@@ -67,14 +68,6 @@ RESULT_CHARS = 1000
 """Characters of a result a line for people shows (``--json`` has all of it)."""
 STEP_CHARS = 200
 """Characters of a step a progress line shows."""
-
-
-def abridged(text: str, limit: int, rest: str = "") -> str:
-    """``text``, or its first ``limit`` characters and how long it is (``rest`` says where the whole is): a
-    handler may return megabytes, and one line of them buries the terminal."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text):,} characters{rest})"
 
 
 def clipped(text: str, limit: int) -> str:

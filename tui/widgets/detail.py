@@ -388,9 +388,7 @@ event loop (the engine's timeouts, pause and cancel with it) for seconds at a ti
 
 def _shown(text: str, keep_newlines: bool = False) -> str:
     """``text`` escaped, and cut to ``VALUE_CHARS`` saying how long it is."""
-    if len(text) > VALUE_CHARS:
-        text = f"{text[:VALUE_CHARS]}… ({len(text):,} characters)"
-    return fmt.printable(text, keep_newlines)
+    return fmt.printable(fmt.abridged(text, VALUE_CHARS), keep_newlines)
 
 
 NESTED_ROWS = 30

@@ -94,8 +94,5 @@ class LogsPane(RichLog):
                 line.append(f"{fmt.printable(rec.operation_id[-4:])} ", style="cyan")
             level = rec.level.lower()
             line.append(f"{fmt.printable(level[:4]):4} ", style=LEVEL_STYLE.get(level, "green"))
-            message = rec.message
-            if len(message) > LINE_CHARS:
-                message = f"{message[:LINE_CHARS]}… ({len(message):,} characters)"
-            line.append(fmt.printable(message))
+            line.append(fmt.printable(fmt.abridged(rec.message, LINE_CHARS)))
             self.put(line)
