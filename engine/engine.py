@@ -167,8 +167,9 @@ class Engine:
         """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
         self.before_exit_now: list[Callable[[], None]] = []
-        """Run before this process exits without unwinding (``_exit_if_store_hangs``): what a face must put
-        back as it was (a live view hides the cursor and turns the terminal's echo off)."""
+        """Run before this process exits without unwinding (``_exit_if_store_hangs``), and before the line that
+        says why: what a face must put back as it was (a live view hides the cursor and turns the terminal's
+        echo off; the dashboard holds the whole screen and the log's lines)."""
         self.shutdown_reason = "the engine stopped"
         """Why this engine stopped: ends the status line of what it paused on the way ("paused: ...")."""
         self.stop_signal: int | None = None
@@ -239,7 +240,9 @@ class Engine:
         self._loops.append(self._scheduling)
         self._scheduler.wake()
 
-    async def shutdown(self, grace: float | None = None, reason: str | None = None) -> dict[str, Status | None]:
+    async def shutdown(
+        self, grace: float | None = None, reason: str | None = None, *, exit_if_store_hangs: bool = False
+    ) -> dict[str, Status | None]:
         """Pause what runs (a checkpoint each), wait up to the grace period, then cancel by force.
 
         ``reason`` ends the paused operations' status line ("paused: REASON"), so a person can tell a
@@ -247,7 +250,12 @@ class Engine:
         status written for it: ``paused`` as a rule, another where it ended meanwhile, None where nothing
         was (a store that did not answer: the next engine finds it interrupted). Said after the stop, not
         assumed before it: the dashboard said "paused, a checkpoint each" of work whose pause a hung disk
-        never wrote. A second call returns nothing."""
+        never wrote. A second call returns nothing.
+
+        ``exit_if_store_hangs``: for a process that ends with this shutdown and handles its own signals (the
+        dashboard): while it lasts, a store that has not answered one call for ``store_outage_limit`` ends
+        the process as a stop signal does to ``outlast run`` (``_exit_if_store_hangs``); a dashboard quit
+        on a disk whose fsync never returned waited on it for good."""
         if reason is not None and self._signal_count == 0:
             self.shutdown_reason = reason
         if self._closing:
@@ -261,10 +269,16 @@ class Engine:
                 written[event.operation_id] = event.status
 
         unsubscribe = self.bus.subscribe(note)
+        watch = None
+        if exit_if_store_hangs and self._hang_watch is None:
+            watch = self._hang_watch = asyncio.ensure_future(self._exit_if_store_hangs())
         try:
             await self._stop_all(grace)
         finally:
             unsubscribe()
+            if watch is not None:  # the store answered: this process goes on to its own end
+                watch.cancel()
+                self._hang_watch = None
         return {op_id: written.get(op_id) for op_id in stopped}
 
     async def _stop_all(self, grace: float | None) -> None:
@@ -407,6 +421,9 @@ class Engine:
         limit = self.settings.store_outage_limit
         while (waited := unanswered()) < limit:
             await asyncio.sleep(0.1)
+        for undo in self.before_exit_now:  # first: the line below lands on the terminal as the user has it
+            with contextlib.suppress(Exception):
+                undo()
         ids = list(self._runs)
         left = (
             f"operation {ids[0]} stays running in the store until the next command finds it interrupted: resume it then"
@@ -423,9 +440,6 @@ class Engine:
             waited,
             left,
         )
-        for undo in self.before_exit_now:
-            with contextlib.suppress(Exception):
-                undo()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

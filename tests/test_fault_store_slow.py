@@ -5,12 +5,15 @@ commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by h
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pty
 import signal
+import struct
 import subprocess
 import termios
+import threading
 from pathlib import Path
 
 import pytest
@@ -177,3 +180,51 @@ def test_a_live_view_ended_by_a_hung_store_gives_the_terminal_back(cli: Cli, tmp
     assert b"has not answered for" in out, out[-2000:]
     assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l") >= 0, out[-2000:]
     assert echo, "the terminal's echo was left off"
+
+
+def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_terminal_back(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Pause and quit in the dashboard while a checkpoint's write never returns (a dead NFS server): the quit
+    waited on the store for good, the screen frozen, where ``outlast run`` exits 8. It exits 8 too, once the
+    store has not answered for store_outage_limit: the terminal given back first (the main screen, the cursor,
+    echo), then the line saying why, on it; the operation resumes from its newest checkpoint."""
+    config = tmp_path / "outlast.toml"
+    config.write_text("store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
+    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.02")
+    assert r.returncode == 0, r.stdout + r.stderr
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**_slow(cli, tmp_path, 120), "TERM": "xterm-256color"}
+    args = [*CLI, "--config", str(config), *PLUGIN]  # the dashboard
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    out = bytearray()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(master, 65536):
+                out.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+        os.write(master, b"q")
+        until(lambda: b"still runs in this dashboard" in out, 30, every=0.05, what="the quit dialog")
+        os.write(master, b"p")
+        assert proc.wait(30) == 8, bytes(out[-3000:])
+        modes = termios.tcgetattr(master)[3]
+        reader.join(5)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert modes & termios.ECHO and modes & termios.ICANON, "the terminal's echo and line editing were left off"
+    back = out.rfind(b"\x1b[?1049l")  # the main screen again
+    assert back > out.rfind(b"\x1b[?1049h") >= 0, bytes(out[-3000:])
+    assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l"), bytes(out[-3000:])
+    said = out.find(b"has not answered for")
+    assert said > back and b"resume it then" in out[said:], bytes(out[-3000:])
+    r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 4950' in r.stdout, r.stdout

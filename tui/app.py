@@ -17,6 +17,8 @@ import gc
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -179,6 +181,9 @@ class OutlastApp(App[int]):
         """The poll and the refetch while they run, with when each began (``_read``)."""
         self.warnings: deque[str] = deque()
         """Log lines to show as notifications (filled by main's logging handler)."""
+        self.log_through: Callable[[], None] = lambda: None
+        """Send log lines to stderr from now on, not to ``warnings`` (set by ``main``): once the terminal
+        is given back on an exit that does not unwind, the line saying why is the user's to read."""
         self._setup_themes(theme or DEFAULT_THEME)
 
     def get_default_screen(self) -> DashboardScreen:
@@ -752,11 +757,33 @@ class OutlastApp(App[int]):
         if self.engine_started:
             self.engine_started = self.model.started = False
             labels = {i: _labelled(self.ops.get(i), i) for i in self.engine.running_ids}
-            stopped = await self.engine.shutdown(reason=reason)
+            # A store that never answers (a dead NFS server) ends the process in one line, exit 8, as it
+            # ends `outlast run`: the quit waited on it for good, the screen frozen.
+            self.engine.before_exit_now.append(self._give_terminal_back)
+            try:
+                stopped = await self.engine.shutdown(reason=reason, exit_if_store_hangs=True)
+            finally:
+                self.engine.before_exit_now.remove(self._give_terminal_back)
             # What was written, not what was asked: a pause a hung disk never wrote is not "paused".
             self.paused_at_exit = [i for i, status in stopped.items() if status is Status.PAUSED]
             self.paused_labels = [labels.get(i, i) for i in self.paused_at_exit]
             self.unwritten_at_exit = [labels.get(i, i) for i, status in stopped.items() if status is None]
+
+    def _give_terminal_back(self) -> None:
+        """Before an exit that does not unwind: the terminal as it was before the dashboard (the main screen,
+        the cursor, echo and line editing), then log lines to stderr. Textual's own writes go through a thread
+        that a terminal gone (SIGHUP) can block for good, so they get a second at most."""
+        driver = self._driver
+
+        def restore() -> None:
+            if driver is not None:
+                driver.stop_application_mode()
+                driver.close()  # its writer thread writes what is queued, then ends
+
+        thread = threading.Thread(target=restore, name="outlast-terminal-back", daemon=True)
+        thread.start()
+        thread.join(TERMINAL_BACK_WAIT)
+        self.log_through()
 
     async def on_unmount(self) -> None:
         # Textual sets the return code to 1 before it unmounts an app ended by an unhandled error.
@@ -768,6 +795,9 @@ def _labelled(op: Operation | None, op_id: str) -> str:
     """``06bhpkg8cfyx1 (nightly backup)``: an id and its label, for a line printed after exit."""
     return f"{op_id} ({fmt.printable(op.label)})" if op is not None else op_id
 
+
+TERMINAL_BACK_WAIT = 1.0
+"""Seconds an exit that does not unwind waits for the terminal to be given back (``_give_terminal_back``)."""
 
 PAUSED_LISTED = 5
 """Paused operations a line after exit names one by one; more are counted."""
@@ -814,14 +844,25 @@ def exit_code(app: OutlastApp, rv: int | None) -> int:
 
 class _Warnings(logging.Handler):
     """Engine warnings while the dashboard owns the terminal: kept for the app to show as notifications
-    (a line written to stderr would tear the screen). Any thread may log; a deque append is atomic."""
+    (a line written to stderr would tear the screen). Any thread may log; a deque append is atomic.
+    Once ``through`` is called (the terminal given back), each is one line on the process's own stderr, as
+    the command line writes them (``sys.stderr`` is Textual's capture while the app runs)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.lines: deque[str] = deque(maxlen=100)
+        self.passing = False
+        self.setFormatter(logging.Formatter("outlast: %(levelname)s: %(message)s"))
+
+    def through(self) -> None:
+        self.passing = True
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        if not self.passing:
+            self.lines.append(record.getMessage())
+            return
+        with contextlib.suppress(Exception):
+            print(fmt.printable(self.format(record)), file=sys.__stderr__, flush=True)
 
 
 def main(
@@ -841,6 +882,7 @@ def main(
     try:
         app = OutlastApp(settings, theme=theme, watch_only=watch_only, first_look=first_look, command=command)
         app.warnings = handler.lines
+        app.log_through = handler.through
         rv = app.run()
     finally:
         logger.handlers = saved
