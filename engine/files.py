@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import StoreError
@@ -109,6 +110,21 @@ def left_by_the_dead(name: str, directory: Path, older_than: float = 60.0) -> bo
         return False
 
 
+def sweep_dead_temps(directory: Path, names: Iterable[str], of: Callable[[str], bool]) -> None:
+    """Remove, among ``names`` in ``directory``, the temp files ``atomic_write`` left when its process was
+    killed mid-write (``left_by_the_dead``), of the files ``of`` says are the caller's: a directory shared
+    with other programs keeps their files, whatever they are called. One per kill otherwise stays for ever."""
+    for name in names:
+        if (
+            name.startswith(".")
+            and (m := TEMP_NAME.fullmatch(name))
+            and of(m["name"])
+            and left_by_the_dead(name, directory)
+        ):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+
+
 def atomic_write(
     path: Path,
     data: bytes,
@@ -188,6 +204,8 @@ def replace_keeping_mode(path: Path, data: bytes) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise NotRegular(errno.EINVAL, "not a regular file", str(path))
     mode = stat.S_IMODE(st.st_mode) if st is not None else FILE_MODE
+    with contextlib.suppress(OSError):  # what an earlier write killed midway left beside it
+        sweep_dead_temps(target.parent, os.listdir(target.parent), lambda name: name == target.name)
     atomic_write(target, data, sync_dir=False, mode=mode, gid=st.st_gid if st is not None else None)
     with contextlib.suppress(OSError):  # the rename itself made durable, where the file system allows
         fsync_dir(target.parent)

@@ -335,3 +335,33 @@ async def test_a_half_written_checkpoint_a_killed_writer_left_is_removed_by_the_
     kept = {what for what, name in left.items() if (d / name).exists()}
     assert kept == {"dead, fresh", "alive, old", "not ours"}, kept
     assert any(n.endswith(".ckpt.json") for n in os.listdir(d))
+
+
+async def test_half_written_records_and_marks_a_killed_writer_left_are_removed_by_the_restore(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """The same litter beside the mirror's records (``ops/.ID.json.PID.NS.tmp``) and its mark (``store.json``)
+    stayed for ever: a restore (Redis emptied), which lists the records anyway, removes those whose writer is
+    gone and that are a minute old; the rest stays."""
+    mirror = tmp_path / "mirror"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
+        op = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
+    root, ops = mirror / "t", mirror / "t" / "ops"
+    old = time.time() - 3600
+    left = {
+        "record, dead, old": ops / f".{op.id}.json.{gone.pid}.1.tmp",
+        "record, dead, fresh": ops / f".{op.id}.json.{gone.pid}.2.tmp",
+        "record, alive, old": ops / f".{op.id}.json.{os.getpid()}.3.tmp",
+        "mark, dead, old": root / f".store.json.{gone.pid}.4.tmp",
+        "not ours, dead, old": root / f".notes.txt.{gone.pid}.5.tmp",
+    }
+    for what, path in left.items():
+        path.write_bytes(b"{" * 500)
+        if "fresh" not in what:
+            os.utime(path, (old, old))
+    redis_server.client().flushall()
+    assert (await listed(redis_server, mirror, settings))[op.id].status is Status.QUEUED  # restored
+    kept = {what for what, path in left.items() if path.exists()}
+    assert kept == {"record, dead, fresh", "record, alive, old", "not ours, dead, old"}, kept

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,31 @@ def test_saving_the_theme_writes_through_a_symlink_and_keeps_the_file_private(tm
     )
     assert sorted(p.name for p in real.parent.iterdir()) == ["outlast.toml"]  # no temp file left
     assert sorted(p.name for p in link.parent.iterdir()) == ["config.toml"]
+
+
+def test_saving_the_theme_removes_what_a_write_killed_midway_left_beside_the_config(tmp_path: Path) -> None:
+    """A dashboard killed while it saved its theme leaves ``.config.toml.PID.NS.tmp`` beside the config file, for
+    ever. The next save removes those whose writer is gone and that are a minute old; a live writer's, a fresh
+    one, and another program's file of the same shape stay (the config's directory is the user's)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / "config.toml"
+    path.write_text("max_concurrent = 4\n")
+    old = time.time() - 3600
+    left = {
+        "dead, old": f".config.toml.{gone.pid}.1.tmp",
+        "dead, fresh": f".config.toml.{gone.pid}.2.tmp",
+        "alive, old": f".config.toml.{os.getpid()}.3.tmp",
+        "not ours, dead, old": f".notes.toml.{gone.pid}.4.tmp",
+    }
+    for what, name in left.items():
+        (tmp_path / name).write_text("theme = ")
+        if "fresh" not in what:
+            os.utime(tmp_path / name, (old, old))
+    save_setting("theme", "outlast-light", path)
+    kept = {what for what, name in left.items() if (tmp_path / name).exists()}
+    assert kept == {"dead, fresh", "alive, old", "not ours, dead, old"}, kept
+    assert load_settings(path, env={}).theme == "outlast-light"
 
 
 def test_saving_the_theme_in_a_new_config_file_makes_it_private(tmp_path: Path, umask_022: None) -> None:

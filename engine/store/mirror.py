@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..files import NotRegular, atomic_write, fsync_dir, left_by_the_dead, open_regular
+from ..files import NotRegular, atomic_write, fsync_dir, open_regular, sweep_dead_temps
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
 from .base import checksum
@@ -179,10 +179,16 @@ class CheckpointMirror:
         return out
 
     def record_ids_sync(self) -> list[str]:
+        """The ids of the records in ``ops/`` (a restore's, a refill's listing), removing on the way what a
+        writer killed mid-write left there (``.ID.json.PID.NS.tmp``) and beside ``store.json``: listing them
+        costs nothing more here, where a sweep at each record's write would list up to one file per operation."""
+        with contextlib.suppress(OSError):
+            sweep_dead_temps(self.dir, os.listdir(self.dir), lambda name: name == "store.json")
         try:
             names = os.listdir(self.ops_dir)
         except FileNotFoundError:
             return []
+        sweep_dead_temps(self.ops_dir, names, lambda name: name.endswith(".json"))
         return [n.removesuffix(".json") for n in names if n.endswith(".json") and not n.startswith(".")]
 
     def load_record_sync(self, op_id: str) -> Operation | None:
@@ -295,12 +301,12 @@ class CheckpointMirror:
             except FileNotFoundError:
                 names = []
             for name in names:
-                m = _CKPT_RE.match(name)
-                # Checkpoints older than the newest ``keep``, and the half-written checkpoint of a writer
-                # killed mid-write (its temp file was kept for ever, a payload's size each kill).
-                if (m and m.group(2) == "ckpt" and int(m.group(1)) <= cp.seq - keep) or left_by_the_dead(name, d):
+                m = _CKPT_RE.match(name)  # checkpoints older than the newest ``keep``
+                if m and m.group(2) == "ckpt" and int(m.group(1)) <= cp.seq - keep:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(d / name)
+            # The half-written checkpoint of a writer killed mid-write: a payload's size each kill, for ever.
+            sweep_dead_temps(d, names, lambda name: _CKPT_RE.match(name) is not None)
             return gap
 
         return bool(await self.guard(f"checkpoint {cp.seq} of {cp.operation_id}", write))
