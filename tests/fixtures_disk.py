@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +65,19 @@ def fill_inodes(mnt: Path) -> Path:
             assert e.errno == errno.ENOSPC, e
             return spent
     raise AssertionError("the tmpfs still makes files")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped): what a writer killed mid-write leaves named."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def leave_temps(left: dict[str, Path]) -> None:
+    """Write each temp file as a killed ``atomic_write`` left it, an hour old unless its key says "fresh"."""
+    old = time.time() - 3600
+    for what, path in left.items():
+        path.write_bytes(b"{" * 500)
+        if "fresh" not in what:
+            os.utime(path, (old, old))

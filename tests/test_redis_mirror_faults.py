@@ -8,8 +8,6 @@ import errno
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from engine.models import Operation, StoreError
 from engine.store import mirror as mirror_module
 from engine.store.redis import RedisStore
 from engine.store.redis.keys import STORE_FIELD
+from tests.fixtures_disk import dead_pid, leave_temps
 from tests.fixtures_engine import queued_record
 from tests.fixtures_redis import RedisServer
 
@@ -313,26 +312,21 @@ async def test_a_half_written_checkpoint_a_killed_writer_left_is_removed_by_the_
     beside the mirror's checkpoints, and nothing removed it: one per kill, for ever. The next checkpoint written
     there removes those whose writer is gone and that are a minute old; a live writer's, or a fresh one, stays."""
     mirror = tmp_path / "mirror"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = dead_pid()
     async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
         op = await engine.submit(OperationSpec(type="ledger", params={"items": 3, "explicit_every": 1}))
     d = mirror / "t" / "checkpoints" / op.id
     d.mkdir(parents=True)
-    old = time.time() - 3600
     left = {
-        "dead, old": f".0000000001.ckpt.json.{gone.pid}.1.tmp",
-        "dead, fresh": f".0000000001.ckpt.json.{gone.pid}.2.tmp",
-        "alive, old": f".0000000001.ckpt.json.{os.getpid()}.3.tmp",
-        "not ours": f".notes.txt.{gone.pid}.tmp",
+        "dead, old": d / f".0000000001.ckpt.json.{gone}.1.tmp",
+        "dead, fresh": d / f".0000000001.ckpt.json.{gone}.2.tmp",
+        "alive, old": d / f".0000000001.ckpt.json.{os.getpid()}.3.tmp",
+        "not ours": d / f".notes.txt.{gone}.tmp",
     }
-    for what, name in left.items():
-        (d / name).write_bytes(b"x" * 1000)
-        if "fresh" not in what:
-            os.utime(d / name, (old, old))
+    leave_temps(left)
     async with Engine(store=store_for(redis_server, mirror), settings=settings) as worker:
         assert (await worker.wait(op.id, timeout=30)).status is Status.COMPLETED
-    kept = {what for what, name in left.items() if (d / name).exists()}
+    kept = {what for what, path in left.items() if path.exists()}
     assert kept == {"dead, fresh", "alive, old", "not ours"}, kept
     assert any(n.endswith(".ckpt.json") for n in os.listdir(d))
 
@@ -344,23 +338,18 @@ async def test_half_written_records_and_marks_a_killed_writer_left_are_removed_b
     stayed for ever: a restore (Redis emptied), which lists the records anyway, removes those whose writer is
     gone and that are a minute old; the rest stays."""
     mirror = tmp_path / "mirror"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = dead_pid()
     async with Engine(store=store_for(redis_server, mirror), settings=settings, run_queue=False) as engine:
         op = await engine.submit(OperationSpec(type="ledger", params={"items": 1}))
     root, ops = mirror / "t", mirror / "t" / "ops"
-    old = time.time() - 3600
     left = {
-        "record, dead, old": ops / f".{op.id}.json.{gone.pid}.1.tmp",
-        "record, dead, fresh": ops / f".{op.id}.json.{gone.pid}.2.tmp",
+        "record, dead, old": ops / f".{op.id}.json.{gone}.1.tmp",
+        "record, dead, fresh": ops / f".{op.id}.json.{gone}.2.tmp",
         "record, alive, old": ops / f".{op.id}.json.{os.getpid()}.3.tmp",
-        "mark, dead, old": root / f".store.json.{gone.pid}.4.tmp",
-        "not ours, dead, old": root / f".notes.txt.{gone.pid}.5.tmp",
+        "mark, dead, old": root / f".store.json.{gone}.4.tmp",
+        "not ours, dead, old": root / f".notes.txt.{gone}.5.tmp",
     }
-    for what, path in left.items():
-        path.write_bytes(b"{" * 500)
-        if "fresh" not in what:
-            os.utime(path, (old, old))
+    leave_temps(left)
     redis_server.client().flushall()
     assert (await listed(redis_server, mirror, settings))[op.id].status is Status.QUEUED  # restored
     kept = {what for what, path in left.items() if path.exists()}

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from tui.app import OutlastApp
 from tui.themes import BUILTIN_DIR, DEFAULT_THEME, load_themes, next_theme, register_themes
 from tui.widgets.operations import OperationsTable
 
+from .fixtures_disk import dead_pid, leave_temps
 from .fixtures_tui import NOW, make_app, select, wait_for
 
 BUILTINS = ["outlast-dark", "outlast-light", "outlast-high-contrast"]
@@ -126,23 +124,18 @@ def test_saving_the_theme_removes_what_a_write_killed_midway_left_beside_the_con
     """A dashboard killed while it saved its theme leaves ``.config.toml.PID.NS.tmp`` beside the config file, for
     ever. The next save removes those whose writer is gone and that are a minute old; a live writer's, a fresh
     one, and another program's file of the same shape stay (the config's directory is the user's)."""
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = dead_pid()
     path = tmp_path / "config.toml"
     path.write_text("max_concurrent = 4\n")
-    old = time.time() - 3600
     left = {
-        "dead, old": f".config.toml.{gone.pid}.1.tmp",
-        "dead, fresh": f".config.toml.{gone.pid}.2.tmp",
-        "alive, old": f".config.toml.{os.getpid()}.3.tmp",
-        "not ours, dead, old": f".notes.toml.{gone.pid}.4.tmp",
+        "dead, old": tmp_path / f".config.toml.{gone}.1.tmp",
+        "dead, fresh": tmp_path / f".config.toml.{gone}.2.tmp",
+        "alive, old": tmp_path / f".config.toml.{os.getpid()}.3.tmp",
+        "not ours, dead, old": tmp_path / f".notes.toml.{gone}.4.tmp",
     }
-    for what, name in left.items():
-        (tmp_path / name).write_text("theme = ")
-        if "fresh" not in what:
-            os.utime(tmp_path / name, (old, old))
+    leave_temps(left)
     save_setting("theme", "outlast-light", path)
-    kept = {what for what, name in left.items() if (tmp_path / name).exists()}
+    kept = {what for what, path in left.items() if path.exists()}
     assert kept == {"dead, fresh", "alive, old", "not ours, dead, old"}, kept
     assert load_settings(path, env={}).theme == "outlast-light"
 
