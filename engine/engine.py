@@ -271,7 +271,8 @@ class Engine:
         unsubscribe = self.bus.subscribe(note)
         watch = None
         if exit_if_store_hangs and self._hang_watch is None:
-            watch = self._hang_watch = asyncio.ensure_future(self._exit_if_store_hangs())
+            self.exit_if_store_hangs()
+            watch = self._hang_watch
         try:
             await self._stop_all(grace)
         finally:
@@ -401,12 +402,19 @@ class Engine:
             if self.stop_signal is None:
                 self.stop_signal = sig
         self.drain("shutdown")
-        if self._owns_signals and self._hang_watch is None:
-            self._hang_watch = asyncio.ensure_future(self._exit_if_store_hangs())
+        if self._owns_signals:
+            self.exit_if_store_hangs()
         if self._signal_count > 1:
             by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"
             for attempt in self._runs.values():
                 attempt.watch.force(time.monotonic(), by)
+
+    def exit_if_store_hangs(self) -> None:
+        """From now on, a store that has not answered one call for ``store_outage_limit`` ends this process in
+        one line, exit 8 (``_exit_if_store_hangs``): for a face that stops its process on a signal it handles
+        itself (the API server), as ``install_signal_handlers`` does for ``outlast run`` and ``worker``."""
+        if self._hang_watch is None:
+            self._hang_watch = asyncio.ensure_future(self._exit_if_store_hangs())
 
     async def _exit_if_store_hangs(self) -> None:
         """Asked to stop by a signal, in a process that ends with this engine: once the store has not answered

@@ -22,6 +22,7 @@ from engine import open_store
 from engine.models import StoreError
 from engine.store.sqlite import core as sqlite_core
 from tests.conftest import REPO
+from tests.fixtures_api import free_port
 from tests.fixtures_cli import CLI, Cli, Proc, until
 from tests.fixtures_engine import queued_record
 
@@ -225,6 +226,26 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l"), bytes(out[-3000:])
     said = out.find(b"has not answered for")
     assert said > back and b"resume it then" in out[said:], bytes(out[-3000:])
+    r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 4950' in r.stdout, r.stdout
+
+
+def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_time(cli: Cli, tmp_path: Path) -> None:
+    """``outlast serve`` handles its signals itself, and had no watch on the store: with a checkpoint's write
+    that never returned, SIGTERM, and SIGTERM again, left it waiting on the disk for as long as the disk took.
+    As ``outlast run``: one line, exit 8, once the store has not answered for store_outage_limit; the operation
+    resumes from its newest checkpoint."""
+    config = tmp_path / "outlast.toml"
+    config.write_text("store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
+    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.02")
+    assert r.returncode == 0, r.stdout + r.stderr
+    serve = Proc(["--config", str(config), *PLUGIN, "serve", "--port", str(free_port())], _slow(cli, tmp_path, 120))
+    cli.procs.append(serve)
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
+    serve.signal(signal.SIGTERM)
+    assert serve.wait(30) == 8, serve.out + serve.err
+    assert any("has not answered for" in ln and "resume it then" in ln for ln in serve.err), serve.err
     r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"sum": 4950' in r.stdout, r.stdout

@@ -329,6 +329,7 @@ def _install_signals(server: Any, engine: Any) -> None:
         count[0] += 1
         server.should_exit = True
         engine.stop_for_signal(sig)  # as `outlast worker`: paused, or with auto_resume queued again
+        engine.exit_if_store_hangs()  # a disk that never answers (a dead NFS server): exit 8, not a hang
         if count[0] > 1:
             server.force_exit = True
             engine.settings.grace_period = 0
