@@ -63,6 +63,14 @@ def _held_run(
     return run
 
 
+def _resumes_to_the_right_sum(cli: Cli) -> None:
+    """Operation 1 (demo, 100 items), left running by a process that exited on a hung store: found interrupted,
+    resumed from its newest checkpoint, to the sum of an uninterrupted run."""
+    r = cli("resume", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 4950' in r.stdout, r.stdout
+
+
 def test_a_checkpoint_the_disk_holds_up_is_no_stall_of_the_handler(cli: Cli, tmp_path: Path) -> None:
     """The handler waits at its safe point while its checkpoint is written: that wait is the store's. Before, a
     demo making 50 items/s, its stall_timeout 1.5s, was stopped as stalled by a 3.5s commit (timed_out, exit 5)."""
@@ -133,9 +141,7 @@ def test_a_stop_signal_while_the_disk_does_not_answer_exits_in_bounded_time(cli:
     run.signal(signal.SIGTERM)
     assert run.wait(30) == 8, run.out + run.err
     assert any("has not answered for" in ln and "resume it then" in ln for ln in run.err), run.err
-    r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert '"sum": 4950' in r.stdout, r.stdout
+    _resumes_to_the_right_sum(cli)
 
 
 async def test_a_write_beside_slow_commits_gets_its_turn(
@@ -226,9 +232,7 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l"), bytes(out[-3000:])
     said = out.find(b"has not answered for")
     assert said > back and b"resume it then" in out[said:], bytes(out[-3000:])
-    r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert '"sum": 4950' in r.stdout, r.stdout
+    _resumes_to_the_right_sum(cli)
 
 
 def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_time(cli: Cli, tmp_path: Path) -> None:
@@ -246,6 +250,4 @@ def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_t
     serve.signal(signal.SIGTERM)
     assert serve.wait(30) == 8, serve.out + serve.err
     assert any("has not answered for" in ln and "resume it then" in ln for ln in serve.err), serve.err
-    r = cli("resume", "1")  # found interrupted (its process is gone), resumed from its newest checkpoint
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert '"sum": 4950' in r.stdout, r.stdout
+    _resumes_to_the_right_sum(cli)
