@@ -21,7 +21,7 @@ from textual.widgets import Input, Static
 
 from engine import Progress, Settings, Status, StoreError, open_store
 from tui import app as app_module
-from tui.app import OutlastApp
+from tui.app import OutlastApp, exit_code
 from tui.screens.confirm import ConfirmScreen, QuitScreen
 from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
@@ -223,7 +223,10 @@ async def test_quit_says_what_was_written_not_what_was_asked(
         await pilot.press("q")
         await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
         await pilot.press("p")
+        # Said while it waits (a frozen Redis held a quit a minute on a screen that looked as before).
+        await wait_for(pilot, lambda: "quitting: stopping 1 running operation at a checkpoint each" in _statusline(app))
         await wait_for(pilot, lambda: not app.is_running, timeout=30)
+    assert exit_code(app, 0) == 8  # the store took no final status: as `outlast run` ends then
     said = app.handed_over or ""
     assert "paused" not in said, said
     assert f"1 operation stopped with nothing written (the store did not answer): {op.id} (slow)" in said, said

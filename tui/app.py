@@ -33,6 +33,7 @@ from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
 from engine import RESUMABLE, LoopThreads, OutlastError, Status
+from engine.exitcodes import ExitCode
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
@@ -169,6 +170,8 @@ class OutlastApp(App[int]):
         """The same, labelled (``_labelled``), for the line said after exit."""
         self.unwritten_at_exit: list[str] = []
         """Labels of what it stopped without a status written (a store that did not answer)."""
+        self.stopping: tuple[int, float] | None = None
+        """While the engine stops on the way out: how many operations it stops, and since when (monotonic)."""
         self.command: Command = command or bare_command
         """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._theme_names: list[str] = []
@@ -426,6 +429,13 @@ class OutlastApp(App[int]):
     def _notes(self) -> list[str]:
         """What the status line says about this dashboard (beyond what the model holds)."""
         notes = []
+        if self.stopping is not None:
+            # The quit waits for each checkpoint (a frozen Redis: up to a minute): said, not a dashboard that
+            # looked as if it had not heard the key.
+            n, since = self.stopping
+            waited = time.monotonic() - since
+            what = f"stopping {n} running operation{'s' if n != 1 else ''} at a checkpoint each" if n else "closing"
+            notes.append(f"quitting: {what}" + (f", {waited:.0f}s" if waited >= SLOW_STORE else ""))
         if self.engine_started and self.engine.store.read_only:
             why = getattr(self.engine.store, "read_only_reason", "is on a read-only file system")
             notes.append(f"state dir {why}: nothing can be run or changed")
@@ -757,6 +767,9 @@ class OutlastApp(App[int]):
         if self.engine_started:
             self.engine_started = self.model.started = False
             labels = {i: _labelled(self.ops.get(i), i) for i in self.engine.running_ids}
+            self.stopping = (len(labels), time.monotonic())
+            with contextlib.suppress(NoMatches):
+                self._update_statusline()
             # A store that never answers (a dead NFS server) ends the process in one line, exit 8, as it
             # ends `outlast run`: the quit waited on it for good, the screen frozen.
             self.engine.before_exit_now.append(self._give_terminal_back)
@@ -768,6 +781,7 @@ class OutlastApp(App[int]):
             self.paused_at_exit = [i for i, status in stopped.items() if status is Status.PAUSED]
             self.paused_labels = [labels.get(i, i) for i in self.paused_at_exit]
             self.unwritten_at_exit = [labels.get(i, i) for i, status in stopped.items() if status is None]
+            self.stopping = None
 
     def _give_terminal_back(self) -> None:
         """Before an exit that does not unwind: the terminal as it was before the dashboard (the main screen,
@@ -839,6 +853,8 @@ def exit_code(app: OutlastApp, rv: int | None) -> int:
         said = f"; {paused_line(app)}" if app.paused_at_exit or app.unwritten_at_exit else "; it ran no operations"
         print(f"outlast: the dashboard failed on an unhandled error (above){said}")
         return app.return_code
+    if app.unwritten_at_exit and not rv:
+        return ExitCode.STORE  # as `outlast run` ends when the store took no final status: its line says why
     return int(rv or 0)
 
 
