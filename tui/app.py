@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from textual import events
 from textual.app import App, SystemCommand
@@ -170,8 +170,9 @@ class OutlastApp(App[int]):
         """The same, labelled (``_labelled``), for the line said after exit."""
         self.unwritten_at_exit: list[str] = []
         """Labels of what it stopped without a status written (a store that did not answer)."""
-        self.stopping: tuple[int, float] | None = None
-        """While the engine stops on the way out: how many operations it stops, and since when (monotonic)."""
+        self.stopping: tuple[dict[str, str], float] | None = None
+        """While the engine stops on the way out: the operations it stops (id: label), and since when
+        (monotonic)."""
         self.command: Command = command or bare_command
         """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._theme_names: list[str] = []
@@ -432,7 +433,7 @@ class OutlastApp(App[int]):
         if self.stopping is not None:
             # The quit waits for each checkpoint (a frozen Redis: up to a minute): said, not a dashboard that
             # looked as if it had not heard the key.
-            n, since = self.stopping
+            n, since = len(self.stopping[0]), self.stopping[1]
             waited = time.monotonic() - since
             what = f"stopping {n} running operation{'s' if n != 1 else ''} at a checkpoint each" if n else "closing"
             notes.append(f"quitting: {what}" + (f", {waited:.0f}s" if waited >= SLOW_STORE else ""))
@@ -713,6 +714,8 @@ class OutlastApp(App[int]):
     # ---- quitting --------------------------------------------------------------------------
 
     async def action_quit(self) -> None:
+        if self.stopping is not None:
+            self._leave_now()
         running = len(self.engine.running_ids) if self.engine_started else 0
         if not running:
             await self._quit_now()
@@ -767,7 +770,7 @@ class OutlastApp(App[int]):
         if self.engine_started:
             self.engine_started = self.model.started = False
             labels = {i: _labelled(self.ops.get(i), i) for i in self.engine.running_ids}
-            self.stopping = (len(labels), time.monotonic())
+            self.stopping = (labels, time.monotonic())
             with contextlib.suppress(NoMatches):
                 self._update_statusline()
             # A store that never answers (a dead NFS server) ends the process in one line, exit 8, as it
@@ -782,6 +785,29 @@ class OutlastApp(App[int]):
             self.paused_labels = [labels.get(i, i) for i in self.paused_at_exit]
             self.unwritten_at_exit = [labels.get(i, i) for i, status in stopped.items() if status is None]
             self.stopping = None
+
+    def _leave_now(self) -> NoReturn:
+        """q again while the quit waits on the store or on a handler slow to reach its checkpoint: leave at once,
+        as a SIGKILL would cost (the items since each one's newest checkpoint written): the terminal back, one
+        line naming what was left and how to go on, exit 8 when the store was not answering, else 130. Leaving
+        through Textual's exit blanked the screen, then waited on the same store, and exited 0 saying nothing."""
+        assert self.stopping is not None
+        labels = self.stopping[0]
+        left = [label for op_id, label in labels.items() if op_id in self.engine.running_ids] or list(labels.values())
+        unanswered: Callable[[], float] = getattr(self.engine.store, "unanswered_for", lambda: 0.0)
+        stuck = self.engine.health.since is not None or unanswered() >= SLOW_STORE
+        them = "it" if len(left) == 1 else "them"
+        line = (
+            f"outlast: quit at once (q again): {len(left)} operation{'s' if len(left) != 1 else ''} left as the store"
+            f" has {them}: {', '.join(left)}; the next outlast process finds {them} interrupted, then"
+            f" `{self.command('resume', 'ID')}` goes on from the last checkpoint"
+            if left
+            else "outlast: quit at once (q again)"
+        )
+        self._give_terminal_back()
+        with contextlib.suppress(Exception):
+            print(fmt.printable(line), file=sys.__stderr__, flush=True)
+        os._exit(ExitCode.STORE if stuck else 128 + signal.SIGINT)
 
     def _give_terminal_back(self) -> None:
         """Before an exit that does not unwind: the terminal as it was before the dashboard (the main screen,
