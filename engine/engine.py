@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .attempt import Attempt
 from .config import Settings, load_settings
@@ -51,7 +51,7 @@ from .models import (
     WorkerInfo,
     validate_id,
 )
-from .outage import LogBuffer, StoreHealth, StoreUnwritable, store_failure
+from .outage import STORE_STUCK, LogBuffer, StoreHealth, StoreUnwritable, store_failure
 from .paths import detached_log
 from .processes import mark_engine, process_start
 from .profiles import SEED_PROFILES, resume_fields, stored_profile
@@ -404,6 +404,13 @@ class Engine:
         self.drain("shutdown")
         if self._owns_signals:
             self.exit_if_store_hangs()
+        if self._signal_count > 2 and self._hang_watch is not None:  # a process that ends with this engine
+            # The third: leave now, whatever the stop still waits on (a frozen Redis held `outlast run` 42 s
+            # after three Ctrl-Cs: its calls time out by themselves, after retrying for `retry_for`).
+            unanswered = getattr(self.store, "unanswered_for", lambda: 0.0)()
+            stuck = self.health.since is not None or unanswered >= STORE_STUCK
+            name = signal.Signals(sig).name
+            self._exit_now(f"a third stop signal ({name})", ExitCode.STORE if stuck else 128 + sig)
         if self._signal_count > 1:
             by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"
             for attempt in self._runs.values():
@@ -424,11 +431,20 @@ class Engine:
         SIGKILL would, this costs what was done since the newest checkpoint written; what it ran stays
         running in the store until the next command finds it interrupted (resumable)."""
         unanswered = getattr(self.store, "unanswered_for", None)
-        if unanswered is None:  # a store whose calls time out by themselves (Redis)
+        if unanswered is None:  # a store that cannot tell (a plugin's)
             return
         limit = self.settings.store_outage_limit
         while (waited := unanswered()) < limit:
             await asyncio.sleep(0.1)
+        url = getattr(self.store, "url", "")
+        because = getattr(self.store, "unanswered_because", "")
+        why = f"the store {url} has not answered for {waited:.0f}s" + (f" ({because})" if because else "")
+        self._exit_now(why, ExitCode.STORE)
+
+    def _exit_now(self, why: str, code: int) -> NoReturn:
+        """Exit now without unwinding, ``why`` said in one line with what stays in the store: as a SIGKILL
+        would, this costs what was done since the newest checkpoint written; what it ran stays running in the
+        store until the next command finds it interrupted (resumable)."""
         for undo in self.before_exit_now:  # first: the line below lands on the terminal as the user has it
             with contextlib.suppress(Exception):
                 undo()
@@ -441,17 +457,11 @@ class Engine:
             if ids
             else "nothing was running here"
         )
-        log.error(
-            "the store %s has not answered for %.0fs (a write waiting on its disk, or on another process's lock):"
-            " exiting without waiting for it; %s",
-            getattr(self.store, "url", ""),
-            waited,
-            left,
-        )
+        log.error("%s: exiting without waiting for it; %s", why, left)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-        os._exit(ExitCode.STORE)
+        os._exit(code)
 
     def drain(self, reason: StopReason | str = StopReason.PAUSE) -> None:
         """Take no more work and ask every running operation to stop with a checkpoint."""

@@ -23,6 +23,10 @@ from .store import Store
 
 log = logging.getLogger("outlast.engine")
 
+STORE_STUCK = 3.0
+"""Seconds a store call has waited after which a way out that cannot wait for it counts the store as not
+answering (exit 8, not the code of the signal that asked to leave)."""
+
 LOG_BUFFER_MAX = 10_000
 """Log records kept per operation while the store cannot take them (the newest)."""
 

@@ -145,6 +145,23 @@ def test_a_stop_signal_while_the_disk_does_not_answer_exits_in_bounded_time(cli:
     _resumes_to_the_right_sum(cli)
 
 
+def test_a_third_stop_signal_leaves_at_once_whatever_the_stop_waits_on(cli: Cli, tmp_path: Path) -> None:
+    """A store_outage_limit set long (a slow NFS server is expected): Ctrl-C, Ctrl-C again (forced), and a third
+    did nothing more; the user was left with kill -9. The third leaves at once in one line, exit 8 as the
+    store has not answered for seconds (130 otherwise), at the cost of a SIGKILL."""
+    config = "store_outage_limit = 600\n[profiles.demo]\ncheckpoint_interval = 0.3\n"
+    run = _held_run(cli, tmp_path, config, 120, items=100, seconds=0.02)
+    run.signal(signal.SIGINT)
+    time.sleep(3.2)  # the store not answering for 3 s: the way out is exit 8
+    run.signal(signal.SIGINT)
+    time.sleep(0.3)
+    run.signal(signal.SIGINT)
+    assert run.wait(30) == 8, run.out + run.err
+    said = [ln for ln in run.err if "a third stop signal (SIGINT): exiting without waiting for it" in ln]
+    assert len(said) == 1 and "resume it then" in said[0], run.err
+    _resumes_to_the_right_sum(cli)
+
+
 async def test_a_write_beside_slow_commits_gets_its_turn(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -322,3 +322,42 @@ def test_show_and_ls_say_the_process_of_work_killed_here_is_gone_before_its_leas
         assert f"gone (process {pid}" in listed.stdout, listed.stdout
     finally:
         cli.close()
+
+
+def test_a_run_stopped_while_redis_is_frozen_exits_8_once_it_has_not_answered_for_the_outage_limit(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """A Redis stopped with SIGSTOP answers nothing, and each call gives up only after ``retry_for`` (30 s):
+    ``outlast run`` asked to stop, three times, was still there 42 s later. As on a local disk that does not
+    answer: one line, exit 8, once Redis has not answered for store_outage_limit; the operation, found
+    interrupted once its lease has run out, resumes from its newest checkpoint to the uninterrupted sum."""
+    url = f"{redis_server.url}?lease_ttl=1"
+    env = {**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO), "OUTLAST_STORE_OUTAGE_LIMIT": "2"}
+    env.pop("OUTLAST_DEBUG", None)
+    args = ["--store", url, "run", "demo", "-p", "items=300", "-p", "seconds=0.01", "--profile", "checkpoint_every=10"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    run = zygote.popen(args, env=env, cwd=REPO, stdin=subprocess.DEVNULL, text=True, **pipes)
+    assert redis_server.proc is not None
+    try:
+        assert run.stdout is not None and "submitted" in run.stdout.readline()
+        time.sleep(0.5)  # checkpoints written
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.3)
+            run.send_signal(signal.SIGINT)
+            code = run.wait(30)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        err = run.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert code == ExitCode.STORE, (code, err)
+    said = [ln for ln in err.splitlines() if "has not answered for" in ln]
+    assert len(said) == 1 and "Redis answers nothing" in said[0] and "resume it then" in said[0], err
+    op_id = said[0].split("operation ")[1].split()[0]
+    time.sleep(1.5)  # its lease runs out: the next command finds it interrupted
+    r = zygote.run(["--store", url, "resume", op_id], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"sum": 44850' in r.stdout, r.stdout

@@ -217,6 +217,8 @@ class RedisLink:
         self.reconnects = 0
         """How many times the connection came back after an outage (a restarted Redis may be empty)."""
         self.on_reconnect: Callable[[], None] | None = None
+        self._waiting: dict[object, float] = {}
+        """When each call under way began (monotonic), retries included: ``unanswered_for``."""
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._busy = 0
         """Requests holding a slot now."""
@@ -437,6 +439,13 @@ class RedisLink:
             return False
         return not _CONNECTING.search(str(e))
 
+    def unanswered_for(self) -> float:
+        """Seconds the oldest call under way has waited for Redis, its retries included (0: none waits): a
+        frozen Redis answers nothing, and each call gives up only after ``retry_for``."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, time.monotonic() - min(self._waiting.values()))
+
     async def call(
         self,
         fn: Callable[[Any], Awaitable[T]],
@@ -462,6 +471,24 @@ class RedisLink:
         if writes is None:
             writes = bool(what) and not what.startswith(_READS)
         start = time.monotonic()
+        token = object()
+        self._waiting[token] = start
+        try:
+            return await self._call(fn, client, what, source, writes, reached, start)
+        finally:
+            del self._waiting[token]
+
+    async def _call(
+        self,
+        fn: Callable[[Any], Awaitable[T]],
+        client: Any,
+        what: str,
+        source: str | None,
+        writes: bool,
+        reached: Sent | None,
+        start: float,
+    ) -> T:
+        """``call``'s tries (see there)."""
         down = self._down_since
         long_down = down is not None and start - down >= self.retry_for
         deadline = start if long_down else start + self.retry_for

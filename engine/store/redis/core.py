@@ -97,6 +97,13 @@ class RedisCore:
         """False while Redis cannot be reached (writes are being retried)."""
         return self.link.connected
 
+    unanswered_because = "Redis answers nothing: stopped, or the network to it down"
+    """What keeps a call of this store from answering for long (said when a process leaves without it)."""
+
+    def unanswered_for(self) -> float:
+        """Seconds the oldest call under way has waited for Redis (the engine's way out on a hung store)."""
+        return self.link.unanswered_for()
+
     async def _script(self, name: str, keys: list[str], args: list[Any] | Callable[[], list[Any]], what: str) -> Any:
         return await self.link.script(self._scripts[name], keys, args, what)
 

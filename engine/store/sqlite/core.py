@@ -142,6 +142,9 @@ class SqliteCore:
             raise StoreError(f"state dir {self.state_dir}: the store is not open")
         return self._worker
 
+    unanswered_because = "a write waiting on its disk, or on another process's lock"
+    """What keeps a call of this store from answering for long (said when a process leaves without it)."""
+
     def unanswered_for(self) -> float:
         """Seconds the store's thread has been inside what it does now (0: it waits for work, or the store is
         closed): a write held up by its disk (an fsync that does not return) or by another process's lock."""
