@@ -472,77 +472,71 @@ class RedisLink:
             writes = bool(what) and not what.startswith(_READS)
         start = time.monotonic()
         token = object()
-        self._waiting[token] = start
+        self._waiting[token] = start  # unanswered_for
         try:
-            return await self._call(fn, client, what, source, writes, reached, start)
+            down = self._down_since
+            long_down = down is not None and start - down >= self.retry_for
+            deadline = start if long_down else start + self.retry_for
+            delay = 0.05
+            unanswered = False
+            """A try of this write may have reached Redis and got no reply: its outcome is unknown."""
+            while True:
+                sent = time.monotonic()
+                try:
+                    result = await self.call_once(fn, client, DOWN_PROBE if long_down else None)
+                except (RedisError, OSError) as e:
+                    if not self._transient(e):
+                        if unanswered:  # refused now, but an earlier try may have been applied
+                            raise OutcomeUnknown(f"{self.error(e, source)}; {what}: {UNKNOWN}") from None
+                        raise self.error(e, source) from None
+                    unanswered = unanswered or (
+                        writes and (reached.sent if reached is not None else self._maybe_sent(e))
+                    )
+                    if self._down_since is None:
+                        self._down_since = sent
+                    now = time.monotonic()
+                    if self.connected:
+                        self.connected = False
+                        self._why = self._scrub(_reason(e))
+                    if not self._said and (
+                        sent - self._back_at >= FLAPPING or now - min(start, self._down_since) >= DROP_SAID
+                    ):
+                        self._say_drops()
+                        self._said = True
+                        log.warning(
+                            "redis %s: connection lost (%s); retrying for up to %gs",
+                            self.where,
+                            self._why,
+                            self.retry_for,
+                        )
+                    if now + delay > deadline:
+                        down_for = (
+                            f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
+                        )
+                        cause = f"{down_for} ({self._scrub(_reason(e))})"
+                        if unanswered:
+                            raise OutcomeUnknown(f"{cause}; {what}: {UNKNOWN}") from None
+                        raise StoreError(f"{cause}; {what} not done") from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self._down_since = None
+                if not self.connected:
+                    self.connected = True
+                    self.reconnects += 1
+                    self._back_at = time.monotonic()
+                    if self._said:
+                        self._said, self._said_back_at = False, self._back_at
+                        log.warning("redis %s: connected again", self.where)
+                    else:
+                        self._drops.append(self._back_at)  # part of the outage said before (FLAPPING)
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
+                elif self._drops and time.monotonic() - self._back_at >= FLAPPING:
+                    self._say_drops()
+                return result
         finally:
             del self._waiting[token]
-
-    async def _call(
-        self,
-        fn: Callable[[Any], Awaitable[T]],
-        client: Any,
-        what: str,
-        source: str | None,
-        writes: bool,
-        reached: Sent | None,
-        start: float,
-    ) -> T:
-        """``call``'s tries (see there)."""
-        down = self._down_since
-        long_down = down is not None and start - down >= self.retry_for
-        deadline = start if long_down else start + self.retry_for
-        delay = 0.05
-        unanswered = False
-        """A try of this write may have reached Redis and got no reply: its outcome is unknown."""
-        while True:
-            sent = time.monotonic()
-            try:
-                result = await self.call_once(fn, client, DOWN_PROBE if long_down else None)
-            except (RedisError, OSError) as e:
-                if not self._transient(e):
-                    if unanswered:  # refused now, but an earlier try may have been applied
-                        raise OutcomeUnknown(f"{self.error(e, source)}; {what}: {UNKNOWN}") from None
-                    raise self.error(e, source) from None
-                unanswered = unanswered or (writes and (reached.sent if reached is not None else self._maybe_sent(e)))
-                if self._down_since is None:
-                    self._down_since = sent
-                now = time.monotonic()
-                if self.connected:
-                    self.connected = False
-                    self._why = self._scrub(_reason(e))
-                if not self._said and (
-                    sent - self._back_at >= FLAPPING or now - min(start, self._down_since) >= DROP_SAID
-                ):
-                    self._say_drops()
-                    self._said = True
-                    log.warning(
-                        "redis %s: connection lost (%s); retrying for up to %gs", self.where, self._why, self.retry_for
-                    )
-                if now + delay > deadline:
-                    down_for = f"redis {self.where}: unreachable for {max(now - self._down_since, self.retry_for):.0f}s"
-                    cause = f"{down_for} ({self._scrub(_reason(e))})"
-                    if unanswered:
-                        raise OutcomeUnknown(f"{cause}; {what}: {UNKNOWN}") from None
-                    raise StoreError(f"{cause}; {what} not done") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            self._down_since = None
-            if not self.connected:
-                self.connected = True
-                self.reconnects += 1
-                self._back_at = time.monotonic()
-                if self._said:
-                    self._said, self._said_back_at = False, self._back_at
-                    log.warning("redis %s: connected again", self.where)
-                else:
-                    self._drops.append(self._back_at)  # part of the outage said before (FLAPPING)
-                if self.on_reconnect is not None:
-                    self.on_reconnect()
-            elif self._drops and time.monotonic() - self._back_at >= FLAPPING:
-                self._say_drops()
-            return result
 
     def _say_drops(self) -> None:
         """Say the drops counted since the connection came back (``FLAPPING``), once it stays up, or before
