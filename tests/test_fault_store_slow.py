@@ -207,7 +207,7 @@ def test_a_live_view_ended_by_a_hung_store_gives_the_terminal_back(cli: Cli, tmp
     assert echo, "the terminal's echo was left off"
 
 
-@pytest.mark.parametrize("leaving", ["at the store's limit", "on q again"])
+@pytest.mark.parametrize("leaving", ["at the store's limit", "on q again", "on SIGTERM again"])
 def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_terminal_back(
     cli: Cli, tmp_path: Path, leaving: str
 ) -> None:
@@ -238,13 +238,19 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     reader.start()
     try:
         until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
-        os.write(master, b"q")
-        until(lambda: b"still runs in this dashboard" in out, 30, every=0.05, what="the quit dialog")
-        os.write(master, b"p")
-        if leaving == "on q again":
+        if leaving == "on SIGTERM again":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.write(master, b"q")
+            until(lambda: b"still runs in this dashboard" in out, 30, every=0.05, what="the quit dialog")
+            os.write(master, b"p")
+        if leaving != "at the store's limit":
             until(lambda: b"quitting: stopping 1 running operation" in out, 30, every=0.05, what="the quit said")
             time.sleep(3)  # the store not answering for 3 s: the way out is exit 8
-            os.write(master, b"q")
+            if leaving == "on q again":
+                os.write(master, b"q")
+            else:
+                proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 8, bytes(out[-3000:])
         modes = termios.tcgetattr(master)[3]
         reader.join(5)
@@ -255,7 +261,7 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     back = out.rfind(b"\x1b[?1049l")  # the main screen again
     assert back > out.rfind(b"\x1b[?1049h") >= 0, bytes(out[-3000:])
     assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l"), bytes(out[-3000:])
-    said = out.find(b"has not answered for" if leaving == "at the store's limit" else b"quit at once")
+    said = out.find(b"has not answered for" if leaving == "at the store's limit" else b"quit at once (")
     assert said > back and b"resume" in out[said:], bytes(out[-3000:])
     _resumes_to_the_right_sum(cli)
 

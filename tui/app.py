@@ -270,6 +270,8 @@ class OutlastApp(App[int]):
 
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
+        if self.stopping is not None:  # asked again while the stop waits: as q again
+            self._leave_now(f"{signal.Signals(sig).name} again", 128 + sig)
         why = "the dashboard was asked to stop (SIGTERM)"
         work = self._hang_up if sig == signal.SIGHUP else functools.partial(self._quit_now, why)
         self._work(work, "quit", "quitting", exclusive=True)
@@ -786,11 +788,12 @@ class OutlastApp(App[int]):
             self.unwritten_at_exit = [labels.get(i, i) for i, status in stopped.items() if status is None]
             self.stopping = None
 
-    def _leave_now(self) -> NoReturn:
-        """q again while the quit waits on the store or on a handler slow to reach its checkpoint: leave at once,
-        as a SIGKILL would cost (the items since each one's newest checkpoint written): the terminal back, one
-        line naming what was left and how to go on, exit 8 when the store was not answering, else 130. Leaving
-        through Textual's exit blanked the screen, then waited on the same store, and exited 0 saying nothing."""
+    def _leave_now(self, by: str = "q again", code: int = 128 + signal.SIGINT) -> NoReturn:
+        """q (or a stop signal) again while the quit waits on the store or on a handler slow to reach its
+        checkpoint: leave at once, as a SIGKILL would cost (the items since each one's newest checkpoint
+        written): the terminal back, one line naming what was left and how to go on, exit 8 when the store was
+        not answering, else ``code``. Leaving through Textual's exit blanked the screen, then waited on the same
+        store, and exited 0 saying nothing."""
         assert self.stopping is not None
         labels = self.stopping[0]
         left = [label for op_id, label in labels.items() if op_id in self.engine.running_ids] or list(labels.values())
@@ -798,16 +801,16 @@ class OutlastApp(App[int]):
         stuck = self.engine.health.since is not None or max(unanswered(), self.store_waited()) >= SLOW_STORE
         them = "it" if len(left) == 1 else "them"
         line = (
-            f"outlast: quit at once (q again): {len(left)} operation{'s' if len(left) != 1 else ''} left as the store"
+            f"outlast: quit at once ({by}): {len(left)} operation{'s' if len(left) != 1 else ''} left as the store"
             f" has {them}: {', '.join(left)}; the next outlast process finds {them} interrupted, then"
             f" `{self.command('resume', 'ID')}` goes on from the last checkpoint"
             if left
-            else "outlast: quit at once (q again)"
+            else f"outlast: quit at once ({by})"
         )
         self._give_terminal_back()
         with contextlib.suppress(Exception):
             print(fmt.printable(line), file=sys.__stderr__, flush=True)
-        os._exit(ExitCode.STORE if stuck else 128 + signal.SIGINT)
+        os._exit(ExitCode.STORE if stuck else code)
 
     def _give_terminal_back(self) -> None:
         """Before an exit that does not unwind: the terminal as it was before the dashboard (the main screen,
