@@ -162,6 +162,26 @@ def test_a_third_stop_signal_leaves_at_once_whatever_the_stop_waits_on(cli: Cli,
     _resumes_to_the_right_sum(cli)
 
 
+def test_a_change_stopped_while_the_disk_does_not_answer_says_its_outcome_is_not_known(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """``outlast pause ID`` on a disk whose commit does not return: Ctrl-C twice ended it with "outlast: stopped",
+    which reads as "not paused" of a pause the store may have taken. It says that nobody knows, and where to look."""
+    op_id = cli("submit", "demo").stdout.strip()
+    env = {**_slow(cli, tmp_path, 120), "OUTLAST_TEST_SLOW_MATCH": "COMMIT"}
+    pause = Proc([*PLUGIN, "pause", op_id], env)
+    cli.procs.append(pause)
+    until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="the pause's commit held up")
+    pause.signal(signal.SIGINT)  # the first: the write under way is waited for
+    time.sleep(0.5)
+    pause.signal(signal.SIGINT)
+    assert pause.wait(30) == 130, pause.out + pause.err
+    assert [ln for ln in pause.err if ln] == [  # click ends the terminal's "^C" line first
+        "outlast: stopped before the store answered: whether the pause was done is not known (outlast show ID, or ls,"
+        " tells)"
+    ], pause.err
+
+
 async def test_a_write_beside_slow_commits_gets_its_turn(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

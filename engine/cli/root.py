@@ -130,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         _error(f"outlast: error: {e.format_message()}")
         code = ExitCode.USAGE
     except (click.Abort, KeyboardInterrupt):
-        fmt.echo("outlast: stopped", err=True)
+        command = _command(sys.argv[1:] if argv is None else argv)
+        if command in CHANGES:  # stopped while it waited on the store (a hung disk): it may have been done
+            said = f"whether the {command} was done is not known (outlast show ID, or ls, tells)"
+            fmt.echo(f"outlast: stopped before the store answered: {said}", err=True)
+        else:
+            fmt.echo("outlast: stopped", err=True)
         code = ExitCode.WATCH_STOPPED
     except fmt.ReaderGone:  # nothing said: what would read it is gone, and stderr may be the same pipe
         code = ExitCode.READER_GONE
@@ -157,6 +162,24 @@ def main(argv: list[str] | None = None) -> None:
     if threads is not None:
         threads.exit_now_if_blocked(int(code))
     sys.exit(int(code))
+
+
+CHANGES = frozenset({"cancel", "pause", "priority", "rm", "clean", "submit", "rerun"})
+"""The commands that change the store and return once it answered (``run``, ``resume`` and ``worker`` handle
+their signals themselves)."""
+
+_VALUED = frozenset({"--state-dir", "--store", "--config", "--plugin"})
+
+
+def _command(args: list[str]) -> str | None:
+    """The command named in ``args``: the first word that is no global option nor its value."""
+    words = iter(args)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _error(line: str) -> None:
