@@ -159,6 +159,9 @@ class Engine:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._suspender = Suspender(self.store)
         self._signal_count = 0
+        self.signalled = asyncio.Event()
+        """Set by the first stop signal (``stop_for_signal``): for a face with nothing of its own to stop (a
+        watcher), which leaves at once rather than after what it awaits from the store."""
         self._signals_here = 0
         """Signals seen by ``_on_signal_now`` (at once); ``_signal_count``: by the loop, when it turns."""
         self._broken_in = 0
@@ -392,6 +395,7 @@ class Engine:
         server): take no more work and stop running work at a safe point, paused, or queued again by an engine
         with auto_resume that runs the queue; a second one forces the stop."""
         self._signal_count += 1
+        self.signalled.set()
         log.info(
             "signal %s: %s running operations with a checkpoint",
             signal.Signals(sig).name,

@@ -7,6 +7,7 @@ Without redis-server on PATH the Redis tests are skipped, unless OUTLAST_REQUIRE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -93,6 +94,17 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis stopped with SIGSTOP (a suspended VM, a debugger): it answers nothing, its socket takes what is
+        sent; thawed (SIGCONT) on the way out."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     async def up_for(self, seconds: int) -> None:
         """Until Redis has been up ``seconds``: a store's look for orphans trusts no missing lease before its

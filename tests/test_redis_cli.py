@@ -324,6 +324,30 @@ def test_show_and_ls_say_the_process_of_work_killed_here_is_gone_before_its_leas
         cli.close()
 
 
+def _stopped_while_frozen(
+    server: RedisServer,
+    args: list[str],
+    env: dict[str, str],
+    ready: Callable[[subprocess.Popen[str]], None],
+    frozen_for: float,
+) -> tuple[int, str]:
+    """``outlast ARGS`` started, waited for (``ready``), Redis frozen, Ctrl-C ``frozen_for`` seconds later: the
+    exit code and stderr (Redis thawed, the process killed if it is still there after 30 s)."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = zygote.popen(args, env=env, cwd=REPO, stdin=subprocess.DEVNULL, text=True, **pipes)
+    try:
+        ready(proc)
+        with server.frozen():
+            time.sleep(frozen_for)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(30)
+        return code, proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_run_stopped_while_redis_is_frozen_exits_8_once_it_has_not_answered_for_the_outage_limit(
     redis_server: RedisServer, state_dir: Path
 ) -> None:
@@ -335,24 +359,12 @@ def test_a_run_stopped_while_redis_is_frozen_exits_8_once_it_has_not_answered_fo
     env = {**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO), "OUTLAST_STORE_OUTAGE_LIMIT": "2"}
     env.pop("OUTLAST_DEBUG", None)
     args = ["--store", url, "run", "demo", "-p", "items=300", "-p", "seconds=0.01", "--profile", "checkpoint_every=10"]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    run = zygote.popen(args, env=env, cwd=REPO, stdin=subprocess.DEVNULL, text=True, **pipes)
-    assert redis_server.proc is not None
-    try:
+
+    def checkpointing(run: subprocess.Popen[str]) -> None:
         assert run.stdout is not None and "submitted" in run.stdout.readline()
         time.sleep(0.5)  # checkpoints written
-        os.kill(redis_server.proc.pid, signal.SIGSTOP)
-        try:
-            time.sleep(0.3)
-            run.send_signal(signal.SIGINT)
-            code = run.wait(30)
-        finally:
-            os.kill(redis_server.proc.pid, signal.SIGCONT)
-        err = run.stderr.read()  # type: ignore[union-attr]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+
+    code, err = _stopped_while_frozen(redis_server, args, env, checkpointing, 0.3)
     assert code == ExitCode.STORE, (code, err)
     said = [ln for ln in err.splitlines() if "has not answered for" in ln]
     assert len(said) == 1 and "Redis answers nothing" in said[0] and "resume it then" in said[0], err
@@ -361,3 +373,19 @@ def test_a_run_stopped_while_redis_is_frozen_exits_8_once_it_has_not_answered_fo
     r = zygote.run(["--store", url, "resume", op_id], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"sum": 44850' in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("follow", [["watch"], ["logs", "-f"]])
+def test_a_watcher_stopped_while_redis_is_frozen_stops_at_once(
+    redis_server: RedisServer, state_dir: Path, follow: list[str]
+) -> None:
+    """``outlast watch ID`` (and ``logs -f``) runs nothing: Ctrl-C stops watching. With a Redis stopped by
+    SIGSTOP, the read under way retried for 30 s first, and the watcher stayed 8-40 s after Ctrl-C; it stops
+    within a second or two now, 130, saying it did not wait for the store."""
+    (op_id,) = submit(redis_server.url, 1)
+    env = {**os.environ, "OUTLAST_NAMESPACE": "cli", "PYTHONPATH": str(REPO)}
+    env.pop("OUTLAST_DEBUG", None)
+    args = ["--store", redis_server.url, *follow, op_id]
+    code, err = _stopped_while_frozen(redis_server, args, env, lambda _: time.sleep(1.5), 1.0)  # a read under way
+    assert code == 130, (code, err)
+    assert "stopped watching without waiting for the store, which has not answered" in err, err

@@ -9,10 +9,8 @@ that retried ran the work twice. What was never sent (Redis refusing connections
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -39,16 +37,6 @@ async def _engine(server: RedisServer, settings: Settings) -> AsyncIterator[Engi
         yield engine
 
 
-@contextmanager
-def _frozen(server: RedisServer) -> Iterator[None]:
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
 async def test_a_submit_redis_did_not_answer_is_unknown_with_where_to_look_and_it_lands(
     redis_server: RedisServer, settings: Settings
 ) -> None:
@@ -57,7 +45,7 @@ async def test_a_submit_redis_did_not_answer_is_unknown_with_where_to_look_and_i
     async with _engine(redis_server, settings) as engine:
         app = create_app(engine)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
-            with _frozen(redis_server):
+            with redis_server.frozen():
                 r = await http.post("/api/operations", json={"type": "ledger", "name": "during-freeze"})
             assert r.status_code == 503, r.text
             detail = r.json()["detail"]
@@ -76,7 +64,7 @@ async def test_the_command_line_says_how_to_look_for_a_submit_with_no_answer(
     redis_server: RedisServer, settings: Settings
 ) -> None:
     async with _engine(redis_server, settings) as engine:
-        with _frozen(redis_server), pytest.raises(SubmitUnknown) as caught:
+        with redis_server.frozen(), pytest.raises(SubmitUnknown) as caught:
             await submit_checked(engine, OperationSpec(type="ledger"), "outlast --store X")
         op_id = caught.value.operation_id
         assert str(caught.value).endswith(
@@ -90,7 +78,7 @@ async def test_what_cannot_have_been_applied_stays_not_done(redis_server: RedisS
     """A read with no reply, and a write never sent (Redis refusing connections), are "not done"."""
     async with _engine(redis_server, settings) as engine:
         (op,) = await engine.list_operations()
-        with _frozen(redis_server), pytest.raises(StoreError) as read:
+        with redis_server.frozen(), pytest.raises(StoreError) as read:
             await engine.get(op.id)
         assert str(read.value).endswith("reading records not done"), read.value
         assert not getattr(read.value, "outcome_unknown", False)

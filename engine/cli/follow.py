@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from ..engine import Engine, StoreUnwritable, store_failure
 from ..errors import StoreFailed, StoreRefused
@@ -28,6 +28,8 @@ from ..models import (
 )
 from . import format as fmt
 from .common import Mode, say_unmarked
+
+T = TypeVar("T")
 
 PIPE_EVERY = 1.0
 """Seconds between progress lines in a pipe (when the operation moved), whatever its type."""
@@ -175,6 +177,31 @@ class StoppedLook:
 
 class WatchStopped(Exception):
     """The user stopped watching (Ctrl-C) an operation that runs elsewhere."""
+
+
+SIGNAL_GRACE = 1.0
+"""Seconds a watcher's loop has, after a stop signal, to end by itself (it notices between two reads)."""
+
+
+async def unless_signalled(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
+    """``work``, or WatchStopped once a stop signal came and ``work`` has not ended by itself within
+    ``SIGNAL_GRACE``: a read waiting on a store that does not answer (a frozen Redis retries each call for
+    30 s) held a watcher's Ctrl-C up to 40 s, and a watcher has nothing of its own to stop or save."""
+    task = asyncio.ensure_future(work)
+    signalled = asyncio.ensure_future(engine.signalled.wait())
+    try:
+        await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=SIGNAL_GRACE)
+        if task.done():
+            return task.result()
+        task.cancel()  # its views and readers close on the way out (the terminal as it was)
+        await asyncio.wait({task}, timeout=SIGNAL_GRACE)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "not retrieved"
+        fmt.echo("outlast: stopped watching without waiting for the store, which has not answered", err=True)
+        raise WatchStopped()
+    finally:
+        signalled.cancel()
 
 
 class View(Protocol):

@@ -16,7 +16,7 @@ from . import format as fmt
 from .common import COUNT, App, json_option, pass_app, run_async, session
 
 if TYPE_CHECKING:
-    from ..models import Checkpoint, Operation
+    from ..models import Checkpoint, LogRecord, Operation
 
 
 def checkpoint_listing(cp: Any) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Ctrl-C stops watching (exit 130; SIGTERM 143, SIGHUP 129) and leaves them running.
     """
     with collector_paused():  # the engine's modules: imports
-        from .follow import PlainView, WatchStopped, follow, make_view, watch_many
+        from .follow import PlainView, WatchStopped, follow, make_view, unless_signalled, watch_many
         from .run import report_final
 
     mode = app.mode
@@ -193,11 +193,13 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
             try:
                 if len(ids) == 1:
                     view = PlainView(json_lines=True) if mode == "json" else make_view(mode, "Ctrl-C stops watching")
-                    finals = [await follow(engine, ids[0], view, local=False, prefix=app.command())]
+                    finals = [
+                        await unless_signalled(engine, follow(engine, ids[0], view, local=False, prefix=app.command()))
+                    ]
                     if mode in ("plain", "live"):  # how it ended and why, and how to resume it, as a run says
                         report_final(finals[0], mode, app.command())
                 else:
-                    finals = await watch_many(engine, list(dict.fromkeys(ids)) or None, mode)
+                    finals = await unless_signalled(engine, watch_many(engine, list(dict.fromkeys(ids)) or None, mode))
             except WatchStopped:  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
                 return code_for_stopped_watch(engine.stop_signal)
             except NotFound:
@@ -229,7 +231,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         import asyncio
 
         with collector_paused():  # the engine's modules: imports
-            from .follow import OrphanLook, rest_of_log
+            from .follow import OrphanLook, WatchStopped, rest_of_log, unless_signalled
 
         async with session(app.settings, reading=not follow_) as engine:
             full = await engine.resolve(op_id)
@@ -266,31 +268,36 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                 return ExitCode.OK
             engine.install_signal_handlers()
             fmt.end_when_reader_gone()  # `outlast logs -f ID | head -1` ends with head, as `tail -f | head` does
-            emit(records, app.json)
-            quiet_since = time.monotonic()
-            said = False
-            orphans = OrphanLook(engine, reading=True)
-            while True:
-                await orphans()
-                op = await engine.get(full)
-                records, offset = await engine.store.read_logs(full, offset)
+
+            async def follow_log(records: list[LogRecord], offset: int) -> int:
                 emit(records, app.json)
-                if records:
-                    quiet_since, said = time.monotonic(), False
-                if op.status in SETTLED:
-                    await rest_of_log(engine, full, offset, lambda records: emit(records, app.json))
-                    return code_for_status(op.status)
-                if engine.draining:
-                    return code_for_stopped_watch(engine.stop_signal)
-                if not said and time.monotonic() - quiet_since >= QUIET_NOTE and not app.quiet:
-                    # A quiet follow looked hung: say once what it waits for (stderr: stdout stays the log).
-                    fmt.echo(
-                        f"waiting for new log lines of {full} ({op.status.value}; exits when it settles, Ctrl-C stops)",
-                        err=True,
-                    )
-                    said = True
-                fmt.check_reader()
-                await asyncio.sleep(0.5)
+                quiet_since = time.monotonic()
+                said = False
+                orphans = OrphanLook(engine, reading=True)
+                while True:
+                    await orphans()
+                    op = await engine.get(full)
+                    records, offset = await engine.store.read_logs(full, offset)
+                    emit(records, app.json)
+                    if records:
+                        quiet_since, said = time.monotonic(), False
+                    if op.status in SETTLED:
+                        await rest_of_log(engine, full, offset, lambda records: emit(records, app.json))
+                        return code_for_status(op.status)
+                    if engine.draining:
+                        return code_for_stopped_watch(engine.stop_signal)
+                    if not said and time.monotonic() - quiet_since >= QUIET_NOTE and not app.quiet:
+                        # A quiet follow looked hung: say once what it waits for (stderr: stdout stays the log).
+                        waits = f"{op.status.value}; exits when it settles, Ctrl-C stops"
+                        fmt.echo(f"waiting for new log lines of {full} ({waits})", err=True)
+                        said = True
+                    fmt.check_reader()
+                    await asyncio.sleep(0.5)
+
+            try:
+                return await unless_signalled(engine, follow_log(records, offset))
+            except WatchStopped:
+                return code_for_stopped_watch(engine.stop_signal)
 
     return run_async(go())
 
