@@ -51,8 +51,21 @@ async def wait_taken(
         await asyncio.sleep(0.05)
 
 
-def taker(op: Operation) -> str:
-    """Who took ``op`` (not the runner started for it): ``worker host:pid``, or what became of it."""
-    if op.worker is not None and op.status is not Status.QUEUED:
+def claimed(op: Operation, queued_epoch: int | None = None) -> bool:
+    """Whether a process claimed ``op`` since it was queued (it runs it, or ran it and it settled), ``queued_epoch``
+    being its epoch then, when known (each claim moves it on); else whether it runs, or its last attempt started
+    after it was queued. Paused or cancelled while still queued, it was claimed by nobody, though its record still
+    names the process of its attempt before (long gone, often): that one did not take it."""
+    if op.worker is None or op.status is Status.QUEUED:
+        return False
+    if queued_epoch is not None:
+        return op.epoch > queued_epoch
+    return op.status is Status.RUNNING or (op.started_at is not None and op.started_at >= op.queued_at)
+
+
+def taker(op: Operation, queued_epoch: int | None = None) -> str:
+    """Who took ``op`` (not the runner started for it): ``worker host:pid``, or what became of it (``queued_epoch``:
+    as for ``claimed``)."""
+    if claimed(op, queued_epoch):
         return f"worker {op.worker}"
     return f"another command ({op.status.value})"

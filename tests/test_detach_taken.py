@@ -59,3 +59,36 @@ async def test_hand_over_names_the_worker_that_took_the_work_first(state_dir: Pa
         assert done.worker is not None and done.worker.pid == worker.popen.pid
     worker.kill()
     assert not alive(worker.popen.pid)
+
+
+def test_resume_detach_of_work_stopped_by_another_command_meanwhile_names_no_worker(cli: Cli) -> None:
+    """A resume queued for its background process, then paused (or cancelled) by another command before that
+    process claimed it: nobody took it. The record still names the process of its last attempt, long gone, and
+    the command said that one had taken it ("taken by worker HOST:PID meanwhile ...; follow with: outlast watch"),
+    in --json too, and so did the runner's log."""
+    first = cli.start("run", "demo", "-p", "items=400", "-p", "seconds=0.02")
+    op_id = first.wait_line(lambda ln: " demo " in ln).split()[1]
+    until(lambda: cli.op(op_id).progress.done >= 3, 30, what="a few items done")
+    assert cli("pause", op_id).returncode == 0
+    assert first.wait(30) == 6
+    gone = cli.op(op_id).worker
+    assert gone is not None and gone.pid == first.popen.pid
+    log = cli.state_dir / "detached" / f"{op_id}.log"
+    for n, (json_, action, status) in enumerate(
+        [(True, "pause", Status.PAUSED), (False, "pause", Status.PAUSED), (True, "cancel", Status.CANCELLED)], 1
+    ):
+        # Its runner sleeps 2 s before its claim: the other command lands while the resume waits for it.
+        resume = cli.start(*SLOW, *(["--json"] if json_ else []), "resume", op_id, "--detach")
+        until(lambda: cli.op(op_id).status is Status.QUEUED, 30, what="the resume queued")
+        assert cli(action, op_id).returncode == 0
+        assert resume.wait(30) == 0, resume.err
+        err = "\n".join(resume.err)
+        if json_:
+            said = json.loads("\n".join(resume.out))
+            assert said["id"] == op_id and said["pid"] is None, said
+            assert said["taken_by"] == f"another command ({status.value})", said
+        else:
+            assert "taken by" not in err and f"{status.value} by another command meanwhile" in err, err
+        assert cli.op(op_id).status is status
+        until(lambda: log.read_text().count("not run here") == n, 30, what="the runner's line")  # noqa: B023
+        assert f"worker {gone} took" not in log.read_text(), log.read_text()

@@ -197,7 +197,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     if detach:
         runner = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
         how = "running" if waiting else "resuming"
-        return say_detached(app.settings, op.id, runner, app.json, app.quiet, app.command(), how)
+        return say_detached(app.settings, op, runner, app.json, app.quiet, app.command(), how)
     if app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
     elif not app.quiet:

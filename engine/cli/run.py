@@ -278,16 +278,25 @@ async def detached_outcome(settings: Settings, op_id: str, runner: subprocess.Po
 
 
 def say_detached(
-    settings: Settings, op_id: str, runner: subprocess.Popen[bytes], json: bool, quiet: bool, prefix: str, how: str
+    settings: Settings,
+    queued: Operation,
+    runner: subprocess.Popen[bytes],
+    json: bool,
+    quiet: bool,
+    prefix: str,
+    how: str,
 ) -> ExitCode:
-    """Start nothing more: say who runs ``op_id``, queued for the ``runner`` just started (``how``: "running"
-    or "resuming"). A worker already running on the store may have claimed it first: then the runner
+    """Start nothing more: say who runs ``queued`` (its record as queued for the ``runner`` just started; ``how``:
+    "running" or "resuming"). A worker already running on the store may have claimed it first: then the runner
     found nothing to do and exited, and its pid (printed as the one to follow or kill) named no process.
-    A runner that exited without it being taken (a plugin that fails to load, a store it could not open)
-    is an error naming its log; the operation stays queued."""
-    from ..handoff import run_by, taker
+    Another command may have paused or cancelled it first: then nobody took it (its record still names the
+    process of its attempt before, which was said to have taken it). A runner that exited without it being
+    taken (a plugin that fails to load, a store it could not open) is an error naming its log; the operation
+    stays queued."""
+    from ..handoff import claimed, run_by, taker
     from .common import run_async
 
+    op_id = queued.id
     op = run_async(detached_outcome(settings, op_id, runner))
     pid = runner.pid
     follow_ = f"{prefix} watch {op_id}"
@@ -302,14 +311,20 @@ def say_detached(
         )
         return ExitCode.FAILED
     ours = op.status is Status.QUEUED or run_by(op, pid)  # still queued: it waits for a slot, alive
-    by = None if ours else taker(op)
+    by = None if ours else taker(op, queued.epoch)
     if json:
         fmt.echo(fmt.dumps({"id": op_id, "pid": pid if ours else None, **({"taken_by": by} if by else {})}))
         return ExitCode.OK
     fmt.echo(op_id)
     if quiet:
         return ExitCode.OK
-    if by is not None:
+    if by is not None and not claimed(op, queued.epoch):
+        fmt.echo(
+            f"{op.status.value} by another command meanwhile, before the background process this command started"
+            f" (pid {pid}) took it: it found nothing to do; see: {prefix} show {op_id}",
+            err=True,
+        )
+    elif by is not None:
         fmt.echo(
             f"taken by {by} meanwhile, not by the background process this command started (pid {pid}: it"
             f" found nothing to do); follow with: {follow_}",
@@ -358,17 +373,19 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
     command with the global options it was given, for the hints it writes there)."""
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
+        queued = await engine.get(op_id)
         try:
             await claim_here(engine, op_id, f"{prefix} slots")
         except Conflict as e:
-            from ..handoff import taker
+            from ..handoff import claimed, taker
 
             why = str(e)
             op = await engine.get(op_id)
-            if op.worker is not None and op.status is not Status.QUEUED and op.worker != engine.worker:
+            epoch = queued.epoch if queued.status is Status.QUEUED else None
+            if claimed(op, epoch) and op.worker != engine.worker:
                 # Claimed first by a worker already running on the store: it runs it, and this process,
                 # whose pid the command that started it may have printed, is gone.
-                why = f"{taker(op)} took {op_id} first ({op.status.value}); follow with: {prefix} watch {op_id}"
+                why = f"{taker(op, epoch)} took {op_id} first ({op.status.value}); follow with: {prefix} watch {op_id}"
             fmt.echo(f"{fmt.clock(time.time())} not run here: {why}")
             return ExitCode.CONFLICT
         # Status and progress only: echoed here too, the operation's log lines grew this file without

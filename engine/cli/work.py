@@ -133,7 +133,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     if detach:
         detach_dir(app.settings)  # before anything is stored
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
-        return _detach(app, op.id)
+        return _detach(app, op)
     return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
 
@@ -175,7 +175,7 @@ def rerun(app: App, op_id: str, params: tuple[str, ...], profile: tuple[str, ...
         if queue:
             fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
             return ExitCode.OK
-        return _detach(app, op.id)
+        return _detach(app, op)
     return run_async(run_foreground(app.settings, app.mode, spec=spec, prefix=app.command()))
 
 
@@ -208,12 +208,12 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
         raise InvalidInput(f"operation spec: {one_line(e)}") from None
 
 
-def _detach(app: App, op_id: str) -> int:
+def _detach(app: App, queued: Operation) -> int:
     with collector_paused():  # the engine's modules: imports
         from .run import say_detached, spawn_detached
 
-    runner = spawn_detached(app.settings, app.prepare_child(), op_id, app.command())
-    return say_detached(app.settings, op_id, runner, app.json, app.quiet, app.command(), "running")
+    runner = spawn_detached(app.settings, app.prepare_child(), queued.id, app.command())
+    return say_detached(app.settings, queued, runner, app.json, app.quiet, app.command(), "running")
 
 
 @click.command()
