@@ -344,8 +344,18 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
                         continue
                     try:
                         await engine.remove(op.id)
+                    except NotFound:
+                        # Removed since the listing by another command (a clean at the same time, an rm): what
+                        # was asked, not an error; and gone from the listing, not kept in it.
+                        continue
                     except OutlastError as e:  # resumed since the listing: it is not finished any more
-                        kept += 1
+                        try:
+                            listed = (await engine.get(op.id)).status in wanted
+                        except NotFound:
+                            listed = False
+                        except OutlastError:
+                            listed = True  # as it was
+                        kept += listed  # still listed: the next page begins after it
                         said(op.id, e)
                     else:
                         said(op.id, None)
