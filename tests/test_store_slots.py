@@ -343,3 +343,34 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
                 p.kill()
     finally:
         await holder.close()
+
+
+async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operation(tmp_path: Path) -> None:
+    """``outlast run`` waiting for a store slot, its operation paused or cancelled meanwhile by another command
+    (``outlast pause ID`` from a script that saw it queued): the run said "was taken by a running worker;
+    following it there", though no worker had it, then "paused at 0 items". It says what another command did."""
+    target = Target("sqlite", tmp_path / "t", None)
+    holder = target.store()
+    await holder.open()
+    try:
+        await holder.set_slots(1)
+        async with target.engine() as engine:
+            await submit(engine, 1, **LONG)
+        assert await holder.claim(W, 1e10, 300.0) is not None  # the one slot held
+        args = [*target.args(), "--plugin", "tests.ops_for_tests", "run", "ledger", "-p", "items=3"]
+        for action, code in (("pause", 6), ("cancel", 4)):
+            run = Proc(args, target.env)
+            try:
+                await until(partial(waits, run), timeout=30)
+                op_id = next(ln.split()[1] for ln in run.out if "submitted" in ln)
+                done = await asyncio.to_thread(Proc([*target.args(), action, op_id], target.env).wait, 30)
+                assert done == 0
+                assert await asyncio.to_thread(run.wait, 30) == code, run.err
+                said = "\n".join(run.err)
+                assert "taken by" not in said, said
+                status = "paused" if action == "pause" else "cancelled"
+                assert f"{op_id} was {status} by another command before it started here" in said, said
+            finally:
+                run.kill()
+    finally:
+        await holder.close()

@@ -78,7 +78,16 @@ async def run_foreground(
         except Conflict:
             local = False  # a worker claimed it first: follow it there
             if mode != "quiet":
-                fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
+                from ..handoff import claimed
+
+                try:
+                    now: Operation | None = await engine.get(op.id)
+                except OutlastError:
+                    now = None  # follow says what it can read
+                if now is None or claimed(now, op.epoch) or now.status not in SETTLED:
+                    fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
+                else:  # paused or cancelled while it waited (for a slot): nobody took it
+                    fmt.echo(f"{op.id} was {now.status.value} by another command before it started here", err=True)
         except Exception:
             if spec is not None:  # queued by this command, which could not start it (ulimit -n 9): taken back,
                 # or a worker would run it later, unasked, and the run typed again after the fix a second time
