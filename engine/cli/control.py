@@ -21,6 +21,7 @@ from . import format as fmt
 from .common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, run_async, session
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..models import Operation
 
 
@@ -184,6 +185,15 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         )
     if detach:
         detach_dir(app.settings)  # before anything is stored
+    if waiting is None:
+        try:
+            op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
+        except Conflict:
+            # Resumed by another command since the look above (two resumes at once): queued, as this one would
+            # have left it, and as it is when found so at that look. Not when a checkpoint or a profile was asked
+            # for: the other resume did not apply them.
+            if seq is not None or overrides or (waiting := run_async(queued_now(app.settings, full))) is None:
+                raise
     if waiting is not None:
         op = waiting
         if queue:
@@ -192,8 +202,6 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
             elif not app.quiet:
                 fmt.echo(f"{op.id} is already queued; a running `{app.command('worker')}` picks it up")
             return ExitCode.OK
-    else:
-        op = run_async(submit_or_resume(app.settings, None, full, seq, overrides))
     if detach:
         runner = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
         how = "running" if waiting else "resuming"
@@ -203,6 +211,13 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     elif not app.quiet:
         fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")
     return ExitCode.OK
+
+
+async def queued_now(settings: Settings, op_id: str) -> Operation | None:
+    """The record of ``op_id`` if it is queued now (resumed by another command meanwhile), else None."""
+    async with session(settings, recover=False) as engine:
+        op = await engine.get(op_id)
+    return op if op.status is Status.QUEUED else None
 
 
 @click.command()

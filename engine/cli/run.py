@@ -68,7 +68,19 @@ async def run_foreground(
             op = await submit_checked(engine, spec, prefix)
         else:
             assert op_id is not None
-            op = await engine.get(op_id) if queued else await engine.resume(op_id, checkpoint, profile)
+            if queued:
+                op = await engine.get(op_id)
+            else:
+                try:
+                    op = await engine.resume(op_id, checkpoint, profile)
+                except Conflict:
+                    # Resumed by another command since the caller looked (two resumes at once, a worker's
+                    # auto_resume): queued, as this resume would have left it, and run as it is, as when found
+                    # so at that look; not when a checkpoint or profile was asked for, which that one did not apply.
+                    op = await engine.get(op_id)
+                    if op.status is not Status.QUEUED or checkpoint is not None or profile:
+                        raise
+                    queued = True
         if mode == "plain":
             how = "submitted" if spec is not None else "started" if queued else "resumed"  # not "submitted" each time
             fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} {how}: {PAUSE_HINT}; {prefix} resume {op.id}")
