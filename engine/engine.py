@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from .attempt import Attempt
 from .config import Settings, load_settings
 from .context import BrokenInto
-from .errors import KeyTaken, requested_unread
+from .errors import KeyTaken, StaleAttempt, requested_unread
 from .events import EventBus
 from .exitcodes import ExitCode
 from .lifecycle import ACTIONS, Action, StopReason, check_action
@@ -818,11 +818,19 @@ class Engine:
         return op
 
     async def set_priority(self, op_id: str, priority: Priority) -> Operation:
-        op = await self.store.get(validate_id(op_id))
-        check_action(Action.PRIORITY, op.status, op_id)
-        new = await self.store.update(op_id, priority=priority)
-        self._scheduler.wake()
-        return new
+        """Re-prioritise queued work. Fenced by the epoch read with its status: a claim that lands between the
+        two moves it on, and the change is refused as for work found running (it was written on the running
+        operation, and the command said it was done)."""
+        for _ in range(3):  # claimed, stopped and queued again meanwhile: looked at again
+            op = await self.store.get(validate_id(op_id))
+            check_action(Action.PRIORITY, op.status, op_id)
+            try:
+                new = await self.store.update(op_id, epoch=op.epoch, priority=priority)
+            except StaleAttempt:
+                continue
+            self._scheduler.wake()
+            return new
+        raise Conflict(f"operation {op_id} is changing hands: try again")
 
     async def remove(self, op_id: str) -> None:
         """Delete a settled operation with its checkpoints, item records and logs (its outputs stay).

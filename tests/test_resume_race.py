@@ -59,3 +59,21 @@ def test_a_resume_from_a_checkpoint_racing_another_is_still_refused(racing: CliA
     r = racing(*RACE, "resume", op_id, "--queue", "--profile", "stall_timeout=60", env=env)
     assert r.returncode == 7 and f"operation {op_id} is queued" in r.stderr, (r.returncode, r.stderr)
     assert racing.op(op_id).attempt == 2  # resumed once, by the other
+
+
+def test_priority_of_work_claimed_meanwhile_is_refused(racing: CliAt) -> None:
+    """``outlast priority ID high`` read the operation queued, then a process claimed it, then the priority was
+    written on the running operation and the command said "ID priority high", exit 0, where re-prioritising
+    running work is refused (exit 7), as it is when the command finds it running at its look."""
+    op_id = submit(racing, "ledger", {"items": 400, "seconds": 0.02})
+    try:
+        env = {**racing.env, "OUTLAST_TEST_PRIORITY_RACE": op_id}
+        r = racing(
+            "--plugin", "tests.ops_for_tests", "--plugin", "tests.priority_race", "priority", op_id, "high", env=env
+        )
+        op = racing.op(op_id)
+        assert op.status is Status.RUNNING, op.status
+        assert r.returncode == 7 and f"operation {op_id} is running" in r.stderr, (r.returncode, r.stdout, r.stderr)
+        assert op.priority.value == "normal"
+    finally:
+        racing("cancel", op_id)
