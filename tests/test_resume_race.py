@@ -51,6 +51,21 @@ def test_a_foreground_resume_racing_another_runs_it(racing: CliAt) -> None:
     assert op.status is Status.COMPLETED and op.attempt == 2, op
 
 
+def test_a_resume_racing_another_that_is_running_it_already_is_refused_as_running(racing: CliAt) -> None:
+    """As a resume of running work is (exit 7, "is running"), not "is queued" of what another process runs."""
+    op_id = submit(racing, "ledger", {"items": 400, "seconds": 0.02})
+    env = {**racing.env, "OUTLAST_TEST_RESUME_RACE": op_id, "OUTLAST_TEST_RESUME_RACE_HOW": "detach"}
+    try:
+        for how in ([], ["--queue"]):
+            assert racing("pause", op_id).returncode == 0
+            assert racing.op(op_id).status is Status.PAUSED
+            r = racing(*RACE, "resume", op_id, *how, env=env)
+            assert r.returncode == 7 and f"operation {op_id} is running" in r.stderr, (r.returncode, r.stderr)
+            assert racing.op(op_id).status is Status.RUNNING
+    finally:
+        racing("cancel", op_id)
+
+
 def test_a_resume_from_a_checkpoint_racing_another_is_still_refused(racing: CliAt) -> None:
     """The other resume went on from the newest checkpoint: the one asked for is not what runs (as when the
     operation is found queued at the first look: a checkpoint applies to a stopped operation)."""

@@ -192,8 +192,11 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
             # Resumed by another command since the look above (two resumes at once): queued, as this one would
             # have left it, and as it is when found so at that look. Not when a checkpoint or a profile was asked
             # for: the other resume did not apply them.
-            if seq is not None or overrides or (waiting := run_async(queued_now(app.settings, full))) is None:
+            now = run_async(now_of(app.settings, full))
+            if now.status is not Status.QUEUED or seq is not None or overrides:
+                check_action(Action.RESUME, now.status, full)  # as it is now (running: claimed already)
                 raise
+            waiting = now
     if waiting is not None:
         op = waiting
         if queue:
@@ -213,11 +216,10 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     return ExitCode.OK
 
 
-async def queued_now(settings: Settings, op_id: str) -> Operation | None:
-    """The record of ``op_id`` if it is queued now (resumed by another command meanwhile), else None."""
+async def now_of(settings: Settings, op_id: str) -> Operation:
+    """The record of ``op_id`` as it is now."""
     async with session(settings, recover=False) as engine:
-        op = await engine.get(op_id)
-    return op if op.status is Status.QUEUED else None
+        return await engine.get(op_id)
 
 
 @click.command()

@@ -18,7 +18,7 @@ from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..files import private_dir, private_opener
-from ..lifecycle import StopReason
+from ..lifecycle import Action, StopReason, check_action
 from ..models import (
     SETTLED,
     Conflict,
@@ -79,6 +79,7 @@ async def run_foreground(
                     # so at that look; not when a checkpoint or profile was asked for, which that one did not apply.
                     op = await engine.get(op_id)
                     if op.status is not Status.QUEUED or checkpoint is not None or profile:
+                        check_action(Action.RESUME, op.status, op_id)  # as it is now (running: claimed already)
                         raise
                     queued = True
         if mode == "plain":
@@ -90,13 +91,15 @@ async def run_foreground(
         except Conflict:
             local = False  # a worker claimed it first: follow it there
             if mode != "quiet":
-                from ..handoff import claimed
+                from ..handoff import claimed, taker
 
                 try:
                     now: Operation | None = await engine.get(op.id)
                 except OutlastError:
                     now = None  # follow says what it can read
-                if now is None or claimed(now, op.epoch) or now.status not in SETTLED:
+                if now is not None and claimed(now, op.epoch):  # named: another run or resume is no worker
+                    fmt.echo(f"{op.id} was taken by {taker(now, op.epoch)}; following it there", err=True)
+                elif now is None or now.status not in SETTLED:
                     fmt.echo(f"{op.id} was taken by a running worker; following it there", err=True)
                 else:  # paused or cancelled while it waited (for a slot): nobody took it
                     fmt.echo(f"{op.id} was {now.status.value} by another command before it started here", err=True)
