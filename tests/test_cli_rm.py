@@ -126,3 +126,25 @@ def test_clean_beside_another_remover_skips_nothing_and_blames_nobody(
     removed = [ln.split()[0] for ln in out.splitlines() if ln.endswith(" removed")]
     assert sorted(removed + other) == sorted(ops)
     assert not _ids(cli)
+
+
+def test_clean_beside_a_resume_passes_over_what_was_resumed(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancelled operation a person resumes while a cron job's clean removes the cancelled ones: no longer
+    finished, it is not the clean's to remove, as it would not have been listed a moment later. It was said as an
+    error ("operation ID is queued: ..."), exit 7, from a clean that did all it was asked. The resume is a real
+    `outlast resume --queue` run as this clean removes that operation."""
+    ops = [cli("-q", "submit", "demo").stdout.strip() for _ in range(3)]
+    for op in ops:
+        assert in_process(cli, "cancel", op)[0] == 0
+    real_remove, resumed = Engine.remove, []
+
+    async def remove(self: Engine, op_id: str) -> None:
+        if not resumed:
+            resumed.append(op_id)
+            assert cli("resume", op_id, "--queue").returncode == 0
+        await real_remove(self, op_id)
+
+    monkeypatch.setattr(Engine, "remove", remove)
+    code, _, err = in_process(cli, "clean")
+    assert code == 0 and "2 removed" in err and "outlast:" not in err, (code, err)
+    assert _ids(cli) == set(resumed)

@@ -365,14 +365,18 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
                         # Removed since the listing by another command (a clean at the same time, an rm): what
                         # was asked, not an error; and gone from the listing, not kept in it.
                         continue
-                    except OutlastError as e:  # resumed since the listing: it is not finished any more
+                    except OutlastError as e:
                         try:
                             listed = (await engine.get(op.id)).status in wanted
                         except NotFound:
                             listed = False
                         except OutlastError:
                             listed = True  # as it was
-                        kept += listed  # still listed: the next page begins after it
+                        if not listed:
+                            # Resumed since the listing (a person's `outlast resume`): not finished any more, so not
+                            # this clean's to remove, as a clean a moment later would not have listed it.
+                            continue
+                        kept += 1  # still listed: the next page begins after it
                         said(op.id, e)
                     else:
                         said(op.id, None)
