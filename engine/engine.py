@@ -644,11 +644,16 @@ class Engine:
         op = await self.store.get(op_id)
         check_action(action, op.status, op_id)
         target = StopReason(action.value).status
-        if op.status is not Status.RUNNING:
+        for _ in range(3):
+            if op.status is Status.RUNNING:
+                break
             try:
                 return await self._stopped_as_asked(op, target)
             except Conflict:
-                op = await self.store.get(op_id)  # claimed meanwhile: it is running now
+                # Changed meanwhile: claimed (running now), or resumed (a paused or interrupted one queued again by
+                # another command or a worker's auto_resume: refused as "queued: nothing to cancel", and it ran on,
+                # where a cancel of queued work cancels it). Asked again of what it is now.
+                op = await self.store.get(op_id)
                 check_action(action, op.status, op_id)
         if op.status is not Status.RUNNING:
             raise Conflict(f"operation {op_id} is {op.status.value}: nothing to {action.value}")

@@ -92,3 +92,15 @@ def test_priority_of_work_claimed_meanwhile_is_refused(racing: CliAt) -> None:
         assert op.priority.value == "normal"
     finally:
         racing("cancel", op_id)
+
+
+def test_cancel_of_stopped_work_resumed_meanwhile_cancels_it(racing: CliAt) -> None:
+    """``outlast cancel`` read the operation paused (or interrupted, as a worker's auto_resume queues it again),
+    then another command queued it: the cancel was refused, "operation ID is queued: nothing to cancel", exit 7,
+    and the work ran on, where a cancel of queued work cancels it (as it does when it finds it queued)."""
+    op_id = _paused(racing)
+    env = {**racing.env, "OUTLAST_TEST_CANCEL_RACE": op_id}
+    r = racing("--plugin", "tests.ops_for_tests", "--plugin", "tests.cancel_resume_race", "cancel", op_id, env=env)
+    assert r.returncode == 0 and f"{op_id} cancelled" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    op = racing.op(op_id)
+    assert op.status is Status.CANCELLED and op.attempt == 2  # the resume landed, then the cancel
