@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
-from tests.fixtures_cli import Cli, alive, until
+from tests.fixtures_cli import Cli, Proc, alive, until
 from tui.handover import handed_line
 
 SLOW = ("--plugin", "tests.slow_runner")
@@ -74,11 +74,13 @@ def test_resume_detach_of_work_stopped_by_another_command_meanwhile_names_no_wor
     gone = cli.op(op_id).worker
     assert gone is not None and gone.pid == first.popen.pid
     log = cli.state_dir / "detached" / f"{op_id}.log"
+    slow = {**cli.env, "OUTLAST_TEST_SLOW_RUNNER": "1"}
     for n, (json_, action, status) in enumerate(
         [(True, "pause", Status.PAUSED), (False, "pause", Status.PAUSED), (True, "cancel", Status.CANCELLED)], 1
     ):
-        # Its runner sleeps 2 s before its claim: the other command lands while the resume waits for it.
-        resume = cli.start(*SLOW, *(["--json"] if json_ else []), "resume", op_id, "--detach")
+        # Its runner sleeps 1 s before its claim: the other command lands while the resume waits for it.
+        resume = Proc([*SLOW, *(["--json"] if json_ else []), "resume", op_id, "--detach"], slow)
+        cli.procs.append(resume)
         until(lambda: cli.op(op_id).status is Status.QUEUED, 30, what="the resume queued")
         assert cli(action, op_id).returncode == 0
         assert resume.wait(30) == 0, resume.err
