@@ -24,11 +24,14 @@ into half a million lines, held the event loop for 30 s (the engine's timeouts, 
 
 class LogsPane(RichLog):
     """``mode`` is ``selected`` (one operation) or ``all`` (the operations that run or ran last, by
-    whichever process): both read from the store. Long lines wrap at the pane's width."""
+    whichever process): both read from the store. Long lines wrap at the pane's width. It follows the log
+    while it is scrolled to its end (anchored, in Textual's words), and stays where it was scrolled back to
+    (home, page up, the wheel) until scrolled to its end again: RichLog's ``auto_scroll`` pulled it back to
+    the end at every line written, so a running operation's log could not be read back."""
 
     def __init__(self, *, id: str | None = None, classes: str = "") -> None:
         super().__init__(
-            id=id, classes=classes, max_lines=2000, wrap=True, min_width=20, markup=False, auto_scroll=True
+            id=id, classes=classes, max_lines=2000, wrap=True, min_width=20, markup=False, auto_scroll=False
         )
         self.mode = "selected"
         self.op_id: str | None = None
@@ -47,9 +50,15 @@ class LogsPane(RichLog):
         self.wrapped_at = 0
         """The width the lines were last wrapped at (0: none yet)."""
 
+    def on_mount(self) -> None:
+        self.anchor()
+
     def clear(self) -> LogsPane:
         self.shown.clear()
-        return super().clear()
+        super().clear()
+        if self.is_mounted:
+            self.anchor()  # another operation's log (or every one's): followed from its end
+        return self
 
     def put(self, line: Text) -> None:
         self.shown.append(line)
