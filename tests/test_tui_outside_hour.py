@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from rich.cells import cell_len
 from textual.app import App, ComposeResult
 
-from engine import LogRecord
+from engine import LogRecord, Settings
 from tui.widgets.logs import LogsPane
+from tui.widgets.operations import OperationsTable
+
+from .fixtures_tui import make_app, wait_for
 
 
 class LogsApp(App[None]):
@@ -45,3 +50,23 @@ async def test_a_live_log_scrolled_back_stays_where_it_was_scrolled_and_follows_
         await pilot.pause()
         assert pane.scroll_y == pane.max_scroll_y
         assert "line 109" in pane.lines[-1].text
+
+
+@pytest.mark.parametrize("width", [40, 50, 58])
+async def test_below_the_width_every_column_needs_no_row_runs_past_the_tables_edge(
+    seeded: Settings, width: int
+) -> None:
+    """Under 59 columns the columns no terminal can go without (id, name, status, progress, priority) are
+    wider than the table. Each row's line was handed to Textual as ``width`` cells long but held all of them:
+    the cells past the edge were written out too, and a terminal that does not wrap (Textual turns wrapping
+    off) put each in its last column, so every row ended in the "l" of "normal" or the "w" of "low"."""
+    app = make_app(seeded)
+    async with app.run_test(size=(width, 12)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        await pilot.pause()
+        inner = table.scrollable_content_region.width
+        for y in range(min(table.size.height, len(table.ids) + 1)):
+            strip = table.render_line(y)
+            cells = sum(cell_len(segment.text) for segment in strip)
+            assert cells == inner, (y, cells, inner, strip.text)

@@ -452,6 +452,12 @@ class OperationsTable(ScrollView, can_focus=True):
             last = drawn
         if texts:
             segments.append(Segment("".join(texts), last))
+        cols = self.columns(width)
+        if sum(w for _, w in cols) + len(cols) - 1 > width:
+            # Narrower than the columns no row goes without (under 59 cells): cut at the edge. Said to be
+            # ``width`` cells long, the line was written whole, and a terminal that does not wrap put every
+            # cell past its edge in its last column (each row ended in the "l" of "normal").
+            return Strip(segments).crop(0, width).adjust_cell_length(width, line)
         return Strip(segments, width).adjust_cell_length(width, line)
 
     def _header(self, width: int, base: Style) -> Strip:
