@@ -28,12 +28,17 @@ class LedgerParams(BaseModel):
     """With fail_at: fail only while this file does not exist (then create it): one transient failure."""
     linger: float = 0.0
     """Seconds the handler takes to let go once stopped (cleaning up), before the stop goes on."""
+    total_after: float = 0.0
+    """Seconds the handler runs before it reports its total (a total learnt once it has started: the
+    timeout, computed for no items until then, is computed again for it)."""
 
 
 @operation("ledger", params=LedgerParams)
 async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
     """Sum item numbers; record every item body execution."""
     ctx.state.setdefault("sum", 0)
+    if p.total_after:
+        await asyncio.sleep(p.total_after)
     ctx.progress(total=p.items)
     split = p.items if p.fail_at is None else p.fail_at + 1
     seconds = p.seconds if not p.slow_attempts or ctx.attempt <= p.slow_attempts else 0.0

@@ -12,10 +12,12 @@ import pytest
 from rich.cells import cell_len
 from textual.app import App, ComposeResult
 
-from engine import LogRecord, Settings
+from engine import Engine, LogRecord, Progress, Settings, Status, open_store
+from tui.model import OperationsModel
 from tui.widgets.logs import LogsPane
 from tui.widgets.operations import OperationsTable
 
+from .fixtures_engine import until
 from .fixtures_tui import make_app, wait_for
 
 
@@ -70,3 +72,31 @@ async def test_below_the_width_every_column_needs_no_row_runs_past_the_tables_ed
             strip = table.render_line(y)
             cells = sum(cell_len(segment.text) for segment in strip)
             assert cells == inner, (y, cells, inner, strip.text)
+
+
+async def test_a_total_learnt_once_running_moves_the_time_left_shown_within_a_poll(settings: Settings) -> None:
+    """A running operation's timeout is computed again once its handler reports its total (10m for no items,
+    1h for 3,000). The dashboard reads the records of the work its own engine runs every 10 s only (their
+    progress is read live), so for up to 10 s each start said "LEFT 9m58s", "timeout 10m00s = ... 0 items"
+    beside an ETA of 26m, where ``outlast show`` said 59m58s left. A poll reads again the record of each
+    operation whose live total is not the one its held record has."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        model = OperationsModel(engine)
+        op = await engine.submit({"type": "ledger", "params": {"items": 3000, "seconds": 0.5, "total_after": 0.5}})
+        await until(lambda: op.id in engine.running_ids)
+        await model.poll()  # read as it started: no total yet
+        held = model.ops[op.id]
+        assert held.status is Status.RUNNING and held.total_items is None, held
+        await until(lambda: (engine.live(op.id) or Progress()).total == 3000)
+        await model.poll()
+        stored = await engine.get(op.id)
+        assert stored.total_items == 3000 and stored.effective_timeout != held.effective_timeout
+        shown = model.ops[op.id]
+        assert (shown.total_items, shown.effective_timeout, shown.timeout_basis) == (
+            3000,
+            stored.effective_timeout,
+            stored.timeout_basis,
+        )
+        assert shown.deadline is not None and stored.deadline is not None
+        assert abs(shown.deadline - stored.deadline) < 1
+        await engine.cancel(op.id)

@@ -155,7 +155,12 @@ class OperationsModel:
             self.looked.discard(op.id)  # what the engine reads (derived fields too) replaces the first look
         elif old is not None and (
             op.updated_at < old.updated_at
-            or (op.updated_at == old.updated_at and op.status is old.status and op.priority is old.priority)
+            or (
+                op.updated_at == old.updated_at
+                and op.status is old.status
+                and op.priority is old.priority
+                and op.total_items == old.total_items  # a running one's, read live: its timeout moved with it
+            )
         ):
             return  # an older read, or the one held (polled again): nothing to copy, nothing to show
         op = slim(op)
@@ -298,6 +303,8 @@ class OperationsModel:
                     for op in await self.engine.list_operations(statuses=[Status.PAUSED, Status.INTERRUPTED]):
                         self.keep(op)
             read_running = not self._all_ours(counts) or now - self._last_running > STOPPED_POLL
+            if not read_running:
+                self._new_totals()
             if read_running or counts != self._counts_running:
                 active = await self.engine.list_operations(statuses=[Status.RUNNING])
                 self._counts_running, self._last_running, read_running = counts, now, True
@@ -379,6 +386,17 @@ class OperationsModel:
             return False
         ops = self.ops
         return all((held := ops.get(i)) is not None and held.status is Status.RUNNING for i in ours)
+
+    def _new_totals(self) -> None:
+        """This engine's running operations whose handler reported a total their held record does not have
+        are read again: the timeout, the deadline and how it was computed moved with it (a start said "LEFT
+        9m58s" and "timeout 10m00s = ... 0 items", where ``outlast show`` said an hour, until the running
+        records were next read, up to STOPPED_POLL later)."""
+        ops, engine = self.ops, self.engine
+        for op_id in engine.running_ids:
+            held, live = ops.get(op_id), engine.live(op_id)
+            if held is not None and live is not None and live.total is not None and live.total != held.total_items:
+                self.refetch.add(op_id)
 
     async def fetch(self, ids: Iterable[str]) -> None:
         """Read these records again by id; one the store says it no longer has (NotFound) leaves the table.
