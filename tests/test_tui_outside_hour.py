@@ -100,3 +100,33 @@ async def test_a_total_learnt_once_running_moves_the_time_left_shown_within_a_po
         assert shown.deadline is not None and stored.deadline is not None
         assert abs(shown.deadline - stored.deadline) < 1
         await engine.cancel(op.id)
+
+
+async def test_pane_keys_typed_in_one_burst_at_80_columns_leave_the_last_pane_shown_and_the_app_idle(
+    seeded: Settings,
+) -> None:
+    """At 80x24 the panes share one area under tabs, and 1-4 switch them. "2341" in one read of the terminal (a
+    paste, tmux send-keys, a slow SSH link) set the tabs four times before the first TabActivated came back;
+    each, handled, set the tabs back to its own pane, which sent another: the four chased one another for as
+    long as the dashboard ran, the pane shown flickering through all four and the process at 90% of a core."""
+    from textual import events
+
+    app = make_app(seeded)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(app.query_one(OperationsTable).ids) == 9)
+        screen = app.screen_stack[0]
+        shown: list[str] = []
+        show_tab = screen.show_tab
+
+        def counted(name: str, focus: bool = False) -> None:
+            shown.append(name)
+            show_tab(name, focus)
+
+        screen.show_tab = counted  # type: ignore[method-assign]
+        for key in "2341":  # at once, as one read of the terminal brings them
+            app.post_message(events.Key(key, key))
+        await pilot.pause(0.5)
+        settled = len(shown)
+        await pilot.pause(0.5)
+        assert len(shown) == settled, shown[-8:]
+        assert screen.tab == "detail" and app.query_one("#pane-tabs").active == "tab-detail"

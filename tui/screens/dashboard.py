@@ -300,7 +300,10 @@ class DashboardScreen(Screen[None]):
 
     @on(Tabs.TabActivated, "#pane-tabs")
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
-        if event.tab.id:
+        # Only the tab active now: one activated since (1-4 typed in one burst) sent its own message. Each
+        # stale one, handled, set the tabs back to its pane and sent another, and "2341" chased one another
+        # for as long as the dashboard ran (the pane flickering, 90% of a core).
+        if event.tab.id and event.tab.id == event.tabs.active:
             self.show_tab(event.tab.id.removeprefix("tab-"))
 
     # ---- the frame -------------------------------------------------------------------------------
