@@ -130,3 +130,28 @@ async def test_pane_keys_typed_in_one_burst_at_80_columns_leave_the_last_pane_sh
         await pilot.pause(0.5)
         assert len(shown) == settled, shown[-8:]
         assert screen.tab == "detail" and app.query_one("#pane-tabs").active == "tab-detail"
+
+
+@pytest.mark.parametrize("size", [(120, 40), (100, 40)])
+async def test_a_click_selects_the_row_clicked_and_below_the_last_row_nothing(
+    seeded: Settings, size: tuple[int, int]
+) -> None:
+    """From 120x32 up the table has a border, and a click was counted from it: a click on a row selected the row
+    below it (on the last, the last), so the next c or p acted on an operation nobody clicked on. A click on the
+    empty lines below the last row selected that last row."""
+    app = make_app(seeded)
+    async with app.run_test(size=size) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9)
+        top = table.content_region.y - table.region.y + 1  # the first row's line, from the widget's top
+
+        async def click(line: int) -> None:
+            assert await pilot.click(OperationsTable, offset=(20, top + line))
+            await pilot.pause()
+
+        for row in (3, 0, 8):
+            await click(row)
+            assert table.selected_id == table.ids[row], row
+        await click(1)
+        await click(11)  # three lines below the ninth row
+        assert table.selected_id == table.ids[1]

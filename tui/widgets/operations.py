@@ -302,8 +302,15 @@ class OperationsTable(ScrollView, can_focus=True):
                 self.refresh()
 
     def on_click(self, event: events.Click) -> None:
-        if event.y >= 1:
-            self._move(int(self.scroll_y) + event.y - 1)
+        """A click on a row selects it: counted from the content's top (``event.y`` counts from the border, and
+        a click selected the row below the one clicked); the header and the empty lines below the last row
+        select nothing (the last row was selected)."""
+        at = event.get_content_offset(self)
+        if at is None or at.y < 1:
+            return
+        row = int(self.scroll_y) + at.y - 1
+        if row < len(self.ids):
+            self._move(row)
 
     def refresh_changed(self) -> None:
         """Repaint the rows whose line would read otherwise now (figures moved, a status, the clock's
