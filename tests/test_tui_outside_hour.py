@@ -161,3 +161,40 @@ async def test_a_click_selects_the_row_clicked_and_below_the_last_row_nothing(
         await click(1)
         await click(11)  # three lines below the ninth row
         assert table.selected_id == table.ids[1]
+
+
+@pytest.mark.parametrize(("first", "key", "said"), [("pause", "r", "queued again"), (None, "p", "paused")])
+async def test_a_key_pressed_twice_fast_acts_once_and_says_nothing_of_another_command(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch, first: str | None, key: str, said: str
+) -> None:
+    """r r (or p p) in one burst sent two requests for the same operation; the second, refused because the first
+    had done it, said "operation ... is queued already: another command made it so meanwhile", a warning about
+    a command nobody ran (or "... is paused: only queued, running operations can be paused"). A request still
+    on its way is not sent again: the first says what it did."""
+    from textual import events
+    from textual.app import App
+
+    notified: list[str] = []
+    textual_notify = App.notify
+
+    def notify(self: App[object], message: str, **kw: object) -> None:
+        notified.append(str(message))
+        textual_notify(self, message, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(App, "notify", notify)
+    app = make_app(tui_settings, watch_only=True)  # nothing runs here: it stays as the keys leave it
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "ledger", "params": {"items": 10}})
+        if first:
+            await app.engine.pause(op.id)
+        wanted = Status.PAUSED if first else Status.QUEUED
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: op.id in table.ids and app.ops[op.id].status is wanted)
+        table.select(op.id)
+        await pilot.pause()
+        for _ in range(2):
+            app.post_message(events.Key(key, key))
+        await wait_for(pilot, lambda: any(m.startswith(said) for m in notified))
+        await pilot.pause(0.5)
+        assert len(notified) == 1, notified  # not "... is queued already: another command made it so meanwhile"

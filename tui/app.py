@@ -181,6 +181,8 @@ class OutlastApp(App[int]):
         """Keys read while a screen just opened has nothing focused yet (``_hold_keys``)."""
         self._holding_for: Screen[Any] | None = None
         self._boot: Worker[None] | None = None
+        self._acting: set[tuple[str, str, tuple[tuple[str, object], ...]]] = set()
+        """The engine calls on an operation on their way (``_act``): action, id and arguments."""
         self._reads: dict[str, tuple[Worker[Any], float]] = {}
         """The poll and the refetch while they run, with when each began (``_read``)."""
         self.warnings: deque[str] = deque()
@@ -508,10 +510,21 @@ class OutlastApp(App[int]):
 
     def _act(self, what: str | Callable[[Operation], str], action: str, op_id: str, **kw: object) -> None:
         """An engine call on one operation, in the background; said in one line when done (``what``: of the
-        record it returned, for a stop that running work only takes at its next safe point)."""
+        record it returned, for a stop that running work only takes at its next safe point). The same call
+        asked again while it is on its way (r r, p p in one burst) is not sent twice: the second, refused
+        because the first had done it, said "... is queued already: another command made it so meanwhile".
+        (Not the priority keys: each press builds on the one before, + - + ends high.)"""
+        key = (action, op_id, tuple(sorted(kw.items())))
+        if key in self._acting:
+            return
+        if action != "set_priority":
+            self._acting.add(key)
 
         async def go() -> None:
-            op = await self.model.act(action, op_id, **kw)
+            try:
+                op = await self.model.act(action, op_id, **kw)
+            finally:
+                self._acting.discard(key)
             self.notify(f"{what if isinstance(what, str) else what(op)}: {op_id}", timeout=3)
 
         self._work(go, "act", what if isinstance(what, str) else action)
