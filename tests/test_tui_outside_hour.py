@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from rich.cells import cell_len
@@ -19,7 +20,7 @@ from tui.widgets.logs import LogsPane
 from tui.widgets.operations import OperationsTable
 
 from .fixtures_engine import until
-from .fixtures_tui import make_app, wait_for
+from .fixtures_tui import make_app, select, wait_for
 
 
 class LogsApp(App[None]):
@@ -198,3 +199,29 @@ async def test_a_key_pressed_twice_fast_acts_once_and_says_nothing_of_another_co
         await wait_for(pilot, lambda: any(m.startswith(said) for m in notified))
         await pilot.pause(0.5)
         assert len(notified) == 1, notified  # not "... is queued already: another command made it so meanwhile"
+
+
+async def test_a_count_past_its_estimate_is_shown_with_no_total_in_the_row_and_the_detail(
+    tui_settings: Settings,
+) -> None:
+    """An operation given an estimate (``--items 3``, the form's item estimate) whose handler counts past it
+    without a total of its own: its progress then has no total, as the README says ("a count past it is shown
+    with no total, not as 5/3") and ``outlast ls`` shows it. The row fell back on the estimate, "6/3", and the
+    detail said "6 of 3"."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        op = await app.engine.submit({"type": "silent", "total_items": 3, "params": {"items": 10, "hang_after": 6}})
+        await wait_for(pilot, lambda: (app.engine.live(op.id) or Progress()).done == 6)
+        table = app.query_one(OperationsTable)
+        await select(pilot, op.id)
+        await pilot.pause(1.6)  # a live repaint
+        row = next(table.render_line(y).text for y in range(1, 4) if op.id[:8] in table.render_line(y).text)
+        assert " 6/?" in row and "6/3" not in row, row
+        detail = app.query_one("#detail-body")
+        await wait_for(pilot, lambda: "6 of ?" in _text(detail))
+        await app.engine.cancel(op.id)
+
+
+def _text(widget: Any) -> str:
+    return "\n".join(strip.text for strip in widget.render_strips(widget.size.width, widget.size.height))

@@ -325,7 +325,7 @@ class DetailPane(VerticalScroll, can_focus=True):
             row("params", " ".join(f"{k}={_param(v)}" for k, v in full.params.items()))
         row("step", p.step)
         row("message", p.message)
-        total = p.total if p.total is not None else op.total_items
+        total = fmt.total_of(op, p)
         pct = f" ({p.percent:.1f}%)" if p.percent is not None else ""
         row("items", f"{p.done:,} of {total:,}{pct}" if total is not None else f"{p.done:,} of ?")
         if op.status is Status.RUNNING:

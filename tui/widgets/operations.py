@@ -539,7 +539,7 @@ class OperationsTable(ScrollView, can_focus=True):
         if key == "status":
             return op.status.value, self._style(_STATUS_STYLE[op.status])
         if key == "items":
-            return f"{fmt.count(p.done)}/{fmt.count(p.total if p.total is not None else op.total_items)}", None
+            return f"{fmt.count(p.done)}/{fmt.count(fmt.total_of(op, p))}", None
         if key == "rate":
             return (fmt.rate(p.rate) if running else "-"), None
         if key == "eta":
