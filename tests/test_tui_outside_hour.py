@@ -225,3 +225,49 @@ async def test_a_count_past_its_estimate_is_shown_with_no_total_in_the_row_and_t
 
 def _text(widget: Any) -> str:
     return "\n".join(strip.text for strip in widget.render_strips(widget.size.width, widget.size.height))
+
+
+async def test_on_a_read_only_state_dir_a_key_that_would_write_says_so_before_asking_anything(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status line says "state dir is read-only ...: nothing can be run or changed", yet n opened the launch
+    form, and what was typed in it was lost when the submit was refused once the form had closed; d and c asked
+    "Remove ...?" and "Cancel ...?" for a change that could not be made; and each refusal, a store error, had the
+    resources pane say STORE DISCONNECTED of a store that answers every read. Each says why at once now, in
+    one line, opens nothing and leaves the store's state as shown."""
+    from textual.app import App
+
+    from tui.screens.confirm import ConfirmScreen
+    from tui.screens.launch import LaunchScreen
+
+    notified: list[str] = []
+    textual_notify = App.notify
+
+    def notify(self: App[object], message: str, **kw: object) -> None:
+        notified.append(str(message))
+        textual_notify(self, message, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(App, "notify", notify)
+    async with Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False) as engine:
+        op = await engine.submit({"type": "ledger", "params": {"items": 10}})
+        await engine.pause(op.id)
+    state = tui_settings.state_dir
+    state.chmod(0o555)
+    try:
+        app = make_app(tui_settings)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.engine_started)
+            await select(pilot, op.id)
+            for key in ("n", "d", "c", "r"):
+                notified.clear()
+                await pilot.press(key)
+                await pilot.pause(0.3)
+                assert not isinstance(app.screen, LaunchScreen | ConfirmScreen), key
+                assert len(notified) == 1 and "read-only" in notified[0] and notified[0].startswith(key), (
+                    key,
+                    notified,
+                )
+                assert app.model.store_ok, key
+            assert (await app.engine.store.get(op.id)).status is Status.PAUSED
+    finally:
+        state.chmod(0o700)

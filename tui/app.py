@@ -473,8 +473,14 @@ class OutlastApp(App[int]):
     # ---- actions ---------------------------------------------------------------------------------
 
     def _engine_ready(self, key: str) -> bool:
-        """Whether the engine can act; if not (the first frame is shown before it has started), one line
-        saying so: a key pressed then is never lost without a word."""
+        """Whether the engine can act (every key that asks this writes to the store); if not (the first frame
+        is shown before it has started, the state dir is read-only), one line saying so: a key pressed then is
+        never lost without a word. On a read-only state dir, before any question or form: the launch form
+        closed on a refused submit (what was typed lost), d and c asked about a change that could not be made."""
+        if self.engine_started and self.engine.store.read_only:
+            why = getattr(self.engine.store, "read_only_reason", "is on a read-only file system")
+            self.notify(f"{key}: nothing can be run or changed here: the state dir {why}", severity="warning")
+            return False
         if self.engine_started:
             return True
         if self.engine_error:
