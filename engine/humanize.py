@@ -162,16 +162,16 @@ def ago(ts: float | None, now: float | None = None) -> str:
 
 
 def count(n: int | None) -> str:
-    """``999``, ``1.2k``, ``12k``, ``3.4M``; ``?`` when unknown."""
+    """``999``, ``1.2k``, ``12k``, ``3.4M``, ``123M``, ``1.2G``, ``1.0T``: three figures at most (the dashboard's
+    ITEMS column holds "done/total" in 11 cells: "123.5M/987." lost its total); ``?`` when unknown."""
     if n is None:
         return "?"
     if n < 1000:
         return str(n)
-    if n < 10_000:
-        return f"{n / 1000:.1f}k"
-    if n < 1_000_000:
-        return f"{n // 1000}k"
-    return f"{n / 1_000_000:.1f}M"
+    for unit, scale in (("k", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12)):
+        if n < scale * 1000 or unit == "T":
+            return f"{n / scale:.1f}{unit}" if n < scale * 10 else f"{n // scale}{unit}"
+    return str(n)  # not reached: T takes the rest
 
 
 _RATE_UNITS = (("/s", 1.0), ("/min", 60.0), ("/h", 3600.0))

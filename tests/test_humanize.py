@@ -53,6 +53,8 @@ def test_both_faces_format_with_the_same_function(name: str) -> None:
 def test_duration_count_size() -> None:
     assert [humanize.duration(s) for s in (None, 42, 185, 7380, 277200)] == ["-", "42s", "3m05s", "2h03m", "3d05h"]
     assert [humanize.count(n) for n in (None, 999, 1234, 12_345, 3_400_000)] == ["?", "999", "1.2k", "12k", "3.4M"]
+    big = (123_456_789, 2_500_000_000, 10**12)
+    assert [humanize.count(n) for n in big] == ["123M", "2.5G", "1.0T"]  # three figures: "123.5M/987." was cut
     assert [humanize.size(n) for n in (None, 512, 12_595, 4_718_592)] == ["-", "512B", "12.3K", "4.5M"]
 
 

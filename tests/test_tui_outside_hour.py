@@ -271,3 +271,58 @@ async def test_on_a_read_only_state_dir_a_key_that_would_write_says_so_before_as
             assert (await app.engine.store.get(op.id)).status is Status.PAUSED
     finally:
         state.chmod(0o700)
+
+
+async def _stored_progress(settings: Settings, *progress: Progress) -> list[str]:
+    """Paused operations stored with these progress values (as another client may write them): their ids."""
+    from engine import Operation
+
+    now = time.time()
+    store = open_store(settings.state_dir)
+    await store.open()
+    ids = []
+    try:
+        for i, p in enumerate(progress):
+            op_id = f"06b40000000{i:02d}"
+            ids.append(op_id)
+            await store.create(
+                Operation(
+                    id=op_id,
+                    type="demo",
+                    status=Status.PAUSED,
+                    created_at=now - i,
+                    queued_at=now - i,
+                    updated_at=now - i,
+                    progress=p,
+                    profile={"failure_threshold": 3},
+                )
+            )
+    finally:
+        await store.close()
+    return ids
+
+
+async def _rows(app: Any, pilot: Any, n: int) -> list[str]:
+    table = app.query_one(OperationsTable)
+    await wait_for(pilot, lambda: len(table.ids) == n)
+    await pilot.pause()
+    width = table.scrollable_content_region.width
+    rows = []
+    for y in range(1, n + 1):
+        strip = table.render_line(y)
+        assert sum(cell_len(s.text) for s in strip) == width, strip.text  # in its columns, to the edge
+        rows.append(strip.text)
+    return rows
+
+
+async def test_counts_of_hundreds_of_millions_of_items_are_shown_whole(tui_settings: Settings) -> None:
+    """The engine takes up to 10**12 items. From 100M on "done/total" passed the ITEMS column's 11 cells and
+    was cut: "123.5M/987." (its total gone), "1000000.0M/" at 10**12. Counts are shown in three figures at
+    most, with k, M, G or T."""
+    await _stored_progress(
+        tui_settings, Progress(done=123_456_789, total=987_654_321), Progress(done=2_500_000_000, total=10**12)
+    )
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        rows = await _rows(app, pilot, 2)
+    assert " 123M/987M " in rows[0] and " 2.5G/1.0T " in rows[1], rows
