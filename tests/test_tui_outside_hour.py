@@ -326,3 +326,14 @@ async def test_counts_of_hundreds_of_millions_of_items_are_shown_whole(tui_setti
     async with app.run_test(size=(120, 40)) as pilot:
         rows = await _rows(app, pilot, 2)
     assert " 123M/987M " in rows[0] and " 2.5G/1.0T " in rows[1], rows
+
+
+async def test_a_negative_count_another_client_stored_keeps_its_row_in_its_columns(tui_settings: Settings) -> None:
+    """The engine refuses a negative count from a handler, but a record another client (or an older version)
+    wrote may hold one: its percent, negative, drew the bar 5 cells too long, every column after it pushed
+    right and the row past the table's edge. The bar is drawn for 0% then."""
+    await _stored_progress(tui_settings, Progress(done=-5, total=10), Progress(done=5, total=-10))
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        rows = await _rows(app, pilot, 2)
+    assert all("──────────" in row for row in rows), rows

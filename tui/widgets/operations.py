@@ -564,7 +564,7 @@ class OperationsTable(ScrollView, can_focus=True):
         if pct is None:
             out += [("─" * bar, todo), ("    ?", None)]
             return
-        filled = pct / 100 * bar
+        filled = max(0.0, pct) / 100 * bar  # a negative count another client stored drew the bar 5 cells too long
         full = int(filled)
         out.append(("━" * full, done))
         if full < bar:
