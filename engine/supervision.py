@@ -135,6 +135,19 @@ class Watch:
         self.deadline = self.started + self.effective_timeout
         self.live_dirty = True
 
+    def follow_total(self) -> None:
+        """The deadline for the total the handler reported since it was last set (at each tick, and at each
+        read of the live view: between the report and the next tick, a read gave the new total beside the
+        timeout of the old one, and the dashboard, which reads the work it runs every 10 s, showed "timeout
+        10m00s = ... 0 items" and "LEFT 9m58s" of a 3,000-item run with an hour left, for those 10 s)."""
+        if self.ctx.total != self.total_seen and self.op.timeout is None:
+            # An extension stands (the rate gave it, within max_timeout; the next deadline judges the new
+            # total): a handler re-estimating its total at each item had its deadline set back to the
+            # formula's, passed at once, and extended again, a log line and an event per item.
+            extended = self.deadline if self.extensions else 0.0
+            self.set_deadline()
+            self.deadline = max(self.deadline, extended)
+
     def timeout_fields(self) -> dict[str, Any]:
         """The record's timeout and its basis for the total known now, for the final write: an attempt
         shorter than the clock's first write of its record (under a second) settled with the basis of its
@@ -181,6 +194,7 @@ class Watch:
 
     def live_view(self, now: float) -> dict[str, Any]:
         """What a read of the record shows of a running attempt, fresher than the store's copy."""
+        self.follow_total()
         return {
             "progress": self.progress(now),
             "deadline": time.time() + (self.deadline - now),
@@ -232,13 +246,7 @@ class Watch:
             self.last_change = now
         if now - self.pace[-1][0] >= max(TICK, (now - self.started) / PACE_SAMPLES * 2):
             self.pace.append((now, ctx.done))
-        if ctx.total != self.total_seen and self.op.timeout is None:
-            # An extension stands (the rate gave it, within max_timeout; the next deadline judges the new
-            # total): a handler re-estimating its total at each item had its deadline set back to the
-            # formula's, passed at once, and extended again, a log line and an event per item.
-            extended = self.deadline if self.extensions else 0.0
-            self.set_deadline()
-            self.deadline = max(self.deadline, extended)
+        self.follow_total()
         if now >= self.next_checkpoint:
             self.next_checkpoint = now + p.checkpoint_interval
             ctx.mark_checkpoint_due()

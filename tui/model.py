@@ -125,8 +125,6 @@ class OperationsModel:
         self._short_before = False
         """The last poll found the store counting fewer of a stopped or ended status than held."""
         """The store's counts when operations that ended unseen were last looked for."""
-        self._totals_moved: set[str] = set()
-        """This engine's running operations whose total was new at the last poll (``_new_totals``)."""
         self._counts_running: dict[Status, int] | None = None
         """The store's counts per status when the running operations were last read."""
         self._last_running = 0.0
@@ -161,8 +159,7 @@ class OperationsModel:
                 op.updated_at == old.updated_at
                 and op.status is old.status
                 and op.priority is old.priority
-                and op.total_items == old.total_items  # a running one's, read live: its timeout moves with it
-                and op.effective_timeout == old.effective_timeout
+                and op.total_items == old.total_items  # a running one's, read live: its timeout moved with it
             )
         ):
             return  # an older read, or the one held (polled again): nothing to copy, nothing to show
@@ -392,17 +389,14 @@ class OperationsModel:
 
     def _new_totals(self) -> None:
         """This engine's running operations whose handler reported a total their held record does not have
-        are read again, at this poll and the next: the timeout, the deadline and how it was computed move with
-        it (a start said "LEFT 9m58s" and "timeout 10m00s = ... 0 items", where ``outlast show`` said an hour,
-        until the running records were next read, up to STOPPED_POLL later). The engine computes the timeout
-        again at its next tick, a moment after the total: a read in that moment has the total, not the timeout."""
+        are read again: the timeout, the deadline and how it was computed moved with it (a start said "LEFT
+        9m58s" and "timeout 10m00s = ... 0 items", where ``outlast show`` said an hour, until the running
+        records were next read, up to STOPPED_POLL later)."""
         ops, engine = self.ops, self.engine
-        again, self._totals_moved = self._totals_moved, set()
         for op_id in engine.running_ids:
             held, live = ops.get(op_id), engine.live(op_id)
             if held is not None and live is not None and live.total is not None and live.total != held.total_items:
-                self._totals_moved.add(op_id)
-        self.refetch |= again | self._totals_moved
+                self.refetch.add(op_id)
 
     async def fetch(self, ids: Iterable[str]) -> None:
         """Read these records again by id; one the store says it no longer has (NotFound) leaves the table.
