@@ -335,3 +335,28 @@ async def test_a_negative_count_another_client_stored_keeps_its_row_in_its_colum
     async with app.run_test(size=(120, 40)) as pilot:
         rows = await _rows(app, pilot, 2)
     assert all("──────────" in row for row in rows), rows
+
+
+async def test_a_log_that_floods_is_read_as_its_last_lines_the_pane_holds_not_all_of_them(settings: Settings) -> None:
+    """A command printing 50,000 lines a second: each poll of its log read every line since the last (4 MB at a
+    time), made a record of each and wrote each to the logs pane, which keeps 2,000: the dashboard took 3 to 13
+    s to answer a key while it was selected, and the pane fell behind the log. A poll reads the last lines the
+    pane can hold, and goes on from the log's end."""
+    held = LogsPane().max_lines  # what the pane holds: 2,000 lines
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        op = await engine.submit({"type": "ledger", "params": {"items": 10}})
+        model = OperationsModel(engine)
+        await model.poll()
+        await engine.store.append_logs(op.id, _records(0, 10))
+        side = await model.side(op.id, True, None)  # selected: its tail
+        assert [r.message for r in side.logs or []][-1] == "line 9"
+        await engine.store.append_logs(op.id, _records(10, 20_000))
+        side = await model.side(op.id, True, side.log_offset)
+        lines = [r.message for r in side.logs or []]
+        assert len(lines) == held and lines[-1] == "line 20009", (len(lines), lines[-1:])
+        assert (await model.side(op.id, True, side.log_offset)).logs == []  # from the end on
+        offsets: dict[str, int] = {}
+        await model.all_logs(offsets)
+        await engine.store.append_logs(op.id, _records(20_010, 20_000))
+        lines = [r.message for r in await model.all_logs(offsets)]
+        assert len(lines) == held and lines[-1] == "line 40009", (len(lines), lines[-1:])

@@ -45,6 +45,10 @@ HISTORY = 300
 """Resource samples kept for the sparklines."""
 LOG_TAIL = 500
 """Lines of the selected operation's log shown when it is selected."""
+LOG_POLL_MAX = 2000
+"""Lines of a log read at a poll at most: its newest, as many as the logs pane holds (the ones before would
+be dropped by the pane as it wrote them). A command printing 50,000 lines a second had each poll read every
+line since the last (4 MB at a time), a record of each written to the pane: keys took seconds to answer."""
 ALL_LOGS_OPS = 20
 """In the logs pane's all-operations mode: the running operations and this many last updated."""
 ALL_LOGS_TAIL = 50
@@ -492,7 +496,7 @@ class OperationsModel:
             if log_offset is None:
                 records, offset = await self.engine.logs(op_id, 0, LOG_TAIL)
             else:
-                records, offset = await self.engine.logs(op_id, log_offset)
+                records, offset = await self.engine.logs(op_id, log_offset, LOG_POLL_MAX)
         return Side(op_id, checkpoints, records, offset)
 
     async def all_logs(self, offsets: dict[str, int]) -> list[LogRecord]:
@@ -504,7 +508,7 @@ class OperationsModel:
         for op_id in dict.fromkeys([*self.running, *(o.id for o in self.recent(ALL_LOGS_OPS))]):
             try:
                 if op_id in offsets:
-                    got, offsets[op_id] = await self.engine.logs(op_id, offsets[op_id])
+                    got, offsets[op_id] = await self.engine.logs(op_id, offsets[op_id], LOG_POLL_MAX)
                 else:
                     got, offsets[op_id] = await self.engine.logs(op_id, 0, ALL_LOGS_TAIL)
             except NotFound:  # removed meanwhile
