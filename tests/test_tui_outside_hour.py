@@ -360,3 +360,23 @@ async def test_a_log_that_floods_is_read_as_its_last_lines_the_pane_holds_not_al
         await engine.store.append_logs(op.id, _records(20_010, 20_000))
         lines = [r.message for r in await model.all_logs(offsets)]
         assert len(lines) == held and lines[-1] == "line 40009", (len(lines), lines[-1:])
+
+
+async def test_the_progress_sort_keeps_running_work_in_order_as_it_moves(seeded: Settings) -> None:
+    """Sorted by progress (s three times, PROGRESS▼), the rows were sorted when the sort was chosen and when a
+    row came, went or changed status, never as the work moved: a run that overtook another stayed below it
+    ("slow 83%" over "fast2 89%") until one of them ended. Running work is sorted again at the live repaint."""
+    from engine import Progress as P
+
+    app = make_app(seeded)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 9 and app.engine_started)
+        first, second = "06b4000000008", "06b4000000009"  # the two running ones
+        live = {first: P(done=100, total=1000), second: P(done=900, total=1000)}
+        app.engine.live = live.get  # type: ignore[method-assign]
+        await pilot.press("s", "s", "s")
+        assert table.sort == "progress"
+        await wait_for(pilot, lambda: table.ids.index(second) < table.ids.index(first))
+        live[first] = P(done=950, total=1000)  # the first overtakes the second
+        await wait_for(pilot, lambda: table.ids.index(first) < table.ids.index(second), timeout=5)

@@ -317,6 +317,11 @@ class DashboardScreen(Screen[None]):
         if tick:
             self.polled, self._ticked = False, now
             self.tick += 1
+        if tick and running and table.sort == "progress":
+            # Sorted by what moves on its own: sorted again at the live repaint, once a second (a run that
+            # overtook another stayed below it until one of them ended).
+            self._reorder = True
+            model.structure_dirty = True
         if model.structure_dirty:
             model.structure_dirty = False
             model.repaint = False
