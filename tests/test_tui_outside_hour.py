@@ -380,3 +380,31 @@ async def test_the_progress_sort_keeps_running_work_in_order_as_it_moves(seeded:
         await wait_for(pilot, lambda: table.ids.index(second) < table.ids.index(first))
         live[first] = P(done=950, total=1000)  # the first overtakes the second
         await wait_for(pilot, lambda: table.ids.index(first) < table.ids.index(second), timeout=5)
+
+
+async def test_a_total_estimated_anew_at_each_item_is_read_again_now_and_then_not_at_every_poll(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler may estimate its total anew at each item: its record is read again for the new total now and
+    then (every TOTAL_AGAIN seconds), not at every poll (a read a second for each such operation)."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        model = OperationsModel(engine)
+        op = await engine.submit({"type": "ledger", "params": {"items": 3000, "seconds": 0.5}})
+        await until(lambda: (engine.live(op.id) or Progress()).total == 3000)
+        await model.poll()
+        assert model.ops[op.id].total_items == 3000
+        totals = iter(range(4000, 5000))
+        live = engine.live
+        monkeypatch.setattr(engine, "live", lambda i: live(i) and live(i).model_copy(update={"total": next(totals)}))
+        reads: list[str] = []
+        get = engine.get
+
+        async def counted(op_id: str) -> Any:
+            reads.append(op_id)
+            return await get(op_id)
+
+        monkeypatch.setattr(engine, "get", counted)
+        for _ in range(5):
+            await model.poll()
+        assert reads == [op.id], reads
+        await engine.cancel(op.id)

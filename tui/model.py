@@ -49,6 +49,8 @@ LOG_POLL_MAX = 2000
 """Lines of a log read at a poll at most: its newest, as many as the logs pane holds (the ones before would
 be dropped by the pane as it wrote them). A command printing 50,000 lines a second had each poll read every
 line since the last (4 MB at a time), a record of each written to the pane: keys took seconds to answer."""
+TOTAL_AGAIN = 5.0
+"""Seconds between two reads of a running operation whose total changed again (``OperationsModel._new_totals``)."""
 ALL_LOGS_OPS = 20
 """In the logs pane's all-operations mode: the running operations and this many last updated."""
 ALL_LOGS_TAIL = 50
@@ -129,6 +131,8 @@ class OperationsModel:
         self._short_before = False
         """The last poll found the store counting fewer of a stopped or ended status than held."""
         """The store's counts when operations that ended unseen were last looked for."""
+        self._total_read: dict[str, float] = {}
+        """When each of this engine's running operations was last read for a new total (``_new_totals``)."""
         self._counts_running: dict[Status, int] | None = None
         """The store's counts per status when the running operations were last read."""
         self._last_running = 0.0
@@ -308,7 +312,7 @@ class OperationsModel:
                         self.keep(op)
             read_running = not self._all_ours(counts) or now - self._last_running > STOPPED_POLL
             if not read_running:
-                self._new_totals()
+                self._new_totals(now)
             if read_running or counts != self._counts_running:
                 active = await self.engine.list_operations(statuses=[Status.RUNNING])
                 self._counts_running, self._last_running, read_running = counts, now, True
@@ -391,15 +395,23 @@ class OperationsModel:
         ops = self.ops
         return all((held := ops.get(i)) is not None and held.status is Status.RUNNING for i in ours)
 
-    def _new_totals(self) -> None:
+    def _new_totals(self, now: float) -> None:
         """This engine's running operations whose handler reported a total their held record does not have
         are read again: the timeout, the deadline and how it was computed moved with it (a start said "LEFT
         9m58s" and "timeout 10m00s = ... 0 items", where ``outlast show`` said an hour, until the running
-        records were next read, up to STOPPED_POLL later)."""
-        ops, engine = self.ops, self.engine
+        records were next read, up to STOPPED_POLL later). Its first total at once; a total changed again
+        (a handler that estimates it anew at each item) at most every TOTAL_AGAIN seconds, not one read a
+        second for each such operation."""
+        ops, engine, last = self.ops, self.engine, self._total_read
+        self._total_read = read = {}  # of those running now only
         for op_id in engine.running_ids:
+            if op_id in last:
+                read[op_id] = last[op_id]
             held, live = ops.get(op_id), engine.live(op_id)
-            if held is not None and live is not None and live.total is not None and live.total != held.total_items:
+            if held is None or live is None or live.total is None or live.total == held.total_items:
+                continue
+            if held.total_items is None or now - read.get(op_id, 0.0) >= TOTAL_AGAIN:
+                read[op_id] = now
                 self.refetch.add(op_id)
 
     async def fetch(self, ids: Iterable[str]) -> None:
