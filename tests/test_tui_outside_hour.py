@@ -1,7 +1,14 @@
-"""What an adversarial outside hour at the dashboard in a real terminal found, each driven through Textual's pilot.
+"""What an adversarial outside hour at the dashboard in a real terminal (tmux) found, each driven through
+Textual's pilot (or the model, where no screen is needed).
 
-A live log scrolled back to read was pulled to its end at the next line written; below 59 columns the
-table's rows ran past the screen's edge, and the terminal showed their last letter in its last column.
+A live log scrolled back was pulled to its end at every line written, and a flooding one held the keys for
+seconds; under 59 columns each row ran past the table's edge (its last letter in the terminal's last
+column); a total reported once running left "timeout 10m00s = ... 0 items" and its time left stale for 10 s;
+pane keys typed in one burst at 80 columns switched the panes for ever at 90% of a core; a click selected
+the row below the one clicked; r r said "another command made it so meanwhile"; a count past its estimate
+was shown as "6/3"; on a read-only state dir n opened a form whose content was lost; counts of 100M and up
+lost their total; a negative count another client stored pushed its row out of its columns; the progress
+sort did not follow the progress.
 """
 
 from __future__ import annotations
