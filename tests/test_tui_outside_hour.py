@@ -38,6 +38,21 @@ def _records(first: int, n: int) -> list[LogRecord]:
     return [LogRecord(ts=time.time(), level="info", message=f"line {i}") for i in range(first, first + n)]
 
 
+def _notifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every notification an app shows from now on, as text (shown as well)."""
+    from textual.app import App
+
+    notified: list[str] = []
+    textual_notify = App.notify
+
+    def notify(self: App[object], message: str, **kw: object) -> None:
+        notified.append(str(message))
+        textual_notify(self, message, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(App, "notify", notify)
+    return notified
+
+
 async def test_a_live_log_scrolled_back_stays_where_it_was_scrolled_and_follows_again_at_its_end() -> None:
     """The pane follows a running operation's log. Scrolled back (home, page up, the wheel) to read what came
     before, it was pulled back to the end by the next poll's lines, once a second: a chatty log could not
@@ -178,16 +193,8 @@ async def test_a_key_pressed_twice_fast_acts_once_and_says_nothing_of_another_co
     a command nobody ran (or "... is paused: only queued, running operations can be paused"). A request still
     on its way is not sent again: the first says what it did."""
     from textual import events
-    from textual.app import App
 
-    notified: list[str] = []
-    textual_notify = App.notify
-
-    def notify(self: App[object], message: str, **kw: object) -> None:
-        notified.append(str(message))
-        textual_notify(self, message, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(App, "notify", notify)
+    notified = _notifications(monkeypatch)
     app = make_app(tui_settings, watch_only=True)  # nothing runs here: it stays as the keys leave it
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine_started)
@@ -240,19 +247,11 @@ async def test_on_a_read_only_state_dir_a_key_that_would_write_says_so_before_as
     "Remove ...?" and "Cancel ...?" for a change that could not be made; and each refusal, a store error, had the
     resources pane say STORE DISCONNECTED of a store that answers every read. Each says why at once now, in
     one line, opens nothing and leaves the store's state as shown."""
-    from textual.app import App
 
     from tui.screens.confirm import ConfirmScreen
     from tui.screens.launch import LaunchScreen
 
-    notified: list[str] = []
-    textual_notify = App.notify
-
-    def notify(self: App[object], message: str, **kw: object) -> None:
-        notified.append(str(message))
-        textual_notify(self, message, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(App, "notify", notify)
+    notified = _notifications(monkeypatch)
     async with Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False) as engine:
         op = await engine.submit({"type": "ledger", "params": {"items": 10}})
         await engine.pause(op.id)
