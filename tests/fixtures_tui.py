@@ -9,7 +9,14 @@ worker process would, so the dashboard's engine sees them as alive, not orphaned
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import pty
 import sqlite3
+import struct
+import termios
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +43,8 @@ from engine.store.base import ItemDelta
 from tui.app import OutlastApp
 from tui.widgets.operations import OperationsTable
 
+from . import zygote
+from .conftest import REPO
 from .fixtures_engine import until
 
 NOW = 1_790_000_000.0
@@ -254,3 +263,32 @@ def seeded(tui_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         asyncio.run(store.close())
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+class OnAPty:
+    """``outlast ARGS`` with a pseudo-terminal of ``rows`` x ``cols`` as its stdin, stdout and stderr (``kw``: more of
+    Popen's, such as a session of its own); what it writes there is read as it comes (``out``), so that it never
+    blocks on a full buffer, until its last writer is gone."""
+
+    def __init__(self, args: list[str], env: dict[str, str], rows: int = 24, cols: int = 80, **kw: Any) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**env, "TERM": "xterm-256color"}
+        self.proc = zygote.popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, **kw)
+        os.close(slave)
+        self.out = bytearray()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(self.master, 65536):
+                self.out.extend(chunk)
+
+    def close(self) -> None:
+        """Kill the process if it is still there, and close the terminal."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            os.close(self.master)

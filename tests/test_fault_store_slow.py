@@ -5,15 +5,12 @@ commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by h
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pty
 import signal
-import struct
 import subprocess
 import termios
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from tests.conftest import REPO
 from tests.fixtures_api import free_port
 from tests.fixtures_cli import CLI, Cli, Proc, until
 from tests.fixtures_engine import queued_record
+from tests.fixtures_tui import OnAPty
 
 PLUGIN = ["--plugin", "tests.store_slow"]
 
@@ -241,21 +239,8 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     config.write_text(f"store_outage_limit = {limit}\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
     r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.02")
     assert r.returncode == 0, r.stdout + r.stderr
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {**_slow(cli, tmp_path, 120), "TERM": "xterm-256color"}
-    args = [*CLI, "--config", str(config), *PLUGIN]  # the dashboard
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO)
-    os.close(slave)
-    out = bytearray()
-
-    def read() -> None:
-        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
-            while chunk := os.read(master, 65536):
-                out.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    term = OnAPty(["--config", str(config), *PLUGIN], _slow(cli, tmp_path, 120), rows=40, cols=120)  # the dashboard
+    proc, master, out = term.proc, term.master, term.out
     try:
         until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="a checkpoint held up")
         if leaving == "on SIGTERM again":
@@ -273,10 +258,9 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
                 proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 8, bytes(out[-3000:])
         modes = termios.tcgetattr(master)[3]
-        reader.join(5)
+        term.reader.join(5)
     finally:
-        proc.kill()
-        os.close(master)
+        term.close()
     assert modes & termios.ECHO and modes & termios.ICANON, "the terminal's echo and line editing were left off"
     back = out.rfind(b"\x1b[?1049l")  # the main screen again
     assert back > out.rfind(b"\x1b[?1049h") >= 0, bytes(out[-3000:])

@@ -38,7 +38,7 @@ from .conftest import REPO
 from .fixtures_cli import CLI
 from .fixtures_engine import until
 from .fixtures_redis import RedisServer
-from .fixtures_tui import NOW, make_app, select, status_of, wait_for
+from .fixtures_tui import NOW, OnAPty, make_app, select, status_of, wait_for
 
 
 async def _running(pilot, app: OutlastApp, **params: object) -> str:  # type: ignore[no-untyped-def]
@@ -519,40 +519,48 @@ async def test_command_palette_runs_dashboard_actions(tui_settings: Settings) ->
         await wait_for(pilot, lambda: _is(app, op_id, Status.PAUSED))
 
 
+def _tui_args(settings: Settings) -> list[str]:
+    """``outlast tui`` on the state dir of ``settings``, with the tests' operations."""
+    return ["--state-dir", str(settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"]
+
+
 async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Settings) -> None:
     """An SSH session dropping: SIGHUP to the dashboard in a real pseudo-terminal, which then goes away."""
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     async with engine:
         op = await engine.submit({"type": "ledger", "name": "hup", "params": {"items": 3000, "seconds": 0.01}})
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        proc = zygote.popen(
-            ["--state-dir", str(tui_settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"],
-            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"},
-        )  # fmt: skip
-        os.close(slave)
-        drain = threading.Thread(target=_drain, args=(master,), daemon=True)
-        drain.start()
+        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
         try:
             await until(lambda: _stored(engine, op.id, Status.RUNNING), timeout=30)
             await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
-            proc.send_signal(signal.SIGHUP)
-            os.close(master)  # the terminal is gone too
-            code = await asyncio.to_thread(proc.wait, 30)
+            term.proc.send_signal(signal.SIGHUP)
+            os.close(term.master)  # the terminal is gone too
+            code = await asyncio.to_thread(term.proc.wait, 30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            term.close()
         assert code == 128 + signal.SIGHUP
         record = await engine.store.get(op.id)
         assert record.status is Status.PAUSED and record.checkpoint_seq is not None
 
 
-def _drain(fd: int) -> None:
-    """Read what the app writes to its terminal, so that it never blocks on a full buffer."""
-    with contextlib.suppress(OSError):
-        while os.read(fd, 65536):
-            pass
+async def test_sigint_pauses_the_work_and_says_so_on_the_way_out(tui_settings: Settings) -> None:
+    """``kill -INT`` on the dashboard paused the work it ran and exited 0 saying nothing (Textual ends its loop;
+    the engine is stopped on unmount), where q then Pause names what was paused and how to go on. It says so."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "int", "params": {"items": 3000, "seconds": 0.01}})
+        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        try:
+            await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
+            term.proc.send_signal(signal.SIGINT)
+            code = await asyncio.to_thread(term.proc.wait, 30)
+            await asyncio.to_thread(term.reader.join, 5)
+        finally:
+            term.close()
+        assert code == 0, bytes(term.out[-2000:])
+        said = f"1 operation paused, a checkpoint each: {op.id} (int); go on with `outlast --state-dir"
+        assert said.encode() in term.out, bytes(term.out[-2000:])
+        assert (await engine.store.get(op.id)).status is Status.PAUSED
 
 
 async def _stored(engine: Engine, op_id: str, status: Status) -> bool:

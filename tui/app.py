@@ -952,6 +952,10 @@ def main(
         logger.handlers = saved
     if app.handed_over:
         print(app.handed_over)
+    elif (app.paused_at_exit or app.unwritten_at_exit) and not app.return_code:
+        # Stopped another way than a quit that says it (SIGINT: Textual ends its loop, and the engine is
+        # stopped on unmount): what was paused was left unsaid, exit 0.
+        print(paused_line(app))
     if app.engine_failure is not None:
         raise app.engine_failure
     return exit_code(app, rv)
