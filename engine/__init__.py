@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .context import OperationContext, OperationFailed, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
     from .errors import StoreLost
+    from .exitcodes import ExitCode
     from .handoff import run_by, taker, wait_taken
     from .ids import unique_prefix_lengths
     from .lifecycle import ACTIONS, Action, applies
@@ -62,6 +63,7 @@ _WHERE = {
         ("OperationContext", "OperationFailed", "OperationStopped", "TooManyFailures", "TransientError"), "context"
     ),
     "Engine": "engine",
+    "ExitCode": "exitcodes",
     "LoopThreads": "threads",
     **dict.fromkeys(
         ("ACTIVE", "RESUMABLE", "SETTLED", "TERMINAL", "Status", "ACTIONS", "Action", "applies"), "lifecycle"
@@ -132,6 +134,7 @@ __all__ = [
     "Conflict",
     "Engine",
     "Event",
+    "ExitCode",
     "HandlerSpec",
     "InvalidInput",
     "ItemFailed",

@@ -32,8 +32,7 @@ from textual.screen import Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
-from engine import RESUMABLE, LoopThreads, OutlastError, Status
-from engine.exitcodes import ExitCode
+from engine import RESUMABLE, ExitCode, LoopThreads, OutlastError, Status
 
 from . import format as fmt
 from .actions import KEY_ACTIONS, OTHER_KEYS, key_applies, remove_question, remove_refusal, resume_question
