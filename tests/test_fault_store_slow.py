@@ -135,7 +135,7 @@ def test_a_stop_signal_while_the_disk_does_not_answer_exits_in_bounded_time(cli:
         "store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n",
         120,
         items=100,
-        seconds=0.02,
+        seconds=0.005,
     )
     run.signal(signal.SIGTERM)
     assert run.wait(30) == 8, run.out + run.err
@@ -148,7 +148,7 @@ def test_a_third_stop_signal_leaves_at_once_whatever_the_stop_waits_on(cli: Cli,
     did nothing more; the user was left with kill -9. The third leaves at once in one line, exit 8 as the
     store has not answered for seconds (130 otherwise), at the cost of a SIGKILL."""
     config = "store_outage_limit = 600\n[profiles.demo]\ncheckpoint_interval = 0.3\n"
-    run = _held_run(cli, tmp_path, config, 120, items=100, seconds=0.02)
+    run = _held_run(cli, tmp_path, config, 120, items=100, seconds=0.005)
     run.signal(signal.SIGINT)
     time.sleep(3.2)  # the store not answering for 3 s: the way out is exit 8
     run.signal(signal.SIGINT)
@@ -237,7 +237,7 @@ def test_a_dashboard_quit_while_the_disk_does_not_answer_exits_and_gives_the_ter
     config = tmp_path / "outlast.toml"
     limit = 1 if leaving == "at the store's limit" else 600
     config.write_text(f"store_outage_limit = {limit}\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
-    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.02")
+    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.005")
     assert r.returncode == 0, r.stdout + r.stderr
     term = OnAPty(["--config", str(config), *PLUGIN], _slow(cli, tmp_path, 120), rows=40, cols=120)  # the dashboard
     proc, master, out = term.proc, term.master, term.out
@@ -277,7 +277,7 @@ def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_t
     resumes from its newest checkpoint."""
     config = tmp_path / "outlast.toml"
     config.write_text("store_outage_limit = 1\n[profiles.demo]\ncheckpoint_interval = 0.3\n")
-    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.02")
+    r = cli("--config", str(config), "submit", "demo", "-p", "items=100", "-p", "seconds=0.005")
     assert r.returncode == 0, r.stdout + r.stderr
     serve = Proc(["--config", str(config), *PLUGIN, "serve", "--port", str(free_port())], _slow(cli, tmp_path, 120))
     cli.procs.append(serve)
