@@ -12,7 +12,8 @@ from ..format import printable
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes or no; y/enter confirms, n/escape declines."""
+    """Yes or no: y confirms, n or escape declines; enter presses the focused button, No until the user moves to
+    Yes (an enter pressed out of habit changes nothing)."""
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
