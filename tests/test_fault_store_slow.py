@@ -4,6 +4,7 @@ commit holds it; strace's ``inject=fdatasync:delay_enter=`` showed the same by h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ import pty
 import signal
 import subprocess
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -286,3 +288,29 @@ def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_t
     assert serve.wait(30) == 8, serve.out + serve.err
     assert any("has not answered for" in ln and "resume it then" in ln for ln in serve.err), serve.err
     _resumes_to_the_right_sum(cli)
+
+
+async def test_an_open_cancelled_while_the_disk_holds_it_returns_at_once(tmp_path: Path) -> None:
+    """Ctrl-C (a cancel) while the store's open waits on its disk: the open's clean-up joined its thread on the
+    event loop's own thread for up to 30 s, so a command stopped by Ctrl-C twice stayed 30 s (found once in a
+    short soak, a `pause` whose open's commit hung). The cancel returns at once; the thread ends by itself."""
+    store = open_store(tmp_path / "state")
+    held = threading.Event()
+    released = threading.Event()
+
+    def hung() -> None:
+        held.set()
+        released.wait(60)
+
+    store._open_sync = hung  # type: ignore[attr-defined,method-assign]
+    opening = asyncio.ensure_future(store.open())
+    try:
+        await asyncio.to_thread(held.wait, 10)
+        began = time.monotonic()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        took = time.monotonic() - began
+    finally:
+        released.set()
+    assert took < 10, f"the cancel of an open waited {took:.0f}s for its thread"

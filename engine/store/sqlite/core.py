@@ -279,9 +279,11 @@ class SqliteCore:
         self._worker = worker = SqliteWorker()
         try:
             await self._run(self._open_sync)
-        except BaseException:
+        except BaseException as e:
             self._opened = 0
-            worker.stop()
+            # Cancelled (Ctrl-C) while the open waits on its disk: not joined here, on the event loop's thread,
+            # for up to 30 s (a `pause` stopped by Ctrl-C twice on a disk whose commit hung stayed 30 s).
+            worker.stop(wait=30.0 if isinstance(e, Exception) else 0)
             self._worker = None
             raise
 

@@ -114,9 +114,12 @@ class SqliteWorker:
         self._q.put(_Job(fn, (), True, fut, undo, after))
         return fut
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 30.0) -> None:
+        """End the thread once the jobs queued before are done, waiting up to ``wait`` seconds for it (0: not at
+        all; it is a daemon thread, so nothing at exit waits for it either)."""
         self._q.put(None)
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=wait)
 
     # ---- the thread ------------------------------------------------------------------------------
 
