@@ -10,11 +10,13 @@ import json
 import os
 import pty
 import signal
+import sqlite3
 import subprocess
 import termios
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,19 +292,25 @@ def test_an_api_server_stopped_while_the_disk_does_not_answer_exits_in_bounded_t
     _resumes_to_the_right_sum(cli)
 
 
-async def test_an_open_cancelled_while_the_disk_holds_it_returns_at_once(tmp_path: Path) -> None:
+async def test_an_open_cancelled_while_the_disk_holds_it_returns_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C (a cancel) while the store's open waits on its disk: the open's clean-up joined its thread on the
     event loop's own thread for up to 30 s, so a command stopped by Ctrl-C twice stayed 30 s (found once in a
     short soak, a `pause` whose open's commit hung). The cancel returns at once; the thread ends by itself."""
     store = open_store(tmp_path / "state")
     held = threading.Event()
     released = threading.Event()
+    connect = sqlite3.connect
 
-    def hung() -> None:
-        held.set()
-        released.wait(60)
+    def hanging(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
+        """As ``tests.store_slow``: the first statement on the store's file waits, as a hung disk holds it."""
+        con = connect(database, *args, **kw)
+        if os.fsdecode(database).split("?")[0].endswith("/outlast.db"):
+            con.set_trace_callback(lambda _sql: released.is_set() or bool(held.set()) or released.wait(60))
+        return con
 
-    store._open_sync = hung  # type: ignore[attr-defined,method-assign]
+    monkeypatch.setattr(sqlite3, "connect", hanging)
     opening = asyncio.ensure_future(store.open())
     try:
         await asyncio.to_thread(held.wait, 10)
