@@ -171,7 +171,9 @@ def test_a_change_stopped_while_the_disk_does_not_answer_says_its_outcome_is_not
     which reads as "not paused" of a pause the store may have taken. It says that nobody knows, and where to look."""
     op_id = cli("submit", "demo").stdout.strip()
     env = {**_slow(cli, tmp_path, 120), "OUTLAST_TEST_SLOW_MATCH": "COMMIT"}
-    pause = Proc([*PLUGIN, "pause", op_id], env)
+    # Ctrl-C as a terminal sends it, whatever this test process inherited: a suite started in the background by
+    # a non-interactive shell (nohup ... &) ignores SIGINT, and so would the command (an ignored SIGINT is kept).
+    pause = Proc([*PLUGIN, "pause", op_id], env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cli.procs.append(pause)
     until(lambda: (tmp_path / "slow.flag").exists(), 30, every=0.02, what="the pause's commit held up")
     pause.signal(signal.SIGINT)  # the first: the write under way is waited for
