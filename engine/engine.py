@@ -411,14 +411,19 @@ class Engine:
         if self._signal_count > 2 and self._hang_watch is not None:  # a process that ends with this engine
             # The third: leave now, whatever the stop still waits on (a frozen Redis held `outlast run` 42 s
             # after three Ctrl-Cs: its calls time out by themselves, after retrying for `retry_for`).
-            unanswered = getattr(self.store, "unanswered_for", lambda: 0.0)()
-            stuck = self.health.since is not None or unanswered >= STORE_STUCK
             name = signal.Signals(sig).name
-            self._exit_now(f"a third stop signal ({name})", ExitCode.STORE if stuck else 128 + sig)
+            self._exit_now(f"a third stop signal ({name})", ExitCode.STORE if self.store_stuck() else 128 + sig)
         if self._signal_count > 1:
             by = "a second Ctrl-C" if sig == signal.SIGINT else f"a second signal ({signal.Signals(sig).name})"
             for attempt in self._runs.values():
                 attempt.watch.force(time.monotonic(), by)
+
+    def store_stuck(self, waited: float = 0.0) -> bool:
+        """Whether a way out that does not wait for the store leaves because of it (exit 8, not the code of
+        what asked to leave): an outage under way, or a call unanswered for ``STORE_STUCK`` seconds (``waited``:
+        how long a face's own read has waited, the dashboard's)."""
+        unanswered = getattr(self.store, "unanswered_for", lambda: 0.0)()
+        return self.health.since is not None or max(unanswered, waited) >= STORE_STUCK
 
     def exit_if_store_hangs(self) -> None:
         """From now on, a store that has not answered one call for ``store_outage_limit`` ends this process in

@@ -12,7 +12,7 @@ import random
 import shlex
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import pytest
 
 from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
 from engine.cli import main as cli_main
-from engine.models import SETTLED, WorkerInfo
+from engine.models import SETTLED, Operation, WorkerInfo
 from engine.store import Store
 from tests.fixtures_cli import REPO, Proc
 from tests.fixtures_cli import until as until_sync
@@ -309,10 +309,10 @@ def waits(p: Proc) -> bool:
     return any("waiting for a slot" in ln for ln in p.err)
 
 
-async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path: Path) -> None:
-    """``outlast run`` with every store slot in use: it says so once, its operation stays queued, and
-    it runs when a slot frees; Ctrl-C while waiting pauses its operation (exit 6), as the start line says."""
-    target = Target("sqlite", tmp_path / "t", None)
+@contextlib.asynccontextmanager
+async def _one_slot_held(target: Target) -> AsyncIterator[tuple[Store, Operation]]:
+    """The store of ``target`` with one store slot, held by a long operation claimed by hand: the store (open
+    while the block runs) and that operation's claimed record."""
     holder = target.store()
     await holder.open()
     try:
@@ -321,8 +321,23 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
             (busy,) = await submit(engine, 1, **LONG)
         held = await holder.claim(W, 1e10, 300.0)
         assert held is not None and held.id == busy
-        args = [*target.args(), "--plugin", "tests.ops_for_tests", "run", "ledger", "-p", "items=3"]
-        runs = [Proc(args, target.env) for _ in range(2)]
+        yield holder, held
+    finally:
+        await holder.close()
+
+
+def _run_ledger(target: Target) -> list[str]:
+    """``outlast run ledger`` (3 items) on the store of ``target``."""
+    return [*target.args(), "--plugin", "tests.ops_for_tests", "run", "ledger", "-p", "items=3"]
+
+
+async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path: Path) -> None:
+    """``outlast run`` with every store slot in use: it says so once, its operation stays queued, and
+    it runs when a slot frees; Ctrl-C while waiting pauses its operation (exit 6), as the start line says."""
+    target = Target("sqlite", tmp_path / "t", None)
+    async with _one_slot_held(target) as (holder, held):
+        busy = held.id
+        runs = [Proc(_run_ledger(target), target.env) for _ in range(2)]
         try:
             for p in runs:
                 await until(partial(waits, p), timeout=30)
@@ -341,8 +356,6 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
         finally:
             for p in runs:
                 p.kill()
-    finally:
-        await holder.close()
 
 
 async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operation(tmp_path: Path) -> None:
@@ -350,16 +363,9 @@ async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operatio
     (``outlast pause ID`` from a script that saw it queued): the run said "was taken by a running worker;
     following it there", though no worker had it, then "paused at 0 items". It says what another command did."""
     target = Target("sqlite", tmp_path / "t", None)
-    holder = target.store()
-    await holder.open()
-    try:
-        await holder.set_slots(1)
-        async with target.engine() as engine:
-            await submit(engine, 1, **LONG)
-        assert await holder.claim(W, 1e10, 300.0) is not None  # the one slot held
-        args = [*target.args(), "--plugin", "tests.ops_for_tests", "run", "ledger", "-p", "items=3"]
+    async with _one_slot_held(target):
         for action, code in (("pause", 6), ("cancel", 4)):
-            run = Proc(args, target.env)
+            run = Proc(_run_ledger(target), target.env)
             try:
                 await until(partial(waits, run), timeout=30)
                 op_id = next(ln.split()[1] for ln in run.out if "submitted" in ln)
@@ -372,5 +378,3 @@ async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operatio
                 assert f"{op_id} was {status} by another command before it started here" in said, said
             finally:
                 run.kill()
-    finally:
-        await holder.close()

@@ -815,8 +815,7 @@ class OutlastApp(App[int]):
         assert self.stopping is not None
         labels = self.stopping[0]
         left = [label for op_id, label in labels.items() if op_id in self.engine.running_ids] or list(labels.values())
-        unanswered: Callable[[], float] = getattr(self.engine.store, "unanswered_for", lambda: 0.0)
-        stuck = self.engine.health.since is not None or max(unanswered(), self.store_waited()) >= SLOW_STORE
+        stuck = self.engine.store_stuck(self.store_waited())
         them = "it" if len(left) == 1 else "them"
         line = (
             f"outlast: quit at once ({by}): {len(left)} operation{'s' if len(left) != 1 else ''} left as the store"
