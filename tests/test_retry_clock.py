@@ -198,7 +198,9 @@ def test_a_run_time_counts_the_monotonic_clock_not_a_wall_clock_step() -> None:
 @pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
 def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path: Path) -> None:
     """``outlast run`` under libfaketime, its wall clock stepped two days forward while the operation runs: the
-    line it ends with and ``show`` say the seconds it ran ("completed ... after 2d00h" of a 2 s run)."""
+    line it ends with and ``show`` say the seconds it ran ("completed ... after 2d00h" of a 5 s run). The step
+    comes once a few items are stored done, with seconds of the run still ahead: a poll slowed by a loaded
+    machine has the whole run to see it running (watching for half of a 2 s run missed it in CI)."""
     spec, state = tmp_path / "faketime.spec", tmp_path / "state"
     spec.write_text("+0")
     env = {
@@ -210,7 +212,7 @@ def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     proc = zygote.popen(
-        ["run", "demo", "-p", "items=20", "-p", "seconds=0.1"],
+        ["run", "demo", "-p", "items=50", "-p", "seconds=0.1"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -218,7 +220,7 @@ def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path
         text=True,
     )
     try:
-        until(lambda: _running_half_done(state), timeout=30, every=0.05, what="the run half done")
+        until(lambda: _running_under_way(state), timeout=30, every=0.05, what="the run under way")
         spec.write_text("+2d")
         out, err = proc.communicate(timeout=30)
     finally:
@@ -226,13 +228,13 @@ def test_a_wall_clock_stepped_forward_mid_run_does_not_lengthen_the_run(tmp_path
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out + err
-    assert re.search(r"completed at 20/20 items after [0-9]s\b", out + err), out + err
+    assert re.search(r"completed at 50/50 items after [0-9]s\b", out + err), out + err
     shown = zygote.run(["show", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert re.search(r"elapsed\s+[0-9]s\n", shown.stdout), shown.stdout
 
 
-def _running_half_done(state: Path) -> bool:
-    """Whether the store shows the demo operation running with 10 or more of its items done."""
+def _running_under_way(state: Path) -> bool:
+    """Whether the store shows the demo operation running with 3 or more of its items done."""
 
     async def read() -> list[Operation]:
         store = LocalStore(state)
@@ -242,4 +244,4 @@ def _running_half_done(state: Path) -> bool:
         finally:
             await store.close()
 
-    return state.exists() and any(op.progress.done >= 10 for op in asyncio.run(read()))
+    return state.exists() and any(op.progress.done >= 3 for op in asyncio.run(read()))
