@@ -27,7 +27,7 @@ from hypothesis import settings as fuzz
 from hypothesis import strategies as st
 
 from engine import OperationSpec, Settings, Status
-from engine.models import Operation, new_id
+from engine.models import Operation, WorkerInfo, new_id
 from engine.store.sqlite import LocalStore
 from engine.store.sqlite import worker as sqlite_worker
 from tests.conftest import REPO
@@ -353,3 +353,53 @@ def test_a_job_that_raises_in_a_group_takes_only_its_own_writes_with_it(tmp_path
             worker.stop()
 
     asyncio.run(scenario())
+
+
+async def test_a_claim_whose_commit_and_rollback_both_fail_leaves_its_operation_to_the_next_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk interrupts any statement (tests.store_flaky), the ROLLBACK after a failed COMMIT too. That
+    ROLLBACK left the transaction open: the claim's undo read its own claim back as running and kept the
+    operation's lock, and the connection kept SQLite's write lock, so another process's claim waited out the
+    30 s busy timeout (and then, while this process lived, skipped the operation as "still finishing").
+    The ROLLBACK is tried again: the claim fails, the operation is queued, and the next claim takes it."""
+    failing: list[str] = []
+    """Statements to fail, in order: each fails the next statement that begins with it."""
+    real = sqlite3.connect
+
+    def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
+        con = real(database, *args, **kw)
+        if str(database).endswith("outlast.db"):
+            now = threading.local()
+
+            def started(sql: str) -> None:
+                now.sql = sql.lstrip().upper()
+
+            def progress() -> int:
+                if failing and getattr(now, "sql", "").startswith(failing[0]):
+                    failing.pop(0)
+                    return 1  # SQLite aborts the statement: "interrupted"
+                return 0
+
+            con.set_trace_callback(started)
+            con.set_progress_handler(progress, 1)
+        return con
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    now = time.time()
+    op = Operation(id=new_id(), type="ledger", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+    first, second = LocalStore(tmp_path / "state"), LocalStore(tmp_path / "state")
+    await first.open()
+    try:
+        await first.create(op)
+        failing[:] = ["COMMIT", "ROLLBACK"]
+        with pytest.raises(Exception, match="interrupted"):
+            await first.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0)
+        assert failing == [], "both statements failed"
+        assert (await first.get(op.id)).status is Status.QUEUED  # its own reads: what was committed
+        await second.open()
+        got = await asyncio.wait_for(second.claim(WorkerInfo(host="test", pid=2), time.time(), 300.0), 10)
+        assert got is not None and got.id == op.id and got.worker == WorkerInfo(host="test", pid=2)
+    finally:
+        await first.close()
+        await second.close()

@@ -130,6 +130,8 @@ class SqliteWorker:
             if job is None:
                 return
             self.busy_since = time.monotonic()
+            if self.conn is not None and self.conn.in_transaction:
+                _rollback(self.conn)  # one a failed ROLLBACK left open (see _rollback)
             if not job.write:
                 if self.guard is not None:
                     with contextlib.suppress(Exception):
@@ -256,13 +258,11 @@ class SqliteWorker:
         job, others = group[i], group[:i] + group[i + 1 :]
         conn = self.conn
         assert conn is not None
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as e:
+        if not _rollback(conn):
             self._failing = True
             _undo(job)
             _deliver([(job, None, error)])
-            self._lose(others, e)
+            self._lose(others, sqlite3.OperationalError("the transaction could not be rolled back"))
             return []
         # Every job's writes went with the rollback: each is undone (read as the database was before the
         # group), so a claim lets go of the lock it took, and takes one again when it runs again: another
@@ -279,15 +279,30 @@ class SqliteWorker:
         """Nothing of ``jobs`` was committed: roll back what is left of the transaction, undo each job and
         fail it with ``error`` (a job that failed by itself, its outcome among the ``outcomes`` of the jobs
         that ran, keeps its own error and was undone then)."""
-        conn = self.conn
-        if conn is not None and conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        if self.conn is not None:
+            _rollback(self.conn)
         own = [err for _r, err in outcomes] + [None] * (len(jobs) - len(outcomes))
         for job, err in zip(jobs, own, strict=True):
             if err is None:
                 _undo(job)
         _deliver([(job, None, err or error) for job, err in zip(jobs, own, strict=True)])
+
+
+ROLLBACK_TRIES = 10
+
+
+def _rollback(conn: sqlite3.Connection) -> bool:
+    """End the open transaction, if any; whether it ended. A ROLLBACK can fail too (interrupted, as the tests'
+    failing disk interrupts any statement): until one succeeds the connection keeps the lost writes, its
+    reads see them (a claim's undo read its own claim back as running, and kept a lock no claim had), and it
+    keeps the write lock, every other process's write waiting for it. Tried again at once: what fails a
+    ROLLBACK (it only drops pages in memory) does not last."""
+    for _ in range(ROLLBACK_TRIES):
+        if not conn.in_transaction:
+            return True
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+    return not conn.in_transaction
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
