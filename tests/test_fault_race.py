@@ -396,6 +396,9 @@ class Race:
             if all(o.status.value in SETTLED for o in ops.values()) or time.time() > end:
                 break
             time.sleep(0.2)
+        for op in ops.values():
+            if op.status.value not in SETTLED:
+                self.note(self.unsettled(op))
         for w in self.live_workers():
             w.signal(signal.SIGTERM)
         for w in self.workers:
@@ -404,6 +407,25 @@ class Race:
             except subprocess.TimeoutExpired:
                 w.kill()
         return self.records()
+
+    def unsettled(self, op: Operation) -> str:
+        """What a round left unsettled needs to be read, taken before the workers are stopped: its record's
+        worker and epoch, the processes holding its lock file (/proc/locks), and the last lines each wrote."""
+        line = f"{op.name} {op.id} still {op.status.value} after the drain: attempt {op.epoch} of {op.worker}"
+        if self.redis:
+            return line
+        lock = Path(self.env["OUTLAST_STATE_DIR"]) / "locks" / f"{op.id}.lock"
+        try:
+            inode = os.stat(lock).st_ino
+            held = Path("/proc/locks").read_text().splitlines()
+        except OSError as e:
+            return f"{line}; its lock file: {e}"
+        holders = sorted({int(f[4]) for f in map(str.split, held) if len(f) > 5 and f[5].endswith(f":{inode}")})
+        line += f"; its lock held by {holders or 'nobody'}"
+        for w in self.workers:
+            if w.popen.pid in holders or w.popen.pid == (op.worker.pid if op.worker else None):
+                line += f"\n    worker {w.popen.pid} (alive: {w.popen.poll() is None}) wrote: {w.err[-6:]}"
+        return line
 
     def close(self) -> None:
         self.wake(None)
