@@ -101,9 +101,12 @@ XDIST = """
 
 async def test_pytest_xdist_workers_report_through_their_controller(engine: Engine, tmp_path: Path) -> None:
     """-n 2: the workers do not inherit the event stream's variable (they crashed on its descriptor); every
-    test's outcome arrives through the controller, a worker that dies in a test makes it "crashed"."""
+    test's outcome arrives through the controller, a worker that dies in a test makes it "crashed". The plugins
+    installed here load as users' do, from their entry points (xdist among them): the one run of the suite
+    that does (tests/conftest.py turns that off for the others)."""
     suite = write_suite(tmp_path, {"test_x.py": XDIST})
-    op = await run(engine, suite, args=["-p", "xdist", "-n", "2"], fail_on_test_failure=False)
+    autoload = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": ""}
+    op = await run(engine, suite, args=["-n", "2"], fail_on_test_failure=False, env=autoload)
     assert op.status is Status.COMPLETED, op.error
     assert op.result["tests"] == 5 and op.result["counts"] == {"passed": 3, "failed": 1, "crashed": 1}
     failed = {f["id"]: f for f in op.result["failed"]}
