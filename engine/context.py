@@ -256,7 +256,7 @@ class OperationContext(SeedContextMethods):
             }
             self._done = cp.processed_items
             if cp.total_items is not None:
-                self._total, self._total_estimated = cp.total_items, False
+                self._total, self._total_estimated = cp.total_items, cp.metadata.get("total_estimated") is True
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
@@ -663,19 +663,25 @@ class OperationContext(SeedContextMethods):
         point = self._point  # the seed's style (seed_style()): a stop's checkpoint repeats the last asked for
         if point is not None and not asked:
             done, step, state, context_data = point
+        # An estimate (``--items N``) passed is no total (as ``shown_total``: "6/?", not 100% "6/3"); one kept
+        # says it is one, so a resume does not take it for the handler's own total.
+        total, metadata = self.total, {"attempt": self.attempt, "failures": self.failures}
+        if self._total_estimated and total is not None:
+            total = None if done > total else total
+            metadata["total_estimated"] = True
         cp = Checkpoint.model_construct(
             operation_id=self.id,
             seq=self._seq,
             epoch=self.epoch,
             created_at=time.time(),
-            progress_percentage=(min(100.0, 100.0 * done / self.total) if self.total else None),
+            progress_percentage=(min(100.0, 100.0 * done / total) if total else None),
             processed_items=done,
-            total_items=self.total,
+            total_items=total,
             done_count=len(self._ledger.done),
             state=state,
             context_data=context_data,
             next_step=step,
-            metadata={"attempt": self.attempt, "failures": self.failures},
+            metadata=metadata,
             checksum="",
             size=0,
             valid=True,

@@ -23,10 +23,10 @@ from engine import (
     TimeoutProfile,
     load_settings,
 )
-from engine.models import Operation, new_id
+from engine.models import Operation, Progress, new_id
 from engine.profiles import DEFAULT_PROFILE, profile_for
 from tests.conftest import REPO
-from tests.fixtures_engine import collect, make_engine
+from tests.fixtures_engine import collect, make_engine, until
 
 SEED_TYPES = {
     "codebase_indexing",
@@ -324,3 +324,28 @@ async def test_a_profile_for_no_known_type_is_said_at_start(tmp_path: Path, capl
             pass
     said = [r.getMessage() for r in caplog.records if "no such operation type" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("profiles for codebase_indexng:"), said
+
+
+async def test_a_checkpoint_past_the_estimate_keeps_no_total_and_a_resumed_estimate_stays_one(engine: Engine) -> None:
+    """A handler with no total of its own counting past the submitter's estimate (``--items 3``) shows no total,
+    "6/?"; its checkpoint kept the estimate, 100% "6/3" in ``outlast show``'s checkpoints and the dashboard's
+    pane. And an estimate a checkpoint kept came back from it as the handler's own total: resumed past it,
+    the count showed "12/8" where the first attempt would have said "12/?"."""
+    past = await engine.submit(OperationSpec(type="silent", params={"items": 10, "hang_after": 6}, total_items=3))
+    await until(lambda: (engine.live(past.id) or Progress()).done == 6)
+    await engine.pause(past.id)
+    assert (await engine.wait(past.id, timeout=20)).status is Status.PAUSED
+    loaded = await engine.store.load_checkpoint(past.id)
+    assert loaded is not None
+    assert (loaded[0].processed_items, loaded[0].total_items, loaded[0].progress_percentage) == (6, None, None)
+
+    ahead = await engine.submit(OperationSpec(type="silent", params={"items": 10, "hang_after": 6}, total_items=8))
+    await until(lambda: (engine.live(ahead.id) or Progress()).done == 6)
+    await engine.pause(ahead.id)
+    assert (await engine.wait(ahead.id, timeout=20)).status is Status.PAUSED
+    loaded = await engine.store.load_checkpoint(ahead.id)
+    assert loaded is not None and (loaded[0].total_items, loaded[0].progress_percentage) == (8, 75.0)
+    await engine.resume(ahead.id)
+    live = await until(lambda: (p := engine.live(ahead.id)) is not None and p.done == 12 and p)
+    assert live.total is None, live
+    await engine.cancel(ahead.id)
