@@ -290,3 +290,21 @@ def test_a_client_paging_through_a_log_gets_every_record(start_server: Any) -> N
             break
         offset = page["next_offset"]
     assert [m for m in seen if m.isdigit()] == [str(i) for i in range(1, 5001)], (len(seen), seen[:2], seen[-2:])
+
+
+def test_a_resume_of_queued_work_answers_as_the_command_line_does(start_server: Any) -> None:
+    """Queued by another client a moment before (two resumes at once), or never stopped: the resume is answered
+    202 "already queued", as `outlast resume --queue` answers, not 409 "is queued already: another command made
+    it so meanwhile". With a checkpoint or a profile it is still refused: the other resume did not apply them."""
+    api = start_server(OUTLAST_MAX_CONCURRENT="1")
+    first = api.submit(params={"items": 400, "seconds": 0.05})  # holds the one slot
+    api.wait_status(first, {"running"})
+    waiting = api.submit(params={"items": 1})
+    assert api.op(waiting)["status"] == "queued"
+    r = api.http.post(f"/api/operations/{waiting}/resume")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "queued" and r.json()["pending"] is False, r.json()
+    assert r.json()["message"].startswith("already queued"), r.json()
+    r = api.http.post(f"/api/operations/{waiting}/resume", json={"profile": {"base_timeout": 60}})
+    assert r.status_code == 409 and "queued" in r.json()["detail"], r.text
+    api.http.post(f"/api/operations/{first}/cancel")

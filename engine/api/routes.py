@@ -14,7 +14,17 @@ from pydantic import Field, create_model
 
 from .. import __version__
 from ..engine import Engine, SubmitUnknown
-from ..models import ID_RE, SETTLED, InvalidInput, NotFound, Operation, OperationSpec, Status, check_idempotency_key
+from ..models import (
+    ID_RE,
+    SETTLED,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Operation,
+    OperationSpec,
+    Status,
+    check_idempotency_key,
+)
 from ..registry import AnyParams, HandlerSpec, get_handler, handlers
 from .metrics import CONTENT_TYPE
 from .schemas import (
@@ -334,8 +344,19 @@ async def resume_operation(
     if refusal is not None:
         raise Forbidden(f"not resumed: {refusal}")
     body = body or ResumeIn()
-    op = await engine.resume(full, body.checkpoint, body.profile)
+    try:
+        op = await engine.resume(full, body.checkpoint, body.profile)
+    except Conflict:
+        # Queued already, or by another client since (two resumes at once): as this one would have left it, as
+        # `outlast resume --queue` answers. Not with a checkpoint or a profile: the other did not apply them.
+        now = await engine.get(full)
+        if now.status is not Status.QUEUED or body.checkpoint is not None or body.profile:
+            raise
+        return ControlOut(operation_id=now.id, action="resume", status=now.status, pending=False, message=ALREADY)
     return _control_out(op, "resume")
+
+
+ALREADY = "already queued (by another client, or never stopped): it runs when a slot is free"
 
 
 @router.get(
