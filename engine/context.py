@@ -256,7 +256,7 @@ class OperationContext(SeedContextMethods):
             }
             self._done = cp.processed_items
             if cp.total_items is not None:
-                self._total, self._total_estimated = cp.total_items, cp.metadata.get("total_estimated") is True
+                self._total, self._total_estimated = cp.total_items, (cp.metadata or {}).get("total_estimated") is True
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""

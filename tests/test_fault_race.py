@@ -420,7 +420,9 @@ class Race:
             held = Path("/proc/locks").read_text().splitlines()
         except OSError as e:
             return f"{line}; its lock file: {e}"
-        holders = sorted({int(f[4]) for f in map(str.split, held) if len(f) > 5 and f[5].endswith(f":{inode}")})
+        # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's line has "->" after the number.
+        rows = [f[2:] if len(f) > 1 and f[1] == "->" else f[1:] for f in map(str.split, held)]
+        holders = sorted({int(f[3]) for f in rows if len(f) > 4 and f[4].endswith(f":{inode}") and f[3].isdigit()})
         line += f"; its lock held by {holders or 'nobody'}"
         for w in self.workers:
             if w.popen.pid in holders or w.popen.pid == (op.worker.pid if op.worker else None):
