@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
     from .config import Settings, load_settings, save_setting
     from .context import OperationContext, OperationFailed, OperationStopped, TooManyFailures, TransientError
     from .engine import Engine
-    from .errors import StoreLost
+    from .errors import DamagedRecord, StoreLost
     from .exitcodes import ExitCode
     from .handoff import run_by, taker, wait_taken
     from .ids import unique_prefix_lengths
@@ -73,7 +73,17 @@ _WHERE = {
     "ResourceSample": "resources",
     "HandlerSpec": "registry",
     **dict.fromkeys(
-        ("Conflict", "InvalidInput", "NotFound", "OutlastError", "StaleAttempt", "StoreError", "StoreLost"), "errors"
+        (
+            "Conflict",
+            "DamagedRecord",
+            "InvalidInput",
+            "NotFound",
+            "OutlastError",
+            "StaleAttempt",
+            "StoreError",
+            "StoreLost",
+        ),
+        "errors",
     ),
     **dict.fromkeys(
         (
@@ -132,6 +142,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointSaved",
     "Conflict",
+    "DamagedRecord",
     "Engine",
     "Event",
     "ExitCode",

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from .attempt import Attempt
 from .config import Settings, load_settings
 from .context import BrokenInto
-from .errors import KeyTaken, StaleAttempt, requested_unread
+from .errors import DamagedRecord, KeyTaken, StaleAttempt, requested_unread
 from .events import EventBus
 from .exitcodes import ExitCode
 from .lifecycle import ACTIONS, Action, StopReason, check_action
@@ -782,7 +782,7 @@ class Engine:
             try:
                 handler.parse_params(op.params)
             except InvalidInput as e:
-                raise StoreError(f"operation {op_id}: its stored params no longer validate ({e})") from None
+                raise DamagedRecord(f"operation {op_id}: its stored params no longer validate ({e})") from None
         if checkpoint is not None:
             cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
             # Not found, as GET .../checkpoints/SEQ and `outlast resume --checkpoint` say it (404, exit 3):

@@ -50,6 +50,12 @@ def requested_unread(op_id: str, action: str, e: BaseException) -> StoreError:
     )
 
 
+class DamagedRecord(StoreError):
+    """One stored record no longer validates (its timeout profile, its params: a byte changed on disk): the store
+    answers, that record is damaged. A command says so of it (exit 8, as any store error); a face that goes on
+    (the dashboard) says it of that record in one line, and does not call the store unreachable."""
+
+
 class StoreFailed(StoreError):
     """A read or write the store itself failed (its disk full, an I/O error, a read-only file): the store is
     sound, and the request may be tried again. ``why`` is the store's own words ("database or disk is full"),

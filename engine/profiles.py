@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec, StoreError
+from .errors import DamagedRecord
+from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec
 
 
 class RetryPolicy(BaseModel):
@@ -147,7 +148,7 @@ def stored_profile(op: Operation) -> TimeoutProfile:
     try:
         return TimeoutProfile.model_validate(op.profile)
     except ValidationError as e:
-        raise StoreError(f"operation {op.id}: its stored timeout profile is damaged ({one_line(e)})") from None
+        raise DamagedRecord(f"operation {op.id}: its stored timeout profile is damaged ({one_line(e)})") from None
 
 
 def parse_profile(data: dict[str, Any], where: str) -> TimeoutProfile:

@@ -414,3 +414,42 @@ async def test_a_total_estimated_anew_at_each_item_is_read_again_now_and_then_no
             await model.poll()
         assert reads == [op.id], reads
         await engine.cancel(op.id)
+
+
+async def test_a_resume_of_a_record_with_a_damaged_profile_says_so_and_not_that_the_store_is_out(
+    tui_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r on an operation whose stored timeout profile no longer validates (a byte changed on disk): the engine
+    refuses, a store error; the dashboard took it for the store failing and its status line said "store
+    unreachable" until the next poll, of a store that answered every read. It says the record is damaged, in one
+    line, and the store stays shown as working."""
+    notified = _notifications(monkeypatch)
+    now = time.time()
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        from engine import Operation
+
+        op = Operation(
+            id="06b4000000099",
+            type="demo",
+            status=Status.PAUSED,
+            created_at=now,
+            queued_at=now,
+            updated_at=now,
+            profile={"stall_timeout": "soon"},
+        )
+        await store.create(op)
+    finally:
+        await store.close()
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        await select(pilot, op.id)
+        notified.clear()
+        await pilot.press("r")
+        await wait_for(pilot, lambda: any("damaged" in n for n in notified))
+        await pilot.pause(0.3)
+        assert app.model.store_ok
+        assert "unreachable" not in " ".join(app.dashboard.notes), app.dashboard.notes
+        assert (await app.engine.store.get(op.id)).status is Status.PAUSED

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine import SETTLED, NotFound, OutlastError, Priority, Status, StoreError
+from engine import SETTLED, DamagedRecord, NotFound, OutlastError, Priority, Status, StoreError
 
 if TYPE_CHECKING:  # the Engine, its models (pydantic) and its resource sampler (psutil): after the first frame
     from engine import Checkpoint, Engine, Event, LogRecord, Operation, OperationSpec, ResourceSample
@@ -569,9 +569,9 @@ class OperationsModel:
 
 
 def is_refusal(e: BaseException) -> bool:
-    """An engine refusal (the operation is gone, or not in a status that allows it): one warning line,
-    not a store failure."""
-    return isinstance(e, OutlastError) and not isinstance(e, StoreError)
+    """An engine refusal (the operation is gone, or not in a status that allows it, or its record damaged): one
+    warning line, not a store failure (a damaged record made the status line say "store unreachable")."""
+    return isinstance(e, OutlastError) and (not isinstance(e, StoreError) or isinstance(e, DamagedRecord))
 
 
 def _give_back_memory() -> None:
