@@ -411,7 +411,9 @@ class Race:
     def unsettled(self, op: Operation) -> str:
         """What a round left unsettled needs to be read, taken before the workers are stopped: its record's
         worker and epoch, the processes holding its lock file (/proc/locks), and the last lines each wrote."""
-        line = f"{op.name} {op.id} still {op.status.value} after the drain: attempt {op.epoch} of {op.worker}"
+        began = f" begun at {op.started_at - self.t0:.3f}" if op.started_at else ""
+        line = f"{op.name} {op.id} still {op.status.value} after the drain: attempt {op.epoch}{began} of {op.worker}"
+        line += f" (checkpoint {op.checkpoint_seq}, {op.progress.done} items)"
         if self.redis:
             return line
         lock = Path(self.env["OUTLAST_STATE_DIR"]) / "locks" / f"{op.id}.lock"
@@ -426,7 +428,7 @@ class Race:
         line += f"; its lock held by {holders or 'nobody'}"
         for w in self.workers:
             if w.popen.pid in holders or w.popen.pid == (op.worker.pid if op.worker else None):
-                line += f"\n    worker {w.popen.pid} (alive: {w.popen.poll() is None}) wrote: {w.err[-6:]}"
+                line += f"\n    worker {w.popen.pid} (alive: {w.popen.poll() is None}) wrote: {w.err[-20:]}"
         return line
 
     def close(self) -> None:
