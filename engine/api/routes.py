@@ -324,6 +324,10 @@ for _action in ("cancel", "pause"):
     _control_route(_action)
 
 
+ALREADY = "already queued (by another client, or never stopped): it runs when a slot is free"
+"""A resume's answer for work found queued."""
+
+
 @router.post(
     "/operations/{op_id}/resume",
     status_code=202,
@@ -354,9 +358,6 @@ async def resume_operation(
             raise
         return ControlOut(operation_id=now.id, action="resume", status=now.status, pending=False, message=ALREADY)
     return _control_out(op, "resume")
-
-
-ALREADY = "already queued (by another client, or never stopped): it runs when a slot is free"
 
 
 @router.get(
