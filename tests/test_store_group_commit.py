@@ -403,3 +403,60 @@ async def test_a_claim_whose_commit_and_rollback_both_fail_leaves_its_operation_
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.parametrize("commit_of", ["claim", "submit"])
+async def test_a_commit_interrupted_once_it_committed_answers_what_it_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_of: str
+) -> None:
+    """SQLite runs the progress handler once more as a statement returns: a COMMIT interrupted there (the race
+    test's failing disk does it) raises "interrupted" though it committed. The group was read as lost: a claim
+    was answered as failed while the store said running by this process, its lock kept (the undo read it back
+    as running), and no attempt started: the operation stayed running with nothing behind it for as long as the
+    worker lived (seed 20261252 of the failing-disk race). A submit was answered as failed though stored, so
+    submitting it again ran it twice. Such a COMMIT now answers what it committed."""
+    armed = [False]
+    real = sqlite3.connect
+
+    def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
+        con = real(database, *args, **kw)
+        if str(database).endswith("outlast.db"):
+            now = threading.local()
+
+            def started(sql: str) -> None:
+                now.sql = sql.lstrip().upper()
+
+            def progress() -> int:
+                # Only once the COMMIT has ended the transaction: it committed, then is interrupted.
+                if armed[0] and getattr(now, "sql", "").startswith("COMMIT") and not con.in_transaction:
+                    armed[0] = False
+                    return 1
+                return 0
+
+            con.set_trace_callback(started)
+            con.set_progress_handler(progress, 1)
+        return con
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    now = time.time()
+    op = Operation(id=new_id(), type="ledger", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+    store, other = LocalStore(tmp_path / "state"), LocalStore(tmp_path / "state")
+    await store.open()
+    await other.open()
+    try:
+        if commit_of == "submit":
+            armed[0] = True
+            await store.create(op)  # old code: raised "interrupted" of a stored operation
+            assert not armed[0], "the COMMIT was interrupted"
+            assert (await other.get(op.id)).status is Status.QUEUED
+            return
+        await store.create(op)
+        armed[0] = True
+        got = await store.claim(WorkerInfo(host="test", pid=1), time.time(), 300.0)  # old code: raised
+        assert not armed[0], "the COMMIT was interrupted"
+        assert got is not None and got.id == op.id and got.status is Status.RUNNING
+        stored = await other.get(op.id)
+        assert (stored.status, stored.epoch, stored.worker) == (Status.RUNNING, got.epoch, got.worker)
+    finally:
+        await store.close()
+        await other.close()

@@ -32,7 +32,7 @@ from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
-from .worker import SqliteWorker
+from .worker import SqliteWorker, commit
 
 T = TypeVar("T")
 
@@ -200,7 +200,7 @@ class SqliteCore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
-                conn.execute("COMMIT")
+                commit(conn)
             except BaseException:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):

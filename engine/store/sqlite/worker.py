@@ -237,7 +237,7 @@ class SqliteWorker:
                 _undo(job)
             outcomes.append((result, error))
         try:
-            conn.execute("COMMIT")
+            commit(conn)
         except sqlite3.Error as e:
             self._failing = True
             self._lose(group, e, outcomes)
@@ -286,6 +286,20 @@ class SqliteWorker:
             if err is None:
                 _undo(job)
         _deliver([(job, None, err or error) for job, err in zip(jobs, own, strict=True)])
+
+
+def commit(conn: sqlite3.Connection) -> None:
+    """``COMMIT``, raising only if the transaction did not commit. SQLite runs the progress handler once more as
+    any statement returns, so a COMMIT interrupted there (``sqlite3_interrupt``, the tests' failing disk) raises
+    "interrupted" though it committed and ended its transaction. Read as lost, a claim that committed was answered
+    as failed and undone, and its undo read the operation back as running: it stayed running by this process with
+    no attempt, its lock held, as long as the process lived. Any other error after which no transaction is open is
+    SQLite's own rollback (a full disk, an I/O error, out of memory); one that leaves it open did not commit."""
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction or getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_INTERRUPT:
+            raise
 
 
 ROLLBACK_TRIES = 10
