@@ -386,10 +386,53 @@ def _serve(path: str) -> tuple[str, list[str]] | None:
                 link.close()
 
 
+def _exit_as_the_interpreter_does(code: object) -> None:
+    """End a child as ``Py_FinalizeEx`` would, without tearing its modules down: wait for its threads, run
+    its ``atexit`` functions (logging's, multiprocessing's, ``weakref.finalize``'s), flush what it still
+    has open, then ``os._exit`` with the status Python gives ``SystemExit(code)``.
+
+    The teardown is what costs: it drops a reference to every object the server made, and each page it
+    touches is copied in the child: 35-40 ms of CPU a command (``ls`` 43 ms -> 8 ms, ``run demo`` 75 -> 35
+    ms), about 40 s of the suite's CPU over its 1,200 forked commands. A started interpreter pays no copy."""
+    import atexit
+    import gc
+    import io
+
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first
+    atexit._run_exitfuncs()
+    for obj in gc.get_objects():  # the child's own: the server's objects are frozen (gc.freeze), not listed
+        if isinstance(obj, io.IOBase) and obj not in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if not obj.closed:
+                    obj.flush()
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except Exception as e:  # as Python says it, and exits 120
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"Exception ignored in: {sys.stdout!r}\n{type(e).__name__}: {e}\n")
+        status = 120
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
     job = _serve(sys.argv[1])
     if job is not None:
         import runpy
 
         sys.argv = [sys.argv[0], *job[1]]
-        runpy.run_module(job[0], run_name="__main__", alter_sys=True)
+        try:
+            runpy.run_module(job[0], run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            _exit_as_the_interpreter_does(e.code)
+        _exit_as_the_interpreter_does(None)
