@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -355,16 +356,10 @@ def test_a_job_that_raises_in_a_group_takes_only_its_own_writes_with_it(tmp_path
     asyncio.run(scenario())
 
 
-async def test_a_claim_whose_commit_and_rollback_both_fail_leaves_its_operation_to_the_next_claim(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A failing disk interrupts any statement (tests.store_flaky), the ROLLBACK after a failed COMMIT too. That
-    ROLLBACK left the transaction open: the claim's undo read its own claim back as running and kept the
-    operation's lock, and the connection kept SQLite's write lock, so another process's claim waited out the
-    30 s busy timeout (and then, while this process lived, skipped the operation as "still finishing").
-    The ROLLBACK is tried again: the claim fails, the operation is queued, and the next claim takes it."""
-    failing: list[str] = []
-    """Statements to fail, in order: each fails the next statement that begins with it."""
+def interrupt_statements(monkeypatch: pytest.MonkeyPatch, fail: Callable[[str, sqlite3.Connection], bool]) -> None:
+    """Every store connection made from here on aborts a statement ("interrupted", as the race test's failing
+    disk does, from SQLite's progress handler, checked at every step) wherever ``fail(sql, con)`` says so, with
+    the statement's SQL upper-cased."""
     real = sqlite3.connect
 
     def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
@@ -375,17 +370,31 @@ async def test_a_claim_whose_commit_and_rollback_both_fail_leaves_its_operation_
             def started(sql: str) -> None:
                 now.sql = sql.lstrip().upper()
 
-            def progress() -> int:
-                if failing and getattr(now, "sql", "").startswith(failing[0]):
-                    failing.pop(0)
-                    return 1  # SQLite aborts the statement: "interrupted"
-                return 0
-
             con.set_trace_callback(started)
-            con.set_progress_handler(progress, 1)
+            con.set_progress_handler(lambda: int(fail(getattr(now, "sql", ""), con)), 1)
         return con
 
     monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+async def test_a_claim_whose_commit_and_rollback_both_fail_leaves_its_operation_to_the_next_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk interrupts any statement (tests.store_flaky), the ROLLBACK after a failed COMMIT too. That
+    ROLLBACK left the transaction open: the claim's undo read its own claim back as running and kept the
+    operation's lock, and the connection kept SQLite's write lock, so another process's claim waited out the
+    30 s busy timeout (and then, while this process lived, skipped the operation as "still finishing").
+    The ROLLBACK is tried again: the claim fails, the operation is queued, and the next claim takes it."""
+    failing: list[str] = []
+    """Statements to fail, in order: each fails the next statement that begins with it."""
+
+    def fail(sql: str, con: sqlite3.Connection) -> bool:
+        if failing and sql.startswith(failing[0]):
+            failing.pop(0)
+            return True
+        return False
+
+    interrupt_statements(monkeypatch, fail)
     now = time.time()
     op = Operation(id=new_id(), type="ledger", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
     first, second = LocalStore(tmp_path / "state"), LocalStore(tmp_path / "state")
@@ -416,28 +425,15 @@ async def test_a_commit_interrupted_once_it_committed_answers_what_it_committed(
     worker lived (seed 20261252 of the failing-disk race). A submit was answered as failed though stored, so
     submitting it again ran it twice. Such a COMMIT now answers what it committed."""
     armed = [False]
-    real = sqlite3.connect
 
-    def connect(database: Any, *args: Any, **kw: Any) -> sqlite3.Connection:
-        con = real(database, *args, **kw)
-        if str(database).endswith("outlast.db"):
-            now = threading.local()
+    def fail(sql: str, con: sqlite3.Connection) -> bool:
+        # Only once the COMMIT has ended the transaction: it committed, then is interrupted.
+        if armed[0] and sql.startswith("COMMIT") and not con.in_transaction:
+            armed[0] = False
+            return True
+        return False
 
-            def started(sql: str) -> None:
-                now.sql = sql.lstrip().upper()
-
-            def progress() -> int:
-                # Only once the COMMIT has ended the transaction: it committed, then is interrupted.
-                if armed[0] and getattr(now, "sql", "").startswith("COMMIT") and not con.in_transaction:
-                    armed[0] = False
-                    return 1
-                return 0
-
-            con.set_trace_callback(started)
-            con.set_progress_handler(progress, 1)
-        return con
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    interrupt_statements(monkeypatch, fail)
     now = time.time()
     op = Operation(id=new_id(), type="ledger", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
     store, other = LocalStore(tmp_path / "state"), LocalStore(tmp_path / "state")
