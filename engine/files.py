@@ -95,17 +95,21 @@ def left_by_the_dead(name: str, directory: Path, older_than: float = 60.0) -> bo
     mid-write: its writer's pid runs no process here, and it has not changed for ``older_than`` seconds
     (a writer on another host of a shared directory is not seen here; a minute is no write's time)."""
     m = TEMP_NAME.fullmatch(name)
-    if m is None:
-        return False
+    return m is not None and _writer_gone(int(m["pid"]), directory / name, older_than)
+
+
+def _writer_gone(pid: int, path: Path, older_than: float) -> bool:
+    """Whether the file at ``path``, named for the writer ``pid``, is one that writer cannot finish: ``pid``
+    runs no process here and the file has not changed for ``older_than`` seconds."""
     try:
-        os.kill(int(m["pid"]), 0)
+        os.kill(pid, 0)
         return False  # alive (or another user's): its write may be under way
     except ProcessLookupError:
         pass
     except (PermissionError, OverflowError):
         return False
     try:
-        return time.time() - os.lstat(directory / name).st_mtime > older_than
+        return time.time() - os.lstat(path).st_mtime > older_than
     except OSError:
         return False
 
@@ -121,6 +125,27 @@ def sweep_dead_temps(directory: Path, names: Iterable[str], of: Callable[[str], 
             and of(m["name"])
             and left_by_the_dead(name, directory)
         ):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+
+
+def sweep_dead_pid_temps(directory: Path, files: Iterable[str], older_than: float = 60.0) -> None:
+    """Remove the temp files ``.FILE.PID`` in ``directory``, of the ``files`` named, that a writer killed
+    between writing and renaming one left (its pid runs no process here and the file has not changed for
+    ``older_than`` seconds): the small notes written so (a cache, the WAL's owner) are not synced, which
+    ``atomic_write`` would cost them, and one per kill otherwise stays for ever. Best effort."""
+    prefixes = tuple(f".{name}." for name in files)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefixes):
+            continue
+        pid = name.rpartition(".")[2]
+        if not (pid.isascii() and pid.isdigit()) or f".{name[1 : -len(pid) - 1]}." not in prefixes:
+            continue
+        if _writer_gone(int(pid), directory / name, older_than):
             with contextlib.suppress(OSError):
                 os.unlink(directory / name)
 

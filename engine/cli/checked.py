@@ -18,13 +18,17 @@ import json
 import os
 from pathlib import Path
 
-from ..files import DIR_MODE, read_regular, write_private
+from ..files import DIR_MODE, read_regular, sweep_dead_pid_temps, write_private
 from ..paths import cache_dir
 
 KEEP = 16
 """Config files remembered (the newest checked first)."""
 MAX_SIZE = 64 << 10
 """A bigger config file is not remembered (it is checked in full each time)."""
+
+
+TEMP_STEM = "checked-configs"
+"""The temp file ``remember`` writes is ``.TEMP_STEM.PID`` beside the file (swept by ``sweep_cache``)."""
 
 
 def _file() -> Path:
@@ -90,6 +94,14 @@ def remember(path: Path, content: bytes) -> None:
     entries = {key: {"content": content.decode("utf-8"), "state_dir": state_dir}, **entries}
     with contextlib.suppress(OSError):
         _file().parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        tmp = _file().with_name(f".checked-configs.{os.getpid()}")
+        tmp = _file().with_name(f".{TEMP_STEM}.{os.getpid()}")
         write_private(tmp, json.dumps(dict(list(entries.items())[:KEEP])))
         os.replace(tmp, _file())
+
+
+def sweep_cache() -> None:
+    """Remove the temp files of the cache dir's notes (these remembered configs, the entry points found)
+    that a command killed between writing one and renaming it left, once their process is gone."""
+    from ..registry import ENTRY_POINTS_CACHE
+
+    sweep_dead_pid_temps(cache_dir(), (TEMP_STEM, ENTRY_POINTS_CACHE))

@@ -88,6 +88,9 @@ class App:
                 from ..registry import load_plugin, remember_entry_points
 
                 remember_entry_points()  # when a handler is looked up (run, resume, a worker), as submit does
+                from .checked import sweep_cache
+
+                sweep_cache()  # what a command killed while writing the cache left there
 
                 config = self.config_file()
                 content = read_regular(config) if config is not None and self._defaults_but_config() else None

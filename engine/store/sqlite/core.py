@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import StoreFailed, StoreLost
-from ...files import create_private, free_bytes, make_private, no_inodes, private_dir
+from ...files import create_private, free_bytes, make_private, no_inodes, private_dir, sweep_dead_pid_temps
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ...shortage import ran_short
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
-from ..walpair import note_owner, stale_wal
+from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker, commit
@@ -368,6 +368,7 @@ class SqliteCore:
             private_dir(d, self.log_dir.name)
             private_dir(d, self.lock_dir.name)
             Spares.sweep(self.lock_dir)  # those of processes killed since (their close never ran)
+            sweep_dead_pid_temps(d, [f"{self.db_path.name}{OWNER_SUFFIX}"])  # a note_owner killed mid-write
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
         found: os.stat_result | None = None
