@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..engine import Engine, StoreUnwritable, store_failure
-from ..errors import StoreFailed, StoreRefused
+from ..errors import NotFound, StoreFailed, StoreRefused
 from ..models import (
     ACTIVE,
     SETTLED,
@@ -179,6 +179,16 @@ class WatchStopped(Exception):
     """The user stopped watching (Ctrl-C) an operation that runs elsewhere."""
 
 
+class WatchedGone(NotFound):
+    """A watched operation left the store (``outlast clean``, ``rm``) before its end was seen: ``op_id``,
+    and the status it was last seen in (None: never read)."""
+
+    def __init__(self, op_id: str, last: Status | None = None) -> None:
+        super().__init__(f"{op_id} is gone from the store")
+        self.op_id = op_id
+        self.last = last
+
+
 SIGNAL_GRACE = 1.0
 """Seconds a watcher's loop has, after a stop signal, to end by itself (it notices between two reads)."""
 
@@ -318,6 +328,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
                 known = local and op_id in last
                 try:
                     got = await reader.read(LOCAL_READ_WAIT if known else None)
+                except NotFound:
+                    raise WatchedGone(op_id, last[op_id].status if op_id in last else None) from None
                 except Exception as e:
                     if not (known and store_failure(e)):
                         raise
@@ -441,7 +453,12 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
                         seen[i] = await engine.get(i)
             else:
                 for i in op_ids:
-                    seen[i] = await engine.get(i)
+                    try:
+                        seen[i] = await engine.get(i)
+                    except NotFound:
+                        if i in seen and seen[i].status in SETTLED:
+                            continue  # removed once settled (a clean while the others ran): its end was seen
+                        raise WatchedGone(i, seen[i].status if i in seen else None) from None
             current = sorted(seen.values(), key=lambda o: o.id)
             if live is not None:
                 live.update(current if op_ids is not None else [o for o in current if o.status in ACTIVE])

@@ -180,7 +180,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Ctrl-C stops watching (exit 130; SIGTERM 143, SIGHUP 129) and leaves them running.
     """
     with collector_paused():  # the engine's modules: imports
-        from .follow import PlainView, WatchStopped, follow, make_view, unless_signalled, watch_many
+        from .follow import PlainView, WatchedGone, WatchStopped, follow, make_view, unless_signalled, watch_many
         from .run import report_final
 
     mode = app.mode
@@ -202,9 +202,18 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
                     finals = await unless_signalled(engine, watch_many(engine, list(dict.fromkeys(ids)) or None, mode))
             except WatchStopped:  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
                 return code_for_stopped_watch(engine.stop_signal)
-            except NotFound:
-                # Found when the watch began, gone since: said as `outlast run` says it ("no operation ID", the
-                # answer to a mistyped id, read as a wrong id).
+            except WatchedGone as e:
+                # Found when the watch began, removed since (`outlast clean` or `rm` between two looks, or the
+                # store emptied) before its end was seen: said so, not as "no operation ID", the answer to a
+                # mistyped id. One whose end was seen is reported as it ended, removed or not (watch_many).
+                was = f"; it was last seen {e.last.value}" if e.last is not None else ""
+                fmt.echo(
+                    f"outlast: {e.op_id} is gone from the store (removed by outlast clean or rm, or the store"
+                    f" emptied) before its end was seen{was}",
+                    err=True,
+                )
+                return ExitCode.NOT_FOUND
+            except NotFound:  # another read of a record removed under the watch
                 gone = ids[0] if len(ids) == 1 else "an operation watched"
                 fmt.echo(f"outlast: {gone} is gone from the store (deleted, or the store emptied)", err=True)
                 return ExitCode.NOT_FOUND
