@@ -429,7 +429,7 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
 
 async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle: bool, mode: Mode) -> ExitCode:
     """Run queued work until a signal (drain: running work is paused with a checkpoint, or with auto_resume
-    queued again from it) or, with ``exit_when_idle``, until nothing is queued or running."""
+    queued again from it) or, with ``exit_when_idle``, until it runs nothing and nothing queued is its to run."""
     engine = make_engine(settings, max_concurrent=concurrency, run_queue=True)
 
     def on_event(ev: Event) -> None:

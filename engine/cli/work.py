@@ -260,13 +260,21 @@ def quick_submit(settings: Settings, spec: OperationSpec) -> Operation | None:
 
 @click.command()
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Operations at once [config: max_concurrent].")
-@click.option("--exit-when-idle", is_flag=True, help="Stop when nothing is queued or running.")
+@click.option(
+    "--exit-when-idle", is_flag=True, help="Exit once idle: nothing running here, nothing queued it can run (below)."
+)
 @pass_app
 def worker(app: App, concurrency: int | None, exit_when_idle: bool) -> int:
     """Run queued operations: for tmux, systemd, or many machines sharing one store.
 
     SIGINT/SIGTERM/SIGHUP pause running work with a checkpoint, then exit 0; with auto_resume on,
     that work is queued again from the checkpoint instead, for the next worker.
+
+    With --exit-when-idle it exits once it runs nothing and the queue holds nothing it can run, seen
+    twice a second apart. A retry waiting out its backoff is waited for; queued work of a type that no
+    plugin loaded here runs is left queued (said once per type), and work other workers run is not
+    waited for. It exits 0 however the operations ended (outlast ls shows how); 8 when the store
+    fails, or holds queued work but takes no claim (a full disk).
 
     \b
     Examples:
