@@ -56,18 +56,47 @@ def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:
     assert code == 2 and "'7x'" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("age", ["0", "\u0660d"])
+@pytest.mark.parametrize("age", ["30", "\u0660d"])
 def test_clean_older_than_a_bare_number_or_not_ascii_digits_removes_nothing(cli: Cli, age: str) -> None:
     """A bare number was seconds: ``--older-than 30``, meant as a month, removed every finished operation
-    but those of the last half minute (here 0: every one). Its unit is asked for; digits of other scripts (an
-    Arabic-Indic zero) are no number of it."""
+    but those of the last half minute. Its unit is asked for; digits of other scripts (an Arabic-Indic zero)
+    are no number of it."""
     op = cli("-q", "submit", "demo").stdout.strip()
     assert in_process(cli, "cancel", op)[0] == 0
     time.sleep(0.05)
     code, _, err = in_process(cli, "clean", "--older-than", age)
     assert code == 2 and err.count("\n") == 1, err
-    assert ("give its unit: 0s, 0m, 0h, 0d or 0w" in err) == (age == "0"), err
+    assert ("give its unit: 30s, 30m, 30h, 30d or 30w" in err) == (age == "30"), err
     assert _ids(cli) == {op}
+
+
+@pytest.mark.parametrize(
+    ("age", "said"),
+    [
+        ("0d", "'0d': an age of zero takes every finished operation"),
+        ("0", "'0': an age of zero takes every finished operation"),
+        ("0.000w", "'0.000w': an age of zero takes every finished operation"),
+        ("-1d", "'-1d': an age is not negative"),
+        ("99999999999999d", "'99999999999999d': reaches back before 1970"),
+        pytest.param("9" * 400 + "d", "reaches back before 1970", id="400-digit-days"),
+        ("nan", "'nan': expected a number with s, m, h, d or w"),
+        ("inf", "'inf': expected a number with s, m, h, d or w"),
+        ("", "'': expected a number with s, m, h, d or w"),
+        ("\uff17d", "expected a number with s, m, h, d or w"),  # a fullwidth 7
+        ("1d2h", "'1d2h': expected a number with s, m, h, d or w"),
+    ],
+)
+def test_clean_older_than_a_hostile_age_is_one_line_and_removes_nothing(cli: Cli, age: str, said: str) -> None:
+    """``--older-than 0d`` (a script's empty count) removed every finished operation, and
+    ``99999999999999d`` (a typo: older than the epoch) removed none, both "done", exit 0. Each hostile age is
+    one line naming it, exit 2, and nothing is removed; a fractional one (``1.5h``) is an age."""
+    op = cli("-q", "submit", "demo").stdout.strip()
+    assert in_process(cli, "cancel", op)[0] == 0
+    r = cli("clean", "--older-than", age)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert _ids(cli) == {op}
+    assert in_process(cli, "clean", "--dry-run", "--older-than", "1.5h")[2] == "0 would be removed\n"
 
 
 def test_clean_goes_a_page_at_a_time_and_an_interrupted_one_says_what_it_removed(

@@ -300,15 +300,29 @@ AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z", re.ASCII)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _age(value: str) -> float:
+def _age(value: str, now: float) -> float:
     """``value`` (``7d``) in seconds. Its unit is needed: a bare number was seconds, so ``--older-than 30``
-    meant as a month removed every finished operation but those of the last half minute."""
+    meant as a month removed every finished operation but those of the last half minute. Zero is refused
+    (``0d``: a script's empty count, which removed every finished operation), and so is an age reaching
+    before 1970 (``99999999999999d``: a typo that removed nothing, said as "0 removed")."""
     m = AGE.match(value.strip())
     if m is None:
+        if value.strip().startswith("-"):
+            raise click.BadParameter(f"{quoted(value)}: an age is not negative (7d, 12h, 90m)")
         raise click.BadParameter(f"{quoted(value)}: expected a number with s, m, h, d or w (7d, 12h, 90m)")
+    if float(m[1]) <= 0:
+        raise click.BadParameter(
+            f"{quoted(value)}: an age of zero takes every finished operation: give one above zero, or leave"
+            " --older-than out to remove them all"
+        )
     if not m[2]:
         raise click.BadParameter(f"{quoted(value)}: give its unit: {m[1]}s, {m[1]}m, {m[1]}h, {m[1]}d or {m[1]}w")
-    return float(m[1]) * _UNIT[m[2]]
+    seconds = float(m[1]) * _UNIT[m[2]]
+    if seconds >= now:
+        raise click.BadParameter(
+            f"{quoted(value)}: reaches back before 1970, when no operation can have finished: give a shorter age"
+        )
+    return seconds
 
 
 @click.command("clean")
@@ -327,7 +341,8 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
     """Remove finished operations in bulk (records, checkpoints, logs; their outputs stay)."""
     import time
 
-    cutoff = None if older is None else time.time() - _age(older)
+    now = time.time()
+    cutoff = None if older is None else now - _age(older, now)
     wanted = [Status(s) for s in statuses] or [Status.COMPLETED, Status.CANCELLED]
     done: list[str] = []
     code = ExitCode.OK
