@@ -58,7 +58,7 @@ async def test_pane_shows_real_samples_of_this_process_and_its_children() -> Non
         child.wait()
     rss_m = sample.process_rss / 2**20
     assert f"{sample.cpu_percent:3.0f}%" in text and f"{rss_m:.0f}M" in text
-    assert "Slots   1/4" in text and "high 2 · normal 5 · low 0" in text
+    assert "Slots   1/4" in text and "Queued  high 2 · normal 5\n" in text  # no "low 0": none held
     assert op_id in text and "DISCONNECTED" not in text
     assert "#12 nightly backup" in labelled and op_id not in labelled
     assert sample.children[op_id][1] > 0  # the child's RSS was measured
@@ -135,3 +135,28 @@ async def test_the_pane_keeps_unchanged_lines_and_draws_what_textual_draws_of_th
             for width, height in ((70, 16), (40, 6), (88, 28)):
                 whole = Visual.to_strips(pane, visualize(pane, pane.render()), width, height, pane.visual_style)
                 assert pane.render_strips(width, height) == whole, (i, width)
+
+
+async def test_the_queue_names_only_the_priorities_that_hold_work() -> None:
+    """Two normal operations queued read "high 0 · normal 2 · low 0", as if something were high; the status
+    line above counts only the statuses held, and so does this line."""
+    sample = ResourceSample(
+        ts=1.0,
+        cpu_percent=5.0,
+        memory_percent=50.0,
+        memory_used=2**33,
+        memory_total=2**34,
+        process_cpu_percent=5.0,
+        process_rss=80 * 2**20,
+    )
+    app = PaneApp()
+    async with app.run_test(size=(70, 16)) as pilot:
+        pane = app.query_one(ResourcesPane)
+        pane.update_data(sample, [sample], 3, 3, {Priority.HIGH: 0, Priority.NORMAL: 2, Priority.LOW: 0}, True)
+        await pilot.pause()
+        queued = next(line for line in text_of(pane).splitlines() if line.startswith("Queued"))
+        assert queued == "Queued  normal 2", queued
+        pane.update_data(sample, [sample], 3, 3, {Priority.HIGH: 1, Priority.NORMAL: 0, Priority.LOW: 4}, True)
+        await pilot.pause()
+        queued = next(line for line in text_of(pane).splitlines() if line.startswith("Queued"))
+        assert queued == "Queued  high 1 · low 4", queued

@@ -180,16 +180,18 @@ class ResourcesPane(ChangedLines, can_focus=True):
         out.append("\n")
 
     def _queue(self, out: Text) -> None:
+        """The queue by priority, the priorities that hold work only (as the status line counts only the
+        statuses held): "high 0 · normal 2 · low 0" read as if something were high."""
         out.append(f"{'Queued':<{LABEL}}", self._style("label"))
-        parts = sorted(self.queue_depth.items(), key=lambda kv: kv[0].rank)
-        if not any(n for _, n in parts):
+        parts = sorted(((p, n) for p, n in self.queue_depth.items() if n), key=lambda kv: kv[0].rank)
+        if not parts:
             out.append("nothing waiting\n", self._style("dim"))
             return
         for i, (priority, n) in enumerate(parts):
             if i:
                 out.append(" · ", self._style("dim"))
             out.append(f"{priority.value} ", self._style("dim"))
-            out.append(str(n), self._style("hot") if priority is Priority.HIGH and n else Style())
+            out.append(str(n), self._style("hot") if priority is Priority.HIGH else Style())
         out.append("\n")
 
     def _children(self, out: Text, s: ResourceSample) -> None:
