@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -10,8 +13,28 @@ from textual.widgets import Button, Label
 
 from ..format import printable
 
+R = TypeVar("R")
 
-class ConfirmScreen(ModalScreen[bool]):
+SLIM = 60
+"""Columns under which a dialog's buttons go two to a row (four in one row ran off a 40-column terminal)."""
+SHORT = 20
+"""Rows under which a dialog drops its blank rows (at 12, the quit question's buttons were below the screen)."""
+
+
+class DialogScreen(ModalScreen[R]):
+    """A modal question that stays whole on a small terminal (40x12): under ``SLIM`` columns or ``SHORT``
+    rows its buttons are one line each (compact) and its padding goes (``-slim``, ``-short`` in app.tcss:
+    two buttons to a row when slim); what still does not fit scrolls, the focused button kept in view."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        slim, short = event.size.width < SLIM, event.size.height < SHORT
+        self.set_class(slim, "-slim")
+        self.set_class(short, "-short")
+        for button in self.query(Button):
+            button.compact = slim or short
+
+
+class ConfirmScreen(DialogScreen[bool]):
     """Yes or no: y confirms, n or escape declines; enter presses the focused button, No until the user moves to
     Yes (an enter pressed out of habit changes nothing)."""
 
@@ -46,7 +69,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class QuitScreen(ModalScreen[str | None]):
+class QuitScreen(DialogScreen[str | None]):
     """Operations still run in this process: hand them over to a background worker, pause them (a
     checkpoint each), or wait until they finish."""
 

@@ -42,6 +42,14 @@ Kind = Literal["str", "int", "float", "bool", "choice", "list", "words", "dict",
 RESERVED_ROWS = 14
 """Rows of the form outside the params: borders, type and its help, the params' rules, priority
 and estimate, name, a message under each of those, and the buttons."""
+SHORT_ROWS = 20
+"""Terminal rows under which the form is ``-short``: the type's help one line, no blank rows, the params
+given what is left (at 12 rows the buttons, the name and the priority were below the screen)."""
+SLIM_COLUMNS = 70
+"""Terminal columns under which the priority and the item estimate take a row each (``-slim``)."""
+SHORT_RESERVED = 7
+"""Rows of a short form outside the params (whose max height counts their rules): borders, type, its
+help's one line, priority and estimate, name and the buttons (a message shown under a field scrolls)."""
 JSON_FIELD = "__json__"
 """The one field of a handler without a params model: all params as a JSON object."""
 CLIP = 40
@@ -464,6 +472,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         max-width: 100%;
         height: auto;
         max-height: 100%;
+        overflow-y: auto;
         border: round $primary;
         border-title-style: bold;
         background: $surface;
@@ -552,6 +561,29 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         color: $text-muted;
         width: 1fr;
     }
+    LaunchScreen.-slim #launch-spec-row {
+        layout: grid;
+        grid-size: 2;
+        grid-rows: 1;
+    }
+    LaunchScreen.-slim #launch-dialog SelectCurrent Static#label {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    LaunchScreen.-slim #launch-buttons Button {
+        min-width: 10;
+        margin-left: 1;
+    }
+    LaunchScreen.-slim #launch-items-label {
+        padding: 0;
+    }
+    LaunchScreen.-slim #launch-priority {
+        width: 1fr;
+    }
+    LaunchScreen.-short #launch-type-help {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
     """
 
     AUTO_FOCUS = "#launch-type"
@@ -607,8 +639,14 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
                 yield Button("Cancel", compact=True, id="launch-cancel")
 
     def on_resize(self, event: events.Resize) -> None:
-        """The params scroll within what the rest of the form leaves, so the buttons stay on screen."""
-        self.query_one("#launch-params").styles.max_height = max(4, event.size.height - RESERVED_ROWS)
+        """The params scroll within what the rest of the form leaves, so the buttons stay on screen; on a
+        short terminal the rest is made smaller first (``-short``), and what still does not fit scrolls."""
+        short, slim = event.size.height < SHORT_ROWS, event.size.width < SLIM_COLUMNS
+        self.set_class(short, "-short")
+        self.set_class(slim, "-slim")
+        height = event.size.height - slim  # a slim form's priority and estimate take two rows
+        rows = max(1, height - SHORT_RESERVED) if short else max(4, height - RESERVED_ROWS)
+        self.query_one("#launch-params").styles.max_height = rows
 
     def _fields_for(self, op_type: str | None) -> list[ParamField]:
         return param_fields(self.handlers[op_type].params) if op_type else []
@@ -669,7 +707,9 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         )
 
     def _spec_widgets(self) -> ComposeResult:
-        with Horizontal(classes="row"):  # one row for both: the form fits 80x24
+        # One row for both: the form fits 80x24; two under SLIM_COLUMNS (``-slim``: a grid), where the priority
+        # was squeezed to nothing.
+        with Horizontal(classes="row", id="launch-spec-row"):
             yield Label("priority", classes="field-label")
             yield FormSelect(
                 [(p.value, p.value) for p in Priority],
@@ -747,6 +787,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         width = self._label_width()
         for w in self.query(".field-label, .field-help, .field-error, #launch-type-help"):
             _fit(w, width)
+        self.query_one("#launch-spec-row").styles.grid_columns = f"{width} 1fr"  # its labels' column when slim
 
     @on(Input.Changed)
     @on(Switch.Changed)
