@@ -1,11 +1,16 @@
-"""The dashboard on a 40x12 terminal.
+"""The dashboard on a 40x12 terminal, and its filter against what the rows show.
 
 At 40x12 the launch form's buttons, name and priority were below the screen, and the quit question's
 buttons past its right edge (two of four) with its question above the top: each dialog now drops its
-blank rows and draws its buttons on one line each there, so every control is on screen."""
+blank rows and draws its buttons on one line each there, so every control is on screen. The filter looked
+in the raw text of a name another client stored with a control character, which the row shows escaped
+(``\\x1b``): typing what the row showed found nothing."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Button
 
@@ -86,3 +91,28 @@ async def test_the_launch_form_shows_its_fields_and_buttons_at_40x12(tui_setting
         assert form.query_one("#launch-params").region.height >= 3  # a param and its rules at least
         await pilot.click("#launch-cancel")  # where it is drawn
         await wait_for(pilot, lambda: not isinstance(app.screen, LaunchScreen))
+
+
+async def filter_by(pilot: Pilot[Any], *keys: str) -> None:
+    await pilot.press("slash", *keys)
+    await pilot.pause()
+
+
+async def test_the_filter_finds_a_name_by_the_escape_its_row_shows(tui_settings: Settings) -> None:
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        evil = await engine.submit(OperationSpec(type="ledger", name="plain", params={"items": 5}))
+        other = await engine.submit(OperationSpec(type="ledger", name="x1bname", params={"items": 5}))
+        # A spec refuses control characters in a name: this one was stored by another client (an older version).
+        await engine.store.update(evil.id, name="evil\x1bname")
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: evil.id in table.ids and app.model.ops[evil.id].name == "evil\x1bname")
+        rows = lambda: "\n".join(table.render_line(y).text for y in range(4))  # noqa: E731
+        await wait_for(pilot, lambda: "evil\\x1bname" in rows())  # the row shows the escape
+        await filter_by(pilot, *"evil", "backslash", *"x1bname")  # what the row shows, typed
+        await wait_for(pilot, lambda: table.ids == [evil.id])
+        await pilot.press("escape")
+        await filter_by(pilot, *"x1bname")
+        await wait_for(pilot, lambda: set(table.ids) == {evil.id, other.id})

@@ -101,9 +101,17 @@ def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Ope
 
 
 def matches(op: Operation, words: list[str]) -> bool:
-    """Every word of the filter appears in the id, name, type, status or priority."""
-    hay = f"{op.id} {op.name or ''} {op.type} {op.status.value} {op.priority.value}".lower()
-    return all(w in hay for w in words)
+    """Every word of the filter appears in the id, name, type, status or priority, as the table shows them:
+    a name another client stored with a control character reads ``\\x1b`` in its row, and typing what was
+    read found nothing (the filter looked in the raw text, which no key types)."""
+    hay = f"{_shown(op.id)} {_shown(op.name or '')} {_shown(op.type)} {op.status.value} {op.priority.value}"
+    return all(w in hay.lower() for w in words)
+
+
+def _shown(text: str) -> str:
+    """``text`` as a row shows it (``fmt.printable``); text with nothing to escape as it is, at no cost
+    (``isprintable`` is false for every character ``printable`` escapes)."""
+    return text if text.isprintable() else fmt.printable(text)
 
 
 class OperationsTable(ScrollView, can_focus=True):
