@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import functools
 import importlib
 import inspect
 import json
 import logging
 import math
-import os
 import re
 import time
 import types
@@ -19,20 +17,23 @@ import typing
 import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
+from . import installed
 from .models import InvalidInput, check_type, type_name
 from .profiles import SEED_PROFILES, one_line
 from .shortage import ran_short
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 log = logging.getLogger("outlast.registry")
 
 Handler = Callable[..., Awaitable[Any]]
-ENTRY_POINT_GROUP = "outlast.operations"
+ENTRY_POINT_GROUP = installed.OPERATIONS_GROUP
 BUILTIN_TYPES = {
     "demo": "engine.operations.demo",
     "command": "engine.operations.command",
@@ -236,94 +237,24 @@ def load_entry_points(remembered: bool = False) -> None:
                 obj()  # a register() hook
 
 
-ENTRY_POINTS_CACHE = "entry-points.json"
-"""The ``outlast.operations`` entry points last found, and what was read to find them (``_installed``)."""
+def entry_points(group: str) -> list[EntryPoint]:
+    """``importlib.metadata.entry_points(group=group)``: a scan of every installed distribution's metadata,
+    importlib.metadata imported only then (``installed``)."""
+    from importlib.metadata import entry_points as scan
+
+    return list(scan(group=group))
 
 
 def _remembered_entry_points() -> list[EntryPoint]:
-    """``entry_points(group=ENTRY_POINT_GROUP)``, for which every installed distribution's metadata is read (3
-    ms of ``outlast submit``'s start-up after pydantic's own scan for its plugins; 7-17 ms on a busy machine).
-    What it found is kept in the user's cache directory with what it depends on (``_installed``), and used
-    while that is unchanged: a distribution installed, removed or upgraded, or its ``entry_points.txt``
-    changed, and the scan is made again. Best effort: a cache that cannot be read or written is a scan."""
-    key = _installed()
-    if key is not None:
-        from .files import read_regular
-        from .paths import cache_dir
+    """``entry_points(group=ENTRY_POINT_GROUP)`` as the last process with the same installed distributions
+    found them (``installed.remembered``): the scan was 3 ms of ``outlast submit``'s start-up, 7-17 ms on a
+    busy machine, and importlib.metadata's import about as much again."""
+    found = installed.remembered(ENTRY_POINT_GROUP)
+    if not found:
+        return []
+    from importlib.metadata import EntryPoint
 
-        raw = read_regular(cache_dir() / ENTRY_POINTS_CACHE, 4 << 20)
-        try:
-            data = json.loads(raw.decode("utf-8")) if raw is not None else None
-        except (ValueError, RecursionError):  # damaged (UnicodeDecodeError is a ValueError) or nested past reading
-            data = None
-        found = data.get("found") if isinstance(data, dict) and data.get("key") == key else None
-        if isinstance(found, list) and all(_name_value(p) for p in found):
-            return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in found]
-    eps = list(entry_points(group=ENTRY_POINT_GROUP))
-    if key is not None:
-        _remember_entry_points(key, eps)
-    return eps
-
-
-def _name_value(pair: object) -> bool:
-    return isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
-
-
-def _installed() -> list[Any] | None:
-    """What ``entry_points`` reads to find the distributions and their entry points, as a value to compare:
-    for each ``sys.path`` entry, the file there (a zip: its identity and time), or the directory's
-    ``*.dist-info`` and ``*.egg-info`` entries in listing order with the identity, size and time of each one's
-    ``entry_points.txt``. None (no cache) when a finder other than the standard one finds distributions."""
-    import stat as st_
-    import sys
-    from importlib.machinery import PathFinder
-
-    if [f for f in sys.meta_path if getattr(f, "find_distributions", None) is not None] != [PathFinder]:
-        return None
-    key: list[Any] = [sys.version, sys.prefix]
-    for entry in sys.path:
-        root = os.path.abspath(entry or ".")
-        try:
-            st = os.stat(root)
-        except OSError:
-            key.append([root])
-            continue
-        if not st_.S_ISDIR(st.st_mode):
-            key.append([root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
-            continue
-        egg = root.lower().endswith(".egg")
-        infos: list[Any] = []
-        try:
-            with os.scandir(root) as entries:
-                for e in entries:
-                    low = e.name.lower()
-                    if not (low.endswith((".dist-info", ".egg-info")) or (egg and low == "egg-info")):
-                        continue
-                    try:
-                        ep = os.stat(os.path.join(e.path, "entry_points.txt"))
-                    except OSError:
-                        infos.append([e.name])
-                    else:
-                        infos.append([e.name, ep.st_dev, ep.st_ino, ep.st_size, ep.st_mtime_ns])
-        except OSError:
-            return None
-        key.append([root, infos])
-    return key
-
-
-def _remember_entry_points(key: list[Any], eps: list[EntryPoint]) -> None:
-    from .files import DIR_MODE, write_private
-    from .paths import cache_dir
-
-    if not all(isinstance(ep, EntryPoint) for ep in eps):
-        return
-    path = cache_dir() / ENTRY_POINTS_CACHE
-    data = {"key": key, "found": [[ep.name, ep.value] for ep in eps]}
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{ENTRY_POINTS_CACHE}.{os.getpid()}")
-        write_private(tmp, json.dumps(data))
-        os.replace(tmp, path)
+    return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in found]
 
 
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")

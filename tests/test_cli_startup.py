@@ -39,6 +39,15 @@ def test_help_and_ls_load_nothing_heavy(cli: Cli, args: list[str]) -> None:
     assert (rc, heavy) == (0, []), out
 
 
+def test_submit_finds_no_pydantic_plugin_without_importlib_metadata(cli: Cli) -> None:
+    """At its first model pydantic imported its plugin loader, and with it ``importlib.metadata`` (half a bare
+    ``python -c pass``), to find no plugin: once a scan found no ``pydantic`` entry point (remembered as the
+    operations' are), ``submit`` goes without it. One installed is loaded: test_registry_entry_point_cache."""
+    for remembered in (False, True):  # the first scans (and remembers), the next trusts what it found
+        rc, heavy, out = loaded_after(["submit", "demo", "-p", "items=2"], cli.env)
+        assert rc == 0 and ("importlib.metadata" in heavy) is not remembered, out
+
+
 def test_every_public_name_is_importable_and_import_engine_is_light() -> None:
     for name in engine.__all__:
         exec(f"from engine import {name}", {})
@@ -352,8 +361,8 @@ def test_every_command_remembers_the_entry_points_it_finds(cli: Cli) -> None:
     """``run`` (and ``resume``, a worker) find the ``outlast.operations`` entry points as ``submit`` does:
     from the cache the last process with the same installed distributions wrote, not by reading every
     distribution's metadata again (``registry.remember_entry_points``)."""
+    from engine.installed import ENTRY_POINTS_CACHE
     from engine.paths import cache_dir
-    from engine.registry import ENTRY_POINTS_CACHE
 
     cache = cache_dir() / ENTRY_POINTS_CACHE
     assert not cache.exists()

@@ -1,5 +1,5 @@
 """The ``outlast.operations`` entry points are remembered in the user's cache directory with what finding
-them read (``registry._installed``): a command whose installed distributions are unchanged skips the scan
+them read (``installed.installed_key``): a command whose installed distributions are unchanged skips the scan
 of every distribution's metadata, and any change to them (one installed, removed, or its entry points
 edited) is a scan again. A plugin that replaces a built-in type is honoured either way."""
 
@@ -123,3 +123,41 @@ def test_a_cache_that_cannot_be_read_or_written_is_a_scan(tmp_path: Path) -> Non
     (cache / "outlast" / "entry-points.json").rmdir()
     (cache / "outlast" / "entry-points.json").write_text(json.dumps({"key": ["other"], "found": [["x", "plug_x"]]}))
     assert sources(site, cache)["cached_plugin_type"] == "plug_a"
+
+
+PYDANTIC_PLUGIN = textwrap.dedent("""
+    import os
+
+    class Plugin:
+        def new_schema_validator(self, schema, schema_type, schema_type_path, *args, **kwargs):
+            with open(os.environ["SEEN_BY_PLUGIN"], "a") as f:
+                f.write(schema_type_path.name + "\\n")
+            return None, None, None
+
+    plugin = Plugin()
+""")
+
+
+def test_a_pydantic_plugin_installed_is_loaded_found_or_remembered(tmp_path: Path) -> None:
+    """``outlast`` answers pydantic's plugin loader itself only when no distribution declares a ``pydantic``
+    entry point (``installed.skip_pydantic_plugin_scan``): one installed is loaded by pydantic, whether the
+    scan finds it or its answer is remembered, and whether it was installed before or after a scan found none."""
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    site.mkdir()
+    (site / "pyd_spy.py").write_text(PYDANTIC_PLUGIN)
+    seen = tmp_path / "seen"
+    env = {**_env(site, cache), "SEEN_BY_PLUGIN": str(seen)}
+
+    def submit() -> list[str]:
+        seen.unlink(missing_ok=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "submit", "demo"], cwd=REPO, capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 0, r.stderr
+        return seen.read_text().split() if seen.exists() else []
+
+    assert submit() == submit() == []  # none installed: found none, then remembered none
+    install(site, "spy", "[pydantic]\nspy = pyd_spy:plugin\n")
+    for _ in range(2):  # scanned (what was installed changed), then remembered
+        assert "OperationSpec" in submit()
+    assert json.loads((cache / "outlast" / "entry-points.json").read_text())["pydantic"] == [["spy", "pyd_spy:plugin"]]

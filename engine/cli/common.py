@@ -84,6 +84,9 @@ class App:
         if self._settings is None:
             with collector_paused():  # pydantic, the models and the plugins: imports, next to no garbage
                 configure_logging()  # the engine may log from now on (``--help`` and ``ls`` never load logging)
+                from ..installed import skip_pydantic_plugin_scan
+
+                skip_pydantic_plugin_scan()  # before pydantic's first model: its plugins, as the entry points are
                 from ..config import load_settings
                 from ..registry import load_plugin, remember_entry_points
 
