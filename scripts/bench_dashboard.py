@@ -345,11 +345,14 @@ async def child_dashboard(
     only); ``start_only``: out at the first frame listing operations."""
     # Frames encoded as for a truecolor terminal whatever the environment says (read at Textual's import).
     os.environ["TEXTUAL_COLOR_SYSTEM"] = "truecolor"
-    from textual import events
-    from textual.drivers.headless_driver import HeadlessDriver
+    from engine.cli import collector_paused
 
-    from tui.app import OutlastApp
-    from tui.widgets.operations import OperationsTable
+    with collector_paused():  # as ``outlast`` imports the dashboard (``open_dashboard``)
+        from textual import events
+        from textual.drivers.headless_driver import HeadlessDriver
+
+        from tui.app import OutlastApp
+        from tui.widgets.operations import OperationsTable
 
     imported = time.time() - started
 
