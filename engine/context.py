@@ -33,7 +33,7 @@ from .autobot import Pending, SeedContextMethods
 from .humanize import abridged
 from .items import ItemLedger
 from .lifecycle import StopReason
-from .limits import MAX_STEP_CHARS
+from .limits import MAX_COUNT, MAX_STEP_CHARS
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
@@ -47,9 +47,6 @@ _getframe = sys._getframe
 
 STOP_AGAIN_PAUSE = 0.1
 """Seconds ``ctx.items`` waits before it raises a stop again into a handler that caught it (``_stop_again``)."""
-
-MAX_COUNT = 2**63 - 1
-"""The largest count a store keeps (SQLite's largest integer)."""
 
 
 def count_of(value: object, what: str) -> int:

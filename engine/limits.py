@@ -48,3 +48,5 @@ MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0
 """Any duration (timeout, profile value): at most a year. More is a typo, or an attempt to disable it."""
 MAX_ITEMS = 10**12
+MAX_COUNT = 2**63 - 1
+"""The largest count a store keeps (SQLite's largest integer)."""

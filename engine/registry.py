@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import importlib
@@ -397,6 +396,8 @@ def migrate_timeout_operation(
             if takes_callback:
                 result = await _awaited(fn(**kwargs, progress_callback=progress_reporter(ctx)))
             else:
+                import asyncio  # running: loaded (not at import: a submit checks params without a loop)
+
                 beat = asyncio.create_task(_heartbeat(ctx))
                 try:
                     result = await _awaited(fn(**kwargs))
@@ -539,6 +540,8 @@ HEARTBEAT = 5.0
 async def _heartbeat(ctx: Any) -> None:
     """A migrated function without a progress callback cannot say it is alive: while it runs, the
     elapsed seconds are its progress (so only its deadline ends it, never the stall timeout)."""
+    import asyncio
+
     start = time.monotonic()
     while True:
         await asyncio.sleep(HEARTBEAT)

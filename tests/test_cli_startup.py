@@ -39,13 +39,16 @@ def test_help_and_ls_load_nothing_heavy(cli: Cli, args: list[str]) -> None:
     assert (rc, heavy) == (0, []), out
 
 
-def test_submit_finds_no_pydantic_plugin_without_importlib_metadata(cli: Cli) -> None:
+def test_submit_loads_no_event_loop_and_no_importlib_metadata(cli: Cli) -> None:
     """At its first model pydantic imported its plugin loader, and with it ``importlib.metadata`` (half a bare
     ``python -c pass``), to find no plugin: once a scan found no ``pydantic`` entry point (remembered as the
-    operations' are), ``submit`` goes without it. One installed is loaded: test_registry_entry_point_cache."""
+    operations' are), ``submit`` goes without it (one installed is loaded: test_registry_entry_point_cache).
+    Nor does it load asyncio (a tenth of its start-up), which its quick path never runs: the store's modules
+    and the command type's import it when they run."""
+    submit = ["submit", "command", "--params-json", '{"command": "true"}']
     for remembered in (False, True):  # the first scans (and remembers), the next trusts what it found
-        rc, heavy, out = loaded_after(["submit", "demo", "-p", "items=2"], cli.env)
-        assert rc == 0 and ("importlib.metadata" in heavy) is not remembered, out
+        rc, heavy, out = loaded_after(submit, cli.env)
+        assert rc == 0 and ("importlib.metadata" in heavy) is not remembered and "asyncio" not in heavy, out
 
 
 def test_every_public_name_is_importable_and_import_engine_is_light() -> None:

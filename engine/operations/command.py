@@ -11,7 +11,6 @@ leaves. On resume the child gets the last checkpoint's data in ``OUTLAST_CHECKPO
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import errno
@@ -25,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -39,11 +38,19 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..context import MAX_COUNT, OperationContext, OperationFailed, OperationStopped
+from ..limits import MAX_COUNT
 from ..registry import operation
 from ..text import clean
 from ._common import libc_function
 from ._program import split_args
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..context import OperationContext
+
+# asyncio and the operation's context are imported where the command runs, not with this module: a submit
+# imports it to check the params (``CommandParams``), and they were a tenth of ``outlast submit``'s start-up.
 
 _FRACTION = re.compile(r"(?<![\w/.])(\d+)\s*/\s*(\d+)(?![\w/.])")
 _PERCENT = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d+)?)\s*%")
@@ -526,6 +533,8 @@ def _strict_json(text: str) -> object:
 @operation("command", params=CommandParams, description="run any command; progress and checkpoints from its output")
 async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     """Run the command to its end; a non-zero exit fails the operation with the code and the last lines."""
+    from ..context import OperationFailed, OperationStopped
+
     env = {**os.environ, **p.env, "OUTLAST_OPERATION_ID": ctx.id, "PYTHONUNBUFFERED": "1"}
     last_cp = ctx.state.get("checkpoint")
     if ctx.resuming and last_cp is not None:
@@ -622,6 +631,10 @@ async def _start(
 ) -> asyncio.subprocess.Process:
     """The command started in a process group of its own, its output piped to us; ``in_child`` runs in the
     child before it execs (after it is in its own session)."""
+    import asyncio
+
+    from ..context import OperationFailed
+
     try:
         return await ctx.spawn(
             *argv,
@@ -676,6 +689,8 @@ class _Guard:
 
     @classmethod
     async def start(cls, op_id: str, attempt: int) -> _Guard:
+        import asyncio
+
         r, w = os.pipe()  # not inherited by the command, nor by any other child
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -711,6 +726,8 @@ class _Guard:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        import asyncio
+
         self._send("done\n")
         os.close(self._w)
         with contextlib.suppress(asyncio.TimeoutError):
@@ -755,6 +772,8 @@ async def _exit_code(proc: asyncio.subprocess.Process, ctx: OperationContext | N
     closed, which a process it left running in a session of its own (``setsid``) holds open forever.
     A stop asked of ``ctx`` kills its group at once: a command that closed its output (``exec >&-``) and
     ran on waited out the whole grace period."""
+    import asyncio
+
     killed = False
     while proc.returncode is None:
         if ctx is not None and ctx.cancelled and not killed:
@@ -891,6 +910,8 @@ async def _next_chunk(
     """What the command wrote next (b"" at the end), or None as soon as a stop is asked for; ``_HELD_OPEN``
     once ``held()``: the command exited HELD_OPEN seconds ago and its output is still open (a background job
     chattering on counts from the exit too, not from its last line)."""
+    import asyncio
+
     if held():
         return _HELD_OPEN
     task = asyncio.ensure_future(stream.read(CHUNK))
@@ -913,6 +934,8 @@ async def _drained(stream: asyncio.StreamReader, until: float, behind: bool = Fa
     wait = min(left, 0.1) if left > 0 else BEHIND_WAIT if behind else 0.0
     if wait <= 0:
         return b""
+    import asyncio
+
     try:
         return await asyncio.wait_for(stream.read(CHUNK), wait)
     except TimeoutError:

@@ -9,7 +9,6 @@ it defines here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
@@ -21,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import StoreFailed, StoreLost
 from ...files import create_private, free_bytes, make_private, no_inodes, private_dir, sweep_dead_pid_temps
@@ -33,6 +32,9 @@ from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
 from .schema import CHECKPOINT_SEQ, SCHEMA_VERSION, ensure_current, init_schema, schema_version
 from .worker import SqliteWorker, commit
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -687,6 +689,8 @@ class SqliteCore:
         conn, self._conn = self._conn, None
         if conn is not None:
             await worker.run(conn.close)
+        import asyncio  # not at import: ``outlast submit``'s quick path opens the store without an event loop
+
         await asyncio.to_thread(worker.stop)
 
     # ---- the locks this process holds ------------------------------------------------------------

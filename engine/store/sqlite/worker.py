@@ -30,7 +30,6 @@ once, exit 8) instead of flickering between failing and not.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import queue
 import sqlite3
@@ -39,7 +38,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_GROUP = 256
 
@@ -94,12 +96,17 @@ class SqliteWorker:
         """Run on the thread before each job, with whether it writes (the store's check that its database
         file is still the one at its path): what it raises fails a write group unwritten; a read goes on."""
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # asyncio imported by the first worker, not with this module: ``outlast submit`` writes its record with
+        # the store's commit (``commit``) and no event loop, and asyncio was a tenth of its start-up.
+        import asyncio
+
+        self._running_loop = asyncio.get_running_loop
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` on the thread (a read, or plumbing); an asyncio future of the running loop."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._running_loop().create_future()
         self._q.put(_Job(fn, args, False, fut))
         return fut
 
@@ -110,7 +117,7 @@ class SqliteWorker:
         after: Callable[[], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Run ``fn(conn)`` as a durable write in the next group commit; ``after`` runs once it committed."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._running_loop().create_future()
         self._q.put(_Job(fn, (), True, fut, undo, after))
         return fut
 
