@@ -102,6 +102,6 @@ def remember(path: Path, content: bytes) -> None:
 def sweep_cache() -> None:
     """Remove the temp files of the cache dir's notes (these remembered configs, the entry points found)
     that a command killed between writing one and renaming it left, once their process is gone."""
-    from ..registry import ENTRY_POINTS_CACHE
+    from ..installed import ENTRY_POINTS_CACHE
 
     sweep_dead_pid_temps(cache_dir(), (TEMP_STEM, ENTRY_POINTS_CACHE))
