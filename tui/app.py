@@ -173,9 +173,9 @@ class OutlastApp(App[int]):
         """While the engine stops on the way out: the operations it stops (id: label), and since when
         (monotonic)."""
         self.command: Command = command or bare_command
+        """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._collector_paused = False
         """Whether ``on_load`` paused the cycle collector, until the first frame (``_collector_on``)."""
-        """How a hint names an ``outlast`` command: pasted as printed, it acts on this dashboard's store."""
         self._theme_names: list[str] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._keys_held: list[events.Key] | None = None
