@@ -309,6 +309,11 @@ def waits(p: Proc) -> bool:
     return any("waiting for a slot" in ln for ln in p.err)
 
 
+def submitted_id(p: Proc) -> str | None:
+    """The id of ``p``'s "submitted ID" line, once read."""
+    return next((ln.split()[1] for ln in list(p.out) if "submitted" in ln), None)
+
+
 @contextlib.asynccontextmanager
 async def _one_slot_held(target: Target) -> AsyncIterator[tuple[Store, Operation]]:
     """The store of ``target`` with one store slot, held by a long operation claimed by hand: the store (open
@@ -368,7 +373,8 @@ async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operatio
             run = Proc(_run_ledger(target), target.env)
             try:
                 await until(partial(waits, run), timeout=30)
-                op_id = next(ln.split()[1] for ln in run.out if "submitted" in ln)
+                # Its stdout's line may be read after the stderr one: two pipes, a reader thread each.
+                op_id = await until(partial(submitted_id, run), timeout=30)
                 done = await asyncio.to_thread(Proc([*target.args(), action, op_id], target.env).wait, 30)
                 assert done == 0
                 assert await asyncio.to_thread(run.wait, 30) == code, run.err
