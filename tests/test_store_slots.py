@@ -349,7 +349,7 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
                 (said,) = p.err
                 assert said.startswith("waiting for a slot: 1 of 1 store slots in use (outlast --state-dir ")
                 assert said.endswith(" slots)"), said
-            ids = [next(ln.split()[1] for ln in p.out if "submitted" in ln) for p in runs]
+            ids = [await until(partial(submitted_id, p), timeout=30) for p in runs]
             assert [(await holder.get(i)).status for i in ids] == [Status.QUEUED] * 2
             runs[1].signal(signal.SIGINT)
             assert await asyncio.to_thread(runs[1].wait, 30) == 6, runs[1].err
@@ -361,6 +361,37 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
         finally:
             for p in runs:
                 p.kill()
+
+
+@pytest.mark.redis
+async def test_a_run_following_a_worker_stops_at_once_while_redis_is_frozen(redis_server: Any, tmp_path: Path) -> None:
+    """``outlast run`` whose operation a worker took while the run waited for a store slot follows it there and
+    runs nothing itself: Ctrl-C stops the following (130), as it stops ``outlast watch``. With a Redis stopped
+    by SIGSTOP, the read under way retried for 30 s before the run noticed the signal."""
+    target = Target("redis", tmp_path / "t", redis_server.url)
+    async with _one_slot_held(target) as (holder, held):
+        run = Proc(_run_ledger(target), target.env)
+        try:
+            await until(partial(waits, run), timeout=30)
+            op_id = await until(partial(submitted_id, run), timeout=30)
+            run.signal(signal.SIGSTOP)  # its next claim comes after the worker's
+            try:
+                await holder.transition(held.id, Status.COMPLETED, epoch=held.epoch)  # the slot frees
+                taken = await holder.claim(W, 1e10, 300.0)
+            finally:
+                run.signal(signal.SIGCONT)
+            assert taken is not None and taken.id == op_id
+            await until(lambda: any("following it there" in ln for ln in run.err), timeout=30)
+            with redis_server.frozen():
+                await asyncio.sleep(1.0)  # a read under way
+                run.signal(signal.SIGINT)
+                code = await asyncio.to_thread(run.wait, 30)
+            said = "\n".join(run.err)
+            assert code == 130, (code, said)
+            assert "stopped watching without waiting for the store, which has not answered" in said, said
+            assert f"stopped following {op_id}; it goes on in its worker" in said, said
+        finally:
+            run.kill()
 
 
 async def test_a_foreground_run_waiting_for_a_slot_says_who_stopped_its_operation(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from ..paths import DETACHED, detached_log
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
-from .follow import OrphanLook, PlainView, WatchStopped, follow, make_view, pause_queued
+from .follow import OrphanLook, PlainView, WatchStopped, follow, make_view, pause_queued, unless_signalled
 
 log = logging.getLogger("outlast.worker")
 T = TypeVar("T")
@@ -112,7 +112,10 @@ async def run_foreground(
         back: Operation | None = None
         try:
             view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}")
-            final = await follow(engine, op.id, view, local, prefix)
+            following = follow(engine, op.id, view, local, prefix)
+            # Followed elsewhere, it runs nothing here: a stop signal ends the following as it ends `outlast
+            # watch`, without waiting for a read of a store that does not answer (a frozen Redis: 30 s).
+            final = await (following if local else unless_signalled(engine, following))
         except WatchStopped:
             fmt.echo(f"stopped following {op.id}; it goes on in its worker", err=True)
             return code_for_stopped_watch(engine.stop_signal)
