@@ -134,16 +134,14 @@ def sweep_dead_pid_temps(directory: Path, files: Iterable[str], older_than: floa
     between writing and renaming one left (its pid runs no process here and the file has not changed for
     ``older_than`` seconds): the small notes written so (a cache, the WAL's owner) are not synced, which
     ``atomic_write`` would cost them, and one per kill otherwise stays for ever. Best effort."""
-    prefixes = tuple(f".{name}." for name in files)
+    stems = set(files)
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if not name.startswith(prefixes):
-            continue
-        pid = name.rpartition(".")[2]
-        if not (pid.isascii() and pid.isdigit()) or f".{name[1 : -len(pid) - 1]}." not in prefixes:
+        stem, _, pid = name[1:].rpartition(".")
+        if not (name.startswith(".") and stem in stems and pid.isascii() and pid.isdigit()):
             continue
         if _writer_gone(int(pid), directory / name, older_than):
             with contextlib.suppress(OSError):

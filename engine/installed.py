@@ -30,18 +30,24 @@ Found = list[tuple[str, str]]
 """Entry points as (name, value) pairs, in the order ``entry_points`` lists them."""
 
 
+_found: dict[str, Found] | None = None
+"""Every group's answer, once a process: a command asks for two groups (pydantic's before its first model,
+the operations' when a handler is looked up), and the key alone is a walk of every ``sys.path`` entry."""
+
+
 def remembered(group: str) -> Found:
     """``entry_points(group=group)`` as (name, value) pairs, as the last process with the same installed
     distributions found them; a scan (remembered for the next process) when nothing is remembered for them."""
-    key = installed_key()
-    if key is not None:
-        found = _read(key).get(group)
-        if found is not None:
-            return found
-    scanned = _scan()
-    if key is not None:
-        _write(key, scanned)
-    return scanned.get(group, [])
+    global _found
+    if _found is None:
+        key = installed_key()
+        found = _read(key) if key is not None else {}
+        if not found:
+            found = _scan()
+            if key is not None:
+                _write(key, found)
+        _found = found
+    return _found.get(group, [])
 
 
 def _read(key: list[Any]) -> dict[str, Found]:

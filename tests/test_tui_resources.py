@@ -65,16 +65,21 @@ async def test_pane_shows_real_samples_of_this_process_and_its_children() -> Non
     assert no_process not in sample.children  # an operation that started no process is not listed
 
 
-async def test_store_disconnected_is_plain_and_clears_when_back() -> None:
-    sample = ResourceSample(
+def one_sample(cpu_percent: float) -> ResourceSample:
+    """A sample of a machine half its memory used, this process at 5% and 80 MB, no children."""
+    return ResourceSample(
         ts=1.0,
-        cpu_percent=95.0,
+        cpu_percent=cpu_percent,
         memory_percent=50.0,
         memory_used=2**33,
         memory_total=2**34,
         process_cpu_percent=5.0,
         process_rss=80 * 2**20,
     )
+
+
+async def test_store_disconnected_is_plain_and_clears_when_back() -> None:
+    sample = one_sample(cpu_percent=95.0)
     app = PaneApp()
     async with app.run_test(size=(70, 16)) as pilot:
         pane = app.query_one(ResourcesPane)
@@ -140,15 +145,7 @@ async def test_the_pane_keeps_unchanged_lines_and_draws_what_textual_draws_of_th
 async def test_the_queue_names_only_the_priorities_that_hold_work() -> None:
     """Two normal operations queued read "high 0 · normal 2 · low 0", as if something were high; the status
     line above counts only the statuses held, and so does this line."""
-    sample = ResourceSample(
-        ts=1.0,
-        cpu_percent=5.0,
-        memory_percent=50.0,
-        memory_used=2**33,
-        memory_total=2**34,
-        process_cpu_percent=5.0,
-        process_rss=80 * 2**20,
-    )
+    sample = one_sample(cpu_percent=5.0)
     app = PaneApp()
     async with app.run_test(size=(70, 16)) as pilot:
         pane = app.query_one(ResourcesPane)
