@@ -28,6 +28,9 @@ class LedgerParams(BaseModel):
     """With fail_at: fail only while this file does not exist (then create it): one transient failure."""
     linger: float = 0.0
     """Seconds the handler takes to let go once stopped (cleaning up), before the stop goes on."""
+    stall_after: list[int] = []
+    """Slow attempt N stops taking items once it has written ``stall_after[N-1]`` explicit checkpoints and
+    waits until it is killed: a test that kills it after that many can never find it already ended."""
     total_after: float = 0.0
     """Seconds the handler runs before it reports its total (a total learnt once it has started: the
     timeout, computed for no items until then, is computed again for it)."""
@@ -41,11 +44,16 @@ async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
         await asyncio.sleep(p.total_after)
     ctx.progress(total=p.items)
     split = p.items if p.fail_at is None else p.fail_at + 1
-    seconds = p.seconds if not p.slow_attempts or ctx.attempt <= p.slow_attempts else 0.0
+    slow = not p.slow_attempts or ctx.attempt <= p.slow_attempts
+    seconds = p.seconds if slow else 0.0
+    stall = p.stall_after[ctx.attempt - 1] if slow and ctx.attempt <= len(p.stall_after) else None
+    written = 0
     fh = open(p.log_file, "a", buffering=1) if p.log_file else None  # noqa: SIM115
     try:
         for part in (range(split), range(split, p.items)):
             async for i in ctx.items(part, key=str):
+                if written == stall:  # at the next item: a checkpoint taken in an item is written at its end
+                    await asyncio.Event().wait()
                 if fh:
                     fh.write(f"{i}\n")
                 if seconds:
@@ -53,6 +61,7 @@ async def ledger(ctx: OperationContext, p: LedgerParams) -> dict:
                 ctx.state["sum"] += i
                 if p.explicit_every and (i + 1) % p.explicit_every == 0:
                     await ctx.checkpoint(next_step=f"after {i}", last=i)
+                    written += 1
             if part.stop == split and p.fail_at is not None:
                 flaky = Path(p.flaky_file) if p.flaky_file else None
                 if flaky is None or not flaky.exists():

@@ -43,9 +43,10 @@ EVERY = 10
 # ---- helpers --------------------------------------------------------------------------------------
 
 
-def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02, slow_attempts: int = 1) -> str:
-    """A counted-item operation that checkpoints every EVERY items (and not on a timer); items take ``seconds``
-    in the first ``slow_attempts`` attempts (those killed mid-run), later ones run at full speed."""
+def submit_ledger(cli: Cli, n: int, tmp_path: Path, stall_after: list[int], seconds: float = 0.0) -> str:
+    """A counted-item operation that checkpoints every EVERY items (and not on a timer); its first attempts
+    (one per ``stall_after`` entry: those killed mid-run) take ``seconds`` an item and wait for their kill once
+    they wrote that many checkpoints, so that the kill cannot come too late; later ones run at full speed."""
     r = cli(
         *P,
         "submit",
@@ -55,7 +56,9 @@ def submit_ledger(cli: Cli, n: int, tmp_path: Path, seconds: float = 0.02, slow_
         "-p",
         f"seconds={seconds}",
         "-p",
-        f"slow_attempts={slow_attempts}",
+        f"slow_attempts={len(stall_after)}",
+        "-p",
+        f"stall_after={json.dumps(stall_after)}",
         "-p",
         f"explicit_every={EVERY}",
         "-p",
@@ -137,7 +140,7 @@ def test_restart_from_scratch_abandons_the_old_chain(cli: Cli, tmp_path: Path) -
     """Every checkpoint fails to verify: the resume restarts from scratch. Killed again, the next resume
     must follow the new chain only (it merged the abandoned deltas: 'completed at 90/120', exit 0)."""
     n = 120
-    op_id = submit_ledger(cli, n, tmp_path, slow_attempts=2)
+    op_id = submit_ledger(cli, n, tmp_path, [5, 2])
     kill_after(cli, op_id, 5)  # old chain: >= 50 items
     with db(cli) as conn:
         conn.execute("UPDATE checkpoints SET payload=? WHERE op_id=?", (b'{"state":{"sum":"garbage"}}', op_id))
@@ -155,7 +158,7 @@ def test_damaged_delta_falls_back_to_an_intact_checkpoint(cli: Cli, tmp_path: Pa
     """An older checkpoint's delta edited, garbled or deleted: resume from the newest checkpoint whose
     whole chain verifies (or from scratch, said in one line), and complete with the right result."""
     n = 100
-    op_id = submit_ledger(cli, n, tmp_path)
+    op_id = submit_ledger(cli, n, tmp_path, [4])
     kill_after(cli, op_id, 4)
     with db(cli) as conn:
         if damage == "edit":  # valid JSON, two items fewer
@@ -188,7 +191,7 @@ def test_a_read_that_fails_this_time_is_not_damage_and_cuts_no_chain(cli: Cli, t
     again). Now the attempt is queued again after a backoff, as when the machine runs short, and goes on from
     the newest checkpoint; left interrupted, nothing would have resumed it."""
     n = 100
-    op_id = submit_ledger(cli, n, tmp_path)
+    op_id = submit_ledger(cli, n, tmp_path, [4])
     kill_after(cli, op_id, 4)
     # Marked interrupted first: the mark reads the checkpoints (their deltas too) for the progress it writes,
     # which would take the one failure meant for the resume's read.
@@ -313,7 +316,7 @@ def interrupted_store(cli: Cli, tmp_path: Path, n: int = 60) -> tuple[str, bytes
     the database file's bytes (its WAL folded in)."""
     for _ in range(2):
         assert cli("run", "demo", "-p", "items=3", "-p", "seconds=0").returncode == 0
-    op_id = submit_ledger(cli, n, tmp_path)
+    op_id = submit_ledger(cli, n, tmp_path, [3])
     kill_after(cli, op_id, 3)
     assert cli("ls").returncode == 0  # marks it interrupted
     conn = sqlite3.connect(cli.state_dir / "outlast.db")
