@@ -195,6 +195,28 @@ async def test_the_quit_question_says_what_runs_now_not_what_ran_when_it_opened(
         await pilot.press("escape")
 
 
+async def test_the_quit_question_takes_what_runs_before_it_is_drawn(tui_settings: Settings) -> None:
+    """The app gives the quit question what runs at every frame (``show_running``, from the frame timer). A frame
+    between ``push_screen`` and the question's compose (a loaded machine; q as the last operation finished) found
+    no question to update: NoMatches, and the dashboard died with a traceback instead of asking (the 40x12 test's
+    escape then went unanswered, two runs in 28 under load). Called here where that frame came, before compose."""
+    from textual.widgets import Label
+
+    from tui.screens.confirm import QuitScreen
+
+    app = make_app(tui_settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = QuitScreen(1)
+        app.push_screen(screen)  # its compose runs in its own task: not before this test awaits
+        assert not screen.query("#quit-question")
+        screen.show_running(0)
+        await wait_for(pilot, lambda: screen.query("#quit-question"))
+        await pilot.pause()
+        assert "Nothing runs" in str(screen.query_one("#quit-question", Label).render())  # what it was given
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is not screen)
+
+
 def test_a_hand_over_from_a_dashboard_on_a_relative_state_dir_names_its_log_by_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,10 +105,13 @@ class QuitScreen(DialogScreen[str | None]):
     def show_running(self, running: int) -> None:
         """What runs here now (the app calls this every frame while the question is open): the work may
         finish, or queued work start, while it waits for an answer; it said "1 operation still runs" of
-        work long completed."""
+        work long completed. The frame may come before this screen has composed (a loaded machine): then there
+        is no question yet, and compose writes the count kept here (a lookup of the question raised, and the
+        dashboard died with a traceback instead of asking)."""
         if running != self.running:
             self.running = running
-            self.query_one("#quit-question", Label).update(_still_running(running))
+            for question in self.query("#quit-question").results(Label):
+                question.update(_still_running(running))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "stay" else event.button.id)
