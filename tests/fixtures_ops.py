@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine import Operation, open_store
-from tests.fixtures_cli import Cli, main_here, until
+from tests.fixtures_cli import Cli, Proc, main_here, until
 
 
 def run_json(cli: Cli, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
@@ -71,15 +73,60 @@ def done_keys(state_dir: Path, op_id: str) -> set[str]:
     return asyncio.run(go())
 
 
-def kill_worker_when(cli: Cli, op_id: str, ready: Callable[[Operation], bool], timeout: float = 60.0) -> Operation:
-    """Start ``outlast worker``, SIGKILL it once ``ready(record)`` holds; the record as the kill found it."""
-    worker = cli.start("worker", "--concurrency", "1")
-    try:
-        seen = until(lambda: (op := cli.op(op_id)) and ready(op) and op, timeout, every=0.02, what="ready to kill")
-        os.kill(worker.popen.pid, signal.SIGKILL)
-        worker.popen.wait(10)
-    finally:
-        worker.kill()
+def kill_worker_when(
+    cli: Cli,
+    op_id: str,
+    ready: Callable[[Operation], bool],
+    timeout: float = 60.0,
+    run_on: float = 0.05,
+    stands: bool = True,
+) -> Operation:
+    """Start ``outlast worker``, SIGKILL it once ``ready(record)`` holds; the record as ``ready`` found it.
+
+    The worker (``tests.checkpoint_gate``) stands still after each checkpoint it writes until ``ready`` was asked
+    of what that checkpoint stored, and its attempt never completes: it stands still instead until the kill. A
+    ``ready`` met at a checkpoint lets it run on for ``run_on`` seconds (work the kill loses, done again by the
+    resume), at most to its next checkpoint or to the end of its work, and then kills it. On a loaded machine
+    the operation used to run on and end within 0.2 s of the checkpoint the test waited for, before the kill.
+    ``stands=False``: it never stands at a checkpoint (only at its end), for a ``ready`` that reads what a child
+    process of the handler does, which goes on while the engine stands."""
+    plugins = [p for p in cli.env.get("OUTLAST_PLUGINS", "").split(",") if p] + ["tests.checkpoint_gate"]
+    with tempfile.TemporaryDirectory(prefix="outlast-gate-") as tmp:
+        gate = Path(tmp)
+        env = {**cli.env, "OUTLAST_TEST_CHECKPOINT_GATE": tmp, "OUTLAST_TEST_CHECKPOINT_STANDS": "1" if stands else "0"}
+        worker = Proc([*(a for p in plugins for a in ("--plugin", p)), "worker", "--concurrency", "1"], env)
+        cli.procs.append(worker)
+        released = 0
+        stood = False
+
+        def look() -> Operation | None:
+            nonlocal released, stood
+            at = (gate / f"at-{released + 1}").exists()  # before the read: the read sees that checkpoint
+            ended = (gate / "end").exists()
+            op = cli.op(op_id)
+            if op and ready(op):
+                stood = at
+                return op
+            if ended:
+                raise AssertionError(f"{op_id} ran to its end and ready() never held: {op}")
+            if at:
+                released += 1
+                (gate / f"go-{released}").touch()
+            return None
+
+        try:
+            seen = until(look, timeout, every=0.02, what="ready to kill")
+            if stood:
+                (gate / f"go-{released + 1}").touch()
+                end = time.monotonic() + run_on
+                while not ((gate / f"at-{released + 2}").exists() or (gate / "end").exists()):
+                    if time.monotonic() > end:
+                        break
+                    time.sleep(0.005)
+            os.kill(worker.popen.pid, signal.SIGKILL)
+            worker.popen.wait(10)
+        finally:
+            worker.kill()
     return seen
 
 
