@@ -183,12 +183,15 @@ async def _killed_after_a_checkpoint(
     settings: Settings, before_kill: Callable[[subprocess.Popen[bytes], Engine, str], Awaitable[None]] | None = None
 ) -> str:
     """A ledger of 200 items run by a child process, SIGKILLed once it has a checkpoint (``before_kill``
-    first, given the child, an engine on the store and the operation's id); the operation's id."""
+    first, given the child, an engine on the store and the operation's id); the operation's id. The child
+    stops taking items after its first explicit checkpoint (item 10) and waits for the kill: it ran its 2 s
+    to the end before a poller late by that much (a loaded machine) killed or stopped it."""
     async with make_engine(settings, run_queue=False) as engine:
         op = await engine.submit(
             OperationSpec(
                 type="ledger",
-                params={"items": 200, "seconds": 0.01, "slow_attempts": 1},  # the resume runs at full speed
+                # the resume runs at full speed, and does not stall
+                params={"items": 200, "seconds": 0.01, "slow_attempts": 1, "explicit_every": 10, "stall_after": [1]},
                 profile={"checkpoint_interval": 0.1},
             )
         )
