@@ -127,3 +127,24 @@ async def test_a_statement_of_hundreds_of_lines_gets_no_maintainability_index(en
     op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
     again = await engine.wait(op.id, timeout=60)
     assert again.status is Status.COMPLETED and again.result["reused"] == 3, again.result  # not measured again
+
+
+async def test_a_name_with_a_newline_is_analysed_in_its_language(engine: Engine, tmp_path: Path) -> None:
+    """lizard picks a language by matching ``.*\\.(ext)$`` on the name, and ``.`` stops at a newline: a file
+    (or a directory above it) whose name holds one was left out of the listing without a word."""
+    root = tmp_path / "tree"
+    (root / "sub\ndir").mkdir(parents=True)
+    (root / "a\nb.py").write_text(BRANCHY)
+    (root / "sub\ndir" / "c.py").write_text("def c(x):\n    return x\n")
+    (root / "plain.py").write_text("def p():\n    pass\n")
+    db = str(tmp_path / "m.db")
+    op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result["files"] == 3 and final.result["languages"] == {"python": 3}, final.result
+    rows = tables(db, "functions")["functions"]
+    assert sorted((r[0], r[1], r[6]) for r in rows) == [
+        ("a\nb.py", "branchy", 15),
+        ("plain.py", "p", 1),
+        ("sub\ndir/c.py", "c", 1),
+    ]

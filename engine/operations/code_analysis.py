@@ -121,6 +121,13 @@ def _statement_longer_than(text: str, limit: int) -> bool:
     return False
 
 
+def _lizard_name(rel: str) -> str:
+    """The name lizard is given for ``rel``: its newlines as spaces. lizard picks a language by matching
+    ``.*\\.(ext)$`` without DOTALL, so a path with a newline (legal in a POSIX name) matched none: the file
+    was left out of the listing without a word, and ``analyze_source_code`` would read it as C."""
+    return rel.replace("\n", " ")
+
+
 def _analyze(
     analyzer: Any, root: Path, rel: str, max_size: int, mi_too: bool = True, prev: tuple | None = None
 ) -> tuple[str, Any]:
@@ -159,10 +166,10 @@ def _analyze(
     if same and _statement_longer_than(text, MI_SPAN):  # no index for it now either: analysed again for nothing
         return "reuse", None
     try:
-        info = analyzer.analyze_source_code(rel, text)
+        info = analyzer.analyze_source_code(_lizard_name(rel), text)
     except Exception as e:  # lizard is a tolerant tokenizer; anything it raises is this file's failure
         return "fail", f"lizard: {type(e).__name__}: {e}"
-    reader = lizard.get_reader_for(rel)
+    reader = lizard.get_reader_for(_lizard_name(rel))
     language = reader.language_names[0] if reader is not None else "other"
     mi: float | None = None
     rank: str | None = None
@@ -299,7 +306,9 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
     try:
         root = Path(p.root)
         files = [
-            f for f in await list_files(ctx, root, p.patterns, p.exclude, own_files(db)) if lizard.get_reader_for(f)
+            f
+            for f in await list_files(ctx, root, p.patterns, p.exclude, own_files(db))
+            if lizard.get_reader_for(_lizard_name(f))
         ]
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
