@@ -165,3 +165,19 @@ async def test_an_output_another_profiling_is_writing_is_refused(engine: Engine,
         )
     )
     assert (await engine.wait(again.id, timeout=60)).status is Status.COMPLETED
+
+
+async def test_the_program_s_own_exit_code_is_recorded(engine: Engine, tmp_path: Path) -> None:
+    """cProfile's runner catches SystemExit to write its statistics, and ``python -m cProfile`` then exited 0:
+    a script's ``sys.exit(3)`` (or an argparse usage error, 2) was recorded as exit code 0."""
+    script = tmp_path / "work.py"
+    script.write_text("import sys\n\n\ndef main():\n    return int(sys.argv[1])\n\n\nsys.exit(main())\n")
+    codes = []
+    for arg in ("3", "0"):
+        params = {"script": str(script), "args": [arg], "sampler": "none"}
+        op = await engine.submit(OperationSpec(type="performance_profiling", params=params))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED, final.error
+        assert any(r["function"].endswith("(main)") for r in final.result["top"]), final.result  # still profiled
+        codes.append(final.result["exit_codes"])
+    assert codes == [[3], [0]]

@@ -1,6 +1,6 @@
 """performance_profiling: profile a Python script or module with cProfile (and py-spy's sampler when present).
 
-Each of ``runs`` runs is one item: ``python -m cProfile -o run-K.pstats`` over the program (its own process
+Each of ``runs`` runs is one item: cProfile (``PROFILE``) writing ``run-K.pstats`` over the program (its own process
 group, killed on a stop or past ``timeout_per_run``), and, with a sampler, the program again under
 ``py-spy record`` for real sampled stacks (``run-K.py-spy.speedscope.json``). A resume goes on at the next
 run. Then the runs' statistics are merged into ``profile.pstats`` (for pstats, snakeviz, gprof2dot),
@@ -36,6 +36,23 @@ from ._results_db import exclusive
 from ._runs import RunTimedOut, wait_or_stop
 
 Func = tuple[str, int, str]
+PROFILE = """import cProfile, sys
+code = [0]
+run = cProfile.Profile.runctx
+def runctx(self, *args):
+    try:
+        return run(self, *args)
+    except SystemExit as e:
+        code[0] = e.code
+        raise
+cProfile.Profile.runctx = runctx
+sys.argv[0] = cProfile.__file__
+cProfile.main()
+sys.exit(code[0])
+"""
+"""``python -c PROFILE -o FILE TARGET ARGS``: ``python -m cProfile``, exiting with the program's own code.
+cProfile's runner swallows SystemExit (to write its statistics), so ``sys.exit(3)`` and an argparse usage
+error (2) were recorded as exit code 0."""
 SORTS = {"cumulative": "cumtime", "tottime": "tottime", "calls": "ncalls"}
 
 
@@ -262,7 +279,7 @@ async def _profile_into(ctx: OperationContext, p: ProfileParams, out: Path) -> d
         log = out / f"{key}.log"
         log.unlink(missing_ok=True)
         try:
-            argv = [p.python, "-m", "cProfile", "-o", str(stats_file), *target, *p.args]
+            argv = [p.python, "-c", PROFILE, "-o", str(stats_file), *target, *p.args]
             code = await _run(ctx, argv, p, log, timeout)
         except RunTimedOut as e:
             raise RuntimeError(f"{key} {e}") from None
