@@ -105,7 +105,10 @@ def installed_key() -> list[Any] | None:
         return None
     key: list[Any] = [sys.version, sys.prefix]
     for entry in sys.path:
-        root = os.path.abspath(entry or ".")
+        try:
+            root = os.path.abspath(entry or ".")
+        except OSError:  # a relative entry ("" of python -m, an editable install's hook) in a deleted directory
+            return None
         try:
             st = os.stat(root)
         except OSError:

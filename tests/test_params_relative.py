@@ -79,3 +79,23 @@ def test_paths_in_params_are_made_absolute(
     assert os.path.isabs(value), (type_, field, value)
     given = params.get(field, ".")
     assert value == os.path.abspath(given) or value == str((tmp_path / given).resolve())
+
+
+def in_deleted_dir(cli: Cli, gone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m engine.cli ARGS`` in ``gone`` (made here), deleted once the shell is in it: a shell left in a
+    directory removed since (a build directory wiped, a checkout that dropped it)."""
+    gone.mkdir()
+    env = {**cli.env, "PYTHONPATH": str(REPO)}
+    shell = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    argv = ["sh", "-c", shell, "sh", str(gone), sys.executable, "-m", "engine.cli", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_commands_work_in_a_deleted_working_directory(cli: Cli, tmp_path: Path) -> None:
+    """Every command but ``ls`` and ``--help`` was "internal error: FileNotFoundError" (exit 70) there: the key
+    of the installed distributions made a relative ``sys.path`` entry (``python -m``'s "", an editable
+    install's hook) absolute."""
+    done = in_deleted_dir(cli, tmp_path / "gone", "submit", "demo")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    shown = in_deleted_dir(cli, tmp_path / "gone", "--json", "show", done.stdout.strip())
+    assert shown.returncode == 0 and json.loads(shown.stdout)["type"] == "demo", shown.stderr
