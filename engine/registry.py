@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import time
 import types
@@ -106,9 +107,24 @@ class HandlerSpec:
         except (Exception, SystemExit) as e:  # a validator of the plugin's that raised what pydantic passes on
             if ran_short(e) is not None:  # the machine, not the params (no descriptor left): retried, or said so
                 raise
+            if isinstance(e, FileNotFoundError) and cwd_gone():
+                raise InvalidInput(
+                    f"{self.type} params: the current directory was deleted, so a relative path (or a default of"
+                    " it) names nothing: cd to a directory that exists, or give absolute paths"
+                ) from None
             raise InvalidInput(
                 f"{self.type} params: its validator raised {type(e).__name__}: {_first_line(e)}"
             ) from None
+
+
+def cwd_gone() -> bool:
+    """The working directory was deleted (``os.getcwd`` fails): a relative path, or ``Path.resolve`` of one,
+    raises FileNotFoundError, which a params check said as "its validator raised FileNotFoundError"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def bool_for_number(model: builtins.type[BaseModel], raw: Any) -> str | None:

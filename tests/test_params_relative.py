@@ -99,3 +99,14 @@ def test_commands_work_in_a_deleted_working_directory(cli: Cli, tmp_path: Path) 
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
     shown = in_deleted_dir(cli, tmp_path / "gone", "--json", "show", done.stdout.strip())
     assert shown.returncode == 0 and json.loads(shown.stdout)["type"] == "demo", shown.stderr
+
+
+def test_relative_params_in_a_deleted_working_directory_are_refused(cli: Cli, tmp_path: Path) -> None:
+    """A relative root there was "its validator raised FileNotFoundError", naming nothing; a command stored
+    no cwd, to run in whatever directory its worker had."""
+    for params in (["command", "-p", "argv=ls"], ["codebase_indexing", "-p", "root=."]):
+        refused = in_deleted_dir(cli, tmp_path / "gone", "submit", *params)
+        assert refused.returncode == 2, refused.stderr
+        assert "the current directory was deleted" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    listed = in_deleted_dir(cli, tmp_path / "gone", "--json", "ls")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed  # nothing stored

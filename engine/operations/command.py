@@ -103,11 +103,8 @@ class CommandParams(BaseModel):
         """Absolute, and the submitter's own when not given: the params are stored, and the process that
         runs the command (a worker started elsewhere, a resume typed in another directory) ran it in its
         own directory, where ``./build.sh`` was another file or none, ``rm -r out`` another ``out``."""
-        if v is None:
-            try:
-                return os.getcwd()
-            except OSError:  # the submitter's directory was deleted: nothing better to name
-                return None
+        if v is None:  # FileNotFoundError when it was deleted: refused (the params check says so)
+            return os.getcwd()
         p = Path(v).expanduser()
         if not p.is_dir():
             raise ValueError(f"cwd {v!r} is not an existing directory")

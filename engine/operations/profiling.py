@@ -13,7 +13,6 @@ The program's own exit code is recorded, not judged: a script that raises still 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -104,9 +103,8 @@ class ProfileParams(BaseModel):
         """A module's default is the submitter's directory, stored with the params: a worker started
         elsewhere (or a resume typed in another directory) ran ``python -m MODULE`` in its own, where the
         module was not found, and the operation completed with a profile of runpy's ImportError."""
-        if v is None and info.data.get("module") is not None:
-            with contextlib.suppress(OSError):  # the submitter's directory was deleted: nothing to name
-                return os.getcwd()
+        if v is None and info.data.get("module") is not None:  # deleted: refused, as command's cwd
+            return os.getcwd()
         return optional_dir(v, "cwd")
 
     @field_validator("output")
