@@ -158,6 +158,40 @@ def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_a
     assert manifest(dst) == manifest(tmp_path / "b")
 
 
+@pytest.mark.parametrize("which", ["small", "large"])
+def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
+    cli: Cli, tmp_path: Path, which: str
+) -> None:
+    """The resume skipped every file the first attempt had copied, whatever became of its copy: a backup whose
+    destination lost files between the two attempts (cleaned by hand, a sync tool) was "completed" without
+    them, and its manifest listed them."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a_big.bin").write_bytes(os.urandom(5 << 20))  # over chunk_checkpoint: copied first, in chunks
+    for i in range(3000):
+        (src / f"f{i:04d}.txt").write_bytes(os.urandom(2000))
+    params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 << 20}
+    op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
+    killed = kill_worker_when(
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 1
+    )
+    assert killed.status is Status.RUNNING, "finished before the kill"
+    done = sorted(done_keys(cli.state_dir, op_id))
+    rel = done[0] if which == "large" else done[1]
+    assert (rel == "a_big.bin") == (which == "large")
+    (dst / rel).unlink()
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert snapshot(dst) == snapshot(src)
+    code, _, err = run_json(
+        cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": f"{tmp_path}/b"})
+    )
+    assert code == 0, err
+    manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
+    assert manifest(dst) == manifest(tmp_path / "b")
+
+
 async def test_a_tree_written_just_before_the_run_is_not_read_again_by_the_resume(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

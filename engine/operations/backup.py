@@ -1185,7 +1185,7 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     )
     ctx.progress(total=len(entries), step="copying", bytes_total=bytes_total, bytes=st["bytes"])
     grouped = {n for names in links.names.values() for n in names}
-    again = await _changed_copies(ctx, src, entries, since, grouped)
+    again = await _changed_copies(ctx, src, dst, entries, since, grouped)
     steps = _steps([e for e in entries if e in again or not ctx.is_done(e)], sizes, p.chunk_checkpoint)
     mounts = await asyncio.to_thread(mounts_in, dst)  # synced with the destination's own file system
     placed: list[Outcome] = []
@@ -1262,17 +1262,25 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
 async def _changed_copies(
     ctx: OperationContext,
     src: Path,
+    dst: Path,
     entries: list[str],
     since: float | None,
     grouped: Collection[str],
 ) -> set[str]:
-    """The files an earlier attempt copied that changed in the source since the backup began reading it: they
-    are copied again (a copy is written over the one in place, and journaled again; a large one by
-    ``_copy_large_again``). A name of a group of hard links (``grouped``: copied again, it would no longer be
-    the file its group's other names are linked to) is said in the log to be a copy of the file before the
-    change. Left as they were, a resumed backup was "completed" with copies older than its source."""
-    done = [e for e in entries if ctx.is_done(e)] if ctx.done_keys and since is not None else []
-    changed = await asyncio.to_thread(changed_since, src, done, since) if done and since is not None else set()
+    """The files an earlier attempt copied that changed in the source since the backup began reading it, or
+    whose copy is gone from the destination since: they are copied again (a copy is written over the one in
+    place, and journaled again; a large one by ``_copy_large_again``). A name of a group of hard links
+    (``grouped``: copied again, it would no longer be the file its group's other names are linked to) changed
+    since is said in the log to be a copy of the file before the change. Left as they were, a resumed backup
+    was "completed" with copies older than its source, or with no copy at all of a file deleted from the
+    destination between the two attempts."""
+    done = [e for e in entries if ctx.is_done(e)] if ctx.done_keys else []
+    gone = await asyncio.to_thread(_gone_copies, dst, done) if done else set()
+    if gone:
+        ctx.log.info(f"{len(gone)} files copied before the interruption are gone from the destination: copied again")
+    if since is None:
+        return gone
+    changed = await asyncio.to_thread(changed_since, src, done, since) if done else set()
     stale = sorted(e for e in changed if e in grouped)
     if stale:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
@@ -1283,7 +1291,12 @@ async def _changed_copies(
     again = changed.difference(stale)
     if again:
         ctx.log.info(f"{len(again)} files copied before the interruption changed in the source since: copied again")
-    return again
+    return again | gone
+
+
+def _gone_copies(dst: Path, done: list[str]) -> set[str]:
+    """The names of ``done`` with nothing at the destination (a symlink's own name counts)."""
+    return {rel for rel in done if not os.path.lexists(dst / rel)}
 
 
 async def _copy_large_again(ctx: OperationContext, p: BackupParams, src: Path, dst: Path, rel: str) -> None:
