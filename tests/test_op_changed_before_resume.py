@@ -192,6 +192,33 @@ def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
     assert manifest(dst) == manifest(tmp_path / "b")
 
 
+def test_a_knowledge_base_deleted_between_two_attempts_is_filled_again(cli: Cli, tmp_path: Path) -> None:
+    """kb_population skipped every document an earlier attempt had stored, whatever became of the knowledge
+    base since: one deleted (or replaced) between the kill and the resume ended "completed" without them, its
+    result counting documents it did not hold."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(FILES["kb_population"]):
+        (root / f"d{i:04d}.md").write_text(f"# Doc {i}\n\nword{i} and some text\n")
+    params = {"source": str(root), "kb": str(tmp_path / "killed.db")}
+    op_id = submit(cli, "kb_population", params, "checkpoint_interval=0.1")
+    killed = kill_worker_when(
+        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 0
+    )
+    assert killed.status is Status.RUNNING, "finished before the kill"
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"killed.db{suffix}").unlink(missing_ok=True)
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert final["result"]["documents"] == FILES["kb_population"], final["result"]
+    code, _, err = run_json(
+        cli, "run", "kb_population", "--params-json", json.dumps({**params, "kb": str(tmp_path / "fresh.db")})
+    )
+    assert code == 0, err
+    assert outputs("kb_population", tmp_path / "killed.db") == outputs("kb_population", tmp_path / "fresh.db")
+
+
 async def test_a_tree_written_just_before_the_run_is_not_read_again_by_the_resume(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

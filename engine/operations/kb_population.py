@@ -193,12 +193,15 @@ def _process_batch(con: sqlite3.Connection, p: KbPopulationParams, rels: list[st
     return out
 
 
-def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) -> list[str]:
-    """The documents of ``done`` (read by an earlier attempt) that may have changed since: their size is not
-    the stored one, or they were modified after the operation first ran (less 2 s: a file system's
-    timestamps may be that coarse), or their ctime is (less ``CHANGE_SLACK``: a tree written just before the
-    run is not read again at every resume): an edit of the same size whose mtime was put back, as
-    ``touch -r`` or ``rsync -t`` do, was missed. Skipped as done, they kept the version read
+def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) -> tuple[list[str], list[str]]:
+    """The documents of ``done`` (read by an earlier attempt) that may have changed since, and those the
+    knowledge base does not hold (``done`` are stored: skipped and failed ones are not done; a kb deleted or
+    replaced between two attempts lost them, and the resume was "completed" without them).
+
+    Changed: their size is not the stored one, or they were modified after the operation first ran (less
+    2 s: a file system's timestamps may be that coarse), or their ctime is (less ``CHANGE_SLACK``: a tree
+    written just before the run is not read again at every resume): an edit of the same size whose mtime was
+    put back, as ``touch -r`` or ``rsync -t`` do, was missed. Skipped as done, they kept the version read
     before the interruption (a pause resumed a week later: a week of edits), though the result said the
     folder was read.
     Read again, an unchanged one is found unchanged by its sha256."""
@@ -208,18 +211,18 @@ def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) ->
     for i in range(0, len(done), 500):
         names = [stored_name(r) for r in done[i : i + 500]]
         size.update(con.execute(q.format(",".join("?" * len(names))), [source, *names]).fetchall())
-    out = []
+    out, lost = [], []
     for rel in done:
         stored = size.get(stored_name(rel))
-        if stored is None:  # skipped or failed before: not in the knowledge base
-            continue
         try:
             now = os.lstat(os.path.join(source, rel))
         except (OSError, ValueError):
             continue  # gone: dropped at the end
-        if now.st_size != stored or now.st_mtime >= since or now.st_ctime >= st["started"] - CHANGE_SLACK:
+        if stored is None:
+            lost.append(rel)
+        elif now.st_size != stored or now.st_mtime >= since or now.st_ctime >= st["started"] - CHANGE_SLACK:
             out.append(rel)
-    return out
+    return out, lost
 
 
 def _finish(con: sqlite3.Connection, source: str, op_id: str) -> dict:
@@ -310,10 +313,16 @@ async def _populate(ctx: OperationContext, p: KbPopulationParams, db: str) -> di
         st.setdefault("started", time.time())  # in the first checkpoint, before any document counts as done
         pending = [f for f in files if not ctx.is_done(f)]
         if len(pending) < len(files):  # a resume: the documents read before and changed since are read again
-            changed = await asyncio.to_thread(_changed, con, p.source, [f for f in files if ctx.is_done(f)], st)
+            changed, lost = await asyncio.to_thread(_changed, con, p.source, [f for f in files if ctx.is_done(f)], st)
             if changed:
                 ctx.log.info(f"{len(changed)} documents read by an earlier attempt changed since: read again")
-                again = set(pending).union(changed)
+            if lost:
+                ctx.log.warning(
+                    f"{len(lost)} documents stored by an earlier attempt are not in {db} (deleted or replaced"
+                    " since): read again"
+                )
+            if changed or lost:
+                again = set(pending).union(changed, lost)
                 pending = [f for f in files if f in again]
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_process_batch, con, p, pending[i : i + BATCH], ctx.id)
