@@ -18,7 +18,7 @@ import pytest
 from engine import Engine, InvalidInput, Operation, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, CliAt
-from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import bad_params, done_keys, kill_worker_when, resume, run_json, submit
 from tests.test_op_error_text import said_plainly
 
 COUNT = 24
@@ -87,6 +87,28 @@ def test_sigkill_mid_run_resumes_at_the_next_unapplied_migration(cli: Cli, tmp_p
     want = {k: v for k, v in ref["result"].items() if k != "database"}
     assert {k: v for k, v in final["result"].items() if k != "database"} == want
     assert want["applied"] == [p.name for p in sorted(mig.glob("*.sql"))] and want["recorded"] == COUNT
+
+
+def test_a_database_restored_between_two_attempts_gets_every_migration(cli: Cli, tmp_path: Path) -> None:
+    """The database put back as it was before the run (a backup restored) between the kill and the resume: the
+    migrations the first attempt applied were done items, skipped by the resume, which "completed" a database
+    without them (here it failed on the first one that needed the log table)."""
+    mig = tmp_path / "migrations"
+    make_migrations(mig)
+    whole, killed = tmp_path / "whole.sqlite", tmp_path / "killed.sqlite"
+    code, _, err = run_json(
+        cli, "run", "migration_operation", "--params-json", json.dumps({"directory": str(mig), "database": str(whole)})
+    )
+    assert code == 0, err
+    op_id = submit(cli, "migration_operation", {"directory": str(mig), "database": str(killed)}, "checkpoint_every=1")
+    kill_worker_when(cli, op_id, lambda op: len(done_keys(cli.state_dir, op.id)) >= 3)
+    assert applied(killed) < COUNT
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{killed}{suffix}").unlink(missing_ok=True)  # restored: the database of before the run, none
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert contents(killed) == contents(whole)
+    assert [n for n, _ in contents(killed)["log"]] == list(range(2, COUNT + 1))  # each applied once, in order
 
 
 async def test_natural_order_and_a_second_run_applies_only_new_ones(engine: Engine, tmp_path: Path) -> None:

@@ -408,6 +408,37 @@ def _summary(con: sqlite3.Connection, table: str, op_id: str, stopping: Callable
     return _waiting(stopping, read)
 
 
+async def _lost(ctx: OperationContext, database: str, pending: list[Migration]) -> list[Migration]:
+    """The migrations of ``pending`` an earlier attempt applied (done) that ``database`` does not record: it
+    was restored or replaced since. ``ctx.items`` skips them (done), and the resume "completed" a database
+    without them (or failed on the first migration that needed them). A new migration that sorts before one
+    of them is refused, as ``check_in_order`` refuses one before an applied migration."""
+    lost = [m for m in pending if ctx.is_done(m.name)]
+    if not lost:
+        return []
+    first = next((m for m in pending if not ctx.is_done(m.name)), None)
+    if first is not None and _natural(first.name) < _natural(lost[-1].name):
+        raise OperationFailed(
+            f"migration {first.name} is not applied yet and sorts before {lost[-1].name}, which an earlier attempt"
+            " applied: it would run out of order; rename it to sort after the last migration"
+        )
+    ctx.log.warning(
+        f"{len(lost)} migrations an earlier attempt applied are not recorded in {database} (restored or replaced"
+        " since): applied again"
+    )
+    return lost
+
+
+async def _apply_one(db: _Db, table: str, m: Migration, op_id: str, stopping: Callable[[], bool]) -> str:
+    """``_apply`` in the database's thread; a failing migration is OperationFailed (rolled back)."""
+    try:
+        return await db.call(_apply, table, m, op_id, stopping, db.forced)
+    except sqlite3.Error as e:
+        hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
+        why = f"{e}{hint if 'authoriz' in str(e) else ''}"
+        raise OperationFailed(f"migration {m.name} failed and was rolled back: {why}") from None
+
+
 @operation("migration_operation", params=MigrationParams, description="apply SQL migrations to SQLite, each once")
 async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
     """Apply the pending migrations in order; the result names those this operation applied."""
@@ -423,16 +454,16 @@ async def migrate(ctx: OperationContext, p: MigrationParams) -> dict:
         pending = [m for m in migrations if m.name not in applied]
         ctx.progress(total=len(migrations), step="migrating")
         ctx.progress(done=len(migrations) - len(pending))
+        for m in await _lost(ctx, p.database, pending):  # done, so no item: applied first, in their order
+            ctx.step = m.name
+            await _apply_one(db, p.table, m, ctx.id, stopping)
+            ctx.advance()
         async for m in ctx.items(pending, key=lambda m: m.name):
             ctx.step = m.name
             try:
-                outcome = await db.call(_apply, p.table, m, ctx.id, stopping, db.forced)
+                outcome = await _apply_one(db, p.table, m, ctx.id, stopping)
             except _Stopped:
                 break  # asked to stop while waiting for another writer: left undone, for a resume
-            except sqlite3.Error as e:
-                hint = " (ATTACH and VACUUM INTO are refused: a migration writes its database only)"
-                why = f"{e}{hint if 'authoriz' in str(e) else ''}"
-                raise OperationFailed(f"migration {m.name} failed and was rolled back: {why}") from None
             if outcome == "present":
                 ctx.log.info(f"{m.name} was already applied (by another run): not applied again")
         ctx.progress()  # raises OperationStopped when a stop was asked for
