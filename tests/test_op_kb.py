@@ -337,6 +337,24 @@ def test_vector_indexing_resumes_to_the_uninterrupted_vectors_and_answers_simila
     assert again["made"] == 0 and again["reused"] == whole["chunks"]
 
 
+def test_a_knowledge_base_restored_between_two_vector_attempts_gets_every_vector(cli: Cli, tmp_path: Path) -> None:
+    """The knowledge base put back as it was before the run (a copy restored) between the kill and the resume:
+    the chunks the first attempt counted were done, skipped by the resume, and left without a vector in a
+    "completed" run (``kb similar`` never found them)."""
+    kb = populated(tmp_path, 250, chunk_size=200)
+    a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
+    run_here(tmp_path, "vector_indexing", kb=a)
+    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
+    assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{b}{suffix}").unlink(missing_ok=True)
+    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert vectors(b) == vectors(a)
+
+
 def sem_tables(db: str) -> dict[str, list[tuple]]:
     con = sqlite3.connect(db)
     try:

@@ -56,9 +56,10 @@ class VectorParams(BaseModel):
         return self
 
 
-def _prepare(con: sqlite3.Connection, op_id: str) -> list[int]:
+def _prepare(con: sqlite3.Connection, op_id: str) -> list[tuple[int, bool]]:
     """Drop vectors of chunks gone, changed or now duplicates; the chunks to count, by id: those without
-    counts and those this operation counted in an earlier attempt (the same list on every attempt)."""
+    counts and those this operation counted in an earlier attempt (the same list on every attempt), each with
+    whether it has counts now."""
     with con:
         con.executescript(VEC_SCHEMA)
         stale = [
@@ -71,9 +72,9 @@ def _prepare(con: sqlite3.Connection, op_id: str) -> list[int]:
         con.executemany("DELETE FROM vec_terms WHERE chunk=?", [(i,) for i in stale])
         con.executemany("DELETE FROM vec_chunks WHERE chunk=?", [(i,) for i in stale])
     return [
-        r[0]
+        (r[0], bool(r[1]))
         for r in con.execute(
-            "SELECT c.id FROM chunks c LEFT JOIN vec_chunks v ON v.chunk=c.id"
+            "SELECT c.id, v.chunk IS NOT NULL FROM chunks c LEFT JOIN vec_chunks v ON v.chunk=c.id"
             " WHERE c.dup_of IS NULL AND (v.chunk IS NULL OR v.made_by=?) ORDER BY c.id",
             (op_id,),
         )
@@ -129,7 +130,10 @@ async def index_vectors(ctx: OperationContext, p: VectorParams) -> dict:
     try:
         ctx.progress(step="listing chunks")
         todo = await asyncio.to_thread(_prepare, con, ctx.id)
-        pending = [c for c in todo if not ctx.is_done(str(c))]
+        # A chunk an earlier attempt counted (done) with no counts now is counted again: the knowledge base was
+        # replaced or restored since (or a chunk removed since gave its id to a new one), and skipped, it was
+        # left without a vector in a "completed" run.
+        pending = [c for c, counted in todo if not (counted and ctx.is_done(str(c)))]
         ctx.progress(total=len(todo), step="counting terms")
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_count_batch, con, pending[i : i + BATCH], ctx.id)
