@@ -366,6 +366,25 @@ def sem_tables(db: str) -> dict[str, list[tuple]]:
         con.close()
 
 
+def test_a_knowledge_base_restored_between_two_semantic_attempts_is_analysed_whole(cli: Cli, tmp_path: Path) -> None:
+    """The knowledge base put back as it was before the run between the kill and the resume: the documents the
+    first attempt analysed were done, skipped by the resume, and a "completed" analysis had no keywords for
+    them and left them out of its topics and duplicates."""
+    kb = populated(tmp_path, 500, dup_every=50)
+    a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
+    res = run_here(tmp_path, "semantic_analysis", kb=a).result
+    op_id = submit(cli, "semantic_analysis", {"kb": b}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
+    assert killed.status is Status.RUNNING, "the analysis finished before the kill"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{b}{suffix}").unlink(missing_ok=True)
+    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert sem_tables(b) == sem_tables(a)
+    assert final["result"]["topics"] == res["topics"]
+
+
 def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "docs"
     many_docs(src, 500, dup_every=50)

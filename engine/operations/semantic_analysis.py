@@ -167,6 +167,14 @@ def _kb_docs(con: sqlite3.Connection) -> dict[str, tuple[int, str]]:
     }
 
 
+def _not_stored(con: sqlite3.Connection, corpus: dict[str, tuple[int, str]], done: list[str]) -> set[str]:
+    """The documents of the knowledge base an earlier attempt analysed (``done``) with no results for the text
+    the knowledge base holds now: it was restored or replaced since, or the document populated again. Skipped
+    as done, a "completed" run kept no keywords for them, or the old text's."""
+    stored = dict(con.execute("SELECT key, sha256 FROM sem_docs WHERE scope='kb'").fetchall())
+    return {k for k in done if stored.get(k) != corpus[k][1]}
+
+
 def _kb_text(con: sqlite3.Connection, doc: int) -> str:
     return "\n\n".join(
         r[0]
@@ -356,11 +364,14 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
         ctx.progress(total=len(keys), step="analysing")
         # A tree's results file may have been deleted or replaced since the last attempt (a knowledge base
         # is checked when it is opened).
-        pending = (
-            await pending_items(ctx, con, db, keys, root)
-            if root is not None
-            else [k for k in keys if not ctx.is_done(k)]
-        )
+        if root is not None:
+            pending = await pending_items(ctx, con, db, keys, root)
+        else:
+            done = [k for k in keys if ctx.is_done(k)] if ctx.done_keys else []
+            again = await asyncio.to_thread(_not_stored, con, corpus, done) if done else set()
+            if again:
+                ctx.log.info(f"{len(again)} documents analysed by an earlier attempt have no results now: again")
+            pending = [k for k in keys if k in again or not ctx.is_done(k)]
         for i in range(0, len(pending), BATCH):
             results = await asyncio.to_thread(_batch, con, scope, pending[i : i + BATCH], corpus, root, ctx.id)
             async for key, outcome, why in ctx.items(results, key=lambda r: r[0]):
