@@ -22,7 +22,7 @@ from engine.operations.knowledge import KbError, open_kb, search, similar
 from engine.registry import get_handler
 from tests.fixtures_api import Server
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, submit
+from tests.fixtures_ops import bad_params, checkpoint_state, done_keys, kill_worker_when, resume, submit
 
 WORDS = (  # noqa: SIM905
     "engine checkpoint resume worker queue timeout profile store redis sqlite index chunk search vector topic "
@@ -272,6 +272,25 @@ def test_kb_optimization_dedupes_and_resumes_to_the_uninterrupted_result(cli: Cl
     assert kb_rows(b) == kb_rows(a)
     keep = ("chunks", "indexed", "duplicate_groups", "duplicates", "failures")
     assert {k: final["result"][k] for k in keep} == {k: res[k] for k in keep}
+
+
+def test_a_knowledge_base_restored_between_two_optimisations_is_deduped_whole(cli: Cli, tmp_path: Path) -> None:
+    """The knowledge base put back as it was before the run between the kill and the resume: the groups the
+    first attempt deduped were done, skipped by the resume, and their copies stayed in the index of a
+    "completed" optimisation (searches showed each text as often as before)."""
+    kb = populated(tmp_path, 600, dup_every=2, chunk_size=200)
+    a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
+    run_here(tmp_path, "kb_optimization", kb=a)
+    op_id = submit(cli, "kb_optimization", {"kb": b}, "checkpoint_interval=0.05")
+    deduped = lambda op: any(k.startswith("dedupe:") for k in done_keys(cli.state_dir, op.id))  # noqa: E731
+    killed = kill_worker_when(cli, op_id, lambda op: op.status.value not in ("queued", "running") or deduped(op))
+    assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{b}{suffix}").unlink(missing_ok=True)
+    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert kb_rows(b) == kb_rows(a)
 
 
 def test_kb_optimization_killed_after_a_dedupe_before_its_checkpoint_keeps_its_result(cli: Cli, tmp_path: Path) -> None:

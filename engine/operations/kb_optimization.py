@@ -120,9 +120,10 @@ async def optimize(ctx: OperationContext, p: KbOptimizeParams) -> dict:
         done = sum(1 for k in ctx.done_keys if k.startswith("dedupe:"))
         if gone := total - len(groups) - done:  # deduped after the last checkpoint: done, as the database says
             ctx.progress(done=ctx.done + max(0, gone))
-        pending = [g for g in groups if not ctx.is_done(f"dedupe:{g}")]
-        for i in range(0, len(pending), BATCH):
-            results = await asyncio.to_thread(_dedupe_batch, con, pending[i : i + BATCH])
+        # Every group the database still holds, done or not: a done one is there again when the knowledge base
+        # was restored since (skipped, a "completed" run left its copies in the index).
+        for i in range(0, len(groups), BATCH):
+            results = await asyncio.to_thread(_dedupe_batch, con, groups[i : i + BATCH])
             async for _sha, _n in ctx.items(results, key=lambda r: f"dedupe:{r[0]}"):
                 pass
         async for step in ctx.items(steps):
