@@ -18,8 +18,18 @@ import pytest
 from engine import Engine, InvalidInput, Operation, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, CliAt
-from tests.fixtures_ops import bad_params, done_keys, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import (
+    as_user_who_cannot_read,
+    bad_params,
+    done_keys,
+    kill_worker_when,
+    nothing_stored,
+    resume,
+    run_json,
+    submit,
+)
 from tests.test_op_error_text import said_plainly
+from tests.zygote import CLI, REPO
 
 COUNT = 24
 
@@ -178,6 +188,44 @@ async def test_down_migrations_are_not_applied(engine: Engine, tmp_path: Path) -
     (mig / "3_goose.sql").write_text("-- +goose Up\nCREATE TABLE t (x);\n-- +goose Down\nDROP TABLE t;\n")
     with pytest.raises(InvalidInput, match=re.escape("3_goose.sql holds the part that undoes it (+goose Down)")):
         spec.parse_params(params)
+
+
+async def test_sql_files_in_any_case_are_migrations(engine: Engine, tmp_path: Path) -> None:
+    """``001_init.SQL`` (an upper-case extension, as written where file names ignore case) was left out in
+    silence: a folder of them applied nothing and completed. Every case of ``.sql`` is a migration, in natural
+    order with the rest; a down migration in upper case beside its up one is left out as any other."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "001_init.SQL").write_text("CREATE TABLE t (v TEXT);")
+    (mig / "002_a.sql").write_text("INSERT INTO t VALUES ('2');")
+    (mig / "010_b.Sql").write_text("INSERT INTO t VALUES ('10');")
+    (mig / "011_c.UP.SQL").write_text("INSERT INTO t VALUES ('11');")
+    (mig / "011_c.DOWN.SQL").write_text("DELETE FROM t;")
+    (mig / "notes.txt").write_text("not a migration")
+    rec = await run(engine, {"directory": str(mig), "database": str(db)})
+    assert rec.status is Status.COMPLETED, rec.error
+    assert rec.result["applied"] == ["001_init.SQL", "002_a.sql", "010_b.Sql", "011_c.UP.SQL"], rec.result
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT v FROM t ORDER BY rowid")] == ["2", "10", "11"]
+    con.close()
+    logs = " ".join(r.message for r in (await engine.store.read_logs(rec.id))[0])
+    assert "1 down migration(s) left out, as rollbacks are not applied: 011_c.DOWN.SQL" in logs, logs
+
+
+def test_a_directory_that_cannot_be_listed_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """A folder of migrations this user cannot list was a folder of none: the run applied nothing and completed."""
+    mig, db = tmp_path / "m", tmp_path / "db.sqlite"
+    mig.mkdir()
+    (mig / "1_a.sql").write_text("CREATE TABLE a (x);")
+    params = json.dumps({"directory": str(mig), "database": str(db)})
+    r = as_user_who_cannot_read(
+        [*CLI, "run", "migration_operation", "--params-json", params], mig, cwd=REPO, env=cli.env
+    )
+    mig.chmod(0o755)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"directory {str(mig)!r}: cannot be listed (Permission denied)"), lines
+    nothing_stored(cli)
 
 
 async def run(engine: Engine, params: dict) -> Operation:

@@ -1,9 +1,10 @@
 """migration_operation: apply an ordered folder of SQL migrations to a SQLite database, each exactly once.
 
-Migrations are the ``*.sql`` files of ``directory``, in natural order of their names (``2_x.sql`` before
-``10_y.sql``), but down migrations (``rollbacks``). Each one is an item, run in its own transaction (``BEGIN
-IMMEDIATE``), and the row that records it in the migrations table (name, sha256 checksum, applied_at,
-operation id) is written in that same transaction: a migration is applied and recorded together or not at all.
+Migrations are the ``*.sql`` files of ``directory`` (whatever the case of the extension: ``*.SQL`` too, as on
+a case-insensitive file system), in natural order of their names (``2_x.sql`` before ``10_y.sql``), but down
+migrations (``rollbacks``). Each one is an item, run in its own transaction (``BEGIN IMMEDIATE``), and the
+row that records it in the migrations table (name, sha256 checksum, applied_at, operation id) is written
+in that same transaction: a migration is applied and recorded together or not at all.
 The table, not the checkpoint, says what is applied, so a run killed at any point (even between a commit and
 the checkpoint) resumes at the next unapplied migration and never applies one twice. A migration already
 applied whose file has changed since is refused before anything runs (one line naming it); so is a migration
@@ -144,13 +145,25 @@ _DOWN_SECTION = re.compile(
 """Where a file of goose, dbmate or sql-migrate begins the part that undoes its migration."""
 
 
+def sql_files(directory: Path) -> list[Path]:
+    """The entries of ``directory`` named ``*.sql`` in any case (``001_init.SQL``, ``x.Sql``): a migration
+    written as ``*.SQL`` (a habit of case-insensitive systems, where ``*.sql`` finds it) was left out silently,
+    and a directory of them applied nothing and completed. ValueError (one line) for a directory that cannot
+    be listed, which is not a directory of no migrations."""
+    try:
+        return [p for p in directory.iterdir() if p.name.lower().endswith(".sql")]
+    except OSError as e:
+        raise ValueError(f"directory {str(directory)!r}: cannot be listed ({e.strerror or e})") from None
+
+
 def rollbacks(directory: Path) -> list[str]:
     """The ``NAME.down.sql`` files beside a ``NAME.up.sql`` (golang-migrate's layout): each undoes its up
     migration, so none is a migration (in natural order it ran just before its own up migration, and a down
     migration of data, ``DELETE FROM users``, emptied a table that was then migrated)."""
-    names = {p.name.lower() for p in directory.glob("*.sql")}
+    files = sql_files(directory)
+    names = {p.name.lower() for p in files}
     out = []
-    for p in directory.glob("*.sql"):
+    for p in files:
         m = _DOWN_FILE.match(p.name)
         if m and f"{m['stem']}.up.sql".lower() in names:
             out.append(p.name)
@@ -160,14 +173,15 @@ def rollbacks(directory: Path) -> list[str]:
 def load_migrations(directory: Path) -> list[Migration]:
     """The folder's migrations in natural order; ValueError (one line) for an unreadable or unfit file.
 
-    Every ``*.sql`` entry is a migration: one that is not a regular file (a dangling symbolic link, a
-    directory, a FIFO) is refused, never left out (the migrations after it would run without it). But for
+    Every ``*.sql`` entry (in any case: ``sql_files``) is a migration: one that is not a regular file (a
+    dangling symbolic link, a directory, a FIFO) is refused, never left out (the migrations after it would run
+    without it). But for
     down migrations beside their up ones (``rollbacks``), which are no migrations; a ``.down.sql`` alone, and
     a file holding its own down part (goose's ``-- +goose Down``, dbmate's ``-- migrate:down``), are refused:
     applied, they undo what they or another migration did."""
     out: list[Migration] = []
     down = set(rollbacks(directory))
-    for p in sorted(directory.glob("*.sql"), key=lambda p: _natural(p.name)):
+    for p in sorted(sql_files(directory), key=lambda p: _natural(p.name)):
         if p.name in down:
             continue
         if lone := _DOWN_FILE.match(p.name):
