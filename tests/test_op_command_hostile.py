@@ -263,6 +263,19 @@ def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) 
     assert logs.count("more done than the total") == 1, logs
 
 
+def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
+    """``::outlast progress 2/-1`` after a total of 0 (a count alone: ``-1`` is no total) was said as "progress
+    2/0 passed over", a line the command never printed. The warning quotes the line, control characters
+    escaped, and says the numbers it compared."""
+    program = "print('::outlast progress 0/0'); print('::outlast progress 2/-1\\x1b[K')"
+    r = cli("--json", "run", "command", "--params-json", json.dumps({"argv": [sys.executable, "-c", program]}))
+    assert r.returncode == 0, r.stderr
+    logs = cli("logs", json.loads(r.stdout)["id"]).stdout
+    said = [ln for ln in logs.splitlines() if "more done than the total" in ln]
+    assert len(said) == 1 and "progress line '::outlast progress 2/-1\\x1b[K' passed over" in said[0], logs
+    assert "(2 of 0;" in said[0] and "progress 2/0" not in logs, logs
+
+
 def test_a_count_past_the_submitters_estimate_is_shown_without_a_total(cli: Cli) -> None:
     """``--items 3`` (an estimate) and a command that said ``::outlast progress 5``: listed at 5/3 items,
     100%, while it ran. The estimate still times the attempt; the progress shows 5 items of no known total,

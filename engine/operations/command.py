@@ -40,7 +40,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..limits import MAX_COUNT
 from ..registry import operation
-from ..text import clean
+from ..text import clean, quoted
 from ._common import libc_function
 from ._program import split_args
 
@@ -344,7 +344,7 @@ class _Parser:
             if kind == "progress":
                 f = re.match(r"(\d+)\s*(?:/\s*(\d+))?", arg)
                 if f:
-                    self._count(f.group(1), f.group(2))
+                    self._count(f.group(1), f.group(2), line)
             elif kind == "step":
                 self._report(step=arg)
             elif kind == "message":
@@ -380,23 +380,24 @@ class _Parser:
                 if g.get("pct") is not None:
                     self._pct(g["pct"])
                 elif g.get("done") is not None:
-                    self._count(g["done"], g.get("total"))
+                    self._count(g["done"], g.get("total"), line)
                 elif r.groups():
                     with contextlib.suppress(ValueError, OverflowError):
-                        self._count(str(int(float(r.group(1) or ""))), None)
+                        self._count(str(int(float(r.group(1) or ""))), None, line)
             return None
         f = _FRACTION.search(line)
         if f and int(f.group(2)) > 0 and int(f.group(1)) <= int(f.group(2)):
-            self._count(f.group(1), f.group(2))
+            self._count(f.group(1), f.group(2), line)
             return None
         p = _PERCENT.search(line)
         if p and float(p.group(1)) <= 100:
             self._pct(p.group(1))
         return None
 
-    def _count(self, done: str, total: str | None) -> None:
-        """Progress from numbers in the output; ignored when one is not a count (too large for one, not
-        digits): a line that only looks like progress ("verified 2**64-1/2**64-1 blocks") fails nothing."""
+    def _count(self, done: str, total: str | None, line: str) -> None:
+        """Progress from numbers in the output line ``line``; ignored when one is not a count (too large for
+        one, not digits): a line that only looks like progress ("verified 2**64-1/2**64-1 blocks") fails
+        nothing."""
         n, t = _number(done), _number(total) if total else None
         if n is None or (t is None and total):
             return
@@ -406,9 +407,11 @@ class _Parser:
             # Passed over, as N/M lines with N above M are (a count past an estimate, a wrong line).
             if not self.said_over:
                 self.said_over = True
+                # Quoted as printed: "::outlast progress 2/-1" (a count alone, to the total before, 0) was said
+                # as "progress 2/0", a line the command never wrote.
                 self.ctx.log.warning(
-                    f"progress {n}/{over} passed over: more done than the total (said once; the progress"
-                    " shown stays at the last count within its total)"
+                    f"progress line {quoted(line.strip(), 80)} passed over: more done than the total ({n} of"
+                    f" {over}; said once, the progress shown stays at the last count within its total)"
                 )
             return
         if t is not None:
