@@ -109,6 +109,16 @@ def stopping_already(op_id: str, reason: StopReason, action: Action) -> str:
     return f"operation {op_id} is stopping already ({reason.value}): it ends {reason.status.value}, not {asked}"
 
 
+def _progress_at(op: Operation, cp: Checkpoint) -> Progress:
+    """``op``'s progress as of checkpoint ``cp``, which a resume from it goes on from: what the record shows
+    while that resume is queued. It showed the newest checkpoint's count (51.7% where checkpoint 2 is at
+    36.7%) until an attempt ran and reported its own; the rate and estimate of the run cut off go too."""
+    total = cp.total_items if cp.total_items is not None else op.progress.total
+    return op.progress.model_copy(
+        update={"done": cp.processed_items, "total": total, "fraction": 0.0, "rate": None, "eta": None}
+    )
+
+
 _SIGNAL_REASON = {
     signal.SIGINT: "Ctrl-C (SIGINT)",
     signal.SIGTERM: "the process was asked to stop (SIGTERM)",
@@ -796,6 +806,8 @@ class Engine:
                     f"operation {op_id} has no valid checkpoint {checkpoint}: it fails its checksum (valid: {valid})"
                 )
         changes = resume_fields(op, profile or {})  # InvalidInput before anything is written
+        if checkpoint is not None:
+            changes["progress"] = _progress_at(op, cps[checkpoint])
         now = time.time()
         new = await self.store.transition(
             op_id,

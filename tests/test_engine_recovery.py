@@ -350,6 +350,26 @@ async def test_resume_from_chosen_older_checkpoint(engine: Engine, settings: Set
     assert any("resuming from checkpoint 2 (40 items done)" in r.message for r in logs)
 
 
+def test_a_resume_queued_from_an_older_checkpoint_is_listed_at_that_checkpoint(tmp_path: Path) -> None:
+    """``outlast resume ID --checkpoint 1 --queue``: until a worker ran it, ``ls`` and ``show`` gave the newest
+    checkpoint's progress (25/30 items, 83.3%), not the 10/30 it goes on from. Listed as it will resume."""
+    cli = CliAt(tmp_path / "state", OUTLAST_PLUGINS="tests.ops_for_tests")
+    params = json.dumps({"items": 30, "explicit_every": 10, "fail_at": 24})  # checkpoints at 10, 20 and 25 items
+    r = cli("--json", "run", "ledger", "--params-json", params, "--profile", "retry.max_attempts=1")
+    assert r.returncode == 1, r.stderr
+    op_id = json.loads(r.stdout.splitlines()[-1])["id"]
+    cps = {c["seq"]: c for c in json.loads(cli("--json", "checkpoints", op_id).stdout)}
+    assert (cps[1]["processed_items"], max(c["processed_items"] for c in cps.values())) == (10, 25), cps
+    assert cli("-q", "resume", op_id, "--checkpoint", "1", "--queue").returncode == 0
+    listed = json.loads(cli("--json", "ls").stdout)
+    shown = json.loads(cli("--json", "show", op_id).stdout)
+    for rec in (listed[0], shown):
+        assert rec["status"] == "queued" and rec["resume_seq"] == 1, rec
+        assert (rec["progress"]["done"], rec["progress"]["total"]) == (10, 30), rec["progress"]
+    plain = cli("ls").stdout
+    assert "33.3%" in plain and "10/30" in plain and "83.3%" not in plain, plain
+
+
 async def test_bad_input_stores_nothing(engine: Engine, settings: Settings, tmp_path: Path) -> None:
     cases = [
         ({"type": "no_such_type"}, "unknown operation type 'no_such_type'"),
