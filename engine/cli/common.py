@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from ..errors import InvalidInput, StoreFailed, StoreRefused
+from ..errors import InvalidInput, NotFound, StoreFailed, StoreRefused
 from ..files import read_regular
 from ..limits import MAX_ITEMS, MAX_JSON_DEPTH, MAX_SECONDS, Priority
 from ..paths import config_file, default_state_dir
@@ -250,8 +250,39 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return run(coro)
 
 
+class NoStore(NotFound):
+    """A command that only reads found no local store where the settings point (exit 3, as no operation
+    matches): it made none there. ``ls`` lists nothing, ``slots`` says none are set."""
+
+
+def no_store(settings: Settings) -> NoStore | None:
+    """``NoStore`` naming the path and where it was given, when the settings point at a local store that is
+    not there (``store.quick.missing``); None: a store to open (or Redis, which has nothing to make)."""
+    key = "store" if settings.store else "state_dir"
+    target = str(settings.store or settings.state_dir)
+    if "://" in target:
+        return None
+    from ..store.quick import missing
+
+    try:
+        path = Path(target).expanduser()
+    except RuntimeError:  # "~nouser/x": the store's open says so
+        return None
+    what = missing(path)
+    if what is None:
+        return None
+    origin = settings.origins.get(key, "default")
+    given = {"argument": f"--{key.replace('_', '-')}", "environment": f"OUTLAST_{key.upper()}"}.get(origin)
+    where = f"from {given or f'{key} in {origin}'}" if origin != "default" else "the default"
+    if what == "no state directory":
+        return NoStore(f"no state directory at {path} ({where}): nothing is stored there")
+    return NoStore(f"no store at {path} ({where}): the directory holds {what}")
+
+
 @contextlib.asynccontextmanager
-async def session(settings: Settings, recover: bool = True, reading: bool = False) -> AsyncIterator[Any]:
+async def session(
+    settings: Settings, recover: bool = True, reading: bool = False, create: bool = True
+) -> AsyncIterator[Any]:
     """An engine on the open store, without running anything (reads and control requests).
 
     ``recover`` first marks operations left running by dead processes interrupted, so what a
@@ -260,8 +291,11 @@ async def session(settings: Settings, recover: bool = True, reading: bool = Fals
     full under noeviction), or fails them (a local store whose disk is full), is listed as it is, with one
     line saying why nothing was marked. Such a store refused every listing (exit 8), so nobody could see
     what had been running on it: on a full disk, `outlast ls` and `logs` of the very operation that
-    stopped for it.
+    stopped for it. ``create=False``: a local store that is not there is ``NoStore``, not made (a read of a
+    mistyped ``--state-dir`` left a store behind there).
     """
+    if not create and (absent := no_store(settings)) is not None:
+        raise absent
     with collector_paused():  # the engine's and the store's modules: imports, as the settings' (``App.settings``)
         from .run import make_engine
 

@@ -18,7 +18,7 @@ from ..limits import Priority
 from ..text import quoted
 from . import collector_paused
 from . import format as fmt
-from .common import PRIORITIES, SEQ, App, Seconds, parse_pairs, pass_app, run_async, session
+from .common import PRIORITIES, SEQ, App, NoStore, Seconds, parse_pairs, pass_app, run_async, session
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -359,7 +359,7 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
             fmt.echo(f"{op_id} would be removed" if dry_run else f"{op_id} removed")
 
     async def go() -> None:
-        async with session(app.settings) as engine:
+        async with session(app.settings, create=not dry_run) as engine:
             # A page at a time, not every record at once (20,000 held 200 MB); what is removed leaves the
             # listing, so the next page starts after what was kept.
             kept = 0
@@ -400,6 +400,8 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
 
     try:
         run_async(go())
+    except NoStore:  # a dry run where no store is: nothing would be removed (and none is made)
+        pass
     finally:  # interrupted too: what was removed before the stop is said
         if app.json:
             fmt.echo(fmt.dumps({"would_remove" if dry_run else "removed": done}))

@@ -13,7 +13,7 @@ from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
 from . import collector_paused
 from . import format as fmt
-from .common import COUNT, App, json_option, pass_app, run_async, session
+from .common import COUNT, App, NoStore, json_option, pass_app, run_async, session
 
 if TYPE_CHECKING:
     from ..models import Checkpoint, LogRecord, Operation
@@ -72,10 +72,13 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
             return ExitCode.OK
 
     async def go() -> list[Operation]:
-        async with session(app.settings, reading=True) as engine:
+        async with session(app.settings, reading=True, create=False) as engine:
             return await engine.list([Status(s) for s in statuses] or None, list(types) or None, limit)
 
-    ops = run_async(go())
+    try:
+        ops = run_async(go())
+    except NoStore:  # a fresh machine's first `ls`: nothing yet, which is no error (and none is made)
+        ops = []
     _check_types(app, types, {o.type for o in ops})
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
@@ -104,8 +107,11 @@ def _check_types(app: App, types: tuple[str, ...], listed: set[str]) -> None:
         return
 
     async def stored(type_: str) -> bool:
-        async with session(settings) as engine:  # a type whose plugin is not loaded now, run before
-            return bool(await engine.list(None, [type_], 1))
+        try:  # a type whose plugin is not loaded now, run before
+            async with session(settings, create=False) as engine:
+                return bool(await engine.list(None, [type_], 1))
+        except NoStore:  # none stored where no store is (and none is made)
+            return False
 
     for t in unknown:
         if not run_async(stored(t)):
@@ -156,7 +162,7 @@ def show(app: App, op_id: str) -> int:
     """Everything about one operation (ID: its handle, the # of `ls`, or a unique id prefix)."""
 
     async def go() -> tuple[Operation, list[Checkpoint]]:
-        async with session(app.settings, reading=True) as engine:
+        async with session(app.settings, reading=True, create=False) as engine:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
 
@@ -187,7 +193,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     fmt.end_when_reader_gone()  # `outlast watch ID | head -1` ends with head, as `tail -f | head` does
 
     async def go() -> int:
-        async with session(app.settings, reading=True) as engine:
+        async with session(app.settings, reading=True, create=False) as engine:
             engine.install_signal_handlers()
             ids = [await engine.resolve(i) for i in op_ids]
             try:
@@ -242,7 +248,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         with collector_paused():  # the engine's modules: imports
             from .follow import OrphanLook, WatchStopped, rest_of_log, unless_signalled
 
-        async with session(app.settings, reading=not follow_) as engine:
+        async with session(app.settings, reading=not follow_, create=False) as engine:
             full = await engine.resolve(op_id)
             records, offset = await engine.logs(full, 0, limit)
             if limit is None and not follow_:
@@ -320,7 +326,7 @@ def checkpoints(app: App, op_id: str, full: bool) -> int:
     """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
 
     async def go() -> tuple[list[Checkpoint], list[dict[str, Any]] | None]:
-        async with session(app.settings, reading=True) as engine:
+        async with session(app.settings, reading=True, create=False) as engine:
             full_id = await engine.resolve(op_id)
             cps = await engine.checkpoints(full_id)
             return cps, (await checkpoints_in_full(engine.store, cps) if full else None)

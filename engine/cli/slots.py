@@ -14,7 +14,7 @@ from ..errors import InvalidInput
 from ..exitcodes import ExitCode
 from ..lifecycle import Status
 from . import format as fmt
-from .common import App, pass_app, run_async, session
+from .common import App, NoStore, pass_app, run_async, session
 
 
 def parse_count(raw: str) -> int | None:
@@ -55,13 +55,16 @@ def slots(app: App, value: str | None) -> int:
     new = parse_count(value) if value is not None else None  # a bad value: one line before the store opens
 
     async def go() -> tuple[int | None, int]:
-        async with session(app.settings) as engine:
+        async with session(app.settings, create=value is not None) as engine:
             if value is not None:
                 await engine.store.set_slots(new)
             current = await engine.store.get_slots()
             return current, (await engine.store.counts()).get(Status.RUNNING, 0)
 
-    current, running = run_async(go())
+    try:
+        current, running = run_async(go())
+    except NoStore:  # a look where no store is: none set, nothing running (and none made)
+        current, running = None, 0
     if app.json:
         fmt.echo(fmt.dumps({"slots": current, "running": running}))
     elif not app.quiet:

@@ -7,7 +7,7 @@ has a WAL written for another file (walpair: closing would fold it in), was writ
 version, holds a record it cannot read, has a running operation whose process is gone (the full path
 marks that one interrupted first), has something else in the place of one of its files, or is on a
 read-only or (nearly) full file system (the full path warns that nothing can be changed there, or may
-not open it, and says so). A state dir that does not exist (and could be made) lists nothing.
+not open it, and says so). A state dir that does not exist, or holds no database, lists nothing (``missing``).
 
 It writes nothing, not even SQLite's WAL and shared-memory files (``_reading_uri``), nor the state dir.
 
@@ -64,8 +64,8 @@ def quick_list(
         return None  # "~nouser/x": the full path's settings say what is wrong
     db = state_dir / DB_NAME
     wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
-    if _made_by_a_read(state_dir):
-        return []  # no store: none is made by a read (the full path would make one, then list nothing)
+    if missing(state_dir) is not None:
+        return []  # no store: none is made by a read (nor by the full path: ``session``'s ``create``)
     try:
         if db.stat().st_size == 0 or not _private(state_dir, db, wal, shm):
             return None
@@ -153,37 +153,29 @@ def _fit(path: Path, kind: Callable[[], bool]) -> bool:
     return kind() or not os.path.lexists(path)
 
 
-def _made_by_a_read(state_dir: Path) -> bool:
-    """Whether ``state_dir`` does not exist and the full path would make it (its nearest existing ancestor
-    a directory it can write in, on a writable file system): then there is nothing to list, and a read that
-    made a store there (a mistyped ``--state-dir``, a look before the first run) wrote a directory, a
-    database and its files. Anything else (it exists, or could not be made): the full path says."""
+def missing(state_dir: Path) -> str | None:
+    """What a command that only reads finds missing at ``state_dir``: "no state directory" (nothing there) or
+    "no outlast.db" (a directory without a store); None: a store is there to open, or something the store's
+    open says is wrong (a file in the place of the directory, a part of the path that is a file, a WAL left
+    by a deleted database). A read made a store where none was: a mistyped ``--state-dir`` left a directory,
+    a database and its files behind."""
     try:
-        os.lstat(state_dir)
+        os.lstat(state_dir / DB_NAME)
     except FileNotFoundError:
         pass
     except OSError:
-        return False
+        return None
     else:
-        return False
-    ancestor = state_dir.absolute().parent
-    while True:
-        try:
-            os.lstat(ancestor)
-        except FileNotFoundError:
-            if ancestor == ancestor.parent:
-                return False
-            ancestor = ancestor.parent
-            continue
-        except OSError:
-            return False
-        break
-    return (
-        ancestor.is_dir()
-        and os.access(ancestor, os.W_OK | os.X_OK)
-        and not on_read_only_fs(ancestor)
-        and (free_bytes(ancestor) or 0) >= FULL_BELOW
-    )
+        return None
+    try:
+        os.lstat(state_dir)
+    except FileNotFoundError:
+        return "no state directory"
+    except OSError:
+        return None
+    if not state_dir.is_dir() or stale_wal(state_dir / DB_NAME) is not None:
+        return None  # the store's open says what is wrong (a WAL whose database was deleted: how to go on)
+    return f"no {DB_NAME}"
 
 
 class _StepAside(Exception):
