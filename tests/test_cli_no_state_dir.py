@@ -80,6 +80,10 @@ def test_an_id_lookup_where_no_state_dir_is_says_so_and_makes_none(state_dir: Pa
         line = one_line(r)
         assert line.startswith(f"outlast: no state directory at {at.path} ("), (way, args, line)
         at.made_nothing(args)
+    for args in (("show", "abc\n"), ("logs", "a/b"), ("checkpoints", "A"), ("watch", "abc", "..")):
+        r = at(*args)  # a bad id is still bad usage, said as before, where no store is
+        assert r.returncode == ExitCode.USAGE and "invalid operation id" in one_line(r), (way, args, r.stderr)
+        at.made_nothing(args)
     # A command that writes still makes it; then the reads read it as ever (an empty store: nothing matches).
     submitted = at("submit", "demo")
     assert submitted.returncode == 0, submitted.stderr

@@ -279,14 +279,15 @@ def test_quick_list_read_as_immutable_while_a_writer_came_is_not_trusted(
 def test_quick_list_steps_aside_on_a_full_file_system(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a full file system the full path cannot open the store (SQLite makes its WAL and shared-memory
     files) and says so in one line (exit 8; seen on a full tmpfs); the quick path, which makes neither,
-    listed as if all were well. Nor does it answer "nothing" for a state dir that could not be made there."""
+    listed as if all were well. A state dir that is not there lists nothing on any file system (the full path
+    makes none there either: ``session``'s ``create``)."""
     from engine.store import quick
 
     assert quick.quick_list(store, [], [], 10) is not None
     assert quick.quick_list(store / "new", [], [], 10) == []
     monkeypatch.setattr(quick, "free_bytes", lambda path: quick.FULL_BELOW - 1)
     assert quick.quick_list(store, [], [], 10) is None
-    assert quick.quick_list(store / "new", [], [], 10) is None
+    assert quick.quick_list(store / "new", [], [], 10) == []
 
 
 def test_quick_ls_of_a_linked_database_reads_its_wal(store: Path, tmp_path: Path) -> None:

@@ -32,6 +32,15 @@ async def checkpoints_in_full(store: Any, cps: list[Any]) -> list[dict[str, Any]
     return await in_full(store, cps)
 
 
+def valid_ids(*op_ids: str) -> None:
+    """Each id checked before the store is looked for: a bad one is bad usage (exit 2) where no store is too."""
+    with collector_paused():  # the models, which the settings load next anyway: imports
+        from ..models import validate_id_prefix
+
+    for op_id in op_ids:
+        validate_id_prefix(op_id)
+
+
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 
 
@@ -162,6 +171,7 @@ def show(app: App, op_id: str) -> int:
     """Everything about one operation (ID: its handle, the # of `ls`, or a unique id prefix)."""
 
     async def go() -> tuple[Operation, list[Checkpoint]]:
+        valid_ids(op_id)
         async with session(app.settings, reading=True, create=False) as engine:
             full = await engine.resolve(op_id)
             return await engine.get(full), await engine.checkpoints(full)
@@ -193,6 +203,7 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     fmt.end_when_reader_gone()  # `outlast watch ID | head -1` ends with head, as `tail -f | head` does
 
     async def go() -> int:
+        valid_ids(*op_ids)
         async with session(app.settings, reading=True, create=False) as engine:
             engine.install_signal_handlers()
             ids = [await engine.resolve(i) for i in op_ids]
@@ -248,6 +259,7 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         with collector_paused():  # the engine's modules: imports
             from .follow import OrphanLook, WatchStopped, rest_of_log, unless_signalled
 
+        valid_ids(op_id)
         async with session(app.settings, reading=not follow_, create=False) as engine:
             full = await engine.resolve(op_id)
             records, offset = await engine.logs(full, 0, limit)
@@ -326,6 +338,7 @@ def checkpoints(app: App, op_id: str, full: bool) -> int:
     """An operation's checkpoints, newest first (resume from one with `resume --checkpoint SEQ`)."""
 
     async def go() -> tuple[list[Checkpoint], list[dict[str, Any]] | None]:
+        valid_ids(op_id)
         async with session(app.settings, reading=True, create=False) as engine:
             full_id = await engine.resolve(op_id)
             cps = await engine.checkpoints(full_id)
