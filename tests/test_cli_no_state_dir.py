@@ -6,16 +6,20 @@ machine's first ``ls`` is no error), and the path is still not there, however it
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.exitcodes import ExitCode
-from tests.fixtures_cli import main_here, run_cli
+from tests.fixtures_cli import Proc, main_here, until
 
 WAYS = ["--state-dir", "--store", "OUTLAST_STATE_DIR", "OUTLAST_STORE", "--config", "default"]
 """Every way of naming the local store's path: an option, the environment, a config file, the XDG default."""
+
+IDLE_NOTE = "no active operations: waiting for some (Ctrl-C stops watching)"
 
 FULL = {"OUTLAST_MAX_CONCURRENT": "3"}
 """A setting: ``ls`` takes the full path (settings, an engine), not the quick read of the file."""
@@ -45,9 +49,9 @@ class Reader:
     def __call__(self, *args: str, full: bool = False) -> subprocess.CompletedProcess[str]:
         return main_here([*self.options, *args], {**self.env, **(FULL if full else {})})
 
-    def out_of_process(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """For what would wait for ever if it made the store (``watch`` of all: it waited for some)."""
-        return run_cli(*self.options, *args, env=self.env, timeout=30)
+    def start(self, *args: str) -> Proc:
+        """In the background (``watch`` of all, which waits)."""
+        return Proc([*self.options, *args], self.env)
 
     def made_nothing(self, args: tuple[str, ...]) -> None:
         assert not self.path.exists(), (self.way, args, sorted(os.listdir(self.path)))
@@ -72,10 +76,9 @@ def test_an_id_lookup_where_no_state_dir_is_says_so_and_makes_none(state_dir: Pa
         ("checkpoints", "abc"),
         ("checkpoints", "--full", "abc"),
         ("watch", "abc"),
-        ("watch",),
     ]
     for args in lookups:
-        r = at.out_of_process(*args) if args == ("watch",) else at(*args)
+        r = at(*args)
         assert r.returncode == ExitCode.NOT_FOUND and r.stdout == "", (way, args, r.returncode, r.stdout, r.stderr)
         line = one_line(r)
         assert line.startswith(f"outlast: no state directory at {at.path} ("), (way, args, line)
@@ -90,9 +93,34 @@ def test_an_id_lookup_where_no_state_dir_is_says_so_and_makes_none(state_dir: Pa
     op_id = submitted.stdout.strip()
     for args in (("show", op_id), ("-q", "cancel", op_id), ("rm", op_id)):
         assert at(*args).returncode == 0, args
-    for args in lookups[:-1]:
+    for args in lookups:
         r = at(*args)
         assert r.returncode == ExitCode.NOT_FOUND and "no operation matches id 'abc'" in one_line(r), (args, r.stderr)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_watching_all_where_no_state_dir_is_waits_for_one_making_none(
+    state_dir: Path, tmp_path: Path, way: str
+) -> None:
+    """``watch`` of all active operations waits for some (started before the first run, on a fresh machine): it
+    waits for the store to be made, making none, said in its one line; a signal stops it with its code."""
+    at = Reader(tmp_path, way)
+    for sig, code in ((signal.SIGTERM, ExitCode.WATCH_TERMINATED), (signal.SIGINT, ExitCode.WATCH_STOPPED)):
+        watch = at.start("watch")
+        try:
+            until(lambda watch=watch: IDLE_NOTE in watch.err, 30, what="the line saying it waits")
+            time.sleep(0.7)  # a look or two more
+            at.made_nothing(("watch",))
+            if sig == signal.SIGINT:  # a run made the store: shown, as on a store that was there
+                submitted = at("submit", "demo")
+                assert submitted.returncode == 0, submitted.stderr
+                op_id = submitted.stdout.strip()
+                watch.wait_line(lambda ln, op_id=op_id: op_id in ln)
+            watch.signal(sig)
+            assert watch.wait(30) == code, (way, watch.err)
+            assert watch.err.count(IDLE_NOTE) == 1, watch.err
+        finally:
+            watch.kill()
 
 
 @pytest.mark.parametrize("way", WAYS)

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..engine import Engine, StoreUnwritable, store_failure
 from ..errors import NotFound, StoreFailed, StoreRefused
@@ -28,6 +28,9 @@ from ..models import (
 )
 from . import format as fmt
 from .common import Mode, say_unmarked
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 T = TypeVar("T")
 
@@ -418,10 +421,48 @@ async def pause_queued(engine: Engine, op_id: str) -> Operation | None:
         return None
 
 
-async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> list[Operation]:
+IDLE_NOTE = "no active operations: waiting for some (Ctrl-C stops watching)"
+"""What a plain or JSON ``watch`` of all says on stderr while nothing is active."""
+
+
+async def store_made(settings: Settings, mode: Mode) -> int | None:
+    """``watch`` of all where no local store is (``common.no_store``; a fresh machine, before its first run):
+    wait for one to be made, making none (a read makes no state dir), saying once that it waits, as
+    ``watch_many`` says of an empty store. None once there is one; the exit code when a signal stopped it."""
+    import signal
+
+    from ..exitcodes import code_for_stopped_watch
+    from .common import no_store
+
+    if mode != "quiet":
+        fmt.echo(IDLE_NOTE, err=True)
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def stop(sig: int) -> None:
+        if not stopped.done():
+            stopped.set_result(sig)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        while no_store(settings) is not None:
+            fmt.check_reader()
+            done, _ = await asyncio.wait({stopped}, timeout=0.5)
+            if done:
+                return code_for_stopped_watch(stopped.result())
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return None
+
+
+async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode, idle_said: bool = False) -> list[Operation]:
     """Show several operations (all active ones when ``op_ids`` is None) until they settle or Ctrl-C.
 
-    With ids, returns their final records; without, runs until Ctrl-C (WatchStopped).
+    With ids, returns their final records; without, runs until Ctrl-C (WatchStopped). ``idle_said``: that
+    nothing is active was said already (``store_made``).
     """
     seen: dict[str, Operation] = {}
     plain = PlainView(json_lines=mode == "json", quiet=mode == "quiet")
@@ -431,7 +472,6 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
 
         live = LiveTable()
     orphans = OrphanLook(engine, reading=True)
-    idle_said = False
     with live if live is not None else contextlib.nullcontext():
         while True:
             await orphans()
@@ -442,7 +482,7 @@ async def watch_many(engine: Engine, op_ids: list[str] | None, mode: Mode) -> li
                 elif not idle_said and not seen and live is None and mode != "quiet":
                     # Plain lines print nothing until something runs: a blank watch looked hung (stderr,
                     # once each time nothing is active; stdout stays the lines).
-                    fmt.echo("no active operations: waiting for some (Ctrl-C stops watching)", err=True)
+                    fmt.echo(IDLE_NOTE, err=True)
                     idle_said = True
                 for op in ops:
                     seen[op.id] = op

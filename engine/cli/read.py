@@ -13,7 +13,7 @@ from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
 from . import collector_paused
 from . import format as fmt
-from .common import COUNT, App, NoStore, json_option, pass_app, run_async, session
+from .common import COUNT, App, NoStore, json_option, no_store, pass_app, run_async, session
 
 if TYPE_CHECKING:
     from ..models import Checkpoint, LogRecord, Operation
@@ -196,7 +196,16 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     Ctrl-C stops watching (exit 130; SIGTERM 143, SIGHUP 129) and leaves them running.
     """
     with collector_paused():  # the engine's modules: imports
-        from .follow import PlainView, WatchedGone, WatchStopped, follow, make_view, unless_signalled, watch_many
+        from .follow import (
+            PlainView,
+            WatchedGone,
+            WatchStopped,
+            follow,
+            make_view,
+            store_made,
+            unless_signalled,
+            watch_many,
+        )
         from .run import report_final
 
     mode = app.mode
@@ -204,6 +213,9 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
 
     async def go() -> int:
         valid_ids(*op_ids)
+        said = not op_ids and no_store(app.settings) is not None  # all, where no store is: waited for, not made
+        if said and (stopped := await store_made(app.settings, mode)) is not None:
+            return stopped
         async with session(app.settings, reading=True, create=False) as engine:
             engine.install_signal_handlers()
             ids = [await engine.resolve(i) for i in op_ids]
@@ -216,7 +228,8 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
                     if mode in ("plain", "live"):  # how it ended and why, and how to resume it, as a run says
                         report_final(finals[0], mode, app.command())
                 else:
-                    finals = await unless_signalled(engine, watch_many(engine, list(dict.fromkeys(ids)) or None, mode))
+                    many = watch_many(engine, list(dict.fromkeys(ids)) or None, mode, idle_said=said)
+                    finals = await unless_signalled(engine, many)
             except WatchStopped:  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
                 return code_for_stopped_watch(engine.stop_signal)
             except WatchedGone as e:
