@@ -498,7 +498,7 @@ def test_a_cancel_whose_operation_another_command_resumed_says_so(cli: Cli, monk
             return running
 
     @contextlib.asynccontextmanager
-    async def session(settings: object, recover: bool = True) -> Any:
+    async def session(settings: object, recover: bool = True, create: bool = True) -> Any:
         yield Engine()
 
     monkeypatch.setattr(control, "session", session)

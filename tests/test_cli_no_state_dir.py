@@ -179,3 +179,28 @@ def test_a_directory_without_a_store_is_left_empty_by_reads(state_dir: Path) -> 
     for extra in ({}, FULL):
         r = main_here(["ls"], {**env, **extra})
         assert (r.returncode, r.stderr) == (0, "no operations\n") and list(state_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("way", ["--state-dir", "--store", "OUTLAST_STATE_DIR"])
+def test_a_command_on_one_operation_where_no_state_dir_is_makes_none(state_dir: Path, tmp_path: Path, way: str) -> None:
+    """cancel, pause, resume, priority, rerun and rm of an id cannot succeed where no store is: they made a whole
+    store at a mistyped path, only to say that no operation matches. One line, exit 3, nothing made; a bad id
+    is still bad usage (exit 2)."""
+    at = Reader(tmp_path, way)
+    for args in (
+        ("cancel", "abc"),
+        ("pause", "abc"),
+        ("resume", "abc"),
+        ("resume", "--queue", "abc"),
+        ("priority", "abc", "high"),
+        ("rerun", "abc"),
+        ("rm", "abc", "abd"),
+    ):
+        r = at(*args)
+        assert r.returncode == ExitCode.NOT_FOUND and r.stdout == "", (way, args, r.returncode, r.stdout, r.stderr)
+        assert one_line(r).startswith(f"outlast: no state directory at {at.path} ("), (way, args, r.stderr)
+        at.made_nothing(args)
+    for args in (("cancel", "abc\n"), ("resume", "a/b"), ("priority", "A", "low"), ("rerun", "..")):
+        r = at(*args)
+        assert r.returncode == ExitCode.USAGE and "invalid operation id" in one_line(r), (way, args, r.stderr)
+        at.made_nothing(args)

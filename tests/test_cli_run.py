@@ -154,8 +154,8 @@ def test_the_resume_hint_pastes_as_printed_and_the_pause_says_why(cli: Cli, tmp_
     assert proc.wait() == 6, proc.err
     hint = next(ln for ln in proc.out + proc.err if ln.startswith("resume") and "with: " in ln).split("with: ", 1)[1]
     assert hint == f"outlast --state-dir {other} resume {op_id}"
-    missing = cli("resume", op_id)  # the default store: the message names the store it searched
-    assert missing.returncode != 0 and f"in state dir {cli.state_dir}" in missing.stderr
+    missing = cli("resume", op_id)  # the default store (none there): the message names the store it searched
+    assert missing.returncode != 0 and f"no state directory at {cli.state_dir} " in missing.stderr
     pasted = cli(*shlex.split(hint)[1:], "--json")
     assert pasted.returncode == 0, pasted.stderr
     r = cli("--state-dir", str(other), "--json", "show", op_id)

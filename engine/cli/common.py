@@ -279,6 +279,16 @@ def no_store(settings: Settings) -> NoStore | None:
     return NoStore(f"no store at {path} ({where}): the directory holds {what}")
 
 
+def valid_ids(*op_ids: str) -> None:
+    """Each id checked before the store is looked for (``session(create=False)``): a bad one is bad usage
+    (exit 2) where no store is too, not "no state directory"."""
+    with collector_paused():  # the models, which the settings load next anyway: imports
+        from ..models import validate_id_prefix
+
+    for op_id in op_ids:
+        validate_id_prefix(op_id)
+
+
 @contextlib.asynccontextmanager
 async def session(
     settings: Settings, recover: bool = True, reading: bool = False, create: bool = True

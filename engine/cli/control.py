@@ -18,7 +18,7 @@ from ..limits import Priority
 from ..text import quoted
 from . import collector_paused
 from . import format as fmt
-from .common import PRIORITIES, SEQ, App, NoStore, Seconds, parse_pairs, pass_app, run_async, session
+from .common import PRIORITIES, SEQ, App, NoStore, Seconds, parse_pairs, pass_app, run_async, session, valid_ids
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -49,7 +49,8 @@ def _control(action: Action) -> click.Command:
         asked: list[Operation] = []
 
         async def go() -> tuple[Operation, bool]:
-            async with session(app.settings) as engine:
+            valid_ids(op_id)
+            async with session(app.settings, create=False) as engine:  # no store: none made for nothing to stop
                 full = await engine.resolve(op_id)
                 check_action(action, (await engine.get(full)).status, full)
                 op = await getattr(engine, action.value)(full)
@@ -136,7 +137,8 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         from .run import detach_dir, run_foreground, say_detached, spawn_detached, submit_or_resume
 
     async def check() -> tuple[str, Operation | None]:
-        async with session(app.settings) as engine:
+        valid_ids(op_id)
+        async with session(app.settings, create=False) as engine:
             full = await engine.resolve(op_id)
             op = await engine.get(full)
             # Queued (submitted, requeued by `ls` after its runner died, a retry waiting out its backoff):
@@ -230,7 +232,8 @@ def priority(app: App, op_id: str, level: str) -> int:
     """Re-prioritise queued work."""
 
     async def go() -> Operation:
-        async with session(app.settings) as engine:
+        valid_ids(op_id)
+        async with session(app.settings, create=False) as engine:
             full = await engine.resolve(op_id)
             check_action(Action.PRIORITY, (await engine.get(full)).status, full)
             return await engine.set_priority(full, Priority(level.lower()))
@@ -261,7 +264,7 @@ def rm(app: App, op_ids: tuple[str, ...]) -> int:
 
     async def go() -> list[tuple[str, BaseException | None]]:
         out: list[tuple[str, BaseException | None]] = []
-        async with session(app.settings) as engine:
+        async with session(app.settings, create=False) as engine:  # each id on its own: not checked first
             for raw in dict.fromkeys(op_ids):
                 try:
                     full = await engine.resolve(raw)

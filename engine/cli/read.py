@@ -13,7 +13,7 @@ from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
 from ..lifecycle import SETTLED, Status
 from . import collector_paused
 from . import format as fmt
-from .common import COUNT, App, NoStore, json_option, no_store, pass_app, run_async, session
+from .common import COUNT, App, NoStore, json_option, no_store, pass_app, run_async, session, valid_ids
 
 if TYPE_CHECKING:
     from ..models import Checkpoint, LogRecord, Operation
@@ -30,15 +30,6 @@ async def checkpoints_in_full(store: Any, cps: list[Any]) -> list[dict[str, Any]
     from ..autobot import checkpoints_in_full as in_full
 
     return await in_full(store, cps)
-
-
-def valid_ids(*op_ids: str) -> None:
-    """Each id checked before the store is looked for: a bad one is bad usage (exit 2) where no store is too."""
-    with collector_paused():  # the models, which the settings load next anyway: imports
-        from ..models import validate_id_prefix
-
-    for op_id in op_ids:
-        validate_id_prefix(op_id)
 
 
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)

@@ -188,9 +188,10 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     from ..lifecycle import Action, check_action
     from ..models import OperationSpec
     from ..profiles import one_line
-    from .common import parse_pairs, session
+    from .common import parse_pairs, session, valid_ids
 
-    async with session(app.settings) as engine:
+    valid_ids(op_id)
+    async with session(app.settings, create=False) as engine:
         old = await engine.get(await engine.resolve(op_id))
     check_action(Action.RERUN, old.status, old.id)
     try:
