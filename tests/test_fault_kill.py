@@ -372,7 +372,8 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(
 def _schema(tmp: Path, env: dict[str, str]) -> list[tuple[str, str]]:
     """(name, SQL) of every table and index of a store the real CLI created, in creation order."""
     state = tmp / "whole"
-    assert outlast(state, ["ls"], tmp / "whole.out", None, env) == 0, _tail(tmp / "whole.out")
+    # A command that writes: a read (`ls`) of a state dir that is not there makes none.
+    assert outlast(state, ["submit", "demo"], tmp / "whole.out", None, env) == 0, _tail(tmp / "whole.out")
     con = sqlite3.connect(state / "outlast.db")
     try:
         return con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid").fetchall()
