@@ -13,10 +13,12 @@ import random
 import re
 import threading
 import time
+import types
+import typing
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import Conflict, InvalidInput, NotFound, OutlastError, StaleAttempt, StoreError
 from .humanize import elapsed as attempt_elapsed
@@ -253,7 +255,44 @@ def check_idempotency_key(key: str) -> str:
     return key
 
 
-class OperationSpec(BaseModel):
+def bool_for_number(model: type[BaseModel], raw: Any) -> str | None:
+    """What is wrong when a field of ``model`` declared a number (``int``, ``float``, optional or not) is given
+    ``true`` or ``false`` in ``raw``, else None: pydantic takes them as 1 and 0, so ``-p items=true`` ran one
+    item and ``--profile stall_timeout=true`` timed the operation out as stalled after a second."""
+    if not isinstance(raw, dict):
+        return None
+    for name, field in model.model_fields.items():
+        choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else []
+        for key in dict.fromkeys([field.alias or name, name, *(c for c in choices if isinstance(c, str))]):
+            value = raw.get(key)
+            if isinstance(value, bool) and _a_number(field.annotation):
+                return f"{key}: {json.dumps(value)} is not a number"
+    return None
+
+
+def _a_number(annotation: Any) -> bool:
+    """Whether a field's type is a number alone (int, float, or one of them or None), not one a bool fits."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    kinds = [a for a in args if a is not type(None)]
+    return bool(kinds) and all(a in (int, float) for a in kinds)
+
+
+class NumbersNotBools(BaseModel):
+    """A model whose number fields refuse ``true`` and ``false``, naming the field (pydantic reads them as 1
+    and 0: a typo'd or hostile ``"timeout": true`` stored a one-second timeout)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_not_bools(cls, data: Any) -> Any:
+        said = bool_for_number(cls, data)
+        if said:
+            raise ValueError(said)
+        return data
+
+
+class OperationSpec(NumbersNotBools):
     """What a user asks for. Validated before anything is stored."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False)

@@ -11,10 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DamagedRecord
-from .models import MAX_SECONDS, InvalidInput, Operation, OperationSpec
+from .models import MAX_SECONDS, InvalidInput, NumbersNotBools, Operation, OperationSpec
 
 
-class RetryPolicy(BaseModel):
+class RetryPolicy(NumbersNotBools):
     """Automatic retries of an attempt that raised a transient error; each retry resumes from a checkpoint."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -38,7 +38,7 @@ class RetryPolicy(BaseModel):
         return bool(names & set(self.transient))
 
 
-class TimeoutProfile(BaseModel):
+class TimeoutProfile(NumbersNotBools):
     """Per-type limits. Seconds everywhere."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import time
-import types
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Generator
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from . import installed
-from .models import InvalidInput, check_type, type_name
+from .models import InvalidInput, bool_for_number, check_type, type_name
 from .profiles import SEED_PROFILES, one_line
 from .shortage import ran_short
 
@@ -125,28 +124,6 @@ def cwd_gone() -> bool:
     except FileNotFoundError:
         return True
     return False
-
-
-def bool_for_number(model: builtins.type[BaseModel], raw: Any) -> str | None:
-    """What is wrong when a top-level param declared a number (``int``, ``float``, optional or not) is given
-    ``true`` or ``false``, else None: pydantic takes them as 1 and 0, so ``-p items=true`` ran one item."""
-    if not isinstance(raw, dict):
-        return None
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        value = raw.get(key, raw.get(name))
-        if isinstance(value, bool) and _a_number(field.annotation):
-            return f"{key}: {json.dumps(value)} is not a number"
-    return None
-
-
-def _a_number(annotation: Any) -> bool:
-    """Whether a field's type is a number alone (int, float, or one of them or None), not one a bool fits."""
-    if annotation in (int, float):
-        return True
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
-    kinds = [a for a in args if a is not type(None)]
-    return bool(kinds) and all(a in (int, float) for a in kinds)
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}

@@ -513,3 +513,27 @@ def test_a_resume_checks_the_outputs_again(start_server, tmp_path: Path, tree: P
     d.mkdir()
     assert srv.http.post(f"/api/operations/{op_id}/resume").status_code == 202
     assert list(outside.iterdir()) == []
+
+
+def test_a_bool_where_a_number_goes_is_refused_and_changes_nothing(observer) -> None:
+    """pydantic reads ``true`` as 1: ``"timeout": true`` stored a one-second timeout, ``"failure_threshold":
+    true`` one failure allowed, and a resume from ``{"checkpoint": true}`` looked for checkpoint 1."""
+    before = len(listing(observer))
+    for body, named in [
+        ({"type": "demo", "timeout": True}, "timeout: true is not a number"),
+        ({"type": "demo", "total_items": False}, "total_items: false is not a number"),
+        ({"type": "demo", "profile": {"failure_threshold": True}}, "failure_threshold: true is not a number"),
+        ({"type": "demo", "profile": {"retry": {"max_attempts": True}}}, "max_attempts: true is not a number"),
+    ]:
+        r = observer.http.post("/api/operations", json=body)
+        assert r.status_code == 422 and named in one_line_detail(r), (body, r.text)
+    typed = observer.http.post("/api/operations/codebase/index", json={"params": {"root": "."}, "timeout": True})
+    assert typed.status_code == 422 and "timeout: true is not a number" in one_line_detail(typed), typed.text
+    assert len(listing(observer)) == before
+    op_id = observer.submit(params={"items": 1})  # its engine starts nothing: cancelled while queued
+    assert observer.http.post(f"/api/operations/{op_id}/cancel").status_code == 200
+    for key in ("checkpoint", "checkpoint_id"):
+        r = observer.http.post(f"/api/operations/{op_id}/resume", json={key: True})
+        assert r.status_code == 422 and f"{key}: true is not a number" in one_line_detail(r), r.text
+    op = observer.op(op_id)
+    assert op["status"] == "cancelled" and op["attempt"] == 1

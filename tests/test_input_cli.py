@@ -632,3 +632,19 @@ def test_a_config_file_with_a_byte_order_mark_is_read_and_kept_so(cli: Cli, tmp_
     save_setting("theme", "outlast-dark", config)
     assert config.read_bytes() == b'\xef\xbb\xbfmax_concurrent = 2\ntheme = "outlast-dark"\n'
     assert load_settings(config, env={}).theme == "outlast-dark"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--profile", "stall_timeout=true"], "stall_timeout: true is not a number"),
+        (["--profile", "failure_threshold=false"], "failure_threshold: false is not a number"),
+        (["--profile", "retry.max_attempts=true"], "max_attempts: true is not a number"),
+    ],
+)
+def test_a_bool_for_a_profile_number_is_refused_not_read_as_one(cli: Cli, args: list[str], named: str) -> None:
+    """pydantic reads ``true`` as 1: ``--profile stall_timeout=true`` was stored as a one-second stall timeout
+    (the operation timed out as stalled at once), exit 0, nothing said."""
+    line = one_line(cli.here("submit", "demo", "-p", "items=1", *args))
+    assert named in line, line
+    nothing_stored(cli)

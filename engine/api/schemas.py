@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..autobot import seed_checkpoint, seed_progress
-from ..models import Checkpoint, InvalidInput, LogRecord, Operation, OperationSpec, Progress, Status
+from ..models import Checkpoint, InvalidInput, LogRecord, NumbersNotBools, Operation, OperationSpec, Progress, Status
 from ..profiles import one_line
 
 
@@ -21,7 +21,7 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-class _SubmitBase(BaseModel):
+class _SubmitBase(NumbersNotBools):
     model_config = ConfigDict(extra="forbid")
 
     def spec(self, type_: str) -> OperationSpec:
@@ -49,7 +49,7 @@ class SubmitOut(BaseModel):
     """Where the record is: ``GET`` it, or open ``{url}/progress`` as a WebSocket."""
 
 
-class ResumeIn(BaseModel):
+class ResumeIn(NumbersNotBools):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: int | None = Field(default=None, ge=0, validation_alias=AliasChoices("checkpoint", "checkpoint_id"))
