@@ -537,3 +537,19 @@ def test_a_bool_where_a_number_goes_is_refused_and_changes_nothing(observer) -> 
         assert r.status_code == 422 and f"{key}: true is not a number" in one_line_detail(r), r.text
     op = observer.op(op_id)
     assert op["status"] == "cancelled" and op["attempt"] == 1
+
+
+def test_a_body_that_cannot_be_parsed_says_why(observer) -> None:
+    """Bytes that are not UTF-8 and JSON nested past what the parser reads were both "There was an error
+    parsing the body", and a JSON syntax error named a field "body.14" (the offset, from FastAPI's loc)."""
+    before = len(listing(observer))
+    json_type = {"Content-Type": "application/json"}
+    for body, said in [
+        (b'{"type": "d\xffemo"}', "body: not UTF-8 text (byte 0xff at offset 11): JSON is UTF-8"),
+        (b'{"type": "demo", "params": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}", "body: JSON nested too deep"),
+        (b'{"type": "demo"', "body: invalid JSON at character 15 (Expecting ',' delimiter)"),
+    ]:
+        r = observer.http.post("/api/operations", content=body, headers=json_type)
+        assert r.status_code == 422, r.text
+        assert one_line_detail(r).startswith(said), r.text
+    assert len(listing(observer)) == before

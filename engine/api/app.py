@@ -220,13 +220,25 @@ def _validation_line(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
         loc = [str(p) for p in err.get("loc", ())]
-        where = ".".join(loc) or "request"
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "json_invalid":
-            msg = f"invalid JSON ({err.get('ctx', {}).get('error', 'cannot parse')})"
+        if err.get("type") == "json_invalid":  # its loc is ("body", offset): "body.14" read as a field
+            at = f" at character {loc.pop()}" if len(loc) == 2 else ""
+            msg = f"invalid JSON{at} ({err.get('ctx', {}).get('error', 'cannot parse')})"
+        where = ".".join(loc) or "request"
         parts.append(f"{where}: {msg}")
     more = len(exc.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _unparsed(exc: StarletteHTTPException) -> str:
+    """Why FastAPI could not parse a JSON body, from what it raised ("There was an error parsing the body"
+    said neither that the bytes were not UTF-8 nor that the JSON was nested too deep to read)."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start}): JSON is UTF-8"
+    if isinstance(cause, RecursionError):
+        return "JSON nested too deep to read"
+    return str(exc.detail)
 
 
 def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -257,7 +269,7 @@ def _install_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 400:  # a body that is not even text: invalid input like any other
-            return error_response(422, f"body: {exc.detail}")
+            return error_response(422, f"body: {_unparsed(exc)}")
         return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
