@@ -215,3 +215,15 @@ async def test_a_collection_error_counts_in_the_failed_line(engine: Engine, tmp_
     op = await run(engine, suite)
     assert op.status is Status.FAILED, (op.status, op.result)
     assert "1 of 2 tests failed (1 passed, 1 error)" in (op.error or ""), op.error
+
+
+async def test_a_node_id_holding_a_newline_runs(engine: Engine, tmp_path: Path) -> None:
+    """A directory named with a newline makes node ids with one: the selection given to each pytest keeps them
+    whole (it was a file of lines, which cut the id in two: "2 of 1 tests never ran")."""
+    suite = write_suite(tmp_path, {})
+    (suite / "tésts\nx").mkdir()
+    (suite / "tésts\nx" / "test_ü.py").write_text("def test_a(): pass\ndef test_b(): assert False\n")
+    op = await run(engine, suite, fail_on_test_failure=False)
+    assert op.status is Status.COMPLETED, (op.status, op.error)
+    assert op.result["counts"] == {"passed": 1, "failed": 1}, op.result
+    assert op.result["failed"][0]["id"] == "tésts\nx/test_ü.py::test_b"

@@ -4,7 +4,8 @@ Standard library only, and importable on its own (the operation copies it beside
 loads into any interpreter that has pytest, without the engine. Driven by the environment:
 
 - ``OUTLAST_PYTEST_FD``: a file descriptor to write JSON lines to (one per event, flushed at once);
-- ``OUTLAST_PYTEST_SELECT``: a file of node ids, one a line; every other collected test is deselected.
+- ``OUTLAST_PYTEST_SELECT``: a file holding a JSON list of node ids (an id may hold a newline: a directory's
+  name may); every other collected test is deselected.
 
 Events: ``{"e": "item", "id": ...}`` per collected test, ``{"e": "collected", "n": ..., "collect_only": ...}`` at
 the end of collection (with a selection, also ``"unfound"``: how many of the ids asked for this process did not
@@ -66,7 +67,7 @@ def _selection() -> set[str] | None:
         path = os.environ.get("OUTLAST_PYTEST_SELECT")
         if path:
             with open(path, encoding="utf-8") as fh:
-                _selected.append({line.rstrip("\n") for line in fh if line.strip()})
+                _selected.append(set(json.load(fh)))
         else:
             _selected.append(None)
     return _selected[0]

@@ -475,8 +475,8 @@ class _Suite:
         """Run the remaining tests in one pytest process; True when it ended early and should be followed."""
         ctx = self.ctx
         todo = self.remaining()
-        select = self.dir / "select.txt"
-        write_private(select, "".join(t + "\n" for t in todo))
+        select = self.dir / "select.json"
+        write_private(select, json.dumps(todo))  # not lines: a node id may hold a newline
         extra = ["--continue-on-collection-errors", "-q"]
         if self.p.max_failures:
             extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
