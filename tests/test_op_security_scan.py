@@ -25,7 +25,16 @@ import pytest
 from engine import Engine, OperationSpec, Status
 from tests.conftest import REPO
 from tests.fixtures_cli import Cli, until
-from tests.fixtures_ops import bad_params, checkpoint_state, kill_worker_when, resume, run_json, submit, unreadable
+from tests.fixtures_ops import (
+    bad_params,
+    checkpoint_state,
+    kill_worker_when,
+    nothing_stored,
+    resume,
+    run_json,
+    submit,
+    unreadable,
+)
 
 RNG = random.Random(4)
 
@@ -480,6 +489,19 @@ def test_a_bad_baseline_is_one_line(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text('{"results": 3}')
     bad_params(cli, "security_scan", {"root": str(tmp_path), "baseline": str(tmp_path / "b.json")}, "baseline")
     bad_params(cli, "security_scan", {"root": str(tmp_path), "baseline": str(tmp_path / "nope.json")}, "nope.json")
+
+
+def test_a_baseline_that_is_a_fifo_or_a_device_is_refused_at_once(cli: Cli, tmp_path: Path) -> None:
+    """A FIFO nobody writes was waited on for ever at submit, deaf to SIGTERM; /dev/zero read until memory ran
+    out. Each is one line, exit 2, nothing stored (in a process of its own: the old code never returned)."""
+    fifo = tmp_path / "baseline.fifo"
+    os.mkfifo(fifo)
+    for baseline in (fifo, Path("/dev/zero")):
+        params = json.dumps({"root": str(tmp_path), "baseline": str(baseline)})
+        r = cli("run", "security_scan", "--params-json", params, timeout=30)
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert r.stderr.strip() == f"outlast: security_scan params: baseline: baseline {baseline}: not a regular file"
+        nothing_stored(cli)
 
 
 async def test_files_whose_stat_says_empty_are_read_to_their_end(engine: Engine, tmp_path: Path) -> None:

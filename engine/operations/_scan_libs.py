@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from ..errors import InvalidInput
+from ..files import read_limited
 
 
 class LibRule(NamedTuple):
@@ -259,15 +261,25 @@ def secret_findings(
     return out
 
 
+BASELINE_MAX = 256 << 20
+"""The largest baseline read: a monorepo's runs to megabytes; ``/dev/zero`` would fill memory."""
+
+
 def load_baseline(path: str | None) -> frozenset[tuple[str, str]]:
     """(file, hashed secret) pairs a detect-secrets baseline file marks as known. Its file names are
     relative to the directory it was made in, which should be the scan's root."""
     if path is None:
         return frozenset()
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        # Not read_text: a FIFO named here waited for a writer for ever, deaf to SIGTERM, and it is read twice
+        # (checked at submit, read when the scan starts), so a pipe could not be given anyway.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InvalidInput(f"baseline {path}: not a regular file")
+        data = json.loads(read_limited(Path(path), BASELINE_MAX).decode("utf-8"))
         results = data["results"]
         return frozenset((file, item["hashed_secret"]) for file, items in results.items() for item in items)
+    except InvalidInput:
+        raise
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInput(f"baseline {path}: cannot be read: {getattr(e, 'strerror', None) or e}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
