@@ -11,11 +11,14 @@
    did not run but for those ``-x`` or ``max_failures`` left after a failing test.
 
 A failing test is a result, counted live (``passed``, ``failed``, ``skipped``, ``pass_rate`` metrics; the
-current test is the step). With ``fail_on_test_failure`` (the default, for CI) a suite with failing tests
-ends ``failed`` with the counts, and a resume runs only the failing tests again; without it the operation
-completes and the result says which failed. A test that runs longer than
-``timeout_per_test`` (default: the profile's per_item_timeout) has its pytest process group killed and is
-an item failure ("hung"); a pytest process that dies inside a test makes that test an item failure
+current test is the step). The result's ``duration`` is the suite's wall time: how long its pytest
+processes ran (collecting and running, every attempt's, as checkpointed), not the sum of the times the
+tests reported, which leaves out a hung or crashed test and pytest's own start-up; in ``slowest`` a hung or
+crashed test counts with the time it ran until it was killed or died. With ``fail_on_test_failure`` (the
+default, for CI) a suite with failing tests ends ``failed`` with the counts, and a resume runs only the
+failing tests again; without it the operation completes and the result says which failed. A test that
+runs longer than ``timeout_per_test`` (default: the profile's per_item_timeout) has its pytest process
+group killed and is an item failure ("hung"); a pytest process that dies inside a test makes that test an item failure
 ("crashed"). Either way a new pytest process goes on with the tests that remain. Cancel, pause and
 timeouts kill the process group (``ctx.spawn``).
 
@@ -422,6 +425,7 @@ class _Suite:
         tests: list[str] = []
         errors: list[dict] = []
         finished = False  # the plugin's "collected": without it nothing says the list is whole
+        began = time.monotonic()
         pt = await _Pytest.start(
             ctx, self.argv("--collect-only", "-q"), self.cwd, self.env, self.log_path("collect"), self.budget
         )
@@ -441,6 +445,7 @@ class _Suite:
             code = await pt.exit_code(EXIT_GRACE)
         finally:
             await pt.close()
+            self.add_wall(began)
         if not finished or code not in (0, 1, 2, 5) or (code == 2 and not errors):
             # An interpreter without pytest, a conftest that exits, python=/bin/true: no list, not an empty one.
             how = f"exited with code {code}" + ("" if finished else " before its collection finished")
@@ -451,6 +456,10 @@ class _Suite:
         async for ev in ctx.items(errors, key=lambda e: e["id"] or "<session>"):
             self.record(ev["id"] or "<session>", "error", 0.0, ev)
         await ctx.checkpoint(next_step="running")
+
+    def add_wall(self, since: float) -> None:
+        """Add the time since ``since`` (a pytest process's life) to the suite's wall time, the result's duration."""
+        self.ctx.state["wall"] = self.ctx.state.get("wall", 0.0) + time.monotonic() - since
 
     def record(self, nodeid: str, outcome: str, duration: float, ev: dict) -> None:
         entry: dict[str, Any] = {"outcome": outcome, "duration": duration}
@@ -481,6 +490,7 @@ class _Suite:
         if self.p.max_failures:
             extra.append(f"--maxfail={self.p.max_failures - self.failures()}")
         env = {**self.env, "OUTLAST_PYTEST_SELECT": str(select)}
+        spawned = time.monotonic()
         pt = await _Pytest.start(ctx, self.argv(*extra), self.cwd, env, self.log_path("run"), self.budget)
         running: dict[str, float] = {}  # node id -> when it started (several at once under pytest-xdist)
         began, collect_only, unfound, missing = False, False, 0, []
@@ -500,7 +510,9 @@ class _Suite:
                         collect_only = bool(ev.get("collect_only"))
                         unfound, missing = int(ev.get("unfound", 0)), list(ev.get("missing", ()))
                     elif ev["e"] == "done":
-                        running.pop(ev["id"], None)
+                        started = running.pop(ev["id"], now)
+                        if ev.get("outcome") == "crashed":  # a pytest-xdist worker died in it: no time of its own
+                            ev["duration"] = max(ev.get("duration", 0.0), now - started)
                         finished.append(ev)
                 if finished:
                     idle_since = now
@@ -513,14 +525,16 @@ class _Suite:
                     nodeid, started = min(running.items(), key=lambda kv: kv[1])
                     if now - started > self.timeout:
                         await pt.kill()
-                        await self.lost(nodeid, "hung", f"no outcome after {self.timeout:g}s; process group killed")
+                        why = f"no outcome after {self.timeout:g}s; process group killed"
+                        await self.lost(nodeid, "hung", why, now - started)
                         return True
                 elif now - idle_since > self.p.collect_timeout:
                     raise OperationFailed(f"pytest reported nothing for {self.p.collect_timeout:g}s{pt.tail(8, ': ')}")
             code = await pt.exit_code(EXIT_GRACE)
             if running:
-                nodeid = min(running, key=running.__getitem__)
-                await self.lost(nodeid, "crashed", f"pytest died (exit code {code}) inside the test{pt.tail(8, ': ')}")
+                nodeid, started = min(running.items(), key=lambda kv: kv[1])
+                why = f"pytest died (exit code {code}) inside the test{pt.tail(8, ': ')}"
+                await self.lost(nodeid, "crashed", why, time.monotonic() - started)
                 return True
             left = len(self.remaining())
             if not left:
@@ -543,10 +557,12 @@ class _Suite:
             return True  # killed from outside or an internal error: it made progress, so go on
         finally:
             await pt.close()
+            self.add_wall(spawned)
 
-    async def lost(self, nodeid: str, outcome: str, why: str) -> None:
-        """A test whose process hung or died: an item failure, recorded so a resume does not run it again."""
-        self.record(nodeid, outcome, 0.0, {"message": why, "traceback": ""})
+    async def lost(self, nodeid: str, outcome: str, why: str, took: float) -> None:
+        """A test whose process hung or died: an item failure, recorded so a resume does not run it again, with
+        the seconds it ran until then (``took``)."""
+        self.record(nodeid, outcome, took, {"message": why, "traceback": ""})
         self.ctx.fail(self.key(nodeid), f"{outcome}: {why}")
         self.ctx.advance()
 
@@ -569,7 +585,7 @@ class _Suite:
                 {"id": k, "outcome": r["outcome"], "message": r["message"], "traceback": r["traceback"]} for k, r in bad
             ],
             "slowest": [{"id": k, "duration": round(r["duration"], 3)} for k, r in slowest if r["duration"] > 0],
-            "duration": round(sum(r["duration"] for r in self.results.values()), 3),
+            "duration": round(self.ctx.state.get("wall", 0.0), 3),
         }
         if changed := self.ctx.state.get("changed"):
             report["changed_since_run"] = changed[:LIST_MAX]
