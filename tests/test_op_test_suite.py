@@ -180,6 +180,14 @@ async def test_max_failures_stops_early(engine: Engine, tmp_path: Path) -> None:
 
 def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path / "nope")}, "path")
+    # Not a test file pytest could run: refused at submit, never waited on (a FIFO with no writer).
+    fifo, notes = tmp_path / "fifo.py", tmp_path / "notes.txt"
+    os.mkfifo(fifo)
+    notes.write_text("def test_x(): pass\n")
+    bad_params(cli, "comprehensive_test_suite", {"path": str(fifo)}, f"path {str(fifo)!r} is a FIFO")
+    bad_params(
+        cli, "comprehensive_test_suite", {"path": str(notes)}, f"path {str(notes)!r} is a file not ending in .py"
+    )
     bad_params(cli, "comprehensive_test_suite", {"path": str(tmp_path), "max_failures": 0}, "max_failures")
 
 

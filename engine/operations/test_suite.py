@@ -36,6 +36,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,7 @@ DRAIN_MAX = 5.0
 OUTPUT_TAIL = 1 << 20
 """Bytes of pytest's output kept from its end once the attempt's log_limit is spent (as the operation log)."""
 RECENT = 16384
+_NOT_FILE = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
 _DOTS = re.compile(r"^[.sSFExX]+\s*(\[\s*\d+%\])?\s*$")
 
 
@@ -93,7 +95,17 @@ class TestSuiteParams(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        return existing_path(v, "path")
+        """A directory or a ``.py`` file: pytest said "not found" of anything else (a FIFO, a README) after
+        the run had begun. Looked at with stat alone: opening a FIFO waits for a writer."""
+        path = existing_path(v, "path")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            raise ValueError(f"path {v!r}: {e.strerror}") from None
+        if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and path.endswith(".py")):
+            return path
+        what = "a file not ending in .py" if stat.S_ISREG(mode) else _NOT_FILE.get(stat.S_IFMT(mode), "no file")
+        raise ValueError(f"path {v!r} is {what}: give a test directory or a .py test file")
 
     @field_validator("cwd")
     @classmethod
