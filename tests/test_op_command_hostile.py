@@ -169,6 +169,9 @@ def test_params_that_could_never_run_are_refused_before_anything_is_stored(cli: 
     bad_params(cli, "command", {"argv": ["env"], "env": {"A=B": "x"}}, "env: 'A=B' is not a variable name")
     bad_params(cli, "command", {"argv": ["env"], "env": {"": "x"}}, "env: '' is not a variable name")
     bad_params(cli, "command", {"argv": ["env"], "env": {"A": "x\0y"}}, "env: A contains a NUL character")
+    # execve passes it, but `env` listed it as two lines, "A" and "B=x": no shell could name it either.
+    bad_params(cli, "command", {"argv": ["env"], "env": {"A\nB": "x"}}, "env: 'A\\nB' is not a variable name")
+    bad_params(cli, "command", {"argv": ["env"], "env": {"A\x1bB": "x"}}, "env: 'A\\x1bB' is not a variable name")
     bad_params(cli, "command", {"argv": [""]}, "argv: argv[0] is empty")
     bad_params(cli, "command", {"command": "'' x"}, "command: names no program")
 

@@ -5,6 +5,7 @@ imports pydantic."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -43,13 +44,19 @@ def program_args(value: list[str]) -> list[str]:
     return value
 
 
+_NOT_IN_NAME = re.compile(r"[=\x00-\x1f\x7f-\x9f]")
+"""What no variable name holds: ``=`` and NUL, which ``execve`` cannot pass in a name, and the other control
+characters (C0, DEL, C1). ``execve`` passes those, but no shell can name such a variable, and a newline cut
+the name in two in every listing by lines (``env``, ``export -p``, a log): "A\nB=x" read as "A" and "B=x"."""
+
+
 def env_vars(value: dict[str, str]) -> dict[str, str]:
     """``value`` when each name can be a variable of a program's environment and no value holds a NUL, else
     a ValueError naming it: stored as they were, they failed each run at its start ("embedded null byte",
     "illegal environment variable name"), and the operation with "no run finished"."""
     for name, v in value.items():
-        if not name or "=" in name or "\0" in name:
-            raise ValueError(f"{name!r} is not a variable name (empty, or with = or NUL in it)")
+        if not name or _NOT_IN_NAME.search(name):
+            raise ValueError(f"{name!r} is not a variable name (empty, or with = or a control character in it)")
         if "\0" in v:
             raise ValueError(f"{name} contains a NUL character")
     return value

@@ -42,7 +42,7 @@ from ..limits import MAX_COUNT
 from ..registry import operation
 from ..text import clean, quoted
 from ._common import libc_function
-from ._program import split_args
+from ._program import env_vars, split_args
 
 if TYPE_CHECKING:
     import asyncio
@@ -155,11 +155,10 @@ class CommandParams(BaseModel):
                     f" {words[0]} as an argument): shell=true to run it by /bin/sh, or quote it",
                     self.command,
                 )
-        for name, value in self.env.items():
-            if not name or "=" in name or "\0" in name:
-                raise _field_error("env", f"{name!r} is not a variable name (empty, or with = or NUL in it)", name)
-            if "\0" in value:
-                raise _field_error("env", f"{name} contains a NUL character", value)
+        try:
+            env_vars(self.env)
+        except ValueError as e:
+            raise _field_error("env", str(e), self.env) from None
         return self
 
 
