@@ -278,7 +278,7 @@ def test_a_knowledge_base_restored_between_two_optimisations_is_deduped_whole(cl
     """The knowledge base put back as it was before the run between the kill and the resume: the groups the
     first attempt deduped were done, skipped by the resume, and their copies stayed in the index of a
     "completed" optimisation (searches showed each text as often as before)."""
-    kb = populated(tmp_path, 600, dup_every=2, chunk_size=200)
+    kb = populated(tmp_path, 200, dup_every=2, chunk_size=200)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     run_here(tmp_path, "kb_optimization", kb=a)
     op_id = submit(cli, "kb_optimization", {"kb": b}, "checkpoint_interval=0.05")
@@ -360,7 +360,7 @@ def test_a_knowledge_base_restored_between_two_vector_attempts_gets_every_vector
     """The knowledge base put back as it was before the run (a copy restored) between the kill and the resume:
     the chunks the first attempt counted were done, skipped by the resume, and left without a vector in a
     "completed" run (``kb similar`` never found them)."""
-    kb = populated(tmp_path, 250, chunk_size=200)
+    kb = populated(tmp_path, 120, chunk_size=200)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     run_here(tmp_path, "vector_indexing", kb=a)
     op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
@@ -389,7 +389,7 @@ def test_a_knowledge_base_restored_between_two_semantic_attempts_is_analysed_who
     """The knowledge base put back as it was before the run between the kill and the resume: the documents the
     first attempt analysed were done, skipped by the resume, and a "completed" analysis had no keywords for
     them and left them out of its topics and duplicates."""
-    kb = populated(tmp_path, 500, dup_every=50)
+    kb = populated(tmp_path, 200, dup_every=50)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     res = run_here(tmp_path, "semantic_analysis", kb=a).result
     op_id = submit(cli, "semantic_analysis", {"kb": b}, "checkpoint_interval=0.05")
