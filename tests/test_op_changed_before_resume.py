@@ -33,12 +33,13 @@ from tests.test_op_security_scan_stop import slowed_scan
 FILES = {
     "security_scan": 300,
     "code_analysis": 300,
-    "dependency_analysis": 3000,
-    "codebase_indexing": 3000,
-    "semantic_analysis": 3000,
-    "kb_population": 3000,
+    "dependency_analysis": 1000,
+    "codebase_indexing": 1000,
+    "semantic_analysis": 1000,
+    "kb_population": 1000,
 }
-"""Enough for a kill to land mid-run: parsing imports is quick."""
+"""Files per tree: the killed worker stands at its checkpoints and never completes (``kill_worker_when``), so
+the kill lands mid-run at any size; enough for several checkpoints."""
 PLAIN = 'x = "AAAAAAAAAAAAAAAAAAAA"\n'
 # The same length as PLAIN: a key for the scan, an import for the dependencies, a branch for the analysis.
 CHANGED = {
