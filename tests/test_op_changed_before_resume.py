@@ -124,48 +124,9 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     assert outputs(kind, tmp_path / "killed.db") == outputs(kind, tmp_path / "fresh.db")
 
 
-@pytest.mark.parametrize("which", ["small", "large"])
-def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_again(
-    cli: Cli, tmp_path: Path, which: str
-) -> None:
-    """The resumed backup was "completed" with the copy (and its manifest line) of the file before the change:
-    a small file (copied in a batch) or a large one (copied in chunks, alone)."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    (src / "a_big.bin").write_bytes(os.urandom(5 << 20))  # over chunk_checkpoint: copied first, in chunks
-    for i in range(3000):
-        (src / f"f{i:04d}.txt").write_bytes(os.urandom(2000))
-    params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 << 20}
-    op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
-    killed = kill_worker_when(
-        cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 1
-    )
-    assert killed.status is Status.RUNNING, "finished before the kill"
-    done = sorted(done_keys(cli.state_dir, op_id))
-    path = src / (done[0] if which == "large" else done[1])
-    assert (path.name == "a_big.bin") == (which == "large")
-    st = path.stat()
-    path.write_bytes(os.urandom(st.st_size))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-    final = resume(cli, op_id)
-    assert final["status"] == "completed", final
-    assert snapshot(dst) == snapshot(src)
-    code, _, err = run_json(
-        cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": f"{tmp_path}/b"})
-    )
-    assert code == 0, err
-    manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
-    assert manifest(dst) == manifest(tmp_path / "b")
-
-
-@pytest.mark.parametrize("which", ["small", "large"])
-def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
-    cli: Cli, tmp_path: Path, which: str
-) -> None:
-    """The resume skipped every file the first attempt had copied, whatever became of its copy: a backup whose
-    destination lost files between the two attempts (cleaned by hand, a sync tool) was "completed" without
-    them, and its manifest listed them."""
+def killed_backup(cli: Cli, tmp_path: Path) -> tuple[dict[str, Any], str, list[str]]:
+    """A backup of a large file (copied first, in chunks) and 1,000 small ones, its worker killed once two files
+    are done: the params (``source``, ``destination``), the operation's id and its done keys, sorted."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     (src / "a_big.bin").write_bytes(os.urandom(5 << 20))  # over chunk_checkpoint: copied first, in chunks
@@ -177,11 +138,12 @@ def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
         cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 1
     )
     assert killed.status is Status.RUNNING, "finished before the kill"
-    done = sorted(done_keys(cli.state_dir, op_id))
-    rel = done[0] if which == "large" else done[1]
-    assert (rel == "a_big.bin") == (which == "large")
-    (dst / rel).unlink()
+    return params, op_id, sorted(done_keys(cli.state_dir, op_id))
 
+
+def resumed_as_uninterrupted(cli: Cli, tmp_path: Path, op_id: str, params: dict[str, Any]) -> None:
+    """Resume ``op_id``: it completes with the source's copy, and a manifest equal to an uninterrupted backup's."""
+    src, dst = Path(params["source"]), Path(params["destination"])
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert snapshot(dst) == snapshot(src)
@@ -191,6 +153,37 @@ def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
     assert code == 0, err
     manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
     assert manifest(dst) == manifest(tmp_path / "b")
+
+
+@pytest.mark.parametrize("which", ["small", "large"])
+def test_a_file_copied_before_the_kill_and_changed_before_the_resume_is_copied_again(
+    cli: Cli, tmp_path: Path, which: str
+) -> None:
+    """The resumed backup was "completed" with the copy (and its manifest line) of the file before the change:
+    a small file (copied in a batch) or a large one (copied in chunks, alone)."""
+    params, op_id, done = killed_backup(cli, tmp_path)
+    path = Path(params["source"]) / (done[0] if which == "large" else done[1])
+    assert (path.name == "a_big.bin") == (which == "large")
+    st = path.stat()
+    path.write_bytes(os.urandom(st.st_size))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    resumed_as_uninterrupted(cli, tmp_path, op_id, params)
+
+
+@pytest.mark.parametrize("which", ["small", "large"])
+def test_a_copy_deleted_from_the_destination_before_the_resume_is_made_again(
+    cli: Cli, tmp_path: Path, which: str
+) -> None:
+    """The resume skipped every file the first attempt had copied, whatever became of its copy: a backup whose
+    destination lost files between the two attempts (cleaned by hand, a sync tool) was "completed" without
+    them, and its manifest listed them."""
+    params, op_id, done = killed_backup(cli, tmp_path)
+    rel = done[0] if which == "large" else done[1]
+    assert (rel == "a_big.bin") == (which == "large")
+    (Path(params["destination"]) / rel).unlink()
+
+    resumed_as_uninterrupted(cli, tmp_path, op_id, params)
 
 
 def test_a_knowledge_base_deleted_between_two_attempts_is_filled_again(cli: Cli, tmp_path: Path) -> None:

@@ -253,6 +253,13 @@ def copy_kb(kb: Path, to: Path) -> str:
     return str(to)
 
 
+def restore_kb(kb: str, to: str) -> None:
+    """Put ``kb`` back at ``to`` (a backup restored between two attempts), its WAL and shared memory gone."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{to}{suffix}").unlink(missing_ok=True)
+    copy_kb(kb, Path(to))
+
+
 def test_kb_optimization_dedupes_and_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path: Path) -> None:
     kb = populated(tmp_path, 600, dup_every=2, chunk_size=200)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
@@ -285,9 +292,7 @@ def test_a_knowledge_base_restored_between_two_optimisations_is_deduped_whole(cl
     deduped = lambda op: any(k.startswith("dedupe:") for k in done_keys(cli.state_dir, op.id))  # noqa: E731
     killed = kill_worker_when(cli, op_id, lambda op: op.status.value not in ("queued", "running") or deduped(op))
     assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
-    for suffix in ("-wal", "-shm"):
-        Path(f"{b}{suffix}").unlink(missing_ok=True)
-    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    restore_kb(kb, b)
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert kb_rows(b) == kb_rows(a)
@@ -366,9 +371,7 @@ def test_a_knowledge_base_restored_between_two_vector_attempts_gets_every_vector
     op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
     assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
-    for suffix in ("-wal", "-shm"):
-        Path(f"{b}{suffix}").unlink(missing_ok=True)
-    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    restore_kb(kb, b)
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert vectors(b) == vectors(a)
@@ -395,9 +398,7 @@ def test_a_knowledge_base_restored_between_two_semantic_attempts_is_analysed_who
     op_id = submit(cli, "semantic_analysis", {"kb": b}, "checkpoint_interval=0.05")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
     assert killed.status is Status.RUNNING, "the analysis finished before the kill"
-    for suffix in ("-wal", "-shm"):
-        Path(f"{b}{suffix}").unlink(missing_ok=True)
-    copy_kb(kb, Path(b))  # the knowledge base of before the run
+    restore_kb(kb, b)
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert sem_tables(b) == sem_tables(a)

@@ -73,9 +73,9 @@ def contents(db: Path) -> dict:
         con.close()
 
 
-def test_sigkill_mid_run_resumes_at_the_next_unapplied_migration(cli: Cli, tmp_path: Path) -> None:
-    """No checkpoint is taken before the kill (checkpoint_interval=3600): what was applied is known from the
-    migrations table alone, and the resume applies exactly the rest, equal to an uninterrupted run."""
+def migrated_whole(cli: Cli, tmp_path: Path) -> tuple[Path, Path, Path, dict]:
+    """The test's migrations, applied by an uninterrupted run to ``whole.sqlite``: the directory, that database,
+    the one a killed run is to write (``killed.sqlite``) and the uninterrupted run's record."""
     mig = tmp_path / "migrations"
     make_migrations(mig)
     whole, killed = tmp_path / "whole.sqlite", tmp_path / "killed.sqlite"
@@ -83,6 +83,13 @@ def test_sigkill_mid_run_resumes_at_the_next_unapplied_migration(cli: Cli, tmp_p
         cli, "run", "migration_operation", "--params-json", json.dumps({"directory": str(mig), "database": str(whole)})
     )
     assert code == 0, err
+    return mig, whole, killed, ref
+
+
+def test_sigkill_mid_run_resumes_at_the_next_unapplied_migration(cli: Cli, tmp_path: Path) -> None:
+    """No checkpoint is taken before the kill (checkpoint_interval=3600): what was applied is known from the
+    migrations table alone, and the resume applies exactly the rest, equal to an uninterrupted run."""
+    mig, whole, killed, ref = migrated_whole(cli, tmp_path)
     op_id = submit(
         cli, "migration_operation", {"directory": str(mig), "database": str(killed)}, "checkpoint_interval=3600"
     )
@@ -108,13 +115,7 @@ def test_a_database_restored_between_two_attempts_gets_every_migration(cli: Cli,
     """The database put back as it was before the run (a backup restored) between the kill and the resume: the
     migrations the first attempt applied were done items, skipped by the resume, which "completed" a database
     without them (here it failed on the first one that needed the log table)."""
-    mig = tmp_path / "migrations"
-    make_migrations(mig)
-    whole, killed = tmp_path / "whole.sqlite", tmp_path / "killed.sqlite"
-    code, _, err = run_json(
-        cli, "run", "migration_operation", "--params-json", json.dumps({"directory": str(mig), "database": str(whole)})
-    )
-    assert code == 0, err
+    mig, whole, killed, _ = migrated_whole(cli, tmp_path)
     op_id = submit(cli, "migration_operation", {"directory": str(mig), "database": str(killed)}, "checkpoint_every=1")
     kill_worker_when(cli, op_id, lambda op: len(done_keys(cli.state_dir, op.id)) >= 3)
     assert applied(killed) < COUNT
