@@ -299,3 +299,33 @@ def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
         return read_limited(path, limit)
     except OSError:
         return None
+
+
+def cut_torn_line(path: Path) -> bool:
+    """Cut a last line a kill left without its newline from a JSON-lines file appended to across attempts;
+    whether one was cut. Left there, the next attempt's first line was glued to it: one line neither reader
+    could parse, and the record it held was lost with the fragment (a cleanup's manifest then missed a file
+    it had removed). Fsynced, as the lines are. A missing file has nothing to cut."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        end = os.fstat(fd).st_size
+        pos = end
+        while pos > 0:
+            start = max(0, pos - (1 << 16))
+            chunk = os.pread(fd, pos - start, start)
+            if pos == end and chunk.endswith(b"\n"):
+                return False
+            if (nl := chunk.rfind(b"\n")) >= 0:
+                pos = start + nl + 1
+                break
+            pos = start
+        if pos == end:
+            return False
+        os.ftruncate(fd, pos)
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)

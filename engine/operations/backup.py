@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..errors import InvalidInput
-from ..files import TEMP_NAME, NotRegular, atomic_write, private_opener
+from ..files import TEMP_NAME, NotRegular, atomic_write, cut_torn_line, private_opener
 from ..registry import operation
 from ._backup_source import NotFollowed, Source, open_file, pseudo_fs, same_version
 from ._common import changed_since, check_output_dir, existing_dir, libc_function, reading_since, sync_tree
@@ -1175,6 +1175,8 @@ async def backup(ctx: OperationContext, p: BackupParams) -> dict:
     since = reading_since(ctx)
     if not ctx.resuming:
         await asyncio.to_thread((dst / JOURNAL).unlink, missing_ok=True)
+    else:  # glued to the line this attempt appends first, a torn one hid that copy's record
+        await asyncio.to_thread(cut_torn_line, dst / JOURNAL)
     links = Links.of(src, p.verify, listing.inodes, failed_dirs, ctx.is_done)
     linked = links.linked
     # A name linked to another's copy copies no bytes (only a group's first name is counted).

@@ -52,7 +52,7 @@ from pathspec import GitIgnoreSpec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..context import OperationContext, OperationFailed
-from ..files import private_opener
+from ..files import cut_torn_line, private_opener
 from ..models import TERMINAL, Operation
 from ..paths import DETACHED
 from ..registry import operation
@@ -633,6 +633,8 @@ async def _clean(
         ops = await _list_operations(ctx, base)
         listed = await asyncio.to_thread(retention_candidates, base, ops, cutoff, ctx.id)
         listed = {r: i for r, i in listed.items() if base / r != manifest}
+    # A line a kill tore is cut before this attempt appends: glued to its first line, that file was lost.
+    await asyncio.to_thread(cut_torn_line, manifest)
     seen = {k for k, v in (await asyncio.to_thread(read_manifest, manifest)).items() if v is not None}
     # Removed by an earlier attempt after its newest checkpoint: in the manifest, gone from the listing. Counted
     # done here, as the attempt that removed them would have: left out, a resumed run said "513/513 items" where
