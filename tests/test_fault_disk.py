@@ -394,6 +394,12 @@ async def test_a_store_opened_on_a_full_disk_reads_what_others_write_and_writes_
         r = fs("submit", "demo", "-p", "items=3", "-p", "seconds=0")  # another process writes, now there is room
         assert r.returncode == 0, r.stderr
         second = r.stdout.strip()
+        # A look for room that raced the unlink (SQLite failed on the full disk, the look after found room)
+        # reads as before and looks again a second later: bounded, not at once.
+        deadline = time.monotonic() + 10
+        while engine.store.read_only and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            await engine.list()
         assert {op.id for op in await engine.list()} == {first, second}
         assert not engine.store.read_only and engine.run_queue
         third = (await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))).id
@@ -401,6 +407,43 @@ async def test_a_store_opened_on_a_full_disk_reads_what_others_write_and_writes_
             assert (await engine.wait(op_id, timeout=30)).status is Status.COMPLETED
     r = fs("--json", "ls")
     assert {op["id"] for op in json.loads(r.stdout)} == {first, second, third}, r.stderr
+
+
+async def test_a_look_for_room_that_fails_to_open_for_writing_reads_on_and_looks_again(
+    small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store opened on a full disk looks for room each second; SQLite can fail that read-write open on the
+    full disk just before the space is freed, and the look for room after it then found room and took the
+    failure for a damaged file: the store stayed closed, every call said "outlast.db cannot be opened (disk
+    I/O error)" until the process (a dashboard, an API server) was restarted. It reads on as before and is
+    written again at the next look."""
+    state = small_fs / "state"
+    code, rec, err = run_json(CliAt(state), "run", "demo", "-p", "items=1", "-p", "seconds=0")
+    assert code == 0, err
+    fill = fill_disk(small_fs)
+    real_connect = sqlite3.connect
+    failed: list[object] = []
+
+    def connect(database: object, *a: object, **kw: object) -> sqlite3.Connection:
+        if not kw.get("uri") and str(database) == str(state / "outlast.db") and not failed:
+            failed.append(database)
+            fill.unlink()  # the space freed between SQLite's failure and the look for room
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_connect(database, *a, **kw)  # type: ignore[arg-type]
+
+    async with make_engine(load_settings(state_dir=state), run_queue=False) as engine:
+        assert engine.store.read_only
+        monkeypatch.setattr(sqlite3, "connect", connect)
+        (state / "outlast.db-wal").touch()  # another process's WAL: the store opens again at its next call
+        assert [op.id for op in await engine.list()] == [rec["id"]] and failed
+        assert engine.store.read_only
+        deadline = time.monotonic() + 10
+        while engine.store.read_only and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            await engine.list()
+        assert not engine.store.read_only
+        op = await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))
+        assert {o.id for o in await engine.list()} == {rec["id"], op.id}
 
 
 def test_watch_on_a_full_disk_follows_work_whose_process_died_until_there_is_room(small_fs: Path) -> None:

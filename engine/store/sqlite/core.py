@@ -440,10 +440,14 @@ class SqliteCore:
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
-                if first is None and not creating and not self.read_only and self._no_room(e):
+                if first is None and not creating and not self.read_only and (known_full or self._no_room(e)):
                     # A full disk (bytes or inodes): SQLite could not make the WAL or shared-memory files a
                     # read-write open needs, and every command, `ls` and `logs` too, said only that. What is
                     # stored is read as on a read-only file system; what would write says why it cannot.
+                    # Known full (a look for room, _look_again), any failure is read so: the space could be
+                    # freed between SQLite's failure and the look here, which then found room and left the
+                    # store closed for good (a dashboard said "cannot be opened (disk I/O error)" until
+                    # restarted); read as it was, it looks again a second later.
                     first = e
                     self.read_only = True
                     self._read_only_why = (
