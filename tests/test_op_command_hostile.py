@@ -267,16 +267,24 @@ def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) 
 
 
 def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
-    """``::outlast progress 2/-1`` after a total of 0 (a count alone: ``-1`` is no total) was said as "progress
-    2/0 passed over", a line the command never printed. The warning quotes the line, control characters
-    escaped, and says the numbers it compared."""
-    program = "print('::outlast progress 0/0'); print('::outlast progress 2/-1\\x1b[K')"
+    """``::outlast progress 2/-1`` after a total of 0 was said as "progress 2/0 passed over", a line the
+    command never printed; the warning quotes the line, control characters escaped, and says the numbers it
+    compared. And ``2/-1`` was read as the count 2, its ``/-1`` dropped without a word: a line that is not
+    ``N`` or ``N/M`` is passed over, said once."""
+    program = (
+        "print('::outlast progress 0/0'); print('::outlast progress 2\\x1b[K'); print('::outlast progress 2/-1');"
+        " print('::outlast progress 50%'); print('::outlast progress 0/4 files')"
+    )
     r = cli("--json", "run", "command", "--params-json", json.dumps({"argv": [sys.executable, "-c", program]}))
     assert r.returncode == 0, r.stderr
-    logs = cli("logs", json.loads(r.stdout)["id"]).stdout
+    final = json.loads(r.stdout)
+    logs = cli("logs", final["id"]).stdout
     said = [ln for ln in logs.splitlines() if "more done than the total" in ln]
-    assert len(said) == 1 and "progress line '::outlast progress 2/-1\\x1b[K' passed over" in said[0], logs
+    assert len(said) == 1 and "progress line '::outlast progress 2\\x1b[K' passed over" in said[0], logs
     assert "(2 of 0;" in said[0] and "progress 2/0" not in logs, logs
+    bad = [ln for ln in logs.splitlines() if "not ::outlast progress N or N/M" in ln]
+    assert len(bad) == 1 and "'::outlast progress 2/-1'" in bad[0], logs
+    assert final["progress"]["total"] == 4, final["progress"]  # "0/4 files": the words after it are no matter
 
 
 def test_a_count_past_the_submitters_estimate_is_shown_without_a_total(cli: Cli) -> None:

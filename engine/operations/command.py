@@ -320,6 +320,7 @@ class _Parser:
         self.total: int | None = None
         """The last total the output gave (a count alone is within it)."""
         self.said_over = False
+        self.said_bad = False
         self.live = True
         """False for the drain after a stop: progress is kept as it is said, without a call that raises the stop."""
 
@@ -341,9 +342,16 @@ class _Parser:
         if m:
             kind, arg = m.groups()
             if kind == "progress":
-                f = re.match(r"(\d+)\s*(?:/\s*(\d+))?", arg)
-                if f:
-                    self._count(f.group(1), f.group(2), line)
+                f = re.match(r"(\d+)\s*(/\s*(\S*))?", arg)
+                if f and (f.group(2) is None or re.fullmatch(r"[0-9]+", f.group(3))):
+                    self._count(f.group(1), f.group(3), line)
+                elif not self.said_bad:
+                    # "2/-1" was the count 2, its "/-1" dropped without a word; "::outlast progress 50%" nothing.
+                    self.said_bad = True
+                    ctx.log.warning(
+                        f"progress line {quoted(line.strip(), 80)} passed over: not ::outlast progress N or N/M"
+                        " (N and M counts; said once)"
+                    )
             elif kind == "step":
                 self._report(step=arg)
             elif kind == "message":
