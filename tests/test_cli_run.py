@@ -266,6 +266,25 @@ def test_show_says_a_status_once() -> None:
     assert row.split(None, 1)[1] == "paused: Ctrl-C (SIGINT); checkpoint 3", row
 
 
+def test_show_of_work_queued_again_names_the_start_and_worker_as_the_attempt_befores() -> None:
+    """Queued again (attempt 2), ``show`` said "started 22:37" and "worker host:pid", the attempt before's,
+    as if a worker ran this attempt: it was a dead process, and no worker had taken the work yet."""
+    from engine import Operation, Status
+    from engine.cli import format as fmt
+    from engine.models import WorkerInfo, new_id
+
+    now = time.time()
+    op = Operation(id=new_id(), type="t", status=Status.QUEUED, created_at=now, queued_at=now, updated_at=now)
+    op.attempt, op.started_at, op.worker = 2, now - 60, WorkerInfo(host="box", pid=4242)
+    rows = dict(r.split(None, 1) for r in fmt.show_text(op, []).splitlines() if r.startswith(("started", "worker")))
+    assert rows["worker"] == "-  (attempt 1: box:4242)", rows
+    assert rows["started"].startswith("-  (attempt 1: "), rows
+    op.attempt = 1
+    op.started_at = op.worker = None
+    rows = dict(r.split(None, 1) for r in fmt.show_text(op, []).splitlines() if r.startswith(("started", "worker")))
+    assert rows == {"started": "-", "worker": "-"}, rows
+
+
 @pytest.mark.parametrize("closed", [">&-", ">&- 2>&-", "<&- >&- 2>&-"])
 def test_commands_run_with_their_standard_streams_closed(cli: Cli, closed: str) -> None:
     """Started with stdout closed (``outlast worker >&-``, a daemonizer), Python's ``sys.stdout`` is None:

@@ -307,6 +307,13 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
     # Stored with the progress, not made again since: a rate and ETA read as now were seconds or hours old.
     old = op.status is Status.RUNNING and p.updated_at is not None and now - p.updated_at > STALE_PROGRESS
     as_of = f"  (as of {duration(now - p.updated_at)} ago)" if old and p.updated_at is not None else ""
+    started, worker = when(op.started_at), (str(op.worker) + (f": {stopped}" if stopped else "")) if op.worker else "-"
+    if op.status is Status.QUEUED and op.attempt > 1:
+        # Queued again: the start and worker stored are the attempt before's. Shown bare, "attempt 2, started
+        # 22:37, worker host:pid" named a dead process as this attempt's, which no worker had taken yet.
+        before = f"attempt {op.attempt - 1}"
+        started = f"-  ({before}: {started})" if op.started_at else "-"
+        worker = f"-  ({before}: {worker})" if op.worker else "-"
     rows: list[tuple[str, Any]] = [
         ("id", op.id + (f"  (handle {op.handle})" if op.handle is not None else "")),
         ("type", op.type + (f"  ({op.name})" if op.name else "")),
@@ -318,12 +325,12 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         ("rate", rate(p.rate) + as_of),
         ("eta", duration(p.eta) + as_of if op.status is Status.RUNNING else "-"),
         ("created", when(op.created_at)),
-        ("started", when(op.started_at)),
+        ("started", started),
         ("finished", when(op.finished_at)),
         ("elapsed", op.elapsed_text(now)),
         ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})"),
         ("time left", duration(time_left(op))),
-        ("worker", (str(op.worker) + (f": {stopped}" if stopped else "")) if op.worker else "-"),
+        ("worker", worker),
         ("params", json.dumps(op.params, sort_keys=True)),
     ]
     if op.profile_overrides:
