@@ -164,6 +164,10 @@ def validate_id_prefix(value: str) -> str:
             f"invalid operation id {_quoted(value)}: expected a handle (1, 2, ...) or up to {_ID_LEN} characters"
             " of [0-9a-z]"
         )
+    if value == "0":
+        # No handle (they start at 1), and as a prefix every id until 2054: `outlast rm 0` removed the only
+        # operation stored, or said "ambiguous" naming them all.
+        raise InvalidInput("invalid operation id '0': handles start at 1 (the # of `ls`), and every id begins with 0")
     return value
 
 

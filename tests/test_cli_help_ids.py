@@ -40,3 +40,16 @@ def test_the_rerun_help_says_which_operations_it_takes_as_it_refuses_the_others(
     cli.here("pause", queued)
     again = cli.here("rerun", queued, "--queue")
     assert again.returncode == 0, again.stderr
+
+
+def test_zero_is_no_handle_nor_a_prefix_of_every_id(cli: Cli) -> None:
+    """``outlast rm 0`` (a handle, to someone counting from 0) read "0" as an id prefix, which every id has
+    until 2054: it removed the only operation stored. Refused in one line, nothing changed; "06" is still a
+    prefix."""
+    op_id = cli.here("submit", "demo", "-p", "items=3").stdout.strip()
+    for command in (["show", "0"], ["rm", "0"], ["cancel", "0"]):
+        r = cli.here(*command)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "handles start at 1" in lines[0], (command, r.stderr)
+    assert cli.op(op_id).status.value == "queued"
+    assert "(handle 1)" in cli.here("show", op_id[:2]).stdout
