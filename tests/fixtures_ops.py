@@ -226,3 +226,25 @@ def deep_tree(root: Path, depth: int = DEEPER_THAN_RECURSION, leaf: str = "leaf.
         yield "/".join(["d"] * depth + [leaf])
     finally:
         subprocess.run(["rm", "-rf", "--", str(root)], check=True)
+
+
+def run_here(base: Path, type_: str, **params: Any) -> Operation:
+    """Run an operation to its end in this process, with an engine on its own state dir under ``base`` (no
+    subprocess: an uninterrupted reference run costs no interpreter start, nor the imports of its type again);
+    the final record, completed."""
+    from engine import Engine, OperationSpec, Status, load_settings
+
+    async def go() -> Operation:
+        settings = load_settings(state_dir=base / "ref-state", grace_period=2.0)
+        async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+            op = await engine.submit(OperationSpec(type=type_, params=params))
+            return await engine.wait(op.id, timeout=120)
+
+    final = asyncio.run(go())
+    assert final.status is Status.COMPLETED, final.error
+    return final
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as a record printed by ``outlast --json`` gives it back (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(value))

@@ -23,14 +23,17 @@ import psutil
 import pytest
 
 from engine import Engine, OperationSpec, Status
+from engine.operations.security_scan import BATCH
 from tests.conftest import REPO
 from tests.fixtures_cli import Cli, until
 from tests.fixtures_ops import (
+    as_json,
     bad_params,
     checkpoint_state,
     kill_worker_when,
     nothing_stored,
     resume,
+    run_here,
     run_json,
     submit,
     unreadable,
@@ -372,20 +375,22 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_report(
 ) -> None:
     """A worker scanning in two worker processes is SIGKILLed once a checkpoint holds scanned files;
     `outlast resume` finishes the scan, and its findings and result equal those of an uninterrupted scan
-    of the same tree in one thread."""
+    of the same tree in one thread (run in this process)."""
     root = tmp_path / "tree"
-    # bandit parses every Python file and detect-secrets reads every line: slow enough to be killed mid-way.
-    body = "".join(f"def f{i}(x):\n    return yaml.safe_load(x) or {i}\n\n" for i in range(10))
-    for i in range(200):
+    # Three batches of the worker processes (BATCH files each, the last short): the killed worker stands at
+    # its checkpoints and never completes (kill_worker_when), so the kill lands mid-run at any size.
+    n = 2 * BATCH + 32
+    body = "".join(f"def f{i}(x):\n    return yaml.safe_load(x) or {i}\n\n" for i in range(3))
+    for i in range(n):
         d = root / f"pkg{i // 20:02d}"
         d.mkdir(parents=True, exist_ok=True)
         extra = f'eval(src)\nDB_PASSWORD = "{S["password"]}{i}"\n' if i % 20 == 7 else ""
         (d / f"m{i:04d}.py").write_text(f"import yaml\n{extra}{body}")
     (root / "pkg07" / "blob.bin").write_bytes(b"\0" * 64)
     monkeypatch.setenv("OUTLAST_WORKERS", "0")
-    code, whole, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", f"output={tmp_path}/a.json")
-    assert code == 0, err
-    assert whole["result"]["findings"] == 30 and whole["result"]["skipped"] == {"binary": 1}  # B307, B105, keyword
+    whole = {"result": as_json(run_here(tmp_path, "security_scan", root=str(root), output=f"{tmp_path}/a.json").result)}
+    # B307, B105 and KeywordDetector in each file whose number is 7 modulo 20 (8 of the 160).
+    assert whole["result"]["findings"] == 3 * len(range(7, n, 20)) == 24 and whole["result"]["skipped"] == {"binary": 1}
     monkeypatch.setenv("OUTLAST_WORKERS", "2")
     op_id = submit(cli, "security_scan", {"root": str(root), "output": f"{tmp_path}/b.json"}, "checkpoint_interval=0.2")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op.id).get("bytes", 0) > 0)
