@@ -26,20 +26,23 @@ from engine import Engine, OperationSpec, Status
 from engine.operations.security_scan import THREAD_BATCH
 from tests.fixtures_analysis import tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import done_keys, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import as_json, done_keys, kill_worker_when, resume, run_here, submit
 from tests.test_op_backup import snapshot
 from tests.test_op_security_scan_stop import slowed_scan
 
 FILES = {
-    "security_scan": 300,
-    "code_analysis": 300,
-    "dependency_analysis": 1000,
-    "codebase_indexing": 1000,
-    "semantic_analysis": 1000,
-    "kb_population": 1000,
+    "security_scan": 40,
+    "code_analysis": 200,
+    "dependency_analysis": 400,
+    "codebase_indexing": 600,
+    "semantic_analysis": 400,
+    "kb_population": 200,
 }
 """Files per tree: the killed worker stands at its checkpoints and never completes (``kill_worker_when``), so
-the kill lands mid-run at any size; enough for several checkpoints."""
+the kill lands mid-run at any size; a checkpoint every quarter of them (``EVERY``) however quick they are
+(200 ran to their end within one checkpoint_interval), and three batches or more where the type works in
+batches (the scan in one thread, without worker processes, scans one file a batch)."""
+EVERY = {kind: f"checkpoint_every={n // 4}" for kind, n in FILES.items()}
 PLAIN = 'x = "AAAAAAAAAAAAAAAAAAAA"\n'
 # The same length as PLAIN: a key for the scan, an import for the dependencies, a branch for the analysis.
 CHANGED = {
@@ -96,7 +99,7 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
         if kind == "kb_population"
         else {"root": str(root), "output": str(tmp_path / out)}
     )
-    op_id = submit(cli, kind, params("killed.db"), "checkpoint_interval=0.1")
+    op_id = submit(cli, kind, params("killed.db"), "checkpoint_interval=0.1", EVERY[kind])
     killed = kill_worker_when(
         cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 0
     )
@@ -115,25 +118,24 @@ def test_a_file_changed_between_the_kill_and_the_resume_is_read_again(cli: Cli, 
     # every one was, at each resume).
     said = [ln for ln in cli("logs", op_id).stdout.splitlines() if "changed since" in ln]
     assert len(said) == 1 and re.search(r"\b1 (files|documents) ", said[0]), said
-    code, fresh, err = run_json(cli, "run", kind, "--params-json", json.dumps(params("fresh.db")))
-    assert code == 0, err
+    fresh = as_json(run_here(tmp_path, kind, **params("fresh.db")).result)
     drop = {"database", "index", "results", "reports", "removed", "kb"}
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
-        k: v for k, v in fresh["result"].items() if k not in drop
+        k: v for k, v in fresh.items() if k not in drop
     }
     assert outputs(kind, tmp_path / "killed.db") == outputs(kind, tmp_path / "fresh.db")
 
 
 def killed_backup(cli: Cli, tmp_path: Path) -> tuple[dict[str, Any], str, list[str]]:
-    """A backup of a large file (copied first, in chunks) and 1,000 small ones, its worker killed once two files
-    are done: the params (``source``, ``destination``), the operation's id and its done keys, sorted."""
+    """A backup of a large file (copied first, in chunks) and 300 small ones (three batches), its worker killed
+    once two files are done: the params (``source``, ``destination``), the operation's id and its done keys, sorted."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     (src / "a_big.bin").write_bytes(os.urandom(5 << 20))  # over chunk_checkpoint: copied first, in chunks
-    for i in range(1000):
+    for i in range(300):
         (src / f"f{i:04d}.txt").write_bytes(os.urandom(2000))
     params = {"source": str(src), "destination": str(dst), "chunk_checkpoint": 4 << 20}
-    op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1")
+    op_id = submit(cli, "backup_operation", params, "checkpoint_interval=0.1", "checkpoint_every=64")
     killed = kill_worker_when(
         cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 1
     )
@@ -147,10 +149,7 @@ def resumed_as_uninterrupted(cli: Cli, tmp_path: Path, op_id: str, params: dict[
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert snapshot(dst) == snapshot(src)
-    code, _, err = run_json(
-        cli, "run", "backup_operation", "--params-json", json.dumps({**params, "destination": f"{tmp_path}/b"})
-    )
-    assert code == 0, err
+    run_here(tmp_path, "backup_operation", **{**params, "destination": f"{tmp_path}/b"})
     manifest = lambda d: json.loads((d / ".outlast-manifest.json").read_text())  # noqa: E731
     assert manifest(dst) == manifest(tmp_path / "b")
 
@@ -195,7 +194,7 @@ def test_a_knowledge_base_deleted_between_two_attempts_is_filled_again(cli: Cli,
     for i in range(FILES["kb_population"]):
         (root / f"d{i:04d}.md").write_text(f"# Doc {i}\n\nword{i} and some text\n")
     params = {"source": str(root), "kb": str(tmp_path / "killed.db")}
-    op_id = submit(cli, "kb_population", params, "checkpoint_interval=0.1")
+    op_id = submit(cli, "kb_population", params, "checkpoint_interval=0.1", EVERY["kb_population"])
     killed = kill_worker_when(
         cli, op_id, lambda op: op.status.value not in ("queued", "running") or len(done_keys(cli.state_dir, op.id)) > 0
     )
@@ -206,10 +205,7 @@ def test_a_knowledge_base_deleted_between_two_attempts_is_filled_again(cli: Cli,
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert final["result"]["documents"] == FILES["kb_population"], final["result"]
-    code, _, err = run_json(
-        cli, "run", "kb_population", "--params-json", json.dumps({**params, "kb": str(tmp_path / "fresh.db")})
-    )
-    assert code == 0, err
+    run_here(tmp_path, "kb_population", **{**params, "kb": str(tmp_path / "fresh.db")})
     assert outputs("kb_population", tmp_path / "killed.db") == outputs("kb_population", tmp_path / "fresh.db")
 
 
