@@ -8,10 +8,10 @@ import sqlite3
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status
-from engine.operations.code_analysis import MI_SPAN
+from engine.operations.code_analysis import BATCH, MI_SPAN
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import as_json, bad_params, kill_worker_when, resume, run_here, submit
 
 BRANCHY = (
     "def branchy(x):\n" + "".join(f"    if x == {i}:\n        return {i}\n" for i in range(14)) + "    return -1\n"
@@ -39,13 +39,15 @@ def make_tree(root: Path, modules: int) -> None:
 
 def test_sigkilled_worker_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_path: Path) -> None:
     root = tmp_path / "tree"
-    make_tree(root, 250)
-    code, whole, err = run_json(cli, "run", "code_analysis", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db")
-    assert code == 0, err
-    res = whole["result"]
-    assert res["files"] == 253 and res["languages"] == {"python": 251, "cpp": 1, "javascript": 1}
-    assert whole["progress"]["skipped"] == 1  # latin.py: not UTF-8
-    assert res["functions"] == 250 * 12 + 4 and res["complex_functions"] == 1 and res["long_functions"] == 1
+    # Three batches: the killed worker stands at its checkpoints and never completes (kill_worker_when), and
+    # checkpoint_every gives it one however quick the batches: the kill lands mid-run at any size.
+    n = 2 * BATCH + 12
+    make_tree(root, n)
+    whole = run_here(tmp_path, "code_analysis", root=str(root), output=f"{tmp_path}/a.db")
+    res = as_json(whole.result)
+    assert res["files"] == n + 3 and res["languages"] == {"python": n + 1, "cpp": 1, "javascript": 1}
+    assert whole.progress.skipped == 1  # latin.py: not UTF-8
+    assert res["functions"] == n * 12 + 4 and res["complex_functions"] == 1 and res["long_functions"] == 1
     assert res["most_complex"][0] == {
         "path": "hot.py",
         "function": "branchy",
@@ -60,7 +62,8 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_pa
     assert by_path["c/main.c"][1] == "cpp" and by_path["c/main.c"][7] == 3  # ccn_max: if, &&
     assert by_path["hot.py"][9] is not None and 0 <= by_path["hot.py"][9] <= 100  # radon's MI
 
-    op_id = submit(cli, "code_analysis", {"root": str(root), "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.1")
+    params = {"root": str(root), "output": f"{tmp_path}/b.db"}
+    op_id = submit(cli, "code_analysis", params, "checkpoint_interval=0.1", "checkpoint_every=32")
     killed = kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > 0)
     assert killed.status is Status.RUNNING, "the analysis was finished before the kill"
     final = resume(cli, op_id)

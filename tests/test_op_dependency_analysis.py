@@ -10,10 +10,10 @@ from importlib import metadata
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status
-from engine.operations.dependency_analysis import cycles
+from engine.operations.dependency_analysis import BATCH, cycles
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import as_json, bad_params, kill_worker_when, resume, run_here, submit
 
 PYPROJECT = """
 [project]
@@ -56,14 +56,16 @@ def test_tarjan_finds_every_cycle_and_only_cycles() -> None:
 
 def test_sigkilled_worker_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_path: Path) -> None:
     root = tmp_path / "proj"
-    make_project(root, 600)
-    args = ["run", "dependency_analysis", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db"]
-    code, whole, err = run_json(cli, *args)
-    assert code == 0, err
-    res = whole["result"]
-    assert whole["progress"]["skipped"] == 1 and whole["progress"]["failed"] == 0  # broken.py does not parse
-    assert res["modules"] == 606  # from src/: demo, demo.a, ..., demo.gen.m0000
-    gen_ring = [f"demo.gen.m{i:04d}" for i in range(600)]
+    # Three batches: the killed worker stands at its checkpoints and never completes (kill_worker_when), and
+    # checkpoint_every gives it one however quick the batches: the kill lands mid-run at any size.
+    filler = 2 * BATCH + 44
+    make_project(root, filler)
+    whole = run_here(tmp_path, "dependency_analysis", root=str(root), output=f"{tmp_path}/a.db")
+    res = as_json(whole.result)
+    assert whole.progress.skipped == 1 and whole.progress.failed == 0  # broken.py does not parse
+    # from src/: demo, demo.a, demo.b, demo.c, demo.d, demo.gen (broken.py is none) and demo.gen.m0000, ...
+    assert res["modules"] == 6 + filler == 306
+    gen_ring = [f"demo.gen.m{i:04d}" for i in range(filler)]
     assert res["cycles"] == 2 and res["cycle_list"] == [["demo.a", "demo.b"], sorted(gen_ring)]
     assert res["external"] == ["missing_mod", "pydantic", "rich"]
     assert res["undeclared"] == ["missing-mod", "rich"]
@@ -80,9 +82,8 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_analysis(cli: Cli, tmp_pa
     assert kinds[("src/demo/d.py", "os.path")] == (1, "stdlib")
     assert kinds[("src/demo/d.py", "rich.console")] == (1, "external")
 
-    op_id = submit(
-        cli, "dependency_analysis", {"root": str(root), "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.05"
-    )
+    params = {"root": str(root), "output": f"{tmp_path}/b.db"}
+    op_id = submit(cli, "dependency_analysis", params, "checkpoint_interval=0.05", "checkpoint_every=64")
     killed = kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > 0)
     assert killed.status is Status.RUNNING, "the analysis was finished before the kill"
     final = resume(cli, op_id)
