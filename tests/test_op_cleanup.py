@@ -17,7 +17,7 @@ import engine.operations.cleanup as cleanup_mod
 from engine import Engine, InvalidInput, LogRecord, OperationSpec, Status
 from engine.registry import get_handler
 from tests.fixtures_cli import Cli, until
-from tests.fixtures_ops import bad_params, deep_tree, resume, run_json, submit
+from tests.fixtures_ops import as_json, bad_params, deep_tree, resume, run_here, submit
 
 DAY = 86400
 OLD = time.time() - 10 * DAY
@@ -68,25 +68,34 @@ async def test_dry_run_by_default(engine: Engine, tmp_path: Path) -> None:
     )
 
 
+N = 2000
+"""Files of the killed run's tree: it races a worker that does not stand (killed-before-a-checkpoint has none to
+stand at), so the kill needs the run to take a while."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """An uninterrupted run (in this process) over a tree of N files, once for both kills: its final record as
+    ``outlast --json`` prints it, and its manifest."""
+    base = tmp_path_factory.mktemp("whole")
+    whole = base / "whole"
+    make_tree(whole, N, age=False)  # older_than_days=0: whatever was there when the run started goes
+    op = run_here(base, "cleanup_operation", **params(whole, base / "w.jsonl", dry_run=False, older_than_days=0))
+    assert tree(whole) == ["keep/k.tmp", "old.txt"]
+    return as_json(op.model_dump(mode="json")), manifest(base / "w.jsonl")
+
+
 @pytest.mark.parametrize("interval", ["0.05", "3600"], ids=["checkpointed", "killed-before-a-checkpoint"])
-def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path: Path, interval: str) -> None:
+def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(
+    cli: Cli, tmp_path: Path, interval: str, uninterrupted: tuple[dict[str, Any], list[tuple[str, int]]]
+) -> None:
     """Killed between batches or between a batch's manifest lines and its unlinks (with checkpoints, or
     before the first one, when the resume starts over), its last manifest line torn: the resumed run leaves
     the tree, the manifest (each removed file once) and the result of an uninterrupted run."""
-    n = 2000
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    make_tree(whole, n, age=False)  # older_than_days=0: whatever was there when the run started goes
-    make_tree(killed, n, age=False)
-    code, ref, err = run_json(
-        cli,
-        "run",
-        "cleanup_operation",
-        "--params-json",
-        json.dumps(params(whole, tmp_path / "w.jsonl", dry_run=False, older_than_days=0)),
-    )
-    assert code == 0, err
-    kept = tree(whole)
-    assert kept == ["keep/k.tmp", "old.txt"]
+    ref, want = uninterrupted
+    killed = tmp_path / "killed"
+    make_tree(killed, N, age=False)
+    kept = ["keep/k.tmp", "old.txt"]
 
     out = tmp_path / "k.jsonl"
     op_id = submit(
@@ -110,7 +119,7 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(cli: Cli, tmp_path:
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
     assert tree(killed) == kept and os.path.exists(killed / "old.txt")
-    got, want = manifest(out), manifest(tmp_path / "w.jsonl")
+    got = manifest(out)
     assert len(got) == len(set(got)) and sorted(got) == sorted(want)  # every removed file once, none missing
     drop = ("manifest",)
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
