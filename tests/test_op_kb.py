@@ -18,6 +18,7 @@ import pytest
 
 from engine import Engine, InvalidInput, Operation, OperationSpec, Status, load_settings, open_store
 from engine.operations._docs import NotADocument, chunk, sections
+from engine.operations.kb_population import BATCH
 from engine.operations.knowledge import KbError, open_kb, search, similar
 from engine.registry import get_handler
 from tests.fixtures_api import Server
@@ -222,10 +223,14 @@ def many_docs(root: Path, n: int, dup_every: int = 0) -> None:
 
 def test_kb_population_sigkilled_resumes_to_the_uninterrupted_kb(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "docs"
-    many_docs(src, 700)
+    # Four batches: the killed worker stands at its checkpoints and never completes (kill_worker_when), and
+    # checkpoint_every gives it one however quick the batches: the kill lands mid-run at any size.
+    n = 3 * BATCH + 8
+    many_docs(src, n)
     (src / "bad.txt").write_bytes(b"\0binary")
     whole = run_here(tmp_path, "kb_population", source=str(src), kb=f"{tmp_path}/a.sqlite").result
-    op_id = submit(cli, "kb_population", {"source": str(src), "kb": f"{tmp_path}/b.sqlite"}, "checkpoint_interval=0.05")
+    params = {"source": str(src), "kb": f"{tmp_path}/b.sqlite"}
+    op_id = submit(cli, "kb_population", params, "checkpoint_interval=0.05", "checkpoint_every=50")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("added", 0) > 0)
     assert killed.status is Status.RUNNING, "the population finished before the kill"
     final = resume(cli, op_id)
@@ -233,7 +238,7 @@ def test_kb_population_sigkilled_resumes_to_the_uninterrupted_kb(cli: Cli, tmp_p
     assert kb_rows(f"{tmp_path}/b.sqlite") == kb_rows(f"{tmp_path}/a.sqlite")
     strip = lambda r: {k: v for k, v in r.items() if k != "kb"}  # noqa: E731
     assert strip(final["result"]) == strip(whole)
-    assert final["result"]["added"] == 700 and final["result"]["failures"] == 1
+    assert final["result"]["added"] == n == 200 and final["result"]["failures"] == 1
 
 
 def populated(tmp_path: Path, n: int, dup_every: int = 0, chunk_size: int = 1500) -> Path:
