@@ -1,0 +1,63 @@
+"""Hunt h136: load_testing, monitoring_collection, dependency_analysis, integration_testing, each broken the
+ways a user breaks a long run (a kill, then its inputs changed before the resume)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from engine import Status
+from tests.fixtures_analysis import checkpointed_items, tables
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
+
+DB_FILES = ("", "-wal", "-shm")
+
+
+def _project(root: Path, n: int) -> None:
+    pkg = root / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    body = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
+    for i in range(n):
+        (pkg / f"m{i:04d}.py").write_text(f"import json\nfrom . import m{(i + 1) % n:04d}\n{body}")
+
+
+def _copy_db(src: Path, dst: Path) -> None:
+    """``src`` (and its WAL) as ``dst``, whatever ``dst`` held before."""
+    for suffix in DB_FILES:
+        Path(f"{dst}{suffix}").unlink(missing_ok=True)
+        if Path(f"{src}{suffix}").exists():
+            shutil.copy(f"{src}{suffix}", f"{dst}{suffix}")
+
+
+def test_dependency_analysis_into_a_database_restored_to_an_older_copy_analyses_the_lost_files_again(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Killed, the database copied, resumed and killed again further on, then the copy put back: the copy
+    has the operation's token, so the resume took it for its own and skipped every file done since the copy,
+    completing with 343 modules of 601."""
+    root = tmp_path / "proj"
+    _project(root, 600)
+    code, whole, err = run_json(
+        cli, "run", "dependency_analysis", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db"
+    )
+    assert code == 0, err
+    assert whole["result"]["modules"] == 601
+    db, copy = tmp_path / "b.db", tmp_path / "copy.db"
+    op_id = submit(cli, "dependency_analysis", {"root": str(root), "output": str(db)}, "checkpoint_interval=0.05")
+    kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > 0)
+    _copy_db(db, copy)
+    first = checkpointed_items(cli, op_id)
+    assert cli("resume", op_id, "--queue").returncode == 0
+    killed = kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > first + 200, timeout=120)
+    assert killed.status is Status.RUNNING, "the analysis was finished before the second kill"
+    _copy_db(copy, db)
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    drop = ("database", "removed")
+    assert {k: v for k, v in final["result"].items() if k not in drop} == {
+        k: v for k, v in whole["result"].items() if k not in drop
+    }
+    names = ("modules", "imports", "packages", "cycles")
+    assert tables(str(db), *names) == tables(f"{tmp_path}/a.db", *names)
