@@ -3,10 +3,17 @@ ways a user breaks a long run (a kill, then its inputs changed before the resume
 
 from __future__ import annotations
 
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]
+
 from engine import Status
+from engine.operations.monitoring import Sampler
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
@@ -61,3 +68,48 @@ def test_dependency_analysis_into_a_database_restored_to_an_older_copy_analyses_
     }
     names = ("modules", "imports", "packages", "cycles")
     assert tables(str(db), *names) == tables(f"{tmp_path}/a.db", *names)
+
+
+def _samples(db: Path) -> list[int]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return [s for (s,) in con.execute("SELECT seq FROM samples ORDER BY seq")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def test_monitoring_resumes_after_its_process_ended_while_the_worker_was_down(cli: Cli, tmp_path: Path) -> None:
+    """A monitored process that ends mid-run is said and no longer sampled; one that ended while the worker was
+    down made the params "no longer validate": the resume was refused, for good, and every sample still due
+    was lost."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        db = tmp_path / "m.sqlite"
+        params = {"interval": 0.05, "duration": 1.5, "pids": [child.pid], "output": str(db)}
+        op_id = submit(cli, "monitoring_collection", params, "checkpoint_interval=0.2")
+        kill_worker_when(cli, op_id, lambda op: len(_samples(db)) >= 5 if db.exists() else False)
+    finally:
+        child.kill()
+        child.wait()
+    assert len(_samples(db)) < 30, "the run finished before the kill"
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    assert _samples(db) == list(range(30))  # none twice, none missing
+    assert final["result"]["samples"] == 30
+    assert f"process.{child.pid}.rss_bytes" in final["result"]["metrics"]  # sampled before the kill
+    log = cli("logs", op_id).stdout
+    assert f"process {child.pid} is gone" in log, log
+
+
+def test_monitoring_does_not_sample_another_process_under_a_reused_pid() -> None:
+    """On a resume, a pid that names a process started at another time than the one the first attempt sampled
+    (the pid reused since) is gone: its numbers are not another program's under the same name."""
+    me = os.getpid()
+    again = Sampler([me], {str(me): psutil.Process(me).create_time()})
+    assert again.gone == [] and me in again.procs
+    started = {str(me): psutil.Process(me).create_time() - 3600}
+    other = Sampler([me], started)
+    assert other.gone == [me] and not other.procs
+    assert f"process.{me}.rss_bytes" not in other.sample()

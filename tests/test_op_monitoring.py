@@ -88,4 +88,4 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
         ({"duration": -1}, "duration"),
     ]:
         with pytest.raises(InvalidInput, match=re.escape(expect)):
-            spec.parse_params(params)
+            spec.parse_params(params, {})  # as at submit: a resume lets a process that ended since through

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext, OperationFailed
 from ..registry import operation
@@ -54,7 +54,12 @@ class MonitoringParams(BaseModel):
 
     @field_validator("pids")
     @classmethod
-    def _pids(cls, v: list[int]) -> list[int]:
+    def _pids(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        if info.context is None:
+            # The stored params checked again by an attempt or a resume: a process that ended since is said and
+            # no longer sampled, as one that ends mid-run (refused here, a run whose process ended while its
+            # worker was down could never be resumed: "its stored params no longer validate", for good).
+            return sorted(set(v))
         for pid in v:
             try:
                 exists = psutil.pid_exists(pid)
@@ -100,14 +105,23 @@ def _check_db(value: str | None) -> str | None:
 class Sampler:
     """Turns psutil's counters into one flat sample; rates cover the time since the previous sample."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], started: dict[str, float] | None = None) -> None:
+        """``started``: each pid's process start time, as an earlier attempt found it (filled in for the pids
+        it lacks): a pid that names another process now (reused since) is gone, not sampled under its name."""
         self.procs: dict[int, psutil.Process] = {}
+        self.gone: list[int] = []
+        started = {} if started is None else started
         for pid in pids:
             try:
-                self.procs[pid] = psutil.Process(pid)
+                proc = psutil.Process(pid)
+                born = proc.create_time()
             except psutil.Error:
+                self.gone.append(pid)  # ended before this attempt began: said, not passed over
                 continue
-        self.gone: list[int] = []
+            if abs(started.setdefault(str(pid), born) - born) > 1.0:  # psutil's boot time may move by 1 s
+                self.gone.append(pid)
+                continue
+            self.procs[pid] = proc
         self._prev: tuple[float, Any, Any] | None = None
         self._cpu = CpuMeter()  # psutil.cpu_percent(None) measured since anyone's last call (another sampler's)
         self.sample()  # primes cpu_percent and the counters: the first real sample covers one interval
@@ -235,7 +249,10 @@ async def _monitor(ctx: OperationContext, p: MonitoringParams, db: str) -> dict:
         if first or done_before:
             ctx.log.info(f"{total - len(todo)} samples taken before: {len(todo)} to go ({len(todo) * p.interval:g} s)")
         ctx.progress(done=total - len(todo), total=total, step="sampling")
-        sampler = Sampler(p.pids)
+        sampler = Sampler(p.pids, ctx.state.setdefault("pid_started", {}))
+        for pid in sampler.gone:
+            ctx.log.warning(f"process {pid} is gone: not sampled")
+        sampler.gone.clear()
         start = time.monotonic()
         async for i, seq in ctx.items(enumerate(todo), key=lambda t: str(t[1])):
             if not await _wait_until(ctx, start + (i + 1) * p.interval):
