@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+import pytest
 
-from engine import Status
+from engine import Engine, OperationSpec, Status
 from engine.operations.monitoring import Sampler
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
@@ -113,3 +119,54 @@ def test_monitoring_does_not_sample_another_process_under_a_reused_pid() -> None
     other = Sampler([me], started)
     assert other.gone == [me] and not other.procs
     assert f"process.{me}.rss_bytes" not in other.sample()
+
+
+class _Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def ipv4_server() -> Iterator[int]:
+    s = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    s.daemon_threads = True
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield s.server_address[1]
+    s.shutdown()
+    s.server_close()
+
+
+async def test_load_testing_localhost_reaches_a_server_on_127_0_0_1_when_it_resolves_to_1_first(
+    engine: Engine, ipv4_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``localhost`` resolves to ::1 first on most Linux machines (``::1 localhost`` in /etc/hosts), and most
+    development servers listen on 127.0.0.1 only (uvicorn's, flask's default): curl reaches them, trying the
+    next address; the load test sent every request to ::1, and reported the whole run as refused."""
+    real = socket.getaddrinfo
+
+    def both(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host == "localhost":
+            v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", int(port), 0, 0))
+            v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))
+            return [v6, v4]
+        return real(host, port, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    op = await engine.submit(
+        OperationSpec(
+            type="load_testing",
+            params={"url": f"http://localhost:{ipv4_server}/", "requests": 20, "concurrency": 2, "duration": 5},
+        )
+    )
+    rec = await engine.wait(op.id, timeout=30)
+    assert rec.status is Status.COMPLETED, rec.error
+    assert rec.result["requests"] == 20
+    assert rec.result["ok"] == 20 and rec.result["errors"] == {}, rec.result

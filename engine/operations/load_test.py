@@ -432,7 +432,23 @@ async def _target(p: LoadTestParams) -> str:
         refusal = await asyncio.to_thread(not_loopback, p.url)
         if refusal:
             raise ValueError(refusal)
-    return addrs[0]
+    return await _reachable(addrs, _host_port(p.url)[1], p.timeout)
+
+
+async def _reachable(addrs: list[str], port: int, timeout: float) -> str:
+    """The first of ``addrs`` that takes a connection, as curl tries each address of a name (the last one
+    untried: when it does not take one either, every request says so). ``localhost`` is ::1 first on most
+    machines, and most development servers listen on 127.0.0.1 only: every request went to ::1, and the
+    whole run was "refused"."""
+    for addr in addrs[:-1]:
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(addr, port)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return addr
+    return addrs[-1]
 
 
 @operation("load_testing", params=LoadTestParams, description="a bounded HTTP load run with latency percentiles")
