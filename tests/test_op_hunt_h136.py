@@ -3,6 +3,7 @@ ways a user breaks a long run (a kill, then its inputs changed before the resume
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ from engine import Engine, OperationSpec, Status
 from engine.operations.monitoring import Sampler
 from tests.fixtures_analysis import checkpointed_items, tables
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import kill_worker_when, resume, run_json, submit
+from tests.fixtures_ops import checkpoint_state, kill_worker_when, resume, run_json, submit
 
 DB_FILES = ("", "-wal", "-shm")
 
@@ -170,3 +171,44 @@ async def test_load_testing_localhost_reaches_a_server_on_127_0_0_1_when_it_reso
     assert rec.status is Status.COMPLETED, rec.error
     assert rec.result["requests"] == 20
     assert rec.result["ok"] == 20 and rec.result["errors"] == {}, rec.result
+
+
+SUITE_A = (
+    "import pytest\n\n\n@pytest.mark.integration\ndef test_a1():\n    pass\n\n\n"
+    "@pytest.mark.integration\ndef test_a2():\n    pass\n"
+)
+SUITE_B = (
+    "import time\n\nimport pytest\n\n\n@pytest.mark.integration\n@pytest.mark.parametrize('i', range(6))\n"
+    "def test_b(i):\n    time.sleep(0.2)\n"
+)
+NEW_IN_A = '\n\n@pytest.mark.integration\ndef test_a3_new():\n    assert False, "added since"\n'
+NEW_FILE = "import pytest\n\n\n@pytest.mark.integration\ndef test_c():\n    pass\n"
+
+
+def test_integration_testing_resumed_after_tests_were_added_runs_them(cli: Cli, tmp_path: Path) -> None:
+    """Killed, then a failing test added to a test file that had run and a new test file written: the resume ran
+    the tests of the changed file again from the list collected before the change, so the new test never ran and
+    the run completed "10 passed, ok" where the suite (as an uninterrupted run says) has a failing test."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\nmarkers = integration\n")
+    (suite / "test_a.py").write_text(SUITE_A)
+    (suite / "test_b.py").write_text(SUITE_B)
+    op_id = submit(cli, "integration_testing", {"path": str(suite)}, "checkpoint_interval=0.05")
+    killed = kill_worker_when(cli, op_id, lambda op: len(checkpoint_state(cli, op_id).get("results", {})) >= 3)
+    assert killed.status is Status.RUNNING
+    assert len(checkpoint_state(cli, op_id)["results"]) < 8, "the suite finished before the kill"
+    with (suite / "test_a.py").open("a") as f:
+        f.write(NEW_IN_A)
+    (suite / "test_c.py").write_text(NEW_FILE)
+    code, whole, err = run_json(cli, "run", "integration_testing", "-p", f"path={suite}")
+    assert code == 1 and whole["status"] == "failed", err
+    final = resume(cli, op_id)
+    assert final["status"] == "failed", final
+    assert "test_a.py::test_a3_new" in final["error"], final["error"]
+    assert final["error"].split("; report:")[0] == whole["error"].split("; report:")[0]  # "1 of 12 tests failed ..."
+    report = json.loads(Path(final["error"].split("report: ")[1].split(";")[0]).read_text())
+    assert sorted(report["results"]) == sorted(
+        ["test_a.py::test_a1", "test_a.py::test_a2", "test_a.py::test_a3_new", "test_c.py::test_c"]
+        + [f"test_b.py::test_b[{i}]" for i in range(6)]
+    )

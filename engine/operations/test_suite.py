@@ -366,6 +366,8 @@ class _Suite:
         """Bytes of pytest output this attempt still writes in full (log_limit, as the operation log)."""
         self.not_run_why = ""
         """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
+        self.recollect = False
+        """Python files changed since the tests before ran: the suite is collected again (``check_changes``)."""
         self.live()
 
     async def check_changes(self) -> None:
@@ -383,6 +385,10 @@ class _Suite:
         ctx.state["reading_since"] = now  # looked: the next resume looks at what changes from here on
         if not changed:
             return
+        # Collected again: the list kept was of the files before the change, so a test added to a test file (or
+        # a new test file) never ran, and the resume completed "ok" where the suite now fails; a test removed
+        # failed the run as never found.
+        self.recollect = True
         stale = [k for k in self.results if k.split("::", 1)[0] in changed]
         if stale:
             self.round = ctx.state["round"] = self.round + 1
@@ -463,9 +469,15 @@ class _Suite:
             how = f"exited with code {code}" + ("" if finished else " before its collection finished")
             raise OperationFailed(f"pytest could not collect: {self.p.python} -m pytest {how}{pt.tail(3, ': ', True)}")
         ctx.state["tests"] = tests
+        if self.results:  # collected again (files changed): the results of tests no longer there are dropped
+            now = {*tests, *(e["id"] or "<session>" for e in errors)}
+            for nodeid in [k for k in self.results if k not in now]:
+                del self.results[nodeid]
+            self.counts = collections.Counter(r["outcome"] for r in self.results.values())
+            self.live()
         ctx.progress(total=len(tests) + len(errors), step="collected")
         ctx.log.info(f"collected {len(tests)} tests" + (f", {len(errors)} collection errors" if errors else ""))
-        async for ev in ctx.items(errors, key=lambda e: e["id"] or "<session>"):
+        async for ev in ctx.items(errors, key=lambda e: self.key(e["id"] or "<session>")):
             self.record(ev["id"] or "<session>", "error", 0.0, ev)
         await ctx.checkpoint(next_step="running")
 
@@ -612,7 +624,7 @@ async def run_test_suite(ctx: OperationContext, p: TestSuiteParams, none_collect
     ``none_collected``: what to do when pytest collects no test, said after "pytest collected no tests"."""
     suite = _Suite(ctx, p)
     await suite.check_changes()
-    if not ctx.state.get("tests"):
+    if not ctx.state.get("tests") or suite.recollect:
         # Collected once and kept, unless nothing was: a resume after tests were added (or marked, or a
         # collection error fixed) collects again, where it only failed the same way again.
         await suite.collect()
