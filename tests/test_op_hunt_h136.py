@@ -28,11 +28,11 @@ from tests.fixtures_ops import checkpoint_state, kill_worker_when, resume, run_j
 DB_FILES = ("", "-wal", "-shm")
 
 
-def _project(root: Path, n: int) -> None:
+def _project(root: Path, n: int, functions: int = 40) -> None:
     pkg = root / "pkg"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    body = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
+    body = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(functions))
     for i in range(n):
         (pkg / f"m{i:04d}.py").write_text(f"import json\nfrom . import m{(i + 1) % n:04d}\n{body}")
 
@@ -45,35 +45,41 @@ def _copy_db(src: Path, dst: Path) -> None:
             shutil.copy(f"{src}{suffix}", f"{dst}{suffix}")
 
 
-def test_dependency_analysis_into_a_database_restored_to_an_older_copy_analyses_the_lost_files_again(
-    cli: Cli, tmp_path: Path
+RESTORED = {
+    # type: files, functions a file, items done after the first kill before the second, the tables compared
+    "dependency_analysis": (600, 40, 200, ("modules", "imports", "packages", "cycles")),
+    "code_analysis": (300, 3, 100, ("files", "functions")),
+    "codebase_indexing": (800, 3, 300, ("files", "symbols", "imports")),
+}
+
+
+@pytest.mark.parametrize("type_", list(RESTORED))
+def test_an_analysis_into_a_database_restored_to_an_older_copy_analyses_the_lost_files_again(
+    cli: Cli, tmp_path: Path, type_: str
 ) -> None:
     """Killed, the database copied, resumed and killed again further on, then the copy put back: the copy
     has the operation's token, so the resume took it for its own and skipped every file done since the copy,
-    completing with 343 modules of 601."""
+    completing with 343 modules of 601 (dependency_analysis), 420 files of 601 (code_analysis), in silence."""
+    n, functions, further, names = RESTORED[type_]
     root = tmp_path / "proj"
-    _project(root, 600)
-    code, whole, err = run_json(
-        cli, "run", "dependency_analysis", "-p", f"root={root}", "-p", f"output={tmp_path}/a.db"
-    )
+    _project(root, n, functions)
+    code, whole, err = run_json(cli, "run", type_, "-p", f"root={root}", "-p", f"output={tmp_path}/a.db")
     assert code == 0, err
-    assert whole["result"]["modules"] == 601
     db, copy = tmp_path / "b.db", tmp_path / "copy.db"
-    op_id = submit(cli, "dependency_analysis", {"root": str(root), "output": str(db)}, "checkpoint_interval=0.05")
+    op_id = submit(cli, type_, {"root": str(root), "output": str(db)}, "checkpoint_interval=0.05")
     kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > 0)
     _copy_db(db, copy)
     first = checkpointed_items(cli, op_id)
     assert cli("resume", op_id, "--queue").returncode == 0
-    killed = kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > first + 200, timeout=120)
+    killed = kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > first + further, timeout=120)
     assert killed.status is Status.RUNNING, "the analysis was finished before the second kill"
     _copy_db(copy, db)
     final = resume(cli, op_id)
     assert final["status"] == "completed", final
-    drop = ("database", "removed")
+    drop = ("database", "index", "removed", "reused")
     assert {k: v for k, v in final["result"].items() if k not in drop} == {
         k: v for k, v in whole["result"].items() if k not in drop
     }
-    names = ("modules", "imports", "packages", "cycles")
     assert tables(str(db), *names) == tables(f"{tmp_path}/a.db", *names)
 
 

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +196,24 @@ def _swap_token(con: sqlite3.Connection, token: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def lacking(sql: str, name: Callable[[str], str], *args: str) -> Callable[[sqlite3.Connection, list[str]], set[str]]:
+    """For ``pending_items``'s ``stored``: the keys among those given whose name (``name(key)``, as the rows
+    store it) is none of the names ``sql`` (with ``args``) selects (one column)."""
+
+    def find(con: sqlite3.Connection, keys: list[str]) -> set[str]:
+        have = {row[0] for row in con.execute(sql, args)}
+        return {k for k in keys if name(k) not in have}
+
+    return find
+
+
 async def pending_items(
-    ctx: Any, con: sqlite3.Connection, db: str, keys: list[str], root: Path | None = None
+    ctx: Any,
+    con: sqlite3.Connection,
+    db: str,
+    keys: list[str],
+    root: Path | None = None,
+    stored: Callable[[sqlite3.Connection, list[str]], set[str]] | None = None,
 ) -> list[str]:
     """The keys to analyse: those not done yet, or every one when the database lacks the done ones' rows.
     With ``root`` (the keys are its files), also the done ones changed since the first attempt began reading
@@ -209,7 +225,10 @@ async def pending_items(
     deleted, replaced or truncated since the last attempt, or another operation wrote into it meanwhile
     (whose end dropped the rows it had not seen). The items done before are then analysed again, not
     skipped: skipped, they were missing from a "completed" result, silently. (``ctx.items`` still counts
-    each item once.) The caller holds ``exclusive(db)``."""
+    each item once.) ``stored(con, done)``: the done keys whose rows the database lacks, analysed again too:
+    a copy of the database restored from before the last attempt carries the same token (written before its
+    first row), and the files done since the copy were skipped (343 modules of 601, "completed"). The caller
+    holds ``exclusive(db)``."""
     since = reading_since(ctx) if root is not None else None
     token = ctx.state.get("results_token")
     first = token is None
@@ -217,13 +236,22 @@ async def pending_items(
         token = ctx.state["results_token"] = f"{ctx.id}:{uuid.uuid4().hex}"
     held = await asyncio.to_thread(_swap_token, con, token)
     if first or not ctx.done_keys or held == token:
-        if since is None or root is None or not ctx.done_keys:
+        if not ctx.done_keys:
             return [k for k in keys if not ctx.is_done(k)]
         done = [k for k in keys if ctx.is_done(k)]
-        changed = await asyncio.to_thread(changed_since, root, done, since)
-        if changed:
-            ctx.log.info(f"{len(changed)} files read by an earlier attempt changed since: read again")
-        return [k for k in keys if k in changed or not ctx.is_done(k)]
+        again: set[str] = set()
+        if stored is not None and (gone := await asyncio.to_thread(stored, con, done)):
+            ctx.log.warning(
+                f"{db} lacks the rows of {len(gone)} files an earlier attempt analysed (restored from an older"
+                " copy since?): analysed again"
+            )
+            again |= gone
+        if since is not None and root is not None:
+            changed = await asyncio.to_thread(changed_since, root, [k for k in done if k not in again], since)
+            if changed:
+                ctx.log.info(f"{len(changed)} files read by an earlier attempt changed since: read again")
+            again |= set(changed)
+        return [k for k in keys if k in again or not ctx.is_done(k)]
     ctx.log.warning(
         f"{db} is not the database the earlier attempts wrote (deleted, replaced or written by another "
         "operation since): every file is analysed again"

@@ -30,7 +30,7 @@ from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, not_regular, open_in_tree
-from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
+from ._results_db import check_kind, db_path, exclusive, lacking, open_db, pending_items
 from ._walk import list_files, own_files
 
 BATCH = 64
@@ -312,7 +312,7 @@ async def _analyze_into(ctx: OperationContext, p: CodeAnalysisParams, db: str, l
         ]
         ctx.progress(total=len(files), step="analysing")
         seen = ctx.id
-        pending = await pending_items(ctx, con, db, files, root)
+        pending = await pending_items(ctx, con, db, files, root, lacking("SELECT path FROM files", stored_name))
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, root, pending[i : i + BATCH], seen, p)

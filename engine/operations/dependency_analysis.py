@@ -40,7 +40,7 @@ from ..context import OperationContext
 from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, not_regular, open_in_tree
-from ._results_db import check_kind, db_path, exclusive, open_db, pending_items
+from ._results_db import check_kind, db_path, exclusive, lacking, open_db, pending_items
 from ._walk import list_files, own_files
 
 BATCH = 128
@@ -494,14 +494,6 @@ async def analyze_dependencies(ctx: OperationContext, p: DependencyParams) -> di
     return {"database": db, "failures": ctx.failures, "skipped": ctx.state.get("skipped", 0), **summary}
 
 
-def _rows_lacking(con: sqlite3.Connection, ctx: OperationContext, files: list[str], pending: set[str]) -> set[str]:
-    """The files done before whose rows the database does not hold: it was restored to an older copy since
-    (its token, written before its first row, is the same). Skipped as done, they were missing from a
-    "completed" analysis (343 modules of 601), silently."""
-    stored = {path for (path,) in con.execute("SELECT path FROM modules")}
-    return {f for f in files if f not in pending and ctx.is_done(f) and stored_name(f) not in stored}
-
-
 async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, root: Path, src: Path) -> dict[str, Any]:
     con = await asyncio.to_thread(
         open_db, db, SCHEMA, {"kind": "dependency_analysis", "root": p.root, "source_root": str(src)}
@@ -509,14 +501,7 @@ async def _analyze_into(ctx: OperationContext, p: DependencyParams, db: str, roo
     try:
         files = await list_files(ctx, root, ["*.py"], p.exclude, own_files(db))
         ctx.progress(total=len(files), step="parsing imports")
-        pending = await pending_items(ctx, con, db, files, root)
-        lacking = await asyncio.to_thread(_rows_lacking, con, ctx, files, set(pending))
-        if lacking:
-            ctx.log.warning(
-                f"{db} lacks the rows of {len(lacking)} files an earlier attempt analysed (restored to an older"
-                " copy since?): analysed again"
-            )
-            pending = [f for f in files if f in lacking or f in pending]
+        pending = await pending_items(ctx, con, db, files, root, lacking("SELECT path FROM modules", stored_name))
         i = 0
         while i < len(pending):
             results = await asyncio.to_thread(_process_batch, con, src, root, pending[i : i + BATCH], ctx.id)

@@ -26,7 +26,7 @@ from ._common import SQLITE_MAGIC, check_output_file, existing_dir, output_dir
 from ._index_files import Batch, analyze_batch, index_name
 from ._lang import language_of, parsers
 from ._pool import in_order, worker_count
-from ._results_db import check_kind, connect, create_tables, exclusive, pending_items, setting_up
+from ._results_db import check_kind, connect, create_tables, exclusive, lacking, pending_items, setting_up
 from ._walk import list_files, own_files
 
 BATCH = 256
@@ -228,7 +228,7 @@ async def _index(ctx: OperationContext, p: IndexParams, con: sqlite3.Connection,
     st.setdefault("bytes", 0)
     st.setdefault("reused", 0)
     seen = f"{ctx.id}"
-    pending = await pending_items(ctx, con, db, files, root)
+    pending = await pending_items(ctx, con, db, files, root, lacking("SELECT path FROM files", index_name))
     loop = asyncio.get_running_loop()
     if len(pending) < len(files) and st.get("reading_since") is None:
         # A resume from a checkpoint of a version that kept no start (``pending_items`` finds the files changed

@@ -39,7 +39,7 @@ from ..registry import operation
 from ..text import stored_name
 from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, open_in_tree, output_dir
 from ._docs import IMAGE_SUFFIXES, NotADocument, kind_of, markup_heavy, sections
-from ._results_db import check_kind, create_tables, exclusive, pending_items
+from ._results_db import check_kind, create_tables, exclusive, lacking, pending_items
 from ._walk import list_files, own_files
 from .kb_population import kb_path
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
@@ -365,7 +365,8 @@ async def _analyse_into(ctx: OperationContext, p: SemanticParams, db: str, scope
         # A tree's results file may have been deleted or replaced since the last attempt (a knowledge base
         # is checked when it is opened).
         if root is not None:
-            pending = await pending_items(ctx, con, db, keys, root)
+            stored = lacking("SELECT key FROM sem_docs WHERE scope=?", stored_name, scope)
+            pending = await pending_items(ctx, con, db, keys, root, stored)
         else:
             done = [k for k in keys if ctx.is_done(k)] if ctx.done_keys else []
             again = await asyncio.to_thread(_not_stored, con, corpus, done) if done else set()
