@@ -364,16 +364,18 @@ def test_a_wheel_installed_not_editable_carries_the_built_in_themes(tmp_path: Pa
 
     # Built from a copy of the sources: built in the work tree, setuptools left a build/ there, whose
     # stale modules (one deleted from the source stays in build/lib) would ship in the next local wheel.
-    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    target, source = tmp_path / "site", tmp_path / "source"
     junk = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("engine", "tui"):
         shutil.copytree(REPO / name, source / name, ignore=junk)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
+    # One pip: installing a source tree (not -e), pip builds its wheel through the build backend (PEP 517, an
+    # isolated build) and installs that wheel, as `pip wheel` then `pip install *.whl` did in two processes.
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
-    (wheel,) = wheels.glob("outlast-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(source)], check=True)
+    (record,) = target.glob("outlast-*.dist-info/RECORD")
+    assert "tui/theme_files/dark.toml" in record.read_text()  # installed from the wheel, as its record lists
     script = """
 import asyncio, sys, tui
 from engine import load_settings
