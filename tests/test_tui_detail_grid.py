@@ -54,6 +54,11 @@ def _lines(console: Console, renderable: object, width: int, highlight: bool) ->
     return [list(Segment.simplify(line)) for line in console.render_lines(Group(renderable, Text("error")), options)]
 
 
+WIDTHS = (*range(1, 46, 11), *range(56, 140, 22))
+"""Every 11 columns up to 45, where the keys' column and the threshold of the padded table fall (the widest key
+is 32 cells, and ``KeyValues.SPARE`` 8), then every 22: beyond it each width folds the values the same way."""
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_key_values_draw_what_the_padded_grid_drew(seed: int) -> None:
     console = Console(width=200, color_system="truecolor", file=io.StringIO())
@@ -67,7 +72,7 @@ def test_key_values_draw_what_the_padded_grid_drew(seed: int) -> None:
         for key, value in rows:
             grid.add_row(Text(key), value)  # a key is text as written, never markup
             fast.add(key, value)
-        for width in range(1, 140, 11):
+        for width in WIDTHS:
             for highlight in (False, True):
                 assert _lines(console, fast, width, highlight) == _lines(console, grid, width, highlight), (width, rows)
 
