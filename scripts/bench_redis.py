@@ -245,7 +245,7 @@ async def bench_rows(bench: Any) -> list[Any]:
     proc, url = start_redis(d, aof=False)
     bench._procs.append(proc)
     rows = []
-    anchor = await set_round_trip(url, 2000)
+    anchor = await set_round_trip(url, bench.pick(2000, 2000))
     rows += await submit_rows(bench, url, n_sub)
     # 3 workers: the target; 1 worker and checkpoint latency: ours (a third of it; a few round trips).
     for workers, target in ((1, 1000), (3, 3000)):

@@ -85,8 +85,9 @@ async def bench_cli(bench: Bench) -> list[Row]:
         (f"outlast submit (one command operation), {n_ops:,} operations", submit, SUBMIT_TARGET),
     ]
     argvs = [[python(), "-c", "pass"], *([python(), "-c", CLI, *args] for _, args, _ in commands)]
-    for argv in argvs:  # warm-up: bytecode written
-        await asyncio.to_thread(time_command, argv, 1, env)
+    if not bench.smoke:  # warm-up: bytecode written (the smoke check needs no timing)
+        for argv in argvs:
+            await asyncio.to_thread(time_command, argv, 1, env)
     samples: list[list[float]] = [[] for _ in argvs]
     for _ in range(repeats):  # round-robin: the machine's load drifts alike for the floor and each command
         for argv, out in zip(argvs, samples, strict=True):
