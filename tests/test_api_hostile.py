@@ -93,9 +93,9 @@ def test_outputs_outside_the_roots_are_refused_and_nothing_is_written(start_serv
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "victim.txt", "srv0"])
 
 
-def test_outputs_that_are_no_path_at_all_are_refused_in_one_line(start_server, tree: Path) -> None:
+def test_outputs_that_are_no_path_at_all_are_refused_in_one_line(observer: Server, tree: Path) -> None:
     """The root directory (no name to add .json to), a NUL byte, an unknown ~user: refused, never a 500."""
-    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    srv = observer
     before = listing(srv)
     for value in ("/", ".", "\x00", "a\x00b", "~no-such-user-here/x", "/\x00/.."):
         for path, body, field in (
@@ -220,8 +220,8 @@ def _head(srv: Server, framing: str) -> str:
     )
 
 
-def test_a_body_over_the_limit_is_refused_before_it_is_read(start_server) -> None:
-    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # nothing runs: what is accepted stays queued
+def test_a_body_over_the_limit_is_refused_before_it_is_read(observer: Server) -> None:
+    srv = observer  # nothing runs: what is accepted stays queued
     before = listing(srv)
     # A Content-Length of 300 MB and one byte sent: answered at once, not after waiting for the rest.
     status, body = raw_request(srv, _head(srv, "Content-Length: 314572800"), [b"{"])
@@ -328,15 +328,15 @@ def test_every_builtin_param_is_known_to_write_or_not() -> None:
             assert set(h.params.model_fields) == read_only[type_] | set(WRITTEN.get(type_, ())), type_
 
 
-def test_openapi_documents_the_refusal(start_server) -> None:
-    doc = start_server().http.get("/openapi.json").json()
+def test_openapi_documents_the_refusal(observer: Server) -> None:
+    doc = observer.http.get("/openapi.json").json()
     for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/codebase/index"):
         assert "403" in doc["paths"][path]["post"]["responses"], path
     assert "--allow-output-root" in doc["info"]["description"]
 
 
-def test_openapi_documents_the_body_limit(start_server) -> None:
-    doc = start_server().http.get("/openapi.json").json()
+def test_openapi_documents_the_body_limit(observer: Server) -> None:
+    doc = observer.http.get("/openapi.json").json()
     for path in ("/api/operations", "/api/operations/security/scan", "/api/operations/{op_id}/resume"):
         assert "413" in doc["paths"][path]["post"]["responses"], path
 
@@ -382,10 +382,10 @@ def test_stored_strings_reach_the_server_log_escaped(start_server, tmp_path: Pat
     assert "\\x1b]0;pwned\\x07\\x1b[2J\\rfake line" in out
 
 
-def test_error_details_escape_what_the_client_sent(start_server) -> None:
+def test_error_details_escape_what_the_client_sent(observer: Server) -> None:
     """A field name or an id with a newline or an escape comes back escaped: the detail stays one line
     (found by tests/test_api_fuzz.py)."""
-    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")
+    srv = observer
     before = listing(srv)
     answers = [
         srv.http.post("/api/operations/security/scan", json={"\n": None}),
@@ -490,11 +490,11 @@ def test_each_warning_is_printed_once(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
-def test_a_resume_checks_the_outputs_again(start_server, tmp_path: Path, tree: Path) -> None:
+def test_a_resume_checks_the_outputs_again(observer: Server, tmp_path: Path, tree: Path) -> None:
     """Checked when it was submitted, an output's directory made a link out of the roots since (another
     operation can do that: a backup restoring a tree with such a link) is refused on resume, 403, and
     nothing changes; put back, it resumes."""
-    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # its engine starts nothing: the op stays queued
+    srv = observer  # its engine starts nothing: the op stays queued
     outside = tmp_path / "outside"
     outside.mkdir()
     d = srv.root / "state" / "outputs" / "b" / "d"

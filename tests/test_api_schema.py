@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -10,6 +11,10 @@ import pytest
 from tests.fixtures_api import Server
 
 pytestmark = pytest.mark.timeout(180)
+
+EXAMPLES = "50" if os.environ.get("OUTLAST_SOAK") == "1" else "5"
+"""Examples per operation in the fuzzing phase (the coverage phase's boundary cases do not depend on it):
+five cost about half of fifteen's CPU, client and server; ``OUTLAST_SOAK=1`` runs fifty."""
 
 
 @pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis is not installed")
@@ -31,7 +36,7 @@ def test_schemathesis_finds_no_server_error(observer: Server, tmp_path) -> None:
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
-            "15",
+            EXAMPLES,
             "--seed",
             "7",
             "--workers",
