@@ -410,6 +410,11 @@ class StoresAgree(RuleBasedStateMachine):
         assert sum(got[0].values()) == sum(o.status is Status.QUEUED for o in self.ops.values())
 
 
+SOAK = os.environ.get("OUTLAST_SOAK") == "1"
+"""A normal run draws 15 sequences of 30 steps (a fresh sequence each run); ``OUTLAST_SOAK=1`` draws 200, and
+``OUTLAST_MODEL_EXAMPLES=N`` any number."""
+
+
 @pytest.mark.redis
 def test_both_stores_agree_with_the_model(redis_server: Any, tmp_path: Path) -> None:
     StoresAgree.redis_url = redis_server.url
@@ -417,7 +422,7 @@ def test_both_stores_agree_with_the_model(redis_server: Any, tmp_path: Path) -> 
     run_state_machine_as_test(
         StoresAgree,
         settings=settings(
-            max_examples=int(os.environ.get("OUTLAST_MODEL_EXAMPLES", "25")),
+            max_examples=int(os.environ.get("OUTLAST_MODEL_EXAMPLES") or (200 if SOAK else 15)),
             stateful_step_count=30,
             deadline=None,
             database=None,  # nothing written into the work tree; a failure prints its seed
