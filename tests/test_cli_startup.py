@@ -34,7 +34,7 @@ def loaded_after(args: list[str], env: dict[str, str]) -> tuple[int, list[str], 
     "args", [["--help"], ["ls"], ["ls", "-s", "queued", "-t", "demo", "-n", "3"], ["ls", "--help"]]
 )
 def test_help_and_ls_load_nothing_heavy(cli: Cli, args: list[str]) -> None:
-    assert cli("submit", "demo", "-p", "items=2").returncode == 0
+    assert cli.here("submit", "demo", "-p", "items=2").returncode == 0  # set up in this process: no start
     rc, heavy, out = loaded_after(args, cli.env)
     assert (rc, heavy) == (0, []), out
 
@@ -77,7 +77,7 @@ def normalised(text: str) -> list[str]:
 def test_quick_ls_prints_what_the_full_path_prints(cli: Cli, tmp_path: Path) -> None:
     assert cli("-q", "run", "demo", "-p", "items=3", "-p", "seconds=0", "--name", "W1").returncode == 0
     for i in range(3):
-        assert cli("submit", "demo", "-p", f"items={i}", "--priority", "low").returncode == 0
+        assert cli.here("submit", "demo", "-p", f"items={i}", "--priority", "low").returncode == 0
     slow = {**cli.env, "OUTLAST_MAX_CONCURRENT": "3"}  # a setting: the settings are loaded, the engine lists
     for args in (["ls"], ["ls", "-n", "2"], ["ls", "-s", "completed"], ["ls", "-t", "nothing"]):
         quick, full = cli(*args), cli(*args, env=slow)
@@ -122,7 +122,7 @@ def test_a_config_file_checked_once_keeps_ls_quick_until_it_changes(cli: Cli, tm
     """With a config file (the dashboard writes its theme to one) every ``ls`` took the slow path: only
     the settings model can tell the file is valid. Its content, once accepted, is trusted by content:
     an edited file is checked in full again and says what is wrong with it."""
-    assert cli("submit", "demo", "-p", "items=2").returncode == 0
+    assert cli.here("submit", "demo", "-p", "items=2").returncode == 0
     config = tmp_path / "config" / "outlast" / "config.toml"  # the default one (conftest's XDG_CONFIG_HOME)
     config.parent.mkdir(parents=True)
     config.write_text('theme = "outlast-light"\nmax_concurrent = 2\n')
@@ -246,7 +246,7 @@ def test_quick_ls_json_prints_what_the_full_path_prints(cli: Cli) -> None:
         cli("-q", "run", "demo", "-p", "items=4", "-p", "seconds=0", "--profile", "checkpoint_every=1").returncode == 0
     )
     cli("-q", "run", "command", "--params-json", '{"command": "exit 3"}', "--name", "Zürich ✓ \u202e")
-    assert cli("submit", "demo", "--priority", "high", "--idempotency-key", "k-1").returncode == 0
+    assert cli.here("submit", "demo", "--priority", "high", "--idempotency-key", "k-1").returncode == 0
 
     async def add() -> None:
         store = open_store(cli.state_dir)
