@@ -55,8 +55,13 @@ async def test_handles_count_up_resolve_and_are_never_reused(store: Store) -> No
     assert await store.resolve("4") == again.id
     with pytest.raises(NotFound, match="handle 99"):
         await store.resolve("99")
-    # A leading zero is an id prefix, never a handle (every id starts with 0 before 2054).
+    # A leading zero is an id prefix, never a handle (every id starts with 0 before 2054); "0" alone, which
+    # every id begins with, is refused as neither.
+    a, b = ops[0].id, again.id  # made a moment apart: "06b..." both
+    prefix = a[: next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))]
     with pytest.raises(InvalidInput, match="ambiguous"):
+        await store.resolve(prefix[: max(2, len(prefix) // 2)])
+    with pytest.raises(InvalidInput, match="handles start at 1"):
         await store.resolve("0")
 
 
