@@ -307,7 +307,7 @@ def cut_torn_line(path: Path) -> bool:
     could parse, and the record it held was lost with the fragment (a cleanup's manifest then missed a file
     it had removed). Fsynced, as the lines are. A missing file has nothing to cut."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # as the appends open it
     except FileNotFoundError:
         return False
     try:
