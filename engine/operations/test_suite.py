@@ -368,6 +368,8 @@ class _Suite:
         """Why tests were left without an outcome when no failing test stopped the run (one line), or ""."""
         self.recollect = False
         """Python files changed since the tests before ran: the suite is collected again (``check_changes``)."""
+        self.changed: list[str] = []
+        """Those files (``check_changes``)."""
         self.live()
 
     async def check_changes(self) -> None:
@@ -400,8 +402,15 @@ class _Suite:
             # that the keys changed (the engine warns when a resume meets none of its done keys).
             ctx.is_done(next(iter(ctx.done_keys)))
             ctx.log.info(f"{len(stale)} tests run before are in files changed since: run again")
-        tests = {k.split("::", 1)[0] for k in ctx.state.get("tests", ())}
-        others = sorted(f for f in changed if f not in tests)
+        self.changed = sorted(changed)  # said once the suite is collected again (``say_changed``)
+
+    def say_changed(self, tests: list[str]) -> None:
+        """Say the files changed since the tests before ran that hold none of ``tests`` (the suite as collected
+        again): the results of tests that ran before them may not hold now. A new test file is not among them:
+        its tests run now (it was said as a change that the results before may not survive)."""
+        ctx = self.ctx
+        holding = {k.split("::", 1)[0] for k in tests}
+        others = sorted(f for f in self.changed if f not in holding)
         if others:
             kept = sorted({*ctx.state.get("changed", ()), *others})
             ctx.state["changed"] = kept
@@ -469,6 +478,8 @@ class _Suite:
             how = f"exited with code {code}" + ("" if finished else " before its collection finished")
             raise OperationFailed(f"pytest could not collect: {self.p.python} -m pytest {how}{pt.tail(3, ': ', True)}")
         ctx.state["tests"] = tests
+        if self.changed:
+            self.say_changed(tests)
         if self.results:  # collected again (files changed): the results of tests no longer there are dropped
             now = {*tests, *(e["id"] or "<session>" for e in errors)}
             for nodeid in [k for k in self.results if k not in now]:
