@@ -276,7 +276,9 @@ def test_kb_optimization_dedupes_and_resumes_to_the_uninterrupted_result(cli: Cl
     dup = con.execute("SELECT d.path FROM chunks c JOIN documents d ON d.id=c.doc WHERE c.dup_of IS NULL").fetchall()
     assert not any(p.endswith("doc0002.md") for (p,) in dup)  # a copy: none of its chunks stays in the index
     con.close()
-    op_id = submit(cli, "kb_optimization", {"kb": b, "merge_pages": 16}, "checkpoint_interval=0.05")
+    op_id = submit(
+        cli, "kb_optimization", {"kb": b, "merge_pages": 16}, "checkpoint_interval=0.05", "checkpoint_every=20"
+    )
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)))
     assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
     final = resume(cli, op_id)
@@ -293,7 +295,7 @@ def test_a_knowledge_base_restored_between_two_optimisations_is_deduped_whole(cl
     kb = populated(tmp_path, 200, dup_every=2, chunk_size=200)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     run_here(tmp_path, "kb_optimization", kb=a)
-    op_id = submit(cli, "kb_optimization", {"kb": b}, "checkpoint_interval=0.05")
+    op_id = submit(cli, "kb_optimization", {"kb": b}, "checkpoint_interval=0.05", "checkpoint_every=20")
     deduped = lambda op: any(k.startswith("dedupe:") for k in done_keys(cli.state_dir, op.id))  # noqa: E731
     killed = kill_worker_when(cli, op_id, lambda op: op.status.value not in ("queued", "running") or deduped(op))
     assert killed.status is Status.RUNNING, "the optimisation finished before the kill"
@@ -350,7 +352,7 @@ def test_vector_indexing_resumes_to_the_uninterrupted_vectors_and_answers_simila
     con.close()
     whole = run_here(tmp_path, "vector_indexing", kb=a).result
     assert whole["made"] == whole["chunks"] > 1000
-    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
+    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05", "checkpoint_every=20")
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
     assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
     final = resume(cli, op_id)
@@ -373,7 +375,7 @@ def test_a_knowledge_base_restored_between_two_vector_attempts_gets_every_vector
     kb = populated(tmp_path, 120, chunk_size=200)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     run_here(tmp_path, "vector_indexing", kb=a)
-    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05")
+    op_id = submit(cli, "vector_indexing", {"kb": b}, "checkpoint_interval=0.05", "checkpoint_every=20")
     killed = kill_worker_when(cli, op_id, lambda op: bool(checkpoint_state(cli, op_id)) or (op.checkpoint_seq or 0) > 0)
     assert killed.status is Status.RUNNING, "the vectors were finished before the kill"
     restore_kb(kb, b)
@@ -400,7 +402,7 @@ def test_a_knowledge_base_restored_between_two_semantic_attempts_is_analysed_who
     kb = populated(tmp_path, 200, dup_every=50)
     a, b = copy_kb(kb, tmp_path / "a.sqlite"), copy_kb(kb, tmp_path / "b.sqlite")
     res = run_here(tmp_path, "semantic_analysis", kb=a).result
-    op_id = submit(cli, "semantic_analysis", {"kb": b}, "checkpoint_interval=0.05")
+    op_id = submit(cli, "semantic_analysis", {"kb": b}, "checkpoint_interval=0.05", "checkpoint_every=20")
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
     assert killed.status is Status.RUNNING, "the analysis finished before the kill"
     restore_kb(kb, b)
@@ -424,7 +426,13 @@ def test_semantic_analysis_of_a_tree_resumes_to_the_uninterrupted_analysis(cli: 
     assert ("doc0003.md", "doc0004.md") not in pairs and res["duplicates"] == len(pairs) == 10
     kws = [t for _, k, _, t, _ in sem_tables(f"{tmp_path}/a.db")["sem_keywords"] if k == "d0/doc0017.md"]
     assert kws[0] == "n17" and len(kws) == 10  # the term no other document has
-    op_id = submit(cli, "semantic_analysis", {**params, "output": f"{tmp_path}/b.db"}, "checkpoint_interval=0.05")
+    op_id = submit(
+        cli,
+        "semantic_analysis",
+        {**params, "output": f"{tmp_path}/b.db"},
+        "checkpoint_interval=0.05",
+        "checkpoint_every=20",
+    )
     killed = kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("analysed", 0) > 0)
     assert killed.status is Status.RUNNING, "the analysis finished before the kill"
     final = resume(cli, op_id)
