@@ -47,45 +47,6 @@ from . import zygote
 from .conftest import REPO
 from .fixtures_engine import until
 
-
-def _share_css_parses() -> None:
-    """Textual's CSS parsed once per process for every App the tests build, not once per App.
-
-    Each App has a Stylesheet of its own, whose parse cache starts empty: every test's app parsed the same
-    CSS (app.tcss, every widget's DEFAULT_CSS, with the same theme's variables) again, 5-6% of the
-    dashboard tests' CPU. The rule sets of one CSS source and one set of variables are what Textual's own
-    cache already hands out again within an App (it never changes them after the parse); here they are kept
-    for the process, keyed on the variables too (a theme's own are parsed once for it). A CSS error is
-    raised as before: an App's ``parse`` checks the rules' errors whichever parse made them, and a parse
-    that raises keeps nothing."""
-    from textual.css.stylesheet import Stylesheet
-
-    parse = Stylesheet._parse_rules
-    parsed: dict[tuple[object, ...], Any] = {}
-
-    def shared(
-        self: Stylesheet,
-        css: str,
-        read_from: Any,
-        is_default_rules: bool = False,
-        tie_breaker: int = 0,
-        scope: str = "",
-    ) -> Any:
-        variables = self._variables  # replaced, never changed in place (``set_variables``)
-        held = self.__dict__.get("_shared_variables")
-        if held is None or held[0] is not variables:
-            held = self.__dict__["_shared_variables"] = (variables, tuple(sorted(variables.items())))
-        key = (css, read_from, is_default_rules, tie_breaker, scope, held[1])
-        rules = parsed.get(key)
-        if rules is None:
-            rules = parsed[key] = parse(self, css, read_from, is_default_rules, tie_breaker, scope)
-        return rules
-
-    Stylesheet._parse_rules = shared  # type: ignore[method-assign]
-
-
-_share_css_parses()
-
 NOW = 1_790_000_000.0
 """The fixed clock of snapshot tests (a Sunday afternoon in 2026, UTC)."""
 
