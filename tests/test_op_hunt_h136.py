@@ -66,7 +66,11 @@ def test_an_analysis_into_a_database_restored_to_an_older_copy_analyses_the_lost
     code, whole, err = run_json(cli, "run", type_, "-p", f"root={root}", "-p", f"output={tmp_path}/a.db")
     assert code == 0, err
     db, copy = tmp_path / "b.db", tmp_path / "copy.db"
-    op_id = submit(cli, type_, {"root": str(root), "output": str(db)}, "checkpoint_interval=0.05")
+    # A checkpoint by count too: a quick run (small files, a fast machine) did every file between two
+    # checkpoints, and the second kill found the attempt at its end.
+    op_id = submit(
+        cli, type_, {"root": str(root), "output": str(db)}, "checkpoint_interval=0.05", "checkpoint_every=50"
+    )
     kill_worker_when(cli, op_id, lambda op: checkpointed_items(cli, op_id) > 0)
     _copy_db(db, copy)
     first = checkpointed_items(cli, op_id)
