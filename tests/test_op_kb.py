@@ -4,7 +4,6 @@ uninterrupted run gives; bad params; the seed's knowledge-base/populate endpoint
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -16,34 +15,19 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, InvalidInput, Operation, OperationSpec, Status, load_settings, open_store
+from engine import InvalidInput, Status
 from engine.operations._docs import NotADocument, chunk, sections
 from engine.operations.kb_population import BATCH
 from engine.operations.knowledge import KbError, open_kb, search, similar
 from engine.registry import get_handler
 from tests.fixtures_api import Server
 from tests.fixtures_cli import Cli
-from tests.fixtures_ops import bad_params, checkpoint_state, done_keys, kill_worker_when, resume, submit
+from tests.fixtures_ops import bad_params, checkpoint_state, done_keys, kill_worker_when, resume, run_here, submit
 
 WORDS = (  # noqa: SIM905
     "engine checkpoint resume worker queue timeout profile store redis sqlite index chunk search vector topic "
     "document folder terminal dashboard progress operation stall deadline lease backup manifest"
 ).split()
-
-
-def run_here(base: Path, type_: str, **params: Any) -> Operation:
-    """Run an operation to its end in this process, with an engine on its own state dir under ``base``
-    (no subprocess: the reference runs and the set-ups cost no interpreter start)."""
-
-    async def go() -> Operation:
-        settings = load_settings(state_dir=base / "ref-state", grace_period=2.0)
-        async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
-            op = await engine.submit(OperationSpec(type=type_, params=params))
-            return await engine.wait(op.id, timeout=120)
-
-    final = asyncio.run(go())
-    assert final.status is Status.COMPLETED, final.error
-    return final
 
 
 def make_pdf(pages: list[str]) -> bytes:
