@@ -5,6 +5,7 @@ from __future__ import annotations
 import compileall
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,12 +31,26 @@ def pytest_configure(config: pytest.Config) -> None:
     bytecode, so each compiled every module it imports again: about 50 ms of every start-up, which no
     installed Outlast pays (pip compiles what it installs). Run by the controller, not by each xdist worker.
     """
+    _sigint_as_at_a_terminal()
     if not hasattr(config, "workerinput"):
         for package in ("engine", "tui"):
             compileall.compile_dir(REPO / package, quiet=1)
         _rewrite_test_modules_once(config)
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", default=None):
         _no_plugin_autoload_in_nested_pytests()
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """Give SIGINT back its default handling where the suite was started with it ignored.
+
+    A shell starts its background jobs (``pytest ... &``, ``nohup``) with SIGINT ignored, every process
+    they start inherits that, and Python keeps it: each ``outlast`` the tests interrupt, as a user's Ctrl-C
+    or ``kill -INT`` does, went on running (the dashboard's SIGINT test timed out after 30 s every time in
+    a suite run from a script). Python's own handler here makes the processes started see SIGINT's
+    default, as they do under a terminal; the tests of a process started with SIGINT ignored set it so.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _no_plugin_autoload_in_nested_pytests() -> None:
