@@ -231,6 +231,24 @@ def test_a_stopped_run_does_not_count_the_stop_as_a_stall(cli: Cli, tmp_path: Pa
     assert "completed" in proc.out[-1] and "lines" in proc.out[-1], proc.out[-1]
 
 
+def test_a_cancel_of_work_whose_process_is_stopped_says_so_at_once(cli: Cli) -> None:
+    """``outlast cancel`` of work whose process was stopped (Ctrl-Z, SIGSTOP) waited its 10 s, then said "still
+    running after 10s", though nothing would act on it until the process went on. It says so at once, how
+    to go on, and the cancel lands once the process is continued."""
+    runner = cli.start(*DEMO, "-p", "items=4000")
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    os.kill(runner.popen.pid, signal.SIGSTOP)
+    try:
+        r = cli("cancel", op_id)
+    finally:
+        os.kill(runner.popen.pid, signal.SIGCONT)
+    assert r.returncode == 0, r.stderr
+    said = f"cancel requested in {cli.op(op_id).worker}, which is stopped (Ctrl-Z or SIGSTOP): kill -CONT"
+    assert said in r.stdout and "still running" not in r.stdout, r.stdout
+    assert runner.wait() == 4
+    assert cli.op(op_id).status.value == "cancelled"
+
+
 def test_a_huge_result_is_abridged_for_people_and_whole_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     """A handler may return megabytes (every path it touched): ``outlast run`` printed all of it on its last
     line, and ``show`` in its result row. People get the first RESULT_CHARS and where the whole is."""

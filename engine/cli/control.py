@@ -55,7 +55,7 @@ def _control(action: Action) -> click.Command:
                 check_action(action, (await engine.get(full)).status, full)
                 op = await getattr(engine, action.value)(full)
                 asked.append(op)
-                if op.status in SETTLED or no_wait:
+                if op.status in SETTLED or no_wait or _stopped(op):
                     return op, op.status in SETTLED
                 try:
                     return await wait_settled(engine, full, wait_s, op.attempt), True
@@ -87,6 +87,9 @@ def _control(action: Action) -> click.Command:
             return ExitCode.CONFLICT
         if not app.json and not app.quiet:
             where = f" in {op.worker}" if op.worker else ""
+            if stopped := _stopped(op):
+                fmt.echo(f"{op.id}: {action} requested{where}, which is {stopped}; it stops at its next safe point")
+                return ExitCode.OK
             still = f" (still running after {wait_s:g}s)" if waited else ""
             fmt.echo(f"{op.id}: {action} requested{where}{still}; it stops at its next safe point")
         return ExitCode.OK
@@ -100,6 +103,16 @@ def _control(action: Action) -> click.Command:
         else "A cancelled operation keeps its checkpoints and can still be resumed."
     )
     return command
+
+
+def _stopped(op: Operation) -> str | None:
+    """The note of running work whose process here is stopped (Ctrl-Z, SIGSTOP), else None: it acts on no
+    request until continued, so a cancel or pause waited its 10 s for nothing and then said "still running"."""
+    w = op.worker
+    if w is None or op.status in SETTLED:
+        return None
+    note = fmt.stopped_note(w.host, w.pid, w.boot, w.start)
+    return note if note is not None and note.startswith("stopped") else None
 
 
 cancel = _control(Action.CANCEL)
