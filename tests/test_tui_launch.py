@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label, Static, Switch
 
 from engine import Engine, OperationSpec, Priority, Settings, Status, handlers
 from engine.registry import HandlerSpec
@@ -280,11 +280,22 @@ async def test_a_long_param_name_widens_the_label_column_and_a_short_one_narrows
         labels, helps, long_one = columns()
         assert long_one == "fail_on_test_failure"
         assert labels == helps == {len("fail_on_test_failure") + 2}  # one column, the help under the controls
+        await replace(pilot, "#param-path", "tests/unit")
+        app.screen.query_one("#param-fail_on_test_failure", Switch).value = True
         app.screen.query_one("#launch-type").value = "demo"
         await pilot.pause()
         assert {w.size.width for w in app.screen.query(".field-label").exclude("#launch-items-label") if w.display} == {
             18
         }
+        # What was typed for a type is back when it is chosen again (a look at another type's params lost it),
+        # and goes to no other type's param of the same name.
+        app.screen.query_one("#launch-type").value = "integration_testing"
+        await pilot.pause()
+        assert app.screen.query_one("#param-path", Input).value != "tests/unit"
+        app.screen.query_one("#launch-type").value = "comprehensive_test_suite"
+        await pilot.pause()
+        assert app.screen.query_one("#param-path", Input).value == "tests/unit"
+        assert app.screen.query_one("#param-fail_on_test_failure", Switch).value is True
 
 
 class Window(BaseModel):

@@ -611,6 +611,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         self.fields: list[ParamField] = self._fields_for(self.op_type)
         self._tried = False
         """After a first submit, every change re-validates so messages clear as they are fixed."""
+        self._typed: dict[tuple[str, str], Any] = {}
+        """What was set in each type's param controls other than their defaults, by type and param: a type
+        chosen again shows it (switching the type to look at another's params lost every value typed). Not
+        carried to another type's param of the same name: an index's ``output`` typed, then security_scan
+        chosen, would have written its report over that index."""
 
     # ---- layout ----------------------------------------------------------------------------
 
@@ -682,13 +687,14 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
 
     def _control(self, f: ParamField) -> Widget:
         wid = f"param-{_wid(f.name)}"
+        value = self._typed.get((self.op_type or "", f.name), _initial(f))
         if f.kind == "bool":
-            return FormSwitch(bool(f.default), id=wid, classes="field-control")
+            return FormSwitch(bool(value), id=wid, classes="field-control")
         if f.kind == "choice":
-            default = _choice_value(f.default) if f.default is not None else Select.NULL
+            default = _initial(f)
             return FormSelect(
                 [(str(_choice_value(c)), _choice_value(c)) for c in f.choices],
-                value=default,
+                value=value,
                 allow_blank=default is Select.NULL or f.nullable,
                 # As the text fields say it (security_scan's fail_on read "Select").
                 prompt="required" if f.required else "none",
@@ -698,7 +704,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             )
         # Text, not Textual's number inputs, which drop every key they do not take (see ``_number``).
         return FormInput(
-            f.initial_text(),
+            str(value),
             max_length=NUMBER_MAX if f.kind in ("int", "float") else FIELD_MAX,
             placeholder="required" if f.required else ("none" if f.nullable else ""),
             compact=True,
@@ -753,6 +759,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         new_type = None if value is Select.NULL else str(value)
         if new_type == self.op_type:
             return
+        self._keep_typed()
         self.op_type = new_type
         self.fields = self._fields_for(new_type)
         self._tried = False
@@ -777,6 +784,20 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
 
         self.run_worker(swapped(), group="swap")
         self._fit_labels()
+
+    def _keep_typed(self) -> None:
+        """Note what the current type's controls hold other than their defaults (``_typed``)."""
+        if self.op_type is None:
+            return
+        box = self._params()
+        for f in self.fields:
+            found = box.query(f"#param-{_wid(f.name)}")
+            control = found.first() if found else None
+            value = control.value if isinstance(control, Switch | Select | Input) else None
+            if value is None or value == _initial(f):
+                self._typed.pop((self.op_type, f.name), None)
+            else:
+                self._typed[(self.op_type, f.name)] = value
 
     def _label_width(self) -> int:
         """The label column as wide as the type's longest param name (``fail_on_test_failure`` was cut to
@@ -973,6 +994,15 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
 LABEL_WIDTH = 18
 """Cells of a field's label column (``.field-label`` in the CSS), unless a param's name needs more."""
 MAX_LABEL_WIDTH = 32
+
+
+def _initial(f: ParamField) -> Any:
+    """What ``f``'s control holds before anything is set in it."""
+    if f.kind == "bool":
+        return bool(f.default)
+    if f.kind == "choice":
+        return _choice_value(f.default) if f.default is not None else Select.NULL
+    return f.initial_text()
 
 
 def _label(f: ParamField) -> str:
