@@ -172,6 +172,56 @@ def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tu
     return found
 
 
+def stop_descendants() -> list[tuple[int, tuple[str, int] | None]]:
+    """SIGSTOP every process under this one (its children, theirs, ...), before this one stops (Ctrl-Z): a
+    command runs in a session of its own, where the terminal's SIGTSTP does not reach it, and went on doing
+    its items while the engine that reads its progress and checkpoints was stopped (a SIGKILL of the
+    stopped engine then cost every item since the Ctrl-Z, done again). Looked for again until a look finds
+    none new (one may start another meanwhile). (pid, who it is) of each, for ``continue_stopped``."""
+    stopped: list[tuple[int, tuple[str, int] | None]] = []
+    seen: set[int] = set()
+    for _ in range(ROUNDS):
+        more = [pid for pid in _descendants(os.getpid()) if pid not in seen]
+        if not more:
+            break
+        for pid in more:
+            seen.add(pid)
+            fields = _stat(pid)
+            if fields is None or fields[0] in (b"T", b"t", b"Z"):  # stopped already (the terminal's SIGTSTP
+                continue  # reached those in this group; the shell's fg continues them), or gone
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append((pid, _who(fields)))
+    return stopped
+
+
+def continue_stopped(stopped: list[tuple[int, tuple[str, int] | None]]) -> None:
+    """SIGCONT what ``stop_descendants`` stopped, once this process goes on (``fg``): those in this process's
+    group get it from the shell, the others from here. A pid another process has taken since is left."""
+    for pid, who in stopped:
+        if who is None or process_start(pid) == who:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process under ``pid``, from /proc (parent pids); [] where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for other in _pids():
+        fields = _stat(other)
+        if fields is None or fields[0] == b"Z" or len(fields) < 2:
+            continue
+        with contextlib.suppress(ValueError):
+            children.setdefault(int(fields[1]), []).append(other)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _environ(pid: int) -> tuple[list[bytes], int] | None:
     """The environment process ``pid`` started with, and its process group; None when it is gone, or not
     ours to read."""

@@ -4,7 +4,9 @@ Stopped by the terminal's default action, a busy worker was inside a write trans
 store 42 times in 60: every other process on the state dir then waited on the database's write lock for
 as long as it stayed stopped (30 s, then its writes failed as a store outage, which stops running work).
 So the stop is made by the store's own thread between two transactions (``Store.at_rest``), where it
-holds nothing another process waits on; ``fg`` (SIGCONT) goes on from there.
+holds nothing another process waits on; ``fg`` (SIGCONT) goes on from there. The processes it started
+stop with it and go on with it: a command runs in a session of its own, which the terminal's SIGTSTP and
+the shell's SIGCONT do not reach.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
+
+from .processes import continue_stopped, stop_descendants
 
 if TYPE_CHECKING:
     from .store import Store
@@ -53,10 +57,12 @@ class Suspender:
         def stop() -> None:  # by whichever comes first: the store's thread, or the wait running out
             if once.acquire(blocking=False):
                 self._asked = False  # the next Ctrl-Z, after fg, stops it again
+                children = stop_descendants()  # its commands too: they run in sessions of their own
                 # To this thread: it stops before it runs another line. Sent to the process (os.kill), the
                 # stop went by way of the main thread, and the store's thread went on into its next
                 # transaction meanwhile, where the process stopped 11-29 times in 60 on a loaded machine.
                 signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+                continue_stopped(children)
 
         try:
             await asyncio.wait_for(self._store.at_rest(stop), STORE_WAIT)

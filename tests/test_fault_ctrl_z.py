@@ -9,6 +9,7 @@ worker, real signals, and a second connection that must get the write lock at on
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -104,3 +105,56 @@ def test_work_whose_process_is_stopped_is_said_so_by_ls_show_and_watch(cli: Cli)
     assert worker.wait(60) == 0
     assert cli.op(op_id).status.value == "completed"
     assert sum(said in ln for ln in watch.err) == 1, watch.err
+
+
+ITEMS_SH = """#!/bin/sh
+i=$(printf '%s' "${OUTLAST_CHECKPOINT:-}" | sed -n 's/.*"next": *\\([0-9]*\\).*/\\1/p')
+i=${i:-0}
+while [ "$i" -lt "$2" ]; do
+  echo "$i" >> "$1"
+  i=$((i + 1))
+  echo "::outlast checkpoint {\\"next\\": $i}"
+  sleep 0.02
+done
+"""
+
+
+def test_ctrl_z_stops_the_command_with_outlast_and_fg_continues_it(cli: Cli, tmp_path: Path) -> None:
+    """A command runs in a session of its own, which the terminal's SIGTSTP does not reach: after a Ctrl-Z
+    of ``outlast run`` it went on doing items nobody checkpointed (129 -> 287 in 5 s), and a SIGKILL of the
+    stopped run then cost all of them, done again by the resume. The command stops with it, goes on after
+    ``fg``, and a kill while stopped costs at most the item in flight."""
+    script, out = tmp_path / "items.sh", tmp_path / "done.txt"
+    script.write_text(ITEMS_SH)
+    script.chmod(0o755)
+    n = 150
+    argv = json.dumps({"argv": [str(script), str(out), str(n)]})
+    runner = cli.start("run", "command", "--params-json", argv)
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    pid = runner.popen.pid
+
+    def lines() -> int:
+        return len(out.read_text().splitlines()) if out.exists() else 0
+
+    def command_pids() -> list[int]:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+    until(lambda: lines() >= 20, 30, what="items done")
+    for round_ in range(2):  # Ctrl-Z, then fg; then Ctrl-Z again and a SIGKILL of the stopped run
+        os.kill(pid, signal.SIGTSTP)
+        until(lambda: process_state(pid) == "T", 10, what="outlast stopped")
+        stopped = command_pids()
+        assert stopped and all(process_state(c) == "T" for c in stopped), [process_state(c) for c in stopped]
+        at = lines()
+        time.sleep(0.5)  # items are 0.02 s apart: a command not stopped adds about 25
+        assert lines() == at, (at, lines())
+        if round_ == 0:
+            os.kill(pid, signal.SIGCONT)  # fg
+            until(lambda at=at: lines() >= at + 20, 30, what="items done after fg")
+    os.kill(pid, signal.SIGKILL)
+    runner.wait()
+    resumed = cli("resume", op_id)
+    assert resumed.returncode == 0, resumed.stderr
+    done = out.read_text().splitlines()
+    assert sorted(set(done), key=int) == [str(i) for i in range(n)]
+    assert len(done) - n <= 1, f"{len(done) - n} items done twice"
