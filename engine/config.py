@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from .files import DIR_MODE, read_limited, replace_keeping_mode
-from .models import MAX_SECONDS, InvalidInput
+from .models import MAX_SECONDS, InvalidInput, number_keys
 from .paths import config_dir as config_dir  # re-exported: they were defined here
 from .paths import config_file as find_config_file
 from .paths import default_config_file, default_state_dir
-from .profiles import TimeoutProfile, profile_for
+from .profiles import TimeoutProfile, bounds_text, field_bounds, profile_for
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _URL_BOUNDS = {"retry_for": (0.0, MAX_SECONDS), "lease_ttl": (0.5, 3600.0)}
@@ -150,6 +150,24 @@ class Settings(BaseModel):
         dashboard is saved where it was read (``--config FILE`` included), not in another file."""
         return self._config_file
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _kind_as_written(cls, v: Any, info: ValidationInfo) -> Any:
+        """A number where a number belongs, true or false where a switch does: pydantic's lax mode read
+        ``max_concurrent = true`` as 1 and ``auto_resume = 1`` (or ``"yes"``, a string) as true, so a config
+        file ran with a value it did not say, without a word. The environment's forms are
+        read before this (``_from_env``: ``OUTLAST_AUTO_RESUME=1``/``yes``/``on`` is true, a number's
+        variable is its text, which the field reads as a number or refuses)."""
+        name = info.field_name or ""
+        if name == "auto_resume" and not isinstance(v, bool):
+            raise ValueError(f"{_written(v)} is not true or false (a TOML boolean: auto_resume = true)")
+        if isinstance(v, bool) and name in number_keys(cls):
+            whole = cls.model_fields[name].annotation is int
+            bounds = field_bounds(cls, (name,))
+            allowed = f", {bounds_text(name, bounds)}" if bounds else ""
+            raise ValueError(f"{_written(v)} is not a number (expected {'a whole' if whole else 'a'} number{allowed})")
+        return v
+
     @field_validator("store")
     @classmethod
     def _store_ok(cls, v: str | None) -> str | None:
@@ -185,6 +203,12 @@ class Settings(BaseModel):
 
     def profile(self, type_: str) -> TimeoutProfile:
         return profile_for(type_, self.profiles)
+
+
+def _written(value: Any) -> str:
+    """A config value as TOML writes it, at most 40 characters (``true``, ``1``, ``"yes"``)."""
+    text = _toml_value(value) if isinstance(value, str | int | float | bool) else repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 _ENV_KEYS = {name: f"OUTLAST_{name.upper()}" for name in Settings.model_fields if name not in ("profiles", "origins")}

@@ -266,7 +266,7 @@ def bool_for_number(model: type[BaseModel], raw: Any) -> str | None:
     item and ``--profile stall_timeout=true`` timed the operation out as stalled after a second."""
     if not isinstance(raw, dict):
         return None
-    for key in _number_keys(model):
+    for key in number_keys(model):
         value = raw.get(key)
         if value is True or value is False:
             return f"{key}: {json.dumps(value)} is not a number"
@@ -274,7 +274,7 @@ def bool_for_number(model: type[BaseModel], raw: Any) -> str | None:
 
 
 @functools.cache
-def _number_keys(model: type[BaseModel]) -> tuple[str, ...]:
+def number_keys(model: type[BaseModel]) -> tuple[str, ...]:
     """The keys ``model``'s number fields may be given under (alias, name, alias choices), worked out once per
     model: a stored profile is validated at every attempt's start, and walking the fields each time took
     longer than the validation itself (10 -> 25 us)."""

@@ -199,7 +199,7 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
         return msg
     loc = err.get("loc") or ()
     name = str(loc[-1]) if loc else "value"
-    bounds: dict[str, Any] = _field_bounds(model, loc)
+    bounds: dict[str, Any] = field_bounds(model, loc)
     bounds = bounds or {k: v for k, v in (err.get("ctx") or {}).items() if k in _BOUNDS.values()}
     if math.isfinite(number) and model is None:
         return f"{msg} (got {_typed(err['input'])})"
@@ -211,7 +211,7 @@ def error_message(err: Any, model: type[BaseModel] | None = None, finite_too: bo
     what = "is not a finite number" if not math.isfinite(number) and literal else "is out of range"
     if not bounds:  # none known (a nested field's): "allowed: a finite number" of 1e999 read as a riddle
         return f"{_typed(value)} {what if literal else 'is too large'}"
-    return f"{_typed(value)} {what} (allowed: {_bounds_text(name, bounds)})"
+    return f"{_typed(value)} {what} (allowed: {bounds_text(name, bounds)})"
 
 
 def _number(value: Any) -> float | None:
@@ -238,7 +238,7 @@ def _typed(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def _field_bounds(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> dict[str, float]:
+def field_bounds(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> dict[str, float]:
     """The bounds of the field at ``loc`` in ``model`` (through nested models: ``retry.backoff_max``)."""
     field = None
     for part in loc:
@@ -260,7 +260,7 @@ def _field_bounds(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> dict[s
     return out
 
 
-def _bounds_text(name: str, bounds: dict[str, Any]) -> str:
+def bounds_text(name: str, bounds: dict[str, Any]) -> str:
     def num(x: Any) -> str:
         if isinstance(x, str):
             return x

@@ -14,7 +14,7 @@ import re
 import time
 import typing
 import warnings
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,6 +324,36 @@ def runnable_types() -> frozenset[str]:
     if _runnable[0] != len(_HANDLERS):
         _runnable = (len(_HANDLERS), frozenset(_HANDLERS).union(BUILTIN_TYPES))
     return _runnable[1]
+
+
+def unknown_types(types: Iterable[str]) -> list[str]:
+    """Those of ``types`` that no handler registered here (a ``--plugin``, a config's ``plugins``, the program's
+    own ``@operation``), built-in type, seed profile or installed plugin knows, in their order. The installed
+    plugins (entry points) are imported only when a name is none of the others, so a check of names that
+    are costs no import."""
+    names = list(types)
+
+    def unknown() -> list[str]:
+        return [t for t in names if t not in _HANDLERS and t not in BUILTIN_TYPES and t not in SEED_PROFILES]
+
+    if not unknown():
+        return []
+    load_entry_points()
+    return unknown()
+
+
+def nearest_type(type_: str) -> str | None:
+    """The known type nearest to ``type_`` (a misspelling's meaning: ``codebase_indexin``), if one is near."""
+    import difflib  # here: asked only of a name that is no type
+
+    near = difflib.get_close_matches(type_, type_names(), n=1)
+    return near[0] if near else None
+
+
+def type_names() -> list[str]:
+    """The types known without importing anything more: registered, built-in (loaded or not), or with a
+    seed profile (``known_types`` imports every built-in module to list their handlers)."""
+    return sorted(set(_HANDLERS) | set(BUILTIN_TYPES) | set(SEED_PROFILES))
 
 
 def known_types() -> list[str]:

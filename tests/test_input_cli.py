@@ -260,6 +260,120 @@ def test_a_profile_that_is_no_table_is_said_so(cli: Cli, tmp_path: Path) -> None
     nothing_stored(cli)
 
 
+@pytest.mark.parametrize("command", [["types"], ["config"], ["ls"], ["submit", "codebase_indexing", "-p", "root=."]])
+def test_a_profile_for_no_such_type_is_refused_naming_the_nearest(cli: Cli, tmp_path: Path, command: list[str]) -> None:
+    """``[profiles.codebase_indexin]`` (a misspelt type) was kept and never used: the user's 24-hour limit was
+    not applied to codebase_indexing, and ``outlast types`` said nothing (h137, finding 3)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles.codebase_indexin]\nmax_timeout = 86400\n")
+    line = one_line(cli.here("--config", str(cfg), *command))
+    assert line.startswith(f"outlast: {cfg}: [profiles.codebase_indexin]: no such operation type"), line
+    assert "did you mean codebase_indexing?" in line, line
+    nothing_stored(cli)
+
+
+def test_a_profile_for_a_type_nothing_is_near_lists_the_known_ones(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[profiles."x\\ny"]\nmax_timeout = 86400\n')
+    line = one_line(cli.here("--config", str(cfg), "types"))
+    assert "[profiles.'x\\ny']: no such operation type (known: backup_operation, " in line, line
+    assert 'plugins = ["MODULE"]' in line, line
+
+
+PLUGIN_TYPE = """
+from engine import operation
+
+@operation("nightly_sync")
+async def sync(ctx, params):
+    return {}
+"""
+
+
+def test_a_profile_for_a_plugin_type_counts_once_its_plugin_is_loaded(cli: Cli, tmp_path: Path) -> None:
+    """The check runs after the plugins are imported: a config's ``plugins``, ``--plugin``, or one installed
+    (an entry point, imported only to look for a name no built-in type has); without it, refused."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sync_ops.py").write_text(PLUGIN_TYPE)
+    env = {**cli.env, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    profile = "[profiles.nightly_sync]\nmax_timeout = 86400\n"
+    cfg = tmp_path / "c.toml"
+
+    def types(*args: str) -> subprocess.CompletedProcess:
+        return cli("--config", str(cfg), *args, "types", env=env)
+
+    cfg.write_text(profile)
+    line = one_line(types())
+    assert "[profiles.nightly_sync]: no such operation type (known: " in line, line
+    assert 'plugins = ["MODULE"]' in line, line
+
+    for how, text, args in (
+        ("config", 'plugins = ["sync_ops"]\n' + profile, ()),
+        ("--plugin", profile, ("--plugin", "sync_ops")),
+    ):
+        cfg.write_text(text)
+        r = types(*args)
+        assert r.returncode == 0, (how, r.stderr)
+        row = next(ln for ln in r.stdout.splitlines() if ln.startswith("nightly_sync "))
+        assert "1d00h" in row, (how, row)  # its max_timeout: the profile is the one applied
+
+    info = site / "sync_ops-0.1.dist-info"  # installed: an entry point
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sync_ops\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[outlast.operations]\nsync = sync_ops\n")
+    cfg.write_text(profile)
+    r = types()
+    assert r.returncode == 0, r.stderr
+    assert "1d00h" in next(ln for ln in r.stdout.splitlines() if ln.startswith("nightly_sync "))
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("max_concurrent = true", "key 'max_concurrent': true is not a number (expected a whole number, 1 <="),
+        ("checkpoints_keep = false", "key 'checkpoints_keep': false is not a number"),
+        ("grace_period = true", "key 'grace_period': true is not a number (expected a number, 0 <="),
+        ("max_memory_percent = true", "key 'max_memory_percent': true is not a number"),
+        ("log_limit = false", "key 'log_limit': false is not a number"),
+        ("auto_resume = 1", "key 'auto_resume': 1 is not true or false"),
+        ("auto_resume = 0.0", "key 'auto_resume': 0.0 is not true or false"),
+        ('auto_resume = "yes"', "key 'auto_resume': \"yes\" is not true or false"),
+    ],
+)
+def test_a_boolean_for_a_number_or_a_number_for_a_switch_is_refused(
+    cli: Cli, tmp_path: Path, written: str, said: str
+) -> None:
+    """Read as pydantic's lax mode reads them, ``max_concurrent = true`` ran one at a time and ``auto_resume = 1``
+    resumed (h137, finding 3)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(written + "\n")
+    line = one_line(cli.here("--config", str(cfg), "config"))
+    assert line.startswith(f"outlast: {cfg}: {said}"), line
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"OUTLAST_AUTO_RESUME": "1"}, ("auto_resume", True)),
+        ({"OUTLAST_AUTO_RESUME": "off"}, ("auto_resume", False)),
+        ({"OUTLAST_MAX_CONCURRENT": "5"}, ("max_concurrent", 5)),
+        ({"OUTLAST_GRACE_PERIOD": "2.5"}, ("grace_period", 2.5)),
+        ({"OUTLAST_MAX_CONCURRENT": "true"}, None),
+        ({"OUTLAST_GRACE_PERIOD": "false"}, None),
+        ({"OUTLAST_AUTO_RESUME": "2"}, None),
+    ],
+)
+def test_the_environment_keeps_its_forms_and_refuses_a_switch_for_a_number(
+    cli: Cli, env: dict[str, str], shown: tuple[str, object] | None
+) -> None:
+    r = cli.here("--json", "config", env={**cli.env, **env})
+    if shown is None:
+        assert next(iter(env)) in one_line(r)
+        return
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["settings"][shown[0]] == shown[1], r.stdout
+
+
 # ---- 5: store URLs --------------------------------------------------------------------------------
 
 

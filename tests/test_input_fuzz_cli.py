@@ -253,6 +253,9 @@ CONFIGS = [
     "[profiles.demo]\nbase_timeout = 1e300\n",
     "store = 'redis://h/abc'\n",
     "plugins = ['../x']\n",
+    "max_concurrent = true\n",
+    "auto_resume = 1\n",
+    "[profiles.codebase_indexin]\nmax_timeout = 86400\n",
     "not toml [\n",
     "\x00\x01",
 ]
@@ -320,6 +323,46 @@ def test_generated_config_files_are_answered_in_one_line(fuzz_home: Path, tmp_pa
         code, out, err = run("--config", str(cfg), command)
         check_answer(("--config", content, command), code, out, err)
         assert listing() == before
+
+    prop()
+
+
+def test_generated_values_of_another_kind_in_a_config_file_are_refused_naming_the_key(tmp_path: Path) -> None:
+    """Every number setting refuses ``true``/``false`` and the switch (``auto_resume``) refuses anything but
+    them, naming the file and the key; a number of the right kind is taken as written. Read by
+    ``load_settings`` (no command: a hundred examples cost well under a second)."""
+    from engine.config import Settings, load_settings
+    from engine.errors import InvalidInput
+
+    cfg = tmp_path / "c.toml"
+    numbers = [n for n, f in Settings.model_fields.items() if f.annotation in (int, float, float | None)]
+    assert {"max_concurrent", "grace_period", "max_cpu_percent"} <= set(numbers)
+    scalars = st.one_of(
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20),  # each one TOML can hold
+    )
+
+    @seed(SEED)
+    @FUZZ
+    @given(key=st.sampled_from([*numbers, "auto_resume"]), value=scalars)
+    def prop(key: str, value: Any) -> None:
+        written = repr(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
+        cfg.write_text(f"{key} = {written}\n", encoding="utf-8")
+        wrong = isinstance(value, bool) if key in numbers else not isinstance(value, bool)
+        try:
+            settings = load_settings(config_file=cfg, env={})
+        except InvalidInput as e:
+            assert str(e).startswith(f"{cfg}: key '{key}': "), e
+            assert "\n" not in str(e)
+            if wrong:
+                assert "is not a number" in str(e) or "is not true or false" in str(e), e
+            return
+        assert not wrong, (key, value, getattr(settings, key))
+        got = getattr(settings, key)
+        assert type(got) is not bool or key == "auto_resume", (key, value, got)
+        assert got == value or (isinstance(value, str) and key in numbers), (key, value, got)
 
     prop()
 

@@ -105,6 +105,7 @@ class App:
                 )
                 for plugin in settings.plugins:
                     load_plugin(plugin)
+                refuse_unknown_profiles(settings)
             self._settings = settings
             if config is not None and content is not None and read_regular(config) == content:
                 from .checked import remember
@@ -193,6 +194,52 @@ class App:
         if self.quiet:
             return "quiet"
         return "live" if sys.stdout.isatty() else "plain"
+
+
+def refuse_unknown_profiles(settings: Settings) -> None:
+    """InvalidInput, in one line naming the config file, the table and the nearest known type, when the
+    settings hold a profile (``[profiles.TYPE]``) for a type that nothing loaded knows: a misspelt
+    ``[profiles.codebase_indexin]`` was kept and never used, so a limit the user set was not applied, without
+    a word, where every other wrong key of the file is refused.
+
+    Why here, in ``App.settings``, and only for the command line:
+
+    - The types are known here: right after the plugins the settings name (a config's ``plugins``,
+      ``OUTLAST_PLUGINS``, ``--plugin``) are imported, and before any command uses the settings; the
+      built-in types, the seed's profiles and the installed plugins (entry points) count too. Checked when
+      the settings are read (``load_settings``), a plugin's type was not registered yet; checked when an
+      engine starts or a profile is resolved, commands that start none (``types``, ``config``, ``cancel``)
+      went on taking the file.
+    - It costs nothing on the quick paths: ``--help`` and a quick ``ls`` never load the settings, and a
+      config whose profiles are all for built-in, seed or loaded types is checked against names in memory
+      (no import); the installed plugins are imported only to look for a name that is none of those.
+    - Every command refuses the file alike, as it refuses any other wrong key of it (exit 2, nothing
+      stored). A profile for a plugin's type counts once the plugin is loaded by every command: given in
+      the config file (``plugins = [...]``) or installed as an entry point, not ``--plugin`` on some
+      commands only; the line says so when no known type is near.
+    - A program that builds its engine itself (``load_settings``, ``Engine``) is not refused: it may register
+      its handlers after reading its settings; its engine warns at start (``Engine._say_unknown_profiles``).
+    """
+    if not settings.profiles:
+        return
+    from ..registry import nearest_type, type_names, unknown_types
+    from ..text import quoted
+
+    unknown = unknown_types(settings.profiles)
+    if not unknown:
+        return
+    type_ = unknown[0]
+    origin = settings.origins.get("profiles", "config")
+    shown = type_ if type_.isascii() and type_.replace("_", "").isalnum() and len(type_) <= 64 else quoted(type_)
+    near = nearest_type(type_)
+    if near is not None:
+        said = f"did you mean {near}?"
+    else:
+        said = (
+            f"known: {', '.join(type_names())}; a plugin's type is known once its plugin is loaded:"
+            ' plugins = ["MODULE"] in the config file'
+        )
+    raise InvalidInput(f"{origin}: [profiles.{shown}]: no such operation type ({said})")
 
 
 def shell_word(word: str) -> str:
