@@ -647,12 +647,20 @@ class Engine:
     async def cancel(self, op_id: str) -> Operation:
         return await self._control(op_id, Action.CANCEL)
 
-    async def pause(self, op_id: str) -> Operation:
-        return await self._control(op_id, Action.PAUSE)
+    async def pause(self, op_id: str, *, reason: str | None = None) -> Operation:
+        """Pause ``op_id``: a queued one at once, a running one at its next item boundary with a checkpoint.
 
-    async def _control(self, op_id: str, action: Action) -> Operation:
+        ``reason``: why, for the status line of an operation this call pauses itself ("paused: REASON"; without
+        one, "paused by user"): a process that was to run a queued operation and is stopped by a signal
+        while it waits (for a store slot, a retry's backoff) says the signal, as a running one's line does
+        ("paused: the terminal hung up (SIGHUP: ...)"), not a pause nobody asked for. A running operation is
+        asked to stop, and its attempt writes its own line."""
+        return await self._control(op_id, Action.PAUSE, reason)
+
+    async def _control(self, op_id: str, action: Action, reason: str | None = None) -> Operation:
         """Settle a queued (or, to cancel, a paused or interrupted) operation in the store; ask a running
-        one to stop with a checkpoint (through the store when another process runs it)."""
+        one to stop with a checkpoint (through the store when another process runs it). ``reason``: the status
+        line's why for what is settled here (``pause``)."""
         attempt = self._runs.get(validate_id(op_id))
         if attempt is not None and not attempt.lost:
             return await self._control_here(attempt, action)
@@ -663,7 +671,7 @@ class Engine:
             if op.status is Status.RUNNING:
                 break
             try:
-                return await self._stopped_as_asked(op, target)
+                return await self._stopped_as_asked(op, target, reason)
             except Conflict:
                 # Changed meanwhile: claimed (running now), or resumed (a paused or interrupted one queued again by
                 # another command or a worker's auto_resume: refused as "queued: nothing to cancel", and it ran on,
@@ -679,11 +687,13 @@ class Engine:
         if held is not None and held != action.value:  # a pause after a cancel: "pause requested" was untrue
             raise Conflict(stopping_already(op_id, StopReason(held), action))
         try:
-            return await self._stop_if_settled(op_id, action, op.epoch) or op
+            return await self._stop_if_settled(op_id, action, op.epoch, reason) or op
         except StoreError as e:  # stored all the same
             raise requested_unread(op_id, action.value, e) from None
 
-    async def _stop_if_settled(self, op_id: str, action: Action, epoch: int) -> Operation | None:
+    async def _stop_if_settled(
+        self, op_id: str, action: Action, epoch: int, reason: str | None = None
+    ) -> Operation | None:
         """A cancel or pause of attempt ``epoch`` whose request reached the store after that attempt left
         ``running`` (the request is stored only while it runs) stops what the operation became, if that keeps it,
         as a cancel or pause of it does: the asker is told "requested", so it must not be dropped. A cancel gives
@@ -710,22 +720,23 @@ class Engine:
                     # was told "requested" of an operation already completed (test_fault_race).
                     return op
                 try:
-                    return await self._stopped_as_asked(op, target)
+                    return await self._stopped_as_asked(op, target, reason)
                 except Conflict:
                     continue
         except NotFound:
             pass  # removed meanwhile
         return None
 
-    async def _stopped_as_asked(self, op: Operation, target: Status) -> Operation:
-        """Write ``op``, not running, ``target`` (paused or cancelled) as the user asked, if its status is still
-        the one read (else Conflict), and say so."""
+    async def _stopped_as_asked(self, op: Operation, target: Status, reason: str | None = None) -> Operation:
+        """Write ``op``, not running, ``target`` (paused or cancelled) as asked, if its status is still the one
+        read (else Conflict), and say so. ``reason``: why, for the status line ("paused: REASON"); None: the
+        user asked ("paused by user")."""
         new = await self.store.transition(
             op.id,
             target,
             expect=frozenset({op.status}),
             finished_at=time.time(),
-            status_message=f"{target.value} by user",
+            status_message=f"{target.value}: {reason}" if reason else f"{target.value} by user",
         )
         self.publish(StatusChanged(operation_id=op.id, status=target, previous=op.status))
         return new

@@ -363,6 +363,33 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
                 p.kill()
 
 
+@pytest.mark.parametrize(
+    ("sig", "why"),
+    [
+        (signal.SIGHUP, "paused: the terminal hung up (SIGHUP: a dropped SSH session?)"),
+        (signal.SIGINT, "paused: Ctrl-C (SIGINT)"),
+        (signal.SIGTERM, "paused: the process was asked to stop (SIGTERM)"),
+    ],
+)
+async def test_a_run_waiting_for_a_slot_stopped_by_a_signal_says_which(
+    state_dir: Path, tmp_path: Path, sig: int, why: str
+) -> None:
+    """``outlast run`` waiting for a store slot, hung up (a dropped SSH session) or Ctrl-C'd: its operation was
+    stored as "paused by user", which no one did; a running one stopped so says the signal (h137, finding 4)."""
+    target = Target("sqlite", tmp_path / "t", None)
+    async with _one_slot_held(target) as (holder, _held):
+        run = Proc(_run_ledger(target), target.env)
+        try:
+            await until(partial(waits, run), timeout=30)
+            op_id = await until(partial(submitted_id, run), timeout=30)
+            run.signal(sig)
+            assert await asyncio.to_thread(run.wait, 30) == 6, run.err
+            paused = await holder.get(op_id)
+            assert (paused.status, paused.status_message) == (Status.PAUSED, why), paused
+        finally:
+            run.kill()
+
+
 @pytest.mark.redis
 async def test_a_run_following_a_worker_stops_at_once_while_redis_is_frozen(redis_server: Any, tmp_path: Path) -> None:
     """``outlast run`` whose operation a worker took while the run waited for a store slot follows it there and

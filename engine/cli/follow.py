@@ -414,9 +414,10 @@ async def pause_queued(engine: Engine, op_id: str) -> Operation | None:
     """Pause the queued ``op_id`` that this process was to run, on a signal: ``run`` promises that a signal
     pauses its operation, and a queued one that nobody paused waited for ever (a draining engine claims
     nothing). Its record after: paused; or running when a worker claimed it a moment before (that worker
-    is asked to pause it, as ``outlast pause`` would); None when it settled meanwhile (cancelled, ...)."""
+    is asked to pause it, as ``outlast pause`` would); None when it settled meanwhile (cancelled, ...). Its status
+    line says why, as a running one's does ("paused: Ctrl-C (SIGINT)"): "paused by user" was no one's doing."""
     try:
-        return await engine.pause(op_id)
+        return await engine.pause(op_id, reason=engine.shutdown_reason)
     except Conflict:
         return None
 
