@@ -462,7 +462,15 @@ async def test_keys_the_type_field_does_not_hand_on_keep_their_meaning(settings:
 async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settings: Settings) -> None:
     """enter (open the list), down, enter (pick the next type), tab, a value and ctrl+s in one burst: the
     list's overlay took the focus a turn after the enter that opened it, so down and the second enter
-    reached the closed field and were lost, and the form launched the old type with its defaults."""
+    reached the closed field and were lost, and the form launched the old type with its defaults.
+
+    Then, with the list already open (its overlay has the focus), down, enter and ctrl+s in one burst: the
+    list's pick reached the Select as a message a few turns after the enter, and ctrl+s, waiting only for
+    the overlay's own queue, launched the type shown before with its params (a demo of 6 items, the form
+    showing dependency_analysis). So did down and enter sent to the field before its list took the focus
+    (a loaded machine), with ctrl+s arriving once the list had it. The picked type's form is validated:
+    its required root is asked for.
+    """
     from textual import events
     from textual.widgets import Select
 
@@ -475,7 +483,27 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
         for key in ["enter", "down", "enter", "tab", *"/tmp", "ctrl+s"]:  # at once, through the app
             app.post_message(events.Key(key, key if len(key) == 1 else None))
         await wait_for(pilot, lambda: app.results)  # not a fixed 0.5 s: a loaded machine took longer
-    assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]
+        assert [(s.type, s.params.get("root")) if s else None for s in app.results] == [("dependency_analysis", "/tmp")]
+
+        for reached in ("the list", "the field"):
+            app.push_screen(LaunchScreen(types, "demo"), app.results.append)  # the same app: no second start
+            launched = len(app.results)
+            await pilot.pause()
+            await replace(pilot, "#param-items", "6")
+            select = app.screen.query_one("#launch-type", Select)
+            select.focus()
+            await pilot.press("enter")  # the list open, its overlay focused
+            assert select.expanded and app.screen.focused is not select
+            for key in ["down", "enter"]:  # the next type picked
+                # Through the app to the list, or sent to the field before the list took the focus.
+                (app if reached == "the list" else select).post_message(events.Key(key, None))
+            app.post_message(events.Key("ctrl+s", None))  # at once
+            await wait_for(pilot, lambda n=launched: len(app.results) > n or app.screen.query("#error-root.-shown"))
+            assert app.results[launched:] == [], (reached, [(s.type, s.params) for s in app.results[launched:] if s])
+            assert select.value == "dependency_analysis", reached
+            assert "required" in error_text(app, "root").lower(), reached
+            await pilot.press("escape")  # the form cancelled
+            assert app.results[launched:] == [None], reached
 
 
 async def test_a_type_name_typed_on_the_type_field_picks_it_and_the_keys_behind_go_to_its_fields(

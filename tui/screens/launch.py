@@ -30,6 +30,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, Switch
+from textual.widgets._select import SelectOverlay  # the list a Select opens: not exported (textual 8.2)
 
 from engine import HandlerSpec, OperationSpec, Priority, error_message
 
@@ -366,25 +367,41 @@ class TypeSelect(Select[str]):
     def holding(self) -> bool:
         return self._swaps > 0
 
-    def _list_key(self, key: str) -> bool:
-        """A key for the list opened in this turn, applied to it here. Its overlay takes the focus a turn
-        after the key that opened it, so down and enter typed right behind (one burst) reached this closed
-        field and were lost: the form then launched the old type. False: not a key of the list."""
-        overlay = self.query_one(OptionList)
-        if key == "down":
-            overlay.action_cursor_down()
-        elif key == "up":
-            overlay.action_cursor_up()
+    def list_key(self, key: str) -> bool:
+        """A key for the open list, applied to it in this turn, whether it reached the list (``TypeList``) or
+        this field. The list takes the focus a turn after the key that opened it, so keys typed right behind
+        that key (one burst) reach this field: down and enter were lost, and the form launched the old type.
+        An arrow (home, end, page up/down) moves the highlight as it comes, not as the list's binding once the
+        key has bubbled up to the app, behind the keys after it. False: not a key of the list."""
+        overlay = self.query_one(TypeList)
+        action = _LIST_KEYS.get(key)
+        if action is not None:
+            getattr(overlay, f"action_{action}")()
         elif key == "escape":
             self.expanded = False
+            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
         elif key == "enter" and overlay.highlighted is not None:
-            self.value = self._values[overlay.highlighted]  # the params swap in, holding the keys behind
-            self.expanded = False
+            self.pick(overlay.highlighted)
         else:
             return False
-        if not self.expanded:
-            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
         return True
+
+    def pick(self, index: int) -> None:
+        """Choose the type at ``index`` in the list, in this turn: its params swap in, holding the keys behind,
+        and the list closes, the focus back on this field. A Select takes a pick as a message from its list a
+        few turns after the enter (``UpdateSelection``), and ctrl+s sent with that enter launched the type
+        shown before."""
+        value = self._options[index][1]
+        if value != self.value:
+            self.value = value
+        self.expanded = False
+        self.focus()  # after the overlay's focus if it is still on its way, as a Select's own pick does
+
+    def compose(self) -> ComposeResult:
+        for widget in super().compose():
+            if isinstance(widget, SelectOverlay):
+                widget = TypeList(type_to_search=self._type_to_search).data_bind(compact=Select.compact)
+            yield widget
 
     def hold(self) -> None:
         """Until the matching ``release``, keys that reach this field wait."""
@@ -441,7 +458,8 @@ class TypeSelect(Select[str]):
 
     async def on_key(self, event: events.Key) -> None:
         if self.expanded:
-            if self.screen.focused is self and self._list_key(event.key):
+            # Not one the list had (it stops those): one sent here before the list took the focus.
+            if self.list_key(event.key):
                 event.stop()
                 event.prevent_default()
             return  # the open list's own keys
@@ -449,7 +467,7 @@ class TypeSelect(Select[str]):
             self._held.append(events.Key(event.key, event.character))
         elif event.key in ("enter", "down", "space", "up") and self.screen.focused is self:
             self._typed = ""
-            self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see _list_key
+            self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see list_key
         elif event.is_printable and event.character and self.screen.focused is self:
             self.type_ahead(event.character)
         elif not _hand_on(self, event):
@@ -458,6 +476,35 @@ class TypeSelect(Select[str]):
             self._typed = ""
         event.stop()
         event.prevent_default()
+
+
+_LIST_KEYS: dict[str, str] = {
+    key.strip(): b.action
+    for b in OptionList.BINDINGS
+    if isinstance(b, Binding) and b.action != "select"
+    for key in b.key.split(",")
+}
+"""The keys that move a list's highlight, and the action of each (enter, its pick, is the type field's own)."""
+
+
+class TypeList(SelectOverlay):
+    """The type field's open list, which takes its keys in their turn, in the order typed
+    (``TypeSelect.list_key``). A Select's list moves its highlight and picks as bindings, once a key has
+    bubbled up to the app, and the pick reaches the Select as a message turns later: enter and ctrl+s in one
+    burst (type-ahead, a laggy SSH link) launched the type shown before, with its params, while the field
+    showed the one picked. A key that reaches the list after a pick closed it goes on to the field (which
+    holds it behind the swap), not to the closed list's search."""
+
+    async def on_key(self, event: events.Key) -> None:
+        """Runs before the list's own key handler (its search); prevent_default keeps that from running too."""
+        select = self.parent
+        if not isinstance(select, TypeSelect):
+            return
+        if select.expanded and select.list_key(event.key):
+            event.stop()
+            event.prevent_default()
+        elif not select.expanded and select.holding:
+            event.prevent_default()  # it bubbles on to the field, which holds it
 
 
 class LaunchScreen(ModalScreen[OperationSpec | None]):
@@ -851,8 +898,24 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _launch_after_keys(self, target: Widget | None) -> None:
         if isinstance(target, TypeSelect) and target.holding:
             target.defer(lambda: self._launch_after_keys(target))  # after the keys it holds are handed on
+        elif isinstance(target, TypeSelect | TypeList):
+            self._launch_after_type_keys(target)
         elif target is None or not target.call_later(self._launch_now, target):
             self._launch_now(target)
+
+    def _launch_after_type_keys(self, target: Widget) -> None:
+        """Submit once the keys sent to the type field and to its list are handled: while the focus moves
+        between the two (to the list a turn after it opens, back a turn after a pick) keys wait in either.
+        The list's first, as a key it does not take goes on to the field, then the field's. Waiting on the
+        list alone, ctrl+s ran before the field took the keys sent to it, or before a pick reached it."""
+        select = self.query_one("#launch-type", TypeSelect)
+
+        def then_the_field() -> None:
+            if not select.call_later(self._launch_now, target):
+                self._launch_now(target)
+
+        if not select.query_one(TypeList).call_later(then_the_field):
+            then_the_field()
 
     def _launch_now(self, waited_on: Widget | None = None) -> None:
         """Dismiss with the spec when the form validates; otherwise show every message."""
@@ -862,9 +925,11 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
             # A tab in the burst moved the focus: the keys after it went to the new field's queue.
             self._launch_after_keys(self.focused)
             return
-        if isinstance(waited_on, TypeSelect) and waited_on.holding:
-            # A type picked by the keys before it: its params swap in, and the keys behind wait for them.
-            self._launch_after_keys(waited_on)
+        type_select = self.query_one("#launch-type", TypeSelect)
+        if type_select.holding:
+            # A type picked by the keys before it (on the field, or in its list, whose overlay may still have
+            # the focus): its params swap in, and the keys behind wait for them.
+            self._launch_after_keys(type_select)
             return
         self._tried = True
         spec, field_errors, form_errors = self.validate()
