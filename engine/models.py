@@ -376,6 +376,8 @@ class OperationSpec(NumbersNotBools):
     def _text_ok(cls, v: Any) -> Any:
         if v is None or (v.__class__ is dict and not v):  # no name, no tags: nothing to check
             return v
+        if isinstance(v, str) and not v.strip():  # ``--name "$UNSET"``, or spaces: no name, not a blank one
+            return None
         check_json(v)  # before pydantic's own check, which says only "unable to parse raw data"
         for text in [v] if isinstance(v, str) else [t for kv in v.items() for t in kv] if isinstance(v, dict) else []:
             if isinstance(text, str) and (bad := _CONTROL.search(text)):

@@ -464,6 +464,15 @@ def _no_raw_controls(text: str) -> None:
     assert not bad, repr(text)
 
 
+def test_a_blank_name_is_no_name(cli: Cli) -> None:
+    """``--name "$UNSET"`` or spaces stored a blank label: ``ls`` showed an empty name column, ``show`` an empty
+    name, and the API a name of three spaces. It is no name, as when none is given."""
+    for blank in ("", "   ", "\u3000"):
+        r = cli.here("--json", "submit", "demo", "--name", blank, "-p", "items=1", "-p", "seconds=0")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["name"] is None, (blank, r.stdout)
+
+
 def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli, state_dir: Path) -> None:
     r = cli.here("submit", "demo", "--name", EVIL.replace("\x00", ""), "-p", "items=1", "-p", "seconds=0")
     assert r.returncode == 2 and "control character U+001B" in r.stderr, r  # a label is one line of text
