@@ -470,11 +470,15 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
     showing dependency_analysis). So did down and enter sent to the field before its list took the focus
     (a loaded machine), with ctrl+s arriving once the list had it. The picked type's form is validated:
     its required root is asked for.
+
+    The form's other selects did the same: with load_testing's method DELETE, enter, home, enter (GET) and
+    ctrl+s in one burst launched a DELETE load test; with the priority list open, down, enter (low) and
+    ctrl+s launched at normal.
     """
     from textual import events
     from textual.widgets import Select
 
-    types = {t: handlers()[t] for t in ("demo", "dependency_analysis")}
+    types = {t: handlers()[t] for t in ("demo", "dependency_analysis", "load_testing")}
     app = LaunchApp(types, initial_type="demo")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.pause()
@@ -504,6 +508,27 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
             assert "required" in error_text(app, "root").lower(), reached
             await pilot.press("escape")  # the form cancelled
             assert app.results[launched:] == [None], reached
+
+        for field, opened, keys, picked in (
+            ("#param-method", False, ["enter", "home", "enter"], ("GET", Priority.NORMAL)),  # opened in the burst
+            ("#launch-priority", True, ["down", "enter"], ("DELETE", Priority.LOW)),  # the list already open
+        ):
+            app.push_screen(LaunchScreen(types, "load_testing"), app.results.append)
+            launched = len(app.results)
+            await pilot.pause()
+            await replace(pilot, "#param-url", "http://127.0.0.1:9/")
+            app.screen.query_one("#param-method", Select).value = "DELETE"  # picked before
+            select = app.screen.query_one(field, Select)
+            select.focus()
+            await pilot.pause()
+            if opened:
+                await pilot.press("enter")
+                assert select.expanded and app.screen.focused is not select
+            for key in [*keys, "ctrl+s"]:  # at once, through the app
+                app.post_message(events.Key(key, None))
+            await wait_for(pilot, lambda n=launched: len(app.results) > n)
+            got = [(s.type, s.params.get("method", "GET"), s.priority) if s else None for s in app.results[launched:]]
+            assert got == [("load_testing", *picked)], field
 
 
 async def test_a_type_name_typed_on_the_type_field_picks_it_and_the_keys_behind_go_to_its_fields(

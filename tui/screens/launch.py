@@ -331,26 +331,78 @@ class FormSwitch(Switch):
 
 
 class FormSelect(Select[Any]):
-    """A form's choice (a param's, the priority): tab moves the focus in the key's turn, and a key that
-    reaches it after the focus moved on is handed to the field that has it now, as ``FormInput`` does. A
-    Select leaves tab to the app's binding and drops letters: "tab, tab, out.json" sent at once from the
-    field before it launched the form without the path. Its own keys (enter, space, up, down: the list)
-    stay the Select's."""
+    """A form's choice (the type, a param's, the priority), which takes the keys of a burst in the order
+    typed. Like ``FormInput``, tab moves the focus in the key's turn, and a key that reaches it after the
+    focus moved on is handed to the field that has it now: a Select leaves tab to the app's binding and drops
+    letters, and "tab, tab, out.json" sent at once from the field before it launched the form without the
+    path. enter, space, up and down open its list in the key's turn, and the list's keys apply in theirs
+    (``list_key``, ``FormList``): a Select opens its list, moves the highlight and picks as bindings, once a
+    key has bubbled up to the app, and the pick reaches it as a message turns later, so ctrl+s in the same
+    burst (type-ahead, a laggy SSH link) launched the value shown before: a DELETE load test when GET was
+    picked, the normal priority when low was."""
+
+    @property
+    def holding(self) -> bool:
+        """Keys that reach this field wait (``TypeSelect``, while a type's params swap in)."""
+        return False
+
+    def list_key(self, key: str) -> bool:
+        """A key for the open list, applied to it in this turn, whether it reached the list (``FormList``) or
+        this field. The list takes the focus a turn after the key that opened it, so keys typed right behind
+        that key (one burst) reach this field: down and enter were lost, and the form launched the old value.
+        An arrow (home, end, page up/down) moves the highlight as it comes, not as the list's binding once the
+        key has bubbled up to the app, behind the keys after it. False: not a key of the list."""
+        overlay = self.query_one(FormList)
+        action = _LIST_KEYS.get(key)
+        if action is not None:
+            getattr(overlay, f"action_{action}")()
+        elif key == "escape":
+            self.expanded = False
+            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
+        elif key == "enter" and overlay.highlighted is not None:
+            self.pick(overlay.highlighted)
+        else:
+            return False
+        return True
+
+    def pick(self, index: int) -> None:
+        """Choose the option at ``index`` in the list, in this turn, and close the list, the focus back on this
+        field. A Select takes a pick as a message from its list a few turns after the enter (``UpdateSelection``),
+        and ctrl+s sent with that enter launched the value shown before."""
+        value = self._options[index][1]
+        if value != self.value:
+            self.value = value
+        self.expanded = False
+        self.focus()  # after the overlay's focus if it is still on its way, as a Select's own pick does
+
+    def compose(self) -> ComposeResult:
+        for widget in super().compose():
+            if isinstance(widget, SelectOverlay):
+                widget = FormList(type_to_search=self._type_to_search).data_bind(compact=Select.compact)
+            yield widget
+
+    def take_key(self, event: events.Key) -> bool:
+        """Apply a key in its turn. False: not one of this field's (a Select's own, or the form's)."""
+        if self.expanded:
+            # Not one the list had (it stops those): one sent here before the list took the focus.
+            return self.list_key(event.key)
+        if event.key in _OPEN_KEYS and self.screen.focused is self:
+            self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see list_key
+            return True
+        return _hand_on(self, event)
 
     async def on_key(self, event: events.Key) -> None:
-        if not self.expanded and _hand_on(self, event):
+        if self.take_key(event):
             event.stop()
             event.prevent_default()
 
 
-class TypeSelect(Select[str]):
+class TypeSelect(FormSelect):
     """The type field. Choosing a type swaps in that type's params, which takes a turn or two to mount;
     keys typed right behind the choice (a tab and the values, in one burst over SSH) are held here until
     the new fields are there, then applied in the order typed, so they never land in the old type's
-    fields or past the new ones. Like ``FormInput``, tab moves the focus in the key's turn, and a key
-    that reaches this field after the focus moved on is handed to the field that has it now; letters
-    typed on it pick a type by its name (``type_ahead``); other keys do what they do on a Select (open
-    the list, the form's escape)."""
+    fields or past the new ones. Letters typed on it pick a type by its name (``type_ahead``); other keys
+    do what they do on any of the form's selects (``FormSelect``)."""
 
     def __init__(self, options: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -366,42 +418,6 @@ class TypeSelect(Select[str]):
     @property
     def holding(self) -> bool:
         return self._swaps > 0
-
-    def list_key(self, key: str) -> bool:
-        """A key for the open list, applied to it in this turn, whether it reached the list (``TypeList``) or
-        this field. The list takes the focus a turn after the key that opened it, so keys typed right behind
-        that key (one burst) reach this field: down and enter were lost, and the form launched the old type.
-        An arrow (home, end, page up/down) moves the highlight as it comes, not as the list's binding once the
-        key has bubbled up to the app, behind the keys after it. False: not a key of the list."""
-        overlay = self.query_one(TypeList)
-        action = _LIST_KEYS.get(key)
-        if action is not None:
-            getattr(overlay, f"action_{action}")()
-        elif key == "escape":
-            self.expanded = False
-            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
-        elif key == "enter" and overlay.highlighted is not None:
-            self.pick(overlay.highlighted)
-        else:
-            return False
-        return True
-
-    def pick(self, index: int) -> None:
-        """Choose the type at ``index`` in the list, in this turn: its params swap in, holding the keys behind,
-        and the list closes, the focus back on this field. A Select takes a pick as a message from its list a
-        few turns after the enter (``UpdateSelection``), and ctrl+s sent with that enter launched the type
-        shown before."""
-        value = self._options[index][1]
-        if value != self.value:
-            self.value = value
-        self.expanded = False
-        self.focus()  # after the overlay's focus if it is still on its way, as a Select's own pick does
-
-    def compose(self) -> ComposeResult:
-        for widget in super().compose():
-            if isinstance(widget, SelectOverlay):
-                widget = TypeList(type_to_search=self._type_to_search).data_bind(compact=Select.compact)
-            yield widget
 
     def hold(self) -> None:
         """Until the matching ``release``, keys that reach this field wait."""
@@ -456,49 +472,45 @@ class TypeSelect(Select[str]):
     def on_blur(self) -> None:
         self._typed = ""
 
-    async def on_key(self, event: events.Key) -> None:
+    def take_key(self, event: events.Key) -> bool:
         if self.expanded:
-            # Not one the list had (it stops those): one sent here before the list took the focus.
-            if self.list_key(event.key):
-                event.stop()
-                event.prevent_default()
-            return  # the open list's own keys
+            return super().take_key(event)
         if self.holding:
             self._held.append(events.Key(event.key, event.character))
-        elif event.key in ("enter", "down", "space", "up") and self.screen.focused is self:
-            self._typed = ""
-            self.action_show_overlay()  # in this turn, not as a binding after the keys behind it: see list_key
-        elif event.is_printable and event.character and self.screen.focused is self:
+            return True
+        if event.is_printable and event.character and self.screen.focused is self and event.key not in _OPEN_KEYS:
             self.type_ahead(event.character)
-        elif not _hand_on(self, event):
-            return  # a Select's own key, or the form's
-        else:
-            self._typed = ""
-        event.stop()
-        event.prevent_default()
+            return True
+        if not super().take_key(event):
+            return False  # a Select's own key, or the form's
+        self._typed = ""
+        return True
 
 
+_OPEN_KEYS = ("enter", "down", "space", "up")
+"""The keys that open a select's list (a Select's own binding's)."""
 _LIST_KEYS: dict[str, str] = {
     key.strip(): b.action
     for b in OptionList.BINDINGS
     if isinstance(b, Binding) and b.action != "select"
     for key in b.key.split(",")
 }
-"""The keys that move a list's highlight, and the action of each (enter, its pick, is the type field's own)."""
+"""The keys that move a list's highlight, and the action of each (enter, its pick, is ``FormSelect.pick``)."""
 
 
-class TypeList(SelectOverlay):
-    """The type field's open list, which takes its keys in their turn, in the order typed
-    (``TypeSelect.list_key``). A Select's list moves its highlight and picks as bindings, once a key has
+class FormList(SelectOverlay):
+    """A form's select's open list, which takes its keys in their turn, in the order typed
+    (``FormSelect.list_key``). A Select's list moves its highlight and picks as bindings, once a key has
     bubbled up to the app, and the pick reaches the Select as a message turns later: enter and ctrl+s in one
-    burst (type-ahead, a laggy SSH link) launched the type shown before, with its params, while the field
-    showed the one picked. A key that reaches the list after a pick closed it goes on to the field (which
-    holds it behind the swap), not to the closed list's search."""
+    burst (type-ahead, a laggy SSH link) launched the value shown before (the type, with its params; a
+    param's choice; the priority), while the field showed the one picked. A key that reaches the type's list
+    after a pick closed it goes on to the field (which holds it behind the swap), not to the closed list's
+    search."""
 
     async def on_key(self, event: events.Key) -> None:
         """Runs before the list's own key handler (its search); prevent_default keeps that from running too."""
         select = self.parent
-        if not isinstance(select, TypeSelect):
+        if not isinstance(select, FormSelect):
             return
         if select.expanded and select.list_key(event.key):
             event.stop()
@@ -898,23 +910,25 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
     def _launch_after_keys(self, target: Widget | None) -> None:
         if isinstance(target, TypeSelect) and target.holding:
             target.defer(lambda: self._launch_after_keys(target))  # after the keys it holds are handed on
-        elif isinstance(target, TypeSelect | TypeList):
-            self._launch_after_type_keys(target)
+        elif isinstance(target, FormSelect | FormList):
+            self._launch_after_select_keys(target)
         elif target is None or not target.call_later(self._launch_now, target):
             self._launch_now(target)
 
-    def _launch_after_type_keys(self, target: Widget) -> None:
-        """Submit once the keys sent to the type field and to its list are handled: while the focus moves
-        between the two (to the list a turn after it opens, back a turn after a pick) keys wait in either.
-        The list's first, as a key it does not take goes on to the field, then the field's. Waiting on the
-        list alone, ctrl+s ran before the field took the keys sent to it, or before a pick reached it."""
-        select = self.query_one("#launch-type", TypeSelect)
+    def _launch_after_select_keys(self, target: FormSelect | FormList) -> None:
+        """Submit once the keys sent to a select (the type, a param's choice, the priority) and to its list are
+        handled: while the focus moves between the two (to the list a turn after it opens, back a turn after a
+        pick) keys wait in either. The list's first, as a key it does not take goes on to the field, then the
+        field's. Waiting on the list alone, ctrl+s ran before the field took the keys sent to it, or before a
+        pick reached it."""
+        select = target if isinstance(target, FormSelect) else target.parent
+        assert isinstance(select, FormSelect)
 
         def then_the_field() -> None:
             if not select.call_later(self._launch_now, target):
                 self._launch_now(target)
 
-        if not select.query_one(TypeList).call_later(then_the_field):
+        if not select.query_one(FormList).call_later(then_the_field):
             then_the_field()
 
     def _launch_now(self, waited_on: Widget | None = None) -> None:
