@@ -181,13 +181,14 @@ class DashboardScreen(Screen[None]):
         )
 
     async def on_mount(self) -> None:
-        for name, title in TITLES.items():
-            self.query_one(f"#{name}-frame" if name in DEFERRED else f"#{name}").border_title = title
-        self.apply_layout(self.app.size.width, self.app.size.height)
-        if self.model.structure_dirty:  # records of the first look: the first frame lists them
-            self.refresh_view(running=False)
-        self.update_statusline()
-        await self.query_one(SteadyFooter).show_keys()  # the keys of the selected operation, in the first frame
+        with self.app.batch_update():  # the first frame whole: nothing drawn while the footer's keys mount
+            for name, title in TITLES.items():
+                self.query_one(f"#{name}-frame" if name in DEFERRED else f"#{name}").border_title = title
+            self.apply_layout(self.app.size.width, self.app.size.height)
+            if self.model.structure_dirty:  # records of the first look: the first frame lists them
+                self.refresh_view(running=False)
+            self.update_statusline()
+            await self.query_one(SteadyFooter).show_keys()  # the keys of the selected operation, in the first frame
 
     def mount_later(self) -> None:
         """Once the first frame is on the terminal (the App's Ready): what it went without, in the
