@@ -1564,14 +1564,16 @@ async def test_a_long_full_reload_is_not_said_as_a_store_not_answering(
     """With 100,000 operations the full reload reads 50 pages, each parsed on the event loop, for seconds:
     the polls waiting behind it made the status line say "store not answering for 7s" of a store that
     answered every page, and counted "20,000 operations" up to the 100,000 stored. Here a page is one
-    record, its parse held for 0.5 s."""
+    record, its parse held for 0.5 s: seven pages, 3.5 s, read by the poll whose full reload is due."""
     import time
 
     import tui.app
     import tui.model
 
     monkeypatch.setattr(tui.model, "PAGE", 1)
-    monkeypatch.setattr(tui.app, "SLOW_STORE", 0.6)
+    # Above one page's parse (a frame comes between two pages), below the reload's 3.5 s: a poll's read
+    # counted as waiting from its start said "not answering" after the second page.
+    monkeypatch.setattr(tui.app, "SLOW_STORE", 1.0)
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     app = make_app(tui_settings, engine=engine, poll=0.2)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -1586,21 +1588,37 @@ async def test_a_long_full_reload_is_not_said_as_a_store_not_answering(
                 time.sleep(0.5)  # the page's records parsed, on the loop
             return got
 
-        statusline = app.query_one("#statusline", Static)
-        # The polls have read all six (they read what was just queued); the reload starts from none of them
-        # held, as a dashboard's first read does (one that started holding six showed "6 operations").
+        model, statusline = app.model, app.query_one("#statusline", Static)
+        # The polls have read all six (they read what was just queued), and every read of the dashboard's is
+        # done: its start's reload, the submits' events, the polls. One still running when the six were
+        # dropped (a poll that took the counts before the last submit, so the next read the queued again)
+        # held all six again as the reload began, and no line counted them (seen under load).
         await wait_for(pilot, lambda: "Outlast  6 operations" in str(statusline.render()))
-        app.model.ops.clear()
+        boot = app._boot
+        assert boot is not None
+        await wait_for(
+            pilot,
+            lambda: boot.is_finished and not model.refetch and all(w.is_finished for w, _ in app._reads.values()),
+        )
+        # The reload starts from none of them held, as a dashboard's first read does (one that started holding
+        # six showed "6 operations"): dropped as the model drops a record, its counts with it.
+        for op_id in list(model.ops):
+            model._drop(op_id)
         monkeypatch.setattr(engine, "list_operations", parsed_slowly)
-        reload = asyncio.ensure_future(app.model.reload_all())
+        # Five minutes since the last full reload: the next poll reads every page, no other poll beside it.
+        began = time.monotonic()
+        model.last_full = began - tui.model.FULL_RELOAD - 1
         said, reading = set(), set()
-        while not reload.done():
+
+        def sampled() -> bool:
             line = str(statusline.render())
             said.add(line)
-            if app.model.loading is not None:
+            if model.loading is not None:
                 reading.add(line)
-            await asyncio.sleep(0.05)
-        assert reload.result()
+            return model.last_full > began  # set when a reload has read every page
+
+        await wait_for(pilot, sampled, timeout=60)
+        assert model.store_ok
         assert not [line for line in said if "not answering" in line], said
         counted = [line for line in reading if re.search(r"Outlast  [1-5] ", line)]
         assert counted and all(" of 6 operations read" in line for line in counted), reading
