@@ -4,6 +4,7 @@ restarted mid-run, Redis lost with the checkpoint mirror on, control requests fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -131,6 +132,15 @@ def resume_point(cluster: Cluster, op_id: str) -> tuple[int, set[str]]:
     return loaded[0].seq, loaded[1].done
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (SIGSTOP taken: state T in /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            if (task / "stat").read_text().rpartition(")")[2].split()[0] not in ("T", "t"):
+                return False
+    return True
+
+
 class Events(threading.Thread):
     """The store's pub/sub events channel, collected in order."""
 
@@ -170,15 +180,39 @@ def test_three_workers_thirty_operations_one_sigkilled(
     victim = workers[0]
     pid = victim.popen.pid
 
-    def victim_mid_op() -> list[Operation] | None:
-        mine = [o for o in c.ops(ids) if o.status is Status.RUNNING and o.worker and o.worker.pid == pid]
-        return mine if any((o.checkpoint_seq or 0) >= 2 for o in mine) else None
+    async def victims_points(store: RedisStore) -> dict[str, tuple[int, set[str]]] | None:
+        """The newest valid checkpoint of each operation the victim runs, and the items done as of it (what a
+        resume starts from); None when one has none yet."""
+        points: dict[str, tuple[int, set[str]]] = {}
+        for op in [await store.get(i) for i in ids]:
+            if op.status is Status.RUNNING and op.worker and op.worker.pid == pid:
+                loaded = await store.load_checkpoint(op.id)
+                if loaded is None:
+                    return None
+                points[op.id] = (loaded[0].seq, loaded[1].done)
+        return points
 
-    until(victim_mid_op, 60, every=0.05, what="the victim mid-operation with a checkpoint")
-    victim.kill()  # SIGKILL
-    orphans = [o.id for o in c.ops(ids) if o.status is Status.RUNNING and o.worker and o.worker.pid == pid]
-    assert orphans, "the victim finished its operations before it was killed"
-    points = {i: resume_point(c, i) for i in orphans}  # the killed worker writes nothing more
+    def victim_stopped_mid_ops() -> dict[str, tuple[int, set[str]]] | None:
+        """The victim stopped (SIGSTOP: it writes nothing while it is looked at) with every operation it runs
+        past a checkpoint, one past its second: the resume point of each (the killed worker writes nothing
+        more). Else it goes on (None). Looked at running, then killed, it had finished an operation and claimed
+        the next in between (the look and the kill 0.5 s apart on a loaded machine): an orphan with no
+        checkpoint to resume from."""
+        victim.signal(signal.SIGSTOP)
+        try:
+            until(lambda: stopped(pid), 10, every=0.005, what="the victim stopped")
+            points = c.read(victims_points)
+            if points and all(done for _, done in points.values()) and max(seq for seq, _ in points.values()) >= 2:
+                return points
+        except BaseException:
+            victim.signal(signal.SIGCONT)
+            raise
+        victim.signal(signal.SIGCONT)
+        return None
+
+    points = until(victim_stopped_mid_ops, 60, every=0.05, what="the victim stopped mid-operations, each checkpointed")
+    victim.kill()  # SIGKILL, while it is stopped
+    orphans = list(points)
     final = c.wait_all(ids, {Status.COMPLETED}, timeout=90)
     c.stop()
     events.stop()
