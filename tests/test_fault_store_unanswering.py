@@ -249,7 +249,8 @@ async def test_a_stop_the_store_did_not_confirm_is_asked_again_when_the_lease_wa
         params = {"items": 20_000, "seconds": 0.01, "log_file": str(ran), "linger": 4.0}
         op = await engine.submit(OperationSpec(type="ledger", params=params))
         await until(lambda: op.id in engine.running_ids and ran.exists() and len(ran.read_text().split()) > 3)
-        store.link.timeout = 0.3  # type: ignore[attr-defined]  # the reply wait: calls fail within the freeze
+        link = store.link  # type: ignore[attr-defined]
+        reply_wait, link.timeout = link.timeout, 0.3  # calls fail within the freeze
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             with pytest.raises(StoreError, match="did not confirm"):
@@ -259,6 +260,10 @@ async def test_a_stop_the_store_did_not_confirm_is_asked_again_when_the_lease_wa
             await asyncio.sleep(2.5)  # past the lease
         finally:
             os.kill(redis_server.proc.pid, signal.SIGCONT)
+            # Redis answers again: the store's own reply wait from now on. Kept at 0.3 s, any call after the thaw
+            # (the engine's asking again, this test's reads of the record) failed when a loaded machine held Redis
+            # or this process up for 0.65 s (two tries within retry_for), though nothing was frozen any more.
+            link.timeout = reply_wait
         deadline = time.monotonic() + 30
         while (await store.get(op.id)).status is not settled and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
