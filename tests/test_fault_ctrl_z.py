@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from engine import Engine, OperationSpec, load_settings, open_store
 from tests.fixtures_cli import Cli, until
 from tests.test_retry_clock import FAKETIME
@@ -138,7 +140,7 @@ def test_ctrl_z_stops_the_command_with_outlast_and_fg_continues_it(cli: Cli, tmp
         return len(out.read_text().splitlines()) if out.exists() else 0
 
     def command_pids() -> list[int]:
-        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+        return [c.pid for c in psutil.Process(pid).children()]
 
     until(lambda: lines() >= 20, 30, what="items done")
     for round_ in range(2):  # Ctrl-Z, then fg; then Ctrl-Z again and a SIGKILL of the stopped run
