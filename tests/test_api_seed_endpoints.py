@@ -85,3 +85,16 @@ def test_a_remote_load_test_needs_allow_commands(plain: tuple[Server, Path]) -> 
     assert r.status_code == 403 and "--allow-commands" in r.json()["detail"], r.text
     r = srv.http.post("/api/operations", json={"type": "load_testing", "params": {"url": "http://192.0.2.1/"}})
     assert r.status_code == 422 and "loopback" in r.json()["detail"], r.text
+
+
+def test_a_demo_of_a_crash_needs_allow_commands(plain: tuple[Server, Path]) -> None:
+    """A demo with ``crash_at`` kills the process that runs it: any client could end the server (exit 137)
+    and every operation it ran (left interrupted), or a worker on its store. Refused without --allow-commands,
+    nothing stored; a demo without it is taken."""
+    srv, _ = plain
+    before = srv.http.get("/api/operations").json()
+    r = srv.http.post("/api/operations", json={"type": "demo", "params": {"items": 3, "crash_at": 0}})
+    assert r.status_code == 403 and "--allow-commands" in r.json()["detail"], r.text
+    assert srv.http.get("/api/operations").json() == before
+    r = srv.http.post("/api/operations", json={"type": "demo", "params": {"items": 1, "seconds": 0}})
+    assert r.status_code == 202, r.text

@@ -172,6 +172,12 @@ async def _submit(request: Request, response: Response, engine: Engine, spec: Op
         and not (request.app.state.allow_commands)
     ):  # the server would load any host a client names
         raise Forbidden("load_testing with allow_remote is disabled on this server (start it with --allow-commands)")
+    if spec.type == "demo" and spec.params.get("crash_at") is not None and not request.app.state.allow_commands:
+        # A demo of a crash kills the process that runs it: this server, or a worker on its store, and
+        # every other operation running there (left interrupted), at any client's request.
+        raise Forbidden(
+            "demo with crash_at kills the process that runs it: off on this server (start it with --allow-commands)"
+        )
     try:
         op, before = await engine.submit_once(_confine_outputs(request, spec))
     except SubmitUnknown as e:
