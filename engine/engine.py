@@ -865,12 +865,17 @@ class Engine:
             return new
         raise Conflict(f"operation {op_id} is changing hands: try again")
 
-    async def remove(self, op_id: str) -> None:
+    async def remove(self, op_id: str, *, statuses: frozenset[Status] | None = None) -> None:
         """Delete a settled operation with its checkpoints, item records and logs (its outputs stay).
-        Fenced: a resume or claim that lands first wins, and nothing is removed (Conflict)."""
+        Fenced: a resume or claim that lands first wins, and nothing is removed (Conflict). ``statuses``: only
+        in one of these (those a ``clean`` listed it in): one resumed and paused since it was listed cancelled
+        is settled again, but not as listed, and was removed, resumable work lost (Conflict now)."""
         op = await self.store.get(validate_id(op_id))
         check_action(Action.REMOVE, op.status, op_id)
-        await self.store.delete(op_id, expect=ACTIONS[Action.REMOVE])
+        allowed = ACTIONS[Action.REMOVE] if statuses is None else ACTIONS[Action.REMOVE] & statuses
+        if op.status not in allowed:
+            raise Conflict(f"operation {op_id} is {op.status.value} now, not {' or '.join(sorted(allowed))}")
+        await self.store.delete(op_id, expect=allowed)
         # The output of a detached run (`outlast run --detach`) is its log too: it stayed behind for ever.
         with contextlib.suppress(OSError):
             detached_log(self.settings.state_dir, op_id).unlink()

@@ -586,7 +586,7 @@ class OutlastApp(App[int]):
             return
 
         async def go() -> None:
-            await self.model.remove(op.id)
+            await self.model.remove(op.id, op.status)
             self.notify(f"removed: {op.id}", timeout=3)
             self._on_frame()
 

@@ -549,10 +549,11 @@ class OperationsModel:
         self.keep(op)
         return op
 
-    async def remove(self, op_id: str) -> None:
+    async def remove(self, op_id: str, status: Status | None = None) -> None:
         """Delete a settled operation through the engine (a refusal raises: Conflict, NotFound); it
-        leaves the table at the next frame."""
-        await self.engine.remove(op_id)
+        leaves the table at the next frame. ``status``: only while it is still as the question named it (one
+        resumed and paused elsewhere meanwhile is resumable work the person did not agree to remove)."""
+        await self.engine.remove(op_id, statuses=None if status is None else frozenset({status}))
         self.refetch.discard(op_id)
         self._drop(op_id)
 

@@ -391,7 +391,7 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
                         said(op.id, None)
                         continue
                     try:
-                        await engine.remove(op.id)
+                        await engine.remove(op.id, statuses=frozenset(wanted))
                     except NotFound:
                         # Removed since the listing by another command (a clean at the same time, an rm): what
                         # was asked, not an error; and gone from the listing, not kept in it.
