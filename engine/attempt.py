@@ -609,7 +609,7 @@ class Attempt:
                 Status.QUEUED,
                 message=f"handed back by its worker: {msg.removeprefix('paused: ')}; {where}",
                 attempt=self.op.attempt + 1,
-                queued_at=time.time(),
+                queued_at=self.op.queued_at,  # its place kept: queued anew, it went behind work submitted after it
                 resume_seq=None,
                 **_stops_win(self.op, seq, "stopped with its worker"),
             )

@@ -21,6 +21,7 @@ def test_a_signalled_worker_with_auto_resume_queues_its_work_again_for_the_next(
     cli = CliAt(state_dir, OUTLAST_PLUGINS="tests.ops_for_tests", OUTLAST_AUTO_RESUME="1")
     trace = tmp_path / "items"
     op_id = submit(cli, "ledger", {"items": N, "seconds": 0.02, "log_file": str(trace)}, "checkpoint_every=10")
+    queued_at = cli.op(op_id).queued_at
     first = cli.start("worker")
     try:
         until(lambda: cli.op(op_id).progress.done >= 30, 30, what="30 items done")
@@ -30,6 +31,9 @@ def test_a_signalled_worker_with_auto_resume_queues_its_work_again_for_the_next(
         checkpointed = done_keys(state_dir, op_id)
         assert handed.status.value == "queued" and handed.attempt == 2, handed  # it was: paused
         assert (handed.status_message or "").startswith("handed back by its worker: "), handed.status_message
+        # Its place in the queue kept: queued anew, it waited behind work submitted after it (an outside hour),
+        # and rolling restarts could keep sending it to the back.
+        assert handed.queued_at == queued_at, (handed.queued_at, queued_at)
         assert len(checkpointed) >= 30
         second = cli.start("worker", "--exit-when-idle")  # the same worker restarted: no `resume` asked
         assert second.wait(60) == 0, second.err
