@@ -158,26 +158,34 @@ def test_clean_beside_another_remover_skips_nothing_and_blames_nobody(
     assert not _ids(cli)
 
 
+def _clean_beside(cli: Cli, monkeypatch: pytest.MonkeyPatch, *between: tuple[str, ...]) -> tuple[int, str, str]:
+    """Three cancelled operations cleaned; the first the clean is about to remove is first given the real
+    commands ``between`` (each with its id last), as another person's are. (exit code, stderr, that id)."""
+    ops = [cli("-q", "submit", "demo").stdout.strip() for _ in range(3)]
+    for op in ops:
+        assert in_process(cli, "cancel", op)[0] == 0
+    real_remove, touched = Engine.remove, []
+
+    async def remove(self: Engine, op_id: str, **kw: Any) -> None:
+        if not touched:
+            touched.append(op_id)
+            for command in between:
+                assert cli(*command, op_id).returncode == 0, command
+        await real_remove(self, op_id, **kw)
+
+    monkeypatch.setattr(Engine, "remove", remove)
+    code, _, err = in_process(cli, "clean")
+    return code, err, touched[0]
+
+
 def test_clean_beside_a_resume_passes_over_what_was_resumed(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cancelled operation a person resumes while a cron job's clean removes the cancelled ones: no longer
     finished, it is not the clean's to remove, as it would not have been listed a moment later. It was said as an
     error ("operation ID is queued: ..."), exit 7, from a clean that did all it was asked. The resume is a real
     `outlast resume --queue` run as this clean removes that operation."""
-    ops = [cli("-q", "submit", "demo").stdout.strip() for _ in range(3)]
-    for op in ops:
-        assert in_process(cli, "cancel", op)[0] == 0
-    real_remove, resumed = Engine.remove, []
-
-    async def remove(self: Engine, op_id: str, **kw: Any) -> None:
-        if not resumed:
-            resumed.append(op_id)
-            assert cli("resume", op_id, "--queue").returncode == 0
-        await real_remove(self, op_id, **kw)
-
-    monkeypatch.setattr(Engine, "remove", remove)
-    code, _, err = in_process(cli, "clean")
+    code, err, resumed = _clean_beside(cli, monkeypatch, ("resume", "--queue"))
     assert code == 0 and "2 removed" in err and "outlast:" not in err, (code, err)
-    assert _ids(cli) == set(resumed)
+    assert _ids(cli) == {resumed}
 
 
 def test_clean_passes_over_what_was_resumed_and_stopped_again_since_its_listing(
@@ -186,20 +194,7 @@ def test_clean_passes_over_what_was_resumed_and_stopped_again_since_its_listing(
     """Listed cancelled, then resumed and paused (or failed) before the clean got to it: settled again, but not
     as listed, and removed, a resumable operation lost with its checkpoints (an outside hour: a paused run at
     132/200). The clean removes only what is still as it listed it."""
-    ops = [cli("-q", "submit", "demo").stdout.strip() for _ in range(3)]
-    for op in ops:
-        assert in_process(cli, "cancel", op)[0] == 0
-    real_remove, resumed = Engine.remove, []
-
-    async def remove(self: Engine, op_id: str, **kw: Any) -> None:
-        if not resumed:
-            resumed.append(op_id)
-            assert cli("resume", op_id, "--queue").returncode == 0
-            assert cli("pause", op_id).returncode == 0
-        await real_remove(self, op_id, **kw)
-
-    monkeypatch.setattr(Engine, "remove", remove)
-    code, _, err = in_process(cli, "clean")
+    code, err, resumed = _clean_beside(cli, monkeypatch, ("resume", "--queue"), ("pause",))
     assert code == 0 and "2 removed" in err and "outlast:" not in err, (code, err)
-    assert _ids(cli) == set(resumed)
-    assert cli.op(resumed[0]).status.value == "paused"
+    assert _ids(cli) == {resumed}
+    assert cli.op(resumed).status.value == "paused"
