@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..autobot import seed_checkpoint, seed_progress
 from ..models import Checkpoint, InvalidInput, LogRecord, NumbersNotBools, Operation, OperationSpec, Progress, Status
@@ -57,6 +57,15 @@ class ResumeIn(NumbersNotBools):
     the name the seed's API and the checkpoint listings give it (``{"checkpoint_id": "3"}``)."""
     profile: dict[str, Any] = Field(default_factory=dict)
     """Timeout profile changes from this attempt on (``{"max_timeout": 28800, "failure_threshold": 20}``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        """Both names at once: which one was meant is not known (pydantic said "Extra inputs are not permitted"
+        of the second, as if it were not a name of this field)."""
+        if isinstance(data, dict) and "checkpoint" in data and "checkpoint_id" in data:
+            raise ValueError("give the checkpoint as checkpoint or as checkpoint_id, not both")
+        return data
 
 
 class ControlOut(BaseModel):
