@@ -241,8 +241,9 @@ def check_type(type_: str) -> str:
     return v
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-"""What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What a one-line label must not hold: C0 and C1 controls (an escape sequence, a newline), line separators,
+bidirectional overrides and isolates (U+202E shows the rest of a line reversed: a name could read as another)."""
 
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]+\Z")
@@ -367,6 +368,8 @@ class OperationSpec(NumbersNotBools):
     @classmethod
     def _tags_ok(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
+            if not key.strip():  # a tag no one can name to filter by, shown as "=value"
+                raise ValueError(f"a tag's key is empty or blank ({key!r} = {value[:20]!r})")
             if len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
                 raise ValueError(f"tag {key[:20]!r}: key and value at most {MAX_TAG_CHARS} characters each")
         return v

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from engine import OperationSpec
 from engine.exitcodes import ExitCode
 from tests.fixtures_cli import CLI, REPO, Cli, main_here, until
 
@@ -471,6 +473,27 @@ def test_a_blank_name_is_no_name(cli: Cli) -> None:
         r = cli.here("--json", "submit", "demo", "--name", blank, "-p", "items=1", "-p", "seconds=0")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["name"] is None, (blank, r.stdout)
+
+
+def test_a_name_that_reverses_the_line_is_refused_and_nothing_is_stored(cli: Cli, state_dir: Path) -> None:
+    """U+202E (right-to-left override) and the other bidirectional overrides and isolates were taken in a name
+    where every other control character is refused: stored, a name such as ``report\u202eexe.txt`` reads
+    as another on any face that does not escape it (the JSON's consumers)."""
+    for bad in ("\u202e", "\u202a", "\u2066", "\u2069"):
+        r = cli.here("submit", "demo", "--name", f"report{bad}txt.exe", "-p", "items=1", "-p", "seconds=0")
+        assert r.returncode == 2, (bad, r)
+        assert f"control character U+{ord(bad):04X}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    assert cli.here("--json", "ls").stdout.strip() in ("", "[]")
+    r = cli.here("--json", "submit", "demo", "--name", "rapport été שלום 🎉", "-p", "items=1")
+    assert r.returncode == 0 and json.loads(r.stdout)["name"] == "rapport été שלום 🎉", r
+
+
+def test_a_tag_without_a_key_is_refused() -> None:
+    """``{"tags": {"": "x"}}`` was stored: a tag no filter can name, shown as ``=x``."""
+    for key in ("", " ", "\u3000"):
+        with pytest.raises(ValidationError, match="key is empty or blank"):
+            OperationSpec(type="demo", tags={key: "x"})
+    assert OperationSpec(type="demo", tags={"team": ""}).tags == {"team": ""}
 
 
 def test_control_characters_in_stored_text_are_escaped_on_the_terminal(cli: Cli, state_dir: Path) -> None:
