@@ -865,16 +865,23 @@ class Engine:
             return new
         raise Conflict(f"operation {op_id} is changing hands: try again")
 
-    async def remove(self, op_id: str, *, statuses: frozenset[Status] | None = None) -> None:
+    async def remove(
+        self, op_id: str, *, statuses: frozenset[Status] | None = None, ended_before: float | None = None
+    ) -> None:
         """Delete a settled operation with its checkpoints, item records and logs (its outputs stay).
         Fenced: a resume or claim that lands first wins, and nothing is removed (Conflict). ``statuses``: only
         in one of these (those a ``clean`` listed it in): one resumed and paused since it was listed cancelled
-        is settled again, but not as listed, and was removed, resumable work lost (Conflict now)."""
+        is settled again, but not as listed, and was removed, resumable work lost (Conflict now).
+        ``ended_before``: only if it ended (or, never run, was made) before this time (``clean --older-than``):
+        one resumed and finished anew since it was listed is not old any more (Conflict); checked on the record
+        read just before the fenced delete, which fences the status only."""
         op = await self.store.get(validate_id(op_id))
         check_action(Action.REMOVE, op.status, op_id)
         allowed = ACTIONS[Action.REMOVE] if statuses is None else ACTIONS[Action.REMOVE] & statuses
         if op.status not in allowed:
             raise Conflict(f"operation {op_id} is {op.status.value} now, not {' or '.join(sorted(allowed))}")
+        if ended_before is not None and op.ended_at > ended_before:
+            raise Conflict(f"operation {op_id} ended since it was listed: not removed")
         await self.store.delete(op_id, expect=allowed)
         # The output of a detached run (`outlast run --detach`) is its log too: it stayed behind for ever.
         with contextlib.suppress(OSError):

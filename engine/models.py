@@ -512,6 +512,11 @@ class Operation(BaseModel):
         return self.backoff_from is not None and now < self.backoff_from
 
     @property
+    def ended_at(self) -> float:
+        """When it ended, or, never run, was made: the age ``outlast clean --older-than`` goes by."""
+        return self.finished_at or self.created_at
+
+    @property
     def elapsed(self) -> float | None:
         """Seconds this attempt has run (None before it starts): ``elapsed_at`` now."""
         return self.elapsed_at(time.time())

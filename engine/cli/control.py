@@ -382,8 +382,7 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
             while True:
                 page = await engine.list_operations(wanted, limit=CLEAN_PAGE, offset=kept)
                 for op in page:
-                    ended = op.finished_at or op.created_at
-                    if cutoff is not None and (ended is None or ended > cutoff):
+                    if cutoff is not None and op.ended_at > cutoff:
                         kept += 1
                         continue
                     if dry_run:
@@ -391,23 +390,25 @@ def clean(app: App, older: str | None, statuses: tuple[str, ...], dry_run: bool)
                         said(op.id, None)
                         continue
                     try:
-                        await engine.remove(op.id, statuses=frozenset(wanted))
+                        await engine.remove(op.id, statuses=frozenset(wanted), ended_before=cutoff)
                     except NotFound:
                         # Removed since the listing by another command (a clean at the same time, an rm): what
                         # was asked, not an error; and gone from the listing, not kept in it.
                         continue
                     except OutlastError as e:
                         try:
-                            listed = (await engine.get(op.id)).status in wanted
+                            now_op = await engine.get(op.id)
                         except NotFound:
-                            listed = False
+                            continue
                         except OutlastError:
-                            listed = True  # as it was
-                        if not listed:
+                            now_op = op  # as it was
+                        if now_op.status not in wanted:
                             # Resumed since the listing (a person's `outlast resume`): not finished any more, so not
                             # this clean's to remove, as a clean a moment later would not have listed it.
                             continue
                         kept += 1  # still listed: the next page begins after it
+                        if cutoff is not None and now_op.ended_at > cutoff:
+                            continue  # resumed and ended anew since the listing: not old, as a later clean sees it
                         said(op.id, e)
                     else:
                         said(op.id, None)
