@@ -254,6 +254,23 @@ def test_dashboard_without_a_terminal_is_one_clear_line(cli: Cli) -> None:
     assert "the dashboard needs a terminal" in one_line_error(r)
 
 
+def test_a_watch_only_dashboard_where_no_store_is_makes_none(cli: Cli, tmp_path: Path) -> None:
+    """``outlast --state-dir /typo tui --watch-only`` made a whole store there and showed it empty, as the read
+    commands did before they stopped making stores. It only shows, so it says there is none (exit 3, before it
+    asks for a terminal) and leaves nothing; where a store is, it goes on to the terminal check."""
+    typo = tmp_path / "typo"
+    r = cli("--state-dir", str(typo), "tui", "--watch-only")
+    assert r.returncode == ExitCode.NOT_FOUND and not typo.exists(), r
+    assert one_line_error(r).startswith(f"outlast: no state directory at {typo} (from --state-dir)"), r.stderr
+    typo.mkdir()
+    r = cli("--state-dir", str(typo), "tui", "--watch-only")
+    assert r.returncode == ExitCode.NOT_FOUND and os.listdir(typo) == [], r
+    assert "holds no outlast.db; a dashboard --watch-only makes none" in one_line_error(r), r.stderr
+    assert cli("-q", "submit", "demo").returncode == 0  # the fixture's store, made
+    r = cli("tui", "--watch-only")
+    assert r.returncode == ExitCode.USAGE and "the dashboard needs a terminal" in one_line_error(r), r
+
+
 def test_dashboard_that_cannot_be_imported_is_one_clear_line(cli: Cli) -> None:
     # On a real terminal (a pty), the import itself fails, as with a broken install.
     code = "import sys, engine.cli as c\nsys.modules['tui.app'] = None\nc.main(['--state-dir', sys.argv[1], 'tui'])\n"

@@ -14,9 +14,10 @@ import click
 
 from ..errors import InvalidInput
 from ..exitcodes import ExitCode
+from ..store.quick import missing
 from . import collector_paused
 from . import format as fmt
-from .common import App, Mode, build_spec, pass_app, run_async, spec_options, text_params
+from .common import App, Mode, NoStore, build_spec, no_store, pass_app, run_async, spec_options, text_params
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -27,6 +28,11 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     """The Textual dashboard, imported only now (the headless commands never load textual)."""
     quick = quick_look(app)
     settings = app.settings if quick is None else None  # first, as before: what is wrong with them is said first
+    if watch_only and (quick is None or missing(quick[0]) is not None):
+        # It only shows: a mistyped --state-dir made a store there (and showed it empty), as reads no longer do.
+        gone = no_store(app.settings)
+        if gone is not None:
+            raise NoStore(f"{gone}; a dashboard --watch-only makes none (without --watch-only it makes one)")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fmt.echo("outlast: the dashboard needs a terminal (for scripts: outlast ls, watch, run)", err=True)
         return ExitCode.USAGE
