@@ -772,11 +772,18 @@ class Engine:
         return stopped or self._with_live(attempt.op)
 
     async def resume(
-        self, op_id: str, checkpoint: int | None = None, profile: dict[str, Any] | None = None
+        self,
+        op_id: str,
+        checkpoint: int | None = None,
+        profile: dict[str, Any] | None = None,
+        *,
+        keep_place: bool = False,
     ) -> Operation:
         """Queue a stopped operation again, from its newest valid checkpoint or the one given;
-        ``profile`` changes its timeout profile (and failure threshold) from this attempt on."""
-        return await self._requeue(op_id, checkpoint, profile)
+        ``profile`` changes its timeout profile (and failure threshold) from this attempt on. ``keep_place``:
+        queued where it was queued before, not behind work submitted since (work handed from one process to
+        another, as the dashboard's hand-over on quit does; a person's resume queues it now)."""
+        return await self._requeue(op_id, checkpoint, profile, keep_place=keep_place)
 
     async def _resume_orphan(self, op_id: str) -> Operation:
         """``auto_resume`` of an operation found orphaned: queued again only while it is interrupted. A pause
@@ -788,7 +795,12 @@ class Engine:
         return await self._requeue(op_id, None, None, only=Status.INTERRUPTED)
 
     async def _requeue(
-        self, op_id: str, checkpoint: int | None, profile: dict[str, Any] | None, only: Status | None = None
+        self,
+        op_id: str,
+        checkpoint: int | None,
+        profile: dict[str, Any] | None,
+        only: Status | None = None,
+        keep_place: bool = False,
     ) -> Operation:
         op = await self.store.get(validate_id(op_id))
         if only is not None and op.status is not only:
@@ -825,7 +837,7 @@ class Engine:
             Status.QUEUED,
             expect=frozenset({op.status}),
             attempt=op.attempt + 1,
-            queued_at=now,
+            queued_at=op.queued_at if keep_place else now,
             resume_seq=checkpoint,
             not_before=None,
             backoff_from=None,

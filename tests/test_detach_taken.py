@@ -9,7 +9,8 @@ from pathlib import Path
 
 from engine import Engine, OperationSpec, Status, load_settings, open_store
 from tests.fixtures_cli import Cli, Proc, alive, until
-from tui.handover import handed_line
+from tests.fixtures_engine import until as until_async
+from tui.handover import hand_over, handed_line
 
 SLOW = ("--plugin", "tests.slow_runner")
 
@@ -59,6 +60,22 @@ async def test_hand_over_names_the_worker_that_took_the_work_first(state_dir: Pa
         assert done.worker is not None and done.worker.pid == worker.popen.pid
     worker.kill()
     assert not alive(worker.popen.pid)
+
+
+async def test_work_handed_over_keeps_its_place_in_the_queue(state_dir: Path) -> None:
+    """The dashboard's hand-over on quit paused its running work and resumed it as a person's resume does:
+    queued now, behind everything submitted since, so the background worker ran newer work first (the worker's
+    own hand-back on a signal keeps the place). It keeps the place it had."""
+    settings = load_settings(state_dir=state_dir, max_concurrent=1)
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        first = await engine.submit(OperationSpec(type="demo", params={"items": 400, "seconds": 0.02}))
+        await until_async(lambda: first.id in engine.running_ids, timeout=30)
+        later = await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))
+        assert await hand_over(engine, 30) == [first.id]
+        handed, newer = await engine.get(first.id), await engine.get(later.id)
+        assert handed.status is Status.QUEUED and newer.status is Status.QUEUED
+        assert handed.queued_at == first.queued_at < newer.queued_at, (handed.queued_at, newer.queued_at)
+        assert handed.status_message == "resuming" and handed.attempt == 2
 
 
 def test_resume_detach_of_work_stopped_by_another_command_meanwhile_names_no_worker(cli: Cli) -> None:

@@ -36,7 +36,7 @@ async def hand_over(engine: Engine, timeout: float) -> list[str]:
     queued = []
     for op_id in running:
         try:
-            await engine.resume(op_id)
+            await engine.resume(op_id, keep_place=True)  # its place in the queue: not behind newer work
         except OutlastError as e:  # finished meanwhile, or taken by another process: nothing to hand over
             log.info("not handed over: %s", e)
         else:
