@@ -794,9 +794,12 @@ class OperationContext(SeedContextMethods):
             await self._save()  # a store that fails is said once (and the status write is still tried)
 
     def failed_item(self, exc: BaseException) -> str | None:
-        """The item whose body raised ``exc`` (None: the handler raised it outside any item's body, or misused
-        ``ctx.items``, which fails the operation)."""
-        return None if isinstance(exc, ItemsMisused) else self._ledger.failed_item(exc)
+        """The item whose body raised ``exc`` (None: the handler raised it outside any item's body, misused
+        ``ctx.items``, or raised ``OperationFailed``: each fails the operation; an ``OperationFailed`` raised in
+        an item's body was counted as that item's failure, and the operation completed)."""
+        if isinstance(exc, (ItemsMisused, OperationFailed)):
+            return None
+        return self._ledger.failed_item(exc)
 
     def reenter(self) -> None:
         """The handler is called again after an item failed: it sees ``resuming`` and skips that item."""

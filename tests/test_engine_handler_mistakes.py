@@ -129,6 +129,25 @@ async def test_a_failure_meant_for_the_user_is_its_message_alone(engine: Engine)
     assert final.status is Status.FAILED and final.error == "no such table 't1': create it first", final.error
 
 
+@operation("test_says_why_in_an_item")
+async def says_why_in_an_item(ctx: OperationContext, params: Any) -> dict:
+    ran = []
+    async for i in ctx.items(range(10), key=str):
+        ran.append(i)
+        if i == 3:
+            raise OperationFailed("the source database is gone; nothing more can be done")
+    return {"ran": ran}
+
+
+async def test_a_failure_meant_for_the_user_raised_in_an_item_fails_the_operation(engine: Engine) -> None:
+    """Raised in an item's body it was taken as that item's failure: logged "item failed: 3", the loop went on
+    and the operation completed with all ten items run, though the handler said nothing more could be done."""
+    final = await run(engine, "test_says_why_in_an_item")
+    assert final.status is Status.FAILED, (final.status, final.result)
+    assert final.error == "the source database is gone; nothing more can be done", final.error
+    assert final.progress.done == 3 and final.progress.failed == 0, final.progress
+
+
 @operation("test_swallows_too_many_failures")
 async def swallows_too_many_failures(ctx: OperationContext, params: Any) -> dict:
     async for i in ctx.items(range(8)):
