@@ -72,7 +72,7 @@ class CheckpointsMixin(RecoveryMixin):
 
         res = await self._fenced(op_id, cp.epoch, send)
         tag = res[0].decode()
-        if tag == "missing" and await self._restored():
+        if tag == "missing" and await self._restored(op_id):
             res = await self._fenced(op_id, cp.epoch, send)
             tag = res[0].decode()
         if tag == "missing":

@@ -61,6 +61,7 @@ class RecordsMixin(RecoveryMixin):
             raise StoreError(f"redis {self.link.where}: the store was emptied or replaced again; {op.id} not created")
         if not handle:
             raise Conflict(f"operation {op.id} exists already")
+        self._saw_handle(handle)
         if self.mirror is not None:  # the copy is for the mirror only (a submit's every microsecond counts)
             await self._mirror_record(op.model_copy(update={"handle": handle}), check=False, new=True)
         return handle
@@ -213,7 +214,7 @@ class RecordsMixin(RecoveryMixin):
 
         res = await self._fenced(op_id, epoch if token else None, send)
         tag = res[0].decode()
-        if tag == "missing" and await self._restored():
+        if tag == "missing" and await self._restored(op_id):
             res = await self._fenced(op_id, epoch if token else None, send)
             tag = res[0].decode()
         if tag == "missing":
@@ -400,6 +401,7 @@ class RecordsMixin(RecoveryMixin):
             # Claimed but unreadable (tampered with): not run; its lease lapses and it stays reported.
             self._report_malformed(claimed, e)
             return None
+        self._saw_handle(op.handle)
         if self.mirror is not None:  # running, leased: not removable meanwhile
             prior = await self._mirror_claim(op)
             if prior is not None:  # settled since, in what Redis lost: written back, not run again

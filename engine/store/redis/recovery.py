@@ -52,6 +52,10 @@ class RecoveryMixin(RedisCore):
     """This process marked in Redis that a mirror write failed (``meta`` ``mirror_stale``)."""
     _emptied_said_at = -EMPTIED_EVERY
     """When (monotonic) this process last said the store was emptied."""
+    _seen_handle = 0
+    """The highest handle this process got from Redis (a create's, a claim's): a handle counter below it is a
+    Redis gone back in time whole (restarted from an older snapshot that holds the mark), which lost the
+    operations created since; the mark alone does not tell."""
 
     async def _emptied(self) -> None:
         """Called when the store is found emptied or replaced since this process connected (RedisStore: look
@@ -202,8 +206,76 @@ class RecoveryMixin(RedisCore):
         await mirror.guard("naming its store", lambda: mirror.write_identity_sync(store_id, url))
 
     async def _ensure_generation_cheap(self) -> None:
-        if await self._read_generation() != self._generation:
+        key = self.keys.meta
+        gen, counter = await self.link.call(
+            lambda c: c.hmget(key, [GENERATION_FIELD, "handles"]), "reading the store generation"
+        )
+        if gen != self._generation:
             await self._ensure_generation()
+        elif _int(counter) < self._seen_handle:
+            await self._went_back_whole(_int(counter))
+
+    def _saw_handle(self, handle: int | None) -> None:
+        if handle is not None and handle > self._seen_handle:
+            self._seen_handle = handle
+
+    async def _went_back_whole(self, counter: int | None = None) -> bool:
+        """Redis holds its mark but gave fewer handles than this process saw, or than a record the mirror holds
+        has: restarted from an older snapshot (an RDB file minutes old, a replica behind), which lost every
+        operation created since, unseen (``ls`` listed 1 of 4, a worker's running ones "gone from the store"),
+        though the mirror had them. Restored from the mirror as an emptied Redis is (the handle counter moved
+        past every handle it knows first); said without one. True: restored."""
+        seen = self._seen_handle
+        if counter is not None:
+            self._seen_handle = counter  # said once for one loss
+        if self.mirror is None:
+            log.warning(
+                "redis %s went back in time (restarted from an older snapshot?): it has given %s handles, this"
+                " process saw handle %d; the operations created after that snapshot are gone (a checkpoint_mirror"
+                " would have restored them)",
+                self.link.where,
+                counter,
+                seen,
+            )
+            return False
+        log.warning(
+            "redis %s went back in time (restarted from an older snapshot?): it lost operations the checkpoint"
+            " mirror %s holds; restoring them from it",
+            self.link.where,
+            self.mirror.root,
+        )
+        await self._restore_from_mirror()
+        return True
+
+    async def _lost_not_removed(self, op_ids: list[str]) -> bool:
+        """Whether a record Redis lacks and the mirror holds was lost by Redis going back in time, not removed:
+        its handle was never given (above the counter), or given since to another operation. A removal takes
+        the mirror's record out first, so the mirror holds a removed one only for a moment, with a handle
+        Redis gave."""
+        mirror = self.mirror
+        assert mirror is not None
+        handles = []
+        for op_id in op_ids[:100]:
+            op = await asyncio.to_thread(mirror.load_record_sync, op_id)
+            if op is not None and op.handle:
+                handles.append((op_id, op.handle))
+        if not handles:
+            return False
+        meta, by_handle = self.keys.meta, self.keys.handles
+
+        async def look(c: Any) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            pipe.hget(meta, "handles")
+            for _, h in handles:
+                pipe.hget(by_handle, str(h))
+            return list(await pipe.execute())
+
+        counter, *owners = await self.link.call(look, "checking the handle counter against the mirror")
+        top = _int(counter)
+        return any(
+            h > top or (owner is not None and owner.decode() != op_id)
+            for (op_id, h), owner in zip(handles, owners, strict=True)
+        )
 
     async def _missing(self, ids: list[str]) -> list[str]:
         """The ``ids`` whose record Redis does not hold."""
@@ -362,7 +434,10 @@ class RecoveryMixin(RedisCore):
                     await mirror.guard("naming its store", lambda: mirror.write_identity_sync(store_id, url))
                 listed = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
                 gone = await self._missing(listed)
-                if gone and await self._read_generation() == self._generation:  # removed, not lost with Redis
+                if gone and await self._lost_not_removed(gone):  # Redis went back: restored, not forgotten
+                    await self._went_back_whole()
+                    gone = []
+                elif gone and await self._read_generation() == self._generation:  # removed, not lost with Redis
                     await mirror.forget(gone)
                 else:
                     gone = []
@@ -469,13 +544,16 @@ class RecoveryMixin(RedisCore):
         keys = [self.keys.op(op.id), self.keys.lease(op.id)]
         await self._script("WRITE", keys, args, f"writing {op.id} back from the checkpoint mirror")
 
-    async def _restored(self) -> bool:
-        """After a record was found missing: True when Redis had been emptied and the mirror restored it."""
+    async def _restored(self, op_id: str | None = None) -> bool:
+        """After ``op_id``'s record was found missing: True when Redis had been emptied, or had gone back in time
+        (``_lost_not_removed``), and the mirror restored it."""
         if self.mirror is None:
             return False
         before = self._generation
         await self._ensure_generation()
-        return self._generation != before
+        if self._generation != before:
+            return True
+        return op_id is not None and await self._lost_not_removed([op_id]) and await self._went_back_whole()
 
     def _reconnected(self) -> None:
         """Called by the link when Redis answers again after an outage: it may have restarted empty."""
@@ -492,3 +570,11 @@ def _later(stamp: list[bytes | None], op: Operation) -> bool:
     except (ValueError, TypeError):
         return False
     return (epoch, updated) > (op.epoch, op.updated_at or 0.0)
+
+
+def _int(raw: bytes | str | None) -> int:
+    """A counter as Redis holds it (None: never set)."""
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
