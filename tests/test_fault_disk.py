@@ -658,8 +658,8 @@ def test_a_log_larger_than_the_disk_is_cut_before_the_store_has_no_room(small_fs
     Now the log stops being written while the disk still has room for the store's records: the run
     completes, its log saying where lines were left out, with the last of them."""
     fs = CliAt(small_fs / "state", OUTLAST_STORE_OUTAGE_LIMIT="2")
-    lines = 70_000  # ~10 MB of log records on a 5 MB disk
-    argv = [sys.executable, "-c", f"for i in range({lines}): print('line', i, 'x' * 80)"]
+    lines = 35_000  # ~9 MB of log records on a 5 MB disk (long lines: the cost is per line, the cut per byte)
+    argv = [sys.executable, "-c", f"for i in range({lines}): print('line', i, 'x' * 200)"]
     code, rec, err = run_json(fs, "run", "command", "--params-json", json.dumps({"argv": argv}))
     assert code == 0, err
     assert rec["status"] == "completed" and rec["result"]["lines"] == lines, rec
