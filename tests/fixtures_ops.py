@@ -204,8 +204,10 @@ def as_user_who_cannot_read(cmd: list[str], locked: Path, **kw: Any) -> subproce
     return subprocess.run(cmd, preexec_fn=_drop_read_override, capture_output=True, text=True, **kw)
 
 
-DEEPER_THAN_RECURSION = sys.getrecursionlimit() + 200
-"""Nested directories one more level each: more than a walk that recurses per level goes through."""
+DEEPER_THAN_RECURSION = sys.getrecursionlimit() + 50
+"""Nested directories one more level each: more than a walk that recurses per level goes through (its frames
+come on top of its caller's, so it fails some levels before the limit). Not more: a retention run reaches each
+directory from its base, N*N/2 opens (test_op_cleanup: 1,200 levels cost 6 CPU-s)."""
 
 
 @contextlib.contextmanager

@@ -286,7 +286,7 @@ async def test_retention_prunes_empty_directories_without_following_a_swapped_on
 
 
 async def test_trees_deeper_than_the_recursion_limit(engine: Engine, tmp_path: Path) -> None:
-    """1,200 nested directories (Python 3.11's os.walk recursed once per level: RecursionError): a root's deep
+    """1,050 nested directories (Python 3.11's os.walk recursed once per level: RecursionError): a root's deep
     old file is listed and removed; retention removes a deep old output and prunes every emptied directory."""
     root, outputs = tmp_path / "root", Path(engine.settings.state_dir) / "outputs"
     with deep_tree(root, leaf="deep.tmp") as leaf, deep_tree(outputs / "deep", leaf="old.txt") as out_leaf:

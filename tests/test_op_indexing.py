@@ -245,7 +245,7 @@ def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
 
 
 async def test_a_tree_deeper_than_the_recursion_limit_is_indexed(engine: Engine, tmp_path: Path) -> None:
-    """1,200 nested directories outside a git work tree (the walk lists it): Python 3.11's os.walk recursed
+    """1,050 nested directories outside a git work tree (the walk lists it): Python 3.11's os.walk recursed
     once per level and failed the run with RecursionError."""
     with deep_tree(tmp_path / "src") as leaf:
         (tmp_path / "src" / "top.py").write_text("def top():\n    pass\n")
