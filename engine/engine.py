@@ -102,6 +102,11 @@ def _handler_frame(frame: FrameType | None) -> str | None:
 _HANDLER_CALL = Attempt.handler_call_code()
 
 
+ASK_AGAIN_FOR = 30.0
+"""Seconds a stop the store did not confirm is asked again for while its attempt's record still says running
+(``Engine._ask_again``): until the store judges the attempt orphaned."""
+
+
 def stopping_already(op_id: str, reason: StopReason, action: Action) -> str:
     """A pause or cancel that would not change how a stopping operation ends (a pause after a cancel, a
     cancel after the store failed): said, not "requested", which the asker read as what would happen."""
@@ -965,18 +970,27 @@ class Engine:
         attempt, it is recovered first: a request stored on it was dropped by a recovery that had read the
         requests just before and marked it interrupted just after."""
         try:
-            for _ in range(4):  # changed meanwhile (queued again, claimed): asked again of what it became
+            changes, done = 0, False
+            deadline = time.monotonic() + ASK_AGAIN_FOR
+            while changes < 4 and not done:  # changed meanwhile (queued again, claimed): asked of what it became
                 op = await self.store.get(op_id)
                 if op.status is Status.RUNNING and op.epoch == epoch:
-                    await self.recover()
+                    if time.monotonic() > deadline:
+                        break
+                    if not await self.recover():
+                        # Not judged orphaned yet: a Redis that just answered again judges no lease before live
+                        # workers have had the time to renew theirs.
+                        await asyncio.sleep(0.25)
                     continue
+                changes += 1
                 if action is not Action.PAUSE or op.status is not Status.INTERRUPTED:
                     await self._control(op_id, action)
-                    break
+                    done = True
+                    continue
                 with contextlib.suppress(Conflict):
                     await self._stopped_as_asked(op, Status.PAUSED)  # interrupted, as read
-                    break
-            else:
+                    done = True
+            if not done:
                 log.warning("operation %s: the %s asked while the store did not answer is lost", op_id, action.value)
                 return
         except (Conflict, NotFound):

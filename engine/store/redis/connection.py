@@ -59,6 +59,10 @@ FLAPPING = 10.0
 that keeps dropping (a Redis at its ``maxclients`` refusing some of the connections made, a proxy cutting
 them) said "connection lost" and "connected again" for each drop (4 pairs in 9 s). Such drops are counted,
 and the count said once the connection stays up that long (or the store closes)."""
+
+STALL = 0.25
+"""Seconds a call may wait for Redis before ``last_wait`` notes it."""
+
 DROP_SAID = 5.0
 """Seconds a drop counted so (``FLAPPING``) may last before it is said all the same: an outage of its own."""
 
@@ -212,6 +216,10 @@ class RedisLink:
         """Why the connection was last lost (a few words)."""
         self._drops: list[float] = []
         """When each drop counted and not said yet came back (``FLAPPING``)."""
+        self._stalled_at = -1.0
+        """When (monotonic) a call last got its reply after waiting over ``STALL`` seconds (-1: never)."""
+        self._stall_len = 0.0
+        """How long that call waited, its retries included."""
         self._said_back_at = 0.0
         """When "connected again" was last said (monotonic): the drops counted since are over that long."""
         self.reconnects = 0
@@ -439,6 +447,15 @@ class RedisLink:
             return False
         return not _CONNECTING.search(str(e))
 
+    def last_wait(self) -> tuple[float, float] | None:
+        """(seconds ago, seconds long) of the last time Redis kept a call of this process waiting over ``STALL``
+        seconds, its retries through an outage included; None: never. A Redis that stopped answering
+        (SIGSTOPped, suspended) let every lease run out meanwhile, live workers' too, and they renew theirs
+        only once it answers again."""
+        if self._stalled_at < 0:
+            return None
+        return time.monotonic() - self._stalled_at, self._stall_len
+
     def unanswered_for(self) -> float:
         """Seconds the oldest call under way has waited for Redis, its retries included (0: none waits): a
         frozen Redis answers nothing, and each call gives up only after ``retry_for``."""
@@ -521,6 +538,8 @@ class RedisLink:
                     delay = min(delay * 2, 1.0)
                     continue
                 self._down_since = None
+                if (waited := time.monotonic() - start) > STALL:
+                    self._stalled_at, self._stall_len = time.monotonic(), waited
                 if not self.connected:
                     self.connected = True
                     self.reconnects += 1

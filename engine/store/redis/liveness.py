@@ -119,6 +119,12 @@ class LivenessMixin(RecoveryMixin):
             await self._ensure_generation()
         else:
             await self._ensure_generation_cheap()
+        wait = self.link.last_wait()
+        if wait is not None and wait[1] >= self.lease_ttl / 2 and wait[0] < self.lease_ttl + 1:
+            # Redis answers again after keeping this process waiting about as long as a lease: a frozen Redis
+            # let live workers' leases run out too (a watcher marked a running operation interrupted as the
+            # worker running it was renewing), as a restart does. Judged once they have had the time to renew.
+            return []
         if await self._uptime() < self.lease_ttl + 1:
             return []  # Redis just (re)started: live workers have not renewed their leases yet
         running, gone_key = self.keys.status(Status.RUNNING.value), self.keys.gone
