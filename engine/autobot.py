@@ -169,6 +169,8 @@ class SeedContextMethods:
         try:
             await self.checkpoint(next_step, **context_data)
         except NotJSON as e:
+            if e.too_deep:  # nested past the limit: no string stands for that
+                raise
             try:
                 as_json = json.loads(json.dumps([self.state, context_data], default=str))
             except ValueError:  # a cycle: no string for it either

@@ -33,13 +33,13 @@ from .autobot import Pending, SeedContextMethods
 from .humanize import abridged
 from .items import ItemLedger
 from .lifecycle import StopReason
-from .limits import MAX_COUNT, MAX_STEP_CHARS
+from .limits import MAX_COUNT, MAX_STEP_CHARS, MAX_VALUE_DEPTH
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
 from .shortage import OUT_OF_FILES, RanShort, files_short_why, ran_short_said
 from .store.base import ItemDelta, Ledger
-from .text import NotJSON, bad_text, clean, clean_json, storable
+from .text import NotJSON, bad_text, clean, clean_json, storable, too_deep
 
 T = TypeVar("T")
 
@@ -390,7 +390,8 @@ class OperationContext(SeedContextMethods):
         and completed work was found interrupted and run again."""
         metrics = self.metrics
         try:
-            if json.dumps(metrics, allow_nan=False) and bad_text(metrics, "") is None:
+            deep = too_deep(metrics, "", MAX_VALUE_DEPTH + 1)  # a record cannot hold it: storable says why, below
+            if deep is None and json.dumps(metrics, allow_nan=False) and bad_text(metrics, "") is None:
                 return dict(metrics)
         except (TypeError, ValueError, RecursionError):
             pass

@@ -43,6 +43,10 @@ MAX_PARAMS_BYTES = 64 * 1024
 """Params as JSON text, at most."""
 MAX_JSON_DEPTH = 32
 """Lists and objects inside params (or profile values) nest at most this deep."""
+MAX_VALUE_DEPTH = 200
+"""Lists and dicts in what a handler stores (``ctx.state``, checkpoint context data, a result, a metric) nest at
+most this deep: JSON's encoder recurses a frame a level and pydantic's writer stops at 255 (a record, an
+answer of the API, is a few levels more). A value deeper is refused naming where (``text.too_deep``)."""
 MAX_PROFILE_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from .limits import MAX_VALUE_DEPTH
 
 if TYPE_CHECKING:  # not imported: the quick paths (``outlast ls``) show text without pydantic
     from pydantic import BaseModel
@@ -112,6 +115,10 @@ def json_bytes(value: Any, **kw: Any) -> bytes:
 class NotJSON(TypeError):
     """A checkpoint holds a value JSON cannot (its message names the value and where it is)."""
 
+    too_deep: bool = False
+    """Nested past ``MAX_VALUE_DEPTH``: no string stands for that (the seed's ``save_checkpoint`` writes a
+    ``datetime`` as its ``str``, and must not try it for this)."""
+
 
 def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str | None:
     """What in ``value`` ``json.dumps`` cannot write, as ``where.key[2] is a datetime``; None if nothing."""
@@ -134,6 +141,61 @@ def not_json(value: Any, where: str, _seen: frozenset[int] = frozenset()) -> str
         if found:
             return found
     return None
+
+
+def too_deep(value: Any, where: str, limit: int) -> str | None:
+    """How deep ``value`` nests, and down which keys, when it is more than ``limit`` levels of lists and dicts
+    (``ctx.state['x']['x']['x']['x']... nests 1,201 lists or dicts deep, past the limit of 200``); None if it is not.
+
+    JSON's encoder and pydantic's writer recurse, one level a frame: past Python's stack a 1,200-level state
+    failed as "internal error: RecursionError", and a 300-level result stopped every write of its record.
+    Iterative, and each list or dict is measured once (a shared one is not walked again, a cycle not followed)."""
+    if not isinstance(value, dict | list | tuple):
+        return None
+    height: dict[int, int] = {}
+    frames: list[tuple[Any, Any, list[int]]] = [(value, _children(value), [0])]
+    on_path = {id(value)}
+    while frames:
+        node, children, best = frames[-1]
+        for _, child in children:
+            if isinstance(child, dict | list | tuple) and id(child) not in on_path:
+                if id(child) in height:
+                    best[0] = max(best[0], height[id(child)])
+                else:
+                    on_path.add(id(child))
+                    frames.append((child, _children(child), [0]))
+                    break
+        else:
+            frames.pop()
+            on_path.discard(id(node))
+            height[id(node)] = best[0] + 1
+            if frames:
+                frames[-1][2][0] = max(frames[-1][2][0], best[0] + 1)
+    depth = height[id(value)]
+    if depth <= limit:
+        return None
+    path, node = where, value
+    for _ in range(4):  # the first keys down the deepest branch: enough to find it in the handler's code
+        step = next(
+            (
+                (k, c)
+                for k, c in _children(node)
+                if isinstance(c, dict | list | tuple) and height.get(id(c)) == height[id(node)] - 1
+            ),
+            None,
+        )
+        if step is None:
+            break
+        parent, (k, node) = node, step
+        path += f"[{clean(k) if isinstance(k, str) else k!r}]" if isinstance(parent, dict) else f"[{k}]"
+    return (
+        f"{path}{'...' if height[id(node)] > 1 else ''} nests {depth:,} lists or dicts deep, past the limit of {limit}"
+    )
+
+
+def _children(value: Any) -> Iterator[tuple[Any, Any]]:
+    """``(key, child)`` pairs of a dict, or ``(index, child)`` of a list or tuple."""
+    return iter(value.items()) if isinstance(value, dict) else enumerate(value)
 
 
 def a_kind(value: Any) -> str:
@@ -175,7 +237,10 @@ def storable(value: Any, where: str) -> tuple[Any, str | None]:
     A value JSON has no form for but a string (a ``datetime``, a ``Path``: what the seed's results
     carry) is written as its ``str``, and NaN or an infinity as null (as pydantic writes records, and
     what strict JSON readers take); one that has none (a cycle, a tuple key, an integer too long to
-    write, nesting deeper than the encoder goes) cannot be stored at all."""
+    write, nesting past ``MAX_VALUE_DEPTH``) cannot be stored at all."""
+    deep = too_deep(value, where, MAX_VALUE_DEPTH)
+    if deep is not None:  # before the encoder: past the stack it raised RecursionError, and pydantic fails at 255
+        return None, deep
     try:
         # A copy, taken now: a handler's task still running after it returned changed the result it gave
         # (a cycle added), and the final status, written later, could not be (the operation run again).

@@ -73,11 +73,29 @@ RESULTS: dict[str, tuple[Any, Any, str | None]] = {
     "key": ({(1, 2): "v"}, None, "result has a key that is a tuple ((1, 2))"),
     "cycle": (_cycle(), None, "result['again'] refers back to itself"),
     "long int": ({"n": 10 ** (sys.get_int_max_str_digits() + 1)}, None, "result['n'] is an integer too long for JSON"),
-    "deep": ("deep", None, "result is nested too deep for JSON"),
+    "deep": ("deep", None, "result[0][0][0][0]... nests 100,001 lists or dicts deep, past the limit of 200"),
+    # Past pydantic's 255 but not the stack's: the record that held it could not be written, and the operation
+    # was left running until the process exited, then found interrupted.
+    "300 deep": (
+        "300 deep",
+        None,
+        "result['x']['x']['x']['x']... nests 301 lists or dicts deep, past the limit of 200",
+    ),
 }
 
 
+def _nest(levels: int) -> dict[str, Any]:
+    """``{"x": {"x": ...}}``, ``levels`` dicts inside the outer one."""
+    top = inner = {}
+    for _ in range(levels):
+        inner["x"] = {}
+        inner = inner["x"]
+    return top
+
+
 def _returned(kind: str) -> Any:
+    if kind == "300 deep":
+        return _nest(300)
     if kind == "deep":
         value: Any = []
         for _ in range(100_000):
@@ -126,3 +144,61 @@ async def test_a_state_that_is_not_a_dict_is_named(engine: Engine, kind: str) ->
     assert final.status is Status.FAILED, final.result
     name = type(WHOLE[kind]).__name__
     assert f"checkpoint not saved: ctx.state is a {name}, not a dict" in (final.error or ""), final.error
+
+
+DEEP: dict[str, tuple[int, str]] = {
+    # how it is nested, and what is said
+    "state 1200": (1200, "ctx.state['x']['x']['x']['x']... nests 1,202 lists or dicts deep, past the limit of 200"),
+    "state 300": (300, "ctx.state['x']['x']['x']['x']... nests 302 lists or dicts deep, past the limit of 200"),
+    "context_data": (1200, "ctx.context_data['x']['x']['x']['x']... nests 1,202 lists or dicts deep"),
+    "seed": (1200, "ctx.state['x']['x']['x']['x']... nests 1,202 lists or dicts deep"),
+}
+
+
+@operation("test_state_deep", params=Params)
+async def state_deep(ctx: OperationContext, p: Params) -> dict:
+    levels = DEEP[p.kind][0]
+    try:
+        if p.kind == "context_data":
+            await ctx.checkpoint(now=True, x=_nest(levels))
+        elif p.kind == "seed":
+            await ctx.save_checkpoint({"x": _nest(levels)}, "next")
+        else:
+            ctx.state["x"] = _nest(levels)
+            await ctx.checkpoint(now=True)
+    except TypeError as e:  # NotJSON, as for a set or a cycle
+        ctx.state.clear()
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"never": True}
+
+
+@pytest.mark.parametrize("kind", sorted(DEEP))
+async def test_a_state_nested_too_deep_is_named_with_its_depth(engine: Engine, kind: str) -> None:
+    """1,200 levels: "internal error: RecursionError" from JSON's encoder, two tracebacks on stderr, and
+    ``ctx.checkpoint`` raised RecursionError where a set or a cycle raises NotJSON naming the key."""
+    op = await engine.submit(OperationSpec(type="test_state_deep", params={"kind": kind}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result is not None and final.result["error"] == "NotJSON", final.result
+    assert final.result["message"].startswith(f"checkpoint not saved: {DEEP[kind][1]}"), final.result
+
+
+@operation("test_metric_deep")
+async def metric_deep(ctx: OperationContext, params: Any) -> dict:
+    ctx.progress(1, total=2, deep=_nest(300), fine=3)
+    await ctx.checkpoint(now=True)
+    return {"done": True}
+
+
+async def test_a_metric_nested_too_deep_is_left_out(engine: Engine) -> None:
+    """300 levels: JSON wrote it, pydantic (writing the record) refused it, and the operation stayed running
+    with every write of its record failing, then was found interrupted."""
+    op = await engine.submit(OperationSpec(type="test_metric_deep"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED and final.result == {"done": True}, (final.status, final.error)
+    assert "deep" not in final.progress.metrics and final.progress.metrics.get("fine") == 3
+    logs = [r.message for r in (await engine.store.read_logs(op.id))[0] if r.level == "warning"]
+    assert logs == [
+        "not stored: metric 'deep'['x']['x']['x']['x']... nests 301 lists or dicts deep, past the limit of 200;"
+        " a metric holds JSON values only"
+    ], logs

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic_core import from_json, to_json
 
+from ..limits import MAX_VALUE_DEPTH
 from ..models import (
     Checkpoint,
     ControlAction,
@@ -29,7 +30,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
-from ..text import NotJSON, json_bytes, key_not_text, not_json
+from ..text import NotJSON, json_bytes, key_not_text, not_json, too_deep
 
 ROOT = ""
 """The link the first delta of a chain names (there is no delta before it)."""
@@ -196,6 +197,13 @@ def encode_payload(cp: Checkpoint) -> bytes:
             return quick
     except (ValueError, TypeError, RecursionError):
         pass
+    deep = too_deep(cp.state, "ctx.state", MAX_VALUE_DEPTH) or too_deep(
+        cp.context_data, "ctx.context_data", MAX_VALUE_DEPTH
+    )
+    if deep is not None:  # the encoder below recursed past the stack: "internal error: RecursionError"
+        error = NotJSON(f"checkpoint not saved: {deep}")
+        error.too_deep = True
+        raise error
     where = key_not_text(cp.state, "ctx.state") or key_not_text(cp.context_data, "ctx.context_data")
     if where is not None:
         raise NotJSON(
