@@ -184,6 +184,21 @@ _MAX_INT = 2**63
 """Integers in params beyond 64 bits are refused: stores and clients cannot all keep them exact."""
 
 
+def short_int(n: int) -> str:
+    """``n`` in three significant digits, as ``f"{n:.3g}"`` writes it (``1e+111``), at any size: past 1.8e308
+    no float holds it, and that format raised OverflowError, an internal error where the params were refused."""
+    try:
+        return f"{n:.3g}"
+    except OverflowError:
+        pass
+    exact = math.log10(abs(n))  # log10 takes an int of any size
+    exponent = math.floor(exact)
+    digits = f"{10 ** (exact - exponent):.3g}"
+    if digits == "10":  # 9.9996...: rounded up to the next power
+        digits, exponent = "1", exponent + 1
+    return f"{'-' if n < 0 else ''}{digits}e+{exponent}"
+
+
 def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
     """ValueError naming the key when ``value`` nests too deep, holds a non-finite or huge number, or a
     string that is not text (a lone surrogate: a file name's bytes that are not UTF-8, see text.py).
@@ -205,7 +220,7 @@ def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
         elif isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{where}{v} is not a finite number")
         elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _MAX_INT:
-            raise ValueError(f"{where}{v:.3g} is out of range (|n| < 2**63)")
+            raise ValueError(f"{where}{short_int(v)} is out of range (|n| < 2**63)")
         elif isinstance(v, str) and clean(v) is not v:
             raise ValueError(f"{where}{_not_text(v)}")
 

@@ -82,6 +82,13 @@ def test_errors_name_what_is_wrong(api: Server) -> None:
     )
 
 
+def test_an_integer_past_a_float_is_refused_naming_it(api: Server) -> None:
+    """10**400 in params: the spec's message made a float of it (OverflowError), an internal error."""
+    body = '{"type": "demo", "params": {"items": 1' + "0" * 400 + "}}"
+    r = api.http.post("/api/operations", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "body.params: items: 1e+400 is out of range (|n| < 2**63)"
+
+
 def test_command_operations_need_allow_commands(api: Server) -> None:
     before = len(api.http.get("/api/operations/", params={"limit": 1000}).json()["items"])
     r = api.http.post("/api/operations", json={"type": "command", "params": {"argv": ["true"]}})

@@ -245,6 +245,25 @@ def test_a_newline_in_a_params_key_stays_on_the_one_line(cli: Cli) -> None:
     nothing_stored(cli)
 
 
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["-p", "items=1" + "0" * 111], "1e+111"),
+        (["-p", "items=1" + "0" * 400], "1e+400"),
+        (["--params-json", '{"items": 1' + "0" * 400 + "}"], "1e+400"),
+        (["-p", "items=-123" + "0" * 5000], "-1.23e+5002"),
+        (["--params-json", '{"items": -1' + "0" * 5000 + "}"], "-1e+5000"),
+    ],
+    ids=["111", "400", "400 json", "5000", "5000 json"],
+)
+def test_an_integer_past_64_bits_is_one_line_at_any_size(cli: Cli, args: list[str], shown: str) -> None:
+    """Past 1.8e308 the message's format made a float of it: "internal error: OverflowError", exit 70; past
+    4,300 digits JSON's reader said "use sys.set_int_max_str_digits()"."""
+    line = one_line(cli.here("submit", "demo", *args))
+    assert line == f"outlast: operation spec: params: items: {shown} is out of range (|n| < 2**63)", line
+    nothing_stored(cli)
+
+
 def test_a_non_finite_profile_in_the_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[profiles.demo]\nmax_timeout = inf\n")

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import Engine, InvalidInput
 from engine.cli.common import parse_value
 from engine.profiles import error_message
 from engine.registry import handlers
@@ -145,3 +146,13 @@ def test_true_or_false_for_a_number_is_refused_naming_it(cli: Cli) -> None:
         bad_params(cli, type_, {name: False}, f"{type_} params: {name}: false is not a number")
     code, _, err = in_process(cli, "submit", "command", "-p", "command=true", "-p", "shell=true")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("n", [10**111, 10**400, -(10**5000)], ids=["111", "400", "-5000"])
+async def test_an_integer_past_64_bits_is_invalid_input_at_any_size(engine: Engine, n: int) -> None:
+    """``engine.submit`` of 10**400 raised OverflowError from the message's ``{v:.3g}``, not InvalidInput."""
+    with pytest.raises(
+        InvalidInput, match=r"^operation spec: params: n: -?1e\+\d+ is out of range \(\|n\| < 2\*\*63\)$"
+    ):
+        await engine.submit({"type": "demo", "params": {"n": n}})
+    assert await engine.list_operations() == []

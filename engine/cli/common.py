@@ -384,11 +384,22 @@ def loads(text: str, option: str) -> Any:
     """JSON from an option; ValueError when it is not JSON, one-line BadParameter when it nests too deep
     to parse (the model's limit on depth is far below that)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except RecursionError:
         raise click.BadParameter(
             f"JSON nested deeper than {MAX_JSON_DEPTH} levels (the limit)", param_hint=option
         ) from None
+
+
+def _json_int(text: str) -> int:
+    """An integer of JSON text; one longer than Python reads (4,300 digits) as one of its size, its first digits
+    then zeros: past 2**63, the spec refuses it as it does 10**111 ("1e+5000 is out of range"), where Python's
+    words were "use sys.set_int_max_str_digits() to increase the limit" (as "not valid JSON")."""
+    try:
+        return int(text)
+    except ValueError:
+        digits = text.lstrip("-")
+        return (-1 if text.startswith("-") else 1) * int(digits[:20]) * 10 ** (len(digits) - 20)
 
 
 def parse_value(raw: str, option: str = "--param") -> Any:
