@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import InvalidInput, Settings
 from engine.models import Checkpoint
-from engine.store import LocalStore, RedisStore, Store
+from engine.store import LocalStore, RedisStore, Store, open_store
 from engine.store.base import ROOT, ItemDelta, checksum, encode_payload, link, seal
 from engine.text import NotJSON, key_not_text
 
@@ -112,3 +113,37 @@ def test_a_payload_reads_back_as_the_json_module_reads_the_state(state: dict[str
             encode_payload(cp)
     else:
         assert json.dumps(json.loads(encode_payload(cp))["state"]) == want
+
+
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"/tmp/x"
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        (123, "store 123: expected a directory path (a str or os.PathLike) or a redis:// URL, not int"),
+        (b"/tmp/x", "store b'/tmp/x': expected a directory path (a str or os.PathLike) or a redis:// URL, not bytes"),
+        (_BytesPath(), "not bytes"),
+        ("", "store '': an empty path; expected a directory path or a redis:// URL"),
+        ("a\0b", "store 'a\\x00b': a NUL byte in a path; expected a directory path or a redis:// URL"),
+    ],
+    ids=["int", "bytes", "pathlike of bytes", "empty", "nul"],
+)
+def test_open_store_refuses_what_names_no_directory_and_makes_none(
+    target: Any, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open_store(123)`` made ``./123/`` (and ``""`` used the current directory) once opened; ``b"/tmp/x"`` a
+    directory named ``b'/tmp/x'``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInput) as e:
+        open_store(target)
+    assert says in str(e.value) and "\n" not in str(e.value), e.value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_store_of_none_is_the_configured_state_dir(tmp_path: Path) -> None:
+    """None is documented as the default: the settings' state directory."""
+    store = open_store(None, settings=Settings(state_dir=tmp_path / "state"))
+    assert isinstance(store, LocalStore) and store.state_dir == tmp_path / "state"

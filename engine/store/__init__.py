@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def open_store(target: str | Path | None = None, *, settings: Settings | None = None, **options: Any) -> Store:
+def open_store(
+    target: str | os.PathLike[str] | None = None, *, settings: Settings | None = None, **options: Any
+) -> Store:
     """A store for ``target``: a state directory path (default: the configured one) or a redis URL.
 
     For Redis, ``options`` are RedisStore's (namespace, checkpoint_mirror, lease_ttl, retry_for);
@@ -39,6 +42,11 @@ def open_store(target: str | Path | None = None, *, settings: Settings | None = 
     settings: loaded here, that file's namespace was not read, and its work went to the default
     namespace, where every other team's workers ran it.
     The store is returned unopened; the Engine (or ``async with store``) opens it.
+
+    ``target`` is a ``str`` or an ``os.PathLike`` giving a ``str``, or None; anything else raises InvalidInput (as
+    every other target refused here does, so a caller catches one error, and the CLI and API say it as bad input),
+    not TypeError: ``open_store(123)`` made ``./123/``, ``open_store(b"/tmp/x")`` a directory named ``b'/tmp/x'``.
+    An empty path (it was the current directory) and one with a NUL byte are refused too.
     """
 
     def configured() -> Settings:
@@ -51,7 +59,7 @@ def open_store(target: str | Path | None = None, *, settings: Settings | None = 
     if target is None:
         have = configured()
         target = have.store or have.state_dir
-    text = str(target)
+    text = _target_text(target)
     if text.startswith(("redis://", "rediss://", "unix://")):
         try:
             from .redis import RedisStore
@@ -68,3 +76,18 @@ def open_store(target: str | Path | None = None, *, settings: Settings | None = 
     from .sqlite import LocalStore
 
     return LocalStore(Path(text))
+
+
+def _target_text(target: object) -> str:
+    """``target`` as the text of a path or URL; InvalidInput, in one line, for what names no store."""
+    path = os.fspath(target) if isinstance(target, str | os.PathLike) else target
+    if not isinstance(path, str):
+        shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
+        kind = type(path).__name__
+        raise InvalidInput(
+            f"store {shown}: expected a directory path (a str or os.PathLike) or a redis:// URL, not {kind}"
+        )
+    if not path or "\0" in path:
+        why = "a NUL byte in a path" if path else "an empty path"
+        raise InvalidInput(f"store {path!r}: {why}; expected a directory path or a redis:// URL")
+    return path
