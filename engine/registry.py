@@ -127,6 +127,10 @@ def cwd_gone() -> bool:
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}
+_GIVEN: dict[str, Callable[..., Any]] = {}
+"""The function each type was registered with (the one ``@migrate_timeout_operation`` decorated, not its handler):
+what a second registration is compared with."""
+_importing_builtin = False
 _loaded_builtins = False
 _loaded_entry_points = False
 _remembering = False
@@ -140,8 +144,21 @@ def operation(
 ) -> Callable[[Handler], Handler]:
     """Register ``async def handler(ctx, params)`` for an operation type (a string or an ``OperationType``).
 
-    A handler of one argument, ``async def handler(ctx)`` (the seed's style), is registered too.
+    A handler of one argument, ``async def handler(ctx)`` (the seed's style), is registered too. A type
+    registered again is the new handler's from then on, for the whole process, with one warning naming the type
+    and both functions (the same function again says nothing).
     """
+    return _operation(type_, params, description, estimated_items, None)
+
+
+def _operation(
+    type_: str,
+    params: type[BaseModel] | None,
+    description: str | None,
+    estimated_items: int | None,
+    given: Callable[..., Any] | None,
+) -> Callable[[Handler], Handler]:
+    """``operation``; ``given``: the function the handler runs, when that is not the handler itself."""
     try:  # a type no spec can name (``@operation("")``, "Build") registered silently and never ran
         type_ = check_type(type_)
     except ValueError as e:
@@ -159,10 +176,37 @@ def operation(
         module = fn.__module__
         source = "builtin" if module.startswith("engine.operations") else module
         call = _context_only(fn) if _positional_count(fn) == 1 else fn
+        _replacing(type_, given or fn)
         _HANDLERS[type_] = HandlerSpec(type_, call, params or AnyParams, doc, source, estimated_items)
+        _GIVEN[type_] = given or fn
         return fn
 
     return deco
+
+
+def _replacing(type_: str, fn: Callable[..., Any]) -> None:
+    """One warning when ``fn`` takes ``type_`` from another function: ``@operation("dup")`` twice, or the seed's
+    ``@migrate_timeout_operation(OperationType.CODEBASE_INDEXING)``, which replaced the built-in for the whole
+    process without a word. A built-in module loading later (``_import_builtin``) keeps the program's."""
+    if _importing_builtin:
+        return
+    before = _GIVEN.get(type_)
+    if before is fn:
+        return
+    if before is None and type_ not in BUILTIN_TYPES:
+        return  # a type of its own
+    if before is None or before.__module__.startswith("engine.operations."):
+        if fn.__module__ == BUILTIN_TYPES.get(type_):
+            return  # the built-in registering itself
+        replaced = f"the built-in ({BUILTIN_TYPES.get(type_, before and before.__module__)})"
+    else:
+        replaced = _named(before)
+    log.warning("operation type %r: handler %s replaces %s for this process", type_, _named(fn), replaced)
+
+
+def _named(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a handler's function."""
+    return f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"
 
 
 def _positional_count(fn: Handler) -> int:
@@ -182,13 +226,18 @@ def _context_only(fn: Handler) -> Handler:
 def _import_builtin(name: str) -> None:
     """Import one built-in module; what was registered before it (the program's own handlers, plugins)
     wins over what it registers."""
-    earlier = dict(_HANDLERS)
+    global _importing_builtin
+    earlier, given = dict(_HANDLERS), dict(_GIVEN)
+    _importing_builtin = True  # what it replaces for the moment is put back: said when the program registered
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name != name:
             raise
+    finally:
+        _importing_builtin = False
     _HANDLERS.update(earlier)
+    _GIVEN.update(given)
 
 
 def load_builtins() -> None:
@@ -432,7 +481,7 @@ def migrate_timeout_operation(
 
         handler.__module__ = fn.__module__
         handler.__doc__ = fn.__doc__
-        operation(type_, params=model, estimated_items=estimated_items)(handler)
+        _operation(type_, model, None, estimated_items, fn)(handler)
 
         if inspect.iscoroutinefunction(fn):
 

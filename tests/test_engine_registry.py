@@ -218,3 +218,47 @@ async def test_a_migrated_generator_fails_when_run_and_is_left_alone_when_called
             op = await engine.wait((await engine.submit(OperationSpec(type=type_))).id, timeout=30)
             assert op.status is Status.FAILED, (op.status, op.result)
             assert op.error is not None and "is a generator (it yields), whose body runs only" in op.error, op.error
+
+
+async def _first_dup(ctx: Any, params: Any) -> str:
+    return "first"
+
+
+async def _second_dup(ctx: Any, params: Any) -> str:
+    return "second"
+
+
+def test_a_type_registered_again_says_which_handler_replaced_which(caplog: pytest.LogCaptureFixture) -> None:
+    """``@operation("dup")`` twice: the second won without a word."""
+    caplog.set_level("WARNING", logger="outlast.registry")
+    operation("test_registered_twice")(_first_dup)
+    operation("test_registered_twice")(_first_dup)  # the very same function: nothing to say
+    assert [r.getMessage() for r in caplog.records] == []
+    operation("test_registered_twice")(_second_dup)
+    assert [r.getMessage() for r in caplog.records] == [
+        "operation type 'test_registered_twice': handler tests.test_engine_registry._second_dup replaces"
+        " tests.test_engine_registry._first_dup for this process"
+    ]
+    assert get_handler("test_registered_twice").fn is _second_dup
+
+
+def test_the_seeds_migration_of_a_builtin_type_replaces_it_saying_so() -> None:
+    """The seed's ``@migrate_timeout_operation(OperationType.CODEBASE_INDEXING, ...)`` replaced the built-in
+    ``codebase_indexing`` for the whole process in silence. It still replaces it (the seed means it), saying so
+    once, and once only when the built-in modules load after it or it is imported again."""
+    code = (
+        "import tests.seed_samples, importlib\n"
+        "from engine.registry import get_handler, load_builtins\n"
+        "load_builtins()\n"
+        "importlib.import_module('tests.seed_samples')\n"
+        "print(get_handler('codebase_indexing').source, get_handler('code_analysis').source)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["tests.seed_samples", "tests.seed_samples"]
+    assert r.stderr.splitlines() == [
+        "operation type 'codebase_indexing': handler tests.seed_samples.index_codebase replaces the built-in"
+        " (engine.operations.indexing) for this process",
+        "operation type 'code_analysis': handler tests.seed_samples.long_operation replaces the built-in"
+        " (engine.operations.code_analysis) for this process",
+    ], r.stderr
