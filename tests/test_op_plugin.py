@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 from pathlib import Path
 
@@ -78,3 +79,34 @@ def test_resume_without_the_plugin_is_refused_and_changes_nothing(cli: Cli, tmp_
         assert cli.op(op_id).status.value == "paused"
     code, rec, err = run_json(cli, "--plugin", MODULE, "resume", op_id)
     assert code == 0 and rec["status"] == "completed" and rec["result"]["files"] == 6, err
+
+
+def _hinted(line: str) -> list[str]:
+    """The arguments of the command a line's "resume with: outlast ..." names, without the word outlast."""
+    command = line.split(" with: outlast ", 1)[1].split(" (", 1)[0]
+    return shlex.split(command)
+
+
+def test_the_resume_hint_names_a_command_that_works_where_it_is_printed(
+    cli: Cli, tmp_path: Path, plugin_path: None
+) -> None:
+    """``outlast pause ID`` (and ``show``, and a run's last line) said "resume with: outlast resume ID" for a type
+    no plugin loaded in that process runs, and that command was refused ("no plugin loaded here runs that type",
+    exit 2). Without the plugin the hint is ``resume ID --queue``; with it, the plain resume, with its --plugin."""
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_text("a b c\n")
+    runner = cli.start("--plugin", MODULE, "run", "wordcount", "-p", f"root={tmp_path}", "-p", "seconds=0.4")
+    op_id = runner.wait_line(lambda ln: " running " in ln).split()[1]
+    r = cli("pause", op_id)
+    assert r.returncode == 0 and r.stdout.count("\n") == 1, (r.stdout, r.stderr)
+    assert _hinted(r.stdout) == ["resume", op_id, "--queue"], r.stdout
+    assert "no plugin loaded here runs 'wordcount'" in r.stdout, r.stdout
+    assert runner.wait() == 6, runner.err
+    shown = cli("show", op_id).stdout
+    assert _hinted(shown) == ["resume", op_id, "--queue"], shown
+    watched = cli("watch", op_id)  # a run's or a watch's last line
+    assert watched.returncode == 6 and _hinted(watched.stdout.splitlines()[-1]) == ["resume", op_id, "--queue"]
+    shown = cli("--plugin", MODULE, "show", op_id).stdout
+    assert _hinted(shown) == ["--plugin", MODULE, "resume", op_id], shown
+    r = cli(*_hinted(cli("show", op_id).stdout))  # the hint, as printed: it works
+    assert r.returncode == 0 and cli.op(op_id).status.value == "queued", r.stderr

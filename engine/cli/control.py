@@ -79,7 +79,7 @@ def _control(action: Action) -> click.Command:
                 cp = f" at checkpoint {op.checkpoint_seq}" if op.checkpoint_seq else ""
                 fmt.echo(
                     f"{op.id} {target.value}{cp}"
-                    + (f"; resume with: {app.command('resume', op.id)}" if target is Status.PAUSED else "")
+                    + (f"; resume with: {fmt.resume_command(app.command(), op)}" if target is Status.PAUSED else "")
                 )
             return ExitCode.OK
         if op.status in SETTLED:

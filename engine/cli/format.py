@@ -352,8 +352,20 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {printable(v)}" for k, v in rows)
     if op.status.resumable:
-        text += f"\n\nresume with: {prefix} resume {op.id}"
+        text += f"\n\nresume with: {resume_command(prefix, op)}"
     return text
+
+
+def resume_command(prefix: str, op: Operation) -> str:
+    """The command that resumes ``op`` from here: ``PREFIX resume ID`` when this process (its plugins: the
+    same global options load the same) has a handler for its type; else ``resume ID --queue``, for a worker or
+    program that has one, as a plain resume here is refused ("no plugin loaded here runs that type", exit 2),
+    and the module that defines it is not known here (a program's own handler has none)."""
+    from ..registry import BUILTIN_TYPES, runnable_types
+
+    if op.type in BUILTIN_TYPES or op.type in runnable_types():
+        return f"{prefix} resume {op.id}"
+    return f"{prefix} resume {op.id} --queue (no plugin loaded here runs {op.type!r}: a worker that has it will)"
 
 
 NEXT_STEP_CHARS = 60

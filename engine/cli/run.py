@@ -239,7 +239,7 @@ def report_final(op: Operation, mode: Mode, prefix: str = "outlast") -> None:
         fmt.echo(line)
     if op.status.resumable and mode != "quiet":
         where = f" (checkpoint {op.checkpoint_seq})" if op.checkpoint_seq else ""
-        fmt.echo(f"resume{where} with: {prefix} resume {op.id}", err=mode == "json")
+        fmt.echo(f"resume{where} with: {fmt.resume_command(prefix, op)}", err=mode == "json")
 
 
 def report_unwritable(engine: Engine, op_id: str, mode: Mode, prefix: str) -> None:
