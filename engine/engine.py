@@ -31,7 +31,7 @@ from .context import BrokenInto
 from .errors import DamagedRecord, KeyTaken, StaleAttempt, requested_unread
 from .events import EventBus
 from .exitcodes import ExitCode
-from .lifecycle import ACTIONS, Action, StopReason, check_action
+from .lifecycle import ACTIONS, Action, StopReason, check_action, statuses_of
 from .models import (
     SETTLED,
     Checkpoint,
@@ -580,6 +580,7 @@ class Engine:
         offset: int = 0,
     ) -> list[Operation]:
         """Operations newest first, filtered by status and type (the running ones with live progress)."""
+        statuses = statuses_of(statuses)  # InvalidInput for a status that is none
         return [self._with_live(o) for o in await self.store.list_operations(statuses, types, limit, offset)]
 
     async def resolve(self, prefix: str) -> str:
@@ -592,12 +593,17 @@ class Engine:
 
     async def checkpoints(self, op_id: str) -> list[Checkpoint]:
         validate_id(op_id)
-        return await self.store.checkpoints(op_id)
+        found = await self.store.checkpoints(op_id)
+        if not found:
+            await self.store.get(op_id)  # NotFound for an unknown id, as get, pause and wait raise; not []
+        return found
 
     async def logs(
         self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
     ) -> tuple[list[LogRecord], int]:
         """Its log records from ``offset`` (``Store.read_logs``: a page, the last ``limit``, or the ``first``)."""
+        if offset < 0:  # was read as given and returned as the next offset: no page of a log starts there
+            raise InvalidInput(f"log offset {offset}: expected 0 or more (an offset a read returned)")
         await self.log_buffer.flush()
         return await self.store.read_logs(op_id, offset, limit, first=first)
 

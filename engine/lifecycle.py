@@ -7,9 +7,10 @@ by hand, so a status or an action changes in one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
-from .errors import Conflict
+from .errors import Conflict, InvalidInput
 
 
 class Status(StrEnum):
@@ -33,6 +34,21 @@ class Status(StrEnum):
     @property
     def resumable(self) -> bool:
         return self in RESUMABLE
+
+
+def statuses_of(values: Iterable[str] | None) -> list[Status] | None:
+    """``values`` as statuses (a ``Status`` or its name); InvalidInput naming one that is none, with the valid
+    ones: ``list_operations(statuses=["bogus"])`` raised the enum's bare ValueError."""
+    if values is None:
+        return None
+    out = []
+    for value in values:
+        try:
+            out.append(Status(value))
+        except ValueError:
+            valid = ", ".join(s.value for s in Status)
+            raise InvalidInput(f"status {value!r}: no such status (valid: {valid})") from None
+    return out
 
 
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})

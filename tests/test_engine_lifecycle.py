@@ -10,6 +10,8 @@ import pytest
 from engine import (
     Conflict,
     Engine,
+    InvalidInput,
+    NotFound,
     OperationSpec,
     Settings,
     Status,
@@ -252,3 +254,29 @@ async def test_two_resumes_at_once_run_it_once_and_the_other_says_why(settings: 
         errors = [str(g) for g in got if isinstance(g, Exception)]
         assert len(errors) <= 1 and all("cannot make it queued" not in e for e in errors), errors
         assert (await one.get(op.id)).status is Status.QUEUED
+
+
+async def test_list_operations_refuses_a_status_that_is_none(engine: Engine) -> None:
+    """``list_operations(statuses=["bogus"])`` raised the enum's bare ValueError."""
+    with pytest.raises(InvalidInput, match=r"^status 'bogus': no such status \(valid: queued, running, .*\)$"):
+        await engine.list_operations(statuses=["bogus"])
+    assert await engine.list_operations(statuses=["completed"]) == []
+
+
+async def test_checkpoints_of_an_unknown_id_is_not_found(engine: Engine) -> None:
+    """It returned [] where ``get``, ``pause`` and ``wait`` raise NotFound."""
+    unknown = new_id()
+    with pytest.raises(NotFound, match=unknown):
+        await engine.checkpoints(unknown)
+    op = await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))
+    await engine.wait(op.id, timeout=20)
+    assert isinstance(await engine.checkpoints(op.id), list)  # known: its checkpoints, none or some
+
+
+async def test_logs_refuse_a_negative_offset(engine: Engine) -> None:
+    """``logs(id, -5)`` returned offset -5, as if a page of the log began there."""
+    op = await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))
+    await engine.wait(op.id, timeout=20)
+    with pytest.raises(InvalidInput, match=r"^log offset -5: expected 0 or more"):
+        await engine.logs(op.id, -5)
+    assert (await engine.logs(op.id, 0))[1] >= 0

@@ -501,7 +501,10 @@ class OperationsModel:
         held = self.ops.get(op_id)
         if full is None or full.id != op_id or (held is not None and full.status is not held.status):
             self.full = await self.engine.get(op_id)
-        checkpoints = await self.engine.checkpoints(op_id)
+        try:
+            checkpoints = await self.engine.checkpoints(op_id)
+        except NotFound:  # removed meanwhile (an unknown id is NotFound, not []): its row leaves at the next look
+            checkpoints = []
         records: list[LogRecord] | None = None
         offset = log_offset or 0
         if logs:
