@@ -35,7 +35,10 @@ async def gathered(ctx: OperationContext, p: Any) -> dict[str, int]:
 
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def any_engine(request: pytest.FixtureRequest, state_dir: Path) -> AsyncIterator[Callable[[], Engine]]:
-    s: Settings = load_settings(state_dir=state_dir, plugins=["tests.test_engine_gathered"], grace_period=5.0)
+    # tests.ops_for_tests: test_shared_items is there; it was found only when another module of the same worker
+    # had imported it first (alone, this file failed "unknown operation type").
+    plugins = ["tests.test_engine_gathered", "tests.ops_for_tests"]
+    s: Settings = load_settings(state_dir=state_dir, plugins=plugins, grace_period=5.0)
     if request.param == "local":
         yield lambda: Engine(store=open_store(s.state_dir), settings=s)
     else:
