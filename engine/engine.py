@@ -630,8 +630,11 @@ class Engine:
         """Wait until the operation is settled (not queued or running) and return its record.
 
         Operations this engine runs are seen settle at once (events); others by reading the
-        store every ``poll`` seconds, so thousands of waiters do not flood the store.
-        """
+        store every ``poll`` seconds, so thousands of waiters do not flood the store. Once this engine stops
+        (a signal to ``install_signal_handlers``, ``drain``, ``shutdown``), the record is returned as it is as
+        soon as this engine no longer runs the operation: queued again for another process (``auto_resume``
+        hands its work back) or run by one, it settles elsewhere, and a program waiting here hung, deaf to
+        further SIGTERMs, its ``finally`` never run."""
         validate_id(op_id)
         settled = asyncio.Event()
         self._waiters[op_id].add(settled)
@@ -641,7 +644,7 @@ class Engine:
                 if op_id in self.abandoned:
                     raise StoreUnwritable(self.store_failed or "the store cannot be written")
                 op = await self.store.get(op_id)
-                if op.status in SETTLED:
+                if op.status in SETTLED or (self._draining and op_id not in self._runs):
                     return op
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

@@ -280,3 +280,18 @@ async def test_logs_refuse_a_negative_offset(engine: Engine) -> None:
     with pytest.raises(InvalidInput, match=r"^log offset -5: expected 0 or more"):
         await engine.logs(op.id, -5)
     assert (await engine.logs(op.id, 0))[1] >= 0
+
+
+async def test_a_wait_ends_when_the_engine_stops_and_runs_the_operation_no_more(settings: Settings) -> None:
+    """A program awaiting ``engine.wait(id)`` when its engine is stopped (SIGTERM through
+    ``install_signal_handlers``, ``drain``): work handed back (``auto_resume``) or still queued settles in another
+    process, and the wait went on polling for ever, deaf to more SIGTERMs, the program's ``finally`` never run. It
+    returns the record as it is once this engine does not run the operation; one it runs is waited for."""
+    async with make_engine(settings.model_copy(update={"max_concurrent": 1})) as engine:
+        running = await engine.submit(OperationSpec(type="demo", params={"items": 200, "seconds": 0.02}))
+        queued = await engine.submit(OperationSpec(type="demo", params={"items": 1, "seconds": 0}))
+        await until(lambda: running.id in engine.running_ids)
+        waits = [asyncio.ensure_future(engine.wait(op.id)) for op in (running, queued)]
+        engine.drain("shutdown")
+        done = await asyncio.wait_for(asyncio.gather(*waits), 20)
+        assert [op.status for op in done] == [Status.PAUSED, Status.QUEUED], done
