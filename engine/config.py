@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from .files import DIR_MODE, read_limited, replace_keeping_mode
+from .limits import MAX_CONCURRENT
 from .models import MAX_SECONDS, InvalidInput, number_keys
 from .paths import config_dir as config_dir  # re-exported: they were defined here
 from .paths import config_file as find_config_file
@@ -114,7 +115,7 @@ class Settings(BaseModel):
     """Store URL: None or a path for the local store, ``redis://...`` for Redis."""
     namespace: str = Field(default="outlast", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     checkpoint_mirror: Path | None = None
-    max_concurrent: int = Field(default=3, ge=1, le=1000)
+    max_concurrent: int = Field(default=3, ge=1, le=MAX_CONCURRENT)
     auto_resume: bool = False
     """Resume operations found interrupted when an engine opens the store."""
     checkpoints_keep: int = Field(default=5, ge=1, le=1000)

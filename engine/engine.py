@@ -32,6 +32,7 @@ from .errors import DamagedRecord, KeyTaken, StaleAttempt, requested_unread
 from .events import EventBus
 from .exitcodes import ExitCode
 from .lifecycle import ACTIONS, Action, StopReason, check_action, statuses_of
+from .limits import MAX_CONCURRENT
 from .models import (
     SETTLED,
     Checkpoint,
@@ -146,6 +147,10 @@ class Engine:
     ) -> None:
         self.settings = settings or load_settings()
         self.store: Store = store or open_store(self.settings.store or self.settings.state_dir, settings=self.settings)
+        if max_concurrent is not None and (
+            max_concurrent.__class__ is not int or not 1 <= max_concurrent <= MAX_CONCURRENT
+        ):  # 0 or -1 ran nothing, for ever, where the settings refuse them (True ran one)
+            raise InvalidInput(f"max_concurrent={max_concurrent!r}: expected a whole number, 1 to {MAX_CONCURRENT}")
         self.max_concurrent = max_concurrent if max_concurrent is not None else self.settings.max_concurrent
         self._run_queue = run_queue
         self.auto_resume = self.settings.auto_resume if auto_resume is None else auto_resume
@@ -222,6 +227,8 @@ class Engine:
             )
 
     async def start(self) -> None:
+        if self._closing:  # started again, it took submits and ran none of them (its scheduler stays stopped)
+            raise InvalidInput("this Engine was shut down, and an Engine runs once: make a new one")
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         self._say_unknown_profiles()
         await self.store.open()

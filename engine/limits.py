@@ -54,3 +54,6 @@ MAX_SECONDS = 366 * 86400.0
 MAX_ITEMS = 10**12
 MAX_COUNT = 2**63 - 1
 """The largest count a store keeps (SQLite's largest integer)."""
+
+MAX_CONCURRENT = 1000
+"""Operations one engine runs at once at most (``max_concurrent``, in the settings and ``Engine``)."""

@@ -295,3 +295,19 @@ async def test_a_wait_ends_when_the_engine_stops_and_runs_the_operation_no_more(
         engine.drain("shutdown")
         done = await asyncio.wait_for(asyncio.gather(*waits), 20)
         assert [op.status for op in done] == [Status.PAUSED, Status.QUEUED], done
+
+
+async def test_an_engine_started_again_or_given_no_slots_says_so(settings: Settings) -> None:
+    """An Engine used for a second ``async with`` took submits and ran none of them (its scheduler stays
+    stopped once shut down), and ``max_concurrent`` 0 or -1 ran nothing, for ever, where the settings refuse
+    them: each is one clear error now, nothing stored."""
+    for bad in (0, -1, 1001, True, 2.5):
+        with pytest.raises(InvalidInput, match="max_concurrent"):
+            make_engine(settings, max_concurrent=bad)
+    engine = make_engine(settings, max_concurrent=2)
+    async with engine:
+        done = await engine.wait((await engine.submit(OperationSpec(type="demo", params={"items": 1}))).id, 20)
+        assert done.status is Status.COMPLETED
+    with pytest.raises(InvalidInput, match="shut down"):
+        async with engine:
+            pass
