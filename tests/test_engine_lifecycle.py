@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -311,3 +312,32 @@ async def test_an_engine_started_again_or_given_no_slots_says_so(settings: Setti
     with pytest.raises(InvalidInput, match="shut down"):
         async with engine:
             pass
+
+
+async def test_events_are_kept_from_the_call_on(engine: Engine) -> None:
+    """``events()`` said "every event from now on" but subscribed at its first ``async for`` step: taken before a
+    submit and read after, it had lost them all, and a loop waiting for the settle hung. A subscriber callback
+    that raises is said once, not with a traceback at every event."""
+    stream = engine.events()
+    op = await engine.submit(OperationSpec(type="demo", params={"items": 3, "seconds": 0}))
+    await engine.wait(op.id, 20)
+    seen = []
+    async for ev in stream:
+        seen.append(ev)
+        if isinstance(ev, StatusChanged) and ev.operation_id == op.id and ev.status is Status.COMPLETED:
+            break
+    assert any(isinstance(e, StatusChanged) and e.status is Status.RUNNING for e in seen), seen
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert not engine.bus.has_subscribers
+
+
+async def test_a_subscriber_that_raises_is_said_once(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(ev: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    engine.subscribe(broken)
+    with caplog.at_level(logging.WARNING, "outlast"):
+        for _ in range(3):
+            await engine.wait((await engine.submit(OperationSpec(type="demo", params={"items": 2}))).id, 20)
+    said = [r for r in caplog.records if "event subscriber" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is not None, [r.getMessage() for r in said]
