@@ -518,7 +518,15 @@ class Attempt:
             await self._final_checkpoint()  # keep the ledger of failures with the record
         if ctx.total is None or ctx.done > ctx.total:
             ctx.total = ctx.done
-        await self._settle(Status.COMPLETED, result=result)
+        message = None
+        if ctx.repeated:  # work a later loop skipped, said where `ls` and `show` show it: not only in the log
+            n = ctx.repeated
+            whose = "their keys were" if n != 1 else "its key was"
+            message = (
+                f"completed; {n:,} item{'s' if n != 1 else ''} skipped: {whose} done earlier in this run"
+                " (item keys are one space for the whole operation: see the log)"
+            )
+        await self._settle(Status.COMPLETED, result=result, message=message)
 
     async def _exited(self, e: SystemExit) -> None:
         """``sys.exit()`` or ``sys.exit(0)`` in a handler completes its operation (a script's way of saying

@@ -261,6 +261,10 @@ class OperationContext(SeedContextMethods):
         """A loop of this attempt met a key its checkpoint counted as done (else, resumed: the keys changed?)."""
         self._done_resumed = len(self._ledger.done) if resume is not None else 0
         """Keys the checkpoint resumed from counted as done (not the ones this attempt's loops add)."""
+        self.repeated = 0
+        """Items a loop of this first attempt skipped because another item of this attempt had their key (a
+        second loop over the same keys, nested loops keyed by a name that repeats): item keys are one space for
+        the whole operation. Said in the log and in the completed status line, not only the log."""
         self._point: ResumePoint | None = None
         """Set while the handler works in the seed's style (``seed_style()``): its last explicit checkpoint."""
         self._resumed_point: ResumePoint | None = None
@@ -876,6 +880,7 @@ class _Items(AsyncIterator[T]):
         "_ledger",
         "_loop",
         "_met",
+        "_met_repeat",
         "_outer",
         "_plain",
         "_repeats",
@@ -901,6 +906,8 @@ class _Items(AsyncIterator[T]):
         # another key=), and every item was run again, silently. Said at a loop's end.
         self._had = ctx._done_resumed if ctx.resuming and not ctx._met_done else 0
         self._met = False
+        self._met_repeat = False
+        """A key done in this attempt came again in this loop (said once a loop)."""
         self._k: str | None = None
         """The key whose body runs (taken by this loop, not finished yet)."""
         self._plain: type | None = None
@@ -964,12 +971,15 @@ class _Items(AsyncIterator[T]):
                 if k in done_keys or (ledger.excludes and (k in self._failed or k in self._skipped)):
                     self._met = True
                     if self._repeats and k in done_keys:
-                        # Said once a loop: two items with one key, or a second loop over the same keys.
-                        self._repeats = False
-                        ctx.log.warning(
-                            f"item key {k!r} came again after it was done: skipped, as every later item whose key"
-                            " is done (a key names one item: two items that share one run once)"
-                        )
+                        # Two items with one key, or a second loop over the same keys: said once a loop, counted.
+                        ctx.repeated += 1
+                        if not self._met_repeat:
+                            self._met_repeat = True
+                            ctx.log.warning(
+                                f"item key {k!r} came again after it was done: skipped, as every later item whose"
+                                " key is done (item keys are one space for the whole operation: a second loop over"
+                                " the same keys, or nested loops keyed by a name that repeats, needs keys of its own)"
+                            )
                     continue
                 self._k = ledger.current = k
                 ledger.left = None

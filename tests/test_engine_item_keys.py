@@ -73,6 +73,12 @@ async def test_a_key_shared_by_two_items_is_said_not_skipped_in_silence(engine: 
     warnings = [r.message for r in (await engine.store.read_logs(final.id))[0] if r.level == "warning"]
     assert len(warnings) == 2 and all("came again after it was done" in w for w in warnings), warnings
     assert warnings[0].startswith("item key 'README.md' came again") and "'x.py'" in warnings[1]
+    # Said where `ls` and `show` show it too, not in the log alone: "completed" with work skipped read as all done
+    # (an outside hour: a second pass and the inner loops of a second directory skipped, "completed", 3/3).
+    assert final.status_message == (
+        "completed; 2 items skipped: their keys were done earlier in this run (item keys are one space for the"
+        " whole operation: see the log)"
+    ), final.status_message
 
 
 KEY_VERSION = {"prefix": "v1"}
