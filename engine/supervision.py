@@ -297,10 +297,17 @@ class Watch:
         extend_to, reason, why = 0.0, "", ""
         if self.op.timeout is not None:  # fixed is fixed
             why = FIXED
-        elif left is None:
-            why = "no total to reckon the rest by"
         elif elapsed >= p.max_timeout:
             why = f"max_timeout {p.max_timeout:g}s reached"
+        elif left is None:
+            # No total to reckon the rest by (items from a generator, a cursor, os.walk): extended a slice at a
+            # time while items are still being done, up to max_timeout (the stall timeout stops one that stands
+            # still). It was stopped at base_timeout at 10 items/s, the common case stopped while at work.
+            if rate := self.recent_rate(now):
+                extend_to = min(self.started + p.max_timeout, now + max(5.0, elapsed / 4))
+                reason = f"{rate:.2f} items/s, no total known, within max_timeout {p.max_timeout:g}s"
+            else:
+                why = "no total to reckon the rest by, and no item done lately"
         elif left <= 0:
             # Every item done, the handler finishing (writing an index, a report) and showing life, or the
             # stall would have stopped it: it was stopped at 10 of 10 items, and so again on every resume.

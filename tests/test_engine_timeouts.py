@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,7 @@ from engine import (
     SEED_PROFILES,
     Engine,
     InvalidInput,
+    OperationContext,
     OperationSpec,
     Priority,
     Settings,
@@ -22,6 +25,7 @@ from engine import (
     TimeoutExtended,
     TimeoutProfile,
     load_settings,
+    operation,
 )
 from engine.models import Operation, Progress, new_id
 from engine.profiles import DEFAULT_PROFILE, profile_for
@@ -140,6 +144,36 @@ async def test_deadline_extended_while_making_progress(engine: Engine) -> None:
     assert final.status is Status.COMPLETED
     assert final.extensions >= 1 or any(e.operation_id == op.id for e in events)
     assert any(e.operation_id == op.id for e in events)
+
+
+@operation("test_items_from_a_generator")
+async def items_from_a_generator(ctx: OperationContext, p: Any) -> dict:
+    """Items from a generator (os.walk, a cursor): no total known."""
+    async for _ in ctx.items((i for i in range(p["items"])), key=str):
+        await asyncio.sleep(p["seconds"])
+    return {"done": ctx.done}
+
+
+async def test_work_with_no_total_is_extended_while_items_are_done(engine: Engine) -> None:
+    """Items from a generator give no total to reckon the rest by: work doing 25 items/s was stopped at its
+    base_timeout, timed_out (an outside hour: at 2 s of a 6 s run). Extended a slice at a time while items are
+    done, up to max_timeout, which still stops it; the stall timeout stops one that stands still."""
+    events = collect(engine, (TimeoutExtended,))
+    profile = {"base_timeout": 0.5, "per_item_timeout": 0, "max_timeout": 30}
+    op = await engine.submit(
+        OperationSpec(type="test_items_from_a_generator", params={"items": 60, "seconds": 0.025}, profile=profile)
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED and final.result == {"done": 60}, final.status_message
+    assert any(e.operation_id == op.id and "no total known" in e.reason for e in events), events
+    short = {**profile, "max_timeout": 1.0}
+    op = await engine.submit(
+        OperationSpec(type="test_items_from_a_generator", params={"items": 200, "seconds": 0.025}, profile=short)
+    )
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT and final.status_message.startswith("deadline passed (1s)"), final
+    logs = [r.message for r in (await engine.store.read_logs(op.id))[0]]
+    assert any("max_timeout 1s reached" in m for m in logs), logs
 
 
 async def test_deadline_passed_when_max_timeout_too_short(engine: Engine) -> None:
