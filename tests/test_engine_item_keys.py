@@ -213,3 +213,32 @@ async def test_an_item_named_by_its_address_fails_the_operation_in_one_line(engi
     assert final.status is Status.FAILED, final.result
     assert final.error is not None and final.error.startswith("TypeError: item key <"), final.error
     assert "default str is its address in memory" in final.error and "test_engine_item_keys.py" in final.error
+
+
+@operation("test_nested_progress")
+async def nested_progress(ctx: OperationContext, p: Any) -> dict[str, Any]:
+    seen = []
+    async for d in ctx.items([f"d{i}" for i in range(p["dirs"])]):
+        async for _f in ctx.items([f"{d}/f{j}" for j in range(p["files"])]):
+            seen.append((ctx.done, ctx.total))
+            await asyncio.sleep(0)
+    if p.get("total"):  # the handler's own total stays
+        ctx.progress(total=p["dirs"] * (p["files"] + 1))
+        async for _d in ctx.items(["again"]):
+            async for _f in ctx.items(["again/f"]):
+                seen.append((ctx.done, ctx.total))
+    return {"seen": seen}
+
+
+async def test_nested_loops_show_no_total_rather_than_the_outer_loops_length(engine: Engine) -> None:
+    """The outer loop's length was the total while every inner item counted in done: 10 directories of 100 files
+    read 90/10, 100%, ETA 0, for the whole run (an outside hour). A nested loop drops a total that was only the
+    outer loop's length: done counts on with no total, unless the handler gives one."""
+    op = await engine.submit(OperationSpec(type="test_nested_progress", params={"dirs": 3, "files": 4}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert all(total is None for _, total in final.result["seen"]), final.result["seen"]
+    assert final.progress.done == 15 and final.progress.total == 15  # at the end, the total is what was done
+    op = await engine.submit(OperationSpec(type="test_nested_progress", params={"dirs": 2, "files": 2, "total": 1}))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.result["seen"][-1][1] == 6, final.result["seen"]
