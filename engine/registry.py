@@ -350,7 +350,11 @@ def get_handler(type_: str) -> HandlerSpec:
         spec = _HANDLERS.get(type_)
     if spec is None:
         known = ", ".join(sorted(_HANDLERS)) or "none"
-        raise InvalidInput(f"unknown operation type {type_!r} (known: {known})")
+        near = nearest_type(type_)
+        # Not a misspelling: likely a plugin's type that a worker elsewhere runs; a submit validates its params
+        # here, so the plugin is needed here too, which "unknown" alone did not say (an outside hour on Redis).
+        hint = f"did you mean {near!r}?" if near else "a plugin's type needs its plugin here too (--plugin MODULE)"
+        raise InvalidInput(f"unknown operation type {type_!r}: {hint} (known: {known})")
     return spec
 
 

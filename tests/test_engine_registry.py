@@ -262,3 +262,12 @@ def test_the_seeds_migration_of_a_builtin_type_replaces_it_saying_so() -> None:
         "operation type 'code_analysis': handler tests.seed_samples.long_operation replaces the built-in"
         " (engine.operations.code_analysis) for this process",
     ], r.stderr
+
+
+def test_an_unknown_type_says_what_it_may_be() -> None:
+    """ "unknown operation type 'onlyone'" alone, for a plugin's type a worker elsewhere runs: a submit validates
+    the params here, so the plugin is needed here too, which nothing said (an outside hour on Redis)."""
+    with pytest.raises(InvalidInput, match=r"^unknown operation type 'demoo': did you mean 'demo'\? \(known: "):
+        get_handler("demoo")
+    with pytest.raises(InvalidInput, match=r"'onlyone': a plugin's type needs its plugin here too \(--plugin MODULE\)"):
+        get_handler("onlyone")
