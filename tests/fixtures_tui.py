@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.css.stylesheet import Stylesheet
 from textual.pilot import Pilot
 
 from engine import (
@@ -46,6 +47,48 @@ from tui.widgets.operations import OperationsTable
 from . import zygote
 from .conftest import REPO
 from .fixtures_engine import until
+
+
+def _share_parsed_css() -> None:
+    """Every App of a test process takes its parsed CSS from one cache, not from a parse of its own.
+
+    Textual caches what it parses per Stylesheet, so each of the ~250 dashboards the tests start parsed
+    every rule again: app.tcss, every widget's DEFAULT_CSS, each screen's as it opens (45-50 ms of the
+    0.3 s of CPU a start costs). What a parse yields depends on the source and its place (the key Textual
+    caches it by) and on the theme's variables, so those are in the key too: a theme other than the last,
+    or a theme changed while the app runs, gets rules parsed with its own colours. The rules are shared as
+    Textual shares them between the screens of one App (it applies them, it never changes them). Tests only:
+    the dashboard's own start parses once per process anyway."""
+    parse_rules = Stylesheet._parse_rules
+    if getattr(parse_rules, "shared", False):
+        return
+    parsed: dict[tuple[Any, ...], Any] = {}
+    themes: dict[tuple[tuple[str, str], ...], int] = {}
+
+    def shared(
+        self: Stylesheet,
+        css: str,
+        read_from: Any,
+        is_default_rules: bool = False,
+        tie_breaker: int = 0,
+        scope: str = "",
+    ) -> Any:
+        variables = self._variables
+        seen = self.__dict__.get("_shared_theme")  # (the variables, their count, their number in themes)
+        if seen is None or seen[0] is not variables or seen[1] != len(variables):
+            seen = (variables, len(variables), themes.setdefault(tuple(sorted(variables.items())), len(themes)))
+            self.__dict__["_shared_theme"] = seen
+        key = (css, read_from, is_default_rules, tie_breaker, scope, seen[2])
+        rules = parsed.get(key)
+        if rules is None:
+            rules = parsed[key] = parse_rules(self, css, read_from, is_default_rules, tie_breaker, scope)
+        return rules
+
+    shared.shared = True  # type: ignore[attr-defined]
+    Stylesheet._parse_rules = shared  # type: ignore[method-assign]
+
+
+_share_parsed_css()
 
 NOW = 1_790_000_000.0
 """The fixed clock of snapshot tests (a Sunday afternoon in 2026, UTC)."""
