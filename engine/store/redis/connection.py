@@ -537,9 +537,13 @@ class RedisLink:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
+                # How long Redis kept this process waiting: this call, or the outage it ends (calls before it
+                # that gave up after retry_for included).
+                now = time.monotonic()
+                waited = now - min(start, self._down_since if self._down_since is not None else start)
                 self._down_since = None
-                if (waited := time.monotonic() - start) > STALL:
-                    self._stalled_at, self._stall_len = time.monotonic(), waited
+                if waited > STALL:
+                    self._stalled_at, self._stall_len = now, waited
                 if not self.connected:
                     self.connected = True
                     self.reconnects += 1
