@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import textual.screen
 from textual.css.stylesheet import Stylesheet
 from textual.pilot import Pilot
 
@@ -90,18 +89,6 @@ def _share_parsed_css() -> None:
 
 
 _share_parsed_css()
-
-SCREEN_FPS = 10
-"""How often a screen of the tests' in-process apps draws what changed (Textual's default: 60).
-
-Drawn at 60 a second, a dialog opened over the dashboard was drawn 10-12 times between the key that
-opened it and the key that closed it (the dashboard behind it, dimmed, each time): 0.35 s of CPU for one
-``c`` ``n``; 0.15 s at 10, still drawn each time. The dashboard's own frame (``FRAME``, 5 a second) is
-drawn at every one of its ticks still, ``pilot.pause()`` draws before it returns as before, and a test
-that waits for something drawn waits until it is. Textual reads the period when a screen starts its
-timer: set here, it holds for the apps the tests run in this process, not for an ``outlast tui`` they
-start (on a pseudo-terminal or in tmux), which draws as a user's does."""
-textual.screen.UPDATE_PERIOD = 1 / SCREEN_FPS  # type: ignore[misc]
 
 NOW = 1_790_000_000.0
 """The fixed clock of snapshot tests (a Sunday afternoon in 2026, UTC)."""
