@@ -79,11 +79,12 @@ class _Stream(AsyncIterator[Event]):
         return await self._q.get()
 
     async def aclose(self) -> None:
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            bus._drop(self._q)
+        self._close()
 
     def __del__(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
         bus, self._bus = self._bus, None
         if bus is not None:
             bus._drop(self._q)
