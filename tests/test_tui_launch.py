@@ -531,6 +531,42 @@ async def test_a_type_picked_from_the_list_in_a_burst_is_the_one_launched(settin
             assert got == [("load_testing", *picked)], field
 
 
+async def test_keys_typed_behind_a_pick_and_a_tab_reach_the_next_field(settings: Settings) -> None:
+    """A choice picked from its list, tab, a value and ctrl+s in one burst (type-ahead, a laggy SSH link):
+    the list took the focus and the pick gave it back to the select once the app got to them, after the tab
+    had moved on, so the value typed behind the tab went to the closed list or the select and was lost. The
+    form launched without it: "enter down enter tab 5 ctrl+s" on the priority gave a low-priority job with
+    no item estimate (5 of 5 on the code before); on load_testing's method, the headers typed behind were
+    dropped the same way."""
+    from textual import events
+
+    types = {t: handlers()[t] for t in ("demo", "load_testing")}
+    app = LaunchApp(types, initial_type="demo")
+    async with app.run_test(size=(100, 40)) as pilot:
+        for op_type, field, keys, want in (
+            ("demo", "#launch-priority", ["enter", "down", "enter", "tab", "5"], ("low", 5)),
+            ("demo", "#launch-priority", ["down", "down", "enter", "tab", "1", "2"], ("low", 12)),
+            ("load_testing", "#param-method", ["enter", "end", "enter", "tab", *"a=b"], ("OPTIONS", {"a": "b"})),
+        ):
+            if app.results:  # the first form is the one the app opens with
+                app.push_screen(LaunchScreen(types, op_type), app.results.append)
+            await pilot.pause()
+            if op_type == "load_testing":
+                await replace(pilot, "#param-url", "http://127.0.0.1:9/")
+            app.screen.query_one(field).focus()
+            await pilot.pause()
+            launched = len(app.results)
+            for key in [*keys, "ctrl+s"]:  # at once, through the app
+                app.post_message(events.Key(key, key if len(key) == 1 else None))
+            await wait_for(pilot, lambda n=launched: len(app.results) > n)
+            spec = app.results[launched]
+            assert spec is not None, keys
+            if op_type == "demo":
+                assert (spec.priority.value, spec.total_items) == want, keys
+            else:
+                assert (spec.params.get("method"), spec.params.get("headers")) == want, keys
+
+
 async def test_a_type_name_typed_on_the_type_field_picks_it_and_the_keys_behind_go_to_its_fields(
     settings: Settings,
 ) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -358,7 +358,7 @@ class FormSelect(Select[Any]):
             getattr(overlay, f"action_{action}")()
         elif key == "escape":
             self.expanded = False
-            self.focus()  # after the overlay's focus, still on its way: the field keeps it, as a pick does
+            self.screen.set_focus(self)  # in this turn, as a pick does
         elif key == "enter" and overlay.highlighted is not None:
             self.pick(overlay.highlighted)
         else:
@@ -373,7 +373,10 @@ class FormSelect(Select[Any]):
         if value != self.value:
             self.value = value
         self.expanded = False
-        self.focus()  # after the overlay's focus if it is still on its way, as a Select's own pick does
+        # In this turn: a tab typed behind the enter moves on from here. Focused later (``focus``, as a
+        # Select's own pick does), the field took the focus back after that tab had moved it, and the keys
+        # typed behind the tab went to the field: "enter down enter tab 5" on the priority lost the 5.
+        self.screen.set_focus(self)
 
     def compose(self) -> ComposeResult:
         for widget in super().compose():
@@ -506,6 +509,15 @@ class FormList(SelectOverlay):
     param's choice; the priority), while the field showed the one picked. A key that reaches the type's list
     after a pick closed it goes on to the field (which holds it behind the swap), not to the closed list's
     search."""
+
+    def focus(self, scroll_visible: bool = True) -> Self:
+        """Take the focus in this turn (the select opened its list), not once the app gets to it: the list
+        focused a turn later took the focus from where a pick and a tab typed behind it (one burst) had
+        moved it, and the keys behind the tab were lost to the closed list."""
+        if self.is_attached:
+            self.screen.set_focus(self, scroll_visible=scroll_visible)
+            return self
+        return super().focus(scroll_visible)
 
     async def on_key(self, event: events.Key) -> None:
         """Runs before the list's own key handler (its search); prevent_default keeps that from running too."""
