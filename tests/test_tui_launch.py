@@ -720,3 +720,25 @@ async def test_a_handler_without_a_params_model_launches_with_its_json_field_emp
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert app.results == [OperationSpec(type="thread_blocker")]
+
+
+async def test_a_text_field_is_taken_as_typed_as_the_command_line_takes_it(settings: Settings) -> None:
+    """A text param's spaces at either end are part of it, as ``--param body=' x '`` keeps them: the form
+    alone dropped them (a body, a pattern with a leading space). A field of spaces alone shows nothing and
+    is left to its default, as an empty one is."""
+    types = {"load_testing": handlers()["load_testing"]}
+    app = LaunchApp(types, initial_type="load_testing")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await replace(pilot, "#param-url", "http://127.0.0.1:9/")
+        await replace(pilot, "#param-body", " a b ")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.results)
+        app.push_screen(LaunchScreen(types, "load_testing"), app.results.append)
+        await pilot.pause()
+        await replace(pilot, "#param-url", "http://127.0.0.1:9/")
+        await replace(pilot, "#param-body", "   ")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(app.results) == 2)
+    first, second = app.results
+    assert first is not None and first.params["body"] == " a b "
+    assert second is not None and second.params.get("body", "") == ""

@@ -121,8 +121,10 @@ class ParamField:
         """The value handed to pydantic for ``text``; ``_UNSET`` leaves the field to its default.
 
         An empty field that may be None is None, as its placeholder ("none") says: left to its default,
-        one whose default is not None (integration_testing's marker) launched that default instead."""
-        text = text.strip()
+        one whose default is not None (integration_testing's marker) launched that default instead. A text
+        field's value is taken as typed, spaces at either end included, as ``--param`` takes it (a pattern's
+        leading space was dropped here only); one of spaces alone, which the field does not show, is empty."""
+        typed, text = text, text.strip()
         if not text:
             return None if self.nullable and not self.required and self.name != JSON_FIELD else _UNSET
         if self.kind == "words":  # the model splits the text as a shell would, as from the command line
@@ -148,7 +150,7 @@ class ParamField:
                 return text
         if self.kind in ("int", "float"):
             return _number(text, self.nullable)
-        return text  # str: as typed
+        return typed  # str: as typed
 
 
 _UNSET: Any = object()
