@@ -29,6 +29,7 @@ from pathlib import Path
 from types import CodeType
 from typing import Any, NoReturn, Protocol
 
+from . import threads
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
 from .errors import InvalidInput, StoreFailed
@@ -378,6 +379,14 @@ class Attempt:
                 log.exception("%s: the final progress cannot be written", self.op.id)
                 with contextlib.suppress(Exception):
                     await settle(self.host, self.op, Status.FAILED, error=error)
+        finally:
+            if stranded := threads.ended(self.op.id):
+                log.warning(
+                    "%s: %d call(s) its handler made on a thread (asyncio.to_thread) still running after it ended:"
+                    " left to return on their own (a blocking call with no timeout?)",
+                    self.op.id,
+                    stranded,
+                )
 
     @staticmethod
     def handler_call_code() -> CodeType:
@@ -387,6 +396,7 @@ class Attempt:
 
     async def _run(self) -> None:
         ctx, op = self.ctx, self.op
+        threads.RUNNING.set(op.id)  # this task's calls on a thread are the handler's (``threads.ended``)
         if self._resumed_from is not None:
             ctx.log.info(f"resuming from checkpoint {self._resumed_from} ({ctx.done} items done)")
         pid = os.getpid()

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .threads import off_loop
+
 ENV_OPERATION = "OUTLAST_OPERATION_ID"
 ENV_ATTEMPT = "OUTLAST_ATTEMPT"
 ENV_ENGINE = "OUTLAST_ENGINE"
@@ -86,7 +88,7 @@ class Children:
         kwargs["env"] = env
         if not self._swept and self.attempt > 1:
             self._swept = True
-            killed = await asyncio.to_thread(kill_leftovers, self.op_id, self.attempt)
+            killed = await off_loop(kill_leftovers, self.op_id, self.attempt)
             if killed:
                 self._warn(describe_leftovers(killed) + " before starting this one")
         if shell:
@@ -117,7 +119,7 @@ class Children:
         the attempt waited out its grace period, and it ran on after a cancel."""
         if not self._spawned:
             return
-        killed = await asyncio.to_thread(kill_leftovers, self.op_id, self.attempt, this_attempt=True)
+        killed = await off_loop(kill_leftovers, self.op_id, self.attempt, this_attempt=True)
         if killed:
             pids = ", ".join(str(p) for p, _a, _g in killed)
             self._warn(f"killed {len(killed)} process(es) left running in a session of their own (pid {pids})")

@@ -51,6 +51,7 @@ from .models import (
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .processes import describe_leftovers, kill_engine_leftovers, kill_leftovers
 from .store import Store
+from .threads import off_loop
 
 if TYPE_CHECKING:
     from .attempt import Attempt
@@ -555,13 +556,13 @@ async def recover_orphans(
             log.warning("operation %s was left running by %s: interrupted", op.id, op.worker)
         else:
             log.warning("operation %s: %s, as asked while its process was gone", op.id, target.value)
-        killed = await asyncio.to_thread(kill_leftovers, op.id, None)
+        killed = await off_loop(kill_leftovers, op.id, None)
         if killed:
             logs.append(op.id, LogRecord(ts=time.time(), level="warning", message=describe_leftovers(killed)))
         w = op.worker
         if w is not None and w.host == socket.gethostname() and (w.boot, w.pid, w.start) not in swept:
             swept.add((w.boot, w.pid, w.start))
-            if left := await asyncio.to_thread(kill_engine_leftovers, w.boot, w.pid, w.start):
+            if left := await off_loop(kill_engine_leftovers, w.boot, w.pid, w.start):
                 killed += left
                 pids = ", ".join(str(p) for p, _a, _g in left)
                 line = (

@@ -18,19 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import thread as _futures_thread
-from typing import Any, TypeVar
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 PREFIX = "outlast-to-thread"
+ENGINE_PREFIX = "outlast-engine"
+ENGINE_THREADS = 8
+"""Threads of the engine's own blocking calls (``off_loop``): killing what an attempt left, log files, the mirror."""
+RUNNING = ContextVar[str | None]("outlast_running_operation", default=None)
+"""The operation whose handler runs in this context (set by its attempt): the owner of its ``to_thread`` calls."""
 GRACE = 1.0
 """Seconds the end of the program waits for threads still running (their operations already ended)."""
 
@@ -43,6 +52,104 @@ _let_go: list[tuple[asyncio.Task[Any], str]] = []
 _STDLIB = os.path.join(os.path.dirname(os.__file__), "")
 
 
+class HandlerPool(ThreadPoolExecutor):
+    """The loop's default executor (a handler's ``asyncio.to_thread``), whose calls that outlive their operation
+    do not count against the threads the calls to come may use.
+
+    A handler stopped (stalled, cancelled, timed out) while its thread was in a call that never returns (a read
+    with no timeout) leaves that thread blocked: nothing can stop it. Each one used to keep a thread of the pool
+    (6 on 2 cores) for good, and after the sixth a long-lived worker ran nothing: every later ``to_thread``
+    waited behind them, no stall was called, a cancel never landed, and SIGTERM waited for it. Here each such
+    call, once its operation has ended (``ended``), gives the pool one thread more for as long as it blocks."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix=PREFIX)
+        self._base = self._max_workers
+        self._calls: dict[str, set[Future[Any]]] = {}
+        """Calls not yet returned, by the operation they were made for."""
+        self._stranded = 0
+        """Calls still running whose operation ended: threads the pool has beside its own."""
+        self._guard = threading.Lock()
+        _pools.add(self)
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future = super().submit(fn, *args, **kwargs)
+        op_id = RUNNING.get()  # on the loop's thread, in the context of the task that called
+        if op_id is not None:
+            with self._guard:
+                self._calls.setdefault(op_id, set()).add(future)
+            future.add_done_callback(functools.partial(self._returned, op_id))
+        return future
+
+    def _returned(self, op_id: str, future: Future[Any]) -> None:
+        with self._guard:
+            if getattr(future, "_outlast_stranded", False):
+                self._stranded -= 1
+                self._max_workers = self._base + self._stranded
+            elif (calls := self._calls.get(op_id)) is not None:
+                calls.discard(future)
+                if not calls:
+                    del self._calls[op_id]
+
+    def ended(self, op_id: str) -> int:
+        """``op_id``'s attempt is over: its calls still running are stranded (the pool grows by one each until
+        it returns), those not started are cancelled. How many were stranded."""
+        with self._guard:
+            calls = self._calls.pop(op_id, set())
+            stranded = 0
+            for future in calls:
+                if not future.cancel() and not future.done():
+                    future._outlast_stranded = True  # type: ignore[attr-defined]
+                    stranded += 1
+            if not stranded:
+                return 0
+            self._stranded += stranded
+            self._max_workers = self._base + self._stranded
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile: nothing to run
+            super().submit(_nothing)  # a thread for what waits in the queue now, if none is idle
+        return stranded
+
+
+_pools: weakref.WeakSet[HandlerPool] = weakref.WeakSet()
+
+
+def _nothing() -> None:
+    pass
+
+
+def ended(op_id: str) -> int:
+    """An attempt of ``op_id`` is over: its handler's calls on a thread that are still running no longer hold
+    a thread of the pool (``HandlerPool``). How many were still running."""
+    return sum(pool.ended(op_id) for pool in list(_pools))
+
+
+_engine_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``asyncio.to_thread`` for the engine's own blocking calls, on threads of their own: on the loop's default
+    executor they waited behind a handler's calls that never return (all its threads blocked), and the settle
+    of a stalled operation, its log lines and the stop of the process waited with them, for ever."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(engine_executor(), functools.partial(fn, *args, **kwargs))
+
+
+def engine_executor() -> ThreadPoolExecutor:
+    """The engine's own pool (made in this process: a fork's child has none of its parent's threads)."""
+    global _engine_pool
+    if _engine_pool is None or _engine_pool[0] != os.getpid():
+        _engine_pool = (os.getpid(), ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix=ENGINE_PREFIX))
+    return _engine_pool[1]
+
+
+def _close_engine_pool() -> None:
+    """Let the engine's idle threads go (a call still blocked is one of ``_running``'s); made again if used."""
+    global _engine_pool
+    if _engine_pool is not None and _engine_pool[0] == os.getpid():
+        _engine_pool[1].shutdown(wait=False)
+    _engine_pool = None
+
+
 class LoopThreads:
     """The event loop's default executor, whose threads still blocked at the end are left behind."""
 
@@ -53,7 +160,7 @@ class LoopThreads:
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         _left.clear()  # a loop before this one (a test's, in the same process) left them: not this run's
         self._before = set(threading.enumerate())
-        self._pool = ThreadPoolExecutor(thread_name_prefix=PREFIX)
+        self._pool = HandlerPool()
         loop.set_default_executor(self._pool)
 
     def release(self, loop: asyncio.AbstractEventLoop, grace: float = GRACE) -> list[str]:
@@ -67,6 +174,7 @@ class LoopThreads:
         _left.extend(t for t in threading.enumerate() if t not in self._before and _foreign(t))
         self._pool.shutdown(wait=False)  # idle threads exit now; busy ones when their call returns
         self._pool = None
+        _close_engine_pool()
         # What runs on this loop afterwards (the loop's own close, a test going on) gets fresh threads; the
         # loop's close then shuts down those, not the blocked ones.
         loop.set_default_executor(ThreadPoolExecutor())
@@ -114,12 +222,12 @@ def _foreign(thread: threading.Thread) -> bool:
         thread.is_alive()
         and not thread.daemon
         and thread is not threading.main_thread()
-        and not thread.name.startswith(PREFIX)
+        and not thread.name.startswith((PREFIX, ENGINE_PREFIX))
     )
 
 
 def _running() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(PREFIX) and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith((PREFIX, ENGINE_PREFIX)) and t.is_alive()]
 
 
 def _where(thread: threading.Thread) -> str:

@@ -141,13 +141,18 @@ async def blocker(ctx: OperationContext, p: BlockerParams) -> dict:
     return {}
 
 
-@operation("thread_blocker")
-async def thread_blocker(ctx: OperationContext, params: Any) -> None:
+class ThreadBlockerParams(BaseModel):
+    seconds: float | None = None
+    """How long the thread blocks; None: for ever."""
+
+
+@operation("thread_blocker", params=ThreadBlockerParams)
+async def thread_blocker(ctx: OperationContext, p: ThreadBlockerParams) -> None:
     """Blocking work in a thread that never returns (an open of a FIFO with no writer, a hung NFS read):
     the operation can be stopped, the thread not."""
     import threading
 
-    await asyncio.to_thread(threading.Event().wait)
+    await asyncio.to_thread(threading.Event().wait, p.seconds)
 
 
 class ForkerParams(BaseModel):

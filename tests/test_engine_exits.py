@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from typing import Any
 
@@ -136,3 +137,29 @@ def test_a_thread_blocked_for_ever_does_not_keep_the_command_from_exiting(cli: C
         lines[0],
     ), r.stderr
     assert json.loads(cli.here("--json", "ls").stdout)[0]["status"] == "timed_out"
+
+
+def test_handlers_blocked_in_threads_for_ever_do_not_starve_a_worker(cli: Cli) -> None:
+    """Handlers stuck in ``asyncio.to_thread`` calls that never return, as many as the loop's pool has threads
+    and more: each one held a thread after its operation was stopped, and the engine's own work on that pool
+    (the log line of a stall, the settle after it) waited behind them. The worker ran nothing more: no stall
+    was called, a cancel never landed, SIGTERM was waited out, and an operation behind them (here one whose
+    thread returns at once) stayed running at 0 for ever. After six stalled network reads, one at a time, a
+    long-lived worker was dead. Now each stops as stalled, and every call left blocked gives the pool a thread
+    more while it blocks."""
+    pool = min(32, (os.cpu_count() or 1) + 4)  # the threads asyncio.to_thread had by default
+    env = {**cli.env, "OUTLAST_GRACE_PERIOD": "0.5"}
+    stuck = []
+    for _ in range(pool + 2):
+        r = cli.here(*PLUGIN, "submit", "thread_blocker", "--profile", "stall_timeout=1", env=env)
+        assert r.returncode == 0, r.stderr
+        stuck.append(r.stdout.strip())
+    r = cli.here(*PLUGIN, "submit", "thread_blocker", "-p", "seconds=0.1", env=env)
+    after = r.stdout.strip()
+    r = cli(*PLUGIN, "worker", "--exit-when-idle", "--concurrency", str(pool + 3), timeout=90, env=env)
+    assert r.returncode == 0, r
+    statuses = {op["id"]: op["status"] for op in json.loads(cli.here("--json", "ls", "--limit", "100").stdout)}
+    assert [statuses[i] for i in stuck] == ["timed_out"] * len(stuck), statuses
+    assert statuses[after] == "completed", statuses
+    left = re.search(r"exiting without waiting for (\d+) thread\(s\) of ended operations still blocked", r.stderr)
+    assert left and pool <= int(left.group(1)) <= pool + 2, r.stderr

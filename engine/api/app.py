@@ -7,7 +7,6 @@ map to one status each and a body ``{"detail": "one line"}``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
@@ -31,6 +30,7 @@ from ..files import private_dir
 from ..humanize import escape_controls
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
 from ..registry import ensure_loaded
+from ..threads import off_loop
 from .confine import OutputRoots, outputs_dir
 from .metrics import Metrics
 from .progress import ProgressHub
@@ -310,7 +310,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The outputs directory clients are told to write under exists: its first operation made it, and a
         # client's first output there was refused ("its directory does not exist").
-        await asyncio.to_thread(_make_outputs, app.state.output_roots.outputs)
+        await off_loop(_make_outputs, app.state.output_roots.outputs)
         hub.start()
         metrics.start()
         try:

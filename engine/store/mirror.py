@@ -20,7 +20,6 @@ Files are JSON, validated when read back; a bad one is skipped with a warning.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -35,6 +34,7 @@ from typing import Any, TypeVar
 from ..files import NotRegular, atomic_write, fsync_dir, open_regular, sweep_dead_temps
 from ..models import Checkpoint, Operation, validate_id
 from ..text import model_json
+from ..threads import off_loop
 from .base import checksum
 
 log = logging.getLogger("outlast.store.mirror")
@@ -98,7 +98,7 @@ class CheckpointMirror:
         ``rm -rf`` of an old-looking directory) makes them again and is retried once; ``refill`` is set, for
         the store to write back what the mirror lost (it would otherwise hold only what is written after)."""
         try:
-            out = await asyncio.to_thread(self._remade, fn)
+            out = await off_loop(self._remade, fn)
         except Exception as e:  # OSError mostly; the mirror must never stop the work
             self.missed = True
             if self.healthy and not quiet:

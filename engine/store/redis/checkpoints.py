@@ -10,7 +10,6 @@ what Redis lacks (it restarted empty) is read from the mirror.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 from ...errors import StoreFailed
 from ...models import Checkpoint, ItemFailure, validate_id
 from ...text import clean
+from ...threads import off_loop
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
 from .recovery import RecoveryMixin
 
@@ -99,7 +99,7 @@ class CheckpointsMixin(RecoveryMixin):
         )
         if raw is None and self.mirror is not None:
             try:
-                raw = (await asyncio.to_thread(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
+                raw = (await off_loop(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
             except OSError as e:  # linked to nothing, this checkpoint and every later one would never verify
                 what = f"checkpoint mirror {self.mirror.root}: reading checkpoint {seq - 1} of {op_id} failed: {e}"
                 raise StoreFailed(what, str(e)) from None
@@ -125,7 +125,7 @@ class CheckpointsMixin(RecoveryMixin):
                 deltas[int(raw_seq)] = d
         if self.mirror is not None:
             try:
-                m_cps, m_deltas = await asyncio.to_thread(self.mirror.checkpoints_sync, op_id)
+                m_cps, m_deltas = await off_loop(self.mirror.checkpoints_sync, op_id)
             except OSError as e:
                 what = f"checkpoint mirror {self.mirror.root}: reading checkpoints of {op_id} failed: {e}"
                 if sure:

@@ -13,7 +13,6 @@ renew the leases that survived first; a Redis that came back empty is noticed fi
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -24,6 +23,7 @@ from typing import Any
 
 from ...errors import KeyTaken
 from ...models import Operation, Status, StoreError
+from ...threads import off_loop
 from .codec import valid_id
 from .connection import DOWN_PROBE
 from .recovery import RecoveryMixin
@@ -272,7 +272,7 @@ class LivenessMixin(RecoveryMixin):
             op = None
             if self.mirror is not None:
                 try:
-                    op = await asyncio.to_thread(self.mirror.load_record_sync, op_id)
+                    op = await off_loop(self.mirror.load_record_sync, op_id)
                 except OSError:
                     op = None
             if op is not None:

@@ -7,7 +7,6 @@ asks recovery whether Redis was emptied and restored from the mirror, and is ret
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -37,6 +36,7 @@ from ...models import (
     validate_id_prefix,
 )
 from ...text import model_json
+from ...threads import off_loop
 from .. import mirror as mirror_files
 from ..base import check_slots, parse_slots
 from .codec import IF_CANCELLED, IF_CONTROL, IF_PAUSED, decode_record, enc, pack_new, pairs
@@ -321,7 +321,7 @@ class RecordsMixin(RecoveryMixin):
         mirror = self.mirror
         if mirror is not None:
             try:
-                await asyncio.to_thread(mirror.unlink_record_sync, op_id)
+                await off_loop(mirror.unlink_record_sync, op_id)
             except OSError as e:
                 raise StoreError(
                     f"checkpoint mirror {mirror.root}: removing the record of {op_id} failed: {e}; not removed"

@@ -11,7 +11,6 @@ A write that finds its record missing asks ``_restored`` once, and is retried if
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -21,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ...errors import KeyTaken
 from ...models import Checkpoint, Operation, Status, StoreError
+from ...threads import off_loop
 from .codec import enc, pairs, valid_id
 from .core import RedisCore
 from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD, STORE_FIELD
@@ -140,7 +140,7 @@ class RecoveryMixin(RedisCore):
         would run them twice if it is another one. Only the user knows which."""
         mirror = self.mirror
         assert mirror is not None
-        doc = await asyncio.to_thread(mirror.identity_sync)
+        doc = await off_loop(mirror.identity_sync)
         if doc is None:
             self._store_id = None
             return
@@ -186,7 +186,7 @@ class RecoveryMixin(RedisCore):
         await self.link.call(lambda c: c.hsetnx(key, STORE_FIELD, store_id), "naming the store after its mirror")
         sid = (await self._read_meta())[1]
         if sid is not None and sid.decode() == store_id:
-            top = await asyncio.to_thread(mirror.handles_sync)
+            top = await off_loop(mirror.handles_sync)
             if top:
                 await self.link.call(lambda c: c.eval(_RAISE_COUNTER, 1, key, top), "moving the handle counter")
         return sid
@@ -256,7 +256,7 @@ class RecoveryMixin(RedisCore):
         assert mirror is not None
         handles = []
         for op_id in op_ids[:100]:
-            op = await asyncio.to_thread(mirror.load_record_sync, op_id)
+            op = await off_loop(mirror.load_record_sync, op_id)
             if op is not None and op.handle:
                 handles.append((op_id, op.handle))
         if not handles:
@@ -298,19 +298,19 @@ class RecoveryMixin(RedisCore):
         every handle the mirror knows was given (a removed operation's too): a handle is never reused."""
         mirror = self.mirror
         assert mirror is not None
-        top = await asyncio.to_thread(mirror.handles_sync)
+        top = await off_loop(mirror.handles_sync)
         if top:
             await self.link.call(lambda c: c.eval(_RAISE_COUNTER, 1, self.keys.meta, top), "moving the handle counter")
-        ids = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
+        ids = [i for i in await off_loop(mirror.record_ids_sync) if valid_id(i)]
         if not ids:
             return
         restored = 0
         tx = f"restore:{secrets.token_hex(8)}"  # a record restored meanwhile by another process is not counted
         for op_id in await self._missing(ids):
-            op = await asyncio.to_thread(mirror.load_record_sync, op_id)
+            op = await off_loop(mirror.load_record_sync, op_id)
             if op is None:
                 continue
-            newest = await asyncio.to_thread(mirror.newest_seq_sync, op_id)
+            newest = await off_loop(mirror.newest_seq_sync, op_id)
             if newest is not None and (op.checkpoint_seq or 0) < newest:
                 op.checkpoint_seq = newest
             try:
@@ -432,7 +432,7 @@ class RecoveryMixin(RedisCore):
                 if self._store_id is not None:
                     store_id, url = self._store_id, self._location
                     await mirror.guard("naming its store", lambda: mirror.write_identity_sync(store_id, url))
-                listed = [i for i in await asyncio.to_thread(mirror.record_ids_sync) if valid_id(i)]
+                listed = [i for i in await off_loop(mirror.record_ids_sync) if valid_id(i)]
                 gone = await self._missing(listed)
                 if gone and await self._lost_not_removed(gone):  # Redis went back: restored, not forgotten
                     await self._went_back_whole()
@@ -520,7 +520,7 @@ class RecoveryMixin(RedisCore):
         if self.mirror is None:
             return None
         try:
-            prior = self._shows_loss(await asyncio.to_thread(self.mirror.load_record_sync, op.id), op, quiet)
+            prior = self._shows_loss(await off_loop(self.mirror.load_record_sync, op.id), op, quiet)
         except (OSError, ValueError):
             return None
         if prior is None:

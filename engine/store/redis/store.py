@@ -23,12 +23,12 @@ attempts held and their fencing): ``recovery`` (a Redis that lost everything), `
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from ...humanize import size
 from ...models import Operation
+from ...threads import off_loop
 from . import lua
 from .checkpoints import CheckpointsMixin
 from .liveness import LivenessMixin
@@ -85,7 +85,7 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
         await self._check_eviction()
         if self.mirror is not None:
             try:
-                await asyncio.to_thread(self.mirror.open_sync)
+                await off_loop(self.mirror.open_sync)
             except OSError as e:
                 self.mirror.healthy = False
                 log.error("checkpoint mirror %s cannot be used: %s (Redis goes on without it)", self.mirror.root, e)

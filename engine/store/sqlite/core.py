@@ -27,6 +27,7 @@ from ...files import create_private, free_bytes, make_private, no_inodes, privat
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ...shortage import ran_short
+from ...threads import off_loop
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
@@ -693,9 +694,8 @@ class SqliteCore:
         conn, self._conn = self._conn, None
         if conn is not None:
             await worker.run(conn.close)
-        import asyncio  # not at import: ``outlast submit``'s quick path opens the store without an event loop
 
-        await asyncio.to_thread(worker.stop)
+        await off_loop(worker.stop)
 
     # ---- the locks this process holds ------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import aiofiles
 
 from ...files import NotRegular, move_aside, open_regular, private_dir
 from ...models import ControlAction, LogRecord, validate_id
+from ...threads import engine_executor, off_loop
 from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
@@ -87,11 +88,11 @@ class ControlLogsMixin(SqliteCore):
                 # in a new file. Not made, every append failed as a store outage, which stopped the run.
                 if (lost := self._lost()) is not None:  # the whole state dir, outlast.db with it
                     raise lost from None
-                await asyncio.to_thread(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
+                await off_loop(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
                 await self._append(op_id, text)
             except NotRegular:
                 path = self._log_path(op_id)
-                aside = await asyncio.to_thread(move_aside, path)
+                aside = await off_loop(move_aside, path)
                 log.warning(
                     "operation %s: its log %s was not a regular file; moved to %s, a new one begun",
                     op_id,
@@ -101,8 +102,14 @@ class ControlLogsMixin(SqliteCore):
                 await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
-        async with aiofiles.open(self._log_path(op_id), "a", encoding="utf-8", opener=open_regular) as f:
+        # On the engine's threads: on the loop's default executor, a log line waited behind a handler's calls
+        # that never returned (``threads.off_loop``). Not ``async with``: aiofiles closes on the default one.
+        path, pool = self._log_path(op_id), engine_executor()
+        f = await aiofiles.open(path, "a", encoding="utf-8", opener=open_regular, executor=pool)
+        try:
             await f.write(text)
+        finally:
+            await f.close()
 
     async def read_logs(
         self, op_id: str, offset: int = 0, limit: int | None = None, *, first: int | None = None
@@ -114,9 +121,9 @@ class ControlLogsMixin(SqliteCore):
         path = self._log_path(op_id)
         try:
             if limit is not None:
-                records, end = await asyncio.to_thread(_tail, path, offset, limit)
+                records, end = await off_loop(_tail, path, offset, limit)
             else:
-                records, end = await asyncio.to_thread(_read_from, path, offset, first)
+                records, end = await off_loop(_read_from, path, offset, first)
         except FileNotFoundError:
             return [], offset
         except NotRegular:  # moved aside by the next append of the process running it (append_logs)
