@@ -132,6 +132,25 @@ _SIGNAL_REASON = {
 }
 
 
+_hangup_ignored: bool | None = None
+"""Whether SIGHUP was ignored as this process started (``stop_signals``); None until first asked."""
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a headless process's work (``run``, ``worker``, ``serve``, ``watch``): SIGINT,
+    SIGTERM, and SIGHUP unless the process was started with it ignored (``nohup outlast run ... &``,
+    ``trap '' HUP``). The operator asked for work that outlives the session, as any Unix program under
+    nohup does: a handler here paused it at logout ("the terminal hung up"). The disposition is read once,
+    at the first call, before any handler of ours replaces it (asyncio's remove_signal_handler leaves
+    SIG_DFL behind, which a later look would take for the inherited one)."""
+    global _hangup_ignored
+    if _hangup_ignored is None:
+        _hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    if _hangup_ignored:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Engine:
     """``async with Engine(store=open_store(dir)) as engine: ...``"""
 
@@ -373,13 +392,14 @@ class Engine:
         to ``outlast run``; returns once it is continued. The time stopped counts toward no stall or deadline."""
         await self._suspender.stop_process()
 
-    def install_signal_handlers(
-        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    ) -> None:
-        """SIGINT/SIGTERM/SIGHUP pause running operations with a checkpoint and stop taking work.
+    def install_signal_handlers(self, signals: tuple[int, ...] | None = None) -> None:
+        """SIGINT/SIGTERM/SIGHUP (``stop_signals``: not SIGHUP under nohup) pause running operations with a
+        checkpoint and stop taking work.
 
         A second signal stops waiting for handlers (force, after the grace period has been asked).
         """
+        if signals is None:
+            signals = stop_signals()
         loop = asyncio.get_running_loop()
         self._owns_signals = True
         self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.fixtures_cli import Cli, alive, until
+from tests.fixtures_cli import Cli, Proc, alive, until
 
 DEMO = ["run", "demo", "-p", "seconds=0.03"]
 
@@ -71,6 +71,22 @@ def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli
     logs = cli("logs", op_id)
     assert f"resuming from checkpoint {paused.checkpoint_seq}" in logs.stdout
     assert done_before > 0
+
+
+def test_run_started_with_sighup_ignored_goes_on_after_a_hang_up(cli: Cli) -> None:
+    """`nohup outlast run ... &` then logout: SIGHUP, ignored as the process started, stays ignored and the
+    work completes (it was paused: "the terminal hung up")."""
+    proc = Proc(
+        ["run", "demo", "-p", "seconds=0.02", "-p", "items=30", "--profile", "progress_report_interval=0.1"],
+        cli.env,
+        real=True,  # a fork from the zygote cannot start with a disposition of its own
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    cli.procs.append(proc)
+    proc.wait_line(lambda ln: " running " in ln)
+    proc.signal(signal.SIGHUP)
+    assert proc.wait() == 0, proc.err
+    assert "completed at 30/30 items" in proc.out[-1], proc.out
 
 
 def test_cancel_and_pause_from_other_processes_stop_a_running_operation(cli: Cli) -> None:

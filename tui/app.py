@@ -285,7 +285,14 @@ class OutlastApp(App[int]):
             self._boot = self._work(self._start_engine, "boot", "starting the engine")
 
     def _on_signal(self, sig: int) -> None:
-        """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit."""
+        """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit.
+
+        SIGHUP is handled here even when the dashboard was started with it ignored (nohup), unlike
+        ``outlast run``/``worker``/``serve`` (``engine.stop_signals``): a dashboard whose terminal is gone
+        has nothing to draw on nor keys to read, and its writer blocked for good on that terminal
+        (``_hang_up``), so work left running in it could be neither watched nor stopped from it. Paused with
+        a checkpoint, it resumes anywhere; work meant to outlive the session runs under ``nohup outlast
+        run``, ``run --detach`` or a worker."""
         if self.stopping is not None:  # asked again while the stop waits: as q again
             self._leave_now(f"{signal.Signals(sig).name} again", 128 + sig)
         why = "the dashboard was asked to stop (SIGTERM)"

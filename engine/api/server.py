@@ -1,9 +1,9 @@
 """``outlast serve``: the HTTP API and an engine that runs queued work, on one event loop.
 
 Loopback by default; any other address needs a bearer token (``--token-file`` or
-OUTLAST_API_TOKEN). SIGINT, SIGTERM and SIGHUP stop taking requests and pause running
-operations with a checkpoint (with auto_resume: queue them again from it), as ``outlast worker`` does; a
-second signal forces the stop.
+OUTLAST_API_TOKEN). SIGINT, SIGTERM and SIGHUP (left ignored under nohup) stop taking requests and pause
+running operations with a checkpoint (with auto_resume: queue them again from it), as ``outlast worker``
+does; a second signal forces the stop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from .. import threads
 from ..config import Settings
+from ..engine import stop_signals
 from ..exitcodes import ExitCode
 from ..humanize import clock, escape_controls
 from ..models import InvalidInput, OutlastError, StoreError
@@ -334,5 +334,5 @@ def _install_signals(server: Any, engine: Any) -> None:
             server.force_exit = True
             engine.settings.grace_period = 0
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in stop_signals():  # SIGHUP left ignored under nohup, as for `outlast run`
         loop.add_signal_handler(sig, on_signal, sig)

@@ -430,8 +430,7 @@ async def store_made(settings: Settings, mode: Mode) -> int | None:
     """``watch`` of all where no local store is (``common.no_store``; a fresh machine, before its first run):
     wait for one to be made, making none (a read makes no state dir), saying once that it waits, as
     ``watch_many`` says of an empty store. None once there is one; the exit code when a signal stopped it."""
-    import signal
-
+    from ..engine import stop_signals
     from ..exitcodes import code_for_stopped_watch
     from .common import no_store
 
@@ -439,7 +438,7 @@ async def store_made(settings: Settings, mode: Mode) -> int | None:
         fmt.echo(IDLE_NOTE, err=True)
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[int] = loop.create_future()
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    signals = stop_signals()
 
     def stop(sig: int) -> None:
         if not stopped.done():

@@ -59,7 +59,7 @@ async def run_foreground(
     """Submit (or resume) one operation and run it in this process until it settles; ``queued``: ``op_id``
     is queued already, run it as it is (a resume of one nobody runs).
 
-    SIGINT, SIGTERM and SIGHUP pause it with a checkpoint (a second one forces the stop). ``prefix``:
+    SIGINT, SIGTERM and SIGHUP (not under nohup) pause it with a checkpoint (a second one forces the stop). ``prefix``:
     ``outlast`` with the global options given, so that every hint printed can be pasted as it is.
     """
     async with make_engine(settings, run_queue=False) as engine:
