@@ -6,12 +6,14 @@ Validation happens here, at the edges (specs, ids, stored records). The hot path
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
 import os
 import random
 import re
+import sys
 import threading
 import time
 import types
@@ -235,7 +237,24 @@ def _not_text(s: str) -> str:
         start = max(0, min(at - 30, len(shown) - 74))
         cut = shown[start : start + 74]
         shown = ("..." if start else "") + cut + ("..." if start + 74 < len(shown) else "")
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name != "utf-8" and _utf8_bytes(s):
+        return (
+            f'"{shown}" is UTF-8 this process\'s locale could not decode (its encoding is {encoding}): '
+            "run it with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1"
+        )
     return f'"{shown}" is not text: it has a byte that is not UTF-8 (shown as \\xNN), and Outlast stores text'
+
+
+def _utf8_bytes(s: str) -> bool:
+    """Whether ``s``, a string the locale's codec decoded with ``surrogateescape`` (an argument, a variable,
+    a file name), is UTF-8 bytes. Refused all the same, not decoded here: a path typed with those bytes has
+    to be encoded back by that codec to be opened, which 'ü' is not, so one argument would mean two things."""
+    try:
+        s.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def json_size(value: Any) -> int:

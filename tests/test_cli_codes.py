@@ -358,11 +358,15 @@ def test_a_terminal_that_cannot_show_a_name_gets_it_escaped_not_an_internal_erro
     "internal error: UnicodeEncodeError" (exit 70), leaving a queued operation nobody ran, and
     ``outlast ls`` died the same way from then on."""
     env = {**cli.env, "PYTHONIOENCODING": "ascii"}
-    r = cli("run", "demo", "--name", "\u2713 done", "-p", "items=2", "-p", "seconds=0", env=env)
+    r = cli("run", "demo", "--name", "\u2713 done \u00e9", "-p", "items=2", "-p", "seconds=0", env=env)
     assert r.returncode == 0, r.stderr
     assert "\\u2713 done" in r.stdout and "completed" in r.stdout
     listed = cli("ls", env=env)
     assert listed.returncode == 0 and "\\u2713 done" in listed.stdout, listed.stderr
+    # JSON stays JSON: the stream's "\\xNN" escapes (its errors="backslashreplace") are not JSON ones.
+    dumped = cli("--json", "ls", env=env)
+    assert dumped.returncode == 0 and dumped.stdout.isascii(), dumped.stderr
+    assert json.loads(dumped.stdout)[0]["name"] == "\u2713 done \u00e9", dumped.stdout
 
 
 def test_the_c_locale_without_utf8_mode_gets_names_escaped_not_an_internal_error(cli: Cli) -> None:
@@ -373,8 +377,15 @@ def test_the_c_locale_without_utf8_mode_gets_names_escaped_not_an_internal_error
     env.pop("PYTHONIOENCODING", None)
     listed = cli("ls", env=env)
     assert listed.returncode == 0 and "caf\\xe9 \\u2603" in listed.stdout, listed.stderr
+    shown = cli("--json", "show", "1", env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "caf\u00e9 \u2603", shown.stdout
     r = cli("resume", "1", env=env)
     assert r.returncode == 0 and "completed" in r.stdout, r.stderr
+    # A UTF-8 argument this locale cannot decode: refused (nothing stored), saying so and what to change.
+    refused = cli("submit", "demo", "--name", "\u00fcn\u00ef", env=env)
+    assert refused.returncode == ExitCode.USAGE, refused.stderr
+    line = one_line_error(refused)
+    assert "locale could not decode" in line and "ascii" in line and "PYTHONUTF8=1" in line, line
 
 
 def test_quiet_run_says_why_it_failed_in_one_line_on_stderr(cli: Cli) -> None:

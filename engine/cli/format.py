@@ -390,8 +390,27 @@ def checkpoints_table(cps: list[Checkpoint]) -> str:
 
 
 def dumps(data: Any) -> str:
-    """JSON (UTF-8 kept); json escapes C0 controls itself, DEL, C1 and bidi controls get \\u escapes too."""
-    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, default=str))
+    """JSON (UTF-8 kept); json escapes C0 controls itself, DEL, C1 and bidi controls get \\u escapes too.
+
+    Every ``--json`` document and line (``watch``, ``logs -f``) is made here. To a stdout whose encoding is not
+    UTF-8 (``PYTHONIOENCODING=ascii``, the C locale without UTF-8 mode, latin-1) it is ASCII, every other
+    character a JSON escape: the stream's own escaping wrote ``"h\\xe9llo"``, which no JSON reader takes, and
+    a latin-1 byte is not JSON either (JSON between programs is UTF-8, RFC 8259)."""
+    text = json.dumps(data, ensure_ascii=not _utf8(sys.stdout), default=str)
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _utf8(stream: Any) -> bool:
+    """Whether ``stream`` writes UTF-8; true of one with no encoding (a test's buffer holds text as it is)."""
+    import codecs
+
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def op_json(op: Operation) -> dict[str, Any]:
