@@ -3,6 +3,7 @@ running work, unknown ids and bad ages are one line each and remove nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -26,6 +27,13 @@ def test_rm_removes_settled_work_and_refuses_the_rest(cli: Cli) -> None:
     code, done, err = run_json(cli, "run", "demo", "-p", "items=3", "-p", "seconds=0")
     assert code == 0, err
     queued = cli("-q", "submit", "demo").stdout.strip()
+    # A bad or ambiguous id is bad usage, which stores nothing: `rm 1 06` removed 1 first, then exited 2.
+    shared = "".join(a for a, _ in itertools.takewhile(lambda p: p[0] == p[1], zip(done["id"], queued, strict=False)))
+    assert shared, (done["id"], queued)
+    for bad, said in ((shared, "is ambiguous"), ("BAD!", "invalid operation id")):
+        code, out, err = in_process(cli, "rm", done["id"], bad)
+        assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (bad, code, out, err)
+        assert _ids(cli) == {done["id"], queued}
     code, out, err = in_process(cli, "rm", done["id"][:9], queued)
     assert code == 7 and err.count("\n") == 1 and f"operation {queued} is queued" in err, err
     assert f"{done['id']} removed" in out
@@ -33,6 +41,11 @@ def test_rm_removes_settled_work_and_refuses_the_rest(cli: Cli) -> None:
     code, _, err = in_process(cli, "rm", "zzzz")
     assert code == 3 and "no operation matches id 'zzzz'" in err
     assert _ids(cli) == {queued}
+    # One that matches nothing is refused on its own, as a queued one is: the others are removed (exit 3).
+    assert in_process(cli, "cancel", queued)[0] == 0
+    code, out, err = in_process(cli, "rm", "zzzz", queued, queued[:8])
+    assert code == 3 and err.count("\n") == 1 and "'zzzz'" in err and out == f"{queued} removed\n", (out, err)
+    assert _ids(cli) == set()
 
 
 def test_clean_by_status_and_age_with_a_dry_run(cli: Cli) -> None:

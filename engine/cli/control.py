@@ -266,8 +266,9 @@ def rm(app: App, op_ids: tuple[str, ...]) -> int:
     """Remove settled operations: their records, checkpoints and logs (their outputs stay).
 
     Queued and running work is refused (cancel it first), and so is one that a resume reached first;
-    a paused or interrupted one is removed with its checkpoints (it can no longer be resumed). Each id is
-    removed or refused on its own: the exit code is the first refusal's.
+    a paused or interrupted one is removed with its checkpoints (it can no longer be resumed). A bad or
+    ambiguous id removes nothing (exit 2); past that, each id is removed or refused on its own (one no
+    operation matches, one still running): the exit code is the first refusal's.
 
     \b
     Examples:
@@ -275,16 +276,36 @@ def rm(app: App, op_ids: tuple[str, ...]) -> int:
       outlast clean --older-than 7d        # every completed or cancelled one older than a week
     """
 
+    from ..errors import InvalidInput
+
     async def go() -> list[tuple[str, BaseException | None]]:
+        valid_ids(*op_ids)  # a mistyped id is bad usage before the store is looked for
         out: list[tuple[str, BaseException | None]] = []
-        async with session(app.settings, create=False) as engine:  # each id on its own: not checked first
+        async with session(app.settings, create=False) as engine:
+            # Every id resolved before any is removed: `rm 1 06` (06 ambiguous) removed 1, then said "bad input"
+            # (exit 2), which stores nothing. One that matches nothing is a refusal of its own, as a running one
+            # is: the others go (a second `rm` of the same ids after a partial one removes what is left).
+            resolved: list[tuple[str, str | None, OutlastError | None]] = []
             for raw in dict.fromkeys(op_ids):
                 try:
-                    full = await engine.resolve(raw)
+                    resolved.append((raw, await engine.resolve(raw), None))
+                except InvalidInput:
+                    raise
+                except OutlastError as e:
+                    resolved.append((raw, None, e))
+            seen: set[str] = set()
+            for raw, full, error in resolved:
+                if full is None:
+                    out.append((raw, error))
+                    continue
+                if full in seen:
+                    continue  # named twice (its handle and an id prefix): removed once
+                seen.add(full)
+                try:
                     await engine.remove(full)
                     out.append((full, None))
                 except OutlastError as e:
-                    out.append((raw, e))
+                    out.append((full, e))
         return out
 
     return _report_removed(app, run_async(go()))
