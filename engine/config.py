@@ -206,6 +206,32 @@ class Settings(BaseModel):
         return profile_for(type_, self.profiles)
 
 
+def _no_string_for_a_number(origin: str, data: dict[str, Any]) -> None:
+    """InvalidInput for a TOML string where a number belongs in a config file (``max_concurrent = "3"``,
+    ``[profiles.demo] base_timeout = "10"``): pydantic's lax mode read it as the number, so the file was
+    taken though it was not what the README says is read strictly. Only the file's layer: an environment
+    variable's value is its text, and read as a number there."""
+    for key in number_keys(Settings):
+        if isinstance(data.get(key), str):
+            whole = Settings.model_fields[key].annotation is int
+            bounds = field_bounds(Settings, (key,))
+            allowed = f", {bounds_text(key, bounds)}" if bounds else ""
+            raise InvalidInput(
+                f"{origin}: key '{key}': {_written(data[key])} is not a number (a TOML string: expected"
+                f" {'a whole' if whole else 'a'} number{allowed}, written without quotes)"
+            )
+    profiles = data.get("profiles")
+    for type_, prof in (profiles or {}).items() if isinstance(profiles, dict) else ():
+        if not isinstance(prof, dict):
+            continue  # load_settings says what a profile is
+        for key in number_keys(TimeoutProfile):
+            if isinstance(prof.get(key), str):
+                raise InvalidInput(
+                    f"{origin}: [profiles.{type_}] {key}: {_written(prof[key])} is not a number (a TOML string:"
+                    " write the number without quotes)"
+                )
+
+
 def _written(value: Any) -> str:
     """A config value as TOML writes it, at most 40 characters (``true``, ``1``, ``"yes"``)."""
     text = _toml_value(value) if isinstance(value, str | int | float | bool) else repr(value)
@@ -251,7 +277,9 @@ def load_settings(
     path = find_config_file(config_file, env)
     layers: list[tuple[str, dict[str, Any]]] = []
     if path is not None:
-        layers.append((str(path), anchored(path, _read_toml(path))))
+        from_file = _read_toml(path)
+        _no_string_for_a_number(str(path), from_file)
+        layers.append((str(path), anchored(path, from_file)))
     try:
         layers.append(("environment", _from_env(env)))
     except InvalidInput:

@@ -359,6 +359,9 @@ def test_a_profile_for_a_plugin_type_counts_once_its_plugin_is_loaded(cli: Cli, 
         ("auto_resume = 1", "key 'auto_resume': 1 is not true or false"),
         ("auto_resume = 0.0", "key 'auto_resume': 0.0 is not true or false"),
         ('auto_resume = "yes"', "key 'auto_resume': \"yes\" is not true or false"),
+        ('max_concurrent = "3"', "key 'max_concurrent': \"3\" is not a number (a TOML string: expected a whole"),
+        ('grace_period = "10"', "key 'grace_period': \"10\" is not a number (a TOML string"),
+        ('[profiles.demo]\nbase_timeout = "10"', '[profiles.demo] base_timeout: "10" is not a number'),
     ],
 )
 def test_a_boolean_for_a_number_or_a_number_for_a_switch_is_refused(
