@@ -149,6 +149,10 @@ def test_watch_and_logs_follow_stop_on_a_signal_with_128_plus_it(cli: Cli, sig: 
         (["submit", "no_such_type"], ExitCode.USAGE, "unknown operation type"),
         (["submit", "demo", "--params-json", "{not json"], ExitCode.USAGE, "not valid JSON"),
         (["submit", "demo", "--params-json", "[1]"], ExitCode.USAGE, "JSON object"),
+        # A key given twice was silently the last, where a repeated -p is refused: refused the same way.
+        (["submit", "demo", "--params-json", '{"items": 2, "items": 3}'], ExitCode.USAGE, "'items' given more"),
+        (["submit", "demo", "-p", 'env={"A": 1, "A": 2}'], ExitCode.USAGE, "'A' given more than once"),
+        (["submit", "demo", "--params-json", '{"items": 2}', "-p", "items=7"], ExitCode.USAGE, "'items' given in"),
         (["submit", "demo", "--priority", "urgent"], ExitCode.USAGE, "urgent"),
         (["submit", "demo", "-p", "items=-3"], ExitCode.USAGE, "items"),
         (["submit", "demo", "-p", "colour=red"], ExitCode.USAGE, "colour"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -382,13 +383,25 @@ def say_unmarked(e: Exception) -> None:
 
 def loads(text: str, option: str) -> Any:
     """JSON from an option; ValueError when it is not JSON, one-line BadParameter when it nests too deep
-    to parse (the model's limit on depth is far below that)."""
+    to parse (the model's limit on depth is far below that) or gives a key twice in one object."""
     try:
-        return json.loads(text, parse_int=_json_int)
+        return json.loads(text, parse_int=_json_int, object_pairs_hook=functools.partial(_once, option))
     except RecursionError:
         raise click.BadParameter(
             f"JSON nested deeper than {MAX_JSON_DEPTH} levels (the limit)", param_hint=option
         ) from None
+
+
+def _once(option: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are given once each: ``{"items": 2, "items": 3}`` was silently the last, as
+    ``-p items=2 -p items=3`` was before it was refused (``parse_pairs``): which one was meant is not ours to
+    guess."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise click.BadParameter(f"{key!r} given more than once", param_hint=option)
+        out[key] = value
+    return out
 
 
 def _json_int(text: str) -> int:
@@ -496,7 +509,10 @@ def build_spec(
         if not isinstance(loaded, dict):
             raise click.BadParameter("expected a JSON object", param_hint="--params-json")
         data.update(loaded)
-    data.update(parse_pairs(params, "--param", text))
+    for key, value in parse_pairs(params, "--param", text).items():
+        if key in data:  # as a key given twice in either: which one was meant is not ours to guess
+            raise click.BadParameter(f"{key!r} given in --params-json and again as --param", param_hint="--param")
+        data[key] = value
     try:
         return OperationSpec(
             type=type_,
