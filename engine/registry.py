@@ -269,7 +269,10 @@ def load_entry_points(remembered: bool = False) -> None:
     for ep in found:
         try:
             obj = ep.load()
-        except (Exception, SystemExit) as e:  # sys.exit(3) at import ended every command, silently, with code 3
+        except KeyboardInterrupt:
+            raise  # Ctrl-C while it imports: the command stops, as anywhere else
+        except BaseException as e:  # sys.exit(3) at import ended every command, silently, with code 3; a library's
+            # own BaseException (not an Exception) every `worker` and `run`, with a traceback, exit 1
             what = f"called exit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {_first_line(e)}"
             log.warning("plugin %s (%s) failed to load: %s", ep.name, ep.value, what)
             continue
@@ -318,7 +321,9 @@ def load_plugin(module: str) -> None:
         raise InvalidInput(f"plugin {module!r} has a syntax error: {e.msg} ({where})") from None
     except ImportError as e:
         raise InvalidInput(f"plugin {module!r} cannot be imported: {_first_line(e)}") from None
-    except Exception as e:
+    except KeyboardInterrupt:
+        raise  # Ctrl-C while it imports: the command stops, as anywhere else
+    except BaseException as e:  # a library's own BaseException (not an Exception) too: it was a traceback, exit 1
         raise InvalidInput(
             f"plugin {module!r} failed while being imported: {type(e).__name__}: {_first_line(e)}"
         ) from None
@@ -419,7 +424,7 @@ class _suppress_all:
         return None
 
     def __exit__(self, et: type | None, e: BaseException | None, tb: object) -> bool:
-        if e is not None and isinstance(e, Exception):
+        if e is not None and not isinstance(e, KeyboardInterrupt):
             log.warning("plugin hook failed: %s", e)
             return True
         return False

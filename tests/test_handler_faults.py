@@ -135,21 +135,43 @@ def test_a_validator_raising_what_pydantic_passes_on_is_one_line_exit_2(cli: Cli
     assert json.loads(cli.here("--json", "ls").stdout) == []
 
 
+class LibraryAbort(BaseException):
+    """A library's own exception outside ``Exception`` (as some test and RPC libraries have)."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"), [(SystemExit(3), "called exit(3)"), (LibraryAbort("at import"), "LibraryAbort: at import")]
+)
 def test_an_entry_point_plugin_that_exits_at_import_is_a_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raised: BaseException, said: str
 ) -> None:
+    """sys.exit(3) at import ended every command, silently, with code 3; a BaseException of a library's own
+    ended every one (`worker`, `run` of a built-in type) with a traceback, exit 1."""
+
     class Exits:
         name, value = "bad", "bad_plugin:register"
 
         def load(self) -> Any:
-            raise SystemExit(3)
+            raise raised
 
     monkeypatch.setattr(registry, "entry_points", lambda group: [Exits()])
     monkeypatch.setattr(registry, "_loaded_entry_points", False)
     monkeypatch.setattr(registry, "_remembering", False)  # an in-process command before this one remembers
     with caplog.at_level(logging.WARNING, "outlast"):
-        registry.load_entry_points()  # no SystemExit: every command went on to exit 3, saying nothing
-    assert "plugin bad (bad_plugin:register) failed to load: called exit(3)" in caplog.text
+        registry.load_entry_points()
+    assert f"plugin bad (bad_plugin:register) failed to load: {said}" in caplog.text
+
+
+def test_a_plugin_raising_a_base_exception_at_import_is_one_line_exit_2(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "aborts_at_import.py").write_text("class B(BaseException):\n    pass\n\nraise B('base at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = cli.here("--plugin", "aborts_at_import", "ls")
+    assert (r.returncode, r.stderr.strip().splitlines()) == (
+        2,
+        ["outlast: plugin 'aborts_at_import' failed while being imported: B: base at import"],
+    ), r
 
 
 def test_the_key_check_of_a_state_ends_on_a_cycle() -> None:
