@@ -8,6 +8,7 @@ attempts as interrupted only when an outage outlasts ``store_outage_limit``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sqlite3
 import time
@@ -163,8 +164,10 @@ class _Overflow:
     characters (the last characters of a record longer than that on its own). ``past``: what they came past
     ("the log limit (64MB, log_limit)"), for the line that says so when the attempt ends."""
 
-    def __init__(self, budget: int, past: str) -> None:
+    def __init__(self, budget: int, past: str, why: str = "") -> None:
         self.past = past
+        self.why = why
+        """Why nothing of them can be written (``LogBuffer._cannot_grow``)."""
         self.records = 0
         self.size = 0
         """Characters of their messages."""
@@ -175,12 +178,26 @@ class _Overflow:
     def keep(self, record: LogRecord) -> None:
         self.records += 1
         self.size += len(record.message)
+        if self.budget <= 0:  # counted only: nothing of them can be written
+            return
         if len(record.message) > self.budget:
             record = record.model_copy(update={"message": record.message[-self.budget :]})
         self.tail.append(record)
         self.tail_size += len(record.message)
         while len(self.tail) > LOG_TAIL or self.tail_size > self.budget:
             self.tail_size -= len(self.tail.popleft().message)
+
+
+_NO_GROWTH = "the size its log file could grow to"
+
+
+def _not_written(op_id: str, lines: int, why: str) -> None:
+    log.error(
+        "operation %s: %s log lines were not written: its log file could not grow (%s: a file size limit, ulimit -f?)",
+        op_id,
+        f"{lines:,}",
+        why,
+    )
 
 
 class LogBuffer:
@@ -264,11 +281,38 @@ class LogBuffer:
         over.keep(record)
         return True
 
+    def _cannot_grow(self, op_id: str, recs: list[LogRecord], e: OSError) -> None:
+        """``op_id``'s log file cannot grow (EFBIG: the process's file size limit, ``ulimit -f``): its lines from
+        here on are counted, not written, and said on this process's error output, as the file cannot take the
+        line that would say so. They were kept for a store that would come back ("the store cannot be written
+        ... stops as interrupted"), which neither happened: 70% of a command's output was dropped, its last
+        lines with it, and nothing said so."""
+        over = self._over.get(op_id)
+        pending = [*recs, *self._buf.pop(op_id, ())]  # those buffered meanwhile too: none can be written now
+        if over is None or over.past != _NO_GROWTH:
+            if op_id not in self._size and over is None:  # its attempt has ended: these were its last lines
+                _not_written(op_id, len(pending), why(e))
+                return
+            log.error(
+                "operation %s: its log file cannot grow (%s: a file size limit, ulimit -f?): its lines from here"
+                " on are not written",
+                op_id,
+                why(e),
+            )
+            self._over[op_id] = over = _Overflow(0, _NO_GROWTH, why(e))
+        for record in pending:
+            over.keep(record)
+
     def end(self, op_id: str) -> None:
         """The attempt of ``op_id`` ends: what went past its limit is said, and its last lines buffered."""
         self._size.pop(op_id, None)
         over = self._over.pop(op_id, None)
         if over is None:
+            return
+        if over.past == _NO_GROWTH:  # no line of it can be written: said where it can be
+            for record in self._buf.pop(op_id, ()):
+                over.keep(record)
+            _not_written(op_id, over.records, over.why)
             return
         buf = self._buf[op_id]
         buf.append(
@@ -304,6 +348,9 @@ class LogBuffer:
                 await self._store.append_logs(i, recs)
                 self._health.ok("logs")
             except Exception as e:
+                if isinstance(e, OSError) and e.errno == errno.EFBIG:
+                    self._cannot_grow(i, recs, e)
+                    continue
                 short = ran_short(e) is not None  # no thread or descriptor to write with: not the store's fault
                 if not short and not store_failure(e):
                     log.error("%s: writing %d log records failed: %s", i, len(recs), e)

@@ -401,6 +401,43 @@ async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit
     assert len(records) < kept + 1000 + 20  # the engine's own few lines besides
 
 
+async def test_a_log_file_that_cannot_grow_keeps_whole_records_and_says_what_was_not_written(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file size limit (``ulimit -f``: EFBIG) on the log: the write was taken for a store outage ("the store
+    cannot be written ... stops as interrupted", which never happened), the file ended in half a record, and
+    70% of the output, its last lines with them, was dropped without a word. Now every record in the file is
+    whole, the lines not written are counted and said on the process's error output, and the operation, whose
+    store was never at fault, completes."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = 1 << 20
+    async with make_engine(settings) as engine:  # the store's files are made before the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            with caplog.at_level(logging.WARNING, "outlast"):
+                op = await engine.submit(OperationSpec(type="command", params={"argv": ["seq", "1", "60000"]}))
+                final = await engine.wait(op.id, timeout=60)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        records, _ = await engine.store.read_logs(op.id)
+    assert final.status is Status.COMPLETED and final.result["lines"] == 60_000, final
+    log_file = settings.state_dir / "logs" / f"{op.id}.jsonl"
+    text = log_file.read_text()
+    assert 0 < len(text) <= limit and text.endswith("\n")
+    assert all(json.loads(line) for line in text.splitlines())  # not one record cut in half
+    written = [r.message for r in records if r.message.isdigit()]
+    assert written == [str(i) for i in range(1, len(written) + 1)] and len(written) > 1000
+    said = [r.getMessage() for r in caplog.records if op.id in r.getMessage()]
+    assert not any("cannot be written" in m for m in said), said
+    counted = [m for m in said if "log lines were not written: its log file could not grow (File too large" in m]
+    assert len(counted) == 1, said
+    lost = int(counted[0].split(": ")[1].split(" ")[0].replace(",", ""))
+    assert 60_000 - len(written) <= lost <= 60_000 - len(written) + 10, (lost, len(written))
+
+
 async def test_progress_written_just_before_a_pause_counts_with_the_checkpoint_after_it(engine: Engine) -> None:
     """What a paused command wrote before it was killed is read for its last ``::outlast checkpoint``: its
     progress lines were passed over, so the pause said "paused at 44/100" with the checkpoint at next=45, and the

@@ -8,6 +8,7 @@ process that runs it; a partly written last line is left for the next read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -104,10 +105,19 @@ class ControlLogsMixin(SqliteCore):
     async def _append(self, op_id: str, text: str) -> None:
         # On the engine's threads: on the loop's default executor, a log line waited behind a handler's calls
         # that never returned (``threads.off_loop``). Not ``async with``: aiofiles closes on the default one.
-        path, pool = self._log_path(op_id), engine_executor()
-        f = await aiofiles.open(path, "a", encoding="utf-8", opener=open_regular, executor=pool)
+        # Unbuffered bytes, and a write that fails part-way is taken back: a file that could not grow (a file
+        # size limit, ``ulimit -f``: EFBIG) ended in half a record, which no reader takes.
+        path, pool, data = self._log_path(op_id), engine_executor(), text.encode("utf-8")
+        f = await aiofiles.open(path, "ab", buffering=0, opener=open_regular, executor=pool)
         try:
-            await f.write(text)
+            end = await f.tell()
+            try:
+                while data:
+                    data = data[await f.write(data) or 0 :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    await f.truncate(end)
+                raise
         finally:
             await f.close()
 
