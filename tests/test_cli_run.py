@@ -41,6 +41,18 @@ def test_run_without_terminal_prints_plain_lines(cli: Cli) -> None:
     assert re.search(r"completed at 40/40 items", lines[-1]), lines[-1]
 
 
+def test_run_into_a_file_prints_log_lines_only_to_the_log_limit(cli: Cli) -> None:
+    """``outlast run ... >> job.log`` printed every line of a handler that logs without end, those the stored
+    log does not keep among them (305 MB beside a stored log of 66 MB): the log limit protects that file too."""
+    r = cli("run", "command", "-p", 'argv=["seq", "1", "50000"]', env={**cli.env, "OUTLAST_LOG_LIMIT": "20000"})
+    assert r.returncode == 0, r.stderr
+    printed = [ln for ln in r.stdout.splitlines() if ln.split()[-1:] and ln.split()[-1].isdigit() and " INFO " in ln]
+    assert 100 < len(printed) < 400, len(printed)  # 20,000 bytes at the size of a line and its record
+    said = [ln for ln in r.stdout.splitlines() if "its log reached the log limit" in ln]
+    assert len(said) == 1 and "are not printed" in said[0], r.stdout[-2000:]
+    assert re.search(r"completed", r.stdout.splitlines()[-1]), r.stdout[-500:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
     n = 100

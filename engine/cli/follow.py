@@ -26,6 +26,7 @@ from ..models import (
     Status,
     TimeoutExtended,
 )
+from ..outage import RECORD_COST
 from . import format as fmt
 from .common import Mode, say_unmarked
 
@@ -236,11 +237,16 @@ def _moved(op: Operation) -> tuple[int, float]:
 class PlainView:
     """One line per progress report or status change; log lines as they come. For pipes and log files."""
 
-    def __init__(self, json_lines: bool = False, quiet: bool = False, logs: bool = True) -> None:
-        """``logs=False``: status and progress lines only (the operation's own log, capped, has the rest)."""
+    def __init__(
+        self, json_lines: bool = False, quiet: bool = False, logs: bool = True, log_limit: int | None = None
+    ) -> None:
+        """``logs=False``: status and progress lines only (the operation's own log, capped, has the rest).
+        ``log_limit``: log lines are printed up to about these bytes (the operation's own log's limit)."""
         self.json_lines = json_lines
         self.quiet = quiet
         self.logs = logs
+        self._log_left = log_limit
+        """Bytes of log lines still printed (None: no limit)."""
         self.stopping = False
         self._status: Status | None = None
         self._last_line = 0.0
@@ -278,6 +284,17 @@ class PlainView:
     def log(self, rec: LogRecord) -> None:
         if self.quiet or not self.logs:
             return
+        if self._log_left is not None:
+            # As the stored log is capped: `outlast run ... >> job.log` printed every line of a handler that
+            # logs without end (305 MB beside a stored log of 66 MB), the lines not stored among them.
+            self._log_left -= len(rec.message) + RECORD_COST
+            if self._log_left < 0:
+                if self._log_left + len(rec.message) + RECORD_COST >= 0:
+                    self.note(
+                        "its log reached the log limit (log_limit): its lines from here on are not printed; the"
+                        " operation's log keeps the last 1,000 (outlast logs)"
+                    )
+                return
         if self.json_lines:
             fmt.echo(fmt.dumps({"event": "log", "record": rec.model_dump(mode="json")}))
         else:
@@ -288,12 +305,12 @@ class PlainView:
             fmt.echo(f"{fmt.clock(time.time())} {text}")
 
 
-def make_view(mode: Mode, hint: str) -> View:
+def make_view(mode: Mode, hint: str, log_limit: int | None = None) -> View:
     if mode == "live":
         from .live import LiveView
 
         return LiveView(hint)
-    return PlainView(quiet=mode in ("quiet", "json"))
+    return PlainView(quiet=mode in ("quiet", "json"), log_limit=log_limit)
 
 
 async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: str = "outlast") -> Operation:

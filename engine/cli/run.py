@@ -111,7 +111,7 @@ async def run_foreground(
             raise
         back: Operation | None = None
         try:
-            view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}")
+            view = make_view(mode, f"{PAUSE_HINT} · {prefix} resume {op.id}", settings.log_limit)
             following = follow(engine, op.id, view, local, prefix)
             # Followed elsewhere, it runs nothing here: a stop signal ends the following as it ends `outlast
             # watch`, without waiting for a read of a store that does not answer (a frozen Redis: 30 s).
