@@ -380,6 +380,7 @@ class Attempt:
                 with contextlib.suppress(Exception):
                     await settle(self.host, self.op, Status.FAILED, error=error)
         finally:
+            self.ctx.end()
             if stranded := threads.ended(self.op.id):
                 log.warning(
                     "%s: %d call(s) its handler made on a thread (asyncio.to_thread) still running after it ended:"

@@ -157,24 +157,43 @@ class OperationFailed(RuntimeError):
 
 
 class OperationLog:
-    """``ctx.log.info("message", key=value)``: into the operation's log, without blocking."""
+    """``ctx.log.info("message", key=value)``: into the operation's log, without blocking. ``%`` arguments
+    as the logging module takes them (``ctx.log.info("copied %s", path)``): a call ported from a logger
+    raised TypeError, an item's failure."""
 
     __slots__ = ("_emit",)
 
     def __init__(self, emit: Callable[[str, str, dict[str, Any]], None]) -> None:
         self._emit = emit
 
-    def debug(self, message: str, **fields: Any) -> None:
-        self._emit("debug", message, fields)
+    def debug(self, message: str, *args: Any, **fields: Any) -> None:
+        self._emit("debug", _formatted(message, args), fields)
 
-    def info(self, message: str, **fields: Any) -> None:
-        self._emit("info", message, fields)
+    def info(self, message: str, *args: Any, **fields: Any) -> None:
+        self._emit("info", _formatted(message, args), fields)
 
-    def warning(self, message: str, **fields: Any) -> None:
-        self._emit("warning", message, fields)
+    def warning(self, message: str, *args: Any, **fields: Any) -> None:
+        self._emit("warning", _formatted(message, args), fields)
 
-    def error(self, message: str, **fields: Any) -> None:
-        self._emit("error", message, fields)
+    def error(self, message: str, *args: Any, **fields: Any) -> None:
+        self._emit("error", _formatted(message, args), fields)
+
+
+def _formatted(message: str, args: tuple[Any, ...]) -> str:
+    """``message % args`` as logging makes it; arguments that do not fit it are written after it, not lost."""
+    if not args:
+        return message
+    try:
+        return str(message) % args
+    except Exception:
+        return " ".join([str(message), *map(_shown, args)])
+
+
+def _shown(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 _YIELDS_TO_CANCEL = frozenset({StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.TIMEOUT, StopReason.STALLED})
@@ -238,6 +257,8 @@ class OperationContext(SeedContextMethods):
         self._stop_task: asyncio.Task[Any] | None = None
         """The task the stop was first raised into: raised there again, the handler caught it."""
         self._abandoned = False
+        self._ended = False
+        """The attempt is over (``end``): what is logged through this context from now on is not written."""
         """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
@@ -782,6 +803,12 @@ class OperationContext(SeedContextMethods):
     def abandoned(self) -> bool:
         return self._abandoned
 
+    def end(self) -> None:
+        """The attempt is over, its status written: a task the handler left running that still logs through
+        this context (or a context kept past the return) wrote lines into a completed operation's log, stamped
+        after it completed. Nothing it logs is written from now on, as for an abandoned handler."""
+        self._ended = True
+
     def request_stop(self, reason: StopReason) -> None:
         """Ask the handler to stop at its next safe point. The first reason asked for wins, but a cancel
         replaces a pause or a shutdown (both leave it resumable: the cancel gives it up), which kept the
@@ -828,7 +855,7 @@ class OperationContext(SeedContextMethods):
         }
 
     def _emit_log(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        if self._abandoned:
+        if self._abandoned or self._ended:
             return  # its operation was settled without it: a later attempt's log is not its to write
         self._attempt.log(LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
 

@@ -171,3 +171,40 @@ async def test_a_handler_that_catches_too_many_failures_and_returns_fails(engine
     )
     said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "caught TooManyFailures" in r.message]
     assert said == ["the handler caught TooManyFailures and returned: failed, not completed"], said
+
+
+_LEFT_RUNNING: list[Any] = []
+
+
+@operation("test_leaves_a_logging_task")
+async def leaves_a_logging_task(ctx: OperationContext, p: Any) -> dict:
+    import asyncio
+
+    async def later() -> None:
+        for i in range(20):
+            await asyncio.sleep(0.02)
+            ctx.log.info("late line %d", i)
+
+    ctx.log.info("copied %s of %d", "3", 3)  # as a logger is called: a TypeError, the item's failure
+    ctx.log.warning("50% done", "now")  # args that do not fit the message: written after it, not lost
+    _LEFT_RUNNING.append(asyncio.get_running_loop().create_task(later()))
+    return {}
+
+
+async def test_logging_style_args_are_formatted_and_a_context_kept_past_the_end_writes_no_line(
+    engine: Engine,
+) -> None:
+    """``ctx.log.info("copied %s", path)``, as a logger is called, raised TypeError (an item's failure); and a
+    task the handler left running kept adding lines to the log of an operation that had completed, stamped
+    after it completed. Now the arguments are formatted as logging does, and a context whose attempt is over
+    writes nothing more."""
+    import asyncio
+
+    op = await engine.submit(OperationSpec(type="test_leaves_a_logging_task"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    await asyncio.gather(*_LEFT_RUNNING)
+    await engine.log_buffer.flush()
+    messages = [r.message for r in (await engine.store.read_logs(op.id))[0]]
+    assert "copied 3 of 3" in messages and "50% done now" in messages, messages
+    assert not [m for m in messages if m.startswith("late line")], messages
