@@ -416,7 +416,7 @@ class Attempt:
                     # not cancelled by a force (a second Ctrl-C while they saved left the operation running).
                     self.watch.settling = True
             except OperationStopped as stop:
-                await self._stopped(stop.reason, stop.checkpointed)
+                await self._stop_raised(stop)
             except asyncio.CancelledError as e:
                 task = asyncio.current_task()
                 if (
@@ -482,8 +482,7 @@ class Attempt:
                 # A stop raised in tasks of an asyncio.TaskGroup: the stop wins over what its siblings raised.
                 stops, _rest = group.split(OperationStopped)
                 if stops is not None:
-                    first = _first_leaf(stops)
-                    await self._stopped(first.reason, first.checkpointed)
+                    await self._stop_raised(_first_leaf(stops), group)
                 elif group.subgroup(KeyboardInterrupt) is not None and _ctrl_c_raises():
                     raise
                 else:
@@ -515,6 +514,18 @@ class Attempt:
                 else:
                     await self._completed(result)
             return
+
+    async def _stop_raised(self, stop: OperationStopped, raised: BaseException | None = None) -> None:
+        """The handler ended with OperationStopped: stopped as asked, or failed when no stop was asked. The
+        context raises it only once one is (``ctx.stop_reason`` set); one the handler raised itself was trusted,
+        and settled the operation as whatever it claimed: "cancelled" by nobody, "deadline passed (3700s)" 0 s
+        into the run. The reason and the checkpoint are the context's, not what the exception says. ``raised``:
+        what the handler raised, when not ``stop`` itself (the group holding it), for its line."""
+        ctx = self.ctx
+        if ctx.stop_reason is None:
+            await self._fail(_forged_stop(stop, raised or stop))
+            return
+        await self._stopped(ctx.stop_reason, checkpointed=stop.checkpointed is True and ctx.stop_raised)
 
     async def _completed(self, result: Any) -> None:
         ctx = self.ctx
@@ -863,6 +874,16 @@ def _stops_win(op: Operation, seq: int | None = None, when: str = "was queued ag
         "if_cancelled": f"{StopReason.CANCEL.message()} {asked}",
         "if_paused": f"{StopReason.PAUSE.message()} {asked}",
     }
+
+
+def _forged_stop(stop: OperationStopped, raised: BaseException) -> str:
+    """The error of an operation whose handler raised OperationStopped with no stop asked: the reason it
+    carried named, and the handler's line (where ``raised`` came from)."""
+    reason = getattr(stop, "reason", None)
+    said = reason.value if isinstance(reason, StopReason) else type(reason).__name__
+    full = format_exception(raised)
+    at = full[full.rfind(" (at ") :] if " (at " in full else ""
+    return f"the handler raised OperationStopped ({said}) with no stop asked: only Outlast raises it{at}"
 
 
 def _first_leaf(group: BaseExceptionGroup[OperationStopped]) -> OperationStopped:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from engine import OperationContext, operation
+from engine import OperationContext, OperationStopped, operation
+from engine.lifecycle import StopReason
 
 
 class FaultParams(BaseModel):
@@ -53,6 +54,10 @@ async def raises(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
                 raise KeyboardInterrupt
             if p.how == "group":
                 raise BaseExceptionGroup("two", [KeyboardInterrupt(), ValueError("a")])
+            if p.how == "forged_stop":  # no stop asked: a deadline passed 0 s into the run, it says
+                raise OperationStopped(StopReason.TIMEOUT, True)
+            if p.how == "forged_stop_group":
+                raise BaseExceptionGroup("tasks", [OperationStopped(StopReason.CANCEL, True)])
             if p.how == "own_cancel":
                 t = asyncio.get_running_loop().create_task(asyncio.sleep(10))
                 asyncio.get_running_loop().call_later(0.05, t.cancel)

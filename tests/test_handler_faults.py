@@ -57,6 +57,23 @@ async def test_a_handlers_own_cancelled_task_fails_it_and_is_no_forced_stop(sett
     assert "the handler's own task was cancelled" in (final.error or "") and "forced" not in (final.error or "")
 
 
+@pytest.mark.parametrize("how", ["forged_stop", "forged_stop_group"])
+async def test_a_handler_raising_operation_stopped_with_no_stop_asked_fails_saying_so(
+    settings: Settings, how: str
+) -> None:
+    """OperationStopped raised by the handler itself, with no stop asked, settled the operation as the stop it
+    named: "timed_out (deadline passed (3700s))" 0 s into the run, "cancelled" by nobody. It fails, naming the
+    reason it carried, with a final checkpoint of the item done before it."""
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_raises", params={"how": how, "items": 3}))
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, (final.status, final.status_message)
+    reason = "timeout" if how == "forged_stop" else "cancel"
+    assert f"the handler raised OperationStopped ({reason}) with no stop asked" in (final.error or ""), final.error
+    assert "ops_handler_faults.py" in (final.error or ""), final.error  # the handler's line
+    assert final.checkpoint_seq and final.progress.done == 1, (final.checkpoint_seq, final.progress)
+
+
 async def test_a_handler_out_of_memory_fails_saying_so_and_resumes(settings: Settings) -> None:
     """A MemoryError (``ulimit -v``) failed the operation with "MemoryError (at indexing.py:165)", nothing saying
     what happened in words. Failed (not retried as a shortage: more memory is not on its way), then resumed."""
