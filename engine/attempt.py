@@ -419,12 +419,14 @@ class Attempt:
                 await self._stop_raised(stop)
             except asyncio.CancelledError as e:
                 task = asyncio.current_task()
-                if (
-                    not isinstance(e, BrokenInto)
-                    and ctx.stop_reason is None
-                    and task is not None
-                    and not task.cancelling()
-                ):
+                cancelled = task is not None and task.cancelling() > 0
+                if not isinstance(e, BrokenInto) and not self.watch.cancels and cancelled:
+                    # The engine did not cancel this task (it counts its own cancels): the handler did
+                    # (``asyncio.current_task().cancel()``). It was taken for the engine's forced stop ("paused
+                    # ... forced after 10s grace period" 0 s in, no checkpoint, exit 6), left paused by auto_resume.
+                    await self._fail(f"the handler cancelled its own task: {format_exception(e)}")
+                    return
+                if not isinstance(e, BrokenInto) and ctx.stop_reason is None and not cancelled:
                     # Nobody cancelled this task: a task of the handler's own was cancelled and its await
                     # raised here. It was called a forced stop of the engine ("paused ... forced after 10s
                     # grace period") that no worker would retry, though no stop was asked for.

@@ -337,7 +337,7 @@ class Engine:
         if running:
             _done, pending = await asyncio.wait(running, timeout=grace)
             for t in pending:
-                t.cancel()
+                running[t].watch.cancel_task()
             if pending:
                 _done, pending = await asyncio.wait(pending, timeout=self.settings.abandon_after)
         for attempt in attempts:  # it catches the cancel too: settled without it, and left out of the loop's end

@@ -104,6 +104,9 @@ class Watch:
         """What forced the stop before the grace period ran out ("a second Ctrl-C"); None: nothing did."""
         self.cancelled_at: float | None = None
         """When the handler's task was cancelled by force (monotonic): ``abandon_after`` runs from here."""
+        self.cancels = 0
+        """Cancels of the handler's task the engine made (``cancel_task``): a CancelledError with none is no
+        stop of the engine's, but the handler's own (it cancelled its task: ``Attempt._run``)."""
         self.abandon_due = False
         """The handler's task outlived its forced cancel by ``abandon_after``: the supervisor abandons it."""
         self.live_dirty = True
@@ -281,9 +284,15 @@ class Watch:
         assert self.task is not None
         self.ctx.log.warning(why)
         self.ctx.kill_children()
-        self.task.cancel()
+        self.cancel_task()
         self.stop_at = float("inf")
         self.cancelled_at = now
+
+    def cancel_task(self) -> None:
+        """Cancel the handler's task, counted as the engine's cancel (``cancels``)."""
+        if self.task is not None:
+            self.cancels += 1
+            self.task.cancel()
 
     def _deadline_passed(self, now: float) -> None:
         """Extend the deadline when the rate says the rest fits within ``max_timeout``; else stop.

@@ -58,6 +58,14 @@ async def raises(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
                 raise OperationStopped(StopReason.TIMEOUT, True)
             if p.how == "forged_stop_group":
                 raise BaseExceptionGroup("tasks", [OperationStopped(StopReason.CANCEL, True)])
+            if p.how == "hangs":  # no safe point within any grace period
+                _ran(p, "hangs")
+                await asyncio.sleep(60)
+            if p.how == "self_cancel":  # its own task: cancelling() is true, as under the engine's forced stop
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                await asyncio.sleep(1)
             if p.how == "own_cancel":
                 t = asyncio.get_running_loop().create_task(asyncio.sleep(10))
                 asyncio.get_running_loop().call_later(0.05, t.cancel)

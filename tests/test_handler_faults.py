@@ -57,6 +57,38 @@ async def test_a_handlers_own_cancelled_task_fails_it_and_is_no_forced_stop(sett
     assert "the handler's own task was cancelled" in (final.error or "") and "forced" not in (final.error or "")
 
 
+async def test_a_handler_cancelling_its_own_task_fails_it_with_a_checkpoint_and_is_no_forced_stop(
+    settings: Settings,
+) -> None:
+    """``asyncio.current_task().cancel()`` in a handler: its task is cancelling, as under the engine's forced
+    stop, and was taken for one: "paused ... (the engine stopped (forced after 10s grace period); no checkpoint:
+    resumes from the start)" 0 s into the run, the items done lost. The engine counts its own cancels: this
+    one fails the operation, saying so, with the item done before it checkpointed."""
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_raises", params={"how": "self_cancel", "items": 3}))
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, (final.status, final.status_message)
+    assert "the handler cancelled its own task" in (final.error or ""), final.error
+    assert "forced" not in (final.error or "") and "ops_handler_faults.py" in (final.error or ""), final.error
+    assert final.checkpoint_seq and final.progress.done == 1, (final.checkpoint_seq, final.progress)
+
+
+async def test_a_shutdown_whose_grace_runs_out_is_still_the_engines_forced_stop(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The other side of the above: the cancel the shutdown makes once its grace runs out is the engine's (it
+    counts it), a forced stop (paused, resumable), not the handler cancelling its own task."""
+    ledger = tmp_path / "ledger"
+    params = {"how": "hangs", "items": 3, "ledger": str(ledger)}
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_raises", params=params))
+        await until(lambda: "hangs" in _ledger(ledger))
+        assert await engine.shutdown(grace=0.1) == {op.id: Status.PAUSED}
+    async with make_engine(settings) as engine:
+        final = await engine.get(op.id)
+    assert final.status is Status.PAUSED and "forced" in (final.status_message or ""), final.status_message
+
+
 @pytest.mark.parametrize("how", ["forged_stop", "forged_stop_group"])
 async def test_a_handler_raising_operation_stopped_with_no_stop_asked_fails_saying_so(
     settings: Settings, how: str
