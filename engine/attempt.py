@@ -56,7 +56,7 @@ from .shortage import ran_short, short_of_processes
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
-from .text import NotJSON, bad_text, clean, clean_json, storable
+from .text import BrokenValue, NotJSON, bad_text, clean, clean_json, storable
 
 log = logging.getLogger("outlast.engine")
 
@@ -531,7 +531,13 @@ class Attempt:
 
     async def _completed(self, result: Any) -> None:
         ctx = self.ctx
-        result, why = storable(result, "result")
+        try:
+            result, why = storable(result, "result")
+        except BrokenValue as e:
+            # Not a result JSON cannot hold (left out below): a value of the handler's that is broken, its
+            # mistake, as an exception raised would be. It was an "internal error" with a traceback.
+            await self._fail(f"the result cannot be stored: {e}")
+            return
         if why is not None:  # the work is done: it completes, without the result it cannot store
             ctx.log.warning(f"result not stored: {why}; a result holds JSON values only")
         where = bad_text(result, "result")

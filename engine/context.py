@@ -39,7 +39,7 @@ from .processes import Children
 from .profiles import TimeoutProfile
 from .shortage import OUT_OF_FILES, RanShort, files_short_why, ran_short_said
 from .store.base import ItemDelta, Ledger
-from .text import NotJSON, bad_text, clean, clean_json, storable, too_deep
+from .text import BrokenValue, NotJSON, bad_text, clean, clean_json, storable, too_deep
 
 T = TypeVar("T")
 
@@ -414,7 +414,8 @@ class OperationContext(SeedContextMethods):
         """``metrics`` as a record can hold them. A value JSON has no form for but a string (bytes, a
         ``datetime``) is kept as its ``str``, NaN as null; one with none (a cycle, the context itself)
         is left out, said once per name: it stopped every write of the record, the final status too,
-        and completed work was found interrupted and run again."""
+        and completed work was found interrupted and run again. So is one whose ``str()`` raises (it was an
+        "internal error", exit 70, a traceback at each of the supervisor's ticks)."""
         metrics = self.metrics
         try:
             deep = too_deep(metrics, "", MAX_VALUE_DEPTH + 1)  # a record cannot hold it: storable says why, below
@@ -425,7 +426,10 @@ class OperationContext(SeedContextMethods):
         kept: dict[str, Any] = {}
         for name, value in list(metrics.items()):
             key = clean(str(name))
-            value, why = storable(value, f"metric {key!r}")
+            try:
+                value, why = storable(value, f"metric {key!r}")
+            except BrokenValue as e:
+                why = str(e)
             if why is None:
                 kept[key] = clean_json(value)
             elif key not in self._said_metrics:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .limits import MAX_VALUE_DEPTH
@@ -230,6 +230,59 @@ def key_not_text(value: Any, where: str) -> str | None:
     return None
 
 
+class BrokenValue(ValueError):
+    """A value of the handler's (in a result, a metric) whose ``str()`` raised: no text stands for it, and JSON
+    has no other form. The handler's mistake, said in one line naming the value's type and where it is: it
+    escaped as an "internal error" (exit 70), with tracebacks in the worker's log."""
+
+
+def _raised(e: BaseException) -> str:
+    """``RuntimeError: boom``: what an exception says, even when its own ``str()`` raises too."""
+    try:
+        said = str(e)
+    except Exception:
+        said = ""
+    said = clean(said.strip())
+    if len(said) > 200:
+        said = said[:197] + "..."
+    return f"{type(e).__name__}: {said}" if said else type(e).__name__
+
+
+def _path_to(value: Any, target: Any, where: str) -> str:
+    """Where ``target`` is inside ``value`` (``result['files'][2]``), ``where`` itself when not found. Called only
+    on the way to an error, on a value ``too_deep`` passed."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    seen: set[int] = set()
+    while stack:
+        v, here = stack.pop()
+        if v is target:
+            return here
+        if id(v) in seen or not isinstance(v, dict | list | tuple):
+            continue
+        seen.add(id(v))
+        for k, c in reversed(list(_children(v))):
+            stack.append(
+                (c, f"{here}[{clean(k) if isinstance(k, str) else k!r}]" if isinstance(v, dict) else f"{here}[{k}]")
+            )
+    return where
+
+
+def _as_text(value: Any, where: str) -> Callable[[Any], str]:
+    """``json.dumps``' ``default`` for ``storable``: a value as its ``str``; ``BrokenValue`` when that raises."""
+
+    def default(v: Any) -> str:
+        try:
+            return str(v)
+        except Exception as e:
+            try:
+                at = _path_to(value, v, where)
+            except Exception:  # a key whose repr() raises on the way
+                at = where
+            raise BrokenValue(f"{at} is {a_kind(v)} whose str() raised {_raised(e)}") from None
+
+    return default
+
+
 def storable(value: Any, where: str) -> tuple[Any, str | None]:
     """``value`` as JSON can hold it, and None; or None and why it cannot be (``not_json``'s words).
 
@@ -237,7 +290,8 @@ def storable(value: Any, where: str) -> tuple[Any, str | None]:
     A value JSON has no form for but a string (a ``datetime``, a ``Path``: what the seed's results
     carry) is written as its ``str``, and NaN or an infinity as null (as pydantic writes records, and
     what strict JSON readers take); one that has none (a cycle, a tuple key, an integer too long to
-    write, nesting past ``MAX_VALUE_DEPTH``) cannot be stored at all."""
+    write, nesting past ``MAX_VALUE_DEPTH``) cannot be stored at all. ``BrokenValue``: a value in it whose
+    ``str()`` raises (the caller decides: a metric is left out, a result fails its operation)."""
     deep = too_deep(value, where, MAX_VALUE_DEPTH)
     if deep is not None:  # before the encoder: past the stack it raised RecursionError, and pydantic fails at 255
         return None, deep
@@ -248,13 +302,17 @@ def storable(value: Any, where: str) -> tuple[Any, str | None]:
     except (TypeError, ValueError, RecursionError):
         pass
     try:
-        return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None), None
+        return json.loads(json.dumps(value, default=_as_text(value, where)), parse_constant=lambda _: None), None
+    except BrokenValue:
+        raise
     except (TypeError, ValueError, RecursionError):
         pass
     try:
         why = not_json(value, where)
     except RecursionError:
         why = None
+    except Exception as e:  # not_json names a key by its repr(), which raised
+        why = f"{where} has a key whose repr() raised {_raised(e)}"
     return None, why or f"{where} is nested too deep for JSON"
 
 

@@ -74,6 +74,25 @@ async def raises(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
     return {"items": p.items}
 
 
+class Unprintable:
+    """A value no text stands for: its ``str()`` and ``repr()`` raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+    __str__ = __repr__
+
+
+@operation("fault_unprintable", params=FaultParams)
+async def unprintable(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
+    """Reports a metric (``how`` = ``metric``) or returns a result (``result``) holding an ``Unprintable``."""
+    async for i in ctx.items(range(p.items), key=str):
+        if p.how == "metric":
+            ctx.progress(weird=Unprintable(), fine=i)
+        await asyncio.sleep(p.seconds)
+    return {"r": [1, Unprintable()]} if p.how == "result" else {"items": p.items}
+
+
 @operation("fault_state", params=FaultParams)
 async def bad_state(ctx: OperationContext, p: FaultParams) -> dict[str, Any]:
     """Keeps the items it did as int keys of a dict in its state: a resume would read them as strings."""

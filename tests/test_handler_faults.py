@@ -106,6 +106,34 @@ async def test_a_handler_raising_operation_stopped_with_no_stop_asked_fails_sayi
     assert final.checkpoint_seq and final.progress.done == 1, (final.checkpoint_seq, final.progress)
 
 
+async def test_a_metric_whose_str_raises_is_left_out_said_once_and_the_work_completes(settings: Settings) -> None:
+    """A metric whose ``str()`` raised stopped every write of the record: "internal error: RuntimeError: repr
+    boom" (exit 70), a traceback at each supervisor tick. Left out, said once, as any metric JSON cannot hold."""
+    params = {"how": "metric", "items": 3, "seconds": 0.01}
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_unprintable", params=params))
+        final = await engine.wait(op.id, timeout=20)
+        said = [r.message for r in (await engine.store.read_logs(op.id))[0] if "weird" in r.message]
+    assert final.status is Status.COMPLETED, (final.status, final.error)
+    assert final.progress.metrics == {"fine": 2}, final.progress.metrics
+    assert said == [
+        "not stored: metric 'weird' is an Unprintable whose str() raised RuntimeError: repr boom;"
+        " a metric holds JSON values only"
+    ], said
+
+
+async def test_a_result_whose_str_raises_fails_the_operation_in_one_line(settings: Settings) -> None:
+    """A result holding a value whose ``str()`` raised was an "internal error settling the attempt" with a
+    traceback. It is the handler's mistake: the operation fails, naming the value's type and where it is."""
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="fault_unprintable", params={"how": "result", "items": 2}))
+        final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.FAILED, (final.status, final.status_message)
+    assert final.error == (
+        "the result cannot be stored: result['r'][1] is an Unprintable whose str() raised RuntimeError: repr boom"
+    ), final.error
+
+
 async def test_a_handler_out_of_memory_fails_saying_so_and_resumes(settings: Settings) -> None:
     """A MemoryError (``ulimit -v``) failed the operation with "MemoryError (at indexing.py:165)", nothing saying
     what happened in words. Failed (not retried as a shortage: more memory is not on its way), then resumed."""
