@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any, NoReturn
@@ -151,6 +152,11 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+TWIN_SIGNAL = 0.1
+"""Seconds within which the same stop signal again is one stop (a process and its group both signalled); two
+presses of Ctrl-C are further apart."""
+
+
 class Engine:
     """``async with Engine(store=open_store(dir)) as engine: ...``"""
 
@@ -205,6 +211,10 @@ class Engine:
         """Signals seen by ``_on_signal_now`` (at once); ``_signal_count``: by the loop, when it turns."""
         self._broken_in = 0
         """``_signals_here`` when a signal last broke into a handler holding the loop."""
+        self._last_arrival = (0, -math.inf)
+        """The signal ``_on_signal_now`` saw last, and when (monotonic)."""
+        self._twins: deque[bool] = deque()
+        """For each signal ``_on_signal_now`` saw that the loop has not yet handled: whether it was a twin."""
         self._owns_signals = False
         """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
@@ -416,7 +426,17 @@ class Engine:
         Ctrl-C again, did nothing. The second signal the loop has not seen, with the loop not turned for
         half a second, stops that handler by force where it stands (``BrokenInto``); the loop handles
         both signals when it turns again (the other operations pause). Only plain assignments here: this
-        interrupts whatever the main thread was doing."""
+        interrupts whatever the main thread was doing.
+
+        The same signal again within ``TWIN_SIGNAL`` is the same stop, not a second one: ``timeout -s HUP`` and
+        ``kill -- -PGID`` send it to the process and to its group, and the pair, delivered apart, forced a stop
+        that nobody asked twice for (the handler cut off mid-item, its final checkpoint skipped)."""
+        now = time.monotonic()
+        twin = sig == self._last_arrival[0] and now - self._last_arrival[1] < TWIN_SIGNAL
+        self._last_arrival = (sig, now)
+        self._twins.append(twin)
+        if twin:
+            return
         self._signals_here += 1
         if self._signals_here - max(self._signal_count, self._broken_in) < 2:
             return
@@ -436,6 +456,8 @@ class Engine:
         """What SIGINT, SIGTERM or SIGHUP does to the engine, for a face that handles signals itself (the API
         server): take no more work and stop running work at a safe point, paused, or queued again by an engine
         with auto_resume that runs the queue; a second one forces the stop."""
+        if self._twins and self._twins.popleft():
+            return  # the one just before it again (``_on_signal_now``)
         self._signal_count += 1
         self.signalled.set()
         log.info(

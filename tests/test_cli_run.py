@@ -53,6 +53,21 @@ def test_run_into_a_file_prints_log_lines_only_to_the_log_limit(cli: Cli) -> Non
     assert re.search(r"completed", r.stdout.splitlines()[-1]), r.stdout[-500:]
 
 
+def test_a_signal_sent_to_the_process_and_its_group_is_one_stop_not_two(cli: Cli) -> None:
+    """``timeout -s HUP`` and ``kill -- -PGID`` signal the process and then its group: the two, delivered
+    apart, were a first and a second signal, and the second forced the stop (the item cut off, its final
+    checkpoint skipped). The same signal again within a tenth of a second is the same stop."""
+    proc = cli.start("run", "demo", "-p", "items=3", "-p", "seconds=1", "--profile", "progress_report_interval=0.2")
+    proc.wait_line(lambda ln: " running " in ln)
+    proc.signal(signal.SIGHUP)
+    time.sleep(0.02)  # the first one handled, as the group's copy comes after it
+    proc.signal(signal.SIGHUP)
+    assert proc.wait() == 6, proc.err  # paused
+    said = "\n".join(proc.out + proc.err)
+    assert "forced" not in said and "cut off" not in said, said
+    assert re.search(r"paused at 1/3 items .*checkpoint", said), said
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
     n = 100
