@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,20 @@ ENV_OPERATION = "OUTLAST_OPERATION_ID"
 ENV_ATTEMPT = "OUTLAST_ATTEMPT"
 ENV_ENGINE = "OUTLAST_ENGINE"
 """Set in an engine's own environment, so every process started from it carries it (``mark_engine``)."""
+ENV_SPAWN = "OUTLAST_SPAWN"
+"""Which spawn of this process started it: what a start that failed after its fork left running is found by."""
+_spawns = itertools.count(1)
+
+
+class StartedThenKilled(RuntimeError):
+    """A subprocess was forked and ran its program, then its start failed (asyncio found no thread to watch it
+    with: "can't start new thread"; no descriptor for its pidfd): what it started was killed at once, before
+    the failure was handled. Raised from the failure, which says whether the machine ran short."""
+
+    def __init__(self, killed: list[int], cause: BaseException) -> None:
+        self.killed = killed
+        what = f"killed at once (pid {_pids_of(killed)})" if killed else "it had exited already"
+        super().__init__(f"the process was started, then could not be watched ({_said(cause)}): {what}")
 
 
 def engine_mark(boot: str, pid: int, start: int) -> str:
@@ -91,12 +107,28 @@ class Children:
             killed = await off_loop(kill_leftovers, self.op_id, self.attempt)
             if killed:
                 self._warn(describe_leftovers(killed) + " before starting this one")
-        if shell:
-            if len(argv) != 1:
-                raise ValueError("shell=True takes one command string")
-            proc = await asyncio.create_subprocess_shell(argv[0], **kwargs)
-        else:
-            proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        if shell and len(argv) != 1:
+            raise ValueError("shell=True takes one command string")
+        env[ENV_SPAWN] = token = f"{os.getpid()}/{next(_spawns)}"
+        try:
+            if shell:
+                proc = await asyncio.create_subprocess_shell(argv[0], **kwargs)
+            else:
+                proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        except BaseException as e:
+            if _in_popen(e):
+                raise  # the fork or the exec failed: nothing of it runs
+            # Forked and exec'd, then asyncio could not watch it (its child watcher's thread refused under a
+            # process limit): nothing would ever kill it, and the attempt's retry ran the whole command a
+            # second time beside it. Killed here, at once, without a thread (none may be had).
+            gone = kill_spawned(token)
+            if not isinstance(e, Exception):  # a cancel: asyncio killed and waited for it already
+                if gone:
+                    self._warn(f"{argv[0]!r} was started as its spawn was cancelled: killed (pid {_pids_of(gone)})")
+                raise
+            failure = StartedThenKilled(gone, e)
+            self._warn(f"{argv[0]!r}: {failure}")
+            raise failure from e
         self._procs.add(proc)
         self._spawned = True
         return proc
@@ -147,6 +179,60 @@ def kill_leftovers(
         while any(_running(pid) for pid, _a, _g in more) and time.monotonic() < end:
             time.sleep(0.02)
     return found
+
+
+def kill_spawned(token: str, wait: float = 1.0) -> list[int]:
+    """SIGKILL every process (and its process group, when not ours) that spawn ``token`` started (``ENV_SPAWN``),
+    wait (``wait`` seconds at most) until they are gone, and reap the one this process forked: asyncio, which
+    failed to watch it, never will (each zombie held a slot of the process limit it ran short of). Run on the
+    calling thread: called when no thread could be started. The pids killed; [] where there is no /proc."""
+    mark = f"{ENV_SPAWN}={token}".encode()
+    own = {os.getpid(), os.getpgrp()}
+    found: list[int] = []
+    end = time.monotonic() + wait
+    for _ in range(ROUNDS):
+        more = []
+        for pid in _pids():
+            if pid in own or pid in found or (seen := _environ(pid)) is None:
+                continue
+            env, pgid = seen
+            if mark in env and _running(pid):
+                more.append(pid)
+                with contextlib.suppress(OSError):
+                    if pgid not in own:
+                        os.killpg(pgid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
+        if not more:
+            break
+        found += more
+        while any(_running(pid) for pid in more) and time.monotonic() < end:
+            time.sleep(0.005)
+    for pid in found:
+        fields = _stat(pid)
+        if fields is not None and len(fields) > 1 and fields[1] == str(os.getpid()).encode():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+    return found
+
+
+def _in_popen(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside ``subprocess.Popen`` (its fork refused, or its exec failing in the child,
+    which Popen reaps): then no process of it runs. Raised after Popen returned (asyncio's child watcher), the
+    process was started and runs its program."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == subprocess.__file__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _pids_of(pids: list[int]) -> str:
+    return ", ".join(map(str, pids))
+
+
+def _said(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tuple[int, str, int]]:

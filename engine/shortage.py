@@ -25,10 +25,19 @@ class RanShort(RuntimeError):
     """An item's failure whose text says the machine ran short (``OperationContext.fail``)."""
 
 
-def ran_short(e: BaseException | None) -> BaseException | None:
-    """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short."""
+class BegunWhenShort(Exception):
+    """Mixed into a failure of work that had begun when the machine ran short (a command forked, then killed as
+    asyncio could not watch it): not queued again as a shortage's work is, which never ran (a command would
+    run twice), though the worker still runs fewer at once (``short_of_processes`` looks below it)."""
+
+
+def ran_short(e: BaseException | None, begun: bool = False) -> BaseException | None:
+    """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short; below a
+    ``BegunWhenShort`` only with ``begun``."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
+        if isinstance(e, BegunWhenShort) and not begun:
+            return None
         if _says_short(e):
             return e
         seen.add(id(e))
@@ -179,7 +188,7 @@ class FileBudget:
 def short_of_processes(e: BaseException | None) -> bool:
     """Whether ``e`` says the machine had no process, thread or memory to give (not a descriptor: ``FileBudget``
     counts those)."""
-    short = ran_short(e)
+    short = ran_short(e, begun=True)
     return short is not None and not (isinstance(short, OSError) and short.errno in OUT_OF_FILES)
 
 

@@ -462,3 +462,51 @@ def test_a_results_database_opened_with_no_descriptor_left_says_so(tmp_path: Pat
         assert f"ran out of file descriptors (ulimit -n {n}: raise it)" in op["error"], op["error"]
     opening = [e for e in errors.values() if "opening the results database" in e and "code-analysis-" in e]
     assert opening, errors
+
+
+def _refuse_to_watch_once(monkeypatch: pytest.MonkeyPatch, refused: list[int]) -> None:
+    """asyncio's child watcher (whichever this Python uses) refuses, once, to watch a spawned command, as it does
+    under a process limit after the fork ("can't start new thread" for its waitpid thread)."""
+    import asyncio.unix_events as unix_events
+
+    for name in ("ThreadedChildWatcher", "PidfdChildWatcher", "_ThreadedChildWatcher", "_PidfdChildWatcher"):
+        cls = getattr(unix_events, name, None)
+        if cls is None:
+            continue
+
+        def add(self: Any, pid: int, callback: Any, *args: Any, _original: Any = cls.add_child_handler) -> None:
+            with contextlib.suppress(OSError):
+                if not refused and b"OUTLAST_OPERATION_ID=" in Path(f"/proc/{pid}/environ").read_bytes():
+                    refused.append(pid)
+                    raise RuntimeError("can't start new thread")
+            _original(self, pid, callback, *args)
+
+        monkeypatch.setattr(cls, "add_child_handler", add)
+
+
+async def test_a_command_forked_then_not_watched_is_killed_at_once_and_not_run_again(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``ulimit -u`` asyncio forked the command, then found no thread to watch it with: the attempt was
+    queued again as if the command had never been forked, the running one was never killed, and the retry ran
+    the whole command a second time (two pids in its output). It is killed at once now, said in the log, and
+    the operation fails without a retry (its program had begun: only a resume runs it again)."""
+    refused: list[int] = []
+    _refuse_to_watch_once(monkeypatch, refused)
+    ledger = tmp_path / "ledger"
+    script = f"echo $$ start >> {ledger}; sleep 1; echo $$ end >> {ledger}"
+    async with make_engine(settings) as engine:
+        spec = OperationSpec(type="command", params={"argv": ["sh", "-c", script]}, profile={"retry.backoff_base": 0.1})
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=30)
+        said = [r.message for r in (await engine.logs(op.id))[0]]
+        await asyncio.sleep(1.2)  # what the first process would have written by now, had it run on
+    assert refused, "the watcher was never asked"
+    assert not Path(f"/proc/{refused[0]}").exists(), "the unwatched command runs on (or is left a zombie)"
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    assert all(ln.split()[0] == str(refused[0]) for ln in lines), f"the command ran twice: {lines}"
+    assert f"{refused[0]} end" not in lines, lines
+    assert final.status is Status.FAILED and final.retries == 0, (final.status, final.error)
+    assert "could not be watched (RuntimeError: can't start new thread): killed at once" in (final.error or "")
+    assert "not run again" in (final.error or "") and "RuntimeError:" not in (final.error or "").split(":")[0]
+    assert any("was started, then could not be watched" in ln for ln in said), said

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -39,7 +40,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..limits import MAX_COUNT
+from ..processes import StartedThenKilled
 from ..registry import operation
+from ..shortage import BegunWhenShort
 from ..text import clean, quoted
 from ._common import libc_function
 from ._program import env_vars, split_args
@@ -654,6 +657,10 @@ async def _start(
             limit=1 << 20,
             preexec_fn=in_child,
         )
+    except StartedThenKilled as e:
+        # Its program ran (for a moment, or to its end when quick): queued again, it would run a second time.
+        said = f"{e}; not run again, as it may have begun its work: `outlast resume` runs it again"
+        raise _begun_failure()(said) from e
     except (FileNotFoundError, PermissionError) as e:
         raise OperationFailed(f"cannot start {argv[0]!r}: {e.strerror}") from None
     except OSError as e:
@@ -662,6 +669,18 @@ async def _start(
         raise OperationFailed(
             f"cannot start {argv[0]!r}: not an executable format: add a #! line or run it through sh"
         ) from None
+
+
+@functools.cache
+def _begun_failure() -> type[Exception]:
+    """The failure of a command started, then killed as it could not be watched: said as its message alone
+    (``OperationFailed``), and not queued again as a shortage whose work never ran (``BegunWhenShort``)."""
+    from ..context import OperationFailed
+
+    class CommandBegun(OperationFailed, BegunWhenShort):
+        pass
+
+    return CommandBegun
 
 
 _WATCHER = """
