@@ -31,6 +31,8 @@ from concurrent.futures import thread as _futures_thread
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
+from .shortage import NO_THREAD
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -200,7 +202,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             threads.release(loop)
 
-    return asyncio.run(main())
+    runner = asyncio.Runner()
+    try:
+        return runner.run(main())
+    finally:
+        try:
+            runner.close()  # the loop is closed whatever this raises
+        except RuntimeError as e:
+            # Its default executor is shut down on a thread of its own, which a process limit (ulimit -u) can
+            # refuse once the work is done and stored: `outlast run` of a completed operation ended in exit 70,
+            # "internal error: can't start new thread". The executor's threads are idle: nothing is lost.
+            if str(e) != NO_THREAD:
+                raise
 
 
 def let_go(task: asyncio.Task[Any], what: str) -> None:

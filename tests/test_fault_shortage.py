@@ -510,3 +510,62 @@ async def test_a_command_forked_then_not_watched_is_killed_at_once_and_not_run_a
     assert "could not be watched (RuntimeError: can't start new thread): killed at once" in (final.error or "")
     assert "not run again" in (final.error or "") and "RuntimeError:" not in (final.error or "").split(":")[0]
     assert any("was started, then could not be watched" in ln for ln in said), said
+
+
+def _no_thread_for(monkeypatch: pytest.MonkeyPatch, target: str) -> list[str]:
+    """``threading.Thread.start`` refuses ("can't start new thread", as under ``ulimit -u``) threads whose target
+    is named ``target``; the names of those refused."""
+    refused: list[str] = []
+    real = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        name = getattr(getattr(self, "_target", None), "__name__", "")
+        if name == target:
+            refused.append(name)
+            raise RuntimeError("can't start new thread")
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return refused
+
+
+def test_the_end_of_the_program_finding_no_thread_is_no_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At ``ulimit -u 2`` `outlast run` of an operation that completed exited 70 "internal error: can't start
+    new thread": asyncio shuts its default executor down on a thread of its own as the loop closes, after the
+    work is done and stored. The program's result stands; an error of its own is not hidden behind it."""
+    from engine.threads import run
+
+    refused = _no_thread_for(monkeypatch, "_do_shutdown")
+
+    async def done() -> int:
+        await asyncio.to_thread(int)  # the default executor used: its shutdown needs a thread
+        return 7
+
+    async def broken() -> None:
+        await asyncio.to_thread(int)
+        raise ValueError("the program's own")
+
+    assert run(done()) == 7
+    with pytest.raises(ValueError, match="the program's own"):
+        run(broken())
+    assert refused, "the loop's close never asked for a thread"
+
+
+async def test_a_store_closed_with_no_thread_to_be_had_closes(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing the local store waits for its thread on a thread of the engine's pool: refused ("can't start new
+    thread") as `outlast run` or a worker ended under ``ulimit -u``, it raised, an internal error (exit 70)
+    after the work was stored. Its thread is told to stop and ends by itself."""
+    from engine.threads import _close_engine_pool
+
+    store = open_store(state_dir)
+    await store.open()
+    ours = {t for t in threading.enumerate() if t.name.startswith("outlast-sqlite")}
+    assert ours
+    _close_engine_pool()  # none of its threads is idle to take the call
+    refused = _no_thread_for(monkeypatch, "_worker")  # concurrent.futures' thread
+    await store.close()
+    assert refused, "the close never asked for a thread"
+    monkeypatch.undo()
+    for t in ours:
+        t.join(5)
+        assert not t.is_alive(), "the store's thread runs on"

@@ -26,7 +26,7 @@ from ...errors import StoreFailed, StoreLost
 from ...files import create_private, free_bytes, make_private, no_inodes, private_dir, sweep_dead_pid_temps
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
-from ...shortage import ran_short
+from ...shortage import NO_THREAD, ran_short
 from ...threads import off_loop
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
@@ -694,8 +694,15 @@ class SqliteCore:
         conn, self._conn = self._conn, None
         if conn is not None:
             await worker.run(conn.close)
-
-        await off_loop(worker.stop)
+        try:
+            await off_loop(worker.stop)
+        except RuntimeError as e:
+            if str(e) != NO_THREAD:
+                raise
+            # No thread to wait with (ulimit -u, as the program ends): its connection is closed and it is a
+            # daemon; told to stop, it ends by itself. This raised, and `outlast run` of a completed operation
+            # ended in exit 70, "internal error".
+            worker.stop(wait=0)
 
     # ---- the locks this process holds ------------------------------------------------------------
 
