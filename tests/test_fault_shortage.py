@@ -149,7 +149,12 @@ def test_a_worker_under_a_pids_limit_runs_every_command_it_could_not_fork(
     assert "Resource temporarily unavailable" in out or "can't start new thread" in out, "the limit was never met"
     assert "running at most" in out, "no fewer ran at once once the limit was met"
     records = json.loads(cli("ls", "--json", "--limit", "100").stdout)
-    assert {rec["status"] for rec in records} == {"completed"}, [rec["error"] for rec in records]
+    # A command forked, then refused the thread asyncio watches it with, ran (a moment): killed at once and
+    # failed, never run a second time (test_a_command_forked_then_not_watched_...). Only those may fail.
+    unwatched = "could not be watched (RuntimeError: can't start new thread): "
+    failed = [rec["error"] for rec in records if rec["status"] != "completed"]
+    assert all(unwatched in (e or "") and "not run again" in (e or "") for e in failed), failed
+    assert len(failed) < n // 2, failed
 
 
 class FlakyParams(BaseModel):
