@@ -295,7 +295,7 @@ class OperationContext(SeedContextMethods):
         self._native = False
         """``ctx.items`` was used: the ledger of item keys makes every checkpoint exact, no point is kept."""
         self.log = OperationLog(self._emit_log)
-        self._children = Children(op.id, op.attempt, self.log.warning)
+        self._children = Children(op.id, op.attempt, self._engine_warning)
 
     # ---- state of the run ----------------------------------------------------------------------
 
@@ -862,6 +862,13 @@ class OperationContext(SeedContextMethods):
         if self._abandoned or self._ended:
             return  # its operation was settled without it: a later attempt's log is not its to write
         self._attempt.log(LogRecord(ts=time.time(), level=level, message=str(message), fields=fields))
+
+    def _engine_warning(self, message: str) -> None:
+        """A line of the engine's own about the attempt's processes (what it killed), written after the attempt
+        ended too (``end``: the handler's lines are not), as it reaps them after the final status."""
+        if self._abandoned:
+            return
+        self._attempt.log(LogRecord(ts=time.time(), level="warning", message=message, fields={}))
 
     # ---- subprocesses --------------------------------------------------------------------------
 
