@@ -40,7 +40,6 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..limits import MAX_COUNT
-from ..processes import StartedThenKilled
 from ..registry import operation
 from ..shortage import BegunWhenShort
 from ..text import clean, quoted
@@ -644,6 +643,7 @@ async def _start(
     import asyncio
 
     from ..context import OperationFailed
+    from ..processes import StartedThenKilled  # here: it loads asyncio, which a quick submit of a command does not
 
     try:
         return await ctx.spawn(
