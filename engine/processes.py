@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .threads import off_loop
+from .offload import off_loop
 
 ENV_OPERATION = "OUTLAST_OPERATION_ID"
 ENV_ATTEMPT = "OUTLAST_ATTEMPT"

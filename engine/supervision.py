@@ -48,10 +48,10 @@ from .models import (
     StatusChanged,
     TimeoutExtended,
 )
+from .offload import off_loop
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .processes import describe_leftovers, kill_engine_leftovers, kill_leftovers
 from .store import Store
-from .threads import off_loop
 
 if TYPE_CHECKING:
     from .attempt import Attempt

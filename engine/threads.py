@@ -69,7 +69,7 @@ class HandlerPool(ThreadPoolExecutor):
         self._base = self._max_workers
         self._calls: dict[str, set[Future[Any]]] = {}
         """Calls not yet returned, by the operation they were made for."""
-        self._stranded = 0
+        self._stranded: set[Future[Any]] = set()
         """Calls still running whose operation ended: threads the pool has beside its own."""
         self._guard = threading.Lock()
         _pools.add(self)
@@ -85,9 +85,9 @@ class HandlerPool(ThreadPoolExecutor):
 
     def _returned(self, op_id: str, future: Future[Any]) -> None:
         with self._guard:
-            if getattr(future, "_outlast_stranded", False):
-                self._stranded -= 1
-                self._max_workers = self._base + self._stranded
+            if future in self._stranded:
+                self._stranded.discard(future)
+                self._max_workers = self._base + len(self._stranded)
             elif (calls := self._calls.get(op_id)) is not None:
                 calls.discard(future)
                 if not calls:
@@ -98,18 +98,14 @@ class HandlerPool(ThreadPoolExecutor):
         it returns), those not started are cancelled. How many were stranded."""
         with self._guard:
             calls = self._calls.pop(op_id, set())
-            stranded = 0
-            for future in calls:
-                if not future.cancel() and not future.done():
-                    future._outlast_stranded = True  # type: ignore[attr-defined]
-                    stranded += 1
+            stranded = {future for future in calls if not future.cancel() and not future.done()}
             if not stranded:
                 return 0
-            self._stranded += stranded
-            self._max_workers = self._base + self._stranded
+            self._stranded |= stranded
+            self._max_workers = self._base + len(self._stranded)
         with contextlib.suppress(RuntimeError):  # shut down meanwhile: nothing to run
             super().submit(_nothing)  # a thread for what waits in the queue now, if none is idle
-        return stranded
+        return len(stranded)
 
 
 _pools: weakref.WeakSet[HandlerPool] = weakref.WeakSet()
@@ -126,14 +122,6 @@ def ended(op_id: str) -> int:
 
 
 _engine_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """``asyncio.to_thread`` for the engine's own blocking calls, on threads of their own: on the loop's default
-    executor they waited behind a handler's calls that never return (all its threads blocked), and the settle
-    of a stalled operation, its log lines and the stop of the process waited with them, for ever."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(engine_executor(), functools.partial(fn, *args, **kwargs))
 
 
 def engine_executor() -> ThreadPoolExecutor:

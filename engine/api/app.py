@@ -29,8 +29,8 @@ from ..engine import Engine
 from ..files import private_dir
 from ..humanize import escape_controls
 from ..models import Conflict, InvalidInput, NotFound, OutlastError, StoreError
+from ..offload import off_loop
 from ..registry import ensure_loaded
-from ..threads import off_loop
 from .confine import OutputRoots, outputs_dir
 from .metrics import Metrics
 from .progress import ProgressHub

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 
 from ..files import NotRegular, atomic_write, fsync_dir, open_regular, sweep_dead_temps
 from ..models import Checkpoint, Operation, validate_id
+from ..offload import off_loop
 from ..text import model_json
-from ..threads import off_loop
 from .base import checksum
 
 log = logging.getLogger("outlast.store.mirror")

@@ -18,8 +18,8 @@ from typing import Any
 
 from ...errors import StoreFailed
 from ...models import Checkpoint, ItemFailure, validate_id
+from ...offload import off_loop
 from ...text import clean
-from ...threads import off_loop
 from ..base import Chain, ItemDelta, Ledger, decode_payload, restore, resume_note, seal
 from .recovery import RecoveryMixin
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ...errors import KeyTaken
 from ...models import Operation, Status, StoreError
-from ...threads import off_loop
+from ...offload import off_loop
 from .codec import valid_id
 from .connection import DOWN_PROBE
 from .recovery import RecoveryMixin

@@ -35,8 +35,8 @@ from ...models import (
     validate_id,
     validate_id_prefix,
 )
+from ...offload import off_loop
 from ...text import model_json
-from ...threads import off_loop
 from .. import mirror as mirror_files
 from ..base import check_slots, parse_slots
 from .codec import IF_CANCELLED, IF_CONTROL, IF_PAUSED, decode_record, enc, pack_new, pairs

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ...errors import KeyTaken
 from ...models import Checkpoint, Operation, Status, StoreError
-from ...threads import off_loop
+from ...offload import off_loop
 from .codec import enc, pairs, valid_id
 from .core import RedisCore
 from .keys import GENERATION_FIELD, MIRROR_STALE_FIELD, STORE_FIELD

@@ -28,7 +28,7 @@ import time
 
 from ...humanize import size
 from ...models import Operation
-from ...threads import off_loop
+from ...offload import off_loop
 from . import lua
 from .checkpoints import CheckpointsMixin
 from .liveness import LivenessMixin

@@ -26,8 +26,8 @@ from ...errors import StoreFailed, StoreLost
 from ...files import create_private, free_bytes, make_private, no_inodes, private_dir, sweep_dead_pid_temps
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
+from ...offload import off_loop
 from ...shortage import NO_THREAD, ran_short
-from ...threads import off_loop
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders

@@ -18,7 +18,8 @@ import aiofiles
 
 from ...files import NotRegular, move_aside, open_regular, private_dir
 from ...models import ControlAction, LogRecord, validate_id
-from ...threads import engine_executor, off_loop
+from ...offload import off_loop
+from ...threads import engine_executor
 from .core import SqliteCore
 
 log = logging.getLogger("outlast.store")
