@@ -141,15 +141,22 @@ async def blocker(ctx: OperationContext, p: BlockerParams) -> dict:
     return {}
 
 
-class ThreadBlockerParams(BaseModel):
-    seconds: float | None = None
-    """How long the thread blocks; None: for ever."""
-
-
-@operation("thread_blocker", params=ThreadBlockerParams)
-async def thread_blocker(ctx: OperationContext, p: ThreadBlockerParams) -> None:
+@operation("thread_blocker")
+async def thread_blocker(ctx: OperationContext, params: Any) -> None:
     """Blocking work in a thread that never returns (an open of a FIFO with no writer, a hung NFS read):
-    the operation can be stopped, the thread not."""
+    the operation can be stopped, the thread not. (A handler without a params model: tests rely on that.)"""
+    import threading
+
+    await asyncio.to_thread(threading.Event().wait)
+
+
+class ThreadWaiterParams(BaseModel):
+    seconds: float
+
+
+@operation("thread_waiter", params=ThreadWaiterParams)
+async def thread_waiter(ctx: OperationContext, p: ThreadWaiterParams) -> None:
+    """Work in a thread that returns after ``seconds``."""
     import threading
 
     await asyncio.to_thread(threading.Event().wait, p.seconds)

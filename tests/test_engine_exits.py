@@ -154,7 +154,7 @@ def test_handlers_blocked_in_threads_for_ever_do_not_starve_a_worker(cli: Cli) -
         r = cli.here(*PLUGIN, "submit", "thread_blocker", "--profile", "stall_timeout=1", env=env)
         assert r.returncode == 0, r.stderr
         stuck.append(r.stdout.strip())
-    r = cli.here(*PLUGIN, "submit", "thread_blocker", "-p", "seconds=0.1", env=env)
+    r = cli.here(*PLUGIN, "submit", "thread_waiter", "-p", "seconds=0.1", env=env)
     after = r.stdout.strip()
     r = cli(*PLUGIN, "worker", "--exit-when-idle", "--concurrency", str(pool + 3), timeout=90, env=env)
     assert r.returncode == 0, r
