@@ -207,7 +207,10 @@ class Attempt:
             # Params checked again as the attempt starts (a root deleted since the submit, a FIFO made at an
             # output's path): the check's own line, as at submit, not "InvalidInput: ... (at attempt.py:159)".
             error = clean(str(e)) if isinstance(e, InvalidInput) else format_exception(e)
-            if ran_short(e) is not None and not host.closing:
+            if isinstance(e, MemoryError):  # not "(at checkpoints.py:113)": the machine's, not a bug of that line
+                error = f"the machine ran out of memory: the engine could not start attempt {op.attempt} ({error})"
+            # No memory to load it (its handler, its checkpoint's state): the machine's, as a shortage.
+            if (ran_short(e) is not None or isinstance(e, MemoryError)) and not host.closing:
                 if short_of_processes(e):
                     host.ran_short_of_processes()
                 # Importing the handler or reading the checkpoint found no file descriptor (or thread) left:
@@ -233,7 +236,7 @@ class Attempt:
         try:
             saved = await self.host.store.save_checkpoint(cp, delta, self.host.settings.checkpoints_keep)
         except Exception as e:
-            if not store_failure(e):
+            if isinstance(e, MemoryError) or not store_failure(e):  # encoding it: the context ends the attempt
                 raise
             self.host.health.failed(e)
             if self.unsaved_since is None:
@@ -463,9 +466,9 @@ class Attempt:
                     await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
                 key = ctx.failed_item(e)
-                # An item whose body found the machine short (no descriptor, process or thread) did not fail:
-                # the attempt is retried.
-                if key is not None and ctx.stop_reason is None and ran_short(e) is None:
+                # An item whose body found the machine short (no descriptor, process or thread) did not fail, nor
+                # one whose bookkeeping found the engine out of memory: the attempt is retried.
+                if key is not None and ctx.stop_reason is None and ran_short(e) is None and not ctx.short_of_memory:
                     try:
                         ctx.fail(key, e)
                     except TooManyFailures as tm:
@@ -583,6 +586,9 @@ class Attempt:
         policy = ctx.profile.retry
         error = format_exception(e)
         short = ran_short(e)  # the machine's state, whatever the policy lists as transient
+        if short is None and ctx.short_of_memory:  # even the OutOfMemory saying so found no memory
+            short = e
+            error = f"the machine ran out of memory: the engine could not go on {ctx.short_of_memory}"
         if short is not None and short is not e:
             error = f"{error}; below it: {type(short).__name__}: {short}"
         ctx.log.error(f"attempt {op.attempt} failed: {error}")
@@ -688,6 +694,12 @@ class Attempt:
             # point. It escaped as an "internal error settling the attempt", with a traceback.
             said = str(e).removeprefix("checkpoint not saved: ")  # not said twice
             self.ctx.log.warning(f"final checkpoint not saved: {said}")
+        except MemoryError:
+            # Encoding it found no memory (a large state): the newest checkpoint written is the resume point. It
+            # escaped as an "internal error settling the attempt", with a traceback.
+            seq = self.ctx.checkpoint_seq
+            where = f"resumes from checkpoint {seq}" if seq else "resumes from the start"
+            self.ctx.log.warning(f"final checkpoint not saved: the machine ran out of memory; {where}")
 
     async def _settle(
         self,

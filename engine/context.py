@@ -37,7 +37,7 @@ from .limits import MAX_COUNT, MAX_STEP_CHARS, MAX_VALUE_DEPTH
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
-from .shortage import OUT_OF_FILES, RanShort, files_short_why, ran_short_said
+from .shortage import OUT_OF_FILES, OutOfMemory, RanShort, files_short_why, ran_short_said
 from .store.base import ItemDelta, Ledger
 from .text import BrokenValue, NotJSON, bad_text, clean, clean_json, storable, too_deep
 
@@ -260,6 +260,12 @@ class OperationContext(SeedContextMethods):
         self._ended = False
         """The attempt is over (``end``): what is logged through this context from now on is not written."""
         """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
+        self._broken: str | None = None
+        """What the engine was doing when its bookkeeping of an item failed part-way (out of memory recording a
+        key done): the done-set and ``state`` may disagree, so no checkpoint is written from here on (the
+        resume goes from the newest one, as after an item cut off mid-body) and every safe point raises."""
+        self._short: str | None = None
+        """What the engine was doing when it ran out of memory for this attempt (``OutOfMemory``)."""
         self.state: dict[str, Any] = {}
         self.resume_data: dict[str, Any] | None = None
         """The checkpoint resumed from: ``next_step``, ``context_data``, ``metadata``, ``seq``."""
@@ -681,6 +687,8 @@ class OperationContext(SeedContextMethods):
         ``asked``: the handler asked for it (not a stop's or the interval's)."""
         if self._abandoned:
             return False  # refused: the attempt was settled without its handler (``abandon``)
+        if self._broken is not None:  # a handler that caught the error and went on: nothing of it is written
+            raise self._ran_short(self._broken)
         async with self._saving:
             return await self._save_one(next_step, context_data, asked)
 
@@ -726,8 +734,13 @@ class OperationContext(SeedContextMethods):
         )
         try:
             saved = await self._attempt.save_checkpoint(cp, delta)
-        except BaseException:
-            self._unsave(delta)
+        except BaseException as e:
+            try:
+                self._unsave(delta)
+            except BaseException as again:  # the keys of the delta lost: no later checkpoint may go without them
+                raise self.broke("keeping the item keys of a checkpoint it could not save", again) from e
+            if isinstance(e, MemoryError):  # encoding it (a large state): the machine's, not the handler's
+                raise self._ran_short(f"saving checkpoint {cp.seq}", e) from e
             raise
         if point is not None and asked:  # written, or to be written by the next (JSON, then: a safe copy)
             self._point = ResumePoint(done, step, copy.deepcopy(state), copy.deepcopy(context_data))
@@ -735,6 +748,25 @@ class OperationContext(SeedContextMethods):
             return True
         self._unsave(delta)
         return False
+
+    def broke(self, doing: str, e: BaseException) -> BaseException:
+        """The engine's bookkeeping failed part-way while ``doing`` (``e``): what to raise into the handler. From
+        here on no checkpoint is written (``_broken``) and every safe point raises; a MemoryError becomes the
+        engine's ``OutOfMemory``."""
+        self._broken = doing
+        self._attention = True  # ctx.items' next turn goes through ``_between``, which raises again
+        return self._ran_short(doing, e) if isinstance(e, MemoryError) else e
+
+    def _ran_short(self, doing: str, e: BaseException | None = None) -> BaseException:
+        """The ``OutOfMemory`` that says the engine ran out of memory ``doing`` (``e`` itself, should even that
+        find no memory: the attempt asks ``short_of_memory``, not the exception's type)."""
+        self._short = self._short or doing
+        if isinstance(e, OutOfMemory):
+            return e
+        try:
+            return OutOfMemory(f"the machine ran out of memory: the engine could not go on {doing}")
+        except MemoryError:
+            return e if e is not None else MemoryError()
 
     def _unsave(self, delta: ItemDelta) -> None:
         """Not saved: keep the delta for the next checkpoint."""
@@ -769,6 +801,11 @@ class OperationContext(SeedContextMethods):
         """Item failures or skips not yet in a checkpoint, or a retried item done since (a completed run
         saves them with its record)."""
         return self._ledger.outcomes_unsaved
+
+    @property
+    def short_of_memory(self) -> str | None:
+        """What the engine was doing for this attempt when it found no memory (None: it never ran short)."""
+        return self._short
 
     @property
     def stop_raised(self) -> bool:
@@ -829,6 +866,17 @@ class OperationContext(SeedContextMethods):
     async def final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
         """Save what is done. ``always``: even when no item changed (a stop: progress, ``state`` and the
         step are saved too). ``forced``: the handler was cancelled where it stood."""
+        if self._broken is not None or self._short is not None:
+            # Its bookkeeping failed part-way (an item's effects in ``state``, its key not recorded), or a save
+            # just found no memory (a second try would allocate as much again): the newest checkpoint written
+            # stays the resume point, as for an item cut off mid-body.
+            seq = self._seq
+            where = f"resumes from checkpoint {seq}" if seq else "resumes from the start"
+            self.log.warning(
+                f"final checkpoint skipped: the engine ran out of memory {self._broken or self._short}; {where}"
+            )
+            self._ledger.current = None
+            return
         cut = self._ledger.cut_off(forced)
         if cut is not None:
             # A body cut off by force may have changed ``state`` half-way: saving it would let the
@@ -987,9 +1035,13 @@ class _Items(AsyncIterator[T]):
                 self._k = None
                 if ledger.current is k:  # fail() or skip() in the body clears it: not done
                     ledger.current = None
-                    self._done_keys.add(k)
-                    ledger.new_done.append(k)
-                    ctx._done += 1
+                    try:
+                        self._done_keys.add(k)
+                        ledger.new_done.append(k)
+                        ctx._done += 1
+                    except BaseException as e:  # no memory to grow the set: its effects in state, not its key
+                        self._end(False)
+                        raise ctx.broke(f"recording item {k!r} done", e) from e
                 elif ledger.current is not None:
                     self._overlapped(k)
                 every = self._every
@@ -1043,6 +1095,10 @@ class _Items(AsyncIterator[T]):
         """The part of a turn before the next item is taken, in full: the stop raised into the handler again,
         the task check, the item before done, and a checkpoint or a stop between the two items."""
         ctx = self._ctx
+        if ctx._broken is not None:  # the handler caught OutOfMemory and went on: no item runs after it
+            self._k = None
+            self._end(False)
+            raise ctx._ran_short(ctx._broken)
         if ctx._stop_raised:  # a stop went into the handler already: no item runs after it
             self._k = None
             await ctx._stop_again()
@@ -1054,9 +1110,13 @@ class _Items(AsyncIterator[T]):
             ledger = self._ledger
             if ledger.current is k:  # fail() or skip() in the body clears it: not done
                 ledger.current = None
-                self._done_keys.add(k)
-                ledger.new_done.append(k)
-                ctx._done += 1
+                try:
+                    self._done_keys.add(k)
+                    ledger.new_done.append(k)
+                    ctx._done += 1
+                except BaseException as e:  # as in ``__anext__``
+                    self._end(False)
+                    raise ctx.broke(f"recording item {k!r} done", e) from e
             elif ledger.current is not None:
                 self._overlapped(k)
             every = self._every
@@ -1263,6 +1323,8 @@ def format_exception(exc: BaseException) -> str:
     if isinstance(exc, OperationFailed):
         text = _describe(exc).removeprefix(f"{type(exc).__name__}: ")
         return text if text != type(exc).__name__ else "failed"
+    if isinstance(exc, OutOfMemory):  # the engine's, raised at the handler's safe point: not the handler's line
+        return _describe(exc)
     tb: list[traceback.FrameSummary] = traceback.extract_tb(exc.__traceback__)
     if isinstance(exc, NotJSON):
         # ``ctx.state`` holds what a checkpoint cannot: the handler's mistake, found by the store that writes

@@ -31,6 +31,14 @@ class BegunWhenShort(Exception):
     run twice), though the worker still runs fewer at once (``short_of_processes`` looks below it)."""
 
 
+class OutOfMemory(MemoryError):
+    """The engine's own work for an operation found no memory (recording an item done, encoding a checkpoint):
+    the machine ran short, not the handler. Raised into the handler at the safe point where it happened; the
+    attempt is queued again as for any shortage, from its newest consistent checkpoint. A bare MemoryError
+    there blamed the handler's ``async for`` line, and a failure checkpoint held an item's effects without its
+    key (the resume ran it again)."""
+
+
 def ran_short(e: BaseException | None, begun: bool = False) -> BaseException | None:
     """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short; below a
     ``BegunWhenShort`` only with ``begun``."""
@@ -50,7 +58,7 @@ def ran_short(e: BaseException | None, begun: bool = False) -> BaseException | N
 def _says_short(e: BaseException) -> bool:
     """Asked of whatever a handler raised: an errno or a text that cannot be read is not a shortage."""
     try:
-        if isinstance(e, RanShort) or (isinstance(e, OSError) and e.errno in SHORT):
+        if isinstance(e, (RanShort, OutOfMemory)) or (isinstance(e, OSError) and e.errno in SHORT):
             return True
         return isinstance(e, RuntimeError) and str(e) == NO_THREAD
     except Exception:
@@ -187,9 +195,13 @@ class FileBudget:
 
 def short_of_processes(e: BaseException | None) -> bool:
     """Whether ``e`` says the machine had no process, thread or memory to give (not a descriptor: ``FileBudget``
-    counts those)."""
+    counts those; nor the engine's own ``OutOfMemory``, which no fork or thread was refused for)."""
     short = ran_short(e, begun=True)
-    return short is not None and not (isinstance(short, OSError) and short.errno in OUT_OF_FILES)
+    return (
+        short is not None
+        and not isinstance(short, OutOfMemory)
+        and not (isinstance(short, OSError) and short.errno in OUT_OF_FILES)
+    )
 
 
 class ProcessBudget:

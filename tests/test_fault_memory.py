@@ -1,0 +1,151 @@
+"""Fault suite: the engine's own work finds no memory (``ulimit -v``, a container's address-space limit).
+
+Under ``ulimit -v`` a tester saw: a MemoryError inside ``ctx.items`` after an item's body finished, before its
+key was recorded, leave a failure checkpoint holding the item's effects on ``ctx.state`` without its key (the
+resume ran it again: a count of 31 for 30 items), the error blaming the handler's ``async for`` line;
+pydantic-core encoding a checkpoint panic ("PyObject pointer is null") and block for good with the GIL held
+(the operation running for ever, deaf to signals and cancel); a final status that found no memory left the
+operation running. Here the MemoryError is raised at the exact point, once, in the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from engine import Operation, OperationContext, OperationSpec, Settings, Status, operation
+from engine.store import base
+from tests.fixtures_engine import make_engine
+
+N = 12
+FAST_RETRY = {"backoff_base": 0.05, "max_attempts": 1, "transient": []}
+"""One attempt by its policy: only a shortage is retried (as for a command), and quickly."""
+
+_BODIES: list[str] = []
+"""Item keys whose body ran, in order, across attempts."""
+
+
+class _SetFailing(set[str]):
+    """The done-set, failing (once) to take ``at``: no memory to grow it."""
+
+    at: str = ""
+
+    def add(self, k: str) -> None:
+        if k == self.at:
+            self.at = ""
+            raise MemoryError
+        super().add(k)
+
+
+class _ListFailing(list[str]):
+    """The keys new since the last checkpoint, failing (once) to take ``at`` (the done-set took it already)."""
+
+    at: str = ""
+
+    def append(self, k: str) -> None:
+        if k == self.at:
+            self.at = ""
+            raise MemoryError
+        super().append(k)
+
+
+_FAIL: dict[str, str] = {}
+"""Where the next attempt's bookkeeping fails ("done" or "delta") and at which key; emptied once used."""
+
+
+@operation("test_memory_items")
+async def memory_items(ctx: OperationContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A rule-following handler: each item's effect on ``ctx.state`` is the last statement of its body."""
+    ledger = ctx._ledger  # the engine's bookkeeping, made to find no memory where the test says
+    where, at = _FAIL.pop("where", ""), _FAIL.pop("at", "")
+    if where == "done":
+        ledger.done = failing = _SetFailing(ledger.done)
+        failing.at = at
+    elif where == "delta":
+        ledger.new_done = flaky = _ListFailing(ledger.new_done)
+        flaky.at = at
+    ctx.state.setdefault("seen", [])
+    async for i in ctx.items(range(N), key=str):
+        _BODIES.append(str(i))
+        await asyncio.sleep(0)
+        ctx.state["seen"].append(str(i))
+    return {"count": len(ctx.state["seen"]), "seen": ctx.state["seen"]}
+
+
+async def _run(settings: Settings, spec: OperationSpec) -> tuple[Operation, list[str]]:
+    """The final record of ``spec`` run to its end, and its log's lines."""
+    async with make_engine(settings) as engine:
+        op = await engine.submit(spec)
+        final = await engine.wait(op.id, timeout=30)
+        lines = [r.message for r in (await engine.logs(op.id))[0]]
+    return final, lines
+
+
+@pytest.mark.parametrize("where", ["done", "delta"])
+async def test_an_item_whose_key_found_no_memory_is_not_run_twice_by_the_resume(settings: Settings, where: str) -> None:
+    """The body of item 5 finished; recording its key found no memory (the done-set, or the delta the next
+    checkpoint writes). No checkpoint is written from that state: the attempt is queued again as a shortage
+    and resumes from the newest consistent checkpoint, so the result and state are an uninterrupted run's,
+    item by item. The error and the log say the engine ran out of memory, not the handler's line."""
+    profile = {"checkpoint_every": 2, "retry": FAST_RETRY}
+    spec = OperationSpec(type="test_memory_items", params={}, profile=profile)
+    _BODIES.clear()
+    clean, _ = await _run(settings, spec)
+    assert clean.status is Status.COMPLETED and clean.result == {"count": N, "seen": [str(i) for i in range(N)]}
+    _BODIES.clear()
+    _FAIL.update(where=where, at="5")
+    final, lines = await _run(settings, spec)
+    assert final.status is Status.COMPLETED, (final.status, final.error, lines)
+    assert final.result == clean.result, "an item's effect on ctx.state twice, or lost"
+    assert final.item_failures == 0 and final.retries == 1
+    # Items 0-3 were checkpointed; 4 and 5 ran after it, and run again from there (none before it does).
+    assert [*map(str, range(6)), *map(str, range(4, N))] == _BODIES
+    failed = next(ln for ln in lines if ln.startswith("attempt 1 failed"))
+    assert "the engine could not go on recording item '5' done" in failed and "(at " not in failed, failed
+    assert any(ln.startswith("final checkpoint skipped: the engine ran out of memory") for ln in lines), lines
+    assert any(ln.startswith("retry 1/4 in") and "out of memory" in ln for ln in lines), lines
+
+
+_SAVES: list[int] = []
+
+
+@operation("test_memory_checkpoint")
+async def memory_checkpoint(ctx: OperationContext, params: dict[str, Any]) -> dict[str, Any]:
+    """bigstate's shape: a checkpoint asked inside each item's body, ``now``."""
+    ctx.state.setdefault("blobs", {})
+    async for i in ctx.items(range(N), key=str):
+        _BODIES.append(str(i))
+        ctx.state["blobs"][str(i)] = "x" * 100
+        await ctx.checkpoint(now=True)
+    return {"n": len(ctx.state["blobs"])}
+
+
+async def test_a_checkpoint_that_finds_no_memory_ends_the_attempt_resumable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding checkpoint 4 (asked inside item 3's body) finds no memory: the attempt ends at once (not item 3's
+    failure, as it was; no final checkpoint that would allocate as much again), queued again from checkpoint 3,
+    and completes; no finished item before that checkpoint runs again."""
+    real = base.to_json
+    calls = {"n": 0}
+
+    def to_json(value: Any, **kw: Any) -> bytes:
+        if isinstance(value, dict) and "state" in value:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise MemoryError
+        return real(value, **kw)
+
+    monkeypatch.setattr(base, "to_json", to_json)
+    _BODIES.clear()
+    spec = OperationSpec(type="test_memory_checkpoint", params={}, profile={"retry": FAST_RETRY})
+    final, lines = await _run(settings, spec)
+    assert final.status is Status.COMPLETED, (final.status, final.error, lines)
+    assert final.item_failures == 0 and final.retries == 1 and final.result == {"n": N}
+    # Checkpoint 3 was asked inside item 2's body (``now``): the resume enters item 2 again, as it would after a kill.
+    assert [*map(str, range(4)), *map(str, range(2, N))] == _BODIES
+    failed = next(ln for ln in lines if ln.startswith("attempt 1 failed"))
+    assert "out of memory" in failed and "saving checkpoint 4" in failed and "(at " not in failed, failed
+    assert not any("item failed" in ln for ln in lines), lines
