@@ -39,6 +39,21 @@ class OutOfMemory(MemoryError):
     key (the resume ran it again)."""
 
 
+def memory_left() -> int | None:
+    """Bytes this process may still map under its address-space limit (``ulimit -v``); None with no limit (or
+    where the size cannot be read). Without such a limit an allocation seldom fails: the kernel's OOM killer
+    ends a process instead (a SIGKILL, which a resume covers)."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            size = int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+    return soft - size
+
+
 def ran_short(e: BaseException | None, begun: bool = False) -> BaseException | None:
     """The error behind ``e`` (itself, or what it was raised from) that says the machine ran short; below a
     ``BegunWhenShort`` only with ``begun``."""

@@ -11,6 +11,7 @@ operation running. Here the MemoryError is raised at the exact point, once, in t
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -149,3 +150,57 @@ async def test_a_checkpoint_that_finds_no_memory_ends_the_attempt_resumable(
     failed = next(ln for ln in lines if ln.startswith("attempt 1 failed"))
     assert "out of memory" in failed and "saving checkpoint 4" in failed and "(at " not in failed, failed
     assert not any("item failed" in ln for ln in lines), lines
+
+
+def _payload() -> base.Checkpoint:
+    return base.Checkpoint.model_construct(
+        operation_id="x",
+        seq=1,
+        epoch=1,
+        created_at=0.0,
+        progress_percentage=None,
+        processed_items=1,
+        total_items=2,
+        done_count=1,
+        state={"a": [1, 2.5, "é"]},
+        context_data={},
+        next_step=None,
+        metadata={},
+        checksum="",
+        size=0,
+        valid=True,
+    )
+
+
+def test_pydantic_core_is_not_asked_to_encode_near_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where an allocation fails inside it, pydantic-core panics and may block for good holding the GIL:
+    near an address-space limit the checkpoint is encoded by ``json``, which raises MemoryError."""
+    cp = _payload()
+    quick = base.encode_payload(cp)
+
+    def never(*a: Any, **kw: Any) -> bytes:
+        raise AssertionError("pydantic-core called with no memory to spare")
+
+    monkeypatch.setattr(base, "to_json", never)
+    monkeypatch.setattr(base, "memory_left", lambda: base.QUICK_HEADROOM // 2)
+    assert json.loads(base.encode_payload(cp)) == json.loads(quick)
+
+
+def test_a_panic_in_pydantic_core_is_out_of_memory_and_it_is_not_called_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class PanicException(BaseException):  # pyo3's, by name
+        pass
+
+    calls = []
+
+    def panics(*a: Any, **kw: Any) -> bytes:
+        calls.append(1)
+        raise PanicException("PyObject pointer is null")
+
+    monkeypatch.setattr(base, "to_json", panics)
+    monkeypatch.setattr(base._Quick, "usable", True)
+    monkeypatch.setattr(base, "memory_left", lambda: None)
+    with pytest.raises(MemoryError):
+        base.encode_payload(_payload())
+    assert base.encode_payload(_payload()) and len(calls) == 1  # by ``json`` from then on

@@ -30,6 +30,7 @@ from ..models import (
     Status,
     WorkerInfo,
 )
+from ..shortage import memory_left
 from ..text import NotJSON, json_bytes, key_not_text, not_json, too_deep
 
 ROOT = ""
@@ -177,6 +178,36 @@ class Chain:
         return ledger
 
 
+QUICK_HEADROOM = 64 << 20
+"""Bytes left under an address-space limit (``ulimit -v``) below which a checkpoint is not encoded the quick
+way (pydantic-core), beside four times the largest payload encoded so far (its output grows by doubling, and
+reading it back to compare makes a second copy of the state)."""
+
+
+class _Quick:
+    """Whether pydantic-core may encode checkpoints in this process. Where an allocation fails inside it, it
+    does not raise MemoryError: pyo3 prints a traceback and panics ("PyObject pointer is null"); with
+    RUST_BACKTRACE set the panic's backtrace found no memory either and blocked for good, holding the GIL
+    (the event loop stopped, signals unanswered, the operation left running until a SIGKILL), and without it
+    the next call after a panic blocked the same way. So it is not called where memory may run out (a limit
+    nearly reached), and never again in a process where it once panicked."""
+
+    usable = True
+    largest = 0
+
+    @classmethod
+    def fits(cls) -> bool:
+        if not cls.usable:
+            return False
+        left = memory_left()
+        return left is None or left > QUICK_HEADROOM + 4 * cls.largest
+
+
+def _panicked(e: BaseException) -> bool:
+    """``e`` is pyo3's PanicException (a BaseException, not importable by name): a panic inside pydantic-core."""
+    return type(e).__name__ == "PanicException"
+
+
 def encode_payload(cp: Checkpoint) -> bytes:
     """The checkpoint's resumable content as canonical JSON (with the counts a resume takes from it)."""
     content = {
@@ -191,12 +222,19 @@ def encode_payload(cp: Checkpoint) -> bytes:
     # resume uses, reads the shortest float text and every other JSON value the same). What it writes
     # differently (a key that is not a string, a tuple, a datetime, NaN) fails the comparison or the write,
     # and the checks below say why or write it as json does.
-    try:
-        quick = to_json(content, inf_nan_mode="constants")
-        if from_json(quick, cache_strings=False) == content:  # no string cache: 20 -> 14 us for 5 KB
-            return quick
-    except (ValueError, TypeError, RecursionError):
-        pass
+    if _Quick.fits():
+        try:
+            quick = to_json(content, inf_nan_mode="constants")
+            if from_json(quick, cache_strings=False) == content:  # no string cache: 20 -> 14 us for 5 KB
+                _Quick.largest = max(_Quick.largest, len(quick))
+                return quick
+        except (ValueError, TypeError, RecursionError):
+            pass
+        except BaseException as e:
+            if not _panicked(e):
+                raise
+            _Quick.usable = False  # never again here: the next call may block for good (see _Quick)
+            raise MemoryError("pydantic-core failed encoding the checkpoint (out of memory?)") from None
     deep = too_deep(cp.state, "ctx.state", MAX_VALUE_DEPTH) or too_deep(
         cp.context_data, "ctx.context_data", MAX_VALUE_DEPTH
     )
@@ -211,7 +249,9 @@ def encode_payload(cp: Checkpoint) -> bytes:
             " (use str keys)"
         )
     try:
-        return json_bytes(content, separators=(",", ":"))
+        slow = json_bytes(content, separators=(",", ":"))
+        _Quick.largest = max(_Quick.largest, len(slow))
+        return slow
     except (TypeError, ValueError) as e:  # the handler's to fix: say what, where, in its own words
         where = next(filter(None, (not_json(content[k], f"ctx.{k}") for k in ("state", "context_data"))), None)
         raise NotJSON(
