@@ -45,7 +45,12 @@ def store_failure(e: BaseException) -> bool:
     """An error of the store itself (disk full, read-only, I/O, connection), not of the request."""
     if isinstance(e, (StaleAttempt, Conflict, InvalidInput, LookupError)):
         return False
-    return isinstance(e, (OSError, sqlite3.Error, StoreError)) or type(e).__module__.split(".")[0] == "redis"
+    # MemoryError: no memory to read or write the record (SQLite's SQLITE_NOMEM, under ``ulimit -v``): retried as
+    # any outage, then left interrupted. It escaped as "final status not written", a traceback, the operation
+    # left running and the command's exit 70.
+    return (
+        isinstance(e, (OSError, sqlite3.Error, StoreError, MemoryError)) or type(e).__module__.split(".")[0] == "redis"
+    )
 
 
 def why(e: BaseException) -> str:
@@ -54,6 +59,8 @@ def why(e: BaseException) -> str:
         text = e.why
     else:
         text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+        if isinstance(e, MemoryError) and not str(e):  # a bare MemoryError said it in no words
+            text = "out of memory"
     line = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
     if len(line) <= WHY_CHARS:
         return line

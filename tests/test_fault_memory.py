@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from engine import Operation, OperationContext, OperationSpec, Settings, Status, operation
+from engine.outage import store_failure, why
+from engine.shortage import OutOfMemory, ran_short
 from engine.store import base
 from tests.fixtures_engine import make_engine
 
@@ -204,3 +206,25 @@ def test_a_panic_in_pydantic_core_is_out_of_memory_and_it_is_not_called_again(
     with pytest.raises(MemoryError):
         base.encode_payload(_payload())
     assert base.encode_payload(_payload()) and len(calls) == 1  # by ``json`` from then on
+
+
+async def test_a_final_status_write_that_finds_no_memory_is_retried_as_a_store_outage(settings: Settings) -> None:
+    """The final status write found no memory (SQLite's SQLITE_NOMEM under ``ulimit -v``): it was "final status
+    not written" with a traceback, the operation left running and the command's exit 70. Now it is retried as
+    a store outage (said in words), and written once there is memory again."""
+    assert store_failure(MemoryError()) and why(MemoryError()) == "out of memory"
+    assert ran_short(OutOfMemory("the engine ...")) is not None and ran_short(MemoryError()) is None
+    async with make_engine(settings) as engine:
+        real = engine.store.transition
+        refused: list[Status] = []
+
+        async def transition(op_id: str, status: Status, **kw: Any) -> Operation:
+            if status is Status.COMPLETED and not refused:
+                refused.append(status)
+                raise MemoryError
+            return await real(op_id, status, **kw)
+
+        engine.store.transition = transition  # type: ignore[method-assign]
+        op = await engine.submit(OperationSpec(type="test_memory_items", params={}))
+        final = await engine.wait(op.id, timeout=20)
+    assert refused and final.status is Status.COMPLETED, (final.status, final.error)
