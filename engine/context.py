@@ -262,8 +262,11 @@ class OperationContext(SeedContextMethods):
         """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self._broken: str | None = None
         """What the engine was doing when its bookkeeping of an item failed part-way (out of memory recording a
-        key done): the done-set and ``state`` may disagree, so no checkpoint is written from here on (the
-        resume goes from the newest one, as after an item cut off mid-body) and every safe point raises."""
+        key done): the done-set and ``state`` may disagree, so no checkpoint is written from here on unless the
+        final one can finish the recording (``_mend``; else the resume goes from the newest one, as after an
+        item cut off mid-body), and every safe point raises."""
+        self._unrecorded: str | None = None
+        """The key whose body finished and whose recording as done failed part-way (``_mend`` finishes it)."""
         self._short: str | None = None
         """What the engine was doing when it ran out of memory for this attempt (``OutOfMemory``)."""
         self.state: dict[str, Any] = {}
@@ -749,11 +752,12 @@ class OperationContext(SeedContextMethods):
         self._unsave(delta)
         return False
 
-    def broke(self, doing: str, e: BaseException) -> BaseException:
-        """The engine's bookkeeping failed part-way while ``doing`` (``e``): what to raise into the handler. From
-        here on no checkpoint is written (``_broken``) and every safe point raises; a MemoryError becomes the
-        engine's ``OutOfMemory``."""
+    def broke(self, doing: str, e: BaseException, key: str | None = None) -> BaseException:
+        """The engine's bookkeeping failed part-way while ``doing`` (``e``; recording ``key`` done): what to raise
+        into the handler. From here on no checkpoint is written (``_broken``) and every safe point raises; a
+        MemoryError becomes the engine's ``OutOfMemory``."""
         self._broken = doing
+        self._unrecorded = key
         self._attention = True  # ctx.items' next turn goes through ``_between``, which raises again
         return self._ran_short(doing, e) if isinstance(e, MemoryError) else e
 
@@ -866,15 +870,13 @@ class OperationContext(SeedContextMethods):
     async def final_checkpoint(self, always: bool = False, forced: bool = False) -> None:
         """Save what is done. ``always``: even when no item changed (a stop: progress, ``state`` and the
         step are saved too). ``forced``: the handler was cancelled where it stood."""
-        if self._broken is not None or self._short is not None:
-            # Its bookkeeping failed part-way (an item's effects in ``state``, its key not recorded), or a save
-            # just found no memory (a second try would allocate as much again): the newest checkpoint written
-            # stays the resume point, as for an item cut off mid-body.
+        if self._broken is not None and not self._mend():
+            # Its bookkeeping failed part-way (an item's effects in ``state``, its key not recorded) and cannot be
+            # finished now: a checkpoint would hold the one without the other (the resume ran that finished item
+            # again). The newest checkpoint written stays the resume point, as for an item cut off mid-body.
             seq = self._seq
             where = f"resumes from checkpoint {seq}" if seq else "resumes from the start"
-            self.log.warning(
-                f"final checkpoint skipped: the engine ran out of memory {self._broken or self._short}; {where}"
-            )
+            self.log.warning(f"final checkpoint skipped: the engine ran out of memory {self._broken}; {where}")
             self._ledger.current = None
             return
         cut = self._ledger.cut_off(forced)
@@ -887,6 +889,25 @@ class OperationContext(SeedContextMethods):
             return
         if always or self._ledger.unsaved:
             await self._save()  # a store that fails is said once (and the status write is still tried)
+
+    def _mend(self) -> bool:
+        """Finish recording the item whose recording as done failed part-way (memory may be back, now that the
+        handler's frames are gone): True when the done-set, the keys new since the last checkpoint and the count
+        agree with ``state`` again. Each step is done unless it was (the count, the last, never was)."""
+        k = self._unrecorded
+        if k is None:
+            return False
+        ledger = self._ledger
+        try:
+            if k not in ledger.done:
+                ledger.done.add(k)
+            if not ledger.new_done or ledger.new_done[-1] != k:
+                ledger.new_done.append(k)
+            self._done += 1
+        except MemoryError:
+            return False
+        self._unrecorded = self._broken = None
+        return True
 
     def failed_item(self, exc: BaseException) -> str | None:
         """The item whose body raised ``exc`` (None: the handler raised it outside any item's body, misused
@@ -1041,7 +1062,7 @@ class _Items(AsyncIterator[T]):
                         ctx._done += 1
                     except BaseException as e:  # no memory to grow the set: its effects in state, not its key
                         self._end(False)
-                        raise ctx.broke(f"recording item {k!r} done", e) from e
+                        raise ctx.broke(f"recording item {k!r} done", e, k) from e
                 elif ledger.current is not None:
                     self._overlapped(k)
                 every = self._every
@@ -1116,7 +1137,7 @@ class _Items(AsyncIterator[T]):
                     ctx._done += 1
                 except BaseException as e:  # as in ``__anext__``
                     self._end(False)
-                    raise ctx.broke(f"recording item {k!r} done", e) from e
+                    raise ctx.broke(f"recording item {k!r} done", e, k) from e
             elif ledger.current is not None:
                 self._overlapped(k)
             every = self._every
