@@ -34,6 +34,7 @@ from .events import EventBus
 from .exitcodes import ExitCode
 from .lifecycle import ACTIONS, Action, StopReason, check_action, statuses_of
 from .limits import MAX_CONCURRENT
+from .looperrors import LoopErrors
 from .models import (
     SETTLED,
     Checkpoint,
@@ -234,6 +235,8 @@ class Engine:
         unless ``write_abandoned`` writes it once the store takes writes again)."""
         self.unwritten: dict[str, Callable[[], Awaitable[Operation | None]]] = {}
         """The final write each abandoned operation still needs (``write_abandoned``)."""
+        self._loop_errors = LoopErrors()
+        """The loop's exception handler while this engine runs: an error repeated at every turn said once."""
 
     # ---- start and stop ------------------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class Engine:
             raise InvalidInput("this Engine was shut down, and an Engine runs once: make a new one")
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         self._say_unknown_profiles()
+        self._loop_errors.install(asyncio.get_running_loop())
         await self.store.open()
         await self.recover()
         self._loops = [asyncio.create_task(self._supervisor.run(), name="outlast-supervisor")]
@@ -330,6 +334,7 @@ class Engine:
         try:
             await self._stop_all(grace)
         finally:
+            self._loop_errors.remove()
             unsubscribe()
             if watch is not None:  # the store answered: this process goes on to its own end
                 watch.cancel()

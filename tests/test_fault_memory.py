@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -235,3 +236,52 @@ async def test_a_final_status_write_that_finds_no_memory_is_retried_as_a_store_o
         op = await engine.submit(OperationSpec(type="test_memory_items", params={}))
         final = await engine.wait(op.id, timeout=20)
     assert refused and final.status is Status.COMPLETED, (final.status, final.error)
+
+
+async def test_an_error_the_event_loop_meets_at_every_turn_is_said_once_with_a_count(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of memory, asyncio's self-pipe reader failed at every turn of the loop, and its default handler
+    logged a traceback each time (86,000 lines on stderr in 5 s). Now one line, and the repeats counted."""
+
+    def reader() -> None:  # as ``BaseSelectorEventLoop._read_from_self`` fails with no memory for its buffer
+        raise MemoryError
+
+    caplog.set_level(logging.WARNING)
+    async with make_engine(settings):
+        loop = asyncio.get_running_loop()
+        for _ in range(500):
+            loop.call_soon(reader)
+        await asyncio.sleep(0.05)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said[:5]
+    assert said[0].startswith("Exception in callback") and "the machine ran out of memory (MemoryError at" in said[0]
+    assert said[1].endswith(": 499 more like it since"), said[1]
+    assert loop.get_exception_handler() is None  # the loop's own again once the engine stopped
+
+
+def test_log_lines_stderr_cannot_take_are_said_once_not_a_traceback_each(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line that found no memory to be written was "--- Logging error ---" and a traceback, each one."""
+    from engine.cli import common
+    from engine.cli import format as fmt
+
+    def echo(*a: Any, **kw: Any) -> None:
+        raise MemoryError
+
+    root = logging.getLogger("outlast")
+    before = list(root.handlers)
+    common.configure_logging()
+    added = [h for h in root.handlers if h not in before]
+    monkeypatch.setattr(fmt, "echo", echo)
+    try:
+        for i in range(50):
+            logging.getLogger("outlast.engine").warning("line %d", i)
+    finally:
+        for h in added:
+            root.removeHandler(h)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err[:500]
+    if added:  # a test before this one configured it already: its handler has said it, or says it now
+        assert err.count("a log line could not be written to stderr (MemoryError)") == 1, err

@@ -562,11 +562,28 @@ def configure_logging() -> None:
     from . import format as fmt
 
     class StderrLines(logging.Handler):
+        lost = 0
+        """Lines that could not be written (no memory to format one): said once, not a traceback each."""
+
         def emit(self, record: logging.LogRecord) -> None:
             try:
                 fmt.echo(fmt.printable(self.format(record)), err=True)
             except Exception:  # a log line must never be what breaks a command
                 self.handleError(record)
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            # logging's own printed "--- Logging error ---" and a traceback for every line that failed: under
+            # memory pressure, one for each of thousands of lines.
+            self.lost += 1
+            if self.lost == 1:
+                what = sys.exc_info()[0]
+                with contextlib.suppress(Exception):
+                    os.write(
+                        2,
+                        b"outlast: WARNING: a log line could not be written to stderr ("
+                        + (what.__name__ if what else "error").encode()
+                        + b"); the next ones that cannot are left out without a word\n",
+                    )
 
     root = logging.getLogger("outlast")
     if not any(h.get_name() == "outlast-stderr" for h in root.handlers):  # main() may run more than once
