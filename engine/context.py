@@ -893,7 +893,8 @@ class OperationContext(SeedContextMethods):
     def _mend(self) -> bool:
         """Finish recording the item whose recording as done failed part-way (memory may be back, now that the
         handler's frames are gone): True when the done-set, the keys new since the last checkpoint and the count
-        agree with ``state`` again. Each step is done unless it was (the count, the last, never was)."""
+        agree with ``state`` again. Each step is done unless it was (the count, the last, never was: only a
+        MemoryError breaks the recording, and none is raised once the count is stored)."""
         k = self._unrecorded
         if k is None:
             return False
@@ -1060,7 +1061,7 @@ class _Items(AsyncIterator[T]):
                         self._done_keys.add(k)
                         ledger.new_done.append(k)
                         ctx._done += 1
-                    except BaseException as e:  # no memory to grow the set: its effects in state, not its key
+                    except MemoryError as e:  # no memory to grow the set: its effects in state, not its key
                         self._end(False)
                         raise ctx.broke(f"recording item {k!r} done", e, k) from e
                 elif ledger.current is not None:
@@ -1135,7 +1136,7 @@ class _Items(AsyncIterator[T]):
                     self._done_keys.add(k)
                     ledger.new_done.append(k)
                     ctx._done += 1
-                except BaseException as e:  # as in ``__anext__``
+                except MemoryError as e:  # as in ``__anext__``
                     self._end(False)
                     raise ctx.broke(f"recording item {k!r} done", e, k) from e
             elif ledger.current is not None:
