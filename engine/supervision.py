@@ -14,7 +14,9 @@ endless wait) is abandoned ``Settings.abandon_after`` seconds after the cancel: 
 without it, and nothing of it is written any more (``Attempt.abandon``); the process can then end without
 waiting for its task (``threads.let_go``).
 
-``LoopWatch`` is a thread that says when the event loop itself stops: a handler blocking it.
+``LoopWatch`` is a thread that says when the event loop itself stops: a handler blocking it. It also tells
+which handler held it, and for how long (``holds``): that time counts toward no other attempt's stall clock
+(``Watch.held``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -64,6 +67,9 @@ PACE_SAMPLES = 64
 """Samples of an attempt's progress kept for its recent rate (spaced at a 32nd of its time so far)."""
 LOOP_BLOCKED = 5.0
 """Seconds the event loop may go without turning before the engine says what is blocking it."""
+HELD = 1.0
+"""Seconds the event loop may go without turning before that time is taken for a hold of the loop (a handler's
+blocking code), which counts toward no stall clock but the holder's (``Watch.held``)."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -224,6 +230,22 @@ class Watch:
         self.next_report += dt
         self.pace = deque(((t + dt, d) for t, d in self.pace), maxlen=PACE_SAMPLES)
         if self.stop_at is not None:
+            self.stop_at += dt
+        if self.cancelled_at is not None:
+            self.cancelled_at += dt
+
+    def held(self, dt: float) -> None:
+        """Another handler (or the engine's own code) held the event loop for ``dt`` seconds: this attempt could
+        neither report progress nor reach a safe point, so that time counts toward neither its stall clock nor
+        its grace period (nor the wait before it is abandoned). A healthy demo beside a handler that
+        ``time.sleep(8)``-ed on the loop ended "stalled: no progress for 5s" the moment the loop came back.
+
+        Its deadline still counts it: a deadline bounds the time the user waits (``max_timeout``, a fixed
+        ``--timeout``), and one still making progress is extended by its rate as ever. The holder's own clocks
+        are not shifted (``Supervisor`` leaves it out): its stall clock and deadline stop a handler that keeps
+        holding the loop, after which its neighbours run on."""
+        self.last_change += dt
+        if self.stop_at is not None and self.forced_by is None:  # a forced stop does not wait again
             self.stop_at += dt
         if self.cancelled_at is not None:
             self.cancelled_at += dt
@@ -407,6 +429,10 @@ class Supervisor:
                 )
                 for attempt in list(self._runs.values()):
                     attempt.watch.shift(frozen)
+            for held, by in watch.holds():
+                for attempt in list(self._runs.values()):
+                    if (mine := held - by.get(attempt.op.id, 0.0)) > 0:
+                        attempt.watch.held(mine)
             try:
                 self._check(now)
             except Exception:
@@ -669,6 +695,18 @@ class LoopWatch:
         """Seconds the process was stopped, seen by the watch thread and not yet taken by ``frozen``."""
         self._thawed = 0.0
         """When a stop of the process was last seen: a loop that had no turn since is not blocked."""
+        from .attempt import Attempt  # at run time: attempt.py imports this module
+
+        self._handler_call = Attempt.handler_call_code()
+        self._holding: dict[str | None, float] = {}
+        """Seconds of the hold under way (the loop not turned since ``_holding_for``) each operation's handler
+        held it, as the watch thread saw where the loop's thread stood; None: the engine's own code, or a task
+        of a handler's own (not told apart)."""
+        self._holding_for = self.turned
+        self._seen = self.turned
+        """When the watch thread last gave the hold under way to its holder."""
+        self._holds: list[tuple[float, dict[str | None, float]]] = []
+        """Holds of the loop over ``HELD`` seconds not yet taken by ``holds``: how long, and who held it."""
         self._mark = self._loop.call_later(self._every, self._turn)
         threading.Thread(target=self._watch, name="outlast-loop-watch", daemon=True).start()
 
@@ -706,8 +744,48 @@ class LoopWatch:
         self._ran = ran
         return stopped
 
+    def holds(self) -> list[tuple[float, dict[str | None, float]]]:
+        """The holds of the event loop since the last call, each ``(seconds, {operation id: seconds its handler
+        held it})``: time in which no operation could report progress but the one holding the loop. Called on
+        the loop (which turns now), the hold that just ended is in it even before the loop's own mark ran."""
+        with self._lock:
+            self._turned(time.monotonic())
+            taken, self._holds = self._holds, []
+        return taken
+
+    def _turned(self, now: float) -> None:
+        """The loop turns at ``now`` (under the lock): a gap since its last turn over ``HELD`` seconds was a
+        hold, less the time the whole process was stopped (``frozen``'s)."""
+        self._gaps += self._count(now)
+        gap = now - max(self.turned, self._thawed)
+        if gap >= HELD:
+            held = self._holding if self._holding_for == self.turned else {}
+            self._holds.append((gap, held))
+        self._holding = {}
+        self.turned = self._holding_for = self._seen = now
+
+    def _held_by(self, turned: float, now: float, frame: FrameType | None) -> None:
+        """The loop, not turned since ``turned``, is held at ``frame``: the time since last seen is its holder's."""
+        holder = None
+        f = frame
+        while f is not None:
+            if f.f_code is self._handler_call:
+                op = getattr(f.f_locals.get("self"), "op", None)
+                holder = getattr(op, "id", None)
+                break
+            f = f.f_back
+        del f
+        with self._lock:
+            if self.turned != turned:
+                return  # it turned meanwhile: that hold is counted
+            if self._holding_for != turned:
+                self._holding, self._holding_for, self._seen = {}, turned, max(turned, self._thawed)
+            self._holding[holder] = self._holding.get(holder, 0.0) + max(0.0, now - self._seen)
+            self._seen = now
+
     def _turn(self) -> None:
-        self.turned = time.monotonic()
+        with self._lock:
+            self._turned(time.monotonic())
         if not self._stopped.is_set():
             self._mark = self._loop.call_later(self._every, self._turn)
 
@@ -726,11 +804,14 @@ class LoopWatch:
                 self._ran = _ran(self._threads)
             turned = self.turned
             blocked = now - max(turned, self._thawed)
-            if blocked < self._limit or said_for == turned:
+            if blocked < min(self._limit, HELD / 2):
                 continue
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None and frame.f_code.co_name == "select":
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
+            self._held_by(turned, now, frame)
+            if blocked < self._limit or said_for == turned:
+                continue
             at = (
                 "an unknown place"
                 if frame is None

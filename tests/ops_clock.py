@@ -35,6 +35,18 @@ async def gil_hog(ctx: OperationContext, params: Any) -> dict[str, Any]:
     return {"items": items}
 
 
+@operation("sleeper")
+async def sleeper(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Hold the event loop with ``time.sleep(hold)`` before the first item (blocking work on the loop, as a
+    handler should not do), then ``items`` items of ``d`` seconds."""
+    items = int(params.get("items", 3))
+    ctx.progress(0, total=items)
+    time.sleep(float(params.get("hold", 2.5)))
+    async for _ in ctx.items(range(items), key=str):
+        await asyncio.sleep(float(params.get("d", 0.05)))
+    return {"items": items}
+
+
 @operation("warmup")
 async def warmup(ctx: OperationContext, params: Any) -> dict[str, Any]:
     """``items`` items: the first takes ``first`` seconds (a cold start), each other one ``d``."""

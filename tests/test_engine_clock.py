@@ -3,6 +3,7 @@ does not."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,28 @@ async def test_a_handler_holding_the_gil_is_no_stop_of_the_process(state_dir: Pa
     final, _ = await ran(state_dir, "gil_hog", {"hold": 3}, {"stall_timeout": 1})
     assert final.status is Status.TIMED_OUT, (final.status, final.status_message)
     assert final.status_message.startswith("stalled"), final.status_message
+
+
+async def test_a_handler_holding_the_loop_stalls_itself_not_its_neighbour(state_dir: Path) -> None:
+    """A handler holding the event loop (``time.sleep``) for 3s made a healthy neighbour (an item every 0.8s,
+    stall_timeout 1.5s) end "stalled: no progress for 1.5s" the moment the loop came back: it could report
+    nothing meanwhile. That time counts toward no stall clock but the holder's, which stalls."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        stall = {"stall_timeout": 1.5}
+        healthy = await engine.submit(
+            OperationSpec(type="warmup", params={"items": 5, "first": 0.05, "d": 0.8}, profile=stall)
+        )
+        while (live := engine.live(healthy.id)) is None or live.done < 2:
+            await asyncio.sleep(0.02)
+        # The hold starts once the clock has seen that item (a change seen only after the hold reads as
+        # progress), and well before the next item ends: after the hold the clock looks before the item ends.
+        await asyncio.sleep(0.25)
+        holder = await engine.submit(OperationSpec(type="sleeper", params={"hold": 3}, profile=stall))
+        held = await engine.wait(holder.id, timeout=30)
+        neighbour = await engine.wait(healthy.id, timeout=30)
+    assert neighbour.status is Status.COMPLETED, (neighbour.status, neighbour.status_message)
+    assert held.status is Status.TIMED_OUT and (held.status_message or "").startswith("stalled"), held.status_message
 
 
 async def test_work_that_speeds_up_is_judged_by_its_pace_now(state_dir: Path) -> None:
