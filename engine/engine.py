@@ -457,6 +457,29 @@ class Engine:
             self.stop_signal = sig
         raise BrokenInto(at)
 
+    def loop_held_for(self) -> float:
+        """Seconds the event loop has gone without turning (0 while this engine's clock is not running): for a
+        face's own ``signal.signal`` handler, which runs while a handler holds the loop, where the loop's own
+        signal handlers wait for it to return."""
+        watch = self._supervisor.loop_watch
+        return 0.0 if watch is None else max(0.0, time.monotonic() - watch.turned)
+
+    def break_into_handler(self, sig: int, frame: FrameType | None, why: str) -> None:
+        """Called from a ``signal.signal`` handler (the main thread, between two bytecodes) of a face that
+        handles stop signals on the loop itself (the dashboard): when an attempt's handler code runs at
+        ``frame`` (it holds the loop), stop it by force where it stands, as a second signal does to ``outlast
+        run`` (``BrokenInto``, raised from here; its operation settles as stopped by force, ``why`` ending
+        its status line). Returns when no handler code runs there (the engine's own code, a face's): nothing
+        is stopped half-way."""
+        at = _handler_frame(frame)
+        if at is None:
+            return
+        if not self._draining:
+            self.shutdown_reason = why
+            if self.stop_signal is None:
+                self.stop_signal = sig
+        raise BrokenInto(at)
+
     def stop_for_signal(self, sig: int) -> None:
         """What SIGINT, SIGTERM or SIGHUP does to the engine, for a face that handles signals itself (the API
         server): take no more work and stop running work at a safe point, paused, or queued again by an engine

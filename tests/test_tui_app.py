@@ -544,6 +544,35 @@ async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Se
         assert record.status is Status.PAUSED and record.checkpoint_seq is not None
 
 
+async def test_sigterm_twice_reaches_a_dashboard_whose_loop_a_handler_holds(tui_settings: Settings) -> None:
+    """A handler blocking the event loop (``time.sleep``) froze the dashboard for good: its signal handlers ran
+    on the loop, so q, Ctrl-C and three SIGTERMs did nothing; only SIGKILL ended it. The second SIGTERM now
+    stops that handler by force where it stands; the first then quits as ever, pausing the rest, and the
+    terminal is given back."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        ledger = await engine.submit({"type": "ledger", "params": {"items": 3000, "seconds": 0.01}})
+        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        try:
+            await until(lambda: _done_at_least(engine, ledger.id, 1), timeout=30)
+            held = await engine.submit({"type": "blocker", "params": {"how": "sleep", "seconds": 600}})
+            await until(lambda: _stored(engine, held.id, Status.RUNNING), timeout=30)
+            await asyncio.sleep(1.0)  # the loop held for a while: the dashboard's own handlers wait on it
+            term.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            term.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(term.proc.wait, 30)
+            await asyncio.to_thread(term.reader.join, 5)
+        finally:
+            term.close()
+        assert code == 0, bytes(term.out[-2000:])
+        stopped = await engine.store.get(held.id)
+        assert stopped.status is Status.PAUSED and "force" in (stopped.status_message or ""), stopped.status_message
+        assert (await engine.store.get(ledger.id)).status is Status.PAUSED
+    out = bytes(term.out)
+    assert out.rfind(b"\x1b[?1049l") > out.rfind(b"\x1b[?1049h") >= 0, out[-2000:]  # the main screen again
+
+
 async def test_sigint_pauses_the_work_and_says_so_on_the_way_out(tui_settings: Settings) -> None:
     """``kill -INT`` on the dashboard paused the work it ran and exited 0 saying nothing (Textual ends its loop;
     the engine is stopped on unmount), where q then Pause names what was paused and how to go on. It says so."""

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from textual import events
@@ -169,6 +170,12 @@ class OutlastApp(App[int]):
         """The same, labelled (``_labelled``), for the line said after exit."""
         self.unwritten_at_exit: list[str] = []
         """Labels of what it stopped without a status written (a store that did not answer)."""
+        self._signals_now = 0
+        """Stop signals seen by ``_on_signal_now`` (at once, even while a handler holds the loop)."""
+        self._signals_seen = 0
+        """Stop signals the loop has handled (``_on_signal``): the rest wait for it to turn."""
+        self._broken_in = 0
+        """Signals spent breaking into a handler that held the loop, not yet passed by ``_on_signal``."""
         self.stopping: tuple[dict[str, str], float] | None = None
         """While the engine stops on the way out: the operations it stops (id: label), and since when
         (monotonic)."""
@@ -266,6 +273,10 @@ class OutlastApp(App[int]):
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+                # The loop's handler waits for the loop to turn; this one runs at once (``_on_signal_now``).
+                # The loop still reads the signal when it turns: asyncio's wakeup descriptor stays set.
+                signal.signal(sig, self._on_signal_now)
+                signal.siginterrupt(sig, False)  # as asyncio leaves it: system calls resume after the signal
 
     def on_ready(self) -> None:
         """The first frame is on the terminal: the collector on again (``on_load``), and the dashboard's
@@ -284,6 +295,27 @@ class OutlastApp(App[int]):
         if self._boot is None:
             self._boot = self._work(self._start_engine, "boot", "starting the engine")
 
+    def _on_signal_now(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM or SIGHUP, in the main thread between two bytecodes: it runs while a handler holds the event
+        loop with blocking code, where ``_on_signal`` and every key wait for it to return (q, Ctrl-C and three
+        SIGTERMs did nothing; only SIGKILL ended the dashboard). With the loop not turned for half a second, a
+        second signal the loop has not handled stops that handler by force where it stands (its operation
+        paused, forced; the loop then handles the first signal: the quit pauses the rest), and a third, or a
+        second with no handler to stop (the engine's own code holds the loop), leaves at once, as q again
+        does while a quit waits (``_leave_now``). Otherwise nothing: the loop handles it."""
+        self._signals_now += 1
+        unseen = self._signals_now - self._signals_seen - self._broken_in
+        engine = self._engine  # not built here: a signal handler loads no settings
+        if unseen < 2 or engine is None or engine.loop_held_for() < HELD_SIGNAL:
+            return
+        name = signal.Signals(sig).name
+        if unseen == 2 and not self._broken_in:
+            self._broken_in = 1
+            why = _SIGNAL_WHY.get(sig, f"the dashboard was asked to stop ({name})")
+            engine.break_into_handler(sig, frame, why)  # raises into the handler, if one holds the loop
+            self._broken_in = 0
+        self._leave_now(f"{name} again while the event loop was held", 128 + sig)
+
     def _on_signal(self, sig: int) -> None:
         """SIGTERM, or SIGHUP when an SSH session drops: pause what runs (a checkpoint each), then exit.
 
@@ -293,16 +325,20 @@ class OutlastApp(App[int]):
         (``_hang_up``), so work left running in it could be neither watched nor stopped from it. Paused with
         a checkpoint, it resumes anywhere; work meant to outlive the session runs under ``nohup outlast
         run``, ``run --detach`` or a worker."""
+        self._signals_seen += 1
+        if self._broken_in:  # the signal that stopped a handler holding the loop by force: spent
+            self._broken_in -= 1
+            return
         if self.stopping is not None:  # asked again while the stop waits: as q again
             self._leave_now(f"{signal.Signals(sig).name} again", 128 + sig)
-        why = "the dashboard was asked to stop (SIGTERM)"
+        why = _SIGNAL_WHY[signal.SIGTERM]
         work = self._hang_up if sig == signal.SIGHUP else functools.partial(self._quit_now, why)
         self._work(work, "quit", "quitting", exclusive=True)
 
     async def _hang_up(self) -> None:
         """The terminal is gone: pause the work, then leave at once. Restoring a terminal that no longer
         exists blocked Textual's writer for good (the process stayed behind after the SSH session)."""
-        await self.stop_engine("the dashboard's terminal hung up (SIGHUP: a dropped SSH session?)")
+        await self.stop_engine(_SIGNAL_WHY[signal.SIGHUP])
         os._exit(128 + signal.SIGHUP)
 
     def _setup_themes(self, wanted: str) -> None:
@@ -834,8 +870,10 @@ class OutlastApp(App[int]):
         written): the terminal back, one line naming what was left and how to go on, exit 8 when the store was
         not answering, else ``code``. Leaving through Textual's exit blanked the screen, then waited on the same
         store, and exited 0 saying nothing."""
-        assert self.stopping is not None
-        labels = self.stopping[0]
+        if self.stopping is not None:
+            labels = self.stopping[0]
+        else:  # a signal while a handler holds the loop, before any quit began (``_on_signal_now``)
+            labels = {i: _labelled(self.ops.get(i), i) for i in self.engine.running_ids}
         left = [label for op_id, label in labels.items() if op_id in self.engine.running_ids] or list(labels.values())
         stuck = self.engine.store_stuck(self.store_waited())
         them = "it" if len(left) == 1 else "them"
@@ -881,6 +919,12 @@ def _labelled(op: Operation | None, op_id: str) -> str:
 
 TERMINAL_BACK_WAIT = 1.0
 """Seconds an exit that does not unwind waits for the terminal to be given back (``_give_terminal_back``)."""
+HELD_SIGNAL = 0.5
+"""Seconds the event loop must have gone without turning for a signal to act before it turns (``_on_signal_now``)."""
+_SIGNAL_WHY: dict[int, str] = {
+    signal.SIGTERM: "the dashboard was asked to stop (SIGTERM)",
+    signal.SIGHUP: "the dashboard's terminal hung up (SIGHUP: a dropped SSH session?)",
+}
 
 PAUSED_LISTED = 5
 """Paused operations a line after exit names one by one; more are counted."""
