@@ -531,6 +531,13 @@ class Operation(BaseModel):
     it is still interrupted at that epoch (nobody resumed, cancelled or ran it since), an engine with
     ``auto_resume`` that runs the queue resumes it, whichever engine found it (``outlast ls`` or ``watch``
     often finds it first, and runs no queue)."""
+    crashes: int = 0
+    """Attempts in a row whose process died under them (found orphaned) with no checkpoint newer than the
+    last such death's: at the retry policy's ``max_attempts`` it is no longer resumed automatically
+    (``supervision.CRASHED``)."""
+    crash_seq: int | None = None
+    """The newest checkpoint when its process was last found dead: a newer one is progress, and the count of
+    ``crashes`` begins again."""
 
     @property
     def label(self) -> str:

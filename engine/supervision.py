@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .context import OperationContext
-from .errors import ControlChanged
+from .errors import ControlChanged, StoreError
 from .lifecycle import StopReason
 from .models import (
     Conflict,
@@ -54,6 +54,7 @@ from .models import (
 from .offload import off_loop
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .processes import describe_leftovers, kill_engine_leftovers, kill_leftovers
+from .profiles import RetryPolicy, stored_profile
 from .store import Store
 
 if TYPE_CHECKING:
@@ -609,6 +610,9 @@ async def recover_orphans(
             await logs.flush(op.id)  # now: an engine opened only to read (``outlast ls``) does not flush
         publish(StatusChanged(operation_id=op.id, status=target, previous=Status.RUNNING))
         found.append(new)
+        if target is Status.INTERRUPTED and new.orphaned_epoch is None:
+            log.warning("operation %s: %s", op.id, new.status_message)
+            continue
         if resume is not None and target is Status.INTERRUPTED:
             with contextlib.suppress(Conflict):
                 await resume(op.id)
@@ -623,11 +627,18 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
     gone with the first, and the next engine's auto_resume ran it on. The write checks the request is still the
     one read: a pause stored in between was dropped with the interrupted mark, and auto_resume ran it on."""
     fields = await _checkpointed_progress(store, op)
+    crashes = _crashes(op)
+    fields.update(crashes=crashes, crash_seq=op.checkpoint_seq)
+    limit = _crash_limit(op)
     for _ in range(3):  # a request only grows (none, pause, cancel): read again at most twice
         target = {"cancel": Status.CANCELLED, "pause": Status.PAUSED}.get(wanted or "", Status.INTERRUPTED)
         message = f"the process running it ({op.worker}) stopped"
+        orphaned: int | None = op.epoch
         if target is not Status.INTERRUPTED:
             message = f"{target.value} as asked; the process running it ({op.worker}) had stopped"
+        elif crashes >= limit:
+            orphaned = None  # no engine's auto_resume queues it again (``left_orphaned``)
+            message += f"; {CRASHED} ({crashes} in a row, no newer checkpoint): `outlast resume {op.id}` goes on"
         try:
             new = await store.transition(
                 op.id,
@@ -637,7 +648,7 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
                 expect_control=frozenset({wanted}),
                 finished_at=time.time(),
                 status_message=message,
-                orphaned_epoch=op.epoch,
+                orphaned_epoch=orphaned,
                 **fields,
             )
         except ControlChanged:
@@ -647,6 +658,30 @@ async def _settle_orphan(store: Store, op: Operation, wanted: ControlAction | No
             return None
         return new, target
     return None
+
+
+CRASHED = "its process died under it at every attempt: not resumed automatically"
+"""Said of an operation ``recover_orphans`` no longer resumes (``_crash_limit``)."""
+
+
+def _crashes(op: Operation) -> int:
+    """Deaths of ``op``'s process in a row without progress, this one included: a checkpoint newer than the one
+    the last death found (``crash_seq``) is progress, and the count begins again. Items done since the newest
+    checkpoint are not: they are done again by the resume, and an operation whose process dies before its first
+    checkpoint, every time, makes none that lasts."""
+    if op.crashes and op.checkpoint_seq == op.crash_seq:
+        return op.crashes + 1
+    return 1
+
+
+def _crash_limit(op: Operation) -> int:
+    """How many deaths in a row ``op`` gets before ``auto_resume`` leaves it to a person: its retry policy's
+    ``max_attempts``, as for an attempt that raised. A handler that kills its process (``os._exit``, a crashing
+    C extension, out of memory) was resumed for ever, each time taking down the worker and the work beside it."""
+    try:
+        return stored_profile(op).retry.max_attempts
+    except StoreError:
+        return RetryPolicy().max_attempts
 
 
 async def _checkpointed_progress(store: Store, op: Operation) -> dict[str, Any]:

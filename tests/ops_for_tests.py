@@ -215,3 +215,21 @@ async def plain_child(ctx: OperationContext, p: PlainChildParams) -> None:
     while True:
         await asyncio.sleep(0.1)
         ctx.progress(step="waiting")
+
+
+class DiesParams(BaseModel):
+    at: int = 2
+    seconds: float = 0.5
+
+
+@operation("dies", params=DiesParams)
+async def dies(ctx: OperationContext, p: DiesParams) -> dict:
+    """Kills its own process at item ``at`` of every attempt (``os._exit``: a crashing C extension does the
+    same), each item taking ``seconds``."""
+    import os
+
+    async for i in ctx.items(range(10), key=str):
+        await asyncio.sleep(p.seconds)
+        if i == p.at:
+            os._exit(9)
+    return {}

@@ -266,6 +266,32 @@ def test_a_worker_with_auto_resume_resumes_an_orphan_that_a_read_only_command_fo
         cli.close()
 
 
+def test_an_operation_whose_process_dies_at_every_attempt_is_no_longer_resumed(tmp_path: Path) -> None:
+    """A handler that kills its own process (``os._exit``, a crashing C extension) was resumed by every
+    auto_resume worker restarted after it, for ever, each time taking the worker and the work beside it down.
+    After its retry policy's max_attempts (3) deaths in a row with no newer checkpoint, it is left interrupted,
+    saying why and how to go on; the neighbour, which checkpoints as it goes, finishes."""
+    config = tmp_path / "config.toml"
+    config.write_text("auto_resume = true\n[profiles.ledger]\ncheckpoint_interval = 0.1\n")
+    cli = CliAt(tmp_path / "state", OUTLAST_CONFIG=str(config))
+    plugin = ("--plugin", "tests.ops_for_tests")
+    try:
+        poison = cli(*plugin, "-q", "submit", "dies", "--profile", "checkpoint_interval=0.1").stdout.strip()
+        good = cli(*plugin, "-q", "submit", "ledger", "-p", "items=60", "-p", "seconds=0.05").stdout.strip()
+        for _ in range(8):
+            cli(*plugin, "worker", "--concurrency", "2", "--exit-when-idle", timeout=60)
+            if cli.op(good).status is Status.COMPLETED:
+                break
+        parked = cli.op(poison)
+        assert cli.op(good).status is Status.COMPLETED, cli.op(good).status_message
+        assert parked.status is Status.INTERRUPTED, (parked.status, parked.attempt, parked.status_message)
+        assert "not resumed automatically" in (parked.status_message or ""), parked.status_message
+        assert f"outlast resume {poison}" in (parked.status_message or ""), parked.status_message
+        assert parked.attempt == parked.crashes == 3, parked  # three deaths: none resumed after the third
+    finally:
+        cli.close()
+
+
 async def test_only_an_attempt_found_orphaned_and_left_so_is_resumed_by_auto_resume(settings: Settings) -> None:
     """``left_orphaned`` lists an interrupted operation whose record says it was found orphaned at the epoch it
     still has; not one run again since (a newer epoch), nor one interrupted for another reason."""

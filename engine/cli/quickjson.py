@@ -56,6 +56,8 @@ FIELDS: dict[str, str] = {
     "backoff_from": "float?",
     "idempotency_key": "str?",
     "orphaned_epoch": "int?",
+    "crashes": "int",
+    "crash_seq": "int?",
 }
 """``Operation``'s fields in its order, each with the kind of value its dump holds."""
 
