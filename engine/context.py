@@ -257,9 +257,9 @@ class OperationContext(SeedContextMethods):
         self._stop_task: asyncio.Task[Any] | None = None
         """The task the stop was first raised into: raised there again, the handler caught it."""
         self._abandoned = False
+        """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self._ended = False
         """The attempt is over (``end``): what is logged through this context from now on is not written."""
-        """The attempt gave up on the handler (``abandon``): nothing it does is written any more."""
         self._broken: str | None = None
         """What the engine was doing when its bookkeeping of an item failed part-way (out of memory recording a
         key done): the done-set and ``state`` may disagree, so no checkpoint is written from here on unless the
