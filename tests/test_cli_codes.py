@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -250,6 +251,37 @@ def test_read_commands(cli: Cli) -> None:
     cfg = json.loads(cli.here("--state-dir", str(cli.state_dir), "config", "--json").stdout)
     assert cfg["origins"]["state_dir"] == "argument" and cfg["origins"]["max_concurrent"] == "default"
     assert "FROM" in cli.here("config").stdout
+
+
+class _Terminal(io.StringIO):
+    """A standard output that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("env", "escapes"), [({}, True), ({"TERM": "dumb"}, False), ({"NO_COLOR": "1"}, False)])
+def test_a_dumb_terminal_gets_no_escape_sequences(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], escapes: bool
+) -> None:
+    """On a ``TERM=dumb`` terminal ``ls`` drew its short ids in bold, and ``run`` chose the live panel, which
+    rich draws there once, at the end: no styles and plain lines there, as with NO_COLOR (which keeps the panel)."""
+    from engine.cli import main as cli_main
+    from engine.cli.common import App
+
+    op_id = cli.here("submit", "demo").stdout.strip()
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["ls"])
+    listed = out.getvalue()
+    assert exited.value.code == 0 and (op_id in listed) is not escapes and "queued" in listed, repr(listed)
+    assert ("\x1b[" in listed) is escapes, repr(listed)
+    assert App().mode == ("plain" if env.get("TERM") == "dumb" else "live")
 
 
 def test_dashboard_without_a_terminal_is_one_clear_line(cli: Cli) -> None:

@@ -189,12 +189,15 @@ class App:
 
     @property
     def mode(self) -> Mode:
-        """How to show a followed operation: the live panel on a terminal, plain lines otherwise."""
+        """How to show a followed operation: the live panel on a terminal that takes escape sequences, plain
+        lines otherwise (a pipe, a file, ``TERM=dumb``)."""
+        from . import format as fmt
+
         if self.json:
             return "json"
         if self.quiet:
             return "quiet"
-        return "live" if sys.stdout.isatty() else "plain"
+        return "live" if fmt.capable_terminal(sys.stdout) else "plain"
 
 
 def refuse_unknown_profiles(settings: Settings) -> None:

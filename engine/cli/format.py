@@ -438,11 +438,26 @@ def with_short_ids(table_text: str, ids: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def styled(stream: Any) -> bool:
-    """Whether to style output on ``stream``: a terminal, and NO_COLOR unset (no-color.org)."""
+DUMB_TERMINALS = frozenset({"dumb", "unknown"})
+"""The TERM values of a terminal that takes no escape sequences (Emacs' shell, ``script`` under cron, a CI
+runner's pseudo-terminal): rich's list, so that the live panel and the plain lines agree on it."""
+
+
+def capable_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal that takes escape sequences (styles, the live panel's cursor moves):
+    the one place the command line decides it. A ``TERM=dumb`` terminal got bold ids from ``ls`` and a live
+    panel that rich drew once, at the end."""
     import os
 
-    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+    dumb = os.environ.get("TERM", "").lower() in DUMB_TERMINALS
+    return not dumb and bool(getattr(stream, "isatty", lambda: False)())
+
+
+def styled(stream: Any) -> bool:
+    """Whether to style output on ``stream``: a capable terminal, and NO_COLOR unset (no-color.org)."""
+    import os
+
+    return capable_terminal(stream) and not os.environ.get("NO_COLOR")
 
 
 def echo_ls(rows: Sequence[LsRow]) -> None:

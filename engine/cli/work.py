@@ -121,7 +121,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
     """Submit an operation and follow it until it settles.
 
     \b
-    On a terminal: a live progress display. In a pipe: one line per progress report.
+    On a terminal: a live progress display. In a pipe (or TERM=dumb): one line per progress report.
     Ctrl-C, SIGTERM and SIGHUP (ignored under nohup) pause it with a checkpoint; `outlast resume ID` goes on.
     The exit code says how it ended (see `outlast --help`).
 
