@@ -54,10 +54,15 @@ def test_output_a_full_disk_could_not_take_is_exit_74_not_0(cli: Cli) -> None:
     assert r.stdout.strip() == "0" and r.stderr == "", (r.stdout, r.stderr)
 
 
-def test_without_a_terminal_no_arguments_print_help(cli: Cli) -> None:
-    r = cli()
-    assert r.returncode == 0
-    assert "Exit codes:" in r.stdout
+@pytest.mark.parametrize("options", [[], ["-q"], ["--state-dir", "/tmp"]])
+def test_without_a_terminal_no_command_is_a_usage_error(cli: Cli, options: list[str]) -> None:
+    """Without a terminal, bare ``outlast`` (a cron line whose ``$CMD`` came out empty) printed the help and
+    exited 0: the mistake was invisible to cron. One line naming it now, and exit 2."""
+    r = cli.here(*options)
+    assert (r.returncode, r.stdout) == (ExitCode.USAGE, "")
+    line = one_line_error(r)
+    assert "no command given" in line and "the dashboard needs a terminal" in line and "--help" in line, line
+    assert "Exit codes:" in cli.here("--help").stdout
 
 
 def test_outcome_codes_failed_timed_out_conflict(cli: Cli) -> None:

@@ -52,7 +52,7 @@ class _Commands(click.Group):
 
 HELP = f"""Run long operations that finish or fail: dynamic timeouts, checkpoints, resume.
 
-Without a command, opens the dashboard on a terminal (prints this help otherwise).
+Without a command, opens the dashboard on a terminal (without one: exit 2).
 
 \b
 Examples:
@@ -95,11 +95,13 @@ def cli(
 ) -> int | None:
     ctx.obj = App(state_dir, store_url, config_file, plugins, json_, quiet)
     if ctx.invoked_subcommand is None:
-        if sys.stdout.isatty():
-            from .work import open_dashboard
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            # A cron line whose $CMD was empty printed the help and exited 0: the mistake went unseen.
+            fmt.echo("outlast: no command given, and the dashboard needs a terminal (see: outlast --help)", err=True)
+            return ExitCode.USAGE
+        from .work import open_dashboard
 
-            return open_dashboard(ctx.obj)
-        click.echo(ctx.get_help())
+        return open_dashboard(ctx.obj)
     return None
 
 
