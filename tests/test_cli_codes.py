@@ -431,13 +431,25 @@ def test_the_c_locale_without_utf8_mode_gets_names_escaped_not_an_internal_error
 
 def test_quiet_run_says_why_it_failed_in_one_line_on_stderr(cli: Cli) -> None:
     """``outlast -q run`` ("nothing but errors") printed nothing when the operation failed: a cron job
-    mailed an empty message, and the reason took an ``outlast show``. A completed run stays silent."""
+    mailed an empty message, and the reason took an ``outlast show``. A completed run says nothing more.
+    Its stdout is the operation's id ("and ids"), as ``-q submit``'s: it printed none, so a script could not
+    keep it; so do ``-q rerun`` and ``-q resume`` (the full id of a handle), in the foreground or queued."""
     r = cli("-q", "run", "command", "-p", "command=sh -c 'exit 3'")
-    assert r.returncode == 1 and r.stdout == ""
+    (failed_id,) = r.stdout.splitlines()
+    assert r.returncode == 1 and cli.op(failed_id).status.value == "failed"
     (line,) = r.stderr.splitlines()
-    assert " failed: " in line and "exit" in line, line
+    assert line.startswith(f"{failed_id} failed: ") and "exit" in line, line
     ok = cli("-q", "run", "command", "-p", "command=sh -c 'exit 0'")
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    assert (ok.returncode, ok.stderr) == (0, "") and cli.op(ok.stdout.strip()).status.value == "completed"
+    again = cli("-q", "rerun", ok.stdout.strip())
+    assert (again.returncode, again.stderr) == (0, "") and again.stdout.strip() not in ("", ok.stdout.strip())
+    paused = cli.here("-q", "submit", "demo", "-p", "items=2", "-p", "seconds=0").stdout.strip()
+    assert cli.here("-q", "pause", paused).stdout == ""
+    handle = str(cli.op(paused).handle)
+    assert cli.here("-q", "resume", handle, "--queue").stdout == f"{paused}\n"  # queued again
+    assert cli.here("-q", "resume", handle, "--queue").stdout == f"{paused}\n"  # already queued
+    resumed = cli("-q", "resume", handle)
+    assert (resumed.returncode, resumed.stdout, resumed.stderr) == (0, f"{paused}\n", "")
 
 
 @pytest.mark.parametrize(

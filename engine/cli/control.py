@@ -217,7 +217,9 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         if queue:
             if app.json:
                 fmt.echo(fmt.dumps(fmt.op_json(op)))
-            elif not app.quiet:
+            elif app.quiet:  # its id, as a quiet resume, submit or rerun prints theirs
+                fmt.echo(op.id)
+            else:
                 fmt.echo(f"{op.id} is already queued; a running `{app.command('worker')}` picks it up")
             return ExitCode.OK
     if detach:
@@ -226,7 +228,9 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
         return say_detached(app.settings, op, runner, app.json, app.quiet, app.command(), how)
     if app.json:
         fmt.echo(fmt.dumps(fmt.op_json(op)))
-    elif not app.quiet:
+    elif app.quiet:  # its id, as a quiet resume, submit or rerun prints theirs
+        fmt.echo(op.id)
+    else:
         fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")
     return ExitCode.OK
 

@@ -85,6 +85,8 @@ async def run_foreground(
         if mode == "plain":
             how = "submitted" if spec is not None else "started" if queued else "resumed"  # not "submitted" each time
             fmt.echo(f"{fmt.clock(time.time())} {op.id} {op.label} {how}: {PAUSE_HINT}; {prefix} resume {op.id}")
+        elif mode == "quiet":  # its id, at once, as `-q submit` and `--detach` print it: ID=$(outlast -q run ...)
+            fmt.echo(op.id)
         try:
             await claim_here(engine, op.id, None if mode == "quiet" else f"{prefix} slots")
             local = True
