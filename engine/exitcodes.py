@@ -30,7 +30,8 @@ class ExitCode(IntEnum):
     PAUSED = 6
     """The operation is paused or interrupted (Ctrl-C, SIGTERM, SIGHUP, pause): resume it."""
     CONFLICT = 7
-    """The operation is not in a state that allows the request (resume a completed one, ...)."""
+    """The operation is not in a state that allows the request (resume a completed one, ...); an idempotency key
+    reused for another request (the API's 409 for both)."""
     STORE = 8
     """The store cannot be opened, read or written (corrupt state dir, newer schema, unreachable Redis, disk
     full or read-only: the running operation was left interrupted, resumable)."""
@@ -108,7 +109,7 @@ def exit_codes_help() -> str:
         (ExitCode.CANCELLED, "the operation was cancelled"),
         (ExitCode.TIMED_OUT, "the operation timed out or stalled (resumable)"),
         (ExitCode.PAUSED, "paused or interrupted (Ctrl-C, SIGTERM, SIGHUP): resume it"),
-        (ExitCode.CONFLICT, "not allowed in the operation's current state"),
+        (ExitCode.CONFLICT, "not allowed in the operation's current state; an idempotency key reused"),
         (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
         (ExitCode.OUTPUT_LOST, "the output could not all be written (disk full, stdout closed): it is incomplete"),

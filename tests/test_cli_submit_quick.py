@@ -234,6 +234,10 @@ def test_an_idempotency_key_used_before_is_answered_by_the_engine(cli: Cli, quic
     assert "submitted before with this idempotency key" in again.stderr
     refused = cli.here("submit", "demo", "-p", "items=3", "--idempotency-key", "nightly")
     assert refused.returncode == 7 and first.stdout.strip() in refused.stderr
+    # Said where a script's author looks for 7 (it was in no table): --help's codes, the README's, the option's.
+    assert re.search(r"^\s+7  .*idempotency key reused", cli.here("--help").stdout, re.M)
+    assert re.search(r"^\| 7 \|.*--idempotency-key", (REPO / "README.md").read_text(), re.M)
+    assert "used for other work is exit 7" in " ".join(cli.here("submit", "--help").stdout.split())
     assert len(stored(cli.state_dir)["operations"]) == 1
 
 

@@ -229,7 +229,8 @@ def _detach(app: App, queued: Operation) -> int:
 @click.option(
     "--idempotency-key",
     metavar="KEY",
-    help="Queue nothing if an operation was submitted with KEY: print that one (a retried submit runs once).",
+    help="Queue nothing if an operation was submitted with KEY: print that one (a retried submit runs once);"
+    " KEY used for other work is exit 7.",
 )
 @pass_app
 def submit(app: App, **spec_args: object) -> int:
