@@ -39,8 +39,7 @@ class ExitCode(IntEnum):
     """A bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)."""
     OUTPUT_LOST = 74
     """What the command printed could not all be written to the file its output goes to (a full disk, an I/O
-    error, a standard output closed at start: ``>&-``): that file is incomplete (sysexits' EX_IOERR). Not for
-    a reader that went away (a closed pipe)."""
+    error): that file is incomplete (sysexits' EX_IOERR). Not for a reader that went away (a closed pipe)."""
     WATCH_HUNG_UP = 129
     """Watching or following stopped on SIGHUP (the terminal hung up); the operation was left as it was.
     128 + SIGHUP, as a shell reports a process a hang-up ended."""
@@ -112,7 +111,7 @@ def exit_codes_help() -> str:
         (ExitCode.CONFLICT, "not allowed in the operation's current state; an idempotency key reused"),
         (ExitCode.STORE, "the store cannot be opened or written (corrupt state dir, disk full, Redis down)"),
         (ExitCode.INTERNAL, "a bug in Outlast (OUTLAST_DEBUG=1 shows the traceback)"),
-        (ExitCode.OUTPUT_LOST, "the output could not all be written (disk full, stdout closed): it is incomplete"),
+        (ExitCode.OUTPUT_LOST, "the output could not all be written to its file (disk full): it is incomplete"),
         (ExitCode.WATCH_HUNG_UP, "watch/logs --follow stopped by SIGHUP (the terminal hung up)"),
         (ExitCode.WATCH_STOPPED, "you stopped watch/logs --follow with Ctrl-C"),
         (ExitCode.READER_GONE, "watch/logs --follow stopped: what read its output went away (| head)"),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.exitcodes import ExitCode
 from tests.conftest import REPO
 from tests.fixtures_cli import Cli, Proc, alive, until
 
@@ -352,27 +351,14 @@ def test_show_of_work_queued_again_names_the_start_and_worker_as_the_attempt_bef
 def test_commands_run_with_their_standard_streams_closed(cli: Cli, closed: str) -> None:
     """Started with stdout closed (``outlast worker >&-``, a daemonizer), Python's ``sys.stdout`` is None:
     every command died with an internal error (exit 70) before any work ran. The closed streams go to
-    /dev/null now, so the next file opened (the store) cannot take their descriptor. What the command
-    printed went nowhere, though: exit 74 and one line on stderr (when open), as for a full disk (it was 0)."""
+    /dev/null now, so the next file opened (the store) cannot take their descriptor."""
     import subprocess
 
-    lost = "outlast: standard output could not be written (closed when outlast started): what this command printed"
     script = f'exec "$0" -m engine.cli run demo -p items=3 -p seconds=0 {closed}'
-    r = subprocess.run(
-        ["sh", "-c", script, sys.executable], env=cli.env, cwd=REPO, timeout=60, check=False, capture_output=True
-    )
-    assert r.returncode == ExitCode.OUTPUT_LOST, r.stderr
-    assert r.stderr.decode().splitlines() == ([] if "2>&-" in closed else [f"{lost} is incomplete"])
+    r = subprocess.run(["sh", "-c", script, sys.executable], env=cli.env, cwd=REPO, timeout=60, check=False)
+    assert r.returncode == 0
     listed = json.loads(cli("--json", "ls").stdout)
     assert [(o["type"], o["status"]) for o in listed] == [("demo", "completed")]
-    if closed == ">&-":  # each command that prints (a read, the help, a quiet submit); one that prints nothing: 0
-        for args in (["ls"], ["--help"], ["-q", "submit", "demo"], ["-q", "cancel", "2"]):
-            script = 'exec "$0" -m engine.cli "$@" >&-'
-            argv = ["sh", "-c", script, sys.executable, *args]
-            r = subprocess.run(argv, env=cli.env, cwd=REPO, timeout=60, check=False, capture_output=True)
-            printed = "cancel" not in args
-            assert r.returncode == (ExitCode.OUTPUT_LOST if printed else ExitCode.OK), (args, r.stderr)
-            assert r.stderr.decode() == (f"{lost} is incomplete\n" if printed else ""), (args, r.stderr)
 
 
 def test_a_follower_of_an_operation_whose_runner_died_ends_with_it_interrupted(cli: Cli) -> None:

@@ -14,7 +14,6 @@ cycle collector paused: ``collector_paused``).
 from __future__ import annotations
 
 import contextlib
-import io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,8 +59,7 @@ def _closed_stdio_to_devnull() -> None:
     """A standard stream that was closed when ``outlast`` started (``outlast worker >&-``, a daemonizer) is
     opened on /dev/null, before anything else opens a file. Python leaves ``sys.stdout`` None then, and
     every command died with an internal error before any work ran; worse, the next file opened takes the
-    free descriptor, and what a child writes to its stdout would go into that file (the store). A closed
-    stdout is a ``ClosedStdout``: what is written to it is lost, which the exit code says (74)."""
+    free descriptor, and what a child writes to its stdout would go into that file (the store)."""
     import os
     import sys
 
@@ -75,24 +73,7 @@ def _closed_stdio_to_devnull() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             # For the whole process: closed at its exit, as Python's own standard streams are.
-            if fd == 1:
-                sys.stdout = ClosedStdout(open(fd, "wb", closefd=False), encoding="utf-8", line_buffering=True)  # noqa: SIM115
-            else:
-                setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
-
-
-class ClosedStdout(io.TextIOWrapper):
-    """The standard output of an ``outlast`` started with it closed (``outlast ls >&-``), on /dev/null: it notes
-    that something was written (``written``), which went nowhere. The command exits 74 then, as when a full disk
-    refused its output (``format.output_lost``), not 0 with nothing printed."""
-
-    written = False
-    """Whether anything was written to it: one per process, as its standard output is."""
-
-    def write(self, s: str) -> int:
-        if s:
-            ClosedStdout.written = True
-        return super().write(s)
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
 
 
 def _unencodable_escaped() -> None:

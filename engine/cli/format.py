@@ -523,13 +523,8 @@ _output_lost: list[str] = []
 def output_lost() -> str | None:
     """Why what this process printed to its standard output is incomplete, when it went to a file that
     could not take it (``outlast ls --json > out.json`` on a full disk exited 0 with half a document); None
-    when it was all written, or when only its reader went away (a closed pipe, a hung-up terminal). A standard
-    output closed when the command started (``outlast ls >&-``) took nothing it printed: the same."""
-    from . import ClosedStdout
-
-    if _output_lost:
-        return _output_lost[0]
-    return "closed when outlast started" if ClosedStdout.written else None
+    when it was all written, or when only its reader went away (a closed pipe, a hung-up terminal)."""
+    return _output_lost[0] if _output_lost else None
 
 
 def _write(text: str, err: bool) -> None:
