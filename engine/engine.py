@@ -216,6 +216,10 @@ class Engine:
         """The signal ``_on_signal_now`` saw last, and when (monotonic)."""
         self._twins: deque[bool] = deque()
         """For each signal ``_on_signal_now`` saw that the loop has not yet handled: whether it was a twin."""
+        self._stop_handlers: dict[int, Callable[..., None]] = {}
+        """The stop signals ``install_signal_handlers`` took, and the handler each has while it is ours."""
+        self._said_replaced: set[int] = set()
+        """Stop signals whose handling a handler replaced (``_keep_stop_signals``): said once each."""
         self._owns_signals = False
         """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
@@ -418,12 +422,39 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._owns_signals = True
         self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)
-        for sig in signals:
-            loop.add_signal_handler(sig, self.stop_for_signal, sig)
-            # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one
-            # also counts, and breaks into a handler that holds the loop (_on_signal_now).
-            signal.signal(sig, self._on_signal_now)
-            signal.siginterrupt(sig, False)  # as asyncio leaves it: system calls resume after the signal
+        self._stop_handlers = {sig: self._install_stop_signal(loop, sig) for sig in signals}
+        self._supervisor.on_tick = self._keep_stop_signals
+
+    def _install_stop_signal(self, loop: asyncio.AbstractEventLoop, sig: int) -> Callable[..., None]:
+        """The loop's handler of ``sig`` (``stop_for_signal``) and the one that runs at once (``_on_signal_now``),
+        which it returns (what ``signal.getsignal`` gives while it is still ours)."""
+        loop.add_signal_handler(sig, self.stop_for_signal, sig)
+        # asyncio's own handler does nothing (the loop reads the signal when it next turns); this one also
+        # counts, and breaks into a handler that holds the loop (_on_signal_now).
+        now = self._on_signal_now
+        signal.signal(sig, now)
+        signal.siginterrupt(sig, False)  # as asyncio leaves it: system calls resume after the signal
+        return now
+
+    def _keep_stop_signals(self) -> None:
+        """At each tick: a stop signal whose handling a handler (or a library it uses) replaced, with its own
+        (``loop.add_signal_handler``, ``signal.signal``) or SIG_IGN, is put back, said once per signal. The
+        process ignored every SIGTERM and Ctrl-C after it: the work could not be paused, the process only
+        killed."""
+        for sig, mine in self._stop_handlers.items():
+            if signal.getsignal(sig) is mine:
+                continue
+            self._stop_handlers[sig] = self._install_stop_signal(asyncio.get_running_loop(), sig)
+            if sig in self._said_replaced:
+                continue
+            self._said_replaced.add(sig)
+            running = ", ".join(f"{a.op.type} {a.op.id}" for a in self._runs.values()) or "no operation"
+            log.warning(
+                "the handling of %s was replaced (running: %s): put back, as Outlast's stop signals pause the"
+                " work; a handler must leave them alone",
+                signal.Signals(sig).name,
+                running,
+            )
 
     def _on_signal_now(self, sig: int, frame: FrameType | None) -> None:
         """Runs in the main thread between two bytecodes, even while a handler holds the event loop with

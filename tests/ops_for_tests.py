@@ -233,3 +233,15 @@ async def dies(ctx: OperationContext, p: DiesParams) -> dict:
         if i == p.at:
             os._exit(9)
     return {}
+
+
+@operation("takes_stop_signals")
+async def takes_stop_signals(ctx: OperationContext, params: Any) -> dict:
+    """A handler (as a library it uses might) that takes SIGTERM on the loop for itself and ignores SIGINT."""
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    async for _ in ctx.items(range(200), key=str):
+        await asyncio.sleep(0.05)
+    return {}

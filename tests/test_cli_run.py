@@ -68,6 +68,19 @@ def test_a_signal_sent_to_the_process_and_its_group_is_one_stop_not_two(cli: Cli
     assert re.search(r"paused at 1/3 items .*checkpoint", said), said
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_handler_taking_the_stop_signals_for_itself_does_not_keep_the_run_from_pausing(cli: Cli, sig: int) -> None:
+    """A handler (or a library it uses) that took SIGTERM on the loop and ignored SIGINT: the process ignored
+    every stop after it, the work could only be killed. They are put back, said once, and the run pauses."""
+    proc = cli.start("--plugin", "tests.ops_for_tests", "run", "takes_stop_signals")
+    proc.wait_line(lambda ln: " running " in ln)
+    time.sleep(0.5)  # its handlers in place, and taken back at a tick of the clock
+    proc.signal(sig)
+    assert proc.wait(20) == 6, proc.out + proc.err  # paused, not the 10 s of work run to its end
+    said = [ln for ln in proc.err if "was replaced" in ln]
+    assert len(said) == 2 and all("put back" in ln for ln in said), proc.err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_signal_during_run_pauses_with_checkpoint_then_resume_completes(cli: Cli, sig: int) -> None:
     n = 100
