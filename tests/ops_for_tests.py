@@ -245,3 +245,21 @@ async def takes_stop_signals(ctx: OperationContext, params: Any) -> dict:
     async for _ in ctx.items(range(200), key=str):
         await asyncio.sleep(0.05)
     return {}
+
+
+class StdoutParams(BaseModel):
+    how: str = "close"
+
+
+@operation("closes_stdout", params=StdoutParams)
+async def closes_stdout(ctx: OperationContext, p: StdoutParams) -> dict:
+    """Closes or removes ``sys.stdout`` (as daemonizing code does), then works on."""
+    import sys
+
+    if p.how == "close":
+        sys.stdout.close()
+    else:
+        sys.stdout = None  # type: ignore[assignment]
+    async for _ in ctx.items(range(5), key=str):
+        await asyncio.sleep(0.01)
+    return {"done": 5}

@@ -68,6 +68,16 @@ def test_a_signal_sent_to_the_process_and_its_group_is_one_stop_not_two(cli: Cli
     assert re.search(r"paused at 1/3 items .*checkpoint", said), said
 
 
+@pytest.mark.parametrize("how", ["close", "none"])
+def test_a_handler_closing_or_removing_sys_stdout_leaves_the_runs_own_output_alone(cli: Cli, how: str) -> None:
+    """``sys.stdout.close()`` or ``sys.stdout = None`` in a handler (as daemonizing code does): ``outlast run``
+    ended in "internal error" (exit 70), or with exit 1 and nothing said, its operation paused. The run writes
+    on its own descriptor then: the operation completes and the run says so, exit 0."""
+    r = cli("--plugin", "tests.ops_for_tests", "run", "closes_stdout", "-p", f"how={how}")
+    assert r.returncode == 0, r
+    assert "completed" in r.stdout.splitlines()[-1] and "Traceback" not in r.stderr, r
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_handler_taking_the_stop_signals_for_itself_does_not_keep_the_run_from_pausing(cli: Cli, sig: int) -> None:
     """A handler (or a library it uses) that took SIGTERM on the loop and ignored SIGINT: the process ignored

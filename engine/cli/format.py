@@ -529,15 +529,51 @@ def output_lost() -> str | None:
 
 def _write(text: str, err: bool) -> None:
     stream = sys.stderr if err else sys.stdout
+    if stream is None or getattr(stream, "closed", False):
+        stream = _own_stream(err)
     try:
         stream.write(text + "\n")
         stream.flush()
+    except ValueError:  # closed meanwhile, by another thread of the handler's: once more on our own
+        _own_stream(err).write(text + "\n")
     except OSError as e:
         if not err and not _output_lost and _to_a_file(stream):
             _output_lost.append(e.strerror or type(e).__name__)
         drop_stream(err)
         if _ends_when_reader_gone and not err and isinstance(e, BrokenPipeError):
             raise ReaderGone() from None
+
+
+_OWN: dict[bool, Any] = {}
+
+
+def _own_stream(err: bool) -> Any:
+    """A stream of this process's own on its standard output (or error) descriptor, for when a handler closed
+    or removed ``sys.stdout`` (``sys.stdout.close()``, ``sys.stdout = None``, as daemonizing code does):
+    ``outlast run`` ended in "internal error" (exit 70) or silently with exit 1, its operation paused. Python
+    does not close the descriptor with the stream, so what follows still reaches the terminal or the file."""
+    stream = _OWN.get(err)
+    if stream is None:
+        like = (sys.__stderr__ if err else sys.__stdout__) or sys.__stdout__
+        stream = _OWN[err] = open(  # noqa: SIM115 - lives as long as the process, as its standard streams do
+            2 if err else 1,
+            "w",
+            buffering=1,
+            encoding=getattr(like, "encoding", None) or "utf-8",
+            errors="backslashreplace",
+            closefd=False,
+        )
+    return stream
+
+
+def standard_streams_back() -> None:
+    """As the command ends: a standard stream a handler closed or removed is one of ours again, else the
+    interpreter's exit, flushing the closed one, said "Exception ignored ... I/O operation on closed file" and
+    exited 120 whatever the command's code."""
+    for err, name in ((False, "stdout"), (True, "stderr")):
+        stream = getattr(sys, name)
+        if stream is None or getattr(stream, "closed", False):
+            setattr(sys, name, _own_stream(err))
 
 
 def _to_a_file(stream: object) -> bool:

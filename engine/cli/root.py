@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if (lost := fmt.output_lost()) is not None and code == ExitCode.OK:
         _error(f"outlast: standard output could not be written ({lost}): what this command printed is incomplete")
         code = ExitCode.OUTPUT_LOST
+    fmt.standard_streams_back()
     threads = sys.modules.get("engine.threads")  # imported by what ran an event loop; not by --help or ls
     if threads is not None:
         threads.exit_now_if_blocked(int(code))
