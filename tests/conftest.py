@@ -41,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _sigint_as_at_a_terminal() -> None:
-    """Give SIGINT back its default handling where the suite was started with it ignored.
+    """Give SIGINT (and SIGHUP) back its default handling where the suite was started with it ignored.
 
     A shell starts its background jobs (``pytest ... &``, ``nohup``) with SIGINT ignored, every process
     they start inherits that, and Python keeps it: each ``outlast`` the tests interrupt, as a user's Ctrl-C
@@ -51,6 +51,11 @@ def _sigint_as_at_a_terminal() -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The same for SIGHUP, which ``nohup`` (and CI runners started under it) ignores: ``outlast run`` started
+    # with it ignored leaves it so (the work outlives the session), and the tests that hang up on a run, as a
+    # dropped SSH session does, saw it run on. Its default, as a process started from a terminal has.
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _no_plugin_autoload_in_nested_pytests() -> None:
