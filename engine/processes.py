@@ -169,16 +169,13 @@ def kill_leftovers(
     ``op_id`` by an attempt other than ``attempt`` (None: by any; ``this_attempt``: by ``attempt``
     itself); wait until they are gone, and look again until a look finds none (ROUNDS at most).
     (pid, attempt, pgid) of each; [] where there is no /proc."""
-    found: list[tuple[int, str, int]] = []
-    end = time.monotonic() + wait
-    for _ in range(ROUNDS):
-        more = _kill_marked(op_id, attempt, this_attempt)
-        if not more:
-            break
-        found += more
-        while any(_running(pid) for pid, _a, _g in more) and time.monotonic() < end:
-            time.sleep(0.02)
-    return found
+    prefix = f"{ENV_ATTEMPT}=".encode()
+
+    def attempt_of(env: list[bytes]) -> str | None:
+        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
+        return theirs if (theirs == str(attempt)) == this_attempt else None
+
+    return _kill_all_marked(f"{ENV_OPERATION}={op_id}".encode(), attempt_of, wait, 0.02)
 
 
 def kill_spawned(token: str, wait: float = 1.0) -> list[int]:
@@ -186,27 +183,7 @@ def kill_spawned(token: str, wait: float = 1.0) -> list[int]:
     wait (``wait`` seconds at most) until they are gone, and reap the one this process forked: asyncio, which
     failed to watch it, never will (each zombie held a slot of the process limit it ran short of). Run on the
     calling thread: called when no thread could be started. The pids killed; [] where there is no /proc."""
-    mark = f"{ENV_SPAWN}={token}".encode()
-    own = {os.getpid(), os.getpgrp()}
-    found: list[int] = []
-    end = time.monotonic() + wait
-    for _ in range(ROUNDS):
-        more = []
-        for pid in _pids():
-            if pid in own or pid in found or (seen := _environ(pid)) is None:
-                continue
-            env, pgid = seen
-            if mark in env and _running(pid):
-                more.append(pid)
-                with contextlib.suppress(OSError):
-                    if pgid not in own:
-                        os.killpg(pgid, signal.SIGKILL)
-                    os.kill(pid, signal.SIGKILL)
-        if not more:
-            break
-        found += more
-        while any(_running(pid) for pid in more) and time.monotonic() < end:
-            time.sleep(0.005)
+    found = [pid for pid, _a, _g in _kill_all_marked(f"{ENV_SPAWN}={token}".encode(), lambda env: "", wait, 0.005)]
     for pid in found:
         fields = _stat(pid)
         if fields is not None and len(fields) > 1 and fields[1] == str(os.getpid()).encode():
@@ -235,9 +212,27 @@ def _said(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tuple[int, str, int]]:
-    """One scan of ``kill_leftovers``: SIGKILL what it finds, (pid, attempt, pgid) of each."""
-    mark = f"{ENV_OPERATION}={op_id}".encode()
+def _kill_all_marked(
+    mark: bytes, pick: Callable[[list[bytes]], str | None], wait: float, every: float
+) -> list[tuple[int, str, int]]:
+    """SIGKILL what ``_kill_marked`` finds, wait (``wait`` seconds at most, looking every ``every``) until it is
+    gone, and look again until a look finds none (ROUNDS at most): (pid, what ``pick`` said, pgid) of each."""
+    found: list[tuple[int, str, int]] = []
+    end = time.monotonic() + wait
+    for _ in range(ROUNDS):
+        more = _kill_marked(mark, pick)
+        if not more:
+            break
+        found += more
+        while any(_running(pid) for pid, _a, _g in more) and time.monotonic() < end:
+            time.sleep(every)
+    return found
+
+
+def _kill_marked(mark: bytes, pick: Callable[[list[bytes]], str | None]) -> list[tuple[int, str, int]]:
+    """One scan: SIGKILL every running process (and its process group, when not ours) whose environment holds
+    ``mark`` and which ``pick`` takes (what it returns for its environment; None: not this one), (pid, that,
+    pgid) of each."""
     own = {os.getpid(), os.getpgrp()}
     found: list[tuple[int, str, int]] = []
     for pid in _pids():
@@ -248,10 +243,8 @@ def _kill_marked(op_id: str, attempt: int | None, this_attempt: bool) -> list[tu
         env, pgid = seen
         if mark not in env:
             continue
-        prefix = f"{ENV_ATTEMPT}=".encode()
-        theirs = next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), "?")
-        if (theirs == str(attempt)) == this_attempt and _running(pid):
-            found.append((pid, theirs, pgid))
+        if (said := pick(env)) is not None and _running(pid):
+            found.append((pid, said, pgid))
     for pid, _a, pgid in found:
         with contextlib.suppress(OSError):
             if pgid not in own:

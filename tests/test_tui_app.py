@@ -525,12 +525,24 @@ def _tui_args(settings: Settings) -> list[str]:
     return ["--state-dir", str(settings.state_dir), "--plugin", "tests.ops_for_tests", "tui"]
 
 
+def _dashboard_on_a_pty(settings: Settings) -> OnAPty:
+    """A real dashboard (``_tui_args``) on a pseudo-terminal, in a session of its own."""
+    return OnAPty(_tui_args(settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+
+
+async def _exit_code(term: OnAPty) -> int:
+    """The dashboard's exit code (30 s at most), what it wrote read to the end."""
+    code = await asyncio.to_thread(term.proc.wait, 30)
+    await asyncio.to_thread(term.reader.join, 5)
+    return code
+
+
 async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Settings) -> None:
     """An SSH session dropping: SIGHUP to the dashboard in a real pseudo-terminal, which then goes away."""
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     async with engine:
         op = await engine.submit({"type": "ledger", "name": "hup", "params": {"items": 3000, "seconds": 0.01}})
-        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        term = _dashboard_on_a_pty(tui_settings)
         try:
             await until(lambda: _stored(engine, op.id, Status.RUNNING), timeout=30)
             await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
@@ -552,7 +564,7 @@ async def test_sigterm_twice_reaches_a_dashboard_whose_loop_a_handler_holds(tui_
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     async with engine:
         ledger = await engine.submit({"type": "ledger", "params": {"items": 3000, "seconds": 0.01}})
-        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        term = _dashboard_on_a_pty(tui_settings)
         try:
             await until(lambda: _done_at_least(engine, ledger.id, 1), timeout=30)
             held = await engine.submit({"type": "blocker", "params": {"how": "sleep", "seconds": 600}})
@@ -561,8 +573,7 @@ async def test_sigterm_twice_reaches_a_dashboard_whose_loop_a_handler_holds(tui_
             term.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             term.proc.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(term.proc.wait, 30)
-            await asyncio.to_thread(term.reader.join, 5)
+            code = await _exit_code(term)
         finally:
             term.close()
         assert code == 0, bytes(term.out[-2000:])
@@ -579,12 +590,11 @@ async def test_sigint_pauses_the_work_and_says_so_on_the_way_out(tui_settings: S
     engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
     async with engine:
         op = await engine.submit({"type": "ledger", "name": "int", "params": {"items": 3000, "seconds": 0.01}})
-        term = OnAPty(_tui_args(tui_settings), {**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        term = _dashboard_on_a_pty(tui_settings)
         try:
             await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
             term.proc.send_signal(signal.SIGINT)
-            code = await asyncio.to_thread(term.proc.wait, 30)
-            await asyncio.to_thread(term.reader.join, 5)
+            code = await _exit_code(term)
         finally:
             term.close()
         assert code == 0, bytes(term.out[-2000:])
