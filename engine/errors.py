@@ -76,3 +76,13 @@ class StoreRefused(StoreError):
 class StoreLost(StoreError):
     """The store's file this process wrote to was deleted under it (its state dir removed): the records of
     the operations it was running went with it, so they cannot be resumed, only run again."""
+
+
+class StoreMoved(StoreError):
+    """The store's file this process wrote to was moved (its state dir renamed) while it ran operations:
+    nothing more is written from here, and their records, where it went (``to``, the state dir now), are
+    resumable there. Said as deleted, it told the user they could not be resumed."""
+
+    def __init__(self, message: str, to: str) -> None:
+        super().__init__(message)
+        self.to = to

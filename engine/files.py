@@ -78,12 +78,28 @@ def open_regular(path: str | os.PathLike[str], flags: int, *, follow: bool = Tru
     return fd
 
 
-def move_aside(path: Path) -> Path:
-    """Rename what is at ``path`` to ``NAME.not-a-file-TIME`` beside it (kept for a person to look at), so a
-    file can be made there; the new path."""
-    aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
+def move_aside(path: Path, why: str = "not-a-file") -> Path:
+    """Rename what is at ``path`` to ``NAME.WHY-TIME`` beside it (kept for a person to look at), so a file
+    can be made there; the new path."""
+    aside = path.with_name(f"{path.name}.{why}-{time.time_ns()}")
     os.replace(path, aside)
     return aside
+
+
+def owner_of(path: str | os.PathLike[str]) -> str:
+    """Who owns what is at ``path`` (not followed), as a person reads it: "alice (uid 1000)"; "" when it
+    cannot be told. For the lines that say a file cannot be opened: "Permission denied" alone did not say
+    whose the file was, nor that deleting it was the way out."""
+    import pwd  # only on this rare path: not on every command's start
+
+    try:
+        uid = os.lstat(path).st_uid
+    except OSError:
+        return ""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<ns>\d+)\.tmp")

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .errors import StoreFailed, StoreLost
+from .errors import StoreFailed, StoreLost, StoreMoved
 from .events import EventBus
 from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
@@ -92,6 +92,9 @@ class StoreHealth:
         self.lost = False
         """The current (or last) outage began with the store's file deleted (StoreLost): the running
         operations' records went with it, so a stopped one cannot be resumed."""
+        self.moved_to: str | None = None
+        """Where the store's file went when the outage is its state dir renamed (StoreMoved): the running
+        operations are resumable there, not at the path this process was given."""
 
     @property
     def since(self) -> float | None:
@@ -113,6 +116,7 @@ class StoreHealth:
             self._began = time.monotonic()
             self.why = why(e)
             self.lost = isinstance(e, StoreLost)
+            self.moved_to = e.to if isinstance(e, StoreMoved) else None
             if not self._said_down and time.monotonic() - self._said_up >= 60.0:
                 self._said_down = True
                 if self._busy() and self.lost:
@@ -128,6 +132,8 @@ class StoreHealth:
                 else:
                     what = "nothing is running; retrying"
                 log.error("the store cannot be written (%s): %s", self.why, what)
+        elif isinstance(e, StoreMoved) and self.moved_to is None:  # begun by a log's directory gone with it
+            self.moved_to, self.why = e.to, why(e)
         elif isinstance(e, StoreLost) and not self.lost:
             # Begun by another failure (a log file's directory gone first under ``rm -rf``): what was said
             # ("resumable") is no longer so, and the last line of a run goes by ``lost``.

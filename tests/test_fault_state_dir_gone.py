@@ -67,6 +67,32 @@ def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) 
         cli.close()
 
 
+def test_a_run_whose_state_dir_is_renamed_says_where_to_resume_it_and_it_resumes_there(tmp_path: Path) -> None:
+    """``mv`` of the state dir under a run: it said "was deleted ... cannot be resumed", while the record was
+    at the new path, interrupted, and resumable there."""
+    state, moved = tmp_path / "state", tmp_path / "moved"
+    cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
+    try:
+        proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
+        proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
+        state.rename(moved)
+        assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
+        op_id = proc.out[0].split()[1]
+        last = [ln for ln in proc.err if ln.strip()][-1]
+        assert f"outlast.db was moved to {moved / 'outlast.db'}" in last, proc.err
+        assert last.endswith(f"to resume: outlast --state-dir {moved} resume {op_id}"), last
+        assert not any("deleted" in ln or "cannot be resumed" in ln for ln in proc.err), proc.err
+        assert not state.exists()  # nothing made again where it was
+    finally:
+        cli.close()
+    there = CliAt(moved)
+    shown = there("show", op_id, "--json")
+    assert json.loads(shown.stdout)["status"] == "interrupted", (shown.stdout, shown.stderr)
+    done = there("-q", "resume", op_id)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert there.op(op_id).status is Status.COMPLETED
+
+
 def test_an_idle_worker_serves_the_state_dir_made_after_it_was_deleted(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cli = CliAt(state)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -251,6 +252,8 @@ def report_unwritable(engine: Engine, op_id: str, mode: Mode, prefix: str) -> No
         return
     if engine.health.lost:
         then = "its record went with the state dir, so it cannot be resumed"
+    elif (there := engine.health.moved_to) is not None:
+        then = f"its record is there, to resume: outlast --state-dir {shlex.quote(there)} resume {op_id}"
     else:
         then = f"the next outlast process finds it interrupted; once the store can be written: {prefix} resume {op_id}"
     final = engine.abandoned.get(op_id) or f"the store could not be written ({engine.health.why})"

@@ -22,8 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ...errors import StoreFailed, StoreLost
-from ...files import create_private, free_bytes, make_private, no_inodes, private_dir, sweep_dead_pid_temps
+from ...errors import StoreFailed, StoreLost, StoreMoved
+from ...files import (
+    create_private,
+    free_bytes,
+    make_private,
+    no_inodes,
+    owner_of,
+    private_dir,
+    sweep_dead_pid_temps,
+)
 from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ...offload import off_loop
@@ -572,7 +580,8 @@ class SqliteCore:
             st = os.stat(self.db_path)
             what = None if (st.st_dev, st.st_ino) == self._file else "replaced by another file"
         except FileNotFoundError:
-            what = "deleted"
+            moved = _moved_to(self._file)
+            what = "deleted" if moved is None else f"moved to {moved}"
         except OSError:
             return  # unreadable for another reason: SQLite's own access says what
         if what is None:
@@ -584,22 +593,30 @@ class SqliteCore:
 
     def _changed(self, what: str) -> StoreError:
         """The error of a write refused because ``outlast.db`` was ``what`` ("deleted", "replaced by another
-        file") while this process held operations: StoreLost when deleted (their records went with it)."""
+        file", "moved to PATH") while this process held operations: StoreLost when deleted (their records went
+        with it). Moved (the state dir renamed), the records are where it went, and resumable there: it was
+        said as deleted, "cannot be resumed"."""
+        if what.startswith("moved to "):
+            return StoreMoved(
+                f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
+                f" with {len(self._held)} operation(s) running; nothing more is written from here",
+                str(Path(what.removeprefix("moved to ")).parent),
+            )
         error = StoreLost if what == "deleted" else StoreError
         return error(
             f"state dir {self.state_dir}: {self.db_path.name} was {what} while this process had it open"
             f" with {len(self._held)} operation(s) running; nothing more is written to the one it has"
         )
 
-    def _lost(self) -> StoreLost | None:
-        """StoreLost when ``outlast.db`` is gone while this process holds operations. Asked where a file
-        beside it was not found (a log, a lock file): under ``rm -rf`` of the state dir that failure can
-        come first, and it said "No such file or directory" and "resumable" for records that are gone."""
+    def _lost(self) -> StoreError | None:
+        """StoreLost when ``outlast.db`` is gone while this process holds operations (StoreError when it was
+        moved: the state dir renamed). Asked where a file beside it was not found (a log, a lock file): under
+        ``rm -rf`` of the state dir that failure can come first, and it said "No such file or directory" and
+        "resumable" for records that are gone."""
         if not self._held or os.path.lexists(self.db_path):
             return None
-        lost = self._changed("deleted")
-        assert isinstance(lost, StoreLost)
-        return lost
+        moved = _moved_to(self._file)
+        return self._changed("deleted" if moved is None else f"moved to {moved}")
 
     def _reopen(self, what: str) -> None:
         """Open the database file now at the path in place of the one this store had (see _same_file).
@@ -724,18 +741,44 @@ class SqliteCore:
                     raise lost from None
                 private_dir(self.state_dir, self.lock_dir.name)  # not the state dir: its loss is _same_file's
                 return try_lock(self._lock_file(op_id), self._spares)
+        except PermissionError as e:
+            path = self._lock_file(op_id)
+            if not (os.path.lexists(path) and os.access(self.lock_dir, os.W_OK | os.X_OK)):
+                raise self._lock_unopened(op_id, e) from None
+            # A lock file of another user's (a run as root in this state dir): whether its attempt still runs
+            # cannot be told, so it is taken as held, and said once. Every command failed on it (exit 8),
+            # submit and ls among them, and the operation showed running for ever with nothing said.
+            if path not in _UNOPENABLE_SAID:
+                _UNOPENABLE_SAID.add(path)
+                owner = owner_of(path)
+                log.warning(
+                    "state dir %s: %s/%s cannot be opened (%s%s), so whether operation %s still runs cannot be"
+                    " told: it is left as it is; if no process of that user runs it, delete that file",
+                    self.state_dir,
+                    self.lock_dir.name,
+                    path.name,
+                    e.strerror,
+                    f": it belongs to {owner}" if owner else "",
+                    op_id,
+                )
+            return None
         except OSError as e:
-            if ran_short(e) is not None:
-                raise  # no descriptor or memory left: the machine's shortage, which its callers say as such
-            d, name = self.state_dir, f"{self.lock_dir.name}/{op_id}.lock"
-            why = e.strerror or str(e)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFailed(
-                    f"state dir {d}: its file system is full{_left(d)}: {name} cannot be made; free some space"
-                    " there, then run this again",
-                    why,
-                ) from None
-            raise StoreFailed(f"state dir {d}: {name} cannot be opened ({why})", why) from None
+            raise self._lock_unopened(op_id, e) from None
+
+    def _lock_unopened(self, op_id: str, e: OSError) -> OSError | StoreFailed:
+        """The error to raise for a lock file that cannot be made or opened: ``e`` itself when the machine ran
+        short (no descriptor or memory left, which its callers say as such), else the store failing a write."""
+        if ran_short(e) is not None:
+            return e
+        d, name = self.state_dir, f"{self.lock_dir.name}/{op_id}.lock"
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreFailed(
+                f"state dir {d}: its file system is full{_left(d)}: {name} cannot be made; free some space"
+                " there, then run this again",
+                why,
+            )
+        return StoreFailed(f"state dir {d}: {name} cannot be opened ({why})", why)
 
     def _lock(self, op_id: str) -> bool:
         if op_id in self._held:
@@ -778,6 +821,31 @@ class SqliteCore:
             return self._load(*row)
         except ValueError as e:
             raise StoreError(f"operation {op_id}: stored record is malformed ({e.__class__.__name__})") from None
+
+
+_UNOPENABLE_SAID: set[Path] = set()
+"""Lock files said to be another user's (``_try_lock``): once each, not at every look for work."""
+
+
+def _moved_to(identity: tuple[int, int] | None) -> str | None:
+    """Where the file of ``identity`` (device, inode), which this process has open, has a name now, when its
+    old one is gone: the path of the descriptor that has it open (Linux's ``/proc``), while it has a name
+    (a deleted file has none). None when deleted, or when it cannot be told."""
+    if identity is None:
+        return None
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        link = f"/proc/self/fd/{fd}"
+        try:
+            st = os.stat(link)
+            if (st.st_dev, st.st_ino) == identity and st.st_nlink > 0:
+                return os.readlink(link)
+        except OSError:
+            continue
+    return None
 
 
 def _identity(db: Path) -> tuple[int, int, int, int]:

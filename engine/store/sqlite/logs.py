@@ -16,7 +16,8 @@ from pathlib import Path
 
 import aiofiles
 
-from ...files import NotRegular, move_aside, open_regular, private_dir
+from ...errors import StoreError
+from ...files import NotRegular, move_aside, open_regular, owner_of, private_dir
 from ...models import ControlAction, LogRecord, validate_id
 from ...offload import off_loop
 from ...threads import engine_executor
@@ -102,6 +103,24 @@ class ControlLogsMixin(SqliteCore):
                     aside.name,
                 )
                 await self._append(op_id, text)
+            except PermissionError as e:
+                # A log file this user may not write (left by a run as root): moved aside, if the directory is
+                # this user's to change, and a new one begun. It failed as a store outage, which interrupted
+                # every operation of the worker, those that write no log among them, and then stopped it.
+                path = self._log_path(op_id)
+                if not await off_loop(_file_alone_refused, path):
+                    raise
+                owner = await off_loop(owner_of, path)
+                aside = await off_loop(move_aside, path, "not-writable")
+                log.warning(
+                    "operation %s: its log %s could not be written (%s%s); moved to %s, a new one begun",
+                    op_id,
+                    path,
+                    e.strerror,
+                    f": it belongs to {owner}" if owner else "",
+                    aside.name,
+                )
+                await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
         # On the engine's threads: on the loop's default executor, a log line waited behind a handler's calls
@@ -109,7 +128,7 @@ class ControlLogsMixin(SqliteCore):
         # Unbuffered bytes, and a write that fails part-way is taken back: a file that could not grow (a file
         # size limit, ``ulimit -f``: EFBIG) ended in half a record, which no reader takes.
         path, pool, data = self._log_path(op_id), engine_executor(), text.encode("utf-8")
-        f = await aiofiles.open(path, "ab", buffering=0, opener=open_regular, executor=pool)
+        f = await aiofiles.open(path, "ab", buffering=0, opener=_open_log, executor=pool)
         try:
             end = await f.tell()
             try:
@@ -137,6 +156,12 @@ class ControlLogsMixin(SqliteCore):
                 records, end = await off_loop(_read_from, path, offset, first)
         except FileNotFoundError:
             return [], offset
+        except PermissionError as e:  # a log left by a run as another user (root): an internal error, exit 70
+            owner = await off_loop(owner_of, path)
+            raise StoreError(
+                f"state dir {self.state_dir}: {self.log_dir.name}/{path.name} cannot be read ({e.strerror}"
+                f"{f'; it belongs to {owner}' if owner else ''})"
+            ) from None
         except NotRegular:  # moved aside by the next append of the process running it (append_logs)
             if path not in _SAID:
                 _SAID.add(path)
@@ -145,6 +170,19 @@ class ControlLogsMixin(SqliteCore):
         for rec in records:
             rec.operation_id = op_id
         return records, end
+
+
+def _file_alone_refused(path: Path) -> bool:
+    """Whether a write refused at ``path`` is that file's own permissions, not its directory's: a file is
+    there and the directory is this user's to change (a read-only state dir is the store failing)."""
+    return os.path.lexists(path) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _open_log(path: str | os.PathLike[str], flags: int) -> int:
+    """A log file's descriptor; a symbolic link in its place is refused (NotRegular: moved aside by the next
+    append), not followed: appends went on through a link to wherever it pointed, and ``outlast logs`` read
+    the file it named, a root-owned one included."""
+    return open_regular(path, flags, follow=False)
 
 
 _SAID: set[Path] = set()
@@ -171,7 +209,7 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
 def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that), or only the first ``first`` records of them; a partly written last line is read next time."""
-    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -196,7 +234,7 @@ def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[
 def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
-    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
