@@ -304,6 +304,14 @@ def test_a_file_deleted_since_the_listing_is_skipped(tmp_path: Path) -> None:
     row, err = analyze(tmp_path, "locked", None)  # a directory where a file was listed: not a regular file
     assert row == ("skip", "a directory, not a file (a git submodule not checked out, or replaced since the listing)")
     assert err is None
+    # Its directory replaced by a FIFO (or any file) since the listing: gone with it, as a deleted one. It was
+    # "unreadable: Not a directory", an item failure that failed the run.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "mod.py").unlink()
+    (tmp_path / "pkg").rmdir()
+    os.mkfifo(tmp_path / "pkg")
+    assert analyze(tmp_path, "pkg/mod.py", None) == (("skip", "gone since the listing"), None)
 
 
 def test_an_unreadable_directory_is_skipped_counted_and_logged_once_not_a_failed_run(tmp_path: Path, cli: Cli) -> None:

@@ -49,7 +49,8 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
                 head, data = data[:8192], b""
                 while b := fh.read(1 << 20):
                     h.update(b)
-    except FileNotFoundError:  # deleted since the listing (a busy work tree): not a failure
+    except (FileNotFoundError, NotADirectoryError):  # deleted since the listing (a busy work tree), or a
+        # directory above it replaced by a file: not a failure
         return ("skip", "gone since the listing"), None
     except NotInTree as e:
         return ("skip", str(e)), None
