@@ -31,6 +31,47 @@ def create_private(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How a file at a name of Outlast's choosing (a temp file) is made: never one already there, nor through a link."""
+
+
+def create_new(path: Path, mode: int = FILE_MODE) -> int:
+    """A descriptor (write-only) of a new file made at ``path`` (``mode`` less the umask), for a temp file whose
+    name others can guess (``.NAME.PID``): opened so, a symbolic link planted at that name made a process (root)
+    truncate and write whatever file it pointed to. A stale one of ours there (a regular file of this user's, with
+    no other link: a killed process that had this pid left it) is removed and the file made anew; anything else
+    there is FileExistsError, left as it is (the caller writes elsewhere, or not at all)."""
+    try:
+        return os.open(path, NEW_FILE, mode)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1):
+            raise
+        os.unlink(path)
+    return os.open(path, NEW_FILE, mode)
+
+
+def replace_note(path: Path, data: bytes, stem: str | None = None) -> None:
+    """Put a small note at ``path`` whole (a cache, the WAL's owner): written to ``.STEM.PID`` beside it (``stem``:
+    its name unless given; ``create_new``: never a file or link found there), then renamed over it; not synced
+    (``atomic_write`` would sync: a note lost to a crash is only made again). OSError when it could not be put
+    there. ``sweep_dead_pid_temps`` of ``stem`` removes what a writer killed before its rename left."""
+    tmp = path.with_name(f".{stem or path.name}.{os.getpid()}")
+    fd = create_new(tmp)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # ours: made above
+        raise
+
+
 def make_private(*paths: Path) -> None:
     """Narrow existing files to 0600 (a state dir written by an older version); missing ones are skipped."""
     for p in paths:

@@ -81,16 +81,14 @@ def _scan() -> dict[str, Found]:
 
 
 def _write(key: list[Any], scanned: dict[str, Found]) -> None:
-    from .files import DIR_MODE, write_private
+    from .files import DIR_MODE, replace_note
     from .paths import cache_dir
 
     path = cache_dir() / ENTRY_POINTS_CACHE
     data = {"key": key, "found": scanned[OPERATIONS_GROUP], PYDANTIC_GROUP: scanned[PYDANTIC_GROUP]}
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{ENTRY_POINTS_CACHE}.{os.getpid()}")
-        write_private(tmp, json.dumps(data))
-        os.replace(tmp, path)
+        replace_note(path, json.dumps(data).encode())  # through .ENTRY_POINTS_CACHE.PID, made new
 
 
 def installed_key() -> list[Any] | None:

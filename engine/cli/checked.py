@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import DIR_MODE, read_regular, sweep_dead_pid_temps, write_private
+from ..files import DIR_MODE, read_regular, replace_note, sweep_dead_pid_temps
 from ..paths import cache_dir
 
 KEEP = 16
@@ -94,9 +94,7 @@ def remember(path: Path, content: bytes) -> None:
     entries = {key: {"content": content.decode("utf-8"), "state_dir": state_dir}, **entries}
     with contextlib.suppress(OSError):
         _file().parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        tmp = _file().with_name(f".{TEMP_STEM}.{os.getpid()}")
-        write_private(tmp, json.dumps(dict(list(entries.items())[:KEEP])))
-        os.replace(tmp, _file())
+        replace_note(_file(), json.dumps(dict(list(entries.items())[:KEEP])).encode(), TEMP_STEM)
 
 
 def sweep_cache() -> None:

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import stat
+import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .. import __version__
 from ..context import OperationContext, OperationFailed
 from ..errors import InvalidInput
-from ..files import private_opener
+from ..files import create_new
 from ..registry import operation
 from ..text import clean_json
 from ._common import (
@@ -341,7 +342,12 @@ def _write(path: Path, data: dict) -> None:
     """Atomically: a reader never sees half a report. File names whose bytes are not UTF-8 are written
     ``clean`` (each such byte as ``\\xNN``): escaped as lone surrogates, strict JSON readers refuse them."""
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", encoding="utf-8", opener=private_opener) as fh:
+    try:  # made new, never through a link planted at that name (a report in /tmp: a file anywhere truncated)
+        fd = create_new(tmp)
+    except FileExistsError:
+        tmp = tmp.with_name(f"{tmp.name}.{os.getpid()}.{time.time_ns()}")
+        fd = create_new(tmp)
+    with open(fd, "w", encoding="utf-8") as fh:
         json.dump(clean_json(data), fh, indent=1)
         fh.write("\n")
         fh.flush()

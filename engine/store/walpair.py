@@ -13,9 +13,10 @@ copied to) are both new: they were written together, and are opened as they are.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
+
+from ..files import replace_note
 
 OWNER_SUFFIX = "-owner"
 _WAL_HEADER = 32
@@ -79,17 +80,11 @@ def note_owner(db: Path) -> None:
     if db_id is None or wal_id is None or _noted(db) == (db_id, wal_id):
         return
     path = Path(f"{db}{OWNER_SUFFIX}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{db_id[0]} {db_id[1]} {wal_id[0]} {wal_id[1]}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        # Through a temp file made new (never one found at its name: a link planted there was followed, and
+        # the file it named, anywhere, truncated and written by whoever opened the store, root too).
+        replace_note(path, f"{db_id[0]} {db_id[1]} {wal_id[0]} {wal_id[1]}\n".encode())
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         if path.is_dir():
             # Taken as no note, as a damaged one is (not refused: the store works as before the note existed),
             # but not without a word: its check of a database put back beside another file's WAL is lost.

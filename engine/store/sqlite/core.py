@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import StoreFailed, StoreLost, StoreMoved
 from ...files import (
-    create_private,
+    create_new,
     free_bytes,
     make_private,
     no_inodes,
@@ -658,7 +658,14 @@ class SqliteCore:
         ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
         tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
         try:
-            create_private(tmp)  # 0600 from the start; SQLite gives its -wal and -shm the same mode
+            # 0600 from the start (SQLite gives its -wal and -shm the same mode), and made new: a link planted at
+            # this name was followed, and the file it named made a database. Something else of ours or not, or
+            # a link there: another name (the pid first in it still, for _remove_unfinished).
+            os.close(create_new(tmp))
+        except FileExistsError:
+            tmp = tmp.with_name(f"{tmp.name}-{time.time_ns()}")
+            os.close(create_new(tmp))
+        try:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")

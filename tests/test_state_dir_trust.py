@@ -1,0 +1,127 @@
+"""What Outlast trusts in a state dir (and in its cache dir) it did not make itself, tried as an attacker would
+(the tests run as root in CI, as the attacked process would): a symbolic link planted at a temp file's
+predictable name."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_cli import Cli
+from tests.fixtures_ops import run_here
+
+PRECIOUS = "a file someone else owns\n"
+
+
+def precious(tmp_path: Path) -> Path:
+    """A file a planted link points at; no Outlast process may change it."""
+    target = tmp_path / "precious"
+    target.write_text(PRECIOUS)
+    target.chmod(0o644)
+    return target
+
+
+def untouched(target: Path) -> None:
+    assert target.read_text() == PRECIOUS and (target.stat().st_mode & 0o777) == 0o644
+
+
+# ---- temp files at predictable names ----------------------------------------------------------------------
+
+
+def test_the_owner_note_is_never_written_through_a_link_at_its_temp_name(cli: Cli, state_dir: Path) -> None:
+    """``.outlast.db-owner.PID`` was opened O_CREAT|O_TRUNC, following a link: a user who planted links at
+    every pid in her state dir had root's next `outlast submit` there truncate and write any file she named.
+    Made new (O_EXCL|O_NOFOLLOW), the link is left as it is and its target untouched; a stale regular file of
+    ours at that name (a killed writer's, whose pid this process has now) is taken over and the note written."""
+    from engine.store.walpair import OWNER_SUFFIX, note_owner
+
+    assert cli.here("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    target = precious(state_dir.parent)
+    db = state_dir / "outlast.db"
+    note = Path(f"{db}{OWNER_SUFFIX}")
+    temp = state_dir / f".{note.name}.{os.getpid()}"
+    holder = sqlite3.connect(db)  # the WAL there while a connection is open, as in any engine's process
+    holder.execute("SELECT count(*) FROM operations").fetchone()
+    assert Path(f"{db}-wal").exists()
+    for planted in ("link", "stale file"):
+        note.unlink(missing_ok=True)
+        if planted == "link":
+            temp.symlink_to(target)
+        else:
+            temp.write_text("half a note from a process killed before its rename")
+        note_owner(db)
+        untouched(target)
+        if planted == "link":
+            assert temp.is_symlink() and not note.exists()
+            temp.unlink()
+        else:
+            assert not temp.exists() and len(note.read_text().split()) == 4
+    holder.close()
+
+
+def test_a_new_database_is_never_built_through_a_link_at_its_temp_name(state_dir: Path) -> None:
+    """``.outlast.db.new-PID-TID`` was made with O_CREAT and handed to SQLite: a link there made the file it
+    named, anywhere, the new database (0600, overwritten). Now the database is built under another name."""
+    from engine.store.sqlite.core import SqliteCore
+
+    target = precious(state_dir.parent)
+    state_dir.mkdir(mode=0o700)
+    link = state_dir / f".outlast.db.new-{os.getpid()}-{threading.get_ident()}"
+    link.symlink_to(target)
+    store = SqliteCore(state_dir)
+    store.open_here()
+    store.close_here()
+    untouched(target)
+    assert link.is_symlink()
+    assert (state_dir / "outlast.db").stat().st_size > 0
+    assert [n for n in os.listdir(state_dir) if n.startswith(".outlast.db.new-")] == [link.name]
+
+
+def test_the_cache_notes_are_never_written_through_a_link_at_their_temp_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remembered configs and entry points (``.checked-configs.PID``, ``.entry-points.json.PID`` in the
+    cache dir, which ``sudo`` keeping HOME puts in a user's home) were written through a link there."""
+    from engine import installed
+    from engine.cli.checked import TEMP_STEM, remember
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "outlast"
+    cache.mkdir(parents=True)
+    target = precious(tmp_path)
+    links = [cache / f".{TEMP_STEM}.{os.getpid()}", cache / f".{installed.ENTRY_POINTS_CACHE}.{os.getpid()}"]
+    for link in links:
+        link.symlink_to(target)
+    config = tmp_path / "config.toml"
+    config.write_text('theme = "dark"\n')
+    remember(config, config.read_bytes())
+    installed._write(["key"], {group: [] for group in installed.GROUPS})
+    untouched(target)
+    assert all(link.is_symlink() for link in links)
+    for link in links:
+        link.unlink()
+    remember(config, config.read_bytes())  # no link in the way: written
+    installed._write(["key"], {group: [] for group in installed.GROUPS})
+    assert str(config) in json.loads((cache / "checked-configs.json").read_text())
+    assert json.loads((cache / installed.ENTRY_POINTS_CACHE).read_text())["key"] == ["key"]
+
+
+def test_a_scan_report_is_never_written_through_a_link_at_its_temp_name(tmp_path: Path) -> None:
+    """security_scan wrote its report to ``.NAME.partial`` beside it (O_TRUNC, following a link) and renamed it:
+    a report asked for in /tmp truncated whatever file a link another user put there named."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.py").write_text("x = 1\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = precious(tmp_path)
+    (out / ".report.json.partial").symlink_to(target)
+    run_here(tmp_path, "security_scan", root=str(root), output=str(out / "report.json"), format="json")
+    untouched(target)
+    assert (out / ".report.json.partial").is_symlink()
+    assert json.loads((out / "report.json").read_text())["findings"] == []
