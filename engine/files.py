@@ -73,11 +73,24 @@ def replace_note(path: Path, data: bytes, stem: str | None = None) -> None:
 
 
 def make_private(*paths: Path) -> None:
-    """Narrow existing files to 0600 (a state dir written by an older version); missing ones are skipped."""
+    """Narrow existing files to 0600 (a state dir written by an older version); missing ones are skipped, and
+    so is anything but a regular file: never changed through a symbolic link (``outlast ls`` as root made the
+    file a user's link named 0600, anywhere)."""
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(p).st_mode & 0o077:
-                os.chmod(p, FILE_MODE)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                chmod_here(p, FILE_MODE)
+
+
+def chmod_here(path: Path, mode: int) -> None:
+    """``chmod`` of the file at ``path`` itself, never of what a symbolic link put there since names (not
+    opened to ``fchmod`` it: closing a descriptor of a database file would let go of SQLite's locks on it)."""
+    try:
+        os.chmod(path, mode, follow_symlinks=False)
+    except NotImplementedError:  # a link (lchmod: links have no mode here), or a C library without it
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            os.chmod(path, mode)
 
 
 def private_dir(state_dir: Path, name: str) -> Path:

@@ -290,24 +290,20 @@ def test_quick_list_steps_aside_on_a_full_file_system(store: Path, monkeypatch: 
     assert quick.quick_list(store / "new", [], [], 10) == []
 
 
-def test_quick_ls_of_a_linked_database_reads_its_wal(store: Path, tmp_path: Path) -> None:
-    """outlast.db a symbolic link: SQLite keeps the WAL beside the file it links to. Seeing none beside the
-    link, the quick path read the file as immutable, without the WAL's commits: names a worker had just
-    written were missing from the list."""
+def test_quick_ls_of_a_linked_database_is_refused_as_the_full_path_refuses_it(store: Path, tmp_path: Path) -> None:
+    """outlast.db a symbolic link: the quick path read the file it names (as immutable, without the WAL SQLite
+    keeps beside that file), and the full path opened it through the link, and made it 0600. Both refuse it
+    now, in the same line (exit 8), and read nothing through it."""
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     (store / "outlast.db").rename(real / "outlast.db")
     (store / "outlast.db").symlink_to(real / "outlast.db")
-    code = (
-        "import os, sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
-        "c.execute(\"UPDATE operations SET record = json_set(record, '$.name', 'from the WAL')\")\n"
-        "os._exit(0)\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(store / "outlast.db")], check=True)
-    assert (real / "outlast.db-wal").exists() and not (store / "outlast.db-wal").exists()
-    assert run(store, "ls").stdout.count("from the WAL") == 2
+    before = files(real)
+    for args in (("ls",), ("--json", "ls")):
+        r = same(store, *args)
+        assert r.returncode == 8 and r.stdout == "", r
+        assert r.stderr.startswith(f"outlast: state dir {store}: outlast.db is a symbolic link (to {real}/outlast.db)")
+    assert files(real) == before
 
 
 def _kinds() -> dict[str, Any]:

@@ -1,17 +1,19 @@
 """What Outlast trusts in a state dir (and in its cache dir) it did not make itself, tried as an attacker would
 (the tests run as root in CI, as the attacked process would): a symbolic link planted at a temp file's
-predictable name."""
+predictable name, or at one of the database's files."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
+from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli
 from tests.fixtures_ops import run_here
 
@@ -125,3 +127,71 @@ def test_a_scan_report_is_never_written_through_a_link_at_its_temp_name(tmp_path
     untouched(target)
     assert (out / ".report.json.partial").is_symlink()
     assert json.loads((out / "report.json").read_text())["findings"] == []
+
+
+# ---- symbolic links at the database's files ------------------------------------------------------------
+
+
+def one_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused command said (exit 8, nothing on stdout)."""
+    assert r.returncode == ExitCode.STORE and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def listing(d: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every name under ``d`` (and ``d``) by lstat: inode, mode, size, mtime."""
+    return {
+        str(p.relative_to(d)): (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns)
+        for p in [d, *sorted(d.rglob("*"))]
+        for st in [p.lstat()]
+    }
+
+
+@pytest.mark.parametrize("name", ["outlast.db", "outlast.db-wal", "outlast.db-shm"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_a_link_at_a_database_file_is_one_line_for_every_command_and_never_followed(
+    cli: Cli, state_dir: Path, tmp_path: Path, name: str, dangling: bool
+) -> None:
+    """A link at outlast.db, -wal or -shm was followed: root's `outlast ls` made the file it named 0600 (any
+    file), and a dangling one at outlast.db had `run` make the database where it pointed (0644). Every command,
+    those that only read too, says so in one line naming it (exit 8), before anything is made or changed."""
+    assert cli.here("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    target = tmp_path / "elsewhere"
+    if not dangling:
+        target = precious(tmp_path)
+    link = state_dir / name
+    if name == "outlast.db":
+        link.unlink()
+    link.symlink_to(target)
+    before = listing(state_dir)
+    want = (
+        f"outlast: state dir {state_dir}: {name} is a symbolic link (to {target}): Outlast opens its database's"
+        " files in the state dir itself, never through a link (the file it names would be changed, or made); put"
+        " the file itself there, or move the link out of the way"
+    )
+    for args in (("ls",), ("--json", "ls"), ("show", "1"), ("submit", "demo")):
+        assert one_line(cli.here(*args)) == want, args
+    for args in (("run", "demo", "-p", "items=1"), ("worker", "--exit-when-idle")):
+        assert one_line(cli(*args)) == want, args
+    assert listing(state_dir) == before
+    if dangling:
+        assert not os.path.lexists(target)
+    else:
+        untouched(target)
+
+
+def test_narrowing_never_changes_a_file_through_a_link(tmp_path: Path) -> None:
+    """``make_private`` (a store's files narrowed to 0600 as it opens) followed a link: what it names changed."""
+    from engine.files import make_private
+
+    target = precious(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    own = tmp_path / "own"
+    own.write_text("")
+    own.chmod(0o644)
+    make_private(link, own, tmp_path / "missing")
+    untouched(target)
+    assert own.stat().st_mode & 0o777 == 0o600

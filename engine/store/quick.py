@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..files import free_bytes, open_regular
+from ..statedir import DB_NAME, refusal
 from .walpair import stale_wal
 
 if TYPE_CHECKING:
     from ..models import Operation
     from .sqlite.core import SqliteCore
 
-DB_NAME = "outlast.db"
 LOCK_DIR = "locks"
 LOG_DIR = "logs"
 SCHEMA_VERSION = 1
@@ -66,11 +66,11 @@ def quick_list(
     wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
     if missing(state_dir) is not None:
         return []  # no store: none is made by a read (nor by the full path: ``session``'s ``create``)
+    if refusal(state_dir) is not None:
+        return None  # the full path refuses it, in one line (a link at outlast.db: never read through)
     try:
         if db.stat().st_size == 0 or not _private(state_dir, db, wal, shm):
             return None
-        if db.is_symlink():
-            return None  # SQLite keeps its WAL beside the file linked to, not here: read as immutable, stale
         if stale_wal(db) is not None or on_read_only_fs(state_dir) or Path(f"{db}-journal").exists():
             return None  # the full path says what is wrong (and warns of a read-only file system)
         if (free_bytes(state_dir) or 0) < FULL_BELOW:

@@ -36,6 +36,7 @@ from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ...offload import off_loop
 from ...shortage import NO_THREAD, ran_short
+from ...statedir import refusal
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
@@ -330,6 +331,8 @@ class SqliteCore:
         known_full, self._full_file = self._full_file is not None, None
         if (unfit := unfit_here()) is not None:
             raise StoreError(f"state dir {d}: {unfit}")
+        if (refused := refusal(d)) is not None:  # before anything is made or changed, by reads too
+            raise StoreError(refused)
         self.read_only = on_read_only_fs(d)
         try:
             mode = stat.S_IMODE(os.stat(d).st_mode) if not self.read_only and d.is_dir() else None
@@ -382,20 +385,12 @@ class SqliteCore:
             sweep_dead_pid_temps(d, [f"{self.db_path.name}{OWNER_SUFFIX}"])  # a note_owner killed mid-write
         if (why := stale_wal(self.db_path)) is not None:
             raise StoreError(f"state dir {d}: {why}")
-        found: os.stat_result | None = None
-        # SQLite opens the journal, WAL and shared-memory files beside the database as it finds them: a FIFO
-        # at outlast.db-journal made every command wait for ever on its open (the hot-journal check).
-        for path in (self.db_path, *(Path(f"{self.db_path}{s}") for s in ("-journal", "-wal", "-shm"))):
-            try:
-                st: os.stat_result | None = os.stat(path)
-            except OSError:
-                st = None
-            if path == self.db_path:
-                found = st
-            if st is not None and not stat.S_ISREG(st.st_mode):
-                mode = st.st_mode
-                kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
-                raise StoreError(f"state dir {d}: {path.name} is not a regular file (a {kind}): move it out of the way")
+        # A regular file or none (refusal): SQLite opens the journal, WAL and shared-memory files beside the
+        # database as it finds them, and a FIFO at outlast.db-journal made every command wait for ever.
+        try:
+            found: os.stat_result | None = os.lstat(self.db_path)
+        except OSError:
+            found = None
         if found is not None and found.st_size > 0:
             self._refuse_newer(self._peek_version())
         creating = found is None
