@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import StoreError
+from .statedir import foreign_state_dir, subdir_problem
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -96,16 +97,29 @@ def chmod_here(path: Path, mode: int) -> None:
 def private_dir(state_dir: Path, name: str) -> Path:
     """``state_dir / name``, made 0700 if missing (never the state dir itself, nor its parents). A file in
     its place (or anything else that stops it) is a StoreError in one line, not an internal error: "File
-    exists" named neither the directory nor what to do."""
+    exists" named neither the directory nor what to do. So is a state dir, or a ``name`` there, that is not
+    this user's, or a symbolic link at ``name`` (``statedir``): nothing is made in another user's directory,
+    nor written where they (or a link) choose."""
     path = state_dir / name
+    with contextlib.suppress(OSError):  # not there: said by the mkdir below
+        if (owner := os.stat(state_dir).st_uid) != os.geteuid():
+            raise StoreError(foreign_state_dir(state_dir, owner))
     try:
-        path.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.mkdir(path, DIR_MODE)
     except FileExistsError:
-        raise StoreError(
-            f"state dir {state_dir}: {name} is not a directory (a file is in its place): move it out of the way"
-        ) from None
+        pass
     except OSError as e:
         raise StoreError(f"state dir {state_dir}: cannot make {name} ({e.strerror or e})") from None
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise StoreError(f"state dir {state_dir}: cannot make {name} ({e.strerror or e})") from None
+    if (why := subdir_problem(state_dir, name, st)) is not None:
+        raise StoreError(why)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"state dir {state_dir}: {name} is not a directory (a file is in its place): move it out of the way"
+        )
     return path
 
 

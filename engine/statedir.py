@@ -7,9 +7,17 @@ only, and a few ``lstat`` calls: every command's start pays for it.
 Refused, in one line naming the path, what is wrong and what to do (the store's error: exit 8), before
 anything in the state dir is made or changed:
 
+- a state dir that is not the effective user's (as ssh refuses a ``~/.ssh`` that is not yours): its owner's
+  queued work (``command`` operations) would run as this user, root too, and the files made there would lock
+  its owner out, or be theirs to read; a state dir that is a link to a directory of one's own is used (a link
+  someone else owns, not root, is refused: they could point it elsewhere at any time);
+- a symbolic link at ``logs``, ``locks``, ``detached`` or ``outputs``, or one of them not the user's: its
+  owner, or whoever can change the link, would read what is written there (a command's output) or
+  choose where it goes;
 - a symbolic link (or anything but a regular file) at ``outlast.db`` or its ``-journal``, ``-wal`` or ``-shm``:
   through a link SQLite opens, and Outlast narrows to 0600, whatever file it names; a dangling one made the
-  database wherever it pointed.
+  database wherever it pointed. One of them not the user's (left by outlast run as root there) is refused
+  with its owner named, not "Operation not permitted".
 """
 
 from __future__ import annotations
@@ -18,21 +26,71 @@ import os
 import stat
 from pathlib import Path
 
+from .paths import DETACHED
+
 DB_NAME = "outlast.db"
 DB_FILES = (DB_NAME, f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 """The database and the files SQLite opens beside it as it finds them (the journal: its hot-journal check)."""
+SUBDIRS = ("logs", "locks", DETACHED, "outputs")
+"""The directories Outlast keeps in a state dir."""
 
 
 def refusal(state_dir: Path) -> str | None:
     """Why the state dir at ``state_dir`` must not be opened, in one line; None when it may (or is not there:
     the store's open makes it, or says what is in its place)."""
+    try:
+        st = os.lstat(state_dir)
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in (os.geteuid(), 0):
+                return _foreign_link(state_dir, st.st_uid)
+            st = os.stat(state_dir)
+    except OSError:
+        return None  # not there (made by the open), a link to nothing or a path through a file: the open says
+    if not stat.S_ISDIR(st.st_mode):
+        return None  # a file: the open says so
+    if st.st_uid != os.geteuid():
+        return foreign_state_dir(state_dir, st.st_uid)
+    for name in SUBDIRS:
+        try:
+            st = os.lstat(state_dir / name)
+        except OSError:
+            continue  # made when needed
+        if (why := subdir_problem(state_dir, name, st)) is not None:
+            return why
     for name in DB_FILES:
         try:
             st = os.lstat(state_dir / name)
         except OSError:
-            continue  # not there; or the state dir is not a directory, which the open says
+            continue  # not there
         if (why := _not_a_file(state_dir, name, st)) is not None:
             return why
+    return None
+
+
+def foreign_state_dir(state_dir: Path, uid: int) -> str:
+    """The line refusing a state dir that user ``uid`` owns, not this process's effective user."""
+    return (
+        f"state dir {state_dir} belongs to {whose(uid)}, not to you ({_me()}): work queued there would"
+        f" run as you, and the files you made there would lock its owner out; run outlast as {_as(uid)}, or use a"
+        " state dir of your own"
+    )
+
+
+def subdir_problem(state_dir: Path, name: str, st: os.stat_result) -> str | None:
+    """Why the state dir's directory ``name`` cannot be used (``st``: its ``lstat``): a symbolic link, or
+    another user's; None otherwise (a file in its place is said where it is made: ``files.private_dir``)."""
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            f"state dir {state_dir}: {name} is a symbolic link (to {_target(state_dir / name)}): Outlast keeps its"
+            f" {name} in the state dir itself, never where a link points (whoever can change the link could read,"
+            " or choose, where what is written there goes); move the link out of the way"
+        )
+    if stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid():
+        return (
+            f"state dir {state_dir}: {name} belongs to {whose(st.st_uid)}, not to you ({_me()}):"
+            f" its owner could read or change what Outlast writes in it (was outlast run as {_as(st.st_uid)}"
+            " here?); move it out of the way (it is made again)"
+        )
     return None
 
 
@@ -48,7 +106,48 @@ def _not_a_file(state_dir: Path, name: str, st: os.stat_result) -> str | None:
     if not stat.S_ISREG(mode):
         kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
         return f"state dir {state_dir}: {name} is not a regular file (a {kind}): move it out of the way"
+    if st.st_uid != os.geteuid():
+        return (
+            f"state dir {state_dir}: {name} belongs to {whose(st.st_uid)}, not to you ({_me()}):"
+            f" Outlast opens only its user's own files (was outlast run as {_as(st.st_uid)} here?); have it"
+            f" given to you (chown, as root), or run outlast as {_as(st.st_uid)}"
+        )
     return None
+
+
+def _foreign_link(state_dir: Path, uid: int) -> str:
+    return (
+        f"state dir {state_dir} is a symbolic link (to {_target(state_dir)}) that belongs to {whose(uid)}, not to"
+        f" you ({_me()}): its owner could point it at another directory at any time; give the"
+        " directory itself (or a link of your own)"
+    )
+
+
+def whose(uid: int) -> str:
+    """A user as a message names them: "alice (uid 1001)", or "uid 1001" when the system has no name for it."""
+    name = _user(uid)
+    return f"{name} (uid {uid})" if name is not None else f"uid {uid}"
+
+
+def _me() -> str:
+    """This process's effective user, as a message names it after "you": "root, uid 0"."""
+    uid = os.geteuid()
+    name = _user(uid)
+    return f"{name}, uid {uid}" if name is not None else f"uid {uid}"
+
+
+def _as(uid: int) -> str:
+    """How a message says to run something as user ``uid``: "alice", or "uid 1001"."""
+    return _user(uid) or f"uid {uid}"
+
+
+def _user(uid: int) -> str | None:
+    import pwd  # here: only a refusal names a user
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _target(link: Path) -> str:

@@ -1,11 +1,13 @@
 """What Outlast trusts in a state dir (and in its cache dir) it did not make itself, tried as an attacker would
 (the tests run as root in CI, as the attacked process would): a symbolic link planted at a temp file's
-predictable name, or at one of the database's files."""
+predictable name, or at one of the database's files; a state dir, or a directory or file in it, that another
+user owns."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import sqlite3
 import subprocess
 import threading
@@ -195,3 +197,144 @@ def test_narrowing_never_changes_a_file_through_a_link(tmp_path: Path) -> None:
     make_private(link, own, tmp_path / "missing")
     untouched(target)
     assert own.stat().st_mode & 0o777 == 0o600
+
+
+# ---- a state dir, or a directory in it, that is not yours ------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user (chown) needs root")
+OTHER = 65534
+"""Another user's uid (nobody's on most systems): a state dir given to it with chown is another user's."""
+
+
+def who(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def me() -> str:
+    uid = os.geteuid()
+    return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+
+
+def run_as(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def refused_everywhere(cli: Cli, want: str, submitted: bool = True) -> None:
+    """Every command, those that only read too, says ``want`` (exit 8), alone."""
+    reads = (("ls",), ("--json", "ls"), ("show", "1")) if submitted else ()
+    for args in (*reads, ("submit", "demo")):
+        assert one_line(cli.here(*args)) == want, args
+    for args in (("run", "demo", "-p", "items=1"), ("run", "demo", "--detach"), ("worker", "--exit-when-idle")):
+        assert one_line(cli(*args)) == want, args
+
+
+@needs_root
+@pytest.mark.parametrize("made", ["a store", "an empty directory"])
+def test_a_state_dir_of_another_user_is_refused_naming_its_owner(cli: Cli, state_dir: Path, made: str) -> None:
+    """As ssh refuses a ~/.ssh that is not yours. Root's worker ran the `command` operations a user queued in
+    her state dir as root; another user's world-writable directory given as --state-dir (a CI's /tmp path)
+    was only warned about, and he read the command's output through links he put there; and another user's
+    store said "Operation not permitted", naming nobody. Now one line names the owner, why and what to do
+    (exit 8), and nothing there is made or changed; the queued work stays queued."""
+    if made == "a store":
+        submitted = cli.here("-q", "submit", "command", "-p", "command=true")
+        assert submitted.returncode == 0, submitted.stderr
+    else:
+        state_dir.mkdir(mode=0o777)
+        state_dir.chmod(0o777)
+    os.chown(state_dir, OTHER, OTHER)
+    before = listing(state_dir)
+    want = (
+        f"outlast: state dir {state_dir} belongs to {who(OTHER)}, not to you ({me()}): work queued there would run"
+        f" as you, and the files you made there would lock its owner out; run outlast as {run_as(OTHER)}, or use"
+        " a state dir of your own"
+    )
+    refused_everywhere(cli, want, submitted=made == "a store")
+    assert listing(state_dir) == before
+    if made == "a store":
+        db = sqlite3.connect(f"{(state_dir / 'outlast.db').as_uri()}?mode=ro", uri=True)
+        assert db.execute("SELECT status FROM operations").fetchall() == [("queued",)]
+        db.close()
+
+
+@needs_root
+@pytest.mark.parametrize("name", ["logs", "locks", "detached", "outputs"])
+@pytest.mark.parametrize("kind", ["link", "another user's"])
+def test_a_directory_in_the_state_dir_that_is_a_link_or_not_yours_is_refused(
+    cli: Cli, state_dir: Path, tmp_path: Path, name: str, kind: str
+) -> None:
+    """A ``logs`` that is a link was followed: root wrote a command's log wherever the user pointed it; a
+    ``logs`` or ``locks`` another user owns (or swapped for a link to his) let him read a command's output."""
+    assert cli.here("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    sub = state_dir / name
+    sub.mkdir(mode=0o700, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    if kind == "link":
+        sub.rmdir()
+        sub.symlink_to(elsewhere)
+        want = (
+            f"outlast: state dir {state_dir}: {name} is a symbolic link (to {elsewhere}): Outlast keeps its {name}"
+            " in the state dir itself, never where a link points (whoever can change the link could read, or"
+            " choose, where what is written there goes); move the link out of the way"
+        )
+    else:
+        os.chown(sub, OTHER, OTHER)
+        want = (
+            f"outlast: state dir {state_dir}: {name} belongs to {who(OTHER)}, not to you ({me()}): its owner could"
+            f" read or change what Outlast writes in it (was outlast run as {run_as(OTHER)} here?); move it out of"
+            " the way (it is made again)"
+        )
+    before = listing(state_dir)
+    refused_everywhere(cli, want)
+    assert listing(state_dir) == before
+    assert list(elsewhere.iterdir()) == []
+
+
+@needs_root
+@pytest.mark.parametrize("name", ["outlast.db", "outlast.db-wal", "outlast.db-shm"])
+def test_a_database_file_another_user_owns_is_refused_naming_its_owner(cli: Cli, state_dir: Path, name: str) -> None:
+    """outlast.db, -wal or -shm left by outlast run as root in a user's state dir: she was told "unable to open
+    database file" (or "Permission denied"), with no word of whose it was."""
+    assert cli.here("-q", "submit", "demo", "-p", "items=1").returncode == 0
+    (state_dir / name).touch()
+    os.chown(state_dir / name, OTHER, OTHER)
+    before = listing(state_dir)
+    want = (
+        f"outlast: state dir {state_dir}: {name} belongs to {who(OTHER)}, not to you ({me()}): Outlast opens only its"
+        f" user's own files (was outlast run as {run_as(OTHER)} here?); have it given to you (chown, as root), or"
+        f" run outlast as {run_as(OTHER)}"
+    )
+    for args in (("ls",), ("submit", "demo")):
+        assert one_line(cli.here(*args)) == want, args
+    assert one_line(cli("run", "demo", "-p", "items=1")) == want
+    assert listing(state_dir) == before
+
+
+@needs_root
+def test_a_state_dir_that_is_a_link_is_used_when_the_link_is_yours_or_roots(cli: Cli, tmp_path: Path) -> None:
+    """A state dir given as a link to a directory of one's own works as it always has; a link another user owns
+    is refused: he could point it at another directory between two commands, or within one."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    env = {**cli.env, "OUTLAST_STATE_DIR": str(link)}
+    assert cli("run", "demo", "-p", "items=1", env=env).returncode == 0
+    assert cli.here("ls", env=env).stdout.count("completed") == 1
+    os.lchown(link, OTHER, OTHER)
+    before = listing(real)
+    want = (
+        f"outlast: state dir {link} is a symbolic link (to {real}) that belongs to {who(OTHER)}, not to you"
+        f" ({me()}): its owner could point it at another directory at any time; give the directory itself (or a"
+        " link of your own)"
+    )
+    assert one_line(cli.here("ls", env=env)) == want
+    assert one_line(cli("run", "demo", "-p", "items=1", env=env)) == want
+    assert listing(real) == before

@@ -32,6 +32,7 @@ from ..models import (
     StoreError,
 )
 from ..paths import DETACHED, detached_log
+from ..statedir import refusal
 from ..store import open_store
 from . import format as fmt
 from .common import Mode
@@ -267,6 +268,8 @@ def detach_dir(settings: Settings) -> Path:
     """Where detached runs write their output, made if missing. Called before the operation is submitted:
     a file in its place was an internal error after it, which left a queued operation nobody ran."""
     state = Path(settings.state_dir).expanduser()
+    if (refused := refusal(state)) is not None:  # as the store's open refuses it: before anything is made there
+        raise StoreError(refused)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     return private_dir(state, DETACHED)
 

@@ -354,6 +354,8 @@ class SqliteCore:
             try:
                 existed = d.is_dir()
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not existed and (refused := refusal(d)) is not None:  # another user's, made since the look
+                    raise StoreError(refused)
                 if stat.S_IMODE(d.stat().st_mode) == 0o700:
                     pass  # private already: nothing to narrow, nothing to say
                 elif not existed or _only_ours(d):
