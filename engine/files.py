@@ -27,6 +27,12 @@ def private_opener(path: str | os.PathLike[str], flags: int) -> int:
     return os.open(path, flags, FILE_MODE)
 
 
+def state_opener(path: str | os.PathLike[str], flags: int) -> int:
+    """``private_opener`` for a file in the state dir (a detached run's output): never through a symbolic link
+    (ELOOP), which would have its owner choose the file written."""
+    return os.open(path, flags | os.O_NOFOLLOW, FILE_MODE)
+
+
 def create_private(path: Path) -> None:
     """``path`` exists afterwards, created 0600 if it did not (for files others open, like SQLite's)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))

@@ -338,3 +338,19 @@ def test_a_state_dir_that_is_a_link_is_used_when_the_link_is_yours_or_roots(cli:
     assert one_line(cli.here("ls", env=env)) == want
     assert one_line(cli("run", "demo", "-p", "items=1", env=env)) == want
     assert listing(real) == before
+
+
+def test_a_log_that_is_a_link_is_moved_aside_never_written_through(cli: Cli, state_dir: Path, tmp_path: Path) -> None:
+    """A link at logs/ID.jsonl was followed: the worker appended the command's output to the file it named,
+    where the README says it is moved aside (one warning) and a new log begun."""
+    op_id = cli.here("-q", "submit", "command", "-p", "command=echo the-line").stdout.strip()
+    target = precious(tmp_path)
+    log = state_dir / "logs" / f"{op_id}.jsonl"
+    log.symlink_to(target)
+    assert cli.here("logs", op_id).returncode == 0  # read: not through the link (said once in a warning)
+    r = cli("worker", "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    untouched(target)
+    assert f"its log {log} was not a regular file; moved to {log.name}.not-a-file-" in r.stderr
+    assert [p.is_symlink() for p in (state_dir / "logs").glob(f"{log.name}.not-a-file-*")] == [True]
+    assert "the-line" in cli.here("logs", op_id).stdout

@@ -70,7 +70,7 @@ def start_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
     env = dict(os.environ)
     if settings.store:
         env["OUTLAST_STORE"] = settings.store
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)  # never through a link
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", *args, "worker", "--exit-when-idle"],

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
-from ..files import private_dir, private_opener
+from ..files import private_dir, state_opener
 from ..lifecycle import Action, StopReason, check_action
 from ..models import (
     SETTLED,
@@ -286,7 +286,7 @@ def spawn_detached(
     ``outlast`` with the global options given, for the hints of an error."""
     log_path = detach_log(settings, op_id)
     try:
-        with open(log_path, "ab", opener=private_opener) as out:
+        with open(log_path, "ab", opener=state_opener) as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", *global_args, "_run-one", op_id],
                 stdin=subprocess.DEVNULL,

@@ -128,7 +128,7 @@ class ControlLogsMixin(SqliteCore):
         # Unbuffered bytes, and a write that fails part-way is taken back: a file that could not grow (a file
         # size limit, ``ulimit -f``: EFBIG) ended in half a record, which no reader takes.
         path, pool, data = self._log_path(op_id), engine_executor(), text.encode("utf-8")
-        f = await aiofiles.open(path, "ab", buffering=0, opener=_open_log, executor=pool)
+        f = await aiofiles.open(path, "ab", buffering=0, opener=_no_link, executor=pool)
         try:
             end = await f.tell()
             try:
@@ -178,13 +178,6 @@ def _file_alone_refused(path: Path) -> bool:
     return os.path.lexists(path) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-def _open_log(path: str | os.PathLike[str], flags: int) -> int:
-    """A log file's descriptor; a symbolic link in its place is refused (NotRegular: moved aside by the next
-    append), not followed: appends went on through a link to wherever it pointed, and ``outlast logs`` read
-    the file it named, a root-owned one included."""
-    return open_regular(path, flags, follow=False)
-
-
 _SAID: set[Path] = set()
 """Logs said once to be no regular file (a dashboard reads a log every second)."""
 
@@ -193,6 +186,12 @@ READ_MAX = 4 << 20
 
 CHUNK = 64 << 10
 """Bytes read at a time from the end of a log for its last lines."""
+
+
+def _no_link(path: str | os.PathLike[str], flags: int) -> int:
+    """A log opened as a regular file and never through a symbolic link (NotRegular: moved aside by the next
+    append, as the README says): root's worker appended a command's output to any file a link there named."""
+    return open_regular(path, flags, follow=False)
 
 
 def _parse(lines: list[bytes]) -> list[LogRecord]:
@@ -209,7 +208,7 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
 def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that), or only the first ``first`` records of them; a partly written last line is read next time."""
-    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -234,7 +233,7 @@ def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[
 def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
-    with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
+    with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
