@@ -17,7 +17,9 @@ anything in the state dir is made or changed:
 - a symbolic link (or anything but a regular file) at ``outlast.db`` or its ``-journal``, ``-wal`` or ``-shm``:
   through a link SQLite opens, and Outlast narrows to 0600, whatever file it names; a dangling one made the
   database wherever it pointed. One of them not the user's (left by outlast run as root there) is refused
-  with its owner named, not "Operation not permitted".
+  with its owner named, not "Operation not permitted";
+- an ``outlast.db`` with another hard link (a ``cp -al`` snapshot of the state dir): SQLite keeps a WAL beside
+  each path, so the two lose each other's acknowledged writes, or corrupt the file.
 """
 
 from __future__ import annotations
@@ -112,7 +114,34 @@ def _not_a_file(state_dir: Path, name: str, st: os.stat_result) -> str | None:
             f" Outlast opens only its user's own files (was outlast run as {_as(st.st_uid)} here?); have it"
             f" given to you (chown, as root), or run outlast as {_as(st.st_uid)}"
         )
+    if name == DB_NAME and st.st_nlink > 1 and not being_made(state_dir, st):
+        return (
+            f"state dir {state_dir}: {name} has {st.st_nlink} hard links (another path names the same file: a copy"
+            " made with cp -al or ln?), and SQLite keeps a WAL beside each path: writes through one are lost, or"
+            " corrupt the file, when the other is used; give this state dir a copy of its own (cp -a, not cp -al"
+            " or ln), or remove the other link"
+        )
     return None
+
+
+NEW_DB_PREFIX = f".{DB_NAME}.new-"
+"""The names a new database is built under (``.outlast.db.new-PID-...``) before it is linked to ``outlast.db``."""
+
+
+def being_made(state_dir: Path, st: os.stat_result) -> bool:
+    """Whether the other link of ``outlast.db`` (``st``) is the name a new database was built under, beside it
+    in ``state_dir``: linked into place a moment ago (unlinked next), or left by a process killed between the
+    two. Not a copy's: the store opens it."""
+    try:
+        with os.scandir(state_dir) as entries:
+            for e in entries:
+                if e.name.startswith(NEW_DB_PREFIX):
+                    other = e.stat(follow_symlinks=False)
+                    if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                        return True
+    except OSError:
+        pass
+    return False
 
 
 def _foreign_link(state_dir: Path, uid: int) -> str:

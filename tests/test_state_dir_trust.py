@@ -1,13 +1,14 @@
 """What Outlast trusts in a state dir (and in its cache dir) it did not make itself, tried as an attacker would
 (the tests run as root in CI, as the attacked process would): a symbolic link planted at a temp file's
 predictable name, or at one of the database's files; a state dir, or a directory or file in it, that another
-user owns."""
+user owns; a database with another hard link."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -354,3 +355,46 @@ def test_a_log_that_is_a_link_is_moved_aside_never_written_through(cli: Cli, sta
     assert f"its log {log} was not a regular file; moved to {log.name}.not-a-file-" in r.stderr
     assert [p.is_symlink() for p in (state_dir / "logs").glob(f"{log.name}.not-a-file-*")] == [True]
     assert "the-line" in cli.here("logs", op_id).stdout
+
+
+# ---- a database with another hard link -------------------------------------------------------------------
+
+
+def test_a_hard_linked_database_is_refused_in_both_state_dirs(cli: Cli, state_dir: Path, tmp_path: Path) -> None:
+    """A ``cp -al`` snapshot of a state dir: its outlast.db and the original are one file, each path with a
+    WAL of its own. Submits through both were each acknowledged, and some then missing from both (or the
+    file corrupt). Both are refused in one line saying why and what to do (exit 8), and neither is changed."""
+    assert cli("run", "demo", "-p", "items=1").returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(state_dir, copy, copy_function=os.link)
+    for d in (state_dir, copy):
+        before = listing(d)
+        want = (
+            f"outlast: state dir {d}: outlast.db has 2 hard links (another path names the same file: a copy made"
+            " with cp -al or ln?), and SQLite keeps a WAL beside each path: writes through one are lost, or"
+            " corrupt the file, when the other is used; give this state dir a copy of its own (cp -a, not cp -al"
+            " or ln), or remove the other link"
+        )
+        env = {**cli.env, "OUTLAST_STATE_DIR": str(d)}
+        for args in (("ls",), ("--json", "ls"), ("submit", "demo")):
+            assert one_line(cli.here(*args, env=env)) == want, args
+        assert one_line(cli("run", "demo", "-p", "items=1", env=env)) == want
+        assert listing(d) == before
+    (copy / "outlast.db").unlink()
+    assert cli.here("-q", "submit", "demo").returncode == 0  # one link again: used
+
+
+def test_a_new_databases_own_second_link_is_not_a_copy(cli: Cli, state_dir: Path) -> None:
+    """A new database is built under ``.outlast.db.new-PID-TID`` and linked to outlast.db: for a moment (or for
+    good, its process killed between the link and the unlink) the file has two links. That is not a copy:
+    opened (the leftover of a process that is gone removed), not refused."""
+    assert cli.here("-q", "submit", "demo").returncode == 0
+    p = subprocess.Popen(["true"])
+    p.wait()
+    left = state_dir / f".outlast.db.new-{p.pid}-1"
+    os.link(state_dir / "outlast.db", left)
+    building = state_dir / f".outlast.db.new-{os.getpid()}-1"
+    os.link(state_dir / "outlast.db", building)  # a live process's: kept
+    assert cli.here("ls").returncode == 0
+    assert cli.here("-q", "submit", "demo").returncode == 0
+    assert not left.exists() and building.exists()

@@ -36,7 +36,7 @@ from ...humanize import size
 from ...models import NotFound, Operation, StoreError
 from ...offload import off_loop
 from ...shortage import NO_THREAD, ran_short
-from ...statedir import refusal
+from ...statedir import NEW_DB_PREFIX, refusal
 from ..quick import FULL_BELOW, lock_held, on_read_only_fs, read_only_uri
 from ..walpair import OWNER_SUFFIX, note_owner, stale_wal
 from .locks import Spares, try_lock, unlock, write_lock_holders
@@ -393,6 +393,8 @@ class SqliteCore:
             found: os.stat_result | None = os.lstat(self.db_path)
         except OSError:
             found = None
+        if found is not None and found.st_nlink > 1 and not self.read_only:
+            self._remove_unfinished()  # its other link a new database's name, left by a process killed (refusal)
         if found is not None and found.st_size > 0:
             self._refuse_newer(self._peek_version())
         creating = found is None
@@ -653,7 +655,7 @@ class SqliteCore:
     def _create_db(self) -> None:
         """A new database, built beside the path and linked into place whole: a process that finds
         ``outlast.db`` never finds it half made (an empty one is refused as damaged)."""
-        tmp = self.state_dir / f".{self.db_path.name}.new-{os.getpid()}-{threading.get_ident()}"
+        tmp = self.state_dir / f"{NEW_DB_PREFIX}{os.getpid()}-{threading.get_ident()}"
         try:
             # 0600 from the start (SQLite gives its -wal and -shm the same mode), and made new: a link planted at
             # this name was followed, and the file it named made a database. Something else of ours or not, or
@@ -677,6 +679,8 @@ class SqliteCore:
             except OSError:  # a file system without hard links
                 if not self.db_path.exists():
                     os.rename(tmp, self.db_path)
+            else:
+                tmp.unlink()  # at once: outlast.db with two links is a copy's to another open (statedir.being_made)
             dir_fd = os.open(self.state_dir, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -692,7 +696,7 @@ class SqliteCore:
         """Remove the new databases (and their -wal and -shm) that processes killed while they built one left
         beside ``outlast.db``: the cleanup above never ran in them, and nothing else looks there. Only a gone
         process's (its pid is in the name): a live one may be building its own now."""
-        prefix = f".{self.db_path.name}.new-"
+        prefix = NEW_DB_PREFIX
         try:
             names = os.listdir(self.state_dir)
         except OSError:
