@@ -7,6 +7,8 @@ only, and a few ``lstat`` calls: every command's start pays for it.
 Refused, in one line naming the path, what is wrong and what to do (the store's error: exit 8), before
 anything in the state dir is made or changed:
 
+- a state dir whose path is too long for SQLite (its files' paths over 512 bytes): said before it, or its
+  ``logs`` and ``locks``, were made;
 - a state dir that is not the effective user's (as ssh refuses a ``~/.ssh`` that is not yours): its owner's
   queued work (``command`` operations) would run as this user, root too, and the files made there would lock
   its owner out, or be theirs to read; a state dir that is a link to a directory of one's own is used (a link
@@ -33,19 +35,36 @@ from .paths import DETACHED
 DB_NAME = "outlast.db"
 DB_FILES = (DB_NAME, f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 """The database and the files SQLite opens beside it as it finds them (the journal: its hot-journal check)."""
+NEW_DB_PREFIX = f".{DB_NAME}.new-"
+"""The names a new database is built under (``.outlast.db.new-PID-THREAD``, or ``-PID-NS``: numbers of 20 digits
+at most) before it is linked to ``outlast.db``."""
 SUBDIRS = ("logs", "locks", DETACHED, "outputs")
 """The directories Outlast keeps in a state dir."""
+
+
+SQLITE_MAX_PATH = 512
+"""The longest path of a file SQLite's unix VFS opens (its ``MAX_PATHNAME``), in bytes."""
+LONGEST_NAME = len(f"/{NEW_DB_PREFIX}{4194304}-{2**64}-journal")
+"""The longest name SQLite opens in a state dir, with the ``/`` before it: a new database's, built under
+``.outlast.db.new-PID-THREAD`` (the largest pid and thread id), with its journal's suffix."""
+MAX_STATE_DIR = SQLITE_MAX_PATH - LONGEST_NAME
+"""Bytes of a state dir's absolute path, at most: a longer one failed with SQLite's "unable to open database
+file", after its ``logs`` and ``locks`` were made."""
 
 
 def refusal(state_dir: Path) -> str | None:
     """Why the state dir at ``state_dir`` must not be opened, in one line; None when it may (or is not there:
     the store's open makes it, or says what is in its place)."""
+    if (why := _too_long(state_dir, os.path.abspath(state_dir))) is not None:
+        return why
     try:
         st = os.lstat(state_dir)
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid not in (os.geteuid(), 0):
                 return _foreign_link(state_dir, st.st_uid)
             st = os.stat(state_dir)
+            if (why := _too_long(state_dir, os.path.realpath(state_dir))) is not None:  # SQLite resolves links
+                return why
     except OSError:
         return None  # not there (made by the open), a link to nothing or a path through a file: the open says
     if not stat.S_ISDIR(st.st_mode):
@@ -67,6 +86,18 @@ def refusal(state_dir: Path) -> str | None:
         if (why := _not_a_file(state_dir, name, st)) is not None:
             return why
     return None
+
+
+def _too_long(state_dir: Path, path: str) -> str | None:
+    """Why a state dir whose absolute path (links resolved or not) is ``path`` is too long for SQLite; None."""
+    length = len(os.fsencode(path))
+    if length <= MAX_STATE_DIR:
+        return None
+    return (
+        f"state dir {state_dir}: its path is {length} bytes long, and SQLite opens no file whose path is longer than"
+        f" {SQLITE_MAX_PATH} bytes, which leaves {MAX_STATE_DIR} bytes for the state dir (the names of the files in"
+        " it take the rest); use a shorter path"
+    )
 
 
 def foreign_state_dir(state_dir: Path, uid: int) -> str:
@@ -122,10 +153,6 @@ def _not_a_file(state_dir: Path, name: str, st: os.stat_result) -> str | None:
             " or ln), or remove the other link"
         )
     return None
-
-
-NEW_DB_PREFIX = f".{DB_NAME}.new-"
-"""The names a new database is built under (``.outlast.db.new-PID-...``) before it is linked to ``outlast.db``."""
 
 
 def being_made(state_dir: Path, st: os.stat_result) -> bool:

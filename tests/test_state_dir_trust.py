@@ -398,3 +398,44 @@ def test_a_new_databases_own_second_link_is_not_a_copy(cli: Cli, state_dir: Path
     assert cli.here("ls").returncode == 0
     assert cli.here("-q", "submit", "demo").returncode == 0
     assert not left.exists() and building.exists()
+
+
+# ---- a path too long for SQLite ----------------------------------------------------------------------------
+
+
+def long_path(base: Path, length: int) -> Path:
+    """A path under ``base`` of ``length`` bytes (names of 200 bytes at most), not made."""
+    path, left = str(base / "long"), length - len(str(base / "long"))
+    while left > 0:
+        part = min(200, left - 1) if left > 1 else 1
+        if left - 1 - part == 1:  # no one-byte rest that "/" alone would take
+            part -= 1
+        path, left = f"{path}/{'e' * part}", left - 1 - part
+    assert len(path) == length, (len(path), length)
+    return Path(path)
+
+
+def test_a_state_dir_too_long_for_sqlite_is_one_line_and_nothing_is_made(cli: Cli, tmp_path: Path) -> None:
+    """SQLite's unix VFS opens no file whose path is longer than 512 bytes: a state dir of about 490 bytes (far
+    below PATH_MAX) failed with "outlast.db cannot be created (unable to open database file)", after its
+    ``logs`` and ``locks`` were made. Said up front now, naming the limit and the length; the longest that
+    fits works."""
+    from engine.statedir import MAX_STATE_DIR, SQLITE_MAX_PATH
+
+    fits, too_long = long_path(tmp_path, MAX_STATE_DIR), long_path(tmp_path, MAX_STATE_DIR + 1)
+    env = {**cli.env, "OUTLAST_STATE_DIR": str(too_long)}
+    want = (
+        f"outlast: state dir {too_long}: its path is {MAX_STATE_DIR + 1} bytes long, and SQLite opens no file"
+        f" whose path is longer than {SQLITE_MAX_PATH} bytes, which leaves {MAX_STATE_DIR} bytes for the state dir"
+        " (the names of the files in it take the rest); use a shorter path"
+    )
+    assert one_line(cli.here("submit", "demo", env=env)) == want
+    assert one_line(cli("run", "demo", "-p", "items=1", env=env)) == want
+    assert one_line(cli("run", "demo", "--detach", env=env)) == want
+    assert not (tmp_path / "long").exists()
+    env["OUTLAST_STATE_DIR"] = str(long_path(tmp_path, 493))  # as the report had it: SQLite's own failure
+    assert "its path is 493 bytes long" in one_line(cli("run", "demo", "-p", "items=1", env=env))
+    assert not (tmp_path / "long").exists()
+    env["OUTLAST_STATE_DIR"] = str(fits)
+    assert cli("run", "demo", "-p", "items=1", env=env).returncode == 0
+    assert cli.here("ls", env=env).stdout.count("completed") == 1

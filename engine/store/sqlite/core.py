@@ -662,7 +662,7 @@ class SqliteCore:
             # a link there: another name (the pid first in it still, for _remove_unfinished).
             os.close(create_new(tmp))
         except FileExistsError:
-            tmp = tmp.with_name(f"{tmp.name}-{time.time_ns()}")
+            tmp = self.state_dir / f"{NEW_DB_PREFIX}{os.getpid()}-{time.time_ns()}"  # no longer (statedir)
             os.close(create_new(tmp))
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
