@@ -33,7 +33,7 @@ from . import threads
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
 from .errors import InvalidInput, StoreFailed
-from .files import private_dir
+from .files import private_dir, private_dirs
 from .lifecycle import CANCEL_WINS, StopReason
 from .models import (
     Checkpoint,
@@ -288,7 +288,7 @@ class Attempt:
         # absolute: handlers hand it to programs they start in another directory (pytest's --junitxml,
         # cProfile's -o, PYTHONPATH); a relative --state-dir had them write into the project, and fail
         base = base.absolute()
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(base)
         return private_dir(base, "outputs")
 
     # ---- control -------------------------------------------------------------------------------

@@ -100,6 +100,27 @@ def chmod_here(path: Path, mode: int) -> None:
             os.chmod(path, mode)
 
 
+def private_dirs(path: Path) -> bool:
+    """``path.mkdir(parents=True, exist_ok=True)`` (its errors too: a file in the way), each directory it makes
+    0700 whatever the umask, as the XDG spec asks of the base directories it names (with a umask of 000, the
+    default state dir's ``~/.local`` and ``~/.local/state`` were made 0777); those already there are left as
+    they are. Whether ``path`` itself was made here."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        private_dirs(path.parent)
+        return private_dirs(path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        return False
+    if stat.S_IMODE(os.lstat(path).st_mode) != DIR_MODE:  # the umask took some of it away: made, so ours to set
+        chmod_here(path, DIR_MODE)
+    return True
+
+
 def private_dir(state_dir: Path, name: str) -> Path:
     """``state_dir / name``, made 0700 if missing (never the state dir itself, nor its parents). A file in
     its place (or anything else that stops it) is a StoreError in one line, not an internal error: "File

@@ -81,13 +81,13 @@ def _scan() -> dict[str, Found]:
 
 
 def _write(key: list[Any], scanned: dict[str, Found]) -> None:
-    from .files import DIR_MODE, replace_note
+    from .files import private_dirs, replace_note
     from .paths import cache_dir
 
     path = cache_dir() / ENTRY_POINTS_CACHE
     data = {"key": key, "found": scanned[OPERATIONS_GROUP], PYDANTIC_GROUP: scanned[PYDANTIC_GROUP]}
     with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        private_dirs(path.parent)
         replace_note(path, json.dumps(data).encode())  # through .ENTRY_POINTS_CACHE.PID, made new
 
 

@@ -439,3 +439,31 @@ def test_a_state_dir_too_long_for_sqlite_is_one_line_and_nothing_is_made(cli: Cl
     env["OUTLAST_STATE_DIR"] = str(fits)
     assert cli("run", "demo", "-p", "items=1", env=env).returncode == 0
     assert cli.here("ls", env=env).stdout.count("completed") == 1
+
+
+# ---- the directories made above a state dir ------------------------------------------------------------------
+
+
+def test_missing_parents_of_the_state_dir_are_made_0700_whatever_the_umask(cli: Cli, tmp_path: Path) -> None:
+    """With a umask of 000, the default state dir's missing ``~/.local`` and ``~/.local/state`` were made 0777
+    (any user could replace the state dir itself); the XDG spec asks 0700 of the directories it names. Those
+    Outlast makes are 0700 now; one that was there keeps its mode."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    env = {k: v for k, v in cli.env.items() if k not in ("OUTLAST_STATE_DIR", "XDG_STATE_HOME")}
+    env["HOME"] = str(home)
+    base = tmp_path / "base"
+    base.mkdir()
+    base.chmod(0o755)
+    given = base / "a" / "b" / "state"
+    old = os.umask(0)
+    try:
+        assert cli.here("-q", "submit", "demo", env=env).returncode == 0
+        assert cli.here("-q", "--state-dir", str(given), "submit", "demo", env=env).returncode == 0
+    finally:
+        os.umask(old)
+    made = [home / ".local", home / ".local" / "state", home / ".local" / "state" / "outlast"]
+    made += [base / "a", base / "a" / "b", given]
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in made} == {str(p): "0o700" for p in made}
+    assert home.stat().st_mode & 0o777 == base.stat().st_mode & 0o777 == 0o755

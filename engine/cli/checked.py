@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import DIR_MODE, read_regular, replace_note, sweep_dead_pid_temps
+from ..files import private_dirs, read_regular, replace_note, sweep_dead_pid_temps
 from ..paths import cache_dir
 
 KEEP = 16
@@ -93,7 +93,7 @@ def remember(path: Path, content: bytes) -> None:
     state_dir = anchored(path, data).get("state_dir")  # a relative one: from the file's directory, as loaded
     entries = {key: {"content": content.decode("utf-8"), "state_dir": state_dir}, **entries}
     with contextlib.suppress(OSError):
-        _file().parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        private_dirs(_file().parent)
         replace_note(_file(), json.dumps(dict(list(entries.items())[:KEEP])).encode(), TEMP_STEM)
 
 

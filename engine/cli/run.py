@@ -18,7 +18,7 @@ from ..config import Settings
 from ..engine import Engine, StoreUnwritable, SubmitUnknown
 from ..errors import OutlastError
 from ..exitcodes import ExitCode, code_for_status, code_for_stopped_watch
-from ..files import private_dir, state_opener
+from ..files import private_dir, private_dirs, state_opener
 from ..lifecycle import Action, StopReason, check_action
 from ..models import (
     SETTLED,
@@ -270,7 +270,7 @@ def detach_dir(settings: Settings) -> Path:
     state = Path(settings.state_dir).expanduser()
     if (refused := refusal(state)) is not None:  # as the store's open refuses it: before anything is made there
         raise StoreError(refused)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dirs(state)
     return private_dir(state, DETACHED)
 
 

@@ -30,6 +30,7 @@ from ...files import (
     no_inodes,
     owner_of,
     private_dir,
+    private_dirs,
     sweep_dead_pid_temps,
 )
 from ...humanize import size
@@ -353,7 +354,7 @@ class SqliteCore:
         else:
             try:
                 existed = d.is_dir()
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dirs(d)  # and its missing parents, 0700 whatever the umask
                 if not existed and (refused := refusal(d)) is not None:  # another user's, made since the look
                     raise StoreError(refused)
                 if stat.S_IMODE(d.stat().st_mode) == 0o700:
