@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -93,13 +94,14 @@ class ControlLogsMixin(SqliteCore):
                     raise lost from None
                 await off_loop(private_dir, self.state_dir, self.log_dir.name)  # not the state dir
                 await self._append(op_id, text)
-            except NotRegular:
+            except NotRegular as e:
                 path = self._log_path(op_id)
                 aside = await off_loop(move_aside, path)
                 log.warning(
-                    "operation %s: its log %s was not a regular file; moved to %s, a new one begun",
+                    "operation %s: its log %s was %s; moved to %s, a new one begun",
                     op_id,
                     path,
+                    e.strerror,
                     aside.name,
                 )
                 await self._append(op_id, text)
@@ -156,16 +158,16 @@ class ControlLogsMixin(SqliteCore):
                 records, end = await off_loop(_read_from, path, offset, first)
         except FileNotFoundError:
             return [], offset
-        except PermissionError as e:  # a log left by a run as another user (root): an internal error, exit 70
+        except PermissionError as e:  # a log of this user's made unreadable: an internal error, exit 70
             owner = await off_loop(owner_of, path)
             raise StoreError(
                 f"state dir {self.state_dir}: {self.log_dir.name}/{path.name} cannot be read ({e.strerror}"
                 f"{f'; it belongs to {owner}' if owner else ''})"
             ) from None
-        except NotRegular:  # moved aside by the next append of the process running it (append_logs)
+        except NotRegular as e:  # moved aside by the next append of the process running it (append_logs)
             if path not in _SAID:
                 _SAID.add(path)
-                log.warning("operation %s: its log %s is not a regular file; not read", op_id, path)
+                log.warning("operation %s: its log %s is %s; not read", op_id, path, e.strerror)
             return [], offset
         for rec in records:
             rec.operation_id = op_id
@@ -189,9 +191,24 @@ CHUNK = 64 << 10
 
 
 def _no_link(path: str | os.PathLike[str], flags: int) -> int:
-    """A log opened as a regular file and never through a symbolic link (NotRegular: moved aside by the next
-    append, as the README says): root's worker appended a command's output to any file a link there named."""
-    return open_regular(path, flags, follow=False)
+    """A log opened as a regular file of this user's, never through a symbolic link (NotRegular: moved aside by
+    the next append, as the README says): root's worker appended a command's output to any file a link there
+    named. One another user owns (left by outlast run as root here before it refused to) was a store outage
+    that stopped the run, and for ``outlast logs`` an internal error."""
+    try:
+        fd = open_regular(path, flags, follow=False)
+    except PermissionError:
+        try:
+            uid = os.lstat(path).st_uid
+        except OSError:
+            uid = os.geteuid()
+        if uid != os.geteuid():
+            raise NotRegular(errno.EPERM, f"another user's file (uid {uid})", str(path)) from None
+        raise
+    if (uid := os.fstat(fd).st_uid) != os.geteuid():
+        os.close(fd)
+        raise NotRegular(errno.EPERM, f"another user's file (uid {uid})", str(path))
+    return fd
 
 
 def _parse(lines: list[bytes]) -> list[LogRecord]:
