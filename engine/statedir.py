@@ -55,9 +55,9 @@ file", after its ``logs`` and ``locks`` were made."""
 def refusal(state_dir: Path) -> str | None:
     """Why the state dir at ``state_dir`` must not be opened, in one line; None when it may (or is not there:
     the store's open makes it, or says what is in its place)."""
-    if (why := _too_long(state_dir, os.path.abspath(state_dir))) is not None:
-        return why
     try:
+        if (why := _too_long(state_dir, os.path.abspath(state_dir))) is not None:
+            return why
         st = os.lstat(state_dir)
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid not in (os.geteuid(), 0):
@@ -65,8 +65,8 @@ def refusal(state_dir: Path) -> str | None:
             st = os.stat(state_dir)
             if (why := _too_long(state_dir, os.path.realpath(state_dir))) is not None:  # SQLite resolves links
                 return why
-    except OSError:
-        return None  # not there (made by the open), a link to nothing or a path through a file: the open says
+    except OSError:  # not there (made by the open), a link to nothing, a path through a file, a relative one in
+        return None  # a working directory removed: the open says what is wrong
     if not stat.S_ISDIR(st.st_mode):
         return None  # a file: the open says so
     if st.st_uid != os.geteuid():

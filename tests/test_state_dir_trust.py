@@ -486,3 +486,17 @@ def test_a_log_another_user_owns_is_moved_aside_not_a_store_outage(cli: Cli, sta
     assert r.returncode == 0, r.stderr
     assert f"its log {log} was another user's file (uid {OTHER}); moved to {log.name}.not-a-file-" in r.stderr
     assert "the-line" in cli.here("logs", op_id).stdout
+
+
+def test_a_relative_state_dir_in_a_removed_working_directory_is_left_to_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The length check makes a relative state dir absolute: in a working directory removed since, that raised
+    (getcwd), an internal error before the store's open could say what is wrong."""
+    from engine.statedir import refusal
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert refusal(Path("state")) is None
