@@ -173,10 +173,10 @@ def open_regular(path: str | os.PathLike[str], flags: int, *, follow: bool = Tru
     return fd
 
 
-def move_aside(path: Path, why: str = "not-a-file") -> Path:
-    """Rename what is at ``path`` to ``NAME.WHY-TIME`` beside it (kept for a person to look at), so a file
-    can be made there; the new path."""
-    aside = path.with_name(f"{path.name}.{why}-{time.time_ns()}")
+def move_aside(path: Path) -> Path:
+    """Rename what is at ``path`` to ``NAME.not-a-file-TIME`` beside it (kept for a person to look at), so a
+    file can be made there; the new path."""
+    aside = path.with_name(f"{path.name}.not-a-file-{time.time_ns()}")
     os.replace(path, aside)
     return aside
 

@@ -105,24 +105,6 @@ class ControlLogsMixin(SqliteCore):
                     aside.name,
                 )
                 await self._append(op_id, text)
-            except PermissionError as e:
-                # A log file this user may not write (left by a run as root): moved aside, if the directory is
-                # this user's to change, and a new one begun. It failed as a store outage, which interrupted
-                # every operation of the worker, those that write no log among them, and then stopped it.
-                path = self._log_path(op_id)
-                if not await off_loop(_file_alone_refused, path):
-                    raise
-                owner = await off_loop(owner_of, path)
-                aside = await off_loop(move_aside, path, "not-writable")
-                log.warning(
-                    "operation %s: its log %s could not be written (%s%s); moved to %s, a new one begun",
-                    op_id,
-                    path,
-                    e.strerror,
-                    f": it belongs to {owner}" if owner else "",
-                    aside.name,
-                )
-                await self._append(op_id, text)
 
     async def _append(self, op_id: str, text: str) -> None:
         # On the engine's threads: on the loop's default executor, a log line waited behind a handler's calls
@@ -172,12 +154,6 @@ class ControlLogsMixin(SqliteCore):
         for rec in records:
             rec.operation_id = op_id
         return records, end
-
-
-def _file_alone_refused(path: Path) -> bool:
-    """Whether a write refused at ``path`` is that file's own permissions, not its directory's: a file is
-    there and the directory is this user's to change (a read-only state dir is the store failing)."""
-    return os.path.lexists(path) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 _SAID: set[Path] = set()
