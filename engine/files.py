@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import StoreError
-from .statedir import foreign_state_dir, subdir_problem
+from .statedir import foreign_state_dir, subdir_problem, whose
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -182,19 +182,13 @@ def move_aside(path: Path) -> Path:
 
 
 def owner_of(path: str | os.PathLike[str]) -> str:
-    """Who owns what is at ``path`` (not followed), as a person reads it: "alice (uid 1000)"; "" when it
+    """Who owns what is at ``path`` (not followed), as a message names them: "alice (uid 1000)"; "" when it
     cannot be told. For the lines that say a file cannot be opened: "Permission denied" alone did not say
     whose the file was, nor that deleting it was the way out."""
-    import pwd  # only on this rare path: not on every command's start
-
     try:
-        uid = os.lstat(path).st_uid
+        return whose(os.lstat(path).st_uid)
     except OSError:
         return ""
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<ns>\d+)\.tmp")
