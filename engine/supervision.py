@@ -686,12 +686,16 @@ def _crashes(op: Operation) -> int:
 
 def _crash_limit(op: Operation) -> int:
     """How many deaths in a row ``op`` gets before ``auto_resume`` leaves it to a person: its retry policy's
-    ``max_attempts``, as for an attempt that raised. A handler that kills its process (``os._exit``, a crashing
-    C extension, out of memory) was resumed for ever, each time taking down the worker and the work beside it."""
+    ``max_attempts``, as for an attempt that raised, and never fewer than two. A handler that kills its process
+    (``os._exit``, a crashing C extension, out of memory) was resumed for ever, each time taking down the worker
+    and the work beside it. One death alone is no loop: a ``command`` (``max_attempts`` 1, a failing command is
+    not run again) was left interrupted by the first ``kill -9`` of its worker, 64 checkpoints made, its line
+    saying it had died "at every attempt"."""
     try:
-        return stored_profile(op).retry.max_attempts
+        attempts = stored_profile(op).retry.max_attempts
     except StoreError:
-        return RetryPolicy().max_attempts
+        attempts = RetryPolicy().max_attempts
+    return max(2, attempts)
 
 
 async def _checkpointed_progress(store: Store, op: Operation) -> dict[str, Any]:

@@ -292,6 +292,26 @@ def test_an_operation_whose_process_dies_at_every_attempt_is_no_longer_resumed(t
         cli.close()
 
 
+def test_a_command_whose_worker_is_killed_once_is_resumed_by_the_next_worker(tmp_path: Path) -> None:
+    """A command's profile runs a failing command once (``max_attempts`` 1), and that was also its limit of
+    deaths in a row: the first ``kill -9`` of its worker left it interrupted for good under auto_resume, its line
+    saying it died "at every attempt" (a long-lived worker restarted by systemd stranded every command it ran)."""
+    config = tmp_path / "config.toml"
+    config.write_text("auto_resume = true\n")
+    cli = CliAt(tmp_path / "state", OUTLAST_CONFIG=str(config))
+    try:
+        op_id = cli("-q", "submit", "command", "-p", "command=sleep 2").stdout.strip()
+        worker = cli.start("worker")
+        cli.wait_status(op_id, {"running"})
+        worker.kill()
+        again = cli.start("worker", "--exit-when-idle")
+        assert again.wait(60) == 0, again.err
+        done = cli.op(op_id)
+        assert done.status is Status.COMPLETED and done.attempt == 2, (done.status, done.status_message)
+    finally:
+        cli.close()
+
+
 async def test_only_an_attempt_found_orphaned_and_left_so_is_resumed_by_auto_resume(settings: Settings) -> None:
     """``left_orphaned`` lists an interrupted operation whose record says it was found orphaned at the epoch it
     still has; not one run again since (a newer epoch), nor one interrupted for another reason."""
