@@ -235,3 +235,31 @@ async def test_pages_of_the_first_records_after_an_offset_read_every_record(make
     finally:
         await store.close()
     assert seen == [str(i) for i in range(2500)]
+
+
+async def test_a_store_keeps_nothing_per_operation_that_once_logged(tmp_path: Path) -> None:
+    """A long-lived worker's store kept one lock per operation that ever wrote a log line, for as long as it
+    was open: about 430 bytes each, 400 MB over a million operations. Appends to one operation still go one
+    at a time, in order."""
+    import gc
+
+    store = open_store(tmp_path / "state")
+    await store.open()
+    try:
+
+        def locks() -> int:
+            gc.collect()
+            return sum(type(o) is asyncio.Lock for o in gc.get_objects())
+
+        before = locks()
+        for _ in range(200):
+            await store.append_logs(new_id(), [LogRecord(ts=time.time(), level="info", message="x")])
+        assert locks() - before < 5
+        op_id = new_id()
+        await asyncio.gather(
+            *(store.append_logs(op_id, [LogRecord(ts=time.time(), level="info", message=str(i))]) for i in range(50))
+        )
+        records, _ = await store.read_logs(op_id)
+        assert [r.message for r in records] == [str(i) for i in range(50)]
+    finally:
+        await store.close()

@@ -83,7 +83,9 @@ class ControlLogsMixin(SqliteCore):
         if not records:
             return
         text = "".join(r.model_dump_json(exclude={"operation_id"}) + "\n" for r in records)
-        lock = self._log_locks.setdefault(op_id, asyncio.Lock())
+        lock = self._log_locks.get(op_id)
+        if lock is None:
+            self._log_locks[op_id] = lock = asyncio.Lock()
         async with lock:
             try:
                 await self._append(op_id, text)

@@ -362,7 +362,6 @@ class RecordsMixin(SqliteCore):
                 unlock(lock, fd)
 
         await self._txn(do, after=after)
-        self._log_locks.pop(op_id, None)
 
     async def claim(
         self,
