@@ -197,6 +197,9 @@ def test_an_unreadable_directory_is_an_item_failure(cli: Cli, tmp_path: Path) ->
     assert "item failed: secret: cannot list this directory: Permission denied" in out, out
     assert '"failures": 1' in out.splitlines()[-1], out
     assert set(manifest(dst)) == {"ok/a"}
+    # Its copy as closed as it is (it was made 0755, more open than the source), and no warning about it.
+    assert stat.S_IMODE((dst / "secret").stat().st_mode) == 0, oct((dst / "secret").stat().st_mode)
+    assert "secret: Permission denied" not in out, out
 
 
 # ---- names and depths the file system allows ------------------------------------------------------------------

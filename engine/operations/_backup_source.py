@@ -117,6 +117,12 @@ class Source:
                 raise NotFollowed(e.errno, "not a real directory any more", rel) from None
             raise
 
+    def lstat_dir(self, rel: str) -> os.stat_result:
+        """The directory ``rel`` (not ``""``) as its parent lists it, not followed: for one that cannot be
+        opened (mode 000), whose mode and times its copy still takes."""
+        d, name = self.of(rel)
+        return os.stat(name, dir_fd=d, follow_symlinks=False)
+
 
 def open_file(dir_fd: int, name: str) -> int:
     """A source file opened for reading without following a link or waiting: NotRegular when it is no

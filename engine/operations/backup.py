@@ -1036,6 +1036,14 @@ def _set_dir_stats(src: Path, dst: Path, dirs: list[str]) -> list[str]:
                     os.close(fd)
             except NotFollowed:
                 problems.append(f"{d or '.'}: {NOT_FOLLOWED}")
+            except PermissionError as e:  # one that cannot be read (mode 000): its mode and times from its parent
+                try:  # (it was made 0755 at the destination, more open than the source)
+                    st = source.lstat_dir(d) if d else os.stat(src)
+                except OSError:
+                    problems.append(f"{d or '.'}: {e.strerror or e}")
+                else:
+                    if stat.S_ISDIR(st.st_mode):
+                        found.append((d, st, []))  # its extended attributes cannot be read
             except OSError as e:
                 problems.append(f"{d or '.'}: {GONE if isinstance(e, FileNotFoundError) else e.strerror or e}")
     for d, st, attrs in reversed(found):
