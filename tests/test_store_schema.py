@@ -173,3 +173,67 @@ async def test_a_state_dir_of_a_newer_outlast_is_refused_and_changed_in_nothing(
     with pytest.raises(StoreError, match="newer Outlast"):
         await LocalStore(state).open()
     assert _everything(state) == before
+
+
+def _version(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+
+async def test_a_store_of_schema_1_is_upgraded_by_a_writer_so_older_versions_refuse_it(tmp_path: Path) -> None:
+    """Records of schema 2 are ones older versions (all of them refuse a newer schema) ran wrongly: every
+    operation failed with a validation error under a worker before 2026-12-01, and beside any older process
+    the crash-loop guard never stopped. A process that opens a store to write marks it 2; a read-only one reads
+    a store of 1 as it is, changing nothing."""
+    from engine.store.sqlite.schema import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == 2
+    state = tmp_path / "state"
+    store = LocalStore(state)
+    await store.open()
+    op = _op(Priority.NORMAL, time.time())
+    await store.create(op)
+    await store.close()
+    db = state / "outlast.db"
+    assert _version(db) == "2"  # a new store
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.close()
+    state.chmod(0o555)  # its owner made it read-only: read as it is
+    try:
+        reader = LocalStore(state)
+        await reader.open()
+        assert (await reader.get(op.id)).id == op.id
+        await reader.close()
+        assert _version(db) == "1"
+    finally:
+        state.chmod(0o700)
+    writer = LocalStore(state)
+    await writer.open()
+    assert (await writer.get(op.id)).id == op.id
+    await writer.close()
+    assert _version(db) == "2"
+
+
+def test_a_handle_asked_of_a_read_only_store_an_older_version_made_is_not_found(tmp_path: Path) -> None:
+    """A store made before handles existed, read-only (not brought up to date): `show 1` said the database
+    could not be read ("no such table: handles", exit 8); its operations have no handle: not found, exit 3."""
+    from engine.exitcodes import ExitCode
+    from tests.fixtures_cli import CliAt
+
+    state = tmp_path / "state"
+    cli = CliAt(state)
+    made = cli("-q", "submit", "demo")
+    assert made.returncode == 0, made.stderr
+    with sqlite3.connect(state / "outlast.db") as conn:
+        conn.execute("DROP TABLE handles")
+        conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.close()
+    state.chmod(0o555)
+    try:
+        r = cli("show", "1")
+        assert r.returncode == ExitCode.NOT_FOUND, (r.returncode, r.stderr)
+        assert "no operation has handle 1" in r.stderr, r.stderr
+        assert cli("show", made.stdout.strip()).returncode == 0
+    finally:
+        state.chmod(0o700)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 LOCK_DIR = "locks"
 LOG_DIR = "logs"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FULL_BELOW = 1 << 20
 CHECKPOINT_SEQ = "(SELECT MAX(seq) FROM checkpoints c WHERE c.op_id = o.id)"
 """The local store's file and directory names and schema version (``LocalStore``; a test keeps them equal),

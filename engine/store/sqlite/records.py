@@ -221,9 +221,17 @@ class RecordsMixin(SqliteCore):
     async def resolve(self, prefix: str) -> str:
         validate_id_prefix(prefix)
         if (handle := handle_of(prefix)) is not None:
-            row = await self._run(
-                lambda: self._db.execute("SELECT op_id FROM handles WHERE handle=?", (handle,)).fetchone()
-            )
+
+            def by_handle() -> tuple[str] | None:
+                try:
+                    return self._db.execute("SELECT op_id FROM handles WHERE handle=?", (handle,)).fetchone()
+                except sqlite3.OperationalError:  # no such table: a read-only store an older version made,
+                    # whose operations have no handle (it said the database could not be read, exit 8)
+                    if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='handles'").fetchone() is None:
+                        return None
+                    raise
+
+            row = await self._run(by_handle)
             if row is None:
                 raise NotFound(f"no operation has handle {handle} in state dir {self.state_dir}")
             return str(row[0])

@@ -15,8 +15,20 @@ import sqlite3
 from ...models import Priority
 from .. import quick
 
-SCHEMA_VERSION = 1
-"""The newest schema this version reads and writes; a database file with a newer one is refused."""
+SCHEMA_VERSION = 2
+"""The newest schema this version reads and writes; a database file with a newer one is refused (every
+version refuses one newer than its own, in one line, before anything is changed).
+
+2 (2026-12-07): the tables of 1, with records older versions mishandle: a stored timeout profile with
+``checkpoint_every``, which versions before 2026-12-01 refuse (each operation they took ended ``failed``
+with a validation error), and fields they drop when they rewrite a record (``crashes`` and ``crash_seq``:
+beside one older worker, or one older ``outlast ls``, the crash-loop guard never stopped; ``orphaned_epoch``,
+``handle``, ``idempotency_key``). A store is upgraded to it by the first process of this version that opens it
+to write; older versions then refuse it, where they ran its work wrongly.
+
+Raise it when a record or table changes in a way an older version would mishandle (a field it must not drop,
+a value it refuses); what older versions read and write correctly (a table or index they do not use) does not
+need it."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,9 +123,11 @@ def _changes(present: dict[str, str | None]) -> list[str]:
 
 
 def ensure_current(conn: sqlite3.Connection) -> None:
-    """Bring a store made before today's schema 1 up to it (``ADDED``, ``CLAIM_INDEX``): one transaction,
-    nothing when it is current."""
+    """Bring a store made before today's schema up to it (``ADDED``, ``CLAIM_INDEX``, the version row): one
+    transaction, nothing when it is current."""
     changes = _changes(dict(conn.execute("SELECT name, sql FROM sqlite_master").fetchall()))
+    if (schema_version(conn) or 0) < SCHEMA_VERSION:
+        changes.append(f"UPDATE meta SET value='{SCHEMA_VERSION}' WHERE key='schema_version'")
     if changes:
         try:
             conn.executescript(f"BEGIN IMMEDIATE;{';'.join(changes)};COMMIT;")
