@@ -56,3 +56,26 @@ def test_a_namespace_of_dots_is_refused_with_the_settings(namespace: str) -> Non
 
     with pytest.raises(InvalidInput, match=r"OUTLAST_NAMESPACE: key 'namespace': not \. or \.\."):
         load_settings(env={"OUTLAST_NAMESPACE": namespace})
+
+
+async def test_a_namespace_a_newer_outlast_marked_is_refused_and_changed_in_nothing(redis_server: RedisServer) -> None:
+    """Redis stores carried no version: an older worker beside a newer one ran what the newer one had queued,
+    and one from before 2026-12-01 failed all of it. A store is marked with its record layout when opened; a
+    process that knows only an older layout refuses it in one line, before anything is written."""
+    from engine.models import StoreError
+
+    store = open_store(redis_server.url, namespace="skew", checkpoint_mirror=None)
+    await store.open()
+    await store.create(queued_record())
+    await store.close()
+    client = redis_server.client()
+    assert client.hget("skew:meta", "schema") == b"1"
+    client.hset("skew:meta", "schema", "99")
+    before = {k: client.dump(k) for k in client.keys("skew:*")}
+    newer = open_store(redis_server.url, namespace="skew", checkpoint_mirror=None)
+    with pytest.raises(StoreError, match=r"written by a newer Outlast \(schema 99; this version reads up to 1\)"):
+        await newer.open()
+    assert {k: client.dump(k) for k in client.keys("skew:*")} == before
+    again = open_store(redis_server.url, namespace="skew", checkpoint_mirror=None)  # refused again, not half-open
+    with pytest.raises(StoreError, match="newer Outlast"):
+        await again.open()

@@ -36,7 +36,9 @@ the same names from the prefix they are given as ``ARGV[1]``). Under the prefix 
                        restore from it: a mirror of another store is never read into this one);
                        ``mirror_stale``: a mirror write failed, what Redis holds is to be written back;
                        ``handles``: the last handle given (HINCRBY: never reused);
-                       ``slots``: the store-wide slot count (unset: no limit), read by CLAIM
+                       ``slots``: the store-wide slot count (unset: no limit), read by CLAIM;
+                       ``schema``: the newest record layout written here (``store.REDIS_SCHEMA``): a
+                       process that knows an older one refuses the store
 ``events``             the channel status changes and control requests are published on
 =====================  ============================================================================
 """
@@ -49,6 +51,7 @@ GENERATION_FIELD = "generation"
 STORE_FIELD = "store"
 MIRROR_STALE_FIELD = "mirror_stale"
 SLOTS_FIELD = "slots"
+SCHEMA_FIELD = "schema"
 
 
 class Keys:

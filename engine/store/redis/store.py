@@ -23,14 +23,16 @@ attempts held and their fencing): ``recovery`` (a Redis that lost everything), `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from ...humanize import size
-from ...models import Operation
+from ...models import Operation, StoreError
 from ...offload import off_loop
 from . import lua
 from .checkpoints import CheckpointsMixin
+from .keys import SCHEMA_FIELD
 from .liveness import LivenessMixin
 from .logs import ControlLogsMixin
 from .records import RecordsMixin
@@ -59,6 +61,13 @@ _EVICTION_SAID: set[tuple[str, int, str]] = set()
 """The servers, and their memory settings, this process has looked at: each said at most once."""
 
 
+REDIS_SCHEMA = 1
+"""The record layout this version reads and writes in Redis; a store marked with a newer one is refused. Raise
+it when a record changes in a way this version would run wrongly (on the local store, schema 2 was such a
+change, and the versions before it had no mark here to refuse by: an older worker failed what a newer one
+queued)."""
+
+
 class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin):
     """``RedisStore("redis://:PASSWORD@host:6379/0", namespace="team-a", checkpoint_mirror="/srv/ckpt")``."""
 
@@ -82,6 +91,12 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
         for name in _SCRIPTS:
             self._scripts[name] = client.register_script(getattr(lua, name))
         self.link.on_reconnect = self._reconnected
+        try:
+            await self._check_schema()
+        except BaseException:
+            self._opened = 0
+            await self.link.close()
+            raise
         await self._check_eviction()
         if self.mirror is not None:
             try:
@@ -95,6 +110,25 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
             self._opened = 0
             await self.link.close()
             raise
+
+    async def _check_schema(self) -> None:
+        """Refuse a store a newer Outlast marked with a newer record layout, before anything in it is changed;
+        mark one that has no mark (made by this version or an older one, or emptied) with this version's. The
+        mark is best effort: a read-only replica, or an ACL that refuses HSETNX, leaves it as it is."""
+        key = self.keys.meta
+        raw = await self.link.call(lambda c: c.hget(key, SCHEMA_FIELD), "reading the store's schema")
+        try:
+            found = int(raw) if raw is not None else None
+        except ValueError:
+            found = None
+        if found is not None and found > REDIS_SCHEMA:
+            raise StoreError(
+                f"redis {self.link.where} (namespace {self.keys.namespace}) was written by a newer Outlast (schema"
+                f" {found}; this version reads up to {REDIS_SCHEMA}): upgrade Outlast or use another namespace"
+            )
+        if found is None:
+            with contextlib.suppress(StoreError):
+                await self.link.call(lambda c: c.hsetnx(key, SCHEMA_FIELD, REDIS_SCHEMA), "marking the store's schema")
 
     async def _check_eviction(self) -> None:
         """Say once per process, server and setting when this Redis may evict keys: with a maxmemory and any policy
