@@ -365,7 +365,17 @@ class OperationsModel:
         # the count and the reads is seen by the next): removed by another process (`outlast rm`,
         # `clean`), or the store emptied (its state dir deleted). Their rows stayed until the full reload,
         # minutes later, and a key on one said "no operation". Read everything: what is gone is dropped.
-        short = any(self._counts[s] > counts.get(s, 0) for s in SETTLED)
+        short = self._short(counts)
+        if short:
+            # ``counts`` was read before this poll's reads: what ended since (read by id, its event named it)
+            # is held as ended and not counted in it. While work runs here, every poll was short so, and the
+            # dashboard read every record again each other second (and froze what it held each time:
+            # ``reload_all``): counted again, after the reads, only what left the store is short.
+            try:
+                short = self._short(await self.engine.store.counts())
+            except Exception as e:
+                self.failed(e)
+                return
         if short and self._short_before:
             self._short_before = False
             await self.reload_all()
@@ -384,6 +394,10 @@ class OperationsModel:
                 except Exception as e:
                     self.failed(e)
                     return
+
+    def _short(self, counts: dict[Status, int]) -> bool:
+        """The store counts fewer of a stopped or ended status than held."""
+        return any(self._counts[s] > counts.get(s, 0) for s in SETTLED)
 
     def _all_ours(self, counts: dict[Status, int]) -> bool:
         """Every operation the store counts as running is one this engine runs, held as running: its
