@@ -92,7 +92,7 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
             self._scripts[name] = client.register_script(getattr(lua, name))
         self.link.on_reconnect = self._reconnected
         try:
-            await self._check_schema()
+            marked = await self._check_schema()
         except BaseException:
             self._opened = 0
             await self.link.close()
@@ -110,11 +110,15 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
             self._opened = 0
             await self.link.close()
             raise
+        if not marked:  # last: a store refused above has nothing written in it
+            key = self.keys.meta
+            with contextlib.suppress(StoreError):  # best effort: a read-only replica, an ACL
+                await self.link.call(lambda c: c.hsetnx(key, SCHEMA_FIELD, REDIS_SCHEMA), "marking the store's schema")
 
-    async def _check_schema(self) -> None:
+    async def _check_schema(self) -> bool:
         """Refuse a store a newer Outlast marked with a newer record layout, before anything in it is changed;
-        mark one that has no mark (made by this version or an older one, or emptied) with this version's. The
-        mark is best effort: a read-only replica, or an ACL that refuses HSETNX, leaves it as it is."""
+        whether it has a mark (one without, made by this version or an older one, or emptied, is marked with
+        this version's once the open succeeded: best effort, a read-only replica or an ACL may refuse it)."""
         key = self.keys.meta
         raw = await self.link.call(lambda c: c.hget(key, SCHEMA_FIELD), "reading the store's schema")
         try:
@@ -126,9 +130,7 @@ class RedisStore(RecordsMixin, LivenessMixin, CheckpointsMixin, ControlLogsMixin
                 f"redis {self.link.where} (namespace {self.keys.namespace}) was written by a newer Outlast (schema"
                 f" {found}; this version reads up to {REDIS_SCHEMA}): upgrade Outlast or use another namespace"
             )
-        if found is None:
-            with contextlib.suppress(StoreError):
-                await self.link.call(lambda c: c.hsetnx(key, SCHEMA_FIELD, REDIS_SCHEMA), "marking the store's schema")
+        return found is not None
 
     async def _check_eviction(self) -> None:
         """Say once per process, server and setting when this Redis may evict keys: with a maxmemory and any policy
