@@ -253,6 +253,21 @@ def _kill_marked(mark: bytes, pick: Callable[[list[bytes]], str | None]) -> list
     return found
 
 
+_NOT_STOPPED: set[int] = set()
+"""Processes under this one that ``stop_descendants`` leaves running (``never_stop``)."""
+
+
+def never_stop(pid: int, never: bool = True) -> None:
+    """Leave ``pid`` running when this process stops its descendants for a Ctrl-Z (``never=False``: no longer):
+    a command's watcher, which must see this process die while stopped to kill the command. Stopped with it,
+    a SIGKILL of the stopped run left the watcher stopped for ever (parent 1, in a session of its own, which
+    no SIGCONT reaches), and the command's processes stopped until the next ``outlast`` opened the store."""
+    if never:
+        _NOT_STOPPED.add(pid)
+    else:
+        _NOT_STOPPED.discard(pid)
+
+
 def stop_descendants() -> list[tuple[int, tuple[str, int] | None]]:
     """SIGSTOP every process under this one (its children, theirs, ...), before this one stops (Ctrl-Z): a
     command runs in a session of its own, where the terminal's SIGTSTP does not reach it, and went on doing
@@ -262,7 +277,7 @@ def stop_descendants() -> list[tuple[int, tuple[str, int] | None]]:
     stopped: list[tuple[int, tuple[str, int] | None]] = []
     seen: set[int] = set()
     for _ in range(ROUNDS):
-        more = [pid for pid in _descendants(os.getpid()) if pid not in seen]
+        more = [pid for pid in _descendants(os.getpid()) if pid not in seen and pid not in _NOT_STOPPED]
         if not more:
             break
         for pid in more:

@@ -140,7 +140,11 @@ def test_ctrl_z_stops_the_command_with_outlast_and_fg_continues_it(cli: Cli, tmp
         return len(out.read_text().splitlines()) if out.exists() else 0
 
     def command_pids() -> list[int]:
-        return [c.pid for c in psutil.Process(pid).children()]
+        """The command's process (not its watcher, ``outlast-watch``, which a Ctrl-Z leaves running)."""
+        return [c.pid for c in psutil.Process(pid).children() if "outlast-watch" not in c.cmdline()]
+
+    watchers = [c for c in psutil.Process(pid).children() if "outlast-watch" in c.cmdline()]
+    assert len(watchers) == 1, watchers
 
     until(lambda: lines() >= 20, 30, what="items done")
     for round_ in range(2):  # Ctrl-Z, then fg; then Ctrl-Z again and a SIGKILL of the stopped run
@@ -154,9 +158,14 @@ def test_ctrl_z_stops_the_command_with_outlast_and_fg_continues_it(cli: Cli, tmp
         if round_ == 0:
             os.kill(pid, signal.SIGCONT)  # fg
             until(lambda at=at: lines() >= at + 20, 30, what="items done after fg")
+    assert process_state(watchers[0].pid) != "T"  # left running: it must see the engine die
     stored = asyncio.run(stored_state(cli.state_dir, op_id))["checkpoint"]["next"]  # read while it is stopped
     os.kill(pid, signal.SIGKILL)
     runner.wait()
+    # The engine's death ends the watcher's input: it kills the command, stopped as it is, and exits. Stopped
+    # with the engine, it stayed stopped for ever (parent 1, a session of its own: no SIGCONT reaches it), and
+    # the command's processes stayed stopped until the next outlast process opened the store.
+    until(lambda: not any(psutil.pid_exists(p) for p in [*stopped, watchers[0].pid]), 10, what="command killed")
     resumed = cli("resume", op_id)
     assert resumed.returncode == 0, resumed.stderr
     done = out.read_text().splitlines()

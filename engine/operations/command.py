@@ -737,6 +737,9 @@ class _Guard:
             raise
         finally:
             os.close(r)
+        from ..processes import never_stop  # here: it loads asyncio, which a quick submit does not
+
+        never_stop(proc.pid)  # a Ctrl-Z stops the command, not its watcher (which kills it if the engine dies)
         return cls(proc, w)
 
     def in_child(self) -> None:
@@ -758,6 +761,9 @@ class _Guard:
         os.close(self._w)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(proc.wait(), 1)  # it exits at once: a few ms
+        from ..processes import never_stop
+
+        never_stop(proc.pid, False)
 
     def _send(self, line: str) -> None:
         with contextlib.suppress(OSError):  # it died: nothing to tell
