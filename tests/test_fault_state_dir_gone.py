@@ -32,7 +32,7 @@ from engine.models import Checkpoint, LogRecord, NotFound, Operation, StaleAttem
 from engine.outage import StoreHealth
 from engine.store import Store
 from engine.store.base import ItemDelta
-from tests.fixtures_cli import Cli, CliAt
+from tests.fixtures_cli import Cli, CliAt, Proc
 from tests.fixtures_engine import queued_record, until
 
 
@@ -45,12 +45,18 @@ async def _running(store: Store) -> tuple[Operation, Checkpoint]:
     return claimed, Checkpoint(operation_id=op.id, seq=1, epoch=claimed.epoch, created_at=time.time(), state={"n": 1})
 
 
+def _run_under_way(cli: Cli) -> Proc:
+    """``outlast run demo`` started, once it has done items (the state dir is then changed under it)."""
+    proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
+    proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
+    return proc
+
+
 def test_a_run_whose_state_dir_is_deleted_exits_8_not_completed(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
-        proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
-        proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
+        proc = _run_under_way(cli)
         shutil.rmtree(state)
         assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
         err = [ln for ln in proc.err if ln.strip()]
@@ -73,8 +79,7 @@ def test_a_run_whose_state_dir_is_renamed_says_where_to_resume_it_and_it_resumes
     state, moved = tmp_path / "state", tmp_path / "moved"
     cli = CliAt(state, OUTLAST_STORE_OUTAGE_LIMIT="1")
     try:
-        proc = cli.start("run", "demo", "-p", "items=60", "-p", "seconds=0.05")
-        proc.wait_line(lambda ln: "items" in ln and " 0/60" not in ln and "running" in ln)
+        proc = _run_under_way(cli)
         state.rename(moved)
         assert proc.wait(60) == ExitCode.STORE, (proc.out[-3:], proc.err)
         op_id = proc.out[0].split()[1]

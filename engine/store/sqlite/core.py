@@ -583,8 +583,7 @@ class SqliteCore:
             st = os.stat(self.db_path)
             what = None if (st.st_dev, st.st_ino) == self._file else "replaced by another file"
         except FileNotFoundError:
-            moved = _moved_to(self._file)
-            what = "deleted" if moved is None else f"moved to {moved}"
+            what = self._gone_how()
         except OSError:
             return  # unreadable for another reason: SQLite's own access says what
         if what is None:
@@ -618,8 +617,13 @@ class SqliteCore:
         "resumable" for records that are gone."""
         if not self._held or os.path.lexists(self.db_path):
             return None
+        return self._changed(self._gone_how())
+
+    def _gone_how(self) -> str:
+        """What became of the file this store opened, once no file is at its path: "deleted", or "moved to
+        PATH" while it still has a name elsewhere (the state dir renamed)."""
         moved = _moved_to(self._file)
-        return self._changed("deleted" if moved is None else f"moved to {moved}")
+        return "deleted" if moved is None else f"moved to {moved}"
 
     def _reopen(self, what: str) -> None:
         """Open the database file now at the path in place of the one this store had (see _same_file).
