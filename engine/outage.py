@@ -168,8 +168,9 @@ a megabyte long (a line without an end, cut in pieces)."""
 SHORT_TAIL_BYTES = 64 << 10
 """...or this many, when the lines were cut because the store's disk was nearly full."""
 
-RECORD_COST = 64
-"""Bytes a log record costs beyond its message (its JSON: time, level, names), counted toward the limit."""
+RECORD_COST = 72
+"""Bytes a log record costs beyond its message (its JSON: time, level, names; 68 for a warning), counted
+toward the limit."""
 
 
 class _Overflow:
@@ -213,6 +214,23 @@ def _not_written(op_id: str, lines: int, why: str) -> None:
     )
 
 
+def _bytes(record: LogRecord) -> int:
+    """At most the bytes ``record`` takes in a log file, cheaply (``isascii`` is a flag, ``isprintable`` one
+    pass in C): a message that is not all printable ASCII counts six bytes a character, as a control
+    character is written ``\u001b`` (binary output, colour codes), and its fields their text. Counted as
+    characters, a command printing binary on a small disk wrote up to six times the room it was given."""
+    m = record.message
+    n = len(m) if m.isascii() and m.isprintable() else 6 * len(m)
+    if record.fields:
+        n += 6 * len(repr(record.fields))
+    return n + RECORD_COST
+
+
+def _cost(records: list[LogRecord]) -> int:
+    """At most the bytes ``records`` take in a log file (``_bytes``)."""
+    return sum(map(_bytes, records))
+
+
 class LogBuffer:
     """Operation log records, kept in memory and written in batches on the engine's clock (and
     announced at once on the bus, when anyone listens).
@@ -243,6 +261,9 @@ class LogBuffer:
         self._short = False
         """Whether the store's disk has no room left for logs (``_budget`` spent): a running attempt's
         lines are counted from then on, as past its limit."""
+        self._in_flight = 0
+        """Bytes of records a flush has taken and is writing now: not in the buffer, nor yet in the room a
+        look at the disk sees."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
         if self._over_limit(op_id, record):
@@ -271,7 +292,7 @@ class LogBuffer:
         if over is None:
             size = self._size.get(op_id, 0) + cost
             if self._budget is not None and not self._short:
-                self._budget -= cost  # counted here, not looked at per line: a disk's free space is a syscall
+                self._budget -= _bytes(record)  # counted here, not looked at per line: free space is a syscall
                 self._short = self._budget < 0
             if size <= self._limit and not self._short:
                 self._size[op_id] = size
@@ -347,8 +368,11 @@ class LogBuffer:
         the attempt's lease (the likely way a resume's "resuming from checkpoint" line went missing once
         in a loaded CI run)."""
         if self._room is not None and (room := self._room()) is not None:
-            buffered = sum(len(r.message) + RECORD_COST for recs in self._buf.values() for r in recs)
-            self._budget = room - buffered
+            # What a flush is still writing counts too: a command's early batch (LOG_BATCH long lines, 1.3 MB)
+            # still being written when the clock's flush looked left the budget that much too high, and the
+            # disk filled before the cut, its warning line with it (a loaded soak run).
+            buffered = sum(_cost(recs) for recs in self._buf.values())
+            self._budget = room - buffered - self._in_flight
             self._short = self._budget < 0
         for i in [op_id] if op_id else list(self._buf):
             while (busy := self._writing.get(i)) is not None:
@@ -357,6 +381,8 @@ class LogBuffer:
             if not recs:
                 continue
             self._writing[i] = done = asyncio.Event()
+            cost = _cost(recs) if self._room is not None else 0
+            self._in_flight += cost
             try:
                 await self._store.append_logs(i, recs)
                 self._health.ok("logs")
@@ -374,5 +400,6 @@ class LogBuffer:
                 self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
                 del self._buf[i][: -LOG_BUFFER_MAX or None]
             finally:
+                self._in_flight -= cost
                 del self._writing[i]
                 done.set()

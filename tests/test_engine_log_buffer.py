@@ -9,11 +9,14 @@ line went missing once in a loaded CI run (test_redis_store's pause and resume t
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Any
+
+import pytest
 
 from engine.events import EventBus
 from engine.models import LogRecord
-from engine.outage import LOG_BATCH, LogBuffer, StoreHealth
+from engine.outage import LOG_BATCH, SHORT_TAIL_BYTES, LogBuffer, StoreHealth
 
 
 class SlowStore:
@@ -102,3 +105,58 @@ async def test_past_the_limit_the_tail_kept_is_bounded_in_characters_too() -> No
     said = [m for m in store.messages if "came past the log limit" in m]
     assert len(said) == 1 and said[0].startswith("38 log lines (45.9K)"), said
     assert store.messages[-1] == "y" * 4093 + "end"  # the end of the last record, within the tail's budget
+
+
+class SmallDisk:
+    """A store's logs on a disk of ``size`` bytes: ``log_room`` is what is free, less ``reserve``; a write that
+    does not fit fails as a full disk does. Each write takes a while, as the store's thread does under load."""
+
+    def __init__(self, size: int, reserve: int) -> None:
+        self.size = size
+        self.reserve = reserve
+        self.used = 0
+        self.messages: list[str] = []
+        self.full = 0
+
+    def log_room(self) -> int:
+        return self.size - self.used - self.reserve
+
+    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
+        await asyncio.sleep(0.02)
+        cost = sum(len(r.model_dump_json(exclude={"operation_id"}).encode()) + 1 for r in records)  # as written
+        if self.used + cost > self.size:
+            self.full += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.used += cost
+        self.messages += [r.message for r in records]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["x" * 200, "\x1b[31m\x01\x02" * 30 + "\ufffd" * 20],
+    ids=["text", "binary"],
+)
+async def test_the_records_a_flush_is_still_writing_count_against_the_room_on_the_disk(line: str) -> None:
+    """A command printing long lines fast on a small disk: an early batch (LOG_BATCH lines, 1.3 MB) was still
+    being written when the clock's flush looked at the disk, which did not show it yet. The budget was that
+    much too high, and the disk filled before the cut: the log stopped, without its warning or its tail (a
+    loaded soak run). Binary output counted as characters filled it too: a control character is six bytes
+    written (``\u001b``). Now the lines are cut while the disk keeps its reserve, and the log says so."""
+    disk = SmallDisk(size=5 << 20, reserve=1 << 20)
+    health = StoreHealth(60.0, lambda: True)
+    buf = LogBuffer(disk, health, EventBus(), 64 << 20)  # type: ignore[arg-type]
+    clock: list[asyncio.Task[None]] = []
+    for i in range(35_000):
+        buf.append("op1", record(f"line {i} {line}"))
+        if i % 500 == 0:
+            await asyncio.sleep(0)  # the loop turns: an early flush starts, or goes on writing
+        if i % 2_000 == 1_000:
+            clock.append(asyncio.create_task(buf.flush()))  # the engine's clock, while a batch is in flight
+    buf.end("op1")
+    await asyncio.gather(*clock)
+    await buf.flush()
+    assert disk.full == 0, "the disk filled before the lines were cut"
+    assert disk.used <= disk.size - disk.reserve + 2 * SHORT_TAIL_BYTES  # the kept tail goes in the reserve
+    assert any("the state dir's file system is nearly full" in m for m in disk.messages)
+    assert any("came past the point where the store's disk was nearly full" in m for m in disk.messages)
+    assert disk.messages[-1].startswith("line 34999 ")
