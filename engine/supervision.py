@@ -71,6 +71,9 @@ LOOP_BLOCKED = 5.0
 HELD = 1.0
 """Seconds the event loop may go without turning before that time is taken for a hold of the loop (a handler's
 blocking code), which counts toward no stall clock but the holder's (``Watch.held``)."""
+NUDGE = 0.5
+"""Seconds the event loop may go without turning before the running handlers are told to let it turn at their
+next item boundary (``OperationContext.nudge``)."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -400,7 +403,10 @@ class Supervisor:
             store.on_lease_lost = self.lease_lost
 
     async def run(self) -> None:
-        watch = self.loop_watch = LoopWatch(lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())])
+        watch = self.loop_watch = LoopWatch(
+            lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())],
+            self._nudge,
+        )
         try:
             await self._run(watch)
         finally:
@@ -411,6 +417,12 @@ class Supervisor:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    def _nudge(self) -> None:
+        """(From the loop's watch thread, while the loop does not turn.) Every running handler lets the loop
+        turn at its next item boundary."""
+        for attempt in list(self._runs.values()):
+            attempt.ctx.nudge()
 
     async def _run(self, watch: LoopWatch) -> None:
         next_poll = next_flush = next_orphans = next_beat = 0.0
@@ -724,8 +736,10 @@ class LoopWatch:
     would say why. A callback on the loop marks each turn; a thread of its own looks at the mark.
     """
 
-    def __init__(self, running: Callable[[], list[str]]) -> None:
+    def __init__(self, running: Callable[[], list[str]], nudge: Callable[[], None] | None = None) -> None:
         self._limit = LOOP_BLOCKED
+        self._nudge = nudge
+        """Called from the watch thread while the loop does not turn: the handlers let it turn between items."""
         self._every = min(0.25, self._limit / 4)
         self._running = running
         self._loop = asyncio.get_running_loop()
@@ -853,11 +867,17 @@ class LoopWatch:
                 self._ran = _ran(self._threads)
             turned = self.turned
             blocked = now - max(turned, self._thawed)
-            if blocked < min(self._limit, HELD / 2):
+            if blocked < min(self._limit, HELD / 2, NUDGE):
                 continue
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None and frame.f_code.co_name == "select":
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
+            if blocked >= NUDGE and self._nudge is not None:
+                # RuntimeError: the runs changed size under the read; nudged at the next look.
+                with contextlib.suppress(RuntimeError):
+                    self._nudge()
+            if blocked < min(self._limit, HELD / 2):
+                continue
             self._held_by(turned, now, frame)
             if blocked < self._limit or said_for == turned:
                 continue

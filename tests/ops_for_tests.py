@@ -263,3 +263,23 @@ async def closes_stdout(ctx: OperationContext, p: StdoutParams) -> dict:
     async for _ in ctx.items(range(5), key=str):
         await asyncio.sleep(0.01)
     return {"done": 5}
+
+
+@operation("tight_items")
+async def tight_items(ctx: OperationContext, params: Any) -> dict:
+    """Items without end whose bodies never await (a little hashing each, on the loop, as a handler of many
+    quick items does): only ``ctx.items`` lets the engine's clock run between them. Appends the first item each
+    attempt runs to the file ``first``; ends once the file ``stop`` exists (looked at every 1,000 items)."""
+    import hashlib
+    import itertools
+
+    stop, data, first = Path(params["stop"]), b"x" * 2000, True
+    async for i in ctx.items(itertools.count(), key=str):
+        if first:
+            with open(params["first"], "a") as f:
+                f.write(f"{i}\n")
+            first = False
+        hashlib.sha256(data).digest()
+        if i % 1000 == 0 and stop.exists():
+            break
+    return {}
