@@ -35,6 +35,7 @@ from .context import BrokenInto, OperationContext, OperationStopped, TooManyFail
 from .errors import InvalidInput, StoreFailed
 from .files import private_dir, private_dirs
 from .lifecycle import CANCEL_WINS, StopReason
+from .limits import MAX_RESULT_BYTES
 from .models import (
     Checkpoint,
     CheckpointSaved,
@@ -56,7 +57,7 @@ from .shortage import ran_short, short_of_processes
 from .store import Store
 from .store.base import ItemDelta, Ledger
 from .supervision import Watch
-from .text import BrokenValue, NotJSON, bad_text, clean, clean_json, storable
+from .text import BrokenValue, NotJSON, bad_text, clean, clean_json, json_bytes, storable
 
 log = logging.getLogger("outlast.engine")
 
@@ -543,6 +544,10 @@ class Attempt:
             return
         if why is not None:  # the work is done: it completes, without the result it cannot store
             ctx.log.warning(f"result not stored: {why}; a result holds JSON values only")
+        left_out = _too_large(result)
+        if left_out is not None:  # the work is done: it completes, without a result every listing would read
+            result = None
+            ctx.log.warning(f"result not stored: {left_out}")
         where = bad_text(result, "result")
         if where is not None:  # a file name's bytes that are not UTF-8: no record stores them (text.py)
             ctx.log.warning(f"{where} holds bytes that are not UTF-8: stored with each such byte as \\xNN")
@@ -551,7 +556,7 @@ class Attempt:
             await self._final_checkpoint()  # keep the ledger of failures with the record
         if ctx.total is None or ctx.done > ctx.total:
             ctx.total = ctx.done
-        message = None
+        message = f"completed; its result was not stored: {left_out}" if left_out is not None else None
         if ctx.repeated:  # work a later loop skipped, said where `ls` and `show` show it: not only in the log
             n = ctx.repeated
             whose = "their keys were" if n != 1 else "its key was"
@@ -915,3 +920,16 @@ def _first_leaf(group: BaseExceptionGroup[OperationStopped]) -> OperationStopped
 def _seconds(x: float) -> str:
     """``0.6``, ``8``, ``2600``: a span for a status line, to a tenth below 10 s."""
     return f"{round(x, 1) if x < 10 else round(x):g}"
+
+
+def _too_large(result: Any) -> str | None:
+    """Why ``result`` (as ``storable`` returned it) is too large to store (``MAX_RESULT_BYTES``); None if not."""
+    if result is None:
+        return None
+    n = len(json_bytes(result, separators=(",", ":")))
+    if n <= MAX_RESULT_BYTES:
+        return None
+    return (
+        f"{n:,} bytes of JSON, over the limit of {MAX_RESULT_BYTES:,} (every listing of the store reads a"
+        " result): write bulk output to a file and return its path"
+    )

@@ -47,6 +47,10 @@ MAX_VALUE_DEPTH = 200
 """Lists and dicts in what a handler stores (``ctx.state``, checkpoint context data, a result, a metric) nest at
 most this deep: JSON's encoder recurses a frame a level and pydantic's writer stops at 255 (a record, an
 answer of the API, is a few levels more). A value deeper is refused naming where (``text.too_deep``)."""
+MAX_RESULT_BYTES = 1 << 20
+"""A handler's result as JSON, at most: one larger completes its operation without it, said in its status line
+and log. A result is part of the record, read by every listing of the store (``ls``, the dashboard, the API):
+eight operations with a result of 50 MB each took ``outlast ls`` to 585 MB and ``ls --json`` to 1.7 GB."""
 MAX_PROFILE_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0

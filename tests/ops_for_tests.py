@@ -283,3 +283,9 @@ async def tight_items(ctx: OperationContext, params: Any) -> dict:
         if i % 1000 == 0 and stop.exists():
             break
     return {}
+
+
+@operation("big_result")
+async def big_result(ctx: OperationContext, params: Any) -> dict:
+    """A result of ``chars`` characters of text (its JSON a few bytes more)."""
+    return {"text": "r" * int(params["chars"])}
