@@ -51,6 +51,11 @@ MAX_RESULT_BYTES = 1 << 20
 """A handler's result as JSON, at most: one larger completes its operation without it, said in its status line
 and log. A result is part of the record, read by every listing of the store (``ls``, the dashboard, the API):
 eight operations with a result of 50 MB each took ``outlast ls`` to 585 MB and ``ls --json`` to 1.7 GB."""
+MAX_CHECKPOINT_BYTES = 256 << 20
+"""A checkpoint's payload (``ctx.state``, context data, next step) as JSON, at most: one larger is refused at the
+handler's safe point (``NotJSON``), naming its size. Past SQLite's largest value (1 GB) or Redis's largest
+argument (``proto-max-bulk-len``, 512 MB) the store refused every write of it, which read as a store outage:
+the attempt ended interrupted, and so did every resume, with nothing wrong with the store."""
 MAX_PROFILE_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0

@@ -289,3 +289,13 @@ async def tight_items(ctx: OperationContext, params: Any) -> dict:
 async def big_result(ctx: OperationContext, params: Any) -> dict:
     """A result of ``chars`` characters of text (its JSON a few bytes more)."""
     return {"text": "r" * int(params["chars"])}
+
+
+@operation("big_state")
+async def big_state(ctx: OperationContext, params: Any) -> dict:
+    """Three items; the second puts ``chars`` characters of text in ``ctx.state`` and asks for a checkpoint."""
+    async for i in ctx.items(range(3), key=str):
+        if i == 1:
+            ctx.state["blob"] = "s" * int(params["chars"])
+        await ctx.checkpoint()
+    return {}

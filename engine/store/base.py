@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic_core import from_json, to_json
 
+from .. import limits
 from ..limits import MAX_VALUE_DEPTH
 from ..models import (
     Checkpoint,
@@ -223,11 +224,12 @@ def encode_payload(cp: Checkpoint) -> bytes:
     # differently (a key that is not a string, a tuple, a datetime, NaN) fails the comparison or the write,
     # and the checks below say why or write it as json does.
     if _Quick.fits():
+        quick: bytes | None = None
         try:
-            quick = to_json(content, inf_nan_mode="constants")
-            if from_json(quick, cache_strings=False) == content:  # no string cache: 20 -> 14 us for 5 KB
-                _Quick.largest = max(_Quick.largest, len(quick))
-                return quick
+            encoded = to_json(content, inf_nan_mode="constants")
+            if from_json(encoded, cache_strings=False) == content:  # no string cache: 20 -> 14 us for 5 KB
+                _Quick.largest = max(_Quick.largest, len(encoded))
+                quick = encoded
         except (ValueError, TypeError, RecursionError):
             pass
         except BaseException as e:
@@ -235,6 +237,8 @@ def encode_payload(cp: Checkpoint) -> bytes:
                 raise
             _Quick.usable = False  # never again here: the next call may block for good (see _Quick)
             raise MemoryError("pydantic-core failed encoding the checkpoint (out of memory?)") from None
+        if quick is not None:
+            return _within_limit(quick)  # out of the try: NotJSON is a TypeError
     deep = too_deep(cp.state, "ctx.state", MAX_VALUE_DEPTH) or too_deep(
         cp.context_data, "ctx.context_data", MAX_VALUE_DEPTH
     )
@@ -251,13 +255,26 @@ def encode_payload(cp: Checkpoint) -> bytes:
     try:
         slow = json_bytes(content, separators=(",", ":"))
         _Quick.largest = max(_Quick.largest, len(slow))
-        return slow
     except (TypeError, ValueError) as e:  # the handler's to fix: say what, where, in its own words
         where = next(filter(None, (not_json(content[k], f"ctx.{k}") for k in ("state", "context_data"))), None)
         raise NotJSON(
             f"checkpoint not saved: {where or e}; a checkpoint holds JSON values only (str, int, float,"
             " bool, None, lists, dicts with str keys)"
         ) from None
+    return _within_limit(slow)
+
+
+def _within_limit(payload: bytes) -> bytes:
+    """``payload``, or NotJSON when it is larger than a checkpoint may be (``MAX_CHECKPOINT_BYTES``): the
+    handler's to fix, said at its safe point, never a store outage (read at each call: a test lowers it)."""
+    limit = limits.MAX_CHECKPOINT_BYTES
+    if len(payload) > limit:
+        raise NotJSON(
+            f"checkpoint not saved: ctx.state and its context data are {len(payload):,} bytes of JSON, over the"
+            f" limit of {limit:,} (a checkpoint is written whole each time): keep bulk data in your own output"
+            " and its place (a path, an offset) in ctx.state"
+        )
+    return payload
 
 
 def stopped_instead(status: Status, message: str, changes: dict[str, Any]) -> dict[str, Any]:
