@@ -295,6 +295,9 @@ class OperationContext(SeedContextMethods):
             self._seq = cp.seq
         self._done_at_checkpoint = self._done
         """``done`` at the last checkpoint: ``checkpoint_every`` counts items from there."""
+        self._keys_counted = 0
+        self._keys_size = 0
+        """How many of the keys done since the last checkpoint ``unsaved_keys_size`` has counted, and their size."""
         self._met_done = False
         """A loop of this attempt met a key its checkpoint counted as done (else, resumed: the keys changed?)."""
         self._done_resumed = len(self._ledger.done) if resume is not None else 0
@@ -718,6 +721,7 @@ class OperationContext(SeedContextMethods):
         self._checkpoint_due = False
         self._done_at_checkpoint = self.done
         delta = self._ledger.take()
+        self._keys_counted = self._keys_size = 0
         self._seq += 1
         done, state, step = self.done, self.state, next_step if next_step is not None else self.step
         context_data = context_data or {}
@@ -788,6 +792,20 @@ class OperationContext(SeedContextMethods):
         """Not saved: keep the delta for the next checkpoint."""
         self._seq -= 1
         self._ledger.restore(delta)
+        self._keys_counted = self._keys_size = 0  # put back in front: counted again
+
+    def unsaved_keys_size(self) -> int:
+        """About how large, as JSON, the keys of the items done since the last checkpoint are (the next
+        checkpoint's delta). Counts only the keys added since the last call: the engine's clock asks at each
+        tick, never the hot path."""
+        new = self._ledger.new_done
+        n = len(new)
+        if n > self._keys_counted:
+            self._keys_size += sum(map(len, itertools.islice(new, self._keys_counted, None))) + 3 * (
+                n - self._keys_counted
+            )
+            self._keys_counted = n
+        return self._keys_size
 
     # ---- attempt side: called by the attempt running the handler, not by handlers -------------
 

@@ -56,6 +56,10 @@ MAX_CHECKPOINT_BYTES = 256 << 20
 handler's safe point (``NotJSON``), naming its size. Past SQLite's largest value (1 GB) or Redis's largest
 argument (``proto-max-bulk-len``, 512 MB) the store refused every write of it, which read as a store outage:
 the attempt ended interrupted, and so did every resume, with nothing wrong with the store."""
+MAX_DELTA_BYTES = 64 << 20
+"""The item keys done since the last checkpoint, as JSON, past which a checkpoint is due before its interval
+ends: each checkpoint writes them in one value (its delta), which a store holds up to a size (SQLite 1 GB, a
+Redis argument 512 MB). Read at each look (a test lowers it)."""
 MAX_PROFILE_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0

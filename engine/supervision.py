@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from . import limits
 from .config import Settings
 from .context import OperationContext
 from .errors import ControlChanged, StoreError
@@ -103,6 +104,8 @@ class Watch:
         self.last_beat = 0
         self.last_change = now
         self.next_checkpoint = now + ctx.profile.checkpoint_interval
+        self.keys_looked = now
+        """When the clock last asked for a checkpoint for the size of the keys done since the last one."""
         self.next_report = now + ctx.profile.progress_report_interval
         self.deadline = 0.0
         """Monotonic deadline of this attempt."""
@@ -279,6 +282,13 @@ class Watch:
         self.follow_total()
         if now >= self.next_checkpoint:
             self.next_checkpoint = now + p.checkpoint_interval
+            ctx.mark_checkpoint_due()
+        elif ctx.unsaved_keys_size() > limits.MAX_DELTA_BYTES and now >= self.keys_looked + 1.0:
+            # Item keys done since the last checkpoint past what one write should carry: a quick handler's
+            # keys of an interval (10M of 100 bytes) grew past SQLite's largest value (1 GB) or a Redis
+            # argument (512 MB), and every checkpoint after was refused: the delta only grew, never saved.
+            # (Counted at every tick, a tick's new keys at a time; asked for once a second at most.)
+            self.keys_looked = now
             ctx.mark_checkpoint_due()
         if now >= self.next_report:
             self.next_report = now + p.progress_report_interval

@@ -299,3 +299,12 @@ async def big_state(ctx: OperationContext, params: Any) -> dict:
             ctx.state["blob"] = "s" * int(params["chars"])
         await ctx.checkpoint()
     return {}
+
+
+@operation("long_keys")
+async def long_keys(ctx: OperationContext, params: Any) -> dict:
+    """``items`` items keyed by ``kb`` KB of text each, ``d`` seconds apiece."""
+    kb, d = int(params["kb"]), float(params["d"])
+    async for _ in ctx.items(range(int(params["items"])), key=lambda i: f"{i}:" + "k" * (kb << 10)):
+        await asyncio.sleep(d)
+    return {}
