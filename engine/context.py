@@ -33,7 +33,7 @@ from .autobot import Pending, SeedContextMethods
 from .humanize import abridged
 from .items import ItemLedger
 from .lifecycle import StopReason
-from .limits import MAX_COUNT, MAX_STEP_CHARS, MAX_VALUE_DEPTH
+from .limits import MAX_COUNT, MAX_METRICS_CHARS, MAX_STEP_CHARS, MAX_VALUE_DEPTH
 from .models import Checkpoint, LogRecord, Operation
 from .processes import Children
 from .profiles import TimeoutProfile
@@ -437,11 +437,16 @@ class OperationContext(SeedContextMethods):
         metrics = self.metrics
         try:
             deep = too_deep(metrics, "", MAX_VALUE_DEPTH + 1)  # a record cannot hold it: storable says why, below
-            if deep is None and json.dumps(metrics, allow_nan=False) and bad_text(metrics, "") is None:
+            if (
+                deep is None
+                and len(json.dumps(metrics, allow_nan=False)) <= MAX_METRICS_CHARS
+                and bad_text(metrics, "") is None
+            ):
                 return dict(metrics)
         except (TypeError, ValueError, RecursionError):
             pass
         kept: dict[str, Any] = {}
+        room = MAX_METRICS_CHARS
         for name, value in list(metrics.items()):
             key = clean(str(name))
             try:
@@ -449,7 +454,19 @@ class OperationContext(SeedContextMethods):
             except BrokenValue as e:
                 why = str(e)
             if why is None:
-                kept[key] = clean_json(value)
+                value = clean_json(value)
+                n = len(json.dumps(value)) + len(json.dumps(key)) + 2
+                if n > room:  # a record written at every progress report, read by every listing
+                    if key not in self._said_metrics:
+                        self._said_metrics.add(key)
+                        self.log.warning(
+                            f"not stored: metric {key!r} is {n:,} characters of JSON, past the {MAX_METRICS_CHARS:,}"
+                            " all metrics may take (a metric is a count or a short value: keep bulk data in ctx.state"
+                            " or your own output)"
+                        )
+                    continue
+                room -= n
+                kept[key] = value
             elif key not in self._said_metrics:
                 self._said_metrics.add(key)
                 self.log.warning(f"not stored: {why}; a metric holds JSON values only")

@@ -60,6 +60,11 @@ MAX_DELTA_BYTES = 64 << 20
 """The item keys done since the last checkpoint, as JSON, past which a checkpoint is due before its interval
 ends: each checkpoint writes them in one value (its delta), which a store holds up to a size (SQLite 1 GB, a
 Redis argument 512 MB). Read at each look (a test lowers it)."""
+MAX_METRICS_CHARS = 64 * 1024
+"""A handler's metrics (``ctx.progress(**metrics)``) as JSON, at most, all together: a metric that would take
+them past it is left out, said once. They are part of the record, written again at every progress report and
+read by every listing: a 20 MB metric made each write of the record 40 MB (kept twice, with the seed's
+``performance_metrics``)."""
 MAX_PROFILE_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_SECONDS = 366 * 86400.0

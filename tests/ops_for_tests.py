@@ -308,3 +308,12 @@ async def long_keys(ctx: OperationContext, params: Any) -> dict:
     async for _ in ctx.items(range(int(params["items"])), key=lambda i: f"{i}:" + "k" * (kb << 10)):
         await asyncio.sleep(d)
     return {}
+
+
+@operation("big_metric")
+async def big_metric(ctx: OperationContext, params: Any) -> dict:
+    """Reports a metric of ``chars`` characters of text beside a count, then waits ``d`` seconds."""
+    ctx.progress(1, total=2, files=7, listing="m" * int(params["chars"]))
+    await asyncio.sleep(float(params["d"]))
+    ctx.progress(2)
+    return {}
