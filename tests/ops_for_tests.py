@@ -317,3 +317,13 @@ async def big_metric(ctx: OperationContext, params: Any) -> dict:
     await asyncio.sleep(float(params["d"]))
     ctx.progress(2)
     return {}
+
+
+@operation("dict_state")
+async def dict_state(ctx: OperationContext, params: Any) -> dict:
+    """``items`` items, each putting a dict of ``n`` entries in ``ctx.state`` and asking for a checkpoint."""
+    n = int(params["n"])
+    async for i in ctx.items(range(int(params["items"])), key=str):
+        ctx.state["index"] = {f"file/{j}.py": [j, i, "ok"] for j in range(n)}
+        await ctx.checkpoint(next_step=f"after {i}")
+    return {}

@@ -9,6 +9,7 @@ stores share (base.Chain); rows on a damaged page are skipped, not fatal.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -23,6 +24,12 @@ from .core import SqliteCore, damaged
 
 log = logging.getLogger("outlast.store")
 
+_ROW = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?"
+_LISTED_ROW = (
+    "SELECT seq, info, payload, checksum, CASE WHEN json_valid(CAST(payload AS TEXT))"
+    " THEN json_extract(CAST(payload AS TEXT), '$.next_step') END FROM checkpoints WHERE op_id=? AND seq=?"
+)
+"""A checkpoint's row, with its payload's next step (JSON text stored as a blob: SQLite reads a blob as JSONB)."""
 _COUNT_FAILURES = "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?"
 """The record's count of the items its failures listing holds."""
 
@@ -101,31 +108,34 @@ class CheckpointsMixin(SqliteCore):
 
         return Chain(rows())
 
-    def _checkpoint_rows(self, op_id: str, seq: int | None) -> list[tuple[Any, ...]]:
-        """(seq, info, payload, checksum) newest first; rows on an unreadable page are left out."""
+    def _checkpoint_rows(self, op_id: str, seq: int | None, next_step: bool = False) -> Iterator[tuple[Any, ...]]:
+        """(seq, info, payload, checksum) newest first, one payload read at a time (a state of 50 MB, five
+        kept: a resume or a listing held all five at once); rows on an unreadable page are left out.
+        ``next_step``: each with its payload's next step too, read by SQLite's JSON functions (a listing
+        decoded each whole payload in Python for it, several times the payload's size)."""
         conn = self._db
-        sql = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=?"
+        sql = "SELECT seq FROM checkpoints WHERE op_id=?"
         args: list[Any] = [op_id]
         if seq is not None:
             sql += " AND seq <= ?"
             args.append(seq)
         try:
-            return conn.execute(sql + " ORDER BY seq DESC", args).fetchall()
+            seqs = [s for (s,) in conn.execute(sql + " ORDER BY seq DESC", args)]
         except sqlite3.DatabaseError as e:
             if not damaged(e):  # a read that failed this time: not a checkpoint to skip
                 raise
-        # A damaged page: read the seqs one by one, keeping what is readable.
-        out: list[tuple[Any, ...]] = []
-        top = seq if seq is not None else self._max_seq(op_id)
-        for s in range(top, 0, -1):
+            # A damaged page: the seqs one by one, keeping what is readable.
+            seqs = list(range(seq if seq is not None else self._max_seq(op_id), 0, -1))
+        one = _LISTED_ROW if next_step else _ROW
+        for s in seqs:
             try:
-                out += conn.execute(
-                    "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?", (op_id, s)
-                ).fetchall()
+                row = conn.execute(one, (op_id, s)).fetchone()
             except sqlite3.DatabaseError as e:
                 if not damaged(e):
                     raise
-        return out
+                continue
+            if row is not None:
+                yield row
 
     def _max_seq(self, op_id: str) -> int:
         conn = self._db
@@ -145,12 +155,13 @@ class CheckpointsMixin(SqliteCore):
 
         def do() -> tuple[Checkpoint, Ledger] | None:
             rows = self._checkpoint_rows(op_id, seq)
-            if not rows:
+            newest = next(rows, None)
+            if newest is None:
                 return None
             chain = self._chain(op_id)
             skipped: list[str] = []
             found: tuple[Checkpoint, Ledger] | None = None
-            for s, info, payload, cs in rows:
+            for s, info, payload, cs in itertools.chain([newest], rows):
                 if not chain.verifies(s, payload, cs):
                     why = (
                         f"follows a broken chain ({chain.broken})"
@@ -179,14 +190,17 @@ class CheckpointsMixin(SqliteCore):
         def do() -> list[Checkpoint]:
             out = []
             chain = self._chain(op_id)
-            for s, info, payload, cs in self._checkpoint_rows(op_id, None):
+            for s, info, payload, cs, step in self._checkpoint_rows(op_id, None, next_step=True):
                 try:
                     cp = Checkpoint.model_validate_json(info)
                 except ValueError:
                     continue
                 valid = chain.verifies(s, payload, cs)
-                next_step = None
-                if valid:
+                next_step = step if valid and isinstance(step, str) else None
+                if next_step is not None and "\ufffd" in next_step:
+                    # SQLite wrote a lone surrogate's escape (a file name's byte that is not UTF-8) as bytes that
+                    # are not UTF-8 either: Python's decoder gives it back as it was saved.
+                    next_step = None
                     with contextlib.suppress(ValueError):
                         next_step = decode_payload(payload).get("next_step")
                 out.append(cp.model_copy(update={"valid": valid, "next_step": next_step}))
