@@ -4,6 +4,7 @@ the resume gets, and no step it checkpointed is run again."""
 from __future__ import annotations
 
 import collections
+import sys
 from pathlib import Path
 
 from engine import Engine, OperationSpec, Status
@@ -79,3 +80,14 @@ async def test_a_pause_of_a_command_ahead_of_the_engine_resumes_from_its_last_ch
     assert sorted(counts) == list(range(300))
     assert [k for k, n in counts.items() if n > 1] == []
     assert final.status is Status.COMPLETED, final.error
+
+
+async def test_a_fraction_of_more_digits_than_int_takes_is_no_progress_and_no_failure(engine: Engine) -> None:
+    """A line with a long run of digits after a slash ("3/1415926535...", 5,000 digits) met int()'s limit of
+    4,300 digits in the search for progress: the operation failed with a ValueError at command.py, its
+    command run to the end without a fault. Such a number is no count of items: the line is passed over."""
+    code = "print('3/' + '1' * 5000); print('1' * 5000 + '/7'); print('2/4')"
+    op = await engine.submit(OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}))
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result is not None and final.result["lines"] == 3, final.result

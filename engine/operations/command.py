@@ -395,7 +395,9 @@ class _Parser:
                         self._count(str(int(float(r.group(1) or ""))), None, line)
             return None
         f = _FRACTION.search(line)
-        if f and int(f.group(2)) > 0 and int(f.group(1)) <= int(f.group(2)):
+        # Through _number: int() refuses more than 4,300 digits, and "3/1415926535..." (a long digit run after a
+        # slash) failed the whole operation with a ValueError, its command run to the end without a fault.
+        if f and (total := _number(f.group(2))) and (done := _number(f.group(1))) is not None and done <= total:
             self._count(f.group(1), f.group(2), line)
             return None
         p = _PERCENT.search(line)
