@@ -47,7 +47,7 @@ _getframe = sys._getframe
 
 STOP_AGAIN_PAUSE = 0.1
 """Seconds ``ctx.items`` waits before it raises a stop again into a handler that caught it (``_stop_again``)."""
-LOOP_TURN = 0.001
+LOOP_TURN = 0.003
 """Seconds ``ctx.items`` gives the event loop at an item boundary once it is told the loop has not turned for a
 while (``nudge``): every callback and task ready then runs (the clock's tick, a signal, a control poll) before
 the next item."""

@@ -72,9 +72,10 @@ LOOP_BLOCKED = 5.0
 HELD = 1.0
 """Seconds the event loop may go without turning before that time is taken for a hold of the loop (a handler's
 blocking code), which counts toward no stall clock but the holder's (``Watch.held``)."""
-NUDGE = 0.5
-"""Seconds the event loop may go without turning before the running handlers are told to let it turn at their
-next item boundary (``OperationContext.nudge``)."""
+NUDGE = 0.3
+"""Seconds the clock's tick (every ``TICK``) may be late before the running handlers are told to let the event loop
+turn at their next item boundary (``OperationContext.nudge``): asked at each look of the loop's watch thread, so
+a loop of items that never await turns four times a second (the lease of a Redis worker renewed, a signal seen)."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -405,6 +406,8 @@ class Supervisor:
         """The store's steps of the clock (``_store_round``), while they run."""
         self._beat: asyncio.Task[None] | None = None
         """The heartbeat, while it runs: on its own schedule, never behind a round's slower writes."""
+        self._ticked = time.monotonic()
+        """When the clock last ticked (read by the loop's watch thread: ``_nudge``)."""
         self.loop_watch: LoopWatch | None = None
         """While the supervisor runs: when the event loop last turned (``turned``)."""
         self.on_tick: Callable[[], None] | None = None
@@ -428,11 +431,13 @@ class Supervisor:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
 
-    def _nudge(self) -> None:
-        """(From the loop's watch thread, while the loop does not turn.) Every running handler lets the loop
-        turn at its next item boundary."""
-        for attempt in list(self._runs.values()):
-            attempt.ctx.nudge()
+    def _nudge(self, now: float) -> None:
+        """(From the loop's watch thread, at each of its looks.) The clock's tick is late by ``NUDGE``: every
+        running handler lets the loop turn at its next item boundary. RuntimeError: the runs changed under the
+        read (nudged at the next look)."""
+        if now - self._ticked >= NUDGE:
+            for attempt in list(self._runs.values()):
+                attempt.ctx.nudge()
 
     async def _run(self, watch: LoopWatch) -> None:
         next_poll = next_flush = next_orphans = next_beat = 0.0
@@ -444,7 +449,7 @@ class Supervisor:
         )
         while True:
             await asyncio.sleep(TICK)
-            now = time.monotonic()
+            now = self._ticked = time.monotonic()
             frozen = watch.frozen()
             if frozen:
                 log.info(
@@ -746,10 +751,11 @@ class LoopWatch:
     would say why. A callback on the loop marks each turn; a thread of its own looks at the mark.
     """
 
-    def __init__(self, running: Callable[[], list[str]], nudge: Callable[[], None] | None = None) -> None:
+    def __init__(self, running: Callable[[], list[str]], nudge: Callable[[float], None] | None = None) -> None:
         self._limit = LOOP_BLOCKED
         self._nudge = nudge
-        """Called from the watch thread while the loop does not turn: the handlers let it turn between items."""
+        """Called from the watch thread at each look (with the time): the handlers let the loop turn between items
+        when it does not turn (the caller knows its own clock's pace)."""
         self._every = min(0.25, self._limit / 4)
         self._running = running
         self._loop = asyncio.get_running_loop()
@@ -875,19 +881,16 @@ class LoopWatch:
                 self._gaps += self._count(now)
                 self._beat = now
                 self._ran = _ran(self._threads)
+            if self._nudge is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._nudge(now)
             turned = self.turned
             blocked = now - max(turned, self._thawed)
-            if blocked < min(self._limit, HELD / 2, NUDGE):
+            if blocked < min(self._limit, HELD / 2):
                 continue
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None and frame.f_code.co_name == "select":
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
-            if blocked >= NUDGE and self._nudge is not None:
-                # RuntimeError: the runs changed size under the read; nudged at the next look.
-                with contextlib.suppress(RuntimeError):
-                    self._nudge()
-            if blocked < min(self._limit, HELD / 2):
-                continue
             self._held_by(turned, now, frame)
             if blocked < self._limit or said_for == turned:
                 continue
