@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DamagedRecord
+from .humanize import abridged
+from .limits import MAX_KEY_CHARS
 from .models import MAX_SECONDS, InvalidInput, NumbersNotBools, Operation, OperationSpec
 
 
@@ -163,7 +165,8 @@ def one_line(e: ValidationError, model: type[BaseModel] | None = None) -> str:
     the model validated, whose fields' bounds a number out of them is told (``error_message``)."""
     parts = []
     for err in e.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"])
+        # A name is what was sent: a 30 KB key (params may be 64 KB) made the whole line 30 KB.
+        loc = ".".join(abridged(str(p), MAX_KEY_CHARS) for p in err["loc"])
         msg = error_message(err, model)
         parts.append(f"{loc}: {msg}" if loc else msg)  # a check of the whole model names its fields itself
     more = len(e.errors()) - 3

@@ -43,3 +43,13 @@ def test_every_built_in_types_description_reads_as_one_phrase_of_the_types_table
             first = text.split()[0]
             capitalised = first[0].isupper() and first[1:].islower()  # "Process", not "TF-IDF"
             assert not capitalised and not text.endswith("."), t["type"]
+
+
+def test_an_unknown_param_name_of_30_000_characters_is_named_cut_in_a_line_that_fits(cli: Cli) -> None:
+    """Params may be 64 KB: a name of 30,000 characters was said whole, a line burying the terminal."""
+    name = "k" * 30_000
+    r = cli.here("submit", "demo", "-p", f"{name}=1")
+    said = r.stderr.strip()
+    assert r.returncode == ExitCode.USAGE and said.count("\n") == 0, said[:300]
+    assert said.startswith(f"outlast: demo params: {'k' * 64}… (30,000 characters): Extra inputs"), said[:300]
+    assert len(said) < 300, len(said)
