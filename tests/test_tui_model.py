@@ -24,6 +24,7 @@ from engine import (
     Engine,
     LogRecord,
     Operation,
+    OperationSpec,
     Priority,
     Progress,
     Settings,
@@ -476,3 +477,40 @@ def test_the_first_look_is_validated_into_operations_and_counted_the_same() -> N
     assert bad.first_look(lambda statuses, limit: [r for r in records if r["status"] in statuses])
     assert not bad.validate_looked()
     assert (bad.ops, bad.looked, bad.counts()) == ({}, set(), {})
+
+
+async def test_the_selected_operations_checkpoints_costly_to_read_are_read_again_at_a_tenth_of_the_time(
+    settings: Settings,
+) -> None:
+    """The checkpoints pane read the selected operation's checkpoints at every poll (a second): each read hashes
+    every kept payload and the chain of its item keys, and five checkpoints of a 36 MB state took a second to
+    read, so the dashboard spent its whole time there. After a read of 0.2s or more the next waits ten times as
+    long, the record unchanged; a quick one is read at every poll as before, and a change of the record (its
+    status) reads it at once."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="dict_state", params={"items": 3, "n": 10}))
+        assert (await engine.wait(op.id, timeout=30)).status is Status.COMPLETED
+        model = OperationsModel(engine)
+        model.started = True
+        await model.poll()
+        reads: list[str] = []
+        slow = [0.0]
+        real = engine.checkpoints
+
+        async def costly(op_id: str) -> list[Any]:
+            reads.append(op_id)
+            await asyncio.sleep(slow[0])
+            return await real(op_id)
+
+        engine.checkpoints = costly  # type: ignore[method-assign]
+        for _ in range(3):  # quick: read at every poll
+            assert [c.seq for c in (await model.side(op.id, logs=False, log_offset=0)).checkpoints] == [3, 2, 1]
+        assert len(reads) == 3
+        slow[0] = 0.5  # a read of half a second: the next one not before five and a half seconds have passed
+        for _ in range(4):
+            assert [c.seq for c in (await model.side(op.id, logs=False, log_offset=0)).checkpoints] == [3, 2, 1]
+        assert len(reads) == 4, reads  # the first of them only
+        held = model.ops[op.id]
+        model.ops[op.id] = held.model_copy(update={"status": Status.FAILED})  # as a poll keeps a changed record
+        await model.side(op.id, logs=False, log_offset=0)
+        assert len(reads) == 5, reads

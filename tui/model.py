@@ -51,6 +51,13 @@ be dropped by the pane as it wrote them). A command printing 50,000 lines a seco
 line since the last (4 MB at a time), a record of each written to the pane: keys took seconds to answer."""
 TOTAL_AGAIN = 5.0
 """Seconds between two reads of a running operation whose total changed again (``OperationsModel._new_totals``)."""
+CHECKPOINTS_SHARE = 0.1
+"""The part of the dashboard's time the selected operation's checkpoints may take to read at its polls: each read
+hashes every kept payload and its chain of item keys (five checkpoints of a 36 MB state took a second), so after
+a read of ``CHECKPOINTS_COSTLY`` seconds or more the next waits ten times as long, the record unchanged."""
+CHECKPOINTS_COSTLY = 0.2
+"""Seconds a read of the selected operation's checkpoints takes before the next waits (a quicker one: at every
+poll, as ever)."""
 ALL_LOGS_OPS = 20
 """In the logs pane's all-operations mode: the running operations and this many last updated."""
 ALL_LOGS_TAIL = 50
@@ -140,6 +147,9 @@ class OperationsModel:
         """The engine is started: the store can be read (the App sets it)."""
         self.full: Operation | None = None
         """The selected operation's whole record (``ops`` holds slim ones): params, result."""
+        self._checkpoints: tuple[str, object, float, list[Checkpoint]] | None = None
+        """The selected operation's checkpoints as last read: its id, what its record was then, when the next
+        read is due (``CHECKPOINTS_SHARE``), the checkpoints."""
         self.looked: set[str] = set()
         """Records held from the first look (no engine): the engine's read of each replaces it, even unchanged."""
 
@@ -513,10 +523,7 @@ class OperationsModel:
         held = self.ops.get(op_id)
         if full is None or full.id != op_id or (held is not None and full.status is not held.status):
             self.full = await self.engine.get(op_id)
-        try:
-            checkpoints = await self.engine.checkpoints(op_id)
-        except NotFound:  # removed meanwhile (an unknown id is NotFound, not []): its row leaves at the next look
-            checkpoints = []
+        checkpoints = await self._checkpoints_of(op_id, held)
         records: list[LogRecord] | None = None
         offset = log_offset or 0
         if logs:
@@ -525,6 +532,23 @@ class OperationsModel:
             else:
                 records, offset = await self.engine.logs(op_id, log_offset, LOG_POLL_MAX)
         return Side(op_id, checkpoints, records, offset)
+
+    async def _checkpoints_of(self, op_id: str, held: Operation | None) -> list[Checkpoint]:
+        """``op_id``'s checkpoints: read again unless the last read of them was costly, is recent for its cost
+        and the record has not changed since (a status, an attempt, a write of it)."""
+        seen = (held.status, held.attempt, held.updated_at) if held is not None else None
+        last = self._checkpoints
+        now = time.monotonic()
+        if last is not None and last[0] == op_id and seen is not None and last[1] == seen and now < last[2]:
+            return last[3]
+        try:
+            checkpoints = await self.engine.checkpoints(op_id)
+        except NotFound:  # removed meanwhile (an unknown id is NotFound, not []): its row leaves at the next look
+            checkpoints = []
+        took = time.monotonic() - now
+        due = now + took + took / CHECKPOINTS_SHARE if took >= CHECKPOINTS_COSTLY else now
+        self._checkpoints = (op_id, seen, due, checkpoints)
+        return checkpoints
 
     async def all_logs(self, offsets: dict[str, int]) -> list[LogRecord]:
         """Every operation's new log lines, merged by time: those that run now and the last ones updated,
