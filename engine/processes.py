@@ -417,11 +417,19 @@ def process_start(pid: int) -> tuple[str, int] | None:
     return None if fields is None or fields[0] == b"Z" else _who(fields)
 
 
-def _who(fields: list[bytes]) -> tuple[str, int] | None:
-    """This boot's id and the start (field 22) of the process whose stat ``fields`` are."""
+def boot_id() -> str | None:
+    """This boot's id (the kernel's, new at each boot); None where there is none (not Linux)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
-            boot = fh.read().strip().decode()
-        return boot, int(fields[19])  # field 22 of stat; [0] here is field 3 (state)
-    except (OSError, IndexError, ValueError):
+            return fh.read().strip().decode() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _who(fields: list[bytes]) -> tuple[str, int] | None:
+    """This boot's id and the start (field 22) of the process whose stat ``fields`` are."""
+    boot = boot_id()
+    try:
+        return None if boot is None else (boot, int(fields[19]))  # field 22 of stat; [0] here is field 3 (state)
+    except (IndexError, ValueError):
         return None

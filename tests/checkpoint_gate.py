@@ -9,7 +9,7 @@ its end only."""
 from __future__ import annotations
 
 import os
-import time
+import select
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,7 +33,9 @@ async def _gated_save(self: Attempt, *args: Any, **kwargs: Any) -> bool:
         (gate / f"at-{_written}").touch()
         go = gate / f"go-{_written}"
         while not go.exists():  # blocking on purpose: nothing of the engine runs until the test says so
-            time.sleep(0.005)
+            # Not time.sleep: under libfaketime with a real monotonic clock (a worker whose wall clock is ahead)
+            # its absolute monotonic deadline is shifted by the fake offset, and every call failed with EINVAL.
+            select.select([], [], [], 0.005)
     return saved
 
 
@@ -42,7 +44,7 @@ async def _never_completed(self: Attempt, result: Any) -> NoReturn:
     assert gate is not None, "tests.checkpoint_gate is for a worker given OUTLAST_TEST_CHECKPOINT_GATE"
     (gate / "end").touch()
     while True:  # until the SIGKILL
-        time.sleep(1)
+        select.select([], [], [], 1.0)  # not time.sleep: see _gated_save
 
 
 Attempt.save_checkpoint = _gated_save  # type: ignore[method-assign]

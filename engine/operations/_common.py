@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import math
 import os
 import sqlite3
 import stat
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 from ..files import free_bytes
 from ..humanize import size
+from ..processes import boot_id
 
 if TYPE_CHECKING:  # an annotation only: worker processes import this module without the engine
     from ..context import OperationContext
@@ -87,13 +89,49 @@ times by the second (ext3's small inodes, FAT)."""
 
 def reading_since(ctx: OperationContext) -> float | None:
     """When the operation's first attempt began reading its tree, kept in its state (set by the first call, before
-    any item is done); None for an operation resumed from a checkpoint written before it was kept."""
+    any item is done), as this process's wall clock reads that moment now (``since_in_this_clock``); None for an
+    operation resumed from a checkpoint written before it was kept."""
     st = ctx.state
     if "reading_since" not in st:
         if ctx.done_keys:
             return None
-        st["reading_since"] = time.time()
-    return float(st["reading_since"])
+        st.update(reading_mark())
+    return since_in_this_clock(float(st["reading_since"]), st.get("reading_since_boot"))
+
+
+def reading_mark() -> dict[str, Any]:
+    """Now, for a state's ``reading_since``: the wall clock, and where this boot's clock stands (a resume then
+    takes changes from this moment on, whatever either process's wall clock said: ``since_in_this_clock``)."""
+    return {"reading_since": time.time(), "reading_since_boot": _boot_clock()}
+
+
+def since_in_this_clock(since: float, boot: Any) -> float:
+    """``since`` (a wall time kept by an earlier attempt) or, when earlier, that moment as this process's wall clock
+    reads it now: now less the time since then by this boot's clock (``boot``, from ``_boot_clock`` then).
+
+    A file's ctime is the kernel's wall clock at the change; ``since`` was the wall clock of the process that began
+    reading. When that clock was ahead (a clock stepped back by NTP since, a process under libfaketime), a change
+    made after the kill had a ctime before ``since``, was taken for none, and a resumed backup ended "completed"
+    with the copy of the file before the change. The earlier of the two counts every change (a few files more may
+    be read again); another boot since (a reboot, another machine) leaves ``since`` as it was."""
+    now_boot = _boot_clock()
+    if not (isinstance(boot, list) and len(boot) == 2 and now_boot is not None and boot[0] == now_boot[0]):
+        return since
+    try:
+        ran = now_boot[1] - float(boot[1])
+    except (TypeError, ValueError):
+        return since
+    if not math.isfinite(ran) or ran < 0:  # not this boot's clock as kept: nothing to go by
+        return since
+    return min(since, time.time() - ran)
+
+
+def _boot_clock() -> list[Any] | None:
+    """[this boot's id, seconds since it by a clock no step of the wall clock moves]; None where there is none."""
+    boot = boot_id()
+    if boot is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return None
+    return [boot, time.clock_gettime(time.CLOCK_BOOTTIME)]
 
 
 def changed_since(root: str | Path, rels: Iterable[str], since: float) -> set[str]:

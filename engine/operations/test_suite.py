@@ -50,7 +50,15 @@ from ..files import private_opener, write_private
 from ..humanize import size as human_size
 from ..models import MAX_SECONDS
 from ..registry import operation
-from ._common import changed_since, existing_path, optional_dir, output_dir, reading_since, skipped_dir
+from ._common import (
+    changed_since,
+    existing_path,
+    optional_dir,
+    output_dir,
+    reading_mark,
+    reading_since,
+    skipped_dir,
+)
 from ._program import EnvVars, ProgramArgs, PythonExecutable
 
 PLUGIN = "_outlast_pytest_plugin"
@@ -381,10 +389,10 @@ class _Suite:
         since = reading_since(ctx)
         if since is None or not self.results:
             return
-        now = time.time()
+        mark = reading_mark()
         files = await asyncio.to_thread(_python_files, Path(self.cwd), self.dir)
         changed = await asyncio.to_thread(changed_since, self.cwd, files, since)
-        ctx.state["reading_since"] = now  # looked: the next resume looks at what changes from here on
+        ctx.state.update(mark)  # looked: the next resume looks at what changes from here on
         if not changed:
             return
         # Collected again: the list kept was of the files before the change, so a test added to a test file (or
