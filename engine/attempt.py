@@ -773,7 +773,8 @@ async def settle(
 
     True: written; False: refused (another attempt holds the operation, or it is gone); None: left."""
     if status is not Status.QUEUED:
-        fields.setdefault("finished_at", time.time())
+        # never before it started (a wall clock stepped back during the attempt: ``Watch.wall``)
+        fields.setdefault("finished_at", max(time.time(), op.started_at or 0.0))
     if status is Status.COMPLETED:
         fields["result"] = result
     if error is not None:

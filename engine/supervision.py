@@ -179,7 +179,15 @@ class Watch:
             "extensions": self.extensions,
         }
 
-    def progress(self, now: float) -> Progress:
+    def wall(self) -> float:
+        """The wall clock for this attempt's writes, never before its ``started_at``: a clock stepped back (NTP, a
+        VM restored) during the attempt made its progress older than its start, which every face takes for an
+        earlier attempt's run time (``humanize.run_seconds``): a 6 s run "completed after 0s", and "time left
+        0s" beside a deadline minutes away."""
+        return max(time.time(), self.op.started_at or 0.0)
+
+    def progress(self, now: float, wall: float | None = None) -> Progress:
+        """The attempt's progress at monotonic ``now``, written at ``wall`` (default: ``wall()``)."""
         ctx = self.ctx
         rate = self.rate(now)
         total = ctx.shown_total
@@ -194,16 +202,17 @@ class Watch:
             rate=rate,
             eta=eta,
             metrics=ctx.metrics_to_store(),
-            updated_at=time.time(),
+            updated_at=self.wall() if wall is None else wall,
             fraction=ctx.fraction,
             ran=now - self.started,
         )
 
     def live_fields(self, now: float) -> dict[str, Any]:
         """What the store's record shows of a running attempt (written on the clock when it changed)."""
+        wall = self.wall()
         return {
-            "progress": self.progress(now).model_dump(mode="json"),
-            "deadline": time.time() + (self.deadline - now),
+            "progress": self.progress(now, wall).model_dump(mode="json"),
+            "deadline": wall + (self.deadline - now),
             "effective_timeout": self.effective_timeout,
             "timeout_basis": self.timeout_basis,
             "extensions": self.extensions,
@@ -213,9 +222,10 @@ class Watch:
     def live_view(self, now: float) -> dict[str, Any]:
         """What a read of the record shows of a running attempt, fresher than the store's copy."""
         self.follow_total()
+        wall = self.wall()
         return {
-            "progress": self.progress(now),
-            "deadline": time.time() + (self.deadline - now),
+            "progress": self.progress(now, wall),
+            "deadline": wall + (self.deadline - now),
             "effective_timeout": self.effective_timeout,
             # With the timeout it explains: the dashboard showed "43m20s = ... + 1s x 0 items = 600s" (the
             # basis of the submit, from the store) until the clock's next write of the record.
@@ -373,7 +383,7 @@ class Watch:
             self.live_dirty = True
             reason = f"deadline extended by {extend_to - now:.0f}s: {reason}"
             ctx.log.info(reason)
-            self._publish(TimeoutExtended(operation_id=ctx.id, deadline=time.time() + (extend_to - now), reason=reason))
+            self._publish(TimeoutExtended(operation_id=ctx.id, deadline=self.wall() + (extend_to - now), reason=reason))
             return
         ctx.log.warning(f"deadline passed after {elapsed:.0f}s ({why or 'max_timeout reached'}): stopping")
         self.stop(StopReason.TIMEOUT, now)
