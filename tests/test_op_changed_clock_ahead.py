@@ -88,3 +88,19 @@ def test_a_scan_reads_again_a_file_changed_after_a_fast_clock_read_it(cli: Cli, 
     assert final["status"] == "completed", final
     findings = json.loads(out.with_suffix(".json").read_text())["findings"]
     assert any(f.get("path", f.get("file")) == done[0] for f in findings), findings
+
+
+def test_a_knowledge_base_reads_again_a_document_changed_after_a_fast_clock_read_it(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(200):
+        (root / f"d{i:04d}.md").write_text(f"# Doc {i:04d}\n\nplain words here\n")
+    params = {"source": str(root), "kb": str(tmp_path / "kb.db")}
+    op_id, done = _killed_ahead(cli, "kb_population", params, "checkpoint_every=50")
+    path = root / done[0]
+    _change_keeping_mtime(path, path.read_bytes().replace(b"plain words here", b"volcano lava ash"))
+
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    searched = cli("kb", "search", "volcano", "--kb", str(tmp_path / "kb.db"))
+    assert done[0] in searched.stdout, searched.stdout + searched.stderr

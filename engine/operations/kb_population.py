@@ -17,7 +17,6 @@ import hashlib
 import os
 import sqlite3
 import stat
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -36,6 +35,8 @@ from ._common import (
     output_dir,
     parent_of,
     read_upto,
+    reading_mark,
+    since_in_this_clock,
 )
 from ._docs import KINDS, NotADocument, chunk, kind_of, sections
 from ._walk import list_files
@@ -205,7 +206,8 @@ def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) ->
     before the interruption (a pause resumed a week later: a week of edits), though the result said the
     folder was read.
     Read again, an unchanged one is found unchanged by its sha256."""
-    since = st["started"] - 2.0
+    started = since_in_this_clock(float(st["started"]), st.get("started_boot"))  # a clock ahead then: see there
+    since = started - 2.0
     size: dict[str, int] = {}
     q = "SELECT path, size FROM documents WHERE source=? AND path IN ({})"
     for i in range(0, len(done), 500):
@@ -220,7 +222,7 @@ def _changed(con: sqlite3.Connection, source: str, done: list[str], st: dict) ->
             continue  # gone: dropped at the end
         if stored is None:
             lost.append(rel)
-        elif now.st_size != stored or now.st_mtime >= since or now.st_ctime >= st["started"] - CHANGE_SLACK:
+        elif now.st_size != stored or now.st_mtime >= since or now.st_ctime >= started - CHANGE_SLACK:
             out.append(rel)
     return out, lost
 
@@ -310,7 +312,9 @@ async def _populate(ctx: OperationContext, p: KbPopulationParams, db: str) -> di
         st = ctx.state
         for k in ("added", "reused", "chunks"):
             st.setdefault(k, 0)
-        st.setdefault("started", time.time())  # in the first checkpoint, before any document counts as done
+        if "started" not in st:  # in the first checkpoint, before any document counts as done
+            mark = reading_mark()
+            st["started"], st["started_boot"] = mark["reading_since"], mark["reading_since_boot"]
         pending = [f for f in files if not ctx.is_done(f)]
         if len(pending) < len(files):  # a resume: the documents read before and changed since are read again
             changed, lost = await asyncio.to_thread(_changed, con, p.source, [f for f in files if ctx.is_done(f)], st)
