@@ -32,7 +32,7 @@ from typing import Any, NoReturn, Protocol
 from . import threads
 from .config import Settings
 from .context import BrokenInto, OperationContext, OperationStopped, TooManyFailures, format_exception
-from .errors import InvalidInput, StoreFailed
+from .errors import InvalidInput, StoreFailed, StoreHeld
 from .files import private_dir, private_dirs
 from .lifecycle import CANCEL_WINS, StopReason
 from .limits import MAX_RESULT_BYTES
@@ -240,7 +240,7 @@ class Attempt:
             if isinstance(e, MemoryError) or not store_failure(e):  # encoding it: the context ends the attempt
                 raise
             self.host.health.failed(e)
-            if self.unsaved_since is None:
+            if self.unsaved_since is None or isinstance(e, StoreHeld):  # a stopped holder's time counts for nothing
                 self.unsaved_since = (time.monotonic(), why(e))
             self.watch.next_checkpoint = time.monotonic() + min(1.0, interval)
             return False

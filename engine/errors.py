@@ -86,3 +86,9 @@ class StoreMoved(StoreError):
     def __init__(self, message: str, to: str) -> None:
         super().__init__(message)
         self.to = to
+
+
+class StoreHeld(StoreError):
+    """The store's write lock is held by a process of this host that is stopped (SIGSTOP, a debugger, a frozen
+    container) inside its write: nothing is written until it goes on or ends. A pause of that process, not an
+    outage of the store: the time it lasts counts toward no ``store_outage_limit`` (``outage.StoreHealth``)."""

@@ -2,7 +2,8 @@
 and the operation logs, buffered in memory until the store takes them.
 
 Running work never sees a store error: the engine keeps going in memory and retries, and stops its
-attempts as interrupted only when an outage outlasts ``store_outage_limit``.
+attempts as interrupted only when an outage outlasts ``store_outage_limit``. The store's lock held by a stopped
+process (``StoreHeld``) is no outage: that process's pause, which no clock counts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .errors import StoreFailed, StoreLost, StoreMoved
+from .errors import StoreFailed, StoreHeld, StoreLost, StoreMoved
 from .events import EventBus
 from .humanize import size as human_size
 from .models import Conflict, InvalidInput, LogEmitted, LogRecord, StaleAttempt, StoreError
@@ -95,6 +96,10 @@ class StoreHealth:
         self.moved_to: str | None = None
         """Where the store's file went when the outage is its state dir renamed (StoreMoved): the running
         operations are resumable there, not at the path this process was given."""
+        self.held = False
+        """The last failure was the store's write lock held by a stopped process of this host (StoreHeld): the
+        outage clock does not run while so. Stopped as interrupted, healthy work that could write nothing
+        meanwhile anyway (not even its stop) ended interrupted once that process went on."""
 
     @property
     def since(self) -> float | None:
@@ -106,12 +111,18 @@ class StoreHealth:
         return bool(self._failing)
 
     def over_limit(self, now: float) -> bool:
-        """The outage has lasted ``store_outage_limit``: running work stops as interrupted."""
+        """The outage has lasted ``store_outage_limit`` (not counting time the store was ``held``): running work
+        stops as interrupted."""
         since = self.since
-        return since is not None and now - since >= self.outage_limit
+        return since is not None and not self.held and now - since >= self.outage_limit
 
     def failed(self, e: BaseException, channel: str = "database") -> None:
         """A write on ``channel`` failed with a store error."""
+        held = isinstance(e, StoreHeld)
+        if self.held and not held:  # the holder went on (or ended), and the store fails otherwise: counted from now
+            for failing in self._failing:
+                self._failing[failing] = time.monotonic()
+        self.held = held
         if not self._failing:
             self._began = time.monotonic()
             self.why = why(e)
@@ -124,6 +135,8 @@ class StoreHealth:
                         f"running work goes on in memory for {self.outage_limit:g}s in case it is put back, then"
                         " stops; its record went with it, so it cannot be resumed, only run again"
                     )
+                elif self._busy() and held:
+                    what = "running work waits for it in memory, and goes on when that process does (or ends)"
                 elif self._busy():
                     what = (
                         "running work goes on in memory, and stops as interrupted (resumable) unless the store"
@@ -148,6 +161,8 @@ class StoreHealth:
 
     def ok(self, channel: str = "database") -> None:
         """A write on ``channel`` succeeded: when no channel fails any more, the outage is over (one line)."""
+        if channel == "database":
+            self.held = False
         if self._failing.pop(channel, None) is not None and not self._failing and self._said_down:
             self._said_down = False
             self._said_up = time.monotonic()

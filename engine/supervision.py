@@ -517,6 +517,7 @@ class Supervisor:
         limit = self._health.outage_limit
         over = self._health.over_limit(now)
         since = self._health.since
+        held = self._health.held  # a stopped process holds the store: nothing is unsaved for want of a store
         for attempt in self._runs.values():
             unsaved = attempt.unsaved_since
             # The whole store, or this attempt's checkpoints alone (too large for what the disk has left,
@@ -525,7 +526,7 @@ class Supervisor:
             # store came back was stopped at once, before any other channel had said it works again.
             claimed_since = since is not None and attempt.watch.started > since
             if attempt.ctx.stop_reason is None and (
-                (over and not claimed_since) or (unsaved is not None and now - unsaved[0] >= limit)
+                (over and not claimed_since) or (unsaved is not None and not held and now - unsaved[0] >= limit)
             ):
                 attempt.watch.stop(StopReason.STORE, now)
 

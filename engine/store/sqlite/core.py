@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ...errors import StoreFailed, StoreLost, StoreMoved
+from ...errors import StoreFailed, StoreHeld, StoreLost, StoreMoved
 from ...files import (
     create_new,
     free_bytes,
@@ -250,7 +250,8 @@ class SqliteCore:
         if damaged(e):
             return StoreError(f"state dir {d}: {name} is not a usable Outlast database ({e})")
         if code == sqlite3.SQLITE_BUSY:  # "database is locked" said neither by whom nor what to do
-            return StoreError(f"state dir {d}: {name} is locked: {self._lock_holder()}")
+            holder, stopped = self._lock_holder()
+            return (StoreHeld if stopped else StoreError)(f"state dir {d}: {name} is locked: {holder}")
         if code == sqlite3.SQLITE_FULL:
             return StoreFailed(
                 f"state dir {d}: its file system is full{_left(d)}: {name} cannot be written; free some space there,"
@@ -259,10 +260,11 @@ class SqliteCore:
             )
         return StoreFailed(f"state dir {d}: {name} cannot be {what} ({e})", str(e))
 
-    def _lock_holder(self) -> str:
+    def _lock_holder(self) -> tuple[str, bool]:
         """Who has kept the write lock for the busy timeout, and what to do, for the line that says the store is
-        locked. An ``outlast`` process whose disk stalls its commit's fsync, or one stopped inside its commit
-        (SIGSTOP, a paused container), was called "a sqlite3 shell or a database browser?"."""
+        locked; and whether that process is stopped. An ``outlast`` process whose disk stalls its commit's fsync,
+        or one stopped inside its commit (SIGSTOP, a paused container), was called "a sqlite3 shell or a database
+        browser?"."""
         import socket  # here: said after a 30s wait; no command's start pays for it
 
         from ...processes import command_of, stopped_note
@@ -273,18 +275,18 @@ class SqliteCore:
             return (
                 f"another process has kept a write transaction open on it {waited} (a sqlite3 shell or a database"
                 " browser?); end it"
-            )
+            ), False
         pid = holders[0]
         who = f"process {pid}" + (f" ({command})" if (command := command_of(pid)) else "")
         note = stopped_note(socket.gethostname(), pid)
         if note is not None and note.startswith("stopped"):
-            return f"{who} holds its write lock, and is {note}; nothing was written"
+            return f"{who} holds its write lock, and is {note}; nothing was written", True
         if command is not None and command.split(" ", 1)[0] == "outlast":
             return (
                 f"{who} has held its write lock {waited} (a disk slow to sync? the process hung?); nothing was"
                 " written: try again once it lets go"
-            )
-        return f"{who} has kept a write transaction open on it {waited}; nothing was written: end it"
+            ), False
+        return f"{who} has kept a write transaction open on it {waited}; nothing was written: end it", False
 
     # ---- opening and closing -------------------------------------------------------------------
 
