@@ -139,7 +139,14 @@ def new_id() -> str:
     Within one process ids are strictly increasing even inside one millisecond.
     """
     with _id_lock:
-        ms = max(int(time.time() * 1000) - _EPOCH_MS, _last_id[0])
+        ms = int(time.time() * 1000) - _EPOCH_MS
+        if ms <= 0 and _last_id[0] == 0:
+            # A wall clock before 2020 (a board with no clock of its own, at 1970 until NTP answers): every process
+            # wrote 0 milliseconds, so its ids differed by their 20 random bits alone, and a submit met an id stored
+            # already ("UNIQUE constraint failed", exit 8) once a store held a thousand or so. A random start in
+            # the first 12 days of 2020 gives them 50 bits; such ids sort before any of a clock that is right.
+            ms = 1 + _id_random.getrandbits(30)
+        ms = max(ms, _last_id[0])
         rnd = _id_random.getrandbits(20)
         if ms == _last_id[0] and rnd <= _last_id[1]:
             rnd = _last_id[1] + 1

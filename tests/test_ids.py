@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import models
 from engine.ids import unique_prefix_lengths
-from engine.models import new_id
+from engine.models import ID_RE, new_id
 from tests.fixtures_cli import Cli
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -90,3 +92,17 @@ def test_processes_draw_their_own_id_digits_whatever_they_seed_or_fork() -> None
     assert all(len(s) == 20 for s in streams)
     # 20 draws of 20 bits alike in two streams: a 2**-400 chance, unless the streams are the same one
     assert len({tuple(s) for s in streams}) == len(streams), streams
+
+
+def test_ids_of_processes_whose_clock_reads_before_2020_do_not_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wall clock before 2020 (a board with no clock of its own reads 1970 until NTP answers) made every
+    process's ids 0 milliseconds and 20 random bits: among a few thousand operations two had one id, and the
+    second submit failed "UNIQUE constraint failed: handles.op_id" (exit 8). Each process here is a fresh one (no
+    id made yet), at 1970."""
+    monkeypatch.setattr(models.time, "time", lambda: 600.0)
+    made = set()
+    for _ in range(6000):  # 20 bits: two alike with a chance of 1 - 4e-8
+        monkeypatch.setattr(models, "_last_id", [0, 0])
+        made.add(new_id())
+    assert len(made) == 6000
+    assert all(ID_RE.match(i) for i in made)
