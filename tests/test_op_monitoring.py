@@ -7,8 +7,12 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from engine import Engine, InvalidInput, OperationSpec, Status
@@ -89,3 +93,27 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     ]:
         with pytest.raises(InvalidInput, match=re.escape(expect)):
             spec.parse_params(params, {})  # as at submit: a resume lets a process that ended since through
+
+
+def test_a_watched_process_is_still_itself_after_the_clock_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume knew a watched pid by psutil's start time, which is the boot time by the wall clock plus the
+    process's start since boot: a clock stepped between two attempts (NTP, a VM restored) moved it, and the resume
+    said the live process "is gone: not sampled", as if its pid were reused. The step is psutil's answer moved an
+    hour (libfaketime moves this process's clock, not the kernel's boot time that psutil reads); a pid reused by
+    another process is still told apart."""
+    from engine.operations.monitoring import Sampler
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started: dict[str, Any] = {}
+        assert Sampler([child.pid], started).gone == []  # the first attempt: who it is, kept in its state
+        kept = dict(started)
+        create_time = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: create_time(self) + 3600.0)
+        assert Sampler([child.pid], started).gone == []
+        other = {str(child.pid): "another-boot/1"}  # as a pid reused by another process since
+        assert Sampler([child.pid], other).gone == [child.pid]
+        assert started == kept
+    finally:
+        child.kill()
+        child.wait()

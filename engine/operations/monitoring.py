@@ -24,6 +24,7 @@ import psutil  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..context import OperationContext, OperationFailed
+from ..processes import process_start
 from ..registry import operation
 from ..resources import CpuMeter
 from ._common import SQLITE_MAGIC, check_output_file, disk_full, output_dir
@@ -102,12 +103,30 @@ def _check_db(value: str | None) -> str | None:
     return value
 
 
+def _who(pid: int, born: float) -> str | float:
+    """Who process ``pid`` is, kept in the state: this boot's id and its start in clock ticks since boot, where
+    there is /proc; else its start time (``born``, psutil's ``create_time``)."""
+    who = process_start(pid)
+    return born if who is None else f"{who[0]}/{who[1]}"
+
+
+def _same_process(kept: Any, pid: int, born: float) -> bool:
+    """Whether ``pid`` is the process ``kept`` (``_who`` of an earlier attempt) names. By its start since boot: the
+    start time psutil gives is the boot time by the wall clock plus that, and a clock stepped between two attempts
+    (NTP, a VM restored) moved it, so a resume took the process it watched for a new one under a reused pid ("is
+    gone: not sampled")."""
+    if isinstance(kept, str):
+        who = process_start(pid)
+        return who is None or kept == f"{who[0]}/{who[1]}"
+    return isinstance(kept, (int, float)) and abs(kept - born) <= 1.0  # an older state: psutil's boot time moves 1 s
+
+
 class Sampler:
     """Turns psutil's counters into one flat sample; rates cover the time since the previous sample."""
 
-    def __init__(self, pids: list[int], started: dict[str, float] | None = None) -> None:
-        """``started``: each pid's process start time, as an earlier attempt found it (filled in for the pids
-        it lacks): a pid that names another process now (reused since) is gone, not sampled under its name."""
+    def __init__(self, pids: list[int], started: dict[str, Any] | None = None) -> None:
+        """``started``: who each pid's process is, as an earlier attempt found it (filled in for the pids it
+        lacks): a pid that names another process now (reused since) is gone, not sampled under its name."""
         self.procs: dict[int, psutil.Process] = {}
         self.gone: list[int] = []
         started = {} if started is None else started
@@ -118,7 +137,7 @@ class Sampler:
             except psutil.Error:
                 self.gone.append(pid)  # ended before this attempt began: said, not passed over
                 continue
-            if abs(started.setdefault(str(pid), born) - born) > 1.0:  # psutil's boot time may move by 1 s
+            if not _same_process(started.setdefault(str(pid), _who(pid, born)), pid, born):
                 self.gone.append(pid)
                 continue
             self.procs[pid] = proc
