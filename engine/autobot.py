@@ -239,8 +239,15 @@ class Pending(Coroutine[Any, Any, T]):
 
 
 def iso(ts: float | None) -> str | None:
-    """A Unix time as ISO 8601 in UTC (the seed's datetimes), or None."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    """A Unix time as ISO 8601 in UTC (the seed's datetimes), or None; None too past what a datetime holds (the
+    year 9999): a total of 10^15 items at 10 a second has an ETA a million years on, and ``ls --json``, ``show
+    --json`` and the HTTP API failed on it ("year 3193234 is out of range", an internal error)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[str, Any]:

@@ -79,3 +79,13 @@ async def finishing(ctx: OperationContext, params: Any) -> dict[str, Any]:
         ctx.progress(step=f"writing the index, part {k}")
         await asyncio.sleep(0.2)
     return {"items": items}
+
+
+@operation("far_total")
+async def far_total(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``items`` items of ``d`` seconds out of a total of 10^15: its ETA is a million years on."""
+    ctx.progress(0, total=10**15)
+    for i in range(int(params["items"])):
+        await asyncio.sleep(float(params["d"]))
+        ctx.progress(i + 1)
+    return {}

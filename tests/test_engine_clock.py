@@ -4,10 +4,13 @@ does not."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 from engine import Engine, Operation, OperationSpec, Status, load_settings, open_store
+from tests.fixtures_cli import run_cli
 
 
 async def ran(state_dir: Path, type_: str, params: dict[str, Any], profile: dict[str, Any], said: str = "") -> Any:
@@ -110,3 +113,17 @@ async def test_a_timeout_after_extensions_names_the_deadline_it_passed(state_dir
     final, _ = await ran(state_dir, "finishing", {"items": 5, "steps": 40}, profile)
     assert final.status is Status.TIMED_OUT and final.extensions >= 1, (final.status, final.extensions)
     assert "deadline passed (1.5s)" in (final.status_message or ""), final.status_message
+
+
+async def test_an_eta_past_the_year_9999_is_no_internal_error(state_dir: Path) -> None:
+    """A total of 10^15 items at a few a second: the ETA is a million years on, and the seed's
+    ``estimated_completion`` (a date) could not be made: ``ls --json`` and ``show --json`` ended in an internal
+    error, exit 70. They give no date for it, as for no ETA; the seconds stand in ``eta``."""
+    final, _ = await ran(state_dir, "far_total", {"items": 5, "d": 0.05}, {})
+    assert final.status is Status.COMPLETED and final.progress.eta and final.progress.eta > 3e11, final.progress
+    for args in (["ls"], ["show", final.id]):
+        r = run_cli("--json", *args, env={**os.environ, "OUTLAST_STATE_DIR": str(state_dir)})
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        [got] = got if args == ["ls"] else [got]
+        assert got["progress"]["eta"] == final.progress.eta and got["progress"]["estimated_completion"] is None, got
