@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from engine import (
     Status,
     open_store,
 )
+from tests import zygote
+from tests.test_retry_clock import FAKETIME
 from tui.actions import KEY_ACTIONS, key_applies, resume_question
 from tui.model import OperationsModel
 
@@ -514,3 +517,29 @@ async def test_the_selected_operations_checkpoints_costly_to_read_are_read_again
         model.ops[op.id] = held.model_copy(update={"status": Status.FAILED})  # as a poll keeps a changed record
         await model.side(op.id, logs=False, log_offset=0)
         assert len(reads) == 5, reads
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
+async def test_model_shows_what_a_process_whose_clock_went_back_wrote(settings: Settings) -> None:
+    """The dashboard kept a record unless a read had a newer ``updated_at``, to drop a slow read that a fresher
+    one overtook. Written by a process whose wall clock reads an hour earlier (a clock stepped back by NTP while
+    the dashboard ran, a worker on a machine behind), every later write looked older: an operation that
+    completed stayed "queued" on the screen for that hour."""
+    async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False) as engine:
+        model = OperationsModel(engine)
+        op = await model.submit({"type": "demo", "params": {"items": 3, "seconds": 0}})  # type: ignore[arg-type]
+        assert model.ops[op.id].status is Status.QUEUED
+        assert FAKETIME is not None
+        env = {
+            **os.environ,
+            "OUTLAST_STATE_DIR": str(settings.state_dir),
+            "LD_PRELOAD": FAKETIME,
+            "FAKETIME": "-1h",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+        worker = await asyncio.to_thread(
+            zygote.run, ["worker", "--exit-when-idle"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert worker.returncode == 0, worker.stderr
+        await model.fetch({op.id})
+        assert model.ops[op.id].status is Status.COMPLETED

@@ -37,6 +37,12 @@ WHOLE_ANYWAY = 60.0
 """Seconds after which the whole queue and the stopped operations are read even though the store's counts
 (per status, and of the queue per priority) have not moved: what changes no count (a priority swapped
 for another, moves that cancel out) shows within this."""
+RACED = 60.0
+"""Seconds a read may be older than the record held (by their ``updated_at``) and be taken for a slower read that a
+fresher one overtook, and dropped. Older by more, it was written by a clock that went back (NTP, a worker on a
+machine behind): kept, or every later write of that clock looked older, and an operation that completed stayed
+"queued" on the screen for the hour the clock had gone back. A read that took longer shows the state before
+until the next poll."""
 FULL_RELOAD = 300.0
 """Seconds between reads of every operation (records deleted or changed behind our back)."""
 PAGE = 2000
@@ -172,7 +178,7 @@ class OperationsModel:
         if self.looked and op.id in self.looked:
             self.looked.discard(op.id)  # what the engine reads (derived fields too) replaces the first look
         elif old is not None and (
-            op.updated_at < old.updated_at
+            0 < old.updated_at - op.updated_at < RACED
             or (
                 op.updated_at == old.updated_at
                 and op.status is old.status
