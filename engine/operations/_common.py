@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 from ..files import free_bytes
 from ..humanize import size
-from ..processes import boot_id
 
 if TYPE_CHECKING:  # an annotation only: worker processes import this module without the engine
     from ..context import OperationContext
@@ -128,6 +127,8 @@ def since_in_this_clock(since: float, boot: Any) -> float:
 
 def _boot_clock() -> list[Any] | None:
     """[this boot's id, seconds since it by a clock no step of the wall clock moves]; None where there is none."""
+    from ..processes import boot_id  # here: the module imports asyncio, which `submit`'s quick path never loads
+
     boot = boot_id()
     if boot is None or not hasattr(time, "CLOCK_BOOTTIME"):
         return None
