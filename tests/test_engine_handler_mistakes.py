@@ -174,13 +174,18 @@ async def test_a_handler_that_catches_too_many_failures_and_returns_fails(engine
 
 
 _LEFT_RUNNING: list[Any] = []
+_COMPLETED: list[Any] = []
 
 
 @operation("test_leaves_a_logging_task")
 async def leaves_a_logging_task(ctx: OperationContext, p: Any) -> dict:
     import asyncio
 
+    completed = asyncio.Event()
+    _COMPLETED.append(completed)
+
     async def later() -> None:
+        await completed.wait()  # the test saw the operation completed: a line logged by timing raced the settle
         for i in range(20):
             await asyncio.sleep(0.02)
             ctx.log.info("late line %d", i)
@@ -203,6 +208,7 @@ async def test_logging_style_args_are_formatted_and_a_context_kept_past_the_end_
     op = await engine.submit(OperationSpec(type="test_leaves_a_logging_task"))
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.COMPLETED, final.error
+    _COMPLETED[-1].set()
     await asyncio.gather(*_LEFT_RUNNING)
     await engine.log_buffer.flush()
     messages = [r.message for r in (await engine.store.read_logs(op.id))[0]]
