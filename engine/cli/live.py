@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections import deque
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -152,28 +153,48 @@ class LiveView:
 
 
 class _EchoOff:
-    """Stop the terminal echoing keys (``^C``) into the live display; restored on exit."""
+    """Stop the terminal echoing keys (``^C``) into the live display; restored on exit.
+
+    Only while this process's group is the terminal's foreground one: a change of the terminal's modes from a
+    background job (``outlast run ... &``, or ``bg`` after Ctrl-Z) stops the whole process with SIGTTOU, so
+    the run started with ``&`` sat stopped before its first item, and one sent to the background ended
+    stopped, never exiting. A terminal that hung up (EIO: ``termios.error``, which is no OSError) is left as
+    it is: its session is gone."""
 
     def __enter__(self) -> None:
-        self._saved = None
+        self._saved: list[Any] | None = None
         try:
             import termios
-
+        except ImportError:
+            return
+        try:
             fd = sys.stdin.fileno()
-            if os.isatty(fd):
+            if os.isatty(fd) and _in_foreground(fd):
                 self._saved = termios.tcgetattr(fd)
                 attrs = termios.tcgetattr(fd)
                 attrs[3] &= ~(termios.ECHO | termios.ECHOCTL)
                 termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        except (ImportError, OSError, ValueError):
+        except (OSError, ValueError, termios.error):
             self._saved = None
 
     def __exit__(self, *exc: object) -> None:
-        if self._saved is not None:
-            import termios
+        if self._saved is None:
+            return
+        import termios
 
-            with contextlib.suppress(OSError, ValueError):
-                termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self._saved)
+        with contextlib.suppress(OSError, ValueError, termios.error):
+            fd = sys.stdin.fileno()
+            if _in_foreground(fd):  # in the background now: the shell has the terminal, in its own modes
+                termios.tcsetattr(fd, termios.TCSANOW, self._saved)
+
+
+def _in_foreground(fd: int) -> bool:
+    """Whether this process's group is the foreground one of the terminal at ``fd`` (only then may it change
+    the terminal's modes without being stopped by SIGTTOU)."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def _fact(label: str, value: str | Text) -> Text:
@@ -187,6 +208,8 @@ class LiveTable:
 
     def __init__(self) -> None:
         self.console = Console()
+        self._gone = False
+        """The terminal hung up (a write failed): nothing more is drawn."""
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
 
     def __enter__(self) -> LiveTable:
@@ -196,11 +219,20 @@ class LiveTable:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._live.__exit__(None, None, None)
-        self._echo.__exit__()
+        try:
+            self._live.__exit__(None, None, None)
+        except OSError:  # the terminal hung up (EIO): `watch` ends as the signal says, not as an internal error
+            self._gone = True
+        finally:
+            self._echo.__exit__()
 
     def update(self, ops: list[Operation]) -> None:
-        self._live.update(self.table(ops), refresh=True)
+        if self._gone:
+            return
+        try:
+            self._live.update(self.table(ops), refresh=True)
+        except OSError:
+            self._gone = True
 
     def table(self, ops: list[Operation]) -> Table:
         """One row per operation; every cell from the record a Text, never markup (a type stored by another
