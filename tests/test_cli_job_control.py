@@ -114,8 +114,8 @@ def test_run_sent_to_the_background_exits(cli: Cli, term: Terminal) -> None:
 
 @pytest.mark.parametrize(
     ("what", "hangup", "expected"),
-    [("run", "forward", 6), ("watch ID", "forward", 129), ("watch", "forward", 129)],
-    ids=["run", "watch-id", "watch-all"],
+    [("run", "forward", 6), ("run", "none", 0), ("watch ID", "forward", 129), ("watch", "forward", 129)],
+    ids=["run", "run-no-signal", "watch-id", "watch-all"],
 )
 def test_terminal_closed_under_the_live_display(
     cli: Cli, term: Terminal, tmp_path: Path, what: str, hangup: str, expected: int

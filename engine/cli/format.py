@@ -583,10 +583,31 @@ def _to_a_file(stream: object) -> bool:
     import stat
 
     try:
-        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        mode = os.fstat(fd).st_mode
     except (OSError, ValueError, AttributeError):
         return False
-    return stat.S_ISREG(mode) or stat.S_ISBLK(mode) or (stat.S_ISCHR(mode) and not os.isatty(stream.fileno()))  # type: ignore[attr-defined]
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode) or (stat.S_ISCHR(mode) and not _terminal(fd))
+
+
+def _terminal(fd: int) -> bool:
+    """Whether ``fd`` is a terminal, one that hung up included: ``isatty`` is false for a terminal whose
+    session is gone (its modes cannot be read: EIO), and a run that went on to completion after its SSH
+    session dropped exited 74, "what this command printed is incomplete", as if it wrote to a full disk."""
+    import errno
+    import os
+
+    if os.isatty(fd):
+        return True
+    try:
+        import termios
+
+        termios.tcgetattr(fd)
+    except ImportError:
+        return False
+    except termios.error as e:
+        return bool(e.args) and e.args[0] == errno.EIO  # a device that is no terminal says ENOTTY
+    return True
 
 
 def drop_stream(err: bool) -> None:
