@@ -9,11 +9,13 @@ OSError): both ended "internal error", exit 70, instead of 6 and 129.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -32,6 +34,7 @@ SESSION = """\
 import os, signal, subprocess, sys
 err = open(sys.argv[2], "w")
 child = subprocess.Popen(sys.argv[4:], stderr=err)
+open(sys.argv[1] + ".pids", "w").write(f"{os.getpid()} {child.pid}")
 if sys.argv[3] == "forward":  # as a login shell does at a hang-up: passed on to its jobs
     signal.signal(signal.SIGHUP, lambda *_: child.send_signal(signal.SIGHUP))
 else:  # a session whose leader keeps it from its jobs (no signal: only the terminal is gone)
@@ -114,8 +117,14 @@ def test_run_sent_to_the_background_exits(cli: Cli, term: Terminal) -> None:
 
 @pytest.mark.parametrize(
     ("what", "hangup", "expected"),
-    [("run", "forward", 6), ("run", "none", 0), ("watch ID", "forward", 129), ("watch", "forward", 129)],
-    ids=["run", "run-no-signal", "watch-id", "watch-all"],
+    [
+        ("run", "forward", 6),
+        ("run", "none", 0),
+        ("watch ID", "forward", 129),
+        ("watch", "forward", 129),
+        ("watch", "none", 141),
+    ],
+    ids=["run", "run-no-signal", "watch-id", "watch-all", "watch-all-no-signal"],
 )
 def test_terminal_closed_under_the_live_display(
     cli: Cli, term: Terminal, tmp_path: Path, what: str, hangup: str, expected: int
@@ -134,10 +143,16 @@ def test_terminal_closed_under_the_live_display(
     term.open("t", f"{py} {session} {rc_file} {err_file} {hangup} {py} -m engine.cli {args}")
     until(lambda: re.search(r" [1-7]/8", term.screen("t")), 60, what="the live display")
     term.close("t")
-    until(rc_file.exists, 60, what=f"{what} to exit")
+    try:
+        until(rc_file.exists, 60, what=f"{what} to exit")
+    finally:  # the session's leader outlives its terminal when it ignores the hang-up: never left behind
+        for pid in Path(f"{rc_file}.pids").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
     err = err_file.read_text()
     # The terminal's modes could not be given back (termios.error): "internal error", 70; or, with no signal,
-    # the output to the gone terminal taken for a file left incomplete: 74.
+    # the output to the gone terminal taken for a file left incomplete: 74; or `watch`, of every active
+    # operation, went on drawing on the gone terminal for ever.
     assert int(rc_file.read_text()) == expected, err
     assert "internal error" not in err and "Traceback" not in err, err
     if what == "run":

@@ -494,8 +494,11 @@ def end_when_reader_gone() -> None:
 
 def check_reader() -> None:
     """ReaderGone when this process is a follower and the pipe or socket its stdout writes to has no reader
-    any more, though nothing was written since (an operation that prints nothing for an hour): the
-    follower's loop asks at each turn. A terminal or a file is never "gone" here (a hang-up is a signal)."""
+    any more, though nothing was written since (an operation that prints nothing for an hour), or the
+    terminal it writes to hung up: the follower's loop asks at each turn. A file is never "gone" here. A
+    hang-up is a signal to the session's leader, which a shell passes on to its jobs; one that does not (a
+    wrapper that ignores SIGHUP and lives on) left `outlast watch` polling the store for ever, drawing on a
+    terminal nobody would see again."""
     if not _ends_when_reader_gone:
         return
     import os
@@ -504,11 +507,15 @@ def check_reader() -> None:
 
     try:
         fd = sys.stdout.fileno()
-        if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode):
+            gone = _hung_up(fd)
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+        else:
             return
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # stdout replaced (devnull, a test's buffer), or closed
         return
     if gone:
@@ -539,8 +546,9 @@ def _write(text: str, err: bool) -> None:
     except OSError as e:
         if not err and not _output_lost and _to_a_file(stream):
             _output_lost.append(e.strerror or type(e).__name__)
+        gone = isinstance(e, BrokenPipeError) or _hung_up(_fileno(stream))
         drop_stream(err)
-        if _ends_when_reader_gone and not err and isinstance(e, BrokenPipeError):
+        if _ends_when_reader_gone and not err and gone:
             raise ReaderGone() from None
 
 
@@ -592,22 +600,37 @@ def _to_a_file(stream: object) -> bool:
 
 def _terminal(fd: int) -> bool:
     """Whether ``fd`` is a terminal, one that hung up included: ``isatty`` is false for a terminal whose
-    session is gone (its modes cannot be read: EIO), and a run that went on to completion after its SSH
-    session dropped exited 74, "what this command printed is incomplete", as if it wrote to a full disk."""
-    import errno
+    session is gone, and a run that went on to completion after its SSH session dropped exited 74, "what
+    this command printed is incomplete", as if it wrote to a full disk."""
     import os
 
-    if os.isatty(fd):
-        return True
+    return os.isatty(fd) or _hung_up(fd)
+
+
+def _hung_up(fd: int | None) -> bool:
+    """Whether ``fd`` is a terminal that hung up: its modes cannot be read (EIO), where a device that is no
+    terminal (``/dev/full``, ``/dev/null``) says ENOTTY."""
+    import errno
+
+    if fd is None:
+        return False
     try:
         import termios
 
         termios.tcgetattr(fd)
-    except ImportError:
-        return False
     except termios.error as e:
-        return bool(e.args) and e.args[0] == errno.EIO  # a device that is no terminal says ENOTTY
-    return True
+        return bool(e.args) and e.args[0] == errno.EIO
+    except (ImportError, OSError, ValueError):
+        return False
+    return False
+
+
+def _fileno(stream: object) -> int | None:
+    """``stream``'s descriptor, or None (closed, or a stream with none)."""
+    try:
+        return int(stream.fileno())  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def drop_stream(err: bool) -> None:
