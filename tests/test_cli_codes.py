@@ -39,9 +39,10 @@ def test_help_documents_every_exit_code(cli: Cli) -> None:
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_output_a_full_disk_could_not_take_is_exit_74_not_0(cli: Cli) -> None:
     """``outlast ls --json > out.json`` on a full disk exited 0 with the file incomplete (output errors were
-    dropped, as for a reader that went away). A closed pipe is still not an error of the command's."""
+    dropped, as for a reader that went away); what click prints itself, the help and the version, ended "internal
+    error", exit 70. A closed pipe is still not an error of the command's."""
     assert cli("-q", "submit", "demo", "-p", "items=1").returncode == 0
-    for args in (("ls",), ("--json", "ls"), ("types",)):
+    for args in (("ls",), ("--json", "ls"), ("types",), ("--help",), ("--version",), ("ls", "--help")):
         with open("/dev/full", "w") as full:
             r = zygote.run([*args], stdout=full, stderr=subprocess.PIPE, text=True, env=cli.env, timeout=60)
         assert r.returncode == ExitCode.OUTPUT_LOST, (args, r.returncode, r.stderr)

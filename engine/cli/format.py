@@ -552,6 +552,14 @@ def _write(text: str, err: bool) -> None:
             raise ReaderGone() from None
 
 
+def output_failed(e: OSError) -> None:
+    """A write to standard output by another hand than ``echo`` (click's help and version) failed: counted as
+    ``echo``'s own failures are (to a file: incomplete, exit 74; a reader that went away: nothing)."""
+    if not _output_lost and _to_a_file(sys.stdout):
+        _output_lost.append(e.strerror or type(e).__name__)
+    drop_stream(False)
+
+
 _OWN: dict[bool, Any] = {}
 
 

@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         known = code_for_error(e)
         short = out_of_files(e) if known is None else None
-        if short is not None:  # not a bug: too few to open the store or import an operation (ulimit -n 9)
+        if known is None and isinstance(e, OSError) and _click_printing(e):
+            fmt.output_failed(e)  # its help or version to a full disk: 74 below, not an internal error
+            code = ExitCode.OK
+        elif short is not None:  # not a bug: too few to open the store or import an operation (ulimit -n 9)
             _error(f"outlast: {short}: this process may open {open_files_limit()} files (ulimit -n); raise it")
             code = ExitCode.STORE
         elif known is None:
@@ -183,6 +186,17 @@ def _command(args: list[str]) -> str | None:
         elif not word.startswith("-"):
             return word
     return None
+
+
+def _click_printing(e: BaseException) -> bool:
+    """Whether ``e`` was raised where click writes what it prints itself (``--help``, ``--version``): an
+    ``outlast --help > /dev/full`` ended "internal error", exit 70."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == "echo" and tb.tb_frame.f_globals.get("__name__") == "click.utils"
 
 
 def _error(line: str) -> None:
