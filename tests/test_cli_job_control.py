@@ -32,7 +32,7 @@ OUTLAST = f"{shlex.quote(sys.executable)} -m engine.cli"
 
 SESSION = """\
 import os, signal, subprocess, sys
-err = open(sys.argv[2], "w")
+err = None if sys.argv[2] == "-" else open(sys.argv[2], "w")
 child = subprocess.Popen(sys.argv[4:], stderr=err)
 open(sys.argv[1] + ".pids", "w").write(f"{os.getpid()} {child.pid}")
 if sys.argv[3] == "forward":  # as a login shell does at a hang-up: passed on to its jobs
@@ -44,7 +44,7 @@ open(sys.argv[1] + ".new", "w").write(str(rc))
 os.rename(sys.argv[1] + ".new", sys.argv[1])
 """
 """The program a closed window's session leader runs: ``outlast ARGS`` under it, its exit code and error
-output written to files (a shell would die with its terminal before it could say)."""
+output (``-``: on the terminal) written to files (a shell would die with its terminal before it could say)."""
 
 
 class Terminal:
@@ -159,3 +159,32 @@ def test_terminal_closed_under_the_live_display(
         listed = json.loads(cli("ls", "--json").stdout)
         status = "paused" if hangup == "forward" else "completed"
         assert [op["status"] for op in listed] == [status]
+
+
+@pytest.mark.parametrize(("hangup", "expected"), [("forward", 129), ("none", 0)])
+def test_dashboard_whose_terminal_closed_pauses_its_work(
+    cli: Cli, term: Terminal, tmp_path: Path, hangup: str, expected: int
+) -> None:
+    """The dashboard draws on stderr: its error output stays the terminal. Closed with a SIGHUP passed on, it
+    pauses its work and exits 129; closed without one (the leader ignores it), it runs on until stopped
+    (SIGTERM), when its last line, saying what it paused, went to the gone terminal: "internal error", 70."""
+    assert cli("-q", "submit", "demo", "-p", "items=400", "-p", "seconds=0.05").returncode == 0
+    session = tmp_path / "session.py"
+    session.write_text(SESSION)
+    rc_file = tmp_path / "rc"
+    py = shlex.quote(sys.executable)
+    term.open("d", f"{py} {session} {rc_file} - {hangup} {py} -m engine.cli")
+    until(lambda: re.search(r"\d+ of 400", term.screen("d")), 60, what="the dashboard running the work")
+    term.close("d")
+    pids = until(lambda: Path(f"{rc_file}.pids").read_text().split(), 10, what="the session's pids")
+    try:
+        if hangup == "none":
+            os.kill(int(pids[1]), signal.SIGTERM)
+        until(rc_file.exists, 60, what="the dashboard to exit")
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert int(rc_file.read_text()) == expected
+    [op] = json.loads(cli("ls", "--json").stdout)
+    assert op["status"] == "paused", op

@@ -964,11 +964,21 @@ def exit_code(app: OutlastApp, rv: int | None) -> int:
     alone exited 0 after a crash."""
     if app.return_code:
         said = f"; {paused_line(app)}" if app.paused_at_exit or app.unwritten_at_exit else "; it ran no operations"
-        print(f"outlast: the dashboard failed on an unhandled error (above){said}")
+        _say(f"outlast: the dashboard failed on an unhandled error (above){said}")
         return app.return_code
     if app.unwritten_at_exit and not rv:
         return ExitCode.STORE  # as `outlast run` ends when the store took no final status: its line says why
     return int(rv or 0)
+
+
+def _say(line: str) -> None:
+    """``line`` on standard output, once the terminal is given back. A terminal that hung up (EIO) or a reader
+    gone takes it nowhere, and the rest of the output with it: the dashboard that paused its work when its SSH
+    session dropped ended on this last line, "internal error", exit 70."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout from here to its exit
 
 
 class _Warnings(logging.Handler):
@@ -1016,11 +1026,11 @@ def main(
     finally:
         logger.handlers = saved
     if app.handed_over:
-        print(app.handed_over)
+        _say(app.handed_over)
     elif (app.paused_at_exit or app.unwritten_at_exit) and not app.return_code:
         # Stopped another way than a quit that says it (SIGINT: Textual ends its loop, and the engine is
         # stopped on unmount): what was paused was left unsaid, exit 0.
-        print(paused_line(app))
+        _say(paused_line(app))
     if app.engine_failure is not None:
         raise app.engine_failure
     return exit_code(app, rv)
