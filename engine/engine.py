@@ -65,7 +65,7 @@ from .store import Store, open_store
 from .submission import new_operation, params_context
 from .supervision import Supervisor, recover_orphans
 from .suspend import Suspender
-from .threads import let_go
+from .threads import TWIN_SIGNAL, let_go
 
 __all__ = ["Engine", "StoreUnwritable", "SubmitUnknown", "store_failure"]
 
@@ -151,11 +151,6 @@ def stop_signals() -> tuple[int, ...]:
     if _hangup_ignored:
         return (signal.SIGINT, signal.SIGTERM)
     return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-TWIN_SIGNAL = 0.1
-"""Seconds within which the same stop signal again is one stop (a process and its group both signalled); two
-presses of Ctrl-C are further apart."""
 
 
 class Engine:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import sys
 import threading
 import time
@@ -180,7 +181,8 @@ class LoopThreads:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(coro)``, not waiting at its end for a thread still blocked (see the module doc)."""
+    """``asyncio.run(coro)``, not waiting at its end for a thread still blocked (see the module doc); a stop
+    signal after ``coro`` ended changes nothing of its outcome (:func:`outcome_kept`)."""
 
     async def main() -> T:
         loop, threads = asyncio.get_running_loop(), LoopThreads()
@@ -188,6 +190,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         try:
             return await coro
         finally:
+            outcome_kept(loop)
             threads.release(loop)
 
     runner = asyncio.Runner()
@@ -202,6 +205,42 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             # "internal error: can't start new thread". The executor's threads are idle: nothing is lost.
             if str(e) != NO_THREAD:
                 raise
+
+
+TWIN_SIGNAL = 0.1
+"""Seconds within which the same stop signal again is one stop (a process and its group both signalled); two
+presses of Ctrl-C are further apart."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
+    """Once a command's coroutine has ended, its outcome is decided and stored (an ``outlast run`` has said
+    "completed"): a stop signal that this loop or its runner handled (Ctrl-C, SIGTERM, SIGHUP) changes
+    nothing of it from here to the exit. Closing the loop put back the default handling, and one that came
+    then (Ctrl-C pressed as the run ended, a supervisor's SIGTERM, while the exit waited for a handler's thread)
+    ended a completed run in a KeyboardInterrupt traceback, or killed by the signal. The same signal again
+    (not its twin, within ``TWIN_SIGNAL``) still ends the process at once, 128 + it, should the exit hang."""
+    first: list[tuple[int, float]] = []
+
+    def late(sig: int, _frame: object) -> None:
+        now = time.monotonic()
+        if not first:
+            first.append((sig, now))
+            return
+        if first[0][0] == sig and now - first[0][1] < TWIN_SIGNAL:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(128 + sig)
+
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):  # not the main thread: nothing to keep
+            ours = loop.remove_signal_handler(sig)
+            handler = signal.getsignal(sig)
+            if ours or (callable(handler) and handler is not signal.default_int_handler):
+                signal.signal(sig, late)
 
 
 def let_go(task: asyncio.Task[Any], what: str) -> None:
