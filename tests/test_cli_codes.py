@@ -334,6 +334,25 @@ def test_dashboard_that_cannot_be_imported_is_one_clear_line(cli: Cli) -> None:
     assert "the dashboard is not available" in one_line_error(r)
 
 
+def test_dashboard_whose_error_output_is_no_terminal_is_one_clear_line(cli: Cli, tmp_path: Path) -> None:
+    """``outlast 2>log`` on a terminal: Textual draws on standard error, so the dashboard ran unseen, the
+    terminal blank, its frames in the file, running queued work, its keys answered blind."""
+    assert cli("-q", "submit", "demo").returncode == 0
+    master, slave = os.openpty()
+    try:
+        with open(tmp_path / "log", "w") as log:
+            r = zygote.run(["tui"], stdin=slave, stdout=slave, stderr=log, env=cli.env, cwd=REPO, timeout=30)
+    finally:
+        os.close(slave)
+        os.close(master)
+    text = (tmp_path / "log").read_text()
+    assert r.returncode == ExitCode.USAGE, text[-300:]
+    assert text.startswith("outlast: the dashboard draws on standard error, which is not the terminal here")
+    assert text.count("\n") == 1 and "\x1b" not in text
+    [op] = json.loads(cli("ls", "--json").stdout)
+    assert op["status"] == "queued"  # nothing ran it
+
+
 @pytest.mark.parametrize("args", [["--help"], ["ls"], ["show", "PREFIX"], ["ls", "--json"]])
 def test_headless_commands_import_neither_textual_nor_rich(cli: Cli, args: list[str]) -> None:
     op_id = cli.here("submit", "demo").stdout.strip()

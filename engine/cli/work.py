@@ -42,6 +42,15 @@ def open_dashboard(app: App, watch_only: bool = False) -> int:
     except ImportError as e:
         fmt.echo(f"outlast: the dashboard is not available: {e}", err=True)
         return ExitCode.USAGE
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        # Textual draws on standard error: `outlast 2>log` kept the terminal blank while the dashboard ran,
+        # and ran queued work, unseen, its keys (and the quit's question) answered blind, its frames in the file.
+        fmt.echo(
+            "outlast: the dashboard draws on standard error, which is not the terminal here (2> a file?):"
+            " leave it on the terminal (warnings are shown in the dashboard)",
+            err=True,
+        )
+        return ExitCode.USAGE
     # Its hints (what it paused as it quit: go on with `outlast resume ID`) carry this command line's global
     # options, as every hint of the command line does: pasted, they name the store the dashboard showed.
     hint = app.command
