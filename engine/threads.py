@@ -193,6 +193,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             outcome_kept(loop)
             threads.release(loop)
 
+    for sig, handler in list(_kept.items()):  # a loop again (`run --detach` waits for its runner): as before
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(sig) is _kept_by.get(sig):
+                signal.signal(sig, handler)
+    _kept.clear()
     runner = asyncio.Runner()
     try:
         return runner.run(main())
@@ -212,6 +217,10 @@ TWIN_SIGNAL = 0.1
 presses of Ctrl-C are further apart."""
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_kept: dict[int, Any] = {}
+"""Each stop signal :func:`outcome_kept` took, and the handling the loop's close would have put back."""
+_kept_by: dict[int, Any] = {}
+"""The handler it took each with (``run`` puts the other back only where that one is still in place)."""
 
 
 def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
@@ -219,8 +228,10 @@ def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
     "completed"): a stop signal that this loop or its runner handled (Ctrl-C, SIGTERM, SIGHUP) changes
     nothing of it from here to the exit. Closing the loop put back the default handling, and one that came
     then (Ctrl-C pressed as the run ended, a supervisor's SIGTERM, while the exit waited for a handler's thread)
-    ended a completed run in a KeyboardInterrupt traceback, or killed by the signal. The same signal again
-    (not its twin, within ``TWIN_SIGNAL``) still ends the process at once, 128 + it, should the exit hang."""
+    ended a completed run in a KeyboardInterrupt traceback, or killed by the signal; `run --detach` between
+    its submit and its runner's start, with the operation queued for nobody. The same signal again (not its
+    twin, within ``TWIN_SIGNAL``) still ends the process at once, 128 + it, should the exit hang. A loop run
+    again (:func:`run`) handles them as before."""
     first: list[tuple[int, float]] = []
 
     def late(sig: int, _frame: object) -> None:
@@ -241,6 +252,8 @@ def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
             handler = signal.getsignal(sig)
             if ours or (callable(handler) and handler is not signal.default_int_handler):
                 signal.signal(sig, late)
+                _kept[sig] = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+                _kept_by[sig] = late
 
 
 def let_go(task: asyncio.Task[Any], what: str) -> None:

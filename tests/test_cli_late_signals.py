@@ -8,6 +8,7 @@ non-daemon thread, so the exit waits a second for it (``engine.threads.GRACE``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
@@ -28,3 +29,24 @@ def test_a_signal_after_completion_keeps_exit_0(cli: Cli, tmp_path: Path, sig: s
     assert not [ln for ln in run.err if "Traceback" in ln or "KeyboardInterrupt" in ln], run.err
     [op] = json.loads(cli("ls", "--json").stdout)
     assert op["status"] == "completed"
+
+
+def test_a_loop_run_again_handles_stop_signals_as_before() -> None:
+    """``run --detach`` runs a second loop (waiting for its runner) after the submit's: there a SIGTERM ends
+    the command as it did, not once ignored as after an outcome."""
+    from engine.threads import run
+
+    saved = signal.getsignal(signal.SIGTERM)
+
+    async def handles_sigterm() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
+
+    async def handling() -> object:
+        return signal.getsignal(signal.SIGTERM)
+
+    try:
+        run(handles_sigterm())
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, saved)  # kept from the outcome
+        assert run(handling()) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, saved)
