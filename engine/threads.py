@@ -193,11 +193,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             outcome_kept(loop)
             threads.release(loop)
 
-    for sig, handler in list(_kept.items()):  # a loop again (`run --detach` waits for its runner): as before
-        with contextlib.suppress(ValueError, OSError):
-            if signal.getsignal(sig) is _kept_by.get(sig):
-                signal.signal(sig, handler)
-    _kept.clear()
+    outcome_released()  # a loop again (`run --detach` waits for its runner): its signals as before
     runner = asyncio.Runner()
     try:
         return runner.run(main())
@@ -226,12 +222,13 @@ _kept_by: dict[int, Any] = {}
 def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
     """Once a command's coroutine has ended, its outcome is decided and stored (an ``outlast run`` has said
     "completed"): a stop signal that this loop or its runner handled (Ctrl-C, SIGTERM, SIGHUP) changes
-    nothing of it from here to the exit. Closing the loop put back the default handling, and one that came
-    then (Ctrl-C pressed as the run ended, a supervisor's SIGTERM, while the exit waited for a handler's thread)
-    ended a completed run in a KeyboardInterrupt traceback, or killed by the signal; `run --detach` between
-    its submit and its runner's start, with the operation queued for nobody. The same signal again (not its
-    twin, within ``TWIN_SIGNAL``) still ends the process at once, 128 + it, should the exit hang. A loop run
-    again (:func:`run`) handles them as before."""
+    nothing of it from here to the end of the command (:func:`outcome_released`, as ``engine.cli.main``
+    returns). Closing the loop put back the default handling, and one that came then (Ctrl-C pressed as the
+    run ended, a supervisor's SIGTERM, while the exit waited for a handler's thread) ended a completed run in
+    a KeyboardInterrupt traceback, or killed by the signal; `run --detach` between its submit and its
+    runner's start, with the operation queued for nobody. The same signal again (not its twin, within
+    ``TWIN_SIGNAL``) still ends the process at once, 128 + it, should the exit hang. A loop run again
+    (:func:`run`) handles them as before."""
     first: list[tuple[int, float]] = []
 
     def late(sig: int, _frame: object) -> None:
@@ -254,6 +251,18 @@ def outcome_kept(loop: asyncio.AbstractEventLoop) -> None:
                 signal.signal(sig, late)
                 _kept[sig] = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
                 _kept_by[sig] = late
+
+
+def outcome_released() -> None:
+    """The stop signals :func:`outcome_kept` took handled as the loop's close would have left them: for a loop
+    run again, and as the command line's ``main`` returns to a caller in the same process (a test's), where
+    Ctrl-C raises again."""
+    for sig, handler in list(_kept.items()):
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(sig) is _kept_by.get(sig):
+                signal.signal(sig, handler)
+    _kept.clear()
+    _kept_by.clear()
 
 
 def let_go(task: asyncio.Task[Any], what: str) -> None:

@@ -34,7 +34,7 @@ def test_a_signal_after_completion_keeps_exit_0(cli: Cli, tmp_path: Path, sig: s
 def test_a_loop_run_again_handles_stop_signals_as_before() -> None:
     """``run --detach`` runs a second loop (waiting for its runner) after the submit's: there a SIGTERM ends
     the command as it did, not once ignored as after an outcome."""
-    from engine.threads import run
+    from engine.threads import outcome_released, run
 
     saved = signal.getsignal(signal.SIGTERM)
 
@@ -48,5 +48,8 @@ def test_a_loop_run_again_handles_stop_signals_as_before() -> None:
         run(handles_sigterm())
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, saved)  # kept from the outcome
         assert run(handling()) is signal.SIG_DFL
+        run(handles_sigterm())
+        outcome_released()  # as the command line's main returns (to a test, in this process)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, saved)

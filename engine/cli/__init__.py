@@ -32,7 +32,14 @@ def main(argv: list[str] | None = None) -> None:
 
         print("outlast: stopped", file=sys.stderr)
         raise SystemExit(130) from None  # ExitCode.WATCH_STOPPED, as root.main exits on Ctrl-C
-    run(argv)
+    try:
+        run(argv)
+    finally:
+        import sys
+
+        threads = sys.modules.get("engine.threads")  # loaded by what ran an event loop
+        if threads is not None:
+            threads.outcome_released()  # to a caller in this process (a test's): signals as they were
 
 
 @contextlib.contextmanager
