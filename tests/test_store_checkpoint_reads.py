@@ -5,9 +5,11 @@ and 6.5 s. A payload is now read one at a time, its next step taken by SQLite's 
 
 from __future__ import annotations
 
+import math
 import tracemalloc
+from typing import Any
 
-from engine import OperationSpec, Settings, Status
+from engine import OperationContext, OperationSpec, Settings, Status, operation
 from tests.fixtures_engine import make_engine
 
 
@@ -29,3 +31,19 @@ async def test_a_listing_of_checkpoints_holds_one_payload_at_a_time(settings: Se
     one = max(sizes)
     # Before: all five payloads held at once, each decoded into Python objects (15 times one payload here).
     assert listing_peak < 3 * one, (listing_peak, sizes)
+
+
+@operation("test_nan_state")
+async def nan_state(ctx: OperationContext, params: Any) -> dict:
+    """One checkpoint whose state holds a NaN (which Python's JSON writes and SQLite's JSON does not read)."""
+    ctx.state["ratio"] = math.nan
+    await ctx.checkpoint("after the NaN")
+    return {}
+
+
+async def test_a_payload_sqlite_does_not_read_as_json_still_lists_its_next_step(settings: Settings) -> None:
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="test_nan_state"))
+        assert (await engine.wait(op.id, timeout=30)).status is Status.COMPLETED
+        listed = await engine.store.checkpoints(op.id)
+    assert [(c.next_step, c.valid) for c in listed][-1:] == [("after the NaN", True)], listed

@@ -26,10 +26,12 @@ log = logging.getLogger("outlast.store")
 
 _ROW = "SELECT seq, info, payload, checksum FROM checkpoints WHERE op_id=? AND seq=?"
 _LISTED_ROW = (
-    "SELECT seq, info, payload, checksum, CASE WHEN json_valid(CAST(payload AS TEXT))"
-    " THEN json_extract(CAST(payload AS TEXT), '$.next_step') END FROM checkpoints WHERE op_id=? AND seq=?"
+    "SELECT seq, info, payload, checksum, json_valid(CAST(payload AS TEXT)), CASE WHEN json_valid(CAST(payload AS"
+    " TEXT)) THEN json_extract(CAST(payload AS TEXT), '$.next_step') END FROM checkpoints WHERE op_id=? AND seq=?"
 )
-"""A checkpoint's row, with its payload's next step (JSON text stored as a blob: SQLite reads a blob as JSONB)."""
+"""A checkpoint's row, with whether SQLite reads its payload as JSON and, if so, its next step (JSON text stored
+as a blob: SQLite reads a blob as JSONB). A payload it does not read (NaN or Infinity, which Python's JSON
+writes) is decoded in Python, as before."""
 _COUNT_FAILURES = "UPDATE operations SET record=json_set(record, '$.item_failures', ?) WHERE id=?"
 """The record's count of the items its failures listing holds."""
 
@@ -190,16 +192,16 @@ class CheckpointsMixin(SqliteCore):
         def do() -> list[Checkpoint]:
             out = []
             chain = self._chain(op_id)
-            for s, info, payload, cs, step in self._checkpoint_rows(op_id, None, next_step=True):
+            for s, info, payload, cs, read, step in self._checkpoint_rows(op_id, None, next_step=True):
                 try:
                     cp = Checkpoint.model_validate_json(info)
                 except ValueError:
                     continue
                 valid = chain.verifies(s, payload, cs)
                 next_step = step if valid and isinstance(step, str) else None
-                if next_step is not None and "\ufffd" in next_step:
-                    # SQLite wrote a lone surrogate's escape (a file name's byte that is not UTF-8) as bytes that
-                    # are not UTF-8 either: Python's decoder gives it back as it was saved.
+                # SQLite wrote a lone surrogate's escape (a file name's byte that is not UTF-8) as bytes that are
+                # not UTF-8 either, and reads no NaN: Python's decoder gives those back as they were saved.
+                if valid and (not read or (next_step is not None and "\ufffd" in next_step)):
                     next_step = None
                     with contextlib.suppress(ValueError):
                         next_step = decode_payload(payload).get("next_step")
