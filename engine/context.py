@@ -17,6 +17,7 @@ import copy
 import dis
 import itertools
 import json
+import math
 import operator
 import os
 import signal
@@ -51,6 +52,14 @@ LOOP_TURN = 0.003
 """Seconds ``ctx.items`` gives the event loop at an item boundary once it is told the loop has not turned for a
 while (``nudge``): every callback and task ready then runs (the clock's tick, a signal, a control poll) before
 the next item."""
+LOOP_LATE = 0.3
+"""Seconds the engine's clock may be late (``clock_ticked``) before ``ctx.items`` lets the event loop turn at its
+next item boundary, looked at by the loop itself every 16th item (``LATE_CHECK_MASK``), and by the loop's watch
+thread (``nudge``)."""
+LATE_CHECK_MASK = 15
+"""A ``ctx.items`` loop looks at the clock (``LOOP_LATE``) when the items done, masked by this, are 0: every 16th
+item (a look is a ``monotonic()``; the mask reuses the count each item updates anyway)."""
+_monotonic = time.monotonic
 
 
 def count_of(value: object, what: str) -> int:
@@ -249,6 +258,11 @@ class OperationContext(SeedContextMethods):
         self._checkpoint_due = False
         self._turn_due = False
         """The event loop has not turned for a while (``nudge``): the next item boundary lets it turn."""
+        self.clock_ticked = math.inf
+        """When the engine's clock last ticked (monotonic; set by it at each tick; inf: no clock runs this
+        context). ``ctx.items`` lets the event loop turn once it is ``LOOP_LATE`` late: the watch thread's
+        ``nudge`` alone came 1-2 s late on a loaded machine, where that thread waited as long for the GIL, and a
+        Redis lease of 2 s ran out under a loop of quick items (another worker took the operation over)."""
         self._checkpoint_request: dict[str, Any] | None = None
         self._said_key_text = False
         self._said_metrics: set[str] = set()
@@ -1124,6 +1138,11 @@ class _Items(AsyncIterator[T]):
                 every = self._every
                 if every and ctx._done - ctx._done_at_checkpoint >= every:
                     ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
+                    await self._boundary()
+                # Every 16th item done (LATE_CHECK_MASK, a constant here: no global's lookup per item): is the
+                # engine's clock late, the event loop held by these items?
+                if not ctx._done & 15 and _monotonic() - ctx.clock_ticked >= LOOP_LATE:
+                    ctx._turn_due = True
                     await self._boundary()
         done_keys = self._done_keys
         keyf = self._keyf

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import limits
 from .config import Settings
-from .context import OperationContext
+from .context import LOOP_LATE, OperationContext
 from .errors import ControlChanged, StoreError
 from .lifecycle import StopReason
 from .models import (
@@ -72,10 +72,11 @@ LOOP_BLOCKED = 5.0
 HELD = 1.0
 """Seconds the event loop may go without turning before that time is taken for a hold of the loop (a handler's
 blocking code), which counts toward no stall clock but the holder's (``Watch.held``)."""
-NUDGE = 0.3
+NUDGE = LOOP_LATE
 """Seconds the clock's tick (every ``TICK``) may be late before the running handlers are told to let the event loop
 turn at their next item boundary (``OperationContext.nudge``): asked at each look of the loop's watch thread, so
-a loop of items that never await turns four times a second (the lease of a Redis worker renewed, a signal seen)."""
+a loop of items that never await turns four times a second (the lease of a Redis worker renewed, a signal seen).
+``ctx.items`` looks at the clock itself too (``clock_ticked``): the watch thread may wait long for the GIL."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -460,6 +461,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(TICK)
             now = self._ticked = time.monotonic()
+            for attempt in self._runs.values():
+                attempt.ctx.clock_ticked = now  # ctx.items lets the loop turn once this is late (LOOP_LATE)
             frozen = watch.frozen()
             if frozen:
                 log.info(
