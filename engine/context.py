@@ -54,11 +54,8 @@ while (``nudge``): every callback and task ready then runs (the clock's tick, a 
 the next item."""
 LOOP_LATE = 0.3
 """Seconds the engine's clock may be late (``clock_ticked``) before ``ctx.items`` lets the event loop turn at its
-next item boundary, looked at by the loop itself every 16th item (``LATE_CHECK_MASK``), and by the loop's watch
-thread (``nudge``)."""
-LATE_CHECK_MASK = 15
-"""A ``ctx.items`` loop looks at the clock (``LOOP_LATE``) when the items done, masked by this, are 0: every 16th
-item (a look is a ``monotonic()``; the mask reuses the count each item updates anyway)."""
+next item boundary, looked at by the loop itself every 16th item done (a ``monotonic()``), and by the loop's
+watch thread (``nudge``)."""
 _monotonic = time.monotonic
 
 
@@ -1139,8 +1136,8 @@ class _Items(AsyncIterator[T]):
                 if every and ctx._done - ctx._done_at_checkpoint >= every:
                     ctx.mark_checkpoint_due()  # checkpoint_every items, or checkpoint_interval seconds: the first
                     await self._boundary()
-                # Every 16th item done (LATE_CHECK_MASK, a constant here: no global's lookup per item): is the
-                # engine's clock late, the event loop held by these items?
+                # Every 16th item done (the count each item updates anyway; a literal: no global's lookup per
+                # item): is the engine's clock late, the event loop held by these items?
                 if not ctx._done & 15 and _monotonic() - ctx.clock_ticked >= LOOP_LATE:
                     ctx._turn_due = True
                     await self._boundary()
