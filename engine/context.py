@@ -692,6 +692,9 @@ class OperationContext(SeedContextMethods):
             # checkpoint_interval of 1s were saved by no checkpoint at all, lost whole to a SIGKILL.
             self._turn_due = False
             await asyncio.sleep(LOOP_TURN)
+            # A running clock set this itself in that turn; one that no longer ticks (a handler going on after
+            # its engine stopped) would have every 16th item turn the loop: at most one turn per LOOP_LATE.
+            self.clock_ticked = max(self.clock_ticked, _monotonic())
         req, self._checkpoint_request = self._checkpoint_request, None
         saved = False
         if req is not None or self._checkpoint_due or self._stop is not None:
