@@ -5,12 +5,21 @@ and 6.5 s. A payload is now read one at a time, its next step taken by SQLite's 
 
 from __future__ import annotations
 
+import json
 import math
 import tracemalloc
 from typing import Any
 
-from engine import OperationContext, OperationSpec, Settings, Status, operation
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+from engine import Engine, OperationContext, OperationSpec, Settings, Status, open_store, operation
+from engine.models import Checkpoint
+from engine.store.base import decode_payload, encode_payload, next_step_of
+from engine.text import NotJSON
 from tests.fixtures_engine import make_engine
+from tests.fixtures_redis import RedisServer
 
 
 async def test_a_listing_of_checkpoints_holds_one_payload_at_a_time(settings: Settings) -> None:
@@ -47,3 +56,80 @@ async def test_a_payload_sqlite_does_not_read_as_json_still_lists_its_next_step(
         assert (await engine.wait(op.id, timeout=30)).status is Status.COMPLETED
         listed = await engine.store.checkpoints(op.id)
     assert [(c.next_step, c.valid) for c in listed][-1:] == [("after the NaN", True)], listed
+
+
+@pytest.mark.redis
+async def test_a_listing_of_redis_checkpoints_holds_one_payload_at_a_time(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    """Redis's store read every kept payload in one reply, for a listing and for a resume alike."""
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=None)
+    async with Engine(store=store, settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="dict_state", params={"items": 5, "n": 40_000}))
+        assert (await engine.wait(op.id, timeout=60)).status is Status.COMPLETED
+        sizes = [c.size for c in await store.checkpoints(op.id)]
+        tracemalloc.start()
+        try:
+            listed = await store.checkpoints(op.id)
+            _, listing_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            newest = await store.load_checkpoint(op.id)
+            _, resume_peak = tracemalloc.get_traced_memory()
+            assert newest is not None
+            payload = encode_payload(newest[0])
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            decode_payload(payload)
+            _, decoded_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert [c.next_step for c in listed] == [f"after {i}" for i in (4, 3, 2, 1, 0)] and all(c.valid for c in listed)
+    assert newest[0].next_step == "after 4"
+    one = max(sizes)
+    # Before: all five payloads in one reply, each decoded for its next step (11 times one payload here).
+    assert listing_peak < 3 * one, (listing_peak, sizes)
+    # A resume decodes the newest state whole, and held every other payload beside it before.
+    assert resume_peak < (decoded_peak - base) + 3 * one, (resume_peak, decoded_peak - base, sizes)
+
+
+_KEYS = st.sampled_from(["next_step", "metadata", "counts", "state", "x"]) | st.text(max_size=12)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text()
+    | st.sampled_from(['"next_step":', ',"metadata":{},"counts":[1,2,3]}', '}"', "\\"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+_OBJECTS = st.dictionaries(_KEYS, _JSON, max_size=4)
+
+
+@hypothesis.settings(max_examples=400, database=None, deadline=None)
+@hypothesis.given(
+    _OBJECTS, _OBJECTS, st.none() | st.text() | st.sampled_from(['"next_step":1}', "}"]), _OBJECTS, st.booleans()
+)
+def test_the_next_step_read_from_a_payloads_tail_is_the_one_a_whole_decode_reads(
+    state: dict[str, Any], context: dict[str, Any], step: str | None, metadata: dict[str, Any], spaced: bool
+) -> None:
+    """A listing reads a checkpoint's next step from the payload's tail (the state not decoded): whatever the
+    state, context and metadata hold (keys named like the payload's own, text that looks like its end), it reads
+    what decoding the whole payload reads, and a payload of another shape is decoded whole."""
+    cp = Checkpoint(
+        operation_id="a1",
+        seq=1,
+        epoch=1,
+        created_at=0.0,
+        state=state,
+        context_data=context,
+        next_step=step,
+        metadata=metadata,
+    )
+    try:
+        payload = encode_payload(cp)
+    except NotJSON:
+        return
+    if spaced:  # what another writer might have stored: the same content, other separators
+        payload = json.dumps(json.loads(payload), separators=(", ", ": ")).encode()
+    assert next_step_of(payload) == step
