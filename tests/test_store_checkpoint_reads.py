@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -16,10 +17,21 @@ from hypothesis import strategies as st
 
 from engine import Engine, OperationContext, OperationSpec, Settings, Status, open_store, operation
 from engine.models import Checkpoint
+from engine.store import Store
 from engine.store.base import decode_payload, encode_payload, next_step_of
 from engine.text import NotJSON
 from tests.fixtures_engine import make_engine
 from tests.fixtures_redis import RedisServer
+
+
+async def _listed(store: Store, op_id: str) -> tuple[list[Checkpoint], int]:
+    """``store.checkpoints(op_id)``, and the most memory it held at once (bytes, as tracemalloc counts)."""
+    tracemalloc.start()
+    try:
+        listed = await store.checkpoints(op_id)
+        return listed, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 async def test_a_listing_of_checkpoints_holds_one_payload_at_a_time(settings: Settings) -> None:
@@ -28,12 +40,7 @@ async def test_a_listing_of_checkpoints_holds_one_payload_at_a_time(settings: Se
         assert (await engine.wait(op.id, timeout=60)).status is Status.COMPLETED
         store = engine.store
         sizes = [c.size for c in await store.checkpoints(op.id)]
-        tracemalloc.start()
-        try:
-            listed = await store.checkpoints(op.id)
-            _, listing_peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        listed, listing_peak = await _listed(store, op.id)
         newest = await store.load_checkpoint(op.id)  # read newest first, one at a time: the newest it is
     assert [c.next_step for c in listed] == [f"after {i}" for i in (4, 3, 2, 1, 0)] and all(c.valid for c in listed)
     assert newest is not None and newest[0].next_step == "after 4"
@@ -90,6 +97,37 @@ async def test_a_listing_of_redis_checkpoints_holds_one_payload_at_a_time(
     assert listing_peak < 3 * one, (listing_peak, sizes)
     # A resume decodes the newest state whole, and held every other payload beside it before.
     assert resume_peak < (decoded_peak - base) + 3 * one, (resume_peak, decoded_peak - base, sizes)
+
+
+@pytest.mark.redis
+async def test_a_listing_of_checkpoints_only_the_mirror_holds_reads_one_payload_at_a_time(
+    settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis emptied: the checkpoints are read from the mirror's files, which were all held at once too (ten
+    kept here: ``checkpoints_keep`` may be up to 1,000)."""
+    mirror = tmp_path / "mirror"
+    settings = settings.model_copy(update={"checkpoints_keep": 10})
+    async with Engine(
+        store=open_store(redis_server.url, namespace="t", checkpoint_mirror=mirror), settings=settings
+    ) as e:
+        op = await e.submit(OperationSpec(type="dict_state", params={"items": 10, "n": 40_000}))
+        assert (await e.wait(op.id, timeout=60)).status is Status.COMPLETED
+        sizes = [c.size for c in await e.store.checkpoints(op.id)]
+    redis_server.client().flushall()
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=mirror)
+    await store.open()
+    try:
+        await store.checkpoints(op.id)  # the first read after the flush may write the mirror back into Redis
+        redis_server.client().flushall()
+        listed, listing_peak = await _listed(store, op.id)
+        newest = await store.load_checkpoint(op.id)
+    finally:
+        await store.close()
+    assert [c.next_step for c in listed] == [f"after {i}" for i in range(9, -1, -1)] and all(c.valid for c in listed)
+    assert newest is not None and newest[0].next_step == "after 9"
+    one = max(sizes)
+    # Before: every payload at once (11 times one here); now one file's JSON, its payload's text and bytes.
+    assert listing_peak < 6 * one, (listing_peak, sizes)
 
 
 _KEYS = st.sampled_from(["next_step", "metadata", "counts", "state", "x"]) | st.text(max_size=12)

@@ -35,7 +35,6 @@ from ..files import NotRegular, atomic_write, fsync_dir, open_regular, sweep_dea
 from ..models import Checkpoint, Operation, validate_id
 from ..offload import off_loop
 from ..text import model_json
-from .base import checksum
 
 log = logging.getLogger("outlast.store.mirror")
 T = TypeVar("T")
@@ -44,11 +43,12 @@ _CKPT_RE = re.compile(r"^(\d{10})\.(ckpt|delta)\.json\Z")
 
 
 class MirrorCheckpoint:
-    """One checkpoint as read back from the mirror (its delta is looked up separately)."""
+    """One checkpoint as read back from the mirror (its delta is looked up separately; its payload None when it
+    was not asked for: ``payload_sync`` reads it)."""
 
     __slots__ = ("info", "payload", "seq")
 
-    def __init__(self, seq: int, info: Checkpoint, payload: bytes) -> None:
+    def __init__(self, seq: int, info: Checkpoint, payload: bytes | None) -> None:
         self.seq, self.info, self.payload = seq, info, payload
 
 
@@ -377,11 +377,14 @@ class CheckpointMirror:
                 out.append((int(m.group(1)), m.group(2)))
         return out
 
-    def checkpoints_sync(self, op_id: str) -> tuple[dict[int, MirrorCheckpoint], dict[int, bytes]]:
+    def checkpoints_sync(
+        self, op_id: str, payloads: bool = True
+    ) -> tuple[dict[int, MirrorCheckpoint], dict[int, bytes]]:
         """All readable checkpoints and deltas of ``op_id`` by seq (checksums are not checked here). A damaged
         file (not JSON, another's checkpoint, not a regular file) is skipped and said; a read that failed (an
         I/O error) raises OSError: skipped, it read as a break in the chain, and the resume that went on from
-        an older checkpoint discarded the newer ones here for good."""
+        an older checkpoint discarded the newer ones here for good. ``payloads``: keep each one's payload; else
+        each file is read and let go in turn (five of a 36 MB state were held at once for a listing)."""
         d = self._op_ckpt_dir(op_id)
         cps: dict[int, MirrorCheckpoint] = {}
         deltas: dict[int, bytes] = {}
@@ -394,15 +397,37 @@ class CheckpointMirror:
                 if kind == "delta":
                     deltas[seq] = _text(doc, "delta").encode()
                 else:
-                    info = Checkpoint.model_validate({**(doc.get("info") or {}), "checksum": _text(doc, "checksum")})
-                    if info.seq != seq or info.operation_id != op_id:
-                        raise ValueError(f"holds checkpoint {info.seq} of {info.operation_id}")
-                    cps[seq] = MirrorCheckpoint(seq, info, _text(doc, "payload").encode())
+                    payload = self._checkpoint_of(doc, op_id, seq)
+                    cps[seq] = MirrorCheckpoint(seq, payload.info, payload.payload if payloads else None)
             except FileNotFoundError:
                 continue  # pruned meanwhile
             except (NotRegular, ValueError) as e:
                 log.warning("checkpoint mirror: %s is unreadable (%s); skipped", path, str(e).splitlines()[0])
         return cps, deltas
+
+    @staticmethod
+    def _checkpoint_of(doc: dict[str, Any], op_id: str, seq: int) -> MirrorCheckpoint:
+        """Checkpoint ``seq`` of ``op_id`` as its file's ``doc`` holds it; ValueError if it holds anything else."""
+        info = Checkpoint.model_validate({**(doc.get("info") or {}), "checksum": _text(doc, "checksum")})
+        if info.seq != seq or info.operation_id != op_id:
+            raise ValueError(f"holds checkpoint {info.seq} of {info.operation_id}")
+        return MirrorCheckpoint(seq, info, _text(doc, "payload").encode())
+
+    def payload_sync(self, op_id: str, seq: int, listed: str) -> bytes | None:
+        """Checkpoint ``seq``'s payload as its file holds it, if that file still holds the checkpoint listed with
+        the checksum ``listed``; None if it is gone or is now another (pruned, or written again since the listing), or
+        unreadable (said when it was listed). OSError if the read failed."""
+        path = self._op_ckpt_dir(op_id) / f"{seq:010d}.ckpt.json"
+        try:
+            doc = json.loads(_read(path))
+            if not isinstance(doc, dict):
+                return None
+            cp = self._checkpoint_of(doc, op_id, seq)
+        except FileNotFoundError:
+            return None
+        except (NotRegular, ValueError):
+            return None
+        return cp.payload if cp.info.checksum == listed else None
 
     def newest_seq_sync(self, op_id: str) -> int | None:
         seqs = [s for s, k in self._files(self._op_ckpt_dir(op_id)) if k == "ckpt"]
@@ -466,7 +491,3 @@ def _text(doc: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{key!r} is not a string")
     return value
-
-
-def verify(cp: MirrorCheckpoint, delta: bytes) -> bool:
-    return checksum(cp.payload, delta) == cp.info.checksum

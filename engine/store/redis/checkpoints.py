@@ -99,7 +99,7 @@ class CheckpointsMixin(RecoveryMixin):
         )
         if raw is None and self.mirror is not None:
             try:
-                raw = (await off_loop(self.mirror.checkpoints_sync, op_id))[1].get(seq - 1)
+                raw = (await off_loop(self.mirror.checkpoints_sync, op_id, False))[1].get(seq - 1)
             except OSError as e:  # linked to nothing, this checkpoint and every later one would never verify
                 what = f"checkpoint mirror {self.mirror.root}: reading checkpoint {seq - 1} of {op_id} failed: {e}"
                 raise StoreFailed(what, str(e)) from None
@@ -125,7 +125,7 @@ class CheckpointsMixin(RecoveryMixin):
                 deltas[int(raw_seq)] = d
         if self.mirror is not None:
             try:
-                m_cps, m_deltas = await off_loop(self.mirror.checkpoints_sync, op_id)
+                m_cps, m_deltas = await off_loop(self.mirror.checkpoints_sync, op_id, False)
             except OSError as e:
                 what = f"checkpoint mirror {self.mirror.root}: reading checkpoints of {op_id} failed: {e}"
                 if sure:
@@ -153,9 +153,19 @@ class CheckpointsMixin(RecoveryMixin):
         infos, deltas = await self.link.call(do, f"reading checkpoints of {op_id}")
         return infos, deltas
 
-    async def _payload(self, op_id: str, seq: int) -> bytes | None:
-        """Checkpoint ``seq``'s payload in Redis: b"" when its info has none (it fails its checksum, as a damaged
-        one does), None when the checkpoint is gone since its info was read (pruned by a newer one)."""
+    async def _payload(self, op_id: str, cand: _Candidate) -> bytes | None:
+        """A candidate's payload, read now from where it was found. In Redis: b"" when its info has none (it
+        fails its checksum, as a damaged one does), None when the checkpoint is gone since its info was read
+        (pruned by a newer one); in the mirror, None when its file no longer holds it."""
+        seq, source, info, payload = cand
+        if payload is not None:
+            return payload
+        if source == "mirror" and self.mirror is not None:
+            try:
+                return await off_loop(self.mirror.payload_sync, op_id, seq, info.checksum)
+            except OSError as e:
+                what = f"checkpoint mirror {self.mirror.root}: reading checkpoint {seq} of {op_id} failed: {e}"
+                raise StoreFailed(what, str(e)) from None
         k = self.keys
         seq_field = str(seq)
 
@@ -176,10 +186,11 @@ class CheckpointsMixin(RecoveryMixin):
         chain = Chain(sorted(deltas.items()))
         skipped: list[str] = []
         found: tuple[Checkpoint, Ledger] | None = None
-        for s, source, info, payload in cands:
+        for cand in cands:
+            s, source, info, _ = cand
             if seq is not None and s > seq:
                 continue
-            if payload is None and (payload := await self._payload(op_id, s)) is None:
+            if (payload := await self._payload(op_id, cand)) is None:
                 continue  # pruned since the listing was read: a newer one was saved
             if not chain.verifies(s, payload, info.checksum):
                 why = (
@@ -210,10 +221,16 @@ class CheckpointsMixin(RecoveryMixin):
         chain = Chain(sorted(deltas.items()))
         out: list[Checkpoint] = []
         seen: set[int] = set()
-        for s, _source, info, payload in cands:
+        for cand in cands:
+            s, _source, info, _ = cand
             if s in seen:
                 continue
-            if payload is None and (payload := await self._payload(op_id, s)) is None:
+            try:
+                payload = await self._payload(op_id, cand)
+            except StoreFailed as e:  # a listing goes on without it, as without the whole mirror before
+                log.error("%s", e)
+                payload = None
+            if payload is None:
                 continue  # pruned since the listing was read
             seen.add(s)
             valid = chain.verifies(s, payload, info.checksum)
