@@ -18,12 +18,13 @@ async def test_keys_done_past_the_limit_make_a_checkpoint_due_before_its_interva
     monkeypatch.setattr(limits, "MAX_DELTA_BYTES", 1 << 20, raising=False)
     async with make_engine(settings) as engine:
         spec = OperationSpec(
-            type="long_keys", params={"items": 40, "kb": 100, "d": 0.05}, profile={"checkpoint_interval": 3600}
+            type="long_keys", params={"items": 60, "kb": 100, "d": 0.05}, profile={"checkpoint_interval": 3600}
         )
         op = await engine.submit(spec)
         final = await engine.wait(op.id, timeout=60)
         checkpoints = await engine.store.checkpoints(op.id)
     assert final.status is Status.COMPLETED, (final.status, final.status_message)
-    # About 11 keys of 100 KB pass 1 MB: a checkpoint every dozen items or so, none waiting for the hour.
+    # About 11 keys of 100 KB pass 1 MB, looked at once a second at most (20 items here, fewer on a loaded machine,
+    # where a suite once saw one checkpoint in 40 items): at least one before the end, none waiting for the hour.
     done = sorted(c.processed_items for c in checkpoints)
-    assert len(done) >= 2 and done[0] <= 20, done
+    assert done and done[0] < 60, done
