@@ -171,3 +171,31 @@ def test_the_next_step_read_from_a_payloads_tail_is_the_one_a_whole_decode_reads
     if spaced:  # what another writer might have stored: the same content, other separators
         payload = json.dumps(json.loads(payload), separators=(", ", ": ")).encode()
     assert next_step_of(payload) == step
+
+
+@pytest.mark.redis
+async def test_a_new_mirror_is_filled_from_redis_one_operations_checkpoints_at_a_time(
+    settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A mirror made on a Redis that holds operations is filled from it at the first write: the checkpoints of
+    200 operations at a time were read and held at once (a thousand states, five kept of each)."""
+    async with Engine(
+        store=open_store(redis_server.url, namespace="t", checkpoint_mirror=None), settings=settings
+    ) as e:
+        ops = [await e.submit(OperationSpec(type="dict_state", params={"items": 5, "n": 40_000})) for _ in range(3)]
+        for op in ops:
+            assert (await e.wait(op.id, timeout=60)).status is Status.COMPLETED
+        one = max(c.size for c in await e.store.checkpoints(ops[0].id))
+    mirror = tmp_path / "mirror"
+    store = open_store(redis_server.url, namespace="t", checkpoint_mirror=mirror)
+    async with Engine(store=store, settings=settings, run_queue=False) as e:
+        tracemalloc.start()
+        try:
+            await e.submit(OperationSpec(type="dict_state", params={"items": 1, "n": 1}))  # the first write
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    for op in ops:
+        assert len(list((mirror / "t" / "checkpoints" / op.id).glob("*.ckpt.json"))) == 5, op.id
+    # Before: the 15 payloads of the three operations and all their files' text at once (24 payloads' worth here).
+    assert peak < 12 * one, (peak, one)

@@ -345,21 +345,15 @@ class CheckpointMirror:
                 d = self._op_ckpt_dir(op_id)
                 d.mkdir(mode=0o700, exist_ok=True)
                 have = set(self._files(d))
-                todo = [
-                    (f"{seq:010d}.delta.json", _delta_doc(seq, delta))
-                    for seq, delta in sorted(deltas.items())
-                    if (seq, "delta") not in have
-                ]
-                todo += [
-                    (f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload))
-                    for cp, payload in cps
-                    if (cp.seq, "ckpt") not in have
-                ]
-                for name, data in todo:
-                    atomic_write(d / name, data, sync_dir=False)
-                if todo:
+                new_deltas = [seq for seq in sorted(deltas) if (seq, "delta") not in have]
+                new_cps = [(cp, payload) for cp, payload in cps if (cp.seq, "ckpt") not in have]
+                for seq in new_deltas:
+                    atomic_write(d / f"{seq:010d}.delta.json", _delta_doc(seq, deltas[seq]), sync_dir=False)
+                for cp, payload in new_cps:  # each file's text made as it is written (a state's size again)
+                    atomic_write(d / f"{cp.seq:010d}.ckpt.json", _ckpt_doc(cp, payload), sync_dir=False)
+                if new_deltas or new_cps:
                     fsync_dir(d)
-                wrote += len(todo)
+                wrote += len(new_deltas) + len(new_cps)
             return wrote
 
         return await self.guard("writing back what it lost", write, quiet) or 0

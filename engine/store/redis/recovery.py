@@ -425,8 +425,11 @@ class RecoveryMixin(RedisCore):
             wrote = 0
             for start in range(0, len(ids), 200):
                 ops = await self._fetch(ids[start : start + 200])
-                chains = {op.id: await self._chain_of(op.id) for op in ops if op.checkpoint_seq}
-                wrote += await mirror.fill(ops if whole else [], chains, quiet)
+                if whole:
+                    wrote += await mirror.fill(ops, {}, quiet)
+                for op in ops:  # one operation's checkpoints at a time: 200 of them held 1,000 states at once
+                    if op.checkpoint_seq:
+                        wrote += await mirror.fill([], {op.id: await self._chain_of(op.id)}, quiet)
             gone: list[str] = []
             if whole:
                 if self._store_id is not None:
