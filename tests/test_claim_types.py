@@ -86,6 +86,18 @@ async def test_a_deep_run_of_other_types_at_the_head_is_passed_over(engine: Engi
     assert len(await engine.store.list_operations([Status.QUEUED])) == 231
 
 
+async def test_work_below_a_thousand_of_other_types_is_found(engine: Engine) -> None:
+    """The Redis claim read its queue's first 1,000 entries and no more: a worker without a plugin, behind
+    1,100 queued operations of that plugin's type, never claimed its own work below them (idle beside it;
+    ``worker --exit-when-idle`` waited for it for ever). Looked for further, SCAN more at a time."""
+    others = [await submit(engine, "ledger") for _ in range(1100)]
+    first = await submit(engine, "demo")
+    others += [await submit(engine, "ledger") for _ in range(1000)]
+    second = await submit(engine, "demo")
+    assert await claim_all(engine.store, MINE) == [first, second]
+    assert {op.id for op in await engine.store.list_operations([Status.QUEUED])} == set(others)
+
+
 def test_a_worker_without_the_plugin_leaves_its_operations_queued(cli: Cli) -> None:
     """The forgotten ``--plugin``: ``outlast worker --exit-when-idle`` runs what it can, says once what
     it leaves and why, and exits; the worker that has the plugin then runs them."""

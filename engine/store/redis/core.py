@@ -88,6 +88,9 @@ class RedisCore:
         """The registered Lua scripts by name (lua.py), once open."""
         self._malformed: set[str] = set()
         """Records reported malformed already (reported once per process)."""
+        self._looked = "0,0,0"
+        """Where this process's claims look on in each priority's queue past its first entries, all of types
+        it has no handler for (the CLAIM script's deep look)."""
         self._last_delta: dict[str, tuple[int, int, bytes]] = {}
         """Per operation held here: (epoch, seq, stored bytes) of the newest delta its attempt wrote, which the
         next checkpoint links to without reading it back (only that attempt writes deltas while it holds)."""

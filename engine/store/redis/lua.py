@@ -259,7 +259,9 @@ CLAIM = (
     _PRELUDE
     + r"""
 -- ARGV: P, now, aging, worker JSON, lease ttl ms, tx, holder, op id ('' for the queue's next),
+--       where this worker's deep look goes on in each queue ('D0,D1,D2'; see head below),
 --       then the types this worker runs (their stored JSON form; none: any type)
+-- Returns false, or {id claimed ('' for none), its record, where the deep looks go on next}.
 local denied = publish_denied(P)
 if denied then return denied end
 local now = tonumber(ARGV[2])  -- the claimer's clock: the record's times (started_at) are in it
@@ -290,38 +292,54 @@ for r = 0, 2 do  -- retries whose backoff has passed, or began after now (the cl
   end
 end
 local runs = nil
-if #ARGV > 8 then
+if #ARGV > 9 then
   runs = {}
-  for i = 9, #ARGV do runs[ARGV[i]] = true end
+  for i = 10, #ARGV do runs[ARGV[i]] = true end
 end
+local deep = {}
+for d in string.gmatch(ARGV[9], '%d+') do deep[#deep + 1] = tonumber(d) end
 local id, epoch = nil, nil
 if ARGV[8] ~= '' then
   local f = redis.call('HMGET', P .. 'op:' .. ARGV[8], 'status', 'epoch')
   if f[1] == '"queued"' and tonumber(f[2]) then id, epoch = ARGV[8], tostring(tonumber(f[2]) + 1) end
 else
   -- The first entry of queue r this worker can run: its id, its epoch to be, its score. Entries that no
-  -- longer match their record are dropped; operations of other types are passed over, up to SCAN deep.
+  -- longer match their record are dropped; operations of other types are passed over, SCAN at a time.
+  -- The first SCAN entries are looked at each time, in queue order; when none of them is of a type this
+  -- worker runs, SCAN more, from where its last such look stopped (deep[r + 1]; the end of the queue
+  -- starts it again). Else a worker without a plugin, behind more than SCAN queued operations of that
+  -- plugin's type, never saw its own work below them: it sat idle beside it, and `worker --exit-when-idle`
+  -- waited for it for ever.
   local SCAN = 1000
-  local function head(r)
-    local q, start, step = P .. 'q:' .. r, 0, 4  -- the head is nearly always one this worker takes
-    while start < SCAN do
+  local function scan(q, start, stop)  -- id, epoch, score, position; or nil and where to go on (nil: the end)
+    local step = 4  -- the head is nearly always one this worker takes
+    while start < stop do
       local h = redis.call('ZRANGE', q, start, start + step - 1, 'WITHSCORES')
       step = 100
       if not h[1] then return nil end
-      local dropped = 0
+      local pos = start
       for i = 1, #h, 2 do
         local f = redis.call('HMGET', P .. 'op:' .. h[i], 'status', 'epoch', 'type')
         if f[1] == '"queued"' and tonumber(f[2]) then
-          if not runs or runs[f[3]] then return h[i], tostring(tonumber(f[2]) + 1), tonumber(h[i + 1]) end
+          if not runs or runs[f[3]] then return h[i], tostring(tonumber(f[2]) + 1), tonumber(h[i + 1]), pos end
+          pos = pos + 1
         else
           redis.call('ZREM', q, h[i])
           if not f[1] then redis.call('SADD', P .. 'gone', h[i]) end  -- no record: find_orphans says so
-          dropped = dropped + 1
         end
       end
-      start = start + #h / 2 - dropped
+      start = pos
     end
-    return nil
+    return nil, nil, nil, start
+  end
+  local function head(r)
+    local q = P .. 'q:' .. r
+    local cand, e, score, pos = scan(q, 0, SCAN)
+    if cand or not pos then return cand, e, score end
+    local from = math.max(SCAN, deep[r + 1] or 0)
+    cand, e, score, pos = scan(q, from, from + SCAN)
+    deep[r + 1] = pos or 0  -- found: its place (those before it are of other types); the end: from the top
+    return cand, e, score
   end
   local aging, bestkey = tonumber(ARGV[3]), nil
   for r = 0, 2 do  -- the heads of the three queues; each level is worth `aging` seconds of waiting
@@ -332,7 +350,8 @@ else
     end
   end
 end
-if not id then return false end
+local looked = (deep[1] or 0) .. ',' .. (deep[2] or 0) .. ',' .. (deep[3] or 0)
+if not id then return {'', {}, looked} end
 local k = P .. 'op:' .. id
 redis.call('HSET', k, 'status', '"running"', 'epoch', epoch, 'worker', ARGV[4], 'started_at', ARGV[2],
   'finished_at', 'null', 'not_before', 'null', 'backoff_from', 'null', 'error', 'null', 'status_message', 'null',
@@ -342,7 +361,7 @@ reindex(id, k, '"queued"', now)
 redis.call('SET', P .. 'lease:' .. id, ARGV[7] .. ':' .. epoch, 'PX', ARGV[5])
 redis.call('SET', P .. 'claimtx:' .. ARGV[6], id, 'EX', 120)
 event(id, '"running"', '"queued"', epoch)
-return {id, redis.call('HGETALL', k)}
+return {id, redis.call('HGETALL', k), looked}
 """
 )
 

@@ -385,6 +385,7 @@ class RecordsMixin(RecoveryMixin):
             secrets.token_hex(8),
             self.holder,
             op_id or "",
+            self._looked,
         ]
         if types is not None and op_id is None:
             # As the records hold them; none at all would read as "any type" to the script.
@@ -393,7 +394,11 @@ class RecordsMixin(RecoveryMixin):
         res = await self._script("CLAIM", [], args, "claiming work")
         if not res:
             return None
+        if len(res) > 2:
+            self._looked = res[2].decode()
         claimed = res[0].decode()
+        if not claimed:
+            return None
         raw = dict(zip(res[1][::2], res[1][1::2], strict=True))
         try:
             op = decode_record(claimed, raw)
