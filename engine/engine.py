@@ -906,10 +906,12 @@ class Engine:
         """``auto_resume`` of an operation found orphaned: queued again only while it is interrupted. A pause
         written meanwhile (one asked again: ``_ask_again``) was resumed over. Never one this engine was asked to
         stop and could not store the request of (its attempt lost its lease meanwhile): queued again by this
-        engine's own recovery before that attempt ended, it ran on until the request was asked again."""
+        engine's own recovery before that attempt ended, it ran on until the request was asked again. Queued in
+        its place, as work a stopped worker hands back: queued anew, it went behind work submitted since, and a
+        worker killed again and again (the OOM killer) kept sending it to the back."""
         if op_id in self._unconfirmed:
             raise Conflict(f"operation {op_id}: a {self._unconfirmed[op_id].value} asked here is not stored yet")
-        return await self._requeue(op_id, None, None, only=Status.INTERRUPTED)
+        return await self._requeue(op_id, None, None, only=Status.INTERRUPTED, keep_place=True)
 
     async def _requeue(
         self,

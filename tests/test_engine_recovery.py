@@ -218,6 +218,25 @@ async def test_auto_resume_of_orphans(settings: Settings, tmp_path: Path) -> Non
         assert final.result == {"sum": sum(range(200))}
 
 
+async def test_an_orphan_resumed_by_auto_resume_keeps_its_place_in_the_queue(settings: Settings) -> None:
+    """auto_resume (Redis workers always) queued an operation whose process died as if submitted then: behind
+    work submitted after it, which ran first, and a worker killed again and again (the OOM killer) kept sending
+    it to the back. Queued where it was, as work a stopped worker hands back is."""
+    later: list[str] = []
+
+    async def submit_later(child: subprocess.Popen[bytes], other: Engine, op_id: str) -> None:
+        await other.store.set_slots(1)  # the child, running the orphan-to-be, takes none of them
+        for _ in range(2):
+            later.append((await other.submit(OperationSpec(type="ledger", params={"items": 1}))).id)
+
+    op_id = await _killed_after_a_checkpoint(settings, submit_later)
+    async with make_engine(settings, auto_resume=True) as engine:
+        finals = [await engine.wait(i, timeout=60) for i in (op_id, *later)]
+        assert [f.status for f in finals] == [Status.COMPLETED] * 3 and finals[0].attempt == 2
+        assert finals[0].started_at is not None and finals[1].started_at is not None
+        assert finals[0].started_at < finals[1].started_at, "the orphan ran after work queued behind it"
+
+
 @pytest.mark.parametrize(("action", "status"), [("cancel", Status.CANCELLED), ("pause", Status.PAUSED)])
 async def test_a_cancel_or_pause_asked_before_its_process_died_is_kept_by_recovery(
     settings: Settings, action: str, status: Status
