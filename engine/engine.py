@@ -899,8 +899,10 @@ class Engine:
         """Queue a stopped operation again, from its newest valid checkpoint or the one given;
         ``profile`` changes its timeout profile (and failure threshold) from this attempt on. ``keep_place``:
         queued where it was queued before, not behind work submitted since (work handed from one process to
-        another, as the dashboard's hand-over on quit does; a person's resume queues it now)."""
-        return await self._requeue(op_id, checkpoint, profile, keep_place=keep_place)
+        another, as the dashboard's hand-over on quit does; a person's resume queues it now). Its retry policy
+        starts again: with the retries of the attempts before used up, a resume failed at its first transient
+        error."""
+        return await self._requeue(op_id, checkpoint, profile, keep_place=keep_place, retries=0)
 
     async def _resume_orphan(self, op_id: str) -> Operation:
         """``auto_resume`` of an operation found orphaned: queued again only while it is interrupted. A pause
@@ -920,7 +922,9 @@ class Engine:
         profile: dict[str, Any] | None,
         only: Status | None = None,
         keep_place: bool = False,
+        retries: int | None = None,
     ) -> Operation:
+        """``retries``: the automatic retries counted as used from here (None: those of the attempts before)."""
         op = await self.store.get(validate_id(op_id))
         if only is not None and op.status is not only:
             raise Conflict(f"operation {op_id} is {op.status.value}, not {only.value}")
@@ -957,6 +961,7 @@ class Engine:
             expect=frozenset({op.status}),
             attempt=op.attempt + 1,
             queued_at=op.queued_at if keep_place else now,
+            retries=op.retries if retries is None else retries,
             resume_seq=checkpoint,
             not_before=None,
             backoff_from=None,

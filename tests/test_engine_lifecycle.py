@@ -193,6 +193,23 @@ async def test_transient_error_retries_from_checkpoint(engine: Engine, tmp_path)
     assert sorted(runs, key=int) == [str(i) for i in range(20)]
 
 
+async def test_a_resume_gets_its_retry_policy_anew(engine: Engine) -> None:
+    """Its automatic retries used up (the backend down for a while), an operation a person resumed failed at
+    its next transient error, retried no more: the count of retries ran on from the attempts before."""
+    op = await engine.submit(
+        OperationSpec(
+            type="ledger",
+            params={"items": 5, "fail_at": 2},
+            profile={"retry": {"backoff_base": 0.01, "max_attempts": 2}},
+        )
+    )
+    first = await engine.wait(op.id, timeout=30)
+    assert (first.status, first.attempt, first.retries) == (Status.FAILED, 2, 1)
+    await engine.resume(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert (final.status, final.attempt, final.retries) == (Status.FAILED, 4, 1), final.status_message
+
+
 async def test_non_transient_error_fails(engine: Engine) -> None:
     op = await engine.submit(
         OperationSpec(type="ledger", params={"items": 5, "fail_at": 2}, profile={"retry": {"transient": []}})
