@@ -98,6 +98,29 @@ async def test_work_below_a_thousand_of_other_types_is_found(engine: Engine) -> 
     assert {op.id for op in await engine.store.list_operations([Status.QUEUED])} == set(others)
 
 
+async def test_a_count_of_work_passed_over_past_what_was_read_says_at_least(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An idle worker reads the newest 1,000 queued operations to say which it leaves to another worker, and
+    said "leaving 1000 queued ledger operation(s)" of 1,500: the count of what it read, as if it were all."""
+    from engine import registry
+    from engine.cli import run as cli_run
+
+    monkeypatch.setattr(cli_run, "PASSED_LOOK", 3)
+    monkeypatch.setattr(registry, "runnable_types", lambda: MINE)
+    for _ in range(4):
+        await submit(engine, "ledger")
+    assert not await cli_run.QueueLook(engine, "plain").holds_work()
+    assert "leaving at least 3 queued ledger operation(s)" in capsys.readouterr().out
+    assert not await cli_run.QueueLook(engine, "json").holds_work()
+    assert json.loads(capsys.readouterr().out) == {
+        "event": "passed_over",
+        "type": "ledger",
+        "queued": 3,
+        "at_least": True,
+    }
+
+
 def test_a_worker_without_the_plugin_leaves_its_operations_queued(cli: Cli) -> None:
     """The forgotten ``--plugin``: ``outlast worker --exit-when-idle`` runs what it can, says once what
     it leaves and why, and exits; the worker that has the plugin then runs them."""

@@ -536,6 +536,10 @@ async def _unless_draining(engine: Engine, look: Coroutine[Any, Any, T]) -> T | 
     return task.result()
 
 
+PASSED_LOOK = 1000
+"""Queued operations an idle worker reads (newest first) to say which of their types it passes over."""
+
+
 class QueueLook:
     """What an idle worker sees in the queue: whether any of it is its own to run, and, said once per
     type, which operations it passes over because it has no handler for their type (their plugin is
@@ -566,16 +570,23 @@ class QueueLook:
         if await store.list_operations([Status.QUEUED], types=sorted(runs), limit=1):
             return True
         self._none_in = depth
-        passed = [op for op in await store.list_operations([Status.QUEUED], limit=1000) if op.type not in runs]
+        listed = await store.list_operations([Status.QUEUED], limit=PASSED_LOOK)
+        # Only so many read: of a queue longer than that, a count is how many at least ("leaving 1000" of 1,500).
+        cut = len(listed) >= PASSED_LOOK
+        passed = [op for op in listed if op.type not in runs]
         for type_ in sorted({op.type for op in passed} - self._told):
             self._told.add(type_)
             n = sum(op.type == type_ for op in passed)
             if self._mode == "json":
-                fmt.echo(fmt.dumps({"event": "passed_over", "type": type_, "queued": n}))
+                event: dict[str, Any] = {"event": "passed_over", "type": type_, "queued": n}
+                if cut:
+                    event["at_least"] = True
+                fmt.echo(fmt.dumps(event))
             elif self._mode == "plain":
                 fmt.echo(
-                    f"{fmt.clock(time.time())} leaving {n} queued {fmt.printable(type_)} operation(s) to a worker"
-                    " that has their plugin (none loaded here runs that type: --plugin MODULE)"
+                    f"{fmt.clock(time.time())} leaving {'at least ' if cut else ''}{n} queued"
+                    f" {fmt.printable(type_)} operation(s) to a worker that has their plugin (none loaded here runs"
+                    " that type: --plugin MODULE)"
                 )
         return False
 
