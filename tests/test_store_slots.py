@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, OperationSpec, Settings, Status, load_settings, open_store
+from engine import Engine, OperationSpec, Priority, Settings, Status, load_settings, open_store
 from engine.cli import main as cli_main
 from engine.models import SETTLED, Operation, WorkerInfo
 from engine.store import Store
@@ -361,6 +361,43 @@ async def test_a_foreground_run_waits_for_a_store_slot(state_dir: Path, tmp_path
         finally:
             for p in runs:
                 p.kill()
+
+
+async def test_a_run_waiting_for_a_slot_leaves_it_to_higher_priority_work(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot that came free went to the foreground run that polled first: ``outlast run --priority low``,
+    waiting for it, took it ahead of high-priority work queued for a worker (2 of 3 tries here). It leaves it to
+    that work for a while (``YIELD_FOR``; here until that work is claimed), then takes the next one."""
+    from engine.cli import run as cli_run
+
+    monkeypatch.setattr(cli_run, "YIELD_FOR", 1e9)
+    async with _one_slot_held(target) as (holder, held), target.engine() as engine:
+        low = await engine.submit(OperationSpec(type="ledger", params={"items": 1}, priority=Priority.LOW))
+        looks = 0
+        real_get = engine.get
+
+        async def get(op_id: str) -> Operation:
+            nonlocal looks
+            looks += 1
+            return await real_get(op_id)
+
+        engine.get = get  # type: ignore[method-assign]
+        waiting = asyncio.ensure_future(cli_run.claim_here(engine, low.id, None))
+        try:
+            await until(lambda: looks >= 2, timeout=30)  # its claim refused: every slot in use
+            high = await engine.submit(OperationSpec(type="ledger", params=LONG, priority=Priority.HIGH))
+            await holder.transition(held.id, Status.COMPLETED, epoch=held.epoch)  # the slot frees
+            seen = looks
+            await until(lambda: looks >= seen + 2, timeout=30)  # it looked twice with the slot free
+            assert not waiting.done() and (await engine.get(low.id)).status is Status.QUEUED
+            taken = await holder.claim(W, 1e10, 300.0)  # by a worker: the high one, next in the queue
+            assert taken is not None and taken.id == high.id
+            await holder.transition(high.id, Status.COMPLETED, epoch=taken.epoch)
+            await asyncio.wait_for(waiting, 30)  # nothing of a higher priority left queued: it takes the slot
+            assert (await engine.wait(low.id, timeout=30)).status is Status.COMPLETED
+        finally:
+            waiting.cancel()
 
 
 @pytest.mark.parametrize(

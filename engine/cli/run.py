@@ -191,6 +191,21 @@ def restored_line(op: Operation, engine: Engine, prefix: str) -> str:
 SLOT_POLL = 0.25
 """Seconds between claims while a foreground run waits for a store slot."""
 
+YIELD_FOR = 2.0
+"""Seconds a run that waited for a store slot leaves a slot that came free to queued work of a higher priority
+(a worker takes it within a second), before it takes it itself: no engine may be running the queue."""
+
+
+async def outranked(engine: Engine, op_id: str) -> bool:
+    """Whether a store slot is free and work of a higher priority than queued ``op_id``'s is queued for it
+    (a retry waiting out its backoff included)."""
+    slots = await engine.store.get_slots()
+    if slots is None or (await engine.store.counts()).get(Status.RUNNING, 0) >= slots:
+        return False
+    mine = (await engine.get(op_id)).priority
+    depth = await engine.store.queue_depth()
+    return any(n and p.rank < mine.rank for p, n in depth.items())
+
 
 async def claim_here(engine: Engine, op_id: str, slots_hint: str | None) -> None:
     """Claim the queued ``op_id`` and run it in this engine; Conflict when it is not queued (another
@@ -198,16 +213,26 @@ async def claim_here(engine: Engine, op_id: str, slots_hint: str | None) -> None
 
     While every store slot is in use (``outlast slots``) the claim is refused and the operation stays
     queued: wait, say so once on stderr (``slots_hint``: the command that shows them; None: say
-    nothing), and claim it when a slot frees. A signal while waiting pauses it, as it would pause it
-    running (the start line says Ctrl-C pauses), so it is left resumable, not queued for anyone."""
+    nothing), and claim it when a slot frees, once work of a higher priority queued meanwhile has had
+    ``YIELD_FOR`` to take it: claimed at once, a low-priority run took the slot ahead of high-priority work
+    that waited for it too. A signal while waiting pauses it, as it would pause it running (the start line
+    says Ctrl-C pauses), so it is left resumable, not queued for anyone."""
     said = slots_hint is None
+    waiting = False
+    yielding: float | None = None  # since when (monotonic) a free slot has been left to higher-priority work
     while True:
-        try:
-            await engine.run_now(op_id)
-            return
-        except Conflict:
-            if (await engine.get(op_id)).status is not Status.QUEUED:
-                raise
+        if waiting and await outranked(engine, op_id):
+            yielding = time.monotonic() if yielding is None else yielding
+        else:
+            yielding = None
+        if yielding is None or time.monotonic() - yielding >= YIELD_FOR:
+            try:
+                await engine.run_now(op_id)
+                return
+            except Conflict:
+                if (await engine.get(op_id)).status is not Status.QUEUED:
+                    raise
+            waiting = True
         if engine.draining:
             await pause_queued(engine, op_id)  # a worker that took it meanwhile is asked to pause it
             return
