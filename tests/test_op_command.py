@@ -379,6 +379,18 @@ async def test_a_progress_bar_written_over_in_place_is_progress_and_a_sign_of_li
     assert any(0 < (p or 0) < 100 for p in seen), "no progress was shown while it ran"
 
 
+async def test_output_whose_line_has_not_ended_is_a_sign_of_life(engine: Engine) -> None:
+    """A command printing a dot every 0.1 s, with no newline for 5 s, was stopped as stalled after a
+    stall_timeout of 2 s: only a whole line restarted the stall clock. Any output does now."""
+    code = (
+        "import sys, time\nfor i in range(50):\n    sys.stdout.write('.'); sys.stdout.flush(); time.sleep(0.1)\nprint()"
+    )
+    spec = OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}, profile={"stall_timeout": 2})
+    final = await engine.wait((await engine.submit(spec)).id, timeout=60)
+    assert final.status is Status.COMPLETED, final.status_message
+    assert final.result["lines"] == 1 and final.progress.metrics["output_bytes"] == 51, final
+
+
 async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit(settings: Settings) -> None:
     """``yes`` for an hour wrote 2.5 bytes of log per byte of output until the disk was full. Past the
     attempt's log_limit the lines are counted and only the last 1,000 written, after one line saying so;
