@@ -103,6 +103,8 @@ class Watch:
         self.started = now
         self.start_done = ctx.done
         self.last_done = ctx.done
+        self.last_item_at: float | None = None
+        """When the clock last saw the count of items done grow in this attempt (monotonic)."""
         self.last_beat = 0
         self.last_change = now
         self.next_checkpoint = now + ctx.profile.checkpoint_interval
@@ -143,6 +145,15 @@ class Watch:
         t0, d0 = next((s for s in reversed(self.pace) if s[0] <= since), self.pace[0])
         n = self.ctx.done - d0
         return n / (now - t0) if now - t0 >= 0.1 and n > 0 else None
+
+    def steady_rate(self, now: float) -> float | None:
+        """Items a second over the attempt while its last item came within twice the attempt's time per item
+        before it (None: not so, or no item done in it): slow items, each longer than a quarter of the attempt
+        so far, are still being done though none was done in its last quarter."""
+        last, n = self.last_item_at, self.ctx.done - self.start_done
+        if last is None or n <= 0 or now - last > 2 * (last - self.started) / n:
+            return None
+        return self.rate(now)
 
     def set_deadline(self) -> None:
         """The deadline for the total known now (the profile's ``effective_timeout``, or the fixed one)."""
@@ -244,6 +255,8 @@ class Watch:
         no stall, deadline, grace period or rate (a Ctrl-Z'd ``outlast run`` used to come back stalled)."""
         self.started += dt
         self.last_change += dt
+        if self.last_item_at is not None:
+            self.last_item_at += dt
         self.deadline += dt
         self.next_checkpoint += dt
         self.next_report += dt
@@ -281,6 +294,8 @@ class Watch:
             return
         ctx, p = self.ctx, self.ctx.profile
         if ctx.done != self.last_done or ctx.beat != self.last_beat:
+            if ctx.done > self.last_done:
+                self.last_item_at = now
             self.last_done, self.last_beat = ctx.done, ctx.beat
             self.last_change = now
             self.live_dirty = True
@@ -361,7 +376,8 @@ class Watch:
             # No total to reckon the rest by (items from a generator, a cursor, os.walk): extended a slice at a
             # time while items are still being done, up to max_timeout (the stall timeout stops one that stands
             # still). It was stopped at base_timeout at 10 items/s, the common case stopped while at work.
-            if rate := self.recent_rate(now):
+            # Or on its pace: an item every 5s, stopped at a base_timeout of 8s, 3s after its last item.
+            if rate := self.recent_rate(now) or self.steady_rate(now):
                 extend_to = min(self.started + p.max_timeout, now + max(5.0, elapsed / 4))
                 reason = f"{rate:.2f} items/s, no total known, within max_timeout {p.max_timeout:g}s"
             else:

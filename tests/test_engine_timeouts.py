@@ -176,6 +176,19 @@ async def test_work_with_no_total_is_extended_while_items_are_done(engine: Engin
     assert any("max_timeout 1s reached" in m for m in logs), logs
 
 
+async def test_slow_items_with_no_total_are_extended_on_their_pace(engine: Engine) -> None:
+    """An item every 5 s from a generator was stopped at a base_timeout of 8 s, 3 s after its last item: none
+    was done in the last quarter of the attempt, read as "no item done lately". An item within twice the
+    attempt's time per item is on its pace: extended, as one with a total and the same rate is."""
+    profile = {"base_timeout": 3, "per_item_timeout": 0, "max_timeout": 60}
+    op = await engine.submit(
+        OperationSpec(type="test_items_from_a_generator", params={"items": 3, "seconds": 2}, profile=profile)
+    )
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED and final.result == {"done": 3}, final.status_message
+    assert final.extensions >= 1, final
+
+
 async def test_deadline_passed_when_max_timeout_too_short(engine: Engine) -> None:
     op = await engine.submit(
         OperationSpec(
