@@ -41,6 +41,24 @@ def test_run_without_terminal_prints_plain_lines(cli: Cli) -> None:
     assert re.search(r"completed at 40/40 items", lines[-1]), lines[-1]
 
 
+EXTENDED = ["--profile", "base_timeout=1", "--profile", "per_item_timeout=0", "--profile", "max_timeout=60"]
+"""A profile whose deadline a demo of 150 items at 0.02 s passes, and is extended by its rate."""
+
+
+def test_an_extension_of_the_deadline_is_printed_once_and_shown_by_show(cli: Cli) -> None:
+    """`outlast run` in a pipe printed each extension twice (its log line, then the event's), and `outlast show`
+    said "timeout 1s" beside a run of 3 s completed, nothing of the extension."""
+    r = cli(*DEMO[:2], "-p", "items=150", "-p", "seconds=0.02", *EXTENDED)
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stdout.splitlines() if "deadline extended" in ln]
+    shown = cli("show", "1")
+    assert shown.returncode == 0, shown.stderr
+    timeout = next(ln for ln in shown.stdout.splitlines() if ln.startswith("timeout"))
+    extensions = json.loads(cli("--json", "show", "1").stdout)["extensions"]
+    assert len(said) == extensions >= 1, r.stdout
+    assert f"extended {extensions}x" in timeout, shown.stdout
+
+
 def test_run_into_a_file_prints_log_lines_only_to_the_log_limit(cli: Cli) -> None:
     """``outlast run ... >> job.log`` printed every line of a handler that logs without end, those the stored
     log does not keep among them (305 MB beside a stored log of 66 MB): the log limit protects that file too."""

@@ -328,8 +328,8 @@ async def follow(engine: Engine, op_id: str, view: View, local: bool, prefix: st
             return
         if isinstance(ev, LogEmitted):
             view.log(ev.record)
-        elif isinstance(ev, TimeoutExtended) and isinstance(view, PlainView):
-            view.note(ev.reason)
+        elif isinstance(ev, TimeoutExtended) and isinstance(view, PlainView) and not view.logs:
+            view.note(ev.reason)  # else the log's line says it: printed twice, a second apart
 
     unsubscribe = engine.subscribe(on_event) if local else None
     offset = 0
