@@ -530,6 +530,22 @@ def test_rerun_starts_a_completed_operation_afresh_with_params_changed(cli: Cli)
     assert cli.here("ls", "--json").stdout == before  # nothing stored
 
 
+def test_rerun_with_a_timeout_key_replaces_a_fixed_timeout_as_resume_does(cli: Cli) -> None:
+    """Work that hit its `--timeout` run again with `--profile max_timeout=...` kept the fixed timeout, the
+    profile given silently ignored for the deadline (a resume with the same key replaces it). A key given by
+    its seed name beside the stored one's (`per_file_timeout`, `per_item_timeout`) is the same key."""
+    first = cli.here("submit", "demo", "-p", "items=3", "--timeout", "5", "--profile", "per_item_timeout=2").stdout
+    cli.here("cancel", first.strip())
+    kept = cli.here("rerun", first.strip(), "--queue", "--profile", "stall_timeout=9")
+    assert kept.returncode == 0, kept.stderr
+    assert cli.op(kept.stdout.strip()).timeout == 5  # no timeout key: the fixed one stands
+    r = cli.here("rerun", first.strip(), "--queue", "--profile", "max_timeout=7200", "--profile", "per_file_timeout=3")
+    assert r.returncode == 0, r.stderr
+    again = cli.op(r.stdout.strip())
+    assert again.timeout is None and again.profile["max_timeout"] == 7200 and again.profile["per_item_timeout"] == 3
+    assert again.effective_timeout == again.profile["base_timeout"], again
+
+
 def test_control_commands_ask_the_lifecycle_which_action_applies(cli: Cli) -> None:
     """Each refusal is the lifecycle's one line (exit 7) naming the statuses that allow the action, and
     rerun applies to settled operations only (it made a second copy of queued work)."""

@@ -202,20 +202,23 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     from ..humanize import printable
     from ..lifecycle import Action, check_action
     from ..models import OperationSpec
-    from ..profiles import one_line
+    from ..profiles import TIMEOUT_KEYS, one_line, with_aliases
     from .common import parse_pairs, session, valid_ids
 
     valid_ids(op_id)
     async with session(app.settings, create=False) as engine:
         old = await engine.get(await engine.resolve(op_id))
     check_action(Action.RERUN, old.status, old.id)
+    changed = parse_pairs(profile, "--profile")
     try:
         return OperationSpec(
             type=old.type,
             params={**old.params, **parse_pairs(params, "--param", text_params(app.settings, old.type))},
             priority=old.priority,
-            profile={**old.profile_overrides, **parse_pairs(profile, "--profile")},
-            timeout=old.timeout,
+            profile={**with_aliases(old.profile_overrides), **with_aliases(changed)},
+            # A timeout fixed at submit (--timeout) gives way to a timeout key given here, as for `resume`: kept,
+            # `rerun --profile max_timeout=...` of work that hit its --timeout timed out again where it did.
+            timeout=None if TIMEOUT_KEYS & with_aliases(changed).keys() else old.timeout,
             # Stored by an older version or another client, a name may hold what a spec refuses (an escape
             # sequence): it comes along escaped, or the operation could not be run again at all.
             name=None if old.name is None else printable(old.name),
