@@ -101,7 +101,7 @@ class Watch:
         self.task: asyncio.Task[Any] | None = None
         """The task running the handler: cancelled when it reaches no safe point within the grace period."""
         self.started = now
-        self.start_done = ctx.done
+        self.start_done = self.units()
         self.last_done = ctx.done
         self.last_item_at: float | None = None
         """When the clock last saw the count of items done grow in this attempt (monotonic)."""
@@ -130,27 +130,33 @@ class Watch:
         self.extensions = 0
         self.settling = False
         """The handler is done and its final status is being written (retried while the store fails)."""
-        self.pace: deque[tuple[float, int]] = deque([(now, ctx.done)], maxlen=PACE_SAMPLES)
+        self.pace: deque[tuple[float, float]] = deque([(now, self.start_done)], maxlen=PACE_SAMPLES)
         """(monotonic time, items done) samples, spaced as the attempt goes on: the recent rate."""
         self.set_deadline()
 
+    def units(self) -> float:
+        """Items done with the part of the next one done (``ctx.fraction``): what the rate counts. Counted by
+        whole items, a migrated function copying one large file (``progress_callback(0.4, 1)``) had done none
+        at its deadline, and was stopped at 2.5%/0.1s with 58s of max_timeout left."""
+        return self.ctx.done + self.ctx.fraction
+
     def rate(self, now: float) -> float | None:
         elapsed = now - self.started
-        n = self.ctx.done - self.start_done
+        n = self.units() - self.start_done
         return n / elapsed if elapsed >= 0.1 and n > 0 else None
 
     def recent_rate(self, now: float) -> float | None:
         """Items a second over the last quarter of the attempt (None: no item done in it)."""
         since = now - (now - self.started) / 4
         t0, d0 = next((s for s in reversed(self.pace) if s[0] <= since), self.pace[0])
-        n = self.ctx.done - d0
+        n = self.units() - d0
         return n / (now - t0) if now - t0 >= 0.1 and n > 0 else None
 
     def steady_rate(self, now: float) -> float | None:
         """Items a second over the attempt while its last item came within twice the attempt's time per item
         before it (None: not so, or no item done in it): slow items, each longer than a quarter of the attempt
         so far, are still being done though none was done in its last quarter."""
-        last, n = self.last_item_at, self.ctx.done - self.start_done
+        last, n = self.last_item_at, self.units() - self.start_done
         if last is None or n <= 0 or now - last > 2 * (last - self.started) / n:
             return None
         return self.rate(now)
@@ -203,7 +209,7 @@ class Watch:
         ctx = self.ctx
         rate = self.rate(now)
         total = ctx.shown_total
-        eta = max(0.0, (total - ctx.done) / rate) if rate and total is not None else None
+        eta = max(0.0, (total - self.units()) / rate) if rate and total is not None else None
         return Progress.model_construct(
             done=ctx.done,
             total=total,
@@ -305,7 +311,7 @@ class Watch:
             # stall_timeout of 3s, a 6s fsync stopped a demo making 19 items/s as stalled, timed_out.
             self.last_change = now
         if now - self.pace[-1][0] >= max(TICK, (now - self.started) / PACE_SAMPLES * 2):
-            self.pace.append((now, ctx.done))
+            self.pace.append((now, self.units()))
         self.follow_total()
         if now >= self.next_checkpoint:
             self.next_checkpoint = now + p.checkpoint_interval
@@ -389,7 +395,7 @@ class Watch:
             reason = f"every item done, finishing, within max_timeout {p.max_timeout:g}s"
         elif (rate := max((r for r in (self.rate(now), self.recent_rate(now)) if r), default=None)) is None:
             why = "no item done in this attempt to reckon the rest by"
-        elif elapsed + (needed := left / rate) > p.max_timeout:
+        elif elapsed + (needed := (left - ctx.fraction) / rate) > p.max_timeout:
             why = f"at {rate:.2f} items/s the {left} left need {needed:.0f}s more, past max_timeout {p.max_timeout:g}s"
         else:
             extend_to = min(self.started + p.max_timeout, now + needed * 1.25 + 5)

@@ -189,6 +189,31 @@ async def test_slow_items_with_no_total_are_extended_on_their_pace(engine: Engin
     assert final.extensions >= 1, final
 
 
+@operation("test_one_large_item")
+async def one_large_item(ctx: OperationContext, p: Any) -> dict:
+    """One item reported in parts (bytes of one large file copied), as a migrated function's
+    ``progress_callback(0.4, 1)`` is."""
+    ctx.total = 1
+    for step in range(1, p["steps"]):
+        await asyncio.sleep(p["seconds"])
+        ctx.fraction = step / p["steps"]
+    await asyncio.sleep(p["seconds"])
+    ctx.done = 1
+    return {"done": ctx.done}
+
+
+async def test_the_part_of_an_item_done_counts_in_the_rate(engine: Engine) -> None:
+    """One large item reported in parts had done no whole item at its deadline: stopped as "no item done in
+    this attempt to reckon the rest by", at a steady 10% a second with 59 s of max_timeout left."""
+    profile = {"base_timeout": 1, "per_item_timeout": 0, "max_timeout": 60}
+    op = await engine.submit(
+        OperationSpec(type="test_one_large_item", params={"steps": 30, "seconds": 0.1}, profile=profile)
+    )
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED and final.result == {"done": 1}, final.status_message
+    assert final.extensions >= 1, final
+
+
 async def test_deadline_passed_when_max_timeout_too_short(engine: Engine) -> None:
     op = await engine.submit(
         OperationSpec(
