@@ -396,7 +396,11 @@ class Watch:
         elif (rate := max((r for r in (self.rate(now), self.recent_rate(now)) if r), default=None)) is None:
             why = "no item done in this attempt to reckon the rest by"
         elif elapsed + (needed := (left - ctx.fraction) / rate) > p.max_timeout:
-            why = f"at {rate:.2f} items/s the {left} left need {needed:.0f}s more, past max_timeout {p.max_timeout:g}s"
+            # With the whole: "need 3s more, past max_timeout 3s" of a run 1s in read as 3 <= 3.
+            why = (
+                f"at {rate:.2f} items/s the {left} left need {needed:.0f}s more, {elapsed + needed:.0f}s in all,"
+                f" past max_timeout {p.max_timeout:g}s"
+            )
         else:
             extend_to = min(self.started + p.max_timeout, now + needed * 1.25 + 5)
             reason = f"{rate:.2f} items/s, {left} to go, within max_timeout {p.max_timeout:g}s"
