@@ -381,14 +381,19 @@ async def test_a_progress_bar_written_over_in_place_is_progress_and_a_sign_of_li
 
 async def test_output_whose_line_has_not_ended_is_a_sign_of_life(engine: Engine) -> None:
     """A command printing a dot every 0.1 s, with no newline for 5 s, was stopped as stalled after a
-    stall_timeout of 2 s: only a whole line restarted the stall clock. Any output does now."""
+    stall_timeout of 2 s: only a whole line restarted the stall clock. A line's pieces do now; the same
+    progress line again and again is still no progress."""
     code = (
         "import sys, time\nfor i in range(50):\n    sys.stdout.write('.'); sys.stdout.flush(); time.sleep(0.1)\nprint()"
     )
     spec = OperationSpec(type="command", params={"argv": [sys.executable, "-c", code]}, profile={"stall_timeout": 2})
     final = await engine.wait((await engine.submit(spec)).id, timeout=60)
     assert final.status is Status.COMPLETED, final.status_message
-    assert final.result["lines"] == 1 and final.progress.metrics["output_bytes"] == 51, final
+    assert final.result["lines"] == 1 and final.progress.metrics["partial_line_bytes"] == 0, final
+    same = "import time\nwhile True:\n    print('::outlast progress 5/10', flush=True); time.sleep(0.1)"
+    spec = OperationSpec(type="command", params={"argv": [sys.executable, "-c", same]}, profile={"stall_timeout": 1})
+    final = await engine.wait((await engine.submit(spec)).id, timeout=60)
+    assert final.status is Status.TIMED_OUT and "stalled" in (final.status_message or ""), final
 
 
 async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit(settings: Settings) -> None:

@@ -569,14 +569,14 @@ async def run_command(ctx: OperationContext, p: CommandParams) -> dict:
     # uninterrupted one does.
     out = _Lines(ctx, parser, tail, ctx.state.get("lines", 0) if ctx.resuming else 0)
     assert proc.stdout is not None
-    # Bytes read as a metric: it moves with any output, so output whose line has not ended yet (a dot a
-    # second) restarts the stall clock too. Counted by lines only, such a command was stopped as stalled.
+    # The line being written as a metric: it moves as its pieces come, so output whose line has not ended yet
+    # (a dot a second) restarts the stall clock, as a line does. Only lines did: such a command was stalled.
     output = OutputLines(
         proc.stdout,
         ctx,
         lambda: proc.returncode is not None,
         lambda: _kill_group(proc.pid),
-        lambda n: ctx.add_metrics({"output_bytes": n}),
+        lambda n: ctx.add_metrics({"partial_line_bytes": n}),
     )
     unsaved: dict | None = None  # the last ::outlast checkpoint read, until it is written
     try:
@@ -839,7 +839,7 @@ class OutputLines:
         ctx: OperationContext,
         exited: Callable[[], bool],
         on_held: Callable[[], bool] = lambda: False,
-        on_output: Callable[[int], None] = lambda n: None,
+        on_partial: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.stream = stream
         self.ctx = ctx
@@ -847,11 +847,12 @@ class OutputLines:
         self.on_held = on_held
         """Called once the output is taken as held open: kills what holds it, before what is left is read;
         whether there was anything to kill."""
-        self.on_output = on_output
-        """Called with the bytes of output read so far after each read of it before a stop: output is a sign
-        of life even while no line ends (dots printed one at a time, a prompt without a newline)."""
-        self.read = 0
-        """Bytes of output read so far (not in a drain)."""
+        self.on_partial = on_partial
+        """Called after a read before a stop with the bytes of the line whose end has not come yet (once one was
+        seen, 0 too): a line written a piece at a time (dots, one a second) is a sign of life before it ends.
+        Whole lines are not its business (a ``::outlast progress`` line repeated is no progress)."""
+        self.partial = 0
+        """The bytes of the unfinished line last told to ``on_partial``."""
         self.held_open = False
         """The output was taken as ended because it stayed open HELD_OPEN seconds after the command exited."""
         self.holders = False
@@ -886,9 +887,6 @@ class OutputLines:
                 self.drained += len(chunk)
             else:
                 chunk = await _next_chunk(self.stream, self.ctx, self._held)
-                if isinstance(chunk, bytes) and chunk:
-                    self.read += len(chunk)
-                    self.on_output(self.read)
             if chunk is None:
                 return None
             if isinstance(chunk, _HeldOpen):
@@ -927,6 +925,9 @@ class OutputLines:
                 self.rest = self.rest[LINE_MAX:]
             if held:
                 self.rest += b"\r"
+            if self.drain is None and (self.rest or self.partial):
+                self.partial = len(self.rest)
+                self.on_partial(self.partial)
         return self.lines.popleft()
 
     def _held(self) -> bool:
