@@ -319,6 +319,7 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         before = f"attempt {op.attempt - 1}"
         started = f"-  ({before}: {started})" if op.started_at else "-"
         worker = f"-  ({before}: {worker})" if op.worker else "-"
+    extensions = 0 if op.status is Status.QUEUED else op.extensions
     rows: list[tuple[str, Any]] = [
         ("id", op.id + (f"  (handle {op.handle})" if op.handle is not None else "")),
         ("type", op.type + (f"  ({op.name})" if op.name else "")),
@@ -334,7 +335,8 @@ def show_text(op: Operation, checkpoints: list[Checkpoint], prefix: str = "outla
         ("finished", when(op.finished_at)),
         ("elapsed", op.elapsed_text(now)),
         # With its extensions: "timeout 2s" beside "time left 9s" (or a run of 6s completed) said nothing of why.
-        ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})" + extended(op.extensions)),
+        # (Not of work queued again: its count is the attempt before's, beside the timeout this one gets.)
+        ("timeout", f"{duration(op.effective_timeout)}  ({op.timeout_basis or '-'})" + extended(extensions)),
         ("time left", duration(time_left(op))),
         ("worker", worker),
         ("params", json.dumps(op.params, sort_keys=True)),
