@@ -440,7 +440,7 @@ class Attempt:
                 # loop when a second signal came (BrokenInto).
                 ctx.kill_children()
                 how = (
-                    f"a second signal broke into the handler, which held the event loop at {e.where}"
+                    f"{e.by} broke into the handler, which held the event loop at {e.where}"
                     if isinstance(e, BrokenInto)
                     else None
                 )

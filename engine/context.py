@@ -138,11 +138,13 @@ class OperationStopped(BaseException):
 class BrokenInto(asyncio.CancelledError):
     """A stop forced into a handler that holds the event loop (blocking code: ``time.sleep``, a long
     computation): raised where it stands by the second signal the loop has not seen, as the force after
-    a grace period is, since the loop that would deliver either never turns."""
+    a grace period is, since the loop that would deliver either never turns. ``by``: what broke in (a second
+    signal, or the stall timeout and grace period of a handler that held the loop past them)."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, by: str = "a second signal") -> None:
         super().__init__(where)
         self.where = where
+        self.by = by
 
 
 class TooManyFailures(Exception):

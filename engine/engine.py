@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -91,12 +92,15 @@ class SubmitUnknown(StoreError):
         self.operation_id = operation_id
 
 
-def _handler_frame(frame: FrameType | None) -> str | None:
+def _handler_frame(frame: FrameType | None, op_id: str | None = None) -> str | None:
     """Where the main thread stands (``file:line``) when an attempt's call of a handler is on its stack
-    (the frames of awaiting coroutines are, while they run): handler code holds the loop; else None."""
+    (the frames of awaiting coroutines are, while they run): handler code holds the loop; else None. With
+    ``op_id``: that operation's handler only."""
     at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame is not None else None
     while frame is not None:
         if frame.f_code is _HANDLER_CALL:
+            if op_id is not None and getattr(getattr(frame.f_locals.get("self"), "op", None), "id", None) != op_id:
+                return None
             return at
         frame = frame.f_back
     return None
@@ -104,6 +108,10 @@ def _handler_frame(frame: FrameType | None) -> str | None:
 
 _HANDLER_CALL = Attempt.handler_call_code()
 
+
+BREAK_IN = signal.SIGURG
+"""The signal the loop's watch thread sends the main thread to stop a handler that holds the event loop past its
+stall timeout and grace period (``Engine._break_in``): ignored by default, and used by no stop or job control."""
 
 ASK_AGAIN_FOR = 30.0
 """Seconds a stop the store did not confirm is asked again for while its attempt's record still says running
@@ -216,6 +224,10 @@ class Engine:
         self._said_replaced: set[int] = set()
         """Stop signals whose handling a handler replaced (``_keep_stop_signals``): said once each."""
         self._owns_signals = False
+        self._main_thread = 0
+        """The thread that installed the signal handlers (the main one): ``_break_in`` signals it."""
+        self._break_for: tuple[str, float, str] | None = None
+        """The handler ``_on_break_in`` stops: its operation, when the loop last turned, what broke in."""
         """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
         self.before_exit_now: list[Callable[[], None]] = []
@@ -419,6 +431,34 @@ class Engine:
         self._suspender.install(loop)  # Ctrl-Z stops it, never inside a store write (suspend.py)
         self._stop_handlers = {sig: self._install_stop_signal(loop, sig) for sig in signals}
         self._supervisor.on_tick = self._keep_stop_signals
+        self._main_thread = threading.get_ident()
+        signal.signal(BREAK_IN, self._on_break_in)
+        self._supervisor.break_in = self._break_in
+
+    def _break_in(self, op_id: str, turned: float, by: str) -> None:
+        """(From the loop's watch thread.) ``op_id``'s handler holds the event loop past its stall timeout and
+        grace period: a signal to the main thread stops it where it stands (``_on_break_in``), as a second
+        signal does. Sent again at the watch's next look while the hold lasts."""
+        self._break_for = (op_id, turned, by)
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_kill(self._main_thread, BREAK_IN)
+
+    def _on_break_in(self, sig: int, frame: FrameType | None) -> None:
+        """Runs in the main thread between two bytecodes (``time.sleep`` returns early for it): when the handler
+        of the operation ``_break_in`` named still holds the loop (it has not turned since), stop it as
+        stalled (unless a stop is under way) and raise ``BrokenInto`` there. Only plain assignments here."""
+        asked, self._break_for = self._break_for, None
+        watch = self._supervisor.loop_watch
+        if asked is None or watch is None or watch.turned != asked[1]:
+            return
+        op_id, _turned, by = asked
+        attempt = self._runs.get(op_id)
+        at = _handler_frame(frame, op_id)
+        if attempt is None or at is None:
+            return
+        if attempt.ctx.stop_reason is None:
+            attempt.watch.stop(StopReason.STALLED, time.monotonic())
+        raise BrokenInto(at, by)
 
     def _install_stop_signal(self, loop: asyncio.AbstractEventLoop, sig: int) -> Callable[..., None]:
         """The loop's handler of ``sig`` (``stop_for_signal``) and the one that runs at once (``_on_signal_now``),

@@ -449,6 +449,12 @@ class Supervisor:
         """While the supervisor runs: when the event loop last turned (``turned``)."""
         self.on_tick: Callable[[], None] | None = None
         """Called at every tick of the clock (the engine's check that its stop signals are still its own)."""
+        self._hold_seen: dict[str, tuple[float, tuple[int, int], float]] = {}
+        """Per operation whose handler held the loop: the hold (when the loop last turned), its (done, beat) last
+        seen by the watch thread, and when they last changed."""
+        self.break_in: Callable[[str, float, str], None] | None = None
+        """Stops the handler of an operation where it stands, from the loop's watch thread (the id, when the loop
+        last turned, what broke in): set by an engine that owns the process's signals; None: not done."""
         if hasattr(store, "on_lease_lost"):  # a store whose attempts can be fenced off says when
             store.on_lease_lost = self.lease_lost
 
@@ -456,6 +462,7 @@ class Supervisor:
         watch = self.loop_watch = LoopWatch(
             lambda: [f"{a.op.type} {a.op.id}" for a in list(self._runs.values())],
             self._nudge,
+            self._held_by_handler,
         )
         try:
             await self._run(watch)
@@ -467,6 +474,30 @@ class Supervisor:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    def _held_by_handler(self, op_id: str, now: float, turned: float) -> None:
+        """(From the loop's watch thread.) ``op_id``'s handler holds the event loop (``time.sleep``, a blocking
+        call): no tick can stop it, and it was timed out as stalled only once it returned, or never. Past its
+        stall timeout and the grace period (or its stop's grace period), ``break_in`` stops it where it stands."""
+        attempt = self._runs.get(op_id)
+        if attempt is None or self.break_in is None:
+            return
+        w, grace, ctx = attempt.watch, self._settings.grace_period, attempt.ctx
+        # Progress it reports while it holds the loop (ctx.advance in a loop that never awaits) is life the
+        # clock's tick, which waits for the loop, has not seen: counted from here.
+        key = (ctx.done, ctx.beat)
+        seen = self._hold_seen.get(op_id)
+        if seen is None or seen[0] != turned:
+            seen = (turned, key, w.last_change if key == (w.last_done, w.last_beat) else now)
+        elif seen[1] != key:
+            seen = (turned, key, now)
+        self._hold_seen[op_id] = seen
+        if ctx.stop_reason is None:
+            stall = ctx.profile.stall_timeout
+            if now - max(w.last_change, seen[2]) > stall + grace:
+                self.break_in(op_id, turned, f"the stall timeout ({stall:g}s) and grace period ({grace:g}s)")
+        elif w.stop_at is not None and now - w.stop_at > grace:
+            self.break_in(op_id, turned, f"the grace period ({grace:g}s) of its stop")
 
     def _nudge(self, now: float) -> None:
         """(From the loop's watch thread, at each of its looks.) The clock's tick is late by ``NUDGE``: every
@@ -508,6 +539,8 @@ class Supervisor:
                 for attempt in list(self._runs.values()):
                     if attempt.op.id not in holders:
                         attempt.watch.held(held)
+            if self._hold_seen:  # the holds of attempts still running only
+                self._hold_seen = {k: v for k, v in self._hold_seen.items() if k in self._runs}
             try:
                 self._check(now)
                 if self.on_tick is not None:
@@ -791,9 +824,17 @@ class LoopWatch:
     would say why. A callback on the loop marks each turn; a thread of its own looks at the mark.
     """
 
-    def __init__(self, running: Callable[[], list[str]], nudge: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        running: Callable[[], list[str]],
+        nudge: Callable[[float], None] | None = None,
+        on_hold: Callable[[str, float, float], None] | None = None,
+    ) -> None:
         self._limit = LOOP_BLOCKED
         self._nudge = nudge
+        self._on_hold = on_hold
+        """Called from the watch thread at each look while an operation's handler holds the loop: its id, the
+        time, and when the loop last turned (``Supervisor._held_by_handler``)."""
         """Called from the watch thread at each look (with the time): the handlers let the loop turn between items
         when it does not turn (the caller knows its own clock's pace)."""
         self._every = min(0.25, self._limit / 4)
@@ -883,8 +924,9 @@ class LoopWatch:
         self._holding = {}
         self.turned = self._holding_for = self._seen = now
 
-    def _held_by(self, turned: float, now: float, frame: FrameType | None) -> None:
-        """The loop, not turned since ``turned``, is held at ``frame``: the time since last seen is its holder's."""
+    def _held_by(self, turned: float, now: float, frame: FrameType | None) -> str | None:
+        """The loop, not turned since ``turned``, is held at ``frame``: the time since last seen is its holder's
+        (returned: an operation's id, or None for the engine's own code)."""
         holder = None
         f = frame
         while f is not None:
@@ -896,11 +938,12 @@ class LoopWatch:
         del f
         with self._lock:
             if self.turned != turned:
-                return  # it turned meanwhile: that hold is counted
+                return None  # it turned meanwhile: that hold is counted
             if self._holding_for != turned:
                 self._holding, self._holding_for, self._seen = {}, turned, max(turned, self._thawed)
             self._holding[holder] = self._holding.get(holder, 0.0) + max(0.0, now - self._seen)
             self._seen = now
+        return holder
 
     def _turn(self) -> None:
         with self._lock:
@@ -931,7 +974,9 @@ class LoopWatch:
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None and frame.f_code.co_name == "select":
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
-            self._held_by(turned, now, frame)
+            holder = self._held_by(turned, now, frame)
+            if holder is not None and self._on_hold is not None:
+                self._on_hold(holder, now, turned)
             if blocked < self._limit or said_for == turned:
                 continue
             at = (

@@ -206,3 +206,23 @@ def test_the_dashboard_quits_past_a_handler_that_ignores_the_forced_cancel(cli: 
     assert "ignored the stop" in (op.status_message or ""), op.status_message
     stopped_at(log)
     resume_to_the_end(cli, op_id, log, n)
+
+
+@pytest.mark.usefixtures("short_grace")
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_handler_holding_the_event_loop_is_stopped_as_stalled_where_it_stands(cli: Cli, command: str) -> None:
+    """``time.sleep(20)`` on the event loop with a stall_timeout of 1 s: no tick of the clock could stop it, and
+    it was timed out as stalled only once the sleep returned, with an item done after it (one that never
+    returns, never). Past its stall timeout and grace period it is stopped where it stands, as a second signal
+    stops it: timed out as stalled, before its first item."""
+    clock = ("--plugin", "tests.ops_clock")
+    args = ("sleeper", "-p", "hold=20", "-p", "items=3", "--profile", "stall_timeout=1")
+    if command == "run":
+        r = cli(*clock, "-q", "run", *args, timeout=60)
+        op_id = r.stdout.strip().splitlines()[0]
+    else:
+        op_id = cli(*clock, "-q", "submit", *args).stdout.strip()
+        r = cli(*clock, "worker", "--exit-when-idle", timeout=60)
+    op = cli.op(op_id)
+    assert op.status.value == "timed_out" and op.progress.done == 0, (op.status_message, r.stdout, r.stderr)
+    assert "stalled" in op.status_message and "held the event loop" in op.status_message, op.status_message
