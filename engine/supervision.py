@@ -475,10 +475,12 @@ class Supervisor:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
 
-    def _held_by_handler(self, op_id: str, now: float, turned: float) -> None:
+    def _held_by_handler(self, op_id: str, now: float, turned: float, thawed: float) -> None:
         """(From the loop's watch thread.) ``op_id``'s handler holds the event loop (``time.sleep``, a blocking
         call): no tick can stop it, and it was timed out as stalled only once it returned, or never. Past its
-        stall timeout and the grace period (or its stop's grace period), ``break_in`` stops it where it stands."""
+        stall timeout and the grace period (or its stop's grace period), ``break_in`` stops it where it stands.
+        The time since ``thawed`` only: a process stopped (Ctrl-Z) counts toward no stall, and the tick that
+        would shift the clocks for it waits for the loop."""
         attempt = self._runs.get(op_id)
         if attempt is None or self.break_in is None:
             return
@@ -494,9 +496,9 @@ class Supervisor:
         self._hold_seen[op_id] = seen
         if ctx.stop_reason is None:
             stall = ctx.profile.stall_timeout
-            if now - max(w.last_change, seen[2]) > stall + grace:
+            if now - max(w.last_change, seen[2], thawed) > stall + grace:
                 self.break_in(op_id, turned, f"the stall timeout ({stall:g}s) and grace period ({grace:g}s)")
-        elif w.stop_at is not None and now - w.stop_at > grace:
+        elif w.stop_at is not None and now - max(w.stop_at, thawed) > grace:
             self.break_in(op_id, turned, f"the grace period ({grace:g}s) of its stop")
 
     def _nudge(self, now: float) -> None:
@@ -828,13 +830,13 @@ class LoopWatch:
         self,
         running: Callable[[], list[str]],
         nudge: Callable[[float], None] | None = None,
-        on_hold: Callable[[str, float, float], None] | None = None,
+        on_hold: Callable[[str, float, float, float], None] | None = None,
     ) -> None:
         self._limit = LOOP_BLOCKED
         self._nudge = nudge
         self._on_hold = on_hold
         """Called from the watch thread at each look while an operation's handler holds the loop: its id, the
-        time, and when the loop last turned (``Supervisor._held_by_handler``)."""
+        time, when the loop last turned, and when a stop of the process last ended (``Supervisor._held_by_handler``)."""
         """Called from the watch thread at each look (with the time): the handlers let the loop turn between items
         when it does not turn (the caller knows its own clock's pace)."""
         self._every = min(0.25, self._limit / 4)
@@ -976,7 +978,7 @@ class LoopWatch:
                 continue  # the loop waits for I/O: not blocked (this process was stopped, or starved)
             holder = self._held_by(turned, now, frame)
             if holder is not None and self._on_hold is not None:
-                self._on_hold(holder, now, turned)
+                self._on_hold(holder, now, turned, self._thawed)
             if blocked < self._limit or said_for == turned:
                 continue
             at = (
