@@ -224,11 +224,11 @@ class Engine:
         self._said_replaced: set[int] = set()
         """Stop signals whose handling a handler replaced (``_keep_stop_signals``): said once each."""
         self._owns_signals = False
+        """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._main_thread = 0
         """The thread that installed the signal handlers (the main one): ``_break_in`` signals it."""
         self._break_for: tuple[str, float, str] | None = None
         """The handler ``_on_break_in`` stops: its operation, when the loop last turned, what broke in."""
-        """``install_signal_handlers`` ran: this engine's process ends when it stops (``outlast run``, ``worker``)."""
         self._hang_watch: asyncio.Task[None] | None = None
         self.before_exit_now: list[Callable[[], None]] = []
         """Run before this process exits without unwinding (``_exit_if_store_hangs``), and before the line that
