@@ -70,30 +70,46 @@ class ResourceMonitor:
         self._proc.cpu_percent(None)
         self._cpu = CpuMeter()
         self.history: deque[ResourceSample] = deque(maxlen=history)
-        self._children: dict[int, Any] = {}  # psutil.Process by pid
+        self._children: dict[int, _Seen] = {}
+        """Every process the last sample measured (descendants of the spawned ones too), by pid: its CPU is what
+        it used since then. psutil's ``cpu_percent`` of a new object reads 0% (each sample made new ones for the
+        descendants: a command's shell showed 0% while the pipeline beneath it took a whole core)."""
+        self._last = time.time()
+        """When the last sample was taken (wall clock, as a process's start time is)."""
 
     def sample(self, op_children: dict[str, list[int]] | None = None) -> ResourceSample:
         import psutil
 
+        now = time.time()
+        window = max(now - self._last, 1e-3)
         vm = psutil.virtual_memory()
         children: dict[str, tuple[float, int]] = {}
+        measured: dict[int, _Seen] = {}
         for op_id, pids in (op_children or {}).items():
-            cpu, rss, alive = 0.0, 0, False
+            used, rss, counted = 0.0, 0, set()
             for pid in pids:
                 try:
-                    p = self._children.get(pid)
-                    if p is None:
-                        p = self._children[pid] = psutil.Process(pid)
-                        p.cpu_percent(None)
-                    procs = [p, *p.children(recursive=True)]
-                    for q in procs:
-                        cpu += q.cpu_percent(None) if q is not p else p.cpu_percent(None)
-                        rss += q.memory_info().rss
-                    alive = True
+                    top = psutil.Process(pid)
+                    tree = [top, *top.children(recursive=True)]
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    self._children.pop(pid, None)
-            if alive:  # an operation that starts no process (most) is not listed with zeros
-                children[op_id] = (cpu, rss)
+                    continue
+                for q in tree:
+                    if q.pid in counted:
+                        continue  # a spawned process's child that was spawned too: counted once
+                    try:
+                        with q.oneshot():
+                            seen = _Seen(q, q.ppid(), *_cpu_seconds(q.cpu_times()))
+                            rss += q.memory_info().rss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        continue
+                    used += self._used(seen)
+                    counted.add(q.pid)
+                    measured[q.pid] = seen
+            # What the processes that ended since were seen to use is in their parents' reaped time now, whole.
+            used -= sum(g.own + g.reaped for pid, g in self._children.items() if _reaped_by(pid, g, measured, counted))
+            if counted:  # an operation that starts no process (most) is not listed with zeros
+                children[op_id] = (max(0.0, 100.0 * used / window), rss)
+        self._children, self._last = measured, now
         with self._proc.oneshot():
             s = ResourceSample(
                 ts=time.time(),
@@ -107,6 +123,41 @@ class ResourceMonitor:
             )
         self.history.append(s)
         return s
+
+    def _used(self, seen: _Seen) -> float:
+        """CPU seconds ``seen``'s process used since the last sample, with those of the children it reaped since
+        (a build's compilers, each born and gone between two samples). One first seen now counts all it used when
+        it started after the last sample; an older one (new to this monitor) counts from now on."""
+        before = self._children.get(seen.proc.pid)
+        if before is not None and before.proc == seen.proc:  # equal: the same pid and start time
+            return max(0.0, seen.own - before.own) + max(0.0, seen.reaped - before.reaped)
+        try:
+            born = seen.proc.create_time()
+        except Exception:  # psutil's errors: gone meanwhile
+            return 0.0
+        return seen.own + seen.reaped if born >= self._last else 0.0
+
+
+@dataclass
+class _Seen:
+    """A process as a sample measured it: its parent, its CPU seconds and those of the children it reaped."""
+
+    proc: Any
+    ppid: int
+    own: float
+    reaped: float
+
+
+def _cpu_seconds(t: Any) -> tuple[float, float]:
+    """(user + system, the same of the children reaped) of psutil's ``cpu_times``."""
+    return t.user + t.system, getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+
+
+def _reaped_by(pid: int, gone: _Seen, measured: dict[int, _Seen], parents: set[int]) -> bool:
+    """Whether ``gone`` (pid ``pid``, measured by the last sample) ended since, reaped by its parent, measured now
+    among ``parents``."""
+    ended = pid not in measured or measured[pid].proc != gone.proc
+    return ended and gone.ppid in parents
 
 
 class Admission:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from engine.resources import Admission, ResourceMonitor
+import psutil
+
+from engine.resources import Admission, ResourceMonitor, ResourceSample
+
+from .fixtures_cli import until
 
 
 def busy(seconds: float) -> None:
@@ -39,3 +50,53 @@ def test_two_monitoring_samplers_in_one_engine_each_measure_their_own_interval()
         busy(0.1)
         second.sample()
         assert first.sample()["cpu_percent"] > 0
+
+
+BURN = "import time\nend = time.process_time() + {0}\nwhile time.process_time() < end: pass\n{1}"
+
+
+@contextlib.contextmanager
+def process_group(script: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``sh -c script`` in a session of its own, as ``ctx.spawn`` starts a command; killed with its group after."""
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def cpu_seconds(before: ResourceSample, after: ResourceSample, op_id: str) -> float:
+    """The CPU seconds ``after`` says ``op_id``'s processes used since ``before``."""
+    return after.children[op_id][0] / 100 * (after.ts - before.ts)
+
+
+def test_a_commands_grandchild_counts_in_its_cpu() -> None:
+    """A command's shell with its work in a child of its own (a pipeline, a script running a program): psutil
+    gave each descendant a new object at each sample, whose first ``cpu_percent`` is always 0, so an operation
+    taking a whole core showed 0% CPU in the resources pane."""
+    monitor = ResourceMonitor()
+    with process_group(f"{sys.executable} -c 'while True: pass' & wait") as sh:
+        busy = until(lambda: psutil.Process(sh.pid).children(), what="the busy child")[0]
+        first = monitor.sample({"op": [sh.pid]})
+        used = sum(busy.cpu_times()[:2])
+        until(lambda: sum(busy.cpu_times()[:2]) > used + 0.3, what="0.3 s of CPU used by the child")
+        used = sum(busy.cpu_times()[:2]) - used
+        second = monitor.sample({"op": [sh.pid]})
+    assert cpu_seconds(first, second, "op") >= used / 2
+
+
+def test_children_born_and_gone_between_two_samples_count_in_its_cpu(tmp_path: Path) -> None:
+    """A build's compilers, a test runner's processes: each lives less than a sample's second, and was counted
+    nowhere (nor in the shell that reaped it)."""
+    go, done = tmp_path / "go", tmp_path / "done"
+    burn = BURN.format(0.3, f"open({str(done)!r}, 'w').close()")
+    script = f'while [ ! -e {go} ]; do sleep 0.02; done; {sys.executable} -c "{burn}"; sleep 60'
+    monitor = ResourceMonitor()
+    with process_group(script) as sh:
+        first = monitor.sample({"op": [sh.pid]})
+        go.touch()
+        until(done.exists, what="the burner to end")
+        until(lambda: any(p.name() == "sleep" for p in psutil.Process(sh.pid).children()), what="the shell to go on")
+        second = monitor.sample({"op": [sh.pid]})
+    assert cpu_seconds(first, second, "op") >= 0.2
