@@ -77,6 +77,9 @@ NUDGE = LOOP_LATE
 turn at their next item boundary (``OperationContext.nudge``): asked at each look of the loop's watch thread, so
 a loop of items that never await turns four times a second (the lease of a Redis worker renewed, a signal seen).
 ``ctx.items`` looks at the clock itself too (``clock_ticked``): the watch thread may wait long for the GIL."""
+LIVE_REFRESH = 5.0
+"""Seconds after which a running attempt's record is written again though no progress moved: its rate and ETA
+age while it stands still, and every other reader (the dashboard, ``watch``, the API) shows the record's."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -127,6 +130,8 @@ class Watch:
         self.abandon_due = False
         """The handler's task outlived its forced cancel by ``abandon_after``: the supervisor abandons it."""
         self.live_dirty = True
+        self.live_at = now
+        """When the record's live fields were last made (``live_fields``): rewritten after ``LIVE_REFRESH``."""
         self.extensions = 0
         self.settling = False
         """The handler is done and its final status is being written (retried while the store fails)."""
@@ -205,11 +210,18 @@ class Watch:
         return max(time.time(), self.op.started_at or 0.0)
 
     def progress(self, now: float, wall: float | None = None) -> Progress:
-        """The attempt's progress at monotonic ``now``, written at ``wall`` (default: ``wall()``)."""
+        """The attempt's progress at monotonic ``now``, written at ``wall`` (default: ``wall()``). Its ETA is
+        reckoned at the recent pace (``recent_rate``; with none done lately, at most one item in the time since the
+        last): from the attempt's average, work that did 500 items in its first second and one a second since said
+        "eta 18s" of 481 s left, and work standing still promised the same ever sooner."""
         ctx = self.ctx
         rate = self.rate(now)
         total = ctx.shown_total
-        eta = max(0.0, (total - self.units()) / rate) if rate and total is not None else None
+        pace = self.recent_rate(now)
+        if pace is None and rate is not None:  # none done lately: not faster than one item since the last one
+            last = self.started if self.last_item_at is None else self.last_item_at
+            pace = min(rate, 1.0 / max(now - last, TICK))
+        eta = max(0.0, (total - self.units()) / pace) if pace and total is not None else None
         return Progress.model_construct(
             done=ctx.done,
             total=total,
@@ -228,6 +240,7 @@ class Watch:
     def live_fields(self, now: float) -> dict[str, Any]:
         """What the store's record shows of a running attempt (written on the clock when it changed)."""
         wall = self.wall()
+        self.live_at = now
         return {
             "progress": self.progress(now, wall).model_dump(mode="json"),
             "deadline": wall + (self.deadline - now),
@@ -310,6 +323,10 @@ class Watch:
             # (or another process's write transaction) is the store's stall, not the handler's. With a
             # stall_timeout of 3s, a 6s fsync stopped a demo making 19 items/s as stalled, timed_out.
             self.last_change = now
+        if now - self.live_at >= LIVE_REFRESH:
+            # Standing still, its rate and ETA age: written as they are now (the dashboard showed "19/s, eta 5s"
+            # of work stalled for minutes, and the API an estimated completion long past).
+            self.live_dirty = True
         if now - self.pace[-1][0] >= max(TICK, (now - self.started) / PACE_SAMPLES * 2):
             self.pace.append((now, self.units()))
         self.follow_total()

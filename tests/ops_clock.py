@@ -89,3 +89,15 @@ async def far_total(ctx: OperationContext, params: Any) -> dict[str, Any]:
         await asyncio.sleep(float(params["d"]))
         ctx.progress(i + 1)
     return {}
+
+
+@operation("burst_then_slow")
+async def burst_then_slow(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``burst`` items at once out of ``total``, then ``slow`` items of ``d`` seconds each, then nothing until
+    stopped (work standing still)."""
+    ctx.progress(int(params["burst"]), total=int(params["total"]))
+    for _ in range(int(params["slow"])):
+        await asyncio.sleep(float(params["d"]))
+        ctx.advance()
+    await asyncio.Event().wait()
+    return {}

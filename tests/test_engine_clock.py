@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, Operation, OperationSpec, Status, load_settings, open_store
+from engine import Engine, Operation, OperationSpec, Progress, Status, load_settings, open_store
+from engine.store import Store
 from tests.fixtures_cli import run_cli
 
 
@@ -128,3 +129,40 @@ async def test_an_eta_past_the_year_9999_is_no_internal_error(state_dir: Path) -
         got = json.loads(r.stdout)
         [got] = got if args == ["ls"] else [got]
         assert got["progress"]["eta"] == final.progress.eta and got["progress"]["estimated_completion"] is None, got
+
+
+async def written_again(store: Store, op_id: str, done: int) -> tuple[Progress, Progress]:
+    """The stored progress of ``op_id`` once it has ``done`` items, and the next write of it after that."""
+    still = (await store.get(op_id)).progress
+    while still.done < done:
+        await asyncio.sleep(0.05)
+        still = (await store.get(op_id)).progress
+    stored = still
+    while stored.updated_at == still.updated_at:
+        await asyncio.sleep(0.05)
+        stored = (await store.get(op_id)).progress
+    return still, stored
+
+
+async def test_the_eta_follows_the_pace_now_and_ages_while_the_work_stands_still(state_dir: Path) -> None:
+    """The ETA was reckoned from the attempt's average rate: 500 items in the first instant and one every 0.2 s
+    since said "eta 3s" of some 100 s left. And the record of work standing still was never written again: every
+    other reader (the dashboard, the API) showed its last rate and ETA for as long as it stood still."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    params = {"burst": 500, "total": 1000, "slow": 15, "d": 0.2}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="burst_then_slow", params=params))
+        while (live := engine.live(op.id)) is None or live.done < 515:
+            await asyncio.sleep(0.05)
+        assert live.eta is not None and live.eta > 20, (
+            live
+        )  # 485 left at 5 a second at most  # 485 left at 5 a second at most
+        store = open_store(state_dir)  # another process's view: the record as stored
+        await store.open()
+        try:
+            still, stored = await asyncio.wait_for(written_again(store, op.id, 515), 60)
+        finally:
+            await store.close()
+        await engine.cancel(op.id)
+    assert stored.done == still.done and stored.eta is not None and still.eta is not None
+    assert stored.eta > still.eta, (still, stored)  # standing still: it says so, later each time
