@@ -105,6 +105,8 @@ class Watch:
         """The task running the handler: cancelled when it reaches no safe point within the grace period."""
         self.started = now
         self.start_done = self.units()
+        self.counted_from = now
+        """When ``start_done`` was taken: the start, or when the handler's count went below it (``tick``)."""
         self.last_done = ctx.done
         self.last_item_at: float | None = None
         """When the clock last saw the count of items done grow in this attempt (monotonic)."""
@@ -146,13 +148,13 @@ class Watch:
         return self.ctx.done + self.ctx.fraction
 
     def rate(self, now: float) -> float | None:
-        elapsed = now - self.started
+        elapsed = now - self.counted_from
         n = self.units() - self.start_done
         return n / elapsed if elapsed >= 0.1 and n > 0 else None
 
     def recent_rate(self, now: float) -> float | None:
         """Items a second over the last quarter of the attempt (None: no item done in it)."""
-        since = now - (now - self.started) / 4
+        since = now - (now - self.counted_from) / 4
         t0, d0 = next((s for s in reversed(self.pace) if s[0] <= since), self.pace[0])
         n = self.units() - d0
         return n / (now - t0) if now - t0 >= 0.1 and n > 0 else None
@@ -162,7 +164,7 @@ class Watch:
         before it (None: not so, or no item done in it): slow items, each longer than a quarter of the attempt
         so far, are still being done though none was done in its last quarter."""
         last, n = self.last_item_at, self.units() - self.start_done
-        if last is None or n <= 0 or now - last > 2 * (last - self.started) / n:
+        if last is None or n <= 0 or now - last > 2 * (last - self.counted_from) / n:
             return None
         return self.rate(now)
 
@@ -273,6 +275,7 @@ class Watch:
         """The process was stopped for ``dt`` seconds: the operation did not run, so that time counts toward
         no stall, deadline, grace period or rate (a Ctrl-Z'd ``outlast run`` used to come back stalled)."""
         self.started += dt
+        self.counted_from += dt
         self.last_change += dt
         if self.last_item_at is not None:
             self.last_item_at += dt
@@ -327,7 +330,12 @@ class Watch:
             # Standing still, its rate and ETA age: written as they are now (the dashboard showed "19/s, eta 5s"
             # of work stalled for minutes, and the API an estimated completion long past).
             self.live_dirty = True
-        if now - self.pace[-1][0] >= max(TICK, (now - self.started) / PACE_SAMPLES * 2):
+        if self.units() < self.start_done:
+            # A count of its own begun again (this run's list of what is left, from 0 after a resume at 577): the
+            # rate is counted from here. From the resume's 577, the attempt had no rate at all, shown or judged.
+            self.start_done, self.counted_from = self.units(), now
+            self.pace = deque([(now, self.units())], maxlen=PACE_SAMPLES)
+        if now - self.pace[-1][0] >= max(TICK, (now - self.counted_from) / PACE_SAMPLES * 2):
             self.pace.append((now, self.units()))
         self.follow_total()
         if now >= self.next_checkpoint:

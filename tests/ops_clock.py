@@ -101,3 +101,16 @@ async def burst_then_slow(ctx: OperationContext, params: Any) -> dict[str, Any]:
         ctx.advance()
     await asyncio.Event().wait()
     return {}
+
+
+@operation("counts_left")
+async def counts_left(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``n`` items of ``d`` seconds, counted as this run's list of what is left: from 0 after a resume."""
+    left = list(range(ctx.state.get("next", 0), int(params["n"])))
+    ctx.progress(0, total=len(left))
+    for k, i in enumerate(left):
+        await asyncio.sleep(float(params["d"]))
+        ctx.state["next"] = i + 1
+        ctx.progress(k + 1)
+        await ctx.checkpoint()
+    return {}

@@ -166,3 +166,22 @@ async def test_the_eta_follows_the_pace_now_and_ages_while_the_work_stands_still
         await engine.cancel(op.id)
     assert stored.done == still.done and stored.eta is not None and still.eta is not None
     assert stored.eta > still.eta, (still, stored)  # standing still: it says so, later each time
+
+
+async def test_a_count_begun_again_by_a_resume_has_a_rate(state_dir: Path) -> None:
+    """A handler counting this run's list of what is left (from 0 after a resume at 50, as the README's
+    ``ctx.progress`` allows) had its rate measured from the resume's 50: none, for the whole attempt, and no
+    ETA or deadline extension reckoned from one."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="counts_left", params={"n": 150, "d": 0.05}))
+        while (live := engine.live(op.id)) is None or live.done < 50:
+            await asyncio.sleep(0.05)
+        await engine.pause(op.id)
+        paused = await engine.wait(op.id, timeout=60)
+        assert paused.status is Status.PAUSED and paused.progress.done >= 50, paused.progress
+        await engine.resume(op.id)
+        while (live := engine.live(op.id)) is None or live.done < 10 or live.total == 150:
+            await asyncio.sleep(0.05)
+        await engine.cancel(op.id)
+    assert live.done < 50 and live.rate is not None and live.eta is not None, live
