@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .offload import off_loop
@@ -155,6 +155,40 @@ class Children:
         if killed:
             pids = ", ".join(str(p) for p, _a, _g in killed)
             self._warn(f"killed {len(killed)} process(es) left running in a session of their own (pid {pids})")
+
+
+class Marks:
+    """Which operation each running process was started for, by the ``ENV_OPERATION`` its environment carries:
+    what a command left running in a session of its own (a daemon, re-parented to init) is no descendant of the
+    process spawned, yet it is the operation's work. A process's environment is read at its first two looks
+    only (the first may fall between its fork and its exec, the engine's environment still), so a look costs a
+    listing of /proc and the reads of what is new."""
+
+    def __init__(self) -> None:
+        self._of: dict[int, tuple[str | None, int]] = {}
+        """Per pid: the operation its environment names (None: none, or not ours to read), and the looks read."""
+
+    def processes(self, op_ids: Iterable[str]) -> dict[str, list[int]]:
+        """The pids of the running processes started for each of ``op_ids`` ({} where there is no /proc)."""
+        wanted = set(op_ids)
+        if not wanted:
+            return {}
+        prefix = f"{ENV_OPERATION}=".encode()
+        own = os.getpid()
+        of: dict[int, tuple[str | None, int]] = {}
+        found: dict[str, list[int]] = {}
+        for pid in _pids():
+            op, looks = self._of.get(pid, (None, 0))
+            if op is None and looks < 2 and pid != own:
+                seen = _environ(pid)
+                env = [] if seen is None else seen[0]
+                op = next((e[len(prefix) :].decode(errors="replace") for e in env if e.startswith(prefix)), None)
+                looks += 1
+            of[pid] = (op, looks)
+            if op in wanted:
+                found.setdefault(op, []).append(pid)
+        self._of = of
+        return found
 
 
 ROUNDS = 20

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .processes import Marks, process_start
 from .shortage import FileBudget, ProcessBudget
 
 
@@ -75,19 +76,25 @@ class ResourceMonitor:
         it used since then. psutil's ``cpu_percent`` of a new object reads 0% (each sample made new ones for the
         descendants: a command's shell showed 0% while the pipeline beneath it took a whole core)."""
         self._last = time.time()
-        """When the last sample was taken (wall clock, as a process's start time is)."""
+        """When the last sample was taken (wall clock)."""
+        self._last_boot = _since_boot()
+        """The same in seconds since boot, as /proc gives a process's start (None: not Linux)."""
+        self._marks = Marks()
 
     def sample(self, op_children: dict[str, list[int]] | None = None) -> ResourceSample:
         import psutil
 
-        now = time.time()
+        now, boot_now = time.time(), _since_boot()
         window = max(now - self._last, 1e-3)
         vm = psutil.virtual_memory()
         children: dict[str, tuple[float, int]] = {}
         measured: dict[int, _Seen] = {}
-        for op_id, pids in (op_children or {}).items():
+        op_children = op_children or {}
+        # What a command left running in a session of its own too (a daemon: no descendant of what it spawned).
+        marked = self._marks.processes(op_children)
+        for op_id, pids in op_children.items():
             used, rss, counted = 0.0, 0, set()
-            for pid in pids:
+            for pid in [*pids, *marked.get(op_id, ())]:
                 try:
                     top = psutil.Process(pid)
                     tree = [top, *top.children(recursive=True)]
@@ -109,7 +116,7 @@ class ResourceMonitor:
             used -= sum(g.own + g.reaped for pid, g in self._children.items() if _reaped_by(pid, g, measured, counted))
             if counted:  # an operation that starts no process (most) is not listed with zeros
                 children[op_id] = (max(0.0, 100.0 * used / window), rss)
-        self._children, self._last = measured, now
+        self._children, self._last, self._last_boot = measured, now, boot_now
         with self._proc.oneshot():
             s = ResourceSample(
                 ts=time.time(),
@@ -131,11 +138,19 @@ class ResourceMonitor:
         before = self._children.get(seen.proc.pid)
         if before is not None and before.proc == seen.proc:  # equal: the same pid and start time
             return max(0.0, seen.own - before.own) + max(0.0, seen.reaped - before.reaped)
+        return seen.own + seen.reaped if self._born_since(seen.proc) else 0.0
+
+    def _born_since(self, proc: Any) -> bool:
+        """Whether ``proc`` started after the last sample. By its start since boot where there is /proc: psutil's
+        ``create_time`` adds the boot time in whole seconds, off by up to one from the clock (a daemon started
+        just after the last sample was taken for an older process, its CPU counted from the next one only)."""
+        start = process_start(proc.pid) if self._last_boot is not None else None
+        if start is not None and self._last_boot is not None:
+            return start[1] / _TICKS >= self._last_boot
         try:
-            born = seen.proc.create_time()
+            return float(proc.create_time()) >= self._last
         except Exception:  # psutil's errors: gone meanwhile
-            return 0.0
-        return seen.own + seen.reaped if born >= self._last else 0.0
+            return False
 
 
 @dataclass
@@ -146,6 +161,16 @@ class _Seen:
     ppid: int
     own: float
     reaped: float
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Clock ticks a second, the unit of a process's start in /proc."""
+
+
+def _since_boot() -> float | None:
+    """Seconds since boot, as /proc counts a process's start (None where there is no such clock)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return None if clock is None else time.clock_gettime(clock)
 
 
 def _cpu_seconds(t: Any) -> tuple[float, float]:

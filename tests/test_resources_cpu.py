@@ -100,3 +100,35 @@ def test_children_born_and_gone_between_two_samples_count_in_its_cpu(tmp_path: P
         until(lambda: any(p.name() == "sleep" for p in psutil.Process(sh.pid).children()), what="the shell to go on")
         second = monitor.sample({"op": [sh.pid]})
     assert cpu_seconds(first, second, "op") >= 0.2
+
+
+DAEMON = "import os, sys\nif os.fork(): sys.exit()\nos.setsid()\nif os.fork(): sys.exit()\nwhile True: pass\n"
+
+
+def test_a_daemon_a_command_left_in_a_session_of_its_own_counts_in_its_cpu() -> None:
+    """A command that starts a daemon (forked twice, in a session of its own: its parent is init, not the command):
+    found only by the operation id its environment carries, it was counted nowhere, 100% of a core shown as 0%."""
+    env = {**os.environ, "OUTLAST_OPERATION_ID": "op"}
+    monitor = ResourceMonitor()
+    proc = subprocess.Popen([sys.executable, "-c", f"{DAEMON}"], env=env)
+    proc.wait()  # the daemon runs on, its parent gone
+    daemon = until(lambda: [p for p in psutil.process_iter() if _started_by(p, proc.pid)], what="the daemon")[0]
+    try:
+        with process_group("exec sleep 60") as sh:
+            monitor.sample({"op": [sh.pid]})  # first seen: measured from here
+            first = monitor.sample({"op": [sh.pid]})
+            used = sum(daemon.cpu_times()[:2])
+            until(lambda: sum(daemon.cpu_times()[:2]) > used + 0.3, what="0.3 s of CPU used by the daemon")
+            used = sum(daemon.cpu_times()[:2]) - used
+            second = monitor.sample({"op": [sh.pid]})
+    finally:
+        daemon.kill()
+    assert cpu_seconds(first, second, "op") >= used / 2
+
+
+def _started_by(p: psutil.Process, pid: int) -> bool:
+    """Whether ``p`` runs the daemon ``pid`` started (its command line, and not ``pid`` itself)."""
+    try:
+        return p.pid != pid and p.cmdline()[-1:] == [DAEMON]
+    except psutil.Error:
+        return False
