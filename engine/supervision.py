@@ -223,7 +223,9 @@ class Watch:
         if pace is None and rate is not None:  # none done lately: not faster than one item since the last one
             last = self.started if self.last_item_at is None else self.last_item_at
             pace = min(rate, 1.0 / max(now - last, TICK))
-        eta = max(0.0, (total - self.units()) / pace) if pace and total is not None else None
+        # What is left to do: items that failed in this attempt, or were skipped, are not done and never will be in it.
+        left = None if total is None else total - self.units() - ctx.failed_count - ctx.skipped_count
+        eta = max(0.0, left / pace) if pace and left is not None else None
         return Progress.model_construct(
             done=ctx.done,
             total=total,

@@ -114,3 +114,17 @@ async def counts_left(ctx: OperationContext, params: Any) -> dict[str, Any]:
         ctx.progress(k + 1)
         await ctx.checkpoint()
     return {}
+
+
+@operation("some_fail")
+async def some_fail(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """``n`` items of ``d`` seconds; every ``fail_every``-th fails (within the threshold), every ``skip_every``-th
+    is skipped; then the handler waits to be stopped."""
+    async for i in ctx.items(range(int(params["n"])), key=str):
+        await asyncio.sleep(float(params["d"]))
+        if i % int(params["skip_every"]) == 0:
+            ctx.skip(str(i), "not wanted")
+        elif i % int(params["fail_every"]) == 0:
+            raise ValueError(f"item {i} is bad")
+    await asyncio.Event().wait()
+    return {}

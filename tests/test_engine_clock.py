@@ -185,3 +185,16 @@ async def test_a_count_begun_again_by_a_resume_has_a_rate(state_dir: Path) -> No
             await asyncio.sleep(0.05)
         await engine.cancel(op.id)
     assert live.done < 50 and live.rate is not None and live.eta is not None, live
+
+
+async def test_items_failed_or_skipped_are_not_left_in_the_eta(state_dir: Path) -> None:
+    """The ETA reckoned the items failed and skipped as still to do: work with every item tried said it had
+    more time to go, the more the more of its items failed."""
+    settings = load_settings(state_dir=state_dir, plugins=["tests.ops_clock"], grace_period=2.0)
+    params = {"n": 30, "d": 0.02, "fail_every": 4, "skip_every": 5}
+    async with Engine(store=open_store(state_dir), settings=settings) as engine:
+        op = await engine.submit(OperationSpec(type="some_fail", params=params, profile={"failure_threshold": 30}))
+        while (live := engine.live(op.id)) is None or live.done + live.failed + live.skipped < 30:
+            await asyncio.sleep(0.05)
+        await engine.cancel(op.id)
+    assert live.failed and live.skipped and live.eta == 0, live
