@@ -256,8 +256,10 @@ def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[st
     ``estimated_completion`` is ISO 8601 (when the rate gives an ETA); ``detailed_status`` carries what
     the seed has no field for (failed and skipped items, the rate, the operation's status).
     """
-    # From when the ETA was measured: a record read twice gives the same answer (no "now" in it).
-    eta = None if p.eta is None or p.updated_at is None else p.updated_at + p.eta
+    # From when the ETA was measured: a record read twice gives the same answer (no "now" in it). Only of running
+    # work: a paused or failed one (its last ETA stored) was said to complete at a time it never would.
+    measured = p.eta if status in (None, "running") else None
+    eta = None if measured is None or p.updated_at is None else p.updated_at + measured
     return {
         "operation_id": op_id,
         "current_step": p.step or "",
@@ -271,7 +273,7 @@ def seed_progress(op_id: str, p: Progress, status: str | None = None) -> dict[st
             "status": status,
             "failed_items": p.failed,
             "skipped_items": p.skipped,
-            "eta_seconds": None if p.eta is None else round(p.eta, 1),
+            "eta_seconds": None if measured is None else round(measured, 1),
             "updated_at": iso(p.updated_at),
         },
     }

@@ -516,3 +516,17 @@ async def test_a_metric_that_moves_is_progress_and_the_same_values_again_are_not
     op = await engine.submit(OperationSpec(type="test_same_metrics", profile={"stall_timeout": 0.5}))
     stalled = await engine.wait(op.id, timeout=20)
     assert stalled.status is Status.TIMED_OUT and "stalled" in (stalled.status_message or ""), stalled.status
+
+
+def test_only_running_work_has_an_estimated_completion() -> None:
+    """A paused (or failed, interrupted) operation keeps the ETA it last measured: the seed's
+    ``estimated_completion`` said it would complete 30 s after it was paused, which it never would."""
+    from engine.autobot import seed_progress
+    from engine.models import Progress
+
+    p = Progress(done=10, total=40, rate=1.0, eta=30.0, updated_at=1_800_000_000.0)
+    running = seed_progress("op", p, "running")
+    assert running["estimated_completion"] is not None and running["detailed_status"]["eta_seconds"] == 30.0
+    for status in ("paused", "failed", "interrupted", "timed_out", "cancelled", "queued"):
+        stopped = seed_progress("op", p, status)
+        assert stopped["estimated_completion"] is None and stopped["detailed_status"]["eta_seconds"] is None, status
