@@ -360,7 +360,7 @@ class Attempt:
             reason.status,
             message=f"{self._stop_message(reason)}; {what}; {where}",
             if_cancelled=cancel_wins,
-            progress=self.watch.progress(time.monotonic()),
+            progress=self.watch.progress(time.monotonic(), settled=True),
             total_items=ctx.total,
             checkpoint_seq=seq or None,
         )
@@ -719,7 +719,7 @@ class Attempt:
         if self.lost:
             return  # another attempt owns the operation now
         ctx = self.ctx
-        fields["progress"] = self.watch.progress(time.monotonic())
+        fields["progress"] = self.watch.progress(time.monotonic(), settled=True)
         fields["total_items"] = ctx.total
         fields.update(self.watch.timeout_fields())
         fields["checkpoint_seq"] = ctx.checkpoint_seq or None

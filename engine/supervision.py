@@ -211,11 +211,12 @@ class Watch:
         0s" beside a deadline minutes away."""
         return max(time.time(), self.op.started_at or 0.0)
 
-    def progress(self, now: float, wall: float | None = None) -> Progress:
-        """The attempt's progress at monotonic ``now``, written at ``wall`` (default: ``wall()``). Its ETA is
-        reckoned at the recent pace (``recent_rate``; with none done lately, at most one item in the time since the
-        last): from the attempt's average, work that did 500 items in its first second and one a second since said
-        "eta 18s" of 481 s left, and work standing still promised the same ever sooner."""
+    def progress(self, now: float, wall: float | None = None, settled: bool = False) -> Progress:
+        """The attempt's progress at monotonic ``now``, written at ``wall`` (default: ``wall()``). While it runs,
+        its rate and ETA are those of the recent pace (``recent_rate``; with none done lately, at most one item in
+        the time since the last): from the attempt's average, work that did 500 items in its first second and one a
+        second since said "67/s, eta 18s" of 481 s left, and work standing still promised the same ever sooner.
+        ``settled``: the attempt's last, whose rate is its average."""
         ctx = self.ctx
         rate = self.rate(now)
         total = ctx.shown_total
@@ -233,7 +234,7 @@ class Watch:
             skipped=ctx.skipped_count,
             step=ctx.step,
             message=ctx.message,
-            rate=rate,
+            rate=rate if settled else pace,
             eta=eta,
             metrics=ctx.metrics_to_store(),
             updated_at=self.wall() if wall is None else wall,
