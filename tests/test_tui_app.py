@@ -33,6 +33,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.launch import LaunchScreen
 from tui.widgets.checkpoints import CheckpointsPane
 from tui.widgets.operations import OperationsTable
+from tui.widgets.resources import ResourcesPane
 
 from . import zygote
 from .conftest import REPO
@@ -447,6 +448,24 @@ async def test_operations_run_by_another_process_show_with_their_progress(tui_se
             await wait_for(pilot, lambda: app.ops[op_id].status is Status.COMPLETED)
             assert (await engine.store.get(op_id)).result == {"sum": sum(range(40))}
         finally:
+            await worker.wait()
+
+
+async def test_the_resources_pane_counts_the_store_slots_when_the_store_has_a_cap(tui_settings: Settings) -> None:
+    """With store slots set, the pane said this dashboard's "Slots 0/2" (it ran nothing) beside a status line
+    saying "store slots 1/1": the store full, nothing more to start."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    app = make_app(tui_settings, engine=engine, poll=0.3)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        await engine.store.set_slots(1)
+        worker, _op_id = await _ledger_elsewhere(pilot, app, "items=400")
+        try:
+            pane = app.query_one(ResourcesPane)
+            await wait_for(pilot, lambda: (pane.slots_used, pane.slots_max) == (1, 1))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()
             await worker.wait()
 
 

@@ -439,7 +439,12 @@ class OutlastApp(App[int]):
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
         sample = self.model.sample(self.sampler or self.engine.resources.sample)
-        self.dashboard.show_resources(sample, len(self.engine.running_ids), self.engine.max_concurrent)
+        running, slots = len(self.engine.running_ids), self.engine.max_concurrent
+        if self.model.store_slots is not None:
+            # The store's cap binds every process on it: the pane said "Slots 0/3" (this dashboard's) beside a
+            # status line saying "store slots 2/2", the store full and nothing more to start.
+            running, slots = self.model.counts().get(Status.RUNNING, 0), self.model.store_slots
+        self.dashboard.show_resources(sample, running, slots)
         await self.model.poll()
         if self.engine.unwritten and self.model.store_ok:
             await self._write_abandoned()
