@@ -27,7 +27,8 @@ class ResourceSample:
     """This process (the engine), percent of one core."""
     process_rss: int
     children: dict[str, tuple[float, int]] = field(default_factory=dict)
-    """Per operation id: CPU percent and RSS of the child processes it started."""
+    """Per operation id: CPU percent and memory of the child processes it started (their proportional set size
+    where Linux gives it, else their RSS)."""
 
 
 class CpuMeter:
@@ -106,7 +107,7 @@ class ResourceMonitor:
                     try:
                         with q.oneshot():
                             seen = _Seen(q, q.ppid(), *_cpu_seconds(q.cpu_times()))
-                            rss += q.memory_info().rss
+                            rss += _pss(q.pid) or q.memory_info().rss
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
                     used += self._used(seen)
@@ -171,6 +172,20 @@ def _since_boot() -> float | None:
     """Seconds since boot, as /proc counts a process's start (None where there is no such clock)."""
     clock = getattr(time, "CLOCK_BOOTTIME", None)
     return None if clock is None else time.clock_gettime(clock)
+
+
+def _pss(pid: int) -> int | None:
+    """Bytes of memory process ``pid`` uses, its pages shared with others split among them (its proportional set
+    size, /proc's ``smaps_rollup``); None where there is none. The RSS of each counts the pages it shares whole:
+    a command that forked 4 workers of a 300 MB parent was shown at 1.5 GB, for 306 MB used."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _cpu_seconds(t: Any) -> tuple[float, float]:

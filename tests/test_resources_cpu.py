@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from engine.resources import Admission, ResourceMonitor, ResourceSample
 
@@ -132,3 +133,22 @@ def _started_by(p: psutil.Process, pid: int) -> bool:
         return p.pid != pid and p.cmdline()[-1:] == [DAEMON]
     except psutil.Error:
         return False
+
+
+FORKS = (
+    "import os, time\nx = bytearray(64 * 2**20)\nx[::4096] = b'x' * len(x[::4096])\n"
+    "for _ in range(4):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\ntime.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="no proportional set size here")
+def test_memory_a_command_shares_with_its_forks_counts_once() -> None:
+    """A command that forks workers (a server's, a test runner's): the RSS of each counted the parent's pages it
+    shares whole, so 4 forks of a 300 MB process were shown as 1.5 GB, 306 MB used."""
+    monitor = ResourceMonitor()
+    with process_group(f'{sys.executable} -c "{FORKS}"') as sh:
+        parent = until(lambda: psutil.Process(sh.pid).children(), what="the python process")[0]
+        until(lambda: len(parent.children()) == 4, what="its 4 forks")
+        shown = monitor.sample({"op": [sh.pid]}).children["op"][1]
+        rss = parent.memory_info().rss
+    assert shown < 2 * rss, (shown, rss)
