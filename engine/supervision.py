@@ -569,8 +569,10 @@ class Supervisor:
                 for attempt in list(self._runs.values()):
                     if attempt.op.id not in holders:
                         attempt.watch.held(held)
-            if self._hold_seen:  # the holds of attempts still running only
-                self._hold_seen = {k: v for k, v in self._hold_seen.items() if k in self._runs}
+            # The holds of attempts still running only. The watch thread adds to it: its keys are taken in one
+            # call (a comprehension over the dict could see it change size midway).
+            for op_id in [k for k in list(self._hold_seen) if k not in self._runs]:
+                self._hold_seen.pop(op_id, None)
             try:
                 self._check(now)
                 if self.on_tick is not None:
@@ -862,11 +864,11 @@ class LoopWatch:
     ) -> None:
         self._limit = LOOP_BLOCKED
         self._nudge = nudge
+        """Called from the watch thread at each look (with the time): the handlers let the loop turn between items
+        when it does not turn (the caller knows its own clock's pace)."""
         self._on_hold = on_hold
         """Called from the watch thread at each look while an operation's handler holds the loop: its id, the
         time, when the loop last turned, and when a stop of the process last ended (``Supervisor._held_by_handler``)."""
-        """Called from the watch thread at each look (with the time): the handlers let the loop turn between items
-        when it does not turn (the caller knows its own clock's pace)."""
         self._every = min(0.25, self._limit / 4)
         self._running = running
         self._loop = asyncio.get_running_loop()

@@ -438,7 +438,7 @@ class OutlastApp(App[int]):
 
     async def _poll_once(self) -> None:
         """A resource sample; the model's poll; the selected operation's side panes (new lines)."""
-        sample = self.model.sample(self.sampler or self.engine.resources.sample)
+        sample = await self.model.sample(self.sampler or self.engine.resources.sample)
         running, slots = len(self.engine.running_ids), self.engine.max_concurrent
         if self.model.store_slots is not None:
             # The store's cap binds every process on it: the pane said "Slots 0/3" (this dashboard's) beside a
