@@ -103,17 +103,25 @@ def test_children_born_and_gone_between_two_samples_count_in_its_cpu(tmp_path: P
     assert cpu_seconds(first, second, "op") >= 0.2
 
 
-DAEMON = "import os, sys\nif os.fork(): sys.exit()\nos.setsid()\nif os.fork(): sys.exit()\nwhile True: pass\n"
+DAEMON = (
+    "import os, sys\nif os.fork(): sys.exit()\nos.setsid()\nif os.fork(): sys.exit()\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\nos.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "while True: pass\n"
+)
+"""Forks twice (a session of its own), writes its pid to the file named, and spins."""
 
 
-def test_a_daemon_a_command_left_in_a_session_of_its_own_counts_in_its_cpu() -> None:
+def test_a_daemon_a_command_left_in_a_session_of_its_own_counts_in_its_cpu(tmp_path: Path) -> None:
     """A command that starts a daemon (forked twice, in a session of its own: its parent is init, not the command):
     found only by the operation id its environment carries, it was counted nowhere, 100% of a core shown as 0%."""
     env = {**os.environ, "OUTLAST_OPERATION_ID": "op"}
     monitor = ResourceMonitor()
-    proc = subprocess.Popen([sys.executable, "-c", f"{DAEMON}"], env=env)
+    pid_file = tmp_path / "daemon.pid"
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(pid_file)], env=env)
     proc.wait()  # the daemon runs on, its parent gone
-    daemon = until(lambda: [p for p in psutil.process_iter() if _started_by(p, proc.pid)], what="the daemon")[0]
+    # By the pid it wrote: the first fork, gone a moment later, has the same command line.
+    until(pid_file.exists, what="the daemon")
+    daemon = psutil.Process(int(pid_file.read_text()))
     try:
         with process_group("exec sleep 60") as sh:
             monitor.sample({"op": [sh.pid]})  # first seen: measured from here
@@ -125,14 +133,6 @@ def test_a_daemon_a_command_left_in_a_session_of_its_own_counts_in_its_cpu() -> 
     finally:
         daemon.kill()
     assert cpu_seconds(first, second, "op") >= used / 2
-
-
-def _started_by(p: psutil.Process, pid: int) -> bool:
-    """Whether ``p`` runs the daemon ``pid`` started (its command line, and not ``pid`` itself)."""
-    try:
-        return p.pid != pid and p.cmdline()[-1:] == [DAEMON]
-    except psutil.Error:
-        return False
 
 
 FORKS = (
