@@ -106,9 +106,10 @@ def test_children_born_and_gone_between_two_samples_count_in_its_cpu(tmp_path: P
 DAEMON = (
     "import os, sys\nif os.fork(): sys.exit()\nos.setsid()\nif os.fork(): sys.exit()\n"
     "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\nos.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
-    "while True: pass\n"
+    "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass\n"
 )
-"""Forks twice (a session of its own), writes its pid to the file named, and spins."""
+"""Forks twice (a session of its own), writes its pid to the file named, and spins for a minute at most: one the
+test could not find and kill (a failure before it had the pid) spun at a full core for an hour of a suite."""
 
 
 def test_a_daemon_a_command_left_in_a_session_of_its_own_counts_in_its_cpu(tmp_path: Path) -> None:
