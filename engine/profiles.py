@@ -126,13 +126,10 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(one_line(e)) from None
     profile = stored_profile(op).merged(overrides)
     total = op.progress.total if op.progress.total is not None else op.total_items
-    # A timeout fixed at submit (--timeout) gives way to the profile when the resume sets one of its
-    # timeout keys: kept, it went on deciding every deadline, and the resume the docs give for a too-tight
-    # limit (--profile max_timeout=...) timed out again as before, saying nothing.
-    fixed = None if TIMEOUT_KEYS & with_aliases(overrides).keys() else op.timeout
+    in_force, fixed = overridden(op.profile_overrides, overrides, op.timeout)
     return {
         "profile": profile.model_dump(mode="json"),
-        "profile_overrides": {**with_aliases(op.profile_overrides), **with_aliases(overrides)},
+        "profile_overrides": in_force,
         "timeout": fixed,
         "effective_timeout": fixed or profile.effective_timeout(total),
         "timeout_basis": "fixed by --timeout" if fixed else profile.basis(total),
@@ -141,6 +138,17 @@ def resume_fields(op: Operation, overrides: dict[str, Any]) -> dict[str, Any]:
 
 TIMEOUT_KEYS = frozenset({"base_timeout", "per_item_timeout", "max_timeout"})
 """The profile keys the deadline is computed from (a fixed ``--timeout`` stands for all three)."""
+
+
+def overridden(
+    before: dict[str, Any], overrides: dict[str, Any], timeout: float | None
+) -> tuple[dict[str, Any], float | None]:
+    """The profile overrides in force once ``overrides`` are given over ``before`` (each key by its own name, an
+    alias its key's), and the fixed timeout that still holds: a timeout fixed at submit (``--timeout``) gives way
+    when one of the timeout keys is given (a resume's or a rerun's ``--profile max_timeout=...``). Kept, it went
+    on deciding every deadline, and work that hit it timed out again where it did, saying nothing."""
+    given = with_aliases(overrides)
+    return {**with_aliases(before), **given}, None if TIMEOUT_KEYS & given.keys() else timeout
 
 
 def stored_profile(op: Operation) -> TimeoutProfile:

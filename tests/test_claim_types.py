@@ -106,17 +106,15 @@ async def test_a_count_of_work_passed_over_past_what_was_read_says_at_least(
     from engine import registry
     from engine.cli import run as cli_run
 
-    monkeypatch.setattr(cli_run, "PASSED_LOOK", 3)
     monkeypatch.setattr(registry, "runnable_types", lambda: MINE)
-    for _ in range(4):
-        await submit(engine, "ledger")
+    await asyncio.gather(*(submit(engine, "ledger") for _ in range(1001)))
     assert not await cli_run.QueueLook(engine, "plain").holds_work()
-    assert "leaving at least 3 queued ledger operation(s)" in capsys.readouterr().out
+    assert "leaving at least 1000 queued ledger operation(s)" in capsys.readouterr().out
     assert not await cli_run.QueueLook(engine, "json").holds_work()
     assert json.loads(capsys.readouterr().out) == {
         "event": "passed_over",
         "type": "ledger",
-        "queued": 3,
+        "queued": 1000,
         "at_least": True,
     }
 

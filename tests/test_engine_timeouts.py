@@ -180,12 +180,18 @@ async def test_slow_items_with_no_total_are_extended_on_their_pace(engine: Engin
     """An item every 5 s from a generator was stopped at a base_timeout of 8 s, 3 s after its last item: none
     was done in the last quarter of the attempt, read as "no item done lately". An item within twice the
     attempt's time per item is on its pace: extended, as one with a total and the same rate is."""
-    profile = {"base_timeout": 3, "per_item_timeout": 0, "max_timeout": 60}
-    op = await engine.submit(
-        OperationSpec(type="test_items_from_a_generator", params={"items": 3, "seconds": 2}, profile=profile)
-    )
+    await _completes_extended(engine, "test_items_from_a_generator", {"items": 3, "seconds": 2}, 3, {"done": 3})
+
+
+async def _completes_extended(
+    engine: Engine, type_: str, params: dict[str, Any], base_timeout: float, result: dict[str, Any]
+) -> None:
+    """``type_`` with ``params``, its deadline at ``base_timeout`` (``max_timeout`` 60 s), completes with
+    ``result``, extended on its rate at least once."""
+    profile = {"base_timeout": base_timeout, "per_item_timeout": 0, "max_timeout": 60}
+    op = await engine.submit(OperationSpec(type=type_, params=params, profile=profile))
     final = await engine.wait(op.id, timeout=60)
-    assert final.status is Status.COMPLETED and final.result == {"done": 3}, final.status_message
+    assert final.status is Status.COMPLETED and final.result == result, final.status_message
     assert final.extensions >= 1, final
 
 
@@ -205,13 +211,7 @@ async def one_large_item(ctx: OperationContext, p: Any) -> dict:
 async def test_the_part_of_an_item_done_counts_in_the_rate(engine: Engine) -> None:
     """One large item reported in parts had done no whole item at its deadline: stopped as "no item done in
     this attempt to reckon the rest by", at a steady 10% a second with 59 s of max_timeout left."""
-    profile = {"base_timeout": 1, "per_item_timeout": 0, "max_timeout": 60}
-    op = await engine.submit(
-        OperationSpec(type="test_one_large_item", params={"steps": 30, "seconds": 0.1}, profile=profile)
-    )
-    final = await engine.wait(op.id, timeout=60)
-    assert final.status is Status.COMPLETED and final.result == {"done": 1}, final.status_message
-    assert final.extensions >= 1, final
+    await _completes_extended(engine, "test_one_large_item", {"steps": 30, "seconds": 0.1}, 1, {"done": 1})
 
 
 async def test_deadline_passed_when_max_timeout_too_short(engine: Engine) -> None:

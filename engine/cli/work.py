@@ -202,23 +202,22 @@ async def _rerun_spec(app: App, op_id: str, params: tuple[str, ...], profile: tu
     from ..humanize import printable
     from ..lifecycle import Action, check_action
     from ..models import OperationSpec
-    from ..profiles import TIMEOUT_KEYS, one_line, with_aliases
+    from ..profiles import one_line, overridden
     from .common import parse_pairs, session, valid_ids
 
     valid_ids(op_id)
     async with session(app.settings, create=False) as engine:
         old = await engine.get(await engine.resolve(op_id))
     check_action(Action.RERUN, old.status, old.id)
-    changed = parse_pairs(profile, "--profile")
+    # As a resume's: a timeout key given here replaces a timeout fixed at submit (--timeout).
+    in_force, fixed = overridden(old.profile_overrides, parse_pairs(profile, "--profile"), old.timeout)
     try:
         return OperationSpec(
             type=old.type,
             params={**old.params, **parse_pairs(params, "--param", text_params(app.settings, old.type))},
             priority=old.priority,
-            profile={**with_aliases(old.profile_overrides), **with_aliases(changed)},
-            # A timeout fixed at submit (--timeout) gives way to a timeout key given here, as for `resume`: kept,
-            # `rerun --profile max_timeout=...` of work that hit its --timeout timed out again where it did.
-            timeout=None if TIMEOUT_KEYS & with_aliases(changed).keys() else old.timeout,
+            profile=in_force,
+            timeout=fixed,
             # Stored by an older version or another client, a name may hold what a spec refuses (an escape
             # sequence): it comes along escaped, or the operation could not be run again at all.
             name=None if old.name is None else printable(old.name),
