@@ -145,7 +145,7 @@ def _not_a_file(state_dir: Path, name: str, st: os.stat_result) -> str | None:
             f" Outlast opens only its user's own files (was outlast run as {_as(st.st_uid)} here?); have it"
             f" given to you (chown, as root), or run outlast as {_as(st.st_uid)}"
         )
-    if name == DB_NAME and st.st_nlink > 1 and not being_made(state_dir, st):
+    if name == DB_NAME and st.st_nlink > 1 and not being_made(state_dir, st) and not _one_link_now(state_dir, st):
         return (
             f"state dir {state_dir}: {name} has {st.st_nlink} hard links (another path names the same file: a copy"
             " made with cp -al or ln?), and SQLite keeps a WAL beside each path: writes through one are lost, or"
@@ -153,6 +153,17 @@ def _not_a_file(state_dir: Path, name: str, st: os.stat_result) -> str | None:
             " or ln), or remove the other link"
         )
     return None
+
+
+def _one_link_now(state_dir: Path, st: os.stat_result) -> bool:
+    """Whether ``outlast.db`` is now the same file (``st``) with one link: the name it was built under was
+    unlinked between the look that saw two and ``being_made``'s (another process made the state dir at that
+    moment, and the open beside it was refused as a ``cp -al`` copy)."""
+    try:
+        now = os.lstat(state_dir / DB_NAME)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) and now.st_nlink == 1
 
 
 def being_made(state_dir: Path, st: os.stat_result) -> bool:
