@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -455,21 +456,32 @@ async def test_a_log_file_that_cannot_grow_keeps_whole_records_and_says_what_was
     assert 60_000 - len(written) <= lost <= 60_000 - len(written) + 10, (lost, len(written))
 
 
-async def test_progress_written_just_before_a_pause_counts_with_the_checkpoint_after_it(engine: Engine) -> None:
+async def test_progress_written_just_before_a_pause_counts_with_the_checkpoint_after_it(
+    engine: Engine, tmp_path: Path
+) -> None:
     """What a paused command wrote before it was killed is read for its last ``::outlast checkpoint``: its
     progress lines were passed over, so the pause said "paused at 44/100" with the checkpoint at next=45, and the
-    resume "resuming from checkpoint N (44 items done)" while the command went on at 45. Here the last two lines
-    come from a process in a session of its own, written once the command's group was killed by the pause."""
-    late = 'printf "::outlast progress 45/100\\n::outlast checkpoint {\\"next\\": 45}\\n"'
-    wait_for_kill = f"while kill -0 $0 2>/dev/null; do sleep 0.02; done; {late}; exec sleep 300"
+    resume "resuming from checkpoint N (44 items done)" while the command went on at 45. Here the event loop is
+    held (the engine reads nothing) while the command writes its last two lines, and the pause is asked before
+    it reads again: they are in the pipe, unread, as the stop kills the command. (Written by a process left
+    running after the kill, as this test did first, they came too late for the drain's 0.1 s on a loaded
+    machine.)"""
+    go, written = tmp_path / "go", tmp_path / "written"
     cmd = (
         'if [ "$OUTLAST_RESUME" = 1 ]; then echo "from $OUTLAST_CHECKPOINT"; exit 0; fi; '
-        f"setsid sh -c '{wait_for_kill}' $$ & "
-        'echo "::outlast progress 44/100"; echo "::outlast checkpoint {\\"next\\": 44}"; sleep 300'
+        'echo "::outlast progress 44/100"; echo "::outlast checkpoint {\\"next\\": 44}"; '
+        f"while [ ! -e {go} ]; do sleep 0.02; done; "
+        'printf "::outlast progress 45/100\\n::outlast checkpoint {\\"next\\": 45}\\n"; '
+        f"touch {written}; exec sleep 300"
     )
     op = await engine.submit(OperationSpec(type="command", params={"command": cmd, "shell": True}))
     await until_async(lambda: _at(engine, op.id, 44), timeout=20)
-    await engine.pause(op.id)
+    go.touch()
+    deadline = time.monotonic() + 20
+    while not written.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # blocking on purpose: the engine must not read the lines before the pause
+    assert written.exists()
+    await engine.pause(op.id)  # the stop is asked before its first await: before the engine reads again
     final = await engine.wait(op.id, timeout=20)
     assert final.status is Status.PAUSED, final
     newest = max(await engine.checkpoints(op.id), key=lambda c: c.seq)
