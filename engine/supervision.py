@@ -111,6 +111,9 @@ class Watch:
         self.last_item_at: float | None = None
         """When the clock last saw the count of items done grow in this attempt (monotonic)."""
         self.last_beat = 0
+        self.start_beat = ctx.beat
+        self.last_beat_at: float | None = None
+        """When the clock last saw the handler's signs of life (``ctx.beat``: output, a step, a message) move."""
         self.last_change = now
         self.next_checkpoint = now + ctx.profile.checkpoint_interval
         self.keys_looked = now
@@ -167,6 +170,15 @@ class Watch:
         if last is None or n <= 0 or now - last > 2 * (last - self.counted_from) / n:
             return None
         return self.rate(now)
+
+    def alive_lately(self, now: float) -> bool:
+        """Signs of life (``ctx.beat``) in the last quarter of the attempt, or the last within twice the
+        attempt's time between them before it: all there is to tell work that reports no count (a command
+        whose output has no progress lines, a handler saying only its steps) from a hang."""
+        last, n = self.last_beat_at, self.ctx.beat - self.start_beat
+        if last is None or n <= 0:
+            return False
+        return now - last <= max((now - self.counted_from) / 4, 2 * (last - self.counted_from) / n)
 
     def set_deadline(self) -> None:
         """The deadline for the total known now (the profile's ``effective_timeout``, or the fixed one)."""
@@ -282,6 +294,8 @@ class Watch:
         self.last_change += dt
         if self.last_item_at is not None:
             self.last_item_at += dt
+        if self.last_beat_at is not None:
+            self.last_beat_at += dt
         self.deadline += dt
         self.next_checkpoint += dt
         self.next_report += dt
@@ -321,6 +335,8 @@ class Watch:
         if ctx.done != self.last_done or ctx.beat != self.last_beat:
             if ctx.done > self.last_done:
                 self.last_item_at = now
+            if ctx.beat != self.last_beat:
+                self.last_beat_at = now
             self.last_done, self.last_beat = ctx.done, ctx.beat
             self.last_change = now
             self.live_dirty = True
@@ -414,6 +430,14 @@ class Watch:
             if rate := self.recent_rate(now) or self.steady_rate(now):
                 extend_to = min(self.started + p.max_timeout, now + max(5.0, elapsed / 4))
                 reason = f"{rate:.2f} items/s, no total known, within max_timeout {p.max_timeout:g}s"
+            elif self.units() == 0 and self.alive_lately(now):
+                # No count at all, in any attempt: its output (or its steps) is the only progress it shows. A
+                # build printing a line a second was stopped at base_timeout (1h of a command's 24h
+                # max_timeout), "no item done lately", while at work. Silent lately, it stops as before.
+                extend_to = min(self.started + p.max_timeout, now + max(5.0, elapsed / 4))
+                reason = f"no count reported, output or steps lately, within max_timeout {p.max_timeout:g}s"
+            elif self.units() == 0:
+                why = "no count reported, and no output or step lately"
             else:
                 why = "no total to reckon the rest by, and no item done lately"
         elif left <= 0:

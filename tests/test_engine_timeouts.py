@@ -183,6 +183,26 @@ async def test_slow_items_with_no_total_are_extended_on_their_pace(engine: Engin
     await _completes_extended(engine, "test_items_from_a_generator", {"items": 3, "seconds": 2}, 3, {"done": 3})
 
 
+async def test_a_command_reporting_no_count_is_extended_while_its_output_goes_on(engine: Engine) -> None:
+    """A command whose output has no progress lines (a build) has no rate: it was stopped at base_timeout, "no
+    item done lately", while it printed a line every 0.2 s (1h of a command's 24h max_timeout, by default).
+    Its output lately is its progress: extended a slice at a time, up to max_timeout; silent lately (or
+    standing still past stall_timeout), it stops as before."""
+    events = collect(engine, (TimeoutExtended,))
+    printing = "for i in $(seq 20); do echo building $i; sleep 0.2; done"
+    await _completes_extended(
+        engine, "command", {"command": printing, "shell": True}, 1, {"exit_code": 0, "lines": 20, "checkpoint": None}
+    )
+    assert any("no count reported, output or steps lately" in e.reason for e in events), events
+    profile = {"base_timeout": 1, "per_item_timeout": 0, "max_timeout": 60}
+    silent = OperationSpec(type="command", params={"command": "echo started; sleep 30", "shell": True}, profile=profile)
+    op = await engine.submit(silent)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.TIMED_OUT and final.extensions == 0, final
+    logs = [r.message for r in (await engine.store.read_logs(op.id))[0]]
+    assert any("no count reported, and no output or step lately" in m for m in logs), logs
+
+
 async def _completes_extended(
     engine: Engine, type_: str, params: dict[str, Any], base_timeout: float, result: dict[str, Any]
 ) -> None:
