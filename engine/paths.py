@@ -43,6 +43,12 @@ def default_config_file() -> Path:
 def config_file(given: str | Path | None, env: Mapping[str, str]) -> Path | None:
     """The config file the settings are read from: the one given (``--config``, else OUTLAST_CONFIG),
     even if it is missing (reading it says so); else the default one if it exists; None: no file."""
+    if given is not None and not str(given).strip():
+        # ``--config ""`` read the default file when there was one, and said "config file not found" naming
+        # it when there was none: neither is the file the user gave.
+        from .errors import InvalidInput
+
+        raise InvalidInput("--config: empty: expected a config file path")
     explicit = given is not None or bool(env.get("OUTLAST_CONFIG"))
     raw = Path(given or env.get("OUTLAST_CONFIG") or default_config_file())
     try:

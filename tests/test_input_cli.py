@@ -603,10 +603,18 @@ def test_tag_limits_in_the_model() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--state-dir", "", "ls"], ["--store", "", "ls"], ["--state-dir", " ", "submit", "demo"]]
+    "args",
+    [
+        ["--state-dir", "", "ls"],
+        ["--store", "", "ls"],
+        ["--state-dir", " ", "submit", "demo"],
+        ["--config", "", "ls"],
+        ["--config", "", "submit", "demo"],
+    ],
 )
 def test_an_empty_store_or_state_dir_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str]) -> None:
-    """An empty path is not the working directory: before, `--state-dir "" ls` made outlast.db there."""
+    """An empty path is not the working directory: before, `--state-dir "" ls` made outlast.db there, and
+    `--config ""` read the default config file (or said that one was not found)."""
     r = main_here(args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "empty" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
