@@ -621,6 +621,25 @@ def test_an_empty_store_or_state_dir_is_one_line_and_writes_nothing(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "demo", "-p", "nope=1"],
+        ["run", "demo", "-p", "items=-1"],
+        ["run", "demo", "-p", "items=-1", "--detach"],
+        ["submit", "demo", "--profile", "base_timeout=-1"],
+    ],
+    ids=" ".join,
+)
+def test_bad_input_on_a_new_state_dir_makes_no_store(tmp_path: Path, args: list[str]) -> None:
+    """A bad param or profile is refused before a store is made for it: the store was opened (and made)
+    first, so a typo on a new state dir left the directory, a database and its files behind."""
+    state = tmp_path / "state"
+    r = main_here(["--state-dir", str(state), *args], cwd=tmp_path)
+    one_line(r)
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
     ("args", "env", "named"),
     [
         (["ls"], {"OUTLAST_STATE_DIR": "~nosuchuser0/x"}, "OUTLAST_STATE_DIR"),

@@ -146,6 +146,7 @@ def run(app: App, detach: bool, **spec_args: object) -> int:
 
     text = text_params(app.settings, str(spec_args["type_"]))
     spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
+    refuse_before_made(app.settings, spec)
     if detach:
         detach_dir(app.settings)  # before anything is stored
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
@@ -253,6 +254,7 @@ def submit(app: App, **spec_args: object) -> int:
         load_entry_points(remembered=True)
         text = text_params(settings, str(spec_args["type_"]))
         spec = build_spec(**spec_args, text=text)  # type: ignore[arg-type]
+        refuse_before_made(app.settings, spec)
         op = quick_submit(app.settings, spec)
     if op is None:
         with collector_paused():  # the engine's modules: imports
@@ -261,6 +263,22 @@ def submit(app: App, **spec_args: object) -> int:
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
     return ExitCode.OK
+
+
+def refuse_before_made(settings: Settings, spec: OperationSpec) -> None:
+    """InvalidInput (one line) for a spec its submit would refuse, before a local store that is not there yet
+    is made for it: the store is opened before the params are checked (its errors are said first), so a
+    typo in a param on a new --state-dir left a state dir, a database and its files behind, with nothing in
+    them. The same check as the submit's (``submission.new_operation``), made only when no store is there."""
+    target = str(settings.store or settings.state_dir)
+    if "://" in target:
+        return
+    state_dir = Path(target).expanduser()
+    if missing(state_dir) is None:
+        return
+    from ..submission import new_operation
+
+    new_operation(spec, settings, {"state_dir": str(state_dir)})
 
 
 def quick_submit(settings: Settings, spec: OperationSpec) -> Operation | None:
