@@ -567,10 +567,16 @@ class _Reported:
 _REPORTED = _Reported()
 
 
+SEED_CALLBACK = ("current_step", "processed_items", "total_items", "performance_metrics", "status_message")
+"""The seed's progress arguments in their order (``update_progress``'s, ``OperationProgress``'s names)."""
+
+
 def progress_reporter(ctx: Any) -> Callable[..., _Reported]:
     """A ``progress_callback`` reporting to ``ctx`` in the seed's style, ``(step, done, total,
     performance_metrics=None, status_message=None)``, or the plain one, ``(done, total=None,
-    message=None, **metrics)``: a first argument that is a string is a step name."""
+    message=None, **metrics)``: a first argument that is a string is a step name. The seed's style may
+    name its arguments as the seed does (``current_step=..., processed_items=..., total_items=...``): they
+    were taken as metrics, and the operation showed no progress and completed at "0/0 items"."""
 
     def report(done: Any, total: Any, step: str | None, message: Any) -> None:
         whole, fraction, count = _counts(done, total)
@@ -579,12 +585,19 @@ def progress_reporter(ctx: Any) -> Callable[..., _Reported]:
             ctx.fraction = fraction
 
     def progress_callback(*args: Any, **kw: Any) -> _Reported:
-        if args and isinstance(args[0], str):
-            step, done, total, metrics, message = (*args, None, None, None, None)[:5]
-            metrics = {**(metrics or {}), **kw.pop("performance_metrics", {})}
-            message = kw.pop("status_message", message)
+        if (args and isinstance(args[0], str)) or (
+            not args and "done" not in kw and ("processed_items" in kw or "current_step" in kw)
+        ):
+            seed = dict(zip(SEED_CALLBACK, args, strict=False))  # more than five: the rest ignored, as before
+            metrics = {**(seed.get("performance_metrics") or {}), **(kw.pop("performance_metrics", None) or {})}
+            seed.update((name, kw.pop(name)) for name in SEED_CALLBACK if name in kw)
             ctx.add_metrics(metrics)  # any names (a "total" in seconds): not as **kwargs of progress()
-            report(done, total, step, message)
+            report(
+                seed.get("processed_items"),
+                seed.get("total_items"),
+                seed.get("current_step"),
+                seed.get("status_message"),
+            )
         else:
             done, total, message = (*args, None, None, None)[:3]
             done, total = kw.pop("done", done), kw.pop("total", total)

@@ -41,24 +41,42 @@ def test_operation_type_is_the_seeds_enum_and_accepted_as_a_type() -> None:
     assert type_name(OperationType.BACKUP_OPERATION) == "backup_operation" and type_name("x") == "x"
 
 
+class CallbackCtx:
+    """What a migrated function's ``progress_callback`` reports to, as the context keeps it."""
+
+    done, total, step, message, metrics = 0, None, None, None, {}
+
+    def progress(self, done=None, total=None, step=None, message=None, **metrics):  # type: ignore[no-untyped-def]
+        self.done, self.total = done if done is not None else self.done, total or self.total
+        self.step, self.message = step or self.step, message or self.message
+        self.metrics = {**self.metrics, **metrics}
+
+    def add_metrics(self, metrics):  # type: ignore[no-untyped-def]
+        self.metrics = {**self.metrics, **metrics}
+
+
 async def test_migrated_callback_takes_both_styles_awaited_or_not() -> None:
-    class Ctx:
-        done, total, step, message, metrics = 0, None, None, None, {}
-
-        def progress(self, done=None, total=None, step=None, message=None, **metrics):
-            self.done, self.total = done if done is not None else self.done, total or self.total
-            self.step, self.message = step or self.step, message or self.message
-            self.metrics = {**self.metrics, **metrics}
-
-        def add_metrics(self, metrics):
-            self.metrics = {**self.metrics, **metrics}
-
-    ctx = Ctx()
+    ctx = CallbackCtx()
     cb = progress_reporter(ctx)
     await cb("Step 3", 3, 100)  # the seed's
     assert (ctx.done, ctx.total, ctx.step) == (3, 100, "Step 3")
     cb(7, 10, "seven", rate=2)  # the plain one, not awaited
     assert (ctx.done, ctx.total, ctx.message, ctx.metrics["rate"]) == (7, 10, "seven", 2)
+
+
+async def test_migrated_callback_takes_the_seeds_argument_names() -> None:
+    """``progress_callback(current_step=..., processed_items=..., total_items=...)``, the names of the seed's
+    ``update_progress``: they were taken as metrics, and the operation showed 0 of no total throughout."""
+    ctx = CallbackCtx()
+    cb = progress_reporter(ctx)
+    await cb(
+        current_step="Step 3", processed_items=3, total_items=100, status_message="three", performance_metrics={"r": 1}
+    )
+    assert (ctx.done, ctx.total, ctx.step, ctx.message, ctx.metrics) == (3, 100, "Step 3", "three", {"r": 1})
+    cb("Step 4", processed_items=4, total_items=100)  # the step by position, the counts by name
+    assert (ctx.done, ctx.total, ctx.step) == (4, 100, "Step 4")
+    cb(done=5, total=10, current_step="x")  # the plain style's names: its other keywords stay metrics
+    assert (ctx.done, ctx.total, ctx.metrics["current_step"]) == (5, 10, "x")
 
 
 FRACTIONS: list[tuple[float, float]] = []
