@@ -130,6 +130,42 @@ def test_cancel_over_http_stops_an_operation_run_by_a_worker(observer: Server) -
         worker.wait(30)
 
 
+def test_a_one_operation_stream_goes_on_past_an_interruption_to_the_resumed_end(start_server: Any) -> None:
+    """The worker running it SIGKILLed: the stream sends ``final`` interrupted and stays open, and the same
+    socket follows the operation resumed (by a Redis worker whose lease ran out or ``auto_resume``, under the
+    same id) to its end. It closed at the interruption, and the seed's page showed its bar stopped."""
+    srv = start_server(OUTLAST_MAX_MEMORY_PERCENT="0.01")  # its engine starts no work: workers run it
+
+    def worker() -> subprocess.Popen[bytes]:
+        env = {**srv.env, "OUTLAST_MAX_MEMORY_PERCENT": ""}
+        return zygote.popen(["worker"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
+
+    first = worker()
+    second = None
+    try:
+        op_id = srv.submit(params={"items": 600, "seconds": 0.02}, profile={"checkpoint_interval": 0.2})
+        assert srv.wait_status(op_id, {"running"})["worker"]["pid"] == first.pid
+        with ws_client.connect(f"{srv.ws_url}/api/operations/{op_id}/progress", open_timeout=30) as ws:
+            read_until(ws, lambda m: m["type"] == "progress_update" and m["progress"]["done"] >= 30)
+            first.kill()
+            first.wait(30)
+            msgs = read_until(ws, lambda m: m["type"] == "final")
+            assert msgs[-1]["status"] == "interrupted" and msgs[-1]["resumable"] is True
+            assert srv.http.post(f"/api/operations/{op_id}/resume").status_code == 202
+            second = worker()
+            msgs = read_until(ws, lambda m: m["type"] == "final")
+            with pytest.raises(ConnectionClosedOK):
+                ws.recv(timeout=20)
+        assert msgs[-1]["status"] == "completed" and msgs[-1]["result"]["items"] == 600
+        updates = [m for m in msgs if m["type"] == "progress_update"]
+        assert updates[-1]["data"]["progress_percentage"] == 100.0
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+
+
 def test_pages_on_other_sites_cannot_use_the_api_from_a_browser(observer: Server) -> None:
     op_id = observer.submit(params={"items": 10})  # stays queued: the observer starts nothing
     evil = {"Origin": "http://evil.example"}

@@ -2,7 +2,8 @@
 
 One operation: a ``snapshot`` message (the record), then ``status_changed``, ``progress_update``,
 ``checkpoint_saved``, ``timeout_extended``, ``item_failed`` and ``log`` messages, and a ``final``
-message when it settles; then the server closes the socket (code 1000). One settled already gets its
+message when it settles; then the server closes the socket (code 1000), but after an ``interrupted`` one (a
+worker may take the operation up again: the messages go on until the next ``final``). One settled already gets its
 ``snapshot``, its last ``progress_update`` and its ``final``. An unknown id gets an
 ``error`` message and close code 4404; a malformed one 4422. An operation removed from the store before
 its ``final`` was sent (``outlast rm`` just after it settled) gets the same ``error`` and 4404.
@@ -28,7 +29,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..engine import Engine
 from ..humanize import escape_controls
-from ..models import ACTIVE, SETTLED, InvalidInput, NotFound
+from ..models import ACTIVE, SETTLED, InvalidInput, NotFound, Status
 from .progress import ProgressHub, Subscriber, final_message, progress_message
 from .routes import resolve
 from .schemas import OperationOut
@@ -115,6 +116,14 @@ def _record(op: Any) -> dict[str, Any]:
     return OperationOut.of(op).model_dump(mode="json")
 
 
+def ends_stream(msg: dict[str, Any]) -> bool:
+    """A ``final`` ends a one-operation stream, but not one saying ``interrupted``: that is where a process that
+    died left the operation, and a worker takes it up again without anyone asking (a Redis worker whose lease
+    ran out, any engine with ``auto_resume``), under the same id. The stream closed there, and a client reading
+    only ``progress_update`` (the seed's page) showed its bar stopped, while the operation ran on to the end."""
+    return msg["type"] == "final" and msg.get("status") != Status.INTERRUPTED.value
+
+
 async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
     """Send the subscriber's messages until the client goes (or, for one operation, it settles)."""
 
@@ -132,7 +141,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, close_on_final: bool) -> None:
                 return
             msg = nxt.result()
             await send(ws, msg)
-            if close_on_final and msg["type"] == "final":
+            if close_on_final and ends_stream(msg):
                 await ws.close(1000)
                 return
             if close_on_final and msg["type"] == "error":  # removed from the store: it will never settle
@@ -206,9 +215,11 @@ async def one_progress(ws: WebSocket, op_id: str) -> None:
             # `progress_update` (the seed's page) connected just after a quick operation ended, and its
             # bar stayed at 0.
             await send(ws, progress_message(op))
-            await send(ws, final_message(op))
-            await ws.close(1000)
-            return
+            final = final_message(op)
+            await send(ws, final)
+            if ends_stream(final):
+                await ws.close(1000)
+                return
         await _pump(ws, sub, close_on_final=True)
     except _CLOSED:
         pass
