@@ -52,7 +52,7 @@ from .models import (
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
 from .profiles import RetryPolicy, TimeoutProfile, stored_profile
-from .registry import HandlerSpec, get_handler
+from .registry import HandlerSpec, get_handler, other_handler
 from .shortage import ran_short, short_of_processes
 from .store import Store
 from .store.base import ItemDelta, Ledger
@@ -176,6 +176,9 @@ class Attempt:
         bad parameters, an unreadable checkpoint)."""
         try:
             handler = get_handler(op.type)
+            elsewhere = other_handler(op.type, op.handler)
+            if elsewhere is not None:
+                raise InvalidInput(elsewhere)
             params = handler.parse_params(op.params)
             profile = stored_profile(op)
             resume = None

@@ -59,7 +59,7 @@ from .outage import STORE_STUCK, LogBuffer, StoreHealth, StoreUnwritable, store_
 from .paths import detached_log
 from .processes import mark_engine, process_start
 from .profiles import SEED_PROFILES, resume_fields, stored_profile
-from .registry import ensure_loaded, get_handler, runnable_types
+from .registry import HandlerSpec, ensure_loaded, get_handler, other_handler, runnable_types
 from .resources import Admission, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store, open_store
@@ -970,11 +970,14 @@ class Engine:
             raise Conflict(f"operation {op_id} is {op.status.value}, not {only.value}")
         check_action(Action.RESUME, op.status, op_id)
         stored_profile(op)  # damaged: StoreError, before anything is written
+        handler: HandlerSpec | None
         try:
             handler = get_handler(op.type)
         except InvalidInput:
-            pass  # a plugin not loaded here: the attempt says so where it runs
-        else:
+            handler = None  # a plugin not loaded here: the attempt says so where it runs
+        if other_handler(op.type, op.handler) is not None:
+            handler = None  # submitted for another handler of its type: its params are that one's, checked there
+        if handler is not None:
             try:
                 handler.parse_params(op.params)
             except InvalidInput as e:

@@ -545,6 +545,11 @@ class Operation(BaseModel):
     crash_seq: int | None = None
     """The newest checkpoint when its process was last found dead: a newer one is progress, and the count of
     ``crashes`` begins again."""
+    handler: str | None = None
+    """For a built-in type, the handler it was submitted for: ``builtin``, or ``module.qualname`` of the function
+    that replaces the built-in in the submitting process (``registry.handler_of``). A process whose handler for
+    the type is another one fails it saying so, instead of running other code on its params. None: another
+    type, or a record stored before this field (run by whichever handler)."""
 
     @property
     def label(self) -> str:

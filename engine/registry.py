@@ -209,6 +209,40 @@ def _named(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"
 
 
+BUILTIN_HANDLER = "builtin"
+"""``handler_of`` for a built-in type run by its built-in handler."""
+
+
+def handler_of(type_: str) -> str | None:
+    """Which handler runs the built-in type ``type_`` in this process: ``BUILTIN_HANDLER``, or ``module.qualname``
+    of the function that replaces it (a plugin's ``@operation``, the seed's ``@migrate_timeout_operation(
+    OperationType.X)``). Stored with each operation of such a type (``Operation.handler``), so that a process
+    with another handler for it does not run it. None for a type of a plugin's own (only its plugin runs it)."""
+    if type_ not in BUILTIN_TYPES:
+        return None
+    given = _GIVEN.get(type_)
+    return BUILTIN_HANDLER if given is None or given.__module__.startswith("engine.operations.") else _named(given)
+
+
+def other_handler(type_: str, wanted: str | None) -> str | None:
+    """One line when this process would run an operation of ``type_`` with another handler than the ``wanted``
+    one it was submitted for (None: it would not). A worker started without the plugin whose function replaces
+    a built-in (the seed's migrated functions do) ran the built-in on that function's params: it failed, or it
+    did other work than asked and said completed; a worker with it ran a plugin's function on the built-in's."""
+    here = handler_of(type_)
+    if wanted is None or here is None or wanted == here:
+        return None
+
+    def named(h: str) -> str:
+        return "the built-in handler" if h == BUILTIN_HANDLER else h
+
+    return (
+        f"{type_} was submitted for {named(wanted)}, and this process runs {named(here)} for it: not run here;"
+        f" resume it where {named(wanted)} runs it"
+        + (" (--plugin with its module)" if wanted != BUILTIN_HANDLER else " (without the plugin that replaces it)")
+    )
+
+
 def _positional_count(fn: Handler) -> int:
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())

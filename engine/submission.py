@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .models import InvalidInput, Operation, OperationSpec, Status, new_id
-from .registry import get_handler
+from .registry import get_handler, handler_of
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -73,6 +73,7 @@ def new_operation(
         effective_timeout=spec.timeout or profile.effective_timeout(spec.total_items),
         timeout_basis=("fixed by --timeout" if spec.timeout else profile.basis(spec.total_items)),
         idempotency_key=spec.idempotency_key,
+        handler=handler_of(spec.type),
     )
     if op.params:
         try:

@@ -14,6 +14,7 @@ import pytest
 from engine import Engine, InvalidInput, OperationSpec, Settings, Status, migrate_timeout_operation, operation
 from engine.registry import get_handler, load_plugin
 from tests.conftest import REPO
+from tests.fixtures_cli import Cli
 from tests.fixtures_engine import make_engine, until
 from tests.ops_for_tests import populate_kb
 
@@ -271,3 +272,29 @@ def test_an_unknown_type_says_what_it_may_be() -> None:
         get_handler("demoo")
     with pytest.raises(InvalidInput, match=r"'onlyone': a plugin's type needs its plugin here too \(--plugin MODULE\)"):
         get_handler("onlyone")
+
+
+def test_a_worker_without_the_plugin_that_replaces_a_builtin_leaves_its_operations_alone(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The seed's ``@migrate_timeout_operation(OperationType.CODEBASE_INDEXING)`` submitted (by a server with its
+    plugin) and claimed by a worker without it: the worker ran the built-in on the migrated function's params,
+    failing on them, or, where they fit both (a ``root``), doing other work than asked and saying completed. It
+    fails the operation naming the handler it is for, and a process with the plugin resumes it to run it."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.py").write_text("x = 1\n")
+    params = ["-p", f"path={tmp_path / 'tree'}", "-p", 'patterns=["*.py"]']
+    r = cli("--plugin", "tests.seed_samples", "-q", "submit", "codebase_indexing", *params)
+    assert r.returncode == 0, r.stderr
+    op_id = r.stdout.strip()
+    assert cli.op(op_id).handler == "tests.seed_samples.index_codebase"
+    r = cli("worker", "--exit-when-idle")  # the built-in codebase_indexing only
+    assert r.returncode == 0, r.stderr
+    failed = cli.op(op_id)
+    assert failed.status.value == "failed" and failed.result is None
+    assert failed.error is not None and "submitted for tests.seed_samples.index_codebase" in failed.error
+    assert "built-in handler" in failed.error and "--plugin" in failed.error
+    r = cli("--plugin", "tests.seed_samples", "--json", "resume", op_id)
+    assert r.returncode == 0, r.stderr
+    done = cli.op(op_id)
+    assert done.status.value == "completed" and done.result == {"files": 1, "patterns": ["*.py"]}

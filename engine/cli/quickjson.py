@@ -58,6 +58,7 @@ FIELDS: dict[str, str] = {
     "orphaned_epoch": "int?",
     "crashes": "int",
     "crash_seq": "int?",
+    "handler": "str?",
 }
 """``Operation``'s fields in its order, each with the kind of value its dump holds."""
 
