@@ -100,18 +100,22 @@ def chmod_here(path: Path, mode: int) -> None:
             os.chmod(path, mode)
 
 
-def private_dirs(path: Path) -> bool:
+def private_dirs(path: Path, again: bool = True) -> bool:
     """``path.mkdir(parents=True, exist_ok=True)`` (its errors too: a file in the way), each directory it makes
     0700 whatever the umask, as the XDG spec asks of the base directories it names (with a umask of 000, the
     default state dir's ``~/.local`` and ``~/.local/state`` were made 0777); those already there are left as
-    they are. Whether ``path`` itself was made here."""
+    they are. Whether ``path`` itself was made here.
+
+    Tried once more (``again``) after its parents were made: a directory that refuses it ("No such file or
+    directory" with the parent there: ``HOME=/proc/none``, a parent removed meanwhile) raised it, where
+    trying for ever ended ``outlast types`` in a RecursionError, an internal error."""
     try:
         os.mkdir(path, DIR_MODE)
     except FileNotFoundError:
-        if path.parent == path:
+        if path.parent == path or not again:
             raise
         private_dirs(path.parent)
-        return private_dirs(path)
+        return private_dirs(path, again=False)
     except OSError:
         if not path.is_dir():
             raise

@@ -101,6 +101,18 @@ def _only_ours(d: Path) -> bool:
         return all(e.name in OWN_NAMES or ".not-a-file-" in e.name for e in entries)
 
 
+def _default_said(d: Path) -> str:
+    """For a state dir that cannot be made: when it is the default one (under HOME, or XDG_STATE_HOME), where
+    it came from and how to give another. Under cron or a service account (``HOME=/nonexistent``) the line
+    named a path nobody had asked for."""
+    from ...paths import default_state_dir
+
+    if d != default_state_dir():
+        return ""
+    base = "XDG_STATE_HOME" if os.path.isabs(os.environ.get("XDG_STATE_HOME") or "") else "HOME"
+    return f" (the default state dir, under {base}): give one with --state-dir or OUTLAST_STATE_DIR"
+
+
 class SqliteCore:
     """The plumbing of LocalStore (see module doc)."""
 
@@ -384,7 +396,7 @@ class SqliteCore:
             except NotADirectoryError:
                 raise StoreError(f"state dir {d}: a part of its path is a file, not a directory") from None
             except OSError as e:
-                raise StoreError(f"state dir {d}: {e.strerror or e}") from None
+                raise StoreError(f"state dir {d}: {e.strerror or e}{_default_said(d)}") from None
             if not d.is_dir():
                 raise StoreError(f"state dir {d} is not a directory")
             private_dir(d, self.log_dir.name)

@@ -1,0 +1,33 @@
+"""A HOME where nothing can be made, as cron and service accounts have it (``HOME=/nonexistent``), and no
+``--state-dir``: a command that writes says in one line that the default state dir cannot be made and how
+to give another (exit 8); one that needs no state dir (``types``) works. A HOME whose directories answer
+"No such file or directory" with their parent there (``/proc``) ended every command in a RecursionError
+(exit 70, an internal error) as the directory was tried again for ever."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.exitcodes import ExitCode
+from tests.fixtures_cli import Cli
+
+
+def _env_without_state_dir(cli: Cli, home: str) -> dict[str, str]:
+    """``cli``'s environment with ``home`` as HOME and no state dir nor XDG directory named: the defaults."""
+    env = {k: v for k, v in cli.env.items() if not k.startswith("XDG_") and k != "OUTLAST_STATE_DIR"}
+    env["HOME"] = home
+    return env
+
+
+def test_a_home_where_nothing_can_be_made_is_said_in_one_line(cli: Cli, state_dir: Path) -> None:
+    home = f"/proc/{os.getpid()}-no-such-home"  # mkdir there: "No such file or directory", /proc there
+    env = _env_without_state_dir(cli, home)
+    r = cli("types", env=env)
+    assert r.returncode == 0, r.stderr  # no state dir needed (its cache of plugins is only a cache)
+    r = cli("-q", "submit", "demo", env=env)
+    assert r.returncode == ExitCode.STORE, (r.returncode, r.stderr)
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"state dir {home}/.local/state/outlast" in r.stderr, r.stderr
+    assert "--state-dir or OUTLAST_STATE_DIR" in r.stderr, r.stderr
