@@ -126,6 +126,10 @@ class Children:
                 if gone:
                     self._warn(f"{argv[0]!r} was started as its spawn was cancelled: killed (pid {_pids_of(gone)})")
                 raise
+            if not gone and not _in_asyncio_watch(e):
+                # Another event loop's own spawn (uvloop's, libuv's) refused it: its program not found, its
+                # fork refused. Nothing of it runs: said as such, and a shortage queued again.
+                raise
             failure = StartedThenKilled(gone, e)
             self._warn(f"{argv[0]!r}: {failure}")
             raise failure from e
@@ -233,6 +237,19 @@ def _in_popen(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == subprocess.__file__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _in_asyncio_watch(e: BaseException) -> bool:
+    """Whether ``e`` was raised in asyncio's own subprocess start (its ``unix_events``, where its child watcher
+    is set after Popen returned), not in another event loop's spawn. Under uvloop, a program not found (or a
+    fork refused) is raised from the loop's own code, past no Popen: it was said as a command "started, then
+    could not be watched", not run again, where nothing of it had run."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == asyncio.unix_events.__file__:
             return True
         tb = tb.tb_next
     return False

@@ -19,11 +19,12 @@ import errno
 import json
 import os
 import resource
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -515,6 +516,52 @@ async def test_a_command_forked_then_not_watched_is_killed_at_once_and_not_run_a
     assert "could not be watched (RuntimeError: can't start new thread): killed at once" in (final.error or "")
     assert "not run again" in (final.error or "") and "RuntimeError:" not in (final.error or "").split(":")[0]
     assert any("was started, then could not be watched" in ln for ln in said), said
+
+
+class _OwnSpawnLoop(asyncio.SelectorEventLoop):
+    """An event loop that starts subprocesses its own way, as uvloop does (libuv's spawn, no
+    ``subprocess.Popen``): a program not found, or a fork refused (``refused``, once each, to a command whose
+    arguments name a ledger), is raised from its own code."""
+
+    refused: ClassVar[list[OSError]] = []
+
+    async def subprocess_exec(self, protocol_factory: Any, program: Any, *args: Any, **kwargs: Any) -> Any:
+        if shutil.which(program) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        if self.refused and any("ledger" in str(a) for a in args):
+            raise self.refused.pop(0)
+        return await super().subprocess_exec(protocol_factory, program, *args, **kwargs)
+
+
+def test_a_command_another_event_loop_could_not_start_is_said_as_such_and_a_shortage_queued_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Under uvloop, a command whose program is not there failed "the process was started, then could not be
+    watched (FileNotFoundError ...): it had exited already; not run again, as it may have begun its work", and
+    a fork refused under a pids limit failed the same way instead of being queued again: only a refusal past
+    ``subprocess.Popen`` was taken for one before the process ran. Under any loop, nothing of it ran."""
+    ledger = tmp_path / "ledger"
+    _OwnSpawnLoop.refused[:] = [BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))]
+
+    async def go() -> list[Any]:
+        async with make_engine(settings) as engine:
+            missing = await engine.submit(OperationSpec(type="command", params={"argv": ["/no/such/program"]}))
+            short = await engine.submit(
+                OperationSpec(
+                    type="command",
+                    params={"argv": ["sh", "-c", f"echo $$ >> {ledger}"]},
+                    profile={"retry.backoff_base": 0.1},
+                )
+            )
+            return [await engine.wait(op.id, timeout=30) for op in (missing, short)]
+
+    with asyncio.Runner(loop_factory=_OwnSpawnLoop) as runner:
+        missing, short = runner.run(go())
+    assert missing.status is Status.FAILED, (missing.status, missing.error)
+    assert missing.error == "cannot start '/no/such/program': No such file or directory", missing.error
+    assert short.status is Status.COMPLETED and short.retries == 1, (short.status, short.retries, short.error)
+    assert not _OwnSpawnLoop.refused, "the loop was never asked"
+    assert len(ledger.read_text().splitlines()) == 1  # run once: the refused start ran nothing
 
 
 def _no_thread_for(monkeypatch: pytest.MonkeyPatch, target: str) -> list[str]:
