@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> None:
     """The ``outlast`` console script (see ``root.main``)."""
     _closed_stdio_to_devnull()
+    if argv is None:  # the process's own command line: not a caller's in-process call
+        _init_when_pid_1()
     _unencodable_escaped()
     try:
         with collector_paused():  # click and the group's modules: imports, next to no garbage
@@ -81,6 +83,46 @@ def _closed_stdio_to_devnull() -> None:
         if getattr(sys, name) is None:
             # For the whole process: closed at its exit, as Python's own standard streams are.
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
+
+
+def _init_when_pid_1() -> None:
+    """As PID 1 (a container started without an init: ``docker run`` without ``--init``, ``unshare --pid``),
+    ``outlast`` is the init of its PID namespace: every process a command leaves behind (put in the
+    background, or its shell killed first by a pause, a cancel, a timeout) is handed to it, and it never
+    reaped them: ten zombies after five commands, for as long as a worker ran, each holding a slot of the
+    container's pids limit. Here the first process stays the init, reaping every child and passing on the
+    signals it gets (an init's unhandled signals are dropped), and a child of it runs the command; its exit
+    status is the process's. Returns in that child (and at once when not PID 1)."""
+    import os
+    import signal
+
+    if os.getpid() != 1:
+        return
+    child = os.fork()
+    if child == 0:
+        return
+
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
+
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGTSTP,
+        signal.SIGCONT,
+    ):
+        signal.signal(sig, forward)
+    while True:
+        pid, status = os.waitpid(-1, 0)  # each orphan as it ends; a signal's forward runs in between
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)  # as a shell says a process killed by a signal
 
 
 def _unencodable_escaped() -> None:
