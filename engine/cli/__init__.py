@@ -98,7 +98,10 @@ def _init_when_pid_1() -> None:
 
     if os.getpid() != 1:
         return
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError:  # no process to be had (a pids limit): the command runs as it did, as the init
+        return
     if child == 0:
         return
 
