@@ -12,7 +12,18 @@ def _xdg(var: str, fallback: str) -> Path:
     """``$var``, or ``~/fallback`` when it is unset, empty or relative: the XDG spec says a relative path there
     is invalid and ignored (taken as is, the state dir moved with the working directory of each command)."""
     value = os.environ.get(var)
-    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+    return Path(value) if value and os.path.isabs(value) else home() / fallback
+
+
+def home() -> Path:
+    """The user's home: HOME, else the password database's; ``/`` when neither says (no HOME, and a uid with no
+    entry: ``docker run -u 12345``, ``env -i`` under such a uid), as Docker sets HOME then. Every command,
+    ``--state-dir`` given or not, was an internal error there ("Could not determine home directory"): the
+    default config file and cache are looked for under it."""
+    try:
+        return Path.home()
+    except RuntimeError:
+        return Path("/")
 
 
 DETACHED = "detached"

@@ -7,7 +7,10 @@ to give another (exit 8); one that needs no state dir (``types``) works. A HOME 
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
+
+import pytest
 
 from engine.exitcodes import ExitCode
 from tests.fixtures_cli import Cli
@@ -31,3 +34,22 @@ def test_a_home_where_nothing_can_be_made_is_said_in_one_line(cli: Cli, state_di
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"state dir {home}/.local/state/outlast" in r.stderr, r.stderr
     assert "--state-dir or OUTLAST_STATE_DIR" in r.stderr, r.stderr
+
+
+def test_no_home_at_all_is_no_internal_error(
+    cli: Cli, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No HOME and a uid the password database does not know (``docker run -u 12345``, ``env -i`` under such a
+    uid): every command, ``--state-dir`` given or not, was an internal error ("Could not determine home
+    directory"), as the default config file is looked for under the home. Taken as ``/`` (as Docker sets HOME
+    then), the commands work on the state dir given."""
+
+    def unknown(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", unknown)
+    env = {k: v for k, v in cli.env.items() if k not in ("HOME", "XDG_CONFIG_HOME")}  # the cache stays in tmp
+    r = cli.here("-q", "submit", "demo", "-p", "items=1", env=env)
+    assert r.returncode == 0, r.stderr
+    r = cli.here("ls", env=env)
+    assert r.returncode == 0 and r.stdout.count("queued") == 1, (r.stdout, r.stderr)

@@ -105,11 +105,14 @@ def _default_said(d: Path) -> str:
     """For a state dir that cannot be made: when it is the default one (under HOME, or XDG_STATE_HOME), where
     it came from and how to give another. Under cron or a service account (``HOME=/nonexistent``) the line
     named a path nobody had asked for."""
-    from ...paths import default_state_dir
+    from ...paths import default_state_dir, home
 
     if d != default_state_dir():
         return ""
-    base = "XDG_STATE_HOME" if os.path.isabs(os.environ.get("XDG_STATE_HOME") or "") else "HOME"
+    if os.path.isabs(os.environ.get("XDG_STATE_HOME") or ""):
+        base = "XDG_STATE_HOME"
+    else:
+        base = "HOME" if os.environ.get("HOME") else f"{home()}: no HOME is set"
     return f" (the default state dir, under {base}): give one with --state-dir or OUTLAST_STATE_DIR"
 
 
