@@ -91,25 +91,17 @@ def _init_when_pid_1() -> None:
     background, or its shell killed first by a pause, a cancel, a timeout) is handed to it, and it never
     reaped them: ten zombies after five commands, for as long as a worker ran, each holding a slot of the
     container's pids limit. Here the first process stays the init, reaping every child and passing on the
-    signals it gets (an init's unhandled signals are dropped), and a child of it runs the command; its exit
-    status is the process's. Returns in that child (and at once when not PID 1)."""
+    signals sent to it (an init's unhandled signals are dropped), and a child of it runs the command; its exit
+    status is the process's. Returns in that child (and at once when not PID 1).
+
+    A signal the terminal sent (Ctrl-C, Ctrl-Z, a resize: the kernel's, to the whole foreground group) reached
+    the child too: passed on again, it was a second Ctrl-C, which forces a stop."""
     import os
     import signal
 
     if os.getpid() != 1:
         return
-    try:
-        child = os.fork()
-    except OSError:  # no process to be had (a pids limit): the command runs as it did, as the init
-        return
-    if child == 0:
-        return
-
-    def forward(sig: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, sig)
-
-    for sig in (
+    passed = {
         signal.SIGTERM,
         signal.SIGINT,
         signal.SIGHUP,
@@ -119,13 +111,37 @@ def _init_when_pid_1() -> None:
         signal.SIGWINCH,
         signal.SIGTSTP,
         signal.SIGCONT,
-    ):
-        signal.signal(sig, forward)
+    }
+    waited = passed | {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from before the fork: none lost in between
+    try:
+        child = os.fork()
+    except OSError:  # no process to be had (a pids limit): the command runs as it did, as the init
+        child = 0
+    if child == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+        return
     while True:
-        pid, status = os.waitpid(-1, 0)  # each orphan as it ends; a signal's forward runs in between
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)  # as a shell says a process killed by a signal
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            if info.si_code != _SI_KERNEL:  # the terminal's went to the child's group (the same) already
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, info.si_signo)
+            continue
+        while True:  # each orphan as it ends: one SIGCHLD may stand for several
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+            if pid == child:
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)  # as a shell says a process killed by a signal
+
+
+_SI_KERNEL = 0x80
+"""``si_code`` of a signal the kernel sent (Linux): the terminal's, to its foreground process group."""
 
 
 def _unencodable_escaped() -> None:
