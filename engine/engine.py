@@ -424,6 +424,14 @@ class Engine:
 
         A second signal stops waiting for handlers (force, after the grace period has been asked).
         """
+        if threading.current_thread() is not threading.main_thread():
+            # Python runs signal handlers in the main thread only: asyncio's refusal came half-way, after
+            # this engine took the signals for its own, in words naming none of this.
+            raise RuntimeError(
+                "install_signal_handlers: signals reach only the main thread; call it from an engine whose"
+                " event loop runs there, and stop an engine in another thread with drain() or by leaving its"
+                " async with"
+            )
         if signals is None:
             signals = stop_signals()
         loop = asyncio.get_running_loop()

@@ -358,3 +358,31 @@ async def test_a_subscriber_that_raises_is_said_once(engine: Engine, caplog: pyt
             await engine.wait((await engine.submit(OperationSpec(type="demo", params={"items": 2}))).id, 20)
     said = [r for r in caplog.records if "event subscriber" in r.getMessage()]
     assert len(said) == 1 and said[0].exc_info is not None, [r.getMessage() for r in said]
+
+
+def test_signal_handlers_asked_for_in_another_thread_are_refused_in_words_that_say_why(settings: Settings) -> None:
+    """An app running the engine in a thread's own event loop got asyncio's "set_wakeup_fd only works in main
+    thread of the main interpreter", raised half-way through, after the engine had taken the signals as its
+    own. Refused first, saying why; the engine runs on and closes as usual."""
+    import threading
+
+    seen: list[object] = []
+
+    async def main() -> None:
+        async with make_engine(settings) as engine:
+            with pytest.raises(RuntimeError, match="signals reach only the main thread") as refused:
+                engine.install_signal_handlers()
+            seen.append(refused.value)
+            op = await engine.submit(OperationSpec(type="demo", params={"items": 3, "seconds": 0}))
+            seen.append((await engine.wait(op.id, timeout=30)).status)
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as e:
+            seen.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert len(seen) == 2 and seen[1] is Status.COMPLETED, seen
