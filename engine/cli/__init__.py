@@ -113,6 +113,9 @@ def _init_when_pid_1() -> None:
         signal.SIGCONT,
     }
     waited = passed | {signal.SIGCHLD}
+    # What a terminal sends its whole foreground group, the child with it (a hang-up goes to the session's
+    # leader alone: passed on).
+    keyboard = {signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGWINCH}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from before the fork: none lost in between
     try:
         child = os.fork()
@@ -124,7 +127,7 @@ def _init_when_pid_1() -> None:
     while True:
         info = signal.sigwaitinfo(waited)
         if info.si_signo != signal.SIGCHLD:
-            if info.si_code != _SI_KERNEL:  # the terminal's went to the child's group (the same) already
+            if info.si_code != _SI_KERNEL or info.si_signo not in keyboard:  # the terminal's: to its group
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, info.si_signo)
             continue
