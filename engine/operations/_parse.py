@@ -233,10 +233,11 @@ def _module(text: str) -> str:
 
 def python_symbols(text: str) -> tuple[list[Symbol], list[str]] | None:
     """Definitions at any depth (functions, methods, classes; variables at module level) and imports
-    anywhere in nested statement bodies; None if the file does not parse."""
+    anywhere in nested statement bodies; None if the file does not parse, or nests deeper than the parser
+    goes (a generated ``1+1+...`` expression: RecursionError, MemoryError), which failed the whole index."""
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     symbols: list[Symbol] = []
     imports: set[str] = set()
