@@ -397,6 +397,50 @@ def test_a_file_at_the_analysis_limit(tmp_path: Path) -> None:
     assert row[1] == MAX_TEXT + 1 and row[3] == hashlib.sha256(at + b"\n").hexdigest() and row[6:9] == (None,) * 3
 
 
+def test_lines_and_symbols_of_awkward_python_files_are_what_the_tokenizer_and_ast_say(tmp_path: Path) -> None:
+    """A form feed or U+2028 inside a line does not end it (str.splitlines counted one line more for each), and
+    a byte order mark is neither code nor a reason to lose the file's symbols (ast refuses it); CRLF, CR-only and
+    a missing last newline count as ``wc -l`` and Python's tokenizer count."""
+    from engine.operations._index_files import analyze_batch
+
+    files = {
+        "ff.py": b"x = 1\n\x0c\ndef f():\n    return 1\n",
+        "ls.py": 'x = "a\u2028b"\ny = 2\n'.encode(),
+        "bom.py": b"\xef\xbb\xbf# c\nclass A:\n    def m(self):\n        pass\n",
+        "crlf.py": b"# c\r\nx = 1\r\n\r\n",
+        "cr.py": b"# c\rx = 1\r\ry = 2\r",
+        "nonl.py": b"x = 1",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    batch = analyze_batch(tmp_path, list(files), {}, "op1")
+    lines = {f[0]: f[6:9] for f in batch.files}
+    assert lines == {
+        "ff.py": (3, 0, 1),
+        "ls.py": (2, 0, 0),
+        "bom.py": (3, 1, 0),
+        "crlf.py": (1, 1, 1),
+        "cr.py": (2, 1, 1),
+        "nonl.py": (1, 0, 0),
+    }
+    assert [s for s in batch.symbols if s[0] == "bom.py"] == [
+        ("bom.py", "class", "A", 2, 4, ""),
+        ("bom.py", "method", "m", 3, 4, "A"),
+    ]
+    assert batch.files[2][3] == hashlib.sha256(files["bom.py"]).hexdigest()  # the file's bytes, BOM and all
+
+
+def test_a_python_file_nested_deeper_than_the_parser_goes_is_indexed_not_a_failed_run(tmp_path: Path) -> None:
+    """A generated expression of 200,000 terms makes ast raise RecursionError: the file keeps the symbols the
+    fallback finds, where the error failed the whole index."""
+    from engine.operations._index_files import analyze_batch
+
+    (tmp_path / "gen.py").write_text("def f():\n    pass\nx = " + "1+" * 200_000 + "1\n")
+    batch = analyze_batch(tmp_path, ["gen.py"], {}, "op1")
+    assert [o[2] for o in batch.outcomes] == ["indexed"]
+    assert batch.symbols == [("gen.py", "function", "f", 1, 1, "")]
+
+
 def test_a_gitignore_line_of_many_wildcards_does_not_hold_the_walk(cli: Cli, tmp_path: Path) -> None:
     """pathspec compiles each ``*`` to ``[^/]*``: a .gitignore line of fifty stars and a ``b`` took hours on
     every name of twenty characters, and the index of the tree never ended. A run of stars is one star to

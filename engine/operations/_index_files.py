@@ -72,6 +72,10 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
     except UnicodeDecodeError as e:
         text, read_as = decoded(data, lang)
         read_as = f"not UTF-8 (byte {e.start}): read as {read_as}"
+    if text.startswith("\ufeff"):  # a byte order mark (Windows editors): not code, and ast refuses it
+        text = text[1:]
+        if not read_as:
+            data = data[3:]
     code, comment, blank = count_lines(text, lang)
     source = text.encode("utf-8") if read_as else data  # the parsers' bytes: the text's, as UTF-8
     syms, imps = symbols_and_imports(text, lang, source) if lang != "other" else ([], [])

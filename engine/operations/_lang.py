@@ -88,17 +88,29 @@ def language_of(path: str) -> str:
     return _NAMES.get(name) or LANGUAGES.get(ext) or parsers().by_extension.get(ext, "other")
 
 
+def physical_lines(text: str) -> list[str]:
+    """The lines of a file as editors, ``wc -l`` and Python's tokenizer see them: ended by LF, CRLF or CR.
+
+    Not ``str.splitlines``, which also ends a line at a form feed (``^L`` between sections of Python and C
+    files), a vertical tab or U+2028 in a string: a file counted more lines than it has."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # the newline at the end ends the last line; it does not start another
+        lines.pop()
+    return lines
+
+
 def count_lines(text: str, language: str) -> tuple[int, int, int]:
     """(code, comment, blank) line counts; a line with code and a comment counts as code."""
     line_prefixes, block = _COMMENTS.get(language, ((), None))
+    lines = physical_lines(text)
     if block is None or block[0] not in text:  # the common case, without a per-line Python loop
-        stripped = [ln.strip() for ln in text.splitlines()]
+        stripped = [ln.strip() for ln in lines]
         blank = stripped.count("")
         comment = sum(map(methodcaller("startswith", line_prefixes), stripped)) if line_prefixes else 0
         return len(stripped) - blank - comment, comment, blank
     code = comment = blank = 0
     in_block = False
-    for raw in text.splitlines():
+    for raw in lines:
         s = raw.strip()
         if not s:
             blank += 1
