@@ -649,3 +649,29 @@ def test_a_long_run_of_blanks_after_a_keyword_does_not_hang_the_scan(cli: Cli, t
     code, op, err = run_json(cli, "run", "security_scan", "-p", f"root={root}", "-p", "rules=secrets", timeout=60)
     assert code == 0 and op["status"] == "completed", (code, op, err)
     assert op["result"]["scanned"] == 1 and op["result"]["failures"] == {}, op["result"]
+
+
+async def test_a_second_secret_on_a_line_with_a_provider_s_key_is_found_and_redacted(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A high-entropy string or a password on the line of an AWS key was dropped as "saying less than the
+    provider's detector" though it is another secret, and, dropped, was left in clear in the snippet of the
+    AWS finding (report and SARIF). detect-secrets reports both; so does the scan, every value masked."""
+    blob = "qWeRtYuIoPaSdFgHjKlZxCvBnMmNbVcXzLkJhGfDsAQp"
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.py").write_text(f'cfg = {{"aws": "{S["aws_id"]}", "blob": "{blob}"}}\n')
+    (root / "b.py").write_text(f'x = 1; password = "{S["password"]}"; k = "{S["aws_id"]}"\n')
+    op = await scan(engine, root=str(root), format="both")
+    assert op.status is Status.COMPLETED, op.error
+    report = Path(op.result["reports"]["json"]).read_text()
+    found = {(f["file"], f["rule"]) for f in json.loads(report)["findings"] if f["category"] == "secrets"}
+    assert found == {
+        ("a.py", "AWSKeyDetector"),
+        ("a.py", "Base64HighEntropyString"),
+        ("b.py", "AWSKeyDetector"),
+        ("b.py", "KeywordDetector"),
+    }, found
+    sarif = Path(op.result["reports"]["sarif"]).read_text()
+    for secret in (blob, S["password"], S["aws_id"]):
+        assert secret not in report and secret not in sarif, secret

@@ -513,6 +513,11 @@ class _Lines:
         return self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
 
 
+def _same_secret(value: str, specific: Sequence[str]) -> bool:
+    """Whether a generic detector's ``value`` is (part of) one a specific detector matched, or holds one."""
+    return any(value in v or v in value for v in specific)
+
+
 def _suppressed(line: str) -> bool:
     low = line.lower()
     return "nosec" in low or "outlast: ignore" in low or "outlast:ignore" in low
@@ -528,15 +533,20 @@ def scan_text(
     found: list[tuple[str, int, int, str]] = []  # (rule id, line, column, message)
     severity = {f.rule: f.severity for f in libraries}
     values: dict[int, list[str]] = {}  # secrets detect-secrets matched, by line: masked in the snippet
-    specific = {f.line for f in libraries if f.value is not None and f.rule not in GENERIC_SECRET_PLUGINS}
+    specific: dict[int, list[str]] = {}  # values of the providers' detectors, by line
     for f in libraries:
-        if f.value is not None and f.rule in GENERIC_SECRET_PLUGINS and f.line in specific:
-            continue  # "high entropy" or "keyword" says less than the provider's detector on the same line
+        if f.value and f.rule not in GENERIC_SECRET_PLUGINS:
+            specific.setdefault(f.line, []).append(f.value)
+    generic: list[LibFinding] = []  # judged once Outlast's own specific rules have said what they matched
+    for f in libraries:
+        if f.value:  # masked in the snippet whether or not this finding is reported
+            values.setdefault(f.line, []).append(f.value)
         if f.rule == "KeywordDetector" and f.value is not None and not _password_value(f.value):
             continue  # prose or a name, not a password: password_hint = "enter your password", FIELD = "password"
-        found.append((f.rule, f.line, f.column, f.message))
-        if f.value:
-            values.setdefault(f.line, []).append(f.value)
+        if f.value and f.rule in GENERIC_SECRET_PLUGINS:
+            generic.append(f)
+        else:
+            found.append((f.rule, f.line, f.column, f.message))
     taken: list[tuple[int, int]] = []  # spans of specific secret values, so generic rules do not repeat them
     for rule in SECRET_RULES:
         if rule.id not in selected or rule.id not in RULES or not any(h in low for h in rule.hints):
@@ -554,6 +564,8 @@ def scan_text(
                 taken.append((vs, ve))
             line, col = lines.line_of(start)
             found.append((rule.id, line, col, f"{rule.title} ({len(value)} characters, redacted)"))
+            if rule.id in OWN_SECRET_RULES:
+                specific.setdefault(line, []).append(value)
     for rule in CODE_REGEX_RULES:
         if rule.id not in selected or language not in rule.languages or not any(h in low for h in rule.hints):
             continue
@@ -568,8 +580,13 @@ def scan_text(
                 continue
             line, col = lines.line_of(start)
             found.append((rule.id, line, col, rule.title))
-    specific |= {line for rule_id, line, _c, _m in found if rule_id in OWN_SECRET_RULES}
-    found = [f for f in found if not (f[0] in GENERIC_SECRET_PLUGINS and f[1] in specific)]
+    # "High entropy" or "keyword" says less than a provider's detector on the same value; another secret on
+    # that line is a finding of its own (dropped, it was also left unmasked in the snippet).
+    found += [
+        (f.rule, f.line, f.column, f.message)
+        for f in generic
+        if not _same_secret(f.value or "", specific.get(f.line, ()))
+    ]
     out: list[dict] = []
     seen: set[tuple[str, int]] = set()
     for rule_id, line, col, msg in sorted(found, key=lambda f: (f[1], f[2], f[0])):
