@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
+import tokenize
 from operator import methodcaller
 
 from ..paths import config_dir
@@ -99,6 +101,43 @@ def physical_lines(text: str) -> list[str]:
     return lines
 
 
+_FSTRING_START: int = getattr(tokenize, "FSTRING_START", -1)
+_FSTRING_END: int = getattr(tokenize, "FSTRING_END", -1)
+
+
+def _hashes_in_strings(lines: list[str], stripped: list[str]) -> int:
+    """How many of a Python file's lines that start with ``#`` are inside a triple-quoted string (a shell
+    script or a template in a test's string): text, which tokenize counts as code, not comments.
+
+    A scan of the triple quotes first, so that only a file where such a line may be in a string pays for
+    tokenize (ten times the count itself); a file tokenize refuses keeps the count by line starts."""
+    quote = ""
+    maybe = False
+    for s in stripped:
+        if quote and s.startswith("#"):
+            maybe = True
+            break
+        if not quote and s.startswith("#"):
+            continue
+        for q in re.findall(r'"""|\'\'\'', s):
+            quote = "" if q == quote else quote or q
+    if not maybe:
+        return 0
+    inside: set[int] = set()
+    starts: list[int] = []  # of the f-strings open (3.12 tokenizes them in parts)
+    try:
+        for tok in tokenize.generate_tokens(iter([*(ln + "\n" for ln in lines), ""]).__next__):
+            if tok.type == tokenize.STRING:
+                inside.update(range(tok.start[0] + 1, tok.end[0] + 1))
+            elif tok.type == _FSTRING_START:
+                starts.append(tok.start[0])
+            elif tok.type == _FSTRING_END and starts:
+                inside.update(range(starts.pop() + 1, tok.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        return 0
+    return sum(1 for i in inside if stripped[i - 1].startswith("#"))
+
+
 def count_lines(text: str, language: str) -> tuple[int, int, int]:
     """(code, comment, blank) line counts; a line with code and a comment counts as code."""
     line_prefixes, block = _COMMENTS.get(language, ((), None))
@@ -107,6 +146,8 @@ def count_lines(text: str, language: str) -> tuple[int, int, int]:
         stripped = [ln.strip() for ln in lines]
         blank = stripped.count("")
         comment = sum(map(methodcaller("startswith", line_prefixes), stripped)) if line_prefixes else 0
+        if comment and language == "python" and ('"""' in text or "'''" in text):
+            comment -= _hashes_in_strings(lines, stripped)
         return len(stripped) - blank - comment, comment, blank
     code = comment = blank = 0
     in_block = False
