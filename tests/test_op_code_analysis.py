@@ -151,3 +151,24 @@ async def test_a_name_with_a_newline_is_analysed_in_its_language(engine: Engine,
         ("plain.py", "p", 1),
         ("sub\ndir/c.py", "c", 1),
     ]
+
+
+async def test_a_file_with_a_byte_order_mark_gets_its_maintainability_index(engine: Engine, tmp_path: Path) -> None:
+    """radon refuses U+FEFF, which Python itself skips: a file saved with a BOM (Windows editors) had no
+    maintainability index, and was analysed again on every run for the index it lacked."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "plain.py").write_text(BRANCHY)
+    (root / "bom.py").write_bytes(b"\xef\xbb\xbf" + BRANCHY.encode())
+    db = str(tmp_path / "m.db")
+
+    async def run() -> dict:
+        op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED, final.error
+        return final.result
+
+    await run()
+    files = {r[0]: r[3:] for r in tables(db, "files")["files"]}  # nloc ... mi_rank, seen, analysed_by
+    assert files["bom.py"][:8] == files["plain.py"][:8] and files["bom.py"][6] is not None, files
+    assert (await run())["reused"] == 2

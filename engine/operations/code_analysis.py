@@ -160,7 +160,9 @@ def _analyze(
     if same and not (mi_too and prev[1] == "python" and prev[2] is None):  # type: ignore[index]
         return "reuse", None
     try:
-        text = data.decode("utf-8")
+        # Without its byte order mark (Windows editors write one), which radon's parser refuses: such a file
+        # had no maintainability index, and was analysed again on every run for the index it lacked.
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         return "skip", f"not UTF-8 text (byte {e.start})"
     if same and _statement_longer_than(text, MI_SPAN):  # no index for it now either: analysed again for nothing
