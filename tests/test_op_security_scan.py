@@ -675,3 +675,24 @@ async def test_a_second_secret_on_a_line_with_a_provider_s_key_is_found_and_reda
     sarif = Path(op.result["reports"]["sarif"]).read_text()
     for secret in (blob, S["password"], S["aws_id"]):
         assert secret not in report and secret not in sarif, secret
+
+
+async def test_a_password_holding_quotes_is_redacted_whole(engine: Engine, tmp_path: Path) -> None:
+    """A hard-coded password with a quote of the other kind or an escaped one in it (``'a\\'b"c'``) was masked
+    to its first quote: the rest of it stayed in clear in bandit's message and in the snippet (report, SARIF,
+    the stored result)."""
+    tails = [rand(12) for _ in range(3)]
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.py").write_text(
+        f"password = 'Pa\\'ss\"{tails[0]}'\n"
+        f"def f(password='Pb\\'ss\"{tails[1]}'):\n    pass\n"
+        f'f(password="Pc\\"ss\'{tails[2]}")\n'
+    )
+    op = await scan(engine, root=str(root), format="both")
+    assert op.status is Status.COMPLETED, op.error
+    report = Path(op.result["reports"]["json"]).read_text()
+    assert {f["rule"] for f in json.loads(report)["findings"]} >= {"B105", "B106", "B107"}, report
+    sarif = Path(op.result["reports"]["sarif"]).read_text()
+    for tail in tails:
+        assert tail not in report and tail not in sarif and tail not in json.dumps(op.result), tail

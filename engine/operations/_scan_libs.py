@@ -200,7 +200,9 @@ def _bandit_manager() -> Any:
     return manager
 
 
-_QUOTED = re.compile(r"""(['"])(.+?)\1""")
+_QUOTED = re.compile(r"'.*'", re.DOTALL)
+"""bandit's ``Possible hardcoded password: '%s'``: its value from the first quote to the last, whatever quotes
+the value holds (a lazy match to the next quote left the rest of ``a'b"c`` in the message)."""
 
 
 def bandit_findings(path: Path, selected: frozenset[str]) -> list[LibFinding]:
@@ -216,7 +218,7 @@ def bandit_findings(path: Path, selected: frozenset[str]) -> list[LibFinding]:
             continue
         message = issue.text
         if issue.test_id in ("B105", "B106", "B107"):
-            message = _QUOTED.sub(r"\1[REDACTED]\1", message)
+            message = _QUOTED.sub("'[REDACTED]'", message, count=1)
         severity = _BANDIT_SEVERITY.get(issue.severity, "medium")
         confidence = issue.confidence.lower()
         out.append(

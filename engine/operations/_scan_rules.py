@@ -215,7 +215,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         "high",
         "Password assigned in code",
         "A password is a literal in the source: read it from the environment or a secret store.",
-        pattern=_named(r"password|passwd|passphrase|pwd", r"[^\"'`\n]{1,200}"),
+        # To its closing quote: a quote of another kind or an escaped one is in the value ('a\'b"c'), whose rest
+        # was left in clear when the value ended at the first quote of any kind.
+        pattern=_named(r"password|passwd|passphrase|pwd", r"(?:\\.|(?!(?P=q))[^\\\n]){1,200}"),
         hints=("pass", "pwd"),
         check=_password_value,
         fold=True,
@@ -428,17 +430,25 @@ def _mask(value: str, keep: int) -> str:
     return (value[:keep] if len(value) > keep + 8 else "") + REDACTED
 
 
-def redact(line: str) -> str:
-    """``line`` with every secret any rule recognises masked, cut to SNIPPET_MAX characters."""
+def redact(line: str, values: Sequence[str] = ()) -> str:
+    """``line`` with every secret any rule recognises masked, and each token that contains one of ``values`` (what
+    a detector matched), cut to SNIPPET_MAX characters.
+
+    All are found in the line as it is, and spans that overlap are masked as one: a value masked first made the
+    rules miss a secret around it ('a\\'b"c': its rest was left in clear), and of two overlapping spans one was
+    dropped, leaving the part of the other outside it in clear."""
     low = line.lower()
-    found: list[tuple[bool, int, int, int]] = []  # (generic, start, end, kept prefix)
+    found: list[tuple[int, bool, int, int]] = []  # (start, generic, -end, kept prefix)
     for rule in SECRET_RULES:
         if any(h in low for h in rule.hints):
-            found += [(rule.id in _GENERIC, s, e, rule.keep) for _m, s, e in _spans(rule, line, low)]
+            found += [(s, rule.id in _GENERIC, -e, rule.keep) for _m, s, e in _spans(rule, line, low)]
+    found += [(s, False, -e, 0) for s, e in _token_spans(line, values)]
     spans: list[tuple[int, int, int]] = []
-    for _generic, s, e, keep in sorted(found):  # a specific rule's span wins over a generic one on the same value
-        if all(e <= s2 or e2 <= s for s2, e2, _k in spans):
-            spans.append((s, e, keep))
+    for s, _generic, neg_end, keep in sorted(found):  # at one start, a specific rule's kept prefix wins
+        if spans and s < spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], -neg_end), spans[-1][2])
+        else:
+            spans.append((s, -neg_end, keep))
     for s, e, keep in sorted(spans, reverse=True):
         line = line[:s] + _mask(line[s:e], keep) + line[e:]
     # A secret value spread over lines (a PEM body) still shows on its own line: mask long base64 runs.
@@ -469,20 +479,19 @@ _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 GENERIC_SECRET_PLUGINS = frozenset({"Base64HighEntropyString", "HexHighEntropyString", "KeywordDetector"})
 
 
-def _mask_token(line: str, value: str) -> str:
-    """``line`` with each token that contains ``value`` masked whole: a detector may match only a
-    token's prefix ("glpat"), and the rest of the token is the secret."""
-    start = line.find(value)
-    while start >= 0:
-        s, e = start, start + len(value)
-        while s > 0 and line[s - 1] in _TOKEN_CHARS:
-            s -= 1
-        while e < len(line) and line[e] in _TOKEN_CHARS:
-            e += 1
-        masked = _mask(line[s:e], 0)
-        line = line[:s] + masked + line[e:]
-        start = line.find(value, s + len(masked))
-    return line
+def _token_spans(line: str, values: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each token of ``line`` that contains one of ``values``, whole: a detector may match
+    only a token's prefix ("glpat"), and the rest of the token is the secret."""
+    for value in values:
+        start = line.find(value) if value else -1
+        while start >= 0:
+            s, e = start, start + len(value)
+            while s > 0 and line[s - 1] in _TOKEN_CHARS:
+                s -= 1
+            while e < len(line) and line[e] in _TOKEN_CHARS:
+                e += 1
+            yield s, e
+            start = line.find(value, e)
 
 
 def _mask_random(m: re.Match[str]) -> str:
@@ -594,8 +603,6 @@ def scan_text(
         if (rule_id, line) in seen or _suppressed(src):
             continue
         seen.add((rule_id, line))
-        for value in values.get(line, ()):
-            src = _mask_token(src, value)
         own = RULES.get(rule_id)
         out.append(
             {
@@ -606,7 +613,7 @@ def scan_text(
                 "category": own.category if own else ("code" if rule_id in bandit_rules() else "secrets"),
                 "severity": own.severity if own else severity[rule_id],
                 "message": msg,
-                "snippet": redact(src),
+                "snippet": redact(src, values.get(line, ())),
             }
         )
     return out
