@@ -696,3 +696,24 @@ async def test_a_password_holding_quotes_is_redacted_whole(engine: Engine, tmp_p
     sarif = Path(op.result["reports"]["sarif"]).read_text()
     for tail in tails:
         assert tail not in report and tail not in sarif and tail not in json.dumps(op.result), tail
+
+
+async def test_findings_in_a_file_with_cr_line_ends_quote_their_own_lines(engine: Engine, tmp_path: Path) -> None:
+    """bandit and detect-secrets end a line at a lone CR, the snippets at LF only: in a file saved with CR line
+    ends (classic Mac) the first finding quoted the whole file and the others nothing; in one with a stray CR,
+    a finding quoted the line after its own."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "cr.py").write_bytes(
+        f'import subprocess\rsubprocess.call("ls", shell=True)\rgh = "{S["github"]}"\r'.encode()
+    )
+    (root / "mixed.py").write_bytes(f'a = 1\rgh = "{S["github"]}"\nb = 2\n'.encode())
+    findings = await json_findings(engine, root)
+    got = {(f["file"], f["line"], f["rule"], f["snippet"]) for f in findings}
+    assert got == {
+        ("cr.py", 1, "B404", "import subprocess"),
+        ("cr.py", 2, "B602", 'subprocess.call("ls", shell=True)'),
+        ("cr.py", 2, "B607", 'subprocess.call("ls", shell=True)'),
+        ("cr.py", 3, "GitHubTokenDetector", 'gh = "[REDACTED]"'),
+        ("mixed.py", 2, "GitHubTokenDetector", 'gh = "[REDACTED]"'),
+    }, got

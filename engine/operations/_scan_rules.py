@@ -510,15 +510,19 @@ class _Lines:
         self.starts: list[int] | None = None
         self.lines: list[str] | None = None
 
+    # Lines end where bandit (Python's tokenizer) and detect-secrets (universal newlines) end them: at CR too. By
+    # LF alone, a file with CR-only line ends was one line: each finding's snippet was the whole file or empty.
+    _END = re.compile(r"\r\n?|\n")
+
     def line_of(self, pos: int) -> tuple[int, int]:
         if self.starts is None:
-            self.starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+            self.starts = [0] + [m.end() for m in self._END.finditer(self.text)]
         i = bisect.bisect_right(self.starts, pos)
         return i, pos - self.starts[i - 1] + 1
 
     def text_of(self, lineno: int) -> str:
         if self.lines is None:
-            self.lines = self.text.split("\n")
+            self.lines = self._END.split(self.text)
         return self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
 
 
