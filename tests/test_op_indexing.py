@@ -430,6 +430,19 @@ def test_lines_and_symbols_of_awkward_python_files_are_what_the_tokenizer_and_as
     assert batch.files[2][3] == hashlib.sha256(files["bom.py"]).hexdigest()  # the file's bytes, BOM and all
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-32"])
+def test_a_utf16_or_utf32_text_file_is_indexed_as_text_not_binary(tmp_path: Path, codec: str) -> None:
+    """A source file in UTF-16 (Windows editors, PowerShell) has NUL bytes, and was listed as binary, without
+    lines or symbols; its byte order mark says it is text, as the scanner already reads it."""
+    from engine.operations._index_files import analyze_batch
+
+    (tmp_path / "w.py").write_bytes("# wide\nclass W:\n    pass\n".encode(codec))  # the codec writes its BOM
+    batch = analyze_batch(tmp_path, ["w.py"], {}, "op1")
+    assert batch.files[0][5:9] == (0, 2, 1, 0)  # not binary; code, comment, blank
+    assert batch.symbols == [("w.py", "class", "W", 2, 3, "")]
+    assert batch.outcomes[0][2:] == ("indexed", "not UTF-8: read as UTF-16 or UTF-32 (its byte order mark)")
+
+
 def test_hash_lines_inside_a_python_string_are_code_as_tokenize_says() -> None:
     """A line of a triple-quoted string that starts with ``#`` (a script or a config file a test writes) was
     counted as a comment: 5 of this repository's files and 107 of the standard library's differed from a count by

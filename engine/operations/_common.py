@@ -442,3 +442,23 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
         yield con
     finally:
         con.close()
+
+
+WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def wide_text(data: bytes) -> str | None:
+    """The text of a file in UTF-16 or UTF-32 that begins with its byte order mark (without the mark); None for
+    anything else (a binary file)."""
+    for bom, codec in WIDE_BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec).lstrip("\ufeff")
+            except UnicodeDecodeError:
+                return None
+    return None

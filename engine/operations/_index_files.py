@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..text import stored_name
-from ._common import NotInTree, not_regular, open_in_tree
+from ._common import NotInTree, not_regular, open_in_tree, wide_text
 from ._lang import count_lines, language_of, symbols_and_imports
 
 MAX_TEXT = 4 << 20
@@ -64,14 +64,19 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
     if head:  # too large to analyse: hashed and listed without line counts
         binary = int(b"\0" in head)
         return (rel, size, st.st_mtime, sha, lang, binary, None, None, None, [], []), None
-    if b"\0" in data[:8192]:
+    # A file in UTF-16 or UTF-32 (Windows editors, PowerShell) has NULs too, but opens with its byte order mark.
+    wide = wide_text(data) if b"\0" in data[:8192] else None
+    if wide is None and b"\0" in data[:8192]:
         return (rel, size, st.st_mtime, sha, lang, 1, None, None, None, [], []), None
     read_as = None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        text, read_as = decoded(data, lang)
-        read_as = f"not UTF-8 (byte {e.start}): read as {read_as}"
+    if wide is not None:
+        text, read_as = wide, "not UTF-8: read as UTF-16 or UTF-32 (its byte order mark)"
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text, read_as = decoded(data, lang)
+            read_as = f"not UTF-8 (byte {e.start}): read as {read_as}"
     if text.startswith("\ufeff"):  # a byte order mark (Windows editors): not code, and ast refuses it
         text = text[1:]
         if not read_as:

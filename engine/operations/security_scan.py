@@ -52,6 +52,7 @@ from ._common import (
     output_dir,
     read_upto,
     reading_since,
+    wide_text,
 )
 from ._lang import language_of
 from ._pool import in_order, worker_count
@@ -192,7 +193,7 @@ def scan_file(
         if b"\0" in data[:8192]:
             # Text in UTF-16 or UTF-32 (with its byte order mark: PowerShell scripts, .reg files, Windows tools'
             # configs) has NULs too: skipped as binary, its passwords and keys went unreported.
-            text16 = _wide_text(data)
+            text16 = wide_text(data)
             if text16 is None:
                 return rel, "skip", "binary"
             text, transcoded = text16, text16.encode("utf-8", "surrogatepass")
@@ -233,26 +234,6 @@ def _blanks_cut(data: bytes) -> bytes | None:
     if _LONG_BLANKS.search(data) is None:
         return None
     return _LONG_BLANKS.sub(lambda m: m.group()[:BLANKS_KEPT], data)
-
-
-_WIDE_BOMS = (
-    (b"\xff\xfe\x00\x00", "utf-32"),
-    (b"\x00\x00\xfe\xff", "utf-32"),
-    (b"\xff\xfe", "utf-16"),
-    (b"\xfe\xff", "utf-16"),
-)
-
-
-def _wide_text(data: bytes) -> str | None:
-    """The text of a file in UTF-16 or UTF-32 that begins with its byte order mark (without the mark); None for
-    anything else (a binary file)."""
-    for bom, codec in _WIDE_BOMS:
-        if data.startswith(bom):
-            try:
-                return data.decode(codec).lstrip("\ufeff")
-            except UnicodeDecodeError:
-                return None
-    return None
 
 
 def _scan_batch(
