@@ -443,6 +443,29 @@ def test_a_utf16_or_utf32_text_file_is_indexed_as_text_not_binary(tmp_path: Path
     assert batch.outcomes[0][2:] == ("indexed", "not UTF-8: read as UTF-16 or UTF-32 (its byte order mark)")
 
 
+def test_a_file_written_while_it_is_read_is_stored_with_the_size_of_what_was_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size came from the fstat before the read, the sha256 and lines from the read: a file that grew in
+    between (a log, a file being saved) was stored with one version's size and another's hash."""
+    from engine.operations import _index_files
+
+    real = _index_files.open_in_tree
+
+    def grows_after_the_fstat(root: Path, rel: str) -> Any:
+        fh, st = real(root, rel)
+        with open(os.path.join(root, rel), "ab") as f:
+            f.write(b"y = 2\n")
+        return fh, st
+
+    monkeypatch.setattr(_index_files, "open_in_tree", grows_after_the_fstat)
+    (tmp_path / "a.py").write_bytes(b"x = 1\n")
+    row, err = _index_files.analyze(tmp_path, "a.py", None)
+    assert err is None and row is not None
+    data = (tmp_path / "a.py").read_bytes()
+    assert (row[1], row[3], row[6]) == (len(data), hashlib.sha256(data).hexdigest(), 2)
+
+
 def test_hash_lines_inside_a_python_string_are_code_as_tokenize_says() -> None:
     """A line of a triple-quoted string that starts with ``#`` (a script or a config file a test writes) was
     counted as a comment: 5 of this repository's files and 107 of the standard library's differed from a count by

@@ -45,10 +45,12 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
             if st.st_size < len(data) <= MAX_TEXT:  # it grew since the lstat
                 data += fh.read(MAX_TEXT + 1 - len(data))
             h.update(data)
+            size = len(data)  # what was hashed: the stat's size is from before the read
             if len(data) > MAX_TEXT:
                 head, data = data[:8192], b""
                 while b := fh.read(1 << 20):
                     h.update(b)
+                    size += len(b)
     except (FileNotFoundError, NotADirectoryError):  # deleted since the listing (a busy work tree), or a
         # directory above it replaced by a file: not a failure
         return ("skip", "gone since the listing"), None
@@ -56,7 +58,8 @@ def analyze(root: Path, rel: str, prev: tuple | None) -> tuple[tuple | None, str
         return ("skip", str(e)), None
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
-    size = st.st_size
+    # The bytes hashed, not st_size: a file written while it was read (it grew or shrank since the fstat) was
+    # stored with the size of one version and the sha256 and lines of another.
     sha = h.hexdigest()
     lang = language_of(rel)
     if prev is not None and prev[0] == size and prev[1] == st.st_mtime and prev[2] == sha:
