@@ -717,3 +717,15 @@ async def test_findings_in_a_file_with_cr_line_ends_quote_their_own_lines(engine
         ("cr.py", 3, "GitHubTokenDetector", 'gh = "[REDACTED]"'),
         ("mixed.py", 2, "GitHubTokenDetector", 'gh = "[REDACTED]"'),
     }, got
+
+
+async def test_nosec_inside_another_word_silences_nothing(engine: Engine, tmp_path: Path) -> None:
+    """ "nosec" anywhere in a line silenced it: a token beside a ``postgres://nosecure:...`` DSN was not reported
+    (detect-secrets reports it). ``# nosec`` as a word still silences its line."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.py").write_text(
+        f'DSN = "postgres://nosecure:x@db"; GH = "{S["github"]}"\nother = "{S["github"]}"  # nosec: a fixture\n'
+    )
+    findings = await json_findings(engine, root)
+    assert {(f["line"], f["rule"]) for f in findings} == {(1, "GitHubTokenDetector")}, findings
