@@ -481,6 +481,19 @@ def test_hash_lines_inside_a_python_string_are_code_as_tokenize_says() -> None:
     assert count_lines('def f():\n    """Doc."""\n    # real\n    return 1\n', "python") == (3, 1, 0)
 
 
+def test_block_comments_after_code_or_before_it_are_counted_by_what_the_line_holds() -> None:
+    """Lines were judged by how they start: a block comment opened after code (``#define X 1 /* a note`` over
+    several lines) left its other lines counted as code, and ``/* a */ int y;`` counted as a comment; 142 of
+    1,500 system headers differed from a lexer's count (1,553 comment lines). Strings open nothing."""
+    from engine.operations._lang import count_lines
+
+    assert count_lines("#define X 1 /* a note\n   that goes on\n   and ends */\nint y;\n", "c") == (2, 2, 0)
+    assert count_lines("/* a */ int y;\n/* b\n */ int z;\n", "c") == (2, 1, 0)
+    assert count_lines('const g = "dist/*";\nconst h = 1;\n', "javascript") == (2, 0, 0)
+    assert count_lines('s = "esc \\" /*";\nt = 1; // see /* here\nu = 2;\n', "c") == (3, 0, 0)
+    assert count_lines("/* one */\n/* two\n   three */\n\n", "c") == (0, 3, 1)
+
+
 def test_a_python_file_nested_deeper_than_the_parser_goes_is_indexed_not_a_failed_run(tmp_path: Path) -> None:
     """A generated expression of 200,000 terms makes ast raise RecursionError: the file keeps the symbols the
     fallback finds, where the error failed the whole index."""

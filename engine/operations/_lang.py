@@ -156,20 +156,49 @@ def count_lines(text: str, language: str) -> tuple[int, int, int]:
         if not s:
             blank += 1
             continue
-        if in_block:
+        has_code, in_block = _scan_line(s, in_block, line_prefixes, block)
+        if has_code:
+            code += 1
+        else:
             comment += 1
-            if block and block[1] in s:
-                in_block = False
-            continue
-        if block and s.startswith(block[0]):
-            comment += 1
-            in_block = block[1] not in s[len(block[0]) :]
-            continue
-        if line_prefixes and s.startswith(line_prefixes):
-            comment += 1
-            continue
-        code += 1
     return code, comment, blank
+
+
+def _scan_line(s: str, in_block: bool, prefixes: tuple[str, ...], block: tuple[str, str]) -> tuple[bool, bool]:
+    """Whether a line has code outside comments, and whether a block comment is open at its end.
+
+    A block comment may open after code (``#define X 1 /* a note`` over several lines) and code may follow its
+    close (``*/ int y;``): counted by the line's start only, elf.h had 153 comment lines counted as code. In a
+    language with line comments (code, not markup) a quoted string is passed over whole, so ``"dist/*"`` opens
+    nothing."""
+    opener, closer = block
+    quotes = "\"'`" if prefixes else ""
+    has_code = False
+    i, n = 0, len(s)
+    while i < n:
+        if in_block:
+            end = s.find(closer, i)
+            if end < 0:
+                return has_code, True
+            i, in_block = end + len(closer), False
+        elif s[i].isspace():
+            i += 1
+        elif s.startswith(opener, i):
+            i, in_block = i + len(opener), True
+        elif prefixes and s.startswith(prefixes, i):
+            return has_code, False
+        else:
+            has_code = True
+            if opener not in s[i:] and not (prefixes and any(p in s[i:] for p in prefixes)):
+                return True, False  # the common code line: no comment in the rest of it
+            if s[i] in quotes:
+                j = i + 1
+                while j < n and s[j] != s[i]:
+                    j += 2 if s[j] == "\\" else 1
+                i = j + 1
+            else:
+                i += 1
+    return has_code, in_block
 
 
 _PARSERS: Parsers | None = None
