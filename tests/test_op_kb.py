@@ -119,6 +119,23 @@ def test_a_comment_in_a_markdown_code_block_is_no_heading(tmp_path: Path) -> Non
     assert "## not a heading" in chunks[0][1] and chunks[1][1] == "Last words."
 
 
+def test_setext_markdown_headings_are_headings(tmp_path: Path) -> None:
+    """A heading written over a line of ``=`` or ``-`` (Setext, as common as ``#`` in older READMEs) was text:
+    the document was titled by its file name, its chunks had no heading and held the underline. A ``---`` after
+    a blank line is a rule, not a heading's underline."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "old.md").write_bytes(
+        b"Big Title\r\n=========\r\n\r\nIntro.\r\n\r\nSub part\r\n--------\r\n\r\nBody.\r\n\r\n---\r\n\r\nAfter.\r\n"
+    )
+    kb = str(tmp_path / "kb.sqlite")
+    run_here(tmp_path, "kb_population", source=str(src), kb=kb)
+    rows = kb_rows(kb)
+    assert rows["documents"]["old.md"][1] == "Big Title"
+    chunks = [(h, t) for _, _, h, t, *_ in rows["chunks"]]
+    assert chunks == [("Big Title", "Intro."), ("Sub part", "Body.\n\n---\n\nAfter.")], chunks
+
+
 def kb_rows(db: str | Path) -> dict[str, Any]:
     """Everything kb_population stores, by path (ids left out), and the full-text index's integrity."""
     con = sqlite3.connect(db)

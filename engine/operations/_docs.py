@@ -66,6 +66,8 @@ def decode(data: bytes) -> str:
 _MD_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
 _MD_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 """A fenced code block's opening or closing line: what it holds is code, not headings (a shell `# comment`)."""
+_MD_SETEXT = re.compile(r"^ {0,3}(?:=+|-+)\s*$")
+"""A Setext heading's underline (``Title`` over ``=====``, ``Part`` over ``-----``), under a paragraph line."""
 _RST_UNDERLINE = re.compile(r"^([=\-`:'\"~^_*+#<>])\1{2,}\s*$")
 
 
@@ -94,6 +96,16 @@ def sections(kind: str, data: bytes) -> tuple[str | None, list[Section]]:
                 fence = None
         elif kind == "markdown" and fence is None and (m := _MD_HEADING.match(line)):
             new = m.group(2)
+        elif (
+            kind == "markdown"
+            and fence is None
+            and line.strip()
+            and (i == 0 or not lines[i - 1].strip())
+            and i + 1 < len(lines)
+            and _MD_SETEXT.match(lines[i + 1])
+        ):
+            new = line.strip()  # its underline was kept in the text, the document titled by its file name
+            i += 1
         elif (
             kind == "rst"
             and line.strip()
