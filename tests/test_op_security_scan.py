@@ -729,3 +729,19 @@ async def test_nosec_inside_another_word_silences_nothing(engine: Engine, tmp_pa
     )
     findings = await json_findings(engine, root)
     assert {(f["line"], f["rule"]) for f in findings} == {(1, "GitHubTokenDetector")}, findings
+
+
+async def test_secrets_in_env_files_with_crlf_line_ends_are_found(engine: Engine, tmp_path: Path) -> None:
+    """The env-file rule ended its match at LF: an env file, Dockerfile or Compose file saved on Windows (CRLF)
+    had none of its secrets reported. The same files with CRLF give the same findings as with LF."""
+    found: list[set[tuple[str, int]]] = []
+    for ends in ("\n", "\r\n"):
+        root = tmp_path / f"tree{len(ends)}"
+        for rel, text in ENV_SECRETS.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(text.replace("\n", ends).encode())
+        op = await scan(engine, root=str(root), format="json")
+        assert op.status is Status.COMPLETED, op.error
+        report = json.loads(Path(op.result["reports"]["json"]).read_text())
+        found.append({(f["file"], f["line"]) for f in report["findings"] if f["rule"] == "env-file-secret"})
+    assert len(found[0]) == 7 and found[1] == found[0], found

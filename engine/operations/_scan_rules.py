@@ -276,8 +276,8 @@ SECRET_RULES += (
         pattern=re.compile(
             r"^[ \t]*(?:-[ \t]+)?(?:export[ \t]+|env[ \t]+|arg[ \t]+)?[\w.\-]*?"
             r"(?:password|passwd|passphrase|pwd|secret|token|api_?key|apikey|access_?key|private_?key|credentials?)"
-            r"[\w.\-]*[ \t]*(?:=|[ \t])[ \t]*(?P<q>[\"']?)(?P<value>[^\s\"']{4,200})(?P=q)(?:[ \t]+#.*)?[ \t]*$",
-            re.M,
+            r"[\w.\-]*[ \t]*(?:=|[ \t])[ \t]*(?P<q>[\"']?)(?P<value>[^\s\"']{4,200})(?P=q)(?:[ \t]+#.*)?[ \t]*\r?$",
+            re.M,  # \r?: an env file saved on Windows (CRLF) had none of its secrets found
         ),
         hints=("pass", "pwd", "secret", "token", "key", "credential"),
         check=_env_value,
