@@ -16,7 +16,7 @@ import pytest
 
 from engine.events import EventBus
 from engine.models import LogRecord
-from engine.outage import LOG_BATCH, SHORT_TAIL_BYTES, LogBuffer, StoreHealth
+from engine.outage import LOG_BATCH, ROOM_LOW, SHORT_TAIL_BYTES, LogBuffer, StoreHealth
 
 
 class SlowStore:
@@ -160,3 +160,31 @@ async def test_the_records_a_flush_is_still_writing_count_against_the_room_on_th
     assert any("the state dir's file system is nearly full" in m for m in disk.messages)
     assert any("came past the point where the store's disk was nearly full" in m for m in disk.messages)
     assert disk.messages[-1].startswith("line 34999 ")
+
+
+class CountedDisk(Store):
+    """``Store`` with a disk of ``room`` bytes free, counting the looks at it."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.looks = 0
+
+    def log_room(self) -> int:
+        self.looks += 1
+        return self.room
+
+
+@pytest.mark.parametrize(("room", "every"), [(1 << 40, False), (ROOM_LOW - 1, True)], ids=["roomy", "nearly-full"])
+async def test_the_disk_is_looked_at_before_every_write_only_while_its_room_is_low(room: int, every: bool) -> None:
+    """Each operation settled flushes its log, and each flush looked at the disk: a system call on the event
+    loop's thread per operation, which let go of the GIL and waited for the store's thread to give it back (about
+    5% of a trivial operation's CPU). With room far from spent, once a ``ROOM_LOOK_EVERY``;
+    nearly spent, before every write, as before."""
+    disk = CountedDisk(room)
+    buf = LogBuffer(disk, StoreHealth(60.0, lambda: True), EventBus(), 64 << 20)  # type: ignore[arg-type]
+    for i in range(50):
+        buf.append(f"op{i}", record("settled"))
+        await buf.flush(f"op{i}")
+    assert len(disk.messages) == 50
+    assert disk.looks == 50 if every else disk.looks < 50, disk.looks
