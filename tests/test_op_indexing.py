@@ -200,6 +200,29 @@ async def test_incremental_reindex(engine: Engine, tmp_path: Path) -> None:
     assert con.execute("SELECT path FROM symbols WHERE name='renamed'").fetchall() == [("src/app.py",)]
 
 
+async def test_an_index_of_an_older_analysis_is_analysed_again_once(engine: Engine, tmp_path: Path) -> None:
+    """An index made before a change to the analysis kept the old figures of every file that had not changed
+    since (a row whose size, mtime and sha256 match is reused): the line counting fixed for ``#`` lines in a
+    Python string reached no file of an existing index. Its rows are analysed again, once, then reused."""
+    root = tmp_path / "tree"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "gen.py").write_text('SCRIPT = """\n# not a comment: text\n"""\n# a comment\n')
+    (root / "src" / "b.py").write_text("x = 1\n")
+    db = str(tmp_path / "index.sqlite")
+    first = await run_index(engine, root=str(root), output=db)
+    assert first.status is Status.COMPLETED, first.error
+    con = sqlite3.connect(db)
+    with con:  # as an index of the older analysis held it: no version, and the string's line a comment
+        con.execute("DELETE FROM meta WHERE key='analysis'")
+        con.execute("UPDATE files SET code = code - 1, comment = comment + 1 WHERE path='src/gen.py'")
+    con.close()
+    second = await run_index(engine, root=str(root), output=db)
+    assert second.status is Status.COMPLETED and second.result["reused"] == 0, second.result
+    assert rows(db)["src/gen.py"][4:6] == (3, 1), rows(db)["src/gen.py"]  # code, comment: as tokenize says
+    third = await run_index(engine, root=str(root), output=db)
+    assert third.result["reused"] == 2, third.result
+
+
 def test_sigkilled_worker_resumes_to_the_uninterrupted_index(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

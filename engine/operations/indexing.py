@@ -128,6 +128,23 @@ def _store_batch(con: sqlite3.Connection, batch: Batch) -> list[tuple[str, int, 
     return batch.outcomes
 
 
+ANALYSIS = "2"
+"""The version of the per-file analysis (line counts, symbols, imports) an index's rows were made with, in its
+``meta``. Raise it when that analysis changes for a file that has not: a row whose size, mtime and sha256 still
+match is kept, so an index made before kept the old figures of every file left unchanged (2: lines ended at a
+form feed, ``#`` lines in a Python string counted as comments, C block comments after code, BOM and UTF-16
+files)."""
+
+
+def _analysis(con: sqlite3.Connection) -> str | None:
+    """The ``ANALYSIS`` an index's rows were made with (None: before indexes said it, or no index yet)."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key='analysis'").fetchone()
+    except sqlite3.OperationalError:  # no meta table
+        return None
+    return None if row is None else str(row[0])
+
+
 def _open(db: str, root: str) -> sqlite3.Connection:
     """The index database, created if new; one connection for the whole run, used by one thread at a time."""
     con = connect(db)
@@ -139,7 +156,12 @@ def _open(db: str, root: str) -> sqlite3.Connection:
         if cols and "parent" not in cols and con.execute("PRAGMA table_info(meta)").fetchone():
             # An index from before symbols had lines and parents: it is derived data, built again.
             drop = "DROP TABLE symbols; DROP TABLE imports; DROP TABLE files;\n"
-        create_tables(con, drop + SCHEMA, {"root": root, "kind": "codebase_indexing"})
+        stale = ""
+        if con.execute("PRAGMA table_info(files)").fetchone() and _analysis(con) != ANALYSIS:
+            # Rows of an older analysis: their mtime cleared in the transaction that writes the new version, so
+            # that each file is analysed again, once (a resume's too: a row's mtime no longer matches the file's).
+            stale = "\nUPDATE files SET mtime = NULL;"
+        create_tables(con, drop + SCHEMA + stale, {"root": root, "kind": "codebase_indexing", "analysis": ANALYSIS})
     return con
 
 
