@@ -55,6 +55,17 @@ def test_output_a_full_disk_could_not_take_is_exit_74_not_0(cli: Cli) -> None:
     assert r.stdout.strip() == "0" and r.stderr == "", (r.stdout, r.stderr)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_submit_whose_id_cannot_be_printed_says_it_on_its_error_output(cli: Cli) -> None:
+    """``outlast submit ... > id.txt`` on a full disk queued the operation and exited 74 without its id: a script
+    that submitted again on that exit queued the work twice. The id is said on the error output too."""
+    with open("/dev/full", "w") as full:
+        r = zygote.run(["submit", "demo", "-p", "items=1"], stdout=full, stderr=subprocess.PIPE, text=True, env=cli.env)
+    assert r.returncode == ExitCode.OUTPUT_LOST, (r.returncode, r.stderr)
+    queued = [op["id"] for op in json.loads(cli("--json", "ls").stdout)]
+    assert len(queued) == 1 and f"outlast: queued as {queued[0]};" in r.stderr, (queued, r.stderr)
+
+
 @pytest.mark.parametrize("options", [[], ["-q"], ["--state-dir", "/tmp"]])
 def test_without_a_terminal_no_command_is_a_usage_error(cli: Cli, options: list[str]) -> None:
     """Without a terminal, bare ``outlast`` (a cron line whose ``$CMD`` came out empty) printed the help and

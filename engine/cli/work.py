@@ -262,6 +262,10 @@ def submit(app: App, **spec_args: object) -> int:
 
         op = run_async(submit_or_resume(app.settings, spec, None, None, prefix=app.command()))
     fmt.echo(fmt.dumps(fmt.op_json(op)) if app.json else op.id)
+    if fmt.output_lost() is not None:
+        # Queued, and its id, all a script keeps of it, lost with standard output (a full disk): a script that
+        # submitted again on exit 74 queued the work twice. Said where it can still be read.
+        fmt.echo(f"outlast: queued as {op.id}; its id could not be written to standard output", err=True)
     return ExitCode.OK
 
 
