@@ -12,14 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fixtures_cli import REPO, Cli
+from tests.fixtures_cli import REPO, Cli, until
 
 
 def _unshare() -> list[str] | None:
@@ -45,17 +42,6 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return out
 
 
-def _wait_for(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """``pred()`` once truthy; fails the test when it is not within ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met")
-
-
 def test_as_pid_1_what_commands_leave_behind_is_reaped(cli: Cli, state_dir: Path) -> None:
     how = _unshare()
     if how is None:
@@ -75,15 +61,15 @@ def test_as_pid_1_what_commands_leave_behind_is_reaped(cli: Cli, state_dir: Path
         text=True,
     )
     try:
-        init = _wait_for(lambda: [p for p, _s in _children(worker.pid)])[0]  # the namespace's PID 1
+        init = until(lambda: [p for p, _s in _children(worker.pid)])[0]  # the namespace's PID 1
 
         def all_done() -> bool:
             listed = json.loads(cli("ls", "--json").stdout)
             return all(o["status"] == "completed" for o in listed if o["id"] in ids) and len(listed) == 3
 
-        _wait_for(all_done)
+        until(all_done)
         # What each command left in the background ended by now, handed to the namespace's init: reaped.
-        _wait_for(lambda: not [p for p, s in _children(init) if s == "Z"], timeout=10.0)
+        until(lambda: not [p for p, s in _children(init) if s == "Z"], timeout=10.0)
         os.kill(init, signal.SIGTERM)  # as `docker stop` does: passed on to the worker, which stops
         _, err = worker.communicate(timeout=30)
     finally:

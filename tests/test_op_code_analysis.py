@@ -84,6 +84,14 @@ def test_bad_params(cli: Cli, tmp_path: Path) -> None:
     bad_params(cli, "code_analysis", {"root": str(tmp_path), "output": str(other)}, "another program's database")
 
 
+async def analyse(engine: Engine, root: Path, db: str) -> dict:
+    """code_analysis of ``root`` into ``db``, completed; its result."""
+    op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
+    final = await engine.wait(op.id, timeout=60)
+    assert final.status is Status.COMPLETED, final.error
+    return final.result
+
+
 async def test_unchanged_files_are_reused_and_changed_ones_measured_again(engine: Engine, tmp_path: Path) -> None:
     root = tmp_path / "tree"
     root.mkdir()
@@ -92,17 +100,11 @@ async def test_unchanged_files_are_reused_and_changed_ones_measured_again(engine
     (root / "c.py").write_text("def c():\n    pass\n")
     db = str(tmp_path / "m.db")
 
-    async def run() -> dict:
-        op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
-        final = await engine.wait(op.id, timeout=60)
-        assert final.status is Status.COMPLETED, final.error
-        return final.result
-
-    first = await run()
+    first = await analyse(engine, root, db)
     assert first["reused"] == 0 and first["functions"] == 3
     (root / "b.py").write_text("def b(x):\n    if x:\n        return 1\n    return x\n\n\ndef b2():\n    pass\n")
     (root / "c.py").unlink()
-    second = await run()
+    second = await analyse(engine, root, db)
     assert second["reused"] == 1 and second["removed"] == 1 and second["files"] == 2
     rows = tables(db, "functions")["functions"]
     assert sorted((r[0], r[1], r[6]) for r in rows) == [("a.py", "branchy", 15), ("b.py", "b", 2), ("b.py", "b2", 1)]
@@ -162,13 +164,7 @@ async def test_a_file_with_a_byte_order_mark_gets_its_maintainability_index(engi
     (root / "bom.py").write_bytes(b"\xef\xbb\xbf" + BRANCHY.encode())
     db = str(tmp_path / "m.db")
 
-    async def run() -> dict:
-        op = await engine.submit(OperationSpec(type="code_analysis", params={"root": str(root), "output": db}))
-        final = await engine.wait(op.id, timeout=60)
-        assert final.status is Status.COMPLETED, final.error
-        return final.result
-
-    await run()
+    await analyse(engine, root, db)
     files = {r[0]: r[3:] for r in tables(db, "files")["files"]}  # nloc ... mi_rank, seen, analysed_by
     assert files["bom.py"][:8] == files["plain.py"][:8] and files["bom.py"][6] is not None, files
-    assert (await run())["reused"] == 2
+    assert (await analyse(engine, root, db))["reused"] == 2
