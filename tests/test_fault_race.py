@@ -567,6 +567,14 @@ class Race:
                 bad = inside
             else:  # requested: the attempt running may finish an item or complete; no new one may start
                 before = {(r[0], r[1]) for r in rows if r[3] <= c.end}
+                # The attempt the command named ("requested in HOST:PID") was running, though it may have begun
+                # no item yet: its worker stopped (SIGSTOP) between its claim and its first item, continued
+                # after the request (seed 20261270: 3 items as it woke, read as a new attempt's).
+                named = re.search(r"requested in \S+:(\d+)", c.out)
+                if named:
+                    epochs = [r[1] for r in inside if r[0] == int(named[1])]
+                    if epochs:
+                        before.add((int(named[1]), min(epochs)))
                 bad = [r for r in inside if (r[0], r[1]) not in before]
                 ran_on = Counter((r[0], r[1]) for r in inside if (r[0], r[1]) in before)
                 self.ran_on = max(self.ran_on, *ran_on.values(), 0)
