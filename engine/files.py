@@ -114,6 +114,14 @@ def private_dirs(path: Path, again: bool = True) -> bool:
     except FileNotFoundError:
         if path.parent == path or not again:
             raise
+        from .paths import home
+
+        if path.parent == home():
+            # HOME=/nonexistent (cron, a service account: "no home"): as root, the default state dir and cache
+            # were made under a /nonexistent made for them, where nobody looks.
+            raise FileNotFoundError(
+                errno.ENOENT, f"HOME ({path.parent}) does not exist, and Outlast does not make it"
+            ) from None
         private_dirs(path.parent)
         return private_dirs(path, again=False)
     except OSError:

@@ -53,3 +53,22 @@ def test_no_home_at_all_is_no_internal_error(
     assert r.returncode == 0, r.stderr
     r = cli.here("ls", env=env)
     assert r.returncode == 0 and r.stdout.count("queued") == 1, (r.stdout, r.stderr)
+
+
+def test_a_home_that_does_not_exist_is_not_made(cli: Cli, state_dir: Path, tmp_path: Path) -> None:
+    """``HOME=/nonexistent`` for a user who may make it (root, under cron): the default state dir and the cache
+    were made under a home made for them, where no one looks. It is said, as where nothing can be made, and
+    nothing is made; a state dir given is used, and the missing home is still not made for the cache."""
+    home = tmp_path / "nonexistent"
+    env = _env_without_state_dir(cli, str(home))
+    r = cli("-q", "submit", "demo", env=env)
+    assert r.returncode == ExitCode.STORE, (r.returncode, r.stderr)
+    assert r.stderr.strip() == (
+        f"outlast: state dir {home}/.local/state/outlast: HOME ({home}) does not exist, and Outlast does not make"
+        " it (the default state dir, under HOME): give one with --state-dir or OUTLAST_STATE_DIR"
+    ), r.stderr
+    assert not home.exists()
+    given = tmp_path / "given"
+    r = cli("--state-dir", str(given), "run", "demo", "-p", "items=2", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (given / "outlast.db").exists() and not home.exists()
