@@ -398,3 +398,17 @@ def test_a_watcher_stopped_while_redis_is_frozen_stops_at_once(
     code, err = _stopped_while_frozen(redis_server, args, env, lambda _: time.sleep(1.5), 1.0)  # a read under way
     assert code == 130, (code, err)
     assert "stopped watching without waiting for the store, which has not answered" in err, err
+
+
+def test_quiet_ls_prints_the_ids_alone_newest_first(redis_server: RedisServer, state_dir: Path) -> None:
+    """``outlast -q ls`` printed the whole table (the quick local path and Redis's alike): a script had to cut
+    the ids out of it. It prints the ids, one a line, newest first, as ``docker ps -q``; nothing when none."""
+    ids = submit(redis_server.url, 3)
+    r = outlast("--store", redis_server.url, "-q", "ls")
+    assert r.returncode == 0 and r.stdout.split() == ids[::-1] and not r.stderr, (r.stdout, r.stderr)
+    cli = CliAt(state_dir)
+    local = [cli("-q", "submit", "demo").stdout.strip() for _ in range(2)]
+    r = cli("-q", "ls")
+    assert r.returncode == 0 and r.stdout.split() == local[::-1] and not r.stderr, (r.stdout, r.stderr)
+    r = cli("-q", "ls", "-s", "failed")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)

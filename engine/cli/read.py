@@ -66,7 +66,7 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
         if rows is not None:
             _check_types(app, types, {r.type for r in rows})
             if rows:
-                fmt.echo_ls(rows)
+                _echo_ls(app, rows)
             elif not app.quiet:
                 fmt.echo("no operations", err=True)
             return ExitCode.OK
@@ -83,10 +83,19 @@ def ls_cmd(app: App, statuses: tuple[str, ...], types: tuple[str, ...], limit: i
     if app.json:
         fmt.echo(fmt.dumps([fmt.op_json(o) for o in ops]))
     elif ops:
-        fmt.echo_ls([fmt.LsRow.of(o) for o in ops])
+        _echo_ls(app, [fmt.LsRow.of(o) for o in ops])
     elif not app.quiet:
         fmt.echo("no operations", err=True)
     return ExitCode.OK
+
+
+def _echo_ls(app: App, rows: list[fmt.LsRow]) -> None:
+    """The listing; with ``-q`` the ids alone, one a line, newest first (``outlast -q ls -s failed | xargs -n1
+    outlast resume``), as ``docker ps -q`` does; it printed the whole table, which a script had to cut."""
+    if app.quiet:
+        fmt.echo("\n".join(r.id for r in rows))
+    else:
+        fmt.echo_ls(rows)
 
 
 def _check_types(app: App, types: tuple[str, ...], listed: set[str]) -> None:
