@@ -269,11 +269,25 @@ class Engine:
                 ", ".join(unknown),
             )
 
+    def _say_unused_mirror(self) -> None:
+        """``checkpoint_mirror`` set where the store mirrors nothing (the local state dir, whose files are the
+        durable copy): said once as the engine starts, as it changes nothing. It was ignored in silence, and a
+        user counted on copies that were never written."""
+        mirror = self.settings.checkpoint_mirror
+        if mirror is not None and not hasattr(self.store, "mirror"):
+            log.warning(
+                "checkpoint_mirror %s changes nothing here: it mirrors a Redis store's records and checkpoints, and"
+                " this store is the state dir %s, whose files are the durable copy",
+                mirror,
+                self.store.url,
+            )
+
     async def start(self) -> None:
         if self._closing:  # started again, it took submits and ran none of them (its scheduler stays stopped)
             raise InvalidInput("this Engine was shut down, and an Engine runs once: make a new one")
         ensure_loaded(self.settings.plugins, builtins=False)  # a built-in type loads when first used
         self._say_unknown_profiles()
+        self._say_unused_mirror()
         self._loop_errors.install(asyncio.get_running_loop())
         await self.store.open()
         await self.recover()

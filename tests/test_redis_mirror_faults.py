@@ -354,3 +354,26 @@ async def test_half_written_records_and_marks_a_killed_writer_left_are_removed_b
     assert (await listed(redis_server, mirror, settings))[op.id].status is Status.QUEUED  # restored
     kept = {what for what, path in left.items() if path.exists()}
     assert kept == {"record, dead, fresh", "record, alive, old", "not ours, dead, old"}, kept
+
+
+async def test_a_mirror_set_for_a_local_store_is_said_to_change_nothing(
+    settings: Settings, redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``checkpoint_mirror`` in the config with a local store: ignored in silence, and its user counted on
+    copies never written. An engine on the state dir says so once; one on Redis, which writes the mirror, not."""
+    mirror = tmp_path / "mirror"
+    settings = settings.model_copy(update={"checkpoint_mirror": mirror})
+    said = "changes nothing here: it mirrors a Redis store's records and checkpoints"
+    with caplog.at_level(logging.WARNING, logger="outlast"):
+        async with Engine(store=open_store(settings.state_dir), settings=settings, run_queue=False):
+            pass
+        assert [r.getMessage() for r in caplog.records if said in r.getMessage()] == [
+            f"checkpoint_mirror {mirror} {said}, and this store is the state dir {settings.state_dir}, whose files"
+            " are the durable copy"
+        ]
+        caplog.clear()
+        async with Engine(store=store_for(redis_server, mirror), settings=settings) as e:
+            op = await e.submit(OperationSpec(type="ledger", params={"items": 3}))
+            assert (await e.wait(op.id, timeout=30)).status is Status.COMPLETED
+        assert not [r for r in caplog.records if said in r.getMessage()]
+    assert mirrored(mirror, op.id) is not None
