@@ -163,6 +163,12 @@ def _operation(
         type_ = check_type(type_)
     except ValueError as e:
         raise ValueError(f"@operation({type_!r}): an operation type {e}") from None
+    if params is not None and not (isinstance(params, builtins.type) and issubclass(params, BaseModel)):
+        # A dataclass or ``dict`` was taken, and every submit of the type was an internal error (exit 70)
+        raise TypeError(
+            f"operation {type_!r}: params={getattr(params, '__qualname__', params)!r} is not a pydantic model:"
+            " give a class deriving from pydantic.BaseModel, or no params= for any JSON object"
+        )
 
     def deco(fn: Handler) -> Handler:
         if inspect.isasyncgenfunction(fn):  # an async def that yields: "must be async def" said what it was
@@ -172,6 +178,7 @@ def _operation(
             )
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"operation {type_!r}: handler {fn.__qualname__} must be async def")
+        _check_signature(type_, fn)
         doc = description or (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
         module = fn.__module__
         source = "builtin" if module.startswith("engine.operations") else module
@@ -241,6 +248,26 @@ def other_handler(type_: str, wanted: str | None) -> str | None:
         f" resume it where {named(wanted)} runs it"
         + (" (--plugin with its module)" if wanted != BUILTIN_HANDLER else " (without the plugin that replaces it)")
     )
+
+
+def _check_signature(type_: str, fn: Handler) -> None:
+    """Refuse a handler that cannot be called as ``fn(ctx, params)`` or ``fn(ctx)``: ``async def h()``, one with
+    a third required argument, or a method taking ``self``. Each registered silently, and every operation of its
+    type was stored, then failed when it ran, naming the engine's line (``attempt.py``) rather than the handler."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to read (a C function): its call says what is wrong
+    args: tuple[None, ...] = (None,) if _positional_count(fn) == 1 else (None, None)
+    try:
+        signature.bind(*args)
+    except TypeError as e:
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        where = f" ({Path(code.co_filename).name}:{code.co_firstlineno})" if code is not None else ""
+        raise TypeError(
+            f"operation {type_!r}: handler {fn.__qualname__}{signature}{where} cannot be called with (ctx, params):"
+            f" {e}; a handler is async def {fn.__name__}(ctx, params) or async def {fn.__name__}(ctx)"
+        ) from None
 
 
 def _positional_count(fn: Handler) -> int:
