@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import importlib
 import inspect
@@ -11,10 +12,11 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import typing
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -329,7 +331,8 @@ def load_entry_points(remembered: bool = False) -> None:
     found = _remembered_entry_points() if remembered or _remembering else entry_points(group=ENTRY_POINT_GROUP)
     for ep in found:
         try:
-            obj = ep.load()
+            with _prints_to_stderr():
+                obj = ep.load()
         except KeyboardInterrupt:
             raise  # Ctrl-C while it imports: the command stops, as anywhere else
         except BaseException as e:  # sys.exit(3) at import ended every command, silently, with code 3; a library's
@@ -374,7 +377,8 @@ def load_plugin(module: str) -> None:
     if not _MODULE_RE.match(module):
         raise InvalidInput(f"plugin {module!r}: not a module name (dotted Python names, e.g. mypkg.operations)")
     try:  # a built-in module imported later keeps what this registers (see _import_builtin)
-        importlib.import_module(module)
+        with _prints_to_stderr():
+            importlib.import_module(module)
     except SystemExit as e:
         raise InvalidInput(f"plugin {module!r} called exit({e.code!r}) while being imported") from None
     except SyntaxError as e:
@@ -388,6 +392,15 @@ def load_plugin(module: str) -> None:
         raise InvalidInput(
             f"plugin {module!r} failed while being imported: {type(e).__name__}: {_first_line(e)}"
         ) from None
+
+
+@contextlib.contextmanager
+def _prints_to_stderr() -> Iterator[None]:
+    """A plugin's ``print()`` while it is imported goes to stderr: on stdout it came before the command's own
+    output, so ``outlast --plugin p --json ls`` was no JSON and ``ID=$(outlast -q submit ...)`` held more
+    than the id."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _first_line(e: BaseException) -> str:

@@ -110,3 +110,20 @@ def test_the_resume_hint_names_a_command_that_works_where_it_is_printed(
     assert _hinted(shown) == ["--plugin", MODULE, "resume", op_id], shown
     r = cli(*_hinted(cli("show", op_id).stdout))  # the hint, as printed: it works
     assert r.returncode == 0 and cli.op(op_id).status.value == "queued", r.stderr
+
+
+def test_a_plugin_that_prints_as_it_is_imported_leaves_stdout_to_the_command(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``print()`` at a plugin's import (a debugging line left in) came before the command's own output on
+    stdout: ``--json ls`` was no JSON, and ``ID=$(outlast -q submit ...)`` held the line before the id."""
+    (tmp_path / "chatty_ops.py").write_text(
+        "print('loading chatty_ops')\nfrom engine import operation\n"
+        "@operation('chatty')\nasync def chatty(ctx, p):\n    return {}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    r = cli("--plugin", "chatty_ops", "-q", "submit", "chatty")
+    assert r.returncode == 0 and r.stdout.strip().isalnum(), (r.stdout, r.stderr)
+    assert "loading chatty_ops" in r.stderr, r.stderr
+    r = cli("--plugin", "chatty_ops", "--json", "ls")
+    assert r.returncode == 0 and [o["type"] for o in json.loads(r.stdout)] == ["chatty"], (r.stdout, r.stderr)
