@@ -127,3 +127,25 @@ def test_a_plugin_that_prints_as_it_is_imported_leaves_stdout_to_the_command(
     assert "loading chatty_ops" in r.stderr, r.stderr
     r = cli("--plugin", "chatty_ops", "--json", "ls")
     assert r.returncode == 0 and [o["type"] for o in json.loads(r.stdout)] == ["chatty"], (r.stdout, r.stderr)
+
+
+def test_a_resume_after_the_plugins_params_model_changed_names_the_plugin(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin's new version renamed a param: the resume of an operation submitted before said only that its
+    "stored params no longer validate" (exit 8, as a damaged store), which sent its author looking at the store."""
+    plugin = tmp_path / "evolving_ops.py"
+    model = "from pydantic import BaseModel\nfrom engine import operation\nclass P(BaseModel):\n    {}: int = 3\n"
+    handler = "@operation('evolving', params=P)\nasync def evolving(ctx, p):\n    return {{}}\n"
+    plugin.write_text(model.format("n") + handler.format())
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    op_id = cli("--plugin", "evolving_ops", "-q", "submit", "evolving", "-p", "n=4").stdout.strip()
+    assert cli("--plugin", "evolving_ops", "cancel", op_id).returncode == 0
+    plugin.write_text(
+        model.format("count").replace("class P(BaseModel):", "class P(BaseModel, extra='forbid'):") + handler.format()
+    )
+    r = cli("--plugin", "evolving_ops", "resume", op_id)
+    assert r.returncode == 8 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "its stored params no longer validate" in r.stderr and "n: Extra inputs are not permitted" in r.stderr
+    assert "did the params model of evolving_ops change since it was submitted?" in r.stderr, r.stderr
+    assert cli.op(op_id).status.value == "cancelled"  # nothing changed
