@@ -179,7 +179,11 @@ def _operation(
                 " its result, and reports as it goes with ctx.progress or ctx.items"
             )
         if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"operation {type_!r}: handler {fn.__qualname__} must be async def")
+            what = "a generator (it yields)" if inspect.isgeneratorfunction(fn) else "a plain def"
+            raise TypeError(
+                f"operation {type_!r}: handler {fn.__qualname__}{_where(fn)} must be async def, not {what}: a handler"
+                " is a coroutine function, its blocking work in asyncio.to_thread"
+            )
         _check_signature(type_, fn)
         doc = description or (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
         module = fn.__module__
@@ -264,12 +268,16 @@ def _check_signature(type_: str, fn: Handler) -> None:
     try:
         signature.bind(*args)
     except TypeError as e:
-        code = getattr(inspect.unwrap(fn), "__code__", None)
-        where = f" ({Path(code.co_filename).name}:{code.co_firstlineno})" if code is not None else ""
         raise TypeError(
-            f"operation {type_!r}: handler {fn.__qualname__}{signature}{where} cannot be called with (ctx, params):"
-            f" {e}; a handler is async def {fn.__name__}(ctx, params) or async def {fn.__name__}(ctx)"
+            f"operation {type_!r}: handler {fn.__qualname__}{signature}{_where(fn)} cannot be called with"
+            f" (ctx, params): {e}; a handler is async def {fn.__name__}(ctx, params) or async def {fn.__name__}(ctx)"
         ) from None
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    """`` (file.py:line)`` where ``fn`` is defined (its first decorator's line), or nothing when it has no code."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return f" ({Path(code.co_filename).name}:{code.co_firstlineno})" if code is not None else ""
 
 
 def _positional_count(fn: Handler) -> int:

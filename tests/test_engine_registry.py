@@ -309,12 +309,15 @@ def test_a_worker_without_the_plugin_that_replaces_a_builtin_leaves_its_operatio
         ("class Ops:\n    @operation('sig_173')\n    async def h(self, ctx, params):\n        return {}", r"Ops\.h"),
         ("import dataclasses\n@dataclasses.dataclass\nclass P:\n    n: int = 1", r"params='P' is not a pydantic"),
         ("P = dict", r"params='dict' is not a pydantic model"),
+        ("def h(ctx, params):\n    return {}", r"handler h \(sig_ops\.py:2\) must be async def, not a plain def"),
+        ("def h(ctx, params):\n    yield 1", r"handler h \(sig_ops\.py:2\) must be async def, not a generator"),
     ],
 )
 def test_a_handler_that_cannot_be_run_is_refused_when_registered(source: str, said: str, tmp_path: Path) -> None:
     """A handler with the wrong arguments, or params= that is no pydantic model, registered silently: every
     operation of its type was stored, then failed naming the engine's line ("at attempt.py:416"), or every
-    submit was an internal error (exit 70). The plugin's import now fails in one line naming the handler."""
+    submit was an internal error (exit 70). The plugin's import now fails in one line naming the handler and
+    where it is (a plain ``def`` said "must be async def" without either)."""
     if source.startswith(("import", "P =")):
         body = f"{source}\n@operation('sig_173', params=P)\nasync def h(ctx, p):\n    return {{}}\n"
     elif source.startswith("class"):
