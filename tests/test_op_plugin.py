@@ -149,3 +149,18 @@ def test_a_resume_after_the_plugins_params_model_changed_names_the_plugin(
     assert "its stored params no longer validate" in r.stderr and "n: Extra inputs are not permitted" in r.stderr
     assert "did the params model of evolving_ops change since it was submitted?" in r.stderr, r.stderr
     assert cli.op(op_id).status.value == "cancelled"  # nothing changed
+
+
+def test_a_resume_queued_without_the_plugin_names_a_worker_that_has_it(cli: Cli, plugin_path: None) -> None:
+    """``resume --queue`` without ``--plugin`` said "a running `outlast worker` picks it up": such a worker
+    leaves a plugin's operations queued, so the hint named a command that would never run it."""
+    op_id = cli("--plugin", MODULE, "-q", "submit", "wordcount", "-p", f"root={REPO}").stdout.strip()
+    assert cli("pause", op_id).returncode == 0
+    r = cli("resume", op_id, "--queue")
+    assert r.returncode == 0, r.stderr
+    assert "a running worker with the plugin of 'wordcount' picks it up" in r.stdout, r.stdout
+    r = cli("resume", op_id, "--queue")  # already queued
+    assert "is already queued; a running worker with the plugin of 'wordcount'" in r.stdout, r.stdout
+    assert cli("--plugin", MODULE, "pause", op_id).returncode == 0
+    r = cli("--plugin", MODULE, "resume", op_id, "--queue")
+    assert f"a running `outlast --plugin {MODULE} worker` picks it up" in r.stdout, r.stdout
