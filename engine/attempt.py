@@ -514,6 +514,16 @@ class Attempt:
                         " its result is not kept"
                     )
                     await self._stopped(ctx.stop_reason, checkpointed=False)
+                elif ctx.stop_reason is not None and self.watch.cancels:
+                    # It caught the engine's forced cancel (``except asyncio.CancelledError: return partial``, after
+                    # the grace period) and returned: "completed at 0/5 items" after a pause, its items never run,
+                    # and a completed operation cannot be resumed. Stopped by force, as if it had let it through.
+                    ctx.log.warning(
+                        f"the handler caught the cancel that forced the stop ({ctx.stop_reason.value}) and returned:"
+                        " stopped, not completed; its result is not kept"
+                    )
+                    ctx.kill_children()
+                    await self._stopped(ctx.stop_reason, checkpointed=False, forced=True)
                 elif ctx.too_many_failures is not None:
                     # It caught TooManyFailures (an ``except Exception`` around ``ctx.fail``) and went on: it
                     # completed with every later item failed, past the threshold that was to fail it.
