@@ -89,3 +89,24 @@ async def test_a_handler_that_catches_the_forced_cancel_and_returns_is_stopped_n
     assert (await engine.get(op.id)).status in (Status.QUEUED, Status.RUNNING)
     await engine.cancel(op.id)
     assert (await engine.wait(op.id, timeout=30)).status is Status.CANCELLED
+
+
+@operation("test_sticky_cancel_converted")
+async def cancel_converted(ctx: OperationContext, params: Any) -> None:
+    """A library's way: the cancel turned into an error of its own."""
+    async for _ in ctx.items(range(5), key=str):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("request aborted") from None
+
+
+async def test_a_handler_that_turns_the_forced_cancel_into_an_error_is_stopped_not_failed(engine: Engine) -> None:
+    """The cancel that forced a pause, raised again as a RuntimeError by the handler (or a library it awaits),
+    failed the operation: a Ctrl-C exited 1, and a worker's SIGTERM under auto_resume left it failed for good."""
+    op = await engine.submit(OperationSpec(type="test_sticky_cancel_converted"))
+    await until(lambda: engine.live(op.id) is not None)
+    await engine.pause(op.id)
+    final = await engine.wait(op.id, timeout=30)
+    assert final.status is Status.PAUSED and final.error is None, (final.status, final.error)
+    assert "forced after" in (final.status_message or ""), final.status_message
