@@ -469,6 +469,17 @@ class Attempt:
                     self.host.store_stopped.add(op.id)
                     await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
+                if ctx.stop_reason is not None and self.watch.cancels:
+                    # The cancel that forced the stop, turned into an error of its own by the handler or a library
+                    # (``except CancelledError: raise RuntimeError("request aborted")``): a Ctrl-C failed the
+                    # operation (exit 1), and a worker's SIGTERM under auto_resume left it failed for good.
+                    ctx.log.warning(
+                        f"the handler raised {type(e).__name__} when the stop ({ctx.stop_reason.value}) cancelled it:"
+                        f" stopped, not failed ({format_exception(e)})"
+                    )
+                    ctx.kill_children()
+                    await self._stopped(ctx.stop_reason, checkpointed=False, forced=True)
+                    return
                 key = ctx.failed_item(e)
                 # An item whose body found the machine short (no descriptor, process or thread) did not fail, nor
                 # one whose bookkeeping found the engine out of memory: the attempt is retried.
@@ -514,6 +525,16 @@ class Attempt:
                         " its result is not kept"
                     )
                     await self._stopped(ctx.stop_reason, checkpointed=False)
+                elif ctx.stop_reason is not None and self.watch.cancels:
+                    # It caught the engine's forced cancel (``except asyncio.CancelledError: return partial``, after
+                    # the grace period) and returned: "completed at 0/5 items" after a pause, its items never run,
+                    # and a completed operation cannot be resumed. Stopped by force, as if it had let it through.
+                    ctx.log.warning(
+                        f"the handler caught the cancel that forced the stop ({ctx.stop_reason.value}) and returned:"
+                        " stopped, not completed; its result is not kept"
+                    )
+                    ctx.kill_children()
+                    await self._stopped(ctx.stop_reason, checkpointed=False, forced=True)
                 elif ctx.too_many_failures is not None:
                     # It caught TooManyFailures (an ``except Exception`` around ``ctx.fail``) and went on: it
                     # completed with every later item failed, past the threshold that was to fail it.

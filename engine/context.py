@@ -500,8 +500,8 @@ class OperationContext(SeedContextMethods):
         """The total progress shows: none once ``done`` has passed a total that was only an estimate (``--items
         N``, ``estimated_items``; it still times the attempt). Shown, a command given ``--items 3`` that said
         ``::outlast progress 5`` was listed at 5/3 items, 100%, while it ran."""
-        if self._total_estimated and self._total is not None and self._done > self._total:
-            return None
+        if (self._total_estimated or self._total_from_loop) and self._total is not None and self._done > self._total:
+            return None  # a loop's length passed: a second pass over the same files read "15/10 items, 100%, eta 0s"
         return self._total
 
     def progress(
@@ -764,9 +764,10 @@ class OperationContext(SeedContextMethods):
         # An estimate (``--items N``) passed is no total (as ``shown_total``: "6/?", not 100% "6/3"); one kept
         # says it is one, so a resume does not take it for the handler's own total.
         total, metadata = self.total, {"attempt": self.attempt, "failures": self.failures}
-        if self._total_estimated and total is not None:
+        if (self._total_estimated or self._total_from_loop) and total is not None:  # a loop's passed: none either
             total = None if done > total else total
-            metadata["total_estimated"] = True
+            if self._total_estimated:
+                metadata["total_estimated"] = True
         cp = Checkpoint.model_construct(
             operation_id=self.id,
             seq=self._seq,

@@ -1003,7 +1003,13 @@ class Engine:
             try:
                 handler.parse_params(op.params)
             except InvalidInput as e:
-                raise DamagedRecord(f"operation {op_id}: its stored params no longer validate ({e})") from None
+                why = (
+                    ""
+                    if handler.source == "builtin"
+                    else f": did the params model of {handler.source} change since it was submitted? Resume it where"
+                    " the version it was submitted with is loaded, or submit it again"
+                )
+                raise DamagedRecord(f"operation {op_id}: its stored params no longer validate ({e}){why}") from None
         if checkpoint is not None:
             cps = {c.seq: c for c in await self.store.checkpoints(op_id)}
             # Not found, as GET .../checkpoints/SEQ and `outlast resume --checkpoint` say it (404, exit 3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import importlib
 import inspect
@@ -11,10 +12,11 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import typing
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +165,12 @@ def _operation(
         type_ = check_type(type_)
     except ValueError as e:
         raise ValueError(f"@operation({type_!r}): an operation type {e}") from None
+    if params is not None and not (isinstance(params, builtins.type) and issubclass(params, BaseModel)):
+        # A dataclass or ``dict`` was taken, and every submit of the type was an internal error (exit 70)
+        raise TypeError(
+            f"operation {type_!r}: params={getattr(params, '__qualname__', params)!r} is not a pydantic model:"
+            " give a class deriving from pydantic.BaseModel, or no params= for any JSON object"
+        )
 
     def deco(fn: Handler) -> Handler:
         if inspect.isasyncgenfunction(fn):  # an async def that yields: "must be async def" said what it was
@@ -171,7 +179,12 @@ def _operation(
                 " its result, and reports as it goes with ctx.progress or ctx.items"
             )
         if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"operation {type_!r}: handler {fn.__qualname__} must be async def")
+            what = "a generator (it yields)" if inspect.isgeneratorfunction(fn) else "a plain def"
+            raise TypeError(
+                f"operation {type_!r}: handler {fn.__qualname__}{_where(fn)} must be async def, not {what}: a handler"
+                " is a coroutine function, its blocking work in asyncio.to_thread"
+            )
+        _check_signature(type_, fn)
         doc = description or (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
         module = fn.__module__
         source = "builtin" if module.startswith("engine.operations") else module
@@ -243,6 +256,30 @@ def other_handler(type_: str, wanted: str | None) -> str | None:
     )
 
 
+def _check_signature(type_: str, fn: Handler) -> None:
+    """Refuse a handler that cannot be called as ``fn(ctx, params)`` or ``fn(ctx)``: ``async def h()``, one with
+    a third required argument, or a method taking ``self``. Each registered silently, and every operation of its
+    type was stored, then failed when it ran, naming the engine's line (``attempt.py``) rather than the handler."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to read (a C function): its call says what is wrong
+    args: tuple[None, ...] = (None,) if _positional_count(fn) == 1 else (None, None)
+    try:
+        signature.bind(*args)
+    except TypeError as e:
+        raise TypeError(
+            f"operation {type_!r}: handler {fn.__qualname__}{signature}{_where(fn)} cannot be called with"
+            f" (ctx, params): {e}; a handler is async def {fn.__name__}(ctx, params) or async def {fn.__name__}(ctx)"
+        ) from None
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    """`` (file.py:line)`` where ``fn`` is defined (its first decorator's line), or nothing when it has no code."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return f" ({Path(code.co_filename).name}:{code.co_firstlineno})" if code is not None else ""
+
+
 def _positional_count(fn: Handler) -> int:
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())
@@ -302,7 +339,8 @@ def load_entry_points(remembered: bool = False) -> None:
     found = _remembered_entry_points() if remembered or _remembering else entry_points(group=ENTRY_POINT_GROUP)
     for ep in found:
         try:
-            obj = ep.load()
+            with _prints_to_stderr():
+                obj = ep.load()
         except KeyboardInterrupt:
             raise  # Ctrl-C while it imports: the command stops, as anywhere else
         except BaseException as e:  # sys.exit(3) at import ended every command, silently, with code 3; a library's
@@ -347,7 +385,8 @@ def load_plugin(module: str) -> None:
     if not _MODULE_RE.match(module):
         raise InvalidInput(f"plugin {module!r}: not a module name (dotted Python names, e.g. mypkg.operations)")
     try:  # a built-in module imported later keeps what this registers (see _import_builtin)
-        importlib.import_module(module)
+        with _prints_to_stderr():
+            importlib.import_module(module)
     except SystemExit as e:
         raise InvalidInput(f"plugin {module!r} called exit({e.code!r}) while being imported") from None
     except SyntaxError as e:
@@ -361,6 +400,15 @@ def load_plugin(module: str) -> None:
         raise InvalidInput(
             f"plugin {module!r} failed while being imported: {type(e).__name__}: {_first_line(e)}"
         ) from None
+
+
+@contextlib.contextmanager
+def _prints_to_stderr() -> Iterator[None]:
+    """A plugin's ``print()`` while it is imported goes to stderr: on stdout it came before the command's own
+    output, so ``outlast --plugin p --json ls`` was no JSON and ``ID=$(outlast -q submit ...)`` held more
+    than the id."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _first_line(e: BaseException) -> str:

@@ -16,7 +16,10 @@ from .models import InvalidInput, Operation, OperationSpec, Status, new_id
 from .registry import get_handler, handler_of
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from .config import Settings
+    from .registry import HandlerSpec
 
 
 def params_context(store: object) -> dict[str, Any] | None:
@@ -25,6 +28,21 @@ def params_context(store: object) -> dict[str, Any] | None:
     has a state dir of its own, which the submitting process does not know."""
     state_dir = getattr(store, "state_dir", None)
     return {"state_dir": str(state_dir)} if state_dir else None
+
+
+def _stored_params(handler: HandlerSpec, params: BaseModel, context: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as stored, refused (InvalidInput naming the field) when the attempt could not read them back: a
+    plugin's model whose default does not fit its own type (``x: int = "all"``) was stored with a pydantic
+    warning and its source line on stderr, and every such operation failed when it ran, on a worker, later."""
+    try:
+        return params.model_dump(mode="json", warnings="error")
+    except ValueError:  # PydanticSerializationError: a value the model holds is not of its field's type
+        stored = params.model_dump(mode="json", warnings=False)
+    try:
+        handler.parse_params(stored, context)  # what the attempt does with them; a union's other form passes
+    except InvalidInput as e:
+        raise InvalidInput(f"{e} (the value its params model gave it: a default of another type?)") from None
+    return stored
 
 
 def new_operation(
@@ -52,6 +70,7 @@ def new_operation(
     # (load_testing's duration) is refused here, not stopped as timed out when it gets there
     limit = {"timeout_limit": (spec.timeout, "timeout") if spec.timeout else (profile.max_timeout, "max_timeout")}
     params = handler.parse_params(spec.params, {**(context or {}), **limit})
+    stored = _stored_params(handler, params, {**(context or {}), **limit})
     if spec.total_items is None and handler.estimated_items is not None:
         spec = spec.model_copy(update={"total_items": handler.estimated_items})  # @migrate_timeout_operation's
     now = time.time()
@@ -59,7 +78,7 @@ def new_operation(
         id=new_id(),
         type=spec.type,
         name=spec.name,
-        params=params.model_dump(mode="json"),
+        params=stored,
         priority=spec.priority,
         profile=profile.model_dump(mode="json"),
         profile_overrides=spec.profile,

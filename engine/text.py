@@ -267,10 +267,22 @@ def _path_to(value: Any, target: Any, where: str) -> str:
     return where
 
 
-def _as_text(value: Any, where: str) -> Callable[[Any], str]:
-    """``json.dumps``' ``default`` for ``storable``: a value as its ``str``; ``BrokenValue`` when that raises."""
+def _as_text(value: Any, where: str) -> Callable[[Any], Any]:
+    """``json.dumps``' ``default`` for ``storable``: a value as its ``str``; ``BrokenValue`` when that raises. A
+    pydantic model or a dataclass is its fields: a plugin returning its own result model (its params are one)
+    had ``"files=3 words=9"`` stored, a string of its ``str``."""
 
-    def default(v: Any) -> str:
+    import dataclasses  # here: only for a value JSON has no form for
+
+    def default(v: Any) -> Any:
+        kind = type(v)
+        try:
+            if hasattr(kind, "model_fields") and hasattr(kind, "model_dump"):
+                return v.model_dump(mode="json")
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                return dataclasses.asdict(v)
+        except Exception:  # a model that cannot dump itself: its str, as before
+            pass
         try:
             return str(v)
         except Exception as e:

@@ -316,3 +316,23 @@ def test_a_resume_of_queued_work_answers_as_the_command_line_does(start_server: 
     r = api.http.post(f"/api/operations/{waiting}/resume", json={"profile": {"base_timeout": 60}})
     assert r.status_code == 409 and "queued" in r.json()["detail"], r.text
     api.http.post(f"/api/operations/{first}/cancel")
+
+
+def test_types_lists_a_plugin_whose_params_have_no_json_schema(start_server: Any, tmp_path: Any) -> None:
+    """A plugin's params model with a field of a class of its own (``arbitrary_types_allowed``) validates, and
+    has no JSON schema: pydantic's error made ``GET /api/types`` a 500, for every type."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "unschemed_ops.py").write_text(
+        "from pydantic import BaseModel, ConfigDict\nfrom engine import operation\n"
+        "class Thing:\n    pass\n"
+        "class P(BaseModel):\n    model_config = ConfigDict(arbitrary_types_allowed=True)\n"
+        "    x: int = 1\n    t: Thing | None = None\n"
+        "@operation('unschemed', params=P)\nasync def unschemed(ctx, p):\n    return {}\n"
+    )
+    server = start_server(OUTLAST_PLUGINS="unschemed_ops", PYTHONPATH=str(plugins))
+    r = server.http.get("/api/types")
+    assert r.status_code == 200, r.text
+    types = {t["type"]: t for t in r.json()}
+    assert types["unschemed"]["params_schema"]["description"].startswith("no JSON schema: "), types["unschemed"]
+    assert "properties" in types["demo"]["params_schema"]  # the others as before

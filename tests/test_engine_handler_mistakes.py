@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from pydantic import BaseModel
+
 from engine import Engine, OperationContext, OperationFailed, OperationSpec, Status, operation
 
 
@@ -214,3 +217,29 @@ async def test_logging_style_args_are_formatted_and_a_context_kept_past_the_end_
     messages = [r.message for r in (await engine.store.read_logs(op.id))[0]]
     assert "copied 3 of 3" in messages and "50% done now" in messages, messages
     assert not [m for m in messages if m.startswith("late line")], messages
+
+
+class DefaultOfAnotherType(BaseModel):
+    depth: int = "all"  # type: ignore[assignment]  # pydantic does not check a default
+    n: int | str = 3  # a union's value dumps as it is, with no warning
+
+
+@operation("test_default_of_another_type", params=DefaultOfAnotherType)
+async def default_of_another_type(ctx: OperationContext, p: DefaultOfAnotherType) -> dict:
+    return {"depth": p.depth}
+
+
+async def test_a_params_default_of_another_type_is_refused_at_submit(
+    engine: Engine, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A params model whose default does not fit its own field was stored, with pydantic's serializer warning
+    and a line of its source on stderr, and every such operation failed when it ran ("depth: Input should be
+    a valid integer"), later, on a worker. The submit now refuses it in one line naming the field."""
+    from engine import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"^test_default_of_another_type params: depth: Input should be a valid"):
+        await engine.submit(OperationSpec(type="test_default_of_another_type"))
+    assert await engine.list() == []  # nothing stored
+    assert "PydanticSerializationUnexpectedValue" not in capfd.readouterr().err
+    final = await run(engine, "test_default_of_another_type", depth=2, n="x")  # given: what the type holds
+    assert final.status is Status.COMPLETED and final.result == {"depth": 2}, final.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import textwrap
@@ -298,3 +299,61 @@ def test_a_worker_without_the_plugin_that_replaces_a_builtin_leaves_its_operatio
     assert r.returncode == 0, r.stderr
     done = cli.op(op_id)
     assert done.status.value == "completed" and done.result == {"files": 1, "patterns": ["*.py"]}
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("async def h():\n    return {}", r"handler h\(\) \(\w+\.py:\d+\) cannot be called with \(ctx, params\)"),
+        ("async def h(ctx, params, extra):\n    return {}", r"missing a required argument: 'extra'"),
+        ("class Ops:\n    @operation('sig_173')\n    async def h(self, ctx, params):\n        return {}", r"Ops\.h"),
+        ("import dataclasses\n@dataclasses.dataclass\nclass P:\n    n: int = 1", r"params='P' is not a pydantic"),
+        ("P = dict", r"params='dict' is not a pydantic model"),
+        ("def h(ctx, params):\n    return {}", r"handler h \(sig_ops\.py:2\) must be async def, not a plain def"),
+        ("def h(ctx, params):\n    yield 1", r"handler h \(sig_ops\.py:2\) must be async def, not a generator"),
+    ],
+)
+def test_a_handler_that_cannot_be_run_is_refused_when_registered(source: str, said: str, tmp_path: Path) -> None:
+    """A handler with the wrong arguments, or params= that is no pydantic model, registered silently: every
+    operation of its type was stored, then failed naming the engine's line ("at attempt.py:416"), or every
+    submit was an internal error (exit 70). The plugin's import now fails in one line naming the handler and
+    where it is (a plain ``def`` said "must be async def" without either)."""
+    if source.startswith(("import", "P =")):
+        body = f"{source}\n@operation('sig_173', params=P)\nasync def h(ctx, p):\n    return {{}}\n"
+    elif source.startswith("class"):
+        body = source + "\n"
+    else:
+        body = f"@operation('sig_173')\n{source}\n"
+    (tmp_path / "sig_ops.py").write_text("from engine import operation\n" + body)
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "OUTLAST_STATE_DIR": str(tmp_path / "s")}
+    r = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--plugin", "sig_ops", "submit", "sig_173"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+    assert "plugin 'sig_ops' failed while being imported: TypeError: operation 'sig_173': " in r.stderr, r.stderr
+    assert re.search(said, r.stderr), r.stderr
+    assert r.stdout == ""
+
+
+async def _star_args(ctx: Any, *args: Any) -> int:
+    return 1
+
+
+async def _defaults(ctx: Any, p: Any = None, **kw: Any) -> int:
+    return 1
+
+
+async def _context_alone(c: Any) -> int:
+    return 1
+
+
+@pytest.mark.parametrize("fn", [_star_args, _defaults, _context_alone])
+def test_handlers_that_can_be_called_with_ctx_and_params_register(fn: Any) -> None:
+    """What the check above lets through: anything ``fn(ctx, params)`` (or a handler of the context alone) binds."""
+    operation(f"test_signature{fn.__name__}")(fn)
+    assert get_handler(f"test_signature{fn.__name__}").fn is not None

@@ -4,6 +4,7 @@ result that JSON cannot hold completes the operation without it, said in its log
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import sys
@@ -202,3 +203,27 @@ async def test_a_metric_nested_too_deep_is_left_out(engine: Engine) -> None:
         "not stored: metric 'deep'['x']['x']['x']['x']... nests 301 lists or dicts deep, past the limit of 200;"
         " a metric holds JSON values only"
     ], logs
+
+
+class ResultModel(BaseModel):
+    files: int
+    top: list[tuple[str, int]]
+
+
+@dataclasses.dataclass
+class ResultRow:
+    path: Path
+    lines: int
+
+
+@operation("test_result_models")
+async def result_models(ctx: OperationContext, p: Any) -> Any:
+    return {"model": ResultModel(files=3, top=[("the", 4)]), "rows": [ResultRow(Path("/a"), 2)]}
+
+
+async def test_a_result_that_is_a_pydantic_model_or_a_dataclass_is_stored_as_its_fields(engine: Engine) -> None:
+    """A plugin's own result model (its params are one) was stored as its ``str``: "files=3 top=[('the', 4)]"."""
+    op = await engine.submit(OperationSpec(type="test_result_models"))
+    final = await engine.wait(op.id, timeout=20)
+    assert final.status is Status.COMPLETED, final.error
+    assert final.result == {"model": {"files": 3, "top": [["the", 4]]}, "rows": [{"path": "/a", "lines": 2}]}

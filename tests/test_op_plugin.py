@@ -110,3 +110,57 @@ def test_the_resume_hint_names_a_command_that_works_where_it_is_printed(
     assert _hinted(shown) == ["--plugin", MODULE, "resume", op_id], shown
     r = cli(*_hinted(cli("show", op_id).stdout))  # the hint, as printed: it works
     assert r.returncode == 0 and cli.op(op_id).status.value == "queued", r.stderr
+
+
+def test_a_plugin_that_prints_as_it_is_imported_leaves_stdout_to_the_command(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``print()`` at a plugin's import (a debugging line left in) came before the command's own output on
+    stdout: ``--json ls`` was no JSON, and ``ID=$(outlast -q submit ...)`` held the line before the id."""
+    (tmp_path / "chatty_ops.py").write_text(
+        "print('loading chatty_ops')\nfrom engine import operation\n"
+        "@operation('chatty')\nasync def chatty(ctx, p):\n    return {}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    r = cli("--plugin", "chatty_ops", "-q", "submit", "chatty")
+    assert r.returncode == 0 and r.stdout.strip().isalnum(), (r.stdout, r.stderr)
+    assert "loading chatty_ops" in r.stderr, r.stderr
+    r = cli("--plugin", "chatty_ops", "--json", "ls")
+    assert r.returncode == 0 and [o["type"] for o in json.loads(r.stdout)] == ["chatty"], (r.stdout, r.stderr)
+
+
+def test_a_resume_after_the_plugins_params_model_changed_names_the_plugin(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin's new version renamed a param: the resume of an operation submitted before said only that its
+    "stored params no longer validate" (exit 8, as a damaged store), which sent its author looking at the store."""
+    plugin = tmp_path / "evolving_ops.py"
+    model = "from pydantic import BaseModel\nfrom engine import operation\nclass P(BaseModel):\n    {}: int = 3\n"
+    handler = "@operation('evolving', params=P)\nasync def evolving(ctx, p):\n    return {{}}\n"
+    plugin.write_text(model.format("n") + handler.format())
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    op_id = cli("--plugin", "evolving_ops", "-q", "submit", "evolving", "-p", "n=4").stdout.strip()
+    assert cli("--plugin", "evolving_ops", "cancel", op_id).returncode == 0
+    plugin.write_text(
+        model.format("count").replace("class P(BaseModel):", "class P(BaseModel, extra='forbid'):") + handler.format()
+    )
+    r = cli("--plugin", "evolving_ops", "resume", op_id)
+    assert r.returncode == 8 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "its stored params no longer validate" in r.stderr and "n: Extra inputs are not permitted" in r.stderr
+    assert "did the params model of evolving_ops change since it was submitted?" in r.stderr, r.stderr
+    assert cli.op(op_id).status.value == "cancelled"  # nothing changed
+
+
+def test_a_resume_queued_without_the_plugin_names_a_worker_that_has_it(cli: Cli, plugin_path: None) -> None:
+    """``resume --queue`` without ``--plugin`` said "a running `outlast worker` picks it up": such a worker
+    leaves a plugin's operations queued, so the hint named a command that would never run it."""
+    op_id = cli("--plugin", MODULE, "-q", "submit", "wordcount", "-p", f"root={REPO}").stdout.strip()
+    assert cli("pause", op_id).returncode == 0
+    r = cli("resume", op_id, "--queue")
+    assert r.returncode == 0, r.stderr
+    assert "a running worker with the plugin of 'wordcount' picks it up" in r.stdout, r.stdout
+    r = cli("resume", op_id, "--queue")  # already queued
+    assert "is already queued; a running worker with the plugin of 'wordcount'" in r.stdout, r.stdout
+    assert cli("--plugin", MODULE, "pause", op_id).returncode == 0
+    r = cli("--plugin", MODULE, "resume", op_id, "--queue")
+    assert f"a running `outlast --plugin {MODULE} worker` picks it up" in r.stdout, r.stdout

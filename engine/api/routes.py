@@ -418,6 +418,17 @@ async def read_logs(
     return LogPage(operation_id=full, records=records, next_offset=next_offset)
 
 
+def params_schema(handler: HandlerSpec) -> dict[str, Any]:
+    """The JSON schema of a type's params; for a plugin's model that has none (a field of a class of its own,
+    ``arbitrary_types_allowed``), an object schema saying so: pydantic's error made ``GET /api/types`` a 500 for
+    every type, one plugin's model being enough."""
+    try:
+        return handler.params.model_json_schema()
+    except Exception as e:  # PydanticInvalidForJsonSchema, or a schema hook of the plugin's that raised
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"type": "object", "title": handler.params.__name__, "description": f"no JSON schema: {why}"}
+
+
 @router.get("/types", response_model=list[TypeOut], summary="Registered operation types", tags=["meta"])
 async def list_types(engine: EngineDep) -> list[TypeOut]:
     return [
@@ -425,7 +436,7 @@ async def list_types(engine: EngineDep) -> list[TypeOut]:
             type=t,
             description=h.description,
             source=h.source,
-            params_schema=h.params.model_json_schema(),
+            params_schema=params_schema(h),
             profile=engine.settings.profile(t).model_dump(mode="json"),
         )
         for t, h in handlers().items()

@@ -220,7 +220,7 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
             elif app.quiet:  # its id, as a quiet resume, submit or rerun prints theirs
                 fmt.echo(op.id)
             else:
-                fmt.echo(f"{op.id} is already queued; a running `{app.command('worker')}` picks it up")
+                fmt.echo(f"{op.id} is already queued; {picked_up(app, op)}")
             return ExitCode.OK
     if detach:
         runner = spawn_detached(app.settings, app.prepare_child(), op.id, app.command())
@@ -231,8 +231,19 @@ def resume(app: App, op_id: str, seq: int | None, detach: bool, queue: bool, pro
     elif app.quiet:  # its id, as a quiet resume, submit or rerun prints theirs
         fmt.echo(op.id)
     else:
-        fmt.echo(f"{op.id} queued again (attempt {op.attempt}); a running `{app.command('worker')}` picks it up")
+        fmt.echo(f"{op.id} queued again (attempt {op.attempt}); {picked_up(app, op)}")
     return ExitCode.OK
+
+
+def picked_up(app: App, op: Operation) -> str:
+    """Who runs ``op`` now that it is queued: a worker started as this command was, when this process has a
+    handler for its type; else one with the plugin that has it ("a running `outlast worker` picks it up" was
+    said of a plugin's type after a resume without ``--plugin``, and such a worker leaves it queued)."""
+    from ..registry import BUILTIN_TYPES, runnable_types
+
+    if op.type in BUILTIN_TYPES or op.type in runnable_types():
+        return f"a running `{app.command('worker')}` picks it up"
+    return f"a running worker with the plugin of {op.type!r} picks it up (no plugin loaded here runs that type)"
 
 
 async def now_of(settings: Settings, op_id: str) -> Operation:
