@@ -352,6 +352,36 @@ async def test_quit_with_running_work_wait_finishes_it_and_starts_nothing_new(tu
         await store.close()
 
 
+async def test_waiting_to_quit_a_launch_is_refused_and_an_open_dialog_is_not_closed_by_the_quit(
+    tui_settings: Settings,
+) -> None:
+    """q, then wait: the dashboard starts nothing new. n opened the form anyway, and the quit came from under it
+    when the running work finished (what was typed lost, nothing said); one launched a moment before stayed
+    queued with nothing to run it. Now n says why not, and a question open when the work ends is answered first."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=40, seconds=0.05)
+        await pilot.press("q", "w")
+        assert app.waiting_to_quit
+        await pilot.press("n")
+        await pilot.pause()
+        assert not isinstance(app.screen, LaunchScreen)
+        await pilot.press("c")  # a question still open when the work ends
+        assert isinstance(app.screen, ConfirmScreen)
+        await wait_for(pilot, lambda: op_id not in app.engine.running_ids)
+        await pilot.pause(0.5)  # frames pass: the wait is over, the question still open
+        assert app.is_running and isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: not app.is_running)
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        assert (await store.get(op_id)).status is Status.COMPLETED
+        assert [op.id for op in await store.list_operations()] == [op_id]  # nothing launched to stay queued
+    finally:
+        await store.close()
+
+
 def _keys(app: OutlastApp) -> set[str]:
     """The keys the footer shows now."""
     return {key for key, b in app.screen.active_bindings.items() if b.enabled and b.binding.show}

@@ -489,7 +489,8 @@ class OutlastApp(App[int]):
         top = self.screen_stack[-1] if self.screen_stack else None
         if isinstance(top, QuitScreen) and self.engine_started:
             top.show_running(len(self.engine.running_ids))
-        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
+        # Not from under a dialog (the launch form half filled, a question asked): it quits once that is closed.
+        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids and len(self.screen_stack) == 1:
             self.waiting_to_quit = False
             self._work(self._quit_now, "quit", "quitting")
 
@@ -612,8 +613,19 @@ class OutlastApp(App[int]):
         if (op := self.dashboard.selected_op) and self._engine_ready("p"):
             self._act(lambda op: "paused" if op.status is Status.PAUSED else "pausing", "pause", op.id)
 
+    def _waiting(self, key: str) -> bool:
+        """Whether the dashboard waits to quit (q, then wait), saying so for ``key``: it starts nothing new then,
+        so what a launch or a resume queued stayed queued when it quit, with nothing to run it and nothing said,
+        and the quit closed the launch form while it was being filled."""
+        if self.waiting_to_quit:
+            self.notify(
+                f"{key}: waiting to quit, starting nothing new here (q, then Stay, to go on working)",
+                severity="warning",
+            )
+        return self.waiting_to_quit
+
     def action_resume(self) -> None:
-        if (op := self.dashboard.selected_op) and self._engine_ready("r"):
+        if (op := self.dashboard.selected_op) and self._engine_ready("r") and not self._waiting("r"):
             self._act(self._resumed, "resume", op.id)
 
     def _resumed(self, op: Operation) -> str:
@@ -650,7 +662,7 @@ class OutlastApp(App[int]):
         and only if the rows are of the operation the cursor is on. They are the previous one's until the
         cursor has rested (``SIDE_DEBOUNCE``): enter and y pressed in that moment resumed the operation
         just left, while the cursor and the detail showed another."""
-        if not self._engine_ready("enter"):
+        if not self._engine_ready("enter") or self._waiting("enter"):
             return
         op = self.dashboard.selected_op
         if op is None or op.id != event.op_id:
@@ -747,7 +759,7 @@ class OutlastApp(App[int]):
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def action_launch(self) -> None:
-        if not self._engine_ready("n"):
+        if not self._engine_ready("n") or self._waiting("n"):
             return
         from engine import handlers
 
