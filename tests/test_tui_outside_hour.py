@@ -453,3 +453,21 @@ async def test_a_resume_of_a_record_with_a_damaged_profile_says_so_and_not_that_
         assert app.model.store_ok
         assert "unreachable" not in " ".join(app.dashboard.notes), app.dashboard.notes
         assert (await app.engine.store.get(op.id)).status is Status.PAUSED
+
+
+async def test_a_name_cut_to_its_column_says_it_was_cut(tui_settings: Settings) -> None:
+    """At 80 columns the name column is 10 cells: "restore customers db (DRY RUN)" and "... (FOR REAL)" both read
+    "restore cu", with nothing saying there was more, the one to cancel told apart by its id alone. A cut name
+    ends in "…"; one that fits is shown whole."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        names = ["restore customers db (DRY RUN)", "restore customers db (FOR REAL)", "short"]
+        for name in names:
+            await app.engine.submit({"type": "ledger", "name": name, "params": {"items": 3}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 3)
+        await pilot.pause()
+        rows = [table.render_line(y).text for y in range(1, 4)]
+        assert sum("restore c" in row and "… " in row for row in rows) == 2, rows
+        assert [row for row in rows if "short " in row and "…" not in row], rows

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from rich.cells import set_cell_size
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -98,6 +98,14 @@ def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Ope
     if name == "type":
         return lambda op: (op.type, -op.created_at, op.id)
     return lambda op: (-op.created_at, op.id)
+
+
+def _fitted(text: str, width: int) -> str:
+    """``text`` in exactly ``width`` cells, ending in "…" when it was cut: "restore db (DRY RUN)" and "restore db
+    (FOR REAL)" both read "restore db" in a narrow name column, with nothing saying there was more."""
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    return set_cell_size(text, max(0, width - 1)) + "…"
 
 
 def matches(op: Operation, words: list[str]) -> bool:
@@ -511,7 +519,7 @@ class OperationsTable(ScrollView, can_focus=True):
                 continue
             value, style = self._cell(col.key, op, p, now)
             if col.key in ("name", "type"):  # exactly w columns: ljust would count a CJK character as one
-                out.append((set_cell_size(value, w), style))
+                out.append((_fitted(value, w), style))
                 continue
             value = value[:w]  # the handle column is as wide as the largest handle (rebuild)
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
