@@ -615,6 +615,65 @@ async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Se
         assert record.status is Status.PAUSED and record.checkpoint_seq is not None
 
 
+async def test_a_shell_closing_on_a_stopped_dashboard_pauses_its_work_and_the_process_exits(
+    tui_settings: Settings,
+) -> None:
+    """Ctrl-Z, then the terminal closed: bash sends its stopped job SIGHUP, SIGTERM and SIGCONT at once. The two
+    stop signals, handled as the process was continued, were taken for a handler holding the loop (the time
+    stopped counted as a hold): the dashboard left at once, its work interrupted, the items since the last
+    checkpoint to be done again. Then, with that mended, the SIGTERM's quit replaced the hang-up's and waited for
+    good to give back the terminal that was gone. The work is paused now, and the process exits."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "stopped", "params": {"items": 3000, "seconds": 0.01}})
+        term = _dashboard_on_a_pty(tui_settings)
+        try:
+            await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
+            term.proc.send_signal(signal.SIGSTOP)  # as Ctrl-Z leaves it (engine.suspend_process)
+            await until(lambda: _process_state(term.proc.pid) == "T", timeout=10)
+            await asyncio.sleep(1.0)  # stopped for a while: longer than a hold that a second signal breaks into
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT):
+                term.proc.send_signal(sig)
+            os.close(term.master)  # the terminal is gone too
+            code = await asyncio.to_thread(term.proc.wait, 30)
+        finally:
+            term.close()
+        assert code == 128 + signal.SIGHUP
+        record = await engine.store.get(op.id)
+        assert record.status is Status.PAUSED and record.checkpoint_seq is not None, record.status_message
+        assert "hung up" in (record.status_message or ""), record.status_message
+
+
+async def test_a_sigterm_handled_after_a_sighup_quits_as_the_hang_up_does(tui_settings: Settings) -> None:
+    """SIGHUP and SIGTERM together (a shell closing on its stopped job): the SIGTERM's quit took the hang-up's
+    place, paused the work, then waited for good to give back a terminal that was gone (the process stayed
+    behind). After a SIGHUP, every quit leaves as the hang-up does."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        ran: list[str] = []
+
+        async def hang_up() -> None:  # the real one ends the process
+            ran.append("hang up")
+
+        async def quit_now(reason: str = "") -> None:
+            ran.append("quit")
+
+        app._hang_up = hang_up  # type: ignore[method-assign]
+        app._quit_now = quit_now  # type: ignore[method-assign]
+        app._on_signal(signal.SIGHUP)
+        app._on_signal(signal.SIGTERM)
+        await wait_for(pilot, lambda: ran)
+        await pilot.pause()
+        assert ran == ["hang up"]
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 async def test_sigterm_twice_reaches_a_dashboard_whose_loop_a_handler_holds(tui_settings: Settings) -> None:
     """A handler blocking the event loop (``time.sleep``) froze the dashboard for good: its signal handlers ran
     on the loop, so q, Ctrl-C and three SIGTERMs did nothing; only SIGKILL ended it. The second SIGTERM now

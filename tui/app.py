@@ -176,6 +176,8 @@ class OutlastApp(App[int]):
         """Stop signals the loop has handled (``_on_signal``): the rest wait for it to turn."""
         self._broken_in = 0
         """Signals spent breaking into a handler that held the loop, not yet passed by ``_on_signal``."""
+        self._hung_up = False
+        """A SIGHUP was handled: the terminal is gone (``_on_signal``)."""
         self.stopping: tuple[dict[str, str], float] | None = None
         """While the engine stops on the way out: the operations it stops (id: label), and since when
         (monotonic)."""
@@ -331,8 +333,12 @@ class OutlastApp(App[int]):
             return
         if self.stopping is not None:  # asked again while the stop waits: as q again
             self._leave_now(f"{signal.Signals(sig).name} again", 128 + sig)
+        # Once the terminal has hung up, every quit leaves as a hang-up does: a shell closing with the dashboard
+        # stopped (Ctrl-Z) sends SIGHUP, SIGTERM and SIGCONT at once, and the SIGTERM's quit, put in the hang-up's
+        # place, paused the work, then waited for good to give back a terminal that was gone.
+        self._hung_up = self._hung_up or sig == signal.SIGHUP
         why = _SIGNAL_WHY[signal.SIGTERM]
-        work = self._hang_up if sig == signal.SIGHUP else functools.partial(self._quit_now, why)
+        work = self._hang_up if self._hung_up else functools.partial(self._quit_now, why)
         self._work(work, "quit", "quitting", exclusive=True)
 
     async def _hang_up(self) -> None:
