@@ -471,3 +471,30 @@ async def test_a_name_cut_to_its_column_says_it_was_cut(tui_settings: Settings) 
         rows = [table.render_line(y).text for y in range(1, 4)]
         assert sum("restore c" in row and "… " in row for row in rows) == 2, rows
         assert [row for row in rows if "short " in row and "…" not in row], rows
+
+
+async def test_after_a_removal_the_arrows_go_on_from_the_removed_row_not_from_the_top(tui_settings: Settings) -> None:
+    """d, y on a row: nothing is selected after (the next c must not act on a neighbour nobody chose). But down then
+    went to the first row: in the middle of 10,000 operations, a cleanup by d, y, down, d selected the top one and
+    asked to remove it. Down now selects the row that took the removed one's place, and up the one above it."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for i in range(6):
+            op = await app.engine.submit({"type": "ledger", "name": f"old {i}", "params": {"items": 3}})
+            await app.engine.cancel(op.id)
+        table = app.query_one(OperationsTable)
+        await wait_for(
+            pilot, lambda: len(table.ids) == 6 and all(app.ops[i].status is Status.CANCELLED for i in table.ids)
+        )
+        rows = list(table.ids)
+        await select(pilot, rows[3])
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: rows[3] not in table.ids)
+        assert table.selected_id is None
+        await pilot.press("down")
+        assert table.selected_id == rows[4]
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: rows[4] not in table.ids)
+        await pilot.press("up")
+        assert table.selected_id == rows[2]
