@@ -498,3 +498,24 @@ async def test_after_a_removal_the_arrows_go_on_from_the_removed_row_not_from_th
         await wait_for(pilot, lambda: rows[4] not in table.ids)
         await pilot.press("up")
         assert table.selected_id == rows[2]
+
+
+async def test_the_logs_pane_names_the_operation_whose_lines_it_shows(tui_settings: Settings) -> None:
+    """The pane keeps the last operation's lines until the cursor has rested and the store has answered (a slow
+    store: seconds), under the detail of the one the cursor is on, and its title said only "Logs": one
+    operation's errors read as another's. Its title names whose lines they are, as the checkpoints pane's does."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        ops = []
+        for name in ("alpha", "beta"):
+            op = await app.engine.submit({"type": "ledger", "name": name, "params": {"items": 3}})
+            await app.engine.store.append_logs(op.id, [LogRecord(ts=time.time(), level="info", message=f"{name} says")])
+            ops.append(op)
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        pane = app.query_one(LogsPane)
+        for op in ops:
+            await select(pilot, op.id)
+            await wait_for(pilot, lambda op=op: any(f"{op.name} says" in line.text for line in pane.lines))
+            assert str(pane.border_title) == f"Logs of {op.id} {op.name}"
