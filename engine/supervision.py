@@ -80,9 +80,10 @@ a loop of items that never await turns four times a second (the lease of a Redis
 LIVE_REFRESH = 5.0
 """Seconds after which a running attempt's record is written again though no progress moved: its rate and ETA
 age while it stands still, and every other reader (the dashboard, ``watch``, the API) shows the record's."""
-STOP_SEEN = 0.1
+STOP_SEEN = 0.25
 """Seconds of a gap in which the process neither ran nor waited to run past which it was stopped, for ``held_for``:
-a loop not turned in a stop was not held."""
+a loop not turned in a stop was not held. A shorter stop and the loop's quarter-second mark stay under half a
+second together; a smaller margin could take a wait for the GIL for a stop."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
