@@ -550,7 +550,7 @@ class Engine:
         face's own ``signal.signal`` handler, which runs while a handler holds the loop, where the loop's own
         signal handlers wait for it to return."""
         watch = self._supervisor.loop_watch
-        return 0.0 if watch is None else max(0.0, time.monotonic() - watch.turned)
+        return 0.0 if watch is None else watch.held_for()
 
     def break_into_handler(self, sig: int, frame: FrameType | None, why: str) -> None:
         """Called from a ``signal.signal`` handler (the main thread, between two bytecodes) of a face that

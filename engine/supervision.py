@@ -80,6 +80,10 @@ a loop of items that never await turns four times a second (the lease of a Redis
 LIVE_REFRESH = 5.0
 """Seconds after which a running attempt's record is written again though no progress moved: its rate and ETA
 age while it stands still, and every other reader (the dashboard, ``watch``, the API) shows the record's."""
+STOP_SEEN = 0.25
+"""Seconds of a gap in which the process neither ran nor waited to run past which it was stopped, for ``held_for``:
+a loop not turned in a stop was not held. A shorter stop and the loop's quarter-second mark stay under half a
+second together; a smaller margin could take a wait for the GIL for a stop."""
 FROZEN = 2.0
 """Seconds the whole process may go without running (its watch thread included) before that time is taken
 for a stop of the process (SIGSTOP, Ctrl-Z, a paused machine), which no attempt's clock counts."""
@@ -911,6 +915,8 @@ class LoopWatch:
         """Seconds the process was stopped, seen by the watch thread and not yet taken by ``frozen``."""
         self._thawed = 0.0
         """When a stop of the process was last seen: a loop that had no turn since is not blocked."""
+        self._continued = 0.0
+        """When a stop of any length was last seen (``_thawed`` counts only those over ``FROZEN``)."""
         from .attempt import Attempt  # at run time: attempt.py imports this module
 
         self._handler_call = Attempt.handler_call_code()
@@ -950,15 +956,31 @@ class LoopWatch:
         does, and was taken for one. Its minutes counted toward no deadline or stall, so a handler doing
         that in chunks ran past ``max_timeout`` and ``stall_timeout`` for ever, said to have run for 1s."""
         gap = now - self._beat - self._every
-        if gap <= FROZEN:
+        if gap <= STOP_SEEN:
             return 0.0
         ran = _ran(self._threads)
         stopped = gap - (ran - self._ran)
+        if stopped > STOP_SEEN:
+            self._continued = now  # a stop, however short: the loop could not turn in it (``held_for``)
         if stopped <= FROZEN:
             return 0.0
         self._beat = self._thawed = now
         self._ran = ran
         return stopped
+
+    def held_for(self) -> float:
+        """Seconds the loop has gone without turning while this process ran: a stop of the whole process
+        (Ctrl-Z, SIGSTOP) is no hold, however short, and not yet seen by the watch thread either (a signal's
+        handler runs as the process is continued, before that thread wakes). Safe in a signal handler on the
+        loop's thread: when that thread holds the lock (the loop turning), the loop is not held."""
+        now = time.monotonic()
+        if not self._lock.acquire(timeout=0.05):
+            return 0.0
+        try:
+            self._gaps += self._count(now)
+            return max(0.0, now - max(self.turned, self._thawed, self._continued))
+        finally:
+            self._lock.release()
 
     def holds(self) -> list[tuple[float, dict[str | None, float]]]:
         """The holds of the event loop since the last call, each ``(seconds, {operation id: seconds its handler

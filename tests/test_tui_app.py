@@ -354,6 +354,36 @@ async def test_quit_with_running_work_wait_finishes_it_and_starts_nothing_new(tu
         await store.close()
 
 
+async def test_waiting_to_quit_a_launch_is_refused_and_an_open_dialog_is_not_closed_by_the_quit(
+    tui_settings: Settings,
+) -> None:
+    """q, then wait: the dashboard starts nothing new. n opened the form anyway, and the quit came from under it
+    when the running work finished (what was typed lost, nothing said); one launched a moment before stayed
+    queued with nothing to run it. Now n says why not, and a question open when the work ends is answered first."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        op_id = await _running(pilot, app, items=40, seconds=0.05)
+        await pilot.press("q", "w")
+        assert app.waiting_to_quit
+        await pilot.press("n")
+        await pilot.pause()
+        assert not isinstance(app.screen, LaunchScreen)
+        await pilot.press("c")  # a question still open when the work ends
+        assert isinstance(app.screen, ConfirmScreen)
+        await wait_for(pilot, lambda: op_id not in app.engine.running_ids)
+        await pilot.pause(0.5)  # frames pass: the wait is over, the question still open
+        assert app.is_running and isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: not app.is_running)
+    store = open_store(tui_settings.state_dir)
+    await store.open()
+    try:
+        assert (await store.get(op_id)).status is Status.COMPLETED
+        assert [op.id for op in await store.list_operations()] == [op_id]  # nothing launched to stay queued
+    finally:
+        await store.close()
+
+
 def _keys(app: OutlastApp) -> set[str]:
     """The keys the footer shows now."""
     return {key for key, b in app.screen.active_bindings.items() if b.enabled and b.binding.show}
@@ -585,6 +615,65 @@ async def test_hangup_pauses_running_work_and_the_process_exits(tui_settings: Se
         assert code == 128 + signal.SIGHUP
         record = await engine.store.get(op.id)
         assert record.status is Status.PAUSED and record.checkpoint_seq is not None
+
+
+async def test_a_shell_closing_on_a_stopped_dashboard_pauses_its_work_and_the_process_exits(
+    tui_settings: Settings,
+) -> None:
+    """Ctrl-Z, then the terminal closed: bash sends its stopped job SIGHUP, SIGTERM and SIGCONT at once. The two
+    stop signals, handled as the process was continued, were taken for a handler holding the loop (the time
+    stopped counted as a hold): the dashboard left at once, its work interrupted, the items since the last
+    checkpoint to be done again. Then, with that mended, the SIGTERM's quit replaced the hang-up's and waited for
+    good to give back the terminal that was gone. The work is paused now, and the process exits."""
+    engine = Engine(store=open_store(tui_settings.state_dir), settings=tui_settings, run_queue=False)
+    async with engine:
+        op = await engine.submit({"type": "ledger", "name": "stopped", "params": {"items": 3000, "seconds": 0.01}})
+        term = _dashboard_on_a_pty(tui_settings)
+        try:
+            await until(lambda: _done_at_least(engine, op.id, 1), timeout=30)
+            term.proc.send_signal(signal.SIGSTOP)  # as Ctrl-Z leaves it (engine.suspend_process)
+            await until(lambda: _process_state(term.proc.pid) == "T", timeout=10)
+            await asyncio.sleep(1.0)  # stopped for a while: longer than a hold that a second signal breaks into
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT):
+                term.proc.send_signal(sig)
+            os.close(term.master)  # the terminal is gone too
+            code = await asyncio.to_thread(term.proc.wait, 30)
+        finally:
+            term.close()
+        assert code == 128 + signal.SIGHUP
+        record = await engine.store.get(op.id)
+        assert record.status is Status.PAUSED and record.checkpoint_seq is not None, record.status_message
+        assert "hung up" in (record.status_message or ""), record.status_message
+
+
+async def test_a_sigterm_handled_after_a_sighup_quits_as_the_hang_up_does(tui_settings: Settings) -> None:
+    """SIGHUP and SIGTERM together (a shell closing on its stopped job): the SIGTERM's quit took the hang-up's
+    place, paused the work, then waited for good to give back a terminal that was gone (the process stayed
+    behind). After a SIGHUP, every quit leaves as the hang-up does."""
+    app = make_app(tui_settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        ran: list[str] = []
+
+        async def hang_up() -> None:  # the real one ends the process
+            ran.append("hang up")
+
+        async def quit_now(reason: str = "") -> None:
+            ran.append("quit")
+
+        app._hang_up = hang_up  # type: ignore[method-assign]
+        app._quit_now = quit_now  # type: ignore[method-assign]
+        app._on_signal(signal.SIGHUP)
+        app._on_signal(signal.SIGTERM)
+        await wait_for(pilot, lambda: ran)
+        await pilot.pause()
+        assert ran == ["hang up"]
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 async def test_sigterm_twice_reaches_a_dashboard_whose_loop_a_handler_holds(tui_settings: Settings) -> None:

@@ -710,6 +710,25 @@ async def test_a_cleared_optional_field_launches_none_as_its_placeholder_says(tm
     assert params.max_failures is None and params.collect_timeout == 600
 
 
+async def test_a_cleared_field_with_a_default_says_the_default_it_launches() -> None:
+    """demo's items cleared showed an empty field, and the form launched 100 items (the default): the field
+    now says so. What is launched is that default."""
+    app = LaunchApp(demo_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await replace(pilot, "#param-items", "")
+        await replace(pilot, "#param-seconds", "")
+        items, seconds = (app.screen.query_one(f"#param-{n}", Input) for n in ("items", "seconds"))
+        assert (items.value, items.placeholder) == ("", "100 (default)")
+        assert (seconds.value, seconds.placeholder) == ("", "0.05 (default)")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    [spec] = app.results
+    assert spec is not None
+    params = handlers()["demo"].params.model_validate(spec.params)
+    assert (params.items, params.seconds) == (100, 0.05)
+
+
 async def test_a_handler_without_a_params_model_launches_with_its_json_field_empty() -> None:
     import tests.ops_for_tests  # noqa: F401 (registers thread_blocker: its params have no model)
 

@@ -453,3 +453,69 @@ async def test_a_resume_of_a_record_with_a_damaged_profile_says_so_and_not_that_
         assert app.model.store_ok
         assert "unreachable" not in " ".join(app.dashboard.notes), app.dashboard.notes
         assert (await app.engine.store.get(op.id)).status is Status.PAUSED
+
+
+async def test_a_name_cut_to_its_column_says_it_was_cut(tui_settings: Settings) -> None:
+    """At 80 columns the name column is 10 cells: "restore customers db (DRY RUN)" and "... (FOR REAL)" both read
+    "restore cu", with nothing saying there was more, the one to cancel told apart by its id alone. A cut name
+    ends in "…"; one that fits is shown whole."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        names = ["restore customers db (DRY RUN)", "restore customers db (FOR REAL)", "short"]
+        for name in names:
+            await app.engine.submit({"type": "ledger", "name": name, "params": {"items": 3}})
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 3)
+        await pilot.pause()
+        rows = [table.render_line(y).text for y in range(1, 4)]
+        assert sum("restore c" in row and "… " in row for row in rows) == 2, rows
+        assert [row for row in rows if "short " in row and "…" not in row], rows
+
+
+async def test_after_a_removal_the_arrows_go_on_from_the_removed_row_not_from_the_top(tui_settings: Settings) -> None:
+    """d, y on a row: nothing is selected after (the next c must not act on a neighbour nobody chose). But down then
+    went to the first row: in the middle of 10,000 operations, a cleanup by d, y, down, d selected the top one and
+    asked to remove it. Down now selects the row that took the removed one's place, and up the one above it."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        for i in range(6):
+            op = await app.engine.submit({"type": "ledger", "name": f"old {i}", "params": {"items": 3}})
+            await app.engine.cancel(op.id)
+        table = app.query_one(OperationsTable)
+        await wait_for(
+            pilot, lambda: len(table.ids) == 6 and all(app.ops[i].status is Status.CANCELLED for i in table.ids)
+        )
+        rows = list(table.ids)
+        await select(pilot, rows[3])
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: rows[3] not in table.ids)
+        assert table.selected_id is None
+        await pilot.press("down")
+        assert table.selected_id == rows[4]
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: rows[4] not in table.ids)
+        await pilot.press("up")
+        assert table.selected_id == rows[2]
+
+
+async def test_the_logs_pane_names_the_operation_whose_lines_it_shows(tui_settings: Settings) -> None:
+    """The pane keeps the last operation's lines until the cursor has rested and the store has answered (a slow
+    store: seconds), under the detail of the one the cursor is on, and its title said only "Logs": one
+    operation's errors read as another's. Its title names whose lines they are, as the checkpoints pane's does."""
+    app = make_app(tui_settings, watch_only=True)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: app.engine_started)
+        ops = []
+        for name in ("alpha", "beta"):
+            op = await app.engine.submit({"type": "ledger", "name": name, "params": {"items": 3}})
+            await app.engine.store.append_logs(op.id, [LogRecord(ts=time.time(), level="info", message=f"{name} says")])
+            ops.append(op)
+        table = app.query_one(OperationsTable)
+        await wait_for(pilot, lambda: len(table.ids) == 2)
+        pane = app.query_one(LogsPane)
+        for op in ops:
+            await select(pilot, op.id)
+            await wait_for(pilot, lambda op=op: any(f"{op.name} says" in line.text for line in pane.lines))
+            assert str(pane.border_title) == f"Logs of {op.id} {op.name}"

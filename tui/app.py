@@ -176,6 +176,8 @@ class OutlastApp(App[int]):
         """Stop signals the loop has handled (``_on_signal``): the rest wait for it to turn."""
         self._broken_in = 0
         """Signals spent breaking into a handler that held the loop, not yet passed by ``_on_signal``."""
+        self._hung_up = False
+        """A SIGHUP was handled: the terminal is gone (``_on_signal``)."""
         self.stopping: tuple[dict[str, str], float] | None = None
         """While the engine stops on the way out: the operations it stops (id: label), and since when
         (monotonic)."""
@@ -331,8 +333,12 @@ class OutlastApp(App[int]):
             return
         if self.stopping is not None:  # asked again while the stop waits: as q again
             self._leave_now(f"{signal.Signals(sig).name} again", 128 + sig)
+        # Once the terminal has hung up, every quit leaves as a hang-up does: a shell closing with the dashboard
+        # stopped (Ctrl-Z) sends SIGHUP, SIGTERM and SIGCONT at once, and the SIGTERM's quit, put in the hang-up's
+        # place, paused the work, then waited for good to give back a terminal that was gone.
+        self._hung_up = self._hung_up or sig == signal.SIGHUP
         why = _SIGNAL_WHY[signal.SIGTERM]
-        work = self._hang_up if sig == signal.SIGHUP else functools.partial(self._quit_now, why)
+        work = self._hang_up if self._hung_up else functools.partial(self._quit_now, why)
         self._work(work, "quit", "quitting", exclusive=True)
 
     async def _hang_up(self) -> None:
@@ -489,7 +495,8 @@ class OutlastApp(App[int]):
         top = self.screen_stack[-1] if self.screen_stack else None
         if isinstance(top, QuitScreen) and self.engine_started:
             top.show_running(len(self.engine.running_ids))
-        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids:
+        # Not from under a dialog (the launch form half filled, a question asked): it quits once that is closed.
+        if self.waiting_to_quit and self.engine_started and not self.engine.running_ids and len(self.screen_stack) == 1:
             self.waiting_to_quit = False
             self._work(self._quit_now, "quit", "quitting")
 
@@ -612,8 +619,19 @@ class OutlastApp(App[int]):
         if (op := self.dashboard.selected_op) and self._engine_ready("p"):
             self._act(lambda op: "paused" if op.status is Status.PAUSED else "pausing", "pause", op.id)
 
+    def _waiting(self, key: str) -> bool:
+        """Whether the dashboard waits to quit (q, then wait), saying so for ``key``: it starts nothing new then,
+        so what a launch or a resume queued stayed queued when it quit, with nothing to run it and nothing said,
+        and the quit closed the launch form while it was being filled."""
+        if self.waiting_to_quit:
+            self.notify(
+                f"{key}: waiting to quit, starting nothing new here (q, then Stay, to go on working)",
+                severity="warning",
+            )
+        return self.waiting_to_quit
+
     def action_resume(self) -> None:
-        if (op := self.dashboard.selected_op) and self._engine_ready("r"):
+        if (op := self.dashboard.selected_op) and self._engine_ready("r") and not self._waiting("r"):
             self._act(self._resumed, "resume", op.id)
 
     def _resumed(self, op: Operation) -> str:
@@ -650,7 +668,7 @@ class OutlastApp(App[int]):
         and only if the rows are of the operation the cursor is on. They are the previous one's until the
         cursor has rested (``SIDE_DEBOUNCE``): enter and y pressed in that moment resumed the operation
         just left, while the cursor and the detail showed another."""
-        if not self._engine_ready("enter"):
+        if not self._engine_ready("enter") or self._waiting("enter"):
             return
         op = self.dashboard.selected_op
         if op is None or op.id != event.op_id:
@@ -747,7 +765,7 @@ class OutlastApp(App[int]):
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def action_launch(self) -> None:
-        if not self._engine_ready("n"):
+        if not self._engine_ready("n") or self._waiting("n"):
             return
         from engine import handlers
 

@@ -389,6 +389,7 @@ class DashboardScreen(Screen[None]):
             cps_pane.show(None, [])
             if logs_pane.mode == "selected":
                 logs_pane.reset(None)
+                logs_pane.border_title = TITLES["logs"]
             return
         if not self.model.started:
             return
@@ -400,6 +401,9 @@ class DashboardScreen(Screen[None]):
         if side.logs is not None and logs_pane.mode == "selected":
             if fresh:
                 logs_pane.reset(op_id)
+                # Named, as the checkpoints are: the lines stay the last operation's until the cursor has rested and
+                # the store has answered, under the detail of the one the cursor is on.
+                logs_pane.border_title = Content(f"Logs of {_title_label(self.model.ops.get(op_id), op_id)}")
             logs_pane.log_offset = side.log_offset
             logs_pane.add(side.logs)
 

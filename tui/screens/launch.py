@@ -779,7 +779,7 @@ class LaunchScreen(ModalScreen[OperationSpec | None]):
         return FormInput(
             str(value),
             max_length=NUMBER_MAX if f.kind in ("int", "float") else FIELD_MAX,
-            placeholder="required" if f.required else ("none" if f.nullable else ""),
+            placeholder=_placeholder(f),
             compact=True,
             id=wid,
             classes="field-control",
@@ -1096,6 +1096,17 @@ def _initial(f: ParamField) -> Any:
     if f.kind == "choice":
         return _choice_value(f.default) if f.default is not None else Select.NULL
     return f.initial_text()
+
+
+def _placeholder(f: ParamField) -> str:
+    """What an empty text field says: what it launches. Cleared, a field with a default launches that default
+    (demo's items: 100), and it showed nothing, as if it would launch nothing or be refused."""
+    if f.required:
+        return "required"
+    if f.nullable:
+        return "none"
+    shown = f.initial_text()
+    return f"{shown} (default)" if shown else ""
 
 
 def _label(f: ParamField) -> str:

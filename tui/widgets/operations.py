@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from rich.cells import set_cell_size
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -100,6 +100,14 @@ def sort_key(name: str, live: Callable[[str], Progress | None]) -> Callable[[Ope
     return lambda op: (-op.created_at, op.id)
 
 
+def _fitted(text: str, width: int) -> str:
+    """``text`` in exactly ``width`` cells, ending in "…" when it was cut: "restore db (DRY RUN)" and "restore db
+    (FOR REAL)" both read "restore db" in a narrow name column, with nothing saying there was more."""
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    return set_cell_size(text, max(0, width - 1)) + "…"
+
+
 def matches(op: Operation, words: list[str]) -> bool:
     """Every word of the filter appears in the id, name, type, status or priority, as the table shows them:
     a name another client stored with a control character reads ``\\x1b`` in its row, and typing what was
@@ -174,6 +182,8 @@ class OperationsTable(ScrollView, can_focus=True):
         self.filter_words: list[str] = []
         self.fetched = False
         """True once the first full list has been read (until then the table says it is loading)."""
+        self._gap = 0
+        """The row the selected operation stood at when it left the view by a change of its own (``_from``)."""
         self.failed: str | None = None
         """Why the engine did not start: said whole in the empty table (the status line cuts it off, a
         notification goes away), instead of "loading operations..." for ever."""
@@ -200,7 +210,7 @@ class OperationsTable(ScrollView, can_focus=True):
         """Filter and sort again: every row (the filter or sort changed), or only the rows of ``moved``
         (records that came, went or changed status): each taken out and put back in its place, so a
         status change costs a few comparisons instead of a sort of every operation."""
-        keep = self.selected_id
+        keep, row = self.selected_id, self.cursor
         moved = None if moved is None else set(moved)
         if moved is None or len(moved) > INCREMENTAL or self.sort == "progress" or not self._place(moved):
             ops: Iterable[Operation] = self.ops.values()
@@ -225,6 +235,7 @@ class OperationsTable(ScrollView, can_focus=True):
                 # process removed it): nothing is selected until the cursor moves. Moved onto a neighbour, it
                 # had the next c or p act on an operation nobody chose. A new filter or sort: the top row.
                 self.cursor = -1 if moved is not None else 0
+                self._gap = row
         elif self.cursor != -1 or moved is None:
             self.cursor = 0
         size = Size(self.size.width, len(self.ids) + 1)
@@ -286,10 +297,19 @@ class OperationsTable(ScrollView, can_focus=True):
     # ---- keys and mouse --------------------------------------------------------------------
 
     def action_cursor(self, delta: int) -> None:
-        self._move(self.cursor + delta)
+        self._move(self._from(delta) + delta)
 
     def action_page(self, direction: int) -> None:
-        self._move(self.cursor + direction * max(1, self.size.height - 2))
+        self._move(self._from(direction) + direction * max(1, self.size.height - 2))
+
+    def _from(self, delta: int) -> int:
+        """The row a move of ``delta`` starts from: the cursor's; with nothing selected since the selected row left
+        the view (``rebuild``), from where it stood, so that down selects the row that took its place and up the one
+        above it. From no row, down went to the top of the list: d, y, then down in the middle of 10,000 operations
+        selected the first, and the next d asked about it."""
+        if self.cursor >= 0:
+            return self.cursor
+        return self._gap - 1 if delta > 0 else self._gap
 
     def action_jump(self, where: int) -> None:
         self._move(0 if where == 0 else len(self.ids) - 1)
@@ -511,7 +531,7 @@ class OperationsTable(ScrollView, can_focus=True):
                 continue
             value, style = self._cell(col.key, op, p, now)
             if col.key in ("name", "type"):  # exactly w columns: ljust would count a CJK character as one
-                out.append((set_cell_size(value, w), style))
+                out.append((_fitted(value, w), style))
                 continue
             value = value[:w]  # the handle column is as wide as the largest handle (rebuild)
             out.append((value.rjust(w) if col.right else value.ljust(w), style))
