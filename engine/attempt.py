@@ -427,13 +427,14 @@ class Attempt:
             except asyncio.CancelledError as e:
                 task = asyncio.current_task()
                 cancelled = task is not None and task.cancelling() > 0
-                if not isinstance(e, BrokenInto) and not self.watch.cancels and cancelled:
+                broken = isinstance(e, BrokenInto) or self.watch.broken_in is not None  # or another in its place
+                if not broken and not self.watch.cancels and cancelled:
                     # The engine did not cancel this task (it counts its own cancels): the handler did
                     # (``asyncio.current_task().cancel()``). It was taken for the engine's forced stop ("paused
                     # ... forced after 10s grace period" 0 s in, no checkpoint, exit 6), left paused by auto_resume.
                     await self._fail(f"the handler cancelled its own task: {format_exception(e)}")
                     return
-                if not isinstance(e, BrokenInto) and ctx.stop_reason is None and not cancelled:
+                if not broken and ctx.stop_reason is None and not cancelled:
                     # Nobody cancelled this task: a task of the handler's own was cancelled and its await
                     # raised here. It was called a forced stop of the engine ("paused ... forced after 10s
                     # grace period") that no worker would retry, though no stop was asked for.
@@ -445,7 +446,7 @@ class Attempt:
                 how = (
                     f"{e.by} broke into the handler, which held the event loop at {e.where}"
                     if isinstance(e, BrokenInto)
-                    else None
+                    else self.watch.broken_in
                 )
                 if how:
                     ctx.log.warning(f"stopped by force: {how}")
@@ -469,16 +470,17 @@ class Attempt:
                     self.host.store_stopped.add(op.id)
                     await self._settle(Status.INTERRUPTED, message=f"interrupted: {e}")
             except Exception as e:
-                if ctx.stop_reason is not None and self.watch.cancels:
+                if (ctx.stop_reason is not None and self.watch.cancels) or self.watch.broken_in is not None:
                     # The cancel that forced the stop, turned into an error of its own by the handler or a library
                     # (``except CancelledError: raise RuntimeError("request aborted")``): a Ctrl-C failed the
                     # operation (exit 1), and a worker's SIGTERM under auto_resume left it failed for good.
+                    reason = ctx.stop_reason or StopReason.SHUTDOWN  # a second signal the loop has not seen yet
                     ctx.log.warning(
-                        f"the handler raised {type(e).__name__} when the stop ({ctx.stop_reason.value}) cancelled it:"
+                        f"the handler raised {type(e).__name__} when the stop ({reason.value}) cancelled it:"
                         f" stopped, not failed ({format_exception(e)})"
                     )
                     ctx.kill_children()
-                    await self._stopped(ctx.stop_reason, checkpointed=False, forced=True)
+                    await self._stopped(reason, checkpointed=False, forced=True, how=self.watch.broken_in)
                     return
                 key = ctx.failed_item(e)
                 # An item whose body found the machine short (no descriptor, process or thread) did not fail, nor
@@ -525,16 +527,18 @@ class Attempt:
                         " its result is not kept"
                     )
                     await self._stopped(ctx.stop_reason, checkpointed=False)
-                elif ctx.stop_reason is not None and self.watch.cancels:
+                elif (ctx.stop_reason is not None and self.watch.cancels) or self.watch.broken_in is not None:
                     # It caught the engine's forced cancel (``except asyncio.CancelledError: return partial``, after
-                    # the grace period) and returned: "completed at 0/5 items" after a pause, its items never run,
-                    # and a completed operation cannot be resumed. Stopped by force, as if it had let it through.
+                    # the grace period, or the ``BrokenInto`` of a second Ctrl-C where it held the loop) and returned:
+                    # "completed at 0/5 items", its items never run, and a completed operation cannot be resumed.
+                    # Stopped by force, as if it had let it through.
+                    reason = ctx.stop_reason or StopReason.SHUTDOWN  # a second signal the loop has not seen yet
                     ctx.log.warning(
-                        f"the handler caught the cancel that forced the stop ({ctx.stop_reason.value}) and returned:"
+                        f"the handler caught the cancel that forced the stop ({reason.value}) and returned:"
                         " stopped, not completed; its result is not kept"
                     )
                     ctx.kill_children()
-                    await self._stopped(ctx.stop_reason, checkpointed=False, forced=True)
+                    await self._stopped(reason, checkpointed=False, forced=True, how=self.watch.broken_in)
                 elif ctx.too_many_failures is not None:
                     # It caught TooManyFailures (an ``except Exception`` around ``ctx.fail``) and went on: it
                     # completed with every later item failed, past the threshold that was to fail it.

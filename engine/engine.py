@@ -109,6 +109,20 @@ def _handler_frame(frame: FrameType | None, op_id: str | None = None) -> str | N
 _HANDLER_CALL = Attempt.handler_call_code()
 
 
+def _broken_into(frame: FrameType | None, at: str, by: str = "a second signal") -> BrokenInto:
+    """The ``BrokenInto`` to raise at ``frame``, its attempt (the handler's caller on the stack) told how first: a
+    handler that catches it (``except BaseException: return partial``) and returns was "completed at 0/5 items",
+    exit 0, after a second Ctrl-C. Only plain assignments: this runs in a signal handler."""
+    while frame is not None:
+        if frame.f_code is _HANDLER_CALL:
+            watch = getattr(frame.f_locals.get("self"), "watch", None)
+            if watch is not None:
+                watch.broken_in = f"{by} broke into the handler, which held the event loop at {at}"
+            break
+        frame = frame.f_back
+    return BrokenInto(at, by)
+
+
 BREAK_IN = signal.SIGURG
 """The signal the loop's watch thread sends the main thread to stop a handler that holds the event loop past its
 stall timeout and grace period (``Engine._break_in``): ignored by default, and used by no stop or job control."""
@@ -480,7 +494,7 @@ class Engine:
             return
         if attempt.ctx.stop_reason is None:
             attempt.watch.stop(StopReason.STALLED, time.monotonic())
-        raise BrokenInto(at, by)
+        raise _broken_into(frame, at, by)
 
     def _install_stop_signal(self, loop: asyncio.AbstractEventLoop, sig: int) -> Callable[..., None]:
         """The loop's handler of ``sig`` (``stop_for_signal``) and the one that runs at once (``_on_signal_now``),
@@ -543,7 +557,7 @@ class Engine:
         if self._signal_count == 0:
             self.shutdown_reason = _SIGNAL_REASON.get(signal.Signals(sig), f"signal {signal.Signals(sig).name}")
             self.stop_signal = sig
-        raise BrokenInto(at)
+        raise _broken_into(frame, at)
 
     def loop_held_for(self) -> float:
         """Seconds the event loop has gone without turning (0 while this engine's clock is not running): for a
@@ -566,7 +580,7 @@ class Engine:
             self.shutdown_reason = why
             if self.stop_signal is None:
                 self.stop_signal = sig
-        raise BrokenInto(at)
+        raise _broken_into(frame, at)
 
     def stop_for_signal(self, sig: int) -> None:
         """What SIGINT, SIGTERM or SIGHUP does to the engine, for a face that handles signals itself (the API

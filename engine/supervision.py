@@ -136,6 +136,10 @@ class Watch:
         self.cancels = 0
         """Cancels of the handler's task the engine made (``cancel_task``): a CancelledError with none is no
         stop of the engine's, but the handler's own (it cancelled its task: ``Attempt._run``)."""
+        self.broken_in: str | None = None
+        """How a ``BrokenInto`` broke into the handler where it held the event loop ("a second signal broke into
+        ..."), set by the signal handler that raised it: a handler that caught it and returned (or raised another
+        error) was stopped by force, not completed."""
         self.abandon_due = False
         """The handler's task outlived its forced cancel by ``abandon_after``: the supervisor abandons it."""
         self.live_dirty = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -69,3 +70,21 @@ async def leaves_a_thread(ctx: OperationContext, params: Any) -> dict[str, Any]:
         await asyncio.sleep(0.05)
         _ran(params["log"], i)
     return {"n": params.get("n", 3)}
+
+
+@operation("mb_blocks_and_returns")
+async def blocks_and_returns(ctx: OperationContext, params: Any) -> dict[str, Any]:
+    """Blocking work on the event loop that catches whatever ends it and returns what it has (``except
+    BaseException: return partial``): a second Ctrl-C breaks into it, and it returns. ``then``: ``raise`` a
+    RuntimeError of its own instead. ``held``: a file made as the hold begins; once there, nothing holds."""
+    async for i in ctx.items(range(params.get("n", 5)), key=str):
+        try:
+            if i == 0 and not os.path.exists(params["held"]):  # the first attempt's: where the test's signals land
+                open(params["held"], "w").close()  # the test's sign that the loop is held from now on
+                time.sleep(float(params.get("hold", 30)))
+        except BaseException:  # the misbehaviour under test
+            if params.get("then") == "raise":
+                raise RuntimeError("aborted") from None
+            return {"partial": i}
+        _ran(params["log"], i)
+    return {"n": params.get("n", 5)}

@@ -226,3 +226,31 @@ def test_a_handler_holding_the_event_loop_is_stopped_as_stalled_where_it_stands(
     op = cli.op(op_id)
     assert op.status.value == "timed_out" and op.progress.done == 0, (op.status_message, r.stdout, r.stderr)
     assert "stalled" in op.status_message and "held the event loop" in op.status_message, op.status_message
+
+
+@pytest.mark.parametrize("then", ["return", "raise"])
+def test_a_handler_that_catches_a_second_ctrl_c_where_it_holds_the_loop_is_stopped_not_completed(
+    cli: Cli, tmp_path: Path, then: str
+) -> None:
+    """Blocking work on the loop (``time.sleep``) in ``try: ... except BaseException: return partial``: the second
+    Ctrl-C breaks into it where it stands, and it returned: "completed at 0/5 items", exit 0, its items never
+    run and the operation not resumable (or, raising an error of its own, failed, exit 1). It is paused by
+    force, and a resume runs every item."""
+    log = tmp_path / "ledger"
+    held = tmp_path / "held"
+    args = ("-p", f"log={log}", "-p", "n=5", "-p", f"then={then}", "-p", f"held={held}")
+    proc = cli.start(*PLUGIN, "run", "mb_blocks_and_returns", *args)
+    op_id = proc.wait_line(lambda ln: "submitted" in ln).split()[1]
+    until(held.exists, 30, what="the handler holding the loop")
+    time.sleep(0.7)  # the loop held past half a second: what a second signal breaks into
+    proc.signal(signal.SIGINT)
+    time.sleep(0.2)  # within a tenth of a second it is the same signal again
+    proc.signal(signal.SIGINT)
+    code = ends_within(proc, 30, lambda: f"still running: {proc.out[-3:]} {proc.err}")
+    op = cli.op(op_id)
+    assert (code, op.status.value) == (6, "paused"), (code, op.status_message, proc.err)
+    assert op.result is None and "forced: the handler held the event loop" in (op.status_message or "")
+    assert ledger(log) == []
+    done = cli(*PLUGIN, "resume", op_id, timeout=60)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert sorted(ledger(log)) == list(range(5))
