@@ -419,6 +419,26 @@ async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit
     assert len(records) < kept + 1000 + 20  # the engine's own few lines besides
 
 
+@pytest.mark.parametrize("byte", ["\\0", "\\033", "\\351"], ids=["nul", "escape", "latin1"])
+async def test_the_log_limit_bounds_the_bytes_of_the_log_file_whatever_the_command_prints(
+    settings: Settings, byte: str
+) -> None:
+    """log_limit counted characters: a NUL or an escape code is one, and six in the file (``\\u0000``), a byte
+    that is not UTF-8 four (``\\xe9``, five): ``head -c 200M /dev/zero`` wrote a log of 400 MB under the limit
+    of 64 MB. The file takes the limit, and the tail written at the end its budget, in bytes."""
+    settings = settings.model_copy(update={"log_limit": 20_000})
+    line = f"printf '{byte}%.0s' $(seq 1 300); echo"
+    script = f"for i in $(seq 1 200); do {line}; done"
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="command", params={"command": script, "shell": True}))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and final.result["lines"] == 200, final
+        records, _ = await engine.store.read_logs(op.id)
+        size = (engine.store.log_dir / f"{op.id}.jsonl").stat().st_size  # type: ignore[attr-defined]
+    assert any("came past the log limit" in r.message for r in records)
+    assert size <= 2 * 20_000 + 2_000, size  # the limit, the tail's budget (the limit, when smaller) and two lines
+
+
 async def test_a_log_file_that_cannot_grow_keeps_whole_records_and_says_what_was_not_written(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
