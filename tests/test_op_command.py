@@ -100,6 +100,27 @@ def test_sigkilled_worker_then_resume_from_outlast_checkpoint(cli: Cli, tmp_path
     assert f"sum {sum(range(n))}" in cli("logs", op_id).stdout
 
 
+def test_the_lines_before_a_checkpoint_are_in_the_log_when_the_worker_is_killed_after_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Log lines were written on the engine's clock, a checkpoint at once: a worker SIGKILLed between the two
+    lost the lines the command printed before its ``::outlast checkpoint``, and the resume, going on past them,
+    never printed them again. They are written before the checkpoint is."""
+    script = tmp_path / "job.sh"
+    script.write_text(
+        'if [ -n "$OUTLAST_RESUME" ]; then echo resumed; exit 0; fi\n'
+        "echo 'line 1'; echo 'line 2'; echo 'line 3'\n"
+        """echo '::outlast checkpoint {"next": 4}'\n"""
+        "sleep 60\n"
+    )
+    op_id = submit(cli, "command", {"argv": ["sh", str(script)]})
+    kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("checkpoint") == {"next": 4})
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    logged = [ln.split(maxsplit=2)[-1] for ln in cli("logs", op_id).stdout.splitlines()]
+    assert [m for m in logged if m.startswith("line") or m == "resumed"] == ["line 1", "line 2", "line 3", "resumed"]
+
+
 async def test_a_failed_command_is_said_without_an_exception_type_or_a_line_of_outlast(
     engine: Engine, tmp_path: Path
 ) -> None:
