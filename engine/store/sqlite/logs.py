@@ -113,10 +113,15 @@ class ControlLogsMixin(SqliteCore):
         # that never returned (``threads.off_loop``). Not ``async with``: aiofiles closes on the default one.
         # Unbuffered bytes, and a write that fails part-way is taken back: a file that could not grow (a file
         # size limit, ``ulimit -f``: EFBIG) ended in half a record, which no reader takes.
+        # A record left unfinished at the end (its writer SIGKILLed in the middle of a large write, which the
+        # kernel cuts short) is ended first: appended to, it made this batch's first record one damaged line,
+        # left out by every reader (a resumed attempt's "resuming from checkpoint" line).
         path, pool, data = self._log_path(op_id), engine_executor(), text.encode("utf-8")
-        f = await aiofiles.open(path, "ab", buffering=0, opener=_no_link, executor=pool)
+        f = await aiofiles.open(path, "a+b", buffering=0, opener=_no_link, executor=pool)
         try:
-            end = await f.tell()
+            end, torn = await asyncio.get_running_loop().run_in_executor(pool, _end_of, f.fileno())
+            if torn:
+                data = b"\n" + data
             try:
                 while data:
                     data = data[await f.write(data) or 0 :]
@@ -166,6 +171,12 @@ READ_MAX = 4 << 20
 
 CHUNK = 64 << 10
 """Bytes read at a time from the end of a log for its last lines."""
+
+
+def _end_of(fd: int) -> tuple[int, bool]:
+    """The size of the log open at ``fd``, and whether its last record is unfinished (no newline ends it)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    return end, end > 0 and os.pread(fd, 1, end - 1) != b"\n"
 
 
 def _no_link(path: str | os.PathLike[str], flags: int) -> int:
