@@ -276,3 +276,20 @@ async def test_a_record_left_unfinished_by_a_killed_writer_costs_no_record_after
     finally:
         await store.close()
     assert [r.message for r in records] == ["line 1", "resuming from checkpoint 3"]
+
+
+@pytest.mark.parametrize("limit", [None, 5], ids=["page", "tail"])
+async def test_a_reader_past_the_end_of_a_log_begun_again_reads_the_new_one(tmp_path: Path, limit: int | None) -> None:
+    """The logs directory deleted under a run (to free space): the lines after go on in a new file. A follower
+    (``outlast logs -f``, the dashboard's pane) read on from its offset in the old file, past the new one's end,
+    and never showed a line of it."""
+    store, op_id = await _store_with_log(tmp_path, b"".join(_line(i) for i in range(200)))
+    try:
+        _, offset = await store.read_logs(op_id)
+        (tmp_path / "logs" / f"{op_id}.jsonl").unlink()
+        await store.append_logs(op_id, [LogRecord(ts=9.0, level="info", message="after the delete")])
+        records, after = await store.read_logs(op_id, offset, limit)
+    finally:
+        await store.close()
+    assert [r.message for r in records] == ["after the delete"]
+    assert after == (tmp_path / "logs" / f"{op_id}.jsonl").stat().st_size

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 
@@ -211,10 +212,18 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
     return out
 
 
+def _within(f: BinaryIO, offset: int) -> int:
+    """``offset``, or 0 when the file is shorter: it is a new one (the logs directory deleted under a run, a log
+    that was no regular file moved aside), begun since the offset was read from the old one. A follower
+    (``outlast logs -f``, the dashboard) kept reading past its end and never showed a line of it."""
+    return offset if offset <= os.fstat(f.fileno()).st_size else 0
+
+
 def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that), or only the first ``first`` records of them; a partly written last line is read next time."""
     with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
+        offset = _within(f, offset)
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -240,6 +249,7 @@ def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
     with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
+        offset = _within(f, offset)
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
