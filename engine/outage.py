@@ -250,7 +250,9 @@ def record_bytes(record: LogRecord) -> int:
     under the limit of 64 MB, and binary on a small disk up to six times the room it was given."""
     m = record.message
     if m.isascii() and m.isprintable():
-        n = len(m) + m.count("\\") + m.count('"')
+        n = len(m)
+        if "\\" in m or '"' in m:
+            n += m.count("\\") + m.count('"')
     else:
         n = len(json.dumps(m, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
     if record.fields:
