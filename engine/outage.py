@@ -265,6 +265,16 @@ def _cost(records: list[LogRecord]) -> int:
     return sum(map(record_bytes, records))
 
 
+def _lost_line(lost: int, ts: float) -> LogRecord:
+    """The line that stands where ``lost`` records were dropped while the store could not be written."""
+    return LogRecord(
+        ts=ts,
+        level="warning",
+        message=f"{lost:,} log lines were not written here: the store could not be written meanwhile, and only the"
+        f" newest {LOG_BUFFER_MAX:,} were kept",
+    )
+
+
 ROOM_LOOK_EVERY = 0.5
 """Seconds between looks at the free space of the logs' disk while the budget is far from spent."""
 
@@ -309,6 +319,9 @@ class LogBuffer:
         self._in_flight = 0
         """Bytes of records a flush has taken and is writing now: not in the buffer, nor yet in the room a
         look at the disk sees."""
+        self._lost: dict[str, int] = {}
+        """Records of each operation dropped while the store failed (beyond the newest ``LOG_BUFFER_MAX``),
+        said by a line where they were at its next write: the log had a gap of 400,000 lines, silent."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
         if self._over_limit(op_id, record):
@@ -442,8 +455,10 @@ class LogBuffer:
             self._writing[i] = done = asyncio.Event()
             cost = _cost(recs) if self._room is not None else 0
             self._in_flight += cost
+            lost = self._lost.get(i, 0)
             try:
-                await self._store.append_logs(i, recs)
+                await self._store.append_logs(i, [_lost_line(lost, recs[0].ts), *recs] if lost else recs)
+                self._lost.pop(i, None)
                 self._health.ok("logs")
             except Exception as e:
                 if isinstance(e, OSError) and e.errno == errno.EFBIG:
@@ -455,9 +470,13 @@ class LogBuffer:
                     continue
                 if not short:
                     self._health.failed(e, "logs")
-                # Kept for the next flush (the newest, when the outage is long).
-                self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
-                del self._buf[i][: -LOG_BUFFER_MAX or None]
+                # Kept for the next flush (the newest, when the outage is long: the others counted, and said
+                # where they were, at the next write).
+                kept = self._buf[i]
+                kept[:0] = recs
+                if (dropped := len(kept) - LOG_BUFFER_MAX) > 0:
+                    del kept[:dropped]
+                    self._lost[i] = lost + dropped
             finally:
                 self._in_flight -= cost
                 del self._writing[i]
