@@ -266,6 +266,29 @@ def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) 
     assert logs.count("more done than the total") == 1, logs
 
 
+@pytest.mark.parametrize("before", ["Collecting deps: 100%", "step 3/10 done"], ids=["percent", "text"])
+def test_a_count_alone_after_a_percentage_or_a_fraction_in_text_is_not_passed_over(cli: Cli, before: str) -> None:
+    """A count alone was held to the last total whatever gave it: a pip line (``100%``: a total of 1000, per
+    mille) or a line of text holding ``3/10`` made every ``::outlast progress 1500`` after it "more done than
+    the total", passed over; and the command, working, its progress lines all passed over, was stopped as
+    stalled. Only a total said as one (``::outlast progress N/M``, ``progress_regex``) holds a count alone."""
+    counts = "; ".join(f"echo '::outlast progress {n}'; sleep 0.3" for n in range(1001, 1026))
+    script = f"echo '{before}'; {counts}"
+    r = cli(
+        "--json",
+        "run",
+        "command",
+        "--profile",
+        "stall_timeout=4",
+        "--params-json",
+        json.dumps({"command": script, "shell": True}),
+    )
+    assert r.returncode == 0, r.stdout[-2000:]
+    final = json.loads(r.stdout)
+    assert final["status"] == "completed" and final["progress"]["done"] == 1025, final["progress"]
+    assert "more done than the total" not in cli("logs", final["id"]).stdout
+
+
 def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
     """``::outlast progress 2/-1`` after a total of 0 was said as "progress 2/0 passed over", a line the
     command never printed; the warning quotes the line, control characters escaped, and says the numbers it
