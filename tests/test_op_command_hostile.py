@@ -289,6 +289,18 @@ def test_a_count_alone_after_a_percentage_or_a_fraction_in_text_is_not_passed_ov
     assert "more done than the total" not in cli("logs", final["id"]).stdout
 
 
+async def test_a_command_that_says_its_progress_is_not_read_for_fractions_or_percentages(engine: Engine) -> None:
+    """A script saying ``::outlast progress 10/100`` and running a test suite (``[ 50%]``) and a copy (``copied
+    3/4 files``): its progress went from 10/100 to 500/1000, then to 3/4. Once a command says its progress,
+    that is its progress."""
+    lines = ["::outlast progress 10/100", "tests: [ 50%]", "copied 3/4 files"]
+    script = "; ".join(f"echo '{line}'" for line in lines) + "; exit 1"  # failed: its progress is kept as it was
+    spec = OperationSpec(type="command", params={"command": script, "shell": True})
+    final = await engine.wait((await engine.submit(spec)).id, timeout=60)
+    assert final.status is Status.FAILED, final
+    assert (final.progress.done, final.progress.total) == (10, 100), final.progress
+
+
 def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
     """``::outlast progress 2/-1`` after a total of 0 was said as "progress 2/0 passed over", a line the
     command never printed; the warning quotes the line, control characters escaped, and says the numbers it

@@ -326,6 +326,9 @@ class _Parser:
         (its 1000 is a scale) or guessed from a line of text that holds N/M."""
         self.said_over = False
         self.said_bad = False
+        self.speaks = False
+        """The command said ``::outlast progress``: its other lines are not read for N/M or NN% (a test run's
+        ``[ 50%]`` or ``copied 3/4 files`` took its progress from 10/100 to 500/1000, then to 3/4)."""
         self.live = True
         """False for the drain after a stop: progress is kept as it is said, without a call that raises the stop."""
 
@@ -352,6 +355,7 @@ class _Parser:
         if m:
             kind, arg = m.groups()
             if kind == "progress":
+                self.speaks = True
                 f = re.match(r"(\d+)\s*(/\s*(\S*))?", arg)
                 if f and (f.group(2) is None or re.fullmatch(r"[0-9]+", f.group(3))):
                     self._count(f.group(1), f.group(3), line, firm=True)
@@ -401,6 +405,8 @@ class _Parser:
                 elif r.groups():
                     with contextlib.suppress(ValueError, OverflowError):
                         self._count(str(int(float(r.group(1) or ""))), None, line, firm=True)
+            return None
+        if self.speaks:
             return None
         # Searched only in a line that has the character each needs: on a megabyte line of binary output the
         # two searches took 35 ms, most of the engine's time, and the command waited on its full pipe.
