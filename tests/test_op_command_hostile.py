@@ -301,6 +301,19 @@ async def test_a_command_that_says_its_progress_is_not_read_for_fractions_or_per
     assert (final.progress.done, final.progress.total) == (10, 100), final.progress
 
 
+@pytest.mark.parametrize("said", ["50%", "1e5", "3.7", "12abc", "0x10"])
+async def test_a_progress_line_whose_count_is_no_whole_word_is_passed_over(engine: Engine, said: str) -> None:
+    """``::outlast progress 50%`` was the count 50 (the README says it is passed over), ``1e5`` the count 1,
+    ``3.7`` 3, ``12abc`` 12: the digits at the start were taken, the rest dropped without a word."""
+    script = f"echo '::outlast progress {said}'; exit 1"  # failed: its progress is kept as it was
+    final = await engine.wait(
+        (await engine.submit(OperationSpec(type="command", params={"command": script, "shell": True}))).id, timeout=60
+    )
+    assert final.status is Status.FAILED and final.progress.done == 0, final.progress
+    records, _ = await engine.store.read_logs(final.id)
+    assert sum("not ::outlast progress N or N/M" in r.message for r in records) == 1, [r.message for r in records]
+
+
 def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
     """``::outlast progress 2/-1`` after a total of 0 was said as "progress 2/0 passed over", a line the
     command never printed; the warning quotes the line, control characters escaped, and says the numbers it

@@ -356,7 +356,9 @@ class _Parser:
             kind, arg = m.groups()
             if kind == "progress":
                 self.speaks = True
-                f = re.match(r"(\d+)\s*(/\s*(\S*))?", arg)
+                # The count ends where the word does (or a terminal's escape code begins): "50%", "1e5", "3.7",
+                # "12abc" were read as 50, 1, 3 and 12.
+                f = re.match(r"(\d+)\s*(/\s*([^\s\x1b]*))?(?![^\s\x1b])", arg)
                 if f and (f.group(2) is None or re.fullmatch(r"[0-9]+", f.group(3))):
                     self._count(f.group(1), f.group(3), line, firm=True)
                 elif not self.said_bad:
