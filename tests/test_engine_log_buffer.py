@@ -13,10 +13,22 @@ import errno
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.events import EventBus
 from engine.models import LogRecord
-from engine.outage import LOG_BATCH, LOG_BUFFER_MAX, ROOM_LOW, SHORT_TAIL_BYTES, LogBuffer, StoreHealth
+from engine.outage import (
+    LOG_BATCH,
+    LOG_BUFFER_MAX,
+    RECORD_COST,
+    ROOM_LOW,
+    SHORT_TAIL_BYTES,
+    LogBuffer,
+    StoreHealth,
+    record_bytes,
+)
+from engine.text import clean
 
 
 class SlowStore:
@@ -224,3 +236,12 @@ async def test_the_lines_dropped_while_the_store_fails_are_said_where_they_were(
         f" meanwhile, and only the newest {LOG_BUFFER_MAX:,} were kept"
     ], store.messages[:3]
     assert store.messages == [said[0], *(str(i) for i in range(n - LOG_BUFFER_MAX, n))]
+
+
+@given(st.text(max_size=60), st.sampled_from(["info", "warning"]))
+def test_a_records_bytes_are_counted_as_its_line_in_the_log_file_takes_them(message: str, level: str) -> None:
+    """``log_limit`` and the disk's room count what a record takes in the file (``record_bytes``): never less
+    than its line there (the limit held as bytes of file), and not much more (a line the limit would take)."""
+    rec = LogRecord(ts=1796679575.7194297, level=level, message=clean(message))  # type: ignore[arg-type]
+    line = len(rec.model_dump_json(exclude={"operation_id"}).encode()) + 1
+    assert line <= record_bytes(rec) <= line + RECORD_COST
