@@ -237,6 +237,10 @@ class Attempt:
         """Write a checkpoint; False when the store failed (said once; retried a second later)."""
         t0 = time.perf_counter()
         interval = self.ctx.profile.checkpoint_interval
+        # The lines logged before it first (kept for later while the store fails): written on the clock alone,
+        # a SIGKILL after the checkpoint lost them for good, as the resume goes on past them (a command's
+        # lines before its ``::outlast checkpoint``).
+        await self.host.log_buffer.flush(self.op.id)
         try:
             saved = await self.host.store.save_checkpoint(cp, delta, self.host.settings.checkpoints_keep)
         except Exception as e:

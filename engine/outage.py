@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import sqlite3
 import time
@@ -189,9 +190,9 @@ toward the limit."""
 
 
 class _Overflow:
-    """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept, within ``budget``
-    characters (the last characters of a record longer than that on its own). ``past``: what they came past
-    ("the log limit (64MB, log_limit)"), for the line that says so when the attempt ends."""
+    """An attempt's records past its log limit: counted, and the last ``LOG_TAIL`` kept, their messages within
+    ``budget`` bytes of log file (the last characters of a record longer than that on its own). ``past``: what
+    they came past ("the log limit (64MB, log_limit)"), for the line that says so when the attempt ends."""
 
     def __init__(self, budget: int, past: str, why: str = "") -> None:
         self.past = past
@@ -199,22 +200,33 @@ class _Overflow:
         """Why nothing of them can be written (``LogBuffer._cannot_grow``)."""
         self.records = 0
         self.size = 0
-        """Characters of their messages."""
-        self.tail: deque[LogRecord] = deque()
+        """Bytes of their messages in the log file (``record_bytes``, less ``RECORD_COST``)."""
+        self.tail: deque[tuple[LogRecord, int]] = deque()
+        """The last records, each with its bytes."""
         self.tail_size = 0
         self.budget = budget
 
     def keep(self, record: LogRecord) -> None:
+        cost = record_bytes(record) - RECORD_COST  # the message's (and fields') bytes
         self.records += 1
-        self.size += len(record.message)
+        self.size += cost
         if self.budget <= 0:  # counted only: nothing of them can be written
             return
-        if len(record.message) > self.budget:
-            record = record.model_copy(update={"message": record.message[-self.budget :]})
-        self.tail.append(record)
-        self.tail_size += len(record.message)
+        if cost > self.budget:  # its last characters: a byte each in printable ASCII (2 escaped), else 6 at most
+            m = record.message
+            for chars in (self.budget, self.budget // 2) if m.isascii() and m.isprintable() else (self.budget // 6,):
+                record = record.model_copy(update={"message": m[-chars:] if chars > 0 else ""})
+                cost = record_bytes(record) - RECORD_COST
+                if cost <= self.budget:
+                    break
+        self.tail.append((record, cost))
+        self.tail_size += cost
         while len(self.tail) > LOG_TAIL or self.tail_size > self.budget:
-            self.tail_size -= len(self.tail.popleft().message)
+            self.tail_size -= self.tail.popleft()[1]
+
+    def records_kept(self) -> list[LogRecord]:
+        """The tail's records, oldest first."""
+        return [r for r, _ in self.tail]
 
 
 _NO_GROWTH = "the size its log file could grow to"
@@ -229,21 +241,38 @@ def _not_written(op_id: str, lines: int, why: str) -> None:
     )
 
 
-def _bytes(record: LogRecord) -> int:
-    """At most the bytes ``record`` takes in a log file, cheaply (``isascii`` is a flag, ``isprintable`` one
-    pass in C): a message that is not all printable ASCII counts six bytes a character, as a control
-    character is written ``\u001b`` (binary output, colour codes), and its fields their text. Counted as
-    characters, a command printing binary on a small disk wrote up to six times the room it was given."""
+def record_bytes(record: LogRecord) -> int:
+    """The bytes ``record`` takes in a log file, about (its time, level and names as ``RECORD_COST``), cheaply:
+    a message of printable ASCII is its length and its escaped quotes and backslashes (``isascii`` is a flag,
+    ``isprintable`` one pass in C); any other as JSON writes it (UTF-8, a control character as ``\u001b``), its
+    fields as six bytes a character of their text. Counted as characters, ``log_limit`` was no bound on the
+    file: a command printing NUL bytes (``head -c 200M /dev/zero``, six bytes a character) wrote a log of 400 MB
+    under the limit of 64 MB, and binary on a small disk up to six times the room it was given."""
     m = record.message
-    n = len(m) if m.isascii() and m.isprintable() else 6 * len(m)
+    if m.isascii() and m.isprintable():
+        n = len(m)
+        if "\\" in m or '"' in m:
+            n += m.count("\\") + m.count('"')
+    else:
+        n = len(json.dumps(m, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
     if record.fields:
         n += 6 * len(repr(record.fields))
     return n + RECORD_COST
 
 
 def _cost(records: list[LogRecord]) -> int:
-    """At most the bytes ``records`` take in a log file (``_bytes``)."""
-    return sum(map(_bytes, records))
+    """At most the bytes ``records`` take in a log file (``record_bytes``)."""
+    return sum(map(record_bytes, records))
+
+
+def _lost_line(lost: int, ts: float) -> LogRecord:
+    """The line that stands where ``lost`` records were dropped while the store could not be written."""
+    return LogRecord(
+        ts=ts,
+        level="warning",
+        message=f"{lost:,} log lines were not written here: the store could not be written meanwhile, and only the"
+        f" newest {LOG_BUFFER_MAX:,} were kept",
+    )
 
 
 ROOM_LOOK_EVERY = 0.5
@@ -290,6 +319,9 @@ class LogBuffer:
         self._in_flight = 0
         """Bytes of records a flush has taken and is writing now: not in the buffer, nor yet in the room a
         look at the disk sees."""
+        self._lost: dict[str, int] = {}
+        """Records of each operation dropped while the store failed (beyond the newest ``LOG_BUFFER_MAX``),
+        said by a line where they were at its next write: the log had a gap of 400,000 lines, silent."""
 
     def append(self, op_id: str, record: LogRecord) -> None:
         if self._over_limit(op_id, record):
@@ -313,12 +345,12 @@ class LogBuffer:
 
     def _over_limit(self, op_id: str, record: LogRecord) -> bool:
         """Whether ``record`` is past the attempt's limit (then it is counted, and kept in the tail)."""
-        cost = len(record.message) + RECORD_COST
         over = self._over.get(op_id)
         if over is None:
+            cost = record_bytes(record)  # bytes, not characters: the limit is the file's
             size = self._size.get(op_id, 0) + cost
             if self._budget is not None and not self._short:
-                self._budget -= _bytes(record)  # counted here, not looked at per line: free space is a syscall
+                self._budget -= cost  # counted here, not looked at per line: free space is a syscall
                 self._short = self._budget < 0
             if size <= self._limit and not self._short:
                 self._size[op_id] = size
@@ -377,13 +409,13 @@ class LogBuffer:
         buf = self._buf[op_id]
         buf.append(
             LogRecord(
-                ts=over.tail[0].ts if over.tail else time.time(),
+                ts=over.tail[0][0].ts if over.tail else time.time(),
                 level="warning",
                 message=f"{over.records:,} log lines ({human_size(over.size)}) came past {over.past}: the last"
                 f" {len(over.tail):,} follow, the rest were not written",
             )
         )
-        buf.extend(over.tail)
+        buf.extend(over.records_kept())
 
     def _look_due(self) -> bool:
         """Whether the disk's room is to be looked at before this write: each time while the budget is near
@@ -423,8 +455,10 @@ class LogBuffer:
             self._writing[i] = done = asyncio.Event()
             cost = _cost(recs) if self._room is not None else 0
             self._in_flight += cost
+            lost = self._lost.get(i, 0)
             try:
-                await self._store.append_logs(i, recs)
+                await self._store.append_logs(i, [_lost_line(lost, recs[0].ts), *recs] if lost else recs)
+                self._lost.pop(i, None)
                 self._health.ok("logs")
             except Exception as e:
                 if isinstance(e, OSError) and e.errno == errno.EFBIG:
@@ -436,9 +470,13 @@ class LogBuffer:
                     continue
                 if not short:
                     self._health.failed(e, "logs")
-                # Kept for the next flush (the newest, when the outage is long).
-                self._buf[i][:0] = recs[-LOG_BUFFER_MAX:]
-                del self._buf[i][: -LOG_BUFFER_MAX or None]
+                # Kept for the next flush (the newest, when the outage is long: the others counted, and said
+                # where they were, at the next write).
+                kept = self._buf[i]
+                kept[:0] = recs
+                if (dropped := len(kept) - LOG_BUFFER_MAX) > 0:
+                    del kept[:dropped]
+                    self._lost[i] = lost + dropped
             finally:
                 self._in_flight -= cost
                 del self._writing[i]

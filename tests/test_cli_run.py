@@ -71,6 +71,18 @@ def test_run_into_a_file_prints_log_lines_only_to_the_log_limit(cli: Cli) -> Non
     assert re.search(r"completed", r.stdout.splitlines()[-1]), r.stdout[-500:]
 
 
+def test_run_into_a_file_prints_to_the_log_limit_in_bytes_when_the_output_is_binary(cli: Cli) -> None:
+    """The limit counted characters: a NUL the command prints is one, and printed as ``\\x00`` (four bytes;
+    six in the log file): ``head -c 200M /dev/zero`` printed 264 MB into the file under a limit of 64 MB."""
+    script = "for i in $(seq 1 300); do head -c 300 /dev/zero; echo; done"
+    env = {**cli.env, "OUTLAST_LOG_LIMIT": "20000"}
+    r = cli("run", "command", "-p", f"command={script}", "-p", "shell=true", env=env)
+    assert r.returncode == 0, r.stderr
+    printed = [ln for ln in r.stdout.splitlines() if " INFO " in ln and "\\x00" in ln]
+    assert printed and sum(len(ln) + 1 for ln in printed) <= 20_000, len(printed)
+    assert sum("its log reached the log limit" in ln for ln in r.stdout.splitlines()) == 1, r.stdout[-2000:]
+
+
 def test_a_signal_sent_to_the_process_and_its_group_is_one_stop_not_two(cli: Cli) -> None:
     """``timeout -s HUP`` and ``kill -- -PGID`` signal the process and then its group: the two, delivered
     apart, were a first and a second signal, and the second forced the stop (the item cut off, its final

@@ -13,10 +13,22 @@ import errno
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.events import EventBus
 from engine.models import LogRecord
-from engine.outage import LOG_BATCH, ROOM_LOW, SHORT_TAIL_BYTES, LogBuffer, StoreHealth
+from engine.outage import (
+    LOG_BATCH,
+    LOG_BUFFER_MAX,
+    RECORD_COST,
+    ROOM_LOW,
+    SHORT_TAIL_BYTES,
+    LogBuffer,
+    StoreHealth,
+    record_bytes,
+)
+from engine.text import clean
 
 
 class SlowStore:
@@ -188,3 +200,48 @@ async def test_the_disk_is_looked_at_before_every_write_only_while_its_room_is_l
         await buf.flush(f"op{i}")
     assert len(disk.messages) == 50
     assert disk.looks == 50 if every else disk.looks < 50, disk.looks
+
+
+class DownStore(Store):
+    """``Store`` that fails every write as a disk with an I/O error does until ``up``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    async def append_logs(self, op_id: str, records: list[LogRecord]) -> None:
+        if not self.up:
+            raise OSError(errno.EIO, "Input/output error")
+        await super().append_logs(op_id, records)
+
+
+async def test_the_lines_dropped_while_the_store_fails_are_said_where_they_were() -> None:
+    """Through an outage the newest LOG_BUFFER_MAX records are kept for the next write; the older ones were
+    dropped without a word, and the log came back with a silent gap (a command printing 50,000 lines a second
+    through a few seconds of failing disk). A line where they were says how many."""
+    store = DownStore()
+    buf = LogBuffer(store, StoreHealth(60.0, lambda: True), EventBus(), 2**30)  # type: ignore[arg-type]
+    buf.append("op1", record("before"))
+    n = 3 * LOG_BUFFER_MAX
+    for i in range(n):
+        buf.append("op1", record(str(i)))
+        if i % LOG_BUFFER_MAX == 0:
+            await buf.flush()  # the engine's clock, while the store fails
+    await buf.flush()
+    store.up = True
+    await buf.flush()
+    said = [m for m in store.messages if "log lines were not written here" in m]
+    assert said == [
+        f"{n + 1 - LOG_BUFFER_MAX:,} log lines were not written here: the store could not be written"
+        f" meanwhile, and only the newest {LOG_BUFFER_MAX:,} were kept"
+    ], store.messages[:3]
+    assert store.messages == [said[0], *(str(i) for i in range(n - LOG_BUFFER_MAX, n))]
+
+
+@given(st.text(max_size=60), st.sampled_from(["info", "warning"]))
+def test_a_records_bytes_are_counted_as_its_line_in_the_log_file_takes_them(message: str, level: str) -> None:
+    """``log_limit`` and the disk's room count what a record takes in the file (``record_bytes``): never less
+    than its line there (the limit held as bytes of file), and not much more (a line the limit would take)."""
+    rec = LogRecord(ts=1796679575.7194297, level=level, message=clean(message))  # type: ignore[arg-type]
+    line = len(rec.model_dump_json(exclude={"operation_id"}).encode()) + 1
+    assert line <= record_bytes(rec) <= line + RECORD_COST

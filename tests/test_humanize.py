@@ -84,3 +84,38 @@ def test_invisible_format_characters_are_shown_escaped_and_the_joiners_text_need
         assert humanize.UNSAFE_IN_OUTPUT.sub(humanize.escape_char, f"a{c}b\n") == f"a\\u{ord(c):04x}b\n"
     kept = "\U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 caf\u00e9 \u00ad"
     assert humanize.printable(kept) == kept  # an emoji sequence (ZWJ), Persian (ZWNJ), a soft hyphen
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=()), max_size=40), st.booleans())
+def test_printable_escapes_each_unsafe_character_as_its_own_escape(text: str, keep_newlines: bool) -> None:
+    """Runs of unsafe characters are escaped at once (``str.translate``): each as ``escape_char`` writes it."""
+    from engine.text import clean
+
+    def one_by_one(line: str) -> str:
+        return humanize.UNSAFE.sub(humanize.escape_char, line)
+
+    s = clean(text)
+    expected = "\n".join(map(one_by_one, s.split("\n"))) if keep_newlines else one_by_one(s)
+    assert humanize.printable(text, keep_newlines) == expected
+
+
+def test_a_line_of_binary_output_is_escaped_without_a_python_call_per_character() -> None:
+    """``outlast run`` and ``outlast logs`` escaped a megabyte line of NULs a character at a time, a Python call
+    each (a second a line: the 64 MB log of ``head -c 200M /dev/zero`` took 7 s to print, and ``outlast run``
+    held the command's output meanwhile). Counted in calls, not timed."""
+    import sys
+
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    line = "\0" * 40_000 + "text" + "\x1b\x01\x7f" * 20_000
+    sys.setprofile(count)
+    try:
+        shown = humanize.printable(line)
+    finally:
+        sys.setprofile(None)
+    assert shown == "\\x00" * 40_000 + "text" + "\\x1b\\x01\\x7f" * 20_000
+    assert calls < 1_000, calls

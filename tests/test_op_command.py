@@ -100,6 +100,27 @@ def test_sigkilled_worker_then_resume_from_outlast_checkpoint(cli: Cli, tmp_path
     assert f"sum {sum(range(n))}" in cli("logs", op_id).stdout
 
 
+def test_the_lines_before_a_checkpoint_are_in_the_log_when_the_worker_is_killed_after_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Log lines were written on the engine's clock, a checkpoint at once: a worker SIGKILLed between the two
+    lost the lines the command printed before its ``::outlast checkpoint``, and the resume, going on past them,
+    never printed them again. They are written before the checkpoint is."""
+    script = tmp_path / "job.sh"
+    script.write_text(
+        'if [ -n "$OUTLAST_RESUME" ]; then echo resumed; exit 0; fi\n'
+        "echo 'line 1'; echo 'line 2'; echo 'line 3'\n"
+        """echo '::outlast checkpoint {"next": 4}'\n"""
+        "sleep 60\n"
+    )
+    op_id = submit(cli, "command", {"argv": ["sh", str(script)]})
+    kill_worker_when(cli, op_id, lambda op: checkpoint_state(cli, op_id).get("checkpoint") == {"next": 4})
+    final = resume(cli, op_id)
+    assert final["status"] == "completed", final
+    logged = [ln.split(maxsplit=2)[-1] for ln in cli("logs", op_id).stdout.splitlines()]
+    assert [m for m in logged if m.startswith("line") or m == "resumed"] == ["line 1", "line 2", "line 3", "resumed"]
+
+
 async def test_a_failed_command_is_said_without_an_exception_type_or_a_line_of_outlast(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -419,6 +440,26 @@ async def test_a_command_that_prints_without_end_fills_its_log_only_to_the_limit
     assert len(records) < kept + 1000 + 20  # the engine's own few lines besides
 
 
+@pytest.mark.parametrize("byte", ["\\0", "\\033", "\\351"], ids=["nul", "escape", "latin1"])
+async def test_the_log_limit_bounds_the_bytes_of_the_log_file_whatever_the_command_prints(
+    settings: Settings, byte: str
+) -> None:
+    """log_limit counted characters: a NUL or an escape code is one, and six in the file (``\\u0000``), a byte
+    that is not UTF-8 four (``\\xe9``, five): ``head -c 200M /dev/zero`` wrote a log of 400 MB under the limit
+    of 64 MB. The file takes the limit, and the tail written at the end its budget, in bytes."""
+    settings = settings.model_copy(update={"log_limit": 20_000})
+    line = f"printf '{byte}%.0s' $(seq 1 300); echo"
+    script = f"for i in $(seq 1 200); do {line}; done"
+    async with make_engine(settings) as engine:
+        op = await engine.submit(OperationSpec(type="command", params={"command": script, "shell": True}))
+        final = await engine.wait(op.id, timeout=60)
+        assert final.status is Status.COMPLETED and final.result["lines"] == 200, final
+        records, _ = await engine.store.read_logs(op.id)
+        size = (engine.store.log_dir / f"{op.id}.jsonl").stat().st_size  # type: ignore[attr-defined]
+    assert any("came past the log limit" in r.message for r in records)
+    assert size <= 2 * 20_000 + 2_000, size  # the limit, the tail's budget (the limit, when smaller) and two lines
+
+
 async def test_a_log_file_that_cannot_grow_keeps_whole_records_and_says_what_was_not_written(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -507,3 +548,31 @@ async def test_output_bytes_that_are_not_utf8_are_logged_as_written_out(engine: 
     assert final.status is Status.COMPLETED
     records, _ = await engine.logs(op.id)
     assert [r.message for r in records] == ["caf\\xe9 \\xff\\xfe café"]
+
+
+def test_a_long_line_without_a_slash_or_a_percent_sign_is_not_searched_for_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N/M and NN% were searched for in every line: on a megabyte line of binary output (``head -c 200M
+    /dev/zero``) the two searches took 35 ms, most of the engine's time (200 MB in 49 s), the command waiting
+    on its full pipe. A line without the character a search needs is not searched; one with it still is."""
+    searched: list[str] = []
+
+    class Counted:
+        def __init__(self, rx: re.Pattern[str]) -> None:
+            self.rx = rx
+
+        def search(self, line: str) -> re.Match[str] | None:
+            searched.append(line[:10])
+            return self.rx.search(line)
+
+    monkeypatch.setattr(command_module, "_FRACTION", Counted(command_module._FRACTION))
+    monkeypatch.setattr(command_module, "_PERCENT", Counted(command_module._PERCENT))
+    reported: list[tuple[int | None, int | None]] = []
+    ctx = SimpleNamespace(progress=lambda done=None, total=None, **_: reported.append((done, total)))
+    parser = command_module._Parser(ctx, None)  # type: ignore[arg-type]
+    parser.feed("\0" * (1 << 20))
+    assert searched == [] and reported == []
+    parser.feed("copied 3/10 files")
+    parser.feed("50% done")
+    assert reported == [(3, 10), (500, 1000)]

@@ -266,6 +266,54 @@ def test_a_progress_line_with_more_done_than_its_total_is_passed_over(cli: Cli) 
     assert logs.count("more done than the total") == 1, logs
 
 
+@pytest.mark.parametrize("before", ["Collecting deps: 100%", "step 3/10 done"], ids=["percent", "text"])
+def test_a_count_alone_after_a_percentage_or_a_fraction_in_text_is_not_passed_over(cli: Cli, before: str) -> None:
+    """A count alone was held to the last total whatever gave it: a pip line (``100%``: a total of 1000, per
+    mille) or a line of text holding ``3/10`` made every ``::outlast progress 1500`` after it "more done than
+    the total", passed over; and the command, working, its progress lines all passed over, was stopped as
+    stalled. Only a total said as one (``::outlast progress N/M``, ``progress_regex``) holds a count alone."""
+    counts = "; ".join(f"echo '::outlast progress {n}'; sleep 0.3" for n in range(1001, 1026))
+    script = f"echo '{before}'; {counts}"
+    r = cli(
+        "--json",
+        "run",
+        "command",
+        "--profile",
+        "stall_timeout=4",
+        "--params-json",
+        json.dumps({"command": script, "shell": True}),
+    )
+    assert r.returncode == 0, r.stdout[-2000:]
+    final = json.loads(r.stdout)
+    assert final["status"] == "completed" and final["progress"]["done"] == 1025, final["progress"]
+    assert "more done than the total" not in cli("logs", final["id"]).stdout
+
+
+async def test_a_command_that_says_its_progress_is_not_read_for_fractions_or_percentages(engine: Engine) -> None:
+    """A script saying ``::outlast progress 10/100`` and running a test suite (``[ 50%]``) and a copy (``copied
+    3/4 files``): its progress went from 10/100 to 500/1000, then to 3/4. Once a command says its progress,
+    that is its progress."""
+    lines = ["::outlast progress 10/100", "tests: [ 50%]", "copied 3/4 files"]
+    script = "; ".join(f"echo '{line}'" for line in lines) + "; exit 1"  # failed: its progress is kept as it was
+    spec = OperationSpec(type="command", params={"command": script, "shell": True})
+    final = await engine.wait((await engine.submit(spec)).id, timeout=60)
+    assert final.status is Status.FAILED, final
+    assert (final.progress.done, final.progress.total) == (10, 100), final.progress
+
+
+@pytest.mark.parametrize("said", ["50%", "1e5", "3.7", "12abc", "0x10"])
+async def test_a_progress_line_whose_count_is_no_whole_word_is_passed_over(engine: Engine, said: str) -> None:
+    """``::outlast progress 50%`` was the count 50 (the README says it is passed over), ``1e5`` the count 1,
+    ``3.7`` 3, ``12abc`` 12: the digits at the start were taken, the rest dropped without a word."""
+    script = f"echo '::outlast progress {said}'; exit 1"  # failed: its progress is kept as it was
+    final = await engine.wait(
+        (await engine.submit(OperationSpec(type="command", params={"command": script, "shell": True}))).id, timeout=60
+    )
+    assert final.status is Status.FAILED and final.progress.done == 0, final.progress
+    records, _ = await engine.store.read_logs(final.id)
+    assert sum("not ::outlast progress N or N/M" in r.message for r in records) == 1, [r.message for r in records]
+
+
 def test_a_progress_line_passed_over_is_quoted_as_printed(cli: Cli) -> None:
     """``::outlast progress 2/-1`` after a total of 0 was said as "progress 2/0 passed over", a line the
     command never printed; the warning quotes the line, control characters escaped, and says the numbers it

@@ -263,3 +263,33 @@ async def test_a_store_keeps_nothing_per_operation_that_once_logged(tmp_path: Pa
         assert [r.message for r in records] == [str(i) for i in range(50)]
     finally:
         await store.close()
+
+
+async def test_a_record_left_unfinished_by_a_killed_writer_costs_no_record_after_it(tmp_path: Path) -> None:
+    """A worker SIGKILLed in the middle of writing a batch leaves the log's last record unfinished (the kernel
+    cuts a large write short). The next attempt's first record was appended to it: one damaged line, left out
+    by every reader, so the resumed attempt's first line ("resuming from checkpoint 3") was never seen."""
+    store, op_id = await _store_with_log(tmp_path, _line(1) + _line(2)[:30])
+    try:
+        await store.append_logs(op_id, [LogRecord(ts=9.0, level="info", message="resuming from checkpoint 3")])
+        records, _ = await store.read_logs(op_id)
+    finally:
+        await store.close()
+    assert [r.message for r in records] == ["line 1", "resuming from checkpoint 3"]
+
+
+@pytest.mark.parametrize("limit", [None, 5], ids=["page", "tail"])
+async def test_a_reader_past_the_end_of_a_log_begun_again_reads_the_new_one(tmp_path: Path, limit: int | None) -> None:
+    """The logs directory deleted under a run (to free space): the lines after go on in a new file. A follower
+    (``outlast logs -f``, the dashboard's pane) read on from its offset in the old file, past the new one's end,
+    and never showed a line of it."""
+    store, op_id = await _store_with_log(tmp_path, b"".join(_line(i) for i in range(200)))
+    try:
+        _, offset = await store.read_logs(op_id)
+        (tmp_path / "logs" / f"{op_id}.jsonl").unlink()
+        await store.append_logs(op_id, [LogRecord(ts=9.0, level="info", message="after the delete")])
+        records, after = await store.read_logs(op_id, offset, limit)
+    finally:
+        await store.close()
+    assert [r.message for r in records] == ["after the delete"]
+    assert after == (tmp_path / "logs" / f"{op_id}.jsonl").stat().st_size

@@ -26,7 +26,7 @@ from ..models import (
     Status,
     TimeoutExtended,
 )
-from ..outage import RECORD_COST
+from ..outage import record_bytes
 from . import format as fmt
 from .common import Mode, say_unmarked
 
@@ -287,9 +287,11 @@ class PlainView:
         if self._log_left is not None:
             # As the stored log is capped: `outlast run ... >> job.log` printed every line of a handler that
             # logs without end (305 MB beside a stored log of 66 MB), the lines not stored among them.
-            self._log_left -= len(rec.message) + RECORD_COST
+            # Bytes as the log file counts them, not characters (NUL bytes print as four each).
+            cost = record_bytes(rec)
+            self._log_left -= cost
             if self._log_left < 0:
-                if self._log_left + len(rec.message) + RECORD_COST >= 0:
+                if self._log_left + cost >= 0:
                     self.note(
                         "its log reached the log limit (log_limit): its lines from here on are not printed; the"
                         " operation's log keeps the last 1,000 (outlast logs)"

@@ -320,14 +320,25 @@ class _Parser:
         self.percent_mode = False
         self.overruns = 0
         self.total: int | None = None
-        """The last total the output gave (a count alone is within it)."""
+        """The last total the output gave (a count alone is within it, when ``firm``)."""
+        self.firm = False
+        """``total`` was said as one (``::outlast progress N/M``, ``progress_regex``), not read from a percentage
+        (its 1000 is a scale) or guessed from a line of text that holds N/M."""
         self.said_over = False
         self.said_bad = False
+        self.speaks = False
+        """The command said ``::outlast progress``: its other lines are not read for N/M or NN% (a test run's
+        ``[ 50%]`` or ``copied 3/4 files`` took its progress from 10/100 to 500/1000, then to 3/4)."""
         self.live = True
         """False for the drain after a stop: progress is kept as it is said, without a call that raises the stop."""
 
-    def _report(self, done: int | None = None, total: int | None = None, **said: str) -> None:
+    def _report(
+        self, done: int | None = None, total: int | None = None, *, unbounded: bool = False, **said: str
+    ) -> None:
+        """Progress as said; ``unbounded``: the total shown so far is dropped (the count is not within it)."""
         ctx = self.ctx
+        if unbounded:
+            ctx.total = None
         if self.live:
             ctx.progress(done, total=total, **said)
             return
@@ -344,9 +355,12 @@ class _Parser:
         if m:
             kind, arg = m.groups()
             if kind == "progress":
-                f = re.match(r"(\d+)\s*(/\s*(\S*))?", arg)
+                self.speaks = True
+                # The count ends where the word does (or a terminal's escape code begins): "50%", "1e5", "3.7",
+                # "12abc" were read as 50, 1, 3 and 12.
+                f = re.match(r"(\d+)\s*(/\s*([^\s\x1b]*))?(?![^\s\x1b])", arg)
                 if f and (f.group(2) is None or re.fullmatch(r"[0-9]+", f.group(3))):
-                    self._count(f.group(1), f.group(3), line)
+                    self._count(f.group(1), f.group(3), line, firm=True)
                 elif not self.said_bad:
                     # "2/-1" was the count 2, its "/-1" dropped without a word; "::outlast progress 50%" nothing.
                     self.said_bad = True
@@ -389,30 +403,37 @@ class _Parser:
                 if g.get("pct") is not None:
                     self._pct(g["pct"])
                 elif g.get("done") is not None:
-                    self._count(g["done"], g.get("total"), line)
+                    self._count(g["done"], g.get("total"), line, firm=True)
                 elif r.groups():
                     with contextlib.suppress(ValueError, OverflowError):
-                        self._count(str(int(float(r.group(1) or ""))), None, line)
+                        self._count(str(int(float(r.group(1) or ""))), None, line, firm=True)
             return None
-        f = _FRACTION.search(line)
+        if self.speaks:
+            return None
+        # Searched only in a line that has the character each needs: on a megabyte line of binary output the
+        # two searches took 35 ms, most of the engine's time, and the command waited on its full pipe.
+        f = _FRACTION.search(line) if "/" in line else None
         # Through _number: int() refuses more than 4,300 digits, and "3/1415926535..." (a long digit run after a
         # slash) failed the whole operation with a ValueError, its command run to the end without a fault.
         if f and (total := _number(f.group(2))) and (done := _number(f.group(1))) is not None and done <= total:
-            self._count(f.group(1), f.group(2), line)
+            self._count(f.group(1), f.group(2), line, firm=False)
             return None
-        p = _PERCENT.search(line)
+        p = _PERCENT.search(line) if "%" in line else None
         if p and float(p.group(1)) <= 100:
             self._pct(p.group(1))
         return None
 
-    def _count(self, done: str, total: str | None, line: str) -> None:
+    def _count(self, done: str, total: str | None, line: str, firm: bool) -> None:
         """Progress from numbers in the output line ``line``; ignored when one is not a count (too large for
         one, not digits): a line that only looks like progress ("verified 2**64-1/2**64-1 blocks") fails
         nothing."""
         n, t = _number(done), _number(total) if total else None
         if n is None or (t is None and total):
             return
-        over = t if t is not None else self.total
+        # A count alone is held to a total said as one: "Collecting: 100%" (a total of 1000, per mille) or
+        # "step 3/10" in a line of text passed over every "::outlast progress 1500" after it, and the command,
+        # its progress lines all passed over, was stopped as stalled while it worked.
+        over = t if t is not None else self.total if self.firm else None
         if over is not None and n > over:
             # "::outlast progress 5/3": stored as said, `ls` and the dashboard showed 5/3 items while it ran.
             # Passed over, as N/M lines with N above M are (a count past an estimate, a wrong line).
@@ -426,7 +447,11 @@ class _Parser:
                 )
             return
         if t is not None:
-            self.total = t
+            self.total, self.firm = t, firm
+        elif self.total is not None and not self.firm:
+            self.total = None  # not a count of these items: shown as a count alone from here on
+            self._report(n, unbounded=True)
+            return
         self._report(n, total=t)
 
     def _pct(self, pct: str) -> None:
@@ -435,7 +460,7 @@ class _Parser:
         except ValueError:
             return
         if 0 <= value <= 100:  # not NaN, not infinite
-            self.total = 1000
+            self.total, self.firm = 1000, False
             self._report(round(value * 10), total=1000)
 
 

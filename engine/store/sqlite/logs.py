@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 
@@ -113,10 +114,15 @@ class ControlLogsMixin(SqliteCore):
         # that never returned (``threads.off_loop``). Not ``async with``: aiofiles closes on the default one.
         # Unbuffered bytes, and a write that fails part-way is taken back: a file that could not grow (a file
         # size limit, ``ulimit -f``: EFBIG) ended in half a record, which no reader takes.
+        # A record left unfinished at the end (its writer SIGKILLed in the middle of a large write, which the
+        # kernel cuts short) is ended first: appended to, it made this batch's first record one damaged line,
+        # left out by every reader (a resumed attempt's "resuming from checkpoint" line).
         path, pool, data = self._log_path(op_id), engine_executor(), text.encode("utf-8")
-        f = await aiofiles.open(path, "ab", buffering=0, opener=_no_link, executor=pool)
+        f = await aiofiles.open(path, "a+b", buffering=0, opener=_no_link, executor=pool)
         try:
-            end = await f.tell()
+            end, torn = await asyncio.get_running_loop().run_in_executor(pool, _end_of, f.fileno())
+            if torn:
+                data = b"\n" + data
             try:
                 while data:
                     data = data[await f.write(data) or 0 :]
@@ -168,6 +174,12 @@ CHUNK = 64 << 10
 """Bytes read at a time from the end of a log for its last lines."""
 
 
+def _end_of(fd: int) -> tuple[int, bool]:
+    """The size of the log open at ``fd``, and whether its last record is unfinished (no newline ends it)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    return end, end > 0 and os.pread(fd, 1, end - 1) != b"\n"
+
+
 def _no_link(path: str | os.PathLike[str], flags: int) -> int:
     """A log opened as a regular file of this user's, never through a symbolic link (NotRegular: moved aside by
     the next append, as the README says): root's worker appended a command's output to any file a link there
@@ -200,10 +212,18 @@ def _parse(lines: list[bytes]) -> list[LogRecord]:
     return out
 
 
+def _within(f: BinaryIO, offset: int) -> int:
+    """``offset``, or 0 when the file is shorter: it is a new one (the logs directory deleted under a run, a log
+    that was no regular file moved aside), begun since the offset was read from the old one. A follower
+    (``outlast logs -f``, the dashboard) kept reading past its end and never showed a line of it."""
+    return offset if offset <= os.fstat(f.fileno()).st_size else 0
+
+
 def _read_from(path: Path, offset: int, first: int | None = None) -> tuple[list[LogRecord], int]:
     """The whole lines in the ``READ_MAX`` bytes after ``offset`` (more, up to the end of a line longer
     than that), or only the first ``first`` records of them; a partly written last line is read next time."""
     with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
+        offset = _within(f, offset)
         f.seek(offset)
         data = f.read(READ_MAX)
         if len(data) == READ_MAX and b"\n" not in data:  # one line longer than READ_MAX: read on to its end
@@ -229,6 +249,7 @@ def _tail(path: Path, offset: int, limit: int) -> tuple[list[LogRecord], int]:
     """The last ``limit`` records after ``offset`` (read backwards from the end of the file, a chunk at a
     time, until there are enough whole lines), and the offset just past the last whole line."""
     with os.fdopen(_no_link(path, os.O_RDONLY), "rb") as f:
+        offset = _within(f, offset)
         size = f.seek(0, 2)
         if size <= offset:
             return [], offset
