@@ -164,3 +164,33 @@ def test_a_resume_queued_without_the_plugin_names_a_worker_that_has_it(cli: Cli,
     assert cli("--plugin", MODULE, "pause", op_id).returncode == 0
     r = cli("--plugin", MODULE, "resume", op_id, "--queue")
     assert f"a running `outlast --plugin {MODULE} worker` picks it up" in r.stdout, r.stdout
+
+
+def test_what_a_handler_prints_leaves_stdout_to_the_command_with_quiet_or_json(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ID=$(outlast -q run TYPE)``: a handler's ``print()`` (a library's write to descriptor 1, a child process
+    that inherits it) landed on stdout after the id, and ``outlast --json run`` was no JSON. With -q or --json
+    they go to stderr, for ``run`` and ``worker``; stdout holds the command's own output alone."""
+    (tmp_path / "noisy_ops.py").write_text(
+        "import os, subprocess, sys\nfrom engine import operation\n"
+        "@operation('noisy')\nasync def noisy(ctx, p):\n"
+        "    print('print line')\n    sys.stdout.flush()\n    os.write(1, b'fd line\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"child line\")'], check=True)\n"
+        "    return {'ok': 1}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    noise = ["print line", "fd line", "child line"]
+    r = cli("--plugin", "noisy_ops", "-q", "run", "noisy")
+    assert r.returncode == 0 and len(r.stdout.split()) == 1, (r.stdout, r.stderr)
+    assert all(n in r.stderr for n in noise), r.stderr
+    op_id = r.stdout.strip()
+    assert cli.op(op_id).status.value == "completed"
+    r = cli("--plugin", "noisy_ops", "--json", "run", "noisy")
+    assert r.returncode == 0 and all(n not in r.stdout for n in noise), (r.stdout, r.stderr)
+    assert [json.loads(line) for line in r.stdout.splitlines()][-1]["status"] == "completed", r.stdout
+    assert cli("--plugin", "noisy_ops", "-q", "submit", "noisy").returncode == 0
+    r = cli("--plugin", "noisy_ops", "--json", "worker", "--exit-when-idle")
+    assert r.returncode == 0 and all(n not in r.stdout for n in noise), (r.stdout, r.stderr)
+    assert all(json.loads(line) for line in r.stdout.splitlines()), r.stdout
+    assert all(n in r.stderr for n in noise), r.stderr

@@ -542,8 +542,43 @@ def output_lost() -> str | None:
     return _output_lost[0] if _output_lost else None
 
 
+_KEPT: list[Any] = []
+"""Outlast's own standard output, once ``keep_stdout`` gave descriptor 1 to standard error."""
+
+
+def keep_stdout() -> None:
+    """(A command that runs handlers here with ``-q`` or ``--json``.) What handlers print from now on (``print()``,
+    a library's writes to descriptor 1, a child process that inherits it) goes to standard error, and standard
+    output is Outlast's alone: ``ID=$(outlast -q run ...)`` held a handler's lines after the id, and ``outlast
+    --json run`` was no JSON. Nothing changes when descriptor 1 or 2 cannot be duplicated (one is closed)."""
+    import os
+
+    if _KEPT or sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+        fd = os.dup(1)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(fd)
+        return
+    like = sys.__stdout__ or sys.stdout
+    _KEPT.append(
+        open(  # noqa: SIM115 - lives as long as the process, as its standard streams do
+            fd,
+            "w",
+            buffering=1,
+            encoding=getattr(like, "encoding", None) or "utf-8",
+            errors="backslashreplace",
+        )
+    )
+
+
 def _write(text: str, err: bool) -> None:
-    stream = sys.stderr if err else sys.stdout
+    stream = sys.stderr if err else _KEPT[0] if _KEPT else sys.stdout
     if stream is None or getattr(stream, "closed", False):
         stream = _own_stream(err)
     try:
@@ -656,5 +691,7 @@ def drop_stream(err: bool) -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     if err:
         sys.stderr = devnull
+    elif _KEPT:
+        _KEPT[0] = devnull  # the handlers' prints still go to standard error
     else:
         sys.stdout = devnull

@@ -64,6 +64,8 @@ async def run_foreground(
     SIGINT, SIGTERM and SIGHUP (not under nohup) pause it with a checkpoint (a second one forces the stop). ``prefix``:
     ``outlast`` with the global options given, so that every hint printed can be pasted as it is.
     """
+    if mode in ("json", "quiet"):
+        fmt.keep_stdout()
     async with make_engine(settings, run_queue=False) as engine:
         engine.install_signal_handlers()
         if spec is not None:
@@ -466,6 +468,8 @@ async def run_one(settings: Settings, op_id: str, prefix: str = "outlast") -> Ex
 async def run_worker(settings: Settings, concurrency: int | None, exit_when_idle: bool, mode: Mode) -> ExitCode:
     """Run queued work until a signal (drain: running work is paused with a checkpoint, or with auto_resume
     queued again from it) or, with ``exit_when_idle``, until it runs nothing and nothing queued is its to run."""
+    if mode in ("json", "quiet"):
+        fmt.keep_stdout()
     engine = make_engine(settings, max_concurrent=concurrency, run_queue=True)
 
     def on_event(ev: Event) -> None:
