@@ -293,3 +293,32 @@ async def test_a_reader_past_the_end_of_a_log_begun_again_reads_the_new_one(tmp_
         await store.close()
     assert [r.message for r in records] == ["after the delete"]
     assert after == (tmp_path / "logs" / f"{op_id}.jsonl").stat().st_size
+
+
+def test_the_last_records_past_what_is_held_at_once_print_page_by_page(
+    cli: Cli, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``outlast logs -n 1000000`` of a 64 MB log held every record at once (765 MB, 1.08 GB with --json): past
+    TAIL_HELD records the log is counted a page at a time, then the last N written as they are read again."""
+    from engine.cli import read as read_cmd
+
+    data = b"".join(_line(i) for i in range(300)) + b"{]\n" + _line(300)
+    store, op_id = asyncio.run(_store_with_log(state_dir, data))
+    asyncio.run(store.close())
+    monkeypatch.setattr(log_reads, "READ_MAX", 1000)  # a few dozen pages
+    monkeypatch.setattr(read_cmd, "TAIL_HELD", 10)
+
+    def no_tail(*_: Any) -> None:
+        raise AssertionError("read from the end: every record held at once")
+
+    monkeypatch.setattr(log_reads, "_tail", no_tail)
+    want = [f"line {i}" for i in range(301)]
+    for n in (11, 123, 301, 5000):
+        r = cli.here("--json", "logs", "-n", str(n), op_id)
+        assert r.returncode == 0, r.stderr
+        assert [(rec["operation_id"], rec["message"]) for rec in json.loads(r.stdout)] == [
+            (op_id, m) for m in want[-n:]
+        ]
+        r = cli.here("logs", "-n", str(n), op_id)
+        assert r.returncode == 0, r.stderr
+        assert [ln.split(maxsplit=2)[2] for ln in r.stdout.splitlines()] == want[-n:]

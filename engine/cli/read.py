@@ -253,6 +253,11 @@ def watch(app: App, op_ids: tuple[str, ...]) -> int:
     return run_async(go())
 
 
+TAIL_HELD = 10_000
+"""``logs -n N``: up to this many records are read from the end of the log and held; more are counted first, then
+written as they are read (a page held at a time)."""
+
+
 @click.command()
 @click.argument("op_id", metavar="ID")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing new records until the operation settles.")
@@ -275,8 +280,19 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
         valid_ids(op_id)
         async with session(app.settings, reading=not follow_, create=False) as engine:
             full = await engine.resolve(op_id)
-            records, offset = await engine.logs(full, 0, limit)
-            if limit is None and not follow_:
+            skip, last = 0, limit
+            if last is not None and last > TAIL_HELD and not follow_:
+                # More records than are wise to hold at once (-n 1000000 of a 64 MB log held 765 MB): counted a
+                # page at a time, then the last ``last`` written as they are read again.
+                total, offset = 0, 0
+                while True:
+                    page, after = await engine.logs(full, offset)
+                    if after == offset:
+                        break
+                    total, offset = total + len(page), after
+                skip, last = max(0, total - last), None
+            records, offset = await engine.logs(full, 0, last)
+            if last is None and not follow_:
                 # The whole log, a page at a time (a command's log can be larger than is wise to hold), and
                 # in JSON one array written as it goes, a record per line.
                 opened = False
@@ -285,6 +301,8 @@ def logs(app: App, op_id: str, follow_: bool, limit: int | None) -> int:
                     # a command that failed to read it.
                     fmt.echo("no log lines", err=True)
                 while True:
+                    if skip:
+                        records, skip = records[skip:], max(0, skip - len(records))
                     for rec in records:
                         if app.json:
                             fmt.echo(("," if opened else "[") + fmt.dumps(rec.model_dump(mode="json")))
