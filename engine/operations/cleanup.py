@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext, OperationFailed
 from ..files import cut_torn_line, private_opener
 from ..models import TERMINAL, Operation
-from ..paths import DETACHED
+from ..paths import DETACHED, OTHER_STORES
 from ..registry import operation
 from ..store import open_store
 from ..store.quick import DB_NAME, quick_list
@@ -316,8 +316,13 @@ next run silently wrote a new one to compare with."""
 
 def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> dict[str, FileId]:
     """Paths (relative to the state dir) of logs and outputs that retention removes (sorted), each with the
-    identity of the file the listing saw."""
+    identity of the file the listing saw.
+
+    In a state dir another store writes too (``OTHER_STORES``: a Redis worker's outputs and detached runs),
+    a file is removed only when it is an old operation's of this store: by its id, or named by its record;
+    an operation unknown here may be the other store's, alive."""
     by_id = {o.id: o for o in ops}
+    shared = (state / OTHER_STORES).exists()
 
     def old(o: Operation) -> bool:
         return o.status in TERMINAL and (o.finished_at or o.updated_at) < cutoff
@@ -325,6 +330,9 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     kept = [o for o in ops if not old(o) or o.id == own_id]
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
+    gone = [o for o in ops if o.id not in kept_ids]
+    old_paths = {str(Path(s).expanduser().resolve()) for o in gone for s in _strings([o.result, o.params]) if "/" in s}
+    old_ids = {o.id for o in gone}
     out: dict[str, FileId] = {}
     for kind in ("logs", DETACHED):  # an operation's log; a detached run's output (``run --detach``)
         logs = state / kind
@@ -335,7 +343,7 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             e = _entry(log)
             if e is None:
                 continue
-            if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff):
+            if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff and not shared):
                 out[f"{kind}/{log.name}"] = (e.st_dev, e.st_ino)
     outputs = state / "outputs"
     for d, _dn, fnames in walk(outputs):
@@ -350,6 +358,12 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             if any(i in rel for i in kept_ids):
                 continue
             if str(p) in keep_paths or any(d in keep_paths for d in _dirs_above(str(p), len(str(outputs)))):
+                continue
+            if shared and not (
+                any(i in rel for i in old_ids)
+                or str(p) in old_paths
+                or any(d in old_paths for d in _dirs_above(str(p), len(str(outputs))))
+            ):
                 continue
             out[rel] = (e.st_dev, e.st_ino)
     return dict(sorted(out.items()))
