@@ -362,3 +362,30 @@ async def test_retention_leaves_the_files_of_a_redis_store_sharing_the_state_dir
     done = await engine.wait((await engine.submit(spec)).id, 30)
     assert done.status is Status.COMPLETED, done.error
     assert {r: not (state / r).exists() for r in files} == files
+
+
+async def test_retention_keeps_the_default_database_of_a_paused_analysis(engine: Engine, tmp_path: Path) -> None:
+    """An analysis's default database (``outputs/code-analysis-HASH.sqlite``, HASH of its root) is named by no
+    record before it completes: paused for longer than the N days, it was removed as nobody's, and the resume
+    began again from its first file. One of a root no kept operation analyses still goes."""
+    import hashlib
+
+    from tests.fixtures_engine import queued_record
+
+    state = Path(engine.settings.state_dir)
+    root = str(tmp_path / "tree")
+    paused = queued_record("code_analysis").model_copy(
+        update={"status": Status.PAUSED, "params": {"root": root}, "updated_at": OLD}
+    )
+    await engine.store.create(paused)
+    name = f"code-analysis-{hashlib.sha1(root.encode()).hexdigest()[:12]}.sqlite"
+    files = {f"outputs/{name}": False, f"outputs/{name}-wal": False, "outputs/code-analysis-0123456789ab.sqlite": True}
+    (state / "outputs").mkdir(exist_ok=True)
+    for rel in files:
+        (state / rel).write_text("x")
+        os.utime(state / rel, (OLD, OLD))
+
+    spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
+    done = await engine.wait((await engine.submit(spec)).id, 30)
+    assert done.status is Status.COMPLETED, done.error
+    assert {r: not (state / r).exists() for r in files} == files

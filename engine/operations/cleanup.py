@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -330,6 +331,7 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     kept = [o for o in ops if not old(o) or o.id == own_id]
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
+    kept_roots = _root_hashes(kept)
     gone = [o for o in ops if o.id not in kept_ids]
     old_paths = {str(Path(s).expanduser().resolve()) for o in gone for s in _strings([o.result, o.params]) if "/" in s}
     old_ids = {o.id for o in gone}
@@ -349,7 +351,9 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     for d, _dn, fnames in walk(outputs):
         for name in fnames:
             p = Path(d) / name
-            if Path(d) == outputs and LASTING.fullmatch(name):
+            if Path(d) == outputs and (
+                LASTING.fullmatch(name) or ((m := BY_ROOT.fullmatch(name)) is not None and m[1] in kept_roots)
+            ):
                 continue
             e = _entry(p)
             if e is None or e.st_mtime >= cutoff:
@@ -367,6 +371,18 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
                 continue
             out[rel] = (e.st_dev, e.st_ino)
     return dict(sorted(out.items()))
+
+
+BY_ROOT = re.compile(r"[a-z][a-z-]*-([0-9a-f]{12})\.sqlite(-wal|-shm|-journal)?")
+"""An analysis's default results database in ``outputs``: ``PREFIX-HASH.sqlite``, HASH the first 12 hex digits of
+the sha1 of its ``root`` (indexing, code and dependency analysis, semantic analysis of a tree)."""
+
+
+def _root_hashes(ops: list[Operation]) -> set[str]:
+    """The HASH of ``BY_ROOT`` of each operation's ``root``: its default database is named by no record until it
+    completes, and a paused analysis's, untouched for the N days, was removed (its resume began again)."""
+    roots = (o.params.get("root") for o in ops if isinstance(o.params, dict))
+    return {hashlib.sha1(r.encode()).hexdigest()[:12] for r in roots if isinstance(r, str)}
 
 
 def _dirs_above(path: str, base: int) -> Iterator[str]:
