@@ -51,6 +51,7 @@ from .models import (
     StoreError,
 )
 from .outage import LogBuffer, StoreHealth, store_failure, why
+from .paths import note_other_store
 from .profiles import RetryPolicy, TimeoutProfile, stored_profile
 from .registry import HandlerSpec, get_handler, other_handler
 from .shortage import ran_short, short_of_processes
@@ -297,7 +298,10 @@ class Attempt:
         # cProfile's -o, PYTHONPATH); a relative --state-dir had them write into the project, and fail
         base = base.absolute()
         private_dirs(base)
-        return private_dir(base, "outputs")
+        outputs = private_dir(base, "outputs")
+        if not store_dir:  # beside a local store's outputs, perhaps: its retention must leave these alone
+            note_other_store(base)
+        return outputs
 
     # ---- control -------------------------------------------------------------------------------
 

@@ -30,6 +30,19 @@ DETACHED = "detached"
 """The state dir's directory of detached runs' output (``outlast run --detach``): ``DETACHED/ID.log``."""
 
 
+OTHER_STORES = ".other-stores"
+"""A note in a state dir whose ``outputs`` or ``detached`` runs' output a store other than its local one (Redis,
+another directory) writes too: retention reads the local store alone, and took the files of the other's
+operations, a Redis operation's report minutes after it completed, for those of operations removed long ago."""
+
+
+def note_other_store(state_dir: str | os.PathLike[str]) -> None:
+    """Leave the ``OTHER_STORES`` note in ``state_dir`` (already made), once."""
+    note = Path(state_dir).expanduser() / OTHER_STORES
+    if not note.exists():
+        os.close(os.open(note, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+
+
 def detached_log(state_dir: str | os.PathLike[str], op_id: str) -> Path:
     """Where a detached run of ``op_id`` writes its output (the directory is not made here)."""
     return Path(state_dir).expanduser() / DETACHED / f"{op_id}.log"

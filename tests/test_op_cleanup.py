@@ -323,3 +323,69 @@ async def test_a_repository_s_metadata_is_never_entered(engine: Engine, tmp_path
     records, _ = await engine.logs(rec.id)
     said = [r.message for r in records if "a repository's metadata" in r.message]
     assert len(said) == 3 and any(m.startswith(f"skipped {root / '.git'}:") for m in said), said
+
+
+@pytest.mark.redis
+async def test_retention_leaves_the_files_of_a_redis_store_sharing_the_state_dir(
+    engine: Engine, redis_server: Any, tmp_path: Path
+) -> None:
+    """A Redis worker with the same state dir writes its operations' outputs (and detached runs' output) there:
+    the local store's retention, which knows none of them, took them for those of operations removed long
+    ago, and removed the report of a Redis operation completed a minute before. What it can tell is its own
+    old operations' still goes; the rest stays."""
+    from engine import open_store
+
+    state = Path(engine.settings.state_dir)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    async with Engine(store=open_store(redis_server.url, namespace="shared"), settings=engine.settings) as far:
+        spec = OperationSpec(type="cleanup_operation", params={"root": str(tree), "patterns": ["*.tmp"]})
+        theirs = await far.wait((await far.submit(spec)).id, timeout=30)
+    assert theirs.status is Status.COMPLETED, theirs.error
+    report = Path(theirs.result["manifest"])
+    assert report.parent == state / "outputs"
+    old_op = await engine.wait((await engine.submit(OperationSpec(type="demo", params={"items": 1}))).id, timeout=30)
+    await engine.store.update(old_op.id, finished_at=OLD)
+    (state / "detached").mkdir(exist_ok=True)
+    files = {
+        str(report.relative_to(state)): False,  # the Redis operation's, completed just now
+        f"detached/{theirs.id}.log": False,
+        "outputs/orphan.sqlite": False,  # nobody's this store knows: perhaps the other's
+        f"outputs/report-{old_op.id}.json": True,  # this store's old operation's: goes
+        f"detached/{old_op.id}.log": True,
+    }
+    for rel in files:
+        (state / rel).write_text("x")
+        os.utime(state / rel, (OLD, OLD))
+
+    spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
+    done = await engine.wait((await engine.submit(spec)).id, 30)
+    assert done.status is Status.COMPLETED, done.error
+    assert {r: not (state / r).exists() for r in files} == files
+
+
+async def test_retention_keeps_the_default_database_of_a_paused_analysis(engine: Engine, tmp_path: Path) -> None:
+    """An analysis's default database (``outputs/code-analysis-HASH.sqlite``, HASH of its root) is named by no
+    record before it completes: paused for longer than the N days, it was removed as nobody's, and the resume
+    began again from its first file. One of a root no kept operation analyses still goes."""
+    import hashlib
+
+    from tests.fixtures_engine import queued_record
+
+    state = Path(engine.settings.state_dir)
+    root = str(tmp_path / "tree")
+    paused = queued_record("code_analysis").model_copy(
+        update={"status": Status.PAUSED, "params": {"root": root}, "updated_at": OLD}
+    )
+    await engine.store.create(paused)
+    name = f"code-analysis-{hashlib.sha1(root.encode()).hexdigest()[:12]}.sqlite"
+    files = {f"outputs/{name}": False, f"outputs/{name}-wal": False, "outputs/code-analysis-0123456789ab.sqlite": True}
+    (state / "outputs").mkdir(exist_ok=True)
+    for rel in files:
+        (state / rel).write_text("x")
+        os.utime(state / rel, (OLD, OLD))
+
+    spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
+    done = await engine.wait((await engine.submit(spec)).id, 30)
+    assert done.status is Status.COMPLETED, done.error
+    assert {r: not (state / r).exists() for r in files} == files

@@ -31,7 +31,7 @@ from ..models import (
     StatusChanged,
     StoreError,
 )
-from ..paths import DETACHED, detached_log
+from ..paths import DETACHED, detached_log, note_other_store
 from ..statedir import refusal
 from ..store import open_store
 from . import format as fmt
@@ -298,7 +298,12 @@ def detach_dir(settings: Settings) -> Path:
     if (refused := refusal(state)) is not None:  # as the store's open refuses it: before anything is made there
         raise StoreError(refused)
     private_dirs(state)
-    return private_dir(state, DETACHED)
+    made = private_dir(state, DETACHED)
+    if settings.store and (
+        "://" in settings.store or Path(settings.store).expanduser().absolute() != state.absolute()
+    ):  # another store's runs: not the local store's retention to remove as logs of operations gone from it
+        note_other_store(state)
+    return made
 
 
 def detach_log(settings: Settings, op_id: str) -> Path:

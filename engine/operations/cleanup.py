@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -54,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..context import OperationContext, OperationFailed
 from ..files import cut_torn_line, private_opener
 from ..models import TERMINAL, Operation
-from ..paths import DETACHED
+from ..paths import DETACHED, OTHER_STORES
 from ..registry import operation
 from ..store import open_store
 from ..store.quick import DB_NAME, quick_list
@@ -316,8 +317,13 @@ next run silently wrote a new one to compare with."""
 
 def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_id: str) -> dict[str, FileId]:
     """Paths (relative to the state dir) of logs and outputs that retention removes (sorted), each with the
-    identity of the file the listing saw."""
+    identity of the file the listing saw.
+
+    In a state dir another store writes too (``OTHER_STORES``: a Redis worker's outputs and detached runs),
+    a file is removed only when it is an old operation's of this store: by its id, or named by its record;
+    an operation unknown here may be the other store's, alive."""
     by_id = {o.id: o for o in ops}
+    shared = (state / OTHER_STORES).exists()
 
     def old(o: Operation) -> bool:
         return o.status in TERMINAL and (o.finished_at or o.updated_at) < cutoff
@@ -325,6 +331,10 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
     kept = [o for o in ops if not old(o) or o.id == own_id]
     keep_paths = {str(Path(s).expanduser().resolve()) for o in kept for s in _strings([o.result, o.params]) if "/" in s}
     kept_ids = {o.id for o in kept}
+    kept_roots = _root_hashes(kept)
+    gone = [o for o in ops if o.id not in kept_ids]
+    old_paths = {str(Path(s).expanduser().resolve()) for o in gone for s in _strings([o.result, o.params]) if "/" in s}
+    old_ids = {o.id for o in gone}
     out: dict[str, FileId] = {}
     for kind in ("logs", DETACHED):  # an operation's log; a detached run's output (``run --detach``)
         logs = state / kind
@@ -335,13 +345,15 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
             e = _entry(log)
             if e is None:
                 continue
-            if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff):
+            if (o is not None and old(o)) or (o is None and e.st_mtime < cutoff and not shared):
                 out[f"{kind}/{log.name}"] = (e.st_dev, e.st_ino)
     outputs = state / "outputs"
     for d, _dn, fnames in walk(outputs):
         for name in fnames:
             p = Path(d) / name
-            if Path(d) == outputs and LASTING.fullmatch(name):
+            if Path(d) == outputs and (
+                LASTING.fullmatch(name) or ((m := BY_ROOT.fullmatch(name)) is not None and m[1] in kept_roots)
+            ):
                 continue
             e = _entry(p)
             if e is None or e.st_mtime >= cutoff:
@@ -351,8 +363,26 @@ def retention_candidates(state: Path, ops: list[Operation], cutoff: float, own_i
                 continue
             if str(p) in keep_paths or any(d in keep_paths for d in _dirs_above(str(p), len(str(outputs)))):
                 continue
+            if shared and not (
+                any(i in rel for i in old_ids)
+                or str(p) in old_paths
+                or any(d in old_paths for d in _dirs_above(str(p), len(str(outputs))))
+            ):
+                continue
             out[rel] = (e.st_dev, e.st_ino)
     return dict(sorted(out.items()))
+
+
+BY_ROOT = re.compile(r"[a-z][a-z-]*-([0-9a-f]{12})\.sqlite(-wal|-shm|-journal)?")
+"""An analysis's default results database in ``outputs``: ``PREFIX-HASH.sqlite``, HASH the first 12 hex digits of
+the sha1 of its ``root`` (indexing, code and dependency analysis, semantic analysis of a tree)."""
+
+
+def _root_hashes(ops: list[Operation]) -> set[str]:
+    """The HASH of ``BY_ROOT`` of each operation's ``root``: its default database is named by no record until it
+    completes, and a paused analysis's, untouched for the N days, was removed (its resume began again)."""
+    roots = (o.params.get("root") for o in ops if isinstance(o.params, dict))
+    return {hashlib.sha1(r.encode()).hexdigest()[:12] for r in roots if isinstance(r, str)}
 
 
 def _dirs_above(path: str, base: int) -> Iterator[str]:

@@ -97,14 +97,13 @@ class RecordsMixin(RecoveryMixin):
         wanted_types = set(types) if types else None
         if wanted_types is not None:
             ids = await self._of_types(ids, wanted_types, None if limit is None else offset + limit)
+        # Only the page's records are read: those before it were read and decoded to be skipped, and a clean
+        # (pages of 500) read N * N / 1,000 records of N operations (100,000: 10 million).
+        ids = ids[offset:]
         out: list[Operation] = []
-        skip = offset
         for start in range(0, len(ids), 500):
             for op in await self._fetch(ids[start : start + 500]):
                 if wanted_types is not None and op.type not in wanted_types:
-                    continue
-                if skip:
-                    skip -= 1
                     continue
                 out.append(op)
                 if limit is not None and len(out) >= limit:

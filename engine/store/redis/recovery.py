@@ -207,12 +207,16 @@ class RecoveryMixin(RedisCore):
 
     async def _ensure_generation_cheap(self) -> None:
         key = self.keys.meta
+        # Compared with the handles seen before the read was sent: one given by a create of this process while
+        # the read was on its way (another connection's reply first) is above the counter read, and said Redis
+        # had gone back in time under a steady stream of submits (and restored from the mirror each time).
+        seen = self._seen_handle
         gen, counter = await self.link.call(
             lambda c: c.hmget(key, [GENERATION_FIELD, "handles"]), "reading the store generation"
         )
         if gen != self._generation:
             await self._ensure_generation()
-        elif _int(counter) < self._seen_handle:
+        elif _int(counter) < seen:
             await self._went_back_whole(_int(counter))
 
     def _saw_handle(self, handle: int | None) -> None:

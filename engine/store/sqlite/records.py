@@ -204,7 +204,14 @@ class RecordsMixin(SqliteCore):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
         if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
+            # A page: its ids first, sorted from the index alone, then only their records (and newest seq).
+            # Sorted whole, every page read every record of those statuses and looked up each one's newest
+            # checkpoint: 0.7 s a page of `outlast clean` with 100,000 operations, 89 s for a dry run.
+            page = "SELECT id, created_at FROM operations" + (" WHERE " + " AND ".join(where) if where else "")
+            sql = (
+                f"SELECT o.id, o.record, {CHECKPOINT_SEQ} FROM ({page} ORDER BY created_at DESC, id DESC"
+                " LIMIT ? OFFSET ?) k JOIN operations o ON o.id = k.id ORDER BY k.created_at DESC, k.id DESC"
+            )
             args += [limit, offset]
 
         def do() -> list[Operation]:
