@@ -15,6 +15,7 @@ import asyncio
 import functools
 import hashlib
 import math
+import os
 import re
 import sqlite3
 import time
@@ -78,7 +79,10 @@ def check_default_kb(kb: str | None, info: ValidationInfo) -> None:
 
 
 def existing_kb(value: str | None, name: str = "kb") -> str | None:
-    """``value`` resolved when it is an existing SQLite file, else a ValueError naming ``name`` (None: the default)."""
+    """``value`` resolved when it is an existing SQLite file the operation can write, else a ValueError naming
+    ``name`` (None: the default). Writable (the file, and its directory for SQLite's journal): on a read-only
+    file system the operation was stored and failed at once, "KbError: ...: unable to open database file (at
+    knowledge.py:NNN)", with a resume hint no resume could help."""
     if value is None:
         return None
     p = Path(value).expanduser()
@@ -95,6 +99,10 @@ def existing_kb(value: str | None, name: str = "kb") -> str | None:
         check_kb_tables(p)
     except KbError as e:
         raise ValueError(f"{name} {value!r} {e}") from None
+    if not os.access(p.resolve().parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {value!r}: its directory is not writable")
+    if not os.access(p, os.W_OK):
+        raise ValueError(f"{name} {value!r} exists and is not writable")
     return str(p.resolve())
 
 
