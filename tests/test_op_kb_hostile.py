@@ -5,6 +5,7 @@ symlink, nor a FIFO opened so that it blocks; kb_optimization without a knowledg
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from engine.operations.knowledge import open_kb
 from engine.profiles import one_line
 from engine.text import stored_name
 from tests.fixtures_cli import Cli
+from tests.fixtures_disk import mount
 from tests.fixtures_ops import bad_params, in_process
 
 
@@ -260,3 +262,36 @@ def test_a_document_whose_stat_says_empty_is_read_to_its_end(tmp_path: Path) -> 
         pytest.skip("no /proc/sys")
     op = run_here(tmp_path, "kb_population", source="/proc/sys/kernel", patterns=["ostype"])
     assert op.status is Status.COMPLETED and op.result["added"] == 1 and op.result["failures"] == 0, op.result
+
+
+@pytest.mark.parametrize("type_", ["vector_indexing", "kb_optimization", "semantic_analysis"])
+def test_a_read_only_kb_is_refused_at_once(cli: Cli, small_fs: Path, tmp_path: Path, type_: str) -> None:
+    """A knowledge base on a read-only file system: refused before anything is stored, as every other output
+    is. It was stored and failed at once ("KbError: ...: unable to open database file (at knowledge.py:NNN)"),
+    with a resume hint no resume could help."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text("# a\n\nsome words\n")
+    kb = small_fs / "kb.sqlite"
+    assert run_here(tmp_path / "made", "kb_population", source=str(src), kb=str(kb)).status is Status.COMPLETED
+    r = mount("-o", "remount,ro", str(small_fs))
+    assert r.returncode == 0, r.stderr
+    bad_params(cli, type_, {"kb": str(kb)}, "its directory is not writable")
+
+
+def test_a_read_only_kb_is_searched(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """``outlast kb search`` and ``kb similar`` read a knowledge base on a read-only file system: opened to
+    write, SQLite said "unable to open database file" (exit 2), though a search writes nothing."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text("# alpha\n\nthe quick brown fox\n")
+    (src / "b.md").write_text("# beta\n\na lazy dog sleeps\n")
+    kb = small_fs / "kb.sqlite"
+    assert run_here(tmp_path / "made", "kb_population", source=str(src), kb=str(kb)).status is Status.COMPLETED
+    assert run_here(tmp_path / "made", "vector_indexing", kb=str(kb)).status is Status.COMPLETED
+    r = mount("-o", "remount,ro", str(small_fs))
+    assert r.returncode == 0, r.stderr
+    for command in ("search", "similar"):
+        r = cli("--json", "kb", command, "--kb", str(kb), "fox")
+        assert r.returncode == 0, r.stderr
+        assert [h["path"] for h in json.loads(r.stdout)][:1] == ["a.md"], r.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -19,9 +20,11 @@ from tests.fixtures_ops import bad_params, submit
 class Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: list[tuple[str, list[str]]] = []
+    auth: list[list[str]] = []
 
     def do_GET(self) -> None:
         Recorder.seen.append((self.path, self.headers.get_all("Host") or []))
+        Recorder.auth.append(self.headers.get_all("Authorization") or [])
         # as RFC 9112 (and nginx) asks: a request with two Host headers is a 400
         bad = len(self.headers.get_all("Host") or []) != 1
         body = b"ok"
@@ -37,6 +40,7 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[str]:
     Recorder.seen = []
+    Recorder.auth = []
     s = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     s.daemon_threads = True
     t = threading.Thread(target=s.serve_forever, daemon=True)
@@ -58,6 +62,21 @@ async def test_a_host_header_of_the_users_replaces_the_default(engine: Engine, r
     r = await _run(engine, url=f"{recorder}/", requests=3, headers={"host": "app.test"})
     assert r["status"] == {"200": 3}, r
     assert {tuple(h) for _, h in Recorder.seen} == {("app.test",)}
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_authentication(engine: Engine, recorder: str) -> None:
+    """``http://user:pw@host/`` sends basic authentication, as curl does: the credentials were dropped, and every
+    request against a protected endpoint was a 401. An Authorization of the user's is the one sent."""
+    url = recorder.replace("http://", "http://al%20ice:p%40ss:w@")
+    r = await _run(engine, url=f"{url}/", requests=2)
+    assert r["status"] == {"200": 2}, r
+    assert Recorder.auth == [["Basic " + base64.b64encode(b"al ice:p@ss:w").decode()]] * 2
+    Recorder.auth = []
+    await _run(engine, url=f"{url}/", requests=1, headers={"authorization": "Bearer t"})
+    assert Recorder.auth == [["Bearer t"]]
+    Recorder.auth = []
+    await _run(engine, url=f"{recorder}/", requests=1)
+    assert Recorder.auth == [[]]
 
 
 async def test_a_space_or_a_letter_in_the_url_is_percent_encoded(engine: Engine, recorder: str) -> None:

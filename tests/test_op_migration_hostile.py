@@ -210,3 +210,16 @@ def test_a_hot_journal_that_cannot_be_rolled_back_is_said_so(tmp_path: Path, mon
     monkeypatch.setattr(migration, "_read_applied", refused)
     with pytest.raises(InvalidInput, match=re.escape("left db.sqlite-journal, which must be rolled back")):
         get_handler("migration_operation").parse_params({"directory": str(mig), "database": str(db)})
+
+
+@pytest.mark.parametrize("listing", [("1_a.sql", "01_a.sql", "0_init.sql"), ("01_a.sql", "1_a.sql", "0_init.sql")])
+def test_names_of_equal_numbers_have_one_order_whatever_the_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: tuple[str, ...]
+) -> None:
+    """``1_a.sql`` and ``01_a.sql`` are equal in natural order: they were applied in the order the directory
+    listed them, which differs between file systems (a tmpfs lists the newest first), so the same migrations
+    ran in two orders on two machines. The name decides between them."""
+    for name in listing:
+        (tmp_path / name).write_text(f"SELECT '{name}';\n")
+    monkeypatch.setattr(migration, "sql_files", lambda d: [d / name for name in listing])
+    assert [m.name for m in migration.load_migrations(tmp_path)] == ["0_init.sql", "01_a.sql", "1_a.sql"]

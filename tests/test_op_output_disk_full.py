@@ -59,3 +59,59 @@ def test_monitoring_collection_on_a_full_disk(cli: Cli, small_fs: Path) -> None:
         filler.unlink()
     code, rec, err = run_json(cli, "resume", op_id)
     assert code == 0 and rec["status"] == "completed", (rec, err)
+
+
+def _full_then_resumed(cli: Cli, small_fs: Path, type_: str, params: dict, path: Path) -> dict:
+    """Run ``type_`` with the disk under ``path`` full: it fails saying so; with the space freed, the resume ends
+    completed. The resumed record."""
+    filler = fill(small_fs)
+    try:
+        code, rec, err = run_json(cli, "run", type_, "--params-json", json.dumps(params))
+        assert code == 1, (rec, err)
+        _said_full(rec, path)
+    finally:
+        filler.unlink()
+    code, rec, err = run_json(cli, "resume", rec["id"])
+    assert code == 0 and rec["status"] == "completed", (rec, err)
+    return rec
+
+
+def test_tree_analyses_on_a_full_disk(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """Their results databases on a full disk: SQLite's "database or disk is full" came out as
+    "OperationalError: ... (at dependency_analysis.py:NNN)", naming no file."""
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    for i in range(5):
+        (root / "pkg" / f"m{i}.py").write_text(f"import os\nfrom . import m{(i + 1) % 5}\n\n# module {i} of pkg\n")
+    db = small_fs / "deps.sqlite"
+    rec = _full_then_resumed(cli, small_fs, "dependency_analysis", {"root": str(root), "output": str(db)}, db)
+    assert rec["result"]["modules"] >= 6, rec["result"]
+    db = small_fs / "sem.sqlite"
+    params = {"root": str(root), "output": str(db), "patterns": ["*.py"]}
+    rec = _full_then_resumed(cli, small_fs, "semantic_analysis", params, db)
+    assert rec["result"]["documents"] == 6, rec["result"]
+    db = small_fs / "code.sqlite"
+    rec = _full_then_resumed(cli, small_fs, "code_analysis", {"root": str(root), "output": str(db)}, db)
+    assert rec["result"]["files"] == 6, rec["result"]
+    db = small_fs / "index.sqlite"
+    rec = _full_then_resumed(cli, small_fs, "codebase_indexing", {"root": str(root), "output": str(db)}, db)
+    assert rec["result"]["files"] == 6, rec["result"]
+
+
+def test_vector_indexing_and_kb_optimization_on_a_full_disk(cli: Cli, small_fs: Path, tmp_path: Path) -> None:
+    """A knowledge base on a full disk: vector_indexing and kb_optimization said SQLite's words with their own
+    line, as kb_population did before it said the disk was full."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"d{i}.md").write_text(f"# doc {i}\n\nsome words of document {i}\n\n# same\n\nthe very same text\n")
+    kb = small_fs / "kb.sqlite"
+    code, rec, err = run_json(
+        cli, "run", "kb_population", "--params-json", json.dumps({"source": str(docs), "kb": str(kb)})
+    )
+    assert code == 0, err
+    rec = _full_then_resumed(cli, small_fs, "vector_indexing", {"kb": str(kb)}, kb)
+    assert rec["result"]["chunks"] == 12, rec["result"]
+    rec = _full_then_resumed(cli, small_fs, "kb_optimization", {"kb": str(kb)}, kb)
+    assert rec["result"]["duplicates"] == 5, rec["result"]

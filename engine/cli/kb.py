@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +53,9 @@ def _query(app: App, kb_file: str | None, run: Callable[[sqlite3.Connection], li
     from ..operations.knowledge import KbError, open_kb  # not at import: `outlast --help` stays quick
 
     path = _kb_file(app, kb_file)
+    writable = os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK | os.X_OK)
     try:
-        con = open_kb(path, create=False)
+        con = open_kb(path, create=False, read_only=not writable)
         try:
             hits = run(con)
         finally:

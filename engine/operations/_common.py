@@ -433,15 +433,21 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
     program's database as an output left two files by it. With no ``-wal`` the file itself holds every
     committed row, so it is read as immutable (no lock, no side file); with one (or a rollback journal
     to be read), as it is: the side files are there already."""
-    real = path.resolve()
-    uri = f"file:{quote(str(real))}?mode=ro"
-    if not any(os.path.lexists(f"{real}-{side}") for side in ("wal", "journal")):
-        uri += "&immutable=1"
-    con = sqlite3.connect(uri, uri=True)
+    con = sqlite3.connect(read_only_uri(path), uri=True)
     try:
         yield con
     finally:
         con.close()
+
+
+def read_only_uri(path: Path) -> str:
+    """The URI ``peek`` opens ``path`` by: read-only, and immutable (no lock, no side file) when no ``-wal``
+    or rollback journal is beside it."""
+    real = path.resolve()
+    uri = f"file:{quote(str(real))}?mode=ro"
+    if not any(os.path.lexists(f"{real}-{side}") for side in ("wal", "journal")):
+        uri += "&immutable=1"
+    return uri
 
 
 WIDE_BOMS = (

@@ -269,7 +269,9 @@ def exclusive(db: str, check: Any = None, output: str | None = None) -> Any:
 
     Opened without blocking and checked to be a regular file: a FIFO put in its place hung the run.
     Each refusal fails the operation with its message alone (OperationFailed): it is the user's to act on,
-    not a bug of Outlast's ("ValueError: ... (at _results_db.py:146)" read as one)."""
+    not a bug of Outlast's ("ValueError: ... (at _results_db.py:146)" read as one). So does a full disk under
+    ``db`` while it is held: SQLite's "database or disk is full" named no file and came with the handler's line
+    ("OperationalError: ... (at code_analysis.py:241)")."""
     try:
         fd = os.open(db, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as e:
@@ -291,6 +293,11 @@ def exclusive(db: str, check: Any = None, output: str | None = None) -> Any:
                 check(db)
             except ValueError as e:
                 raise OperationFailed(str(e)) from None
-        yield
+        try:
+            yield
+        except (sqlite3.Error, OSError) as e:
+            if (line := disk_full(e, f"output {output or db!r} cannot be written", db)) is None:
+                raise
+            raise OperationFailed(line) from None
     finally:
         os.close(fd)

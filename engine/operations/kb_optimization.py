@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..registry import operation
-from .kb_population import kb_path
+from .kb_population import kb_path, kb_written
 from .knowledge import beating, check_default_kb, drop_vectors, existing_kb, open_kb, unindex_chunks
 
 BATCH = 500
@@ -101,8 +101,14 @@ def _size(db: str) -> int:
 
 @operation("kb_optimization", params=KbOptimizeParams, description="dedupe, optimise and vacuum a knowledge base")
 async def optimize(ctx: OperationContext, p: KbOptimizeParams) -> dict:
-    """Dedupe, merge, optimise, vacuum; the result gives the duplicates and the file's size before and after."""
+    """Dedupe, merge, optimise, vacuum; the result gives the duplicates and the file's size before and after. A
+    full disk under the knowledge base fails the operation in one line naming it (resume it once there is room)."""
     db = kb_path(ctx, p.kb)
+    with kb_written(db):
+        return await _optimize_kb(ctx, p, db)
+
+
+async def _optimize_kb(ctx: OperationContext, p: KbOptimizeParams, db: str) -> dict:
     con = await asyncio.to_thread(open_kb, db, False)
     st = ctx.state
     try:

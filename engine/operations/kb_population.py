@@ -12,11 +12,13 @@ batch (idempotently).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -78,6 +80,19 @@ class KbPopulationParams(BaseModel):
 def kb_path(ctx: OperationContext, kb: str | None) -> str:
     """The knowledge base a kb handler works on: ``kb`` resolved, else the state dir's default one."""
     return str(Path(kb).expanduser().resolve()) if kb else str(output_dir(ctx) / KB_FILE)
+
+
+@contextlib.contextmanager
+def kb_written(db: str) -> Iterator[None]:
+    """A kb handler's work on ``db``: an error a full disk under it caused becomes one line naming it (the
+    operation fails; resume it once there is room). SQLite's own "database or disk is full" named no file and
+    came with the handler's line, as if Outlast had a bug."""
+    try:
+        yield
+    except (sqlite3.Error, OSError, KbError) as e:
+        if (line := disk_full(e, f"kb {db!r} cannot be written", db)) is None:
+            raise
+        raise OperationFailed(line) from None
 
 
 Outcome = tuple[str, str, int, str | None]
@@ -291,12 +306,8 @@ async def populate(ctx: OperationContext, p: KbPopulationParams) -> dict:
     """Read every document under ``source`` into the knowledge base; the result says what changed. A full disk
     under the knowledge base fails the operation in one line naming it (resume it once there is room)."""
     db = kb_path(ctx, p.kb)
-    try:
+    with kb_written(db):
         return await _populate(ctx, p, db)
-    except (sqlite3.Error, OSError, KbError) as e:
-        if (line := disk_full(e, f"kb {db!r} cannot be written", db)) is None:
-            raise
-        raise OperationFailed(line) from None
 
 
 async def _populate(ctx: OperationContext, p: KbPopulationParams, db: str) -> dict:

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import hashlib
 import math
+import os
 import re
 import sqlite3
 import time
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..files import create_private
 from ..shortage import files_short_opening
-from ._common import SQLITE_MAGIC, peek
+from ._common import SQLITE_MAGIC, peek, read_only_uri
 
 if TYPE_CHECKING:
     from pydantic import ValidationInfo
@@ -78,7 +79,10 @@ def check_default_kb(kb: str | None, info: ValidationInfo) -> None:
 
 
 def existing_kb(value: str | None, name: str = "kb") -> str | None:
-    """``value`` resolved when it is an existing SQLite file, else a ValueError naming ``name`` (None: the default)."""
+    """``value`` resolved when it is an existing SQLite file the operation can write, else a ValueError naming
+    ``name`` (None: the default). Writable (the file, and its directory for SQLite's journal): on a read-only
+    file system the operation was stored and failed at once, "KbError: ...: unable to open database file (at
+    knowledge.py:NNN)", with a resume hint no resume could help."""
     if value is None:
         return None
     p = Path(value).expanduser()
@@ -95,6 +99,10 @@ def existing_kb(value: str | None, name: str = "kb") -> str | None:
         check_kb_tables(p)
     except KbError as e:
         raise ValueError(f"{name} {value!r} {e}") from None
+    if not os.access(p.resolve().parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {value!r}: its directory is not writable")
+    if not os.access(p, os.W_OK):
+        raise ValueError(f"{name} {value!r} exists and is not writable")
     return str(p.resolve())
 
 
@@ -128,10 +136,12 @@ def check_kb_tables(p: Path, create: bool = False) -> bool:
     return bool(names)
 
 
-def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
+def open_kb(path: str | Path, create: bool = True, read_only: bool = False) -> sqlite3.Connection:
     """A connection to the knowledge base at ``path`` (created with its schema when ``create``).
 
-    WAL mode: searches never block a running population, and a commit is one fsync.
+    WAL mode: searches never block a running population, and a commit is one fsync. ``read_only``: opened as
+    ``peek`` opens a file, for a search of a knowledge base it cannot write (on a read-only file system, or
+    another user's): opened to write, SQLite said "unable to open database file".
     """
     p = Path(path)
     # A knowledge base being made (a first kb_population from its first second on) is an empty file, then
@@ -154,14 +164,18 @@ def open_kb(path: str | Path, create: bool = True) -> sqlite3.Connection:
     if create:
         create_private(p)  # its journal files take its mode
     try:
-        con = sqlite3.connect(p, timeout=60, check_same_thread=False)
+        if read_only:
+            con = sqlite3.connect(read_only_uri(p), uri=True, timeout=60, check_same_thread=False)
+        else:
+            con = sqlite3.connect(p, timeout=60, check_same_thread=False)
     except sqlite3.Error as e:
         # "unable to open database file" under a tight ``ulimit -n`` named nothing wrong with the file.
         if (short := files_short_opening(f"the knowledge base {str(p)!r}", e)) is not None:
             raise short from None
         raise
     try:
-        con.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            con.execute("PRAGMA journal_mode=WAL")
         if create:
             con.executescript(f"BEGIN;\n{SCHEMA}COMMIT;\n")  # every table at once, or none
         elif not con.execute("SELECT 1 FROM sqlite_master WHERE name='chunks_fts'").fetchone():

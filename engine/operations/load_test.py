@@ -23,6 +23,7 @@ bottleneck of what it measures.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import math
 import socket
@@ -30,7 +31,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -326,6 +327,9 @@ as a browser or curl sends it; sent raw, "GET /a b HTTP/1.1" is no request line,
 
 
 def build_request(p: LoadTestParams) -> bytes:
+    """The bytes of every request of the run. Credentials in the url (``http://user:pw@host/``) are sent as
+    basic authentication, as curl, a browser or any HTTP library sends them, unless ``headers`` has an
+    Authorization of its own: dropped, every request of a run against a protected endpoint was a 401."""
     u = urlsplit(p.url)
     target = quote((u.path or "/") + (f"?{u.query}" if u.query else ""), safe=TARGET_SAFE)
     body = (p.body or "").encode()
@@ -337,6 +341,9 @@ def build_request(p: LoadTestParams) -> bytes:
         lines.append("User-Agent: outlast-load-test")
     if "accept" not in given:
         lines.append("Accept: */*")
+    if u.username is not None and "authorization" not in given:
+        user_pass = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+        lines.append(f"Authorization: Basic {base64.b64encode(user_pass).decode()}")
     lines += [f"{k}: {v}" for k, v in p.headers.items() if k.lower() != "content-length"]
     if body or p.method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")

@@ -103,8 +103,11 @@ class MigrationParams(BaseModel):
         return self
 
 
-def _natural(name: str) -> list[tuple[int, int | str]]:
-    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t]
+def _natural(name: str) -> tuple[list[tuple[int, int | str]], str]:
+    """The sort key of a migration's name: its numbers by value (``2_x`` before ``10_y``), then the name itself,
+    so names of equal numbers (``1_a.sql``, ``01_a.sql``) have one order, not the directory listing's (which
+    differs between file systems: the same migrations were applied in two orders on two machines)."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t], name
 
 
 def split_statements(sql: str) -> list[str]:

@@ -20,7 +20,6 @@ database, or another operation's (an index, say), is not written into.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import heapq
 import json
@@ -41,7 +40,7 @@ from ._common import SQLITE_MAGIC, NotInTree, check_output_file, existing_dir, o
 from ._docs import IMAGE_SUFFIXES, NotADocument, kind_of, markup_heavy, sections
 from ._results_db import check_kind, create_tables, exclusive, lacking, pending_items
 from ._walk import list_files, own_files
-from .kb_population import kb_path
+from .kb_population import kb_path, kb_written
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, words
 
 BATCH = 128
@@ -334,7 +333,8 @@ def _near_duplicates(docs: list[tuple[str, dict, list[int]]], threshold: float) 
 
 @operation("semantic_analysis", params=SemanticParams, description="keywords, topics and near-duplicates of documents")
 async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
-    """Analyse every document, then summarise; the result gives the topics and near-duplicate pairs."""
+    """Analyse every document, then summarise; the result gives the topics and near-duplicate pairs. A full disk
+    under the results (or the knowledge base) fails the operation in one line naming them."""
     if p.root is not None:
         db = (
             str(Path(p.output).expanduser().resolve())
@@ -345,7 +345,7 @@ async def analyse(ctx: OperationContext, p: SemanticParams) -> dict:
     else:
         db, scope, root = kb_path(ctx, p.kb), "kb", None
     ctx.progress(step="listing documents")
-    with exclusive(db, _check_output) if root is not None else contextlib.nullcontext():
+    with exclusive(db, _check_output) if root is not None else kb_written(db):
         return await _analyse_into(ctx, p, db, scope, root)
 
 

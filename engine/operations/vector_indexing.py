@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..context import OperationContext
 from ..registry import operation
-from .kb_population import kb_path
+from .kb_population import kb_path, kb_written
 from .knowledge import beating, check_default_kb, existing_kb, open_kb, term_id, words
 
 BATCH = 256
@@ -124,8 +124,14 @@ def _weigh(con: sqlite3.Connection, min_df: int) -> dict[str, int]:
 
 @operation("vector_indexing", params=VectorParams, description="TF-IDF vectors of the knowledge base's chunks")
 async def index_vectors(ctx: OperationContext, p: VectorParams) -> dict:
-    """Count the terms of every chunk not yet counted, then weigh all vectors; the result says how many."""
+    """Count the terms of every chunk not yet counted, then weigh all vectors; the result says how many. A full
+    disk under the knowledge base fails the operation in one line naming it (resume it once there is room)."""
     db = kb_path(ctx, p.kb)
+    with kb_written(db):
+        return await _index_vectors(ctx, p, db)
+
+
+async def _index_vectors(ctx: OperationContext, p: VectorParams, db: str) -> dict:
     con = await asyncio.to_thread(open_kb, db, False)
     try:
         ctx.progress(step="listing chunks")
