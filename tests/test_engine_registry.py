@@ -111,15 +111,7 @@ def test_a_type_no_spec_can_name_is_refused_when_registered(name: str, tmp_path:
     (tmp_path / "badname_ops.py").write_text(
         f"from engine import operation\n@operation({name!r})\nasync def h(ctx, p): ...\n"
     )
-    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "OUTLAST_STATE_DIR": str(tmp_path / "s")}
-    r = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--plugin", "badname_ops", "types"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    r = _with_plugin(tmp_path, "badname_ops", "types")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
     assert "plugin 'badname_ops' failed while being imported: ValueError: @operation(" in r.stderr, r.stderr
 
@@ -325,15 +317,7 @@ def test_a_handler_that_cannot_be_run_is_refused_when_registered(source: str, sa
     else:
         body = f"@operation('sig_173')\n{source}\n"
     (tmp_path / "sig_ops.py").write_text("from engine import operation\n" + body)
-    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "OUTLAST_STATE_DIR": str(tmp_path / "s")}
-    r = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--plugin", "sig_ops", "submit", "sig_173"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    r = _with_plugin(tmp_path, "sig_ops", "submit", "sig_173")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
     assert "plugin 'sig_ops' failed while being imported: TypeError: operation 'sig_173': " in r.stderr, r.stderr
     assert re.search(said, r.stderr), r.stderr
@@ -357,3 +341,16 @@ def test_handlers_that_can_be_called_with_ctx_and_params_register(fn: Any) -> No
     """What the check above lets through: anything ``fn(ctx, params)`` (or a handler of the context alone) binds."""
     operation(f"test_signature{fn.__name__}")(fn)
     assert get_handler(f"test_signature{fn.__name__}").fn is not None
+
+
+def _with_plugin(tmp_path: Path, plugin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``outlast --plugin PLUGIN ARGS`` in a process of its own, the plugin's module in ``tmp_path``."""
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "OUTLAST_STATE_DIR": str(tmp_path / "s")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--plugin", plugin, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )

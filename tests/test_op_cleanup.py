@@ -354,14 +354,7 @@ async def test_retention_leaves_the_files_of_a_redis_store_sharing_the_state_dir
         f"outputs/report-{old_op.id}.json": True,  # this store's old operation's: goes
         f"detached/{old_op.id}.log": True,
     }
-    for rel in files:
-        (state / rel).write_text("x")
-        os.utime(state / rel, (OLD, OLD))
-
-    spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
-    done = await engine.wait((await engine.submit(spec)).id, 30)
-    assert done.status is Status.COMPLETED, done.error
-    assert {r: not (state / r).exists() for r in files} == files
+    await _retained(engine, state, files)
 
 
 async def test_retention_keeps_the_default_database_of_a_paused_analysis(engine: Engine, tmp_path: Path) -> None:
@@ -381,10 +374,15 @@ async def test_retention_keeps_the_default_database_of_a_paused_analysis(engine:
     name = f"code-analysis-{hashlib.sha1(root.encode()).hexdigest()[:12]}.sqlite"
     files = {f"outputs/{name}": False, f"outputs/{name}-wal": False, "outputs/code-analysis-0123456789ab.sqlite": True}
     (state / "outputs").mkdir(exist_ok=True)
+    await _retained(engine, state, files)
+
+
+async def _retained(engine: Engine, state: Path, files: dict[str, bool]) -> None:
+    """Write ``files`` (state-dir paths) as old as ``OLD``, run retention of 1 day, and check which went: each
+    path's value says whether it goes."""
     for rel in files:
         (state / rel).write_text("x")
         os.utime(state / rel, (OLD, OLD))
-
     spec = OperationSpec(type="cleanup_operation", params={"retention_days": 1, "dry_run": False})
     done = await engine.wait((await engine.submit(spec)).id, 30)
     assert done.status is Status.COMPLETED, done.error
